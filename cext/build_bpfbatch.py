@@ -1,0 +1,24 @@
+"""cffi build script for lb._bpfbatch (batch dump/delete/update of BPF maps).
+
+Run by the package install (setup.py's cffi_modules); lb/dataplane/bpfsys.py is the
+pure-Python fallback and the test oracle.
+"""
+from pathlib import Path
+
+from cffi import FFI
+
+ffibuilder = FFI()
+ffibuilder.cdef(
+    """
+    long bb_dump(int fd, unsigned key_size, unsigned value_size,
+                 void *keys, void *values, unsigned long max_entries, unsigned chunk);
+    long bb_delete(int fd, unsigned key_size, const void *keys, unsigned long count);
+    long bb_update(int fd, unsigned key_size, unsigned value_size,
+                   const void *keys, const void *values, unsigned long count);
+    """
+)
+_src = Path(__file__).with_name("bpfbatch.c").read_text()
+ffibuilder.set_source("lb._bpfbatch", _src)
+
+if __name__ == "__main__":
+    ffibuilder.compile(verbose=True)
