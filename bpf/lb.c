@@ -1,0 +1,274 @@
+/* lb data plane.  Programs (all XDP, loaded by lb/dataplane/xdp.py with bcc):
+ *   lb_xdp_public   public side: packets for a virtual service; established flows forwarded here
+ *   lb_sched_<name> a new connection's scheduler, tail-called from lb_xdp_public
+ *   lb_xdp_new_conn creates the connection the scheduler picked and forwards the first packet
+ *   lb_xdp_private  private side: NAT replies from real servers back to clients
+ * Sizes and the pin directory come in as -D flags. */
+#include <uapi/linux/bpf.h>
+#include "lb_consts.h"
+#include "lb_structs.h"
+#include "lb_maps.h"
+#include "lb_parse.h"
+#include "lb_csum.h"
+#include "lb_stats.h"
+#include "lb_conntrack.h"
+#include "lb_sched.h"
+#include "lb_forward.h"
+
+/* Parse and find the virtual service.  LB_CONTINUE with *svc_id set, or an XDP action. */
+static __always_inline int lb_classify(struct xdp_md *ctx, struct lb_pkt *pkt, __u32 *svc_id)
+{
+    __u32 counter = LB_CNT_PASS;
+    int act = lb_parse(ctx, pkt, &counter);
+    if (act != LB_CONTINUE) {
+        lb_count(counter);
+        return act;
+    }
+    struct lb_svc_key sk = {};
+    *(__be32 *)sk.addr = pkt->ip4->daddr;
+    sk.port = *pkt->dport_p;
+    sk.proto = pkt->proto;
+    sk.family = LB_AF_INET;
+    __u32 *id = lb_services.lookup(&sk);
+    if (!id) {
+        lb_count(LB_CNT_PASS);
+        return XDP_PASS;          /* not a virtual service: the director's own traffic */
+    }
+    *svc_id = *id;
+    return LB_CONTINUE;
+}
+
+static __always_inline __u32 lb_fsm_table(struct lb_real *r)
+{
+    /* DR (and tunnel) see only the client's half of the flow: IPVS's INPUT-ONLY table */
+    return r->fwd == LB_FWD_NAT ? LB_FSM_INPUT : LB_FSM_INPUT_ONLY;
+}
+
+int lb_xdp_public(struct xdp_md *ctx)
+{
+    struct lb_pkt pkt = {};
+    __u32 svc_id;
+    int act = lb_classify(ctx, &pkt, &svc_id);
+    if (act != LB_CONTINUE)
+        return act;
+
+    __u64 now = bpf_ktime_get_ns();
+    struct lb_conn_key key;
+    lb_conn_key_in(&key, &pkt);
+    struct lb_conn *c = lb_conns.lookup(&key);
+    if (c && lb_conn_expired(c, now)) {
+        lb_conn_expire(&key, c);
+        c = 0;
+    }
+    if (!c) {
+        if (pkt.proto == IPPROTO_TCP && !(pkt.tcp_flags & LB_TCP_SYN)) {
+            /* IPVS schedules TCP only on SYN; the kernel answers the rest (RST) */
+            lb_count(LB_CNT_NOT_SYN);
+            return XDP_PASS;
+        }
+        struct lb_svc *svc = lb_svc.lookup(&svc_id);
+        if (!svc)
+            return XDP_PASS;
+        lb_progs.call(ctx, LB_PROG_SCHED_BASE + svc->sched);
+        lb_count(LB_CNT_TAIL_CALL);
+        return XDP_PASS;
+    }
+
+    __u32 real_id = c->real;
+    struct lb_real *r = lb_reals.lookup(&real_id);
+    if (!r || r->svc != svc_id || r->family == 0) {
+        lb_count(LB_CNT_BAD_REAL);
+        return XDP_DROP;          /* expire_nodest_conn = 0: packets of a removed server drop */
+    }
+    lb_conn_state(c, lb_fsm_table(r), &pkt);
+    c->last_ns = now;
+    lb_stats_in(svc_id, real_id, pkt.len, 0);
+    lb_count(LB_CNT_FWD);
+    return lb_forward_to_real(ctx, &pkt, r);
+}
+
+/* ---- schedulers: classify again, pick, hand the pick to lb_xdp_new_conn ---- */
+
+static __always_inline int lb_sched_begin(struct xdp_md *ctx, __u32 *svc_id, struct lb_svc **svc,
+                                          struct lb_svc_dests **ds, struct lb_sched_state **st,
+                                          lb_scratch_t **sc)
+{
+    __u32 zero = 0;
+    struct lb_pkt pkt = {};
+    int act = lb_classify(ctx, &pkt, svc_id);
+    if (act != LB_CONTINUE)
+        return act;
+    *svc = lb_svc.lookup(svc_id);
+    *ds = lb_svc_dests.lookup(svc_id);
+    *st = lb_sched_state.lookup(svc_id);
+    *sc = lb_scratch.lookup(&zero);
+    if (!*svc || !*ds || !*st || !*sc)
+        return XDP_PASS;
+    return LB_CONTINUE;
+}
+
+static __always_inline int lb_sched_end(struct xdp_md *ctx, __u32 svc_id, lb_scratch_t *sc,
+                                        __u32 real_id)
+{
+    if (real_id == LB_NONE) {
+        /* no usable real server: the local stack refuses the connection (RST or port
+         * unreachable), as IPVS answers with ICMP port unreachable */
+        lb_count(LB_CNT_NO_REAL);
+        return XDP_PASS;
+    }
+    sc->svc = svc_id;
+    sc->real = real_id;
+    lb_progs.call(ctx, LB_PROG_NEW_CONN);
+    lb_count(LB_CNT_TAIL_CALL);
+    return XDP_PASS;
+}
+
+int lb_sched_rr(struct xdp_md *ctx)
+{
+    __u32 svc_id;
+    struct lb_svc *svc;
+    struct lb_svc_dests *ds;
+    struct lb_sched_state *st;
+    lb_scratch_t *sc;
+    int act = lb_sched_begin(ctx, &svc_id, &svc, &ds, &st, &sc);
+    if (act != LB_CONTINUE)
+        return act;
+    return lb_sched_end(ctx, svc_id, sc, lb_pick_rr(svc, ds, st, sc));
+}
+
+int lb_sched_wrr(struct xdp_md *ctx)
+{
+    __u32 svc_id;
+    struct lb_svc *svc;
+    struct lb_svc_dests *ds;
+    struct lb_sched_state *st;
+    lb_scratch_t *sc;
+    int act = lb_sched_begin(ctx, &svc_id, &svc, &ds, &st, &sc);
+    if (act != LB_CONTINUE)
+        return act;
+    return lb_sched_end(ctx, svc_id, sc, lb_pick_wrr(svc, ds, st, sc));
+}
+
+int lb_sched_wlc(struct xdp_md *ctx)
+{
+    __u32 svc_id;
+    struct lb_svc *svc;
+    struct lb_svc_dests *ds;
+    struct lb_sched_state *st;
+    lb_scratch_t *sc;
+    int act = lb_sched_begin(ctx, &svc_id, &svc, &ds, &st, &sc);
+    if (act != LB_CONTINUE)
+        return act;
+    return lb_sched_end(ctx, svc_id, sc, lb_pick_wlc(svc, ds, st, sc));
+}
+
+/* ---- a new connection: count it inactive (IPVS starts every connection so), first state
+ * transition, insert (plus the NAT reverse entry), forward ---- */
+
+int lb_xdp_new_conn(struct xdp_md *ctx)
+{
+    struct lb_pkt pkt = {};
+    __u32 svc_id;
+    int act = lb_classify(ctx, &pkt, &svc_id);
+    if (act != LB_CONTINUE)
+        return act;
+    __u32 zero = 0;
+    struct lb_sched_scratch *pick = lb_scratch.lookup(&zero);
+    if (!pick || pick->svc != svc_id)
+        return XDP_PASS;
+    __u32 real_id = pick->real;
+    struct lb_real *r = lb_reals.lookup(&real_id);
+    if (!r || r->svc != svc_id)
+        return XDP_PASS;
+
+    struct lb_conn_key key;
+    lb_conn_key_in(&key, &pkt);
+    struct lb_conn c = {};
+    c.last_ns = bpf_ktime_get_ns();
+    c.real = real_id;
+    c.svc = svc_id;
+    c.state = LB_TCP_S_NONE;
+    c.flags = LB_CONN_F_INACTIVE;
+    c.client_ifindex = ctx->ingress_ifindex;
+    __builtin_memcpy(c.client_mac, pkt.eth->h_source, ETH_ALEN);
+    __builtin_memcpy(c.local_mac, pkt.eth->h_dest, ETH_ALEN);
+    lb_real_conns_add(real_id, 0, 1);
+    lb_conn_state(&c, lb_fsm_table(r), &pkt);
+
+    if (lb_conns.insert(&key, &c) != 0) {
+        /* another CPU created this flow first: follow its choice */
+        lb_conn_uncount(&c);
+        struct lb_conn *other = lb_conns.lookup(&key);
+        if (!other) {
+            lb_count(LB_CNT_CONN_FULL);
+            return XDP_DROP;
+        }
+        real_id = other->real;
+        r = lb_reals.lookup(&real_id);
+        if (!r || r->svc != svc_id)
+            return XDP_DROP;
+        lb_stats_in(svc_id, real_id, pkt.len, 0);
+        lb_count(LB_CNT_FWD);
+        return lb_forward_to_real(ctx, &pkt, r);
+    }
+    if (r->fwd == LB_FWD_NAT) {
+        struct lb_conn_key rk = {};
+        __builtin_memcpy(rk.saddr, r->addr, 16);
+        __builtin_memcpy(rk.daddr, key.saddr, 16);
+        rk.sport = r->port;
+        rk.dport = key.sport;
+        rk.proto = key.proto;
+        rk.family = key.family;
+        rk.dir = 1;
+        c.flags = LB_CONN_F_OUT;
+        lb_conns.update(&rk, &c);
+    }
+    lb_stats_in(svc_id, real_id, pkt.len, 1);
+    lb_count(LB_CNT_FWD);
+    return lb_forward_to_real(ctx, &pkt, r);
+}
+
+/* ---- private side: NAT replies ---- */
+
+int lb_xdp_private(struct xdp_md *ctx)
+{
+    struct lb_pkt pkt = {};
+    __u32 counter = LB_CNT_PASS;
+    int act = lb_parse(ctx, &pkt, &counter);
+    if (act != LB_CONTINUE)
+        return act;
+
+    struct lb_conn_key rk;
+    lb_conn_key_in(&rk, &pkt);
+    rk.dir = 1;
+    struct lb_conn *rev = lb_conns.lookup(&rk);
+    if (!rev || !(rev->flags & LB_CONN_F_OUT))
+        return XDP_PASS;          /* not a NAT reply: the director's own traffic, DR replies */
+
+    __u32 svc_id = rev->svc;
+    struct lb_svc *svc = lb_svc.lookup(&svc_id);
+    if (!svc)
+        return XDP_PASS;
+    struct lb_conn_key key = {};
+    *(__be32 *)key.saddr = pkt.ip4->daddr;
+    __builtin_memcpy(key.daddr, svc->addr, 16);
+    key.sport = *pkt.dport_p;
+    key.dport = svc->port;
+    key.proto = pkt.proto;
+    key.family = LB_AF_INET;
+    struct lb_conn *c = lb_conns.lookup(&key);
+    __u64 now = bpf_ktime_get_ns();
+    if (!c || c->real != rev->real)
+        return XDP_PASS;
+    if (lb_conn_expired(c, now)) {
+        lb_conn_expire(&key, c);
+        lb_conns.delete(&rk);
+        return XDP_PASS;
+    }
+    lb_conn_state(c, LB_FSM_OUTPUT, &pkt);
+    c->last_ns = now;
+    rev->last_ns = now;
+    lb_stats_out(svc_id, c->real, pkt.len);
+    lb_count(LB_CNT_NAT_REPLY);
+    return lb_forward_to_client(ctx, &pkt, svc, c);
+}

@@ -1,0 +1,102 @@
+/* Connection table: IPVS connection states, timeouts and the ActiveConn/InActConn counters. */
+#ifndef LB_CONNTRACK_H
+#define LB_CONNTRACK_H
+
+static __always_inline void lb_conn_key_in(struct lb_conn_key *k, struct lb_pkt *pkt)
+{
+    __builtin_memset(k, 0, sizeof(*k));
+    *(__be32 *)k->saddr = pkt->ip4->saddr;
+    *(__be32 *)k->daddr = pkt->ip4->daddr;
+    k->sport = *pkt->sport_p;
+    k->dport = *pkt->dport_p;
+    k->proto = pkt->proto;
+    k->family = LB_AF_INET;
+}
+
+static __always_inline void lb_real_conns_add(__u32 real, int active, int inactive)
+{
+    struct lb_real_conns *c = lb_real_conns.lookup(&real);
+    if (!c)
+        return;
+    if (active)
+        __sync_fetch_and_add(&c->active, active);
+    if (inactive)
+        __sync_fetch_and_add(&c->inactive, inactive);
+}
+
+/* Undo a connection's contribution to its real server's counters. */
+static __always_inline void lb_conn_uncount(struct lb_conn *c)
+{
+    if (c->flags & LB_CONN_F_INACTIVE)
+        lb_real_conns_add(c->real, 0, -1);
+    else
+        lb_real_conns_add(c->real, -1, 0);
+}
+
+static __always_inline int lb_conn_expired(struct lb_conn *c, __u64 now)
+{
+    return now - c->last_ns > (__u64)c->timeout * 1000000000ULL;
+}
+
+static __always_inline __u32 lb_timeout_of(__u32 state)
+{
+    __u32 *t = lb_timeouts.lookup(&state);
+    return t ? *t : 60;
+}
+
+/* IPVS tcp_state_idx(): RST before SYN before FIN before ACK */
+static __always_inline __u32 lb_tcp_event(__u8 flags)
+{
+    if (flags & LB_TCP_RST)
+        return LB_EV_RST;
+    if (flags & LB_TCP_SYN)
+        return LB_EV_SYN;
+    if (flags & LB_TCP_FIN)
+        return LB_EV_FIN;
+    if (flags & LB_TCP_ACK)
+        return LB_EV_ACK;
+    return LB_NONE;
+}
+
+/* IPVS set_tcp_state(): move along the state table and keep the real server's counters:
+ * only ESTABLISHED counts as active. */
+static __always_inline void lb_conn_state(struct lb_conn *c, __u32 table, struct lb_pkt *pkt)
+{
+    __u32 new_state;
+
+    if (pkt->proto != IPPROTO_TCP) {
+        c->state = LB_UDP_S_NORMAL;
+        c->timeout = lb_timeout_of(LB_UDP_S_NORMAL);
+        return;
+    }
+    new_state = LB_TCP_S_CLOSE;
+    __u32 ev = lb_tcp_event(pkt->tcp_flags);
+    if (ev != LB_NONE && c->state < LB_TCP_S_LAST) {
+        __u32 idx = (table * 4 + ev) * LB_TCP_S_LAST + c->state;
+        __u32 *ns = lb_tcp_fsm.lookup(&idx);
+        if (ns)
+            new_state = *ns;
+    }
+    if (new_state != c->state) {
+        if (!(c->flags & LB_CONN_F_INACTIVE) && new_state != LB_TCP_S_ESTABLISHED) {
+            lb_real_conns_add(c->real, -1, 1);
+            c->flags |= LB_CONN_F_INACTIVE;
+        } else if ((c->flags & LB_CONN_F_INACTIVE) && new_state == LB_TCP_S_ESTABLISHED) {
+            lb_real_conns_add(c->real, 1, -1);
+            c->flags &= ~LB_CONN_F_INACTIVE;
+        }
+    }
+    c->state = new_state;
+    c->timeout = lb_timeout_of(new_state);
+}
+
+/* Drop an expired entry (and its NAT reverse entry).  Whoever deletes it uncounts it, so the
+ * control plane's sweep and the data path never both do. */
+static __always_inline void lb_conn_expire(struct lb_conn_key *k, struct lb_conn *c)
+{
+    struct lb_conn copy = *c;
+    if (lb_conns.delete(k) == 0)
+        lb_conn_uncount(&copy);
+}
+
+#endif

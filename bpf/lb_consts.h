@@ -1,0 +1,94 @@
+/* Constants shared by the data plane and (mirrored in lb/dataplane/layout.py) the control plane.
+ * Every size is a -D flag set from the config; the defaults here only serve a bare compile. */
+#ifndef LB_CONSTS_H
+#define LB_CONSTS_H
+
+#ifndef LB_MAX_SERVICES
+#define LB_MAX_SERVICES 256
+#endif
+#ifndef LB_MAX_REALS
+#define LB_MAX_REALS 4096
+#endif
+#ifndef LB_MAX_SVC_REALS          /* real servers per virtual service: bounds every scheduler loop */
+#define LB_MAX_SVC_REALS 64
+#endif
+#ifndef LB_CONN_TABLE_SIZE
+#define LB_CONN_TABLE_SIZE 65536
+#endif
+#ifndef LB_PIN_DIR
+#define LB_PIN_DIR "/sys/fs/bpf/lb/default"
+#endif
+
+/* "keep going": helpers return this or an XDP action */
+#define LB_CONTINUE (-1)
+#define LB_NONE 0xffffffffU
+/* scheduler cursor "at the list head", like IPVS's &svc->destinations */
+#define LB_POS_HEAD 0xffffffffU
+
+#define LB_AF_INET 4
+#define LB_AF_INET6 6
+
+/* Forwarding methods, numbered as IPVS's IP_VS_CONN_F_* */
+#define LB_FWD_NAT 0
+#define LB_FWD_LOCAL 1
+#define LB_FWD_TUNNEL 2
+#define LB_FWD_DR 3
+
+/* Schedulers (index into the dispatch in lb_sched.h) */
+#define LB_SCHED_RR 0
+#define LB_SCHED_WRR 1
+#define LB_SCHED_WLC 2
+
+/* Tail-call slots in lb_progs: a new connection goes public -> scheduler -> new_conn, so each
+ * scheduler's loop is verified on its own (inlined, the loops' exits multiply the paths the
+ * verifier must walk through the forwarding code). */
+#define LB_PROG_NEW_CONN 0
+#define LB_PROG_SCHED_BASE 1
+#define LB_PROG_MAX 16
+
+/* Real server flags */
+#define LB_REAL_F_OVERLOAD 0x1   /* skipped by every scheduler (IPVS IP_VS_DEST_F_OVERLOAD) */
+
+/* Connection flags */
+#define LB_CONN_F_INACTIVE 0x1   /* counted in InActConn (IPVS IP_VS_CONN_F_INACTIVE) */
+#define LB_CONN_F_OUT 0x2        /* reverse entry of a NAT connection: reply -> client */
+
+/* IPVS TCP states, same numbering as IP_VS_TCP_S_* */
+#define LB_TCP_S_NONE 0
+#define LB_TCP_S_ESTABLISHED 1
+#define LB_TCP_S_SYN_SENT 2
+#define LB_TCP_S_SYN_RECV 3
+#define LB_TCP_S_FIN_WAIT 4
+#define LB_TCP_S_TIME_WAIT 5
+#define LB_TCP_S_CLOSE 6
+#define LB_TCP_S_CLOSE_WAIT 7
+#define LB_TCP_S_LAST_ACK 8
+#define LB_TCP_S_LISTEN 9
+#define LB_TCP_S_SYNACK 10
+#define LB_TCP_S_LAST 11
+#define LB_UDP_S_NORMAL 11       /* index of the UDP timeout in lb_timeouts */
+#define LB_TIMEOUTS 12
+
+/* State tables (IPVS tcp_states): table * 4 + event, then * LB_TCP_S_LAST + state */
+#define LB_FSM_INPUT 0
+#define LB_FSM_OUTPUT 1
+#define LB_FSM_INPUT_ONLY 2
+#define LB_EV_SYN 0
+#define LB_EV_FIN 1
+#define LB_EV_ACK 2
+#define LB_EV_RST 3
+#define LB_FSM_SIZE (3 * 4 * LB_TCP_S_LAST)
+
+/* Per-CPU event counters (lb_counters), also listed by `lb stats` */
+#define LB_CNT_PASS 0            /* not for a virtual service: left to the kernel */
+#define LB_CNT_FWD 1             /* forwarded to a real server */
+#define LB_CNT_NAT_REPLY 2       /* NAT reply rewritten back to the client */
+#define LB_CNT_NO_REAL 3         /* new connection, no usable real server: dropped */
+#define LB_CNT_NOT_SYN 4         /* TCP packet without connection and without SYN: passed */
+#define LB_CNT_FRAGMENT 5        /* IPv4 fragment to a VIP: passed */
+#define LB_CNT_BAD_REAL 6        /* connection points at a real server that is gone */
+#define LB_CNT_CONN_FULL 7       /* connection table insert failed */
+#define LB_CNT_TAIL_CALL 8       /* a tail call failed (program missing): passed */
+#define LB_CNT_MAX 9
+
+#endif

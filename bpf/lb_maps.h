@@ -1,0 +1,29 @@
+/* Every map is pinned under LB_PIN_DIR so that `lb list` reads it without the daemon and a
+ * restarted daemon adopts it with every connection.  Only lb/dataplane/ writes them. */
+#ifndef LB_MAPS_H
+#define LB_MAPS_H
+
+#define LB_PIN(name) LB_PIN_DIR "/" #name
+
+BPF_TABLE_PINNED("hash", struct lb_svc_key, __u32, lb_services, LB_MAX_SERVICES, LB_PIN(lb_services));
+BPF_TABLE_PINNED("array", __u32, struct lb_svc, lb_svc, LB_MAX_SERVICES, LB_PIN(lb_svc));
+BPF_TABLE_PINNED("array", __u32, struct lb_sched_state, lb_sched_state, LB_MAX_SERVICES, LB_PIN(lb_sched_state));
+/* one value per service holding its whole list: schedulers read it with one lookup */
+BPF_TABLE_PINNED("array", __u32, struct lb_svc_dests, lb_svc_dests, LB_MAX_SERVICES, LB_PIN(lb_svc_dests));
+BPF_TABLE_PINNED("array", __u32, struct lb_real, lb_reals, LB_MAX_REALS, LB_PIN(lb_reals));
+BPF_TABLE_PINNED("array", __u32, struct lb_real_conns, lb_real_conns, LB_MAX_REALS, LB_PIN(lb_real_conns));
+/* what the control plane's expiry sweep took away from lb_real_conns (it cannot add atomically) */
+BPF_TABLE_PINNED("array", __u32, struct lb_real_conns, lb_real_swept, LB_MAX_REALS, LB_PIN(lb_real_swept));
+BPF_TABLE_PINNED("lru_hash", struct lb_conn_key, struct lb_conn, lb_conns, LB_CONN_TABLE_SIZE, LB_PIN(lb_conns));
+BPF_TABLE_PINNED("array", __u32, __u32, lb_tcp_fsm, LB_FSM_SIZE, LB_PIN(lb_tcp_fsm));
+BPF_TABLE_PINNED("array", __u32, __u32, lb_timeouts, LB_TIMEOUTS, LB_PIN(lb_timeouts));
+BPF_TABLE_PINNED("percpu_array", __u32, struct lb_stats, lb_svc_stats, LB_MAX_SERVICES, LB_PIN(lb_svc_stats));
+BPF_TABLE_PINNED("percpu_array", __u32, struct lb_stats, lb_real_stats, LB_MAX_REALS, LB_PIN(lb_real_stats));
+BPF_TABLE_PINNED("percpu_array", __u32, __u64, lb_counters, LB_CNT_MAX, LB_PIN(lb_counters));
+
+/* Pinned: the kernel empties a program array when its last user reference goes, and a
+ * killed daemon must leave new connections working. */
+BPF_TABLE_PINNED("prog", __u32, __u32, lb_progs, LB_PROG_MAX, LB_PIN(lb_progs));
+BPF_TABLE_PINNED("percpu_array", __u32, struct lb_sched_scratch, lb_scratch, 1, LB_PIN(lb_scratch));
+
+#endif

@@ -1,0 +1,144 @@
+/* Schedulers for new connections, following IPVS (net/netfilter/ipvs/ip_vs_*.c).
+ * The real servers of a service sit in lb_svc_reals in IPVS list order (newest first); every
+ * scheduler walks at most LB_MAX_SVC_REALS positions.  A scheduler returns a real id or LB_NONE.
+ * Adding one: a LB_SCHED_* constant, a lb_pick_<name>() here, a lb_sched_<name> program in
+ * lb.c, and the name in lb/dataplane/layout.py. */
+#ifndef LB_SCHED_H
+#define LB_SCHED_H
+
+static __always_inline int lb_dest_usable(struct lb_dest *d)
+{
+    return d->weight > 0 && !(d->flags & LB_REAL_F_OVERLOAD);
+}
+
+/* IPVS ip_vs_dest_conn_overhead(): (activeconns << 8) + inactconns */
+static __always_inline __u64 lb_real_overhead(__u32 real_id)
+{
+    struct lb_real_conns *c = lb_real_conns.lookup(&real_id);
+    struct lb_real_conns *s = lb_real_swept.lookup(&real_id);
+    if (!c)
+        return 0;
+    __u32 act = c->active, inact = c->inactive;
+    if (s) {
+        act -= s->active;
+        inact -= s->inactive;
+    }
+    return ((__u64)act << 8) + inact;
+}
+
+typedef volatile struct lb_sched_scratch lb_scratch_t;
+
+static __always_inline void lb_sched_init(struct lb_svc *svc, struct lb_sched_state *st,
+                                          lb_scratch_t *sc)
+{
+    __u32 n = svc->nreals < LB_MAX_SVC_REALS ? svc->nreals : LB_MAX_SVC_REALS;
+    sc->n = n;
+    sc->start = (st->cl == LB_POS_HEAD || st->cl >= n) ? 0 : st->cl + 1;
+    sc->first = LB_NONE;
+    sc->maxw = 0;
+    sc->real = LB_NONE;
+}
+
+/* rr: the next usable server after the last pick, wrapping round to the last pick itself.
+ * One forward scan: the first usable at or after the cursor, else the first usable at all. */
+static __always_inline __u32 lb_pick_rr(struct lb_svc *svc, struct lb_svc_dests *ds,
+                                        struct lb_sched_state *st, lb_scratch_t *sc)
+{
+    lb_sched_init(svc, st, sc);
+    for (__u32 pos = 0; pos < LB_MAX_SVC_REALS; pos++) {
+        if (pos >= sc->n)
+            break;
+        struct lb_dest *d = &ds->d[pos];
+        if (!lb_dest_usable(d))
+            continue;
+        if (pos >= sc->start) {
+            st->cl = pos;
+            return d->real;
+        }
+        if (sc->first == LB_NONE)
+            sc->first = pos;
+    }
+    __u32 first = sc->first;
+    if (first >= LB_MAX_SVC_REALS)
+        return LB_NONE;
+    st->cl = first;
+    return ds->d[first].real;
+}
+
+/* wrr, as ip_vs_wrr_schedule(): walk on from the cursor for weight >= cw; at the end of a pass
+ * cw -= di (wrapping to mw).  Passes that cannot match any usable server are skipped in one
+ * step (cw jumps to the largest value on its grid <= the largest usable weight), which picks
+ * the same server as the kernel's pass-by-pass walk with a loop bounded by 2 passes. */
+static __always_inline __u32 lb_pick_wrr(struct lb_svc *svc, struct lb_svc_dests *ds,
+                                         struct lb_sched_state *st, lb_scratch_t *sc)
+{
+    __s32 mw = svc->wrr_mw, di = svc->wrr_di ? svc->wrr_di : 1;
+
+    if (mw <= 0)
+        return LB_NONE;
+    lb_sched_init(svc, st, sc);
+    /* rest of the current pass */
+    for (__u32 pos = 0; pos < LB_MAX_SVC_REALS; pos++) {
+        if (pos >= sc->n)
+            break;
+        struct lb_dest *d = &ds->d[pos];
+        if (!lb_dest_usable(d))
+            continue;
+        if (d->weight > sc->maxw)
+            sc->maxw = d->weight;
+        if (pos >= sc->start && (__s32)d->weight >= st->cw) {
+            st->cl = pos;
+            return d->real;
+        }
+    }
+    __u32 maxw = sc->maxw;
+    if (!maxw)
+        return LB_NONE;
+    __s32 cw = st->cw - di;
+    if (cw <= 0)
+        cw = mw;
+    if (cw > (__s32)maxw) {
+        /* here mw >= cw > maxw, so the difference is positive: unsigned division */
+        __u32 k = ((__u32)(mw - (__s32)maxw) + (__u32)di - 1) / (__u32)di;
+        cw = mw - (__s32)(k * (__u32)di);
+    }
+    if (cw <= 0)                  /* weights changed under us: the last pass takes any weight */
+        cw = 1;
+    st->cw = cw;
+    /* a fresh pass from the head: the server with maxw qualifies, so this finds one */
+    for (__u32 pos = 0; pos < LB_MAX_SVC_REALS; pos++) {
+        if (pos >= sc->n)
+            break;
+        struct lb_dest *d = &ds->d[pos];
+        if (lb_dest_usable(d) && (__s32)d->weight >= st->cw) {
+            st->cl = pos;
+            return d->real;
+        }
+    }
+    return LB_NONE;
+}
+
+/* wlc: least overhead/weight, compared as loh * w > doh * lw; the first usable server wins ties */
+static __always_inline __u32 lb_pick_wlc(struct lb_svc *svc, struct lb_svc_dests *ds,
+                                         struct lb_sched_state *st, lb_scratch_t *sc)
+{
+    lb_sched_init(svc, st, sc);
+    sc->loh = 0;
+    sc->lw = 0;
+    for (__u32 pos = 0; pos < LB_MAX_SVC_REALS; pos++) {
+        if (pos >= sc->n)
+            break;
+        struct lb_dest *d = &ds->d[pos];
+        if (!lb_dest_usable(d))
+            continue;
+        __u64 doh = lb_real_overhead(d->real);
+        if (sc->real == LB_NONE || sc->loh * d->weight > doh * sc->lw) {
+            sc->real = d->real;
+            sc->loh = doh;
+            sc->lw = d->weight;
+        }
+    }
+    return sc->real;
+}
+
+#endif

@@ -1,0 +1,103 @@
+/* Map keys and values.  Addresses are 16 bytes for both families (IPv4 in the first 4 bytes);
+ * ports are in network byte order.  lb/dataplane/layout.py mirrors every struct byte for byte. */
+#ifndef LB_STRUCTS_H
+#define LB_STRUCTS_H
+
+struct lb_svc_key {               /* lb_services key: (vip, vport, proto) */
+    __u8 addr[16];
+    __be16 port;
+    __u8 proto;
+    __u8 family;
+};
+
+struct lb_svc {                   /* lb_svc value, index = service id */
+    __u8 addr[16];
+    __be16 port;
+    __u8 proto;
+    __u8 family;
+    __u32 sched;                  /* LB_SCHED_* */
+    __u32 nreals;                 /* entries used in lb_svc_dests for this service */
+    __u32 flags;
+    __u32 wrr_mw;                 /* wrr: max weight - (gcd - 1), computed by the control plane */
+    __u32 wrr_di;                 /* wrr: gcd of the positive weights */
+    __u32 persist_timeout;        /* seconds; reserved for persistence templates */
+    __u32 persist_mask;           /* reserved */
+};
+
+struct lb_sched_state {           /* lb_sched_state value, index = service id; written by BPF */
+    __u32 cl;                     /* cursor: position of the last pick, or LB_POS_HEAD */
+    __s32 cw;                     /* wrr current weight */
+};
+
+struct lb_dest {                  /* one position in a service's real server list */
+    __u32 real;                   /* real id */
+    __u32 weight;                 /* copy of lb_real.weight: the scheduler's view */
+    __u32 flags;                  /* copy of lb_real.flags */
+};
+
+struct lb_svc_dests {             /* lb_svc_dests value, index = service id; IPVS list order */
+    struct lb_dest d[LB_MAX_SVC_REALS];
+};
+
+struct lb_real {                  /* lb_reals value, index = real id (one per service and server) */
+    __u8 addr[16];
+    __be16 port;
+    __u8 family;
+    __u8 fwd;                     /* LB_FWD_* */
+    __u32 weight;
+    __u32 flags;                  /* LB_REAL_F_* */
+    __u32 ifindex;                /* egress interface toward the real server */
+    __u8 mac[6];                  /* the real server's (or next hop's) MAC */
+    __u8 src_mac[6];              /* our MAC on ifindex */
+    __u32 svc;                    /* owning service id */
+};
+
+struct lb_real_conns {            /* lb_real_conns value: changed only by BPF, atomically */
+    __u32 active;
+    __u32 inactive;
+};
+
+struct lb_conn_key {
+    __u8 saddr[16];
+    __u8 daddr[16];
+    __be16 sport;
+    __be16 dport;
+    __u8 proto;
+    __u8 family;
+    __u8 dir;                     /* 0: client -> vip (in); 1: real -> client (NAT out) */
+    __u8 pad;
+};
+
+struct lb_conn {
+    __u64 last_ns;                /* bpf_ktime_get_ns() of the last packet */
+    __u32 real;                   /* real id */
+    __u32 svc;                    /* service id */
+    __u32 timeout;                /* seconds, set on each state change as IPVS does */
+    __u32 client_ifindex;         /* where the client's packets come in (NAT replies leave there) */
+    __u8 state;                   /* LB_TCP_S_* or LB_UDP_S_NORMAL */
+    __u8 flags;                   /* LB_CONN_F_* */
+    __u8 pad[2];
+    __u8 client_mac[6];           /* previous hop toward the client */
+    __u8 local_mac[6];            /* our MAC on client_ifindex */
+};
+
+struct lb_stats {                 /* per-CPU, per service and per real server */
+    __u64 conns;
+    __u64 inpkts;
+    __u64 outpkts;
+    __u64 inbytes;
+    __u64 outbytes;
+};
+
+struct lb_sched_scratch {         /* per-CPU: scheduler loop state, then the hand-over to new_conn */
+    __u32 svc;                    /* the pick: service id ... */
+    __u32 real;                   /* ... and real id */
+    __u32 n;                      /* loop state below; kept in map memory (volatile) because the */
+    __u32 start;                  /* verifier does not track it there, so each loop iteration is */
+    __u32 first;                  /* one state instead of one per range of every live register */
+    __u32 maxw;
+    __u64 loh;
+    __u64 lw;
+};
+
+#endif
