@@ -1,0 +1,137 @@
+"""Typed, immutable configuration model of the director.
+
+The loader (:mod:`lb.config.toml`) is the only place that validates; the
+classes here are plain frozen records that the rest of the program can trust
+once :func:`lb.config.load` has returned them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from ipaddress import IPv4Address, IPv4Interface, IPv6Address
+from pathlib import Path
+
+# Schedulers the data plane can run today.
+SCHEDULERS_IMPLEMENTED: tuple[str, ...] = ("rr", "wrr", "wlc")
+
+# Every scheduler name ipvsadm knows; names in here but not in
+# SCHEDULERS_IMPLEMENTED are reported as "not implemented yet" rather than
+# "unknown", so an IPVS user gets a precise answer.
+SCHEDULERS_IPVS: tuple[str, ...] = (
+    "rr", "wrr", "lc", "wlc", "sed", "nq", "lblc", "lblcr",
+    "dh", "sh", "mh", "fo", "ovf", "twos",
+)
+
+PROTOCOLS: tuple[str, ...] = ("tcp", "udp")
+NETWORKS: tuple[str, ...] = ("direct", "nat")
+
+IPAddress = IPv4Address | IPv6Address
+
+
+@dataclass(frozen=True, slots=True)
+class RealServer:
+    """One backend of a virtual server."""
+
+    name: str
+    address: IPAddress
+    # None means "same port as the virtual server" (the only choice for
+    # direct routing, which cannot rewrite the destination port).
+    port: int | None = None
+    weight: int = 1  # 0..65535; 0 = quiesced (no new connections)
+    active: bool = True
+
+    def effective_port(self, vs: VirtualServer) -> int:
+        """The destination port packets are sent to on this real server."""
+        return vs.port if self.port is None else self.port
+
+
+@dataclass(frozen=True, slots=True)
+class VirtualServer:
+    """A service: (protocol, VIP, port) plus its scheduler and real servers."""
+
+    name: str
+    address: IPAddress
+    port: int
+    protocol: str = "tcp"  # "tcp" | "udp"
+    scheduler: str = "wlc"
+    persistent: int = 0  # persistence timeout in seconds; 0 = off
+    pmask: str | None = None  # normalised dotted IPv4 netmask, e.g. "255.255.255.0"
+    active: bool = True
+    device: str | None = None  # interface holding the VIP; None -> Config.public_interface
+    real_servers: tuple[RealServer, ...] = ()
+
+    @property
+    def key(self) -> tuple[str, IPAddress, int]:
+        """The identity of the service, as IPVS sees it."""
+        return (self.protocol, self.address, self.port)
+
+
+@dataclass(frozen=True, slots=True)
+class Tables:
+    """Sizes of the BPF maps."""
+
+    connections: int = 65536
+    services: int = 256
+    real_servers: int = 4096  # total over all services
+    reals_per_service: int = 64
+
+
+@dataclass(frozen=True, slots=True)
+class Timeouts:
+    """Connection idle timeouts, in seconds."""
+
+    tcp: int = 900
+    tcpfin: int = 120
+    udp: int = 300
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Config:
+    """The whole director configuration."""
+
+    path: Path | None = None  # file it was loaded from; None for loads()
+    instance: str = "default"
+    public_interface: str
+    private_interface: str | None = None
+    network: str = "direct"  # "direct" | "nat"
+    nat_router: IPv4Interface | None = None  # e.g. 198.18.1.254/24
+    nat_router_device: str | None = None  # None -> private_interface
+    tables: Tables = field(default_factory=Tables)
+    timeouts: Timeouts = field(default_factory=Timeouts)
+    virtual_servers: tuple[VirtualServer, ...] = ()
+
+    def vip_device(self, vs: VirtualServer) -> str:
+        """The interface that carries the VIP of ``vs``."""
+        return vs.device or self.public_interface
+
+    @property
+    def nat_device(self) -> str | None:
+        """The interface that carries nat_router (nat_router_device or private_interface)."""
+        return self.nat_router_device or self.private_interface
+
+
+@dataclass(frozen=True, slots=True)
+class ConfigIssue:
+    """One problem found in a configuration file."""
+
+    path: str  # file name as given (or "<string>")
+    line: int | None  # 1-based; None when unknown
+    field: str  # e.g. "virtual_server[1].real_server[0].weight"; "" for file-level problems
+    message: str
+
+    def __str__(self) -> str:
+        where = self.path if self.line is None else f"{self.path}:{self.line}"
+        if self.field:
+            return f"{where}: {self.field}: {self.message}"
+        return f"{where}: {self.message}"
+
+
+class ConfigError(Exception):
+    """A configuration could not be loaded; ``issues`` lists every problem found."""
+
+    def __init__(self, issues: list[ConfigIssue]) -> None:
+        self.issues: list[ConfigIssue] = list(issues)
+        super().__init__("\n".join(str(i) for i in self.issues))
+
+    def __str__(self) -> str:
+        return "\n".join(str(i) for i in self.issues)

@@ -1,0 +1,789 @@
+"""Load and validate the native TOML configuration format.
+
+Validation does not stop at the first problem: every field is checked and
+every problem is collected as a :class:`ConfigIssue` (with the source line,
+found by :mod:`lb.config.locate`), then raised together in one
+:class:`ConfigError`.  Cross-field checks (duplicates, counts, direct routing
+port rules) only look at fields that were valid themselves, so one mistake
+does not cascade into a screen of follow-up errors.
+"""
+
+from __future__ import annotations
+
+import difflib
+import enum
+import ipaddress
+import json
+import os
+import re
+import tomllib
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from ipaddress import IPv4Address, IPv4Interface
+from pathlib import Path
+from typing import Any, Final, TypeVar
+
+from .locate import FieldPath, Locator
+from .model import (
+    NETWORKS,
+    PROTOCOLS,
+    SCHEDULERS_IMPLEMENTED,
+    SCHEDULERS_IPVS,
+    Config,
+    ConfigError,
+    ConfigIssue,
+    IPAddress,
+    RealServer,
+    Tables,
+    Timeouts,
+    VirtualServer,
+)
+
+__all__ = ["load", "loads"]
+
+T = TypeVar("T")
+
+
+class _Invalid(enum.Enum):
+    """Marker for a field whose problem has already been reported."""
+
+    INVALID = 0
+
+
+INVALID: Final = _Invalid.INVALID
+_ABSENT: Final = object()
+
+# --- limits ------------------------------------------------------------------
+
+INSTANCE_RE: Final = re.compile(r"[a-z0-9][a-z0-9_-]{0,31}")
+IFNAMSIZ: Final = 16  # kernel limit, including the terminating NUL
+NAME_MAX: Final = 64
+PORT_RANGE: Final = (1, 65535)
+WEIGHT_RANGE: Final = (0, 65535)
+# IPVS keeps timeouts as jiffies in an int; ipvsadm caps them at
+# INT_MAX / HZ(1000) seconds so they cannot overflow.
+TIMEOUT_RANGE: Final = (1, 2147483)
+PERSISTENT_RANGE: Final = (0, 2147483)
+_DEFAULT_TABLES: Final = Tables()
+_DEFAULT_TIMEOUTS: Final = Timeouts()
+TABLE_RANGES: Final[dict[str, tuple[int, int]]] = {
+    "connections": (1024, 67108864),
+    "services": (1, 65536),
+    "real_servers": (1, 1048576),
+    "reals_per_service": (1, 512),  # the BPF verifier accepts the scheduler loops up to 512
+}
+
+# --- known keys (order matters only for messages) ------------------------------
+
+TOP_KEYS: Final = ("global", "tables", "timeouts", "virtual_server")
+GLOBAL_KEYS: Final = (
+    "instance", "public_interface", "private_interface",
+    "network", "nat_router", "nat_router_device",
+)
+TABLES_KEYS: Final = tuple(TABLE_RANGES)
+TIMEOUTS_KEYS: Final = ("tcp", "tcpfin", "udp")
+VS_KEYS: Final = (
+    "name", "address", "port", "protocol", "scheduler",
+    "persistent", "pmask", "active", "device", "real_server",
+)
+RS_KEYS: Final = ("name", "address", "port", "weight", "active")
+
+
+# --- public API ----------------------------------------------------------------
+
+
+def load(path: str | os.PathLike[str]) -> Config:
+    """Read, parse and validate the configuration file at ``path``.
+
+    Raises ConfigError listing every problem found (including an unreadable
+    file, which is reported as an issue naming the path).
+    """
+    display = os.fspath(path)
+    try:
+        data = Path(path).read_bytes()
+    except OSError as e:
+        reason = e.strerror or str(e)
+        raise ConfigError([ConfigIssue(display, None, "", f"cannot read file: {reason}")]) from None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = data[: e.start].count(b"\n") + 1
+        raise ConfigError([ConfigIssue(display, line, "", "file is not valid UTF-8")]) from None
+    return _load_text(text, display, Path(path))
+
+
+def loads(text: str, path: str = "<string>") -> Config:
+    """Parse and validate configuration ``text``.
+
+    ``path`` is only used in messages; the returned Config has ``path=None``
+    because nothing was read from a file.
+    """
+    return _load_text(text, path, None)
+
+
+# --- helpers -------------------------------------------------------------------
+
+
+def field_name(path: FieldPath) -> str:
+    """Render ("virtual_server", 1, "weight") as "virtual_server[1].weight"."""
+    out = ""
+    for elem in path:
+        if isinstance(elem, int):
+            out += f"[{elem}]"
+        else:
+            out += f".{elem}" if out else elem
+    return out
+
+
+def _describe(value: Any) -> str:
+    """A TOML-flavoured description of a value for type errors."""
+    if isinstance(value, bool):
+        return f"boolean {'true' if value else 'false'}"
+    if isinstance(value, int):
+        return f"integer {value}"
+    if isinstance(value, float):
+        return f"float {value!r}"
+    if isinstance(value, str):
+        return f"string {json.dumps(value, ensure_ascii=False)}"
+    if isinstance(value, dict):
+        return "a table"
+    if isinstance(value, list):
+        return "an array"
+    return f"date/time {value}"
+
+
+def _is_table_like(value: Any) -> bool:
+    return isinstance(value, dict) or (
+        isinstance(value, list) and bool(value) and all(isinstance(v, dict) for v in value)
+    )
+
+
+def _valid(value: T | _Invalid) -> T:
+    """Narrow a checked field; only called once no issue has been recorded."""
+    assert not isinstance(value, _Invalid), "building a Config from an invalid field"
+    return value
+
+
+def _valid_int(value: int | None | _Invalid) -> int:
+    """Narrow a checked integer field that has a default."""
+    assert isinstance(value, int), "building a Config from an invalid field"
+    return value
+
+
+def _valid_address(value: IPAddress | _Invalid) -> IPAddress:
+    # Separate from _valid: mypy would join IPv4Address | IPv6Address to _BaseAddress.
+    assert not isinstance(value, _Invalid), "building a Config from an invalid field"
+    return value
+
+
+def _ifname_problem(name: str) -> str | None:
+    """Why ``name`` cannot be a Linux interface name (the kernel's dev_valid_name rules), if it can't."""
+    if not name:
+        return "interface name must not be empty"
+    if len(name.encode()) >= IFNAMSIZ:
+        return f"interface name '{name}' is longer than {IFNAMSIZ - 1} characters"
+    if name in (".", ".."):
+        return f"'{name}' is not a valid interface name"
+    for ch in name:
+        if ch == "/" or ch == ":" or ch.isspace() or not ch.isprintable():
+            return f"interface name {name!r} must not contain {ch!r}"
+    return None
+
+
+def _name_problem(name: str) -> str | None:
+    if not name:
+        return "name must not be empty"
+    if len(name) > NAME_MAX:
+        return f"name is longer than {NAME_MAX} characters"
+    if any(ch.isspace() or not ch.isprintable() for ch in name):
+        return f"name {name!r} must not contain whitespace or control characters"
+    return None
+
+
+def _unicast_problem(addr: IPAddress) -> str | None:
+    """Why ``addr`` cannot be a service or backend address, if it can't."""
+    for kind, bad in (
+        ("unspecified", addr.is_unspecified),
+        ("multicast", addr.is_multicast),
+        ("loopback", addr.is_loopback),
+        ("broadcast", addr == IPv4Address("255.255.255.255")),
+    ):
+        if bad:
+            article = "an" if kind[0] in "aeiou" else "a"
+            return f"{addr} is {article} {kind} address, not a usable unicast address"
+    return None
+
+
+def _parse_netmask(text: str) -> str | None:
+    """Normalise "255.255.255.0" (or "/24") to dotted form; None if not a contiguous IPv4 netmask."""
+    try:
+        if text.startswith("/"):
+            bits = text[1:]
+            if not bits.isdigit():
+                return None
+            return str(ipaddress.IPv4Network(f"0.0.0.0/{int(bits)}").netmask)
+        mask = int(IPv4Address(text))
+    except ValueError:
+        return None
+    host = ~mask & 0xFFFFFFFF
+    # Contiguous means the host part is 2^k - 1 (all ones, then all zeros).
+    if host & (host + 1):
+        return None
+    return str(IPv4Address(mask))
+
+
+# --- the checker ---------------------------------------------------------------
+
+
+class _Checker:
+    """Collects issues, attaching the line each field path is written on."""
+
+    def __init__(self, text: str, display: str) -> None:
+        self.text = text
+        self.display = display
+        self.issues: list[ConfigIssue] = []
+        self._locator: Locator | None = None  # built on the first issue: valid files never pay for it
+
+    def error(self, path: FieldPath, message: str) -> _Invalid:
+        if self._locator is None:
+            self._locator = Locator(self.text)
+        self.issues.append(
+            ConfigIssue(self.display, self._locator.line(path), field_name(path), message)
+        )
+        return INVALID
+
+
+class _Table:
+    """One TOML table under validation: unknown-key check plus typed getters.
+
+    Getters return the value, the default when the key is absent, or INVALID
+    after recording an issue.
+    """
+
+    def __init__(
+        self,
+        chk: _Checker,
+        path: FieldPath,
+        data: dict[str, Any],
+        known: Sequence[str],
+        *,
+        broken: bool = False,
+    ) -> None:
+        self.chk = chk
+        self.path = path
+        self.data = data
+        # A stand-in for a table that was not a table at all (already
+        # reported): its required keys are then not reported as missing.
+        self.broken = broken
+        for key, value in data.items():
+            if key not in known:
+                chk.error(path + (key,), self._unknown(key, value, known))
+
+    def _unknown(self, key: str, value: Any, known: Sequence[str]) -> str:
+        kind = "table" if _is_table_like(value) else "key"
+        if self.path == () and key == "real_server":
+            return (
+                f"unknown table '{key}' "
+                "(real servers belong to a virtual server: write [[virtual_server.real_server]])"
+            )
+        close = difflib.get_close_matches(key, known, n=1)
+        if close:
+            return f"unknown {kind} '{key}' (did you mean '{close[0]}'?)"
+        return f"unknown {kind} '{key}' (expected one of: {', '.join(known)})"
+
+    def at(self, key: str) -> FieldPath:
+        return self.path + (key,)
+
+    def _fetch(self, key: str, required: bool) -> object:
+        value = self.data.get(key, _ABSENT)
+        if value is _ABSENT and required:
+            return INVALID if self.broken else self.chk.error(self.at(key), "required key is missing")
+        return value
+
+    def string(self, key: str, *, required: bool = False) -> str | None | _Invalid:
+        value = self._fetch(key, required)
+        if value is _ABSENT:
+            return None
+        if value is INVALID:
+            return INVALID
+        if isinstance(value, str):
+            return value
+        return self.chk.error(self.at(key), f"expected a string, got {_describe(value)}")
+
+    def integer(
+        self, key: str, bounds: tuple[int, int], *, required: bool = False, default: int | None = None
+    ) -> int | None | _Invalid:
+        value = self._fetch(key, required)
+        if value is _ABSENT:
+            return default
+        if value is INVALID:
+            return INVALID
+        # bool is a subclass of int in Python, but `true` is not a number in TOML.
+        if not isinstance(value, int) or isinstance(value, bool):
+            return self.chk.error(self.at(key), f"expected an integer, got {_describe(value)}")
+        number: int = value
+        lo, hi = bounds
+        if not lo <= number <= hi:
+            return self.chk.error(self.at(key), f"must be between {lo} and {hi}, got {number}")
+        return number
+
+    def boolean(self, key: str, default: bool) -> bool | _Invalid:
+        value = self.data.get(key, _ABSENT)
+        if value is _ABSENT:
+            return default
+        if not isinstance(value, bool):
+            return self.chk.error(self.at(key), f"expected a boolean (true or false), got {_describe(value)}")
+        return value
+
+    def ifname(self, key: str, *, required: bool = False) -> str | None | _Invalid:
+        value = self.string(key, required=required)
+        if isinstance(value, str):
+            problem = _ifname_problem(value)
+            if problem:
+                return self.chk.error(self.at(key), problem)
+        return value
+
+    def name(self, key: str, *, required: bool = False) -> str | None | _Invalid:
+        value = self.string(key, required=required)
+        if isinstance(value, str):
+            problem = _name_problem(value)
+            if problem:
+                return self.chk.error(self.at(key), problem)
+        return value
+
+    def address(self, key: str) -> IPAddress | _Invalid:
+        """A required IP address (either family; callers check the family)."""
+        value = self.string(key, required=True)
+        if not isinstance(value, str):
+            return INVALID
+        try:
+            addr = ipaddress.ip_address(value)
+        except ValueError:
+            return self.chk.error(self.at(key), f"'{value}' is not a valid IP address")
+        problem = _unicast_problem(addr)
+        if problem:
+            return self.chk.error(self.at(key), problem)
+        return addr
+
+    def table(self, key: str, known: Sequence[str]) -> _Table | _Invalid:
+        """An optional sub-table; absent gives an empty one (so defaults apply)."""
+        value = self.data.get(key, _ABSENT)
+        if value is _ABSENT:
+            return _Table(self.chk, self.at(key), {}, known)
+        if not isinstance(value, dict):
+            return self.chk.error(self.at(key), f"expected a table ([{key}]), got {_describe(value)}")
+        return _Table(self.chk, self.at(key), value, known)
+
+    def tables(self, key: str, known: Sequence[str]) -> list[_Table | _Invalid]:
+        """An optional array of tables ([[key]]); absent gives []."""
+        value = self.data.get(key, _ABSENT)
+        if value is _ABSENT:
+            return []
+        header = field_name(self.at(key))
+        if not isinstance(value, list):
+            self.chk.error(
+                self.at(key),
+                f"expected an array of tables ([[{header}]]), got {_describe(value)}",
+            )
+            return []
+        out: list[_Table | _Invalid] = []
+        for i, item in enumerate(value):
+            path = self.at(key) + (i,)
+            if isinstance(item, dict):
+                out.append(_Table(self.chk, path, item, known))
+            else:
+                out.append(self.chk.error(path, f"expected a table, got {_describe(item)}"))
+        return out
+
+
+# --- drafts: checked fields, possibly INVALID, before the model is built ---------
+
+
+@dataclass
+class _RealDraft:
+    path: FieldPath
+    name: str | None | _Invalid  # None: default to the address
+    address: IPAddress | _Invalid
+    port: int | None | _Invalid
+    weight: int | None | _Invalid
+    active: bool | _Invalid
+
+    @property
+    def effective_name(self) -> str | None:
+        if isinstance(self.name, str):
+            return self.name
+        if self.name is None and not isinstance(self.address, _Invalid):
+            return str(self.address)
+        return None
+
+    def build(self) -> RealServer:
+        name = self.effective_name
+        assert name is not None  # defaults to the address
+        return RealServer(
+            name=name,
+            address=_valid_address(self.address),
+            port=_valid(self.port),
+            weight=_valid_int(self.weight),
+            active=_valid(self.active),
+        )
+
+
+@dataclass
+class _VirtualDraft:
+    path: FieldPath
+    name: str | None | _Invalid
+    address: IPAddress | _Invalid
+    port: int | None | _Invalid
+    protocol: str | _Invalid
+    scheduler: str | _Invalid
+    persistent: int | None | _Invalid
+    pmask: str | None | _Invalid
+    active: bool | _Invalid
+    device: str | None | _Invalid
+    reals: list[_RealDraft | _Invalid] = field(default_factory=list)
+
+    def build(self) -> VirtualServer:
+        name = _valid(self.name)
+        assert name is not None  # required
+        return VirtualServer(
+            name=name,
+            address=_valid_address(self.address),
+            port=_valid_int(self.port),
+            protocol=_valid(self.protocol),
+            scheduler=_valid(self.scheduler),
+            persistent=_valid_int(self.persistent),
+            pmask=_valid(self.pmask),
+            active=_valid(self.active),
+            device=_valid(self.device),
+            real_servers=tuple(_valid(r).build() for r in self.reals),
+        )
+
+
+# --- sections --------------------------------------------------------------------
+
+
+def _check_network(g: _Table) -> str | _Invalid:
+    value = g.string("network")
+    if value is None:
+        return "direct"
+    if isinstance(value, _Invalid) or value in NETWORKS:
+        return value
+    if value == "tunnel":
+        return g.chk.error(
+            g.at("network"), f"network 'tunnel' is not supported yet (supported: {', '.join(NETWORKS)})"
+        )
+    return g.chk.error(g.at("network"), f"unknown network '{value}' (expected one of: {', '.join(NETWORKS)})")
+
+
+def _check_nat_router(g: _Table) -> IPv4Interface | None | _Invalid:
+    value = g.string("nat_router")
+    if not isinstance(value, str):
+        return value
+    path = g.at("nat_router")
+    if "/" not in value:
+        return g.chk.error(path, f"'{value}' must carry a prefix length, e.g. '{value}/24'")
+    try:
+        iface = ipaddress.ip_interface(value)
+    except ValueError:
+        return g.chk.error(path, f"'{value}' is not a valid interface address (address/prefix)")
+    if iface.version != 4:
+        return g.chk.error(path, "an IPv6 nat_router is not supported yet")
+    assert isinstance(iface, IPv4Interface)
+    problem = _unicast_problem(iface.ip)
+    if problem:
+        return g.chk.error(path, problem)
+    net = iface.network
+    # /31 and /32 have no network or broadcast address (RFC 3021).
+    if net.prefixlen <= 30 and iface.ip in (net.network_address, net.broadcast_address):
+        kind = "network" if iface.ip == net.network_address else "broadcast"
+        return g.chk.error(path, f"{iface.ip} is the {kind} address of {net}, not a host address")
+    return iface
+
+
+def _check_scheduler(vs: _Table) -> str | _Invalid:
+    value = vs.string("scheduler")
+    if value is None:
+        return "wlc"
+    if isinstance(value, _Invalid) or value in SCHEDULERS_IMPLEMENTED:
+        return value
+    implemented = ", ".join(SCHEDULERS_IMPLEMENTED)
+    if value in SCHEDULERS_IPVS:
+        return vs.chk.error(
+            vs.at("scheduler"), f"scheduler '{value}' is not implemented yet (implemented: {implemented})"
+        )
+    return vs.chk.error(vs.at("scheduler"), f"unknown scheduler '{value}' (valid: {implemented})")
+
+
+def _check_protocol(vs: _Table) -> str | _Invalid:
+    value = vs.string("protocol")
+    if value is None:
+        return "tcp"
+    if isinstance(value, _Invalid) or value in PROTOCOLS:
+        return value
+    return vs.chk.error(vs.at("protocol"), f"unknown protocol '{value}' (expected 'tcp' or 'udp')")
+
+
+def _check_pmask(vs: _Table) -> str | None | _Invalid:
+    value = vs.string("pmask")
+    if not isinstance(value, str):
+        return value
+    mask = _parse_netmask(value)
+    if mask is None:
+        return vs.chk.error(
+            vs.at("pmask"), f"'{value}' is not a contiguous IPv4 netmask (e.g. '255.255.255.0')"
+        )
+    return mask
+
+
+def _check_real(rs: _Table, vip: IPAddress | _Invalid, vs_name: str | None) -> _RealDraft:
+    address = rs.address("address")
+    if not isinstance(address, _Invalid) and not isinstance(vip, _Invalid) and address.version != vip.version:
+        address = rs.chk.error(
+            rs.at("address"),
+            f"real server address {address} is IPv{address.version} but virtual server "
+            f"'{vs_name or '?'}' is IPv{vip.version}",
+        )
+    return _RealDraft(
+        path=rs.path,
+        name=rs.name("name"),
+        address=address,
+        port=rs.integer("port", PORT_RANGE),
+        weight=rs.integer("weight", WEIGHT_RANGE, default=1),
+        active=rs.boolean("active", True),
+    )
+
+
+def _check_virtual(vs: _Table) -> _VirtualDraft:
+    name = vs.name("name", required=True)
+    address = vs.address("address")
+    if not isinstance(address, _Invalid) and address.version == 6:
+        vs.chk.error(vs.at("address"), "IPv6 virtual servers are not supported yet")
+        # Keep the address for the real servers' family check below; the
+        # draft itself is marked invalid so no model is built from it.
+        vip: IPAddress | _Invalid = address
+        address = INVALID
+    else:
+        vip = address
+    draft = _VirtualDraft(
+        path=vs.path,
+        name=name,
+        address=address,
+        port=vs.integer("port", PORT_RANGE, required=True),
+        protocol=_check_protocol(vs),
+        scheduler=_check_scheduler(vs),
+        persistent=vs.integer("persistent", PERSISTENT_RANGE, default=0),
+        pmask=_check_pmask(vs),
+        active=vs.boolean("active", True),
+        device=vs.ifname("device"),
+    )
+    vs_name = name if isinstance(name, str) else None
+    for rs in vs.tables("real_server", RS_KEYS):
+        draft.reals.append(rs if isinstance(rs, _Invalid) else _check_real(rs, vip, vs_name))
+    return draft
+
+
+# --- cross-field checks ----------------------------------------------------------
+
+
+def _check_reals_of(chk: _Checker, vs: _VirtualDraft, network: str | _Invalid) -> None:
+    """Per-service checks: direct-routing ports, duplicate addresses and names."""
+    vs_label = vs.name if isinstance(vs.name, str) else field_name(vs.path)
+    seen_addr: dict[tuple[IPAddress, int], FieldPath] = {}
+    seen_name: dict[str, FieldPath] = {}
+    vs_port = vs.port if isinstance(vs.port, int) else None
+    for rs in vs.reals:
+        if isinstance(rs, _Invalid):
+            continue
+        port_ok = not isinstance(rs.port, _Invalid)
+        if network == "direct" and isinstance(rs.port, int) and vs_port is not None and rs.port != vs_port:
+            chk.error(
+                rs.path + ("port",),
+                f"direct routing cannot change the destination port "
+                f"(real server port {rs.port}, virtual server port {vs_port}); "
+                f"omit port or use network = \"nat\"",
+            )
+            port_ok = False
+        eff_port = rs.port if isinstance(rs.port, int) else vs_port
+        if not isinstance(rs.address, _Invalid) and port_ok and eff_port is not None:
+            key = (rs.address, eff_port)
+            if key in seen_addr:
+                chk.error(
+                    rs.path + ("address",),
+                    f"duplicate real server {_endpoint(rs.address, eff_port)} in virtual server "
+                    f"'{vs_label}' (already defined by {field_name(seen_addr[key])})",
+                )
+                if rs.name is None:
+                    continue  # its defaulted name clashes too: don't report the same mistake twice
+            else:
+                seen_addr[key] = rs.path
+        name = rs.effective_name
+        if name is not None:
+            if name in seen_name:
+                hint = ""
+                if rs.name is None:
+                    hint = "; the name defaults to the address, set name = \"...\" to tell them apart"
+                chk.error(
+                    rs.path + ("name",),
+                    f"duplicate real server name '{name}' in virtual server '{vs_label}' "
+                    f"(already used by {field_name(seen_name[name])}){hint}",
+                )
+            else:
+                seen_name[name] = rs.path
+
+
+def _endpoint(addr: IPAddress, port: int) -> str:
+    return f"[{addr}]:{port}" if addr.version == 6 else f"{addr}:{port}"
+
+
+def _check_services(chk: _Checker, drafts: list[_VirtualDraft | _Invalid]) -> None:
+    """Duplicate virtual server keys and names."""
+    seen_key: dict[tuple[str, IPAddress, int], FieldPath] = {}
+    seen_name: dict[str, FieldPath] = {}
+    for vs in drafts:
+        if isinstance(vs, _Invalid):
+            continue
+        if isinstance(vs.protocol, str) and not isinstance(vs.address, _Invalid) and isinstance(vs.port, int):
+            key = (vs.protocol, vs.address, vs.port)
+            if key in seen_key:
+                chk.error(
+                    vs.path + ("address",),
+                    f"duplicate virtual server {vs.protocol} {_endpoint(vs.address, vs.port)} "
+                    f"(already defined by {field_name(seen_key[key])})",
+                )
+            else:
+                seen_key[key] = vs.path
+        if isinstance(vs.name, str):
+            if vs.name in seen_name:
+                chk.error(
+                    vs.path + ("name",),
+                    f"duplicate virtual server name '{vs.name}' (already used by {field_name(seen_name[vs.name])})",
+                )
+            else:
+                seen_name[vs.name] = vs.path
+
+
+def _check_counts(
+    chk: _Checker,
+    drafts: list[_VirtualDraft | _Invalid],
+    services: int | None | _Invalid,
+    per_service: int | None | _Invalid,
+    total_limit: int | None | _Invalid,
+) -> None:
+    """Compare entry counts with the BPF map sizes; each issue points at the first entry that does not fit."""
+    if isinstance(services, int) and len(drafts) > services:
+        chk.error(
+            ("virtual_server", services),
+            f"too many virtual servers: {len(drafts)} defined but tables.services is {services}",
+        )
+    total = sum(len(vs.reals) for vs in drafts if not isinstance(vs, _Invalid))
+    running = 0
+    for i, vs in enumerate(drafts):
+        if isinstance(vs, _Invalid):
+            continue
+        n = len(vs.reals)
+        label = vs.name if isinstance(vs.name, str) else field_name(vs.path)
+        if isinstance(per_service, int) and n > per_service:
+            chk.error(
+                ("virtual_server", i, "real_server", per_service),
+                f"too many real servers in virtual server '{label}': {n} defined "
+                f"but tables.reals_per_service is {per_service}",
+            )
+        if isinstance(total_limit, int) and running <= total_limit < running + n:
+            chk.error(
+                ("virtual_server", i, "real_server", total_limit - running),
+                f"too many real servers in total: {total} defined but tables.real_servers is {total_limit}",
+            )
+        running += n
+
+
+# --- driver ------------------------------------------------------------------------
+
+
+def _syntax_issue(text: str, display: str, exc: tomllib.TOMLDecodeError) -> ConfigIssue:
+    message = str(exc)
+    m = re.search(r"\(at line (\d+), column \d+\)", message)
+    if m:
+        line: int | None = int(m.group(1))
+    elif "end of document" in message:
+        line = text.rstrip().count("\n") + 1  # the last line with content
+    else:
+        line = None
+    return ConfigIssue(display, line, "", f"TOML syntax error: {message}")
+
+
+def _load_text(text: str, display: str, path: Path | None) -> Config:
+    try:
+        doc = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError([_syntax_issue(text, display, e)]) from None
+
+    chk = _Checker(text, display)
+    top = _Table(chk, (), doc, TOP_KEYS)
+
+    # [global] is required only through its required key, public_interface:
+    # a missing section then yields the one useful message.
+    g = top.table("global", GLOBAL_KEYS)
+    if isinstance(g, _Invalid):
+        g = _Table(chk, ("global",), {}, GLOBAL_KEYS, broken=True)
+    instance = g.string("instance")
+    if isinstance(instance, str) and not INSTANCE_RE.fullmatch(instance):
+        instance = chk.error(
+            g.at("instance"),
+            f"invalid instance name '{instance}': must match [a-z0-9][a-z0-9_-]{{0,31}} "
+            f"(it names the pin directory /sys/fs/bpf/lb/<instance>)",
+        )
+    public_interface = g.ifname("public_interface", required=True)
+    private_interface = g.ifname("private_interface")
+    network = _check_network(g)
+    nat_router = _check_nat_router(g)
+    nat_router_device = g.ifname("nat_router_device")
+    if network == "nat":
+        if private_interface is None:
+            chk.error(g.at("private_interface"), 'required when network = "nat"')
+        if nat_router is None:
+            chk.error(g.at("nat_router"), 'required when network = "nat" (e.g. "198.18.1.254/24")')
+
+    t = top.table("tables", TABLES_KEYS)
+    table_values: dict[str, int | None | _Invalid] = {}
+    for key, bounds in TABLE_RANGES.items():
+        table_values[key] = INVALID if isinstance(t, _Invalid) else t.integer(
+            key, bounds, default=getattr(_DEFAULT_TABLES, key)
+        )
+
+    to = top.table("timeouts", TIMEOUTS_KEYS)
+    timeout_values: dict[str, int | None | _Invalid] = {}
+    for key in TIMEOUTS_KEYS:
+        timeout_values[key] = INVALID if isinstance(to, _Invalid) else to.integer(
+            key, TIMEOUT_RANGE, default=getattr(_DEFAULT_TIMEOUTS, key)
+        )
+
+    drafts: list[_VirtualDraft | _Invalid] = [
+        vs if isinstance(vs, _Invalid) else _check_virtual(vs)
+        for vs in top.tables("virtual_server", VS_KEYS)
+    ]
+    for vs in drafts:
+        if not isinstance(vs, _Invalid):
+            _check_reals_of(chk, vs, network)
+    _check_services(chk, drafts)
+    _check_counts(
+        chk, drafts, table_values["services"], table_values["reals_per_service"], table_values["real_servers"]
+    )
+
+    if chk.issues:
+        # Report in file order; issues without a line (a missing [global]) first.
+        raise ConfigError(sorted(chk.issues, key=lambda i: i.line or 0))
+
+    pub = _valid(public_interface)
+    assert pub is not None  # required
+    return Config(
+        path=path,
+        instance=_valid(instance) or "default",
+        public_interface=pub,
+        private_interface=_valid(private_interface),
+        network=_valid(network),
+        nat_router=_valid(nat_router),
+        nat_router_device=_valid(nat_router_device),
+        tables=Tables(**{k: _valid_int(v) for k, v in table_values.items()}),
+        timeouts=Timeouts(**{k: _valid_int(v) for k, v in timeout_values.items()}),
+        virtual_servers=tuple(_valid(vs).build() for vs in drafts),
+    )

@@ -1,0 +1,769 @@
+"""Tests of lb.config: model, TOML loader, validation messages and line locator."""
+
+from __future__ import annotations
+
+import dataclasses
+import textwrap
+from ipaddress import IPv4Address, IPv4Interface
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from lb.config import (
+    Config,
+    ConfigError,
+    ConfigIssue,
+    RealServer,
+    Tables,
+    Timeouts,
+    VirtualServer,
+    load,
+    loads,
+)
+from lb.config.locate import Locator, locate
+
+CONFIGS = Path(__file__).resolve().parent.parent / "configs"
+
+
+def doc(text: str) -> str:
+    """Dedent a test document; line 1 is the first line after the opening quotes."""
+    return textwrap.dedent(text)
+
+
+# --- the shipped configurations ----------------------------------------------------
+
+
+def _check_lab(cfg: Config) -> VirtualServer:
+    assert cfg.instance == "lab"
+    assert cfg.public_interface == "pub0"
+    assert cfg.private_interface == "priv0"
+    assert cfg.tables == Tables()
+    assert cfg.timeouts == Timeouts()
+    (vs,) = cfg.virtual_servers
+    assert vs.name == "web"
+    assert vs.key == ("tcp", IPv4Address("198.18.0.10"), 80)
+    assert vs.scheduler == "rr"
+    assert vs.persistent == 0 and vs.pmask is None and vs.active and vs.device is None
+    assert cfg.vip_device(vs) == "pub0"
+    assert [(r.name, str(r.address), r.effective_port(vs), r.weight, r.active) for r in vs.real_servers] == [
+        ("rs1", "198.18.1.11", 80, 1, True),
+        ("rs2", "198.18.1.12", 80, 1, True),
+        ("rs3", "198.18.1.13", 80, 1, True),
+    ]
+    return vs
+
+
+def test_lab_dr() -> None:
+    path = CONFIGS / "lab-dr.toml"
+    cfg = load(path)
+    assert cfg.path == path
+    assert cfg.network == "direct"
+    assert cfg.nat_router is None
+    _check_lab(cfg)
+
+
+def test_lab_nat() -> None:
+    cfg = load(str(CONFIGS / "lab-nat.toml"))
+    assert cfg.network == "nat"
+    assert cfg.nat_router == IPv4Interface("198.18.1.254/24")
+    assert cfg.nat_router_device == "priv0"
+    assert cfg.nat_device == "priv0"
+    _check_lab(cfg)
+
+
+def test_example() -> None:
+    cfg = load(CONFIGS / "example.toml")
+    assert cfg.instance == "example"
+    assert cfg.network == "nat"
+    assert cfg.nat_router == IPv4Interface("198.18.1.254/24")
+    assert cfg.tables == Tables(connections=65536, services=256, real_servers=4096, reals_per_service=64)
+    assert cfg.timeouts == Timeouts(tcp=900, tcpfin=120, udp=300)
+    web, dns = cfg.virtual_servers
+    assert (web.name, web.scheduler, web.device) == ("web", "wrr", "pub0")
+    rs1, rs2 = web.real_servers
+    assert (rs1.name, rs1.port, rs1.weight, rs1.effective_port(web)) == ("rs1", 8080, 3, 8080)
+    assert (rs2.name, rs2.port, rs2.weight, rs2.effective_port(web)) == ("198.18.1.12", None, 0, 80)
+    assert dns.key == ("udp", IPv4Address("198.18.0.10"), 53)
+    assert (dns.persistent, dns.pmask) == (300, "255.255.255.0")
+    assert [r.active for r in dns.real_servers] == [True, False]
+
+
+def test_example_mentions_every_key() -> None:
+    """example.toml must set (and so document) every key the loader knows."""
+    from lb.config import toml as loader
+
+    loc = Locator((CONFIGS / "example.toml").read_text())
+    sections: list[tuple[list[tuple[str | int, ...]], tuple[str, ...]]] = [
+        ([("global",)], loader.GLOBAL_KEYS),
+        ([("tables",)], loader.TABLES_KEYS),
+        ([("timeouts",)], loader.TIMEOUTS_KEYS),
+        ([("virtual_server", 0), ("virtual_server", 1)], loader.VS_KEYS),
+        ([("virtual_server", 0, "real_server", 0)], loader.RS_KEYS),
+    ]
+    for tables, keys in sections:
+        for key in keys:
+            # An absent key falls back to its table's header line.
+            assert any(loc.line(t + (key,)) != loc.line(t) for t in tables), (tables, key)
+
+
+# --- defaults and model behaviour ----------------------------------------------------
+
+
+def test_minimal_defaults() -> None:
+    cfg = loads('[global]\npublic_interface = "eth0"\n')
+    assert cfg == Config(path=None, public_interface="eth0")
+    assert cfg.instance == "default"
+    assert cfg.network == "direct"
+    assert cfg.virtual_servers == ()
+    assert cfg.nat_device is None
+
+
+def test_service_defaults_and_no_real_servers() -> None:
+    cfg = loads(doc("""\
+        [global]
+        public_interface = "pub0"
+        [[virtual_server]]
+        name = "dns"
+        address = "198.18.0.53"
+        port = 53
+        protocol = "udp"
+        device = "pub1"
+        """))
+    (vs,) = cfg.virtual_servers
+    assert vs == VirtualServer(
+        name="dns", address=IPv4Address("198.18.0.53"), port=53, protocol="udp", device="pub1"
+    )
+    assert vs.scheduler == "wlc" and vs.persistent == 0 and vs.active
+    assert cfg.vip_device(vs) == "pub1"
+
+
+def test_real_server_defaults_and_nat_port() -> None:
+    cfg = loads(doc("""\
+        [global]
+        public_interface = "pub0"
+        private_interface = "priv0"
+        network = "nat"
+        nat_router = "10.1.0.1/16"
+        [[virtual_server]]
+        name = "web"
+        address = "198.18.0.10"
+        port = 80
+        persistent = 60
+        pmask = "/24"
+        [[virtual_server.real_server]]
+        address = "10.1.2.3"
+        port = 8080
+        [[virtual_server.real_server]]
+        name = "second"             # the default name (the address) would clash
+        address = "10.1.2.3"
+        """))
+    (vs,) = cfg.virtual_servers
+    assert vs.pmask == "255.255.255.0"  # normalised
+    a, b = vs.real_servers
+    assert a == RealServer(name="10.1.2.3", address=IPv4Address("10.1.2.3"), port=8080)
+    assert b == RealServer(name="second", address=IPv4Address("10.1.2.3"), port=None)
+    assert (a.effective_port(vs), b.effective_port(vs)) == (8080, 80)
+    assert cfg.nat_device == "priv0"  # nat_router_device defaults to private_interface
+
+
+def test_model_is_frozen() -> None:
+    cfg = loads('[global]\npublic_interface = "eth0"\n')
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        cfg.instance = "x"  # type: ignore[misc]
+
+
+def test_loads_uses_path_in_messages() -> None:
+    with pytest.raises(ConfigError) as ei:
+        loads("[global]\n", path="etc/lb.toml")
+    assert str(ei.value) == "etc/lb.toml:1: global.public_interface: required key is missing"
+
+
+# --- malformed configurations ------------------------------------------------------
+#
+# Each case: document, expected line, expected field path, message fragment.
+# Each must produce exactly one issue (no cascading follow-up errors).
+
+G = '[global]\npublic_interface = "pub0"\n'  # lines 1-2 of many cases
+
+
+def bad(id: str, text: str, line: int | None, field: str, fragment: str) -> object:
+    return pytest.param(doc(text), line, field, fragment, id=id)
+
+
+BAD = [
+    bad("syntax-error", """\
+        [global]
+        public_interface = "pub0"
+        network =
+        """, 3, "", "TOML syntax error: Invalid value"),
+    bad("duplicate-key-is-syntax", """\
+        [global]
+        public_interface = "pub0"
+        public_interface = "pub1"
+        """, 3, "", "Cannot overwrite a value"),
+    bad("unknown-key-suggestion", """\
+        [global]
+        public_interface = "pub0"
+
+        [[virtual_server]]
+        name = "web"
+        address = "198.18.0.10"
+        port = 80
+
+          [[virtual_server.real_server]]
+          address = "198.18.1.11"
+          wieght = 2
+        """, 11, "virtual_server[0].real_server[0].wieght", "unknown key 'wieght' (did you mean 'weight'?)"),
+    bad("unknown-table-suggestion", G + """\
+        [[virtual_servers]]
+        name = "web"
+        """, 3, "virtual_servers", "unknown table 'virtual_servers' (did you mean 'virtual_server'?)"),
+    bad("unknown-key-no-suggestion", G + """\
+        [tables]
+        zzz = 1
+        """, 4, "tables.zzz", "unknown key 'zzz' (expected one of: connections, services"),
+    bad("real-server-at-top-level", G + """\
+        [[real_server]]
+        address = "198.18.1.11"
+        """, 3, "real_server", "write [[virtual_server.real_server]]"),
+    bad("bool-as-int-weight", G + """\
+        [[virtual_server]]
+        name = "web"
+        address = "198.18.0.10"
+        port = 80
+        [[virtual_server.real_server]]
+        address = "198.18.1.11"
+        weight = true
+        """, 9, "virtual_server[0].real_server[0].weight", "expected an integer, got boolean true"),
+    bad("float-port", G + """\
+        [[virtual_server]]
+        name = "web"
+        address = "198.18.0.10"
+        port = 80.0
+        """, 6, "virtual_server[0].port", "expected an integer, got float 80.0"),
+    bad("string-port", G + """\
+        [[virtual_server]]
+        name = "web"
+        address = "198.18.0.10"
+        port = "80"
+        """, 6, "virtual_server[0].port", 'expected an integer, got string "80"'),
+    bad("string-bool", G + """\
+        [[virtual_server]]
+        name = "web"
+        address = "198.18.0.10"
+        port = 80
+        active = "yes"
+        """, 7, "virtual_server[0].active", 'expected a boolean (true or false), got string "yes"'),
+    bad("missing-real-address", G + """\
+        [[virtual_server]]
+        name = "web"
+        address = "198.18.0.10"
+        port = 80
+
+        [[virtual_server.real_server]]   # line 8: the missing key is reported here
+        name = "rs1"
+        """, 8, "virtual_server[0].real_server[0].address", "required key is missing"),
+    bad("missing-vs-name", G + """\
+        [[virtual_server]]
+        address = "198.18.0.10"
+        port = 80
+        """, 3, "virtual_server[0].name", "required key is missing"),
+    bad("missing-global", """\
+        [tables]
+        services = 8
+        """, None, "global.public_interface", "required key is missing"),
+    bad("bad-ip", G + """\
+        [[virtual_server]]
+        name = "web"
+        address = "198.18.0.300"
+        port = 80
+        """, 5, "virtual_server[0].address", "'198.18.0.300' is not a valid IP address"),
+    bad("loopback-real", G + """\
+        [[virtual_server]]
+        name = "web"
+        address = "198.18.0.10"
+        port = 80
+        [[virtual_server.real_server]]
+        address = "127.0.0.1"
+        """, 8, "virtual_server[0].real_server[0].address", "loopback address, not a usable unicast address"),
+    bad("port-0", G + """\
+        [[virtual_server]]
+        name = "web"
+        address = "198.18.0.10"
+        port = 0
+        """, 6, "virtual_server[0].port", "must be between 1 and 65535, got 0"),
+    bad("port-70000", G + """\
+        [[virtual_server]]
+        name = "web"
+        address = "198.18.0.10"
+        port = 70000
+        """, 6, "virtual_server[0].port", "must be between 1 and 65535, got 70000"),
+    bad("weight-negative", G + """\
+        [[virtual_server]]
+        name = "web"
+        address = "198.18.0.10"
+        port = 80
+          [[virtual_server.real_server]]
+          address = "198.18.1.11"
+          weight = -1
+        """, 9, "virtual_server[0].real_server[0].weight", "must be between 0 and 65535, got -1"),
+    bad("persistent-negative", G + """\
+        [[virtual_server]]
+        name = "web"
+        address = "198.18.0.10"
+        port = 80
+        persistent = -1
+        """, 7, "virtual_server[0].persistent", "must be between 0 and 2147483, got -1"),
+    bad("unknown-protocol", G + """\
+        [[virtual_server]]
+        name = "web"
+        address = "198.18.0.10"
+        port = 80
+        protocol = "sctp"
+        """, 7, "virtual_server[0].protocol", "unknown protocol 'sctp' (expected 'tcp' or 'udp')"),
+    bad("unknown-scheduler", G + """\
+        [[virtual_server]]
+        name = "web"
+        address = "198.18.0.10"
+        port = 80
+        scheduler = "roundrobin"
+        """, 7, "virtual_server[0].scheduler", "unknown scheduler 'roundrobin' (valid: rr, wrr, wlc)"),
+    bad("unimplemented-scheduler", G + """\
+        [[virtual_server]]
+        name = "web"
+        address = "198.18.0.10"
+        port = 80
+        scheduler = "sh"
+        """, 7, "virtual_server[0].scheduler", "scheduler 'sh' is not implemented yet (implemented: rr, wrr, wlc)"),
+    bad("nat-without-nat-router", """\
+        # comment line
+        [global]
+        public_interface = "pub0"
+        private_interface = "priv0"
+        network = "nat"
+        """, 2, "global.nat_router", 'required when network = "nat"'),
+    bad("nat-without-private-interface", """\
+        [global]
+        public_interface = "pub0"
+        network = "nat"
+        nat_router = "198.18.1.254/24"
+        """, 1, "global.private_interface", 'required when network = "nat"'),
+    bad("nat-router-without-prefix", """\
+        [global]
+        public_interface = "pub0"
+        private_interface = "priv0"
+        network = "nat"
+        nat_router = "198.18.1.254"
+        """, 5, "global.nat_router", "'198.18.1.254' must carry a prefix length"),
+    bad("nat-router-network-address", """\
+        [global]
+        public_interface = "pub0"
+        private_interface = "priv0"
+        network = "nat"
+        nat_router = "198.18.1.0/24"
+        """, 5, "global.nat_router", "198.18.1.0 is the network address of 198.18.1.0/24"),
+    bad("network-tunnel", """\
+        [global]
+        public_interface = "pub0"
+        network = "tunnel"
+        """, 3, "global.network", "network 'tunnel' is not supported yet (supported: direct, nat)"),
+    bad("network-unknown", """\
+        [global]
+        public_interface = "pub0"
+        network = "masq"
+        """, 3, "global.network", "unknown network 'masq'"),
+    bad("duplicate-vip", G + """\
+        [[virtual_server]]
+        name = "web"
+        address = "198.18.0.10"
+        port = 80
+        [[virtual_server]]
+        name = "web2"
+        address = "198.18.0.10"
+        port = 80
+        """, 9, "virtual_server[1].address",
+        "duplicate virtual server tcp 198.18.0.10:80 (already defined by virtual_server[0])"),
+    bad("duplicate-vs-name", G + """\
+        [[virtual_server]]
+        name = "web"
+        address = "198.18.0.10"
+        port = 80
+        [[virtual_server]]
+        name = "web"
+        address = "198.18.0.10"
+        port = 443
+        """, 8, "virtual_server[1].name", "duplicate virtual server name 'web'"),
+    bad("duplicate-real", G + """\
+        [[virtual_server]]
+        name = "web"
+        address = "198.18.0.10"
+        port = 80
+        [[virtual_server.real_server]]
+        address = "198.18.1.11"
+        [[virtual_server.real_server]]
+        address = "198.18.1.11"
+        port = 80
+        """, 10, "virtual_server[0].real_server[1].address",
+        "duplicate real server 198.18.1.11:80 in virtual server 'web' "
+        "(already defined by virtual_server[0].real_server[0])"),
+    bad("duplicate-real-name", G + """\
+        [[virtual_server]]
+        name = "web"
+        address = "198.18.0.10"
+        port = 80
+        [[virtual_server.real_server]]
+        name = "rs1"
+        address = "198.18.1.11"
+        [[virtual_server.real_server]]
+        name = "rs1"
+        address = "198.18.1.12"
+        """, 11, "virtual_server[0].real_server[1].name", "duplicate real server name 'rs1'"),
+    bad("default-names-clash", """\
+        [global]
+        public_interface = "pub0"
+        network = "nat"
+        private_interface = "priv0"
+        nat_router = "10.1.0.1/16"
+        [[virtual_server]]
+        name = "web"
+        address = "198.18.0.10"
+        port = 80
+        [[virtual_server.real_server]]
+        address = "10.1.2.3"
+        port = 8080
+        [[virtual_server.real_server]]
+        address = "10.1.2.3"
+        port = 8081
+        """, 13, "virtual_server[0].real_server[1].name",
+        "duplicate real server name '10.1.2.3' in virtual server 'web' (already used by "
+        "virtual_server[0].real_server[0]); the name defaults to the address"),
+    bad("family-mismatch", G + """\
+        [[virtual_server]]
+        name = "web"
+        address = "198.18.0.10"
+        port = 80
+        [[virtual_server.real_server]]
+        address = "2001:db8::11"
+        """, 8, "virtual_server[0].real_server[0].address",
+        "real server address 2001:db8::11 is IPv6 but virtual server 'web' is IPv4"),
+    bad("ipv6-vip", G + """\
+        [[virtual_server]]
+        name = "web6"
+        address = "2001:db8::10"
+        port = 80
+        [[virtual_server.real_server]]
+        address = "2001:db8::11"
+        """, 5, "virtual_server[0].address", "IPv6 virtual servers are not supported yet"),
+    bad("dr-port-change", G + """\
+        [[virtual_server]]
+        name = "web"
+        address = "198.18.0.10"
+        port = 80
+        [[virtual_server.real_server]]
+        address = "198.18.1.11"
+        port = 8080
+        """, 9, "virtual_server[0].real_server[0].port", "direct routing cannot change the destination port"),
+    bad("too-many-reals-per-service", G + """\
+        [tables]
+        reals_per_service = 2
+        [[virtual_server]]
+        name = "web"
+        address = "198.18.0.10"
+        port = 80
+        [[virtual_server.real_server]]
+        address = "198.18.1.11"
+        [[virtual_server.real_server]]
+        address = "198.18.1.12"
+        [[virtual_server.real_server]]
+        address = "198.18.1.13"
+        """, 13, "virtual_server[0].real_server[2]",
+        "too many real servers in virtual server 'web': 3 defined but tables.reals_per_service is 2"),
+    bad("too-many-reals-in-total", G + """\
+        [tables]
+        real_servers = 3
+        [[virtual_server]]
+        name = "a"
+        address = "198.18.0.10"
+        port = 80
+        [[virtual_server.real_server]]
+        address = "198.18.1.11"
+        [[virtual_server.real_server]]
+        address = "198.18.1.12"
+        [[virtual_server]]
+        name = "b"
+        address = "198.18.0.10"
+        port = 443
+        [[virtual_server.real_server]]
+        address = "198.18.1.11"
+        [[virtual_server.real_server]]
+        address = "198.18.1.12"
+        """, 19, "virtual_server[1].real_server[1]",
+        "too many real servers in total: 4 defined but tables.real_servers is 3"),
+    bad("too-many-services", G + """\
+        [tables]
+        services = 1
+        [[virtual_server]]
+        name = "a"
+        address = "198.18.0.10"
+        port = 80
+        [[virtual_server]]
+        name = "b"
+        address = "198.18.0.10"
+        port = 443
+        """, 9, "virtual_server[1]", "too many virtual servers: 2 defined but tables.services is 1"),
+    bad("bad-instance-name", """\
+        [global]
+        instance = "Lab"
+        public_interface = "pub0"
+        """, 2, "global.instance", "invalid instance name 'Lab'"),
+    bad("bad-interface-name-long", """\
+        [global]
+        public_interface = "averyveryverylongname"
+        """, 2, "global.public_interface", "is longer than 15 characters"),
+    bad("bad-interface-name-slash", G + """\
+        [[virtual_server]]
+        name = "web"
+        address = "198.18.0.10"
+        port = 80
+        device = "pub0/1"
+        """, 7, "virtual_server[0].device", "interface name 'pub0/1' must not contain '/'"),
+    bad("bad-pmask", G + """\
+        [[virtual_server]]
+        name = "web"
+        address = "198.18.0.10"
+        port = 80
+        persistent = 300
+        pmask = "255.0.255.0"
+        """, 8, "virtual_server[0].pmask", "'255.0.255.0' is not a contiguous IPv4 netmask"),
+    bad("tables-connections-too-small", G + """\
+        [tables]
+        connections = 100
+        """, 4, "tables.connections", "must be between 1024 and 67108864, got 100"),
+    bad("unknown-tables-key-suggestion", G + """\
+        [tables]
+        conections = 100000
+        """, 4, "tables.conections", "did you mean 'connections'?"),
+    bad("timeout-zero", G + """\
+        [timeouts]
+        # idle timeouts
+        tcp = 0
+        """, 5, "timeouts.tcp", "must be between 1 and 2147483, got 0"),
+    bad("vs-single-table", G + """\
+        [virtual_server]
+        name = "web"
+        """, 3, "virtual_server", "expected an array of tables ([[virtual_server]]), got a table"),
+]
+
+
+@pytest.mark.parametrize("text, line, field, fragment", BAD)
+def test_bad_config(text: str, line: int | None, field: str, fragment: str) -> None:
+    with pytest.raises(ConfigError) as ei:
+        loads(text)
+    err = ei.value
+    assert len(err.issues) == 1, str(err)
+    (issue,) = err.issues
+    assert issue.line == line, str(err)
+    assert issue.field == field, str(err)
+    assert fragment in issue.message, str(err)
+    where = "<string>" if line is None else f"<string>:{line}"
+    expected = f"{where}: {field}: {issue.message}" if field else f"{where}: {issue.message}"
+    assert str(err) == expected
+
+
+def test_many_bad_configs() -> None:
+    assert len(BAD) >= 20
+
+
+def test_all_errors_reported_at_once() -> None:
+    text = doc("""\
+        [global]
+        instance = "Bad Name"
+        public_interface = "pub0"
+        network = "nat"
+
+        [tables]
+        connections = 1
+
+        [[virtual_server]]
+        name = "web"
+        address = "198.18.0.999"
+        port = 0
+        scheduler = "lc"
+
+          [[virtual_server.real_server]]
+          address = "198.18.1.11"
+          weight = 70000
+          colour = "blue"
+        """)
+    with pytest.raises(ConfigError) as ei:
+        loads(text, path="multi.toml")
+    got = [(i.line, i.field) for i in ei.value.issues]
+    assert got == [
+        (1, "global.private_interface"),
+        (1, "global.nat_router"),
+        (2, "global.instance"),
+        (7, "tables.connections"),
+        (11, "virtual_server[0].address"),
+        (12, "virtual_server[0].port"),
+        (13, "virtual_server[0].scheduler"),
+        (17, "virtual_server[0].real_server[0].weight"),
+        (18, "virtual_server[0].real_server[0].colour"),
+    ]
+    lines = str(ei.value).splitlines()
+    assert len(lines) == len(got)
+    assert lines[0] == 'multi.toml:1: global.private_interface: required when network = "nat"'
+    assert lines[-1].startswith("multi.toml:18: virtual_server[0].real_server[0].colour: unknown key 'colour'")
+
+
+def test_missing_file(tmp_path: Path) -> None:
+    missing = tmp_path / "nope.toml"
+    with pytest.raises(ConfigError) as ei:
+        load(missing)
+    (issue,) = ei.value.issues
+    assert issue == ConfigIssue(str(missing), None, "", "cannot read file: No such file or directory")
+    assert str(ei.value) == f"{missing}: cannot read file: No such file or directory"
+
+
+def test_file_errors_carry_the_file_path(tmp_path: Path) -> None:
+    f = tmp_path / "lb.toml"
+    f.write_text('[global]\npublic_interface = "pub0"\nnetwork = "tunnel"\n')
+    with pytest.raises(ConfigError) as ei:
+        load(f)
+    assert str(ei.value).startswith(f"{f}:3: global.network: ")
+
+
+def test_not_utf8(tmp_path: Path) -> None:
+    f = tmp_path / "lb.toml"
+    f.write_bytes(b'[global]\npublic_interface = "\xff"\n')
+    with pytest.raises(ConfigError) as ei:
+        load(f)
+    assert str(ei.value) == f"{f}:2: file is not valid UTF-8"
+
+
+def test_issue_str() -> None:
+    assert str(ConfigIssue("a.toml", 3, "x.y", "bad")) == "a.toml:3: x.y: bad"
+    assert str(ConfigIssue("a.toml", None, "x.y", "bad")) == "a.toml: x.y: bad"
+
+
+# --- locator -------------------------------------------------------------------------
+
+LOCATOR_DOC = doc('''\
+    # leading comment
+    [global]                      # a comment after a header
+    public_interface = "pub0"
+    "private_interface" = 'priv0' # quoted key
+    note = """
+    [not_a_header]
+    x = 1
+    """
+    list = [
+      "a", # [also not a header]
+      "b",
+    ]
+
+    [[virtual_server]]
+    name = "a"
+
+      [[virtual_server.real_server]]
+      address = "198.18.1.11"
+      [[virtual_server.real_server]]
+      weight = 2
+
+    [[virtual_server]]
+    name = "b"
+    inline = { port = 1, weight = 2 }
+    [[virtual_server.real_server]]
+    address = "198.18.1.21"
+    dotted.key = 3
+
+    [tables]
+    services = 1
+    ''')
+
+
+@pytest.mark.parametrize(
+    "path, line",
+    [
+        (("global",), 2),
+        (("global", "public_interface"), 3),
+        (("global", "private_interface"), 4),
+        (("global", "note"), 5),
+        (("global", "x"), 2),  # inside the multi-line string: not a key
+        (("not_a_header",), None),
+        (("global", "list"), 9),
+        (("also",), None),
+        (("virtual_server", 0), 14),
+        (("virtual_server", 0, "name"), 15),
+        (("virtual_server", 0, "real_server", 0), 17),
+        (("virtual_server", 0, "real_server", 0, "address"), 18),
+        (("virtual_server", 0, "real_server", 1, "weight"), 20),
+        (("virtual_server", 0, "real_server", 1, "address"), 19),  # absent -> its header
+        (("virtual_server", 1), 22),
+        (("virtual_server", 1, "name"), 23),
+        (("virtual_server", 1, "inline", "weight"), 24),  # inline table -> the key's line
+        (("virtual_server", 1, "real_server", 0), 25),
+        (("virtual_server", 1, "real_server", 0, "address"), 26),
+        (("virtual_server", 1, "real_server", 0, "dotted", "key"), 27),
+        (("virtual_server", 1, "real_server", 1, "address"), 25),  # no such element -> nearest ancestor
+        (("tables", "services"), 30),
+        (("tables", "connections"), 29),
+        (("timeouts", "tcp"), None),
+    ],
+)
+def test_locate(path: tuple[str | int, ...], line: int | None) -> None:
+    assert locate(LOCATOR_DOC, path) == line
+
+
+def test_locate_tolerates_malformed_text() -> None:
+    # Invalid TOML never reaches the locator in practice, but it must not crash.
+    assert locate("[[a.b]]\nx = 1\n[broken\ny = 2\n", ("a", "b", 0, "x")) == 2
+
+
+# Property: in generated documents (random blank lines, comments, indentation
+# and quoting), every key is located on the line where it was written.
+
+_filler = st.lists(st.sampled_from(["", "# comment", "   # [[virtual_server]] in a comment"]), max_size=2)
+
+
+@st.composite
+def _documents(draw: st.DrawFn) -> tuple[str, dict[tuple[str | int, ...], int]]:
+    lines: list[str] = []
+    expect: dict[tuple[str | int, ...], int] = {}
+
+    def emit(text: str, path: tuple[str | int, ...] | None = None) -> None:
+        lines.extend(draw(_filler))
+        indent = draw(st.sampled_from(["", "  "]))
+        if path is not None:
+            # The entry starts on the line after everything emitted so far
+            # (entries may span several lines).
+            expect[path] = sum(entry.count("\n") + 1 for entry in lines) + 1
+        lines.append(indent + text)
+
+    def key(k: str) -> str:
+        quoted: str = draw(st.sampled_from([k, f'"{k}"', f"'{k}'"]))
+        return quoted
+
+    emit("[global]", ("global",))
+    emit(f'{key("public_interface")} = "pub0"  # trailing', ("global", "public_interface"))
+    for i in range(draw(st.integers(0, 3))):
+        emit("[[virtual_server]]", ("virtual_server", i))
+        emit(f'{key("name")} = "vs{i}"', ("virtual_server", i, "name"))
+        emit('note = """\n[[virtual_server]]\nport = 1\n"""', ("virtual_server", i, "note"))
+        emit(f"{key('port')} = [\n  1, # ]\n  2,\n]", ("virtual_server", i, "port"))
+        for j in range(draw(st.integers(0, 3))):
+            emit("[[virtual_server.real_server]]", ("virtual_server", i, "real_server", j))
+            emit(f"{key('weight')} = {j}", ("virtual_server", i, "real_server", j, "weight"))
+    emit("[tables]", ("tables",))
+    emit(f"{key('services')} = 4", ("tables", "services"))
+    return "\n".join(lines) + "\n", expect
+
+
+@settings(max_examples=200, deadline=None)
+@given(_documents())
+def test_locate_generated(case: tuple[str, dict[tuple[str | int, ...], int]]) -> None:
+    text, expect = case
+    loc = Locator(text)
+    for path, line in expect.items():
+        assert loc.line(path) == line, (path, text)
