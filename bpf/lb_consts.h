@@ -48,6 +48,8 @@
 
 /* Real server flags */
 #define LB_REAL_F_OVERLOAD 0x1   /* skipped by every scheduler (IPVS IP_VS_DEST_F_OVERLOAD) */
+#define LB_REAL_F_NO_NEXTHOP 0x2 /* MAC not resolved yet: skipped by every scheduler */
+#define LB_REAL_F_SKIP (LB_REAL_F_OVERLOAD | LB_REAL_F_NO_NEXTHOP)
 
 /* Connection flags */
 #define LB_CONN_F_INACTIVE 0x1   /* counted in InActConn (IPVS IP_VS_CONN_F_INACTIVE) */

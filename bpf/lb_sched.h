@@ -8,7 +8,7 @@
 
 static __always_inline int lb_dest_usable(struct lb_dest *d)
 {
-    return d->weight > 0 && !(d->flags & LB_REAL_F_OVERLOAD);
+    return d->weight > 0 && !(d->flags & LB_REAL_F_SKIP);
 }
 
 /* IPVS ip_vs_dest_conn_overhead(): (activeconns << 8) + inactconns */

@@ -1,2 +1,197 @@
-def main(argv=None):
-    raise SystemExit("lb: not built yet")
+"""`lb`: run the director, list its table like ipvsadm, drive the lab."""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import signal
+import sys
+import time
+
+from lb import config as lbconfig
+
+
+def _setup_logging(verbose: bool) -> None:
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
+                        format="%(asctime)s %(name)s %(levelname)s %(message)s", stream=sys.stderr)
+
+
+def cmd_run(args) -> int:
+    _setup_logging(args.verbose)
+    try:
+        cfg = lbconfig.load(args.config)
+    except lbconfig.ConfigError as e:
+        print(e, file=sys.stderr)
+        return 2
+    from lb import engine
+
+    return engine.run(cfg, xdp_mode=args.xdp_mode)
+
+
+def cmd_check(args) -> int:
+    try:
+        cfg = lbconfig.load(args.config)
+    except lbconfig.ConfigError as e:
+        print(e, file=sys.stderr)
+        return 2
+    print(f"{args.config}: ok ({len(cfg.virtual_servers)} virtual servers, "
+          f"{sum(len(v.real_servers) for v in cfg.virtual_servers)} real servers)")
+    return 0
+
+
+def _instance(args) -> str | None:
+    if getattr(args, "instance", None):
+        return args.instance
+    if getattr(args, "config", None):
+        return lbconfig.load(args.config).instance
+    from lb.dataplane.maps import instances
+
+    found = instances()
+    if len(found) > 1:
+        raise SystemExit(f"lb: several instances are running ({', '.join(found)}): pick one with --instance")
+    return found[0] if found else None
+
+
+def _signal_instance(args, sig: int, wait: bool) -> int:
+    from lb.engine import pidfile
+
+    inst = _instance(args) or "default"
+    try:
+        pid = int(open(pidfile(inst)).read().strip())
+    except (FileNotFoundError, ValueError):
+        print(f"lb: instance {inst!r} is not running (no {pidfile(inst)})", file=sys.stderr)
+        return 1
+    try:
+        os.kill(pid, sig)
+    except ProcessLookupError:
+        print(f"lb: instance {inst!r}: process {pid} is gone", file=sys.stderr)
+        return 1
+    if wait:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                return 0
+            time.sleep(0.1)
+        print(f"lb: instance {inst!r} (pid {pid}) did not stop within 30 s", file=sys.stderr)
+        return 1
+    return 0
+
+
+def cmd_stop(args) -> int:
+    return _signal_instance(args, signal.SIGUSR2 if args.keep_dataplane else signal.SIGTERM, True)
+
+
+def cmd_reload(args) -> int:
+    return _signal_instance(args, signal.SIGHUP, False)
+
+
+def cmd_list(args) -> int:
+    from lb import listing
+    from lb.dataplane import reader
+    from lb.dataplane.maps import PinnedMaps
+
+    inst = _instance(args)
+    if inst is None:
+        services, conns, timeouts = [], [], (900, 120, 300)
+        maps = None
+    else:
+        try:
+            maps = PinnedMaps(inst)
+        except FileNotFoundError as e:
+            print(f"lb: {e}", file=sys.stderr)
+            return 1
+    try:
+        if maps is not None:
+            services = reader.read_services(maps)
+            conns = reader.read_connections(maps) if args.connection else []
+            timeouts = reader.read_timeouts(maps)
+        if args.service:
+            proto, addr = args.service
+            services = [s for s in services if s.protocol == proto and f"{s.address}:{s.port}" == addr]
+            if not services:
+                print("lb: no such service", file=sys.stderr)
+                return 1
+        if args.json:
+            print(json.dumps(listing.to_json(services, conns if args.connection else None, sort=not args.nosort), indent=2))
+        elif args.timeout:
+            sys.stdout.write(listing.format_timeout(*timeouts))
+        elif args.connection:
+            sys.stdout.write(listing.format_connections(conns))
+        else:
+            mode = "stats" if args.stats else "default"
+            sys.stdout.write(listing.format_services(services, mode=mode, exact=args.exact,
+                                                     sort=not args.nosort))
+    finally:
+        if maps is not None:
+            maps.close()
+    return 0
+
+
+def _add_list_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-n", "--numeric", action="store_true", help="numeric output (always on)")
+    p.add_argument("-c", "--connection", action="store_true", help="list connections")
+    p.add_argument("--stats", action="store_true", help="packet and byte counters")
+    p.add_argument("--timeout", action="store_true", help="tcp tcpfin udp timeouts")
+    p.add_argument("--exact", "-X", action="store_true", help="exact numbers with --stats")
+    p.add_argument("--sort", action="store_true", help="sort (the default)")
+    p.add_argument("--nosort", action="store_true", help="keep the table's order")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.add_argument("--instance", help="instance name (default: the only one running)")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("-t", "--tcp-service", dest="service", type=lambda s: ("TCP", s), metavar="VIP:PORT")
+    g.add_argument("-u", "--udp-service", dest="service", type=lambda s: ("UDP", s), metavar="VIP:PORT")
+    p.set_defaults(func=cmd_list)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="lb", description="Linux Virtual Server director with an XDP data plane")
+    sub = ap.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("run", help="run the director (the lvs daemon)")
+    p.add_argument("--config", "-c", required=True)
+    p.add_argument("--xdp-mode", choices=["native", "generic"], default="native",
+                   help="native (driver) XDP, falling back to generic; or generic only")
+    p.add_argument("-v", "--verbose", action="store_true")
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("check", help="validate a config file")
+    p.add_argument("--config", "-c", required=True)
+    p.set_defaults(func=cmd_check)
+
+    p = sub.add_parser("stop", help="stop a running instance")
+    p.add_argument("--instance")
+    p.add_argument("--config")
+    p.add_argument("--keep-dataplane", action="store_true",
+                   help="leave XDP attached, maps pinned and addresses up (for an upgrade: the next "
+                        "`lb run` adopts them without dropping a packet)")
+    p.set_defaults(func=cmd_stop)
+
+    p = sub.add_parser("reload", help="re-read the config of a running instance (SIGHUP)")
+    p.add_argument("--instance")
+    p.add_argument("--config")
+    p.set_defaults(func=cmd_reload)
+
+    _add_list_args(sub.add_parser("list", help="list the table like ipvsadm -L"))
+
+    from lb.lab.cli import add_cli
+
+    add_cli(sub)
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    # ipvsadm habits: `lb -L -n`, `lb -Ln`, `lb -Lnc`
+    if argv and argv[0][:2] in ("-L", "-l") and argv[0] not in ("--list",):
+        argv = ["list"] + [f"-{c}" for c in argv[0][2:]] + argv[1:]
+    elif argv and argv[0] == "--list":
+        argv[0] = "list"
+    args = build_parser().parse_args(argv)
+    return args.func(args) or 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

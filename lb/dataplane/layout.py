@@ -1,0 +1,194 @@
+"""Byte layouts of the BPF maps: a mirror of bpf/lb_structs.h and bpf/lb_consts.h.
+
+tests/test_layout.py checks every size and field offset against the structs bcc compiles.
+"""
+from __future__ import annotations
+
+import ipaddress
+import struct
+from dataclasses import dataclass
+
+# lb_consts.h
+LB_NONE = 0xFFFFFFFF
+POS_HEAD = 0xFFFFFFFF
+AF_INET, AF_INET6 = 4, 6
+FWD_NAT, FWD_LOCAL, FWD_TUNNEL, FWD_DR = 0, 1, 2, 3
+FORWARD_NAMES = {FWD_NAT: "Masq", FWD_LOCAL: "Local", FWD_TUNNEL: "Tunnel", FWD_DR: "Route"}
+REAL_F_OVERLOAD = 0x1
+REAL_F_NO_NEXTHOP = 0x2
+CONN_F_INACTIVE, CONN_F_OUT = 0x1, 0x2
+
+# scheduler name -> LB_SCHED_* (also the tail-call slot LB_PROG_SCHED_BASE + value)
+SCHEDULERS = {"rr": 0, "wrr": 1, "wlc": 2}
+SCHEDULER_NAMES = {v: k for k, v in SCHEDULERS.items()}
+PROG_NEW_CONN = 0
+PROG_SCHED_BASE = 1
+PROG_MAX = 16
+
+TCP_STATES = ["NONE", "ESTABLISHED", "SYN_SENT", "SYN_RECV", "FIN_WAIT", "TIME_WAIT", "CLOSE",
+              "CLOSE_WAIT", "LAST_ACK", "LISTEN", "SYNACK"]
+TCP_S = {name: i for i, name in enumerate(TCP_STATES)}
+UDP_S_NORMAL = 11
+N_TIMEOUTS = 12
+
+COUNTER_NAMES = ["pass", "forwarded", "nat_reply", "no_real_server", "tcp_not_syn", "fragment",
+                 "real_server_gone", "conn_table_full", "tail_call_failed"]
+
+# lb_structs.h
+SVC_KEY = struct.Struct("=16s2sBB")                 # lb_svc_key
+SVC = struct.Struct("=16s2sBB7I")                   # lb_svc
+SCHED_STATE = struct.Struct("=Ii")                  # lb_sched_state
+DEST = struct.Struct("=3I")                         # lb_dest
+REAL = struct.Struct("=16s2sBBIII6s6sI")            # lb_real
+REAL_CONNS = struct.Struct("=II")                   # lb_real_conns
+CONN_KEY = struct.Struct("=16s16s2s2sBBBB")         # lb_conn_key
+CONN = struct.Struct("=QIIIIBB2s6s6s")              # lb_conn
+STATS = struct.Struct("=5Q")                        # lb_stats
+U32 = struct.Struct("=I")
+U64 = struct.Struct("=Q")
+
+
+def pack_addr(addr: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bytes:
+    return addr.packed.ljust(16, b"\0")
+
+
+def unpack_addr(raw: bytes, family: int) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
+    if family == AF_INET:
+        return ipaddress.IPv4Address(raw[:4])
+    return ipaddress.IPv6Address(raw[:16])
+
+
+def family_of(addr) -> int:
+    return AF_INET if addr.version == 4 else AF_INET6
+
+
+def pack_port(port: int) -> bytes:
+    return port.to_bytes(2, "big")
+
+
+def unpack_port(raw: bytes) -> int:
+    return int.from_bytes(raw, "big")
+
+
+PROTO_NUMBERS = {"tcp": 6, "udp": 17}
+PROTO_NAMES = {6: "TCP", 17: "UDP"}
+
+
+@dataclass(frozen=True)
+class SvcKey:
+    proto: int
+    addr: ipaddress.IPv4Address | ipaddress.IPv6Address
+    port: int
+
+    def pack(self) -> bytes:
+        return SVC_KEY.pack(pack_addr(self.addr), pack_port(self.port), self.proto, family_of(self.addr))
+
+    @classmethod
+    def unpack(cls, raw: bytes) -> "SvcKey":
+        a, p, proto, fam = SVC_KEY.unpack(raw)
+        return cls(proto, unpack_addr(a, fam), unpack_port(p))
+
+
+@dataclass
+class Svc:
+    addr: ipaddress.IPv4Address | ipaddress.IPv6Address
+    port: int
+    proto: int
+    sched: int
+    nreals: int = 0
+    flags: int = 0
+    wrr_mw: int = 0
+    wrr_di: int = 1
+    persist_timeout: int = 0
+    persist_mask: int = 0
+
+    def pack(self) -> bytes:
+        return SVC.pack(pack_addr(self.addr), pack_port(self.port), self.proto, family_of(self.addr),
+                        self.sched, self.nreals, self.flags, self.wrr_mw, self.wrr_di,
+                        self.persist_timeout, self.persist_mask)
+
+    @classmethod
+    def unpack(cls, raw: bytes) -> "Svc":
+        a, p, proto, fam, sched, nreals, flags, mw, di, pt, pm = SVC.unpack(raw)
+        return cls(unpack_addr(a, fam) if fam else ipaddress.IPv4Address(0), unpack_port(p), proto,
+                   sched, nreals, flags, mw, di, pt, pm)
+
+
+@dataclass
+class Real:
+    addr: ipaddress.IPv4Address | ipaddress.IPv6Address
+    port: int
+    fwd: int
+    weight: int
+    flags: int = 0
+    ifindex: int = 0
+    mac: bytes = b"\0" * 6
+    src_mac: bytes = b"\0" * 6
+    svc: int = 0
+    family: int = AF_INET  # 0 marks a removed real server: its connections' packets drop
+
+    def pack(self) -> bytes:
+        return REAL.pack(pack_addr(self.addr), pack_port(self.port), self.family, self.fwd,
+                         self.weight, self.flags, self.ifindex, self.mac, self.src_mac, self.svc)
+
+    @classmethod
+    def unpack(cls, raw: bytes) -> "Real":
+        a, p, fam, fwd, w, flags, ifindex, mac, src, svc = REAL.unpack(raw)
+        addr = unpack_addr(a, fam if fam else AF_INET)
+        return cls(addr, unpack_port(p), fwd, w, flags, ifindex, mac, src, svc, fam)
+
+
+def pack_dests(dests: list[tuple[int, int, int]], max_svc_reals: int) -> bytes:
+    """lb_svc_dests value: (real id, weight, flags) per position, the rest zero (unusable)."""
+    body = b"".join(DEST.pack(*d) for d in dests)
+    return body.ljust(DEST.size * max_svc_reals, b"\0")
+
+
+def unpack_dests(raw: bytes, n: int) -> list[tuple[int, int, int]]:
+    return [DEST.unpack_from(raw, i * DEST.size) for i in range(n)]
+
+
+@dataclass(frozen=True)
+class ConnKey:
+    saddr: ipaddress.IPv4Address | ipaddress.IPv6Address
+    daddr: ipaddress.IPv4Address | ipaddress.IPv6Address
+    sport: int
+    dport: int
+    proto: int
+    dir: int = 0
+
+    @classmethod
+    def unpack(cls, raw: bytes) -> "ConnKey":
+        s, d, sp, dp, proto, fam, dir_, _ = CONN_KEY.unpack(raw)
+        return cls(unpack_addr(s, fam), unpack_addr(d, fam), unpack_port(sp), unpack_port(dp), proto, dir_)
+
+    def pack(self) -> bytes:
+        return CONN_KEY.pack(pack_addr(self.saddr), pack_addr(self.daddr), pack_port(self.sport),
+                             pack_port(self.dport), self.proto, family_of(self.saddr), self.dir, 0)
+
+
+@dataclass
+class Conn:
+    last_ns: int
+    real: int
+    svc: int
+    timeout: int
+    client_ifindex: int
+    state: int
+    flags: int
+    client_mac: bytes
+    local_mac: bytes
+
+    @classmethod
+    def unpack(cls, raw: bytes) -> "Conn":
+        last, real, svc, timeout, ifx, state, flags, _pad, cmac, lmac = CONN.unpack(raw)
+        return cls(last, real, svc, timeout, ifx, state, flags, cmac, lmac)
+
+    def pack(self) -> bytes:
+        return CONN.pack(self.last_ns, self.real, self.svc, self.timeout, self.client_ifindex,
+                         self.state, self.flags, b"\0\0", self.client_mac, self.local_mac)
+
+    def state_name(self, proto: int) -> str:
+        if proto != 6:
+            return "UDP"
+        return TCP_STATES[self.state] if self.state < len(TCP_STATES) else "ERR!"

@@ -1,0 +1,143 @@
+"""Pinned BPF maps of one lb instance, opened by path: used by the XDP data plane and by
+`lb list` (which needs no daemon).  Batch dumps go through the cffi module lb._bpfbatch when it
+is built, else through the pure-Python syscalls in bpfsys."""
+from __future__ import annotations
+
+import os
+
+from . import bpfsys
+
+try:
+    from lb import _bpfbatch  # built by the package install (cext/build_bpfbatch.py)
+except ImportError:  # pragma: no cover - exercised only where the build is missing
+    _bpfbatch = None
+
+PIN_ROOT = "/sys/fs/bpf/lb"
+
+MAP_NAMES = ("lb_services", "lb_svc", "lb_sched_state", "lb_svc_dests", "lb_reals",
+             "lb_real_conns", "lb_real_swept", "lb_conns", "lb_tcp_fsm", "lb_timeouts",
+             "lb_svc_stats", "lb_real_stats", "lb_counters", "lb_progs", "lb_scratch")
+
+
+def pin_dir(instance: str, root: str = PIN_ROOT) -> str:
+    return os.path.join(root, instance)
+
+
+def have_batch() -> bool:
+    return _bpfbatch is not None
+
+
+class BpfMap:
+    """One map by fd.  Per-CPU maps read as a list of per-CPU values."""
+
+    def __init__(self, fd: int, name: str = "", owned: bool = True):
+        self.fd = fd
+        self.name = name
+        self._owned = owned
+        info = bpfsys.map_info(fd)
+        self.type = info.type
+        self.key_size = info.key_size
+        self.value_size = info.value_size
+        self.max_entries = info.max_entries
+        self.percpu = info.type in bpfsys.PERCPU_TYPES
+        self.ncpus = bpfsys.possible_cpus() if self.percpu else 1
+        # the kernel rounds each per-CPU value up to 8 bytes
+        self._slot = (self.value_size + 7) & ~7 if self.percpu else self.value_size
+
+    @classmethod
+    def open_pinned(cls, path: str) -> "BpfMap":
+        return cls(bpfsys.obj_get(path), os.path.basename(path))
+
+    def close(self) -> None:
+        if self._owned and self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+    # single entries
+    def get(self, key: bytes) -> bytes | None:
+        raw = bpfsys.lookup(self.fd, key, self._slot * self.ncpus)
+        if raw is None or not self.percpu:
+            return raw
+        return raw[: self.value_size]
+
+    def get_percpu(self, key: bytes) -> list[bytes]:
+        raw = bpfsys.lookup(self.fd, key, self._slot * self.ncpus)
+        if raw is None:
+            return []
+        return [raw[i * self._slot: i * self._slot + self.value_size] for i in range(self.ncpus)]
+
+    def set(self, key: bytes, value: bytes, flags: int = bpfsys.BPF_ANY) -> None:
+        if self.percpu:
+            value = b"".join(value.ljust(self._slot, b"\0") for _ in range(self.ncpus))
+        bpfsys.update(self.fd, key, value, flags)
+
+    def delete(self, key: bytes) -> bool:
+        return bpfsys.delete(self.fd, key)
+
+    # whole tables
+    def items(self, batch: bool | None = None) -> list[tuple[bytes, bytes]]:
+        """Every (key, value).  batch=None: the cffi batch path when available."""
+        if batch is None:
+            batch = _bpfbatch is not None and not self.percpu
+        if not batch:
+            return bpfsys.items(self.fd, self.key_size, self._slot * self.ncpus if self.percpu else self.value_size)
+        ffi, lib = _bpfbatch.ffi, _bpfbatch.lib
+        cap = self.max_entries
+        keys = ffi.new("char[]", cap * self.key_size)
+        values = ffi.new("char[]", cap * self.value_size)
+        n = lib.bb_dump(self.fd, self.key_size, self.value_size, keys, values, cap, 8192)
+        if n < 0:
+            raise bpfsys.BpfError(-n, os.strerror(-n))
+        kb = ffi.buffer(keys, n * self.key_size)[:]
+        vb = ffi.buffer(values, n * self.value_size)[:]
+        ks, vs = self.key_size, self.value_size
+        return [(kb[i * ks:(i + 1) * ks], vb[i * vs:(i + 1) * vs]) for i in range(n)]
+
+    def delete_many(self, keys: list[bytes]) -> int:
+        if not keys:
+            return 0
+        if _bpfbatch is None:
+            return sum(1 for k in keys if self.delete(k))
+        ffi, lib = _bpfbatch.ffi, _bpfbatch.lib
+        buf = ffi.from_buffer(b"".join(keys))
+        n = lib.bb_delete(self.fd, self.key_size, buf, len(keys))
+        if n < 0:
+            raise bpfsys.BpfError(-n, os.strerror(-n))
+        return n
+
+
+class PinnedMaps:
+    """All maps of an instance, opened from their pins (read-mostly users such as `lb list`)."""
+
+    def __init__(self, instance: str, root: str = PIN_ROOT):
+        self.dir = pin_dir(instance, root)
+        if not os.path.isdir(self.dir):
+            raise FileNotFoundError(f"no lb instance {instance!r}: {self.dir} does not exist")
+        self.maps: dict[str, BpfMap] = {}
+        for name in MAP_NAMES:
+            path = os.path.join(self.dir, name)
+            if os.path.exists(path) and name != "lb_progs":
+                self.maps[name] = BpfMap.open_pinned(path)
+        missing = [n for n in MAP_NAMES if n not in self.maps and n != "lb_progs"]
+        if missing:
+            raise FileNotFoundError(f"lb instance {instance!r} at {self.dir} lacks maps: {', '.join(missing)}")
+
+    def __getitem__(self, name: str) -> BpfMap:
+        return self.maps[name]
+
+    def close(self) -> None:
+        for m in self.maps.values():
+            m.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def instances(root: str = PIN_ROOT) -> list[str]:
+    try:
+        return sorted(d for d in os.listdir(root) if os.path.isdir(os.path.join(root, d)))
+    except FileNotFoundError:
+        return []

@@ -1,0 +1,78 @@
+"""Read an instance's pinned maps into listing rows: what `lb list` shows, with no daemon
+running (as ipvsadm reads the kernel's table)."""
+from __future__ import annotations
+
+import time
+
+from lb.listing import ConnRow, RealRow, ServiceRow, Stats
+
+from . import layout as L
+from .maps import PinnedMaps
+
+
+def _sum_stats(values: list[bytes]) -> Stats:
+    tot = [0] * 5
+    for v in values:
+        for i, x in enumerate(L.STATS.unpack(v)):
+            tot[i] += x
+    return Stats(*tot)
+
+
+def read_services(maps: PinnedMaps) -> list[ServiceRow]:
+    rows = []
+    for k, v in maps["lb_services"].items(batch=False):
+        key = L.SvcKey.unpack(k)
+        sid = L.U32.unpack(v)[0]
+        skey = L.U32.pack(sid)
+        svc = L.Svc.unpack(maps["lb_svc"].get(skey))
+        row = ServiceRow(protocol=L.PROTO_NAMES.get(key.proto, str(key.proto)), address=key.addr,
+                         port=key.port, scheduler=L.SCHEDULER_NAMES.get(svc.sched, "?"),
+                         family=key.addr.version,
+                         stats=_sum_stats(maps["lb_svc_stats"].get_percpu(skey)))
+        dests = L.unpack_dests(maps["lb_svc_dests"].get(skey), min(svc.nreals, maps["lb_svc_dests"].value_size // L.DEST.size))
+        for rid, weight, _flags in dests:
+            rkey = L.U32.pack(rid)
+            real = L.Real.unpack(maps["lb_reals"].get(rkey))
+            a, i = L.REAL_CONNS.unpack(maps["lb_real_conns"].get(rkey))
+            sa, si = L.REAL_CONNS.unpack(maps["lb_real_swept"].get(rkey))
+            row.reals.append(RealRow(address=real.addr, port=real.port,
+                                     forward=L.FORWARD_NAMES.get(real.fwd, "?"), weight=real.weight,
+                                     active=(a - sa) & 0xFFFFFFFF, inactive=(i - si) & 0xFFFFFFFF,
+                                     stats=_sum_stats(maps["lb_real_stats"].get_percpu(rkey))))
+        rows.append(row)
+    return rows
+
+
+def read_connections(maps: PinnedMaps, batch: bool | None = None, now_ns: int | None = None) -> list[ConnRow]:
+    now = time.monotonic_ns() if now_ns is None else now_ns
+    reals: dict[int, L.Real] = {}
+    out = []
+    for k, v in maps["lb_conns"].items(batch=batch):
+        key = L.ConnKey.unpack(k)
+        if key.dir != 0:
+            continue                       # NAT reverse entries are not connections of their own
+        c = L.Conn.unpack(v)
+        left = c.timeout - (now - c.last_ns) // 1_000_000_000
+        if left < 0:
+            continue                       # expired, awaiting the sweep
+        real = reals.get(c.real)
+        if real is None:
+            real = reals[c.real] = L.Real.unpack(maps["lb_reals"].get(L.U32.pack(c.real)))
+        out.append(ConnRow(protocol=L.PROTO_NAMES.get(key.proto, "?"), expire=int(left),
+                           state=c.state_name(key.proto), client=(key.saddr, key.sport),
+                           virtual=(key.daddr, key.dport), dest=(real.addr, real.port)))
+    return out
+
+
+def read_timeouts(maps: PinnedMaps) -> tuple[int, int, int]:
+    def t(i):
+        return L.U32.unpack(maps["lb_timeouts"].get(L.U32.pack(i)))[0]
+    return t(L.TCP_S["ESTABLISHED"]), t(L.TCP_S["FIN_WAIT"]), t(L.UDP_S_NORMAL)
+
+
+def read_counters(maps: PinnedMaps) -> dict[str, int]:
+    out = {}
+    for i, name in enumerate(L.COUNTER_NAMES):
+        vals = maps["lb_counters"].get_percpu(L.U32.pack(i))
+        out[name] = sum(L.U64.unpack(v)[0] for v in vals)
+    return out

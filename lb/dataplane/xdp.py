@@ -1,0 +1,490 @@
+"""The XDP data plane: compiles bpf/ with bcc, adopts or creates the pinned maps, attaches the
+programs, and applies TableSpecs as deltas.  Nothing else writes these maps.
+
+Real server list order and scheduler state follow IPVS: each added real server goes to the
+front of its service's list, and the rr cursor / wrr mark change on every add, delete and
+weight update exactly as ip_vs_rr.c / ip_vs_wrr.c change them (lb.sched.model holds the rules).
+"""
+from __future__ import annotations
+
+import ctypes
+import logging
+import os
+import re
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from lb.sched import model as sched_model
+
+from . import layout as L
+from .maps import PIN_ROOT, BpfMap, pin_dir
+from .nexthop import NextHopError, resolve
+from .spec import RealSpec, ServiceSpec, TableSpec
+
+log = logging.getLogger("lb.dataplane")
+
+BPF_DIR = Path(__file__).resolve().parents[2] / "bpf"
+
+XDP_FLAGS_SKB_MODE = 1 << 1
+XDP_FLAGS_DRV_MODE = 1 << 2
+
+PROGRAMS = ("lb_xdp_public", "lb_xdp_private", "lb_xdp_new_conn",
+            *(f"lb_sched_{n}" for n in L.SCHEDULERS))
+
+# IPVS TCP timeouts (s) by state; tcp/tcpfin/udp from the config replace ESTABLISHED/FIN_WAIT/UDP
+DEFAULT_TIMEOUTS = [2, 900, 120, 60, 120, 120, 10, 60, 30, 120, 120, 300]
+
+# IPVS tcp_states: [table][event][state] for tables INPUT, OUTPUT, INPUT-ONLY and events
+# syn, fin, ack, rst (net/netfilter/ipvs/ip_vs_proto_tcp.c)
+_S = {"NO": 0, "ES": 1, "SS": 2, "SR": 3, "FW": 4, "TW": 5, "CL": 6, "CW": 7, "LA": 8, "LI": 9, "SA": 10}
+_FSM_TEXT = """
+SR ES ES SR SR SR SR SR SR SR SR
+CL CW SS TW TW TW CL CW LA LI TW
+CL ES SS ES FW TW CL CW CL LI ES
+CL CL CL SR CL CL CL CL LA LI SR
+SS ES SS SR SS SS SS SS SS LI SR
+TW FW SS TW FW TW CL TW LA LI TW
+ES ES SS ES FW TW CL CW LA ES ES
+CL CL SS CL CL TW CL CL CL CL CL
+SR ES ES SR SR SR SR SR SR SR SR
+CL FW SS TW FW TW CL CW LA LI TW
+CL ES SS ES FW TW CL CW CL LI ES
+CL CL CL SR CL CL CL CL LA LI CL
+"""
+TCP_FSM = [_S[t] for t in _FSM_TEXT.split()]   # index (table * 4 + event) * 11 + state
+
+
+class DataplaneError(Exception):
+    pass
+
+
+@dataclass(frozen=True)
+class Sizes:
+    services: int = 256
+    reals: int = 4096
+    svc_reals: int = 64
+    connections: int = 65536
+
+    @classmethod
+    def from_tables(cls, t) -> "Sizes":
+        return cls(t.services, t.real_servers, t.reals_per_service, t.connections)
+
+    def cflags(self, pin: str) -> list[str]:
+        return [f"-DLB_MAX_SERVICES={self.services}", f"-DLB_MAX_REALS={self.reals}",
+                f"-DLB_MAX_SVC_REALS={self.svc_reals}", f"-DLB_CONN_TABLE_SIZE={self.connections}",
+                f'-DLB_PIN_DIR="{pin}"']
+
+    def expected(self) -> dict[str, tuple[int, int]]:
+        """map name -> (max_entries, value_size) as the programs will create them"""
+        return {
+            "lb_services": (self.services, 4),
+            "lb_svc": (self.services, L.SVC.size),
+            "lb_sched_state": (self.services, L.SCHED_STATE.size),
+            "lb_svc_dests": (self.services, L.DEST.size * self.svc_reals),
+            "lb_reals": (self.reals, L.REAL.size),
+            "lb_real_conns": (self.reals, L.REAL_CONNS.size),
+            "lb_real_swept": (self.reals, L.REAL_CONNS.size),
+            "lb_conns": (self.connections, L.CONN.size),
+            "lb_svc_stats": (self.services, L.STATS.size),
+            "lb_real_stats": (self.reals, L.STATS.size),
+        }
+
+
+def bpf_source(path: Path = BPF_DIR / "lb.c") -> str:
+    """lb.c with its local headers inlined: bcc rewrites map calls (map.lookup()) only in the
+    main file, so the headers must become part of it."""
+    seen: set[Path] = set()
+
+    def expand(p: Path) -> str:
+        out = []
+        for line in p.read_text().splitlines(keepends=True):
+            m = re.match(r'\s*#include "([^"]+)"', line)
+            if m:
+                inc = (p.parent / m.group(1)).resolve()
+                if inc not in seen:
+                    seen.add(inc)
+                    out.append(f"/* ---- {m.group(1)} ---- */\n")
+                    out.append(expand(inc))
+                continue
+            out.append(line)
+        return "".join(out)
+
+    return expand(path)
+
+
+@dataclass
+class _SvcState:
+    id: int
+    key: L.SvcKey
+    sched: str
+    dests: list[tuple[tuple, int]] = field(default_factory=list)   # [((addr, port), real id)] list order
+    name: str = ""
+
+
+class XdpDataplane:
+    def __init__(self, instance: str, sizes: Sizes, pin_root: str = PIN_ROOT, resolver=resolve):
+        self.instance = instance
+        self.resolver = resolver                # addr, need_onlink=bool -> NextHop
+        self.sizes = sizes
+        self.pin = pin_dir(instance, pin_root)
+        self.bpf = None
+        self.fns: dict[str, object] = {}
+        self.maps: dict[str, BpfMap] = {}
+        self.attached: dict[str, int] = {}      # ifname -> xdp flags
+        self.services: dict[L.SvcKey, _SvcState] = {}
+        self.reals: dict[int, L.Real] = {}      # every id ever handed out and not reusable yet
+        self.free_svc_ids: list[int] = []
+        self.next_svc_id = 0
+        self.next_real_id = 0
+        self.adopted = False
+        self.created = False     # this instance made the pin directory (a failed start removes it)
+        self.writes = 0
+
+    # ---- loading ----
+    def check_pins(self) -> bool:
+        """True when compatible pinned maps exist (a running or crashed instance to adopt)."""
+        if not os.path.isdir(self.pin):
+            return False
+        from . import bpfsys
+        found = False
+        for name, (entries, vsize) in self.sizes.expected().items():
+            path = os.path.join(self.pin, name)
+            if not os.path.exists(path):
+                continue
+            found = True
+            fd = bpfsys.obj_get(path)
+            try:
+                info = bpfsys.map_info(fd)
+            finally:
+                os.close(fd)
+            if info.max_entries != entries or info.value_size != vsize:
+                raise DataplaneError(
+                    f"pinned map {path} holds {info.max_entries} entries of {info.value_size} bytes but "
+                    f"the config needs {entries} of {vsize}: table sizes cannot change while an instance "
+                    f"keeps its connections. Stop it (lb stop) or remove {self.pin} to start afresh.")
+        return found
+
+    def load(self) -> None:
+        from bcc import BPF  # imported here: `lb list` and config checks must not need bcc
+
+        self.adopted = self.check_pins()
+        self.created = not os.path.isdir(self.pin)
+        os.makedirs(self.pin, exist_ok=True)
+        t0 = time.monotonic()
+        try:
+            self.bpf = BPF(text=bpf_source().encode(),
+                           cflags=self.sizes.cflags(self.pin) + ["-Wno-macro-redefined"])
+            for name in PROGRAMS:
+                self.fns[name] = self.bpf.load_func(name.encode(), BPF.XDP)
+        except Exception as e:
+            raise DataplaneError(f"cannot build or load the XDP programs: {e}") from e
+        log.info("compiled and loaded %d XDP programs in %.2f s (%s maps in %s)", len(PROGRAMS),
+                 time.monotonic() - t0, "adopted" if self.adopted else "new", self.pin)
+        progs = self.bpf[b"lb_progs"]
+        progs[ctypes.c_int(L.PROG_NEW_CONN)] = ctypes.c_int(self.fns["lb_xdp_new_conn"].fd)
+        for sname, idx in L.SCHEDULERS.items():
+            progs[ctypes.c_int(L.PROG_SCHED_BASE + idx)] = ctypes.c_int(self.fns[f"lb_sched_{sname}"].fd)
+        for name in self.sizes.expected().keys() | {"lb_tcp_fsm", "lb_timeouts", "lb_counters"}:
+            self.maps[name] = BpfMap.open_pinned(os.path.join(self.pin, name))
+        for i, v in enumerate(TCP_FSM):
+            self.maps["lb_tcp_fsm"].set(L.U32.pack(i), L.U32.pack(v))
+        if self.adopted:
+            self._adopt()
+
+    def _adopt(self) -> None:
+        """Rebuild the in-memory view from the pinned maps of a previous instance."""
+        m = self.maps
+        used_svc = set()
+        for k, v in m["lb_services"].items(batch=False):
+            key = L.SvcKey.unpack(k)
+            sid = L.U32.unpack(v)[0]
+            svc = L.Svc.unpack(m["lb_svc"].get(L.U32.pack(sid)))
+            raw = m["lb_svc_dests"].get(L.U32.pack(sid))
+            st = _SvcState(sid, key, L.SCHEDULER_NAMES.get(svc.sched, "wlc"))
+            for rid, _w, _f in L.unpack_dests(raw, svc.nreals):
+                real = L.Real.unpack(m["lb_reals"].get(L.U32.pack(rid)))
+                st.dests.append(((real.addr, real.port), rid))
+            self.services[key] = st
+            used_svc.add(sid)
+        self.next_svc_id = max(used_svc) + 1 if used_svc else 0
+        self.free_svc_ids = [i for i in range(self.next_svc_id) if i not in used_svc]
+        for rid in range(self.sizes.reals):
+            raw = m["lb_reals"].get(L.U32.pack(rid))
+            real = L.Real.unpack(raw)
+            if raw != b"\0" * len(raw):
+                self.reals[rid] = real
+                self.next_real_id = rid + 1
+        log.info("adopted %d services and %d real servers from %s", len(self.services),
+                 sum(len(s.dests) for s in self.services.values()), self.pin)
+
+    # ---- attach ----
+    def attach(self, ifname: str, side: str = "public", mode: str = "native") -> str:
+        from bcc import BPF
+
+        fn = self.fns["lb_xdp_public" if side == "public" else "lb_xdp_private"]
+        tries = [("native", XDP_FLAGS_DRV_MODE), ("generic", XDP_FLAGS_SKB_MODE)]
+        if mode == "generic":
+            tries = tries[1:]
+        last = None
+        for name, flags in tries:
+            try:
+                BPF.attach_xdp(ifname, fn, flags)
+                self.attached[ifname] = flags
+                log.info("attached %s XDP program to %s (%s mode)", side, ifname, name)
+                return name
+            except Exception as e:
+                last = e
+                log.warning("cannot attach XDP to %s in %s mode: %s", ifname, name, e)
+        raise DataplaneError(f"cannot attach XDP to {ifname}: {last}")
+
+    def detach_all(self) -> None:
+        from bcc import BPF
+
+        for ifname, flags in list(self.attached.items()):
+            try:
+                BPF.remove_xdp(ifname, flags)
+                log.info("detached XDP from %s", ifname)
+            except Exception as e:
+                log.warning("detaching XDP from %s: %s", ifname, e)
+            del self.attached[ifname]
+
+    def unpin(self) -> None:
+        for m in self.maps.values():
+            m.close()
+        self.maps.clear()
+        shutil.rmtree(self.pin, ignore_errors=True)
+        log.info("removed pinned maps %s", self.pin)
+
+    def close(self) -> None:
+        for m in self.maps.values():
+            m.close()
+        self.maps.clear()
+        if self.bpf is not None:
+            self.bpf.cleanup()
+            self.bpf = None
+
+    # ---- writes ----
+    def _set(self, mapname: str, key: bytes, value: bytes) -> None:
+        self.maps[mapname].set(key, value)
+        self.writes += 1
+
+    def _alloc_svc(self) -> int:
+        if self.free_svc_ids:
+            return self.free_svc_ids.pop(0)
+        if self.next_svc_id >= self.sizes.services:
+            raise DataplaneError(f"no free service slot (tables.services = {self.sizes.services})")
+        self.next_svc_id += 1
+        return self.next_svc_id - 1
+
+    def _real_conns(self, rid: int) -> tuple[int, int]:
+        k = L.U32.pack(rid)
+        a, i = L.REAL_CONNS.unpack(self.maps["lb_real_conns"].get(k))
+        sa, si = L.REAL_CONNS.unpack(self.maps["lb_real_swept"].get(k))
+        return (a - sa) & 0xFFFFFFFF, (i - si) & 0xFFFFFFFF
+
+    def _alloc_real(self) -> int:
+        if self.next_real_id < self.sizes.reals:
+            self.next_real_id += 1
+            rid = self.next_real_id - 1
+        else:
+            # reuse a removed real server's id once no connection points at it any more
+            in_use = {r for s in self.services.values() for _, r in s.dests}
+            for rid, real in self.reals.items():
+                if rid not in in_use and real.family == 0 and self._real_conns(rid) == (0, 0):
+                    break
+            else:
+                raise DataplaneError(f"no free real server slot (tables.real_servers = {self.sizes.reals})")
+        k = L.U32.pack(rid)
+        zero = L.REAL_CONNS.pack(0, 0)
+        self._set("lb_real_conns", k, zero)
+        self._set("lb_real_swept", k, zero)
+        self._set("lb_real_stats", k, L.STATS.pack(0, 0, 0, 0, 0))
+        return rid
+
+    def _nexthop_real(self, spec: RealSpec, svc_id: int, old: L.Real | None) -> L.Real:
+        fwd = L.FWD_NAT if spec.forward == "nat" else L.FWD_DR
+        real = L.Real(spec.address, spec.port, fwd, spec.weight, svc=svc_id)
+        try:
+            nh = self.resolver(spec.address, need_onlink=(fwd == L.FWD_DR))
+            real.ifindex, real.mac, real.src_mac = nh.ifindex, nh.mac, nh.src_mac
+        except NextHopError as e:
+            if old is not None and old.family and not old.flags & L.REAL_F_NO_NEXTHOP:
+                real.ifindex, real.mac, real.src_mac = old.ifindex, old.mac, old.src_mac
+            else:
+                log.warning("%s; it gets no new connections until it answers", e)
+                real.flags |= L.REAL_F_NO_NEXTHOP
+        return real
+
+    def apply(self, table: TableSpec) -> int:
+        """Make the maps forward `table`; returns the number of map writes it took."""
+        before = self.writes
+        want = {L.SvcKey(L.PROTO_NUMBERS[s.protocol], s.address, s.port): s for s in table.services}
+        for key in [k for k in self.services if k not in want]:
+            self._remove_service(key)
+        for key, spec in want.items():
+            self._apply_service(key, spec)
+        self._apply_timeouts(table.timeouts)
+        n = self.writes - before
+        log.info("applied %d services: %d map writes", len(want), n)
+        return n
+
+    def _apply_timeouts(self, timeouts) -> None:
+        t = list(DEFAULT_TIMEOUTS)
+        t[L.TCP_S["ESTABLISHED"]], t[L.TCP_S["FIN_WAIT"]], t[L.UDP_S_NORMAL] = timeouts
+        for i, v in enumerate(t):
+            k = L.U32.pack(i)
+            if self.maps["lb_timeouts"].get(k) != L.U32.pack(v):
+                self._set("lb_timeouts", k, L.U32.pack(v))
+
+    def _remove_service(self, key: L.SvcKey) -> None:
+        st = self.services.pop(key)
+        self.maps["lb_services"].delete(key.pack())
+        self.writes += 1
+        for _, rid in st.dests:
+            self._retire_real(rid)
+        self._set("lb_svc", L.U32.pack(st.id), L.Svc(key.addr, key.port, key.proto, 0).pack())
+        self.free_svc_ids.append(st.id)
+        log.info("removed virtual service %s", _svc_name(key))
+
+    def _retire_real(self, rid: int) -> None:
+        # family 0: packets of its remaining connections drop (IPVS expire_nodest_conn = 0)
+        real = self.reals[rid]
+        real.family = 0
+        real.weight = 0
+        self._set("lb_reals", L.U32.pack(rid), real.pack())
+
+    def _apply_service(self, key: L.SvcKey, spec: ServiceSpec) -> None:
+        new = key not in self.services
+        if new:
+            st = _SvcState(self._alloc_svc(), key, spec.scheduler, name=spec.name)
+            self.services[key] = st
+            cursor, mark = None, sched_model.wrr_init([])
+            log.info("adding virtual service %s %s", _svc_name(key), spec.scheduler)
+        else:
+            st = self.services[key]
+            cl, cw = L.SCHED_STATE.unpack(self.maps["lb_sched_state"].get(L.U32.pack(st.id)))
+            cursor = None if cl == L.POS_HEAD or cl >= len(st.dests) else cl
+            mark = sched_model.WrrMark(cursor, cw, 0, 1)
+            if st.sched != spec.scheduler:
+                # a new scheduler starts from its own initial state, as ipvsadm -E does
+                cursor, mark = None, sched_model.wrr_init(self._weights(st))
+                st.sched = spec.scheduler
+        wanted = {r.key: r for r in spec.reals}
+        changed = False
+
+        def dest_changed():
+            nonlocal mark
+            mark = sched_model.wrr_dest_changed(mark, self._weights(st))
+
+        # 1. removals (the rr cursor steps back to the previous element)
+        for pos in reversed(range(len(st.dests))):
+            rkey, rid = st.dests[pos]
+            if rkey not in wanted:
+                del st.dests[pos]
+                cursor = sched_model.rr_cursor_after_delete(cursor, pos)
+                self._retire_real(rid)
+                dest_changed()
+                changed = True
+                log.info("removed real server %s:%d from %s", rkey[0], rkey[1], _svc_name(key))
+        # 2. updates of existing real servers
+        for pos, (rkey, rid) in enumerate(st.dests):
+            spec_r = wanted[rkey]
+            old = self.reals[rid]
+            real = self._nexthop_real(spec_r, st.id, old)
+            if real.pack() != old.pack():
+                self.reals[rid] = real
+                self._set("lb_reals", L.U32.pack(rid), real.pack())
+                if real.weight != old.weight:
+                    dest_changed()
+                    log.info("real server %s:%d of %s: weight %d -> %d", rkey[0], rkey[1],
+                             _svc_name(key), old.weight, real.weight)
+                changed = True
+        # 3. additions, in config order, each to the front of the list
+        have = {rkey for rkey, _ in st.dests}
+        for spec_r in spec.reals:
+            if spec_r.key in have:
+                continue
+            rid = self._alloc_real()
+            real = self._nexthop_real(spec_r, st.id, None)
+            self.reals[rid] = real
+            self._set("lb_reals", L.U32.pack(rid), real.pack())
+            st.dests.insert(0, (spec_r.key, rid))
+            if cursor is not None:
+                cursor += 1
+            dest_changed()
+            changed = True
+            log.info("added real server %s:%d to %s (%s, weight %d)", spec_r.address, spec_r.port,
+                     _svc_name(key), L.FORWARD_NAMES[real.fwd], real.weight)
+        if not (new or changed):
+            return
+        sid = L.U32.pack(st.id)
+        dests = [(rid, self.reals[rid].weight, self.reals[rid].flags) for _, rid in st.dests]
+        self._set("lb_svc_dests", sid, L.pack_dests(dests, self.sizes.svc_reals))
+        mw, di = sched_model.wrr_params(self._weights(st))
+        svc = L.Svc(key.addr, key.port, key.proto, L.SCHEDULERS[st.sched], len(st.dests), 0, mw, di)
+        self._set("lb_svc", sid, svc.pack())
+        cl = L.POS_HEAD
+        if st.sched == "rr" and cursor is not None:
+            cl = cursor
+        self._set("lb_sched_state", sid, L.SCHED_STATE.pack(cl, mark.cw))
+        if new:
+            self._set("lb_svc_stats", sid, L.STATS.pack(0, 0, 0, 0, 0))
+            self._set("lb_services", key.pack(), L.U32.pack(st.id))
+
+    def _weights(self, st: _SvcState) -> list[int]:
+        return [self.reals[rid].weight for _, rid in st.dests]
+
+    def refresh_nexthops(self) -> int:
+        """Re-resolve real servers whose MAC is unknown (or changed); returns updates made."""
+        n = 0
+        for st in self.services.values():
+            touched = False
+            for rkey, rid in st.dests:
+                old = self.reals[rid]
+                spec = RealSpec(old.addr, old.port, old.weight, "nat" if old.fwd == L.FWD_NAT else "dr")
+                real = self._nexthop_real(spec, st.id, old)
+                if real.pack() != old.pack():
+                    self.reals[rid] = real
+                    self._set("lb_reals", L.U32.pack(rid), real.pack())
+                    touched = True
+                    n += 1
+                    log.info("real server %s:%d next hop now %s", rkey[0], rkey[1], real.mac.hex(":"))
+            if touched:
+                dests = [(rid, self.reals[rid].weight, self.reals[rid].flags) for _, rid in st.dests]
+                self._set("lb_svc_dests", L.U32.pack(st.id), L.pack_dests(dests, self.sizes.svc_reals))
+        return n
+
+    # ---- expiry ----
+    def sweep(self, now_ns: int | None = None) -> int:
+        """Remove expired connections and take them off their real servers' counters.
+
+        The data path expires entries it meets; this catches the ones no packet visits.  A
+        delete that succeeds is ours alone to uncount (the data path uncounts only what its own
+        delete removed)."""
+        now = time.monotonic_ns() if now_ns is None else now_ns
+        conns = self.maps["lb_conns"]
+        swept: dict[int, list[int]] = {}
+        n = 0
+        for k, v in conns.items():
+            c = L.Conn.unpack(v)
+            if now - c.last_ns <= c.timeout * 1_000_000_000:
+                continue
+            if not conns.delete(k):
+                continue
+            if c.flags & L.CONN_F_OUT:
+                continue
+            n += 1
+            cnt = swept.setdefault(c.real, [0, 0])
+            cnt[1 if c.flags & L.CONN_F_INACTIVE else 0] += 1
+        for rid, (a, i) in swept.items():
+            key = L.U32.pack(rid)
+            sa, si = L.REAL_CONNS.unpack(self.maps["lb_real_swept"].get(key))
+            self._set("lb_real_swept", key, L.REAL_CONNS.pack((sa + a) & 0xFFFFFFFF, (si + i) & 0xFFFFFFFF))
+        return n
+
+
+def _svc_name(key: L.SvcKey) -> str:
+    return f"{L.PROTO_NAMES.get(key.proto, key.proto)} {key.addr}:{key.port}"
+

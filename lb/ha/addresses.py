@@ -1,0 +1,81 @@
+"""Ownership of the virtual IPs and the NAT router's floating address (pyroute2).
+
+The active LVS router holds them; a clean stop gives them back.  Heartbeat-driven takeover and
+gratuitous ARP come with the HA work; for now the one director is always active."""
+from __future__ import annotations
+
+import ipaddress
+import logging
+import socket
+from dataclasses import dataclass
+
+from pyroute2 import IPRoute
+from pyroute2.netlink.exceptions import NetlinkError
+
+log = logging.getLogger("lb.ha")
+
+
+@dataclass(frozen=True)
+class OwnedAddress:
+    ifname: str
+    address: ipaddress.IPv4Interface | ipaddress.IPv6Interface
+    label: str = ""
+
+
+def wanted_addresses(cfg) -> list[OwnedAddress]:
+    """The addresses the active director must hold for a config."""
+    out: list[OwnedAddress] = []
+    seen = set()
+    for vs in cfg.virtual_servers:
+        if not vs.active:
+            continue
+        plen = 32 if vs.address.version == 4 else 128
+        a = OwnedAddress(cfg.vip_device(vs), ipaddress.ip_interface(f"{vs.address}/{plen}"))
+        if (a.ifname, a.address.ip) not in seen:
+            seen.add((a.ifname, a.address.ip))
+            out.append(a)
+    if cfg.network == "nat" and cfg.nat_router is not None:
+        out.append(OwnedAddress(cfg.nat_device, cfg.nat_router))
+    return out
+
+
+def _ifindex(ipr: IPRoute, ifname: str) -> int:
+    idx = ipr.link_lookup(ifname=ifname)
+    if not idx:
+        raise LookupError(f"interface {ifname} does not exist")
+    return idx[0]
+
+
+def interface_exists(ifname: str) -> bool:
+    with IPRoute() as ipr:
+        return bool(ipr.link_lookup(ifname=ifname))
+
+
+def _has(ipr: IPRoute, idx: int, addr) -> bool:
+    fam = socket.AF_INET if addr.version == 4 else socket.AF_INET6
+    for a in ipr.get_addr(family=fam, index=idx):
+        if a.get_attr("IFA_ADDRESS") == str(addr.ip) and a["prefixlen"] == addr.network.prefixlen:
+            return True
+    return False
+
+
+def take(addrs: list[OwnedAddress]) -> None:
+    with IPRoute() as ipr:
+        for a in addrs:
+            idx = _ifindex(ipr, a.ifname)
+            if _has(ipr, idx, a.address):
+                log.info("address %s already on %s", a.address, a.ifname)
+                continue
+            ipr.addr("add", index=idx, address=str(a.address.ip), prefixlen=a.address.network.prefixlen)
+            log.info("added address %s to %s", a.address, a.ifname)
+
+
+def release(addrs: list[OwnedAddress]) -> None:
+    with IPRoute() as ipr:
+        for a in addrs:
+            try:
+                idx = _ifindex(ipr, a.ifname)
+                ipr.addr("del", index=idx, address=str(a.address.ip), prefixlen=a.address.network.prefixlen)
+                log.info("removed address %s from %s", a.address, a.ifname)
+            except (LookupError, NetlinkError) as e:
+                log.info("address %s on %s: %s", a.address, a.ifname, e)

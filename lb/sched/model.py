@@ -1,0 +1,401 @@
+"""Reference model of the IPVS rr, wrr and wlc schedulers.
+
+This is the oracle the BPF data plane is tested against, and the control plane
+uses :func:`wrr_params` / :func:`wrr_init` / :func:`wrr_dest_changed` to compute
+the wrr state it loads into the data plane.  It follows the kernel's rules
+(net/netfilter/ipvs/ip_vs_rr.c, ip_vs_wrr.c, ip_vs_wlc.c, ip_vs_ctl.c):
+
+* A service's destinations form a list.  Every newly added destination is
+  inserted at the FRONT of that list, so a service configured as rs1, rs2, rs3
+  (added in that order) has the list ``[rs3, rs2, rs1]``.  Positions used here
+  are list positions, 0 being the first element.  The list head sentinel that
+  the kernel's cursors may point at is represented by ``None``.
+* A destination with the OVERLOAD flag is skipped by every scheduler.  Weight 0
+  means quiesced: rr, wrr and wlc never pick it for a new connection.
+* Connection counting: a new connection is counted inactive on its destination;
+  a TCP connection becomes active only on entering ESTABLISHED and inactive
+  again on leaving it (set_tcp_state); UDP connections are always inactive.
+
+The pure functions never mutate their arguments; :class:`Service` wraps them
+in the order of operations IPVS applies when real servers are added, removed,
+edited and connections are scheduled.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+from typing import Iterable, Sequence
+
+__all__ = [
+    "Dest",
+    "Service",
+    "SCHEDULERS",
+    "WrrMark",
+    "overhead",
+    "pick_rr",
+    "pick_wlc",
+    "pick_wrr",
+    "rr_cursor_after_add",
+    "rr_cursor_after_delete",
+    "wrr_dest_changed",
+    "wrr_init",
+    "wrr_params",
+]
+
+SCHEDULERS = ("rr", "wrr", "wlc")
+
+
+@dataclass
+class Dest:
+    """One real server of a service, as the schedulers see it."""
+
+    name: str
+    weight: int
+    overloaded: bool = False
+    active: int = 0  # activeconns
+    inactive: int = 0  # inactconns
+
+    @property
+    def usable(self) -> bool:
+        """Eligible for new connections under rr/wrr/wlc: weight > 0 and not overloaded."""
+        return self.weight > 0 and not self.overloaded
+
+
+def overhead(d: Dest) -> int:
+    """ip_vs_dest_conn_overhead: (activeconns << 8) + inactconns."""
+    return (d.active << 8) + d.inactive
+
+
+def _check_weights(weights: Iterable[int]) -> list[int]:
+    ws = list(weights)
+    for w in ws:
+        if not isinstance(w, int) or isinstance(w, bool) or w < 0:
+            raise ValueError(f"weight must be a non-negative int, got {w!r}")
+    return ws
+
+
+def _check_cursor(cursor: int | None, n: int, what: str = "cursor") -> None:
+    if cursor is not None and not 0 <= cursor < n:
+        raise ValueError(f"{what} {cursor} out of range for {n} destinations")
+
+
+# --------------------------------------------------------------------------- rr
+
+
+def pick_rr(dests: Sequence[Dest], cursor: int | None) -> tuple[int | None, int | None]:
+    """ip_vs_rr_schedule.
+
+    Walks from the element after ``cursor`` around the list (the head sentinel
+    is skipped) back to and including the cursor's own element; the first
+    destination with weight > 0 and not overloaded wins and becomes the new
+    cursor.  Returns ``(picked position, new cursor)``; when nothing is usable,
+    ``(None, cursor)`` (the cursor does not move).
+    """
+    n = len(dests)
+    _check_cursor(cursor, n)
+    start = 0 if cursor is None else cursor + 1
+    for k in range(n):
+        i = (start + k) % n
+        if dests[i].usable:
+            return i, i
+    return None, cursor
+
+
+def rr_cursor_after_delete(cursor: int | None, removed_pos: int) -> int | None:
+    """ip_vs_rr_del_dest, expressed in positions of the list after the delete.
+
+    If the cursor pointed at the removed destination it moves to the previous
+    element (the head, ``None``, if the removed one was first).  A cursor on a
+    later element keeps its element, whose position drops by one.
+    """
+    if removed_pos < 0:
+        raise ValueError(f"removed_pos must be >= 0, got {removed_pos}")
+    if cursor is None or cursor < removed_pos:
+        return cursor
+    if cursor == removed_pos:
+        return removed_pos - 1 if removed_pos > 0 else None
+    return cursor - 1
+
+
+def rr_cursor_after_add(cursor: int | None) -> int | None:
+    """rr has no add_dest hook: the cursor stays on its element, which moves one
+    position back because the new destination is inserted at the front."""
+    return None if cursor is None else cursor + 1
+
+
+# -------------------------------------------------------------------------- wrr
+
+
+@dataclass(frozen=True)
+class WrrMark:
+    """struct ip_vs_wrr_mark: cl is a list position, or None for the list head."""
+
+    cl: int | None
+    cw: int
+    mw: int
+    di: int
+
+
+def wrr_params(weights: Iterable[int]) -> tuple[int, int]:
+    """Return ``(mw, di)`` for a list of weights.
+
+    di = gcd of the positive weights (1 if there are none);
+    mw = max weight (over all weights, 0 if all are zero) - (di - 1).
+    """
+    ws = _check_weights(weights)
+    pos = [w for w in ws if w > 0]
+    di = math.gcd(*pos) if pos else 1
+    mw = max(ws, default=0) - (di - 1)
+    return mw, di
+
+
+def wrr_init(weights: Iterable[int]) -> WrrMark:
+    """ip_vs_wrr_init_svc on the current list: cl = head, cw = mw."""
+    mw, di = wrr_params(weights)
+    return WrrMark(cl=None, cw=mw, mw=mw, di=di)
+
+
+def wrr_dest_changed(mark: WrrMark, weights: Iterable[int]) -> WrrMark:
+    """ip_vs_wrr_dest_changed (add_dest, del_dest and upd_dest hooks).
+
+    ``weights`` are those of the list after the change.  cl goes back to the
+    head; di and mw are recomputed; cw is clamped to mw when it exceeds it (or
+    is 0), otherwise, when di > 1, rounded to ``(cw // di) * di + 1``.
+    """
+    mw, di = wrr_params(weights)
+    cw = mark.cw
+    if cw > mw or cw == 0:
+        cw = mw
+    elif di > 1:
+        cw = (cw // di) * di + 1
+    return WrrMark(cl=None, cw=cw, mw=mw, di=di)
+
+
+def pick_wrr(dests: Sequence[Dest], mark: WrrMark) -> tuple[int | None, WrrMark]:
+    """ip_vs_wrr_schedule (kernel 6.x).  Returns ``(picked position, new mark)``.
+
+    Scans forward from the element after ``mark.cl`` for a destination that is
+    not overloaded and has weight >= cw.  Each time the end of the list is
+    reached cw drops by di and the scan restarts from the first element; when
+    cw falls to 0 or below it wraps to mw.  The walk gives up (``None``) once
+    every destination has been checked in a pass with cw <= di; cw keeps
+    whatever value the walk left it with and cl is the position it ended on.
+    When mw == 0 (all weights zero) nothing is picked and the mark is unchanged.
+    """
+    n = len(dests)
+    _check_cursor(mark.cl, n, "mark.cl")
+    cw, mw, di = mark.cw, mark.mw, mark.di
+    if mw == 0:
+        return None, mark
+    if di <= 0:
+        raise ValueError(f"mark.di must be positive, got {di}")
+
+    dest = mark.cl  # None = the list head
+    last = dest
+    stop: int | None = None
+    last_pass = False
+    restarted = False
+    while True:
+        # list_for_each_entry_continue: the elements after `dest` to the end.
+        for i in range(0 if dest is None else dest + 1, n):
+            d = dests[i]
+            if not d.overloaded and d.weight >= cw:
+                return i, WrrMark(cl=i, cw=cw, mw=mw, di=di)
+            if i == stop:
+                return None, WrrMark(cl=i, cw=cw, mw=mw, di=di)
+        cw -= di
+        if cw <= 0:
+            cw = mw
+            if last_pass or last is None:
+                # the walk ended on the head
+                return None, WrrMark(cl=None, cw=cw, mw=mw, di=di)
+            restarted = True
+        last_pass = cw <= di
+        if last_pass and restarted and last is not None:
+            stop = last
+        dest = None  # the next scan starts from the first element
+
+
+# -------------------------------------------------------------------------- wlc
+
+
+def pick_wlc(dests: Sequence[Dest]) -> int | None:
+    """ip_vs_wlc_schedule: minimise overhead/weight.
+
+    The first destination (list order) that is not overloaded and has
+    weight > 0 becomes ``least``; every later destination that is not
+    overloaded replaces it when ``loh * w(d) > doh * w(least)`` (the kernel
+    compares in 64 bits; Python ints do not overflow).  Ties therefore go to the
+    earliest position, and weight 0 never wins.
+    """
+    least: int | None = None
+    loh = 0
+    for i, d in enumerate(dests):
+        if least is None:
+            if d.usable:
+                least, loh = i, overhead(d)
+            continue
+        if d.overloaded:
+            continue
+        doh = overhead(d)
+        if loh * d.weight > doh * dests[least].weight:
+            least, loh = i, doh
+    return least
+
+
+# ---------------------------------------------------------------------- Service
+
+
+class Service:
+    """A virtual service as IPVS keeps it: the destination list (newest first),
+    the scheduler's state, and the per-destination connection counters.
+
+    Destinations are addressed by name.  A removed destination keeps its
+    counters (IPVS moves it to the trash while connections still reference it),
+    and re-adding the same name brings those counters back, as
+    ip_vs_trash_get_dest does.
+    """
+
+    def __init__(self, scheduler: str):
+        if scheduler not in SCHEDULERS:
+            raise ValueError(f"unknown scheduler {scheduler!r}; expected one of {SCHEDULERS}")
+        self.scheduler = scheduler
+        self._dests: list[Dest] = []
+        self._trash: dict[str, Dest] = {}
+        self._cursor: int | None = None  # rr: svc->sched_data
+        self._mark: WrrMark = wrr_init([])  # wrr: ip_vs_wrr_init_svc on an empty list
+
+    # -- views ---------------------------------------------------------------
+
+    @property
+    def dests(self) -> list[Dest]:
+        """The destinations in list order (the reverse of the order they were added)."""
+        return list(self._dests)
+
+    @property
+    def names(self) -> list[str]:
+        return [d.name for d in self._dests]
+
+    @property
+    def cursor(self) -> int | None:
+        """rr cursor: position of the last pick, None = list head."""
+        return self._cursor
+
+    @property
+    def cursor_name(self) -> str | None:
+        return None if self._cursor is None else self._dests[self._cursor].name
+
+    @property
+    def mark(self) -> WrrMark:
+        """wrr state (kept up to date for every scheduler; only wrr uses it)."""
+        return self._mark
+
+    def dest(self, name: str) -> Dest:
+        """The destination called ``name`` (in the list or in the trash)."""
+        for d in self._dests:
+            if d.name == name:
+                return d
+        if name in self._trash:
+            return self._trash[name]
+        raise KeyError(name)
+
+    def position(self, name: str) -> int:
+        for i, d in enumerate(self._dests):
+            if d.name == name:
+                return i
+        raise KeyError(name)
+
+    def _weights(self) -> list[int]:
+        return [d.weight for d in self._dests]
+
+    # -- configuration ---------------------------------------------------------
+
+    def add(self, name: str, weight: int, overloaded: bool = False) -> None:
+        """ip_vs_add_dest: insert at the front, then the add_dest hook."""
+        _check_weights([weight])
+        if any(d.name == name for d in self._dests):
+            raise ValueError(f"destination {name!r} already exists")
+        d = self._trash.pop(name, None)
+        if d is None:
+            d = Dest(name, weight, overloaded)
+        else:
+            d.weight, d.overloaded = weight, overloaded
+        self._dests.insert(0, d)
+        # rr has no add_dest hook: the cursor keeps its element.
+        self._cursor = rr_cursor_after_add(self._cursor)
+        self._mark = wrr_dest_changed(self._mark, self._weights())
+
+    def remove(self, name: str) -> None:
+        """ip_vs_del_dest: unlink, then the del_dest hook."""
+        pos = self.position(name)
+        d = self._dests.pop(pos)
+        if d.active or d.inactive:
+            self._trash[name] = d
+        self._cursor = rr_cursor_after_delete(self._cursor, pos)
+        self._mark = wrr_dest_changed(self._mark, self._weights())
+
+    def set_weight(self, name: str, weight: int) -> None:
+        """ip_vs_edit_dest with a new weight: the upd_dest hook (wrr only)."""
+        _check_weights([weight])
+        self._dests[self.position(name)].weight = weight
+        self._mark = wrr_dest_changed(self._mark, self._weights())
+
+    def set_overloaded(self, name: str, overloaded: bool = True) -> None:
+        """Set or clear the OVERLOAD flag (no scheduler hook runs)."""
+        self._dests[self.position(name)].overloaded = overloaded
+
+    # -- scheduling and connections ----------------------------------------------
+
+    def pick(self) -> int | None:
+        """Run the scheduler and update its state, without counting a connection."""
+        if self.scheduler == "rr":
+            pos, self._cursor = pick_rr(self._dests, self._cursor)
+        elif self.scheduler == "wrr":
+            pos, self._mark = pick_wrr(self._dests, self._mark)
+        else:
+            pos = pick_wlc(self._dests)
+        return pos
+
+    def schedule(self) -> str | None:
+        """Schedule a new connection: pick a destination, count the connection
+        inactive on it and return its name (None when nothing is usable)."""
+        pos = self.pick()
+        if pos is None:
+            return None
+        d = self._dests[pos]
+        d.inactive += 1
+        return d.name
+
+    def establish(self, name: str) -> None:
+        """A TCP connection on ``name`` entered ESTABLISHED: inactive -> active."""
+        d = self.dest(name)
+        if d.inactive <= 0:
+            raise ValueError(f"{name}: no inactive connection to establish")
+        d.inactive -= 1
+        d.active += 1
+
+    def deactivate(self, name: str) -> None:
+        """A TCP connection on ``name`` left ESTABLISHED (FIN_WAIT, CLOSE, ...): active -> inactive."""
+        d = self.dest(name)
+        if d.active <= 0:
+            raise ValueError(f"{name}: no active connection to deactivate")
+        d.active -= 1
+        d.inactive += 1
+
+    def close(self, name: str, was_active: bool = False) -> None:
+        """A connection on ``name`` expired; ``was_active`` says which counter held it."""
+        d = self.dest(name)
+        if was_active:
+            if d.active <= 0:
+                raise ValueError(f"{name}: no active connection to close")
+            d.active -= 1
+        else:
+            if d.inactive <= 0:
+                raise ValueError(f"{name}: no inactive connection to close")
+            d.inactive -= 1
+        if name in self._trash and not (d.active or d.inactive):
+            del self._trash[name]
+
+    def __repr__(self) -> str:
+        return f"Service({self.scheduler!r}, dests={self._dests!r})"

@@ -1,0 +1,54 @@
+#!/usr/bin/env bash
+# The demo: a namespace lab (client, director, three real servers), lb running on the director,
+# traffic through it by NAT and then by direct routing, and the table as ipvsadm would show it.
+# Everything stays in the lab's namespaces on 198.18.0.0/15 and is removed at the end.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+LB=.venv/bin/lb
+LBPID=
+
+cleanup() {
+  if [ -n "$LBPID" ] && kill -0 "$LBPID" 2>/dev/null; then
+    kill -TERM "$LBPID" 2>/dev/null || true
+    wait "$LBPID" 2>/dev/null || true
+  fi
+  $LB lab down >/dev/null 2>&1 || true
+  rm -rf /sys/fs/bpf/lb/lab
+}
+trap cleanup EXIT
+
+run_network() {
+  local net=$1 cfg=$2
+  echo
+  echo "=================== $net: lb run --config $cfg ==================="
+  $LB lab up --network "$net" >/dev/null
+  nsenter --net=/run/netns/lb-director -- $LB run --config "$cfg" 2> /tmp/lb-demo-$net.log &
+  LBPID=$!
+  for _ in $(seq 1 100); do
+    grep -q "running" /tmp/lb-demo-$net.log 2>/dev/null && break
+    kill -0 "$LBPID" 2>/dev/null || { cat /tmp/lb-demo-$net.log; exit 1; }
+    sleep 0.1
+  done
+  sed 's/^[0-9-]* [0-9:,]* /  /' /tmp/lb-demo-$net.log
+  echo
+  echo "--- 9 requests from the client to http://198.18.0.10/"
+  for i in $(seq 1 9); do
+    printf '  request %d -> %s\n' "$i" "$($LB lab exec client -- curl -s --max-time 3 http://198.18.0.10/)"
+  done
+  echo
+  echo "--- lb list -n"
+  $LB list -n
+  echo
+  echo "--- lb list -n --stats"
+  $LB list -n --stats
+  echo
+  echo "--- lb list -n -c"
+  $LB list -n -c
+  kill -TERM "$LBPID"; wait "$LBPID" || true; LBPID=
+  $LB lab down >/dev/null
+}
+
+run_network nat configs/lab-nat.toml
+run_network direct configs/lab-dr.toml
+echo
+echo "demo done: lab removed"

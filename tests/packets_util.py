@@ -1,0 +1,38 @@
+"""Helpers for packet tests: a data plane loaded with fixed next hops, run through
+BPF_PROG_TEST_RUN (no interfaces, no traffic leaves the kernel's test harness)."""
+from __future__ import annotations
+
+import ipaddress
+import os
+
+from lb.dataplane.bpfsys import prog_test_run
+from lb.dataplane.nexthop import NextHop
+from lb.dataplane.xdp import Sizes, XdpDataplane
+
+XDP_ABORTED, XDP_DROP, XDP_PASS, XDP_TX, XDP_REDIRECT = range(5)
+
+CLIENT_MAC = "02:00:00:00:00:02"      # the client (or its router) as seen on pub0
+PUB_MAC = "02:00:00:00:01:01"         # director pub0
+PRIV_MAC = "02:00:00:00:01:02"        # director priv0
+PRIV_IFINDEX = 7                      # != the test run's ingress (lo): forwarding is a redirect
+
+
+def real_mac(addr) -> str:
+    last = int(ipaddress.ip_address(addr)) & 0xFF
+    return f"02:00:00:00:02:{last:02x}"
+
+
+def fake_resolver(addr, need_onlink=False):
+    mac = bytes.fromhex(real_mac(addr).replace(":", ""))
+    return NextHop(PRIV_IFINDEX, "priv0", mac, bytes.fromhex(PRIV_MAC.replace(":", "")), True)
+
+
+def make_dataplane(name: str, sizes: Sizes | None = None) -> XdpDataplane:
+    dp = XdpDataplane(f"{name}{os.getpid()}", sizes or Sizes(16, 4096, 16, 4096), resolver=fake_resolver)
+    dp.load()
+    return dp
+
+
+def run(dp: XdpDataplane, prog: str, pkt) -> tuple[int, bytes]:
+    rc, out, _ = prog_test_run(dp.fns[prog].fd, bytes(pkt))
+    return rc, out

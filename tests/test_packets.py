@@ -1,0 +1,158 @@
+"""Packets through the loaded XDP programs (BPF_PROG_TEST_RUN): exact bytes out, compared with
+packets scapy builds (and checksums scapy computes)."""
+from __future__ import annotations
+
+import ipaddress
+
+import pytest
+from scapy.layers.inet import ICMP, IP, TCP, UDP
+from scapy.layers.l2 import ARP, Dot1Q, Ether
+
+from lb.dataplane import RealSpec, ServiceSpec, TableSpec
+
+from packets_util import (CLIENT_MAC, PRIV_MAC, PUB_MAC, XDP_PASS, XDP_REDIRECT, XDP_TX,
+                           make_dataplane, real_mac, run)
+
+CLIENT = "198.18.0.2"
+VIP_DR = "198.18.0.10"
+VIP_NAT = "198.18.0.20"
+REALS = ["198.18.1.11", "198.18.1.12", "198.18.1.13"]
+ip = ipaddress.ip_address
+
+
+def _svc(proto, vip, port, sched, fwd, rport=None, weights=(1, 1, 1)):
+    reals = tuple(RealSpec(ip(a), rport or port, w, fwd) for a, w in zip(REALS, weights))
+    return ServiceSpec(proto, ip(vip), port, sched, reals)
+
+
+TABLE = TableSpec((
+    _svc("tcp", VIP_DR, 80, "rr", "dr"),
+    _svc("tcp", VIP_NAT, 80, "rr", "nat", rport=8080),
+    _svc("udp", VIP_NAT, 53, "rr", "nat", rport=5353),
+))
+
+
+@pytest.fixture(scope="module")
+def dp():
+    d = make_dataplane("pkt")
+    try:
+        d.apply(TABLE)
+        yield d
+    finally:
+        d.unpin()
+        d.close()
+
+
+def client_pkt(dst, dport, sport, flags="S", proto="tcp", payload=b""):
+    l4 = TCP(sport=sport, dport=dport, flags=flags, seq=1000, ack=0 if flags == "S" else 1) if proto == "tcp" \
+        else UDP(sport=sport, dport=dport)
+    return Ether(src=CLIENT_MAC, dst=PUB_MAC) / IP(src=CLIENT, dst=dst, id=7, ttl=64) / l4 / payload
+
+
+def test_dr_rewrites_only_macs(dp):
+    pkt = client_pkt(VIP_DR, 80, 40000)
+    rc, out = run(dp, "lb_xdp_public", pkt)
+    assert rc == XDP_REDIRECT
+    # rr over the IPVS list (reverse config order): the first new connection goes to the last real
+    expected = pkt.copy()
+    expected[Ether].src = PRIV_MAC
+    expected[Ether].dst = real_mac(REALS[2])
+    assert out == bytes(expected)
+
+
+def test_dr_established_flow_keeps_its_real_and_counts(dp):
+    rc, out = run(dp, "lb_xdp_public", client_pkt(VIP_DR, 80, 40100))
+    first = Ether(out).dst
+    for sport in (40101, 40102):            # other new flows move the rr cursor on
+        run(dp, "lb_xdp_public", client_pkt(VIP_DR, 80, sport))
+    rc, out = run(dp, "lb_xdp_public", client_pkt(VIP_DR, 80, 40100, flags="A"))
+    assert rc == XDP_REDIRECT
+    assert Ether(out).dst == first
+
+
+def _checksums_ok(raw: bytes) -> None:
+    p = Ether(raw)
+    fresh = p.copy()
+    del fresh[IP].chksum
+    l4 = TCP if TCP in fresh else UDP
+    del fresh[l4].chksum
+    fresh = Ether(bytes(fresh))
+    assert p[IP].chksum == fresh[IP].chksum
+    assert p[l4].chksum == fresh[l4].chksum
+
+
+def test_nat_request_and_reply(dp):
+    req = client_pkt(VIP_NAT, 80, 41000, payload=b"hello")
+    rc, out = run(dp, "lb_xdp_public", req)
+    assert rc == XDP_REDIRECT
+    rs = REALS[2]
+    expected = Ether(src=PRIV_MAC, dst=real_mac(rs)) / IP(src=CLIENT, dst=rs, id=7, ttl=64) / \
+        TCP(sport=41000, dport=8080, flags="S", seq=1000) / b"hello"
+    assert out == bytes(expected)
+    _checksums_ok(out)
+
+    reply = Ether(src=real_mac(rs), dst=PRIV_MAC) / IP(src=rs, dst=CLIENT, id=9, ttl=64) / \
+        TCP(sport=8080, dport=41000, flags="SA", seq=5000, ack=1001) / b"world"
+    rc, out = run(dp, "lb_xdp_private", reply)
+    # the reply leaves where the client's packets came in (the test run's ingress, so XDP_TX),
+    # addressed to the hop the request came from
+    assert rc == XDP_TX
+    expected = Ether(src=PUB_MAC, dst=CLIENT_MAC) / IP(src=VIP_NAT, dst=CLIENT, id=9, ttl=64) / \
+        TCP(sport=80, dport=41000, flags="SA", seq=5000, ack=1001) / b"world"
+    assert out == bytes(expected)
+    _checksums_ok(out)
+
+
+def test_nat_udp_with_and_without_checksum(dp):
+    req = client_pkt(VIP_NAT, 53, 42000, proto="udp", payload=b"q" * 11)
+    rc, out = run(dp, "lb_xdp_public", req)
+    assert rc == XDP_REDIRECT
+    p = Ether(out)
+    assert (p[IP].dst, p[UDP].dport) == (REALS[2], 5353)
+    _checksums_ok(out)
+    # checksum 0 means "none" in UDP and must stay 0
+    req = client_pkt(VIP_NAT, 53, 42001, proto="udp", payload=b"q" * 11)
+    raw = bytearray(bytes(req))
+    raw[14 + 20 + 6:14 + 20 + 8] = b"\0\0"
+    rc, out = run(dp, "lb_xdp_public", bytes(raw))
+    assert rc == XDP_REDIRECT
+    assert Ether(out)[UDP].chksum == 0
+    assert Ether(out)[UDP].dport == 5353
+
+
+def test_reply_of_unknown_flow_passes(dp):
+    reply = Ether(src=real_mac(REALS[0]), dst=PRIV_MAC) / IP(src=REALS[0], dst=CLIENT) / TCP(sport=8080, dport=1)
+    rc, out = run(dp, "lb_xdp_private", reply)
+    assert rc == XDP_PASS and out == bytes(reply)
+
+
+@pytest.mark.parametrize("pkt", [
+    pytest.param(Ether(src=CLIENT_MAC, dst=PUB_MAC) / IP(src=CLIENT, dst="198.18.0.1") / TCP(dport=22, flags="S"),
+                 id="not-a-vip"),
+    pytest.param(Ether(src=CLIENT_MAC, dst=PUB_MAC) / IP(src=CLIENT, dst=VIP_DR) / TCP(dport=443, flags="S"),
+                 id="vip-other-port"),
+    pytest.param(Ether(src=CLIENT_MAC, dst=PUB_MAC) / IP(src=CLIENT, dst=VIP_DR) / ICMP(), id="icmp-to-vip"),
+    pytest.param(Ether(src=CLIENT_MAC, dst="ff:ff:ff:ff:ff:ff") / ARP(psrc=CLIENT, pdst=VIP_DR), id="arp"),
+    pytest.param(bytes(Ether(src=CLIENT_MAC, dst=PUB_MAC) / IP(src=CLIENT, dst=VIP_DR) / TCP(dport=80))[:14 + 12],
+                 id="truncated-ip"),
+    pytest.param(bytes(Ether(src=CLIENT_MAC, dst=PUB_MAC) / IP(src=CLIENT, dst=VIP_DR) / TCP(dport=80))[:14 + 20 + 10],
+                 id="truncated-tcp"),
+    pytest.param(Ether(src=CLIENT_MAC, dst=PUB_MAC) / IP(src=CLIENT, dst=VIP_DR, flags="MF") / TCP(dport=80),
+                 id="fragment"),
+    pytest.param(Ether(src=CLIENT_MAC, dst=PUB_MAC) / IP(src=CLIENT, dst=VIP_DR) / TCP(sport=43000, dport=80, flags="A"),
+                 id="tcp-ack-without-connection"),
+])
+def test_passes_untouched(dp, pkt):
+    rc, out = run(dp, "lb_xdp_public", pkt)
+    assert rc == XDP_PASS
+    assert out == bytes(pkt)
+
+
+def test_vlan_tagged_request_keeps_its_tag(dp):
+    pkt = Ether(src=CLIENT_MAC, dst=PUB_MAC) / Dot1Q(vlan=42) / IP(src=CLIENT, dst=VIP_DR, id=1) / \
+        TCP(sport=44000, dport=80, flags="S")
+    rc, out = run(dp, "lb_xdp_public", pkt)
+    assert rc == XDP_REDIRECT
+    p = Ether(out)
+    assert p[Dot1Q].vlan == 42 and p[Ether].src == PRIV_MAC and p[Ether].dst in {real_mac(r) for r in REALS}
+    assert bytes(p[Dot1Q]) == bytes(pkt[Dot1Q])

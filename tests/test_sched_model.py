@@ -1,0 +1,499 @@
+"""Tests for lb.sched.model, the reference model of the IPVS rr/wrr/wlc schedulers.
+
+The fixed sequences come from a real kernel IPVS (6.1, see
+/work/shared/reference/ipvs-semantics.md section 2): reals rs1, rs2, rs3 added in
+that order, so the IPVS list is rs3, rs2, rs1.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from fractions import Fraction
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from lb.sched import (
+    Dest,
+    Service,
+    WrrMark,
+    overhead,
+    pick_rr,
+    pick_wlc,
+    pick_wrr,
+    rr_cursor_after_add,
+    rr_cursor_after_delete,
+    wrr_dest_changed,
+    wrr_init,
+    wrr_params,
+)
+
+
+def build(scheduler: str, config: list[tuple[str, int]]) -> Service:
+    """A service with reals added in config order (as the lvs daemon does)."""
+    s = Service(scheduler)
+    for name, weight in config:
+        s.add(name, weight)
+    return s
+
+
+def dests(weights, overloaded=None) -> list[Dest]:
+    overloaded = overloaded or [False] * len(weights)
+    return [Dest(f"d{i}", w, o) for i, (w, o) in enumerate(zip(weights, overloaded))]
+
+
+weight_lists = st.lists(st.integers(0, 20), min_size=1, max_size=8)
+positive_weight_lists = weight_lists.filter(lambda ws: any(ws))
+
+
+# ------------------------------------------------------------- observed on a kernel
+
+
+def test_kernel_rr_three_servers():
+    s = build("rr", [("rs1", 1), ("rs2", 1), ("rs3", 1)])
+    assert s.names == ["rs3", "rs2", "rs1"]
+    assert [s.schedule() for _ in range(12)] == ["rs3", "rs2", "rs1"] * 4
+    assert [(d.active, d.inactive) for d in s.dests] == [(0, 4)] * 3
+
+
+def test_kernel_wrr_3_2_1():
+    s = build("wrr", [("rs1", 3), ("rs2", 2), ("rs3", 1)])
+    # after rs1 alone: di=3, mw=1, cw=1; later adds keep cw=1, so the first pass runs with cw=1
+    assert s.mark == WrrMark(cl=None, cw=1, mw=3, di=1)
+    cycle = ["rs3", "rs2", "rs1", "rs1", "rs2", "rs1"]
+    assert [s.schedule() for _ in range(12)] == cycle * 2
+
+
+def test_kernel_wlc_2000_1000_1000():
+    s = build("wlc", [("rs1", 2000), ("rs2", 1000), ("rs3", 1000)])
+    got = [s.schedule() for _ in range(12)]  # each short connection ends up inactive
+    assert got == ["rs3", "rs2", "rs1", "rs1"] * 3
+    assert Counter(got) == {"rs1": 6, "rs2": 3, "rs3": 3}
+    assert {d.name: d.inactive for d in s.dests} == {"rs1": 6, "rs2": 3, "rs3": 3}
+
+
+# ----------------------------------------------------------------------------- rr
+
+
+def test_rr_skips_weight_zero_and_overloaded():
+    ds = [Dest("a", 1), Dest("b", 0), Dest("c", 5, overloaded=True), Dest("d", 2)]
+    assert pick_rr(ds, None) == (0, 0)
+    assert pick_rr(ds, 0) == (3, 3)
+    assert pick_rr(ds, 3) == (0, 0)
+    assert pick_rr(ds, 1) == (3, 3)  # cursor may sit on a since-quiesced dest
+
+
+def test_rr_cursor_element_is_checked_last():
+    ds = [Dest("a", 0), Dest("b", 1), Dest("c", 0)]
+    assert pick_rr(ds, 1) == (1, 1)
+
+
+@pytest.mark.parametrize("cursor", [None, 0, 1, 2])
+def test_rr_nothing_usable_keeps_cursor(cursor):
+    ds = [Dest("a", 0), Dest("b", 3, overloaded=True), Dest("c", 0)]
+    assert pick_rr(ds, cursor) == (None, cursor)
+
+
+def test_rr_empty():
+    assert pick_rr([], None) == (None, None)
+    assert Service("rr").schedule() is None
+
+
+def test_rr_rejects_bad_cursor():
+    with pytest.raises(ValueError):
+        pick_rr([Dest("a", 1)], 1)
+
+
+@given(weight_lists, st.lists(st.booleans(), min_size=8, max_size=8), st.none() | st.integers(0, 7))
+def test_rr_picks_next_usable_cyclically(weights, overloaded, cursor):
+    ds = dests(weights, overloaded[: len(weights)])
+    if cursor is not None:
+        cursor %= len(ds)
+    pos, new = pick_rr(ds, cursor)
+    usable = [i for i, d in enumerate(ds) if d.weight > 0 and not d.overloaded]
+    if not usable:
+        assert (pos, new) == (None, cursor)
+        return
+    start = -1 if cursor is None else cursor
+    expected = min(usable, key=lambda i: (i - start - 1) % len(ds))
+    assert pos == new == expected
+
+
+@given(weight_lists)
+def test_rr_visits_every_usable_once_per_round(weights):
+    ds = dests(weights)
+    usable = [i for i, w in enumerate(weights) if w > 0]
+    cursor = None
+    picks = []
+    for _ in range(2 * len(usable)):
+        pos, cursor = pick_rr(ds, cursor)
+        picks.append(pos)
+    assert picks == usable * 2
+
+
+def test_rr_cursor_after_delete_table():
+    assert rr_cursor_after_delete(None, 0) is None
+    assert rr_cursor_after_delete(None, 3) is None
+    assert rr_cursor_after_delete(0, 0) is None  # was first -> head
+    assert rr_cursor_after_delete(2, 2) == 1  # -> previous element
+    assert rr_cursor_after_delete(1, 3) == 1  # earlier element: unchanged
+    assert rr_cursor_after_delete(3, 1) == 2  # later element shifts down
+    with pytest.raises(ValueError):
+        rr_cursor_after_delete(0, -1)
+
+
+def test_rr_cursor_after_add():
+    assert rr_cursor_after_add(None) is None
+    assert rr_cursor_after_add(0) == 1
+
+
+def test_rr_add_keeps_cursor_element():
+    s = build("rr", [("rs1", 1), ("rs2", 1), ("rs3", 1)])
+    assert [s.schedule(), s.schedule()] == ["rs3", "rs2"]
+    assert (s.cursor, s.cursor_name) == (1, "rs2")
+    s.add("rs4", 1)
+    assert s.names == ["rs4", "rs3", "rs2", "rs1"]
+    assert (s.cursor, s.cursor_name) == (2, "rs2")
+    assert [s.schedule() for _ in range(4)] == ["rs1", "rs4", "rs3", "rs2"]
+
+
+def test_rr_add_with_cursor_at_head():
+    s = build("rr", [("rs1", 1), ("rs2", 1)])
+    s.add("rs3", 1)
+    assert s.cursor is None
+    assert s.schedule() == "rs3"
+
+
+def test_rr_remove_cursor_dest_moves_to_previous():
+    s = build("rr", [("rs1", 1), ("rs2", 1), ("rs3", 1)])  # rs3 rs2 rs1
+    assert [s.schedule(), s.schedule()] == ["rs3", "rs2"]
+    s.remove("rs2")
+    assert (s.cursor, s.cursor_name) == (0, "rs3")
+    assert s.schedule() == "rs1"
+
+
+def test_rr_remove_first_cursor_dest_goes_to_head():
+    s = build("rr", [("rs1", 1), ("rs2", 1), ("rs3", 1)])
+    assert s.schedule() == "rs3"
+    s.remove("rs3")
+    assert s.cursor is None
+    assert [s.schedule() for _ in range(3)] == ["rs2", "rs1", "rs2"]
+
+
+@given(
+    st.lists(st.integers(1, 5), min_size=2, max_size=8),
+    st.integers(0, 20),
+    st.integers(0, 7),
+)
+def test_rr_after_delete_continues_after_removed(weights, npicks, victim):
+    """After any delete, the next pick is the first usable element that followed
+    the removed one (cyclically), or the one after the cursor when another dest
+    was removed."""
+    s = Service("rr")
+    for i, w in enumerate(weights):
+        s.add(f"r{i}", w)
+    for _ in range(npicks):
+        s.schedule()
+    before = s.names
+    cur = s.cursor
+    victim %= len(before)
+    name = before[victim]
+    s.remove(name)
+    new = s.names
+    if cur is None:
+        expected = new[0]
+    elif before[cur] == name:  # cursor was on the victim: continue with its successor
+        expected = new[victim % len(new)]
+    else:
+        expected = new[(new.index(before[cur]) + 1) % len(new)]
+    assert s.schedule() == expected
+
+
+# ---------------------------------------------------------------------------- wrr
+
+
+def test_wrr_params():
+    assert wrr_params([]) == (0, 1)
+    assert wrr_params([0, 0]) == (0, 1)
+    assert wrr_params([3, 2, 1]) == (3, 1)
+    assert wrr_params([4, 8, 0]) == (5, 4)  # mw = 8 - (4 - 1)
+    assert wrr_params([6]) == (1, 6)
+    with pytest.raises(ValueError):
+        wrr_params([1, -1])
+
+
+def test_wrr_init():
+    assert wrr_init([]) == WrrMark(cl=None, cw=0, mw=0, di=1)
+    assert wrr_init([3, 2, 1]) == WrrMark(cl=None, cw=3, mw=3, di=1)
+    assert wrr_init([4, 8]) == WrrMark(cl=None, cw=5, mw=5, di=4)
+
+
+def test_wrr_dest_changed_rules():
+    # cw > mw -> clamp to mw; cl always back to head
+    assert wrr_dest_changed(WrrMark(2, 9, 9, 1), [3, 1]) == WrrMark(None, 3, 3, 1)
+    # cw == 0 (service created empty) -> mw
+    assert wrr_dest_changed(WrrMark(None, 0, 0, 1), [3]) == WrrMark(None, 1, 1, 3)
+    # di == 1 and cw within range -> unchanged
+    assert wrr_dest_changed(WrrMark(1, 2, 3, 1), [3, 2, 1, 5]) == WrrMark(None, 2, 5, 1)
+    # di > 1 -> (cw // di) * di + 1
+    assert wrr_dest_changed(WrrMark(0, 2, 3, 1), [2, 4, 6]) == WrrMark(None, 3, 5, 2)
+    assert wrr_dest_changed(WrrMark(0, 4, 5, 1), [6, 12]) == WrrMark(None, 1, 7, 6)
+    assert wrr_dest_changed(WrrMark(0, 9, 10, 1), [3, 9, 12]) == WrrMark(None, 10, 10, 3)
+    # everything removed / zeroed -> mw 0, cw 0
+    assert wrr_dest_changed(WrrMark(0, 2, 3, 1), []) == WrrMark(None, 0, 0, 1)
+    assert wrr_dest_changed(WrrMark(0, 2, 3, 1), [0, 0]) == WrrMark(None, 0, 0, 1)
+
+
+def test_wrr_service_hooks():
+    s = build("wrr", [("a", 4)])
+    assert s.mark == WrrMark(None, 1, 1, 4)
+    s.add("b", 8)  # di 4, mw 5; cw 1 -> (1 // 4) * 4 + 1 = 1
+    assert s.mark == WrrMark(None, 1, 5, 4)
+    assert s.schedule() == "b"  # list b a, cw 1
+    s.set_weight("b", 12)  # upd_dest
+    assert s.mark == WrrMark(None, 1, 9, 4)
+    s.schedule()
+    s.remove("a")  # del_dest: di 12, mw 1
+    assert s.mark == WrrMark(None, 1, 1, 12)
+
+
+def test_wrr_all_zero_unchanged_mark():
+    ds = dests([0, 0, 0])
+    mark = WrrMark(1, 0, 0, 1)
+    assert pick_wrr(ds, mark) == (None, mark)
+    assert Service("wrr").schedule() is None
+
+
+@pytest.mark.parametrize("cl", [None, 0, 1, 2])
+@pytest.mark.parametrize("weights", [[3, 2, 1], [4, 4, 4], [2, 6, 0]])
+def test_wrr_all_overloaded(cl, weights):
+    ds = dests(weights, [True] * 3)
+    mw, di = wrr_params(weights)
+    for cw in range(1, mw + 1, di):
+        pos, mark = pick_wrr(ds, WrrMark(cl, cw, mw, di))
+        assert pos is None
+        assert mark.mw == mw and mark.di == di and 1 <= mark.cw <= mw
+
+
+def test_wrr_does_not_mutate_inputs():
+    ds = dests([3, 2, 1])
+    mark = wrr_init([3, 2, 1])
+    pos, new = pick_wrr(ds, mark)
+    assert mark == WrrMark(None, 3, 3, 1)
+    assert (pos, new) == (0, WrrMark(0, 3, 3, 1))
+
+
+def wrr_cycle(weights: list[int]) -> list[int]:
+    """One cycle as the kernel's comment describes it: passes cw = mw, mw - di, ..., 1,
+    each choosing, in list order, the dests with weight >= cw."""
+    mw, di = wrr_params(weights)
+    return [i for cw in range(mw, 0, -di) for i, w in enumerate(weights) if w >= cw]
+
+
+@given(positive_weight_lists)
+def test_wrr_cycle_from_init(weights):
+    ds = dests(weights)
+    mark = wrr_init(weights)
+    g = math.gcd(*weights)
+    cycle = sum(weights) // g
+    picks = []
+    for _ in range(2 * cycle):
+        pos, mark = pick_wrr(ds, mark)
+        picks.append(pos)
+    assert picks[:cycle] == picks[cycle:] == wrr_cycle(weights)
+    counts = Counter(picks[:cycle])
+    assert all(counts[i] == w // g for i, w in enumerate(weights))  # weight 0 -> never
+
+
+@given(positive_weight_lists)
+def test_wrr_service_proportions_after_warmup(weights):
+    """A service built add by add starts mid-cycle; from the first wrap on, every
+    cycle picks each server weight/gcd times and weight-0 servers never."""
+    s = Service("wrr")
+    for i, w in enumerate(weights):
+        s.add(f"r{i}", w)
+    g = math.gcd(*weights)
+    cycle = sum(weights) // g
+    picks = [s.schedule() for _ in range(3 * cycle)]
+    assert None not in picks
+    for k in (1, 2):
+        counts = Counter(picks[k * cycle : (k + 1) * cycle])
+        assert counts == {f"r{i}": w // g for i, w in enumerate(weights) if w > 0}
+    assert all(s.dest(f"r{i}").inactive == 0 for i, w in enumerate(weights) if w == 0)
+
+
+@given(
+    weight_lists,
+    st.lists(st.booleans(), min_size=8, max_size=8),
+    st.none() | st.integers(0, 7),
+    st.integers(0, 40),
+)
+def test_wrr_finds_a_usable_dest_from_any_valid_mark(weights, overloaded, cl, cwi):
+    ds = dests(weights, overloaded[: len(weights)])
+    mw, di = wrr_params(weights)
+    cl = None if cl is None else cl % len(ds)
+    cw = 0 if mw == 0 else 1 + (cwi % ((mw - 1) // di + 1)) * di  # valid: 1 <= cw <= mw, cw = 1 mod di
+    pos, mark = pick_wrr(ds, WrrMark(cl, cw, mw, di))
+    usable = [d.weight > 0 and not d.overloaded for d in ds]
+    if pos is None:
+        assert not any(usable)
+    else:
+        assert usable[pos]
+        assert mark.cl == pos and ds[pos].weight >= mark.cw
+    if mw:
+        assert 1 <= mark.cw <= mw and mark.cw % di == 1 % di
+    assert (mark.mw, mark.di) == (mw, di)
+
+
+# ---------------------------------------------------------------------------- wlc
+
+
+def test_overhead():
+    assert overhead(Dest("a", 1, active=2, inactive=5)) == 2 * 256 + 5
+
+
+def test_wlc_basic():
+    assert pick_wlc([]) is None
+    assert pick_wlc([Dest("a", 0), Dest("b", 1, overloaded=True)]) is None
+    # weight 0 never wins even with no connections
+    assert pick_wlc([Dest("a", 1, inactive=50), Dest("b", 0)]) == 0
+    # one active outweighs 255 inactive
+    assert pick_wlc([Dest("a", 1, active=1), Dest("b", 1, inactive=255)]) == 1
+    assert pick_wlc([Dest("a", 1, active=1), Dest("b", 1, inactive=256)]) == 0  # tie -> first
+    # overloaded skipped even when least loaded
+    assert pick_wlc([Dest("a", 1, overloaded=True), Dest("b", 1, inactive=9)]) == 1
+
+
+@given(
+    st.lists(
+        st.tuples(st.integers(0, 50), st.booleans(), st.integers(0, 5), st.integers(0, 600)),
+        max_size=8,
+    )
+)
+def test_wlc_minimises_overhead_per_weight(rows):
+    ds = [Dest(f"d{i}", w, o, a, n) for i, (w, o, a, n) in enumerate(rows)]
+    got = pick_wlc(ds)
+    cands = [(Fraction(overhead(d), d.weight), i) for i, d in enumerate(ds) if d.weight > 0 and not d.overloaded]
+    assert got == (min(cands)[1] if cands else None)
+
+
+def test_wlc_counts_active_connections():
+    s = build("wlc", [("rs1", 1), ("rs2", 1)])  # list rs2 rs1
+    assert s.schedule() == "rs2"
+    s.establish("rs2")
+    assert [s.schedule() for _ in range(3)] == ["rs1", "rs1", "rs1"]
+    assert (s.dest("rs2").active, s.dest("rs1").inactive) == (1, 3)
+
+
+# ------------------------------------------------------------ Service bookkeeping
+
+
+def test_service_validation():
+    with pytest.raises(ValueError):
+        Service("lc")
+    s = build("rr", [("a", 1)])
+    with pytest.raises(ValueError):
+        s.add("a", 2)
+    with pytest.raises(ValueError):
+        s.add("b", -1)
+    with pytest.raises(ValueError):
+        s.set_weight("a", -1)
+    with pytest.raises(KeyError):
+        s.remove("zz")
+    with pytest.raises(ValueError):
+        s.establish("a")  # no connection yet
+    with pytest.raises(ValueError):
+        s.close("a", was_active=False)
+
+
+def test_connection_lifecycle():
+    s = build("rr", [("a", 1)])
+    assert s.schedule() == "a"
+    d = s.dest("a")
+    assert (d.active, d.inactive) == (0, 1)  # new connections start inactive
+    s.establish("a")
+    assert (d.active, d.inactive) == (1, 0)
+    s.deactivate("a")  # e.g. FIN_WAIT
+    assert (d.active, d.inactive) == (0, 1)
+    s.establish("a")
+    s.close("a", was_active=True)
+    assert (d.active, d.inactive) == (0, 0)
+    with pytest.raises(ValueError):
+        s.deactivate("a")
+
+
+def test_removed_dest_keeps_counters_until_readded():
+    s = build("wlc", [("a", 1), ("b", 1)])
+    s.schedule()
+    s.schedule()
+    s.establish("b")
+    s.remove("b")
+    assert s.names == ["a"]
+    assert s.dest("b").active == 1  # still referenced by its connection
+    s.add("b", 3)
+    assert s.names == ["b", "a"] and s.dest("b").active == 1 and s.dest("b").weight == 3
+    s.close("b", was_active=True)
+    s.remove("b")
+    with pytest.raises(KeyError):
+        s.dest("b")  # nothing left referencing it
+    s.add("b", 1)
+    assert (s.dest("b").active, s.dest("b").inactive) == (0, 0)
+
+
+def test_weight_zero_quiesces():
+    for sched in ("rr", "wrr", "wlc"):
+        s = build(sched, [("a", 1), ("b", 1)])
+        s.set_weight("b", 0)
+        assert [s.schedule() for _ in range(4)] == ["a"] * 4, sched
+        s.set_overloaded("a")
+        assert s.schedule() is None, sched
+        s.set_overloaded("a", False)
+        s.set_weight("b", 2)
+        assert "b" in [s.schedule() for _ in range(3)], sched
+
+
+ops = st.lists(
+    st.one_of(
+        st.tuples(st.just("add"), st.integers(0, 5), st.integers(0, 6)),
+        st.tuples(st.just("remove"), st.integers(0, 5), st.just(0)),
+        st.tuples(st.just("weight"), st.integers(0, 5), st.integers(0, 6)),
+        st.tuples(st.just("overload"), st.integers(0, 5), st.integers(0, 1)),
+        st.tuples(st.just("schedule"), st.just(0), st.just(0)),
+        st.tuples(st.just("establish"), st.integers(0, 5), st.just(0)),
+    ),
+    max_size=40,
+)
+
+
+@settings(max_examples=200)
+@given(st.sampled_from(["rr", "wrr", "wlc"]), ops)
+def test_random_operations_keep_invariants(sched, program):
+    s = Service(sched)
+    for op, k, v in program:
+        name = f"r{k}"
+        present = name in s.names
+        if op == "add" and not present:
+            s.add(name, v)
+        elif op == "remove" and present:
+            s.remove(name)
+        elif op == "weight" and present:
+            s.set_weight(name, v)
+        elif op == "overload" and present:
+            s.set_overloaded(name, bool(v))
+        elif op == "establish" and present and s.dest(name).inactive:
+            s.establish(name)
+        elif op == "schedule":
+            usable = [d.name for d in s.dests if d.weight > 0 and not d.overloaded]
+            got = s.schedule()
+            assert (got is None) == (not usable)
+            assert got is None or got in usable
+        # scheduler state stays within the list
+        n = len(s.dests)
+        assert s.cursor is None or 0 <= s.cursor < n
+        m = s.mark
+        assert m.cl is None or 0 <= m.cl < n
+        assert (m.mw, m.di) == wrr_params([d.weight for d in s.dests])
+        if m.mw:
+            assert 1 <= m.cw <= m.mw and m.cw % m.di == 1 % m.di
