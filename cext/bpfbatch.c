@@ -98,3 +98,30 @@ long bb_update(int fd, unsigned key_size, unsigned value_size,
     }
     return (long)done;
 }
+
+/* Run prog once per packet: packets are count frames of pkt_len bytes, back to back, used in
+ * turn for iterations runs.  BPF_PROG_TEST_RUN does not reset a packet between repeats, so
+ * every run is its own syscall with repeat=1 and a fresh copy.  Returns the summed in-kernel
+ * duration (ns) of all runs, or -errno; *last_retval gets the last XDP action. */
+long long bb_test_run_loop(int prog_fd, const void *packets, unsigned pkt_len, unsigned count,
+                           unsigned long iterations, unsigned *last_retval)
+{
+    union bpf_attr attr;
+    unsigned char out[4096];
+    long long total = 0;
+
+    for (unsigned long i = 0; i < iterations; i++) {
+        memset(&attr, 0, sizeof(attr));
+        attr.test.prog_fd = prog_fd;
+        attr.test.data_in = (unsigned long long)(unsigned long)((const char *)packets + (i % count) * pkt_len);
+        attr.test.data_size_in = pkt_len;
+        attr.test.data_out = (unsigned long long)(unsigned long)out;
+        attr.test.data_size_out = sizeof(out);
+        attr.test.repeat = 1;
+        if (bb_sys(BPF_PROG_TEST_RUN, &attr) < 0)
+            return -errno;
+        total += attr.test.duration;
+        *last_retval = attr.test.retval;
+    }
+    return total;
+}

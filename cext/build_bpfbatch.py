@@ -1,4 +1,5 @@
-"""cffi build script for lb._bpfbatch (batch dump/delete/update of BPF maps).
+"""cffi build script for lb._bpfbatch (batch dump/delete/update of BPF maps, and the
+BPF_PROG_TEST_RUN loop the benchmarks use).
 
 Run by the package install (setup.py's cffi_modules); lb/dataplane/bpfsys.py is the
 pure-Python fallback and the test oracle.
@@ -15,6 +16,8 @@ ffibuilder.cdef(
     long bb_delete(int fd, unsigned key_size, const void *keys, unsigned long count);
     long bb_update(int fd, unsigned key_size, unsigned value_size,
                    const void *keys, const void *values, unsigned long count);
+    long long bb_test_run_loop(int prog_fd, const void *packets, unsigned pkt_len, unsigned count,
+                               unsigned long iterations, unsigned *last_retval);
     """
 )
 _src = Path(__file__).with_name("bpfbatch.c").read_text()
