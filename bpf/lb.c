@@ -18,10 +18,11 @@
 /* Parse and find the virtual service.  LB_CONTINUE with *svc_id set, or an XDP action. */
 static __always_inline int lb_classify(struct xdp_md *ctx, struct lb_pkt *pkt, __u32 *svc_id)
 {
-    __u32 counter = LB_CNT_PASS;
+    __u32 counter = LB_CNT_MAX;
     int act = lb_parse(ctx, pkt, &counter);
     if (act != LB_CONTINUE) {
-        lb_count(counter);
+        if (counter != LB_CNT_MAX)
+            lb_count(counter);
         return act;
     }
     struct lb_svc_key sk = {};
@@ -30,10 +31,8 @@ static __always_inline int lb_classify(struct xdp_md *ctx, struct lb_pkt *pkt, _
     sk.proto = pkt->proto;
     sk.family = LB_AF_INET;
     __u32 *id = lb_services.lookup(&sk);
-    if (!id) {
-        lb_count(LB_CNT_PASS);
+    if (!id)
         return XDP_PASS;          /* not a virtual service: the director's own traffic */
-    }
     *svc_id = *id;
     return LB_CONTINUE;
 }
@@ -52,7 +51,7 @@ int lb_xdp_public(struct xdp_md *ctx)
     if (act != LB_CONTINUE)
         return act;
 
-    __u64 now = bpf_ktime_get_ns();
+    __u64 now = bpf_ktime_get_coarse_ns();
     struct lb_conn_key key;
     lb_conn_key_in(&key, &pkt);
     struct lb_conn *c = lb_conns.lookup(&key);
@@ -83,7 +82,6 @@ int lb_xdp_public(struct xdp_md *ctx)
     lb_conn_state(c, lb_fsm_table(r), &pkt);
     c->last_ns = now;
     lb_stats_in(svc_id, real_id, pkt.len, 0);
-    lb_count(LB_CNT_FWD);
     return lb_forward_to_real(ctx, &pkt, r);
 }
 
@@ -184,7 +182,7 @@ int lb_xdp_new_conn(struct xdp_md *ctx)
     struct lb_conn_key key;
     lb_conn_key_in(&key, &pkt);
     struct lb_conn c = {};
-    c.last_ns = bpf_ktime_get_ns();
+    c.last_ns = bpf_ktime_get_coarse_ns();
     c.real = real_id;
     c.svc = svc_id;
     c.state = LB_TCP_S_NONE;
@@ -208,8 +206,7 @@ int lb_xdp_new_conn(struct xdp_md *ctx)
         if (!r || r->svc != svc_id)
             return XDP_DROP;
         lb_stats_in(svc_id, real_id, pkt.len, 0);
-        lb_count(LB_CNT_FWD);
-        return lb_forward_to_real(ctx, &pkt, r);
+            return lb_forward_to_real(ctx, &pkt, r);
     }
     if (r->fwd == LB_FWD_NAT) {
         struct lb_conn_key rk = {};
@@ -224,7 +221,6 @@ int lb_xdp_new_conn(struct xdp_md *ctx)
         lb_conns.update(&rk, &c);
     }
     lb_stats_in(svc_id, real_id, pkt.len, 1);
-    lb_count(LB_CNT_FWD);
     return lb_forward_to_real(ctx, &pkt, r);
 }
 
@@ -233,7 +229,7 @@ int lb_xdp_new_conn(struct xdp_md *ctx)
 int lb_xdp_private(struct xdp_md *ctx)
 {
     struct lb_pkt pkt = {};
-    __u32 counter = LB_CNT_PASS;
+    __u32 counter = LB_CNT_MAX;
     int act = lb_parse(ctx, &pkt, &counter);
     if (act != LB_CONTINUE)
         return act;
@@ -257,7 +253,7 @@ int lb_xdp_private(struct xdp_md *ctx)
     key.proto = pkt.proto;
     key.family = LB_AF_INET;
     struct lb_conn *c = lb_conns.lookup(&key);
-    __u64 now = bpf_ktime_get_ns();
+    __u64 now = bpf_ktime_get_coarse_ns();
     if (!c || c->real != rev->real)
         return XDP_PASS;
     if (lb_conn_expired(c, now)) {
@@ -269,6 +265,5 @@ int lb_xdp_private(struct xdp_md *ctx)
     c->last_ns = now;
     rev->last_ns = now;
     lb_stats_out(svc_id, c->real, pkt.len);
-    lb_count(LB_CNT_NAT_REPLY);
     return lb_forward_to_client(ctx, &pkt, svc, c);
 }

@@ -69,6 +69,10 @@ static __always_inline void lb_conn_state(struct lb_conn *c, __u32 table, struct
         c->timeout = lb_timeout_of(LB_UDP_S_NORMAL);
         return;
     }
+    /* the common case, an ACK inside an established flow, stays ESTABLISHED in every table */
+    if (c->state == LB_TCP_S_ESTABLISHED &&
+        (pkt->tcp_flags & (LB_TCP_SYN | LB_TCP_FIN | LB_TCP_RST | LB_TCP_ACK)) == LB_TCP_ACK)
+        return;
     new_state = LB_TCP_S_CLOSE;
     __u32 ev = lb_tcp_event(pkt->tcp_flags);
     if (ev != LB_NONE && c->state < LB_TCP_S_LAST) {
@@ -86,6 +90,8 @@ static __always_inline void lb_conn_state(struct lb_conn *c, __u32 table, struct
             c->flags &= ~LB_CONN_F_INACTIVE;
         }
     }
+    if (new_state == c->state)
+        return;                   /* same state, same timeout (IPVS re-reads it; we skip a lookup) */
     c->state = new_state;
     c->timeout = lb_timeout_of(new_state);
 }

@@ -81,16 +81,14 @@
 #define LB_EV_RST 3
 #define LB_FSM_SIZE (3 * 4 * LB_TCP_S_LAST)
 
-/* Per-CPU event counters (lb_counters), also listed by `lb stats` */
-#define LB_CNT_PASS 0            /* not for a virtual service: left to the kernel */
-#define LB_CNT_FWD 1             /* forwarded to a real server */
-#define LB_CNT_NAT_REPLY 2       /* NAT reply rewritten back to the client */
-#define LB_CNT_NO_REAL 3         /* new connection, no usable real server: dropped */
-#define LB_CNT_NOT_SYN 4         /* TCP packet without connection and without SYN: passed */
-#define LB_CNT_FRAGMENT 5        /* IPv4 fragment to a VIP: passed */
-#define LB_CNT_BAD_REAL 6        /* connection points at a real server that is gone */
-#define LB_CNT_CONN_FULL 7       /* connection table insert failed */
-#define LB_CNT_TAIL_CALL 8       /* a tail call failed (program missing): passed */
-#define LB_CNT_MAX 9
+/* Per-CPU counters of exceptional events (lb_counters); normal traffic is counted in the
+ * service and real server stats only, to keep the per-packet path short */
+#define LB_CNT_NO_REAL 0         /* new connection, no usable real server: to the local stack */
+#define LB_CNT_NOT_SYN 1         /* TCP packet without connection and without SYN: passed */
+#define LB_CNT_FRAGMENT 2        /* IPv4 fragment to a VIP: passed */
+#define LB_CNT_BAD_REAL 3        /* connection points at a real server that is gone: dropped */
+#define LB_CNT_CONN_FULL 4       /* connection table insert failed: dropped */
+#define LB_CNT_TAIL_CALL 5       /* a tail call failed (program missing): passed */
+#define LB_CNT_MAX 6
 
 #endif

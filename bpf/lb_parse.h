@@ -24,7 +24,7 @@ struct lb_pkt {
     __be16 *sport_p;              /* points into the L4 header */
     __be16 *dport_p;
     __sum16 *l4csum;              /* NULL: no checksum to fix (UDP with checksum 0) */
-    __u32 len;                    /* frame length, for byte counters */
+    __u32 len;                    /* IP total length, for byte counters */
     __u8 proto;
     __u8 tcp_flags;               /* TCP: the byte holding FIN SYN RST PSH ACK URG */
 };

@@ -69,7 +69,7 @@ struct lb_conn_key {
 };
 
 struct lb_conn {
-    __u64 last_ns;                /* bpf_ktime_get_ns() of the last packet */
+    __u64 last_ns;                /* bpf_ktime_get_coarse_ns() of the last packet (CLOCK_MONOTONIC) */
     __u32 real;                   /* real id */
     __u32 svc;                    /* service id */
     __u32 timeout;                /* seconds, set on each state change as IPVS does */

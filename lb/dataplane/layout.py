@@ -31,8 +31,8 @@ TCP_S = {name: i for i, name in enumerate(TCP_STATES)}
 UDP_S_NORMAL = 11
 N_TIMEOUTS = 12
 
-COUNTER_NAMES = ["pass", "forwarded", "nat_reply", "no_real_server", "tcp_not_syn", "fragment",
-                 "real_server_gone", "conn_table_full", "tail_call_failed"]
+COUNTER_NAMES = ["no_real_server", "tcp_not_syn", "fragment", "real_server_gone", "conn_table_full",
+                 "tail_call_failed"]
 
 # lb_structs.h
 SVC_KEY = struct.Struct("=16s2sBB")                 # lb_svc_key
