@@ -160,6 +160,101 @@ int lb_sched_wlc(struct xdp_md *ctx)
     return lb_sched_end(ctx, svc_id, sc, lb_pick_wlc(svc, ds, st, sc));
 }
 
+int lb_sched_lc(struct xdp_md *ctx)
+{
+    __u32 svc_id;
+    struct lb_svc *svc;
+    struct lb_svc_dests *ds;
+    struct lb_sched_state *st;
+    lb_scratch_t *sc;
+    int act = lb_sched_begin(ctx, &svc_id, &svc, &ds, &st, &sc);
+    if (act != LB_CONTINUE)
+        return act;
+    return lb_sched_end(ctx, svc_id, sc, lb_pick_lc(svc, ds, st, sc));
+}
+
+int lb_sched_sed(struct xdp_md *ctx)
+{
+    __u32 svc_id;
+    struct lb_svc *svc;
+    struct lb_svc_dests *ds;
+    struct lb_sched_state *st;
+    lb_scratch_t *sc;
+    int act = lb_sched_begin(ctx, &svc_id, &svc, &ds, &st, &sc);
+    if (act != LB_CONTINUE)
+        return act;
+    return lb_sched_end(ctx, svc_id, sc, lb_pick_sed_nq(svc, ds, st, sc, 0));
+}
+
+int lb_sched_nq(struct xdp_md *ctx)
+{
+    __u32 svc_id;
+    struct lb_svc *svc;
+    struct lb_svc_dests *ds;
+    struct lb_sched_state *st;
+    lb_scratch_t *sc;
+    int act = lb_sched_begin(ctx, &svc_id, &svc, &ds, &st, &sc);
+    if (act != LB_CONTINUE)
+        return act;
+    return lb_sched_end(ctx, svc_id, sc, lb_pick_sed_nq(svc, ds, st, sc, 1));
+}
+
+int lb_sched_fo(struct xdp_md *ctx)
+{
+    __u32 svc_id;
+    struct lb_svc *svc;
+    struct lb_svc_dests *ds;
+    struct lb_sched_state *st;
+    lb_scratch_t *sc;
+    int act = lb_sched_begin(ctx, &svc_id, &svc, &ds, &st, &sc);
+    if (act != LB_CONTINUE)
+        return act;
+    return lb_sched_end(ctx, svc_id, sc, lb_pick_fo_ovf(svc, ds, st, sc, 0));
+}
+
+int lb_sched_ovf(struct xdp_md *ctx)
+{
+    __u32 svc_id;
+    struct lb_svc *svc;
+    struct lb_svc_dests *ds;
+    struct lb_sched_state *st;
+    lb_scratch_t *sc;
+    int act = lb_sched_begin(ctx, &svc_id, &svc, &ds, &st, &sc);
+    if (act != LB_CONTINUE)
+        return act;
+    return lb_sched_end(ctx, svc_id, sc, lb_pick_fo_ovf(svc, ds, st, sc, 1));
+}
+
+int lb_sched_dh(struct xdp_md *ctx)
+{
+    __u32 zero = 0, svc_id;
+    struct lb_pkt pkt = {};
+    int act = lb_classify(ctx, &pkt, &svc_id);
+    if (act != LB_CONTINUE)
+        return act;
+    struct lb_svc *svc = lb_svc.lookup(&svc_id);
+    struct lb_svc_dests *ds = lb_svc_dests.lookup(&svc_id);
+    lb_scratch_t *sc = lb_scratch.lookup(&zero);
+    if (!svc || !ds || !sc)
+        return XDP_PASS;
+    return lb_sched_end(ctx, svc_id, sc, lb_pick_dh(svc_id, svc, ds, pkt.ip4->daddr));
+}
+
+int lb_sched_sh(struct xdp_md *ctx)
+{
+    __u32 zero = 0, svc_id;
+    struct lb_pkt pkt = {};
+    int act = lb_classify(ctx, &pkt, &svc_id);
+    if (act != LB_CONTINUE)
+        return act;
+    struct lb_svc *svc = lb_svc.lookup(&svc_id);
+    struct lb_svc_dests *ds = lb_svc_dests.lookup(&svc_id);
+    lb_scratch_t *sc = lb_scratch.lookup(&zero);
+    if (!svc || !ds || !sc)
+        return XDP_PASS;
+    return lb_sched_end(ctx, svc_id, sc, lb_pick_sh(svc_id, svc, ds, pkt.ip4->saddr));
+}
+
 /* ---- a new connection: count it inactive (IPVS starts every connection so), first state
  * transition, insert (plus the NAT reverse entry), forward ---- */
 

@@ -6,6 +6,16 @@
 #ifndef LB_SCHED_H
 #define LB_SCHED_H
 
+/* dh / sh bucket tables: 256 list positions per service, computed by the control plane
+ * (lb.sched.model.dh_table / sh_table) and present only for services that use them */
+#define LB_SCHED_HASH_BITS 8
+#define LB_SCHED_BUCKETS (1 << LB_SCHED_HASH_BITS)
+struct lb_sched_buckets {
+    __u32 pos[LB_SCHED_BUCKETS];  /* list position in lb_svc_dests, or LB_NONE */
+};
+BPF_TABLE_PINNED("hash", __u32, struct lb_sched_buckets, lb_sched_buckets, LB_MAX_SERVICES,
+                 LB_PIN(lb_sched_buckets), BPF_F_NO_PREALLOC);
+
 static __always_inline int lb_dest_usable(struct lb_dest *d)
 {
     return d->weight > 0 && !(d->flags & LB_REAL_F_SKIP);
@@ -24,6 +34,19 @@ static __always_inline __u64 lb_real_overhead(__u32 real_id)
         inact -= s->inactive;
     }
     return ((__u64)act << 8) + inact;
+}
+
+/* activeconns of a real server (sweeper's share removed), as ip_vs_sed/nq/ovf read it */
+static __always_inline __u32 lb_real_active(__u32 real_id)
+{
+    struct lb_real_conns *c = lb_real_conns.lookup(&real_id);
+    struct lb_real_conns *s = lb_real_swept.lookup(&real_id);
+    if (!c)
+        return 0;
+    __u32 act = c->active;
+    if (s)
+        act -= s->active;
+    return act;
 }
 
 typedef volatile struct lb_sched_scratch lb_scratch_t;
@@ -139,6 +162,112 @@ static __always_inline __u32 lb_pick_wlc(struct lb_svc *svc, struct lb_svc_dests
         }
     }
     return sc->real;
+}
+
+/* lc, as ip_vs_lc_schedule(): least overhead among usable servers; the first wins ties */
+static __always_inline __u32 lb_pick_lc(struct lb_svc *svc, struct lb_svc_dests *ds,
+                                        struct lb_sched_state *st, lb_scratch_t *sc)
+{
+    lb_sched_init(svc, st, sc);
+    sc->loh = 0;
+    for (__u32 pos = 0; pos < LB_MAX_SVC_REALS; pos++) {
+        if (pos >= sc->n)
+            break;
+        struct lb_dest *d = &ds->d[pos];
+        if (!lb_dest_usable(d))
+            continue;
+        __u64 doh = lb_real_overhead(d->real);
+        if (sc->real == LB_NONE || doh < sc->loh) {
+            sc->real = d->real;
+            sc->loh = doh;
+        }
+    }
+    return sc->real;
+}
+
+/* sed (nq = 0), as ip_vs_sed_schedule(): least (activeconns + 1) / weight, compared as
+ * loh * w > doh * lw; the first usable server wins ties.
+ * nq (nq = 1), as ip_vs_nq_schedule(): the first usable server with no active connection
+ * wins at once, else the sed rule. */
+static __always_inline __u32 lb_pick_sed_nq(struct lb_svc *svc, struct lb_svc_dests *ds,
+                                            struct lb_sched_state *st, lb_scratch_t *sc, int nq)
+{
+    lb_sched_init(svc, st, sc);
+    sc->loh = 0;
+    sc->lw = 0;
+    for (__u32 pos = 0; pos < LB_MAX_SVC_REALS; pos++) {
+        if (pos >= sc->n)
+            break;
+        struct lb_dest *d = &ds->d[pos];
+        if (!lb_dest_usable(d))
+            continue;
+        __u32 act = lb_real_active(d->real);
+        if (nq && act == 0)
+            return d->real;
+        __u64 doh = (__u64)act + 1;
+        if (sc->real == LB_NONE || sc->loh * d->weight > doh * sc->lw) {
+            sc->real = d->real;
+            sc->loh = doh;
+            sc->lw = d->weight;
+        }
+    }
+    return sc->real;
+}
+
+/* fo (ovf = 0), as ip_vs_fo_schedule(): the usable server with the highest weight; the first
+ * wins ties.  ovf (ovf = 1), as ip_vs_ovf_schedule(): the same among the usable servers with
+ * activeconns <= weight. */
+static __always_inline __u32 lb_pick_fo_ovf(struct lb_svc *svc, struct lb_svc_dests *ds,
+                                            struct lb_sched_state *st, lb_scratch_t *sc, int ovf)
+{
+    lb_sched_init(svc, st, sc);
+    for (__u32 pos = 0; pos < LB_MAX_SVC_REALS; pos++) {
+        if (pos >= sc->n)
+            break;
+        struct lb_dest *d = &ds->d[pos];
+        if (!lb_dest_usable(d) || d->weight <= sc->maxw)
+            continue;
+        if (ovf && lb_real_active(d->real) > d->weight)
+            continue;
+        sc->real = d->real;
+        sc->maxw = d->weight;
+    }
+    return sc->real;
+}
+
+/* include/linux/hash.h hash_32(val, 8) */
+static __always_inline __u32 lb_hash_32(__u32 val)
+{
+    return (val * 0x61C88647U) >> (32 - LB_SCHED_HASH_BITS);
+}
+
+/* dh / sh: the server of bucket `idx` if it is usable (weight > 0, not overloaded), else none
+ * (ip_vs_dh_schedule; ip_vs_sh_get without sh-fallback) */
+static __always_inline __u32 lb_pick_bucket(__u32 svc_id, struct lb_svc *svc,
+                                            struct lb_svc_dests *ds, __u32 idx)
+{
+    struct lb_sched_buckets *b = lb_sched_buckets.lookup(&svc_id);
+    if (!b)
+        return LB_NONE;
+    __u32 pos = b->pos[idx & (LB_SCHED_BUCKETS - 1)];
+    if (pos >= svc->nreals || pos >= LB_MAX_SVC_REALS)
+        return LB_NONE;
+    struct lb_dest *d = &ds->d[pos];
+    return lb_dest_usable(d) ? d->real : LB_NONE;
+}
+
+/* dh, as ip_vs_dh_hashkey(): hash_32(ntohl(daddr), 8) */
+static __always_inline __u32 lb_pick_dh(__u32 svc_id, struct lb_svc *svc, struct lb_svc_dests *ds,
+                                        __be32 daddr)
+{
+    return lb_pick_bucket(svc_id, svc, ds, lb_hash_32(bpf_ntohl(daddr)));
+}
+
+/* sh, as ip_vs_sh_hashkey() with port 0 (no sh-port) and offset 0: hash_32(ntohl(saddr), 8) */
+static __always_inline __u32 lb_pick_sh(__u32 svc_id, struct lb_svc *svc, struct lb_svc_dests *ds,
+                                        __be32 saddr)
+{
+    return lb_pick_bucket(svc_id, svc, ds, lb_hash_32(bpf_ntohl(saddr)));
 }
 
 #endif

@@ -7,14 +7,17 @@ the difference.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 import signal
+import time
 
 from lb import config as lbconfig
 from lb.dataplane import RealSpec, ServiceSpec, TableSpec
 from lb.dataplane.xdp import DataplaneError, Sizes, XdpDataplane
 from lb.ha import addresses
+from lb.health import CheckSpec, Monitor, NannyPolicy
 
 log = logging.getLogger("lb.engine")
 
@@ -27,21 +30,53 @@ class StartupError(Exception):
     pass
 
 
-def build_table(cfg) -> TableSpec:
+def real_key(vs, rs) -> tuple:
+    """Identity of one real server of one virtual service (what a nanny watches)."""
+    return (vs.key, rs.address, rs.effective_port(vs))
+
+
+def build_table(cfg, health: dict | None = None) -> TableSpec:
+    """The desired table: active services and real servers, minus the ones their monitor says
+    are dead (or at weight 0 when the service quiesces dead servers)."""
     forward = "nat" if cfg.network == "nat" else "dr"
+    health = health or {}
     services = []
     for vs in cfg.virtual_servers:
         if not vs.active:
             continue
-        reals = tuple(RealSpec(rs.address, rs.effective_port(vs), rs.weight, forward)
-                      for rs in vs.real_servers if rs.active)
-        services.append(ServiceSpec(vs.protocol, vs.address, vs.port, vs.scheduler, reals, vs.name))
+        reals = []
+        for rs in vs.real_servers:
+            if not rs.active:
+                continue
+            weight = rs.weight
+            if not health.get(real_key(vs, rs), True):
+                if not vs.monitor.quiesce:
+                    continue
+                weight = 0
+            reals.append(RealSpec(rs.address, rs.effective_port(vs), weight, forward))
+        services.append(ServiceSpec(vs.protocol, vs.address, vs.port, vs.scheduler, tuple(reals), vs.name))
     t = cfg.timeouts
     return TableSpec(tuple(services), (t.tcp, t.tcpfin, t.udp))
 
 
 def pidfile(instance: str) -> str:
     return os.path.join(RUN_DIR, f"{instance}.pid")
+
+
+def statusfile(instance: str) -> str:
+    return os.path.join(RUN_DIR, f"{instance}.status.json")
+
+
+def check_spec(vs, rs) -> tuple[CheckSpec, NannyPolicy]:
+    m = vs.monitor
+    kind = m.kind
+    if kind == "tcp" and vs.protocol == "udp":
+        kind = "udp"            # a UDP service cannot be connect-checked
+    spec = CheckSpec(kind=kind, host=str(rs.address), port=m.port or rs.effective_port(vs), send=m.send,
+                     expect=m.expect, use_regex=m.use_regex, path=m.path, host_header=m.host,
+                     status=m.status, body_regex=m.body_regex, tls_verify=m.tls_verify,
+                     program=m.program, connect_timeout=m.connect_timeout)
+    return spec, NannyPolicy(interval=m.interval, timeout=m.timeout, reentry=m.reentry)
 
 
 def check_interfaces(cfg) -> None:
@@ -65,6 +100,9 @@ class Engine:
         self.owned: list[addresses.OwnedAddress] = []
         self._stop = None            # "clean" | "keep"
         self._wake: asyncio.Event | None = None
+        self.health: dict[tuple, bool] = {}          # real_key -> up
+        self.monitors: dict[tuple, tuple] = {}       # real_key -> (spec, policy, Monitor, task)
+        self._dirty = False                          # health changed: reconcile the data plane
 
     # ---- lifecycle ----
     def start(self) -> None:
@@ -72,7 +110,7 @@ class Engine:
         self.dp.load()
         self.owned = addresses.wanted_addresses(self.cfg)
         addresses.take(self.owned)
-        self.dp.apply(build_table(self.cfg))
+        self.dp.apply(build_table(self.cfg, self.health))
         self.dp.attach(self.cfg.public_interface, "public", self.xdp_mode)
         if self.cfg.network == "nat":
             self.dp.attach(self.cfg.private_interface, "private", self.xdp_mode)
@@ -91,10 +129,11 @@ class Engine:
             addresses.release(self.owned)
             self.dp.unpin()
             self.dp.close()
-        try:
-            os.unlink(pidfile(self.cfg.instance))
-        except FileNotFoundError:
-            pass
+        for f in (pidfile(self.cfg.instance), statusfile(self.cfg.instance)):
+            try:
+                os.unlink(f)
+            except FileNotFoundError:
+                pass
         log.info("lb instance %r stopped", self.cfg.instance)
 
     def reload(self) -> bool:
@@ -115,11 +154,75 @@ class Engine:
             return False
         want = addresses.wanted_addresses(new)
         addresses.take([a for a in want if a not in self.owned])
-        self.dp.apply(build_table(new))
+        self.dp.apply(build_table(new, self.health))
         addresses.release([a for a in self.owned if a not in want])
         self.owned, self.cfg = want, new
         log.info("reloaded %s", path)
         return True
+
+    # ---- health (nanny) ----
+    def sync_monitors(self) -> None:
+        """One monitor per active real server of each active service; unchanged ones keep their
+        state across reloads."""
+        wanted = {}
+        for vs in self.cfg.virtual_servers:
+            if not vs.active or vs.monitor.kind == "none":
+                continue
+            for rs in vs.real_servers:
+                if rs.active:
+                    wanted[real_key(vs, rs)] = (vs, rs)
+        for key in [k for k in self.monitors if k not in wanted]:
+            self.monitors.pop(key)[3].cancel()
+            self.health.pop(key, None)
+        for key, (vs, rs) in wanted.items():
+            spec, policy = check_spec(vs, rs)
+            old = self.monitors.get(key)
+            if old and old[0] == spec and old[1] == policy:
+                continue
+            if old:
+                old[3].cancel()
+            mon = Monitor(key, spec, policy, self._health_changed, initial_up=self.health.get(key, True))
+            self.monitors[key] = (spec, policy, mon, mon.start())
+        self.write_status()
+
+    def _health_changed(self, key, up: bool, reason: str) -> None:
+        (proto, vip, vport), addr, port = key
+        log.warning("real server %s:%d of %s %s:%d is %s: %s", addr, port, proto.upper(), vip, vport,
+                    "up" if up else "down", reason)
+        self.health[key] = up
+        self._dirty = True
+        if self._wake is not None:
+            self._wake.set()
+
+    def apply_health(self) -> None:
+        self.dp.apply(build_table(self.cfg, self.health))
+        self.write_status()
+
+    def write_status(self) -> None:
+        services = []
+        for vs in self.cfg.virtual_servers:
+            reals = []
+            for rs in vs.real_servers:
+                key = real_key(vs, rs)
+                entry = self.monitors.get(key)
+                mon = entry[2] if entry else None
+                last = mon.last if mon else None
+                reals.append({"name": rs.name, "address": str(rs.address), "port": rs.effective_port(vs),
+                              "active": rs.active, "weight": rs.weight,
+                              "health": "unmonitored" if mon is None else mon.state,
+                              "changes": mon.changes if mon else 0,
+                              "last_check": None if last is None else
+                              {"ok": last.ok, "detail": last.detail, "at": last.at}})
+            services.append({"name": vs.name, "protocol": vs.protocol, "address": str(vs.address),
+                             "port": vs.port, "scheduler": vs.scheduler, "active": vs.active,
+                             "monitor": vs.monitor.kind, "real_servers": reals})
+        doc = {"instance": self.cfg.instance, "pid": os.getpid(), "role": "active",
+               "config": str(self.cfg.path), "updated": time.time(), "services": services}
+        os.makedirs(RUN_DIR, exist_ok=True)
+        tmp = statusfile(self.cfg.instance) + ".tmp"
+        with open(tmp, "w") as f:
+            json.dump(doc, f, indent=1)
+        os.replace(tmp, statusfile(self.cfg.instance))
 
     # ---- the loop ----
     async def run(self) -> None:
@@ -144,7 +247,8 @@ class Engine:
         # pyroute2's synchronous API runs its own event loop, so every step that may use netlink
         # runs in a worker thread, one at a time.
         blocking = lambda fn: loop.run_in_executor(None, fn)  # noqa: E731
-        last_sweep = last_nh = loop.time()
+        self.sync_monitors()
+        last_sweep = last_nh = last_status = loop.time()
         while self._stop is None:
             try:
                 await asyncio.wait_for(self._wake.wait(), timeout=1.0)
@@ -155,7 +259,14 @@ class Engine:
             try:
                 if reload_pending:
                     reload_pending = False
-                    await blocking(self.reload)
+                    if await blocking(self.reload):
+                        self.sync_monitors()
+                if self._dirty:
+                    self._dirty = False
+                    await blocking(self.apply_health)
+                if now - last_status >= 5.0:
+                    last_status = now
+                    self.write_status()
                 if now - last_sweep >= SWEEP_INTERVAL:
                     last_sweep = now
                     n = await blocking(self.dp.sweep)
@@ -166,6 +277,9 @@ class Engine:
                     await blocking(self.dp.refresh_nexthops)
             except Exception:  # the daemon keeps forwarding whatever a housekeeping step does
                 log.exception("housekeeping failed")
+        for _spec, _policy, _mon, task in self.monitors.values():
+            task.cancel()
+        await asyncio.gather(*(m[3] for m in self.monitors.values()), return_exceptions=True)
 
 
 def run(cfg, *, xdp_mode: str = "native") -> int:

@@ -12,6 +12,7 @@ from scapy.layers.inet import IP, TCP
 from scapy.layers.l2 import Ether
 
 from lb.dataplane import RealSpec, ServiceSpec, TableSpec
+from lb.dataplane import layout as L
 from lb.sched import model
 from packets_util import CLIENT_MAC, PUB_MAC, XDP_PASS, XDP_REDIRECT, make_dataplane, real_mac, run
 
@@ -34,25 +35,38 @@ def _reals(n):
     return [ipaddress.ip_address(f"198.18.2.{i + 1}") for i in range(n)]
 
 
-def check_against_model(dp, sched, weights, count):
+def check_against_model(dp, sched, weights, count, acks=(), vip=VIP, clients=("198.18.0.2",)):
     """Program a fresh service (new port) with `weights` in config order, send `count` SYNs,
-    and compare each pick with the model's."""
+    and compare each pick with the model's.  When acks[i] (or acks is True) the i-th flow's ACK
+    follows its SYN, which makes the connection ESTABLISHED (active) under DR.  The i-th flow
+    comes from clients[i % len(clients)] (sh hashes it) to `vip` (dh hashes it)."""
     port = next(_ports)
     addrs = _reals(len(weights))
-    spec = ServiceSpec("tcp", VIP, port, sched, tuple(RealSpec(a, 80, w, "dr") for a, w in zip(addrs, weights)))
+    vip = ipaddress.ip_address(vip)
+    spec = ServiceSpec("tcp", vip, port, sched, tuple(RealSpec(a, 80, w, "dr") for a, w in zip(addrs, weights)))
     dp.apply(TableSpec((spec,)))
     m = model.Service(sched)
     for a, w in zip(addrs, weights):          # the lvs daemon adds them in config order
         m.add(str(a), w)
     mac_to_addr = {real_mac(a): str(a) for a in addrs}
     got, want = [], []
-    for _ in range(count):
-        pkt = Ether(src=CLIENT_MAC, dst=PUB_MAC) / IP(src="198.18.0.2", dst=str(VIP)) / \
-            TCP(sport=next(_sports) % 65536 or 1, dport=port, flags="S")
-        rc, out = run(dp, "lb_xdp_public", pkt)
-        got.append(mac_to_addr.get(Ether(out).dst) if rc == XDP_REDIRECT else None)
+    for i in range(count):
+        sport = next(_sports) % 65536 or 1
+        client = clients[i % len(clients)]
+        base = Ether(src=CLIENT_MAC, dst=PUB_MAC) / IP(src=str(client), dst=str(vip))
+        rc, out = run(dp, "lb_xdp_public", base / TCP(sport=sport, dport=port, flags="S"))
         assert rc in (XDP_REDIRECT, XDP_PASS)
-        want.append(m.schedule())
+        g = mac_to_addr.get(Ether(out).dst) if rc == XDP_REDIRECT else None
+        w = m.schedule(saddr=int(ipaddress.ip_address(client)), daddr=int(vip))
+        got.append(g)
+        want.append(w)
+        if g != w:
+            break
+        ack = acks if isinstance(acks, bool) else (i < len(acks) and acks[i])
+        if ack and w is not None:
+            rc, out = run(dp, "lb_xdp_public", base / TCP(sport=sport, dport=port, flags="A", seq=1, ack=1))
+            assert rc == XDP_REDIRECT and mac_to_addr.get(Ether(out).dst) == w
+            m.establish(w)
     assert got == want
 
 
@@ -69,8 +83,88 @@ def test_wlc_kernel_sequence(dp):
     check_against_model(dp, "wlc", [2000, 1000, 1000], 12)
 
 
+def test_lc_spreads_by_overhead(dp):
+    # all inactive: overheads 0,0,0 -> first, then the others; weight only gates (0 = never)
+    check_against_model(dp, "lc", [5, 1, 0, 2], 9)
+    # active connections weigh 256 inactive ones
+    check_against_model(dp, "lc", [1, 1, 1], 12, acks=[True, False, False, True, True])
+
+
+def test_sed_and_nq_use_active_only(dp):
+    # all active: sed follows (active+1)/weight, 3:1 -> rs1 gets the first ones
+    check_against_model(dp, "sed", [3, 1], 12, acks=True)
+    check_against_model(dp, "sed", [1, 2, 4], 14, acks=True)
+    # inactive connections do not count for sed: always the same (first least) server
+    check_against_model(dp, "sed", [1, 1], 5)
+    # nq: an idle server wins at once, even with a small weight
+    check_against_model(dp, "nq", [10, 1, 1], 12, acks=True)
+    check_against_model(dp, "nq", [2, 3], 10, acks=[True, False, True, True, False, True])
+
+
+def test_fo_highest_weight(dp):
+    check_against_model(dp, "fo", [1, 5, 5, 2], 4)       # ties: the first in list order (config's last)
+    check_against_model(dp, "fo", [0, 0], 2)             # nothing usable: no pick
+
+
+def test_ovf_overflows_when_active_exceeds_weight(dp):
+    # rs2 (weight 3) takes connections until it has 4 active, then rs1 (2), then nothing fits:
+    # with every server over its weight there is no destination
+    check_against_model(dp, "ovf", [2, 3], 10, acks=True)
+    check_against_model(dp, "ovf", [1, 1], 6, acks=[False, True, True])
+
+
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(sched=st.sampled_from(["rr", "wrr", "wlc"]),
        weights=st.lists(st.integers(min_value=0, max_value=12), min_size=1, max_size=10))
 def test_bpf_matches_model(dp, sched, weights):
     check_against_model(dp, sched, weights, 3 * len(weights) + 5)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(sched=st.sampled_from(["wlc", "lc", "sed", "nq", "fo", "ovf"]),
+       weights=st.lists(st.integers(min_value=0, max_value=6), min_size=1, max_size=8),
+       acks=st.lists(st.booleans(), max_size=40))
+def test_bpf_matches_model_with_active_conns(dp, sched, weights, acks):
+    check_against_model(dp, sched, weights, 3 * len(weights) + 5, acks=acks)
+
+
+# ---- dh / sh: 256-bucket tables built by the control plane (lb_sched_buckets)
+
+_addrs = st.integers(min_value=1, max_value=2**32 - 2).map(lambda n: str(ipaddress.IPv4Address(n)))
+
+
+def test_sh_same_client_same_server_and_weights_fill_buckets(dp):
+    clients = [f"10.0.{i // 250}.{i % 250 + 1}" for i in range(300)]
+    check_against_model(dp, "sh", [3, 1, 0, 2], len(clients), clients=clients)
+    # every client sticks to its server
+    check_against_model(dp, "sh", [3, 1, 0, 2], 20, clients=clients[:5])
+    assert model.sh_table([3, 1, 0, 2])[:8] == [0, 0, 0, 1, 2, 3, 3, 0]
+
+
+def test_dh_hashes_the_vip(dp):
+    for vip in ("198.18.0.30", "198.18.0.31", "198.18.0.77", "203.0.113.9"):
+        check_against_model(dp, "dh", [1, 2, 0], 3, vip=vip, clients=("198.18.0.2", "10.1.1.1"))
+    assert model.dh_table(3)[:5] == [0, 1, 2, 0, 1]
+
+
+def test_bucket_table_only_for_dh_sh(dp):
+    port = next(_ports)
+    reals = tuple(RealSpec(a, 80, 1, "dr") for a in _reals(2))
+    buckets = dp.maps["lb_sched_buckets"]
+    dp.apply(TableSpec((ServiceSpec("tcp", VIP, port, "sh", reals),)))
+    assert len(buckets.items(batch=False)) == 1
+    dp.apply(TableSpec((ServiceSpec("tcp", VIP, port, "wlc", reals),)))   # scheduler change only
+    assert buckets.items(batch=False) == []
+    assert dp.maps["lb_svc"].get(L.U32.pack(dp.services[next(iter(dp.services))].id))[20] == L.SCHEDULERS["wlc"]
+    dp.apply(TableSpec((ServiceSpec("tcp", VIP, port, "dh", reals),)))
+    assert len(buckets.items(batch=False)) == 1
+    dp.apply(TableSpec(()))
+    assert buckets.items(batch=False) == []
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(sched=st.sampled_from(["dh", "sh"]),
+       weights=st.lists(st.integers(min_value=0, max_value=6), min_size=1, max_size=8),
+       vip=_addrs, clients=st.lists(_addrs, min_size=1, max_size=12))
+def test_bpf_hash_schedulers_match_model(dp, sched, weights, vip, clients):
+    check_against_model(dp, sched, weights, len(clients), vip=vip, clients=clients)

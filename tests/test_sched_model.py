@@ -29,6 +29,8 @@ from lb.sched import (
     wrr_init,
     wrr_params,
 )
+from lb.sched.model import (dh_hash, dh_table, hash_32, pick_dh, pick_fo, pick_lc, pick_nq,
+                            pick_ovf, pick_sed, pick_sh, sh_hash, sh_table)
 
 
 def build(scheduler: str, config: list[tuple[str, int]]) -> Service:
@@ -387,12 +389,190 @@ def test_wlc_counts_active_connections():
     assert (s.dest("rs2").active, s.dest("rs1").inactive) == (1, 3)
 
 
+# ------------------------------------------------------------- lc, sed, nq, fo, ovf
+
+conn_rows = st.lists(
+    st.tuples(st.integers(0, 20), st.booleans(), st.integers(0, 30), st.integers(0, 600)),
+    max_size=8,
+)
+
+
+def _rows(rows):
+    return [Dest(f"d{i}", w, o, a, n) for i, (w, o, a, n) in enumerate(rows)]
+
+
+def _usable(ds):
+    return [(i, d) for i, d in enumerate(ds) if d.weight > 0 and not d.overloaded]
+
+
+def test_lc_basic():
+    assert pick_lc([]) is None
+    assert pick_lc([Dest("a", 0), Dest("b", 3, overloaded=True)]) is None
+    # weight only gates: a heavier server with more overhead loses
+    assert pick_lc([Dest("a", 100, inactive=2), Dest("b", 1, inactive=1)]) == 1
+    assert pick_lc([Dest("a", 1, active=1), Dest("b", 1, inactive=255)]) == 1
+    assert pick_lc([Dest("a", 1, active=1), Dest("b", 1, inactive=256)]) == 0   # tie -> first
+    assert pick_lc([Dest("a", 0), Dest("b", 1, inactive=9)]) == 1
+
+
+@given(conn_rows)
+def test_lc_least_overhead_first(rows):
+    ds = _rows(rows)
+    cands = [(overhead(d), i) for i, d in _usable(ds)]
+    assert pick_lc(ds) == (min(cands)[1] if cands else None)
+
+
+def test_sed_basic():
+    assert pick_sed([]) is None
+    # inactive connections are ignored
+    assert pick_sed([Dest("a", 1, inactive=1000), Dest("b", 1)]) == 0
+    # (0+1)/1 vs (2+1)/4: b
+    assert pick_sed([Dest("a", 1), Dest("b", 4, active=2)]) == 1
+    # (1+1)/2 == (0+1)/1: tie -> first
+    assert pick_sed([Dest("a", 2, active=1), Dest("b", 1)]) == 0
+    assert pick_sed([Dest("a", 0), Dest("b", 1, active=5, overloaded=True)]) is None
+
+
+@given(conn_rows)
+def test_sed_minimises_active_plus_one_per_weight(rows):
+    ds = _rows(rows)
+    cands = [(Fraction(d.active + 1, d.weight), i) for i, d in _usable(ds)]
+    assert pick_sed(ds) == (min(cands)[1] if cands else None)
+
+
+def test_nq_basic():
+    # the first idle usable server wins, whatever its weight
+    assert pick_nq([Dest("a", 10, active=1), Dest("b", 1), Dest("c", 1)]) == 1
+    # an idle server with weight 0 or overloaded does not count
+    assert pick_nq([Dest("a", 10, active=1), Dest("b", 0), Dest("c", 1, overloaded=True)]) == 0
+    # nobody idle: sed
+    assert pick_nq([Dest("a", 1, active=1), Dest("b", 4, active=2)]) == 1
+    assert pick_nq([Dest("a", 0)]) is None
+
+
+@given(conn_rows)
+def test_nq_idle_first_else_sed(rows):
+    ds = _rows(rows)
+    idle = [i for i, d in _usable(ds) if d.active == 0]
+    assert pick_nq(ds) == (idle[0] if idle else pick_sed(ds))
+
+
+def test_fo_basic():
+    assert pick_fo([]) is None
+    assert pick_fo([Dest("a", 1), Dest("b", 5), Dest("c", 5)]) == 1
+    assert pick_fo([Dest("a", 1), Dest("b", 5, overloaded=True)]) == 0
+    assert pick_fo([Dest("a", 0)]) is None
+    # connections do not matter
+    assert pick_fo([Dest("a", 1), Dest("b", 2, active=100)]) == 1
+
+
+@given(conn_rows)
+def test_fo_highest_weight_first(rows):
+    ds = _rows(rows)
+    cands = [(-d.weight, i) for i, d in _usable(ds)]
+    assert pick_fo(ds) == (min(cands)[1] if cands else None)
+
+
+def test_ovf_basic():
+    assert pick_ovf([Dest("a", 1), Dest("b", 3, active=3)]) == 1      # active == weight still fits
+    assert pick_ovf([Dest("a", 1), Dest("b", 3, active=4)]) == 0      # overflow to the next
+    assert pick_ovf([Dest("a", 1, active=2), Dest("b", 3, active=4)]) is None
+    assert pick_ovf([Dest("a", 2, inactive=500), Dest("b", 2)]) == 0  # inactive ignored, tie -> first
+    assert pick_ovf([Dest("a", 0), Dest("b", 9, overloaded=True)]) is None
+
+
+@given(conn_rows)
+def test_ovf_highest_weight_not_overflowed(rows):
+    ds = _rows(rows)
+    cands = [(-d.weight, i) for i, d in _usable(ds) if d.active <= d.weight]
+    assert pick_ovf(ds) == (min(cands)[1] if cands else None)
+
+
+def test_service_ovf_sequence():
+    s = build("ovf", [("rs1", 2), ("rs2", 3)])  # list rs2 rs1
+    got = []
+    for _ in range(8):
+        name = s.schedule()
+        got.append(name)
+        if name:
+            s.establish(name)
+    assert got == ["rs2"] * 4 + ["rs1"] * 3 + [None]
+
+
+def test_service_nq_sequence():
+    s = build("nq", [("rs1", 10), ("rs2", 1), ("rs3", 1)])  # list rs3 rs2 rs1
+    got = []
+    for _ in range(5):
+        name = s.schedule()
+        got.append(name)
+        s.establish(name)
+    # each idle server once (list order), then sed: rs1 (2/10) beats rs2, rs3 (2/1)
+    assert got == ["rs3", "rs2", "rs1", "rs1", "rs1"]
+
+
+# ------------------------------------------------------------------------ dh, sh
+
+
+def test_hash_32():
+    # include/linux/hash.h: (val * 0x61C88647) >> (32 - bits), 32-bit arithmetic
+    assert hash_32(0) == 0
+    assert hash_32(1) == 0x61
+    assert hash_32(0xFFFFFFFF) == ((0xFFFFFFFF * 0x61C88647) & 0xFFFFFFFF) >> 24
+    assert dh_hash(0xC612001E) == hash_32(0xC612001E)
+    assert sh_hash(5, 7) == hash_32(12) and sh_hash(5, 0, 3) == (hash_32(5) + 3) % 256
+
+
+def test_dh_table():
+    assert dh_table(0) == [None] * 256
+    assert dh_table(3)[:7] == [0, 1, 2, 0, 1, 2, 0]
+    assert dh_table(1) == [0] * 256
+
+
+def test_sh_table_weights():
+    assert sh_table([]) == [None] * 256
+    # weight w fills w consecutive buckets, weight 0 still one; the walk wraps round the list
+    assert sh_table([2, 0, 1])[:8] == [0, 0, 1, 2, 0, 0, 1, 2]
+    t = sh_table([3, 1])
+    assert Counter(t) == {0: 192, 1: 64}
+
+
+@given(weight_lists, st.integers(0, 2**32 - 1))
+def test_dh_pick_is_bucket_if_usable(weights, daddr):
+    ds = dests(weights)
+    pos = dh_hash(daddr) % len(ds)
+    assert pick_dh(ds, daddr) == (pos if weights[pos] > 0 else None)
+
+
+@given(weight_lists, st.lists(st.booleans(), min_size=8, max_size=8), st.integers(0, 2**32 - 1),
+       st.integers(0, 65535))
+def test_sh_fallback_finds_a_usable_one(weights, overloaded, saddr, port):
+    ds = dests(weights, overloaded[:len(weights)])
+    plain = pick_sh(ds, saddr, port)
+    fb = pick_sh(ds, saddr, port, fallback=True)
+    if plain is not None:
+        assert fb == plain
+    usable_in_table = {p for p in sh_table(weights) if ds[p].usable}
+    # the probes (k + 2 * ihash) mod 256 visit every bucket
+    assert (fb is None) == (not usable_in_table)
+
+
+def test_service_dh_sh():
+    s = build("sh", [("rs1", 1), ("rs2", 1)])   # list rs2 rs1: buckets alternate rs2, rs1
+    for saddr in (0, 1, 2, 0x0A000001):
+        want = ["rs2", "rs1"][hash_32(saddr) % 2]
+        assert s.schedule(saddr=saddr) == want
+    s.set_weight("rs1", 0)
+    assert {s.schedule(saddr=a) for a in range(50)} == {"rs2", None}
+    d = build("dh", [("rs1", 1)])
+    assert d.schedule(daddr=1234) == "rs1"
+
+
 # ------------------------------------------------------------ Service bookkeeping
 
 
 def test_service_validation():
     with pytest.raises(ValueError):
-        Service("lc")
+        Service("lblc")
     s = build("rr", [("a", 1)])
     with pytest.raises(ValueError):
         s.add("a", 2)

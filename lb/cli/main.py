@@ -40,6 +40,35 @@ def cmd_check(args) -> int:
     return 0
 
 
+def cmd_import(args) -> int:
+    """Print the native TOML equivalent of a Piranha lvs.cf."""
+    from lb.config import lvscf
+
+    try:
+        cfg, extras = lvscf.load_with_extras(args.file)
+    except lbconfig.ConfigError as e:
+        print(e, file=sys.stderr)
+        return 2
+    sys.stdout.write(lvscf.dumps_toml(cfg, extras, source=args.file))
+    return 0
+
+
+def cmd_export(args) -> int:
+    """Print a config (TOML or lvs.cf) as Piranha lvs.cf."""
+    from lb.config import lvscf
+
+    try:
+        if args.config.endswith(".cf"):
+            cfg, extras = lvscf.load_with_extras(args.config)
+        else:
+            cfg, extras = lbconfig.load(args.config), None
+    except lbconfig.ConfigError as e:
+        print(e, file=sys.stderr)
+        return 2
+    sys.stdout.write(lvscf.dumps(cfg, extras))
+    return 0
+
+
 def _instance(args) -> str | None:
     if getattr(args, "instance", None):
         return args.instance
@@ -51,6 +80,23 @@ def _instance(args) -> str | None:
     if len(found) > 1:
         raise SystemExit(f"lb: several instances are running ({', '.join(found)}): pick one with --instance")
     return found[0] if found else None
+
+
+def _pid_running(pid: int) -> bool:
+    """True while pid exists and has not exited: a zombie (exited, not yet reaped by its
+    parent, e.g. a supervisor that waits for it later) counts as stopped."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            state = f.read().rpartition(b")")[2].split()[:1]
+    except FileNotFoundError:
+        return False
+    except OSError:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        return True
+    return state not in ([b"Z"], [b"X"])
 
 
 def _signal_instance(args, sig: int, wait: bool) -> int:
@@ -70,9 +116,7 @@ def _signal_instance(args, sig: int, wait: bool) -> int:
     if wait:
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
-            try:
-                os.kill(pid, 0)
-            except ProcessLookupError:
+            if not _pid_running(pid):
                 return 0
             time.sleep(0.1)
         print(f"lb: instance {inst!r} (pid {pid}) did not stop within 30 s", file=sys.stderr)
@@ -160,6 +204,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("check", help="validate a config file")
     p.add_argument("--config", "-c", required=True)
     p.set_defaults(func=cmd_check)
+
+    p = sub.add_parser("import", help="print a Piranha lvs.cf as lb TOML")
+    p.add_argument("file", metavar="FILE.cf")
+    p.set_defaults(func=cmd_import)
+
+    p = sub.add_parser("export", help="print a config as Piranha lvs.cf")
+    p.add_argument("--config", "-c", required=True)
+    p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("stop", help="stop a running instance")
     p.add_argument("--instance")

@@ -12,7 +12,7 @@ from ipaddress import IPv4Address, IPv4Interface, IPv6Address
 from pathlib import Path
 
 # Schedulers the data plane can run today.
-SCHEDULERS_IMPLEMENTED: tuple[str, ...] = ("rr", "wrr", "wlc")
+SCHEDULERS_IMPLEMENTED: tuple[str, ...] = ("rr", "wrr", "lc", "wlc", "sed", "nq", "dh", "sh", "fo", "ovf")
 
 # Every scheduler name ipvsadm knows; names in here but not in
 # SCHEDULERS_IMPLEMENTED are reported as "not implemented yet" rather than
@@ -45,6 +45,34 @@ class RealServer:
         return vs.port if self.port is None else self.port
 
 
+MONITOR_KINDS: tuple[str, ...] = ("tcp", "send_expect", "udp", "http", "https", "program", "none")
+
+
+@dataclass(frozen=True, slots=True)
+class Monitor:
+    """How a virtual server's real servers are checked (Piranha's nanny), and what a failure does.
+
+    The default is nanny's: a TCP connect every 2 s; dead after 10 s without success; back after
+    180 s of success; removed from scheduling when dead (quiesce = weight 0 instead)."""
+
+    kind: str = "tcp"  # one of MONITOR_KINDS; "none" = always up
+    send: str = ""  # send_expect/udp: sent after connecting (escapes \n \r \t \\ \' \" decoded)
+    expect: str = ""  # substring (or regex with use_regex) the reply must contain
+    use_regex: bool = False
+    path: str = "/"  # http(s)
+    host: str | None = None  # http(s) Host header
+    status: tuple[int, int] = (200, 399)  # http(s) accepted status range
+    body_regex: str | None = None
+    tls_verify: bool = True
+    program: str = ""  # program: argv with %h (address) and %p (port); never run by a shell
+    port: int | None = None  # check this port instead of the real server's
+    interval: float = 2.0
+    timeout: float = 10.0  # dead after this long without a successful check
+    reentry: float = 180.0  # alive this long before it takes connections again
+    connect_timeout: float = 3.0
+    quiesce: bool = False  # dead: weight 0 (connections drain) instead of removal
+
+
 @dataclass(frozen=True, slots=True)
 class VirtualServer:
     """A service: (protocol, VIP, port) plus its scheduler and real servers."""
@@ -59,6 +87,7 @@ class VirtualServer:
     active: bool = True
     device: str | None = None  # interface holding the VIP; None -> Config.public_interface
     real_servers: tuple[RealServer, ...] = ()
+    monitor: Monitor = field(default_factory=Monitor)
 
     @property
     def key(self) -> tuple[str, IPAddress, int]:

@@ -10,6 +10,7 @@ does not cascade into a screen of follow-up errors.
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import enum
 import ipaddress
@@ -25,6 +26,7 @@ from typing import Any, Final, TypeVar
 
 from .locate import FieldPath, Locator
 from .model import (
+    MONITOR_KINDS,
     NETWORKS,
     PROTOCOLS,
     SCHEDULERS_IMPLEMENTED,
@@ -33,6 +35,7 @@ from .model import (
     ConfigError,
     ConfigIssue,
     IPAddress,
+    Monitor,
     RealServer,
     Tables,
     Timeouts,
@@ -84,8 +87,9 @@ TABLES_KEYS: Final = tuple(TABLE_RANGES)
 TIMEOUTS_KEYS: Final = ("tcp", "tcpfin", "udp")
 VS_KEYS: Final = (
     "name", "address", "port", "protocol", "scheduler",
-    "persistent", "pmask", "active", "device", "real_server",
+    "persistent", "pmask", "active", "device", "real_server", "monitor",
 )
+MONITOR_KEYS: Final = tuple(f.name for f in dataclasses.fields(Monitor))
 RS_KEYS: Final = ("name", "address", "port", "weight", "active")
 
 
@@ -440,6 +444,7 @@ class _VirtualDraft:
     pmask: str | None | _Invalid
     active: bool | _Invalid
     device: str | None | _Invalid
+    monitor: Monitor | _Invalid = field(default_factory=Monitor)
     reals: list[_RealDraft | _Invalid] = field(default_factory=list)
 
     def build(self) -> VirtualServer:
@@ -456,6 +461,7 @@ class _VirtualDraft:
             active=_valid(self.active),
             device=_valid(self.device),
             real_servers=tuple(_valid(r).build() for r in self.reals),
+            monitor=_valid(self.monitor),
         )
 
 
@@ -576,10 +582,79 @@ def _check_virtual(vs: _Table) -> _VirtualDraft:
         active=vs.boolean("active", True),
         device=vs.ifname("device"),
     )
+    draft.monitor = _check_monitor(vs)
     vs_name = name if isinstance(name, str) else None
     for rs in vs.tables("real_server", RS_KEYS):
         draft.reals.append(rs if isinstance(rs, _Invalid) else _check_real(rs, vip, vs_name))
     return draft
+
+
+SECONDS_RANGE: Final = (0.0, 86400.0)
+
+
+def _seconds(m: _Table, key: str, default: float) -> float | _Invalid:
+    value = m.data.get(key, _ABSENT)
+    if value is _ABSENT:
+        return default
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return m.chk.error(m.at(key), f"expected a number of seconds, got {_describe(value)}")
+    lo, hi = SECONDS_RANGE
+    if not lo <= value <= hi:
+        return m.chk.error(m.at(key), f"must be between {lo:g} and {hi:g} seconds, got {value}")
+    return float(value)
+
+
+def _check_monitor(vs: _Table) -> Monitor | _Invalid:
+    m = vs.table("monitor", MONITOR_KEYS)
+    if isinstance(m, _Invalid):
+        return m
+    d = Monitor()
+    bad = False
+
+    def keep(v):
+        nonlocal bad
+        if isinstance(v, _Invalid):
+            bad = True
+        return v
+
+    kind = keep(m.string("kind"))
+    if kind is None:
+        kind = d.kind
+    elif isinstance(kind, str) and kind not in MONITOR_KINDS:
+        kind = keep(m.chk.error(m.at("kind"), f"unknown monitor kind '{kind}' (expected one of: {', '.join(MONITOR_KINDS)})"))
+    strings = {k: keep(m.string(k)) for k in ("send", "expect", "path", "program")}
+    host = keep(m.string("host"))
+    body_regex = keep(m.string("body_regex"))
+    use_regex = keep(m.boolean("use_regex", d.use_regex))
+    tls_verify = keep(m.boolean("tls_verify", d.tls_verify))
+    quiesce = keep(m.boolean("quiesce", d.quiesce))
+    port = keep(m.integer("port", PORT_RANGE))
+    times = {k: keep(_seconds(m, k, getattr(d, k))) for k in ("interval", "timeout", "reentry", "connect_timeout")}
+    status = m.data.get("status", _ABSENT)
+    if status is _ABSENT:
+        status = d.status
+    elif not (isinstance(status, list) and len(status) == 2 and all(isinstance(x, int) and not isinstance(x, bool) for x in status)
+              and 100 <= status[0] <= status[1] <= 599):
+        status = keep(m.chk.error(m.at("status"), "expected [lowest, highest] HTTP status, e.g. [200, 399]"))
+    else:
+        status = (status[0], status[1])
+    for rx_key, is_rx in (("expect", use_regex is True), ("body_regex", True)):
+        rx = strings.get(rx_key) if rx_key == "expect" else body_regex
+        if is_rx and isinstance(rx, str):
+            try:
+                re.compile(rx)
+            except re.error as e:
+                keep(m.chk.error(m.at(rx_key), f"not a valid regular expression: {e}"))
+    if kind == "program" and not strings["program"]:
+        keep(m.chk.error(m.at("program"), "a program monitor needs `program` (argv with %h and %p)"))
+    if isinstance(times["interval"], float) and times["interval"] <= 0:
+        keep(m.chk.error(m.at("interval"), "must be more than 0 seconds"))
+    if bad:
+        return INVALID
+    return Monitor(kind=kind, send=strings["send"] or "", expect=strings["expect"] or "", use_regex=use_regex,
+                   path=strings["path"] or d.path, host=host, status=status, body_regex=body_regex,
+                   tls_verify=tls_verify, program=strings["program"] or "", port=port, quiesce=quiesce,
+                   **times)
 
 
 # --- cross-field checks ----------------------------------------------------------

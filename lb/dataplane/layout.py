@@ -19,7 +19,10 @@ REAL_F_NO_NEXTHOP = 0x2
 CONN_F_INACTIVE, CONN_F_OUT = 0x1, 0x2
 
 # scheduler name -> LB_SCHED_* (also the tail-call slot LB_PROG_SCHED_BASE + value)
-SCHEDULERS = {"rr": 0, "wrr": 1, "wlc": 2}
+SCHEDULERS = {"rr": 0, "wrr": 1, "wlc": 2, "lc": 3, "sed": 4, "nq": 5, "fo": 6, "ovf": 7,
+              "dh": 8, "sh": 9}
+# schedulers whose service has a lb_sched_buckets entry (256 list positions, lb_sched.h)
+BUCKET_SCHEDULERS = ("dh", "sh")
 SCHEDULER_NAMES = {v: k for k, v in SCHEDULERS.items()}
 PROG_NEW_CONN = 0
 PROG_SCHED_BASE = 1
@@ -44,6 +47,7 @@ REAL_CONNS = struct.Struct("=II")                   # lb_real_conns
 CONN_KEY = struct.Struct("=16s16s2s2sBBBB")         # lb_conn_key
 CONN = struct.Struct("=QIIIIBB2s6s6s")              # lb_conn
 STATS = struct.Struct("=5Q")                        # lb_stats
+SCHED_BUCKETS = struct.Struct("=256I")             # lb_sched_buckets (lb_sched.h)
 U32 = struct.Struct("=I")
 U64 = struct.Struct("=Q")
 

@@ -83,6 +83,7 @@ class Sizes:
             "lb_svc": (self.services, L.SVC.size),
             "lb_sched_state": (self.services, L.SCHED_STATE.size),
             "lb_svc_dests": (self.services, L.DEST.size * self.svc_reals),
+            "lb_sched_buckets": (self.services, L.SCHED_BUCKETS.size),
             "lb_reals": (self.reals, L.REAL.size),
             "lb_real_conns": (self.reals, L.REAL_CONNS.size),
             "lb_real_swept": (self.reals, L.REAL_CONNS.size),
@@ -345,6 +346,8 @@ class XdpDataplane:
         for _, rid in st.dests:
             self._retire_real(rid)
         self._set("lb_svc", L.U32.pack(st.id), L.Svc(key.addr, key.port, key.proto, 0).pack())
+        if self.maps["lb_sched_buckets"].delete(L.U32.pack(st.id)):
+            self.writes += 1
         self.free_svc_ids.append(st.id)
         log.info("removed virtual service %s", _svc_name(key))
 
@@ -357,6 +360,7 @@ class XdpDataplane:
 
     def _apply_service(self, key: L.SvcKey, spec: ServiceSpec) -> None:
         new = key not in self.services
+        sched_changed = False
         if new:
             st = _SvcState(self._alloc_svc(), key, spec.scheduler, name=spec.name)
             self.services[key] = st
@@ -371,8 +375,9 @@ class XdpDataplane:
                 # a new scheduler starts from its own initial state, as ipvsadm -E does
                 cursor, mark = None, sched_model.wrr_init(self._weights(st))
                 st.sched = spec.scheduler
+                sched_changed = True
         wanted = {r.key: r for r in spec.reals}
-        changed = False
+        changed = sched_changed
 
         def dest_changed():
             nonlocal mark
@@ -422,6 +427,7 @@ class XdpDataplane:
         sid = L.U32.pack(st.id)
         dests = [(rid, self.reals[rid].weight, self.reals[rid].flags) for _, rid in st.dests]
         self._set("lb_svc_dests", sid, L.pack_dests(dests, self.sizes.svc_reals))
+        self._set_buckets(st)
         mw, di = sched_model.wrr_params(self._weights(st))
         svc = L.Svc(key.addr, key.port, key.proto, L.SCHEDULERS[st.sched], len(st.dests), 0, mw, di)
         self._set("lb_svc", sid, svc.pack())
@@ -432,6 +438,22 @@ class XdpDataplane:
         if new:
             self._set("lb_svc_stats", sid, L.STATS.pack(0, 0, 0, 0, 0))
             self._set("lb_services", key.pack(), L.U32.pack(st.id))
+
+    def _set_buckets(self, st: _SvcState) -> None:
+        """dh / sh: the 256-bucket table of list positions (a pure function of the list and
+        its weights, as ip_vs_dh_reassign / ip_vs_sh_reassign rebuild it on every change);
+        other schedulers have no entry, so they pay no memory for it."""
+        sid = L.U32.pack(st.id)
+        if st.sched not in L.BUCKET_SCHEDULERS:
+            if self.maps["lb_sched_buckets"].delete(sid):
+                self.writes += 1
+            return
+        if st.sched == "dh":
+            table = sched_model.dh_table(len(st.dests))
+        else:
+            table = sched_model.sh_table(self._weights(st))
+        self._set("lb_sched_buckets", sid,
+                  L.SCHED_BUCKETS.pack(*(L.LB_NONE if p is None else p for p in table)))
 
     def _weights(self, st: _SvcState) -> list[int]:
         return [self.reals[rid].weight for _, rid in st.dests]

@@ -1,9 +1,10 @@
-"""Reference model of the IPVS rr, wrr and wlc schedulers.
+"""Reference model of the IPVS rr, wrr, wlc, lc, sed, nq, fo, ovf, dh and sh schedulers.
 
 This is the oracle the BPF data plane is tested against, and the control plane
 uses :func:`wrr_params` / :func:`wrr_init` / :func:`wrr_dest_changed` to compute
 the wrr state it loads into the data plane.  It follows the kernel's rules
-(net/netfilter/ipvs/ip_vs_rr.c, ip_vs_wrr.c, ip_vs_wlc.c, ip_vs_ctl.c):
+(net/netfilter/ipvs/ip_vs_rr.c, ip_vs_wrr.c, ip_vs_wlc.c, ip_vs_lc.c, ip_vs_sed.c,
+ip_vs_nq.c, ip_vs_fo.c, ip_vs_ovf.c, ip_vs_dh.c, ip_vs_sh.c, ip_vs_ctl.c):
 
 * A service's destinations form a list.  Every newly added destination is
   inserted at the FRONT of that list, so a service configured as rs1, rs2, rs3
@@ -28,12 +29,25 @@ from dataclasses import dataclass, replace
 from typing import Iterable, Sequence
 
 __all__ = [
+    "HASH_BUCKETS",
     "Dest",
+    "dh_hash",
+    "dh_table",
+    "hash_32",
+    "pick_dh",
+    "pick_sh",
+    "sh_hash",
+    "sh_table",
     "Service",
     "SCHEDULERS",
     "WrrMark",
     "overhead",
+    "pick_fo",
+    "pick_lc",
+    "pick_nq",
+    "pick_ovf",
     "pick_rr",
+    "pick_sed",
     "pick_wlc",
     "pick_wrr",
     "rr_cursor_after_add",
@@ -43,7 +57,7 @@ __all__ = [
     "wrr_params",
 ]
 
-SCHEDULERS = ("rr", "wrr", "wlc")
+SCHEDULERS = ("rr", "wrr", "wlc", "lc", "sed", "nq", "fo", "ovf", "dh", "sh")
 
 
 @dataclass
@@ -58,7 +72,7 @@ class Dest:
 
     @property
     def usable(self) -> bool:
-        """Eligible for new connections under rr/wrr/wlc: weight > 0 and not overloaded."""
+        """Eligible for new connections under every scheduler: weight > 0 and not overloaded."""
         return self.weight > 0 and not self.overloaded
 
 
@@ -244,6 +258,167 @@ def pick_wlc(dests: Sequence[Dest]) -> int | None:
     return least
 
 
+# ----------------------------------------------------------- lc, sed, nq, fo, ovf
+
+
+def pick_lc(dests: Sequence[Dest]) -> int | None:
+    """ip_vs_lc_schedule: the usable destination (weight > 0, not overloaded)
+    with the least overhead; ties go to the earliest position."""
+    least: int | None = None
+    loh = 0
+    for i, d in enumerate(dests):
+        if not d.usable:
+            continue
+        doh = overhead(d)
+        if least is None or doh < loh:
+            least, loh = i, doh
+    return least
+
+
+def _sed_overhead(d: Dest) -> int:
+    """ip_vs_sed_dest_overhead / ip_vs_nq_dest_overhead: activeconns + 1."""
+    return d.active + 1
+
+
+def pick_sed(dests: Sequence[Dest]) -> int | None:
+    """ip_vs_sed_schedule: minimise (activeconns + 1) / weight.
+
+    The first usable destination becomes ``least``; every later destination
+    that is not overloaded replaces it when ``loh * w(d) > doh * w(least)``.
+    Inactive connections are ignored; weight 0 never wins; ties go to the
+    earliest position.
+    """
+    least: int | None = None
+    loh = 0
+    for i, d in enumerate(dests):
+        if least is None:
+            if d.usable:
+                least, loh = i, _sed_overhead(d)
+            continue
+        if d.overloaded:
+            continue
+        doh = _sed_overhead(d)
+        if loh * d.weight > doh * dests[least].weight:
+            least, loh = i, doh
+    return least
+
+
+def pick_nq(dests: Sequence[Dest]) -> int | None:
+    """ip_vs_nq_schedule: the first usable destination with no active
+    connection wins at once; otherwise the sed rule over the usable ones."""
+    least: int | None = None
+    loh = 0
+    for i, d in enumerate(dests):
+        if not d.usable:
+            continue
+        doh = _sed_overhead(d)
+        if d.active == 0:
+            return i
+        if least is None or loh * d.weight > doh * dests[least].weight:
+            least, loh = i, doh
+    return least
+
+
+def pick_fo(dests: Sequence[Dest]) -> int | None:
+    """ip_vs_fo_schedule: the usable destination with the highest weight;
+    ties go to the earliest position."""
+    best: int | None = None
+    hw = 0
+    for i, d in enumerate(dests):
+        if not d.overloaded and d.weight > hw:
+            best, hw = i, d.weight
+    return best
+
+
+def pick_ovf(dests: Sequence[Dest]) -> int | None:
+    """ip_vs_ovf_schedule: the highest weight among destinations that are
+    usable and have activeconns <= weight; ties go to the earliest position."""
+    best: int | None = None
+    hw = 0
+    for i, d in enumerate(dests):
+        if not d.usable or d.active > d.weight:
+            continue
+        if best is None or d.weight > hw:
+            best, hw = i, d.weight
+    return best
+
+
+# ------------------------------------------------------------------- dh, sh
+
+HASH_BITS = 8
+HASH_BUCKETS = 1 << HASH_BITS   # IP_VS_DH_TAB_SIZE / IP_VS_SH_TAB_SIZE (CONFIG_IP_VS_*_TAB_BITS = 8)
+GOLDEN_RATIO_32 = 0x61C88647
+
+
+def hash_32(val: int, bits: int = HASH_BITS) -> int:
+    """include/linux/hash.h hash_32: (val * GOLDEN_RATIO_32) mod 2**32, top `bits` bits."""
+    return ((val * GOLDEN_RATIO_32) & 0xFFFFFFFF) >> (32 - bits)
+
+
+def dh_hash(daddr: int) -> int:
+    """ip_vs_dh_hashkey for IPv4: hash_32(ntohl(daddr), 8); daddr as a host-order int."""
+    return hash_32(daddr & 0xFFFFFFFF)
+
+
+def sh_hash(saddr: int, port: int = 0, offset: int = 0) -> int:
+    """ip_vs_sh_hashkey for IPv4: (offset + hash_32(ntohs(port) + ntohl(saddr), 8)) & 255.
+    port is 0 unless the service has the sh-port flag."""
+    return (offset + hash_32((port + saddr) & 0xFFFFFFFF)) & (HASH_BUCKETS - 1)
+
+
+def dh_table(n: int) -> list[int | None]:
+    """ip_vs_dh_reassign: bucket i holds list position i mod n (every destination, whatever
+    its weight); all None for an empty list."""
+    return [i % n if n else None for i in range(HASH_BUCKETS)]
+
+
+def sh_table(weights: Sequence[int]) -> list[int | None]:
+    """ip_vs_sh_reassign: walk the list round and round, each destination filling `weight`
+    consecutive buckets (at least one: a weight-0 destination still takes one bucket)."""
+    ws = _check_weights(weights)
+    if not ws:
+        return [None] * HASH_BUCKETS
+    out: list[int | None] = []
+    p, d_count = 0, 0
+    for _ in range(HASH_BUCKETS):
+        out.append(p)
+        d_count += 1
+        if d_count >= ws[p]:
+            p, d_count = (p + 1) % len(ws), 0
+    return out
+
+
+def pick_dh(dests: Sequence[Dest], daddr: int) -> int | None:
+    """ip_vs_dh_schedule: the bucket's destination if it is usable, else nothing."""
+    pos = dh_table(len(dests))[dh_hash(daddr)]
+    return pos if pos is not None and dests[pos].usable else None
+
+
+def pick_sh(dests: Sequence[Dest], saddr: int, port: int = 0, fallback: bool = False) -> int | None:
+    """ip_vs_sh_schedule: ip_vs_sh_get, or with sh-fallback ip_vs_sh_get_fallback (which
+    probes hashkey(offset = (k + ihash) mod 256) for k = 0..255)."""
+    table = sh_table([d.weight for d in dests])
+    ihash = sh_hash(saddr, port)
+    pos = table[ihash]
+    if pos is None:
+        return None
+    if dests[pos].usable:
+        return pos
+    if not fallback:
+        return None
+    for k in range(HASH_BUCKETS):
+        pos = table[sh_hash(saddr, port, (k + ihash) % HASH_BUCKETS)]
+        if pos is None:
+            break
+        if dests[pos].usable:
+            return pos
+    return None
+
+
+_PICK_STATELESS = {"wlc": pick_wlc, "lc": pick_lc, "sed": pick_sed, "nq": pick_nq,
+                   "fo": pick_fo, "ovf": pick_ovf}
+
+
 # ---------------------------------------------------------------------- Service
 
 
@@ -347,20 +522,26 @@ class Service:
 
     # -- scheduling and connections ----------------------------------------------
 
-    def pick(self) -> int | None:
-        """Run the scheduler and update its state, without counting a connection."""
+    def pick(self, saddr: int = 0, daddr: int = 0) -> int | None:
+        """Run the scheduler and update its state, without counting a connection.
+        dh hashes ``daddr``, sh ``saddr`` (IPv4 addresses as host-order ints); sh-port and
+        sh-fallback are not modelled here (use :func:`pick_sh`)."""
+        if self.scheduler == "dh":
+            return pick_dh(self._dests, daddr)
+        if self.scheduler == "sh":
+            return pick_sh(self._dests, saddr)
         if self.scheduler == "rr":
             pos, self._cursor = pick_rr(self._dests, self._cursor)
         elif self.scheduler == "wrr":
             pos, self._mark = pick_wrr(self._dests, self._mark)
         else:
-            pos = pick_wlc(self._dests)
+            pos = _PICK_STATELESS[self.scheduler](self._dests)
         return pos
 
-    def schedule(self) -> str | None:
+    def schedule(self, saddr: int = 0, daddr: int = 0) -> str | None:
         """Schedule a new connection: pick a destination, count the connection
         inactive on it and return its name (None when nothing is usable)."""
-        pos = self.pick()
+        pos = self.pick(saddr, daddr)
         if pos is None:
             return None
         d = self._dests[pos]

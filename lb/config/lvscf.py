@@ -1,0 +1,1002 @@
+"""Read and write Piranha's ``/etc/sysconfig/ha/lvs.cf``.
+
+An lvs.cf written for Piranha's ``lvs``/``pulse`` runs unchanged::
+
+    cfg = lb.config.load("/etc/sysconfig/ha/lvs.cf")          # dispatches here
+    cfg, extras = lb.config.lvscf.load_with_extras("lvs.cf")   # keep HA / health-check keys
+    text = lb.config.lvscf.dumps(cfg, extras)                  # back to lvs.cf
+    toml = lb.config.lvscf.dumps_toml(cfg)                     # native TOML (``lb import``)
+
+Format: ``key = value`` lines, full-line ``#`` comments, ``virtual NAME {`` ...
+``}`` blocks holding ``server NAME {`` ... ``}`` blocks.  A value may be
+wrapped in double quotes (they are removed; nothing inside is unescaped, as
+in Piranha: ``send = "GET / HTTP/1.0\\r\\n\\r\\n"`` keeps its backslashes).
+
+Mapping onto :class:`~lb.config.model.Config`:
+
+* ``public_interface``: the device of the first virtual's ``address = IP DEV[:N]``
+  (the ``:N`` alias suffix is stripped, and kept in the extras for writing back).
+* ``private_interface`` and ``nat_router_device``: the device of ``nat_router = IP DEV[:N]``.
+* ``nat_router``: its IP with the prefix of ``nat_nmask``; **/24 when nat_nmask
+  is absent** (Piranha's own default, 255.255.255.0).
+* ``instance``: ``"default"``.
+* ``virtual`` -> VirtualServer (``device`` is None when it is the public interface),
+  ``server`` -> RealServer; ``active = 1|0``; ``tcp_timeout``/``tcpfin_timeout``/
+  ``udp_timeout`` -> Timeouts.
+
+Keys the model cannot hold yet (HA/heartbeat keys, health-check keys,
+serial_no, ...) are type-checked and returned in ``extras`` (see
+:func:`load_with_extras`) so :func:`dumps` writes them back.  ``network =
+tunnel``, ``fwmark`` and ``service = fos`` are rejected as not supported yet.
+
+lb extensions (written by :func:`dumps` only when the model needs them to
+round-trip; Piranha never writes them): global ``lb_instance``,
+``lb_public_interface``, ``lb_private_interface``, ``lb_table_connections``,
+``lb_table_services``, ``lb_table_real_servers``, ``lb_table_reals_per_service``,
+and ``port`` inside a ``server`` block (RealServer.port, NAT port mapping).
+
+Validation is the TOML loader's: the lvs.cf is turned into the same
+dict-shaped document, rendered as TOML and validated by
+:func:`lb.config.toml.loads`; every issue is then mapped back to the lvs.cf
+line and key.  Comments and key order are not preserved by :func:`dumps`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import ipaddress
+import math
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from . import toml as _toml
+from .model import Config, ConfigError, ConfigIssue, Monitor, Tables, Timeouts
+
+__all__ = [
+    "load", "loads", "load_with_extras", "loads_with_extras",
+    "dumps", "dumps_toml", "looks_like_lvscf",
+]
+
+# --- key tables -------------------------------------------------------------------
+
+# kind of each extras key: "int:lo:hi", "bool", "ip", "mask", "str", or a tuple of allowed words
+_INT = "int"
+GLOBAL_EXTRAS: dict[str, Any] = {
+    "serial_no": (_INT, 0, 2**63 - 1),
+    "primary": "ip",
+    "primary_private": "ip",
+    "service": ("lvs",),
+    "backup_active": "bool",
+    "backup": "ip",
+    "backup_private": "ip",
+    "heartbeat": "bool",
+    "heartbeat_port": (_INT, 1, 65535),
+    "keepalive": (_INT, 1, 2147483),
+    "deadtime": (_INT, 1, 2147483),
+    "debug_level": "debug",
+    "monitor_links": "bool",
+    "syncdaemon": "bool",
+    "rsh_command": ("rsh", "ssh"),
+}
+VIRTUAL_EXTRAS: dict[str, Any] = {
+    "vip_nmask": "mask",
+    "sorry_server": "ip",
+    "load_monitor": ("none", "uptime", "rup", "ruptime"),
+    "quiesce_server": "bool",  # reset connection counters when a server joins (not Monitor.quiesce)
+}
+# Piranha's health-check keys, mapped onto VirtualServer.monitor
+MONITOR_CF = ("send", "expect", "use_regex", "send_program", "timeout", "reentry")
+# lb-only keys for the Monitor fields Piranha lacks (written only when needed)
+LB_MONITOR_SECONDS = ("interval", "timeout", "reentry", "connect_timeout")
+LB_MONITOR_STRINGS = ("path", "host", "body_regex")
+LB_MONITOR_KEYS = tuple(f"lb_monitor_{k}" for k in (
+    "kind", *LB_MONITOR_STRINGS, "status", "tls_verify", "port", *LB_MONITOR_SECONDS, "quiesce", "escaped"))
+GLOBAL_MODEL = (
+    "network", "nat_router", "nat_nmask", "tcp_timeout", "tcpfin_timeout", "udp_timeout",
+    "lb_instance", "lb_public_interface", "lb_private_interface",
+    "lb_table_connections", "lb_table_services", "lb_table_real_servers", "lb_table_reals_per_service",
+)
+VIRTUAL_MODEL = ("address", "active", "port", "protocol", "scheduler", "persistent", "pmask", "fwmark")
+SERVER_KEYS = ("address", "active", "weight", "port")
+GLOBAL_KEYS = tuple(GLOBAL_EXTRAS) + GLOBAL_MODEL
+VIRTUAL_KEYS = VIRTUAL_MODEL + MONITOR_CF + LB_MONITOR_KEYS + tuple(VIRTUAL_EXTRAS)
+QUOTED = ("send", "expect", "send_program") + tuple(f"lb_monitor_{k}" for k in LB_MONITOR_STRINGS)
+TIMEOUT_KEYS = {"tcp_timeout": "tcp", "tcpfin_timeout": "tcpfin", "udp_timeout": "udp"}
+TABLE_KEYS = {f"lb_table_{k}": k for k in ("connections", "services", "real_servers", "reals_per_service")}
+DEFAULT_NAT_NMASK = "255.255.255.0"
+
+# TOML key -> lvs.cf key, for messages about keys that were not written
+_TOML_TO_CF = {
+    "real_server": "server", "tcp": "tcp_timeout", "tcpfin": "tcpfin_timeout", "udp": "udp_timeout",
+    "device": "address", "nat_router_device": "nat_router", "private_interface": "nat_router",
+    "public_interface": "lb_public_interface", "instance": "lb_instance",
+    **{v: k for k, v in TABLE_KEYS.items()},
+}
+
+
+# --- lexical structure ----------------------------------------------------------------
+
+
+@dataclass
+class _Entry:
+    key: str
+    value: str
+    line: int
+
+
+@dataclass
+class _Block:
+    kind: str  # "" (top level), "virtual", "server"
+    name: str
+    line: int
+    entries: list[_Entry] = field(default_factory=list)
+    children: list[_Block] = field(default_factory=list)
+
+
+_BLOCK_RE = re.compile(r"(virtual|server|failover)\s+(\S+)\s*\{")
+_KEY_RE = re.compile(r"([A-Za-z_][A-Za-z0-9_]*)\s*=\s*(.*)")
+
+
+def _unquote(value: str) -> str:
+    if len(value) >= 2 and value[0] == '"' and value[-1] == '"':
+        return value[1:-1]
+    return value
+
+
+class _Issues:
+    def __init__(self, display: str) -> None:
+        self.display = display
+        self.items: list[ConfigIssue] = []
+
+    def add(self, line: int | None, fld: str, message: str) -> None:
+        self.items.append(ConfigIssue(self.display, line, fld, message))
+
+    def raise_if_any(self) -> None:
+        if self.items:
+            raise ConfigError(sorted(self.items, key=lambda i: i.line or 0))
+
+
+def _label(block: _Block) -> str:
+    return f"{block.kind}[{block.name}]"
+
+
+def _parse_blocks(text: str, issues: _Issues) -> _Block:
+    top = _Block("", "", 0)
+    stack = [top]
+    lines = text.splitlines()
+    for n, raw in enumerate(lines, 1):
+        s = raw.strip()
+        if not s or s.startswith("#"):
+            continue
+        cur = stack[-1]
+        m = _BLOCK_RE.fullmatch(s)
+        if m:
+            kind, name = m.group(1), m.group(2)
+            if kind == "failover":
+                issues.add(n, f"failover[{name}]", "failover services (service = fos) are not supported yet")
+                block = _Block(kind, name, n)  # parsed for structure, then ignored
+            else:
+                block = _Block(kind, name, n)
+                want_parent = "" if kind == "virtual" else "virtual"
+                if cur.kind != want_parent:
+                    if kind == "virtual":
+                        issues.add(n, f"virtual[{name}]", f"missing '}}': virtual '{name}' starts inside "
+                                   f"{cur.kind} '{cur.name}' (opened at line {cur.line})")
+                        # recover: close everything open
+                        del stack[1:]
+                        cur = top
+                    else:
+                        issues.add(n, f"server[{name}]", "a server block must be inside a virtual block"
+                                   if cur.kind == "" else
+                                   f"missing '}}': server '{name}' starts inside server '{cur.name}' "
+                                   f"(opened at line {cur.line})")
+                        if cur.kind == "server":
+                            stack.pop()
+                            cur = stack[-1]
+            if kind != "failover" and cur.kind in ("", "virtual"):
+                cur.children.append(block)
+            stack.append(block)
+            continue
+        if s == "}":
+            if len(stack) == 1:
+                issues.add(n, "", "unexpected '}' (no block is open)")
+            else:
+                stack.pop()
+            continue
+        m = _KEY_RE.fullmatch(s)
+        if m:
+            cur.entries.append(_Entry(m.group(1), _unquote(m.group(2).strip()), n))
+            continue
+        if s.startswith(("virtual", "server")) and not s.endswith("{"):
+            issues.add(n, "", f"expected '{{' at the end of the line: {s!r}")
+        else:
+            issues.add(n, "", f"cannot parse line (expected 'key = value', 'virtual NAME {{', "
+                       f"'server NAME {{' or '}}'): {s!r}")
+    if len(stack) > 1:
+        last = len(lines)
+        open_ = stack[-1]
+        issues.add(last, ".".join(_label(b) for b in stack[1:]), f"missing '}}': end of file inside {open_.kind} '{open_.name}' "
+                   f"(opened at line {open_.line})")
+    return top
+
+
+# --- value checks -------------------------------------------------------------------------
+
+
+def _mask(text: str) -> str | None:
+    try:
+        mask = int(ipaddress.IPv4Address(text))
+    except ValueError:
+        return None
+    host = ~mask & 0xFFFFFFFF
+    return None if host & (host + 1) else str(ipaddress.IPv4Address(mask))
+
+
+_INT_RE = re.compile(r"[+-]?[0-9]+")
+_NUM_RE = re.compile(r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)")
+
+
+def _seconds(scope: _Scope, key: str) -> int | float | None:
+    """A number of seconds (integer or decimal); range checks are the TOML loader's."""
+    e = scope.entries.get(key)
+    if e is None:
+        return None
+    if not _NUM_RE.fullmatch(e.value):
+        scope.error(e, f"expected a number of seconds, got {e.value!r}")
+        return None
+    return int(e.value) if _INT_RE.fullmatch(e.value) else float(e.value)
+
+
+def _fmt_seconds(x: float) -> str:
+    return str(int(x)) if float(x).is_integer() else repr(float(x))
+
+
+# lb_monitor_escaped = 1: the quoted monitor strings of the block use these escapes, so that
+# strings holding line breaks (e.g. a TOML send = "...\r\n") fit on an lvs.cf line.
+_UNESCAPE = {"n": "\n", "r": "\r", "t": "\t", "\\": "\\", '"': '"', "'": "'"}
+_ESCAPE = {"\\": "\\\\", "\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+def _unsafe(ch: str) -> bool:
+    return (ord(ch) < 0x20 and ch != "\t") or ch in "\x7f\x85\u2028\u2029"
+
+
+def _needs_escape(s: str) -> bool:
+    return any(_unsafe(ch) for ch in s)
+
+
+def _escape(s: str) -> str:
+    return "".join(_ESCAPE.get(ch) or (f"\\u{ord(ch):04x}" if _unsafe(ch) else ch) for ch in s)
+
+
+def _unescape(s: str) -> str:
+    out, i = [], 0
+    while i < len(s):
+        ch = s[i]
+        nxt = s[i + 1] if i + 1 < len(s) else ""
+        if ch == "\\" and nxt in _UNESCAPE:
+            out.append(_UNESCAPE[nxt])
+            i += 2
+        elif ch == "\\" and nxt == "u" and re.fullmatch(r"[0-9A-Fa-f]{4}", s[i + 2:i + 6]):
+            out.append(chr(int(s[i + 2:i + 6], 16)))
+            i += 6
+        else:  # any other backslash is kept, as Piranha does
+            out.append(ch)
+            i += 1
+    return "".join(out)
+
+
+class _Scope:
+    """The entries of one block, with typed getters that report to issues."""
+
+    def __init__(self, block: _Block, known: tuple[str, ...], prefix: str, issues: _Issues) -> None:
+        self.block = block
+        self.prefix = prefix
+        self.issues = issues
+        self.entries: dict[str, _Entry] = {}
+        where = "the global section" if not block.kind else f"a {block.kind} block"
+        for e in block.entries:
+            if e.key not in known:
+                close = difflib.get_close_matches(e.key, known, n=1)
+                hint = f" (did you mean '{close[0]}'?)" if close else ""
+                self.error(e, f"unknown key '{e.key}' in {where}{hint}")
+            elif e.key in self.entries:
+                self.error(e, f"duplicate key '{e.key}' (already set at line {self.entries[e.key].line})")
+            else:
+                self.entries[e.key] = e
+
+    def fld(self, key: str) -> str:
+        return f"{self.prefix}.{key}" if self.prefix else key
+
+    def error(self, e: _Entry, message: str) -> None:
+        self.issues.add(e.line, self.fld(e.key), message)
+
+    def line(self, key: str) -> int | None:
+        e = self.entries.get(key)
+        return e.line if e else None
+
+    def integer(self, key: str, lo: int | None = None, hi: int | None = None) -> int | None:
+        e = self.entries.get(key)
+        if e is None:
+            return None
+        if not _INT_RE.fullmatch(e.value):
+            self.error(e, f"expected an integer, got {e.value!r}")
+            return None
+        n = int(e.value)
+        if lo is not None and hi is not None and not lo <= n <= hi:
+            self.error(e, f"must be between {lo} and {hi}, got {n}")
+            return None
+        return n
+
+    def boolean(self, key: str) -> bool | None:
+        e = self.entries.get(key)
+        if e is None:
+            return None
+        if e.value not in ("0", "1"):
+            self.error(e, f"expected 0 or 1, got {e.value!r}")
+            return None
+        return e.value == "1"
+
+    def extra(self, key: str, kind: Any) -> Any:
+        e = self.entries.get(key)
+        if e is None:
+            return None
+        v = e.value
+        if isinstance(kind, tuple) and kind and kind[0] == _INT:
+            return self.integer(key, kind[1], kind[2])
+        if isinstance(kind, tuple):
+            if v not in kind:
+                self.error(e, f"expected one of {', '.join(kind)}, got {v!r}")
+                return None
+            return v
+        if kind == "bool":
+            return self.boolean(key)
+        if kind == "ip":
+            try:
+                return str(ipaddress.ip_address(v))
+            except ValueError:
+                self.error(e, f"'{v}' is not a valid IP address")
+                return None
+        if kind == "mask":
+            m = _mask(v)
+            if m is None:
+                self.error(e, f"'{v}' is not a contiguous IPv4 netmask (e.g. 255.255.255.0)")
+            return m
+        if kind == "debug":
+            if v.upper() in ("NONE", "LOW", "HIGH") or (v.isdigit()):
+                return v
+            self.error(e, f"expected NONE, LOW, HIGH or a number, got {v!r}")
+            return None
+        return v  # str
+
+    def addr_dev(self, key: str) -> tuple[str, str | None, str | None] | None:
+        """``IP [DEV[:N]]`` -> (ip text, device without alias, device as written)."""
+        e = self.entries.get(key)
+        if e is None:
+            return None
+        parts = e.value.split()
+        if not parts or len(parts) > 2:
+            self.error(e, f"expected 'IP [DEVICE[:N]]', got {e.value!r}")
+            return None
+        if len(parts) == 1:
+            return parts[0], None, None
+        dev = parts[1]
+        base = dev.split(":", 1)[0]
+        if not base or dev.endswith(":"):
+            self.error(e, f"'{dev}' is not a valid device (expected DEVICE or DEVICE:N)")
+            return None
+        return parts[0], base, dev
+
+
+# --- lvs.cf -> document ---------------------------------------------------------------------
+
+
+class _Builder:
+    """Turns parsed blocks into the TOML loader's document, the extras and a line map."""
+
+    def __init__(self, issues: _Issues) -> None:
+        self.issues = issues
+        # TOML field name -> (lvs.cf line, lvs.cf field)
+        self.where: dict[str, tuple[int | None, str]] = {}
+        self.extras: dict[str, Any] = {"global": {}, "virtual": {}}
+
+    def note(self, toml_field: str, line: int | None, cf_field: str) -> None:
+        self.where[toml_field] = (line, cf_field)
+
+    def build(self, top: _Block) -> dict[str, Any]:
+        g = _Scope(top, GLOBAL_KEYS, "", self.issues)
+        gx = self.extras["global"]
+        for key, kind in GLOBAL_EXTRAS.items():
+            v = g.extra(key, kind)
+            if v is not None:
+                gx[key] = v
+        if "service" in g.entries and g.entries["service"].value == "fos":
+            self.issues.items.pop()  # replace the generic message
+            g.error(g.entries["service"], "service = fos (failover services) is not supported yet")
+
+        glob: dict[str, Any] = {}
+        doc: dict[str, Any] = {"global": glob}
+        self.note("global", None, "")
+
+        network = g.entries.get("network")
+        if network is not None:
+            if network.value == "tunnel":
+                g.error(network, "network = tunnel is not supported yet (supported: direct, nat)")
+            elif network.value not in ("direct", "nat"):
+                g.error(network, f"unknown network {network.value!r} (expected direct, nat or tunnel)")
+            else:
+                glob["network"] = network.value
+            self.note("global.network", network.line, "network")
+
+        nat = g.addr_dev("nat_router")
+        nmask_e = g.entries.get("nat_nmask")
+        nmask = g.extra("nat_nmask", "mask")
+        nat_line = g.line("nat_router")
+        if nat is not None:
+            ip, dev, raw = nat
+            if dev is None:
+                g.error(g.entries["nat_router"], "expected 'IP DEVICE[:N]' (the device is required)")
+            else:
+                prefix = ipaddress.IPv4Network(f"0.0.0.0/{nmask or DEFAULT_NAT_NMASK}").prefixlen
+                glob["nat_router"] = f"{ip}/{prefix}"
+                glob["nat_router_device"] = dev
+                glob["private_interface"] = dev
+                if raw != dev:
+                    gx["nat_router_alias"] = raw
+            for f in ("nat_router", "nat_router_device", "private_interface"):
+                self.note(f"global.{f}", nat_line, "nat_router")
+        elif nmask_e is not None and nmask is not None:
+            gx["nat_nmask"] = nmask
+        if network is not None and network.value == "nat" and nat is None:
+            self.issues.add(network.line, "nat_router",
+                            "network = nat requires nat_router = IP DEVICE (e.g. nat_router = 10.0.0.254 eth1)")
+            self.note("global.nat_router", network.line, "nat_router")
+            self.note("global.private_interface", network.line, "nat_router")
+
+        instance = g.entries.get("lb_instance")
+        glob["instance"] = instance.value if instance else "default"
+        self.note("global.instance", g.line("lb_instance"), "lb_instance")
+        priv = g.entries.get("lb_private_interface")
+        if priv is not None:
+            glob["private_interface"] = priv.value
+            self.note("global.private_interface", priv.line, "lb_private_interface")
+
+        tables: dict[str, Any] = {}
+        for cf, key in TABLE_KEYS.items():
+            v = g.integer(cf)
+            if v is not None:
+                tables[key] = v
+            self.note(f"tables.{key}", g.line(cf), cf)
+        if tables:
+            doc["tables"] = tables
+        timeouts: dict[str, Any] = {}
+        for cf, key in TIMEOUT_KEYS.items():
+            v = g.integer(cf)
+            if v is not None:
+                timeouts[key] = v
+            self.note(f"timeouts.{key}", g.line(cf), cf)
+        if timeouts:
+            doc["timeouts"] = timeouts
+
+        vss = []
+        first_dev: tuple[str, int, str] | None = None
+        for i, vb in enumerate(top.children):
+            vs, dev = self._virtual(i, vb)
+            vss.append(vs)
+            if i == 0 and dev is not None:
+                first_dev = dev
+        pub = g.entries.get("lb_public_interface")
+        if pub is not None:
+            glob["public_interface"] = pub.value
+            self.note("global.public_interface", pub.line, "lb_public_interface")
+        elif first_dev is not None:
+            glob["public_interface"] = first_dev[0]
+            self.note("global.public_interface", first_dev[1], first_dev[2])
+        else:
+            line = top.children[0].line if top.children else None
+            fld = f"virtual[{top.children[0].name}].address" if top.children else "virtual"
+            self.issues.add(line, fld, "cannot tell the public interface: give the first virtual's "
+                            "device (address = IP DEVICE[:N]) or set lb_public_interface")
+            self.note("global.public_interface", line, fld)
+        for vs in vss:
+            if vs.get("device") is not None and vs["device"] == glob.get("public_interface"):
+                del vs["device"]
+        if vss:
+            doc["virtual_server"] = vss
+        return doc
+
+    def _virtual(self, i: int, vb: _Block) -> tuple[dict[str, Any], tuple[str, int, str] | None]:
+        label = _label(vb)
+        v = _Scope(vb, VIRTUAL_KEYS, label, self.issues)
+        tf = f"virtual_server[{i}]"
+        self.note(tf, vb.line, label)
+        self.note(f"{tf}.name", vb.line, label)
+        out: dict[str, Any] = {"name": vb.name}
+        vx: dict[str, Any] = {}
+        for key, kind in VIRTUAL_EXTRAS.items():
+            val = v.extra(key, kind)
+            if val is not None:
+                vx[key] = val
+        if "fwmark" in v.entries:
+            v.error(v.entries["fwmark"], "fwmark services are not supported yet")
+        dev_info = None
+        ad = v.addr_dev("address")
+        if ad is not None:
+            ip, dev, raw = ad
+            out["address"] = ip
+            line = v.line("address")
+            self.note(f"{tf}.address", line, v.fld("address"))
+            if dev is not None:
+                out["device"] = dev
+                self.note(f"{tf}.device", line, v.fld("address"))
+                dev_info = (dev, line, v.fld("address"))
+                if raw != dev:
+                    vx["address_alias"] = raw
+        for key, getter in (("port", lambda: v.integer("port")),
+                            ("persistent", lambda: v.integer("persistent")),
+                            ("active", lambda: v.boolean("active"))):
+            val = getter()
+            if val is not None:
+                out[key] = val
+            self.note(f"{tf}.{key}", v.line(key), v.fld(key))
+        for key in ("protocol", "scheduler", "pmask"):
+            if key in v.entries:
+                out[key] = v.entries[key].value
+            self.note(f"{tf}.{key}", v.line(key), v.fld(key))
+        monitor = self._monitor(f"{tf}.monitor", v)
+        if monitor:
+            out["monitor"] = monitor
+        reals = []
+        for j, sb in enumerate(vb.children):
+            reals.append(self._server(f"{tf}.real_server[{j}]", label, sb))
+        if reals:
+            out["real_server"] = reals
+        if vx:
+            self.extras["virtual"][vb.name] = vx
+        return out, dev_info
+
+    def _monitor(self, mf: str, v: _Scope) -> dict[str, Any]:
+        """The ``[virtual_server.monitor]`` table of one virtual block (empty: the default monitor)."""
+        self.note(mf, v.block.line, v.prefix)
+        escaped = bool(v.boolean("lb_monitor_escaped"))
+
+        def text(key: str) -> str | None:
+            e = v.entries.get(key)
+            if e is None:
+                return None
+            return _unescape(e.value) if escaped else e.value
+
+        m: dict[str, Any] = {}
+
+        def take(fld: str, key: str, value: Any) -> None:
+            self.note(f"{mf}.{fld}", v.line(key), v.fld(key))
+            if value is not None:
+                m[fld] = value
+
+        program, send, expect = text("send_program"), text("send"), text("expect")
+        take("program", "send_program", program)
+        take("send", "send", send)
+        take("expect", "expect", expect)
+        take("use_regex", "use_regex", v.boolean("use_regex"))
+        implied = "program" if program else "send_expect" if send or expect else "tcp"
+        kind = v.entries.get("lb_monitor_kind")
+        take("kind", "lb_monitor_kind", kind.value if kind is not None else None if implied == "tcp" else implied)
+        if kind is None and implied != "tcp":  # errors about the kind belong to the key that implied it
+            key = "send_program" if implied == "program" else "send" if send else "expect"
+            self.note(f"{mf}.kind", v.line(key), v.fld(key))
+        for k in LB_MONITOR_STRINGS:
+            take(k, f"lb_monitor_{k}", text(f"lb_monitor_{k}"))
+        for k in ("timeout", "reentry"):  # Piranha's integers; lb_monitor_* (any number) wins
+            lb_value = _seconds(v, f"lb_monitor_{k}")
+            if f"lb_monitor_{k}" in v.entries:
+                take(k, f"lb_monitor_{k}", lb_value)
+                v.integer(k)  # still type-check the Piranha key
+            else:
+                take(k, k, v.integer(k))
+        for k in ("interval", "connect_timeout"):
+            take(k, f"lb_monitor_{k}", _seconds(v, f"lb_monitor_{k}"))
+        take("port", "lb_monitor_port", v.integer("lb_monitor_port"))
+        take("tls_verify", "lb_monitor_tls_verify", v.boolean("lb_monitor_tls_verify"))
+        take("quiesce", "lb_monitor_quiesce", v.boolean("lb_monitor_quiesce"))
+        status = v.entries.get("lb_monitor_status")
+        pair = None
+        if status is not None:
+            sm = re.fullmatch(r"(\d+)\s*-\s*(\d+)", status.value)
+            if sm and 100 <= int(sm.group(1)) <= int(sm.group(2)) <= 599:
+                pair = [int(sm.group(1)), int(sm.group(2))]
+            else:
+                v.error(status, f"expected LOWEST-HIGHEST HTTP status (100..599), e.g. 200-399, got {status.value!r}")
+        take("status", "lb_monitor_status", pair)
+        return m
+
+    def _server(self, tf: str, vlabel: str, sb: _Block) -> dict[str, Any]:
+        label = f"{vlabel}.{_label(sb)}"
+        s = _Scope(sb, SERVER_KEYS, label, self.issues)
+        self.note(tf, sb.line, label)
+        self.note(f"{tf}.name", sb.line, label)
+        out: dict[str, Any] = {"name": sb.name}
+        if "address" in s.entries:
+            out["address"] = s.entries["address"].value
+        self.note(f"{tf}.address", s.line("address"), s.fld("address"))
+        for key, val in (("port", s.integer("port")), ("weight", s.integer("weight")),
+                         ("active", s.boolean("active"))):
+            if val is not None:
+                out[key] = val
+            self.note(f"{tf}.{key}", s.line(key), s.fld(key))
+        return out
+
+
+def _remap(issue: ConfigIssue, b: _Builder, display: str) -> ConfigIssue:
+    f = issue.field
+    known = b.where.get(f)
+    if known is not None and known[0] is not None:
+        return ConfigIssue(display, known[0], known[1], issue.message)
+    # missing key or an index past the end: point at the closest enclosing entry
+    tail: list[str] = []
+    cur = f
+    while cur:
+        m = re.fullmatch(r"(.*?)(?:\.([A-Za-z_]+)|\[(\d+)\])", cur)
+        if not m:
+            break
+        cur = m.group(1)
+        if m.group(2):
+            tail.insert(0, _TOML_TO_CF.get(m.group(2), m.group(2)))
+        if cur in b.where and b.where[cur][0] is not None:
+            line, cf = b.where[cur]
+            if known is not None and known[1]:
+                name = known[1]
+            else:
+                name = ".".join([cf] + tail) if cf else ".".join(tail)
+            return ConfigIssue(display, line, name, issue.message)
+    if known is not None:
+        return ConfigIssue(display, None, known[1], issue.message)
+    return ConfigIssue(display, None, ".".join(tail) if tail else f, issue.message)
+
+
+def _parse(text: str, display: str) -> tuple[Config, dict[str, Any]]:
+    issues = _Issues(display)
+    top = _parse_blocks(text, issues)
+    issues.raise_if_any()  # the block structure is unreliable: report it alone, like a syntax error
+    b = _Builder(issues)
+    doc = b.build(top)
+    toml_text = _emit(doc)
+    try:
+        cfg = _toml.loads(toml_text, display)
+    except ConfigError as e:
+        seen = {(i.field) for i in issues.items}
+        for issue in e.issues:
+            mapped = _remap(issue, b, display)
+            if mapped.field not in seen:
+                issues.items.append(mapped)
+                seen.add(mapped.field)
+        if not issues.items:  # pragma: no cover - every TOML issue maps to something
+            raise
+        issues.raise_if_any()
+        raise
+    issues.raise_if_any()
+    return cfg, b.extras
+
+
+# --- public API --------------------------------------------------------------------------
+
+
+def loads_with_extras(text: str, path: str = "<string>") -> tuple[Config, dict[str, Any]]:
+    """Parse lvs.cf ``text``; return the Config and the keys the model cannot hold.
+
+    extras = {"global": {key: value}, "virtual": {virtual name: {key: value}}};
+    values are int, bool (for 0/1 keys) or str.  ``nat_router_alias`` /
+    ``address_alias`` keep a device alias such as ``eth1:1``.
+    """
+    return _parse(text, path)
+
+
+def load_with_extras(path: str | os.PathLike[str]) -> tuple[Config, dict[str, Any]]:
+    """Read ``path`` (an lvs.cf); see :func:`loads_with_extras`."""
+    display = os.fspath(path)
+    text = _read(path, display)
+    cfg, extras = _parse(text, display)
+    return dataclasses.replace(cfg, path=Path(path)), extras
+
+
+def loads(text: str, path: str = "<string>") -> Config:
+    """Parse lvs.cf ``text`` (``path`` only names it in messages)."""
+    return _parse(text, path)[0]
+
+
+def load(path: str | os.PathLike[str]) -> Config:
+    """Read and validate the lvs.cf at ``path``; raises ConfigError."""
+    return load_with_extras(path)[0]
+
+
+def _read(path: str | os.PathLike[str], display: str) -> str:
+    try:
+        data = Path(path).read_bytes()
+    except OSError as e:
+        raise ConfigError([ConfigIssue(display, None, "", f"cannot read file: {e.strerror or e}")]) from None
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = data[: e.start].count(b"\n") + 1
+        raise ConfigError([ConfigIssue(display, line, "", "file is not valid UTF-8")]) from None
+
+
+_CF_FIRST = re.compile(r"(?:%s)\s*=|virtual\s+\S+\s*\{" % "|".join(GLOBAL_KEYS))
+
+
+def looks_like_lvscf(text: str) -> bool:
+    """True when the first non-comment line is an lvs.cf global key or a virtual block."""
+    for raw in text.splitlines():
+        s = raw.strip()
+        if s and not s.startswith("#"):
+            return bool(_CF_FIRST.match(s))
+    return False
+
+
+# --- model -> lvs.cf --------------------------------------------------------------------------
+
+
+def _fmt(key: str, value: Any) -> str:
+    if isinstance(value, bool):
+        return "1" if value else "0"
+    if key in QUOTED:
+        return f'"{value}"'
+    return str(value)
+
+
+def _monitor_cf(m: Monitor) -> dict[str, Any]:
+    """lvs.cf keys (formatted values) that read back as ``m``: Piranha's, then lb_monitor_* as needed."""
+    d = Monitor()
+    strings = {"send_program": m.program, "send": m.send, "expect": m.expect,
+               "lb_monitor_path": m.path if m.path != d.path else "",
+               "lb_monitor_host": m.host, "lb_monitor_body_regex": m.body_regex}
+    escaped = any(_needs_escape(v) for v in strings.values() if v)
+    out: dict[str, Any] = {}
+    for key in ("send", "expect"):
+        if strings[key]:
+            out[key] = _escape(strings[key]) if escaped else strings[key]
+    if m.use_regex:
+        out["use_regex"] = True
+    if m.program:
+        out["send_program"] = _escape(m.program) if escaped else m.program
+    lb: dict[str, Any] = {}
+    for key in ("timeout", "reentry"):
+        value = getattr(m, key)
+        if value != getattr(d, key):
+            out[key] = max(math.ceil(value), 1 if key == "timeout" else 0)  # Piranha wants integers
+            if not float(value).is_integer():
+                lb[f"lb_monitor_{key}"] = _fmt_seconds(value)
+    implied = "program" if m.program else "send_expect" if m.send or m.expect else "tcp"
+    if m.kind != implied:
+        lb["lb_monitor_kind"] = m.kind
+    for key in LB_MONITOR_STRINGS:
+        v = strings[f"lb_monitor_{key}"]
+        if v is not None and (key != "path" or m.path != d.path):
+            lb[f"lb_monitor_{key}"] = _escape(v) if escaped else v
+    if m.status != d.status:
+        lb["lb_monitor_status"] = f"{m.status[0]}-{m.status[1]}"
+    if m.tls_verify != d.tls_verify:
+        lb["lb_monitor_tls_verify"] = m.tls_verify
+    if m.port is not None:
+        lb["lb_monitor_port"] = m.port
+    for key in ("interval", "connect_timeout"):
+        if getattr(m, key) != getattr(d, key):
+            lb[f"lb_monitor_{key}"] = _fmt_seconds(getattr(m, key))
+    if m.quiesce != d.quiesce:
+        lb["lb_monitor_quiesce"] = m.quiesce
+    if escaped:
+        lb["lb_monitor_escaped"] = True
+    return {**out, **dict(sorted(lb.items(), key=lambda kv: LB_MONITOR_KEYS.index(kv[0])))}
+
+
+def dumps(cfg: Config, extras: dict[str, Any] | None = None) -> str:
+    """Render ``cfg`` (plus ``extras`` from :func:`load_with_extras`) as lvs.cf text."""
+    extras = extras or {}
+    gx: dict[str, Any] = dict(extras.get("global", {}))
+    vxs: dict[str, dict[str, Any]] = extras.get("virtual", {})
+    out: list[str] = []
+
+    def put(indent: str, key: str, value: Any) -> None:
+        out.append(f"{indent}{key} = {_fmt(key, value)}")
+
+    def dev_text(dev: str, alias: str | None) -> str:
+        return alias if alias and alias.split(":", 1)[0] == dev else dev
+
+    order = ("serial_no", "primary", "primary_private", "service", "backup_active", "backup",
+             "backup_private", "heartbeat", "heartbeat_port", "keepalive", "deadtime")
+    for key in order:
+        if key in gx:
+            put("", key, gx[key])
+    put("", "network", cfg.network)
+    nat_dev = cfg.nat_device
+    if cfg.nat_router is not None and nat_dev is not None:
+        put("", "nat_router", f"{cfg.nat_router.ip} {dev_text(nat_dev, gx.get('nat_router_alias'))}")
+        put("", "nat_nmask", cfg.nat_router.netmask)
+    elif "nat_nmask" in gx:
+        put("", "nat_nmask", gx["nat_nmask"])
+    for key in ("debug_level", "monitor_links", "syncdaemon", "rsh_command"):
+        if key in gx:
+            put("", key, gx[key])
+    for cf, key in TIMEOUT_KEYS.items():
+        if getattr(cfg.timeouts, key) != getattr(Timeouts(), key):
+            put("", cf, getattr(cfg.timeouts, key))
+    # lb extensions, only when the plain lvs.cf mapping would not give the model back
+    if cfg.instance != "default":
+        put("", "lb_instance", cfg.instance)
+    first_dev = cfg.virtual_servers[0].device if cfg.virtual_servers else None
+    if not cfg.virtual_servers or (first_dev is not None and first_dev != cfg.public_interface):
+        put("", "lb_public_interface", cfg.public_interface)
+    derived_priv = nat_dev if cfg.nat_router is not None else None
+    if cfg.private_interface is not None and cfg.private_interface != derived_priv:
+        put("", "lb_private_interface", cfg.private_interface)
+    for cf, key in TABLE_KEYS.items():
+        if getattr(cfg.tables, key) != getattr(Tables(), key):
+            put("", cf, getattr(cfg.tables, key))
+
+    for vs in cfg.virtual_servers:
+        vx = vxs.get(vs.name, {})
+        mon = _monitor_cf(vs.monitor)
+        out.append("")
+        out.append(f"virtual {vs.name} {{")
+        ind = "     "
+        dev = cfg.vip_device(vs)
+        put(ind, "active", vs.active)
+        put(ind, "address", f"{vs.address} {dev_text(dev, vx.get('address_alias'))}")
+        if "vip_nmask" in vx:
+            put(ind, "vip_nmask", vx["vip_nmask"])
+        put(ind, "port", vs.port)
+        if vs.persistent:
+            put(ind, "persistent", vs.persistent)
+        if vs.pmask is not None:
+            put(ind, "pmask", vs.pmask)
+        if "sorry_server" in vx:
+            put(ind, "sorry_server", vx["sorry_server"])
+        for key in ("send", "expect", "use_regex", "send_program"):
+            if key in mon:
+                put(ind, key, mon[key])
+        if "load_monitor" in vx:
+            put(ind, "load_monitor", vx["load_monitor"])
+        put(ind, "scheduler", vs.scheduler)
+        put(ind, "protocol", vs.protocol)
+        for key in ("timeout", "reentry"):
+            if key in mon:
+                put(ind, key, mon[key])
+        if "quiesce_server" in vx:
+            put(ind, "quiesce_server", vx["quiesce_server"])
+        for key, value in mon.items():
+            if key.startswith("lb_monitor_"):
+                put(ind, key, value)
+        for rs in vs.real_servers:
+            out.append("")
+            out.append(f"{ind}server {rs.name} {{")
+            ind2 = ind * 2
+            put(ind2, "address", rs.address)
+            put(ind2, "active", rs.active)
+            if rs.port is not None:
+                put(ind2, "port", rs.port)
+            put(ind2, "weight", rs.weight)
+            out.append(f"{ind}}}")
+        out.append("}")
+    return "\n".join(out) + "\n"
+
+
+# --- model -> TOML --------------------------------------------------------------------------
+
+
+def _toml_str(s: str) -> str:
+    out = []
+    for ch in s:
+        if ch == '"':
+            out.append('\\"')
+        elif ch == "\\":
+            out.append("\\\\")
+        elif ord(ch) < 0x20 or ord(ch) == 0x7F:
+            out.append(f"\\u{ord(ch):04x}")
+        else:
+            out.append(ch)
+    return '"' + "".join(out) + '"'
+
+
+def _toml_value(v: Any) -> str:
+    if isinstance(v, (list, tuple)):
+        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, int):
+        return str(v)
+    if isinstance(v, float) and math.isfinite(v):
+        return repr(v)
+    return _toml_str(str(v))
+
+
+def _emit(doc: dict[str, Any]) -> str:
+    """Render the loader's document shape (tables of scalars, virtual_server/real_server arrays)."""
+    out: list[str] = []
+    for section in ("global", "tables", "timeouts"):
+        if section in doc:
+            out.append(f"[{section}]")
+            out += [f"{k} = {_toml_value(v)}" for k, v in doc[section].items()]
+            out.append("")
+    for vs in doc.get("virtual_server", []):
+        out.append("[[virtual_server]]")
+        out += [f"{k} = {_toml_value(v)}" for k, v in vs.items() if k not in ("real_server", "monitor")]
+        out.append("")
+        if "monitor" in vs:
+            out.append("  [virtual_server.monitor]")
+            out += [f"  {k} = {_toml_value(v)}" for k, v in vs["monitor"].items()]
+            out.append("")
+        for rs in vs.get("real_server", []):
+            out.append("  [[virtual_server.real_server]]")
+            out += [f"  {k} = {_toml_value(v)}" for k, v in rs.items()]
+            out.append("")
+    return "\n".join(out)
+
+
+def _doc(cfg: Config) -> dict[str, Any]:
+    glob: dict[str, Any] = {"instance": cfg.instance, "public_interface": cfg.public_interface}
+    if cfg.private_interface is not None:
+        glob["private_interface"] = cfg.private_interface
+    glob["network"] = cfg.network
+    if cfg.nat_router is not None:
+        glob["nat_router"] = str(cfg.nat_router)
+    if cfg.nat_router_device is not None:
+        glob["nat_router_device"] = cfg.nat_router_device
+    doc: dict[str, Any] = {"global": glob}
+    tables = {k: getattr(cfg.tables, k) for k in ("connections", "services", "real_servers", "reals_per_service")
+              if getattr(cfg.tables, k) != getattr(Tables(), k)}
+    if tables:
+        doc["tables"] = tables
+    timeouts = {k: getattr(cfg.timeouts, k) for k in ("tcp", "tcpfin", "udp")
+                if getattr(cfg.timeouts, k) != getattr(Timeouts(), k)}
+    if timeouts:
+        doc["timeouts"] = timeouts
+    vss = []
+    for vs in cfg.virtual_servers:
+        d: dict[str, Any] = {"name": vs.name, "address": str(vs.address), "port": vs.port,
+                             "protocol": vs.protocol, "scheduler": vs.scheduler}
+        if vs.persistent:
+            d["persistent"] = vs.persistent
+        if vs.pmask is not None:
+            d["pmask"] = vs.pmask
+        if not vs.active:
+            d["active"] = False
+        if vs.device is not None:
+            d["device"] = vs.device
+        monitor = {f.name: getattr(vs.monitor, f.name) for f in dataclasses.fields(Monitor)
+                   if getattr(vs.monitor, f.name) != getattr(Monitor(), f.name)}
+        if monitor:
+            d["monitor"] = monitor
+        reals = []
+        for rs in vs.real_servers:
+            r: dict[str, Any] = {"name": rs.name, "address": str(rs.address)}
+            if rs.port is not None:
+                r["port"] = rs.port
+            r["weight"] = rs.weight
+            if not rs.active:
+                r["active"] = False
+            reals.append(r)
+        if reals:
+            d["real_server"] = reals
+        vss.append(d)
+    if vss:
+        doc["virtual_server"] = vss
+    return doc
+
+
+def dumps_toml(cfg: Config, extras: dict[str, Any] | None = None, *, source: str | None = None) -> str:
+    """Render ``cfg`` as native TOML; ``extras`` (keys TOML cannot hold) become comments."""
+    head = []
+    if source:
+        head.append(f"# Converted from {source} by `lb import`.")
+    if extras and (extras.get("global") or extras.get("virtual")):
+        head.append("# lvs.cf keys lb cannot use yet (kept here for reference only):")
+        for k, v in extras.get("global", {}).items():
+            head.append(f"#   {k} = {_fmt(k, v)}")
+        for name, vx in extras.get("virtual", {}).items():
+            for k, v in vx.items():
+                head.append(f"#   virtual {name}: {k} = {_fmt(k, v)}")
+    text = _emit(_doc(cfg))
+    return ("\n".join(head) + "\n\n" if head else "") + text

@@ -1,0 +1,362 @@
+"""One-shot health checks (the probes Piranha's nanny ran), as asyncio coroutines.
+
+:func:`run_check` runs one :class:`CheckSpec` and never raises (except for task cancellation):
+every error becomes ``CheckResult(ok=False, detail=...)``.
+
+``CheckSpec.connect_timeout`` bounds the *whole* check (connect, send, reading the reply, or the
+program's run time), not only the TCP handshake.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import shlex
+import signal
+import ssl
+import time
+from dataclasses import dataclass
+
+__all__ = ["KINDS", "CheckSpec", "CheckResult", "decode_escapes", "program_argv", "run_check"]
+
+KINDS = ("tcp", "send_expect", "udp", "http", "https", "program")
+
+READ_LIMIT = 4096        # send_expect: bytes read while looking for `expect`
+BODY_LIMIT = 64 * 1024   # http(s): body bytes matched against body_regex; also the header limit
+SNIP = 120               # characters of a reply quoted in a detail
+
+_ESCAPES = {"n": "\n", "r": "\r", "t": "\t", "\\": "\\", "'": "'", '"': '"'}
+_SUBST = re.compile(r"%([hp%])")
+
+
+@dataclass(frozen=True)
+class CheckSpec:
+    kind: str                 # one of KINDS
+    host: str
+    port: int
+    send: str = ""            # send_expect/udp payload; escapes decoded by decode_escapes()
+    expect: str = ""          # plain substring, or a regex (re.search) when use_regex
+    use_regex: bool = False
+    path: str = "/"
+    host_header: str | None = None   # default: host[:port]; also the TLS SNI/verify name for https
+    status: tuple[int, int] = (200, 399)   # inclusive range of good HTTP status codes
+    body_regex: str | None = None
+    tls_verify: bool = True
+    program: str = ""         # argv template (shlex-split); %h -> host, %p -> port, %% -> %
+    connect_timeout: float = 3.0   # budget for the whole check
+
+    def __post_init__(self):
+        if self.kind not in KINDS:
+            raise ValueError(f"unknown health check kind {self.kind!r} (expected one of {', '.join(KINDS)})")
+        lo, hi = self.status
+        object.__setattr__(self, "status", (int(lo), int(hi)))
+
+
+@dataclass
+class CheckResult:
+    ok: bool
+    detail: str
+    duration: float           # seconds the check took
+    at: float                 # time.time() when the check finished
+
+
+def decode_escapes(s: str) -> str:
+    r"""Decode the backslash escapes \n \r \t \\ \' \" in `s`; any other backslash is kept as is."""
+    out = []
+    i, n = 0, len(s)
+    while i < n:
+        c = s[i]
+        if c == "\\" and i + 1 < n and s[i + 1] in _ESCAPES:
+            out.append(_ESCAPES[s[i + 1]])
+            i += 2
+        else:
+            out.append(c)
+            i += 1
+    return "".join(out)
+
+
+def program_argv(spec: CheckSpec) -> list[str]:
+    """The argv of a "program" check: shlex-split, then %h/%p/%% substituted inside each argument."""
+    subst = {"h": spec.host, "p": str(spec.port), "%": "%"}
+    return [_SUBST.sub(lambda m: subst[m.group(1)], arg) for arg in shlex.split(spec.program)]
+
+
+def _snip(data: bytes | str) -> str:
+    if isinstance(data, bytes):
+        data = data.decode("utf-8", errors="replace")
+    return repr(data[:SNIP] + ("..." if len(data) > SNIP else ""))
+
+
+def _matches(pattern: str, use_regex: bool, text: str) -> bool:
+    if use_regex:
+        return re.search(pattern, text) is not None
+    return pattern in text
+
+
+def _close(writer: asyncio.StreamWriter) -> None:
+    try:
+        writer.close()
+    except Exception:
+        pass
+
+
+def _deadline(spec: CheckSpec) -> float:
+    return asyncio.get_running_loop().time() + spec.connect_timeout
+
+
+async def _check_tcp(spec: CheckSpec) -> tuple[bool, str]:
+    async with asyncio.timeout_at(_deadline(spec)):
+        _, writer = await asyncio.open_connection(spec.host, spec.port)
+    _close(writer)
+    return True, "connected"
+
+
+async def _check_send_expect(spec: CheckSpec) -> tuple[bool, str]:
+    deadline = _deadline(spec)
+    async with asyncio.timeout_at(deadline):
+        reader, writer = await asyncio.open_connection(spec.host, spec.port)
+    buf = b""
+    try:
+        try:
+            async with asyncio.timeout_at(deadline):
+                if spec.send:
+                    writer.write(decode_escapes(spec.send).encode("utf-8"))
+                    await writer.drain()
+                if not spec.expect:
+                    return True, "connected" + (", sent" if spec.send else "")
+                while len(buf) < READ_LIMIT:
+                    chunk = await reader.read(READ_LIMIT - len(buf))
+                    if not chunk:
+                        break
+                    buf += chunk
+                    if _matches(spec.expect, spec.use_regex, buf.decode("utf-8", errors="replace")):
+                        return True, f"matched {spec.expect!r}"
+        except TimeoutError:
+            return False, f"timed out waiting for {spec.expect!r}; received {_snip(buf)}"
+        why = "connection closed" if len(buf) < READ_LIMIT else f"{READ_LIMIT} bytes read"
+        return False, f"{why} without {spec.expect!r}; received {_snip(buf)}"
+    finally:
+        _close(writer)
+
+
+class _UDPReply(asyncio.DatagramProtocol):
+    def __init__(self, fut: asyncio.Future):
+        self.fut = fut
+
+    def datagram_received(self, data, addr):
+        if not self.fut.done():
+            self.fut.set_result(data)
+
+    def error_received(self, exc):   # ICMP port unreachable -> ConnectionRefusedError
+        if not self.fut.done():
+            self.fut.set_exception(exc)
+
+    def connection_lost(self, exc):
+        if not self.fut.done():
+            self.fut.set_exception(exc or ConnectionError("socket closed"))
+
+
+async def _check_udp(spec: CheckSpec) -> tuple[bool, str]:
+    deadline = _deadline(spec)
+    loop = asyncio.get_running_loop()
+    fut = loop.create_future()
+    async with asyncio.timeout_at(deadline):
+        transport, _ = await loop.create_datagram_endpoint(lambda: _UDPReply(fut),
+                                                           remote_addr=(spec.host, spec.port))
+    try:
+        transport.sendto(decode_escapes(spec.send).encode("utf-8"))
+        try:
+            async with asyncio.timeout_at(deadline):
+                data = await fut
+        except TimeoutError:
+            return False, f"no reply within {spec.connect_timeout:g}s"
+    finally:
+        transport.close()
+    if not spec.expect:
+        return True, f"reply {_snip(data)}"
+    if _matches(spec.expect, spec.use_regex, data.decode("utf-8", errors="replace")):
+        return True, f"matched {spec.expect!r}"
+    return False, f"reply without {spec.expect!r}: {_snip(data)}"
+
+
+def _is_ipv6(host: str) -> bool:
+    return ":" in host
+
+
+def _default_host_header(spec: CheckSpec, default_port: int) -> str:
+    h = f"[{spec.host}]" if _is_ipv6(spec.host) else spec.host
+    return h if spec.port == default_port else f"{h}:{spec.port}"
+
+
+def _strip_port(host_header: str) -> str:
+    if host_header.startswith("["):                      # [v6]:port
+        return host_header[1:].split("]", 1)[0]
+    if host_header.count(":") == 1:                     # name:port
+        return host_header.split(":", 1)[0]
+    return host_header
+
+
+async def _read_chunked(reader: asyncio.StreamReader, limit: int) -> bytes:
+    body = b""
+    try:
+        while len(body) < limit:
+            line = await reader.readline()
+            if not line:
+                break
+            size = int(line.split(b";", 1)[0].strip() or b"0", 16)
+            if size == 0:
+                break
+            body += await reader.readexactly(size)
+            await reader.readexactly(2)
+    except asyncio.IncompleteReadError as e:
+        body += e.partial
+    return body[:limit]
+
+
+async def _read_body(reader: asyncio.StreamReader, headers: dict[str, str], limit: int) -> bytes:
+    if "chunked" in headers.get("transfer-encoding", "").lower():
+        return await _read_chunked(reader, limit)
+    if "content-length" in headers:
+        n = min(int(headers["content-length"]), limit)
+        try:
+            return await reader.readexactly(n)
+        except asyncio.IncompleteReadError as e:
+            return e.partial
+    body = b""
+    while len(body) < limit:
+        chunk = await reader.read(limit - len(body))
+        if not chunk:
+            break
+        body += chunk
+    return body
+
+
+async def _check_http(spec: CheckSpec) -> tuple[bool, str]:
+    tls = spec.kind == "https"
+    host_header = spec.host_header or _default_host_header(spec, 443 if tls else 80)
+    ctx = server_hostname = None
+    if tls:
+        ctx = ssl.create_default_context()
+        if not spec.tls_verify:
+            ctx.check_hostname = False
+            ctx.verify_mode = ssl.CERT_NONE
+        server_hostname = _strip_port(spec.host_header) if spec.host_header else spec.host
+    path = spec.path or "/"
+    if not path.startswith("/"):
+        path = "/" + path
+    request = (f"GET {path} HTTP/1.1\r\nHost: {host_header}\r\nUser-Agent: lb-health\r\n"
+               f"Accept: */*\r\nConnection: close\r\n\r\n").encode("utf-8")
+    async with asyncio.timeout_at(_deadline(spec)):
+        reader, writer = await asyncio.open_connection(spec.host, spec.port, ssl=ctx,
+                                                       server_hostname=server_hostname,
+                                                       limit=BODY_LIMIT)
+        try:
+            writer.write(request)
+            await writer.drain()
+            try:
+                head = await reader.readuntil(b"\r\n\r\n")
+            except asyncio.IncompleteReadError as e:
+                return False, f"connection closed before the response headers; received {_snip(e.partial)}"
+            lines = head.decode("latin-1").split("\r\n")
+            parts = lines[0].split(None, 2)
+            if len(parts) < 2 or not parts[0].startswith("HTTP/") or not parts[1].isdigit():
+                return False, f"malformed status line {_snip(lines[0])}"
+            code = int(parts[1])
+            lo, hi = spec.status
+            if not lo <= code <= hi:
+                return False, f"status {code} not in {lo}-{hi}"
+            if spec.body_regex is None:
+                return True, f"status {code}"
+            headers = {}
+            for line in lines[1:]:
+                if ":" in line:
+                    k, v = line.split(":", 1)
+                    headers[k.strip().lower()] = v.strip()
+            body = b"" if code in (204, 304) else await _read_body(reader, headers, BODY_LIMIT)
+        finally:
+            _close(writer)
+    if re.search(spec.body_regex, body.decode("utf-8", errors="replace")):
+        return True, f"status {code}, body matched {spec.body_regex!r}"
+    return False, f"status {code}, body does not match {spec.body_regex!r}: {_snip(body)}"
+
+
+def _kill_group(proc: asyncio.subprocess.Process) -> None:
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)   # the program runs in its own session/process group
+    except (ProcessLookupError, PermissionError):
+        try:
+            proc.kill()
+        except ProcessLookupError:
+            pass
+
+
+async def _check_program(spec: CheckSpec) -> tuple[bool, str]:
+    try:
+        argv = program_argv(spec)
+    except ValueError as e:
+        return False, f"bad program {spec.program!r}: {e}"
+    if not argv:
+        return False, "no program given"
+    proc = await asyncio.create_subprocess_exec(
+        *argv, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE, start_new_session=True)
+    try:
+        async with asyncio.timeout(spec.connect_timeout):
+            out, err = await proc.communicate()
+    except TimeoutError:
+        _kill_group(proc)
+        await proc.wait()
+        return False, f"timed out after {spec.connect_timeout:g}s; killed"
+    except BaseException:            # cancelled: leave no process behind
+        _kill_group(proc)
+        try:
+            await asyncio.wait_for(proc.wait(), 2)   # reap it and let its pipes close
+        except BaseException:
+            pass
+        raise
+    text = out.decode("utf-8", errors="replace")
+    rc = proc.returncode
+    if rc != 0:
+        how = f"killed by signal {-rc}" if rc < 0 else f"exit status {rc}"
+        return False, f"{how}; stdout {_snip(out)}, stderr {_snip(err)}"
+    if spec.expect and not _matches(spec.expect, spec.use_regex, text):
+        return False, f"exit status 0 but stdout lacks {spec.expect!r}: {_snip(out)}"
+    return True, f"exit status 0; stdout {_snip(out)}"
+
+
+_CHECKS = {
+    "tcp": _check_tcp,
+    "send_expect": _check_send_expect,
+    "udp": _check_udp,
+    "http": _check_http,
+    "https": _check_http,
+    "program": _check_program,
+}
+
+
+async def run_check(spec: CheckSpec) -> CheckResult:
+    """Run one check. Never raises (other than CancelledError): failures are ok=False with a detail."""
+    t0 = time.monotonic()
+    try:
+        fn = _CHECKS.get(spec.kind)
+        if fn is None:
+            ok, detail = False, f"unknown check kind {spec.kind!r}"
+        else:
+            ok, detail = await fn(spec)
+    except TimeoutError:
+        ok, detail = False, f"timed out after {spec.connect_timeout:g}s"
+    except re.error as e:
+        ok, detail = False, f"invalid regex: {e}"
+    except ssl.SSLCertVerificationError as e:
+        ok, detail = False, f"TLS certificate verification failed: {e.verify_message or e}"
+    except ssl.SSLError as e:
+        ok, detail = False, f"TLS error: {e.reason or e}"
+    except ConnectionRefusedError:
+        ok, detail = False, "connection refused"
+    except OSError as e:
+        msg = e.strerror or str(e) or type(e).__name__
+        ok, detail = False, f"{msg}: {e.filename}" if e.filename else msg
+    except Exception as e:
+        ok, detail = False, f"{type(e).__name__}: {e}"
+    return CheckResult(ok=ok, detail=detail, duration=time.monotonic() - t0, at=time.time())

@@ -1,0 +1,119 @@
+"""Nanny: one monitor per real server per virtual service.
+
+State machine (Piranha's nanny):
+
+* A server starts "up" (optimistic) unless ``initial_up=False``.
+* While up it goes down once no check has succeeded for ``policy.timeout`` seconds, counted from
+  the last success, or from the first observation if there was none.  With timeout > interval a
+  single failed check therefore does not take it down; timeout <= 0 means the first failure does.
+* While down it comes back up only after checks have succeeded continuously for
+  ``policy.reentry`` seconds, counted from the first success of the current run; any failure
+  restarts that clock.  reentry <= 0 means the first success brings it back.
+
+:meth:`Monitor.observe` is the state machine (no I/O: it takes the time explicitly); on a
+transition it logs (logger ``lb.health``), counts and calls ``on_change(key, up, reason)``.
+:meth:`Monitor.run` drives it: a check every ``policy.interval`` seconds until cancelled.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from .checks import CheckResult, CheckSpec, run_check
+
+__all__ = ["NannyPolicy", "Monitor"]
+
+log = logging.getLogger("lb.health")
+
+
+@dataclass(frozen=True)
+class NannyPolicy:
+    interval: float = 2.0     # seconds between the starts of two checks
+    timeout: float = 10.0     # dead after this many seconds without a successful check
+    reentry: float = 180.0    # must be alive this long (continuously) before it returns
+
+
+class Monitor:
+    def __init__(self, key: Any, spec: CheckSpec, policy: NannyPolicy,
+                 on_change: Callable[[Any, bool, str], None] | None,
+                 clock: Callable[[], float] = time.monotonic, *, initial_up: bool = True):
+        self.key = key
+        self.spec = spec
+        self.policy = policy
+        self.on_change = on_change
+        self.clock = clock
+        self.up = bool(initial_up)
+        self.last: CheckResult | None = None
+        self.changes = 0                     # number of transitions so far
+        self.since: float | None = None      # clock time of the last transition
+        self.checks = 0                      # number of results observed
+        self._ref: float | None = None       # last success (or first observation): timeout base
+        self._ok_since: float | None = None  # first success of the current run of successes
+
+    @property
+    def state(self) -> str:
+        return "up" if self.up else "down"
+
+    def __repr__(self):
+        return f"<Monitor {self.key!r} {self.spec.kind} {self.spec.host}:{self.spec.port} {self.state}>"
+
+    def observe(self, result: CheckResult, now: float | None = None) -> bool | None:
+        """Feed one result at time `now` (default: clock()); return the new up/down on a transition, else None."""
+        if now is None:
+            now = self.clock()
+        self.last = result
+        self.checks += 1
+        if self._ref is None:
+            self._ref = now
+        if result.ok:
+            self._ref = now
+            if self._ok_since is None:
+                self._ok_since = now
+        else:
+            self._ok_since = None
+
+        if self.up and not result.ok:
+            silent = now - self._ref
+            if silent >= self.policy.timeout:
+                return self._transition(False, now, f"no successful check for {silent:.1f}s "
+                                        f"(timeout {self.policy.timeout:g}s): {result.detail}")
+        elif not self.up and result.ok:
+            alive = now - self._ok_since
+            if alive >= self.policy.reentry:
+                return self._transition(True, now, f"checks succeeded for {alive:.1f}s "
+                                        f"(reentry {self.policy.reentry:g}s): {result.detail}")
+        return None
+
+    def _transition(self, up: bool, now: float, reason: str) -> bool:
+        old = self.state
+        self.up = up
+        self.changes += 1
+        self.since = now
+        log.log(logging.INFO if up else logging.WARNING, "%s (%s %s:%s): %s -> %s: %s", self.key,
+                self.spec.kind, self.spec.host, self.spec.port, old, self.state, reason)
+        if self.on_change is not None:
+            try:
+                self.on_change(self.key, up, reason)
+            except Exception:
+                log.exception("%s: on_change callback failed", self.key)
+        return up
+
+    async def run(self) -> None:
+        """Check every policy.interval seconds, forever; cancel the task to stop."""
+        loop = asyncio.get_running_loop()
+        while True:
+            started = loop.time()
+            try:
+                result = await run_check(self.spec)
+                self.observe(result, self.clock())
+            except Exception:      # run_check does not raise; this guards the loop anyway
+                log.exception("%s: health check loop error", self.key)
+            await asyncio.sleep(max(0.0, self.policy.interval - (loop.time() - started)))
+
+    def start(self) -> asyncio.Task:
+        """run() as a task on the running loop."""
+        return asyncio.get_running_loop().create_task(self.run(), name=f"health {self.key!r}")

@@ -1,0 +1,548 @@
+"""lb.health: checks against 127.0.0.1 servers started here, and the nanny state machine."""
+
+import asyncio
+import shutil
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from lb.health import (CheckResult, CheckSpec, Monitor, NannyPolicy, decode_escapes,
+                       program_argv, run_check)
+
+HOST = "127.0.0.1"
+
+
+def run(coro):
+    return asyncio.run(asyncio.wait_for(coro, 10))
+
+
+def free_port(kind=socket.SOCK_STREAM) -> int:
+    """A port nothing listens on (bound, then closed)."""
+    with socket.socket(socket.AF_INET, kind) as s:
+        s.bind((HOST, 0))
+        return s.getsockname()[1]
+
+
+# --------------------------------------------------------------------------------------------
+# decode_escapes
+
+@pytest.mark.parametrize("src, want", [
+    (r"a\nb", "a\nb"),
+    (r"a\rb", "a\rb"),
+    (r"a\tb", "a\tb"),
+    (r"a\\b", "a\\b"),
+    (r"a\'b", "a'b"),
+    (r'a\"b', 'a"b'),
+    (r"GET / HTTP/1.0\r\n\r\n", "GET / HTTP/1.0\r\n\r\n"),
+    (r"a\xb", r"a\xb"),          # unknown escape: left as is
+    (r"\d+", r"\d+"),
+    ("trailing\\", "trailing\\"),
+    (r"\\n", "\\n"),             # escaped backslash, then a plain n
+    ("", ""),
+])
+def test_decode_escapes(src, want):
+    assert decode_escapes(src) == want
+
+
+def test_spec_rejects_unknown_kind():
+    with pytest.raises(ValueError):
+        CheckSpec("icmp", HOST, 1)
+
+
+def test_program_argv_substitution():
+    spec = CheckSpec("program", "10.0.0.5", 8080, program="check --host=%h -p %p '%h %p' 100%%")
+    assert program_argv(spec) == ["check", "--host=10.0.0.5", "-p", "8080", "10.0.0.5 8080", "100%"]
+
+
+# --------------------------------------------------------------------------------------------
+# tcp
+
+def test_tcp_ok_and_refused():
+    async def main():
+        accepted = []
+
+        async def handle(r, w):
+            accepted.append(1)
+            w.close()
+
+        srv = await asyncio.start_server(handle, HOST, 0)
+        port = srv.sockets[0].getsockname()[1]
+        async with srv:
+            ok = await run_check(CheckSpec("tcp", HOST, port))
+            bad = await run_check(CheckSpec("tcp", HOST, free_port(), connect_timeout=2))
+        return ok, bad
+
+    ok, bad = run(main())
+    assert ok.ok and ok.detail == "connected" and ok.duration < 2 and abs(ok.at - time.time()) < 5
+    assert not bad.ok and "refused" in bad.detail
+
+
+# --------------------------------------------------------------------------------------------
+# send/expect: a banner + line echo server
+
+async def banner_server(banner=b"220 mail.example ESMTP ready\r\n"):
+    async def handle(r, w):
+        w.write(banner)
+        try:
+            while line := await r.readline():
+                w.write(b"ECHO " + line)
+                await w.drain()
+        finally:
+            w.close()
+
+    srv = await asyncio.start_server(handle, HOST, 0)
+    return srv, srv.sockets[0].getsockname()[1]
+
+
+def test_send_expect():
+    async def main():
+        srv, port = await banner_server()
+        # a server that never says anything
+        async def say_nothing(r, w):
+            try:
+                await r.read()
+            finally:
+                w.close()
+
+        silent = await asyncio.start_server(say_nothing, HOST, 0)
+        sport = silent.sockets[0].getsockname()[1]
+        async with srv, silent:
+            return await asyncio.gather(
+                run_check(CheckSpec("send_expect", HOST, port, expect="ESMTP")),
+                run_check(CheckSpec("send_expect", HOST, port, send=r"hello\tworld\r\n",
+                                    expect="ECHO hello\tworld")),
+                run_check(CheckSpec("send_expect", HOST, port, send=r"ping 42\n",
+                                    expect=r"ECHO ping \d+\r?\n", use_regex=True)),
+                run_check(CheckSpec("send_expect", HOST, port)),                    # connect only
+                run_check(CheckSpec("send_expect", HOST, port, expect="220 other.example",
+                                    connect_timeout=0.5)),
+                run_check(CheckSpec("send_expect", HOST, port, send=r"ping x\n",
+                                    expect=r"ECHO ping \d+", use_regex=True, connect_timeout=0.5)),
+                run_check(CheckSpec("send_expect", HOST, port, expect="(", use_regex=True)),
+                run_check(CheckSpec("send_expect", HOST, free_port(), expect="x")),
+                run_check(CheckSpec("send_expect", HOST, sport, expect="x", connect_timeout=0.3)),
+            )
+
+    t0 = time.monotonic()
+    banner, plain, regex, connect, wrong, regex_bad, bad_regex, closed, silent = run(main())
+    assert time.monotonic() - t0 < 5
+    assert banner.ok, banner
+    assert plain.ok, plain
+    assert regex.ok, regex
+    assert connect.ok and connect.detail == "connected"
+    # the wrong banner / regex mismatch wait for the timeout or the 4096-byte limit
+    assert not wrong.ok and "220 mail.example" in wrong.detail, wrong
+    assert not regex_bad.ok and "ECHO ping x" in regex_bad.detail, regex_bad
+    assert not bad_regex.ok and "regex" in bad_regex.detail
+    assert not closed.ok and "refused" in closed.detail
+    assert not silent.ok and "timed out" in silent.detail and silent.duration < 1.5
+
+
+def test_send_expect_closed_without_match():
+    async def main():
+        async def handle(r, w):
+            w.write(b"500 go away\r\n")
+            w.close()
+
+        srv = await asyncio.start_server(handle, HOST, 0)
+        async with srv:
+            return await run_check(CheckSpec("send_expect", HOST, srv.sockets[0].getsockname()[1],
+                                             expect="220"))
+
+    res = run(main())
+    assert not res.ok and "closed" in res.detail and "500 go away" in res.detail
+
+
+# --------------------------------------------------------------------------------------------
+# udp
+
+class UDPEcho(asyncio.DatagramProtocol):
+    def connection_made(self, transport):
+        self.transport = transport
+
+    def datagram_received(self, data, addr):
+        self.transport.sendto(b"PONG " + data, addr)
+
+
+def test_udp():
+    async def main():
+        loop = asyncio.get_running_loop()
+        transport, _ = await loop.create_datagram_endpoint(UDPEcho, local_addr=(HOST, 0))
+        port = transport.get_extra_info("sockname")[1]
+        try:
+            return await asyncio.gather(
+                run_check(CheckSpec("udp", HOST, port, send=r"ping\n", expect="PONG ping\n")),
+                run_check(CheckSpec("udp", HOST, port, send="x", expect=r"^PONG \w$", use_regex=True)),
+                run_check(CheckSpec("udp", HOST, port, send="x")),        # any reply
+                run_check(CheckSpec("udp", HOST, port, send="x", expect="NOPE")),
+                run_check(CheckSpec("udp", HOST, free_port(socket.SOCK_DGRAM), send="x",
+                                    expect="PONG", connect_timeout=0.5)),
+            )
+        finally:
+            transport.close()
+
+    ok, regex, anyreply, wrong, closed = run(main())
+    assert ok.ok and regex.ok and anyreply.ok, (ok, regex, anyreply)
+    assert not wrong.ok and "PONG x" in wrong.detail
+    # closed port: ICMP port unreachable (refused) on loopback, or at worst no reply
+    assert not closed.ok and ("refused" in closed.detail or "no reply" in closed.detail)
+
+
+# --------------------------------------------------------------------------------------------
+# http / https
+
+async def http_server(ssl_ctx=None):
+    seen = []
+
+    async def handle(r, w):
+        head = await r.readuntil(b"\r\n\r\n")
+        lines = head.decode().split("\r\n")
+        path = lines[0].split()[1]
+        host = next(l.split(":", 1)[1].strip() for l in lines if l.lower().startswith("host:"))
+        seen.append((path, host))
+        if path == "/fail":
+            body, status = b"oops", "500 Internal Server Error"
+        else:
+            body, status = b"<html>hello world</html>", "200 OK"
+        if path == "/chunked":
+            w.write(f"HTTP/1.1 {status}\r\nTransfer-Encoding: chunked\r\n\r\n".encode())
+            w.write(b"6\r\nhello \r\n5\r\nchunk\r\n0\r\n\r\n")
+        elif path == "/keepalive":      # ignores Connection: close; the checker must use Content-Length
+            w.write(f"HTTP/1.1 {status}\r\nContent-Length: {len(body)}\r\n\r\n".encode() + body)
+            await w.drain()
+            await r.read()              # until the checker closes its end
+        else:
+            w.write(f"HTTP/1.1 {status}\r\nContent-Length: {len(body)}\r\n\r\n".encode() + body)
+        await w.drain()
+        w.close()
+
+    srv = await asyncio.start_server(handle, HOST, 0, ssl=ssl_ctx)
+    return srv, srv.sockets[0].getsockname()[1], seen
+
+
+def test_http():
+    async def main():
+        srv, port, seen = await http_server()
+        async with srv:
+            res = await asyncio.gather(
+                run_check(CheckSpec("http", HOST, port, path="/")),
+                run_check(CheckSpec("http", HOST, port, path="/index", host_header="www.example",
+                                    body_regex=r"hello \w+")),
+                run_check(CheckSpec("http", HOST, port, path="/chunked", body_regex="hello chunk")),
+                run_check(CheckSpec("http", HOST, port, path="/keepalive", body_regex="world",
+                                    connect_timeout=2)),
+                run_check(CheckSpec("http", HOST, port, path="/fail")),
+                run_check(CheckSpec("http", HOST, port, path="/fail", status=(200, 599))),
+                run_check(CheckSpec("http", HOST, port, path="/", body_regex="goodbye")),
+                run_check(CheckSpec("http", HOST, free_port())),
+            )
+        return res, seen, port
+
+    t0 = time.monotonic()
+    (root, vhost, chunked, keepalive, fail, fail_ok, nomatch, closed), seen, port = run(main())
+    assert time.monotonic() - t0 < 3
+    assert root.ok and root.detail == "status 200"
+    assert vhost.ok and "body matched" in vhost.detail
+    assert chunked.ok, chunked
+    assert keepalive.ok, keepalive
+    assert not fail.ok and "500" in fail.detail
+    assert fail_ok.ok
+    assert not nomatch.ok and "does not match" in nomatch.detail
+    assert not closed.ok and "refused" in closed.detail
+    hosts = dict(seen)
+    assert hosts["/index"] == "www.example"
+    assert hosts["/"] == f"{HOST}:{port}"
+
+
+@pytest.fixture(scope="module")
+def cert(tmp_path_factory):
+    if not shutil.which("openssl"):
+        pytest.skip("openssl not found")
+    d = tmp_path_factory.mktemp("tls")
+    key, crt = d / "key.pem", d / "cert.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
+                    "-nodes", "-keyout", str(key), "-out", str(crt), "-days", "2", "-subj", "/CN=localhost",
+                    "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"],
+                   check=True, capture_output=True, timeout=10)
+    return crt, key
+
+
+def test_https(cert, monkeypatch):
+    import ssl
+
+    crt, key = cert
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.load_cert_chain(crt, key)
+
+    async def main():
+        srv, port, seen = await http_server(ctx)
+        async with srv:
+            insecure = await run_check(CheckSpec("https", HOST, port, tls_verify=False, body_regex="hello"))
+            untrusted = await run_check(CheckSpec("https", HOST, port))
+            fail = await run_check(CheckSpec("https", HOST, port, path="/fail", tls_verify=False))
+            monkeypatch.setenv("SSL_CERT_FILE", str(crt))       # trust the self-signed cert
+            trusted = await run_check(CheckSpec("https", HOST, port, body_regex="hello"))
+            by_name = await run_check(CheckSpec("https", HOST, port, host_header=f"localhost:{port}"))
+            wrong_name = await run_check(CheckSpec("https", HOST, port, host_header="www.example"))
+        return insecure, untrusted, fail, trusted, by_name, wrong_name
+
+    insecure, untrusted, fail, trusted, by_name, wrong_name = run(main())
+    assert insecure.ok, insecure
+    assert not untrusted.ok and "verif" in untrusted.detail, untrusted
+    assert not fail.ok and "500" in fail.detail
+    assert trusted.ok, trusted
+    assert by_name.ok, by_name
+    assert not wrong_name.ok and "verif" in wrong_name.detail, wrong_name
+
+
+# --------------------------------------------------------------------------------------------
+# program
+
+def test_program_ok_and_failures(tmp_path):
+    script = tmp_path / "check.sh"
+    script.write_text('#!/bin/sh\necho "checking $1 port $2"\n[ "$2" = 80 ]\n')
+    script.chmod(0o755)
+
+    async def main():
+        return await asyncio.gather(
+            run_check(CheckSpec("program", "10.1.2.3", 80, program=f"{script} %h %p")),
+            run_check(CheckSpec("program", "10.1.2.3", 80, program=f"{script} %h %p",
+                                expect="checking 10.1.2.3 port 80")),
+            run_check(CheckSpec("program", "10.1.2.3", 80, program=f"{script} %h %p",
+                                expect=r"port \d+$", use_regex=True)),
+            run_check(CheckSpec("program", "10.1.2.3", 80, program=f"{script} %h %p", expect="DOWN")),
+            run_check(CheckSpec("program", "10.1.2.3", 81, program=f"{script} %h %p")),   # exit 1
+            run_check(CheckSpec("program", HOST, 1, program="/bin/false")),
+            run_check(CheckSpec("program", HOST, 1, program=f"{tmp_path}/missing")),
+            run_check(CheckSpec("program", HOST, 1, program="")),
+        )
+
+    ok, expect, regex, lacks, exit1, false, missing, empty = run(main())
+    assert ok.ok and "checking 10.1.2.3 port 80" in ok.detail
+    assert expect.ok and regex.ok, (expect, regex)
+    assert not lacks.ok and "lacks" in lacks.detail
+    assert not exit1.ok and "exit status 1" in exit1.detail
+    assert not false.ok and "exit status 1" in false.detail
+    assert not missing.ok and "No such file" in missing.detail
+    assert not empty.ok
+
+
+def _gone(pid: int, within: float = 2.0) -> bool:
+    """The process exited (or is a zombie) within `within` seconds."""
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        try:
+            if (Path("/proc") / str(pid) / "stat").read_text().split()[2] == "Z":
+                return True
+        except (FileNotFoundError, ProcessLookupError):
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def test_program_cancel_kills(tmp_path):
+    pidfile = tmp_path / "pid"
+    script = tmp_path / "slow.sh"
+    script.write_text(f"#!/bin/sh\nsleep 30 &\necho $! > {pidfile}\nwait\n")
+    script.chmod(0o755)
+
+    async def main():
+        task = asyncio.ensure_future(run_check(CheckSpec("program", HOST, 1, program=str(script),
+                                                         connect_timeout=5)))
+        for _ in range(100):
+            await asyncio.sleep(0.02)
+            if pidfile.exists() and pidfile.read_text().strip():
+                break
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    run(main())
+    assert _gone(int(pidfile.read_text()))
+
+
+def test_program_timeout_killed(tmp_path):
+    # the script's child (sleep) holds stdout open too: the whole process group must be killed
+    pidfile = tmp_path / "pid"
+    script = tmp_path / "slow.sh"
+    script.write_text(f"#!/bin/sh\nsleep 30 &\necho $! > {pidfile}\nwait\n")
+    script.chmod(0o755)
+
+    async def main():
+        return await run_check(CheckSpec("program", HOST, 1, program=str(script), connect_timeout=0.5))
+
+    t0 = time.monotonic()
+    res = run(main())
+    assert time.monotonic() - t0 < 3
+    assert not res.ok and "killed" in res.detail and res.duration < 3
+    assert _gone(int(pidfile.read_text())), "the program's child was not killed"
+
+
+def test_program_no_shell(tmp_path):
+    pwned = tmp_path / "pwned"
+
+    async def main():
+        return await run_check(CheckSpec("program", HOST, 80, program=f"/bin/echo %h;touch {pwned}",
+                                         expect=f"{HOST};touch {pwned}"))
+
+    res = run(main())
+    assert res.ok, res                      # echo received the literal "127.0.0.1;touch" argument
+    assert not pwned.exists()
+    if not Path("/tmp/pwned").exists():     # the literal case from the brief
+        res = run(run_check(CheckSpec("program", HOST, 80, program="/bin/echo %h;touch /tmp/pwned",
+                                      expect=f"{HOST};touch /tmp/pwned")))
+        assert res.ok and not Path("/tmp/pwned").exists()
+    spec = CheckSpec("program", HOST, 80, program="/bin/echo %h;touch /tmp/pwned $(id) `id` | x")
+    assert program_argv(spec) == ["/bin/echo", f"{HOST};touch", "/tmp/pwned", "$(id)", "`id`", "|", "x"]
+
+
+# --------------------------------------------------------------------------------------------
+# Monitor.observe: the nanny state machine with a fake clock
+
+class FakeClock:
+    def __init__(self):
+        self.t = 0.0
+
+    def __call__(self):
+        return self.t
+
+
+OK = CheckResult(True, "ok", 0.0, 0.0)
+FAIL = CheckResult(False, "connection refused", 0.0, 0.0)
+
+
+def make(policy=NannyPolicy(interval=2, timeout=10, reentry=30), **kw):
+    calls = []
+    clock = FakeClock()
+    m = Monitor(("vs", "rs"), CheckSpec("tcp", HOST, 80), policy,
+                lambda key, up, reason: calls.append((clock.t, key, up, reason)), clock, **kw)
+    return m, clock, calls
+
+
+def feed(m, clock, t, result):
+    clock.t = t
+    return m.observe(result)
+
+
+def test_single_failure_stays_up():
+    m, clock, calls = make()
+    assert m.state == "up" and m.last is None and m.changes == 0
+    assert feed(m, clock, 0, OK) is None
+    assert feed(m, clock, 2, FAIL) is None
+    assert feed(m, clock, 4, OK) is None
+    for t in range(6, 14, 2):          # failures for 8 s after the success at 4: still up
+        assert feed(m, clock, t, FAIL) is None
+    assert m.state == "up" and calls == [] and m.changes == 0
+    assert m.last is FAIL
+
+
+def test_down_after_timeout(caplog):
+    m, clock, calls = make()
+    for t in range(0, 10, 2):          # all failures from the start: the start is the reference
+        assert feed(m, clock, t, FAIL) is None
+    with caplog.at_level("INFO", logger="lb.health"):
+        assert feed(m, clock, 10, FAIL) is False
+    assert m.state == "down" and m.changes == 1 and m.since == 10
+    assert len(calls) == 1 and calls[0][:3] == (10, ("vs", "rs"), False)
+    assert "no successful check for 10.0s" in calls[0][3] and "connection refused" in calls[0][3]
+    assert any("up -> down" in r.getMessage() and r.levelname == "WARNING" for r in caplog.records)
+    assert feed(m, clock, 12, FAIL) is None and len(calls) == 1      # no repeat
+
+
+def test_down_counts_from_last_success():
+    m, clock, calls = make()
+    feed(m, clock, 0, OK)
+    feed(m, clock, 100, OK)
+    for t in range(102, 110, 2):
+        assert feed(m, clock, t, FAIL) is None
+    assert feed(m, clock, 110, FAIL) is False
+    assert [c[0] for c in calls] == [110]
+
+
+def test_reentry_needs_continuous_success():
+    m, clock, calls = make(initial_up=False)
+    assert m.state == "down"
+    assert feed(m, clock, 0, OK) is None            # reentry clock starts at 0
+    assert feed(m, clock, 20, OK) is None
+    assert feed(m, clock, 22, FAIL) is None         # restarts the reentry clock
+    assert feed(m, clock, 24, OK) is None           # ... from 24
+    assert feed(m, clock, 40, OK) is None           # 30 s since 0, but only 16 s since 24
+    assert feed(m, clock, 52, OK) is None           # 28 s
+    assert calls == [] and m.state == "down"
+    assert feed(m, clock, 54, OK) is True           # 30 s of continuous success
+    assert m.state == "up" and m.changes == 1
+    assert len(calls) == 1 and calls[0][:3] == (54, ("vs", "rs"), True)
+    assert "checks succeeded for 30.0s" in calls[0][3]
+    # back up: the timeout counts from the last success again
+    assert feed(m, clock, 56, FAIL) is None
+    assert feed(m, clock, 62, FAIL) is None
+    assert feed(m, clock, 64, FAIL) is False        # 10 s after the last success at 54
+    assert [c[2] for c in calls] == [True, False] and m.changes == 2
+
+
+def test_full_cycle_transitions_exactly():
+    m, clock, calls = make(NannyPolicy(interval=2, timeout=10, reentry=6))
+    results = {}
+    # up; fail from 2 on -> down at 10 (first observation at 0 succeeded); ok from 20 -> up at 26
+    for t in range(0, 40, 2):
+        r = OK if t == 0 or t >= 20 else FAIL
+        results[t] = feed(m, clock, t, r)
+    assert {t: v for t, v in results.items() if v is not None} == {10: False, 26: True}
+    assert [(c[0], c[2]) for c in calls] == [(10, False), (26, True)]
+    assert m.changes == 2
+
+
+def test_zero_timeout_and_reentry():
+    m, clock, calls = make(NannyPolicy(interval=1, timeout=0, reentry=0))
+    assert feed(m, clock, 0, OK) is None
+    assert feed(m, clock, 1, FAIL) is False
+    assert feed(m, clock, 2, OK) is True
+    assert [c[2] for c in calls] == [False, True]
+
+
+def test_on_change_exception_is_contained():
+    def boom(key, up, reason):
+        raise RuntimeError("callback bug")
+
+    m = Monitor("k", CheckSpec("tcp", HOST, 80), NannyPolicy(timeout=0), boom, lambda: 0.0)
+    assert m.observe(FAIL, 0.0) is False and m.state == "down"
+
+
+# --------------------------------------------------------------------------------------------
+# Monitor.run against a real server, small intervals
+
+def test_monitor_run():
+    async def main():
+        healthy = {"v": False}
+
+        async def handle(r, w):
+            w.write(b"OK\n" if healthy["v"] else b"SICK\n")
+            w.close()
+
+        srv = await asyncio.start_server(handle, HOST, 0)
+        port = srv.sockets[0].getsockname()[1]
+        events = asyncio.Queue()
+        m = Monitor("rs1", CheckSpec("send_expect", HOST, port, expect="OK", connect_timeout=0.5),
+                    NannyPolicy(interval=0.02, timeout=0.1, reentry=0.15),
+                    lambda key, up, reason: events.put_nowait((key, up, time.monotonic())))
+        async with srv:
+            task = m.start()
+            try:
+                t0 = time.monotonic()
+                key, up, t_down = await asyncio.wait_for(events.get(), 2)
+                assert (key, up) == ("rs1", False) and t_down - t0 >= 0.09
+                healthy["v"] = True
+                t1 = time.monotonic()
+                key, up, t_up = await asyncio.wait_for(events.get(), 2)
+                assert (key, up) == ("rs1", True) and t_up - t1 >= 0.14
+                assert m.state == "up" and m.changes == 2 and m.last.ok
+            finally:
+                task.cancel()
+                with pytest.raises(asyncio.CancelledError):
+                    await task
+            assert events.empty()
+
+    run(main())

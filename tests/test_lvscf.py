@@ -1,0 +1,327 @@
+"""Tests of lb.config.lvscf: Piranha lvs.cf reading, writing, and `lb import`/`lb export`."""
+
+from __future__ import annotations
+
+import dataclasses
+import textwrap
+from ipaddress import IPv4Address, IPv4Interface
+from pathlib import Path
+
+import pytest
+
+from lb.cli.main import main
+from lb.config import (
+    Config,
+    ConfigError,
+    RealServer,
+    Tables,
+    Timeouts,
+    VirtualServer,
+    load,
+    loads,
+    lvscf,
+)
+
+HERE = Path(__file__).resolve().parent
+CONFIGS = HERE.parent / "configs"
+FULL = HERE / "lvscf" / "full.cf"
+
+
+def cf(text: str) -> str:
+    return textwrap.dedent(text)
+
+
+def nopath(cfg: Config) -> Config:
+    return dataclasses.replace(cfg, path=None)
+
+
+# --- the full fixture ----------------------------------------------------------------
+
+EXPECTED_FULL = Config(
+    instance="default",
+    public_interface="eth0",
+    private_interface="eth1",
+    network="nat",
+    nat_router=IPv4Interface("10.0.0.254/24"),
+    nat_router_device="eth1",
+    tables=Tables(),
+    timeouts=Timeouts(tcp=600, tcpfin=60, udp=120),
+    virtual_servers=(
+        VirtualServer(
+            name="web", address=IPv4Address("192.168.1.10"), port=80, protocol="tcp", scheduler="wlc",
+            persistent=300, pmask="255.255.255.0", active=True, device=None,
+            real_servers=(
+                RealServer("web1", IPv4Address("10.0.0.11"), None, 2, True),
+                RealServer("web2", IPv4Address("10.0.0.12"), None, 0, False),
+            ),
+        ),
+        VirtualServer(
+            name="dns", address=IPv4Address("192.168.2.53"), port=53, protocol="udp", scheduler="rr",
+            active=False, device="eth2",
+            real_servers=(RealServer("ns1", IPv4Address("10.0.0.21"), 5353, 1, True),),
+        ),
+    ),
+)
+
+EXPECTED_EXTRAS = {
+    "global": {
+        "serial_no": 42, "primary": "192.168.1.1", "primary_private": "10.0.0.1", "service": "lvs",
+        "backup_active": True, "backup": "192.168.1.2", "backup_private": "10.0.0.2",
+        "heartbeat": True, "heartbeat_port": 539, "keepalive": 6, "deadtime": 18,
+        "debug_level": "NONE", "monitor_links": False, "syncdaemon": True, "rsh_command": "ssh",
+        "nat_router_alias": "eth1:1",
+    },
+    "virtual": {
+        "web": {
+            "vip_nmask": "255.255.255.0", "sorry_server": "10.0.0.99",
+            "send": "GET / HTTP/1.0\\r\\n\\r\\n", "expect": "HTTP", "use_regex": False,
+            "send_program": "/usr/local/bin/check %h", "load_monitor": "uptime",
+            "timeout": 6, "reentry": 15, "quiesce_server": True, "address_alias": "eth0:1",
+        },
+    },
+}
+
+
+def test_full_fixture_loads_to_the_expected_model() -> None:
+    cfg, extras = lvscf.load_with_extras(FULL)
+    assert cfg.path == FULL
+    assert nopath(cfg) == EXPECTED_FULL
+    assert extras == EXPECTED_EXTRAS
+    assert cfg.vip_device(cfg.virtual_servers[1]) == "eth2"
+
+
+def test_generic_load_dispatches_on_suffix_and_content(tmp_path: Path) -> None:
+    assert nopath(load(FULL)) == EXPECTED_FULL
+    assert load(str(FULL)).path == FULL
+    no_suffix = tmp_path / "lvs"
+    no_suffix.write_text(FULL.read_text())
+    assert nopath(load(no_suffix)) == EXPECTED_FULL
+    starts_primary = tmp_path / "lvs.conf"
+    starts_primary.write_text("# c\n\nprimary = 1.2.3.4\n" + "virtual v {\n address = 10.1.1.1 eth0\n port = 80\n}\n")
+    assert load(starts_primary).public_interface == "eth0"
+    # TOML files still take the TOML path
+    assert load(CONFIGS / "lab-dr.toml").instance == "lab"
+
+
+def test_looks_like_lvscf() -> None:
+    assert lvscf.looks_like_lvscf("# x\nserial_no = 3\n")
+    assert lvscf.looks_like_lvscf("virtual web {\n}\n")
+    assert not lvscf.looks_like_lvscf("# x\n[global]\n")
+    assert not lvscf.looks_like_lvscf("")
+
+
+# --- round trips ------------------------------------------------------------------------
+
+
+def test_lvscf_round_trip_keeps_model_and_extras() -> None:
+    cfg, extras = lvscf.load_with_extras(FULL)
+    text = lvscf.dumps(cfg, extras)
+    cfg2, extras2 = lvscf.loads_with_extras(text)
+    assert cfg2 == nopath(cfg)
+    assert extras2 == extras
+    assert lvscf.dumps(cfg2, extras2) == text  # a fixed point
+    assert "nat_router = 10.0.0.254 eth1:1" in text
+    assert "address = 192.168.1.10 eth0:1" in text
+    assert 'send = "GET / HTTP/1.0\\r\\n\\r\\n"' in text
+
+
+@pytest.mark.parametrize("name", ["lab-dr.toml", "lab-nat.toml", "example.toml"])
+def test_toml_to_lvscf_round_trip(name: str) -> None:
+    cfg = load(CONFIGS / name)
+    back = lvscf.loads(lvscf.dumps(cfg))
+    if any(vs.device == cfg.public_interface for vs in cfg.virtual_servers):
+        # documented normalisation: a virtual's device equal to the public interface reads back as None
+        cfg = dataclasses.replace(cfg, virtual_servers=tuple(
+            dataclasses.replace(vs, device=None) if vs.device == cfg.public_interface else vs
+            for vs in cfg.virtual_servers))
+    if cfg.nat_router is not None and cfg.nat_router_device is None:
+        # documented normalisation: lvs.cf's nat_router always names its device
+        cfg = dataclasses.replace(cfg, nat_router_device=cfg.private_interface)
+    assert back == nopath(cfg)
+
+
+def test_toml_round_trip_of_unusual_models() -> None:
+    vs = VirtualServer(name="a", address=IPv4Address("10.9.0.1"), port=443, device="eth7", active=False,
+                       real_servers=(RealServer("r", IPv4Address("10.9.1.1"), active=False),))
+    cfg = Config(instance="x1", public_interface="eth0", tables=Tables(connections=2048, services=4),
+                 timeouts=Timeouts(tcp=5), virtual_servers=(vs,))
+    assert lvscf.loads(lvscf.dumps(cfg)) == cfg
+    assert loads(lvscf.dumps_toml(cfg)) == cfg
+    empty = Config(public_interface="eth3")
+    assert lvscf.loads(lvscf.dumps(empty)) == empty
+    assert loads(lvscf.dumps_toml(empty)) == empty
+
+
+def test_example_lvs_cf_is_lab_nat() -> None:
+    cf_cfg = load(CONFIGS / "example-lvs.cf")
+    toml_cfg = load(CONFIGS / "lab-nat.toml")
+    # lab-nat.toml spells out port = 80 on each real server; the lvs.cf leaves it to the virtual's.
+    unported = tuple(
+        dataclasses.replace(vs, real_servers=tuple(dataclasses.replace(r, port=None) for r in vs.real_servers))
+        for vs in toml_cfg.virtual_servers
+    )
+    assert nopath(cf_cfg) == nopath(dataclasses.replace(toml_cfg, virtual_servers=unported))
+
+
+# --- CLI ---------------------------------------------------------------------------------------
+
+
+def test_lb_import_output_loads_as_toml(capsys: pytest.CaptureFixture[str]) -> None:
+    for path in (FULL, CONFIGS / "example-lvs.cf"):
+        assert main(["import", str(path)]) == 0
+        out = capsys.readouterr().out
+        assert nopath(loads(out)) == nopath(lvscf.load(path))
+
+
+def test_lb_export(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    assert main(["export", "--config", str(CONFIGS / "lab-nat.toml")]) == 0
+    out = capsys.readouterr().out
+    assert lvscf.loads(out) == nopath(load(CONFIGS / "lab-nat.toml"))
+    assert main(["export", "--config", str(FULL)]) == 0
+    out = capsys.readouterr().out
+    assert lvscf.loads_with_extras(out)[1] == EXPECTED_EXTRAS
+
+
+def test_lb_import_error(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    f = tmp_path / "bad.cf"
+    f.write_text("network = nat\n")
+    assert main(["import", str(f)]) == 2
+    assert f"{f}:1: nat_router: " in capsys.readouterr().err
+
+
+# --- errors -------------------------------------------------------------------------------------
+
+GOOD_HEAD = """\
+network = direct
+virtual web {
+     address = 192.168.1.10 eth0:1
+     port = 80
+     server web1 {
+         address = 10.0.0.11
+         weight = 1
+     }
+}
+"""
+
+
+def issues(text: str) -> list[tuple[int | None, str, str]]:
+    with pytest.raises(ConfigError) as ei:
+        lvscf.loads(cf(text), "lvs.cf")
+    return [(i.line, i.field, i.message) for i in ei.value.issues]
+
+
+def one(text: str) -> tuple[int | None, str, str]:
+    got = issues(text)
+    assert len(got) == 1, got
+    return got[0]
+
+
+def test_good_head_is_good() -> None:
+    assert lvscf.loads(GOOD_HEAD).virtual_servers[0].real_servers[0].name == "web1"
+
+
+def test_unknown_key() -> None:
+    assert one(GOOD_HEAD.replace("weight = 1", "wieght = 1")) == (
+        7, "virtual[web].server[web1].wieght", "unknown key 'wieght' in a server block (did you mean 'weight'?)")
+    line, fld, msg = one("colour = blue\n" + GOOD_HEAD)
+    assert (line, fld) == (1, "colour") and msg.startswith("unknown key 'colour' in the global section")
+
+
+def test_missing_closing_brace() -> None:
+    line, fld, msg = one(GOOD_HEAD[:-2])
+    assert (line, fld) == (8, "virtual[web]")
+    assert msg == "missing '}': end of file inside virtual 'web' (opened at line 2)"
+    # a server left open swallows the virtual's '}', so the next virtual starts inside it
+    text = GOOD_HEAD.replace("     }\n}", "}") + "virtual b {\n address = 10.1.1.2 eth0\n port = 81\n}\n"
+    line, fld, msg = issues(text)[0]
+    assert (line, fld) == (9, "virtual[b]") and msg.startswith("missing '}': virtual 'b' starts inside virtual 'web'")
+
+
+def test_unexpected_closing_brace() -> None:
+    assert one(GOOD_HEAD + "}\n") == (10, "", "unexpected '}' (no block is open)")
+
+
+def test_bad_ip() -> None:
+    assert one(GOOD_HEAD.replace("10.0.0.11", "10.0.0.300")) == (
+        6, "virtual[web].server[web1].address", "'10.0.0.300' is not a valid IP address")
+    assert one(GOOD_HEAD.replace("192.168.1.10", "192.168.1")) == (
+        3, "virtual[web].address", "'192.168.1' is not a valid IP address")
+    assert one("primary = nope\n" + GOOD_HEAD) == (1, "primary", "'nope' is not a valid IP address")
+
+
+def test_port_out_of_range() -> None:
+    assert one(GOOD_HEAD.replace("port = 80", "port = 70000")) == (
+        4, "virtual[web].port", "must be between 1 and 65535, got 70000")
+
+
+def test_weight_not_a_number() -> None:
+    assert one(GOOD_HEAD.replace("weight = 1", "weight = heavy")) == (
+        7, "virtual[web].server[web1].weight", "expected an integer, got 'heavy'")
+
+
+def test_active_not_0_or_1() -> None:
+    assert one(GOOD_HEAD.replace("port = 80", "port = 80\n     active = yes")) == (
+        5, "virtual[web].active", "expected 0 or 1, got 'yes'")
+
+
+def test_unknown_scheduler() -> None:
+    line, fld, msg = one(GOOD_HEAD.replace("port = 80", "port = 80\n     scheduler = fastest"))
+    assert (line, fld) == (5, "virtual[web].scheduler") and msg.startswith("unknown scheduler 'fastest'")
+    line, fld, msg = one(GOOD_HEAD.replace("port = 80", "port = 80\n     scheduler = mh"))
+    assert (line, fld) == (5, "virtual[web].scheduler") and "not implemented yet" in msg
+
+
+def test_nat_without_nat_router() -> None:
+    assert one(GOOD_HEAD.replace("network = direct", "network = nat")) == (
+        1, "nat_router", "network = nat requires nat_router = IP DEVICE (e.g. nat_router = 10.0.0.254 eth1)")
+
+
+def test_not_supported_yet() -> None:
+    assert one(GOOD_HEAD.replace("network = direct", "network = tunnel")) == (
+        1, "network", "network = tunnel is not supported yet (supported: direct, nat)")
+    assert one(GOOD_HEAD.replace("port = 80", "port = 80\n     fwmark = 3")) == (
+        5, "virtual[web].fwmark", "fwmark services are not supported yet")
+    assert one("service = fos\n" + GOOD_HEAD) == (
+        1, "service", "service = fos (failover services) is not supported yet")
+
+
+def test_missing_required_key_points_at_block() -> None:
+    assert one(GOOD_HEAD.replace("     port = 80\n", "")) == (2, "virtual[web].port", "required key is missing")
+
+
+def test_duplicate_key_and_bad_extra_types() -> None:
+    assert one(GOOD_HEAD.replace("port = 80", "port = 80\n     port = 81")) == (
+        5, "virtual[web].port", "duplicate key 'port' (already set at line 4)")
+    got = issues("heartbeat = 2\nkeepalive = x\nvip_nmask = 1\n" + GOOD_HEAD.replace(
+        "port = 80", "port = 80\n     vip_nmask = 255.0.255.0\n     load_monitor = sar"))
+    assert [(line, fld) for line, fld, _ in got] == [
+        (1, "heartbeat"), (2, "keepalive"), (3, "vip_nmask"),
+        (8, "virtual[web].vip_nmask"), (9, "virtual[web].load_monitor"),
+    ]
+
+
+def test_cross_checks_map_to_lines() -> None:
+    text = GOOD_HEAD.replace("     }\n}", "     }\n     server web2 {\n         address = 10.0.0.11\n     }\n}")
+    line, fld, msg = one(text)
+    assert (line, fld) == (10, "virtual[web].server[web2].address") and msg.startswith("duplicate real server")
+
+
+def test_no_device_anywhere() -> None:
+    line, fld, msg = one(GOOD_HEAD.replace(" eth0:1", ""))
+    assert (line, fld) == (2, "virtual[web].address") and msg.startswith("cannot tell the public interface")
+
+
+def test_syntax_error_line() -> None:
+    line, fld, msg = one(GOOD_HEAD.replace("port = 80", "port 80"))
+    assert (line, fld) == (4, "") and msg.startswith("cannot parse line")
+
+
+def test_file_errors_carry_path(tmp_path: Path) -> None:
+    f = tmp_path / "lvs.cf"
+    f.write_text("network = tunnel\n" + GOOD_HEAD.replace("network = direct\n", ""))
+    with pytest.raises(ConfigError) as ei:
+        load(f)
+    assert str(ei.value).startswith(f"{f}:1: network: ")
+    with pytest.raises(ConfigError) as ei:
+        load(tmp_path / "missing.cf")
+    assert "cannot read file" in str(ei.value)
