@@ -12,6 +12,7 @@
 #include "lb_csum.h"
 #include "lb_stats.h"
 #include "lb_conntrack.h"
+#include "lb_persist.h"
 #include "lb_sched.h"
 #include "lb_forward.h"
 
@@ -43,6 +44,20 @@ static __always_inline __u32 lb_fsm_table(struct lb_real *r)
     return r->fwd == LB_FWD_NAT ? LB_FSM_INPUT : LB_FSM_INPUT_ONLY;
 }
 
+/* A packet of a connection a template controls keeps the template alive (IPVS does not expire
+ * a template while it controls connections); written at most once a second. */
+static __always_inline void lb_persist_touch(struct lb_pkt *pkt, __u32 svc_id, __u64 now)
+{
+    struct lb_svc *svc = lb_svc.lookup(&svc_id);
+    if (!svc || !svc->persist_timeout)
+        return;
+    struct lb_persist_key pk;
+    lb_persist_key_of(&pk, pkt, svc);
+    struct lb_persist *t = lb_persist.lookup(&pk);
+    if (t && now - t->last_ns > 1000000000ULL)
+        t->last_ns = now;
+}
+
 int lb_xdp_public(struct xdp_md *ctx)
 {
     struct lb_pkt pkt = {};
@@ -68,10 +83,12 @@ int lb_xdp_public(struct xdp_md *ctx)
         struct lb_svc *svc = lb_svc.lookup(&svc_id);
         if (!svc)
             return XDP_PASS;
-        lb_progs.call(ctx, LB_PROG_SCHED_BASE + svc->sched);
+        lb_progs.call(ctx, svc->persist_timeout ? LB_PROG_PERSIST : LB_PROG_SCHED_BASE + svc->sched);
         lb_count(LB_CNT_TAIL_CALL);
         return XDP_PASS;
     }
+    if (c->flags & LB_CONN_F_PERSIST)
+        lb_persist_touch(&pkt, svc_id, now);
 
     __u32 real_id = c->real;
     struct lb_real *r = lb_reals.lookup(&real_id);
@@ -255,6 +272,60 @@ int lb_sched_sh(struct xdp_md *ctx)
     return lb_sched_end(ctx, svc_id, sc, lb_pick_sh(svc_id, svc, ds, pkt.ip4->saddr));
 }
 
+/* ---- persistent services: a live template decides, else the scheduler (and new_conn makes a
+ * template of its pick) ---- */
+
+int lb_xdp_persist(struct xdp_md *ctx)
+{
+    struct lb_pkt pkt = {};
+    __u32 svc_id, zero = 0;
+    int act = lb_classify(ctx, &pkt, &svc_id);
+    if (act != LB_CONTINUE)
+        return act;
+    struct lb_svc *svc = lb_svc.lookup(&svc_id);
+    struct lb_sched_scratch *sc = lb_scratch.lookup(&zero);
+    if (!svc || !sc)
+        return XDP_PASS;
+    struct lb_persist_key pk;
+    lb_persist_key_of(&pk, &pkt, svc);
+    struct lb_persist *t = lb_persist.lookup(&pk);
+    if (t) {
+        if (!lb_persist_expired(t, bpf_ktime_get_coarse_ns()) && lb_persist_usable(t, svc_id)) {
+            sc->svc = svc_id;
+            sc->real = t->real;
+            sc->from_template = 1;
+            lb_progs.call(ctx, LB_PROG_NEW_CONN);
+            lb_count(LB_CNT_TAIL_CALL);
+            return XDP_PASS;
+        }
+        lb_persist_drop(&pk, t);  /* expired, or its real server is gone: schedule afresh */
+    }
+    sc->from_template = 0;
+    lb_progs.call(ctx, LB_PROG_SCHED_BASE + svc->sched);
+    lb_count(LB_CNT_TAIL_CALL);
+    return XDP_PASS;
+}
+
+/* new_conn's part for persistent services: refresh the template that chose, or make one */
+static __always_inline void lb_persist_after_pick(struct lb_pkt *pkt, __u32 svc_id, __u32 real_id,
+                                                  int from_template, __u64 now)
+{
+    struct lb_svc *svc = lb_svc.lookup(&svc_id);
+    if (!svc || !svc->persist_timeout)
+        return;
+    struct lb_persist_key pk;
+    lb_persist_key_of(&pk, pkt, svc);
+    if (from_template) {
+        struct lb_persist *t = lb_persist.lookup(&pk);
+        if (t)
+            t->last_ns = now;
+        return;
+    }
+    struct lb_persist t = { .last_ns = now, .real = real_id, .timeout = svc->persist_timeout };
+    if (lb_persist.insert(&pk, &t) == 0)
+        lb_persist_count(real_id, 1);
+}
+
 /* ---- a new connection: count it inactive (IPVS starts every connection so), first state
  * transition, insert (plus the NAT reverse entry), forward ---- */
 
@@ -270,6 +341,8 @@ int lb_xdp_new_conn(struct xdp_md *ctx)
     if (!pick || pick->svc != svc_id)
         return XDP_PASS;
     __u32 real_id = pick->real;
+    int from_template = pick->from_template;
+    pick->from_template = 0;
     struct lb_real *r = lb_reals.lookup(&real_id);
     if (!r || r->svc != svc_id)
         return XDP_PASS;
@@ -282,6 +355,9 @@ int lb_xdp_new_conn(struct xdp_md *ctx)
     c.svc = svc_id;
     c.state = LB_TCP_S_NONE;
     c.flags = LB_CONN_F_INACTIVE;
+    struct lb_svc *svc = lb_svc.lookup(&svc_id);
+    if (svc && svc->persist_timeout)
+        c.flags |= LB_CONN_F_PERSIST;
     c.client_ifindex = ctx->ingress_ifindex;
     __builtin_memcpy(c.client_mac, pkt.eth->h_source, ETH_ALEN);
     __builtin_memcpy(c.local_mac, pkt.eth->h_dest, ETH_ALEN);
@@ -301,8 +377,9 @@ int lb_xdp_new_conn(struct xdp_md *ctx)
         if (!r || r->svc != svc_id)
             return XDP_DROP;
         lb_stats_in(svc_id, real_id, pkt.len, 0);
-            return lb_forward_to_real(ctx, &pkt, r);
+        return lb_forward_to_real(ctx, &pkt, r);
     }
+    lb_persist_after_pick(&pkt, svc_id, real_id, from_template, c.last_ns);
     if (r->fwd == LB_FWD_NAT) {
         struct lb_conn_key rk = {};
         __builtin_memcpy(rk.saddr, r->addr, 16);

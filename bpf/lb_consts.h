@@ -15,6 +15,9 @@
 #ifndef LB_CONN_TABLE_SIZE
 #define LB_CONN_TABLE_SIZE 65536
 #endif
+#ifndef LB_PERSIST_TABLE_SIZE     /* persistence templates (allocated as used) */
+#define LB_PERSIST_TABLE_SIZE 16384
+#endif
 #ifndef LB_PIN_DIR
 #define LB_PIN_DIR "/sys/fs/bpf/lb/default"
 #endif
@@ -45,6 +48,7 @@
 #define LB_PROG_NEW_CONN 0
 #define LB_PROG_SCHED_BASE 1
 #define LB_PROG_MAX 16
+#define LB_PROG_PERSIST (LB_PROG_MAX - 1)   /* persistent services: template lookup first */
 
 /* Real server flags */
 #define LB_REAL_F_OVERLOAD 0x1   /* skipped by every scheduler (IPVS IP_VS_DEST_F_OVERLOAD) */
@@ -54,6 +58,7 @@
 /* Connection flags */
 #define LB_CONN_F_INACTIVE 0x1   /* counted in InActConn (IPVS IP_VS_CONN_F_INACTIVE) */
 #define LB_CONN_F_OUT 0x2        /* reverse entry of a NAT connection: reply -> client */
+#define LB_CONN_F_PERSIST 0x4    /* controlled by a persistence template (keeps it alive) */
 
 /* IPVS TCP states, same numbering as IP_VS_TCP_S_* */
 #define LB_TCP_S_NONE 0

@@ -15,6 +15,9 @@ BPF_TABLE_PINNED("array", __u32, struct lb_real_conns, lb_real_conns, LB_MAX_REA
 /* what the control plane's expiry sweep took away from lb_real_conns (it cannot add atomically) */
 BPF_TABLE_PINNED("array", __u32, struct lb_real_conns, lb_real_swept, LB_MAX_REALS, LB_PIN(lb_real_swept));
 BPF_TABLE_PINNED("lru_hash", struct lb_conn_key, struct lb_conn, lb_conns, LB_CONN_TABLE_SIZE, LB_PIN(lb_conns));
+/* persistence templates: not preallocated, so services without persistence cost nothing */
+BPF_TABLE_PINNED("hash", struct lb_persist_key, struct lb_persist, lb_persist, LB_PERSIST_TABLE_SIZE,
+                 LB_PIN(lb_persist), BPF_F_NO_PREALLOC);
 BPF_TABLE_PINNED("array", __u32, __u32, lb_tcp_fsm, LB_FSM_SIZE, LB_PIN(lb_tcp_fsm));
 BPF_TABLE_PINNED("array", __u32, __u32, lb_timeouts, LB_TIMEOUTS, LB_PIN(lb_timeouts));
 BPF_TABLE_PINNED("percpu_array", __u32, struct lb_stats, lb_svc_stats, LB_MAX_SERVICES, LB_PIN(lb_svc_stats));

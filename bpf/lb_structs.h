@@ -55,6 +55,23 @@ struct lb_real {                  /* lb_reals value, index = real id (one per se
 struct lb_real_conns {            /* lb_real_conns value: changed only by BPF, atomically */
     __u32 active;
     __u32 inactive;
+    __u32 persist;                /* persistence templates pointing here (PersistConn) */
+    __u32 pad;
+};
+
+struct lb_persist_key {           /* IPVS template: <proto, client & netmask, vip, vport> */
+    __u8 caddr[16];
+    __u8 vaddr[16];
+    __be16 vport;
+    __u8 proto;
+    __u8 family;
+    __u32 fwmark;                 /* reserved for firewall-mark services */
+};
+
+struct lb_persist {
+    __u64 last_ns;                /* last new connection or packet through it */
+    __u32 real;
+    __u32 timeout;                /* seconds: the service's persistence timeout */
 };
 
 struct lb_conn_key {
@@ -98,6 +115,8 @@ struct lb_sched_scratch {         /* per-CPU: scheduler loop state, then the han
     __u32 maxw;
     __u64 loh;
     __u64 lw;
+    __u32 from_template;          /* the pick came from a persistence template */
+    __u32 pad;
 };
 
 #endif

@@ -54,7 +54,8 @@ def build_table(cfg, health: dict | None = None) -> TableSpec:
                     continue
                 weight = 0
             reals.append(RealSpec(rs.address, rs.effective_port(vs), weight, forward))
-        services.append(ServiceSpec(vs.protocol, vs.address, vs.port, vs.scheduler, tuple(reals), vs.name))
+        services.append(ServiceSpec(vs.protocol, vs.address, vs.port, vs.scheduler, tuple(reals), vs.name,
+                                    vs.persistent, vs.pmask))
     t = cfg.timeouts
     return TableSpec(tuple(services), (t.tcp, t.tcpfin, t.udp))
 

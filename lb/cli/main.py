@@ -128,6 +128,34 @@ def cmd_stop(args) -> int:
     return _signal_instance(args, signal.SIGUSR2 if args.keep_dataplane else signal.SIGTERM, True)
 
 
+def cmd_status(args) -> int:
+    from lb.engine import statusfile
+
+    inst = _instance(args) or "default"
+    try:
+        with open(statusfile(inst)) as f:
+            doc = json.load(f)
+    except FileNotFoundError:
+        print(f"lb: instance {inst!r} is not running (no {statusfile(inst)})", file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps(doc, indent=2))
+        return 0
+    age = time.time() - doc.get("updated", 0)
+    print(f"instance {doc['instance']}  pid {doc['pid']}  role {doc['role']}  config {doc['config']}"
+          f"  (status {age:.0f}s old)")
+    for s in doc["services"]:
+        state = "" if s["active"] else "  (inactive)"
+        print(f"{s['protocol'].upper():4} {s['address']}:{s['port']} {s['scheduler']}  monitor {s['monitor']}{state}")
+        for r in s["real_servers"]:
+            last = r.get("last_check")
+            when = "" if not last else time.strftime("%H:%M:%S", time.localtime(last["at"]))
+            detail = "" if not last else f"{'ok' if last['ok'] else 'FAIL'} {when} {last['detail']}"
+            print(f"  -> {r['name']:<12} {r['address']}:{r['port']:<6} weight {r['weight']:<5} "
+                  f"{r['health']:<11} changes {r['changes']:<3} {detail}")
+    return 0
+
+
 def cmd_reload(args) -> int:
     return _signal_instance(args, signal.SIGHUP, False)
 
@@ -165,7 +193,8 @@ def cmd_list(args) -> int:
         elif args.connection:
             sys.stdout.write(listing.format_connections(conns))
         else:
-            mode = "stats" if args.stats else "default"
+            mode = ("stats" if args.stats else "persistent" if args.persistent_conn
+                    else "thresholds" if args.thresholds else "default")
             sys.stdout.write(listing.format_services(services, mode=mode, exact=args.exact,
                                                      sort=not args.nosort))
     finally:
@@ -179,6 +208,8 @@ def _add_list_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("-c", "--connection", action="store_true", help="list connections")
     p.add_argument("--stats", action="store_true", help="packet and byte counters")
     p.add_argument("--timeout", action="store_true", help="tcp tcpfin udp timeouts")
+    p.add_argument("--persistent-conn", action="store_true", help="persistence templates per real server")
+    p.add_argument("--thresholds", action="store_true", help="upper/lower connection thresholds")
     p.add_argument("--exact", "-X", action="store_true", help="exact numbers with --stats")
     p.add_argument("--sort", action="store_true", help="sort (the default)")
     p.add_argument("--nosort", action="store_true", help="keep the table's order")
@@ -220,6 +251,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="leave XDP attached, maps pinned and addresses up (for an upgrade: the next "
                         "`lb run` adopts them without dropping a packet)")
     p.set_defaults(func=cmd_stop)
+
+    p = sub.add_parser("status", help="services, real servers and their health checks")
+    p.add_argument("--instance")
+    p.add_argument("--config")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_status)
 
     p = sub.add_parser("reload", help="re-read the config of a running instance (SIGHUP)")
     p.add_argument("--instance")

@@ -3,7 +3,7 @@
 An lvs.cf written for Piranha's ``lvs``/``pulse`` runs unchanged::
 
     cfg = lb.config.load("/etc/sysconfig/ha/lvs.cf")          # dispatches here
-    cfg, extras = lb.config.lvscf.load_with_extras("lvs.cf")   # keep HA / health-check keys
+    cfg, extras = lb.config.lvscf.load_with_extras("lvs.cf")   # keep HA keys etc.
     text = lb.config.lvscf.dumps(cfg, extras)                  # back to lvs.cf
     toml = lb.config.lvscf.dumps_toml(cfg)                     # native TOML (``lb import``)
 
@@ -24,16 +24,35 @@ Mapping onto :class:`~lb.config.model.Config`:
   ``server`` -> RealServer; ``active = 1|0``; ``tcp_timeout``/``tcpfin_timeout``/
   ``udp_timeout`` -> Timeouts.
 
-Keys the model cannot hold yet (HA/heartbeat keys, health-check keys,
-serial_no, ...) are type-checked and returned in ``extras`` (see
-:func:`load_with_extras`) so :func:`dumps` writes them back.  ``network =
-tunnel``, ``fwmark`` and ``service = fos`` are rejected as not supported yet.
+* Health checks -> VirtualServer.monitor (:class:`~lb.config.model.Monitor`):
+  ``send_program`` (non-empty) -> kind "program" with program = its value (``%h``
+  and ``%p`` kept); else ``send`` or ``expect`` (non-empty) -> kind "send_expect";
+  else kind "tcp".  send/expect/use_regex/timeout/reentry map to the fields of the
+  same name (``send_program`` -> ``program``); send/expect are kept raw (the checker
+  decodes their escapes); the interval is Piranha's 2 s.
+
+Keys the model cannot hold yet (HA/heartbeat keys, ``sorry_server``,
+``load_monitor``, ``quiesce_server`` -- which resets connection counters, it is
+not Monitor.quiesce --, serial_no, ...) are type-checked and returned in
+``extras`` (see :func:`load_with_extras`) so :func:`dumps` writes them back.
+``network = tunnel``, ``fwmark`` and ``service = fos`` are rejected as not
+supported yet.
 
 lb extensions (written by :func:`dumps` only when the model needs them to
 round-trip; Piranha never writes them): global ``lb_instance``,
 ``lb_public_interface``, ``lb_private_interface``, ``lb_table_connections``,
-``lb_table_services``, ``lb_table_real_servers``, ``lb_table_reals_per_service``,
-and ``port`` inside a ``server`` block (RealServer.port, NAT port mapping).
+``lb_table_services``, ``lb_table_real_servers``, ``lb_table_reals_per_service``;
+``port`` inside a ``server`` block (RealServer.port, NAT port mapping); in a
+``virtual`` block the Monitor fields Piranha lacks or cannot express:
+``lb_monitor_kind`` (overrides the kind the Piranha keys imply),
+``lb_monitor_path``/``_host``/``_body_regex`` (quoted strings),
+``lb_monitor_status = 200-399``, ``lb_monitor_tls_verify``/``_quiesce = 0|1``,
+``lb_monitor_port``, ``lb_monitor_interval``/``_connect_timeout`` (seconds,
+decimals allowed), ``lb_monitor_timeout``/``_reentry`` (decimal seconds; they win
+over Piranha's integer ``timeout``/``reentry``, which are written rounded up), and
+``lb_monitor_escaped = 1``: the block's quoted monitor strings use the escapes
+``\\\\ \\n \\r \\t \\" \\' \\uXXXX`` (written when a string holds a line break,
+e.g. a TOML ``send = "...\\r\\n"``).
 
 Validation is the TOML loader's: the lvs.cf is turned into the same
 dict-shaped document, rendered as TOML and validated by
@@ -893,6 +912,8 @@ def _toml_str(s: str) -> str:
             out.append('\\"')
         elif ch == "\\":
             out.append("\\\\")
+        elif ch in "\n\r\t":
+            out.append({"\n": "\\n", "\r": "\\r", "\t": "\\t"}[ch])
         elif ord(ch) < 0x20 or ord(ch) == 0x7F:
             out.append(f"\\u{ord(ch):04x}")
         else:
@@ -967,6 +988,9 @@ def _doc(cfg: Config) -> dict[str, Any]:
             d["device"] = vs.device
         monitor = {f.name: getattr(vs.monitor, f.name) for f in dataclasses.fields(Monitor)
                    if getattr(vs.monitor, f.name) != getattr(Monitor(), f.name)}
+        for k in LB_MONITOR_SECONDS:
+            if k in monitor and float(monitor[k]).is_integer():
+                monitor[k] = int(monitor[k])
         if monitor:
             d["monitor"] = monitor
         reals = []

@@ -16,7 +16,7 @@ FWD_NAT, FWD_LOCAL, FWD_TUNNEL, FWD_DR = 0, 1, 2, 3
 FORWARD_NAMES = {FWD_NAT: "Masq", FWD_LOCAL: "Local", FWD_TUNNEL: "Tunnel", FWD_DR: "Route"}
 REAL_F_OVERLOAD = 0x1
 REAL_F_NO_NEXTHOP = 0x2
-CONN_F_INACTIVE, CONN_F_OUT = 0x1, 0x2
+CONN_F_INACTIVE, CONN_F_OUT, CONN_F_PERSIST = 0x1, 0x2, 0x4
 
 # scheduler name -> LB_SCHED_* (also the tail-call slot LB_PROG_SCHED_BASE + value)
 SCHEDULERS = {"rr": 0, "wrr": 1, "wlc": 2, "lc": 3, "sed": 4, "nq": 5, "fo": 6, "ovf": 7,
@@ -27,6 +27,7 @@ SCHEDULER_NAMES = {v: k for k, v in SCHEDULERS.items()}
 PROG_NEW_CONN = 0
 PROG_SCHED_BASE = 1
 PROG_MAX = 16
+PROG_PERSIST = PROG_MAX - 1
 
 TCP_STATES = ["NONE", "ESTABLISHED", "SYN_SENT", "SYN_RECV", "FIN_WAIT", "TIME_WAIT", "CLOSE",
               "CLOSE_WAIT", "LAST_ACK", "LISTEN", "SYNACK"]
@@ -43,7 +44,9 @@ SVC = struct.Struct("=16s2sBB7I")                   # lb_svc
 SCHED_STATE = struct.Struct("=Ii")                  # lb_sched_state
 DEST = struct.Struct("=3I")                         # lb_dest
 REAL = struct.Struct("=16s2sBBIII6s6sI")            # lb_real
-REAL_CONNS = struct.Struct("=II")                   # lb_real_conns
+REAL_CONNS = struct.Struct("=IIII")                 # lb_real_conns: active, inactive, persist, pad
+PERSIST_KEY = struct.Struct("=16s16s2sBBI")          # lb_persist_key
+PERSIST = struct.Struct("=QII")                     # lb_persist
 CONN_KEY = struct.Struct("=16s16s2s2sBBBB")         # lb_conn_key
 CONN = struct.Struct("=QIIIIBB2s6s6s")              # lb_conn
 STATS = struct.Struct("=5Q")                        # lb_stats
@@ -196,3 +199,22 @@ class Conn:
         if proto != 6:
             return "UDP"
         return TCP_STATES[self.state] if self.state < len(TCP_STATES) else "ERR!"
+
+
+def pack_mask(mask: str | None) -> int:
+    """lb_svc.persist_mask: the IPv4 netmask as a u32 whose bytes are in network order."""
+    packed = ipaddress.IPv4Address(mask or "255.255.255.255").packed
+    return int.from_bytes(packed, "little")
+
+
+def unpack_mask(value: int) -> str:
+    return str(ipaddress.IPv4Address(value.to_bytes(4, "little")))
+
+
+def real_counts(conns: bytes, swept: bytes) -> tuple[int, int, int]:
+    """(active, inactive, persist) of a real server: what BPF counted minus what the control
+    plane's sweep took off."""
+    a, i, p, _ = REAL_CONNS.unpack(conns)
+    sa, si, sp, _ = REAL_CONNS.unpack(swept)
+    m = 0xFFFFFFFF
+    return (a - sa) & m, (i - si) & m, (p - sp) & m

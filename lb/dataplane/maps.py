@@ -16,7 +16,7 @@ PIN_ROOT = "/sys/fs/bpf/lb"
 
 MAP_NAMES = ("lb_services", "lb_svc", "lb_sched_state", "lb_svc_dests", "lb_reals",
              "lb_real_conns", "lb_real_swept", "lb_conns", "lb_tcp_fsm", "lb_timeouts",
-             "lb_svc_stats", "lb_real_stats", "lb_counters", "lb_progs", "lb_scratch")
+             "lb_svc_stats", "lb_real_stats", "lb_counters", "lb_progs", "lb_scratch", "lb_persist")
 
 
 def pin_dir(instance: str, root: str = PIN_ROOT) -> str:

@@ -28,16 +28,17 @@ def read_services(maps: PinnedMaps) -> list[ServiceRow]:
         row = ServiceRow(protocol=L.PROTO_NAMES.get(key.proto, str(key.proto)), address=key.addr,
                          port=key.port, scheduler=L.SCHEDULER_NAMES.get(svc.sched, "?"),
                          family=key.addr.version,
+                         persistent=svc.persist_timeout or None,
+                         netmask=L.unpack_mask(svc.persist_mask) if svc.persist_timeout else None,
                          stats=_sum_stats(maps["lb_svc_stats"].get_percpu(skey)))
         dests = L.unpack_dests(maps["lb_svc_dests"].get(skey), min(svc.nreals, maps["lb_svc_dests"].value_size // L.DEST.size))
         for rid, weight, _flags in dests:
             rkey = L.U32.pack(rid)
             real = L.Real.unpack(maps["lb_reals"].get(rkey))
-            a, i = L.REAL_CONNS.unpack(maps["lb_real_conns"].get(rkey))
-            sa, si = L.REAL_CONNS.unpack(maps["lb_real_swept"].get(rkey))
+            a, i, p = L.real_counts(maps["lb_real_conns"].get(rkey), maps["lb_real_swept"].get(rkey))
             row.reals.append(RealRow(address=real.addr, port=real.port,
                                      forward=L.FORWARD_NAMES.get(real.fwd, "?"), weight=real.weight,
-                                     active=(a - sa) & 0xFFFFFFFF, inactive=(i - si) & 0xFFFFFFFF,
+                                     active=a, inactive=i, persist=p,
                                      stats=_sum_stats(maps["lb_real_stats"].get_percpu(rkey))))
         rows.append(row)
     return rows

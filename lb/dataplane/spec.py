@@ -27,6 +27,8 @@ class ServiceSpec:
     scheduler: str
     reals: tuple[RealSpec, ...] = ()   # in configuration order (IPVS keeps the reverse)
     name: str = ""
+    persistent: int = 0                # template timeout in seconds; 0 = no persistence
+    pmask: str | None = None           # IPv4 netmask applied to the client address
 
     @property
     def key(self) -> tuple[str, Address, int]:

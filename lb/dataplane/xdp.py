@@ -30,7 +30,7 @@ BPF_DIR = Path(__file__).resolve().parents[2] / "bpf"
 XDP_FLAGS_SKB_MODE = 1 << 1
 XDP_FLAGS_DRV_MODE = 1 << 2
 
-PROGRAMS = ("lb_xdp_public", "lb_xdp_private", "lb_xdp_new_conn",
+PROGRAMS = ("lb_xdp_public", "lb_xdp_private", "lb_xdp_new_conn", "lb_xdp_persist",
             *(f"lb_sched_{n}" for n in L.SCHEDULERS))
 
 # IPVS TCP timeouts (s) by state; tcp/tcpfin/udp from the config replace ESTABLISHED/FIN_WAIT/UDP
@@ -71,8 +71,14 @@ class Sizes:
     def from_tables(cls, t) -> "Sizes":
         return cls(t.services, t.real_servers, t.reals_per_service, t.connections)
 
+    @property
+    def persist(self) -> int:
+        """persistence templates: a quarter of the connection table (allocated as used)"""
+        return max(1024, self.connections // 4)
+
     def cflags(self, pin: str) -> list[str]:
         return [f"-DLB_MAX_SERVICES={self.services}", f"-DLB_MAX_REALS={self.reals}",
+                f"-DLB_PERSIST_TABLE_SIZE={self.persist}",
                 f"-DLB_MAX_SVC_REALS={self.svc_reals}", f"-DLB_CONN_TABLE_SIZE={self.connections}",
                 f'-DLB_PIN_DIR="{pin}"']
 
@@ -88,6 +94,7 @@ class Sizes:
             "lb_real_conns": (self.reals, L.REAL_CONNS.size),
             "lb_real_swept": (self.reals, L.REAL_CONNS.size),
             "lb_conns": (self.connections, L.CONN.size),
+            "lb_persist": (self.persist, L.PERSIST.size),
             "lb_svc_stats": (self.services, L.STATS.size),
             "lb_real_stats": (self.reals, L.STATS.size),
         }
@@ -185,6 +192,7 @@ class XdpDataplane:
                  time.monotonic() - t0, "adopted" if self.adopted else "new", self.pin)
         progs = self.bpf[b"lb_progs"]
         progs[ctypes.c_int(L.PROG_NEW_CONN)] = ctypes.c_int(self.fns["lb_xdp_new_conn"].fd)
+        progs[ctypes.c_int(L.PROG_PERSIST)] = ctypes.c_int(self.fns["lb_xdp_persist"].fd)
         for sname, idx in L.SCHEDULERS.items():
             progs[ctypes.c_int(L.PROG_SCHED_BASE + idx)] = ctypes.c_int(self.fns[f"lb_sched_{sname}"].fd)
         for name in self.sizes.expected().keys() | {"lb_tcp_fsm", "lb_timeouts", "lb_counters"}:
@@ -281,9 +289,7 @@ class XdpDataplane:
 
     def _real_conns(self, rid: int) -> tuple[int, int]:
         k = L.U32.pack(rid)
-        a, i = L.REAL_CONNS.unpack(self.maps["lb_real_conns"].get(k))
-        sa, si = L.REAL_CONNS.unpack(self.maps["lb_real_swept"].get(k))
-        return (a - sa) & 0xFFFFFFFF, (i - si) & 0xFFFFFFFF
+        return L.real_counts(self.maps["lb_real_conns"].get(k), self.maps["lb_real_swept"].get(k))
 
     def _alloc_real(self) -> int:
         if self.next_real_id < self.sizes.reals:
@@ -293,12 +299,12 @@ class XdpDataplane:
             # reuse a removed real server's id once no connection points at it any more
             in_use = {r for s in self.services.values() for _, r in s.dests}
             for rid, real in self.reals.items():
-                if rid not in in_use and real.family == 0 and self._real_conns(rid) == (0, 0):
+                if rid not in in_use and real.family == 0 and self._real_conns(rid) == (0, 0, 0):
                     break
             else:
                 raise DataplaneError(f"no free real server slot (tables.real_servers = {self.sizes.reals})")
         k = L.U32.pack(rid)
-        zero = L.REAL_CONNS.pack(0, 0)
+        zero = L.REAL_CONNS.pack(0, 0, 0, 0)
         self._set("lb_real_conns", k, zero)
         self._set("lb_real_swept", k, zero)
         self._set("lb_real_stats", k, L.STATS.pack(0, 0, 0, 0, 0))
@@ -422,6 +428,13 @@ class XdpDataplane:
             changed = True
             log.info("added real server %s:%d to %s (%s, weight %d)", spec_r.address, spec_r.port,
                      _svc_name(key), L.FORWARD_NAMES[real.fwd], real.weight)
+        persist = (spec.persistent, L.pack_mask(spec.pmask) if spec.persistent else 0)
+        if not new:
+            cur = L.Svc.unpack(self.maps["lb_svc"].get(L.U32.pack(st.id)))
+            if (cur.persist_timeout, cur.persist_mask) != persist:
+                changed = True
+                log.info("virtual service %s: persistence %d s mask %s", _svc_name(key), spec.persistent,
+                         spec.pmask or "255.255.255.255")
         if not (new or changed):
             return
         sid = L.U32.pack(st.id)
@@ -429,7 +442,7 @@ class XdpDataplane:
         self._set("lb_svc_dests", sid, L.pack_dests(dests, self.sizes.svc_reals))
         self._set_buckets(st)
         mw, di = sched_model.wrr_params(self._weights(st))
-        svc = L.Svc(key.addr, key.port, key.proto, L.SCHEDULERS[st.sched], len(st.dests), 0, mw, di)
+        svc = L.Svc(key.addr, key.port, key.proto, L.SCHEDULERS[st.sched], len(st.dests), 0, mw, di, *persist)
         self._set("lb_svc", sid, svc.pack())
         cl = L.POS_HEAD
         if st.sched == "rr" and cursor is not None:
@@ -498,12 +511,18 @@ class XdpDataplane:
             if c.flags & L.CONN_F_OUT:
                 continue
             n += 1
-            cnt = swept.setdefault(c.real, [0, 0])
+            cnt = swept.setdefault(c.real, [0, 0, 0])
             cnt[1 if c.flags & L.CONN_F_INACTIVE else 0] += 1
-        for rid, (a, i) in swept.items():
+        templates = self.maps["lb_persist"]
+        for k, v in templates.items():
+            last, real, timeout = L.PERSIST.unpack(v)
+            if now - last > timeout * 1_000_000_000 and templates.delete(k):
+                swept.setdefault(real, [0, 0, 0])[2] += 1
+        m = 0xFFFFFFFF
+        for rid, (a, i, p) in swept.items():
             key = L.U32.pack(rid)
-            sa, si = L.REAL_CONNS.unpack(self.maps["lb_real_swept"].get(key))
-            self._set("lb_real_swept", key, L.REAL_CONNS.pack((sa + a) & 0xFFFFFFFF, (si + i) & 0xFFFFFFFF))
+            sa, si, sp, _ = L.REAL_CONNS.unpack(self.maps["lb_real_swept"].get(key))
+            self._set("lb_real_swept", key, L.REAL_CONNS.pack((sa + a) & m, (si + i) & m, (sp + p) & m, 0))
         return n
 
 

@@ -1,0 +1,45 @@
+/* Persistence templates (IPVS ip_vs_sched_persist): a client network's new connections to a
+ * persistent service go to the real server its template names, while the template lives. */
+#ifndef LB_PERSIST_H
+#define LB_PERSIST_H
+
+static __always_inline void lb_persist_key_of(struct lb_persist_key *pk, struct lb_pkt *pkt,
+                                              struct lb_svc *svc)
+{
+    __builtin_memset(pk, 0, sizeof(*pk));
+    *(__be32 *)pk->caddr = pkt->ip4->saddr & svc->persist_mask;
+    __builtin_memcpy(pk->vaddr, svc->addr, 16);
+    pk->vport = svc->port;
+    pk->proto = svc->proto;
+    pk->family = svc->family;
+}
+
+static __always_inline int lb_persist_expired(struct lb_persist *t, __u64 now)
+{
+    return now - t->last_ns > (__u64)t->timeout * 1000000000ULL;
+}
+
+static __always_inline void lb_persist_count(__u32 real, int delta)
+{
+    struct lb_real_conns *c = lb_real_conns.lookup(&real);
+    if (c)
+        __sync_fetch_and_add(&c->persist, delta);
+}
+
+/* Remove a template; whoever's delete succeeds uncounts it (as for connections). */
+static __always_inline void lb_persist_drop(struct lb_persist_key *pk, struct lb_persist *t)
+{
+    __u32 real = t->real;
+    if (lb_persist.delete(pk) == 0)
+        lb_persist_count(real, -1);
+}
+
+/* A template is valid while its real server is still in the service (IPVS: AVAILABLE). */
+static __always_inline int lb_persist_usable(struct lb_persist *t, __u32 svc_id)
+{
+    __u32 real = t->real;
+    struct lb_real *r = lb_reals.lookup(&real);
+    return r && r->svc == svc_id && r->family != 0;
+}
+
+#endif

@@ -1,0 +1,95 @@
+"""Persistence templates (IPVS persistent services) through the loaded programs."""
+from __future__ import annotations
+
+import ipaddress
+import itertools
+import time
+
+import pytest
+from scapy.layers.inet import IP, TCP
+from scapy.layers.l2 import Ether
+
+from lb.dataplane import RealSpec, ServiceSpec, TableSpec, reader
+from lb.dataplane import layout as L
+from lb.dataplane.maps import PinnedMaps
+from packets_util import CLIENT_MAC, PUB_MAC, XDP_REDIRECT, make_dataplane, real_mac, run
+
+ip = ipaddress.ip_address
+REALS = [ip("198.18.1.11"), ip("198.18.1.12"), ip("198.18.1.13")]
+_sport = itertools.count(20000)
+
+
+def table(*reals_idx, persistent=300, pmask="255.255.255.0", port=80):
+    reals = tuple(RealSpec(REALS[i], 80, 1, "dr") for i in reals_idx)
+    return TableSpec((ServiceSpec("tcp", ip("198.18.0.10"), port, "rr", reals, "web", persistent, pmask),))
+
+
+@pytest.fixture(scope="module")
+def dp():
+    d = make_dataplane("persist")
+    try:
+        yield d
+    finally:
+        d.unpin()
+        d.close()
+
+
+def pick(dp, client, port=80):
+    pkt = Ether(src=CLIENT_MAC, dst=PUB_MAC) / IP(src=client, dst="198.18.0.10") / \
+        TCP(sport=next(_sport), dport=port, flags="S")
+    rc, out = run(dp, "lb_xdp_public", pkt)
+    assert rc == XDP_REDIRECT
+    return {real_mac(a): str(a) for a in REALS}[Ether(out).dst]
+
+
+def test_same_client_and_network_keep_their_server(dp):
+    dp.apply(table(0, 1, 2, port=81))
+    first = pick(dp, "198.18.0.2", 81)
+    assert first == "198.18.1.13"                       # rr's first pick, as without persistence
+    assert [pick(dp, "198.18.0.2", 81) for _ in range(5)] == [first] * 5
+    assert pick(dp, "198.18.0.77", 81) == first             # same /24 with mask 255.255.255.0
+    other = pick(dp, "198.18.9.2", 81)                       # another /24: scheduled (rr goes on)
+    assert other == "198.18.1.12"
+    assert pick(dp, "198.18.9.200", 81) == other
+    with PinnedMaps(dp.instance) as maps:
+        [svc] = reader.read_services(maps)
+    assert (svc.persistent, svc.netmask) == (300, "255.255.255.0")
+    persist = {str(r.address): r.persist for r in svc.reals}
+    assert persist == {"198.18.1.13": 1, "198.18.1.12": 1, "198.18.1.11": 0}
+
+
+def test_without_persistence_rr_rotates(dp):
+    dp.apply(table(0, 1, 2, persistent=0, port=82))
+    assert [pick(dp, "198.18.0.2", 82) for _ in range(3)] == ["198.18.1.13", "198.18.1.12", "198.18.1.11"]
+
+
+def test_template_expires_after_the_timeout(dp):
+    dp.apply(table(0, 1, 2, persistent=1, port=83))
+    first = pick(dp, "198.18.0.2", 83)
+    assert pick(dp, "198.18.0.2", 83) == first
+    time.sleep(2.2)                                      # 1 s timeout (the clock is coarse)
+    assert pick(dp, "198.18.0.2", 83) != first              # scheduled afresh: rr moved on
+    assert dp.sweep() >= 0
+
+
+def test_template_of_a_removed_server_is_invalid(dp):
+    dp.apply(table(0, 1, 2, port=84))
+    first = pick(dp, "198.18.0.2", 84)
+    keep = [i for i, a in enumerate(REALS) if str(a) != first]
+    dp.apply(table(*keep, port=84))
+    again = pick(dp, "198.18.0.2", 84)
+    assert again != first
+    assert [pick(dp, "198.18.0.2", 84) for _ in range(3)] == [again] * 3
+
+
+def test_sweep_removes_expired_templates_and_their_count(dp):
+    dp.apply(table(0, 1, 2, persistent=1, port=85))
+    pick(dp, "198.18.0.2", 85)
+    time.sleep(2.2)
+    dp.sweep()
+    with PinnedMaps(dp.instance) as maps:
+        [svc] = reader.read_services(maps)
+        assert sum(r.persist for r in svc.reals) == 0
+        left = [k for k, _ in maps["lb_persist"].items()
+                if int.from_bytes(L.PERSIST_KEY.unpack(k)[2], "big") == 85]
+        assert left == []
