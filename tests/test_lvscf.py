@@ -21,6 +21,7 @@ from lb.config import (
     loads,
     lvscf,
 )
+from lb.config.model import Monitor
 
 HERE = Path(__file__).resolve().parent
 CONFIGS = HERE.parent / "configs"
@@ -54,6 +55,9 @@ EXPECTED_FULL = Config(
                 RealServer("web1", IPv4Address("10.0.0.11"), None, 2, True),
                 RealServer("web2", IPv4Address("10.0.0.12"), None, 0, False),
             ),
+            # send_program wins over send/expect (as in Piranha's nanny); send/expect are kept raw
+            monitor=Monitor(kind="program", send="GET / HTTP/1.0\\r\\n\\r\\n", expect="HTTP", use_regex=False,
+                            program="/usr/local/bin/check %h", timeout=6, reentry=15),
         ),
         VirtualServer(
             name="dns", address=IPv4Address("192.168.2.53"), port=53, protocol="udp", scheduler="rr",
@@ -73,10 +77,8 @@ EXPECTED_EXTRAS = {
     },
     "virtual": {
         "web": {
-            "vip_nmask": "255.255.255.0", "sorry_server": "10.0.0.99",
-            "send": "GET / HTTP/1.0\\r\\n\\r\\n", "expect": "HTTP", "use_regex": False,
-            "send_program": "/usr/local/bin/check %h", "load_monitor": "uptime",
-            "timeout": 6, "reentry": 15, "quiesce_server": True, "address_alias": "eth0:1",
+            "vip_nmask": "255.255.255.0", "sorry_server": "10.0.0.99", "load_monitor": "uptime",
+            "quiesce_server": True, "address_alias": "eth0:1",
         },
     },
 }
@@ -138,6 +140,10 @@ def test_toml_to_lvscf_round_trip(name: str) -> None:
         # documented normalisation: lvs.cf's nat_router always names its device
         cfg = dataclasses.replace(cfg, nat_router_device=cfg.private_interface)
     assert back == nopath(cfg)
+    if name == "example.toml":  # its http monitor: Piranha's keys plus lb_monitor_* for the rest
+        text = lvscf.dumps(cfg)
+        assert 'send = "GET / HTTP/1.0\\r\\n\\r\\n"' in text and "lb_monitor_escaped = 1" in text
+        assert "lb_monitor_kind = http" in text and 'lb_monitor_path = "/healthz"' in text
 
 
 def test_toml_round_trip_of_unusual_models() -> None:
@@ -152,6 +158,54 @@ def test_toml_round_trip_of_unusual_models() -> None:
     assert loads(lvscf.dumps_toml(empty)) == empty
 
 
+def monitored(m: Monitor) -> Config:
+    vs = VirtualServer(name="web", address=IPv4Address("10.9.0.1"), port=80, monitor=m,
+                       real_servers=(RealServer("r", IPv4Address("10.9.1.1")),))
+    return Config(public_interface="eth0", virtual_servers=(vs,))
+
+
+@pytest.mark.parametrize(("m", "lb_keys"), [
+    (Monitor(), set()),
+    (Monitor(kind="send_expect", send="GET / HTTP/1.0\\r\\n\\r\\n", expect="HTTP"), set()),
+    (Monitor(kind="send_expect", expect="^2[0-9]{2}", use_regex=True, timeout=3, reentry=0), set()),
+    (Monitor(kind="program", program="/bin/check %h %p", send="x"), set()),
+    (Monitor(kind="send_expect"), {"kind"}),  # nothing sent, nothing expected
+    (Monitor(kind="tcp", program="/bin/check %h", expect="x"), {"kind"}),
+    (Monitor(kind="udp", send="ping", expect="pong", port=5353), {"kind", "port"}),
+    (Monitor(kind="https", path="/h", host="", status=(200, 204), body_regex="ok\\s", tls_verify=False,
+             interval=0.5, timeout=2.5, reentry=0.25, connect_timeout=1, quiesce=True),
+     {"kind", "path", "host", "status", "body_regex", "tls_verify", "interval", "timeout", "reentry",
+      "connect_timeout", "quiesce"}),
+    # line breaks (a TOML send = "...\r\n") cannot sit on an lvs.cf line: escaped, flagged
+    (Monitor(kind="none", send="a\\r\r\u2028\"q\" \\x", program="p %h", path="/\n"), {"kind", "path", "escaped"}),
+])
+def test_monitor_round_trips(m: Monitor, lb_keys: set[str]) -> None:
+    cfg = monitored(m)
+    text = lvscf.dumps(cfg)
+    assert lvscf.loads(text) == cfg
+    assert lvscf.dumps(lvscf.loads(text)) == text
+    assert {line.split()[0][len("lb_monitor_"):] for line in text.split("\n") if "lb_monitor_" in line} == lb_keys
+    toml = lvscf.dumps_toml(cfg)
+    assert loads(toml) == cfg
+    assert ("[virtual_server.monitor]" in toml) == (m != Monitor())
+
+
+def test_send_program_gives_a_program_monitor() -> None:
+    text = GOOD_HEAD.replace("port = 80", 'port = 80\n     send_program = "/usr/local/bin/check-web %h %p"\n'
+                                          "     timeout = 4\n     reentry = 30")
+    cfg, extras = lvscf.loads_with_extras(text)
+    assert cfg.virtual_servers[0].monitor == Monitor(kind="program", program="/usr/local/bin/check-web %h %p",
+                                                     timeout=4, reentry=30)
+    assert extras["virtual"] == {"web": {"address_alias": "eth0:1"}}
+    out = lvscf.dumps(cfg, extras)
+    assert 'send_program = "/usr/local/bin/check-web %h %p"' in out
+    assert "timeout = 4" in out and "reentry = 30" in out and "lb_monitor" not in out
+    # send/expect alone: Piranha's send/expect check; neither: a TCP connect
+    se = lvscf.loads(GOOD_HEAD.replace("port = 80", 'port = 80\n     expect = "OK"\n     use_regex = 1'))
+    assert se.virtual_servers[0].monitor == Monitor(kind="send_expect", expect="OK", use_regex=True)
+    assert lvscf.loads(GOOD_HEAD).virtual_servers[0].monitor == Monitor()
+
+
 def test_example_lvs_cf_is_lab_nat() -> None:
     cf_cfg = load(CONFIGS / "example-lvs.cf")
     toml_cfg = load(CONFIGS / "lab-nat.toml")
@@ -160,6 +214,11 @@ def test_example_lvs_cf_is_lab_nat() -> None:
         dataclasses.replace(vs, real_servers=tuple(dataclasses.replace(r, port=None) for r in vs.real_servers))
         for vs in toml_cfg.virtual_servers
     )
+    # the lvs.cf has Piranha's send/expect check, lab-nat.toml the default TCP connect
+    assert [vs.monitor for vs in cf_cfg.virtual_servers] == [
+        Monitor(kind="send_expect", send="GET / HTTP/1.0\\r\\n\\r\\n", expect="HTTP", timeout=6, reentry=15)]
+    cf_cfg = dataclasses.replace(cf_cfg, virtual_servers=tuple(
+        dataclasses.replace(vs, monitor=Monitor()) for vs in cf_cfg.virtual_servers))
     assert nopath(cf_cfg) == nopath(dataclasses.replace(toml_cfg, virtual_servers=unported))
 
 
@@ -325,3 +384,27 @@ def test_file_errors_carry_path(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as ei:
         load(tmp_path / "missing.cf")
     assert "cannot read file" in str(ei.value)
+
+
+def test_bad_monitor_keys() -> None:
+    def at(extra: str) -> tuple[int | None, str, str]:
+        return one(GOOD_HEAD.replace("port = 80", "port = 80\n     " + extra))
+
+    line, fld, msg = at("lb_monitor_kind = ping")
+    assert (line, fld) == (5, "virtual[web].lb_monitor_kind") and msg.startswith("unknown monitor kind 'ping'")
+    assert at("lb_monitor_interval = often") == (
+        5, "virtual[web].lb_monitor_interval", "expected a number of seconds, got 'often'")
+    assert at("lb_monitor_interval = 0") == (5, "virtual[web].lb_monitor_interval", "must be more than 0 seconds")
+    assert at("lb_monitor_port = 70000") == (5, "virtual[web].lb_monitor_port", "must be between 1 and 65535, got 70000")
+    assert at("lb_monitor_quiesce = yes") == (5, "virtual[web].lb_monitor_quiesce", "expected 0 or 1, got 'yes'")
+    assert at("lb_monitor_status = 500-200") == (
+        5, "virtual[web].lb_monitor_status", "expected LOWEST-HIGHEST HTTP status (100..599), e.g. 200-399, got '500-200'")
+    assert at("timeout = soon") == (5, "virtual[web].timeout", "expected an integer, got 'soon'")
+    line, fld, msg = at("reentry = -1")
+    assert (line, fld) == (5, "virtual[web].reentry") and msg.startswith("must be between 0")
+    line, fld, msg = at("use_regex = 1\n     expect = \"(\"")
+    assert (line, fld) == (6, "virtual[web].expect") and msg.startswith("not a valid regular expression")
+    line, fld, msg = at("lb_monitor_kind = program")
+    assert (line, fld) == (2, "virtual[web].send_program") and "needs `program`" in msg
+    line, fld, msg = at("lb_monitor_typo = 1")
+    assert (line, fld) == (5, "virtual[web].lb_monitor_typo") and "unknown key" in msg
