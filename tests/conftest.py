@@ -1,11 +1,46 @@
 import os
 import shutil
+import signal
+import subprocess
+import time
+from pathlib import Path
 
 import pytest
 
 
+LAB_TESTS_LOCK = "/run/lb-lab.tests.lock"
+LAB_TESTS_LOCK_WAIT_S = 600.0
+
+
 @pytest.fixture(scope="module")
-def lab(request):
+def lab_exclusive():
+    """An exclusive flock held while a module uses the lab: the lab is one per host (lb-*
+    namespaces, /run/lb-lab, /sys/fs/bpf/lb/lab), so concurrent pytest sessions take turns
+    instead of tearing down each other's lab. Released by close() or by the process dying."""
+    import fcntl
+
+    try:
+        fd = os.open(LAB_TESTS_LOCK, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    except OSError:
+        yield  # not root: the lab fixture skips anyway
+        return
+    try:
+        deadline = time.monotonic() + LAB_TESTS_LOCK_WAIT_S
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    pytest.fail(f"another test session held {LAB_TESTS_LOCK} for {LAB_TESTS_LOCK_WAIT_S:.0f}s")
+                time.sleep(0.2)
+        yield
+    finally:
+        os.close(fd)
+
+
+@pytest.fixture(scope="module")
+def lab(request, lab_exclusive):
     """The namespace lab (lb.lab), up for the whole test module, torn down afterwards.
 
     Network mode: indirect parametrization (``@pytest.mark.parametrize("lab", ["nat"], indirect=True)``)
@@ -21,3 +56,123 @@ def lab(request):
         yield _lab
     finally:
         _lab.down()
+
+
+# ---------------------------------------------------------------------------------------------
+# `lb run` inside the lab's director namespace (tests/test_director.py, tests/test_restart.py)
+
+REPO = Path(__file__).resolve().parents[1]
+LB_BIN = str(REPO / ".venv" / "bin" / "lb")
+LAB_INSTANCE = "lab"
+LAB_PIN_DIR = f"/sys/fs/bpf/lb/{LAB_INSTANCE}"
+LAB_PIDFILE = f"/run/lb/{LAB_INSTANCE}.pid"
+
+
+class LbProcess:
+    """One `lb run --config PATH` in the director namespace; its stderr goes to a log file."""
+
+    def __init__(self, lab, config: str, log_path: Path):
+        self.lab = lab
+        self.config = str(config)
+        self.log_path = Path(log_path)
+        self._log = open(self.log_path, "wb")
+        self.proc = lab.popen("director", [LB_BIN, "run", "--config", self.config],
+                              stdin=subprocess.DEVNULL, stdout=self._log, stderr=subprocess.STDOUT,
+                              start_new_session=True)
+        self.pid = self.proc.pid
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def wait_log(self, text: str, count: int = 1, timeout: float = 30.0) -> None:
+        """Until ``text`` occurs ``count`` times in the log; fails early if the process exits."""
+        deadline = time.monotonic() + timeout
+        while True:
+            if self.log().count(text) >= count:
+                return
+            if self.proc.poll() is not None:
+                raise AssertionError(f"lb run exited with {self.proc.returncode} before logging {text!r}:\n{self.log()}")
+            if time.monotonic() > deadline:
+                raise AssertionError(f"lb run did not log {text!r} within {timeout}s:\n{self.log()}")
+            time.sleep(0.05)
+
+    def wait_running(self, timeout: float = 30.0) -> "LbProcess":
+        self.wait_log(f"lb instance '{LAB_INSTANCE}' running", timeout=timeout)
+        return self
+
+    def signal(self, sig: int) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+
+    def wait(self, timeout: float) -> int:
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            raise AssertionError(f"lb run (pid {self.pid}) still running after {timeout}s:\n{self.log()}") from None
+
+    def close(self) -> None:
+        """SIGTERM (the clean stop), then SIGKILL; always reaps."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        self._log.close()
+
+
+def remove_lab_dataplane(lab) -> None:
+    """Whatever an `lb run` of the lab may have left: XDP on pub0/priv0, pins, pid file."""
+    if os.path.exists(lab.netns_path("director")):
+        for dev in ("pub0", "priv0"):
+            for mode in ("xdp", "xdpgeneric", "xdpdrv"):
+                lab.run("director", ["ip", "link", "set", "dev", dev, mode, "off"], check=False, timeout=10)
+    shutil.rmtree(LAB_PIN_DIR, ignore_errors=True)
+    try:
+        os.unlink(LAB_PIDFILE)
+    except FileNotFoundError:
+        pass
+
+
+class LbRunner:
+    """Starts `lb run` processes for a test (or module) and undoes everything they may leave."""
+
+    def __init__(self, lab, log_dir: Path):
+        self.lab = lab
+        self.log_dir = Path(log_dir)
+        self.procs: list[LbProcess] = []
+
+    def start(self, config, wait: bool = True) -> LbProcess:
+        p = LbProcess(self.lab, config, self.log_dir / f"lb-run-{len(self.procs)}.log")
+        self.procs.append(p)
+        return p.wait_running() if wait else p
+
+    def cleanup(self) -> None:
+        try:
+            for p in self.procs:
+                p.close()
+        finally:
+            remove_lab_dataplane(self.lab)
+
+
+@pytest.fixture
+def lb_runner(lab, tmp_path):
+    """Function-scoped: start `lb run` in the lab director with ``lb_runner.start(config)``."""
+    remove_lab_dataplane(lab)
+    r = LbRunner(lab, tmp_path)
+    try:
+        yield r
+    finally:
+        r.cleanup()
+
+
+@pytest.fixture(scope="module")
+def lb_module_runner(lab, tmp_path_factory):
+    """Module-scoped twin of ``lb_runner`` (one `lb run` shared by a module's tests)."""
+    remove_lab_dataplane(lab)
+    r = LbRunner(lab, tmp_path_factory.mktemp("lb-run"))
+    try:
+        yield r
+    finally:
+        r.cleanup()

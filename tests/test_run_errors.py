@@ -1,0 +1,158 @@
+"""`lb run` / `lb check` / `lb list` when there is nothing to run: bad configs, missing
+interfaces, no instance. Run in the host namespace: every config here names interfaces that do
+not exist, so even a wrongly accepted one could never attach anything to a host interface.
+"""
+
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+LB = str(REPO / ".venv" / "bin" / "lb")
+PIN_ROOT = "/sys/fs/bpf/lb"
+
+GOOD = """\
+[global]
+instance = "{instance}"
+public_interface = "nosuch0"
+private_interface = "nosuch1"
+network = "direct"
+
+[[virtual_server]]
+name = "web"
+address = "198.18.0.10"
+port = 80
+protocol = "tcp"
+scheduler = "rr"
+
+  [[virtual_server.real_server]]
+  name = "rs1"
+  address = "198.18.1.11"
+  port = 80
+  weight = 1
+
+  [[virtual_server.real_server]]
+  name = "rs2"
+  address = "198.18.1.12"
+  port = 80
+  weight = 1
+"""
+
+
+def lb(*args):
+    return subprocess.run([LB, *args], capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
+
+
+def line_of(text, needle, nth=1):
+    """1-based line number of the nth line containing needle."""
+    hits = [i for i, line in enumerate(text.splitlines(), 1) if needle in line]
+    return hits[nth - 1]
+
+
+def xdp_links():
+    """Host links that have an XDP program attached (`ip -d link` shows prog/xdp)."""
+    out = subprocess.run(["ip", "-d", "-o", "link", "show"], capture_output=True, text=True, timeout=10).stdout
+    return sorted(line.split(":")[1].strip() for line in out.splitlines() if "prog/xdp" in line)
+
+
+@pytest.fixture
+def instance(request):
+    name = "lbtest-" + request.node.name.split("[")[0].removeprefix("test_")[:20].replace("_", "-")
+    yield name
+    assert not os.path.exists(f"{PIN_ROOT}/{name}"), "a failed start left its pin directory"
+
+
+@pytest.fixture
+def bad_config(tmp_path, instance):
+    text = GOOD.format(instance=instance)
+    text = text.replace('scheduler = "rr"', 'scheduler = "lottery"')
+    text = text.replace("  weight = 1", "  weight = 70000", 2).replace("  weight = 70000", "  weight = 1", 1)
+    path = tmp_path / "bad.toml"
+    path.write_text(text)
+    expected = [
+        f"{path}:{line_of(text, 'scheduler =')}: virtual_server[0].scheduler: ",
+        f"{path}:{line_of(text, 'weight = 70000')}: virtual_server[0].real_server[1].weight: "
+        "must be between 0 and 65535, got 70000",
+    ]
+    return path, expected
+
+
+def test_run_with_malformed_config_exits_2_and_names_file_line_field(bad_config, instance):
+    path, expected = bad_config
+    attached = xdp_links()
+    p = lb("run", "--config", str(path))
+    assert p.returncode == 2, p.stderr
+    lines = p.stderr.splitlines()
+    assert any(line.startswith(expected[0]) and "lottery" in line for line in lines), p.stderr
+    assert expected[1] in lines, p.stderr
+    assert not os.path.exists(f"{PIN_ROOT}/{instance}")
+    assert not os.path.exists(f"/run/lb/{instance}.pid")
+    assert xdp_links() == attached
+
+
+def test_run_with_missing_interface_exits_2_and_names_it(tmp_path, instance):
+    path = tmp_path / "noif.toml"
+    path.write_text(GOOD.format(instance=instance))
+    assert lb("check", "--config", str(path)).returncode == 0   # the file itself is fine
+    attached = xdp_links()
+    p = lb("run", "--config", str(path))
+    assert p.returncode == 2, p.stderr
+    assert f"{path}: interface(s) not found: nosuch0" in p.stderr
+    assert "Traceback" not in p.stderr
+    assert not os.path.exists(f"{PIN_ROOT}/{instance}")
+    assert not os.path.exists(f"/run/lb/{instance}.pid")
+    assert xdp_links() == attached
+
+
+def test_check_good_config():
+    for name, n_real in (("lab-dr.toml", 3), ("lab-nat.toml", 3)):
+        path = REPO / "configs" / name
+        p = lb("check", "--config", str(path))
+        assert p.returncode == 0, p.stderr
+        assert p.stdout == f"{path}: ok (1 virtual servers, {n_real} real servers)\n"
+
+
+def test_check_bad_config(bad_config):
+    path, expected = bad_config
+    p = lb("check", "--config", str(path))
+    assert p.returncode == 2
+    assert p.stdout == ""
+    lines = p.stderr.splitlines()
+    assert any(line.startswith(expected[0]) and "lottery" in line for line in lines), p.stderr
+    assert expected[1] in lines, p.stderr
+
+
+def test_check_missing_file(tmp_path):
+    p = lb("check", "--config", str(tmp_path / "missing.toml"))
+    assert p.returncode == 2
+    assert "missing.toml" in p.stderr and "Traceback" not in p.stderr
+
+
+def lb_without_instances(*args):
+    """`lb ARGS` where no instance exists: in a private mount namespace with a fresh, empty
+    bpffs on /sys/fs/bpf (other lb instances may be running on this host meanwhile)."""
+    if os.geteuid() != 0 or not shutil.which("unshare"):
+        pytest.skip("needs root and unshare(1) for a private bpffs")
+    script = 'mount -t bpf bpf /sys/fs/bpf && test ! -e /sys/fs/bpf/lb && exec "$@"'
+    return subprocess.run(["unshare", "--mount", "--propagation", "private", "--", "sh", "-c", script,
+                           "sh", LB, *args], capture_output=True, text=True, timeout=60,
+                          stdin=subprocess.DEVNULL)
+
+
+def test_list_without_instance_prints_the_header():
+    p = lb_without_instances("list", "-n")
+    assert p.returncode == 0, p.stderr
+    assert p.stdout == (
+        "IP Virtual Server version 1.2.1 (size=4096)\n"
+        "Prot LocalAddress:Port Scheduler Flags\n"
+        "  -> RemoteAddress:Port           Forward Weight ActiveConn InActConn\n"
+    )
+    p = lb_without_instances("-Lnc")
+    assert p.returncode == 0, p.stderr
+    assert p.stdout == (
+        "IPVS connection entries\n"
+        "pro expire state       source             virtual            destination\n"
+    )
