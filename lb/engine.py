@@ -265,6 +265,8 @@ class Engine:
                 if self._dirty:
                     self._dirty = False
                     await blocking(self.apply_health)
+                if self.dp.draining:
+                    await blocking(self.dp.finish_drains)
                 if now - last_status >= 5.0:
                     last_status = now
                     self.write_status()

@@ -8,6 +8,7 @@ weight update exactly as ip_vs_rr.c / ip_vs_wrr.c change them (lb.sched.model ho
 from __future__ import annotations
 
 import ctypes
+import dataclasses
 import logging
 import os
 import re
@@ -146,6 +147,8 @@ class XdpDataplane:
         self.free_svc_ids: list[int] = []
         self.next_svc_id = 0
         self.next_real_id = 0
+        self.draining: set[tuple] = set()   # (service key, (addr, port)) removed but still active
+        self.last_table: TableSpec | None = None
         self.adopted = False
         self.created = False     # this instance made the pin directory (a failed start removes it)
         self.writes = 0
@@ -327,15 +330,56 @@ class XdpDataplane:
     def apply(self, table: TableSpec) -> int:
         """Make the maps forward `table`; returns the number of map writes it took."""
         before = self.writes
+        self.last_table = table
         want = {L.SvcKey(L.PROTO_NUMBERS[s.protocol], s.address, s.port): s for s in table.services}
         for key in [k for k in self.services if k not in want]:
             self._remove_service(key)
+        self.draining = {d for d in self.draining if d[0] in want}
         for key, spec in want.items():
-            self._apply_service(key, spec)
+            self._apply_service(key, self._with_drains(key, spec))
         self._apply_timeouts(table.timeouts)
         n = self.writes - before
         log.info("applied %d services: %d map writes", len(want), n)
         return n
+
+    def _with_drains(self, key: L.SvcKey, spec: ServiceSpec) -> ServiceSpec:
+        """A real server leaving a service while it still has active connections stays, at
+        weight 0, until they are done: removal drains instead of cutting (IPVS would drop
+        them at once)."""
+        st = self.services.get(key)
+        if st is None:
+            return spec
+        wanted = {r.key for r in spec.reals}
+        extra = []
+        for rkey, rid in st.dests:
+            if rkey in wanted:
+                self.draining.discard((key, rkey))
+                continue
+            active = self._real_conns(rid)[0]
+            if active == 0:
+                self.draining.discard((key, rkey))
+                continue
+            if (key, rkey) not in self.draining:
+                log.info("draining real server %s:%d of %s: weight 0 until its %d active connections end",
+                         rkey[0], rkey[1], _svc_name(key), active)
+                self.draining.add((key, rkey))
+            real = self.reals[rid]
+            extra.append(RealSpec(real.addr, real.port, 0, "nat" if real.fwd == L.FWD_NAT else "dr"))
+        if not extra:
+            return spec
+        return dataclasses.replace(spec, reals=spec.reals + tuple(extra))
+
+    def finish_drains(self) -> int:
+        """Remove draining real servers whose active connections have ended."""
+        done = 0
+        for key, rkey in self.draining:
+            st = self.services.get(key)
+            rid = next((r for k, r in st.dests if k == rkey), None) if st else None
+            if rid is None or self._real_conns(rid)[0] == 0:
+                done += 1
+        if done and self.last_table is not None:
+            self.apply(self.last_table)
+        return done
 
     def _apply_timeouts(self, timeouts) -> None:
         t = list(DEFAULT_TIMEOUTS)

@@ -1,0 +1,80 @@
+"""Removing a real server drains it: its established connections go on (weight 0, no new
+connections) and it leaves the table when the last one ends."""
+from __future__ import annotations
+
+import ipaddress
+import itertools
+
+import pytest
+from scapy.layers.inet import IP, TCP
+from scapy.layers.l2 import Ether
+
+from lb.dataplane import RealSpec, ServiceSpec, TableSpec, reader
+from lb.dataplane.maps import PinnedMaps
+from packets_util import CLIENT_MAC, PUB_MAC, XDP_DROP, XDP_REDIRECT, make_dataplane, real_mac, run
+
+ip = ipaddress.ip_address
+REALS = [ip("198.18.1.11"), ip("198.18.1.12"), ip("198.18.1.13")]
+_sport = itertools.count(30000)
+
+
+def table(*idx):
+    reals = tuple(RealSpec(REALS[i], 80, 1, "dr") for i in idx)
+    return TableSpec((ServiceSpec("tcp", ip("198.18.0.10"), 80, "rr", reals, "web"),))
+
+
+@pytest.fixture
+def dp():
+    d = make_dataplane("drain")
+    try:
+        yield d
+    finally:
+        d.unpin()
+        d.close()
+
+
+def send(dp, sport, flags):
+    pkt = Ether(src=CLIENT_MAC, dst=PUB_MAC) / IP(src="198.18.0.2", dst="198.18.0.10") / \
+        TCP(sport=sport, dport=80, flags=flags)
+    rc, out = run(dp, "lb_xdp_public", pkt)
+    return rc, {real_mac(a): str(a) for a in REALS}.get(Ether(out).dst)
+
+
+def listing(dp):
+    with PinnedMaps(dp.instance) as maps:
+        [svc] = reader.read_services(maps)
+    return {str(r.address): (r.weight, r.active, r.inactive) for r in svc.reals}
+
+
+def test_removed_server_drains_then_leaves(dp):
+    dp.apply(table(0, 1, 2))
+    sport = next(_sport)
+    rc, server = send(dp, sport, "S")
+    assert (rc, server) == (XDP_REDIRECT, "198.18.1.13")
+    send(dp, sport, "A")                                   # ESTABLISHED: one active connection
+    assert listing(dp)["198.18.1.13"] == (1, 1, 0)
+
+    idx = [i for i, a in enumerate(REALS) if str(a) != server]
+    dp.apply(table(*idx))                                  # the config drops rs3
+    assert listing(dp)["198.18.1.13"] == (0, 1, 0)         # still listed, weight 0, draining
+    assert send(dp, sport, "PA") == (XDP_REDIRECT, server)  # its connection goes on
+    for _ in range(4):                                     # new connections avoid it
+        assert send(dp, next(_sport), "S")[1] in {"198.18.1.11", "198.18.1.12"}
+    assert dp.finish_drains() == 0                         # still active: stays
+
+    send(dp, sport, "FA")                                  # the client closes: inactive
+    assert dp.finish_drains() == 1
+    assert "198.18.1.13" not in listing(dp)
+    assert send(dp, sport, "A")[0] == XDP_DROP             # a late packet of a removed server
+
+
+def test_readding_a_draining_server_restores_it(dp):
+    dp.apply(table(0, 1, 2))
+    sport = next(_sport)
+    send(dp, sport, "S")
+    send(dp, sport, "A")
+    dp.apply(table(0, 1))
+    assert listing(dp)["198.18.1.13"][0] == 0
+    dp.apply(table(0, 1, 2))
+    assert listing(dp)["198.18.1.13"] == (1, 1, 0)
+    assert dp.draining == set()
