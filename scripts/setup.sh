@@ -31,7 +31,7 @@ pkill -x nginx 2>/dev/null || true
 # 2. Kernel headers for bcc. Leave real headers alone; otherwise point at Debian's -amd64 set.
 KREL=$(uname -r)
 MODDIR=/lib/modules/$KREL
-if [ ! -e "$MODDIR/build/include/linux/kconfig.h" ] && [ ! -e /sys/kernel/kheaders.tar.xz ]; then
+if [ ! -e "$MODDIR/build" ] && [ ! -e /sys/kernel/kheaders.tar.xz ]; then
   HDR=$(ls -d /usr/src/linux-headers-*-amd64 2>/dev/null | sort -V | tail -n1)
   COMMON=$(ls -d /usr/src/linux-headers-*-common 2>/dev/null | sort -V | tail -n1)
   [ -n "$HDR" ] && [ -n "$COMMON" ] || { echo "setup: no Debian kernel headers found under /usr/src" >&2; exit 1; }

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 import itertools
+import time
 
 import pytest
 from scapy.layers.inet import IP, TCP
@@ -11,7 +12,7 @@ from scapy.layers.l2 import Ether
 
 from lb.dataplane import RealSpec, ServiceSpec, TableSpec, reader
 from lb.dataplane.maps import PinnedMaps
-from packets_util import CLIENT_MAC, PUB_MAC, XDP_DROP, XDP_REDIRECT, make_dataplane, real_mac, run
+from packets_util import CLIENT_MAC, PUB_MAC, XDP_PASS, XDP_REDIRECT, make_dataplane, real_mac, run
 
 ip = ipaddress.ip_address
 REALS = [ip("198.18.1.11"), ip("198.18.1.12"), ip("198.18.1.13")]
@@ -20,7 +21,8 @@ _sport = itertools.count(30000)
 
 def table(*idx):
     reals = tuple(RealSpec(REALS[i], 80, 1, "dr") for i in idx)
-    return TableSpec((ServiceSpec("tcp", ip("198.18.0.10"), 80, "rr", reals, "web"),))
+    # tcpfin 1 s: a closed connection expires quickly
+    return TableSpec((ServiceSpec("tcp", ip("198.18.0.10"), 80, "rr", reals, "web"),), timeouts=(900, 1, 300))
 
 
 @pytest.fixture
@@ -62,10 +64,14 @@ def test_removed_server_drains_then_leaves(dp):
         assert send(dp, next(_sport), "S")[1] in {"198.18.1.11", "198.18.1.12"}
     assert dp.finish_drains() == 0                         # still active: stays
 
-    send(dp, sport, "FA")                                  # the client closes: inactive
+    send(dp, sport, "FA")                                  # the client closes: FIN_WAIT, inactive
+    assert dp.finish_drains() == 0                         # a closing connection still drains
+    assert send(dp, sport, "A") == (XDP_REDIRECT, server)
+    time.sleep(2.2)                                        # FIN_WAIT times out (coarse clock)
+    dp.sweep()
     assert dp.finish_drains() == 1
     assert "198.18.1.13" not in listing(dp)
-    assert send(dp, sport, "A")[0] == XDP_DROP             # a late packet of a removed server
+    assert send(dp, sport, "A")[0] == XDP_PASS             # no connection any more: the kernel's
 
 
 def test_readding_a_draining_server_restores_it(dp):

@@ -343,9 +343,10 @@ class XdpDataplane:
         return n
 
     def _with_drains(self, key: L.SvcKey, spec: ServiceSpec) -> ServiceSpec:
-        """A real server leaving a service while it still has active connections stays, at
-        weight 0, until they are done: removal drains instead of cutting (IPVS would drop
-        them at once)."""
+        """A real server leaving a service while connections still point at it stays, at weight
+        0, until the last one has ended or expired: removal drains instead of cutting (IPVS
+        drops such packets at once).  Half-open and closing connections count too, so a client
+        between SYN and ACK is not cut off."""
         st = self.services.get(key)
         if st is None:
             return spec
@@ -355,13 +356,13 @@ class XdpDataplane:
             if rkey in wanted:
                 self.draining.discard((key, rkey))
                 continue
-            active = self._real_conns(rid)[0]
-            if active == 0:
+            active, inactive, _ = self._real_conns(rid)
+            if active + inactive == 0:
                 self.draining.discard((key, rkey))
                 continue
             if (key, rkey) not in self.draining:
-                log.info("draining real server %s:%d of %s: weight 0 until its %d active connections end",
-                         rkey[0], rkey[1], _svc_name(key), active)
+                log.info("draining real server %s:%d of %s: weight 0 until its %d connections end",
+                         rkey[0], rkey[1], _svc_name(key), active + inactive)
                 self.draining.add((key, rkey))
             real = self.reals[rid]
             extra.append(RealSpec(real.addr, real.port, 0, "nat" if real.fwd == L.FWD_NAT else "dr"))
@@ -370,12 +371,12 @@ class XdpDataplane:
         return dataclasses.replace(spec, reals=spec.reals + tuple(extra))
 
     def finish_drains(self) -> int:
-        """Remove draining real servers whose active connections have ended."""
+        """Remove draining real servers whose connections have all ended or expired."""
         done = 0
         for key, rkey in self.draining:
             st = self.services.get(key)
             rid = next((r for k, r in st.dests if k == rkey), None) if st else None
-            if rid is None or self._real_conns(rid)[0] == 0:
+            if rid is None or sum(self._real_conns(rid)[:2]) == 0:
                 done += 1
         if done and self.last_table is not None:
             self.apply(self.last_table)

@@ -1,0 +1,160 @@
+"""Health checks (nanny) and live reloads in the namespace lab, with real servers and a real
+client: a dead server leaves the table after `timeout`, returns only after `reentry`; quiesce
+keeps its open connections; reloads under load lose nothing."""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import threading
+import time
+
+import pytest
+
+LAB_NETWORK = "nat"
+FLAGS = "/run/lb-lab-health"          # program monitor: a server is healthy while its file exists
+
+CONFIG = """
+[global]
+instance = "lab"
+public_interface = "pub0"
+private_interface = "priv0"
+network = "nat"
+nat_router = "198.18.1.254/24"
+
+[[virtual_server]]
+name = "web"
+address = "198.18.0.10"
+port = 80
+scheduler = "rr"
+  [virtual_server.monitor]
+  {monitor}
+  interval = 0.2
+  timeout = 1.0
+  reentry = 2.0
+  connect_timeout = 1.0
+{reals}
+"""
+REAL = """
+  [[virtual_server.real_server]]
+  name = "{name}"
+  address = "198.18.1.{last}"
+  weight = {weight}
+"""
+
+
+def config(monitor: str, weights=(1, 1, 1), names=("rs1", "rs2", "rs3")) -> str:
+    reals = "".join(REAL.format(name=n, last=10 + int(n[2:]), weight=w) for n, w in zip(names, weights))
+    return CONFIG.format(monitor=monitor, reals=reals)
+
+
+def lb_list() -> str:
+    return subprocess.run([".venv/bin/lb", "list", "-n", "--instance", "lab"], capture_output=True,
+                          text=True, check=True, timeout=10).stdout
+
+
+def real_line(listing: str, addr: str) -> str | None:
+    return next((ln for ln in listing.splitlines() if ln.startswith(f"  -> {addr}:")), None)
+
+
+def wait_for(cond, timeout: float, what: str):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = cond()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}:\n{lb_list()}")
+
+
+def bodies(lab, n: int) -> list[str]:
+    return [lab.http_get("client", lab.VIP, 80, "/", timeout=3.0)[1].strip() for _ in range(n)]
+
+
+@pytest.fixture
+def flags():
+    os.makedirs(FLAGS, exist_ok=True)
+    for last in (11, 12, 13):
+        open(f"{FLAGS}/198.18.1.{last}", "w").close()
+    try:
+        yield FLAGS
+    finally:
+        shutil.rmtree(FLAGS, ignore_errors=True)
+
+
+def test_dead_server_leaves_after_timeout_and_returns_after_reentry(lab, lb_runner, tmp_path):
+    cfg = tmp_path / "lb.toml"
+    cfg.write_text(config('kind = "http"\n  status = [200, 299]'))
+    lb_runner.start(cfg)
+    assert real_line(lb_list(), "198.18.1.12")
+    lab.stop_real("rs2")
+    t0 = time.monotonic()
+    wait_for(lambda: real_line(lb_list(), "198.18.1.12") is None, 10, "rs2 to leave the table")
+    assert time.monotonic() - t0 >= 0.8                     # not before `timeout` (1 s)
+    assert sorted(set(bodies(lab, 9))) == ["rs1", "rs3"]
+    lab.start_real("rs2")
+    t1 = time.monotonic()
+    time.sleep(1.0)
+    assert real_line(lb_list(), "198.18.1.12") is None       # alive, but not for `reentry` yet
+    wait_for(lambda: real_line(lb_list(), "198.18.1.12"), 10, "rs2 to return")
+    assert time.monotonic() - t1 >= 1.9
+    assert sorted(set(bodies(lab, 9))) == ["rs1", "rs2", "rs3"]
+    status = subprocess.run([".venv/bin/lb", "status", "--instance", "lab"], capture_output=True,
+                            text=True, timeout=10).stdout
+    assert "198.18.1.12:80" in status and "changes 2" in status
+
+
+def test_quiesce_keeps_open_connections(lab, lb_runner, tmp_path, flags):
+    cfg = tmp_path / "lb.toml"
+    cfg.write_text(config(f'kind = "program"\n  program = "/usr/bin/test -e {FLAGS}/%h"\n  quiesce = true'))
+    lb_runner.start(cfg)
+    # a keep-alive connection to whichever server rr picks first (rs3)
+    sock = lab.connect("client", lab.VIP, 80, timeout=3)
+    try:
+        sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        first = sock.recv(4096).decode()
+        server = first.rsplit("\n", 2)[-2].strip()
+        addr = {"rs1": "198.18.1.11", "rs2": "198.18.1.12", "rs3": "198.18.1.13"}[server]
+        os.unlink(f"{FLAGS}/{addr}")                          # its check now fails
+        wait_for(lambda: (real_line(lb_list(), addr) or "").split()[3:4] == ["0"], 10,
+                 f"{server} quiesced to weight 0")
+        assert server not in bodies(lab, 6)                  # no new connections
+        sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")   # the open one still works
+        assert sock.recv(4096).decode().rsplit("\n", 2)[-2].strip() == server
+    finally:
+        sock.close()
+
+
+def test_reloads_under_load_lose_nothing(lab, lb_runner, tmp_path):
+    cfg = tmp_path / "lb.toml"
+    cfg.write_text(config('kind = "tcp"'))
+    proc = lb_runner.start(cfg)
+    failures, done = [], []
+    stop = threading.Event()
+
+    def client():
+        deadline = time.monotonic() + 60
+        while not stop.is_set() and time.monotonic() < deadline:
+            try:
+                status, body = lab.http_get("client", lab.VIP, 80, "/", timeout=3.0)
+                (done if status == 200 else failures).append(body)
+            except Exception as e:  # noqa: BLE001 - every failure counts
+                failures.append(repr(e))
+
+    t = threading.Thread(target=client)
+    t.start()
+    try:
+        variants = [((1, 1, 1), ("rs1", "rs2", "rs3")), ((3, 2, 1), ("rs1", "rs2", "rs3")),
+                    ((1, 1), ("rs1", "rs2")), ((2, 5), ("rs2", "rs3")), ((1, 1, 1), ("rs1", "rs2", "rs3"))]
+        for i in range(20):
+            weights, names = variants[i % len(variants)]
+            cfg.write_text(config('kind = "tcp"', weights, names))
+            n = proc.log().count("reloaded")
+            proc.signal(1)                                   # SIGHUP
+            proc.wait_log("reloaded", count=n + 1, timeout=10)
+            time.sleep(0.1)
+    finally:
+        stop.set()
+        t.join(10)
+    assert failures == []
+    assert len(done) > 50
