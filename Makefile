@@ -3,7 +3,9 @@
 VENV ?= .venv
 PYTEST_ARGS ?=
 
-.PHONY: setup demo test test-fast bench bench-quick clean
+BENCH_SUITE ?= all
+
+.PHONY: setup setup-vm demo test test-fast bench bench-quick bench-smoke bench-report clean
 
 setup:
 	bash scripts/setup.sh
@@ -11,14 +13,26 @@ setup:
 demo: setup
 	bash scripts/demo.sh
 
-test: setup
-	$(VENV)/bin/python -m pytest -q $(PYTEST_ARGS) tests
+# setup-vm: qemu, virtme-ng and Debian's IPVS kernel for tests/vm/ (one VM boot inside the suite)
+setup-vm: setup
+	bash scripts/setup-vm.sh
 
+test: setup setup-vm
+	LB_VM_REQUIRED=1 $(VENV)/bin/python -m pytest -q $(PYTEST_ARGS) tests
+
+# bench/results/<date>-<suite>.json, latest.md, latest.png; BENCH_SUITE=http,pps runs only those
 bench: setup
-	$(VENV)/bin/python -m bench.run --suite all
+	$(VENV)/bin/python -m bench.run --suite $(BENCH_SUITE)
 
 bench-quick: setup
-	$(VENV)/bin/python -m bench.run --suite all --quick
+	$(VENV)/bin/python -m bench.run --suite $(BENCH_SUITE) --quick
+
+bench-smoke: setup
+	$(VENV)/bin/python -m bench.run --suite $(BENCH_SUITE) --smoke
+
+# rebuild latest.md / latest.png from the newest JSON results
+bench-report:
+	$(VENV)/bin/python -m bench.report
 
 clean:
 	-$(VENV)/bin/lb lab down

@@ -16,6 +16,25 @@
 #include "lb_sched.h"
 #include "lb_forward.h"
 
+/* A port of a firewall-mark service's group: the (VIP, protocol)'s ranges, port 0 in the key */
+static __always_inline int lb_classify_fwm(struct lb_pkt *pkt, struct lb_svc_key *sk, __u32 *svc_id)
+{
+    __u16 port = bpf_ntohs(sk->port);
+    sk->port = 0;
+    struct lb_port_ranges *pr = lb_fwm_ranges.lookup(sk);
+    if (!pr)
+        return XDP_PASS;
+    for (__u32 i = 0; i < LB_FWM_RANGES; i++) {
+        if (i >= pr->n)
+            break;
+        if (port >= pr->r[i].lo && port <= pr->r[i].hi) {
+            *svc_id = pr->r[i].svc;
+            return LB_CONTINUE;
+        }
+    }
+    return XDP_PASS;
+}
+
 /* Parse and find the virtual service.  LB_CONTINUE with *svc_id set, or an XDP action. */
 static __always_inline int lb_classify(struct xdp_md *ctx, struct lb_pkt *pkt, __u32 *svc_id)
 {
@@ -32,10 +51,16 @@ static __always_inline int lb_classify(struct xdp_md *ctx, struct lb_pkt *pkt, _
     sk.proto = pkt->proto;
     sk.family = LB_AF_INET;
     __u32 *id = lb_services.lookup(&sk);
-    if (!id)
+    if (id) {
+        *svc_id = *id;
+        return LB_CONTINUE;
+    }
+    /* firewall-mark services: only when some exist (one array load otherwise) */
+    __u32 g = LB_G_FWM_KEYS;
+    __u32 *nkeys = lb_globals.lookup(&g);
+    if (!nkeys || !*nkeys)
         return XDP_PASS;          /* not a virtual service: the director's own traffic */
-    *svc_id = *id;
-    return LB_CONTINUE;
+    return lb_classify_fwm(pkt, &sk, svc_id);
 }
 
 static __always_inline __u32 lb_fsm_table(struct lb_real *r)
@@ -361,6 +386,8 @@ int lb_xdp_new_conn(struct xdp_md *ctx)
     c.client_ifindex = ctx->ingress_ifindex;
     __builtin_memcpy(c.client_mac, pkt.eth->h_source, ETH_ALEN);
     __builtin_memcpy(c.local_mac, pkt.eth->h_dest, ETH_ALEN);
+    __builtin_memcpy(c.vaddr, key.daddr, 16);
+    c.vport = key.dport;
     lb_real_conns_add(real_id, 0, 1);
     lb_conn_state(&c, lb_fsm_table(r), &pkt);
 
@@ -384,7 +411,7 @@ int lb_xdp_new_conn(struct xdp_md *ctx)
         struct lb_conn_key rk = {};
         __builtin_memcpy(rk.saddr, r->addr, 16);
         __builtin_memcpy(rk.daddr, key.saddr, 16);
-        rk.sport = r->port;
+        rk.sport = r->port ? r->port : key.dport;   /* port 0: the packet's (fwmark) */
         rk.dport = key.sport;
         rk.proto = key.proto;
         rk.family = key.family;
@@ -414,14 +441,11 @@ int lb_xdp_private(struct xdp_md *ctx)
         return XDP_PASS;          /* not a NAT reply: the director's own traffic, DR replies */
 
     __u32 svc_id = rev->svc;
-    struct lb_svc *svc = lb_svc.lookup(&svc_id);
-    if (!svc)
-        return XDP_PASS;
     struct lb_conn_key key = {};
     *(__be32 *)key.saddr = pkt.ip4->daddr;
-    __builtin_memcpy(key.daddr, svc->addr, 16);
+    __builtin_memcpy(key.daddr, rev->vaddr, 16);
     key.sport = *pkt.dport_p;
-    key.dport = svc->port;
+    key.dport = rev->vport;
     key.proto = pkt.proto;
     key.family = LB_AF_INET;
     struct lb_conn *c = lb_conns.lookup(&key);
@@ -437,5 +461,5 @@ int lb_xdp_private(struct xdp_md *ctx)
     c->last_ns = now;
     rev->last_ns = now;
     lb_stats_out(svc_id, c->real, pkt.len);
-    return lb_forward_to_client(ctx, &pkt, svc, c);
+    return lb_forward_to_client(ctx, &pkt, c);
 }

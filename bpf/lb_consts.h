@@ -18,6 +18,9 @@
 #ifndef LB_PERSIST_TABLE_SIZE     /* persistence templates (allocated as used) */
 #define LB_PERSIST_TABLE_SIZE 16384
 #endif
+#ifndef LB_FWM_RANGES            /* port ranges of firewall-mark services per (VIP, protocol) */
+#define LB_FWM_RANGES 16
+#endif
 #ifndef LB_PIN_DIR
 #define LB_PIN_DIR "/sys/fs/bpf/lb/default"
 #endif
@@ -42,6 +45,10 @@
 #define LB_SCHED_WRR 1
 #define LB_SCHED_WLC 2
 
+/* lb_svc.flags: IPVS's IP_VS_SVC_F_SCHED1/2 (sh-fallback/sh-port, mh-fallback/mh-port) */
+#define LB_SVC_F_SCHED_FALLBACK 0x1
+#define LB_SVC_F_SCHED_PORT 0x2
+
 /* Tail-call slots in lb_progs: a new connection goes public -> scheduler -> new_conn, so each
  * scheduler's loop is verified on its own (inlined, the loops' exits multiply the paths the
  * verifier must walk through the forwarding code). */
@@ -53,7 +60,18 @@
 /* Real server flags */
 #define LB_REAL_F_OVERLOAD 0x1   /* skipped by every scheduler (IPVS IP_VS_DEST_F_OVERLOAD) */
 #define LB_REAL_F_NO_NEXTHOP 0x2 /* MAC not resolved yet: skipped by every scheduler */
+#define LB_REAL_F_DRAINING 0x4  /* removed from the config, kept (weight 0) until idle: its
+                                  * persistence templates are invalid (IPVS: not AVAILABLE) */
+#define LB_REAL_F_THRESH 0x8    /* u_threshold set: the pick loop computes OVERLOAD (lb_sched.h) */
 #define LB_REAL_F_SKIP (LB_REAL_F_OVERLOAD | LB_REAL_F_NO_NEXTHOP)
+
+/* lb_real_conns.flags, written by BPF only */
+#define LB_RC_F_OVERLOAD 0x1     /* IPVS IP_VS_DEST_F_OVERLOAD as computed from the thresholds */
+
+/* lb_globals: one u32 each, written by the control plane */
+#define LB_G_FWM_KEYS 0          /* entries in lb_fwm_ranges: 0 = no firewall-mark service */
+#define LB_G_EXPIRE_NODEST 1     /* expire_nodest_conn: 0 drop, 1 expire and reschedule */
+#define LB_GLOBALS 8
 
 /* Connection flags */
 #define LB_CONN_F_INACTIVE 0x1   /* counted in InActConn (IPVS IP_VS_CONN_F_INACTIVE) */

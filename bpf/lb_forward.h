@@ -17,17 +17,18 @@ static __always_inline int lb_forward_to_real(struct xdp_md *ctx, struct lb_pkt 
                                               struct lb_real *r)
 {
     if (r->fwd == LB_FWD_NAT)
-        lb_rewrite4(pkt, &pkt->ip4->daddr, *(__be32 *)r->addr, pkt->dport_p, r->port);
+        lb_rewrite4(pkt, &pkt->ip4->daddr, *(__be32 *)r->addr, pkt->dport_p,
+                    r->port ? r->port : *pkt->dport_p);   /* port 0 keeps the packet's port */
     else if (r->fwd != LB_FWD_DR)
         return XDP_DROP;          /* the control plane never programs other methods yet */
     return lb_xmit(ctx, pkt->eth, r->mac, r->src_mac, r->ifindex);
 }
 
-/* NAT reply: source back to VIP:vport, out the way the client's packets came in */
+/* NAT reply: source back to the VIP:port the client used, out the way its packets came in */
 static __always_inline int lb_forward_to_client(struct xdp_md *ctx, struct lb_pkt *pkt,
-                                                struct lb_svc *svc, struct lb_conn *c)
+                                                struct lb_conn *c)
 {
-    lb_rewrite4(pkt, &pkt->ip4->saddr, *(__be32 *)svc->addr, pkt->sport_p, svc->port);
+    lb_rewrite4(pkt, &pkt->ip4->saddr, *(__be32 *)c->vaddr, pkt->sport_p, c->vport);
     return lb_xmit(ctx, pkt->eth, c->client_mac, c->local_mac, c->client_ifindex);
 }
 

@@ -6,6 +6,13 @@
 #define LB_PIN(name) LB_PIN_DIR "/" #name
 
 BPF_TABLE_PINNED("hash", struct lb_svc_key, __u32, lb_services, LB_MAX_SERVICES, LB_PIN(lb_services));
+/* firewall-mark services: port ranges per (VIP, protocol) (key port 0), and mark -> service id
+ * (read by `lb list` and a restarting daemon); allocated as used */
+BPF_TABLE_PINNED("hash", struct lb_svc_key, struct lb_port_ranges, lb_fwm_ranges, LB_MAX_SERVICES,
+                 LB_PIN(lb_fwm_ranges), BPF_F_NO_PREALLOC);
+BPF_TABLE_PINNED("hash", __u32, __u32, lb_fwm_services, LB_MAX_SERVICES, LB_PIN(lb_fwm_services),
+                 BPF_F_NO_PREALLOC);
+BPF_TABLE_PINNED("array", __u32, __u32, lb_globals, LB_GLOBALS, LB_PIN(lb_globals));
 BPF_TABLE_PINNED("array", __u32, struct lb_svc, lb_svc, LB_MAX_SERVICES, LB_PIN(lb_svc));
 BPF_TABLE_PINNED("array", __u32, struct lb_sched_state, lb_sched_state, LB_MAX_SERVICES, LB_PIN(lb_sched_state));
 /* one value per service holding its whole list: schedulers read it with one lookup */

@@ -8,6 +8,11 @@ static __always_inline void lb_persist_key_of(struct lb_persist_key *pk, struct 
 {
     __builtin_memset(pk, 0, sizeof(*pk));
     *(__be32 *)pk->caddr = pkt->ip4->saddr & svc->persist_mask;
+    if (svc->fwmark) {            /* IPVS: <client & netmask, fwmark> across the whole group */
+        pk->fwmark = svc->fwmark;
+        pk->family = svc->family;
+        return;
+    }
     __builtin_memcpy(pk->vaddr, svc->addr, 16);
     pk->vport = svc->port;
     pk->proto = svc->proto;
@@ -39,7 +44,7 @@ static __always_inline int lb_persist_usable(struct lb_persist *t, __u32 svc_id)
 {
     __u32 real = t->real;
     struct lb_real *r = lb_reals.lookup(&real);
-    return r && r->svc == svc_id && r->family != 0;
+    return r && r->svc == svc_id && r->family != 0 && !(r->flags & LB_REAL_F_DRAINING);
 }
 
 #endif

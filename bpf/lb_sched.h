@@ -16,9 +16,42 @@ struct lb_sched_buckets {
 BPF_TABLE_PINNED("hash", __u32, struct lb_sched_buckets, lb_sched_buckets, LB_MAX_SERVICES,
                  LB_PIN(lb_sched_buckets), BPF_F_NO_PREALLOC);
 
+/* IPVS's OVERLOAD flag from the connection thresholds.  IPVS sets it when a connection binds
+ * (active + inactive >= u_threshold) and clears it when one unbinds (total < l_threshold, or
+ * with l_threshold 0, total * 4 < u_threshold * 3).  Here it is evaluated when a scheduler
+ * looks at the server: totals grow only through new connections, which a scheduler (or a
+ * template) made, so the pick sees the flag IPVS would have; the state lives in
+ * lb_real_conns.flags (BPF's own).  Only servers with LB_REAL_F_THRESH pay for it. */
+static __always_inline int lb_real_overloaded(__u32 real_id)
+{
+    struct lb_real *r = lb_reals.lookup(&real_id);
+    struct lb_real_conns *c = lb_real_conns.lookup(&real_id);
+    struct lb_real_conns *s = lb_real_swept.lookup(&real_id);
+    if (!r || !c || !s || !r->u_threshold)
+        return 0;
+    __u32 total = (c->active - s->active) + (c->inactive - s->inactive);
+    if (total >= r->u_threshold) {
+        if (!(c->flags & LB_RC_F_OVERLOAD))
+            c->flags |= LB_RC_F_OVERLOAD;
+        return 1;
+    }
+    if (!(c->flags & LB_RC_F_OVERLOAD))
+        return 0;
+    if (r->l_threshold ? total < r->l_threshold
+                       : (__u64)total * 4 < (__u64)r->u_threshold * 3) {
+        c->flags &= ~LB_RC_F_OVERLOAD;
+        return 0;
+    }
+    return 1;
+}
+
 static __always_inline int lb_dest_usable(struct lb_dest *d)
 {
-    return d->weight > 0 && !(d->flags & LB_REAL_F_SKIP);
+    if (d->weight == 0 || (d->flags & LB_REAL_F_SKIP))
+        return 0;
+    if (d->flags & LB_REAL_F_THRESH)
+        return !lb_real_overloaded(d->real);
+    return 1;
 }
 
 /* IPVS ip_vs_dest_conn_overhead(): (activeconns << 8) + inactconns */

@@ -17,11 +17,27 @@ struct lb_svc {                   /* lb_svc value, index = service id */
     __u8 family;
     __u32 sched;                  /* LB_SCHED_* */
     __u32 nreals;                 /* entries used in lb_svc_dests for this service */
-    __u32 flags;
+    __u32 flags;                  /* LB_SVC_F_*: scheduler flags (sh-port, mh-fallback, ...) */
     __u32 wrr_mw;                 /* wrr: max weight - (gcd - 1), computed by the control plane */
     __u32 wrr_di;                 /* wrr: gcd of the positive weights */
     __u32 persist_timeout;        /* seconds; reserved for persistence templates */
-    __u32 persist_mask;           /* reserved */
+    __u32 persist_mask;           /* IPv4 netmask, network byte order */
+    __u32 fwmark;                 /* firewall-mark service: its mark (addr/port/proto are 0) */
+    __u32 mh_size;                /* mh: Maglev table size (prime) */
+};
+
+/* lb_fwm_ranges value (key: lb_svc_key with port 0): the port ranges of one (VIP, protocol)
+ * that belong to firewall-mark services, consulted only when the exact lookup misses */
+struct lb_port_range {
+    __u16 lo;                     /* host byte order, inclusive */
+    __u16 hi;
+    __u32 svc;
+};
+
+struct lb_port_ranges {
+    __u32 n;
+    __u32 pad;
+    struct lb_port_range r[LB_FWM_RANGES];
 };
 
 struct lb_sched_state {           /* lb_sched_state value, index = service id; written by BPF */
@@ -50,13 +66,15 @@ struct lb_real {                  /* lb_reals value, index = real id (one per se
     __u8 mac[6];                  /* the real server's (or next hop's) MAC */
     __u8 src_mac[6];              /* our MAC on ifindex */
     __u32 svc;                    /* owning service id */
+    __u32 u_threshold;            /* IPVS upper connection threshold (0: none) */
+    __u32 l_threshold;            /* lower threshold (0: 3/4 of the upper) */
 };
 
 struct lb_real_conns {            /* lb_real_conns value: changed only by BPF, atomically */
     __u32 active;
     __u32 inactive;
     __u32 persist;                /* persistence templates pointing here (PersistConn) */
-    __u32 pad;
+    __u32 flags;                  /* LB_RC_F_OVERLOAD */
 };
 
 struct lb_persist_key {           /* IPVS template: <proto, client & netmask, vip, vport> */
@@ -96,6 +114,9 @@ struct lb_conn {
     __u8 pad[2];
     __u8 client_mac[6];           /* previous hop toward the client */
     __u8 local_mac[6];            /* our MAC on client_ifindex */
+    __u8 vaddr[16];               /* the VIP and port the client used (firewall-mark services */
+    __be16 vport;                 /* have many): NAT replies are rewritten back to them */
+    __u8 pad2[6];                 /* to the u64 alignment: 64 bytes */
 };
 
 struct lb_stats {                 /* per-CPU, per service and per real server */

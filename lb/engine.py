@@ -11,12 +11,16 @@ import json
 import logging
 import os
 import signal
+import socket
+import threading
 import time
 
 from lb import config as lbconfig
 from lb.dataplane import RealSpec, ServiceSpec, TableSpec
+from lb.dataplane.ipvs import IpvsDataplane
 from lb.dataplane.xdp import DataplaneError, Sizes, XdpDataplane
 from lb.ha import addresses
+from lb.ha import announce as ha_announce
 from lb.health import CheckSpec, Monitor, NannyPolicy
 
 log = logging.getLogger("lb.engine")
@@ -54,8 +58,7 @@ def build_table(cfg, health: dict | None = None) -> TableSpec:
                     continue
                 weight = 0
             reals.append(RealSpec(rs.address, rs.effective_port(vs), weight, forward))
-        services.append(ServiceSpec(vs.protocol, vs.address, vs.port, vs.scheduler, tuple(reals), vs.name,
-                                    vs.persistent, vs.pmask))
+        services.append(ServiceSpec.from_config(vs, reals))
     t = cfg.timeouts
     return TableSpec(tuple(services), (t.tcp, t.tcpfin, t.udp))
 
@@ -94,32 +97,87 @@ def check_interfaces(cfg) -> None:
 
 
 class Engine:
-    def __init__(self, cfg, *, xdp_mode: str = "native"):
+    def __init__(self, cfg, *, xdp_mode: str = "native", dataplane: str | None = None):
         self.cfg = cfg
         self.xdp_mode = xdp_mode
-        self.dp = XdpDataplane(cfg.instance, Sizes.from_tables(cfg.tables))
+        self.dataplane = dataplane or getattr(cfg, "dataplane", "xdp")     # xdp | ipvs | auto
+        if self.dataplane == "ipvs":
+            self.dp = IpvsDataplane(cfg.instance)
+        else:
+            self.dp = XdpDataplane(cfg.instance, Sizes.from_tables(cfg.tables))
         self.owned: list[addresses.OwnedAddress] = []
         self._stop = None            # "clean" | "keep"
         self._wake: asyncio.Event | None = None
         self.health: dict[tuple, bool] = {}          # real_key -> up
         self.monitors: dict[tuple, tuple] = {}       # real_key -> (spec, policy, Monitor, task)
         self._dirty = False                          # health changed: reconcile the data plane
+        # HA (lb.ha.pulse): without an [ha] table the one director is always active
+        self.pulse = None
+        self.active = cfg.ha is None
+        self._dp_lock = threading.Lock()             # data plane writes from worker threads, one at a time
 
     # ---- lifecycle ----
     def start(self) -> None:
         check_interfaces(self.cfg)
-        self.dp.load()
+        if self.cfg.ha is not None:
+            from lb.ha.pulse import Pulse
+            try:
+                self.pulse = Pulse(self.cfg.ha, self.cfg.instance, self.on_role, sync_source=self.sync_export,
+                                   sync_sink=self.sync_import, announce=self.announce,
+                                   public_interface=self.cfg.public_interface)
+            except (OSError, ValueError) as e:
+                raise StartupError(f"{self.cfg.path or '<config>'}: ha: {e}") from None
+        self._load_dataplane()
         self.owned = addresses.wanted_addresses(self.cfg)
-        addresses.take(self.owned)
+        if self.active:
+            addresses.take(self.owned)
+        else:
+            # HA: the addresses come with the active role (pulse decides); the data plane is
+            # loaded and attached anyway so that a takeover only adds addresses
+            log.info("HA: starting without the virtual addresses until pulse decides the role")
         self.dp.apply(build_table(self.cfg, self.health))
-        self.dp.attach(self.cfg.public_interface, "public", self.xdp_mode)
-        if self.cfg.network == "nat":
-            self.dp.attach(self.cfg.private_interface, "private", self.xdp_mode)
+        self._attach_dataplane()
         os.makedirs(RUN_DIR, exist_ok=True)
         with open(pidfile(self.cfg.instance), "w") as f:
             f.write(f"{os.getpid()}\n")
         log.info("lb instance %r running: %d virtual services", self.cfg.instance,
                  len(self.dp.services))
+
+    # ---- the data plane's choice: xdp, ipvs, or auto (xdp, else kernel IPVS) ----
+    def _load_dataplane(self) -> None:
+        try:
+            self.dp.load()
+        except (DataplaneError, ImportError) as e:
+            if not self._fall_back(e):
+                raise
+            self.dp.load()
+        log.info("data plane: %s", getattr(self.dp, "kind", "xdp"))
+
+    def _attach_dataplane(self) -> None:
+        try:
+            self.dp.attach(self.cfg.public_interface, "public", self.xdp_mode)
+            if self.cfg.network == "nat":
+                self.dp.attach(self.cfg.private_interface, "private", self.xdp_mode)
+        except DataplaneError as e:
+            if not self._fall_back(e):
+                raise
+            self._load_dataplane()
+            self.dp.apply(build_table(self.cfg, self.health))
+            self._attach_dataplane()
+
+    def _fall_back(self, err: Exception) -> bool:
+        """auto: give up XDP (leaving nothing of it behind) for kernel IPVS."""
+        if self.dataplane != "auto" or not isinstance(self.dp, XdpDataplane):
+            return False
+        log.warning("XDP data plane unavailable, falling back to kernel IPVS: %s", err)
+        old = self.dp
+        if not old.adopted:
+            old.detach_all()
+            if old.created:
+                old.unpin()
+        old.close()
+        self.dp = IpvsDataplane(self.cfg.instance)
+        return True
 
     def stop(self, keep_dataplane: bool = False) -> None:
         if keep_dataplane:
@@ -153,10 +211,16 @@ class Engine:
         except StartupError as e:
             log.error("reload refused: %s", e)
             return False
+        if (new.ha is None) != (self.cfg.ha is None) or (new.ha and new.ha != self.cfg.ha):
+            log.error("reload refused: the [ha] settings need a restart")
+            return False
         want = addresses.wanted_addresses(new)
-        addresses.take([a for a in want if a not in self.owned])
-        self.dp.apply(build_table(new, self.health))
-        addresses.release([a for a in self.owned if a not in want])
+        if self.active:
+            addresses.take([a for a in want if a not in self.owned])
+        with self._dp_lock:
+            self.dp.apply(build_table(new, self.health))
+        if self.active:
+            addresses.release([a for a in self.owned if a not in want])
         self.owned, self.cfg = want, new
         log.info("reloaded %s", path)
         return True
@@ -196,8 +260,50 @@ class Engine:
             self._wake.set()
 
     def apply_health(self) -> None:
-        self.dp.apply(build_table(self.cfg, self.health))
+        with self._dp_lock:
+            self.dp.apply(build_table(self.cfg, self.health))
         self.write_status()
+
+    # ---- HA (pulse) ----
+    def _take_addresses(self) -> None:
+        addresses.take(self.owned)
+
+    def _release_addresses(self) -> None:
+        addresses.release(self.owned)
+
+    def announce(self, burst: bool = True) -> None:
+        ha = self.cfg.ha
+        if not self.active or ha is None:
+            return
+        n = ha_announce.announce(self.owned, ha.garp_count if burst else 1, ha.garp_interval)
+        log.info("announced %d addresses (%d frames)", len(self.owned), n)
+
+    async def on_role(self, new: int, old: int) -> None:
+        from lb.ha.pulse import ACTIVE
+        loop = asyncio.get_running_loop()
+        if new == ACTIVE:
+            self.active = True
+            await loop.run_in_executor(None, self._take_addresses)
+            loop.run_in_executor(None, self.announce, True)    # the burst runs on by itself
+        elif self.active or old == 0:
+            self.active = False
+            await loop.run_in_executor(None, self._release_addresses)
+        self.write_status()
+
+    def sync_export(self):
+        with self._dp_lock:
+            return self.dp.export_conns()
+
+    def sync_import(self, conns, temps):
+        dev = self.cfg.public_interface
+        ifindex = socket.if_nametoindex(dev)
+        mac = bytes.fromhex(ha_announce._mac(dev).replace(":", ""))
+        with self._dp_lock:
+            return self.dp.import_conns(conns, temps, ifindex, mac)
+
+    def sweep(self) -> int:
+        with self._dp_lock:
+            return self.dp.sweep()
 
     def write_status(self) -> None:
         services = []
@@ -217,8 +323,11 @@ class Engine:
             services.append({"name": vs.name, "protocol": vs.protocol, "address": str(vs.address),
                              "port": vs.port, "scheduler": vs.scheduler, "active": vs.active,
                              "monitor": vs.monitor.kind, "real_servers": reals})
-        doc = {"instance": self.cfg.instance, "pid": os.getpid(), "role": "active",
+        doc = {"instance": self.cfg.instance, "pid": os.getpid(),
+               "role": self.pulse.role if self.pulse is not None else ("active" if self.active else "starting"),
                "config": str(self.cfg.path), "updated": time.time(), "services": services}
+        if self.pulse is not None:
+            doc["ha"] = self.pulse.status()
         os.makedirs(RUN_DIR, exist_ok=True)
         tmp = statusfile(self.cfg.instance) + ".tmp"
         with open(tmp, "w") as f:
@@ -249,6 +358,9 @@ class Engine:
         # runs in a worker thread, one at a time.
         blocking = lambda fn: loop.run_in_executor(None, fn)  # noqa: E731
         self.sync_monitors()
+        if self.pulse is not None:
+            await blocking(ha_announce.warm_up)      # scapy loads now, not during a takeover
+            await self.pulse.start()
         last_sweep = last_nh = last_status = loop.time()
         while self._stop is None:
             try:
@@ -267,12 +379,12 @@ class Engine:
                     await blocking(self.apply_health)
                 if self.dp.draining:
                     await blocking(self.dp.finish_drains)
-                if now - last_status >= 5.0:
+                if now - last_status >= (1.0 if self.pulse is not None else 5.0):
                     last_status = now
                     self.write_status()
                 if now - last_sweep >= SWEEP_INTERVAL:
                     last_sweep = now
-                    n = await blocking(self.dp.sweep)
+                    n = await blocking(self.sweep)
                     if n:
                         log.debug("swept %d expired connections", n)
                 if now - last_nh >= NEXTHOP_INTERVAL:
@@ -280,13 +392,15 @@ class Engine:
                     await blocking(self.dp.refresh_nexthops)
             except Exception:  # the daemon keeps forwarding whatever a housekeeping step does
                 log.exception("housekeeping failed")
+        if self.pulse is not None:
+            await self.pulse.stop()
         for _spec, _policy, _mon, task in self.monitors.values():
             task.cancel()
         await asyncio.gather(*(m[3] for m in self.monitors.values()), return_exceptions=True)
 
 
-def run(cfg, *, xdp_mode: str = "native") -> int:
-    eng = Engine(cfg, xdp_mode=xdp_mode)
+def run(cfg, *, xdp_mode: str = "native", dataplane: str | None = None) -> int:
+    eng = Engine(cfg, xdp_mode=xdp_mode, dataplane=dataplane)
     try:
         eng.start()
     except (StartupError, DataplaneError, LookupError) as e:

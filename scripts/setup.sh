@@ -11,9 +11,10 @@ log() { printf 'setup: %s\n' "$*"; }
 
 [ "$(id -u)" = 0 ] || { echo "setup: must run as root (XDP, netns, apt)" >&2; exit 1; }
 
-# 1. Debian packages. bcc comes from Debian (not on PyPI); nginx is the real servers' HTTP server.
+# 1. Debian packages. bcc comes from Debian (not on PyPI); nginx is the real servers' HTTP server;
+#    haproxy (the HTTP benchmark's peer) and netsniff-ng (trafgen) are for bench/.
 PKGS=(python3-bpfcc libbpfcc linux-headers-amd64 iproute2 ethtool nginx-light curl wrk
-      tcpdump bpftool procps psmisc kmod)
+      tcpdump bpftool procps psmisc kmod haproxy netsniff-ng)
 missing=()
 for p in "${PKGS[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
@@ -25,7 +26,8 @@ if [ ${#missing[@]} -gt 0 ]; then
   apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 # nginx-light's package starts a system nginx on :80; lb's lab runs its own per namespace.
-if command -v systemctl >/dev/null 2>&1; then systemctl disable --now nginx >/dev/null 2>&1 || true; fi
+# haproxy's package starts a system haproxy too; bench/ runs its own in the director namespace.
+if command -v systemctl >/dev/null 2>&1; then systemctl disable --now nginx haproxy >/dev/null 2>&1 || true; fi
 pkill -x nginx 2>/dev/null || true
 
 # 2. Kernel headers for bcc. Leave real headers alone; otherwise point at Debian's -amd64 set.
@@ -62,7 +64,7 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ] || [ setup.py -nt "$stam
    || [ -n "$(find cext -newer "$stamp" -name '*.[ch]' -o -newer "$stamp" -name '*.py' 2>/dev/null)" ]; then
   log "installing lb into $VENV"
   "$VENV/bin/pip" install -q --upgrade pip >/dev/null
-  "$VENV/bin/pip" install -q -e '.[test]'
+  "$VENV/bin/pip" install -q -e '.[test,bench]'
   touch "$stamp"
 fi
 "$VENV/bin/python" -c 'import bcc, lb' || { echo "setup: bcc or lb not importable in $VENV" >&2; exit 1; }

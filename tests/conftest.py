@@ -71,12 +71,14 @@ LAB_PIDFILE = f"/run/lb/{LAB_INSTANCE}.pid"
 class LbProcess:
     """One `lb run --config PATH` in the director namespace; its stderr goes to a log file."""
 
-    def __init__(self, lab, config: str, log_path: Path):
+    def __init__(self, lab, config: str, log_path: Path, node: str = "director", instance: str = LAB_INSTANCE):
         self.lab = lab
         self.config = str(config)
+        self.node = node
+        self.instance = instance
         self.log_path = Path(log_path)
         self._log = open(self.log_path, "wb")
-        self.proc = lab.popen("director", [LB_BIN, "run", "--config", self.config],
+        self.proc = lab.popen(node, [LB_BIN, "run", "--config", self.config],
                               stdin=subprocess.DEVNULL, stdout=self._log, stderr=subprocess.STDOUT,
                               start_new_session=True)
         self.pid = self.proc.pid
@@ -97,7 +99,7 @@ class LbProcess:
             time.sleep(0.05)
 
     def wait_running(self, timeout: float = 30.0) -> "LbProcess":
-        self.wait_log(f"lb instance '{LAB_INSTANCE}' running", timeout=timeout)
+        self.wait_log(f"lb instance '{self.instance}' running", timeout=timeout)
         return self
 
     def signal(self, sig: int) -> None:
@@ -172,6 +174,64 @@ def lb_module_runner(lab, tmp_path_factory):
     """Module-scoped twin of ``lb_runner`` (one `lb run` shared by a module's tests)."""
     remove_lab_dataplane(lab)
     r = LbRunner(lab, tmp_path_factory.mktemp("lb-run"))
+    try:
+        yield r
+    finally:
+        r.cleanup()
+
+
+# ---------------------------------------------------------------------------------------------
+# HA: `lb run` on both lab directors (tests/test_ha_lab.py)
+
+HA_INSTANCES = {"director": "lab", "director2": "lab2"}
+
+
+def remove_ha_dataplane(lab) -> None:
+    """What HA runs may leave on either director: XDP, pins, pid files, moved addresses, links down."""
+    for node, inst in HA_INSTANCES.items():
+        if not os.path.exists(lab.netns_path(node)):
+            continue
+        for dev in ("pub0", "priv0"):
+            lab.run(node, ["ip", "link", "set", "dev", dev, "up"], check=False, timeout=10)
+            for mode in ("xdp", "xdpgeneric", "xdpdrv"):
+                lab.run(node, ["ip", "link", "set", "dev", dev, mode, "off"], check=False, timeout=10)
+        lab.run(node, ["ip", "addr", "del", "198.18.0.10/32", "dev", "pub0"], check=False, timeout=10)
+        lab.run(node, ["ip", "addr", "del", "198.18.1.254/24", "dev", "priv0"], check=False, timeout=10)
+        lab.run(node, ["ip", "route", "flush", "type", "blackhole"], check=False, timeout=10)
+        shutil.rmtree(f"/sys/fs/bpf/lb/{inst}", ignore_errors=True)
+        for f in (f"/run/lb/{inst}.pid", f"/run/lb/{inst}.status.json"):
+            try:
+                os.unlink(f)
+            except FileNotFoundError:
+                pass
+
+
+class HaRunner:
+    """`lb run` processes on director (instance lab) and director2 (instance lab2)."""
+
+    def __init__(self, lab, log_dir: Path):
+        self.lab = lab
+        self.log_dir = Path(log_dir)
+        self.procs: list[LbProcess] = []
+
+    def start(self, node: str, config, wait: bool = True) -> LbProcess:
+        p = LbProcess(self.lab, config, self.log_dir / f"lb-{node}-{len(self.procs)}.log", node=node,
+                      instance=HA_INSTANCES[node])
+        self.procs.append(p)
+        return p.wait_running() if wait else p
+
+    def cleanup(self) -> None:
+        try:
+            for p in self.procs:
+                p.close()
+        finally:
+            remove_ha_dataplane(self.lab)
+
+
+@pytest.fixture
+def ha_runner(lab, tmp_path):
+    remove_ha_dataplane(lab)
+    r = HaRunner(lab, tmp_path)
     try:
         yield r
     finally:

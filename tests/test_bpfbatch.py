@@ -33,7 +33,7 @@ def _key(i: int) -> bytes:
 def test_dump_equals_pure_python_and_delete_many(conns: BpfMap):
     n = 12345
     for i in range(n):
-        conns.set(_key(i), L.CONN.pack(i, i % 7, 0, 900, 1, 1, 0, b"\0\0", bytes(6), bytes(6)))
+        conns.set(_key(i), L.CONN.pack(i, i % 7, 0, 900, 1, 1, 0, b"\0\0", bytes(6), bytes(6), bytes(16), b"\0\0", bytes(6)))
     fast = dict(conns.items(batch=True))
     slow = dict(conns.items(batch=False))
     assert len(fast) == n

@@ -80,7 +80,12 @@ def test_example() -> None:
     assert cfg.nat_router == IPv4Interface("198.18.1.254/24")
     assert cfg.tables == Tables(connections=65536, services=256, real_servers=4096, reals_per_service=64)
     assert cfg.timeouts == Timeouts(tcp=900, tcpfin=120, udp=300)
-    web, dns = cfg.virtual_servers
+    web, dns, ftp = cfg.virtual_servers
+    assert (ftp.fwmark, ftp.key, ftp.address, ftp.port, ftp.vips) == (
+        21, ("fwm", 21, 0), IPv4Address("198.18.0.11"), 21, (IPv4Address("198.18.0.11"),))
+    assert [(g.protocol, g.low, g.high) for g in ftp.port_groups] == [("tcp", 21, 21), ("tcp", 10000, 10100)]
+    assert ftp.scheduler_flags == ("sh-fallback", "sh-port")
+    assert (web.real_servers[0].u_threshold, web.real_servers[0].l_threshold) == (1000, 800)
     assert (web.name, web.scheduler, web.device) == ("web", "wrr", "pub0")
     rs1, rs2 = web.real_servers
     assert (rs1.name, rs1.port, rs1.weight, rs1.effective_port(web)) == ("rs1", 8080, 3, 8080)
@@ -99,7 +104,8 @@ def test_example_mentions_every_key() -> None:
         ([("global",)], loader.GLOBAL_KEYS),
         ([("tables",)], loader.TABLES_KEYS),
         ([("timeouts",)], loader.TIMEOUTS_KEYS),
-        ([("virtual_server", 0), ("virtual_server", 1)], loader.VS_KEYS),
+        ([("virtual_server", 0), ("virtual_server", 1), ("virtual_server", 2)], loader.VS_KEYS),
+        ([("virtual_server", 2, "port_group", 0)], loader.PORT_GROUP_KEYS),
         ([("virtual_server", 0, "real_server", 0)], loader.RS_KEYS),
     ]
     for tables, keys in sections:

@@ -119,7 +119,7 @@ def test_addresses_and_routes_direct(direct):
         assert "198.18.0.10/32" in _addrs(direct, rs, "lo")
         assert _default_gw(direct, rs) == ("198.18.1.1", "eth0")
     links = json.loads(direct.run("switch", ["ip", "-j", "link", "show", "master", "br0"]).stdout)
-    assert sorted(link["ifname"] for link in links) == ["sw-dir", "sw-rs1", "sw-rs2", "sw-rs3"]
+    assert sorted(link["ifname"] for link in links) == ["sw-dir", "sw-dir2", "sw-rs1", "sw-rs2", "sw-rs3"]
     for node in direct.ALL_NODES:
         lo = json.loads(direct.run(node, ["ip", "-j", "link", "show", "dev", "lo"]).stdout)[0]
         assert "UP" in lo["flags"], node

@@ -338,8 +338,9 @@ def test_nat_without_nat_router() -> None:
 def test_not_supported_yet() -> None:
     assert one(GOOD_HEAD.replace("network = direct", "network = tunnel")) == (
         1, "network", "network = tunnel is not supported yet (supported: direct, nat)")
-    assert one(GOOD_HEAD.replace("port = 80", "port = 80\n     fwmark = 3")) == (
-        5, "virtual[web].fwmark", "fwmark services are not supported yet")
+    # a firewall-mark virtual lists its ports in lb_port_groups instead of address/port
+    got = issues(GOOD_HEAD.replace("port = 80", "port = 80\n     fwmark = 3"))
+    assert any("at least one port group" in m for _, _, m in got)
     assert one("service = fos\n" + GOOD_HEAD) == (
         1, "service", "service = fos (failover services) is not supported yet")
 
@@ -408,3 +409,18 @@ def test_bad_monitor_keys() -> None:
     assert (line, fld) == (2, "virtual[web].send_program") and "needs `program`" in msg
     line, fld, msg = at("lb_monitor_typo = 1")
     assert (line, fld) == (5, "virtual[web].lb_monitor_typo") and "unknown key" in msg
+
+
+def test_fwmark_thresholds_and_flags_round_trip() -> None:
+    from lb.config.model import PortGroup
+
+    vs = VirtualServer(name="ftp", address=IPv4Address("10.9.0.1"), port=21, fwmark=21, persistent=300,
+                       scheduler="sh", scheduler_flags=("sh-fallback", "sh-port"),
+                       port_groups=(PortGroup(IPv4Address("10.9.0.1"), "tcp", 21, 21),
+                                    PortGroup(IPv4Address("10.9.0.1"), "tcp", 30000, 30100)),
+                       real_servers=(RealServer("r", IPv4Address("10.9.1.1"), u_threshold=10, l_threshold=5),))
+    cfg = Config(instance="x1", public_interface="eth0", virtual_servers=(vs,))
+    text = lvscf.dumps(cfg)
+    assert "fwmark = 21" in text and "lb_port_groups = tcp 10.9.0.1 21, tcp 10.9.0.1 30000-30100" in text
+    assert lvscf.loads(text) == cfg
+    assert loads(lvscf.dumps_toml(cfg)) == cfg

@@ -26,7 +26,7 @@ def cmd_run(args) -> int:
         return 2
     from lb import engine
 
-    return engine.run(cfg, xdp_mode=args.xdp_mode)
+    return engine.run(cfg, xdp_mode=args.xdp_mode, dataplane=args.dataplane)
 
 
 def cmd_check(args) -> int:
@@ -160,11 +160,64 @@ def cmd_reload(args) -> int:
     return _signal_instance(args, signal.SIGHUP, False)
 
 
+def _list_dataplane(args) -> str:
+    """Which table `lb list` reads: an instance's pinned maps (xdp) or the kernel's IPVS table
+    (ipvs; in the current network namespace, as ipvsadm).  --dataplane decides; otherwise pinned
+    maps win, and without any the kernel's IPVS table is read when the kernel has IPVS loaded."""
+    from lb.dataplane import ipvs
+    from lb.dataplane.maps import instances, pin_dir
+
+    if getattr(args, "dataplane", None):
+        return args.dataplane
+    if getattr(args, "instance", None) or getattr(args, "config", None):
+        inst = _instance(args)
+        if os.path.isdir(pin_dir(inst)):
+            return "xdp"
+        return "ipvs" if ipvs.available() else "xdp"
+    return "xdp" if instances() or not ipvs.available() else "ipvs"
+
+
+def _list_ipvs(args) -> int:
+    """`lb list` of the kernel's IPVS table: the same output as ipvsadm -L -n."""
+    from lb import listing
+    from lb.dataplane import ipvs
+
+    try:
+        ipvs.ensure_module()
+        version, size = ipvs.read_info()
+        services = ipvs.read_services()
+        conns = ipvs.read_connections() if args.connection else []
+        timeouts = ipvs.read_timeouts() if args.timeout else (900, 120, 300)
+    except ipvs.IpvsError as e:
+        print(f"lb: {e}", file=sys.stderr)
+        return 1
+    if args.service:
+        proto, addr = args.service
+        services = [s for s in services if s.protocol == proto and f"{s.address}:{s.port}" == addr]
+        if not services:
+            print("lb: no such service", file=sys.stderr)
+            return 1
+    if args.json:
+        print(json.dumps(listing.to_json(services, conns if args.connection else None, sort=not args.nosort), indent=2))
+    elif args.timeout:
+        sys.stdout.write(listing.format_timeout(*timeouts))
+    elif args.connection:
+        sys.stdout.write(listing.format_connections(conns))
+    else:
+        mode = ("stats" if args.stats else "persistent" if args.persistent_conn
+                else "thresholds" if args.thresholds else "default")
+        sys.stdout.write(listing.format_services(services, mode=mode, exact=args.exact, sort=not args.nosort,
+                                                 size=size, version=version))
+    return 0
+
+
 def cmd_list(args) -> int:
     from lb import listing
     from lb.dataplane import reader
     from lb.dataplane.maps import PinnedMaps
 
+    if _list_dataplane(args) == "ipvs":
+        return _list_ipvs(args)
     inst = _instance(args)
     if inst is None:
         services, conns, timeouts = [], [], (900, 120, 300)
@@ -215,6 +268,9 @@ def _add_list_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--nosort", action="store_true", help="keep the table's order")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.add_argument("--instance", help="instance name (default: the only one running)")
+    p.add_argument("--dataplane", choices=["xdp", "ipvs"], default=None,
+                   help="read an instance's pinned maps (xdp) or the kernel's IPVS table (ipvs); "
+                        "default: pinned maps if any, else the kernel's IPVS table if loaded")
     g = p.add_mutually_exclusive_group()
     g.add_argument("-t", "--tcp-service", dest="service", type=lambda s: ("TCP", s), metavar="VIP:PORT")
     g.add_argument("-u", "--udp-service", dest="service", type=lambda s: ("UDP", s), metavar="VIP:PORT")
@@ -229,6 +285,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", "-c", required=True)
     p.add_argument("--xdp-mode", choices=["native", "generic"], default="native",
                    help="native (driver) XDP, falling back to generic; or generic only")
+    p.add_argument("--dataplane", choices=["xdp", "ipvs", "auto"], default=None,
+                   help="override the config's [global] dataplane: xdp, kernel ipvs, or auto "
+                        "(xdp, falling back to ipvs when XDP cannot be loaded or attached)")
     p.add_argument("-v", "--verbose", action="store_true")
     p.set_defaults(func=cmd_run)
 

@@ -119,8 +119,9 @@ GLOBAL_MODEL = (
     "lb_instance", "lb_public_interface", "lb_private_interface",
     "lb_table_connections", "lb_table_services", "lb_table_real_servers", "lb_table_reals_per_service",
 )
-VIRTUAL_MODEL = ("address", "active", "port", "protocol", "scheduler", "persistent", "pmask", "fwmark")
-SERVER_KEYS = ("address", "active", "weight", "port")
+VIRTUAL_MODEL = ("address", "active", "port", "protocol", "scheduler", "persistent", "pmask", "fwmark",
+                 "lb_port_groups", "lb_scheduler_flags")
+SERVER_KEYS = ("address", "active", "weight", "port", "lb_u_threshold", "lb_l_threshold")
 GLOBAL_KEYS = tuple(GLOBAL_EXTRAS) + GLOBAL_MODEL
 VIRTUAL_KEYS = VIRTUAL_MODEL + MONITOR_CF + LB_MONITOR_KEYS + tuple(VIRTUAL_EXTRAS)
 QUOTED = ("send", "expect", "send_program") + tuple(f"lb_monitor_{k}" for k in LB_MONITOR_STRINGS)
@@ -540,8 +541,28 @@ class _Builder:
             val = v.extra(key, kind)
             if val is not None:
                 vx[key] = val
+        # firewall-mark services: Piranha's fwmark (iptables marked the packets); lb matches the
+        # ports itself, listed in lb_port_groups = "tcp 198.18.0.11 21, tcp 198.18.0.11 10000-10100"
         if "fwmark" in v.entries:
-            v.error(v.entries["fwmark"], "fwmark services are not supported yet")
+            fwm = v.integer("fwmark")
+            if fwm is not None:
+                out["fwmark"] = fwm
+            self.note(f"{tf}.fwmark", v.line("fwmark"), v.fld("fwmark"))
+            groups = []
+            for item in (v.entries["lb_port_groups"].value.split(",") if "lb_port_groups" in v.entries else []):
+                words = item.split()
+                if len(words) != 3:
+                    v.error(v.entries["lb_port_groups"], f"expected 'protocol address ports', got {item.strip()!r}")
+                    continue
+                groups.append({"protocol": words[0], "address": words[1], "ports": words[2]})
+            if groups:
+                out["port_group"] = groups
+            self.note(f"{tf}.port_group", v.line("lb_port_groups"), v.fld("lb_port_groups"))
+        elif "lb_port_groups" in v.entries:
+            v.error(v.entries["lb_port_groups"], "lb_port_groups needs fwmark")
+        if "lb_scheduler_flags" in v.entries:
+            out["scheduler_flags"] = [f.strip() for f in v.entries["lb_scheduler_flags"].value.split(",") if f.strip()]
+            self.note(f"{tf}.scheduler_flags", v.line("lb_scheduler_flags"), v.fld("lb_scheduler_flags"))
         dev_info = None
         ad = v.addr_dev("address")
         if ad is not None:
@@ -646,6 +667,11 @@ class _Builder:
             if val is not None:
                 out[key] = val
             self.note(f"{tf}.{key}", s.line(key), s.fld(key))
+        for key in ("u_threshold", "l_threshold"):
+            val = s.integer(f"lb_{key}")
+            if val is not None:
+                out[key] = val
+            self.note(f"{tf}.{key}", s.line(f"lb_{key}"), s.fld(f"lb_{key}"))
         return out
 
 
@@ -846,7 +872,8 @@ def dumps(cfg: Config, extras: dict[str, Any] | None = None) -> str:
     if cfg.instance != "default":
         put("", "lb_instance", cfg.instance)
     first_dev = cfg.virtual_servers[0].device if cfg.virtual_servers else None
-    if not cfg.virtual_servers or (first_dev is not None and first_dev != cfg.public_interface):
+    if not cfg.virtual_servers or cfg.virtual_servers[0].fwmark or (
+            first_dev is not None and first_dev != cfg.public_interface):
         put("", "lb_public_interface", cfg.public_interface)
     derived_priv = nat_dev if cfg.nat_router is not None else None
     if cfg.private_interface is not None and cfg.private_interface != derived_priv:
@@ -863,10 +890,17 @@ def dumps(cfg: Config, extras: dict[str, Any] | None = None) -> str:
         ind = "     "
         dev = cfg.vip_device(vs)
         put(ind, "active", vs.active)
-        put(ind, "address", f"{vs.address} {dev_text(dev, vx.get('address_alias'))}")
+        if vs.fwmark:
+            put(ind, "fwmark", vs.fwmark)
+            put(ind, "lb_port_groups", ", ".join(
+                f"{g.protocol} {g.address} {g.low if g.low == g.high else f'{g.low}-{g.high}'}"
+                for g in vs.port_groups))
+        else:
+            put(ind, "address", f"{vs.address} {dev_text(dev, vx.get('address_alias'))}")
         if "vip_nmask" in vx:
             put(ind, "vip_nmask", vx["vip_nmask"])
-        put(ind, "port", vs.port)
+        if not vs.fwmark:
+            put(ind, "port", vs.port)
         if vs.persistent:
             put(ind, "persistent", vs.persistent)
         if vs.pmask is not None:
@@ -879,7 +913,10 @@ def dumps(cfg: Config, extras: dict[str, Any] | None = None) -> str:
         if "load_monitor" in vx:
             put(ind, "load_monitor", vx["load_monitor"])
         put(ind, "scheduler", vs.scheduler)
-        put(ind, "protocol", vs.protocol)
+        if vs.scheduler_flags:
+            put(ind, "lb_scheduler_flags", ",".join(vs.scheduler_flags))
+        if not vs.fwmark:
+            put(ind, "protocol", vs.protocol)
         for key in ("timeout", "reentry"):
             if key in mon:
                 put(ind, key, mon[key])
@@ -897,6 +934,10 @@ def dumps(cfg: Config, extras: dict[str, Any] | None = None) -> str:
             if rs.port is not None:
                 put(ind2, "port", rs.port)
             put(ind2, "weight", rs.weight)
+            if rs.u_threshold:
+                put(ind2, "lb_u_threshold", rs.u_threshold)
+            if rs.l_threshold:
+                put(ind2, "lb_l_threshold", rs.l_threshold)
             out.append(f"{ind}}}")
         out.append("}")
     return "\n".join(out) + "\n"
@@ -943,8 +984,12 @@ def _emit(doc: dict[str, Any]) -> str:
             out.append("")
     for vs in doc.get("virtual_server", []):
         out.append("[[virtual_server]]")
-        out += [f"{k} = {_toml_value(v)}" for k, v in vs.items() if k not in ("real_server", "monitor")]
+        out += [f"{k} = {_toml_value(v)}" for k, v in vs.items() if k not in ("real_server", "monitor", "port_group")]
         out.append("")
+        for g in vs.get("port_group", []):
+            out.append("  [[virtual_server.port_group]]")
+            out += [f"  {k} = {_toml_value(v)}" for k, v in g.items()]
+            out.append("")
         if "monitor" in vs:
             out.append("  [virtual_server.monitor]")
             out += [f"  {k} = {_toml_value(v)}" for k, v in vs["monitor"].items()]
@@ -976,8 +1021,16 @@ def _doc(cfg: Config) -> dict[str, Any]:
         doc["timeouts"] = timeouts
     vss = []
     for vs in cfg.virtual_servers:
-        d: dict[str, Any] = {"name": vs.name, "address": str(vs.address), "port": vs.port,
-                             "protocol": vs.protocol, "scheduler": vs.scheduler}
+        if vs.fwmark:
+            d: dict[str, Any] = {"name": vs.name, "fwmark": vs.fwmark, "scheduler": vs.scheduler}
+            d["port_group"] = [{"address": str(g.address), "protocol": g.protocol,
+                                "ports": str(g.low) if g.low == g.high else f"{g.low}-{g.high}"}
+                               for g in vs.port_groups]
+        else:
+            d = {"name": vs.name, "address": str(vs.address), "port": vs.port,
+                 "protocol": vs.protocol, "scheduler": vs.scheduler}
+        if vs.scheduler_flags:
+            d["scheduler_flags"] = list(vs.scheduler_flags)
         if vs.persistent:
             d["persistent"] = vs.persistent
         if vs.pmask is not None:
@@ -1001,6 +1054,10 @@ def _doc(cfg: Config) -> dict[str, Any]:
             r["weight"] = rs.weight
             if not rs.active:
                 r["active"] = False
+            if rs.u_threshold:
+                r["u_threshold"] = rs.u_threshold
+            if rs.l_threshold:
+                r["l_threshold"] = rs.l_threshold
             reals.append(r)
         if reals:
             d["real_server"] = reals

@@ -24,6 +24,8 @@ SCHEDULERS_IPVS: tuple[str, ...] = (
 
 PROTOCOLS: tuple[str, ...] = ("tcp", "udp")
 NETWORKS: tuple[str, ...] = ("direct", "nat")
+# Data planes: "xdp" (default), kernel "ipvs", or "auto" (xdp, falling back to ipvs).
+DATAPLANES: tuple[str, ...] = ("xdp", "ipvs", "auto")
 
 IPAddress = IPv4Address | IPv6Address
 
@@ -39,6 +41,10 @@ class RealServer:
     port: int | None = None
     weight: int = 1  # 0..65535; 0 = quiesced (no new connections)
     active: bool = True
+    # IPVS connection thresholds: no new connections while active + inactive >= u_threshold,
+    # until the total drops below l_threshold (0: below 3/4 of u_threshold); 0 = none
+    u_threshold: int = 0
+    l_threshold: int = 0
 
     def effective_port(self, vs: VirtualServer) -> int:
         """The destination port packets are sent to on this real server."""
@@ -74,8 +80,28 @@ class Monitor:
 
 
 @dataclass(frozen=True, slots=True)
+class PortGroup:
+    """Ports of one VIP and protocol that belong to a firewall-mark service (low..high)."""
+
+    address: IPAddress
+    protocol: str = "tcp"
+    low: int = 0
+    high: int = 0
+
+
+# ipvsadm's scheduler flags (--sched-flags) and the scheduler each belongs to
+SCHEDULER_FLAGS: dict[str, str] = {
+    "sh-fallback": "sh", "sh-port": "sh", "mh-fallback": "mh", "mh-port": "mh",
+}
+
+
+@dataclass(frozen=True, slots=True)
 class VirtualServer:
-    """A service: (protocol, VIP, port) plus its scheduler and real servers."""
+    """A service: (protocol, VIP, port) plus its scheduler and real servers.
+
+    A firewall-mark service (fwmark != 0) is matched by its port groups instead; its address,
+    port and protocol are those of the first group (the VIP its director holds, the port its
+    health checks use), and its real servers take each connection's own port."""
 
     name: str
     address: IPAddress
@@ -88,11 +114,23 @@ class VirtualServer:
     device: str | None = None  # interface holding the VIP; None -> Config.public_interface
     real_servers: tuple[RealServer, ...] = ()
     monitor: Monitor = field(default_factory=Monitor)
+    fwmark: int = 0  # firewall-mark service: matched by port_groups (in XDP, no iptables)
+    port_groups: tuple[PortGroup, ...] = ()
+    scheduler_flags: tuple[str, ...] = ()  # e.g. ("sh-fallback", "sh-port")
 
     @property
-    def key(self) -> tuple[str, IPAddress, int]:
-        """The identity of the service, as IPVS sees it."""
+    def key(self) -> tuple:
+        """The identity of the service, as IPVS sees it (("fwm", mark, 0) for fwmark services)."""
+        if self.fwmark:
+            return ("fwm", self.fwmark, 0)
         return (self.protocol, self.address, self.port)
+
+    @property
+    def vips(self) -> tuple[IPAddress, ...]:
+        """Every VIP the service needs (a firewall-mark service's groups may use several)."""
+        if self.fwmark:
+            return tuple(dict.fromkeys(g.address for g in self.port_groups))
+        return (self.address,)
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,6 +152,33 @@ class Timeouts:
     udp: int = 300
 
 
+@dataclass(frozen=True, slots=True)
+class HA:
+    """Two directors, one active (pulse).  Present only when the config has an [ha] table.
+
+    Which node this is comes from the addresses: the one holding ``primary`` (or
+    ``primary_private``) is the primary, the one holding ``backup``/``backup_private`` the backup."""
+
+    primary: IPAddress  # public heartbeat address of the primary director
+    backup: IPAddress  # public heartbeat address of the backup director
+    key_file: Path  # the shared HMAC-SHA256 key (never inline)
+    primary_private: IPAddress | None = None  # the optional second channel
+    backup_private: IPAddress | None = None
+    heartbeat_port: int = 539
+    keepalive: float = 2.0  # seconds between heartbeats
+    deadtime: float = 6.0  # the peer is dead after this long without an authentic heartbeat
+    preempt: bool = False  # a returning primary takes the VIPs back
+    monitor_links: bool = False  # losing the public link makes the active step down
+    garp_count: int = 3  # gratuitous ARPs (unsolicited NAs) per address at takeover
+    garp_interval: float = 0.1  # seconds between those
+    garp_refresh: float = 10.0  # re-announce every N s while active; 0 = never
+    sync: bool = True  # stream connection entries to the backup
+    sync_interval: float = 0.2  # seconds between sync scans
+    sync_rate: int = 20000  # entries per second at most (bounded bandwidth)
+    max_skew: float = 30.0  # accepted clock difference for a peer's first heartbeat
+    notify: tuple[str, ...] = ()  # programs run (no shell) on role changes: PROG ROLE OLD INSTANCE
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Config:
     """The whole director configuration."""
@@ -123,11 +188,13 @@ class Config:
     public_interface: str
     private_interface: str | None = None
     network: str = "direct"  # "direct" | "nat"
+    dataplane: str = "xdp"  # one of DATAPLANES
     nat_router: IPv4Interface | None = None  # e.g. 198.18.1.254/24
     nat_router_device: str | None = None  # None -> private_interface
     tables: Tables = field(default_factory=Tables)
     timeouts: Timeouts = field(default_factory=Timeouts)
     virtual_servers: tuple[VirtualServer, ...] = ()
+    ha: HA | None = None  # None: a single director, always active
 
     def vip_device(self, vs: VirtualServer) -> str:
         """The interface that carries the VIP of ``vs``."""

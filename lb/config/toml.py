@@ -28,15 +28,19 @@ from .locate import FieldPath, Locator
 from .model import (
     MONITOR_KINDS,
     NETWORKS,
+    DATAPLANES,
     PROTOCOLS,
     SCHEDULERS_IMPLEMENTED,
     SCHEDULERS_IPVS,
     Config,
     ConfigError,
     ConfigIssue,
+    HA,
     IPAddress,
     Monitor,
+    PortGroup,
     RealServer,
+    SCHEDULER_FLAGS,
     Tables,
     Timeouts,
     VirtualServer,
@@ -78,19 +82,26 @@ TABLE_RANGES: Final[dict[str, tuple[int, int]]] = {
 
 # --- known keys (order matters only for messages) ------------------------------
 
-TOP_KEYS: Final = ("global", "tables", "timeouts", "virtual_server")
+TOP_KEYS: Final = ("global", "tables", "timeouts", "virtual_server", "ha")
 GLOBAL_KEYS: Final = (
     "instance", "public_interface", "private_interface",
     "network", "nat_router", "nat_router_device",
+    "dataplane",
 )
 TABLES_KEYS: Final = tuple(TABLE_RANGES)
 TIMEOUTS_KEYS: Final = ("tcp", "tcpfin", "udp")
 VS_KEYS: Final = (
     "name", "address", "port", "protocol", "scheduler",
     "persistent", "pmask", "active", "device", "real_server", "monitor",
+    "fwmark", "port_group", "scheduler_flags",
 )
 MONITOR_KEYS: Final = tuple(f.name for f in dataclasses.fields(Monitor))
-RS_KEYS: Final = ("name", "address", "port", "weight", "active")
+RS_KEYS: Final = ("name", "address", "port", "weight", "active", "u_threshold", "l_threshold")
+PORT_GROUP_KEYS: Final = ("address", "protocol", "ports")
+FWMARK_RANGE: Final = (1, 0xFFFFFFFF)
+THRESHOLD_RANGE: Final = (0, 0x7FFFFFFF)
+FWM_RANGES_PER_VIP: Final = 16  # lb_fwm_ranges holds 16 port ranges per (VIP, protocol)
+HA_KEYS: Final = tuple(f.name for f in dataclasses.fields(HA))
 
 
 # --- public API ----------------------------------------------------------------
@@ -411,6 +422,8 @@ class _RealDraft:
     port: int | None | _Invalid
     weight: int | None | _Invalid
     active: bool | _Invalid
+    u_threshold: int | None | _Invalid = 0
+    l_threshold: int | None | _Invalid = 0
 
     @property
     def effective_name(self) -> str | None:
@@ -429,6 +442,8 @@ class _RealDraft:
             port=_valid(self.port),
             weight=_valid_int(self.weight),
             active=_valid(self.active),
+            u_threshold=_valid_int(self.u_threshold),
+            l_threshold=_valid_int(self.l_threshold),
         )
 
 
@@ -446,6 +461,9 @@ class _VirtualDraft:
     device: str | None | _Invalid
     monitor: Monitor | _Invalid = field(default_factory=Monitor)
     reals: list[_RealDraft | _Invalid] = field(default_factory=list)
+    fwmark: int | _Invalid = 0
+    groups: list[PortGroup | _Invalid] = field(default_factory=list)
+    sched_flags: tuple[str, ...] | _Invalid = ()
 
     def build(self) -> VirtualServer:
         name = _valid(self.name)
@@ -462,6 +480,9 @@ class _VirtualDraft:
             device=_valid(self.device),
             real_servers=tuple(_valid(r).build() for r in self.reals),
             monitor=_valid(self.monitor),
+            fwmark=_valid_int(self.fwmark),
+            port_groups=tuple(_valid(g) for g in self.groups),
+            scheduler_flags=_valid(self.sched_flags),
         )
 
 
@@ -549,6 +570,11 @@ def _check_real(rs: _Table, vip: IPAddress | _Invalid, vs_name: str | None) -> _
             f"real server address {address} is IPv{address.version} but virtual server "
             f"'{vs_name or '?'}' is IPv{vip.version}",
         )
+    u_threshold = rs.integer("u_threshold", THRESHOLD_RANGE, default=0)
+    l_threshold = rs.integer("l_threshold", THRESHOLD_RANGE, default=0)
+    if isinstance(u_threshold, int) and isinstance(l_threshold, int) and u_threshold and l_threshold > u_threshold:
+        l_threshold = rs.chk.error(rs.at("l_threshold"),
+                                   f"must not be above u_threshold ({l_threshold} > {u_threshold})")
     return _RealDraft(
         path=rs.path,
         name=rs.name("name"),
@@ -556,11 +582,110 @@ def _check_real(rs: _Table, vip: IPAddress | _Invalid, vs_name: str | None) -> _
         port=rs.integer("port", PORT_RANGE),
         weight=rs.integer("weight", WEIGHT_RANGE, default=1),
         active=rs.boolean("active", True),
+        u_threshold=u_threshold,
+        l_threshold=l_threshold,
     )
+
+
+def _check_sched_flags(vs: _Table, scheduler: str | _Invalid) -> tuple[str, ...] | _Invalid:
+    value = vs.data.get("scheduler_flags", _ABSENT)
+    if value is _ABSENT:
+        return ()
+    path = vs.at("scheduler_flags")
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        return vs.chk.error(path, f"expected an array of strings, e.g. [\"sh-port\"], got {_describe(value)}")
+    for f in value:
+        if f not in SCHEDULER_FLAGS:
+            return vs.chk.error(path, f"unknown scheduler flag '{f}' (expected one of: {', '.join(SCHEDULER_FLAGS)})")
+        if isinstance(scheduler, str) and SCHEDULER_FLAGS[f] != scheduler:
+            return vs.chk.error(path, f"flag '{f}' belongs to scheduler '{SCHEDULER_FLAGS[f]}', not '{scheduler}'")
+    return tuple(f for f in SCHEDULER_FLAGS if f in value)   # ipvsadm's order
+
+
+def _parse_ports(value: Any) -> tuple[int, int] | None:
+    if isinstance(value, int) and not isinstance(value, bool):
+        lo = hi = value
+    elif isinstance(value, str) and re.fullmatch(r"\s*\d{1,5}\s*(-\s*\d{1,5}\s*)?", value):
+        lo_s, _, hi_s = value.partition("-")
+        lo = int(lo_s)
+        hi = int(hi_s) if hi_s else lo
+    else:
+        return None
+    if not (PORT_RANGE[0] <= lo <= hi <= PORT_RANGE[1]):
+        return None
+    return lo, hi
+
+
+def _check_port_group(g: _Table) -> PortGroup | _Invalid:
+    address = g.address("address")
+    if isinstance(address, IPv4Address) is False and not isinstance(address, _Invalid):
+        address = g.chk.error(g.at("address"), "IPv6 port groups are not supported yet")
+    protocol = _check_protocol(g)
+    ports = g.data.get("ports", _ABSENT)
+    rng: tuple[int, int] | _Invalid
+    if ports is _ABSENT:
+        rng = INVALID if g.broken else g.chk.error(g.at("ports"), "required key is missing")
+    else:
+        parsed = _parse_ports(ports)
+        rng = parsed if parsed is not None else g.chk.error(
+            g.at("ports"), f"expected a port or a range like \"10000-10100\" (1-65535), got {_describe(ports)}")
+    if isinstance(address, _Invalid) or isinstance(protocol, _Invalid) or isinstance(rng, _Invalid):
+        return INVALID
+    return PortGroup(address, protocol, rng[0], rng[1])
+
+
+def _check_fwmark_virtual(vs: _Table, name: str | None | _Invalid) -> _VirtualDraft:
+    """A firewall-mark service: fwmark plus port groups instead of address/port/protocol."""
+    fwmark = vs.integer("fwmark", FWMARK_RANGE, required=True)
+    for k in ("address", "port", "protocol"):
+        if k in vs.data:
+            vs.chk.error(vs.at(k), f"a firewall-mark service is matched by its port_group entries; "
+                                   f"remove '{k}' (put it in a [[virtual_server.port_group]])")
+    groups: list[PortGroup | _Invalid] = [
+        g if isinstance(g, _Invalid) else _check_port_group(g) for g in vs.tables("port_group", PORT_GROUP_KEYS)
+    ]
+    if not groups and "port_group" not in vs.data:
+        vs.chk.error(vs.at("port_group"), "a firewall-mark service needs at least one port group "
+                                          "(address, protocol, ports)")
+    first = groups[0] if groups and isinstance(groups[0], PortGroup) else None
+    scheduler = _check_scheduler(vs)
+    draft = _VirtualDraft(
+        path=vs.path,
+        name=name,
+        address=first.address if first else INVALID,
+        port=first.low if first else INVALID,
+        protocol=first.protocol if first else INVALID,
+        scheduler=scheduler,
+        persistent=vs.integer("persistent", PERSISTENT_RANGE, default=0),
+        pmask=_check_pmask(vs),
+        active=vs.boolean("active", True),
+        device=vs.ifname("device"),
+        fwmark=INVALID if fwmark is None else fwmark,
+        groups=groups,
+        sched_flags=_check_sched_flags(vs, scheduler),
+    )
+    if any(isinstance(g, _Invalid) for g in groups):
+        draft.fwmark = INVALID
+    draft.monitor = _check_monitor(vs)
+    vs_name = name if isinstance(name, str) else None
+    for rs in vs.tables("real_server", RS_KEYS):
+        if isinstance(rs, _Invalid):
+            draft.reals.append(rs)
+            continue
+        rd = _check_real(rs, first.address if first else INVALID, vs_name)
+        if isinstance(rd.port, int):
+            rd.port = rs.chk.error(rs.at("port"), "real servers of a firewall-mark service take each "
+                                                  "connection's own port: omit port")
+        draft.reals.append(rd)
+    return draft
 
 
 def _check_virtual(vs: _Table) -> _VirtualDraft:
     name = vs.name("name", required=True)
+    if "fwmark" in vs.data:
+        return _check_fwmark_virtual(vs, name)
+    if "port_group" in vs.data:
+        vs.chk.error(vs.at("port_group"), "port groups belong to a firewall-mark service: set fwmark")
     address = vs.address("address")
     if not isinstance(address, _Invalid) and address.version == 6:
         vs.chk.error(vs.at("address"), "IPv6 virtual servers are not supported yet")
@@ -582,6 +707,7 @@ def _check_virtual(vs: _Table) -> _VirtualDraft:
         active=vs.boolean("active", True),
         device=vs.ifname("device"),
     )
+    draft.sched_flags = _check_sched_flags(vs, draft.scheduler)
     draft.monitor = _check_monitor(vs)
     vs_name = name if isinstance(name, str) else None
     for rs in vs.tables("real_server", RS_KEYS):
@@ -717,7 +843,7 @@ def _check_services(chk: _Checker, drafts: list[_VirtualDraft | _Invalid]) -> No
     for vs in drafts:
         if isinstance(vs, _Invalid):
             continue
-        if isinstance(vs.protocol, str) and not isinstance(vs.address, _Invalid) and isinstance(vs.port, int):
+        if vs.fwmark == 0 and isinstance(vs.protocol, str) and not isinstance(vs.address, _Invalid) and isinstance(vs.port, int):
             key = (vs.protocol, vs.address, vs.port)
             if key in seen_key:
                 chk.error(
@@ -735,6 +861,43 @@ def _check_services(chk: _Checker, drafts: list[_VirtualDraft | _Invalid]) -> No
                 )
             else:
                 seen_name[vs.name] = vs.path
+    _check_fwmarks(chk, drafts, seen_key)
+
+
+def _check_fwmarks(chk: _Checker, drafts: list[_VirtualDraft | _Invalid], services: dict) -> None:
+    """Firewall-mark services: distinct marks; no port in two groups, nor in a group and an
+    address/port service; at most FWM_RANGES_PER_VIP groups per VIP and protocol."""
+    seen_mark: dict[int, FieldPath] = {}
+    ranges: dict[tuple[str, IPAddress], list[tuple[int, int, FieldPath]]] = {}
+    for vs in drafts:
+        if isinstance(vs, _Invalid) or not vs.fwmark:
+            continue
+        if isinstance(vs.fwmark, int):
+            if vs.fwmark in seen_mark:
+                chk.error(vs.path + ("fwmark",), f"duplicate fwmark {vs.fwmark} (already used by "
+                                                 f"{field_name(seen_mark[vs.fwmark])})")
+            else:
+                seen_mark[vs.fwmark] = vs.path
+        for i, g in enumerate(vs.groups):
+            if isinstance(g, _Invalid):
+                continue
+            path = vs.path + ("port_group", i)
+            here = ranges.setdefault((g.protocol, g.address), [])
+            clash = next((p for lo, hi, p in here if lo <= g.high and g.low <= hi), None)
+            if clash is not None:
+                chk.error(path + ("ports",), f"ports {g.low}-{g.high} of {g.protocol} {g.address} overlap "
+                                             f"{field_name(clash)}")
+                continue
+            taken = next((port for (proto, addr, port) in services
+                          if proto == g.protocol and addr == g.address and g.low <= port <= g.high), None)
+            if taken is not None:
+                chk.error(path + ("ports",), f"port {taken} of {g.protocol} {g.address} is already a virtual "
+                                             f"server of its own ({field_name(services[(g.protocol, g.address, taken)])})")
+                continue
+            if len(here) >= FWM_RANGES_PER_VIP:
+                chk.error(path, f"more than {FWM_RANGES_PER_VIP} port groups for {g.protocol} {g.address}")
+                continue
+            here.append((g.low, g.high, path))
 
 
 def _check_counts(
@@ -774,6 +937,75 @@ def _check_counts(
 # --- driver ------------------------------------------------------------------------
 
 
+def _check_ha(top: _Table, base: Path | None) -> HA | None | _Invalid:
+    """[ha]: two directors (pulse).  Absent: one director, always active."""
+    if "ha" not in top.data:
+        return None
+    h = top.table("ha", HA_KEYS)
+    if isinstance(h, _Invalid):
+        return h
+    bad = False
+
+    def keep(v):
+        nonlocal bad
+        if isinstance(v, _Invalid):
+            bad = True
+        return v
+
+    def opt_addr(key: str):
+        if key not in h.data:
+            return None
+        return keep(h.address(key))
+
+    primary = keep(h.address("primary"))
+    backup = keep(h.address("backup"))
+    primary_private = opt_addr("primary_private")
+    backup_private = opt_addr("backup_private")
+    if not bad and primary == backup:
+        keep(h.chk.error(h.at("backup"), "must differ from primary"))
+    if (primary_private is None) != (backup_private is None):
+        keep(h.chk.error(h.at("backup_private" if primary_private is not None else "primary_private"),
+                         "primary_private and backup_private go together (the private channel)"))
+    key_file = keep(h.string("key_file", required=True))
+    if isinstance(key_file, str):
+        if not key_file:
+            key_file = keep(h.chk.error(h.at("key_file"), "must name the file holding the shared key"))
+        else:
+            kf = Path(key_file)
+            if not kf.is_absolute() and base is not None:
+                kf = base.parent / kf
+            key_file = kf
+    port = keep(h.integer("heartbeat_port", PORT_RANGE, default=539))
+    keepalive = keep(_seconds(h, "keepalive", 2.0))
+    deadtime = keep(_seconds(h, "deadtime", 6.0))
+    if isinstance(keepalive, float) and keepalive < 0.01:
+        keepalive = keep(h.chk.error(h.at("keepalive"), "must be at least 0.01 seconds"))
+    if isinstance(keepalive, float) and isinstance(deadtime, float) and deadtime < 2 * keepalive:
+        keep(h.chk.error(h.at("deadtime"), f"must be at least twice keepalive ({2 * keepalive:g} s), got {deadtime:g}"))
+    garp_count = keep(h.integer("garp_count", (0, 100), default=3))
+    sync_rate = keep(h.integer("sync_rate", (100, 10_000_000), default=20000))
+    values = dict(
+        preempt=keep(h.boolean("preempt", False)),
+        monitor_links=keep(h.boolean("monitor_links", False)),
+        garp_interval=keep(_seconds(h, "garp_interval", 0.1)),
+        garp_refresh=keep(_seconds(h, "garp_refresh", 10.0)),
+        sync=keep(h.boolean("sync", True)),
+        sync_interval=keep(_seconds(h, "sync_interval", 0.2)),
+        max_skew=keep(_seconds(h, "max_skew", 30.0)),
+    )
+    notify = h.data.get("notify", [])
+    if isinstance(notify, str):
+        notify = [notify]
+    if not isinstance(notify, list) or not all(isinstance(n, str) and n for n in notify):
+        keep(h.chk.error(h.at("notify"), "expected a program path or a list of them"))
+        notify = []
+    if bad:
+        return INVALID
+    return HA(primary=primary, backup=backup, key_file=key_file, primary_private=primary_private,
+              backup_private=backup_private, heartbeat_port=port, keepalive=keepalive, deadtime=deadtime,
+              garp_count=garp_count, sync_rate=sync_rate, notify=tuple(notify), **values)
+
+
 def _syntax_issue(text: str, display: str, exc: tomllib.TOMLDecodeError) -> ConfigIssue:
     message = str(exc)
     m = re.search(r"\(at line (\d+), column \d+\)", message)
@@ -810,6 +1042,12 @@ def _load_text(text: str, display: str, path: Path | None) -> Config:
     public_interface = g.ifname("public_interface", required=True)
     private_interface = g.ifname("private_interface")
     network = _check_network(g)
+    dataplane = g.string("dataplane")
+    if dataplane is None:
+        dataplane = "xdp"
+    elif isinstance(dataplane, str) and dataplane not in DATAPLANES:
+        dataplane = chk.error(g.at("dataplane"),
+                              f"unknown dataplane '{dataplane}' (expected one of: {', '.join(DATAPLANES)})")
     nat_router = _check_nat_router(g)
     nat_router_device = g.ifname("nat_router_device")
     if network == "nat":
@@ -844,6 +1082,8 @@ def _load_text(text: str, display: str, path: Path | None) -> Config:
         chk, drafts, table_values["services"], table_values["reals_per_service"], table_values["real_servers"]
     )
 
+    ha = _check_ha(top, path)
+
     if chk.issues:
         # Report in file order; issues without a line (a missing [global]) first.
         raise ConfigError(sorted(chk.issues, key=lambda i: i.line or 0))
@@ -856,9 +1096,11 @@ def _load_text(text: str, display: str, path: Path | None) -> Config:
         public_interface=pub,
         private_interface=_valid(private_interface),
         network=_valid(network),
+        dataplane=_valid(dataplane),
         nat_router=_valid(nat_router),
         nat_router_device=_valid(nat_router_device),
         tables=Tables(**{k: _valid_int(v) for k, v in table_values.items()}),
         timeouts=Timeouts(**{k: _valid_int(v) for k, v in timeout_values.items()}),
         virtual_servers=tuple(_valid(vs).build() for vs in drafts),
+        ha=_valid(ha),
     )

@@ -3,4 +3,4 @@
 The engine hands a data plane a TableSpec (what should be forwarded) and the data plane applies
 the difference.  `xdp` is the default; an IPVS backend will implement the same interface.
 """
-from .spec import RealSpec, ServiceSpec, TableSpec  # noqa: F401
+from .spec import PortGroup, RealSpec, ServiceSpec, TableSpec, service_spec  # noqa: F401

@@ -16,6 +16,15 @@ FWD_NAT, FWD_LOCAL, FWD_TUNNEL, FWD_DR = 0, 1, 2, 3
 FORWARD_NAMES = {FWD_NAT: "Masq", FWD_LOCAL: "Local", FWD_TUNNEL: "Tunnel", FWD_DR: "Route"}
 REAL_F_OVERLOAD = 0x1
 REAL_F_NO_NEXTHOP = 0x2
+REAL_F_DRAINING = 0x4        # removed from the config, draining: its templates are invalid
+REAL_F_THRESH = 0x8          # u_threshold set: BPF computes OVERLOAD in the pick loop
+RC_F_OVERLOAD = 0x1          # lb_real_conns.flags (BPF)
+SVC_F_SCHED_FALLBACK, SVC_F_SCHED_PORT = 0x1, 0x2   # lb_svc.flags (IP_VS_SVC_F_SCHED1/2)
+# scheduler flag name -> (scheduler, lb_svc.flags bit), as ipvsadm spells them
+SCHED_FLAGS = {"sh-fallback": ("sh", SVC_F_SCHED_FALLBACK), "sh-port": ("sh", SVC_F_SCHED_PORT),
+               "mh-fallback": ("mh", SVC_F_SCHED_FALLBACK), "mh-port": ("mh", SVC_F_SCHED_PORT)}
+FWM_RANGES = 16              # LB_FWM_RANGES: port ranges per (VIP, protocol)
+G_FWM_KEYS, G_EXPIRE_NODEST, N_GLOBALS = 0, 1, 8     # lb_globals
 CONN_F_INACTIVE, CONN_F_OUT, CONN_F_PERSIST = 0x1, 0x2, 0x4
 
 # scheduler name -> LB_SCHED_* (also the tail-call slot LB_PROG_SCHED_BASE + value)
@@ -40,17 +49,19 @@ COUNTER_NAMES = ["no_real_server", "tcp_not_syn", "fragment", "real_server_gone"
 
 # lb_structs.h
 SVC_KEY = struct.Struct("=16s2sBB")                 # lb_svc_key
-SVC = struct.Struct("=16s2sBB7I")                   # lb_svc
+SVC = struct.Struct("=16s2sBB9I")                   # lb_svc
 SCHED_STATE = struct.Struct("=Ii")                  # lb_sched_state
 DEST = struct.Struct("=3I")                         # lb_dest
-REAL = struct.Struct("=16s2sBBIII6s6sI")            # lb_real
-REAL_CONNS = struct.Struct("=IIII")                 # lb_real_conns: active, inactive, persist, pad
+REAL = struct.Struct("=16s2sBBIII6s6sIII")          # lb_real
+REAL_CONNS = struct.Struct("=IIII")                 # lb_real_conns: active, inactive, persist, flags
 PERSIST_KEY = struct.Struct("=16s16s2sBBI")          # lb_persist_key
 PERSIST = struct.Struct("=QII")                     # lb_persist
 CONN_KEY = struct.Struct("=16s16s2s2sBBBB")         # lb_conn_key
-CONN = struct.Struct("=QIIIIBB2s6s6s")              # lb_conn
+CONN = struct.Struct("=QIIIIBB2s6s6s16s2s6s")       # lb_conn
 STATS = struct.Struct("=5Q")                        # lb_stats
 SCHED_BUCKETS = struct.Struct("=256I")             # lb_sched_buckets (lb_sched.h)
+PORT_RANGE = struct.Struct("=HHI")                  # lb_port_range (host byte order ports)
+PORT_RANGES = struct.Struct(f"=II{PORT_RANGE.size * FWM_RANGES}s")   # lb_port_ranges
 U32 = struct.Struct("=I")
 U64 = struct.Struct("=Q")
 
@@ -108,17 +119,19 @@ class Svc:
     wrr_di: int = 1
     persist_timeout: int = 0
     persist_mask: int = 0
+    fwmark: int = 0
+    mh_size: int = 0
 
     def pack(self) -> bytes:
         return SVC.pack(pack_addr(self.addr), pack_port(self.port), self.proto, family_of(self.addr),
                         self.sched, self.nreals, self.flags, self.wrr_mw, self.wrr_di,
-                        self.persist_timeout, self.persist_mask)
+                        self.persist_timeout, self.persist_mask, self.fwmark, self.mh_size)
 
     @classmethod
     def unpack(cls, raw: bytes) -> "Svc":
-        a, p, proto, fam, sched, nreals, flags, mw, di, pt, pm = SVC.unpack(raw)
+        a, p, proto, fam, sched, nreals, flags, mw, di, pt, pm, fwm, mhs = SVC.unpack(raw)
         return cls(unpack_addr(a, fam) if fam else ipaddress.IPv4Address(0), unpack_port(p), proto,
-                   sched, nreals, flags, mw, di, pt, pm)
+                   sched, nreals, flags, mw, di, pt, pm, fwm, mhs)
 
 
 @dataclass
@@ -133,16 +146,19 @@ class Real:
     src_mac: bytes = b"\0" * 6
     svc: int = 0
     family: int = AF_INET  # 0 marks a removed real server: its connections' packets drop
+    u_threshold: int = 0
+    l_threshold: int = 0
 
     def pack(self) -> bytes:
         return REAL.pack(pack_addr(self.addr), pack_port(self.port), self.family, self.fwd,
-                         self.weight, self.flags, self.ifindex, self.mac, self.src_mac, self.svc)
+                         self.weight, self.flags, self.ifindex, self.mac, self.src_mac, self.svc,
+                         self.u_threshold, self.l_threshold)
 
     @classmethod
     def unpack(cls, raw: bytes) -> "Real":
-        a, p, fam, fwd, w, flags, ifindex, mac, src, svc = REAL.unpack(raw)
+        a, p, fam, fwd, w, flags, ifindex, mac, src, svc, ut, lt = REAL.unpack(raw)
         addr = unpack_addr(a, fam if fam else AF_INET)
-        return cls(addr, unpack_port(p), fwd, w, flags, ifindex, mac, src, svc, fam)
+        return cls(addr, unpack_port(p), fwd, w, flags, ifindex, mac, src, svc, fam, ut, lt)
 
 
 def pack_dests(dests: list[tuple[int, int, int]], max_svc_reals: int) -> bytes:
@@ -185,15 +201,18 @@ class Conn:
     flags: int
     client_mac: bytes
     local_mac: bytes
+    vaddr: bytes = b"\0" * 16
+    vport: int = 0
 
     @classmethod
     def unpack(cls, raw: bytes) -> "Conn":
-        last, real, svc, timeout, ifx, state, flags, _pad, cmac, lmac = CONN.unpack(raw)
-        return cls(last, real, svc, timeout, ifx, state, flags, cmac, lmac)
+        last, real, svc, timeout, ifx, state, flags, _pad, cmac, lmac, va, vp, _ = CONN.unpack(raw)
+        return cls(last, real, svc, timeout, ifx, state, flags, cmac, lmac, va, unpack_port(vp))
 
     def pack(self) -> bytes:
         return CONN.pack(self.last_ns, self.real, self.svc, self.timeout, self.client_ifindex,
-                         self.state, self.flags, b"\0\0", self.client_mac, self.local_mac)
+                         self.state, self.flags, b"\0\0", self.client_mac, self.local_mac,
+                         self.vaddr, pack_port(self.vport), b"\0" * 6)
 
     def state_name(self, proto: int) -> str:
         if proto != 6:
@@ -218,3 +237,37 @@ def real_counts(conns: bytes, swept: bytes) -> tuple[int, int, int]:
     sa, si, sp, _ = REAL_CONNS.unpack(swept)
     m = 0xFFFFFFFF
     return (a - sa) & m, (i - si) & m, (p - sp) & m
+
+
+@dataclass(frozen=True)
+class FwmKey:
+    """A firewall-mark service's identity in the data plane (it has no lb_services entry)."""
+    fwmark: int
+    proto: int = 0
+    addr: ipaddress.IPv4Address = ipaddress.IPv4Address(0)
+    port: int = 0
+
+
+def pack_ranges(ranges: list[tuple[int, int, int]]) -> bytes:
+    """lb_port_ranges value: (lo, hi, service id) sorted by port, at most FWM_RANGES."""
+    if len(ranges) > FWM_RANGES:
+        raise ValueError(f"at most {FWM_RANGES} port ranges per VIP and protocol")
+    body = b"".join(PORT_RANGE.pack(*r) for r in ranges).ljust(PORT_RANGE.size * FWM_RANGES, b"\0")
+    return PORT_RANGES.pack(len(ranges), 0, body)
+
+
+def unpack_ranges(raw: bytes) -> list[tuple[int, int, int]]:
+    n, _, body = PORT_RANGES.unpack(raw)
+    return [PORT_RANGE.unpack_from(body, i * PORT_RANGE.size) for i in range(min(n, FWM_RANGES))]
+
+
+def sched_flag_bits(flags) -> int:
+    bits = 0
+    for f in flags:
+        bits |= SCHED_FLAGS[f][1]
+    return bits
+
+
+def sched_flag_names(sched: str, bits: int) -> tuple[str, ...]:
+    """ipvsadm's order: fallback, then port"""
+    return tuple(name for name, (s, bit) in SCHED_FLAGS.items() if s == sched and bits & bit)

@@ -2,12 +2,13 @@
 running (as ipvsadm reads the kernel's table)."""
 from __future__ import annotations
 
+import os
 import time
 
 from lb.listing import ConnRow, RealRow, ServiceRow, Stats
 
 from . import layout as L
-from .maps import PinnedMaps
+from .maps import BpfMap, PinnedMaps
 
 
 def _sum_stats(values: list[bytes]) -> Stats:
@@ -18,29 +19,50 @@ def _sum_stats(values: list[bytes]) -> Stats:
     return Stats(*tot)
 
 
+def optional_map(maps: PinnedMaps, name: str):
+    """A map newer than maps.MAP_NAMES (opened on first use; None when the instance lacks it)."""
+    if name not in maps.maps:
+        path = os.path.join(maps.dir, name)
+        if not os.path.exists(path):
+            return None
+        maps.maps[name] = BpfMap.open_pinned(path)
+    return maps.maps[name]
+
+
+def _service_row(maps: PinnedMaps, sid: int, key) -> ServiceRow:
+    skey = L.U32.pack(sid)
+    svc = L.Svc.unpack(maps["lb_svc"].get(skey))
+    sched = L.SCHEDULER_NAMES.get(svc.sched, "?")
+    if isinstance(key, L.FwmKey):
+        row = ServiceRow(protocol="", address=None, port=0, fwmark=key.fwmark, family=4, scheduler=sched)
+    else:
+        row = ServiceRow(protocol=L.PROTO_NAMES.get(key.proto, str(key.proto)), address=key.addr,
+                         port=key.port, scheduler=sched, family=key.addr.version)
+    row.sched_flags = L.sched_flag_names(sched, svc.flags)
+    row.persistent = svc.persist_timeout or None
+    row.netmask = L.unpack_mask(svc.persist_mask) if svc.persist_timeout else None
+    row.stats = _sum_stats(maps["lb_svc_stats"].get_percpu(skey))
+    dests = L.unpack_dests(maps["lb_svc_dests"].get(skey), min(svc.nreals, maps["lb_svc_dests"].value_size // L.DEST.size))
+    for rid, weight, _flags in dests:
+        rkey = L.U32.pack(rid)
+        real = L.Real.unpack(maps["lb_reals"].get(rkey))
+        a, i, p = L.real_counts(maps["lb_real_conns"].get(rkey), maps["lb_real_swept"].get(rkey))
+        row.reals.append(RealRow(address=real.addr, port=real.port,
+                                 forward=L.FORWARD_NAMES.get(real.fwd, "?"), weight=real.weight,
+                                 active=a, inactive=i, persist=p,
+                                 u_threshold=real.u_threshold, l_threshold=real.l_threshold,
+                                 stats=_sum_stats(maps["lb_real_stats"].get_percpu(rkey))))
+    return row
+
+
 def read_services(maps: PinnedMaps) -> list[ServiceRow]:
     rows = []
     for k, v in maps["lb_services"].items(batch=False):
-        key = L.SvcKey.unpack(k)
-        sid = L.U32.unpack(v)[0]
-        skey = L.U32.pack(sid)
-        svc = L.Svc.unpack(maps["lb_svc"].get(skey))
-        row = ServiceRow(protocol=L.PROTO_NAMES.get(key.proto, str(key.proto)), address=key.addr,
-                         port=key.port, scheduler=L.SCHEDULER_NAMES.get(svc.sched, "?"),
-                         family=key.addr.version,
-                         persistent=svc.persist_timeout or None,
-                         netmask=L.unpack_mask(svc.persist_mask) if svc.persist_timeout else None,
-                         stats=_sum_stats(maps["lb_svc_stats"].get_percpu(skey)))
-        dests = L.unpack_dests(maps["lb_svc_dests"].get(skey), min(svc.nreals, maps["lb_svc_dests"].value_size // L.DEST.size))
-        for rid, weight, _flags in dests:
-            rkey = L.U32.pack(rid)
-            real = L.Real.unpack(maps["lb_reals"].get(rkey))
-            a, i, p = L.real_counts(maps["lb_real_conns"].get(rkey), maps["lb_real_swept"].get(rkey))
-            row.reals.append(RealRow(address=real.addr, port=real.port,
-                                     forward=L.FORWARD_NAMES.get(real.fwd, "?"), weight=real.weight,
-                                     active=a, inactive=i, persist=p,
-                                     stats=_sum_stats(maps["lb_real_stats"].get_percpu(rkey))))
-        rows.append(row)
+        rows.append(_service_row(maps, L.U32.unpack(v)[0], L.SvcKey.unpack(k)))
+    fwm = optional_map(maps, "lb_fwm_services")
+    if fwm is not None:
+        for k, v in fwm.items(batch=False):
+            rows.append(_service_row(maps, L.U32.unpack(v)[0], L.FwmKey(L.U32.unpack(k)[0])))
     return rows
 
 

@@ -13,6 +13,8 @@ class RealSpec:
     port: int
     weight: int
     forward: str = "dr"          # "dr" | "nat"
+    u_threshold: int = 0         # IPVS connection thresholds (0: none)
+    l_threshold: int = 0
 
     @property
     def key(self) -> tuple[Address, int]:
@@ -29,10 +31,30 @@ class ServiceSpec:
     name: str = ""
     persistent: int = 0                # template timeout in seconds; 0 = no persistence
     pmask: str | None = None           # IPv4 netmask applied to the client address
+    fwmark: int = 0                    # firewall-mark service: protocol/address/port unused
+    groups: tuple[PortGroup, ...] = ()  # ... its ports instead (matched in XDP)
+    sched_flags: tuple[str, ...] = ()  # "sh-fallback", "sh-port", "mh-fallback", "mh-port"
+    mh_size: int = 4093                # mh: Maglev table size (a prime)
+
+    @classmethod
+    def from_config(cls, vs, reals) -> "ServiceSpec":
+        """See service_spec()."""
+        return service_spec(vs, reals)
 
     @property
-    def key(self) -> tuple[str, Address, int]:
+    def key(self) -> tuple:
+        if self.fwmark:
+            return ("fwmark", self.fwmark)
         return (self.protocol, self.address, self.port)
+
+
+@dataclass(frozen=True)
+class PortGroup:
+    """Ports of one VIP and protocol that belong to a firewall-mark service."""
+    protocol: str                # "tcp" | "udp"
+    address: Address
+    low: int
+    high: int
 
 
 @dataclass(frozen=True)
@@ -40,3 +62,22 @@ class TableSpec:
     services: tuple[ServiceSpec, ...] = ()
     timeouts: tuple[int, int, int] = (900, 120, 300)   # tcp, tcpfin, udp (ipvsadm --set)
     extra: dict = field(default_factory=dict, compare=False)
+
+
+def service_spec(vs, reals) -> ServiceSpec:
+    """The ServiceSpec of a configured virtual server (lb.config.VirtualServer) with the real
+    servers the engine chose (RealSpecs): adds what the data plane needs beyond them
+    (thresholds, scheduler flags, firewall-mark groups).  A firewall-mark service's real servers
+    have port 0: each connection keeps the port it came to (IPVS does the same)."""
+    by_addr = {rs.address: rs for rs in vs.real_servers}
+    fwmark = getattr(vs, "fwmark", 0)
+    out = []
+    for r in reals:
+        rs = by_addr.get(r.address)
+        out.append(RealSpec(r.address, 0 if fwmark else r.port, r.weight, r.forward,
+                            getattr(rs, "u_threshold", 0), getattr(rs, "l_threshold", 0)))
+    groups = tuple(PortGroup(g.protocol, g.address, g.low, g.high) for g in getattr(vs, "port_groups", ()))
+    return ServiceSpec(vs.protocol, vs.address, vs.port, vs.scheduler, tuple(out), vs.name,
+                       vs.persistent, vs.pmask, fwmark=fwmark, groups=groups,
+                       sched_flags=tuple(getattr(vs, "scheduler_flags", ())),
+                       mh_size=getattr(vs, "mh_size", 4093))

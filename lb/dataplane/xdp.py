@@ -97,6 +97,9 @@ class Sizes:
             "lb_conns": (self.connections, L.CONN.size),
             "lb_persist": (self.persist, L.PERSIST.size),
             "lb_svc_stats": (self.services, L.STATS.size),
+            "lb_fwm_ranges": (self.services, L.PORT_RANGES.size),
+            "lb_fwm_services": (self.services, 4),
+            "lb_globals": (L.N_GLOBALS, 4),
             "lb_real_stats": (self.reals, L.STATS.size),
         }
 
@@ -149,6 +152,7 @@ class XdpDataplane:
         self.next_real_id = 0
         self.draining: set[tuple] = set()   # (service key, (addr, port)) removed but still active
         self.last_table: TableSpec | None = None
+        self.ranges: dict[bytes, bytes] = {}    # lb_fwm_ranges as written
         self.adopted = False
         self.created = False     # this instance made the pin directory (a failed start removes it)
         self.writes = 0
@@ -220,6 +224,18 @@ class XdpDataplane:
                 st.dests.append(((real.addr, real.port), rid))
             self.services[key] = st
             used_svc.add(sid)
+        for k, v in m["lb_fwm_services"].items(batch=False):
+            fwmark, sid = L.U32.unpack(k)[0], L.U32.unpack(v)[0]
+            svc = L.Svc.unpack(m["lb_svc"].get(L.U32.pack(sid)))
+            key = L.FwmKey(fwmark)
+            st = _SvcState(sid, key, L.SCHEDULER_NAMES.get(svc.sched, "wlc"))
+            for rid, _w, _f in L.unpack_dests(m["lb_svc_dests"].get(L.U32.pack(sid)), svc.nreals):
+                real = L.Real.unpack(m["lb_reals"].get(L.U32.pack(rid)))
+                st.dests.append(((real.addr, real.port), rid))
+            self.services[key] = st
+            used_svc.add(sid)
+        for k, v in m["lb_fwm_ranges"].items(batch=False):
+            self.ranges[k] = v
         self.next_svc_id = max(used_svc) + 1 if used_svc else 0
         self.free_svc_ids = [i for i in range(self.next_svc_id) if i not in used_svc]
         for rid in range(self.sizes.reals):
@@ -313,9 +329,14 @@ class XdpDataplane:
         self._set("lb_real_stats", k, L.STATS.pack(0, 0, 0, 0, 0))
         return rid
 
-    def _nexthop_real(self, spec: RealSpec, svc_id: int, old: L.Real | None) -> L.Real:
+    def _nexthop_real(self, spec: RealSpec, svc_id: int, old: L.Real | None, draining: bool = False) -> L.Real:
         fwd = L.FWD_NAT if spec.forward == "nat" else L.FWD_DR
-        real = L.Real(spec.address, spec.port, fwd, spec.weight, svc=svc_id)
+        real = L.Real(spec.address, spec.port, fwd, spec.weight, svc=svc_id,
+                      u_threshold=spec.u_threshold, l_threshold=spec.l_threshold)
+        if spec.u_threshold:
+            real.flags |= L.REAL_F_THRESH
+        if draining:
+            real.flags |= L.REAL_F_DRAINING
         try:
             nh = self.resolver(spec.address, need_onlink=(fwd == L.FWD_DR))
             real.ifindex, real.mac, real.src_mac = nh.ifindex, nh.mac, nh.src_mac
@@ -331,12 +352,15 @@ class XdpDataplane:
         """Make the maps forward `table`; returns the number of map writes it took."""
         before = self.writes
         self.last_table = table
-        want = {L.SvcKey(L.PROTO_NUMBERS[s.protocol], s.address, s.port): s for s in table.services}
+        want = {_key_of(s): s for s in table.services}
+        # a removed firewall-mark service stops matching before its slot is freed
+        self._sync_ranges({k: s for k, s in want.items() if k in self.services})
         for key in [k for k in self.services if k not in want]:
             self._remove_service(key)
         self.draining = {d for d in self.draining if d[0] in want}
         for key, spec in want.items():
             self._apply_service(key, self._with_drains(key, spec))
+        self._sync_ranges(want)
         self._apply_timeouts(table.timeouts)
         n = self.writes - before
         log.info("applied %d services: %d map writes", len(want), n)
@@ -365,7 +389,8 @@ class XdpDataplane:
                          rkey[0], rkey[1], _svc_name(key), active + inactive)
                 self.draining.add((key, rkey))
             real = self.reals[rid]
-            extra.append(RealSpec(real.addr, real.port, 0, "nat" if real.fwd == L.FWD_NAT else "dr"))
+            extra.append(RealSpec(real.addr, real.port, 0, "nat" if real.fwd == L.FWD_NAT else "dr",
+                                  real.u_threshold, real.l_threshold))
         if not extra:
             return spec
         return dataclasses.replace(spec, reals=spec.reals + tuple(extra))
@@ -390,9 +415,39 @@ class XdpDataplane:
             if self.maps["lb_timeouts"].get(k) != L.U32.pack(v):
                 self._set("lb_timeouts", k, L.U32.pack(v))
 
-    def _remove_service(self, key: L.SvcKey) -> None:
+    def _sync_ranges(self, want: dict) -> None:
+        """lb_fwm_ranges from the firewall-mark services in `want` that have a slot: one value
+        per (VIP, protocol) with its ranges in port order; lb_globals[G_FWM_KEYS] says whether
+        the data path needs to look at all."""
+        by_vip: dict[bytes, list[tuple[int, int, int]]] = {}
+        for key, spec in want.items():
+            st = self.services.get(key)
+            if not isinstance(key, L.FwmKey) or st is None:
+                continue
+            for g in spec.groups:
+                vk = L.SvcKey(L.PROTO_NUMBERS[g.protocol], g.address, 0).pack()
+                by_vip.setdefault(vk, []).append((g.low, g.high, st.id))
+        new = {k: L.pack_ranges(sorted(v)) for k, v in by_vip.items()}
+        m = self.maps["lb_fwm_ranges"]
+        g = L.U32.pack(L.G_FWM_KEYS)
+        if len(new) > len(self.ranges):       # the count goes up before entries appear
+            self._set("lb_globals", g, L.U32.pack(len(new)))
+        for k, v in new.items():
+            if self.ranges.get(k) != v:
+                self._set("lb_fwm_ranges", k, v)
+        for k in [k for k in self.ranges if k not in new]:
+            m.delete(k)
+            self.writes += 1
+        if self.maps["lb_globals"].get(g) != L.U32.pack(len(new)):
+            self._set("lb_globals", g, L.U32.pack(len(new)))
+        self.ranges = new
+
+    def _remove_service(self, key) -> None:
         st = self.services.pop(key)
-        self.maps["lb_services"].delete(key.pack())
+        if isinstance(key, L.FwmKey):
+            self.maps["lb_fwm_services"].delete(L.U32.pack(key.fwmark))
+        else:
+            self.maps["lb_services"].delete(key.pack())
         self.writes += 1
         for _, rid in st.dests:
             self._retire_real(rid)
@@ -448,7 +503,7 @@ class XdpDataplane:
         for pos, (rkey, rid) in enumerate(st.dests):
             spec_r = wanted[rkey]
             old = self.reals[rid]
-            real = self._nexthop_real(spec_r, st.id, old)
+            real = self._nexthop_real(spec_r, st.id, old, (key, rkey) in self.draining)
             if real.pack() != old.pack():
                 self.reals[rid] = real
                 self._set("lb_reals", L.U32.pack(rid), real.pack())
@@ -474,12 +529,15 @@ class XdpDataplane:
             log.info("added real server %s:%d to %s (%s, weight %d)", spec_r.address, spec_r.port,
                      _svc_name(key), L.FORWARD_NAMES[real.fwd], real.weight)
         persist = (spec.persistent, L.pack_mask(spec.pmask) if spec.persistent else 0)
+        flags = L.sched_flag_bits(f for f in spec.sched_flags if L.SCHED_FLAGS[f][0] == st.sched)
         if not new:
             cur = L.Svc.unpack(self.maps["lb_svc"].get(L.U32.pack(st.id)))
             if (cur.persist_timeout, cur.persist_mask) != persist:
                 changed = True
                 log.info("virtual service %s: persistence %d s mask %s", _svc_name(key), spec.persistent,
                          spec.pmask or "255.255.255.255")
+            if cur.flags != flags or (st.sched == "mh" and cur.mh_size != spec.mh_size):
+                changed = True
         if not (new or changed):
             return
         sid = L.U32.pack(st.id)
@@ -487,7 +545,9 @@ class XdpDataplane:
         self._set("lb_svc_dests", sid, L.pack_dests(dests, self.sizes.svc_reals))
         self._set_buckets(st)
         mw, di = sched_model.wrr_params(self._weights(st))
-        svc = L.Svc(key.addr, key.port, key.proto, L.SCHEDULERS[st.sched], len(st.dests), 0, mw, di, *persist)
+        fwmark = key.fwmark if isinstance(key, L.FwmKey) else 0
+        svc = L.Svc(key.addr, key.port, key.proto, L.SCHEDULERS[st.sched], len(st.dests), flags, mw, di,
+                    *persist, fwmark, spec.mh_size if st.sched == "mh" else 0)
         self._set("lb_svc", sid, svc.pack())
         cl = L.POS_HEAD
         if st.sched == "rr" and cursor is not None:
@@ -495,7 +555,10 @@ class XdpDataplane:
         self._set("lb_sched_state", sid, L.SCHED_STATE.pack(cl, mark.cw))
         if new:
             self._set("lb_svc_stats", sid, L.STATS.pack(0, 0, 0, 0, 0))
-            self._set("lb_services", key.pack(), L.U32.pack(st.id))
+            if fwmark:
+                self._set("lb_fwm_services", L.U32.pack(fwmark), L.U32.pack(st.id))
+            else:
+                self._set("lb_services", key.pack(), L.U32.pack(st.id))
 
     def _set_buckets(self, st: _SvcState) -> None:
         """dh / sh: the 256-bucket table of list positions (a pure function of the list and
@@ -523,8 +586,9 @@ class XdpDataplane:
             touched = False
             for rkey, rid in st.dests:
                 old = self.reals[rid]
-                spec = RealSpec(old.addr, old.port, old.weight, "nat" if old.fwd == L.FWD_NAT else "dr")
-                real = self._nexthop_real(spec, st.id, old)
+                spec = RealSpec(old.addr, old.port, old.weight, "nat" if old.fwd == L.FWD_NAT else "dr",
+                                old.u_threshold, old.l_threshold)
+                real = self._nexthop_real(spec, st.id, old, bool(old.flags & L.REAL_F_DRAINING))
                 if real.pack() != old.pack():
                     self.reals[rid] = real
                     self._set("lb_reals", L.U32.pack(rid), real.pack())
@@ -535,6 +599,108 @@ class XdpDataplane:
                 dests = [(rid, self.reals[rid].weight, self.reals[rid].flags) for _, rid in st.dests]
                 self._set("lb_svc_dests", L.U32.pack(st.id), L.pack_dests(dests, self.sizes.svc_reals))
         return n
+
+    # ---- connection sync (lb/ha/sync.py): the active exports, the backup imports ----
+    def export_conns(self, now_ns: int | None = None) -> tuple[list, list]:
+        """Client -> VIP connections and persistence templates with real ids resolved to
+        addresses (ids differ between directors).  Connections: (raw key, last_ns, record) with
+        record = (proto, caddr, cport, vaddr, vport, raddr, rport, state, flags, age_ns, timeout,
+        client_mac); templates: (raw key, last_ns, (proto, caddr, vaddr, vport, fwmark, raddr,
+        rport, age_ns, timeout)).  NAT reverse entries are not exported: the importer rebuilds
+        them."""
+        now = time.monotonic_ns() if now_ns is None else now_ns
+        conns, temps = [], []
+        for k, v in self.maps["lb_conns"].items():
+            key = L.ConnKey.unpack(k)
+            if key.dir:
+                continue
+            c = L.Conn.unpack(v)
+            real = self.reals.get(c.real)
+            if real is None or not real.family or c.flags & L.CONN_F_OUT:
+                continue
+            flags = c.flags & (L.CONN_F_INACTIVE | L.CONN_F_PERSIST)
+            conns.append((k, c.last_ns, (key.proto, key.saddr, key.sport, key.daddr, key.dport, real.addr,
+                                         real.port, c.state, flags, max(0, now - c.last_ns), c.timeout,
+                                         c.client_mac)))
+        for k, v in self.maps["lb_persist"].items():
+            caddr, vaddr, vport, proto, fam, fwmark = L.PERSIST_KEY.unpack(k)
+            last, rid, timeout = L.PERSIST.unpack(v)
+            real = self.reals.get(rid)
+            if real is None or not real.family or not fam:
+                continue
+            temps.append((k, last, (proto, L.unpack_addr(caddr, fam), L.unpack_addr(vaddr, fam),
+                                    L.unpack_port(vport), fwmark, real.addr, real.port, max(0, now - last),
+                                    timeout)))
+        return conns, temps
+
+    def _rid_of(self, proto: int, vaddr, vport: int, raddr, rport: int):
+        st = self.services.get(L.SvcKey(proto, vaddr, vport))
+        if st is None:
+            return None, None
+        for (addr, port), rid in st.dests:
+            if addr == raddr and port == rport:
+                return st, rid
+        return st, None
+
+    def import_conns(self, conns: list, temps: list, ifindex: int, local_mac: bytes,
+                     now_ns: int | None = None) -> tuple[int, int]:
+        """Install connections and templates exported by the peer (records as export_conns
+        makes them).  Each is counted on its real server as the data path would have counted it
+        (through lb_real_swept, the control plane's side of the counters), so ActiveConn/InActConn
+        are right on the backup and stay right when the entry later expires either way.  Entries
+        whose service or real server this director does not have are skipped.  Returns
+        (installed, skipped)."""
+        now = time.monotonic_ns() if now_ns is None else now_ns
+        cm, pm = self.maps["lb_conns"], self.maps["lb_persist"]
+        delta: dict[int, list[int]] = {}
+
+        def count(rid: int, idx: int, d: int) -> None:
+            delta.setdefault(rid, [0, 0, 0])[idx] += d
+
+        done = skipped = 0
+        for proto, caddr, cport, vaddr, vport, raddr, rport, state, flags, age, timeout, cmac in conns:
+            st, rid = self._rid_of(proto, vaddr, vport, raddr, rport)
+            if rid is None:
+                skipped += 1
+                continue
+            key = L.ConnKey(caddr, vaddr, cport, vport, proto).pack()
+            old = cm.get(key)
+            if old is not None:
+                oc = L.Conn.unpack(old)
+                if not oc.flags & L.CONN_F_OUT:
+                    count(oc.real, 1 if oc.flags & L.CONN_F_INACTIVE else 0, -1)
+            c = L.Conn(now - age, rid, st.id, timeout, ifindex, state, flags, cmac, local_mac)
+            if hasattr(c, "vaddr"):             # the VIP:port NAT replies are rewritten back to
+                c.vaddr, c.vport = L.pack_addr(vaddr), vport
+            cm.set(key, c.pack())
+            count(rid, 1 if flags & L.CONN_F_INACTIVE else 0, 1)
+            if self.reals[rid].fwd == L.FWD_NAT:
+                c.flags = L.CONN_F_OUT
+                cm.set(L.ConnKey(raddr, caddr, rport, cport, proto, 1).pack(), c.pack())
+            done += 1
+        for proto, caddr, vaddr, vport, fwmark, raddr, rport, age, timeout in temps:
+            st, rid = self._rid_of(proto, vaddr, vport, raddr, rport)
+            if rid is None:
+                skipped += 1
+                continue
+            key = L.PERSIST_KEY.pack(L.pack_addr(caddr), L.pack_addr(vaddr), L.pack_port(vport), proto,
+                                     L.family_of(caddr), fwmark)
+            old = pm.get(key)
+            if old is not None:
+                count(L.PERSIST.unpack(old)[1], 2, -1)
+            pm.set(key, L.PERSIST.pack(now - age, rid, timeout))
+            count(rid, 2, 1)
+            done += 1
+        m = 0xFFFFFFFF
+        for rid, (a, i, p) in delta.items():
+            if not (a or i or p):
+                continue
+            k = L.U32.pack(rid)
+            sa, si, sp, _ = L.REAL_CONNS.unpack(self.maps["lb_real_swept"].get(k))
+            # counts = lb_real_conns - lb_real_swept: counting one more takes one off swept
+            self._set("lb_real_swept", k, L.REAL_CONNS.pack((sa - a) & m, (si - i) & m, (sp - p) & m, 0))
+        self.writes += done
+        return done, skipped
 
     # ---- expiry ----
     def sweep(self, now_ns: int | None = None) -> int:
@@ -571,6 +737,14 @@ class XdpDataplane:
         return n
 
 
-def _svc_name(key: L.SvcKey) -> str:
+def _key_of(spec: ServiceSpec):
+    if spec.fwmark:
+        return L.FwmKey(spec.fwmark)
+    return L.SvcKey(L.PROTO_NUMBERS[spec.protocol], spec.address, spec.port)
+
+
+def _svc_name(key) -> str:
+    if isinstance(key, L.FwmKey):
+        return f"FWM {key.fwmark}"
     return f"{L.PROTO_NAMES.get(key.proto, key.proto)} {key.addr}:{key.port}"
 

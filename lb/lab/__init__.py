@@ -28,8 +28,11 @@ from .nsutil import (
 )
 from .topology import (
     CLIENT,
+    DIRECTOR2_PRIV,
+    DIRECTOR2_PUB,
     DIRECTOR_PRIV,
     DIRECTOR_PUB,
+    DIRECTORS,
     NAT_ROUTER,
     NETWORKS,
     REALS,
@@ -47,7 +50,7 @@ from .topology import (
 )
 
 __all__ = [
-    "ALL_NODES", "CLIENT", "DIRECTOR_PRIV", "DIRECTOR_PUB", "LAB_NET", "NAT_ROUTER", "NETWORKS",
+    "ALL_NODES", "CLIENT", "DIRECTOR2_PRIV", "DIRECTOR2_PUB", "DIRECTORS", "DIRECTOR_PRIV", "DIRECTOR_PUB", "LAB_NET", "NAT_ROUTER", "NETWORKS",
     "NODES", "REALS", "RUN_DIR", "SWITCH", "VIP", "LabCommandError", "LabError", "check_lab_addr",
     "connect", "down", "exec_argv", "http_get", "in_netns", "is_up", "netns_name", "netns_path",
     "nginx_pid", "popen", "read_sysctl", "run", "socket_in", "start_real", "status", "stop_real", "up",

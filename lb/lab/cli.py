@@ -37,7 +37,8 @@ def _print_status(st: dict) -> None:
             line += f"  {topology.REALS[node]:<13} nginx " + (f"pid {ng['pid']}" if ng["alive"] else "stopped")
         print(line)
     if st["up"]:
-        print(f"  VIP {topology.VIP}  client {topology.CLIENT}  director {topology.DIRECTOR_PUB} / {topology.DIRECTOR_PRIV}")
+        print(f"  VIP {topology.VIP}  client {topology.CLIENT}  director {topology.DIRECTOR_PUB} / {topology.DIRECTOR_PRIV}"
+              f"  director2 {topology.DIRECTOR2_PUB} / {topology.DIRECTOR2_PRIV}")
 
 
 def _cmd_status(args: argparse.Namespace) -> int:
@@ -62,7 +63,7 @@ def _cmd_exec(args: argparse.Namespace) -> int:
 
 
 def add_cli(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    p = subparsers.add_parser("lab", help="the network-namespace lab (client, director, switch, rs1..rs3)")
+    p = subparsers.add_parser("lab", help="the network-namespace lab (client, director, director2, switch, rs1..rs3)")
     sub = p.add_subparsers(dest="lab_cmd", metavar="{up,down,status,exec}")
     sub.required = True
 

@@ -18,7 +18,7 @@ from typing import Any, Callable
 
 PREFIX = "lb-"
 NETNS_DIR = "/run/netns"
-NODES = ("client", "director", "rs1", "rs2", "rs3")
+NODES = ("client", "director", "rs1", "rs2", "rs3", "director2")
 SWITCH = "switch"
 ALL_NODES = NODES + (SWITCH,)
 

@@ -1,10 +1,15 @@
 """The namespace lab: a client, the director, an L2 switch and three nginx real servers.
 
-    lb-client   c0 198.18.0.2/24 ── pub0 198.18.0.1/24   lb-director
-                                    priv0 198.18.1.1/24 ── sw-dir ┐
+    lb-client   c0 198.18.0.2/24 ── sw-c0 ┐
+    lb-director pub0 198.18.0.1/24 ─ sw-pub ├ br-pub  lb-switch (the shared client-side segment)
+    lb-director2 pub0 198.18.0.3/24 ─ sw-pub2 ┘
+    lb-director priv0 198.18.1.1/24 ───────────────────── sw-dir ┐
+    lb-director2 priv0 198.18.1.3/24 ──────────────────── sw-dir2 │
     lb-rs1      eth0 198.18.1.11/24 ──────────────────── sw-rs1 ├ br0  lb-switch
     lb-rs2      eth0 198.18.1.12/24 ──────────────────── sw-rs2 │
     lb-rs3      eth0 198.18.1.13/24 ──────────────────── sw-rs3 ┘
+    director2 is the HA backup (lb/ha): it holds no VIP until it takes over; the VIP and the
+    NAT address move between the two directors over the shared segments.
     rsN: VIP 198.18.0.10/32 on lo (direct routing), arp_ignore=1/arp_announce=2,
          default route via 198.18.1.1 ("direct") or 198.18.1.254 ("nat", the director's
          floating NAT address, which the director software adds itself).
@@ -39,6 +44,9 @@ VIP = "198.18.0.10"
 CLIENT = "198.18.0.2"
 DIRECTOR_PUB = "198.18.0.1"
 DIRECTOR_PRIV = "198.18.1.1"
+DIRECTOR2_PUB = "198.18.0.3"
+DIRECTOR2_PRIV = "198.18.1.3"
+DIRECTORS = ("director", "director2")
 NAT_ROUTER = "198.18.1.254"
 REALS = {"rs1": "198.18.1.11", "rs2": "198.18.1.12", "rs3": "198.18.1.13"}
 NETWORKS = ("direct", "nat")
@@ -51,17 +59,24 @@ NGINX_WORKERS = 1
 
 # veth pairs: (node, ifname, peer node, peer ifname)
 VETHS = (
-    ("client", "c0", "director", "pub0"),
+    ("client", "c0", SWITCH, "sw-c0"),
+    ("director", "pub0", SWITCH, "sw-pub"),
+    ("director2", "pub0", SWITCH, "sw-pub2"),
     ("director", "priv0", SWITCH, "sw-dir"),
+    ("director2", "priv0", SWITCH, "sw-dir2"),
     ("rs1", "eth0", SWITCH, "sw-rs1"),
     ("rs2", "eth0", SWITCH, "sw-rs2"),
     ("rs3", "eth0", SWITCH, "sw-rs3"),
 )
-BRIDGE = "br0"
+BRIDGE = "br0"             # private segment: directors' priv0 and the real servers
+PUB_BRIDGE = "br-pub"      # public segment: the client and both directors' pub0
+PUB_PORTS = ("sw-c0", "sw-pub", "sw-pub2")
 ADDRESSES = {
     ("client", "c0"): f"{CLIENT}/24",
     ("director", "pub0"): f"{DIRECTOR_PUB}/24",
     ("director", "priv0"): f"{DIRECTOR_PRIV}/24",
+    ("director2", "pub0"): f"{DIRECTOR2_PUB}/24",
+    ("director2", "priv0"): f"{DIRECTOR2_PRIV}/24",
     **{(rs, "eth0"): f"{ip}/24" for rs, ip in REALS.items()},
     **{(rs, "lo"): f"{VIP}/32" for rs in REALS},
 }
@@ -421,7 +436,7 @@ def _base_sysctls(network: str) -> None:
         _write_sysctls(
             node,
             {
-                "net/ipv4/ip_forward": 1 if node == "director" else 0,
+                "net/ipv4/ip_forward": 1 if node in DIRECTORS else 0,
                 "net/ipv4/conf/all/rp_filter": 0,
                 "net/ipv4/conf/default/rp_filter": 0,
             },
@@ -433,11 +448,23 @@ def _create_links(network: str) -> None:
         with _ipr(a) as ipr:
             ipr.link("add", ifname=ia, kind="veth", peer={"ifname": ib, "net_ns_fd": netns_path(b)})
     with _ipr(SWITCH) as ipr:
-        ipr.link("add", ifname=BRIDGE, kind="bridge")
+        for name in (BRIDGE, PUB_BRIDGE):
+            # no STP, no forwarding delay: a port forwards at once (the VIP may move any time)
+            ipr.link("add", ifname=name, kind="bridge", br_forward_delay=0, br_stp_state=0)
         br = ipr.link_lookup(ifname=BRIDGE)[0]
+        pub = ipr.link_lookup(ifname=PUB_BRIDGE)[0]
         for a, ia, b, ib in VETHS:
             if b == SWITCH:
-                ipr.link("set", index=ipr.link_lookup(ifname=ib)[0], master=br)
+                ipr.link("set", index=ipr.link_lookup(ifname=ib)[0], master=pub if ib in PUB_PORTS else br)
+
+
+def _director_ports(network: str) -> None:
+    # A NIC drops unicast frames for other MACs before XDP sees them; a veth does not.  So that a
+    # director (the HA backup) never receives frames the bridge floods for the other director's
+    # MAC (e.g. after that director's link went down), its switch ports get no unknown-unicast
+    # flooding. Broadcasts (ARP) still reach them.
+    for port in ("sw-pub", "sw-pub2", "sw-dir", "sw-dir2"):
+        run(SWITCH, ["bridge", "link", "set", "dev", port, "flood", "off"], timeout=10)
 
 
 def _ethtool(network: str) -> None:
@@ -455,7 +482,7 @@ def _configure_addresses(network: str) -> None:
                     continue
                 addr, plen = cidr.split("/")
                 ipr.addr("add", index=ipr.link_lookup(ifname=ifname)[0], address=addr, prefixlen=int(plen))
-            links = ["lo"] + [i for n, i in _veth_ends() if n == node] + ([BRIDGE] if node == SWITCH else [])
+            links = ["lo"] + [i for n, i in _veth_ends() if n == node] + ([BRIDGE, PUB_BRIDGE] if node == SWITCH else [])
             for ifname in links:
                 ipr.link("set", index=ipr.link_lookup(ifname=ifname)[0], state="up")
 
@@ -479,7 +506,8 @@ def _node_sysctls(network: str) -> None:
     d["net/ipv4/conf/all/accept_local"] = 1
     d["net/ipv4/conf/priv0/accept_local"] = 1
     d["net/ipv4/ip_forward"] = 1
-    _write_sysctls("director", d)
+    for director in DIRECTORS:
+        _write_sysctls(director, d)
     for rs in REALS:
         _write_sysctls(
             rs,
@@ -529,6 +557,7 @@ def up(network: str = "direct") -> None:
                 _create_namespaces,
                 _base_sysctls,
                 _create_links,
+                _director_ports,
                 _ethtool,
                 _configure_addresses,
                 _configure_routes,

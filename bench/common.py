@@ -1,0 +1,107 @@
+"""What the suites share: the machine description, median/spread of raw runs, and exclusive use
+of the namespace lab (the same flock the tests take, so a bench run and `make test` take turns)."""
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import platform
+import statistics
+import time
+from pathlib import Path
+from typing import Iterator
+
+REPO = Path(__file__).resolve().parents[1]
+LB_BIN = str(REPO / ".venv" / "bin" / "lb")
+LAB_TESTS_LOCK = "/run/lb-lab.tests.lock"     # tests/conftest.py lab_exclusive
+LAB_LOCK_WAIT_S = 600.0
+
+
+def machine() -> dict:
+    cpu = ""
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    mem = 0
+    try:
+        for line in open("/proc/meminfo"):
+            if line.startswith("MemTotal:"):
+                mem = int(line.split()[1]) // 1024
+                break
+    except OSError:
+        pass
+    return {"kernel": platform.release(), "cpu": cpu, "cpus": os.cpu_count(), "mem_mb": mem,
+            "python": platform.python_version()}
+
+
+def summary(vals: list[float]) -> dict:
+    """median, min, max and spread ((max - min) / median) of the raw runs"""
+    vals = [float(v) for v in vals]
+    if not vals:
+        return {"median": 0.0, "min": 0.0, "max": 0.0, "spread": 0.0, "n": 0}
+    med = statistics.median(vals)
+    return {"median": med, "min": min(vals), "max": max(vals),
+            "spread": (max(vals) - min(vals)) / med if med else 0.0, "n": len(vals)}
+
+
+def ratio(a: float, b: float) -> float:
+    return a / b if b else 0.0
+
+
+@contextlib.contextmanager
+def lab_lock(wait_s: float = LAB_LOCK_WAIT_S) -> Iterator[None]:
+    """The tests' lab lock (fcntl flock on /run/lb-lab.tests.lock), held for the whole block."""
+    fd = os.open(LAB_TESTS_LOCK, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        deadline = time.monotonic() + wait_s
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"bench: {LAB_TESTS_LOCK} still held after {wait_s:.0f}s") from None
+                time.sleep(0.2)
+        yield
+    finally:
+        os.close(fd)
+
+
+@contextlib.contextmanager
+def lab_up(network: str = "direct"):
+    """lab lock + lb.lab.up(network); the lab is torn down (processes, links, namespaces) however
+    the block ends."""
+    from lb import lab
+
+    with lab_lock():
+        try:
+            lab.up(network)
+            yield lab
+        finally:
+            lab.down()
+
+
+def switch_port(director_if: str, node: str = "director") -> tuple[str, str]:
+    """(node, ifname) at the other end of the director's veth `director_if` (the lab's switch
+    in the current topology; the client in older ones)."""
+    from lb.lab import topology
+
+    for a, ia, b, ib in topology.VETHS:
+        if (a, ia) == (node, director_if):
+            return b, ib
+        if (b, ib) == (node, director_if):
+            return a, ia
+    raise RuntimeError(f"lab: no veth {node}/{director_if}")
+
+
+def link_info(lab, node: str, ifname: str) -> tuple[int, bytes]:
+    """(ifindex, MAC) of a link inside a lab node."""
+    import json
+
+    out = lab.run(node, ["ip", "-j", "link", "show", "dev", ifname], timeout=10).stdout
+    d = json.loads(out)[0]
+    return int(d["ifindex"]), bytes.fromhex(d["address"].replace(":", ""))

@@ -1,0 +1,216 @@
+"""The control plane at scale: 1,000 virtual services x 64 real servers built and applied by the
+XDP data plane (bcc-loaded programs and pinned maps, a fake next-hop resolver: no lab needed),
+a one-server change, `lb list -n` on that table, and reading 1M connections for `lb list -c`.
+
+Baselines, measured in the same run:
+  apply / change   the same number of bare map writes (BPF_MAP_UPDATE_ELEM from Python, the
+                   syscall path the data plane uses), so the ratio is the cost per write of
+                   everything around the syscall (diffing, packing, the schedulers' model);
+  lb list -n       `lb list -n` on the same instance with an empty table (process start, imports);
+  read conns       the cffi batch path (BPF_MAP_LOOKUP_BATCH) against the pure-Python path
+                   (get_next_key + lookup per entry) on the same entries.  The pure path runs on
+                   a smaller table (100k at full size) and is extrapolated linearly: said so in
+                   the results."""
+from __future__ import annotations
+
+import ipaddress
+import os
+import subprocess
+import time
+
+from bench.common import LB_BIN, ratio, summary
+from lb.dataplane import RealSpec, ServiceSpec, TableSpec
+from lb.dataplane import layout as L
+from lb.dataplane.nexthop import NextHop
+from lb.dataplane.xdp import Sizes, XdpDataplane
+
+SIZES = {  # name: (services, reals per service, connections, pure-path connections, runs, CLI list -c)
+    "full": (1000, 64, 1_000_000, 100_000, 3, True),
+    "quick": (200, 64, 100_000, 20_000, 3, True),
+    "smoke": (10, 8, 2_000, 1_000, 1, False),
+}
+VIP_BASE = int(ipaddress.ip_address("198.18.100.0"))     # 1,000 VIPs: 198.18.100.0 - 198.18.103.231
+REAL_BASE = int(ipaddress.ip_address("198.19.0.0"))      # 64,000 real servers in 198.19.0.0/16
+CLIENT_BASE = int(ipaddress.ip_address("198.18.128.0"))
+MAC = bytes([2, 0, 0, 0, 2, 1])
+SRC_MAC = bytes([2, 0, 0, 0, 1, 2])
+
+
+def _resolver(addr, need_onlink=False):
+    return NextHop(7, "priv0", MAC, SRC_MAC, True)
+
+
+def table(nsvc: int, nreal: int, weight0: int = 1, extra: bool = False) -> TableSpec:
+    svcs = []
+    for s in range(nsvc):
+        reals = tuple(RealSpec(ipaddress.ip_address(REAL_BASE + s * nreal + r), 80,
+                               weight0 if (s, r) == (0, 0) else 1 + r % 3, "dr") for r in range(nreal))
+        if extra and s == 0:
+            reals = reals[:-1]
+        svcs.append(ServiceSpec("tcp", ipaddress.ip_address(VIP_BASE + s), 80, "wlc", reals, name=f"s{s}"))
+    return TableSpec(tuple(svcs))
+
+
+def _timed(fn, *a):
+    t0 = time.perf_counter()
+    r = fn(*a)
+    return time.perf_counter() - t0, r
+
+
+class Ctl:
+    def __init__(self, nsvc: int, nreal: int, nconn: int):
+        conns = 4096
+        while conns < 2 * nconn:
+            conns *= 2
+        self.nsvc, self.nreal = nsvc, nreal
+        self.sizes = Sizes(services=max(16, nsvc), reals=nsvc * nreal + 16, svc_reals=64, connections=conns)
+        self.instance = f"benchctl{os.getpid()}"
+        self.dp = XdpDataplane(self.instance, self.sizes, resolver=_resolver)
+        self.filled = 0
+        try:
+            self.dp.load()
+        except BaseException:
+            self.close()
+            raise
+
+    def close(self) -> None:
+        self.dp.unpin()
+        self.dp.close()
+
+    def bare_writes(self, n: int) -> float:
+        """seconds for n BPF_MAP_UPDATE_ELEM from Python on a spare lb_reals slot"""
+        m = self.dp.maps["lb_reals"]
+        k, v = L.U32.pack(self.sizes.reals - 1), bytes(L.REAL.size)
+        t0 = time.perf_counter()
+        for _ in range(n):
+            m.set(k, v)
+        return time.perf_counter() - t0
+
+    def lb_list(self, *args: str, devnull: bool = False) -> tuple[float, int]:
+        t0 = time.perf_counter()
+        p = subprocess.run([LB_BIN, "list", *args, "--instance", self.instance], timeout=600,
+                           stdout=subprocess.DEVNULL if devnull else subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        dt = time.perf_counter() - t0
+        if p.returncode != 0:
+            raise RuntimeError(f"lb list {' '.join(args)} failed: {p.stderr}")
+        return dt, 0 if devnull else p.stdout.count("\n")
+
+    def fill_conns(self, upto: int) -> None:
+        """lb_conns gets `upto` established TCP connections (BPF_MAP_UPDATE_BATCH)."""
+        from lb import _bpfbatch
+
+        m = self.dp.maps["lb_conns"]
+        rids = [rid for st in self.dp.services.values() for _, rid in st.dests]
+        sids = {st.key.addr: st.id for st in self.dp.services.values()}
+        now = time.monotonic_ns()
+        fam = L.family_of(ipaddress.ip_address("198.18.0.1"))
+        es = L.TCP_S["ESTABLISHED"]
+        key0 = None
+        cache: dict = {}
+        for lo in range(self.filled, upto, 65536):
+            hi = min(upto, lo + 65536)
+            keys, vals = [], []
+            for i in range(lo, hi):
+                client = (CLIENT_BASE + i // 60000).to_bytes(4, "big").ljust(16, b"\0")
+                s = i % self.nsvc
+                vip = ipaddress.ip_address(VIP_BASE + s)
+                keys.append(L.CONN_KEY.pack(client, vip.packed.ljust(16, b"\0"), (1024 + i % 60000).to_bytes(2, "big"),
+                                            (80).to_bytes(2, "big"), 6, fam, 0, 0))
+                ck = (rids[i % len(rids)], sids[vip])
+                v = cache.get(ck)
+                if v is None:
+                    v = cache[ck] = L.Conn(now, ck[0], ck[1], 900, 0, es, 0, MAC, SRC_MAC).pack()
+                vals.append(v)
+            if key0 is None and lo == 0:
+                key0 = keys[0]
+                want = L.ConnKey(ipaddress.ip_address(CLIENT_BASE), ipaddress.ip_address(VIP_BASE), 1024, 80, 6).pack()
+                assert key0 == want, (key0, want)
+            ffi, lib = _bpfbatch.ffi, _bpfbatch.lib
+            kb, vb = b"".join(keys), b"".join(vals)
+            n = lib.bb_update(m.fd, m.key_size, m.value_size, ffi.from_buffer(kb), ffi.from_buffer(vb), len(keys))
+            if n < 0:
+                raise OSError(-n, os.strerror(-n))
+        self.filled = max(self.filled, upto)
+
+    def read_conns(self, batch: bool) -> tuple[float, int]:
+        from lb.dataplane import reader
+        from lb.dataplane.maps import PinnedMaps
+
+        with PinnedMaps(self.instance) as maps:
+            dt, rows = _timed(reader.read_connections, maps, batch)
+        return dt, len(rows)
+
+
+def suite(size: str = "full") -> dict:
+    nsvc, nreal, nconn, npure, runs, cli_c = SIZES[size]
+    c = Ctl(nsvc, nreal, nconn)
+    results = []
+    notes = []
+    try:
+        # lb list -n on the empty table: the CLI's fixed cost (baseline of the listings)
+        empty = [c.lb_list("-n")[0] for _ in range(runs)]
+        t_build, tab = _timed(table, nsvc, nreal)
+        t_apply, writes = _timed(c.dp.apply, tab)
+        bare = c.bare_writes(writes)
+        results.append({"scenario": f"bare map writes from Python (x{writes})", "baseline": True,
+                        "seconds": summary([bare]), "writes": writes, "per_write_us": bare / writes * 1e6, "ratio": 1.0})
+        results.append({"scenario": f"build TableSpec {nsvc} services x {nreal} real servers", "seconds": summary([t_build]),
+                        "ratio": ratio(t_build, bare)})
+        results.append({"scenario": f"apply {nsvc} x {nreal} to empty maps", "seconds": summary([t_apply]), "writes": writes,
+                        "per_write_us": t_apply / writes * 1e6, "ratio": ratio(t_apply, bare)})
+        for label, new_tab in (("one-server change (weight)", table(nsvc, nreal, weight0=5)),
+                               ("one-server change (remove)", table(nsvc, nreal, weight0=5, extra=True)),
+                               ("unchanged table re-applied", table(nsvc, nreal, weight0=5, extra=True))):
+            t, w = _timed(c.dp.apply, new_tab)
+            b = c.bare_writes(max(w, 1))
+            results.append({"scenario": label, "seconds": summary([t]), "writes": w,
+                            "bare_seconds": b, "ratio": ratio(t, b)})
+        big = [c.lb_list("-n") for _ in range(runs)]
+        lines = big[0][1]
+        results.append({"scenario": "lb list -n, empty table (process start, imports)", "baseline": True,
+                        "seconds": summary(empty), "runs": empty, "ratio": 1.0})
+        results.append({"scenario": f"lb list -n, {nsvc} x {nreal} ({lines} lines)", "seconds": summary([b[0] for b in big]),
+                        "runs": [b[0] for b in big], "ratio": ratio(summary([b[0] for b in big])["median"], summary(empty)["median"])})
+        # connections: the pure path on npure entries, both paths there, then the batch path on nconn
+        c.fill_conns(npure)
+        pure = [c.read_conns(False) for _ in range(1 if size == "full" else runs)]
+        batch_small = [c.read_conns(True) for _ in range(runs)]
+        assert pure[0][1] == batch_small[0][1] == npure, (pure[0][1], batch_small[0][1], npure)
+        c.fill_conns(nconn)
+        batch = [c.read_conns(True) for _ in range(runs)]
+        got = batch[0][1]
+        bs = summary([b[0] for b in batch])
+        results.append({"scenario": f"read_connections, cffi batch path, {got} conns", "baseline": True,
+                        "seconds": bs, "runs": [b[0] for b in batch], "rows": got, "ratio": 1.0})
+        ps = summary([p[0] for p in pure])
+        scale = got / npure
+        results.append({"scenario": f"read_connections, pure-Python path, {got} conns"
+                                    + (f" (measured on {npure}, x{scale:.0f})" if scale != 1 else ""),
+                        "seconds": {k: (v * scale if k != "spread" and k != "n" else v) for k, v in ps.items()},
+                        "measured_rows": npure, "extrapolated": scale != 1, "runs": [p[0] for p in pure],
+                        "ratio": ratio(ps["median"] * scale, bs["median"])})
+        bss = summary([b[0] for b in batch_small])
+        results.append({"scenario": f"read_connections, cffi batch path, {npure} conns", "seconds": bss,
+                        "runs": [b[0] for b in batch_small], "ratio": ratio(bss["median"] * scale, bs["median"])})
+        if scale != 1:
+            notes.append(f"the pure-Python read of {got} connections is extrapolated linearly from {npure}")
+        if cli_c:
+            t, _ = c.lb_list("-c", "-n", devnull=True)
+            results.append({"scenario": f"lb list -c -n, {got} conns (one run, output to /dev/null)",
+                            "seconds": summary([t]), "ratio": ratio(t, bs["median"])})
+    finally:
+        c.close()
+    return {"suite": "ctl", "size": size, "services": nsvc, "reals_per_service": nreal, "connections": nconn,
+            "tables": vars(c.sizes) if hasattr(c.sizes, "__dict__") else str(c.sizes),
+            "note": "; ".join(notes), "results": results}
+
+
+def table_md(res: dict) -> str:
+    lines = ["| operation | seconds (median) | map writes | spread | ratio to its baseline |", "|---|---:|---:|---:|---:|"]
+    for r in res["results"]:
+        s = r["seconds"]
+        lines.append(f"| {r['scenario']}{' *(baseline)*' if r.get('baseline') else ''} | {s['median']:.4f} | "
+                     f"{r.get('writes', '')} | ±{s['spread'] * 50:.0f}% | {r['ratio']:.2f}x |")
+    if res.get("note"):
+        lines += ["", f"Note: {res['note']}."]
+    return "\n".join(lines)

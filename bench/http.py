@@ -1,0 +1,306 @@
+"""End-to-end HTTP through the lab: wrk --latency in the client namespace against nginx, as
+ratios to the same requests sent straight to the real server (the director only routing them).
+
+Every scenario serves from rs1 alone, so the ratios measure the forwarding path, not three
+backends against one:
+
+  direct   wrk -> 198.18.1.11:80, the director's kernel forwarding (no XDP, no proxy) [baseline]
+  lb DR    wrk -> VIP 198.18.0.10:80, `lb run` with direct routing, one real server
+  lb NAT   wrk -> VIP 198.18.0.10:80, `lb run` with NAT, one real server
+  HAProxy  wrk -> 198.18.0.1:8080, haproxy (mode tcp, one thread) in the director namespace
+
+Two modes: keep-alive (requests/s, p50, p99) and `Connection: close` (one TCP connection per
+request: connections/s).  The lab is built in "nat" mode; while lb NAT is not running, rs1 gets
+a temporary route to the client's /24 through the director's own address (198.18.1.1), which
+is what the direct, DR and HAProxy paths need; it is removed for the NAT runs.
+The lab is the tests' (same lock), and is torn down at the end whatever happens."""
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+
+from bench.common import LB_BIN, lab_up, ratio, summary
+
+INSTANCE = "benchhttp"
+RS1 = "198.18.1.11"
+VIP = "198.18.0.10"
+DIRECTOR_PUB = "198.18.0.1"
+HAPROXY_PORT = 8080
+CLIENT_NET = "198.18.0.0/24"
+
+SIZES = {  # name: (runs per scenario and mode, wrk duration s, wrk connections, every scenario and mode)
+    "full": (5, 3, 8, True),
+    "quick": (3, 2, 8, True),
+    "smoke": (1, 1, 4, False),   # make test: direct, DR and HAProxy, keep-alive only; measures nothing
+}
+
+LB_CONF = """\
+[global]
+instance = "{instance}"
+public_interface = "pub0"
+private_interface = "priv0"
+network = "{network}"
+{nat}
+[[virtual_server]]
+name = "web"
+address = "{vip}"
+port = 80
+protocol = "tcp"
+scheduler = "rr"
+
+  [[virtual_server.real_server]]
+  name = "rs1"
+  address = "{rs1}"
+  port = 80
+  weight = 1
+"""
+
+HAPROXY_CONF = """\
+global
+    maxconn 8192
+    nbthread 1
+    pidfile {dir}/haproxy.pid
+defaults
+    mode tcp
+    timeout connect 2s
+    timeout client 10s
+    timeout server 10s
+frontend bench
+    bind {addr}:{port}
+    default_backend rs
+backend rs
+    server rs1 {rs1}:80
+"""
+
+_UNIT = {"us": 1e-3, "ms": 1.0, "s": 1e3, "m": 60e3}
+
+
+def _ms(text: str) -> float:
+    m = re.fullmatch(r"([\d.]+)(us|ms|s|m)", text.strip())
+    if not m:
+        raise ValueError(f"wrk: bad latency {text!r}")
+    return float(m.group(1)) * _UNIT[m.group(2)]
+
+
+def parse_wrk(out: str) -> dict:
+    """requests/s, p50/p99 (ms), request count and errors from `wrk --latency` output"""
+    res: dict = {}
+    m = re.search(r"Requests/sec:\s+([\d.]+)", out)
+    if not m:
+        raise ValueError(f"wrk: no Requests/sec in output:\n{out}")
+    res["rps"] = float(m.group(1))
+    for pct in ("50", "75", "90", "99"):
+        m = re.search(rf"^\s+{pct}%\s+(\S+)", out, re.M)
+        res[f"p{pct}_ms"] = _ms(m.group(1)) if m else 0.0
+    m = re.search(r"(\d+) requests in", out)
+    res["requests"] = int(m.group(1)) if m else 0
+    errs = 0
+    m = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
+    if m:
+        errs += sum(int(x) for x in m.groups())
+    m = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    if m:
+        errs += int(m.group(1))
+    res["errors"] = errs
+    return res
+
+
+class Http:
+    def __init__(self, lab, size: str):
+        self.lab = lab
+        self.runs, self.duration, self.conns, self.all = SIZES[size]
+        self.tmp = tempfile.mkdtemp(prefix="lb-bench-http-")
+        self.procs: list[subprocess.Popen] = []
+        self.route = False
+
+    # ---- helpers ----
+    def wrk(self, url: str, close: bool) -> dict:
+        argv = ["wrk", "-t1", f"-c{self.conns}", f"-d{self.duration}s", "--timeout", "2s", "--latency"]
+        if close:
+            argv += ["-H", "Connection: close"]
+        argv.append(url)
+        p = self.lab.run("client", argv, timeout=self.duration + 20)
+        r = parse_wrk(p.stdout)
+        if r["requests"] == 0:
+            raise RuntimeError(f"bench http: no request answered by {url}:\n{p.stdout}{p.stderr}")
+        return r
+
+    def wait_http(self, host: str, port: int, timeout: float = 10.0) -> None:
+        deadline = time.monotonic() + timeout
+        last: object = None
+        while time.monotonic() < deadline:
+            try:
+                status, body = self.lab.http_get("client", host, port, "/", timeout=1.0)
+                if status == 200 and body == "rs1\n":
+                    return
+                last = (status, body)
+            except (OSError, ConnectionError) as e:
+                last = e
+            time.sleep(0.1)
+        raise RuntimeError(f"bench http: {host}:{port} not answering 'rs1' after {timeout}s (last: {last})")
+
+    def set_route(self, on: bool) -> None:
+        if on == self.route:
+            return
+        self.lab.run("rs1", ["ip", "route", "add" if on else "del", CLIENT_NET, "via", "198.18.1.1"], timeout=10)
+        self.route = on
+
+    def sysctls(self) -> None:
+        # short connections: many ports, TIME_WAIT reuse (client, and the director for haproxy)
+        def write():
+            for key, val in (("net/ipv4/ip_local_port_range", "1024 65000"), ("net/ipv4/tcp_tw_reuse", "1")):
+                with open(f"/proc/sys/{key}", "w") as f:
+                    f.write(val + "\n")
+        for node in ("client", "director"):
+            self.lab.in_netns(node, write, timeout=10)
+
+    def start(self, argv: list[str], log: str) -> subprocess.Popen:
+        with open(os.path.join(self.tmp, log), "wb") as f:
+            p = self.lab.popen("director", argv, stdin=subprocess.DEVNULL, stdout=f, stderr=subprocess.STDOUT,
+                               start_new_session=True)
+        self.procs.append(p)
+        return p
+
+    def stop(self, p: subprocess.Popen) -> None:
+        if p.poll() is None:
+            p.send_signal(signal.SIGTERM)
+            try:
+                p.wait(15)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait(5)
+        if p in self.procs:
+            self.procs.remove(p)
+
+    def log(self, name: str) -> str:
+        try:
+            with open(os.path.join(self.tmp, name), errors="replace") as f:
+                return f.read()
+        except OSError:
+            return ""
+
+    def start_lb(self, network: str) -> subprocess.Popen:
+        nat = 'nat_router = "198.18.1.254/24"\nnat_router_device = "priv0"\n' if network == "nat" else ""
+        conf = os.path.join(self.tmp, f"lb-{network}.toml")
+        with open(conf, "w") as f:
+            f.write(LB_CONF.format(instance=INSTANCE, network=network, nat=nat, vip=VIP, rs1=RS1))
+        log = f"lb-{network}.log"
+        p = self.start([LB_BIN, "run", "--config", conf], log)
+        deadline = time.monotonic() + 60
+        while f"lb instance '{INSTANCE}' running" not in self.log(log):
+            if p.poll() is not None or time.monotonic() > deadline:
+                self.stop(p)
+                raise RuntimeError(f"bench http: lb run ({network}) did not start:\n{self.log(log)}")
+            time.sleep(0.05)
+        self.wait_http(VIP, 80)
+        return p
+
+    def start_haproxy(self) -> subprocess.Popen:
+        conf = os.path.join(self.tmp, "haproxy.cfg")
+        with open(conf, "w") as f:
+            f.write(HAPROXY_CONF.format(dir=self.tmp, addr=DIRECTOR_PUB, port=HAPROXY_PORT, rs1=RS1))
+        p = self.start(["/usr/sbin/haproxy", "-db", "-f", conf], "haproxy.log")
+        try:
+            self.wait_http(DIRECTOR_PUB, HAPROXY_PORT)
+        except Exception:
+            self.stop(p)
+            raise RuntimeError(f"bench http: haproxy did not answer:\n{self.log('haproxy.log')}") from None
+        return p
+
+    def cleanup(self) -> None:
+        for p in list(self.procs):
+            try:
+                self.stop(p)
+            except Exception:
+                pass
+        if os.path.exists(self.lab.netns_path("director")):
+            for dev in ("pub0", "priv0"):
+                self.lab.run("director", ["ip", "link", "set", "dev", dev, "xdp", "off"], check=False, timeout=10)
+        shutil.rmtree(f"/sys/fs/bpf/lb/{INSTANCE}", ignore_errors=True)
+        for f in (f"/run/lb/{INSTANCE}.pid", f"/run/lb/{INSTANCE}.status.json"):
+            try:
+                os.unlink(f)
+            except FileNotFoundError:
+                pass
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+    # ---- the measurement ----
+    def measure(self, raw: dict, name: str, url: str) -> None:
+        for mode, close in (("keepalive", False), ("close", True))[:2 if self.all else 1]:
+            for _ in range(self.runs):
+                raw.setdefault((name, mode), []).append(self.wrk(url, close))
+
+    def run_all(self) -> dict:
+        self.sysctls()
+        raw: dict = {}
+        direct = "direct to rs1 (director routing)"
+        self.set_route(True)
+        self.wait_http(RS1, 80)
+        self.measure(raw, direct, f"http://{RS1}/")
+        p = self.start_haproxy()
+        self.measure(raw, "HAProxy 2.6 tcp mode (1 thread)", f"http://{DIRECTOR_PUB}:{HAPROXY_PORT}/")
+        self.stop(p)
+        p = self.start_lb("direct")
+        self.measure(raw, "lb DR (XDP)", f"http://{VIP}/")
+        self.stop(p)
+        if not self.all:
+            return raw
+        self.set_route(False)
+        p = self.start_lb("nat")
+        self.measure(raw, "lb NAT (XDP)", f"http://{VIP}/")
+        self.stop(p)
+        self.set_route(True)
+        self.measure(raw, direct, f"http://{RS1}/")     # the baseline again: before and after
+        return raw
+
+
+def suite(size: str = "full") -> dict:
+    runs, duration, conns, _ = SIZES[size]
+    with lab_up("nat") as lab:
+        h = Http(lab, size)
+        try:
+            raw = h.run_all()
+        finally:
+            h.cleanup()
+    results = []
+    base = {}
+    for mode in ("keepalive", "close"):
+        for (name, m), vals in raw.items():
+            if m != mode:
+                continue
+            rps = summary([v["rps"] for v in vals])
+            p50 = summary([v["p50_ms"] for v in vals])
+            p99 = summary([v["p99_ms"] for v in vals])
+            row = {"scenario": name, "mode": mode, "rps": rps, "p50_ms": p50, "p99_ms": p99,
+                   "errors": sum(v["errors"] for v in vals), "runs": vals}
+            if name.startswith("direct"):
+                base[mode] = row
+                row["baseline"] = True
+            results.append(row)
+    for row in results:
+        b = base[row["mode"]]
+        row["ratio_rps"] = ratio(row["rps"]["median"], b["rps"]["median"])
+        row["ratio_p50"] = ratio(row["p50_ms"]["median"], b["p50_ms"]["median"])
+        row["ratio_p99"] = ratio(row["p99_ms"]["median"], b["p99_ms"]["median"])
+    results.sort(key=lambda r: (r["mode"] != "keepalive", not r.get("baseline"), r["scenario"]))
+    return {"suite": "http", "size": size, "runs": runs, "wrk": {"threads": 1, "connections": conns,
+            "duration_s": duration, "timeout_s": 2},
+            "note": "every scenario serves from rs1 only; ratios are to direct (the director as a "
+                    "plain kernel router), whose runs are taken before and after the others",
+            "results": results}
+
+
+def table(res: dict) -> str:
+    lines = ["| scenario | mode | req/s (conn/s if close) | ratio | p50 ms | ratio | p99 ms | ratio | spread | errors |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in res["results"]:
+        lines.append(f"| {r['scenario']} | {'keep-alive' if r['mode'] == 'keepalive' else 'Connection: close'} "
+                     f"| {r['rps']['median']:.0f} | {r['ratio_rps']:.2f}x | {r['p50_ms']['median']:.3f} | "
+                     f"{r['ratio_p50']:.2f}x | {r['p99_ms']['median']:.3f} | {r['ratio_p99']:.2f}x | "
+                     f"±{r['rps']['spread'] * 50:.0f}% | {r['errors']} |")
+    return "\n".join(lines)

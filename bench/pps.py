@@ -1,0 +1,260 @@
+"""Packets per second over veth through the lab's director, as a ratio to a plain redirect
+program on the same path, swept over the number of flows.
+
+    lb-switch                     lb-director                          lb-switch
+    injector on the switch port ─► pub0: lb_xdp_public (DR) ─► priv0 ─► the switch port of
+    facing pub0 (XDP_TX, live      or the baseline: MAC rewrite       priv0: sink, counts and
+    frames, BPF_PROG_TEST_RUN)     + bpf_redirect(priv0)              XDP_DROPs
+
+No pktgen here (no kernel modules): the source is BPF_PROG_TEST_RUN with
+BPF_F_TEST_XDP_LIVE_FRAMES running a tiny XDP program with ingress on the switch's end of
+pub0's veth; it gives each frame the source port of flow (n mod flows) and returns XDP_TX, so
+the frames really cross the veth into the director.  The director forwards them with lb's own
+XDP programs (an XdpDataplane with one DR service, VIP 198.18.0.10:80 -> 198.18.1.11, next
+hop resolved to the sink's MAC) or with the baseline.  The sink is an XDP program on the
+switch's end of priv0's veth (an XDP program there also lets XDP_REDIRECT into priv0 work).
+For lb, each flow's SYN is sent first (lb creates the connections), then ACKs are measured.
+veth's NAPI runs on the sending CPU, so injector, director and sink share one core: Mpps is
+delivered frames / wall time of the sending syscall.  Everything runs in the lab (tests' lock)
+and is torn down at the end."""
+from __future__ import annotations
+
+import ctypes
+import ipaddress
+import os
+import struct
+import time
+
+from scapy.layers.inet import IP, TCP
+from scapy.layers.l2 import Ether
+
+from bench.common import lab_up, link_info, ratio, summary, switch_port
+from lb.dataplane import RealSpec, ServiceSpec, TableSpec
+from lb.dataplane.nexthop import NextHop
+from lb.dataplane.xdp import XDP_FLAGS_DRV_MODE, Sizes, XdpDataplane
+
+VIP, RS1, CLIENT = "198.18.0.10", "198.18.1.11", "198.18.0.2"
+SPORT0 = 1024
+BPF_PROG_TEST_RUN = 10
+BPF_F_TEST_XDP_LIVE_FRAMES = 1 << 1
+_NR_BPF = 321
+
+SIZES = {  # name: (runs, packets per run, flow counts)
+    "full": (5, 2_000_000, (1, 1000, 64000)),
+    "quick": (3, 400_000, (1, 1000, 64000)),
+    "smoke": (1, 20_000, (1, 100)),
+}
+
+PROGS = r"""
+#include <linux/if_ether.h>
+
+BPF_PERCPU_ARRAY(inj_ctr, u64, 1);
+BPF_ARRAY(inj_cfg, u32, 1);
+BPF_PERCPU_ARRAY(sink_cnt, u64, 1);
+
+/* the source: flow n mod flows gets source port SPORT0 + flow; out again through the ingress */
+int bench_inject(struct xdp_md *ctx)
+{
+    void *data = (void *)(long)ctx->data, *end = (void *)(long)ctx->data_end;
+    unsigned char *p = data;
+    u32 k = 0;
+    if (data + 54 > end)
+        return XDP_ABORTED;
+    u64 *c = inj_ctr.lookup(&k);
+    u32 *nf = inj_cfg.lookup(&k);
+    if (!c || !nf || *nf == 0)
+        return XDP_ABORTED;
+    u64 n = *c;
+    *c = n + 1;
+    u32 port = SPORT0 + (u32)(n % *nf);
+    p[34] = port >> 8;
+    p[35] = port & 0xff;
+    return XDP_TX;
+}
+
+/* the sink */
+int bench_sink(struct xdp_md *ctx)
+{
+    u32 k = 0;
+    u64 *c = sink_cnt.lookup(&k);
+    if (c)
+        *c += 1;
+    return XDP_DROP;
+}
+
+/* the baseline director: what a forwarder must do at least (MAC rewrite, redirect) */
+int bench_redirect(struct xdp_md *ctx)
+{
+    void *data = (void *)(long)ctx->data, *end = (void *)(long)ctx->data_end;
+    struct ethhdr *eth = data;
+    unsigned char dmac[ETH_ALEN] = {DMAC}, smac[ETH_ALEN] = {SMAC};
+    if ((void *)(eth + 1) > end)
+        return XDP_DROP;
+    __builtin_memcpy(eth->h_dest, dmac, ETH_ALEN);
+    __builtin_memcpy(eth->h_source, smac, ETH_ALEN);
+    return bpf_redirect(OUT_IFINDEX, 0);
+}
+"""
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_libc.syscall.restype = ctypes.c_long
+
+
+def live_run(prog_fd: int, frame: bytes, ifindex: int, repeat: int) -> float:
+    """BPF_PROG_TEST_RUN in live-frames mode with ingress `ifindex` (in the calling thread's
+    network namespace); returns the wall time of the syscall in seconds."""
+    data = ctypes.create_string_buffer(frame, len(frame))
+    ctx = ctypes.create_string_buffer(struct.pack("=6I", 0, len(frame), 0, ifindex, 0, 0), 24)
+    attr = ctypes.create_string_buffer(128)
+    struct.pack_into("=IIIIQQIIIIQQIII", attr, 0, prog_fd, 0, len(frame), 0, ctypes.addressof(data), 0,
+                     repeat, 0, 24, 0, ctypes.addressof(ctx), 0, BPF_F_TEST_XDP_LIVE_FRAMES, 0, 0)
+    t0 = time.perf_counter()
+    rc = _libc.syscall(_NR_BPF, BPF_PROG_TEST_RUN, attr, 128)
+    dt = time.perf_counter() - t0
+    if rc < 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"BPF_PROG_TEST_RUN (live frames): {os.strerror(err)}")
+    return dt
+
+
+def _mac_init(mac: bytes) -> str:
+    return ",".join(f"0x{b:02x}" for b in mac)
+
+
+class Pps:
+    def __init__(self, lab):
+        from bcc import BPF
+
+        self.BPF = BPF
+        self.lab = lab
+        self.attached: list[tuple[str, str]] = []      # (node, ifname)
+        self.dp: XdpDataplane | None = None
+        self.bpf = None
+        self.src_node, self.src_if = switch_port("pub0")
+        self.sink_node, self.sink_if = switch_port("priv0")
+        self.src_ifindex, self.src_mac = link_info(lab, self.src_node, self.src_if)
+        _, self.pub_mac = link_info(lab, "director", "pub0")
+        self.priv_ifindex, self.priv_mac = link_info(lab, "director", "priv0")
+        _, self.sink_mac = link_info(lab, self.sink_node, self.sink_if)
+        self.bpf = BPF(text=PROGS.encode(), cflags=[
+            f"-DSPORT0={SPORT0}", f"-DOUT_IFINDEX={self.priv_ifindex}",
+            f"-DDMAC={_mac_init(self.sink_mac)}", f"-DSMAC={_mac_init(self.priv_mac)}"])
+        self.inject = self.bpf.load_func(b"bench_inject", BPF.XDP)
+        self.sink = self.bpf.load_func(b"bench_sink", BPF.XDP)
+        self.redirect = self.bpf.load_func(b"bench_redirect", BPF.XDP)
+        self.attach(self.sink_node, self.sink_if, self.sink)
+
+    def frame(self, flags: str) -> bytes:
+        return bytes(Ether(dst=self.pub_mac.hex(":"), src=self.src_mac.hex(":")) / IP(src=CLIENT, dst=VIP) /
+                     TCP(sport=SPORT0, dport=80, flags=flags) / (b"x" * 10))
+
+    def attach(self, node: str, ifname: str, fn) -> None:
+        self.lab.in_netns(node, self.BPF.attach_xdp, ifname, fn, XDP_FLAGS_DRV_MODE, timeout=20)
+        self.attached.append((node, ifname))
+
+    def detach(self, node: str, ifname: str) -> None:
+        self.lab.in_netns(node, self.BPF.remove_xdp, ifname, XDP_FLAGS_DRV_MODE, timeout=20)
+        self.attached.remove((node, ifname))
+
+    def load_lb(self) -> None:
+        def resolver(addr, need_onlink=False):
+            return NextHop(self.priv_ifindex, "priv0", self.sink_mac, self.priv_mac, True)
+
+        self.dp = XdpDataplane(f"benchpps{os.getpid()}", Sizes(16, 256, 16, 1 << 17), resolver=resolver)
+        self.dp.load()
+        self.dp.apply(TableSpec((ServiceSpec("tcp", ipaddress.ip_address(VIP), 80, "rr",
+                                             (RealSpec(ipaddress.ip_address(RS1), 80, 1, "dr"),)),)))
+        self.lab.in_netns("director", self.dp.attach, "pub0", "public", "native", timeout=20)
+        self.attached.append(("director", "pub0"))
+
+    def unload_lb(self) -> None:
+        if self.dp is None:
+            return
+        try:
+            if ("director", "pub0") in self.attached:
+                self.detach("director", "pub0")
+        finally:
+            self.dp.unpin()
+            self.dp.close()
+            self.dp = None
+
+    def close(self) -> None:
+        for node, ifname in list(self.attached):
+            try:
+                self.detach(node, ifname)
+            except Exception:
+                pass
+        if self.dp is not None:
+            self.dp.unpin()
+            self.dp.close()
+        if self.bpf is not None:
+            self.bpf.cleanup()
+
+    def delivered(self) -> int:
+        t = self.bpf[b"sink_cnt"]
+        return int(sum(t.getvalue(t.Key(0))))
+
+    def send(self, frame: bytes, flows: int, repeat: int) -> tuple[float, int]:
+        """(seconds, frames that reached the sink)"""
+        self.bpf[b"inj_cfg"][ctypes.c_int(0)] = ctypes.c_uint(flows)
+        before = self.delivered()
+        dt = self.lab.in_netns(self.src_node, live_run, self.inject.fd, frame, self.src_ifindex, repeat, timeout=120)
+        time.sleep(0.05)         # the last batch's NAPI work (normally already done in the syscall)
+        return dt, self.delivered() - before
+
+    def conns(self) -> int:
+        return len(self.dp.maps["lb_conns"].items())
+
+
+def suite(size: str = "full") -> dict:
+    runs, npkts, flow_counts = SIZES[size]
+    results = []
+    with lab_up("direct") as lab:
+        p = Pps(lab)
+        try:
+            ack = p.frame("A")
+            base: dict[int, list] = {}
+            p.attach("director", "pub0", p.redirect)
+            for flows in flow_counts:
+                p.send(ack, flows, max(npkts // 4, 10000))     # warm-up, not recorded
+                base[flows] = [p.send(ack, flows, npkts) for _ in range(runs)]
+            p.detach("director", "pub0")
+            p.load_lb()
+            lbr: dict[int, list] = {}
+            primed: dict[int, int] = {}
+            syn = p.frame("S")
+            for flows in flow_counts:
+                for _ in range(3):        # each flow's SYN (a lost one is sent again)
+                    p.send(syn, flows, flows)
+                    if p.conns() >= flows:
+                        break
+                primed[flows] = p.conns()
+                p.send(ack, flows, max(npkts // 4, 10000))     # warm-up, not recorded
+                lbr[flows] = [p.send(ack, flows, npkts) for _ in range(runs)]
+            p.unload_lb()
+        finally:
+            p.close()
+    for flows in flow_counts:
+        b_mpps = [d / t / 1e6 for t, d in base[flows]]
+        l_mpps = [d / t / 1e6 for t, d in lbr[flows]]
+        bs, ls = summary(b_mpps), summary(l_mpps)
+        results.append({"scenario": f"baseline: MAC rewrite + bpf_redirect, {flows} flows", "baseline": True,
+                        "flows": flows, "mpps": bs, "runs": b_mpps, "sent": npkts,
+                        "delivered": [d for _, d in base[flows]], "ratio": 1.0})
+        results.append({"scenario": f"lb DR, established, {flows} flows", "flows": flows, "mpps": ls,
+                        "runs": l_mpps, "sent": npkts, "delivered": [d for _, d in lbr[flows]],
+                        "connections": primed[flows], "ratio": ratio(ls["median"], bs["median"])})
+    return {"suite": "pps", "size": size, "runs": runs, "packets_per_run": npkts, "frame_bytes": 64,
+            "source": "BPF_PROG_TEST_RUN live frames (XDP_TX) on the switch end of pub0's veth",
+            "note": "injector, director and sink share one core (veth NAPI runs on the sending CPU)",
+            "results": results}
+
+
+def table(res: dict) -> str:
+    lines = ["| scenario | flows | Mpps (median) | spread | delivered/sent | ratio to redirect |",
+             "|---|---:|---:|---:|---:|---:|"]
+    for r in res["results"]:
+        deliv = min(r["delivered"]) / r["sent"] if r["sent"] else 0
+        lines.append(f"| {r['scenario']} | {r['flows']} | {r['mpps']['median']:.3f} | ±{r['mpps']['spread'] * 50:.0f}% | "
+                     f"{deliv:.3f} | {r['ratio']:.2f}x |")
+    return "\n".join(lines)

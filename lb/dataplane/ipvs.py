@@ -1,0 +1,660 @@
+"""The kernel IPVS data plane: the fallback for hosts where XDP cannot load or attach.
+
+It programs the kernel's IPVS table over generic netlink (pyroute2's IPVS module, never by
+running ipvsadm) with the same interface as XdpDataplane: the engine hands it TableSpecs and
+it applies only the difference between the kernel's table and the wanted one.
+
+- Real servers are added in configuration order; the kernel puts each one at the head of the
+  service's list, so its list is the reverse of the config, as in XDP mode.
+- Removing a real server drains it as the XDP data plane does: weight 0 while connections
+  still point at it, removed once they have all ended (IPVS itself would drop their packets at
+  once, expire_nodest_conn = 0).
+- The kernel table outlives `lb run` (as pinned maps do in XDP mode).  Which services belong
+  to an instance is kept in /run/lb/<instance>.ipvs.json, so that a restart adopts them, a
+  clean stop removes them, and services that somebody else put into IPVS are never touched.
+- Schedulers, connection tracking, expiry and next hops are the kernel's: sweep() and
+  refresh_nexthops() have nothing to do.
+
+pyroute2 0.9 pitfalls handled here: its command map sends "update" to a delete (so "set" is
+used), IPVSService ignores misspelled keyword arguments (the scheduler is sched_name=), and
+IPVSDest defaults to fwd_method=3 (DR), so the method is always given.
+"""
+from __future__ import annotations
+
+import errno
+import ipaddress
+import json
+import logging
+import os
+import re
+import socket
+import subprocess
+from dataclasses import dataclass
+
+from pyroute2.netlink import NLM_F_ACK, NLM_F_REQUEST, genlmsg
+from pyroute2.netlink.exceptions import NetlinkError
+
+from lb.listing import ConnRow, RealRow, ServiceRow, Stats
+
+from .spec import RealSpec, ServiceSpec, TableSpec
+from .xdp import DataplaneError
+
+log = logging.getLogger("lb.dataplane.ipvs")
+
+RUN_DIR = "/run/lb"
+
+# linux/ip_vs.h
+IP_VS_CONN_F_MASQ = 0
+IP_VS_CONN_F_LOCALNODE = 1
+IP_VS_CONN_F_TUNNEL = 2
+IP_VS_CONN_F_DROUTE = 3
+FWD_METHODS = {"nat": IP_VS_CONN_F_MASQ, "masq": IP_VS_CONN_F_MASQ, "dr": IP_VS_CONN_F_DROUTE,
+               "route": IP_VS_CONN_F_DROUTE, "tunnel": IP_VS_CONN_F_TUNNEL, "tun": IP_VS_CONN_F_TUNNEL,
+               "local": IP_VS_CONN_F_LOCALNODE}
+FORWARD_NAMES = {IP_VS_CONN_F_MASQ: "Masq", IP_VS_CONN_F_LOCALNODE: "Local",
+                 IP_VS_CONN_F_TUNNEL: "Tunnel", IP_VS_CONN_F_DROUTE: "Route"}
+IP_VS_SVC_F_PERSISTENT = 0x0001
+IP_VS_SVC_F_HASHED = 0x0002
+IP_VS_SVC_F_ONEPACKET = 0x0004
+IP_VS_SVC_F_SCHED1 = 0x0008
+IP_VS_SVC_F_SCHED2 = 0x0010
+IP_VS_SVC_F_SCHED3 = 0x0020
+IPVS_CMD_SET_CONFIG = 12
+IPVS_CMD_GET_CONFIG = 13
+PROTO_NUMBERS = {"tcp": socket.IPPROTO_TCP, "udp": socket.IPPROTO_UDP, "sctp": 132}
+PROTO_NAMES = {socket.IPPROTO_TCP: "TCP", socket.IPPROTO_UDP: "UDP", 132: "SCTP"}
+HOST_MASK = "255.255.255.255"
+
+# ipvsadm's names for the scheduler flags (print_sched_flags)
+_SCHED_FLAG_NAMES = {
+    "sh": ("sh-fallback", "sh-port", "sh-flag-3"),
+    "mh": ("mh-fallback", "mh-port", "mh-flag-3"),
+}
+
+
+class IpvsError(DataplaneError):
+    pass
+
+
+_FLAG_BITS = {"sh-fallback": IP_VS_SVC_F_SCHED1, "mh-fallback": IP_VS_SVC_F_SCHED1,
+              "sh-port": IP_VS_SVC_F_SCHED2, "mh-port": IP_VS_SVC_F_SCHED2}
+
+
+def _svc_flags(spec: ServiceSpec) -> int:
+    flags = IP_VS_SVC_F_PERSISTENT if spec.persistent else 0
+    for name in getattr(spec, "sched_flags", ()):
+        flags |= _FLAG_BITS.get(name, 0)
+    return flags
+
+
+def _sched_flag_names(sched: str, flags: int) -> tuple[str, ...]:
+    names = _SCHED_FLAG_NAMES.get(sched, ("flag-1", "flag-2", "flag-3"))
+    return tuple(n for bit, n in zip((IP_VS_SVC_F_SCHED1, IP_VS_SVC_F_SCHED2, IP_VS_SVC_F_SCHED3), names)
+                 if flags & bit)
+
+
+# ---- the kernel's table as plain values ------------------------------------------------------
+
+@dataclass
+class KDest:
+    address: ipaddress.IPv4Address | ipaddress.IPv6Address
+    port: int
+    fwd: int
+    weight: int
+    active: int = 0
+    inactive: int = 0
+    persist: int = 0
+    u_thresh: int = 0
+    l_thresh: int = 0
+    stats: Stats | None = None
+    rate: Stats | None = None
+
+    @property
+    def key(self):
+        return (self.address, self.port)
+
+
+@dataclass
+class KService:
+    protocol: int
+    address: ipaddress.IPv4Address | ipaddress.IPv6Address | None
+    port: int
+    fwmark: int
+    af: int
+    sched: str
+    flags: int
+    timeout: int
+    netmask: str | None
+    dests: list[KDest]
+    stats: Stats | None = None
+    rate: Stats | None = None
+
+    @property
+    def key(self):
+        if self.fwmark:
+            return ("fwmark", self.fwmark)
+        return (PROTO_NAMES.get(self.protocol, str(self.protocol)).lower(), self.address, self.port)
+
+
+def _stats(nla) -> tuple[Stats, Stats]:
+    """(counters, rates) from an IPVS_*_ATTR_STATS64 (or the 32-bit STATS) attribute."""
+    if nla is None:
+        return Stats(), Stats()
+    g = nla.get_attr
+
+    def v(name):
+        return int(g(name) or 0)
+
+    return (Stats(v("IPVS_STATS_ATTR_CONNS"), v("IPVS_STATS_ATTR_INPKTS"), v("IPVS_STATS_ATTR_OUTPKTS"),
+                  v("IPVS_STATS_ATTR_INBYTES"), v("IPVS_STATS_ATTR_OUTBYTES")),
+            Stats(v("IPVS_STATS_ATTR_CPS"), v("IPVS_STATS_ATTR_INPPS"), v("IPVS_STATS_ATTR_OUTPPS"),
+                  v("IPVS_STATS_ATTR_INBPS"), v("IPVS_STATS_ATTR_OUTBPS")))
+
+
+def _ip(text, af: int):
+    if text is None:
+        return None
+    return ipaddress.ip_address(text)
+
+
+class _ConfigMsg(genlmsg):
+    """IPVS_CMD_SET_CONFIG / GET_CONFIG with the timeouts as the u32 they are (pyroute2's
+    ipvsmsg maps them as hex blobs)."""
+    prefix = "IPVS_CMD_ATTR_"
+    nla_map = (
+        ("IPVS_CMD_ATTR_UNSPEC", "none"),
+        ("IPVS_CMD_ATTR_SERVICE", "hex"),
+        ("IPVS_CMD_ATTR_DEST", "hex"),
+        ("IPVS_CMD_ATTR_DAEMON", "hex"),
+        ("IPVS_CMD_ATTR_TIMEOUT_TCP", "uint32"),
+        ("IPVS_CMD_ATTR_TIMEOUT_TCP_FIN", "uint32"),
+        ("IPVS_CMD_ATTR_TIMEOUT_UDP", "uint32"),
+    )
+
+
+def _hex_u32(value) -> int:
+    """pyroute2's 'hex' attribute ("84:03:00:00") as a host-order u32."""
+    if isinstance(value, int):
+        return value
+    raw = bytes.fromhex(str(value).replace(":", ""))
+    return int.from_bytes(raw[:4], "little")
+
+
+class Kernel:
+    """One generic netlink conversation with the kernel's IPVS (in the current network
+    namespace, or in `netns`).  Opened per operation, as lb opens IPRoute sockets: a socket
+    never crosses the engine's worker threads."""
+
+    def __init__(self, netns: str | None = None):
+        self.netns = netns
+        self.sock = None
+
+    def __enter__(self) -> "Kernel":
+        from pyroute2 import IPVS
+
+        try:
+            self.sock = IPVS(netns=self.netns) if self.netns else IPVS()
+        except Exception as e:  # NetlinkError(ENOENT/ENOTSUP): no IPVS generic netlink family
+            raise IpvsError(f"kernel IPVS is not available: {e}") from e
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.sock is not None:
+            self.sock.close()
+            self.sock = None
+
+    # ---- reads ----
+    def services(self) -> list[KService]:
+        from pyroute2 import IPVSService
+
+        out = []
+        for msg in self.sock.service("dump"):
+            s = msg.get_attr("IPVS_CMD_ATTR_SERVICE")
+            g = s.get_attr
+            af = g("IPVS_SVC_ATTR_AF") or socket.AF_INET
+            fwmark = g("IPVS_SVC_ATTR_FWMARK") or 0
+            flags = g("IPVS_SVC_ATTR_FLAGS")
+            flags = flags["flags"] if flags is not None else 0
+            stats, rate = _stats(g("IPVS_SVC_ATTR_STATS64") or g("IPVS_SVC_ATTR_STATS"))
+            ks = KService(protocol=g("IPVS_SVC_ATTR_PROTOCOL") or 0,
+                          address=None if fwmark else _ip(g("IPVS_SVC_ATTR_ADDR"), af),
+                          port=0 if fwmark else (g("IPVS_SVC_ATTR_PORT") or 0), fwmark=fwmark, af=af,
+                          sched=g("IPVS_SVC_ATTR_SCHED_NAME") or "", flags=flags,
+                          timeout=g("IPVS_SVC_ATTR_TIMEOUT") or 0, netmask=g("IPVS_SVC_ATTR_NETMASK"),
+                          dests=[], stats=stats, rate=rate)
+            key = IPVSService.from_message(msg)
+            for dmsg in self.sock.dest("dump", service=key):
+                d = dmsg.get_attr("IPVS_CMD_ATTR_DEST")
+                dg = d.get_attr
+                dstats, drate = _stats(dg("IPVS_DEST_ATTR_STATS64") or dg("IPVS_DEST_ATTR_STATS"))
+                ks.dests.append(KDest(address=_ip(dg("IPVS_DEST_ATTR_ADDR"), dg("IPVS_DEST_ATTR_ADDR_FAMILY") or af),
+                                      port=dg("IPVS_DEST_ATTR_PORT") or 0,
+                                      fwd=(dg("IPVS_DEST_ATTR_FWD_METHOD") or 0) & 7,
+                                      weight=dg("IPVS_DEST_ATTR_WEIGHT") or 0,
+                                      active=dg("IPVS_DEST_ATTR_ACTIVE_CONNS") or 0,
+                                      inactive=dg("IPVS_DEST_ATTR_INACT_CONNS") or 0,
+                                      persist=dg("IPVS_DEST_ATTR_PERSIST_CONNS") or 0,
+                                      u_thresh=dg("IPVS_DEST_ATTR_U_THRESH") or 0,
+                                      l_thresh=dg("IPVS_DEST_ATTR_L_THRESH") or 0,
+                                      stats=dstats, rate=drate))
+            out.append(ks)
+        return out
+
+    def timeouts(self) -> tuple[int, int, int]:
+        msg = _ConfigMsg()
+        msg["cmd"] = IPVS_CMD_GET_CONFIG
+        msg["version"] = 1
+        (reply,) = self.sock.nlm_request(msg, msg_type=self.sock.prid, msg_flags=NLM_F_REQUEST)
+        return tuple(_hex_u32(reply.get_attr(f"IPVS_CMD_ATTR_TIMEOUT_{n}") or 0)
+                     for n in ("TCP", "TCP_FIN", "UDP"))
+
+    # ---- writes ----
+    @staticmethod
+    def _svc(spec: ServiceSpec, full: bool = True):
+        from pyroute2 import IPVSService
+
+        if spec.fwmark:
+            v6 = spec.address is not None and spec.address.version == 6
+            kw = dict(af=socket.AF_INET6 if v6 else socket.AF_INET, fwmark=spec.fwmark)
+            if not v6:
+                kw["netmask"] = HOST_MASK
+        else:
+            kw = dict(addr=str(spec.address), port=spec.port, protocol=PROTO_NUMBERS[spec.protocol])
+        if full:
+            persist = bool(spec.persistent)
+            kw.update(sched_name=spec.scheduler,
+                      flags={"flags": _svc_flags(spec), "mask": 0xFFFF},
+                      timeout=spec.persistent if persist else 0,
+                      netmask=(spec.pmask or HOST_MASK) if persist else HOST_MASK)
+        return IPVSService(**kw)
+
+    @staticmethod
+    def _dest(r: RealSpec):
+        from pyroute2 import IPVSDest
+
+        return IPVSDest(addr=str(r.address), port=r.port, fwd_method=FWD_METHODS[r.forward],
+                        weight=r.weight, u_thresh=getattr(r, "u_threshold", 0),
+                        l_thresh=getattr(r, "l_threshold", 0))
+
+    def _do(self, what: str, fn, *args, **kw) -> None:
+        try:
+            fn(*args, **kw)
+        except NetlinkError as e:
+            hint = ""
+            if what.endswith("service") and e.code == errno.ENOENT and what.startswith(("add", "set")):
+                hint = " (is the scheduler's module ip_vs_<name> available?)"
+            raise IpvsError(f"kernel IPVS refused to {what}: {os.strerror(e.code) if e.code else e}{hint}") from e
+
+    def add_service(self, spec: ServiceSpec) -> None:
+        self._do(f"add service {_svc_name(spec.key)}", self.sock.service, "add", service=self._svc(spec))
+
+    def set_service(self, spec: ServiceSpec) -> None:
+        self._do(f"set service {_svc_name(spec.key)}", self.sock.service, "set", service=self._svc(spec))
+
+    def del_service(self, spec: ServiceSpec) -> None:
+        self._do(f"delete service {_svc_name(spec.key)}", self.sock.service, "del",
+                 service=self._svc(spec, full=False))
+
+    def add_dest(self, spec: ServiceSpec, r: RealSpec) -> None:
+        self._do(f"add real server {r.address}:{r.port} to {_svc_name(spec.key)}", self.sock.dest, "add",
+                 service=self._svc(spec, full=False), dest=self._dest(r))
+
+    def set_dest(self, spec: ServiceSpec, r: RealSpec) -> None:
+        self._do(f"set real server {r.address}:{r.port} of {_svc_name(spec.key)}", self.sock.dest, "set",
+                 service=self._svc(spec, full=False), dest=self._dest(r))
+
+    def del_dest(self, spec: ServiceSpec, r: RealSpec) -> None:
+        self._do(f"delete real server {r.address}:{r.port} of {_svc_name(spec.key)}", self.sock.dest, "del",
+                 service=self._svc(spec, full=False), dest=self._dest(r))
+
+    def set_timeouts(self, tcp: int, tcpfin: int, udp: int) -> None:
+        msg = _ConfigMsg()
+        msg["cmd"] = IPVS_CMD_SET_CONFIG
+        msg["version"] = 1
+        msg["attrs"] = [("IPVS_CMD_ATTR_TIMEOUT_TCP", tcp), ("IPVS_CMD_ATTR_TIMEOUT_TCP_FIN", tcpfin),
+                        ("IPVS_CMD_ATTR_TIMEOUT_UDP", udp)]
+        tuple(self.sock.nlm_request(msg, msg_type=self.sock.prid, msg_flags=NLM_F_REQUEST | NLM_F_ACK))
+
+
+def ensure_module() -> None:
+    """Load ip_vs if its generic netlink family is missing (a no-op where it is built in or
+    loaded); raises IpvsError with the reason when the kernel cannot do IPVS."""
+    if os.path.exists("/proc/net/ip_vs"):
+        return
+    try:
+        p = subprocess.run(["modprobe", "ip_vs"], capture_output=True, text=True, timeout=30)
+        detail = (p.stderr or p.stdout).strip()
+        ok = p.returncode == 0
+    except (OSError, subprocess.TimeoutExpired) as e:
+        ok, detail = False, str(e)
+    if not ok and not os.path.exists("/proc/net/ip_vs"):
+        raise IpvsError(f"kernel IPVS is not available (modprobe ip_vs: {detail or 'failed'})")
+
+
+def available() -> bool:
+    return os.path.exists("/proc/net/ip_vs")
+
+
+def _spec_of(ks: KService) -> ServiceSpec:
+    """A kernel service as a ServiceSpec (for comparisons and deletes)."""
+    persist = ks.flags & IP_VS_SVC_F_PERSISTENT
+    return ServiceSpec(PROTO_NAMES.get(ks.protocol, "?").lower(), ks.address, ks.port, ks.sched,
+                       tuple(RealSpec(d.address, d.port, d.weight, _fwd_key(d.fwd), d.u_thresh, d.l_thresh)
+                             for d in ks.dests),
+                       persistent=ks.timeout if persist else 0,
+                       pmask=(ks.netmask if ks.netmask != HOST_MASK else None) if persist else None,
+                       fwmark=ks.fwmark, sched_flags=_sched_flag_names(ks.sched, ks.flags))
+
+
+class IpvsDataplane:
+    """Kernel IPVS behind the XdpDataplane interface (load, apply, attach, detach_all, unpin,
+    close, sweep, refresh_nexthops, finish_drains, draining, adopted, created)."""
+
+    kind = "ipvs"
+
+    def __init__(self, instance: str, netns: str | None = None, run_dir: str = RUN_DIR):
+        self.instance = instance
+        self.netns = netns
+        self.state_path = os.path.join(run_dir, f"{instance}.ipvs.json")
+        self.services: dict[tuple, ServiceSpec] = {}    # what this instance asked for, by key
+        self.owned: set[tuple] = set()                  # service keys this instance made or adopted
+        self.draining: set[tuple] = set()               # (service key, (addr, port))
+        self.last_table: TableSpec | None = None
+        self.adopted = False
+        self.created = False
+        self.writes = 0
+        self.attached: dict[str, str] = {}
+
+    # ---- loading ----
+    def load(self) -> None:
+        ensure_module()
+        owned = self._read_state()
+        with Kernel(self.netns) as k:
+            present = {ks.key: ks for ks in k.services()}
+        self.owned = {key for key in owned if key in present}
+        self.adopted = bool(self.owned)
+        self.created = not os.path.exists(self.state_path)
+        for key in self.owned:
+            self.services[key] = _spec_of(present[key])
+        self._write_state()
+        log.info("kernel IPVS ready (%s): %d services of instance %r %s", self._where(), len(self.owned),
+                 self.instance, "adopted" if self.adopted else "")
+
+    def _where(self) -> str:
+        return f"netns {self.netns}" if self.netns else "this network namespace"
+
+    def _read_state(self) -> set[tuple]:
+        try:
+            with open(self.state_path) as f:
+                doc = json.load(f)
+        except (FileNotFoundError, ValueError):
+            return set()
+        out = set()
+        for k in doc.get("services", []):
+            out.add(("fwmark", int(k[1])) if k[0] == "fwmark" else (k[0], ipaddress.ip_address(k[1]), int(k[2])))
+        return out
+
+    def _write_state(self) -> None:
+        os.makedirs(os.path.dirname(self.state_path), exist_ok=True)
+        tmp = self.state_path + ".tmp"
+        with open(tmp, "w") as f:
+            json.dump({"instance": self.instance, "dataplane": "ipvs",
+                       "services": sorted([str(x) for x in k] for k in self.owned)}, f)
+        os.replace(tmp, self.state_path)
+
+    # ---- attach: IPVS hooks netfilter by itself; NAT needs forwarding for the replies ----
+    def attach(self, ifname: str, side: str = "public", mode: str = "native") -> str:
+        if side == "private":
+            path = "/proc/sys/net/ipv4/ip_forward"
+            try:
+                with open(path) as f:
+                    on = f.read().strip() == "1"
+                if not on:
+                    with open(path, "w") as f:
+                        f.write("1\n")
+                    log.info("IPVS NAT: enabled net.ipv4.ip_forward (replies are forwarded)")
+            except OSError as e:
+                log.warning("IPVS NAT needs net.ipv4.ip_forward = 1: %s", e)
+        self.attached[ifname] = side
+        log.info("IPVS data plane serves %s (%s side)", ifname, side)
+        return "ipvs"
+
+    def detach_all(self) -> None:
+        """Stop forwarding: remove this instance's services from the kernel (the XDP data plane
+        detaches its programs)."""
+        if self.owned:
+            try:
+                with Kernel(self.netns) as k:
+                    present = {ks.key: ks for ks in k.services()}
+                    for key in sorted(self.owned, key=str):
+                        if key in present:
+                            k.del_service(_spec_of(present[key]))
+                            self.writes += 1
+                            log.info("removed virtual service %s from kernel IPVS", _svc_name(key))
+            except IpvsError as e:
+                log.warning("removing services from kernel IPVS: %s", e)
+        self.owned.clear()
+        self.services.clear()
+        self.draining.clear()
+        self.attached.clear()
+
+    def unpin(self) -> None:
+        try:
+            os.unlink(self.state_path)
+        except FileNotFoundError:
+            pass
+
+    def close(self) -> None:
+        pass
+
+    # ---- housekeeping the kernel does by itself ----
+    def sweep(self, now_ns: int | None = None) -> int:
+        return 0
+
+    def refresh_nexthops(self) -> int:
+        return 0
+
+    # ---- HA connection sync: IPVS has its own sync daemon (not configured by lb yet) ----
+    def export_conns(self, now_ns: int | None = None) -> tuple[list, list]:
+        return [], []
+
+    def import_conns(self, conns: list, temps: list, ifindex: int = 0, local_mac: bytes = b"",
+                     now_ns: int | None = None) -> tuple[int, int]:
+        return 0, len(conns) + len(temps)
+
+    # ---- apply ----
+    def apply(self, table: TableSpec) -> int:
+        """Make the kernel's table forward `table`; returns the netlink changes it took."""
+        before = self.writes
+        self.last_table = table
+        want = {s.key: s for s in table.services}
+        with Kernel(self.netns) as k:
+            present = {ks.key: ks for ks in k.services()}
+            for key in sorted(self.owned - want.keys(), key=str):
+                if key in present:
+                    k.del_service(_spec_of(present[key]))
+                    self.writes += 1
+                    log.info("removed virtual service %s", _svc_name(key))
+                self.owned.discard(key)
+                self.services.pop(key, None)
+            self.draining = {d for d in self.draining if d[0] in want}
+            for key, spec in want.items():
+                if key not in self.owned:
+                    self.owned.add(key)
+                    self._write_state()
+                self._apply_service(k, spec, present.get(key))
+                self.services[key] = spec
+            self._apply_timeouts(k, table.timeouts)
+        self._write_state()
+        n = self.writes - before
+        log.info("applied %d services: %d netlink changes", len(want), n)
+        return n
+
+    def _apply_service(self, k: Kernel, spec: ServiceSpec, ks: KService | None) -> None:
+        name = _svc_name(spec.key)
+        if ks is None:
+            k.add_service(spec)
+            self.writes += 1
+            log.info("adding virtual service %s %s", name, spec.scheduler)
+            for r in spec.reals:           # config order: the kernel puts each at the head
+                k.add_dest(spec, r)
+                self.writes += 1
+                log.info("added real server %s:%d to %s (%s, weight %d)", r.address, r.port, name,
+                         FORWARD_NAMES[FWD_METHODS[r.forward]], r.weight)
+            return
+        cur = _spec_of(ks)
+        if (cur.scheduler, cur.persistent, cur.pmask) != (spec.scheduler, spec.persistent,
+                                                        spec.pmask if spec.persistent else None) \
+                or ks.flags & ~IP_VS_SVC_F_HASHED != _svc_flags(spec):
+            k.set_service(spec)
+            self.writes += 1
+            log.info("virtual service %s: scheduler %s, persistence %d s mask %s", name, spec.scheduler,
+                     spec.persistent, spec.pmask or HOST_MASK)
+        wanted = {r.key: r for r in spec.reals}
+        have = {d.key: d for d in ks.dests}
+        # removals drain: weight 0 until the connections pointing at the server have ended
+        for rkey, d in have.items():
+            if rkey in wanted:
+                self.draining.discard((spec.key, rkey))
+                continue
+            if d.active + d.inactive:
+                if (spec.key, rkey) not in self.draining:
+                    log.info("draining real server %s:%d of %s: weight 0 until its %d connections end",
+                             rkey[0], rkey[1], name, d.active + d.inactive)
+                    self.draining.add((spec.key, rkey))
+                if d.weight != 0:
+                    k.set_dest(spec, RealSpec(d.address, d.port, 0, _fwd_key(d.fwd), d.u_thresh, d.l_thresh))
+                    self.writes += 1
+                continue
+            self.draining.discard((spec.key, rkey))
+            k.del_dest(spec, RealSpec(d.address, d.port, d.weight, _fwd_key(d.fwd)))
+            self.writes += 1
+            log.info("removed real server %s:%d from %s", rkey[0], rkey[1], name)
+        # updates
+        for rkey, d in have.items():
+            r = wanted.get(rkey)
+            if r is None:
+                continue
+            if (d.weight, d.fwd, d.u_thresh, d.l_thresh) != (r.weight, FWD_METHODS[r.forward],
+                                                             getattr(r, "u_threshold", 0),
+                                                             getattr(r, "l_threshold", 0)):
+                k.set_dest(spec, r)
+                self.writes += 1
+                log.info("real server %s:%d of %s: weight %d -> %d, %s", rkey[0], rkey[1], name, d.weight,
+                         r.weight, FORWARD_NAMES[FWD_METHODS[r.forward]])
+        # additions, in config order
+        for r in spec.reals:
+            if r.key in have:
+                continue
+            k.add_dest(spec, r)
+            self.writes += 1
+            log.info("added real server %s:%d to %s (%s, weight %d)", r.address, r.port, name,
+                     FORWARD_NAMES[FWD_METHODS[r.forward]], r.weight)
+
+    def _apply_timeouts(self, k: Kernel, timeouts) -> None:
+        want = tuple(int(t) for t in timeouts)
+        if k.timeouts() != want:
+            k.set_timeouts(*want)
+            self.writes += 1
+            log.info("IPVS timeouts (tcp tcpfin udp): %d %d %d", *want)
+
+    def finish_drains(self) -> int:
+        """Remove draining real servers whose connections have all ended or expired."""
+        if not self.draining:
+            return 0
+        done = 0
+        with Kernel(self.netns) as k:
+            present = {ks.key: ks for ks in k.services()}
+            for skey, rkey in list(self.draining):
+                ks = present.get(skey)
+                d = next((d for d in ks.dests if d.key == rkey), None) if ks else None
+                if d is not None and d.active + d.inactive:
+                    continue
+                self.draining.discard((skey, rkey))
+                done += 1
+                if d is not None:
+                    k.del_dest(_spec_of(ks), RealSpec(d.address, d.port, d.weight, _fwd_key(d.fwd)))
+                    self.writes += 1
+                    log.info("drained real server %s:%d removed from %s", rkey[0], rkey[1], _svc_name(skey))
+        return done
+
+
+def _fwd_key(fwd: int) -> str:
+    return {IP_VS_CONN_F_MASQ: "nat", IP_VS_CONN_F_DROUTE: "dr", IP_VS_CONN_F_TUNNEL: "tunnel",
+            IP_VS_CONN_F_LOCALNODE: "local"}.get(fwd, "dr")
+
+
+def _svc_name(key) -> str:
+    if key[0] == "fwmark":
+        return f"FWM {key[1]}"
+    proto, addr, port = key
+    return f"{proto.upper()} {addr}:{port}"
+
+
+# ---- `lb list` in IPVS mode: the kernel's table, as ipvsadm reads it -------------------------
+
+def read_info(proc: str = "/proc/net/ip_vs") -> tuple[str, int]:
+    """(version, connection table size) as ipvsadm prints them in its header."""
+    with open(proc) as f:
+        first = f.readline()
+    m = re.match(r"IP Virtual Server version (\d+\.\d+\.\d+) \(size=(\d+)\)", first)
+    if not m:
+        raise IpvsError(f"unexpected {proc} header: {first!r}")
+    return m.group(1), int(m.group(2))
+
+
+def read_services(netns: str | None = None) -> list[ServiceRow]:
+    rows = []
+    with Kernel(netns) as k:
+        kservices = k.services()
+    for ks in kservices:
+        persist = bool(ks.flags & IP_VS_SVC_F_PERSISTENT)
+        row = ServiceRow(protocol=PROTO_NAMES.get(ks.protocol, str(ks.protocol)), address=ks.address,
+                         port=ks.port, scheduler=ks.sched, fwmark=ks.fwmark,
+                         sched_flags=_sched_flag_names(ks.sched, ks.flags),
+                         persistent=ks.timeout if persist else None,
+                         netmask=(ks.netmask or HOST_MASK) if persist else None,
+                         ops=bool(ks.flags & IP_VS_SVC_F_ONEPACKET),
+                         family=6 if ks.af == socket.AF_INET6 else 4,
+                         stats=ks.stats or Stats(), rate=ks.rate or Stats())
+        for d in ks.dests:
+            row.reals.append(RealRow(address=d.address, port=d.port, forward=FORWARD_NAMES.get(d.fwd, "?"),
+                                     weight=d.weight, active=d.active, inactive=d.inactive, persist=d.persist,
+                                     u_threshold=d.u_thresh, l_threshold=d.l_thresh,
+                                     stats=d.stats or Stats(), rate=d.rate or Stats()))
+        rows.append(row)
+    return rows
+
+
+def read_timeouts(netns: str | None = None) -> tuple[int, int, int]:
+    with Kernel(netns) as k:
+        return k.timeouts()
+
+
+def _hex_addr(text: str):
+    if len(text) == 8:
+        return ipaddress.IPv4Address(int(text, 16))
+    return ipaddress.IPv6Address(int(text.replace(":", ""), 16))
+
+
+def read_connections(proc: str = "/proc/net/ip_vs_conn") -> list[ConnRow]:
+    """The kernel's connection entries, in the kernel's order (as ipvsadm -Lnc prints them)."""
+    out = []
+    try:
+        with open(proc) as f:
+            lines = f.read().splitlines()[1:]
+    except FileNotFoundError:
+        return out
+    for line in lines:
+        p = line.split()
+        if len(p) < 9:
+            continue
+        proto, fa, fp, ta, tp, da, dp, state, expire = p[:9]
+        out.append(ConnRow(protocol=proto, expire=int(expire), state=state,
+                           client=(_hex_addr(fa), int(fp, 16)), virtual=(_hex_addr(ta), int(tp, 16)),
+                           dest=(_hex_addr(da), int(dp, 16))))
+    return out
+
+
+__all__ = ["IpvsDataplane", "IpvsError", "Kernel", "available", "ensure_module", "read_connections",
+           "read_info", "read_services", "read_timeouts"]

@@ -1,0 +1,88 @@
+"""Announcing addresses a director has just taken (Piranha's send_arp): gratuitous ARP for IPv4,
+unsolicited neighbour advertisement for IPv6, built and sent with scapy on the owning device.
+
+A gratuitous ARP is an ARP request with sender IP = target IP; Linux neighbours update an existing
+entry from it at once (it overrides the locktime), so clients and real servers switch to the new
+active director's MAC.  scapy is imported once, ahead of any takeover (``warm_up``).
+"""
+from __future__ import annotations
+
+import ipaddress
+import logging
+import time
+
+log = logging.getLogger("lb.ha")
+
+_scapy = None
+
+
+def warm_up():
+    """Import scapy (slow: about a second) so that a takeover does not wait for it."""
+    global _scapy
+    if _scapy is None:
+        import scapy.all as sa  # noqa: F401 - the import is the point
+
+        sa.conf.verb = 0
+        _scapy = sa
+    return _scapy
+
+
+def _mac(ifname: str) -> str:
+    import fcntl
+    import socket
+    import struct
+
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        info = fcntl.ioctl(s.fileno(), 0x8927, struct.pack("256s", ifname.encode()[:15]))  # SIOCGIFHWADDR
+    return ":".join(f"{b:02x}" for b in info[18:24])
+
+
+def frames(ifname: str, address, mac: str | None = None) -> list:
+    """The frames announcing ``address`` (an ip address or interface) on ``ifname``."""
+    sa = warm_up()
+    mac = mac or _mac(ifname)
+    ip = ipaddress.ip_interface(str(address)).ip
+    if ip.version == 4:
+        return [sa.Ether(src=mac, dst="ff:ff:ff:ff:ff:ff") /
+                sa.ARP(op=1, hwsrc=mac, psrc=str(ip), hwdst="00:00:00:00:00:00", pdst=str(ip))]
+    return [sa.Ether(src=mac, dst="33:33:00:00:00:01") /
+            sa.IPv6(src=str(ip), dst="ff02::1", hlim=255) /
+            sa.ICMPv6ND_NA(tgt=str(ip), R=0, S=0, O=1) /
+            sa.ICMPv6NDOptDstLLAddr(lladdr=mac)]
+
+
+def announce(owned, count: int = 1, interval: float = 0.0) -> int:
+    """Send ``count`` rounds of announcements for every OwnedAddress; returns frames sent.
+    Errors are logged, never raised (an announcement is best effort)."""
+    sa = warm_up()
+    by_dev: dict[str, list] = {}
+    for a in owned:
+        try:
+            by_dev.setdefault(a.ifname, []).extend(frames(a.ifname, a.address))
+        except OSError as e:
+            log.warning("cannot announce %s on %s: %s", a.address, a.ifname, e)
+    sent = 0
+    socks = {}
+    try:
+        for dev in by_dev:
+            try:
+                socks[dev] = sa.conf.L2socket(iface=dev)
+            except OSError as e:
+                log.warning("cannot open %s to announce: %s", dev, e)
+        for i in range(max(1, count)):
+            if i:
+                time.sleep(interval)
+            for dev, fs in by_dev.items():
+                s = socks.get(dev)
+                if s is None:
+                    continue
+                for f in fs:
+                    try:
+                        s.send(f)
+                        sent += 1
+                    except OSError as e:
+                        log.warning("announce on %s: %s", dev, e)
+    finally:
+        for s in socks.values():
+            s.close()
+    return sent

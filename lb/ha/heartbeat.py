@@ -1,0 +1,150 @@
+"""Heartbeat and control messages between the two directors: the wire codec, HMAC-SHA256
+authentication and the replay guard.
+
+Every datagram (heartbeat, stand-down, connection sync) is
+
+    header (40 bytes, network order)         payload            HMAC-SHA256(key, header+payload)
+    magic "LBHA" | version | type | state | flags | node | channel | pad(2)
+    boot id (u64) | seq (u64) | sender wall clock ns (u64) | payload length (u16) | pad(2)
+
+``boot`` is random per `lb run` process, ``seq`` counts up per channel.  A receiver accepts a
+message only if the MAC verifies with the shared key, the channel byte matches the socket it came
+in on, and (boot, seq) is new: the same boot with a sequence number above the highest seen or
+inside the 64-message window and not seen yet; a new boot only with a timestamp within
+``max_skew`` of the receiver's clock and later than the last accepted one (so a replay of an old
+boot's traffic is refused).  Forged, replayed and malformed messages are dropped and counted;
+none of them can start or stop a failover.
+"""
+from __future__ import annotations
+
+import hashlib
+import hmac
+import os
+import secrets
+import struct
+from dataclasses import dataclass, field
+
+MAGIC = b"LBHA"
+VERSION = 1
+HEADER = struct.Struct("!4sBBBBBB2xQQQH2x")
+MAC_LEN = 32
+MAX_DATAGRAM = 1400          # stays below any sane MTU: no IP fragments
+
+# message types
+T_HEARTBEAT, T_STANDDOWN, T_SYNC = 1, 2, 3
+TYPE_NAMES = {T_HEARTBEAT: "heartbeat", T_STANDDOWN: "standdown", T_SYNC: "sync"}
+
+# node roles/states as carried in the header
+S_STARTING, S_BACKUP, S_ACTIVE, S_FAULT, S_LEAVING = 0, 1, 2, 3, 4
+STATE_NAMES = {S_STARTING: "starting", S_BACKUP: "backup", S_ACTIVE: "active", S_FAULT: "fault",
+               S_LEAVING: "leaving"}
+
+F_LINK_OK = 0x1
+
+NODE_PRIMARY, NODE_BACKUP = 0, 1
+CH_PUBLIC, CH_PRIVATE = 0, 1
+CHANNEL_NAMES = {CH_PUBLIC: "public", CH_PRIVATE: "private"}
+
+WINDOW = 64
+
+
+class DecodeError(Exception):
+    """reason in .reason: 'malformed' or 'auth'"""
+
+    def __init__(self, reason: str, detail: str = ""):
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+        self.reason = reason
+
+
+@dataclass
+class Message:
+    type: int
+    state: int
+    node: int
+    channel: int
+    boot: int
+    seq: int
+    ts_ns: int
+    flags: int = 0
+    payload: bytes = b""
+
+
+def read_key(path) -> bytes:
+    """The shared key: the file's bytes, surrounding whitespace removed.  At least 16 bytes; the
+    file must not be readable by group or others."""
+    st = os.stat(path)
+    if st.st_mode & 0o077:
+        raise ValueError(f"HA key file {path} is accessible by group or others (chmod 600 it)")
+    with open(path, "rb") as f:
+        key = f.read().strip()
+    if len(key) < 16:
+        raise ValueError(f"HA key file {path} holds {len(key)} bytes; at least 16 are needed")
+    return key
+
+
+def new_boot_id() -> int:
+    return secrets.randbits(64) or 1
+
+
+def encode(key: bytes, m: Message) -> bytes:
+    if len(m.payload) > 0xFFFF:
+        raise ValueError("payload too large")
+    head = HEADER.pack(MAGIC, VERSION, m.type, m.state, m.flags, m.node, m.channel, m.boot, m.seq,
+                       m.ts_ns, len(m.payload))
+    body = head + m.payload
+    return body + hmac.new(key, body, hashlib.sha256).digest()
+
+
+def decode(key: bytes, data: bytes) -> Message:
+    if len(data) < HEADER.size + MAC_LEN:
+        raise DecodeError("malformed", f"{len(data)} bytes")
+    body, mac = data[:-MAC_LEN], data[-MAC_LEN:]
+    if not hmac.compare_digest(hmac.new(key, body, hashlib.sha256).digest(), mac):
+        raise DecodeError("auth", "bad HMAC")
+    magic, ver, typ, state, flags, node, channel, boot, seq, ts, plen = HEADER.unpack_from(body)
+    if magic != MAGIC or ver != VERSION:
+        raise DecodeError("malformed", "magic/version")
+    if plen != len(body) - HEADER.size:
+        raise DecodeError("malformed", "payload length")
+    if typ not in TYPE_NAMES or state not in STATE_NAMES or node not in (0, 1) or channel not in (0, 1):
+        raise DecodeError("malformed", "field out of range")
+    return Message(typ, state, node, channel, boot, seq, ts, flags, body[HEADER.size:])
+
+
+@dataclass
+class _Stream:
+    boot: int = 0
+    top: int = -1          # highest sequence number accepted
+    bits: int = 0          # bit i set: top - i was accepted
+    ts_ns: int = 0         # timestamp of the last accepted message
+
+
+@dataclass
+class ReplayGuard:
+    """Per (sender node, channel): refuses anything already accepted or older than the window."""
+
+    max_skew_ns: int = 30_000_000_000
+    streams: dict = field(default_factory=dict)
+
+    def check(self, m: Message, now_wall_ns: int) -> str | None:
+        """None if fresh (and records it), else the reason: 'replay' or 'stale'."""
+        key = (m.node, m.channel)
+        st = self.streams.get(key)
+        if st is None or st.boot != m.boot:
+            if abs(now_wall_ns - m.ts_ns) > self.max_skew_ns:
+                return "stale"
+            if st is not None and m.ts_ns <= st.ts_ns:
+                return "replay"          # an older boot's message replayed
+            self.streams[key] = _Stream(m.boot, m.seq, 1, m.ts_ns)
+            return None
+        if m.seq > st.top:
+            shift = m.seq - st.top
+            st.bits = ((st.bits << shift) | 1) & ((1 << WINDOW) - 1) if shift < WINDOW else 1
+            st.top = m.seq
+        else:
+            off = st.top - m.seq
+            if off >= WINDOW or st.bits & (1 << off):
+                return "replay"
+            st.bits |= 1 << off
+        st.ts_ns = max(st.ts_ns, m.ts_ns)
+        return None

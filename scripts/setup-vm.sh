@@ -1,0 +1,80 @@
+#!/usr/bin/env bash
+# Installs what tests/vm/ needs to boot a real IPVS kernel in a VM, idempotently (quick when done):
+#   - Debian packages: qemu-system-x86 (no recommends), busybox-static, udev, kmod, ipvsadm;
+#   - virtme-ng (the project's "vm" extra) in the venv;
+#   - Debian's current distribution kernel (the ABI linux-image-amd64 depends on): its modules
+#     unpacked into /lib/modules/<ver> (+ depmod), its vmlinuz kept under $LB_VM_CACHE.
+# The package is unpacked, not installed: installing it would build initramfs images for a
+# minute and touch the host's boot setup.  See /work/shared/reference/ipvs-vm.md.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+VENV=${VENV:-.venv}
+CACHE=${LB_VM_CACHE:-/var/cache/lb-vm}
+
+log() { printf 'setup-vm: %s\n' "$*"; }
+
+[ "$(id -u)" = 0 ] || { echo "setup-vm: must run as root (apt, /lib/modules)" >&2; exit 1; }
+[ -x "$VENV/bin/python" ] || { echo "setup-vm: no venv at $VENV (run scripts/setup.sh first)" >&2; exit 1; }
+
+export DEBIAN_FRONTEND=noninteractive
+apt_updated=0
+apt_update() { [ $apt_updated = 1 ] || { apt-get update -qq; apt_updated=1; }; }
+
+# 1. Debian packages (udev: without it vng's command output only reaches the serial console).
+PKGS=(qemu-system-x86 busybox-static udev kmod ipvsadm)
+missing=()
+for p in "${PKGS[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  log "installing Debian packages: ${missing[*]}"
+  apt_update
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+# 2. virtme-ng in the venv (pyproject's optional extra "vm").
+if [ ! -x "$VENV/bin/vng" ]; then
+  log "installing virtme-ng into $VENV"
+  "$VENV/bin/pip" install -q -e '.[test,vm]'
+fi
+
+# 3. The kernel: the ABI that the meta package linux-image-amd64 currently depends on (old ABIs
+#    leave the archive, so none is pinned here).
+abi() { apt-cache depends linux-image-amd64 2>/dev/null | sed -n 's/^ *Depends: \(linux-image-[0-9].*\)$/\1/p' | head -n1; }
+pkg=$(abi)
+if [ -z "$pkg" ]; then
+  apt_update
+  pkg=$(abi)
+fi
+[ -n "$pkg" ] || { echo "setup-vm: cannot resolve linux-image-amd64's kernel package" >&2; exit 1; }
+ver=${pkg#linux-image-}
+mkdir -p "$CACHE"
+if [ -s "$CACHE/vmlinuz-$ver" ] && [ -e "/lib/modules/$ver/kernel/net/netfilter/ipvs/ip_vs.ko" ] \
+   && [ -s "/lib/modules/$ver/modules.dep" ]; then
+  :
+else
+  log "fetching kernel $pkg"
+  tmp=$(mktemp -d)
+  trap 'rm -rf "$tmp"' EXIT
+  (cd "$tmp" && apt-get download -qq "$pkg" >/dev/null 2>&1) || { apt_update; (cd "$tmp" && apt-get download -qq "$pkg" >/dev/null); }
+  dpkg-deb -x "$tmp"/"$pkg"_*.deb "$tmp/root"
+  src=""
+  for d in "$tmp/root/lib/modules/$ver" "$tmp/root/usr/lib/modules/$ver"; do
+    [ -d "$d" ] && src=$d && break
+  done
+  [ -n "$src" ] || { echo "setup-vm: $pkg has no lib/modules/$ver" >&2; exit 1; }
+  mkdir -p "/lib/modules/$ver"
+  # keep what is there (linux-headers' build/source links), add the package's modules
+  cp -a "$src"/. "/lib/modules/$ver/"
+  depmod "$ver"
+  # ip_vs.ko may be compressed (.ko.xz) in newer packages: record what the check above needs
+  if [ ! -e "/lib/modules/$ver/kernel/net/netfilter/ipvs/ip_vs.ko" ]; then
+    f=$(ls "/lib/modules/$ver/kernel/net/netfilter/ipvs/"ip_vs.ko* 2>/dev/null | head -n1)
+    [ -n "$f" ] || { echo "setup-vm: $pkg carries no ip_vs module" >&2; exit 1; }
+    ln -sfn "$(basename "$f")" "/lib/modules/$ver/kernel/net/netfilter/ipvs/ip_vs.ko"
+  fi
+  cp "$tmp/root/boot/vmlinuz-$ver" "$CACHE/vmlinuz-$ver.tmp"
+  mv "$CACHE/vmlinuz-$ver.tmp" "$CACHE/vmlinuz-$ver"
+fi
+ln -sfn "vmlinuz-$ver" "$CACHE/vmlinuz"
+log "ready (kernel $ver, $CACHE/vmlinuz)"

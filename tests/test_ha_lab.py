@@ -1,0 +1,254 @@
+"""pulse in the namespace lab: two directors (director = primary, director2 = backup) sharing the
+client segment (br-pub) and the real servers' segment (br0), network NAT.
+
+- the active dies (kill -9 of its lb, then its links go down as if the machine died): the backup
+  serves within deadtime + 0.5 s, the client's neighbour entry for the VIP points at the backup's
+  MAC, and 50 long-lived connections opened through the old active keep their real servers;
+  then the primary returns and does not fight: exactly one active, no flapping.
+- cutting only the public heartbeat channel changes nothing while the private one works.
+- forged and replayed heartbeats are ignored and counted.
+"""
+import datetime
+import json
+import os
+import re
+import signal
+import socket
+import time
+from pathlib import Path
+
+import pytest
+
+from lb.ha import heartbeat as hb
+
+LAB_NETWORK = "nat"
+REPO = Path(__file__).resolve().parents[1]
+VIP = "198.18.0.10"
+KEEPALIVE, DEADTIME = 0.2, 1.0
+SERVERS = {"rs1", "rs2", "rs3"}
+
+CONFIG = """\
+[global]
+instance = "{instance}"
+public_interface = "pub0"
+private_interface = "priv0"
+network = "nat"
+nat_router = "198.18.1.254/24"
+
+[ha]
+primary = "198.18.0.1"
+backup = "198.18.0.3"
+primary_private = "198.18.1.1"
+backup_private = "198.18.1.3"
+key_file = "{key}"
+keepalive = {keepalive}
+deadtime = {deadtime}
+garp_count = 3
+garp_interval = 0.05
+garp_refresh = 1.0
+sync_interval = 0.1
+
+[[virtual_server]]
+name = "web"
+address = "198.18.0.10"
+port = 80
+scheduler = "rr"
+  [virtual_server.monitor]
+  kind = "none"
+  [[virtual_server.real_server]]
+  address = "198.18.1.11"
+  [[virtual_server.real_server]]
+  address = "198.18.1.12"
+  [[virtual_server.real_server]]
+  address = "198.18.1.13"
+"""
+
+KEY = b"lab-shared-secret-0123456789abcdef"
+
+
+@pytest.fixture
+def configs(tmp_path):
+    key = tmp_path / "ha.key"
+    key.write_bytes(KEY)
+    os.chmod(key, 0o600)
+    out = {}
+    for node, inst in (("director", "lab"), ("director2", "lab2")):
+        p = tmp_path / f"{inst}.toml"
+        p.write_text(CONFIG.format(instance=inst, key=key, keepalive=KEEPALIVE, deadtime=DEADTIME))
+        out[node] = p
+    return out
+
+
+def status(instance):
+    try:
+        with open(f"/run/lb/{instance}.status.json") as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return {}
+
+
+def wait_for(pred, timeout, what):
+    deadline = time.monotonic() + timeout
+    for _ in range(int(timeout / 0.05) + 2):
+        v = pred()
+        if v:
+            return v
+        if time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+def request(sock):
+    sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+    buf = b""
+    for _ in range(64):
+        head, sep, rest = buf.partition(b"\r\n\r\n")
+        if sep:
+            m = re.search(rb"(?im)^content-length:\s*(\d+)\r?$", head)
+            if len(rest) >= int(m.group(1)):
+                return rest[: int(m.group(1))].decode().strip()
+        chunk = sock.recv(4096)
+        if not chunk:
+            raise ConnectionError("closed")
+        buf += chunk
+    raise AssertionError(buf)
+
+
+def mac_of(lab, node, dev="pub0"):
+    return json.loads(lab.run(node, ["ip", "-j", "link", "show", "dev", dev]).stdout)[0]["address"]
+
+
+def client_neigh_mac(lab):
+    out = json.loads(lab.run("client", ["ip", "-j", "neigh", "show", VIP]).stdout or "[]")
+    return out[0].get("lladdr") if out else None
+
+
+def start_pair(ha_runner, configs):
+    d1 = ha_runner.start("director", configs["director"])
+    d1.wait_log("role starting -> active", timeout=10)
+    d2 = ha_runner.start("director2", configs["director2"])
+    d2.wait_log("role starting -> backup", timeout=10)
+    return d1, d2
+
+
+def roles():
+    return status("lab").get("role"), status("lab2").get("role")
+
+
+def test_failover_keeps_connections_and_primary_returns(lab, ha_runner, configs):
+    d1, d2 = start_pair(ha_runner, configs)
+    assert lab.http_get("client", VIP)[0] == 200
+    mac1, mac2 = mac_of(lab, "director"), mac_of(lab, "director2")
+    assert client_neigh_mac(lab) == mac1
+
+    socks = []
+    try:
+        for _ in range(50):
+            s = lab.connect("client", VIP, 80, timeout=3.0)
+            socks.append((s, request(s)))
+        assert {rs for _, rs in socks} == SERVERS
+        # the backup has every connection (plus the one of the http_get above)
+        wait_for(lambda: status("lab2").get("ha", {}).get("counters", {}).get("sync_rx_records", 0) >= 50,
+                 5, "50 synced connections on the backup")
+        listing = ha_runner.lab.run("director2", [str(REPO / ".venv/bin/lb"), "list", "-n", "-c", "--instance",
+                                                  "lab2"], check=False).stdout
+        assert listing.count("ESTABLISHED") >= 50, listing
+
+        # the active dies
+        t_kill = time.monotonic()
+        d1.signal(signal.SIGKILL)
+        for dev in ("pub0", "priv0"):
+            lab.run("director", ["ip", "link", "set", "dev", dev, "down"])
+        t_served = None
+        deadline = t_kill + DEADTIME + 5
+        for _ in range(400):
+            try:
+                st, body = lab.http_get("client", VIP, 80, "/", timeout=0.2)
+                if st == 200:
+                    t_served = time.monotonic()
+                    break
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                break
+        assert t_served is not None, d2.log()
+        failover = t_served - t_kill
+        assert failover <= DEADTIME + 0.5, (failover, d2.log())
+        wait_for(lambda: client_neigh_mac(lab) == mac2, 0.5, "the client's neighbour entry to move")
+        wait_for(lambda: status("lab2").get("role") == "active", 3, "director2 active in its status")
+
+        # every long-lived connection keeps its real server through the new active
+        for s, rs in socks:
+            assert request(s) == rs
+    finally:
+        for s, _ in socks:
+            s.close()
+
+    results = REPO / "bench" / "results"
+    results.mkdir(parents=True, exist_ok=True)
+    (results / f"{datetime.date.today().isoformat()}-failover.json").write_text(json.dumps({
+        "what": "failover time: kill -9 of the active director's lb plus its links down, until the "
+                "client's next new HTTP connection to the VIP succeeds through the backup",
+        "how": "tests/test_ha_lab.py: lb lab (nat), keepalive/deadtime from the config, the client "
+               "retries a new connection with a 0.2 s timeout in a loop; monotonic clock",
+        "keepalive_s": KEEPALIVE, "deadtime_s": DEADTIME, "failover_s": round(failover, 3),
+        "target_s": DEADTIME + 0.5, "connections_kept": 50,
+    }, indent=1) + "\n")
+
+    # the primary returns: no fight, exactly one active, no flapping
+    for dev in ("pub0", "priv0"):
+        lab.run("director", ["ip", "link", "set", "dev", dev, "up"])
+    d1b = ha_runner.start("director", configs["director"])
+    d1b.wait_log("role starting -> backup", timeout=10)
+    time.sleep(3 * KEEPALIVE + 1.2)
+    assert roles() == ("backup", "active")
+    changes = status("lab2")["ha"]["role_changes"]
+    time.sleep(2.0)
+    assert roles() == ("backup", "active")
+    assert status("lab2")["ha"]["role_changes"] == changes
+    assert "-> active" not in d1b.log()
+    addrs = lab.run("director", ["ip", "-4", "addr"]).stdout
+    assert VIP not in addrs and "198.18.1.254" not in addrs
+    assert lab.http_get("client", VIP)[0] == 200
+
+
+def test_public_channel_cut_is_no_failover(lab, ha_runner, configs):
+    start_pair(ha_runner, configs)
+    lab.run("director", ["ip", "route", "add", "blackhole", "198.18.0.3/32"])
+    lab.run("director2", ["ip", "route", "add", "blackhole", "198.18.0.1/32"])
+    time.sleep(3 * DEADTIME)
+    s1, s2 = status("lab"), status("lab2")
+    assert (s1["role"], s2["role"]) == ("active", "backup")
+    assert s2["ha"]["role_changes"] == 1 and s1["ha"]["role_changes"] == 1
+    ch = s2["ha"]["channels"]
+    assert ch["public"]["last_heartbeat_s"] > DEADTIME
+    assert ch["private"]["last_heartbeat_s"] < DEADTIME
+    assert lab.http_get("client", VIP)[0] == 200
+
+
+def test_forged_and_replayed_heartbeats_are_counted(lab, ha_runner, configs):
+    start_pair(ha_runner, configs)
+    time.sleep(1.2)
+    before = status("lab2")["ha"]["counters"]
+
+    def send(pkts):
+        def go():
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+                for p in pkts:
+                    s.sendto(p, ("198.18.0.3", 539))
+        lab.in_netns("client", go)
+
+    # forged: the wrong key, claiming the primary stepped down
+    forged = hb.encode(b"not-the-key-at-all-0123456789", hb.Message(hb.T_STANDDOWN, hb.S_ACTIVE, hb.NODE_PRIMARY,
+                                                                    hb.CH_PUBLIC, 7, 1, time.time_ns()))
+    # replayed: an authentic message (as if captured) sent again and again
+    real = hb.encode(KEY, hb.Message(hb.T_HEARTBEAT, hb.S_ACTIVE, hb.NODE_PRIMARY, hb.CH_PUBLIC, 99, 1,
+                                     time.time_ns()))
+    send([forged] * 5 + [real] * 4)
+    wait_for(lambda: status("lab2")["ha"]["counters"]["bad_auth"] >= before["bad_auth"] + 5, 3, "bad_auth")
+    after = status("lab2")["ha"]["counters"]
+    assert after["replay"] >= before["replay"] + 3
+    time.sleep(2 * DEADTIME)
+    assert roles() == ("active", "backup")
+    assert status("lab2")["ha"]["role_changes"] == 1

@@ -1,0 +1,131 @@
+"""Scheduler fidelity cases shared by the VM side (kernel IPVS, the oracle) and the host side
+(the XDP data plane through BPF_PROG_TEST_RUN): the same service, the same real servers added
+in the same order, the same sequence of new connections -> the same real server each time.
+
+A case is a service (scheduler, weights in config order, VIP, port) and a list of flows
+(client address, source port, whether an ACK follows the SYN).  Under direct routing an ACK
+makes the connection ESTABLISHED (active); a SYN alone leaves it SYN_RECV (inactive) -- both
+data planes use IPVS's INPUT-ONLY state table, so lc/wlc see the same counts.
+
+Everything stays in 198.18.0.0/15.  Real servers 198.18.1.21.. do not exist: under direct
+routing the connection entry (which is what is compared) is made before the packet leaves.
+"""
+from __future__ import annotations
+
+import ipaddress
+import random
+import struct
+from dataclasses import dataclass
+
+SCHEDULERS = ("rr", "wrr", "wlc", "lc", "sh", "dh")
+REAL_BASE = 21                       # real servers 198.18.1.21, .22, ...
+DEFAULT_VIP = "198.18.0.30"
+
+
+@dataclass(frozen=True)
+class Flow:
+    client: str
+    sport: int
+    ack: bool = False
+
+
+@dataclass(frozen=True)
+class Case:
+    id: str
+    sched: str
+    weights: tuple[int, ...]
+    vip: str
+    port: int
+    flows: tuple[Flow, ...]
+
+    @property
+    def reals(self) -> list[str]:
+        return [f"198.18.1.{REAL_BASE + i}" for i in range(len(self.weights))]
+
+
+def _client(rng: random.Random) -> str:
+    # 198.18.32.0 - 198.19.255.255: clear of the lab's 198.18.0.0/24 and 198.18.1.0/24
+    return str(ipaddress.IPv4Address(int(ipaddress.IPv4Address("198.18.32.0")) + rng.randrange(2**17 - 2**13 - 1) + 1))
+
+
+def _vip(rng: random.Random) -> str:
+    # 198.18.64.0/18 (dh hashes the destination: one service per VIP)
+    return str(ipaddress.IPv4Address(int(ipaddress.IPv4Address("198.18.64.0")) + rng.randrange(1, 2**14 - 1)))
+
+
+def cases() -> list[Case]:
+    rng = random.Random(20261123)
+    ports = iter(range(1000, 60000))
+    sports = iter(range(10000, 60000))
+    out: list[Case] = []
+
+    def add(cid, sched, weights, n, acks=(), clients=("198.18.0.2",), vip=DEFAULT_VIP):
+        flows = []
+        for i in range(n):
+            ack = acks if isinstance(acks, bool) else (i < len(acks) and acks[i])
+            flows.append(Flow(clients[i % len(clients)], next(sports), bool(ack)))
+        out.append(Case(cid, sched, tuple(weights), vip, next(ports), tuple(flows)))
+
+    # the reference's observed sequences and the XDP suite's fixed cases
+    add("rr-equal", "rr", [1, 1, 1], 9)
+    add("rr-zero", "rr", [2, 0, 1, 3], 10)
+    add("wrr-321", "wrr", [3, 2, 1], 12)
+    add("wlc-2000", "wlc", [2000, 1000, 1000], 12)
+    add("wlc-active", "wlc", [1, 2, 3], 15, acks=[True, False, True, True, False, True, True])
+    add("lc-zero", "lc", [5, 1, 0, 2], 9)
+    add("lc-active", "lc", [1, 1, 1], 12, acks=[True, False, False, True, True])
+    clients = [_client(rng) for _ in range(256)]
+    add("sh-weights", "sh", [3, 1, 0, 2], len(clients), clients=clients)
+    add("sh-sticky", "sh", [3, 1, 0, 2], 20, clients=clients[:5])
+    for i in range(12):
+        add(f"dh-vip{i}", "dh", [1, 2, 0], 3, clients=(clients[i], clients[i + 1]), vip=_vip(rng))
+    # random ones
+    for sched in SCHEDULERS:
+        for i in range(4):
+            n = rng.randint(1, 8)
+            weights = [rng.randint(0, 6) for _ in range(n)]
+            if sched in ("sh", "dh"):
+                cl = [_client(rng) for _ in range(rng.randint(1, 24))]
+                vip = _vip(rng) if sched == "dh" else DEFAULT_VIP
+                add(f"{sched}-random{i}", sched, weights, len(cl) if sched == "sh" else 4, clients=cl, vip=vip)
+            else:
+                acks = [rng.random() < 0.5 for _ in range(3 * n + 5)] if sched in ("wlc", "lc") else ()
+                add(f"{sched}-random{i}", sched, weights, 3 * n + 5, acks=acks)
+    return out
+
+
+# ---- raw TCP segments (the guest sends them with IP_HDRINCL; scapy is slow to import there)
+
+def _csum(data: bytes) -> int:
+    if len(data) % 2:
+        data += b"\0"
+    s = sum(struct.unpack(f"!{len(data) // 2}H", data))
+    while s >> 16:
+        s = (s & 0xFFFF) + (s >> 16)
+    return ~s & 0xFFFF
+
+
+def tcp_packet(src: str, dst: str, sport: int, dport: int, flags: str, seq: int = 0, ack: int = 0) -> bytes:
+    """IPv4 + TCP (no options, no payload), checksums filled: what scapy's
+    IP(src, dst)/TCP(sport, dport, flags, seq, ack) gives."""
+    bits = {"F": 0x01, "S": 0x02, "R": 0x04, "P": 0x08, "A": 0x10}
+    fl = sum(bits[c] for c in flags)
+    s, d = ipaddress.IPv4Address(src).packed, ipaddress.IPv4Address(dst).packed
+    tcp = struct.pack("!HHIIBBHHH", sport, dport, seq, ack, 5 << 4, fl, 8192, 0, 0)
+    c = _csum(s + d + struct.pack("!BBH", 0, 6, len(tcp)) + tcp)
+    tcp = tcp[:16] + struct.pack("!H", c) + tcp[18:]
+    ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(tcp), 1, 0, 64, 6, 0, s, d)
+    ip = ip[:10] + struct.pack("!H", _csum(ip)) + ip[12:]
+    return ip + tcp
+
+
+# ---- the hashes in question (dh/sh), for precise reports
+
+def hash_32(val: int, bits: int = 8) -> int:
+    """include/linux/hash.h hash_32 (lb's choice, and ip_vs_sh's since 2013)."""
+    return ((val * 0x61C88647) & 0xFFFFFFFF) >> (32 - bits)
+
+
+def mult_hash(val: int) -> int:
+    """(val * 2654435761) & 255 (the reference's rule for dh)."""
+    return (val * 2654435761) & 255

@@ -1,0 +1,119 @@
+"""Boot Debian's distribution kernel (which has IPVS) under qemu with virtme-ng and run one
+command inside; the host's root filesystem is shared read-only, so the project's venv works
+in the guest.  scripts/setup-vm.sh installs what this needs.
+
+    python tests/vm/harness.py [--rwdir DIR] -- COMMAND...     # e.g. -- ipvsadm -L -n
+
+Measured facts this follows (/work/shared/reference/ipvs-vm.md): --disable-kvm (KVM aborts
+here), --force-9p (no virtiofsd), the output is piped (never redirected straight into a file:
+qemu opens the same fd several times), the command's exit status comes back.
+"""
+from __future__ import annotations
+
+import os
+import shlex
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+VENV = REPO / ".venv"
+CACHE = Path(os.environ.get("LB_VM_CACHE", "/var/cache/lb-vm"))
+KERNEL = CACHE / "vmlinuz"
+
+
+class VmUnavailable(Exception):
+    """What is missing for a VM run, in words (the reason a test skips)."""
+
+
+def kernel_release() -> str:
+    return os.path.basename(os.path.realpath(KERNEL)).removeprefix("vmlinuz-")
+
+
+def check_prerequisites() -> None:
+    if os.geteuid() != 0:
+        raise VmUnavailable("the IPVS VM needs root")
+    vng = VENV / "bin" / "vng"
+    if not vng.exists():
+        raise VmUnavailable(f"{vng} missing: run scripts/setup-vm.sh (make test does)")
+    if not shutil.which("qemu-system-x86_64"):
+        raise VmUnavailable("qemu-system-x86_64 missing: run scripts/setup-vm.sh (make test does)")
+    if not KERNEL.exists():
+        raise VmUnavailable(f"{KERNEL} missing: run scripts/setup-vm.sh (make test does)")
+    ver = kernel_release()
+    if not any(Path(f"/lib/modules/{ver}/kernel/net/netfilter/ipvs").glob("ip_vs.ko*")):
+        raise VmUnavailable(f"/lib/modules/{ver} has no ip_vs module: run scripts/setup-vm.sh")
+
+
+def vng_argv(command: str, rwdir: str | None = None, memory: str = "2G", cpus: int = 2) -> list[str]:
+    argv = [str(VENV / "bin" / "vng"), "--run", str(KERNEL), "--disable-kvm", "--force-9p",
+            "--memory", memory, "--cpus", str(cpus)]
+    if rwdir:
+        argv.append(f"--rwdir={rwdir}")
+    return argv + ["--exec", command]
+
+
+def run(command: str, rwdir: str | None = None, timeout: float = 900.0, log_path: str | None = None,
+        echo: bool = False, **kw) -> tuple[int, str, float]:
+    """Boot, run `command` (a shell command line) in the guest, power off.
+    Returns (exit status, console output, wall seconds).  The output goes through a pipe and,
+    if log_path is given, is copied there line by line."""
+    check_prerequisites()
+    env = dict(os.environ)
+    env["PATH"] = f"{VENV / 'bin'}:{env.get('PATH', '/usr/sbin:/usr/bin:/sbin:/bin')}"
+    t0 = time.monotonic()
+    proc = subprocess.Popen(vng_argv(command, rwdir, **kw), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, env=env, cwd=str(REPO), start_new_session=True)
+    out: list[str] = []
+    log = open(log_path, "w") if log_path else None
+    try:
+        deadline = t0 + timeout
+        assert proc.stdout is not None
+        for raw in proc.stdout:
+            line = raw.decode(errors="replace")
+            out.append(line)
+            if log:
+                log.write(line)
+                log.flush()
+            if echo:
+                sys.stdout.write(line)
+                sys.stdout.flush()
+            if time.monotonic() > deadline:
+                break
+        try:
+            rc = proc.wait(max(1.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            rc = None
+        if rc is None or time.monotonic() > deadline:
+            os.killpg(proc.pid, 9)
+            proc.wait()
+            out.append(f"\n[harness] the VM did not finish within {timeout:.0f}s: killed\n")
+            rc = 124
+    finally:
+        if log:
+            log.close()
+        if proc.poll() is None:
+            os.killpg(proc.pid, 9)
+            proc.wait()
+    return rc, "".join(out), time.monotonic() - t0
+
+
+def main(argv: list[str]) -> int:
+    rwdir = None
+    if argv[:1] == ["--rwdir"]:
+        rwdir, argv = argv[1], argv[2:]
+    if argv[:1] == ["--"]:
+        argv = argv[1:]
+    try:
+        rc, _out, wall = run(shlex.join(argv) if len(argv) > 1 else argv[0], rwdir=rwdir, echo=True)
+    except VmUnavailable as e:
+        print(f"harness: {e}", file=sys.stderr)
+        return 2
+    print(f"[harness] exit {rc} after {wall:.1f}s", file=sys.stderr)
+    return rc
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
