@@ -58,7 +58,7 @@ def _bars(res: dict) -> tuple[list[str], list[float]]:
     labels, vals = [], []
     for r in res["results"]:
         if name == "http":
-            labels.append(f"{r['scenario'][:28]} ({'ka' if r['mode'] == 'keepalive' else 'close'})")
+            labels.append(f"{r['scenario'][:34]} ({'ka' if r['mode'] == 'keepalive' else 'close'})")
             vals.append(r["ratio_rps"])
         else:
             labels.append(r["scenario"][:48])

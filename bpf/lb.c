@@ -294,7 +294,7 @@ int lb_sched_sh(struct xdp_md *ctx)
     lb_scratch_t *sc = lb_scratch.lookup(&zero);
     if (!svc || !ds || !sc)
         return XDP_PASS;
-    return lb_sched_end(ctx, svc_id, sc, lb_pick_sh(svc_id, svc, ds, pkt.ip4->saddr));
+    return lb_sched_end(ctx, svc_id, sc, lb_pick_sh(svc_id, svc, ds, pkt.ip4->saddr, *pkt.sport_p, sc));
 }
 
 /* ---- persistent services: a live template decides, else the scheduler (and new_conn makes a
@@ -406,6 +406,7 @@ int lb_xdp_new_conn(struct xdp_md *ctx)
         lb_stats_in(svc_id, real_id, pkt.len, 0);
         return lb_forward_to_real(ctx, &pkt, r);
     }
+    lb_overload_bind(real_id, r);
     lb_persist_after_pick(&pkt, svc_id, real_id, from_template, c.last_ns);
     if (r->fwd == LB_FWD_NAT) {
         struct lb_conn_key rk = {};

@@ -24,6 +24,56 @@ static __always_inline void lb_real_conns_add(__u32 real, int active, int inacti
         __sync_fetch_and_add(&c->inactive, inactive);
 }
 
+/* active + inactive (IPVS ip_vs_dest_totalconns), the sweep's share taken off */
+static __always_inline __u32 lb_real_total(__u32 real)
+{
+    struct lb_real_conns *c = lb_real_conns.lookup(&real);
+    struct lb_real_conns *s = lb_real_swept.lookup(&real);
+    if (!c || !s)
+        return 0;
+    return (c->active - s->active) + (c->inactive - s->inactive);
+}
+
+/* Set or clear OVERLOAD: lb_real_overload (what the control plane reads) and the flag in the
+ * scheduler's view, lb_svc_dests[svc].d[pos] (what every pick loop already tests). */
+static __always_inline void lb_overload_set(__u32 real, struct lb_real *r, __u32 *o, __u32 on)
+{
+    *o = on;
+    __u32 svc = r->svc, pos = r->pos;
+    struct lb_svc_dests *ds = lb_svc_dests.lookup(&svc);
+    if (!ds || pos >= LB_MAX_SVC_REALS || ds->d[pos].real != real)
+        return;
+    if (on)
+        ds->d[pos].flags |= LB_REAL_F_OVERLOAD;
+    else
+        ds->d[pos].flags &= ~LB_REAL_F_OVERLOAD;
+}
+
+/* IPVS ip_vs_bind_dest: OVERLOAD once active + inactive >= u_threshold */
+static __always_inline void lb_overload_bind(__u32 real, struct lb_real *r)
+{
+    if (!r->u_threshold || lb_real_total(real) < r->u_threshold)
+        return;
+    __u32 *o = lb_real_overload.lookup(&real);
+    if (o && !*o)
+        lb_overload_set(real, r, o, 1);
+}
+
+/* IPVS ip_vs_unbind_dest: cleared below l_threshold, or (l_threshold 0) below 3/4 of
+ * u_threshold.  Servers without thresholds never get the flag. */
+static __always_inline void lb_overload_unbind(__u32 real)
+{
+    __u32 *o = lb_real_overload.lookup(&real);
+    if (!o || !*o)
+        return;
+    struct lb_real *r = lb_reals.lookup(&real);
+    if (!r)
+        return;
+    __u64 total = lb_real_total(real);
+    if (r->l_threshold ? total < r->l_threshold : total * 4 < (__u64)r->u_threshold * 3)
+        lb_overload_set(real, r, o, 0);
+}
+
 /* Undo a connection's contribution to its real server's counters. */
 static __always_inline void lb_conn_uncount(struct lb_conn *c)
 {
@@ -31,6 +81,7 @@ static __always_inline void lb_conn_uncount(struct lb_conn *c)
         lb_real_conns_add(c->real, 0, -1);
     else
         lb_real_conns_add(c->real, -1, 0);
+    lb_overload_unbind(c->real);
 }
 
 static __always_inline int lb_conn_expired(struct lb_conn *c, __u64 now)

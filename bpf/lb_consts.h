@@ -62,11 +62,8 @@
 #define LB_REAL_F_NO_NEXTHOP 0x2 /* MAC not resolved yet: skipped by every scheduler */
 #define LB_REAL_F_DRAINING 0x4  /* removed from the config, kept (weight 0) until idle: its
                                   * persistence templates are invalid (IPVS: not AVAILABLE) */
-#define LB_REAL_F_THRESH 0x8    /* u_threshold set: the pick loop computes OVERLOAD (lb_sched.h) */
 #define LB_REAL_F_SKIP (LB_REAL_F_OVERLOAD | LB_REAL_F_NO_NEXTHOP)
 
-/* lb_real_conns.flags, written by BPF only */
-#define LB_RC_F_OVERLOAD 0x1     /* IPVS IP_VS_DEST_F_OVERLOAD as computed from the thresholds */
 
 /* lb_globals: one u32 each, written by the control plane */
 #define LB_G_FWM_KEYS 0          /* entries in lb_fwm_ranges: 0 = no firewall-mark service */

@@ -19,6 +19,9 @@ BPF_TABLE_PINNED("array", __u32, struct lb_sched_state, lb_sched_state, LB_MAX_S
 BPF_TABLE_PINNED("array", __u32, struct lb_svc_dests, lb_svc_dests, LB_MAX_SERVICES, LB_PIN(lb_svc_dests));
 BPF_TABLE_PINNED("array", __u32, struct lb_real, lb_reals, LB_MAX_REALS, LB_PIN(lb_reals));
 BPF_TABLE_PINNED("array", __u32, struct lb_real_conns, lb_real_conns, LB_MAX_REALS, LB_PIN(lb_real_conns));
+/* IPVS's OVERLOAD flag of servers with a u_threshold: set when a connection binds, cleared
+ * when one unbinds (BPF, or the control plane's sweep) */
+BPF_TABLE_PINNED("array", __u32, __u32, lb_real_overload, LB_MAX_REALS, LB_PIN(lb_real_overload));
 /* what the control plane's expiry sweep took away from lb_real_conns (it cannot add atomically) */
 BPF_TABLE_PINNED("array", __u32, struct lb_real_conns, lb_real_swept, LB_MAX_REALS, LB_PIN(lb_real_swept));
 BPF_TABLE_PINNED("lru_hash", struct lb_conn_key, struct lb_conn, lb_conns, LB_CONN_TABLE_SIZE, LB_PIN(lb_conns));

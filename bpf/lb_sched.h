@@ -16,41 +16,12 @@ struct lb_sched_buckets {
 BPF_TABLE_PINNED("hash", __u32, struct lb_sched_buckets, lb_sched_buckets, LB_MAX_SERVICES,
                  LB_PIN(lb_sched_buckets), BPF_F_NO_PREALLOC);
 
-/* IPVS's OVERLOAD flag from the connection thresholds.  IPVS sets it when a connection binds
- * (active + inactive >= u_threshold) and clears it when one unbinds (total < l_threshold, or
- * with l_threshold 0, total * 4 < u_threshold * 3).  Here it is evaluated when a scheduler
- * looks at the server: totals grow only through new connections, which a scheduler (or a
- * template) made, so the pick sees the flag IPVS would have; the state lives in
- * lb_real_conns.flags (BPF's own).  Only servers with LB_REAL_F_THRESH pay for it. */
-static __always_inline int lb_real_overloaded(__u32 real_id)
-{
-    struct lb_real *r = lb_reals.lookup(&real_id);
-    struct lb_real_conns *c = lb_real_conns.lookup(&real_id);
-    struct lb_real_conns *s = lb_real_swept.lookup(&real_id);
-    if (!r || !c || !s || !r->u_threshold)
-        return 0;
-    __u32 total = (c->active - s->active) + (c->inactive - s->inactive);
-    if (total >= r->u_threshold) {
-        if (!(c->flags & LB_RC_F_OVERLOAD))
-            c->flags |= LB_RC_F_OVERLOAD;
-        return 1;
-    }
-    if (!(c->flags & LB_RC_F_OVERLOAD))
-        return 0;
-    if (r->l_threshold ? total < r->l_threshold
-                       : (__u64)total * 4 < (__u64)r->u_threshold * 3) {
-        c->flags &= ~LB_RC_F_OVERLOAD;
-        return 0;
-    }
-    return 1;
-}
-
+/* LB_REAL_F_OVERLOAD in d->flags is IPVS's OVERLOAD from the connection thresholds, set and
+ * cleared in place when connections bind and unbind (lb_conntrack.h): the loops pay nothing */
 static __always_inline int lb_dest_usable(struct lb_dest *d)
 {
     if (d->weight == 0 || (d->flags & LB_REAL_F_SKIP))
         return 0;
-    if (d->flags & LB_REAL_F_THRESH)
-        return !lb_real_overloaded(d->real);
     return 1;
 }
 
@@ -296,11 +267,35 @@ static __always_inline __u32 lb_pick_dh(__u32 svc_id, struct lb_svc *svc, struct
     return lb_pick_bucket(svc_id, svc, ds, lb_hash_32(bpf_ntohl(daddr)));
 }
 
-/* sh, as ip_vs_sh_hashkey() with port 0 (no sh-port) and offset 0: hash_32(ntohl(saddr), 8) */
+/* sh, as ip_vs_sh_schedule(): bucket hash_32(ntohs(sport) + ntohl(saddr), 8), the port only
+ * with sh-port.  An unusable server means no destination, unless sh-fallback: then, as
+ * ip_vs_sh_get_fallback(), probe bucket (k + 2 * ihash) & 255 for k = 0..255 (the kernel's
+ * hashkey with offset (k + ihash)) and take the first usable one; an empty bucket stops. */
 static __always_inline __u32 lb_pick_sh(__u32 svc_id, struct lb_svc *svc, struct lb_svc_dests *ds,
-                                        __be32 saddr)
+                                        __be32 saddr, __be16 sport, lb_scratch_t *sc)
 {
-    return lb_pick_bucket(svc_id, svc, ds, lb_hash_32(bpf_ntohl(saddr)));
+    __u32 port = (svc->flags & LB_SVC_F_SCHED_PORT) ? bpf_ntohs(sport) : 0;
+    __u32 ihash = lb_hash_32(bpf_ntohl(saddr) + port);
+    struct lb_sched_buckets *b = lb_sched_buckets.lookup(&svc_id);
+    if (!b)
+        return LB_NONE;
+    __u32 pos = b->pos[ihash & (LB_SCHED_BUCKETS - 1)];
+    if (pos >= svc->nreals || pos >= LB_MAX_SVC_REALS)
+        return LB_NONE;
+    if (lb_dest_usable(&ds->d[pos]))
+        return ds->d[pos].real;
+    if (!(svc->flags & LB_SVC_F_SCHED_FALLBACK))
+        return LB_NONE;
+    sc->start = ihash;
+    for (__u32 k = 0; k < LB_SCHED_BUCKETS; k++) {
+        __u32 p = b->pos[(k + 2 * sc->start) & (LB_SCHED_BUCKETS - 1)];
+        if (p >= LB_MAX_SVC_REALS || p >= svc->nreals)
+            return LB_NONE;           /* an empty bucket (the kernel's !dest) */
+        struct lb_dest *d = &ds->d[p];
+        if (lb_dest_usable(d))
+            return d->real;
+    }
+    return LB_NONE;
 }
 
 #endif

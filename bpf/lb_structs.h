@@ -68,13 +68,14 @@ struct lb_real {                  /* lb_reals value, index = real id (one per se
     __u32 svc;                    /* owning service id */
     __u32 u_threshold;            /* IPVS upper connection threshold (0: none) */
     __u32 l_threshold;            /* lower threshold (0: 3/4 of the upper) */
+    __u32 pos;                    /* its position in lb_svc_dests (where OVERLOAD is set) */
 };
 
 struct lb_real_conns {            /* lb_real_conns value: changed only by BPF, atomically */
     __u32 active;
     __u32 inactive;
     __u32 persist;                /* persistence templates pointing here (PersistConn) */
-    __u32 flags;                  /* LB_RC_F_OVERLOAD */
+    __u32 pad;
 };
 
 struct lb_persist_key {           /* IPVS template: <proto, client & netmask, vip, vport> */

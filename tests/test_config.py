@@ -198,6 +198,18 @@ def bad(id: str, text: str, line: int | None, field: str, fragment: str) -> obje
     return pytest.param(doc(text), line, field, fragment, id=id)
 
 
+FWM = """\
+[[virtual_server]]
+name = "ftp"
+fwmark = 21
+  [[virtual_server.port_group]]
+  address = "198.18.0.10"
+  ports = "21"
+  [[virtual_server.port_group]]
+  address = "198.18.0.10"
+  ports = "30000-30099"
+"""
+
 BAD = [
     bad("syntax-error", """\
         [global]
@@ -560,7 +572,60 @@ BAD = [
         [virtual_server]
         name = "web"
         """, 3, "virtual_server", "expected an array of tables ([[virtual_server]]), got a table"),
+    # firewall-mark services, thresholds, scheduler flags
+    bad("fwmark-with-port", G + FWM.replace("fwmark = 21\n", "fwmark = 21\nport = 21\n"),
+        6, "virtual_server[0].port", "matched by its port_group entries"),
+    bad("fwmark-without-groups", G + """\
+        [[virtual_server]]
+        name = "ftp"
+        fwmark = 1
+        """, 3, "virtual_server[0].port_group", "needs at least one port group"),
+    bad("fwmark-bad-range", G + FWM.replace('"30000-30099"', '"30099-30000"'),
+        11, "virtual_server[0].port_group[1].ports", "expected a port or a range"),
+    bad("fwmark-overlap", G + FWM.replace('"30000-30099"', '"10-21"'),
+        11, "virtual_server[0].port_group[1].ports", "overlap virtual_server[0].port_group[0]"),
+    bad("fwmark-real-port", G + FWM + """\
+          [[virtual_server.real_server]]
+          address = "198.18.1.11"
+          port = 21
+        """, 14, "virtual_server[0].real_server[0].port", "omit port"),
+    bad("port-group-without-fwmark", G + """\
+        [[virtual_server]]
+        name = "web"
+        address = "198.18.0.10"
+        port = 80
+        port_group = [{address = "198.18.0.10", ports = "81"}]
+        """, 7, "virtual_server[0].port_group", "set fwmark"),
+    bad("sched-flag-other-scheduler", G + """\
+        [[virtual_server]]
+        name = "web"
+        address = "198.18.0.10"
+        port = 80
+        scheduler = "wlc"
+        scheduler_flags = ["sh-port"]
+        """, 8, "virtual_server[0].scheduler_flags", "belongs to scheduler 'sh'"),
+    bad("l-threshold-above-u", G + """\
+        [[virtual_server]]
+        name = "web"
+        address = "198.18.0.10"
+        port = 80
+          [[virtual_server.real_server]]
+          address = "198.18.1.11"
+          u_threshold = 10
+          l_threshold = 11
+        """, 10, "virtual_server[0].real_server[0].l_threshold", "must not be above u_threshold"),
 ]
+
+
+def test_fwmark_group_may_not_take_a_service_port() -> None:
+    with pytest.raises(ConfigError) as ei:
+        loads(G + """
+[[virtual_server]]
+name = "web"
+address = "198.18.0.10"
+port = 30050
+""" + FWM.replace('name = "ftp"', 'name = "ftp2"'))
+    assert "port 30050 of tcp 198.18.0.10 is already a virtual server of its own" in str(ei.value)
 
 
 @pytest.mark.parametrize("text, line, field, fragment", BAD)

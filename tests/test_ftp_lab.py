@@ -141,9 +141,13 @@ def test_passive_ftp_through_a_fwmark_service(lab, lb_runner, ftp_servers, tmp_p
     assert len(seen) == 1, seen
     out = lb_list("-n")
     assert "FWM  21 rr persistent 300\n" in out
+    assert lb_list("-f", "21") == out                      # -f selects the firewall-mark service
     fwd = "Masq" if network == "nat" else "Route"
     for addr in sorted(lab.REALS.values()):
         assert f"  -> {addr + ':0':<28} {fwd:<7} 1      " in out
-    assert sum(r.count("\n") for r in [lb_list("-c")]) >= 2 + 4 * 3   # control + 2 data + makepasv's
+    conns = [line for line in lb_list("-c").splitlines()[2:] if line.startswith("TCP")]
+    assert len(conns) >= 4 * 3                  # each session: control + two data connections
+    assert any(f"{VIP}:21 " in c for c in conns) and any(f"{VIP}:300" in c for c in conns)
     persist = lb_list("--persistent-conn")
-    assert [int(line.split()[3]) for line in persist.splitlines() if line.startswith("  ->")].count(1) == 1
+    rows = [line.split() for line in persist.splitlines() if line.startswith("  -> 198.")]
+    assert sorted(int(r[3]) for r in rows) == [0, 0, 1]      # one template, on the chosen server

@@ -21,14 +21,17 @@ def bpf():
 
 @pytest.mark.parametrize("table, part, struct, offsets", [
     ("lb_services", "Key", L.SVC_KEY, {"port": 16, "proto": 18, "family": 19}),
-    ("lb_svc", "Leaf", L.SVC, {"sched": 20, "nreals": 24, "wrr_mw": 32, "wrr_di": 36}),
+    ("lb_svc", "Leaf", L.SVC, {"sched": 20, "nreals": 24, "flags": 28, "wrr_mw": 32, "wrr_di": 36,
+                               "fwmark": 48, "mh_size": 52}),
     ("lb_sched_state", "Leaf", L.SCHED_STATE, {"cw": 4}),
     ("lb_reals", "Leaf", L.REAL, {"port": 16, "family": 18, "fwd": 19, "weight": 20, "flags": 24,
-                                  "ifindex": 28, "mac": 32, "src_mac": 38, "svc": 44}),
+                                  "ifindex": 28, "mac": 32, "src_mac": 38, "svc": 44,
+                                  "u_threshold": 48, "l_threshold": 52, "pos": 56}),
     ("lb_real_conns", "Leaf", L.REAL_CONNS, {"inactive": 4}),
     ("lb_conns", "Key", L.CONN_KEY, {"daddr": 16, "sport": 32, "dport": 34, "proto": 36, "family": 37, "dir": 38}),
     ("lb_conns", "Leaf", L.CONN, {"real": 8, "svc": 12, "timeout": 16, "client_ifindex": 20, "state": 24,
-                                  "flags": 25, "client_mac": 28, "local_mac": 34}),
+                                  "flags": 25, "client_mac": 28, "local_mac": 34, "vaddr": 40, "vport": 56}),
+    ("lb_fwm_ranges", "Leaf", L.PORT_RANGES, {"r": 8}),
     ("lb_svc_stats", "Leaf", L.STATS, {"inpkts": 8, "outbytes": 32}),
 ])
 def test_struct_matches_c(bpf, table, part, struct, offsets):

@@ -35,7 +35,8 @@ def _reals(n):
     return [ipaddress.ip_address(f"198.18.2.{i + 1}") for i in range(n)]
 
 
-def check_against_model(dp, sched, weights, count, acks=(), vip=VIP, clients=("198.18.0.2",)):
+def check_against_model(dp, sched, weights, count, acks=(), vip=VIP, clients=("198.18.0.2",),
+                        thresholds=(), flags=(), sports=None):
     """Program a fresh service (new port) with `weights` in config order, send `count` SYNs,
     and compare each pick with the model's.  When acks[i] (or acks is True) the i-th flow's ACK
     follows its SYN, which makes the connection ESTABLISHED (active) under DR.  The i-th flow
@@ -43,11 +44,14 @@ def check_against_model(dp, sched, weights, count, acks=(), vip=VIP, clients=("1
     port = next(_ports)
     addrs = _reals(len(weights))
     vip = ipaddress.ip_address(vip)
-    spec = ServiceSpec("tcp", vip, port, sched, tuple(RealSpec(a, 80, w, "dr") for a, w in zip(addrs, weights)))
+    th = list(thresholds) + [(0, 0)] * (len(weights) - len(thresholds))
+    spec = ServiceSpec("tcp", vip, port, sched, tuple(RealSpec(a, 80, w, "dr", *t)
+                                                      for a, w, t in zip(addrs, weights, th)),
+                       sched_flags=tuple(flags))
     dp.apply(TableSpec((spec,)))
-    m = model.Service(sched)
-    for a, w in zip(addrs, weights):          # the lvs daemon adds them in config order
-        m.add(str(a), w)
+    m = model.Service(sched, flags)
+    for a, w, t in zip(addrs, weights, th):   # the lvs daemon adds them in config order
+        m.add(str(a), w, u_threshold=t[0], l_threshold=t[1])
     mac_to_addr = {real_mac(a): str(a) for a in addrs}
     got, want = [], []
     for i in range(count):
@@ -57,7 +61,7 @@ def check_against_model(dp, sched, weights, count, acks=(), vip=VIP, clients=("1
         rc, out = run(dp, "lb_xdp_public", base / TCP(sport=sport, dport=port, flags="S"))
         assert rc in (XDP_REDIRECT, XDP_PASS)
         g = mac_to_addr.get(Ether(out).dst) if rc == XDP_REDIRECT else None
-        w = m.schedule(saddr=int(ipaddress.ip_address(client)), daddr=int(vip))
+        w = m.schedule(saddr=int(ipaddress.ip_address(client)), daddr=int(vip), sport=sport)
         got.append(g)
         want.append(w)
         if g != w:
@@ -168,3 +172,100 @@ def test_bucket_table_only_for_dh_sh(dp):
        vip=_addrs, clients=st.lists(_addrs, min_size=1, max_size=12))
 def test_bpf_hash_schedulers_match_model(dp, sched, weights, vip, clients):
     check_against_model(dp, sched, weights, len(clients), vip=vip, clients=clients)
+
+
+# ---- connection thresholds (IPVS OVERLOAD): every scheduler skips an overloaded server
+
+def test_upper_threshold_stops_new_connections(dp):
+    # rs3 (list head) takes 2 then is overloaded; with the others overloaded too, nothing
+    check_against_model(dp, "rr", [1, 1, 1], 8, thresholds=[(2, 0), (2, 1), (2, 0)])
+    check_against_model(dp, "wlc", [1, 1], 6, thresholds=[(0, 0), (3, 0)], acks=True)
+
+
+_thresholds = st.lists(st.tuples(st.integers(0, 4), st.integers(0, 4)).map(
+    lambda t: (t[0], min(t[0], t[1]) if t[0] else 0)), max_size=8)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(sched=st.sampled_from(["rr", "wrr", "wlc", "lc", "sed", "nq", "fo", "ovf", "dh", "sh"]),
+       weights=st.lists(st.integers(min_value=0, max_value=5), min_size=1, max_size=8),
+       thresholds=_thresholds, acks=st.lists(st.booleans(), max_size=30),
+       clients=st.lists(_addrs, min_size=1, max_size=6))
+def test_bpf_matches_model_with_thresholds(dp, sched, weights, thresholds, acks, clients):
+    check_against_model(dp, sched, weights, 3 * len(weights) + 6, acks=acks, clients=clients,
+                        thresholds=thresholds[:len(weights)])
+
+
+def test_thresholds_in_the_listing(dp):
+    from lb import listing
+    from lb.dataplane import reader
+    from lb.dataplane.maps import PinnedMaps
+
+    port = next(_ports)
+    reals = tuple(RealSpec(a, 80, 1, "dr", u, l) for a, (u, l) in zip(_reals(2), [(10, 5), (0, 0)]))
+    dp.apply(TableSpec((ServiceSpec("tcp", VIP, port, "wlc", reals),)))
+    with PinnedMaps(dp.instance) as maps:
+        rows = reader.read_services(maps)
+    text = listing.format_services(rows, mode="thresholds")
+    assert "  -> %-28s %-10d %-10d %-10d %-10d\n" % ("198.18.2.1:80", 10, 5, 0, 0) in text
+    assert "  -> %-28s %-10d %-10d %-10d %-10d\n" % ("198.18.2.2:80", 0, 0, 0, 0) in text
+
+
+def test_overload_clears_when_connections_end(dp):
+    """IPVS unbind: UDP flows (1 s timeout here) fill u_threshold 2; once they expire (the
+    sweep, or the data path meeting them) the server takes connections again."""
+    import time
+
+    from scapy.layers.inet import UDP
+
+    port = next(_ports)
+    [addr] = _reals(1)
+    spec = ServiceSpec("udp", VIP, port, "wlc", (RealSpec(addr, 53, 1, "dr", 2, 0),))
+    dp.apply(TableSpec((spec,), timeouts=(900, 120, 1)))
+
+    def flow(sport):
+        pkt = Ether(src=CLIENT_MAC, dst=PUB_MAC) / IP(src="198.18.0.2", dst=str(VIP)) / UDP(sport=sport, dport=port)
+        return run(dp, "lb_xdp_public", pkt)[0]
+
+    try:
+        assert [flow(1), flow(2), flow(3)] == [XDP_REDIRECT, XDP_REDIRECT, XDP_PASS]   # 2 >= u: overloaded
+        rid = dp.services[L.SvcKey(17, VIP, port)].dests[0][1]
+        assert dp.maps["lb_real_overload"].get(L.U32.pack(rid)) == L.U32.pack(1)
+        time.sleep(2.2)
+        dp.sweep()                                      # both flows expire: 0 * 4 < 2 * 3
+        assert dp.maps["lb_real_overload"].get(L.U32.pack(rid)) == L.U32.pack(0)
+        assert [flow(4), flow(5), flow(6)] == [XDP_REDIRECT, XDP_REDIRECT, XDP_PASS]
+        time.sleep(2.2)
+        assert flow(4) == XDP_REDIRECT                  # the data path expired flow 4 itself: 1 * 4 < 6
+    finally:
+        dp.apply(TableSpec(()))
+
+
+def test_everything_loads_with_512_real_servers_per_service():
+    """The verifier accepts every scheduler loop at the config's largest reals_per_service."""
+    from lb.dataplane.xdp import Sizes
+
+    d = make_dataplane("sched512", Sizes(4, 2048, 512, 2048))
+    try:
+        weights = [(i % 5) for i in range(250)]          # one /24: real_mac() tells them apart
+        for sched in ("rr", "wrr", "wlc", "sh"):
+            check_against_model(d, sched, weights, 6)
+    finally:
+        d.unpin()
+        d.close()
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(flags=st.sampled_from([(), ("sh-port",), ("sh-fallback",), ("sh-fallback", "sh-port")]),
+       weights=st.lists(st.integers(min_value=0, max_value=4), min_size=1, max_size=8),
+       thresholds=_thresholds, clients=st.lists(_addrs, min_size=1, max_size=8))
+def test_sh_flags_match_model(dp, flags, weights, thresholds, clients):
+    check_against_model(dp, "sh", weights, 2 * len(clients) + 2, clients=clients, flags=flags,
+                        thresholds=thresholds[:len(weights)])
+
+
+def test_sh_port_spreads_one_client_and_fallback_skips_quiesced(dp):
+    clients = ["10.9.9.9"]
+    check_against_model(dp, "sh", [1, 1, 1, 1], 24, clients=clients, flags=("sh-port",))
+    check_against_model(dp, "sh", [0, 1, 0, 1], 24, clients=[f"10.0.0.{i}" for i in range(1, 25)],
+                        flags=("sh-fallback",))

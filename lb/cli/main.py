@@ -144,6 +144,23 @@ def cmd_status(args) -> int:
     age = time.time() - doc.get("updated", 0)
     print(f"instance {doc['instance']}  pid {doc['pid']}  role {doc['role']}  config {doc['config']}"
           f"  (status {age:.0f}s old)")
+    ha = doc.get("ha")
+    if ha:  # pulse: peer, channels, sync (lb/ha/pulse.py Pulse.status)
+        peer = ha["peer"]
+        print(f"ha {ha['node']} node, {ha['role']} for {ha['since_s']:.0f}s, {ha['role_changes']} role changes;"
+              f" peer {peer['state']} ({'alive' if peer['alive'] else 'not heard'}"
+              + (f", last heard {peer['last_heard_s']:.1f}s ago)" if peer["last_heard_s"] is not None else ")"))
+        for name, ch in ha["channels"].items():
+            last = ch["last_heartbeat_s"]
+            print(f"  channel {name:<8} {ch['local']} -> {ch['peer']}:{ch['port']}  last heartbeat "
+                  + ("never" if last is None else f"{last:.1f}s ago") + f"  rx {ch['rx']} tx {ch['tx']}")
+        sy, c = ha["sync"], ha["counters"]
+        lag = sy["last_tx_s"] if ha["role"] == "active" else sy["last_rx_s"]
+        print(f"  sync {'on' if sy['enabled'] else 'off'}: last batch "
+              + ("never" if lag is None else f"{lag:.1f}s ago") + f", pending {sy['pending']}, "
+              f"sent {c['sync_tx_records']} received {c['sync_rx_records']} skipped {c['sync_skipped']};"
+              f" ignored: forged {c['bad_auth']} replayed {c['replay']} stale {c['stale']}"
+              f" malformed {c['malformed']}")
     for s in doc["services"]:
         state = "" if s["active"] else "  (inactive)"
         print(f"{s['protocol'].upper():4} {s['address']}:{s['port']} {s['scheduler']}  monitor {s['monitor']}{state}")
@@ -235,7 +252,11 @@ def cmd_list(args) -> int:
             timeouts = reader.read_timeouts(maps)
         if args.service:
             proto, addr = args.service
-            services = [s for s in services if s.protocol == proto and f"{s.address}:{s.port}" == addr]
+            if proto == "FWM":
+                services = [s for s in services if s.fwmark and str(s.fwmark) == addr]
+            else:
+                services = [s for s in services if not s.fwmark and s.protocol == proto
+                            and f"{s.address}:{s.port}" == addr]
             if not services:
                 print("lb: no such service", file=sys.stderr)
                 return 1
@@ -274,6 +295,7 @@ def _add_list_args(p: argparse.ArgumentParser) -> None:
     g = p.add_mutually_exclusive_group()
     g.add_argument("-t", "--tcp-service", dest="service", type=lambda s: ("TCP", s), metavar="VIP:PORT")
     g.add_argument("-u", "--udp-service", dest="service", type=lambda s: ("UDP", s), metavar="VIP:PORT")
+    g.add_argument("-f", "--fwmark-service", dest="service", type=lambda s: ("FWM", s), metavar="MARK")
     p.set_defaults(func=cmd_list)
 
 

@@ -43,6 +43,13 @@ log = logging.getLogger("lb.dataplane.ipvs")
 
 RUN_DIR = "/run/lb"
 
+
+def _proc_net(name: str) -> str:
+    """/proc/thread-self/net/NAME: the calling thread's network namespace (/proc/net follows
+    the process's main thread, which differs in a thread that entered another namespace)."""
+    path = f"/proc/thread-self/net/{name}"
+    return path if os.path.exists("/proc/thread-self") else f"/proc/net/{name}"
+
 # linux/ip_vs.h
 IP_VS_CONN_F_MASQ = 0
 IP_VS_CONN_F_LOCALNODE = 1
@@ -319,7 +326,7 @@ class Kernel:
 def ensure_module() -> None:
     """Load ip_vs if its generic netlink family is missing (a no-op where it is built in or
     loaded); raises IpvsError with the reason when the kernel cannot do IPVS."""
-    if os.path.exists("/proc/net/ip_vs"):
+    if os.path.exists(_proc_net("ip_vs")):
         return
     try:
         p = subprocess.run(["modprobe", "ip_vs"], capture_output=True, text=True, timeout=30)
@@ -327,12 +334,12 @@ def ensure_module() -> None:
         ok = p.returncode == 0
     except (OSError, subprocess.TimeoutExpired) as e:
         ok, detail = False, str(e)
-    if not ok and not os.path.exists("/proc/net/ip_vs"):
+    if not ok and not os.path.exists(_proc_net("ip_vs")):
         raise IpvsError(f"kernel IPVS is not available (modprobe ip_vs: {detail or 'failed'})")
 
 
 def available() -> bool:
-    return os.path.exists("/proc/net/ip_vs")
+    return os.path.exists(_proc_net("ip_vs"))
 
 
 def _spec_of(ks: KService) -> ServiceSpec:
@@ -593,8 +600,9 @@ def _svc_name(key) -> str:
 
 # ---- `lb list` in IPVS mode: the kernel's table, as ipvsadm reads it -------------------------
 
-def read_info(proc: str = "/proc/net/ip_vs") -> tuple[str, int]:
+def read_info(proc: str | None = None) -> tuple[str, int]:
     """(version, connection table size) as ipvsadm prints them in its header."""
+    proc = proc or _proc_net("ip_vs")
     with open(proc) as f:
         first = f.readline()
     m = re.match(r"IP Virtual Server version (\d+\.\d+\.\d+) \(size=(\d+)\)", first)
@@ -637,8 +645,9 @@ def _hex_addr(text: str):
     return ipaddress.IPv6Address(int(text.replace(":", ""), 16))
 
 
-def read_connections(proc: str = "/proc/net/ip_vs_conn") -> list[ConnRow]:
+def read_connections(proc: str | None = None) -> list[ConnRow]:
     """The kernel's connection entries, in the kernel's order (as ipvsadm -Lnc prints them)."""
+    proc = proc or _proc_net("ip_vs_conn")
     out = []
     try:
         with open(proc) as f:

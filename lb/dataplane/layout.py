@@ -17,8 +17,6 @@ FORWARD_NAMES = {FWD_NAT: "Masq", FWD_LOCAL: "Local", FWD_TUNNEL: "Tunnel", FWD_
 REAL_F_OVERLOAD = 0x1
 REAL_F_NO_NEXTHOP = 0x2
 REAL_F_DRAINING = 0x4        # removed from the config, draining: its templates are invalid
-REAL_F_THRESH = 0x8          # u_threshold set: BPF computes OVERLOAD in the pick loop
-RC_F_OVERLOAD = 0x1          # lb_real_conns.flags (BPF)
 SVC_F_SCHED_FALLBACK, SVC_F_SCHED_PORT = 0x1, 0x2   # lb_svc.flags (IP_VS_SVC_F_SCHED1/2)
 # scheduler flag name -> (scheduler, lb_svc.flags bit), as ipvsadm spells them
 SCHED_FLAGS = {"sh-fallback": ("sh", SVC_F_SCHED_FALLBACK), "sh-port": ("sh", SVC_F_SCHED_PORT),
@@ -52,8 +50,8 @@ SVC_KEY = struct.Struct("=16s2sBB")                 # lb_svc_key
 SVC = struct.Struct("=16s2sBB9I")                   # lb_svc
 SCHED_STATE = struct.Struct("=Ii")                  # lb_sched_state
 DEST = struct.Struct("=3I")                         # lb_dest
-REAL = struct.Struct("=16s2sBBIII6s6sIII")          # lb_real
-REAL_CONNS = struct.Struct("=IIII")                 # lb_real_conns: active, inactive, persist, flags
+REAL = struct.Struct("=16s2sBBIII6s6sIIII")         # lb_real
+REAL_CONNS = struct.Struct("=IIII")                 # lb_real_conns: active, inactive, persist, pad
 PERSIST_KEY = struct.Struct("=16s16s2sBBI")          # lb_persist_key
 PERSIST = struct.Struct("=QII")                     # lb_persist
 CONN_KEY = struct.Struct("=16s16s2s2sBBBB")         # lb_conn_key
@@ -148,17 +146,18 @@ class Real:
     family: int = AF_INET  # 0 marks a removed real server: its connections' packets drop
     u_threshold: int = 0
     l_threshold: int = 0
+    pos: int = 0           # position in its service's lb_svc_dests (BPF sets OVERLOAD there)
 
     def pack(self) -> bytes:
         return REAL.pack(pack_addr(self.addr), pack_port(self.port), self.family, self.fwd,
                          self.weight, self.flags, self.ifindex, self.mac, self.src_mac, self.svc,
-                         self.u_threshold, self.l_threshold)
+                         self.u_threshold, self.l_threshold, self.pos)
 
     @classmethod
     def unpack(cls, raw: bytes) -> "Real":
-        a, p, fam, fwd, w, flags, ifindex, mac, src, svc, ut, lt = REAL.unpack(raw)
+        a, p, fam, fwd, w, flags, ifindex, mac, src, svc, ut, lt, pos = REAL.unpack(raw)
         addr = unpack_addr(a, fam if fam else AF_INET)
-        return cls(addr, unpack_port(p), fwd, w, flags, ifindex, mac, src, svc, fam, ut, lt)
+        return cls(addr, unpack_port(p), fwd, w, flags, ifindex, mac, src, svc, fam, ut, lt, pos)
 
 
 def pack_dests(dests: list[tuple[int, int, int]], max_svc_reals: int) -> bytes:
@@ -271,3 +270,13 @@ def sched_flag_bits(flags) -> int:
 def sched_flag_names(sched: str, bits: int) -> tuple[str, ...]:
     """ipvsadm's order: fallback, then port"""
     return tuple(name for name, (s, bit) in SCHED_FLAGS.items() if s == sched and bits & bit)
+
+
+def overload_cleared(total: int, u_threshold: int, l_threshold: int) -> bool:
+    """IPVS ip_vs_unbind_dest's rule: OVERLOAD goes once the total is below l_threshold, or
+    (l_threshold 0) below 3/4 of u_threshold."""
+    if l_threshold:
+        return total < l_threshold
+    if u_threshold:
+        return total * 4 < u_threshold * 3
+    return True

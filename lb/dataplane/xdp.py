@@ -94,6 +94,7 @@ class Sizes:
             "lb_reals": (self.reals, L.REAL.size),
             "lb_real_conns": (self.reals, L.REAL_CONNS.size),
             "lb_real_swept": (self.reals, L.REAL_CONNS.size),
+            "lb_real_overload": (self.reals, 4),
             "lb_conns": (self.connections, L.CONN.size),
             "lb_persist": (self.persist, L.PERSIST.size),
             "lb_svc_stats": (self.services, L.STATS.size),
@@ -326,6 +327,7 @@ class XdpDataplane:
         zero = L.REAL_CONNS.pack(0, 0, 0, 0)
         self._set("lb_real_conns", k, zero)
         self._set("lb_real_swept", k, zero)
+        self._set("lb_real_overload", k, L.U32.pack(0))
         self._set("lb_real_stats", k, L.STATS.pack(0, 0, 0, 0, 0))
         return rid
 
@@ -333,8 +335,8 @@ class XdpDataplane:
         fwd = L.FWD_NAT if spec.forward == "nat" else L.FWD_DR
         real = L.Real(spec.address, spec.port, fwd, spec.weight, svc=svc_id,
                       u_threshold=spec.u_threshold, l_threshold=spec.l_threshold)
-        if spec.u_threshold:
-            real.flags |= L.REAL_F_THRESH
+        if old is not None:
+            real.pos = old.pos
         if draining:
             real.flags |= L.REAL_F_DRAINING
         try:
@@ -507,6 +509,8 @@ class XdpDataplane:
             if real.pack() != old.pack():
                 self.reals[rid] = real
                 self._set("lb_reals", L.U32.pack(rid), real.pack())
+                if (real.u_threshold, real.l_threshold) != (old.u_threshold, old.l_threshold):
+                    self._thresholds_changed(rid, real)
                 if real.weight != old.weight:
                     dest_changed()
                     log.info("real server %s:%d of %s: weight %d -> %d", rkey[0], rkey[1],
@@ -541,8 +545,7 @@ class XdpDataplane:
         if not (new or changed):
             return
         sid = L.U32.pack(st.id)
-        dests = [(rid, self.reals[rid].weight, self.reals[rid].flags) for _, rid in st.dests]
-        self._set("lb_svc_dests", sid, L.pack_dests(dests, self.sizes.svc_reals))
+        self._write_dests(st)
         self._set_buckets(st)
         mw, di = sched_model.wrr_params(self._weights(st))
         fwmark = key.fwmark if isinstance(key, L.FwmKey) else 0
@@ -596,9 +599,24 @@ class XdpDataplane:
                     n += 1
                     log.info("real server %s:%d next hop now %s", rkey[0], rkey[1], real.mac.hex(":"))
             if touched:
-                dests = [(rid, self.reals[rid].weight, self.reals[rid].flags) for _, rid in st.dests]
-                self._set("lb_svc_dests", L.U32.pack(st.id), L.pack_dests(dests, self.sizes.svc_reals))
+                self._write_dests(st)
         return n
+
+    def _write_dests(self, st: _SvcState) -> None:
+        """lb_svc_dests of a service: each real server's weight and flags, plus OVERLOAD as BPF
+        keeps it (lb_real_overload); each real server learns its position, where BPF sets and
+        clears OVERLOAD in place."""
+        dests = []
+        for pos, (_, rid) in enumerate(st.dests):
+            real = self.reals[rid]
+            if real.pos != pos:
+                real.pos = pos
+                self._set("lb_reals", L.U32.pack(rid), real.pack())
+            flags = real.flags
+            if real.u_threshold and self.maps["lb_real_overload"].get(L.U32.pack(rid)) != L.U32.pack(0):
+                flags |= L.REAL_F_OVERLOAD
+            dests.append((rid, real.weight, flags))
+        self._set("lb_svc_dests", L.U32.pack(st.id), L.pack_dests(dests, self.sizes.svc_reals))
 
     # ---- connection sync (lb/ha/sync.py): the active exports, the backup imports ----
     def export_conns(self, now_ns: int | None = None) -> tuple[list, list]:
@@ -730,11 +748,30 @@ class XdpDataplane:
             if now - last > timeout * 1_000_000_000 and templates.delete(k):
                 swept.setdefault(real, [0, 0, 0])[2] += 1
         m = 0xFFFFFFFF
+        rewrite: set[int] = set()
         for rid, (a, i, p) in swept.items():
             key = L.U32.pack(rid)
             sa, si, sp, _ = L.REAL_CONNS.unpack(self.maps["lb_real_swept"].get(key))
             self._set("lb_real_swept", key, L.REAL_CONNS.pack((sa + a) & m, (si + i) & m, (sp + p) & m, 0))
+            # the sweep unbinds connections too (IPVS ip_vs_unbind_dest)
+            real = self.reals.get(rid)
+            if real is not None and (a or i) and self.maps["lb_real_overload"].get(key) != L.U32.pack(0):
+                act, inact, _ = self._real_conns(rid)
+                if L.overload_cleared(act + inact, real.u_threshold, real.l_threshold):
+                    self._set("lb_real_overload", key, L.U32.pack(0))
+                    rewrite.add(real.svc)
+        for st in self.services.values():
+            if st.id in rewrite:
+                self._write_dests(st)
         return n
+
+    def _thresholds_changed(self, rid: int, real: L.Real) -> None:
+        """IPVS __ip_vs_update_dest: OVERLOAD goes when u_threshold is now 0 or above the total."""
+        key = L.U32.pack(rid)
+        act, inact, _ = self._real_conns(rid)
+        if not real.u_threshold or real.u_threshold > act + inact:
+            if self.maps["lb_real_overload"].get(key) != L.U32.pack(0):
+                self._set("lb_real_overload", key, L.U32.pack(0))
 
 
 def _key_of(spec: ServiceSpec):

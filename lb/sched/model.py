@@ -55,6 +55,8 @@ __all__ = [
     "wrr_dest_changed",
     "wrr_init",
     "wrr_params",
+    "bind_overload",
+    "unbind_overload",
 ]
 
 SCHEDULERS = ("rr", "wrr", "wlc", "lc", "sed", "nq", "fo", "ovf", "dh", "sh")
@@ -69,11 +71,39 @@ class Dest:
     overloaded: bool = False
     active: int = 0  # activeconns
     inactive: int = 0  # inactconns
+    u_threshold: int = 0  # upper connection threshold (0: none)
+    l_threshold: int = 0  # lower threshold (0: 3/4 of the upper)
 
     @property
     def usable(self) -> bool:
         """Eligible for new connections under every scheduler: weight > 0 and not overloaded."""
         return self.weight > 0 and not self.overloaded
+
+    @property
+    def total(self) -> int:
+        """ip_vs_dest_totalconns: activeconns + inactconns."""
+        return self.active + self.inactive
+
+
+def bind_overload(d: Dest) -> None:
+    """ip_vs_bind_dest: after a connection is counted, OVERLOAD is set when u_threshold != 0
+    and active + inactive >= u_threshold."""
+    if d.u_threshold and d.total >= d.u_threshold:
+        d.overloaded = True
+
+
+def unbind_overload(d: Dest) -> None:
+    """ip_vs_unbind_dest: after a connection is uncounted, OVERLOAD is cleared when the total
+    is below l_threshold, or (l_threshold 0) when total * 4 < u_threshold * 3; with neither
+    threshold it is cleared at once."""
+    if d.l_threshold:
+        if d.total < d.l_threshold:
+            d.overloaded = False
+    elif d.u_threshold:
+        if d.total * 4 < d.u_threshold * 3:
+            d.overloaded = False
+    else:
+        d.overloaded = False
 
 
 def overhead(d: Dest) -> int:
@@ -432,10 +462,11 @@ class Service:
     ip_vs_trash_get_dest does.
     """
 
-    def __init__(self, scheduler: str):
+    def __init__(self, scheduler: str, flags: Iterable[str] = ()):
         if scheduler not in SCHEDULERS:
             raise ValueError(f"unknown scheduler {scheduler!r}; expected one of {SCHEDULERS}")
         self.scheduler = scheduler
+        self.flags = frozenset(flags)  # "sh-port", "sh-fallback" (ipvsadm --sched-flags)
         self._dests: list[Dest] = []
         self._trash: dict[str, Dest] = {}
         self._cursor: int | None = None  # rr: svc->sched_data
@@ -486,16 +517,18 @@ class Service:
 
     # -- configuration ---------------------------------------------------------
 
-    def add(self, name: str, weight: int, overloaded: bool = False) -> None:
+    def add(self, name: str, weight: int, overloaded: bool = False, u_threshold: int = 0,
+            l_threshold: int = 0) -> None:
         """ip_vs_add_dest: insert at the front, then the add_dest hook."""
         _check_weights([weight])
         if any(d.name == name for d in self._dests):
             raise ValueError(f"destination {name!r} already exists")
         d = self._trash.pop(name, None)
         if d is None:
-            d = Dest(name, weight, overloaded)
+            d = Dest(name, weight, overloaded, u_threshold=u_threshold, l_threshold=l_threshold)
         else:
             d.weight, d.overloaded = weight, overloaded
+            d.u_threshold, d.l_threshold = u_threshold, l_threshold
         self._dests.insert(0, d)
         # rr has no add_dest hook: the cursor keeps its element.
         self._cursor = rr_cursor_after_add(self._cursor)
@@ -516,20 +549,29 @@ class Service:
         self._dests[self.position(name)].weight = weight
         self._mark = wrr_dest_changed(self._mark, self._weights())
 
+    def set_thresholds(self, name: str, u_threshold: int, l_threshold: int = 0) -> None:
+        """ip_vs_edit_dest (__ip_vs_update_dest): new thresholds; OVERLOAD is cleared when the
+        upper one is now 0 or above the current total."""
+        d = self._dests[self.position(name)]
+        d.u_threshold, d.l_threshold = u_threshold, l_threshold
+        if not u_threshold or u_threshold > d.total:
+            d.overloaded = False
+
     def set_overloaded(self, name: str, overloaded: bool = True) -> None:
         """Set or clear the OVERLOAD flag (no scheduler hook runs)."""
         self._dests[self.position(name)].overloaded = overloaded
 
     # -- scheduling and connections ----------------------------------------------
 
-    def pick(self, saddr: int = 0, daddr: int = 0) -> int | None:
+    def pick(self, saddr: int = 0, daddr: int = 0, sport: int = 0) -> int | None:
         """Run the scheduler and update its state, without counting a connection.
-        dh hashes ``daddr``, sh ``saddr`` (IPv4 addresses as host-order ints); sh-port and
-        sh-fallback are not modelled here (use :func:`pick_sh`)."""
+        dh hashes ``daddr``, sh ``saddr`` (IPv4 addresses as host-order ints) and, with the
+        sh-port flag, ``sport``; sh-fallback probes on past an unusable server."""
         if self.scheduler == "dh":
             return pick_dh(self._dests, daddr)
         if self.scheduler == "sh":
-            return pick_sh(self._dests, saddr)
+            return pick_sh(self._dests, saddr, sport if "sh-port" in self.flags else 0,
+                           "sh-fallback" in self.flags)
         if self.scheduler == "rr":
             pos, self._cursor = pick_rr(self._dests, self._cursor)
         elif self.scheduler == "wrr":
@@ -538,14 +580,15 @@ class Service:
             pos = _PICK_STATELESS[self.scheduler](self._dests)
         return pos
 
-    def schedule(self, saddr: int = 0, daddr: int = 0) -> str | None:
+    def schedule(self, saddr: int = 0, daddr: int = 0, sport: int = 0) -> str | None:
         """Schedule a new connection: pick a destination, count the connection
         inactive on it and return its name (None when nothing is usable)."""
-        pos = self.pick(saddr, daddr)
+        pos = self.pick(saddr, daddr, sport)
         if pos is None:
             return None
         d = self._dests[pos]
         d.inactive += 1
+        bind_overload(d)
         return d.name
 
     def establish(self, name: str) -> None:
@@ -575,6 +618,7 @@ class Service:
             if d.inactive <= 0:
                 raise ValueError(f"{name}: no inactive connection to close")
             d.inactive -= 1
+        unbind_overload(d)
         if name in self._trash and not (d.active or d.inactive):
             del self._trash[name]
 

@@ -1,0 +1,186 @@
+"""Helpers and fixtures of the tests inside the IPVS VM (booted by tests/vm/test_ipvs_vm.py):
+lb with kernel IPVS in the namespace lab.  Everything the tests leave for the host goes to
+$LB_VM_RESULTS (the VM's only writable host directory).  Test modules import the fixtures they
+use from here (no conftest.py: `conftest` is tests/conftest.py for the whole suite)."""
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import LAB_INSTANCE, LB_BIN, LbProcess, LbRunner
+from vm.fidelity import Case, cases, tcp_packet
+
+REPO = Path(__file__).resolve().parents[3]
+
+
+@pytest.fixture(scope="session")
+def results_dir() -> Path:
+    d = Path(os.environ.get("LB_VM_RESULTS", "/tmp/lb-vm-results"))
+    d.mkdir(parents=True, exist_ok=True)
+    return d
+
+
+@pytest.fixture(scope="session")
+def ipvs_kernel():
+    """This kernel must do IPVS: a failure here is a failure, not a skip."""
+    p = subprocess.run(["modprobe", "ip_vs"], capture_output=True, text=True)
+    assert p.returncode == 0, f"modprobe ip_vs: {p.stderr}"
+    assert os.path.exists("/proc/net/ip_vs")
+
+
+class LbArgsProcess(LbProcess):
+    """`lb run --config PATH EXTRA...` in the director namespace."""
+
+    def __init__(self, lab, config, log_path, extra=()):
+        self.lab = lab
+        self.config = str(config)
+        self.log_path = Path(log_path)
+        self._log = open(self.log_path, "wb")
+        self.proc = lab.popen("director", [LB_BIN, "run", "--config", self.config, *extra],
+                              stdin=subprocess.DEVNULL, stdout=self._log, stderr=subprocess.STDOUT,
+                              start_new_session=True)
+        self.pid = self.proc.pid
+
+
+def start_lb(runner: LbRunner, config, extra=(), timeout: float = 120.0) -> LbProcess:
+    """Python in the VM is ~10x slower: lb run takes a while to import and start."""
+    p = LbArgsProcess(runner.lab, config, runner.log_dir / f"lb-run-{len(runner.procs)}.log", extra)
+    runner.procs.append(p)
+    p.wait_log(f"lb instance '{LAB_INSTANCE}' running", timeout=timeout)
+    return p
+
+
+def ipvsadm(lab, *args: str) -> str:
+    return lab.run("director", ["ipvsadm", *args], timeout=30).stdout
+
+
+def lb_list_cli(lab, *args: str) -> str:
+    p = lab.run("director", [LB_BIN, "list", *args], timeout=120, check=False)
+    assert p.returncode == 0, p.stderr
+    return p.stdout
+
+
+def lb_list_inproc(lab, *args: str) -> str:
+    """`lb list ARGS` in this process, in the director's namespace (no 10 s interpreter start)."""
+    import contextlib
+    import io
+
+    from lb.cli.main import main
+
+    def run():
+        buf = io.StringIO()
+        with contextlib.redirect_stdout(buf):
+            rc = main(["list", *args])
+        assert rc == 0
+        return buf.getvalue()
+
+    return lab.in_netns("director", run, timeout=60)
+
+
+def same_as_ipvsadm(lab, *args: str, tries: int = 5) -> tuple[str, str]:
+    """lb list ARGS and ipvsadm -L ARGS, read back to back; counters and expiry timers may
+    move between the two reads, so a difference is retried."""
+    for _ in range(tries):
+        mine = lb_list_inproc(lab, *args)
+        theirs = ipvsadm(lab, "-L", *args)
+        if mine == theirs:
+            break
+        time.sleep(0.3)
+    return mine, theirs
+
+
+def dests(listing: str) -> dict[str, int]:
+    """'addr:port' -> weight from an ipvsadm -L -n listing."""
+    return {m.group(1): int(m.group(2)) for m in re.finditer(r"^  -> (\S+)\s+\S+\s+(\d+)", listing, re.M)}
+
+
+def wait_for(cond, timeout: float, what: str, step: float = 0.5):
+    deadline = time.monotonic() + timeout
+    while True:
+        v = cond()
+        if v:
+            return v
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(step)
+
+
+def lab_config(network: str, dataplane: str | None, monitor: str = "", weights=(1, 1, 1)) -> str:
+    """The lab's config (configs/lab-<network>.toml) with a dataplane key and a monitor."""
+    text = (REPO / "configs" / f"lab-{'nat' if network == 'nat' else 'dr'}.toml").read_text()
+    if dataplane:
+        text = text.replace('instance = "lab"\n', f'instance = "lab"\ndataplane = "{dataplane}"\n', 1)
+    for i, w in enumerate(weights, 1):
+        text = re.sub(rf'(name = "rs{i}"\n(?:.*\n)*?\s*weight = )\d+', rf"\g<1>{w}", text, count=1)
+    if monitor:
+        text = text.replace('scheduler = "rr"\n', 'scheduler = "rr"\n\n  [virtual_server.monitor]\n' + monitor, 1)
+    return text
+
+
+# ---- scheduler fidelity: kernel IPVS's pick for each new connection of each case ------------
+
+def _send_flows(case: Case) -> None:
+    """In the client's namespace: each flow's SYN (and ACK), in order, from one CPU so that the
+    director's IPVS sees them in exactly this order."""
+    import socket
+
+    os.sched_setaffinity(0, {0})
+    with socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW) as s:
+        for f in case.flows:
+            s.sendto(tcp_packet(f.client, case.vip, f.sport, case.port, "S"), (case.vip, 0))
+            if f.ack:
+                s.sendto(tcp_packet(f.client, case.vip, f.sport, case.port, "A", seq=1, ack=1), (case.vip, 0))
+
+
+def _kernel_conns() -> dict[tuple, str]:
+    """(client, sport, vip, vport) -> real server address, from this thread's namespace."""
+    from lb.dataplane.ipvs import read_connections
+
+    return {(str(c.client[0]), c.client[1], str(c.virtual[0]), c.virtual[1]): str(c.dest[0])
+            for c in read_connections() if c.protocol == "TCP"}
+
+
+def run_fidelity(lab, results_dir: Path) -> tuple[dict[str, list], float]:
+    """Every case of tests/vm/fidelity.py through the director's kernel IPVS, programmed by lb's
+    IPVS data plane (so real servers are added in config order as lb adds them)."""
+    import ipaddress
+
+    from lb.dataplane import RealSpec, ServiceSpec, TableSpec
+    from lb.dataplane.ipvs import IpvsDataplane
+
+    t0 = time.monotonic()
+    all_cases = cases()
+    vips = sorted({c.vip for c in all_cases})
+    nreal = max(len(c.weights) for c in all_cases)
+    batch = [f"address add {v}/32 dev lo" for v in vips]
+    for i in range(nreal):
+        batch.append(f"neigh replace 198.18.1.{21 + i} lladdr 02:00:00:00:02:{21 + i:02x} dev priv0 nud permanent")
+    lab.run("director", ["ip", "-batch", "-"], input="\n".join(batch) + "\n", timeout=60)
+    run_dir = str(results_dir / "fidelity-run")
+
+    def in_director():
+        ip = ipaddress.ip_address
+        dp = IpvsDataplane("fidelity", run_dir=run_dir)
+        dp.load()
+        picks: dict[str, list] = {}
+        try:
+            for c in all_cases:
+                spec = ServiceSpec("tcp", ip(c.vip), c.port, c.sched,
+                                   tuple(RealSpec(ip(a), 80, w, "dr") for a, w in zip(c.reals, c.weights)))
+                dp.apply(TableSpec((spec,)))
+                lab.in_netns("client", _send_flows, c, timeout=120)
+                time.sleep(0.05)
+                conns = _kernel_conns()
+                picks[c.id] = [conns.get((f.client, f.sport, c.vip, c.port)) for f in c.flows]
+        finally:
+            dp.detach_all()
+            dp.unpin()
+        return picks
+
+    picks = lab.in_netns("director", in_director, timeout=900)
+    return picks, time.monotonic() - t0
