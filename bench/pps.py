@@ -149,11 +149,11 @@ class Pps:
                      TCP(sport=SPORT0, dport=80, flags=flags) / (b"x" * 10))
 
     def attach(self, node: str, ifname: str, fn) -> None:
-        self.lab.in_netns(node, self.BPF.attach_xdp, ifname, fn, XDP_FLAGS_DRV_MODE, timeout=20)
+        self.lab.in_netns(node, self.BPF.attach_xdp, ifname.encode(), fn, XDP_FLAGS_DRV_MODE, timeout=20)
         self.attached.append((node, ifname))
 
     def detach(self, node: str, ifname: str) -> None:
-        self.lab.in_netns(node, self.BPF.remove_xdp, ifname, XDP_FLAGS_DRV_MODE, timeout=20)
+        self.lab.in_netns(node, self.BPF.remove_xdp, ifname.encode(), XDP_FLAGS_DRV_MODE, timeout=20)
         self.attached.remove((node, ifname))
 
     def load_lb(self) -> None:
