@@ -223,8 +223,9 @@ def _list_ipvs(args) -> int:
     else:
         mode = ("stats" if args.stats else "persistent" if args.persistent_conn
                 else "thresholds" if args.thresholds else "default")
+        # ipvsadm prints its version header only when listing the whole table
         sys.stdout.write(listing.format_services(services, mode=mode, exact=args.exact, sort=not args.nosort,
-                                                 size=size, version=version))
+                                                 header=not args.service, size=size, version=version))
     return 0
 
 

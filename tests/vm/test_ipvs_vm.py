@@ -210,3 +210,34 @@ def test_xdp_picks_what_kernel_ipvs_picks(sched, ipvs_picks, xdp):
     assert ncases and nconns
     assert not report, (f"{sched}: XDP differs from kernel IPVS on {len(report)} of {nconns} connections:\n"
                         + "\n".join(report[:40]))
+
+
+def _bucket_pick(case: fidelity.Case, flow: fidelity.Flow, hashfn) -> str | None:
+    """dh/sh by their 256-bucket table with a given hash (no scheduler flags: a bucket whose
+    server has weight 0 gives no destination)."""
+    from lb.sched import model
+
+    weights = list(reversed(case.weights))          # IPVS list order: the config's reverse
+    order = list(reversed(case.reals))
+    table = model.dh_table(len(weights)) if case.sched == "dh" else model.sh_table(weights)
+    key = int(ipaddress.ip_address(case.vip if case.sched == "dh" else flow.client))
+    pos = table[hashfn(key)]
+    return None if pos is None or weights[pos] <= 0 else order[pos]
+
+
+@pytest.mark.parametrize("sched", ["dh", "sh"])
+def test_kernel_ipvs_hash_is_hash_32(sched, ipvs_picks):
+    """Which hash the kernel's dh/sh use, settled on Debian's kernel: hash_32 (as lb's model and
+    BPF do), not the reference's (daddr * 2654435761) & 255 -- which would pick another real
+    server (or none) for many of the dh cases' VIPs."""
+    by_h32 = by_mult = total = 0
+    for case in fidelity.cases():
+        if case.sched != sched:
+            continue
+        for flow, want in zip(case.flows, ipvs_picks[case.id]):
+            total += 1
+            by_h32 += _bucket_pick(case, flow, fidelity.hash_32) == want
+            by_mult += _bucket_pick(case, flow, fidelity.mult_hash) == want
+    assert by_h32 == total, f"{sched}: hash_32 explains {by_h32} of {total} kernel picks"
+    if sched == "dh":
+        assert by_mult < total, "the cases do not tell hash_32 from the multiplicative hash"

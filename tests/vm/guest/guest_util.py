@@ -82,15 +82,17 @@ def lb_list_inproc(lab, *args: str) -> str:
     return lab.in_netns("director", run, timeout=60)
 
 
-def same_as_ipvsadm(lab, *args: str, tries: int = 5) -> tuple[str, str]:
-    """lb list ARGS and ipvsadm -L ARGS, read back to back; counters and expiry timers may
-    move between the two reads, so a difference is retried."""
+def same_as_ipvsadm(lab, *args: str, tries: int = 8) -> tuple[str, str]:
+    """lb list ARGS between two ipvsadm -L ARGS: equal to either is equal (counters and the
+    connections' expiry timers move while the VM's slow processes run); else retried."""
     for _ in range(tries):
+        before = ipvsadm(lab, "-L", *args)
         mine = lb_list_inproc(lab, *args)
         theirs = ipvsadm(lab, "-L", *args)
+        if mine == before:
+            return mine, before
         if mine == theirs:
             break
-        time.sleep(0.3)
     return mine, theirs
 
 
@@ -124,17 +126,33 @@ def lab_config(network: str, dataplane: str | None, monitor: str = "", weights=(
 
 # ---- scheduler fidelity: kernel IPVS's pick for each new connection of each case ------------
 
-def _send_flows(case: Case) -> None:
+def _send_flows(case: Case, conn_table) -> None:
     """In the client's namespace: each flow's SYN (and ACK), in order, from one CPU so that the
-    director's IPVS sees them in exactly this order."""
+    director's IPVS sees them in exactly this order.  After an ACK, wait until the director's
+    IPVS has the connection ESTABLISHED (conn_table: its /proc ip_vs_conn, opened there): GRO
+    on the director's veth may hold a pure ACK back until the end of a NAPI poll, after SYNs of
+    later flows -- which would change what lc/wlc see."""
+    import ipaddress
     import socket
 
     os.sched_setaffinity(0, {0})
+    vip = int(ipaddress.IPv4Address(case.vip))
     with socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW) as s:
         for f in case.flows:
             s.sendto(tcp_packet(f.client, case.vip, f.sport, case.port, "S"), (case.vip, 0))
-            if f.ack:
-                s.sendto(tcp_packet(f.client, case.vip, f.sport, case.port, "A", seq=1, ack=1), (case.vip, 0))
+            if not f.ack:
+                continue
+            s.sendto(tcp_packet(f.client, case.vip, f.sport, case.port, "A", seq=1, ack=1), (case.vip, 0))
+            needle = f"{int(ipaddress.IPv4Address(f.client)):08X} {f.sport:04X} {vip:08X} {case.port:04X}"
+            deadline = time.monotonic() + 5
+            while True:
+                conn_table.seek(0)
+                line = next((ln for ln in conn_table.read().splitlines() if needle in ln), "")
+                if not line or "ESTABLISHED" in line:
+                    break                     # no line: no real server took it (nothing to wait for)
+                if time.monotonic() > deadline:
+                    raise AssertionError(f"IPVS did not see the ACK of {f}: {line}")
+                time.sleep(0.002)
 
 
 def _kernel_conns() -> dict[tuple, str]:
@@ -173,7 +191,8 @@ def run_fidelity(lab, results_dir: Path) -> tuple[dict[str, list], float]:
                 spec = ServiceSpec("tcp", ip(c.vip), c.port, c.sched,
                                    tuple(RealSpec(ip(a), 80, w, "dr") for a, w in zip(c.reals, c.weights)))
                 dp.apply(TableSpec((spec,)))
-                lab.in_netns("client", _send_flows, c, timeout=120)
+                with open("/proc/thread-self/net/ip_vs_conn") as table:
+                    lab.in_netns("client", _send_flows, c, table, timeout=120)
                 time.sleep(0.05)
                 conns = _kernel_conns()
                 picks[c.id] = [conns.get((f.client, f.sport, c.vip, c.port)) for f in c.flows]

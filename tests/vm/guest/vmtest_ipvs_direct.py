@@ -42,7 +42,6 @@ def test_started_on_kernel_ipvs(lab, lb_dr):
 def test_lb_list_cli_equals_ipvsadm(lab, lb_dr):
     """The command itself, in its own process (no traffic yet: nothing moves between reads)."""
     assert lb_list_cli(lab, "-n") == ipvsadm(lab, "-L", "-n")
-    assert lb_list_cli(lab, "--timeout") == ipvsadm(lab, "-L", "--timeout")
 
 
 def test_failed_check_removes_server_and_reentry_restores_it(lab, lb_dr):
@@ -86,11 +85,11 @@ def test_listings_equal_ipvsadm_after_traffic(lab, lb_dr):
 def test_reload_changes_only_what_changed(lab, lb_dr):
     before = ipvsadm(lab, "-L", "-n", "--stats", "--exact")
     n = lb_dr.log().count("reloaded ")
+    start = len(lb_dr.log())
     lb_dr.cfg_path.write_text(lab_config("direct", "ipvs", MONITOR, weights=(1, 3, 1)))
     lb_dr.signal(signal.SIGHUP)
     lb_dr.wait_log("reloaded ", count=n + 1, timeout=60)
-    log = lb_dr.log()
-    tail = log[log.rfind("applied ", 0, log.rfind("reloaded ")):]
+    tail = lb_dr.log()[start:]
     assert "applied 1 services: 1 netlink changes" in tail, tail
     assert "198.18.1.12:80" in tail and "weight 1 -> 3" in tail
     assert dests(ipvsadm(lab, "-L", "-n")) == {"198.18.1.11:80": 1, "198.18.1.12:80": 3, "198.18.1.13:80": 1}
@@ -113,4 +112,5 @@ def test_scheduler_fidelity_picks(lab, results_dir, ipvs_kernel):
     assert picks["rr-equal"] == [r[2], r[1], r[0]] * 3
     assert picks["wrr-321"] == [r[2], r[1], r[0], r[0], r[1], r[0]] * 2
     assert picks["wlc-2000"] == [r[2], r[1], r[0], r[0]] * 3
-    assert all(p is not None for p in picks["sh-sticky"])
+    sticky = picks["sh-sticky"]          # 20 connections from 5 clients: each client sticks
+    assert sticky == sticky[:5] * 4
