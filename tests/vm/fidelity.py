@@ -18,6 +18,11 @@ import struct
 from dataclasses import dataclass
 
 SCHEDULERS = ("rr", "wrr", "wlc", "lc", "sh", "dh")
+# Kernel IPVS (6.1, tcp_state_active()) counts SYN_SENT, SYN_RECV, ESTABLISHED and SYNACK
+# connections in ActiveConn; lb's XDP data plane counts only ESTABLISHED ones.  Cases where the
+# difference changes a pick: lc/wlc with some connections ACKed and some not, and sed/nq (which
+# look at active connections only) whenever connections are still half-open.
+STATE_SCHEDULERS = ("sed", "nq")
 REAL_BASE = 21                       # real servers 198.18.1.21, .22, ...
 DEFAULT_VIP = "198.18.0.30"
 
@@ -79,6 +84,9 @@ def cases() -> list[Case]:
     add("sh-sticky", "sh", [3, 1, 0, 2], 20, clients=clients[:5])
     for i in range(12):
         add(f"dh-vip{i}", "dh", [1, 2, 0], 3, clients=(clients[i], clients[i + 1]), vip=_vip(rng))
+    add("sed-syn", "sed", [1, 1], 5)
+    add("sed-syn-weights", "sed", [1, 2, 4], 8)
+    add("nq-syn", "nq", [10, 1, 1], 6)
     # random ones
     for sched in SCHEDULERS:
         for i in range(4):
@@ -129,3 +137,11 @@ def hash_32(val: int, bits: int = 8) -> int:
 def mult_hash(val: int) -> int:
     """(val * 2654435761) & 255 (the reference's rule for dh)."""
     return (val * 2654435761) & 255
+
+
+def state_sensitive(case: Case) -> bool:
+    """True when the pick depends on whether a half-open (SYN_RECV) connection counts as
+    active: see STATE_SCHEDULERS."""
+    if case.sched in STATE_SCHEDULERS:
+        return True
+    return case.sched in ("lc", "wlc") and any(f.ack for f in case.flows) and not all(f.ack for f in case.flows)

@@ -49,7 +49,10 @@ class LbArgsProcess(LbProcess):
 
 def start_lb(runner: LbRunner, config, extra=(), timeout: float = 120.0) -> LbProcess:
     """Python in the VM is ~10x slower: lb run takes a while to import and start."""
-    p = LbArgsProcess(runner.lab, config, runner.log_dir / f"lb-run-{len(runner.procs)}.log", extra)
+    # the log goes where the host can read it after the VM is gone
+    log_dir = Path(os.environ.get("LB_VM_RESULTS") or runner.log_dir)
+    log_path = log_dir / f"lb-run-{Path(str(config)).stem}-{len(runner.procs)}.log"
+    p = LbArgsProcess(runner.lab, config, log_path, extra)
     runner.procs.append(p)
     p.wait_log(f"lb instance '{LAB_INSTANCE}' running", timeout=timeout)
     return p
