@@ -153,6 +153,7 @@ class XdpDataplane:
         self.next_real_id = 0
         self.draining: set[tuple] = set()   # (service key, (addr, port)) removed but still active
         self.last_table: TableSpec | None = None
+        self._nh_cache: dict = {}
         self.ranges: dict[bytes, bytes] = {}    # lb_fwm_ranges as written
         self.adopted = False
         self.created = False     # this instance made the pin directory (a failed start removes it)
@@ -331,7 +332,23 @@ class XdpDataplane:
         self._set("lb_real_stats", k, L.STATS.pack(0, 0, 0, 0, 0))
         return rid
 
-    def _nexthop_real(self, spec: RealSpec, svc_id: int, old: L.Real | None, draining: bool = False) -> L.Real:
+    def _resolve(self, addr, onlink: bool):
+        """Next hop of addr, once per address per apply/refresh (services share servers)."""
+        key = (addr, onlink)
+        if key not in self._nh_cache:
+            try:
+                self._nh_cache[key] = self.resolver(addr, need_onlink=onlink)
+            except NextHopError as e:
+                self._nh_cache[key] = e
+        hit = self._nh_cache[key]
+        if isinstance(hit, NextHopError):
+            raise hit
+        return hit
+
+    def _nexthop_real(self, spec: RealSpec, svc_id: int, old: L.Real | None, draining: bool = False,
+                      resolve: bool = True) -> L.Real:
+        """The lb_reals entry for spec.  resolve=False keeps old's next hop (applies that only
+        change weights do no netlink work; refresh_nexthops re-resolves on its own schedule)."""
         fwd = L.FWD_NAT if spec.forward == "nat" else L.FWD_DR
         real = L.Real(spec.address, spec.port, fwd, spec.weight, svc=svc_id,
                       u_threshold=spec.u_threshold, l_threshold=spec.l_threshold)
@@ -339,8 +356,12 @@ class XdpDataplane:
             real.pos = old.pos
         if draining:
             real.flags |= L.REAL_F_DRAINING
+        if not resolve and old is not None and old.family and old.fwd == fwd:
+            real.ifindex, real.mac, real.src_mac = old.ifindex, old.mac, old.src_mac
+            real.flags |= old.flags & L.REAL_F_NO_NEXTHOP
+            return real
         try:
-            nh = self.resolver(spec.address, need_onlink=(fwd == L.FWD_DR))
+            nh = self._resolve(spec.address, fwd == L.FWD_DR)
             real.ifindex, real.mac, real.src_mac = nh.ifindex, nh.mac, nh.src_mac
         except NextHopError as e:
             if old is not None and old.family and not old.flags & L.REAL_F_NO_NEXTHOP:
@@ -354,6 +375,7 @@ class XdpDataplane:
         """Make the maps forward `table`; returns the number of map writes it took."""
         before = self.writes
         self.last_table = table
+        self._nh_cache = {}
         want = {_key_of(s): s for s in table.services}
         # a removed firewall-mark service stops matching before its slot is freed
         self._sync_ranges({k: s for k, s in want.items() if k in self.services})
@@ -505,7 +527,7 @@ class XdpDataplane:
         for pos, (rkey, rid) in enumerate(st.dests):
             spec_r = wanted[rkey]
             old = self.reals[rid]
-            real = self._nexthop_real(spec_r, st.id, old, (key, rkey) in self.draining)
+            real = self._nexthop_real(spec_r, st.id, old, (key, rkey) in self.draining, resolve=False)
             if real.pack() != old.pack():
                 self.reals[rid] = real
                 self._set("lb_reals", L.U32.pack(rid), real.pack())
@@ -585,6 +607,7 @@ class XdpDataplane:
     def refresh_nexthops(self) -> int:
         """Re-resolve real servers whose MAC is unknown (or changed); returns updates made."""
         n = 0
+        self._nh_cache = {}
         for st in self.services.values():
             touched = False
             for rkey, rid in st.dests:
