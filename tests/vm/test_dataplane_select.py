@@ -1,0 +1,106 @@
+"""Choosing the data plane (no VM, no traffic): [global] dataplane, `lb run --dataplane`, and
+auto's fallback from XDP to kernel IPVS with a log line, leaving nothing of XDP behind."""
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+import sys
+
+import pytest
+
+from lb import config as lbconfig
+from lb import engine
+from lb.dataplane import ipvs
+from lb.dataplane.xdp import DataplaneError, XdpDataplane
+
+BASE = '[global]\ninstance = "sel{pid}"\npublic_interface = "lo"\n{extra}'
+
+
+def cfg(extra: str = ""):
+    return lbconfig.loads(BASE.format(pid=os.getpid(), extra=extra))
+
+
+def test_config_key_and_default():
+    assert cfg().dataplane == "xdp"
+    assert cfg('dataplane = "ipvs"\n').dataplane == "ipvs"
+    assert cfg('dataplane = "auto"\n').dataplane == "auto"
+    with pytest.raises(lbconfig.ConfigError, match="unknown dataplane 'kernel'"):
+        cfg('dataplane = "kernel"\n')
+
+
+def test_engine_picks_the_configured_or_overridden_data_plane():
+    assert isinstance(engine.Engine(cfg()).dp, XdpDataplane)
+    assert isinstance(engine.Engine(cfg('dataplane = "ipvs"\n')).dp, ipvs.IpvsDataplane)
+    assert isinstance(engine.Engine(cfg('dataplane = "ipvs"\n'), dataplane="xdp").dp, XdpDataplane)
+    assert isinstance(engine.Engine(cfg(), dataplane="ipvs").dp, ipvs.IpvsDataplane)
+
+
+class FakeIpvs:
+    kind = "ipvs"
+
+    def __init__(self, instance, *a, **kw):
+        self.instance, self.calls, self.services = instance, [], {}
+        self.draining, self.adopted, self.created = set(), False, True
+
+    def load(self):
+        self.calls.append("load")
+
+    def apply(self, table):
+        self.calls.append("apply")
+        self.services = {s.key: s for s in table.services}
+
+    def attach(self, ifname, side="public", mode="native"):
+        self.calls.append(f"attach {ifname} {side}")
+
+
+@pytest.mark.parametrize("fail_at", ["load", "attach"])
+def test_auto_falls_back_to_ipvs_with_a_log_line(monkeypatch, caplog, tmp_path, fail_at):
+    undone = []
+    monkeypatch.setattr(engine, "IpvsDataplane", FakeIpvs)
+    monkeypatch.setattr(engine, "RUN_DIR", str(tmp_path))
+    monkeypatch.setattr(engine.addresses, "take", lambda addrs: None)
+    monkeypatch.setattr(engine.addresses, "wanted_addresses", lambda c: [])
+
+    def broken(*a, **kw):
+        raise DataplaneError("cannot attach XDP to lo: no driver support")
+
+    monkeypatch.setattr(XdpDataplane, "load", broken if fail_at == "load" else (lambda self: None))
+    monkeypatch.setattr(XdpDataplane, "apply", lambda self, t: 0)
+    monkeypatch.setattr(XdpDataplane, "attach", broken)
+    monkeypatch.setattr(XdpDataplane, "detach_all", lambda self: undone.append("detach"))
+    monkeypatch.setattr(XdpDataplane, "unpin", lambda self: undone.append("unpin"))
+    monkeypatch.setattr(XdpDataplane, "close", lambda self: undone.append("close"))
+    e = engine.Engine(cfg('dataplane = "auto"\n'))
+    e.dp.created = True
+    with caplog.at_level(logging.INFO, logger="lb.engine"):
+        e.start()
+    assert isinstance(e.dp, FakeIpvs)
+    assert e.dp.calls == ["load", "apply", "attach lo public"]
+    assert "XDP data plane unavailable, falling back to kernel IPVS: cannot attach XDP to lo" in caplog.text
+    assert "data plane: ipvs" in caplog.text
+    assert undone == ["detach", "unpin", "close"]      # nothing of XDP is left behind
+
+
+def test_xdp_and_ipvs_do_not_fall_back(monkeypatch):
+    def broken(*a, **kw):
+        raise DataplaneError("boom")
+
+    monkeypatch.setattr(XdpDataplane, "load", broken)
+    with pytest.raises(DataplaneError, match="boom"):
+        engine.Engine(cfg()).start()
+
+
+@pytest.mark.skipif(ipvs.available(), reason="this kernel has IPVS loaded")
+def test_lb_run_dataplane_ipvs_without_kernel_ipvs_says_why(tmp_path):
+    """Here (no IPVS, no modules) `lb run --dataplane ipvs` refuses to start, naming the cause."""
+    if os.geteuid() != 0:
+        pytest.skip("lb run needs root")
+    path = tmp_path / "lb.toml"
+    path.write_text(BASE.format(pid=os.getpid(), extra=""))
+    lb = os.path.join(os.path.dirname(sys.executable), "lb")
+    p = subprocess.run([lb, "run", "--config", str(path), "--dataplane", "ipvs"], capture_output=True,
+                       text=True, timeout=120)
+    assert p.returncode == 2, p.stderr
+    assert "kernel IPVS is not available" in p.stderr
+    assert not os.path.exists(f"/run/lb/sel{os.getpid()}.ipvs.json")
