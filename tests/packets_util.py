@@ -29,7 +29,12 @@ def fake_resolver(addr, need_onlink=False):
 
 def make_dataplane(name: str, sizes: Sizes | None = None) -> XdpDataplane:
     dp = XdpDataplane(f"{name}{os.getpid()}", sizes or Sizes(16, 4096, 16, 4096), resolver=fake_resolver)
-    dp.load()
+    try:
+        dp.load()
+    except BaseException:
+        dp.unpin()            # bcc pins the maps before the verifier has its say
+        dp.close()
+        raise
     return dp
 
 

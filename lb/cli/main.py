@@ -194,23 +194,20 @@ def _list_dataplane(args) -> str:
     return "xdp" if instances() or not ipvs.available() else "ipvs"
 
 
-def _list_ipvs(args) -> int:
-    """`lb list` of the kernel's IPVS table: the same output as ipvsadm -L -n."""
-    from lb import listing
-    from lb.dataplane import ipvs
+def _select_service(services, selector):
+    """-t/-u VIP:PORT or -f MARK, as ipvsadm selects one service."""
+    proto, addr = selector
+    if proto == "FWM":
+        return [s for s in services if s.fwmark and str(s.fwmark) == addr]
+    return [s for s in services if not s.fwmark and s.protocol == proto and f"{s.address}:{s.port}" == addr]
 
-    try:
-        ipvs.ensure_module()
-        version, size = ipvs.read_info()
-        services = ipvs.read_services()
-        conns = ipvs.read_connections() if args.connection else []
-        timeouts = ipvs.read_timeouts() if args.timeout else (900, 120, 300)
-    except ipvs.IpvsError as e:
-        print(f"lb: {e}", file=sys.stderr)
-        return 1
+
+def _print_listing(args, services, conns, timeouts, **header) -> int:
+    """The output of `lb list`, whichever table it was read from."""
+    from lb import listing
+
     if args.service:
-        proto, addr = args.service
-        services = [s for s in services if s.protocol == proto and f"{s.address}:{s.port}" == addr]
+        services = _select_service(services, args.service)
         if not services:
             print("lb: no such service", file=sys.stderr)
             return 1
@@ -225,12 +222,27 @@ def _list_ipvs(args) -> int:
                 else "thresholds" if args.thresholds else "default")
         # ipvsadm prints its version header only when listing the whole table
         sys.stdout.write(listing.format_services(services, mode=mode, exact=args.exact, sort=not args.nosort,
-                                                 header=not args.service, size=size, version=version))
+                                                 header=not args.service, **header))
     return 0
 
 
+def _list_ipvs(args) -> int:
+    """`lb list` of the kernel's IPVS table: the same output as ipvsadm -L -n."""
+    from lb.dataplane import ipvs
+
+    try:
+        ipvs.ensure_module()
+        version, size = ipvs.read_info()
+        services = ipvs.read_services()
+        conns = ipvs.read_connections() if args.connection else []
+        timeouts = ipvs.read_timeouts() if args.timeout else (900, 120, 300)
+    except ipvs.IpvsError as e:
+        print(f"lb: {e}", file=sys.stderr)
+        return 1
+    return _print_listing(args, services, conns, timeouts, size=size, version=version)
+
+
 def cmd_list(args) -> int:
-    from lb import listing
     from lb.dataplane import reader
     from lb.dataplane.maps import PinnedMaps
 
@@ -238,44 +250,17 @@ def cmd_list(args) -> int:
         return _list_ipvs(args)
     inst = _instance(args)
     if inst is None:
-        services, conns, timeouts = [], [], (900, 120, 300)
-        maps = None
-    else:
-        try:
-            maps = PinnedMaps(inst)
-        except FileNotFoundError as e:
-            print(f"lb: {e}", file=sys.stderr)
-            return 1
+        return _print_listing(args, [], [], (900, 120, 300))
     try:
-        if maps is not None:
-            services = reader.read_services(maps)
-            conns = reader.read_connections(maps) if args.connection else []
-            timeouts = reader.read_timeouts(maps)
-        if args.service:
-            proto, addr = args.service
-            if proto == "FWM":
-                services = [s for s in services if s.fwmark and str(s.fwmark) == addr]
-            else:
-                services = [s for s in services if not s.fwmark and s.protocol == proto
-                            and f"{s.address}:{s.port}" == addr]
-            if not services:
-                print("lb: no such service", file=sys.stderr)
-                return 1
-        if args.json:
-            print(json.dumps(listing.to_json(services, conns if args.connection else None, sort=not args.nosort), indent=2))
-        elif args.timeout:
-            sys.stdout.write(listing.format_timeout(*timeouts))
-        elif args.connection:
-            sys.stdout.write(listing.format_connections(conns))
-        else:
-            mode = ("stats" if args.stats else "persistent" if args.persistent_conn
-                    else "thresholds" if args.thresholds else "default")
-            sys.stdout.write(listing.format_services(services, mode=mode, exact=args.exact,
-                                                     sort=not args.nosort))
-    finally:
-        if maps is not None:
-            maps.close()
-    return 0
+        maps = PinnedMaps(inst)
+    except FileNotFoundError as e:
+        print(f"lb: {e}", file=sys.stderr)
+        return 1
+    with maps:
+        services = reader.read_services(maps)
+        conns = reader.read_connections(maps) if args.connection else []
+        timeouts = reader.read_timeouts(maps)
+    return _print_listing(args, services, conns, timeouts)
 
 
 def _add_list_args(p: argparse.ArgumentParser) -> None:
