@@ -46,6 +46,11 @@ public_interface = "pub0"
 private_interface = "priv0"
 network = "{network}"
 {nat}
+# short connections at ~10k/s sit in TIME_WAIT for 120 s: the table must hold
+# cps x 120 entries (x 2 for NAT's reverse entries) or the LRU evicts live flows
+[tables]
+connections = 4194304
+
 [[virtual_server]]
 name = "web"
 address = "{vip}"

@@ -2,18 +2,25 @@
 measured in the same run: one that swaps the MACs and returns XDP_TX.
 
 Every run gets a fresh copy of its packet (repeat=1 per syscall, looped in C by lb._bpfbatch),
-because the kernel does not reset a packet between repeats and lb rewrites packets."""
+because the kernel does not reset a packet between repeats and lb rewrites packets.
+
+Each scenario is set up just before it is measured (so the big connection table is filled only
+after the others ran), and is checked: no exceptional-event counter (lb_counters: packet without
+a connection, no real server, table full, ...) may move while it runs, so an "established"
+packet that missed its connection fails the suite instead of measuring the wrong path."""
 from __future__ import annotations
 
 import ipaddress
 import os
 import statistics
+import time
 
 from scapy.layers.inet import IP, TCP
 from scapy.layers.l2 import Ether
 
 from lb import _bpfbatch
-from lb.dataplane import RealSpec, ServiceSpec, TableSpec
+from lb.dataplane import PortGroup, RealSpec, ServiceSpec, TableSpec
+from lb.dataplane import layout as L
 from lb.dataplane.nexthop import NextHop
 from lb.dataplane.xdp import Sizes, XdpDataplane
 
@@ -33,8 +40,12 @@ int bench_trivial(struct xdp_md *ctx)
     return XDP_TX;
 }
 """
-CLIENT_MAC, PUB_MAC = "02:00:00:00:00:02", "02:00:00:00:01:01"
+CLIENT_MAC, PUB_MAC, PRIV_MAC = "02:00:00:00:00:02", "02:00:00:00:01:01", "02:00:00:00:01:02"
 VIP_DR, VIP_NAT, VIP_WLC = "198.18.0.10", "198.18.0.20", "198.18.0.30"
+VIP_PERSIST, VIP_FWM = "198.18.0.40", "198.18.0.50"
+FWM_GROUPS = ((21, 21), (40000, 40099))
+BIG_CLIENTS = "198.18.64.0"          # the clients of the big connection table (50,000 ports each)
+XDP_ACTIONS = {0: "XDP_ABORTED", 1: "XDP_DROP", 2: "XDP_PASS", 3: "XDP_TX", 4: "XDP_REDIRECT"}
 
 
 def _resolver(addr, need_onlink=False):
@@ -42,46 +53,74 @@ def _resolver(addr, need_onlink=False):
     return NextHop(7, "priv0", bytes([2, 0, 0, 0, 2, last]), bytes([2, 0, 0, 0, 1, 2]), True)
 
 
-def _frames(dst, dport, flags, nflows, sport0=20000, src_base="198.18.4.0"):
+def _frame(src, dst, sport, dport, flags, payload=b"x" * 10, smac=CLIENT_MAC, dmac=PUB_MAC) -> bytes:
+    return bytes(Ether(src=smac, dst=dmac) / IP(src=src, dst=dst) / TCP(sport=sport, dport=dport, flags=flags) / payload)
+
+
+def _flow(i, sport0=20000, src_base="198.18.4.0") -> tuple[str, int]:
+    """the i-th client (address, port) of a flow set: 50,000 ports per client address"""
+    return str(ipaddress.ip_address(int(ipaddress.ip_address(src_base)) + i // 50000)), sport0 + i % 50000
+
+
+def _frames(dst, dport, flags, nflows, sport0=20000, src_base="198.18.4.0", index=None):
     out = []
-    base = int(ipaddress.ip_address(src_base))
-    for i in range(nflows):
-        src = str(ipaddress.ip_address(base + i // 50000))
-        out.append(bytes(Ether(src=CLIENT_MAC, dst=PUB_MAC) / IP(src=src, dst=dst) /
-                         TCP(sport=sport0 + i % 50000, dport=dport, flags=flags) / (b"x" * 10)))
+    for j in range(nflows):
+        src, sport = _flow(index(j) if index else j, sport0, src_base)
+        out.append(_frame(src, dst, sport, dport, flags))
     return out
 
 
+def _table_size(flows: int) -> int:
+    """lb_conns max_entries: at least twice the flows put in it (an LRU map starts evicting
+    before it is full), and never below the 128k the small scenarios need"""
+    n = 1 << 17
+    while n < 2 * flows:
+        n *= 2
+    return n
+
+
 class Bench:
-    def __init__(self, conns: int = 1 << 17):
+    def __init__(self, big: int = 0):
         from bcc import BPF
 
-        self.dp = XdpDataplane(f"bench{os.getpid()}", Sizes(16, 256, 16, conns), resolver=_resolver)
-        self.dp.load()
         self.trivial_bpf = None
+        self.dp = XdpDataplane(f"bench{os.getpid()}", Sizes(16, 256, 16, _table_size(big)), resolver=_resolver)
         try:
+            self.dp.load()
             self._setup(BPF)
         except BaseException:
             self.close()
             raise
 
     def _setup(self, BPF):
-        reals16 = tuple(RealSpec(ipaddress.ip_address(f"198.18.2.{i + 1}"), 80, 1 + i % 3, "dr") for i in range(16))
-        reals3n = tuple(RealSpec(ipaddress.ip_address(f"198.18.1.{11 + i}"), 8080, 1, "nat") for i in range(3))
-        reals3d = tuple(RealSpec(ipaddress.ip_address(f"198.18.1.{11 + i}"), 80, 1, "dr") for i in range(3))
+        ip = ipaddress.ip_address
+        reals16 = tuple(RealSpec(ip(f"198.18.2.{i + 1}"), 80, 1 + i % 3, "dr") for i in range(16))
+        reals3n = tuple(RealSpec(ip(f"198.18.1.{11 + i}"), 8080, 1, "nat") for i in range(3))
+        reals3d = tuple(RealSpec(ip(f"198.18.1.{11 + i}"), 80, 1, "dr") for i in range(3))
+        reals3p = tuple(RealSpec(ip(f"198.18.1.{21 + i}"), 80, 1, "dr") for i in range(3))
+        reals3f = tuple(RealSpec(ip(f"198.18.1.{31 + i}"), 0, 1, "dr") for i in range(3))  # fwmark: port 0
+        groups = tuple(PortGroup("tcp", ip(VIP_FWM), lo, hi) for lo, hi in FWM_GROUPS)
         self.dp.apply(TableSpec((
-            ServiceSpec("tcp", ipaddress.ip_address(VIP_DR), 80, "rr", reals3d),
-            ServiceSpec("tcp", ipaddress.ip_address(VIP_NAT), 80, "rr", reals3n),
-            ServiceSpec("tcp", ipaddress.ip_address(VIP_WLC), 80, "wlc", reals16),
+            ServiceSpec("tcp", ip(VIP_DR), 80, "rr", reals3d),
+            ServiceSpec("tcp", ip(VIP_NAT), 80, "rr", reals3n),
+            ServiceSpec("tcp", ip(VIP_WLC), 80, "wlc", reals16),
+            ServiceSpec("tcp", ip(VIP_PERSIST), 80, "rr", reals3p, "persist", 300, "255.255.255.255"),
+            ServiceSpec("tcp", ip(VIP_FWM), FWM_GROUPS[0][0], "rr", reals3f, "fwm", fwmark=7, groups=groups),
         )))
         self.trivial_bpf = BPF(text=TRIVIAL.encode())
         self.trivial = self.trivial_bpf.load_func(b"bench_trivial", BPF.XDP)
 
     def close(self):
-        self.dp.unpin()
-        self.dp.close()
-        if self.trivial_bpf is not None:
-            self.trivial_bpf.cleanup()
+        """unpin first (removes /sys/fs/bpf/lb/<instance>), whatever else fails"""
+        try:
+            self.dp.unpin()
+        finally:
+            try:
+                self.dp.close()
+            finally:
+                if self.trivial_bpf is not None:
+                    self.trivial_bpf.cleanup()
+                    self.trivial_bpf = None
 
     def run(self, fd: int, frames: list[bytes], iterations: int) -> float:
         """ns per packet (the kernel's own measure of each run)"""
@@ -93,60 +132,151 @@ class Bench:
         total = lib.bb_test_run_loop(fd, buf, size, len(frames), iterations, rc)
         if total < 0:
             raise OSError(-total, os.strerror(-total))
+        self.last_action = XDP_ACTIONS.get(rc[0], str(rc[0]))
         return total / iterations
+
+    def counters(self) -> dict[str, int]:
+        m = self.dp.maps["lb_counters"]
+        return {name: sum(L.U64.unpack(v)[0] for v in m.get_percpu(L.U32.pack(i)))
+                for i, name in enumerate(L.COUNTER_NAMES)}
 
     def prime(self, frames):
         """send each flow's SYN so that the measured packets hit established connections"""
         self.run(self.dp.fns["lb_xdp_public"].fd, frames, len(frames))
 
-    def scenarios(self, many: int):
-        pub = self.dp.fns["lb_xdp_public"].fd
-        priv = self.dp.fns["lb_xdp_private"].fd
+    def _service(self, vip: str):
+        return next(st for st in self.dp.services.values()
+                    if getattr(st.key, "addr", None) == ipaddress.ip_address(vip))
+
+    def real_of(self, client: str, sport: int, vip: str, vport: int) -> str:
+        """the real server address lb_conns gave a flow"""
+        key = L.ConnKey(ipaddress.ip_address(client), ipaddress.ip_address(vip), sport, vport, 6).pack()
+        raw = self.dp.maps["lb_conns"].get(key)
+        if raw is None:
+            raise RuntimeError(f"no connection for {client}:{sport} -> {vip}:{vport}")
+        rid = L.Conn.unpack(raw).real
+        return next(str(addr) for st in self.dp.services.values() for (addr, _p), r in st.dests if r == rid)
+
+    def replies(self, flows: list[tuple[str, int]], vip: str, rport: int) -> list[bytes]:
+        """NAT replies (real server -> client) of primed flows"""
         out = []
-        one_syn = _frames(VIP_DR, 80, "S", 1)
-        self.prime(one_syn)
-        out.append(("established TCP flow, DR (1 flow)", pub, _frames(VIP_DR, 80, "A", 1)))
-        syns = _frames(VIP_DR, 80, "S", many, sport0=30000)
-        self.prime(syns)
-        out.append((f"established TCP flow, DR ({many} flows)", pub, _frames(VIP_DR, 80, "A", many, sport0=30000)))
-        self.prime(_frames(VIP_NAT, 80, "S", 1))
-        out.append(("established NAT request (1 flow)", pub, _frames(VIP_NAT, 80, "A", 1)))
-        # the reply of that flow: real server -> client
-        real = "198.18.1.13"   # rr's first pick (IPVS list order)
-        reply = bytes(Ether(src="02:00:00:00:02:0d", dst="02:00:00:00:01:02") / IP(src=real, dst="198.18.4.0") /
-                      TCP(sport=8080, dport=20000, flags="A") / (b"y" * 10))
-        out.append(("NAT reply (1 flow)", priv, [reply]))
-        out.append(("new connection (SYN), wlc over 16 real servers", pub,
-                    _frames(VIP_WLC, 80, "S", many * 4, sport0=1000, src_base="198.18.6.0")))
-        out.append(("packet not for a virtual service (XDP_PASS)", pub, _frames("198.18.0.1", 22, "A", 1)))
+        for client, sport in flows:
+            real = self.real_of(client, sport, vip, 80)
+            smac = "02:00:00:00:02:%02x" % (int(ipaddress.ip_address(real)) & 0xFF)
+            out.append(_frame(real, client, rport, sport, "A", b"y" * 10, smac=smac, dmac=PRIV_MAC))
         return out
 
+    def fill(self, vip: str, n: int, sport0: int, src_base: str) -> float:
+        """put n established DR connections to vip:80 in lb_conns directly (BPF_MAP_UPDATE_BATCH),
+        flow i as _flow(i, sport0, src_base); returns the seconds it took"""
+        t0 = time.perf_counter()
+        st = self._service(vip)
+        m = self.dp.maps["lb_conns"]
+        rids = [rid for _, rid in st.dests]
+        # coarse clock in BPF: a last_ns a second in the past can never be "in the future"
+        now = time.monotonic_ns() - 1_000_000_000
+        cmac, lmac = bytes.fromhex(CLIENT_MAC.replace(":", "")), bytes.fromhex(PUB_MAC.replace(":", ""))
+        vals = [L.Conn(now, rid, st.id, 900, 0, L.TCP_S["ESTABLISHED"], 0, cmac, lmac).pack() for rid in rids]
+        vip16 = L.pack_addr(ipaddress.ip_address(vip))
+        tail = L.pack_port(80) + bytes([6, L.family_of(ipaddress.ip_address(vip)), 0, 0])
+        base = int(ipaddress.ip_address(src_base))
+        ports = [L.pack_port(sport0 + p) + tail for p in range(50000)]
+        first = L.ConnKey(ipaddress.ip_address(src_base), ipaddress.ip_address(vip), sport0, 80, 6).pack()
+        ffi, lib = _bpfbatch.ffi, _bpfbatch.lib
+        for lo in range(0, n, 50000):
+            hi = min(n, lo + 50000)
+            pre = (base + lo // 50000).to_bytes(4, "big").ljust(16, b"\0") + vip16
+            kb = b"".join(pre + ports[p] for p in range(hi - lo))
+            vb = b"".join(vals[i % len(vals)] for i in range(lo, hi))
+            if lo == 0:
+                assert kb[:L.CONN_KEY.size] == first
+            got = lib.bb_update(m.fd, m.key_size, m.value_size, ffi.from_buffer(kb), ffi.from_buffer(vb), hi - lo)
+            if got < 0:
+                raise OSError(-got, os.strerror(-got))
+        return time.perf_counter() - t0
 
-SIZES = {  # name: (runs, iterations per run, flows in the many-flow scenarios)
-    "full": (7, 200000, 10000),
-    "quick": (3, 20000, 2000),
-    "smoke": (1, 500, 100),     # make test: proves the suite runs, measures nothing
+    def scenarios(self, many: int, big: int):
+        """(name, program fd, frames, one pass per run?) one at a time, each set up just before
+        it is measured"""
+        pub = self.dp.fns["lb_xdp_public"].fd
+        priv = self.dp.fns["lb_xdp_private"].fd
+        self.prime(_frames(VIP_DR, 80, "S", 1))
+        yield "established TCP flow, DR (1 flow)", pub, _frames(VIP_DR, 80, "A", 1), False
+        self.prime(_frames(VIP_DR, 80, "S", many, sport0=30000))
+        yield f"established TCP flow, DR ({many} flows)", pub, _frames(VIP_DR, 80, "A", many, sport0=30000), False
+
+        self.prime(_frames(VIP_NAT, 80, "S", 1))
+        yield "established NAT request (1 flow)", pub, _frames(VIP_NAT, 80, "A", 1), False
+        yield "NAT reply (1 flow)", priv, self.replies([_flow(0)], VIP_NAT, 8080), False
+        nat = dict(sport0=10000, src_base="198.18.8.0")
+        self.prime(_frames(VIP_NAT, 80, "S", many, **nat))
+        yield f"established NAT request ({many} flows)", pub, _frames(VIP_NAT, 80, "A", many, **nat), False
+        yield (f"NAT reply ({many} flows)", priv,
+               self.replies([_flow(i, **nat) for i in range(many)], VIP_NAT, 8080), False)
+
+        yield ("new connection (SYN), wlc over 16 real servers", pub,
+               _frames(VIP_WLC, 80, "S", many * 4, sport0=1000, src_base="198.18.6.0"), True)
+        # persistence: the client's template exists (its first SYN made it); every measured SYN
+        # is a new connection of that client (new source port) that the template sends on
+        self.prime([_frame("198.18.9.1", VIP_PERSIST, 65000, 80, "S")])
+        yield ("persistence hit: new connection (SYN) of a client with a template", pub,
+               _frames(VIP_PERSIST, 80, "S", many * 4, sport0=1000, src_base="198.18.9.1"), True)
+        temps = list(self.dp.maps["lb_persist"].items(batch=False))
+        reals = {self.real_of("198.18.9.1", sport, VIP_PERSIST, 80) for sport in (65000, 1000, 1001)}
+        if len(temps) != 1 or len(reals) != 1:
+            raise RuntimeError(f"persistence scenario: {len(temps)} templates, real servers {reals} (want 1 and 1)")
+
+        lo, hi = FWM_GROUPS[1]
+        fport = (lo + hi) // 2
+        self.prime([_frame("198.18.10.1", VIP_FWM, 20000, fport, "S")])
+        yield (f"firewall-mark match: established flow to port {fport} of a port group", pub,
+               [_frame("198.18.10.1", VIP_FWM, 20000, fport, "A")], False)
+
+        if big:
+            secs = self.fill(VIP_DR, big, 10000, BIG_CLIENTS)
+            self.fill_seconds = secs
+            step = big // many
+            label = f"{big // 1000}k" if big < 1_000_000 else f"{big / 1e6:g}M"
+            yield (f"established TCP flow, DR ({many} flows spread over {label} in the table"
+                   + ("" if big >= 1_000_000 else "; 1M at full size") + ")", pub,
+                   _frames(VIP_DR, 80, "A", many, sport0=10000, src_base=BIG_CLIENTS, index=lambda j: j * step), False)
+
+        yield "packet not for a virtual service (XDP_PASS)", pub, _frames("198.18.0.1", 22, "A", 1), False
+
+
+SIZES = {  # name: (runs, iterations per run, flows in the many-flow scenarios, flows in the big table)
+    "full": (7, 200000, 10000, 1_000_000),
+    "quick": (3, 20000, 2000, 1_000_000),
+    "smoke": (1, 500, 100, 5000),     # make test: proves the suite runs, measures nothing
 }
 
 
 def suite(size: str = "full") -> dict:
-    runs, iters, many = SIZES[size]
-    b = Bench()
+    runs, iters, many, big = SIZES[size]
+    b = Bench(big)
     try:
         results = []
         base = [b.run(b.trivial.fd, _frames(VIP_DR, 80, "A", 1), iters) for _ in range(runs)]
         base_ns = statistics.median(base)
         results.append({"scenario": "baseline: trivial MAC swap + XDP_TX", "ns": base_ns,
-                        "runs": base, "ratio": 1.0})
-        for name, fd, frames in b.scenarios(many):
-            if "new connection" in name:
+                        "runs": base, "ratio": 1.0, "action": b.last_action})
+        for name, fd, frames, one_pass in b.scenarios(many, big):
+            before = b.counters()
+            if one_pass:
                 # each SYN is a new flow: one pass over distinct flows per run
                 n = len(frames) // runs
                 vals = [b.run(fd, frames[i * n:(i + 1) * n], n) for i in range(runs)]
             else:
                 vals = [b.run(fd, frames, iters) for _ in range(runs)]
+            after = b.counters()
+            moved = {k: after[k] - before[k] for k in after if after[k] != before[k]}
+            if moved:
+                raise RuntimeError(f"pkt scenario {name!r} did not take the path it measures: {moved}")
             ns = statistics.median(vals)
-            results.append({"scenario": name, "ns": ns, "runs": vals, "ratio": ns / base_ns})
-        return {"suite": "pkt", "size": size, "iterations": iters, "runs": runs, "results": results}
+            results.append({"scenario": name, "ns": ns, "runs": vals, "ratio": ns / base_ns,
+                            "flows": len(frames), "action": b.last_action})
+        return {"suite": "pkt", "size": size, "iterations": iters, "runs": runs,
+                "connection_table": b.dp.sizes.connections, "big_table_flows": big,
+                "big_table_fill_seconds": getattr(b, "fill_seconds", None), "results": results}
     finally:
         b.close()

@@ -109,8 +109,15 @@ static __always_inline __u32 lb_tcp_event(__u8 flags)
     return LB_NONE;
 }
 
-/* IPVS set_tcp_state(): move along the state table and keep the real server's counters:
- * only ESTABLISHED counts as active. */
+/* IPVS tcp_state_active(): ESTABLISHED and the half-open states count in ActiveConn (checked
+ * against kernel IPVS in the VM: a connection after its SYN is active) */
+static __always_inline int lb_tcp_state_active(__u32 s)
+{
+    return s == LB_TCP_S_ESTABLISHED || s == LB_TCP_S_SYN_SENT || s == LB_TCP_S_SYN_RECV ||
+           s == LB_TCP_S_SYNACK;
+}
+
+/* IPVS set_tcp_state(): move along the state table and keep the real server's counters. */
 static __always_inline void lb_conn_state(struct lb_conn *c, __u32 table, struct lb_pkt *pkt)
 {
     __u32 new_state;
@@ -133,10 +140,10 @@ static __always_inline void lb_conn_state(struct lb_conn *c, __u32 table, struct
             new_state = *ns;
     }
     if (new_state != c->state) {
-        if (!(c->flags & LB_CONN_F_INACTIVE) && new_state != LB_TCP_S_ESTABLISHED) {
+        if (!(c->flags & LB_CONN_F_INACTIVE) && !lb_tcp_state_active(new_state)) {
             lb_real_conns_add(c->real, -1, 1);
             c->flags |= LB_CONN_F_INACTIVE;
-        } else if ((c->flags & LB_CONN_F_INACTIVE) && new_state == LB_TCP_S_ESTABLISHED) {
+        } else if ((c->flags & LB_CONN_F_INACTIVE) && lb_tcp_state_active(new_state)) {
             lb_real_conns_add(c->real, 1, -1);
             c->flags &= ~LB_CONN_F_INACTIVE;
         }

@@ -121,7 +121,8 @@ def test_dr_fwmark_and_listing(dp):
         rows = reader.read_services(maps)
     text = listing.format_services(rows)
     assert "FWM  80 wlc\n" in text
-    assert "  -> %-28s %-7s %-6d %-10d %-10d\n" % ("198.18.1.13:0", "Route", 1, 0, 1) in text
+    # the SYN put the connection in SYN_RECV, an active state (tcp_state_active), as in IPVS
+    assert "  -> %-28s %-7s %-6d %-10d %-10d\n" % ("198.18.1.13:0", "Route", 1, 1, 0) in text
     assert [r.fwmark for r in rows] == [80]
 
 

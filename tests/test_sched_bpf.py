@@ -36,10 +36,13 @@ def _reals(n):
 
 
 def check_against_model(dp, sched, weights, count, acks=(), vip=VIP, clients=("198.18.0.2",),
-                        thresholds=(), flags=(), sports=None):
+                        thresholds=(), flags=(), sports=None, fins=()):
     """Program a fresh service (new port) with `weights` in config order, send `count` SYNs,
-    and compare each pick with the model's.  When acks[i] (or acks is True) the i-th flow's ACK
-    follows its SYN, which makes the connection ESTABLISHED (active) under DR.  The i-th flow
+    and compare each pick with the model's.  A SYN alone leaves the connection SYN_RECV, which
+    counts as active (as in kernel IPVS); when acks[i] (or acks is True) the i-th flow's ACK
+    follows its SYN, which makes the connection ESTABLISHED (still active) under DR.  When
+    fins[i] (or fins is True) a FIN follows (after the ACK, if any): the connection leaves the
+    active states (FIN_WAIT or TIME_WAIT, inactive) and the model deactivates it.  The i-th flow
     comes from clients[i % len(clients)] (sh hashes it) to `vip` (dh hashes it)."""
     port = next(_ports)
     addrs = _reals(len(weights))
@@ -70,7 +73,12 @@ def check_against_model(dp, sched, weights, count, acks=(), vip=VIP, clients=("1
         if ack and w is not None:
             rc, out = run(dp, "lb_xdp_public", base / TCP(sport=sport, dport=port, flags="A", seq=1, ack=1))
             assert rc == XDP_REDIRECT and mac_to_addr.get(Ether(out).dst) == w
-            m.establish(w)
+            # SYN_RECV -> ESTABLISHED: active before and after, the counts do not change
+        fin = fins if isinstance(fins, bool) else (i < len(fins) and fins[i])
+        if fin and w is not None:
+            rc, out = run(dp, "lb_xdp_public", base / TCP(sport=sport, dport=port, flags="FA", seq=1, ack=1))
+            assert rc == XDP_REDIRECT and mac_to_addr.get(Ether(out).dst) == w
+            m.deactivate(w)   # -> FIN_WAIT (after ESTABLISHED) or TIME_WAIT (after SYN_RECV): inactive
     assert got == want
 
 
@@ -88,9 +96,15 @@ def test_wlc_kernel_sequence(dp):
 
 
 def test_lc_spreads_by_overhead(dp):
-    # all inactive: overheads 0,0,0 -> first, then the others; weight only gates (0 = never)
+    # half-open connections count active: overheads 0,0,0 -> first, then the others, in turn;
+    # weight only gates (0 = never)
     check_against_model(dp, "lc", [5, 1, 0, 2], 9)
-    # active connections weigh 256 inactive ones
+    # all closed (inactive): likewise in turn
+    check_against_model(dp, "lc", [5, 1, 0, 2], 9, fins=True)
+    # active connections weigh 256 inactive ones: some flows stay open, the others close
+    check_against_model(dp, "lc", [1, 1, 1], 12, acks=[True, False, False, True, True],
+                        fins=[False, True, True, False, False] + [True] * 7)
+    # an ACK does not change the counts: ACKed and half-open connections are both active
     check_against_model(dp, "lc", [1, 1, 1], 12, acks=[True, False, False, True, True])
 
 
@@ -98,11 +112,15 @@ def test_sed_and_nq_use_active_only(dp):
     # all active: sed follows (active+1)/weight, 3:1 -> rs1 gets the first ones
     check_against_model(dp, "sed", [3, 1], 12, acks=True)
     check_against_model(dp, "sed", [1, 2, 4], 14, acks=True)
-    # inactive connections do not count for sed: always the same (first least) server
+    # half-open (SYN_RECV) connections count as active for sed too: they alternate
     check_against_model(dp, "sed", [1, 1], 5)
+    # inactive (closed) connections do not count for sed: always the same (first least) server
+    check_against_model(dp, "sed", [1, 1], 5, fins=True)
     # nq: an idle server wins at once, even with a small weight
     check_against_model(dp, "nq", [10, 1, 1], 12, acks=True)
-    check_against_model(dp, "nq", [2, 3], 10, acks=[True, False, True, True, False, True])
+    check_against_model(dp, "nq", [10, 1, 1], 12)
+    check_against_model(dp, "nq", [2, 3], 10, acks=[True, False, True, True, False, True],
+                        fins=[False, True, False, False, True, False])
 
 
 def test_fo_highest_weight(dp):

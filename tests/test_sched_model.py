@@ -56,7 +56,13 @@ positive_weight_lists = weight_lists.filter(lambda ws: any(ws))
 def test_kernel_rr_three_servers():
     s = build("rr", [("rs1", 1), ("rs2", 1), ("rs3", 1)])
     assert s.names == ["rs3", "rs2", "rs1"]
-    assert [s.schedule() for _ in range(12)] == ["rs3", "rs2", "rs1"] * 4
+    got = []
+    for _ in range(12):  # sequential short connections: each closes (TIME_WAIT) before the next
+        name = s.schedule()
+        assert s.dest(name).active == 1  # counted active from its SYN
+        got.append(name)
+        s.deactivate(name)
+    assert got == ["rs3", "rs2", "rs1"] * 4
     assert [(d.active, d.inactive) for d in s.dests] == [(0, 4)] * 3
 
 
@@ -70,10 +76,18 @@ def test_kernel_wrr_3_2_1():
 
 def test_kernel_wlc_2000_1000_1000():
     s = build("wlc", [("rs1", 2000), ("rs2", 1000), ("rs3", 1000)])
-    got = [s.schedule() for _ in range(12)]  # each short connection ends up inactive
+    got = []
+    for _ in range(12):
+        # a short connection: active from its SYN, inactive (TIME_WAIT) once it has closed,
+        # which happens before the next one is scheduled
+        name = s.schedule()
+        assert s.dest(name).active == 1
+        got.append(name)
+        s.deactivate(name)
     assert got == ["rs3", "rs2", "rs1", "rs1"] * 3
     assert Counter(got) == {"rs1": 6, "rs2": 3, "rs3": 3}
-    assert {d.name: d.inactive for d in s.dests} == {"rs1": 6, "rs2": 3, "rs3": 3}
+    assert {d.name: (d.active, d.inactive) for d in s.dests} == {
+        "rs1": (0, 6), "rs2": (0, 3), "rs3": (0, 3)}
 
 
 # ----------------------------------------------------------------------------- rr
@@ -383,10 +397,14 @@ def test_wlc_minimises_overhead_per_weight(rows):
 
 def test_wlc_counts_active_connections():
     s = build("wlc", [("rs1", 1), ("rs2", 1)])  # list rs2 rs1
-    assert s.schedule() == "rs2"
-    s.establish("rs2")
-    assert [s.schedule() for _ in range(3)] == ["rs1", "rs1", "rs1"]
-    assert (s.dest("rs2").active, s.dest("rs1").inactive) == (1, 3)
+    assert s.schedule() == "rs2"  # a long connection: stays active
+    got = []
+    for _ in range(3):  # short connections that close (TIME_WAIT, inactive) before the next
+        got.append(s.schedule())
+        s.deactivate(got[-1])
+    # one active connection weighs 256 inactive ones: rs2's overhead 256 > rs1's 0, 1, 2
+    assert got == ["rs1", "rs1", "rs1"]
+    assert [(d.name, d.active, d.inactive) for d in s.dests] == [("rs2", 1, 0), ("rs1", 0, 3)]
 
 
 # ------------------------------------------------------------- lc, sed, nq, fo, ovf
@@ -492,20 +510,18 @@ def test_service_ovf_sequence():
     s = build("ovf", [("rs1", 2), ("rs2", 3)])  # list rs2 rs1
     got = []
     for _ in range(8):
-        name = s.schedule()
-        got.append(name)
-        if name:
-            s.establish(name)
+        got.append(s.schedule())  # each one counts active from its SYN
     assert got == ["rs2"] * 4 + ["rs1"] * 3 + [None]
+    assert [(d.name, d.active, d.inactive) for d in s.dests] == [("rs2", 4, 0), ("rs1", 3, 0)]
 
 
 def test_service_nq_sequence():
     s = build("nq", [("rs1", 10), ("rs2", 1), ("rs3", 1)])  # list rs3 rs2 rs1
     got = []
     for _ in range(5):
-        name = s.schedule()
-        got.append(name)
-        s.establish(name)
+        got.append(s.schedule())  # each one counts active from its SYN
+    assert [(d.name, d.active, d.inactive) for d in s.dests] == [
+        ("rs3", 1, 0), ("rs2", 1, 0), ("rs1", 3, 0)]
     # each idle server once (list order), then sed: rs1 (2/10) beats rs2, rs3 (2/1)
     assert got == ["rs3", "rs2", "rs1", "rs1", "rs1"]
 
@@ -592,23 +608,29 @@ def test_connection_lifecycle():
     s = build("rr", [("a", 1)])
     assert s.schedule() == "a"
     d = s.dest("a")
-    assert (d.active, d.inactive) == (0, 1)  # new connections start inactive
-    s.establish("a")
-    assert (d.active, d.inactive) == (1, 0)
+    assert (d.active, d.inactive) == (1, 0)  # a TCP connection is active from its SYN (SYN_RECV)
     s.deactivate("a")  # e.g. FIN_WAIT
     assert (d.active, d.inactive) == (0, 1)
-    s.establish("a")
+    s.establish("a")  # back into an active state
+    assert (d.active, d.inactive) == (1, 0)
     s.close("a", was_active=True)
     assert (d.active, d.inactive) == (0, 0)
     with pytest.raises(ValueError):
         s.deactivate("a")
+    assert s.schedule(active=False) == "a"  # UDP: always inactive
+    assert (d.active, d.inactive) == (0, 1)
+    with pytest.raises(ValueError):
+        s.close("a", was_active=True)
+    s.close("a", was_active=False)
+    assert (d.active, d.inactive) == (0, 0)
 
 
 def test_removed_dest_keeps_counters_until_readded():
     s = build("wlc", [("a", 1), ("b", 1)])
-    s.schedule()
-    s.schedule()
-    s.establish("b")
+    assert s.schedule() == "b"  # active from its SYN
+    assert s.schedule() == "a"
+    s.deactivate("a")  # a's connection closed
+    assert (s.dest("b").active, s.dest("b").inactive) == (1, 0)
     s.remove("b")
     assert s.names == ["a"]
     assert s.dest("b").active == 1  # still referenced by its connection

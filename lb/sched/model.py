@@ -13,9 +13,11 @@ ip_vs_nq.c, ip_vs_fo.c, ip_vs_ovf.c, ip_vs_dh.c, ip_vs_sh.c, ip_vs_ctl.c):
   the kernel's cursors may point at is represented by ``None``.
 * A destination with the OVERLOAD flag is skipped by every scheduler.  Weight 0
   means quiesced: rr, wrr and wlc never pick it for a new connection.
-* Connection counting: a new connection is counted inactive on its destination;
-  a TCP connection becomes active only on entering ESTABLISHED and inactive
-  again on leaving it (set_tcp_state); UDP connections are always inactive.
+* Connection counting: a new connection is counted inactive on its destination
+  and a TCP one moves to active at once with its SYN: SYN_SENT, SYN_RECV, SYNACK
+  and ESTABLISHED are active states (tcp_state_active()); leaving them makes it
+  inactive again; UDP connections are always inactive (checked against kernel
+  IPVS in the VM).
 
 The pure functions never mutate their arguments; :class:`Service` wraps them
 in the order of operations IPVS applies when real servers are added, removed,
@@ -580,19 +582,24 @@ class Service:
             pos = _PICK_STATELESS[self.scheduler](self._dests)
         return pos
 
-    def schedule(self, saddr: int = 0, daddr: int = 0, sport: int = 0) -> str | None:
-        """Schedule a new connection: pick a destination, count the connection
-        inactive on it and return its name (None when nothing is usable)."""
+    def schedule(self, saddr: int = 0, daddr: int = 0, sport: int = 0, *, active: bool = True) -> str | None:
+        """Schedule a new connection: pick a destination, count the connection on it and
+        return its name (None when nothing is usable).  A TCP connection counts as active from
+        its SYN (SYN_RECV is an active state, tcp_state_active() in the kernel); a UDP one
+        (active=False) as inactive."""
         pos = self.pick(saddr, daddr, sport)
         if pos is None:
             return None
         d = self._dests[pos]
-        d.inactive += 1
+        if active:
+            d.active += 1
+        else:
+            d.inactive += 1
         bind_overload(d)
         return d.name
 
     def establish(self, name: str) -> None:
-        """A TCP connection on ``name`` entered ESTABLISHED: inactive -> active."""
+        """A connection on ``name`` counted inactive became active: inactive -> active."""
         d = self.dest(name)
         if d.inactive <= 0:
             raise ValueError(f"{name}: no inactive connection to establish")
@@ -600,7 +607,7 @@ class Service:
         d.active += 1
 
     def deactivate(self, name: str) -> None:
-        """A TCP connection on ``name`` left ESTABLISHED (FIN_WAIT, CLOSE, ...): active -> inactive."""
+        """A TCP connection on ``name`` left the active states (FIN_WAIT, CLOSE, ...): active -> inactive."""
         d = self.dest(name)
         if d.active <= 0:
             raise ValueError(f"{name}: no active connection to deactivate")

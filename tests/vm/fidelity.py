@@ -3,9 +3,10 @@
 in the same order, the same sequence of new connections -> the same real server each time.
 
 A case is a service (scheduler, weights in config order, VIP, port) and a list of flows
-(client address, source port, whether an ACK follows the SYN).  Under direct routing an ACK
-makes the connection ESTABLISHED (active); a SYN alone leaves it SYN_RECV (inactive) -- both
-data planes use IPVS's INPUT-ONLY state table, so lc/wlc see the same counts.
+(client address, source port, whether an ACK follows the SYN).  Under direct routing a SYN
+alone leaves the connection SYN_RECV and an ACK makes it ESTABLISHED: both count as active
+(tcp_state_active() in ip_vs_proto_tcp.c) -- both data planes use IPVS's INPUT-ONLY state
+table and count the same states active, so lc/wlc/sed/nq see the same counts.
 
 Everything stays in 198.18.0.0/15.  Real servers 198.18.1.21.. do not exist: under direct
 routing the connection entry (which is what is compared) is made before the packet leaves.
@@ -19,9 +20,10 @@ from dataclasses import dataclass
 
 SCHEDULERS = ("rr", "wrr", "wlc", "lc", "sh", "dh")
 # Kernel IPVS (6.1, tcp_state_active()) counts SYN_SENT, SYN_RECV, ESTABLISHED and SYNACK
-# connections in ActiveConn; lb's XDP data plane counts only ESTABLISHED ones.  Cases where the
-# difference changes a pick: lc/wlc with some connections ACKed and some not, and sed/nq (which
-# look at active connections only) whenever connections are still half-open.
+# connections in ActiveConn, and so does lb's XDP data plane.  Cases whose picks would differ
+# if only ESTABLISHED connections counted as active (half-open ones inactive): lc/wlc with some
+# connections ACKed and some not, and sed/nq (which look at active connections only) whenever
+# connections are still half-open.  tests/vm/test_ipvs_vm.py checks those separately.
 STATE_SCHEDULERS = ("sed", "nq")
 REAL_BASE = 21                       # real servers 198.18.1.21, .22, ...
 DEFAULT_VIP = "198.18.0.30"
@@ -140,7 +142,7 @@ def mult_hash(val: int) -> int:
 
 
 def state_sensitive(case: Case) -> bool:
-    """True when the pick depends on whether a half-open (SYN_RECV) connection counts as
+    """True when the pick could depend on whether a half-open (SYN_RECV) connection counts as
     active: see STATE_SCHEDULERS."""
     if case.sched in STATE_SCHEDULERS:
         return True
