@@ -104,6 +104,7 @@ def test_example_mentions_every_key() -> None:
         ([("global",)], loader.GLOBAL_KEYS),
         ([("tables",)], loader.TABLES_KEYS),
         ([("timeouts",)], loader.TIMEOUTS_KEYS),
+        ([("ha",)], loader.HA_KEYS),
         ([("virtual_server", 0), ("virtual_server", 1), ("virtual_server", 2)], loader.VS_KEYS),
         ([("virtual_server", 2, "port_group", 0)], loader.PORT_GROUP_KEYS),
         ([("virtual_server", 0, "real_server", 0)], loader.RS_KEYS),

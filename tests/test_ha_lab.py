@@ -1,5 +1,12 @@
 """pulse in the namespace lab: two directors (director = primary, director2 = backup) sharing the
-client segment (br-pub) and the real servers' segment (br0), network NAT.
+client segment (br-pub) and the real servers' segment (br0).
+
+The lab is built with network "nat": the real servers' default gateway is then the floating
+198.18.1.254, which only the active director holds.  The NAT tests need it for the replies to be
+un-NATed; the direct-routing test uses the same gateway for the DR replies (the director routes
+them to the client like any router): with [ha], lb owns nat_router in direct routing too, so the
+real servers' gateway moves with the VIP.  (A lab built with "direct" routes the replies via the
+primary's own 198.18.1.1, which dies with the primary: fine for one director, not for HA.)
 
 - the active dies (kill -9 of its lb, then its links go down as if the machine died): the backup
   serves within deadtime + 0.5 s, the client's neighbour entry for the VIP points at the backup's
@@ -32,7 +39,7 @@ CONFIG = """\
 instance = "{instance}"
 public_interface = "pub0"
 private_interface = "priv0"
-network = "nat"
+network = "{network}"
 nat_router = "198.18.1.254/24"
 
 [ha]
@@ -74,8 +81,11 @@ def configs(tmp_path):
     out = {}
     for node, inst in (("director", "lab"), ("director2", "lab2")):
         p = tmp_path / f"{inst}.toml"
-        p.write_text(CONFIG.format(instance=inst, key=key, keepalive=KEEPALIVE, deadtime=DEADTIME))
-        out[node] = p
+        for network in ("nat", "direct"):
+            p = tmp_path / f"{inst}-{network}.toml"
+            p.write_text(CONFIG.format(instance=inst, key=key, keepalive=KEEPALIVE, deadtime=DEADTIME,
+                                       network=network))
+            out[node if network == "nat" else f"{node}-dr"] = p
     return out
 
 
@@ -124,10 +134,10 @@ def client_neigh_mac(lab):
     return out[0].get("lladdr") if out else None
 
 
-def start_pair(ha_runner, configs):
-    d1 = ha_runner.start("director", configs["director"])
+def start_pair(ha_runner, configs, suffix=""):
+    d1 = ha_runner.start("director", configs["director" + suffix])
     d1.wait_log("role starting -> active", timeout=10)
-    d2 = ha_runner.start("director2", configs["director2"])
+    d2 = ha_runner.start("director2", configs["director2" + suffix])
     d2.wait_log("role starting -> backup", timeout=10)
     return d1, d2
 
@@ -156,24 +166,7 @@ def test_failover_keeps_connections_and_primary_returns(lab, ha_runner, configs)
         assert listing.count("ESTABLISHED") >= 50, listing
 
         # the active dies
-        t_kill = time.monotonic()
-        d1.signal(signal.SIGKILL)
-        for dev in ("pub0", "priv0"):
-            lab.run("director", ["ip", "link", "set", "dev", dev, "down"])
-        t_served = None
-        deadline = t_kill + DEADTIME + 5
-        for _ in range(400):
-            try:
-                st, body = lab.http_get("client", VIP, 80, "/", timeout=0.2)
-                if st == 200:
-                    t_served = time.monotonic()
-                    break
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                break
-        assert t_served is not None, d2.log()
-        failover = t_served - t_kill
+        failover = kill_active_and_time_failover(lab, d1, d2)
         assert failover <= DEADTIME + 0.5, (failover, d2.log())
         wait_for(lambda: client_neigh_mac(lab) == mac2, 0.5, "the client's neighbour entry to move")
         wait_for(lambda: status("lab2").get("role") == "active", 3, "director2 active in its status")
@@ -211,6 +204,59 @@ def test_failover_keeps_connections_and_primary_returns(lab, ha_runner, configs)
     addrs = lab.run("director", ["ip", "-4", "addr"]).stdout
     assert VIP not in addrs and "198.18.1.254" not in addrs
     assert lab.http_get("client", VIP)[0] == 200
+
+
+def kill_active_and_time_failover(lab, d1, d2):
+    """kill -9 of the primary's lb, its links down (the machine died); seconds until a new
+    connection from the client is served (through the backup)."""
+    t_kill = time.monotonic()
+    d1.signal(signal.SIGKILL)
+    for dev in ("pub0", "priv0"):
+        lab.run("director", ["ip", "link", "set", "dev", dev, "down"])
+    deadline = t_kill + DEADTIME + 5
+    for _ in range(400):
+        try:
+            st, _body = lab.http_get("client", VIP, 80, "/", timeout=0.2)
+            if st == 200:
+                return time.monotonic() - t_kill
+        except OSError:
+            pass
+        if time.monotonic() > deadline:
+            break
+    raise AssertionError(f"no new connection served after the failover:\n{d2.log()}")
+
+
+def test_failover_keeps_dr_connections(lab, ha_runner, configs):
+    """Direct routing: the active director only rewrites the MAC; the real servers answer through
+    their gateway 198.18.1.254 (nat_router, owned by the active director with the VIP)."""
+    d1, d2 = start_pair(ha_runner, configs, "-dr")
+    assert lab.http_get("client", VIP)[0] == 200
+    mac2 = mac_of(lab, "director2")
+    addrs = lab.run("director", ["ip", "-4", "addr"]).stdout
+    assert "198.18.1.254/24" in addrs, addrs
+    assert "198.18.1.254" not in lab.run("director2", ["ip", "-4", "addr"]).stdout
+
+    socks = []
+    try:
+        for _ in range(50):
+            s = lab.connect("client", VIP, 80, timeout=3.0)
+            socks.append((s, request(s)))
+        assert {rs for _, rs in socks} == SERVERS
+        wait_for(lambda: status("lab2").get("ha", {}).get("counters", {}).get("sync_rx_records", 0) >= 50,
+                 5, "50 synced connections on the backup")
+
+        failover = kill_active_and_time_failover(lab, d1, d2)
+        assert failover <= DEADTIME + 0.5, (failover, d2.log())
+        wait_for(lambda: client_neigh_mac(lab) == mac2, 0.5, "the client's neighbour entry to move")
+        wait_for(lambda: status("lab2").get("role") == "active", 3, "director2 active in its status")
+        assert "198.18.1.254/24" in lab.run("director2", ["ip", "-4", "addr"]).stdout
+
+        # every long-lived connection keeps its real server through the new active
+        for s, rs in socks:
+            assert request(s) == rs
+    finally:
+        for s, _ in socks:
+            s.close()
 
 
 def test_public_channel_cut_is_no_failover(lab, ha_runner, configs):

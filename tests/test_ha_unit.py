@@ -155,3 +155,56 @@ def test_sync_codec_and_exporter():
         got_t += t
     assert len(got_c) == 150 and got_t == [tmpl]
     assert got_c[0] == rec
+
+
+def _pulse(tmp_path, notify):
+    from pathlib import Path
+
+    from lb.config.model import HA
+    from lb.ha.pulse import Pulse
+
+    key = tmp_path / "ha.key"
+    key.write_bytes(KEY)
+    key.chmod(0o600)
+    ha = HA(primary=ipaddress.ip_address("127.0.0.1"), backup=ipaddress.ip_address("127.0.0.2"),
+            key_file=Path(key), notify=tuple(notify))
+
+    async def on_role(new, old):
+        pass
+
+    return Pulse(ha, "inst1", on_role, node=hb.NODE_PRIMARY)
+
+
+def test_notify_hooks_run_without_a_shell_and_are_killed_after_their_timeout(tmp_path, caplog):
+    import asyncio
+    import logging
+    import os
+
+    out = tmp_path / "args"
+    hook = tmp_path / "hook"
+    # the arguments are shell metacharacters: a shell would expand or split them; exec does not
+    hook.write_text(f"#!/bin/sh\nprintf '%s\\n' \"$#\" \"$@\" > {out}\n")
+    hook.chmod(0o755)
+    slow = tmp_path / "slow hook"          # a space in the path: fine without a shell
+    pidfile = tmp_path / "slow.pid"
+    slow.write_text(f"#!/bin/sh\necho $$ > '{pidfile}'\nexec sleep 30\n")
+    slow.chmod(0o755)
+    p = _pulse(tmp_path, [str(hook), str(slow), str(tmp_path / "missing")])
+    p.NOTIFY_TIMEOUT = 0.5
+
+    async def go():
+        t0 = time.monotonic()
+        await asyncio.gather(*(p._run_hook(prog, "active; touch x", "$HOME") for prog in p.ha.notify))
+        return time.monotonic() - t0
+
+    with caplog.at_level(logging.WARNING, logger="lb.ha"):
+        took = asyncio.run(go())
+    assert out.read_text().splitlines() == ["3", "active; touch x", "$HOME", "inst1"]
+    assert not (tmp_path / "x").exists()
+    assert 0.4 < took < 5, took
+    pid = int(pidfile.read_text())
+    with pytest.raises(ProcessLookupError):
+        os.kill(pid, 0)                    # killed and reaped
+    text = caplog.text
+    assert f"notify hook {slow} killed after 0.5 s" in text
+    assert "missing" in text               # a missing program is logged, not raised

@@ -21,7 +21,7 @@ from lb.config import (
     loads,
     lvscf,
 )
-from lb.config.model import Monitor
+from lb.config.model import HA, Monitor
 
 HERE = Path(__file__).resolve().parent
 CONFIGS = HERE.parent / "configs"
@@ -65,14 +65,17 @@ EXPECTED_FULL = Config(
             real_servers=(RealServer("ns1", IPv4Address("10.0.0.21"), 5353, 1, True),),
         ),
     ),
+    # backup_active = 1: Piranha's HA keys make the [ha] model
+    ha=HA(primary=IPv4Address("192.168.1.1"), backup=IPv4Address("192.168.1.2"),
+          key_file=Path("/etc/sysconfig/ha/lb-ha.key"), primary_private=IPv4Address("10.0.0.1"),
+          backup_private=IPv4Address("10.0.0.2"), heartbeat_port=539, keepalive=6.0, deadtime=18.0,
+          monitor_links=False),
 )
 
 EXPECTED_EXTRAS = {
     "global": {
-        "serial_no": 42, "primary": "192.168.1.1", "primary_private": "10.0.0.1", "service": "lvs",
-        "backup_active": True, "backup": "192.168.1.2", "backup_private": "10.0.0.2",
-        "heartbeat": True, "heartbeat_port": 539, "keepalive": 6, "deadtime": 18,
-        "debug_level": "NONE", "monitor_links": False, "syncdaemon": True, "rsh_command": "ssh",
+        "serial_no": 42, "service": "lvs",
+        "debug_level": "NONE", "syncdaemon": True, "rsh_command": "ssh",
         "nat_router_alias": "eth1:1",
     },
     "virtual": {
@@ -424,3 +427,95 @@ def test_fwmark_thresholds_and_flags_round_trip() -> None:
     assert "fwmark = 21" in text and "lb_port_groups = tcp 10.9.0.1 21, tcp 10.9.0.1 30000-30100" in text
     assert lvscf.loads(text) == cfg
     assert loads(lvscf.dumps_toml(cfg)) == cfg
+
+
+# --- HA: Piranha's keys <-> the [ha] model, lb_ha_* for the rest ---------------------------
+
+HA_CF = """\
+primary = 198.18.0.1
+primary_private = 198.18.1.1
+backup_active = 1
+backup = 198.18.0.3
+backup_private = 198.18.1.3
+heartbeat = 1
+heartbeat_port = 1539
+keepalive = 1
+deadtime = 3
+monitor_links = 1
+lb_ha_key_file = "/etc/lb/ha.key"
+lb_ha_preempt = 1
+lb_ha_garp_count = 5
+lb_ha_keepalive = 0.25
+lb_ha_deadtime = 2.5
+lb_ha_garp_interval = 0.05
+lb_ha_garp_refresh = 0
+lb_ha_sync_interval = 0.5
+lb_ha_max_skew = 5
+lb_ha_sync = 0
+lb_ha_sync_rate = 1000
+lb_ha_notify = "/usr/local/bin/a, /usr/local/bin/b"
+""" + GOOD_HEAD
+
+HA_MODEL = HA(primary=IPv4Address("198.18.0.1"), backup=IPv4Address("198.18.0.3"), key_file=Path("/etc/lb/ha.key"),
+              primary_private=IPv4Address("198.18.1.1"), backup_private=IPv4Address("198.18.1.3"),
+              heartbeat_port=1539, keepalive=0.25, deadtime=2.5, preempt=True, monitor_links=True, garp_count=5,
+              garp_interval=0.05, garp_refresh=0.0, sync=False, sync_interval=0.5, sync_rate=1000, max_skew=5.0,
+              notify=("/usr/local/bin/a", "/usr/local/bin/b"))
+
+
+def test_ha_keys_make_the_ha_model_and_round_trip() -> None:
+    cfg, extras = lvscf.loads_with_extras(HA_CF)
+    assert cfg.ha == HA_MODEL
+    assert extras["global"] == {}  # no HA key left as an extra
+    text = lvscf.dumps(cfg, extras)
+    cfg2, extras2 = lvscf.loads_with_extras(text)
+    assert cfg2 == cfg and extras2 == extras
+    assert lvscf.dumps(cfg2, extras2) == text  # a fixed point
+    # Piranha's integer keys rounded up, lb's exact ones win
+    assert "keepalive = 1\n" in text and "deadtime = 3\n" in text and "lb_ha_keepalive = 0.25" in text
+    assert "backup_active = 1" in text and "heartbeat = 1" in text
+    # and to native TOML and back
+    assert loads(lvscf.dumps_toml(cfg)) == cfg
+
+
+def test_ha_piranha_defaults_and_toml_round_trip() -> None:
+    plain = HA_CF.split("lb_ha_preempt")[0] + GOOD_HEAD   # Piranha's keys plus only the key file
+    ha = lvscf.loads(plain).ha
+    assert ha == HA(primary=IPv4Address("198.18.0.1"), backup=IPv4Address("198.18.0.3"),
+                    key_file=Path("/etc/lb/ha.key"), primary_private=IPv4Address("198.18.1.1"),
+                    backup_private=IPv4Address("198.18.1.3"), heartbeat_port=1539, keepalive=1.0, deadtime=3.0,
+                    monitor_links=True)
+    text = lvscf.dumps(lvscf.loads(plain))
+    assert not [line for line in text.splitlines() if line.startswith("lb_ha_") and "key_file" not in line]
+    # TOML -> lvs.cf -> model
+    cfg = Config(public_interface="eth0", ha=HA_MODEL)
+    assert lvscf.loads(lvscf.dumps(cfg)) == cfg
+    one_channel = Config(public_interface="eth0", ha=HA(primary=IPv4Address("10.0.0.1"),
+                                                        backup=IPv4Address("10.0.0.2"), key_file=Path("/k")))
+    assert lvscf.loads(lvscf.dumps(one_channel)) == one_channel
+    assert loads(lvscf.dumps_toml(one_channel)) == one_channel
+
+
+def test_ha_without_backup_keeps_extras(tmp_path: Path) -> None:
+    text = HA_CF.split("lb_ha_key_file")[0].replace("backup_active = 1", "backup_active = 0") + GOOD_HEAD
+    cfg, extras = lvscf.loads_with_extras(text)
+    assert cfg.ha is None
+    assert extras["global"]["primary"] == "198.18.0.1" and extras["global"]["keepalive"] == 1
+    assert lvscf.dumps(cfg, extras).count("primary = 198.18.0.1") == 1
+    # a relative key file is relative to the lvs.cf, as in TOML
+    f = tmp_path / "lvs.cf"
+    f.write_text(HA_CF.replace('"/etc/lb/ha.key"', '"ha.key"'))
+    assert load(f).ha.key_file == tmp_path / "ha.key"
+
+
+def test_ha_errors() -> None:
+    assert one("lb_ha_preempt = 1\n" + GOOD_HEAD) == (1, "lb_ha_preempt", "lb_ha_preempt needs backup_active = 1 "
+                                                      "(a backup director)")
+    no_key = HA_CF.split("lb_ha_key_file")[0] + GOOD_HEAD
+    assert one(no_key) == (3, "lb_ha_key_file", "required key is missing")
+    assert one(no_key.replace("heartbeat = 1", "heartbeat = 0") .replace(
+        "monitor_links = 1\n", 'monitor_links = 1\nlb_ha_key_file = "/k"\n')) == (
+        6, "heartbeat", "heartbeat = 0 with backup_active = 1: lb's failover needs heartbeats")
+    line, fld, msg = one(HA_CF.replace("lb_ha_deadtime = 2.5", "lb_ha_deadtime = 0.3"))
+    assert (line, fld) == (15, "lb_ha_deadtime") and "twice keepalive" in msg
+    assert one(HA_CF.replace("heartbeat_port = 1539", "heartbeat_port = 70000"))[:2] == (7, "heartbeat_port")

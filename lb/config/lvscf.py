@@ -31,7 +31,15 @@ Mapping onto :class:`~lb.config.model.Config`:
   same name (``send_program`` -> ``program``); send/expect are kept raw (the checker
   decodes their escapes); the interval is Piranha's 2 s.
 
-Keys the model cannot hold yet (HA/heartbeat keys, ``sorry_server``,
+* HA (pulse): ``backup_active = 1`` (there is a backup director) makes the ``[ha]`` model
+  (:class:`~lb.config.model.HA`) from ``primary``, ``primary_private``, ``backup``,
+  ``backup_private``, ``heartbeat_port``, ``keepalive``, ``deadtime`` and ``monitor_links``;
+  ``heartbeat`` must then be 1 (or absent), and ``lb_ha_key_file`` is required (lb's heartbeats
+  are authenticated; a relative path is relative to the lvs.cf).  :func:`dumps` writes all of
+  Piranha's HA keys back (``backup_active = 1``, ``heartbeat = 1``).  With ``backup_active = 0``
+  or absent (one director) the HA keys are extras, as Piranha's own ``lvs`` ignores them.
+
+Keys the model cannot hold yet (HA keys without a backup, ``sorry_server``,
 ``load_monitor``, ``quiesce_server`` -- which resets connection counters, it is
 not Monitor.quiesce --, serial_no, ...) are type-checked and returned in
 ``extras`` (see :func:`load_with_extras`) so :func:`dumps` writes them back.
@@ -52,7 +60,12 @@ decimals allowed), ``lb_monitor_timeout``/``_reentry`` (decimal seconds; they wi
 over Piranha's integer ``timeout``/``reentry``, which are written rounded up), and
 ``lb_monitor_escaped = 1``: the block's quoted monitor strings use the escapes
 ``\\\\ \\n \\r \\t \\" \\' \\uXXXX`` (written when a string holds a line break,
-e.g. a TOML ``send = "...\\r\\n"``).
+e.g. a TOML ``send = "...\\r\\n"``); with ``backup_active = 1`` the HA fields Piranha lacks:
+``lb_ha_key_file`` (quoted path, always written), ``lb_ha_preempt``/``_sync = 0|1``,
+``lb_ha_garp_count``, ``lb_ha_sync_rate``, ``lb_ha_garp_interval``/``_garp_refresh``/
+``_sync_interval``/``_max_skew`` (decimal seconds), ``lb_ha_keepalive``/``_deadtime`` (decimal
+seconds; they win over Piranha's integer ``keepalive``/``deadtime``, which are written rounded
+up) and ``lb_ha_notify = "/path/a, /path/b"`` (quoted, comma-separated program paths).
 
 Validation is the TOML loader's: the lvs.cf is turned into the same
 dict-shaped document, rendered as TOML and validated by
@@ -73,7 +86,7 @@ from pathlib import Path
 from typing import Any
 
 from . import toml as _toml
-from .model import Config, ConfigError, ConfigIssue, Monitor, Tables, Timeouts
+from .model import HA, Config, ConfigError, ConfigIssue, Monitor, Tables, Timeouts
 
 __all__ = [
     "load", "loads", "load_with_extras", "loads_with_extras",
@@ -101,6 +114,15 @@ GLOBAL_EXTRAS: dict[str, Any] = {
     "syncdaemon": "bool",
     "rsh_command": ("rsh", "ssh"),
 }
+# Piranha's HA keys: with backup_active = 1 they make the [ha] model (lb.config.model.HA);
+# otherwise (no backup director) they are extras, kept for writing back
+HA_CF = ("primary", "primary_private", "backup_active", "backup", "backup_private", "heartbeat",
+         "heartbeat_port", "keepalive", "deadtime", "monitor_links")
+# lb-only HA keys (the HA fields Piranha lacks); lb_ha_keepalive/_deadtime: decimal seconds, they
+# win over Piranha's integer keepalive/deadtime (written rounded up)
+LB_HA_SECONDS = ("keepalive", "deadtime", "garp_interval", "garp_refresh", "sync_interval", "max_skew")
+LB_HA_KEYS = tuple(f"lb_ha_{k}" for k in (
+    "key_file", "preempt", "garp_count", *LB_HA_SECONDS, "sync", "sync_rate", "notify"))
 VIRTUAL_EXTRAS: dict[str, Any] = {
     "vip_nmask": "mask",
     "sorry_server": "ip",
@@ -118,13 +140,14 @@ GLOBAL_MODEL = (
     "network", "nat_router", "nat_nmask", "tcp_timeout", "tcpfin_timeout", "udp_timeout",
     "lb_instance", "lb_public_interface", "lb_private_interface",
     "lb_table_connections", "lb_table_services", "lb_table_real_servers", "lb_table_reals_per_service",
-)
+) + LB_HA_KEYS
 VIRTUAL_MODEL = ("address", "active", "port", "protocol", "scheduler", "persistent", "pmask", "fwmark",
                  "lb_port_groups", "lb_scheduler_flags")
 SERVER_KEYS = ("address", "active", "weight", "port", "lb_u_threshold", "lb_l_threshold")
 GLOBAL_KEYS = tuple(GLOBAL_EXTRAS) + GLOBAL_MODEL
 VIRTUAL_KEYS = VIRTUAL_MODEL + MONITOR_CF + LB_MONITOR_KEYS + tuple(VIRTUAL_EXTRAS)
-QUOTED = ("send", "expect", "send_program") + tuple(f"lb_monitor_{k}" for k in LB_MONITOR_STRINGS)
+QUOTED = ("send", "expect", "send_program", "lb_ha_key_file", "lb_ha_notify") + tuple(
+    f"lb_monitor_{k}" for k in LB_MONITOR_STRINGS)
 TIMEOUT_KEYS = {"tcp_timeout": "tcp", "tcpfin_timeout": "tcpfin", "udp_timeout": "udp"}
 TABLE_KEYS = {f"lb_table_{k}": k for k in ("connections", "services", "real_servers", "reals_per_service")}
 DEFAULT_NAT_NMASK = "255.255.255.0"
@@ -430,7 +453,11 @@ class _Builder:
     def build(self, top: _Block) -> dict[str, Any]:
         g = _Scope(top, GLOBAL_KEYS, "", self.issues)
         gx = self.extras["global"]
+        ba = g.entries.get("backup_active")
+        with_ha = ba is not None and ba.value == "1"
         for key, kind in GLOBAL_EXTRAS.items():
+            if with_ha and key in HA_CF:
+                continue
             v = g.extra(key, kind)
             if v is not None:
                 gx[key] = v
@@ -501,6 +528,12 @@ class _Builder:
             self.note(f"timeouts.{key}", g.line(cf), cf)
         if timeouts:
             doc["timeouts"] = timeouts
+        if with_ha:
+            doc["ha"] = self._ha(g)
+        else:
+            for key in LB_HA_KEYS:
+                if key in g.entries:
+                    g.error(g.entries[key], f"{key} needs backup_active = 1 (a backup director)")
 
         vss = []
         first_dev: tuple[str, int, str] | None = None
@@ -528,6 +561,43 @@ class _Builder:
         if vss:
             doc["virtual_server"] = vss
         return doc
+
+    def _ha(self, g: _Scope) -> dict[str, Any]:
+        """backup_active = 1: Piranha's HA keys plus lb_ha_* -> the [ha] table."""
+        ha: dict[str, Any] = {}
+        self.note("ha", g.line("backup_active"), "backup_active")
+
+        def take(key: str, cf: str, value: Any) -> None:
+            if value is not None:
+                ha[key] = value
+            self.note(f"ha.{key}", g.line(cf), cf)
+
+        for key in ("primary", "primary_private", "backup", "backup_private"):
+            take(key, key, g.extra(key, "ip"))
+        hb_on = g.boolean("heartbeat")
+        if hb_on is False:
+            g.error(g.entries["heartbeat"], "heartbeat = 0 with backup_active = 1: lb's failover needs heartbeats")
+        take("heartbeat_port", "heartbeat_port", g.integer("heartbeat_port"))
+        for key in ("keepalive", "deadtime"):
+            exact = _seconds(g, f"lb_ha_{key}")
+            take(key, f"lb_ha_{key}" if exact is not None else key,
+                 exact if exact is not None else _seconds(g, key))
+        take("monitor_links", "monitor_links", g.boolean("monitor_links"))
+        kf = g.entries.get("lb_ha_key_file")
+        take("key_file", "lb_ha_key_file", kf.value if kf is not None else None)
+        if kf is None:
+            self.note("ha.key_file", g.line("backup_active"), "lb_ha_key_file")
+        take("preempt", "lb_ha_preempt", g.boolean("lb_ha_preempt"))
+        take("sync", "lb_ha_sync", g.boolean("lb_ha_sync"))
+        take("garp_count", "lb_ha_garp_count", g.integer("lb_ha_garp_count"))
+        take("sync_rate", "lb_ha_sync_rate", g.integer("lb_ha_sync_rate"))
+        for key in LB_HA_SECONDS:
+            if key not in ("keepalive", "deadtime"):
+                take(key, f"lb_ha_{key}", _seconds(g, f"lb_ha_{key}"))
+        notify = g.entries.get("lb_ha_notify")
+        take("notify", "lb_ha_notify",
+             [p.strip() for p in notify.value.split(",") if p.strip()] if notify is not None else None)
+        return ha
 
     def _virtual(self, i: int, vb: _Block) -> tuple[dict[str, Any], tuple[str, int, str] | None]:
         label = _label(vb)
@@ -744,6 +814,8 @@ def load_with_extras(path: str | os.PathLike[str]) -> tuple[Config, dict[str, An
     display = os.fspath(path)
     text = _read(path, display)
     cfg, extras = _parse(text, display)
+    if cfg.ha is not None and not cfg.ha.key_file.is_absolute():  # relative to the file, as in TOML
+        cfg = dataclasses.replace(cfg, ha=dataclasses.replace(cfg.ha, key_file=Path(path).parent / cfg.ha.key_file))
     return dataclasses.replace(cfg, path=Path(path)), extras
 
 
@@ -837,6 +909,35 @@ def _monitor_cf(m: Monitor) -> dict[str, Any]:
     return {**out, **dict(sorted(lb.items(), key=lambda kv: LB_MONITOR_KEYS.index(kv[0])))}
 
 
+def _ha_cf(ha: HA) -> dict[str, Any]:
+    """lvs.cf keys that read back as ``ha``: Piranha's (always), lb_ha_* when not the default."""
+    d = HA(primary=ha.primary, backup=ha.backup, key_file=ha.key_file)
+    out: dict[str, Any] = {"primary": str(ha.primary)}
+    if ha.primary_private is not None:
+        out["primary_private"] = str(ha.primary_private)
+    out.update(backup_active=True, backup=str(ha.backup))
+    if ha.backup_private is not None:
+        out["backup_private"] = str(ha.backup_private)
+    out.update(heartbeat=True, heartbeat_port=ha.heartbeat_port, monitor_links=ha.monitor_links)
+    lb: dict[str, Any] = {"lb_ha_key_file": str(ha.key_file)}
+    for key in ("keepalive", "deadtime"):
+        value = getattr(ha, key)
+        out[key] = max(math.ceil(value), 1)  # Piranha wants integers
+        if not float(value).is_integer():
+            lb[f"lb_ha_{key}"] = _fmt_seconds(value)
+    for key in ("preempt", "sync", "garp_count", "sync_rate"):
+        if getattr(ha, key) != getattr(d, key):
+            lb[f"lb_ha_{key}"] = getattr(ha, key)
+    for key in LB_HA_SECONDS:
+        if key not in ("keepalive", "deadtime") and getattr(ha, key) != getattr(d, key):
+            lb[f"lb_ha_{key}"] = _fmt_seconds(getattr(ha, key))
+    if ha.notify:
+        if any("," in p for p in ha.notify):
+            raise ValueError("lvs.cf's lb_ha_notify is comma-separated: a notify path with ',' cannot be written")
+        lb["lb_ha_notify"] = ", ".join(ha.notify)
+    return {**out, **dict(sorted(lb.items(), key=lambda kv: LB_HA_KEYS.index(kv[0])))}
+
+
 def dumps(cfg: Config, extras: dict[str, Any] | None = None) -> str:
     """Render ``cfg`` (plus ``extras`` from :func:`load_with_extras`) as lvs.cf text."""
     extras = extras or {}
@@ -852,8 +953,13 @@ def dumps(cfg: Config, extras: dict[str, Any] | None = None) -> str:
 
     order = ("serial_no", "primary", "primary_private", "service", "backup_active", "backup",
              "backup_private", "heartbeat", "heartbeat_port", "keepalive", "deadtime")
+    ha_cf = _ha_cf(cfg.ha) if cfg.ha is not None else {}
+    if ha_cf:
+        gx = {k: v for k, v in gx.items() if k not in HA_CF}
     for key in order:
-        if key in gx:
+        if key in ha_cf:
+            put("", key, ha_cf[key])
+        elif key in gx:
             put("", key, gx[key])
     put("", "network", cfg.network)
     nat_dev = cfg.nat_device
@@ -863,7 +969,9 @@ def dumps(cfg: Config, extras: dict[str, Any] | None = None) -> str:
     elif "nat_nmask" in gx:
         put("", "nat_nmask", gx["nat_nmask"])
     for key in ("debug_level", "monitor_links", "syncdaemon", "rsh_command"):
-        if key in gx:
+        if key in ha_cf:
+            put("", key, ha_cf[key])
+        elif key in gx:
             put("", key, gx[key])
     for cf, key in TIMEOUT_KEYS.items():
         if getattr(cfg.timeouts, key) != getattr(Timeouts(), key):
@@ -881,6 +989,9 @@ def dumps(cfg: Config, extras: dict[str, Any] | None = None) -> str:
     for cf, key in TABLE_KEYS.items():
         if getattr(cfg.tables, key) != getattr(Tables(), key):
             put("", cf, getattr(cfg.tables, key))
+    for key in LB_HA_KEYS:
+        if key in ha_cf:
+            put("", key, ha_cf[key])
 
     for vs in cfg.virtual_servers:
         vx = vxs.get(vs.name, {})
@@ -977,7 +1088,7 @@ def _toml_value(v: Any) -> str:
 def _emit(doc: dict[str, Any]) -> str:
     """Render the loader's document shape (tables of scalars, virtual_server/real_server arrays)."""
     out: list[str] = []
-    for section in ("global", "tables", "timeouts"):
+    for section in ("global", "tables", "timeouts", "ha"):
         if section in doc:
             out.append(f"[{section}]")
             out += [f"{k} = {_toml_value(v)}" for k, v in doc[section].items()]
@@ -1001,6 +1112,22 @@ def _emit(doc: dict[str, Any]) -> str:
     return "\n".join(out)
 
 
+def _ha_doc(ha: HA) -> dict[str, Any]:
+    """The [ha] table of ``ha``: the addresses and key file always, the rest when not the default."""
+    d = HA(primary=ha.primary, backup=ha.backup, key_file=ha.key_file)
+    out: dict[str, Any] = {}
+    for f in dataclasses.fields(HA):
+        v = getattr(ha, f.name)
+        if f.name in ("primary", "backup", "key_file", "primary_private", "backup_private"):
+            if v is not None:
+                out[f.name] = str(v)
+        elif v != getattr(d, f.name):
+            if isinstance(v, float) and v.is_integer():
+                v = int(v)
+            out[f.name] = list(v) if isinstance(v, tuple) else v
+    return out
+
+
 def _doc(cfg: Config) -> dict[str, Any]:
     glob: dict[str, Any] = {"instance": cfg.instance, "public_interface": cfg.public_interface}
     if cfg.private_interface is not None:
@@ -1019,6 +1146,8 @@ def _doc(cfg: Config) -> dict[str, Any]:
                 if getattr(cfg.timeouts, k) != getattr(Timeouts(), k)}
     if timeouts:
         doc["timeouts"] = timeouts
+    if cfg.ha is not None:
+        doc["ha"] = _ha_doc(cfg.ha)
     vss = []
     for vs in cfg.virtual_servers:
         if vs.fwmark:

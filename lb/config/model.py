@@ -189,7 +189,9 @@ class Config:
     private_interface: str | None = None
     network: str = "direct"  # "direct" | "nat"
     dataplane: str = "xdp"  # one of DATAPLANES
-    nat_router: IPv4Interface | None = None  # e.g. 198.18.1.254/24
+    # the real servers' floating gateway, e.g. 198.18.1.254/24: owned by the (active) director in
+    # NAT, and in direct routing with [ha] (replies routed through the director); else ignored
+    nat_router: IPv4Interface | None = None
     nat_router_device: str | None = None  # None -> private_interface
     tables: Tables = field(default_factory=Tables)
     timeouts: Timeouts = field(default_factory=Timeouts)

@@ -1,7 +1,9 @@
-"""Ownership of the virtual IPs and the NAT router's floating address (pyroute2).
+"""Ownership of the virtual IPs and the real servers' floating gateway (nat_router), via pyroute2.
 
-The active LVS router holds them; a clean stop gives them back.  Heartbeat-driven takeover and
-gratuitous ARP come with the HA work; for now the one director is always active."""
+The active director holds them and a clean stop gives them back.  Without [ha] the one director is
+always active; with [ha] pulse (lb.ha.pulse) decides the role and the engine takes or releases
+these addresses on each role change, announcing them with gratuitous ARP / unsolicited neighbour
+advertisements (lb.ha.announce)."""
 from __future__ import annotations
 
 import ipaddress
@@ -34,7 +36,10 @@ def wanted_addresses(cfg) -> list[OwnedAddress]:
         if (a.ifname, a.address.ip) not in seen:
             seen.add((a.ifname, a.address.ip))
             out.append(a)
-    if cfg.network == "nat" and cfg.nat_router is not None:
+    # NAT: the real servers' gateway (replies must come back to be un-NATed).  Direct routing with
+    # [ha]: the real servers may route their replies through the director too, so the gateway
+    # floats with the VIPs; without [ha] a direct-routing nat_router is ignored (as in Piranha).
+    if cfg.nat_router is not None and (cfg.network == "nat" or cfg.ha is not None):
         out.append(OwnedAddress(cfg.nat_device, cfg.nat_router))
     return out
 

@@ -161,6 +161,8 @@ class Channel:
 
 
 class Pulse:
+    NOTIFY_TIMEOUT = 30.0    # seconds a notify hook may run before it is killed
+
     def __init__(self, ha, instance: str, on_role, *, sync_source=None, sync_sink=None,
                  announce=None, public_interface: str | None = None, node: int | None = None):
         """on_role(new, old) -> awaitable; sync_source() -> (conns, temps) (blocking, the
@@ -406,11 +408,11 @@ class Pulse:
                                                      stdout=asyncio.subprocess.DEVNULL,
                                                      stderr=asyncio.subprocess.PIPE)
             try:
-                _, err = await asyncio.wait_for(p.communicate(), timeout=30)
+                _, err = await asyncio.wait_for(p.communicate(), timeout=self.NOTIFY_TIMEOUT)
             except asyncio.TimeoutError:
                 p.kill()
                 await p.wait()
-                log.warning("pulse: notify hook %s killed after 30 s", prog)
+                log.warning("pulse: notify hook %s killed after %g s", prog, self.NOTIFY_TIMEOUT)
                 return
             if p.returncode:
                 log.warning("pulse: notify hook %s exited %d: %s", prog, p.returncode,

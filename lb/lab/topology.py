@@ -12,7 +12,8 @@
     NAT address move between the two directors over the shared segments.
     rsN: VIP 198.18.0.10/32 on lo (direct routing), arp_ignore=1/arp_announce=2,
          default route via 198.18.1.1 ("direct") or 198.18.1.254 ("nat", the director's
-         floating NAT address, which the director software adds itself).
+         floating NAT address, which the director software adds itself; the HA tests use the
+         "nat" lab for direct routing too, so that the DR replies' gateway floats with the VIP).
 
 Everything (links, addresses, routes, processes) lives inside the lb-* namespaces; nothing is
 created in the host's network namespace. Links/addresses/routes go through pyroute2,
