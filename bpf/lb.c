@@ -163,109 +163,29 @@ static __always_inline int lb_sched_end(struct xdp_md *ctx, __u32 svc_id, lb_scr
     return XDP_PASS;
 }
 
-int lb_sched_rr(struct xdp_md *ctx)
-{
-    __u32 svc_id;
-    struct lb_svc *svc;
-    struct lb_svc_dests *ds;
-    struct lb_sched_state *st;
-    lb_scratch_t *sc;
-    int act = lb_sched_begin(ctx, &svc_id, &svc, &ds, &st, &sc);
-    if (act != LB_CONTINUE)
-        return act;
-    return lb_sched_end(ctx, svc_id, sc, lb_pick_rr(svc, ds, st, sc));
-}
+/* The list-walking schedulers' programs: classify again, pick, hand the pick over. */
+#define LB_SCHED_PROG(name, pick)                                                  \
+    int lb_sched_##name(struct xdp_md *ctx)                                        \
+    {                                                                              \
+        __u32 svc_id;                                                              \
+        struct lb_svc *svc;                                                        \
+        struct lb_svc_dests *ds;                                                   \
+        struct lb_sched_state *st;                                                 \
+        lb_scratch_t *sc;                                                          \
+        int act = lb_sched_begin(ctx, &svc_id, &svc, &ds, &st, &sc);              \
+        if (act != LB_CONTINUE)                                                    \
+            return act;                                                            \
+        return lb_sched_end(ctx, svc_id, sc, pick);                                \
+    }
 
-int lb_sched_wrr(struct xdp_md *ctx)
-{
-    __u32 svc_id;
-    struct lb_svc *svc;
-    struct lb_svc_dests *ds;
-    struct lb_sched_state *st;
-    lb_scratch_t *sc;
-    int act = lb_sched_begin(ctx, &svc_id, &svc, &ds, &st, &sc);
-    if (act != LB_CONTINUE)
-        return act;
-    return lb_sched_end(ctx, svc_id, sc, lb_pick_wrr(svc, ds, st, sc));
-}
-
-int lb_sched_wlc(struct xdp_md *ctx)
-{
-    __u32 svc_id;
-    struct lb_svc *svc;
-    struct lb_svc_dests *ds;
-    struct lb_sched_state *st;
-    lb_scratch_t *sc;
-    int act = lb_sched_begin(ctx, &svc_id, &svc, &ds, &st, &sc);
-    if (act != LB_CONTINUE)
-        return act;
-    return lb_sched_end(ctx, svc_id, sc, lb_pick_wlc(svc, ds, st, sc));
-}
-
-int lb_sched_lc(struct xdp_md *ctx)
-{
-    __u32 svc_id;
-    struct lb_svc *svc;
-    struct lb_svc_dests *ds;
-    struct lb_sched_state *st;
-    lb_scratch_t *sc;
-    int act = lb_sched_begin(ctx, &svc_id, &svc, &ds, &st, &sc);
-    if (act != LB_CONTINUE)
-        return act;
-    return lb_sched_end(ctx, svc_id, sc, lb_pick_lc(svc, ds, st, sc));
-}
-
-int lb_sched_sed(struct xdp_md *ctx)
-{
-    __u32 svc_id;
-    struct lb_svc *svc;
-    struct lb_svc_dests *ds;
-    struct lb_sched_state *st;
-    lb_scratch_t *sc;
-    int act = lb_sched_begin(ctx, &svc_id, &svc, &ds, &st, &sc);
-    if (act != LB_CONTINUE)
-        return act;
-    return lb_sched_end(ctx, svc_id, sc, lb_pick_sed_nq(svc, ds, st, sc, 0));
-}
-
-int lb_sched_nq(struct xdp_md *ctx)
-{
-    __u32 svc_id;
-    struct lb_svc *svc;
-    struct lb_svc_dests *ds;
-    struct lb_sched_state *st;
-    lb_scratch_t *sc;
-    int act = lb_sched_begin(ctx, &svc_id, &svc, &ds, &st, &sc);
-    if (act != LB_CONTINUE)
-        return act;
-    return lb_sched_end(ctx, svc_id, sc, lb_pick_sed_nq(svc, ds, st, sc, 1));
-}
-
-int lb_sched_fo(struct xdp_md *ctx)
-{
-    __u32 svc_id;
-    struct lb_svc *svc;
-    struct lb_svc_dests *ds;
-    struct lb_sched_state *st;
-    lb_scratch_t *sc;
-    int act = lb_sched_begin(ctx, &svc_id, &svc, &ds, &st, &sc);
-    if (act != LB_CONTINUE)
-        return act;
-    return lb_sched_end(ctx, svc_id, sc, lb_pick_fo_ovf(svc, ds, st, sc, 0));
-}
-
-int lb_sched_ovf(struct xdp_md *ctx)
-{
-    __u32 svc_id;
-    struct lb_svc *svc;
-    struct lb_svc_dests *ds;
-    struct lb_sched_state *st;
-    lb_scratch_t *sc;
-    int act = lb_sched_begin(ctx, &svc_id, &svc, &ds, &st, &sc);
-    if (act != LB_CONTINUE)
-        return act;
-    return lb_sched_end(ctx, svc_id, sc, lb_pick_fo_ovf(svc, ds, st, sc, 1));
-}
+LB_SCHED_PROG(rr, lb_pick_rr(svc, ds, st, sc))
+LB_SCHED_PROG(wrr, lb_pick_wrr(svc, ds, st, sc))
+LB_SCHED_PROG(wlc, lb_pick_wlc(svc, ds, st, sc))
+LB_SCHED_PROG(lc, lb_pick_lc(svc, ds, st, sc))
+LB_SCHED_PROG(sed, lb_pick_sed_nq(svc, ds, st, sc, 0))
+LB_SCHED_PROG(nq, lb_pick_sed_nq(svc, ds, st, sc, 1))
+LB_SCHED_PROG(fo, lb_pick_fo_ovf(svc, ds, st, sc, 0))
+LB_SCHED_PROG(ovf, lb_pick_fo_ovf(svc, ds, st, sc, 1))
 
 int lb_sched_dh(struct xdp_md *ctx)
 {
