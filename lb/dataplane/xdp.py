@@ -260,7 +260,7 @@ class XdpDataplane:
         last = None
         for name, flags in tries:
             try:
-                BPF.attach_xdp(ifname, fn, flags)
+                BPF.attach_xdp(ifname.encode(), fn, flags)
                 self.attached[ifname] = flags
                 log.info("attached %s XDP program to %s (%s mode)", side, ifname, name)
                 return name
@@ -274,7 +274,7 @@ class XdpDataplane:
 
         for ifname, flags in list(self.attached.items()):
             try:
-                BPF.remove_xdp(ifname, flags)
+                BPF.remove_xdp(ifname.encode(), flags)
                 log.info("detached XDP from %s", ifname)
             except Exception as e:
                 log.warning("detaching XDP from %s: %s", ifname, e)
