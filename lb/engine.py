@@ -16,6 +16,7 @@ import threading
 import time
 
 from lb import config as lbconfig
+from lb.config.model import sorry_text
 from lb.dataplane import RealSpec, ServiceSpec, TableSpec
 from lb.dataplane.ipvs import IpvsDataplane
 from lb.dataplane.xdp import DataplaneError, Sizes, XdpDataplane
@@ -28,6 +29,7 @@ log = logging.getLogger("lb.engine")
 RUN_DIR = "/run/lb"
 SWEEP_INTERVAL = 5.0
 NEXTHOP_INTERVAL = 10.0
+ESTIMATE_INTERVAL = 2.0       # IPVS's rate estimator period (ip_vs_est.c)
 
 
 class StartupError(Exception):
@@ -39,9 +41,13 @@ def real_key(vs, rs) -> tuple:
     return (vs.key, rs.address, rs.effective_port(vs))
 
 
-def build_table(cfg, health: dict | None = None) -> TableSpec:
+def build_table(cfg, health: dict | None = None, sorry: set | None = None) -> TableSpec:
     """The desired table: active services and real servers, minus the ones their monitor says
-    are dead (or at weight 0 when the service quiesces dead servers)."""
+    are dead (or at weight 0 when the service quiesces dead servers).
+
+    A service with a sorry server and no usable real server (all dead, inactive or at weight 0)
+    gets the sorry server as its only real server; the keys of those services are added to
+    ``sorry`` when it is given."""
     forward = "nat" if cfg.network == "nat" else "dr"
     health = health or {}
     services = []
@@ -58,6 +64,12 @@ def build_table(cfg, health: dict | None = None) -> TableSpec:
                     continue
                 weight = 0
             reals.append(RealSpec(rs.address, rs.effective_port(vs), weight, forward))
+        if vs.sorry_server is not None and not any(r.weight > 0 for r in reals):
+            addr, port = vs.sorry_server
+            # the pool's entries leave the table (the data plane drains them)
+            reals = [RealSpec(addr, vs.port if port is None else port, 1, forward)]
+            if sorry is not None:
+                sorry.add(vs.key)
         services.append(ServiceSpec.from_config(vs, reals))
     t = cfg.timeouts
     return TableSpec(tuple(services), (t.tcp, t.tcpfin, t.udp))
@@ -111,6 +123,7 @@ class Engine:
         self.health: dict[tuple, bool] = {}          # real_key -> up
         self.monitors: dict[tuple, tuple] = {}       # real_key -> (spec, policy, Monitor, task)
         self._dirty = False                          # health changed: reconcile the data plane
+        self.on_sorry: set[tuple] = set()            # keys of the services sent to their sorry server
         # HA (lb.ha.pulse): without an [ha] table the one director is always active
         self.pulse = None
         self.active = cfg.ha is None
@@ -135,13 +148,31 @@ class Engine:
             # HA: the addresses come with the active role (pulse decides); the data plane is
             # loaded and attached anyway so that a takeover only adds addresses
             log.info("HA: starting without the virtual addresses until pulse decides the role")
-        self.dp.apply(build_table(self.cfg, self.health))
+        self.dp.apply(self._table(self.cfg))
         self._attach_dataplane()
         os.makedirs(RUN_DIR, exist_ok=True)
         with open(pidfile(self.cfg.instance), "w") as f:
             f.write(f"{os.getpid()}\n")
         log.info("lb instance %r running: %d virtual services", self.cfg.instance,
                  len(self.dp.services))
+
+    def _table(self, cfg) -> TableSpec:
+        """build_table for the current health; logs each service's switch to or from its sorry
+        server once."""
+        sorry: set[tuple] = set()
+        table = build_table(cfg, self.health, sorry)
+        names = {vs.key: vs for vs in cfg.virtual_servers}
+        for key in sorted(sorry - self.on_sorry, key=str):
+            vs = names[key]
+            log.warning("virtual service %s: no usable real server, new connections go to the sorry "
+                        "server %s", vs.name, sorry_text(vs.sorry_server))
+        for key in sorted(self.on_sorry - sorry, key=str):
+            vs = names.get(key)
+            if vs is not None and vs.active:
+                log.warning("virtual service %s: a real server is usable again, leaving the sorry server",
+                            vs.name)
+        self.on_sorry = sorry
+        return table
 
     # ---- the data plane's choice: xdp, ipvs, or auto (xdp, else kernel IPVS) ----
     def _load_dataplane(self) -> None:
@@ -162,7 +193,7 @@ class Engine:
             if not self._fall_back(e):
                 raise
             self._load_dataplane()
-            self.dp.apply(build_table(self.cfg, self.health))
+            self.dp.apply(self._table(self.cfg))
             self._attach_dataplane()
 
     def _fall_back(self, err: Exception) -> bool:
@@ -218,7 +249,7 @@ class Engine:
         if self.active:
             addresses.take([a for a in want if a not in self.owned])
         with self._dp_lock:
-            self.dp.apply(build_table(new, self.health))
+            self.dp.apply(self._table(new))
         if self.active:
             addresses.release([a for a in self.owned if a not in want])
         self.owned, self.cfg = want, new
@@ -261,7 +292,7 @@ class Engine:
 
     def apply_health(self) -> None:
         with self._dp_lock:
-            self.dp.apply(build_table(self.cfg, self.health))
+            self.dp.apply(self._table(self.cfg))
         self.write_status()
 
     # ---- HA (pulse) ----
@@ -305,6 +336,10 @@ class Engine:
         with self._dp_lock:
             return self.dp.sweep()
 
+    def estimate(self) -> int:
+        with self._dp_lock:
+            return self.dp.estimate()
+
     def write_status(self) -> None:
         services = []
         for vs in self.cfg.virtual_servers:
@@ -322,7 +357,9 @@ class Engine:
                               {"ok": last.ok, "detail": last.detail, "at": last.at}})
             services.append({"name": vs.name, "protocol": vs.protocol, "address": str(vs.address),
                              "port": vs.port, "scheduler": vs.scheduler, "active": vs.active,
-                             "monitor": vs.monitor.kind, "real_servers": reals})
+                             "monitor": vs.monitor.kind, "real_servers": reals,
+                             "sorry_server": None if vs.sorry_server is None else sorry_text(vs.sorry_server),
+                             "on_sorry_server": vs.key in self.on_sorry})
         doc = {"instance": self.cfg.instance, "pid": os.getpid(),
                "role": self.pulse.role if self.pulse is not None else ("active" if self.active else "starting"),
                "config": str(self.cfg.path), "updated": time.time(), "services": services}
@@ -361,7 +398,7 @@ class Engine:
         if self.pulse is not None:
             await blocking(ha_announce.warm_up)      # scapy loads now, not during a takeover
             await self.pulse.start()
-        last_sweep = last_nh = last_status = loop.time()
+        last_sweep = last_nh = last_status = last_est = loop.time()
         while self._stop is None:
             try:
                 await asyncio.wait_for(self._wake.wait(), timeout=1.0)
@@ -387,6 +424,9 @@ class Engine:
                     n = await blocking(self.sweep)
                     if n:
                         log.debug("swept %d expired connections", n)
+                if now - last_est >= ESTIMATE_INTERVAL:
+                    last_est = now
+                    await blocking(self.estimate)
                 if now - last_nh >= NEXTHOP_INTERVAL:
                     last_nh = now
                     await blocking(self.dp.refresh_nexthops)

@@ -839,3 +839,54 @@ def test_locate_generated(case: tuple[str, dict[tuple[str | int, ...], int]]) ->
     loc = Locator(text)
     for path, line in expect.items():
         assert loc.line(path) == line, (path, text)
+
+
+# --- sorry server --------------------------------------------------------------------------
+
+
+def _sorry_doc(value: str, network: str = "direct", address: str = "198.18.0.10") -> str:
+    return (f'[global]\npublic_interface = "eth0"\nnetwork = "{network}"\n'
+            + ('private_interface = "eth1"\nnat_router = "198.18.1.254/24"\n' if network == "nat" else "")
+            + f'\n[[virtual_server]]\nname = "web"\naddress = "{address}"\nport = 80\n'
+            + f'sorry_server = "{value}"\n\n  [[virtual_server.real_server]]\n  address = "198.18.1.11"\n')
+
+
+@pytest.mark.parametrize("value, expected", [
+    ("198.18.1.99", (IPv4Address("198.18.1.99"), None)),
+    ("198.18.1.99:80", (IPv4Address("198.18.1.99"), 80)),
+])
+def test_sorry_server_direct(value: str, expected: tuple) -> None:
+    assert loads(_sorry_doc(value)).virtual_servers[0].sorry_server == expected
+
+
+def test_sorry_server_nat_may_change_port() -> None:
+    cfg = loads(_sorry_doc("198.18.1.99:8080", network="nat"))
+    assert cfg.virtual_servers[0].sorry_server == (IPv4Address("198.18.1.99"), 8080)
+
+
+@pytest.mark.parametrize("value, network, message", [
+    ("nonsense", "direct", "'nonsense' is not a valid IP address"),
+    ("198.18.1.999", "direct", "is not a valid IP address"),
+    ("198.18.1.99:0", "direct", "port must be between 1 and 65535"),
+    ("198.18.1.99:70000", "direct", "port must be between 1 and 65535"),
+    ("198.18.1.99:x", "direct", "port must be between 1 and 65535"),
+    ("2001:db8::1", "direct", "is IPv6 but the virtual server is IPv4"),
+    ("[2001:db8::1]:80", "nat", "is IPv6 but the virtual server is IPv4"),
+    ("198.18.1.99:8080", "direct", "direct routing cannot change the destination port"),
+])
+def test_sorry_server_errors(value: str, network: str, message: str) -> None:
+    with pytest.raises(ConfigError) as ei:
+        loads(_sorry_doc(value, network=network))
+    issues = ei.value.issues
+    assert len(issues) == 1, issues
+    assert issues[0].field == "virtual_server[0].sorry_server"
+    text = _sorry_doc(value, network=network)
+    assert issues[0].line == text.splitlines().index(f'sorry_server = "{value}"') + 1
+    assert message in issues[0].message
+
+
+def test_sorry_server_must_be_a_string() -> None:
+    text = _sorry_doc("x").replace('sorry_server = "x"', "sorry_server = 5")
+    with pytest.raises(ConfigError) as ei:
+        loads(text)
+    assert ei.value.issues[0].field == "virtual_server[0].sorry_server"

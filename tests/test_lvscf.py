@@ -51,6 +51,7 @@ EXPECTED_FULL = Config(
         VirtualServer(
             name="web", address=IPv4Address("192.168.1.10"), port=80, protocol="tcp", scheduler="wlc",
             persistent=300, pmask="255.255.255.0", active=True, device=None,
+            sorry_server=(IPv4Address("10.0.0.99"), None),
             real_servers=(
                 RealServer("web1", IPv4Address("10.0.0.11"), None, 2, True),
                 RealServer("web2", IPv4Address("10.0.0.12"), None, 0, False),
@@ -80,7 +81,7 @@ EXPECTED_EXTRAS = {
     },
     "virtual": {
         "web": {
-            "vip_nmask": "255.255.255.0", "sorry_server": "10.0.0.99", "load_monitor": "uptime",
+            "vip_nmask": "255.255.255.0", "load_monitor": "uptime",
             "quiesce_server": True, "address_alias": "eth0:1",
         },
     },
@@ -519,3 +520,43 @@ def test_ha_errors() -> None:
     line, fld, msg = one(HA_CF.replace("lb_ha_deadtime = 2.5", "lb_ha_deadtime = 0.3"))
     assert (line, fld) == (15, "lb_ha_deadtime") and "twice keepalive" in msg
     assert one(HA_CF.replace("heartbeat_port = 1539", "heartbeat_port = 70000"))[:2] == (7, "heartbeat_port")
+
+
+@pytest.mark.parametrize("network, sorry, written", [
+    ("direct", (IPv4Address("10.9.1.99"), None), "sorry_server = 10.9.1.99"),
+    ("direct", (IPv4Address("10.9.1.99"), 80), "sorry_server = 10.9.1.99:80"),
+    ("nat", (IPv4Address("10.9.1.99"), 8080), "sorry_server = 10.9.1.99:8080"),
+])
+def test_sorry_server_is_model_and_round_trips(network: str, sorry: tuple, written: str) -> None:
+    nat = dict(private_interface="eth1", nat_router=IPv4Interface("10.9.1.254/24"), nat_router_device="eth1") \
+        if network == "nat" else {}
+    vs = VirtualServer(name="web", address=IPv4Address("10.9.0.1"), port=80, sorry_server=sorry,
+                       real_servers=(RealServer("r", IPv4Address("10.9.1.1")),))
+    cfg = Config(public_interface="eth0", network=network, virtual_servers=(vs,), **nat)
+    text = lvscf.dumps(cfg)
+    assert f"     {written}" in text.splitlines()
+    back, extras = lvscf.loads_with_extras(text)
+    assert back == cfg and "sorry_server" not in extras["virtual"].get("web", {})
+    toml = lvscf.dumps_toml(cfg)
+    assert "sorry_server = " in toml and "lb cannot use" not in toml
+    assert loads(toml) == cfg
+
+
+def test_sorry_server_errors_name_the_lvscf_line() -> None:
+    text = cf("""\
+        network = direct
+        virtual web {
+             address = 10.9.0.1 eth0
+             port = 80
+             sorry_server = 10.9.1.99:8080
+        }
+        """)
+    with pytest.raises(ConfigError) as ei:
+        lvscf.loads(text)
+    (issue,) = ei.value.issues
+    assert (issue.line, issue.field) == (5, "virtual[web].sorry_server")
+    assert "direct routing cannot change the destination port" in issue.message
+    with pytest.raises(ConfigError) as ei:
+        lvscf.loads(text.replace("10.9.1.99:8080", "nonsense"))
+    (issue,) = ei.value.issues
+    assert (issue.line, issue.field) == (5, "virtual[web].sorry_server")

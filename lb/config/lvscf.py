@@ -39,7 +39,8 @@ Mapping onto :class:`~lb.config.model.Config`:
   Piranha's HA keys back (``backup_active = 1``, ``heartbeat = 1``).  With ``backup_active = 0``
   or absent (one director) the HA keys are extras, as Piranha's own ``lvs`` ignores them.
 
-Keys the model cannot hold yet (HA keys without a backup, ``sorry_server``,
+``sorry_server = ADDR`` (or ``ADDR:PORT``) is VirtualServer.sorry_server.
+Keys the model cannot hold yet (HA keys without a backup,
 ``load_monitor``, ``quiesce_server`` -- which resets connection counters, it is
 not Monitor.quiesce --, serial_no, ...) are type-checked and returned in
 ``extras`` (see :func:`load_with_extras`) so :func:`dumps` writes them back.
@@ -86,7 +87,7 @@ from pathlib import Path
 from typing import Any
 
 from . import toml as _toml
-from .model import HA, Config, ConfigError, ConfigIssue, Monitor, Tables, Timeouts
+from .model import HA, Config, ConfigError, ConfigIssue, Monitor, Tables, Timeouts, sorry_text
 
 __all__ = [
     "load", "loads", "load_with_extras", "loads_with_extras",
@@ -125,7 +126,6 @@ LB_HA_KEYS = tuple(f"lb_ha_{k}" for k in (
     "key_file", "preempt", "garp_count", *LB_HA_SECONDS, "sync", "sync_rate", "notify"))
 VIRTUAL_EXTRAS: dict[str, Any] = {
     "vip_nmask": "mask",
-    "sorry_server": "ip",
     "load_monitor": ("none", "uptime", "rup", "ruptime"),
     "quiesce_server": "bool",  # reset connection counters when a server joins (not Monitor.quiesce)
 }
@@ -142,7 +142,7 @@ GLOBAL_MODEL = (
     "lb_table_connections", "lb_table_services", "lb_table_real_servers", "lb_table_reals_per_service",
 ) + LB_HA_KEYS
 VIRTUAL_MODEL = ("address", "active", "port", "protocol", "scheduler", "persistent", "pmask", "fwmark",
-                 "lb_port_groups", "lb_scheduler_flags")
+                 "lb_port_groups", "lb_scheduler_flags", "sorry_server")
 SERVER_KEYS = ("address", "active", "weight", "port", "lb_u_threshold", "lb_l_threshold")
 GLOBAL_KEYS = tuple(GLOBAL_EXTRAS) + GLOBAL_MODEL
 VIRTUAL_KEYS = VIRTUAL_MODEL + MONITOR_CF + LB_MONITOR_KEYS + tuple(VIRTUAL_EXTRAS)
@@ -653,7 +653,7 @@ class _Builder:
             if val is not None:
                 out[key] = val
             self.note(f"{tf}.{key}", v.line(key), v.fld(key))
-        for key in ("protocol", "scheduler", "pmask"):
+        for key in ("protocol", "scheduler", "pmask", "sorry_server"):
             if key in v.entries:
                 out[key] = v.entries[key].value
             self.note(f"{tf}.{key}", v.line(key), v.fld(key))
@@ -1016,7 +1016,9 @@ def dumps(cfg: Config, extras: dict[str, Any] | None = None) -> str:
             put(ind, "persistent", vs.persistent)
         if vs.pmask is not None:
             put(ind, "pmask", vs.pmask)
-        if "sorry_server" in vx:
+        if vs.sorry_server is not None:
+            put(ind, "sorry_server", sorry_text(vs.sorry_server))
+        elif "sorry_server" in vx:
             put(ind, "sorry_server", vx["sorry_server"])
         for key in ("send", "expect", "use_regex", "send_program"):
             if key in mon:
@@ -1164,6 +1166,8 @@ def _doc(cfg: Config) -> dict[str, Any]:
             d["persistent"] = vs.persistent
         if vs.pmask is not None:
             d["pmask"] = vs.pmask
+        if vs.sorry_server is not None:
+            d["sorry_server"] = sorry_text(vs.sorry_server)
         if not vs.active:
             d["active"] = False
         if vs.device is not None:

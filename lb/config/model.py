@@ -117,6 +117,9 @@ class VirtualServer:
     fwmark: int = 0  # firewall-mark service: matched by port_groups (in XDP, no iptables)
     port_groups: tuple[PortGroup, ...] = ()
     scheduler_flags: tuple[str, ...] = ()  # e.g. ("sh-fallback", "sh-port")
+    # (address, port or None = the service's port): takes the new connections while no real
+    # server of the service is usable (Piranha's sorry_server)
+    sorry_server: tuple[IPAddress, int | None] | None = None
 
     @property
     def key(self) -> tuple:
@@ -131,6 +134,14 @@ class VirtualServer:
         if self.fwmark:
             return tuple(dict.fromkeys(g.address for g in self.port_groups))
         return (self.address,)
+
+
+def sorry_text(sorry: tuple[IPAddress, int | None]) -> str:
+    """A sorry server as written in the configuration: ADDR, ADDR:PORT or [ADDR6]:PORT."""
+    addr, port = sorry
+    if port is None:
+        return str(addr)
+    return f"[{addr}]:{port}" if addr.version == 6 else f"{addr}:{port}"
 
 
 @dataclass(frozen=True, slots=True)

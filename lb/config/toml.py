@@ -93,7 +93,7 @@ TIMEOUTS_KEYS: Final = ("tcp", "tcpfin", "udp")
 VS_KEYS: Final = (
     "name", "address", "port", "protocol", "scheduler",
     "persistent", "pmask", "active", "device", "real_server", "monitor",
-    "fwmark", "port_group", "scheduler_flags",
+    "fwmark", "port_group", "scheduler_flags", "sorry_server",
 )
 MONITOR_KEYS: Final = tuple(f.name for f in dataclasses.fields(Monitor))
 RS_KEYS: Final = ("name", "address", "port", "weight", "active", "u_threshold", "l_threshold")
@@ -464,6 +464,7 @@ class _VirtualDraft:
     fwmark: int | _Invalid = 0
     groups: list[PortGroup | _Invalid] = field(default_factory=list)
     sched_flags: tuple[str, ...] | _Invalid = ()
+    sorry: tuple[IPAddress, int | None] | None | _Invalid = None
 
     def build(self) -> VirtualServer:
         name = _valid(self.name)
@@ -483,6 +484,7 @@ class _VirtualDraft:
             fwmark=_valid_int(self.fwmark),
             port_groups=tuple(_valid(g) for g in self.groups),
             scheduler_flags=_valid(self.sched_flags),
+            sorry_server=_valid(self.sorry),
         )
 
 
@@ -587,6 +589,55 @@ def _check_real(rs: _Table, vip: IPAddress | _Invalid, vs_name: str | None) -> _
     )
 
 
+def parse_sorry(text: str) -> tuple[IPAddress, int | None] | str:
+    """``ADDR``, ``ADDR:PORT`` or ``[ADDR6]:PORT`` -> (address, port or None); a message if bad."""
+    text = text.strip()
+    port_text = None
+    try:
+        addr = ipaddress.ip_address(text)
+    except ValueError:
+        if text.startswith("["):
+            host, sep, rest = text[1:].partition("]")
+            if not sep or not rest.startswith(":"):
+                return f"'{text}' is not an address, ADDR:PORT or [ADDR6]:PORT"
+            port_text = rest[1:]
+        else:
+            host, sep, port_text = text.rpartition(":")
+            if not sep:
+                return f"'{text}' is not a valid IP address"
+        try:
+            addr = ipaddress.ip_address(host)
+        except ValueError:
+            return f"'{host}' is not a valid IP address"
+    port = None
+    if port_text is not None:
+        if not port_text.isdigit() or not 1 <= int(port_text) <= 65535:
+            return f"port must be between 1 and 65535, got {port_text!r}"
+        port = int(port_text)
+    problem = _unicast_problem(addr)
+    if problem:
+        return problem
+    return addr, port
+
+
+def _check_sorry(vs: _Table, vip: IPAddress | _Invalid, fwmark: bool) -> tuple[IPAddress, int | None] | None | _Invalid:
+    value = vs.string("sorry_server")
+    if not isinstance(value, str):
+        return value
+    parsed = parse_sorry(value)
+    if isinstance(parsed, str):
+        return vs.chk.error(vs.at("sorry_server"), parsed)
+    addr, port = parsed
+    if not isinstance(vip, _Invalid) and addr.version != vip.version:
+        return vs.chk.error(vs.at("sorry_server"),
+                            f"sorry server address {addr} is IPv{addr.version} but the virtual server is "
+                            f"IPv{vip.version}")
+    if fwmark and port is not None:
+        return vs.chk.error(vs.at("sorry_server"), "the sorry server of a firewall-mark service takes each "
+                                                   "connection's own port: omit :PORT")
+    return parsed
+
+
 def _check_sched_flags(vs: _Table, scheduler: str | _Invalid) -> tuple[str, ...] | _Invalid:
     value = vs.data.get("scheduler_flags", _ABSENT)
     if value is _ABSENT:
@@ -666,6 +717,7 @@ def _check_fwmark_virtual(vs: _Table, name: str | None | _Invalid) -> _VirtualDr
     )
     if any(isinstance(g, _Invalid) for g in groups):
         draft.fwmark = INVALID
+    draft.sorry = _check_sorry(vs, first.address if first else INVALID, True)
     draft.monitor = _check_monitor(vs)
     vs_name = name if isinstance(name, str) else None
     for rs in vs.tables("real_server", RS_KEYS):
@@ -708,6 +760,7 @@ def _check_virtual(vs: _Table) -> _VirtualDraft:
         device=vs.ifname("device"),
     )
     draft.sched_flags = _check_sched_flags(vs, draft.scheduler)
+    draft.sorry = _check_sorry(vs, vip, False)
     draft.monitor = _check_monitor(vs)
     vs_name = name if isinstance(name, str) else None
     for rs in vs.tables("real_server", RS_KEYS):
@@ -792,6 +845,12 @@ def _check_reals_of(chk: _Checker, vs: _VirtualDraft, network: str | _Invalid) -
     seen_addr: dict[tuple[IPAddress, int], FieldPath] = {}
     seen_name: dict[str, FieldPath] = {}
     vs_port = vs.port if isinstance(vs.port, int) else None
+    sorry = vs.sorry
+    if (network == "direct" and isinstance(sorry, tuple) and sorry[1] is not None and vs_port is not None
+            and sorry[1] != vs_port and vs.fwmark == 0):
+        chk.error(vs.path + ("sorry_server",),
+                  f"direct routing cannot change the destination port (sorry server port {sorry[1]}, "
+                  f"virtual server port {vs_port}); omit :PORT or use network = \"nat\"")
     for rs in vs.reals:
         if isinstance(rs, _Invalid):
             continue
