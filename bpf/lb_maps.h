@@ -32,6 +32,9 @@ BPF_TABLE_PINNED("array", __u32, __u32, lb_tcp_fsm, LB_FSM_SIZE, LB_PIN(lb_tcp_f
 BPF_TABLE_PINNED("array", __u32, __u32, lb_timeouts, LB_TIMEOUTS, LB_PIN(lb_timeouts));
 BPF_TABLE_PINNED("percpu_array", __u32, struct lb_stats, lb_svc_stats, LB_MAX_SERVICES, LB_PIN(lb_svc_stats));
 BPF_TABLE_PINNED("percpu_array", __u32, struct lb_stats, lb_real_stats, LB_MAX_REALS, LB_PIN(lb_real_stats));
+/* per-second rates, smoothed as IPVS's estimator does: written every 2 s by the control plane */
+BPF_TABLE_PINNED("array", __u32, struct lb_rates, lb_svc_rates, LB_MAX_SERVICES, LB_PIN(lb_svc_rates));
+BPF_TABLE_PINNED("array", __u32, struct lb_rates, lb_real_rates, LB_MAX_REALS, LB_PIN(lb_real_rates));
 BPF_TABLE_PINNED("percpu_array", __u32, __u64, lb_counters, LB_CNT_MAX, LB_PIN(lb_counters));
 
 /* Pinned: the kernel empties a program array when its last user reference goes, and a

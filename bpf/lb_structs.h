@@ -128,6 +128,16 @@ struct lb_stats {                 /* per-CPU, per service and per real server */
     __u64 outbytes;
 };
 
+/* smoothed rates written by the control plane's estimator (IPVS ip_vs_est.c), read by
+ * `lb list --rate`; the BPF programs never touch them */
+struct lb_rates {
+    __u64 cps;
+    __u64 inpps;
+    __u64 outpps;
+    __u64 inbps;
+    __u64 outbps;
+};
+
 struct lb_sched_scratch {         /* per-CPU: scheduler loop state, then the hand-over to new_conn */
     __u32 svc;                    /* the pick: service id ... */
     __u32 real;                   /* ... and real id */

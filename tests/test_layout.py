@@ -33,6 +33,8 @@ def bpf():
                                   "flags": 25, "client_mac": 28, "local_mac": 34, "vaddr": 40, "vport": 56}),
     ("lb_fwm_ranges", "Leaf", L.PORT_RANGES, {"r": 8}),
     ("lb_svc_stats", "Leaf", L.STATS, {"inpkts": 8, "outbytes": 32}),
+    ("lb_svc_rates", "Leaf", L.RATES, {"inpps": 8, "outpps": 16, "inbps": 24, "outbps": 32}),
+    ("lb_real_rates", "Leaf", L.RATES, {"cps": 0, "outbps": 32}),
 ])
 def test_struct_matches_c(bpf, table, part, struct, offsets):
     ct = getattr(bpf[table.encode()], part)

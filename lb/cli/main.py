@@ -218,7 +218,7 @@ def _print_listing(args, services, conns, timeouts, **header) -> int:
     elif args.connection:
         sys.stdout.write(listing.format_connections(conns))
     else:
-        mode = ("stats" if args.stats else "persistent" if args.persistent_conn
+        mode = ("stats" if args.stats else "rate" if args.rate else "persistent" if args.persistent_conn
                 else "thresholds" if args.thresholds else "default")
         # ipvsadm prints its version header only when listing the whole table
         sys.stdout.write(listing.format_services(services, mode=mode, exact=args.exact, sort=not args.nosort,
@@ -267,10 +267,12 @@ def _add_list_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("-n", "--numeric", action="store_true", help="numeric output (always on)")
     p.add_argument("-c", "--connection", action="store_true", help="list connections")
     p.add_argument("--stats", action="store_true", help="packet and byte counters")
+    p.add_argument("--rate", action="store_true",
+                   help="rates: connections, packets and bytes per second (IPVS's 2 s estimator)")
     p.add_argument("--timeout", action="store_true", help="tcp tcpfin udp timeouts")
     p.add_argument("--persistent-conn", action="store_true", help="persistence templates per real server")
     p.add_argument("--thresholds", action="store_true", help="upper/lower connection thresholds")
-    p.add_argument("--exact", "-X", action="store_true", help="exact numbers with --stats")
+    p.add_argument("--exact", "-X", action="store_true", help="exact numbers with --stats and --rate")
     p.add_argument("--sort", action="store_true", help="sort (the default)")
     p.add_argument("--nosort", action="store_true", help="keep the table's order")
     p.add_argument("--json", action="store_true", help="machine-readable output")

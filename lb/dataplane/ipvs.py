@@ -355,7 +355,7 @@ def _spec_of(ks: KService) -> ServiceSpec:
 
 class IpvsDataplane:
     """Kernel IPVS behind the XdpDataplane interface (load, apply, attach, detach_all, unpin,
-    close, sweep, refresh_nexthops, finish_drains, draining, adopted, created)."""
+    close, sweep, refresh_nexthops, estimate, finish_drains, draining, adopted, created)."""
 
     kind = "ipvs"
 
@@ -460,6 +460,9 @@ class IpvsDataplane:
 
     def refresh_nexthops(self) -> int:
         return 0
+
+    def estimate(self, now: float | None = None) -> int:
+        return 0                    # the kernel's own estimator fills the rates
 
     # ---- HA connection sync: IPVS has its own sync daemon (not configured by lb yet) ----
     def export_conns(self, now_ns: int | None = None) -> tuple[list, list]:

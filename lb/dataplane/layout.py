@@ -57,6 +57,7 @@ PERSIST = struct.Struct("=QII")                     # lb_persist
 CONN_KEY = struct.Struct("=16s16s2s2sBBBB")         # lb_conn_key
 CONN = struct.Struct("=QIIIIBB2s6s6s16s2s6s")       # lb_conn
 STATS = struct.Struct("=5Q")                        # lb_stats
+RATES = struct.Struct("=5Q")                        # lb_rates: cps, inpps, outpps, inbps, outbps
 SCHED_BUCKETS = struct.Struct("=256I")             # lb_sched_buckets (lb_sched.h)
 PORT_RANGE = struct.Struct("=HHI")                  # lb_port_range (host byte order ports)
 PORT_RANGES = struct.Struct(f"=II{PORT_RANGE.size * FWM_RANGES}s")   # lb_port_ranges

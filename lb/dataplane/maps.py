@@ -16,7 +16,11 @@ PIN_ROOT = "/sys/fs/bpf/lb"
 
 MAP_NAMES = ("lb_services", "lb_svc", "lb_sched_state", "lb_svc_dests", "lb_reals",
              "lb_real_conns", "lb_real_swept", "lb_conns", "lb_tcp_fsm", "lb_timeouts",
-             "lb_svc_stats", "lb_real_stats", "lb_counters", "lb_progs", "lb_scratch", "lb_persist")
+             "lb_svc_stats", "lb_real_stats", "lb_counters", "lb_progs", "lb_scratch", "lb_persist",
+             "lb_svc_rates", "lb_real_rates")
+# maps newer than some running instances: opened when present, not required (`lb list` of an
+# instance started before they existed shows zero rates rather than failing)
+OPTIONAL_MAPS = ("lb_svc_rates", "lb_real_rates")
 
 
 def pin_dir(instance: str, root: str = PIN_ROOT) -> str:
@@ -118,7 +122,7 @@ class PinnedMaps:
             path = os.path.join(self.dir, name)
             if os.path.exists(path) and name != "lb_progs":
                 self.maps[name] = BpfMap.open_pinned(path)
-        missing = [n for n in MAP_NAMES if n not in self.maps and n != "lb_progs"]
+        missing = [n for n in MAP_NAMES if n not in self.maps and n != "lb_progs" and n not in OPTIONAL_MAPS]
         if missing:
             raise FileNotFoundError(f"lb instance {instance!r} at {self.dir} lacks maps: {', '.join(missing)}")
 

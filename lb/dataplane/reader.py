@@ -29,6 +29,13 @@ def optional_map(maps: PinnedMaps, name: str):
     return maps.maps[name]
 
 
+def _rates(maps: PinnedMaps, name: str, key: bytes) -> Stats:
+    """The estimator's rates (lb_svc_rates / lb_real_rates); zero when the instance lacks them."""
+    m = optional_map(maps, name)
+    raw = m.get(key) if m is not None else None
+    return Stats(*L.RATES.unpack(raw)) if raw is not None else Stats()
+
+
 def _service_row(maps: PinnedMaps, sid: int, key) -> ServiceRow:
     skey = L.U32.pack(sid)
     svc = L.Svc.unpack(maps["lb_svc"].get(skey))
@@ -42,6 +49,7 @@ def _service_row(maps: PinnedMaps, sid: int, key) -> ServiceRow:
     row.persistent = svc.persist_timeout or None
     row.netmask = L.unpack_mask(svc.persist_mask) if svc.persist_timeout else None
     row.stats = _sum_stats(maps["lb_svc_stats"].get_percpu(skey))
+    row.rate = _rates(maps, "lb_svc_rates", skey)
     dests = L.unpack_dests(maps["lb_svc_dests"].get(skey), min(svc.nreals, maps["lb_svc_dests"].value_size // L.DEST.size))
     for rid, weight, _flags in dests:
         rkey = L.U32.pack(rid)
@@ -51,7 +59,8 @@ def _service_row(maps: PinnedMaps, sid: int, key) -> ServiceRow:
                                  forward=L.FORWARD_NAMES.get(real.fwd, "?"), weight=real.weight,
                                  active=a, inactive=i, persist=p,
                                  u_threshold=real.u_threshold, l_threshold=real.l_threshold,
-                                 stats=_sum_stats(maps["lb_real_stats"].get_percpu(rkey))))
+                                 stats=_sum_stats(maps["lb_real_stats"].get_percpu(rkey)),
+                                 rate=_rates(maps, "lb_real_rates", rkey)))
     return row
 
 

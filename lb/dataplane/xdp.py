@@ -102,6 +102,8 @@ class Sizes:
             "lb_fwm_services": (self.services, 4),
             "lb_globals": (L.N_GLOBALS, 4),
             "lb_real_stats": (self.reals, L.STATS.size),
+            "lb_svc_rates": (self.services, L.RATES.size),
+            "lb_real_rates": (self.reals, L.RATES.size),
         }
 
 
@@ -158,6 +160,9 @@ class XdpDataplane:
         self.adopted = False
         self.created = False     # this instance made the pin directory (a failed start removes it)
         self.writes = 0
+        # rate estimator (estimate()): (map, id) -> (time_ns, counters, smoothed rates)
+        self._est: dict[tuple[str, int], tuple[int, tuple, list[int]]] = {}
+        self._est_seeded = False
 
     # ---- loading ----
     def check_pins(self) -> bool:
@@ -330,6 +335,8 @@ class XdpDataplane:
         self._set("lb_real_swept", k, zero)
         self._set("lb_real_overload", k, L.U32.pack(0))
         self._set("lb_real_stats", k, L.STATS.pack(0, 0, 0, 0, 0))
+        self._set("lb_real_rates", k, L.RATES.pack(0, 0, 0, 0, 0))
+        self._est.pop(("lb_real_stats", rid), None)
         return rid
 
     def _resolve(self, addr, onlink: bool):
@@ -580,6 +587,8 @@ class XdpDataplane:
         self._set("lb_sched_state", sid, L.SCHED_STATE.pack(cl, mark.cw))
         if new:
             self._set("lb_svc_stats", sid, L.STATS.pack(0, 0, 0, 0, 0))
+            self._set("lb_svc_rates", sid, L.RATES.pack(0, 0, 0, 0, 0))
+            self._est.pop(("lb_svc_stats", st.id), None)
             if fwmark:
                 self._set("lb_fwm_services", L.U32.pack(fwmark), L.U32.pack(st.id))
             else:
@@ -743,6 +752,53 @@ class XdpDataplane:
         self.writes += done
         return done, skipped
 
+    # ---- rates ----
+    def estimate(self, now: float | None = None) -> int:
+        """IPVS's rate estimator (net/netfilter/ipvs/ip_vs_est.c), run every 2 s: per service
+        and per real server in use, the counter deltas since the last sample become per-second
+        rates in fixed point (conns and packets x 2^10, bytes x 2^5), smoothed as
+        avg += (rate - avg) / 4, and written rounded to lb_svc_rates / lb_real_rates.  The
+        interval is the measured one (exactly IPVS's shifts when it is 2 s).  A new id, or one
+        whose counters went backwards, starts from its current counters with no rate yet.
+        Returns the number of entries written."""
+        now_ns = int((time.monotonic() if now is None else now) * 1_000_000_000)
+        ids = {("lb_svc_stats", st.id) for st in self.services.values()}
+        ids |= {("lb_real_stats", rid) for st in self.services.values() for _, rid in st.dests}
+        rates_of = {"lb_svc_stats": "lb_svc_rates", "lb_real_stats": "lb_real_rates"}
+        seed = self.adopted and not self._est_seeded
+        self._est_seeded = True
+        n = 0
+        for gone in [k for k in self._est if k not in ids]:
+            del self._est[gone]
+            self._set(rates_of[gone[0]], L.U32.pack(gone[1]), L.RATES.pack(0, 0, 0, 0, 0))
+            n += 1
+        for mapname, i in ids:
+            key = L.U32.pack(i)
+            tot = [0] * 5
+            for v in self.maps[mapname].get_percpu(key):
+                for j, x in enumerate(L.STATS.unpack(v)):
+                    tot[j] += x
+            cur = tuple(tot)
+            prev = self._est.get((mapname, i))
+            if prev is None or any(c < p for c, p in zip(cur, prev[1])) or now_ns <= prev[0]:
+                avg = [0] * 5
+                if seed and prev is None:      # a restarted daemon carries on from the pinned rates
+                    raw = self.maps[rates_of[mapname]].get(key)
+                    if raw is not None:
+                        avg = [r << s for r, s in zip(L.RATES.unpack(raw), _EST_SHIFT)]
+                self._est[(mapname, i)] = (now_ns, cur, avg)
+                continue
+            t0, last, avg = prev
+            dt = now_ns - t0
+            for j in range(5):
+                rate = ((cur[j] - last[j]) << _EST_SHIFT[j]) * 1_000_000_000 // dt
+                avg[j] += (rate - avg[j]) >> 2
+            self._est[(mapname, i)] = (now_ns, cur, avg)
+            shown = [(a + (1 << (s - 1)) - 1) >> s if a > 0 else 0 for a, s in zip(avg, _EST_SHIFT)]
+            self._set(rates_of[mapname], key, L.RATES.pack(*shown))
+            n += 1
+        return n
+
     # ---- expiry ----
     def sweep(self, now_ns: int | None = None) -> int:
         """Remove expired connections and take them off their real servers' counters.
@@ -795,6 +851,11 @@ class XdpDataplane:
         if not real.u_threshold or real.u_threshold > act + inact:
             if self.maps["lb_real_overload"].get(key) != L.U32.pack(0):
                 self._set("lb_real_overload", key, L.U32.pack(0))
+
+
+# fixed-point scale of the estimator's averages per lb_stats field (ip_vs_est.c: conns and
+# packets x 2^10, bytes x 2^5)
+_EST_SHIFT = (10, 10, 10, 5, 5)
 
 
 def _key_of(spec: ServiceSpec):

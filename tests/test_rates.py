@@ -1,0 +1,141 @@
+"""`lb list --rate`: the daemon's estimator (XdpDataplane.estimate, IPVS ip_vs_est.c) over counters
+that packets through the loaded XDP programs (BPF_PROG_TEST_RUN) produce, read back from the pinned
+rates maps as `lb list` reads them."""
+from __future__ import annotations
+
+import ipaddress
+
+import pytest
+from scapy.layers.inet import IP, TCP
+from scapy.layers.l2 import Ether
+
+from lb import listing
+from lb.cli.main import main as lb_main
+from lb.dataplane import RealSpec, ServiceSpec, TableSpec, reader
+from lb.dataplane.maps import PinnedMaps
+
+from packets_util import CLIENT_MAC, PRIV_MAC, PUB_MAC, XDP_REDIRECT, XDP_TX, make_dataplane, real_mac, run
+
+CLIENT = "198.18.0.2"
+VIP = "198.18.0.20"
+REAL = "198.18.1.11"
+ip = ipaddress.ip_address
+
+TABLE = TableSpec((ServiceSpec("tcp", ip(VIP), 80, "rr", (RealSpec(ip(REAL), 8080, 1, "nat"),)),))
+
+
+@pytest.fixture
+def dp():
+    d = make_dataplane("rate")
+    try:
+        d.apply(TABLE)
+        yield d
+    finally:
+        d.unpin()
+        d.close()
+
+
+def _traffic(dp, first_sport: int, conns: int, per_conn: int) -> None:
+    """conns new connections, per_conn client packets each (the SYN first), one reply each."""
+    for sport in range(first_sport, first_sport + conns):
+        for i in range(per_conn):
+            pkt = Ether(src=CLIENT_MAC, dst=PUB_MAC) / IP(src=CLIENT, dst=VIP) / \
+                TCP(sport=sport, dport=80, flags="S" if i == 0 else "A") / (b"x" * 100)
+            rc, _ = run(dp, "lb_xdp_public", pkt)
+            assert rc == XDP_REDIRECT
+        reply = Ether(src=real_mac(REAL), dst=PRIV_MAC) / IP(src=REAL, dst=CLIENT) / \
+            TCP(sport=8080, dport=sport, flags="SA") / (b"y" * 40)
+        rc, _ = run(dp, "lb_xdp_private", reply)
+        assert rc == XDP_TX
+
+
+class IpvsEstimator:
+    """ip_vs_est.c as the kernel computes it, for a 2 s period (the reference)."""
+
+    def __init__(self, counters):
+        self.last = list(counters)
+        self.avg = [0] * 5
+
+    def tick(self, counters):
+        for j, shift in enumerate((9, 9, 9, 4, 4)):        # conns, inpkts, outpkts, inbytes, outbytes
+            rate = (counters[j] - self.last[j]) << shift
+            self.last[j] = counters[j]
+            self.avg[j] += (rate - self.avg[j]) >> 2
+        return listing.Stats((self.avg[0] + 0x1FF) >> 10, (self.avg[1] + 0x1FF) >> 10,
+                             (self.avg[2] + 0x1FF) >> 10, (self.avg[3] + 0xF) >> 5, (self.avg[4] + 0xF) >> 5)
+
+
+def _rows(dp):
+    with PinnedMaps(dp.instance) as maps:
+        return reader.read_services(maps)
+
+
+def _counters(row):
+    s = row.stats
+    return (s.conns, s.inpkts, s.outpkts, s.inbytes, s.outbytes)
+
+
+def test_rates_follow_the_ipvs_estimator(dp):
+    t0 = 1000.0
+    dp.estimate(now=t0)                       # the first sample: counters only, no rate yet
+    (row,) = _rows(dp)
+    assert row.rate == listing.Stats() and row.reals[0].rate == listing.Stats()
+    ref = IpvsEstimator(_counters(row))
+
+    _traffic(dp, 50000, conns=20, per_conn=10)     # 200 packets in, 20 out, 20 new connections
+    dp.estimate(now=t0 + 2)
+    (row,) = _rows(dp)
+    c = _counters(row)
+    assert c[:3] == (20, 200, 20)
+    expected = ref.tick(c)
+    # 100 packets/s from zero: avg = (200 << 9) / 4 = 25600, shown (25600 + 0x1FF) >> 10 = 25
+    assert (expected.conns, expected.inpkts, expected.outpkts) == (2, 25, 2)
+    assert expected.inbytes == 25 * (c[3] // 200)      # a quarter of 100 packets/s, in bytes
+    assert row.rate == expected
+    assert row.reals[0].rate == expected              # the only real server carries it all
+
+    dp.estimate(now=t0 + 4)                   # an idle period: the averages decay by a quarter
+    (row,) = _rows(dp)
+    expected = ref.tick(_counters(row))
+    assert expected.inpkts == 19 and row.rate == expected == row.reals[0].rate
+
+    _traffic(dp, 51000, conns=20, per_conn=10)
+    dp.estimate(now=t0 + 6)
+    (row,) = _rows(dp)
+    expected = ref.tick(_counters(row))
+    assert expected.inpkts == 39 and row.rate == expected == row.reals[0].rate
+
+    out = listing.format_services(_rows(dp), mode="rate", header=False)
+    assert out.splitlines() == [
+        "%-33s %8s %8s %8s %8s %8s" % ("Prot LocalAddress:Port", "CPS", "InPPS", "OutPPS", "InBPS", "OutBPS"),
+        "  -> RemoteAddress:Port",
+        "%-33s%s" % (f"TCP  {VIP}:80", "".join("%9d" % v for v in (
+            expected.conns, expected.inpkts, expected.outpkts, expected.inbytes, expected.outbytes))),
+        "  -> %-28s %8d %8d %8d%9d%9d" % (f"{REAL}:8080", expected.conns, expected.inpkts, expected.outpkts,
+                                           expected.inbytes, expected.outbytes),
+    ]
+
+
+def test_lb_list_rate_command(dp, capsys):
+    dp.estimate(now=10.0)
+    _traffic(dp, 52000, conns=4, per_conn=5)
+    dp.estimate(now=12.0)
+    assert lb_main(["list", "--rate", "--instance", dp.instance, "--dataplane", "xdp"]) == 0
+    out = capsys.readouterr().out
+    (row,) = _rows(dp)
+    assert row.rate.inpkts == (((20 << 9) >> 2) + 0x1FF) >> 10 == 2
+    assert "CPS    InPPS   OutPPS    InBPS   OutBPS" in out
+    assert "%-33s%s" % (f"TCP  {VIP}:80", "".join("%9d" % v for v in (
+        row.rate.conns, row.rate.inpkts, row.rate.outpkts, row.rate.inbytes, row.rate.outbytes))) in out
+
+
+def test_measured_interval_and_ids_leaving(dp):
+    dp.estimate(now=0.0)
+    _traffic(dp, 53000, conns=10, per_conn=10)    # 100 packets over 4 s: 25/s, a quarter shown
+    dp.estimate(now=4.0)
+    (row,) = _rows(dp)
+    assert row.rate.inpkts == (((100 << 10) // 4 >> 2) + 0x1FF) >> 10 == 6
+    dp.apply(TableSpec(()))                   # the service goes: its rates are cleared
+    dp.estimate(now=6.0)
+    assert _rows(dp) == []
+    assert not dp._est
