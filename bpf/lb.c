@@ -118,8 +118,14 @@ int lb_xdp_public(struct xdp_md *ctx)
     __u32 real_id = c->real;
     struct lb_real *r = lb_reals.lookup(&real_id);
     if (!r || r->svc != svc_id || r->family == 0) {
+        /* its real server has left the service: drop the packet (expire_nodest_conn = 0), or
+         * also expire the connection so the client's next SYN is scheduled afresh (= 1) */
         lb_count(LB_CNT_BAD_REAL);
-        return XDP_DROP;          /* expire_nodest_conn = 0: packets of a removed server drop */
+        __u32 g = LB_G_EXPIRE_NODEST;
+        __u32 *expire = lb_globals.lookup(&g);
+        if (expire && *expire)
+            lb_conn_expire(&key, c);
+        return XDP_DROP;
     }
     lb_conn_state(c, lb_fsm_table(r), &pkt);
     c->last_ns = now;

@@ -54,13 +54,14 @@ def build_table(cfg, health: dict | None = None, sorry: set | None = None) -> Ta
     for vs in cfg.virtual_servers:
         if not vs.active:
             continue
-        reals = []
+        reals, dead = [], []
         for rs in vs.real_servers:
             if not rs.active:
                 continue
             weight = rs.weight
             if not health.get(real_key(vs, rs), True):
                 if not vs.monitor.quiesce:
+                    dead.append((rs.address, rs.effective_port(vs)))
                     continue
                 weight = 0
             reals.append(RealSpec(rs.address, rs.effective_port(vs), weight, forward))
@@ -70,9 +71,9 @@ def build_table(cfg, health: dict | None = None, sorry: set | None = None) -> Ta
             reals = [RealSpec(addr, vs.port if port is None else port, 1, forward)]
             if sorry is not None:
                 sorry.add(vs.key)
-        services.append(ServiceSpec.from_config(vs, reals))
+        services.append(ServiceSpec.from_config(vs, reals, dead))
     t = cfg.timeouts
-    return TableSpec(tuple(services), (t.tcp, t.tcpfin, t.udp))
+    return TableSpec(tuple(services), (t.tcp, t.tcpfin, t.udp), cfg.expire_nodest_conn)
 
 
 def pidfile(instance: str) -> str:

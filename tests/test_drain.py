@@ -12,7 +12,7 @@ from scapy.layers.l2 import Ether
 
 from lb.dataplane import RealSpec, ServiceSpec, TableSpec, reader
 from lb.dataplane.maps import PinnedMaps
-from packets_util import CLIENT_MAC, PUB_MAC, XDP_PASS, XDP_REDIRECT, make_dataplane, real_mac, run
+from packets_util import CLIENT_MAC, PUB_MAC, XDP_DROP, XDP_PASS, XDP_REDIRECT, make_dataplane, real_mac, run
 
 ip = ipaddress.ip_address
 REALS = [ip("198.18.1.11"), ip("198.18.1.12"), ip("198.18.1.13")]
@@ -84,3 +84,29 @@ def test_readding_a_draining_server_restores_it(dp):
     dp.apply(table(0, 1, 2))
     assert listing(dp)["198.18.1.13"] == (1, 1, 0)
     assert dp.draining == set()
+
+
+def dead_table(*idx, dead=(), expire=False):
+    t = table(*idx)
+    svc = t.services[0]
+    svc = ServiceSpec(svc.protocol, svc.address, svc.port, svc.scheduler, svc.reals, svc.name,
+                      dead=tuple((REALS[i], 80) for i in dead))
+    return TableSpec((svc,), timeouts=t.timeouts, expire_nodest_conn=expire)
+
+
+@pytest.mark.parametrize("expire", [False, True])
+def test_dead_server_leaves_at_once_and_expire_nodest_conn(dp, expire):
+    dp.apply(dead_table(0, 1, 2, expire=expire))
+    sport = next(_sport)
+    assert send(dp, sport, "S") == (XDP_REDIRECT, "198.18.1.13")
+    send(dp, sport, "A")
+    dp.apply(dead_table(0, 1, dead=(2,), expire=expire))   # its health check failed
+    assert "198.18.1.13" not in listing(dp)                # no draining for a dead server
+    assert send(dp, sport, "PA")[0] == XDP_DROP            # its connection's packets drop
+    # expire_nodest_conn = 1: that drop also expired the connection, so the client's new SYN
+    # on the same ports is scheduled afresh; = 0: the entry stays and keeps dropping
+    rc, server = send(dp, sport, "S")
+    if expire:
+        assert rc == XDP_REDIRECT and server in {"198.18.1.11", "198.18.1.12"}
+    else:
+        assert rc == XDP_DROP

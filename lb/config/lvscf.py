@@ -138,7 +138,7 @@ LB_MONITOR_KEYS = tuple(f"lb_monitor_{k}" for k in (
     "kind", *LB_MONITOR_STRINGS, "status", "tls_verify", "port", *LB_MONITOR_SECONDS, "quiesce", "escaped"))
 GLOBAL_MODEL = (
     "network", "nat_router", "nat_nmask", "tcp_timeout", "tcpfin_timeout", "udp_timeout",
-    "lb_instance", "lb_public_interface", "lb_private_interface",
+    "lb_instance", "lb_public_interface", "lb_private_interface", "lb_expire_nodest_conn",
     "lb_table_connections", "lb_table_services", "lb_table_real_servers", "lb_table_reals_per_service",
 ) + LB_HA_KEYS
 VIRTUAL_MODEL = ("address", "active", "port", "protocol", "scheduler", "persistent", "pmask", "fwmark",
@@ -507,6 +507,10 @@ class _Builder:
         instance = g.entries.get("lb_instance")
         glob["instance"] = instance.value if instance else "default"
         self.note("global.instance", g.line("lb_instance"), "lb_instance")
+        end = g.boolean("lb_expire_nodest_conn")
+        if end is not None:
+            glob["expire_nodest_conn"] = end
+            self.note("global.expire_nodest_conn", g.line("lb_expire_nodest_conn"), "lb_expire_nodest_conn")
         priv = g.entries.get("lb_private_interface")
         if priv is not None:
             glob["private_interface"] = priv.value
@@ -979,6 +983,8 @@ def dumps(cfg: Config, extras: dict[str, Any] | None = None) -> str:
     # lb extensions, only when the plain lvs.cf mapping would not give the model back
     if cfg.instance != "default":
         put("", "lb_instance", cfg.instance)
+    if cfg.expire_nodest_conn:
+        put("", "lb_expire_nodest_conn", 1)
     first_dev = cfg.virtual_servers[0].device if cfg.virtual_servers else None
     if not cfg.virtual_servers or cfg.virtual_servers[0].fwmark or (
             first_dev is not None and first_dev != cfg.public_interface):

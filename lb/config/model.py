@@ -200,6 +200,10 @@ class Config:
     private_interface: str | None = None
     network: str = "direct"  # "direct" | "nat"
     dataplane: str = "xdp"  # one of DATAPLANES
+    # IPVS expire_nodest_conn: a packet of a connection whose real server has left the service
+    # is dropped (False, the default) or its connection expires at once so that the client's
+    # next attempt is scheduled afresh (True)
+    expire_nodest_conn: bool = False
     # the real servers' floating gateway, e.g. 198.18.1.254/24: owned by the (active) director in
     # NAT, and in direct routing with [ha] (replies routed through the director); else ignored
     nat_router: IPv4Interface | None = None

@@ -86,7 +86,7 @@ TOP_KEYS: Final = ("global", "tables", "timeouts", "virtual_server", "ha")
 GLOBAL_KEYS: Final = (
     "instance", "public_interface", "private_interface",
     "network", "nat_router", "nat_router_device",
-    "dataplane",
+    "dataplane", "expire_nodest_conn",
 )
 TABLES_KEYS: Final = tuple(TABLE_RANGES)
 TIMEOUTS_KEYS: Final = ("tcp", "tcpfin", "udp")
@@ -1107,6 +1107,7 @@ def _load_text(text: str, display: str, path: Path | None) -> Config:
     elif isinstance(dataplane, str) and dataplane not in DATAPLANES:
         dataplane = chk.error(g.at("dataplane"),
                               f"unknown dataplane '{dataplane}' (expected one of: {', '.join(DATAPLANES)})")
+    expire_nodest_conn = g.boolean("expire_nodest_conn", False)
     nat_router = _check_nat_router(g)
     nat_router_device = g.ifname("nat_router_device")
     if network == "nat":
@@ -1156,6 +1157,7 @@ def _load_text(text: str, display: str, path: Path | None) -> Config:
         private_interface=_valid(private_interface),
         network=_valid(network),
         dataplane=_valid(dataplane),
+        expire_nodest_conn=_valid(expire_nodest_conn),
         nat_router=_valid(nat_router),
         nat_router_device=_valid(nat_router_device),
         tables=Tables(**{k: _valid_int(v) for k, v in table_values.items()}),

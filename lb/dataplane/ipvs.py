@@ -495,6 +495,7 @@ class IpvsDataplane:
                 self._apply_service(k, spec, present.get(key))
                 self.services[key] = spec
             self._apply_timeouts(k, table.timeouts)
+            self._apply_expire_nodest(table.expire_nodest_conn)
         self._write_state()
         n = self.writes - before
         log.info("applied %d services: %d netlink changes", len(want), n)
@@ -527,7 +528,7 @@ class IpvsDataplane:
             if rkey in wanted:
                 self.draining.discard((spec.key, rkey))
                 continue
-            if d.active + d.inactive:
+            if d.active + d.inactive and rkey not in set(spec.dead):   # dead servers leave at once
                 if (spec.key, rkey) not in self.draining:
                     log.info("draining real server %s:%d of %s: weight 0 until its %d connections end",
                              rkey[0], rkey[1], name, d.active + d.inactive)
@@ -560,6 +561,19 @@ class IpvsDataplane:
             self.writes += 1
             log.info("added real server %s:%d to %s (%s, weight %d)", r.address, r.port, name,
                      FORWARD_NAMES[FWD_METHODS[r.forward]], r.weight)
+
+    def _apply_expire_nodest(self, on: bool) -> None:
+        """IPVS's own sysctl: the kernel drops (0) or expires (1) connections of removed servers."""
+        path = "/proc/sys/net/ipv4/vs/expire_nodest_conn"
+        try:
+            with open(path) as f:
+                if f.read().strip() == str(int(on)):
+                    return
+            with open(path, "w") as f:
+                f.write(str(int(on)))
+            log.info("IPVS expire_nodest_conn = %d", int(on))
+        except OSError as e:
+            log.warning("cannot set %s: %s", path, e)
 
     def _apply_timeouts(self, k: Kernel, timeouts) -> None:
         want = tuple(int(t) for t in timeouts)

@@ -35,11 +35,15 @@ class ServiceSpec:
     groups: tuple[PortGroup, ...] = ()  # ... its ports instead (matched in XDP)
     sched_flags: tuple[str, ...] = ()  # "sh-fallback", "sh-port", "mh-fallback", "mh-port"
     mh_size: int = 4093                # mh: Maglev table size (a prime)
+    # (address, port) of real servers left out because their health check failed: they leave
+    # at once (their connections then follow expire_nodest_conn) instead of draining, which is
+    # for servers the configuration removes
+    dead: tuple[tuple[Address, int], ...] = ()
 
     @classmethod
-    def from_config(cls, vs, reals) -> "ServiceSpec":
+    def from_config(cls, vs, reals, dead=()) -> "ServiceSpec":
         """See service_spec()."""
-        return service_spec(vs, reals)
+        return service_spec(vs, reals, dead)
 
     @property
     def key(self) -> tuple:
@@ -61,10 +65,11 @@ class PortGroup:
 class TableSpec:
     services: tuple[ServiceSpec, ...] = ()
     timeouts: tuple[int, int, int] = (900, 120, 300)   # tcp, tcpfin, udp (ipvsadm --set)
+    expire_nodest_conn: bool = False
     extra: dict = field(default_factory=dict, compare=False)
 
 
-def service_spec(vs, reals) -> ServiceSpec:
+def service_spec(vs, reals, dead=()) -> ServiceSpec:
     """The ServiceSpec of a configured virtual server (lb.config.VirtualServer) with the real
     servers the engine chose (RealSpecs): adds what the data plane needs beyond them
     (thresholds, scheduler flags, firewall-mark groups).  A firewall-mark service's real servers
@@ -80,4 +85,5 @@ def service_spec(vs, reals) -> ServiceSpec:
     return ServiceSpec(vs.protocol, vs.address, vs.port, vs.scheduler, tuple(out), vs.name,
                        vs.persistent, vs.pmask, fwmark=fwmark, groups=groups,
                        sched_flags=tuple(getattr(vs, "scheduler_flags", ())),
-                       mh_size=getattr(vs, "mh_size", 4093))
+                       mh_size=getattr(vs, "mh_size", 4093),
+                       dead=tuple((a, 0 if fwmark else p) for a, p in dead))

@@ -393,6 +393,9 @@ class XdpDataplane:
             self._apply_service(key, self._with_drains(key, spec))
         self._sync_ranges(want)
         self._apply_timeouts(table.timeouts)
+        g = L.U32.pack(L.G_EXPIRE_NODEST)
+        if self.maps["lb_globals"].get(g) != L.U32.pack(int(table.expire_nodest_conn)):
+            self._set("lb_globals", g, L.U32.pack(int(table.expire_nodest_conn)))
         n = self.writes - before
         log.info("applied %d services: %d map writes", len(want), n)
         return n
@@ -406,9 +409,10 @@ class XdpDataplane:
         if st is None:
             return spec
         wanted = {r.key for r in spec.reals}
+        dead = set(spec.dead)
         extra = []
         for rkey, rid in st.dests:
-            if rkey in wanted:
+            if rkey in wanted or rkey in dead:      # kept, or dead: no draining
                 self.draining.discard((key, rkey))
                 continue
             active, inactive, _ = self._real_conns(rid)
