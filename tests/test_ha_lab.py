@@ -18,7 +18,6 @@ primary's own 198.18.1.1, which dies with the primary: fine for one director, no
 import datetime
 import json
 import os
-import re
 import signal
 import socket
 import time
@@ -27,6 +26,7 @@ from pathlib import Path
 import pytest
 
 from lb.ha import heartbeat as hb
+from lab_http import request
 
 LAB_NETWORK = "nat"
 REPO = Path(__file__).resolve().parents[1]
@@ -107,22 +107,6 @@ def wait_for(pred, timeout, what):
             break
         time.sleep(0.05)
     raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-
-
-def request(sock):
-    sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
-    buf = b""
-    for _ in range(64):
-        head, sep, rest = buf.partition(b"\r\n\r\n")
-        if sep:
-            m = re.search(rb"(?im)^content-length:\s*(\d+)\r?$", head)
-            if len(rest) >= int(m.group(1)):
-                return rest[: int(m.group(1))].decode().strip()
-        chunk = sock.recv(4096)
-        if not chunk:
-            raise ConnectionError("closed")
-        buf += chunk
-    raise AssertionError(buf)
 
 
 def mac_of(lab, node, dev="pub0"):

@@ -10,7 +10,6 @@ Each test starts its own `lb run`(s); the lab is shared by the module's tests of
 
 import json
 import os
-import re
 import signal
 import subprocess
 import threading
@@ -18,6 +17,7 @@ import time
 from pathlib import Path
 
 import pytest
+from lab_http import get, request
 
 pytestmark = pytest.mark.parametrize("lab", ["nat", "direct"], indirect=True)
 
@@ -39,33 +39,6 @@ def network(lab):
 
 
 # ---- helpers ---------------------------------------------------------------------------------
-
-
-def get(lab, n=1):
-    bodies = []
-    for _ in range(n):
-        status, body = lab.http_get("client", VIP, 80, "/", timeout=3.0)
-        assert status == 200
-        bodies.append(body.strip())
-    return bodies
-
-
-def request(sock):
-    """One HTTP/1.1 keep-alive request on an open socket; the body of the reply."""
-    sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
-    buf = b""
-    for _ in range(64):
-        head, sep, rest = buf.partition(b"\r\n\r\n")
-        if sep:
-            m = re.search(rb"(?im)^content-length:\s*(\d+)\r?$", head)
-            assert head.startswith(b"HTTP/1.1 200 ") and m, head
-            if len(rest) >= int(m.group(1)):
-                return rest[: int(m.group(1))].decode().strip()
-        chunk = sock.recv(4096)
-        if not chunk:
-            raise ConnectionError(f"connection closed by peer after {buf!r}")
-        buf += chunk
-    raise AssertionError(f"no complete HTTP reply: {buf!r}")
 
 
 def lb(*args, timeout=40):
