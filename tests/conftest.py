@@ -140,13 +140,15 @@ def remove_lab_dataplane(lab) -> None:
 class LbRunner:
     """Starts `lb run` processes for a test (or module) and undoes everything they may leave."""
 
-    def __init__(self, lab, log_dir: Path):
+    def __init__(self, lab, log_dir: Path, remove=remove_lab_dataplane):
         self.lab = lab
         self.log_dir = Path(log_dir)
         self.procs: list[LbProcess] = []
+        self._remove = remove
 
-    def start(self, config, wait: bool = True) -> LbProcess:
-        p = LbProcess(self.lab, config, self.log_dir / f"lb-run-{len(self.procs)}.log")
+    def start(self, config, wait: bool = True, node: str = "director", instance: str = LAB_INSTANCE) -> LbProcess:
+        p = LbProcess(self.lab, config, self.log_dir / f"lb-{node}-{len(self.procs)}.log", node=node,
+                      instance=instance)
         self.procs.append(p)
         return p.wait_running() if wait else p
 
@@ -155,7 +157,7 @@ class LbRunner:
             for p in self.procs:
                 p.close()
         finally:
-            remove_lab_dataplane(self.lab)
+            self._remove(self.lab)
 
 
 @pytest.fixture
@@ -206,26 +208,14 @@ def remove_ha_dataplane(lab) -> None:
                 pass
 
 
-class HaRunner:
+class HaRunner(LbRunner):
     """`lb run` processes on director (instance lab) and director2 (instance lab2)."""
 
     def __init__(self, lab, log_dir: Path):
-        self.lab = lab
-        self.log_dir = Path(log_dir)
-        self.procs: list[LbProcess] = []
+        super().__init__(lab, log_dir, remove=remove_ha_dataplane)
 
     def start(self, node: str, config, wait: bool = True) -> LbProcess:
-        p = LbProcess(self.lab, config, self.log_dir / f"lb-{node}-{len(self.procs)}.log", node=node,
-                      instance=HA_INSTANCES[node])
-        self.procs.append(p)
-        return p.wait_running() if wait else p
-
-    def cleanup(self) -> None:
-        try:
-            for p in self.procs:
-                p.close()
-        finally:
-            remove_ha_dataplane(self.lab)
+        return super().start(config, wait, node=node, instance=HA_INSTANCES[node])
 
 
 @pytest.fixture
