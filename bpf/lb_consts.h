@@ -21,6 +21,12 @@
 #ifndef LB_FWM_RANGES            /* port ranges of firewall-mark services per (VIP, protocol) */
 #define LB_FWM_RANGES 16
 #endif
+#ifndef LB_LBLC_TABLE_SIZE       /* lblc / lblcr entries, all services together (allocated as used) */
+#define LB_LBLC_TABLE_SIZE 16384
+#endif
+#ifndef LB_LBLCR_SET_SIZE        /* members of an lblcr server set (even: keeps lb_lblcr 8-aligned) */
+#define LB_LBLCR_SET_SIZE 8
+#endif
 #ifndef LB_PIN_DIR
 #define LB_PIN_DIR "/sys/fs/bpf/lb/default"
 #endif
@@ -68,6 +74,7 @@
 /* lb_globals: one u32 each, written by the control plane */
 #define LB_G_FWM_KEYS 0          /* entries in lb_fwm_ranges: 0 = no firewall-mark service */
 #define LB_G_EXPIRE_NODEST 1     /* expire_nodest_conn: 0 drop, 1 expire and reschedule */
+#define LB_G_LBLCR_EXPIRATION 2  /* lblcr_expiration, seconds: a set unchanged this long shrinks */
 #define LB_GLOBALS 8
 
 /* Connection flags */

@@ -42,4 +42,11 @@ BPF_TABLE_PINNED("percpu_array", __u32, __u64, lb_counters, LB_CNT_MAX, LB_PIN(l
 BPF_TABLE_PINNED("prog", __u32, __u32, lb_progs, LB_PROG_MAX, LB_PIN(lb_progs));
 BPF_TABLE_PINNED("percpu_array", __u32, struct lb_sched_scratch, lb_scratch, 1, LB_PIN(lb_scratch));
 
+/* lblc / lblcr: (service, destination address) -> real server / server set; not preallocated,
+ * so services with other schedulers cost nothing; the control plane expires entries */
+BPF_TABLE_PINNED("hash", struct lb_lblc_key, struct lb_lblc, lb_lblc, LB_LBLC_TABLE_SIZE,
+                 LB_PIN(lb_lblc), BPF_F_NO_PREALLOC);
+BPF_TABLE_PINNED("hash", struct lb_lblc_key, struct lb_lblcr, lb_lblcr, LB_LBLC_TABLE_SIZE,
+                 LB_PIN(lb_lblcr), BPF_F_NO_PREALLOC);
+
 #endif

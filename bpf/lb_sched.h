@@ -298,4 +298,229 @@ static __always_inline __u32 lb_pick_sh(__u32 svc_id, struct lb_svc *svc, struct
     return LB_NONE;
 }
 
+/* ---- lblc, lblcr (ip_vs_lblc.c, ip_vs_lblcr.c): a table keyed by the packet's destination
+ * address remembers the server (lblc) or server set (lblcr) that served it.  The control
+ * plane runs the kernel's periodic expiry (lb/dataplane/xdp.py); the data path only looks up,
+ * refreshes lastuse and, for lblcr, shrinks a set unchanged for lblcr_expiration. ---- */
+
+/* IP_VS_DEST_F_AVAILABLE: the real server is still in this service's list (a removed one keeps
+ * its id with family 0); its scheduler view (weight, flags) from lb_svc_dests */
+static __always_inline int lb_lblc_avail(__u32 svc_id, struct lb_svc *svc, struct lb_svc_dests *ds,
+                                         __u32 real, __u32 *weight, __u32 *flags)
+{
+    struct lb_real *r = lb_reals.lookup(&real);
+    if (!r || r->svc != svc_id || r->family == 0)
+        return 0;
+    __u32 pos = r->pos;
+    if (pos >= svc->nreals || pos >= LB_MAX_SVC_REALS)
+        return 0;
+    struct lb_dest *d = &ds->d[pos];
+    if (d->real != real)
+        return 0;
+    *weight = d->weight;
+    *flags = d->flags;
+    return 1;
+}
+
+/* is_overloaded(): activeconns > weight while some server of the service (any: weight 0,
+ * OVERLOAD and all) has activeconns * 2 < weight */
+static __always_inline int lb_lblc_overloaded(struct lb_svc_dests *ds, __u32 real, __u32 weight,
+                                              lb_scratch_t *sc)
+{
+    if (lb_real_active(real) <= weight)
+        return 0;
+    for (__u32 pos = 0; pos < LB_MAX_SVC_REALS; pos++) {
+        if (pos >= sc->n)
+            break;
+        struct lb_dest *d = &ds->d[pos];
+        if ((__u64)lb_real_active(d->real) * 2 < d->weight)
+            return 1;
+    }
+    return 0;
+}
+
+static __always_inline void lb_lblc_key_of(struct lb_lblc_key *k, __u32 svc_id, __be32 daddr)
+{
+    __builtin_memset(k, 0, sizeof(*k));
+    k->svc = svc_id;
+    k->family = LB_AF_INET;
+    *(__be32 *)k->addr = daddr;
+}
+
+/* lblc, as ip_vs_lblc_schedule(): the cached server if available, weight > 0 and not
+ * is_overloaded() (its OVERLOAD flag is not looked at; a server without next hop is skipped, as
+ * every scheduler here skips it), else wlc over the service, cached (lastuse = now) */
+static __always_inline __u32 lb_pick_lblc(__u32 svc_id, struct lb_svc *svc, struct lb_svc_dests *ds,
+                                          struct lb_sched_state *st, lb_scratch_t *sc,
+                                          __be32 daddr, __u64 now)
+{
+    struct lb_lblc_key k;
+    lb_lblc_key_of(&k, svc_id, daddr);
+    struct lb_lblc *e = lb_lblc.lookup(&k);
+    if (e) {
+        e->lastuse_ns = now;
+        __u32 real = e->real, w = 0, f = 0;
+        sc->n = svc->nreals < LB_MAX_SVC_REALS ? svc->nreals : LB_MAX_SVC_REALS;
+        if (lb_lblc_avail(svc_id, svc, ds, real, &w, &f) && w > 0 && !(f & LB_REAL_F_NO_NEXTHOP) &&
+            !lb_lblc_overloaded(ds, real, w, sc))
+            return real;
+    }
+    __u32 real = lb_pick_wlc(svc, ds, st, sc);
+    if (real == LB_NONE)
+        return LB_NONE;
+    struct lb_lblc v = { .lastuse_ns = now, .real = real };
+    lb_lblc.update(&k, &v);       /* a full table: the pick serves uncached, as in IPVS */
+    return real;
+}
+
+/* lblcr, as ip_vs_lblcr_schedule(): the set's least loaded member (ip_vs_dest_set_min) serves
+ * unless there is none or it is_overloaded(); then wlc picks and joins the set at its head.
+ * A set of more than one member unchanged for lblcr_expiration loses its most loaded member
+ * (ip_vs_dest_set_max).  The set holds LB_LBLCR_SET_SIZE members: a full one drops its oldest. */
+static __always_inline __u32 lb_pick_lblcr(__u32 svc_id, struct lb_svc *svc, struct lb_svc_dests *ds,
+                                           struct lb_sched_state *st, lb_scratch_t *sc,
+                                           __be32 daddr, __u64 now)
+{
+    struct lb_lblc_key k;
+    lb_lblc_key_of(&k, svc_id, daddr);
+    struct lb_lblcr *e = lb_lblcr.lookup(&k);
+    if (!e) {
+        __u32 real = lb_pick_wlc(svc, ds, st, sc);
+        if (real == LB_NONE)
+            return LB_NONE;
+        struct lb_lblcr v = { .lastuse_ns = now, .lastmod_ns = now, .n = 1 };
+        v.real[0] = real;
+        lb_lblcr.update(&k, &v);
+        return real;
+    }
+    e->lastuse_ns = now;
+    __u32 n = e->n < LB_LBLCR_SET_SIZE ? e->n : LB_LBLCR_SET_SIZE;
+    /* ip_vs_dest_set_min */
+    __u32 least = LB_NONE, lw = 0;
+    __u64 loh = 0;
+    for (__u32 i = 0; i < LB_LBLCR_SET_SIZE; i++) {
+        if (i >= n)
+            break;
+        __u32 real = e->real[i], w = 0, f = 0;
+        if (!lb_lblc_avail(svc_id, svc, ds, real, &w, &f) || (f & LB_REAL_F_SKIP))
+            continue;
+        __u64 doh = lb_real_overhead(real);
+        if (least == LB_NONE) {
+            if (w > 0) {
+                least = real;
+                loh = doh;
+                lw = w;
+            }
+        } else if (loh * w > doh * lw) {
+            least = real;
+            loh = doh;
+            lw = w;
+        }
+    }
+    /* ip_vs_dest_set_max and erase: weights of removed members are 0 here (lb_reals) */
+    __u32 g = LB_G_LBLCR_EXPIRATION;
+    __u32 *exp = lb_globals.lookup(&g);
+    __u64 exp_ns = (exp && *exp ? *exp : 86400) * 1000000000ULL;
+    if (n > 1 && now > e->lastmod_ns + exp_ns) {
+        __u32 most = LB_NONE, mw = 0;
+        __u64 moh = 0;
+        for (__u32 i = 0; i < LB_LBLCR_SET_SIZE; i++) {
+            if (i >= n)
+                break;
+            __u32 real = e->real[i], w = 0, f = 0;
+            if (!lb_lblc_avail(svc_id, svc, ds, real, &w, &f)) {
+                struct lb_real *r = lb_reals.lookup(&real);
+                w = r ? r->weight : 0;
+            }
+            if (w == 0)
+                continue;
+            __u64 doh = lb_real_overhead(real);
+            if (most == LB_NONE || moh * w < doh * mw) {
+                most = i;
+                moh = doh;
+                mw = w;
+            }
+        }
+        if (most < LB_LBLCR_SET_SIZE) {
+            for (__u32 i = 0; i + 1 < LB_LBLCR_SET_SIZE; i++) {
+                if (i + 1 >= n)
+                    break;
+                if (i >= most)
+                    e->real[i] = e->real[i + 1];
+            }
+            n--;
+            e->n = n;
+            e->lastmod_ns = now;
+        }
+    }
+    sc->n = svc->nreals < LB_MAX_SVC_REALS ? svc->nreals : LB_MAX_SVC_REALS;
+    if (least != LB_NONE && !lb_lblc_overloaded(ds, least, lw, sc))
+        return least;
+    __u32 real = lb_pick_wlc(svc, ds, st, sc);
+    if (real == LB_NONE)
+        return LB_NONE;
+    for (__u32 i = 0; i < LB_LBLCR_SET_SIZE; i++) {
+        if (i >= n)
+            break;
+        if (e->real[i] == real)
+            return real;          /* already a member: the set does not change */
+    }
+    /* list_add_rcu: the new member goes first */
+    for (__u32 j = 0; j < LB_LBLCR_SET_SIZE - 1; j++) {
+        __u32 i = LB_LBLCR_SET_SIZE - 1 - j;
+        if (i <= n)
+            e->real[i] = e->real[i - 1];
+    }
+    e->real[0] = real;
+    e->n = n < LB_LBLCR_SET_SIZE ? n + 1 : LB_LBLCR_SET_SIZE;
+    e->lastmod_ns = now;
+    return real;
+}
+
+/* twos, as ip_vs_twos_schedule(): total = the usable servers' weights + 1, two random points
+ * in [0, total), the first server whose running weight reaches each; the second wins when
+ * weight2 * overhead1 > weight1 * overhead2.  Scratch: maxw = total, loh / lw = the two
+ * points (signed), first / start = the two picks' positions. */
+static __always_inline __u32 lb_pick_twos(struct lb_svc *svc, struct lb_svc_dests *ds, lb_scratch_t *sc)
+{
+    sc->n = svc->nreals < LB_MAX_SVC_REALS ? svc->nreals : LB_MAX_SVC_REALS;
+    sc->maxw = 0;
+    for (__u32 pos = 0; pos < LB_MAX_SVC_REALS; pos++) {
+        if (pos >= sc->n)
+            break;
+        struct lb_dest *d = &ds->d[pos];
+        if (lb_dest_usable(d))
+            sc->maxw += d->weight;
+    }
+    if (!sc->maxw)
+        return LB_NONE;
+    __u32 total = sc->maxw + 1;
+    sc->loh = (__s64)(bpf_get_prandom_u32() % total);
+    sc->lw = (__s64)(bpf_get_prandom_u32() % total);
+    sc->first = LB_NONE;
+    sc->start = LB_NONE;
+    for (__u32 pos = 0; pos < LB_MAX_SVC_REALS; pos++) {
+        if (pos >= sc->n)
+            break;
+        struct lb_dest *d = &ds->d[pos];
+        if (!lb_dest_usable(d))
+            continue;
+        sc->loh = (__s64)sc->loh - d->weight;
+        sc->lw = (__s64)sc->lw - d->weight;
+        if ((__s64)sc->loh <= 0 && sc->first == LB_NONE)
+            sc->first = pos;
+        if ((__s64)sc->lw <= 0 && sc->start == LB_NONE)
+            sc->start = pos;
+        if (sc->first != LB_NONE && sc->start != LB_NONE)
+            break;
+    }
+    __u32 p1 = sc->first, p2 = sc->start;
+    if (p1 >= LB_MAX_SVC_REALS || p2 >= LB_MAX_SVC_REALS)
+        return LB_NONE;           /* weights changed under us */
+    struct lb_dest *d1 = &ds->d[p1], *d2 = &ds->d[p2];
+    if ((__u64)d2->weight * lb_real_overhead(d1->real) > (__u64)d1->weight * lb_real_overhead(d2->real))
+        return d2->real;
+    return d1->real;
+}
+
 #endif

@@ -151,4 +151,28 @@ struct lb_sched_scratch {         /* per-CPU: scheduler loop state, then the han
     __u32 pad;
 };
 
+/* lblc / lblcr tables (IPVS svc->sched_data): one entry per (service, destination address),
+ * allocated as used, only by services with those schedulers */
+struct lb_lblc_key {
+    __u32 svc;
+    __u8 family;
+    __u8 pad[3];
+    __u8 addr[16];                /* the packet's destination address (the VIP, or any address
+                                   * of a firewall-mark service's group) */
+};
+
+struct lb_lblc {                  /* lblc: ip_vs_lblc_entry */
+    __u64 lastuse_ns;             /* last lookup (CLOCK_MONOTONIC, as lb_conn.last_ns) */
+    __u32 real;                   /* the cached real server */
+    __u32 pad;
+};
+
+struct lb_lblcr {                 /* lblcr: ip_vs_lblcr_entry with its ip_vs_dest_set */
+    __u64 lastuse_ns;
+    __u64 lastmod_ns;             /* the set's last change */
+    __u32 n;                      /* members used in real[] */
+    __u32 pad;
+    __u32 real[LB_LBLCR_SET_SIZE];  /* newest first, as list_add_rcu keeps the kernel's set */
+};
+
 #endif

@@ -73,7 +73,8 @@ def build_table(cfg, health: dict | None = None, sorry: set | None = None) -> Ta
                 sorry.add(vs.key)
         services.append(ServiceSpec.from_config(vs, reals, dead))
     t = cfg.timeouts
-    return TableSpec(tuple(services), (t.tcp, t.tcpfin, t.udp), cfg.expire_nodest_conn)
+    return TableSpec(tuple(services), (t.tcp, t.tcpfin, t.udp), cfg.expire_nodest_conn,
+                     lblc_expiration=cfg.lblc_expiration, lblcr_expiration=cfg.lblcr_expiration)
 
 
 def pidfile(instance: str) -> str:

@@ -588,7 +588,7 @@ def test_service_dh_sh():
 
 def test_service_validation():
     with pytest.raises(ValueError):
-        Service("lblc")
+        Service("fastest")
     s = build("rr", [("a", 1)])
     with pytest.raises(ValueError):
         s.add("a", 2)

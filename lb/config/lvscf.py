@@ -139,6 +139,7 @@ LB_MONITOR_KEYS = tuple(f"lb_monitor_{k}" for k in (
 GLOBAL_MODEL = (
     "network", "nat_router", "nat_nmask", "tcp_timeout", "tcpfin_timeout", "udp_timeout",
     "lb_instance", "lb_public_interface", "lb_private_interface", "lb_expire_nodest_conn",
+    "lb_lblc_expiration", "lb_lblcr_expiration",
     "lb_table_connections", "lb_table_services", "lb_table_real_servers", "lb_table_reals_per_service",
 ) + LB_HA_KEYS
 VIRTUAL_MODEL = ("address", "active", "port", "protocol", "scheduler", "persistent", "pmask", "fwmark",
@@ -511,6 +512,11 @@ class _Builder:
         if end is not None:
             glob["expire_nodest_conn"] = end
             self.note("global.expire_nodest_conn", g.line("lb_expire_nodest_conn"), "lb_expire_nodest_conn")
+        for key in ("lblc_expiration", "lblcr_expiration"):
+            secs = g.integer(f"lb_{key}", 1, 2_000_000)
+            if secs is not None:
+                glob[key] = secs
+                self.note(f"global.{key}", g.line(f"lb_{key}"), f"lb_{key}")
         priv = g.entries.get("lb_private_interface")
         if priv is not None:
             glob["private_interface"] = priv.value
@@ -985,6 +991,9 @@ def dumps(cfg: Config, extras: dict[str, Any] | None = None) -> str:
         put("", "lb_instance", cfg.instance)
     if cfg.expire_nodest_conn:
         put("", "lb_expire_nodest_conn", 1)
+    for key in ("lblc_expiration", "lblcr_expiration"):
+        if getattr(cfg, key) != 86400:
+            put("", f"lb_{key}", getattr(cfg, key))
     first_dev = cfg.virtual_servers[0].device if cfg.virtual_servers else None
     if not cfg.virtual_servers or cfg.virtual_servers[0].fwmark or (
             first_dev is not None and first_dev != cfg.public_interface):

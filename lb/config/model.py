@@ -12,7 +12,8 @@ from ipaddress import IPv4Address, IPv4Interface, IPv6Address
 from pathlib import Path
 
 # Schedulers the data plane can run today.
-SCHEDULERS_IMPLEMENTED: tuple[str, ...] = ("rr", "wrr", "lc", "wlc", "sed", "nq", "dh", "sh", "fo", "ovf")
+SCHEDULERS_IMPLEMENTED: tuple[str, ...] = ("rr", "wrr", "lc", "wlc", "sed", "nq", "dh", "sh", "fo", "ovf",
+                                           "lblc", "lblcr", "twos")
 
 # Every scheduler name ipvsadm knows; names in here but not in
 # SCHEDULERS_IMPLEMENTED are reported as "not implemented yet" rather than
@@ -204,6 +205,11 @@ class Config:
     # is dropped (False, the default) or its connection expires at once so that the client's
     # next attempt is scheduled afresh (True)
     expire_nodest_conn: bool = False
+    # IPVS lblc_expiration / lblcr_expiration (seconds): an lblc entry (destination address ->
+    # real server) unused this long goes at the periodic full check; an lblcr server set with
+    # more than one member unchanged this long loses its most loaded member
+    lblc_expiration: int = 86400
+    lblcr_expiration: int = 86400
     # the real servers' floating gateway, e.g. 198.18.1.254/24: owned by the (active) director in
     # NAT, and in direct routing with [ha] (replies routed through the director); else ignored
     nat_router: IPv4Interface | None = None

@@ -80,13 +80,16 @@ TABLE_RANGES: Final[dict[str, tuple[int, int]]] = {
     "reals_per_service": (1, 512),  # the BPF verifier accepts the scheduler loops up to 512
 }
 
+# lblc_expiration / lblcr_expiration, seconds (the kernel's sysctls are int jiffies)
+EXPIRATION_RANGE: Final = (1, 2_000_000)
+
 # --- known keys (order matters only for messages) ------------------------------
 
 TOP_KEYS: Final = ("global", "tables", "timeouts", "virtual_server", "ha")
 GLOBAL_KEYS: Final = (
     "instance", "public_interface", "private_interface",
     "network", "nat_router", "nat_router_device",
-    "dataplane", "expire_nodest_conn",
+    "dataplane", "expire_nodest_conn", "lblc_expiration", "lblcr_expiration",
 )
 TABLES_KEYS: Final = tuple(TABLE_RANGES)
 TIMEOUTS_KEYS: Final = ("tcp", "tcpfin", "udp")
@@ -1108,6 +1111,8 @@ def _load_text(text: str, display: str, path: Path | None) -> Config:
         dataplane = chk.error(g.at("dataplane"),
                               f"unknown dataplane '{dataplane}' (expected one of: {', '.join(DATAPLANES)})")
     expire_nodest_conn = g.boolean("expire_nodest_conn", False)
+    lblc_expiration = g.integer("lblc_expiration", EXPIRATION_RANGE, default=86400)
+    lblcr_expiration = g.integer("lblcr_expiration", EXPIRATION_RANGE, default=86400)
     nat_router = _check_nat_router(g)
     nat_router_device = g.ifname("nat_router_device")
     if network == "nat":
@@ -1158,6 +1163,8 @@ def _load_text(text: str, display: str, path: Path | None) -> Config:
         network=_valid(network),
         dataplane=_valid(dataplane),
         expire_nodest_conn=_valid(expire_nodest_conn),
+        lblc_expiration=_valid_int(lblc_expiration),
+        lblcr_expiration=_valid_int(lblcr_expiration),
         nat_router=_valid(nat_router),
         nat_router_device=_valid(nat_router_device),
         tables=Tables(**{k: _valid_int(v) for k, v in table_values.items()}),

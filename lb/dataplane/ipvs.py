@@ -496,6 +496,7 @@ class IpvsDataplane:
                 self.services[key] = spec
             self._apply_timeouts(k, table.timeouts)
             self._apply_expire_nodest(table.expire_nodest_conn)
+            self._apply_lblc_expiration(table)
         self._write_state()
         n = self.writes - before
         log.info("applied %d services: %d netlink changes", len(want), n)
@@ -574,6 +575,24 @@ class IpvsDataplane:
             log.info("IPVS expire_nodest_conn = %d", int(on))
         except OSError as e:
             log.warning("cannot set %s: %s", path, e)
+
+    def _apply_lblc_expiration(self, table) -> None:
+        """The lblc / lblcr modules' sysctls (seconds; they exist once a service loaded the
+        module), written only when a service uses the scheduler."""
+        for sched in ("lblc", "lblcr"):
+            if not any(s.scheduler == sched for s in table.services):
+                continue
+            path = f"/proc/sys/net/ipv4/vs/{sched}_expiration"
+            want = str(getattr(table, f"{sched}_expiration"))
+            try:
+                with open(path) as f:
+                    if f.read().strip() == want:
+                        continue
+                with open(path, "w") as f:
+                    f.write(want)
+                log.info("IPVS %s_expiration = %s", sched, want)
+            except OSError as e:
+                log.warning("cannot set %s: %s", path, e)
 
     def _apply_timeouts(self, k: Kernel, timeouts) -> None:
         want = tuple(int(t) for t in timeouts)

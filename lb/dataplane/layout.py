@@ -23,11 +23,15 @@ SCHED_FLAGS = {"sh-fallback": ("sh", SVC_F_SCHED_FALLBACK), "sh-port": ("sh", SV
                "mh-fallback": ("mh", SVC_F_SCHED_FALLBACK), "mh-port": ("mh", SVC_F_SCHED_PORT)}
 FWM_RANGES = 16              # LB_FWM_RANGES: port ranges per (VIP, protocol)
 G_FWM_KEYS, G_EXPIRE_NODEST, N_GLOBALS = 0, 1, 8     # lb_globals
+G_LBLCR_EXPIRATION = 2       # lb_globals: lblcr_expiration, seconds
 CONN_F_INACTIVE, CONN_F_OUT, CONN_F_PERSIST = 0x1, 0x2, 0x4
 
 # scheduler name -> LB_SCHED_* (also the tail-call slot LB_PROG_SCHED_BASE + value)
 SCHEDULERS = {"rr": 0, "wrr": 1, "wlc": 2, "lc": 3, "sed": 4, "nq": 5, "fo": 6, "ovf": 7,
-              "dh": 8, "sh": 9}
+              "dh": 8, "sh": 9, "lblc": 11, "lblcr": 12, "twos": 13}
+# schedulers with an entry per (service, destination address) in lb_lblc / lb_lblcr
+LBLC_SCHEDULERS = ("lblc", "lblcr")
+LBLCR_SET_SIZE = 8           # LB_LBLCR_SET_SIZE: members of an lblcr server set
 # schedulers whose service has a lb_sched_buckets entry (256 list positions, lb_sched.h)
 BUCKET_SCHEDULERS = ("dh", "sh")
 SCHEDULER_NAMES = {v: k for k, v in SCHEDULERS.items()}
@@ -61,6 +65,9 @@ RATES = struct.Struct("=5Q")                        # lb_rates: cps, inpps, outp
 SCHED_BUCKETS = struct.Struct("=256I")             # lb_sched_buckets (lb_sched.h)
 PORT_RANGE = struct.Struct("=HHI")                  # lb_port_range (host byte order ports)
 PORT_RANGES = struct.Struct(f"=II{PORT_RANGE.size * FWM_RANGES}s")   # lb_port_ranges
+LBLC_KEY = struct.Struct("=IB3s16s")                # lb_lblc_key: svc, family, pad, addr
+LBLC = struct.Struct("=QII")                        # lb_lblc: lastuse_ns, real, pad
+LBLCR = struct.Struct(f"=QQII{LBLCR_SET_SIZE}I")    # lb_lblcr: lastuse_ns, lastmod_ns, n, pad, real[]
 U32 = struct.Struct("=I")
 U64 = struct.Struct("=Q")
 

@@ -66,6 +66,8 @@ class TableSpec:
     services: tuple[ServiceSpec, ...] = ()
     timeouts: tuple[int, int, int] = (900, 120, 300)   # tcp, tcpfin, udp (ipvsadm --set)
     expire_nodest_conn: bool = False
+    lblc_expiration: int = 86400       # seconds (IPVS sysctls lblc_expiration, lblcr_expiration)
+    lblcr_expiration: int = 86400
     extra: dict = field(default_factory=dict, compare=False)
 
 

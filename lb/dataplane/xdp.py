@@ -16,6 +16,7 @@ import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import SimpleNamespace
 
 from lb.sched import model as sched_model
 
@@ -77,10 +78,16 @@ class Sizes:
         """persistence templates: a quarter of the connection table (allocated as used)"""
         return max(1024, self.connections // 4)
 
+    @property
+    def lblc(self) -> int:
+        """lblc / lblcr entries, all services together: as many as persistence templates"""
+        return self.persist
+
     def cflags(self, pin: str) -> list[str]:
         return [f"-DLB_MAX_SERVICES={self.services}", f"-DLB_MAX_REALS={self.reals}",
                 f"-DLB_PERSIST_TABLE_SIZE={self.persist}",
                 f"-DLB_MAX_SVC_REALS={self.svc_reals}", f"-DLB_CONN_TABLE_SIZE={self.connections}",
+                f"-DLB_LBLC_TABLE_SIZE={self.lblc}", f"-DLB_LBLCR_SET_SIZE={L.LBLCR_SET_SIZE}",
                 f'-DLB_PIN_DIR="{pin}"']
 
     def expected(self) -> dict[str, tuple[int, int]]:
@@ -104,6 +111,8 @@ class Sizes:
             "lb_real_stats": (self.reals, L.STATS.size),
             "lb_svc_rates": (self.services, L.RATES.size),
             "lb_real_rates": (self.reals, L.RATES.size),
+            "lb_lblc": (self.lblc, L.LBLC.size),
+            "lb_lblcr": (self.lblc, L.LBLCR.size),
         }
 
 
@@ -157,6 +166,10 @@ class XdpDataplane:
         self.last_table: TableSpec | None = None
         self._nh_cache: dict = {}
         self.ranges: dict[bytes, bytes] = {}    # lb_fwm_ranges as written
+        # lblc / lblcr expiry: the kernel's per-service timer state (tick counter) and settings
+        self._lblc_tables: dict[int, sched_model.LblcTable] = {}
+        self._lblc_last_tick: int | None = None
+        self.lblc_expiration = {"lblc": 86400, "lblcr": 86400}
         self.adopted = False
         self.created = False     # this instance made the pin directory (a failed start removes it)
         self.writes = 0
@@ -396,6 +409,10 @@ class XdpDataplane:
         g = L.U32.pack(L.G_EXPIRE_NODEST)
         if self.maps["lb_globals"].get(g) != L.U32.pack(int(table.expire_nodest_conn)):
             self._set("lb_globals", g, L.U32.pack(int(table.expire_nodest_conn)))
+        self.lblc_expiration = {"lblc": table.lblc_expiration, "lblcr": table.lblcr_expiration}
+        g = L.U32.pack(L.G_LBLCR_EXPIRATION)
+        if self.maps["lb_globals"].get(g) != L.U32.pack(table.lblcr_expiration):
+            self._set("lb_globals", g, L.U32.pack(table.lblcr_expiration))
         n = self.writes - before
         log.info("applied %d services: %d map writes", len(want), n)
         return n
@@ -489,6 +506,7 @@ class XdpDataplane:
         self._set("lb_svc", L.U32.pack(st.id), L.Svc(key.addr, key.port, key.proto, 0).pack())
         if self.maps["lb_sched_buckets"].delete(L.U32.pack(st.id)):
             self.writes += 1
+        self._lblc_flush(st.id)
         self.free_svc_ids.append(st.id)
         log.info("removed virtual service %s", _svc_name(key))
 
@@ -517,6 +535,7 @@ class XdpDataplane:
                 cursor, mark = None, sched_model.wrr_init(self._weights(st))
                 st.sched = spec.scheduler
                 sched_changed = True
+                self._lblc_flush(st.id)     # ip_vs_lblc_done_svc: the old table goes
         wanted = {r.key: r for r in spec.reals}
         changed = sched_changed
 
@@ -846,6 +865,56 @@ class XdpDataplane:
         for st in self.services.values():
             if st.id in rewrite:
                 self._write_dests(st)
+        self.lblc_check_expire(now)
+        return n
+
+    def _lblc_flush(self, sid: int) -> int:
+        """ip_vs_lblc_flush / ip_vs_lblcr_flush: drop a service's lblc and lblcr entries."""
+        self._lblc_tables.pop(sid, None)
+        n = 0
+        for mapname in ("lb_lblc", "lb_lblcr"):
+            m = self.maps[mapname]
+            keys = [k for k, _ in m.items() if L.LBLC_KEY.unpack(k)[0] == sid]
+            n += m.delete_many(keys) if keys else 0
+        self.writes += n
+        return n
+
+    def lblc_check_expire(self, now_ns: int | None = None, force: bool = False) -> int:
+        """The lblc / lblcr periodic timer (ip_vs_lblc_check_expire), once per
+        CHECK_EXPIRE_INTERVAL (60 s) from the sweep, or at once with `force`: each service's
+        tick counter decides between a full check (entries unused for lblc_expiration /
+        lblcr_expiration go) and, when it has too many entries, dropping old ones.  The rules
+        are lb.sched.model.LblcTable's.  Returns the entries deleted."""
+        now = time.monotonic_ns() if now_ns is None else now_ns
+        if not force and self._lblc_last_tick is not None and \
+                now - self._lblc_last_tick < sched_model.CHECK_EXPIRE_INTERVAL * 1_000_000_000:
+            return 0
+        self._lblc_last_tick = now
+        users = {st.id: st.sched for st in self.services.values() if st.sched in L.LBLC_SCHEDULERS}
+        if not users:
+            return 0
+        n = 0
+        for sched in L.LBLC_SCHEDULERS:
+            m = self.maps[f"lb_{sched}"]
+            by_svc: dict[int, dict] = {}
+            for k, v in m.items():
+                sid = L.LBLC_KEY.unpack(k)[0]
+                if users.get(sid) == sched:
+                    by_svc.setdefault(sid, {})[k] = SimpleNamespace(lastuse=L.U64.unpack_from(v)[0] / 1e9)
+            for sid, s in users.items():
+                if s != sched:
+                    continue
+                table = self._lblc_tables.setdefault(sid, sched_model.LblcTable())
+                table.entries = by_svc.get(sid, {})
+                before = dict(table.entries)
+                table.check_expire(now / 1e9, self.lblc_expiration[sched])
+                for k, e in before.items():
+                    if k in table.entries:
+                        continue
+                    v = m.get(k)     # used again since we read it: it stays
+                    if v is not None and L.U64.unpack_from(v)[0] / 1e9 == e.lastuse and m.delete(k):
+                        n += 1
+        self.writes += n
         return n
 
     def _thresholds_changed(self, rid: int, real: L.Real) -> None:

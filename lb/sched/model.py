@@ -1,10 +1,12 @@
-"""Reference model of the IPVS rr, wrr, wlc, lc, sed, nq, fo, ovf, dh and sh schedulers.
+"""Reference model of the IPVS rr, wrr, wlc, lc, sed, nq, fo, ovf, dh, sh, lblc, lblcr and
+twos schedulers.
 
 This is the oracle the BPF data plane is tested against, and the control plane
 uses :func:`wrr_params` / :func:`wrr_init` / :func:`wrr_dest_changed` to compute
 the wrr state it loads into the data plane.  It follows the kernel's rules
 (net/netfilter/ipvs/ip_vs_rr.c, ip_vs_wrr.c, ip_vs_wlc.c, ip_vs_lc.c, ip_vs_sed.c,
-ip_vs_nq.c, ip_vs_fo.c, ip_vs_ovf.c, ip_vs_dh.c, ip_vs_sh.c, ip_vs_ctl.c):
+ip_vs_nq.c, ip_vs_fo.c, ip_vs_ovf.c, ip_vs_dh.c, ip_vs_sh.c, ip_vs_lblc.c, ip_vs_lblcr.c,
+ip_vs_twos.c, ip_vs_ctl.c):
 
 * A service's destinations form a list.  Every newly added destination is
   inserted at the FRONT of that list, so a service configured as rs1, rs2, rs3
@@ -27,6 +29,7 @@ edited and connections are scheduled.
 from __future__ import annotations
 
 import math
+import random
 from dataclasses import dataclass, replace
 from typing import Iterable, Sequence
 
@@ -59,9 +62,18 @@ __all__ = [
     "wrr_params",
     "bind_overload",
     "unbind_overload",
+    "LblcEntry",
+    "LblcrEntry",
+    "LblcTable",
+    "lblc_is_overloaded",
+    "dest_set_min",
+    "dest_set_max",
+    "pick_lblc",
+    "pick_lblcr",
+    "pick_twos",
 ]
 
-SCHEDULERS = ("rr", "wrr", "wlc", "lc", "sed", "nq", "fo", "ovf", "dh", "sh")
+SCHEDULERS = ("rr", "wrr", "wlc", "lc", "sed", "nq", "fo", "ovf", "dh", "sh", "lblc", "lblcr", "twos")
 
 
 @dataclass
@@ -447,6 +459,206 @@ def pick_sh(dests: Sequence[Dest], saddr: int, port: int = 0, fallback: bool = F
     return None
 
 
+# ------------------------------------------------------------- lblc, lblcr
+
+LBLC_EXPIRATION = 24 * 60 * 60      # DEFAULT_EXPIRATION: sysctl lblc_expiration / lblcr_expiration
+CHECK_EXPIRE_INTERVAL = 60          # the periodic timer, seconds
+ENTRY_TIMEOUT = 6 * 60              # entries older than this go when the table is over max_size
+COUNT_FOR_FULL_EXPIRATION = 30      # every 30th tick is a full expiration check
+LBLC_MAX_SIZE = 16 * 1024           # tbl->max_size = IP_VS_LBLC_TAB_SIZE * 16
+
+
+@dataclass
+class LblcEntry:
+    """struct ip_vs_lblc_entry: destination address -> real server (a reference: it survives
+    the server's removal, in the trash, as the kernel's refcount keeps it)."""
+
+    dest: Dest
+    lastuse: float
+
+
+@dataclass
+class LblcrEntry:
+    """struct ip_vs_lblcr_entry: destination address -> server set, newest member first."""
+
+    members: list[Dest]
+    lastuse: float
+    lastmod: float
+
+
+class LblcTable:
+    """The per-service table of lblc or lblcr (svc->sched_data) and its periodic expiry.
+    Keys are destination addresses (host-order ints for IPv4); times are seconds."""
+
+    def __init__(self, max_size: int = LBLC_MAX_SIZE):
+        self.entries: dict[int, LblcEntry | LblcrEntry] = {}
+        self.max_size = max_size
+        self.counter = 1
+
+    def full_check(self, now: float, expiration: float) -> int:
+        """ip_vs_lblc_full_check: drop every entry unused for `expiration` seconds."""
+        stale = [k for k, e in self.entries.items() if not now < e.lastuse + expiration]
+        for k in stale:
+            del self.entries[k]
+        return len(stale)
+
+    def check_expire(self, now: float, expiration: float) -> int:
+        """ip_vs_lblc_check_expire, one tick of the 60 s timer: every 30th tick a full check;
+        otherwise, only when there are more than max_size entries, drop entries unused for
+        ENTRY_TIMEOUT until (entries - max_size) * 4/3 (at most max_size/2) have gone.
+        Returns the number dropped.  (The kernel walks its hash buckets from a rover; here
+        entries go oldest first.)"""
+        if self.counter % COUNT_FOR_FULL_EXPIRATION == 0:
+            self.counter = 1
+            return self.full_check(now, expiration)
+        if len(self.entries) <= self.max_size:
+            self.counter += 1
+            return 0
+        goal = min((len(self.entries) - self.max_size) * 4 // 3, self.max_size // 2)
+        gone = 0
+        for k, e in sorted(self.entries.items(), key=lambda kv: kv[1].lastuse):
+            if goal <= 0:
+                break
+            if now < e.lastuse + ENTRY_TIMEOUT:
+                continue
+            del self.entries[k]
+            gone += 1
+            goal -= 1
+        return gone
+
+
+def _available(d: Dest, dests: Sequence[Dest]) -> bool:
+    """IP_VS_DEST_F_AVAILABLE: the destination is in the service's list (not in the trash)."""
+    return any(x is d for x in dests)
+
+
+def lblc_is_overloaded(d: Dest, dests: Sequence[Dest]) -> bool:
+    """is_overloaded() of ip_vs_lblc.c / ip_vs_lblcr.c: activeconns > weight, and some
+    destination of the service (any: weight, OVERLOAD and availability are not looked at) has
+    activeconns * 2 < weight."""
+    return d.active > d.weight and any(x.active * 2 < x.weight for x in dests)
+
+
+def pick_lblc(dests: Sequence[Dest], table: LblcTable, daddr: int, now: float) -> int | None:
+    """ip_vs_lblc_schedule.  A cached server is kept when it is available, has weight > 0 and
+    is not is_overloaded() (its OVERLOAD flag is not looked at); the lookup alone refreshes
+    lastuse.  Otherwise wlc over the service (__ip_vs_lblc_schedule is pick_wlc) picks, and
+    the entry is replaced (lastuse = now) or kept when the pick is the cached server."""
+    en = table.entries.get(daddr)
+    if en is not None:
+        assert isinstance(en, LblcEntry)
+        en.lastuse = now
+        d = en.dest
+        if _available(d, dests) and d.weight > 0 and not lblc_is_overloaded(d, dests):
+            return next(i for i, x in enumerate(dests) if x is d)
+    pos = pick_wlc(dests)
+    if pos is None:
+        return None
+    if en is None or en.dest is not dests[pos]:
+        table.entries[daddr] = LblcEntry(dests[pos], now)
+    return pos
+
+
+def dest_set_min(members: Sequence[Dest], dests: Sequence[Dest]) -> Dest | None:
+    """ip_vs_dest_set_min: the first member that is not OVERLOADed, has weight > 0 and is
+    available, then any later non-OVERLOADed, available member with loh * w > doh * lw."""
+    least: Dest | None = None
+    loh = 0
+    for d in members:
+        if d.overloaded:
+            continue
+        if least is None:
+            if d.weight > 0 and _available(d, dests):
+                least, loh = d, overhead(d)
+            continue
+        doh = overhead(d)
+        if loh * d.weight > doh * least.weight and _available(d, dests):
+            least, loh = d, doh
+    return least
+
+
+def dest_set_max(members: Sequence[Dest]) -> Dest | None:
+    """ip_vs_dest_set_max: the first member with weight > 0, then any later member with
+    weight > 0 and moh * w < doh * mw (availability and OVERLOAD are not looked at)."""
+    most: Dest | None = None
+    moh = 0
+    for d in members:
+        if most is None:
+            if d.weight > 0:
+                most, moh = d, overhead(d)
+            continue
+        doh = overhead(d)
+        if moh * d.weight < doh * most.weight and d.weight > 0:
+            most, moh = d, doh
+    return most
+
+
+def pick_lblcr(dests: Sequence[Dest], table: LblcTable, daddr: int, now: float,
+               expiration: float = LBLC_EXPIRATION, max_set: int | None = None) -> int | None:
+    """ip_vs_lblcr_schedule.  With an entry: lastuse = now; the set's least loaded member
+    (dest_set_min) is chosen first; then, when the set has more than one member and has not
+    changed for more than `expiration` seconds (time_after), its most loaded member
+    (dest_set_max) leaves it (lastmod = now).  The chosen member serves unless there is none or
+    it is_overloaded(); then wlc over the service picks and joins the set at its head (lastmod =
+    now) unless already in it.  Without an entry, wlc picks and a one-member set is made.
+    max_set bounds the set as the data plane's fixed array does (the oldest member leaves)."""
+    en = table.entries.get(daddr)
+    if en is not None:
+        assert isinstance(en, LblcrEntry)
+        en.lastuse = now
+        d = dest_set_min(en.members, dests)
+        if len(en.members) > 1 and now > en.lastmod + expiration:
+            m = dest_set_max(en.members)
+            if m is not None:
+                del en.members[next(i for i, x in enumerate(en.members) if x is m)]
+                en.lastmod = now
+        if d is not None and not lblc_is_overloaded(d, dests):
+            return next(i for i, x in enumerate(dests) if x is d)
+        pos = pick_wlc(dests)
+        if pos is None:
+            return None
+        if not any(x is dests[pos] for x in en.members):
+            en.members.insert(0, dests[pos])
+            if max_set is not None:
+                del en.members[max_set:]
+            en.lastmod = now
+        return pos
+    pos = pick_wlc(dests)
+    if pos is None:
+        return None
+    table.entries[daddr] = LblcrEntry([dests[pos]], now, now)
+    return pos
+
+
+# -------------------------------------------------------------------- twos
+
+
+def pick_twos(dests: Sequence[Dest], rand1: int, rand2: int) -> int | None:
+    """ip_vs_twos_schedule with the two random u32 values it draws.  total = sum of the usable
+    weights (not OVERLOADed, weight > 0); rweight_i = rand_i % (total + 1); walking the usable
+    destinations, each subtracts its weight and choice_i is the first where rweight_i <= 0.
+    choice2 wins when weight2 * overhead1 > weight1 * overhead2 (ties go to choice1)."""
+    usable = [i for i, d in enumerate(dests) if not d.overloaded and d.weight > 0]
+    if not usable:
+        return None
+    total = sum(dests[i].weight for i in usable) + 1
+    rw1, rw2 = (rand1 & 0xFFFFFFFF) % total, (rand2 & 0xFFFFFFFF) % total
+    c1 = c2 = None
+    for i in usable:
+        rw1 -= dests[i].weight
+        rw2 -= dests[i].weight
+        if rw1 <= 0 and c1 is None:
+            c1 = i
+        if rw2 <= 0 and c2 is None:
+            c2 = i
+        if c1 is not None and c2 is not None:
+            break
+    assert c1 is not None and c2 is not None    # rweight <= total - 1 < sum of the weights
+    if dests[c2].weight * overhead(dests[c1]) > dests[c1].weight * overhead(dests[c2]):
+        return c2
+    return c1
+
+
 _PICK_STATELESS = {"wlc": pick_wlc, "lc": pick_lc, "sed": pick_sed, "nq": pick_nq,
                    "fo": pick_fo, "ovf": pick_ovf}
 
@@ -464,11 +676,18 @@ class Service:
     ip_vs_trash_get_dest does.
     """
 
-    def __init__(self, scheduler: str, flags: Iterable[str] = ()):
+    def __init__(self, scheduler: str, flags: Iterable[str] = (), *,
+                 expiration: float = LBLC_EXPIRATION, max_set: int | None = None,
+                 rng: random.Random | None = None):
         if scheduler not in SCHEDULERS:
             raise ValueError(f"unknown scheduler {scheduler!r}; expected one of {SCHEDULERS}")
         self.scheduler = scheduler
         self.flags = frozenset(flags)  # "sh-port", "sh-fallback" (ipvsadm --sched-flags)
+        # lblc / lblcr: the table, lblc_expiration or lblcr_expiration, the set bound
+        self.table = LblcTable()
+        self.expiration = expiration
+        self.max_set = max_set
+        self._rng = rng or random.Random()  # twos: prandom_u32
         self._dests: list[Dest] = []
         self._trash: dict[str, Dest] = {}
         self._cursor: int | None = None  # rr: svc->sched_data
@@ -540,7 +759,7 @@ class Service:
         """ip_vs_del_dest: unlink, then the del_dest hook."""
         pos = self.position(name)
         d = self._dests.pop(pos)
-        if d.active or d.inactive:
+        if d.active or d.inactive or self._referenced(d):
             self._trash[name] = d
         self._cursor = rr_cursor_after_delete(self._cursor, pos)
         self._mark = wrr_dest_changed(self._mark, self._weights())
@@ -565,10 +784,34 @@ class Service:
 
     # -- scheduling and connections ----------------------------------------------
 
-    def pick(self, saddr: int = 0, daddr: int = 0, sport: int = 0) -> int | None:
+    def _referenced(self, d: Dest) -> bool:
+        """An lblc / lblcr entry holds the destination (ip_vs_dest_hold): a removed one stays
+        in the trash, and comes back with its entries when re-added."""
+        for en in self.table.entries.values():
+            if (en.dest is d) if isinstance(en, LblcEntry) else any(x is d for x in en.members):
+                return True
+        return False
+
+    def tick(self, now: float) -> int:
+        """One run of the lblc / lblcr periodic timer (every CHECK_EXPIRE_INTERVAL seconds);
+        returns the entries dropped."""
+        return self.table.check_expire(now, self.expiration)
+
+    def pick(self, saddr: int = 0, daddr: int = 0, sport: int = 0, *, now: float = 0.0,
+             rand: tuple[int, int] | None = None) -> int | None:
         """Run the scheduler and update its state, without counting a connection.
         dh hashes ``daddr``, sh ``saddr`` (IPv4 addresses as host-order ints) and, with the
-        sh-port flag, ``sport``; sh-fallback probes on past an unusable server."""
+        sh-port flag, ``sport``; sh-fallback probes on past an unusable server.  lblc and lblcr
+        look ``daddr`` up in their table at time ``now`` (seconds); twos draws its two random
+        u32s from the service's rng unless ``rand`` gives them."""
+        if self.scheduler == "lblc":
+            return pick_lblc(self._dests, self.table, daddr, now)
+        if self.scheduler == "lblcr":
+            return pick_lblcr(self._dests, self.table, daddr, now, self.expiration, self.max_set)
+        if self.scheduler == "twos":
+            if rand is None:
+                rand = (self._rng.getrandbits(32), self._rng.getrandbits(32))
+            return pick_twos(self._dests, *rand)
         if self.scheduler == "dh":
             return pick_dh(self._dests, daddr)
         if self.scheduler == "sh":
@@ -582,12 +825,13 @@ class Service:
             pos = _PICK_STATELESS[self.scheduler](self._dests)
         return pos
 
-    def schedule(self, saddr: int = 0, daddr: int = 0, sport: int = 0, *, active: bool = True) -> str | None:
+    def schedule(self, saddr: int = 0, daddr: int = 0, sport: int = 0, *, active: bool = True,
+                 now: float = 0.0, rand: tuple[int, int] | None = None) -> str | None:
         """Schedule a new connection: pick a destination, count the connection on it and
         return its name (None when nothing is usable).  A TCP connection counts as active from
         its SYN (SYN_RECV is an active state, tcp_state_active() in the kernel); a UDP one
         (active=False) as inactive."""
-        pos = self.pick(saddr, daddr, sport)
+        pos = self.pick(saddr, daddr, sport, now=now, rand=rand)
         if pos is None:
             return None
         d = self._dests[pos]
@@ -626,7 +870,7 @@ class Service:
                 raise ValueError(f"{name}: no inactive connection to close")
             d.inactive -= 1
         unbind_overload(d)
-        if name in self._trash and not (d.active or d.inactive):
+        if name in self._trash and not (d.active or d.inactive or self._referenced(d)):
             del self._trash[name]
 
     def __repr__(self) -> str:
