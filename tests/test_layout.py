@@ -35,6 +35,9 @@ def bpf():
     ("lb_svc_stats", "Leaf", L.STATS, {"inpkts": 8, "outbytes": 32}),
     ("lb_svc_rates", "Leaf", L.RATES, {"inpps": 8, "outpps": 16, "inbps": 24, "outbps": 32}),
     ("lb_real_rates", "Leaf", L.RATES, {"cps": 0, "outbps": 32}),
+    ("lb_lblc", "Key", L.LBLC_KEY, {"svc": 0, "family": 4, "addr": 8}),
+    ("lb_lblc", "Leaf", L.LBLC, {"lastuse_ns": 0, "real": 8}),
+    ("lb_lblcr", "Leaf", L.LBLCR, {"lastuse_ns": 0, "lastmod_ns": 8, "n": 16, "real": 24}),
 ])
 def test_struct_matches_c(bpf, table, part, struct, offsets):
     ct = getattr(bpf[table.encode()], part)
