@@ -25,6 +25,9 @@ SCHEDULERS = ("rr", "wrr", "wlc", "lc", "sh", "dh")
 # connections ACKed and some not, and sed/nq (which look at active connections only) whenever
 # connections are still half-open.  tests/vm/test_ipvs_vm.py checks those separately.
 STATE_SCHEDULERS = ("sed", "nq")
+# lblc / lblcr: one destination address per case (the VIP), so one table entry that the busy
+# servers' activeconns move (is_overloaded) and, for lblcr, a server set that grows
+LOCALITY_SCHEDULERS = ("lblc", "lblcr")
 REAL_BASE = 21                       # real servers 198.18.1.21, .22, ...
 DEFAULT_VIP = "198.18.0.30"
 
@@ -89,6 +92,10 @@ def cases() -> list[Case]:
     add("sed-syn", "sed", [1, 1], 5)
     add("sed-syn-weights", "sed", [1, 2, 4], 8)
     add("nq-syn", "nq", [10, 1, 1], 6)
+    add("lblc-41", "lblc", [4, 1], 8)
+    add("lblc-121", "lblc", [1, 2, 1], 12, acks=[True, False, True, True])
+    add("lblcr-111", "lblcr", [1, 1, 1], 10)
+    add("lblcr-3121", "lblcr", [3, 1, 2, 1], 14, acks=[False, True, True, False, True])
     # random ones
     for sched in SCHEDULERS:
         for i in range(4):

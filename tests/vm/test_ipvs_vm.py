@@ -205,7 +205,7 @@ def _compare(cases, ipvs_picks, xdp) -> tuple[list[str], int]:
     return report, nconns
 
 
-@pytest.mark.parametrize("sched", fidelity.SCHEDULERS)
+@pytest.mark.parametrize("sched", fidelity.SCHEDULERS + fidelity.LOCALITY_SCHEDULERS)
 def test_xdp_picks_what_kernel_ipvs_picks(sched, ipvs_picks, xdp):
     cases = [c for c in fidelity.cases() if c.sched == sched and not fidelity.state_sensitive(c)]
     report, nconns = _compare(cases, ipvs_picks, xdp)
@@ -287,3 +287,21 @@ def test_kernel_ipvs_hash_is_hash_32(sched, ipvs_picks):
     assert by_h32 == total, f"{sched}: hash_32 explains {by_h32} of {total} kernel picks"
     if sched == "dh":
         assert by_mult < total, "the cases do not tell hash_32 from the multiplicative hash"
+
+
+@pytest.mark.parametrize("sched", fidelity.LOCALITY_SCHEDULERS)
+def test_lblc_model_picks_what_kernel_ipvs_picks(sched, ipvs_picks):
+    """lb's model of ip_vs_lblc.c / ip_vs_lblcr.c (the XDP programs' oracle) replays the
+    kernel's picks: the cached server, is_overloaded, the wlc fallback and the set's growth."""
+    from lb.sched import model
+
+    cases = [c for c in fidelity.cases() if c.sched == sched]
+    assert cases
+    for case in cases:
+        m = model.Service(case.sched)
+        for a, w in zip(case.reals, case.weights):
+            m.add(a, w)
+        daddr = int(ipaddress.ip_address(case.vip))
+        got = [m.schedule(saddr=int(ipaddress.ip_address(f.client)), daddr=daddr) for f in case.flows]
+        assert got == ipvs_picks[case.id], case.id
+        assert len(set(got)) > 1, case.id       # the case moves the address off its first server
