@@ -135,15 +135,18 @@ int lb_xdp_public(struct xdp_md *ctx)
 
 /* ---- schedulers: classify again, pick, hand the pick to lb_xdp_new_conn ---- */
 
-static __always_inline int lb_sched_begin(struct xdp_md *ctx, __u32 *svc_id, struct lb_svc **svc,
-                                          struct lb_svc_dests **ds, struct lb_sched_state **st,
-                                          lb_scratch_t **sc)
+/* A scheduler program's start: classify again, find the service's maps; *daddr is the packet's
+ * destination address (lblc / lblcr key on it) */
+static __always_inline int lb_sched_begin_daddr(struct xdp_md *ctx, __u32 *svc_id, struct lb_svc **svc,
+                                                struct lb_svc_dests **ds, struct lb_sched_state **st,
+                                                lb_scratch_t **sc, __be32 *daddr)
 {
     __u32 zero = 0;
     struct lb_pkt pkt = {};
     int act = lb_classify(ctx, &pkt, svc_id);
     if (act != LB_CONTINUE)
         return act;
+    *daddr = pkt.ip4->daddr;
     *svc = lb_svc.lookup(svc_id);
     *ds = lb_svc_dests.lookup(svc_id);
     *st = lb_sched_state.lookup(svc_id);
@@ -178,7 +181,8 @@ static __always_inline int lb_sched_end(struct xdp_md *ctx, __u32 svc_id, lb_scr
         struct lb_svc_dests *ds;                                                   \
         struct lb_sched_state *st;                                                 \
         lb_scratch_t *sc;                                                          \
-        int act = lb_sched_begin(ctx, &svc_id, &svc, &ds, &st, &sc);              \
+        __be32 daddr;                                                              \
+        int act = lb_sched_begin_daddr(ctx, &svc_id, &svc, &ds, &st, &sc, &daddr); \
         if (act != LB_CONTINUE)                                                    \
             return act;                                                            \
         return lb_sched_end(ctx, svc_id, sc, pick);                                \
@@ -194,44 +198,8 @@ LB_SCHED_PROG(fo, lb_pick_fo_ovf(svc, ds, st, sc, 0))
 LB_SCHED_PROG(ovf, lb_pick_fo_ovf(svc, ds, st, sc, 1))
 LB_SCHED_PROG(twos, lb_pick_twos(svc, ds, sc))
 
-/* lblc / lblcr: the list-walking programs' begin, plus the packet's destination address */
-static __always_inline int lb_sched_begin_daddr(struct xdp_md *ctx, __u32 *svc_id, struct lb_svc **svc,
-                                                struct lb_svc_dests **ds, struct lb_sched_state **st,
-                                                lb_scratch_t **sc, __be32 *daddr)
-{
-    __u32 zero = 0;
-    struct lb_pkt pkt = {};
-    int act = lb_classify(ctx, &pkt, svc_id);
-    if (act != LB_CONTINUE)
-        return act;
-    *daddr = pkt.ip4->daddr;
-    *svc = lb_svc.lookup(svc_id);
-    *ds = lb_svc_dests.lookup(svc_id);
-    *st = lb_sched_state.lookup(svc_id);
-    *sc = lb_scratch.lookup(&zero);
-    if (!*svc || !*ds || !*st || !*sc)
-        return XDP_PASS;
-    return LB_CONTINUE;
-}
-
-#define LB_SCHED_PROG_DADDR(name, pick)                                            \
-    int lb_sched_##name(struct xdp_md *ctx)                                        \
-    {                                                                              \
-        __u32 svc_id;                                                              \
-        struct lb_svc *svc;                                                        \
-        struct lb_svc_dests *ds;                                                   \
-        struct lb_sched_state *st;                                                 \
-        lb_scratch_t *sc;                                                          \
-        __be32 daddr;                                                              \
-        int act = lb_sched_begin_daddr(ctx, &svc_id, &svc, &ds, &st, &sc, &daddr); \
-        if (act != LB_CONTINUE)                                                    \
-            return act;                                                            \
-        __u64 now = bpf_ktime_get_coarse_ns();                                     \
-        return lb_sched_end(ctx, svc_id, sc, pick(svc_id, svc, ds, st, sc, daddr, now)); \
-    }
-
-LB_SCHED_PROG_DADDR(lblc, lb_pick_lblc)
-LB_SCHED_PROG_DADDR(lblcr, lb_pick_lblcr)
+LB_SCHED_PROG(lblc, lb_pick_lblc(svc_id, svc, ds, st, sc, daddr, bpf_ktime_get_coarse_ns()))
+LB_SCHED_PROG(lblcr, lb_pick_lblcr(svc_id, svc, ds, st, sc, daddr, bpf_ktime_get_coarse_ns()))
 
 int lb_sched_dh(struct xdp_md *ctx)
 {
