@@ -114,3 +114,34 @@ def test_scheduler_fidelity_picks(lab, results_dir, ipvs_kernel):
     assert picks["wlc-2000"] == [r[2], r[1], r[0], r[0]] * 3
     sticky = picks["sh-sticky"]          # 20 connections from 5 clients: each client sticks
     assert sticky == sticky[:5] * 4
+
+
+def test_ipvs_dataplane_sets_lblc_expirations(lab, results_dir, ipvs_kernel):
+    """lblc / lblcr services on kernel IPVS: lb's IPVS data plane sets the modules' sysctls
+    lblc_expiration / lblcr_expiration (seconds) from the configuration."""
+    import ipaddress
+
+    from lb.dataplane import RealSpec, ServiceSpec, TableSpec
+    from lb.dataplane.ipvs import IpvsDataplane
+
+    ip = ipaddress.ip_address
+    run_dir = str(results_dir / "lblc-run")
+
+    def in_director():
+        dp = IpvsDataplane("lblcexp", run_dir=run_dir)
+        dp.load()
+        try:
+            specs = tuple(ServiceSpec("tcp", ip("198.18.0.60"), port, sched, (RealSpec(ip("198.18.1.21"), 80, 1, "dr"),))
+                          for port, sched in ((81, "lblc"), (82, "lblcr")))
+            dp.apply(TableSpec(specs, lblc_expiration=600, lblcr_expiration=1200))
+            out = []
+            for sched in ("lblc", "lblcr"):
+                with open(f"/proc/sys/net/ipv4/vs/{sched}_expiration") as f:
+                    out.append(f.read().strip())
+            return out
+        finally:
+            dp.apply(TableSpec(()))
+            dp.detach_all()
+            dp.unpin()
+
+    assert lab.in_netns("director", in_director, timeout=120) == ["600", "1200"]
