@@ -27,7 +27,7 @@ CONN_F_INACTIVE, CONN_F_OUT, CONN_F_PERSIST = 0x1, 0x2, 0x4
 
 # scheduler name -> LB_SCHED_* (also the tail-call slot LB_PROG_SCHED_BASE + value)
 SCHEDULERS = {"rr": 0, "wrr": 1, "wlc": 2, "lc": 3, "sed": 4, "nq": 5, "fo": 6, "ovf": 7,
-              "dh": 8, "sh": 9}
+              "dh": 8, "sh": 9, "mh": 10}
 # schedulers whose service has a lb_sched_buckets entry (256 list positions, lb_sched.h)
 BUCKET_SCHEDULERS = ("dh", "sh")
 SCHEDULER_NAMES = {v: k for k, v in SCHEDULERS.items()}
