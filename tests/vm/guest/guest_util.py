@@ -169,9 +169,6 @@ def _kernel_conns() -> dict[tuple, str]:
 def run_fidelity(lab, results_dir: Path) -> tuple[dict[str, list], float]:
     """Every case of tests/vm/fidelity.py through the director's kernel IPVS, programmed by lb's
     IPVS data plane (so real servers are added in config order as lb adds them)."""
-    import ipaddress
-
-    from lb.dataplane import RealSpec, ServiceSpec, TableSpec
     from lb.dataplane.ipvs import IpvsDataplane
 
     t0 = time.monotonic()
@@ -185,15 +182,13 @@ def run_fidelity(lab, results_dir: Path) -> tuple[dict[str, list], float]:
     run_dir = str(results_dir / "fidelity-run")
 
     def in_director():
-        ip = ipaddress.ip_address
         dp = IpvsDataplane("fidelity", run_dir=run_dir)
         dp.load()
         picks: dict[str, list] = {}
         try:
             for c in all_cases:
-                spec = ServiceSpec("tcp", ip(c.vip), c.port, c.sched,
-                                   tuple(RealSpec(ip(a), 80, w, "dr") for a, w in zip(c.reals, c.weights)))
-                dp.apply(TableSpec((spec,)))
+                for table in c.tables():
+                    dp.apply(table)
                 with open("/proc/thread-self/net/ip_vs_conn") as table:
                     lab.in_netns("client", _send_flows, c, table, timeout=120)
                 time.sleep(0.05)
