@@ -3,6 +3,7 @@ SYN by SYN through BPF_PROG_TEST_RUN; its Maglev table lives only where mh is us
 weight change rewrites only the slots that changed."""
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import itertools
 
@@ -228,4 +229,38 @@ def test_lb_list_shows_mh_as_ipvsadm(dp):
     assert f"TCP  {VIP}:{c.port} mh (mh-fallback,mh-port)\n" in text
     assert f"TCP  {VIP}:{p.port} mh (mh-port)\n" in text
     assert "  -> %-28s %-7s %-6d %-10d %-10d\n" % ("198.18.2.2:80", "Route", 2, 0, 0) in text
+    dp.apply(TableSpec(()))
+
+
+def test_removed_server_leaves_the_table_while_it_drains(dp):
+    """The config removes a server that still has a connection: lb keeps it (weight 0) until
+    the connection ends, but the Maglev table is rebuilt without it at once, as IPVS's
+    del_dest rebuilds it; its clients move to the others."""
+    c = Case(dp, [1, 1, 1])
+    gone = "198.18.2.2"
+    client = next(cl for cl in _clients(200) if c.syn(cl)[0] == gone)
+    c.m.remove(gone)
+    keep = [a for a in c.addrs if str(a) != gone]
+    spec = ServiceSpec("tcp", VIP, c.port, "mh", tuple(RealSpec(a, 80, 1, "dr") for a in keep))
+    dp.apply(TableSpec((spec,)))
+    st = dp.services[L.SvcKey(6, VIP, c.port)]
+    assert [str(a) for (a, _), _ in st.dests].count(gone) == 1          # still there, draining
+    assert c.table() == c.model_table() and gone not in c.table()
+    assert c.syn(client)[0] in {str(a) for a in keep}
+    dp.apply(TableSpec(()))
+
+
+def test_persistent_mh_service_walks_through_the_template_program(dp):
+    """A persistent service reaches lb_sched_mh through lb_xdp_persist (one tail call more):
+    long fallback walks still end in the model's pick, and the template then holds it."""
+    c = Case(dp, [1] + [63] * 15, ("mh-fallback",))
+    c.set_weights([1] + [0] * 15)
+    spec = c.spec([1] + [0] * 15)
+    dp.apply(TableSpec((dataclasses.replace(spec, persistent=300),)))
+    for cl in _clients(40, seed=11):
+        got, want = c.syn(cl)
+        assert got == want
+        if want is not None:
+            assert c.syn(cl)[0] == got          # the template: same server for its next SYN
+            c.m.close(want, was_active=True)    # (the model has no templates: undo its count)
     dp.apply(TableSpec(()))
