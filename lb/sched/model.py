@@ -433,26 +433,33 @@ def pick_dh(dests: Sequence[Dest], daddr: int) -> int | None:
     return pos if pos is not None and dests[pos].usable else None
 
 
-def pick_sh(dests: Sequence[Dest], saddr: int, port: int = 0, fallback: bool = False) -> int | None:
-    """ip_vs_sh_schedule: ip_vs_sh_get, or with sh-fallback ip_vs_sh_get_fallback (which
-    probes hashkey(offset = (k + ihash) mod 256) for k = 0..255)."""
-    table = sh_table([d.weight for d in dests])
-    ihash = sh_hash(saddr, port)
-    pos = table[ihash]
+def _pick_hashed(dests: Sequence[Dest], table: Sequence[int | None], first: int, probes: Iterable[int],
+                 fallback: bool) -> int | None:
+    """ip_vs_sh_get / ip_vs_mh_get, and their _fallback twins: the destination of slot `first`
+    if usable; else, with fallback, the first usable one of the `probes` slots (an empty slot
+    ends the walk)."""
+    pos = table[first]
     if pos is None:
         return None
     if dests[pos].usable:
         return pos
     if not fallback:
         return None
-    for k in range(HASH_BUCKETS):
-        pos = table[sh_hash(saddr, port, (k + ihash) % HASH_BUCKETS)]
+    for slot in probes:
+        pos = table[slot]
         if pos is None:
             break
         if dests[pos].usable:
             return pos
     return None
 
+
+def pick_sh(dests: Sequence[Dest], saddr: int, port: int = 0, fallback: bool = False) -> int | None:
+    """ip_vs_sh_schedule: ip_vs_sh_get, or with sh-fallback ip_vs_sh_get_fallback (which
+    probes hashkey(offset = (k + ihash) mod 256) for k = 0..255)."""
+    ihash = sh_hash(saddr, port)
+    probes = (sh_hash(saddr, port, (k + ihash) % HASH_BUCKETS) for k in range(HASH_BUCKETS))
+    return _pick_hashed(dests, sh_table([d.weight for d in dests]), ihash, probes, fallback)
 
 # ------------------------------------------------------------------------- mh
 #
@@ -625,21 +632,8 @@ def pick_mh(dests: Sequence[Dest], table: Sequence[int | None], saddr, port: int
     port with mh-port, else 0."""
     size = len(table)
     ihash = mh_hashkey(saddr, port) % size
-    pos = table[ihash]
-    if pos is None:
-        return None
-    if dests[pos].usable:
-        return pos
-    if not fallback:
-        return None
-    for k in range(size):
-        pos = table[mh_probe(saddr, port, size, ihash, k)]
-        if pos is None:
-            break
-        if dests[pos].usable:
-            return pos
-    return None
-
+    probes = (mh_probe(saddr, port, size, ihash, k) for k in range(size))
+    return _pick_hashed(dests, table, ihash, probes, fallback)
 
 _PICK_STATELESS = {"wlc": pick_wlc, "lc": pick_lc, "sed": pick_sed, "nq": pick_nq,
                    "fo": pick_fo, "ovf": pick_ovf}
