@@ -193,6 +193,15 @@ def run_fidelity(lab, results_dir: Path) -> tuple[dict[str, list], float]:
                     lab.in_netns("client", _send_flows, c, table, timeout=120)
                 time.sleep(0.05)
                 conns = _kernel_conns()
+                # /proc/net/ip_vs_conn is read in chunks by position: entries of earlier cases
+                # expiring meanwhile shift it and a line can be skipped, so look again for the
+                # flows not seen (one that no real server took stays missing)
+                for _ in range(3):
+                    missing = [f for f in c.flows if (f.client, f.sport, c.vip, c.port) not in conns]
+                    if not missing:
+                        break
+                    time.sleep(0.05)
+                    conns.update(_kernel_conns())
                 picks[c.id] = [conns.get((f.client, f.sport, c.vip, c.port)) for f in c.flows]
         finally:
             dp.detach_all()
