@@ -43,6 +43,8 @@ int bench_trivial(struct xdp_md *ctx)
 CLIENT_MAC, PUB_MAC, PRIV_MAC = "02:00:00:00:00:02", "02:00:00:00:01:01", "02:00:00:00:01:02"
 VIP_DR, VIP_NAT, VIP_WLC = "198.18.0.10", "198.18.0.20", "198.18.0.30"
 VIP_PERSIST, VIP_FWM = "198.18.0.40", "198.18.0.50"
+VIP_MH = "198.18.0.60"
+MH_CLIENTS = "198.18.128.0"          # the mh SYNs come from as many client addresses
 FWM_GROUPS = ((21, 21), (40000, 40099))
 BIG_CLIENTS = "198.18.64.0"          # the clients of the big connection table (50,000 ports each)
 XDP_ACTIONS = {0: "XDP_ABORTED", 1: "XDP_DROP", 2: "XDP_PASS", 3: "XDP_TX", 4: "XDP_REDIRECT"}
@@ -104,6 +106,7 @@ class Bench:
             ServiceSpec("tcp", ip(VIP_DR), 80, "rr", reals3d),
             ServiceSpec("tcp", ip(VIP_NAT), 80, "rr", reals3n),
             ServiceSpec("tcp", ip(VIP_WLC), 80, "wlc", reals16),
+            ServiceSpec("tcp", ip(VIP_MH), 80, "mh", reals16),
             ServiceSpec("tcp", ip(VIP_PERSIST), 80, "rr", reals3p, "persist", 300, "255.255.255.255"),
             ServiceSpec("tcp", ip(VIP_FWM), FWM_GROUPS[0][0], "rr", reals3f, "fwm", fwmark=7, groups=groups),
         )))
@@ -216,6 +219,9 @@ class Bench:
 
         yield ("new connection (SYN), wlc over 16 real servers", pub,
                _frames(VIP_WLC, 80, "S", many * 4, sport0=1000, src_base="198.18.6.0"), True)
+        # mh: one client address per SYN, so the lookups spread over the whole Maglev table
+        yield ("new connection (SYN), mh over 16 real servers", pub,
+               _frames(VIP_MH, 80, "S", many * 4, sport0=1000, src_base=MH_CLIENTS, index=lambda j: j * 50000), True)
         # persistence: the client's template exists (its first SYN made it); every measured SYN
         # is a new connection of that client (new source port) that the template sends on
         self.prime([_frame("198.18.9.1", VIP_PERSIST, 65000, 80, "S")])

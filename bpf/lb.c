@@ -1,6 +1,7 @@
 /* lb data plane.  Programs (all XDP, loaded by lb/dataplane/xdp.py with bcc):
  *   lb_xdp_public   public side: packets for a virtual service; established flows forwarded here
- *   lb_sched_<name> a new connection's scheduler, tail-called from lb_xdp_public
+ *   lb_sched_<name> a new connection's scheduler, tail-called from lb_xdp_public (mh also
+ *                   from itself, to continue a long mh-fallback walk)
  *   lb_xdp_new_conn creates the connection the scheduler picked and forwards the first packet
  *   lb_xdp_private  private side: NAT replies from real servers back to clients
  * Sizes and the pin directory come in as -D flags. */
@@ -229,6 +230,31 @@ int lb_sched_sh(struct xdp_md *ctx)
     if (!svc || !ds || !sc)
         return XDP_PASS;
     return lb_sched_end(ctx, svc_id, sc, lb_pick_sh(svc_id, svc, ds, pkt.ip4->saddr, *pkt.sport_p, sc));
+}
+
+/* mh: a fallback walk longer than one run's LB_MH_PROBES goes on in the next run (a tail call
+ * into this same program, with the walk's place in lb_mh_walk) */
+int lb_sched_mh(struct xdp_md *ctx)
+{
+    __u32 zero = 0, svc_id;
+    struct lb_pkt pkt = {};
+    int act = lb_classify(ctx, &pkt, &svc_id);
+    if (act != LB_CONTINUE)
+        return act;
+    struct lb_svc *svc = lb_svc.lookup(&svc_id);
+    struct lb_svc_dests *ds = lb_svc_dests.lookup(&svc_id);
+    lb_scratch_t *sc = lb_scratch.lookup(&zero);
+    struct lb_mh_walk *w = lb_mh_walk.lookup(&zero);
+    if (!svc || !ds || !sc || !w)
+        return XDP_PASS;
+    __u32 real = lb_pick_mh(svc_id, svc, ds, pkt.ip4->saddr, *pkt.sport_p, w);
+    if (real == LB_MH_CONTINUE) {
+        lb_progs.call(ctx, LB_PROG_SCHED_BASE + svc->sched);
+        w->svc = 0;                   /* the chain's tail-call limit: give up the walk */
+        lb_count(LB_CNT_TAIL_CALL);
+        real = LB_NONE;
+    }
+    return lb_sched_end(ctx, svc_id, sc, real);
 }
 
 /* ---- persistent services: a live template decides, else the scheduler (and new_conn makes a

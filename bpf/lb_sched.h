@@ -523,4 +523,142 @@ static __always_inline __u32 lb_pick_twos(struct lb_svc *svc, struct lb_svc_dest
     return d1->real;
 }
 
+/* ---- mh, as ip_vs_mh.c (Maglev hashing) ----
+ * Each mh service's table is an array map of its own (mh_size slots of real ids, a prime),
+ * built by the control plane (lb.sched.model.mh_table) and reached through lb_mh_tables by
+ * service id: services without mh have none and pay nothing.  BPF_F_INNER_MAP lets every
+ * table have its own size; the template below only fixes the type. */
+BPF_F_TABLE("array", __u32, __u32, lb_mh_inner, 1, BPF_F_INNER_MAP);
+BPF_TABLE_PINNED("array_of_maps$lb_mh_inner", int, int, lb_mh_tables, LB_MAX_SERVICES,
+                 LB_PIN(lb_mh_tables));
+/* the control plane's memory of each mh service's dest->last_weight (the latest non-zero
+ * weight, which the table is built from), by list position; BPF never reads it */
+struct lb_mh_last {
+    __u32 w[LB_MAX_SVC_REALS];
+};
+BPF_TABLE_PINNED("hash", __u32, struct lb_mh_last, lb_mh_last, LB_MAX_SERVICES, LB_PIN(lb_mh_last),
+                 BPF_F_NO_PREALLOC);
+
+/* mh-fallback walks up to mh_size probes (ip_vs_mh_get_fallback); one run of lb_sched_mh
+ * makes LB_MH_PROBES of them and tail-calls itself for the rest, with the walk in lb_mh_walk */
+#ifndef LB_MH_PROBES
+#define LB_MH_PROBES 512
+#endif
+#define LB_MH_CONTINUE 0xfffffffeU  /* lb_pick_mh: not found yet, go on in the next run */
+struct lb_mh_walk {
+    __u32 svc;                    /* service id + 1 while a walk is under way, else 0 */
+    __u32 base;                   /* source port (mh-port) + client address: the hashed value */
+    __u32 ihash;                  /* the first slot: probes start from it */
+    __u32 next;                   /* the next probe */
+};
+BPF_TABLE("percpu_array", __u32, struct lb_mh_walk, lb_mh_walk, 1);
+
+/* lib/siphash.c hsiphash() of one u32 on a 64-bit kernel (SipHash-1-3, 32-bit result) with
+ * ip_vs_mh's first key (2654435761 in both words): the lookup hash */
+#define LB_ROTL64(x, b) (((x) << (b)) | ((x) >> (64 - (b))))
+#define LB_SIPROUND                                                                       \
+    do {                                                                                  \
+        v0 += v1; v1 = LB_ROTL64(v1, 13); v1 ^= v0; v0 = LB_ROTL64(v0, 32);               \
+        v2 += v3; v3 = LB_ROTL64(v3, 16); v3 ^= v2;                                       \
+        v0 += v3; v3 = LB_ROTL64(v3, 21); v3 ^= v0;                                       \
+        v2 += v1; v1 = LB_ROTL64(v1, 17); v1 ^= v2; v2 = LB_ROTL64(v2, 32);               \
+    } while (0)
+#define LB_MH_KEY1 2654435761ULL
+
+static __always_inline __u32 lb_mh_hash(__u32 v)
+{
+    __u64 v0 = 0x736f6d6570736575ULL ^ LB_MH_KEY1, v1 = 0x646f72616e646f6dULL ^ LB_MH_KEY1;
+    __u64 v2 = 0x6c7967656e657261ULL ^ LB_MH_KEY1, v3 = 0x7465646279746573ULL ^ LB_MH_KEY1;
+    __u64 b = (4ULL << 56) | v;
+    v3 ^= b;
+    LB_SIPROUND;
+    v0 ^= b;
+    v2 ^= 0xff;
+    LB_SIPROUND;
+    LB_SIPROUND;
+    LB_SIPROUND;
+    return (__u32)((v0 ^ v1) ^ (v2 ^ v3));
+}
+
+/* The slot's real server if it still belongs to this service at its position and is usable
+ * (ip_vs_mh's is_unavailable(): weight 0 or OVERLOAD).  1 usable, 0 not, -1 empty slot. */
+static __always_inline int lb_mh_slot(void *tab, __u32 slot, __u32 svc_id, struct lb_svc *svc,
+                                      struct lb_svc_dests *ds, __u32 *real)
+{
+    __u32 *e = bpf_map_lookup_elem(tab, &slot);
+    if (!e || *e == LB_NONE)
+        return -1;
+    __u32 rid = *e;
+    struct lb_real *r = lb_reals.lookup(&rid);
+    if (!r || r->svc != svc_id || !r->family)
+        return 0;
+    __u32 pos = r->pos;
+    if (pos >= LB_MAX_SVC_REALS || pos >= svc->nreals)
+        return 0;
+    struct lb_dest *d = &ds->d[pos];
+    if (d->real != rid || !lb_dest_usable(d))
+        return 0;
+    *real = rid;
+    return 1;
+}
+
+static __always_inline int lb_mh_any_usable(struct lb_svc *svc, struct lb_svc_dests *ds)
+{
+    for (__u32 pos = 0; pos < LB_MAX_SVC_REALS; pos++) {
+        if (pos >= svc->nreals)
+            break;
+        if (lb_dest_usable(&ds->d[pos]))
+            return 1;
+    }
+    return 0;
+}
+
+/* mh, as ip_vs_mh_schedule(): slot hsiphash(ntohs(sport) + ntohl(saddr)) % size, the port
+ * only with mh-port.  An unusable server means no destination, unless mh-fallback: then, as
+ * ip_vs_mh_get_fallback(), probe slot hsiphash((k + ihash) % size + port + saddr) % size for
+ * k = 0..size-1 and take the first usable server.  Returns a real id, LB_NONE, or
+ * LB_MH_CONTINUE when the walk must go on in another run (w holds where). */
+static __always_inline __u32 lb_pick_mh(__u32 svc_id, struct lb_svc *svc, struct lb_svc_dests *ds,
+                                        __be32 saddr, __be16 sport, struct lb_mh_walk *w)
+{
+    __u32 size = svc->mh_size;
+    void *tab = lb_mh_tables.lookup(&svc_id);
+    __u32 base = bpf_ntohl(saddr) + ((svc->flags & LB_SVC_F_SCHED_PORT) ? bpf_ntohs(sport) : 0);
+    __u32 real = LB_NONE;
+    int ok;
+
+    if (!tab || size < 2) {
+        w->svc = 0;
+        return LB_NONE;
+    }
+    if (w->svc != svc_id + 1 || w->base != base) {
+        /* a new pick (not the continuation of a walk) */
+        w->svc = 0;
+        __u32 ihash = lb_mh_hash(base) % size;
+        ok = lb_mh_slot(tab, ihash, svc_id, svc, ds, &real);
+        if (ok != 0)
+            return real;                  /* usable, or no table (LB_NONE) */
+        if (!(svc->flags & LB_SVC_F_SCHED_FALLBACK) || !lb_mh_any_usable(svc, ds))
+            return LB_NONE;               /* (with no usable server the walk finds none) */
+        w->base = base;
+        w->ihash = ihash;
+        w->next = 0;
+    }
+    w->svc = 0;
+    __u32 k = w->next, ihash = w->ihash;
+    for (__u32 i = 0; i < LB_MH_PROBES; i++, k++) {
+        if (k >= size)
+            return LB_NONE;               /* every probe made: none usable */
+        __u32 roff = k + ihash;
+        if (roff >= size)
+            roff -= size;
+        ok = lb_mh_slot(tab, lb_mh_hash(roff + base) % size, svc_id, svc, ds, &real);
+        if (ok != 0)
+            return real;                  /* usable, or an empty slot ends the walk */
+    }
+    w->svc = svc_id + 1;
+    w->next = k;
+    return LB_MH_CONTINUE;
+}
+
 #endif

@@ -348,14 +348,7 @@ BAD = [
         address = "198.18.0.10"
         port = 80
         scheduler = "roundrobin"
-        """, 7, "virtual_server[0].scheduler", "unknown scheduler 'roundrobin' (valid: rr, wrr, lc, wlc, sed, nq, dh, sh, fo, ovf, lblc, lblcr, twos)"),
-    bad("unimplemented-scheduler", G + """\
-        [[virtual_server]]
-        name = "web"
-        address = "198.18.0.10"
-        port = 80
-        scheduler = "mh"
-        """, 7, "virtual_server[0].scheduler", "scheduler 'mh' is not implemented yet (implemented: rr, wrr, lc, wlc, sed, nq, dh, sh, fo, ovf, lblc, lblcr, twos)"),
+        """, 7, "virtual_server[0].scheduler", "unknown scheduler 'roundrobin' (valid: rr, wrr, lc, wlc, sed, nq, dh, sh, mh, fo, ovf, lblc, lblcr, twos)"),
     bad("nat-without-nat-router", """\
         # comment line
         [global]

@@ -330,8 +330,6 @@ def test_active_not_0_or_1() -> None:
 def test_unknown_scheduler() -> None:
     line, fld, msg = one(GOOD_HEAD.replace("port = 80", "port = 80\n     scheduler = fastest"))
     assert (line, fld) == (5, "virtual[web].scheduler") and msg.startswith("unknown scheduler 'fastest'")
-    line, fld, msg = one(GOOD_HEAD.replace("port = 80", "port = 80\n     scheduler = mh"))
-    assert (line, fld) == (5, "virtual[web].scheduler") and "not implemented yet" in msg
 
 
 def test_nat_without_nat_router() -> None:

@@ -9,8 +9,7 @@ import os
 from .model import (
     NETWORKS,
     PROTOCOLS,
-    SCHEDULERS_IMPLEMENTED,
-    SCHEDULERS_IPVS,
+    SCHEDULERS,
     Config,
     ConfigError,
     ConfigIssue,
@@ -42,8 +41,7 @@ def load(path: str | os.PathLike[str]) -> Config:
 __all__ = [
     "NETWORKS",
     "PROTOCOLS",
-    "SCHEDULERS_IMPLEMENTED",
-    "SCHEDULERS_IPVS",
+    "SCHEDULERS",
     "Config",
     "ConfigError",
     "ConfigIssue",

@@ -143,7 +143,7 @@ GLOBAL_MODEL = (
     "lb_table_connections", "lb_table_services", "lb_table_real_servers", "lb_table_reals_per_service",
 ) + LB_HA_KEYS
 VIRTUAL_MODEL = ("address", "active", "port", "protocol", "scheduler", "persistent", "pmask", "fwmark",
-                 "lb_port_groups", "lb_scheduler_flags", "sorry_server")
+                 "lb_port_groups", "lb_scheduler_flags", "sorry_server", "lb_mh_size")
 SERVER_KEYS = ("address", "active", "weight", "port", "lb_u_threshold", "lb_l_threshold")
 GLOBAL_KEYS = tuple(GLOBAL_EXTRAS) + GLOBAL_MODEL
 VIRTUAL_KEYS = VIRTUAL_MODEL + MONITOR_CF + LB_MONITOR_KEYS + tuple(VIRTUAL_EXTRAS)
@@ -643,6 +643,11 @@ class _Builder:
         if "lb_scheduler_flags" in v.entries:
             out["scheduler_flags"] = [f.strip() for f in v.entries["lb_scheduler_flags"].value.split(",") if f.strip()]
             self.note(f"{tf}.scheduler_flags", v.line("lb_scheduler_flags"), v.fld("lb_scheduler_flags"))
+        if "lb_mh_size" in v.entries:
+            size = v.integer("lb_mh_size")
+            if size is not None:
+                out["mh_size"] = size
+            self.note(f"{tf}.mh_size", v.line("lb_mh_size"), v.fld("lb_mh_size"))
         dev_info = None
         ad = v.addr_dev("address")
         if ad is not None:
@@ -1043,6 +1048,8 @@ def dumps(cfg: Config, extras: dict[str, Any] | None = None) -> str:
         put(ind, "scheduler", vs.scheduler)
         if vs.scheduler_flags:
             put(ind, "lb_scheduler_flags", ",".join(vs.scheduler_flags))
+        if vs.scheduler == "mh" and vs.mh_size != 4093:
+            put(ind, "lb_mh_size", vs.mh_size)
         if not vs.fwmark:
             put(ind, "protocol", vs.protocol)
         for key in ("timeout", "reentry"):
@@ -1177,6 +1184,8 @@ def _doc(cfg: Config) -> dict[str, Any]:
                  "protocol": vs.protocol, "scheduler": vs.scheduler}
         if vs.scheduler_flags:
             d["scheduler_flags"] = list(vs.scheduler_flags)
+        if vs.scheduler == "mh" and vs.mh_size != 4093:
+            d["mh_size"] = vs.mh_size
         if vs.persistent:
             d["persistent"] = vs.persistent
         if vs.pmask is not None:

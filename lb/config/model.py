@@ -11,17 +11,9 @@ from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Interface, IPv6Address
 from pathlib import Path
 
-# Schedulers the data plane can run today.
-SCHEDULERS_IMPLEMENTED: tuple[str, ...] = ("rr", "wrr", "lc", "wlc", "sed", "nq", "dh", "sh", "fo", "ovf",
-                                           "lblc", "lblcr", "twos")
-
-# Every scheduler name ipvsadm knows; names in here but not in
-# SCHEDULERS_IMPLEMENTED are reported as "not implemented yet" rather than
-# "unknown", so an IPVS user gets a precise answer.
-SCHEDULERS_IPVS: tuple[str, ...] = (
-    "rr", "wrr", "lc", "wlc", "sed", "nq", "lblc", "lblcr",
-    "dh", "sh", "mh", "fo", "ovf", "twos",
-)
+# Every scheduler of IPVS (ipvsadm's names); both data planes run all of them.
+SCHEDULERS: tuple[str, ...] = ("rr", "wrr", "lc", "wlc", "sed", "nq", "dh", "sh", "mh", "fo", "ovf",
+                               "lblc", "lblcr", "twos")
 
 PROTOCOLS: tuple[str, ...] = ("tcp", "udp")
 NETWORKS: tuple[str, ...] = ("direct", "nat")
@@ -118,6 +110,7 @@ class VirtualServer:
     fwmark: int = 0  # firewall-mark service: matched by port_groups (in XDP, no iptables)
     port_groups: tuple[PortGroup, ...] = ()
     scheduler_flags: tuple[str, ...] = ()  # e.g. ("sh-fallback", "sh-port")
+    mh_size: int = 4093  # mh: Maglev table size, a prime (the kernel's default, CONFIG_IP_VS_MH_TAB_INDEX 12)
     # (address, port or None = the service's port): takes the new connections while no real
     # server of the service is usable (Piranha's sorry_server)
     sorry_server: tuple[IPAddress, int | None] | None = None

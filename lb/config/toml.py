@@ -30,8 +30,7 @@ from .model import (
     NETWORKS,
     DATAPLANES,
     PROTOCOLS,
-    SCHEDULERS_IMPLEMENTED,
-    SCHEDULERS_IPVS,
+    SCHEDULERS,
     Config,
     ConfigError,
     ConfigIssue,
@@ -96,7 +95,7 @@ TIMEOUTS_KEYS: Final = ("tcp", "tcpfin", "udp")
 VS_KEYS: Final = (
     "name", "address", "port", "protocol", "scheduler",
     "persistent", "pmask", "active", "device", "real_server", "monitor",
-    "fwmark", "port_group", "scheduler_flags", "sorry_server",
+    "fwmark", "port_group", "scheduler_flags", "sorry_server", "mh_size",
 )
 MONITOR_KEYS: Final = tuple(f.name for f in dataclasses.fields(Monitor))
 RS_KEYS: Final = ("name", "address", "port", "weight", "active", "u_threshold", "l_threshold")
@@ -468,6 +467,7 @@ class _VirtualDraft:
     groups: list[PortGroup | _Invalid] = field(default_factory=list)
     sched_flags: tuple[str, ...] | _Invalid = ()
     sorry: tuple[IPAddress, int | None] | None | _Invalid = None
+    mh_size: int | _Invalid = 4093
 
     def build(self) -> VirtualServer:
         name = _valid(self.name)
@@ -488,6 +488,7 @@ class _VirtualDraft:
             port_groups=tuple(_valid(g) for g in self.groups),
             scheduler_flags=_valid(self.sched_flags),
             sorry_server=_valid(self.sorry),
+            mh_size=_valid_int(self.mh_size),
         )
 
 
@@ -536,14 +537,9 @@ def _check_scheduler(vs: _Table) -> str | _Invalid:
     value = vs.string("scheduler")
     if value is None:
         return "wlc"
-    if isinstance(value, _Invalid) or value in SCHEDULERS_IMPLEMENTED:
+    if isinstance(value, _Invalid) or value in SCHEDULERS:
         return value
-    implemented = ", ".join(SCHEDULERS_IMPLEMENTED)
-    if value in SCHEDULERS_IPVS:
-        return vs.chk.error(
-            vs.at("scheduler"), f"scheduler '{value}' is not implemented yet (implemented: {implemented})"
-        )
-    return vs.chk.error(vs.at("scheduler"), f"unknown scheduler '{value}' (valid: {implemented})")
+    return vs.chk.error(vs.at("scheduler"), f"unknown scheduler '{value}' (valid: {', '.join(SCHEDULERS)})")
 
 
 def _check_protocol(vs: _Table) -> str | _Invalid:
@@ -656,6 +652,28 @@ def _check_sched_flags(vs: _Table, scheduler: str | _Invalid) -> tuple[str, ...]
     return tuple(f for f in SCHEDULER_FLAGS if f in value)   # ipvsadm's order
 
 
+# mh's Maglev table: a prime (the permutation's step must be coprime with it), from the kernel's
+# smallest choice (CONFIG_IP_VS_MH_TAB_INDEX 8) up to what one service's table should cost
+MH_SIZE_RANGE: Final = (251, 65521)
+
+
+def _check_mh_size(vs: _Table, scheduler: str | _Invalid) -> int | _Invalid:
+    if "mh_size" not in vs.data:
+        return 4093
+    size = vs.integer("mh_size", MH_SIZE_RANGE)
+    if not isinstance(size, int):
+        return INVALID if size is None else size
+    path = vs.at("mh_size")
+    if isinstance(scheduler, str) and scheduler != "mh":
+        return vs.chk.error(path, f"mh_size is the table size of scheduler 'mh', not '{scheduler}'")
+    if any(size % p == 0 for p in range(2, int(size ** 0.5) + 1)):
+        return vs.chk.error(path, f"must be a prime (e.g. 4093, the kernel's default), got {size}")
+    nreal = len(vs.data.get("real_server", ())) if isinstance(vs.data.get("real_server"), list) else 0
+    if nreal > size:
+        return vs.chk.error(path, f"the table needs at least one slot per real server ({nreal}), got {size}")
+    return size
+
+
 def _parse_ports(value: Any) -> tuple[int, int] | None:
     if isinstance(value, int) and not isinstance(value, bool):
         lo = hi = value
@@ -717,6 +735,7 @@ def _check_fwmark_virtual(vs: _Table, name: str | None | _Invalid) -> _VirtualDr
         fwmark=INVALID if fwmark is None else fwmark,
         groups=groups,
         sched_flags=_check_sched_flags(vs, scheduler),
+        mh_size=_check_mh_size(vs, scheduler),
     )
     if any(isinstance(g, _Invalid) for g in groups):
         draft.fwmark = INVALID
@@ -763,6 +782,7 @@ def _check_virtual(vs: _Table) -> _VirtualDraft:
         device=vs.ifname("device"),
     )
     draft.sched_flags = _check_sched_flags(vs, draft.scheduler)
+    draft.mh_size = _check_mh_size(vs, draft.scheduler)
     draft.sorry = _check_sorry(vs, vip, False)
     draft.monitor = _check_monitor(vs)
     vs_name = name if isinstance(name, str) else None

@@ -28,7 +28,7 @@ CONN_F_INACTIVE, CONN_F_OUT, CONN_F_PERSIST = 0x1, 0x2, 0x4
 
 # scheduler name -> LB_SCHED_* (also the tail-call slot LB_PROG_SCHED_BASE + value)
 SCHEDULERS = {"rr": 0, "wrr": 1, "wlc": 2, "lc": 3, "sed": 4, "nq": 5, "fo": 6, "ovf": 7,
-              "dh": 8, "sh": 9, "lblc": 11, "lblcr": 12, "twos": 13}
+              "dh": 8, "sh": 9, "mh": 10, "lblc": 11, "lblcr": 12, "twos": 13}
 # schedulers with an entry per (service, destination address) in lb_lblc / lb_lblcr
 LBLC_SCHEDULERS = ("lblc", "lblcr")
 LBLCR_SET_SIZE = 8           # LB_LBLCR_SET_SIZE: members of an lblcr server set

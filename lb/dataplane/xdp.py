@@ -22,6 +22,7 @@ from lb.sched import model as sched_model
 
 from . import layout as L
 from .maps import PIN_ROOT, BpfMap, pin_dir
+from .mhtable import MhTables
 from .nexthop import NextHopError, resolve
 from .spec import RealSpec, ServiceSpec, TableSpec
 
@@ -98,6 +99,8 @@ class Sizes:
             "lb_sched_state": (self.services, L.SCHED_STATE.size),
             "lb_svc_dests": (self.services, L.DEST.size * self.svc_reals),
             "lb_sched_buckets": (self.services, L.SCHED_BUCKETS.size),
+            "lb_mh_tables": (self.services, 4),
+            "lb_mh_last": (self.services, 4 * self.svc_reals),
             "lb_reals": (self.reals, L.REAL.size),
             "lb_real_conns": (self.reals, L.REAL_CONNS.size),
             "lb_real_swept": (self.reals, L.REAL_CONNS.size),
@@ -176,6 +179,7 @@ class XdpDataplane:
         # rate estimator (estimate()): (map, id) -> (time_ns, counters, smoothed rates)
         self._est: dict[tuple[str, int], tuple[int, tuple, list[int]]] = {}
         self._est_seeded = False
+        self.mh: MhTables | None = None         # mh services' Maglev tables (lb/dataplane/mhtable.py)
 
     # ---- loading ----
     def check_pins(self) -> bool:
@@ -226,6 +230,7 @@ class XdpDataplane:
             self.maps[name] = BpfMap.open_pinned(os.path.join(self.pin, name))
         for i, v in enumerate(TCP_FSM):
             self.maps["lb_tcp_fsm"].set(L.U32.pack(i), L.U32.pack(v))
+        self.mh = MhTables(self.maps["lb_mh_tables"], self.maps["lb_mh_last"], self.sizes.svc_reals)
         if self.adopted:
             self._adopt()
 
@@ -244,6 +249,7 @@ class XdpDataplane:
                 st.dests.append(((real.addr, real.port), rid))
             self.services[key] = st
             used_svc.add(sid)
+            self._adopt_mh(st, svc)
         for k, v in m["lb_fwm_services"].items(batch=False):
             fwmark, sid = L.U32.unpack(k)[0], L.U32.unpack(v)[0]
             svc = L.Svc.unpack(m["lb_svc"].get(L.U32.pack(sid)))
@@ -254,6 +260,7 @@ class XdpDataplane:
                 st.dests.append(((real.addr, real.port), rid))
             self.services[key] = st
             used_svc.add(sid)
+            self._adopt_mh(st, svc)
         for k, v in m["lb_fwm_ranges"].items(batch=False):
             self.ranges[k] = v
         self.next_svc_id = max(used_svc) + 1 if used_svc else 0
@@ -299,6 +306,8 @@ class XdpDataplane:
             del self.attached[ifname]
 
     def unpin(self) -> None:
+        if self.mh is not None:
+            self.mh.close()
         for m in self.maps.values():
             m.close()
         self.maps.clear()
@@ -306,6 +315,8 @@ class XdpDataplane:
         log.info("removed pinned maps %s", self.pin)
 
     def close(self) -> None:
+        if self.mh is not None:
+            self.mh.close()
         for m in self.maps.values():
             m.close()
         self.maps.clear()
@@ -507,6 +518,7 @@ class XdpDataplane:
         if self.maps["lb_sched_buckets"].delete(L.U32.pack(st.id)):
             self.writes += 1
         self._lblc_flush(st.id)
+        self._mh_drop(st.id)
         self.free_svc_ids.append(st.id)
         log.info("removed virtual service %s", _svc_name(key))
 
@@ -515,6 +527,7 @@ class XdpDataplane:
         real = self.reals[rid]
         real.family = 0
         real.weight = 0
+        self.mh.last.pop(rid, None)         # a reused id starts with a new last weight
         self._set("lb_reals", L.U32.pack(rid), real.pack())
 
     def _apply_service(self, key: L.SvcKey, spec: ServiceSpec) -> None:
@@ -599,6 +612,7 @@ class XdpDataplane:
         sid = L.U32.pack(st.id)
         self._write_dests(st)
         self._set_buckets(st)
+        self._set_mh(st, spec)
         mw, di = sched_model.wrr_params(self._weights(st))
         fwmark = key.fwmark if isinstance(key, L.FwmKey) else 0
         svc = L.Svc(key.addr, key.port, key.proto, L.SCHEDULERS[st.sched], len(st.dests), flags, mw, di,
@@ -632,6 +646,32 @@ class XdpDataplane:
             table = sched_model.sh_table(self._weights(st))
         self._set("lb_sched_buckets", sid,
                   L.SCHED_BUCKETS.pack(*(L.LB_NONE if p is None else p for p in table)))
+
+    # ---- mh: the Maglev table of each mh service (lb/dataplane/mhtable.py) ----
+    def _set_mh(self, st: _SvcState, spec: ServiceSpec) -> None:
+        """ip_vs_mh_dest_changed: rebuild the table from the list (draining real servers left
+        out: IPVS has deleted them) and each server's last non-zero weight; write what changed."""
+        rids = [rid for _, rid in st.dests]
+        last = {rid: self.mh.last_weight(rid, self.reals[rid].weight) for rid in rids}
+        if st.sched != "mh":
+            self._mh_drop(st.id)
+            return
+        members = [rid for rid in rids if not self.reals[rid].flags & L.REAL_F_DRAINING]
+        table = sched_model.mh_table([(self.reals[r].addr, self.reals[r].port, last[r]) for r in members],
+                                     spec.mh_size)
+        before = self.mh.writes
+        self.mh.write(st.id, spec.mh_size, [L.LB_NONE if p is None else members[p] for p in table], rids)
+        self.writes += self.mh.writes - before
+
+    def _mh_drop(self, sid: int) -> None:
+        before = self.mh.writes
+        self.mh.drop(sid, forget=True)
+        self.writes += self.mh.writes - before
+
+    def _adopt_mh(self, st: _SvcState, svc: L.Svc) -> None:
+        rids = [rid for _, rid in st.dests]
+        if st.sched == "mh":
+            self.mh.adopt(st.id, svc.mh_size, rids)
 
     def _weights(self, st: _SvcState) -> list[int]:
         return [self.reals[rid].weight for _, rid in st.dests]

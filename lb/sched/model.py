@@ -1,12 +1,12 @@
-"""Reference model of the IPVS rr, wrr, wlc, lc, sed, nq, fo, ovf, dh, sh, lblc, lblcr and
-twos schedulers.
+"""Reference model of the IPVS rr, wrr, wlc, lc, sed, nq, fo, ovf, dh, sh, mh, lblc,
+lblcr and twos schedulers.
 
 This is the oracle the BPF data plane is tested against, and the control plane
 uses :func:`wrr_params` / :func:`wrr_init` / :func:`wrr_dest_changed` to compute
 the wrr state it loads into the data plane.  It follows the kernel's rules
 (net/netfilter/ipvs/ip_vs_rr.c, ip_vs_wrr.c, ip_vs_wlc.c, ip_vs_lc.c, ip_vs_sed.c,
-ip_vs_nq.c, ip_vs_fo.c, ip_vs_ovf.c, ip_vs_dh.c, ip_vs_sh.c, ip_vs_lblc.c, ip_vs_lblcr.c,
-ip_vs_twos.c, ip_vs_ctl.c):
+ip_vs_nq.c, ip_vs_fo.c, ip_vs_ovf.c, ip_vs_dh.c, ip_vs_sh.c, ip_vs_mh.c, ip_vs_lblc.c,
+ip_vs_lblcr.c, ip_vs_twos.c, ip_vs_ctl.c):
 
 * A service's destinations form a list.  Every newly added destination is
   inserted at the FRONT of that list, so a service configured as rs1, rs2, rs3
@@ -28,6 +28,7 @@ edited and connections are scheduled.
 
 from __future__ import annotations
 
+import ipaddress
 import math
 import random
 from dataclasses import dataclass, replace
@@ -39,6 +40,12 @@ __all__ = [
     "dh_hash",
     "dh_table",
     "hash_32",
+    "hsiphash",
+    "MH_DEFAULT_SIZE",
+    "MH_PRIMES",
+    "mh_hashkey",
+    "mh_table",
+    "pick_mh",
     "pick_dh",
     "pick_sh",
     "sh_hash",
@@ -73,7 +80,7 @@ __all__ = [
     "pick_twos",
 ]
 
-SCHEDULERS = ("rr", "wrr", "wlc", "lc", "sed", "nq", "fo", "ovf", "dh", "sh", "lblc", "lblcr", "twos")
+SCHEDULERS = ("rr", "wrr", "wlc", "lc", "sed", "nq", "fo", "ovf", "dh", "sh", "mh", "lblc", "lblcr", "twos")
 
 
 @dataclass
@@ -438,20 +445,20 @@ def pick_dh(dests: Sequence[Dest], daddr: int) -> int | None:
     return pos if pos is not None and dests[pos].usable else None
 
 
-def pick_sh(dests: Sequence[Dest], saddr: int, port: int = 0, fallback: bool = False) -> int | None:
-    """ip_vs_sh_schedule: ip_vs_sh_get, or with sh-fallback ip_vs_sh_get_fallback (which
-    probes hashkey(offset = (k + ihash) mod 256) for k = 0..255)."""
-    table = sh_table([d.weight for d in dests])
-    ihash = sh_hash(saddr, port)
-    pos = table[ihash]
+def _pick_hashed(dests: Sequence[Dest], table: Sequence[int | None], first: int, probes: Iterable[int],
+                 fallback: bool) -> int | None:
+    """ip_vs_sh_get / ip_vs_mh_get, and their _fallback twins: the destination of slot `first`
+    if usable; else, with fallback, the first usable one of the `probes` slots (an empty slot
+    ends the walk)."""
+    pos = table[first]
     if pos is None:
         return None
     if dests[pos].usable:
         return pos
     if not fallback:
         return None
-    for k in range(HASH_BUCKETS):
-        pos = table[sh_hash(saddr, port, (k + ihash) % HASH_BUCKETS)]
+    for slot in probes:
+        pos = table[slot]
         if pos is None:
             break
         if dests[pos].usable:
@@ -659,6 +666,188 @@ def pick_twos(dests: Sequence[Dest], rand1: int, rand2: int) -> int | None:
     return c1
 
 
+
+def pick_sh(dests: Sequence[Dest], saddr: int, port: int = 0, fallback: bool = False) -> int | None:
+    """ip_vs_sh_schedule: ip_vs_sh_get, or with sh-fallback ip_vs_sh_get_fallback (which
+    probes hashkey(offset = (k + ihash) mod 256) for k = 0..255)."""
+    ihash = sh_hash(saddr, port)
+    probes = (sh_hash(saddr, port, (k + ihash) % HASH_BUCKETS) for k in range(HASH_BUCKETS))
+    return _pick_hashed(dests, sh_table([d.weight for d in dests]), ihash, probes, fallback)
+
+# ------------------------------------------------------------------------- mh
+#
+# ip_vs_mh.c: Maglev hashing.  Each destination gets a permutation of the table's slots from
+# two hashes of its address and port (offset, skip); the table is filled by walking the list
+# round and round, each destination taking `turns` slots per visit (its last non-zero weight
+# divided by the gcd of those weights, shifted right so that the largest fits in
+# IP_VS_MH_TAB_BITS bits).  A lookup hashes the client address (plus its source port with
+# mh-port) into the table.
+
+# Table sizes the kernel can be built with: primes[CONFIG_IP_VS_MH_TAB_INDEX - 8]
+MH_PRIMES = (251, 509, 1021, 2039, 4093, 8191, 16381, 32749, 65521, 131071)
+MH_DEFAULT_SIZE = 4093           # CONFIG_IP_VS_MH_TAB_INDEX = 12, the kernel's default
+# generate_hash_secret(): hsiphash keys (64-bit longs on a 64-bit kernel)
+MH_HASH1 = (2654435761, 2654435761)
+MH_HASH2 = (2654446892, 2654446892)
+
+_M64 = (1 << 64) - 1
+
+
+def _rotl64(x: int, b: int) -> int:
+    return ((x << b) | (x >> (64 - b))) & _M64
+
+
+def _sipround(v0: int, v1: int, v2: int, v3: int) -> tuple[int, int, int, int]:
+    v0 = (v0 + v1) & _M64
+    v1 = _rotl64(v1, 13) ^ v0
+    v0 = _rotl64(v0, 32)
+    v2 = (v2 + v3) & _M64
+    v3 = _rotl64(v3, 16) ^ v2
+    v0 = (v0 + v3) & _M64
+    v3 = _rotl64(v3, 21) ^ v0
+    v2 = (v2 + v1) & _M64
+    v1 = _rotl64(v1, 17) ^ v2
+    v2 = _rotl64(v2, 32)
+    return v0, v1, v2, v3
+
+
+def hsiphash(data: bytes, key: tuple[int, int]) -> int:
+    """lib/siphash.c hsiphash() on a 64-bit kernel: SipHash-1-3 with two 64-bit key words,
+    truncated to 32 bits."""
+    k0, k1 = key
+    v0 = 0x736F6D6570736575 ^ k0
+    v1 = 0x646F72616E646F6D ^ k1
+    v2 = 0x6C7967656E657261 ^ k0
+    v3 = 0x7465646279746573 ^ k1
+    b = (len(data) & 0xFF) << 56
+    full = len(data) - len(data) % 8
+    for i in range(0, full, 8):
+        m = int.from_bytes(data[i:i + 8], "little")
+        v3 ^= m
+        v0, v1, v2, v3 = _sipround(v0, v1, v2, v3)
+        v0 ^= m
+    b |= int.from_bytes(data[full:], "little")
+    v3 ^= b
+    v0, v1, v2, v3 = _sipround(v0, v1, v2, v3)
+    v0 ^= b
+    v2 ^= 0xFF
+    for _ in range(3):
+        v0, v1, v2, v3 = _sipround(v0, v1, v2, v3)
+    return (v0 ^ v1 ^ v2 ^ v3) & 0xFFFFFFFF
+
+
+def mh_addr_fold(addr) -> int:
+    """ip_vs_mh_hashkey's ntohl(addr_fold): an IPv4 address as a host-order int; an IPv6 one
+    folded by XOR of its four 32-bit words.  Accepts an int (IPv4, host order) or anything
+    ipaddress.ip_address() takes."""
+    if isinstance(addr, int) and not isinstance(addr, bool):
+        return addr & 0xFFFFFFFF
+    a = ipaddress.ip_address(addr)
+    if a.version == 4:
+        return int(a)
+    n = int(a)
+    return (n ^ (n >> 32) ^ (n >> 64) ^ (n >> 96)) & 0xFFFFFFFF
+
+
+def mh_hashkey(addr, port: int, key: tuple[int, int] = MH_HASH1, offset: int = 0) -> int:
+    """ip_vs_mh_hashkey: hsiphash of the u32 (offset + port + address), host byte order."""
+    v = (offset + port + mh_addr_fold(addr)) & 0xFFFFFFFF
+    return hsiphash(v.to_bytes(4, "little"), key)
+
+
+def mh_check_size(size: int) -> int:
+    """A table size must be a prime (the permutation's skip must be coprime with it)."""
+    if not isinstance(size, int) or isinstance(size, bool) or size < 2 or not _is_prime(size):
+        raise ValueError(f"mh table size must be a prime, got {size!r}")
+    return size
+
+
+def _is_prime(n: int) -> bool:
+    if n < 2:
+        return False
+    for p in (2, 3, 5, 7, 11, 13):
+        if n % p == 0:
+            return n == p
+    f = 17
+    while f * f <= n:
+        if n % f == 0 or n % (f + 2) == 0:
+            return False
+        f += 6
+    return True
+
+
+def mh_tab_bits(size: int) -> int:
+    """IP_VS_MH_TAB_BITS = CONFIG_IP_VS_MH_TAB_INDEX / 2, where the kernel's prime for index i
+    has i bits (4093 -> 12 -> 6); any other prime gets the same rule from its bit length."""
+    return size.bit_length() // 2
+
+
+def mh_gcd_weight(last_weights: Iterable[int]) -> int:
+    """ip_vs_mh_gcd_weight: gcd of the positive last weights, 0 if there is none."""
+    pos = [w for w in _check_weights(last_weights) if w > 0]
+    return math.gcd(*pos) if pos else 0
+
+
+def mh_shift_weight(last_weights: Iterable[int], gcd: int, size: int = MH_DEFAULT_SIZE) -> int:
+    """ip_vs_mh_shift_weight: how far to shift weight/gcd so the largest one occupies at most
+    IP_VS_MH_TAB_BITS bits (fls(max / gcd) - bits, not below 0)."""
+    if gcd < 1:
+        return 0
+    mw = max(_check_weights(last_weights), default=0) // gcd
+    return max(mw.bit_length() - mh_tab_bits(size), 0)
+
+
+def mh_table(dests: Sequence[tuple[object, int, int]], size: int = MH_DEFAULT_SIZE) -> list[int | None]:
+    """ip_vs_mh_permutate + ip_vs_mh_populate.  ``dests`` are (address, port, last_weight) in
+    list order; the result holds a list position per slot, or None everywhere when no
+    destination has a positive last weight (ip_vs_mh_reset)."""
+    mh_check_size(size)
+    if len(dests) > size:
+        raise ValueError(f"{len(dests)} destinations do not fit an mh table of {size}")
+    lws = [lw for _, _, lw in dests]
+    gcd = mh_gcd_weight(lws)
+    if gcd < 1:
+        return [None] * size
+    rshift = mh_shift_weight(lws, gcd, size)
+    perm, skip, turns = [], [], []
+    for addr, port, lw in dests:
+        perm.append(mh_hashkey(addr, port, MH_HASH1) % size)
+        skip.append(mh_hashkey(addr, port, MH_HASH2) % (size - 1) + 1)
+        turns.append(((lw // gcd) >> rshift) or (1 if lw != 0 else 0))
+    table: list[int | None] = [None] * size
+    n = 0
+    while True:
+        for i in range(len(dests)):        # one visit per destination, in list order
+            for _ in range(turns[i]):      # `turns` consecutive slots (none for weight 0)
+                c = perm[i]
+                while table[c] is not None:
+                    c += skip[i]
+                    if c >= size:
+                        c -= size
+                perm[i] = c
+                table[c] = i
+                n += 1
+                if n == size:
+                    return table
+
+
+def mh_probe(saddr, port: int, size: int, ihash: int, k: int) -> int:
+    """The slot of ip_vs_mh_get_fallback's k-th probe: hashkey with offset (k + ihash) % size."""
+    return mh_hashkey(saddr, port, MH_HASH1, (k + ihash) % size) % size
+
+
+def pick_mh(dests: Sequence[Dest], table: Sequence[int | None], saddr, port: int = 0,
+            fallback: bool = False) -> int | None:
+    """ip_vs_mh_schedule: the slot hashkey(saddr, port) % size holds the destination; an
+    unusable one (weight 0 or overloaded) means none, unless mh-fallback: then, as
+    ip_vs_mh_get_fallback, probe hashkey(offset = (k + ihash) % size) for k = 0..size-1 and
+    take the first usable one (an empty slot ends the walk).  ``port`` is the client's source
+    port with mh-port, else 0."""
+    size = len(table)
+    ihash = mh_hashkey(saddr, port) % size
+    probes = (mh_probe(saddr, port, size, ihash, k) for k in range(size))
+    return _pick_hashed(dests, table, ihash, probes, fallback)
+
 _PICK_STATELESS = {"wlc": pick_wlc, "lc": pick_lc, "sed": pick_sed, "nq": pick_nq,
                    "fo": pick_fo, "ovf": pick_ovf}
 
@@ -676,7 +865,7 @@ class Service:
     ip_vs_trash_get_dest does.
     """
 
-    def __init__(self, scheduler: str, flags: Iterable[str] = (), *,
+    def __init__(self, scheduler: str, flags: Iterable[str] = (), mh_size: int = MH_DEFAULT_SIZE, *,
                  expiration: float = LBLC_EXPIRATION, max_set: int | None = None,
                  rng: random.Random | None = None):
         if scheduler not in SCHEDULERS:
@@ -692,6 +881,12 @@ class Service:
         self._trash: dict[str, Dest] = {}
         self._cursor: int | None = None  # rr: svc->sched_data
         self._mark: WrrMark = wrr_init([])  # wrr: ip_vs_wrr_init_svc on an empty list
+        # mh: each destination's (address, port) and last non-zero weight (dest->last_weight),
+        # and the table, rebuilt on every add, delete and edit (ip_vs_mh_dest_changed)
+        self.mh_size = mh_check_size(mh_size)
+        self._mh_addr: dict[str, tuple[object, int]] = {}
+        self._mh_last: dict[str, int] = {}
+        self._mh_table: list[int | None] = []
 
     # -- views ---------------------------------------------------------------
 
@@ -739,8 +934,9 @@ class Service:
     # -- configuration ---------------------------------------------------------
 
     def add(self, name: str, weight: int, overloaded: bool = False, u_threshold: int = 0,
-            l_threshold: int = 0) -> None:
-        """ip_vs_add_dest: insert at the front, then the add_dest hook."""
+            l_threshold: int = 0, address=None, port: int = 0) -> None:
+        """ip_vs_add_dest: insert at the front, then the add_dest hook.  mh hashes ``address``
+        (default: the name, which must then be an IP address) and ``port``."""
         _check_weights([weight])
         if any(d.name == name for d in self._dests):
             raise ValueError(f"destination {name!r} already exists")
@@ -754,6 +950,9 @@ class Service:
         # rr has no add_dest hook: the cursor keeps its element.
         self._cursor = rr_cursor_after_add(self._cursor)
         self._mark = wrr_dest_changed(self._mark, self._weights())
+        self._mh_addr[name] = (name if address is None else address, port)
+        self._mh_last[name] = weight          # __ip_vs_update_dest: set on add, even to 0
+        self._mh_changed()
 
     def remove(self, name: str) -> None:
         """ip_vs_del_dest: unlink, then the del_dest hook."""
@@ -763,12 +962,16 @@ class Service:
             self._trash[name] = d
         self._cursor = rr_cursor_after_delete(self._cursor, pos)
         self._mark = wrr_dest_changed(self._mark, self._weights())
+        self._mh_changed()
 
     def set_weight(self, name: str, weight: int) -> None:
         """ip_vs_edit_dest with a new weight: the upd_dest hook (wrr only)."""
         _check_weights([weight])
         self._dests[self.position(name)].weight = weight
         self._mark = wrr_dest_changed(self._mark, self._weights())
+        if weight != 0:                      # last_weight keeps the latest non-zero weight
+            self._mh_last[name] = weight
+        self._mh_changed()
 
     def set_thresholds(self, name: str, u_threshold: int, l_threshold: int = 0) -> None:
         """ip_vs_edit_dest (__ip_vs_update_dest): new thresholds; OVERLOAD is cleared when the
@@ -781,6 +984,16 @@ class Service:
     def set_overloaded(self, name: str, overloaded: bool = True) -> None:
         """Set or clear the OVERLOAD flag (no scheduler hook runs)."""
         self._dests[self.position(name)].overloaded = overloaded
+
+    @property
+    def mh_table(self) -> list[int | None]:
+        """mh: list position per slot (empty for other schedulers)."""
+        return list(self._mh_table)
+
+    def _mh_changed(self) -> None:
+        if self.scheduler == "mh":
+            self._mh_table = mh_table([(*self._mh_addr[d.name], self._mh_last[d.name]) for d in self._dests],
+                                      self.mh_size)
 
     # -- scheduling and connections ----------------------------------------------
 
@@ -800,10 +1013,11 @@ class Service:
     def pick(self, saddr: int = 0, daddr: int = 0, sport: int = 0, *, now: float = 0.0,
              rand: tuple[int, int] | None = None) -> int | None:
         """Run the scheduler and update its state, without counting a connection.
-        dh hashes ``daddr``, sh ``saddr`` (IPv4 addresses as host-order ints) and, with the
-        sh-port flag, ``sport``; sh-fallback probes on past an unusable server.  lblc and lblcr
-        look ``daddr`` up in their table at time ``now`` (seconds); twos draws its two random
-        u32s from the service's rng unless ``rand`` gives them."""
+        dh hashes ``daddr``, sh and mh ``saddr`` (IPv4 addresses as host-order ints) and, with
+        the sh-port / mh-port flag, ``sport``; sh-fallback / mh-fallback probe on past an
+        unusable server.  lblc and lblcr look ``daddr`` up in their table at time ``now``
+        (seconds); twos draws its two random u32s from the service's rng unless ``rand`` gives
+        them."""
         if self.scheduler == "lblc":
             return pick_lblc(self._dests, self.table, daddr, now)
         if self.scheduler == "lblcr":
@@ -817,6 +1031,9 @@ class Service:
         if self.scheduler == "sh":
             return pick_sh(self._dests, saddr, sport if "sh-port" in self.flags else 0,
                            "sh-fallback" in self.flags)
+        if self.scheduler == "mh":
+            return pick_mh(self._dests, self._mh_table, saddr, sport if "mh-port" in self.flags else 0,
+                           "mh-fallback" in self.flags)
         if self.scheduler == "rr":
             pos, self._cursor = pick_rr(self._dests, self._cursor)
         elif self.scheduler == "wrr":

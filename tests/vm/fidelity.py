@@ -18,7 +18,7 @@ import random
 import struct
 from dataclasses import dataclass
 
-SCHEDULERS = ("rr", "wrr", "wlc", "lc", "sh", "dh")
+SCHEDULERS = ("rr", "wrr", "wlc", "lc", "sh", "dh", "mh")
 # Kernel IPVS (6.1, tcp_state_active()) counts SYN_SENT, SYN_RECV, ESTABLISHED and SYNACK
 # connections in ActiveConn, and so does lb's XDP data plane.  Cases whose picks would differ
 # if only ESTABLISHED connections counted as active (half-open ones inactive): lc/wlc with some
@@ -47,10 +47,27 @@ class Case:
     vip: str
     port: int
     flows: tuple[Flow, ...]
+    flags: tuple[str, ...] = ()          # scheduler flags (mh-fallback, mh-port)
+    then: tuple[int, ...] | None = None  # weights set after the servers were added (quiesce)
 
     @property
     def reals(self) -> list[str]:
         return [f"198.18.1.{REAL_BASE + i}" for i in range(len(self.weights))]
+
+    def tables(self) -> list:
+        """The TableSpecs to apply in order before the flows: the service as configured, then
+        (with `then`) the same with new weights, as an edit (ipvsadm -e) does it.  mh uses the
+        kernel's table size (CONFIG_IP_VS_MH_TAB_INDEX 12: 4093, as Debian builds it)."""
+        from lb.dataplane import RealSpec, ServiceSpec, TableSpec
+
+        ip = ipaddress.ip_address
+
+        def table(weights):
+            reals = tuple(RealSpec(ip(a), 80, w, "dr") for a, w in zip(self.reals, weights))
+            return TableSpec((ServiceSpec("tcp", ip(self.vip), self.port, self.sched, reals,
+                                          sched_flags=self.flags, mh_size=4093),))
+
+        return [table(self.weights)] + ([table(self.then)] if self.then is not None else [])
 
 
 def _client(rng: random.Random) -> str:
@@ -98,6 +115,8 @@ def cases() -> list[Case]:
     add("lblcr-3121", "lblcr", [3, 1, 2, 1], 14, acks=[False, True, True, False, True])
     # random ones
     for sched in SCHEDULERS:
+        if sched == "mh":
+            continue                  # _mh_cases: flags and weight edits too
         for i in range(4):
             n = rng.randint(1, 8)
             weights = [rng.randint(0, 6) for _ in range(n)]
@@ -108,6 +127,38 @@ def cases() -> list[Case]:
             else:
                 acks = [rng.random() < 0.5 for _ in range(3 * n + 5)] if sched in ("wlc", "lc") else ()
                 add(f"{sched}-random{i}", sched, weights, 3 * n + 5, acks=acks)
+    out.extend(_mh_cases(ports, sports))
+    return out
+
+
+def _mh_cases(ports, sports) -> list[Case]:
+    """mh: weights (and the gcd/shift of large ones), mh-port, quiesced servers (weight 0 after
+    they were added keeps their slots) with and without mh-fallback, and fallback walks long
+    enough to take the XDP program several runs.  Its own random stream, so the other
+    schedulers' cases stay as they were."""
+    rng = random.Random(4093)
+    out: list[Case] = []
+
+    def add(cid, weights, clients, flags=(), then=None):
+        flows = tuple(Flow(c, next(sports)) for c in clients)
+        out.append(Case(cid, "mh", tuple(weights), DEFAULT_VIP, next(ports), flows, tuple(flags),
+                        None if then is None else tuple(then)))
+
+    many = [_client(rng) for _ in range(256)]
+    add("mh-weights", [3, 1, 0, 2], many)
+    add("mh-sticky", [3, 1, 0, 2], many[:5] * 4)
+    add("mh-big-weights", [100, 3, 64, 1, 1000], many[:128])          # shifted turns
+    add("mh-port", [1, 1, 1, 1], ["198.18.0.2"] * 40, flags=("mh-port",))
+    add("mh-quiesce", [1, 1, 1], many[:96], then=[1, 0, 1])
+    add("mh-quiesce-fallback", [1, 1, 1], many[:96], flags=("mh-fallback",), then=[1, 0, 1])
+    add("mh-fallback-port", [2, 1, 3, 1], many[:64], flags=("mh-fallback", "mh-port"), then=[0, 1, 0, 1])
+    add("mh-long-walks", [1] + [63] * 15, many[:48], flags=("mh-fallback",), then=[1] + [0] * 15)
+    for i in range(6):
+        n = rng.randint(1, 8)
+        weights = [rng.randint(0, 6) for _ in range(n)]
+        then = [w if rng.random() < 0.6 else 0 for w in weights] if rng.random() < 0.5 else None
+        flags = rng.choice([(), ("mh-port",), ("mh-fallback",), ("mh-fallback", "mh-port")])
+        add(f"mh-random{i}", weights, [_client(rng) for _ in range(rng.randint(1, 24))], flags, then)
     return out
 
 

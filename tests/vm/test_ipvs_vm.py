@@ -147,13 +147,10 @@ def xdp_picks(dp, case: fidelity.Case) -> list[str | None]:
     from scapy.layers.inet import IP, TCP
     from scapy.layers.l2 import Ether
 
-    from lb.dataplane import RealSpec, ServiceSpec, TableSpec
     from packets_util import CLIENT_MAC, PUB_MAC, XDP_PASS, XDP_REDIRECT, real_mac, run
 
-    ip = ipaddress.ip_address
-    spec = ServiceSpec("tcp", ip(case.vip), case.port, case.sched,
-                       tuple(RealSpec(ip(a), 80, w, "dr") for a, w in zip(case.reals, case.weights)))
-    dp.apply(TableSpec((spec,)))
+    for table in case.tables():
+        dp.apply(table)
     by_mac = {real_mac(a): a for a in case.reals}
     out = []
     for f in case.flows:
