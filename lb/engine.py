@@ -7,7 +7,6 @@ the difference.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import os
 import signal
@@ -16,6 +15,7 @@ import threading
 import time
 
 from lb import config as lbconfig
+from lb import control
 from lb.config.model import sorry_text
 from lb.dataplane import RealSpec, ServiceSpec, TableSpec
 from lb.dataplane.ipvs import IpvsDataplane
@@ -80,8 +80,12 @@ def pidfile(instance: str) -> str:
     return os.path.join(RUN_DIR, f"{instance}.pid")
 
 
-def statusfile(instance: str) -> str:
-    return os.path.join(RUN_DIR, f"{instance}.status.json")
+class ReloadRefused(Exception):
+    """A reload that changed nothing; ``issues`` (lb.config ConfigIssue) when the file is bad."""
+
+    def __init__(self, message: str, issues=()):
+        super().__init__(message)
+        self.issues = list(issues)
 
 
 def check_spec(vs, rs) -> tuple[CheckSpec, NannyPolicy]:
@@ -129,6 +133,7 @@ class Engine:
         self.pulse = None
         self.active = cfg.ha is None
         self._dp_lock = threading.Lock()             # data plane writes from worker threads, one at a time
+        self._reload_waiters: list[asyncio.Future] = []   # `lb reload` callers on the control socket
 
     # ---- lifecycle ----
     def start(self) -> None:
@@ -220,32 +225,36 @@ class Engine:
             addresses.release(self.owned)
             self.dp.unpin()
             self.dp.close()
-        for f in (pidfile(self.cfg.instance), statusfile(self.cfg.instance)):
-            try:
-                os.unlink(f)
-            except FileNotFoundError:
-                pass
+        try:
+            os.unlink(pidfile(self.cfg.instance))
+        except FileNotFoundError:
+            pass
         log.info("lb instance %r stopped", self.cfg.instance)
 
     def reload(self) -> bool:
         """Validate the config file again and apply the difference; a bad file changes nothing."""
+        try:
+            log.info("%s", self.reload_or_raise())
+            return True
+        except ReloadRefused as e:
+            log.error("%s", e)
+            return False
+
+    def reload_or_raise(self) -> str:
+        """reload(), raising ReloadRefused (with the file's issues) instead of logging."""
         path = self.cfg.path
         try:
             new = lbconfig.load(path)
         except lbconfig.ConfigError as e:
-            log.error("reload refused, nothing changed:\n%s", e)
-            return False
+            raise ReloadRefused(f"reload refused, nothing changed:\n{e}", e.issues) from None
         if new.instance != self.cfg.instance or new.tables != self.cfg.tables or new.network != self.cfg.network:
-            log.error("reload refused: instance, tables and network need a restart")
-            return False
+            raise ReloadRefused("reload refused: instance, tables and network need a restart")
         try:
             check_interfaces(new)
         except StartupError as e:
-            log.error("reload refused: %s", e)
-            return False
+            raise ReloadRefused(f"reload refused: {e}") from None
         if (new.ha is None) != (self.cfg.ha is None) or (new.ha and new.ha != self.cfg.ha):
-            log.error("reload refused: the [ha] settings need a restart")
-            return False
+            raise ReloadRefused("reload refused: the [ha] settings need a restart")
         want = addresses.wanted_addresses(new)
         if self.active:
             addresses.take([a for a in want if a not in self.owned])
@@ -254,8 +263,7 @@ class Engine:
         if self.active:
             addresses.release([a for a in self.owned if a not in want])
         self.owned, self.cfg = want, new
-        log.info("reloaded %s", path)
-        return True
+        return f"reloaded {path}"
 
     # ---- health (nanny) ----
     def sync_monitors(self) -> None:
@@ -280,7 +288,6 @@ class Engine:
                 old[3].cancel()
             mon = Monitor(key, spec, policy, self._health_changed, initial_up=self.health.get(key, True))
             self.monitors[key] = (spec, policy, mon, mon.start())
-        self.write_status()
 
     def _health_changed(self, key, up: bool, reason: str) -> None:
         (proto, vip, vport), addr, port = key
@@ -294,7 +301,6 @@ class Engine:
     def apply_health(self) -> None:
         with self._dp_lock:
             self.dp.apply(self._table(self.cfg))
-        self.write_status()
 
     # ---- HA (pulse) ----
     def _take_addresses(self) -> None:
@@ -320,7 +326,6 @@ class Engine:
         elif self.active or old == 0:
             self.active = False
             await loop.run_in_executor(None, self._release_addresses)
-        self.write_status()
 
     def sync_export(self):
         with self._dp_lock:
@@ -341,7 +346,8 @@ class Engine:
         with self._dp_lock:
             return self.dp.estimate()
 
-    def write_status(self) -> None:
+    def status(self) -> dict:
+        """What `lb status` shows (the control socket's "status" reply)."""
         services = []
         for vs in self.cfg.virtual_servers:
             reals = []
@@ -354,23 +360,52 @@ class Engine:
                               "active": rs.active, "weight": rs.weight,
                               "health": "unmonitored" if mon is None else mon.state,
                               "changes": mon.changes if mon else 0,
+                              "downs": mon.downs if mon else 0, "ups": mon.ups if mon else 0,
+                              "checks": mon.checks if mon else 0,
+                              "reason": mon.reason if mon else None,
+                              "since": mon.since_wall if mon else None,
                               "last_check": None if last is None else
-                              {"ok": last.ok, "detail": last.detail, "at": last.at}})
+                              {"ok": last.ok, "detail": last.detail, "at": last.at,
+                               "duration": round(last.duration, 6)}})
             services.append({"name": vs.name, "protocol": vs.protocol, "address": str(vs.address),
                              "port": vs.port, "scheduler": vs.scheduler, "active": vs.active,
+                             "fwmark": vs.fwmark,
                              "monitor": vs.monitor.kind, "real_servers": reals,
                              "sorry_server": None if vs.sorry_server is None else sorry_text(vs.sorry_server),
                              "on_sorry_server": vs.key in self.on_sorry})
         doc = {"instance": self.cfg.instance, "pid": os.getpid(),
                "role": self.pulse.role if self.pulse is not None else ("active" if self.active else "starting"),
-               "config": str(self.cfg.path), "updated": time.time(), "services": services}
+               "config": str(self.cfg.path), "dataplane": getattr(self.dp, "kind", "xdp"),
+               "at": time.time(), "services": services}
         if self.pulse is not None:
             doc["ha"] = self.pulse.status()
-        os.makedirs(RUN_DIR, exist_ok=True)
-        tmp = statusfile(self.cfg.instance) + ".tmp"
-        with open(tmp, "w") as f:
-            json.dump(doc, f, indent=1)
-        os.replace(tmp, statusfile(self.cfg.instance))
+        return doc
+
+    def _reload_reply(self) -> dict:
+        try:
+            msg = self.reload_or_raise()
+        except ReloadRefused as e:
+            log.error("%s", e)
+            return {"ok": False, "error": str(e),
+                    "issues": [{"path": i.path, "line": i.line, "field": i.field, "message": i.message}
+                               for i in e.issues]}
+        except Exception as e:     # e.g. the data plane refused a write: the caller must know
+            log.exception("reload failed")
+            return {"ok": False, "error": f"reload failed: {type(e).__name__}: {e}"}
+        log.info("%s", msg)
+        return {"ok": True, "message": msg}
+
+    async def control(self, req: dict) -> dict:
+        """A control socket request (lb.control)."""
+        cmd = req.get("cmd")
+        if cmd == "status":
+            return {"ok": True, "status": self.status()}
+        if cmd == "reload":
+            fut = asyncio.get_running_loop().create_future()
+            self._reload_waiters.append(fut)
+            self._wake.set()
+            return await fut
+        return {"ok": False, "error": f"unknown command {cmd!r} (status, reload)"}
 
     # ---- the loop ----
     async def run(self) -> None:
@@ -396,10 +431,15 @@ class Engine:
         # runs in a worker thread, one at a time.
         blocking = lambda fn: loop.run_in_executor(None, fn)  # noqa: E731
         self.sync_monitors()
+        server = control.ControlServer(control.socket_path(self.cfg.instance, RUN_DIR), self.control)
+        try:
+            await server.start()
+        except OSError as e:         # forwarding goes on; only `lb status`/`lb reload` are missing
+            log.error("no control socket: %s", e)
         if self.pulse is not None:
             await blocking(ha_announce.warm_up)      # scapy loads now, not during a takeover
             await self.pulse.start()
-        last_sweep = last_nh = last_status = last_est = loop.time()
+        last_sweep = last_nh = last_est = loop.time()
         while self._stop is None:
             try:
                 await asyncio.wait_for(self._wake.wait(), timeout=1.0)
@@ -408,18 +448,20 @@ class Engine:
             self._wake.clear()
             now = loop.time()
             try:
-                if reload_pending:
+                if reload_pending or self._reload_waiters:
                     reload_pending = False
-                    if await blocking(self.reload):
+                    waiters, self._reload_waiters = self._reload_waiters, []
+                    reply = await blocking(self._reload_reply)
+                    if reply["ok"]:
                         self.sync_monitors()
+                    for fut in waiters:
+                        if not fut.done():
+                            fut.set_result(reply)
                 if self._dirty:
                     self._dirty = False
                     await blocking(self.apply_health)
                 if self.dp.draining:
                     await blocking(self.dp.finish_drains)
-                if now - last_status >= (1.0 if self.pulse is not None else 5.0):
-                    last_status = now
-                    self.write_status()
                 if now - last_sweep >= SWEEP_INTERVAL:
                     last_sweep = now
                     n = await blocking(self.sweep)
@@ -433,6 +475,10 @@ class Engine:
                     await blocking(self.dp.refresh_nexthops)
             except Exception:  # the daemon keeps forwarding whatever a housekeeping step does
                 log.exception("housekeeping failed")
+        await server.stop()
+        for fut in self._reload_waiters:
+            if not fut.done():
+                fut.set_result({"ok": False, "error": "the daemon is stopping"})
         if self.pulse is not None:
             await self.pulse.stop()
         for _spec, _policy, _mon, task in self.monitors.values():

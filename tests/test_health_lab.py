@@ -3,6 +3,7 @@ client: a dead server leaves the table after `timeout`, returns only after `reen
 keeps its open connections; reloads under load lose nothing."""
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -158,3 +159,48 @@ def test_reloads_under_load_lose_nothing(lab, lb_runner, tmp_path):
         t.join(10)
     assert failures == []
     assert len(done) > 50
+
+
+def lb_cli(*args) -> subprocess.CompletedProcess:
+    return subprocess.run([".venv/bin/lb", *args, "--instance", "lab"], capture_output=True, text=True, timeout=60)
+
+
+def test_status_and_reload_over_the_control_socket(lab, lb_runner, tmp_path):
+    cfg = tmp_path / "lb.toml"
+    cfg.write_text(config('kind = "http"'))
+    proc = lb_runner.start(cfg)
+    doc = wait_for(lambda: (lambda d: d if all(r["last_check"] for s in d["services"] for r in s["real_servers"])
+                            else None)(json.loads(lb_cli("status", "--json").stdout)), 10, "a first check of each server")
+    assert doc["role"] == "active" and doc["pid"] == proc.pid
+    (svc,) = doc["services"]
+    assert {(r["address"], r["health"], r["last_check"]["ok"]) for r in svc["real_servers"]} == {
+        (f"198.18.1.{n}", "up", True) for n in (11, 12, 13)}
+    assert all(r["last_check"]["detail"].startswith("status 200") for r in svc["real_servers"])
+    before = lb_list()
+
+    # a bad file: refused with file, line and field, to the caller; nothing changes
+    good = cfg.read_text()
+    cfg.write_text(good.replace("weight = 1", "weight = -4", 1))
+    p = lb_cli("reload")
+    assert p.returncode == 2, p
+    line = next(i for i, t in enumerate(cfg.read_text().splitlines(), 1) if "weight = -4" in t)
+    assert f"{cfg}:{line}: virtual_server[0].real_server[0].weight:" in p.stderr, p.stderr
+    assert lb_list() == before
+    assert "reload refused" in proc.log()
+
+    # a good one: applied, and said so
+    cfg.write_text(good.replace("weight = 1", "weight = 7", 1))
+    p = lb_cli("reload")
+    assert p.returncode == 0 and p.stdout.strip() == f"reloaded {cfg}", p
+    assert (real_line(lb_list(), "198.18.1.11") or "").split()[3] == "7"
+    # SIGHUP still works
+    n = proc.log().count("reloaded")
+    cfg.write_text(good)
+    assert lb_cli("reload", "--signal").returncode == 0
+    proc.wait_log("reloaded", count=n + 1, timeout=10)
+    assert (real_line(lb_list(), "198.18.1.11") or "").split()[3] == "1"
+
+    proc.close()
+    p = lb_cli("status")
+    assert p.returncode == 1 and "instance 'lab' is not running" in p.stderr, p
+    assert not os.path.exists("/run/lb/lab.sock")
