@@ -25,11 +25,20 @@ static __always_inline int lb_dest_usable(struct lb_dest *d)
     return 1;
 }
 
+/* quiesce_server's baseline (lb_real_base) taken off a count; a connection older than the
+ * baseline that ends before the control plane lowers it would take the count below zero:
+ * that reads as 0, never as a huge unsigned number */
+static __always_inline __u32 lb_real_less_base(__u32 n, __u32 base)
+{
+    return (__s32)(n - base) < 0 ? 0 : n - base;
+}
+
 /* IPVS ip_vs_dest_conn_overhead(): (activeconns << 8) + inactconns */
 static __always_inline __u64 lb_real_overhead(__u32 real_id)
 {
     struct lb_real_conns *c = lb_real_conns.lookup(&real_id);
     struct lb_real_conns *s = lb_real_swept.lookup(&real_id);
+    struct lb_real_conns *b = lb_real_base.lookup(&real_id);
     if (!c)
         return 0;
     __u32 act = c->active, inact = c->inactive;
@@ -37,19 +46,27 @@ static __always_inline __u64 lb_real_overhead(__u32 real_id)
         act -= s->active;
         inact -= s->inactive;
     }
+    if (b) {
+        act = lb_real_less_base(act, b->active);
+        inact = lb_real_less_base(inact, b->inactive);
+    }
     return ((__u64)act << 8) + inact;
 }
 
-/* activeconns of a real server (sweeper's share removed), as ip_vs_sed/nq/ovf read it */
+/* activeconns of a real server (sweeper's share and quiesce_server's baseline removed), as
+ * ip_vs_sed/nq/ovf read it */
 static __always_inline __u32 lb_real_active(__u32 real_id)
 {
     struct lb_real_conns *c = lb_real_conns.lookup(&real_id);
     struct lb_real_conns *s = lb_real_swept.lookup(&real_id);
+    struct lb_real_conns *b = lb_real_base.lookup(&real_id);
     if (!c)
         return 0;
     __u32 act = c->active;
     if (s)
         act -= s->active;
+    if (b)
+        act = lb_real_less_base(act, b->active);
     return act;
 }
 

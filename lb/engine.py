@@ -134,6 +134,7 @@ class Engine:
         self.active = cfg.ha is None
         self._dp_lock = threading.Lock()             # data plane writes from worker threads, one at a time
         self._reload_waiters: list[asyncio.Future] = []   # `lb reload` callers on the control socket
+        self._usable: dict[tuple, set] = {}          # service key -> real servers taking new connections
 
     # ---- lifecycle ----
     def start(self) -> None:
@@ -154,7 +155,7 @@ class Engine:
             # HA: the addresses come with the active role (pulse decides); the data plane is
             # loaded and attached anyway so that a takeover only adds addresses
             log.info("HA: starting without the virtual addresses until pulse decides the role")
-        self.dp.apply(self._table(self.cfg))
+        self._apply(self._table(self.cfg), self.cfg)
         self._attach_dataplane()
         os.makedirs(RUN_DIR, exist_ok=True)
         with open(pidfile(self.cfg.instance), "w") as f:
@@ -180,6 +181,26 @@ class Engine:
         self.on_sorry = sorry
         return table
 
+    def _apply(self, table: TableSpec, cfg) -> None:
+        """dp.apply, then quiesce_server: a service that gained a usable real server (added,
+        back after reentry, or out of weight 0) has its schedulers' counts restarted."""
+        self.dp.apply(table)
+        usable = {s.key: {r.key for r in s.reals if r.weight > 0} for s in table.services}
+        quiesce = {vs.name for vs in cfg.virtual_servers if vs.quiesce_server}
+        for svc in table.services:
+            old = self._usable.get(svc.key)
+            joined = usable[svc.key] - old if old is not None else set()
+            if svc.name in quiesce and joined:
+                n = self.dp.restart_sched_counts(svc)
+                log.info("quiesce_server: %s joined virtual service %s: the schedulers' connection counts "
+                         "restart from zero (%d existing connections left out)",
+                         ", ".join(f"{a}:{p}" for a, p in sorted(joined, key=str)), svc.name, n)
+        self._usable = usable
+
+    def refresh_sched_base(self) -> int:
+        with self._dp_lock:
+            return self.dp.refresh_sched_base()
+
     # ---- the data plane's choice: xdp, ipvs, or auto (xdp, else kernel IPVS) ----
     def _load_dataplane(self) -> None:
         try:
@@ -199,7 +220,7 @@ class Engine:
             if not self._fall_back(e):
                 raise
             self._load_dataplane()
-            self.dp.apply(self._table(self.cfg))
+            self._apply(self._table(self.cfg), self.cfg)
             self._attach_dataplane()
 
     def _fall_back(self, err: Exception) -> bool:
@@ -259,7 +280,7 @@ class Engine:
         if self.active:
             addresses.take([a for a in want if a not in self.owned])
         with self._dp_lock:
-            self.dp.apply(self._table(new))
+            self._apply(self._table(new), new)
         if self.active:
             addresses.release([a for a in self.owned if a not in want])
         self.owned, self.cfg = want, new
@@ -300,7 +321,7 @@ class Engine:
 
     def apply_health(self) -> None:
         with self._dp_lock:
-            self.dp.apply(self._table(self.cfg))
+            self._apply(self._table(self.cfg), self.cfg)
 
     # ---- HA (pulse) ----
     def _take_addresses(self) -> None:
@@ -462,6 +483,8 @@ class Engine:
                     await blocking(self.apply_health)
                 if self.dp.draining:
                     await blocking(self.dp.finish_drains)
+                if getattr(self.dp, "sched_base", None):
+                    await blocking(self.refresh_sched_base)
                 if now - last_sweep >= SWEEP_INTERVAL:
                     last_sweep = now
                     n = await blocking(self.sweep)
