@@ -22,7 +22,7 @@ from lb.dataplane.ipvs import IpvsDataplane
 from lb.dataplane.xdp import DataplaneError, Sizes, XdpDataplane
 from lb.ha import addresses
 from lb.ha import announce as ha_announce
-from lb.health import CheckSpec, Monitor, NannyPolicy
+from lb.health import CheckSpec, LoadMonitorTask, LoadSpec, Monitor, NannyPolicy
 
 log = logging.getLogger("lb.engine")
 
@@ -41,15 +41,18 @@ def real_key(vs, rs) -> tuple:
     return (vs.key, rs.address, rs.effective_port(vs))
 
 
-def build_table(cfg, health: dict | None = None, sorry: set | None = None) -> TableSpec:
+def build_table(cfg, health: dict | None = None, sorry: set | None = None,
+                weights: dict | None = None) -> TableSpec:
     """The desired table: active services and real servers, minus the ones their monitor says
-    are dead (or at weight 0 when the service quiesces dead servers).
+    are dead (or at weight 0 when the service quiesces dead servers); ``weights`` (real_key ->
+    weight) are the load monitors' dynamic weights, which replace the configured ones.
 
     A service with a sorry server and no usable real server (all dead, inactive or at weight 0)
     gets the sorry server as its only real server; the keys of those services are added to
     ``sorry`` when it is given."""
     forward = "nat" if cfg.network == "nat" else "dr"
     health = health or {}
+    weights = weights or {}
     services = []
     for vs in cfg.virtual_servers:
         if not vs.active:
@@ -58,7 +61,7 @@ def build_table(cfg, health: dict | None = None, sorry: set | None = None) -> Ta
         for rs in vs.real_servers:
             if not rs.active:
                 continue
-            weight = rs.weight
+            weight = weights.get(real_key(vs, rs), rs.weight)
             if not health.get(real_key(vs, rs), True):
                 if not vs.monitor.quiesce:
                     dead.append((rs.address, rs.effective_port(vs)))
@@ -127,6 +130,8 @@ class Engine:
         self._wake: asyncio.Event | None = None
         self.health: dict[tuple, bool] = {}          # real_key -> up
         self.monitors: dict[tuple, tuple] = {}       # real_key -> (spec, policy, Monitor, task)
+        self.loads: dict[tuple, tuple] = {}          # real_key -> (spec, bounds, LoadMonitorTask, task)
+        self.weights: dict[tuple, int] = {}          # real_key -> weight its load monitor set
         self._dirty = False                          # health changed: reconcile the data plane
         self.on_sorry: set[tuple] = set()            # keys of the services sent to their sorry server
         # HA (lb.ha.pulse): without an [ha] table the one director is always active
@@ -167,7 +172,7 @@ class Engine:
         """build_table for the current health; logs each service's switch to or from its sorry
         server once."""
         sorry: set[tuple] = set()
-        table = build_table(cfg, self.health, sorry)
+        table = build_table(cfg, self.health, sorry, self.weights)
         names = {vs.key: vs for vs in cfg.virtual_servers}
         for key in sorted(sorry - self.on_sorry, key=str):
             vs = names[key]
@@ -310,6 +315,49 @@ class Engine:
             mon = Monitor(key, spec, policy, self._health_changed, initial_up=self.health.get(key, True))
             self.monitors[key] = (spec, policy, mon, mon.start())
 
+    def sync_load_monitors(self) -> None:
+        """One load monitor per active real server of each service that has one; unchanged ones
+        keep their weight across reloads.  Without a load monitor the configured weight rules."""
+        wanted = {}
+        for vs in self.cfg.virtual_servers:
+            lm = vs.load_monitor
+            if not vs.active or lm is None:
+                continue
+            for rs in vs.real_servers:
+                if not rs.active:
+                    continue
+                port = lm.port if lm.kind == "agent" else rs.effective_port(vs)
+                spec = LoadSpec(lm.kind, str(rs.address), port, lm.program, lm.timeout)
+                wanted[real_key(vs, rs)] = (spec, (lm.interval, rs.weight, lm.min_weight))
+        for key in [k for k in self.loads if k not in wanted]:
+            self.loads.pop(key)[3].cancel()
+            if self.weights.pop(key, None) is not None:
+                self._dirty = True
+        for key, (spec, bounds) in wanted.items():
+            old = self.loads.get(key)
+            if old and old[0] == spec and old[1] == bounds:
+                continue
+            if old:
+                old[3].cancel()
+            if self.weights.pop(key, None) is not None:   # new bounds: the configured weight until asked
+                self._dirty = True
+            task = LoadMonitorTask(key, spec, bounds[0], bounds[1], bounds[2], self._weight_changed)
+            self.loads[key] = (spec, bounds, task, task.start())
+        if self._dirty and self._wake is not None:
+            self._wake.set()
+
+    def _weight_changed(self, key, weight: int, detail: str) -> None:
+        (proto, vip, vport), addr, port = key
+        old = self.weights.get(key)
+        if old == weight:
+            return
+        log.info("real server %s:%d of %s %s:%d: load monitor sets weight %d (was %s): %r", addr, port,
+                 proto.upper(), vip, vport, weight, "configured" if old is None else old, detail)
+        self.weights[key] = weight
+        self._dirty = True
+        if self._wake is not None:
+            self._wake.set()
+
     def _health_changed(self, key, up: bool, reason: str) -> None:
         (proto, vip, vport), addr, port = key
         log.warning("real server %s:%d of %s %s:%d is %s: %s", addr, port, proto.upper(), vip, vport,
@@ -384,6 +432,8 @@ class Engine:
                               "downs": mon.downs if mon else 0, "ups": mon.ups if mon else 0,
                               "checks": mon.checks if mon else 0,
                               "reason": mon.reason if mon else None,
+                              "dynamic_weight": self.weights.get(key),
+                              "load": self._load_status(key),
                               "since": mon.since_wall if mon else None,
                               "last_check": None if last is None else
                               {"ok": last.ok, "detail": last.detail, "at": last.at,
@@ -415,6 +465,13 @@ class Engine:
             return {"ok": False, "error": f"reload failed: {type(e).__name__}: {e}"}
         log.info("%s", msg)
         return {"ok": True, "message": msg}
+
+    def _load_status(self, key) -> dict | None:
+        entry = self.loads.get(key)
+        if entry is None:
+            return None
+        t = entry[2]
+        return {"kind": t.spec.kind, "ok": t.ok, "detail": t.detail, "at": t.at, "weight": t.weight}
 
     async def control(self, req: dict) -> dict:
         """A control socket request (lb.control)."""
@@ -452,6 +509,7 @@ class Engine:
         # runs in a worker thread, one at a time.
         blocking = lambda fn: loop.run_in_executor(None, fn)  # noqa: E731
         self.sync_monitors()
+        self.sync_load_monitors()
         server = control.ControlServer(control.socket_path(self.cfg.instance, RUN_DIR), self.control)
         try:
             await server.start()
@@ -475,6 +533,7 @@ class Engine:
                     reply = await blocking(self._reload_reply)
                     if reply["ok"]:
                         self.sync_monitors()
+                        self.sync_load_monitors()
                     for fut in waiters:
                         if not fut.done():
                             fut.set_result(reply)
@@ -506,7 +565,10 @@ class Engine:
             await self.pulse.stop()
         for _spec, _policy, _mon, task in self.monitors.values():
             task.cancel()
-        await asyncio.gather(*(m[3] for m in self.monitors.values()), return_exceptions=True)
+        for entry in self.loads.values():
+            entry[3].cancel()
+        await asyncio.gather(*(m[3] for m in (*self.monitors.values(), *self.loads.values())),
+                             return_exceptions=True)
 
 
 def run(cfg, *, xdp_mode: str = "native", dataplane: str | None = None) -> int:

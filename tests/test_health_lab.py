@@ -7,6 +7,7 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 import threading
 import time
 
@@ -204,3 +205,56 @@ def test_status_and_reload_over_the_control_socket(lab, lb_runner, tmp_path):
     p = lb_cli("status")
     assert p.returncode == 1 and "instance 'lab' is not running" in p.stderr, p
     assert not os.path.exists("/run/lb/lab.sock")
+
+
+AGENT = r"""
+import socket, sys
+s = socket.socket()
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind((sys.argv[1], 10000))
+s.listen(16)
+s.settimeout(120)                 # bounded: gone after 120 s without a question
+while True:
+    c, _ = s.accept()
+    c.sendall(open(sys.argv[2], "rb").read())
+    c.close()
+"""
+LOAD_MONITOR = """
+  [virtual_server.load_monitor]
+  kind = "agent"
+  port = 10000
+  interval = 0.3
+  timeout = 1
+"""
+
+
+def test_load_monitor_agent_sets_the_weight(lab, lb_runner, tmp_path):
+    report = tmp_path / "report"
+    report.write_text("50%\n")
+    agent = lab.popen("rs1", [sys.executable, "-c", AGENT, "198.18.1.11", str(report)],
+                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        cfg = tmp_path / "lb.toml"
+        text = config('kind = "tcp"', weights=(4, 1, 1))
+        cut = text.index("  [[virtual_server.real_server]]")
+        cfg.write_text(text[:cut] + LOAD_MONITOR + text[cut:])
+        lb_runner.start(cfg)
+
+        def weight(addr):
+            line = real_line(lb_list(), addr)
+            return int(line.split()[3]) if line else None
+
+        wait_for(lambda: weight("198.18.1.11") == 2, 10, "50% of weight 4")
+        assert weight("198.18.1.12") == 1 and weight("198.18.1.13") == 1   # no agent there: kept
+        report.write_text("weight 3\n")
+        wait_for(lambda: weight("198.18.1.11") == 3, 10, "weight 3")
+        report.write_text("weight 9\n")
+        wait_for(lambda: weight("198.18.1.11") == 4, 10, "weight 9 capped at the configured 4")
+        doc = json.loads(lb_cli("status", "--json").stdout)
+        r1, r2 = doc["services"][0]["real_servers"][:2]
+        assert r1["dynamic_weight"] == 4 and r1["load"]["ok"] and r1["load"]["detail"] == "weight 9"
+        assert r2["dynamic_weight"] is None and "connection refused" in r2["load"]["detail"]
+        assert "weight 4/4" in lb_cli("status").stdout
+    finally:
+        agent.kill()
+        agent.wait(10)

@@ -189,10 +189,15 @@ def cmd_status(args) -> int:
         for r in s["real_servers"]:
             last = r.get("last_check")
             detail = "" if not last else f"  last check {'ok' if last['ok'] else 'FAIL'} {_fmt_time(last['at'])} {last['detail']}"
-            print(f"  -> {r['name']:<12} {r['address']}:{r['port']:<6} weight {r['weight']:<5} "
+            weight = r["weight"] if r.get("dynamic_weight") is None else f"{r['dynamic_weight']}/{r['weight']}"
+            print(f"  -> {r['name']:<12} {r['address']}:{r['port']:<6} weight {weight:<5} "
                   f"{r['health']:<11} changes {r['changes']:<3}{detail}")
             if r.get("reason"):
                 print(f"     {'up' if r['health'] == 'up' else 'down'} since {_fmt_time(r['since'])}: {r['reason']}")
+            load = r.get("load")
+            if load and load.get("at"):
+                print(f"     load monitor ({load['kind']}) {'ok' if load['ok'] else 'FAIL'} {_fmt_time(load['at'])}: "
+                      f"{load['detail']}")
     return 0
 
 
