@@ -557,10 +557,10 @@ class Engine:
                     await blocking(self.dp.refresh_nexthops)
             except Exception:  # the daemon keeps forwarding whatever a housekeeping step does
                 log.exception("housekeeping failed")
-        await server.stop()
-        for fut in self._reload_waiters:
+        for fut in self._reload_waiters:            # before the server waits for its handlers
             if not fut.done():
                 fut.set_result({"ok": False, "error": "the daemon is stopping"})
+        await server.stop()
         if self.pulse is not None:
             await self.pulse.stop()
         for _spec, _policy, _mon, task in self.monitors.values():

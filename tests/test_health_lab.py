@@ -156,10 +156,11 @@ def test_dead_server_leaves_after_timeout_and_returns_after_reentry(lab, lb_runn
     assert sorted(set(bodies(lab, 9))) == ["rs1", "rs3"]
     load = wrk(lab, 5)
     time.sleep(0.5)
+    t1 = time.monotonic()                 # no check can pass before this: rs2 is not started yet
     lab.start_real("rs2")
-    t1 = time.monotonic()
-    time.sleep(1.0)
-    assert real_line(lb_list(), "198.18.1.12") is None       # alive, but not for `reentry` yet
+    while time.monotonic() - t1 < 1.0:    # alive, but not for `reentry` (2 s) yet
+        assert real_line(lb_list(), "198.18.1.12") is None
+        time.sleep(0.1)
     wait_for(lambda: real_line(lb_list(), "198.18.1.12"), 10, "rs2 to return")
     assert time.monotonic() - t1 >= 1.9
     back = wrk_result(load, 30)
@@ -345,8 +346,8 @@ def test_sorry_server_while_the_pool_is_down(lab, lb_runner, tmp_path, pool_back
     assert doc["services"][0]["on_sorry_server"] is True
     assert "sorry server 198.18.1.13 (IN USE)" in lb_cli("status").stdout
 
+    t0 = time.monotonic()                 # no check can pass before rs2 starts
     lab.start_real("rs2")
-    t0 = time.monotonic()
     wait_for(lambda: real_line(lb_list(), "198.18.1.12"), 10, "rs2 to return")
     assert time.monotonic() - t0 >= 1.9                      # reentry (2 s), not before
     sorry = real_line(lb_list(), "198.18.1.13")              # out again (or draining at weight 0)

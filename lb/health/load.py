@@ -27,7 +27,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from .checks import CheckSpec, _kill_group, _snip, program_argv
+from .checks import CheckSpec, _snip, communicate_or_kill, program_argv
 
 __all__ = ["LoadSpec", "LoadMonitorTask", "parse_report", "dynamic_weight", "ask"]
 
@@ -106,15 +106,7 @@ async def _ask_program(spec: LoadSpec) -> str:
     proc = await asyncio.create_subprocess_exec(
         *argv, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.DEVNULL, start_new_session=True)
-    try:
-        out, _ = await proc.communicate()
-    except BaseException:            # timed out or cancelled: leave no process behind
-        _kill_group(proc)
-        try:
-            await asyncio.wait_for(proc.wait(), 2)
-        except BaseException:
-            pass
-        raise
+    out, _ = await communicate_or_kill(proc)
     if proc.returncode != 0:
         raise RuntimeError(f"{argv[0]} exited with status {proc.returncode}; stdout {_snip(out)}")
     return out[:REPLY_LIMIT].decode("utf-8", errors="replace")
