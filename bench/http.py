@@ -227,7 +227,7 @@ class Http:
             for dev in ("pub0", "priv0"):
                 self.lab.run("director", ["ip", "link", "set", "dev", dev, "xdp", "off"], check=False, timeout=10)
         shutil.rmtree(f"/sys/fs/bpf/lb/{INSTANCE}", ignore_errors=True)
-        for f in (f"/run/lb/{INSTANCE}.pid", f"/run/lb/{INSTANCE}.status.json"):
+        for f in (f"/run/lb/{INSTANCE}.pid", f"/run/lb/{INSTANCE}.sock"):
             try:
                 os.unlink(f)
             except FileNotFoundError:

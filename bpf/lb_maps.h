@@ -24,6 +24,9 @@ BPF_TABLE_PINNED("array", __u32, struct lb_real_conns, lb_real_conns, LB_MAX_REA
 BPF_TABLE_PINNED("array", __u32, __u32, lb_real_overload, LB_MAX_REALS, LB_PIN(lb_real_overload));
 /* what the control plane's expiry sweep took away from lb_real_conns (it cannot add atomically) */
 BPF_TABLE_PINNED("array", __u32, struct lb_real_conns, lb_real_swept, LB_MAX_REALS, LB_PIN(lb_real_swept));
+/* quiesce_server: the connections a real server had when a server joined its service, which
+ * the schedulers leave out (written by the control plane; lb list and thresholds ignore it) */
+BPF_TABLE_PINNED("array", __u32, struct lb_real_conns, lb_real_base, LB_MAX_REALS, LB_PIN(lb_real_base));
 BPF_TABLE_PINNED("lru_hash", struct lb_conn_key, struct lb_conn, lb_conns, LB_CONN_TABLE_SIZE, LB_PIN(lb_conns));
 /* persistence templates: not preallocated, so services without persistence cost nothing */
 BPF_TABLE_PINNED("hash", struct lb_persist_key, struct lb_persist, lb_persist, LB_PERSIST_TABLE_SIZE,

@@ -25,31 +25,46 @@ static __always_inline int lb_dest_usable(struct lb_dest *d)
     return 1;
 }
 
+/* quiesce_server's baseline (lb_real_base) taken off a count; a connection older than the
+ * baseline that ends before the control plane lowers it would take the count below zero:
+ * that reads as 0, never as a huge unsigned number.  Branch-free on purpose: a branch here
+ * doubles the verifier's states per server in the schedulers' 512-server loops. */
+static __always_inline __u32 lb_real_less_base(__u32 n, __u32 base)
+{
+    __u32 d = n - base;
+    return d & ~(__u32)((__s32)d >> 31);
+}
+
+/* a real server's connection counts as the schedulers see them: BPF's atomic counts less the
+ * sweeper's share (lb_real_swept) and quiesce_server's baseline (lb_real_base); 0 if a map
+ * has no entry (one check, for the same reason as above) */
+static __always_inline void lb_real_sched_counts(__u32 real_id, __u32 *act, __u32 *inact)
+{
+    struct lb_real_conns *c = lb_real_conns.lookup(&real_id);
+    struct lb_real_conns *s = lb_real_swept.lookup(&real_id);
+    struct lb_real_conns *b = lb_real_base.lookup(&real_id);
+    if (!c || !s || !b) {
+        *act = 0;
+        *inact = 0;
+        return;
+    }
+    *act = lb_real_less_base(c->active - s->active, b->active);
+    *inact = lb_real_less_base(c->inactive - s->inactive, b->inactive);
+}
+
 /* IPVS ip_vs_dest_conn_overhead(): (activeconns << 8) + inactconns */
 static __always_inline __u64 lb_real_overhead(__u32 real_id)
 {
-    struct lb_real_conns *c = lb_real_conns.lookup(&real_id);
-    struct lb_real_conns *s = lb_real_swept.lookup(&real_id);
-    if (!c)
-        return 0;
-    __u32 act = c->active, inact = c->inactive;
-    if (s) {
-        act -= s->active;
-        inact -= s->inactive;
-    }
+    __u32 act, inact;
+    lb_real_sched_counts(real_id, &act, &inact);
     return ((__u64)act << 8) + inact;
 }
 
-/* activeconns of a real server (sweeper's share removed), as ip_vs_sed/nq/ovf read it */
+/* activeconns of a real server, as ip_vs_sed/nq/ovf read it */
 static __always_inline __u32 lb_real_active(__u32 real_id)
 {
-    struct lb_real_conns *c = lb_real_conns.lookup(&real_id);
-    struct lb_real_conns *s = lb_real_swept.lookup(&real_id);
-    if (!c)
-        return 0;
-    __u32 act = c->active;
-    if (s)
-        act -= s->active;
+    __u32 act, inact;
+    lb_real_sched_counts(real_id, &act, &inact);
     return act;
 }
 
@@ -329,14 +344,19 @@ static __always_inline int lb_lblc_overloaded(struct lb_svc_dests *ds, __u32 rea
 {
     if (lb_real_active(real) <= weight)
         return 0;
+    /* the answer goes through scratch memory, as the scheduler loops' state does: one
+     * verifier state per iteration whatever the counts read */
+    sc->first = 0;
     for (__u32 pos = 0; pos < LB_MAX_SVC_REALS; pos++) {
         if (pos >= sc->n)
             break;
         struct lb_dest *d = &ds->d[pos];
-        if ((__u64)lb_real_active(d->real) * 2 < d->weight)
-            return 1;
+        if ((__u64)lb_real_active(d->real) * 2 < d->weight) {
+            sc->first = 1;
+            break;
+        }
     }
-    return 0;
+    return sc->first;
 }
 
 static __always_inline void lb_lblc_key_of(struct lb_lblc_key *k, __u32 svc_id, __be32 daddr)
@@ -417,6 +437,10 @@ static __always_inline __u32 lb_pick_lblcr(__u32 svc_id, struct lb_svc *svc, str
             lw = w;
         }
     }
+    /* the pick waits in scratch memory while the set may shrink: registers that differ by
+     * path would multiply the verifier's walks of the 512-server loops below */
+    sc->real = least;
+    sc->lw = lw;
     /* ip_vs_dest_set_max and erase: weights of removed members are 0 here (lb_reals) */
     __u32 g = LB_G_LBLCR_EXPIRATION;
     __u32 *exp = lb_globals.lookup(&g);
@@ -454,6 +478,8 @@ static __always_inline __u32 lb_pick_lblcr(__u32 svc_id, struct lb_svc *svc, str
         }
     }
     sc->n = svc->nreals < LB_MAX_SVC_REALS ? svc->nreals : LB_MAX_SVC_REALS;
+    least = sc->real;
+    lw = sc->lw;
     if (least != LB_NONE && !lb_lblc_overloaded(ds, least, lw, sc))
         return least;
     __u32 real = lb_pick_wlc(svc, ds, st, sc);

@@ -7,7 +7,6 @@ the difference.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import os
 import signal
@@ -16,13 +15,14 @@ import threading
 import time
 
 from lb import config as lbconfig
+from lb import control
 from lb.config.model import sorry_text
 from lb.dataplane import RealSpec, ServiceSpec, TableSpec
 from lb.dataplane.ipvs import IpvsDataplane
 from lb.dataplane.xdp import DataplaneError, Sizes, XdpDataplane
 from lb.ha import addresses
 from lb.ha import announce as ha_announce
-from lb.health import CheckSpec, Monitor, NannyPolicy
+from lb.health import CheckSpec, LoadMonitorTask, LoadSpec, Monitor, NannyPolicy
 
 log = logging.getLogger("lb.engine")
 
@@ -41,15 +41,18 @@ def real_key(vs, rs) -> tuple:
     return (vs.key, rs.address, rs.effective_port(vs))
 
 
-def build_table(cfg, health: dict | None = None, sorry: set | None = None) -> TableSpec:
+def build_table(cfg, health: dict | None = None, sorry: set | None = None,
+                weights: dict | None = None) -> TableSpec:
     """The desired table: active services and real servers, minus the ones their monitor says
-    are dead (or at weight 0 when the service quiesces dead servers).
+    are dead (or at weight 0 when the service quiesces dead servers); ``weights`` (real_key ->
+    weight) are the load monitors' dynamic weights, which replace the configured ones.
 
     A service with a sorry server and no usable real server (all dead, inactive or at weight 0)
     gets the sorry server as its only real server; the keys of those services are added to
     ``sorry`` when it is given."""
     forward = "nat" if cfg.network == "nat" else "dr"
     health = health or {}
+    weights = weights or {}
     services = []
     for vs in cfg.virtual_servers:
         if not vs.active:
@@ -58,7 +61,7 @@ def build_table(cfg, health: dict | None = None, sorry: set | None = None) -> Ta
         for rs in vs.real_servers:
             if not rs.active:
                 continue
-            weight = rs.weight
+            weight = weights.get(real_key(vs, rs), rs.weight)
             if not health.get(real_key(vs, rs), True):
                 if not vs.monitor.quiesce:
                     dead.append((rs.address, rs.effective_port(vs)))
@@ -81,8 +84,12 @@ def pidfile(instance: str) -> str:
     return os.path.join(RUN_DIR, f"{instance}.pid")
 
 
-def statusfile(instance: str) -> str:
-    return os.path.join(RUN_DIR, f"{instance}.status.json")
+class ReloadRefused(Exception):
+    """A reload that changed nothing; ``issues`` (lb.config ConfigIssue) when the file is bad."""
+
+    def __init__(self, message: str, issues=()):
+        super().__init__(message)
+        self.issues = list(issues)
 
 
 def check_spec(vs, rs) -> tuple[CheckSpec, NannyPolicy]:
@@ -124,12 +131,16 @@ class Engine:
         self._wake: asyncio.Event | None = None
         self.health: dict[tuple, bool] = {}          # real_key -> up
         self.monitors: dict[tuple, tuple] = {}       # real_key -> (spec, policy, Monitor, task)
+        self.loads: dict[tuple, tuple] = {}          # real_key -> (spec, bounds, LoadMonitorTask, task)
+        self.weights: dict[tuple, int] = {}          # real_key -> weight its load monitor set
         self._dirty = False                          # health changed: reconcile the data plane
         self.on_sorry: set[tuple] = set()            # keys of the services sent to their sorry server
         # HA (lb.ha.pulse): without an [ha] table the one director is always active
         self.pulse = None
         self.active = cfg.ha is None
         self._dp_lock = threading.Lock()             # data plane writes from worker threads, one at a time
+        self._reload_waiters: list[asyncio.Future] = []   # `lb reload` callers on the control socket
+        self._usable: dict[tuple, set] = {}          # service key -> real servers taking new connections
 
     # ---- lifecycle ----
     def start(self) -> None:
@@ -150,7 +161,7 @@ class Engine:
             # HA: the addresses come with the active role (pulse decides); the data plane is
             # loaded and attached anyway so that a takeover only adds addresses
             log.info("HA: starting without the virtual addresses until pulse decides the role")
-        self.dp.apply(self._table(self.cfg))
+        self._apply(self._table(self.cfg), self.cfg)
         self._attach_dataplane()
         os.makedirs(RUN_DIR, exist_ok=True)
         with open(pidfile(self.cfg.instance), "w") as f:
@@ -162,7 +173,7 @@ class Engine:
         """build_table for the current health; logs each service's switch to or from its sorry
         server once."""
         sorry: set[tuple] = set()
-        table = build_table(cfg, self.health, sorry)
+        table = build_table(cfg, self.health, sorry, self.weights)
         names = {vs.key: vs for vs in cfg.virtual_servers}
         for key in sorted(sorry - self.on_sorry, key=str):
             vs = names[key]
@@ -175,6 +186,26 @@ class Engine:
                             vs.name)
         self.on_sorry = sorry
         return table
+
+    def _apply(self, table: TableSpec, cfg) -> None:
+        """dp.apply, then quiesce_server: a service that gained a usable real server (added,
+        back after reentry, or out of weight 0) has its schedulers' counts restarted."""
+        self.dp.apply(table)
+        usable = {s.key: {r.key for r in s.reals if r.weight > 0} for s in table.services}
+        quiesce = {vs.name for vs in cfg.virtual_servers if vs.quiesce_server}
+        for svc in table.services:
+            old = self._usable.get(svc.key)
+            joined = usable[svc.key] - old if old is not None else set()
+            if svc.name in quiesce and joined:
+                n = self.dp.restart_sched_counts(svc)
+                log.info("quiesce_server: %s joined virtual service %s: the schedulers' connection counts "
+                         "restart from zero (%d existing connections left out)",
+                         ", ".join(f"{a}:{p}" for a, p in sorted(joined, key=str)), svc.name, n)
+        self._usable = usable
+
+    def refresh_sched_base(self) -> int:
+        with self._dp_lock:
+            return self.dp.refresh_sched_base()
 
     # ---- the data plane's choice: xdp, ipvs, or auto (xdp, else kernel IPVS) ----
     def _load_dataplane(self) -> None:
@@ -195,7 +226,7 @@ class Engine:
             if not self._fall_back(e):
                 raise
             self._load_dataplane()
-            self.dp.apply(self._table(self.cfg))
+            self._apply(self._table(self.cfg), self.cfg)
             self._attach_dataplane()
 
     def _fall_back(self, err: Exception) -> bool:
@@ -221,42 +252,45 @@ class Engine:
             addresses.release(self.owned)
             self.dp.unpin()
             self.dp.close()
-        for f in (pidfile(self.cfg.instance), statusfile(self.cfg.instance)):
-            try:
-                os.unlink(f)
-            except FileNotFoundError:
-                pass
+        try:
+            os.unlink(pidfile(self.cfg.instance))
+        except FileNotFoundError:
+            pass
         log.info("lb instance %r stopped", self.cfg.instance)
 
     def reload(self) -> bool:
         """Validate the config file again and apply the difference; a bad file changes nothing."""
+        try:
+            log.info("%s", self.reload_or_raise())
+            return True
+        except ReloadRefused as e:
+            log.error("%s", e)
+            return False
+
+    def reload_or_raise(self) -> str:
+        """reload(), raising ReloadRefused (with the file's issues) instead of logging."""
         path = self.cfg.path
         try:
             new = lbconfig.load(path)
         except lbconfig.ConfigError as e:
-            log.error("reload refused, nothing changed:\n%s", e)
-            return False
+            raise ReloadRefused(f"reload refused, nothing changed:\n{e}", e.issues) from None
         if new.instance != self.cfg.instance or new.tables != self.cfg.tables or new.network != self.cfg.network:
-            log.error("reload refused: instance, tables and network need a restart")
-            return False
+            raise ReloadRefused("reload refused: instance, tables and network need a restart")
         try:
             check_interfaces(new)
         except StartupError as e:
-            log.error("reload refused: %s", e)
-            return False
+            raise ReloadRefused(f"reload refused: {e}") from None
         if (new.ha is None) != (self.cfg.ha is None) or (new.ha and new.ha != self.cfg.ha):
-            log.error("reload refused: the [ha] settings need a restart")
-            return False
+            raise ReloadRefused("reload refused: the [ha] settings need a restart")
         want = addresses.wanted_addresses(new)
         if self.active:
             addresses.take([a for a in want if a not in self.owned])
         with self._dp_lock:
-            self.dp.apply(self._table(new))
+            self._apply(self._table(new), new)
         if self.active:
             addresses.release([a for a in self.owned if a not in want])
         self.owned, self.cfg = want, new
-        log.info("reloaded %s", path)
-        return True
+        return f"reloaded {path}"
 
     # ---- health (nanny) ----
     def sync_monitors(self) -> None:
@@ -281,7 +315,49 @@ class Engine:
                 old[3].cancel()
             mon = Monitor(key, spec, policy, self._health_changed, initial_up=self.health.get(key, True))
             self.monitors[key] = (spec, policy, mon, mon.start())
-        self.write_status()
+
+    def sync_load_monitors(self) -> None:
+        """One load monitor per active real server of each service that has one; unchanged ones
+        keep their weight across reloads.  Without a load monitor the configured weight rules."""
+        wanted = {}
+        for vs in self.cfg.virtual_servers:
+            lm = vs.load_monitor
+            if not vs.active or lm is None:
+                continue
+            for rs in vs.real_servers:
+                if not rs.active:
+                    continue
+                port = lm.port if lm.kind == "agent" else rs.effective_port(vs)
+                spec = LoadSpec(lm.kind, str(rs.address), port, lm.program, lm.timeout)
+                wanted[real_key(vs, rs)] = (spec, (lm.interval, rs.weight, lm.min_weight))
+        for key in [k for k in self.loads if k not in wanted]:
+            self.loads.pop(key)[3].cancel()
+            if self.weights.pop(key, None) is not None:
+                self._dirty = True
+        for key, (spec, bounds) in wanted.items():
+            old = self.loads.get(key)
+            if old and old[0] == spec and old[1] == bounds:
+                continue
+            if old:
+                old[3].cancel()
+            if self.weights.pop(key, None) is not None:   # new bounds: the configured weight until asked
+                self._dirty = True
+            task = LoadMonitorTask(key, spec, bounds[0], bounds[1], bounds[2], self._weight_changed)
+            self.loads[key] = (spec, bounds, task, task.start())
+        if self._dirty and self._wake is not None:
+            self._wake.set()
+
+    def _weight_changed(self, key, weight: int, detail: str) -> None:
+        (proto, vip, vport), addr, port = key
+        old = self.weights.get(key)
+        if old == weight:
+            return
+        log.info("real server %s:%d of %s %s:%d: load monitor sets weight %d (was %s): %r", addr, port,
+                 proto.upper(), vip, vport, weight, "configured" if old is None else old, detail)
+        self.weights[key] = weight
+        self._dirty = True
+        if self._wake is not None:
+            self._wake.set()
 
     def _health_changed(self, key, up: bool, reason: str) -> None:
         (proto, vip, vport), addr, port = key
@@ -294,8 +370,7 @@ class Engine:
 
     def apply_health(self) -> None:
         with self._dp_lock:
-            self.dp.apply(self._table(self.cfg))
-        self.write_status()
+            self._apply(self._table(self.cfg), self.cfg)
 
     # ---- HA (pulse) ----
     def _take_addresses(self) -> None:
@@ -321,7 +396,6 @@ class Engine:
         elif self.active or old == 0:
             self.active = False
             await loop.run_in_executor(None, self._release_addresses)
-        self.write_status()
 
     def sync_export(self):
         with self._dp_lock:
@@ -342,7 +416,8 @@ class Engine:
         with self._dp_lock:
             return self.dp.estimate()
 
-    def write_status(self) -> None:
+    def status(self) -> dict:
+        """What `lb status` shows (the control socket's "status" reply)."""
         services = []
         for vs in self.cfg.virtual_servers:
             reals = []
@@ -355,23 +430,61 @@ class Engine:
                               "active": rs.active, "weight": rs.weight,
                               "health": "unmonitored" if mon is None else mon.state,
                               "changes": mon.changes if mon else 0,
+                              "downs": mon.downs if mon else 0, "ups": mon.ups if mon else 0,
+                              "checks": mon.checks if mon else 0,
+                              "reason": mon.reason if mon else None,
+                              "dynamic_weight": self.weights.get(key),
+                              "load": self._load_status(key),
+                              "since": mon.since_wall if mon else None,
                               "last_check": None if last is None else
-                              {"ok": last.ok, "detail": last.detail, "at": last.at}})
+                              {"ok": last.ok, "detail": last.detail, "at": last.at,
+                               "duration": round(last.duration, 6)}})
             services.append({"name": vs.name, "protocol": vs.protocol, "address": str(vs.address),
                              "port": vs.port, "scheduler": vs.scheduler, "active": vs.active,
+                             "fwmark": vs.fwmark,
                              "monitor": vs.monitor.kind, "real_servers": reals,
                              "sorry_server": None if vs.sorry_server is None else sorry_text(vs.sorry_server),
                              "on_sorry_server": vs.key in self.on_sorry})
         doc = {"instance": self.cfg.instance, "pid": os.getpid(),
                "role": self.pulse.role if self.pulse is not None else ("active" if self.active else "starting"),
-               "config": str(self.cfg.path), "updated": time.time(), "services": services}
+               "config": str(self.cfg.path), "dataplane": getattr(self.dp, "kind", "xdp"),
+               "at": time.time(), "services": services}
         if self.pulse is not None:
             doc["ha"] = self.pulse.status()
-        os.makedirs(RUN_DIR, exist_ok=True)
-        tmp = statusfile(self.cfg.instance) + ".tmp"
-        with open(tmp, "w") as f:
-            json.dump(doc, f, indent=1)
-        os.replace(tmp, statusfile(self.cfg.instance))
+        return doc
+
+    def _reload_reply(self) -> dict:
+        try:
+            msg = self.reload_or_raise()
+        except ReloadRefused as e:
+            log.error("%s", e)
+            return {"ok": False, "error": str(e),
+                    "issues": [{"path": i.path, "line": i.line, "field": i.field, "message": i.message}
+                               for i in e.issues]}
+        except Exception as e:     # e.g. the data plane refused a write: the caller must know
+            log.exception("reload failed")
+            return {"ok": False, "error": f"reload failed: {type(e).__name__}: {e}"}
+        log.info("%s", msg)
+        return {"ok": True, "message": msg}
+
+    def _load_status(self, key) -> dict | None:
+        entry = self.loads.get(key)
+        if entry is None:
+            return None
+        t = entry[2]
+        return {"kind": t.spec.kind, "ok": t.ok, "detail": t.detail, "at": t.at, "weight": t.weight}
+
+    async def control(self, req: dict) -> dict:
+        """A control socket request (lb.control)."""
+        cmd = req.get("cmd")
+        if cmd == "status":
+            return {"ok": True, "status": self.status()}
+        if cmd == "reload":
+            fut = asyncio.get_running_loop().create_future()
+            self._reload_waiters.append(fut)
+            self._wake.set()
+            return await fut
+        return {"ok": False, "error": f"unknown command {cmd!r} (status, reload)"}
 
     # ---- the loop ----
     async def run(self) -> None:
@@ -397,10 +510,16 @@ class Engine:
         # runs in a worker thread, one at a time.
         blocking = lambda fn: loop.run_in_executor(None, fn)  # noqa: E731
         self.sync_monitors()
+        self.sync_load_monitors()
+        server = control.ControlServer(control.socket_path(self.cfg.instance, RUN_DIR), self.control)
+        try:
+            await server.start()
+        except OSError as e:         # forwarding goes on; only `lb status`/`lb reload` are missing
+            log.error("no control socket: %s", e)
         if self.pulse is not None:
             await blocking(ha_announce.warm_up)      # scapy loads now, not during a takeover
             await self.pulse.start()
-        last_sweep = last_nh = last_status = last_est = loop.time()
+        last_sweep = last_nh = last_est = loop.time()
         while self._stop is None:
             try:
                 await asyncio.wait_for(self._wake.wait(), timeout=1.0)
@@ -409,18 +528,23 @@ class Engine:
             self._wake.clear()
             now = loop.time()
             try:
-                if reload_pending:
+                if reload_pending or self._reload_waiters:
                     reload_pending = False
-                    if await blocking(self.reload):
+                    waiters, self._reload_waiters = self._reload_waiters, []
+                    reply = await blocking(self._reload_reply)
+                    if reply["ok"]:
                         self.sync_monitors()
+                        self.sync_load_monitors()
+                    for fut in waiters:
+                        if not fut.done():
+                            fut.set_result(reply)
                 if self._dirty:
                     self._dirty = False
                     await blocking(self.apply_health)
                 if self.dp.draining:
                     await blocking(self.dp.finish_drains)
-                if now - last_status >= (1.0 if self.pulse is not None else 5.0):
-                    last_status = now
-                    self.write_status()
+                if getattr(self.dp, "sched_base", None):
+                    await blocking(self.refresh_sched_base)
                 if now - last_sweep >= SWEEP_INTERVAL:
                     last_sweep = now
                     n = await blocking(self.sweep)
@@ -434,11 +558,18 @@ class Engine:
                     await blocking(self.dp.refresh_nexthops)
             except Exception:  # the daemon keeps forwarding whatever a housekeeping step does
                 log.exception("housekeeping failed")
+        for fut in self._reload_waiters:            # before the server waits for its handlers
+            if not fut.done():
+                fut.set_result({"ok": False, "error": "the daemon is stopping"})
+        await server.stop()
         if self.pulse is not None:
             await self.pulse.stop()
         for _spec, _policy, _mon, task in self.monitors.values():
             task.cancel()
-        await asyncio.gather(*(m[3] for m in self.monitors.values()), return_exceptions=True)
+        for entry in self.loads.values():
+            entry[3].cancel()
+        await asyncio.gather(*(m[3] for m in (*self.monitors.values(), *self.loads.values())),
+                             return_exceptions=True)
 
 
 def run(cfg, *, xdp_mode: str = "native", dataplane: str | None = None) -> int:

@@ -201,7 +201,7 @@ def remove_ha_dataplane(lab) -> None:
         lab.run(node, ["ip", "addr", "del", "198.18.1.254/24", "dev", "priv0"], check=False, timeout=10)
         lab.run(node, ["ip", "route", "flush", "type", "blackhole"], check=False, timeout=10)
         shutil.rmtree(f"/sys/fs/bpf/lb/{inst}", ignore_errors=True)
-        for f in (f"/run/lb/{inst}.pid", f"/run/lb/{inst}.status.json"):
+        for f in (f"/run/lb/{inst}.pid", f"/run/lb/{inst}.sock"):
             try:
                 os.unlink(f)
             except FileNotFoundError:

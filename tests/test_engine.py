@@ -75,3 +75,60 @@ def test_sorry_server_port_and_nat_forwarding() -> None:
     cfg = _cfg(sorry=(SORRY, 8080), network="nat")
     reals, _ = _reals(cfg, _health(cfg, False, False))
     assert reals == {("10.9.1.99", 8080, 1, "nat")}
+
+
+class _RecordingDataplane:
+    """Stands in for a data plane: records applies and counter restarts."""
+
+    def __init__(self):
+        self.applied, self.restarted = [], []
+
+    def apply(self, table):
+        self.applied.append(table)
+
+    def restart_sched_counts(self, spec):
+        self.restarted.append(spec.name)
+        return 0
+
+
+def _engine(cfg):
+    from lb.engine import Engine
+
+    eng = Engine(cfg, dataplane="ipvs")      # the constructor touches nothing in the kernel
+    eng.dp = _RecordingDataplane()
+    return eng
+
+
+def test_quiesce_server_restarts_counts_when_a_server_joins() -> None:
+    cfg = _cfg()
+    vs = dataclasses.replace(cfg.virtual_servers[0], quiesce_server=True, sorry_server=None)
+    cfg = dataclasses.replace(cfg, virtual_servers=(vs,))
+    eng = _engine(cfg)
+    r0, r1 = (real_key(vs, rs) for rs in vs.real_servers)
+    eng.health = {r0: True, r1: False}
+    eng._apply(eng._table(cfg), cfg)             # the first table: nobody joins
+    eng._apply(eng._table(cfg), cfg)             # nothing changed
+    assert eng.dp.restarted == []
+    eng.health[r1] = True                        # back after reentry
+    eng._apply(eng._table(cfg), cfg)
+    assert eng.dp.restarted == ["web"]
+    eng.health[r0] = False                       # leaving is no join
+    eng._apply(eng._table(cfg), cfg)
+    assert eng.dp.restarted == ["web"]
+    added = dataclasses.replace(vs, real_servers=vs.real_servers + (
+        RealServer("r9", IPv4Address("10.9.1.9")),))
+    cfg2 = dataclasses.replace(cfg, virtual_servers=(added,))
+    eng._apply(eng._table(cfg2), cfg2)           # a reload adds a server
+    assert eng.dp.restarted == ["web", "web"]
+
+
+def test_without_quiesce_server_a_join_restarts_nothing() -> None:
+    cfg = _cfg(sorry=None)
+    vs = cfg.virtual_servers[0]
+    eng = _engine(cfg)
+    r1 = real_key(vs, vs.real_servers[1])
+    eng.health = {r1: False}
+    eng._apply(eng._table(cfg), cfg)
+    eng.health[r1] = True
+    eng._apply(eng._table(cfg), cfg)
+    assert len(eng.dp.applied) == 2 and eng.dp.restarted == []

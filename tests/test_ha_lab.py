@@ -25,6 +25,7 @@ from pathlib import Path
 
 import pytest
 
+from lb import control
 from lb.ha import heartbeat as hb
 from lab_http import request
 
@@ -90,10 +91,10 @@ def configs(tmp_path):
 
 
 def status(instance):
+    """`lb status --json` of an instance, from its control socket ({} while it does not answer)."""
     try:
-        with open(f"/run/lb/{instance}.status.json") as f:
-            return json.load(f)
-    except (OSError, ValueError):
+        return control.request(instance, "status", timeout=5).get("status", {})
+    except (OSError, ValueError, control.NotRunning):
         return {}
 
 

@@ -21,7 +21,7 @@ from lb.config import (
     loads,
     lvscf,
 )
-from lb.config.model import HA, Monitor
+from lb.config.model import HA, LoadMonitor, Monitor
 
 HERE = Path(__file__).resolve().parent
 CONFIGS = HERE.parent / "configs"
@@ -59,6 +59,8 @@ EXPECTED_FULL = Config(
             # send_program wins over send/expect (as in Piranha's nanny); send/expect are kept raw
             monitor=Monitor(kind="program", send="GET / HTTP/1.0\\r\\n\\r\\n", expect="HTTP", use_regex=False,
                             program="/usr/local/bin/check %h", timeout=6, reentry=15),
+            # quiesce_server = 1; load_monitor = uptime runs uptime over rsh_command (ssh here)
+            quiesce_server=True, load_monitor=LoadMonitor(kind="program", program="ssh %h uptime"),
         ),
         VirtualServer(
             name="dns", address=IPv4Address("192.168.2.53"), port=53, protocol="udp", scheduler="rr",
@@ -81,8 +83,7 @@ EXPECTED_EXTRAS = {
     },
     "virtual": {
         "web": {
-            "vip_nmask": "255.255.255.0", "load_monitor": "uptime",
-            "quiesce_server": True, "address_alias": "eth0:1",
+            "vip_nmask": "255.255.255.0", "address_alias": "eth0:1",
         },
     },
 }

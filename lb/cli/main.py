@@ -128,22 +128,40 @@ def cmd_stop(args) -> int:
     return _signal_instance(args, signal.SIGUSR2 if args.keep_dataplane else signal.SIGTERM, True)
 
 
-def cmd_status(args) -> int:
-    from lb.engine import statusfile
+def _control(args, cmd: str) -> dict | None:
+    """One request on the instance's control socket; None (after a message) when nothing answers."""
+    from lb import control
 
     inst = _instance(args) or "default"
     try:
-        with open(statusfile(inst)) as f:
-            doc = json.load(f)
-    except FileNotFoundError:
-        print(f"lb: instance {inst!r} is not running (no {statusfile(inst)})", file=sys.stderr)
+        return control.request(inst, cmd)
+    except control.NotRunning as e:
+        print(f"lb: {e}", file=sys.stderr)
+    except PermissionError:
+        print(f"lb: {control.socket_path(inst)}: permission denied (the control socket is root's)",
+              file=sys.stderr)
+    except (OSError, ValueError) as e:
+        print(f"lb: instance {inst!r}: control socket: {e}", file=sys.stderr)
+    return None
+
+
+def _fmt_time(t) -> str:
+    return time.strftime("%H:%M:%S", time.localtime(t)) if t else "-"
+
+
+def cmd_status(args) -> int:
+    reply = _control(args, "status")
+    if reply is None:
         return 1
+    if not reply.get("ok"):
+        print(f"lb: {reply.get('error')}", file=sys.stderr)
+        return 1
+    doc = reply["status"]
     if args.json:
         print(json.dumps(doc, indent=2))
         return 0
-    age = time.time() - doc.get("updated", 0)
-    print(f"instance {doc['instance']}  pid {doc['pid']}  role {doc['role']}  config {doc['config']}"
-          f"  (status {age:.0f}s old)")
+    print(f"instance {doc['instance']}  pid {doc['pid']}  role {doc['role']}  data plane {doc.get('dataplane')}"
+          f"  config {doc['config']}")
     ha = doc.get("ha")
     if ha:  # pulse: peer, channels, sync (lb/ha/pulse.py Pulse.status)
         peer = ha["peer"]
@@ -163,18 +181,38 @@ def cmd_status(args) -> int:
               f" malformed {c['malformed']}")
     for s in doc["services"]:
         state = "" if s["active"] else "  (inactive)"
-        print(f"{s['protocol'].upper():4} {s['address']}:{s['port']} {s['scheduler']}  monitor {s['monitor']}{state}")
+        where = f"FWM {s['fwmark']}" if s.get("fwmark") else f"{s['protocol'].upper():4} {s['address']}:{s['port']}"
+        sorry = ""
+        if s.get("sorry_server"):
+            sorry = f"  sorry server {s['sorry_server']}" + (" (IN USE)" if s.get("on_sorry_server") else "")
+        print(f"{where} {s['scheduler']}  monitor {s['monitor']}{sorry}{state}")
         for r in s["real_servers"]:
             last = r.get("last_check")
-            when = "" if not last else time.strftime("%H:%M:%S", time.localtime(last["at"]))
-            detail = "" if not last else f"{'ok' if last['ok'] else 'FAIL'} {when} {last['detail']}"
-            print(f"  -> {r['name']:<12} {r['address']}:{r['port']:<6} weight {r['weight']:<5} "
-                  f"{r['health']:<11} changes {r['changes']:<3} {detail}")
+            detail = "" if not last else f"  last check {'ok' if last['ok'] else 'FAIL'} {_fmt_time(last['at'])} {last['detail']}"
+            weight = r["weight"] if r.get("dynamic_weight") is None else f"{r['dynamic_weight']}/{r['weight']}"
+            print(f"  -> {r['name']:<12} {r['address']}:{r['port']:<6} weight {weight:<5} "
+                  f"{r['health']:<11} changes {r['changes']:<3}{detail}")
+            if r.get("reason"):
+                print(f"     {'up' if r['health'] == 'up' else 'down'} since {_fmt_time(r['since'])}: {r['reason']}")
+            load = r.get("load")
+            if load and load.get("at"):
+                print(f"     load monitor ({load['kind']}) {'ok' if load['ok'] else 'FAIL'} {_fmt_time(load['at'])}: "
+                      f"{load['detail']}")
     return 0
 
 
 def cmd_reload(args) -> int:
-    return _signal_instance(args, signal.SIGHUP, False)
+    """Over the control socket, so the caller sees a refusal (file, line, field); SIGHUP with --signal."""
+    if args.signal:
+        return _signal_instance(args, signal.SIGHUP, False)
+    reply = _control(args, "reload")
+    if reply is None:
+        return 1
+    if reply.get("ok"):
+        print(reply.get("message", "reloaded"))
+        return 0
+    print(f"lb: {reply.get('error')}", file=sys.stderr)
+    return 2 if reply.get("issues") else 1
 
 
 def _list_dataplane(args) -> str:
@@ -327,9 +365,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_status)
 
-    p = sub.add_parser("reload", help="re-read the config of a running instance (SIGHUP)")
+    p = sub.add_parser("reload", help="re-read the config of a running instance; a bad file is refused "
+                                      "with its errors and changes nothing")
     p.add_argument("--instance")
     p.add_argument("--config")
+    p.add_argument("--signal", action="store_true",
+                   help="send SIGHUP instead of asking on the control socket (errors go to the daemon's log)")
     p.set_defaults(func=cmd_reload)
 
     _add_list_args(sub.add_parser("list", help="list the table like ipvsadm -L"))

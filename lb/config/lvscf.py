@@ -40,9 +40,13 @@ Mapping onto :class:`~lb.config.model.Config`:
   or absent (one director) the HA keys are extras, as Piranha's own ``lvs`` ignores them.
 
 ``sorry_server = ADDR`` (or ``ADDR:PORT``) is VirtualServer.sorry_server.
-Keys the model cannot hold yet (HA keys without a backup,
-``load_monitor``, ``quiesce_server`` -- which resets connection counters, it is
-not Monitor.quiesce --, serial_no, ...) are type-checked and returned in
+``quiesce_server`` is VirtualServer.quiesce_server (the schedulers' connection counts restart
+when a server joins; it is not Monitor.quiesce).  ``load_monitor = uptime`` becomes a program
+load monitor running ``RSH_COMMAND %h uptime`` (rsh_command, default rsh), ``rup`` one running
+``rup %h``; ``ruptime`` is rejected (rwhod names hosts, not addresses); ``none`` is no load
+monitor.  lb extensions ``lb_load_monitor_kind`` (agent | program), ``_port``, ``_program``
+(quoted), ``_interval``, ``_timeout`` (decimal seconds) and ``_min_weight`` set the rest.
+Keys the model cannot hold yet (HA keys without a backup, serial_no, ...) are type-checked and returned in
 ``extras`` (see :func:`load_with_extras`) so :func:`dumps` writes them back.
 ``network = tunnel``, ``fwmark`` and ``service = fos`` are rejected as not
 supported yet.
@@ -87,7 +91,7 @@ from pathlib import Path
 from typing import Any
 
 from . import toml as _toml
-from .model import HA, Config, ConfigError, ConfigIssue, Monitor, Tables, Timeouts, sorry_text
+from .model import HA, Config, ConfigError, ConfigIssue, LoadMonitor, Monitor, Tables, Timeouts, sorry_text
 
 __all__ = [
     "load", "loads", "load_with_extras", "loads_with_extras",
@@ -126,9 +130,14 @@ LB_HA_KEYS = tuple(f"lb_ha_{k}" for k in (
     "key_file", "preempt", "garp_count", *LB_HA_SECONDS, "sync", "sync_rate", "notify"))
 VIRTUAL_EXTRAS: dict[str, Any] = {
     "vip_nmask": "mask",
-    "load_monitor": ("none", "uptime", "rup", "ruptime"),
-    "quiesce_server": "bool",  # reset connection counters when a server joins (not Monitor.quiesce)
 }
+# load_monitor = uptime | rup: Piranha's load monitors, run as lb program load monitors (argv,
+# no shell): uptime over rsh_command (rsh, or ssh), rup asks the real server's rpc.rstatd
+LOAD_MONITOR_WORDS = ("none", "uptime", "rup", "ruptime")
+LOAD_MONITOR_RUP = "rup %h"
+# lb-only keys for the LoadMonitor fields (lb_load_monitor_kind = agent | program)
+LB_LOAD_MONITOR_KEYS = tuple(f"lb_load_monitor_{k}" for k in (
+    "kind", "port", "program", "interval", "timeout", "min_weight"))
 # Piranha's health-check keys, mapped onto VirtualServer.monitor
 MONITOR_CF = ("send", "expect", "use_regex", "send_program", "timeout", "reentry")
 # lb-only keys for the Monitor fields Piranha lacks (written only when needed)
@@ -143,11 +152,12 @@ GLOBAL_MODEL = (
     "lb_table_connections", "lb_table_services", "lb_table_real_servers", "lb_table_reals_per_service",
 ) + LB_HA_KEYS
 VIRTUAL_MODEL = ("address", "active", "port", "protocol", "scheduler", "persistent", "pmask", "fwmark",
-                 "lb_port_groups", "lb_scheduler_flags", "sorry_server", "lb_mh_size")
+                 "lb_port_groups", "lb_scheduler_flags", "sorry_server", "lb_mh_size", "quiesce_server",
+                 "load_monitor") + LB_LOAD_MONITOR_KEYS
 SERVER_KEYS = ("address", "active", "weight", "port", "lb_u_threshold", "lb_l_threshold")
 GLOBAL_KEYS = tuple(GLOBAL_EXTRAS) + GLOBAL_MODEL
 VIRTUAL_KEYS = VIRTUAL_MODEL + MONITOR_CF + LB_MONITOR_KEYS + tuple(VIRTUAL_EXTRAS)
-QUOTED = ("send", "expect", "send_program", "lb_ha_key_file", "lb_ha_notify") + tuple(
+QUOTED = ("send", "expect", "send_program", "lb_ha_key_file", "lb_ha_notify", "lb_load_monitor_program") + tuple(
     f"lb_monitor_{k}" for k in LB_MONITOR_STRINGS)
 TIMEOUT_KEYS = {"tcp_timeout": "tcp", "tcpfin_timeout": "tcpfin", "udp_timeout": "udp"}
 TABLE_KEYS = {f"lb_table_{k}": k for k in ("connections", "services", "real_servers", "reals_per_service")}
@@ -672,9 +682,16 @@ class _Builder:
             if key in v.entries:
                 out[key] = v.entries[key].value
             self.note(f"{tf}.{key}", v.line(key), v.fld(key))
+        qs = v.boolean("quiesce_server")
+        if qs is not None:
+            out["quiesce_server"] = qs
+        self.note(f"{tf}.quiesce_server", v.line("quiesce_server"), v.fld("quiesce_server"))
         monitor = self._monitor(f"{tf}.monitor", v)
         if monitor:
             out["monitor"] = monitor
+        lm = self._load_monitor(f"{tf}.load_monitor", v)
+        if lm:
+            out["load_monitor"] = lm
         reals = []
         for j, sb in enumerate(vb.children):
             reals.append(self._server(f"{tf}.real_server[{j}]", label, sb))
@@ -737,6 +754,40 @@ class _Builder:
                 v.error(status, f"expected LOWEST-HIGHEST HTTP status (100..599), e.g. 200-399, got {status.value!r}")
         take("status", "lb_monitor_status", pair)
         return m
+
+    def _load_monitor(self, lf: str, v: _Scope) -> dict[str, Any]:
+        """``[virtual_server.load_monitor]`` from load_monitor = uptime|rup and lb_load_monitor_*."""
+        lm: dict[str, Any] = {}
+        self.note(lf, v.line("load_monitor") or v.block.line, v.fld("load_monitor"))
+        word = v.entries.get("load_monitor")
+        if word is not None:
+            if word.value not in LOAD_MONITOR_WORDS:
+                v.error(word, f"expected one of {', '.join(LOAD_MONITOR_WORDS)}, got {word.value!r}")
+            elif word.value == "ruptime":
+                v.error(word, "load_monitor = ruptime is not supported: rwhod reports hosts by name, not by "
+                              "the real server's address; use uptime (over rsh_command), rup (rpc.rstatd) or "
+                              "an agent (lb_load_monitor_kind = agent, lb_load_monitor_port = PORT)")
+            elif word.value == "uptime":
+                rsh = self.extras["global"].get("rsh_command", "rsh")
+                lm.update(kind="program", program=f"{rsh} %h uptime")
+            elif word.value == "rup":
+                lm.update(kind="program", program=LOAD_MONITOR_RUP)
+            for k in ("kind", "program"):
+                self.note(f"{lf}.{k}", word.line, v.fld("load_monitor"))
+        for k in ("kind", "port", "program", "interval", "timeout", "min_weight"):
+            key = f"lb_load_monitor_{k}"
+            if key not in v.entries:
+                continue
+            if k in ("port", "min_weight"):
+                val: Any = v.integer(key)
+            elif k in ("interval", "timeout"):
+                val = _seconds(v, key)
+            else:
+                val = v.entries[key].value
+            if val is not None:
+                lm[k] = val
+            self.note(f"{lf}.{k}", v.line(key), v.fld(key))
+        return lm
 
     def _server(self, tf: str, vlabel: str, sb: _Block) -> dict[str, Any]:
         label = f"{vlabel}.{_label(sb)}"
@@ -924,6 +975,24 @@ def _monitor_cf(m: Monitor) -> dict[str, Any]:
     return {**out, **dict(sorted(lb.items(), key=lambda kv: LB_MONITOR_KEYS.index(kv[0])))}
 
 
+def _load_monitor_cf(lm: LoadMonitor | None, rsh: str) -> dict[str, Any]:
+    """load_monitor = uptime|rup when the program is Piranha's, plus lb_load_monitor_* for the rest."""
+    if lm is None:
+        return {}
+    out: dict[str, Any] = {}
+    base = LoadMonitor(kind=lm.kind)
+    if lm.kind == "program" and lm.program in (f"{rsh} %h uptime", LOAD_MONITOR_RUP):
+        out["load_monitor"] = "rup" if lm.program == LOAD_MONITOR_RUP else "uptime"
+        base = LoadMonitor(kind="program", program=lm.program)
+    else:
+        out["lb_load_monitor_kind"] = lm.kind
+    for f in ("port", "program", "interval", "timeout", "min_weight"):
+        value = getattr(lm, f)
+        if value != getattr(base, f):
+            out[f"lb_load_monitor_{f}"] = _fmt_seconds(value) if f in ("interval", "timeout") else value
+    return out
+
+
 def _ha_cf(ha: HA) -> dict[str, Any]:
     """lvs.cf keys that read back as ``ha``: Piranha's (always), lb_ha_* when not the default."""
     d = HA(primary=ha.primary, backup=ha.backup, key_file=ha.key_file)
@@ -1043,8 +1112,8 @@ def dumps(cfg: Config, extras: dict[str, Any] | None = None) -> str:
         for key in ("send", "expect", "use_regex", "send_program"):
             if key in mon:
                 put(ind, key, mon[key])
-        if "load_monitor" in vx:
-            put(ind, "load_monitor", vx["load_monitor"])
+        for key, value in _load_monitor_cf(vs.load_monitor, gx.get("rsh_command", "rsh")).items():
+            put(ind, key, value)
         put(ind, "scheduler", vs.scheduler)
         if vs.scheduler_flags:
             put(ind, "lb_scheduler_flags", ",".join(vs.scheduler_flags))
@@ -1055,8 +1124,8 @@ def dumps(cfg: Config, extras: dict[str, Any] | None = None) -> str:
         for key in ("timeout", "reentry"):
             if key in mon:
                 put(ind, key, mon[key])
-        if "quiesce_server" in vx:
-            put(ind, "quiesce_server", vx["quiesce_server"])
+        if vs.quiesce_server:
+            put(ind, "quiesce_server", True)
         for key, value in mon.items():
             if key.startswith("lb_monitor_"):
                 put(ind, key, value)
@@ -1119,16 +1188,18 @@ def _emit(doc: dict[str, Any]) -> str:
             out.append("")
     for vs in doc.get("virtual_server", []):
         out.append("[[virtual_server]]")
-        out += [f"{k} = {_toml_value(v)}" for k, v in vs.items() if k not in ("real_server", "monitor", "port_group")]
+        out += [f"{k} = {_toml_value(v)}" for k, v in vs.items()
+                if k not in ("real_server", "monitor", "port_group", "load_monitor")]
         out.append("")
         for g in vs.get("port_group", []):
             out.append("  [[virtual_server.port_group]]")
             out += [f"  {k} = {_toml_value(v)}" for k, v in g.items()]
             out.append("")
-        if "monitor" in vs:
-            out.append("  [virtual_server.monitor]")
-            out += [f"  {k} = {_toml_value(v)}" for k, v in vs["monitor"].items()]
-            out.append("")
+        for sub in ("monitor", "load_monitor"):
+            if sub in vs:
+                out.append(f"  [virtual_server.{sub}]")
+                out += [f"  {k} = {_toml_value(v)}" for k, v in vs[sub].items()]
+                out.append("")
         for rs in vs.get("real_server", []):
             out.append("  [[virtual_server.real_server]]")
             out += [f"  {k} = {_toml_value(v)}" for k, v in rs.items()]
@@ -1203,6 +1274,15 @@ def _doc(cfg: Config) -> dict[str, Any]:
                 monitor[k] = int(monitor[k])
         if monitor:
             d["monitor"] = monitor
+        if vs.quiesce_server:
+            d["quiesce_server"] = True
+        if vs.load_monitor is not None:
+            lm = {f.name: getattr(vs.load_monitor, f.name) for f in dataclasses.fields(LoadMonitor)
+                  if f.name == "kind" or getattr(vs.load_monitor, f.name) != getattr(LoadMonitor(), f.name)}
+            for k in ("interval", "timeout"):
+                if k in lm and float(lm[k]).is_integer():
+                    lm[k] = int(lm[k])
+            d["load_monitor"] = lm
         reals = []
         for rs in vs.real_servers:
             r: dict[str, Any] = {"name": rs.name, "address": str(rs.address)}

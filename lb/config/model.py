@@ -72,6 +72,26 @@ class Monitor:
     quiesce: bool = False  # dead: weight 0 (connections drain) instead of removal
 
 
+LOAD_MONITOR_KINDS: tuple[str, ...] = ("agent", "program")
+
+
+@dataclass(frozen=True, slots=True)
+class LoadMonitor:
+    """Dynamic weight (the seeds' rup/ruptime load monitoring): every ``interval`` seconds each
+    real server's load is asked for, by a TCP agent on the real server (``port``; it answers
+    one line, as HAProxy's agent-check) or an external ``program`` (argv with %h and %p, never
+    run by a shell, killed after ``timeout``).  The reply sets the weight within
+    [min_weight, the configured weight]: "75%" (of the configured weight), "weight 3", or a load
+    average ("load 0.7", or uptime's "load average: 0.70, ...": weight / (1 + load))."""
+
+    kind: str = "agent"  # one of LOAD_MONITOR_KINDS
+    port: int | None = None  # agent: TCP port on the real server
+    program: str = ""  # program: argv template
+    interval: float = 5.0
+    timeout: float = 2.0  # the agent's connection or the program's run, at most
+    min_weight: int = 1  # lowest weight the monitor may set (0: it may stop new connections)
+
+
 @dataclass(frozen=True, slots=True)
 class PortGroup:
     """Ports of one VIP and protocol that belong to a firewall-mark service (low..high)."""
@@ -114,6 +134,11 @@ class VirtualServer:
     # (address, port or None = the service's port): takes the new connections while no real
     # server of the service is usable (Piranha's sorry_server)
     sorry_server: tuple[IPAddress, int | None] | None = None
+    # Piranha's quiesce_server: when a real server joins (added, or back after reentry), the
+    # schedulers' connection counts of every server of the service restart from zero, so lc/wlc
+    # do not flood the newcomer
+    quiesce_server: bool = False
+    load_monitor: LoadMonitor | None = None  # dynamic weight; None = the configured weights
 
     @property
     def key(self) -> tuple:

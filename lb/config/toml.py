@@ -36,6 +36,8 @@ from .model import (
     ConfigIssue,
     HA,
     IPAddress,
+    LOAD_MONITOR_KINDS,
+    LoadMonitor,
     Monitor,
     PortGroup,
     RealServer,
@@ -95,9 +97,11 @@ TIMEOUTS_KEYS: Final = ("tcp", "tcpfin", "udp")
 VS_KEYS: Final = (
     "name", "address", "port", "protocol", "scheduler",
     "persistent", "pmask", "active", "device", "real_server", "monitor",
-    "fwmark", "port_group", "scheduler_flags", "sorry_server", "mh_size",
+    "fwmark", "port_group", "scheduler_flags", "sorry_server", "mh_size", "quiesce_server",
+    "load_monitor",
 )
 MONITOR_KEYS: Final = tuple(f.name for f in dataclasses.fields(Monitor))
+LOAD_MONITOR_KEYS: Final = tuple(f.name for f in dataclasses.fields(LoadMonitor))
 RS_KEYS: Final = ("name", "address", "port", "weight", "active", "u_threshold", "l_threshold")
 PORT_GROUP_KEYS: Final = ("address", "protocol", "ports")
 FWMARK_RANGE: Final = (1, 0xFFFFFFFF)
@@ -468,6 +472,8 @@ class _VirtualDraft:
     sched_flags: tuple[str, ...] | _Invalid = ()
     sorry: tuple[IPAddress, int | None] | None | _Invalid = None
     mh_size: int | _Invalid = 4093
+    quiesce_server: bool | _Invalid = False
+    load_monitor: LoadMonitor | None | _Invalid = None
 
     def build(self) -> VirtualServer:
         name = _valid(self.name)
@@ -489,6 +495,8 @@ class _VirtualDraft:
             scheduler_flags=_valid(self.sched_flags),
             sorry_server=_valid(self.sorry),
             mh_size=_valid_int(self.mh_size),
+            quiesce_server=_valid(self.quiesce_server),
+            load_monitor=_valid(self.load_monitor),
         )
 
 
@@ -740,6 +748,8 @@ def _check_fwmark_virtual(vs: _Table, name: str | None | _Invalid) -> _VirtualDr
     if any(isinstance(g, _Invalid) for g in groups):
         draft.fwmark = INVALID
     draft.sorry = _check_sorry(vs, first.address if first else INVALID, True)
+    draft.quiesce_server = vs.boolean("quiesce_server", False)
+    draft.load_monitor = _check_load_monitor(vs)
     draft.monitor = _check_monitor(vs)
     vs_name = name if isinstance(name, str) else None
     for rs in vs.tables("real_server", RS_KEYS):
@@ -784,6 +794,8 @@ def _check_virtual(vs: _Table) -> _VirtualDraft:
     draft.sched_flags = _check_sched_flags(vs, draft.scheduler)
     draft.mh_size = _check_mh_size(vs, draft.scheduler)
     draft.sorry = _check_sorry(vs, vip, False)
+    draft.quiesce_server = vs.boolean("quiesce_server", False)
+    draft.load_monitor = _check_load_monitor(vs)
     draft.monitor = _check_monitor(vs)
     vs_name = name if isinstance(name, str) else None
     for rs in vs.tables("real_server", RS_KEYS):
@@ -857,6 +869,39 @@ def _check_monitor(vs: _Table) -> Monitor | _Invalid:
                    path=strings["path"] or d.path, host=host, status=status, body_regex=body_regex,
                    tls_verify=tls_verify, program=strings["program"] or "", port=port, quiesce=quiesce,
                    **times)
+
+
+def _check_load_monitor(vs: _Table) -> LoadMonitor | None | _Invalid:
+    """[virtual_server.load_monitor]: absent means the configured weights stay as they are."""
+    if "load_monitor" not in vs.data:
+        return None
+    m = vs.table("load_monitor", LOAD_MONITOR_KEYS)
+    if isinstance(m, _Invalid):
+        return m
+    d = LoadMonitor()
+    kind = m.string("kind", required=True)
+    if isinstance(kind, str) and kind not in LOAD_MONITOR_KINDS:
+        kind = m.chk.error(m.at("kind"), f"unknown load monitor kind '{kind}' (expected one of: "
+                                         f"{', '.join(LOAD_MONITOR_KINDS)})")
+    port = m.integer("port", PORT_RANGE)
+    program = m.string("program")
+    interval = _seconds(m, "interval", d.interval)
+    timeout = _seconds(m, "timeout", d.timeout)
+    min_weight = m.integer("min_weight", WEIGHT_RANGE, default=d.min_weight)
+    if kind == "agent" and port is None:
+        port = m.chk.error(m.at("port"), "an agent load monitor needs `port` (the agent's TCP port on "
+                                         "each real server)")
+    if kind == "program" and not program:
+        program = m.chk.error(m.at("program"), "a program load monitor needs `program` (argv with %h and %p)")
+    if isinstance(interval, float) and interval <= 0:
+        interval = m.chk.error(m.at("interval"), "must be more than 0 seconds")
+    if isinstance(timeout, float) and timeout <= 0:
+        timeout = m.chk.error(m.at("timeout"), "must be more than 0 seconds")
+    values = (kind, port, program, interval, timeout, min_weight)
+    if any(isinstance(v, _Invalid) for v in values):
+        return INVALID
+    return LoadMonitor(kind=kind, port=port, program=program or "", interval=interval, timeout=timeout,
+                       min_weight=min_weight)
 
 
 # --- cross-field checks ----------------------------------------------------------

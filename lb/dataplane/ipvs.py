@@ -464,6 +464,19 @@ class IpvsDataplane:
     def estimate(self, now: float | None = None) -> int:
         return 0                    # the kernel's own estimator fills the rates
 
+    def restart_sched_counts(self, spec: ServiceSpec) -> int:
+        """quiesce_server: kernel IPVS has no way to zero a destination's activeconns or
+        inactconns (ipvsadm -Z zeroes only the packet and byte statistics), so lc/wlc go on
+        counting the old connections; said once."""
+        if not getattr(self, "_said_quiesce_server", False):
+            self._said_quiesce_server = True
+            log.warning("quiesce_server: kernel IPVS cannot restart its connection counts; with the "
+                        "ipvs data plane lc/wlc keep counting existing connections")
+        return 0
+
+    def refresh_sched_base(self, rids=None) -> int:
+        return 0
+
     # ---- HA connection sync: IPVS has its own sync daemon (not configured by lb yet) ----
     def export_conns(self, now_ns: int | None = None) -> tuple[list, list]:
         return [], []

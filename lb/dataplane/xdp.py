@@ -104,6 +104,7 @@ class Sizes:
             "lb_reals": (self.reals, L.REAL.size),
             "lb_real_conns": (self.reals, L.REAL_CONNS.size),
             "lb_real_swept": (self.reals, L.REAL_CONNS.size),
+            "lb_real_base": (self.reals, L.REAL_CONNS.size),
             "lb_real_overload": (self.reals, 4),
             "lb_conns": (self.connections, L.CONN.size),
             "lb_persist": (self.persist, L.PERSIST.size),
@@ -180,6 +181,8 @@ class XdpDataplane:
         self._est: dict[tuple[str, int], tuple[int, tuple, list[int]]] = {}
         self._est_seeded = False
         self.mh: MhTables | None = None         # mh services' Maglev tables (lb/dataplane/mhtable.py)
+        # quiesce_server: real id -> keys of the connections its lb_real_base leaves out
+        self.sched_base: dict[int, set[bytes]] = {}
 
     # ---- loading ----
     def check_pins(self) -> bool:
@@ -271,6 +274,12 @@ class XdpDataplane:
             if raw != b"\0" * len(raw):
                 self.reals[rid] = real
                 self.next_real_id = rid + 1
+        # which connections a quiesce_server baseline left out died with the old daemon: the
+        # schedulers go back to the true counts
+        zero = L.REAL_CONNS.pack(0, 0, 0, 0)
+        for rid in self.reals:
+            if m["lb_real_base"].get(L.U32.pack(rid)) not in (None, zero):
+                m["lb_real_base"].set(L.U32.pack(rid), zero)
         log.info("adopted %d services and %d real servers from %s", len(self.services),
                  sum(len(s.dests) for s in self.services.values()), self.pin)
 
@@ -357,6 +366,8 @@ class XdpDataplane:
         zero = L.REAL_CONNS.pack(0, 0, 0, 0)
         self._set("lb_real_conns", k, zero)
         self._set("lb_real_swept", k, zero)
+        self._set("lb_real_base", k, zero)
+        self.sched_base.pop(rid, None)
         self._set("lb_real_overload", k, L.U32.pack(0))
         self._set("lb_real_stats", k, L.STATS.pack(0, 0, 0, 0, 0))
         self._set("lb_real_rates", k, L.RATES.pack(0, 0, 0, 0, 0))
@@ -814,6 +825,52 @@ class XdpDataplane:
             self._set("lb_real_swept", k, L.REAL_CONNS.pack((sa - a) & m, (si - i) & m, (sp - p) & m, 0))
         self.writes += done
         return done, skipped
+
+    # ---- quiesce_server: the schedulers' counts restart from zero when a server joins ----
+    def restart_sched_counts(self, spec: ServiceSpec) -> int:
+        """Every real server of the service gets as baseline (lb_real_base) the connections it
+        has now: lc/wlc/sed/nq/ovf count only newer ones, so a joining server is not flooded.
+        lb list, thresholds and draining keep the true counts.  The baseline follows those old
+        connections as they end (refresh_sched_base).  Returns how many were left out."""
+        st = self.services.get(_key_of(spec))
+        if st is None:
+            return 0
+        rids = {rid for _, rid in st.dests}
+        snap: dict[int, set[bytes]] = {rid: set() for rid in rids}
+        for k, v in self.maps["lb_conns"].items():
+            c = L.Conn.unpack(v)
+            if c.real in rids and not c.flags & L.CONN_F_OUT and not L.ConnKey.unpack(k).dir:
+                snap[c.real].add(k)
+        for rid, keys in snap.items():
+            self.sched_base[rid] = keys
+        self.refresh_sched_base(rids)
+        return sum(len(k) for k in snap.values())
+
+    def refresh_sched_base(self, rids=None) -> int:
+        """Lower the baselines by the connections that have ended since (or changed between
+        active and inactive); returns the connections still left out."""
+        cm, zero = self.maps["lb_conns"], L.REAL_CONNS.pack(0, 0, 0, 0)
+        left = 0
+        for rid in list(self.sched_base if rids is None else rids):
+            keys = self.sched_base.get(rid, set())
+            act = inact = 0
+            for k in list(keys):
+                raw = cm.get(k)
+                c = None if raw is None else L.Conn.unpack(raw)
+                if c is None or c.real != rid:
+                    keys.discard(k)
+                elif c.flags & L.CONN_F_INACTIVE:
+                    inact += 1
+                else:
+                    act += 1
+            value = L.REAL_CONNS.pack(act, inact, 0, 0)
+            key = L.U32.pack(rid)
+            if self.maps["lb_real_base"].get(key) != value:
+                self._set("lb_real_base", key, value)
+            if not keys or rid not in self.reals:
+                self.sched_base.pop(rid, None)
+            left += act + inact
+        return left
 
     # ---- rates ----
     def estimate(self, now: float | None = None) -> int:

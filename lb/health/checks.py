@@ -291,6 +291,20 @@ def _kill_group(proc: asyncio.subprocess.Process) -> None:
             pass
 
 
+async def communicate_or_kill(proc: asyncio.subprocess.Process) -> tuple[bytes, bytes]:
+    """proc.communicate(); timed out or cancelled, the program's process group is killed and
+    reaped first: no process is left behind."""
+    try:
+        return await proc.communicate()
+    except BaseException:
+        _kill_group(proc)
+        try:
+            await asyncio.wait_for(proc.wait(), 2)   # reap it and let its pipes close
+        except BaseException:
+            pass
+        raise
+
+
 async def _check_program(spec: CheckSpec) -> tuple[bool, str]:
     try:
         argv = program_argv(spec)
@@ -303,18 +317,9 @@ async def _check_program(spec: CheckSpec) -> tuple[bool, str]:
         stderr=asyncio.subprocess.PIPE, start_new_session=True)
     try:
         async with asyncio.timeout(spec.connect_timeout):
-            out, err = await proc.communicate()
+            out, err = await communicate_or_kill(proc)
     except TimeoutError:
-        _kill_group(proc)
-        await proc.wait()
         return False, f"timed out after {spec.connect_timeout:g}s; killed"
-    except BaseException:            # cancelled: leave no process behind
-        _kill_group(proc)
-        try:
-            await asyncio.wait_for(proc.wait(), 2)   # reap it and let its pipes close
-        except BaseException:
-            pass
-        raise
     text = out.decode("utf-8", errors="replace")
     rc = proc.returncode
     if rc != 0:

@@ -49,7 +49,11 @@ class Monitor:
         self.up = bool(initial_up)
         self.last: CheckResult | None = None
         self.changes = 0                     # number of transitions so far
+        self.downs = 0                       # ... of them to down
+        self.ups = 0                         # ... of them back up
         self.since: float | None = None      # clock time of the last transition
+        self.since_wall: float | None = None  # time.time() of the last transition
+        self.reason: str | None = None       # why the last transition happened
         self.checks = 0                      # number of results observed
         self._ref: float | None = None       # last success (or first observation): timeout base
         self._ok_since: float | None = None  # first success of the current run of successes
@@ -92,7 +96,13 @@ class Monitor:
         old = self.state
         self.up = up
         self.changes += 1
+        if up:
+            self.ups += 1
+        else:
+            self.downs += 1
         self.since = now
+        self.since_wall = time.time()
+        self.reason = reason
         log.log(logging.INFO if up else logging.WARNING, "%s (%s %s:%s): %s -> %s: %s", self.key,
                 self.spec.kind, self.spec.host, self.spec.port, old, self.state, reason)
         if self.on_change is not None:

@@ -1,0 +1,168 @@
+"""Load monitors: dynamic weights (the seeds' rup/ruptime load monitoring, done the modern way).
+
+Every ``interval`` seconds each real server of a service with a load monitor is asked for its
+load, either
+
+* by an **agent**: a TCP connection to the real server's agent port, which answers one line and
+  closes (HAProxy's agent-check), or
+* by a **program**: argv with %h (address) and %p (port), never run by a shell, killed (with its
+  process group) after ``timeout``; its output is read.
+
+The reply sets the real server's weight within [min_weight, its configured weight]:
+
+* ``75%``         -> 75 % of the configured weight (rounded)
+* ``weight 3``    -> 3
+* ``load 0.7``, or uptime's / rup's ``load average: 0.70, 0.50, 0.40`` -> configured / (1 + load)
+
+Words HAProxy agents add (``up``, ``ready``...) are ignored.  A reply that cannot be read, an
+agent that does not answer or a program that fails keeps the last weight: deciding that a server
+is dead is the health monitors' job.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import time
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from .checks import CheckSpec, _snip, communicate_or_kill, program_argv
+
+__all__ = ["LoadSpec", "LoadMonitorTask", "parse_report", "dynamic_weight", "ask"]
+
+log = logging.getLogger("lb.health.load")
+
+REPLY_LIMIT = 4096
+
+_PERCENT = re.compile(r"^(\d+(?:\.\d+)?)%$")
+_LOAD_AVERAGE = re.compile(r"load averages?:\s*(\d+(?:[.,]\d+)?)", re.I)
+
+
+@dataclass(frozen=True)
+class LoadSpec:
+    kind: str               # "agent" | "program"
+    host: str
+    port: int               # agent: its port; program: the real server's port (for %p)
+    program: str = ""
+    timeout: float = 2.0
+
+
+def parse_report(text: str) -> tuple[str, float]:
+    """("percent", p) | ("weight", n) | ("load", l) from an agent's line or a program's output;
+    ValueError when none is found."""
+    m = _LOAD_AVERAGE.search(text)
+    if m:
+        return "load", float(m.group(1).replace(",", "."))
+    line = next((ln for ln in text.splitlines() if ln.strip()), "")
+    words = [w for w in re.split(r"[\s,;]+", line.strip().lower()) if w]
+    for i, w in enumerate(words):
+        pm = _PERCENT.match(w)
+        if pm:
+            return "percent", float(pm.group(1))
+        if w in ("weight", "load") and i + 1 < len(words):
+            try:
+                value = float(words[i + 1])
+            except ValueError:
+                break
+            if value < 0 or (w == "weight" and not value.is_integer()):
+                break
+            return w, value
+    raise ValueError(f"no load or weight in {_snip(text)} (expected e.g. '75%', 'weight 3', 'load 0.7' "
+                     f"or 'load average: 0.70, ...')")
+
+
+def dynamic_weight(report: tuple[str, float], configured: int, min_weight: int) -> int:
+    """The weight a report asks for, within [min_weight, configured] (configured wins when
+    min_weight is above it)."""
+    kind, value = report
+    if kind == "percent":
+        w = configured * value / 100.0
+    elif kind == "weight":
+        w = value
+    else:
+        w = configured / (1.0 + value)
+    return max(min(min_weight, configured), min(configured, int(w + 0.5)))
+
+
+async def _ask_agent(spec: LoadSpec) -> str:
+    reader, writer = await asyncio.open_connection(spec.host, spec.port)
+    try:
+        data = b""
+        while b"\n" not in data and len(data) < REPLY_LIMIT:
+            chunk = await reader.read(REPLY_LIMIT - len(data))
+            if not chunk:
+                break
+            data += chunk
+        return data.decode("utf-8", errors="replace")
+    finally:
+        writer.close()
+
+
+async def _ask_program(spec: LoadSpec) -> str:
+    argv = program_argv(CheckSpec(kind="program", host=spec.host, port=spec.port, program=spec.program))
+    if not argv:
+        raise ValueError("no program given")
+    proc = await asyncio.create_subprocess_exec(
+        *argv, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.DEVNULL, start_new_session=True)
+    out, _ = await communicate_or_kill(proc)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{argv[0]} exited with status {proc.returncode}; stdout {_snip(out)}")
+    return out[:REPLY_LIMIT].decode("utf-8", errors="replace")
+
+
+async def ask(spec: LoadSpec) -> str:
+    """The agent's line or the program's output; raises on failure or after spec.timeout."""
+    async with asyncio.timeout(spec.timeout):
+        return await (_ask_agent(spec) if spec.kind == "agent" else _ask_program(spec))
+
+
+class LoadMonitorTask:
+    """Asks one real server every ``interval`` seconds; calls ``on_weight(key, weight, detail)``
+    when the weight it should have changes."""
+
+    def __init__(self, key: Any, spec: LoadSpec, interval: float, configured: int, min_weight: int,
+                 on_weight: Callable[[Any, int, str], None] | None):
+        self.key = key
+        self.spec = spec
+        self.interval = interval
+        self.configured = configured
+        self.min_weight = min_weight
+        self.on_weight = on_weight
+        self.weight: int | None = None      # None until a first readable reply
+        self.detail: str | None = None      # the last reply, or why there was none
+        self.ok: bool | None = None
+        self.at: float | None = None        # time.time() of the last ask
+
+    async def poll(self) -> None:
+        """One ask (never raises other than CancelledError)."""
+        try:
+            text = await ask(self.spec)
+            report = parse_report(text)
+        except TimeoutError:
+            self.ok, self.detail = False, f"no answer within {self.spec.timeout:g}s; weight kept"
+        except (OSError, ValueError, RuntimeError) as e:
+            why = "connection refused" if isinstance(e, ConnectionRefusedError) else str(e) or type(e).__name__
+            self.ok, self.detail = False, f"{why}; weight kept"
+        else:
+            self.ok, self.detail = True, text.strip().splitlines()[0][:120] if text.strip() else ""
+            weight = dynamic_weight(report, self.configured, self.min_weight)
+            if weight != self.weight:
+                self.weight = weight
+                if self.on_weight is not None:
+                    try:
+                        self.on_weight(self.key, weight, self.detail)
+                    except Exception:
+                        log.exception("%s: on_weight callback failed", self.key)
+        self.at = time.time()
+
+    async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            started = loop.time()
+            await self.poll()
+            await asyncio.sleep(max(0.0, self.interval - (loop.time() - started)))
+
+    def start(self) -> asyncio.Task:
+        return asyncio.get_running_loop().create_task(self.run(), name=f"load {self.key!r}")

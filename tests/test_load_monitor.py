@@ -1,0 +1,199 @@
+"""Load monitors (dynamic weight): reading a report, the weight it gives within its bounds, an
+agent and a program asked for real (127.0.0.1, as tests/test_health.py), and the config keys
+(TOML, lvs.cf's load_monitor and quiesce_server)."""
+from __future__ import annotations
+
+import asyncio
+import textwrap
+import time
+
+import pytest
+
+from lb.config import ConfigError, loads, lvscf
+from lb.config.model import LoadMonitor
+from lb.health import LoadMonitorTask, LoadSpec, dynamic_weight, parse_report
+
+HOST = "127.0.0.1"
+
+
+@pytest.mark.parametrize("text, want", [
+    ("75%\n", ("percent", 75.0)),
+    ("up 50%\r\n", ("percent", 50.0)),          # HAProxy agents may add a state word
+    ("ready,12.5%\n", ("percent", 12.5)),
+    ("weight 3\n", ("weight", 3.0)),
+    ("load 0.7", ("load", 0.7)),
+    (" 13:36:23 up 3 days,  2:01,  1 user,  load average: 0.52, 0.58, 0.59\n", ("load", 0.52)),
+    ("rs1  up  3 days,  2:01,  load average: 1.00, 0.50, 0.25\n", ("load", 1.0)),
+    ("\n\n 40% \n", ("percent", 40.0)),
+])
+def test_parse_report(text, want):
+    assert parse_report(text) == want
+
+
+@pytest.mark.parametrize("text", ["", "drain", "weight x", "weight 2.5", "load -1", "hello 75"])
+def test_parse_report_refuses_what_it_cannot_read(text):
+    with pytest.raises(ValueError, match="no load or weight"):
+        parse_report(text)
+
+
+@pytest.mark.parametrize("report, configured, lo, want", [
+    (("percent", 50), 4, 1, 2),
+    (("percent", 100), 4, 1, 4),
+    (("percent", 0), 4, 1, 1),           # never below min_weight
+    (("percent", 0), 4, 0, 0),           # min_weight 0: it may stop new connections
+    (("percent", 300), 4, 1, 4),         # never above the configured weight
+    (("weight", 3), 4, 1, 3),
+    (("weight", 9), 4, 1, 4),
+    (("weight", 0), 4, 2, 2),
+    (("load", 0.0), 10, 1, 10),          # idle: full weight
+    (("load", 1.0), 10, 1, 5),           # weight / (1 + load)
+    (("load", 4.0), 10, 1, 2),
+    (("load", 99.0), 10, 1, 1),
+    (("weight", 5), 2, 3, 2),            # min_weight above the configured weight: configured wins
+])
+def test_dynamic_weight_stays_within_bounds(report, configured, lo, want):
+    assert dynamic_weight(report, configured, lo) == want
+
+
+def _poll(spec, configured=4, min_weight=1):
+    seen = []
+    task = LoadMonitorTask("k", spec, 1.0, configured, min_weight, lambda k, w, d: seen.append((w, d)))
+    asyncio.run(asyncio.wait_for(task.poll(), 10))
+    return task, seen
+
+
+def test_agent_reply_sets_the_weight():
+    replies = [b"50%\n", b"weight 3\n"]
+
+    async def main():
+        async def agent(reader, writer):
+            writer.write(replies.pop(0))
+            await writer.drain()
+            writer.close()
+        server = await asyncio.start_server(agent, HOST, 0)
+        port = server.sockets[0].getsockname()[1]
+        seen = []
+        task = LoadMonitorTask("k", LoadSpec("agent", HOST, port), 1.0, 4, 1, lambda k, w, d: seen.append((w, d)))
+        await task.poll()
+        await task.poll()
+        server.close()
+        await server.wait_closed()
+        await task.poll()                                    # nobody listens now: weight kept
+        return task, seen
+
+    task, seen = asyncio.run(asyncio.wait_for(main(), 10))
+    assert seen == [(2, "50%"), (3, "weight 3")]
+    assert task.weight == 3 and task.ok is False and "connection refused; weight kept" in task.detail
+
+
+def test_program_gets_h_and_p_without_a_shell():
+    task, seen = _poll(LoadSpec("program", HOST, 8080, "/bin/echo load 1.0 %h:%p;reboot"))
+    assert seen == [(2, "load 1.0 127.0.0.1:8080;reboot")]   # one argument, never a shell command
+    assert task.ok is True
+
+
+def test_program_killed_after_timeout_keeps_the_weight():
+    t0 = time.monotonic()
+    task, seen = _poll(LoadSpec("program", HOST, 80, "/bin/sleep 30", timeout=0.3))
+    assert time.monotonic() - t0 < 10
+    assert seen == [] and task.weight is None and task.ok is False
+    assert "no answer within 0.3s" in task.detail
+
+
+def test_failing_program_and_unreadable_reply_keep_the_weight():
+    task, seen = _poll(LoadSpec("program", HOST, 80, "/bin/false"))
+    assert seen == [] and "exited with status 1" in task.detail
+    task, seen = _poll(LoadSpec("program", HOST, 80, "/bin/echo busy"))
+    assert seen == [] and "no load or weight" in task.detail
+
+
+# ---- configuration ----------------------------------------------------------------------------
+
+TOML = """
+[global]
+public_interface = "eth0"
+
+[[virtual_server]]
+name = "web"
+address = "198.18.0.10"
+port = 80
+quiesce_server = true
+{load}
+  [[virtual_server.real_server]]
+  address = "198.18.1.11"
+  weight = 4
+"""
+
+
+def test_toml_load_monitor_and_quiesce_server():
+    cfg = loads(TOML.format(load='  [virtual_server.load_monitor]\n  kind = "agent"\n  port = 10000\n'
+                                 '  interval = 1.5\n  min_weight = 0\n'))
+    vs = cfg.virtual_servers[0]
+    assert vs.quiesce_server is True
+    assert vs.load_monitor == LoadMonitor(kind="agent", port=10000, interval=1.5, min_weight=0)
+    assert loads(TOML.format(load="")).virtual_servers[0].load_monitor is None
+
+
+@pytest.mark.parametrize("body, field, message", [
+    ('kind = "agent"', "load_monitor.port", "needs `port`"),
+    ('kind = "program"', "load_monitor.program", "needs `program`"),
+    ('kind = "rup"', "load_monitor.kind", "unknown load monitor kind 'rup'"),
+    ('kind = "agent"\n  port = 1\n  interval = 0', "load_monitor.interval", "more than 0"),
+    ('kind = "agent"\n  port = 1\n  min_weight = -1', "load_monitor.min_weight", "between 0 and 65535"),
+    ('kind = "agent"\n  port = 1\n  weight = 3', "load_monitor", "unknown key 'weight'"),
+])
+def test_toml_load_monitor_errors_name_line_and_field(body, field, message):
+    text = TOML.format(load=f"  [virtual_server.load_monitor]\n  {body}\n")
+    with pytest.raises(ConfigError) as e:
+        loads(text, "lb.toml")
+    (issue,) = e.value.issues
+    assert issue.path == "lb.toml" and issue.field.startswith(f"virtual_server[0].{field}"), issue
+    assert message in issue.message and issue.line is not None
+
+
+CF = textwrap.dedent("""\
+    network = direct
+    rsh_command = {rsh}
+    virtual web {{
+         address = 198.18.0.10 eth0
+         port = 80
+         {extra}
+         server rs1 {{
+              address = 198.18.1.11
+              weight = 4
+         }}
+    }}
+""")
+
+
+@pytest.mark.parametrize("word, rsh, program", [("uptime", "ssh", "ssh %h uptime"), ("uptime", "rsh", "rsh %h uptime"),
+                                                ("rup", "rsh", "rup %h")])
+def test_lvscf_load_monitor_words_run_piranhas_commands(word, rsh, program):
+    text = CF.format(rsh=rsh, extra=f"load_monitor = {word}\n     quiesce_server = 1")
+    cfg = lvscf.loads(text)
+    vs = cfg.virtual_servers[0]
+    assert vs.load_monitor == LoadMonitor(kind="program", program=program) and vs.quiesce_server
+    out = lvscf.dumps(cfg, {"global": {"rsh_command": rsh}})
+    assert f"load_monitor = {word}" in out and "quiesce_server = 1" in out
+    assert lvscf.loads(out) == cfg
+
+
+def test_lvscf_ruptime_is_refused_with_the_alternatives():
+    with pytest.raises(ConfigError) as e:
+        lvscf.loads(CF.format(rsh="rsh", extra="load_monitor = ruptime"), "lvs.cf")
+    (issue,) = e.value.issues
+    assert (issue.line, issue.field) == (6, "virtual[web].load_monitor")
+    assert "rwhod" in issue.message and "uptime" in issue.message and "agent" in issue.message
+
+
+def test_lvscf_none_is_no_load_monitor_and_lb_keys_round_trip():
+    assert lvscf.loads(CF.format(rsh="rsh", extra="load_monitor = none")).virtual_servers[0].load_monitor is None
+    cfg = loads(TOML.format(load='  [virtual_server.load_monitor]\n  kind = "agent"\n  port = 10000\n'
+                                 '  interval = 0.5\n  timeout = 1\n  min_weight = 0\n'))
+    out = lvscf.dumps(cfg)
+    assert "lb_load_monitor_kind = agent" in out and "lb_load_monitor_port = 10000" in out
+    assert lvscf.loads(out) == cfg
+    assert loads(lvscf.dumps_toml(cfg)) == cfg
+    with pytest.raises(ConfigError) as e:
+        lvscf.loads(out.replace("lb_load_monitor_port = 10000", "lb_load_monitor_port = x"), "lvs.cf")
+    assert e.value.issues[0].field == "virtual[web].lb_load_monitor_port"
