@@ -109,7 +109,7 @@ int lb_xdp_public(struct xdp_md *ctx)
     struct lb_conn_key key;
     lb_conn_key_in(&key, &pkt);
     struct lb_conn *c = lb_conns.lookup(&key);
-    if (c && lb_conn_expired(c, now)) {
+    if (c && (lb_conn_expired(c, now) || lb_conn_reusable(c, &pkt))) {
         lb_conn_expire(&key, c);
         c = 0;
     }
