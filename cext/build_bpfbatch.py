@@ -23,7 +23,7 @@ ffibuilder.cdef(
     unsigned bb_sizeof_real(void);
     long bb_format_conns(const void *keys, const void *values, unsigned long n,
                          const void *reals, unsigned long nreals, unsigned long long now_ns,
-                         unsigned long *pos, char *out, unsigned long cap);
+                         char *dest_cache, unsigned long *pos, char *out, unsigned long cap);
     """
 )
 _src = Path(__file__).with_name("bpfbatch.c").read_text()

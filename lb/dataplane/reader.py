@@ -125,8 +125,9 @@ def connection_listing(maps: PinnedMaps, now_ns: int | None = None, fast: bool |
     _rk, rvals, nreals = reals.dump()   # an array: entry i is real id i
     pos = ffi.new("unsigned long *", 0)
     out = ffi.new("char[]", _CHUNK)
+    dests = ffi.new("char[]", max(nreals, 1) * 64)   # each real server's "addr:port", made once
     while pos[0] < n:
-        w = lib.bb_format_conns(keys, values, n, rvals, nreals, now, pos, out, _CHUNK)
+        w = lib.bb_format_conns(keys, values, n, rvals, nreals, now, dests, pos, out, _CHUNK)
         if w < 0:
             real = L.CONN.unpack(ffi.buffer(values + pos[0] * conns.value_size, conns.value_size))[1]
             raise ValueError(f"lb_conns entry {pos[0]} names real server id {real}, "
