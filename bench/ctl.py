@@ -10,7 +10,8 @@ Baselines, measured in the same run:
   read conns       the cffi batch path (BPF_MAP_LOOKUP_BATCH) against the pure-Python path
                    (get_next_key + lookup per entry) on the same entries.  The pure path runs on
                    a smaller table (100k at full size) and is extrapolated linearly: said so in
-                   the results."""
+                   the results.  `lb list -c` itself no longer builds rows: it streams lines
+                   formatted in C (reader.connection_listing), measured against the same baseline."""
 from __future__ import annotations
 
 import ipaddress
@@ -140,6 +141,16 @@ class Ctl:
             dt, rows = _timed(reader.read_connections, maps, batch)
         return dt, len(rows)
 
+    def list_conns_c(self) -> tuple[float, int]:
+        """reader.connection_listing on the cffi path: dump + lines formatted in C"""
+        from lb.dataplane import reader
+        from lb.dataplane.maps import PinnedMaps
+
+        with PinnedMaps(self.instance) as maps:
+            t0 = time.perf_counter()
+            lines = sum(chunk.count(b"\n") for chunk in reader.connection_listing(maps, fast=True))
+            return time.perf_counter() - t0, lines - 2
+
 
 def suite(size: str = "full") -> dict:
     nsvc, nreal, nconn, npure, runs, cli_c = SIZES[size]
@@ -192,6 +203,11 @@ def suite(size: str = "full") -> dict:
         bss = summary([b[0] for b in batch_small])
         results.append({"scenario": f"read_connections, cffi batch path, {npure} conns", "seconds": bss,
                         "runs": [b[0] for b in batch_small], "ratio": ratio(bss["median"] * scale, bs["median"])})
+        clist = [c.list_conns_c() for _ in range(runs)]
+        assert clist[0][1] == got, (clist[0][1], got)
+        cs = summary([x[0] for x in clist])
+        results.append({"scenario": f"connection listing formatted in C (lb list -c path), {got} conns", "seconds": cs,
+                        "runs": [x[0] for x in clist], "ratio": ratio(cs["median"], bs["median"])})
         if scale != 1:
             notes.append(f"the pure-Python read of {got} connections is extrapolated linearly from {npure}")
         if cli_c:

@@ -40,6 +40,41 @@ int bench_trivial(struct xdp_md *ctx)
     return XDP_TX;
 }
 """
+# The floor under a new connection: what any connection table of lb_conns' size and layout pays
+# for a new flow here, the hash miss of its lookup and the LRU insert (memory-bound: a new flow's
+# bucket is a cache miss), with nothing of lb around it.
+SYN_FLOOR = r"""
+#include <linux/if_ether.h>
+#include <linux/ip.h>
+#include <linux/tcp.h>
+
+struct floor_key { __u8 s[16]; __u8 d[16]; __u16 sp, dp; __u8 p, f, dir, pad; };   /* lb_conn_key */
+struct floor_val { __u64 v[8]; };                                                /* lb_conn size */
+BPF_TABLE("lru_hash", struct floor_key, struct floor_val, floor_conns, FLOOR_TABLE_SIZE);
+
+int bench_syn_floor(struct xdp_md *ctx)
+{
+    void *data = (void *)(long)ctx->data, *end = (void *)(long)ctx->data_end;
+    struct iphdr *ip = data + sizeof(struct ethhdr);
+    struct tcphdr *th = (void *)(ip + 1);
+    if ((void *)(th + 1) > end)
+        return XDP_DROP;
+    struct floor_key k;
+    __builtin_memset(&k, 0, sizeof(k));
+    *(__u32 *)k.s = ip->saddr;
+    *(__u32 *)k.d = ip->daddr;
+    k.sp = th->source;
+    k.dp = th->dest;
+    k.p = IPPROTO_TCP;
+    k.f = 4;
+    if (floor_conns.lookup(&k))
+        return XDP_PASS;
+    struct floor_val v = {};
+    v.v[0] = bpf_ktime_get_coarse_ns();
+    floor_conns.insert(&k, &v);
+    return XDP_TX;
+}
+"""
 CLIENT_MAC, PUB_MAC, PRIV_MAC = "02:00:00:00:00:02", "02:00:00:00:01:01", "02:00:00:00:01:02"
 VIP_DR, VIP_NAT, VIP_WLC = "198.18.0.10", "198.18.0.20", "198.18.0.30"
 VIP_PERSIST, VIP_FWM = "198.18.0.40", "198.18.0.50"
@@ -85,7 +120,7 @@ class Bench:
     def __init__(self, big: int = 0):
         from bcc import BPF
 
-        self.trivial_bpf = None
+        self.trivial_bpf = self.floor_bpf = None
         self.dp = XdpDataplane(f"bench{os.getpid()}", Sizes(16, 256, 16, _table_size(big)), resolver=_resolver)
         try:
             self.dp.load()
@@ -112,6 +147,8 @@ class Bench:
         )))
         self.trivial_bpf = BPF(text=TRIVIAL.encode())
         self.trivial = self.trivial_bpf.load_func(b"bench_trivial", BPF.XDP)
+        self.floor_bpf = BPF(text=SYN_FLOOR.encode(), cflags=[f"-DFLOOR_TABLE_SIZE={self.dp.sizes.connections}"])
+        self.floor = self.floor_bpf.load_func(b"bench_syn_floor", BPF.XDP)
 
     def close(self):
         """unpin first (removes /sys/fs/bpf/lb/<instance>), whatever else fails"""
@@ -121,9 +158,10 @@ class Bench:
             try:
                 self.dp.close()
             finally:
-                if self.trivial_bpf is not None:
-                    self.trivial_bpf.cleanup()
-                    self.trivial_bpf = None
+                for attr in ("trivial_bpf", "floor_bpf"):
+                    if getattr(self, attr, None) is not None:
+                        getattr(self, attr).cleanup()
+                        setattr(self, attr, None)
 
     def run(self, fd: int, frames: list[bytes], iterations: int) -> float:
         """ns per packet (the kernel's own measure of each run)"""
@@ -222,6 +260,8 @@ class Bench:
         # mh: one client address per SYN, so the lookups spread over the whole Maglev table
         yield ("new connection (SYN), mh over 16 real servers", pub,
                _frames(VIP_MH, 80, "S", many * 4, sport0=1000, src_base=MH_CLIENTS, index=lambda j: j * 50000), True)
+        yield ("reference, not lb: a new flow's lookup miss + LRU insert alone (same table size)", self.floor.fd,
+               _frames(VIP_WLC, 80, "S", many * 4, sport0=1000, src_base="198.18.12.0"), True)
         # persistence: the client's template exists (its first SYN made it); every measured SYN
         # is a new connection of that client (new source port) that the template sends on
         self.prime([_frame("198.18.9.1", VIP_PERSIST, 65000, 80, "S")])

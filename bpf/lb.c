@@ -36,16 +36,19 @@ static __always_inline int lb_classify_fwm(struct lb_pkt *pkt, struct lb_svc_key
     return XDP_PASS;
 }
 
-/* Parse and find the virtual service.  LB_CONTINUE with *svc_id set, or an XDP action. */
-static __always_inline int lb_classify(struct xdp_md *ctx, struct lb_pkt *pkt, __u32 *svc_id)
+/* Parse, counting what the parser refuses.  LB_CONTINUE or an XDP action. */
+static __always_inline int lb_parse_counted(struct xdp_md *ctx, struct lb_pkt *pkt)
 {
     __u32 counter = LB_CNT_MAX;
     int act = lb_parse(ctx, pkt, &counter);
-    if (act != LB_CONTINUE) {
-        if (counter != LB_CNT_MAX)
-            lb_count(counter);
-        return act;
-    }
+    if (act != LB_CONTINUE && counter != LB_CNT_MAX)
+        lb_count(counter);
+    return act;
+}
+
+/* The virtual service of a parsed packet.  LB_CONTINUE with *svc_id set, or XDP_PASS. */
+static __always_inline int lb_lookup_svc(struct lb_pkt *pkt, __u32 *svc_id)
+{
     struct lb_svc_key sk = {};
     *(__be32 *)sk.addr = pkt->ip4->daddr;
     sk.port = *pkt->dport_p;
@@ -62,6 +65,15 @@ static __always_inline int lb_classify(struct xdp_md *ctx, struct lb_pkt *pkt, _
     if (!nkeys || !*nkeys)
         return XDP_PASS;          /* not a virtual service: the director's own traffic */
     return lb_classify_fwm(pkt, &sk, svc_id);
+}
+
+/* Parse and find the virtual service.  LB_CONTINUE with *svc_id set, or an XDP action. */
+static __always_inline int lb_classify(struct xdp_md *ctx, struct lb_pkt *pkt, __u32 *svc_id)
+{
+    int act = lb_parse_counted(ctx, pkt);
+    if (act != LB_CONTINUE)
+        return act;
+    return lb_lookup_svc(pkt, svc_id);
 }
 
 static __always_inline __u32 lb_fsm_table(struct lb_real *r)
@@ -88,19 +100,24 @@ int lb_xdp_public(struct xdp_md *ctx)
 {
     struct lb_pkt pkt = {};
     __u32 svc_id;
-    int act = lb_classify(ctx, &pkt, &svc_id);
+    int act = lb_parse_counted(ctx, &pkt);
     if (act != LB_CONTINUE)
         return act;
 
+    /* the connection first, as IPVS's ip_vs_in does: an established flow needs no service
+     * lookup (its entry names the service), only a new one does */
     __u64 now = bpf_ktime_get_coarse_ns();
     struct lb_conn_key key;
     lb_conn_key_in(&key, &pkt);
     struct lb_conn *c = lb_conns.lookup(&key);
-    if (c && lb_conn_expired(c, now)) {
+    if (c && (lb_conn_expired(c, now) || lb_conn_reusable(c, &pkt))) {
         lb_conn_expire(&key, c);
         c = 0;
     }
     if (!c) {
+        act = lb_lookup_svc(&pkt, &svc_id);
+        if (act != LB_CONTINUE)
+            return act;
         if (pkt.proto == IPPROTO_TCP && !(pkt.tcp_flags & LB_TCP_SYN)) {
             /* IPVS schedules TCP only on SYN; the kernel answers the rest (RST) */
             lb_count(LB_CNT_NOT_SYN);
@@ -113,6 +130,7 @@ int lb_xdp_public(struct xdp_md *ctx)
         lb_count(LB_CNT_TAIL_CALL);
         return XDP_PASS;
     }
+    svc_id = c->svc;
     if (c->flags & LB_CONN_F_PERSIST)
         lb_persist_touch(&pkt, svc_id, now);
 

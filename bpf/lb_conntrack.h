@@ -89,6 +89,18 @@ static __always_inline int lb_conn_expired(struct lb_conn *c, __u64 now)
     return now - c->last_ns > (__u64)c->timeout * 1000000000ULL;
 }
 
+/* IPVS conn_reuse_mode 1 (is_new_conn_expected): a client reusing its port sends a SYN (no
+ * ACK) into an entry left in TIME_WAIT or CLOSE; that entry is expired and the SYN scheduled
+ * afresh, unless persistence controls the connection.  Otherwise busy clients with short
+ * connections keep landing on a stale entry (and its real server's TIME_WAIT). */
+static __always_inline int lb_conn_reusable(struct lb_conn *c, struct lb_pkt *pkt)
+{
+    return pkt->proto == IPPROTO_TCP &&
+           (pkt->tcp_flags & (LB_TCP_SYN | LB_TCP_ACK | LB_TCP_RST)) == LB_TCP_SYN &&
+           (c->state == LB_TCP_S_TIME_WAIT || c->state == LB_TCP_S_CLOSE) &&
+           !(c->flags & LB_CONN_F_PERSIST);
+}
+
 static __always_inline __u32 lb_timeout_of(__u32 state)
 {
     __u32 *t = lb_timeouts.lookup(&state);

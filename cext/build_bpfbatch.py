@@ -18,6 +18,12 @@ ffibuilder.cdef(
                    const void *keys, const void *values, unsigned long count);
     long long bb_test_run_loop(int prog_fd, const void *packets, unsigned pkt_len, unsigned count,
                                unsigned long iterations, unsigned *last_retval);
+    unsigned bb_sizeof_conn_key(void);
+    unsigned bb_sizeof_conn(void);
+    unsigned bb_sizeof_real(void);
+    long bb_format_conns(const void *keys, const void *values, unsigned long n,
+                         const void *reals, unsigned long nreals, unsigned long long now_ns,
+                         char *dest_cache, unsigned long *pos, char *out, unsigned long cap);
     """
 )
 _src = Path(__file__).with_name("bpfbatch.c").read_text()

@@ -295,6 +295,12 @@ def cmd_list(args) -> int:
         print(f"lb: {e}", file=sys.stderr)
         return 1
     with maps:
+        if args.connection and not args.json and not args.service:
+            # the connection listing alone: streamed from C buffers (1M entries in about a second)
+            sys.stdout.flush()
+            for chunk in reader.connection_listing(maps):
+                sys.stdout.buffer.write(chunk)
+            return 0
         services = reader.read_services(maps)
         conns = reader.read_connections(maps) if args.connection else []
         timeouts = reader.read_timeouts(maps)

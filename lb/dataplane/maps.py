@@ -12,6 +12,8 @@ try:
 except ImportError:  # pragma: no cover - exercised only where the build is missing
     _bpfbatch = None
 
+_new_raw = _bpfbatch.ffi.new_allocator(should_clear_after_alloc=False) if _bpfbatch else None
+
 PIN_ROOT = "/sys/fs/bpf/lb"
 
 MAP_NAMES = ("lb_services", "lb_svc", "lb_sched_state", "lb_svc_dests", "lb_reals",
@@ -85,17 +87,29 @@ class BpfMap:
             batch = _bpfbatch is not None and not self.percpu
         if not batch:
             return bpfsys.items(self.fd, self.key_size, self._slot * self.ncpus if self.percpu else self.value_size)
-        ffi, lib = _bpfbatch.ffi, _bpfbatch.lib
-        cap = self.max_entries
-        keys = ffi.new("char[]", cap * self.key_size)
-        values = ffi.new("char[]", cap * self.value_size)
-        n = lib.bb_dump(self.fd, self.key_size, self.value_size, keys, values, cap, 8192)
-        if n < 0:
-            raise bpfsys.BpfError(-n, os.strerror(-n))
+        keys, values, n = self.dump()
+        ffi = _bpfbatch.ffi
         kb = ffi.buffer(keys, n * self.key_size)[:]
         vb = ffi.buffer(values, n * self.value_size)[:]
         ks, vs = self.key_size, self.value_size
         return [(kb[i * ks:(i + 1) * ks], vb[i * vs:(i + 1) * vs]) for i in range(n)]
+
+    def dump(self):
+        """(keys, values, n): the whole table in two C buffers (cffi path only, not per-CPU maps).
+        For readers that decode in C (reader.connection_listing) and never need Python objects
+        per entry."""
+        if _bpfbatch is None or self.percpu:
+            raise RuntimeError(f"{self.name}: batch dump needs lb._bpfbatch and a plain map")
+        ffi, lib = _bpfbatch.ffi, _bpfbatch.lib
+        cap = self.max_entries
+        # not zeroed: the kernel writes the first n entries, nothing reads past them (zeroing
+        # 200 MB for a 2M-entry table costs more than the dump)
+        keys = _new_raw("char[]", cap * self.key_size)
+        values = _new_raw("char[]", cap * self.value_size)
+        n = lib.bb_dump(self.fd, self.key_size, self.value_size, keys, values, cap, 8192)
+        if n < 0:
+            raise bpfsys.BpfError(-n, os.strerror(-n))
+        return keys, values, n
 
     def delete_many(self, keys: list[bytes]) -> int:
         if not keys:

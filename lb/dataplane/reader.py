@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import os
 import time
+from typing import Iterator
 
 from lb.listing import ConnRow, RealRow, ServiceRow, Stats
 
 from . import layout as L
-from .maps import BpfMap, PinnedMaps
+from .maps import BpfMap, PinnedMaps, _bpfbatch, have_batch
 
 
 def _sum_stats(values: list[bytes]) -> Stats:
@@ -94,6 +95,45 @@ def read_connections(maps: PinnedMaps, batch: bool | None = None, now_ns: int | 
                            state=c.state_name(key.proto), client=(key.saddr, key.sport),
                            virtual=(key.daddr, key.dport), dest=(real.addr, real.port)))
     return out
+
+
+_CHUNK = 1 << 20
+
+
+def connection_listing(maps: PinnedMaps, now_ns: int | None = None, fast: bool | None = None) -> Iterator[bytes]:
+    """`lb list -c -n` (ipvsadm -L -c -n) as chunks of bytes, header included.
+
+    fast (default: when lb._bpfbatch is built): lb_conns and lb_reals are dumped into C buffers
+    and every line is decoded and printed in C (cext/bpfbatch.c bb_format_conns), so Python
+    touches only 1 MB chunks; the same bytes as format_connections(read_connections(maps)),
+    the pure-Python path kept as the fallback and the test oracle."""
+    from lb.listing import format_connections
+
+    now = time.monotonic_ns() if now_ns is None else now_ns
+    if fast is None:
+        fast = have_batch()
+    if not fast:
+        yield format_connections(read_connections(maps, now_ns=now)).encode()
+        return
+    ffi, lib = _bpfbatch.ffi, _bpfbatch.lib
+    conns, reals = maps["lb_conns"], maps["lb_reals"]
+    if (conns.key_size, conns.value_size, reals.value_size) != (
+            lib.bb_sizeof_conn_key(), lib.bb_sizeof_conn(), lib.bb_sizeof_real()):
+        raise RuntimeError("lb_conns/lb_reals layout differs from cext/bpfbatch.c: rebuild (make setup)")
+    yield format_connections([]).encode()
+    keys, values, n = conns.dump()
+    _rk, rvals, nreals = reals.dump()   # an array: entry i is real id i
+    pos = ffi.new("unsigned long *", 0)
+    out = ffi.new("char[]", _CHUNK)
+    dests = ffi.new("char[]", max(nreals, 1) * 64)   # each real server's "addr:port", made once
+    while pos[0] < n:
+        w = lib.bb_format_conns(keys, values, n, rvals, nreals, now, dests, pos, out, _CHUNK)
+        if w < 0:
+            real = L.CONN.unpack(ffi.buffer(values + pos[0] * conns.value_size, conns.value_size))[1]
+            raise ValueError(f"lb_conns entry {pos[0]} names real server id {real}, "
+                             f"outside lb_reals ({nreals} entries)")
+        if w:
+            yield bytes(ffi.buffer(out, w))
 
 
 def read_timeouts(maps: PinnedMaps) -> tuple[int, int, int]:

@@ -13,6 +13,7 @@ import logging
 import os
 import re
 import shutil
+import struct
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -921,26 +922,51 @@ class XdpDataplane:
 
     # ---- expiry ----
     def sweep(self, now_ns: int | None = None) -> int:
-        """Remove expired connections and take them off their real servers' counters.
+        """Remove expired connections, take them off their real servers' counters, and bring
+        ActiveConn/InActConn back to what is in the table (LRU eviction drops entries that
+        nobody uncounts).
 
         The data path expires entries it meets; this catches the ones no packet visits.  A
         delete that succeeds is ours alone to uncount (the data path uncounts only what its own
-        delete removed)."""
+        delete removed).
+
+        Reconciliation: S0 = lb_real_conns - lb_real_swept is read per real server just before
+        the dump of lb_conns, W counts the dump's client -> VIP entries per real server and
+        class, and swept moves by S0 - W (plus what this sweep deletes).  The count becomes
+        (lb_real_conns now - lb_real_conns at S0) + W - deleted: whatever BPF did after the
+        snapshot (new connections, state changes, its own expiries) is kept, and everything
+        before it is replaced by the table's own census.  Entries created or removed between
+        the snapshot and the moment the dump reads their bucket are off by one each, but that
+        error is not carried over: the next sweep measures afresh, so it never accumulates
+        the way eviction leaks did, and on a quiet table the counters are exact."""
         now = time.monotonic_ns() if now_ns is None else now_ns
         conns = self.maps["lb_conns"]
+        rids = list(self.reals)
+        before = self._counts_snapshot(rids)                 # S0, read before the dump
+        entries = conns.items()
+        census: dict[int, list[int]] = {}                     # W: per real, [active, inactive]
         swept: dict[int, list[int]] = {}
         n = 0
-        for k, v in conns.items():
-            c = L.Conn.unpack(v)
-            if now - c.last_ns <= c.timeout * 1_000_000_000:
+        for k, v in entries:
+            last, real, _svc, timeout, _ifx, _state, flags = _CONN_HEAD.unpack_from(v)
+            out = flags & L.CONN_F_OUT
+            cls = 1 if flags & L.CONN_F_INACTIVE else 0
+            if not out:
+                census.setdefault(real, [0, 0])[cls] += 1
+            if now - last <= timeout * 1_000_000_000:
                 continue
-            if not conns.delete(k):
-                continue
-            if c.flags & L.CONN_F_OUT:
+            if not conns.delete(k) or out:
                 continue
             n += 1
-            cnt = swept.setdefault(c.real, [0, 0, 0])
-            cnt[1 if c.flags & L.CONN_F_INACTIVE else 0] += 1
+            swept.setdefault(real, [0, 0, 0])[cls] += 1
+        del entries
+        for rid in rids:
+            s0, w = before.get(rid, (0, 0)), census.get(rid, (0, 0))
+            da, di = s0[0] - w[0], s0[1] - w[1]
+            if da or di:
+                cnt = swept.setdefault(rid, [0, 0, 0])
+                cnt[0] += da
+                cnt[1] += di
         templates = self.maps["lb_persist"]
         for k, v in templates.items():
             last, real, timeout = L.PERSIST.unpack(v)
@@ -954,7 +980,7 @@ class XdpDataplane:
             self._set("lb_real_swept", key, L.REAL_CONNS.pack((sa + a) & m, (si + i) & m, (sp + p) & m, 0))
             # the sweep unbinds connections too (IPVS ip_vs_unbind_dest)
             real = self.reals.get(rid)
-            if real is not None and (a or i) and self.maps["lb_real_overload"].get(key) != L.U32.pack(0):
+            if real is not None and a + i > 0 and self.maps["lb_real_overload"].get(key) != L.U32.pack(0):
                 act, inact, _ = self._real_conns(rid)
                 if L.overload_cleared(act + inact, real.u_threshold, real.l_threshold):
                     self._set("lb_real_overload", key, L.U32.pack(0))
@@ -1014,6 +1040,25 @@ class XdpDataplane:
         self.writes += n
         return n
 
+    def _counts_snapshot(self, rids: list[int]) -> dict[int, tuple[int, int]]:
+        """(active, inactive) = lb_real_conns - lb_real_swept of the given real ids, read in
+        two batch dumps when the table is big (one lookup pair each when small)."""
+        if len(rids) > 256:
+            cm = dict(self.maps["lb_real_conns"].items())
+            sm = dict(self.maps["lb_real_swept"].items())
+            raw = {rid: (cm.get(L.U32.pack(rid)), sm.get(L.U32.pack(rid))) for rid in rids}
+        else:
+            raw = {rid: (self.maps["lb_real_conns"].get(L.U32.pack(rid)), self.maps["lb_real_swept"].get(L.U32.pack(rid)))
+                   for rid in rids}
+        out = {}
+        for rid, (c, sw) in raw.items():
+            if c is not None and sw is not None:
+                a, i, _p = L.real_counts(c, sw)
+                # u32 arithmetic: a leak the other way (more uncounts than counts) reads as a
+                # huge number; as a signed value it is corrected like any other difference
+                out[rid] = (a - (1 << 32) if a >= 1 << 31 else a, i - (1 << 32) if i >= 1 << 31 else i)
+        return out
+
     def _thresholds_changed(self, rid: int, real: L.Real) -> None:
         """IPVS __ip_vs_update_dest: OVERLOAD goes when u_threshold is now 0 or above the total."""
         key = L.U32.pack(rid)
@@ -1022,6 +1067,9 @@ class XdpDataplane:
             if self.maps["lb_real_overload"].get(key) != L.U32.pack(0):
                 self._set("lb_real_overload", key, L.U32.pack(0))
 
+
+# the head of lb_conn the sweep reads: last_ns, real, svc, timeout, client_ifindex, state, flags
+_CONN_HEAD = struct.Struct("=QIIIIBB")
 
 # fixed-point scale of the estimator's averages per lb_stats field (ip_vs_est.c: conns and
 # packets x 2^10, bytes x 2^5)

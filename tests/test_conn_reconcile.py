@@ -1,0 +1,92 @@
+"""ActiveConn/InActConn after LRU eviction: lb_conns is an LRU hash, and an entry it evicts
+under pressure is never uncounted.  The sweep recounts the table and corrects the counters so
+`lb list` shows what the table holds."""
+from __future__ import annotations
+
+import ipaddress
+import subprocess
+from collections import Counter
+
+import pytest
+from scapy.layers.inet import IP, TCP
+from scapy.layers.l2 import Ether
+
+from conftest import LB_BIN
+from lb.dataplane import RealSpec, ServiceSpec, TableSpec
+from lb.dataplane import layout as L
+from lb.dataplane.xdp import Sizes
+from packets_util import CLIENT_MAC, PUB_MAC, XDP_REDIRECT, make_dataplane, run
+
+ip = ipaddress.ip_address
+REALS = ["198.18.1.11", "198.18.1.12", "198.18.1.13"]
+VIP = "198.18.0.10"
+TABLE_SIZE = 64
+FLOWS = 600
+
+
+@pytest.fixture
+def dp():
+    d = make_dataplane("recon", Sizes(16, 64, 16, TABLE_SIZE))
+    try:
+        reals = tuple(RealSpec(ip(a), 80, 1, "dr") for a in REALS)
+        d.apply(TableSpec((ServiceSpec("tcp", ip(VIP), 80, "rr", reals, "web"),)))
+        yield d
+    finally:
+        d.unpin()
+        d.close()
+
+
+def send(dp, client: str, sport: int, flags: str) -> int:
+    pkt = Ether(src=CLIENT_MAC, dst=PUB_MAC) / IP(src=client, dst=VIP) / TCP(sport=sport, dport=80, flags=flags)
+    return run(dp, "lb_xdp_public", pkt)[0]
+
+
+def lb_list_counts(dp) -> dict[str, tuple[int, int]]:
+    """ActiveConn, InActConn per real server, as `lb list -n` prints them"""
+    out = subprocess.run([LB_BIN, "list", "-n", "--instance", dp.instance], capture_output=True, text=True,
+                         timeout=60, check=True).stdout
+    counts = {}
+    for line in out.splitlines():
+        if line.startswith("  -> ") and not line.startswith("  -> RemoteAddress"):
+            f = line.split()
+            counts[f[1].rsplit(":", 1)[0]] = (int(f[4]), int(f[5]))
+    return counts
+
+
+def table_census(dp) -> dict[str, tuple[int, int]]:
+    """client -> VIP entries actually in lb_conns, per real server: (active, inactive)"""
+    addr = {rid: str(r.addr) for rid, r in dp.reals.items()}
+    c: Counter = Counter()
+    for k, v in dp.maps["lb_conns"].items():
+        if L.ConnKey.unpack(k).dir:
+            continue
+        conn = L.Conn.unpack(v)
+        c[(addr[conn.real], bool(conn.flags & L.CONN_F_INACTIVE))] += 1
+    return {a: (c[(a, False)], c[(a, True)]) for a in REALS}
+
+
+def test_sweep_reconciles_counters_after_lru_eviction(dp):
+    for i in range(FLOWS):
+        client, sport = f"198.18.{2 + i // 200}.{1 + i % 200}", 20000 + i
+        assert send(dp, client, sport, "S") == XDP_REDIRECT
+        if i % 2:
+            send(dp, client, sport, "A")       # ESTABLISHED: active; the others stay SYN_RECV
+    table = table_census(dp)
+    in_table = sum(a + i for a, i in table.values())
+    assert in_table <= TABLE_SIZE < FLOWS
+    before = lb_list_counts(dp)
+    # the evicted entries are still counted: the bug this sweep fixes
+    assert sum(a + i for a, i in before.values()) > in_table
+
+    dp.sweep()
+    after = lb_list_counts(dp)
+    assert after == table_census(dp)
+    assert sum(a + i for a, i in after.values()) == in_table
+    assert any(a for a, _ in after.values())      # both classes are represented
+
+    # a quiet table stays exact across further sweeps, and new connections count on top
+    dp.sweep()
+    assert lb_list_counts(dp) == table_census(dp)
+    assert send(dp, "198.18.9.1", 40000, "S") == XDP_REDIRECT
+    dp.sweep()
+    assert lb_list_counts(dp) == table_census(dp)
