@@ -204,7 +204,7 @@ class _CmdMsg(genlmsg):
             ("IPVS_DAEMON_ATTR_SYNC_MAXLEN", "uint16"),
             ("IPVS_DAEMON_ATTR_MCAST_GROUP", "ip4addr"),
             ("IPVS_DAEMON_ATTR_MCAST_GROUP6", "ip6addr"),
-            ("IPVS_DAEMON_ATTR_MCAST_PORT", "be16"),
+            ("IPVS_DAEMON_ATTR_MCAST_PORT", "uint16"),     # host order (ip_vs.h says be16; 6.1 sends u16)
             ("IPVS_DAEMON_ATTR_MCAST_TTL", "uint8"),
         )
 
@@ -250,8 +250,6 @@ def _daemon_attrs(value) -> dict:
                 out[name] = str(ipaddress.IPv4Address(data[:4]))
             elif kind == "ip6addr":
                 out[name] = str(ipaddress.IPv6Address(data[:16]))
-            elif kind == "be16":
-                out[name] = int.from_bytes(data[:2], "big")
             else:                          # host-order integers
                 out[name] = int.from_bytes(data, sys.byteorder)
         off += (length + 3) & ~3

@@ -155,9 +155,13 @@ def test_group_ports_reach_real_servers_with_persistence_across_the_group(lab, l
         assert re.search(rf"{CLIENT}:\d+\s+{VIP}:{port}\s+{rs}:{port}$", conns, re.M), conns
     # the template: the client (any port) and the mark (as an address, as ipvsadm shows it)
     assert re.search(rf"^IP .*{CLIENT}:0\s+0\.0\.0\.{MARK}:0\s+{rs}:0$", conns, re.M), conns
-    stats = ipvsadm(lab, "-L", "-n", "--stats", "--exact")
-    line = next(ln for ln in stats.splitlines() if ln.startswith(f"FWM  {MARK}"))
-    assert int(line.split()[2]) == 6, stats          # 6 connections, all through the FWM service
+
+    def fwm_conns():        # IPVS's estimator copies the counters out every 2 s
+        stats = ipvsadm(lab, "-L", "-n", "--stats", "--exact")
+        return int(next(ln for ln in stats.splitlines() if ln.startswith(f"FWM  {MARK}")).split()[2])
+
+    wait_for(lambda: fwm_conns() > 0, 10, "IPVS's statistics")
+    assert fwm_conns() == 6                          # 6 connections, all through the FWM service
     mine, theirs = same_as_ipvsadm(lab, "-n")
     assert mine == theirs
 
