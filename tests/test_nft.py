@@ -129,6 +129,11 @@ def test_rules_installed_reread_replaced_and_removed(netns):
     assert again.present and again.rules == m.rules
     assert again.apply(svcs) == 0
 
+    # somebody flushed the ruleset: the next apply puts the rules back
+    assert nft_text(netns, "delete", "table", "inet", "lb_lab").returncode == 0
+    assert m.apply(svcs) == 1
+    assert again.apply(svcs) == 0
+
     # a change replaces the table in one transaction
     assert m.apply(svcs[:1]) == 1
     text = nft_text(netns, "list", "table", "inet", "lb_lab").stdout

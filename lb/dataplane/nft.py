@@ -184,11 +184,14 @@ class MarkRules:
         self.rules = rules or []
 
     def apply(self, services: Iterable[ServiceSpec]) -> int:
-        """Returns the nftables transactions it took (0 or 1)."""
+        """Returns the nftables transactions it took (0 or 1).  Compares with what the kernel
+        has now (somebody may have flushed the ruleset), not with what lb last wrote."""
         want = mark_rules(services, self.instance)
         if not want and not self.present:
-            return 0
-        if self.present and want == self.rules:
+            return 0                # no nft needed at all where no service uses a mark
+        have = self.nft.rules(self.instance)
+        if (have or []) == want and (have is not None) == bool(want):
+            self.rules, self.present = want, bool(want)
             return 0
         self.nft.replace(self.instance, want)
         self.rules, self.present = want, bool(want)
