@@ -396,6 +396,23 @@ class Engine:
         elif self.active or old == 0:
             self.active = False
             await loop.run_in_executor(None, self._release_addresses)
+        await loop.run_in_executor(None, self._ipvs_sync, new == ACTIVE)
+
+    def _ipvs_sync(self, active: bool) -> None:
+        """IPVS mode: connections are synced by the kernel's own sync daemon, master on the
+        active director and backup on the standby, over the heartbeat's private channel when
+        there is one (lb/ha/sync.py is the XDP data plane's)."""
+        ha = self.cfg.ha
+        if getattr(self.dp, "kind", "") != "ipvs" or ha is None or not ha.sync:
+            return
+        from lb.dataplane.ipvs import sync_id
+        ifname = self.cfg.private_interface if ha.primary_private and self.cfg.private_interface \
+            else self.cfg.public_interface
+        try:
+            with self._dp_lock:
+                self.dp.start_sync("master" if active else "backup", ifname, sync_id(ha))
+        except DataplaneError as e:
+            log.error("IPVS connection sync: %s", e)
 
     def sync_export(self):
         with self._dp_lock:

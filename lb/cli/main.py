@@ -270,6 +270,9 @@ def _list_ipvs(args) -> int:
 
     try:
         ipvs.ensure_module()
+        if args.daemon:          # ipvsadm -L --daemon: the kernel's sync daemons
+            sys.stdout.write("".join(d.line() + "\n" for d in ipvs.read_daemons()))
+            return 0
         version, size = ipvs.read_info()
         services = ipvs.read_services()
         conns = ipvs.read_connections() if args.connection else []
@@ -286,6 +289,8 @@ def cmd_list(args) -> int:
 
     if _list_dataplane(args) == "ipvs":
         return _list_ipvs(args)
+    if args.daemon:
+        return 0                 # XDP mode syncs in lb's own daemon (lb status), not the kernel's
     inst = _instance(args)
     if inst is None:
         return _print_listing(args, [], [], (900, 120, 300))
@@ -314,6 +319,7 @@ def _add_list_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--rate", action="store_true",
                    help="rates: connections, packets and bytes per second (IPVS's 2 s estimator)")
     p.add_argument("--timeout", action="store_true", help="tcp tcpfin udp timeouts")
+    p.add_argument("--daemon", action="store_true", help="the kernel's IPVS sync daemons (ipvs data plane)")
     p.add_argument("--persistent-conn", action="store_true", help="persistence templates per real server")
     p.add_argument("--thresholds", action="store_true", help="upper/lower connection thresholds")
     p.add_argument("--exact", "-X", action="store_true", help="exact numbers with --stats and --rate")

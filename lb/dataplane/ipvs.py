@@ -14,6 +14,11 @@ it applies only the difference between the kernel's table and the wanted one.
   clean stop removes them, and services that somebody else put into IPVS are never touched.
 - Schedulers, connection tracking, expiry and next hops are the kernel's: sweep() and
   refresh_nexthops() have nothing to do.
+- Firewall-mark services: IPVS only reads packet marks, so lb marks their port groups itself
+  with nftables rules in a table of its own (lb/dataplane/nft.py), replaced atomically when
+  the groups change, removed with the services.
+- HA connection sync is IPVS's own sync daemon (master on the active director, backup on the
+  standby), started and stopped over netlink (IPVS_CMD_NEW_DAEMON / IPVS_CMD_DEL_DAEMON).
 
 pyroute2 0.9 pitfalls handled here: its command map sends "update" to a delete (so "set" is
 used), IPVSService ignores misspelled keyword arguments (the scheduler is sched_name=), and
@@ -28,14 +33,17 @@ import logging
 import os
 import re
 import socket
+import struct
 import subprocess
+import sys
 from dataclasses import dataclass
 
-from pyroute2.netlink import NLM_F_ACK, NLM_F_REQUEST, genlmsg
+from pyroute2.netlink import NLM_F_ACK, NLM_F_DUMP, NLM_F_REQUEST, genlmsg, nla
 from pyroute2.netlink.exceptions import NetlinkError
 
 from lb.listing import ConnRow, RealRow, ServiceRow, Stats
 
+from .nft import MarkRules, NftError, ruleset_text
 from .spec import RealSpec, ServiceSpec, TableSpec
 from .xdp import DataplaneError
 
@@ -66,8 +74,14 @@ IP_VS_SVC_F_ONEPACKET = 0x0004
 IP_VS_SVC_F_SCHED1 = 0x0008
 IP_VS_SVC_F_SCHED2 = 0x0010
 IP_VS_SVC_F_SCHED3 = 0x0020
+IPVS_CMD_NEW_DAEMON = 9
+IPVS_CMD_DEL_DAEMON = 10
+IPVS_CMD_GET_DAEMON = 11
 IPVS_CMD_SET_CONFIG = 12
 IPVS_CMD_GET_CONFIG = 13
+IP_VS_STATE_MASTER = 1
+IP_VS_STATE_BACKUP = 2
+SYNC_STATES = {"master": IP_VS_STATE_MASTER, "backup": IP_VS_STATE_BACKUP}
 PROTO_NUMBERS = {"tcp": socket.IPPROTO_TCP, "udp": socket.IPPROTO_UDP, "sctp": 132}
 PROTO_NAMES = {socket.IPPROTO_TCP: "TCP", socket.IPPROTO_UDP: "UDP", 132: "SCTP"}
 HOST_MASK = "255.255.255.255"
@@ -164,19 +178,82 @@ def _ip(text, af: int):
     return ipaddress.ip_address(text)
 
 
-class _ConfigMsg(genlmsg):
-    """IPVS_CMD_SET_CONFIG / GET_CONFIG with the timeouts as the u32 they are (pyroute2's
-    ipvsmsg maps them as hex blobs)."""
+class _CmdMsg(genlmsg):
+    """IPVS commands that pyroute2's ipvsmsg cannot write: SET_CONFIG with the timeouts as the
+    u32 they are, and NEW/DEL_DAEMON with the sync daemon's nested attributes (ipvsmsg has
+    both as hex blobs; linux/ip_vs.h IPVS_CMD_ATTR_*, IPVS_DAEMON_ATTR_*).  Replies are parsed
+    by the socket's ipvsmsg, hence _hex_u32 and _daemon_attrs."""
     prefix = "IPVS_CMD_ATTR_"
     nla_map = (
         ("IPVS_CMD_ATTR_UNSPEC", "none"),
         ("IPVS_CMD_ATTR_SERVICE", "hex"),
         ("IPVS_CMD_ATTR_DEST", "hex"),
-        ("IPVS_CMD_ATTR_DAEMON", "hex"),
+        ("IPVS_CMD_ATTR_DAEMON", "daemon"),
         ("IPVS_CMD_ATTR_TIMEOUT_TCP", "uint32"),
         ("IPVS_CMD_ATTR_TIMEOUT_TCP_FIN", "uint32"),
         ("IPVS_CMD_ATTR_TIMEOUT_UDP", "uint32"),
     )
+
+    class daemon(nla):
+        prefix = "IPVS_DAEMON_ATTR_"
+        nla_map = (
+            ("IPVS_DAEMON_ATTR_UNSPEC", "none"),
+            ("IPVS_DAEMON_ATTR_STATE", "uint32"),
+            ("IPVS_DAEMON_ATTR_MCAST_IFN", "asciiz"),
+            ("IPVS_DAEMON_ATTR_SYNC_ID", "uint32"),
+            ("IPVS_DAEMON_ATTR_SYNC_MAXLEN", "uint16"),
+            ("IPVS_DAEMON_ATTR_MCAST_GROUP", "ip4addr"),
+            ("IPVS_DAEMON_ATTR_MCAST_GROUP6", "ip6addr"),
+            ("IPVS_DAEMON_ATTR_MCAST_PORT", "uint16"),     # host order (ip_vs.h says be16; 6.1 sends u16)
+            ("IPVS_DAEMON_ATTR_MCAST_TTL", "uint8"),
+        )
+
+
+@dataclass(frozen=True)
+class SyncDaemon:
+    """One of the kernel's IPVS sync daemons (ipvsadm --start-daemon)."""
+    state: str                   # "master" | "backup"
+    ifname: str                  # the multicast interface
+    syncid: int
+    # what the kernel reports besides (0/None: not reported; the kernel picks its defaults)
+    maxlen: int = 0
+    group: str | None = None
+    port: int = 0
+    ttl: int = 0
+
+    def line(self) -> str:
+        """As ipvsadm -L --daemon prints it (1.31 adds what the kernel reports)."""
+        extra = "".join(f", {k}={v}" for k, v in (("maxlen", self.maxlen), ("group", self.group),
+                                                   ("port", self.port), ("ttl", self.ttl)) if v)
+        return f"{self.state} sync daemon (mcast={self.ifname}, syncid={self.syncid}{extra})"
+
+    def same(self, other: "SyncDaemon") -> bool:
+        return (self.state, self.ifname, self.syncid) == (other.state, other.ifname, other.syncid)
+
+
+def _daemon_attrs(value) -> dict:
+    """The nested IPVS_DAEMON_ATTR_* of a daemon attribute that pyroute2 gave as hex."""
+    raw = value if isinstance(value, bytes) else bytes.fromhex(str(value).replace(":", ""))
+    names = _CmdMsg.daemon.nla_map
+    out, off = {}, 0
+    while off + 4 <= len(raw):
+        length, typ = struct.unpack_from("=HH", raw, off)
+        if length < 4:
+            break
+        data = raw[off + 4:off + length]
+        typ &= 0x3FFF                    # NLA_F_NESTED / NLA_F_NET_BYTEORDER
+        if 0 < typ < len(names):
+            name, kind = names[typ]
+            if kind == "asciiz":
+                out[name] = data.split(b"\0", 1)[0].decode()
+            elif kind == "ip4addr":
+                out[name] = str(ipaddress.IPv4Address(data[:4]))
+            elif kind == "ip6addr":
+                out[name] = str(ipaddress.IPv6Address(data[:16]))
+            else:                          # host-order integers
+                out[name] = int.from_bytes(data, sys.byteorder)
+        off += (length + 3) & ~3
+    return out
 
 
 def _hex_u32(value) -> int:
@@ -248,7 +325,7 @@ class Kernel:
         return out
 
     def timeouts(self) -> tuple[int, int, int]:
-        msg = _ConfigMsg()
+        msg = _CmdMsg()
         msg["cmd"] = IPVS_CMD_GET_CONFIG
         msg["version"] = 1
         (reply,) = self.sock.nlm_request(msg, msg_type=self.sock.prid, msg_flags=NLM_F_REQUEST)
@@ -315,12 +392,63 @@ class Kernel:
                  service=self._svc(spec, full=False), dest=self._dest(r))
 
     def set_timeouts(self, tcp: int, tcpfin: int, udp: int) -> None:
-        msg = _ConfigMsg()
+        msg = _CmdMsg()
         msg["cmd"] = IPVS_CMD_SET_CONFIG
         msg["version"] = 1
         msg["attrs"] = [("IPVS_CMD_ATTR_TIMEOUT_TCP", tcp), ("IPVS_CMD_ATTR_TIMEOUT_TCP_FIN", tcpfin),
                         ("IPVS_CMD_ATTR_TIMEOUT_UDP", udp)]
         tuple(self.sock.nlm_request(msg, msg_type=self.sock.prid, msg_flags=NLM_F_REQUEST | NLM_F_ACK))
+
+    # ---- the sync daemons ----
+    def daemons(self) -> list[SyncDaemon]:
+        msg = _CmdMsg()
+        msg["cmd"] = IPVS_CMD_GET_DAEMON
+        msg["version"] = 1
+        out = []
+        for reply in self.sock.nlm_request(msg, msg_type=self.sock.prid, msg_flags=NLM_F_REQUEST | NLM_F_DUMP):
+            # replies are parsed by the socket's own ipvsmsg, which keeps this attribute as hex
+            raw = reply.get_attr("IPVS_CMD_ATTR_DAEMON")
+            if raw is None:
+                continue
+            d = _daemon_attrs(raw)
+            state = {v: k for k, v in SYNC_STATES.items()}.get(d.get("IPVS_DAEMON_ATTR_STATE"))
+            if state:
+                g = d.get
+                out.append(SyncDaemon(state, g("IPVS_DAEMON_ATTR_MCAST_IFN") or "", g("IPVS_DAEMON_ATTR_SYNC_ID") or 0,
+                                      maxlen=g("IPVS_DAEMON_ATTR_SYNC_MAXLEN") or 0,
+                                      group=g("IPVS_DAEMON_ATTR_MCAST_GROUP6") or g("IPVS_DAEMON_ATTR_MCAST_GROUP"),
+                                      port=g("IPVS_DAEMON_ATTR_MCAST_PORT") or 0,
+                                      ttl=g("IPVS_DAEMON_ATTR_MCAST_TTL") or 0))
+        return sorted(out, key=lambda x: SYNC_STATES[x.state])        # master first, as ipvsadm
+
+    def start_daemon(self, state: str, ifname: str, syncid: int) -> None:
+        msg = _CmdMsg()
+        msg["cmd"] = IPVS_CMD_NEW_DAEMON
+        msg["version"] = 1
+        msg["attrs"] = [("IPVS_CMD_ATTR_DAEMON", {"attrs": [
+            ("IPVS_DAEMON_ATTR_STATE", SYNC_STATES[state]), ("IPVS_DAEMON_ATTR_MCAST_IFN", ifname),
+            ("IPVS_DAEMON_ATTR_SYNC_ID", syncid)]})]
+        self._request(f"start the {state} sync daemon on {ifname}", msg)
+
+    def stop_daemon(self, state: str) -> None:
+        msg = _CmdMsg()
+        msg["cmd"] = IPVS_CMD_DEL_DAEMON
+        msg["version"] = 1
+        msg["attrs"] = [("IPVS_CMD_ATTR_DAEMON", {"attrs": [("IPVS_DAEMON_ATTR_STATE", SYNC_STATES[state])]})]
+        self._request(f"stop the {state} sync daemon", msg)
+
+    def _request(self, what: str, msg) -> None:
+        self._do(what, lambda: tuple(self.sock.nlm_request(msg, msg_type=self.sock.prid,
+                                                           msg_flags=NLM_F_REQUEST | NLM_F_ACK)))
+
+
+def sync_id(ha) -> int:
+    """The SyncID of a director pair's sync messages (1-255), from what both directors' [ha]
+    share (the primary's and the backup's addresses), so different pairs on one network differ
+    most of the time; a backup drops messages of another SyncID."""
+    import zlib
+
+    return zlib.crc32(f"{ha.primary} {ha.backup}".encode()) % 255 + 1
 
 
 def ensure_module() -> None:
@@ -371,6 +499,8 @@ class IpvsDataplane:
         self.created = False
         self.writes = 0
         self.attached: dict[str, str] = {}
+        self.marks = MarkRules(instance, netns)         # nftables rules of the fwmark services
+        self.syncing: dict[str, SyncDaemon] = {}         # sync daemons this instance started
 
     # ---- loading ----
     def load(self) -> None:
@@ -383,6 +513,10 @@ class IpvsDataplane:
         self.created = not os.path.exists(self.state_path)
         for key in self.owned:
             self.services[key] = _spec_of(present[key])
+        try:
+            self.marks.load()
+        except NftError as e:      # matters only once a firewall-mark service needs rules
+            log.warning("cannot read the firewall-mark rules (table %s): %s", self.marks.table, e)
         self._write_state()
         log.info("kernel IPVS ready (%s): %d services of instance %r %s", self._where(), len(self.owned),
                  self.instance, "adopted" if self.adopted else "")
@@ -440,6 +574,12 @@ class IpvsDataplane:
                             log.info("removed virtual service %s from kernel IPVS", _svc_name(key))
             except IpvsError as e:
                 log.warning("removing services from kernel IPVS: %s", e)
+        try:
+            if self.marks.remove():
+                log.info("removed the firewall-mark rules (nftables table %s)", self.marks.table)
+        except NftError as e:
+            log.warning("removing the firewall-mark rules: %s", e)
+        self.stop_sync()
         self.owned.clear()
         self.services.clear()
         self.draining.clear()
@@ -477,7 +617,43 @@ class IpvsDataplane:
     def refresh_sched_base(self, rids=None) -> int:
         return 0
 
-    # ---- HA connection sync: IPVS has its own sync daemon (not configured by lb yet) ----
+    # ---- HA connection sync: IPVS's own sync daemon (lb/ha/sync.py is for XDP) ----
+    def start_sync(self, role: str, ifname: str, syncid: int) -> None:
+        """Run the kernel's `role` ("master": send, "backup": receive) sync daemon on ifname,
+        and not the other one that this instance may have started."""
+        want = SyncDaemon(role, ifname, syncid)
+        with Kernel(self.netns) as k:
+            running = {d.state: d for d in k.daemons()}
+            for state in sorted(set(self.syncing) - {role}):
+                if state in running:
+                    k.stop_daemon(state)
+                    log.info("IPVS %s sync daemon stopped", state)
+                self.syncing.pop(state, None)
+            cur = running.get(role)
+            if cur is not None and cur.same(want):
+                self.syncing[role] = want
+                return
+            if cur is not None:          # another interface or SyncID: the kernel cannot change one
+                k.stop_daemon(role)
+            k.start_daemon(role, ifname, syncid)
+        self.syncing[role] = want
+        log.info("IPVS %s", want.line())
+
+    def stop_sync(self) -> None:
+        """Stop the sync daemons this instance started (none other)."""
+        if not self.syncing:
+            return
+        try:
+            with Kernel(self.netns) as k:
+                running = {d.state for d in k.daemons()}
+                for state in sorted(self.syncing):
+                    if state in running:
+                        k.stop_daemon(state)
+                        log.info("IPVS %s sync daemon stopped", state)
+        except IpvsError as e:
+            log.warning("stopping the IPVS sync daemons: %s", e)
+        self.syncing.clear()
+
     def export_conns(self, now_ns: int | None = None) -> tuple[list, list]:
         return [], []
 
@@ -510,6 +686,7 @@ class IpvsDataplane:
             self._apply_timeouts(k, table.timeouts)
             self._apply_expire_nodest(table.expire_nodest_conn)
             self._apply_lblc_expiration(table)
+        self._apply_marks(table.services)
         self._write_state()
         n = self.writes - before
         log.info("applied %d services: %d netlink changes", len(want), n)
@@ -575,6 +752,19 @@ class IpvsDataplane:
             self.writes += 1
             log.info("added real server %s:%d to %s (%s, weight %d)", r.address, r.port, name,
                      FORWARD_NAMES[FWD_METHODS[r.forward]], r.weight)
+
+    def _apply_marks(self, services) -> None:
+        """nftables rules that mark the firewall-mark services' port groups (the services are
+        in the kernel first, so a marked packet always finds its service)."""
+        try:
+            n = self.marks.apply(services)
+        except NftError as e:
+            raise IpvsError(f"firewall-mark rules (nftables table {self.marks.table}): {e}") from e
+        if n:
+            self.writes += n
+            text = ruleset_text(self.marks.rules)
+            log.info("firewall-mark rules (nftables table %s): %s", self.marks.table,
+                     ("\n  " + text.replace("\n", "\n  ")) if text else "none, table removed")
 
     def _apply_expire_nodest(self, on: bool) -> None:
         """IPVS's own sysctl: the kernel drops (0) or expires (1) connections of removed servers."""
@@ -688,6 +878,11 @@ def read_timeouts(netns: str | None = None) -> tuple[int, int, int]:
         return k.timeouts()
 
 
+def read_daemons(netns: str | None = None) -> list[SyncDaemon]:
+    with Kernel(netns) as k:
+        return k.daemons()
+
+
 def _hex_addr(text: str):
     if len(text) == 8:
         return ipaddress.IPv4Address(int(text, 16))
@@ -714,5 +909,5 @@ def read_connections(proc: str | None = None) -> list[ConnRow]:
     return out
 
 
-__all__ = ["IpvsDataplane", "IpvsError", "Kernel", "available", "ensure_module", "read_connections",
-           "read_info", "read_services", "read_timeouts"]
+__all__ = ["IpvsDataplane", "IpvsError", "Kernel", "SyncDaemon", "available", "ensure_module", "read_connections",
+           "read_daemons", "read_info", "read_services", "read_timeouts", "sync_id"]
