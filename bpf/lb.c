@@ -154,18 +154,16 @@ int lb_xdp_public(struct xdp_md *ctx)
 
 /* ---- schedulers: classify again, pick, hand the pick to lb_xdp_new_conn ---- */
 
-/* A scheduler program's start: classify again, find the service's maps; *daddr is the packet's
- * destination address (lblc / lblcr key on it) */
-static __always_inline int lb_sched_begin_daddr(struct xdp_md *ctx, __u32 *svc_id, struct lb_svc **svc,
-                                                struct lb_svc_dests **ds, struct lb_sched_state **st,
-                                                lb_scratch_t **sc, __be32 *daddr)
+/* A scheduler program's start: classify again (into *pkt: dh, sh, mh, lblc and lblcr hash or
+ * key on its addresses), find the service's maps */
+static __always_inline int lb_sched_begin(struct xdp_md *ctx, struct lb_pkt *pkt, __u32 *svc_id,
+                                          struct lb_svc **svc, struct lb_svc_dests **ds,
+                                          struct lb_sched_state **st, lb_scratch_t **sc)
 {
     __u32 zero = 0;
-    struct lb_pkt pkt = {};
-    int act = lb_classify(ctx, &pkt, svc_id);
+    int act = lb_classify(ctx, pkt, svc_id);
     if (act != LB_CONTINUE)
         return act;
-    *daddr = pkt.ip4->daddr;
     *svc = lb_svc.lookup(svc_id);
     *ds = lb_svc_dests.lookup(svc_id);
     *st = lb_sched_state.lookup(svc_id);
@@ -191,17 +189,17 @@ static __always_inline int lb_sched_end(struct xdp_md *ctx, __u32 svc_id, lb_scr
     return XDP_PASS;
 }
 
-/* The list-walking schedulers' programs: classify again, pick, hand the pick over. */
+/* A scheduler's program: classify again, pick, hand the pick over. */
 #define LB_SCHED_PROG(name, pick)                                                  \
     int lb_sched_##name(struct xdp_md *ctx)                                        \
     {                                                                              \
         __u32 svc_id;                                                              \
+        struct lb_pkt pkt = {};                                                    \
         struct lb_svc *svc;                                                        \
         struct lb_svc_dests *ds;                                                   \
         struct lb_sched_state *st;                                                 \
         lb_scratch_t *sc;                                                          \
-        __be32 daddr;                                                              \
-        int act = lb_sched_begin_daddr(ctx, &svc_id, &svc, &ds, &st, &sc, &daddr); \
+        int act = lb_sched_begin(ctx, &pkt, &svc_id, &svc, &ds, &st, &sc);         \
         if (act != LB_CONTINUE)                                                    \
             return act;                                                            \
         return lb_sched_end(ctx, svc_id, sc, pick);                                \
@@ -217,38 +215,10 @@ LB_SCHED_PROG(fo, lb_pick_fo_ovf(svc, ds, st, sc, 0))
 LB_SCHED_PROG(ovf, lb_pick_fo_ovf(svc, ds, st, sc, 1))
 LB_SCHED_PROG(twos, lb_pick_twos(svc, ds, sc))
 
-LB_SCHED_PROG(lblc, lb_pick_lblc(svc_id, svc, ds, st, sc, daddr, bpf_ktime_get_coarse_ns()))
-LB_SCHED_PROG(lblcr, lb_pick_lblcr(svc_id, svc, ds, st, sc, daddr, bpf_ktime_get_coarse_ns()))
-
-int lb_sched_dh(struct xdp_md *ctx)
-{
-    __u32 zero = 0, svc_id;
-    struct lb_pkt pkt = {};
-    int act = lb_classify(ctx, &pkt, &svc_id);
-    if (act != LB_CONTINUE)
-        return act;
-    struct lb_svc *svc = lb_svc.lookup(&svc_id);
-    struct lb_svc_dests *ds = lb_svc_dests.lookup(&svc_id);
-    lb_scratch_t *sc = lb_scratch.lookup(&zero);
-    if (!svc || !ds || !sc)
-        return XDP_PASS;
-    return lb_sched_end(ctx, svc_id, sc, lb_pick_dh(svc_id, svc, ds, pkt.ip4->daddr));
-}
-
-int lb_sched_sh(struct xdp_md *ctx)
-{
-    __u32 zero = 0, svc_id;
-    struct lb_pkt pkt = {};
-    int act = lb_classify(ctx, &pkt, &svc_id);
-    if (act != LB_CONTINUE)
-        return act;
-    struct lb_svc *svc = lb_svc.lookup(&svc_id);
-    struct lb_svc_dests *ds = lb_svc_dests.lookup(&svc_id);
-    lb_scratch_t *sc = lb_scratch.lookup(&zero);
-    if (!svc || !ds || !sc)
-        return XDP_PASS;
-    return lb_sched_end(ctx, svc_id, sc, lb_pick_sh(svc_id, svc, ds, pkt.ip4->saddr, *pkt.sport_p, sc));
-}
+LB_SCHED_PROG(lblc, lb_pick_lblc(svc_id, svc, ds, st, sc, pkt.ip4->daddr, bpf_ktime_get_coarse_ns()))
+LB_SCHED_PROG(lblcr, lb_pick_lblcr(svc_id, svc, ds, st, sc, pkt.ip4->daddr, bpf_ktime_get_coarse_ns()))
+LB_SCHED_PROG(dh, lb_pick_dh(svc_id, svc, ds, pkt.ip4->daddr))
+LB_SCHED_PROG(sh, lb_pick_sh(svc_id, svc, ds, pkt.ip4->saddr, *pkt.sport_p, sc))
 
 /* mh: a fallback walk longer than one run's LB_MH_PROBES goes on in the next run (a tail call
  * into this same program, with the walk's place in lb_mh_walk) */
@@ -256,14 +226,15 @@ int lb_sched_mh(struct xdp_md *ctx)
 {
     __u32 zero = 0, svc_id;
     struct lb_pkt pkt = {};
-    int act = lb_classify(ctx, &pkt, &svc_id);
+    struct lb_svc *svc;
+    struct lb_svc_dests *ds;
+    struct lb_sched_state *st;
+    lb_scratch_t *sc;
+    int act = lb_sched_begin(ctx, &pkt, &svc_id, &svc, &ds, &st, &sc);
     if (act != LB_CONTINUE)
         return act;
-    struct lb_svc *svc = lb_svc.lookup(&svc_id);
-    struct lb_svc_dests *ds = lb_svc_dests.lookup(&svc_id);
-    lb_scratch_t *sc = lb_scratch.lookup(&zero);
     struct lb_mh_walk *w = lb_mh_walk.lookup(&zero);
-    if (!svc || !ds || !sc || !w)
+    if (!w)
         return XDP_PASS;
     __u32 real = lb_pick_mh(svc_id, svc, ds, pkt.ip4->saddr, *pkt.sport_p, w);
     if (real == LB_MH_CONTINUE) {
