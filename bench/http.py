@@ -8,6 +8,8 @@ backends against one:
   lb DR    wrk -> VIP 198.18.0.10:80, `lb run` with direct routing, one real server
   lb NAT   wrk -> VIP 198.18.0.10:80, `lb run` with NAT, one real server
   HAProxy  wrk -> 198.18.0.1:8080, haproxy (mode tcp, one thread) in the director namespace
+  IPVS DR  wrk -> VIP, `lb run` with dataplane = "ipvs" (kernel IPVS, direct routing), only
+           where the kernel has IPVS; elsewhere the result says why it was not measured
 
 Two modes: keep-alive (requests/s, p50, p99) and `Connection: close` (one TCP connection per
 request: connections/s).  The lab is built in "nat" mode; while lb NAT is not running, rs1 gets
@@ -45,6 +47,7 @@ instance = "{instance}"
 public_interface = "pub0"
 private_interface = "priv0"
 network = "{network}"
+dataplane = "{dataplane}"
 {nat}
 # short connections at ~10k/s sit in TIME_WAIT for 120 s: the table must hold
 # cps x 120 entries (x 2 for NAT's reverse entries) or the LRU evicts live flows
@@ -189,12 +192,13 @@ class Http:
         except OSError:
             return ""
 
-    def start_lb(self, network: str) -> subprocess.Popen:
+    def start_lb(self, network: str, dataplane: str = "xdp") -> subprocess.Popen:
         nat = 'nat_router = "198.18.1.254/24"\nnat_router_device = "priv0"\n' if network == "nat" else ""
-        conf = os.path.join(self.tmp, f"lb-{network}.toml")
+        conf = os.path.join(self.tmp, f"lb-{network}-{dataplane}.toml")
         with open(conf, "w") as f:
-            f.write(LB_CONF.format(instance=INSTANCE, network=network, nat=nat, vip=VIP, rs1=RS1))
-        log = f"lb-{network}.log"
+            f.write(LB_CONF.format(instance=INSTANCE, network=network, dataplane=dataplane, nat=nat,
+                                   vip=VIP, rs1=RS1))
+        log = f"lb-{network}-{dataplane}.log"
         p = self.start([LB_BIN, "run", "--config", conf], log)
         deadline = time.monotonic() + 60
         while f"lb instance '{INSTANCE}' running" not in self.log(log):
@@ -216,6 +220,15 @@ class Http:
             self.stop(p)
             raise RuntimeError(f"bench http: haproxy did not answer:\n{self.log('haproxy.log')}") from None
         return p
+
+    @property
+    def ipvs_missing(self) -> str | None:
+        """Why kernel IPVS cannot be measured here, or None when the kernel has it."""
+        if not os.path.exists("/proc/net/ip_vs"):
+            subprocess.run(["modprobe", "ip_vs"], capture_output=True, check=False)
+        if os.path.exists("/proc/net/ip_vs"):
+            return None
+        return "kernel IPVS not measured: this kernel has no IPVS (no /proc/net/ip_vs, modprobe ip_vs failed)"
 
     def cleanup(self) -> None:
         for p in list(self.procs):
@@ -253,6 +266,10 @@ class Http:
         p = self.start_lb("direct")
         self.measure(raw, "lb DR (XDP)", f"http://{VIP}/")
         self.stop(p)
+        if self.ipvs_missing is None:
+            p = self.start_lb("direct", "ipvs")
+            self.measure(raw, "kernel IPVS DR (lb, dataplane ipvs)", f"http://{VIP}/")
+            self.stop(p)
         if not self.all:
             return raw
         self.set_route(False)
@@ -270,6 +287,7 @@ def suite(size: str = "full") -> dict:
         h = Http(lab, size)
         try:
             raw = h.run_all()
+            ipvs_note = h.ipvs_missing
         finally:
             h.cleanup()
     results = []
@@ -296,7 +314,8 @@ def suite(size: str = "full") -> dict:
     return {"suite": "http", "size": size, "runs": runs, "wrk": {"threads": 1, "connections": conns,
             "duration_s": duration, "timeout_s": 2},
             "note": "every scenario serves from rs1 only; ratios are to direct (the director as a "
-                    "plain kernel router), whose runs are taken before and after the others",
+                    "plain kernel router), whose runs are taken before and after the others"
+                    + (f"; {ipvs_note}" if ipvs_note else ""),
             "results": results}
 
 
@@ -308,4 +327,6 @@ def table(res: dict) -> str:
                      f"| {r['rps']['median']:.0f} | {r['ratio_rps']:.2f}x | {r['p50_ms']['median']:.3f} | "
                      f"{r['ratio_p50']:.2f}x | {r['p99_ms']['median']:.3f} | {r['ratio_p99']:.2f}x | "
                      f"±{r['rps']['spread'] * 50:.0f}% | {r['errors']} |")
+    if res.get("note"):
+        lines += ["", f"Note: {res['note']}."]
     return "\n".join(lines)
