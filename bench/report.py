@@ -14,7 +14,7 @@ RESULTS = Path(__file__).resolve().parent / "results"
 ORDER = ("http", "ctl", "pps", "pkt")
 TITLES = {"http": "End-to-end HTTP (wrk, lab namespaces), ratio to direct",
           "ctl": "Control plane, ratio to its baseline",
-          "pps": "Packets per second over veth, ratio to a plain redirect",
+          "pps": "Packets per second over veth (live frames, trafgen), ratio to a plain redirect",
           "pkt": "Per-packet cost (BPF_PROG_TEST_RUN), ratio to a trivial XDP_TX"}
 
 
@@ -60,6 +60,10 @@ def _bars(res: dict) -> tuple[list[str], list[float]]:
         if name == "http":
             labels.append(f"{r['scenario'][:34]} ({'ka' if r['mode'] == 'keepalive' else 'close'})")
             vals.append(r["ratio_rps"])
+        elif name == "pps":     # two packet sources, each with its own baseline rows
+            scen = r["scenario"].replace("MAC rewrite + bpf_redirect", "redirect")
+            labels.append(f"{r.get('source', 'live frames')}: {scen}"[:48])
+            vals.append(r["ratio"])
         else:
             labels.append(r["scenario"][:48])
             vals.append(r["ratio"])

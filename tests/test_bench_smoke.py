@@ -1,5 +1,7 @@
 """bench/ must not rot: every suite runs at a tiny size (no timing is asserted).  The http and
-pps suites use the namespace lab (a few seconds, under the lab lock the lab tests take)."""
+pps suites use the namespace lab (a few seconds, under the lab lock the lab tests take).  pps
+runs both its packet sources, trafgen included: without trafgen (scripts/setup.sh installs it)
+the suite fails, so this test fails too."""
 from __future__ import annotations
 
 import json
@@ -41,16 +43,30 @@ def test_bench_suites_run(tmp_path):
     assert {r["scenario"] for r in http["results"]} >= {"lb DR (XDP)"}
     assert all(r["rps"]["median"] > 0 and r["errors"] == 0 for r in http["results"])
 
+    # both packet sources (trafgen missing fails the suite, it is not skipped), each with its baseline
     pps = _load(tmp_path, "pps")
+    assert {(r["source"], bool(r.get("baseline"))) for r in pps["results"]} == {
+        (src, b) for src in ("live frames", "trafgen") for b in (True, False)}
     for r in pps["results"]:
         assert r["mpps"]["median"] > 0
         assert min(r["delivered"]) == r["sent"]        # everything sent crossed the director
     for r in pps["results"]:
         if not r.get("baseline"):
-            assert r["connections"] >= r["flows"]
+            assert r["connections"] >= r["flows"]      # this source's SYNs opened lb's connections
+    md = (tmp_path / "latest-smoke.md").read_text()
+    assert "| trafgen | lb DR, established, 100 flows | 100 |" in md
 
     for f in ("latest-smoke.md", "latest-smoke.png"):
         assert (tmp_path / f).stat().st_size > 0
     # no pinned maps left behind (the lab itself is torn down by lb.lab.down())
     mine = {f"bench{os.getpid()}", f"benchctl{os.getpid()}", f"benchpps{os.getpid()}", "benchhttp"}
     assert not mine & set(os.listdir("/sys/fs/bpf/lb"))
+
+
+def test_pps_without_trafgen_fails_loudly(monkeypatch):
+    """a machine without trafgen gets an error naming the package, before the lab is touched"""
+    from bench import pps
+
+    monkeypatch.setattr(pps, "TRAFGEN", "trafgen-not-installed-here")
+    with pytest.raises(RuntimeError, match="trafgen not found .*netsniff-ng.*scripts/setup.sh"):
+        pps.suite("smoke")
