@@ -11,11 +11,12 @@ import sys
 from pathlib import Path
 
 RESULTS = Path(__file__).resolve().parent / "results"
-ORDER = ("http", "ctl", "pps", "pkt")
+ORDER = ("http", "ctl", "pps", "pkt", "failover")
 TITLES = {"http": "End-to-end HTTP (wrk, lab namespaces), ratio to direct",
           "ctl": "Control plane, ratio to its baseline",
           "pps": "Packets per second over veth (live frames, trafgen), ratio to a plain redirect",
-          "pkt": "Per-packet cost (BPF_PROG_TEST_RUN), ratio to a trivial XDP_TX"}
+          "pkt": "Per-packet cost (BPF_PROG_TEST_RUN), ratio to a trivial XDP_TX",
+          "failover": "Failover time (HA lab, two directors), ratio to the configured deadtime"}
 
 
 def pkt_table(result: dict) -> str:
@@ -39,6 +40,9 @@ def table(res: dict) -> str:
     if name == "pps":
         from bench import pps
         return pps.table(res)
+    if name == "failover":
+        from bench import failover
+        return failover.table(res)
     raise ValueError(f"unknown suite {name!r}")
 
 

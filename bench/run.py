@@ -4,8 +4,10 @@ command) and, made from them, latest[-size].md and latest[-size].png.  Every fig
 to a baseline measured in the same run.
 
 Suites: pkt (per-packet cost, BPF_PROG_TEST_RUN), ctl (control plane at 1,000 x 64), http (wrk
-through the lab: direct, lb DR, lb NAT, HAProxy), pps (packets per second over veth).  http and
-pps use the namespace lab under the tests' lock and tear it down afterwards."""
+through the lab: direct, lb DR, lb NAT, HAProxy, kernel IPVS where the kernel has it), pps
+(packets per second over veth), failover (the HA lab test's failover time, against the
+configured deadtime).  http, pps and failover use the namespace lab under the tests' lock and
+tear it down afterwards."""
 from __future__ import annotations
 
 import argparse
@@ -20,7 +22,7 @@ from bench import report
 from bench.common import REPO, machine
 
 RESULTS = Path(__file__).resolve().parent / "results"
-SUITES = ("pkt", "ctl", "http", "pps")
+SUITES = ("pkt", "ctl", "http", "pps", "failover")
 COMMANDS = {"smoke": "python -m bench.run --smoke", "quick": "make bench-quick", "full": "make bench"}
 
 
@@ -55,6 +57,9 @@ def run_suite(name: str, size: str) -> dict:
     if name == "pps":
         from bench import pps
         return pps.suite(size)
+    if name == "failover":
+        from bench import failover
+        return failover.suite(size)
     raise ValueError(name)
 
 

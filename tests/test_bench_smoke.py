@@ -56,6 +56,12 @@ def test_bench_suites_run(tmp_path):
     md = (tmp_path / "latest-smoke.md").read_text()
     assert "| trafgen | lb DR, established, 100 flows | 100 |" in md
 
+    fo = _load(tmp_path, "failover")
+    base, took = fo["results"]
+    assert base.get("baseline") and base["ratio"] == 1.0
+    assert took["seconds"]["median"] > 0 and took["connections_kept"] == 50
+    assert "Failover time" in md
+
     for f in ("latest-smoke.md", "latest-smoke.png"):
         assert (tmp_path / f).stat().st_size > 0
     # no pinned maps left behind (the lab itself is torn down by lb.lab.down())

@@ -148,10 +148,12 @@ def test_dead_server_leaves_after_timeout_and_returns_after_reentry(lab, lb_runn
     wait_for(lambda: real_line(lb_list(), "198.18.1.12") is None, 10, "rs2 to leave the table")
     assert time.monotonic() - t0 >= 0.8                     # not before `timeout` (1 s)
     killed = wrk_result(load, 30)
-    # rr spreads wrk's 3 keep-alive connections over the 3 servers: the one on rs2 fails (a read
-    # or write error), and its reconnect goes on to the next server; a server left in the table
-    # would fail every third reconnect, thousands of errors in the 3 s that remain
-    assert errors(killed) <= 4 and killed["requests"] > 1000, killed["text"]
+    # rr spreads wrk's 3 keep-alive connections over the 3 servers: the one on rs2 fails (wrk
+    # counts a read and/or a write error for it, and for the odd reconnect that rr sends to rs2
+    # before `timeout` has passed: a handful, 5 seen), and its reconnect goes on to the next
+    # server; a server left in the table would fail every third reconnect, thousands of errors
+    # in the 3 s that remain
+    assert errors(killed) <= 10 and killed["requests"] > 1000, killed["text"]
 
     assert sorted(set(bodies(lab, 9))) == ["rs1", "rs3"]
     load = wrk(lab, 5)
