@@ -58,6 +58,15 @@ def _timed(fn, *a):
     return time.perf_counter() - t0, r
 
 
+def map_memlock(fd: int) -> int:
+    """The kernel's account of a map's memory (fdinfo `memlock`, bytes)."""
+    with open(f"/proc/self/fdinfo/{fd}") as f:
+        for line in f:
+            if line.startswith("memlock:"):
+                return int(line.split()[1])
+    raise RuntimeError(f"no memlock in /proc/self/fdinfo/{fd}")
+
+
 class Ctl:
     def __init__(self, nsvc: int, nreal: int, nconn: int):
         conns = 4096
@@ -210,6 +219,16 @@ def suite(size: str = "full") -> dict:
                         "runs": [x[0] for x in clist], "ratio": ratio(cs["median"], bs["median"])})
         if scale != 1:
             notes.append(f"the pure-Python read of {got} connections is extrapolated linearly from {npure}")
+        # memory: what the kernel charges for the connection table, against its raw key + value bytes
+        m = c.dp.maps["lb_conns"]
+        memlock = map_memlock(m.fd)
+        raw = m.max_entries * (m.key_size + m.value_size)
+        memory = {"map": "lb_conns", "max_entries": m.max_entries, "memlock_bytes": memlock, "raw_bytes": raw,
+                  "per_1m_entries_mb": memlock / m.max_entries,  # bytes per entry = MB per 1M entries
+                  "ratio_to_raw": ratio(memlock, raw)}
+        notes.append(f"memory: lb_conns ({m.max_entries} entries, {m.key_size} + {m.value_size} bytes each) holds "
+                     f"{memlock / 1e6:.0f} MB of map memory (fdinfo memlock), {memory['per_1m_entries_mb']:.0f} MB "
+                     f"per 1M entries, {memory['ratio_to_raw']:.2f}x its raw key + value bytes")
         if cli_c:
             t, _ = c.lb_list("-c", "-n", devnull=True)
             results.append({"scenario": f"lb list -c -n, {got} conns (one run, output to /dev/null)",
@@ -218,7 +237,7 @@ def suite(size: str = "full") -> dict:
         c.close()
     return {"suite": "ctl", "size": size, "services": nsvc, "reals_per_service": nreal, "connections": nconn,
             "tables": vars(c.sizes) if hasattr(c.sizes, "__dict__") else str(c.sizes),
-            "note": "; ".join(notes), "results": results}
+            "note": "; ".join(notes), "memory": memory, "results": results}
 
 
 def table_md(res: dict) -> str:

@@ -49,8 +49,13 @@ def table(res: dict) -> str:
 def markdown(results: dict[str, dict], command: str) -> str:
     any_res = next(iter(results.values()), {})
     m = any_res.get("machine", {})
+    commits = {name: res["git"] for name, res in results.items() if res.get("git")}
+    if len(set(commits.values())) > 1:    # suites from runs at different commits: say which is which
+        commit = " · commits " + ", ".join(f"{name} {c}" for name, c in commits.items())
+    else:
+        commit = f" · commit {next(iter(commits.values()))}" if commits else ""
     md = [f"Command: `{command}` · {any_res.get('date', '')} · kernel {m.get('kernel', '')} · "
-          f"{m.get('cpus', '')} × {m.get('cpu', '')}" + (f" · commit {any_res['git']}" if any_res.get("git") else ""), ""]
+          f"{m.get('cpus', '')} × {m.get('cpu', '')}" + commit, ""]
     for name in ORDER:
         if name in results:
             md += [f"#### {TITLES[name]}", "", table(results[name]), ""]
