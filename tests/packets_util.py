@@ -2,11 +2,14 @@
 BPF_PROG_TEST_RUN (no interfaces, no traffic leaves the kernel's test harness)."""
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import os
+from typing import Iterator
 
 from lb.dataplane.bpfsys import prog_test_run
 from lb.dataplane.nexthop import NextHop
+from lb.dataplane.spec import TableSpec
 from lb.dataplane.xdp import Sizes, XdpDataplane
 
 XDP_ABORTED, XDP_DROP, XDP_PASS, XDP_TX, XDP_REDIRECT = range(5)
@@ -27,15 +30,20 @@ def fake_resolver(addr, need_onlink=False):
     return NextHop(PRIV_IFINDEX, "priv0", mac, bytes.fromhex(PRIV_MAC.replace(":", "")), True)
 
 
-def make_dataplane(name: str, sizes: Sizes | None = None) -> XdpDataplane:
+@contextlib.contextmanager
+def loaded_dataplane(name: str, sizes: Sizes | None = None, table: TableSpec | None = None
+                     ) -> Iterator[XdpDataplane]:
+    """A data plane loaded under a per-process pin directory (with `table` applied), unpinned and
+    closed afterwards, also when loading fails: bcc pins the maps before the verifier has its say."""
     dp = XdpDataplane(f"{name}{os.getpid()}", sizes or Sizes(16, 4096, 16, 4096), resolver=fake_resolver)
     try:
         dp.load()
-    except BaseException:
-        dp.unpin()            # bcc pins the maps before the verifier has its say
+        if table is not None:
+            dp.apply(table)
+        yield dp
+    finally:
+        dp.unpin()
         dp.close()
-        raise
-    return dp
 
 
 def run(dp: XdpDataplane, prog: str, pkt) -> tuple[int, bytes]:

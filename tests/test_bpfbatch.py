@@ -7,18 +7,14 @@ import pytest
 from lb.dataplane import bpfsys
 from lb.dataplane import layout as L
 from lb.dataplane.maps import BpfMap, have_batch
-from packets_util import make_dataplane
+from packets_util import loaded_dataplane
 from lb.dataplane.xdp import Sizes
 
 
 @pytest.fixture(scope="module")
 def conns():
-    d = make_dataplane("batch", Sizes(16, 64, 16, 20000))
-    try:
+    with loaded_dataplane("batch", Sizes(16, 64, 16, 20000)) as d:
         yield d.maps["lb_conns"]
-    finally:
-        d.unpin()
-        d.close()
 
 
 def test_cffi_module_is_built():

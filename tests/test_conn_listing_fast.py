@@ -15,7 +15,7 @@ from lb.dataplane import reader
 from lb.dataplane.maps import PinnedMaps, have_batch
 from lb.dataplane.xdp import Sizes
 from lb.listing import format_connections
-from packets_util import make_dataplane
+from packets_util import loaded_dataplane
 
 NOW = 5_000 * 10**9
 A = ipaddress.ip_address
@@ -57,14 +57,10 @@ ENTRIES = [
 
 @pytest.fixture(scope="module")
 def dp():
-    d = make_dataplane("clist", Sizes(16, 64, 16, 4096))
-    try:
+    with loaded_dataplane("clist", Sizes(16, 64, 16, 4096)) as d:
         for rid, (addr, port, fam) in REALS.items():
             d.maps["lb_reals"].set(L.U32.pack(rid), L.Real(A(addr), port, 0, 1, family=fam).pack())
         yield d
-    finally:
-        d.unpin()
-        d.close()
 
 
 def _fill(dp, entries):

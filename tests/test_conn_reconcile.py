@@ -15,7 +15,7 @@ from conftest import LB_BIN
 from lb.dataplane import RealSpec, ServiceSpec, TableSpec
 from lb.dataplane import layout as L
 from lb.dataplane.xdp import Sizes
-from packets_util import CLIENT_MAC, PUB_MAC, XDP_REDIRECT, make_dataplane, run
+from packets_util import CLIENT_MAC, PUB_MAC, XDP_REDIRECT, loaded_dataplane, run
 
 ip = ipaddress.ip_address
 REALS = ["198.18.1.11", "198.18.1.12", "198.18.1.13"]
@@ -26,14 +26,10 @@ FLOWS = 600
 
 @pytest.fixture
 def dp():
-    d = make_dataplane("recon", Sizes(16, 64, 16, TABLE_SIZE))
-    try:
+    with loaded_dataplane("recon", Sizes(16, 64, 16, TABLE_SIZE)) as d:
         reals = tuple(RealSpec(ip(a), 80, 1, "dr") for a in REALS)
         d.apply(TableSpec((ServiceSpec("tcp", ip(VIP), 80, "rr", reals, "web"),)))
         yield d
-    finally:
-        d.unpin()
-        d.close()
 
 
 def send(dp, client: str, sport: int, flags: str) -> int:

@@ -13,7 +13,7 @@ from scapy.layers.l2 import Ether
 from lb.dataplane import RealSpec, ServiceSpec, TableSpec, reader
 from lb.dataplane import layout as L
 from lb.dataplane.maps import PinnedMaps
-from packets_util import CLIENT_MAC, PUB_MAC, XDP_REDIRECT, make_dataplane, real_mac, run
+from packets_util import CLIENT_MAC, PUB_MAC, XDP_REDIRECT, loaded_dataplane, real_mac, run
 
 ip = ipaddress.ip_address
 REALS = ["198.18.1.11", "198.18.1.12", "198.18.1.13"]
@@ -22,14 +22,10 @@ VIP, CLIENT = "198.18.0.10", "198.18.0.2"
 
 @pytest.fixture
 def dp():
-    d = make_dataplane("reuse")
-    try:
+    with loaded_dataplane("reuse") as d:
         reals = tuple(RealSpec(ip(a), 80, 1, "dr") for a in REALS)
         d.apply(TableSpec((ServiceSpec("tcp", ip(VIP), 80, "rr", reals, "web"),)))
         yield d
-    finally:
-        d.unpin()
-        d.close()
 
 
 def send(dp, sport: int, flags: str) -> tuple[int, str | None]:

@@ -12,7 +12,7 @@ from scapy.layers.l2 import Ether
 
 from lb.dataplane import RealSpec, ServiceSpec, TableSpec, reader
 from lb.dataplane.maps import PinnedMaps
-from packets_util import CLIENT_MAC, PUB_MAC, XDP_DROP, XDP_PASS, XDP_REDIRECT, make_dataplane, real_mac, run
+from packets_util import CLIENT_MAC, PUB_MAC, XDP_DROP, XDP_PASS, XDP_REDIRECT, loaded_dataplane, real_mac, run
 
 ip = ipaddress.ip_address
 REALS = [ip("198.18.1.11"), ip("198.18.1.12"), ip("198.18.1.13")]
@@ -27,12 +27,8 @@ def table(*idx):
 
 @pytest.fixture
 def dp():
-    d = make_dataplane("drain")
-    try:
+    with loaded_dataplane("drain") as d:
         yield d
-    finally:
-        d.unpin()
-        d.close()
 
 
 def send(dp, sport, flags):

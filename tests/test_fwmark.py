@@ -13,7 +13,7 @@ from lb import listing
 from lb.dataplane import PortGroup, RealSpec, ServiceSpec, TableSpec, reader
 from lb.dataplane import layout as L
 from lb.dataplane.maps import PinnedMaps
-from packets_util import (CLIENT_MAC, PRIV_MAC, PUB_MAC, XDP_PASS, XDP_REDIRECT, XDP_TX, make_dataplane,
+from packets_util import (CLIENT_MAC, PRIV_MAC, PUB_MAC, XDP_PASS, XDP_REDIRECT, XDP_TX, loaded_dataplane,
                           real_mac, run)
 
 ip = ipaddress.ip_address
@@ -36,12 +36,8 @@ def web_service():
 
 @pytest.fixture(scope="module")
 def dp():
-    d = make_dataplane("fwm")
-    try:
+    with loaded_dataplane("fwm") as d:
         yield d
-    finally:
-        d.unpin()
-        d.close()
 
 
 def syn(dport, client="198.18.0.2", sport=None, flags="S"):

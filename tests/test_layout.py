@@ -6,17 +6,13 @@ import ctypes
 import pytest
 
 from lb.dataplane import layout as L
-from packets_util import make_dataplane
+from packets_util import loaded_dataplane
 
 
 @pytest.fixture(scope="module")
 def bpf():
-    d = make_dataplane("layout")
-    try:
+    with loaded_dataplane("layout") as d:
         yield d.bpf
-    finally:
-        d.unpin()
-        d.close()
 
 
 @pytest.mark.parametrize("table, part, struct, offsets", [
@@ -50,4 +46,4 @@ def test_struct_matches_c(bpf, table, part, struct, offsets):
 
 def test_dests_value_is_one_array_per_service(bpf):
     ct = bpf[b"lb_svc_dests"].Leaf
-    assert ctypes.sizeof(ct) == L.DEST.size * 16     # make_dataplane: 16 real servers per service
+    assert ctypes.sizeof(ct) == L.DEST.size * 16     # loaded_dataplane: 16 real servers per service

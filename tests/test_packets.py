@@ -11,7 +11,7 @@ from scapy.layers.l2 import ARP, Dot1Q, Ether
 from lb.dataplane import RealSpec, ServiceSpec, TableSpec
 
 from packets_util import (CLIENT_MAC, PRIV_MAC, PUB_MAC, XDP_PASS, XDP_REDIRECT, XDP_TX,
-                           make_dataplane, real_mac, run)
+                           loaded_dataplane, real_mac, run)
 
 CLIENT = "198.18.0.2"
 VIP_DR = "198.18.0.10"
@@ -34,13 +34,8 @@ TABLE = TableSpec((
 
 @pytest.fixture(scope="module")
 def dp():
-    d = make_dataplane("pkt")
-    try:
-        d.apply(TABLE)
+    with loaded_dataplane("pkt", table=TABLE) as d:
         yield d
-    finally:
-        d.unpin()
-        d.close()
 
 
 def client_pkt(dst, dport, sport, flags="S", proto="tcp", payload=b""):

@@ -12,7 +12,7 @@ from scapy.layers.l2 import Ether
 from lb.dataplane import RealSpec, ServiceSpec, TableSpec, reader
 from lb.dataplane import layout as L
 from lb.dataplane.maps import PinnedMaps
-from packets_util import CLIENT_MAC, PUB_MAC, XDP_REDIRECT, make_dataplane, real_mac, run
+from packets_util import CLIENT_MAC, PUB_MAC, XDP_REDIRECT, loaded_dataplane, real_mac, run
 
 ip = ipaddress.ip_address
 REALS = [ip("198.18.1.11"), ip("198.18.1.12"), ip("198.18.1.13")]
@@ -26,12 +26,8 @@ def table(*reals_idx, persistent=300, pmask="255.255.255.0", port=80):
 
 @pytest.fixture(scope="module")
 def dp():
-    d = make_dataplane("persist")
-    try:
+    with loaded_dataplane("persist") as d:
         yield d
-    finally:
-        d.unpin()
-        d.close()
 
 
 def pick(dp, client, port=80):

@@ -14,7 +14,7 @@ from scapy.layers.l2 import Ether
 
 from lb.dataplane import RealSpec, ServiceSpec, TableSpec
 from lb.dataplane import layout as L
-from packets_util import CLIENT_MAC, PUB_MAC, XDP_REDIRECT, make_dataplane, real_mac, run
+from packets_util import CLIENT_MAC, PUB_MAC, XDP_REDIRECT, loaded_dataplane, real_mac, run
 
 VIP = ipaddress.ip_address("198.18.0.31")
 A, B = ipaddress.ip_address("198.18.2.11"), ipaddress.ip_address("198.18.2.12")
@@ -24,12 +24,8 @@ _sports = itertools.count(20000)
 
 @pytest.fixture
 def dp():
-    d = make_dataplane("qsrv")
-    try:
+    with loaded_dataplane("qsrv") as d:
         yield d
-    finally:
-        d.unpin()
-        d.close()
 
 
 def spec(port, *reals):

@@ -14,7 +14,7 @@ from lb.cli.main import main as lb_main
 from lb.dataplane import RealSpec, ServiceSpec, TableSpec, reader
 from lb.dataplane.maps import PinnedMaps
 
-from packets_util import CLIENT_MAC, PRIV_MAC, PUB_MAC, XDP_REDIRECT, XDP_TX, make_dataplane, real_mac, run
+from packets_util import CLIENT_MAC, PRIV_MAC, PUB_MAC, XDP_REDIRECT, XDP_TX, loaded_dataplane, real_mac, run
 
 CLIENT = "198.18.0.2"
 VIP = "198.18.0.20"
@@ -26,13 +26,8 @@ TABLE = TableSpec((ServiceSpec("tcp", ip(VIP), 80, "rr", (RealSpec(ip(REAL), 808
 
 @pytest.fixture
 def dp():
-    d = make_dataplane("rate")
-    try:
-        d.apply(TABLE)
+    with loaded_dataplane("rate", table=TABLE) as d:
         yield d
-    finally:
-        d.unpin()
-        d.close()
 
 
 def _traffic(dp, first_sport: int, conns: int, per_conn: int) -> None:

@@ -14,7 +14,7 @@ from scapy.layers.l2 import Ether
 from lb.dataplane import RealSpec, ServiceSpec, TableSpec
 from lb.dataplane import layout as L
 from lb.sched import model
-from packets_util import CLIENT_MAC, PUB_MAC, XDP_PASS, XDP_REDIRECT, make_dataplane, real_mac, run
+from packets_util import CLIENT_MAC, PUB_MAC, XDP_PASS, XDP_REDIRECT, loaded_dataplane, real_mac, run
 
 VIP = ipaddress.ip_address("198.18.0.30")
 _ports = itertools.count(1000)
@@ -23,12 +23,8 @@ _sports = itertools.count(10000)
 
 @pytest.fixture(scope="module")
 def dp():
-    d = make_dataplane("sched")
-    try:
+    with loaded_dataplane("sched") as d:
         yield d
-    finally:
-        d.unpin()
-        d.close()
 
 
 def _reals(n):
@@ -263,14 +259,10 @@ def test_everything_loads_with_512_real_servers_per_service():
     """The verifier accepts every scheduler loop at the config's largest reals_per_service."""
     from lb.dataplane.xdp import Sizes
 
-    d = make_dataplane("sched512", Sizes(4, 2048, 512, 2048))
-    try:
+    with loaded_dataplane("sched512", Sizes(4, 2048, 512, 2048)) as d:
         weights = [(i % 5) for i in range(250)]          # one /24: real_mac() tells them apart
         for sched in ("rr", "wrr", "wlc", "sh"):
             check_against_model(d, sched, weights, 6)
-    finally:
-        d.unpin()
-        d.close()
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])

@@ -21,7 +21,7 @@ from lb.dataplane import layout as L
 from lb.dataplane.maps import PinnedMaps
 from lb.dataplane.xdp import _key_of
 from lb.sched import model
-from packets_util import CLIENT_MAC, PUB_MAC, XDP_PASS, XDP_REDIRECT, make_dataplane, real_mac, run
+from packets_util import CLIENT_MAC, PUB_MAC, XDP_PASS, XDP_REDIRECT, loaded_dataplane, real_mac, run
 
 ip = ipaddress.ip_address
 VIPS = ("198.18.0.50", "198.18.0.51", "198.18.0.52")
@@ -34,12 +34,8 @@ NS = 1_000_000_000
 
 @pytest.fixture(scope="module")
 def dp():
-    d = make_dataplane("lblc")
-    try:
+    with loaded_dataplane("lblc") as d:
         yield d
-    finally:
-        d.unpin()
-        d.close()
 
 
 class Lab:

@@ -18,7 +18,7 @@ from lb.dataplane import layout as L
 from lb.dataplane.mhtable import open_table
 from lb.dataplane.xdp import XdpDataplane
 from lb.sched import model
-from packets_util import CLIENT_MAC, PUB_MAC, XDP_PASS, XDP_REDIRECT, fake_resolver, make_dataplane, real_mac, run
+from packets_util import CLIENT_MAC, PUB_MAC, XDP_PASS, XDP_REDIRECT, fake_resolver, loaded_dataplane, real_mac, run
 
 VIP = ipaddress.ip_address("198.18.0.40")
 _ports = itertools.count(2000)
@@ -28,12 +28,8 @@ _addrs = st.integers(min_value=1, max_value=2**32 - 2).map(lambda n: str(ipaddre
 
 @pytest.fixture(scope="module")
 def dp():
-    d = make_dataplane("mh")
-    try:
+    with loaded_dataplane("mh") as d:
         yield d
-    finally:
-        d.unpin()
-        d.close()
 
 
 def _reals(n):

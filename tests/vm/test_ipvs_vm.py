@@ -11,6 +11,8 @@ not run -- and not even then under `make test` (LB_VM_REQUIRED=1), which install
 """
 from __future__ import annotations
 
+import contextlib
+
 import ast
 import ipaddress
 import json
@@ -128,17 +130,14 @@ def ipvs_picks(vm) -> dict[str, list]:
 
 @pytest.fixture(scope="module")
 def xdp():
-    from packets_util import make_dataplane
+    from packets_util import loaded_dataplane
 
-    try:
-        d = make_dataplane("vmfid")
-    except Exception as e:  # no bcc / BPF here: the XDP half cannot run on this host
-        pytest.skip(f"the XDP data plane cannot load on this host: {e}")
-    try:
+    with contextlib.ExitStack() as stack:
+        try:
+            d = stack.enter_context(loaded_dataplane("vmfid"))
+        except Exception as e:  # no bcc / BPF here: the XDP half cannot run on this host
+            pytest.skip(f"the XDP data plane cannot load on this host: {e}")
         yield d
-    finally:
-        d.unpin()
-        d.close()
 
 
 def xdp_picks(dp, case: fidelity.Case) -> list[str | None]:
