@@ -49,11 +49,11 @@ static __always_inline int lb_parse_counted(struct xdp_md *ctx, struct lb_pkt *p
 /* The virtual service of a parsed packet.  LB_CONTINUE with *svc_id set, or XDP_PASS. */
 static __always_inline int lb_lookup_svc(struct lb_pkt *pkt, __u32 *svc_id)
 {
-    struct lb_svc_key sk = {};
-    *(__be32 *)sk.addr = pkt->ip4->daddr;
+    struct lb_svc_key sk;
+    __builtin_memcpy(sk.addr, pkt->daddr, 16);
     sk.port = *pkt->dport_p;
     sk.proto = pkt->proto;
-    sk.family = LB_AF_INET;
+    sk.family = pkt->family;
     __u32 *id = lb_services.lookup(&sk);
     if (id) {
         *svc_id = *id;
@@ -96,6 +96,18 @@ static __always_inline void lb_persist_touch(struct lb_pkt *pkt, __u32 svc_id, _
         t->last_ns = now;
 }
 
+/* What the scheduler programs need of a new connection's packet, into the per-CPU scratch
+ * (the tail calls that follow run on this CPU, for this packet, before any other) */
+static __always_inline void lb_sched_handover(lb_scratch_t *sc, __u32 svc_id, struct lb_pkt *pkt)
+{
+    sc->svc = svc_id;
+    sc->sfold = lb_addr_fold(pkt->saddr);
+    sc->dfold = lb_addr_fold(pkt->daddr);
+    sc->sport = *pkt->sport_p;
+    sc->family = pkt->family;
+    __builtin_memcpy((void *)sc->daddr, pkt->daddr, 16);
+}
+
 int lb_xdp_public(struct xdp_md *ctx)
 {
     struct lb_pkt pkt = {};
@@ -124,8 +136,11 @@ int lb_xdp_public(struct xdp_md *ctx)
             return XDP_PASS;
         }
         struct lb_svc *svc = lb_svc.lookup(&svc_id);
-        if (!svc)
+        __u32 zero = 0;
+        lb_scratch_t *sc = lb_scratch.lookup(&zero);
+        if (!svc || !sc)
             return XDP_PASS;
+        lb_sched_handover(sc, svc_id, &pkt);
         lb_progs.call(ctx, svc->persist_timeout ? LB_PROG_PERSIST : LB_PROG_SCHED_BASE + svc->sched);
         lb_count(LB_CNT_TAIL_CALL);
         return XDP_PASS;
@@ -154,21 +169,21 @@ int lb_xdp_public(struct xdp_md *ctx)
 
 /* ---- schedulers: classify again, pick, hand the pick to lb_xdp_new_conn ---- */
 
-/* A scheduler program's start: classify again (into *pkt: dh, sh, mh, lblc and lblcr hash or
- * key on its addresses), find the service's maps */
-static __always_inline int lb_sched_begin(struct xdp_md *ctx, struct lb_pkt *pkt, __u32 *svc_id,
-                                          struct lb_svc **svc, struct lb_svc_dests **ds,
+/* A scheduler program's start: the service lb_xdp_public classified (in the scratch: not
+ * parsing again keeps each program's paths, and so the verifier's work on the loops, few),
+ * and its maps */
+static __always_inline int lb_sched_begin(__u32 *svc_id, struct lb_svc **svc, struct lb_svc_dests **ds,
                                           struct lb_sched_state **st, lb_scratch_t **sc)
 {
     __u32 zero = 0;
-    int act = lb_classify(ctx, pkt, svc_id);
-    if (act != LB_CONTINUE)
-        return act;
+    *sc = lb_scratch.lookup(&zero);
+    if (!*sc)
+        return XDP_PASS;
+    *svc_id = (*sc)->svc;
     *svc = lb_svc.lookup(svc_id);
     *ds = lb_svc_dests.lookup(svc_id);
     *st = lb_sched_state.lookup(svc_id);
-    *sc = lb_scratch.lookup(&zero);
-    if (!*svc || !*ds || !*st || !*sc)
+    if (!*svc || !*ds || !*st)
         return XDP_PASS;
     return LB_CONTINUE;
 }
@@ -194,12 +209,11 @@ static __always_inline int lb_sched_end(struct xdp_md *ctx, __u32 svc_id, lb_scr
     int lb_sched_##name(struct xdp_md *ctx)                                        \
     {                                                                              \
         __u32 svc_id;                                                              \
-        struct lb_pkt pkt = {};                                                    \
         struct lb_svc *svc;                                                        \
         struct lb_svc_dests *ds;                                                   \
         struct lb_sched_state *st;                                                 \
         lb_scratch_t *sc;                                                          \
-        int act = lb_sched_begin(ctx, &pkt, &svc_id, &svc, &ds, &st, &sc);         \
+        int act = lb_sched_begin(&svc_id, &svc, &ds, &st, &sc);                    \
         if (act != LB_CONTINUE)                                                    \
             return act;                                                            \
         return lb_sched_end(ctx, svc_id, sc, pick);                                \
@@ -215,28 +229,27 @@ LB_SCHED_PROG(fo, lb_pick_fo_ovf(svc, ds, st, sc, 0))
 LB_SCHED_PROG(ovf, lb_pick_fo_ovf(svc, ds, st, sc, 1))
 LB_SCHED_PROG(twos, lb_pick_twos(svc, ds, sc))
 
-LB_SCHED_PROG(lblc, lb_pick_lblc(svc_id, svc, ds, st, sc, pkt.ip4->daddr, bpf_ktime_get_coarse_ns()))
-LB_SCHED_PROG(lblcr, lb_pick_lblcr(svc_id, svc, ds, st, sc, pkt.ip4->daddr, bpf_ktime_get_coarse_ns()))
-LB_SCHED_PROG(dh, lb_pick_dh(svc_id, svc, ds, pkt.ip4->daddr))
-LB_SCHED_PROG(sh, lb_pick_sh(svc_id, svc, ds, pkt.ip4->saddr, *pkt.sport_p, sc))
+LB_SCHED_PROG(lblc, lb_pick_lblc(svc_id, svc, ds, st, sc, bpf_ktime_get_coarse_ns()))
+LB_SCHED_PROG(lblcr, lb_pick_lblcr(svc_id, svc, ds, st, sc, bpf_ktime_get_coarse_ns()))
+LB_SCHED_PROG(dh, lb_pick_dh(svc_id, svc, ds, sc->dfold))
+LB_SCHED_PROG(sh, lb_pick_sh(svc_id, svc, ds, sc->sfold, sc->sport, sc))
 
 /* mh: a fallback walk longer than one run's LB_MH_PROBES goes on in the next run (a tail call
  * into this same program, with the walk's place in lb_mh_walk) */
 int lb_sched_mh(struct xdp_md *ctx)
 {
     __u32 zero = 0, svc_id;
-    struct lb_pkt pkt = {};
     struct lb_svc *svc;
     struct lb_svc_dests *ds;
     struct lb_sched_state *st;
     lb_scratch_t *sc;
-    int act = lb_sched_begin(ctx, &pkt, &svc_id, &svc, &ds, &st, &sc);
+    int act = lb_sched_begin(&svc_id, &svc, &ds, &st, &sc);
     if (act != LB_CONTINUE)
         return act;
     struct lb_mh_walk *w = lb_mh_walk.lookup(&zero);
     if (!w)
         return XDP_PASS;
-    __u32 real = lb_pick_mh(svc_id, svc, ds, pkt.ip4->saddr, *pkt.sport_p, w);
+    __u32 real = lb_pick_mh(svc_id, svc, ds, sc->sfold, sc->sport, w);
     if (real == LB_MH_CONTINUE) {
         lb_progs.call(ctx, LB_PROG_SCHED_BASE + svc->sched);
         w->svc = 0;                   /* the chain's tail-call limit: give up the walk */
@@ -392,12 +405,12 @@ int lb_xdp_private(struct xdp_md *ctx)
 
     __u32 svc_id = rev->svc;
     struct lb_conn_key key = {};
-    *(__be32 *)key.saddr = pkt.ip4->daddr;
+    __builtin_memcpy(key.saddr, pkt.daddr, 16);
     __builtin_memcpy(key.daddr, rev->vaddr, 16);
     key.sport = *pkt.dport_p;
     key.dport = rev->vport;
     key.proto = pkt.proto;
-    key.family = LB_AF_INET;
+    key.family = pkt.family;
     struct lb_conn *c = lb_conns.lookup(&key);
     __u64 now = bpf_ktime_get_coarse_ns();
     if (!c || c->real != rev->real)

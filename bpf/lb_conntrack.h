@@ -4,13 +4,14 @@
 
 static __always_inline void lb_conn_key_in(struct lb_conn_key *k, struct lb_pkt *pkt)
 {
-    __builtin_memset(k, 0, sizeof(*k));
-    *(__be32 *)k->saddr = pkt->ip4->saddr;
-    *(__be32 *)k->daddr = pkt->ip4->daddr;
+    __builtin_memcpy(k->saddr, pkt->saddr, 16);
+    __builtin_memcpy(k->daddr, pkt->daddr, 16);
     k->sport = *pkt->sport_p;
     k->dport = *pkt->dport_p;
     k->proto = pkt->proto;
-    k->family = LB_AF_INET;
+    k->family = pkt->family;
+    k->dir = 0;
+    k->pad = 0;
 }
 
 static __always_inline void lb_real_conns_add(__u32 real, int active, int inactive)

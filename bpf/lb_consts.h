@@ -112,7 +112,7 @@
  * service and real server stats only, to keep the per-packet path short */
 #define LB_CNT_NO_REAL 0         /* new connection, no usable real server: to the local stack */
 #define LB_CNT_NOT_SYN 1         /* TCP packet without connection and without SYN: passed */
-#define LB_CNT_FRAGMENT 2        /* IPv4 fragment to a VIP: passed */
+#define LB_CNT_FRAGMENT 2        /* an IPv4 fragment or IPv6 fragment header: passed */
 #define LB_CNT_BAD_REAL 3        /* connection points at a real server that is gone: dropped */
 #define LB_CNT_CONN_FULL 4       /* connection table insert failed: dropped */
 #define LB_CNT_TAIL_CALL 5       /* a tail call failed (program missing): passed */

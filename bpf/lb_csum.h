@@ -51,4 +51,24 @@ static __always_inline void lb_rewrite4(struct lb_pkt *pkt, __be32 *addr_p, __be
     }
 }
 
+/* Rewrite one IPv6 address (addr_p: 4 words in the packet) and one port.  IPv6 has no header
+ * checksum; the L4 checksum covers both through the pseudo header. */
+static __always_inline void lb_rewrite6(struct lb_pkt *pkt, __be32 *addr_p, const __be32 *new_addr,
+                                        __be16 *port_p, __be16 new_port)
+{
+    __be16 old_port = *port_p;
+#pragma unroll
+    for (int i = 0; i < 4; i++) {
+        __be32 old = addr_p[i], nw = new_addr[i];
+        addr_p[i] = nw;
+        if (pkt->l4csum)
+            lb_csum_replace4((__u16 *)pkt->l4csum, old, nw);
+    }
+    *port_p = new_port;
+    if (pkt->l4csum) {
+        lb_csum_replace2((__u16 *)pkt->l4csum, old_port, new_port);
+        lb_l4csum_fix_udp(pkt);
+    }
+}
+
 #endif

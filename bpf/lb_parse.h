@@ -1,10 +1,13 @@
-/* Defensive parsing: Ethernet (+ one 802.1Q/802.1ad tag), IPv4 (with options), TCP/UDP.
- * Anything we do not understand goes back to the kernel untouched (XDP_PASS). */
+/* Defensive parsing: Ethernet (+ one 802.1Q/802.1ad tag), IPv4 (with options) or IPv6 (with
+ * hop-by-hop, routing and destination options headers), TCP/UDP.  Anything we do not understand
+ * (ARP, ICMP and ICMPv6 with neighbour discovery, fragments, other extension headers) goes back
+ * to the kernel untouched (XDP_PASS). */
 #ifndef LB_PARSE_H
 #define LB_PARSE_H
 
 #include <linux/if_ether.h>
 #include <linux/ip.h>
+#include <linux/ipv6.h>
 #include <linux/tcp.h>
 #include <linux/udp.h>
 #include <linux/in.h>
@@ -20,19 +23,92 @@ struct lb_vlan_hdr {
 
 struct lb_pkt {
     struct ethhdr *eth;
-    struct iphdr *ip4;
+    struct iphdr *ip4;            /* exactly one of ip4 and ip6 is set */
+    struct ipv6hdr *ip6;
     __be16 *sport_p;              /* points into the L4 header */
     __be16 *dport_p;
     __sum16 *l4csum;              /* NULL: no checksum to fix (UDP with checksum 0) */
+    __be32 saddr[4];              /* copies of the addresses, 16 bytes for both families (IPv4 */
+    __be32 daddr[4];              /* in word 0, the rest 0): keys and hashes need no branch */
     __u32 len;                    /* IP total length, for byte counters */
     __u8 proto;
     __u8 tcp_flags;               /* TCP: the byte holding FIN SYN RST PSH ACK URG */
+    __u8 family;                  /* LB_AF_INET or LB_AF_INET6 */
+};
+
+/* IPv6 extension headers walked before the transport header; more is passed to the kernel */
+#ifndef LB_IPV6_EXT_MAX
+#define LB_IPV6_EXT_MAX 4
+#endif
+
+struct lb_ipv6_opt {              /* hop-by-hop, routing and destination options share this start */
+    __u8 nexthdr;
+    __u8 hdrlen;                  /* in 8-byte units, not counting the first 8 bytes */
 };
 
 #define LB_TCP_FIN 0x01
 #define LB_TCP_SYN 0x02
 #define LB_TCP_RST 0x04
 #define LB_TCP_ACK 0x10
+
+/* TCP or UDP at cur: ports, checksum and flags into pkt.  LB_CONTINUE or XDP_PASS. */
+static __always_inline int lb_parse_l4(void *cur, void *data_end, struct lb_pkt *pkt, __u8 l4proto)
+{
+    pkt->proto = l4proto;
+    if (l4proto == IPPROTO_TCP) {
+        struct tcphdr *th = cur;
+        if ((void *)(th + 1) > data_end)
+            return XDP_PASS;
+        pkt->sport_p = &th->source;
+        pkt->dport_p = &th->dest;
+        pkt->l4csum = &th->check;
+        pkt->tcp_flags = ((__u8 *)th)[13];
+    } else if (l4proto == IPPROTO_UDP) {
+        struct udphdr *uh = cur;
+        if ((void *)(uh + 1) > data_end)
+            return XDP_PASS;
+        pkt->sport_p = &uh->source;
+        pkt->dport_p = &uh->dest;
+        pkt->l4csum = uh->check ? &uh->check : 0;
+    } else {
+        return XDP_PASS;
+    }
+    return LB_CONTINUE;
+}
+
+
+/* IPv6 at cur: the fixed header, then up to LB_IPV6_EXT_MAX extension headers IPVS's own
+ * ipv6_find_hdr would step over too.  A fragment header (or anything unknown) is the kernel's. */
+static __always_inline int lb_parse6(void *cur, void *data_end, struct lb_pkt *pkt, __u32 *counter)
+{
+    struct ipv6hdr *ip6 = cur;
+    if ((void *)(ip6 + 1) > data_end)
+        return XDP_PASS;
+    if (ip6->version != 6)
+        return XDP_PASS;
+    pkt->ip6 = ip6;
+    pkt->family = LB_AF_INET6;
+    __builtin_memcpy(pkt->saddr, &ip6->saddr, 16);
+    __builtin_memcpy(pkt->daddr, &ip6->daddr, 16);
+    pkt->len = bpf_ntohs(ip6->payload_len) + sizeof(*ip6);
+    __u8 nh = ip6->nexthdr;
+    cur = ip6 + 1;
+#pragma unroll
+    for (int i = 0; i < LB_IPV6_EXT_MAX; i++) {
+        if (nh != IPPROTO_HOPOPTS && nh != IPPROTO_ROUTING && nh != IPPROTO_DSTOPTS)
+            break;
+        struct lb_ipv6_opt *oh = cur;
+        if ((void *)(oh + 1) > data_end)
+            return XDP_PASS;
+        nh = oh->nexthdr;
+        cur += ((__u32)oh->hdrlen + 1) * 8;
+    }
+    if (nh == IPPROTO_FRAGMENT) {
+        *counter = LB_CNT_FRAGMENT;
+        return XDP_PASS;
+    }
+    return lb_parse_l4(cur, data_end, pkt, nh);
+}
 
 /* Returns LB_CONTINUE with pkt filled, or XDP_PASS. */
 static __always_inline int lb_parse(struct xdp_md *ctx, struct lb_pkt *pkt, __u32 *counter)
@@ -55,8 +131,10 @@ static __always_inline int lb_parse(struct xdp_md *ctx, struct lb_pkt *pkt, __u3
         proto = vh->proto;
         cur = vh + 1;
     }
+    if (proto == bpf_htons(ETH_P_IPV6))
+        return lb_parse6(cur, data_end, pkt, counter);
     if (proto != bpf_htons(ETH_P_IP))
-        return XDP_PASS;            /* ARP, IPv6 (not forwarded yet), anything else */
+        return XDP_PASS;            /* ARP, anything else */
 
     struct iphdr *ip = cur;
     if ((void *)(ip + 1) > data_end)
@@ -67,33 +145,15 @@ static __always_inline int lb_parse(struct xdp_md *ctx, struct lb_pkt *pkt, __u3
     if (cur + ihl > data_end)
         return XDP_PASS;
     pkt->ip4 = ip;
+    pkt->family = LB_AF_INET;
+    pkt->saddr[0] = ip->saddr;
+    pkt->daddr[0] = ip->daddr;
     pkt->len = bpf_ntohs(ip->tot_len);   /* IPVS counts IP bytes, not frames */
-    pkt->proto = ip->protocol;
     if (ip->frag_off & bpf_htons(0x3fff)) {
         /* Fragments carry no (or partial) ports; leave them to the kernel. */
         *counter = LB_CNT_FRAGMENT;
         return XDP_PASS;
     }
-    cur += ihl;
-    if (ip->protocol == IPPROTO_TCP) {
-        struct tcphdr *th = cur;
-        if ((void *)(th + 1) > data_end)
-            return XDP_PASS;
-        pkt->sport_p = &th->source;
-        pkt->dport_p = &th->dest;
-        pkt->l4csum = &th->check;
-        pkt->tcp_flags = ((__u8 *)th)[13];
-    } else if (ip->protocol == IPPROTO_UDP) {
-        struct udphdr *uh = cur;
-        if ((void *)(uh + 1) > data_end)
-            return XDP_PASS;
-        pkt->sport_p = &uh->source;
-        pkt->dport_p = &uh->dest;
-        pkt->l4csum = uh->check ? &uh->check : 0;
-    } else {
-        return XDP_PASS;
-    }
-    return LB_CONTINUE;
+    return lb_parse_l4(cur + ihl, data_end, pkt, ip->protocol);
 }
-
 #endif

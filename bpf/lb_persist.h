@@ -7,7 +7,12 @@ static __always_inline void lb_persist_key_of(struct lb_persist_key *pk, struct 
                                               struct lb_svc *svc)
 {
     __builtin_memset(pk, 0, sizeof(*pk));
-    *(__be32 *)pk->caddr = pkt->ip4->saddr & svc->persist_mask;
+    /* IPv4 netmask or IPv6 prefix, both as a 16-byte mask (IPVS: svc->netmask) */
+    __be32 *ca = (__be32 *)pk->caddr;
+    ca[0] = pkt->saddr[0] & svc->persist_mask[0];
+    ca[1] = pkt->saddr[1] & svc->persist_mask[1];
+    ca[2] = pkt->saddr[2] & svc->persist_mask[2];
+    ca[3] = pkt->saddr[3] & svc->persist_mask[3];
     if (svc->fwmark) {            /* IPVS: <client & netmask, fwmark> across the whole group */
         pk->fwmark = svc->fwmark;
         pk->family = svc->family;

@@ -275,22 +275,29 @@ static __always_inline __u32 lb_pick_bucket(__u32 svc_id, struct lb_svc *svc,
     return lb_dest_usable(d) ? d->real : LB_NONE;
 }
 
-/* dh, as ip_vs_dh_hashkey(): hash_32(ntohl(daddr), 8) */
-static __always_inline __u32 lb_pick_dh(__u32 svc_id, struct lb_svc *svc, struct lb_svc_dests *ds,
-                                        __be32 daddr)
+/* IPVS's addr_fold in host order (dh, sh, mh, lblc): an IPv4 address, or an IPv6 one's four
+ * words XORed.  pkt addresses keep words 1-3 zero for IPv4, so one expression serves both. */
+static __always_inline __u32 lb_addr_fold(const __be32 *a)
 {
-    return lb_pick_bucket(svc_id, svc, ds, lb_hash_32(bpf_ntohl(daddr)));
+    return bpf_ntohl(a[0] ^ a[1] ^ a[2] ^ a[3]);
 }
 
-/* sh, as ip_vs_sh_schedule(): bucket hash_32(ntohs(sport) + ntohl(saddr), 8), the port only
+/* dh, as ip_vs_dh_hashkey(): hash_32(ntohl(addr_fold(daddr)), 8) */
+static __always_inline __u32 lb_pick_dh(__u32 svc_id, struct lb_svc *svc, struct lb_svc_dests *ds,
+                                        __u32 dfold)
+{
+    return lb_pick_bucket(svc_id, svc, ds, lb_hash_32(dfold));
+}
+
+/* sh, as ip_vs_sh_schedule(): bucket hash_32(ntohs(sport) + ntohl(addr_fold(saddr)), 8), the port only
  * with sh-port.  An unusable server means no destination, unless sh-fallback: then, as
  * ip_vs_sh_get_fallback(), probe bucket (k + 2 * ihash) & 255 for k = 0..255 (the kernel's
  * hashkey with offset (k + ihash)) and take the first usable one; an empty bucket stops. */
 static __always_inline __u32 lb_pick_sh(__u32 svc_id, struct lb_svc *svc, struct lb_svc_dests *ds,
-                                        __be32 saddr, __be16 sport, lb_scratch_t *sc)
+                                        __u32 sfold, __be16 sport, lb_scratch_t *sc)
 {
     __u32 port = (svc->flags & LB_SVC_F_SCHED_PORT) ? bpf_ntohs(sport) : 0;
-    __u32 ihash = lb_hash_32(bpf_ntohl(saddr) + port);
+    __u32 ihash = lb_hash_32(sfold + port);
     struct lb_sched_buckets *b = lb_sched_buckets.lookup(&svc_id);
     if (!b)
         return LB_NONE;
@@ -359,12 +366,12 @@ static __always_inline int lb_lblc_overloaded(struct lb_svc_dests *ds, __u32 rea
     return sc->first;
 }
 
-static __always_inline void lb_lblc_key_of(struct lb_lblc_key *k, __u32 svc_id, __be32 daddr)
+static __always_inline void lb_lblc_key_of(struct lb_lblc_key *k, __u32 svc_id, lb_scratch_t *sc)
 {
     __builtin_memset(k, 0, sizeof(*k));
     k->svc = svc_id;
-    k->family = LB_AF_INET;
-    *(__be32 *)k->addr = daddr;
+    k->family = sc->family;
+    __builtin_memcpy(k->addr, (const void *)sc->daddr, 16);
 }
 
 /* lblc, as ip_vs_lblc_schedule(): the cached server if available, weight > 0 and not
@@ -372,10 +379,10 @@ static __always_inline void lb_lblc_key_of(struct lb_lblc_key *k, __u32 svc_id, 
  * every scheduler here skips it), else wlc over the service, cached (lastuse = now) */
 static __always_inline __u32 lb_pick_lblc(__u32 svc_id, struct lb_svc *svc, struct lb_svc_dests *ds,
                                           struct lb_sched_state *st, lb_scratch_t *sc,
-                                          __be32 daddr, __u64 now)
+                                          __u64 now)
 {
     struct lb_lblc_key k;
-    lb_lblc_key_of(&k, svc_id, daddr);
+    lb_lblc_key_of(&k, svc_id, sc);
     struct lb_lblc *e = lb_lblc.lookup(&k);
     if (e) {
         e->lastuse_ns = now;
@@ -399,10 +406,10 @@ static __always_inline __u32 lb_pick_lblc(__u32 svc_id, struct lb_svc *svc, stru
  * (ip_vs_dest_set_max).  The set holds LB_LBLCR_SET_SIZE members: a full one drops its oldest. */
 static __always_inline __u32 lb_pick_lblcr(__u32 svc_id, struct lb_svc *svc, struct lb_svc_dests *ds,
                                            struct lb_sched_state *st, lb_scratch_t *sc,
-                                           __be32 daddr, __u64 now)
+                                           __u64 now)
 {
     struct lb_lblc_key k;
-    lb_lblc_key_of(&k, svc_id, daddr);
+    lb_lblc_key_of(&k, svc_id, sc);
     struct lb_lblcr *e = lb_lblcr.lookup(&k);
     if (!e) {
         __u32 real = lb_pick_wlc(svc, ds, st, sc);
@@ -639,17 +646,17 @@ static __always_inline int lb_mh_any_usable(struct lb_svc *svc, struct lb_svc_de
     return 0;
 }
 
-/* mh, as ip_vs_mh_schedule(): slot hsiphash(ntohs(sport) + ntohl(saddr)) % size, the port
+/* mh, as ip_vs_mh_schedule(): slot hsiphash(ntohs(sport) + ntohl(addr_fold(saddr))) % size, the port
  * only with mh-port.  An unusable server means no destination, unless mh-fallback: then, as
  * ip_vs_mh_get_fallback(), probe slot hsiphash((k + ihash) % size + port + saddr) % size for
  * k = 0..size-1 and take the first usable server.  Returns a real id, LB_NONE, or
  * LB_MH_CONTINUE when the walk must go on in another run (w holds where). */
 static __always_inline __u32 lb_pick_mh(__u32 svc_id, struct lb_svc *svc, struct lb_svc_dests *ds,
-                                        __be32 saddr, __be16 sport, struct lb_mh_walk *w)
+                                        __u32 sfold, __be16 sport, struct lb_mh_walk *w)
 {
     __u32 size = svc->mh_size;
     void *tab = lb_mh_tables.lookup(&svc_id);
-    __u32 base = bpf_ntohl(saddr) + ((svc->flags & LB_SVC_F_SCHED_PORT) ? bpf_ntohs(sport) : 0);
+    __u32 base = sfold + ((svc->flags & LB_SVC_F_SCHED_PORT) ? bpf_ntohs(sport) : 0);
     __u32 real = LB_NONE;
     int ok;
 

@@ -21,9 +21,9 @@ struct lb_svc {                   /* lb_svc value, index = service id */
     __u32 wrr_mw;                 /* wrr: max weight - (gcd - 1), computed by the control plane */
     __u32 wrr_di;                 /* wrr: gcd of the positive weights */
     __u32 persist_timeout;        /* seconds; reserved for persistence templates */
-    __u32 persist_mask;           /* IPv4 netmask, network byte order */
     __u32 fwmark;                 /* firewall-mark service: its mark (addr/port/proto are 0) */
     __u32 mh_size;                /* mh: Maglev table size (prime) */
+    __be32 persist_mask[4];       /* IPv4 netmask (word 0) or IPv6 prefix as a 16-byte mask */
 };
 
 /* lb_fwm_ranges value (key: lb_svc_key with port 0): the port ranges of one (VIP, protocol)
@@ -148,7 +148,14 @@ struct lb_sched_scratch {         /* per-CPU: scheduler loop state, then the han
     __u64 loh;
     __u64 lw;
     __u32 from_template;          /* the pick came from a persistence template */
-    __u32 pad;
+    /* the new connection's packet as lb_xdp_public classified it, for the scheduler programs
+     * (dh, sh, mh hash and lblc/lblcr key on its addresses): they need not parse it again */
+    __u32 sfold;                  /* lb_addr_fold() of the source address ... */
+    __u32 dfold;                  /* ... and of the destination address */
+    __be16 sport;
+    __u8 family;
+    __u8 pad;
+    __u8 daddr[16];
 };
 
 /* lblc / lblcr tables (IPVS svc->sched_data): one entry per (service, destination address),

@@ -18,7 +18,7 @@ def bpf():
 @pytest.mark.parametrize("table, part, struct, offsets", [
     ("lb_services", "Key", L.SVC_KEY, {"port": 16, "proto": 18, "family": 19}),
     ("lb_svc", "Leaf", L.SVC, {"sched": 20, "nreals": 24, "flags": 28, "wrr_mw": 32, "wrr_di": 36,
-                               "fwmark": 48, "mh_size": 52}),
+                               "persist_timeout": 40, "fwmark": 44, "mh_size": 48, "persist_mask": 52}),
     ("lb_sched_state", "Leaf", L.SCHED_STATE, {"cw": 4}),
     ("lb_reals", "Leaf", L.REAL, {"port": 16, "family": 18, "fwd": 19, "weight": 20, "flags": 24,
                                   "ifindex": 28, "mac": 32, "src_mac": 38, "svc": 44,

@@ -51,7 +51,7 @@ COUNTER_NAMES = ["no_real_server", "tcp_not_syn", "fragment", "real_server_gone"
 
 # lb_structs.h
 SVC_KEY = struct.Struct("=16s2sBB")                 # lb_svc_key
-SVC = struct.Struct("=16s2sBB9I")                   # lb_svc
+SVC = struct.Struct("=16s2sBB8I16s")                # lb_svc
 SCHED_STATE = struct.Struct("=Ii")                  # lb_sched_state
 DEST = struct.Struct("=3I")                         # lb_dest
 REAL = struct.Struct("=16s2sBBIII6s6sIIII")         # lb_real
@@ -124,20 +124,20 @@ class Svc:
     wrr_mw: int = 0
     wrr_di: int = 1
     persist_timeout: int = 0
-    persist_mask: int = 0
     fwmark: int = 0
     mh_size: int = 0
+    persist_mask: bytes = bytes(16)   # pack_mask(): the netmask or prefix as 16 bytes
 
     def pack(self) -> bytes:
         return SVC.pack(pack_addr(self.addr), pack_port(self.port), self.proto, family_of(self.addr),
                         self.sched, self.nreals, self.flags, self.wrr_mw, self.wrr_di,
-                        self.persist_timeout, self.persist_mask, self.fwmark, self.mh_size)
+                        self.persist_timeout, self.fwmark, self.mh_size, self.persist_mask)
 
     @classmethod
     def unpack(cls, raw: bytes) -> "Svc":
-        a, p, proto, fam, sched, nreals, flags, mw, di, pt, pm, fwm, mhs = SVC.unpack(raw)
+        a, p, proto, fam, sched, nreals, flags, mw, di, pt, fwm, mhs, pm = SVC.unpack(raw)
         return cls(unpack_addr(a, fam) if fam else ipaddress.IPv4Address(0), unpack_port(p), proto,
-                   sched, nreals, flags, mw, di, pt, pm, fwm, mhs)
+                   sched, nreals, flags, mw, di, pt, fwm, mhs, pm)
 
 
 @dataclass
@@ -227,14 +227,23 @@ class Conn:
         return TCP_STATES[self.state] if self.state < len(TCP_STATES) else "ERR!"
 
 
-def pack_mask(mask: str | None) -> int:
-    """lb_svc.persist_mask: the IPv4 netmask as a u32 whose bytes are in network order."""
-    packed = ipaddress.IPv4Address(mask or "255.255.255.255").packed
-    return int.from_bytes(packed, "little")
+def pack_mask(mask: str | int | None, family: int = AF_INET) -> bytes:
+    """lb_svc.persist_mask: the client mask of a persistent service as 16 bytes in network
+    order, as IPVS's svc->netmask: an IPv4 netmask (dotted; None is /32) in the first 4 bytes, or
+    an IPv6 prefix length (None is /128)."""
+    if family == AF_INET6:
+        plen = 128 if mask is None else int(mask)
+        if not 0 <= plen <= 128:
+            raise ValueError(f"IPv6 prefix length {plen} out of 0..128")
+        return ((1 << 128) - (1 << (128 - plen))).to_bytes(16, "big")
+    return ipaddress.IPv4Address(mask or "255.255.255.255").packed + bytes(12)
 
 
-def unpack_mask(value: int) -> str:
-    return str(ipaddress.IPv4Address(value.to_bytes(4, "little")))
+def unpack_mask(raw: bytes, family: int = AF_INET) -> str | int:
+    """pack_mask's inverse: a dotted IPv4 netmask, or an IPv6 prefix length."""
+    if family == AF_INET6:
+        return bin(int.from_bytes(raw, "big")).count("1")
+    return str(ipaddress.IPv4Address(raw[:4]))
 
 
 def real_counts(conns: bytes, swept: bytes) -> tuple[int, int, int]:
@@ -251,7 +260,7 @@ class FwmKey:
     """A firewall-mark service's identity in the data plane (it has no lb_services entry)."""
     fwmark: int
     proto: int = 0
-    addr: ipaddress.IPv4Address = ipaddress.IPv4Address(0)
+    addr: ipaddress.IPv4Address | ipaddress.IPv6Address = ipaddress.IPv4Address(0)  # its family's 0
     port: int = 0
 
 

@@ -42,13 +42,14 @@ def _service_row(maps: PinnedMaps, sid: int, key) -> ServiceRow:
     svc = L.Svc.unpack(maps["lb_svc"].get(skey))
     sched = L.SCHEDULER_NAMES.get(svc.sched, "?")
     if isinstance(key, L.FwmKey):
-        row = ServiceRow(protocol="", address=None, port=0, fwmark=key.fwmark, family=4, scheduler=sched)
+        row = ServiceRow(protocol="", address=None, port=0, fwmark=key.fwmark, family=svc.addr.version,
+                         scheduler=sched)
     else:
         row = ServiceRow(protocol=L.PROTO_NAMES.get(key.proto, str(key.proto)), address=key.addr,
                          port=key.port, scheduler=sched, family=key.addr.version)
     row.sched_flags = L.sched_flag_names(sched, svc.flags)
     row.persistent = svc.persist_timeout or None
-    row.netmask = L.unpack_mask(svc.persist_mask) if svc.persist_timeout else None
+    row.netmask = L.unpack_mask(svc.persist_mask, L.family_of(svc.addr)) if svc.persist_timeout else None
     row.stats = _sum_stats(maps["lb_svc_stats"].get_percpu(skey))
     row.rate = _rates(maps, "lb_svc_rates", skey)
     dests = L.unpack_dests(maps["lb_svc_dests"].get(skey), min(svc.nreals, maps["lb_svc_dests"].value_size // L.DEST.size))

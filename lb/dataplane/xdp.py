@@ -8,6 +8,7 @@ weight update exactly as ip_vs_rr.c / ip_vs_wrr.c change them (lb.sched.model ho
 from __future__ import annotations
 
 import ctypes
+import ipaddress
 import dataclasses
 import logging
 import os
@@ -257,7 +258,7 @@ class XdpDataplane:
         for k, v in m["lb_fwm_services"].items(batch=False):
             fwmark, sid = L.U32.unpack(k)[0], L.U32.unpack(v)[0]
             svc = L.Svc.unpack(m["lb_svc"].get(L.U32.pack(sid)))
-            key = L.FwmKey(fwmark)
+            key = L.FwmKey(fwmark, addr=svc.addr)   # the family's zero address
             st = _SvcState(sid, key, L.SCHEDULER_NAMES.get(svc.sched, "wlc"))
             for rid, _w, _f in L.unpack_dests(m["lb_svc_dests"].get(L.U32.pack(sid)), svc.nreals):
                 real = L.Real.unpack(m["lb_reals"].get(L.U32.pack(rid)))
@@ -609,14 +610,15 @@ class XdpDataplane:
             changed = True
             log.info("added real server %s:%d to %s (%s, weight %d)", spec_r.address, spec_r.port,
                      _svc_name(key), L.FORWARD_NAMES[real.fwd], real.weight)
-        persist = (spec.persistent, L.pack_mask(spec.pmask) if spec.persistent else 0)
+        family = L.family_of(key.addr)
+        persist = (spec.persistent, L.pack_mask(spec.pmask, family) if spec.persistent else bytes(16))
         flags = L.sched_flag_bits(f for f in spec.sched_flags if L.SCHED_FLAGS[f][0] == st.sched)
         if not new:
             cur = L.Svc.unpack(self.maps["lb_svc"].get(L.U32.pack(st.id)))
             if (cur.persist_timeout, cur.persist_mask) != persist:
                 changed = True
                 log.info("virtual service %s: persistence %d s mask %s", _svc_name(key), spec.persistent,
-                         spec.pmask or "255.255.255.255")
+                         L.unpack_mask(persist[1], family))
             if cur.flags != flags or (st.sched == "mh" and cur.mh_size != spec.mh_size):
                 changed = True
         if not (new or changed):
@@ -628,7 +630,7 @@ class XdpDataplane:
         mw, di = sched_model.wrr_params(self._weights(st))
         fwmark = key.fwmark if isinstance(key, L.FwmKey) else 0
         svc = L.Svc(key.addr, key.port, key.proto, L.SCHEDULERS[st.sched], len(st.dests), flags, mw, di,
-                    *persist, fwmark, spec.mh_size if st.sched == "mh" else 0)
+                    persist[0], fwmark, spec.mh_size if st.sched == "mh" else 0, persist[1])
         self._set("lb_svc", sid, svc.pack())
         cl = L.POS_HEAD
         if st.sched == "rr" and cursor is not None:
@@ -1078,7 +1080,8 @@ _EST_SHIFT = (10, 10, 10, 5, 5)
 
 def _key_of(spec: ServiceSpec):
     if spec.fwmark:
-        return L.FwmKey(spec.fwmark)
+        v6 = bool(spec.groups) and spec.groups[0].address.version == 6
+        return L.FwmKey(spec.fwmark, addr=ipaddress.IPv6Address(0) if v6 else ipaddress.IPv4Address(0))
     return L.SvcKey(L.PROTO_NUMBERS[spec.protocol], spec.address, spec.port)
 
 
