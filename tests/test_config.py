@@ -460,14 +460,15 @@ BAD = [
         address = "2001:db8::11"
         """, 8, "virtual_server[0].real_server[0].address",
         "real server address 2001:db8::11 is IPv6 but virtual server 'web' is IPv4"),
-    bad("ipv6-vip", G + """\
+    bad("family-mismatch-ipv6-vip", G + """\
         [[virtual_server]]
         name = "web6"
-        address = "2001:db8::10"
+        address = "2001:2::10"
         port = 80
         [[virtual_server.real_server]]
-        address = "2001:db8::11"
-        """, 5, "virtual_server[0].address", "IPv6 virtual servers are not supported yet"),
+        address = "198.18.1.11"
+        """, 8, "virtual_server[0].real_server[0].address",
+        "real server address 198.18.1.11 is IPv4 but virtual server 'web6' is IPv6"),
     bad("dr-port-change", G + """\
         [[virtual_server]]
         name = "web"

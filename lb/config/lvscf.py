@@ -39,6 +39,12 @@ Mapping onto :class:`~lb.config.model.Config`:
   Piranha's HA keys back (``backup_active = 1``, ``heartbeat = 1``).  With ``backup_active = 0``
   or absent (one director) the HA keys are extras, as Piranha's own ``lvs`` ignores them.
 
+IPv6 (Piranha never had it; the syntax is lvs.cf's own): a virtual's ``address = 2001:2::10 eth0``,
+a server's ``address``, ``sorry_server = [2001:2::99]:80`` and ``lb_port_groups`` entries may be
+IPv6, one family per virtual (the TOML loader's rules).  The value of ``pmask`` then is a prefix
+length (``pmask = 64`` or ``/64``), and so is ``nat_nmask`` of an IPv6 ``nat_router`` (required
+then: Piranha's default 255.255.255.0 is IPv4's).
+
 ``sorry_server = ADDR`` (or ``ADDR:PORT``) is VirtualServer.sorry_server.
 ``quiesce_server`` is VirtualServer.quiesce_server (the schedulers' connection counts restart
 when a server joins; it is not Monitor.quiesce).  ``load_monitor = uptime`` becomes a program
@@ -48,7 +54,7 @@ monitor.  lb extensions ``lb_load_monitor_kind`` (agent | program), ``_port``, `
 (quoted), ``_interval``, ``_timeout`` (decimal seconds) and ``_min_weight`` set the rest.
 Keys the model cannot hold yet (HA keys without a backup, serial_no, ...) are type-checked and returned in
 ``extras`` (see :func:`load_with_extras`) so :func:`dumps` writes them back.
-``network = tunnel``, ``fwmark`` and ``service = fos`` are rejected as not
+``network = tunnel`` and ``service = fos`` are rejected as not
 supported yet.
 
 lb extensions (written by :func:`dumps` only when the model needs them to
@@ -290,6 +296,14 @@ def _mask(text: str) -> str | None:
     return None if host & (host + 1) else str(ipaddress.IPv4Address(mask))
 
 
+def _prefix6(text: str) -> int | None:
+    """An IPv6 prefix length, "64" or "/64", 1..128; None if not one."""
+    digits = text[1:] if text.startswith("/") else text
+    if not (digits.isascii() and digits.isdigit()) or not 1 <= int(digits) <= 128:
+        return None
+    return int(digits)
+
+
 _INT_RE = re.compile(r"[+-]?[0-9]+")
 _NUM_RE = re.compile(r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)")
 
@@ -492,14 +506,18 @@ class _Builder:
 
         nat = g.addr_dev("nat_router")
         nmask_e = g.entries.get("nat_nmask")
-        nmask = g.extra("nat_nmask", "mask")
         nat_line = g.line("nat_router")
+        nat6 = nat is not None and ":" in nat[0]  # an IPv6 nat_router: nat_nmask is a prefix length
+        nmask = self._nat_prefix6(g) if nat6 else g.extra("nat_nmask", "mask")
         if nat is not None:
             ip, dev, raw = nat
             if dev is None:
                 g.error(g.entries["nat_router"], "expected 'IP DEVICE[:N]' (the device is required)")
             else:
-                prefix = ipaddress.IPv4Network(f"0.0.0.0/{nmask or DEFAULT_NAT_NMASK}").prefixlen
+                if nat6:  # a bad or missing nat_nmask is reported already: /128 stands in
+                    prefix = nmask or 128
+                else:
+                    prefix = ipaddress.IPv4Network(f"0.0.0.0/{nmask or DEFAULT_NAT_NMASK}").prefixlen
                 glob["nat_router"] = f"{ip}/{prefix}"
                 glob["nat_router_device"] = dev
                 glob["private_interface"] = dev
@@ -581,6 +599,22 @@ class _Builder:
         if vss:
             doc["virtual_server"] = vss
         return doc
+
+    def _nat_prefix6(self, g: _Scope) -> int | None:
+        """nat_nmask of an IPv6 nat_router: a prefix length (64 or /64), required (Piranha's
+        default, 255.255.255.0, is an IPv4 netmask)."""
+        e = g.entries.get("nat_nmask")
+        if e is None:
+            nat = g.entries["nat_router"]
+            self.issues.add(nat.line, "nat_nmask", "an IPv6 nat_router needs nat_nmask = PREFIX LENGTH "
+                            "(e.g. nat_nmask = 64): Piranha's default 255.255.255.0 is an IPv4 netmask")
+            return None
+        prefix = _prefix6(e.value)
+        if prefix is None:
+            g.error(e, f"'{e.value}' is an IPv4 netmask but nat_router is IPv6: give a prefix length "
+                       f"1..128 (e.g. 64)" if "." in e.value else
+                       f"expected an IPv6 prefix length 1..128 (64 or /64), got {e.value!r}")
+        return prefix
 
     def _ha(self, g: _Scope) -> dict[str, Any]:
         """backup_active = 1: Piranha's HA keys plus lb_ha_* -> the [ha] table."""
@@ -1049,7 +1083,9 @@ def dumps(cfg: Config, extras: dict[str, Any] | None = None) -> str:
     nat_dev = cfg.nat_device
     if cfg.nat_router is not None and nat_dev is not None:
         put("", "nat_router", f"{cfg.nat_router.ip} {dev_text(nat_dev, gx.get('nat_router_alias'))}")
-        put("", "nat_nmask", cfg.nat_router.netmask)
+        # IPv4: Piranha's dotted netmask; IPv6: the prefix length (as an IPv6 service's pmask)
+        put("", "nat_nmask", cfg.nat_router.netmask if cfg.nat_router.version == 4
+            else cfg.nat_router.network.prefixlen)
     elif "nat_nmask" in gx:
         put("", "nat_nmask", gx["nat_nmask"])
     for key in ("debug_level", "monitor_links", "syncdaemon", "rsh_command"):

@@ -8,7 +8,7 @@ once :func:`lb.config.load` has returned them.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from ipaddress import IPv4Address, IPv4Interface, IPv6Address
+from ipaddress import IPv4Address, IPv4Interface, IPv6Address, IPv6Interface
 from pathlib import Path
 
 # Every scheduler of IPVS (ipvsadm's names); both data planes run all of them.
@@ -112,6 +112,9 @@ SCHEDULER_FLAGS: dict[str, str] = {
 class VirtualServer:
     """A service: (protocol, VIP, port) plus its scheduler and real servers.
 
+    One address family per service: the VIP (or every port group), the real servers and the
+    sorry server are all IPv4 or all IPv6 (the loader checks it), as in IPVS.
+
     A firewall-mark service (fwmark != 0) is matched by its port groups instead; its address,
     port and protocol are those of the first group (the VIP its director holds, the port its
     health checks use), and its real servers take each connection's own port."""
@@ -122,7 +125,10 @@ class VirtualServer:
     protocol: str = "tcp"  # "tcp" | "udp"
     scheduler: str = "wlc"
     persistent: int = 0  # persistence timeout in seconds; 0 = off
-    pmask: str | None = None  # normalised dotted IPv4 netmask, e.g. "255.255.255.0"
+    # persistence granularity, by the family of the service's address(es): a normalised dotted
+    # netmask for IPv4 (e.g. "255.255.255.0"), a prefix length 1..128 for IPv6 (e.g. 64);
+    # None: not given (one client address: /32 or /128)
+    pmask: str | int | None = None
     active: bool = True
     device: str | None = None  # interface holding the VIP; None -> Config.public_interface
     real_servers: tuple[RealServer, ...] = ()
@@ -228,9 +234,10 @@ class Config:
     # more than one member unchanged this long loses its most loaded member
     lblc_expiration: int = 86400
     lblcr_expiration: int = 86400
-    # the real servers' floating gateway, e.g. 198.18.1.254/24: owned by the (active) director in
-    # NAT, and in direct routing with [ha] (replies routed through the director); else ignored
-    nat_router: IPv4Interface | None = None
+    # the real servers' floating gateway, e.g. 198.18.1.254/24 or 2001:2:0:1::fffe/64: owned by the
+    # (active) director in NAT, and in direct routing with [ha] (replies routed through the
+    # director); else ignored
+    nat_router: IPv4Interface | IPv6Interface | None = None
     nat_router_device: str | None = None  # None -> private_interface
     tables: Tables = field(default_factory=Tables)
     timeouts: Timeouts = field(default_factory=Timeouts)

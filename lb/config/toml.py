@@ -20,7 +20,7 @@ import re
 import tomllib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from ipaddress import IPv4Address, IPv4Interface
+from ipaddress import IPv4Address, IPv4Interface, IPv6Address, IPv6Interface
 from pathlib import Path
 from typing import Any, Final, TypeVar
 
@@ -221,8 +221,19 @@ def _name_problem(name: str) -> str | None:
     return None
 
 
-def _unicast_problem(addr: IPAddress) -> str | None:
-    """Why ``addr`` cannot be a service or backend address, if it can't."""
+def _unicast_problem(addr: IPAddress, *, link_local: bool = False) -> str | None:
+    """Why ``addr`` cannot be a service or backend address, if it can't.
+
+    An IPv6 link-local address (fe80::/10) is refused unless ``link_local``: it means nothing
+    without an interface (a zone), which an address of this file does not carry; the gateway
+    nat_router, owned on its own device, may be one."""
+    if isinstance(addr, IPv6Address):
+        if addr.scope_id is not None:
+            return f"{addr} carries a zone (%{addr.scope_id}): write the address alone"
+        if addr.ipv4_mapped is not None:
+            return f"{addr} is an IPv4-mapped IPv6 address: write the IPv4 address {addr.ipv4_mapped}"
+        if addr.is_link_local and not link_local:
+            return f"{addr} is an IPv6 link-local address, not usable without an interface"
     for kind, bad in (
         ("unspecified", addr.is_unspecified),
         ("multicast", addr.is_multicast),
@@ -233,6 +244,28 @@ def _unicast_problem(addr: IPAddress) -> str | None:
             article = "an" if kind[0] in "aeiou" else "a"
             return f"{addr} is {article} {kind} address, not a usable unicast address"
     return None
+
+
+def _parse_prefix6(value: object) -> int | None:
+    """An IPv6 persistence prefix length: 64, "64" or "/64" -> 64; None if not 1..128 or not one."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, str):
+        text = value[1:] if value.startswith("/") else value
+        if not (text.isascii() and text.isdigit()):
+            return None
+        value = int(text)
+    if isinstance(value, int) and 1 <= value <= 128:
+        return value
+    return None
+
+
+def _is_ipv4(text: str) -> bool:
+    try:
+        IPv4Address(text)
+    except ValueError:
+        return False
+    return True
 
 
 def _parse_netmask(text: str) -> str | None:
@@ -462,7 +495,7 @@ class _VirtualDraft:
     protocol: str | _Invalid
     scheduler: str | _Invalid
     persistent: int | None | _Invalid
-    pmask: str | None | _Invalid
+    pmask: str | int | None | _Invalid
     active: bool | _Invalid
     device: str | None | _Invalid
     monitor: Monitor | _Invalid = field(default_factory=Monitor)
@@ -516,24 +549,31 @@ def _check_network(g: _Table) -> str | _Invalid:
     return g.chk.error(g.at("network"), f"unknown network '{value}' (expected one of: {', '.join(NETWORKS)})")
 
 
-def _check_nat_router(g: _Table) -> IPv4Interface | None | _Invalid:
+def _check_nat_router(g: _Table) -> IPv4Interface | IPv6Interface | None | _Invalid:
     value = g.string("nat_router")
     if not isinstance(value, str):
         return value
     path = g.at("nat_router")
     if "/" not in value:
-        return g.chk.error(path, f"'{value}' must carry a prefix length, e.g. '{value}/24'")
+        example = f"{value}/64" if ":" in value else f"{value}/24"
+        return g.chk.error(path, f"'{value}' must carry a prefix length, e.g. '{example}'")
     try:
         iface = ipaddress.ip_interface(value)
     except ValueError:
         return g.chk.error(path, f"'{value}' is not a valid interface address (address/prefix)")
-    if iface.version != 4:
-        return g.chk.error(path, "an IPv6 nat_router is not supported yet")
-    assert isinstance(iface, IPv4Interface)
-    problem = _unicast_problem(iface.ip)
+    # the interface keeps a zone (fe80::1%priv0/64) its .ip drops: check the address as written
+    problem = _unicast_problem(ipaddress.ip_address(value.split("/", 1)[0]), link_local=True)
     if problem:
         return g.chk.error(path, problem)
     net = iface.network
+    if isinstance(iface, IPv6Interface):
+        # No broadcast in IPv6; the all-zero host address is the Subnet-Router anycast address
+        # (RFC 4291 2.6.1), which routers of the prefix answer: not a gateway one director owns.
+        # /127 and /128 have none (RFC 6164).
+        if net.prefixlen <= 126 and iface.ip == net.network_address:
+            return g.chk.error(path, f"{iface.ip} is the Subnet-Router anycast address of {net}, "
+                                     f"not a host address")
+        return iface
     # /31 and /32 have no network or broadcast address (RFC 3021).
     if net.prefixlen <= 30 and iface.ip in (net.network_address, net.broadcast_address):
         kind = "network" if iface.ip == net.network_address else "broadcast"
@@ -559,15 +599,40 @@ def _check_protocol(vs: _Table) -> str | _Invalid:
     return vs.chk.error(vs.at("protocol"), f"unknown protocol '{value}' (expected 'tcp' or 'udp')")
 
 
-def _check_pmask(vs: _Table) -> str | None | _Invalid:
-    value = vs.string("pmask")
+def _check_pmask(vs: _Table, version: int | None) -> str | int | None | _Invalid:
+    """The persistence netmask, by the service's family (``version``; None when its address is
+    invalid, already reported): IPv4 a dotted netmask or "/N", normalised to the dotted form;
+    IPv6 a prefix length 1..128 (64, "64" or "/64")."""
+    value = vs.data.get("pmask", _ABSENT)
+    if value is _ABSENT:
+        return None
+    path = vs.at("pmask")
+    if version == 6:
+        prefix = _parse_prefix6(value)
+        if prefix is not None:
+            return prefix
+        if isinstance(value, str) and _is_ipv4(value):
+            return vs.chk.error(path, f"'{value}' is an IPv4 netmask but the virtual server is IPv6: "
+                                      f"give a prefix length 1..128 (e.g. 64)")
+        digits = value[1:] if isinstance(value, str) and value.startswith("/") else value
+        if isinstance(digits, str) and digits.isascii() and digits.isdigit():
+            digits = int(digits)
+        if isinstance(digits, int) and not isinstance(digits, bool):
+            return vs.chk.error(path, f"an IPv6 prefix length must be between 1 and 128, got {digits}")
+        return vs.chk.error(path, f"expected an IPv6 prefix length 1..128 (64, \"64\" or \"/64\"), "
+                                  f"got {_describe(value)}")
+    if version is None:
+        # The family is unknown (the address was wrong): report only what neither family takes.
+        if (isinstance(value, str) and _parse_netmask(value) is not None) or _parse_prefix6(value) is not None:
+            return INVALID
+        return vs.chk.error(path, f"expected an IPv4 netmask (e.g. '255.255.255.0') or an IPv6 prefix "
+                                  f"length (e.g. 64), got {_describe(value)}")
     if not isinstance(value, str):
-        return value
+        return vs.chk.error(path, f"expected a string (an IPv4 netmask such as '255.255.255.0' or '/24'), "
+                                  f"got {_describe(value)}")
     mask = _parse_netmask(value)
     if mask is None:
-        return vs.chk.error(
-            vs.at("pmask"), f"'{value}' is not a contiguous IPv4 netmask (e.g. '255.255.255.0')"
-        )
+        return vs.chk.error(path, f"'{value}' is not a contiguous IPv4 netmask (e.g. '255.255.255.0')")
     return mask
 
 
@@ -698,8 +763,6 @@ def _parse_ports(value: Any) -> tuple[int, int] | None:
 
 def _check_port_group(g: _Table) -> PortGroup | _Invalid:
     address = g.address("address")
-    if isinstance(address, IPv4Address) is False and not isinstance(address, _Invalid):
-        address = g.chk.error(g.at("address"), "IPv6 port groups are not supported yet")
     protocol = _check_protocol(g)
     ports = g.data.get("ports", _ABSENT)
     rng: tuple[int, int] | _Invalid
@@ -728,6 +791,17 @@ def _check_fwmark_virtual(vs: _Table, name: str | None | _Invalid) -> _VirtualDr
         vs.chk.error(vs.at("port_group"), "a firewall-mark service needs at least one port group "
                                           "(address, protocol, ports)")
     first = groups[0] if groups and isinstance(groups[0], PortGroup) else None
+    # One family per firewall-mark service (IPVS keeps one per service, -f with or without -6):
+    # the first valid group sets it for the other groups, the real servers and the sorry server.
+    ref = next((g for g in groups if isinstance(g, PortGroup)), None)
+    for i, g in enumerate(groups):
+        if isinstance(g, PortGroup) and ref is not None and g.address.version != ref.address.version:
+            groups[i] = vs.chk.error(
+                vs.at("port_group") + (i, "address"),
+                f"port group address {g.address} is IPv{g.address.version} but "
+                f"port_group[{groups.index(ref)}] ({ref.address}) is IPv{ref.address.version}: "
+                f"the port groups of a firewall-mark service are all one address family")
+    ref_addr: IPAddress | _Invalid = ref.address if ref is not None else INVALID
     scheduler = _check_scheduler(vs)
     draft = _VirtualDraft(
         path=vs.path,
@@ -737,7 +811,7 @@ def _check_fwmark_virtual(vs: _Table, name: str | None | _Invalid) -> _VirtualDr
         protocol=first.protocol if first else INVALID,
         scheduler=scheduler,
         persistent=vs.integer("persistent", PERSISTENT_RANGE, default=0),
-        pmask=_check_pmask(vs),
+        pmask=_check_pmask(vs, None if isinstance(ref_addr, _Invalid) else ref_addr.version),
         active=vs.boolean("active", True),
         device=vs.ifname("device"),
         fwmark=INVALID if fwmark is None else fwmark,
@@ -747,7 +821,7 @@ def _check_fwmark_virtual(vs: _Table, name: str | None | _Invalid) -> _VirtualDr
     )
     if any(isinstance(g, _Invalid) for g in groups):
         draft.fwmark = INVALID
-    draft.sorry = _check_sorry(vs, first.address if first else INVALID, True)
+    draft.sorry = _check_sorry(vs, ref_addr, True)
     draft.quiesce_server = vs.boolean("quiesce_server", False)
     draft.load_monitor = _check_load_monitor(vs)
     draft.monitor = _check_monitor(vs)
@@ -756,7 +830,7 @@ def _check_fwmark_virtual(vs: _Table, name: str | None | _Invalid) -> _VirtualDr
         if isinstance(rs, _Invalid):
             draft.reals.append(rs)
             continue
-        rd = _check_real(rs, first.address if first else INVALID, vs_name)
+        rd = _check_real(rs, ref_addr, vs_name)
         if isinstance(rd.port, int):
             rd.port = rs.chk.error(rs.at("port"), "real servers of a firewall-mark service take each "
                                                   "connection's own port: omit port")
@@ -771,14 +845,7 @@ def _check_virtual(vs: _Table) -> _VirtualDraft:
     if "port_group" in vs.data:
         vs.chk.error(vs.at("port_group"), "port groups belong to a firewall-mark service: set fwmark")
     address = vs.address("address")
-    if not isinstance(address, _Invalid) and address.version == 6:
-        vs.chk.error(vs.at("address"), "IPv6 virtual servers are not supported yet")
-        # Keep the address for the real servers' family check below; the
-        # draft itself is marked invalid so no model is built from it.
-        vip: IPAddress | _Invalid = address
-        address = INVALID
-    else:
-        vip = address
+    vip = address  # its family is the service's: real servers and sorry server are checked against it
     draft = _VirtualDraft(
         path=vs.path,
         name=name,
@@ -787,7 +854,7 @@ def _check_virtual(vs: _Table) -> _VirtualDraft:
         protocol=_check_protocol(vs),
         scheduler=_check_scheduler(vs),
         persistent=vs.integer("persistent", PERSISTENT_RANGE, default=0),
-        pmask=_check_pmask(vs),
+        pmask=_check_pmask(vs, None if isinstance(vip, _Invalid) else vip.version),
         active=vs.boolean("active", True),
         device=vs.ifname("device"),
     )
