@@ -9,6 +9,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from scapy.layers.inet import IP, TCP
+from scapy.layers.inet6 import IPv6
 from scapy.layers.l2 import Ether
 
 from lb.dataplane import RealSpec, ServiceSpec, TableSpec
@@ -27,7 +28,9 @@ def dp():
         yield d
 
 
-def _reals(n):
+def _reals(n, family=4):
+    if family == 6:
+        return [ipaddress.ip_address(f"2001:2:0:2::{i + 1:x}") for i in range(n)]
     return [ipaddress.ip_address(f"198.18.2.{i + 1}") for i in range(n)]
 
 
@@ -39,10 +42,12 @@ def check_against_model(dp, sched, weights, count, acks=(), vip=VIP, clients=("1
     follows its SYN, which makes the connection ESTABLISHED (still active) under DR.  When
     fins[i] (or fins is True) a FIN follows (after the ACK, if any): the connection leaves the
     active states (FIN_WAIT or TIME_WAIT, inactive) and the model deactivates it.  The i-th flow
-    comes from clients[i % len(clients)] (sh hashes it) to `vip` (dh hashes it)."""
+    comes from clients[i % len(clients)] (sh hashes it) to `vip` (dh hashes it).  An IPv6 `vip`
+    makes an IPv6 service with IPv6 real servers (clients then IPv6 too)."""
     port = next(_ports)
-    addrs = _reals(len(weights))
     vip = ipaddress.ip_address(vip)
+    addrs = _reals(len(weights), vip.version)
+    ip = IPv6 if vip.version == 6 else IP
     th = list(thresholds) + [(0, 0)] * (len(weights) - len(thresholds))
     spec = ServiceSpec("tcp", vip, port, sched, tuple(RealSpec(a, 80, w, "dr", *t)
                                                       for a, w, t in zip(addrs, weights, th)),
@@ -56,11 +61,12 @@ def check_against_model(dp, sched, weights, count, acks=(), vip=VIP, clients=("1
     for i in range(count):
         sport = next(_sports) % 65536 or 1
         client = clients[i % len(clients)]
-        base = Ether(src=CLIENT_MAC, dst=PUB_MAC) / IP(src=str(client), dst=str(vip))
+        base = Ether(src=CLIENT_MAC, dst=PUB_MAC) / ip(src=str(client), dst=str(vip))
         rc, out = run(dp, "lb_xdp_public", base / TCP(sport=sport, dport=port, flags="S"))
         assert rc in (XDP_REDIRECT, XDP_PASS)
         g = mac_to_addr.get(Ether(out).dst) if rc == XDP_REDIRECT else None
-        w = m.schedule(saddr=int(ipaddress.ip_address(client)), daddr=int(vip), sport=sport)
+        # the model hashes IPVS's addr_fold of each address (an IPv4 address is its own fold)
+        w = m.schedule(saddr=model.addr_fold(client), daddr=model.addr_fold(vip), sport=sport)
         got.append(g)
         want.append(w)
         if g != w:
@@ -186,6 +192,31 @@ def test_bucket_table_only_for_dh_sh(dp):
        vip=_addrs, clients=st.lists(_addrs, min_size=1, max_size=12))
 def test_bpf_hash_schedulers_match_model(dp, sched, weights, vip, clients):
     check_against_model(dp, sched, weights, len(clients), vip=vip, clients=clients)
+
+
+_addrs6 = st.integers(min_value=1, max_value=2**128 - 2).map(lambda n: str(ipaddress.IPv6Address(n)))
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(sched=st.sampled_from(["dh", "sh", "lblc", "lblcr"]),
+       weights=st.lists(st.integers(min_value=0, max_value=6), min_size=1, max_size=8),
+       vip=_addrs6, clients=st.lists(_addrs6, min_size=1, max_size=12))
+def test_bpf_hash_schedulers_match_model_ipv6(dp, sched, weights, vip, clients):
+    """IPv6: dh and sh hash the XOR of the address's four words (IPVS's addr_fold); lblc and
+    lblcr key their tables on the whole destination address."""
+    check_against_model(dp, sched, weights, len(clients), vip=vip, clients=clients)
+
+
+@pytest.mark.parametrize("sched", ["rr", "wrr", "wlc", "lc", "sed", "nq", "fo", "ovf"])
+def test_ipv6_service_schedules_as_ipv4(dp, sched):
+    weights = [3, 1, 0, 2]
+    check_against_model(dp, sched, weights, 12, vip="2001:2::30", clients=("2001:2:0:1::2",), acks=True)
+
+
+def test_sh_ipv6_clients_fold_to_different_buckets(dp):
+    """Clients differing only in their interface id land on servers by their fold, as IPVS."""
+    clients = [f"2001:2:0:1::{i:x}" for i in range(1, 200)]
+    check_against_model(dp, "sh", [1, 1, 1, 1], len(clients), vip="2001:2::30", clients=clients)
 
 
 # ---- connection thresholds (IPVS OVERLOAD): every scheduler skips an overloaded server

@@ -11,6 +11,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from scapy.layers.inet import IP, TCP
+from scapy.layers.inet6 import IPv6
 from scapy.layers.l2 import Ether
 
 from lb.dataplane import RealSpec, ServiceSpec, TableSpec
@@ -32,17 +33,19 @@ def dp():
         yield d
 
 
-def _reals(n):
+def _reals(n, family=4):
+    if family == 6:
+        return [ipaddress.ip_address(f"2001:2:0:2::{i + 1:x}") for i in range(n)]
     return [ipaddress.ip_address(f"198.18.2.{i + 1}") for i in range(n)]
 
 
 class Case:
     """One mh service in both the data plane and the model, driven the same way."""
 
-    def __init__(self, dp, weights, flags=(), size=model.MH_DEFAULT_SIZE, thresholds=(), port=None):
-        self.dp, self.flags, self.size = dp, tuple(flags), size
+    def __init__(self, dp, weights, flags=(), size=model.MH_DEFAULT_SIZE, thresholds=(), port=None, vip=VIP):
+        self.dp, self.flags, self.size, self.vip = dp, tuple(flags), size, vip
         self.port = next(_ports) if port is None else port
-        self.addrs = _reals(len(weights))
+        self.addrs = _reals(len(weights), vip.version)
         self.th = list(thresholds) + [(0, 0)] * (len(weights) - len(thresholds))
         self.m = model.Service("mh", flags, mh_size=size)
         for a, w, t in zip(self.addrs, weights, self.th):    # config order
@@ -50,7 +53,7 @@ class Case:
         self.writes = self.apply(weights)
 
     def spec(self, weights):
-        return ServiceSpec("tcp", VIP, self.port, "mh",
+        return ServiceSpec("tcp", self.vip, self.port, "mh",
                            tuple(RealSpec(a, 80, w, "dr", *t) for a, w, t in zip(self.addrs, weights, self.th)),
                            sched_flags=self.flags, mh_size=self.size)
 
@@ -66,17 +69,18 @@ class Case:
     def syn(self, client, sport=None):
         """(XDP's pick, the model's pick) for a new connection from client."""
         sport = next(_sports) % 65536 or 1 if sport is None else sport
-        pkt = Ether(src=CLIENT_MAC, dst=PUB_MAC) / IP(src=client, dst=str(VIP)) / TCP(sport=sport, dport=self.port,
-                                                                                     flags="S")
+        ip = IPv6 if self.vip.version == 6 else IP
+        pkt = Ether(src=CLIENT_MAC, dst=PUB_MAC) / ip(src=client, dst=str(self.vip)) / TCP(
+            sport=sport, dport=self.port, flags="S")
         rc, out = run(self.dp, "lb_xdp_public", pkt)
         assert rc in (XDP_REDIRECT, XDP_PASS)
         by_mac = {real_mac(a): str(a) for a in self.addrs}
         got = by_mac.get(Ether(out).dst) if rc == XDP_REDIRECT else None
-        return got, self.m.schedule(saddr=int(ipaddress.ip_address(client)), sport=sport)
+        return got, self.m.schedule(saddr=model.addr_fold(client), sport=sport)
 
     def table(self):
         """The table as the programs see it: real server addresses per slot, from the map."""
-        sid = self.dp.services[L.SvcKey(6, VIP, self.port)].id
+        sid = self.dp.services[L.SvcKey(6, self.vip, self.port)].id
         raw = self.dp.maps["lb_mh_tables"].get(L.U32.pack(sid))
         if raw is None:
             return None
@@ -117,6 +121,20 @@ def test_bpf_matches_model(dp, weights, flags, size, clients, quiesce, threshold
     assert got == want
     # quiesce some (weight 0 keeps the slots), then schedule again
     c.set_weights([0 if q else w for w, q in itertools.zip_longest(weights, quiesce[:len(weights)])][:len(weights)])
+    assert c.table() == (None if c.m.mh_table[0] is None else c.model_table())
+    got, want = zip(*(c.syn(cl) for cl in clients))
+    assert got == want
+
+
+@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(weights=st.lists(st.integers(0, 70), min_size=1, max_size=10),
+       flags=st.sampled_from([(), ("mh-port",), ("mh-fallback",), ("mh-fallback", "mh-port")]),
+       clients=st.lists(st.integers(1, 2**128 - 2).map(lambda n: str(ipaddress.IPv6Address(n))),
+                        min_size=1, max_size=16))
+def test_bpf_matches_model_ipv6(dp, weights, flags, clients):
+    """IPv6: the table's permutations hash the real servers' folded IPv6 addresses, the pick the
+    client's (IPVS ip_vs_mh_hashkey)."""
+    c = Case(dp, weights, flags, 251, vip=ipaddress.ip_address("2001:2::30"))
     assert c.table() == (None if c.m.mh_table[0] is None else c.model_table())
     got, want = zip(*(c.syn(cl) for cl in clients))
     assert got == want

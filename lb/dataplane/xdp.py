@@ -394,7 +394,7 @@ class XdpDataplane:
         """The lb_reals entry for spec.  resolve=False keeps old's next hop (applies that only
         change weights do no netlink work; refresh_nexthops re-resolves on its own schedule)."""
         fwd = L.FWD_NAT if spec.forward == "nat" else L.FWD_DR
-        real = L.Real(spec.address, spec.port, fwd, spec.weight, svc=svc_id,
+        real = L.Real(spec.address, spec.port, fwd, spec.weight, svc=svc_id, family=L.family_of(spec.address),
                       u_threshold=spec.u_threshold, l_threshold=spec.l_threshold)
         if old is not None:
             real.pos = old.pos

@@ -16,6 +16,8 @@ from pyroute2.netlink.exceptions import NetlinkError
 
 log = logging.getLogger("lb.ha")
 
+_IFA_F_NODAD = 0x02     # linux/if_addr.h
+
 
 @dataclass(frozen=True)
 class OwnedAddress:
@@ -31,11 +33,12 @@ def wanted_addresses(cfg) -> list[OwnedAddress]:
     for vs in cfg.virtual_servers:
         if not vs.active:
             continue
-        plen = 32 if vs.address.version == 4 else 128
-        a = OwnedAddress(cfg.vip_device(vs), ipaddress.ip_interface(f"{vs.address}/{plen}"))
-        if (a.ifname, a.address.ip) not in seen:
-            seen.add((a.ifname, a.address.ip))
-            out.append(a)
+        for vip in vs.vips:          # a firewall-mark service's port groups may name several
+            plen = 32 if vip.version == 4 else 128
+            a = OwnedAddress(cfg.vip_device(vs), ipaddress.ip_interface(f"{vip}/{plen}"))
+            if (a.ifname, a.address.ip) not in seen:
+                seen.add((a.ifname, a.address.ip))
+                out.append(a)
     # NAT: the real servers' gateway (replies must come back to be un-NATed).  Direct routing with
     # [ha]: the real servers may route their replies through the director too, so the gateway
     # floats with the VIPs; without [ha] a direct-routing nat_router is ignored (as in Piranha).
@@ -71,7 +74,10 @@ def take(addrs: list[OwnedAddress]) -> None:
             if _has(ipr, idx, a.address):
                 log.info("address %s already on %s", a.address, a.ifname)
                 continue
-            ipr.addr("add", index=idx, address=str(a.address.ip), prefixlen=a.address.network.prefixlen)
+            # IPv6 without duplicate address detection: a VIP (or the real servers' gateway)
+            # taken over from a failed director must answer at once, not after DAD's second
+            kw = {"flags": _IFA_F_NODAD} if a.address.version == 6 else {}
+            ipr.addr("add", index=idx, address=str(a.address.ip), prefixlen=a.address.network.prefixlen, **kw)
             log.info("added address %s to %s", a.address, a.ifname)
 
 

@@ -749,6 +749,10 @@ def mh_addr_fold(addr) -> int:
     return (n ^ (n >> 32) ^ (n >> 64) ^ (n >> 96)) & 0xFFFFFFFF
 
 
+# IPVS's addr_fold, which dh, sh, mh and lblc hash: one name for all of them
+addr_fold = mh_addr_fold
+
+
 def mh_hashkey(addr, port: int, key: tuple[int, int] = MH_HASH1, offset: int = 0) -> int:
     """ip_vs_mh_hashkey: hsiphash of the u32 (offset + port + address), host byte order."""
     v = (offset + port + mh_addr_fold(addr)) & 0xFFFFFFFF
