@@ -30,7 +30,8 @@ class ServiceSpec:
     reals: tuple[RealSpec, ...] = ()   # in configuration order (IPVS keeps the reverse)
     name: str = ""
     persistent: int = 0                # template timeout in seconds; 0 = no persistence
-    pmask: str | None = None           # IPv4 netmask applied to the client address
+    pmask: str | int | None = None     # the client mask: IPv4 dotted netmask, IPv6 prefix length
+                                       # (None: the whole address)
     fwmark: int = 0                    # firewall-mark service: protocol/address/port unused
     groups: tuple[PortGroup, ...] = ()  # ... its ports instead (matched in XDP)
     sched_flags: tuple[str, ...] = ()  # "sh-fallback", "sh-port", "mh-fallback", "mh-port"
