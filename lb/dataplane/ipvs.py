@@ -20,6 +20,11 @@ it applies only the difference between the kernel's table and the wanted one.
 - HA connection sync is IPVS's own sync daemon (master on the active director, backup on the
   standby), started and stopped over netlink (IPVS_CMD_NEW_DAEMON / IPVS_CMD_DEL_DAEMON).
 
+- IPv6 services: IPVS_SVC_ATTR_AF = AF_INET6 (firewall-mark services too: the family is the
+  VIP's, or the port groups'), and the persistence netmask is a prefix length 1..128 (128:
+  none), sent and read back as the kernel keeps it (a host-order u32, as ipvsadm -M 64 sends
+  it), so an unchanged IPv6 service compares equal and is not rewritten.
+
 pyroute2 0.9 pitfalls handled here: its command map sends "update" to a delete (so "set" is
 used), IPVSService ignores misspelled keyword arguments (the scheduler is sched_name=), and
 IPVSDest defaults to fwd_method=3 (DR), so the method is always given.
