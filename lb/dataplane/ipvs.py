@@ -20,6 +20,11 @@ it applies only the difference between the kernel's table and the wanted one.
 - HA connection sync is IPVS's own sync daemon (master on the active director, backup on the
   standby), started and stopped over netlink (IPVS_CMD_NEW_DAEMON / IPVS_CMD_DEL_DAEMON).
 
+- IPv6 services: IPVS_SVC_ATTR_AF = AF_INET6 (firewall-mark services too: the family is the
+  VIP's, or the port groups'), and the persistence netmask is a prefix length 1..128 (128:
+  none), sent and read back as the kernel keeps it (a host-order u32, as ipvsadm -M 64 sends
+  it), so an unchanged IPv6 service compares equal and is not rewritten.
+
 pyroute2 0.9 pitfalls handled here: its command map sends "update" to a delete (so "set" is
 used), IPVSService ignores misspelled keyword arguments (the scheduler is sched_name=), and
 IPVSDest defaults to fwd_method=3 (DR), so the method is always given.
@@ -85,6 +90,7 @@ SYNC_STATES = {"master": IP_VS_STATE_MASTER, "backup": IP_VS_STATE_BACKUP}
 PROTO_NUMBERS = {"tcp": socket.IPPROTO_TCP, "udp": socket.IPPROTO_UDP, "sctp": 132}
 PROTO_NAMES = {socket.IPPROTO_TCP: "TCP", socket.IPPROTO_UDP: "UDP", 132: "SCTP"}
 HOST_MASK = "255.255.255.255"
+HOST_PLEN6 = 128
 
 # ipvsadm's names for the scheduler flags (print_sched_flags)
 _SCHED_FLAG_NAMES = {
@@ -106,6 +112,51 @@ def _svc_flags(spec: ServiceSpec) -> int:
     for name in getattr(spec, "sched_flags", ()):
         flags |= _FLAG_BITS.get(name, 0)
     return flags
+
+
+def _is_v6(spec: ServiceSpec) -> bool:
+    """An IPv6 service: its VIP is IPv6 (a firewall-mark service without one: its port
+    groups' addresses are)."""
+    if spec.address is not None:
+        return spec.address.version == 6
+    return any(g.address.version == 6 for g in getattr(spec, "groups", ()))
+
+
+def _mask(pmask, v6: bool) -> str | int:
+    """The persistence netmask as lb compares it: a dotted IPv4 netmask, or an IPv6 prefix
+    length (int); None (or a bare prefix length for IPv4) normalised, so that equal masks
+    compare equal."""
+    if v6:
+        plen = HOST_PLEN6 if pmask is None else int(pmask)
+        if not 1 <= plen <= 128:
+            raise IpvsError(f"IPv6 persistence prefix length {pmask!r} is out of range 1..128")
+        return plen
+    if pmask is None:
+        return HOST_MASK
+    if isinstance(pmask, int):
+        if not 0 <= pmask <= 32:
+            raise IpvsError(f"IPv4 persistence prefix length {pmask!r} is out of range 0..32")
+        return str(ipaddress.IPv4Network(f"0.0.0.0/{pmask}").netmask)
+    return str(ipaddress.IPv4Address(str(pmask)))
+
+
+def _netmask_attr(mask: str | int) -> str:
+    """IPVS_SVC_ATTR_NETMASK as pyroute2 writes it (an "ip4addr": four raw bytes).  The kernel
+    keeps the attribute's bytes in svc->netmask: for IPv4 a netmask in network order, for IPv6
+    the prefix length 1..128 as a host-order u32 (ip_vs_ctl.c checks `(__u32) u->netmask`;
+    ipvsadm -M 64 sends nla_put_u32(64)), which pyroute2 reads as "64.0.0.0" on x86."""
+    if isinstance(mask, int):
+        return socket.inet_ntoa(struct.pack("=I", mask))
+    return mask
+
+
+def _netmask_value(text, af: int) -> str | int | None:
+    """IPVS_SVC_ATTR_NETMASK read back: the dotted netmask (IPv4) or the prefix length (IPv6)."""
+    if text is None:
+        return None
+    if af == socket.AF_INET6:
+        return struct.unpack("=I", socket.inet_aton(str(text)))[0]
+    return str(text)
 
 
 def _sched_flag_names(sched: str, flags: int) -> tuple[str, ...]:
@@ -145,7 +196,7 @@ class KService:
     sched: str
     flags: int
     timeout: int
-    netmask: str | None
+    netmask: str | int | None        # IPv4: dotted netmask; IPv6: prefix length
     dests: list[KDest]
     stats: Stats | None = None
     rate: Stats | None = None
@@ -304,7 +355,8 @@ class Kernel:
                           address=None if fwmark else _ip(g("IPVS_SVC_ATTR_ADDR"), af),
                           port=0 if fwmark else (g("IPVS_SVC_ATTR_PORT") or 0), fwmark=fwmark, af=af,
                           sched=g("IPVS_SVC_ATTR_SCHED_NAME") or "", flags=flags,
-                          timeout=g("IPVS_SVC_ATTR_TIMEOUT") or 0, netmask=g("IPVS_SVC_ATTR_NETMASK"),
+                          timeout=g("IPVS_SVC_ATTR_TIMEOUT") or 0,
+                          netmask=_netmask_value(g("IPVS_SVC_ATTR_NETMASK"), af),
                           dests=[], stats=stats, rate=rate)
             key = IPVSService.from_message(msg)
             for dmsg in self.sock.dest("dump", service=key):
@@ -337,19 +389,20 @@ class Kernel:
     def _svc(spec: ServiceSpec, full: bool = True):
         from pyroute2 import IPVSService
 
+        v6 = _is_v6(spec)
+        af = socket.AF_INET6 if v6 else socket.AF_INET
         if spec.fwmark:
-            v6 = spec.address is not None and spec.address.version == 6
-            kw = dict(af=socket.AF_INET6 if v6 else socket.AF_INET, fwmark=spec.fwmark)
-            if not v6:
-                kw["netmask"] = HOST_MASK
+            kw = dict(af=af, fwmark=spec.fwmark)
         else:
-            kw = dict(addr=str(spec.address), port=spec.port, protocol=PROTO_NUMBERS[spec.protocol])
+            kw = dict(af=af, addr=str(spec.address), port=spec.port, protocol=PROTO_NUMBERS[spec.protocol])
+        if not v6:
+            kw["netmask"] = HOST_MASK
         if full:
             persist = bool(spec.persistent)
             kw.update(sched_name=spec.scheduler,
                       flags={"flags": _svc_flags(spec), "mask": 0xFFFF},
                       timeout=spec.persistent if persist else 0,
-                      netmask=(spec.pmask or HOST_MASK) if persist else HOST_MASK)
+                      netmask=_netmask_attr(_mask(spec.pmask if persist else None, v6)))
         return IPVSService(**kw)
 
     @staticmethod
@@ -473,11 +526,16 @@ def available() -> bool:
 def _spec_of(ks: KService) -> ServiceSpec:
     """A kernel service as a ServiceSpec (for comparisons and deletes)."""
     persist = ks.flags & IP_VS_SVC_F_PERSISTENT
-    return ServiceSpec(PROTO_NAMES.get(ks.protocol, "?").lower(), ks.address, ks.port, ks.sched,
+    v6 = ks.af == socket.AF_INET6
+    host = HOST_PLEN6 if v6 else HOST_MASK
+    address = ks.address
+    if address is None:          # a firewall-mark service: the unspecified address carries its family
+        address = ipaddress.IPv6Address(0) if v6 else ipaddress.IPv4Address(0)
+    return ServiceSpec(PROTO_NAMES.get(ks.protocol, "?").lower(), address, ks.port, ks.sched,
                        tuple(RealSpec(d.address, d.port, d.weight, _fwd_key(d.fwd), d.u_thresh, d.l_thresh)
                              for d in ks.dests),
                        persistent=ks.timeout if persist else 0,
-                       pmask=(ks.netmask if ks.netmask != HOST_MASK else None) if persist else None,
+                       pmask=(ks.netmask if ks.netmask not in (None, host) else None) if persist else None,
                        fwmark=ks.fwmark, sched_flags=_sched_flag_names(ks.sched, ks.flags))
 
 
@@ -704,14 +762,16 @@ class IpvsDataplane:
                 log.info("added real server %s:%d to %s (%s, weight %d)", r.address, r.port, name,
                          FORWARD_NAMES[FWD_METHODS[r.forward]], r.weight)
             return
-        cur = _spec_of(ks)
-        if (cur.scheduler, cur.persistent, cur.pmask) != (spec.scheduler, spec.persistent,
-                                                        spec.pmask if spec.persistent else None) \
+        v6 = _is_v6(spec)
+        cur_mask = _mask(ks.netmask if ks.flags & IP_VS_SVC_F_PERSISTENT else None, v6)
+        want_mask = _mask(spec.pmask if spec.persistent else None, v6)
+        cur_timeout = ks.timeout if ks.flags & IP_VS_SVC_F_PERSISTENT else 0
+        if (ks.sched, cur_timeout, cur_mask) != (spec.scheduler, spec.persistent, want_mask) \
                 or ks.flags & ~IP_VS_SVC_F_HASHED != _svc_flags(spec):
             k.set_service(spec)
             self.writes += 1
             log.info("virtual service %s: scheduler %s, persistence %d s mask %s", name, spec.scheduler,
-                     spec.persistent, spec.pmask or HOST_MASK)
+                     spec.persistent, want_mask)
         wanted = {r.key: r for r in spec.reals}
         have = {d.key: d for d in ks.dests}
         # removals drain: weight 0 until the connections pointing at the server have ended
@@ -834,6 +894,8 @@ def _svc_name(key) -> str:
     if key[0] == "fwmark":
         return f"FWM {key[1]}"
     proto, addr, port = key
+    if getattr(addr, "version", 4) == 6:
+        return f"{proto.upper()} [{addr}]:{port}"
     return f"{proto.upper()} {addr}:{port}"
 
 
@@ -860,7 +922,8 @@ def read_services(netns: str | None = None) -> list[ServiceRow]:
                          port=ks.port, scheduler=ks.sched, fwmark=ks.fwmark,
                          sched_flags=_sched_flag_names(ks.sched, ks.flags),
                          persistent=ks.timeout if persist else None,
-                         netmask=(ks.netmask or HOST_MASK) if persist else None,
+                         netmask=(ks.netmask or (HOST_PLEN6 if ks.af == socket.AF_INET6 else HOST_MASK))
+                         if persist else None,
                          ops=bool(ks.flags & IP_VS_SVC_F_ONEPACKET),
                          family=6 if ks.af == socket.AF_INET6 else 4,
                          stats=ks.stats or Stats(), rate=ks.rate or Stats())
