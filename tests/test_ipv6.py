@@ -321,3 +321,12 @@ def test_shipped_ipv6_config_forwards(tmp_path):
         text = listing.format_services(list(rows.values()))
         assert "FWM  621 IPv6 rr persistent 300 mask 64\n" in text
         assert "TCP  [2001:2::10]:443 wlc persistent 300 mask 64\n" in text
+
+
+def test_lb_list_selects_one_ipv6_service(dp):
+    """-t [IPv6]:PORT as ipvsadm takes it: the column heads, the service, its real servers."""
+    out = _lb_list(dp, "-t", "[2001:2::20]:80").splitlines()
+    assert out[0].startswith("Prot LocalAddress:Port") and out[2] == "TCP  [2001:2::20]:80 rr"
+    assert len(out) == 3 + 3 and all(ln.startswith("  -> [2001:2:0:1::1") for ln in out[3:])
+    assert _lb_list(dp, "-u", "[2001:2::20]:53").splitlines()[2] == "UDP  [2001:2::20]:53 rr"
+    assert _lb_list(dp, "-t", "198.18.0.10:80").splitlines()[2] == "TCP  198.18.0.10:80 rr"
