@@ -206,7 +206,8 @@ class XdpDataplane:
             if info.max_entries != entries or info.value_size != vsize:
                 raise DataplaneError(
                     f"pinned map {path} holds {info.max_entries} entries of {info.value_size} bytes but "
-                    f"the config needs {entries} of {vsize}: table sizes cannot change while an instance "
+                    f"the config (and this version of lb) needs {entries} of {vsize}: table sizes and "
+                    f"layouts cannot change while an instance "
                     f"keeps its connections. Stop it (lb stop) or remove {self.pin} to start afresh.")
         return found
 
