@@ -16,6 +16,7 @@ import statistics
 import time
 
 from scapy.layers.inet import IP, TCP
+from scapy.layers.inet6 import IPv6
 from scapy.layers.l2 import Ether
 
 from lb import _bpfbatch
@@ -79,6 +80,8 @@ CLIENT_MAC, PUB_MAC, PRIV_MAC = "02:00:00:00:00:02", "02:00:00:00:01:01", "02:00
 VIP_DR, VIP_NAT, VIP_WLC = "198.18.0.10", "198.18.0.20", "198.18.0.30"
 VIP_PERSIST, VIP_FWM = "198.18.0.40", "198.18.0.50"
 VIP_MH = "198.18.0.60"
+# IPv6 (only ever inside BPF_PROG_TEST_RUN): the benchmarking range 2001:2::/48
+VIP6_DR, VIP6_WLC, CLIENTS6 = "2001:2::10", "2001:2::30", "2001:2:0:4::"
 MH_CLIENTS = "198.18.128.0"          # the mh SYNs come from as many client addresses
 FWM_GROUPS = ((21, 21), (40000, 40099))
 BIG_CLIENTS = "198.18.64.0"          # the clients of the big connection table (50,000 ports each)
@@ -91,7 +94,8 @@ def _resolver(addr, need_onlink=False):
 
 
 def _frame(src, dst, sport, dport, flags, payload=b"x" * 10, smac=CLIENT_MAC, dmac=PUB_MAC) -> bytes:
-    return bytes(Ether(src=smac, dst=dmac) / IP(src=src, dst=dst) / TCP(sport=sport, dport=dport, flags=flags) / payload)
+    l3 = IPv6(src=src, dst=dst) if ":" in dst else IP(src=src, dst=dst)
+    return bytes(Ether(src=smac, dst=dmac) / l3 / TCP(sport=sport, dport=dport, flags=flags) / payload)
 
 
 def _flow(i, sport0=20000, src_base="198.18.4.0") -> tuple[str, int]:
@@ -137,6 +141,8 @@ class Bench:
         reals3p = tuple(RealSpec(ip(f"198.18.1.{21 + i}"), 80, 1, "dr") for i in range(3))
         reals3f = tuple(RealSpec(ip(f"198.18.1.{31 + i}"), 0, 1, "dr") for i in range(3))  # fwmark: port 0
         groups = tuple(PortGroup("tcp", ip(VIP_FWM), lo, hi) for lo, hi in FWM_GROUPS)
+        reals16v6 = tuple(RealSpec(ip(f"2001:2:0:2::{i + 1:x}"), 80, 1 + i % 3, "dr") for i in range(16))
+        reals3v6 = tuple(RealSpec(ip(f"2001:2:0:1::{11 + i:x}"), 80, 1, "dr") for i in range(3))
         self.dp.apply(TableSpec((
             ServiceSpec("tcp", ip(VIP_DR), 80, "rr", reals3d),
             ServiceSpec("tcp", ip(VIP_NAT), 80, "rr", reals3n),
@@ -144,6 +150,8 @@ class Bench:
             ServiceSpec("tcp", ip(VIP_MH), 80, "mh", reals16),
             ServiceSpec("tcp", ip(VIP_PERSIST), 80, "rr", reals3p, "persist", 300, "255.255.255.255"),
             ServiceSpec("tcp", ip(VIP_FWM), FWM_GROUPS[0][0], "rr", reals3f, "fwm", fwmark=7, groups=groups),
+            ServiceSpec("tcp", ip(VIP6_DR), 80, "rr", reals3v6),
+            ServiceSpec("tcp", ip(VIP6_WLC), 80, "wlc", reals16v6),
         )))
         self.trivial_bpf = BPF(text=TRIVIAL.encode())
         self.trivial = self.trivial_bpf.load_func(b"bench_trivial", BPF.XDP)
@@ -257,6 +265,11 @@ class Bench:
 
         yield ("new connection (SYN), wlc over 16 real servers", pub,
                _frames(VIP_WLC, 80, "S", many * 4, sport0=1000, src_base="198.18.6.0"), True)
+        self.prime(_frames(VIP6_DR, 80, "S", many, src_base=CLIENTS6))
+        yield (f"IPv6: established TCP flow, DR ({many} flows)", pub,
+               _frames(VIP6_DR, 80, "A", many, src_base=CLIENTS6), False)
+        yield ("IPv6: new connection (SYN), wlc over 16 real servers", pub,
+               _frames(VIP6_WLC, 80, "S", many * 4, sport0=1000, src_base="2001:2:0:6::"), True)
         # mh: one client address per SYN, so the lookups spread over the whole Maglev table
         yield ("new connection (SYN), mh over 16 real servers", pub,
                _frames(VIP_MH, 80, "S", many * 4, sport0=1000, src_base=MH_CLIENTS, index=lambda j: j * 50000), True)
