@@ -50,7 +50,7 @@ def build_table(cfg, health: dict | None = None, sorry: set | None = None,
     A service with a sorry server and no usable real server (all dead, inactive or at weight 0)
     gets the sorry server as its only real server; the keys of those services are added to
     ``sorry`` when it is given."""
-    forward = "nat" if cfg.network == "nat" else "dr"
+    forward = {"nat": "nat", "tunnel": "tunnel"}.get(cfg.network, "dr")
     health = health or {}
     weights = weights or {}
     services = []

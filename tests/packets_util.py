@@ -25,9 +25,13 @@ def real_mac(addr) -> str:
     return f"02:00:00:00:02:{last:02x}"
 
 
+PRIV_ADDR = {4: ipaddress.ip_address("198.18.1.1"), 6: ipaddress.ip_address("2001:2:0:1::1")}   # ours on priv0
+
+
 def fake_resolver(addr, need_onlink=False):
     mac = bytes.fromhex(real_mac(addr).replace(":", ""))
-    return NextHop(PRIV_IFINDEX, "priv0", mac, bytes.fromhex(PRIV_MAC.replace(":", "")), True)
+    return NextHop(PRIV_IFINDEX, "priv0", mac, bytes.fromhex(PRIV_MAC.replace(":", "")), True,
+                   PRIV_ADDR[ipaddress.ip_address(addr).version])
 
 
 @contextlib.contextmanager

@@ -376,11 +376,18 @@ BAD = [
         network = "nat"
         nat_router = "198.18.1.0/24"
         """, 5, "global.nat_router", "198.18.1.0 is the network address of 198.18.1.0/24"),
-    bad("network-tunnel", """\
+    bad("tunnel-port-change", """\
         [global]
         public_interface = "pub0"
         network = "tunnel"
-        """, 3, "global.network", "network 'tunnel' is not supported yet (supported: direct, nat)"),
+        [[virtual_server]]
+        name = "web"
+        address = "198.18.0.10"
+        port = 80
+        [[virtual_server.real_server]]
+        address = "198.18.1.11"
+        port = 8080
+        """, 10, "virtual_server[0].real_server[0].port", "tunneling cannot change the destination port"),
     bad("network-unknown", """\
         [global]
         public_interface = "pub0"
@@ -694,7 +701,7 @@ def test_missing_file(tmp_path: Path) -> None:
 
 def test_file_errors_carry_the_file_path(tmp_path: Path) -> None:
     f = tmp_path / "lb.toml"
-    f.write_text('[global]\npublic_interface = "pub0"\nnetwork = "tunnel"\n')
+    f.write_text('[global]\npublic_interface = "pub0"\nnetwork = "masq"\n')
     with pytest.raises(ConfigError) as ei:
         load(f)
     assert str(ei.value).startswith(f"{f}:3: global.network: ")
@@ -867,6 +874,7 @@ def test_sorry_server_nat_may_change_port() -> None:
     ("2001:db8::1", "direct", "is IPv6 but the virtual server is IPv4"),
     ("[2001:db8::1]:80", "nat", "is IPv6 but the virtual server is IPv4"),
     ("198.18.1.99:8080", "direct", "direct routing cannot change the destination port"),
+    ("198.18.1.99:8080", "tunnel", "tunneling cannot change the destination port"),
 ])
 def test_sorry_server_errors(value: str, network: str, message: str) -> None:
     with pytest.raises(ConfigError) as ei:

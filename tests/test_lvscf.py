@@ -339,8 +339,8 @@ def test_nat_without_nat_router() -> None:
 
 
 def test_not_supported_yet() -> None:
-    assert one(GOOD_HEAD.replace("network = direct", "network = tunnel")) == (
-        1, "network", "network = tunnel is not supported yet (supported: direct, nat)")
+    assert one(GOOD_HEAD.replace("network = direct", "network = masq")) == (
+        1, "network", "unknown network 'masq' (expected direct, nat or tunnel)")
     # a firewall-mark virtual lists its ports in lb_port_groups instead of address/port
     got = issues(GOOD_HEAD.replace("port = 80", "port = 80\n     fwmark = 3"))
     assert any("at least one port group" in m for _, _, m in got)
@@ -381,7 +381,7 @@ def test_syntax_error_line() -> None:
 
 def test_file_errors_carry_path(tmp_path: Path) -> None:
     f = tmp_path / "lvs.cf"
-    f.write_text("network = tunnel\n" + GOOD_HEAD.replace("network = direct\n", ""))
+    f.write_text("network = masq\n" + GOOD_HEAD.replace("network = direct\n", ""))
     with pytest.raises(ConfigError) as ei:
         load(f)
     assert str(ei.value).startswith(f"{f}:1: network: ")
@@ -559,3 +559,13 @@ def test_sorry_server_errors_name_the_lvscf_line() -> None:
         lvscf.loads(text.replace("10.9.1.99:8080", "nonsense"))
     (issue,) = ei.value.issues
     assert (issue.line, issue.field) == (5, "virtual[web].sorry_server")
+
+
+def test_network_tunnel_reads_and_writes_back() -> None:
+    cfg = lvscf.loads(GOOD_HEAD.replace("network = direct", "network = tunnel"))
+    assert cfg.network == "tunnel"
+    assert "network = tunnel" in lvscf.dumps(cfg)
+    # tunneling hands the packet on as it came: a real server's port cannot differ
+    line, fld, msg = one(GOOD_HEAD.replace("network = direct", "network = tunnel")
+                         .replace("weight = 1", "weight = 1\n         port = 8080"))
+    assert "tunneling cannot change the destination port" in msg

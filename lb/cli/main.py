@@ -351,6 +351,39 @@ def _add_list_args(p: argparse.ArgumentParser) -> None:
     p.set_defaults(func=cmd_list)
 
 
+def _ip_arg(text: str):
+    import ipaddress
+
+    try:
+        return ipaddress.ip_address(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not an IP address") from None
+
+
+def cmd_decap_attach(args) -> int:
+    from lb.dataplane import decap
+
+    try:
+        mode, addrs = decap.attach(args.dev, args.address, args.mode)
+    except decap.DecapError as e:
+        print(f"lb: decap: {e}", file=sys.stderr)
+        return 1
+    print(f"decap attached to {args.dev} ({mode} mode) for {', '.join(map(str, addrs))}")
+    return 0
+
+
+def cmd_decap_detach(args) -> int:
+    from lb.dataplane import decap
+
+    try:
+        decap.detach(args.dev)
+    except decap.DecapError as e:
+        print(f"lb: decap: {e}", file=sys.stderr)
+        return 1
+    print(f"decap detached from {args.dev}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="lb", description="Linux Virtual Server director with an XDP data plane")
     sub = ap.add_subparsers(dest="command", required=True)
@@ -400,6 +433,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_reload)
 
     _add_list_args(sub.add_parser("list", help="list the table like ipvsadm -L"))
+
+    p = sub.add_parser("decap", help="on a real server of a tunnel-mode service: take the director's "
+                                     "tunnel headers off in XDP (no ipip module needed)")
+    dsub = p.add_subparsers(dest="decap_command", required=True)
+    d = dsub.add_parser("attach", help="attach the decap program to DEV (it stays after this command)")
+    d.add_argument("dev")
+    d.add_argument("--address", action="append", default=[], type=_ip_arg,
+                   help="an address tunnels arrive for (repeatable; default: DEV's global addresses)")
+    d.add_argument("--mode", choices=["native", "generic"], default="native")
+    d.set_defaults(func=cmd_decap_attach)
+    d = dsub.add_parser("detach", help="remove the decap program from DEV")
+    d.add_argument("dev")
+    d.set_defaults(func=cmd_decap_detach)
 
     from lb.lab.cli import add_cli
 

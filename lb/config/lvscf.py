@@ -54,8 +54,7 @@ monitor.  lb extensions ``lb_load_monitor_kind`` (agent | program), ``_port``, `
 (quoted), ``_interval``, ``_timeout`` (decimal seconds) and ``_min_weight`` set the rest.
 Keys the model cannot hold yet (HA keys without a backup, serial_no, ...) are type-checked and returned in
 ``extras`` (see :func:`load_with_extras`) so :func:`dumps` writes them back.
-``network = tunnel`` and ``service = fos`` are rejected as not
-supported yet.
+``service = fos`` is rejected as not supported yet.
 
 lb extensions (written by :func:`dumps` only when the model needs them to
 round-trip; Piranha never writes them): global ``lb_instance``,
@@ -496,9 +495,7 @@ class _Builder:
 
         network = g.entries.get("network")
         if network is not None:
-            if network.value == "tunnel":
-                g.error(network, "network = tunnel is not supported yet (supported: direct, nat)")
-            elif network.value not in ("direct", "nat"):
+            if network.value not in ("direct", "nat", "tunnel"):
                 g.error(network, f"unknown network {network.value!r} (expected direct, nat or tunnel)")
             else:
                 glob["network"] = network.value

@@ -16,7 +16,7 @@ SCHEDULERS: tuple[str, ...] = ("rr", "wrr", "lc", "wlc", "sed", "nq", "dh", "sh"
                                "lblc", "lblcr", "twos")
 
 PROTOCOLS: tuple[str, ...] = ("tcp", "udp")
-NETWORKS: tuple[str, ...] = ("direct", "nat")
+NETWORKS: tuple[str, ...] = ("direct", "nat", "tunnel")
 # Data planes: "xdp" (default), kernel "ipvs", or "auto" (xdp, falling back to ipvs).
 DATAPLANES: tuple[str, ...] = ("xdp", "ipvs", "auto")
 
@@ -223,7 +223,7 @@ class Config:
     instance: str = "default"
     public_interface: str
     private_interface: str | None = None
-    network: str = "direct"  # "direct" | "nat"
+    network: str = "direct"  # "direct" | "nat" | "tunnel"
     dataplane: str = "xdp"  # one of DATAPLANES
     # IPVS expire_nodest_conn: a packet of a connection whose real server has left the service
     # is dropped (False, the default) or its connection expires at once so that the client's

@@ -542,10 +542,6 @@ def _check_network(g: _Table) -> str | _Invalid:
         return "direct"
     if isinstance(value, _Invalid) or value in NETWORKS:
         return value
-    if value == "tunnel":
-        return g.chk.error(
-            g.at("network"), f"network 'tunnel' is not supported yet (supported: {', '.join(NETWORKS)})"
-        )
     return g.chk.error(g.at("network"), f"unknown network '{value}' (expected one of: {', '.join(NETWORKS)})")
 
 
@@ -981,19 +977,21 @@ def _check_reals_of(chk: _Checker, vs: _VirtualDraft, network: str | _Invalid) -
     seen_name: dict[str, FieldPath] = {}
     vs_port = vs.port if isinstance(vs.port, int) else None
     sorry = vs.sorry
-    if (network == "direct" and isinstance(sorry, tuple) and sorry[1] is not None and vs_port is not None
+    # direct routing and tunneling hand the client's packet on as it came: its port stays
+    method = {"direct": "direct routing", "tunnel": "tunneling"}.get(network) if isinstance(network, str) else None
+    if (method and isinstance(sorry, tuple) and sorry[1] is not None and vs_port is not None
             and sorry[1] != vs_port and vs.fwmark == 0):
         chk.error(vs.path + ("sorry_server",),
-                  f"direct routing cannot change the destination port (sorry server port {sorry[1]}, "
+                  f"{method} cannot change the destination port (sorry server port {sorry[1]}, "
                   f"virtual server port {vs_port}); omit :PORT or use network = \"nat\"")
     for rs in vs.reals:
         if isinstance(rs, _Invalid):
             continue
         port_ok = not isinstance(rs.port, _Invalid)
-        if network == "direct" and isinstance(rs.port, int) and vs_port is not None and rs.port != vs_port:
+        if method and isinstance(rs.port, int) and vs_port is not None and rs.port != vs_port:
             chk.error(
                 rs.path + ("port",),
-                f"direct routing cannot change the destination port "
+                f"{method} cannot change the destination port "
                 f"(real server port {rs.port}, virtual server port {vs_port}); "
                 f"omit port or use network = \"nat\"",
             )

@@ -14,6 +14,8 @@ POS_HEAD = 0xFFFFFFFF
 AF_INET, AF_INET6 = 4, 6
 FWD_NAT, FWD_LOCAL, FWD_TUNNEL, FWD_DR = 0, 1, 2, 3
 FORWARD_NAMES = {FWD_NAT: "Masq", FWD_LOCAL: "Local", FWD_TUNNEL: "Tunnel", FWD_DR: "Route"}
+FORWARDS = {"nat": FWD_NAT, "dr": FWD_DR, "tunnel": FWD_TUNNEL}    # RealSpec.forward -> lb_real.fwd
+FORWARD_OF = {v: k for k, v in FORWARDS.items()}
 REAL_F_OVERLOAD = 0x1
 REAL_F_NO_NEXTHOP = 0x2
 REAL_F_DRAINING = 0x4        # removed from the config, draining: its templates are invalid
@@ -54,7 +56,7 @@ SVC_KEY = struct.Struct("=16s2sBB")                 # lb_svc_key
 SVC = struct.Struct("=16s2sBB8I16s")                # lb_svc
 SCHED_STATE = struct.Struct("=Ii")                  # lb_sched_state
 DEST = struct.Struct("=3I")                         # lb_dest
-REAL = struct.Struct("=16s2sBBIII6s6sIIII")         # lb_real
+REAL = struct.Struct("=16s2sBBIII6s6sIIII16s")      # lb_real
 REAL_CONNS = struct.Struct("=IIII")                 # lb_real_conns: active, inactive, persist, pad
 PERSIST_KEY = struct.Struct("=16s16s2sBBI")          # lb_persist_key
 PERSIST = struct.Struct("=QII")                     # lb_persist
@@ -155,17 +157,18 @@ class Real:
     u_threshold: int = 0
     l_threshold: int = 0
     pos: int = 0           # position in its service's lb_svc_dests (BPF sets OVERLOAD there)
+    tun_src: bytes = bytes(16)   # tunnel: the outer source address (ours toward the server), packed
 
     def pack(self) -> bytes:
         return REAL.pack(pack_addr(self.addr), pack_port(self.port), self.family, self.fwd,
                          self.weight, self.flags, self.ifindex, self.mac, self.src_mac, self.svc,
-                         self.u_threshold, self.l_threshold, self.pos)
+                         self.u_threshold, self.l_threshold, self.pos, self.tun_src)
 
     @classmethod
     def unpack(cls, raw: bytes) -> "Real":
-        a, p, fam, fwd, w, flags, ifindex, mac, src, svc, ut, lt, pos = REAL.unpack(raw)
+        a, p, fam, fwd, w, flags, ifindex, mac, src, svc, ut, lt, pos, tsrc = REAL.unpack(raw)
         addr = unpack_addr(a, fam if fam else AF_INET)
-        return cls(addr, unpack_port(p), fwd, w, flags, ifindex, mac, src, svc, fam, ut, lt, pos)
+        return cls(addr, unpack_port(p), fwd, w, flags, ifindex, mac, src, svc, fam, ut, lt, pos, tsrc)
 
 
 def pack_dests(dests: list[tuple[int, int, int]], max_svc_reals: int) -> bytes:

@@ -30,13 +30,15 @@ class NextHop:
     mac: bytes        # the real server's (or gateway's) MAC
     src_mac: bytes    # ours on ifindex
     onlink: bool      # True when the real server itself is the next hop
+    # our source address toward the server (the route's preferred source): a tunnel's outer source
+    src_addr: ipaddress.IPv4Address | ipaddress.IPv6Address | None = None
 
 
 def _mac(text: str) -> bytes:
     return bytes(int(x, 16) for x in text.split(":"))
 
 
-def _route(ipr: IPRoute, addr) -> tuple[int, str | None]:
+def _route(ipr: IPRoute, addr) -> tuple[int, str | None, str | None]:
     try:
         routes = ipr.route("get", dst=str(addr))
     except Exception as e:  # pyroute2 raises NetlinkError
@@ -44,7 +46,7 @@ def _route(ipr: IPRoute, addr) -> tuple[int, str | None]:
     r = routes[0]
     if r.get("type", 1) == 2 or r.get_attr("RTA_OIF") is None:   # RTN_LOCAL
         raise NextHopError(f"real server {addr} is an address of this director")
-    return r.get_attr("RTA_OIF"), r.get_attr("RTA_GATEWAY")
+    return r.get_attr("RTA_OIF"), r.get_attr("RTA_GATEWAY"), r.get_attr("RTA_PREFSRC")
 
 
 def _lookup_neigh(ipr: IPRoute, ifindex: int, addr: str) -> bytes | None:
@@ -69,7 +71,7 @@ def _kick_resolution(addr: str, ifname: str) -> None:
 def resolve(addr: ipaddress.IPv4Address | ipaddress.IPv6Address, timeout: float = 3.0,
             need_onlink: bool = False) -> NextHop:
     with IPRoute() as ipr:
-        oif, gw = _route(ipr, addr)
+        oif, gw, src = _route(ipr, addr)
         if need_onlink and gw is not None:
             raise NextHopError(f"real server {addr} is reached through gateway {gw}: direct routing "
                                "needs it on a directly connected network")
@@ -88,4 +90,4 @@ def resolve(addr: ipaddress.IPv4Address | ipaddress.IPv6Address, timeout: float 
             mac = _lookup_neigh(ipr, oif, hop)
         if mac is None:
             raise NextHopError(f"real server {addr}: no ARP/ND answer from {hop} on {ifname}")
-        return NextHop(oif, ifname, mac, src_mac, gw is None)
+        return NextHop(oif, ifname, mac, src_mac, gw is None, ipaddress.ip_address(src) if src else None)

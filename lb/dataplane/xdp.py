@@ -394,7 +394,7 @@ class XdpDataplane:
                       resolve: bool = True) -> L.Real:
         """The lb_reals entry for spec.  resolve=False keeps old's next hop (applies that only
         change weights do no netlink work; refresh_nexthops re-resolves on its own schedule)."""
-        fwd = L.FWD_NAT if spec.forward == "nat" else L.FWD_DR
+        fwd = L.FORWARDS[spec.forward]
         real = L.Real(spec.address, spec.port, fwd, spec.weight, svc=svc_id, family=L.family_of(spec.address),
                       u_threshold=spec.u_threshold, l_threshold=spec.l_threshold)
         if old is not None:
@@ -402,15 +402,20 @@ class XdpDataplane:
         if draining:
             real.flags |= L.REAL_F_DRAINING
         if not resolve and old is not None and old.family and old.fwd == fwd:
-            real.ifindex, real.mac, real.src_mac = old.ifindex, old.mac, old.src_mac
+            real.ifindex, real.mac, real.src_mac, real.tun_src = old.ifindex, old.mac, old.src_mac, old.tun_src
             real.flags |= old.flags & L.REAL_F_NO_NEXTHOP
             return real
         try:
             nh = self._resolve(spec.address, fwd == L.FWD_DR)
             real.ifindex, real.mac, real.src_mac = nh.ifindex, nh.mac, nh.src_mac
+            if fwd == L.FWD_TUNNEL:
+                if nh.src_addr is None:
+                    raise NextHopError(f"real server {spec.address}: no source address of ours toward it "
+                                       f"(on {nh.ifname}) for the tunnel's outer header")
+                real.tun_src = L.pack_addr(nh.src_addr)
         except NextHopError as e:
             if old is not None and old.family and not old.flags & L.REAL_F_NO_NEXTHOP:
-                real.ifindex, real.mac, real.src_mac = old.ifindex, old.mac, old.src_mac
+                real.ifindex, real.mac, real.src_mac, real.tun_src = old.ifindex, old.mac, old.src_mac, old.tun_src
             else:
                 log.warning("%s; it gets no new connections until it answers", e)
                 real.flags |= L.REAL_F_NO_NEXTHOP
@@ -466,7 +471,7 @@ class XdpDataplane:
                          rkey[0], rkey[1], _svc_name(key), active + inactive)
                 self.draining.add((key, rkey))
             real = self.reals[rid]
-            extra.append(RealSpec(real.addr, real.port, 0, "nat" if real.fwd == L.FWD_NAT else "dr",
+            extra.append(RealSpec(real.addr, real.port, 0, L.FORWARD_OF[real.fwd],
                                   real.u_threshold, real.l_threshold))
         if not extra:
             return spec
@@ -699,7 +704,7 @@ class XdpDataplane:
             touched = False
             for rkey, rid in st.dests:
                 old = self.reals[rid]
-                spec = RealSpec(old.addr, old.port, old.weight, "nat" if old.fwd == L.FWD_NAT else "dr",
+                spec = RealSpec(old.addr, old.port, old.weight, L.FORWARD_OF[old.fwd],
                                 old.u_threshold, old.l_threshold)
                 real = self._nexthop_real(spec, st.id, old, bool(old.flags & L.REAL_F_DRAINING))
                 if real.pack() != old.pack():

@@ -1,0 +1,82 @@
+/* lb_xdp_decap: for real servers of a tunnel-mode service (network = "tunnel").  The director
+ * sends each client packet inside an outer IPv4 header (IPIP, protocol 4) or an outer IPv6 header
+ * (IPv6-in-IPv6, next header 41) addressed to the real server; this program, attached to the
+ * real server's interface by `lb decap attach DEV`, takes the outer header off so the kernel
+ * sees the client's packet to the VIP (held on lo, as with direct routing) and answers the
+ * client directly.  It does what the kernel's ipip / ip6_tunnel modules would, on kernels that
+ * lack them.  Only packets to an address in lb_decap_dst are decapsulated (the server's own
+ * addresses, written at attach time): anything else passes untouched. */
+#include <uapi/linux/bpf.h>
+#include <linux/if_ether.h>
+#include <linux/ip.h>
+#include <linux/ipv6.h>
+#include <linux/in.h>
+
+struct lb_decap_key {
+    __u8 addr[16];                /* IPv4 in the first 4 bytes */
+    __u8 family;                  /* 4 or 6 */
+    __u8 pad[3];
+};
+
+BPF_HASH(lb_decap_dst, struct lb_decap_key, __u32, 64);
+BPF_PERCPU_ARRAY(lb_decap_count, __u64, 2);   /* 0: decapsulated, 1: refused (not for us) */
+
+static __always_inline void lb_decap_counted(__u32 i)
+{
+    __u64 *c = lb_decap_count.lookup(&i);
+    if (c)
+        *c += 1;
+}
+
+int lb_xdp_decap(struct xdp_md *ctx)
+{
+    void *data = (void *)(long)ctx->data;
+    void *data_end = (void *)(long)ctx->data_end;
+    struct ethhdr *eth = data;
+    struct lb_decap_key k = {};
+    int outer;
+    __be16 inner_proto;
+
+    if ((void *)(eth + 1) > data_end)
+        return XDP_PASS;
+    if (eth->h_proto == bpf_htons(ETH_P_IP)) {
+        struct iphdr *ip = (void *)(eth + 1);
+        if ((void *)(ip + 1) > data_end || ip->version != 4 || ip->ihl < 5)
+            return XDP_PASS;
+        if (ip->protocol != IPPROTO_IPIP || (ip->frag_off & bpf_htons(0x3fff)))
+            return XDP_PASS;          /* not IPIP, or a fragment: the kernel's */
+        outer = ip->ihl * 4;
+        *(__be32 *)k.addr = ip->daddr;
+        k.family = 4;
+        inner_proto = bpf_htons(ETH_P_IP);
+    } else if (eth->h_proto == bpf_htons(ETH_P_IPV6)) {
+        struct ipv6hdr *ip6 = (void *)(eth + 1);
+        if ((void *)(ip6 + 1) > data_end || ip6->version != 6 || ip6->nexthdr != IPPROTO_IPV6)
+            return XDP_PASS;
+        outer = sizeof(*ip6);
+        __builtin_memcpy(k.addr, &ip6->daddr, 16);
+        k.family = 6;
+        inner_proto = bpf_htons(ETH_P_IPV6);
+    } else {
+        return XDP_PASS;
+    }
+    if (!lb_decap_dst.lookup(&k)) {
+        lb_decap_counted(1);
+        return XDP_PASS;
+    }
+    /* the Ethernet header moves forward over the outer IP header, which then goes */
+    struct ethhdr copy;
+    __builtin_memcpy(&copy, eth, sizeof(copy));
+    if (bpf_xdp_adjust_head(ctx, outer))
+        return XDP_PASS;
+    data = (void *)(long)ctx->data;
+    data_end = (void *)(long)ctx->data_end;
+    eth = data;
+    if ((void *)(eth + 1) > data_end)
+        return XDP_DROP;
+    __builtin_memcpy(eth->h_dest, copy.h_dest, ETH_ALEN);
+    __builtin_memcpy(eth->h_source, copy.h_source, ETH_ALEN);
+    eth->h_proto = inner_proto;
+    lb_decap_counted(0);
+    return XDP_PASS;
+}

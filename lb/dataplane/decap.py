@@ -1,0 +1,91 @@
+"""The real servers' side of tunnel mode: `lb decap attach DEV` loads bpf/lb_decap.c and attaches
+it to DEV, so that the packets the director sends inside IPIP / IPv6-in-IPv6 reach the real
+server's stack as the client sent them (the kernel's ipip module would do the same; this kernel
+has none).  The program stays attached after the command exits; `lb decap detach DEV` removes it.
+"""
+from __future__ import annotations
+
+import ctypes
+import ipaddress
+import logging
+from pathlib import Path
+
+from pyroute2 import IPRoute
+
+log = logging.getLogger("lb.decap")
+
+SOURCE = Path(__file__).resolve().parents[2] / "bpf" / "lb_decap.c"
+XDP_FLAGS_SKB_MODE = 1 << 1
+XDP_FLAGS_DRV_MODE = 1 << 2
+
+
+class DecapError(Exception):
+    pass
+
+
+def local_addresses(ifname: str) -> list[ipaddress.IPv4Address | ipaddress.IPv6Address]:
+    """The addresses on ifname that a tunnel can be addressed to (global IPv4 and IPv6)."""
+    with IPRoute() as ipr:
+        idx = ipr.link_lookup(ifname=ifname)
+        if not idx:
+            raise DecapError(f"interface {ifname} does not exist")
+        out = []
+        for a in ipr.get_addr(index=idx[0]):
+            addr = ipaddress.ip_address(a.get_attr("IFA_ADDRESS"))
+            if not addr.is_link_local and not addr.is_loopback:
+                out.append(addr)
+        return out
+
+
+def _key(addr) -> bytes:
+    return addr.packed.ljust(16, b"\0") + bytes([4 if addr.version == 4 else 6, 0, 0, 0])
+
+
+def load(addresses):
+    """The compiled decap program decapsulating for `addresses`: (bcc BPF object, function)."""
+    from bcc import BPF
+
+    b = BPF(text=SOURCE.read_text().encode())
+    fn = b.load_func(b"lb_xdp_decap", BPF.XDP)
+    table = b[b"lb_decap_dst"]
+    for a in addresses:
+        table[table.Key.from_buffer_copy(_key(a))] = ctypes.c_uint32(1)
+    return b, fn
+
+
+def attach(ifname: str, addresses=(), mode: str = "native") -> tuple[str, list]:
+    """Load and attach; returns (mode used, the addresses it decapsulates for).  The attachment
+    outlives this process (the kernel holds the program)."""
+    from bcc import BPF
+
+    addrs = list(addresses) or local_addresses(ifname)
+    if not addrs:
+        raise DecapError(f"{ifname} has no address to receive tunnels on: give --address")
+    _b, fn = load(addrs)
+    tries = [("native", XDP_FLAGS_DRV_MODE), ("generic", XDP_FLAGS_SKB_MODE)]
+    if mode == "generic":
+        tries = tries[1:]
+    last = None
+    for name, flags in tries:
+        try:
+            BPF.attach_xdp(ifname.encode(), fn, flags)
+            log.info("attached decap to %s (%s mode) for %s", ifname, name, ", ".join(map(str, addrs)))
+            return name, addrs
+        except Exception as e:  # bcc raises a plain Exception
+            last = e
+    raise DecapError(f"cannot attach the decap program to {ifname}: {last}")
+
+
+def detach(ifname: str) -> None:
+    from bcc import BPF
+
+    with IPRoute() as ipr:
+        if not ipr.link_lookup(ifname=ifname):
+            raise DecapError(f"interface {ifname} does not exist")
+    for flags in (XDP_FLAGS_DRV_MODE, XDP_FLAGS_SKB_MODE):
+        try:
+            BPF.remove_xdp(ifname.encode(), flags)
+        except Exception as e:
+            log.debug("remove_xdp %s flags %d: %s", ifname, flags, e)
+
+

@@ -1,0 +1,132 @@
+"""Tunnel mode (network = "tunnel", IPVS's ipip forwarding) through the loaded XDP programs
+(BPF_PROG_TEST_RUN: exact bytes out), and the real servers' decap program taking the outer
+header off again."""
+from __future__ import annotations
+
+import ipaddress
+import itertools
+
+import pytest
+from scapy.layers.inet import IP, TCP, UDP
+from scapy.layers.inet6 import IPv6
+from scapy.layers.l2 import Dot1Q, Ether
+
+from lb.dataplane import RealSpec, ServiceSpec, TableSpec, reader
+from lb.dataplane import decap
+from lb.dataplane.bpfsys import prog_test_run
+from lb.dataplane.maps import PinnedMaps
+from lb import listing
+
+from packets_util import (CLIENT_MAC, PRIV_ADDR, PRIV_MAC, PUB_MAC, XDP_PASS, XDP_REDIRECT,
+                           loaded_dataplane, real_mac, run)
+
+ip = ipaddress.ip_address
+VIP, VIP6 = "198.18.0.40", "2001:2::40"
+REALS = ["198.18.5.11", "198.18.5.12"]         # reached through a router in real life: any address
+REALS6 = ["2001:2:0:5::11", "2001:2:0:5::12"]
+_sport = itertools.count(50000)
+
+TABLE = TableSpec((
+    ServiceSpec("tcp", ip(VIP), 80, "rr", tuple(RealSpec(ip(a), 80, 1, "tunnel") for a in REALS)),
+    ServiceSpec("udp", ip(VIP), 53, "rr", tuple(RealSpec(ip(a), 53, 1, "tunnel") for a in REALS)),
+    ServiceSpec("tcp", ip(VIP6), 80, "rr", tuple(RealSpec(ip(a), 80, 1, "tunnel") for a in REALS6)),
+))
+
+
+@pytest.fixture(scope="module")
+def dp():
+    with loaded_dataplane("tun", table=TABLE) as d:
+        yield d
+
+
+@pytest.fixture(scope="module")
+def decapper():
+    b, fn = decap.load([ip(a) for a in REALS + REALS6])
+    try:
+        yield b, fn
+    finally:
+        b.cleanup()
+
+
+def _inner(vip, dport=80, flags="S", proto="tcp", tos=0, df=True):
+    sport = next(_sport)
+    l4 = TCP(sport=sport, dport=dport, flags=flags, seq=7) if proto == "tcp" else UDP(sport=sport, dport=dport)
+    if ":" in vip:
+        return IPv6(src="2001:2:0:9::2", dst=vip, tc=tos, hlim=60) / l4 / b"payload"
+    return IP(src="198.18.0.2", dst=vip, tos=tos, ttl=60, id=99, flags="DF" if df else 0) / l4 / b"payload"
+
+
+def test_ipv4_in_ipv4(dp):
+    inner = _inner(VIP, tos=0x10)
+    rc, out = run(dp, "lb_xdp_public", Ether(src=CLIENT_MAC, dst=PUB_MAC) / inner)
+    assert rc == XDP_REDIRECT
+    p = Ether(out)
+    real = p[IP].dst
+    assert real in REALS
+    expected = Ether(src=PRIV_MAC, dst=real_mac(real)) / \
+        IP(src=str(PRIV_ADDR[4]), dst=real, proto=4, ttl=64, id=0, flags="DF", tos=0x10) / inner
+    assert out == bytes(expected)          # scapy computed the outer checksum: ours is the same
+    # the flow's next packet goes the same way; without DF the outer header has none either
+    rc, out = run(dp, "lb_xdp_public", Ether(src=CLIENT_MAC, dst=PUB_MAC) / _inner_ack(inner))
+    assert rc == XDP_REDIRECT and Ether(out)[IP].dst == real
+    rc, out = run(dp, "lb_xdp_public", Ether(src=CLIENT_MAC, dst=PUB_MAC) / _inner(VIP, 53, proto="udp", df=False))
+    assert rc == XDP_REDIRECT and Ether(out)[IP].flags == 0 and Ether(out)[IP].proto == 4
+
+
+def _inner_ack(syn):
+    ack = syn.copy()
+    ack[TCP].flags = "A"
+    del ack[TCP].chksum
+    return ack
+
+
+def test_vlan_tag_is_not_sent_on(dp):
+    inner = _inner(VIP)
+    rc, out = run(dp, "lb_xdp_public", Ether(src=CLIENT_MAC, dst=PUB_MAC) / Dot1Q(vlan=7) / inner)
+    assert rc == XDP_REDIRECT
+    p = Ether(out)
+    assert Dot1Q not in p and p.type == 0x0800 and p[IP].proto == 4
+    assert bytes(p[IP].payload) == bytes(inner)
+
+
+def test_ipv6_in_ipv6(dp):
+    inner = _inner(VIP6, tos=0x20)
+    rc, out = run(dp, "lb_xdp_public", Ether(src=CLIENT_MAC, dst=PUB_MAC) / inner)
+    assert rc == XDP_REDIRECT
+    p = Ether(out)
+    real = p[IPv6].dst
+    assert real in REALS6
+    expected = Ether(src=PRIV_MAC, dst=real_mac(real)) / \
+        IPv6(src=str(PRIV_ADDR[6]), dst=real, nh=41, hlim=64, tc=0x20, fl=0) / inner
+    assert out == bytes(expected)
+
+
+def test_decap_gives_back_the_clients_packet(dp, decapper):
+    _b, fn = decapper
+    for vip in (VIP, VIP6):
+        inner = _inner(vip)
+        rc, out = run(dp, "lb_xdp_public", Ether(src=CLIENT_MAC, dst=PUB_MAC) / inner)
+        assert rc == XDP_REDIRECT
+        rc, back, _ = prog_test_run(fn.fd, out)
+        assert rc == XDP_PASS
+        assert back == bytes(Ether(src=PRIV_MAC, dst=Ether(out).dst) / inner)
+
+
+def test_decap_leaves_other_packets_alone(decapper):
+    b, fn = decapper
+    not_ours = Ether() / IP(src="198.18.1.1", dst="198.18.5.99", proto=4) / _inner(VIP)
+    plain = Ether() / _inner(REALS[0])
+    v6_not_ours = Ether() / IPv6(src="2001:2:0:1::1", dst="2001:2:0:5::99", nh=41) / _inner(VIP6)
+    frag = Ether() / IP(src="198.18.1.1", dst=REALS[0], proto=4, flags="MF") / _inner(VIP)
+    before = sum(b[b"lb_decap_count"][1])
+    for pkt in (not_ours, plain, v6_not_ours, frag, bytes(not_ours)[:20]):
+        rc, out, _ = prog_test_run(fn.fd, bytes(pkt))
+        assert rc == XDP_PASS and out == bytes(pkt)
+    assert sum(b[b"lb_decap_count"][1]) == before + 2    # the two not addressed to us
+
+
+def test_listing_says_tunnel(dp):
+    with PinnedMaps(dp.instance) as maps:
+        text = listing.format_services(reader.read_services(maps))
+    assert "  -> %-28s %-7s %-6d " % (f"{REALS[0]}:80", "Tunnel", 1) in text
+    assert "  -> %-28s %-7s %-6d " % (f"[{REALS6[0]}]:80", "Tunnel", 1) in text
