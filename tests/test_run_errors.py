@@ -108,11 +108,11 @@ def test_run_with_missing_interface_exits_2_and_names_it(tmp_path, instance):
 
 
 def test_check_good_config():
-    for name, n_real in (("lab-dr.toml", 3), ("lab-nat.toml", 3)):
+    for name, n_real in (("lab-dr.toml", 3), ("lab-nat.toml", 3), ("lab-tunnel.toml", 3)):
         path = REPO / "configs" / name
         p = lb("check", "--config", str(path))
         assert p.returncode == 0, p.stderr
-        assert p.stdout == f"{path}: ok (1 virtual servers, {n_real} real servers)\n"
+        assert p.stdout == f"{path}: ok (1 virtual server, {n_real} real servers)\n"
 
 
 def test_check_bad_config(bad_config):

@@ -35,8 +35,9 @@ def cmd_check(args) -> int:
     except lbconfig.ConfigError as e:
         print(e, file=sys.stderr)
         return 2
-    print(f"{args.config}: ok ({len(cfg.virtual_servers)} virtual servers, "
-          f"{sum(len(v.real_servers) for v in cfg.virtual_servers)} real servers)")
+    nv, nr = len(cfg.virtual_servers), sum(len(v.real_servers) for v in cfg.virtual_servers)
+    print(f"{args.config}: ok ({nv} virtual server{'' if nv == 1 else 's'}, "
+          f"{nr} real server{'' if nr == 1 else 's'})")
     return 0
 
 
