@@ -467,7 +467,7 @@ listen = "127.0.0.1:8099"
 password_file = "{pwfile}"
 """
 
-# runs inside the director namespace: log in over loopback, then /api/status
+# runs inside the director namespace: log in over loopback, then /api/status and /status
 LAB_CLIENT = r"""
 import http.cookiejar, json, sys, urllib.parse, urllib.request
 base = "http://127.0.0.1:8099"
@@ -475,7 +475,9 @@ opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(http.coo
 page = opener.open(base + "/login", timeout=10).read().decode()
 assert 'type="password"' in page, page
 opener.open(base + "/login", data=urllib.parse.urlencode({"password": sys.argv[1]}).encode(), timeout=10)
-print(opener.open(base + "/api/status", timeout=10).read().decode())
+api = json.loads(opener.open(base + "/api/status", timeout=10).read().decode())
+page = opener.open(base + "/status", timeout=10).read().decode()
+print(json.dumps({"api": api, "page": page}))
 """
 
 LAB_NETWORK = "nat"
@@ -490,8 +492,12 @@ def test_lab_lb_run_serves_the_console_on_loopback(lab, lb_runner, tmp_path):
     proc.wait_log("web console on http://127.0.0.1:8099/")
     out = lab.run("director", [sys.executable, "-c", LAB_CLIENT, PASSWORD], timeout=30)
     assert out.returncode == 0, out.stderr
-    doc = json.loads(out.stdout)
+    got = json.loads(out.stdout)
+    doc = got["api"]
     assert doc["instance"] == "lab" and doc["role"] == "active"
     svc = doc["services"][0]
     assert (svc["name"], svc["address"], svc["port"]) == ("web", "198.18.0.10", 80)
     assert svc["real_servers"][0]["address"] == "198.18.1.11"
+    # the status page's counts come from the running table (ActiveConn 0, InActConn 0: no traffic)
+    assert "<td>rs1</td><td>198.18.1.11:80</td><td>1</td><td class=''>unmonitored</td><td>0</td><td>0</td>" \
+        in got["page"], got["page"]

@@ -260,7 +260,9 @@ class Console:
         out.append(f'<form method=post action=/reload><input type=hidden name=csrf value="{h(sess.csrf)}">'
                    f'<button type=submit>Reload config</button> <span class=note>The configuration is edited '
                    f'in the file {h(doc.get("config"))} and applied with reload (or <code>lb reload</code>); '
-                   f'a file with errors is refused and changes nothing.</span></form>')
+                   f'a file with errors is refused and changes nothing. To take a real server out of service, set '
+                   f'its weight = 0 (quiesce: open connections go on) or active = false in the file and reload.'
+                   f'</span></form>')
         ha = doc.get("ha")
         if ha:
             out.append(_ha_summary(ha))
