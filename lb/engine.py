@@ -533,6 +533,13 @@ class Engine:
             await server.start()
         except OSError as e:         # forwarding goes on; only `lb status`/`lb reload` are missing
             log.error("no control socket: %s", e)
+        web = None
+        if self.cfg.web.enabled:     # lb.web logs why when it cannot start; forwarding goes on
+            try:
+                from lb.web import app as webapp
+                web = await webapp.start(self)
+            except Exception:
+                log.exception("web console not started")
         if self.pulse is not None:
             await blocking(ha_announce.warm_up)      # scapy loads now, not during a takeover
             await self.pulse.start()
@@ -552,6 +559,8 @@ class Engine:
                     if reply["ok"]:
                         self.sync_monitors()
                         self.sync_load_monitors()
+                        if web is not None:
+                            web.reloaded(self.cfg)
                     for fut in waiters:
                         if not fut.done():
                             fut.set_result(reply)
@@ -578,6 +587,8 @@ class Engine:
         for fut in self._reload_waiters:            # before the server waits for its handlers
             if not fut.done():
                 fut.set_result({"ok": False, "error": "the daemon is stopping"})
+        if web is not None:
+            await web.stop()
         await server.stop()
         if self.pulse is not None:
             await self.pulse.stop()

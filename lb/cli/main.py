@@ -216,6 +216,47 @@ def cmd_reload(args) -> int:
     return 2 if reply.get("issues") else 1
 
 
+def cmd_passwd(args) -> int:
+    """Set the web console's password: an scrypt hash in the password file (mode 0600)."""
+    import getpass
+
+    from lb.config.model import default_password_file
+    from lb.web import password
+
+    if args.file:
+        path = args.file
+    elif args.config:
+        try:
+            cfg = lbconfig.load(args.config)
+        except lbconfig.ConfigError as e:
+            print(e, file=sys.stderr)
+            return 2
+        path = cfg.web.password_path(cfg.instance)
+    else:
+        path = default_password_file("default")
+    if args.stdin:
+        secret = sys.stdin.readline().rstrip("\r\n")
+    else:
+        try:
+            secret = getpass.getpass(f"new web console password for {path}: ")
+            if getpass.getpass("again: ") != secret:
+                print("lb: the passwords differ; nothing changed", file=sys.stderr)
+                return 1
+        except (EOFError, KeyboardInterrupt):
+            print("\nlb: nothing changed", file=sys.stderr)
+            return 1
+    try:
+        password.write(path, secret)
+    except ValueError as e:
+        print(f"lb: {e}; nothing changed", file=sys.stderr)
+        return 1
+    except OSError as e:
+        print(f"lb: {path}: {e.strerror or e}", file=sys.stderr)
+        return 1
+    print(f"{path}: password set")
+    return 0
+
+
 def _list_dataplane(args) -> str:
     """Which table `lb list` reads: an instance's pinned maps (xdp) or the kernel's IPVS table
     (ipvs; in the current network namespace, as ipvsadm).  --dataplane decides; otherwise pinned
@@ -447,6 +488,15 @@ def build_parser() -> argparse.ArgumentParser:
     d = dsub.add_parser("detach", help="remove the decap program from DEV")
     d.add_argument("dev")
     d.set_defaults(func=cmd_decap_detach)
+
+    p = sub.add_parser("passwd", help="set the web console's password (a salted scrypt hash, mode 0600)")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--config", "-c", help="the config whose [web] password_file to write "
+                                          "(default /etc/lb/<instance>.passwd)")
+    g.add_argument("--file", help="the password file to write (default /etc/lb/default.passwd)")
+    p.add_argument("--stdin", action="store_true", help="read the password from one line of stdin "
+                                                        "instead of prompting twice")
+    p.set_defaults(func=cmd_passwd)
 
     from lb.lab.cli import add_cli
 

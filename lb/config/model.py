@@ -215,6 +215,34 @@ class HA:
     notify: tuple[str, ...] = ()  # programs run (no shell) on role changes: PROG ROLE OLD INSTANCE
 
 
+WEB_PASSWORD_DIR = Path("/etc/lb")
+
+
+@dataclass(frozen=True, slots=True)
+class Web:
+    """The web console (lb.web): off unless enabled; listens on localhost by default.
+
+    ``password_file`` holds the console's one password as an scrypt hash (written by
+    `lb passwd`); None means the instance's default, /etc/lb/<instance>.passwd."""
+
+    enabled: bool = False
+    address: IPAddress = IPv4Address("127.0.0.1")
+    port: int = 8080
+    password_file: Path | None = None
+
+    @property
+    def listen(self) -> str:
+        """ADDRESS:PORT as written in the configuration ([ADDRESS]:PORT for IPv6)."""
+        return f"[{self.address}]:{self.port}" if self.address.version == 6 else f"{self.address}:{self.port}"
+
+    def password_path(self, instance: str) -> Path:
+        return self.password_file if self.password_file is not None else default_password_file(instance)
+
+
+def default_password_file(instance: str) -> Path:
+    return WEB_PASSWORD_DIR / f"{instance}.passwd"
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Config:
     """The whole director configuration."""
@@ -243,6 +271,7 @@ class Config:
     timeouts: Timeouts = field(default_factory=Timeouts)
     virtual_servers: tuple[VirtualServer, ...] = ()
     ha: HA | None = None  # None: a single director, always active
+    web: Web = field(default_factory=Web)  # the web console ([web])
 
     def vip_device(self, vs: VirtualServer) -> str:
         """The interface that carries the VIP of ``vs``."""

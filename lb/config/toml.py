@@ -45,6 +45,7 @@ from .model import (
     Tables,
     Timeouts,
     VirtualServer,
+    Web,
 )
 
 __all__ = ["load", "loads"]
@@ -86,7 +87,7 @@ EXPIRATION_RANGE: Final = (1, 2_000_000)
 
 # --- known keys (order matters only for messages) ------------------------------
 
-TOP_KEYS: Final = ("global", "tables", "timeouts", "virtual_server", "ha")
+TOP_KEYS: Final = ("global", "tables", "timeouts", "virtual_server", "ha", "web")
 GLOBAL_KEYS: Final = (
     "instance", "public_interface", "private_interface",
     "network", "nat_router", "nat_router_device",
@@ -108,6 +109,7 @@ FWMARK_RANGE: Final = (1, 0xFFFFFFFF)
 THRESHOLD_RANGE: Final = (0, 0x7FFFFFFF)
 FWM_RANGES_PER_VIP: Final = 16  # lb_fwm_ranges holds 16 port ranges per (VIP, protocol)
 HA_KEYS: Final = tuple(f.name for f in dataclasses.fields(HA))
+WEB_KEYS: Final = ("enabled", "listen", "password_file")
 
 
 # --- public API ----------------------------------------------------------------
@@ -1198,6 +1200,76 @@ def _check_ha(top: _Table, base: Path | None) -> HA | None | _Invalid:
               garp_count=garp_count, sync_rate=sync_rate, notify=tuple(notify), **values)
 
 
+def _check_web(top: _Table, base: Path | None) -> Web | _Invalid:
+    """[web]: the web console.  Absent: disabled.  Without password_file: None, which means
+    /etc/lb/<instance>.passwd (Web.password_path)."""
+    if "web" not in top.data:
+        return Web()
+    w = top.table("web", WEB_KEYS)
+    if isinstance(w, _Invalid):
+        return w
+    bad = False
+    enabled = w.boolean("enabled", False)
+    bad |= isinstance(enabled, _Invalid)
+    address: IPAddress = IPv4Address("127.0.0.1")
+    port = 8080
+    listen = w.string("listen")
+    if isinstance(listen, _Invalid):
+        bad = True
+    elif isinstance(listen, str):
+        parsed = _parse_listen(listen)
+        if isinstance(parsed, str):
+            w.chk.error(w.at("listen"), parsed)
+            bad = True
+        else:
+            address, port = parsed
+    password_file: Path | None = None
+    pf = w.string("password_file")
+    if isinstance(pf, _Invalid):
+        bad = True
+    elif isinstance(pf, str):
+        if not pf:
+            w.chk.error(w.at("password_file"), "must name the file holding the console's password hash")
+            bad = True
+        else:
+            password_file = Path(pf)
+            if not password_file.is_absolute() and base is not None:
+                password_file = base.parent / password_file
+    if bad:
+        return INVALID
+    return Web(enabled=_valid(enabled), address=address, port=port, password_file=password_file)
+
+
+def _parse_listen(text: str) -> tuple[IPAddress, int] | str:
+    """ "ADDRESS:PORT" or "[IPv6]:PORT" -> (address, port); a message when it is not one."""
+    usage = f'expected ADDRESS:PORT (e.g. "127.0.0.1:8080", or "[::1]:8080" for IPv6), got "{text}"'
+    host, sep, port_text = text.rpartition(":")
+    if not sep or not host:
+        return usage
+    if host.startswith("[") != host.endswith("]"):
+        return usage
+    bracketed = host.startswith("[")
+    if bracketed:
+        host = host[1:-1]
+    try:
+        addr = ipaddress.ip_address(host)
+    except ValueError:
+        if ":" in host and not bracketed:
+            return f'an IPv6 address goes in brackets, e.g. "[::1]:8080", got "{text}"'
+        return f"'{host}' is not an IP address (the console listens on an address, not a host name)"
+    if addr.version == 6 and not bracketed:
+        return f'an IPv6 address goes in brackets, e.g. "[::1]:8080", got "{text}"'
+    if addr.version == 4 and bracketed:
+        return usage
+    if isinstance(addr, IPv6Address) and addr.scope_id is not None:
+        return f"{addr} carries a zone (%{addr.scope_id}): link-local addresses are not supported"
+    if addr.is_multicast:
+        return f"{addr} is a multicast address"
+    if not (port_text.isascii() and port_text.isdigit()) or not PORT_RANGE[0] <= int(port_text) <= PORT_RANGE[1]:
+        return f"port must be between {PORT_RANGE[0]} and {PORT_RANGE[1]}, got \"{port_text}\""
+    return addr, int(port_text)
+
+
 def _syntax_issue(text: str, display: str, exc: tomllib.TOMLDecodeError) -> ConfigIssue:
     message = str(exc)
     m = re.search(r"\(at line (\d+), column \d+\)", message)
@@ -1278,6 +1350,7 @@ def _load_text(text: str, display: str, path: Path | None) -> Config:
     )
 
     ha = _check_ha(top, path)
+    web = _check_web(top, path)
 
     if chk.issues:
         # Report in file order; issues without a line (a missing [global]) first.
@@ -1301,4 +1374,5 @@ def _load_text(text: str, display: str, path: Path | None) -> Config:
         timeouts=Timeouts(**{k: _valid_int(v) for k, v in timeout_values.items()}),
         virtual_servers=tuple(_valid(vs).build() for vs in drafts),
         ha=_valid(ha),
+        web=_valid(web),
     )
