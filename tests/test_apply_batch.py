@@ -267,13 +267,12 @@ def test_batched_reads_see_pending_writes(plain):
 def test_wrr_grow_matches_the_model(base, added, cw):
     """_WrrGrow (apply's O(1) per added server) against sched_model.wrr_dest_changed on the
     whole list after each insert at the front."""
-    mark = model.WrrMark(None, cw, 0, 1)
-    grow, ws = _WrrGrow(list(base)), list(base)
-    want = mark
+    grow, ws = _WrrGrow(list(base), cw), list(base)
+    want = model.WrrMark(None, cw, 0, 1)
     for w in added:
         ws.insert(0, w)
         want = model.wrr_dest_changed(want, ws)
-        mark = grow.add(mark, w)
-        assert mark == want
+        grow.add(w)
+        assert grow.mark() == want
     with pytest.raises(ValueError):
-        grow.add(mark, -1)
+        grow.add(-1)

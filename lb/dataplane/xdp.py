@@ -161,6 +161,7 @@ class Sizes:
 _NEW_REAL = (("lb_real_conns", L.REAL_CONNS.pack(0, 0, 0, 0)), ("lb_real_swept", L.REAL_CONNS.pack(0, 0, 0, 0)),
              ("lb_real_base", L.REAL_CONNS.pack(0, 0, 0, 0)), ("lb_real_overload", L.U32.pack(0)),
              ("lb_real_stats", L.STATS.pack(0, 0, 0, 0, 0)), ("lb_real_rates", L.RATES.pack(0, 0, 0, 0, 0)))
+assert all(name in _STAGE_MAPS for name, _ in _NEW_REAL)
 
 
 def bpf_source(path: Path = BPF_DIR / "lb.c") -> str:
@@ -489,19 +490,29 @@ class XdpDataplane:
         k = L.U32.pack(rid)
         self.sched_base.pop(rid, None)
         self._est.pop(("lb_real_stats", rid), None)
-        for mapname, value in _NEW_REAL:      # its counters start from zero
-            self._set(mapname, k, value)
+        p = self._pending
+        if p is None:
+            for mapname, value in _NEW_REAL:      # its counters start from zero
+                self._set(mapname, k, value)
+        else:                                     # the same, without a call per entry
+            dels = self._pending_dels
+            for mapname, value in _NEW_REAL:
+                if dels[mapname]:
+                    self._undelete(mapname, k)
+                p[mapname][k] = value
+            self.writes += len(_NEW_REAL)
         return rid
 
     def _resolve(self, addr, onlink: bool):
         """Next hop of addr, once per address per apply/refresh (services share servers)."""
         key = (addr, onlink)
-        if key not in self._nh_cache:
+        hit = self._nh_cache.get(key)
+        if hit is None:
             try:
-                self._nh_cache[key] = self.resolver(addr, need_onlink=onlink)
+                hit = self.resolver(addr, need_onlink=onlink)
             except NextHopError as e:
-                self._nh_cache[key] = e
-        hit = self._nh_cache[key]
+                hit = e
+            self._nh_cache[key] = hit
         if isinstance(hit, NextHopError):
             raise hit
         return hit
@@ -692,7 +703,7 @@ class XdpDataplane:
                 st.sched = spec.scheduler
                 sched_changed = True
                 self._lblc_flush(st.id)     # ip_vs_lblc_done_svc: the old table goes
-        wanted = {r.key: r for r in spec.reals}
+        wanted = {r.key: r for r in spec.reals} if st.dests else {}    # (a new list needs none)
         changed = sched_changed
 
         def dest_changed():
@@ -734,10 +745,13 @@ class XdpDataplane:
         # 3. additions, in config order, each to the front of the list; the wrr mark follows
         # each one (wrr_dest_changed), its max weight and gcd kept as they grow (_WrrGrow)
         # (every real server left is wanted and they are distinct: as many as wanted, none to add)
-        have = {rkey for rkey, _ in st.dests} if len(st.dests) < len(wanted) else None
+        if not st.dests:
+            have = set()
+        else:
+            have = {rkey for rkey, _ in st.dests} if len(st.dests) < len(wanted) else None
         grow = None
         for spec_r in spec.reals if have is not None else ():
-            if spec_r.key in have:
+            if have and spec_r.key in have:
                 continue
             rid = self._alloc_real()
             real = self._nexthop_real(spec_r, st.id, None)
@@ -747,11 +761,13 @@ class XdpDataplane:
             if cursor is not None:
                 cursor += 1
             if grow is None:
-                grow = _WrrGrow(self._weights(st)[1:])
-            mark = grow.add(mark, real.weight)
+                grow = _WrrGrow(self._weights(st)[1:], mark.cw)
+            grow.add(real.weight)
             changed = True
             log.info("added real server %s:%d to %s (%s, weight %d)", spec_r.address, spec_r.port,
                      name, L.FORWARD_NAMES[real.fwd], real.weight)
+        if grow is not None:
+            mark = grow.mark()
         family = L.family_of(key.addr)
         persist = (spec.persistent, L.pack_mask(spec.pmask, family) if spec.persistent else bytes(16))
         flags = L.sched_flag_bits(f for f in spec.sched_flags if L.SCHED_FLAGS[f][0] == st.sched)
@@ -1246,13 +1262,14 @@ class _SvcName:
 
 
 class _WrrGrow:
-    """sched_model.wrr_dest_changed for a list that only grows: wrr_params (max weight, gcd of
-    the positive weights) kept up to date per added weight instead of recomputed over the whole
-    list, so adding n real servers costs O(n), not O(n^2).  Same marks, same weight check."""
-    __slots__ = ("max", "gcd")
+    """sched_model.wrr_dest_changed once per real server added to a list that only grows:
+    wrr_params (max weight, gcd of the positive weights) kept up to date per added weight
+    instead of recomputed over the whole list, so adding n real servers costs O(n), not O(n^2).
+    Same marks (mark() after the last add), same weight check."""
+    __slots__ = ("max", "gcd", "cw")
 
-    def __init__(self, weights: list[int]):
-        self.max, self.gcd = 0, 0
+    def __init__(self, weights: list[int], cw: int):
+        self.max, self.gcd, self.cw = 0, 0, cw
         for w in weights:
             self._take(w)
 
@@ -1264,16 +1281,20 @@ class _WrrGrow:
         if w > 0:
             self.gcd = math.gcd(self.gcd, w)
 
-    def add(self, mark: sched_model.WrrMark, w: int) -> sched_model.WrrMark:
+    def add(self, w: int) -> None:
+        """wrr_dest_changed after w was added"""
         self._take(w)
         di = self.gcd or 1
         mw = self.max - (di - 1)
-        cw = mark.cw
+        cw = self.cw
         if cw > mw or cw == 0:
-            cw = mw
+            self.cw = mw
         elif di > 1:
-            cw = (cw // di) * di + 1
-        return sched_model.WrrMark(cl=None, cw=cw, mw=mw, di=di)
+            self.cw = (cw // di) * di + 1
+
+    def mark(self) -> sched_model.WrrMark:
+        di = self.gcd or 1
+        return sched_model.WrrMark(cl=None, cw=self.cw, mw=self.max - (di - 1), di=di)
 
 
 def _svc_name(key) -> str:
