@@ -80,13 +80,19 @@ class DataplaneError(Exception):
 #
 # So a service's real servers, its dest list and its scheduler tables are in place before the
 # entry that makes it visible, and a changed service gets each map's new content in the same
-# order as before.  Removals go the other way: the ranges and the lb_services / lb_fwm_services
-# entry go first (at once, not buffered), its parts after (flushed in reverse).  The mh table is
-# written by lb/dataplane/mhtable.py in place: before an mh service's table is written, whatever
-# is pending is flushed, so its slots never name a real server not yet in lb_reals.  Writes to a
-# map outside these stages flush what is pending and go straight through.  Reads in apply go
-# through _get, which sees the pending writes.  self.writes counts logical writes as before (a key
-# written twice in one apply counts twice even though the batch writes its last value once).
+# order as before (so a real server leaving a service that stays is retired in lb_reals before
+# the dest list without it is written, as it always was: BPF skips a dest whose lb_reals entry
+# has family 0).  Removed services go the other way: their lb_fwm_ranges and then their
+# lb_services / lb_fwm_services entries go first, at once and unbuffered; their lblc and mh
+# tables after that (also at once: nothing leads to them any more), and then their parts,
+# flushed in reverse stage order, before any addition is flushed (a freed service or real id
+# can be reused by the additions).  An mh table is written by lb/dataplane/mhtable.py straight
+# away: for a service the data path can already see, whatever is pending is flushed first, so
+# its slots never name a real server that is not yet in lb_reals.  A write to a map outside
+# these stages flushes what is pending and goes straight through.  Reads in apply go through
+# _get, which sees the pending writes.  self.writes counts the same logical writes as the
+# entry-by-entry code did (a key written twice in one apply counts twice although the batch
+# writes it once, with its last value).
 _STAGES = (
     ("lb_real_conns", "lb_real_swept", "lb_real_base", "lb_real_overload", "lb_real_stats", "lb_real_rates"),
     ("lb_reals",),
