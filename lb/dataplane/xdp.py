@@ -737,7 +737,8 @@ class XdpDataplane:
         kept.reverse()
         for (rkey, rid), spec_r in zip(st.dests, kept):
             old = self.reals[rid]
-            real = self._nexthop_real(spec_r, st.id, old, bool(draining) and (key, rkey) in draining, resolve=False)
+            drains = bool(draining) and (key, rkey) in draining
+            real = self._nexthop_real(spec_r, st.id, old, drains, resolve=False)
             if real != old:
                 self.reals[rid] = real
                 self._set("lb_reals", L.U32.pack(rid), real.pack())
