@@ -3,6 +3,7 @@
 is built, else through the pure-Python syscalls in bpfsys."""
 from __future__ import annotations
 
+import errno
 import os
 
 from . import bpfsys
@@ -33,6 +34,17 @@ def have_batch() -> bool:
     return _bpfbatch is not None
 
 
+# errnos of a kernel (or map type) without BPF_MAP_UPDATE_BATCH: EINVAL (before 5.6), EOPNOTSUPP,
+# and the kernel-internal ENOTSUPP (524) that a map type without the op returns
+_BATCH_UNSUPPORTED = {errno.EINVAL, errno.EOPNOTSUPP, 524}
+
+
+def _update_batch(fd: int, key_size: int, value_size: int, keys: bytes, values: bytes, n: int) -> int:
+    """bb_update: n (key, value) pairs in order, BPF_MAP_UPDATE_BATCH; the count or -errno."""
+    ffi, lib = _bpfbatch.ffi, _bpfbatch.lib
+    return lib.bb_update(fd, key_size, value_size, ffi.from_buffer(keys), ffi.from_buffer(values), n)
+
+
 class BpfMap:
     """One map by fd.  Per-CPU maps read as a list of per-CPU values."""
 
@@ -49,6 +61,7 @@ class BpfMap:
         self.ncpus = bpfsys.possible_cpus() if self.percpu else 1
         # the kernel rounds each per-CPU value up to 8 bytes
         self._slot = (self.value_size + 7) & ~7 if self.percpu else self.value_size
+        self.batch_update = True    # False once the kernel refused BPF_MAP_UPDATE_BATCH here
 
     @classmethod
     def open_pinned(cls, path: str) -> "BpfMap":
@@ -79,6 +92,34 @@ class BpfMap:
 
     def delete(self, key: bytes) -> bool:
         return bpfsys.delete(self.fd, key)
+
+    def set_many(self, keys: list[bytes], values: list[bytes], batch: bool = True) -> None:
+        """keys[i] = values[i] for every i, in order (a key given twice ends with its last
+        value): BPF_MAP_UPDATE_BATCH through lb._bpfbatch when it is built, `batch` is true and
+        the kernel takes it for this map; else one BPF_MAP_UPDATE_ELEM per entry.  A batch the
+        kernel refuses part-way is written again entry by entry from the start (the same values
+        in the same order: the end state is the same), so a real error (a full hash) raises
+        from the single write that meets it, as it would have without batching."""
+        n = len(keys)
+        if n != len(values):
+            raise ValueError(f"{self.name}: {n} keys but {len(values)} values")
+        if not n:
+            return
+        if self.percpu:
+            values = [b"".join(v.ljust(self._slot, b"\0") for _ in range(self.ncpus)) for v in values]
+        if batch and self.batch_update and _bpfbatch is not None and n > 1:
+            vsize = self._slot * self.ncpus if self.percpu else self.value_size
+            kb, vb = b"".join(keys), b"".join(values)
+            if len(kb) != n * self.key_size or len(vb) != n * vsize:
+                raise ValueError(f"{self.name}: keys of {self.key_size} and values of {vsize} bytes expected")
+            rc = _update_batch(self.fd, self.key_size, vsize, kb, vb, n)
+            if rc == n:
+                return
+            if rc < 0 and -rc in _BATCH_UNSUPPORTED:
+                self.batch_update = False
+        update, fd = bpfsys.update, self.fd
+        for k, v in zip(keys, values):
+            update(fd, k, v)
 
     # whole tables
     def items(self, batch: bool | None = None) -> list[tuple[bytes, bytes]]:

@@ -11,6 +11,7 @@ import ctypes
 import ipaddress
 import dataclasses
 import logging
+import math
 import os
 import re
 import shutil
@@ -23,7 +24,7 @@ from types import SimpleNamespace
 from lb.sched import model as sched_model
 
 from . import layout as L
-from .maps import PIN_ROOT, BpfMap, pin_dir
+from .maps import PIN_ROOT, BpfMap, have_batch, pin_dir
 from .mhtable import MhTables
 from .nexthop import NextHopError, resolve
 from .spec import RealSpec, ServiceSpec, TableSpec
@@ -63,6 +64,46 @@ TCP_FSM = [_S[t] for t in _FSM_TEXT.split()]   # index (table * 4 + event) * 11 
 
 class DataplaneError(Exception):
     pass
+
+
+# ---- the write order of apply ----
+# apply() does not write entry by entry: its writes are collected per map and flushed one map
+# at a time (BPF_MAP_UPDATE_BATCH, one syscall per map; single writes where lb._bpfbatch is not
+# built or the kernel refuses the batch op).  The data plane of a running director stays
+# consistent at every moment because the maps are flushed in dependency order, the order the
+# per-entry code has always written one service in:
+#
+#   a real server's counters (a new or reused id starts from zero)  ->  lb_reals
+#     ->  lb_svc_dests  ->  lb_sched_buckets  ->  [mh table]  ->  lb_svc  ->  lb_sched_state
+#     ->  lb_svc_stats / lb_svc_rates  ->  lb_services / lb_fwm_services (the service is visible)
+#   and only then lb_fwm_ranges (the firewall-mark ports that lead to it).
+#
+# So a service's real servers, its dest list and its scheduler tables are in place before the
+# entry that makes it visible, and a changed service gets each map's new content in the same
+# order as before (so a real server leaving a service that stays is retired in lb_reals before
+# the dest list without it is written, as it always was: BPF skips a dest whose lb_reals entry
+# has family 0).  Removed services go the other way: their lb_fwm_ranges and then their
+# lb_services / lb_fwm_services entries go first, at once and unbuffered; their lblc and mh
+# tables after that (also at once: nothing leads to them any more), and then their parts,
+# flushed in reverse stage order, before any addition is flushed (a freed service or real id
+# can be reused by the additions).  An mh table is written by lb/dataplane/mhtable.py straight
+# away: for a service the data path can already see, whatever is pending is flushed first, so
+# its slots never name a real server that is not yet in lb_reals.  A write to a map outside
+# these stages flushes what is pending and goes straight through.  Reads in apply go through
+# _get, which sees the pending writes.  self.writes counts the same logical writes as the
+# entry-by-entry code did (a key written twice in one apply counts twice although the batch
+# writes it once, with its last value).
+_STAGES = (
+    ("lb_real_conns", "lb_real_swept", "lb_real_base", "lb_real_overload", "lb_real_stats", "lb_real_rates"),
+    ("lb_reals",),
+    ("lb_svc_dests",),
+    ("lb_sched_buckets",),
+    ("lb_svc",),
+    ("lb_sched_state",),
+    ("lb_svc_stats", "lb_svc_rates"),
+    ("lb_services", "lb_fwm_services"),
+)
+_STAGE_MAPS = tuple(name for stage in _STAGES for name in stage)
 
 
 @dataclass(frozen=True)
@@ -122,6 +163,13 @@ class Sizes:
         }
 
 
+# what a new (or reused) real server id starts with, in this order
+_NEW_REAL = (("lb_real_conns", L.REAL_CONNS.pack(0, 0, 0, 0)), ("lb_real_swept", L.REAL_CONNS.pack(0, 0, 0, 0)),
+             ("lb_real_base", L.REAL_CONNS.pack(0, 0, 0, 0)), ("lb_real_overload", L.U32.pack(0)),
+             ("lb_real_stats", L.STATS.pack(0, 0, 0, 0, 0)), ("lb_real_rates", L.RATES.pack(0, 0, 0, 0, 0)))
+assert all(name in _STAGE_MAPS for name, _ in _NEW_REAL)
+
+
 def bpf_source(path: Path = BPF_DIR / "lb.c") -> str:
     """lb.c with its local headers inlined: bcc rewrites map calls (map.lookup()) only in the
     main file, so the headers must become part of it."""
@@ -179,6 +227,11 @@ class XdpDataplane:
         self.adopted = False
         self.created = False     # this instance made the pin directory (a failed start removes it)
         self.writes = 0
+        # apply's pending writes, per staged map {key: value} (None: writes go out at once),
+        # and pending deletes {key: already counted}
+        self._pending: dict[str, dict[bytes, bytes]] | None = None
+        self._pending_dels: dict[str, dict[bytes, bool]] = {}
+        self.batch_writes = have_batch()        # False: the single-write path (tests compare both)
         # rate estimator (estimate()): (map, id) -> (time_ns, counters, smoothed rates)
         self._est: dict[tuple[str, int], tuple[int, tuple, list[int]]] = {}
         self._est_seeded = False
@@ -338,8 +391,83 @@ class XdpDataplane:
 
     # ---- writes ----
     def _set(self, mapname: str, key: bytes, value: bytes) -> None:
-        self.maps[mapname].set(key, value)
+        p = self._pending
+        if p is None:
+            self.maps[mapname].set(key, value)
+        elif mapname in p:
+            if self._pending_dels[mapname]:
+                self._undelete(mapname, key)
+            p[mapname][key] = value
+        else:                       # not a staged map: keep the order by flushing first
+            self._flush()
+            self.maps[mapname].set(key, value)
         self.writes += 1
+
+    def _undelete(self, mapname: str, key: bytes) -> None:
+        """A write replaces a pending delete of the same key: count the delete if it would
+        have removed an entry (as it did when every write went out at once)."""
+        counted = self._pending_dels[mapname].pop(key, None)
+        if counted is False and self.maps[mapname].get(key) is not None:
+            self.writes += 1
+
+    def _delete(self, mapname: str, key: bytes) -> None:
+        """Delete key; counted as a write when it removes an entry."""
+        p = self._pending
+        if p is None or mapname not in p:
+            if p is not None:
+                self._flush()
+            if self.maps[mapname].delete(key):
+                self.writes += 1
+            return
+        dels = self._pending_dels[mapname]
+        if p[mapname].pop(key, None) is not None:
+            # written earlier in this batch: the entry exists by then, so the delete removes it
+            self.writes += 1
+            dels[key] = True
+        else:
+            dels.setdefault(key, False)     # False: count it at the flush if it removes one
+
+    def _get(self, mapname: str, key: bytes) -> bytes | None:
+        """A map entry as apply's pending writes leave it."""
+        p = self._pending
+        if p is not None and mapname in p:
+            v = p[mapname].get(key)
+            if v is not None:
+                return v
+            if key in self._pending_dels[mapname]:
+                return None
+        return self.maps[mapname].get(key)
+
+    def _begin(self) -> None:
+        """From here on _set / _delete of the staged maps collect their writes until _end."""
+        if self._pending is None:
+            self._pending = {name: {} for name in _STAGE_MAPS}
+            self._pending_dels = {name: {} for name in _STAGE_MAPS}
+
+    def _end(self, reverse: bool = False) -> None:
+        try:
+            self._flush(reverse)
+        finally:
+            self._pending = None
+
+    def _flush(self, reverse: bool = False) -> None:
+        """Write what is pending, map by map in _STAGES order (reverse: removals); in a map,
+        the writes (one batch) and then the deletes."""
+        p, pd = self._pending, self._pending_dels
+        if p is None:
+            return
+        self._pending = {name: {} for name in _STAGE_MAPS}
+        self._pending_dels = {name: {} for name in _STAGE_MAPS}
+        for name in reversed(_STAGE_MAPS) if reverse else _STAGE_MAPS:
+            d, dels = p[name], pd[name]
+            if not (d or dels):
+                continue
+            m = self.maps[name]
+            if d:
+                m.set_many(list(d), list(d.values()), batch=self.batch_writes)
+            for k, counted in dels.items():
+                if m.delete(k) and not counted:
+                    self.writes += 1
 
     def _alloc_svc(self) -> int:
         if self.free_svc_ids:
@@ -351,7 +479,7 @@ class XdpDataplane:
 
     def _real_conns(self, rid: int) -> tuple[int, int]:
         k = L.U32.pack(rid)
-        return L.real_counts(self.maps["lb_real_conns"].get(k), self.maps["lb_real_swept"].get(k))
+        return L.real_counts(self._get("lb_real_conns", k), self._get("lb_real_swept", k))
 
     def _alloc_real(self) -> int:
         if self.next_real_id < self.sizes.reals:
@@ -366,26 +494,31 @@ class XdpDataplane:
             else:
                 raise DataplaneError(f"no free real server slot (tables.real_servers = {self.sizes.reals})")
         k = L.U32.pack(rid)
-        zero = L.REAL_CONNS.pack(0, 0, 0, 0)
-        self._set("lb_real_conns", k, zero)
-        self._set("lb_real_swept", k, zero)
-        self._set("lb_real_base", k, zero)
         self.sched_base.pop(rid, None)
-        self._set("lb_real_overload", k, L.U32.pack(0))
-        self._set("lb_real_stats", k, L.STATS.pack(0, 0, 0, 0, 0))
-        self._set("lb_real_rates", k, L.RATES.pack(0, 0, 0, 0, 0))
         self._est.pop(("lb_real_stats", rid), None)
+        p = self._pending
+        if p is None:
+            for mapname, value in _NEW_REAL:      # its counters start from zero
+                self._set(mapname, k, value)
+        else:                                     # the same, without a call per entry
+            dels = self._pending_dels
+            for mapname, value in _NEW_REAL:
+                if dels[mapname]:
+                    self._undelete(mapname, k)
+                p[mapname][k] = value
+            self.writes += len(_NEW_REAL)
         return rid
 
     def _resolve(self, addr, onlink: bool):
         """Next hop of addr, once per address per apply/refresh (services share servers)."""
         key = (addr, onlink)
-        if key not in self._nh_cache:
+        hit = self._nh_cache.get(key)
+        if hit is None:
             try:
-                self._nh_cache[key] = self.resolver(addr, need_onlink=onlink)
+                hit = self.resolver(addr, need_onlink=onlink)
             except NextHopError as e:
-                self._nh_cache[key] = e
-        hit = self._nh_cache[key]
+                hit = e
+            self._nh_cache[key] = hit
         if isinstance(hit, NextHopError):
             raise hit
         return hit
@@ -429,11 +562,23 @@ class XdpDataplane:
         want = {_key_of(s): s for s in table.services}
         # a removed firewall-mark service stops matching before its slot is freed
         self._sync_ranges({k: s for k, s in want.items() if k in self.services})
-        for key in [k for k in self.services if k not in want]:
-            self._remove_service(key)
+        # removals: each service's lb_services / lb_fwm_services entry goes at once, its parts
+        # (flushed in reverse stage order) after; see _STAGES
+        self._begin()
+        try:
+            for key in [k for k in self.services if k not in want]:
+                self._remove_service(key)
+        finally:
+            self._end(reverse=True)
         self.draining = {d for d in self.draining if d[0] in want}
-        for key, spec in want.items():
-            self._apply_service(key, self._with_drains(key, spec))
+        # additions and changes, flushed map by map in _STAGES order: every service is whole
+        # before its lb_services / lb_fwm_services entry is written
+        self._begin()
+        try:
+            for key, spec in want.items():
+                self._apply_service(key, self._with_drains(key, spec))
+        finally:
+            self._end()
         self._sync_ranges(want)
         self._apply_timeouts(table.timeouts)
         g = L.U32.pack(L.G_EXPIRE_NODEST)
@@ -460,7 +605,8 @@ class XdpDataplane:
         extra = []
         for rkey, rid in st.dests:
             if rkey in wanted or rkey in dead:      # kept, or dead: no draining
-                self.draining.discard((key, rkey))
+                if self.draining:
+                    self.draining.discard((key, rkey))
                 continue
             active, inactive, _ = self._real_conns(rid)
             if active + inactive == 0:
@@ -534,8 +680,7 @@ class XdpDataplane:
         for _, rid in st.dests:
             self._retire_real(rid)
         self._set("lb_svc", L.U32.pack(st.id), L.Svc(key.addr, key.port, key.proto, 0).pack())
-        if self.maps["lb_sched_buckets"].delete(L.U32.pack(st.id)):
-            self.writes += 1
+        self._delete("lb_sched_buckets", L.U32.pack(st.id))
         self._lblc_flush(st.id)
         self._mh_drop(st.id)
         self.free_svc_ids.append(st.id)
@@ -552,14 +697,15 @@ class XdpDataplane:
     def _apply_service(self, key: L.SvcKey, spec: ServiceSpec) -> None:
         new = key not in self.services
         sched_changed = False
+        name = _SvcName(key)        # formatted only when a line is logged
         if new:
             st = _SvcState(self._alloc_svc(), key, spec.scheduler, name=spec.name)
             self.services[key] = st
             cursor, mark = None, sched_model.wrr_init([])
-            log.info("adding virtual service %s %s", _svc_name(key), spec.scheduler)
+            log.info("adding virtual service %s %s", name, spec.scheduler)
         else:
             st = self.services[key]
-            cl, cw = L.SCHED_STATE.unpack(self.maps["lb_sched_state"].get(L.U32.pack(st.id)))
+            cl, cw = L.SCHED_STATE.unpack(self._get("lb_sched_state", L.U32.pack(st.id)))
             cursor = None if cl == L.POS_HEAD or cl >= len(st.dests) else cl
             mark = sched_model.WrrMark(cursor, cw, 0, 1)
             if st.sched != spec.scheduler:
@@ -568,29 +714,37 @@ class XdpDataplane:
                 st.sched = spec.scheduler
                 sched_changed = True
                 self._lblc_flush(st.id)     # ip_vs_lblc_done_svc: the old table goes
-        wanted = {r.key: r for r in spec.reals}
+        wanted = {r.key: r for r in spec.reals} if st.dests else {}    # (a new list needs none)
         changed = sched_changed
 
         def dest_changed():
             nonlocal mark
             mark = sched_model.wrr_dest_changed(mark, self._weights(st))
 
-        # 1. removals (the rr cursor steps back to the previous element)
+        # 1. removals (the rr cursor steps back to the previous element); kept[i]: the spec of
+        # the real server left at position i
+        kept = []
         for pos in reversed(range(len(st.dests))):
             rkey, rid = st.dests[pos]
-            if rkey not in wanted:
+            spec_r = wanted.get(rkey)
+            if spec_r is not None:
+                kept.append(spec_r)
+            else:
                 del st.dests[pos]
                 cursor = sched_model.rr_cursor_after_delete(cursor, pos)
                 self._retire_real(rid)
                 dest_changed()
                 changed = True
-                log.info("removed real server %s:%d from %s", rkey[0], rkey[1], _svc_name(key))
-        # 2. updates of existing real servers
-        for pos, (rkey, rid) in enumerate(st.dests):
-            spec_r = wanted[rkey]
+                log.info("removed real server %s:%d from %s", rkey[0], rkey[1], name)
+        # 2. updates of existing real servers (Real's == compares every packed field: the
+        # same as comparing the packed entries, without packing both)
+        draining = self.draining
+        kept.reverse()
+        for (rkey, rid), spec_r in zip(st.dests, kept):
             old = self.reals[rid]
-            real = self._nexthop_real(spec_r, st.id, old, (key, rkey) in self.draining, resolve=False)
-            if real.pack() != old.pack():
+            drains = bool(draining) and (key, rkey) in draining
+            real = self._nexthop_real(spec_r, st.id, old, drains, resolve=False)
+            if real != old:
                 self.reals[rid] = real
                 self._set("lb_reals", L.U32.pack(rid), real.pack())
                 if (real.u_threshold, real.l_threshold) != (old.u_threshold, old.l_threshold):
@@ -598,12 +752,18 @@ class XdpDataplane:
                 if real.weight != old.weight:
                     dest_changed()
                     log.info("real server %s:%d of %s: weight %d -> %d", rkey[0], rkey[1],
-                             _svc_name(key), old.weight, real.weight)
+                             name, old.weight, real.weight)
                 changed = True
-        # 3. additions, in config order, each to the front of the list
-        have = {rkey for rkey, _ in st.dests}
-        for spec_r in spec.reals:
-            if spec_r.key in have:
+        # 3. additions, in config order, each to the front of the list; the wrr mark follows
+        # each one (wrr_dest_changed), its max weight and gcd kept as they grow (_WrrGrow)
+        # (every real server left is wanted and they are distinct: as many as wanted, none to add)
+        if not st.dests:
+            have = set()
+        else:
+            have = {rkey for rkey, _ in st.dests} if len(st.dests) < len(wanted) else None
+        grow = None
+        for spec_r in spec.reals if have is not None else ():
+            if have and spec_r.key in have:
                 continue
             rid = self._alloc_real()
             real = self._nexthop_real(spec_r, st.id, None)
@@ -612,18 +772,22 @@ class XdpDataplane:
             st.dests.insert(0, (spec_r.key, rid))
             if cursor is not None:
                 cursor += 1
-            dest_changed()
+            if grow is None:
+                grow = _WrrGrow(self._weights(st)[1:], mark.cw)
+            grow.add(real.weight)
             changed = True
             log.info("added real server %s:%d to %s (%s, weight %d)", spec_r.address, spec_r.port,
-                     _svc_name(key), L.FORWARD_NAMES[real.fwd], real.weight)
+                     name, L.FORWARD_NAMES[real.fwd], real.weight)
+        if grow is not None:
+            mark = grow.mark()
         family = L.family_of(key.addr)
         persist = (spec.persistent, L.pack_mask(spec.pmask, family) if spec.persistent else bytes(16))
         flags = L.sched_flag_bits(f for f in spec.sched_flags if L.SCHED_FLAGS[f][0] == st.sched)
         if not new:
-            cur = L.Svc.unpack(self.maps["lb_svc"].get(L.U32.pack(st.id)))
+            cur = L.Svc.unpack(self._get("lb_svc", L.U32.pack(st.id)))
             if (cur.persist_timeout, cur.persist_mask) != persist:
                 changed = True
-                log.info("virtual service %s: persistence %d s mask %s", _svc_name(key), spec.persistent,
+                log.info("virtual service %s: persistence %d s mask %s", name, spec.persistent,
                          L.unpack_mask(persist[1], family))
             if cur.flags != flags or (st.sched == "mh" and cur.mh_size != spec.mh_size):
                 changed = True
@@ -632,7 +796,7 @@ class XdpDataplane:
         sid = L.U32.pack(st.id)
         self._write_dests(st)
         self._set_buckets(st)
-        self._set_mh(st, spec)
+        self._set_mh(st, spec, new)
         mw, di = sched_model.wrr_params(self._weights(st))
         fwmark = key.fwmark if isinstance(key, L.FwmKey) else 0
         svc = L.Svc(key.addr, key.port, key.proto, L.SCHEDULERS[st.sched], len(st.dests), flags, mw, di,
@@ -657,8 +821,7 @@ class XdpDataplane:
         other schedulers have no entry, so they pay no memory for it."""
         sid = L.U32.pack(st.id)
         if st.sched not in L.BUCKET_SCHEDULERS:
-            if self.maps["lb_sched_buckets"].delete(sid):
-                self.writes += 1
+            self._delete("lb_sched_buckets", sid)
             return
         if st.sched == "dh":
             table = sched_model.dh_table(len(st.dests))
@@ -668,14 +831,20 @@ class XdpDataplane:
                   L.SCHED_BUCKETS.pack(*(L.LB_NONE if p is None else p for p in table)))
 
     # ---- mh: the Maglev table of each mh service (lb/dataplane/mhtable.py) ----
-    def _set_mh(self, st: _SvcState, spec: ServiceSpec) -> None:
+    def _set_mh(self, st: _SvcState, spec: ServiceSpec, new: bool = False) -> None:
         """ip_vs_mh_dest_changed: rebuild the table from the list (draining real servers left
-        out: IPVS has deleted them) and each server's last non-zero weight; write what changed."""
+        out: IPVS has deleted them) and each server's last non-zero weight; write what changed.
+        mhtable writes at once: for a service the data path can see (not new), apply's pending
+        writes (its lb_reals and lb_svc_dests) go first."""
         rids = [rid for _, rid in st.dests]
         last = {rid: self.mh.last_weight(rid, self.reals[rid].weight) for rid in rids}
         if st.sched != "mh":
+            if st.id in self.mh.tables and not new:
+                self._flush()
             self._mh_drop(st.id)
             return
+        if not new:
+            self._flush()
         members = [rid for rid in rids if not self.reals[rid].flags & L.REAL_F_DRAINING]
         table = sched_model.mh_table([(self.reals[r].addr, self.reals[r].port, last[r]) for r in members],
                                      spec.mh_size)
@@ -728,7 +897,7 @@ class XdpDataplane:
                 real.pos = pos
                 self._set("lb_reals", L.U32.pack(rid), real.pack())
             flags = real.flags
-            if real.u_threshold and self.maps["lb_real_overload"].get(L.U32.pack(rid)) != L.U32.pack(0):
+            if real.u_threshold and self._get("lb_real_overload", L.U32.pack(rid)) != L.U32.pack(0):
                 flags |= L.REAL_F_OVERLOAD
             dests.append((rid, real.weight, flags))
         self._set("lb_svc_dests", L.U32.pack(st.id), L.pack_dests(dests, self.sizes.svc_reals))
@@ -1072,7 +1241,7 @@ class XdpDataplane:
         key = L.U32.pack(rid)
         act, inact, _ = self._real_conns(rid)
         if not real.u_threshold or real.u_threshold > act + inact:
-            if self.maps["lb_real_overload"].get(key) != L.U32.pack(0):
+            if self._get("lb_real_overload", key) != L.U32.pack(0):
                 self._set("lb_real_overload", key, L.U32.pack(0))
 
 
@@ -1089,6 +1258,55 @@ def _key_of(spec: ServiceSpec):
         v6 = bool(spec.groups) and spec.groups[0].address.version == 6
         return L.FwmKey(spec.fwmark, addr=ipaddress.IPv6Address(0) if v6 else ipaddress.IPv4Address(0))
     return L.SvcKey(L.PROTO_NUMBERS[spec.protocol], spec.address, spec.port)
+
+
+class _SvcName:
+    """_svc_name(key) for log lines, formatted when (and if) a line is emitted."""
+    __slots__ = ("key", "text")
+
+    def __init__(self, key):
+        self.key, self.text = key, None
+
+    def __str__(self) -> str:
+        if self.text is None:
+            self.text = _svc_name(self.key)
+        return self.text
+
+
+class _WrrGrow:
+    """sched_model.wrr_dest_changed once per real server added to a list that only grows:
+    wrr_params (max weight, gcd of the positive weights) kept up to date per added weight
+    instead of recomputed over the whole list, so adding n real servers costs O(n), not O(n^2).
+    Same marks (mark() after the last add), same weight check."""
+    __slots__ = ("max", "gcd", "cw")
+
+    def __init__(self, weights: list[int], cw: int):
+        self.max, self.gcd, self.cw = 0, 0, cw
+        for w in weights:
+            self._take(w)
+
+    def _take(self, w: int) -> None:
+        if not isinstance(w, int) or isinstance(w, bool) or w < 0:
+            raise ValueError(f"weight must be a non-negative int, got {w!r}")
+        if w > self.max:
+            self.max = w
+        if w > 0:
+            self.gcd = math.gcd(self.gcd, w)
+
+    def add(self, w: int) -> None:
+        """wrr_dest_changed after w was added"""
+        self._take(w)
+        di = self.gcd or 1
+        mw = self.max - (di - 1)
+        cw = self.cw
+        if cw > mw or cw == 0:
+            self.cw = mw
+        elif di > 1:
+            self.cw = (cw // di) * di + 1
+
+    def mark(self) -> sched_model.WrrMark:
+        di = self.gcd or 1
+        return sched_model.WrrMark(cl=None, cw=self.cw, mw=self.max - (di - 1), di=di)
 
 
 def _svc_name(key) -> str:
