@@ -4,6 +4,7 @@
  *                   from itself, to continue a long mh-fallback walk)
  *   lb_xdp_new_conn creates the connection the scheduler picked and forwards the first packet
  *   lb_xdp_private  private side: NAT replies from real servers back to clients
+ * Both public and private relay ICMP/ICMPv6 errors about tracked connections (lb_icmp.h).
  * Sizes and the pin directory come in as -D flags. */
 #include <uapi/linux/bpf.h>
 #include "lb_consts.h"
@@ -16,6 +17,7 @@
 #include "lb_persist.h"
 #include "lb_sched.h"
 #include "lb_forward.h"
+#include "lb_icmp.h"
 
 /* A port of a firewall-mark service's group: the (VIP, protocol)'s ranges, port 0 in the key */
 static __always_inline int lb_classify_fwm(struct lb_pkt *pkt, struct lb_svc_key *sk, __u32 *svc_id)
@@ -114,7 +116,7 @@ int lb_xdp_public(struct xdp_md *ctx)
     __u32 svc_id;
     int act = lb_parse_counted(ctx, &pkt);
     if (act != LB_CONTINUE)
-        return act;
+        return lb_is_icmp(&pkt) ? lb_icmp_public(ctx, &pkt) : act;
 
     /* the connection first, as IPVS's ip_vs_in does: an established flow needs no service
      * lookup (its entry names the service), only a new one does */
@@ -394,7 +396,7 @@ int lb_xdp_private(struct xdp_md *ctx)
     __u32 counter = LB_CNT_MAX;
     int act = lb_parse(ctx, &pkt, &counter);
     if (act != LB_CONTINUE)
-        return act;
+        return lb_is_icmp(&pkt) ? lb_icmp_private(ctx, &pkt) : act;
 
     struct lb_conn_key rk;
     lb_conn_key_in(&rk, &pkt);

@@ -71,4 +71,29 @@ static __always_inline void lb_rewrite6(struct lb_pkt *pkt, __be32 *addr_p, cons
     }
 }
 
+/* Write a 16-byte (IPv6) address into the packet, folding the change into one checksum (an
+ * L4 or ICMPv6 checksum that covers it, directly or through the pseudo header) */
+static __always_inline void lb_csum_set_addr6(__be32 *addr_p, const __be32 *new_addr, __u16 *sum)
+{
+#pragma unroll
+    for (int i = 0; i < 4; i++) {
+        __be32 old = addr_p[i], nw = new_addr[i];
+        addr_p[i] = nw;
+        lb_csum_replace4(sum, old, nw);
+    }
+}
+
+/* Write an address of an IPv4 header that an ICMP error quotes: its own header checksum and
+ * the ICMP checksum (which covers the whole quoted header, that checksum included) follow */
+static __always_inline void lb_csum_set_quoted_addr4(struct iphdr *ip, __be32 *addr_p, __be32 new_addr,
+                                                     __u16 *icmp_sum)
+{
+    __be32 old = *addr_p;
+    __u16 old_check = (__u16)ip->check;
+    *addr_p = new_addr;
+    lb_csum_replace4((__u16 *)&ip->check, old, new_addr);
+    lb_csum_replace4(icmp_sum, old, new_addr);
+    lb_csum_replace2(icmp_sum, old_check, (__u16)ip->check);
+}
+
 #endif

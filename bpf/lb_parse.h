@@ -1,7 +1,8 @@
 /* Defensive parsing: Ethernet (+ one 802.1Q/802.1ad tag), IPv4 (with options) or IPv6 (with
  * hop-by-hop, routing and destination options headers), TCP/UDP.  Anything we do not understand
- * (ARP, ICMP and ICMPv6 with neighbour discovery, fragments, other extension headers) goes back
- * to the kernel untouched (XDP_PASS). */
+ * (ARP, ICMPv6 neighbour discovery, fragments, other extension headers) goes back to the kernel
+ * untouched (XDP_PASS).  ICMP and ICMPv6 are XDP_PASS too, with pkt->proto and pkt->icmp set:
+ * lb_icmp.h looks at them (lb_parse_icmp_err below) only on that branch. */
 #ifndef LB_PARSE_H
 #define LB_PARSE_H
 
@@ -25,7 +26,10 @@ struct lb_pkt {
     struct ethhdr *eth;
     struct iphdr *ip4;            /* exactly one of ip4 and ip6 is set */
     struct ipv6hdr *ip6;
-    __be16 *sport_p;              /* points into the L4 header */
+    union {
+        __be16 *sport_p;          /* points into the L4 header */
+        void *icmp;               /* ICMP/ICMPv6 (lb_parse said XDP_PASS): its header, unchecked */
+    };
     __be16 *dport_p;
     __sum16 *l4csum;              /* NULL: no checksum to fix (UDP with checksum 0) */
     __be32 saddr[4];              /* copies of the addresses, 16 bytes for both families (IPv4 */
@@ -71,6 +75,8 @@ static __always_inline int lb_parse_l4(void *cur, void *data_end, struct lb_pkt 
         pkt->dport_p = &uh->dest;
         pkt->l4csum = uh->check ? &uh->check : 0;
     } else {
+        if (l4proto == IPPROTO_ICMP || l4proto == IPPROTO_ICMPV6)
+            pkt->icmp = cur;      /* for lb_icmp.h; the caller sees XDP_PASS as before */
         return XDP_PASS;
     }
     return LB_CONTINUE;
@@ -155,5 +161,99 @@ static __always_inline int lb_parse(struct xdp_md *ctx, struct lb_pkt *pkt, __u3
         return XDP_PASS;
     }
     return lb_parse_l4(cur + ihl, data_end, pkt, ip->protocol);
+}
+
+/* ---- ICMP and ICMPv6 errors (only on the branch that lb_parse left with an ICMP pkt->proto) ---- */
+
+#define LB_ICMP_DEST_UNREACH 3
+#define LB_ICMP_SOURCE_QUENCH 4
+#define LB_ICMP_TIME_EXCEEDED 11
+#define LB_ICMPV6_INFOMSG_MASK 0x80   /* ICMPv6 types from 128 up are informational */
+
+struct lb_icmphdr {               /* the first 8 bytes, the same in ICMP and ICMPv6 */
+    __u8 type;
+    __u8 code;
+    __sum16 check;
+    __be32 rest;                  /* MTU (frag needed, packet too big), pointer, unused */
+};
+
+/* An ICMP error and the packet it quotes */
+struct lb_icmp_err {
+    struct lb_icmphdr *icmp;
+    struct iphdr *ip4;            /* the quoted IP header: exactly one of ip4 and ip6 is set */
+    struct ipv6hdr *ip6;
+    __be16 *sport_p;              /* its ports (8 bytes of its TCP/UDP header are present) */
+    __be16 *dport_p;
+    __be32 saddr[4];              /* copies of its addresses, 16 bytes as in lb_pkt */
+    __be32 daddr[4];
+    __u8 proto;                   /* IPPROTO_TCP or IPPROTO_UDP */
+};
+
+/* The error types IPVS relays (ip_vs_in_icmp / ip_vs_out_icmp: destination unreachable, source
+ * quench, time exceeded; ICMPv6: every error, types below 128), quoting a TCP or UDP packet of
+ * the same family that is no fragment (IPv6: no fragment header), with its ports.  LB_CONTINUE
+ * with *e filled, or XDP_PASS. */
+static __always_inline int lb_parse_icmp_err(struct xdp_md *ctx, struct lb_pkt *pkt, struct lb_icmp_err *e)
+{
+    void *data_end = (void *)(long)ctx->data_end;
+    struct lb_icmphdr *ic = pkt->icmp;
+    if (!ic)                      /* another protocol (the verifier cannot tell from proto) */
+        return XDP_PASS;
+    if ((void *)(ic + 1) > data_end)
+        return XDP_PASS;
+    e->icmp = ic;
+    void *cur = ic + 1;
+    __u8 nh;
+    if (pkt->ip4) {
+        if (pkt->proto != IPPROTO_ICMP)
+            return XDP_PASS;
+        if (ic->type != LB_ICMP_DEST_UNREACH && ic->type != LB_ICMP_SOURCE_QUENCH &&
+            ic->type != LB_ICMP_TIME_EXCEEDED)
+            return XDP_PASS;
+        struct iphdr *ip = cur;
+        if ((void *)(ip + 1) > data_end)
+            return XDP_PASS;
+        if (ip->version != 4 || ip->ihl < 5 || (ip->frag_off & bpf_htons(0x3fff)))
+            return XDP_PASS;
+        e->ip4 = ip;
+        e->saddr[0] = ip->saddr;
+        e->daddr[0] = ip->daddr;
+        nh = ip->protocol;
+        cur += ip->ihl * 4;
+    } else if (pkt->ip6) {
+        if (pkt->proto != IPPROTO_ICMPV6 || (ic->type & LB_ICMPV6_INFOMSG_MASK))
+            return XDP_PASS;
+        struct ipv6hdr *ip6 = cur;
+        if ((void *)(ip6 + 1) > data_end)
+            return XDP_PASS;
+        if (ip6->version != 6)
+            return XDP_PASS;
+        e->ip6 = ip6;
+        __builtin_memcpy(e->saddr, &ip6->saddr, 16);
+        __builtin_memcpy(e->daddr, &ip6->daddr, 16);
+        nh = ip6->nexthdr;
+        cur = ip6 + 1;
+#pragma unroll
+        for (int i = 0; i < LB_IPV6_EXT_MAX; i++) {
+            if (nh != IPPROTO_HOPOPTS && nh != IPPROTO_ROUTING && nh != IPPROTO_DSTOPTS)
+                break;
+            struct lb_ipv6_opt *oh = cur;
+            if ((void *)(oh + 1) > data_end)
+                return XDP_PASS;
+            nh = oh->nexthdr;
+            cur += ((__u32)oh->hdrlen + 1) * 8;
+        }
+    } else {
+        return XDP_PASS;
+    }
+    if (nh != IPPROTO_TCP && nh != IPPROTO_UDP)
+        return XDP_PASS;          /* also a fragment header, or more extension headers */
+    __be16 *ports = cur;
+    if (cur + 8 > data_end)
+        return XDP_PASS;
+    e->sport_p = ports;
+    e->dport_p = ports + 1;
+    e->proto = nh;
+    return LB_CONTINUE;
 }
 #endif
