@@ -52,8 +52,8 @@ def dp():
         yield d
 
 
-def _ip(f, **kw):
-    return IPv6(hlim=kw.pop("ttl", 64), **kw) if ":" in f["client"] else IP(id=kw.pop("id", 1), ttl=kw.pop("ttl", 64), **kw)
+def _ip(f, ttl=64, **kw):
+    return IPv6(hlim=ttl, **kw) if ":" in f["client"] else IP(id=1, ttl=ttl, **kw)
 
 
 def _quoted_ip(f, src, dst):
@@ -186,8 +186,8 @@ def test_ipv4_options_and_ipv6_extension_headers_in_the_quote(dp, f):
     _checksums_ok(out)
 
 
-def _flow_error(dp, f, **quote_kw):
-    """A frag-needed about a live DR flow (what would be relayed), with the quote's fields changed"""
+def _flow_error(dp, f):
+    """A frag-needed about a live DR flow: what is relayed when it is whole"""
     sport, _ = _connect(dp, f, f["dr"])
     return sport, _error_to_vip(f, f["dr"], _quoted_ip(f, f["dr"], f["client"]) / _tcp_q(80, sport))
 
