@@ -72,7 +72,8 @@ static __always_inline void lb_icmp_nat_out(struct lb_pkt *pkt, struct lb_icmp_e
 
 /* Public side: an error about a packet our real server sent the client (quoted VIP:vport ->
  * client:cport, the reply direction of the connection's key), addressed to that VIP, goes to
- * the real server: DR (and any method but NAT) as the connection's packets go, NAT rewritten. */
+ * the real server: DR and tunnel as the connection's packets go (lb_forward_to_real), NAT
+ * rewritten. */
 static __always_inline int lb_icmp_public(struct xdp_md *ctx, struct lb_pkt *pkt)
 {
     struct lb_icmp_err e = {};

@@ -22,15 +22,15 @@ from lb.dataplane import RealSpec, ServiceSpec, TableSpec, reader
 from lb.dataplane import layout as L
 from lb.dataplane.maps import PinnedMaps
 
-from packets_util import (CLIENT_MAC, PRIV_MAC, PUB_MAC, XDP_PASS, XDP_REDIRECT, XDP_TX,
+from packets_util import (CLIENT_MAC, PRIV_ADDR, PRIV_MAC, PUB_MAC, XDP_PASS, XDP_REDIRECT, XDP_TX,
                            loaded_dataplane, real_mac, run)
 
 ip = ipaddress.ip_address
 ROUTER_MAC = CLIENT_MAC           # the client's side: its first hop delivers the router's error
 
-V4 = dict(client="198.18.0.2", router="198.18.0.254", dr="198.18.0.10", nat="198.18.0.20",
+V4 = dict(client="198.18.0.2", router="198.18.0.254", dr="198.18.0.10", nat="198.18.0.20", tun="198.18.0.40",
           reals=["198.18.1.11", "198.18.1.12", "198.18.1.13"], priv_router="198.18.1.254")
-V6 = dict(client="2001:2:0:9::2", router="2001:2:0:9::fe", dr="2001:2::10", nat="2001:2::20",
+V6 = dict(client="2001:2:0:9::2", router="2001:2:0:9::fe", dr="2001:2::10", nat="2001:2::20", tun="2001:2::40",
           reals=["2001:2:0:1::11", "2001:2:0:1::12", "2001:2:0:1::13"], priv_router="2001:2:0:1::fe")
 FAMILIES = [pytest.param(V4, id="ipv4"), pytest.param(V6, id="ipv6")]
 _sport = itertools.count(33000)
@@ -40,7 +40,7 @@ def _svcs(f):
     def svc(proto, vip, port, fwd, rport):
         return ServiceSpec(proto, ip(vip), port, "rr", tuple(RealSpec(ip(a), rport, 1, fwd) for a in f["reals"]))
     return (svc("tcp", f["dr"], 80, "dr", 80), svc("tcp", f["nat"], 80, "nat", 8080),
-            svc("udp", f["nat"], 53, "nat", 5353))
+            svc("udp", f["nat"], 53, "nat", 5353), svc("tcp", f["tun"], 80, "tunnel", 80))
 
 
 TABLE = TableSpec(_svcs(V4) + _svcs(V6))
@@ -133,6 +133,20 @@ def test_dr_frag_needed_goes_to_the_connections_real_server(dp, f):
     for before, after in ((svc_before, svc_after), (real_before, real_after)):
         assert (after.inpkts - before.inpkts, after.inbytes - before.inbytes, after.conns - before.conns) == \
             (1, size, 0)
+
+
+@pytest.mark.parametrize("f", FAMILIES)
+def test_tunnel_frag_needed_goes_to_the_real_server_in_the_tunnel(dp, f):
+    """Tunnel: the error travels as the connection's packets do, inside an outer IPv4 (IPIP) or
+    IPv6 (IPv6-in-IPv6) header from our address to the real server."""
+    sport, rs = _connect(dp, f, f["tun"])
+    err = _error_to_vip(f, f["tun"], _quoted_ip(f, f["tun"], f["client"]) / _tcp_q(80, sport) / (b"t" * 20))
+    rc, out = run(dp, "lb_xdp_public", err)
+    assert rc == XDP_REDIRECT
+    inner = Ether(bytes(err)).payload
+    outer = IPv6(src=str(PRIV_ADDR[6]), dst=rs, nh=41, hlim=64) if ":" in f["client"] else \
+        IP(src=str(PRIV_ADDR[4]), dst=rs, proto=4, ttl=64, id=0)
+    assert out == bytes(Ether(src=PRIV_MAC, dst=real_mac(rs)) / outer / inner)
 
 
 @pytest.mark.parametrize("f", FAMILIES)
