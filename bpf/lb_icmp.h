@@ -72,8 +72,7 @@ static __always_inline void lb_icmp_nat_out(struct lb_pkt *pkt, struct lb_icmp_e
 
 /* Public side: an error about a packet our real server sent the client (quoted VIP:vport ->
  * client:cport, the reply direction of the connection's key), addressed to that VIP, goes to
- * the real server: DR and tunnel as the connection's packets go (lb_forward_to_real), NAT
- * rewritten. */
+ * the real server: DR and tunnel as the connection's packets go, NAT rewritten. */
 static __always_inline int lb_icmp_public(struct xdp_md *ctx, struct lb_pkt *pkt)
 {
     struct lb_icmp_err e = {};
@@ -94,8 +93,13 @@ static __always_inline int lb_icmp_public(struct xdp_md *ctx, struct lb_pkt *pkt
     if (!r || r->svc != svc_id || r->family == 0)
         return XDP_PASS;          /* its real server has left: the director's kernel may have it */
     lb_stats_in(svc_id, real_id, pkt->len, 0);
+    /* not lb_forward_to_real: its NAT branch reads the ports, and an ICMP packet has none */
+    if (r->fwd == LB_FWD_DR)
+        return lb_xmit(ctx, pkt->eth, r->mac, r->src_mac, r->ifindex);
+    if (r->fwd == LB_FWD_TUNNEL)
+        return lb_tunnel_xmit(ctx, pkt, r);
     if (r->fwd != LB_FWD_NAT)
-        return lb_forward_to_real(ctx, pkt, r);
+        return XDP_PASS;
     lb_icmp_nat_in(pkt, &e, r->addr, r->port ? r->port : *e.sport_p);   /* port 0 keeps the packet's */
     return lb_xmit(ctx, pkt->eth, r->mac, r->src_mac, r->ifindex);
 }
