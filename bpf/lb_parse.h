@@ -50,6 +50,24 @@ struct lb_ipv6_opt {              /* hop-by-hop, routing and destination options
     __u8 hdrlen;                  /* in 8-byte units, not counting the first 8 bytes */
 };
 
+/* Step *cur over up to LB_IPV6_EXT_MAX hop-by-hop / routing / destination options headers
+ * (those IPVS's ipv6_find_hdr steps over too), *nh following.  LB_CONTINUE, or XDP_PASS when a
+ * header runs past the packet. */
+static __always_inline int lb_ipv6_skip_ext(void **cur, void *data_end, __u8 *nh)
+{
+#pragma unroll
+    for (int i = 0; i < LB_IPV6_EXT_MAX; i++) {
+        if (*nh != IPPROTO_HOPOPTS && *nh != IPPROTO_ROUTING && *nh != IPPROTO_DSTOPTS)
+            break;
+        struct lb_ipv6_opt *oh = *cur;
+        if ((void *)(oh + 1) > data_end)
+            return XDP_PASS;
+        *nh = oh->nexthdr;
+        *cur += ((__u32)oh->hdrlen + 1) * 8;
+    }
+    return LB_CONTINUE;
+}
+
 #define LB_TCP_FIN 0x01
 #define LB_TCP_SYN 0x02
 #define LB_TCP_RST 0x04
@@ -99,16 +117,8 @@ static __always_inline int lb_parse6(void *cur, void *data_end, struct lb_pkt *p
     pkt->len = bpf_ntohs(ip6->payload_len) + sizeof(*ip6);
     __u8 nh = ip6->nexthdr;
     cur = ip6 + 1;
-#pragma unroll
-    for (int i = 0; i < LB_IPV6_EXT_MAX; i++) {
-        if (nh != IPPROTO_HOPOPTS && nh != IPPROTO_ROUTING && nh != IPPROTO_DSTOPTS)
-            break;
-        struct lb_ipv6_opt *oh = cur;
-        if ((void *)(oh + 1) > data_end)
-            return XDP_PASS;
-        nh = oh->nexthdr;
-        cur += ((__u32)oh->hdrlen + 1) * 8;
-    }
+    if (lb_ipv6_skip_ext(&cur, data_end, &nh) != LB_CONTINUE)
+        return XDP_PASS;
     if (nh == IPPROTO_FRAGMENT) {
         *counter = LB_CNT_FRAGMENT;
         return XDP_PASS;
@@ -233,16 +243,8 @@ static __always_inline int lb_parse_icmp_err(struct xdp_md *ctx, struct lb_pkt *
         __builtin_memcpy(e->daddr, &ip6->daddr, 16);
         nh = ip6->nexthdr;
         cur = ip6 + 1;
-#pragma unroll
-        for (int i = 0; i < LB_IPV6_EXT_MAX; i++) {
-            if (nh != IPPROTO_HOPOPTS && nh != IPPROTO_ROUTING && nh != IPPROTO_DSTOPTS)
-                break;
-            struct lb_ipv6_opt *oh = cur;
-            if ((void *)(oh + 1) > data_end)
-                return XDP_PASS;
-            nh = oh->nexthdr;
-            cur += ((__u32)oh->hdrlen + 1) * 8;
-        }
+        if (lb_ipv6_skip_ext(&cur, data_end, &nh) != LB_CONTINUE)
+            return XDP_PASS;
     } else {
         return XDP_PASS;
     }
