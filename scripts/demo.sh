@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The demo: a namespace lab (client, director, three real servers), lb running on the director,
-# traffic through it by NAT and then by direct routing, and the table as ipvsadm would show it.
+# traffic through it by NAT, by direct routing and by tunneling, and the table as ipvsadm would show it.
 # Everything stays in the lab's namespaces on 198.18.0.0/15 and is removed at the end.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -50,5 +50,6 @@ run_network() {
 
 run_network nat configs/lab-nat.toml
 run_network direct configs/lab-dr.toml
+run_network tunnel configs/lab-tunnel.toml
 echo
 echo "demo done: lab removed"

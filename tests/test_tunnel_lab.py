@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-LAB_NETWORK = "direct"       # the DR lab's real servers (VIP on lo, arp_ignore) suit tunneling too
+LAB_NETWORK = "tunnel"       # lb lab up --network tunnel: the DR lab with `lb decap` on the real servers
 
 REPO = Path(__file__).resolve().parents[1]
 LB = str(REPO / ".venv" / "bin" / "lb")
@@ -22,15 +22,10 @@ REALS = {"rs1": "198.18.1.11", "rs2": "198.18.1.12", "rs3": "198.18.1.13"}
 def director(lab, lb_module_runner, tmp_path_factory):
     config = tmp_path_factory.mktemp("config") / "lab-tunnel.toml"
     shutil.copyfile(REPO / "configs" / "lab-tunnel.toml", config)
-    for rs in REALS:
-        p = lab.run(rs, [LB, "decap", "attach", "eth0"], check=False, timeout=60)
-        assert p.returncode == 0, p.stderr
-        assert f"decap attached to eth0" in p.stdout and REALS[rs] in p.stdout
-    try:
-        yield lb_module_runner.start(config)
-    finally:
-        for rs in REALS:
-            lab.run(rs, [LB, "decap", "detach", "eth0"], check=False, timeout=60)
+    for rs in REALS:          # the lab attached the decap program (XDP on eth0)
+        p = lab.run(rs, ["ip", "-d", "link", "show", "dev", "eth0"], timeout=10)
+        assert "prog/xdp" in p.stdout, p.stdout
+    return lb_module_runner.start(config)
 
 
 def _curl(lab, timeout=3):
@@ -67,4 +62,5 @@ def test_without_decap_a_real_server_gets_nothing(lab, director):
     finally:
         p = lab.run("rs2", [LB, "decap", "attach", "eth0"], check=False, timeout=60)
         assert p.returncode == 0, p.stderr
+        assert "decap attached to eth0" in p.stdout and REALS["rs2"] in p.stdout
     assert _curl(lab).returncode == 0

@@ -1,7 +1,7 @@
 """The namespace lab used by the demo and the namespace tests.
 
     from lb import lab
-    lab.up("direct")            # or "nat"; tears down any existing lab first
+    lab.up("direct")            # or "nat", "tunnel"; tears down any existing lab first
     lab.run("director", ["curl", "-s", "http://198.18.1.11/"]).stdout   # 'rs1\\n'
     s = lab.connect("client", lab.VIP, 80)
     lab.down()

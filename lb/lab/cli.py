@@ -69,7 +69,8 @@ def add_cli(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
 
     up = sub.add_parser("up", help="(re)build the lab")
     up.add_argument("--network", choices=topology.NETWORKS, default="direct",
-                    help="direct: real servers route via 198.18.1.1; nat: via 198.18.1.254 (default: direct)")
+                    help="direct: real servers route via 198.18.1.1; nat: via 198.18.1.254; tunnel: as direct, "
+                         "with lb's decap program on the real servers (default: direct)")
     up.set_defaults(func=_cmd_up)
 
     down = sub.add_parser("down", help="remove the lab")

@@ -14,6 +14,7 @@
          default route via 198.18.1.1 ("direct") or 198.18.1.254 ("nat", the director's
          floating NAT address, which the director software adds itself; the HA tests use the
          "nat" lab for direct routing too, so that the DR replies' gateway floats with the VIP).
+         "tunnel": as "direct", and each real server runs lb's decap XDP program on eth0.
 
 Everything (links, addresses, routes, processes) lives inside the lb-* namespaces; nothing is
 created in the host's network namespace. Links/addresses/routes go through pyroute2,
@@ -31,6 +32,7 @@ import os
 import shutil
 import signal
 import subprocess
+import sys
 import threading
 import time
 from typing import Any, Iterator
@@ -50,7 +52,7 @@ DIRECTOR2_PRIV = "198.18.1.3"
 DIRECTORS = ("director", "director2")
 NAT_ROUTER = "198.18.1.254"
 REALS = {"rs1": "198.18.1.11", "rs2": "198.18.1.12", "rs3": "198.18.1.13"}
-NETWORKS = ("direct", "nat")
+NETWORKS = ("direct", "nat", "tunnel")
 
 RUN_DIR = "/run/lb-lab"
 STATE_FILE = f"{RUN_DIR}/state.json"
@@ -491,7 +493,7 @@ def _configure_addresses(network: str) -> None:
 def _configure_routes(network: str) -> None:
     with _ipr("client") as ipr:
         ipr.route("add", dst="0.0.0.0/0", gateway=DIRECTOR_PUB)
-    gw = DIRECTOR_PRIV if network == "direct" else NAT_ROUTER
+    gw = NAT_ROUTER if network == "nat" else DIRECTOR_PRIV
     for rs in REALS:
         with _ipr(rs) as ipr:
             ipr.route("add", dst="0.0.0.0/0", gateway=gw)
@@ -524,6 +526,15 @@ def _node_sysctls(network: str) -> None:
 def _start_reals(network: str) -> None:
     for rs in REALS:
         _start_nginx(rs)
+
+
+def _attach_decap(network: str) -> None:
+    """tunnel: the real servers take the director's IPIP header off with lb's XDP decap program
+    (this kernel has no ipip module); it goes with their namespaces at down()."""
+    if network != "tunnel":
+        return
+    for rs in REALS:
+        run(rs, [sys.executable, "-m", "lb.cli.main", "decap", "attach", "eth0"], timeout=120)
 
 
 def _write_state(network: str, complete: bool = True) -> None:
@@ -564,6 +575,7 @@ def up(network: str = "direct") -> None:
                 _configure_routes,
                 _node_sysctls,
                 _start_reals,
+                _attach_decap,
                 _write_state,
             ):
                 step(network)
