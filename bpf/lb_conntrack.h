@@ -85,9 +85,11 @@ static __always_inline void lb_conn_uncount(struct lb_conn *c)
     lb_overload_unbind(c->real);
 }
 
+/* Signed: a last_ns ahead of the coarse clock (an entry the control plane wrote from the
+ * precise clock, e.g. one synced from the peer director) is fresh, not 584 years old. */
 static __always_inline int lb_conn_expired(struct lb_conn *c, __u64 now)
 {
-    return now - c->last_ns > (__u64)c->timeout * 1000000000ULL;
+    return (__s64)(now - c->last_ns) > (__s64)((__u64)c->timeout * 1000000000ULL);
 }
 
 /* IPVS conn_reuse_mode 1 (is_new_conn_expected): a client reusing its port sends a SYN (no

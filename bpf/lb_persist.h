@@ -26,7 +26,7 @@ static __always_inline void lb_persist_key_of(struct lb_persist_key *pk, struct 
 
 static __always_inline int lb_persist_expired(struct lb_persist *t, __u64 now)
 {
-    return now - t->last_ns > (__u64)t->timeout * 1000000000ULL;
+    return (__s64)(now - t->last_ns) > (__s64)((__u64)t->timeout * 1000000000ULL);   /* as lb_conn_expired */
 }
 
 static __always_inline void lb_persist_count(__u32 real, int delta)

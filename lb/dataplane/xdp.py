@@ -935,8 +935,25 @@ class XdpDataplane:
                                     timeout)))
         return conns, temps
 
-    def _rid_of(self, proto: int, vaddr, vport: int, raddr, rport: int):
+    def _svc_of(self, proto: int, vaddr, vport: int, fwmark: int = 0):
+        """The service a synced entry belongs to: by its VIP:port, else (a firewall-mark
+        service's connection) the port range of its VIP that holds the port, or (a template)
+        the mark."""
+        if fwmark:
+            return self.services.get(L.FwmKey(fwmark, addr=ipaddress.ip_address(0 if vaddr.version == 4 else "::")))
         st = self.services.get(L.SvcKey(proto, vaddr, vport))
+        if st is not None:
+            return st
+        raw = self.ranges.get(L.SvcKey(proto, vaddr, 0).pack())
+        if raw is None:
+            return None
+        for lo, hi, sid in L.unpack_ranges(raw):
+            if lo <= vport <= hi:
+                return next((s for s in self.services.values() if s.id == sid), None)
+        return None
+
+    def _rid_of(self, proto: int, vaddr, vport: int, raddr, rport: int, fwmark: int = 0):
+        st = self._svc_of(proto, vaddr, vport, fwmark)
         if st is None:
             return None, None
         for (addr, port), rid in st.dests:
@@ -952,7 +969,9 @@ class XdpDataplane:
         are right on the backup and stay right when the entry later expires either way.  Entries
         whose service or real server this director does not have are skipped.  Returns
         (installed, skipped)."""
-        now = time.monotonic_ns() if now_ns is None else now_ns
+        # the coarse clock BPF reads (bpf_ktime_get_coarse_ns): a timestamp from the precise one
+        # can lie a tick ahead of it
+        now = time.clock_gettime_ns(_CLOCK_MONOTONIC_COARSE) if now_ns is None else now_ns
         cm, pm = self.maps["lb_conns"], self.maps["lb_persist"]
         delta: dict[int, list[int]] = {}
 
@@ -981,7 +1000,7 @@ class XdpDataplane:
                 cm.set(L.ConnKey(raddr, caddr, rport, cport, proto, 1).pack(), c.pack())
             done += 1
         for proto, caddr, vaddr, vport, fwmark, raddr, rport, age, timeout in temps:
-            st, rid = self._rid_of(proto, vaddr, vport, raddr, rport)
+            st, rid = self._rid_of(proto, vaddr, vport, raddr, rport, fwmark)
             if rid is None:
                 skipped += 1
                 continue
@@ -1244,6 +1263,8 @@ class XdpDataplane:
             if self._get("lb_real_overload", key) != L.U32.pack(0):
                 self._set("lb_real_overload", key, L.U32.pack(0))
 
+
+_CLOCK_MONOTONIC_COARSE = getattr(time, "CLOCK_MONOTONIC_COARSE", 6)   # linux/time.h
 
 # the head of lb_conn the sweep reads: last_ns, real, svc, timeout, client_ifindex, state, flags
 _CONN_HEAD = struct.Struct("=QIIIIBB")
