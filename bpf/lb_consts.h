@@ -116,6 +116,8 @@
 #define LB_CNT_BAD_REAL 3        /* connection points at a real server that is gone: dropped */
 #define LB_CNT_CONN_FULL 4       /* connection table insert failed: dropped */
 #define LB_CNT_TAIL_CALL 5       /* a tail call failed (program missing): passed */
-#define LB_CNT_MAX 6
+#define LB_CNT_TOO_BIG 6         /* tunnel: too big once encapsulated: answered "fragmentation
+                                  * needed" / Packet Too Big, or dropped (IPv4 without DF) */
+#define LB_CNT_MAX 7
 
 #endif

@@ -46,11 +46,147 @@ static __always_inline __u16 lb_ip4_csum(struct iphdr *ip)
     return ~lb_csum_fold(sum);
 }
 
+/* Tunnel: a packet that would not fit r->mtu once encapsulated is answered as IPVS's
+ * ip_vs_tunnel_xmit answers it (icmp_send / icmpv6_send): "fragmentation needed" (IPv4 with DF)
+ * or Packet Too Big (IPv6) from the VIP to the client, quoting the packet's IP header and the
+ * first 8 bytes after it, back out where it came in; IPv4 without DF is dropped (the director
+ * cannot fragment in XDP).  The frame is rebuilt in place: the head grows by the new headers,
+ * the tail shrinks to the quote. */
+#define LB_QUOTE_MAX 128          /* the quoted bytes: IP header (+ IPv6 extension headers) + 8 */
+
+/* One's complement sum (unfolded) of len bytes at p (len a multiple of 4, at most 8 +
+ * LB_QUOTE_MAX), each word bounds-checked: the verifier cannot size a helper's access by a
+ * length the packet itself decided.  LB_CONTINUE, or XDP_DROP past the end. */
+static __always_inline int lb_csum_words(__u8 *p, __u32 len, void *data_end, __u32 *sum)
+{
+#pragma unroll
+    for (int i = 0; i < (8 + LB_QUOTE_MAX) / 4; i++) {
+        if ((__u32)i * 4 >= len)
+            break;
+        __u16 *w = (__u16 *)(p + i * 4);
+        if ((void *)(w + 2) > data_end)
+            return XDP_DROP;
+        *sum += w[0];
+        *sum += w[1];
+    }
+    return LB_CONTINUE;
+}
+
+static __always_inline int lb_too_big4(struct xdp_md *ctx, struct lb_pkt *pkt, __u32 mtu)
+{
+    struct iphdr *ip = pkt->ip4;
+    if (!(ip->frag_off & bpf_htons(0x4000)))
+        return XDP_DROP;
+    void *data = (void *)(long)ctx->data;
+    int l2 = (void *)ip - data;
+    __u32 quote = (ip->ihl * 4 + 8) & (LB_QUOTE_MAX - 4);   /* a multiple of 4, <= 68 */
+    __u8 cmac[ETH_ALEN], lmac[ETH_ALEN];
+    __builtin_memcpy(cmac, pkt->eth->h_source, ETH_ALEN);
+    __builtin_memcpy(lmac, pkt->eth->h_dest, ETH_ALEN);
+    __be32 vip = ip->daddr, client = ip->saddr;
+    int hdrs = sizeof(struct ethhdr) + sizeof(struct iphdr) + 8;
+    if (bpf_xdp_adjust_head(ctx, l2 - hdrs))
+        return XDP_DROP;
+    data = (void *)(long)ctx->data;
+    void *data_end = (void *)(long)ctx->data_end;
+    if (bpf_xdp_adjust_tail(ctx, (int)(hdrs + quote) - (int)(data_end - data)))
+        return XDP_DROP;
+    data = (void *)(long)ctx->data;
+    data_end = (void *)(long)ctx->data_end;
+    struct ethhdr *eth = data;
+    struct iphdr *o = (void *)(eth + 1);
+    __u8 *icmp = (void *)(o + 1);
+    if ((void *)(icmp + 8) > data_end)
+        return XDP_DROP;
+    __builtin_memcpy(eth->h_dest, cmac, ETH_ALEN);
+    __builtin_memcpy(eth->h_source, lmac, ETH_ALEN);
+    eth->h_proto = bpf_htons(ETH_P_IP);
+    o->version = 4;
+    o->ihl = 5;
+    o->tos = 0;
+    o->tot_len = bpf_htons(sizeof(*o) + 8 + quote);
+    o->id = 0;
+    o->frag_off = 0;
+    o->ttl = 64;
+    o->protocol = IPPROTO_ICMP;
+    o->check = 0;
+    o->saddr = vip;
+    o->daddr = client;
+    o->check = lb_ip4_csum(o);
+    icmp[0] = 3;                  /* destination unreachable */
+    icmp[1] = 4;                  /* fragmentation needed */
+    *(__u16 *)(icmp + 2) = 0;
+    *(__u16 *)(icmp + 4) = 0;
+    *(__be16 *)(icmp + 6) = bpf_htons(mtu);
+    __u32 sum = 0;
+    if (lb_csum_words(icmp, 8 + quote, data_end, &sum) != LB_CONTINUE)
+        return XDP_DROP;
+    *(__u16 *)(icmp + 2) = ~lb_csum_fold(sum);
+    return XDP_TX;
+}
+
+static __always_inline int lb_too_big6(struct xdp_md *ctx, struct lb_pkt *pkt, __u32 mtu)
+{
+    struct ipv6hdr *ip = pkt->ip6;
+    void *data = (void *)(long)ctx->data;
+    int l2 = (void *)ip - data;
+    /* the IPv6 header, its extension headers and 8 bytes of the transport header */
+    __u32 quote = ((void *)pkt->sport_p - (void *)ip + 8) & (LB_QUOTE_MAX - 4);
+    __u8 cmac[ETH_ALEN], lmac[ETH_ALEN];
+    __builtin_memcpy(cmac, pkt->eth->h_source, ETH_ALEN);
+    __builtin_memcpy(lmac, pkt->eth->h_dest, ETH_ALEN);
+    __u32 vip[4], client[4];
+    __builtin_memcpy(vip, pkt->daddr, 16);
+    __builtin_memcpy(client, pkt->saddr, 16);
+    int hdrs = sizeof(struct ethhdr) + sizeof(struct ipv6hdr) + 8;
+    if (bpf_xdp_adjust_head(ctx, l2 - hdrs))
+        return XDP_DROP;
+    data = (void *)(long)ctx->data;
+    void *data_end = (void *)(long)ctx->data_end;
+    if (bpf_xdp_adjust_tail(ctx, (int)(hdrs + quote) - (int)(data_end - data)))
+        return XDP_DROP;
+    data = (void *)(long)ctx->data;
+    data_end = (void *)(long)ctx->data_end;
+    struct ethhdr *eth = data;
+    struct ipv6hdr *o = (void *)(eth + 1);
+    __u8 *icmp = (void *)(o + 1);
+    if ((void *)(icmp + 8) > data_end)
+        return XDP_DROP;
+    __builtin_memcpy(eth->h_dest, cmac, ETH_ALEN);
+    __builtin_memcpy(eth->h_source, lmac, ETH_ALEN);
+    eth->h_proto = bpf_htons(ETH_P_IPV6);
+    *(__be32 *)o = bpf_htonl(0x60000000);
+    o->payload_len = bpf_htons(8 + quote);
+    o->nexthdr = IPPROTO_ICMPV6;
+    o->hop_limit = 64;
+    __builtin_memcpy(&o->saddr, vip, 16);
+    __builtin_memcpy(&o->daddr, client, 16);
+    icmp[0] = 2;                  /* Packet Too Big */
+    icmp[1] = 0;
+    *(__u16 *)(icmp + 2) = 0;
+    *(__be32 *)(icmp + 4) = bpf_htonl(mtu);
+    __u32 sum = 0;
+    if (lb_csum_words(icmp, 8 + quote, data_end, &sum) != LB_CONTINUE)
+        return XDP_DROP;
+    /* the pseudo header: both addresses, the length and the next header */
+    __u16 *a = (__u16 *)&o->saddr;
+#pragma unroll
+    for (int i = 0; i < 16; i++)
+        sum += a[i];
+    sum += bpf_htons(8 + quote) + bpf_htons(IPPROTO_ICMPV6);
+    *(__u16 *)(icmp + 2) = ~lb_csum_fold(sum);
+    return XDP_TX;
+}
+
 static __always_inline int lb_tunnel_xmit(struct xdp_md *ctx, struct lb_pkt *pkt, struct lb_real *r)
 {
     void *data = (void *)(long)ctx->data;
     int l2;
     if (pkt->ip6) {
+        if (r->mtu && pkt->len + sizeof(struct ipv6hdr) > r->mtu && pkt->sport_p) {
+            lb_count(LB_CNT_TOO_BIG);
+            return lb_too_big6(ctx, pkt, r->mtu - sizeof(struct ipv6hdr));
+        }
         l2 = (void *)pkt->ip6 - data;
         __u32 vtc = *(__be32 *)pkt->ip6 & bpf_htonl(0x0ff00000);   /* inner traffic class */
         __u16 plen = pkt->len;                                     /* inner header + payload */
@@ -73,6 +209,10 @@ static __always_inline int lb_tunnel_xmit(struct xdp_md *ctx, struct lb_pkt *pkt
     }
     if (!pkt->ip4)
         return XDP_DROP;
+    if (r->mtu && pkt->len + sizeof(struct iphdr) > r->mtu) {
+        lb_count(LB_CNT_TOO_BIG);
+        return lb_too_big4(ctx, pkt, r->mtu - sizeof(struct iphdr));
+    }
     l2 = (void *)pkt->ip4 - data;
     __u8 tos = pkt->ip4->tos;
     __be16 df = pkt->ip4->frag_off & bpf_htons(0x4000);               /* IP_DF, as IPVS copies it */

@@ -70,6 +70,7 @@ struct lb_real {                  /* lb_reals value, index = real id (one per se
     __u32 l_threshold;            /* lower threshold (0: 3/4 of the upper) */
     __u32 pos;                    /* its position in lb_svc_dests (where OVERLOAD is set) */
     __u8 tun_src[16];             /* tunnel: the outer source, our address toward the server */
+    __u32 mtu;                    /* tunnel: the egress link's MTU (0: not checked) */
 };
 
 struct lb_real_conns {            /* lb_real_conns value: changed only by BPF, atomically */

@@ -160,6 +160,7 @@ struct bb_real {                    /* struct lb_real */
     uint8_t mac[6], src_mac[6];
     uint32_t svc, u_threshold, l_threshold, pos;
     uint8_t tun_src[16];
+    uint32_t mtu;
 };
 
 unsigned bb_sizeof_conn_key(void) { return sizeof(struct bb_conn_key); }

@@ -25,13 +25,14 @@ def real_mac(addr) -> str:
     return f"02:00:00:00:02:{last:02x}"
 
 
+PRIV_MTU = 1500                       # priv0's MTU (a tunnel's outer header must fit in it)
 PRIV_ADDR = {4: ipaddress.ip_address("198.18.1.1"), 6: ipaddress.ip_address("2001:2:0:1::1")}   # ours on priv0
 
 
 def fake_resolver(addr, need_onlink=False):
     mac = bytes.fromhex(real_mac(addr).replace(":", ""))
     return NextHop(PRIV_IFINDEX, "priv0", mac, bytes.fromhex(PRIV_MAC.replace(":", "")), True,
-                   PRIV_ADDR[ipaddress.ip_address(addr).version])
+                   PRIV_ADDR[ipaddress.ip_address(addr).version], PRIV_MTU)
 
 
 @contextlib.contextmanager

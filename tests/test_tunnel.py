@@ -17,8 +17,12 @@ from lb.dataplane.bpfsys import prog_test_run
 from lb.dataplane.maps import PinnedMaps
 from lb import listing
 
-from packets_util import (CLIENT_MAC, PRIV_ADDR, PRIV_MAC, PUB_MAC, XDP_PASS, XDP_REDIRECT,
-                           loaded_dataplane, real_mac, run)
+from scapy.layers.inet import ICMP
+from scapy.layers.inet6 import ICMPv6PacketTooBig
+
+from lb.dataplane import layout as L
+from packets_util import (CLIENT_MAC, PRIV_ADDR, PRIV_MAC, PRIV_MTU, PUB_MAC, XDP_DROP, XDP_PASS,
+                           XDP_REDIRECT, XDP_TX, loaded_dataplane, real_mac, run)
 
 ip = ipaddress.ip_address
 VIP, VIP6 = "198.18.0.40", "2001:2::40"
@@ -130,3 +134,61 @@ def test_listing_says_tunnel(dp):
         text = listing.format_services(reader.read_services(maps))
     assert "  -> %-28s %-7s %-6d " % (f"{REALS[0]}:80", "Tunnel", 1) in text
     assert "  -> %-28s %-7s %-6d " % (f"[{REALS6[0]}]:80", "Tunnel", 1) in text
+
+
+def _counter(dp, name):
+    idx = L.COUNTER_NAMES.index(name)
+    return sum(L.U64.unpack(v)[0] for v in dp.maps["lb_counters"].get_percpu(L.U32.pack(idx)))
+
+
+def _established(dp, vip, dport=80, **kw):
+    """A flow's SYN (forwarded), then the same flow's data packet of a given size (kw to _inner)."""
+    syn = _inner(vip, dport, **kw)
+    assert run(dp, "lb_xdp_public", Ether(src=CLIENT_MAC, dst=PUB_MAC) / syn)[0] == XDP_REDIRECT
+    return syn
+
+
+def _big(syn, payload_len):
+    big = syn.copy()
+    big[TCP].flags = "A"
+    big[TCP].remove_payload()
+    big = big / (b"z" * payload_len)
+    if IP in big:
+        del big[IP].len, big[IP].chksum
+    else:
+        del big[IPv6].plen
+    del big[TCP].chksum
+    return big.__class__(bytes(big))
+
+
+def test_too_big_once_encapsulated_ipv4_gets_fragmentation_needed(dp):
+    syn = _established(dp, VIP)
+    fits = _big(syn, PRIV_MTU - 20 - 40)                 # 1480 bytes: 1500 with the outer header
+    rc, out = run(dp, "lb_xdp_public", Ether(src=CLIENT_MAC, dst=PUB_MAC) / fits)
+    assert rc == XDP_REDIRECT and len(Ether(out)[IP]) == PRIV_MTU
+    before = _counter(dp, "tunnel_too_big")
+    big = _big(syn, PRIV_MTU - 20 - 40 + 1)
+    rc, out = run(dp, "lb_xdp_public", Ether(src=CLIENT_MAC, dst=PUB_MAC) / big)
+    assert rc == XDP_TX
+    expected = Ether(src=PUB_MAC, dst=CLIENT_MAC) / IP(src=VIP, dst=big[IP].src, ttl=64, id=0, flags=0) / \
+        ICMP(type=3, code=4, nexthopmtu=PRIV_MTU - 20) / bytes(big)[:28]
+    assert out == bytes(expected)          # scapy's checksums: the IP header's and the ICMP one
+    assert _counter(dp, "tunnel_too_big") == before + 1
+    # without DF the director cannot fragment in XDP: dropped, counted
+    syn = _established(dp, VIP, df=False)
+    big = _big(syn, PRIV_MTU)
+    assert run(dp, "lb_xdp_public", Ether(src=CLIENT_MAC, dst=PUB_MAC) / big)[0] == XDP_DROP
+    assert _counter(dp, "tunnel_too_big") == before + 2
+
+
+def test_too_big_once_encapsulated_ipv6_gets_packet_too_big(dp):
+    syn = _established(dp, VIP6)
+    fits = _big(syn, PRIV_MTU - 40 - 40 - 20)            # 1420 + 40 inner + 40 outer = 1500
+    rc, out = run(dp, "lb_xdp_public", Ether(src=CLIENT_MAC, dst=PUB_MAC) / fits)
+    assert rc == XDP_REDIRECT and len(Ether(out)[IPv6]) == PRIV_MTU
+    big = _big(syn, PRIV_MTU - 40 - 40 - 20 + 1)
+    rc, out = run(dp, "lb_xdp_public", Ether(src=CLIENT_MAC, dst=PUB_MAC) / big)
+    assert rc == XDP_TX
+    expected = Ether(src=PUB_MAC, dst=CLIENT_MAC) / IPv6(src=VIP6, dst=big[IPv6].src, hlim=64) / \
+        ICMPv6PacketTooBig(mtu=PRIV_MTU - 40) / bytes(big)[:48]
+    assert out == bytes(expected)

@@ -49,14 +49,14 @@ UDP_S_NORMAL = 11
 N_TIMEOUTS = 12
 
 COUNTER_NAMES = ["no_real_server", "tcp_not_syn", "fragment", "real_server_gone", "conn_table_full",
-                 "tail_call_failed"]
+                 "tail_call_failed", "tunnel_too_big"]
 
 # lb_structs.h
 SVC_KEY = struct.Struct("=16s2sBB")                 # lb_svc_key
 SVC = struct.Struct("=16s2sBB8I16s")                # lb_svc
 SCHED_STATE = struct.Struct("=Ii")                  # lb_sched_state
 DEST = struct.Struct("=3I")                         # lb_dest
-REAL = struct.Struct("=16s2sBBIII6s6sIIII16s")      # lb_real
+REAL = struct.Struct("=16s2sBBIII6s6sIIII16sI")     # lb_real
 REAL_CONNS = struct.Struct("=IIII")                 # lb_real_conns: active, inactive, persist, pad
 PERSIST_KEY = struct.Struct("=16s16s2sBBI")          # lb_persist_key
 PERSIST = struct.Struct("=QII")                     # lb_persist
@@ -158,17 +158,18 @@ class Real:
     l_threshold: int = 0
     pos: int = 0           # position in its service's lb_svc_dests (BPF sets OVERLOAD there)
     tun_src: bytes = bytes(16)   # tunnel: the outer source address (ours toward the server), packed
+    mtu: int = 0                 # tunnel: the egress link's MTU (0: unknown, not checked)
 
     def pack(self) -> bytes:
         return REAL.pack(pack_addr(self.addr), pack_port(self.port), self.family, self.fwd,
                          self.weight, self.flags, self.ifindex, self.mac, self.src_mac, self.svc,
-                         self.u_threshold, self.l_threshold, self.pos, self.tun_src)
+                         self.u_threshold, self.l_threshold, self.pos, self.tun_src, self.mtu)
 
     @classmethod
     def unpack(cls, raw: bytes) -> "Real":
-        a, p, fam, fwd, w, flags, ifindex, mac, src, svc, ut, lt, pos, tsrc = REAL.unpack(raw)
+        a, p, fam, fwd, w, flags, ifindex, mac, src, svc, ut, lt, pos, tsrc, mtu = REAL.unpack(raw)
         addr = unpack_addr(a, fam if fam else AF_INET)
-        return cls(addr, unpack_port(p), fwd, w, flags, ifindex, mac, src, svc, fam, ut, lt, pos, tsrc)
+        return cls(addr, unpack_port(p), fwd, w, flags, ifindex, mac, src, svc, fam, ut, lt, pos, tsrc, mtu)
 
 
 def pack_dests(dests: list[tuple[int, int, int]], max_svc_reals: int) -> bytes:

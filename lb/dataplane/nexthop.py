@@ -32,6 +32,7 @@ class NextHop:
     onlink: bool      # True when the real server itself is the next hop
     # our source address toward the server (the route's preferred source): a tunnel's outer source
     src_addr: ipaddress.IPv4Address | ipaddress.IPv6Address | None = None
+    mtu: int = 0      # the egress link's MTU (a tunnel's outer header must fit in it)
 
 
 def _mac(text: str) -> bytes:
@@ -90,4 +91,5 @@ def resolve(addr: ipaddress.IPv4Address | ipaddress.IPv6Address, timeout: float 
             mac = _lookup_neigh(ipr, oif, hop)
         if mac is None:
             raise NextHopError(f"real server {addr}: no ARP/ND answer from {hop} on {ifname}")
-        return NextHop(oif, ifname, mac, src_mac, gw is None, ipaddress.ip_address(src) if src else None)
+        return NextHop(oif, ifname, mac, src_mac, gw is None, ipaddress.ip_address(src) if src else None,
+                       link.get_attr("IFLA_MTU") or 0)

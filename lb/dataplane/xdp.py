@@ -536,6 +536,7 @@ class XdpDataplane:
             real.flags |= L.REAL_F_DRAINING
         if not resolve and old is not None and old.family and old.fwd == fwd:
             real.ifindex, real.mac, real.src_mac, real.tun_src = old.ifindex, old.mac, old.src_mac, old.tun_src
+            real.mtu = old.mtu
             real.flags |= old.flags & L.REAL_F_NO_NEXTHOP
             return real
         try:
@@ -546,9 +547,11 @@ class XdpDataplane:
                     raise NextHopError(f"real server {spec.address}: no source address of ours toward it "
                                        f"(on {nh.ifname}) for the tunnel's outer header")
                 real.tun_src = L.pack_addr(nh.src_addr)
+                real.mtu = nh.mtu
         except NextHopError as e:
             if old is not None and old.family and not old.flags & L.REAL_F_NO_NEXTHOP:
                 real.ifindex, real.mac, real.src_mac, real.tun_src = old.ifindex, old.mac, old.src_mac, old.tun_src
+                real.mtu = old.mtu
             else:
                 log.warning("%s; it gets no new connections until it answers", e)
                 real.flags |= L.REAL_F_NO_NEXTHOP
