@@ -5,9 +5,18 @@ One JSON request per connection, one JSON reply, each a single line:
     {"cmd": "status"}  -> {"ok": true, "status": {...}}        (what `lb status` prints)
     {"cmd": "reload"}  -> {"ok": true, "message": "..."} or
                           {"ok": false, "error": "...", "issues": [{"path", "line", "field", "message"}]}
+    {"cmd": "weight", "service": "web", "server": "rs1", "weight": 0}
+                       -> {"ok": true, "message": "..."} once the table is applied, or
+                          {"ok": false, "error": "..."} (unknown service or server, bad weight)
+
+"weight" is the operator's override of one real server's weight (`lb weight`, `lb quiesce`,
+`lb activate`): service by name (or VIP:PORT), server by name, ADDR or ADDR:PORT, weight
+0..65535 (0 quiesces: open connections go on, no new ones) or null to clear it.  It lives in
+the daemon: it wins over the configured and the load monitor's weight, survives reloads for
+real servers the new file still has, and never brings back a server its health checks took out.
 
 The server runs on the engine's asyncio loop (lb.engine.Engine.run); :func:`request` is the
-blocking client `lb status` and `lb reload` use.
+blocking client `lb status`, `lb reload` and `lb weight` use.
 """
 from __future__ import annotations
 

@@ -17,6 +17,7 @@ import time
 from lb import config as lbconfig
 from lb import control
 from lb.config.model import sorry_text
+from lb.config.toml import WEIGHT_RANGE
 from lb.dataplane import RealSpec, ServiceSpec, TableSpec
 from lb.dataplane.ipvs import IpvsDataplane
 from lb.dataplane.xdp import DataplaneError, Sizes, XdpDataplane
@@ -42,10 +43,12 @@ def real_key(vs, rs) -> tuple:
 
 
 def build_table(cfg, health: dict | None = None, sorry: set | None = None,
-                weights: dict | None = None) -> TableSpec:
+                weights: dict | None = None, overrides: dict | None = None) -> TableSpec:
     """The desired table: active services and real servers, minus the ones their monitor says
     are dead (or at weight 0 when the service quiesces dead servers); ``weights`` (real_key ->
-    weight) are the load monitors' dynamic weights, which replace the configured ones.
+    weight) are the load monitors' dynamic weights, which replace the configured ones;
+    ``overrides`` (real_key -> weight) are the operator's (`lb weight`/`lb quiesce`), which
+    replace both -- but never bring back a server its monitor says is dead.
 
     A service with a sorry server and no usable real server (all dead, inactive or at weight 0)
     gets the sorry server as its only real server; the keys of those services are added to
@@ -53,6 +56,7 @@ def build_table(cfg, health: dict | None = None, sorry: set | None = None,
     forward = {"nat": "nat", "tunnel": "tunnel"}.get(cfg.network, "dr")
     health = health or {}
     weights = weights or {}
+    overrides = overrides or {}
     services = []
     for vs in cfg.virtual_servers:
         if not vs.active:
@@ -61,7 +65,10 @@ def build_table(cfg, health: dict | None = None, sorry: set | None = None,
         for rs in vs.real_servers:
             if not rs.active:
                 continue
-            weight = weights.get(real_key(vs, rs), rs.weight)
+            key = real_key(vs, rs)
+            weight = overrides.get(key)
+            if weight is None:
+                weight = weights.get(key, rs.weight)
             if not health.get(real_key(vs, rs), True):
                 if not vs.monitor.quiesce:
                     dead.append((rs.address, rs.effective_port(vs)))
@@ -78,6 +85,93 @@ def build_table(cfg, health: dict | None = None, sorry: set | None = None,
     t = cfg.timeouts
     return TableSpec(tuple(services), (t.tcp, t.tcpfin, t.udp), cfg.expire_nodest_conn,
                      lblc_expiration=cfg.lblc_expiration, lblcr_expiration=cfg.lblcr_expiration)
+
+
+class OverrideError(ValueError):
+    """A refused `lb weight` request (unknown service or server, bad weight); nothing changed."""
+
+
+def _endpoint(addr, port) -> str:
+    return f"[{addr}]:{port}" if getattr(addr, "version", 4) == 6 else f"{addr}:{port}"
+
+
+def _parse_endpoint(text: str):
+    """ADDR, ADDR:PORT or [IPv6]:PORT -> (address, port or None); None when it is neither."""
+    import ipaddress
+
+    try:
+        return ipaddress.ip_address(text), None
+    except ValueError:
+        pass
+    host, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit():
+        return None
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    try:
+        return ipaddress.ip_address(host), int(port)
+    except ValueError:
+        return None
+
+
+def find_service(cfg, text) -> object:
+    """A virtual server by name, or by VIP:PORT; OverrideError when there is no such one."""
+    if not isinstance(text, str) or not text:
+        raise OverrideError("service: missing (a virtual server's name, or VIP:PORT)")
+    for vs in cfg.virtual_servers:
+        if vs.name == text:
+            return vs
+    where = _parse_endpoint(text)
+    if where is not None and where[1] is not None:
+        found = [vs for vs in cfg.virtual_servers if not vs.fwmark and (vs.address, vs.port) == where]
+        if len(found) == 1:
+            return found[0]
+        if len(found) > 1:
+            raise OverrideError(f"service {text!r} is ambiguous ({', '.join(vs.name for vs in found)}): "
+                                f"use its name")
+    names = ", ".join(vs.name for vs in cfg.virtual_servers) or "none"
+    raise OverrideError(f"no virtual server {text!r} in {cfg.path or '<config>'} (virtual servers: {names})")
+
+
+def find_real(vs, text) -> object:
+    """A real server of ``vs`` by name, ADDR or ADDR:PORT; OverrideError when there is no such one."""
+    if not isinstance(text, str) or not text:
+        raise OverrideError("server: missing (a real server's name, ADDR or ADDR:PORT)")
+    for rs in vs.real_servers:
+        if rs.name == text:
+            return rs
+    where = _parse_endpoint(text)
+    if where is not None:
+        addr, port = where
+        found = [rs for rs in vs.real_servers
+                 if rs.address == addr and (port is None or rs.effective_port(vs) == port)]
+        if len(found) == 1:
+            return found[0]
+        if len(found) > 1:
+            raise OverrideError(f"server {text!r} is ambiguous in virtual server {vs.name} "
+                                f"({', '.join(rs.name for rs in found)}): use its name or ADDR:PORT")
+    names = ", ".join(rs.name for rs in vs.real_servers) or "none"
+    raise OverrideError(f"virtual server {vs.name} has no real server {text!r} (real servers: {names})")
+
+
+def check_weight(value) -> int | None:
+    """An override's weight: a whole number within the config's weight range, or None (clear)."""
+    lo, hi = WEIGHT_RANGE
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise OverrideError(f"weight: {value!r} is not a whole number {lo}..{hi} (or null to clear the override)")
+    if not lo <= value <= hi:
+        raise OverrideError(f"weight: {value} is out of range {lo}..{hi} (0 quiesces: open connections go "
+                            f"on, no new ones)")
+    return value
+
+
+def override_keys(cfg) -> dict:
+    """real_key -> (vs, rs) of every real server an override may apply to: the active real
+    servers of the active services."""
+    return {real_key(vs, rs): (vs, rs) for vs in cfg.virtual_servers if vs.active
+            for rs in vs.real_servers if rs.active}
 
 
 def pidfile(instance: str) -> str:
@@ -133,6 +227,8 @@ class Engine:
         self.monitors: dict[tuple, tuple] = {}       # real_key -> (spec, policy, Monitor, task)
         self.loads: dict[tuple, tuple] = {}          # real_key -> (spec, bounds, LoadMonitorTask, task)
         self.weights: dict[tuple, int] = {}          # real_key -> weight its load monitor set
+        self.overrides: dict[tuple, int] = {}        # real_key -> the operator's weight (lb weight/quiesce)
+        self._apply_waiters: list[tuple] = []        # (future, reply) of `lb weight` callers: after the apply
         self._dirty = False                          # health changed: reconcile the data plane
         self.on_sorry: set[tuple] = set()            # keys of the services sent to their sorry server
         # HA (lb.ha.pulse): without an [ha] table the one director is always active
@@ -173,7 +269,7 @@ class Engine:
         """build_table for the current health; logs each service's switch to or from its sorry
         server once."""
         sorry: set[tuple] = set()
-        table = build_table(cfg, self.health, sorry, self.weights)
+        table = build_table(cfg, self.health, sorry, self.weights, self.overrides)
         names = {vs.key: vs for vs in cfg.virtual_servers}
         for key in sorted(sorry - self.on_sorry, key=str):
             vs = names[key]
@@ -372,6 +468,75 @@ class Engine:
         with self._dp_lock:
             self._apply(self._table(self.cfg), self.cfg)
 
+    # ---- the operator's weight overrides (`lb weight`, `lb quiesce`, `lb activate`) ----
+    def set_override(self, service, server, weight) -> str:
+        """Set (weight 0..65535) or clear (None) the override of one real server; the caller
+        re-applies the table.  OverrideError, changing nothing, for a bad request."""
+        vs = find_service(self.cfg, service)
+        rs = find_real(vs, server)
+        weight = check_weight(weight)
+        where = f"{rs.name} ({_endpoint(rs.address, rs.effective_port(vs))}) of {vs.name}"
+        if not vs.active or not rs.active:
+            what = f"virtual server {vs.name}" if not vs.active else f"real server {where}"
+            raise OverrideError(f"{what} is inactive (active = false in {self.cfg.path or '<config>'}): "
+                                f"it takes no connections whatever its weight")
+        key = real_key(vs, rs)
+        old = self.overrides.get(key)
+        if weight is None:
+            self.overrides.pop(key, None)
+            if old is not None:
+                log.info("operator override of real server %s cleared (was weight %d)", where, old)
+            return f"{where}: {'override cleared' if old is not None else 'no override to clear'}; " \
+                   f"{self._weight_text(key, rs)}{self._down_text(key, vs)}"
+        self.overrides[key] = weight
+        if old != weight:
+            log.info("operator override: real server %s weight %d (was %s)", where, weight,
+                     "not overridden" if old is None else old)
+        quiet = "; quiesced: open connections go on, no new ones" if weight == 0 else ""
+        return f"{where}: {self._weight_text(key, rs)}{quiet}{self._down_text(key, vs)}"
+
+    def _weight_text(self, key, rs) -> str:
+        o, dyn = self.overrides.get(key), self.weights.get(key)
+        parts = [f"configured {rs.weight}"] + ([f"load monitor {dyn}"] if dyn is not None else [])
+        if o is not None:
+            return f"weight {o} (override; {', '.join(parts)})"
+        return f"weight {dyn} (load monitor; configured {rs.weight})" if dyn is not None else \
+            f"weight {rs.weight} (configured)"
+
+    def _down_text(self, key, vs) -> str:
+        if self.health.get(key, True):
+            return ""
+        return ("; it is down: weight 0 until its health checks pass" if vs.monitor.quiesce else
+                "; it is down: out of the table until its health checks pass")
+
+    def sync_overrides(self) -> None:
+        """After a reload: overrides of real servers the new config removed (or made inactive)
+        are dropped; the others stay."""
+        keep = override_keys(self.cfg)
+        for key in [k for k in self.overrides if k not in keep]:
+            (proto, vip, vport), addr, port = key
+            log.warning("operator override weight %d of real server %s (%s %s) dropped: the reloaded "
+                        "config no longer has it as an active real server", self.overrides.pop(key),
+                        _endpoint(addr, port), proto.upper(), _endpoint(vip, vport))
+            self._dirty = True
+
+    async def _weight_reply(self, req: dict) -> dict:
+        if "weight" not in req:
+            return {"ok": False, "error": f"weight: missing ({WEIGHT_RANGE[0]}..{WEIGHT_RANGE[1]}, or null to "
+                                          f"clear the override)"}
+        try:
+            message = self.set_override(req.get("service"), req.get("server"), req["weight"])
+        except OverrideError as e:
+            return {"ok": False, "error": str(e)}
+        reply = {"ok": True, "message": message}
+        if self._wake is None:           # not running the loop (tests): apply here
+            self.apply_health()
+            return reply
+        fut = asyncio.get_running_loop().create_future()
+        self._apply_waiters.append((fut, reply))
+        self._wake.set()
+        return await fut
+
     # ---- HA (pulse) ----
     def _take_addresses(self) -> None:
         addresses.take(self.owned)
@@ -451,6 +616,7 @@ class Engine:
                               "checks": mon.checks if mon else 0,
                               "reason": mon.reason if mon else None,
                               "dynamic_weight": self.weights.get(key),
+                              "override": self.overrides.get(key),
                               "load": self._load_status(key),
                               "since": mon.since_wall if mon else None,
                               "last_check": None if last is None else
@@ -501,7 +667,9 @@ class Engine:
             self._reload_waiters.append(fut)
             self._wake.set()
             return await fut
-        return {"ok": False, "error": f"unknown command {cmd!r} (status, reload)"}
+        if cmd == "weight":
+            return await self._weight_reply(req)
+        return {"ok": False, "error": f"unknown command {cmd!r} (status, reload, weight)"}
 
     # ---- the loop ----
     async def run(self) -> None:
@@ -559,14 +727,26 @@ class Engine:
                     if reply["ok"]:
                         self.sync_monitors()
                         self.sync_load_monitors()
+                        self.sync_overrides()
                         if web is not None:
                             web.reloaded(self.cfg)
                     for fut in waiters:
                         if not fut.done():
                             fut.set_result(reply)
-                if self._dirty:
+                if self._dirty or self._apply_waiters:
                     self._dirty = False
-                    await blocking(self.apply_health)
+                    applied, self._apply_waiters = self._apply_waiters, []
+                    try:
+                        await blocking(self.apply_health)
+                    except Exception as e:
+                        for fut, _ in applied:
+                            if not fut.done():
+                                fut.set_result({"ok": False, "error": f"the override is recorded but applying "
+                                                f"the table failed: {type(e).__name__}: {e}"})
+                        raise
+                    for fut, reply in applied:
+                        if not fut.done():
+                            fut.set_result(reply)
                 if self.dp.draining:
                     await blocking(self.dp.finish_drains)
                 if getattr(self.dp, "sched_base", None):
@@ -584,8 +764,8 @@ class Engine:
                     await blocking(self.dp.refresh_nexthops)
             except Exception:  # the daemon keeps forwarding whatever a housekeeping step does
                 log.exception("housekeeping failed")
-        for fut in self._reload_waiters:            # before the server waits for its handlers
-            if not fut.done():
+        for fut in self._reload_waiters + [f for f, _ in self._apply_waiters]:   # before the server waits
+            if not fut.done():                                                     # for its handlers
                 fut.set_result({"ok": False, "error": "the daemon is stopping"})
         if web is not None:
             await web.stop()

@@ -129,13 +129,13 @@ def cmd_stop(args) -> int:
     return _signal_instance(args, signal.SIGUSR2 if args.keep_dataplane else signal.SIGTERM, True)
 
 
-def _control(args, cmd: str) -> dict | None:
+def _control(args, cmd: str, **params) -> dict | None:
     """One request on the instance's control socket; None (after a message) when nothing answers."""
     from lb import control
 
     inst = _instance(args) or "default"
     try:
-        return control.request(inst, cmd)
+        return control.request(inst, cmd, **params)
     except control.NotRunning as e:
         print(f"lb: {e}", file=sys.stderr)
     except PermissionError:
@@ -191,6 +191,9 @@ def cmd_status(args) -> int:
             last = r.get("last_check")
             detail = "" if not last else f"  last check {'ok' if last['ok'] else 'FAIL'} {_fmt_time(last['at'])} {last['detail']}"
             weight = r["weight"] if r.get("dynamic_weight") is None else f"{r['dynamic_weight']}/{r['weight']}"
+            if r.get("override") is not None:
+                dyn = "" if r.get("dynamic_weight") is None else f", load monitor {r['dynamic_weight']}"
+                weight = f"{r['override']} (override; configured {r['weight']}{dyn})"
             print(f"  -> {r['name']:<12} {r['address']}:{r['port']:<6} weight {weight:<5} "
                   f"{r['health']:<11} changes {r['changes']:<3}{detail}")
             if r.get("reason"):
@@ -214,6 +217,27 @@ def cmd_reload(args) -> int:
         return 0
     print(f"lb: {reply.get('error')}", file=sys.stderr)
     return 2 if reply.get("issues") else 1
+
+
+def cmd_weight(args) -> int:
+    """`lb weight`, `lb quiesce` (weight 0), `lb activate` (no override): the operator's weight of
+    one real server, held by the running daemon (ipvsadm -e ... -w N)."""
+    weight = {"quiesce": 0, "activate": None}.get(args.command, getattr(args, "weight", None))
+    reply = _control(args, "weight", service=args.service, server=args.server, weight=weight)
+    if reply is None:
+        return 1
+    if reply.get("ok"):
+        print(reply.get("message", "done"))
+        return 0
+    print(f"lb: {reply.get('error')}", file=sys.stderr)
+    return 1
+
+
+def _weight_arg(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a whole number (0..65535)") from None
 
 
 def cmd_passwd(args) -> int:
@@ -473,6 +497,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--signal", action="store_true",
                    help="send SIGHUP instead of asking on the control socket (errors go to the daemon's log)")
     p.set_defaults(func=cmd_reload)
+
+    for name, text in (("weight", "set a real server's weight in the running daemon (an override of the "
+                                  "file's and the load monitor's; it survives reloads, not restarts)"),
+                       ("quiesce", "weight 0 for a real server (open connections go on, no new ones): "
+                                   "lb weight SERVICE SERVER 0"),
+                       ("activate", "clear a real server's override (lb weight/quiesce): back to its "
+                                    "configured or load monitor's weight")):
+        p = sub.add_parser(name, help=text)
+        p.add_argument("service", metavar="SERVICE", help="virtual server name (or VIP:PORT)")
+        p.add_argument("server", metavar="SERVER", help="real server name, ADDR or ADDR:PORT")
+        if name == "weight":
+            p.add_argument("weight", metavar="N", type=_weight_arg, help="0..65535; 0 quiesces")
+        p.add_argument("--instance")
+        p.add_argument("--config")
+        p.set_defaults(func=cmd_weight)
 
     _add_list_args(sub.add_parser("list", help="list the table like ipvsadm -L"))
 

@@ -8,6 +8,8 @@ Pages (all behind a login; without a session a page redirects to /login and /api
                                  weight, health, ActiveConn/InActConn; ?refresh=N reloads the page
     GET  /global, /redundancy, /virtual   the running configuration, read-only
     POST /reload                 Engine.control({"cmd": "reload"}), the path `lb reload` takes
+    POST /weight                 Quiesce / Activate one real server: Engine.control({"cmd": "weight",
+                                 ...}), the path `lb quiesce` / `lb activate` take
     GET  /api/status             Engine.status() as JSON (what `lb status --json` prints)
 
 Every POST carries the session's CSRF token (form field ``csrf`` or header X-CSRF-Token) and,
@@ -58,7 +60,8 @@ nav{background:#333;margin:0 -1.5em 1em;padding:.5em 1.5em}
 nav a{color:#fff;margin-right:1.2em;text-decoration:none}nav a.on{text-decoration:underline}
 nav form{display:inline;float:right}
 table{border-collapse:collapse;margin:.3em 0 1.2em}th,td{border:1px solid #bbb;padding:.2em .6em;text-align:left}
-th{background:#eee}.up{color:#080}.down,.err{color:#b00}.note{color:#555}
+th{background:#eee}.up{color:#080}.down,.err{color:#b00}.note{color:#555}.override{font-weight:bold;color:#a60}
+td form{display:inline;margin:0}
 .box{border:1px solid #999;padding:.5em 1em;margin:.8em 0}.ok{border-color:#080}.bad{border-color:#b00}
 """
 
@@ -109,6 +112,7 @@ class Console:
         app.router.add_get("/redundancy", self.redundancy_page)
         app.router.add_get("/virtual", self.virtual_page)
         app.router.add_post("/reload", self.reload)
+        app.router.add_post("/weight", self.weight)
         app.router.add_get("/api/status", self.api_status)
         return app
 
@@ -227,6 +231,24 @@ class Console:
         sess.flash = reply
         return _see_other("/status")
 
+    async def weight(self, request: web.Request) -> web.StreamResponse:
+        """Quiesce (override weight 0) or Activate (clear the override) one real server."""
+        sess = request[SESSION]
+        form = await request.post()
+        action, service, server = (str(form.get(k, "")) for k in ("action", "service", "server"))
+        if action not in ("quiesce", "activate"):
+            sess.flash = {"ok": False, "error": f"unknown action {action!r} (quiesce, activate)"}
+            return _see_other("/status")
+        log.info("web console: %s real server %s of %s requested from %s", action, server, service, request.remote)
+        try:
+            reply = await self.engine.control({"cmd": "weight", "service": service, "server": server,
+                                               "weight": 0 if action == "quiesce" else None})
+        except Exception as e:   # the console goes on and says why
+            log.exception("web console: %s failed", action)
+            reply = {"ok": False, "error": f"{action} failed: {type(e).__name__}: {e}"}
+        sess.flash = reply
+        return _see_other("/status")
+
     async def api_status(self, request: web.Request) -> web.StreamResponse:
         return web.json_response(self.engine.status())
 
@@ -260,9 +282,10 @@ class Console:
         out.append(f'<form method=post action=/reload><input type=hidden name=csrf value="{h(sess.csrf)}">'
                    f'<button type=submit>Reload config</button> <span class=note>The configuration is edited '
                    f'in the file {h(doc.get("config"))} and applied with reload (or <code>lb reload</code>); '
-                   f'a file with errors is refused and changes nothing. To take a real server out of service, set '
-                   f'its weight = 0 (quiesce: open connections go on) or active = false in the file and reload.'
-                   f'</span></form>')
+                   f'a file with errors is refused and changes nothing. For maintenance, Quiesce takes a real '
+                   f'server out (weight 0: open connections go on, no new ones) and Activate puts it back '
+                   f'(<code>lb quiesce</code> / <code>lb activate</code>); this override lives in the running daemon: '
+                   f'it survives reloads, not a restart.</span></form>')
         ha = doc.get("ha")
         if ha:
             out.append(_ha_summary(ha))
@@ -271,7 +294,7 @@ class Console:
         if not doc.get("services"):
             out.append("<p>No virtual services are configured.</p>")
         for s in doc.get("services", []):
-            out.append(_service_status(s, counts))
+            out.append(_service_status(s, counts, sess.csrf))
         head = f'<meta http-equiv="refresh" content="{refresh_s}">' if refresh_s else ""
         return self._layout(request, "Control/Monitoring", "".join(out), "/status", head=head)
 
@@ -403,7 +426,35 @@ def service_key(s: dict) -> tuple:
     return ("fwm", s["fwmark"]) if s.get("fwmark") else (s["protocol"], s["address"], s["port"])
 
 
-def _service_status(s: dict, counts: dict) -> str:
+def _weight_cell(r: dict) -> str:
+    """The weight column: the configured one, the load monitor's, or the operator's override."""
+    if r.get("override") is not None:
+        dyn = "" if r.get("dynamic_weight") is None else f", load monitor {r['dynamic_weight']}"
+        return f"<td class=override>{h(r['override'])} (override; configured {h(r['weight'])}{h(dyn)})</td>"
+    if r.get("dynamic_weight") is not None:
+        return f"<td>{h(r['dynamic_weight'])} (load monitor; configured {h(r['weight'])})</td>"
+    return f"<td>{h(r['weight'])}</td>"
+
+
+def _maintenance(s: dict, r: dict, csrf: str | None) -> str:
+    """Quiesce / Activate buttons of one real server (none for inactive ones: the file rules)."""
+    if csrf is None:
+        return ""
+    if not s.get("active", True) or not r.get("active", True):
+        return "<td class=note>inactive in the file</td>"
+    override = r.get("override")
+    hidden = (f'<input type=hidden name=csrf value="{h(csrf)}"><input type=hidden name=service '
+              f'value="{h(s.get("name"))}"><input type=hidden name=server value="{h(r.get("name"))}">')
+    quiesce = "disabled " if override == 0 else ""
+    activate = "disabled " if override is None else ""
+    return (f"<td><form method=post action=/weight>{hidden}"
+            f"<button type=submit name=action value=quiesce {quiesce}title='weight 0: open connections go on, "
+            f"no new ones'>Quiesce</button> "
+            f"<button type=submit name=action value=activate {activate}title='clear the override: back to the "
+            f"configured weight'>Activate</button></form></td>")
+
+
+def _service_status(s: dict, counts: dict, csrf: str | None = None) -> str:
     where = f"FWM {s['fwmark']}" if s.get("fwmark") else \
         f"{s['protocol'].upper()} {_endpoint(s['address'], s['port'])}"
     notes = [f"scheduler {s.get('scheduler')}", f"monitor {s.get('monitor')}"]
@@ -414,18 +465,18 @@ def _service_status(s: dict, counts: dict) -> str:
     key = service_key(s)
     rows = []
     for r in s.get("real_servers", []):
-        weight = r["weight"] if r.get("dynamic_weight") is None else f"{r['dynamic_weight']} (load monitor; " \
-                                                                     f"configured {r['weight']})"
         health = r.get("health", "-") if r.get("active", True) else "inactive"
         cls = "up" if health == "up" else "down" if health == "down" else ""
         active, inactive = counts.get((key, r["address"], r["port"]), (None, None))
         last = r.get("last_check")
         check = "-" if not last else f"{'ok' if last.get('ok') else 'FAIL'} {_clock(last.get('at'))}: {last.get('detail')}"
         rows.append(f"<tr><td>{h(r.get('name'))}</td><td>{h(_endpoint(r['address'], r['port']))}</td>"
-                    f"<td>{h(weight)}</td><td class='{cls}'>{h(health)}</td><td>{h(active)}</td>"
-                    f"<td>{h(inactive)}</td><td>{h(check)}</td><td>{h(r.get('reason'))}</td></tr>")
+                    f"{_weight_cell(r)}<td class='{cls}'>{h(health)}</td><td>{h(active)}</td>"
+                    f"<td>{h(inactive)}</td><td>{h(check)}</td><td>{h(r.get('reason'))}</td>"
+                    f"{_maintenance(s, r, csrf)}</tr>")
     table = ("<table><tr><th>Real server</th><th>Address</th><th>Weight</th><th>Health</th>"
-             "<th>ActiveConn</th><th>InActConn</th><th>Last check</th><th>Reason</th></tr>"
+             "<th>ActiveConn</th><th>InActConn</th><th>Last check</th><th>Reason</th>"
+             + ("<th>Maintenance</th>" if csrf is not None else "") + "</tr>"
              + "".join(rows) + "</table>") if rows else "<p>No real servers.</p>"
     return f"<h2>{h(s.get('name'))}: {h(where)}</h2><p>{h(' · '.join(notes))}</p>{table}"
 

@@ -1,0 +1,518 @@
+"""The operator's weight override (`lb weight`, `lb quiesce`, `lb activate`): held by the running
+daemon, applied through build_table like every other change, shown by `lb status` and the web
+console; and one `lb run` in the DR lab taking a real server out and back."""
+from __future__ import annotations
+
+import asyncio
+import collections
+import functools
+import json
+import logging
+import re
+import shutil
+import subprocess
+import threading
+from pathlib import Path
+
+import pytest
+
+from lb import config as lbconfig
+from lb import control
+from lb import engine as lbengine
+from lb.cli.main import main as lb_main
+from lb.engine import Engine, real_key
+from lb.ha import addresses
+
+REPO = Path(__file__).resolve().parents[1]
+LB = str(REPO / ".venv" / "bin" / "lb")
+
+CONFIG = """
+[global]
+instance = "{instance}"
+public_interface = "lo"
+network = "nat"
+private_interface = "lo"
+nat_router = "198.18.1.254/24"
+
+[[virtual_server]]
+name = "web"
+address = "198.18.0.10"
+port = 80
+scheduler = "wrr"
+  [virtual_server.monitor]
+  kind = "{monitor}"
+  quiesce = {quiesce}
+  [[virtual_server.real_server]]
+  name = "rs1"
+  address = "198.18.1.11"
+  weight = 5
+  [[virtual_server.real_server]]
+  name = "rs2"
+  address = "198.18.1.12"
+  weight = {rs2_weight}
+{extra}
+"""
+
+RS3 = """
+  [[virtual_server.real_server]]
+  name = "rs3"
+  address = "198.18.1.12"
+  port = 8080
+"""
+
+OFF = """
+  [[virtual_server.real_server]]
+  name = "off"
+  address = "198.18.1.14"
+  active = false
+"""
+
+
+def write(path: Path, instance="ovr", monitor="none", quiesce="false", rs2_weight=1, extra=RS3 + OFF) -> Path:
+    path.write_text(CONFIG.format(instance=instance, monitor=monitor, quiesce=quiesce, rs2_weight=rs2_weight,
+                                  extra=extra))
+    return path
+
+
+class RecordingDataplane:
+    """Stands in for a data plane: records every table applied (and does the loop's chores)."""
+
+    kind = "recording"
+    draining = False
+
+    def __init__(self):
+        self.applied = []
+
+    def apply(self, table):
+        self.applied.append(table)
+
+    def restart_sched_counts(self, spec):
+        return 0
+
+    def sweep(self):
+        return 0
+
+    def estimate(self):
+        return 0
+
+    def refresh_nexthops(self):
+        return None
+
+
+@pytest.fixture
+def no_addresses(monkeypatch):
+    """A reload must not add or remove addresses on this host's interfaces."""
+    taken = []
+    monkeypatch.setattr(addresses, "take", lambda addrs: taken.extend(addrs))
+    monkeypatch.setattr(addresses, "release", lambda addrs: None)
+    return taken
+
+
+def make_engine(path: Path) -> Engine:
+    eng = Engine(lbconfig.load(path), dataplane="ipvs")    # the constructor touches nothing in the kernel
+    eng.dp = RecordingDataplane()
+    eng.apply_health()
+    return eng
+
+
+def table(eng) -> dict:
+    """{real server name: weight} of the last table applied; absent servers are not in it."""
+    names = {(rs.address, rs.effective_port(vs)): rs.name for vs in eng.cfg.virtual_servers for rs in vs.real_servers}
+    (svc,) = eng.dp.applied[-1].services
+    return {names.get((r.address, r.port), str(r.address)): r.weight for r in svc.reals}
+
+
+def key(eng, name):
+    vs = eng.cfg.virtual_servers[0]
+    return real_key(vs, next(rs for rs in vs.real_servers if rs.name == name))
+
+
+def weight(eng, server, w, service="web"):
+    """The control request, as the socket hands it to the engine (not running the loop: applied at once)."""
+    return asyncio.run(eng.control({"cmd": "weight", "service": service, "server": server, "weight": w}))
+
+
+@pytest.fixture
+def eng(tmp_path):
+    return make_engine(write(tmp_path / "lb.toml"))
+
+
+# ---- the engine ------------------------------------------------------------------------------
+
+def test_override_replaces_the_configured_weight_and_clears(eng):
+    assert table(eng) == {"rs1": 5, "rs2": 1, "rs3": 1}
+    reply = weight(eng, "rs1", 0)
+    assert reply["ok"], reply
+    assert reply["message"] == ("rs1 (198.18.1.11:80) of web: weight 0 (override; configured 5); "
+                                "quiesced: open connections go on, no new ones")
+    # quiesced stays in the table at weight 0 (IPVS's weight 0: its connections go on)
+    assert table(eng) == {"rs1": 0, "rs2": 1, "rs3": 1}
+    assert weight(eng, "rs2", 7)["ok"]
+    assert table(eng) == {"rs1": 0, "rs2": 7, "rs3": 1}
+    reply = weight(eng, "rs1", None)
+    assert reply == {"ok": True, "message": "rs1 (198.18.1.11:80) of web: override cleared; weight 5 (configured)"}
+    assert table(eng) == {"rs1": 5, "rs2": 7, "rs3": 1}
+    assert weight(eng, "rs1", None)["message"].startswith("rs1 (198.18.1.11:80) of web: no override to clear")
+    assert eng.overrides == {key(eng, "rs2"): 7}
+
+
+def test_override_beats_the_load_monitor(eng):
+    k1 = key(eng, "rs1")
+    eng._weight_changed(k1, 3, "load 0.6")
+    eng.apply_health()
+    assert table(eng)["rs1"] == 3
+    reply = weight(eng, "rs1", 0)
+    assert "weight 0 (override; configured 5, load monitor 3)" in reply["message"]
+    assert table(eng)["rs1"] == 0
+    eng._weight_changed(k1, 4, "load 0.2")         # the monitor goes on asking; the override stays
+    eng.apply_health()
+    assert table(eng)["rs1"] == 0
+    reply = weight(eng, "rs1", None)
+    assert reply["message"].endswith("override cleared; weight 4 (load monitor; configured 5)")
+    assert table(eng)["rs1"] == 4                   # back to the monitor's weight
+
+
+def test_a_dead_server_stays_out_and_comes_back_with_the_override(tmp_path):
+    eng = make_engine(write(tmp_path / "lb.toml"))
+    k1 = key(eng, "rs1")
+    eng._health_changed(k1, False, "connect refused")
+    eng.apply_health()
+    assert "rs1" not in table(eng)
+    reply = weight(eng, "rs1", 9)
+    assert reply["message"].endswith("it is down: out of the table until its health checks pass")
+    assert "rs1" not in table(eng)                  # the override does not bring it back
+    eng._health_changed(k1, True, "connect ok")
+    eng.apply_health()
+    assert table(eng)["rs1"] == 9                   # back, at the operator's weight
+    # a service that quiesces dead servers: weight 0 while dead, whatever the override
+    eng = make_engine(write(tmp_path / "q.toml", quiesce="true"))
+    k1 = key(eng, "rs1")
+    weight(eng, "rs1", 9)
+    eng._health_changed(k1, False, "timeout")
+    eng.apply_health()
+    assert table(eng)["rs1"] == 0
+    eng._health_changed(k1, True, "ok")
+    eng.apply_health()
+    assert table(eng)["rs1"] == 9
+
+
+def test_all_quiesced_sends_new_connections_to_the_sorry_server(tmp_path):
+    path = write(tmp_path / "lb.toml", extra="")
+    path.write_text(path.read_text().replace('scheduler = "wrr"', 'scheduler = "wrr"\nsorry_server = "198.18.1.99"'))
+    eng = make_engine(path)
+    weight(eng, "rs1", 0)
+    assert table(eng) == {"rs1": 0, "rs2": 1}
+    weight(eng, "rs2", 0)
+    assert table(eng) == {"198.18.1.99": 1}
+    assert eng.status()["services"][0]["on_sorry_server"] is True
+    weight(eng, "rs2", None)
+    assert table(eng) == {"rs1": 0, "rs2": 1}
+
+
+def test_servers_by_name_address_and_address_port(eng):
+    assert weight(eng, "198.18.1.11", 2)["ok"]
+    assert eng.overrides == {key(eng, "rs1"): 2}
+    assert weight(eng, "198.18.1.12:8080", 3)["ok"]
+    assert eng.overrides[key(eng, "rs3")] == 3
+    assert weight(eng, "rs1", 4, service="198.18.0.10:80")["ok"]
+    assert eng.overrides[key(eng, "rs1")] == 4
+    reply = weight(eng, "198.18.1.12", 0)           # rs2 (port 80) and rs3 (port 8080)
+    assert reply == {"ok": False, "error": "server '198.18.1.12' is ambiguous in virtual server web (rs2, rs3): "
+                                           "use its name or ADDR:PORT"}
+
+
+@pytest.mark.parametrize("req, error", [
+    ({"service": "api", "server": "rs1", "weight": 0},
+     r"^no virtual server 'api' in .*lb\.toml \(virtual servers: web\)$"),
+    ({"service": "web", "server": "rs9", "weight": 0},
+     r"^virtual server web has no real server 'rs9' \(real servers: rs1, rs2, rs3, off\)$"),
+    ({"service": "web", "server": "198.18.1.99", "weight": 0}, r"has no real server '198\.18\.1\.99'"),
+    ({"service": "web", "server": "rs1", "weight": -1}, r"^weight: -1 is out of range 0\.\.65535"),
+    ({"service": "web", "server": "rs1", "weight": 65536}, r"^weight: 65536 is out of range 0\.\.65535"),
+    ({"service": "web", "server": "rs1", "weight": "3"}, r"^weight: '3' is not a whole number 0\.\.65535"),
+    ({"service": "web", "server": "rs1", "weight": True}, r"^weight: True is not a whole number"),
+    ({"service": "web", "server": "rs1", "weight": 1.5}, r"^weight: 1\.5 is not a whole number"),
+    ({"service": "web", "server": "rs1"}, r"^weight: missing \(0\.\.65535, or null to clear the override\)$"),
+    ({"server": "rs1", "weight": 0}, r"^service: missing"),
+    ({"service": "web", "weight": 0}, r"^server: missing"),
+    ({"service": "web", "server": "off", "weight": 0},
+     r"^real server off \(198\.18\.1\.14:80\) of web is inactive \(active = false in .*lb\.toml\)"),
+])
+def test_bad_requests_are_refused_and_change_nothing(eng, req, error):
+    weight(eng, "rs2", 4)
+    applied = len(eng.dp.applied)
+    reply = asyncio.run(eng.control({"cmd": "weight", **req}))
+    assert reply["ok"] is False and re.search(error, reply["error"]), reply
+    assert eng.overrides == {key(eng, "rs2"): 4}
+    assert len(eng.dp.applied) == applied
+
+
+def test_the_override_survives_a_reload_and_leaves_with_its_server(tmp_path, eng, no_addresses, caplog):
+    path = Path(eng.cfg.path)
+    weight(eng, "rs1", 0)
+    weight(eng, "rs3", 6)
+    write(path, rs2_weight=2)                        # rs2's weight changes, every server stays
+    assert eng.reload_or_raise() == f"reloaded {path}"
+    eng.sync_overrides()
+    eng.apply_health()
+    assert table(eng) == {"rs1": 0, "rs2": 2, "rs3": 6}
+    assert eng.overrides == {key(eng, "rs1"): 0, key(eng, "rs3"): 6}
+    # rs3 leaves the file: its override is dropped, with a log line; rs1's stays
+    write(path, rs2_weight=2, extra=OFF)
+    k3 = key(eng, "rs3")
+    with caplog.at_level(logging.WARNING, logger="lb.engine"):
+        eng.reload_or_raise()
+        eng.sync_overrides()
+    eng.apply_health()
+    assert "operator override weight 6 of real server 198.18.1.12:8080 (TCP 198.18.0.10:80) dropped" in caplog.text
+    assert eng.overrides == {key(eng, "rs1"): 0} and k3 not in eng.overrides
+    assert table(eng) == {"rs1": 0, "rs2": 2}
+    # rs3 comes back in a later reload: at its configured weight, the old override is gone
+    write(path, rs2_weight=2)
+    eng.reload_or_raise()
+    eng.sync_overrides()
+    eng.apply_health()
+    assert table(eng) == {"rs1": 0, "rs2": 2, "rs3": 1}
+
+
+def test_status_shows_the_override(eng):
+    weight(eng, "rs1", 0)
+    reals = {r["name"]: r for r in eng.status()["services"][0]["real_servers"]}
+    assert (reals["rs1"]["override"], reals["rs1"]["weight"]) == (0, 5)
+    assert reals["rs2"]["override"] is None
+
+
+# ---- the control socket, the run loop and the CLI ---------------------------------------------
+
+@pytest.fixture
+def running(tmp_path, monkeypatch, no_addresses):
+    """Engine.run (its real loop, control socket in tmp_path) over a recording data plane, in
+    this thread; ``call(fn)`` runs a blocking client (control.request, the CLI) in a worker."""
+    monkeypatch.setattr(lbengine, "RUN_DIR", str(tmp_path))
+    monkeypatch.setattr(control, "request", functools.partial(control.request, run_dir=str(tmp_path)))
+    cfg_path = write(tmp_path / "lb.toml", instance=f"ovr{threading.get_ident() % 10000}")
+    eng = make_engine(cfg_path)
+
+    def drive(body):
+        async def main():
+            task = asyncio.create_task(eng.run())
+            sock = Path(control.socket_path(eng.cfg.instance, str(tmp_path)))
+            for _ in range(200):
+                if sock.exists():
+                    break
+                await asyncio.sleep(0.01)
+            loop = asyncio.get_running_loop()
+            try:
+                return await body(lambda fn: loop.run_in_executor(None, fn))
+            finally:
+                eng._stop = "clean"
+                eng._wake.set()
+                await task
+        return asyncio.run(main())
+
+    return eng, drive
+
+
+def test_control_socket_round_trip_through_the_run_loop(running):
+    eng, drive = running
+    inst = eng.cfg.instance
+
+    async def body(call):
+        reply = await call(lambda: control.request(inst, "weight", service="web", server="rs1", weight=0))
+        # the reply comes once the run loop has applied the table
+        assert reply["ok"] and table(eng) == {"rs1": 0, "rs2": 1, "rs3": 1}, reply
+        status = await call(lambda: control.request(inst, "status"))
+        assert [r["override"] for r in status["status"]["services"][0]["real_servers"]] == [0, None, None, None]
+        reply = await call(lambda: control.request(inst, "weight", service="web", server="rs9", weight=0))
+        assert reply == {"ok": False, "error": "virtual server web has no real server 'rs9' "
+                                               "(real servers: rs1, rs2, rs3, off)"}
+        reply = await call(lambda: control.request(inst, "weight", service="web", server="rs1", weight=None))
+        assert reply["ok"] and table(eng)["rs1"] == 5
+        # an override survives `lb reload` through the loop
+        await call(lambda: control.request(inst, "weight", service="web", server="rs2", weight=0))
+        reply = await call(lambda: control.request(inst, "reload"))
+        assert reply["ok"], reply
+        assert table(eng) == {"rs1": 5, "rs2": 0, "rs3": 1}
+        reply = await call(lambda: control.request(inst, "nope"))
+        assert reply == {"ok": False, "error": "unknown command 'nope' (status, reload, weight)"}
+
+    drive(body)
+
+
+def cli(capsys, *argv):
+    rc = lb_main(list(argv))
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
+def test_cli_weight_quiesce_activate_and_status(running, capsys):
+    eng, drive = running
+    inst = ["--instance", eng.cfg.instance]
+
+    async def body(call):
+        rc, out, err = await call(lambda: cli(capsys, "quiesce", "web", "rs1", *inst))
+        assert (rc, err) == (0, "")
+        assert out == ("rs1 (198.18.1.11:80) of web: weight 0 (override; configured 5); "
+                       "quiesced: open connections go on, no new ones\n")
+        assert table(eng)["rs1"] == 0
+        rc, out, _ = await call(lambda: cli(capsys, "status", *inst))
+        assert rc == 0
+        line = next(li for li in out.splitlines() if "-> rs1" in li)
+        assert "weight 0 (override; configured 5)" in line, out
+        rc, out, _ = await call(lambda: cli(capsys, "status", "--json", *inst))
+        assert json.loads(out)["services"][0]["real_servers"][0]["override"] == 0
+        rc, out, err = await call(lambda: cli(capsys, "weight", "web", "198.18.1.12", "3", *inst))
+        assert rc == 1 and out == "" and err.startswith("lb: server '198.18.1.12' is ambiguous")
+        rc, out, err = await call(lambda: cli(capsys, "weight", "web", "rs2", "70000", *inst))
+        assert (rc, out) == (1, "") and err == "lb: weight: 70000 is out of range 0..65535 (0 quiesces: " \
+                                               "open connections go on, no new ones)\n"
+        rc, out, err = await call(lambda: cli(capsys, "weight", "web", "rs2", "-1", *inst))
+        assert rc == 1 and "weight: -1 is out of range" in err
+        rc, out, err = await call(lambda: cli(capsys, "quiesce", "nosuch", "rs1", *inst))
+        assert rc == 1 and err.startswith("lb: no virtual server 'nosuch'")
+        rc, out, _ = await call(lambda: cli(capsys, "weight", "web", "198.18.1.12:80", "4", *inst))
+        assert rc == 0 and "weight 4 (override; configured 1)" in out
+        rc, out, _ = await call(lambda: cli(capsys, "activate", "web", "rs1", *inst))
+        assert (rc, out) == (0, "rs1 (198.18.1.11:80) of web: override cleared; weight 5 (configured)\n")
+        assert table(eng) == {"rs1": 5, "rs2": 4, "rs3": 1}
+
+    drive(body)
+
+
+def test_cli_not_running_says_what_lb_status_says(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(control, "request", functools.partial(control.request, run_dir=str(tmp_path)))
+    rc, _, status_err = cli(capsys, "status", "--instance", "gone")
+    assert rc == 1 and "instance 'gone' is not running" in status_err
+    for argv in (["quiesce", "web", "rs1"], ["activate", "web", "rs1"], ["weight", "web", "rs1", "2"]):
+        assert cli(capsys, *argv, "--instance", "gone") == (1, "", status_err)
+
+
+def test_cli_weight_must_be_a_number(capsys):
+    with pytest.raises(SystemExit) as e:
+        lb_main(["weight", "web", "rs1", "lots", "--instance", "x"])
+    assert e.value.code == 2 and "'lots' is not a whole number" in capsys.readouterr().err
+
+
+# ---- the web console ------------------------------------------------------------------------
+
+class ConsoleEngine:
+    """What the console needs of the engine, backed by a real Engine over a recording data plane."""
+
+    def __init__(self, eng):
+        self.real = eng
+        self.requests = []
+
+    @property
+    def cfg(self):
+        return self.real.cfg
+
+    def status(self):
+        return self.real.status()
+
+    async def control(self, req):
+        self.requests.append(req)
+        return await self.real.control(req)
+
+
+@pytest.fixture
+def console(eng, tmp_path):
+    from lb.web import app as webapp
+    from lb.web import password
+
+    pw = tmp_path / "web.passwd"
+    password.write(pw, "pw for the test")
+    return webapp.Console(ConsoleEngine(eng), pw, counts=lambda: {}, fail_delay=0.01)
+
+
+def web(console, body):
+    from aiohttp.test_utils import TestClient, TestServer
+
+    async def go():
+        client = TestClient(TestServer(console.app()))
+        await client.start_server()
+        try:
+            await client.post("/login", data={"password": "pw for the test"}, allow_redirects=False)
+            return await body(client)
+        finally:
+            await client.close()
+    return asyncio.run(go())
+
+
+def rows(page: str) -> dict:
+    """{real server name: its status table row's HTML}"""
+    return {m.group(1): m.group(0) for m in re.finditer(r"<tr><td>(\w+)</td>.*?</tr>", page, re.S)}
+
+
+def test_web_quiesce_and_activate_buttons(console, eng):
+    async def body(client):
+        page = await (await client.get("/status")).text()
+        assert "in the file and reload" not in page and "Quiesce takes a real server out" in page
+        r = rows(page)
+        assert re.search(r"name=action value=quiesce (?!disabled)", r["rs1"])
+        assert re.search(r"name=action value=activate disabled", r["rs1"])     # nothing to clear yet
+        assert "inactive in the file" in r["off"] and "<button" not in r["off"]
+        csrf = re.search(r'name=csrf value="([^"]+)"', page).group(1)
+        form = {"service": "web", "server": "rs1", "action": "quiesce"}
+        resp = await client.post("/weight", data=form, allow_redirects=False)
+        assert resp.status == 403 and console.engine.requests == []             # no CSRF token
+        resp = await client.post("/weight", data={**form, "csrf": csrf}, allow_redirects=False)
+        assert (resp.status, resp.headers["Location"]) == (303, "/status")
+        assert console.engine.requests == [{"cmd": "weight", "service": "web", "server": "rs1", "weight": 0}]
+        assert table(eng)["rs1"] == 0
+        page = await (await client.get("/status")).text()
+        assert "rs1 (198.18.1.11:80) of web: weight 0 (override; configured 5)" in page       # the flash
+        r = rows(page)
+        assert "<td class=override>0 (override; configured 5)</td>" in r["rs1"]
+        assert re.search(r"name=action value=quiesce disabled", r["rs1"])
+        assert "<td>1</td>" in r["rs2"]
+        resp = await client.post("/weight", data={**form, "action": "activate", "csrf": csrf}, allow_redirects=False)
+        assert resp.status == 303 and table(eng)["rs1"] == 5
+        page = await (await client.get("/status")).text()
+        assert "override cleared; weight 5 (configured)" in page and "class=override" not in page
+        # a refusal is shown, and nothing changes
+        await client.post("/weight", data={**form, "server": "rs9", "csrf": csrf}, allow_redirects=False)
+        page = await (await client.get("/status")).text()
+        assert "virtual server web has no real server &#x27;rs9&#x27;" in page and eng.overrides == {}
+
+    web(console, body)
+
+
+# ---- the lab: `lb run` on the DR lab --------------------------------------------------------
+
+LAB_VIP = "198.18.0.10"
+
+
+def curl(lab, n):
+    bodies = []
+    for _ in range(n):
+        p = lab.run("client", ["curl", "-sS", "--noproxy", "*", "-m", "3", f"http://{LAB_VIP}/"],
+                    check=False, timeout=10)
+        assert p.returncode == 0, p.stderr
+        bodies.append(p.stdout.strip())
+    return bodies
+
+
+def lb_cmd(*argv):
+    return subprocess.run([LB, *argv, "--instance", "lab"], capture_output=True, text=True, timeout=30)
+
+
+def test_lab_quiesce_and_activate_a_real_server(lab, lb_module_runner, tmp_path):
+    config = tmp_path / "lab-dr.toml"
+    shutil.copyfile(REPO / "configs" / "lab-dr.toml", config)
+    lb_module_runner.start(config)
+    assert collections.Counter(curl(lab, 6)) == {"rs1": 2, "rs2": 2, "rs3": 2}
+
+    p = lb_cmd("quiesce", "web", "rs1")
+    assert p.returncode == 0 and "weight 0 (override; configured 1)" in p.stdout, p.stderr
+    assert set(curl(lab, 6)) == {"rs2", "rs3"}
+    listing = lb_cmd("list", "-n")
+    assert listing.returncode == 0, listing.stderr
+    assert re.search(r"^  -> 198\.18\.1\.11:80 +Route +0 ", listing.stdout, re.M), listing.stdout
+    assert re.search(r"^  -> 198\.18\.1\.12:80 +Route +1 ", listing.stdout, re.M), listing.stdout
+    status = lb_cmd("status")
+    assert "weight 0 (override; configured 1)" in status.stdout, status.stdout
+
+    p = lb_cmd("activate", "web", "rs1")
+    assert p.returncode == 0 and "override cleared; weight 1 (configured)" in p.stdout, p.stderr
+    assert "rs1" in curl(lab, 6)                    # the reply came once the table was applied
+    assert re.search(r"^  -> 198\.18\.1\.11:80 +Route +1 ", lb_cmd("list", "-n").stdout, re.M)
