@@ -634,6 +634,12 @@ class Engine:
                "at": time.time(), "services": services}
         if self.pulse is not None:
             doc["ha"] = self.pulse.status()
+        counters = getattr(self.dp, "counters", None)
+        if counters is not None:
+            try:
+                doc["counters"] = counters()
+            except Exception as e:  # a status must come back whatever the maps say
+                log.warning("reading the data plane's counters: %s", e)
         return doc
 
     def _reload_reply(self) -> dict:

@@ -64,3 +64,12 @@ def test_without_decap_a_real_server_gets_nothing(lab, director):
         assert p.returncode == 0, p.stderr
         assert "decap attached to eth0" in p.stdout and REALS["rs2"] in p.stdout
     assert _curl(lab).returncode == 0
+
+
+def test_status_shows_the_data_path_counters(lab, director):
+    p = subprocess.run([LB, "status", "--instance", "lab"], capture_output=True, text=True, timeout=30)
+    assert p.returncode == 0, p.stderr
+    [line] = [ln for ln in p.stdout.splitlines() if ln.startswith("data path: ")]
+    counts = dict(item.rsplit(" ", 1) for item in line[len("data path: "):].split(", "))
+    assert set(counts) >= {"no real server", "tcp not syn", "fragment", "tunnel too big"}
+    assert counts["tunnel too big"] == "0" and all(v.isdigit() for v in counts.values())

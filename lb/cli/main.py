@@ -180,6 +180,8 @@ def cmd_status(args) -> int:
               f"sent {c['sync_tx_records']} received {c['sync_rx_records']} skipped {c['sync_skipped']};"
               f" ignored: forged {c['bad_auth']} replayed {c['replay']} stale {c['stale']}"
               f" malformed {c['malformed']}")
+    if doc.get("counters"):
+        print("data path: " + ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in doc["counters"].items()))
     for s in doc["services"]:
         state = "" if s["active"] else "  (inactive)"
         where = f"FWM {s['fwmark']}" if s.get("fwmark") else f"{s['protocol'].upper():4} {s['address']}:{s['port']}"

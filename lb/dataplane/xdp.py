@@ -370,6 +370,15 @@ class XdpDataplane:
                 log.warning("detaching XDP from %s: %s", ifname, e)
             del self.attached[ifname]
 
+    def counters(self) -> dict[str, int]:
+        """The data path's event counters (lb_counters: packets passed, dropped or answered for a
+        reason an operator may want to see), summed over CPUs."""
+        out = {}
+        for i, name in enumerate(L.COUNTER_NAMES):
+            vals = self.maps["lb_counters"].get_percpu(L.U32.pack(i)) or []
+            out[name] = sum(L.U64.unpack(v)[0] for v in vals)
+        return out
+
     def unpin(self) -> None:
         if self.mh is not None:
             self.mh.close()
