@@ -7,6 +7,8 @@ the difference.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
 import logging
 import os
 import signal
@@ -178,6 +180,11 @@ def pidfile(instance: str) -> str:
     return os.path.join(RUN_DIR, f"{instance}.pid")
 
 
+def overrides_file(instance: str) -> str:
+    """The operator's weight overrides, kept across restarts of lb (not across a reboot: /run)."""
+    return os.path.join(RUN_DIR, f"{instance}.overrides.json")
+
+
 class ReloadRefused(Exception):
     """A reload that changed nothing; ``issues`` (lb.config ConfigIssue) when the file is bad."""
 
@@ -228,6 +235,7 @@ class Engine:
         self.loads: dict[tuple, tuple] = {}          # real_key -> (spec, bounds, LoadMonitorTask, task)
         self.weights: dict[tuple, int] = {}          # real_key -> weight its load monitor set
         self.overrides: dict[tuple, int] = {}        # real_key -> the operator's weight (lb weight/quiesce)
+        self._overrides_file: str | None = None      # where they are kept; set by start()
         self._apply_waiters: list[tuple] = []        # (future, reply) of `lb weight` callers: after the apply
         self._dirty = False                          # health changed: reconcile the data plane
         self.on_sorry: set[tuple] = set()            # keys of the services sent to their sorry server
@@ -249,6 +257,7 @@ class Engine:
                                    public_interface=self.cfg.public_interface)
             except (OSError, ValueError) as e:
                 raise StartupError(f"{self.cfg.path or '<config>'}: ha: {e}") from None
+        self._restore_overrides()
         self._load_dataplane()
         self.owned = addresses.wanted_addresses(self.cfg)
         if self.active:
@@ -484,11 +493,13 @@ class Engine:
         old = self.overrides.get(key)
         if weight is None:
             self.overrides.pop(key, None)
+            self._save_overrides()
             if old is not None:
                 log.info("operator override of real server %s cleared (was weight %d)", where, old)
             return f"{where}: {'override cleared' if old is not None else 'no override to clear'}; " \
                    f"{self._weight_text(key, rs)}{self._down_text(key, vs)}"
         self.overrides[key] = weight
+        self._save_overrides()
         if old != weight:
             log.info("operator override: real server %s weight %d (was %s)", where, weight,
                      "not overridden" if old is None else old)
@@ -509,6 +520,57 @@ class Engine:
         return ("; it is down: weight 0 until its health checks pass" if vs.monitor.quiesce else
                 "; it is down: out of the table until its health checks pass")
 
+    @staticmethod
+    def _override_id(key) -> list:
+        (k0, k1, k2), addr, port = key
+        return [str(k0), str(k1), int(k2), str(addr), int(port)]
+
+    def _save_overrides(self) -> None:
+        """Written at every change, so a restarted lb (an upgrade, a crash) keeps a server in
+        maintenance out of the rotation; atomic, 0600."""
+        if self._overrides_file is None:
+            return
+        if not self.overrides:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self._overrides_file)
+            return
+        doc = [{"server": self._override_id(k), "weight": w} for k, w in self.overrides.items()]
+        tmp = f"{self._overrides_file}.tmp"
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w") as f:
+                json.dump(doc, f)
+            os.replace(tmp, self._overrides_file)
+        except OSError as e:
+            log.warning("cannot keep the operator overrides in %s: %s", self._overrides_file, e)
+
+    def _restore_overrides(self) -> None:
+        """At start: the overrides a previous lb run of this instance left, for the real servers
+        this config still has (active); the others are dropped with a warning."""
+        self._overrides_file = overrides_file(self.cfg.instance)
+        try:
+            with open(self._overrides_file) as f:
+                doc = json.load(f)
+        except FileNotFoundError:
+            return
+        except (OSError, ValueError) as e:
+            log.warning("ignoring %s: %s", self._overrides_file, e)
+            return
+        known = {tuple(self._override_id(k)): k for k in override_keys(self.cfg)}
+        for entry in doc if isinstance(doc, list) else []:
+            try:
+                ident, weight = tuple(entry["server"]), check_weight(entry["weight"])
+            except (KeyError, TypeError, ValueError, OverrideError):
+                log.warning("ignoring a malformed entry of %s: %r", self._overrides_file, entry)
+                continue
+            key = known.get(ident)
+            if key is None or weight is None:
+                log.warning("operator override %r of a real server this config does not have: dropped", entry)
+                continue
+            self.overrides[key] = weight
+            log.info("operator override restored: real server %s weight %d", _endpoint(key[1], key[2]), weight)
+        self._save_overrides()
+
     def sync_overrides(self) -> None:
         """After a reload: overrides of real servers the new config removed (or made inactive)
         are dropped; the others stay."""
@@ -519,6 +581,7 @@ class Engine:
                         "config no longer has it as an active real server", self.overrides.pop(key),
                         _endpoint(addr, port), proto.upper(), _endpoint(vip, vport))
             self._dirty = True
+            self._save_overrides()
 
     async def _weight_reply(self, req: dict) -> dict:
         if "weight" not in req:

@@ -516,3 +516,44 @@ def test_lab_quiesce_and_activate_a_real_server(lab, lb_module_runner, tmp_path)
     assert p.returncode == 0 and "override cleared; weight 1 (configured)" in p.stdout, p.stderr
     assert "rs1" in curl(lab, 6)                    # the reply came once the table was applied
     assert re.search(r"^  -> 198\.18\.1\.11:80 +Route +1 ", lb_cmd("list", "-n").stdout, re.M)
+
+
+def test_overrides_survive_a_restart_of_lb(tmp_path, monkeypatch, caplog):
+    """A server in maintenance stays out when lb restarts (an upgrade, a crash): the overrides
+    are kept in /run/lb/<instance>.overrides.json (0600) and restored for the servers the
+    config still has; a server the new config lacks loses its override, with a warning."""
+    import os
+    import stat
+
+    monkeypatch.setattr(lbengine, "RUN_DIR", str(tmp_path))
+    cfg_path = write(tmp_path / "lb.toml")
+    eng = make_engine(cfg_path)
+    eng._restore_overrides()                 # what start() does: nothing to restore yet
+    eng.set_override("web", "rs1", 0)
+    eng.set_override("web", "rs2", 7)
+    f = Path(lbengine.overrides_file(eng.cfg.instance))
+    assert stat.S_IMODE(os.stat(f).st_mode) == 0o600
+
+    again = make_engine(cfg_path)
+    again._restore_overrides()
+    again.apply_health()
+    assert table(again) == {"rs1": 0, "rs2": 7, "rs3": 1}
+    again.set_override("web", "rs2", None)   # cleared: gone from the file too
+    third = make_engine(write(tmp_path / "lb2.toml", extra=OFF))    # rs3 no longer in the config
+    third._restore_overrides()
+    third.apply_health()
+    assert table(third) == {"rs1": 0, "rs2": 1}
+
+    again.set_override("web", "rs3", 0)      # an override for rs3 is in the file now
+    with caplog.at_level("WARNING"):
+        fourth = make_engine(tmp_path / "lb2.toml")
+        fourth._restore_overrides()
+    assert "does not have: dropped" in caplog.text
+    assert fourth.overrides == {key(fourth, "rs1"): 0}
+
+    fourth.set_override("web", "rs1", None)  # nothing overridden: no file left behind
+    assert not f.exists()
+    f.write_text("{not json")
+    fifth = make_engine(cfg_path)
+    fifth._restore_overrides()               # a damaged file is ignored, with a warning
+    assert fifth.overrides == {}
