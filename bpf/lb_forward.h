@@ -72,6 +72,31 @@ static __always_inline int lb_csum_words(__u8 *p, __u32 len, void *data_end, __u
     return LB_CONTINUE;
 }
 
+/* Turn the frame into [Ethernet back to the client][an IP header of ip_hdr bytes][an 8-byte
+ * ICMP header][the first quote bytes of the packet's IP header and what follows], in place:
+ * the head grows, the tail is cut.  Returns where the new IP header goes (the Ethernet header
+ * written, the IP and ICMP headers within the packet), or NULL. */
+static __always_inline void *lb_reframe_reply(struct xdp_md *ctx, int l2, int ip_hdr, __u32 quote,
+                                             const __u8 *cmac, const __u8 *lmac, __be16 proto)
+{
+    int hdrs = sizeof(struct ethhdr) + ip_hdr + 8;
+    if (bpf_xdp_adjust_head(ctx, l2 - hdrs))
+        return 0;
+    void *data = (void *)(long)ctx->data;
+    void *data_end = (void *)(long)ctx->data_end;
+    if (bpf_xdp_adjust_tail(ctx, (int)(hdrs + quote) - (int)(data_end - data)))
+        return 0;
+    data = (void *)(long)ctx->data;
+    data_end = (void *)(long)ctx->data_end;
+    struct ethhdr *eth = data;
+    if (data + hdrs > data_end)
+        return 0;
+    __builtin_memcpy(eth->h_dest, cmac, ETH_ALEN);
+    __builtin_memcpy(eth->h_source, lmac, ETH_ALEN);
+    eth->h_proto = proto;
+    return eth + 1;
+}
+
 static __always_inline int lb_too_big4(struct xdp_md *ctx, struct lb_pkt *pkt, __u32 mtu)
 {
     struct iphdr *ip = pkt->ip4;
@@ -84,23 +109,11 @@ static __always_inline int lb_too_big4(struct xdp_md *ctx, struct lb_pkt *pkt, _
     __builtin_memcpy(cmac, pkt->eth->h_source, ETH_ALEN);
     __builtin_memcpy(lmac, pkt->eth->h_dest, ETH_ALEN);
     __be32 vip = ip->daddr, client = ip->saddr;
-    int hdrs = sizeof(struct ethhdr) + sizeof(struct iphdr) + 8;
-    if (bpf_xdp_adjust_head(ctx, l2 - hdrs))
+    struct iphdr *o = lb_reframe_reply(ctx, l2, sizeof(*o), quote, cmac, lmac, bpf_htons(ETH_P_IP));
+    if (!o)
         return XDP_DROP;
-    data = (void *)(long)ctx->data;
-    void *data_end = (void *)(long)ctx->data_end;
-    if (bpf_xdp_adjust_tail(ctx, (int)(hdrs + quote) - (int)(data_end - data)))
-        return XDP_DROP;
-    data = (void *)(long)ctx->data;
-    data_end = (void *)(long)ctx->data_end;
-    struct ethhdr *eth = data;
-    struct iphdr *o = (void *)(eth + 1);
     __u8 *icmp = (void *)(o + 1);
-    if ((void *)(icmp + 8) > data_end)
-        return XDP_DROP;
-    __builtin_memcpy(eth->h_dest, cmac, ETH_ALEN);
-    __builtin_memcpy(eth->h_source, lmac, ETH_ALEN);
-    eth->h_proto = bpf_htons(ETH_P_IP);
+    void *data_end = (void *)(long)ctx->data_end;
     o->version = 4;
     o->ihl = 5;
     o->tos = 0;
@@ -138,23 +151,11 @@ static __always_inline int lb_too_big6(struct xdp_md *ctx, struct lb_pkt *pkt, _
     __u32 vip[4], client[4];
     __builtin_memcpy(vip, pkt->daddr, 16);
     __builtin_memcpy(client, pkt->saddr, 16);
-    int hdrs = sizeof(struct ethhdr) + sizeof(struct ipv6hdr) + 8;
-    if (bpf_xdp_adjust_head(ctx, l2 - hdrs))
+    struct ipv6hdr *o = lb_reframe_reply(ctx, l2, sizeof(*o), quote, cmac, lmac, bpf_htons(ETH_P_IPV6));
+    if (!o)
         return XDP_DROP;
-    data = (void *)(long)ctx->data;
-    void *data_end = (void *)(long)ctx->data_end;
-    if (bpf_xdp_adjust_tail(ctx, (int)(hdrs + quote) - (int)(data_end - data)))
-        return XDP_DROP;
-    data = (void *)(long)ctx->data;
-    data_end = (void *)(long)ctx->data_end;
-    struct ethhdr *eth = data;
-    struct ipv6hdr *o = (void *)(eth + 1);
     __u8 *icmp = (void *)(o + 1);
-    if ((void *)(icmp + 8) > data_end)
-        return XDP_DROP;
-    __builtin_memcpy(eth->h_dest, cmac, ETH_ALEN);
-    __builtin_memcpy(eth->h_source, lmac, ETH_ALEN);
-    eth->h_proto = bpf_htons(ETH_P_IPV6);
+    void *data_end = (void *)(long)ctx->data_end;
     *(__be32 *)o = bpf_htonl(0x60000000);
     o->payload_len = bpf_htons(8 + quote);
     o->nexthdr = IPPROTO_ICMPV6;
