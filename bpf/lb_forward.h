@@ -245,13 +245,15 @@ static __always_inline int lb_tunnel_xmit(struct xdp_md *ctx, struct lb_pkt *pkt
 static __always_inline int lb_forward_to_real(struct xdp_md *ctx, struct lb_pkt *pkt,
                                               struct lb_real *r)
 {
-    if (r->fwd == LB_FWD_NAT)
+    if (r->fwd == LB_FWD_DR)      /* the common case first */
+        return lb_xmit(ctx, pkt->eth, r->mac, r->src_mac, r->ifindex);
+    if (r->fwd == LB_FWD_NAT) {
         lb_nat_daddr(pkt, r->addr, r->port ? r->port : *pkt->dport_p);   /* port 0 keeps the packet's */
-    else if (r->fwd == LB_FWD_TUNNEL)
+        return lb_xmit(ctx, pkt->eth, r->mac, r->src_mac, r->ifindex);
+    }
+    if (__builtin_expect(r->fwd == LB_FWD_TUNNEL, 0))
         return lb_tunnel_xmit(ctx, pkt, r);
-    else if (r->fwd != LB_FWD_DR)
-        return XDP_DROP;          /* the control plane never programs other methods */
-    return lb_xmit(ctx, pkt->eth, r->mac, r->src_mac, r->ifindex);
+    return XDP_DROP;              /* the control plane never programs other methods */
 }
 
 /* NAT reply: source back to the VIP:port the client used, out the way its packets came in */
