@@ -18,6 +18,8 @@ import time
 
 from lb import config as lbconfig
 from lb import control
+from lb.config.model import endpoint_text as _endpoint
+from lb.config.model import parse_endpoint as _parse_endpoint
 from lb.config.model import sorry_text
 from lb.config.toml import WEIGHT_RANGE
 from lb.dataplane import RealSpec, ServiceSpec, TableSpec
@@ -91,29 +93,6 @@ def build_table(cfg, health: dict | None = None, sorry: set | None = None,
 
 class OverrideError(ValueError):
     """A refused `lb weight` request (unknown service or server, bad weight); nothing changed."""
-
-
-def _endpoint(addr, port) -> str:
-    return f"[{addr}]:{port}" if getattr(addr, "version", 4) == 6 else f"{addr}:{port}"
-
-
-def _parse_endpoint(text: str):
-    """ADDR, ADDR:PORT or [IPv6]:PORT -> (address, port or None); None when it is neither."""
-    import ipaddress
-
-    try:
-        return ipaddress.ip_address(text), None
-    except ValueError:
-        pass
-    host, sep, port = text.rpartition(":")
-    if not sep or not port.isdigit():
-        return None
-    if host.startswith("[") and host.endswith("]"):
-        host = host[1:-1]
-    try:
-        return ipaddress.ip_address(host), int(port)
-    except ValueError:
-        return None
 
 
 def find_service(cfg, text) -> object:

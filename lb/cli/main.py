@@ -305,21 +305,10 @@ def _select_service(services, selector):
     proto, addr = selector
     if proto == "FWM":
         return [s for s in services if s.fwmark and str(s.fwmark) == addr]
-    want = _service_address(addr)
+    from lb.config.model import parse_endpoint
+
+    want = parse_endpoint(addr)        # VIP:PORT or [IPv6]:PORT, as ipvsadm -t takes them
     return [s for s in services if not s.fwmark and s.protocol == proto and (s.address, s.port) == want]
-
-
-def _service_address(text: str):
-    """VIP:PORT or [IPv6]:PORT (as ipvsadm -t takes them) -> (address, port); None if malformed."""
-    import ipaddress
-
-    host, sep, port = text.rpartition(":")
-    if host.startswith("[") and host.endswith("]"):
-        host = host[1:-1]
-    try:
-        return ipaddress.ip_address(host), int(port)
-    except ValueError:
-        return None
 
 
 def _print_listing(args, services, conns, timeouts, **header) -> int:

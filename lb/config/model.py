@@ -8,7 +8,7 @@ once :func:`lb.config.load` has returned them.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from ipaddress import IPv4Address, IPv4Interface, IPv6Address, IPv6Interface
+from ipaddress import IPv4Address, IPv4Interface, IPv6Address, IPv6Interface, ip_address
 from pathlib import Path
 
 # Every scheduler of IPVS (ipvsadm's names); both data planes run all of them.
@@ -161,12 +161,32 @@ class VirtualServer:
         return (self.address,)
 
 
+def endpoint_text(addr, port: int) -> str:
+    """ADDR:PORT, IPv6 in brackets (as ipvsadm writes it); addr an address or its text."""
+    return f"[{addr}]:{port}" if ":" in str(addr) else f"{addr}:{port}"
+
+
+def parse_endpoint(text: str) -> tuple[IPAddress, int | None] | None:
+    """ADDR, ADDR:PORT or [IPv6]:PORT -> (address, port or None); None when it is neither."""
+    try:
+        return ip_address(text), None
+    except ValueError:
+        pass
+    host, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit():
+        return None
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    try:
+        return ip_address(host), int(port)
+    except ValueError:
+        return None
+
+
 def sorry_text(sorry: tuple[IPAddress, int | None]) -> str:
     """A sorry server as written in the configuration: ADDR, ADDR:PORT or [ADDR6]:PORT."""
     addr, port = sorry
-    if port is None:
-        return str(addr)
-    return f"[{addr}]:{port}" if addr.version == 6 else f"{addr}:{port}"
+    return str(addr) if port is None else endpoint_text(addr, port)
 
 
 @dataclass(frozen=True, slots=True)

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any, Final, TypeVar
 
 from .locate import FieldPath, Locator
+from .model import endpoint_text as _endpoint
 from .model import (
     MONITOR_KINDS,
     NETWORKS,
@@ -1024,10 +1025,6 @@ def _check_reals_of(chk: _Checker, vs: _VirtualDraft, network: str | _Invalid) -
                 )
             else:
                 seen_name[name] = rs.path
-
-
-def _endpoint(addr: IPAddress, port: int) -> str:
-    return f"[{addr}]:{port}" if addr.version == 6 else f"{addr}:{port}"
 
 
 def _check_services(chk: _Checker, drafts: list[_VirtualDraft | _Invalid]) -> None:

@@ -32,6 +32,7 @@ from pathlib import Path
 
 from aiohttp import web
 
+from lb.config.model import endpoint_text as _endpoint
 from lb.config.model import sorry_text
 from lb.web import password
 
@@ -479,10 +480,6 @@ def _service_status(s: dict, counts: dict, csrf: str | None = None) -> str:
              + ("<th>Maintenance</th>" if csrf is not None else "") + "</tr>"
              + "".join(rows) + "</table>") if rows else "<p>No real servers.</p>"
     return f"<h2>{h(s.get('name'))}: {h(where)}</h2><p>{h(' · '.join(notes))}</p>{table}"
-
-
-def _endpoint(addr, port) -> str:
-    return f"[{addr}]:{port}" if ":" in str(addr) else f"{addr}:{port}"
 
 
 def _virtual_server(vs) -> str:
