@@ -46,6 +46,35 @@ static __always_inline __u16 lb_ip4_csum(struct iphdr *ip)
     return ~lb_csum_fold(sum);
 }
 
+/* A new outer/answer IP header: TTL (hop limit) 64, no options, IPv4 with id 0 and its checksum */
+static __always_inline void lb_ip4_hdr(struct iphdr *o, __u8 tos, __u16 tot_len, __be16 frag_off, __u8 proto,
+                                       __be32 saddr, __be32 daddr)
+{
+    o->version = 4;
+    o->ihl = 5;
+    o->tos = tos;
+    o->tot_len = bpf_htons(tot_len);
+    o->id = 0;
+    o->frag_off = frag_off;
+    o->ttl = 64;
+    o->protocol = proto;
+    o->check = 0;
+    o->saddr = saddr;
+    o->daddr = daddr;
+    o->check = lb_ip4_csum(o);
+}
+
+static __always_inline void lb_ip6_hdr(struct ipv6hdr *o, __be32 vtc_flow, __u16 payload_len, __u8 nexthdr,
+                                       const void *saddr, const void *daddr)
+{
+    *(__be32 *)o = vtc_flow;
+    o->payload_len = bpf_htons(payload_len);
+    o->nexthdr = nexthdr;
+    o->hop_limit = 64;
+    __builtin_memcpy(&o->saddr, saddr, 16);
+    __builtin_memcpy(&o->daddr, daddr, 16);
+}
+
 /* Tunnel: a packet that would not fit r->mtu once encapsulated is answered as IPVS's
  * ip_vs_tunnel_xmit answers it (icmp_send / icmpv6_send): "fragmentation needed" (IPv4 with DF)
  * or Packet Too Big (IPv6) from the VIP to the client, quoting the packet's IP header and the
@@ -114,18 +143,7 @@ static __always_inline int lb_too_big4(struct xdp_md *ctx, struct lb_pkt *pkt, _
         return XDP_DROP;
     __u8 *icmp = (void *)(o + 1);
     void *data_end = (void *)(long)ctx->data_end;
-    o->version = 4;
-    o->ihl = 5;
-    o->tos = 0;
-    o->tot_len = bpf_htons(sizeof(*o) + 8 + quote);
-    o->id = 0;
-    o->frag_off = 0;
-    o->ttl = 64;
-    o->protocol = IPPROTO_ICMP;
-    o->check = 0;
-    o->saddr = vip;
-    o->daddr = client;
-    o->check = lb_ip4_csum(o);
+    lb_ip4_hdr(o, 0, sizeof(*o) + 8 + quote, 0, IPPROTO_ICMP, vip, client);
     icmp[0] = 3;                  /* destination unreachable */
     icmp[1] = 4;                  /* fragmentation needed */
     *(__u16 *)(icmp + 2) = 0;
@@ -156,12 +174,7 @@ static __always_inline int lb_too_big6(struct xdp_md *ctx, struct lb_pkt *pkt, _
         return XDP_DROP;
     __u8 *icmp = (void *)(o + 1);
     void *data_end = (void *)(long)ctx->data_end;
-    *(__be32 *)o = bpf_htonl(0x60000000);
-    o->payload_len = bpf_htons(8 + quote);
-    o->nexthdr = IPPROTO_ICMPV6;
-    o->hop_limit = 64;
-    __builtin_memcpy(&o->saddr, vip, 16);
-    __builtin_memcpy(&o->daddr, client, 16);
+    lb_ip6_hdr(o, bpf_htonl(0x60000000), 8 + quote, IPPROTO_ICMPV6, vip, client);
     icmp[0] = 2;                  /* Packet Too Big */
     icmp[1] = 0;
     *(__u16 *)(icmp + 2) = 0;
@@ -200,12 +213,7 @@ static __always_inline int lb_tunnel_xmit(struct xdp_md *ctx, struct lb_pkt *pkt
         if ((void *)(o + 1) > data_end)
             return XDP_DROP;
         eth->h_proto = bpf_htons(ETH_P_IPV6);
-        *(__be32 *)o = bpf_htonl(0x60000000) | vtc;
-        o->payload_len = bpf_htons(plen);
-        o->nexthdr = IPPROTO_IPV6;
-        o->hop_limit = 64;
-        __builtin_memcpy(&o->saddr, r->tun_src, 16);
-        __builtin_memcpy(&o->daddr, r->addr, 16);
+        lb_ip6_hdr(o, bpf_htonl(0x60000000) | vtc, plen, IPPROTO_IPV6, r->tun_src, r->addr);
         return lb_xmit(ctx, eth, r->mac, r->src_mac, r->ifindex);
     }
     if (!pkt->ip4)
@@ -227,18 +235,7 @@ static __always_inline int lb_tunnel_xmit(struct xdp_md *ctx, struct lb_pkt *pkt
     if ((void *)(o + 1) > data_end)
         return XDP_DROP;
     eth->h_proto = bpf_htons(ETH_P_IP);
-    o->version = 4;
-    o->ihl = 5;
-    o->tos = tos;
-    o->tot_len = bpf_htons(len + sizeof(struct iphdr));
-    o->id = 0;
-    o->frag_off = df;
-    o->ttl = 64;
-    o->protocol = IPPROTO_IPIP;
-    o->check = 0;
-    o->saddr = *(__be32 *)r->tun_src;
-    o->daddr = *(__be32 *)r->addr;
-    o->check = lb_ip4_csum(o);
+    lb_ip4_hdr(o, tos, len + sizeof(*o), df, IPPROTO_IPIP, *(__be32 *)r->tun_src, *(__be32 *)r->addr);
     return lb_xmit(ctx, eth, r->mac, r->src_mac, r->ifindex);
 }
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import ipaddress
 import itertools
+import os
 import subprocess
 import sys
 
@@ -142,8 +143,7 @@ def test_extension_headers_are_walked_and_kept(dp, ext):
 
 
 def _counter(dp, name: str) -> int:
-    idx = L.COUNTER_NAMES.index(name)
-    return sum(L.U64.unpack(v)[0] for v in dp.maps["lb_counters"].get_percpu(L.U32.pack(idx)))
+    return dp.counters()[name]
 
 
 def test_fragment_passes_and_is_counted(dp):
@@ -247,7 +247,7 @@ def test_lb_list_connections_ipv6(dp):
 
 @pytest.fixture
 def dead_link_ns():
-    name = f"lbv6{__import__('os').getpid()}"
+    name = f"lbv6{os.getpid()}"
     subprocess.run(["ip", "netns", "add", name], check=True)
     try:
         def sh(*cmd):

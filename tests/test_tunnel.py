@@ -7,8 +7,8 @@ import ipaddress
 import itertools
 
 import pytest
-from scapy.layers.inet import IP, TCP, UDP
-from scapy.layers.inet6 import IPv6
+from scapy.layers.inet import ICMP, IP, TCP, UDP
+from scapy.layers.inet6 import ICMPv6PacketTooBig, IPv6
 from scapy.layers.l2 import Dot1Q, Ether
 
 from lb.dataplane import RealSpec, ServiceSpec, TableSpec, reader
@@ -17,10 +17,6 @@ from lb.dataplane.bpfsys import prog_test_run
 from lb.dataplane.maps import PinnedMaps
 from lb import listing
 
-from scapy.layers.inet import ICMP
-from scapy.layers.inet6 import ICMPv6PacketTooBig
-
-from lb.dataplane import layout as L
 from packets_util import (CLIENT_MAC, PRIV_ADDR, PRIV_MAC, PRIV_MTU, PUB_MAC, XDP_DROP, XDP_PASS,
                            XDP_REDIRECT, XDP_TX, loaded_dataplane, real_mac, run)
 
@@ -137,8 +133,7 @@ def test_listing_says_tunnel(dp):
 
 
 def _counter(dp, name):
-    idx = L.COUNTER_NAMES.index(name)
-    return sum(L.U64.unpack(v)[0] for v in dp.maps["lb_counters"].get_percpu(L.U32.pack(idx)))
+    return dp.counters()[name]
 
 
 def _established(dp, vip, dport=80, **kw):

@@ -27,6 +27,7 @@ from . import layout as L
 from .maps import PIN_ROOT, BpfMap, have_batch, pin_dir
 from .mhtable import MhTables
 from .nexthop import NextHopError, resolve
+from .reader import read_counters
 from .spec import RealSpec, ServiceSpec, TableSpec
 
 log = logging.getLogger("lb.dataplane")
@@ -373,11 +374,7 @@ class XdpDataplane:
     def counters(self) -> dict[str, int]:
         """The data path's event counters (lb_counters: packets passed, dropped or answered for a
         reason an operator may want to see), summed over CPUs."""
-        out = {}
-        for i, name in enumerate(L.COUNTER_NAMES):
-            vals = self.maps["lb_counters"].get_percpu(L.U32.pack(i)) or []
-            out[name] = sum(L.U64.unpack(v)[0] for v in vals)
-        return out
+        return read_counters(self.maps)
 
     def unpin(self) -> None:
         if self.mh is not None:
