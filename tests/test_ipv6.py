@@ -330,3 +330,17 @@ def test_lb_list_selects_one_ipv6_service(dp):
     assert len(out) == 3 + 3 and all(ln.startswith("  -> [2001:2:0:1::1") for ln in out[3:])
     assert _lb_list(dp, "-u", "[2001:2::20]:53").splitlines()[2] == "UDP  [2001:2::20]:53 rr"
     assert _lb_list(dp, "-t", "198.18.0.10:80").splitlines()[2] == "TCP  198.18.0.10:80 rr"
+
+
+@pytest.mark.parametrize("sched", ["lblc", "lblcr"])
+def test_lblc_tables_key_the_whole_ipv6_destination(sched):
+    """lblc/lblcr cache per destination address: an IPv6 service's entry holds all 16 bytes of
+    it (and family 6), not a truncated or folded form."""
+    vip = "2001:2:0:abcd::77"
+    table = TableSpec((ServiceSpec("tcp", ip(vip), 8080, sched,
+                                   tuple(RealSpec(ip(a), 8080, 1, "dr") for a in REALS)),))
+    with loaded_dataplane(f"v6{sched}", table=table) as d:
+        rc, out = run(d, "lb_xdp_public", client_pkt(vip, 8080))
+        assert rc == XDP_REDIRECT
+        keys = [L.LBLC_KEY.unpack(k) for k, _ in d.maps[f"lb_{sched}"].items(batch=False)]
+        assert [(fam, addr) for _svc, fam, _pad, addr in keys] == [(6, ip(vip).packed)]
