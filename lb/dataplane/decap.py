@@ -12,11 +12,11 @@ from pathlib import Path
 
 from pyroute2 import IPRoute
 
+from .xdp import XDP_FLAGS_DRV_MODE, XDP_FLAGS_SKB_MODE, DataplaneError, attach_xdp
+
 log = logging.getLogger("lb.decap")
 
 SOURCE = Path(__file__).resolve().parents[2] / "bpf" / "lb_decap.c"
-XDP_FLAGS_SKB_MODE = 1 << 1
-XDP_FLAGS_DRV_MODE = 1 << 2
 
 
 class DecapError(Exception):
@@ -56,24 +56,16 @@ def load(addresses):
 def attach(ifname: str, addresses=(), mode: str = "native") -> tuple[str, list]:
     """Load and attach; returns (mode used, the addresses it decapsulates for).  The attachment
     outlives this process (the kernel holds the program)."""
-    from bcc import BPF
-
     addrs = list(addresses) or local_addresses(ifname)
     if not addrs:
         raise DecapError(f"{ifname} has no address to receive tunnels on: give --address")
     _b, fn = load(addrs)
-    tries = [("native", XDP_FLAGS_DRV_MODE), ("generic", XDP_FLAGS_SKB_MODE)]
-    if mode == "generic":
-        tries = tries[1:]
-    last = None
-    for name, flags in tries:
-        try:
-            BPF.attach_xdp(ifname.encode(), fn, flags)
-            log.info("attached decap to %s (%s mode) for %s", ifname, name, ", ".join(map(str, addrs)))
-            return name, addrs
-        except Exception as e:  # bcc raises a plain Exception
-            last = e
-    raise DecapError(f"cannot attach the decap program to {ifname}: {last}")
+    try:
+        name, _flags = attach_xdp(ifname, fn, mode)
+    except DataplaneError as e:
+        raise DecapError(f"the decap program: {e}") from None
+    log.info("attached decap to %s (%s mode) for %s", ifname, name, ", ".join(map(str, addrs)))
+    return name, addrs
 
 
 def detach(ifname: str) -> None:
@@ -87,5 +79,3 @@ def detach(ifname: str) -> None:
             BPF.remove_xdp(ifname.encode(), flags)
         except Exception as e:
             log.debug("remove_xdp %s flags %d: %s", ifname, flags, e)
-
-

@@ -171,6 +171,25 @@ _NEW_REAL = (("lb_real_conns", L.REAL_CONNS.pack(0, 0, 0, 0)), ("lb_real_swept",
 assert all(name in _STAGE_MAPS for name, _ in _NEW_REAL)
 
 
+def attach_xdp(ifname: str, fn, mode: str = "native") -> tuple[str, int]:
+    """Attach a loaded XDP function to ifname: native (driver) mode, falling back to generic,
+    or generic only.  Returns (the mode used, its flags); DataplaneError when neither works."""
+    from bcc import BPF
+
+    tries = [("native", XDP_FLAGS_DRV_MODE), ("generic", XDP_FLAGS_SKB_MODE)]
+    if mode == "generic":
+        tries = tries[1:]
+    last = None
+    for name, flags in tries:
+        try:
+            BPF.attach_xdp(ifname.encode(), fn, flags)
+            return name, flags
+        except Exception as e:  # bcc raises a plain Exception
+            last = e
+            log.warning("cannot attach XDP to %s in %s mode: %s", ifname, name, e)
+    raise DataplaneError(f"cannot attach XDP to {ifname}: {last}")
+
+
 def bpf_source(path: Path = BPF_DIR / "lb.c") -> str:
     """lb.c with its local headers inlined: bcc rewrites map calls (map.lookup()) only in the
     main file, so the headers must become part of it."""
@@ -342,23 +361,11 @@ class XdpDataplane:
 
     # ---- attach ----
     def attach(self, ifname: str, side: str = "public", mode: str = "native") -> str:
-        from bcc import BPF
-
         fn = self.fns["lb_xdp_public" if side == "public" else "lb_xdp_private"]
-        tries = [("native", XDP_FLAGS_DRV_MODE), ("generic", XDP_FLAGS_SKB_MODE)]
-        if mode == "generic":
-            tries = tries[1:]
-        last = None
-        for name, flags in tries:
-            try:
-                BPF.attach_xdp(ifname.encode(), fn, flags)
-                self.attached[ifname] = flags
-                log.info("attached %s XDP program to %s (%s mode)", side, ifname, name)
-                return name
-            except Exception as e:
-                last = e
-                log.warning("cannot attach XDP to %s in %s mode: %s", ifname, name, e)
-        raise DataplaneError(f"cannot attach XDP to {ifname}: {last}")
+        name, flags = attach_xdp(ifname, fn, mode)
+        self.attached[ifname] = flags
+        log.info("attached %s XDP program to %s (%s mode)", side, ifname, name)
+        return name
 
     def detach_all(self) -> None:
         from bcc import BPF
