@@ -26,10 +26,8 @@ if [ ${#missing[@]} -gt 0 ]; then
   apt-get update -qq
   apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
-# nginx-light's package starts a system nginx on :80; lb's lab runs its own per namespace.
-# haproxy's package starts a system haproxy too; bench/ runs its own in the director namespace.
-if command -v systemctl >/dev/null 2>&1; then systemctl disable --now nginx haproxy >/dev/null 2>&1 || true; fi
-pkill -x nginx 2>/dev/null || true
+# A system nginx or haproxy (the package may start one) is left alone: lb's lab and bench/ run
+# their own inside their namespaces, with their own config and pid files.
 
 # 2. Kernel headers for bcc. Leave real headers alone; otherwise point at Debian's -amd64 set.
 KREL=$(uname -r)

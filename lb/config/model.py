@@ -22,6 +22,17 @@ DATAPLANES: tuple[str, ...] = ("xdp", "ipvs", "auto")
 
 IPAddress = IPv4Address | IPv6Address
 
+# Forward modes: the config's network -> the real server's forwarding method (IPVS's
+# IP_VS_CONN_F_DROUTE / MASQ / TUNNEL; ipvsadm prints them Route / Masq / Tunnel).
+FORWARD_MODES: tuple[str, ...] = ("dr", "nat", "tunnel")
+FORWARD_OF_NETWORK: dict[str, str] = {"direct": "dr", "nat": "nat", "tunnel": "tunnel"}
+IPVSADM_FORWARD: dict[str, str] = {"dr": "Route", "nat": "Masq", "tunnel": "Tunnel"}
+
+# Defaults named once (the loaders, the data planes and the listing import them).
+DEFAULT_MH_SIZE = 4093              # the kernel's CONFIG_IP_VS_MH_TAB_INDEX 12
+DEFAULT_LBLC_EXPIRATION = 86400     # IPVS sysctls lblc_expiration / lblcr_expiration, seconds
+DEFAULT_TIMEOUTS = (900, 120, 300)  # tcp, tcpfin, udp seconds (ipvsadm --set)
+
 
 @dataclass(frozen=True, slots=True)
 class RealServer:
@@ -136,7 +147,7 @@ class VirtualServer:
     fwmark: int = 0  # firewall-mark service: matched by port_groups (in XDP, no iptables)
     port_groups: tuple[PortGroup, ...] = ()
     scheduler_flags: tuple[str, ...] = ()  # e.g. ("sh-fallback", "sh-port")
-    mh_size: int = 4093  # mh: Maglev table size, a prime (the kernel's default, CONFIG_IP_VS_MH_TAB_INDEX 12)
+    mh_size: int = DEFAULT_MH_SIZE  # mh: Maglev table size, a prime (the kernel's default, CONFIG_IP_VS_MH_TAB_INDEX 12)
     # (address, port or None = the service's port): takes the new connections while no real
     # server of the service is usable (Piranha's sorry_server)
     sorry_server: tuple[IPAddress, int | None] | None = None
@@ -203,9 +214,9 @@ class Tables:
 class Timeouts:
     """Connection idle timeouts, in seconds."""
 
-    tcp: int = 900
-    tcpfin: int = 120
-    udp: int = 300
+    tcp: int = DEFAULT_TIMEOUTS[0]
+    tcpfin: int = DEFAULT_TIMEOUTS[1]
+    udp: int = DEFAULT_TIMEOUTS[2]
 
 
 @dataclass(frozen=True, slots=True)
@@ -280,8 +291,8 @@ class Config:
     # IPVS lblc_expiration / lblcr_expiration (seconds): an lblc entry (destination address ->
     # real server) unused this long goes at the periodic full check; an lblcr server set with
     # more than one member unchanged this long loses its most loaded member
-    lblc_expiration: int = 86400
-    lblcr_expiration: int = 86400
+    lblc_expiration: int = DEFAULT_LBLC_EXPIRATION
+    lblcr_expiration: int = DEFAULT_LBLC_EXPIRATION
     # the real servers' floating gateway, e.g. 198.18.1.254/24 or 2001:2:0:1::fffe/64: owned by the
     # (active) director in NAT, and in direct routing with [ha] (replies routed through the
     # director); else ignored
