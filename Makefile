@@ -17,8 +17,12 @@ demo: setup
 setup-vm: setup
 	bash scripts/setup-vm.sh
 
+# Workers: the lab's tests on one, the IPVS VM on another, the rest spread (tests/conftest.py).
+TEST_WORKERS ?= 3
+
 test: setup setup-vm
-	LB_VM_REQUIRED=1 $(VENV)/bin/python -m pytest -q $(PYTEST_ARGS) tests
+	LB_VM_REQUIRED=1 LB_NO_SKIPS=1 $(VENV)/bin/python -m pytest -q -n $(TEST_WORKERS) --dist loadgroup \
+		--durations=25 $(PYTEST_ARGS) tests
 
 # bench/results/<date>-<suite>.json, latest.md, latest.png; BENCH_SUITE=http,pps runs only those
 bench: setup

@@ -11,6 +11,56 @@ import pytest
 LAB_TESTS_LOCK = "/run/lb-lab.tests.lock"
 LAB_TESTS_LOCK_WAIT_S = 600.0
 
+# ---------------------------------------------------------------------------------------------
+# Parallel runs (pytest-xdist, `make test` runs -n N --dist loadgroup): the namespace lab is one
+# per host, so every test that uses it runs on one worker, in file order, and the IPVS VM suite
+# (one qemu boot) on another; the other modules spread over the workers, each module whole and
+# in order on one worker (as --dist loadfile).
+
+# modules that use the lab without the `lab` fixture (bench's lab_up takes the same lock)
+LAB_MODULES = {"test_bench_smoke"}
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        path = Path(str(item.fspath))
+        if "lab" in getattr(item, "fixturenames", ()) or path.stem in LAB_MODULES:
+            item.add_marker(pytest.mark.xdist_group("lab"))
+        elif path.parent.name == "vm":
+            item.add_marker(pytest.mark.xdist_group("vm"))
+        else:
+            item.add_marker(pytest.mark.xdist_group(path.stem))
+
+
+# ---------------------------------------------------------------------------------------------
+# Skips are counted, and under `make test` (LB_NO_SKIPS=1) any skip fails the run: on the CI
+# machine every capability the suite needs is installed by the project, so a skip hides a test.
+
+def _skipped(config) -> list:
+    reporter = config.pluginmanager.get_plugin("terminalreporter")
+    return list(reporter.stats.get("skipped", [])) if reporter is not None else []
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    if hasattr(config, "workerinput"):
+        return
+    skipped = _skipped(config)
+    terminalreporter.write_line(f"lb: {len(skipped)} skipped")
+    if skipped and os.environ.get("LB_NO_SKIPS") == "1":
+        terminalreporter.write_line("lb: LB_NO_SKIPS=1 (make test): a skipped test fails the run; skipped:", red=True)
+        for rep in skipped:
+            reason = rep.longrepr[2] if isinstance(rep.longrepr, tuple) else str(rep.longrepr)
+            terminalreporter.write_line(f"  {rep.nodeid}: {reason}", red=True)
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_sessionfinish(session, exitstatus):
+    if hasattr(session.config, "workerinput") or os.environ.get("LB_NO_SKIPS") != "1":
+        return
+    if _skipped(session.config) and session.exitstatus == 0:
+        session.exitstatus = 1
+
 
 @pytest.fixture(scope="module")
 def lab_exclusive():
