@@ -75,7 +75,9 @@ e.g. a TOML ``send = "...\\r\\n"``); with ``backup_active = 1`` the HA fields Pi
 ``lb_ha_garp_count``, ``lb_ha_sync_rate``, ``lb_ha_garp_interval``/``_garp_refresh``/
 ``_sync_interval``/``_max_skew`` (decimal seconds), ``lb_ha_keepalive``/``_deadtime`` (decimal
 seconds; they win over Piranha's integer ``keepalive``/``deadtime``, which are written rounded
-up) and ``lb_ha_notify = "/path/a, /path/b"`` (quoted, comma-separated program paths).
+up) and ``lb_ha_notify = "/path/a, /path/b"`` (quoted, comma-separated program paths); the web
+console's ``[web]``: ``lb_web_enabled = 0|1``, ``lb_web_listen = ADDRESS:PORT`` and
+``lb_web_password_file`` (quoted path, relative to the lvs.cf when relative).
 
 Validation is the TOML loader's: the lvs.cf is turned into the document tomllib would give for
 the same configuration, with the lvs.cf line and key of each of its fields, and handed to
@@ -109,6 +111,7 @@ from .model import (
     Monitor,
     Tables,
     Timeouts,
+    Web,
     parse_netmask,
     parse_prefix_length,
     sorry_text,
@@ -166,19 +169,22 @@ LB_MONITOR_SECONDS = ("interval", "timeout", "reentry", "connect_timeout")
 LB_MONITOR_STRINGS = ("path", "host", "body_regex")
 LB_MONITOR_KEYS = tuple(f"lb_monitor_{k}" for k in (
     "kind", *LB_MONITOR_STRINGS, "status", "tls_verify", "port", *LB_MONITOR_SECONDS, "quiesce", "escaped"))
+# lb-only keys of the web console ([web]; Piranha's was a separate program)
+LB_WEB_KEYS = {f"lb_web_{k}": k for k in ("enabled", "listen", "password_file")}
 GLOBAL_MODEL = (
     "network", "nat_router", "nat_nmask", "tcp_timeout", "tcpfin_timeout", "udp_timeout",
     "lb_instance", "lb_public_interface", "lb_private_interface", "lb_expire_nodest_conn",
     "lb_lblc_expiration", "lb_lblcr_expiration",
     "lb_table_connections", "lb_table_services", "lb_table_real_servers", "lb_table_reals_per_service",
-) + LB_HA_KEYS
+) + LB_HA_KEYS + tuple(LB_WEB_KEYS)
 VIRTUAL_MODEL = ("address", "active", "port", "protocol", "scheduler", "persistent", "pmask", "fwmark",
                  "lb_port_groups", "lb_scheduler_flags", "sorry_server", "lb_mh_size", "quiesce_server",
                  "load_monitor") + LB_LOAD_MONITOR_KEYS
 SERVER_KEYS = ("address", "active", "weight", "port", "lb_u_threshold", "lb_l_threshold")
 GLOBAL_KEYS = tuple(GLOBAL_EXTRAS) + GLOBAL_MODEL
 VIRTUAL_KEYS = VIRTUAL_MODEL + MONITOR_CF + LB_MONITOR_KEYS + tuple(VIRTUAL_EXTRAS)
-QUOTED = ("send", "expect", "send_program", "lb_ha_key_file", "lb_ha_notify", "lb_load_monitor_program") + tuple(
+QUOTED = ("send", "expect", "send_program", "lb_ha_key_file", "lb_ha_notify", "lb_load_monitor_program",
+          "lb_web_password_file") + tuple(
     f"lb_monitor_{k}" for k in LB_MONITOR_STRINGS)
 TIMEOUT_KEYS = {"tcp_timeout": "tcp", "tcpfin_timeout": "tcpfin", "udp_timeout": "udp"}
 TABLE_KEYS = {f"lb_table_{k}": k for k in ("connections", "services", "real_servers", "reals_per_service")}
@@ -606,6 +612,14 @@ class _Builder:
             for key in LB_HA_KEYS:
                 if key in g.entries:
                     g.error(g.entries[key], f"{key} needs backup_active = 1 (a backup director)")
+        web: dict[str, Any] = {}
+        for cf, key in LB_WEB_KEYS.items():
+            value = g.boolean(cf) if key == "enabled" else g.entries[cf].value if cf in g.entries else None
+            if value is not None:
+                web[key] = value
+            self.note(("web", key), g.line(cf), cf)
+        if web:
+            doc["web"] = web
 
         vss = []
         first_dev: tuple[str, int, str] | None = None
@@ -879,7 +893,7 @@ class _Builder:
         return out
 
 
-def _parse(text: str, display: str) -> tuple[Config, dict[str, Any]]:
+def _parse(text: str, display: str, path: Path | None = None) -> tuple[Config, dict[str, Any]]:
     _toml.check_size(text, display)
     issues = _Issues(display)
     top = _parse_blocks(text, issues)
@@ -888,7 +902,7 @@ def _parse(text: str, display: str) -> tuple[Config, dict[str, Any]]:
     doc = b.build(top)
     cfg: Config | None = None
     try:
-        cfg = _toml.validate(doc, display, b.positions)
+        cfg = _toml.validate(doc, display, b.positions, path)
     except ConfigError as e:
         # a value this reader refused is missing from the document: one message per field
         seen = {i.field for i in issues.items}
@@ -918,10 +932,7 @@ def load_with_extras(path: str | os.PathLike[str]) -> tuple[Config, dict[str, An
     """Read ``path`` (an lvs.cf); see :func:`loads_with_extras`."""
     display = os.fspath(path)
     text = _toml.read_text(path, display)
-    cfg, extras = _parse(text, display)
-    if cfg.ha is not None and not cfg.ha.key_file.is_absolute():  # relative to the file, as in TOML
-        cfg = dataclasses.replace(cfg, ha=dataclasses.replace(cfg.ha, key_file=Path(path).parent / cfg.ha.key_file))
-    return dataclasses.replace(cfg, path=Path(path)), extras
+    return _parse(text, display, Path(path))  # relative key and password files: relative to it
 
 
 def loads(text: str, path: str = "<string>") -> Config:
@@ -1020,7 +1031,7 @@ def _load_monitor_cf(lm: LoadMonitor | None, rsh: str) -> dict[str, Any]:
     return out
 
 
-def _ha_cf(ha: HA) -> dict[str, Any]:
+def _ha_cf(ha: HA, path: Path | None) -> dict[str, Any]:
     """lvs.cf keys that read back as ``ha``: Piranha's (always), lb_ha_* when not the default."""
     d = HA(primary=ha.primary, backup=ha.backup, key_file=ha.key_file)
     out: dict[str, Any] = {"primary": str(ha.primary)}
@@ -1044,13 +1055,16 @@ def _ha_cf(ha: HA) -> dict[str, Any]:
             lb[f"lb_ha_{key}"] = _fmt_seconds(getattr(ha, key))
     if ha.notify:
         if any("," in p for p in ha.notify):
-            raise ValueError("lvs.cf's lb_ha_notify is comma-separated: a notify path with ',' cannot be written")
+            raise ConfigError([ConfigIssue(str(path or "<config>"), None, "ha.notify",
+                                           "lvs.cf's lb_ha_notify is comma-separated: a notify path "
+                                           "with ',' cannot be written")])
         lb["lb_ha_notify"] = ", ".join(ha.notify)
     return {**out, **dict(sorted(lb.items(), key=lambda kv: LB_HA_KEYS.index(kv[0])))}
 
 
 def dumps(cfg: Config, extras: dict[str, Any] | None = None) -> str:
-    """Render ``cfg`` (plus ``extras`` from :func:`load_with_extras`) as lvs.cf text."""
+    """Render ``cfg`` (plus ``extras`` from :func:`load_with_extras`) as lvs.cf text; ConfigError
+    when lvs.cf cannot say it."""
     extras = extras or {}
     gx: dict[str, Any] = dict(extras.get("global", {}))
     vxs: dict[str, dict[str, Any]] = extras.get("virtual", {})
@@ -1064,7 +1078,7 @@ def dumps(cfg: Config, extras: dict[str, Any] | None = None) -> str:
 
     order = ("serial_no", "primary", "primary_private", "service", "backup_active", "backup",
              "backup_private", "heartbeat", "heartbeat_port", "keepalive", "deadtime")
-    ha_cf = _ha_cf(cfg.ha) if cfg.ha is not None else {}
+    ha_cf = _ha_cf(cfg.ha, cfg.path) if cfg.ha is not None else {}
     if ha_cf:
         gx = {k: v for k, v in gx.items() if k not in HA_CF}
     for key in order:
@@ -1110,6 +1124,8 @@ def dumps(cfg: Config, extras: dict[str, Any] | None = None) -> str:
     for key in LB_HA_KEYS:
         if key in ha_cf:
             put("", key, ha_cf[key])
+    for cf, value in _web_doc(cfg.web).items():
+        put("", f"lb_web_{cf}", value)
 
     for vs in cfg.virtual_servers:
         vx = vxs.get(vs.name, {})
@@ -1210,7 +1226,7 @@ def _toml_value(v: Any) -> str:
 def _emit(doc: dict[str, Any]) -> str:
     """Render the loader's document shape (tables of scalars, virtual_server/real_server arrays)."""
     out: list[str] = []
-    for section in ("global", "tables", "timeouts", "ha"):
+    for section in ("global", "tables", "timeouts", "ha", "web"):
         if section in doc:
             out.append(f"[{section}]")
             out += [f"{k} = {_toml_value(v)}" for k, v in doc[section].items()]
@@ -1252,6 +1268,19 @@ def _ha_doc(ha: HA) -> dict[str, Any]:
     return out
 
 
+def _web_doc(web: Web) -> dict[str, Any]:
+    """The [web] keys that are not the default (lvs.cf: the same as lb_web_*)."""
+    d = Web()
+    out: dict[str, Any] = {}
+    if web.enabled != d.enabled:
+        out["enabled"] = web.enabled
+    if web.listen != d.listen:
+        out["listen"] = web.listen
+    if web.password_file is not None:
+        out["password_file"] = str(web.password_file)
+    return out
+
+
 def _doc(cfg: Config) -> dict[str, Any]:
     glob: dict[str, Any] = {"instance": cfg.instance, "public_interface": cfg.public_interface}
     if cfg.private_interface is not None:
@@ -1272,6 +1301,9 @@ def _doc(cfg: Config) -> dict[str, Any]:
         doc["timeouts"] = timeouts
     if cfg.ha is not None:
         doc["ha"] = _ha_doc(cfg.ha)
+    web = _web_doc(cfg.web)
+    if web:
+        doc["web"] = web
     vss = []
     for vs in cfg.virtual_servers:
         if vs.fwmark:
