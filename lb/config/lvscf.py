@@ -93,6 +93,7 @@ import ipaddress
 import math
 import os
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -398,6 +399,10 @@ class _Scope:
         e = self.entries.get(key)
         return e.line if e else None
 
+    def text(self, key: str) -> str | None:
+        e = self.entries.get(key)
+        return e.value if e else None
+
     def integer(self, key: str, lo: int | None = None, hi: int | None = None) -> int | None:
         e = self.entries.get(key)
         if e is None:
@@ -590,36 +595,15 @@ class _Builder:
             glob["private_interface"] = priv.value
             self.note(("global", "private_interface"), priv.line, "lb_private_interface")
 
-        tables: dict[str, Any] = {}
-        for cf, key in TABLE_KEYS.items():
-            v = g.integer(cf)
-            if v is not None:
-                tables[key] = v
-            self.note(("tables", key), g.line(cf), cf)
-        if tables:
-            doc["tables"] = tables
-        timeouts: dict[str, Any] = {}
-        for cf, key in TIMEOUT_KEYS.items():
-            v = g.integer(cf)
-            if v is not None:
-                timeouts[key] = v
-            self.note(("timeouts", key), g.line(cf), cf)
-        if timeouts:
-            doc["timeouts"] = timeouts
+        self._table(doc, "tables", g, TABLE_KEYS, lambda cf, _: g.integer(cf))
+        self._table(doc, "timeouts", g, TIMEOUT_KEYS, lambda cf, _: g.integer(cf))
         if with_ha:
             doc["ha"] = self._ha(g)
         else:
             for key in LB_HA_KEYS:
                 if key in g.entries:
                     g.error(g.entries[key], f"{key} needs backup_active = 1 (a backup director)")
-        web: dict[str, Any] = {}
-        for cf, key in LB_WEB_KEYS.items():
-            value = g.boolean(cf) if key == "enabled" else g.entries[cf].value if cf in g.entries else None
-            if value is not None:
-                web[key] = value
-            self.note(("web", key), g.line(cf), cf)
-        if web:
-            doc["web"] = web
+        self._table(doc, "web", g, LB_WEB_KEYS, lambda cf, key: g.boolean(cf) if key == "enabled" else g.text(cf))
 
         vss = []
         first_dev: tuple[str, int, str] | None = None
@@ -647,6 +631,19 @@ class _Builder:
         if vss:
             doc["virtual_server"] = vss
         return doc
+
+    def _table(self, doc: dict[str, Any], name: str, g: _Scope, keys: dict[str, str],
+               read: Callable[[str, str], Any]) -> None:
+        """doc[name] from the global keys ``keys`` (lvs.cf key -> its key there), each read by
+        ``read(lvs.cf key, key)``; no table when none is set."""
+        table: dict[str, Any] = {}
+        for cf, key in keys.items():
+            value = read(cf, key)
+            if value is not None:
+                table[key] = value
+            self.note((name, key), g.line(cf), cf)
+        if table:
+            doc[name] = table
 
     def _nat_prefix6(self, g: _Scope) -> int | None:
         """nat_nmask of an IPv6 nat_router: a prefix length (64 or /64), required (Piranha's

@@ -18,7 +18,7 @@ import json
 import os
 import re
 import tomllib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Interface, IPv6Address, IPv6Interface
 from pathlib import Path
@@ -423,21 +423,20 @@ class _Table:
             return self.chk.error(self.at(key), f"expected a boolean (true or false), got {_describe(value)}")
         return value
 
-    def ifname(self, key: str, *, required: bool = False) -> str | None | _Invalid:
+    def _text(self, key: str, problem: Callable[[str], str | None], required: bool) -> str | None | _Invalid:
+        """A string that ``problem`` finds nothing wrong with."""
         value = self.string(key, required=required)
         if isinstance(value, str):
-            problem = _ifname_problem(value)
-            if problem:
-                return self.chk.error(self.at(key), problem)
+            why = problem(value)
+            if why:
+                return self.chk.error(self.at(key), why)
         return value
 
+    def ifname(self, key: str, *, required: bool = False) -> str | None | _Invalid:
+        return self._text(key, _ifname_problem, required)
+
     def name(self, key: str, *, required: bool = False) -> str | None | _Invalid:
-        value = self.string(key, required=required)
-        if isinstance(value, str):
-            problem = _name_problem(value)
-            if problem:
-                return self.chk.error(self.at(key), problem)
-        return value
+        return self._text(key, _name_problem, required)
 
     def address(self, key: str) -> IPAddress | _Invalid:
         """A required IP address (either family; callers check the family)."""
@@ -1152,6 +1151,10 @@ def _check_counts(
 # --- driver ------------------------------------------------------------------------
 
 
+# HA's defaults, as the model declares them (HA has required fields: no HA() to read them from)
+_HA_DEFAULTS: Final = {f.name: f.default for f in dataclasses.fields(HA) if f.default is not dataclasses.MISSING}
+
+
 def _check_ha(top: _Table, base: Path | None) -> HA | None | _Invalid:
     """[ha]: two directors (pulse).  Absent: one director, always active."""
     if "ha" not in top.data:
@@ -1190,24 +1193,19 @@ def _check_ha(top: _Table, base: Path | None) -> HA | None | _Invalid:
             if not kf.is_absolute() and base is not None:
                 kf = base.parent / kf
             key_file = kf
-    port = keep(h.integer("heartbeat_port", PORT_RANGE, default=539))
-    keepalive = keep(_seconds(h, "keepalive", 2.0))
-    deadtime = keep(_seconds(h, "deadtime", 6.0))
+    d = _HA_DEFAULTS
+    port = keep(h.integer("heartbeat_port", PORT_RANGE, default=d["heartbeat_port"]))
+    keepalive = keep(_seconds(h, "keepalive", d["keepalive"]))
+    deadtime = keep(_seconds(h, "deadtime", d["deadtime"]))
     if isinstance(keepalive, float) and keepalive < 0.01:
         keepalive = keep(h.chk.error(h.at("keepalive"), "must be at least 0.01 seconds"))
     if isinstance(keepalive, float) and isinstance(deadtime, float) and deadtime < 2 * keepalive:
         keep(h.chk.error(h.at("deadtime"), f"must be at least twice keepalive ({2 * keepalive:g} s), got {deadtime:g}"))
-    garp_count = keep(h.integer("garp_count", (0, 100), default=3))
-    sync_rate = keep(h.integer("sync_rate", (100, 10_000_000), default=20000))
-    values = dict(
-        preempt=keep(h.boolean("preempt", False)),
-        monitor_links=keep(h.boolean("monitor_links", False)),
-        garp_interval=keep(_seconds(h, "garp_interval", 0.1)),
-        garp_refresh=keep(_seconds(h, "garp_refresh", 10.0)),
-        sync=keep(h.boolean("sync", True)),
-        sync_interval=keep(_seconds(h, "sync_interval", 0.2)),
-        max_skew=keep(_seconds(h, "max_skew", 30.0)),
-    )
+    garp_count = keep(h.integer("garp_count", (0, 100), default=d["garp_count"]))
+    sync_rate = keep(h.integer("sync_rate", (100, 10_000_000), default=d["sync_rate"]))
+    values = {key: keep(h.boolean(key, d[key])) for key in ("preempt", "monitor_links", "sync")}
+    values.update({key: keep(_seconds(h, key, d[key]))
+                   for key in ("garp_interval", "garp_refresh", "sync_interval", "max_skew")})
     notify = h.data.get("notify", [])
     if isinstance(notify, str):
         notify = [notify]
@@ -1230,10 +1228,11 @@ def _check_web(top: _Table, base: Path | None) -> Web | _Invalid:
     if isinstance(w, _Invalid):
         return w
     bad = False
-    enabled = w.boolean("enabled", False)
+    d = Web()
+    enabled = w.boolean("enabled", d.enabled)
     bad |= isinstance(enabled, _Invalid)
-    address: IPAddress = IPv4Address("127.0.0.1")
-    port = 8080
+    address: IPAddress = d.address
+    port = d.port
     listen = w.string("listen")
     if isinstance(listen, _Invalid):
         bad = True
