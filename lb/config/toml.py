@@ -319,10 +319,17 @@ def _is_ipv4(text: str) -> bool:
 
 
 class Positions:
-    """Where each field of a document is written: the loader's messages name that line and field.
+    """Where each field of a document is written: the validator's messages name that line and
+    field.  TOML's are below; the lvs.cf reader has its own (lvscf._Positions)."""
 
-    This one is TOML's (the document is the file itself: the line of the key, found only once an
-    issue needs it, and the field as its path); the lvs.cf reader gives its own."""
+    def where(self, path: FieldPath) -> tuple[int | None, str]:
+        """(line or None, field name) of ``path``, e.g. ("virtual_server", 0, "port")."""
+        raise NotImplementedError
+
+
+class TomlPositions(Positions):
+    """A TOML file's: the line of the key (found only once an issue needs it), the field as its
+    path ("virtual_server[0].port")."""
 
     def __init__(self, text: str) -> None:
         self.text = text
@@ -1311,7 +1318,7 @@ def _load_text(text: str, display: str, path: Path | None) -> Config:
         # tomllib recurses into nested arrays and converts integers of any length (Python refuses
         # more than 4300 digits): name the line that asked for it
         raise ConfigError([_limit_issue(text, display, e)]) from None
-    return validate(doc, display, Positions(text), path)
+    return validate(doc, display, TomlPositions(text), path)
 
 
 def _limit_issue(text: str, display: str, exc: Exception) -> ConfigIssue:
