@@ -21,7 +21,7 @@ from lb.config import (
     loads,
     lvscf,
 )
-from lb.config.model import HA, LoadMonitor, Monitor
+from lb.config.model import HA, LoadMonitor, Monitor, Web
 
 HERE = Path(__file__).resolve().parent
 CONFIGS = HERE.parent / "configs"
@@ -569,3 +569,30 @@ def test_network_tunnel_reads_and_writes_back() -> None:
     line, fld, msg = one(GOOD_HEAD.replace("network = direct", "network = tunnel")
                          .replace("weight = 1", "weight = 1\n         port = 8080"))
     assert "tunneling cannot change the destination port" in msg
+
+
+def test_web_console_keys_round_trip(tmp_path: Path) -> None:
+    web = Web(enabled=True, address=IPv4Address("198.18.0.1"), port=8443, password_file=Path("/etc/lb/x.passwd"))
+    cfg = Config(public_interface="eth0", web=web)
+    text = lvscf.dumps(cfg)
+    assert "lb_web_enabled = 1" in text and "lb_web_listen = 198.18.0.1:8443" in text
+    assert 'lb_web_password_file = "/etc/lb/x.passwd"' in text
+    assert lvscf.loads(text) == cfg
+    assert loads(lvscf.dumps_toml(cfg)) == cfg
+    assert "lb_web" not in lvscf.dumps(Config(public_interface="eth0"))
+    # a relative password file is relative to the lvs.cf, as in TOML
+    f = tmp_path / "lvs.cf"
+    f.write_text(GOOD_HEAD + 'lb_web_password_file = "lb.passwd"\n')
+    assert load(f).web.password_file == tmp_path / "lb.passwd"
+    assert one(GOOD_HEAD + "lb_web_listen = localhost:80\n") == (
+        10, "lb_web_listen", "'localhost' is not an IP address (the console listens on an address, not a host name)")
+
+
+def test_what_lvscf_cannot_say_is_a_config_error(tmp_path: Path) -> None:
+    f = tmp_path / "lb.toml"
+    f.write_text('[global]\npublic_interface = "eth0"\n[ha]\nprimary = "198.18.0.1"\nbackup = "198.18.0.3"\n'
+                 'key_file = "/k"\nnotify = ["/usr/local/bin/a,b"]\n')
+    with pytest.raises(ConfigError) as ei:
+        lvscf.dumps(load(f))
+    assert str(ei.value) == f"{f}: ha.notify: lvs.cf's lb_ha_notify is comma-separated: a notify path " \
+                            "with ',' cannot be written"

@@ -38,7 +38,7 @@ def _split_key(raw: str) -> tuple[str, ...] | None:
         return tuple(part.strip() for part in raw.split("."))
     try:
         doc: Any = tomllib.loads(f"{raw} = 0")
-    except tomllib.TOMLDecodeError:
+    except (tomllib.TOMLDecodeError, RecursionError, ValueError):  # not a key (a header "[a=[[[...")
         return None
     parts: list[str] = []
     while isinstance(doc, dict) and len(doc) == 1:
@@ -57,6 +57,10 @@ class Locator:
         # of its latest element, so that later headers nest under it.
         self._latest: dict[FieldPath, int] = {}
         self._last_line = text.count("\n") + 1
+        # where a value nests deepest, and where its longest bare word (a number) is: the lines
+        # to name when tomllib gives up on a file (RecursionError, an integer Python cannot read)
+        self._deepest: tuple[int, int | None] = (0, None)
+        self._longest_word: tuple[int, int | None] = (0, None)
         self._scan()
 
     # -- lookup -------------------------------------------------------------
@@ -73,6 +77,16 @@ class Locator:
     @property
     def last_line(self) -> int:
         return self._last_line
+
+    @property
+    def deepest_line(self) -> int | None:
+        """The first line on which a value's arrays and inline tables nest deepest."""
+        return self._deepest[1]
+
+    @property
+    def longest_word_line(self) -> int | None:
+        """The first line holding the longest unquoted word of a value (number, boolean, date)."""
+        return self._longest_word[1]
 
     # -- scanning -----------------------------------------------------------
 
@@ -189,8 +203,16 @@ class Locator:
         text = self._text
         n = len(text)
         depth = 0
+        word = 0  # length of the unquoted word that ends at i
         while i < n:
             c = text[i]
+            if c.isalnum() or c in "_+-.:":
+                word += 1
+                if word > self._longest_word[0]:
+                    self._longest_word = (word, line)
+                i += 1
+                continue
+            word = 0
             if c == "\n":
                 if depth == 0:
                     return i, line
@@ -223,6 +245,8 @@ class Locator:
                 i = n if j < 0 else j + 1
             elif c in "[{":
                 depth += 1
+                if depth > self._deepest[0]:
+                    self._deepest = (depth, line)
                 i += 1
             elif c in "]}":
                 depth = max(0, depth - 1)

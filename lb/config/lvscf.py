@@ -75,12 +75,14 @@ e.g. a TOML ``send = "...\\r\\n"``); with ``backup_active = 1`` the HA fields Pi
 ``lb_ha_garp_count``, ``lb_ha_sync_rate``, ``lb_ha_garp_interval``/``_garp_refresh``/
 ``_sync_interval``/``_max_skew`` (decimal seconds), ``lb_ha_keepalive``/``_deadtime`` (decimal
 seconds; they win over Piranha's integer ``keepalive``/``deadtime``, which are written rounded
-up) and ``lb_ha_notify = "/path/a, /path/b"`` (quoted, comma-separated program paths).
+up) and ``lb_ha_notify = "/path/a, /path/b"`` (quoted, comma-separated program paths); the web
+console's ``[web]``: ``lb_web_enabled = 0|1``, ``lb_web_listen = ADDRESS:PORT`` and
+``lb_web_password_file`` (quoted path, relative to the lvs.cf when relative).
 
-Validation is the TOML loader's: the lvs.cf is turned into the same
-dict-shaped document, rendered as TOML and validated by
-:func:`lb.config.toml.loads`; every issue is then mapped back to the lvs.cf
-line and key.  Comments and key order are not preserved by :func:`dumps`.
+Validation is the TOML loader's: the lvs.cf is turned into the document tomllib would give for
+the same configuration, with the lvs.cf line and key of each of its fields, and handed to
+:func:`lb.config.toml.validate`, whose issues then name the lvs.cf's line and key
+(``virtual[web].server[web1].weight``).  Comments and key order are not preserved by :func:`dumps`.
 """
 
 from __future__ import annotations
@@ -91,12 +93,30 @@ import ipaddress
 import math
 import os
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from . import toml as _toml
-from .model import HA, Config, ConfigError, ConfigIssue, LoadMonitor, Monitor, Tables, Timeouts, sorry_text
+from .locate import FieldPath
+from .model import (
+    DEFAULT_LBLC_EXPIRATION,
+    DEFAULT_MH_SIZE,
+    HA,
+    NETWORKS,
+    Config,
+    ConfigError,
+    ConfigIssue,
+    LoadMonitor,
+    Monitor,
+    Tables,
+    Timeouts,
+    Web,
+    parse_netmask,
+    parse_prefix_length,
+    sorry_text,
+)
 
 __all__ = [
     "load", "loads", "load_with_extras", "loads_with_extras",
@@ -150,19 +170,22 @@ LB_MONITOR_SECONDS = ("interval", "timeout", "reentry", "connect_timeout")
 LB_MONITOR_STRINGS = ("path", "host", "body_regex")
 LB_MONITOR_KEYS = tuple(f"lb_monitor_{k}" for k in (
     "kind", *LB_MONITOR_STRINGS, "status", "tls_verify", "port", *LB_MONITOR_SECONDS, "quiesce", "escaped"))
+# lb-only keys of the web console ([web]; Piranha's was a separate program)
+LB_WEB_KEYS = {f"lb_web_{k}": k for k in ("enabled", "listen", "password_file")}
 GLOBAL_MODEL = (
     "network", "nat_router", "nat_nmask", "tcp_timeout", "tcpfin_timeout", "udp_timeout",
     "lb_instance", "lb_public_interface", "lb_private_interface", "lb_expire_nodest_conn",
     "lb_lblc_expiration", "lb_lblcr_expiration",
     "lb_table_connections", "lb_table_services", "lb_table_real_servers", "lb_table_reals_per_service",
-) + LB_HA_KEYS
+) + LB_HA_KEYS + tuple(LB_WEB_KEYS)
 VIRTUAL_MODEL = ("address", "active", "port", "protocol", "scheduler", "persistent", "pmask", "fwmark",
                  "lb_port_groups", "lb_scheduler_flags", "sorry_server", "lb_mh_size", "quiesce_server",
                  "load_monitor") + LB_LOAD_MONITOR_KEYS
 SERVER_KEYS = ("address", "active", "weight", "port", "lb_u_threshold", "lb_l_threshold")
 GLOBAL_KEYS = tuple(GLOBAL_EXTRAS) + GLOBAL_MODEL
 VIRTUAL_KEYS = VIRTUAL_MODEL + MONITOR_CF + LB_MONITOR_KEYS + tuple(VIRTUAL_EXTRAS)
-QUOTED = ("send", "expect", "send_program", "lb_ha_key_file", "lb_ha_notify", "lb_load_monitor_program") + tuple(
+QUOTED = ("send", "expect", "send_program", "lb_ha_key_file", "lb_ha_notify", "lb_load_monitor_program",
+          "lb_web_password_file") + tuple(
     f"lb_monitor_{k}" for k in LB_MONITOR_STRINGS)
 TIMEOUT_KEYS = {"tcp_timeout": "tcp", "tcpfin_timeout": "tcpfin", "udp_timeout": "udp"}
 TABLE_KEYS = {f"lb_table_{k}": k for k in ("connections", "services", "real_servers", "reals_per_service")}
@@ -231,6 +254,9 @@ def _parse_blocks(text: str, issues: _Issues) -> _Block:
         s = raw.strip()
         if not s or s.startswith("#"):
             continue
+        if len(s) > MAX_LINE:
+            issues.add(n, "", f"line longer than {MAX_LINE} characters")
+            continue
         cur = stack[-1]
         m = _BLOCK_RE.fullmatch(s)
         if m:
@@ -286,25 +312,10 @@ def _parse_blocks(text: str, issues: _Issues) -> _Block:
 # --- value checks -------------------------------------------------------------------------
 
 
-def _mask(text: str) -> str | None:
-    try:
-        mask = int(ipaddress.IPv4Address(text))
-    except ValueError:
-        return None
-    host = ~mask & 0xFFFFFFFF
-    return None if host & (host + 1) else str(ipaddress.IPv4Address(mask))
-
-
-def _prefix6(text: str) -> int | None:
-    """An IPv6 prefix length, "64" or "/64", 1..128; None if not one."""
-    digits = text[1:] if text.startswith("/") else text
-    if not (digits.isascii() and digits.isdigit()) or not 1 <= int(digits) <= 128:
-        return None
-    return int(digits)
-
-
 _INT_RE = re.compile(r"[+-]?[0-9]+")
 _NUM_RE = re.compile(r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)")
+# one line holds one key: a value as long as the TOML loader's longest string, and then some
+MAX_LINE = 2 * _toml.MAX_STRING
 
 
 def _seconds(scope: _Scope, key: str) -> int | float | None:
@@ -315,7 +326,9 @@ def _seconds(scope: _Scope, key: str) -> int | float | None:
     if not _NUM_RE.fullmatch(e.value):
         scope.error(e, f"expected a number of seconds, got {e.value!r}")
         return None
-    return int(e.value) if _INT_RE.fullmatch(e.value) else float(e.value)
+    if not _INT_RE.fullmatch(e.value):
+        return float(e.value)
+    return scope.integer(key)
 
 
 def _fmt_seconds(x: float) -> str:
@@ -386,12 +399,19 @@ class _Scope:
         e = self.entries.get(key)
         return e.line if e else None
 
+    def text(self, key: str) -> str | None:
+        e = self.entries.get(key)
+        return e.value if e else None
+
     def integer(self, key: str, lo: int | None = None, hi: int | None = None) -> int | None:
         e = self.entries.get(key)
         if e is None:
             return None
         if not _INT_RE.fullmatch(e.value):
             self.error(e, f"expected an integer, got {e.value!r}")
+            return None
+        if len(e.value.lstrip("+-")) > _toml.MAX_INT_DIGITS:  # Python reads at most 4300 digits
+            self.error(e, _toml.int_too_large(_toml.MAX_INT_DIGITS))
             return None
         n = int(e.value)
         if lo is not None and hi is not None and not lo <= n <= hi:
@@ -429,7 +449,7 @@ class _Scope:
                 self.error(e, f"'{v}' is not a valid IP address")
                 return None
         if kind == "mask":
-            m = _mask(v)
+            m = parse_netmask(v)
             if m is None:
                 self.error(e, f"'{v}' is not a contiguous IPv4 netmask (e.g. 255.255.255.0)")
             return m
@@ -462,17 +482,44 @@ class _Scope:
 # --- lvs.cf -> document ---------------------------------------------------------------------
 
 
+class _Positions(_toml.Positions):
+    """Where each field of the document built from an lvs.cf is written: its line in the lvs.cf and
+    the lvs.cf's own name for it (``virtual[web].server[web1].weight``, ``lb_table_services``)."""
+
+    def __init__(self) -> None:
+        self.notes: dict[FieldPath, tuple[int | None, str]] = {}
+
+    def where(self, path: FieldPath) -> tuple[int | None, str]:
+        known = self.notes.get(path)
+        if known is not None and known[0] is not None:
+            return known
+        # a key that was not written (or an index past the end): the closest enclosing entry's line
+        tail: list[str] = []
+        p = path
+        while len(p) > 1:
+            last, p = p[-1], p[:-1]
+            if isinstance(last, str):
+                tail.insert(0, _TOML_TO_CF.get(last, last))
+            line, cf = self.notes.get(p, (None, ""))
+            if line is not None:
+                name = known[1] if known is not None and known[1] else ".".join([cf] + tail if cf else tail)
+                return line, name
+        if known is not None:
+            return None, known[1]
+        return None, ".".join(tail) if tail else _toml.field_name(path)
+
+
 class _Builder:
-    """Turns parsed blocks into the TOML loader's document, the extras and a line map."""
+    """Turns parsed blocks into the document the TOML loader validates (the dict tomllib would
+    give for the same configuration), the extras and the position of each field."""
 
     def __init__(self, issues: _Issues) -> None:
         self.issues = issues
-        # TOML field name -> (lvs.cf line, lvs.cf field)
-        self.where: dict[str, tuple[int | None, str]] = {}
+        self.positions = _Positions()
         self.extras: dict[str, Any] = {"global": {}, "virtual": {}}
 
-    def note(self, toml_field: str, line: int | None, cf_field: str) -> None:
-        self.where[toml_field] = (line, cf_field)
+    def note(self, path: FieldPath, line: int | None, cf_field: str) -> None:
+        self.positions.notes[path] = (line, cf_field)
 
     def build(self, top: _Block) -> dict[str, Any]:
         g = _Scope(top, GLOBAL_KEYS, "", self.issues)
@@ -491,15 +538,16 @@ class _Builder:
 
         glob: dict[str, Any] = {}
         doc: dict[str, Any] = {"global": glob}
-        self.note("global", None, "")
+        self.note(("global",), None, "")
 
         network = g.entries.get("network")
         if network is not None:
-            if network.value not in ("direct", "nat", "tunnel"):
-                g.error(network, f"unknown network {network.value!r} (expected direct, nat or tunnel)")
+            if network.value not in NETWORKS:
+                g.error(network, f"unknown network {network.value!r} "
+                                 f"(expected {', '.join(NETWORKS[:-1])} or {NETWORKS[-1]})")
             else:
                 glob["network"] = network.value
-            self.note("global.network", network.line, "network")
+            self.note(("global", "network"), network.line, "network")
 
         nat = g.addr_dev("nat_router")
         nmask_e = g.entries.get("nat_nmask")
@@ -521,54 +569,41 @@ class _Builder:
                 if raw != dev:
                     gx["nat_router_alias"] = raw
             for f in ("nat_router", "nat_router_device", "private_interface"):
-                self.note(f"global.{f}", nat_line, "nat_router")
+                self.note(("global", f), nat_line, "nat_router")
         elif nmask_e is not None and nmask is not None:
             gx["nat_nmask"] = nmask
         if network is not None and network.value == "nat" and nat is None:
             self.issues.add(network.line, "nat_router",
                             "network = nat requires nat_router = IP DEVICE (e.g. nat_router = 10.0.0.254 eth1)")
-            self.note("global.nat_router", network.line, "nat_router")
-            self.note("global.private_interface", network.line, "nat_router")
+            self.note(("global", "nat_router"), network.line, "nat_router")
+            self.note(("global", "private_interface"), network.line, "nat_router")
 
         instance = g.entries.get("lb_instance")
         glob["instance"] = instance.value if instance else "default"
-        self.note("global.instance", g.line("lb_instance"), "lb_instance")
+        self.note(("global", "instance"), g.line("lb_instance"), "lb_instance")
         end = g.boolean("lb_expire_nodest_conn")
         if end is not None:
             glob["expire_nodest_conn"] = end
-            self.note("global.expire_nodest_conn", g.line("lb_expire_nodest_conn"), "lb_expire_nodest_conn")
+            self.note(("global", "expire_nodest_conn"), g.line("lb_expire_nodest_conn"), "lb_expire_nodest_conn")
         for key in ("lblc_expiration", "lblcr_expiration"):
-            secs = g.integer(f"lb_{key}", 1, 2_000_000)
+            secs = g.integer(f"lb_{key}", *_toml.EXPIRATION_RANGE)
             if secs is not None:
                 glob[key] = secs
-                self.note(f"global.{key}", g.line(f"lb_{key}"), f"lb_{key}")
+                self.note(("global", key), g.line(f"lb_{key}"), f"lb_{key}")
         priv = g.entries.get("lb_private_interface")
         if priv is not None:
             glob["private_interface"] = priv.value
-            self.note("global.private_interface", priv.line, "lb_private_interface")
+            self.note(("global", "private_interface"), priv.line, "lb_private_interface")
 
-        tables: dict[str, Any] = {}
-        for cf, key in TABLE_KEYS.items():
-            v = g.integer(cf)
-            if v is not None:
-                tables[key] = v
-            self.note(f"tables.{key}", g.line(cf), cf)
-        if tables:
-            doc["tables"] = tables
-        timeouts: dict[str, Any] = {}
-        for cf, key in TIMEOUT_KEYS.items():
-            v = g.integer(cf)
-            if v is not None:
-                timeouts[key] = v
-            self.note(f"timeouts.{key}", g.line(cf), cf)
-        if timeouts:
-            doc["timeouts"] = timeouts
+        self._table(doc, "tables", g, TABLE_KEYS, lambda cf, _: g.integer(cf))
+        self._table(doc, "timeouts", g, TIMEOUT_KEYS, lambda cf, _: g.integer(cf))
         if with_ha:
             doc["ha"] = self._ha(g)
         else:
             for key in LB_HA_KEYS:
                 if key in g.entries:
                     g.error(g.entries[key], f"{key} needs backup_active = 1 (a backup director)")
+        self._table(doc, "web", g, LB_WEB_KEYS, lambda cf, key: g.boolean(cf) if key == "enabled" else g.text(cf))
 
         vss = []
         first_dev: tuple[str, int, str] | None = None
@@ -580,22 +615,35 @@ class _Builder:
         pub = g.entries.get("lb_public_interface")
         if pub is not None:
             glob["public_interface"] = pub.value
-            self.note("global.public_interface", pub.line, "lb_public_interface")
+            self.note(("global", "public_interface"), pub.line, "lb_public_interface")
         elif first_dev is not None:
             glob["public_interface"] = first_dev[0]
-            self.note("global.public_interface", first_dev[1], first_dev[2])
+            self.note(("global", "public_interface"), first_dev[1], first_dev[2])
         else:
             line = top.children[0].line if top.children else None
             fld = f"virtual[{top.children[0].name}].address" if top.children else "virtual"
             self.issues.add(line, fld, "cannot tell the public interface: give the first virtual's "
                             "device (address = IP DEVICE[:N]) or set lb_public_interface")
-            self.note("global.public_interface", line, fld)
+            self.note(("global", "public_interface"), line, fld)
         for vs in vss:
             if vs.get("device") is not None and vs["device"] == glob.get("public_interface"):
                 del vs["device"]
         if vss:
             doc["virtual_server"] = vss
         return doc
+
+    def _table(self, doc: dict[str, Any], name: str, g: _Scope, keys: dict[str, str],
+               read: Callable[[str, str], Any]) -> None:
+        """doc[name] from the global keys ``keys`` (lvs.cf key -> its key there), each read by
+        ``read(lvs.cf key, key)``; no table when none is set."""
+        table: dict[str, Any] = {}
+        for cf, key in keys.items():
+            value = read(cf, key)
+            if value is not None:
+                table[key] = value
+            self.note((name, key), g.line(cf), cf)
+        if table:
+            doc[name] = table
 
     def _nat_prefix6(self, g: _Scope) -> int | None:
         """nat_nmask of an IPv6 nat_router: a prefix length (64 or /64), required (Piranha's
@@ -606,7 +654,7 @@ class _Builder:
             self.issues.add(nat.line, "nat_nmask", "an IPv6 nat_router needs nat_nmask = PREFIX LENGTH "
                             "(e.g. nat_nmask = 64): Piranha's default 255.255.255.0 is an IPv4 netmask")
             return None
-        prefix = _prefix6(e.value)
+        prefix = parse_prefix_length(e.value)
         if prefix is None:
             g.error(e, f"'{e.value}' is an IPv4 netmask but nat_router is IPv6: give a prefix length "
                        f"1..128 (e.g. 64)" if "." in e.value else
@@ -616,12 +664,12 @@ class _Builder:
     def _ha(self, g: _Scope) -> dict[str, Any]:
         """backup_active = 1: Piranha's HA keys plus lb_ha_* -> the [ha] table."""
         ha: dict[str, Any] = {}
-        self.note("ha", g.line("backup_active"), "backup_active")
+        self.note(("ha",), g.line("backup_active"), "backup_active")
 
         def take(key: str, cf: str, value: Any) -> None:
             if value is not None:
                 ha[key] = value
-            self.note(f"ha.{key}", g.line(cf), cf)
+            self.note(("ha", key), g.line(cf), cf)
 
         for key in ("primary", "primary_private", "backup", "backup_private"):
             take(key, key, g.extra(key, "ip"))
@@ -637,7 +685,7 @@ class _Builder:
         kf = g.entries.get("lb_ha_key_file")
         take("key_file", "lb_ha_key_file", kf.value if kf is not None else None)
         if kf is None:
-            self.note("ha.key_file", g.line("backup_active"), "lb_ha_key_file")
+            self.note(("ha", "key_file"), g.line("backup_active"), "lb_ha_key_file")
         take("preempt", "lb_ha_preempt", g.boolean("lb_ha_preempt"))
         take("sync", "lb_ha_sync", g.boolean("lb_ha_sync"))
         take("garp_count", "lb_ha_garp_count", g.integer("lb_ha_garp_count"))
@@ -653,9 +701,9 @@ class _Builder:
     def _virtual(self, i: int, vb: _Block) -> tuple[dict[str, Any], tuple[str, int, str] | None]:
         label = _label(vb)
         v = _Scope(vb, VIRTUAL_KEYS, label, self.issues)
-        tf = f"virtual_server[{i}]"
+        tf: FieldPath = ("virtual_server", i)
         self.note(tf, vb.line, label)
-        self.note(f"{tf}.name", vb.line, label)
+        self.note(tf + ("name",), vb.line, label)
         out: dict[str, Any] = {"name": vb.name}
         vx: dict[str, Any] = {}
         for key, kind in VIRTUAL_EXTRAS.items():
@@ -668,7 +716,7 @@ class _Builder:
             fwm = v.integer("fwmark")
             if fwm is not None:
                 out["fwmark"] = fwm
-            self.note(f"{tf}.fwmark", v.line("fwmark"), v.fld("fwmark"))
+            self.note(tf + ("fwmark",), v.line("fwmark"), v.fld("fwmark"))
             groups = []
             for item in (v.entries["lb_port_groups"].value.split(",") if "lb_port_groups" in v.entries else []):
                 words = item.split()
@@ -678,27 +726,27 @@ class _Builder:
                 groups.append({"protocol": words[0], "address": words[1], "ports": words[2]})
             if groups:
                 out["port_group"] = groups
-            self.note(f"{tf}.port_group", v.line("lb_port_groups"), v.fld("lb_port_groups"))
+            self.note(tf + ("port_group",), v.line("lb_port_groups"), v.fld("lb_port_groups"))
         elif "lb_port_groups" in v.entries:
             v.error(v.entries["lb_port_groups"], "lb_port_groups needs fwmark")
         if "lb_scheduler_flags" in v.entries:
             out["scheduler_flags"] = [f.strip() for f in v.entries["lb_scheduler_flags"].value.split(",") if f.strip()]
-            self.note(f"{tf}.scheduler_flags", v.line("lb_scheduler_flags"), v.fld("lb_scheduler_flags"))
+            self.note(tf + ("scheduler_flags",), v.line("lb_scheduler_flags"), v.fld("lb_scheduler_flags"))
         if "lb_mh_size" in v.entries:
             size = v.integer("lb_mh_size")
             if size is not None:
                 out["mh_size"] = size
-            self.note(f"{tf}.mh_size", v.line("lb_mh_size"), v.fld("lb_mh_size"))
+            self.note(tf + ("mh_size",), v.line("lb_mh_size"), v.fld("lb_mh_size"))
         dev_info = None
         ad = v.addr_dev("address")
         if ad is not None:
             ip, dev, raw = ad
             out["address"] = ip
             line = v.line("address")
-            self.note(f"{tf}.address", line, v.fld("address"))
+            self.note(tf + ("address",), line, v.fld("address"))
             if dev is not None:
                 out["device"] = dev
-                self.note(f"{tf}.device", line, v.fld("address"))
+                self.note(tf + ("device",), line, v.fld("address"))
                 dev_info = (dev, line, v.fld("address"))
                 if raw != dev:
                     vx["address_alias"] = raw
@@ -708,31 +756,31 @@ class _Builder:
             val = getter()
             if val is not None:
                 out[key] = val
-            self.note(f"{tf}.{key}", v.line(key), v.fld(key))
+            self.note(tf + (key,), v.line(key), v.fld(key))
         for key in ("protocol", "scheduler", "pmask", "sorry_server"):
             if key in v.entries:
                 out[key] = v.entries[key].value
-            self.note(f"{tf}.{key}", v.line(key), v.fld(key))
+            self.note(tf + (key,), v.line(key), v.fld(key))
         qs = v.boolean("quiesce_server")
         if qs is not None:
             out["quiesce_server"] = qs
-        self.note(f"{tf}.quiesce_server", v.line("quiesce_server"), v.fld("quiesce_server"))
-        monitor = self._monitor(f"{tf}.monitor", v)
+        self.note(tf + ("quiesce_server",), v.line("quiesce_server"), v.fld("quiesce_server"))
+        monitor = self._monitor(tf + ("monitor",), v)
         if monitor:
             out["monitor"] = monitor
-        lm = self._load_monitor(f"{tf}.load_monitor", v)
+        lm = self._load_monitor(tf + ("load_monitor",), v)
         if lm:
             out["load_monitor"] = lm
         reals = []
         for j, sb in enumerate(vb.children):
-            reals.append(self._server(f"{tf}.real_server[{j}]", label, sb))
+            reals.append(self._server(tf + ("real_server", j), label, sb))
         if reals:
             out["real_server"] = reals
         if vx:
             self.extras["virtual"][vb.name] = vx
         return out, dev_info
 
-    def _monitor(self, mf: str, v: _Scope) -> dict[str, Any]:
+    def _monitor(self, mf: FieldPath, v: _Scope) -> dict[str, Any]:
         """The ``[virtual_server.monitor]`` table of one virtual block (empty: the default monitor)."""
         self.note(mf, v.block.line, v.prefix)
         escaped = bool(v.boolean("lb_monitor_escaped"))
@@ -746,7 +794,7 @@ class _Builder:
         m: dict[str, Any] = {}
 
         def take(fld: str, key: str, value: Any) -> None:
-            self.note(f"{mf}.{fld}", v.line(key), v.fld(key))
+            self.note(mf + (fld,), v.line(key), v.fld(key))
             if value is not None:
                 m[fld] = value
 
@@ -760,7 +808,7 @@ class _Builder:
         take("kind", "lb_monitor_kind", kind.value if kind is not None else None if implied == "tcp" else implied)
         if kind is None and implied != "tcp":  # errors about the kind belong to the key that implied it
             key = "send_program" if implied == "program" else "send" if send else "expect"
-            self.note(f"{mf}.kind", v.line(key), v.fld(key))
+            self.note(mf + ("kind",), v.line(key), v.fld(key))
         for k in LB_MONITOR_STRINGS:
             take(k, f"lb_monitor_{k}", text(f"lb_monitor_{k}"))
         for k in ("timeout", "reentry"):  # Piranha's integers; lb_monitor_* (any number) wins
@@ -778,7 +826,7 @@ class _Builder:
         status = v.entries.get("lb_monitor_status")
         pair = None
         if status is not None:
-            sm = re.fullmatch(r"(\d+)\s*-\s*(\d+)", status.value)
+            sm = re.fullmatch(r"(\d{1,3})\s*-\s*(\d{1,3})", status.value)
             if sm and 100 <= int(sm.group(1)) <= int(sm.group(2)) <= 599:
                 pair = [int(sm.group(1)), int(sm.group(2))]
             else:
@@ -786,7 +834,7 @@ class _Builder:
         take("status", "lb_monitor_status", pair)
         return m
 
-    def _load_monitor(self, lf: str, v: _Scope) -> dict[str, Any]:
+    def _load_monitor(self, lf: FieldPath, v: _Scope) -> dict[str, Any]:
         """``[virtual_server.load_monitor]`` from load_monitor = uptime|rup and lb_load_monitor_*."""
         lm: dict[str, Any] = {}
         self.note(lf, v.line("load_monitor") or v.block.line, v.fld("load_monitor"))
@@ -804,7 +852,7 @@ class _Builder:
             elif word.value == "rup":
                 lm.update(kind="program", program=LOAD_MONITOR_RUP)
             for k in ("kind", "program"):
-                self.note(f"{lf}.{k}", word.line, v.fld("load_monitor"))
+                self.note(lf + (k,), word.line, v.fld("load_monitor"))
         for k in ("kind", "port", "program", "interval", "timeout", "min_weight"):
             key = f"lb_load_monitor_{k}"
             if key not in v.entries:
@@ -817,79 +865,50 @@ class _Builder:
                 val = v.entries[key].value
             if val is not None:
                 lm[k] = val
-            self.note(f"{lf}.{k}", v.line(key), v.fld(key))
+            self.note(lf + (k,), v.line(key), v.fld(key))
         return lm
 
-    def _server(self, tf: str, vlabel: str, sb: _Block) -> dict[str, Any]:
+    def _server(self, tf: FieldPath, vlabel: str, sb: _Block) -> dict[str, Any]:
         label = f"{vlabel}.{_label(sb)}"
         s = _Scope(sb, SERVER_KEYS, label, self.issues)
         self.note(tf, sb.line, label)
-        self.note(f"{tf}.name", sb.line, label)
+        self.note(tf + ("name",), sb.line, label)
         out: dict[str, Any] = {"name": sb.name}
         if "address" in s.entries:
             out["address"] = s.entries["address"].value
-        self.note(f"{tf}.address", s.line("address"), s.fld("address"))
+        self.note(tf + ("address",), s.line("address"), s.fld("address"))
         for key, val in (("port", s.integer("port")), ("weight", s.integer("weight")),
                          ("active", s.boolean("active"))):
             if val is not None:
                 out[key] = val
-            self.note(f"{tf}.{key}", s.line(key), s.fld(key))
+            self.note(tf + (key,), s.line(key), s.fld(key))
         for key in ("u_threshold", "l_threshold"):
             val = s.integer(f"lb_{key}")
             if val is not None:
                 out[key] = val
-            self.note(f"{tf}.{key}", s.line(f"lb_{key}"), s.fld(f"lb_{key}"))
+            self.note(tf + (key,), s.line(f"lb_{key}"), s.fld(f"lb_{key}"))
         return out
 
 
-def _remap(issue: ConfigIssue, b: _Builder, display: str) -> ConfigIssue:
-    f = issue.field
-    known = b.where.get(f)
-    if known is not None and known[0] is not None:
-        return ConfigIssue(display, known[0], known[1], issue.message)
-    # missing key or an index past the end: point at the closest enclosing entry
-    tail: list[str] = []
-    cur = f
-    while cur:
-        m = re.fullmatch(r"(.*?)(?:\.([A-Za-z_]+)|\[(\d+)\])", cur)
-        if not m:
-            break
-        cur = m.group(1)
-        if m.group(2):
-            tail.insert(0, _TOML_TO_CF.get(m.group(2), m.group(2)))
-        if cur in b.where and b.where[cur][0] is not None:
-            line, cf = b.where[cur]
-            if known is not None and known[1]:
-                name = known[1]
-            else:
-                name = ".".join([cf] + tail) if cf else ".".join(tail)
-            return ConfigIssue(display, line, name, issue.message)
-    if known is not None:
-        return ConfigIssue(display, None, known[1], issue.message)
-    return ConfigIssue(display, None, ".".join(tail) if tail else f, issue.message)
-
-
-def _parse(text: str, display: str) -> tuple[Config, dict[str, Any]]:
+def _parse(text: str, display: str, path: Path | None = None) -> tuple[Config, dict[str, Any]]:
+    _toml.check_size(text, display)
     issues = _Issues(display)
     top = _parse_blocks(text, issues)
     issues.raise_if_any()  # the block structure is unreliable: report it alone, like a syntax error
     b = _Builder(issues)
     doc = b.build(top)
-    toml_text = _emit(doc)
+    cfg: Config | None = None
     try:
-        cfg = _toml.loads(toml_text, display)
+        cfg = _toml.validate(doc, display, b.positions, path)
     except ConfigError as e:
-        seen = {(i.field) for i in issues.items}
+        # a value this reader refused is missing from the document: one message per field
+        seen = {i.field for i in issues.items}
         for issue in e.issues:
-            mapped = _remap(issue, b, display)
-            if mapped.field not in seen:
-                issues.items.append(mapped)
-                seen.add(mapped.field)
-        if not issues.items:  # pragma: no cover - every TOML issue maps to something
-            raise
-        issues.raise_if_any()
-        raise
+            if issue.field not in seen:
+                issues.items.append(issue)
+                seen.add(issue.field)
     issues.raise_if_any()
+    assert cfg is not None
     return cfg, b.extras
 
 
@@ -909,11 +928,8 @@ def loads_with_extras(text: str, path: str = "<string>") -> tuple[Config, dict[s
 def load_with_extras(path: str | os.PathLike[str]) -> tuple[Config, dict[str, Any]]:
     """Read ``path`` (an lvs.cf); see :func:`loads_with_extras`."""
     display = os.fspath(path)
-    text = _read(path, display)
-    cfg, extras = _parse(text, display)
-    if cfg.ha is not None and not cfg.ha.key_file.is_absolute():  # relative to the file, as in TOML
-        cfg = dataclasses.replace(cfg, ha=dataclasses.replace(cfg.ha, key_file=Path(path).parent / cfg.ha.key_file))
-    return dataclasses.replace(cfg, path=Path(path)), extras
+    text = _toml.read_text(path, display)
+    return _parse(text, display, Path(path))  # relative key and password files: relative to it
 
 
 def loads(text: str, path: str = "<string>") -> Config:
@@ -924,18 +940,6 @@ def loads(text: str, path: str = "<string>") -> Config:
 def load(path: str | os.PathLike[str]) -> Config:
     """Read and validate the lvs.cf at ``path``; raises ConfigError."""
     return load_with_extras(path)[0]
-
-
-def _read(path: str | os.PathLike[str], display: str) -> str:
-    try:
-        data = Path(path).read_bytes()
-    except OSError as e:
-        raise ConfigError([ConfigIssue(display, None, "", f"cannot read file: {e.strerror or e}")]) from None
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError as e:
-        line = data[: e.start].count(b"\n") + 1
-        raise ConfigError([ConfigIssue(display, line, "", "file is not valid UTF-8")]) from None
 
 
 _CF_FIRST = re.compile(r"(?:%s)\s*=|virtual\s+\S+\s*\{" % "|".join(GLOBAL_KEYS))
@@ -1024,7 +1028,7 @@ def _load_monitor_cf(lm: LoadMonitor | None, rsh: str) -> dict[str, Any]:
     return out
 
 
-def _ha_cf(ha: HA) -> dict[str, Any]:
+def _ha_cf(ha: HA, path: Path | None) -> dict[str, Any]:
     """lvs.cf keys that read back as ``ha``: Piranha's (always), lb_ha_* when not the default."""
     d = HA(primary=ha.primary, backup=ha.backup, key_file=ha.key_file)
     out: dict[str, Any] = {"primary": str(ha.primary)}
@@ -1048,13 +1052,16 @@ def _ha_cf(ha: HA) -> dict[str, Any]:
             lb[f"lb_ha_{key}"] = _fmt_seconds(getattr(ha, key))
     if ha.notify:
         if any("," in p for p in ha.notify):
-            raise ValueError("lvs.cf's lb_ha_notify is comma-separated: a notify path with ',' cannot be written")
+            raise ConfigError([ConfigIssue(str(path or "<config>"), None, "ha.notify",
+                                           "lvs.cf's lb_ha_notify is comma-separated: a notify path "
+                                           "with ',' cannot be written")])
         lb["lb_ha_notify"] = ", ".join(ha.notify)
     return {**out, **dict(sorted(lb.items(), key=lambda kv: LB_HA_KEYS.index(kv[0])))}
 
 
 def dumps(cfg: Config, extras: dict[str, Any] | None = None) -> str:
-    """Render ``cfg`` (plus ``extras`` from :func:`load_with_extras`) as lvs.cf text."""
+    """Render ``cfg`` (plus ``extras`` from :func:`load_with_extras`) as lvs.cf text; ConfigError
+    when lvs.cf cannot say it."""
     extras = extras or {}
     gx: dict[str, Any] = dict(extras.get("global", {}))
     vxs: dict[str, dict[str, Any]] = extras.get("virtual", {})
@@ -1068,7 +1075,7 @@ def dumps(cfg: Config, extras: dict[str, Any] | None = None) -> str:
 
     order = ("serial_no", "primary", "primary_private", "service", "backup_active", "backup",
              "backup_private", "heartbeat", "heartbeat_port", "keepalive", "deadtime")
-    ha_cf = _ha_cf(cfg.ha) if cfg.ha is not None else {}
+    ha_cf = _ha_cf(cfg.ha, cfg.path) if cfg.ha is not None else {}
     if ha_cf:
         gx = {k: v for k, v in gx.items() if k not in HA_CF}
     for key in order:
@@ -1099,7 +1106,7 @@ def dumps(cfg: Config, extras: dict[str, Any] | None = None) -> str:
     if cfg.expire_nodest_conn:
         put("", "lb_expire_nodest_conn", 1)
     for key in ("lblc_expiration", "lblcr_expiration"):
-        if getattr(cfg, key) != 86400:
+        if getattr(cfg, key) != DEFAULT_LBLC_EXPIRATION:
             put("", f"lb_{key}", getattr(cfg, key))
     first_dev = cfg.virtual_servers[0].device if cfg.virtual_servers else None
     if not cfg.virtual_servers or cfg.virtual_servers[0].fwmark or (
@@ -1114,6 +1121,8 @@ def dumps(cfg: Config, extras: dict[str, Any] | None = None) -> str:
     for key in LB_HA_KEYS:
         if key in ha_cf:
             put("", key, ha_cf[key])
+    for cf, value in _web_doc(cfg.web).items():
+        put("", f"lb_web_{cf}", value)
 
     for vs in cfg.virtual_servers:
         vx = vxs.get(vs.name, {})
@@ -1150,7 +1159,7 @@ def dumps(cfg: Config, extras: dict[str, Any] | None = None) -> str:
         put(ind, "scheduler", vs.scheduler)
         if vs.scheduler_flags:
             put(ind, "lb_scheduler_flags", ",".join(vs.scheduler_flags))
-        if vs.scheduler == "mh" and vs.mh_size != 4093:
+        if vs.scheduler == "mh" and vs.mh_size != DEFAULT_MH_SIZE:
             put(ind, "lb_mh_size", vs.mh_size)
         if not vs.fwmark:
             put(ind, "protocol", vs.protocol)
@@ -1214,7 +1223,7 @@ def _toml_value(v: Any) -> str:
 def _emit(doc: dict[str, Any]) -> str:
     """Render the loader's document shape (tables of scalars, virtual_server/real_server arrays)."""
     out: list[str] = []
-    for section in ("global", "tables", "timeouts", "ha"):
+    for section in ("global", "tables", "timeouts", "ha", "web"):
         if section in doc:
             out.append(f"[{section}]")
             out += [f"{k} = {_toml_value(v)}" for k, v in doc[section].items()]
@@ -1256,6 +1265,19 @@ def _ha_doc(ha: HA) -> dict[str, Any]:
     return out
 
 
+def _web_doc(web: Web) -> dict[str, Any]:
+    """The [web] keys that are not the default (lvs.cf: the same as lb_web_*)."""
+    d = Web()
+    out: dict[str, Any] = {}
+    if web.enabled != d.enabled:
+        out["enabled"] = web.enabled
+    if web.listen != d.listen:
+        out["listen"] = web.listen
+    if web.password_file is not None:
+        out["password_file"] = str(web.password_file)
+    return out
+
+
 def _doc(cfg: Config) -> dict[str, Any]:
     glob: dict[str, Any] = {"instance": cfg.instance, "public_interface": cfg.public_interface}
     if cfg.private_interface is not None:
@@ -1276,6 +1298,9 @@ def _doc(cfg: Config) -> dict[str, Any]:
         doc["timeouts"] = timeouts
     if cfg.ha is not None:
         doc["ha"] = _ha_doc(cfg.ha)
+    web = _web_doc(cfg.web)
+    if web:
+        doc["web"] = web
     vss = []
     for vs in cfg.virtual_servers:
         if vs.fwmark:
@@ -1288,7 +1313,7 @@ def _doc(cfg: Config) -> dict[str, Any]:
                  "protocol": vs.protocol, "scheduler": vs.scheduler}
         if vs.scheduler_flags:
             d["scheduler_flags"] = list(vs.scheduler_flags)
-        if vs.scheduler == "mh" and vs.mh_size != 4093:
+        if vs.scheduler == "mh" and vs.mh_size != DEFAULT_MH_SIZE:
             d["mh_size"] = vs.mh_size
         if vs.persistent:
             d["persistent"] = vs.persistent

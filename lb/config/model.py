@@ -11,14 +11,25 @@ from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Interface, IPv6Address, IPv6Interface, ip_address
 from pathlib import Path
 
+# The configuration's vocabulary, declared once: the loaders (TOML and lvs.cf), the scheduler
+# model and the data planes import these names.
+
 # Every scheduler of IPVS (ipvsadm's names); both data planes run all of them.
 SCHEDULERS: tuple[str, ...] = ("rr", "wrr", "lc", "wlc", "sed", "nq", "dh", "sh", "mh", "fo", "ovf",
                                "lblc", "lblcr", "twos")
+DEFAULT_SCHEDULER = "wlc"  # ipvsadm's default
+# ipvsadm's scheduler flags (--sched-flags) and the scheduler each belongs to
+SCHEDULER_FLAGS: dict[str, str] = {
+    "sh-fallback": "sh", "sh-port": "sh", "mh-fallback": "mh", "mh-port": "mh",
+}
 
 PROTOCOLS: tuple[str, ...] = ("tcp", "udp")
+DEFAULT_PROTOCOL = "tcp"
 NETWORKS: tuple[str, ...] = ("direct", "nat", "tunnel")
+DEFAULT_NETWORK = "direct"
 # Data planes: "xdp" (default), kernel "ipvs", or "auto" (xdp, falling back to ipvs).
 DATAPLANES: tuple[str, ...] = ("xdp", "ipvs", "auto")
+DEFAULT_DATAPLANE = "xdp"
 
 IPAddress = IPv4Address | IPv6Address
 
@@ -108,15 +119,9 @@ class PortGroup:
     """Ports of one VIP and protocol that belong to a firewall-mark service (low..high)."""
 
     address: IPAddress
-    protocol: str = "tcp"
+    protocol: str = DEFAULT_PROTOCOL
     low: int = 0
     high: int = 0
-
-
-# ipvsadm's scheduler flags (--sched-flags) and the scheduler each belongs to
-SCHEDULER_FLAGS: dict[str, str] = {
-    "sh-fallback": "sh", "sh-port": "sh", "mh-fallback": "mh", "mh-port": "mh",
-}
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,8 +138,8 @@ class VirtualServer:
     name: str
     address: IPAddress
     port: int
-    protocol: str = "tcp"  # "tcp" | "udp"
-    scheduler: str = "wlc"
+    protocol: str = DEFAULT_PROTOCOL  # one of PROTOCOLS
+    scheduler: str = DEFAULT_SCHEDULER  # one of SCHEDULERS
     persistent: int = 0  # persistence timeout in seconds; 0 = off
     # persistence granularity, by the family of the service's address(es): a normalised dotted
     # netmask for IPv4 (e.g. "255.255.255.0"), a prefix length 1..128 for IPv6 (e.g. 64);
@@ -177,21 +182,80 @@ def endpoint_text(addr, port: int) -> str:
     return f"[{addr}]:{port}" if ":" in str(addr) else f"{addr}:{port}"
 
 
-def parse_endpoint(text: str) -> tuple[IPAddress, int | None] | None:
-    """ADDR, ADDR:PORT or [IPv6]:PORT -> (address, port or None); None when it is neither."""
+# --- the one parser of each text form the configuration, the CLI and the console share -----------
+
+PORT_RANGE: tuple[int, int] = (1, 65535)
+
+
+def parse_port(text: str) -> int | None:
+    """A port 1..65535 written in ASCII digits; None when it is not one."""
+    if not (text.isascii() and text.isdigit()) or len(text) > 5:
+        return None
+    port = int(text)
+    return port if PORT_RANGE[0] <= port <= PORT_RANGE[1] else None
+
+
+def split_endpoint(text: str) -> tuple[str, str | None, bool] | None:
+    """ADDR, ADDR:PORT or [ADDR]:PORT -> (address text, port text or None, written in brackets);
+    None when brackets are not "[ADDR]:PORT".  Text that is an IP address as a whole is all
+    address (an IPv6 address without brackets has no port)."""
+    if text.startswith("["):
+        host, sep, rest = text[1:].partition("]")
+        if not sep or not rest.startswith(":"):
+            return None
+        return host, rest[1:], True
+    if "]" in text:
+        return None
     try:
-        return ip_address(text), None
+        ip_address(text)
+        return text, None, False
     except ValueError:
         pass
     host, sep, port = text.rpartition(":")
-    if not sep or not port.isdigit():
+    return (host, port, False) if sep else (text, None, False)
+
+
+def parse_endpoint(text: str) -> tuple[IPAddress, int | None] | None:
+    """ADDR, ADDR:PORT or [IPv6]:PORT -> (address, port or None); None when it is neither."""
+    parts = split_endpoint(text)
+    if parts is None:
         return None
-    if host.startswith("[") and host.endswith("]"):
-        host = host[1:-1]
+    host, port_text, _ = parts
     try:
-        return ip_address(host), int(port)
+        addr = ip_address(host)
     except ValueError:
         return None
+    if port_text is None:
+        return addr, None
+    port = parse_port(port_text)
+    return None if port is None else (addr, port)
+
+
+def parse_netmask(text: str) -> str | None:
+    """An IPv4 netmask, dotted ("255.255.255.0") or as a prefix length ("/24"), in dotted form;
+    None when it is not a contiguous one."""
+    if text.startswith("/"):
+        bits = parse_prefix_length(text, 32, zero=True)
+        return None if bits is None else str(IPv4Address((0xFFFFFFFF << (32 - bits)) & 0xFFFFFFFF))
+    try:
+        mask = int(IPv4Address(text))
+    except ValueError:
+        return None
+    host = ~mask & 0xFFFFFFFF
+    # contiguous: the host part is 2^k - 1 (all ones after the network's ones)
+    return None if host & (host + 1) else str(IPv4Address(mask))
+
+
+def parse_prefix_length(value: object, bits: int = 128, *, zero: bool = False) -> int | None:
+    """A prefix length 1..bits (0..bits with ``zero``): 64, "64" or "/64"; None when it is not one."""
+    if isinstance(value, str):
+        text = value[1:] if value.startswith("/") else value
+        if not (text.isascii() and text.isdigit()) or len(text) > 3:
+            return None
+        value = int(text)
+    if isinstance(value, bool) or not isinstance(value, int):
+        return None
+    return value if (0 if zero else 1) <= value <= bits else None
 
 
 def sorry_text(sorry: tuple[IPAddress, int | None]) -> str:
@@ -282,8 +346,8 @@ class Config:
     instance: str = "default"
     public_interface: str
     private_interface: str | None = None
-    network: str = "direct"  # "direct" | "nat" | "tunnel"
-    dataplane: str = "xdp"  # one of DATAPLANES
+    network: str = DEFAULT_NETWORK  # one of NETWORKS
+    dataplane: str = DEFAULT_DATAPLANE  # one of DATAPLANES
     # IPVS expire_nodest_conn: a packet of a connection whose real server has left the service
     # is dropped (False, the default) or its connection expires at once so that the client's
     # next attempt is scheduled afresh (True)

@@ -18,7 +18,7 @@ import json
 import os
 import re
 import tomllib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Interface, IPv6Address, IPv6Interface
 from pathlib import Path
@@ -27,9 +27,16 @@ from typing import Any, Final, TypeVar
 from .locate import FieldPath, Locator
 from .model import endpoint_text as _endpoint
 from .model import (
+    DATAPLANES,
+    DEFAULT_DATAPLANE,
+    DEFAULT_LBLC_EXPIRATION,
+    DEFAULT_MH_SIZE,
+    DEFAULT_NETWORK,
+    DEFAULT_PROTOCOL,
+    DEFAULT_SCHEDULER,
     MONITOR_KINDS,
     NETWORKS,
-    DATAPLANES,
+    PORT_RANGE,
     PROTOCOLS,
     SCHEDULERS,
     Config,
@@ -47,9 +54,13 @@ from .model import (
     Timeouts,
     VirtualServer,
     Web,
+    parse_netmask,
+    parse_port,
+    parse_prefix_length,
+    split_endpoint,
 )
 
-__all__ = ["load", "loads"]
+__all__ = ["load", "loads", "validate", "Positions", "SCHEMA"]
 
 T = TypeVar("T")
 
@@ -68,7 +79,6 @@ _ABSENT: Final = object()
 INSTANCE_RE: Final = re.compile(r"[a-z0-9][a-z0-9_-]{0,31}")
 IFNAMSIZ: Final = 16  # kernel limit, including the terminating NUL
 NAME_MAX: Final = 64
-PORT_RANGE: Final = (1, 65535)
 WEIGHT_RANGE: Final = (0, 65535)
 # IPVS keeps timeouts as jiffies in an int; ipvsadm caps them at
 # INT_MAX / HZ(1000) seconds so they cannot overflow.
@@ -112,6 +122,63 @@ FWM_RANGES_PER_VIP: Final = 16  # lb_fwm_ranges holds 16 port ranges per (VIP, p
 HA_KEYS: Final = tuple(f.name for f in dataclasses.fields(HA))
 WEB_KEYS: Final = ("enabled", "listen", "password_file")
 
+# Every table the loader reads, by its path without array indexes, with the keys it takes: the one
+# list of what a configuration may say (example.toml is tested against it).
+SCHEMA: Final[dict[tuple[str, ...], tuple[str, ...]]] = {
+    (): TOP_KEYS,
+    ("global",): GLOBAL_KEYS,
+    ("tables",): TABLES_KEYS,
+    ("timeouts",): TIMEOUTS_KEYS,
+    ("ha",): HA_KEYS,
+    ("web",): WEB_KEYS,
+    ("virtual_server",): VS_KEYS,
+    ("virtual_server", "monitor"): MONITOR_KEYS,
+    ("virtual_server", "load_monitor"): LOAD_MONITOR_KEYS,
+    ("virtual_server", "port_group"): PORT_GROUP_KEYS,
+    ("virtual_server", "real_server"): RS_KEYS,
+}
+
+
+def schema_of(path: FieldPath) -> tuple[str, ...]:
+    """The keys the table at ``path`` (e.g. ("virtual_server", 0, "monitor")) takes."""
+    return SCHEMA[tuple(p for p in path if isinstance(p, str))]
+
+
+# --- limits on any input: every file gives a Config or a ConfigError, never another exception --
+
+MAX_FILE_BYTES: Final = 1 << 20  # a configuration is a few KiB; nothing larger is read
+MAX_STRING: Final = 4096  # characters of one string value (a program line, a regular expression)
+MAX_KEY: Final = 128  # characters of one key
+MAX_NESTING: Final = 8  # tables and arrays inside each other (the schema needs 5)
+MAX_INT_DIGITS: Final = 19  # an integer fits 64 bits (and prints: Python bounds int <-> str)
+
+
+def read_text(path: str | os.PathLike[str], display: str) -> str:
+    """The text of the file at ``path``; ConfigError when it cannot be read, is larger than
+    MAX_FILE_BYTES or is not UTF-8 (both loaders read through here)."""
+    try:
+        with open(path, "rb") as f:
+            data = f.read(MAX_FILE_BYTES + 1)
+    except OSError as e:
+        reason = e.strerror or str(e)
+        raise ConfigError([ConfigIssue(display, None, "", f"cannot read file: {reason}")]) from None
+    check_size(data, display)
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = data[: e.start].count(b"\n") + 1
+        raise ConfigError([ConfigIssue(display, line, "", "file is not valid UTF-8")]) from None
+
+
+def check_size(data: str | bytes, display: str) -> None:
+    if len(data) > MAX_FILE_BYTES:
+        raise ConfigError([ConfigIssue(display, None, "", f"larger than {MAX_FILE_BYTES >> 10} KiB: "
+                                                          f"not a configuration file")])
+
+
+def int_too_large(digits: int) -> str:
+    return f"integer too large (more than {digits} digits)"
+
 
 # --- public API ----------------------------------------------------------------
 
@@ -123,17 +190,7 @@ def load(path: str | os.PathLike[str]) -> Config:
     file, which is reported as an issue naming the path).
     """
     display = os.fspath(path)
-    try:
-        data = Path(path).read_bytes()
-    except OSError as e:
-        reason = e.strerror or str(e)
-        raise ConfigError([ConfigIssue(display, None, "", f"cannot read file: {reason}")]) from None
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as e:
-        line = data[: e.start].count(b"\n") + 1
-        raise ConfigError([ConfigIssue(display, line, "", "file is not valid UTF-8")]) from None
-    return _load_text(text, display, Path(path))
+    return _load_text(read_text(path, display), display, Path(path))
 
 
 def loads(text: str, path: str = "<string>") -> Config:
@@ -142,6 +199,7 @@ def loads(text: str, path: str = "<string>") -> Config:
     ``path`` is only used in messages; the returned Config has ``path=None``
     because nothing was read from a file.
     """
+    check_size(text, path)
     return _load_text(text, path, None)
 
 
@@ -249,20 +307,6 @@ def _unicast_problem(addr: IPAddress, *, link_local: bool = False) -> str | None
     return None
 
 
-def _parse_prefix6(value: object) -> int | None:
-    """An IPv6 persistence prefix length: 64, "64" or "/64" -> 64; None if not 1..128 or not one."""
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, str):
-        text = value[1:] if value.startswith("/") else value
-        if not (text.isascii() and text.isdigit()):
-            return None
-        value = int(text)
-    if isinstance(value, int) and 1 <= value <= 128:
-        return value
-    return None
-
-
 def _is_ipv4(text: str) -> bool:
     try:
         IPv4Address(text)
@@ -271,42 +315,43 @@ def _is_ipv4(text: str) -> bool:
     return True
 
 
-def _parse_netmask(text: str) -> str | None:
-    """Normalise "255.255.255.0" (or "/24") to dotted form; None if not a contiguous IPv4 netmask."""
-    try:
-        if text.startswith("/"):
-            bits = text[1:]
-            if not bits.isdigit():
-                return None
-            return str(ipaddress.IPv4Network(f"0.0.0.0/{int(bits)}").netmask)
-        mask = int(IPv4Address(text))
-    except ValueError:
-        return None
-    host = ~mask & 0xFFFFFFFF
-    # Contiguous means the host part is 2^k - 1 (all ones, then all zeros).
-    if host & (host + 1):
-        return None
-    return str(IPv4Address(mask))
-
-
 # --- the checker ---------------------------------------------------------------
 
 
-class _Checker:
-    """Collects issues, attaching the line each field path is written on."""
+class Positions:
+    """Where each field of a document is written: the validator's messages name that line and
+    field.  TOML's are below; the lvs.cf reader has its own (lvscf._Positions)."""
 
-    def __init__(self, text: str, display: str) -> None:
+    def where(self, path: FieldPath) -> tuple[int | None, str]:
+        """(line or None, field name) of ``path``, e.g. ("virtual_server", 0, "port")."""
+        raise NotImplementedError
+
+
+class TomlPositions(Positions):
+    """A TOML file's: the line of the key (found only once an issue needs it), the field as its
+    path ("virtual_server[0].port")."""
+
+    def __init__(self, text: str) -> None:
         self.text = text
-        self.display = display
-        self.issues: list[ConfigIssue] = []
         self._locator: Locator | None = None  # built on the first issue: valid files never pay for it
 
-    def error(self, path: FieldPath, message: str) -> _Invalid:
+    def where(self, path: FieldPath) -> tuple[int | None, str]:
         if self._locator is None:
             self._locator = Locator(self.text)
-        self.issues.append(
-            ConfigIssue(self.display, self._locator.line(path), field_name(path), message)
-        )
+        return self._locator.line(path), field_name(path)
+
+
+class _Checker:
+    """Collects issues, attaching the line (and the name) each field path is written with."""
+
+    def __init__(self, display: str, positions: Positions) -> None:
+        self.display = display
+        self.positions = positions
+        self.issues: list[ConfigIssue] = []
+
+    def error(self, path: FieldPath, message: str) -> _Invalid:
+        line, name = self.positions.where(path)
+        self.issues.append(ConfigIssue(self.display, line, name, message))
         return INVALID
 
 
@@ -317,15 +362,8 @@ class _Table:
     after recording an issue.
     """
 
-    def __init__(
-        self,
-        chk: _Checker,
-        path: FieldPath,
-        data: dict[str, Any],
-        known: Sequence[str],
-        *,
-        broken: bool = False,
-    ) -> None:
+    def __init__(self, chk: _Checker, path: FieldPath, data: dict[str, Any], *, broken: bool = False) -> None:
+        known = schema_of(path)
         self.chk = chk
         self.path = path
         self.data = data
@@ -392,21 +430,20 @@ class _Table:
             return self.chk.error(self.at(key), f"expected a boolean (true or false), got {_describe(value)}")
         return value
 
-    def ifname(self, key: str, *, required: bool = False) -> str | None | _Invalid:
+    def _text(self, key: str, problem: Callable[[str], str | None], required: bool) -> str | None | _Invalid:
+        """A string that ``problem`` finds nothing wrong with."""
         value = self.string(key, required=required)
         if isinstance(value, str):
-            problem = _ifname_problem(value)
-            if problem:
-                return self.chk.error(self.at(key), problem)
+            why = problem(value)
+            if why:
+                return self.chk.error(self.at(key), why)
         return value
 
+    def ifname(self, key: str, *, required: bool = False) -> str | None | _Invalid:
+        return self._text(key, _ifname_problem, required)
+
     def name(self, key: str, *, required: bool = False) -> str | None | _Invalid:
-        value = self.string(key, required=required)
-        if isinstance(value, str):
-            problem = _name_problem(value)
-            if problem:
-                return self.chk.error(self.at(key), problem)
-        return value
+        return self._text(key, _name_problem, required)
 
     def address(self, key: str) -> IPAddress | _Invalid:
         """A required IP address (either family; callers check the family)."""
@@ -422,16 +459,16 @@ class _Table:
             return self.chk.error(self.at(key), problem)
         return addr
 
-    def table(self, key: str, known: Sequence[str]) -> _Table | _Invalid:
+    def table(self, key: str) -> _Table | _Invalid:
         """An optional sub-table; absent gives an empty one (so defaults apply)."""
         value = self.data.get(key, _ABSENT)
         if value is _ABSENT:
-            return _Table(self.chk, self.at(key), {}, known)
+            return _Table(self.chk, self.at(key), {})
         if not isinstance(value, dict):
             return self.chk.error(self.at(key), f"expected a table ([{key}]), got {_describe(value)}")
-        return _Table(self.chk, self.at(key), value, known)
+        return _Table(self.chk, self.at(key), value)
 
-    def tables(self, key: str, known: Sequence[str]) -> list[_Table | _Invalid]:
+    def tables(self, key: str) -> list[_Table | _Invalid]:
         """An optional array of tables ([[key]]); absent gives []."""
         value = self.data.get(key, _ABSENT)
         if value is _ABSENT:
@@ -447,7 +484,7 @@ class _Table:
         for i, item in enumerate(value):
             path = self.at(key) + (i,)
             if isinstance(item, dict):
-                out.append(_Table(self.chk, path, item, known))
+                out.append(_Table(self.chk, path, item))
             else:
                 out.append(self.chk.error(path, f"expected a table, got {_describe(item)}"))
         return out
@@ -507,7 +544,7 @@ class _VirtualDraft:
     groups: list[PortGroup | _Invalid] = field(default_factory=list)
     sched_flags: tuple[str, ...] | _Invalid = ()
     sorry: tuple[IPAddress, int | None] | None | _Invalid = None
-    mh_size: int | _Invalid = 4093
+    mh_size: int | _Invalid = DEFAULT_MH_SIZE
     quiesce_server: bool | _Invalid = False
     load_monitor: LoadMonitor | None | _Invalid = None
 
@@ -542,7 +579,7 @@ class _VirtualDraft:
 def _check_network(g: _Table) -> str | _Invalid:
     value = g.string("network")
     if value is None:
-        return "direct"
+        return DEFAULT_NETWORK
     if isinstance(value, _Invalid) or value in NETWORKS:
         return value
     return g.chk.error(g.at("network"), f"unknown network '{value}' (expected one of: {', '.join(NETWORKS)})")
@@ -583,7 +620,7 @@ def _check_nat_router(g: _Table) -> IPv4Interface | IPv6Interface | None | _Inva
 def _check_scheduler(vs: _Table) -> str | _Invalid:
     value = vs.string("scheduler")
     if value is None:
-        return "wlc"
+        return DEFAULT_SCHEDULER
     if isinstance(value, _Invalid) or value in SCHEDULERS:
         return value
     return vs.chk.error(vs.at("scheduler"), f"unknown scheduler '{value}' (valid: {', '.join(SCHEDULERS)})")
@@ -592,7 +629,7 @@ def _check_scheduler(vs: _Table) -> str | _Invalid:
 def _check_protocol(vs: _Table) -> str | _Invalid:
     value = vs.string("protocol")
     if value is None:
-        return "tcp"
+        return DEFAULT_PROTOCOL
     if isinstance(value, _Invalid) or value in PROTOCOLS:
         return value
     return vs.chk.error(vs.at("protocol"), f"unknown protocol '{value}' (expected 'tcp' or 'udp')")
@@ -607,7 +644,7 @@ def _check_pmask(vs: _Table, version: int | None) -> str | int | None | _Invalid
         return None
     path = vs.at("pmask")
     if version == 6:
-        prefix = _parse_prefix6(value)
+        prefix = parse_prefix_length(value)
         if prefix is not None:
             return prefix
         if isinstance(value, str) and _is_ipv4(value):
@@ -622,14 +659,14 @@ def _check_pmask(vs: _Table, version: int | None) -> str | int | None | _Invalid
                                   f"got {_describe(value)}")
     if version is None:
         # The family is unknown (the address was wrong): report only what neither family takes.
-        if (isinstance(value, str) and _parse_netmask(value) is not None) or _parse_prefix6(value) is not None:
+        if (isinstance(value, str) and parse_netmask(value) is not None) or parse_prefix_length(value) is not None:
             return INVALID
         return vs.chk.error(path, f"expected an IPv4 netmask (e.g. '255.255.255.0') or an IPv6 prefix "
                                   f"length (e.g. 64), got {_describe(value)}")
     if not isinstance(value, str):
         return vs.chk.error(path, f"expected a string (an IPv4 netmask such as '255.255.255.0' or '/24'), "
                                   f"got {_describe(value)}")
-    mask = _parse_netmask(value)
+    mask = parse_netmask(value)
     if mask is None:
         return vs.chk.error(path, f"'{value}' is not a contiguous IPv4 netmask (e.g. '255.255.255.0')")
     return mask
@@ -663,28 +700,19 @@ def _check_real(rs: _Table, vip: IPAddress | _Invalid, vs_name: str | None) -> _
 def parse_sorry(text: str) -> tuple[IPAddress, int | None] | str:
     """``ADDR``, ``ADDR:PORT`` or ``[ADDR6]:PORT`` -> (address, port or None); a message if bad."""
     text = text.strip()
-    port_text = None
+    parts = split_endpoint(text)
+    if parts is None:
+        return f"'{text}' is not an address, ADDR:PORT or [ADDR6]:PORT"
+    host, port_text, _ = parts
     try:
-        addr = ipaddress.ip_address(text)
+        addr = ipaddress.ip_address(host)
     except ValueError:
-        if text.startswith("["):
-            host, sep, rest = text[1:].partition("]")
-            if not sep or not rest.startswith(":"):
-                return f"'{text}' is not an address, ADDR:PORT or [ADDR6]:PORT"
-            port_text = rest[1:]
-        else:
-            host, sep, port_text = text.rpartition(":")
-            if not sep:
-                return f"'{text}' is not a valid IP address"
-        try:
-            addr = ipaddress.ip_address(host)
-        except ValueError:
-            return f"'{host}' is not a valid IP address"
+        return f"'{host}' is not a valid IP address"
     port = None
     if port_text is not None:
-        if not port_text.isdigit() or not 1 <= int(port_text) <= 65535:
-            return f"port must be between 1 and 65535, got {port_text!r}"
-        port = int(port_text)
+        port = parse_port(port_text)
+        if port is None:
+            return f"port must be between {PORT_RANGE[0]} and {PORT_RANGE[1]}, got {port_text!r}"
     problem = _unicast_problem(addr)
     if problem:
         return problem
@@ -731,7 +759,7 @@ MH_SIZE_RANGE: Final = (251, 65521)
 
 def _check_mh_size(vs: _Table, scheduler: str | _Invalid) -> int | _Invalid:
     if "mh_size" not in vs.data:
-        return 4093
+        return DEFAULT_MH_SIZE
     size = vs.integer("mh_size", MH_SIZE_RANGE)
     if not isinstance(size, int):
         return INVALID if size is None else size
@@ -739,7 +767,7 @@ def _check_mh_size(vs: _Table, scheduler: str | _Invalid) -> int | _Invalid:
     if isinstance(scheduler, str) and scheduler != "mh":
         return vs.chk.error(path, f"mh_size is the table size of scheduler 'mh', not '{scheduler}'")
     if any(size % p == 0 for p in range(2, int(size ** 0.5) + 1)):
-        return vs.chk.error(path, f"must be a prime (e.g. 4093, the kernel's default), got {size}")
+        return vs.chk.error(path, f"must be a prime (e.g. {DEFAULT_MH_SIZE}, the kernel's default), got {size}")
     nreal = len(vs.data.get("real_server", ())) if isinstance(vs.data.get("real_server"), list) else 0
     if nreal > size:
         return vs.chk.error(path, f"the table needs at least one slot per real server ({nreal}), got {size}")
@@ -784,7 +812,7 @@ def _check_fwmark_virtual(vs: _Table, name: str | None | _Invalid) -> _VirtualDr
             vs.chk.error(vs.at(k), f"a firewall-mark service is matched by its port_group entries; "
                                    f"remove '{k}' (put it in a [[virtual_server.port_group]])")
     groups: list[PortGroup | _Invalid] = [
-        g if isinstance(g, _Invalid) else _check_port_group(g) for g in vs.tables("port_group", PORT_GROUP_KEYS)
+        g if isinstance(g, _Invalid) else _check_port_group(g) for g in vs.tables("port_group")
     ]
     if not groups and "port_group" not in vs.data:
         vs.chk.error(vs.at("port_group"), "a firewall-mark service needs at least one port group "
@@ -825,7 +853,7 @@ def _check_fwmark_virtual(vs: _Table, name: str | None | _Invalid) -> _VirtualDr
     draft.load_monitor = _check_load_monitor(vs)
     draft.monitor = _check_monitor(vs)
     vs_name = name if isinstance(name, str) else None
-    for rs in vs.tables("real_server", RS_KEYS):
+    for rs in vs.tables("real_server"):
         if isinstance(rs, _Invalid):
             draft.reals.append(rs)
             continue
@@ -864,7 +892,7 @@ def _check_virtual(vs: _Table) -> _VirtualDraft:
     draft.load_monitor = _check_load_monitor(vs)
     draft.monitor = _check_monitor(vs)
     vs_name = name if isinstance(name, str) else None
-    for rs in vs.tables("real_server", RS_KEYS):
+    for rs in vs.tables("real_server"):
         draft.reals.append(rs if isinstance(rs, _Invalid) else _check_real(rs, vip, vs_name))
     return draft
 
@@ -885,7 +913,7 @@ def _seconds(m: _Table, key: str, default: float) -> float | _Invalid:
 
 
 def _check_monitor(vs: _Table) -> Monitor | _Invalid:
-    m = vs.table("monitor", MONITOR_KEYS)
+    m = vs.table("monitor")
     if isinstance(m, _Invalid):
         return m
     d = Monitor()
@@ -925,6 +953,8 @@ def _check_monitor(vs: _Table) -> Monitor | _Invalid:
                 re.compile(rx)
             except re.error as e:
                 keep(m.chk.error(m.at(rx_key), f"not a valid regular expression: {e}"))
+            except (RecursionError, OverflowError) as e:  # groups nested too deeply, a{huge}
+                keep(m.chk.error(m.at(rx_key), f"not a usable regular expression: {e}"))
     if kind == "program" and not strings["program"]:
         keep(m.chk.error(m.at("program"), "a program monitor needs `program` (argv with %h and %p)"))
     if isinstance(times["interval"], float) and times["interval"] <= 0:
@@ -941,7 +971,7 @@ def _check_load_monitor(vs: _Table) -> LoadMonitor | None | _Invalid:
     """[virtual_server.load_monitor]: absent means the configured weights stay as they are."""
     if "load_monitor" not in vs.data:
         return None
-    m = vs.table("load_monitor", LOAD_MONITOR_KEYS)
+    m = vs.table("load_monitor")
     if isinstance(m, _Invalid):
         return m
     d = LoadMonitor()
@@ -1128,11 +1158,15 @@ def _check_counts(
 # --- driver ------------------------------------------------------------------------
 
 
+# HA's defaults, as the model declares them (HA has required fields: no HA() to read them from)
+_HA_DEFAULTS: Final = {f.name: f.default for f in dataclasses.fields(HA) if f.default is not dataclasses.MISSING}
+
+
 def _check_ha(top: _Table, base: Path | None) -> HA | None | _Invalid:
     """[ha]: two directors (pulse).  Absent: one director, always active."""
     if "ha" not in top.data:
         return None
-    h = top.table("ha", HA_KEYS)
+    h = top.table("ha")
     if isinstance(h, _Invalid):
         return h
     bad = False
@@ -1166,24 +1200,19 @@ def _check_ha(top: _Table, base: Path | None) -> HA | None | _Invalid:
             if not kf.is_absolute() and base is not None:
                 kf = base.parent / kf
             key_file = kf
-    port = keep(h.integer("heartbeat_port", PORT_RANGE, default=539))
-    keepalive = keep(_seconds(h, "keepalive", 2.0))
-    deadtime = keep(_seconds(h, "deadtime", 6.0))
+    d = _HA_DEFAULTS
+    port = keep(h.integer("heartbeat_port", PORT_RANGE, default=d["heartbeat_port"]))
+    keepalive = keep(_seconds(h, "keepalive", d["keepalive"]))
+    deadtime = keep(_seconds(h, "deadtime", d["deadtime"]))
     if isinstance(keepalive, float) and keepalive < 0.01:
         keepalive = keep(h.chk.error(h.at("keepalive"), "must be at least 0.01 seconds"))
     if isinstance(keepalive, float) and isinstance(deadtime, float) and deadtime < 2 * keepalive:
         keep(h.chk.error(h.at("deadtime"), f"must be at least twice keepalive ({2 * keepalive:g} s), got {deadtime:g}"))
-    garp_count = keep(h.integer("garp_count", (0, 100), default=3))
-    sync_rate = keep(h.integer("sync_rate", (100, 10_000_000), default=20000))
-    values = dict(
-        preempt=keep(h.boolean("preempt", False)),
-        monitor_links=keep(h.boolean("monitor_links", False)),
-        garp_interval=keep(_seconds(h, "garp_interval", 0.1)),
-        garp_refresh=keep(_seconds(h, "garp_refresh", 10.0)),
-        sync=keep(h.boolean("sync", True)),
-        sync_interval=keep(_seconds(h, "sync_interval", 0.2)),
-        max_skew=keep(_seconds(h, "max_skew", 30.0)),
-    )
+    garp_count = keep(h.integer("garp_count", (0, 100), default=d["garp_count"]))
+    sync_rate = keep(h.integer("sync_rate", (100, 10_000_000), default=d["sync_rate"]))
+    values = {key: keep(h.boolean(key, d[key])) for key in ("preempt", "monitor_links", "sync")}
+    values.update({key: keep(_seconds(h, key, d[key]))
+                   for key in ("garp_interval", "garp_refresh", "sync_interval", "max_skew")})
     notify = h.data.get("notify", [])
     if isinstance(notify, str):
         notify = [notify]
@@ -1202,14 +1231,15 @@ def _check_web(top: _Table, base: Path | None) -> Web | _Invalid:
     /etc/lb/<instance>.passwd (Web.password_path)."""
     if "web" not in top.data:
         return Web()
-    w = top.table("web", WEB_KEYS)
+    w = top.table("web")
     if isinstance(w, _Invalid):
         return w
     bad = False
-    enabled = w.boolean("enabled", False)
+    d = Web()
+    enabled = w.boolean("enabled", d.enabled)
     bad |= isinstance(enabled, _Invalid)
-    address: IPAddress = IPv4Address("127.0.0.1")
-    port = 8080
+    address: IPAddress = d.address
+    port = d.port
     listen = w.string("listen")
     if isinstance(listen, _Invalid):
         bad = True
@@ -1240,31 +1270,31 @@ def _check_web(top: _Table, base: Path | None) -> Web | _Invalid:
 def _parse_listen(text: str) -> tuple[IPAddress, int] | str:
     """ "ADDRESS:PORT" or "[IPv6]:PORT" -> (address, port); a message when it is not one."""
     usage = f'expected ADDRESS:PORT (e.g. "127.0.0.1:8080", or "[::1]:8080" for IPv6), got "{text}"'
-    host, sep, port_text = text.rpartition(":")
-    if not sep or not host:
+    brackets = f'an IPv6 address goes in brackets, e.g. "[::1]:8080", got "{text}"'
+    parts = split_endpoint(text)
+    if parts is None or not parts[0]:
         return usage
-    if host.startswith("[") != host.endswith("]"):
-        return usage
-    bracketed = host.startswith("[")
-    if bracketed:
-        host = host[1:-1]
+    host, port_text, bracketed = parts
+    if port_text is None:
+        return brackets if ":" in host and not bracketed else usage
     try:
         addr = ipaddress.ip_address(host)
     except ValueError:
         if ":" in host and not bracketed:
-            return f'an IPv6 address goes in brackets, e.g. "[::1]:8080", got "{text}"'
+            return brackets
         return f"'{host}' is not an IP address (the console listens on an address, not a host name)"
     if addr.version == 6 and not bracketed:
-        return f'an IPv6 address goes in brackets, e.g. "[::1]:8080", got "{text}"'
+        return brackets
     if addr.version == 4 and bracketed:
         return usage
     if isinstance(addr, IPv6Address) and addr.scope_id is not None:
         return f"{addr} carries a zone (%{addr.scope_id}): link-local addresses are not supported"
     if addr.is_multicast:
         return f"{addr} is a multicast address"
-    if not (port_text.isascii() and port_text.isdigit()) or not PORT_RANGE[0] <= int(port_text) <= PORT_RANGE[1]:
+    port = parse_port(port_text)
+    if port is None:
         return f"port must be between {PORT_RANGE[0]} and {PORT_RANGE[1]}, got \"{port_text}\""
-    return addr, int(port_text)
+    return addr, port
 
 
 def _syntax_issue(text: str, display: str, exc: tomllib.TOMLDecodeError) -> ConfigIssue:
@@ -1284,15 +1314,60 @@ def _load_text(text: str, display: str, path: Path | None) -> Config:
         doc = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
         raise ConfigError([_syntax_issue(text, display, e)]) from None
+    except (RecursionError, ValueError) as e:
+        # tomllib recurses into nested arrays and converts integers of any length (Python refuses
+        # more than 4300 digits): name the line that asked for it
+        raise ConfigError([_limit_issue(text, display, e)]) from None
+    return validate(doc, display, TomlPositions(text), path)
 
-    chk = _Checker(text, display)
-    top = _Table(chk, (), doc, TOP_KEYS)
+
+def _limit_issue(text: str, display: str, exc: Exception) -> ConfigIssue:
+    loc = Locator(text)
+    if isinstance(exc, RecursionError):
+        return ConfigIssue(display, loc.deepest_line, "",
+                           f"arrays or inline tables nested too deeply (at most {MAX_NESTING} levels)")
+    return ConfigIssue(display, loc.longest_word_line, "", int_too_large(MAX_INT_DIGITS))
+
+
+def _check_sizes(chk: _Checker, doc: dict[str, Any]) -> None:
+    """Report strings, keys and integers beyond the limits, and nesting deeper than MAX_NESTING
+    (before any other check, so that no message quotes such a value)."""
+    stack: list[tuple[FieldPath, Any, int]] = [((), doc, 0)]
+    while stack:
+        path, value, depth = stack.pop()
+        if isinstance(value, str):
+            if len(value) > MAX_STRING:
+                chk.error(path, f"string longer than {MAX_STRING} characters")
+        elif isinstance(value, int) and not isinstance(value, bool):
+            if abs(value) >= 10 ** MAX_INT_DIGITS:
+                chk.error(path, int_too_large(MAX_INT_DIGITS))
+        elif isinstance(value, (dict, list)):
+            if depth >= MAX_NESTING:
+                chk.error(path, f"tables and arrays nested too deeply (at most {MAX_NESTING} levels)")
+                continue
+            items = value.items() if isinstance(value, dict) else enumerate(value)
+            for key, item in items:
+                if isinstance(key, str) and len(key) > MAX_KEY:
+                    chk.error(path, f"a key is longer than {MAX_KEY} characters")
+                else:
+                    stack.append((path + (key,), item, depth + 1))
+
+
+def validate(doc: dict[str, Any], display: str, positions: Positions, path: Path | None = None) -> Config:
+    """Check a document shaped as tomllib returns it and build the Config; ConfigError lists every
+    problem, each at the line and field ``positions`` gives for its path.  ``path``: the file
+    (Config.path; relative key_file and password_file are relative to it)."""
+    chk = _Checker(display, positions)
+    _check_sizes(chk, doc)
+    if chk.issues:
+        raise ConfigError(sorted(chk.issues, key=lambda i: i.line or 0))
+    top = _Table(chk, (), doc)
 
     # [global] is required only through its required key, public_interface:
     # a missing section then yields the one useful message.
-    g = top.table("global", GLOBAL_KEYS)
+    g = top.table("global")
     if isinstance(g, _Invalid):
-        g = _Table(chk, ("global",), {}, GLOBAL_KEYS, broken=True)
+        g = _Table(chk, ("global",), {}, broken=True)
     instance = g.string("instance")
     if isinstance(instance, str) and not INSTANCE_RE.fullmatch(instance):
         instance = chk.error(
@@ -1305,13 +1380,13 @@ def _load_text(text: str, display: str, path: Path | None) -> Config:
     network = _check_network(g)
     dataplane = g.string("dataplane")
     if dataplane is None:
-        dataplane = "xdp"
+        dataplane = DEFAULT_DATAPLANE
     elif isinstance(dataplane, str) and dataplane not in DATAPLANES:
         dataplane = chk.error(g.at("dataplane"),
                               f"unknown dataplane '{dataplane}' (expected one of: {', '.join(DATAPLANES)})")
     expire_nodest_conn = g.boolean("expire_nodest_conn", False)
-    lblc_expiration = g.integer("lblc_expiration", EXPIRATION_RANGE, default=86400)
-    lblcr_expiration = g.integer("lblcr_expiration", EXPIRATION_RANGE, default=86400)
+    lblc_expiration = g.integer("lblc_expiration", EXPIRATION_RANGE, default=DEFAULT_LBLC_EXPIRATION)
+    lblcr_expiration = g.integer("lblcr_expiration", EXPIRATION_RANGE, default=DEFAULT_LBLC_EXPIRATION)
     nat_router = _check_nat_router(g)
     nat_router_device = g.ifname("nat_router_device")
     if network == "nat":
@@ -1320,14 +1395,14 @@ def _load_text(text: str, display: str, path: Path | None) -> Config:
         if nat_router is None:
             chk.error(g.at("nat_router"), 'required when network = "nat" (e.g. "198.18.1.254/24")')
 
-    t = top.table("tables", TABLES_KEYS)
+    t = top.table("tables")
     table_values: dict[str, int | None | _Invalid] = {}
     for key, bounds in TABLE_RANGES.items():
         table_values[key] = INVALID if isinstance(t, _Invalid) else t.integer(
             key, bounds, default=getattr(_DEFAULT_TABLES, key)
         )
 
-    to = top.table("timeouts", TIMEOUTS_KEYS)
+    to = top.table("timeouts")
     timeout_values: dict[str, int | None | _Invalid] = {}
     for key in TIMEOUTS_KEYS:
         timeout_values[key] = INVALID if isinstance(to, _Invalid) else to.integer(
@@ -1336,7 +1411,7 @@ def _load_text(text: str, display: str, path: Path | None) -> Config:
 
     drafts: list[_VirtualDraft | _Invalid] = [
         vs if isinstance(vs, _Invalid) else _check_virtual(vs)
-        for vs in top.tables("virtual_server", VS_KEYS)
+        for vs in top.tables("virtual_server")
     ]
     for vs in drafts:
         if not isinstance(vs, _Invalid):

@@ -34,6 +34,9 @@ import random
 from dataclasses import dataclass, replace
 from typing import Iterable, Sequence
 
+# the scheduler names and the kernel's defaults are the configuration's vocabulary, declared once
+from lb.config.model import DEFAULT_LBLC_EXPIRATION, DEFAULT_MH_SIZE, SCHEDULERS
+
 __all__ = [
     "HASH_BUCKETS",
     "Dest",
@@ -80,7 +83,6 @@ __all__ = [
     "pick_twos",
 ]
 
-SCHEDULERS = ("rr", "wrr", "wlc", "lc", "sed", "nq", "fo", "ovf", "dh", "sh", "mh", "lblc", "lblcr", "twos")
 
 
 @dataclass
@@ -468,7 +470,7 @@ def _pick_hashed(dests: Sequence[Dest], table: Sequence[int | None], first: int,
 
 # ------------------------------------------------------------- lblc, lblcr
 
-LBLC_EXPIRATION = 24 * 60 * 60      # DEFAULT_EXPIRATION: sysctl lblc_expiration / lblcr_expiration
+LBLC_EXPIRATION = DEFAULT_LBLC_EXPIRATION   # DEFAULT_EXPIRATION: sysctl lblc_expiration / lblcr_expiration
 CHECK_EXPIRE_INTERVAL = 60          # the periodic timer, seconds
 ENTRY_TIMEOUT = 6 * 60              # entries older than this go when the table is over max_size
 COUNT_FOR_FULL_EXPIRATION = 30      # every 30th tick is a full expiration check
@@ -685,7 +687,7 @@ def pick_sh(dests: Sequence[Dest], saddr: int, port: int = 0, fallback: bool = F
 
 # Table sizes the kernel can be built with: primes[CONFIG_IP_VS_MH_TAB_INDEX - 8]
 MH_PRIMES = (251, 509, 1021, 2039, 4093, 8191, 16381, 32749, 65521, 131071)
-MH_DEFAULT_SIZE = 4093           # CONFIG_IP_VS_MH_TAB_INDEX = 12, the kernel's default
+MH_DEFAULT_SIZE = DEFAULT_MH_SIZE   # CONFIG_IP_VS_MH_TAB_INDEX = 12, the kernel's default
 # generate_hash_secret(): hsiphash keys (64-bit longs on a 64-bit kernel)
 MH_HASH1 = (2654435761, 2654435761)
 MH_HASH2 = (2654446892, 2654446892)
