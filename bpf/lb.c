@@ -1,4 +1,4 @@
-/* lb data plane.  Programs (all XDP, loaded by lb/dataplane/xdp.py with bcc):
+/* lb data plane.  Programs (all XDP, loaded by lb/dataplane with bcc):
  *   lb_xdp_public   public side: packets for a virtual service; established flows forwarded here
  *   lb_xdp_persist  persistent services: a live template picks, else on to the scheduler
  *   lb_sched_<name> a new connection's scheduler, tail-called from lb_xdp_public or

@@ -81,9 +81,9 @@ enum lb_sched_id {
 #define LB_SVC_F_SCHED_FALLBACK 0x1
 #define LB_SVC_F_SCHED_PORT 0x2
 
-/* Tail-call slots in lb_progs: a new connection goes public -> scheduler -> new_conn, so each
- * scheduler's loop is verified on its own (inlined, the loops' exits multiply the paths the
- * verifier must walk through the forwarding code). */
+/* Tail-call slots in lb_progs: a new connection goes public -> (persist ->) scheduler ->
+ * new_conn, so each scheduler's loop is verified on its own (inlined, the loops' exits multiply
+ * the paths the verifier must walk through the forwarding code). */
 #define LB_PROG_NEW_CONN 0
 #define LB_PROG_SCHED_BASE 1
 #define LB_PROG_MAX 16
