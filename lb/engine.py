@@ -23,8 +23,9 @@ from lb.config.model import parse_endpoint as _parse_endpoint
 from lb.config.model import sorry_text
 from lb.config.toml import WEIGHT_RANGE
 from lb.dataplane import RealSpec, ServiceSpec, TableSpec
+from lb.dataplane.errors import DataplaneError
 from lb.dataplane.ipvs import IpvsDataplane
-from lb.dataplane.xdp import DataplaneError, Sizes, XdpDataplane
+from lb.dataplane.xdp import Sizes, XdpDataplane
 from lb.ha import addresses
 from lb.ha import announce as ha_announce
 from lb.health import CheckSpec, LoadMonitorTask, LoadSpec, Monitor, NannyPolicy
@@ -201,7 +202,7 @@ class Engine:
     def __init__(self, cfg, *, xdp_mode: str = "native", dataplane: str | None = None):
         self.cfg = cfg
         self.xdp_mode = xdp_mode
-        self.dataplane = dataplane or getattr(cfg, "dataplane", "xdp")     # xdp | ipvs | auto
+        self.dataplane = dataplane or cfg.dataplane     # xdp | ipvs | auto
         if self.dataplane == "ipvs":
             self.dp = IpvsDataplane(cfg.instance)
         else:
@@ -224,6 +225,7 @@ class Engine:
         self._dp_lock = threading.Lock()             # data plane writes from worker threads, one at a time
         self._reload_waiters: list[asyncio.Future] = []   # `lb reload` callers on the control socket
         self._usable: dict[tuple, set] = {}          # service key -> real servers taking new connections
+        self._fell_back = False                      # auto: XDP gave way to kernel IPVS
 
     # ---- lifecycle ----
     def start(self) -> None:
@@ -299,7 +301,7 @@ class Engine:
             if not self._fall_back(e):
                 raise
             self.dp.load()
-        log.info("data plane: %s", getattr(self.dp, "kind", "xdp"))
+        log.info("data plane: %s", self.dp.kind)
 
     def _attach_dataplane(self) -> None:
         try:
@@ -315,8 +317,9 @@ class Engine:
 
     def _fall_back(self, err: Exception) -> bool:
         """auto: give up XDP (leaving nothing of it behind) for kernel IPVS."""
-        if self.dataplane != "auto" or not isinstance(self.dp, XdpDataplane):
+        if self.dataplane != "auto" or self._fell_back:
             return False
+        self._fell_back = True
         log.warning("XDP data plane unavailable, falling back to kernel IPVS: %s", err)
         old = self.dp
         if not old.adopted:
@@ -603,14 +606,15 @@ class Engine:
         elif self.active or old == 0:
             self.active = False
             await loop.run_in_executor(None, self._release_addresses)
-        await loop.run_in_executor(None, self._ipvs_sync, new == ACTIVE)
+        await loop.run_in_executor(None, self._kernel_sync, new == ACTIVE)
 
-    def _ipvs_sync(self, active: bool) -> None:
-        """IPVS mode: connections are synced by the kernel's own sync daemon, master on the
-        active director and backup on the standby, over the heartbeat's private channel when
-        there is one (lb/ha/sync.py is the XDP data plane's)."""
+    def _kernel_sync(self, active: bool) -> None:
+        """The data plane's kernel sync daemon follows the role: master on the active director,
+        backup on the standby, over the heartbeat's private channel when there is one (kernel
+        IPVS syncs its connections so; the XDP data plane has none, its connections travel by
+        lb/ha/sync.py through sync_export / sync_import)."""
         ha = self.cfg.ha
-        if getattr(self.dp, "kind", "") != "ipvs" or ha is None or not ha.sync:
+        if ha is None or not ha.sync:
             return
         from lb.dataplane.ipvs import sync_id
         ifname = self.cfg.private_interface if ha.primary_private and self.cfg.private_interface \
@@ -672,16 +676,16 @@ class Engine:
                              "on_sorry_server": vs.key in self.on_sorry})
         doc = {"instance": self.cfg.instance, "pid": os.getpid(),
                "role": self.pulse.role if self.pulse is not None else ("active" if self.active else "starting"),
-               "config": str(self.cfg.path), "dataplane": getattr(self.dp, "kind", "xdp"),
+               "config": str(self.cfg.path), "dataplane": self.dp.kind,
                "at": time.time(), "services": services}
         if self.pulse is not None:
             doc["ha"] = self.pulse.status()
-        counters = getattr(self.dp, "counters", None)
-        if counters is not None:
-            try:
-                doc["counters"] = counters()
-            except Exception as e:  # a status must come back whatever the maps say
-                log.warning("reading the data plane's counters: %s", e)
+        try:
+            counters = self.dp.counters()
+            if counters:
+                doc["counters"] = counters
+        except Exception as e:  # a status must come back whatever the maps say
+            log.warning("reading the data plane's counters: %s", e)
         return doc
 
     def _reload_reply(self) -> dict:
@@ -797,7 +801,7 @@ class Engine:
                             fut.set_result(reply)
                 if self.dp.draining:
                     await blocking(self.dp.finish_drains)
-                if getattr(self.dp, "sched_base", None):
+                if self.dp.sched_base_pending():
                     await blocking(self.refresh_sched_base)
                 if now - last_sweep >= SWEEP_INTERVAL:
                     last_sweep = now

@@ -48,9 +48,10 @@ from pyroute2.netlink.exceptions import NetlinkError
 
 from lb.listing import ConnRow, RealRow, ServiceRow, Stats
 
+from .base import Dataplane
+from .errors import DataplaneError
 from .nft import MarkRules, NftError, ruleset_text
 from .spec import RealSpec, ServiceSpec, TableSpec
-from .xdp import DataplaneError
 
 log = logging.getLogger("lb.dataplane.ipvs")
 
@@ -539,9 +540,8 @@ def _spec_of(ks: KService) -> ServiceSpec:
                        fwmark=ks.fwmark, sched_flags=_sched_flag_names(ks.sched, ks.flags))
 
 
-class IpvsDataplane:
-    """Kernel IPVS behind the XdpDataplane interface (load, apply, attach, detach_all, unpin,
-    close, sweep, refresh_nexthops, estimate, finish_drains, draining, adopted, created)."""
+class IpvsDataplane(Dataplane):
+    """Kernel IPVS behind the Dataplane interface (lb/dataplane/base.py)."""
 
     kind = "ipvs"
 
@@ -672,8 +672,21 @@ class IpvsDataplane:
                         "ipvs data plane lc/wlc keep counting existing connections")
         return 0
 
+    def sched_base_pending(self) -> bool:
+        return False
+
     def refresh_sched_base(self, rids=None) -> int:
         return 0
+
+    # ---- reading: the kernel's table, as ipvsadm reads it ----
+    def read_services(self) -> list:
+        return read_services(self.netns)
+
+    def read_connections(self) -> list:
+        return read_connections()
+
+    def counters(self) -> dict[str, int]:
+        return {}                   # the kernel keeps no per-reason drop counters for IPVS
 
     # ---- HA connection sync: IPVS's own sync daemon (lb/ha/sync.py is for XDP) ----
     def start_sync(self, role: str, ifname: str, syncid: int) -> None:

@@ -529,14 +529,7 @@ def _virtual_server(vs) -> str:
 
 def read_counts(engine) -> dict:
     """{(service key, real address, port): (active, inactive)} from the running table."""
-    if getattr(engine.dp, "kind", "xdp") == "ipvs":
-        from lb.dataplane import ipvs
-        rows = ipvs.read_services()
-    else:
-        from lb.dataplane import reader
-        from lb.dataplane.maps import PinnedMaps
-        with PinnedMaps(engine.cfg.instance) as maps:
-            rows = reader.read_services(maps)
+    rows = engine.dp.read_services()
     out = {}
     for row in rows:
         skey = ("fwm", row.fwmark) if row.fwmark else (row.protocol.lower(), str(row.address), row.port)
