@@ -354,6 +354,25 @@ def _list_ipvs(args) -> int:
     return _print_listing(args, services, conns, timeouts, size=size, version=version)
 
 
+def connection_listing(maps, now_ns: int | None = None, fast: bool | None = None):
+    """`lb list -c -n` (ipvsadm -L -c -n) of pinned maps as chunks of bytes, header included.
+    fast (default: when lb._bpfbatch is built): the lines come formatted from C
+    (reader.connection_lines); else lb.listing formats reader.read_connections' records, the
+    same bytes."""
+    from lb import listing
+    from lb.dataplane import reader
+    from lb.dataplane.maps import have_batch
+
+    now = time.monotonic_ns() if now_ns is None else now_ns
+    if fast is None:
+        fast = have_batch()
+    if not fast:
+        yield listing.format_connections(reader.read_connections(maps, now_ns=now)).encode()
+        return
+    yield listing.format_connections([]).encode()
+    yield from reader.connection_lines(maps, now)
+
+
 def cmd_list(args) -> int:
     from lb.dataplane import reader
     from lb.dataplane.maps import PinnedMaps
@@ -374,7 +393,7 @@ def cmd_list(args) -> int:
         if args.connection and not args.json and not args.service:
             # the connection listing alone: streamed from C buffers (1M entries in about a second)
             sys.stdout.flush()
-            for chunk in reader.connection_listing(maps):
+            for chunk in connection_listing(maps):
                 sys.stdout.buffer.write(chunk)
             return 0
         services = reader.read_services(maps)

@@ -46,11 +46,10 @@ from dataclasses import dataclass
 from pyroute2.netlink import NLM_F_ACK, NLM_F_DUMP, NLM_F_REQUEST, genlmsg, nla
 from pyroute2.netlink.exceptions import NetlinkError
 
-from lb.listing import ConnRow, RealRow, ServiceRow, Stats
-
 from .base import Dataplane
 from .errors import DataplaneError
 from .nft import MarkRules, NftError, ruleset_text
+from .records import ConnRow, RealRow, ServiceRow, Stats
 from .spec import RealSpec, ServiceSpec, TableSpec
 
 log = logging.getLogger("lb.dataplane.ipvs")
