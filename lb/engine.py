@@ -18,6 +18,8 @@ import time
 
 from lb import config as lbconfig
 from lb import control
+from lb import weight as lbweight
+from lb.config.model import FORWARD_OF_NETWORK
 from lb.config.model import endpoint_text as _endpoint
 from lb.config.model import parse_endpoint as _parse_endpoint
 from lb.config.model import sorry_text
@@ -53,12 +55,13 @@ def build_table(cfg, health: dict | None = None, sorry: set | None = None,
     are dead (or at weight 0 when the service quiesces dead servers); ``weights`` (real_key ->
     weight) are the load monitors' dynamic weights, which replace the configured ones;
     ``overrides`` (real_key -> weight) are the operator's (`lb weight`/`lb quiesce`), which
-    replace both -- but never bring back a server its monitor says is dead.
+    replace both -- but never bring back a server its monitor says is dead (lb.weight has the
+    rule).  Each real server's RealSpec is built here, once, from its own configured entry.
 
     A service with a sorry server and no usable real server (all dead, inactive or at weight 0)
     gets the sorry server as its only real server; the keys of those services are added to
     ``sorry`` when it is given."""
-    forward = {"nat": "nat", "tunnel": "tunnel"}.get(cfg.network, "dr")
+    forward = FORWARD_OF_NETWORK[cfg.network]
     health = health or {}
     weights = weights or {}
     overrides = overrides or {}
@@ -68,28 +71,34 @@ def build_table(cfg, health: dict | None = None, sorry: set | None = None,
             continue
         reals, dead = [], []
         for rs in vs.real_servers:
-            if not rs.active:
-                continue
             key = real_key(vs, rs)
-            weight = overrides.get(key)
-            if weight is None:
-                weight = weights.get(key, rs.weight)
-            if not health.get(real_key(vs, rs), True):
-                if not vs.monitor.quiesce:
-                    dead.append((rs.address, rs.effective_port(vs)))
-                    continue
-                weight = 0
-            reals.append(RealSpec(rs.address, rs.effective_port(vs), weight, forward))
+            w = effective_weight(vs, rs, health.get(key, True), weights.get(key), overrides.get(key))
+            # a firewall-mark service's connections keep the port they came to (IPVS does the same)
+            port = 0 if vs.fwmark else rs.effective_port(vs)
+            if w.in_table:
+                reals.append(RealSpec(rs.address, port, w.value, forward, rs.u_threshold, rs.l_threshold,
+                                      w.source, rs.weight))
+            elif w.source == lbweight.DOWN:
+                dead.append((rs.address, port))
         if vs.sorry_server is not None and not any(r.weight > 0 for r in reals):
             addr, port = vs.sorry_server
-            # the pool's entries leave the table (the data plane drains them)
-            reals = [RealSpec(addr, vs.port if port is None else port, 1, forward)]
+            w = lbweight.sorry_server()
+            # the pool's entries leave the table (the data plane drains them); the sorry server
+            # has no thresholds of its own
+            reals = [RealSpec(addr, 0 if vs.fwmark else vs.port if port is None else port, w.value, forward,
+                              weight_source=w.source)]
             if sorry is not None:
                 sorry.add(vs.key)
         services.append(ServiceSpec.from_config(vs, reals, dead))
     t = cfg.timeouts
     return TableSpec(tuple(services), (t.tcp, t.tcpfin, t.udp), cfg.expire_nodest_conn,
                      lblc_expiration=cfg.lblc_expiration, lblcr_expiration=cfg.lblcr_expiration)
+
+
+def effective_weight(vs, rs, up: bool = True, load: int | None = None, override: int | None = None) -> lbweight.Weight:
+    """rs's effective weight in vs and why (lb.weight.effective with the config's part)."""
+    return lbweight.effective(rs.weight, active=rs.active, up=up, quiesce=vs.monitor.quiesce, load=load,
+                            override=override)
 
 
 class OverrideError(ValueError):

@@ -153,35 +153,35 @@ class ServiceTable:
             raise hit
         return hit
 
-    def _nexthop_real(self, spec: RealSpec, svc_id: int, old: L.Real | None, draining: bool = False,
-                      resolve: bool = True) -> L.Real:
+    def _real_entry(self, spec: RealSpec, svc_id: int, old: L.Real | None, resolve: bool = True) -> L.Real:
         """The lb_reals entry for spec.  resolve=False keeps old's next hop (applies that only
         change weights do no netlink work; refresh_nexthops re-resolves on its own schedule)."""
-        fwd = L.FORWARDS[spec.forward]
-        real = L.Real(spec.address, spec.port, fwd, spec.weight, svc=svc_id, family=L.family_of(spec.address),
-                      u_threshold=spec.u_threshold, l_threshold=spec.l_threshold)
+        real = L.Real(spec.address, spec.port, L.FORWARDS[spec.forward], spec.weight, svc=svc_id,
+                      family=L.family_of(spec.address), u_threshold=spec.u_threshold, l_threshold=spec.l_threshold)
         if old is not None:
             real.pos = old.pos
-        if draining:
-            real.flags |= L.REAL_F_DRAINING
-        if not resolve and old is not None and old.family and old.fwd == fwd:
-            real.ifindex, real.mac, real.src_mac, real.tun_src = old.ifindex, old.mac, old.src_mac, old.tun_src
-            real.mtu = old.mtu
+        if not resolve and old is not None and old.family and old.fwd == real.fwd:
+            _keep_nexthop(real, old)
             real.flags |= old.flags & L.REAL_F_NO_NEXTHOP
             return real
+        return self._with_nexthop(real, old)
+
+    def _with_nexthop(self, real: L.Real, old: L.Real | None) -> L.Real:
+        """real with its next hop resolved (and, for a tunnel, our source address toward it and
+        the link's MTU); when that fails, old's next hop if it had one, else no new connections
+        (REAL_F_NO_NEXTHOP) until it answers."""
         try:
-            nh = self._resolve(spec.address, fwd == L.FWD_DR)
+            nh = self._resolve(real.addr, real.fwd == L.FWD_DR)
             real.ifindex, real.mac, real.src_mac = nh.ifindex, nh.mac, nh.src_mac
-            if fwd == L.FWD_TUNNEL:
+            if real.fwd == L.FWD_TUNNEL:
                 if nh.src_addr is None:
-                    raise NextHopError(f"real server {spec.address}: no source address of ours toward it "
+                    raise NextHopError(f"real server {real.addr}: no source address of ours toward it "
                                        f"(on {nh.ifname}) for the tunnel's outer header")
                 real.tun_src = L.pack_addr(nh.src_addr)
                 real.mtu = nh.mtu
         except NextHopError as e:
             if old is not None and old.family and not old.flags & L.REAL_F_NO_NEXTHOP:
-                real.ifindex, real.mac, real.src_mac, real.tun_src = old.ifindex, old.mac, old.src_mac, old.tun_src
-                real.mtu = old.mtu
+                _keep_nexthop(real, old)
             else:
                 log.warning("%s; it gets no new connections until it answers", e)
                 real.flags |= L.REAL_F_NO_NEXTHOP
@@ -209,7 +209,7 @@ class ServiceTable:
         self.txn.begin()
         try:
             for key, spec in want.items():
-                self._apply_service(key, self._with_drains(key, spec))
+                self._apply_service(key, spec, self._drains(key, spec))
         finally:
             self.txn.end()
         self._sync_ranges(want)
@@ -225,17 +225,17 @@ class ServiceTable:
         log.info("applied %d services: %d map writes", len(want), n)
         return n
 
-    def _with_drains(self, key: L.SvcKey, spec: ServiceSpec) -> ServiceSpec:
-        """A real server leaving a service while connections still point at it stays, at weight
-        0, until the last one has ended or expired: removal drains instead of cutting (IPVS
-        drops such packets at once).  Half-open and closing connections count too, so a client
-        between SYN and ACK is not cut off."""
+    def _drains(self, key: L.SvcKey, spec: ServiceSpec) -> set[tuple]:
+        """The real servers of the service that leave it but stay, at weight 0, until the last
+        connection pointing at them has ended or expired: removal drains instead of cutting
+        (IPVS drops such packets at once).  Half-open and closing connections count too, so a
+        client between SYN and ACK is not cut off."""
         st = self.services.get(key)
         if st is None:
-            return spec
+            return set()
         wanted = {r.key for r in spec.reals}
         dead = set(spec.dead)
-        extra = []
+        drains = set()
         for rkey, rid in st.dests:
             if rkey in wanted or rkey in dead:      # kept, or dead: no draining
                 if self.draining:
@@ -249,12 +249,8 @@ class ServiceTable:
                 log.info("draining real server %s:%d of %s: weight 0 until its %d connections end",
                          rkey[0], rkey[1], _svc_name(key), active + inactive)
                 self.draining.add((key, rkey))
-            real = self.reals[rid]
-            extra.append(RealSpec(real.addr, real.port, 0, L.FORWARD_OF[real.fwd],
-                                  real.u_threshold, real.l_threshold))
-        if not extra:
-            return spec
-        return dataclasses.replace(spec, reals=spec.reals + tuple(extra))
+            drains.add(rkey)
+        return drains
 
     def finish_drains(self) -> int:
         """Remove draining real servers whose connections have all ended or expired."""
@@ -325,7 +321,9 @@ class ServiceTable:
         self.mh.last.pop(rid, None)         # a reused id starts with a new last weight
         self.txn.set("lb_reals", L.U32.pack(rid), real.pack())
 
-    def _apply_service(self, key: L.SvcKey, spec: ServiceSpec) -> None:
+    def _apply_service(self, key: L.SvcKey, spec: ServiceSpec, drains: set[tuple] = frozenset()) -> None:
+        """Write one service: spec's real servers, plus `drains` (real servers it keeps at
+        weight 0 while their connections last)."""
         new = key not in self.services
         sched_changed = False
         name = _SvcName(key)        # formatted only when a line is logged
@@ -346,6 +344,8 @@ class ServiceTable:
                 sched_changed = True
                 self.lblc.flush(st.id)     # ip_vs_lblc_done_svc: the old table goes
         wanted = {r.key: r for r in spec.reals} if st.dests else {}    # (a new list needs none)
+        for rkey in drains:
+            wanted[rkey] = _DRAIN
         changed = sched_changed
 
         def dest_changed():
@@ -369,12 +369,14 @@ class ServiceTable:
                 log.info("removed real server %s:%d from %s", rkey[0], rkey[1], name)
         # 2. updates of existing real servers (Real's == compares every packed field: the
         # same as comparing the packed entries, without packing both)
-        draining = self.draining
         kept.reverse()
         for (rkey, rid), spec_r in zip(st.dests, kept):
             old = self.reals[rid]
-            drains = bool(draining) and (key, rkey) in draining
-            real = self._nexthop_real(spec_r, st.id, old, drains, resolve=False)
+            if spec_r is _DRAIN:
+                real = dataclasses.replace(old, weight=0, svc=st.id, family=L.family_of(old.addr),
+                                           flags=L.REAL_F_DRAINING | old.flags & L.REAL_F_NO_NEXTHOP)
+            else:
+                real = self._real_entry(spec_r, st.id, old, resolve=False)
             if real != old:
                 self.reals[rid] = real
                 self.txn.set("lb_reals", L.U32.pack(rid), real.pack())
@@ -397,7 +399,7 @@ class ServiceTable:
             if have and spec_r.key in have:
                 continue
             rid = self._alloc_real()
-            real = self._nexthop_real(spec_r, st.id, None)
+            real = self._real_entry(spec_r, st.id, None)
             self.reals[rid] = real
             self.txn.set("lb_reals", L.U32.pack(rid), real.pack())
             st.dests.insert(0, (spec_r.key, rid))
@@ -498,9 +500,10 @@ class ServiceTable:
             touched = False
             for rkey, rid in st.dests:
                 old = self.reals[rid]
-                spec = RealSpec(old.addr, old.port, old.weight, L.FORWARD_OF[old.fwd],
-                                old.u_threshold, old.l_threshold)
-                real = self._nexthop_real(spec, st.id, old, bool(old.flags & L.REAL_F_DRAINING))
+                real = self._with_nexthop(L.Real(old.addr, old.port, old.fwd, old.weight, svc=st.id,
+                                                 family=L.family_of(old.addr), u_threshold=old.u_threshold,
+                                                 l_threshold=old.l_threshold, pos=old.pos,
+                                                 flags=old.flags & L.REAL_F_DRAINING), old)
                 if real.pack() != old.pack():
                     self.reals[rid] = real
                     self.txn.set("lb_reals", L.U32.pack(rid), real.pack())
@@ -534,6 +537,14 @@ class ServiceTable:
         if not real.u_threshold or real.u_threshold > act + inact:
             if self.txn.get("lb_real_overload", key) != L.U32.pack(0):
                 self.txn.set("lb_real_overload", key, L.U32.pack(0))
+
+
+# _apply_service's mark of a real server kept draining (in place of its RealSpec)
+_DRAIN = object()
+
+
+def _keep_nexthop(real: L.Real, old: L.Real) -> None:
+    real.ifindex, real.mac, real.src_mac, real.tun_src, real.mtu = old.ifindex, old.mac, old.src_mac, old.tun_src, old.mtu
 
 
 def key_of(spec: ServiceSpec):
