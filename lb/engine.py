@@ -97,8 +97,8 @@ def build_table(cfg, health: dict | None = None, sorry: set | None = None,
 
 def effective_weight(vs, rs, up: bool = True, load: int | None = None, override: int | None = None) -> lbweight.Weight:
     """rs's effective weight in vs and why (lb.weight.effective with the config's part)."""
-    return lbweight.effective(rs.weight, active=rs.active, up=up, quiesce=vs.monitor.quiesce, load=load,
-                            override=override)
+    return lbweight.effective(rs.weight, active=vs.active and rs.active, up=up, quiesce=vs.monitor.quiesce,
+                              load=load, override=override)
 
 
 class OverrideError(ValueError):
@@ -488,28 +488,20 @@ class Engine:
             if old is not None:
                 log.info("operator override of real server %s cleared (was weight %d)", where, old)
             return f"{where}: {'override cleared' if old is not None else 'no override to clear'}; " \
-                   f"{self._weight_text(key, rs)}{self._down_text(key, vs)}"
+                   f"{self.weight_of(vs, rs).text()}"
         self.overrides[key] = weight
         self._save_overrides()
         if old != weight:
             log.info("operator override: real server %s weight %d (was %s)", where, weight,
                      "not overridden" if old is None else old)
-        quiet = "; quiesced: open connections go on, no new ones" if weight == 0 else ""
-        return f"{where}: {self._weight_text(key, rs)}{quiet}{self._down_text(key, vs)}"
+        w = self.weight_of(vs, rs)
+        quiet = "; open connections go on, no new ones" if w.source == lbweight.OVERRIDE and w.value == 0 else ""
+        return f"{where}: {w.text()}{quiet}"
 
-    def _weight_text(self, key, rs) -> str:
-        o, dyn = self.overrides.get(key), self.weights.get(key)
-        parts = [f"configured {rs.weight}"] + ([f"load monitor {dyn}"] if dyn is not None else [])
-        if o is not None:
-            return f"weight {o} (override; {', '.join(parts)})"
-        return f"weight {dyn} (load monitor; configured {rs.weight})" if dyn is not None else \
-            f"weight {rs.weight} (configured)"
-
-    def _down_text(self, key, vs) -> str:
-        if self.health.get(key, True):
-            return ""
-        return ("; it is down: weight 0 until its health checks pass" if vs.monitor.quiesce else
-                "; it is down: out of the table until its health checks pass")
+    def weight_of(self, vs, rs) -> lbweight.Weight:
+        """rs's effective weight now, and why: what the table gives it (lb.weight's rule)."""
+        key = real_key(vs, rs)
+        return effective_weight(vs, rs, self.health.get(key, True), self.weights.get(key), self.overrides.get(key))
 
     @staticmethod
     def _override_id(key) -> list:
@@ -663,8 +655,10 @@ class Engine:
                 entry = self.monitors.get(key)
                 mon = entry[2] if entry else None
                 last = mon.last if mon else None
+                w = self.weight_of(vs, rs)
                 reals.append({"name": rs.name, "address": str(rs.address), "port": rs.effective_port(vs),
-                              "active": rs.active, "weight": rs.weight,
+                              "active": rs.active, "weight": w.value, "weight_source": w.source,
+                              "configured_weight": rs.weight,
                               "health": "unmonitored" if mon is None else mon.state,
                               "changes": mon.changes if mon else 0,
                               "downs": mon.downs if mon else 0, "ups": mon.ups if mon else 0,

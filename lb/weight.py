@@ -52,6 +52,12 @@ def effective(configured: int, *, active: bool = True, up: bool = True, quiesce:
     return Weight(configured, CONFIGURED, configured, load, override)
 
 
+def from_status(r: dict) -> Weight:
+    """The Weight of a real server of `lb status --json` (the control socket's status reply)."""
+    return Weight(r["weight"], r.get("weight_source", CONFIGURED), r.get("configured_weight"),
+                  r.get("dynamic_weight"), r.get("override"))
+
+
 def sorry_server() -> Weight:
     return Weight(1, SORRY_SERVER, None)
 

@@ -166,3 +166,24 @@ def test_a_firewall_mark_services_real_servers_have_port_zero() -> None:
     assert [(r.key, r.u_threshold, r.forward) for r in svc.reals] == [((IPv4Address("10.9.1.5"), 0), 4, "dr")]
     (svc,) = build_table(cfg, health={real_key(vs, reals[0]): False}).services
     assert svc.reals == () and svc.dead == ((IPv4Address("10.9.1.5"), 0),)
+
+
+def test_the_effective_weight_says_why() -> None:
+    """lb.weight: one rule and one text for `lb status`, the control socket and the console."""
+    from lb import weight
+
+    assert weight.effective(3, override=0).text() == "weight 0: quiesced by operator; configured 3"
+    assert weight.effective(3).text() == "weight 3: configured"
+    assert weight.effective(3, load=2, override=5).text() == "weight 5: set by operator; configured 3, load monitor 2"
+    assert weight.effective(3, load=2).text() == "weight 2: set by its load monitor; configured 3"
+    down = weight.effective(3, up=False, override=5)
+    assert (down.value, down.in_table) == (0, False)
+    assert down.text() == "weight 0: down, out of the table until its health checks pass; configured 3, " \
+                          "operator override 5"
+    quiesced = weight.effective(3, up=False, quiesce=True)
+    assert (quiesced.value, quiesced.in_table, quiesced.source) == (0, True, "down_quiesced")
+    assert weight.effective(3, active=False).in_table is False
+    assert weight.sorry_server().text() == "weight 1: sorry server, standing in for a pool with no usable real server"
+    status = {"weight": 0, "weight_source": "override", "configured_weight": 3, "dynamic_weight": None,
+              "override": 0}
+    assert weight.from_status(status).text() == "weight 0: quiesced by operator; configured 3"

@@ -10,6 +10,7 @@ import sys
 import time
 
 from lb import config as lbconfig
+from lb import weight as lbweight
 
 
 def _setup_logging(verbose: bool) -> None:
@@ -192,12 +193,11 @@ def cmd_status(args) -> int:
         for r in s["real_servers"]:
             last = r.get("last_check")
             detail = "" if not last else f"  last check {'ok' if last['ok'] else 'FAIL'} {_fmt_time(last['at'])} {last['detail']}"
-            weight = r["weight"] if r.get("dynamic_weight") is None else f"{r['dynamic_weight']}/{r['weight']}"
-            if r.get("override") is not None:
-                dyn = "" if r.get("dynamic_weight") is None else f", load monitor {r['dynamic_weight']}"
-                weight = f"{r['override']} (override; configured {r['weight']}{dyn})"
-            print(f"  -> {r['name']:<12} {r['address']}:{r['port']:<6} weight {weight:<5} "
+            w = lbweight.from_status(r)
+            print(f"  -> {r['name']:<12} {r['address']}:{r['port']:<6} weight {w.value:<5} "
                   f"{r['health']:<11} changes {r['changes']:<3}{detail}")
+            if w.source != lbweight.CONFIGURED:
+                print(f"     {w.text()}")
             if r.get("reason"):
                 print(f"     {'up' if r['health'] == 'up' else 'down'} since {_fmt_time(r['since'])}: {r['reason']}")
             load = r.get("load")
