@@ -27,7 +27,8 @@ from lb.config.toml import WEIGHT_RANGE
 from lb.dataplane import RealSpec, ServiceSpec, TableSpec
 from lb.dataplane.errors import DataplaneError
 from lb.dataplane.ipvs import IpvsDataplane
-from lb.dataplane.xdp import Sizes, XdpDataplane
+from lb.dataplane.program import Sizes
+from lb.dataplane.xdp import XdpDataplane
 from lb.ha import addresses
 from lb.ha import announce as ha_announce
 from lb.health import CheckSpec, LoadMonitorTask, LoadSpec, Monitor, NannyPolicy

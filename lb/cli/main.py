@@ -11,6 +11,7 @@ import time
 
 from lb import config as lbconfig
 from lb import weight as lbweight
+from lb.config.model import DEFAULT_TIMEOUTS
 
 
 def _setup_logging(verbose: bool) -> None:
@@ -347,7 +348,7 @@ def _list_ipvs(args) -> int:
         version, size = ipvs.read_info()
         services = ipvs.read_services()
         conns = ipvs.read_connections() if args.connection else []
-        timeouts = ipvs.read_timeouts() if args.timeout else (900, 120, 300)
+        timeouts = ipvs.read_timeouts() if args.timeout else DEFAULT_TIMEOUTS
     except ipvs.IpvsError as e:
         print(f"lb: {e}", file=sys.stderr)
         return 1
@@ -383,7 +384,7 @@ def cmd_list(args) -> int:
         return 0                 # XDP mode syncs in lb's own daemon (lb status), not the kernel's
     inst = _instance(args)
     if inst is None:
-        return _print_listing(args, [], [], (900, 120, 300))
+        return _print_listing(args, [], [], DEFAULT_TIMEOUTS)
     try:
         maps = PinnedMaps(inst)
     except FileNotFoundError as e:

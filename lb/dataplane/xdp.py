@@ -59,6 +59,11 @@ class XdpDataplane(Dataplane):
 
     # ---- the parts' state, by the names tests and tools use ----
     @property
+    def bpf(self):
+        """bcc's BPF object of the loaded programs (None before load)."""
+        return self.program.bpf
+
+    @property
     def fns(self) -> dict:
         return self.program.fns
 
