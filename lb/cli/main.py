@@ -10,6 +10,8 @@ import sys
 import time
 
 from lb import config as lbconfig
+from lb import weight as lbweight
+from lb.config.model import DEFAULT_TIMEOUTS
 
 
 def _setup_logging(verbose: bool) -> None:
@@ -192,12 +194,11 @@ def cmd_status(args) -> int:
         for r in s["real_servers"]:
             last = r.get("last_check")
             detail = "" if not last else f"  last check {'ok' if last['ok'] else 'FAIL'} {_fmt_time(last['at'])} {last['detail']}"
-            weight = r["weight"] if r.get("dynamic_weight") is None else f"{r['dynamic_weight']}/{r['weight']}"
-            if r.get("override") is not None:
-                dyn = "" if r.get("dynamic_weight") is None else f", load monitor {r['dynamic_weight']}"
-                weight = f"{r['override']} (override; configured {r['weight']}{dyn})"
-            print(f"  -> {r['name']:<12} {r['address']}:{r['port']:<6} weight {weight:<5} "
+            w = lbweight.from_status(r)
+            print(f"  -> {r['name']:<12} {r['address']}:{r['port']:<6} weight {w.value:<5} "
                   f"{r['health']:<11} changes {r['changes']:<3}{detail}")
+            if w.source != lbweight.CONFIGURED:
+                print(f"     {w.text()}")
             if r.get("reason"):
                 print(f"     {'up' if r['health'] == 'up' else 'down'} since {_fmt_time(r['since'])}: {r['reason']}")
             load = r.get("load")
@@ -347,11 +348,30 @@ def _list_ipvs(args) -> int:
         version, size = ipvs.read_info()
         services = ipvs.read_services()
         conns = ipvs.read_connections() if args.connection else []
-        timeouts = ipvs.read_timeouts() if args.timeout else (900, 120, 300)
+        timeouts = ipvs.read_timeouts() if args.timeout else DEFAULT_TIMEOUTS
     except ipvs.IpvsError as e:
         print(f"lb: {e}", file=sys.stderr)
         return 1
     return _print_listing(args, services, conns, timeouts, size=size, version=version)
+
+
+def connection_listing(maps, now_ns: int | None = None, fast: bool | None = None):
+    """`lb list -c -n` (ipvsadm -L -c -n) of pinned maps as chunks of bytes, header included.
+    fast (default: when lb._bpfbatch is built): the lines come formatted from C
+    (reader.connection_lines); else lb.listing formats reader.read_connections' records, the
+    same bytes."""
+    from lb import listing
+    from lb.dataplane import reader
+    from lb.dataplane.maps import have_batch
+
+    now = time.monotonic_ns() if now_ns is None else now_ns
+    if fast is None:
+        fast = have_batch()
+    if not fast:
+        yield listing.format_connections(reader.read_connections(maps, now_ns=now)).encode()
+        return
+    yield listing.format_connections([]).encode()
+    yield from reader.connection_lines(maps, now)
 
 
 def cmd_list(args) -> int:
@@ -364,7 +384,7 @@ def cmd_list(args) -> int:
         return 0                 # XDP mode syncs in lb's own daemon (lb status), not the kernel's
     inst = _instance(args)
     if inst is None:
-        return _print_listing(args, [], [], (900, 120, 300))
+        return _print_listing(args, [], [], DEFAULT_TIMEOUTS)
     try:
         maps = PinnedMaps(inst)
     except FileNotFoundError as e:
@@ -374,7 +394,7 @@ def cmd_list(args) -> int:
         if args.connection and not args.json and not args.service:
             # the connection listing alone: streamed from C buffers (1M entries in about a second)
             sys.stdout.flush()
-            for chunk in reader.connection_listing(maps):
+            for chunk in connection_listing(maps):
                 sys.stdout.buffer.write(chunk)
             return 0
         services = reader.read_services(maps)
