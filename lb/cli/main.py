@@ -65,10 +65,11 @@ def cmd_export(args) -> int:
             cfg, extras = lvscf.load_with_extras(args.config)
         else:
             cfg, extras = lbconfig.load(args.config), None
+        text = lvscf.dumps(cfg, extras)    # ConfigError for what lvs.cf cannot hold
     except lbconfig.ConfigError as e:
         print(e, file=sys.stderr)
         return 2
-    sys.stdout.write(lvscf.dumps(cfg, extras))
+    sys.stdout.write(text)
     return 0
 
 

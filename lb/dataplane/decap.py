@@ -8,16 +8,16 @@ from __future__ import annotations
 import ctypes
 import ipaddress
 import logging
-from pathlib import Path
 
 from pyroute2 import IPRoute
 
 from .attach import MODES, attach_xdp, detach_xdp
 from .errors import DataplaneError
+from .layout import BPF_DIR
 
 log = logging.getLogger("lb.decap")
 
-SOURCE = Path(__file__).resolve().parents[2] / "bpf" / "lb_decap.c"
+SOURCE = BPF_DIR / "lb_decap.c"
 
 
 class DecapError(Exception):

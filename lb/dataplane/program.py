@@ -18,7 +18,7 @@ from .maps import BpfMap
 
 log = logging.getLogger("lb.dataplane")
 
-BPF_DIR = Path(__file__).resolve().parents[2] / "bpf"
+BPF_DIR = L.BPF_DIR      # one place says where bpf/ is
 
 PROGRAMS = ("lb_xdp_public", "lb_xdp_private", "lb_xdp_new_conn", "lb_xdp_persist",
             *(f"lb_sched_{n}" for n in L.SCHEDULERS))
