@@ -6,13 +6,15 @@
 #ifndef LB_PARSE_H
 #define LB_PARSE_H
 
+/* uapi/ headers only: the kernel-internal linux/ip.h and friends pull in most of the kernel
+ * (skbuff.h, ...), a second and a half of every compile, for the same structs */
 #include <uapi/linux/bpf.h>
-#include <linux/if_ether.h>
-#include <linux/ip.h>
-#include <linux/ipv6.h>
-#include <linux/tcp.h>
-#include <linux/udp.h>
-#include <linux/in.h>
+#include <uapi/linux/if_ether.h>
+#include <uapi/linux/ip.h>
+#include <uapi/linux/ipv6.h>
+#include <uapi/linux/tcp.h>
+#include <uapi/linux/udp.h>
+#include <uapi/linux/in.h>
 #include "lb_consts.h"
 
 #ifndef ETH_P_8021AD

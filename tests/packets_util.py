@@ -36,11 +36,13 @@ def fake_resolver(addr, need_onlink=False):
 
 
 @contextlib.contextmanager
-def loaded_dataplane(name: str, sizes: Sizes | None = None, table: TableSpec | None = None
-                     ) -> Iterator[XdpDataplane]:
+def loaded_dataplane(name: str, sizes: Sizes | None = None, table: TableSpec | None = None,
+                     keep_bcc: bool = False) -> Iterator[XdpDataplane]:
     """A data plane loaded under a per-process pin directory (with `table` applied), unpinned and
-    closed afterwards, also when loading fails: bcc pins the maps before the verifier has its say."""
-    dp = XdpDataplane(f"{name}{os.getpid()}", sizes or Sizes(16, 4096, 16, 4096), resolver=fake_resolver)
+    closed afterwards, also when loading fails: bcc pins the maps before the verifier has its say.
+    keep_bcc: compiled afresh (not from the compile cache) and bcc's module kept (dp.bpf)."""
+    dp = XdpDataplane(f"{name}{os.getpid()}", sizes or Sizes(16, 4096, 16, 4096), resolver=fake_resolver,
+                      keep_bcc=keep_bcc)
     try:
         dp.load()
         if table is not None:

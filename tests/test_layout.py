@@ -134,7 +134,7 @@ def test_read_consts_reads_defaults_enums_and_expressions(tmp_path):
 
 @pytest.fixture(scope="module")
 def dp():
-    with loaded_dataplane("layout") as d:
+    with loaded_dataplane("layout", keep_bcc=True) as d:
         yield d
 
 

@@ -10,16 +10,46 @@ import ctypes
 import ctypes.util
 import errno
 import os
+import platform
 
-_NR_BPF = 321  # x86_64
+# bpf(2) has no libc wrapper: its number by architecture (the kernel's syscall tables).  lb is
+# built and tested on x86-64; the others are the kernel's numbers, so the map and program
+# commands work there too (untested).
+_NR_BPF_BY_MACHINE = {"x86_64": 321, "aarch64": 280, "arm64": 280, "riscv64": 280, "loongarch64": 280,
+                      "ppc64le": 361, "ppc64": 361, "s390x": 351, "i686": 357, "i386": 357, "armv7l": 386}
+SUPPORTED_MACHINES = ("x86_64",)           # where the project's tests run
 
+
+class UnsupportedArchitecture(OSError):
+    pass
+
+
+def _nr_bpf(machine: str) -> int:
+    try:
+        return _NR_BPF_BY_MACHINE[machine]
+    except KeyError:
+        raise UnsupportedArchitecture(
+            f"lb does not know the bpf(2) system call number of this architecture ({machine}); it runs on "
+            f"{', '.join(sorted(set(_NR_BPF_BY_MACHINE)))} (tested on x86_64)") from None
+
+
+_MACHINE = platform.machine()
+_NR_BPF = _NR_BPF_BY_MACHINE.get(_MACHINE)    # None: _sys raises UnsupportedArchitecture
+
+BPF_MAP_CREATE = 0
 BPF_MAP_LOOKUP_ELEM = 1
 BPF_MAP_UPDATE_ELEM = 2
 BPF_MAP_DELETE_ELEM = 3
 BPF_MAP_GET_NEXT_KEY = 4
+BPF_PROG_LOAD = 5
+BPF_OBJ_PIN = 6
 BPF_OBJ_GET = 7
 BPF_OBJ_GET_INFO_BY_FD = 15
 BPF_PROG_TEST_RUN = 10
+
+BPF_PROG_TYPE_XDP = 6
+BPF_PSEUDO_MAP_FD = 1        # src_reg of a ld_imm64 whose immediate is a map's fd
+BPF_OBJ_NAME_LEN = 16
 
 BPF_ANY = 0
 BPF_NOEXIST = 1
@@ -63,6 +93,8 @@ class MapInfo(ctypes.Structure):
 
 def _sys(cmd: int, attr: ctypes.Structure) -> int:
     # The kernel accepts an attr shorter than union bpf_attr and zero-fills the rest.
+    if _NR_BPF is None:
+        _nr_bpf(_MACHINE)
     rc = _libc.syscall(_NR_BPF, cmd, ctypes.byref(attr), ctypes.sizeof(attr))
     if rc < 0:
         err = ctypes.get_errno()
@@ -80,6 +112,80 @@ def obj_get(path: str) -> int:
         if e.errno == errno.ENOENT:
             raise FileNotFoundError(errno.ENOENT, "no pinned BPF object", path) from None
         raise
+
+
+def obj_pin(fd: int, path: str) -> None:
+    """Pin a map or program at path (bpffs); FileExistsError when something is pinned there."""
+    p = ctypes.create_string_buffer(os.fsencode(path))
+    attr = _ObjGetAttr(pathname=ctypes.addressof(p), bpf_fd=fd)
+    try:
+        _sys(BPF_OBJ_PIN, attr)
+    except BpfError as e:
+        if e.errno == errno.EEXIST:
+            raise FileExistsError(errno.EEXIST, "a BPF object is pinned there", path) from None
+        raise
+
+
+class _MapCreateAttr(ctypes.Structure):
+    _fields_ = [("map_type", ctypes.c_uint32), ("key_size", ctypes.c_uint32), ("value_size", ctypes.c_uint32),
+                ("max_entries", ctypes.c_uint32), ("map_flags", ctypes.c_uint32),
+                ("inner_map_fd", ctypes.c_uint32), ("numa_node", ctypes.c_uint32),
+                ("map_name", ctypes.c_char * BPF_OBJ_NAME_LEN)]
+
+
+def map_create(map_type: int, key_size: int, value_size: int, max_entries: int, flags: int = 0,
+               name: str = "", inner_map_fd: int = 0) -> int:
+    """BPF_MAP_CREATE: a new map's fd (no BTF: lb reads its maps by its own layouts)."""
+    attr = _MapCreateAttr(map_type=map_type, key_size=key_size, value_size=value_size, max_entries=max_entries,
+                          map_flags=flags, inner_map_fd=inner_map_fd,
+                          map_name=name.encode()[: BPF_OBJ_NAME_LEN - 1])
+    return _sys(BPF_MAP_CREATE, attr)
+
+
+class _ProgLoadAttr(ctypes.Structure):
+    _fields_ = [("prog_type", ctypes.c_uint32), ("insn_cnt", ctypes.c_uint32), ("insns", ctypes.c_uint64),
+                ("license", ctypes.c_uint64), ("log_level", ctypes.c_uint32), ("log_size", ctypes.c_uint32),
+                ("log_buf", ctypes.c_uint64), ("kern_version", ctypes.c_uint32), ("prog_flags", ctypes.c_uint32),
+                ("prog_name", ctypes.c_char * BPF_OBJ_NAME_LEN), ("prog_ifindex", ctypes.c_uint32),
+                ("expected_attach_type", ctypes.c_uint32)]
+
+
+def prog_load(prog_type: int, insns: bytes, license: str = "GPL", name: str = "", kern_version: int = 0,
+              log_size: int = 0) -> int:
+    """BPF_PROG_LOAD: the program's fd.  A refusal raises BpfError; with log_size its message
+    carries the end of the verifier's log."""
+    buf = ctypes.create_string_buffer(insns, len(insns))
+    lic = ctypes.create_string_buffer(license.encode())
+    log = ctypes.create_string_buffer(log_size) if log_size else None
+    attr = _ProgLoadAttr(prog_type=prog_type, insn_cnt=len(insns) // 8, insns=ctypes.addressof(buf),
+                         license=ctypes.addressof(lic), kern_version=kern_version,
+                         prog_name=name.encode()[: BPF_OBJ_NAME_LEN - 1],
+                         log_level=1 if log else 0, log_size=log_size,
+                         log_buf=ctypes.addressof(log) if log else 0)
+    try:
+        return _sys(BPF_PROG_LOAD, attr)
+    except BpfError as e:
+        if log is None:
+            raise
+        tail = log.value.decode(errors="replace").strip().splitlines()[-3:]
+        raise BpfError(e.errno, f"{e.strerror}: {' / '.join(tail)}") from None
+
+
+class ProgInfo(ctypes.Structure):
+    _fields_ = [("type", ctypes.c_uint32), ("id", ctypes.c_uint32), ("tag", ctypes.c_uint8 * 8),
+                ("jited_prog_len", ctypes.c_uint32), ("xlated_prog_len", ctypes.c_uint32),
+                ("jited_prog_insns", ctypes.c_uint64), ("xlated_prog_insns", ctypes.c_uint64),
+                ("load_time", ctypes.c_uint64), ("created_by_uid", ctypes.c_uint32),
+                ("nr_map_ids", ctypes.c_uint32), ("map_ids", ctypes.c_uint64),
+                ("name", ctypes.c_char * BPF_OBJ_NAME_LEN)]
+
+
+def prog_info(fd: int) -> ProgInfo:
+    """A loaded program's id, tag (the kernel's hash of its instructions, map fds left out) and name."""
+    info = ProgInfo()
+    attr = _InfoAttr(bpf_fd=fd, info_len=ctypes.sizeof(info), info=ctypes.addressof(info))
+    _sys(BPF_OBJ_GET_INFO_BY_FD, attr)
+    return info
 
 
 def map_info(fd: int) -> MapInfo:

@@ -1,9 +1,9 @@
-"""The XDP programs: bpf/ assembled into one source, compiled with bcc, loaded, their tail calls
-wired, and the pinned maps opened -- the maps of a previous run adopted when their sizes and
-layouts match (Sizes: the config's [tables], passed to the C code as -D flags)."""
+"""The XDP programs: bpf/ assembled into one source, compiled with bcc (or taken from the compile
+cache: lb/dataplane/bpfobj.py), loaded with bpf(2), their tail calls wired, and the pinned maps
+opened -- the maps of a previous run adopted when their sizes and layouts match (Sizes: the
+config's [tables], passed to the C code as -D flags)."""
 from __future__ import annotations
 
-import ctypes
 import logging
 import os
 import re
@@ -12,6 +12,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from . import bpfobj
 from . import layout as L
 from .errors import DataplaneError
 from .maps import BpfMap
@@ -131,15 +132,30 @@ def bpf_source(path: Path = BPF_DIR / "lb.c") -> str:
     return expand(path)
 
 
-class Program:
-    """The compiled programs of one instance (fns by name) and its pinned maps (maps by name,
-    one dict shared with the parts of the data plane that read and write them)."""
+def _pin_flag(flag: str) -> bool:
+    return flag.startswith("-DLB_PIN_DIR=")
 
-    def __init__(self, sizes: Sizes, pin: str):
+
+class Program:
+    """The loaded programs of one instance (fns by name) and its pinned maps (maps by name,
+    one dict shared with the parts of the data plane that read and write them).
+
+    The programs come from the compile cache when it holds them for this source, these flags
+    (the pin directory aside: it names pins, not code), this kernel, its headers and this bcc;
+    otherwise bcc compiles them (seconds) and the cache keeps the result.  Either way they are
+    loaded by bpfobj.load, so a cached start and a compiling one load the same instructions."""
+
+    def __init__(self, sizes: Sizes, pin: str, cache: "bpfobj.Cache | None | bool" = True,
+                 keep_bcc: bool = False, status=None):
         self.sizes = sizes
         self.pin = pin
-        self.bpf = None
-        self.fns: dict[str, object] = {}
+        self.cache = bpfobj.Cache() if cache is True else (cache or None)
+        self.keep_bcc = keep_bcc         # keep bcc's module (tests read its tables' C types)
+        self.status = status or (lambda text: None)   # progress for the service manager (STATUS=)
+        self.bpf = None                  # bcc's module when this load compiled and keep_bcc
+        self.loaded: bpfobj.Loaded | None = None
+        self.compiled = False            # this load compiled (the cache did not have the programs)
+        self.fns: dict[str, bpfobj.Prog] = {}
         self.maps: dict[str, BpfMap] = {}
 
     def check_pins(self) -> bool:
@@ -166,29 +182,66 @@ class Program:
                     f"keeps its connections. Stop it (lb stop) or remove {self.pin} to start afresh.")
         return found
 
-    def load(self, adopted: bool) -> None:
-        """Compile and load every program (bcc creates the maps, or reuses the pinned ones),
-        wire the tail calls, open the maps by pin and write the TCP state table."""
-        from bcc import BPF  # imported here: `lb list` and config checks must not need bcc
+    def _compile(self, source: str, cflags: list[str]) -> bpfobj.Object:
+        from lb import preflight
 
+        try:
+            preflight.check_compiler()
+        except preflight.HostError as e:
+            raise DataplaneError(str(e)) from None
+        log.info("compiling the XDP programs with bcc (not in the compile cache for this kernel and "
+                 "these [tables]; the next start loads them from the cache)")
+        self.status("compiling the XDP programs (bcc)")
+        try:
+            obj, self.bpf = bpfobj.compile_bcc(source, cflags, PROGRAMS, self.pin, keep=self.keep_bcc)
+        except DataplaneError:
+            raise
+        except Exception as e:  # bcc raises plain Exceptions (compile errors, missing headers)
+            raise DataplaneError(f"cannot build the XDP programs: {e}") from e
+        self.compiled = True
+        return obj
+
+    def load(self, adopted: bool) -> None:
+        """Compile (or take from the cache) and load every program (bcc or bpfobj creates the
+        maps, or reuses the pinned ones), wire the tail calls, open the maps by pin and write
+        the TCP state table."""
         os.makedirs(self.pin, exist_ok=True)
         t0 = time.monotonic()
+        source = bpf_source()
+        cflags = self.sizes.cflags(self.pin) + ["-Wno-macro-redefined"]
+        key = bpfobj.cache_key(source, [f for f in cflags if not _pin_flag(f)], PROGRAMS)
+        obj = self.cache.get(key) if self.cache is not None and not self.keep_bcc else None
+        if obj is not None:
+            log.info("loading the XDP programs from the compile cache (%s)", self.cache._path(key))
+            self.status("loading the XDP programs (compile cache)")
+        else:
+            obj = self._compile(source, cflags)
         try:
-            self.bpf = BPF(text=bpf_source().encode(),
-                           cflags=self.sizes.cflags(self.pin) + ["-Wno-macro-redefined"])
-            for name in PROGRAMS:
-                self.fns[name] = self.bpf.load_func(name.encode(), BPF.XDP)
-        except Exception as e:
-            raise DataplaneError(f"cannot build or load the XDP programs: {e}") from e
-        log.info("compiled and loaded %d XDP programs in %.2f s (%s maps in %s)", len(PROGRAMS),
+            self.loaded = bpfobj.load(obj, self.pin, PROGRAMS)
+        except DataplaneError as e:
+            if self.compiled:
+                raise
+            # a cached object this kernel refuses (rebuilt under the same release): compile afresh
+            log.warning("the cached XDP programs do not load (%s): compiling them again", e)
+            self.cache.drop(key)
+            obj = self._compile(source, cflags)
+            self.loaded = bpfobj.load(obj, self.pin, PROGRAMS)
+        if self.compiled and self.cache is not None:
+            self.cache.put(key, obj)
+        self.fns.update(self.loaded.progs)
+        log.info("%s %d XDP programs in %.2f s (%s maps in %s)",
+                 "compiled and loaded" if self.compiled else "loaded the cached", len(PROGRAMS),
                  time.monotonic() - t0, "adopted" if adopted else "new", self.pin)
-        progs = self.bpf[b"lb_progs"]
-        progs[ctypes.c_int(L.PROG_NEW_CONN)] = ctypes.c_int(self.fns["lb_xdp_new_conn"].fd)
-        progs[ctypes.c_int(L.PROG_PERSIST)] = ctypes.c_int(self.fns["lb_xdp_persist"].fd)
-        for sname, idx in L.SCHEDULERS.items():
-            progs[ctypes.c_int(L.PROG_SCHED_BASE + idx)] = ctypes.c_int(self.fns[f"lb_sched_{sname}"].fd)
         for name in self.sizes.expected().keys() | {"lb_tcp_fsm", "lb_timeouts", "lb_counters"}:
             self.maps[name] = BpfMap.open_pinned(os.path.join(self.pin, name))
+        progs = BpfMap.open_pinned(os.path.join(self.pin, "lb_progs"))
+        try:
+            slots = {L.PROG_NEW_CONN: "lb_xdp_new_conn", L.PROG_PERSIST: "lb_xdp_persist",
+                     **{L.PROG_SCHED_BASE + idx: f"lb_sched_{s}" for s, idx in L.SCHEDULERS.items()}}
+            for slot, name in slots.items():
+                progs.set(L.U32.pack(slot), L.U32.pack(self.fns[name].fd))
+        finally:
+            progs.close()
         for i, v in enumerate(TCP_FSM):
             self.maps["lb_tcp_fsm"].set(L.U32.pack(i), L.U32.pack(v))
 
@@ -204,6 +257,10 @@ class Program:
 
     def close(self) -> None:
         self.close_maps()
+        if self.loaded is not None:
+            self.loaded.close()
+            self.loaded = None
+        self.fns.clear()
         if self.bpf is not None:
             self.bpf.cleanup()
             self.bpf = None

@@ -40,12 +40,13 @@ __all__ = ["DataplaneError", "Sizes", "XdpDataplane"]
 class XdpDataplane(Dataplane):
     kind = "xdp"
 
-    def __init__(self, instance: str, sizes: Sizes, pin_root: str = PIN_ROOT, resolver=resolve):
+    def __init__(self, instance: str, sizes: Sizes, pin_root: str = PIN_ROOT, resolver=resolve, *,
+                 cache=True, keep_bcc: bool = False, status=None):
         self.instance = instance
         self.sizes = sizes
         self.pin_root = pin_root
         self.pin = pin_dir(instance, pin_root)
-        self.program = Program(sizes, self.pin)
+        self.program = Program(sizes, self.pin, cache=cache, keep_bcc=keep_bcc, status=status)
         self.maps = self.program.maps           # by name, shared by every part below
         self.txn = MapTxn(self.maps, have_batch())
         self.rates = RateEstimator(self.maps, self.txn)
@@ -60,7 +61,7 @@ class XdpDataplane(Dataplane):
     # ---- the parts' state, by the names tests and tools use ----
     @property
     def bpf(self):
-        """bcc's BPF object of the loaded programs (None before load)."""
+        """bcc's module of the compiled programs (None unless loaded with keep_bcc)."""
         return self.program.bpf
 
     @property
