@@ -7,10 +7,10 @@
  * lack them.  Only packets to an address in lb_decap_dst are decapsulated (the server's own
  * addresses, written at attach time): anything else passes untouched. */
 #include <uapi/linux/bpf.h>
-#include <linux/if_ether.h>
-#include <linux/ip.h>
-#include <linux/ipv6.h>
-#include <linux/in.h>
+#include <uapi/linux/if_ether.h>
+#include <uapi/linux/ip.h>
+#include <uapi/linux/ipv6.h>
+#include <uapi/linux/in.h>
 
 struct lb_decap_key {
     __u8 addr[16];                /* IPv4 in the first 4 bytes */

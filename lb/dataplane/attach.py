@@ -1,5 +1,7 @@
-"""Attaching and detaching XDP programs on an interface (bcc): the director's programs
-(lb/dataplane/xdp.py) and the real servers' decapsulation (lb/dataplane/decap.py)."""
+"""Attaching and detaching XDP programs on an interface, over rtnetlink (pyroute2's IFLA_XDP):
+the director's programs (lb/dataplane/xdp.py) and the real servers' decapsulation
+(lb/dataplane/decap.py).  No bcc: a program loaded from the compile cache or the package's
+shipped instructions attaches without it."""
 from __future__ import annotations
 
 import logging
@@ -13,25 +15,44 @@ XDP_FLAGS_DRV_MODE = 1 << 2        # native (driver) XDP
 MODES = (("native", XDP_FLAGS_DRV_MODE), ("generic", XDP_FLAGS_SKB_MODE))
 
 
-def attach_xdp(ifname: str, fn, mode: str = "native") -> tuple[str, int]:
-    """Attach a loaded XDP function to ifname: native (driver) mode, falling back to generic,
-    or generic only.  Returns (the mode used, its flags); DataplaneError when neither works."""
-    from bcc import BPF  # imported here: `lb list` and config checks must not need bcc
+def _set_xdp(ifname: str, fd: int, flags: int) -> None:
+    """IFLA_XDP {FD, FLAGS} on ifname (fd -1 removes the program attached with those flags)."""
+    from pyroute2 import IPRoute
 
+    with IPRoute() as ipr:
+        idx = ipr.link_lookup(ifname=ifname)
+        if not idx:
+            raise DataplaneError(f"interface {ifname} does not exist")
+        ipr.link("set", index=idx[0], xdp={"attrs": [("IFLA_XDP_FD", fd), ("IFLA_XDP_FLAGS", flags)]})
+
+
+def _reason(e: Exception) -> str:
+    from pyroute2.netlink.exceptions import NetlinkError
+
+    if isinstance(e, NetlinkError):
+        return f"{e.args[1] if len(e.args) > 1 else e} (errno {e.code})"
+    return str(e)
+
+
+def attach_xdp(ifname: str, fn, mode: str = "native") -> tuple[str, int]:
+    """Attach a loaded XDP program (anything with .fd) to ifname: native (driver) mode, falling
+    back to generic, or generic only.  Returns (the mode used, its flags); DataplaneError when
+    neither works."""
     tries = MODES[1:] if mode == "generic" else MODES
     last = None
     for name, flags in tries:
         try:
-            BPF.attach_xdp(ifname.encode(), fn, flags)
+            _set_xdp(ifname, fn.fd, flags)
             return name, flags
-        except Exception as e:  # bcc raises a plain Exception
-            last = e
-            log.warning("cannot attach XDP to %s in %s mode: %s", ifname, name, e)
-    raise DataplaneError(f"cannot attach XDP to {ifname}: {last}")
+        except DataplaneError:
+            raise
+        except Exception as e:  # NetlinkError: the driver or kernel refused this mode
+            last = _reason(e)
+            log.warning("cannot attach XDP to %s in %s mode: %s", ifname, name, last)
+    raise DataplaneError(f"cannot attach XDP to {ifname}: {last} (this kernel or interface has no XDP "
+                         f"support in {' or '.join(n for n, _ in tries)} mode)")
 
 
 def detach_xdp(ifname: str, flags: int) -> None:
-    """Remove the XDP program attached to ifname with `flags` (bcc's error, if any, propagates)."""
-    from bcc import BPF
-
-    BPF.remove_xdp(ifname.encode(), flags)
+    """Remove the XDP program attached to ifname with `flags` (the netlink error, if any, propagates)."""
+    _set_xdp(ifname, -1, flags)

@@ -2,22 +2,34 @@
 it to DEV, so that the packets the director sends inside IPIP / IPv6-in-IPv6 reach the real
 server's stack as the client sent them (the kernel's ipip module would do the same; this kernel
 has none).  The program stays attached after the command exits; `lb decap detach DEV` removes it.
+
+A real server needs no compiler, no kernel headers and no bcc for it: the package ships
+lb_decap's compiled instructions (lb/dataplane/objects/lb_decap.json, a bpfobj.Object), loaded
+with bpf(2).  They do not depend on the kernel's headers: the program reads only packet bytes
+(the UAPI Ethernet/IP/IPv6 headers, fixed by the wire) and its own two maps, and calls only
+helpers whose numbers the kernel never changes.  `python -m lb.dataplane.decap --build`
+compiles it again with bcc; tests/test_service.py holds the shipped file to a fresh compile.
 """
 from __future__ import annotations
 
-import ctypes
 import ipaddress
 import logging
+import sys
+from importlib import resources
 
 from pyroute2 import IPRoute
 
+from . import bpfobj
 from .attach import MODES, attach_xdp, detach_xdp
 from .errors import DataplaneError
 from .layout import BPF_DIR
+from .maps import BpfMap
 
 log = logging.getLogger("lb.decap")
 
 SOURCE = BPF_DIR / "lb_decap.c"
+PROGRAM = "lb_xdp_decap"
+SHIPPED = resources.files("lb.dataplane") / "objects" / "lb_decap.json"
 
 
 class DecapError(Exception):
@@ -42,16 +54,30 @@ def _key(addr) -> bytes:
     return addr.packed.ljust(16, b"\0") + bytes([4 if addr.version == 4 else 6, 0, 0, 0])
 
 
-def load(addresses):
-    """The compiled decap program decapsulating for `addresses`: (bcc BPF object, function)."""
-    from bcc import BPF
+def compile_object() -> bpfobj.Object:
+    """lb_decap.c compiled afresh with bcc (needs bcc and kernel headers)."""
+    return bpfobj.compile_bcc(SOURCE.read_text(), [], [PROGRAM])[0]
 
-    b = BPF(text=SOURCE.read_text().encode())
-    fn = b.load_func(b"lb_xdp_decap", BPF.XDP)
-    table = b[b"lb_decap_dst"]
+
+def shipped_object() -> bpfobj.Object:
+    return bpfobj.Object.from_json(SHIPPED.read_text())
+
+
+def load(addresses) -> tuple[bpfobj.Loaded, bpfobj.Prog]:
+    """The decap program, loaded from the shipped instructions, decapsulating for `addresses`:
+    (the loaded object -- close() it to drop this process's references --, the program)."""
+    try:
+        obj = shipped_object()
+    except (OSError, ValueError) as e:
+        raise DecapError(f"the package's compiled decap program {SHIPPED}: {e}") from None
+    try:
+        loaded = bpfobj.load(obj)
+    except (DataplaneError, OSError) as e:
+        raise DecapError(f"cannot load the decap program: {e}") from None
+    dst = BpfMap(loaded.map_fds["lb_decap_dst"], "lb_decap_dst", owned=False)
     for a in addresses:
-        table[table.Key.from_buffer_copy(_key(a))] = ctypes.c_uint32(1)
-    return b, fn
+        dst.set(_key(a), (1).to_bytes(4, sys.byteorder))
+    return loaded, loaded.progs[PROGRAM]
 
 
 def attach(ifname: str, addresses=(), mode: str = "native") -> tuple[str, list]:
@@ -60,11 +86,13 @@ def attach(ifname: str, addresses=(), mode: str = "native") -> tuple[str, list]:
     addrs = list(addresses) or local_addresses(ifname)
     if not addrs:
         raise DecapError(f"{ifname} has no address to receive tunnels on: give --address")
-    _b, fn = load(addrs)
+    loaded, fn = load(addrs)
     try:
         name, _flags = attach_xdp(ifname, fn, mode)
     except DataplaneError as e:
         raise DecapError(f"the decap program: {e}") from None
+    finally:
+        loaded.close()             # attached, the kernel holds the program and its maps
     log.info("attached decap to %s (%s mode) for %s", ifname, name, ", ".join(map(str, addrs)))
     return name, addrs
 
@@ -78,3 +106,15 @@ def detach(ifname: str) -> None:
             detach_xdp(ifname, flags)
         except Exception as e:
             log.debug("remove_xdp %s flags %d: %s", ifname, flags, e)
+
+
+if __name__ == "__main__":
+    # python -m lb.dataplane.decap --build: compile bpf/lb_decap.c and write the shipped object
+    if sys.argv[1:] != ["--build"]:
+        sys.exit("usage: python -m lb.dataplane.decap --build")
+    out = SHIPPED
+    text = compile_object().to_json() + "\n"
+    with resources.as_file(out) as path:
+        path.parent.mkdir(exist_ok=True)
+        path.write_text(text)
+        print(f"wrote {path}")
