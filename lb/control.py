@@ -50,7 +50,9 @@ class ControlServer:
         self.server: asyncio.base_events.Server | None = None
 
     async def start(self) -> None:
-        os.makedirs(os.path.dirname(self.path), exist_ok=True)
+        from lb import files
+
+        files.ensure_private_dir(os.path.dirname(self.path))     # root's, 0700: no one plants a link
         self._unlink_stale()
         old = os.umask(0o177)            # the socket is born 0600: no window with wider access
         try:

@@ -17,7 +17,7 @@ import threading
 import time
 
 from lb import config as lbconfig
-from lb import control
+from lb import control, files, sdnotify
 from lb import weight as lbweight
 from lb.config.model import FORWARD_OF_NETWORK
 from lb.config.model import endpoint_text as _endpoint
@@ -32,10 +32,12 @@ from lb.dataplane.xdp import XdpDataplane
 from lb.ha import addresses
 from lb.ha import announce as ha_announce
 from lb.health import CheckSpec, LoadMonitorTask, LoadSpec, Monitor, NannyPolicy
+from lb.instance import AlreadyRunning, InstanceLock
+from lb.instance import pidfile as _pidfile
 
 log = logging.getLogger("lb.engine")
 
-RUN_DIR = "/run/lb"
+RUN_DIR = "/run/lb"            # root's, 0700 (lb.files.ensure_private_dir)
 SWEEP_INTERVAL = 5.0
 NEXTHOP_INTERVAL = 10.0
 ESTIMATE_INTERVAL = 2.0       # IPVS's rate estimator period (ip_vs_est.c)
@@ -167,7 +169,8 @@ def override_keys(cfg) -> dict:
 
 
 def pidfile(instance: str) -> str:
-    return os.path.join(RUN_DIR, f"{instance}.pid")
+    """The instance's pid file, which is also its lock (lb.instance)."""
+    return _pidfile(instance, RUN_DIR)
 
 
 def overrides_file(instance: str) -> str:
@@ -209,14 +212,16 @@ def check_interfaces(cfg) -> None:
 
 
 class Engine:
-    def __init__(self, cfg, *, xdp_mode: str = "native", dataplane: str | None = None):
+    def __init__(self, cfg, *, xdp_mode: str = "native", dataplane: str | None = None, on_sigterm: str = "clean"):
         self.cfg = cfg
         self.xdp_mode = xdp_mode
+        self.on_sigterm = on_sigterm                    # "clean" | "keep" (lb@.service: keep; see stop())
         self.dataplane = dataplane or cfg.dataplane     # xdp | ipvs | auto
         if self.dataplane == "ipvs":
             self.dp = IpvsDataplane(cfg.instance)
         else:
-            self.dp = XdpDataplane(cfg.instance, Sizes.from_tables(cfg.tables))
+            self.dp = XdpDataplane(cfg.instance, Sizes.from_tables(cfg.tables), status=sdnotify.status)
+        self.lock = InstanceLock(cfg.instance, RUN_DIR)
         self.owned: list[addresses.OwnedAddress] = []
         self._stop = None            # "clean" | "keep"
         self._wake: asyncio.Event | None = None
@@ -239,6 +244,14 @@ class Engine:
 
     # ---- lifecycle ----
     def start(self) -> None:
+        try:
+            self.lock.acquire()        # before anything is touched: a second `lb run` refuses here
+        except (AlreadyRunning, files.UnsafePath) as e:
+            raise StartupError(str(e)) from None
+        except OSError as e:
+            raise StartupError(f"{RUN_DIR}: {e.strerror or e}") from None
+        log.info("lb instance %r starting (config %s, %s data plane)", self.cfg.instance,
+                 self.cfg.path or "<config>", self.dataplane)
         check_interfaces(self.cfg)
         if self.cfg.ha is not None:
             from lb.ha.pulse import Pulse
@@ -249,6 +262,7 @@ class Engine:
             except (OSError, ValueError) as e:
                 raise StartupError(f"{self.cfg.path or '<config>'}: ha: {e}") from None
         self._restore_overrides()
+        sdnotify.status("loading the data plane")
         self._load_dataplane()
         self.owned = addresses.wanted_addresses(self.cfg)
         if self.active:
@@ -257,11 +271,10 @@ class Engine:
             # HA: the addresses come with the active role (pulse decides); the data plane is
             # loaded and attached anyway so that a takeover only adds addresses
             log.info("HA: starting without the virtual addresses until pulse decides the role")
+        sdnotify.status("applying the table")
         self._apply(self._table(self.cfg), self.cfg)
+        sdnotify.status("attaching XDP" if self.dp.kind == "xdp" else "attaching")
         self._attach_dataplane()
-        os.makedirs(RUN_DIR, exist_ok=True)
-        with open(pidfile(self.cfg.instance), "w") as f:
-            f.write(f"{os.getpid()}\n")
         log.info("lb instance %r running: %d virtual services", self.cfg.instance,
                  len(self.dp.services))
 
@@ -341,6 +354,11 @@ class Engine:
         return True
 
     def stop(self, keep_dataplane: bool = False) -> None:
+        """keep_dataplane: the programs stay attached, the maps pinned and the addresses up, for
+        the next `lb run` to adopt (an upgrade, `systemctl restart`); otherwise everything goes
+        (`systemctl stop`, `lb stop`).  lb@.service runs `lb run --on-sigterm keep` and its
+        ExecStop, `lb stop --unit %n`, picks one from the job systemd is running (stop or restart)."""
+        sdnotify.stopping("stopping (data plane kept for the next start)" if keep_dataplane else "stopping")
         if keep_dataplane:
             log.info("leaving the data plane, its maps and addresses in place for an upgrade")
             self.dp.close()
@@ -349,10 +367,7 @@ class Engine:
             addresses.release(self.owned)
             self.dp.unpin()
             self.dp.close()
-        try:
-            os.unlink(pidfile(self.cfg.instance))
-        except FileNotFoundError:
-            pass
+        self.lock.release()
         log.info("lb instance %r stopped", self.cfg.instance)
 
     def reload(self) -> bool:
@@ -519,12 +534,8 @@ class Engine:
                 os.unlink(self._overrides_file)
             return
         doc = [{"server": self._override_id(k), "weight": w} for k, w in self.overrides.items()]
-        tmp = f"{self._overrides_file}.tmp"
         try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-            with os.fdopen(fd, "w") as f:
-                json.dump(doc, f)
-            os.replace(tmp, self._overrides_file)
+            files.write_private(self._overrides_file, json.dumps(doc))
         except OSError as e:
             log.warning("cannot keep the operator overrides in %s: %s", self._overrides_file, e)
 
@@ -533,23 +544,29 @@ class Engine:
         this config still has (active); the others are dropped with a warning."""
         self._overrides_file = overrides_file(self.cfg.instance)
         try:
-            with open(self._overrides_file) as f:
-                doc = json.load(f)
+            doc = json.loads(files.read_private(self._overrides_file, limit=16 << 20))
         except FileNotFoundError:
             return
-        except (OSError, ValueError) as e:
+        except (OSError, ValueError, RecursionError, files.UnsafePath) as e:
             log.warning("ignoring %s: %s", self._overrides_file, e)
             return
+        if not isinstance(doc, list):
+            log.warning("ignoring %s: not a list of overrides", self._overrides_file)
+            return
         known = {tuple(self._override_id(k)): k for k in override_keys(self.cfg)}
-        for entry in doc if isinstance(doc, list) else []:
+        for entry in doc:
+            ident = entry.get("server") if isinstance(entry, dict) else None
             try:
-                ident, weight = tuple(entry["server"]), check_weight(entry["weight"])
-            except (KeyError, TypeError, ValueError, OverrideError):
-                log.warning("ignoring a malformed entry of %s: %r", self._overrides_file, entry)
+                # [proto, vip, vport, address, port]: anything else is not ours to guess at
+                if not (isinstance(ident, list) and [type(x) for x in ident] == [str, str, int, str, int]):
+                    raise ValueError("server")
+                ident, weight = tuple(ident), check_weight(entry.get("weight"))
+            except (ValueError, OverrideError):
+                log.warning("ignoring a malformed entry of %s: %.200r", self._overrides_file, entry)
                 continue
             key = known.get(ident)
             if key is None or weight is None:
-                log.warning("operator override %r of a real server this config does not have: dropped", entry)
+                log.warning("operator override %.200r of a real server this config does not have: dropped", entry)
                 continue
             self.overrides[key] = weight
             log.info("operator override restored: real server %s weight %d", _endpoint(key[1], key[2]), weight)
@@ -727,6 +744,12 @@ class Engine:
             return await self._weight_reply(req)
         return {"ok": False, "error": f"unknown command {cmd!r} (status, reload, weight)"}
 
+    def _ready(self) -> None:
+        """READY=1 to the service manager: called once forwarding works (programs attached, table
+        applied: start() is done) and the control socket answers; again after each reload."""
+        sdnotify.ready(f"running: {len(self.cfg.virtual_servers)} virtual services, "
+                       f"{self.dp.kind} data plane" + (f", {self.pulse.role}" if self.pulse is not None else ""))
+
     # ---- the loop ----
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
@@ -736,7 +759,9 @@ class Engine:
             self._stop = kind
             self._wake.set()
 
-        loop.add_signal_handler(signal.SIGTERM, request, "clean")
+        # SIGINT: clean stop, SIGUSR2: keep the data plane (lb stop [--keep-dataplane]); SIGTERM:
+        # as --on-sigterm says (clean by default; lb@.service keeps, its ExecStop decides)
+        loop.add_signal_handler(signal.SIGTERM, request, self.on_sigterm)
         loop.add_signal_handler(signal.SIGINT, request, "clean")
         loop.add_signal_handler(signal.SIGUSR2, request, "keep")
         reload_pending = False
@@ -767,6 +792,8 @@ class Engine:
         if self.pulse is not None:
             await blocking(ha_announce.warm_up)      # scapy loads now, not during a takeover
             await self.pulse.start()
+        if self._stop is None:
+            self._ready()
         last_sweep = last_nh = last_est = loop.time()
         while self._stop is None:
             try:
@@ -779,7 +806,11 @@ class Engine:
                 if reload_pending or self._reload_waiters:
                     reload_pending = False
                     waiters, self._reload_waiters = self._reload_waiters, []
-                    reply = await blocking(self._reload_reply)
+                    sdnotify.reloading()
+                    try:
+                        reply = await blocking(self._reload_reply)
+                    finally:
+                        self._ready()
                     if reply["ok"]:
                         self.sync_monitors()
                         self.sync_load_monitors()
@@ -836,8 +867,12 @@ class Engine:
                              return_exceptions=True)
 
 
-def run(cfg, *, xdp_mode: str = "native", dataplane: str | None = None) -> int:
-    eng = Engine(cfg, xdp_mode=xdp_mode, dataplane=dataplane)
+def run(cfg, *, xdp_mode: str = "native", dataplane: str | None = None, on_sigterm: str = "clean") -> int:
+    eng = Engine(cfg, xdp_mode=xdp_mode, dataplane=dataplane, on_sigterm=on_sigterm)
+    # a stop asked for while starting (a cold start compiles for seconds) is kept, and carried
+    # out once the start is done: never a half-started data plane, never a traceback
+    for sig, kind in ((signal.SIGTERM, on_sigterm), (signal.SIGINT, "clean"), (signal.SIGUSR2, "keep")):
+        signal.signal(sig, lambda _s, _f, kind=kind: setattr(eng, "_stop", kind))
     try:
         eng.start()
     except (StartupError, DataplaneError, LookupError) as e:
@@ -849,6 +884,7 @@ def run(cfg, *, xdp_mode: str = "native", dataplane: str | None = None) -> int:
             if eng.dp.created:
                 eng.dp.unpin()
         eng.dp.close()
+        eng.lock.release()
         return 2
     asyncio.run(eng.run())
     eng.stop(keep_dataplane=(eng._stop == "keep"))

@@ -3,32 +3,37 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import os
 import signal
 import sys
 import time
 
+import lb
 from lb import config as lbconfig
 from lb import weight as lbweight
 from lb.config.model import DEFAULT_TIMEOUTS
 
 
-def _setup_logging(verbose: bool) -> None:
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
-                        format="%(asctime)s %(name)s %(levelname)s %(message)s", stream=sys.stderr)
-
-
 def cmd_run(args) -> int:
-    _setup_logging(args.verbose)
+    from lb import preflight, sdnotify
+
+    sdnotify.setup_logging("debug" if args.verbose else args.log_level)
     try:
         cfg = lbconfig.load(args.config)
     except lbconfig.ConfigError as e:
         print(e, file=sys.stderr)
         return 2
+    try:
+        preflight.check_root()
+        if (args.dataplane or cfg.dataplane) == "xdp":     # auto falls back to IPVS without them
+            preflight.check_arch()
+            preflight.check_bpffs()
+    except preflight.HostError as e:
+        print(f"lb: {e}", file=sys.stderr)
+        return 2
     from lb import engine
 
-    return engine.run(cfg, xdp_mode=args.xdp_mode, dataplane=args.dataplane)
+    return engine.run(cfg, xdp_mode=args.xdp_mode, dataplane=args.dataplane, on_sigterm=args.on_sigterm)
 
 
 def cmd_check(args) -> int:
@@ -103,14 +108,22 @@ def _pid_running(pid: int) -> bool:
     return state not in ([b"Z"], [b"X"])
 
 
-def _signal_instance(args, sig: int, wait: bool) -> int:
-    from lb.engine import pidfile
+STOP_WAIT_S = 120.0      # a daemon still compiling (a cold start) stops once it has started
+
+
+def _signal_instance(args, sig: int, wait: bool, quiet_if_stopped: bool = False) -> int:
+    """Signal the instance's daemon -- only a pid that holds the instance's lock (lb.instance) --
+    and with wait, until it has exited."""
+    from lb import instance
 
     inst = _instance(args) or "default"
     try:
-        pid = int(open(pidfile(inst)).read().strip())
-    except (FileNotFoundError, ValueError):
-        print(f"lb: instance {inst!r} is not running (no {pidfile(inst)})", file=sys.stderr)
+        pid = instance.running_pid(inst)
+    except instance.NotRunning as e:
+        if quiet_if_stopped:
+            print(f"lb: {e}: nothing to stop", file=sys.stderr)
+            return 0
+        print(f"lb: {e}", file=sys.stderr)
         return 1
     try:
         os.kill(pid, sig)
@@ -118,18 +131,29 @@ def _signal_instance(args, sig: int, wait: bool) -> int:
         print(f"lb: instance {inst!r}: process {pid} is gone", file=sys.stderr)
         return 1
     if wait:
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + STOP_WAIT_S
         while time.monotonic() < deadline:
             if not _pid_running(pid):
                 return 0
             time.sleep(0.1)
-        print(f"lb: instance {inst!r} (pid {pid}) did not stop within 30 s", file=sys.stderr)
+        print(f"lb: instance {inst!r} (pid {pid}) did not stop within {STOP_WAIT_S:.0f} s", file=sys.stderr)
         return 1
     return 0
 
 
 def cmd_stop(args) -> int:
-    return _signal_instance(args, signal.SIGUSR2 if args.keep_dataplane else signal.SIGTERM, True)
+    """SIGINT: the clean stop (everything goes); SIGUSR2: the data plane stays for the next start.
+    --unit (lb@.service's ExecStop): keep it unless systemd is stopping the unit -- a restart
+    keeps every connection, a stop releases the VIPs and detaches, as pulse's stop did."""
+    keep = args.keep_dataplane
+    if args.unit:
+        from lb import sdnotify
+
+        job = sdnotify.systemd_job(args.unit)
+        keep = keep or (job is not None and job != "stop")
+        print(f"lb: systemd job on {args.unit}: {job or 'none known'}: "
+              f"{'keeping the data plane for the next start' if keep else 'clean stop'}", file=sys.stderr)
+    return _signal_instance(args, signal.SIGUSR2 if keep else signal.SIGINT, True, quiet_if_stopped=bool(args.unit))
 
 
 def _control(args, cmd: str, **params) -> dict | None:
@@ -464,16 +488,22 @@ def cmd_decap_detach(args) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="lb", description="Linux Virtual Server director with an XDP data plane")
+    ap.add_argument("--version", action="version", version=f"lb {lb.__version__} (lvs-director)")
     sub = ap.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("run", help="run the director (the lvs daemon)")
     p.add_argument("--config", "-c", required=True)
+    p.add_argument("--log-level", choices=["debug", "info", "warning", "error"], default="info",
+                   help="the least severe messages logged (to stderr; journald's format under systemd)")
+    p.add_argument("--on-sigterm", choices=["clean", "keep"], default="clean",
+                   help="what SIGTERM does: a clean stop (the default), or keep the data plane, maps and "
+                        "addresses for the next start (lb@.service: its ExecStop decides by the job)")
     p.add_argument("--xdp-mode", choices=["native", "generic"], default="native",
                    help="native (driver) XDP, falling back to generic; or generic only")
     p.add_argument("--dataplane", choices=["xdp", "ipvs", "auto"], default=None,
                    help="override the config's [global] dataplane: xdp, kernel ipvs, or auto "
                         "(xdp, falling back to ipvs when XDP cannot be loaded or attached)")
-    p.add_argument("-v", "--verbose", action="store_true")
+    p.add_argument("-v", "--verbose", action="store_true", help="--log-level debug")
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("check", help="validate a config file")
@@ -494,6 +524,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--keep-dataplane", action="store_true",
                    help="leave XDP attached, maps pinned and addresses up (for an upgrade: the next "
                         "`lb run` adopts them without dropping a packet)")
+    p.add_argument("--unit", metavar="UNIT",
+                   help="(lb@.service's ExecStop) keep the data plane unless systemd is stopping UNIT "
+                        "rather than restarting it; nothing running is not an error")
     p.set_defaults(func=cmd_stop)
 
     p = sub.add_parser("status", help="services, real servers and their health checks")
@@ -556,6 +589,19 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    try:
+        return _main(argv)
+    except ModuleNotFoundError as e:
+        # a host without a dependency gets a sentence, not a traceback
+        name = (e.name or str(e)).split(".")[0]
+        how = {"bcc": "apt install python3-bpfcc (lb's install script exposes it to lb's venv)",
+               "pyroute2": "pip install pyroute2 in lb's environment (or reinstall lvs-director)"}.get(
+            name, f"pip install {name} in lb's environment (or reinstall lvs-director)")
+        print(f"lb: the Python module {name!r} is missing: {how}", file=sys.stderr)
+        return 2
+
+
+def _main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     # ipvsadm habits: `lb -L -n`, `lb -Ln`, `lb -Lnc`
     if argv and argv[0][:2] in ("-L", "-l") and argv[0] not in ("--list",):

@@ -589,10 +589,16 @@ class IpvsDataplane(Dataplane):
         return f"netns {self.netns}" if self.netns else "this network namespace"
 
     def _read_state(self) -> set[tuple]:
+        from lb import files
+
         try:
-            with open(self.state_path) as f:
-                doc = json.load(f)
-        except (FileNotFoundError, ValueError):
+            doc = json.loads(files.read_private(self.state_path))
+        except FileNotFoundError:
+            return set()
+        except (OSError, ValueError, files.UnsafePath) as e:
+            log.warning("ignoring %s: %s", self.state_path, e)
+            return set()
+        if not isinstance(doc, dict):
             return set()
         out = set()
         for k in doc.get("services", []):
@@ -600,12 +606,12 @@ class IpvsDataplane(Dataplane):
         return out
 
     def _write_state(self) -> None:
-        os.makedirs(os.path.dirname(self.state_path), exist_ok=True)
-        tmp = self.state_path + ".tmp"
-        with open(tmp, "w") as f:
-            json.dump({"instance": self.instance, "dataplane": "ipvs",
-                       "services": sorted([str(x) for x in k] for k in self.owned)}, f)
-        os.replace(tmp, self.state_path)
+        from lb import files
+
+        files.ensure_private_dir(os.path.dirname(self.state_path))
+        files.write_private(self.state_path, json.dumps({
+            "instance": self.instance, "dataplane": "ipvs",
+            "services": sorted([str(x) for x in k] for k in self.owned)}))
 
     # ---- attach: IPVS hooks netfilter by itself; NAT needs forwarding for the replies ----
     def attach(self, ifname: str, side: str = "public", mode: str = "native") -> str:

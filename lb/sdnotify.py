@@ -1,0 +1,129 @@
+"""The service manager's side: sd_notify(3) over $NOTIFY_SOCKET, and log lines for journald.
+
+Type=notify units (lb@.service) learn from these messages when lb is ready (READY=1: programs
+attached, table applied, control socket answering), what it is doing meanwhile (STATUS=), and
+when it reloads or stops.  Without NOTIFY_SOCKET every call is a no-op.  The variable is taken
+out of the environment at the first call, so check, load-monitor and notify programs do not
+inherit it (systemd's NotifyAccess=main would ignore them anyway).
+"""
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import sys
+
+_UNSET = object()
+_address: object = _UNSET
+
+
+def _socket_address() -> str | None:
+    global _address
+    if _address is _UNSET:
+        addr = os.environ.pop("NOTIFY_SOCKET", None)
+        if addr and addr.startswith("@"):            # abstract namespace
+            addr = "\0" + addr[1:]
+        _address = addr or None
+    return _address  # type: ignore[return-value]
+
+
+def notify(*fields: str) -> bool:
+    """Send "KEY=value" fields in one datagram; False when there is no service manager or it
+    cannot be reached (lb goes on either way)."""
+    addr = _socket_address()
+    if addr is None:
+        return False
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as s:
+            s.connect(addr)
+            s.sendall("\n".join(fields).encode())
+        return True
+    except OSError as e:
+        logging.getLogger("lb").debug("sd_notify %s: %s", fields, e)
+        return False
+
+
+def status(text: str) -> bool:
+    return notify(f"STATUS={text}")
+
+
+def ready(text: str) -> bool:
+    return notify("READY=1", f"STATUS={text}", f"MAINPID={os.getpid()}")
+
+
+def reloading() -> bool:
+    return notify("RELOADING=1", "STATUS=reloading the configuration")
+
+
+def stopping(text: str) -> bool:
+    return notify("STOPPING=1", f"STATUS={text}")
+
+
+# ---- logs ----
+
+def under_journald(stream=None) -> bool:
+    """True when stream (stderr) is the journal's: JOURNAL_STREAM names its device and inode."""
+    stream = stream or sys.stderr
+    value = os.environ.get("JOURNAL_STREAM", "")
+    dev, _, ino = value.partition(":")
+    try:
+        st = os.fstat(stream.fileno())
+        return bool(value) and (st.st_dev, st.st_ino) == (int(dev), int(ino))
+    except (ValueError, OSError, AttributeError):
+        return False
+
+
+class JournalFormatter(logging.Formatter):
+    """journald stamps every line itself: no time here, and the syslog priority as a "<N>"
+    prefix (SyslogLevelPrefix=, on by default), so `journalctl -p warning` filters lb's lines."""
+
+    PRIORITY = {logging.CRITICAL: 2, logging.ERROR: 3, logging.WARNING: 4, logging.INFO: 6, logging.DEBUG: 7}
+
+    def __init__(self):
+        super().__init__("%(name)s: %(message)s")
+
+    def format(self, record: logging.LogRecord) -> str:
+        prio = self.PRIORITY.get(record.levelno, 6 if record.levelno > logging.DEBUG else 7)
+        text = super().format(record)
+        return "\n".join(f"<{prio}>{line}" for line in text.splitlines() or [""])
+
+
+LEVELS = ("debug", "info", "warning", "error")
+
+
+def setup_logging(level: str = "info", stream=None) -> None:
+    """The root logger to stream (stderr): journald's format under journald, else with times."""
+    stream = stream or sys.stderr
+    handler = logging.StreamHandler(stream)
+    if under_journald(stream):
+        handler.setFormatter(JournalFormatter())
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
+    root = logging.getLogger()
+    for h in list(root.handlers):
+        root.removeHandler(h)
+    root.addHandler(handler)
+    root.setLevel(getattr(logging, level.upper()))
+
+
+# ---- which job systemd is running on a unit (lb@.service's ExecStop) ----
+
+def systemd_job(unit: str, timeout: float = 10.0) -> str | None:
+    """The type of the job systemd runs on `unit` now ("stop", "restart", ...), from
+    `systemctl list-jobs`; None when it has none or cannot say.  During ExecStop of
+    `systemctl restart` the job is still "restart" (systemd turns it into a start only once the
+    unit is down); of `systemctl stop` (or a shutdown) it is "stop"."""
+    import subprocess
+
+    try:
+        p = subprocess.run(["systemctl", "list-jobs", "--no-legend", "--no-pager", "--full", unit],
+                           capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    if p.returncode != 0:
+        return None
+    for line in p.stdout.splitlines():
+        parts = line.split()
+        if len(parts) >= 4 and parts[1] == unit:
+            return parts[2]
+    return None
