@@ -14,9 +14,23 @@ import operator
 import re
 import struct
 from dataclasses import dataclass
+from importlib import resources
 from pathlib import Path
 
-BPF_DIR = Path(__file__).resolve().parents[2] / "bpf"
+
+def _bpf_dir() -> Path:
+    """bpf/, the programs' C sources: shipped in the package as lb/bpf (setup.py copies it into
+    a wheel), else a checkout's bpf/ beside lb/ (an editable install)."""
+    try:
+        shipped = Path(str(resources.files("lb") / "bpf"))
+        if (shipped / "lb.c").is_file():
+            return shipped
+    except (ModuleNotFoundError, TypeError):
+        pass
+    return Path(__file__).resolve().parents[2] / "bpf"
+
+
+BPF_DIR = _bpf_dir()
 
 
 # ---- lb_consts.h ----
