@@ -27,6 +27,7 @@ import tempfile
 import time
 
 from bench.common import LB_BIN, lab_up, ratio, summary
+from lb.sdnotify import Listener
 
 INSTANCE = "benchhttp"
 RS1 = "198.18.1.11"
@@ -167,10 +168,10 @@ class Http:
         for node in ("client", "director"):
             self.lab.in_netns(node, write, timeout=10)
 
-    def start(self, argv: list[str], log: str) -> subprocess.Popen:
+    def start(self, argv: list[str], log: str, env: dict | None = None) -> subprocess.Popen:
         with open(os.path.join(self.tmp, log), "wb") as f:
             p = self.lab.popen("director", argv, stdin=subprocess.DEVNULL, stdout=f, stderr=subprocess.STDOUT,
-                               start_new_session=True)
+                               start_new_session=True, env={**os.environ, **(env or {})})
         self.procs.append(p)
         return p
 
@@ -199,13 +200,16 @@ class Http:
             f.write(LB_CONF.format(instance=INSTANCE, network=network, dataplane=dataplane, nat=nat,
                                    vip=VIP, rs1=RS1))
         log = f"lb-{network}-{dataplane}.log"
-        p = self.start([LB_BIN, "run", "--config", conf], log)
-        deadline = time.monotonic() + 60
-        while f"lb instance '{INSTANCE}' running" not in self.log(log):
-            if p.poll() is not None or time.monotonic() > deadline:
+        notify = Listener()          # READY=1: programs attached, table applied (lb.sdnotify)
+        try:
+            p = self.start([LB_BIN, "run", "--config", conf], log, env=notify.env())
+            try:
+                notify.wait_for("READY", "1", timeout=180, alive=lambda: p.poll() is None)
+            except (TimeoutError, ChildProcessError) as e:
                 self.stop(p)
-                raise RuntimeError(f"bench http: lb run ({network}) did not start:\n{self.log(log)}")
-            time.sleep(0.05)
+                raise RuntimeError(f"bench http: lb run ({network}) did not start ({e}):\n{self.log(log)}") from None
+        finally:
+            notify.close()
         self.wait_http(VIP, 80)
         return p
 

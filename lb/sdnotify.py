@@ -127,3 +127,67 @@ def systemd_job(unit: str, timeout: float = 10.0) -> str | None:
         if len(parts) >= 4 and parts[1] == unit:
             return parts[2]
     return None
+
+
+# ---- the service manager's end (tests, bench/, scripts that start `lb run` themselves) ----
+
+class Listener:
+    """What systemd does for a Type=notify unit: a datagram socket whose path goes to the daemon
+    as NOTIFY_SOCKET, and the messages it receives.  A short path under /tmp (a unix socket's
+    path is limited to 107 bytes); close() removes it."""
+
+    def __init__(self, directory: str = "/tmp"):
+        import tempfile
+
+        self.dir = tempfile.mkdtemp(prefix="lb-notify-", dir=directory)
+        self.path = os.path.join(self.dir, "notify")
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
+        self.sock.bind(self.path)
+        self.messages: list[tuple[float, dict[str, str]]] = []    # (time.monotonic(), fields)
+
+    def env(self) -> dict[str, str]:
+        return {"NOTIFY_SOCKET": self.path}
+
+    def poll(self, timeout: float) -> list[dict[str, str]]:
+        """The messages that arrive within timeout (all already queued, at least)."""
+        import select
+        import time
+
+        got = []
+        deadline = time.monotonic() + timeout
+        while True:
+            left = max(0.0, deadline - time.monotonic())
+            if not select.select([self.sock], [], [], left if not got else 0)[0]:
+                return got
+            data = self.sock.recv(65536)
+            fields = dict(line.split("=", 1) for line in data.decode(errors="replace").splitlines() if "=" in line)
+            self.messages.append((time.monotonic(), fields))
+            got.append(fields)
+
+    def wait_for(self, key: str, value: str = "1", timeout: float = 120.0, alive=lambda: True) -> float:
+        """The monotonic time the first key=value arrived (TimeoutError after timeout, or
+        ChildProcessError once alive() is false)."""
+        import time
+
+        deadline = time.monotonic() + timeout
+        while True:
+            for t, fields in self.messages:
+                if fields.get(key) == value:
+                    return t
+            if not alive():
+                self.poll(0.1)
+                if not any(f.get(key) == value for _, f in self.messages):
+                    raise ChildProcessError(f"the daemon exited before {key}={value}")
+                continue
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"no {key}={value} within {timeout:.0f}s")
+            self.poll(min(0.2, max(0.0, deadline - time.monotonic())))
+
+    def statuses(self) -> list[str]:
+        return [f["STATUS"] for _, f in self.messages if "STATUS" in f]
+
+    def close(self) -> None:
+        import shutil
+
+        self.sock.close()
+        shutil.rmtree(self.dir, ignore_errors=True)

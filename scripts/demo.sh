@@ -24,11 +24,10 @@ run_network() {
   $LB lab up --network "$net" >/dev/null
   nsenter --net=/run/netns/lb-director -- $LB run --config "$cfg" 2> /tmp/lb-demo-$net.log &
   LBPID=$!
-  for _ in $(seq 1 100); do
-    grep -q "running" /tmp/lb-demo-$net.log 2>/dev/null && break
-    kill -0 "$LBPID" 2>/dev/null || { cat /tmp/lb-demo-$net.log; exit 1; }
-    sleep 0.1
-  done
+  # ready once its control socket answers: lb answers only after the XDP programs are attached
+  # and the table applied (a first start compiles them: seconds; later ones load them cached)
+  $LB status --instance lab --wait 300 --pid "$LBPID" > /tmp/lb-demo-$net.status \
+    || { cat /tmp/lb-demo-$net.log; exit 1; }
   sed 's/^[0-9-]* [0-9:,]* /  /' /tmp/lb-demo-$net.log
   echo
   echo "--- 9 requests from the client to http://198.18.0.10/"

@@ -119,19 +119,26 @@ LAB_PIDFILE = f"/run/lb/{LAB_INSTANCE}.pid"
 
 
 class LbProcess:
-    """One `lb run --config PATH` in the director namespace; its stderr goes to a log file."""
+    """One `lb run --config PATH [EXTRA...]` in the director namespace; its stderr goes to a log
+    file.  It gets a NOTIFY_SOCKET (lb.sdnotify.Listener, what systemd gives a Type=notify unit):
+    wait_running() waits for READY=1, sent once the programs are attached and the table applied."""
 
-    def __init__(self, lab, config: str, log_path: Path, node: str = "director", instance: str = LAB_INSTANCE):
+    def __init__(self, lab, config: str, log_path: Path, node: str = "director", instance: str = LAB_INSTANCE,
+                 extra=(), env: dict | None = None, lb_bin: str | None = None):
+        from lb.sdnotify import Listener
+
         self.lab = lab
         self.config = str(config)
         self.node = node
         self.instance = instance
         self.log_path = Path(log_path)
+        self.notify = Listener()
         self._log = open(self.log_path, "wb")
-        self.proc = lab.popen(node, [LB_BIN, "run", "--config", self.config],
+        self.proc = lab.popen(node, [lb_bin or LB_BIN, "run", "--config", self.config, *extra],
                               stdin=subprocess.DEVNULL, stdout=self._log, stderr=subprocess.STDOUT,
-                              start_new_session=True)
+                              start_new_session=True, env={**os.environ, **(env or {}), **self.notify.env()})
         self.pid = self.proc.pid
+        self.ready_at: float | None = None
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
@@ -148,8 +155,12 @@ class LbProcess:
                 raise AssertionError(f"lb run did not log {text!r} within {timeout}s:\n{self.log()}")
             time.sleep(0.05)
 
-    def wait_running(self, timeout: float = 30.0) -> "LbProcess":
-        self.wait_log(f"lb instance '{self.instance}' running", timeout=timeout)
+    def wait_running(self, timeout: float = 180.0) -> "LbProcess":
+        """Until READY=1 (a cold start compiles for seconds, longer under load)."""
+        try:
+            self.ready_at = self.notify.wait_for("READY", "1", timeout, alive=lambda: self.proc.poll() is None)
+        except (TimeoutError, ChildProcessError) as e:
+            raise AssertionError(f"lb run (pid {self.pid}): {e}; exit {self.proc.poll()}:\n{self.log()}") from None
         return self
 
     def signal(self, sig: int) -> None:
@@ -163,15 +174,16 @@ class LbProcess:
             raise AssertionError(f"lb run (pid {self.pid}) still running after {timeout}s:\n{self.log()}") from None
 
     def close(self) -> None:
-        """SIGTERM (the clean stop), then SIGKILL; always reaps."""
+        """SIGINT (the clean stop, whatever --on-sigterm says), then SIGKILL; always reaps."""
         if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
+            self.proc.send_signal(signal.SIGINT)
             try:
-                self.proc.wait(10)
+                self.proc.wait(30)
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait(5)
         self._log.close()
+        self.notify.close()
 
 
 def remove_lab_dataplane(lab) -> None:

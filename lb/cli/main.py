@@ -177,8 +177,29 @@ def _fmt_time(t) -> str:
     return time.strftime("%H:%M:%S", time.localtime(t)) if t else "-"
 
 
+def _wait_control(args) -> dict | None:
+    """`lb status --wait N`: the status once the daemon answers (it answers once ready), asking
+    every 0.1 s for at most N s; None (after a message) when it never does or --pid exits."""
+    from lb import control
+
+    inst = _instance(args) or "default"
+    deadline = time.monotonic() + args.wait
+    while True:
+        try:
+            return control.request(inst, "status")
+        except (control.NotRunning, OSError, ValueError) as e:
+            why = e
+        if args.pid and not _pid_running(args.pid):
+            print(f"lb: instance {inst!r}: process {args.pid} exited before it was ready", file=sys.stderr)
+            return None
+        if time.monotonic() > deadline:
+            print(f"lb: instance {inst!r} not ready within {args.wait:.0f} s: {why}", file=sys.stderr)
+            return None
+        time.sleep(0.1)
+
+
 def cmd_status(args) -> int:
-    reply = _control(args, "status")
+    reply = _wait_control(args) if args.wait else _control(args, "status")
     if reply is None:
         return 1
     if not reply.get("ok"):
@@ -533,6 +554,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--instance")
     p.add_argument("--config")
     p.add_argument("--json", action="store_true")
+    p.add_argument("--wait", type=float, default=0, metavar="SECONDS",
+                   help="wait until the daemon is ready (its control socket answers), at most SECONDS")
+    p.add_argument("--pid", type=int, help="with --wait: give up as soon as this process has exited")
     p.set_defaults(func=cmd_status)
 
     p = sub.add_parser("reload", help="re-read the config of a running instance; a bad file is refused "

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import LAB_INSTANCE, LB_BIN, LbProcess, LbRunner
+from conftest import LB_BIN, LbProcess, LbRunner
 from vm.fidelity import Case, cases, tcp_packet
 
 REPO = Path(__file__).resolve().parents[3]
@@ -37,14 +37,7 @@ class LbArgsProcess(LbProcess):
     """`lb run --config PATH EXTRA...` in the director namespace."""
 
     def __init__(self, lab, config, log_path, extra=()):
-        self.lab = lab
-        self.config = str(config)
-        self.log_path = Path(log_path)
-        self._log = open(self.log_path, "wb")
-        self.proc = lab.popen("director", [LB_BIN, "run", "--config", self.config, *extra],
-                              stdin=subprocess.DEVNULL, stdout=self._log, stderr=subprocess.STDOUT,
-                              start_new_session=True)
-        self.pid = self.proc.pid
+        super().__init__(lab, config, log_path, extra=extra)
 
 
 def start_lb(runner: LbRunner, config, extra=(), timeout: float = 120.0) -> LbProcess:
@@ -54,7 +47,7 @@ def start_lb(runner: LbRunner, config, extra=(), timeout: float = 120.0) -> LbPr
     log_path = log_dir / f"lb-run-{Path(str(config)).stem}-{len(runner.procs)}.log"
     p = LbArgsProcess(runner.lab, config, log_path, extra)
     runner.procs.append(p)
-    p.wait_log(f"lb instance '{LAB_INSTANCE}' running", timeout=timeout)
+    p.wait_running(timeout=timeout)
     return p
 
 
