@@ -560,7 +560,9 @@ class Engine:
                 # [proto, vip, vport, address, port]: anything else is not ours to guess at
                 if not (isinstance(ident, list) and [type(x) for x in ident] == [str, str, int, str, int]):
                     raise ValueError("server")
-                ident, weight = tuple(ident), check_weight(entry.get("weight"))
+                if entry.get("weight") is None:        # the file holds set overrides only
+                    raise ValueError("weight")
+                ident, weight = tuple(ident), check_weight(entry["weight"])
             except (ValueError, OverrideError):
                 log.warning("ignoring a malformed entry of %s: %.200r", self._overrides_file, entry)
                 continue

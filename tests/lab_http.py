@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import re
+import subprocess
 
 from lb.lab import VIP
 
@@ -33,3 +34,41 @@ def request(sock):
             raise ConnectionError(f"connection closed by peer after {buf!r}")
         buf += chunk
     raise AssertionError(f"no complete HTTP reply: {buf!r}")
+
+
+WRK_TOTALS = re.compile(r"(\d+) requests in ")
+WRK_SOCKET = re.compile(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)")
+WRK_NON2XX = re.compile(r"Non-2xx or 3xx responses: (\d+)")
+
+
+def wrk(lab, seconds: int, conns: int = 3) -> subprocess.Popen:
+    """wrk from the client namespace against the VIP, for `seconds` (bounded): keep-alive
+    connections, each carrying request after request."""
+    return lab.popen("client", ["wrk", "-t1", f"-c{conns}", f"-d{seconds}s", "--timeout", "2s",
+                                f"http://{lab.VIP}/"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def wrk_result(p: subprocess.Popen, timeout: float) -> dict:
+    """requests, and errors by kind (connect, read, write, timeout, status), from wrk's report."""
+    try:
+        out, _ = p.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        p.kill()
+        p.communicate()
+        raise AssertionError("wrk did not finish in time") from None
+    assert p.returncode == 0, out
+    m = WRK_TOTALS.search(out)
+    assert m, out
+    res = {"requests": int(m.group(1)), "connect": 0, "read": 0, "write": 0, "timeout": 0, "status": 0,
+           "text": out}
+    m = WRK_SOCKET.search(out)
+    if m:
+        res.update(zip(("connect", "read", "write", "timeout"), map(int, m.groups())))
+    m = WRK_NON2XX.search(out)
+    if m:
+        res["status"] = int(m.group(1))
+    return res
+
+
+def errors(res: dict) -> int:
+    return sum(res[k] for k in ("connect", "read", "write", "timeout", "status"))

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import shutil
 import signal
 import subprocess
@@ -13,6 +12,7 @@ import sys
 import time
 
 import pytest
+from lab_http import errors, wrk, wrk_result
 
 LAB_NETWORK = "nat"
 FLAGS = "/run/lb-lab-health"          # program monitor: a server is healthy while its file exists
@@ -83,43 +83,6 @@ def flags():
         yield FLAGS
     finally:
         shutil.rmtree(FLAGS, ignore_errors=True)
-
-
-WRK_TOTALS = re.compile(r"(\d+) requests in ")
-WRK_SOCKET = re.compile(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)")
-WRK_NON2XX = re.compile(r"Non-2xx or 3xx responses: (\d+)")
-
-
-def wrk(lab, seconds: int, conns: int = 3) -> subprocess.Popen:
-    """wrk from the client namespace against the VIP, for `seconds` (bounded)."""
-    return lab.popen("client", ["wrk", "-t1", f"-c{conns}", f"-d{seconds}s", "--timeout", "2s",
-                                f"http://{lab.VIP}/"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-
-
-def wrk_result(p: subprocess.Popen, timeout: float) -> dict:
-    """requests, and errors by kind (connect, read, write, timeout, status), from wrk's report."""
-    try:
-        out, _ = p.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        p.kill()
-        p.communicate()
-        raise AssertionError("wrk did not finish in time") from None
-    assert p.returncode == 0, out
-    m = WRK_TOTALS.search(out)
-    assert m, out
-    res = {"requests": int(m.group(1)), "connect": 0, "read": 0, "write": 0, "timeout": 0, "status": 0,
-           "text": out}
-    m = WRK_SOCKET.search(out)
-    if m:
-        res.update(zip(("connect", "read", "write", "timeout"), map(int, m.groups())))
-    m = WRK_NON2XX.search(out)
-    if m:
-        res["status"] = int(m.group(1))
-    return res
-
-
-def errors(res: dict) -> int:
-    return sum(res[k] for k in ("connect", "read", "write", "timeout", "status"))
 
 
 @pytest.fixture

@@ -19,12 +19,16 @@ def cmd_run(args) -> int:
 
     sdnotify.setup_logging("debug" if args.verbose else args.log_level)
     try:
+        preflight.check_root()
+    except preflight.HostError as e:
+        print(f"lb: {e}", file=sys.stderr)
+        return 2
+    try:
         cfg = lbconfig.load(args.config)
     except lbconfig.ConfigError as e:
         print(e, file=sys.stderr)
         return 2
     try:
-        preflight.check_root()
         if (args.dataplane or cfg.dataplane) == "xdp":     # auto falls back to IPVS without them
             preflight.check_arch()
             preflight.check_bpffs()
