@@ -5,10 +5,16 @@ PYTEST_ARGS ?=
 
 BENCH_SUITE ?= all
 
-.PHONY: setup setup-vm demo test test-fast bench bench-quick bench-smoke bench-report clean
+.PHONY: setup setup-vm install demo test test-fast bench bench-quick bench-smoke bench-report clean
 
+# a developer's machine: the director's dependencies, the lab/test/bench tools, .venv (editable)
 setup:
 	bash scripts/setup.sh
+
+# a director: bcc, kernel headers for it, bpffs, lb in PREFIX (/opt/lb), `lb` in BINDIR
+# (/usr/local/sbin), every unit of lb/systemd/ in UNITDIR (/etc/systemd/system); stops nothing
+install:
+	bash scripts/install-director.sh
 
 demo: setup
 	bash scripts/demo.sh

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Installs everything lb needs on a Debian 12 host, idempotently:
-# Debian packages, kernel headers wired for bcc, bpffs, the venv with lb (and its cffi module)
-# installed editable, and Debian's bcc package made visible inside the venv.
+# A developer's (and CI's) machine, idempotently: what a director needs (scripts/install-director.sh
+# --deps), the lab's, tests' and benchmarks' tools, and .venv with lb (and its cffi module)
+# installed editable, Debian's bcc made visible inside it.  A director is installed by
+# `make install` (scripts/install-director.sh) instead.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV=${VENV:-.venv}
@@ -11,11 +12,17 @@ log() { printf 'setup: %s\n' "$*"; }
 
 [ "$(id -u)" = 0 ] || { echo "setup: must run as root (XDP, netns, apt)" >&2; exit 1; }
 
-# 1. Debian packages. bcc comes from Debian (not on PyPI); nginx is the real servers' HTTP server;
-#    haproxy (the HTTP benchmark's peer) and netsniff-ng (trafgen) are for bench/; nftables (nft)
-#    marks firewall-mark services' packets in the IPVS data plane (host tests and the IPVS VM).
-PKGS=(python3-bpfcc libbpfcc linux-headers-amd64 iproute2 ethtool nginx-light curl wrk
-      tcpdump bpftool procps psmisc kmod haproxy netsniff-ng nftables)
+# 1. What a director needs (bcc, kernel headers for it, bpffs): the director install's first
+#    part. This is a test machine: Debian's headers are wired for bcc even when they are not the
+#    running kernel's series (LB_WIRE_HEADERS=1, with a warning naming both).
+LB_WIRE_HEADERS=1 bash scripts/install-director.sh --deps
+
+# 2. The lab's, the tests' and the benchmarks' tools, which a director does not need: nginx
+#    (the lab's real servers), curl, wrk, tcpdump, bpftool, haproxy (bench/http's peer),
+#    netsniff-ng (trafgen), nftables (the IPVS data plane's firewall marks, tested on the host
+#    and in the IPVS VM). Installed only; a system nginx or haproxy the package may start is left
+#    alone: the lab and bench/ run their own inside their namespaces, with their own config.
+PKGS=(ethtool nginx-light curl wrk tcpdump bpftool procps psmisc kmod haproxy netsniff-ng nftables)
 missing=()
 for p in "${PKGS[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
@@ -26,30 +33,8 @@ if [ ${#missing[@]} -gt 0 ]; then
   apt-get update -qq
   apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
-# A system nginx or haproxy (the package may start one) is left alone: lb's lab and bench/ run
-# their own inside their namespaces, with their own config and pid files.
 
-# 2. Kernel headers for bcc. Leave real headers alone; otherwise point at Debian's -amd64 set.
-KREL=$(uname -r)
-MODDIR=/lib/modules/$KREL
-if [ ! -e "$MODDIR/build" ] && [ ! -e /sys/kernel/kheaders.tar.xz ]; then
-  HDR=$(ls -d /usr/src/linux-headers-*-amd64 2>/dev/null | sort -V | tail -n1)
-  COMMON=$(ls -d /usr/src/linux-headers-*-common 2>/dev/null | sort -V | tail -n1)
-  [ -n "$HDR" ] && [ -n "$COMMON" ] || { echo "setup: no Debian kernel headers found under /usr/src" >&2; exit 1; }
-  log "wiring $MODDIR/build -> $HDR, source -> $COMMON"
-  mkdir -p "$MODDIR"
-  ln -sfn "$HDR" "$MODDIR/build"
-  ln -sfn "$COMMON" "$MODDIR/source"
-fi
-
-# 3. bpffs, where lb pins its maps.
-if ! mount | grep -q ' /sys/fs/bpf type bpf'; then
-  log "mounting bpffs on /sys/fs/bpf"
-  mkdir -p /sys/fs/bpf
-  mount -t bpf bpf /sys/fs/bpf
-fi
-
-# 4. The venv: lb editable (builds cext/ through cffi), plus Debian's bcc and nothing else of Debian's.
+# 3. The venv: lb editable (builds cext/ through cffi), plus Debian's bcc and nothing else of Debian's.
 if [ ! -x "$VENV/bin/python" ]; then
   log "creating venv $VENV"
   "$PY" -m venv "$VENV"
@@ -59,6 +44,13 @@ mkdir -p "$VENV/debian-bcc"
 ln -sfn /usr/lib/python3/dist-packages/bcc "$VENV/debian-bcc/bcc"
 echo "$(cd "$VENV/debian-bcc" && pwd)" > "$SITE/debian-bcc.pth"
 stamp="$VENV/.lb-installed"
+# the distribution was called "lb" before it became lvs-director: the old one goes (its
+# uninstall takes the shared `lb` script with it, so lvs-director is installed again)
+if "$VENV/bin/pip" show -q lb >/dev/null 2>&1; then
+  log "removing the old distribution name lb from $VENV"
+  "$VENV/bin/pip" uninstall -q -y lb
+  rm -f "$stamp"
+fi
 if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ] || [ setup.py -nt "$stamp" ] \
    || [ -n "$(find cext -newer "$stamp" -name '*.[ch]' -o -newer "$stamp" -name '*.py' 2>/dev/null)" ] \
    || [ -n "$(find bpf/lb_structs.h bpf/lb_consts.h -newer "$stamp" 2>/dev/null)" ]; then

@@ -1,0 +1,120 @@
+#!/usr/bin/env bash
+# What a director needs, and only that, installed idempotently on a Debian (or Ubuntu) host:
+#   1. bcc (python3-bpfcc, libbpfcc) and python3-venv from the distribution;
+#   2. the kernel's headers, which bcc needs for lb's first compile of its XDP programs (later
+#      starts load them from /var/cache/lb): this kernel's own package when there is one; else
+#      Debian's headers wired to /lib/modules/$(uname -r)/build only when they are this
+#      kernel's series (or LB_WIRE_HEADERS=1), otherwise a warning naming both;
+#   3. bpffs on /sys/fs/bpf (systemd mounts it at boot; mounted here when it is not);
+#   4. lb in its own venv (PREFIX, default /opt/lb) with Debian's bcc exposed to it, the command
+#      linked into BINDIR (/usr/local/sbin) and every systemd unit lb ships into UNITDIR
+#      (/etc/systemd/system), followed by `systemctl daemon-reload` when systemd runs.
+# It never stops, disables, restarts, masks or kills anything: a director that also runs nginx
+# or HAProxy keeps them running.  Lab, test and benchmark tools are scripts/setup.sh's.
+#
+#   scripts/install-director.sh            all of it (make install)
+#   scripts/install-director.sh --deps     1-3 only (scripts/setup.sh, for a developer's .venv)
+# LB_SOURCE: what pip installs as lb (default: this checkout; a wheel or sdist path works too).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PREFIX=${PREFIX:-/opt/lb}
+BINDIR=${BINDIR:-/usr/local/sbin}
+UNITDIR=${UNITDIR:-/etc/systemd/system}
+CONFDIR=${CONFDIR:-/etc/lb}
+LB_SOURCE=${LB_SOURCE:-.}
+PY=${PYTHON:-python3}
+DEPS_ONLY=0
+[ "${1:-}" = "--deps" ] && DEPS_ONLY=1
+
+log() { printf 'install: %s\n' "$*"; }
+warn() { printf 'install: WARNING: %s\n' "$*" >&2; }
+
+[ "$(id -u)" = 0 ] || { echo "install: must run as root (packages, bpffs, /opt, units)" >&2; exit 1; }
+
+installed() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q 'install ok installed'; }
+apt_updated=0
+apt_install() {
+  local missing=() p
+  for p in "$@"; do installed "$p" || missing+=("$p"); done
+  [ ${#missing[@]} -eq 0 ] && return 0
+  log "installing Debian packages: ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  if [ "$apt_updated" = 0 ]; then apt-get update -qq; apt_updated=1; fi
+  # --no-install-recommends and never a service's restart: packages only
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+}
+
+# 1. bcc (not on PyPI) and what lb's venv is made with
+apt_install python3-bpfcc libbpfcc python3-venv iproute2
+
+# 2. kernel headers, for bcc's first compile
+KREL=$(uname -r)
+series() { echo "$1" | grep -oE '^[0-9]+\.[0-9]+'; }
+if [ -e "/lib/modules/$KREL/build" ] || [ -e /sys/kernel/kheaders.tar.xz ]; then
+  :
+elif apt-cache show "linux-headers-$KREL" >/dev/null 2>&1; then
+  apt_install "linux-headers-$KREL"                 # the package wires /lib/modules/$KREL/build
+else
+  ARCH=$(dpkg --print-architecture)
+  HDR=$(ls -d /usr/src/linux-headers-*-"$ARCH" 2>/dev/null | sort -V | tail -n1 || true)
+  if [ -z "$HDR" ]; then
+    CAND=$(apt-cache depends "linux-headers-$ARCH" 2>/dev/null | sed -n 's/.*Depends: linux-headers-\([0-9][^ ]*\)/\1/p' | head -n1)
+    if [ -n "$CAND" ] && { [ "$(series "$CAND")" = "$(series "$KREL")" ] || [ "${LB_WIRE_HEADERS:-0}" = 1 ]; }; then
+      apt_install "linux-headers-$ARCH"
+      HDR=$(ls -d /usr/src/linux-headers-*-"$ARCH" 2>/dev/null | sort -V | tail -n1 || true)
+    fi
+  fi
+  COMMON=${HDR%-"$ARCH"}-common
+  HVER=${HDR#/usr/src/linux-headers-}
+  if [ -n "$HDR" ] && [ -d "$COMMON" ] && { [ "$(series "$HVER")" = "$(series "$KREL")" ] || [ "${LB_WIRE_HEADERS:-0}" = 1 ]; }; then
+    [ "$(series "$HVER")" = "$(series "$KREL")" ] \
+      || warn "the running kernel is $KREL but the headers are $HVER (another series): wiring them anyway (LB_WIRE_HEADERS=1); lb's programs use only UAPI headers"
+    log "wiring /lib/modules/$KREL/build -> $HDR, source -> $COMMON"
+    mkdir -p "/lib/modules/$KREL"
+    ln -sfn "$HDR" "/lib/modules/$KREL/build"
+    ln -sfn "$COMMON" "/lib/modules/$KREL/source"
+  else
+    other=""
+    [ -n "$HVER" ] && other=" (the Debian headers here are $HVER, series $(series "$HVER"), not $(series "$KREL"))"
+    warn "no headers for the running kernel $KREL$other: not wiring /lib/modules/$KREL/build. lb needs headers only to compile its programs once (then /var/cache/lb): install linux-headers-$KREL, load the kheaders module, or set BCC_KERNEL_SOURCE (LB_WIRE_HEADERS=1 wires Debian's headers of another series anyway)"
+  fi
+fi
+
+# 3. bpffs, where lb pins its maps
+if ! awk '$2 == "/sys/fs/bpf" && $3 == "bpf" { found = 1 } END { exit !found }' /proc/self/mounts; then
+  log "mounting bpffs on /sys/fs/bpf"
+  mkdir -p /sys/fs/bpf
+  mount -t bpf bpf /sys/fs/bpf
+fi
+
+[ "$DEPS_ONLY" = 1 ] && { log "director dependencies ready"; exit 0; }
+
+# 4. lb: a venv of its own, Debian's bcc (and nothing else of Debian's) visible in it
+if [ ! -x "$PREFIX/bin/python" ]; then
+  log "creating venv $PREFIX"
+  "$PY" -m venv "$PREFIX"
+fi
+SITE=$("$PREFIX/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
+mkdir -p "$PREFIX/debian-bcc"
+ln -sfn /usr/lib/python3/dist-packages/bcc "$PREFIX/debian-bcc/bcc"
+echo "$(cd "$PREFIX/debian-bcc" && pwd)" > "$SITE/debian-bcc.pth"
+log "installing lb ($LB_SOURCE) into $PREFIX"
+"$PREFIX/bin/pip" install -q --disable-pip-version-check "$LB_SOURCE"
+"$PREFIX/bin/python" -c 'import lb, lb.dataplane.maps as m; assert m.have_batch(), "lb._bpfbatch not built"' \
+  || { echo "install: lb is not importable in $PREFIX" >&2; exit 1; }
+mkdir -p "$BINDIR"
+ln -sfn "$PREFIX/bin/lb" "$BINDIR/lb"
+
+UNITS=$("$PREFIX/bin/python" -c 'import lb, pathlib; print(pathlib.Path(lb.__file__).parent / "systemd")')
+mkdir -p "$UNITDIR"
+for unit in "$UNITS"/*.service; do
+  [ -e "$unit" ] || continue
+  install -m 0644 "$unit" "$UNITDIR/"
+  log "unit $UNITDIR/$(basename "$unit")"
+done
+install -d -m 0755 "$CONFDIR"
+install -d -m 0700 /var/cache/lb
+if [ -d /run/systemd/system ]; then
+  systemctl daemon-reload                  # reads the new units; starts or stops nothing
+fi
+log "lb $("$BINDIR/lb" --version | awk '{print $2}') installed: put a config in $CONFDIR/NAME.toml (lb check --config ...), then systemctl enable --now lb@NAME"
