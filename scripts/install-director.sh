@@ -14,6 +14,7 @@
 #
 #   scripts/install-director.sh            all of it (make install)
 #   scripts/install-director.sh --deps     1-3 only (scripts/setup.sh, for a developer's .venv)
+#   scripts/install-director.sh --venv DIR a venv with Debian's bcc visible (4's first step)
 # LB_SOURCE: what pip installs as lb (default: this checkout; a wheel or sdist path works too).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -27,6 +28,21 @@ DEPS_ONLY=0
 [ "${1:-}" = "--deps" ] && DEPS_ONLY=1
 
 log() { printf 'install: %s\n' "$*"; }
+
+# --venv DIR: a venv at DIR (made if missing) that sees Debian's bcc package and nothing else of
+# Debian's (bcc is not on PyPI); lb's own install and a developer's .venv (setup.sh) both use it
+if [ "${1:-}" = "--venv" ]; then
+  VENV=${2:?--venv DIR}
+  if [ ! -x "$VENV/bin/python" ]; then
+    log "creating venv $VENV"
+    "$PY" -m venv "$VENV"
+  fi
+  SITE=$("$VENV/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
+  mkdir -p "$VENV/debian-bcc"
+  ln -sfn /usr/lib/python3/dist-packages/bcc "$VENV/debian-bcc/bcc"
+  echo "$(cd "$VENV/debian-bcc" && pwd)" > "$SITE/debian-bcc.pth"
+  exit 0
+fi
 warn() { printf 'install: WARNING: %s\n' "$*" >&2; }
 
 [ "$(id -u)" = 0 ] || { echo "install: must run as root (packages, bpffs, /opt, units)" >&2; exit 1; }
@@ -90,14 +106,7 @@ fi
 [ "$DEPS_ONLY" = 1 ] && { log "director dependencies ready"; exit 0; }
 
 # 4. lb: a venv of its own, Debian's bcc (and nothing else of Debian's) visible in it
-if [ ! -x "$PREFIX/bin/python" ]; then
-  log "creating venv $PREFIX"
-  "$PY" -m venv "$PREFIX"
-fi
-SITE=$("$PREFIX/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
-mkdir -p "$PREFIX/debian-bcc"
-ln -sfn /usr/lib/python3/dist-packages/bcc "$PREFIX/debian-bcc/bcc"
-echo "$(cd "$PREFIX/debian-bcc" && pwd)" > "$SITE/debian-bcc.pth"
+bash scripts/install-director.sh --venv "$PREFIX"
 log "installing lb ($LB_SOURCE) into $PREFIX"
 "$PREFIX/bin/pip" install -q --disable-pip-version-check "$LB_SOURCE"
 "$PREFIX/bin/python" -c 'import lb, lb.dataplane.maps as m; assert m.have_batch(), "lb._bpfbatch not built"' \

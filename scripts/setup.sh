@@ -35,14 +35,7 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 
 # 3. The venv: lb editable (builds cext/ through cffi), plus Debian's bcc and nothing else of Debian's.
-if [ ! -x "$VENV/bin/python" ]; then
-  log "creating venv $VENV"
-  "$PY" -m venv "$VENV"
-fi
-SITE=$("$VENV/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
-mkdir -p "$VENV/debian-bcc"
-ln -sfn /usr/lib/python3/dist-packages/bcc "$VENV/debian-bcc/bcc"
-echo "$(cd "$VENV/debian-bcc" && pwd)" > "$SITE/debian-bcc.pth"
+PYTHON=$PY bash scripts/install-director.sh --venv "$VENV"
 stamp="$VENV/.lb-installed"
 # the distribution was called "lb" before it became lvs-director: the old one goes (its
 # uninstall takes the shared `lb` script with it, so lvs-director is installed again)
