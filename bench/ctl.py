@@ -11,15 +11,21 @@ Baselines, measured in the same run:
                    (get_next_key + lookup per entry) on the same entries.  The pure path runs on
                    a smaller table (100k at full size) and is extrapolated linearly: said so in
                    the results.  `lb list -c` itself no longer builds rows: it streams lines
-                   formatted in C (lb.cli.main.connection_listing), measured against the same baseline."""
+                   formatted in C (lb.cli.main.connection_listing), measured against the same baseline.
+  start            `lb run` in the lab (DR, one service) from the command to READY=1 (lb.sdnotify: the
+                   programs attached, the table applied): cold, with an empty compile cache (bcc
+                   compiles the programs), as the baseline; warm, the programs in the cache
+                   (loaded with bpf(2)), against the target WARM_TARGET_S."""
 from __future__ import annotations
 
 import ipaddress
 import os
+import signal
 import subprocess
+import tempfile
 import time
 
-from bench.common import LB_BIN, ratio, summary
+from bench.common import LB_BIN, REPO, lab_up, ratio, summary
 from lb.dataplane import RealSpec, ServiceSpec, TableSpec
 from lb.dataplane import layout as L
 from lb.dataplane.nexthop import NextHop
@@ -161,6 +167,55 @@ class Ctl:
             return time.perf_counter() - t0, lines - 2
 
 
+START_RUNS = {"full": (2, 5), "quick": (1, 3), "smoke": (1, 1)}    # (cold, warm) starts
+WARM_TARGET_S = 3.0
+
+
+def start_to_ready(lab, cache_dir: str, log_path: str) -> float:
+    """Seconds from `lb run` (spawned in the director namespace) to its READY=1; then a clean stop."""
+    from lb.sdnotify import Listener
+
+    notify = Listener()
+    env = {**os.environ, "LB_CACHE_DIR": cache_dir, **notify.env()}
+    try:
+        with open(log_path, "wb") as log:
+            t0 = time.monotonic()
+            p = lab.popen("director", [LB_BIN, "run", "--config", str(REPO / "configs" / "lab-dr.toml")], env=env,
+                          stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            ready = notify.wait_for("READY", "1", timeout=600, alive=lambda: p.poll() is None)
+        except (TimeoutError, ChildProcessError) as e:
+            raise RuntimeError(f"bench ctl: lb run did not get ready ({e}):\n{open(log_path).read()}") from None
+        finally:
+            if p.poll() is None:
+                p.send_signal(signal.SIGINT)
+            try:
+                p.wait(60)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait(5)
+        return ready - t0
+    finally:
+        notify.close()
+
+
+def start_suite(size: str) -> list[dict]:
+    """cold (empty compile cache) and warm (cached programs) `lb run` to READY=1, in the lab"""
+    ncold, nwarm = START_RUNS[size]
+    with tempfile.TemporaryDirectory(prefix="lb-bench-start-") as tmp, lab_up("direct") as lab:
+        cold = [start_to_ready(lab, os.path.join(tmp, f"cache-cold{i}"), os.path.join(tmp, f"cold{i}.log"))
+                for i in range(ncold)]
+        warm = [start_to_ready(lab, os.path.join(tmp, "cache-cold0"), os.path.join(tmp, f"warm{i}.log"))
+                for i in range(nwarm)]
+        load = os.getloadavg()[0]         # the machine is shared: its load is part of the figure
+    cs, ws = summary(cold), summary(warm)
+    return [{"scenario": "lb run to READY=1, cold: empty compile cache (bcc compiles)", "baseline": True,
+             "seconds": cs, "runs": cold, "ratio": 1.0, "loadavg": load},
+            {"scenario": f"lb run to READY=1, warm: programs in the compile cache (target <= {WARM_TARGET_S:.0f} s)",
+             "seconds": ws, "runs": warm, "ratio": ratio(ws["median"], cs["median"]), "target_s": WARM_TARGET_S,
+             "target_met": ws["median"] <= WARM_TARGET_S, "loadavg": load}]
+
+
 def suite(size: str = "full") -> dict:
     nsvc, nreal, nconn, npure, runs, cli_c = SIZES[size]
     c = Ctl(nsvc, nreal, nconn)
@@ -235,6 +290,12 @@ def suite(size: str = "full") -> dict:
                             "seconds": summary([t]), "ratio": ratio(t, bs["median"])})
     finally:
         c.close()
+    start = start_suite(size)
+    results += start
+    notes.append(f"start: `lb run` of configs/lab-dr.toml in the lab to READY=1, cold {start[0]['seconds']['median']:.2f} s "
+                 f"(bcc compiles), warm {start[1]['seconds']['median']:.2f} s (compile cache; target <= "
+                 f"{WARM_TARGET_S:.0f} s: {'met' if start[1]['target_met'] else 'NOT met'}; 1-minute load average "
+                 f"{start[1]['loadavg']:.1f} on {os.cpu_count()} CPUs)")
     return {"suite": "ctl", "size": size, "services": nsvc, "reals_per_service": nreal, "connections": nconn,
             "tables": vars(c.sizes) if hasattr(c.sizes, "__dict__") else str(c.sizes),
             "note": "; ".join(notes), "memory": memory, "results": results}

@@ -25,6 +25,7 @@ from lab_http import errors, request, wrk, wrk_result
 import lb
 from lb import files, instance, preflight
 from lb.dataplane import bpfobj, bpfsys, decap
+from lb.dataplane import layout as L
 from lb.dataplane.program import PROGRAMS, Sizes
 from lb.dataplane.xdp import XdpDataplane
 
@@ -350,6 +351,9 @@ def test_cached_programs_are_the_compiled_ones(tmp_path, caplog):
         with caplog.at_level("INFO"):
             cached.load()
         assert not cached.program.compiled and "loading the XDP programs from the compile cache" in caplog.text
+        for dp in (fresh, cached):          # the schedulers' programs load as a table uses them
+            assert not any(n.startswith("lb_sched_") for n in dp.fns)
+            dp.program.ensure(L.SCHEDULERS)
         assert set(_tags(cached)) == set(PROGRAMS)
         assert _tags(cached) == _tags(fresh)
     finally:

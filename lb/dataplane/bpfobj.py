@@ -221,20 +221,40 @@ def load(obj: Object, pin_dir: str | None = None, programs=None) -> Loaded:
     try:
         for m in sorted(obj.maps.values(), key=lambda m: m.inner is not None):   # templates first
             out.map_fds[m.name] = _open_map(m, pin_dir, out.map_fds)
-        for name in programs or obj.progs:
-            p = obj.progs[name]
-            insns = bytearray(p.insns)
-            for idx, mname in p.relocs:
-                struct.pack_into("<i", insns, idx * 8 + 4, out.map_fds[mname])
-            try:
-                fd = bpfsys.prog_load(obj.prog_type, bytes(insns), obj.license, name)
-            except bpfsys.BpfError as e:
-                raise DataplaneError(f"the kernel refused program {name}: {_why(obj, name, bytes(insns), e)}") from None
-            out.progs[name] = Prog(name, fd)
+        load_programs(obj, out, list(obj.progs if programs is None else programs))
     except BaseException:
         out.close()
         raise
     return out
+
+
+def load_programs(obj: Object, loaded: Loaded, names: list[str]) -> None:
+    """Load more of obj's programs into `loaded` (whose maps are open).  The verifier's work is
+    most of a load and each program's is independent: they load in parallel, a thread per CPU."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def one(name: str) -> Prog:
+        p = obj.progs[name]
+        insns = bytearray(p.insns)
+        for idx, mname in p.relocs:
+            struct.pack_into("<i", insns, idx * 8 + 4, loaded.map_fds[mname])
+        try:
+            return Prog(name, bpfsys.prog_load(obj.prog_type, bytes(insns), obj.license, name))
+        except bpfsys.BpfError as e:
+            raise DataplaneError(f"the kernel refused program {name}: {_why(obj, name, bytes(insns), e)}") from None
+
+    if not names:
+        return
+    with ThreadPoolExecutor(max_workers=max(1, min(len(names), os.cpu_count() or 1, 4))) as pool:
+        futures = [(n, pool.submit(one, n)) for n in names]
+    errors = []
+    for name, fut in futures:
+        try:
+            loaded.progs[name] = fut.result()
+        except BaseException as e:   # every future is done: keep the loaded ones' fds for close()
+            errors.append(e)
+    if errors:
+        raise errors[0]
 
 
 # ---- the compile cache ----

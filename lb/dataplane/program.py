@@ -21,8 +21,8 @@ log = logging.getLogger("lb.dataplane")
 
 BPF_DIR = L.BPF_DIR      # one place says where bpf/ is
 
-PROGRAMS = ("lb_xdp_public", "lb_xdp_private", "lb_xdp_new_conn", "lb_xdp_persist",
-            *(f"lb_sched_{n}" for n in L.SCHEDULERS))
+BASE_PROGRAMS = ("lb_xdp_public", "lb_xdp_private", "lb_xdp_new_conn", "lb_xdp_persist")
+PROGRAMS = (*BASE_PROGRAMS, *(f"lb_sched_{n}" for n in L.SCHEDULERS))
 
 
 def state_timeouts(tcp: int, tcpfin: int, udp: int) -> list[int]:
@@ -143,7 +143,11 @@ class Program:
     The programs come from the compile cache when it holds them for this source, these flags
     (the pin directory aside: it names pins, not code), this kernel, its headers and this bcc;
     otherwise bcc compiles them (seconds) and the cache keeps the result.  Either way they are
-    loaded by bpfobj.load, so a cached start and a compiling one load the same instructions."""
+    loaded by bpfobj.load, so a cached start and a compiling one load the same instructions.
+
+    load() loads the four programs every packet may meet; a scheduler's program is loaded by
+    ensure() when a table first uses it (XdpDataplane.apply): the kernel's verifier takes most
+    of a load, and the schedulers with the longest loops (mh, lblc, lblcr) take most of that."""
 
     def __init__(self, sizes: Sizes, pin: str, cache: "bpfobj.Cache | None | bool" = True,
                  keep_bcc: bool = False, status=None):
@@ -154,6 +158,9 @@ class Program:
         self.status = status or (lambda text: None)   # progress for the service manager (STATUS=)
         self.bpf = None                  # bcc's module when this load compiled and keep_bcc
         self.loaded: bpfobj.Loaded | None = None
+        self.obj: bpfobj.Object | None = None
+        self._key = ""
+        self._cflags: list[str] = []
         self.compiled = False            # this load compiled (the cache did not have the programs)
         self.fns: dict[str, bpfobj.Prog] = {}
         self.maps: dict[str, BpfMap] = {}
@@ -202,48 +209,72 @@ class Program:
         return obj
 
     def load(self, adopted: bool) -> None:
-        """Compile (or take from the cache) and load every program (bcc or bpfobj creates the
-        maps, or reuses the pinned ones), wire the tail calls, open the maps by pin and write
-        the TCP state table."""
+        """Compile (or take from the cache) and load the programs every packet may meet (bcc or
+        bpfobj creates the maps, or reuses the pinned ones), wire their tail calls, open the
+        maps by pin and write the TCP state table."""
         os.makedirs(self.pin, exist_ok=True)
         t0 = time.monotonic()
         source = bpf_source()
-        cflags = self.sizes.cflags(self.pin) + ["-Wno-macro-redefined"]
-        key = bpfobj.cache_key(source, [f for f in cflags if not _pin_flag(f)], PROGRAMS)
-        obj = self.cache.get(key) if self.cache is not None and not self.keep_bcc else None
-        if obj is not None:
-            log.info("loading the XDP programs from the compile cache (%s)", self.cache._path(key))
+        self._cflags = self.sizes.cflags(self.pin) + ["-Wno-macro-redefined"]
+        self._key = bpfobj.cache_key(source, [f for f in self._cflags if not _pin_flag(f)], PROGRAMS)
+        self.obj = self.cache.get(self._key) if self.cache is not None and not self.keep_bcc else None
+        if self.obj is not None:
+            log.info("loading the XDP programs from the compile cache (%s)", self.cache._path(self._key))
             self.status("loading the XDP programs (compile cache)")
         else:
-            obj = self._compile(source, cflags)
+            self.obj = self._compile(source, self._cflags)
         try:
-            self.loaded = bpfobj.load(obj, self.pin, PROGRAMS)
+            self.loaded = bpfobj.load(self.obj, self.pin, BASE_PROGRAMS)
         except DataplaneError as e:
             if self.compiled:
                 raise
-            # a cached object this kernel refuses (rebuilt under the same release): compile afresh
-            log.warning("the cached XDP programs do not load (%s): compiling them again", e)
-            self.cache.drop(key)
-            obj = self._compile(source, cflags)
-            self.loaded = bpfobj.load(obj, self.pin, PROGRAMS)
+            self._recompile(e)
+            self.loaded = bpfobj.load(self.obj, self.pin, BASE_PROGRAMS)
         if self.compiled and self.cache is not None:
-            self.cache.put(key, obj)
+            self.cache.put(self._key, self.obj)
         self.fns.update(self.loaded.progs)
         log.info("%s %d XDP programs in %.2f s (%s maps in %s)",
-                 "compiled and loaded" if self.compiled else "loaded the cached", len(PROGRAMS),
+                 "compiled and loaded" if self.compiled else "loaded the cached", len(BASE_PROGRAMS),
                  time.monotonic() - t0, "adopted" if adopted else "new", self.pin)
         for name in self.sizes.expected().keys() | {"lb_tcp_fsm", "lb_timeouts", "lb_counters"}:
             self.maps[name] = BpfMap.open_pinned(os.path.join(self.pin, name))
+        self._wire({L.PROG_NEW_CONN: "lb_xdp_new_conn", L.PROG_PERSIST: "lb_xdp_persist"})
+        for i, v in enumerate(TCP_FSM):
+            self.maps["lb_tcp_fsm"].set(L.U32.pack(i), L.U32.pack(v))
+
+    def _recompile(self, err: Exception) -> None:
+        """A cached object this kernel refuses (rebuilt under the same release): compile afresh."""
+        log.warning("the cached XDP programs do not load (%s): compiling them again", err)
+        self.cache.drop(self._key)
+        self.obj = self._compile(bpf_source(), self._cflags)
+
+    def ensure(self, schedulers) -> None:
+        """The programs of these schedulers loaded and in lb_progs (each once per daemon)."""
+        names = [f"lb_sched_{s}" for s in sorted(set(schedulers)) if f"lb_sched_{s}" not in self.fns]
+        if not names:
+            return
+        t0 = time.monotonic()
+        try:
+            bpfobj.load_programs(self.obj, self.loaded, names)
+        except DataplaneError as e:
+            if self.compiled:
+                raise
+            self._recompile(e)
+            bpfobj.load_programs(self.obj, self.loaded, [n for n in names if n not in self.loaded.progs])
+            self.cache.put(self._key, self.obj)
+        self.fns.update(self.loaded.progs)
+        self._wire({L.PROG_SCHED_BASE + L.SCHEDULERS[n.removeprefix("lb_sched_")]: n for n in names})
+        log.info("loaded the scheduler program%s %s in %.2f s", "s" if len(names) > 1 else "",
+                 ", ".join(names), time.monotonic() - t0)
+
+    def _wire(self, slots: dict[int, str]) -> None:
+        """lb_progs[slot] = program: the data path's tail calls."""
         progs = BpfMap.open_pinned(os.path.join(self.pin, "lb_progs"))
         try:
-            slots = {L.PROG_NEW_CONN: "lb_xdp_new_conn", L.PROG_PERSIST: "lb_xdp_persist",
-                     **{L.PROG_SCHED_BASE + idx: f"lb_sched_{s}" for s, idx in L.SCHEDULERS.items()}}
             for slot, name in slots.items():
                 progs.set(L.U32.pack(slot), L.U32.pack(self.fns[name].fd))
         finally:
             progs.close()
-        for i, v in enumerate(TCP_FSM):
-            self.maps["lb_tcp_fsm"].set(L.U32.pack(i), L.U32.pack(v))
 
     def close_maps(self) -> None:
         for m in self.maps.values():

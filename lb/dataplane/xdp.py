@@ -144,7 +144,9 @@ class XdpDataplane(Dataplane):
 
     # ---- the table ----
     def apply(self, table: TableSpec) -> int:
-        """Make the maps forward `table`; returns the number of map writes it took."""
+        """Make the maps forward `table`; returns the number of map writes it took.  The
+        programs of the schedulers it uses are loaded first (Program.ensure)."""
+        self.program.ensure({s.scheduler for s in table.services})
         return self.table.apply(table)
 
     def finish_drains(self) -> int:
