@@ -52,6 +52,19 @@ def ratio(a: float, b: float) -> float:
     return a / b if b else 0.0
 
 
+def stop_process(p, sig: int, timeout: float) -> None:
+    """Signal p (if still running) and reap it; SIGKILL after timeout."""
+    import subprocess
+
+    if p.poll() is None:
+        p.send_signal(sig)
+    try:
+        p.wait(timeout)
+    except subprocess.TimeoutExpired:
+        p.kill()
+        p.wait(5)
+
+
 @contextlib.contextmanager
 def lab_lock(wait_s: float = LAB_LOCK_WAIT_S) -> Iterator[None]:
     """The tests' lab lock (fcntl flock on /run/lb-lab.tests.lock), held for the whole block."""

@@ -25,7 +25,7 @@ import subprocess
 import tempfile
 import time
 
-from bench.common import LB_BIN, REPO, lab_up, ratio, summary
+from bench.common import LB_BIN, REPO, lab_up, ratio, stop_process, summary
 from lb.dataplane import RealSpec, ServiceSpec, TableSpec
 from lb.dataplane import layout as L
 from lb.dataplane.nexthop import NextHop
@@ -187,13 +187,7 @@ def start_to_ready(lab, cache_dir: str, log_path: str) -> float:
         except (TimeoutError, ChildProcessError) as e:
             raise RuntimeError(f"bench ctl: lb run did not get ready ({e}):\n{open(log_path).read()}") from None
         finally:
-            if p.poll() is None:
-                p.send_signal(signal.SIGINT)
-            try:
-                p.wait(60)
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait(5)
+            stop_process(p, signal.SIGINT, 60)
         return ready - t0
     finally:
         notify.close()

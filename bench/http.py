@@ -26,7 +26,7 @@ import subprocess
 import tempfile
 import time
 
-from bench.common import LB_BIN, lab_up, ratio, summary
+from bench.common import LB_BIN, lab_up, ratio, stop_process, summary
 from lb.sdnotify import Listener
 
 INSTANCE = "benchhttp"
@@ -176,13 +176,7 @@ class Http:
         return p
 
     def stop(self, p: subprocess.Popen) -> None:
-        if p.poll() is None:
-            p.send_signal(signal.SIGTERM)
-            try:
-                p.wait(15)
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait(5)
+        stop_process(p, signal.SIGTERM, 15)
         if p in self.procs:
             self.procs.remove(p)
 
