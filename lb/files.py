@@ -19,6 +19,9 @@ def ensure_private_dir(path: str, mode: int = 0o700) -> None:
     """Create path (mode 0700) if missing, else check it: a real directory (not a symlink),
     owned by us (root), writable by nobody else.  A directory only readable by others (0755, as
     older versions of lb made /run/lb) is tightened to `mode`."""
+    parent = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(parent):
+        os.makedirs(parent, exist_ok=True)
     try:
         os.mkdir(path, mode)
     except FileExistsError:

@@ -17,8 +17,9 @@ LAB_TESTS_LOCK_WAIT_S = 3600.0   # other sessions (developers' worktrees) may ho
 # (one qemu boot) on another; the other modules spread over the workers, each module whole and
 # in order on one worker (as --dist loadfile).
 
-# modules that use the lab without the `lab` fixture (bench's lab_up takes the same lock)
-LAB_MODULES = {"test_bench_smoke"}
+# modules that use the lab without the `lab` fixture (bench's lab_up takes the same lock), and
+# test_install, whose one install (a few minutes) serves its lab test and the others
+LAB_MODULES = {"test_bench_smoke", "test_install"}
 
 
 @pytest.hookimpl(tryfirst=True)

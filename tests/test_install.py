@@ -5,6 +5,7 @@ runs them) -- and `lb run` from that install forwarding through the lab's VIP.""
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -94,13 +95,33 @@ def host_services(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def wheel(tmp_path_factory) -> Path:
+def dist(tmp_path_factory) -> Path:
+    """python -m build: the sdist from this checkout, then the wheel from the sdist (as a
+    package index's user would build it)."""
     out = tmp_path_factory.mktemp("dist")
-    p = run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--disable-pip-version-check", "-w", str(out),
-             str(REPO)], cwd=out)
+    # from a copy: a build writes build/ and *.egg-info into its source directory
+    src = out / "src"
+    shutil.copytree(REPO, src, ignore=shutil.ignore_patterns(
+        ".git", ".venv", "build", "*.egg-info", "__pycache__", ".pytest_cache", ".hypothesis", "results", "*.so"))
+    p = run([sys.executable, "-m", "build", "--outdir", str(out), str(src)], cwd=out, timeout=900)
     assert p.returncode == 0, p
-    (whl,) = out.glob("lvs_director-*.whl")
+    return out
+
+
+@pytest.fixture(scope="module")
+def wheel(dist) -> Path:
+    (whl,) = dist.glob("lvs_director-*.whl")
     return whl
+
+
+def test_the_sdist_carries_what_the_wheel_is_built_from(dist):
+    import tarfile
+
+    (sdist,) = dist.glob("lvs_director-*.tar.gz")
+    names = {n.split("/", 1)[1] for n in tarfile.open(sdist).getnames() if "/" in n}
+    for want in ("bpf/lb.c", "bpf/lb_structs.h", "cext/bpfbatch.c", "cext/build_bpfbatch.py", "setup.py",
+                 "lb/systemd/lb@.service", "lb/dataplane/objects/lb_decap.json"):
+        assert want in names, want
 
 
 @pytest.fixture(scope="module")

@@ -328,6 +328,25 @@ def test_bpffs_and_architecture_messages(tmp_path):
     assert bpfsys._nr_bpf("x86_64") == 321 and bpfsys._nr_bpf("aarch64") == 280
 
 
+def test_logs_under_journald_have_no_time_and_a_priority(tmp_path, scratch_netns):
+    """With stderr the journal's (JOURNAL_STREAM names it), lines are "<priority>logger: text":
+    journald stamps them and filters by the priority."""
+    cfg = _scratch_config(tmp_path, scratch_netns)
+    err = tmp_path / "stderr"
+    with open(err, "w") as f:
+        st = os.fstat(f.fileno())
+        p = subprocess.run(["nsenter", f"--net=/run/netns/{scratch_netns}", "--", LB, "run", "--config", str(cfg),
+                            "--log-level", "info"], stdout=subprocess.DEVNULL, stderr=f, stdin=subprocess.DEVNULL,
+                           env={**os.environ, "JOURNAL_STREAM": f"{st.st_dev}:{st.st_ino}",
+                                "BCC_KERNEL_SOURCE": str(tmp_path / "none"), "LB_CACHE_DIR": str(tmp_path / "cache")},
+                           timeout=120)
+    text = err.read_text()
+    assert p.returncode == 2, text
+    assert re.search(r"^<6>lb\.engine: lb instance '\S+' starting", text, re.M), text
+    assert re.search(r"^<3>lb\.engine: no kernel headers for ", text, re.M), text
+    assert not re.search(r"\d\d:\d\d:\d\d", text), text
+
+
 # ---- the compile cache and the shipped decap program --------------------------------------------
 
 SMALL = Sizes(16, 256, 16, 4096)
@@ -513,6 +532,14 @@ def test_ready_only_once_forwarding_and_a_second_run_refuses(lab, lb_runner, tmp
         assert "attached" not in second.stderr and "Traceback" not in second.stderr, second.stderr
         assert Path("/run/lb/lab.pid").read_text() == pid_text and xdp_prog(lab, "pub0") == prog
         assert lab.http_get("client", VIP, 80, "/", timeout=3.0)[0] == 200
+
+        # systemctl reload: ExecReload, RELOADING=1 then READY=1 again
+        n = len(proc.notify.messages)
+        p = run(cmds["ExecReload"])
+        assert p.returncode == 0 and "reloaded" in p.stdout, p
+        proc.notify.poll(0.5)
+        later = [f for _, f in proc.notify.messages[n:]]
+        assert later[0].get("RELOADING") == "1" and any(f.get("READY") == "1" for f in later[1:]), later
 
         # systemctl stop: ExecStop sees a "stop" job: the clean stop
         unit_stop(cmds, tmp_path, "stop")
