@@ -101,6 +101,7 @@ from typing import Any
 from . import toml as _toml
 from .locate import FieldPath
 from .model import (
+    Bgp,
     DEFAULT_LBLC_EXPIRATION,
     DEFAULT_MH_SIZE,
     HA,
@@ -172,12 +173,18 @@ LB_MONITOR_KEYS = tuple(f"lb_monitor_{k}" for k in (
     "kind", *LB_MONITOR_STRINGS, "status", "tls_verify", "port", *LB_MONITOR_SECONDS, "quiesce", "escaped"))
 # lb-only keys of the web console ([web]; Piranha's was a separate program)
 LB_WEB_KEYS = {f"lb_web_{k}": k for k in ("enabled", "listen", "password_file")}
+# lb-only keys of [bgp] (scale-out; Piranha had none): the scalars, then the neighbors and the VIPs'
+# attributes as comma-separated lists:
+#   lb_bgp_neighbors = "198.18.0.254 as 65000 local 198.18.0.1, 198.18.0.253 as 65000"
+#   lb_bgp_vips = "198.18.0.10 med 10 community 65000:100 community no-export, 198.18.0.11 med 5"
+LB_BGP_SCALARS = {f"lb_bgp_{k}": k for k in ("mode", "local_as", "router_id", "hold_time", "lease", "drain")}
+LB_BGP_KEYS = (*LB_BGP_SCALARS, "lb_bgp_neighbors", "lb_bgp_vips")
 GLOBAL_MODEL = (
     "network", "nat_router", "nat_nmask", "tcp_timeout", "tcpfin_timeout", "udp_timeout",
     "lb_instance", "lb_public_interface", "lb_private_interface", "lb_expire_nodest_conn",
     "lb_lblc_expiration", "lb_lblcr_expiration",
     "lb_table_connections", "lb_table_services", "lb_table_real_servers", "lb_table_reals_per_service",
-) + LB_HA_KEYS + tuple(LB_WEB_KEYS)
+) + LB_HA_KEYS + tuple(LB_WEB_KEYS) + LB_BGP_KEYS
 VIRTUAL_MODEL = ("address", "active", "port", "protocol", "scheduler", "persistent", "pmask", "fwmark",
                  "lb_port_groups", "lb_scheduler_flags", "sorry_server", "lb_mh_size", "quiesce_server",
                  "load_monitor") + LB_LOAD_MONITOR_KEYS
@@ -185,7 +192,7 @@ SERVER_KEYS = ("address", "active", "weight", "port", "lb_u_threshold", "lb_l_th
 GLOBAL_KEYS = tuple(GLOBAL_EXTRAS) + GLOBAL_MODEL
 VIRTUAL_KEYS = VIRTUAL_MODEL + MONITOR_CF + LB_MONITOR_KEYS + tuple(VIRTUAL_EXTRAS)
 QUOTED = ("send", "expect", "send_program", "lb_ha_key_file", "lb_ha_notify", "lb_load_monitor_program",
-          "lb_web_password_file") + tuple(
+          "lb_web_password_file", "lb_bgp_neighbors", "lb_bgp_vips") + tuple(
     f"lb_monitor_{k}" for k in LB_MONITOR_STRINGS)
 TIMEOUT_KEYS = {"tcp_timeout": "tcp", "tcpfin_timeout": "tcpfin", "udp_timeout": "udp"}
 TABLE_KEYS = {f"lb_table_{k}": k for k in ("connections", "services", "real_servers", "reals_per_service")}
@@ -604,6 +611,8 @@ class _Builder:
                 if key in g.entries:
                     g.error(g.entries[key], f"{key} needs backup_active = 1 (a backup director)")
         self._table(doc, "web", g, LB_WEB_KEYS, lambda cf, key: g.boolean(cf) if key == "enabled" else g.text(cf))
+        if any(k in g.entries for k in LB_BGP_KEYS):
+            doc["bgp"] = self._bgp(g)
 
         vss = []
         first_dev: tuple[str, int, str] | None = None
@@ -697,6 +706,35 @@ class _Builder:
         take("notify", "lb_ha_notify",
              [p.strip() for p in notify.value.split(",") if p.strip()] if notify is not None else None)
         return ha
+
+    def _bgp(self, g: _Scope) -> dict[str, Any]:
+        """lb_bgp_* -> the [bgp] table (values as written: the validator checks them)."""
+        bgp: dict[str, Any] = {}
+        self.note(("bgp",), next(g.line(k) for k in LB_BGP_KEYS if k in g.entries), "lb_bgp_local_as")
+        for cf, key in LB_BGP_SCALARS.items():
+            if key in ("local_as", "hold_time"):
+                value: Any = g.integer(cf)
+            elif key in ("lease", "drain"):
+                value = _seconds(g, cf)
+            else:
+                value = g.text(cf)
+            if value is not None:
+                bgp[key] = value
+            self.note(("bgp", key), g.line(cf), cf)
+        for cf, key, parse in (("lb_bgp_neighbors", "neighbor", _bgp_neighbor), ("lb_bgp_vips", "vip", _bgp_vip)):
+            e = g.entries.get(cf)
+            self.note(("bgp", key), e.line if e else g.line("lb_bgp_local_as"), cf)
+            items = []
+            for item in (x.strip() for x in (e.value.split(",") if e else ()) if x.strip()):
+                parsed = parse(item)
+                if isinstance(parsed, str):
+                    g.error(e, parsed)
+                    continue
+                self.note(("bgp", key, len(items)), e.line, cf)
+                items.append(parsed)
+            if items:
+                bgp[key] = items
+        return bgp
 
     def _virtual(self, i: int, vb: _Block) -> tuple[dict[str, Any], tuple[str, int, str] | None]:
         label = _label(vb)
@@ -954,6 +992,52 @@ def looks_like_lvscf(text: str) -> bool:
     return False
 
 
+def _bgp_words(item: str, usage: str, first: str, keys: dict[str, str]) -> dict[str, Any] | str:
+    """'ADDRESS key value key value ...' -> {first: ADDRESS, keys[key]: value} (a repeated
+    "community" collects a list); integers as int, the validator checks the rest."""
+    words = item.split()
+    if len(words) % 2 == 0:
+        return f"expected {usage}, got {item!r}"
+    out: dict[str, Any] = {first: words[0]}
+    for key, value in zip(words[1::2], words[2::2]):
+        fld = keys.get(key)
+        if fld is None:
+            return f"unknown word {key!r} in {item!r} (expected {usage})"
+        v: Any = int(value) if _INT_RE.fullmatch(value) and len(value) <= _toml.MAX_INT_DIGITS else value
+        if fld == "communities":
+            out.setdefault(fld, []).append(value)
+        elif fld in out:
+            return f"{key!r} is given twice in {item!r}"
+        else:
+            out[fld] = v
+    return out
+
+
+def _bgp_neighbor(item: str) -> dict[str, Any] | str:
+    return _bgp_words(item, "'ADDRESS as AS [local ADDRESS]'", "address", {"as": "peer_as", "local": "local_address"})
+
+
+def _bgp_vip(item: str) -> dict[str, Any] | str:
+    return _bgp_words(item, "'VIP [med N] [community ASN:VALUE]...'", "address", {"med": "med", "community": "communities"})
+
+
+def _bgp_cf(bgp: Bgp) -> dict[str, Any]:
+    """lvs.cf keys that read back as ``bgp`` (the scalars when not the default)."""
+    d = Bgp(local_as=bgp.local_as, neighbors=())
+    out: dict[str, Any] = {}
+    for cf, key in LB_BGP_SCALARS.items():
+        v = getattr(bgp, key)
+        if key == "local_as" or (v is not None and v != getattr(d, key)):
+            out[cf] = _fmt_seconds(v) if isinstance(v, float) else str(v) if key == "router_id" else v
+    out["lb_bgp_neighbors"] = ", ".join(
+        f"{n.address} as {n.peer_as}" + (f" local {n.local_address}" if n.local_address else "") for n in bgp.neighbors)
+    if bgp.vips:
+        out["lb_bgp_vips"] = ", ".join(
+            " ".join([str(v.address)] + ([f"med {v.med}"] if v.med is not None else [])
+                     + [f"community {c}" for c in v.communities]) for v in bgp.vips)
+    return out
+
+
 # --- model -> lvs.cf --------------------------------------------------------------------------
 
 
@@ -1123,6 +1207,8 @@ def dumps(cfg: Config, extras: dict[str, Any] | None = None) -> str:
             put("", key, ha_cf[key])
     for cf, value in _web_doc(cfg.web).items():
         put("", f"lb_web_{cf}", value)
+    for cf, value in (_bgp_cf(cfg.bgp) if cfg.bgp is not None else {}).items():
+        put("", cf, value)
 
     for vs in cfg.virtual_servers:
         vx = vxs.get(vs.name, {})
@@ -1228,6 +1314,15 @@ def _emit(doc: dict[str, Any]) -> str:
             out.append(f"[{section}]")
             out += [f"{k} = {_toml_value(v)}" for k, v in doc[section].items()]
             out.append("")
+    if "bgp" in doc:
+        out.append("[bgp]")
+        out += [f"{k} = {_toml_value(v)}" for k, v in doc["bgp"].items() if k not in ("neighbor", "vip")]
+        out.append("")
+        for sub in ("neighbor", "vip"):
+            for t in doc["bgp"].get(sub, []):
+                out.append(f"  [[bgp.{sub}]]")
+                out += [f"  {k} = {_toml_value(v)}" for k, v in t.items()]
+                out.append("")
     for vs in doc.get("virtual_server", []):
         out.append("[[virtual_server]]")
         out += [f"{k} = {_toml_value(v)}" for k, v in vs.items()
@@ -1278,6 +1373,22 @@ def _web_doc(web: Web) -> dict[str, Any]:
     return out
 
 
+def _bgp_doc(bgp: Bgp) -> dict[str, Any]:
+    """The [bgp] table of ``bgp``: local_as and the neighbors always, the rest when not the default."""
+    d = Bgp(local_as=bgp.local_as, neighbors=())
+    out: dict[str, Any] = {}
+    for key in ("mode", "local_as", "router_id", "hold_time", "lease", "drain"):
+        v = getattr(bgp, key)
+        if key == "local_as" or (v is not None and v != getattr(d, key)):
+            out[key] = int(v) if isinstance(v, float) and v.is_integer() else v if isinstance(v, (int, float)) else str(v)
+    out["neighbor"] = [{"address": str(n.address), "peer_as": n.peer_as,
+                        **({"local_address": str(n.local_address)} if n.local_address else {})} for n in bgp.neighbors]
+    if bgp.vips:
+        out["vip"] = [{"address": str(v.address), **({"med": v.med} if v.med is not None else {}),
+                       **({"communities": list(v.communities)} if v.communities else {})} for v in bgp.vips]
+    return out
+
+
 def _doc(cfg: Config) -> dict[str, Any]:
     glob: dict[str, Any] = {"instance": cfg.instance, "public_interface": cfg.public_interface}
     if cfg.private_interface is not None:
@@ -1301,6 +1412,8 @@ def _doc(cfg: Config) -> dict[str, Any]:
     web = _web_doc(cfg.web)
     if web:
         doc["web"] = web
+    if cfg.bgp is not None:
+        doc["bgp"] = _bgp_doc(cfg.bgp)
     vss = []
     for vs in cfg.virtual_servers:
         if vs.fwmark:

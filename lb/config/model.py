@@ -310,6 +310,67 @@ class HA:
     notify: tuple[str, ...] = ()  # programs run (no shell) on role changes: PROG ROLE OLD INSTANCE
 
 
+# [bgp] (scale-out): how this director uses its BGP speaker.
+#   "active-active": N directors behind a router's ECMP all forward; flows keep their real server
+#                    when directors come and go (hash schedulers only, sloppy TCP, DR or tunnel)
+#   "announce":      only announce the VIPs this director can serve (one director, or the
+#                    active one of an [ha] pair); scheduling is unchanged
+BGP_MODES: tuple[str, ...] = ("active-active", "announce")
+DEFAULT_BGP_MODE = "active-active"
+# schedulers whose pick is a pure function of the packet and the real server set, so that every
+# director of an active-active group picks the same real server for a flow
+HASH_SCHEDULERS: tuple[str, ...] = ("mh", "sh", "dh")
+# BGP well-known communities (RFC 1997) accepted by name
+BGP_WELL_KNOWN_COMMUNITIES: tuple[str, ...] = ("no-export", "no-advertise", "no-export-subconfed")
+
+
+@dataclass(frozen=True, slots=True)
+class BgpNeighbor:
+    """A BGP peer (the router) of this director's speaker."""
+
+    address: IPAddress
+    peer_as: int
+    # our end of the session; None: the source address the kernel picks toward ``address``
+    local_address: IPAddress | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class BgpVip:
+    """Path attributes of one VIP's route (a /32 or /128)."""
+
+    address: IPAddress
+    med: int | None = None  # MULTI_EXIT_DISC; None: not sent
+    communities: tuple[str, ...] = ()  # "ASN:VALUE" (16-bit each) or a well-known name
+
+
+@dataclass(frozen=True, slots=True)
+class Bgp:
+    """Route announcement through ExaBGP (lb.bgp); present only when the config has [bgp].
+
+    A VIP is announced while this director can serve it: the data plane attached and every
+    active virtual server on that address with a usable real server (or its sorry server)."""
+
+    local_as: int
+    neighbors: tuple[BgpNeighbor, ...]
+    mode: str = DEFAULT_BGP_MODE  # one of BGP_MODES
+    router_id: IPv4Address | None = None  # None: our IPv4 address toward the first IPv4 neighbor
+    hold_time: int = 9  # seconds, 3..65535 (keepalives every hold_time / 3)
+    lease: float = 3.0  # the speaker withdraws lb's routes when lb has not renewed them this long
+    drain: float = 2.0  # a clean stop withdraws the routes this long before the data plane stops
+    vips: tuple[BgpVip, ...] = ()
+
+    @property
+    def active_active(self) -> bool:
+        return self.mode == "active-active"
+
+    def vip(self, address) -> BgpVip:
+        """The attributes of ``address``'s route (none configured: no MED, no community)."""
+        for v in self.vips:
+            if v.address == address:
+                return v
+        return BgpVip(address)
+
+
 WEB_PASSWORD_DIR = Path("/etc/lb")
 
 
@@ -367,6 +428,7 @@ class Config:
     virtual_servers: tuple[VirtualServer, ...] = ()
     ha: HA | None = None  # None: a single director, always active
     web: Web = field(default_factory=Web)  # the web console ([web])
+    bgp: Bgp | None = None  # None: no route announcement ([bgp], lb.bgp)
 
     def vip_device(self, vs: VirtualServer) -> str:
         """The interface that carries the VIP of ``vs``."""
