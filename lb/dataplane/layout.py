@@ -20,6 +20,7 @@ REAL_F_OVERLOAD = 0x1
 REAL_F_NO_NEXTHOP = 0x2
 REAL_F_DRAINING = 0x4        # removed from the config, draining: its templates are invalid
 SVC_F_SCHED_FALLBACK, SVC_F_SCHED_PORT = 0x1, 0x2   # lb_svc.flags (IP_VS_SVC_F_SCHED1/2)
+SVC_F_SLOPPY = 0x4           # lb_sloppy.h: a TCP packet without an entry is scheduled too (active-active)
 # scheduler flag name -> (scheduler, lb_svc.flags bit), as ipvsadm spells them
 SCHED_FLAGS = {"sh-fallback": ("sh", SVC_F_SCHED_FALLBACK), "sh-port": ("sh", SVC_F_SCHED_PORT),
                "mh-fallback": ("mh", SVC_F_SCHED_FALLBACK), "mh-port": ("mh", SVC_F_SCHED_PORT)}
