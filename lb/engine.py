@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import logging
 import os
@@ -58,6 +59,8 @@ def build_table(cfg, health: dict | None = None, sorry: set | None = None,
     gets the sorry server as its only real server; the keys of those services are added to
     ``sorry`` when it is given."""
     forward = {"nat": "nat", "tunnel": "tunnel"}.get(cfg.network, "dr")
+    # lb.bgp active-active: every service schedules mid-flow TCP packets (ECMP moved the flow here)
+    sloppy = cfg.bgp is not None and cfg.bgp.active_active
     health = health or {}
     weights = weights or {}
     overrides = overrides or {}
@@ -85,7 +88,8 @@ def build_table(cfg, health: dict | None = None, sorry: set | None = None,
             reals = [RealSpec(addr, vs.port if port is None else port, 1, forward)]
             if sorry is not None:
                 sorry.add(vs.key)
-        services.append(ServiceSpec.from_config(vs, reals, dead))
+        spec = ServiceSpec.from_config(vs, reals, dead)
+        services.append(dataclasses.replace(spec, sloppy=True) if sloppy else spec)
     t = cfg.timeouts
     return TableSpec(tuple(services), (t.tcp, t.tcpfin, t.udp), cfg.expire_nodest_conn,
                      lblc_expiration=cfg.lblc_expiration, lblcr_expiration=cfg.lblcr_expiration)
@@ -224,6 +228,7 @@ class Engine:
         self._dp_lock = threading.Lock()             # data plane writes from worker threads, one at a time
         self._reload_waiters: list[asyncio.Future] = []   # `lb reload` callers on the control socket
         self._usable: dict[tuple, set] = {}          # service key -> real servers taking new connections
+        self.bgp = None                              # lb.bgp.Announcer with [bgp]: the VIPs announced
 
     # ---- lifecycle ----
     def start(self) -> None:
@@ -237,6 +242,9 @@ class Engine:
             except (OSError, ValueError) as e:
                 raise StartupError(f"{self.cfg.path or '<config>'}: ha: {e}") from None
         self._restore_overrides()
+        if self.cfg.bgp is not None:
+            from lb.bgp import Announcer
+            self.bgp = Announcer(self.cfg)
         self._load_dataplane()
         self.owned = addresses.wanted_addresses(self.cfg)
         if self.active:
@@ -247,6 +255,13 @@ class Engine:
             log.info("HA: starting without the virtual addresses until pulse decides the role")
         self._apply(self._table(self.cfg), self.cfg)
         self._attach_dataplane()
+        if self.bgp is not None:
+            from lb.bgp import BgpError
+            try:
+                self.bgp.start()
+            except BgpError as e:
+                raise StartupError(f"{self.cfg.path or '<config>'}: {e}") from None
+            self.bgp.update(attached=self._attached(), active=self.active)
         os.makedirs(RUN_DIR, exist_ok=True)
         with open(pidfile(self.cfg.instance), "w") as f:
             f.write(f"{os.getpid()}\n")
@@ -286,6 +301,11 @@ class Engine:
                          "restart from zero (%d existing connections left out)",
                          ", ".join(f"{a}:{p}" for a, p in sorted(joined, key=str)), svc.name, n)
         self._usable = usable
+        if self.bgp is not None:
+            self.bgp.update(table, attached=self._attached(), active=self.active)
+
+    def _attached(self) -> bool:
+        return self.cfg.public_interface in getattr(self.dp, "attached", {})
 
     def refresh_sched_base(self) -> int:
         with self._dp_lock:
@@ -336,6 +356,8 @@ class Engine:
             addresses.release(self.owned)
             self.dp.unpin()
             self.dp.close()
+        if self.bgp is not None:
+            self.bgp.close(keep=keep_dataplane)
         try:
             os.unlink(pidfile(self.cfg.instance))
         except FileNotFoundError:
@@ -366,6 +388,12 @@ class Engine:
             raise ReloadRefused(f"reload refused: {e}") from None
         if (new.ha is None) != (self.cfg.ha is None) or (new.ha and new.ha != self.cfg.ha):
             raise ReloadRefused("reload refused: the [ha] settings need a restart")
+        if self.bgp is not None or new.bgp is not None:
+            from lb.bgp import reload_problem
+            problem = reload_problem(self.cfg.bgp, new.bgp)
+            if problem:
+                raise ReloadRefused(f"reload refused: {problem}")
+            self.bgp.bgp = new.bgp               # [[bgp.vip]]: the next update announces them
         want = addresses.wanted_addresses(new)
         if self.active:
             addresses.take([a for a in want if a not in self.owned])
@@ -603,6 +631,8 @@ class Engine:
         elif self.active or old == 0:
             self.active = False
             await loop.run_in_executor(None, self._release_addresses)
+        if self.bgp is not None:
+            self.bgp.update(active=self.active)
         await loop.run_in_executor(None, self._ipvs_sync, new == ACTIVE)
 
     def _ipvs_sync(self, active: bool) -> None:
@@ -676,6 +706,8 @@ class Engine:
                "at": time.time(), "services": services}
         if self.pulse is not None:
             doc["ha"] = self.pulse.status()
+        if self.bgp is not None:
+            doc["bgp"] = self.bgp.status()
         counters = getattr(self.dp, "counters", None)
         if counters is not None:
             try:
@@ -759,6 +791,7 @@ class Engine:
         if self.pulse is not None:
             await blocking(ha_announce.warm_up)      # scapy loads now, not during a takeover
             await self.pulse.start()
+        lease = asyncio.create_task(self.bgp.run()) if self.bgp is not None else None
         last_sweep = last_nh = last_est = loop.time()
         while self._stop is None:
             try:
@@ -815,6 +848,9 @@ class Engine:
         for fut in self._reload_waiters + [f for f, _ in self._apply_waiters]:   # before the server waits
             if not fut.done():                                                     # for its handlers
                 fut.set_result({"ok": False, "error": "the daemon is stopping"})
+        if lease is not None:            # withdraw and drain before anything stops
+            lease.cancel()
+            await self.bgp.leave(keep=self._stop == "keep")
         if web is not None:
             await web.stop()
         await server.stop()
@@ -841,6 +877,8 @@ def run(cfg, *, xdp_mode: str = "native", dataplane: str | None = None) -> int:
             if eng.dp.created:
                 eng.dp.unpin()
         eng.dp.close()
+        if eng.bgp is not None:
+            eng.bgp.close(keep=False)
         return 2
     asyncio.run(eng.run())
     eng.stop(keep_dataplane=(eng._stop == "keep"))

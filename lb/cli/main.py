@@ -180,6 +180,9 @@ def cmd_status(args) -> int:
               f"sent {c['sync_tx_records']} received {c['sync_rx_records']} skipped {c['sync_skipped']};"
               f" ignored: forged {c['bad_auth']} replayed {c['replay']} stale {c['stale']}"
               f" malformed {c['malformed']}")
+    if doc.get("bgp"):   # lb.bgp: sessions and routes
+        from lb.bgp import format_status
+        print("\n".join(format_status(doc["bgp"])))
     if doc.get("counters"):
         print("data path: " + ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in doc["counters"].items()))
     for s in doc["services"]:
