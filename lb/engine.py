@@ -91,7 +91,10 @@ def build_table(cfg, health: dict | None = None, sorry: set | None = None,
         spec = ServiceSpec.from_config(vs, reals, dead)
         services.append(dataclasses.replace(spec, sloppy=True) if sloppy else spec)
     t = cfg.timeouts
-    return TableSpec(tuple(services), (t.tcp, t.tcpfin, t.udp), cfg.expire_nodest_conn,
+    # active-active: a packet of an entry whose real server has left (its health check failed
+    # while this director was cut off, say) expires the entry, and the client's next packet is
+    # scheduled afresh -- sloppy, so mid-flow too -- to the server every director picks
+    return TableSpec(tuple(services), (t.tcp, t.tcpfin, t.udp), cfg.expire_nodest_conn or sloppy,
                      lblc_expiration=cfg.lblc_expiration, lblcr_expiration=cfg.lblcr_expiration)
 
 

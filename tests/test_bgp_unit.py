@@ -243,22 +243,33 @@ def test_status_lines() -> None:
     ]
 
 
-def test_announcer_writes_the_lease_and_removes_it(monkeypatch, tmp_path) -> None:
+def test_announcer_settles_writes_the_lease_and_removes_it(monkeypatch, tmp_path) -> None:
     monkeypatch.setattr(announcer, "lease_path", lambda inst: str(tmp_path / f"{inst}.lease"))
     monkeypatch.setattr(announcer, "status_path", lambda inst: str(tmp_path / f"{inst}.status"))
     stopped = []
     monkeypatch.setattr(speaker, "stop", stopped.append)
-    a = announcer.Announcer(loads(CFG))
-    a.update(TableSpec((svc("198.18.10.10", 80, 1),)))
+    a = announcer.Announcer(loads(CFG.replace("lease = 2", "lease = 2\nsettle = 2")))
+    route = Route("198.18.10.10/32", 20, ("65000:100", "no-export"))
+    a.update(TableSpec((svc("198.18.10.10", 80, 1, 1),)), now=10.0)
     assert read_lease(a.lease_path).routes == ()            # not attached yet
-    a.update(attached=True)
+    a.update(attached=True, now=10.0)
+    assert read_lease(a.lease_path).routes == ()            # servable: settling
+    assert a.status()["vips"][0]["reason"] == "settling: servable with these real servers for 0.0 of 2 s"
+    a.update(TableSpec((svc("198.18.10.10", 80, 1, 0),)), now=11.5)    # the set changed: again
+    a.update(now=13.0)
+    assert read_lease(a.lease_path).routes == ()
+    a.update(now=13.6)
     lease = read_lease(a.lease_path)
-    assert lease.routes == (Route("198.18.10.10/32", 20, ("65000:100", "no-export")),)
+    assert lease.routes == (route,)
     assert lease.owner_pid == os.getpid() and lease.expires > time.monotonic()
-    a.update(TableSpec((svc("198.18.10.10", 80, 0),)))       # its last real server went
+    a.update(TableSpec((svc("198.18.10.10", 80, 1, 1),)), now=13.7)    # announced: changes keep it
+    assert read_lease(a.lease_path).routes == (route,)
+    a.update(TableSpec((svc("198.18.10.10", 80, 0, 0),)), now=14.0)    # its last real server went
     assert read_lease(a.lease_path).routes == ()
     assert a.status()["vips"][0]["reason"] == "virtual service tcp 198.18.10.10:80 has no usable real server"
-    a.update(TableSpec((svc("198.18.10.10", 80, 3),)))
+    a.update(TableSpec((svc("198.18.10.10", 80, 3, 0),)), now=14.0)
+    a.update(now=16.5)
+    assert read_lease(a.lease_path).routes == (route,)
     import asyncio
     asyncio.run(a.leave(keep=True))                         # an upgrade: routes held by an ownerless lease
     assert read_lease(a.lease_path).owner_pid == 0 and read_lease(a.lease_path).routes

@@ -58,8 +58,8 @@ def issues(src: str) -> list[tuple[int | None, str, str]]:
 def test_defaults_and_values() -> None:
     cfg = loads(text())
     assert cfg.bgp == Bgp(local_as=65001, neighbors=(BgpNeighbor(IPv4Address("198.18.0.254"), 65000),))
-    assert (cfg.bgp.mode, cfg.bgp.hold_time, cfg.bgp.lease, cfg.bgp.drain, cfg.bgp.router_id) == (
-        "active-active", 9, 3.0, 2.0, None)
+    assert (cfg.bgp.mode, cfg.bgp.hold_time, cfg.bgp.lease, cfg.bgp.drain, cfg.bgp.settle, cfg.bgp.router_id) == (
+        "active-active", 9, 3.0, 2.0, 2.0, None)
     assert cfg.bgp.active_active
     assert cfg.bgp.vip(ip_address("198.18.10.10")) == BgpVip(ip_address("198.18.10.10"))
     cfg = loads(text('mode = "active-active"\nrouter_id = "198.18.0.1"\nhold_time = 3\nlease = 2.5\ndrain = 0',
@@ -114,6 +114,7 @@ def test_announce_mode_keeps_the_rest_as_it_is() -> None:
     ("hold_time = 2", "", "bgp.hold_time", "must be between 3 and 65535, got 2"),
     ("lease = 1", "", "bgp.lease", "must be between 2 and 3600 seconds, got 1"),
     ("drain = 30", "", "bgp.drain", "must be between 0 and 20 seconds, got 30"),
+    ("settle = 601", "", "bgp.settle", "must be between 0 and 600 seconds, got 601"),
     ('router_id = "2001:2::1"', "", "bgp.router_id", "a BGP router id is a dotted IPv4 address, got 2001:2::1"),
     ("", '  [[bgp.neighbor]]\n  address = "198.18.0.254"\n  peer_as = 65000\n', "bgp.neighbor[1].address",
      "neighbor 198.18.0.254 is listed twice (also neighbor[0])"),
@@ -158,6 +159,7 @@ lb_bgp_local_as = 65001
 lb_bgp_hold_time = 3
 lb_bgp_lease = 2.5
 lb_bgp_drain = 1
+lb_bgp_settle = 0.5
 lb_bgp_neighbors = "198.18.0.254 as 65000 local 198.18.0.1, 198.18.0.253 as 65000"
 lb_bgp_vips = "198.18.10.10 med 10 community 65000:100 community no-export"
 
@@ -175,7 +177,7 @@ virtual web {
 def test_lvscf_keys_read_write_and_import() -> None:
     cfg = lvscf.loads(LVSCF)
     b = cfg.bgp
-    assert (b.mode, b.local_as, b.hold_time, b.lease, b.drain) == ("active-active", 65001, 3, 2.5, 1.0)
+    assert (b.mode, b.local_as, b.hold_time, b.lease, b.drain, b.settle) == ("active-active", 65001, 3, 2.5, 1.0, 0.5)
     assert b.neighbors == (BgpNeighbor(ip_address("198.18.0.254"), 65000, ip_address("198.18.0.1")),
                            BgpNeighbor(ip_address("198.18.0.253"), 65000))
     assert b.vips == (BgpVip(ip_address("198.18.10.10"), 10, ("65000:100", "no-export")),)
@@ -193,9 +195,9 @@ def test_lvscf_errors_name_the_lvscf_key_and_line() -> None:
     got = [(i.line, i.field, i.message) for i in ei.value.issues]
     assert got == [
         (5, "lb_bgp_hold_time", "must be between 3 and 65535, got 1"),
-        (8, "lb_bgp_neighbors", "unknown word 'at' in '198.18.0.253 at 65000' "
+        (9, "lb_bgp_neighbors", "unknown word 'at' in '198.18.0.253 at 65000' "
                                 "(expected 'ADDRESS as AS [local ADDRESS]')"),
-        (14, "virtual[web].scheduler", got[2][2]),
+        (15, "virtual[web].scheduler", got[2][2]),
     ]
     assert "scheduler 'wrr'" in got[2][2]
 

@@ -14,6 +14,7 @@ second by ``run()``.  The speaker itself (ExaBGP) is started by ``start()``.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import ipaddress
 import logging
 import os
@@ -39,8 +40,7 @@ def reload_problem(old, new) -> str | None:
         return None
     if old is None or new is None:
         return "adding or removing [bgp] needs a restart"
-    if (old.mode, old.local_as, old.router_id, old.neighbors, old.hold_time, old.lease, old.drain) != \
-            (new.mode, new.local_as, new.router_id, new.neighbors, new.hold_time, new.lease, new.drain):
+    if dataclasses.replace(old, vips=()) != dataclasses.replace(new, vips=()):
         return "the [bgp] settings other than [[bgp.vip]] need a restart"
     return None
 
@@ -68,6 +68,16 @@ def servable(table, attached: bool, active: bool) -> dict:
             if vip not in out or (why is not None and out[vip] is None):
                 out[vip] = why
     return out
+
+
+def usable_sets(table) -> dict:
+    """VIP -> the usable real servers of each of its services: what the directors must agree on."""
+    out: dict = {}
+    for svc in table.services:
+        usable = (svc.key, tuple(sorted((str(r.address), r.port) for r in svc.reals if r.weight > 0)))
+        for vip in ([g.address for g in svc.groups] if svc.fwmark else [svc.address]):
+            out.setdefault(vip, set()).add(usable)
+    return {vip: frozenset(sets) for vip, sets in out.items()}
 
 
 def local_address_toward(addr) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
@@ -102,30 +112,46 @@ class Announcer:
         self.leaving = False
         self.reasons: dict = {}         # VIP -> None (announced) or why it is not
         self.routes: set[Route] = set()
+        self._settling: dict = {}       # VIP -> (its usable real servers, servable with them since)
         self.speaker_pid: int | None = None
         self.local: dict = {}
         self.router_id = None
 
     # ---- what to announce ----
-    def update(self, table=None, *, attached: bool | None = None, active: bool | None = None) -> None:
-        """After an apply (``table``), an attach or a role change: the lease's routes."""
+    def update(self, table=None, *, attached: bool | None = None, active: bool | None = None,
+               now: float | None = None) -> None:
+        """After an apply (``table``), an attach or a role change, and every second: the lease's
+        routes.  A VIP that becomes servable is announced once it has stayed servable with the same
+        usable real servers for [bgp] settle seconds; an announced one stays while servable."""
         if table is not None:
             self.table = table
         if attached is not None:
             self.attached = attached
         if active is not None:
             self.active = active
+        now = time.monotonic() if now is None else now
         reasons = {} if self.table is None else servable(self.table, self.attached, self.active)
+        sets = {} if self.table is None else usable_sets(self.table)
+        for vip, why in reasons.items():
+            if why is not None:
+                self._settling.pop(vip, None)
+                continue
+            since = self._settling.get(vip)
+            if since is None or since[0] != sets[vip]:
+                since = self._settling[vip] = (sets[vip], now)
+            if self.reasons.get(vip, "new") is not None and now - since[1] < self.bgp.settle:
+                reasons[vip] = (f"settling: servable with these real servers for {now - since[1]:.1f} "
+                                f"of {self.bgp.settle:g} s")
         if self.leaving:
             reasons = {vip: "lb is stopping" for vip in reasons}
         routes = {route_of(self.bgp, vip) for vip, why in reasons.items() if why is None}
         for vip in sorted(reasons, key=str):
-            was, now = self.reasons.get(vip, "new"), reasons[vip]
-            if (was is None) != (now is None):
-                if now is None:
+            was, why = self.reasons.get(vip, "new"), reasons[vip]
+            if (was is None) != (why is None):
+                if why is None:
                     log.info("BGP: announcing %s", route_of(self.bgp, vip).prefix)
-                else:
-                    log.warning("BGP: withdrawing %s: %s", route_of(self.bgp, vip).prefix, now)
+                elif was is None:
+                    log.warning("BGP: withdrawing %s: %s", route_of(self.bgp, vip).prefix, why)
         self.reasons = reasons
         if routes != self.routes or not os.path.exists(self.lease_path):
             self.routes = routes
@@ -140,6 +166,7 @@ class Announcer:
         loop = asyncio.get_running_loop()
         while True:
             try:
+                self.update()            # settled VIPs get announced
                 await loop.run_in_executor(None, self.renew)
             except OSError as e:
                 log.error("BGP: cannot renew the lease %s: %s", self.lease_path, e)

@@ -177,7 +177,7 @@ LB_WEB_KEYS = {f"lb_web_{k}": k for k in ("enabled", "listen", "password_file")}
 # attributes as comma-separated lists:
 #   lb_bgp_neighbors = "198.18.0.254 as 65000 local 198.18.0.1, 198.18.0.253 as 65000"
 #   lb_bgp_vips = "198.18.0.10 med 10 community 65000:100 community no-export, 198.18.0.11 med 5"
-LB_BGP_SCALARS = {f"lb_bgp_{k}": k for k in ("mode", "local_as", "router_id", "hold_time", "lease", "drain")}
+LB_BGP_SCALARS = {f"lb_bgp_{k}": k for k in ("mode", "local_as", "router_id", "hold_time", "lease", "drain", "settle")}
 LB_BGP_KEYS = (*LB_BGP_SCALARS, "lb_bgp_neighbors", "lb_bgp_vips")
 GLOBAL_MODEL = (
     "network", "nat_router", "nat_nmask", "tcp_timeout", "tcpfin_timeout", "udp_timeout",
@@ -714,7 +714,7 @@ class _Builder:
         for cf, key in LB_BGP_SCALARS.items():
             if key in ("local_as", "hold_time"):
                 value: Any = g.integer(cf)
-            elif key in ("lease", "drain"):
+            elif key in ("lease", "drain", "settle"):
                 value = _seconds(g, cf)
             else:
                 value = g.text(cf)
@@ -1377,7 +1377,7 @@ def _bgp_doc(bgp: Bgp) -> dict[str, Any]:
     """The [bgp] table of ``bgp``: local_as and the neighbors always, the rest when not the default."""
     d = Bgp(local_as=bgp.local_as, neighbors=())
     out: dict[str, Any] = {}
-    for key in ("mode", "local_as", "router_id", "hold_time", "lease", "drain"):
+    for key in ("mode", "local_as", "router_id", "hold_time", "lease", "drain", "settle"):
         v = getattr(bgp, key)
         if key == "local_as" or (v is not None and v != getattr(d, key)):
             out[key] = int(v) if isinstance(v, float) and v.is_integer() else v if isinstance(v, (int, float)) else str(v)

@@ -357,6 +357,10 @@ class Bgp:
     hold_time: int = 9  # seconds, 3..65535 (keepalives every hold_time / 3)
     lease: float = 3.0  # the speaker withdraws lb's routes when lb has not renewed them this long
     drain: float = 2.0  # a clean stop withdraws the routes this long before the data plane stops
+    # a VIP is announced once servable with the same usable real servers this long: a director
+    # whose health checks are still coming back (after a link failure, say) does not take flows
+    # the others send to a real server it has not yet readmitted
+    settle: float = 2.0
     vips: tuple[BgpVip, ...] = ()
 
     @property

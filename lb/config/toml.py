@@ -128,7 +128,7 @@ THRESHOLD_RANGE: Final = (0, 0x7FFFFFFF)
 FWM_RANGES_PER_VIP: Final = 16  # lb_fwm_ranges holds 16 port ranges per (VIP, protocol)
 HA_KEYS: Final = tuple(f.name for f in dataclasses.fields(HA))
 WEB_KEYS: Final = ("enabled", "listen", "password_file")
-BGP_KEYS: Final = ("mode", "local_as", "router_id", "hold_time", "lease", "drain", "neighbor", "vip")
+BGP_KEYS: Final = ("mode", "local_as", "router_id", "hold_time", "lease", "drain", "settle", "neighbor", "vip")
 BGP_NEIGHBOR_KEYS: Final = ("address", "peer_as", "local_address")
 BGP_VIP_KEYS: Final = ("address", "med", "communities")
 
@@ -1283,6 +1283,7 @@ MED_RANGE: Final = (0, 4294967295)
 HOLD_TIME_RANGE: Final = (3, 65535)  # RFC 4271: 0 (no keepalives, no failure detection) or >= 3
 LEASE_RANGE: Final = (2.0, 3600.0)  # lb renews the lease every second
 DRAIN_RANGE: Final = (0.0, 20.0)  # within `lb stop`'s 30 s wait
+SETTLE_RANGE: Final = (0.0, 600.0)
 _COMMUNITY_RE: Final = re.compile(r"([0-9]{1,5}):([0-9]{1,5})")
 
 
@@ -1357,7 +1358,9 @@ def _check_bgp(top: _Table, drafts: list[_VirtualDraft | _Invalid], network: str
     hold_time = keep(b.integer("hold_time", HOLD_TIME_RANGE, default=d.hold_time))
     lease = keep(_seconds(b, "lease", d.lease))
     drain = keep(_seconds(b, "drain", d.drain))
-    for key, value, (lo, hi) in (("lease", lease, LEASE_RANGE), ("drain", drain, DRAIN_RANGE)):
+    settle = keep(_seconds(b, "settle", d.settle))
+    for key, value, (lo, hi) in (("lease", lease, LEASE_RANGE), ("drain", drain, DRAIN_RANGE),
+                                 ("settle", settle, SETTLE_RANGE)):
         if isinstance(value, float) and not lo <= value <= hi:
             keep(chk.error(b.at(key), f"must be between {lo:g} and {hi:g} seconds, got {value:g}"))
     if not b.data.get("neighbor"):
@@ -1408,7 +1411,7 @@ def _check_bgp(top: _Table, drafts: list[_VirtualDraft | _Invalid], network: str
     if keep.bad or not isinstance(local_as, int):
         return INVALID
     return Bgp(local_as=local_as, neighbors=tuple(neighbors), mode=mode, router_id=router_id,
-               hold_time=_valid_int(hold_time), lease=lease, drain=drain, vips=tuple(vips))
+               hold_time=_valid_int(hold_time), lease=lease, drain=drain, settle=settle, vips=tuple(vips))
 
 
 def _parse_listen(text: str) -> tuple[IPAddress, int] | str:
