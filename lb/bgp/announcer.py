@@ -216,7 +216,8 @@ class Announcer:
 
     def close(self, keep: bool) -> None:
         """After the data plane stopped: stop ExaBGP (it closes its sessions) and remove the
-        lease and the status, unless keeping them for an upgrade."""
+        lease, the status and its configuration (its log stays), unless keeping them for an
+        upgrade."""
         if keep:
             return
         self.leaving = True
@@ -226,7 +227,7 @@ class Announcer:
         except OSError:
             pass
         speaker.stop(self.instance)
-        for path in (self.lease_path, self.status_path):
+        for path in (self.lease_path, self.status_path, speaker.conf_path(self.instance)):
             try:
                 os.unlink(path)
             except FileNotFoundError:
