@@ -279,3 +279,20 @@ def test_announcer_settles_writes_the_lease_and_removes_it(monkeypatch, tmp_path
 
 def test_local_address_toward() -> None:
     assert announcer.local_address_toward(IP("127.0.0.1")) == IP("127.0.0.1")
+
+
+def test_scaleout_lab_configs_validate() -> None:
+    from lb.lab import scaleout as so
+
+    assert so.directors(3) == ("director", "director2", "director3")
+    assert [so.pub_addr(d) for d in so.directors(4)] == ["198.18.0.1", "198.18.0.3", "198.18.0.4", "198.18.0.5"]
+    for node in so.directors(3):
+        for network in ("direct", "tunnel"):
+            cfg = loads(so.director_config(node, network))
+            assert (cfg.instance, cfg.network, cfg.bgp.mode) == (so.instance(node), network, "active-active")
+            assert [str(vs.address) for vs in cfg.virtual_servers] == list(so.VIPS)
+    conf = so.bird_conf(3)
+    assert "merge paths on;" in conf and "passive on;" in conf
+    assert "protocol bgp director3 from lbdirector { neighbor 198.18.0.4 as 65001; }" in conf
+    with pytest.raises(ValueError):
+        so.directors(9)

@@ -18,6 +18,7 @@ import dataclasses
 import ipaddress
 import logging
 import os
+import threading
 import time
 
 from lb.bgp import speaker
@@ -113,6 +114,9 @@ class Announcer:
         self.reasons: dict = {}         # VIP -> None (announced) or why it is not
         self.routes: set[Route] = set()
         self._settling: dict = {}       # VIP -> (its usable real servers, servable with them since)
+        # update() runs after applies (worker threads) and every second (the loop): one at a time,
+        # so an older view never writes the lease after a newer one
+        self._lock = threading.RLock()
         self.speaker_pid: int | None = None
         self.local: dict = {}
         self.router_id = None
@@ -123,6 +127,10 @@ class Announcer:
         """After an apply (``table``), an attach or a role change, and every second: the lease's
         routes.  A VIP that becomes servable is announced once it has stayed servable with the same
         usable real servers for [bgp] settle seconds; an announced one stays while servable."""
+        with self._lock:
+            self._update(table, attached, active, now)
+
+    def _update(self, table, attached, active, now) -> None:
         if table is not None:
             self.table = table
         if attached is not None:
@@ -158,7 +166,8 @@ class Announcer:
             self.renew()
 
     def renew(self) -> None:
-        write_lease(self.lease_path, self.routes, os.getpid(), self.bgp.lease)
+        with self._lock:
+            write_lease(self.lease_path, self.routes, os.getpid(), self.bgp.lease)
 
     async def run(self) -> None:
         """Renew the lease every second while the daemon's loop runs (the speaker's agent
