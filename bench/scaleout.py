@@ -18,7 +18,6 @@ the ratios show what the ECMP spread costs or gains on one host.  The lab is the
 lock), torn down at the end."""
 from __future__ import annotations
 
-import os
 import shutil
 import signal
 import subprocess
@@ -81,23 +80,12 @@ class ScaleOut:
                 p.wait(5)
 
     def cleanup(self) -> None:
-        from lb.bgp import speaker
-
         for node in list(self.procs):
             try:
                 self.stop(node)
             except Exception:
                 pass
-        for node in self.nodes:
-            inst = self.so.instance(node)
-            if os.path.exists(self.lab.netns_path(node)):
-                self.so.set_links(node, True)
-                for dev in ("pub0", "priv0"):
-                    self.lab.run(node, ["ip", "link", "set", "dev", dev, "xdp", "off"], check=False, timeout=10)
-            speaker.stop(inst)
-            shutil.rmtree(f"/sys/fs/bpf/lb/{inst}", ignore_errors=True)
-            for f in Path("/run/lb").glob(f"{inst}.*"):
-                f.unlink(missing_ok=True)
+        self.so.remove_dataplanes(3)
         shutil.rmtree(self.tmp, ignore_errors=True)
 
     # ---- measurements ----

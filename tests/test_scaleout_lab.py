@@ -56,21 +56,9 @@ def lab(request, lab_exclusive):
 
 
 def _remove_dataplanes(lab) -> None:
-    """What the directors' lb runs may leave: XDP, pins, pid files, ExaBGP and its files."""
-    from lb.bgp import speaker
     from lb.lab import scaleout
 
-    for node in scaleout.directors(3):
-        inst = scaleout.instance(node)
-        if os.path.exists(lab.netns_path(node)):
-            scaleout.set_links(node, True)
-            for dev in ("pub0", "priv0"):
-                for mode in ("xdp", "xdpgeneric"):
-                    lab.run(node, ["ip", "link", "set", "dev", dev, mode, "off"], check=False, timeout=10)
-        speaker.stop(inst)
-        shutil.rmtree(f"/sys/fs/bpf/lb/{inst}", ignore_errors=True)
-        for f in Path("/run/lb").glob(f"{inst}.*"):
-            f.unlink(missing_ok=True)
+    scaleout.remove_dataplanes(3)
 
 
 class Group:

@@ -349,6 +349,27 @@ def set_links(node: str, up: bool) -> None:
         run(node, ["ip", "link", "set", "dev", dev, "up" if up else "down"], timeout=10)
 
 
+def remove_dataplanes(n: int = 3) -> None:
+    """What the directors' `lb run` may leave (a killed one, a failed test): links down, XDP,
+    pinned maps, pid files, ExaBGP and its files under /run/lb."""
+    import shutil
+    from pathlib import Path
+
+    from lb.bgp import speaker
+
+    for node in directors(n):
+        inst = instance(node)
+        if os.path.exists(T.netns_path(node)):
+            set_links(node, True)
+            for dev in ("pub0", "priv0"):
+                for mode in ("xdp", "xdpgeneric"):
+                    run(node, ["ip", "link", "set", "dev", dev, mode, "off"], check=False, timeout=10)
+        speaker.stop(inst)
+        shutil.rmtree(f"/sys/fs/bpf/lb/{inst}", ignore_errors=True)
+        for f in Path("/run/lb").glob(f"{inst}.*"):
+            f.unlink(missing_ok=True)
+
+
 def status(n: int) -> dict[str, Any]:
     return {"directors": {d: {"pub": pub_addr(d), "priv": priv_addr(d), "instance": instance(d)}
                           for d in directors(n)},
