@@ -1,7 +1,10 @@
 """Scale-out (issue 19): N active directors behind the router's ECMP, in the scale-out lab
 (`lb lab up --scale-out 3`, direct routing, the three real servers).
 
-  new connections/s   wrk with `Connection: close` from the client (one TCP connection per request)
+  new connections/s   wrk with `Connection: close` from the client: its requests/s, one TCP connection
+                      each (the directors' own connection counters count fewer: a client port reused
+                      while a director's entry for it is still in FIN_WAIT reuses that entry, as IPVS
+                      with conn_reuse_mode 1 does)
   established pps     wrk with keep-alive connections; packets through the directors: the sum of
                       the directors' InPkts for the VIP over the run, per second
   with 3, 2 and 1 directors announcing (one at a time leaves by `lb stop`), as ratios to 1
@@ -18,6 +21,7 @@ the ratios show what the ECMP spread costs or gains on one host.  The lab is the
 lock), torn down at the end."""
 from __future__ import annotations
 
+import os
 import shutil
 import signal
 import subprocess
@@ -118,7 +122,8 @@ class ScaleOut:
         conns = {n: after[n][0] - before[n][0] for n in nodes}
         if r["requests"] == 0:
             raise RuntimeError(f"bench scaleout: no request answered:\n{p.stdout}{p.stderr}")
-        return {**r, "pps": sum(pkts.values()) / took, "cps": sum(conns.values()) / took,
+        return {**r, "pps": sum(pkts.values()) / took, "cps": r["rps"] if close else 0.0,
+                "director_cps": sum(conns.values()) / took,
                 "share": {n: ratio(pkts[n], sum(pkts.values())) for n in nodes}}
 
     def measure(self, raw: dict, nodes) -> None:
@@ -179,6 +184,7 @@ class ScaleOut:
 def suite(size: str = "full") -> dict:
     from lb import lab
 
+    load = [os.getloadavg()[0]]
     with lab_lock():
         try:
             lab.up("direct", scale_out=3)
@@ -189,6 +195,7 @@ def suite(size: str = "full") -> dict:
                 s.cleanup()
         finally:
             lab.down()
+    load.append(os.getloadavg()[0])
     from lb.lab import scaleout as so
 
     results = []
@@ -214,7 +221,8 @@ def suite(size: str = "full") -> dict:
                         "runs": [round(v, 3) for v in vals], "ratio": ratio(s_["median"], so.HOLD_TIME)})
     return {"suite": "scaleout", "size": size, "wrk": {"threads": 2, "connections": SIZES[size][2],
                                                        "duration_s": SIZES[size][1]},
-            "note": "scale-out lab, direct routing, 3 real servers; every node shares the host's CPUs",
+            "note": f"scale-out lab, direct routing, 3 real servers; every node shares the host's CPUs "
+                    f"(load average {load[0]:.1f} before, {load[1]:.1f} after)",
             "results": results}
 
 
@@ -228,4 +236,6 @@ def table(res: dict) -> str:
         med = f"{v['median']:.3f}" if r["unit"] == "s" else f"{v['median']:.0f}"
         lines.append(f"| {r['scenario']}{' *(baseline)*' if r.get('baseline') else ''}{extra} | {med} | "
                      f"{r['unit']} | {v['n']} | ±{v['spread'] * 100:.0f}% | {r['ratio']:.2f}x |")
+    if res.get("note"):
+        lines += ["", f"Note: {res['note']}."]
     return "\n".join(lines)
