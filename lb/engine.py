@@ -175,8 +175,8 @@ class ReloadRefused(Exception):
 def check_spec(vs, rs) -> tuple[CheckSpec, NannyPolicy]:
     m = vs.monitor
     kind = m.kind
-    if kind == "tcp" and vs.protocol == "udp":
-        kind = "udp"            # a UDP service cannot be connect-checked
+    if kind in ("tcp", "send_expect") and vs.protocol == "udp":
+        kind = "udp"            # a UDP service cannot be connect-checked: send/expect goes in datagrams
     spec = CheckSpec(kind=kind, host=str(rs.address), port=m.port or rs.effective_port(vs), send=m.send,
                      expect=m.expect, use_regex=m.use_regex, path=m.path, host_header=m.host,
                      status=m.status, body_regex=m.body_regex, tls_verify=m.tls_verify,
