@@ -184,6 +184,13 @@ def check_spec(vs, rs) -> tuple[CheckSpec, NannyPolicy]:
     return spec, NannyPolicy(interval=m.interval, timeout=m.timeout, reentry=m.reentry)
 
 
+def log_warnings(cfg) -> None:
+    """The config's warnings (keys accepted without effect, mappings from lvs.cf or keepalived.conf),
+    once per load: at start and at each reload."""
+    for w in cfg.warnings:
+        log.warning("config: %s", w.as_warning())
+
+
 def check_interfaces(cfg) -> None:
     names = {cfg.public_interface}
     if cfg.network == "nat":
@@ -366,6 +373,7 @@ class Engine:
             raise ReloadRefused(f"reload refused: {e}") from None
         if (new.ha is None) != (self.cfg.ha is None) or (new.ha and new.ha != self.cfg.ha):
             raise ReloadRefused("reload refused: the [ha] settings need a restart")
+        log_warnings(new)
         want = addresses.wanted_addresses(new)
         if self.active:
             addresses.take([a for a in want if a not in self.owned])

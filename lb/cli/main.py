@@ -26,6 +26,8 @@ def cmd_run(args) -> int:
         return 2
     from lb import engine
 
+    engine.log_warnings(cfg)
+
     return engine.run(cfg, xdp_mode=args.xdp_mode, dataplane=args.dataplane)
 
 
@@ -35,9 +37,12 @@ def cmd_check(args) -> int:
     except lbconfig.ConfigError as e:
         print(e, file=sys.stderr)
         return 2
+    for w in cfg.warnings:
+        print(w.as_warning(), file=sys.stderr)
     nv, nr = len(cfg.virtual_servers), sum(len(v.real_servers) for v in cfg.virtual_servers)
+    nw = len(cfg.warnings)
     print(f"{args.config}: ok ({nv} virtual server{'' if nv == 1 else 's'}, "
-          f"{nr} real server{'' if nr == 1 else 's'})")
+          f"{nr} real server{'' if nr == 1 else 's'}" + (f", {nw} warning{'' if nw == 1 else 's'})" if nw else ")"))
     return 0
 
 

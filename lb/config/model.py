@@ -195,6 +195,30 @@ def parse_port(text: str) -> int | None:
     return port if PORT_RANGE[0] <= port <= PORT_RANGE[1] else None
 
 
+# Well-known service names, for hosts without /etc/services (a minimal container): the names
+# Piranha's documentation and its configuration tool wrote (port = http), with their IANA ports.
+SERVICE_PORTS: dict[str, int] = {
+    "ftp-data": 20, "ftp": 21, "ssh": 22, "telnet": 23, "smtp": 25, "domain": 53, "tftp": 69,
+    "http": 80, "www": 80, "www-http": 80, "kerberos": 88, "pop3": 110, "nntp": 119, "ntp": 123,
+    "imap": 143, "imap2": 143, "snmp": 161, "ldap": 389, "https": 443, "syslog": 514,
+    "submission": 587, "ldaps": 636, "rsync": 873, "imaps": 993, "pop3s": 995, "mysql": 3306,
+    "sip": 5060, "postgresql": 5432, "http-alt": 8080, "webcache": 8080,
+}
+
+
+def service_port(name: str, protocol: str = DEFAULT_PROTOCOL) -> int | None:
+    """The port of a service name as /etc/services gives it (getservbyname), else SERVICE_PORTS;
+    None when neither knows it."""
+    import socket
+
+    if not name or not name.isascii() or not name.isprintable() or len(name) > 64:
+        return None
+    try:
+        return socket.getservbyname(name, protocol)
+    except OSError:
+        return SERVICE_PORTS.get(name.lower())
+
+
 def split_endpoint(text: str) -> tuple[str, str | None, bool] | None:
     """ADDR, ADDR:PORT or [ADDR]:PORT -> (address text, port text or None, written in brackets);
     None when brackets are not "[ADDR]:PORT".  Text that is an IP address as a whole is all
@@ -367,6 +391,10 @@ class Config:
     virtual_servers: tuple[VirtualServer, ...] = ()
     ha: HA | None = None  # None: a single director, always active
     web: Web = field(default_factory=Web)  # the web console ([web])
+    # what the loader accepted but could not carry out as written (a key with no effect, a
+    # mapping that differs from the source format's): `lb check` prints them, `lb run` logs them
+    # at start and at each reload; not part of the configuration's value (compare=False)
+    warnings: tuple[ConfigIssue, ...] = field(default=(), compare=False)
 
     def vip_device(self, vs: VirtualServer) -> str:
         """The interface that carries the VIP of ``vs``."""
@@ -388,10 +416,17 @@ class ConfigIssue:
     message: str
 
     def __str__(self) -> str:
-        where = self.path if self.line is None else f"{self.path}:{self.line}"
         if self.field:
-            return f"{where}: {self.field}: {self.message}"
-        return f"{where}: {self.message}"
+            return f"{self.where}: {self.field}: {self.message}"
+        return f"{self.where}: {self.message}"
+
+    @property
+    def where(self) -> str:
+        return self.path if self.line is None else f"{self.path}:{self.line}"
+
+    def as_warning(self) -> str:
+        """file:line: warning: field: message (a compiler's layout)."""
+        return f"{self.where}: warning: " + (f"{self.field}: {self.message}" if self.field else self.message)
 
 
 class ConfigError(Exception):
