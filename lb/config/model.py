@@ -334,6 +334,17 @@ class HA:
     notify: tuple[str, ...] = ()  # programs run (no shell) on role changes: PROG ROLE OLD INSTANCE
 
 
+# The shared heartbeat key when a configuration read from Piranha's lvs.cf or keepalived.conf names
+# none (neither format has one: lb's heartbeats are signed, pulse's and VRRP's were not, or weakly)
+DEFAULT_HA_KEY_FILE = Path("/etc/lb/ha.key")
+
+
+def key_file_warning(key: str) -> str:
+    """The warning of a configuration that names no heartbeat key (``key`` would name it)."""
+    return (f"{key} not given: the heartbeat key is {DEFAULT_HA_KEY_FILE} (lb's heartbeats are signed "
+            f"with a key both directors share: e.g. `head -c 32 /dev/urandom > {DEFAULT_HA_KEY_FILE}; "
+            f"chmod 600 {DEFAULT_HA_KEY_FILE}` on one, copied to the other)")
+
 WEB_PASSWORD_DIR = Path("/etc/lb")
 
 
