@@ -177,6 +177,7 @@ def monitored(m: Monitor) -> Config:
     (Monitor(kind="send_expect"), {"kind"}),  # nothing sent, nothing expected
     (Monitor(kind="tcp", program="/bin/check %h", expect="x"), {"kind"}),
     (Monitor(kind="udp", send="ping", expect="pong", port=5353), {"kind", "port"}),
+    (Monitor(kind="http", path="/t.jsp", digest="640205b7b0fc66c1ea91c463fac6334d"), {"kind", "path", "digest"}),
     (Monitor(kind="https", path="/h", host="", status=(200, 204), body_regex="ok\\s", tls_verify=False,
              interval=0.5, timeout=2.5, reentry=0.25, connect_timeout=1, quiesce=True),
      {"kind", "path", "host", "status", "body_regex", "tls_verify", "interval", "timeout", "reentry",

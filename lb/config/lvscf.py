@@ -70,7 +70,7 @@ round-trip; Piranha never writes them): global ``lb_instance``,
 ``port`` inside a ``server`` block (RealServer.port, NAT port mapping); in a
 ``virtual`` block the Monitor fields Piranha lacks or cannot express:
 ``lb_monitor_kind`` (overrides the kind the Piranha keys imply),
-``lb_monitor_path``/``_host``/``_body_regex`` (quoted strings),
+``lb_monitor_path``/``_host``/``_body_regex``/``_digest`` (quoted strings),
 ``lb_monitor_status = 200-399``, ``lb_monitor_tls_verify``/``_quiesce = 0|1``,
 ``lb_monitor_port``, ``lb_monitor_interval``/``_connect_timeout`` (seconds,
 decimals allowed), ``lb_monitor_timeout``/``_reentry`` (decimal seconds; they win
@@ -180,7 +180,7 @@ LB_LOAD_MONITOR_KEYS = tuple(f"lb_load_monitor_{k}" for k in (
 MONITOR_CF = ("send", "expect", "use_regex", "send_program", "timeout", "reentry")
 # lb-only keys for the Monitor fields Piranha lacks (written only when needed)
 LB_MONITOR_SECONDS = ("interval", "timeout", "reentry", "connect_timeout")
-LB_MONITOR_STRINGS = ("path", "host", "body_regex")
+LB_MONITOR_STRINGS = ("path", "host", "body_regex", "digest")
 LB_MONITOR_KEYS = tuple(f"lb_monitor_{k}" for k in (
     "kind", *LB_MONITOR_STRINGS, "status", "tls_verify", "port", *LB_MONITOR_SECONDS, "quiesce", "escaped"))
 # lb-only keys of the web console ([web]; Piranha's was a separate program)
@@ -1074,7 +1074,8 @@ def _monitor_cf(m: Monitor) -> dict[str, Any]:
     d = Monitor()
     strings = {"send_program": m.program, "send": m.send, "expect": m.expect,
                "lb_monitor_path": m.path if m.path != d.path else "",
-               "lb_monitor_host": m.host, "lb_monitor_body_regex": m.body_regex}
+               "lb_monitor_host": m.host, "lb_monitor_body_regex": m.body_regex,
+               "lb_monitor_digest": m.digest or None}
     escaped = any(_needs_escape(v) for v in strings.values() if v)
     out: dict[str, Any] = {}
     for key in ("send", "expect"):

@@ -84,6 +84,7 @@ class Monitor:
     host: str | None = None  # http(s) Host header
     status: tuple[int, int] = (200, 399)  # http(s) accepted status range
     body_regex: str | None = None
+    digest: str = ""  # http(s): MD5 of the body in hex (keepalived's HTTP_GET digest, genhash's); "" = none
     tls_verify: bool = True
     program: str = ""  # program: argv with %h (address) and %p (port); never run by a shell
     port: int | None = None  # check this port instead of the real server's

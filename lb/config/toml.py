@@ -934,7 +934,13 @@ def _check_monitor(vs: _Table) -> Monitor | _Invalid:
         kind = d.kind
     elif isinstance(kind, str) and kind not in MONITOR_KINDS:
         kind = keep(m.chk.error(m.at("kind"), f"unknown monitor kind '{kind}' (expected one of: {', '.join(MONITOR_KINDS)})"))
-    strings = {k: keep(m.string(k)) for k in ("send", "expect", "path", "program")}
+    strings = {k: keep(m.string(k)) for k in ("send", "expect", "path", "program", "digest")}
+    if isinstance(strings["digest"], str) and strings["digest"]:
+        if not re.fullmatch(r"[0-9A-Fa-f]{32}", strings["digest"]):
+            strings["digest"] = keep(m.chk.error(m.at("digest"), "expected the body's MD5 digest: 32 hexadecimal "
+                                                                 "digits (as keepalived's genhash prints it)"))
+        else:
+            strings["digest"] = strings["digest"].lower()
     host = keep(m.string("host"))
     body_regex = keep(m.string("body_regex"))
     use_regex = keep(m.boolean("use_regex", d.use_regex))
@@ -967,7 +973,8 @@ def _check_monitor(vs: _Table) -> Monitor | _Invalid:
         return INVALID
     return Monitor(kind=kind, send=strings["send"] or "", expect=strings["expect"] or "", use_regex=use_regex,
                    path=strings["path"] or d.path, host=host, status=status, body_regex=body_regex,
-                   tls_verify=tls_verify, program=strings["program"] or "", port=port, quiesce=quiesce,
+                   digest=strings["digest"] or "", tls_verify=tls_verify, program=strings["program"] or "",
+                   port=port, quiesce=quiesce,
                    **times)
 
 
