@@ -59,3 +59,10 @@ def test_keepalived_conf_serves_through_the_vip(lab, lb_runner, tmp_path) -> Non
     assert {r["name"]: r["health"] for r in svc["real_servers"]} == {a: "up" for a in REALS.values()}
     if network == "nat":
         assert status["role"] == "active" and status["ha"]["node"] == "primary", status.get("ha")
+        # the config's warnings are logged at start and again at each reload
+        line = text.split("\n").index("vrrp_instance VI_PUB {") + 1
+        mapped = f"config: {conf}:{line}: warning: vrrp_instance[VI_PUB]: mapped to [ha]"
+        assert proc.log().count(mapped) == 1, proc.log()
+        assert lb("reload", "--instance", "lab") == f"reloaded {conf}\n"
+        assert proc.log().count(mapped) == 2, proc.log()
+        assert sorted(get(lab, 3)) == ["rs1", "rs2", "rs3"]  # still serving, round robin
