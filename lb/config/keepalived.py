@@ -1044,7 +1044,7 @@ class _Builder:
             return None
         try:
             me = ipaddress.ip_address(src.args[0]) if len(src.args) == 1 else None
-            peer = ipaddress.ip_address(v.peers[0].key) if not v.peers[0].args else None
+            peer = ipaddress.ip_address(v.peers[0].key)  # later words (min_ttl ...) do not matter here
         except ValueError:
             me = peer = None
         if me is None or peer is None:
@@ -1539,19 +1539,20 @@ def _parse(text: str | None, display: str, path: Path | None, config_id: str | N
     doc = b.build()
     cfg: Config | None = None
     try:
-        cfg = _toml.validate(doc, display, b.positions, path, _sorted(warnings))
+        cfg = _toml.validate(doc, display, b.positions, path, _sorted(warnings, display))
     except ConfigError as e:
         seen = {(i.path, i.line, i.field) for i in issues}
         fields = {i.field for i in issues}
         issues.extend(i for i in e.issues if (i.path, i.line, i.field) not in seen and i.field not in fields)
     if issues:
-        raise ConfigError(_sorted(issues))
+        raise ConfigError(_sorted(issues, display))
     assert cfg is not None
     return cfg
 
 
-def _sorted(items: list[ConfigIssue]) -> list[ConfigIssue]:
-    return sorted(items, key=lambda i: (i.path != items[0].path if items else False, i.path, i.line or 0))
+def _sorted(items: list[ConfigIssue], display: str) -> list[ConfigIssue]:
+    """The main file's issues first, then each included file's, each in line order."""
+    return sorted(items, key=lambda i: (i.path != display, i.path, i.line or 0))
 
 
 def load(path: str | os.PathLike[str], config_id: str | None = None) -> Config:
