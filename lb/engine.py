@@ -186,13 +186,20 @@ class ReloadRefused(Exception):
 def check_spec(vs, rs) -> tuple[CheckSpec, NannyPolicy]:
     m = vs.monitor
     kind = m.kind
-    if kind == "tcp" and vs.protocol == "udp":
-        kind = "udp"            # a UDP service cannot be connect-checked
+    if kind in ("tcp", "send_expect") and vs.protocol == "udp":
+        kind = "udp"            # a UDP service cannot be connect-checked: send/expect goes in datagrams
     spec = CheckSpec(kind=kind, host=str(rs.address), port=m.port or rs.effective_port(vs), send=m.send,
                      expect=m.expect, use_regex=m.use_regex, path=m.path, host_header=m.host,
-                     status=m.status, body_regex=m.body_regex, tls_verify=m.tls_verify,
+                     status=m.status, body_regex=m.body_regex, digest=m.digest, tls_verify=m.tls_verify,
                      program=m.program, connect_timeout=m.connect_timeout)
     return spec, NannyPolicy(interval=m.interval, timeout=m.timeout, reentry=m.reentry)
+
+
+def log_warnings(cfg) -> None:
+    """The config's warnings (keys accepted without effect, mappings from lvs.cf or keepalived.conf),
+    once per load: at start and at each reload."""
+    for w in cfg.warnings:
+        log.warning("config: %s", w.as_warning())
 
 
 def check_interfaces(cfg) -> None:
@@ -379,6 +386,7 @@ class Engine:
             raise ReloadRefused(f"reload refused: {e}") from None
         if (new.ha is None) != (self.cfg.ha is None) or (new.ha and new.ha != self.cfg.ha):
             raise ReloadRefused("reload refused: the [ha] settings need a restart")
+        log_warnings(new)
         want = addresses.wanted_addresses(new)
         if self.active:
             addresses.take([a for a in want if a not in self.owned])

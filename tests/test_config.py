@@ -647,6 +647,15 @@ BAD = [
           u_threshold = 10
           l_threshold = 11
         """, 10, "virtual_server[0].real_server[0].l_threshold", "must not be above u_threshold"),
+    bad("monitor-digest-not-md5", G + """\
+        [[virtual_server]]
+        name = "web"
+        address = "198.18.0.10"
+        port = 80
+          [virtual_server.monitor]
+          kind = "http"
+          digest = "640205b7b0fc66c1ea91c463fac6334"
+        """, 9, "virtual_server[0].monitor.digest", "32 hexadecimal digits"),
 ]
 
 

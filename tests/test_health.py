@@ -1,6 +1,7 @@
 """lb.health: checks against 127.0.0.1 servers started here, and the nanny state machine."""
 
 import asyncio
+import hashlib
 import shutil
 import socket
 import subprocess
@@ -255,6 +256,26 @@ def test_http():
     hosts = dict(seen)
     assert hosts["/index"] == "www.example"
     assert hosts["/"] == f"{HOST}:{port}"
+
+
+def test_http_digest():
+    """keepalived's HTTP_GET digest: the MD5 of the body, as genhash prints it."""
+    good = hashlib.md5(b"<html>hello world</html>").hexdigest()
+
+    async def main():
+        srv, port, _ = await http_server()
+        async with srv:
+            return await asyncio.gather(
+                run_check(CheckSpec("http", HOST, port, path="/", digest=good)),
+                run_check(CheckSpec("http", HOST, port, path="/chunked", digest=good)),
+                run_check(CheckSpec("http", HOST, port, path="/", digest=good, body_regex="goodbye")),
+            )
+
+    same, other, both = run(main())
+    assert same.ok and same.detail == f"status 200, body digest {good}"
+    chunk = hashlib.md5(b"hello chunk").hexdigest()
+    assert not other.ok and other.detail == f"status 200, body digest {chunk}, expected {good}"
+    assert not both.ok and "does not match 'goodbye'" in both.detail
 
 
 @pytest.fixture(scope="module")

@@ -178,11 +178,11 @@ def test_lvscf_load_monitor_words_run_piranhas_commands(word, rsh, program):
     assert lvscf.loads(out) == cfg
 
 
-def test_lvscf_ruptime_is_refused_with_the_alternatives():
-    with pytest.raises(ConfigError) as e:
-        lvscf.loads(CF.format(rsh="rsh", extra="load_monitor = ruptime"), "lvs.cf")
-    (issue,) = e.value.issues
-    assert (issue.line, issue.field) == (6, "virtual[web].load_monitor")
+def test_lvscf_ruptime_is_a_warning_with_the_alternatives():
+    cfg = lvscf.loads(CF.format(rsh="rsh", extra="load_monitor = ruptime"), "lvs.cf")
+    assert cfg.virtual_servers[0].load_monitor is None  # the configured weights stay
+    (issue,) = [w for w in cfg.warnings if w.field == "virtual[web].load_monitor"]
+    assert issue.line == 6 and issue.message.startswith("ruptime has no effect")
     assert "rwhod" in issue.message and "uptime" in issue.message and "agent" in issue.message
 
 

@@ -177,6 +177,7 @@ def monitored(m: Monitor) -> Config:
     (Monitor(kind="send_expect"), {"kind"}),  # nothing sent, nothing expected
     (Monitor(kind="tcp", program="/bin/check %h", expect="x"), {"kind"}),
     (Monitor(kind="udp", send="ping", expect="pong", port=5353), {"kind", "port"}),
+    (Monitor(kind="http", path="/t.jsp", digest="640205b7b0fc66c1ea91c463fac6334d"), {"kind", "path", "digest"}),
     (Monitor(kind="https", path="/h", host="", status=(200, 204), body_regex="ok\\s", tls_verify=False,
              interval=0.5, timeout=2.5, reentry=0.25, connect_timeout=1, quiesce=True),
      {"kind", "path", "host", "status", "body_regex", "tls_verify", "interval", "timeout", "reentry",
@@ -343,13 +344,15 @@ def test_not_supported_yet() -> None:
         1, "network", "unknown network 'masq' (expected direct, nat or tunnel)")
     # a firewall-mark virtual lists its ports in lb_port_groups instead of address/port
     got = issues(GOOD_HEAD.replace("port = 80", "port = 80\n     fwmark = 3"))
-    assert any("at least one port group" in m for _, _, m in got)
+    assert any("list the ports your iptables rules marked with fwmark 3 in lb_port_groups" in m for _, _, m in got)
     assert one("service = fos\n" + GOOD_HEAD) == (
         1, "service", "service = fos (failover services) is not supported yet")
 
 
 def test_missing_required_key_points_at_block() -> None:
-    assert one(GOOD_HEAD.replace("     port = 80\n", "")) == (2, "virtual[web].port", "required key is missing")
+    assert one(GOOD_HEAD.replace("     address = 192.168.1.10 eth0:1\n", "").replace("network = direct\n",
+               "network = direct\nlb_public_interface = eth0\n")) == (
+        3, "virtual[web].address", "required key is missing")
 
 
 def test_duplicate_key_and_bad_extra_types() -> None:
@@ -512,7 +515,11 @@ def test_ha_errors() -> None:
     assert one("lb_ha_preempt = 1\n" + GOOD_HEAD) == (1, "lb_ha_preempt", "lb_ha_preempt needs backup_active = 1 "
                                                       "(a backup director)")
     no_key = HA_CF.split("lb_ha_key_file")[0] + GOOD_HEAD
-    assert one(no_key) == (3, "lb_ha_key_file", "required key is missing")
+    cfg = lvscf.loads(no_key)  # Piranha's files name no key: lb's default, with a warning
+    assert cfg.ha is not None and cfg.ha.key_file == Path("/etc/lb/ha.key")
+    [w] = cfg.warnings
+    assert (w.line, w.field) == (3, "backup_active") and w.message.startswith(
+        "lb_ha_key_file not given: the heartbeat key is /etc/lb/ha.key")
     assert one(no_key.replace("heartbeat = 1", "heartbeat = 0") .replace(
         "monitor_links = 1\n", 'monitor_links = 1\nlb_ha_key_file = "/k"\n')) == (
         6, "heartbeat", "heartbeat = 0 with backup_active = 1: lb's failover needs heartbeats")

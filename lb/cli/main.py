@@ -28,6 +28,8 @@ def cmd_run(args) -> int:
         return 2
     from lb import engine
 
+    engine.log_warnings(cfg)
+
     return engine.run(cfg, xdp_mode=args.xdp_mode, dataplane=args.dataplane)
 
 
@@ -37,22 +39,35 @@ def cmd_check(args) -> int:
     except lbconfig.ConfigError as e:
         print(e, file=sys.stderr)
         return 2
+    for w in cfg.warnings:
+        print(w.as_warning(), file=sys.stderr)
     nv, nr = len(cfg.virtual_servers), sum(len(v.real_servers) for v in cfg.virtual_servers)
+    nw = len(cfg.warnings)
     print(f"{args.config}: ok ({nv} virtual server{'' if nv == 1 else 's'}, "
-          f"{nr} real server{'' if nr == 1 else 's'})")
+          f"{nr} real server{'' if nr == 1 else 's'}" + (f", {nw} warning{'' if nw == 1 else 's'})" if nw else ")"))
     return 0
 
 
 def cmd_import(args) -> int:
-    """Print the native TOML equivalent of a Piranha lvs.cf."""
-    from lb.config import lvscf
+    """Print the native TOML equivalent of a Piranha lvs.cf or a keepalived.conf; the warnings go
+    to stderr too."""
+    from lb.config import keepalived, lvscf, totoml
 
     try:
-        cfg, extras = lvscf.load_with_extras(args.file)
+        fmt = lbconfig.format_of(args.file)
+        if fmt == "lvscf":
+            cfg, extras = lvscf.load_with_extras(args.file)
+            text = lvscf.dumps_toml(cfg, extras, source=args.file)
+        else:
+            cfg = keepalived.load(args.file, config_id=args.config_id) if fmt == "keepalived" \
+                else lbconfig.load(args.file)
+            text = totoml.dumps(cfg, [f"Converted from {args.file} by `lb import`."] + totoml.warning_lines(cfg))
     except lbconfig.ConfigError as e:
         print(e, file=sys.stderr)
         return 2
-    sys.stdout.write(lvscf.dumps_toml(cfg, extras, source=args.file))
+    for w in cfg.warnings:
+        print(w.as_warning(), file=sys.stderr)
+    sys.stdout.write(text)
     return 0
 
 
@@ -480,8 +495,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", "-c", required=True)
     p.set_defaults(func=cmd_check)
 
-    p = sub.add_parser("import", help="print a Piranha lvs.cf as lb TOML")
-    p.add_argument("file", metavar="FILE.cf")
+    p = sub.add_parser("import", help="print a Piranha lvs.cf or a keepalived.conf as lb TOML")
+    p.add_argument("file", metavar="FILE", help="lvs.cf or keepalived.conf (told apart by name and content)")
+    p.add_argument("--config-id", default=None,
+                   help="keepalived.conf: the config id its @ID lines are matched against "
+                        "(keepalived's -i; default: the host name's first label)")
     p.set_defaults(func=cmd_import)
 
     p = sub.add_parser("export", help="print a config as Piranha lvs.cf")

@@ -84,6 +84,7 @@ class Monitor:
     host: str | None = None  # http(s) Host header
     status: tuple[int, int] = (200, 399)  # http(s) accepted status range
     body_regex: str | None = None
+    digest: str = ""  # http(s): MD5 of the body in hex (keepalived's HTTP_GET digest, genhash's); "" = none
     tls_verify: bool = True
     program: str = ""  # program: argv with %h (address) and %p (port); never run by a shell
     port: int | None = None  # check this port instead of the real server's
@@ -193,6 +194,30 @@ def parse_port(text: str) -> int | None:
         return None
     port = int(text)
     return port if PORT_RANGE[0] <= port <= PORT_RANGE[1] else None
+
+
+# Well-known service names, for hosts without /etc/services (a minimal container): the names
+# Piranha's documentation and its configuration tool wrote (port = http), with their IANA ports.
+SERVICE_PORTS: dict[str, int] = {
+    "ftp-data": 20, "ftp": 21, "ssh": 22, "telnet": 23, "smtp": 25, "domain": 53, "tftp": 69,
+    "http": 80, "www": 80, "www-http": 80, "kerberos": 88, "pop3": 110, "nntp": 119, "ntp": 123,
+    "imap": 143, "imap2": 143, "snmp": 161, "ldap": 389, "https": 443, "syslog": 514,
+    "submission": 587, "ldaps": 636, "rsync": 873, "imaps": 993, "pop3s": 995, "mysql": 3306,
+    "sip": 5060, "postgresql": 5432, "http-alt": 8080, "webcache": 8080,
+}
+
+
+def service_port(name: str, protocol: str = DEFAULT_PROTOCOL) -> int | None:
+    """The port of a service name as /etc/services gives it (getservbyname), else SERVICE_PORTS;
+    None when neither knows it."""
+    import socket
+
+    if not name or not name.isascii() or not name.isprintable() or len(name) > 64:
+        return None
+    try:
+        return socket.getservbyname(name, protocol)
+    except OSError:
+        return SERVICE_PORTS.get(name.lower())
 
 
 def split_endpoint(text: str) -> tuple[str, str | None, bool] | None:
@@ -310,6 +335,17 @@ class HA:
     notify: tuple[str, ...] = ()  # programs run (no shell) on role changes: PROG ROLE OLD INSTANCE
 
 
+# The shared heartbeat key when a configuration read from Piranha's lvs.cf or keepalived.conf names
+# none (neither format has one: lb's heartbeats are signed, pulse's and VRRP's were not, or weakly)
+DEFAULT_HA_KEY_FILE = Path("/etc/lb/ha.key")
+
+
+def key_file_warning(key: str) -> str:
+    """The warning of a configuration that names no heartbeat key (``key`` would name it)."""
+    return (f"{key} not given: the heartbeat key is {DEFAULT_HA_KEY_FILE} (lb's heartbeats are signed "
+            f"with a key both directors share: e.g. `head -c 32 /dev/urandom > {DEFAULT_HA_KEY_FILE}; "
+            f"chmod 600 {DEFAULT_HA_KEY_FILE}` on one, copied to the other)")
+
 WEB_PASSWORD_DIR = Path("/etc/lb")
 
 
@@ -367,6 +403,10 @@ class Config:
     virtual_servers: tuple[VirtualServer, ...] = ()
     ha: HA | None = None  # None: a single director, always active
     web: Web = field(default_factory=Web)  # the web console ([web])
+    # what the loader accepted but could not carry out as written (a key with no effect, a
+    # mapping that differs from the source format's): `lb check` prints them, `lb run` logs them
+    # at start and at each reload; not part of the configuration's value (compare=False)
+    warnings: tuple[ConfigIssue, ...] = field(default=(), compare=False)
 
     def vip_device(self, vs: VirtualServer) -> str:
         """The interface that carries the VIP of ``vs``."""
@@ -388,10 +428,17 @@ class ConfigIssue:
     message: str
 
     def __str__(self) -> str:
-        where = self.path if self.line is None else f"{self.path}:{self.line}"
         if self.field:
-            return f"{where}: {self.field}: {self.message}"
-        return f"{where}: {self.message}"
+            return f"{self.where}: {self.field}: {self.message}"
+        return f"{self.where}: {self.message}"
+
+    @property
+    def where(self) -> str:
+        return self.path if self.line is None else f"{self.path}:{self.line}"
+
+    def as_warning(self) -> str:
+        """file:line: warning: field: message (a compiler's layout)."""
+        return f"{self.where}: warning: " + (f"{self.field}: {self.message}" if self.field else self.message)
 
 
 class ConfigError(Exception):

@@ -326,6 +326,10 @@ class Positions:
         """(line or None, field name) of ``path``, e.g. ("virtual_server", 0, "port")."""
         raise NotImplementedError
 
+    def file(self, path: FieldPath) -> str | None:
+        """The file ``path`` is written in, when not the one being loaded (an included file)."""
+        return None
+
 
 class TomlPositions(Positions):
     """A TOML file's: the line of the key (found only once an issue needs it), the field as its
@@ -351,7 +355,7 @@ class _Checker:
 
     def error(self, path: FieldPath, message: str) -> _Invalid:
         line, name = self.positions.where(path)
-        self.issues.append(ConfigIssue(self.display, line, name, message))
+        self.issues.append(ConfigIssue(self.positions.file(path) or self.display, line, name, message))
         return INVALID
 
 
@@ -930,7 +934,13 @@ def _check_monitor(vs: _Table) -> Monitor | _Invalid:
         kind = d.kind
     elif isinstance(kind, str) and kind not in MONITOR_KINDS:
         kind = keep(m.chk.error(m.at("kind"), f"unknown monitor kind '{kind}' (expected one of: {', '.join(MONITOR_KINDS)})"))
-    strings = {k: keep(m.string(k)) for k in ("send", "expect", "path", "program")}
+    strings = {k: keep(m.string(k)) for k in ("send", "expect", "path", "program", "digest")}
+    if isinstance(strings["digest"], str) and strings["digest"]:
+        if not re.fullmatch(r"[0-9A-Fa-f]{32}", strings["digest"]):
+            strings["digest"] = keep(m.chk.error(m.at("digest"), "expected the body's MD5 digest: 32 hexadecimal "
+                                                                 "digits (as keepalived's genhash prints it)"))
+        else:
+            strings["digest"] = strings["digest"].lower()
     host = keep(m.string("host"))
     body_regex = keep(m.string("body_regex"))
     use_regex = keep(m.boolean("use_regex", d.use_regex))
@@ -963,7 +973,8 @@ def _check_monitor(vs: _Table) -> Monitor | _Invalid:
         return INVALID
     return Monitor(kind=kind, send=strings["send"] or "", expect=strings["expect"] or "", use_regex=use_regex,
                    path=strings["path"] or d.path, host=host, status=status, body_regex=body_regex,
-                   tls_verify=tls_verify, program=strings["program"] or "", port=port, quiesce=quiesce,
+                   digest=strings["digest"] or "", tls_verify=tls_verify, program=strings["program"] or "",
+                   port=port, quiesce=quiesce,
                    **times)
 
 
@@ -1353,10 +1364,12 @@ def _check_sizes(chk: _Checker, doc: dict[str, Any]) -> None:
                     stack.append((path + (key,), item, depth + 1))
 
 
-def validate(doc: dict[str, Any], display: str, positions: Positions, path: Path | None = None) -> Config:
+def validate(doc: dict[str, Any], display: str, positions: Positions, path: Path | None = None,
+             warnings: Sequence[ConfigIssue] = ()) -> Config:
     """Check a document shaped as tomllib returns it and build the Config; ConfigError lists every
     problem, each at the line and field ``positions`` gives for its path.  ``path``: the file
-    (Config.path; relative key_file and password_file are relative to it)."""
+    (Config.path; relative key_file and password_file are relative to it).  ``warnings``: what the
+    reader that built the document accepted without carrying it out (Config.warnings)."""
     chk = _Checker(display, positions)
     _check_sizes(chk, doc)
     if chk.issues:
@@ -1447,4 +1460,5 @@ def validate(doc: dict[str, Any], display: str, positions: Positions, path: Path
         virtual_servers=tuple(_valid(vs).build() for vs in drafts),
         ha=_valid(ha),
         web=_valid(web),
+        warnings=tuple(warnings),
     )

@@ -10,6 +10,7 @@ program's run time), not only the TCP handshake.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import os
 import re
 import shlex
@@ -42,6 +43,7 @@ class CheckSpec:
     host_header: str | None = None   # default: host[:port]; also the TLS SNI/verify name for https
     status: tuple[int, int] = (200, 399)   # inclusive range of good HTTP status codes
     body_regex: str | None = None
+    digest: str = ""          # http(s): MD5 of the body, lowercase hex (keepalived's genhash); "" none
     tls_verify: bool = True
     program: str = ""         # argv template (shlex-split); %h -> host, %p -> port, %% -> %
     connect_timeout: float = 3.0   # budget for the whole check
@@ -266,7 +268,7 @@ async def _check_http(spec: CheckSpec) -> tuple[bool, str]:
             lo, hi = spec.status
             if not lo <= code <= hi:
                 return False, f"status {code} not in {lo}-{hi}"
-            if spec.body_regex is None:
+            if spec.body_regex is None and not spec.digest:
                 return True, f"status {code}"
             headers = {}
             for line in lines[1:]:
@@ -276,6 +278,14 @@ async def _check_http(spec: CheckSpec) -> tuple[bool, str]:
             body = b"" if code in (204, 304) else await _read_body(reader, headers, BODY_LIMIT)
         finally:
             _close(writer)
+    if spec.digest:
+        if len(body) >= BODY_LIMIT:
+            return False, f"status {code}, body of {BODY_LIMIT} bytes or more: no digest taken"
+        got = hashlib.md5(body, usedforsecurity=False).hexdigest()
+        if got != spec.digest:
+            return False, f"status {code}, body digest {got}, expected {spec.digest}"
+        if spec.body_regex is None:
+            return True, f"status {code}, body digest {got}"
     if re.search(spec.body_regex, body.decode("utf-8", errors="replace")):
         return True, f"status {code}, body matched {spec.body_regex!r}"
     return False, f"status {code}, body does not match {spec.body_regex!r}: {_snip(body)}"
