@@ -103,6 +103,7 @@ from .locate import FieldPath
 from .model import (
     DEFAULT_LBLC_EXPIRATION,
     DEFAULT_MH_SIZE,
+    DEFAULT_SCRIPT_USER,
     HA,
     NETWORKS,
     Config,
@@ -152,7 +153,8 @@ HA_CF = ("primary", "primary_private", "backup_active", "backup", "backup_privat
 # win over Piranha's integer keepalive/deadtime (written rounded up)
 LB_HA_SECONDS = ("keepalive", "deadtime", "garp_interval", "garp_refresh", "sync_interval", "max_skew")
 LB_HA_KEYS = tuple(f"lb_ha_{k}" for k in (
-    "key_file", "preempt", "garp_count", *LB_HA_SECONDS, "sync", "sync_rate", "notify"))
+    "key_file", "preempt", "garp_count", *LB_HA_SECONDS, "sync", "sync_rate", "sync_port", "notify",
+    "script_user"))
 VIRTUAL_EXTRAS: dict[str, Any] = {
     "vip_nmask": "mask",
 }
@@ -161,21 +163,22 @@ VIRTUAL_EXTRAS: dict[str, Any] = {
 LOAD_MONITOR_WORDS = ("none", "uptime", "rup", "ruptime")
 LOAD_MONITOR_RUP = "rup %h"
 # lb-only keys for the LoadMonitor fields (lb_load_monitor_kind = agent | program)
-LB_LOAD_MONITOR_KEYS = tuple(f"lb_load_monitor_{k}" for k in (
-    "kind", "port", "program", "interval", "timeout", "min_weight"))
+LB_LOAD_MONITOR_FIELDS = ("kind", "port", "program", "interval", "timeout", "min_weight", "script_user")
+LB_LOAD_MONITOR_KEYS = tuple(f"lb_load_monitor_{k}" for k in LB_LOAD_MONITOR_FIELDS)
 # Piranha's health-check keys, mapped onto VirtualServer.monitor
 MONITOR_CF = ("send", "expect", "use_regex", "send_program", "timeout", "reentry")
 # lb-only keys for the Monitor fields Piranha lacks (written only when needed)
 LB_MONITOR_SECONDS = ("interval", "timeout", "reentry", "connect_timeout")
 LB_MONITOR_STRINGS = ("path", "host", "body_regex")
 LB_MONITOR_KEYS = tuple(f"lb_monitor_{k}" for k in (
-    "kind", *LB_MONITOR_STRINGS, "status", "tls_verify", "port", *LB_MONITOR_SECONDS, "quiesce", "escaped"))
+    "kind", *LB_MONITOR_STRINGS, "status", "tls_verify", "port", *LB_MONITOR_SECONDS, "quiesce", "escaped",
+    "script_user"))
 # lb-only keys of the web console ([web]; Piranha's was a separate program)
 LB_WEB_KEYS = {f"lb_web_{k}": k for k in ("enabled", "listen", "password_file")}
 GLOBAL_MODEL = (
     "network", "nat_router", "nat_nmask", "tcp_timeout", "tcpfin_timeout", "udp_timeout",
     "lb_instance", "lb_public_interface", "lb_private_interface", "lb_expire_nodest_conn",
-    "lb_lblc_expiration", "lb_lblcr_expiration",
+    "lb_lblc_expiration", "lb_lblcr_expiration", "lb_script_user",
     "lb_table_connections", "lb_table_services", "lb_table_real_servers", "lb_table_reals_per_service",
 ) + LB_HA_KEYS + tuple(LB_WEB_KEYS)
 VIRTUAL_MODEL = ("address", "active", "port", "protocol", "scheduler", "persistent", "pmask", "fwmark",
@@ -590,6 +593,10 @@ class _Builder:
             if secs is not None:
                 glob[key] = secs
                 self.note(("global", key), g.line(f"lb_{key}"), f"lb_{key}")
+        user = g.entries.get("lb_script_user")
+        if user is not None:
+            glob["script_user"] = user.value
+        self.note(("global", "script_user"), g.line("lb_script_user"), "lb_script_user")
         priv = g.entries.get("lb_private_interface")
         if priv is not None:
             glob["private_interface"] = priv.value
@@ -690,6 +697,8 @@ class _Builder:
         take("sync", "lb_ha_sync", g.boolean("lb_ha_sync"))
         take("garp_count", "lb_ha_garp_count", g.integer("lb_ha_garp_count"))
         take("sync_rate", "lb_ha_sync_rate", g.integer("lb_ha_sync_rate"))
+        take("sync_port", "lb_ha_sync_port", g.integer("lb_ha_sync_port"))
+        take("script_user", "lb_ha_script_user", g.text("lb_ha_script_user"))
         for key in LB_HA_SECONDS:
             if key not in ("keepalive", "deadtime"):
                 take(key, f"lb_ha_{key}", _seconds(g, f"lb_ha_{key}"))
@@ -823,6 +832,7 @@ class _Builder:
         take("port", "lb_monitor_port", v.integer("lb_monitor_port"))
         take("tls_verify", "lb_monitor_tls_verify", v.boolean("lb_monitor_tls_verify"))
         take("quiesce", "lb_monitor_quiesce", v.boolean("lb_monitor_quiesce"))
+        take("script_user", "lb_monitor_script_user", v.text("lb_monitor_script_user"))
         status = v.entries.get("lb_monitor_status")
         pair = None
         if status is not None:
@@ -853,7 +863,7 @@ class _Builder:
                 lm.update(kind="program", program=LOAD_MONITOR_RUP)
             for k in ("kind", "program"):
                 self.note(lf + (k,), word.line, v.fld("load_monitor"))
-        for k in ("kind", "port", "program", "interval", "timeout", "min_weight"):
+        for k in LB_LOAD_MONITOR_FIELDS:
             key = f"lb_load_monitor_{k}"
             if key not in v.entries:
                 continue
@@ -965,9 +975,10 @@ def _fmt(key: str, value: Any) -> str:
     return str(value)
 
 
-def _monitor_cf(m: Monitor) -> dict[str, Any]:
-    """lvs.cf keys (formatted values) that read back as ``m``: Piranha's, then lb_monitor_* as needed."""
-    d = Monitor()
+def _monitor_cf(m: Monitor, user: str) -> dict[str, Any]:
+    """lvs.cf keys (formatted values) that read back as ``m``: Piranha's, then lb_monitor_* as needed
+    (``user``: the global script_user the monitor's defaults to)."""
+    d = Monitor(script_user=user)
     strings = {"send_program": m.program, "send": m.send, "expect": m.expect,
                "lb_monitor_path": m.path if m.path != d.path else "",
                "lb_monitor_host": m.host, "lb_monitor_body_regex": m.body_regex}
@@ -1005,32 +1016,36 @@ def _monitor_cf(m: Monitor) -> dict[str, Any]:
             lb[f"lb_monitor_{key}"] = _fmt_seconds(getattr(m, key))
     if m.quiesce != d.quiesce:
         lb["lb_monitor_quiesce"] = m.quiesce
+    if m.script_user != d.script_user:
+        lb["lb_monitor_script_user"] = m.script_user
     if escaped:
         lb["lb_monitor_escaped"] = True
     return {**out, **dict(sorted(lb.items(), key=lambda kv: LB_MONITOR_KEYS.index(kv[0])))}
 
 
-def _load_monitor_cf(lm: LoadMonitor | None, rsh: str) -> dict[str, Any]:
-    """load_monitor = uptime|rup when the program is Piranha's, plus lb_load_monitor_* for the rest."""
+def _load_monitor_cf(lm: LoadMonitor | None, rsh: str, user: str) -> dict[str, Any]:
+    """load_monitor = uptime|rup when the program is Piranha's, plus lb_load_monitor_* for the rest
+    (``user``: the global script_user)."""
     if lm is None:
         return {}
     out: dict[str, Any] = {}
-    base = LoadMonitor(kind=lm.kind)
+    base = LoadMonitor(kind=lm.kind, script_user=user)
     if lm.kind == "program" and lm.program in (f"{rsh} %h uptime", LOAD_MONITOR_RUP):
         out["load_monitor"] = "rup" if lm.program == LOAD_MONITOR_RUP else "uptime"
-        base = LoadMonitor(kind="program", program=lm.program)
+        base = LoadMonitor(kind="program", program=lm.program, script_user=user)
     else:
         out["lb_load_monitor_kind"] = lm.kind
-    for f in ("port", "program", "interval", "timeout", "min_weight"):
+    for f in LB_LOAD_MONITOR_FIELDS[1:]:
         value = getattr(lm, f)
         if value != getattr(base, f):
             out[f"lb_load_monitor_{f}"] = _fmt_seconds(value) if f in ("interval", "timeout") else value
     return out
 
 
-def _ha_cf(ha: HA, path: Path | None) -> dict[str, Any]:
-    """lvs.cf keys that read back as ``ha``: Piranha's (always), lb_ha_* when not the default."""
-    d = HA(primary=ha.primary, backup=ha.backup, key_file=ha.key_file)
+def _ha_cf(ha: HA, path: Path | None, user: str) -> dict[str, Any]:
+    """lvs.cf keys that read back as ``ha``: Piranha's (always), lb_ha_* when not the default
+    (``user``: the global script_user)."""
+    d = _ha_default(ha, user)
     out: dict[str, Any] = {"primary": str(ha.primary)}
     if ha.primary_private is not None:
         out["primary_private"] = str(ha.primary_private)
@@ -1044,7 +1059,7 @@ def _ha_cf(ha: HA, path: Path | None) -> dict[str, Any]:
         out[key] = max(math.ceil(value), 1)  # Piranha wants integers
         if not float(value).is_integer():
             lb[f"lb_ha_{key}"] = _fmt_seconds(value)
-    for key in ("preempt", "sync", "garp_count", "sync_rate"):
+    for key in ("preempt", "sync", "garp_count", "sync_rate", "sync_port", "script_user"):
         if getattr(ha, key) != getattr(d, key):
             lb[f"lb_ha_{key}"] = getattr(ha, key)
     for key in LB_HA_SECONDS:
@@ -1075,7 +1090,7 @@ def dumps(cfg: Config, extras: dict[str, Any] | None = None) -> str:
 
     order = ("serial_no", "primary", "primary_private", "service", "backup_active", "backup",
              "backup_private", "heartbeat", "heartbeat_port", "keepalive", "deadtime")
-    ha_cf = _ha_cf(cfg.ha, cfg.path) if cfg.ha is not None else {}
+    ha_cf = _ha_cf(cfg.ha, cfg.path, cfg.script_user) if cfg.ha is not None else {}
     if ha_cf:
         gx = {k: v for k, v in gx.items() if k not in HA_CF}
     for key in order:
@@ -1105,6 +1120,8 @@ def dumps(cfg: Config, extras: dict[str, Any] | None = None) -> str:
         put("", "lb_instance", cfg.instance)
     if cfg.expire_nodest_conn:
         put("", "lb_expire_nodest_conn", 1)
+    if cfg.script_user != DEFAULT_SCRIPT_USER:
+        put("", "lb_script_user", cfg.script_user)
     for key in ("lblc_expiration", "lblcr_expiration"):
         if getattr(cfg, key) != DEFAULT_LBLC_EXPIRATION:
             put("", f"lb_{key}", getattr(cfg, key))
@@ -1126,7 +1143,7 @@ def dumps(cfg: Config, extras: dict[str, Any] | None = None) -> str:
 
     for vs in cfg.virtual_servers:
         vx = vxs.get(vs.name, {})
-        mon = _monitor_cf(vs.monitor)
+        mon = _monitor_cf(vs.monitor, cfg.script_user)
         out.append("")
         out.append(f"virtual {vs.name} {{")
         ind = "     "
@@ -1154,7 +1171,7 @@ def dumps(cfg: Config, extras: dict[str, Any] | None = None) -> str:
         for key in ("send", "expect", "use_regex", "send_program"):
             if key in mon:
                 put(ind, key, mon[key])
-        for key, value in _load_monitor_cf(vs.load_monitor, gx.get("rsh_command", "rsh")).items():
+        for key, value in _load_monitor_cf(vs.load_monitor, gx.get("rsh_command", "rsh"), cfg.script_user).items():
             put(ind, key, value)
         put(ind, "scheduler", vs.scheduler)
         if vs.scheduler_flags:
@@ -1249,9 +1266,16 @@ def _emit(doc: dict[str, Any]) -> str:
     return "\n".join(out)
 
 
-def _ha_doc(ha: HA) -> dict[str, Any]:
+def _ha_default(ha: HA, user: str) -> HA:
+    """What an [ha] table with only ha's addresses and key file reads as, but for the defaults that
+    follow other keys: sync_port (ha's heartbeat_port + 1) and script_user (the global ``user``)."""
+    return HA(primary=ha.primary, backup=ha.backup, key_file=ha.key_file, sync_port=ha.heartbeat_port + 1,
+              script_user=user)
+
+
+def _ha_doc(ha: HA, user: str) -> dict[str, Any]:
     """The [ha] table of ``ha``: the addresses and key file always, the rest when not the default."""
-    d = HA(primary=ha.primary, backup=ha.backup, key_file=ha.key_file)
+    d = _ha_default(ha, user)
     out: dict[str, Any] = {}
     for f in dataclasses.fields(HA):
         v = getattr(ha, f.name)
@@ -1287,6 +1311,8 @@ def _doc(cfg: Config) -> dict[str, Any]:
         glob["nat_router"] = str(cfg.nat_router)
     if cfg.nat_router_device is not None:
         glob["nat_router_device"] = cfg.nat_router_device
+    if cfg.script_user != DEFAULT_SCRIPT_USER:
+        glob["script_user"] = cfg.script_user
     doc: dict[str, Any] = {"global": glob}
     tables = {k: getattr(cfg.tables, k) for k in ("connections", "services", "real_servers", "reals_per_service")
               if getattr(cfg.tables, k) != getattr(Tables(), k)}
@@ -1297,7 +1323,7 @@ def _doc(cfg: Config) -> dict[str, Any]:
     if timeouts:
         doc["timeouts"] = timeouts
     if cfg.ha is not None:
-        doc["ha"] = _ha_doc(cfg.ha)
+        doc["ha"] = _ha_doc(cfg.ha, cfg.script_user)
     web = _web_doc(cfg.web)
     if web:
         doc["web"] = web
@@ -1326,7 +1352,7 @@ def _doc(cfg: Config) -> dict[str, Any]:
         if vs.device is not None:
             d["device"] = vs.device
         monitor = {f.name: getattr(vs.monitor, f.name) for f in dataclasses.fields(Monitor)
-                   if getattr(vs.monitor, f.name) != getattr(Monitor(), f.name)}
+                   if getattr(vs.monitor, f.name) != getattr(Monitor(script_user=cfg.script_user), f.name)}
         for k in LB_MONITOR_SECONDS:
             if k in monitor and float(monitor[k]).is_integer():
                 monitor[k] = int(monitor[k])
@@ -1336,7 +1362,8 @@ def _doc(cfg: Config) -> dict[str, Any]:
             d["quiesce_server"] = True
         if vs.load_monitor is not None:
             lm = {f.name: getattr(vs.load_monitor, f.name) for f in dataclasses.fields(LoadMonitor)
-                  if f.name == "kind" or getattr(vs.load_monitor, f.name) != getattr(LoadMonitor(), f.name)}
+                  if f.name == "kind" or getattr(vs.load_monitor, f.name)
+                  != getattr(LoadMonitor(script_user=cfg.script_user), f.name)}
             for k in ("interval", "timeout"):
                 if k in lm and float(lm[k]).is_integer():
                     lm[k] = int(lm[k])
