@@ -579,3 +579,34 @@ def test_floods_are_dropped_before_the_mac_and_roles_hold(tmp_path, monkeypatch)
     st = b.status()
     assert any("datagrams from the peer 127.0.0.1 are refused" in w for w in st["warnings"]) or \
         st["channels"]["public"]["refused"], st
+
+
+def test_notify_programs_run_as_script_user_with_a_minimal_environment(tmp_path, monkeypatch):
+    import asyncio
+    import os
+    import pwd
+    import shutil
+    import tempfile
+
+    if os.geteuid() != 0:
+        pytest.skip("switching to another user needs root")
+    nobody = pwd.getpwnam("nobody")
+    monkeypatch.setenv("LB_SECRET_OF_THE_DAEMON", "s3cret")
+    shared = tempfile.mkdtemp(prefix="lb-notify-")        # nobody must reach the hook and its output
+    try:
+        os.chmod(shared, 0o1777)
+        hook = os.path.join(shared, "hook")
+        out = os.path.join(shared, "out")
+        with open(hook, "w") as f:
+            f.write(f"#!/bin/sh\n{{ id -u; pwd; /usr/bin/env; }} > {out}\n")
+        os.chmod(hook, 0o755)
+        p = _pulse(tmp_path, [hook], script_user="nobody")
+        asyncio.run(asyncio.wait_for(p._run_hook(hook, "active", "backup"), 10))
+        lines = open(out).read().splitlines()
+    finally:
+        shutil.rmtree(shared)
+    assert lines[:2] == [str(nobody.pw_uid), "/"]
+    env = dict(line.split("=", 1) for line in lines[2:])
+    env.pop("PWD", None)                                  # sh's own
+    assert sorted(env) == ["LANG", "LB_INSTANCE", "LB_OLD_ROLE", "LB_ROLE", "PATH"], env
+    assert (env["LB_ROLE"], env["LB_OLD_ROLE"], env["LB_INSTANCE"]) == ("active", "backup", "inst1")
