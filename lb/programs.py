@@ -125,5 +125,10 @@ async def run(argv: list[str], *, user: str | None = None, env: dict[str, str] |
                 await asyncio.wait_for(proc.wait(), 2)
             except BaseException:
                 pass
+        # close the pipes now: left to the garbage collector, a transport whose output was not
+        # read to its end outlives its event loop
+        transport = getattr(proc, "_transport", None)
+        if transport is not None:
+            transport.close()
     res.returncode = proc.returncode
     return res
