@@ -51,28 +51,29 @@ when a server joins; it is not Monitor.quiesce).  ``load_monitor = uptime`` beco
 load monitor running ``RSH_COMMAND %h uptime`` (rsh_command, default rsh), ``rup`` one running
 ``rup %h``; ``ruptime`` is rejected (rwhod names hosts, not addresses); ``none`` is no load
 monitor.  lb extensions ``lb_load_monitor_kind`` (agent | program), ``_port``, ``_program``
-(quoted), ``_interval``, ``_timeout`` (decimal seconds) and ``_min_weight`` set the rest.
+(quoted), ``_interval``, ``_timeout`` (decimal seconds), ``_min_weight`` and ``_script_user`` set the rest.
 Keys the model cannot hold yet (HA keys without a backup, serial_no, ...) are type-checked and returned in
 ``extras`` (see :func:`load_with_extras`) so :func:`dumps` writes them back.
 ``service = fos`` is rejected as not supported yet.
 
 lb extensions (written by :func:`dumps` only when the model needs them to
 round-trip; Piranha never writes them): global ``lb_instance``,
-``lb_public_interface``, ``lb_private_interface``, ``lb_table_connections``,
+``lb_public_interface``, ``lb_private_interface``, ``lb_script_user`` (the user check, load and
+notify programs run as), ``lb_table_connections``,
 ``lb_table_services``, ``lb_table_real_servers``, ``lb_table_reals_per_service``;
 ``port`` inside a ``server`` block (RealServer.port, NAT port mapping); in a
 ``virtual`` block the Monitor fields Piranha lacks or cannot express:
 ``lb_monitor_kind`` (overrides the kind the Piranha keys imply),
 ``lb_monitor_path``/``_host``/``_body_regex`` (quoted strings),
 ``lb_monitor_status = 200-399``, ``lb_monitor_tls_verify``/``_quiesce = 0|1``,
-``lb_monitor_port``, ``lb_monitor_interval``/``_connect_timeout`` (seconds,
+``lb_monitor_port``, ``lb_monitor_script_user``, ``lb_monitor_interval``/``_connect_timeout`` (seconds,
 decimals allowed), ``lb_monitor_timeout``/``_reentry`` (decimal seconds; they win
 over Piranha's integer ``timeout``/``reentry``, which are written rounded up), and
 ``lb_monitor_escaped = 1``: the block's quoted monitor strings use the escapes
 ``\\\\ \\n \\r \\t \\" \\' \\uXXXX`` (written when a string holds a line break,
 e.g. a TOML ``send = "...\\r\\n"``); with ``backup_active = 1`` the HA fields Piranha lacks:
 ``lb_ha_key_file`` (quoted path, always written), ``lb_ha_preempt``/``_sync = 0|1``,
-``lb_ha_garp_count``, ``lb_ha_sync_rate``, ``lb_ha_garp_interval``/``_garp_refresh``/
+``lb_ha_garp_count``, ``lb_ha_sync_rate``, ``lb_ha_sync_port``, ``lb_ha_script_user``, ``lb_ha_garp_interval``/``_garp_refresh``/
 ``_sync_interval``/``_max_skew`` (decimal seconds), ``lb_ha_keepalive``/``_deadtime`` (decimal
 seconds; they win over Piranha's integer ``keepalive``/``deadtime``, which are written rounded
 up) and ``lb_ha_notify = "/path/a, /path/b"`` (quoted, comma-separated program paths); the web
