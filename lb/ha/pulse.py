@@ -318,6 +318,7 @@ class Pulse:
     STRAY_POLL = 0.1         # seconds between two reads of the catch-all sockets...
     STRAY_BUDGET = 256       # ... of at most this many datagrams each (the kernel drops the rest)
     LOG_INTERVAL = 10.0      # seconds between two log lines of one kind of refusal
+    REFUSED_WARNING = 60.0   # seconds a refusal stays in status()["warnings"]
 
     def __init__(self, ha, instance: str, on_role, *, sync_source=None, sync_sink=None,
                  announce=None, public_interface: str | None = None, node: int | None = None,
@@ -386,12 +387,18 @@ class Pulse:
         now = self.clock()
         out = []
         for c in self.channels:
-            if c.last_refused is not None and now - c.last_refused[0] < self.ha.deadtime and (
-                    c.last_rx is None or c.last_rx < c.last_refused[0]):
-                _, why, detail = c.last_refused
-                out.append(f"{c.name} channel: datagrams from the peer {c.peer} are refused "
-                           f"({REFUSED_TEXT.get(why, why)}{': ' + detail if detail else ''}); "
-                           f"refused so far: " + ", ".join(f"{k} {v}" for k, v in sorted(c.refused.items())))
+            if c.last_refused is None or now - c.last_refused[0] >= self.REFUSED_WARNING:
+                continue
+            at, why, detail = c.last_refused
+            why = f"{REFUSED_TEXT.get(why, why)}{': ' + detail if detail else ''}"
+            so_far = ", ".join(f"{k} {v}" for k, v in sorted(c.refused.items()))
+            if c.last_rx is None or c.last_rx < at:      # the peer itself is not understood
+                out.append(f"{c.name} channel: datagrams from the peer {c.peer} are refused ({why}); "
+                           f"refused so far: {so_far}")
+            else:                                         # the peer is, so someone else uses its address
+                out.append(f"{c.name} channel: datagrams with the peer {c.peer}'s address were refused "
+                           f"{now - at:.0f}s ago ({why}) while its own are accepted: forged or corrupted; "
+                           f"refused so far: {so_far}")
         if self.peer_skew is not None and abs(self.peer_skew) > self.ha.max_skew:
             out.append(f"the peer's clock differs from ours by {self.peer_skew:+.1f}s (max_skew "
                        f"{self.ha.max_skew:g}s): heard anyway (its heartbeats echo our boot id); fix the time (NTP)")
