@@ -191,7 +191,7 @@ def check_spec(vs, rs) -> tuple[CheckSpec, NannyPolicy]:
     spec = CheckSpec(kind=kind, host=str(rs.address), port=m.port or rs.effective_port(vs), send=m.send,
                      expect=m.expect, use_regex=m.use_regex, path=m.path, host_header=m.host,
                      status=m.status, body_regex=m.body_regex, digest=m.digest, tls_verify=m.tls_verify,
-                     program=m.program, connect_timeout=m.connect_timeout)
+                     program=m.program, connect_timeout=m.connect_timeout, user=m.script_user)
     return spec, NannyPolicy(interval=m.interval, timeout=m.timeout, reentry=m.reentry)
 
 
@@ -433,7 +433,7 @@ class Engine:
                 if not rs.active:
                     continue
                 port = lm.port if lm.kind == "agent" else rs.effective_port(vs)
-                spec = LoadSpec(lm.kind, str(rs.address), port, lm.program, lm.timeout)
+                spec = LoadSpec(lm.kind, str(rs.address), port, lm.program, lm.timeout, lm.script_user)
                 wanted[real_key(vs, rs)] = (spec, (lm.interval, rs.weight, lm.min_weight))
         for key in [k for k in self.loads if k not in wanted]:
             self.loads.pop(key)[3].cancel()

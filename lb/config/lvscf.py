@@ -54,7 +54,7 @@ when a server joins; it is not Monitor.quiesce).  ``load_monitor = uptime`` beco
 load monitor running ``RSH_COMMAND %h uptime`` (rsh_command, default rsh), ``rup`` one running
 ``rup %h``; ``ruptime`` is accepted with a warning and no load monitor (rwhod names hosts, not
 addresses: the weights stay as configured); ``none`` is no load monitor.  lb extensions ``lb_load_monitor_kind`` (agent | program), ``_port``, ``_program``
-(quoted), ``_interval``, ``_timeout`` (decimal seconds) and ``_min_weight`` set the rest.
+(quoted), ``_interval``, ``_timeout`` (decimal seconds), ``_min_weight`` and ``_script_user`` set the rest.
 Keys the model cannot hold (HA keys without a backup, serial_no, debug_level, syncdaemon,
 syncd_iface, syncd_id, reservation_conflict_action, vip_nmask, a firewall-mark virtual's address,
 port and protocol) are type-checked and returned in ``extras`` (see :func:`load_with_extras`) so
@@ -65,21 +65,22 @@ the ports itself; Piranha's iptables rule did): without it the file is refused w
 
 lb extensions (written by :func:`dumps` only when the model needs them to
 round-trip; Piranha never writes them): global ``lb_instance``,
-``lb_public_interface``, ``lb_private_interface``, ``lb_table_connections``,
+``lb_public_interface``, ``lb_private_interface``, ``lb_script_user`` (the user check, load and
+notify programs run as), ``lb_table_connections``,
 ``lb_table_services``, ``lb_table_real_servers``, ``lb_table_reals_per_service``;
 ``port`` inside a ``server`` block (RealServer.port, NAT port mapping); in a
 ``virtual`` block the Monitor fields Piranha lacks or cannot express:
 ``lb_monitor_kind`` (overrides the kind the Piranha keys imply),
 ``lb_monitor_path``/``_host``/``_body_regex``/``_digest`` (quoted strings),
 ``lb_monitor_status = 200-399``, ``lb_monitor_tls_verify``/``_quiesce = 0|1``,
-``lb_monitor_port``, ``lb_monitor_interval``/``_connect_timeout`` (seconds,
+``lb_monitor_port``, ``lb_monitor_script_user``, ``lb_monitor_interval``/``_connect_timeout`` (seconds,
 decimals allowed), ``lb_monitor_timeout``/``_reentry`` (decimal seconds; they win
 over Piranha's integer ``timeout``/``reentry``, which are written rounded up), and
 ``lb_monitor_escaped = 1``: the block's quoted monitor strings use the escapes
 ``\\\\ \\n \\r \\t \\" \\' \\uXXXX`` (written when a string holds a line break,
 e.g. a TOML ``send = "...\\r\\n"``); with ``backup_active = 1`` the HA fields Piranha lacks:
 ``lb_ha_key_file`` (quoted path, always written), ``lb_ha_preempt``/``_sync = 0|1``,
-``lb_ha_garp_count``, ``lb_ha_sync_rate``, ``lb_ha_garp_interval``/``_garp_refresh``/
+``lb_ha_garp_count``, ``lb_ha_sync_rate``, ``lb_ha_sync_port``, ``lb_ha_script_user``, ``lb_ha_garp_interval``/``_garp_refresh``/
 ``_sync_interval``/``_max_skew`` (decimal seconds), ``lb_ha_keepalive``/``_deadtime`` (decimal
 seconds; they win over Piranha's integer ``keepalive``/``deadtime``, which are written rounded
 up) and ``lb_ha_notify = "/path/a, /path/b"`` (quoted, comma-separated program paths); the web
@@ -111,6 +112,7 @@ from .model import (
     DEFAULT_LBLC_EXPIRATION,
     DEFAULT_HA_KEY_FILE,
     DEFAULT_MH_SIZE,
+    DEFAULT_SCRIPT_USER,
     HA,
     NETWORKS,
     Config,
@@ -164,7 +166,8 @@ HA_CF = ("primary", "primary_private", "backup_active", "backup", "backup_privat
 # win over Piranha's integer keepalive/deadtime (written rounded up)
 LB_HA_SECONDS = ("keepalive", "deadtime", "garp_interval", "garp_refresh", "sync_interval", "max_skew")
 LB_HA_KEYS = tuple(f"lb_ha_{k}" for k in (
-    "key_file", "preempt", "garp_count", *LB_HA_SECONDS, "sync", "sync_rate", "notify"))
+    "key_file", "preempt", "garp_count", *LB_HA_SECONDS, "sync", "sync_rate", "sync_port", "notify",
+    "script_user"))
 VIRTUAL_EXTRAS: dict[str, Any] = {
     "vip_nmask": "mask",
 }
@@ -173,21 +176,22 @@ VIRTUAL_EXTRAS: dict[str, Any] = {
 LOAD_MONITOR_WORDS = ("none", "uptime", "rup", "ruptime")
 LOAD_MONITOR_RUP = "rup %h"
 # lb-only keys for the LoadMonitor fields (lb_load_monitor_kind = agent | program)
-LB_LOAD_MONITOR_KEYS = tuple(f"lb_load_monitor_{k}" for k in (
-    "kind", "port", "program", "interval", "timeout", "min_weight"))
+LB_LOAD_MONITOR_FIELDS = ("kind", "port", "program", "interval", "timeout", "min_weight", "script_user")
+LB_LOAD_MONITOR_KEYS = tuple(f"lb_load_monitor_{k}" for k in LB_LOAD_MONITOR_FIELDS)
 # Piranha's health-check keys, mapped onto VirtualServer.monitor
 MONITOR_CF = ("send", "expect", "use_regex", "send_program", "timeout", "reentry")
 # lb-only keys for the Monitor fields Piranha lacks (written only when needed)
 LB_MONITOR_SECONDS = ("interval", "timeout", "reentry", "connect_timeout")
 LB_MONITOR_STRINGS = ("path", "host", "body_regex", "digest")
 LB_MONITOR_KEYS = tuple(f"lb_monitor_{k}" for k in (
-    "kind", *LB_MONITOR_STRINGS, "status", "tls_verify", "port", *LB_MONITOR_SECONDS, "quiesce", "escaped"))
+    "kind", *LB_MONITOR_STRINGS, "status", "tls_verify", "port", *LB_MONITOR_SECONDS, "quiesce", "escaped",
+    "script_user"))
 # lb-only keys of the web console ([web]; Piranha's was a separate program)
 LB_WEB_KEYS = {f"lb_web_{k}": k for k in ("enabled", "listen", "password_file")}
 GLOBAL_MODEL = (
     "network", "nat_router", "nat_nmask", "tcp_timeout", "tcpfin_timeout", "udp_timeout",
     "lb_instance", "lb_public_interface", "lb_private_interface", "lb_expire_nodest_conn",
-    "lb_lblc_expiration", "lb_lblcr_expiration",
+    "lb_lblc_expiration", "lb_lblcr_expiration", "lb_script_user",
     "lb_table_connections", "lb_table_services", "lb_table_real_servers", "lb_table_reals_per_service",
 ) + LB_HA_KEYS + tuple(LB_WEB_KEYS)
 VIRTUAL_MODEL = ("address", "active", "port", "protocol", "scheduler", "persistent", "pmask", "fwmark",
@@ -627,6 +631,10 @@ class _Builder:
             if secs is not None:
                 glob[key] = secs
                 self.note(("global", key), g.line(f"lb_{key}"), f"lb_{key}")
+        user = g.entries.get("lb_script_user")
+        if user is not None:
+            glob["script_user"] = user.value
+        self.note(("global", "script_user"), g.line("lb_script_user"), "lb_script_user")
         priv = g.entries.get("lb_private_interface")
         if priv is not None:
             glob["private_interface"] = priv.value
@@ -756,6 +764,8 @@ class _Builder:
         take("sync", "lb_ha_sync", g.boolean("lb_ha_sync"))
         take("garp_count", "lb_ha_garp_count", g.integer("lb_ha_garp_count"))
         take("sync_rate", "lb_ha_sync_rate", g.integer("lb_ha_sync_rate"))
+        take("sync_port", "lb_ha_sync_port", g.integer("lb_ha_sync_port"))
+        take("script_user", "lb_ha_script_user", g.text("lb_ha_script_user"))
         for key in LB_HA_SECONDS:
             if key not in ("keepalive", "deadtime"):
                 take(key, f"lb_ha_{key}", _seconds(g, f"lb_ha_{key}"))
@@ -901,6 +911,7 @@ class _Builder:
         take("port", "lb_monitor_port", v.integer("lb_monitor_port"))
         take("tls_verify", "lb_monitor_tls_verify", v.boolean("lb_monitor_tls_verify"))
         take("quiesce", "lb_monitor_quiesce", v.boolean("lb_monitor_quiesce"))
+        take("script_user", "lb_monitor_script_user", v.text("lb_monitor_script_user"))
         status = v.entries.get("lb_monitor_status")
         pair = None
         if status is not None:
@@ -955,7 +966,7 @@ class _Builder:
                 lm.update(kind="program", program=LOAD_MONITOR_RUP)
             for k in ("kind", "program"):
                 self.note(lf + (k,), word.line, v.fld("load_monitor"))
-        for k in ("kind", "port", "program", "interval", "timeout", "min_weight"):
+        for k in LB_LOAD_MONITOR_FIELDS:
             key = f"lb_load_monitor_{k}"
             if key not in v.entries:
                 continue
@@ -1068,9 +1079,10 @@ def _fmt(key: str, value: Any) -> str:
     return str(value)
 
 
-def _monitor_cf(m: Monitor) -> dict[str, Any]:
-    """lvs.cf keys (formatted values) that read back as ``m``: Piranha's, then lb_monitor_* as needed."""
-    d = Monitor()
+def _monitor_cf(m: Monitor, user: str) -> dict[str, Any]:
+    """lvs.cf keys (formatted values) that read back as ``m``: Piranha's, then lb_monitor_* as needed
+    (``user``: the global script_user the monitor's defaults to)."""
+    d = Monitor(script_user=user)
     strings = {"send_program": m.program, "send": m.send, "expect": m.expect,
                "lb_monitor_path": m.path if m.path != d.path else "",
                "lb_monitor_host": m.host, "lb_monitor_body_regex": m.body_regex,
@@ -1109,32 +1121,36 @@ def _monitor_cf(m: Monitor) -> dict[str, Any]:
             lb[f"lb_monitor_{key}"] = _fmt_seconds(getattr(m, key))
     if m.quiesce != d.quiesce:
         lb["lb_monitor_quiesce"] = m.quiesce
+    if m.script_user != d.script_user:
+        lb["lb_monitor_script_user"] = m.script_user
     if escaped:
         lb["lb_monitor_escaped"] = True
     return {**out, **dict(sorted(lb.items(), key=lambda kv: LB_MONITOR_KEYS.index(kv[0])))}
 
 
-def _load_monitor_cf(lm: LoadMonitor | None, rsh: str) -> dict[str, Any]:
-    """load_monitor = uptime|rup when the program is Piranha's, plus lb_load_monitor_* for the rest."""
+def _load_monitor_cf(lm: LoadMonitor | None, rsh: str, user: str) -> dict[str, Any]:
+    """load_monitor = uptime|rup when the program is Piranha's, plus lb_load_monitor_* for the rest
+    (``user``: the global script_user)."""
     if lm is None:
         return {}
     out: dict[str, Any] = {}
-    base = LoadMonitor(kind=lm.kind)
+    base = LoadMonitor(kind=lm.kind, script_user=user)
     if lm.kind == "program" and lm.program in (f"{rsh} %h uptime", LOAD_MONITOR_RUP):
         out["load_monitor"] = "rup" if lm.program == LOAD_MONITOR_RUP else "uptime"
-        base = LoadMonitor(kind="program", program=lm.program)
+        base = LoadMonitor(kind="program", program=lm.program, script_user=user)
     else:
         out["lb_load_monitor_kind"] = lm.kind
-    for f in ("port", "program", "interval", "timeout", "min_weight"):
+    for f in LB_LOAD_MONITOR_FIELDS[1:]:
         value = getattr(lm, f)
         if value != getattr(base, f):
             out[f"lb_load_monitor_{f}"] = _fmt_seconds(value) if f in ("interval", "timeout") else value
     return out
 
 
-def _ha_cf(ha: HA, path: Path | None) -> dict[str, Any]:
-    """lvs.cf keys that read back as ``ha``: Piranha's (always), lb_ha_* when not the default."""
-    d = HA(primary=ha.primary, backup=ha.backup, key_file=ha.key_file)
+def _ha_cf(ha: HA, path: Path | None, user: str) -> dict[str, Any]:
+    """lvs.cf keys that read back as ``ha``: Piranha's (always), lb_ha_* when not the default
+    (``user``: the global script_user)."""
+    d = totoml.ha_default(ha, user)
     out: dict[str, Any] = {"primary": str(ha.primary)}
     if ha.primary_private is not None:
         out["primary_private"] = str(ha.primary_private)
@@ -1148,7 +1164,7 @@ def _ha_cf(ha: HA, path: Path | None) -> dict[str, Any]:
         out[key] = max(math.ceil(value), 1)  # Piranha wants integers
         if not float(value).is_integer():
             lb[f"lb_ha_{key}"] = _fmt_seconds(value)
-    for key in ("preempt", "sync", "garp_count", "sync_rate"):
+    for key in ("preempt", "sync", "garp_count", "sync_rate", "sync_port", "script_user"):
         if getattr(ha, key) != getattr(d, key):
             lb[f"lb_ha_{key}"] = getattr(ha, key)
     for key in LB_HA_SECONDS:
@@ -1179,7 +1195,7 @@ def dumps(cfg: Config, extras: dict[str, Any] | None = None) -> str:
 
     order = ("serial_no", "primary", "primary_private", "service", "backup_active", "backup",
              "backup_private", "heartbeat", "heartbeat_port", "keepalive", "deadtime")
-    ha_cf = _ha_cf(cfg.ha, cfg.path) if cfg.ha is not None else {}
+    ha_cf = _ha_cf(cfg.ha, cfg.path, cfg.script_user) if cfg.ha is not None else {}
     if ha_cf:
         gx = {k: v for k, v in gx.items() if k not in HA_CF}
     for key in order:
@@ -1210,6 +1226,8 @@ def dumps(cfg: Config, extras: dict[str, Any] | None = None) -> str:
         put("", "lb_instance", cfg.instance)
     if cfg.expire_nodest_conn:
         put("", "lb_expire_nodest_conn", 1)
+    if cfg.script_user != DEFAULT_SCRIPT_USER:
+        put("", "lb_script_user", cfg.script_user)
     for key in ("lblc_expiration", "lblcr_expiration"):
         if getattr(cfg, key) != DEFAULT_LBLC_EXPIRATION:
             put("", f"lb_{key}", getattr(cfg, key))
@@ -1231,7 +1249,7 @@ def dumps(cfg: Config, extras: dict[str, Any] | None = None) -> str:
 
     for vs in cfg.virtual_servers:
         vx = vxs.get(vs.name, {})
-        mon = _monitor_cf(vs.monitor)
+        mon = _monitor_cf(vs.monitor, cfg.script_user)
         out.append("")
         out.append(f"virtual {vs.name} {{")
         ind = "     "
@@ -1264,7 +1282,7 @@ def dumps(cfg: Config, extras: dict[str, Any] | None = None) -> str:
         for key in ("send", "expect", "use_regex", "send_program"):
             if key in mon:
                 put(ind, key, mon[key])
-        for key, value in _load_monitor_cf(vs.load_monitor, gx.get("rsh_command", "rsh")).items():
+        for key, value in _load_monitor_cf(vs.load_monitor, gx.get("rsh_command", "rsh"), cfg.script_user).items():
             put(ind, key, value)
         if vs.load_monitor is None and "load_monitor" in vx:
             put(ind, "load_monitor", vx["load_monitor"])

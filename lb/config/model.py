@@ -43,6 +43,10 @@ IPVSADM_FORWARD: dict[str, str] = {"dr": "Route", "nat": "Masq", "tunnel": "Tunn
 DEFAULT_MH_SIZE = 4093              # the kernel's CONFIG_IP_VS_MH_TAB_INDEX 12
 DEFAULT_LBLC_EXPIRATION = 86400     # IPVS sysctls lblc_expiration / lblcr_expiration, seconds
 DEFAULT_TIMEOUTS = (900, 120, 300)  # tcp, tcpfin, udp seconds (ipvsadm --set)
+# Check, load-monitor and notify programs run as this user unless the config names another
+# (script_user, keepalived's name): the daemon is root, its programs need not be.
+DEFAULT_SCRIPT_USER = "nobody"
+DEFAULT_HEARTBEAT_PORT = 539        # pulse's
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,6 +97,7 @@ class Monitor:
     reentry: float = 180.0  # alive this long before it takes connections again
     connect_timeout: float = 3.0
     quiesce: bool = False  # dead: weight 0 (connections drain) instead of removal
+    script_user: str = DEFAULT_SCRIPT_USER  # program: runs as this user (the loader's default: global)
 
 
 LOAD_MONITOR_KINDS: tuple[str, ...] = ("agent", "program")
@@ -113,6 +118,7 @@ class LoadMonitor:
     interval: float = 5.0
     timeout: float = 2.0  # the agent's connection or the program's run, at most
     min_weight: int = 1  # lowest weight the monitor may set (0: it may stop new connections)
+    script_user: str = DEFAULT_SCRIPT_USER  # program: runs as this user (the loader's default: global)
 
 
 @dataclass(frozen=True, slots=True)
@@ -320,7 +326,8 @@ class HA:
     key_file: Path  # the shared HMAC-SHA256 key (never inline)
     primary_private: IPAddress | None = None  # the optional second channel
     backup_private: IPAddress | None = None
-    heartbeat_port: int = 539
+    heartbeat_port: int = DEFAULT_HEARTBEAT_PORT
+    sync_port: int | None = None  # connection sync (UDP, its own socket); None: heartbeat_port + 1
     keepalive: float = 2.0  # seconds between heartbeats
     deadtime: float = 6.0  # the peer is dead after this long without an authentic heartbeat
     preempt: bool = False  # a returning primary takes the VIPs back
@@ -331,8 +338,13 @@ class HA:
     sync: bool = True  # stream connection entries to the backup
     sync_interval: float = 0.2  # seconds between sync scans
     sync_rate: int = 20000  # entries per second at most (bounded bandwidth)
-    max_skew: float = 30.0  # accepted clock difference for a peer's first heartbeat
+    max_skew: float = 30.0  # accepted clock difference for a peer's first heartbeat (> 0)
     notify: tuple[str, ...] = ()  # programs run (no shell) on role changes: PROG ROLE OLD INSTANCE
+    script_user: str = DEFAULT_SCRIPT_USER  # notify programs run as this user (the loader's default: global)
+
+    def __post_init__(self) -> None:
+        if self.sync_port is None:
+            object.__setattr__(self, "sync_port", self.heartbeat_port + 1)
 
 
 # The shared heartbeat key when a configuration read from Piranha's lvs.cf or keepalived.conf names
@@ -393,6 +405,8 @@ class Config:
     # more than one member unchanged this long loses its most loaded member
     lblc_expiration: int = DEFAULT_LBLC_EXPIRATION
     lblcr_expiration: int = DEFAULT_LBLC_EXPIRATION
+    # the user check, load-monitor and notify programs run as, unless their table names another
+    script_user: str = DEFAULT_SCRIPT_USER
     # the real servers' floating gateway, e.g. 198.18.1.254/24 or 2001:2:0:1::fffe/64: owned by the
     # (active) director in NAT, and in direct routing with [ha] (replies routed through the
     # director); else ignored

@@ -10,7 +10,8 @@ import dataclasses
 import math
 from typing import Any
 
-from .model import DEFAULT_MH_SIZE, HA, Config, LoadMonitor, Monitor, Tables, Timeouts, Web, sorry_text
+from .model import (DEFAULT_MH_SIZE, DEFAULT_SCRIPT_USER, HA, Config, LoadMonitor, Monitor, Tables, Timeouts, Web,
+                    sorry_text)
 
 __all__ = ["dumps", "document", "web_document"]
 
@@ -76,9 +77,16 @@ def _emit(doc: dict[str, Any]) -> str:
     return "\n".join(out)
 
 
-def _ha_document(ha: HA) -> dict[str, Any]:
+def ha_default(ha: HA, user: str) -> HA:
+    """What an [ha] table with only ha's addresses and key file reads as, but for the defaults that
+    follow other keys: sync_port (ha's heartbeat_port + 1) and script_user (the global ``user``)."""
+    return HA(primary=ha.primary, backup=ha.backup, key_file=ha.key_file, sync_port=ha.heartbeat_port + 1,
+              script_user=user)
+
+
+def _ha_document(ha: HA, user: str) -> dict[str, Any]:
     """The [ha] table of ``ha``: the addresses and key file always, the rest when not the default."""
-    d = HA(primary=ha.primary, backup=ha.backup, key_file=ha.key_file)
+    d = ha_default(ha, user)
     out: dict[str, Any] = {}
     for f in dataclasses.fields(HA):
         v = getattr(ha, f.name)
@@ -115,6 +123,8 @@ def document(cfg: Config) -> dict[str, Any]:
         glob["nat_router"] = str(cfg.nat_router)
     if cfg.nat_router_device is not None:
         glob["nat_router_device"] = cfg.nat_router_device
+    if cfg.script_user != DEFAULT_SCRIPT_USER:
+        glob["script_user"] = cfg.script_user
     doc: dict[str, Any] = {"global": glob}
     tables = {k: getattr(cfg.tables, k) for k in ("connections", "services", "real_servers", "reals_per_service")
               if getattr(cfg.tables, k) != getattr(Tables(), k)}
@@ -125,7 +135,7 @@ def document(cfg: Config) -> dict[str, Any]:
     if timeouts:
         doc["timeouts"] = timeouts
     if cfg.ha is not None:
-        doc["ha"] = _ha_document(cfg.ha)
+        doc["ha"] = _ha_document(cfg.ha, cfg.script_user)
     web = web_document(cfg.web)
     if web:
         doc["web"] = web
@@ -154,7 +164,7 @@ def document(cfg: Config) -> dict[str, Any]:
         if vs.device is not None:
             d["device"] = vs.device
         monitor = {f.name: getattr(vs.monitor, f.name) for f in dataclasses.fields(Monitor)
-                   if getattr(vs.monitor, f.name) != getattr(Monitor(), f.name)}
+                   if getattr(vs.monitor, f.name) != getattr(Monitor(script_user=cfg.script_user), f.name)}
         for k in MONITOR_SECONDS:
             if k in monitor and float(monitor[k]).is_integer():
                 monitor[k] = int(monitor[k])
@@ -164,7 +174,8 @@ def document(cfg: Config) -> dict[str, Any]:
             d["quiesce_server"] = True
         if vs.load_monitor is not None:
             lm = {f.name: getattr(vs.load_monitor, f.name) for f in dataclasses.fields(LoadMonitor)
-                  if f.name == "kind" or getattr(vs.load_monitor, f.name) != getattr(LoadMonitor(), f.name)}
+                  if f.name == "kind" or getattr(vs.load_monitor, f.name)
+                  != getattr(LoadMonitor(script_user=cfg.script_user), f.name)}
             for k in ("interval", "timeout"):
                 if k in lm and float(lm[k]).is_integer():
                     lm[k] = int(lm[k])
