@@ -14,7 +14,7 @@ from typing import Iterator
 REPO = Path(__file__).resolve().parents[1]
 LB_BIN = str(REPO / ".venv" / "bin" / "lb")
 LAB_TESTS_LOCK = "/run/lb-lab.tests.lock"     # tests/conftest.py lab_exclusive
-LAB_LOCK_WAIT_S = 600.0
+LAB_LOCK_WAIT_S = 3600.0
 
 
 def machine() -> dict:

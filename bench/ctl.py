@@ -11,7 +11,7 @@ Baselines, measured in the same run:
                    (get_next_key + lookup per entry) on the same entries.  The pure path runs on
                    a smaller table (100k at full size) and is extrapolated linearly: said so in
                    the results.  `lb list -c` itself no longer builds rows: it streams lines
-                   formatted in C (reader.connection_listing), measured against the same baseline."""
+                   formatted in C (lb.cli.main.connection_listing), measured against the same baseline."""
 from __future__ import annotations
 
 import ipaddress
@@ -151,13 +151,13 @@ class Ctl:
         return dt, len(rows)
 
     def list_conns_c(self) -> tuple[float, int]:
-        """reader.connection_listing on the cffi path: dump + lines formatted in C"""
-        from lb.dataplane import reader
+        """`lb list -c` on the cffi path (lb.cli.main.connection_listing): dump + lines formatted in C"""
+        from lb.cli.main import connection_listing
         from lb.dataplane.maps import PinnedMaps
 
         with PinnedMaps(self.instance) as maps:
             t0 = time.perf_counter()
-            lines = sum(chunk.count(b"\n") for chunk in reader.connection_listing(maps, fast=True))
+            lines = sum(chunk.count(b"\n") for chunk in connection_listing(maps, fast=True))
             return time.perf_counter() - t0, lines - 2
 
 

@@ -45,7 +45,8 @@ from scapy.layers.l2 import Ether
 from bench.common import lab_up, link_info, ratio, summary, switch_port
 from lb.dataplane import RealSpec, ServiceSpec, TableSpec
 from lb.dataplane.nexthop import NextHop
-from lb.dataplane.xdp import XDP_FLAGS_DRV_MODE, Sizes, XdpDataplane
+from lb.dataplane.attach import XDP_FLAGS_DRV_MODE
+from lb.dataplane.xdp import Sizes, XdpDataplane
 
 VIP, RS1, CLIENT = "198.18.0.10", "198.18.1.11", "198.18.0.2"
 SPORT0 = 1024

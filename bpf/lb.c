@@ -1,11 +1,13 @@
-/* lb data plane.  Programs (all XDP, loaded by lb/dataplane/xdp.py with bcc):
+/* lb data plane.  Programs (all XDP, loaded by lb/dataplane with bcc):
  *   lb_xdp_public   public side: packets for a virtual service; established flows forwarded here
- *   lb_sched_<name> a new connection's scheduler, tail-called from lb_xdp_public (mh also
- *                   from itself, to continue a long mh-fallback walk)
+ *   lb_xdp_persist  persistent services: a live template picks, else on to the scheduler
+ *   lb_sched_<name> a new connection's scheduler, tail-called from lb_xdp_public or
+ *                   lb_xdp_persist (mh also from itself, to continue a long mh-fallback walk)
  *   lb_xdp_new_conn creates the connection the scheduler picked and forwards the first packet
  *   lb_xdp_private  private side: NAT replies from real servers back to clients
  * Both public and private relay ICMP/ICMPv6 errors about tracked connections (lb_icmp.h).
- * Sizes and the pin directory come in as -D flags. */
+ * Sizes and the pin directory come in as -D flags.  Each header includes what it uses; bcc
+ * rewrites map calls only in the main file, so lb/dataplane inlines the headers before compiling. */
 #include <uapi/linux/bpf.h>
 #include "lb_consts.h"
 #include "lb_structs.h"
@@ -170,7 +172,7 @@ int lb_xdp_public(struct xdp_md *ctx)
     return lb_forward_to_real(ctx, &pkt, r);
 }
 
-/* ---- schedulers: classify again, pick, hand the pick to lb_xdp_new_conn ---- */
+/* ---- schedulers: the service from the scratch, pick, hand the pick to lb_xdp_new_conn ---- */
 
 /* A scheduler program's start: the service lb_xdp_public classified (in the scratch: not
  * parsing again keeps each program's paths, and so the verifier's work on the loops, few),
@@ -207,7 +209,7 @@ static __always_inline int lb_sched_end(struct xdp_md *ctx, __u32 svc_id, lb_scr
     return XDP_PASS;
 }
 
-/* A scheduler's program: classify again, pick, hand the pick over. */
+/* A scheduler's program: its service's maps (lb_sched_begin), pick, hand the pick over. */
 #define LB_SCHED_PROG(name, pick)                                                  \
     int lb_sched_##name(struct xdp_md *ctx)                                        \
     {                                                                              \

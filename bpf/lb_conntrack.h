@@ -2,6 +2,9 @@
 #ifndef LB_CONNTRACK_H
 #define LB_CONNTRACK_H
 
+#include "lb_maps.h"
+#include "lb_parse.h"
+
 static __always_inline void lb_conn_key_in(struct lb_conn_key *k, struct lb_pkt *pkt)
 {
     __builtin_memcpy(k->saddr, pkt->saddr, 16);

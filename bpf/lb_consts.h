@@ -1,5 +1,8 @@
-/* Constants shared by the data plane and (mirrored in lb/dataplane/layout.py) the control plane.
- * Every size is a -D flag set from the config; the defaults here only serve a bare compile. */
+/* Constants shared by the data plane and the control plane: lb/dataplane/layout.py reads every
+ * integer #define and enum of this file at import, so Python never repeats a number.  Keep each
+ * value a plain integer expression of numbers and earlier names.  Every size is a -D flag set
+ * from the config; the defaults here only serve a bare compile (and Python's view of the sizes
+ * the config does not set).  No includes: user space (cext/) includes this file too. */
 #ifndef LB_CONSTS_H
 #define LB_CONSTS_H
 
@@ -46,18 +49,44 @@
 #define LB_FWD_TUNNEL 2
 #define LB_FWD_DR 3
 
-/* Schedulers (index into the dispatch in lb_sched.h) */
-#define LB_SCHED_RR 0
-#define LB_SCHED_WRR 1
-#define LB_SCHED_WLC 2
+/* Schedulers: lb_svc.sched, and the tail-call slot LB_PROG_SCHED_BASE + id of the program
+ * lb_sched_<name> (lb.c).  layout.SCHEDULERS is this list, LB_SCHED_<NAME> read as "<name>".
+ * Ids are stored in lb_svc of pinned maps: append, never renumber. */
+enum lb_sched_id {
+    LB_SCHED_RR = 0,
+    LB_SCHED_WRR = 1,
+    LB_SCHED_WLC = 2,
+    LB_SCHED_LC = 3,
+    LB_SCHED_SED = 4,
+    LB_SCHED_NQ = 5,
+    LB_SCHED_FO = 6,
+    LB_SCHED_OVF = 7,
+    LB_SCHED_DH = 8,
+    LB_SCHED_SH = 9,
+    LB_SCHED_MH = 10,
+    LB_SCHED_LBLC = 11,
+    LB_SCHED_LBLCR = 12,
+    LB_SCHED_TWOS = 13,
+};
+
+/* dh / sh bucket tables (lb_sched_buckets): 256 list positions per service, computed by the
+ * control plane (lb.sched.model.dh_table / sh_table), as IPVS's IP_VS_DH/SH_TAB_BITS */
+#define LB_SCHED_HASH_BITS 8
+#define LB_SCHED_BUCKETS (1 << LB_SCHED_HASH_BITS)
+
+/* lblcr_expiration while lb_globals[LB_G_LBLCR_EXPIRATION] is 0: IPVS's default, one day */
+#define LB_LBLCR_EXPIRATION_DEFAULT 86400
 
 /* lb_svc.flags: IPVS's IP_VS_SVC_F_SCHED1/2 (sh-fallback/sh-port, mh-fallback/mh-port) */
 #define LB_SVC_F_SCHED_FALLBACK 0x1
 #define LB_SVC_F_SCHED_PORT 0x2
+/* lb_svc.flags: sloppy (lb_sloppy.h): a TCP packet without a connection entry is scheduled
+ * even without SYN, as IPVS's sloppy_tcp (active-active directors behind ECMP) */
+#define LB_SVC_F_SLOPPY 0x4
 
-/* Tail-call slots in lb_progs: a new connection goes public -> scheduler -> new_conn, so each
- * scheduler's loop is verified on its own (inlined, the loops' exits multiply the paths the
- * verifier must walk through the forwarding code). */
+/* Tail-call slots in lb_progs: a new connection goes public -> (persist ->) scheduler ->
+ * new_conn, so each scheduler's loop is verified on its own (inlined, the loops' exits multiply
+ * the paths the verifier must walk through the forwarding code). */
 #define LB_PROG_NEW_CONN 0
 #define LB_PROG_SCHED_BASE 1
 #define LB_PROG_MAX 16

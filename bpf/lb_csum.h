@@ -3,6 +3,8 @@
 #ifndef LB_CSUM_H
 #define LB_CSUM_H
 
+#include "lb_parse.h"
+
 static __always_inline __u16 lb_csum_fold(__u32 sum)
 {
     sum = (sum & 0xffff) + (sum >> 16);

@@ -1,7 +1,13 @@
 /* Forwarding: DR rewrites MACs only; NAT rewrites the destination (requests) or the source
- * (replies) with incremental checksums.  Next hops were resolved by the control plane. */
+ * (replies) with incremental checksums; tunnel puts an outer IP header in front.  Next hops
+ * were resolved by the control plane. */
 #ifndef LB_FORWARD_H
 #define LB_FORWARD_H
+
+#include "lb_maps.h"
+#include "lb_parse.h"
+#include "lb_csum.h"
+#include "lb_stats.h"
 
 static __always_inline int lb_xmit(struct xdp_md *ctx, struct ethhdr *eth, const __u8 *dst,
                                    const __u8 *src, __u32 ifindex)

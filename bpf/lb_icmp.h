@@ -17,6 +17,13 @@
 #ifndef LB_ICMP_H
 #define LB_ICMP_H
 
+#include "lb_maps.h"
+#include "lb_parse.h"
+#include "lb_csum.h"
+#include "lb_stats.h"
+#include "lb_conntrack.h"
+#include "lb_forward.h"
+
 static __always_inline int lb_is_icmp(struct lb_pkt *pkt)
 {
     return pkt->proto == IPPROTO_ICMP || pkt->proto == IPPROTO_ICMPV6;

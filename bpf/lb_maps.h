@@ -1,7 +1,11 @@
-/* Every map is pinned under LB_PIN_DIR so that `lb list` reads it without the daemon and a
- * restarted daemon adopts it with every connection.  Only lb/dataplane/ writes them. */
+/* Every map of lb.c, declared here and nowhere else.  Each is pinned under LB_PIN_DIR so that
+ * `lb list` reads it without the daemon and a restarted daemon adopts it with every connection;
+ * the one exception, lb_mh_inner, is a type template (below).  Only lb/dataplane/ writes them.
+ * BPF_TABLE_PINNED and friends come from bcc's helpers.h, which bcc includes in every program. */
 #ifndef LB_MAPS_H
 #define LB_MAPS_H
+
+#include "lb_structs.h"
 
 #define LB_PIN(name) LB_PIN_DIR "/" #name
 
@@ -51,5 +55,26 @@ BPF_TABLE_PINNED("hash", struct lb_lblc_key, struct lb_lblc, lb_lblc, LB_LBLC_TA
                  LB_PIN(lb_lblc), BPF_F_NO_PREALLOC);
 BPF_TABLE_PINNED("hash", struct lb_lblc_key, struct lb_lblcr, lb_lblcr, LB_LBLC_TABLE_SIZE,
                  LB_PIN(lb_lblcr), BPF_F_NO_PREALLOC);
+
+/* dh / sh bucket tables, only for services that use them (allocated as used) */
+BPF_TABLE_PINNED("hash", __u32, struct lb_sched_buckets, lb_sched_buckets, LB_MAX_SERVICES,
+                 LB_PIN(lb_sched_buckets), BPF_F_NO_PREALLOC);
+/* mh: each mh service's table is an array map of its own (mh_size slots of real ids, a prime),
+ * built by the control plane (lb.sched.model.mh_table, lb/dataplane/mhtable.py) and reached
+ * through lb_mh_tables by service id: services without mh have none and pay nothing.
+ * BPF_F_INNER_MAP lets every table have its own size.  lb_mh_inner is not pinned: it only
+ * gives lb_mh_tables its inner map type, which the kernel copies when it creates lb_mh_tables;
+ * nothing reads or writes it, and an adopted lb_mh_tables does not need it. */
+BPF_F_TABLE("array", __u32, __u32, lb_mh_inner, 1, BPF_F_INNER_MAP);
+BPF_TABLE_PINNED("array_of_maps$lb_mh_inner", int, int, lb_mh_tables, LB_MAX_SERVICES,
+                 LB_PIN(lb_mh_tables));
+/* mh: the control plane's dest->last_weight per service (BPF never reads it) */
+BPF_TABLE_PINNED("hash", __u32, struct lb_mh_last, lb_mh_last, LB_MAX_SERVICES, LB_PIN(lb_mh_last),
+                 BPF_F_NO_PREALLOC);
+/* mh-fallback's walk between lb_sched_mh and its own tail call (per-CPU, one packet at a
+ * time).  Pinned like lb_scratch, which programs of two loads share while a restarted daemon
+ * rewrites lb_progs: a walk that crosses into the new lb_sched_mh goes on where it was rather
+ * than starting over. */
+BPF_TABLE_PINNED("percpu_array", __u32, struct lb_mh_walk, lb_mh_walk, 1, LB_PIN(lb_mh_walk));
 
 #endif

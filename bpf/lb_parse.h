@@ -6,12 +6,14 @@
 #ifndef LB_PARSE_H
 #define LB_PARSE_H
 
+#include <uapi/linux/bpf.h>
 #include <linux/if_ether.h>
 #include <linux/ip.h>
 #include <linux/ipv6.h>
 #include <linux/tcp.h>
 #include <linux/udp.h>
 #include <linux/in.h>
+#include "lb_consts.h"
 
 #ifndef ETH_P_8021AD
 #define ETH_P_8021AD 0x88A8

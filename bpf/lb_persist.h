@@ -3,6 +3,9 @@
 #ifndef LB_PERSIST_H
 #define LB_PERSIST_H
 
+#include "lb_maps.h"
+#include "lb_parse.h"
+
 static __always_inline void lb_persist_key_of(struct lb_persist_key *pk, struct lb_pkt *pkt,
                                               struct lb_svc *svc)
 {

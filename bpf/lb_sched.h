@@ -1,20 +1,13 @@
 /* Schedulers for new connections, following IPVS (net/netfilter/ipvs/ip_vs_*.c).
- * The real servers of a service sit in lb_svc_reals in IPVS list order (newest first); every
+ * The real servers of a service sit in lb_svc_dests in IPVS list order (newest first); every
  * scheduler walks at most LB_MAX_SVC_REALS positions.  A scheduler returns a real id or LB_NONE.
- * Adding one: a LB_SCHED_* constant, a lb_pick_<name>() here, a lb_sched_<name> program in
- * lb.c, and the name in lb/dataplane/layout.py. */
+ * Adding one: an LB_SCHED_<NAME> id in lb_consts.h (the control plane reads it from there), a
+ * lb_pick_<name>() here, a lb_sched_<name> program in lb.c, and its model in lb.sched.model
+ * with its name in the config's scheduler list (lb.config.model.SCHEDULERS). */
 #ifndef LB_SCHED_H
 #define LB_SCHED_H
 
-/* dh / sh bucket tables: 256 list positions per service, computed by the control plane
- * (lb.sched.model.dh_table / sh_table) and present only for services that use them */
-#define LB_SCHED_HASH_BITS 8
-#define LB_SCHED_BUCKETS (1 << LB_SCHED_HASH_BITS)
-struct lb_sched_buckets {
-    __u32 pos[LB_SCHED_BUCKETS];  /* list position in lb_svc_dests, or LB_NONE */
-};
-BPF_TABLE_PINNED("hash", __u32, struct lb_sched_buckets, lb_sched_buckets, LB_MAX_SERVICES,
-                 LB_PIN(lb_sched_buckets), BPF_F_NO_PREALLOC);
+#include "lb_maps.h"
 
 /* LB_REAL_F_OVERLOAD in d->flags is IPVS's OVERLOAD from the connection thresholds, set and
  * cleared in place when connections bind and unbind (lb_conntrack.h): the loops pay nothing */
@@ -322,7 +315,7 @@ static __always_inline __u32 lb_pick_sh(__u32 svc_id, struct lb_svc *svc, struct
 
 /* ---- lblc, lblcr (ip_vs_lblc.c, ip_vs_lblcr.c): a table keyed by the packet's destination
  * address remembers the server (lblc) or server set (lblcr) that served it.  The control
- * plane runs the kernel's periodic expiry (lb/dataplane/xdp.py); the data path only looks up,
+ * plane runs the kernel's periodic expiry (lb/dataplane/); the data path only looks up,
  * refreshes lastuse and, for lblcr, shrinks a set unchanged for lblcr_expiration. ---- */
 
 /* IP_VS_DEST_F_AVAILABLE: the real server is still in this service's list (a removed one keeps
@@ -451,7 +444,7 @@ static __always_inline __u32 lb_pick_lblcr(__u32 svc_id, struct lb_svc *svc, str
     /* ip_vs_dest_set_max and erase: weights of removed members are 0 here (lb_reals) */
     __u32 g = LB_G_LBLCR_EXPIRATION;
     __u32 *exp = lb_globals.lookup(&g);
-    __u64 exp_ns = (exp && *exp ? *exp : 86400) * 1000000000ULL;
+    __u64 exp_ns = (exp && *exp ? *exp : LB_LBLCR_EXPIRATION_DEFAULT) * 1000000000ULL;
     if (n > 1 && now > e->lastmod_ns + exp_ns) {
         __u32 most = LB_NONE, mw = 0;
         __u64 moh = 0;
@@ -558,19 +551,7 @@ static __always_inline __u32 lb_pick_twos(struct lb_svc *svc, struct lb_svc_dest
 
 /* ---- mh, as ip_vs_mh.c (Maglev hashing) ----
  * Each mh service's table is an array map of its own (mh_size slots of real ids, a prime),
- * built by the control plane (lb.sched.model.mh_table) and reached through lb_mh_tables by
- * service id: services without mh have none and pay nothing.  BPF_F_INNER_MAP lets every
- * table have its own size; the template below only fixes the type. */
-BPF_F_TABLE("array", __u32, __u32, lb_mh_inner, 1, BPF_F_INNER_MAP);
-BPF_TABLE_PINNED("array_of_maps$lb_mh_inner", int, int, lb_mh_tables, LB_MAX_SERVICES,
-                 LB_PIN(lb_mh_tables));
-/* the control plane's memory of each mh service's dest->last_weight (the latest non-zero
- * weight, which the table is built from), by list position; BPF never reads it */
-struct lb_mh_last {
-    __u32 w[LB_MAX_SVC_REALS];
-};
-BPF_TABLE_PINNED("hash", __u32, struct lb_mh_last, lb_mh_last, LB_MAX_SERVICES, LB_PIN(lb_mh_last),
-                 BPF_F_NO_PREALLOC);
+ * reached through lb_mh_tables by service id (lb_maps.h). */
 
 /* mh-fallback walks up to mh_size probes (ip_vs_mh_get_fallback); one run of lb_sched_mh
  * makes LB_MH_PROBES of them and tail-calls itself for the rest, with the walk in lb_mh_walk */
@@ -578,13 +559,6 @@ BPF_TABLE_PINNED("hash", __u32, struct lb_mh_last, lb_mh_last, LB_MAX_SERVICES, 
 #define LB_MH_PROBES 512
 #endif
 #define LB_MH_CONTINUE 0xfffffffeU  /* lb_pick_mh: not found yet, go on in the next run */
-struct lb_mh_walk {
-    __u32 svc;                    /* service id + 1 while a walk is under way, else 0 */
-    __u32 base;                   /* source port (mh-port) + client address: the hashed value */
-    __u32 ihash;                  /* the first slot: probes start from it */
-    __u32 next;                   /* the next probe */
-};
-BPF_TABLE("percpu_array", __u32, struct lb_mh_walk, lb_mh_walk, 1);
 
 /* lib/siphash.c hsiphash() of one u32 on a 64-bit kernel (SipHash-1-3, 32-bit result) with
  * ip_vs_mh's first key (2654435761 in both words): the lookup hash */

@@ -7,9 +7,11 @@
 #ifndef LB_SLOPPY_H
 #define LB_SLOPPY_H
 
-#define LB_SVC_F_SLOPPY 0x4      /* lb_svc.flags, beside the scheduler flags (0x1, 0x2) */
+#include "lb_consts.h"
+#include "lb_structs.h"
+#include "lb_parse.h"
 
-/* Whether a packet without a connection entry may create one */
+/* Whether a packet without a connection entry may create one (LB_SVC_F_SLOPPY: lb_consts.h) */
 static __always_inline int lb_may_schedule(const struct lb_pkt *pkt, const struct lb_svc *svc)
 {
     if (pkt->proto != IPPROTO_TCP || (pkt->tcp_flags & LB_TCP_SYN))

@@ -1,5 +1,9 @@
+/* Counting: the per-CPU event counters (lb_counters, LB_CNT_*) and the service and real server
+ * stats that `lb list --stats` sums over CPUs.  Per-CPU: no atomics needed. */
 #ifndef LB_STATS_H
 #define LB_STATS_H
+
+#include "lb_maps.h"
 
 static __always_inline void lb_count(__u32 idx)
 {

@@ -1,7 +1,13 @@
 /* Map keys and values.  Addresses are 16 bytes for both families (IPv4 in the first 4 bytes);
- * ports are in network byte order.  lb/dataplane/layout.py mirrors every struct byte for byte. */
+ * ports are in network byte order.  Every layout is explicit (pad fields, no implicit padding).
+ * lb/dataplane/layout.py describes the structs the control plane reads or writes field by field
+ * and tests/test_layout.py holds both to the same sizes and offsets; cext/bpfbatch.c includes
+ * this file.  User space can include it: it needs only linux/types.h and lb_consts.h. */
 #ifndef LB_STRUCTS_H
 #define LB_STRUCTS_H
+
+#include <linux/types.h>
+#include "lb_consts.h"
 
 struct lb_svc_key {               /* lb_services key: (vip, vport, proto) */
     __u8 addr[16];
@@ -20,7 +26,7 @@ struct lb_svc {                   /* lb_svc value, index = service id */
     __u32 flags;                  /* LB_SVC_F_*: scheduler flags (sh-port, mh-fallback, ...) */
     __u32 wrr_mw;                 /* wrr: max weight - (gcd - 1), computed by the control plane */
     __u32 wrr_di;                 /* wrr: gcd of the positive weights */
-    __u32 persist_timeout;        /* seconds; reserved for persistence templates */
+    __u32 persist_timeout;        /* seconds; 0: not persistent (no templates) */
     __u32 fwmark;                 /* firewall-mark service: its mark (addr/port/proto are 0) */
     __u32 mh_size;                /* mh: Maglev table size (prime) */
     __be32 persist_mask[4];       /* IPv4 netmask (word 0) or IPv6 prefix as a 16-byte mask */
@@ -86,7 +92,7 @@ struct lb_persist_key {           /* IPVS template: <proto, client & netmask, vi
     __be16 vport;
     __u8 proto;
     __u8 family;
-    __u32 fwmark;                 /* reserved for firewall-mark services */
+    __u32 fwmark;                 /* firewall-mark services: <client & netmask, fwmark> */
 };
 
 struct lb_persist {
@@ -182,6 +188,25 @@ struct lb_lblcr {                 /* lblcr: ip_vs_lblcr_entry with its ip_vs_des
     __u32 n;                      /* members used in real[] */
     __u32 pad;
     __u32 real[LB_LBLCR_SET_SIZE];  /* newest first, as list_add_rcu keeps the kernel's set */
+};
+
+/* dh / sh (lb_sched_buckets value, key = service id): present only for services using them */
+struct lb_sched_buckets {
+    __u32 pos[LB_SCHED_BUCKETS];  /* list position in lb_svc_dests, or LB_NONE */
+};
+
+/* mh (lb_mh_last value, key = service id): the control plane's memory of each dest's
+ * last_weight (the latest non-zero weight, which the table is built from), by list position */
+struct lb_mh_last {
+    __u32 w[LB_MAX_SVC_REALS];
+};
+
+/* mh (lb_mh_walk, per-CPU): where an mh-fallback walk longer than one run goes on */
+struct lb_mh_walk {
+    __u32 svc;                    /* service id + 1 while a walk is under way, else 0 */
+    __u32 base;                   /* source port (mh-port) + client address: the hashed value */
+    __u32 ihash;                  /* the first slot: probes start from it */
+    __u32 next;                   /* the next probe */
 };
 
 #endif

@@ -2,7 +2,9 @@
  *
  * Python walking a 1M-entry LRU hash with BPF_MAP_GET_NEXT_KEY costs two syscalls per entry;
  * BPF_MAP_LOOKUP_BATCH moves thousands of entries per syscall.  These helpers only move bytes:
- * the layouts are decoded in lb/dataplane/layout.py.
+ * the layouts are decoded in lb/dataplane/layout.py.  bb_format_conns reads lb_conns and lb_reals
+ * entries through the data plane's own structs (bpf/lb_structs.h; cext/build_bpfbatch.py puts
+ * bpf/ on the include path).
  */
 #include <errno.h>
 #include <stdio.h>
@@ -12,6 +14,9 @@
 #include <unistd.h>
 #include <sys/syscall.h>
 #include <linux/bpf.h>
+#include <netinet/in.h>
+
+#include "lb_structs.h"
 
 static long bb_sys(int cmd, union bpf_attr *attr)
 {
@@ -133,44 +138,23 @@ long long bb_test_run_loop(int prog_fd, const void *packets, unsigned pkt_len, u
  *
  * Python objects per connection (tuples, ip_address, ConnRow, %-formatting) cost ~10 us each:
  * 11 s for a 1M-entry table.  Here the dumped keys/values and the dumped lb_reals array are
- * decoded and printed straight into a caller buffer.  Layouts mirror bpf/lb_structs.h; Python
- * checks the sizes (lb/dataplane/reader.py) and tests/test_conn_listing_fast.py compares the
- * output byte for byte with the pure-Python formatter (lb/listing.py). */
+ * decoded and printed straight into a caller buffer, as struct lb_conn_key, lb_conn and lb_real.
+ * Python checks that the maps' sizes are these (lb/dataplane/reader.py: a module built from
+ * an older header) and tests/test_conn_listing_fast.py compares the output byte for byte with
+ * the pure-Python formatter (lb/listing.py). */
 
-struct bb_conn_key {                /* struct lb_conn_key */
-    uint8_t saddr[16], daddr[16];
-    uint16_t sport, dport;          /* network order */
-    uint8_t proto, family, dir, pad;
-};
+unsigned bb_sizeof_conn_key(void) { return sizeof(struct lb_conn_key); }
+unsigned bb_sizeof_conn(void) { return sizeof(struct lb_conn); }
+unsigned bb_sizeof_real(void) { return sizeof(struct lb_real); }
 
-struct bb_conn {                    /* struct lb_conn */
-    uint64_t last_ns;
-    uint32_t real, svc, timeout, client_ifindex;
-    uint8_t state, flags, pad[2];
-    uint8_t client_mac[6], local_mac[6], vaddr[16];
-    uint16_t vport;
-    uint8_t pad2[6];
-};
-
-struct bb_real {                    /* struct lb_real */
-    uint8_t addr[16];
-    uint16_t port;
-    uint8_t family, fwd;
-    uint32_t weight, flags, ifindex;
-    uint8_t mac[6], src_mac[6];
-    uint32_t svc, u_threshold, l_threshold, pos;
-    uint8_t tun_src[16];
-    uint32_t mtu;
-};
-
-unsigned bb_sizeof_conn_key(void) { return sizeof(struct bb_conn_key); }
-unsigned bb_sizeof_conn(void) { return sizeof(struct bb_conn); }
-unsigned bb_sizeof_real(void) { return sizeof(struct bb_real); }
-
-/* lb/dataplane/layout.py TCP_STATES, in LB_TCP_S_* order */
-static const char *const bb_tcp_states[] = {
-    "NONE", "ESTABLISHED", "SYN_SENT", "SYN_RECV", "FIN_WAIT", "TIME_WAIT", "CLOSE",
-    "CLOSE_WAIT", "LAST_ACK", "LISTEN", "SYNACK",
+/* ipvsadm's names of the LB_TCP_S_* states (layout.TCP_STATES reads the same names) */
+static const char *const bb_tcp_states[LB_TCP_S_LAST] = {
+    [LB_TCP_S_NONE] = "NONE", [LB_TCP_S_ESTABLISHED] = "ESTABLISHED",
+    [LB_TCP_S_SYN_SENT] = "SYN_SENT", [LB_TCP_S_SYN_RECV] = "SYN_RECV",
+    [LB_TCP_S_FIN_WAIT] = "FIN_WAIT", [LB_TCP_S_TIME_WAIT] = "TIME_WAIT",
+    [LB_TCP_S_CLOSE] = "CLOSE", [LB_TCP_S_CLOSE_WAIT] = "CLOSE_WAIT",
+    [LB_TCP_S_LAST_ACK] = "LAST_ACK", [LB_TCP_S_LISTEN] = "LISTEN",
+    [LB_TCP_S_SYNACK] = "SYNACK",
 };
 
 /* v in decimal at p; returns the end */
@@ -188,12 +172,12 @@ static char *bb_dec(char *p, unsigned long long v)
 }
 
 /* addr:port as ipvsadm -n prints it: a.b.c.d:p or [v6]:p (glibc inet_ntop, as listing.py's
- * _inet_ntop6 emulates).  family 4 (layout.AF_INET) is IPv4, anything else IPv6.  Returns the
- * length; dst holds at least 64 bytes. */
+ * _inet_ntop6 emulates).  family LB_AF_INET is IPv4, anything else IPv6.  Returns the length;
+ * dst holds at least 64 bytes. */
 static int bb_addrport(char *dst, const uint8_t *addr, uint16_t port_be, unsigned family)
 {
     char *p = dst;
-    if (family == 4) {
+    if (family == LB_AF_INET) {
         for (int i = 0; i < 4; i++) {
             p = bb_dec(p, addr[i]);
             *p++ = i < 3 ? '.' : ':';
@@ -234,16 +218,16 @@ long bb_format_conns(const void *keys, const void *values, unsigned long n,
                      const void *reals, unsigned long nreals, unsigned long long now_ns,
                      char *dest_cache, unsigned long *pos, char *out, unsigned long cap)
 {
-    const struct bb_conn_key *ks = keys;
-    const struct bb_conn *vs = values;
-    const struct bb_real *rs = reals;
+    const struct lb_conn_key *ks = keys;
+    const struct lb_conn *vs = values;
+    const struct lb_real *rs = reals;
     unsigned long i = *pos;
     char *p = out, *end = out + cap;
     char src[BB_DEST_SLOT], vip[BB_DEST_SLOT];
 
     for (; i < n && end - p >= BB_LINE_MAX; i++) {
-        const struct bb_conn_key *k = &ks[i];
-        const struct bb_conn *c = &vs[i];
+        const struct lb_conn_key *k = &ks[i];
+        const struct lb_conn *c = &vs[i];
         if (k->dir != 0)
             continue;
         /* Python: timeout - (now - last) // 10^9, floor division of a possibly negative age */
@@ -260,12 +244,12 @@ long bb_format_conns(const void *keys, const void *values, unsigned long n,
         }
         char *dst = dest_cache + (unsigned long)c->real * BB_DEST_SLOT;
         if (!dst[0]) {
-            const struct bb_real *r = &rs[c->real];
-            bb_addrport(dst, r->addr, r->port, r->family ? r->family : 4);
+            const struct lb_real *r = &rs[c->real];
+            bb_addrport(dst, r->addr, r->port, r->family ? r->family : LB_AF_INET);
         }
-        const char *proto = k->proto == 6 ? "TCP" : k->proto == 17 ? "UDP" : "?";
-        const char *state = k->proto != 6 ? "UDP"
-            : c->state < sizeof(bb_tcp_states) / sizeof(bb_tcp_states[0]) ? bb_tcp_states[c->state] : "ERR!";
+        const char *proto = k->proto == IPPROTO_TCP ? "TCP" : k->proto == IPPROTO_UDP ? "UDP" : "?";
+        const char *state = k->proto != IPPROTO_TCP ? "UDP"
+            : c->state < LB_TCP_S_LAST ? bb_tcp_states[c->state] : "ERR!";
         char expire[48], *e = expire;
         unsigned long long mins = (unsigned long long)left / 60, secs = (unsigned long long)left % 60;
         if (mins < 10)

@@ -26,8 +26,12 @@ ffibuilder.cdef(
                          char *dest_cache, unsigned long *pos, char *out, unsigned long cap);
     """
 )
-_src = Path(__file__).with_name("bpfbatch.c").read_text()
-ffibuilder.set_source("lb._bpfbatch", _src)
+HERE = Path(__file__).resolve().parent
+# bpfbatch.c includes the data plane's bpf/lb_structs.h: found next to cext/ (a checkout, or an
+# sdist that carries bpf/ as it must for the programs anyway)
+INCLUDE_DIRS = [str(HERE.parent / "bpf")]
+_src = (HERE / "bpfbatch.c").read_text()
+ffibuilder.set_source("lb._bpfbatch", _src, include_dirs=INCLUDE_DIRS)
 
 if __name__ == "__main__":
     ffibuilder.compile(verbose=True)

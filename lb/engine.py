@@ -19,13 +19,17 @@ import time
 
 from lb import config as lbconfig
 from lb import control
+from lb import weight as lbweight
+from lb.config.model import FORWARD_OF_NETWORK
 from lb.config.model import endpoint_text as _endpoint
 from lb.config.model import parse_endpoint as _parse_endpoint
 from lb.config.model import sorry_text
 from lb.config.toml import WEIGHT_RANGE
 from lb.dataplane import RealSpec, ServiceSpec, TableSpec
+from lb.dataplane.errors import DataplaneError
 from lb.dataplane.ipvs import IpvsDataplane
-from lb.dataplane.xdp import DataplaneError, Sizes, XdpDataplane
+from lb.dataplane.program import Sizes
+from lb.dataplane.xdp import XdpDataplane
 from lb.ha import addresses
 from lb.ha import announce as ha_announce
 from lb.health import CheckSpec, LoadMonitorTask, LoadSpec, Monitor, NannyPolicy
@@ -53,12 +57,13 @@ def build_table(cfg, health: dict | None = None, sorry: set | None = None,
     are dead (or at weight 0 when the service quiesces dead servers); ``weights`` (real_key ->
     weight) are the load monitors' dynamic weights, which replace the configured ones;
     ``overrides`` (real_key -> weight) are the operator's (`lb weight`/`lb quiesce`), which
-    replace both -- but never bring back a server its monitor says is dead.
+    replace both -- but never bring back a server its monitor says is dead (lb.weight has the
+    rule).  Each real server's RealSpec is built here, once, from its own configured entry.
 
     A service with a sorry server and no usable real server (all dead, inactive or at weight 0)
     gets the sorry server as its only real server; the keys of those services are added to
     ``sorry`` when it is given."""
-    forward = {"nat": "nat", "tunnel": "tunnel"}.get(cfg.network, "dr")
+    forward = FORWARD_OF_NETWORK[cfg.network]
     # lb.bgp active-active: every service schedules mid-flow TCP packets (ECMP moved the flow here)
     sloppy = cfg.bgp is not None and cfg.bgp.active_active
     health = health or {}
@@ -70,22 +75,22 @@ def build_table(cfg, health: dict | None = None, sorry: set | None = None,
             continue
         reals, dead = [], []
         for rs in vs.real_servers:
-            if not rs.active:
-                continue
             key = real_key(vs, rs)
-            weight = overrides.get(key)
-            if weight is None:
-                weight = weights.get(key, rs.weight)
-            if not health.get(real_key(vs, rs), True):
-                if not vs.monitor.quiesce:
-                    dead.append((rs.address, rs.effective_port(vs)))
-                    continue
-                weight = 0
-            reals.append(RealSpec(rs.address, rs.effective_port(vs), weight, forward))
+            w = effective_weight(vs, rs, health.get(key, True), weights.get(key), overrides.get(key))
+            # a firewall-mark service's connections keep the port they came to (IPVS does the same)
+            port = 0 if vs.fwmark else rs.effective_port(vs)
+            if w.in_table:
+                reals.append(RealSpec(rs.address, port, w.value, forward, rs.u_threshold, rs.l_threshold,
+                                      w.source, rs.weight))
+            elif w.source == lbweight.DOWN:
+                dead.append((rs.address, port))
         if vs.sorry_server is not None and not any(r.weight > 0 for r in reals):
             addr, port = vs.sorry_server
-            # the pool's entries leave the table (the data plane drains them)
-            reals = [RealSpec(addr, vs.port if port is None else port, 1, forward)]
+            w = lbweight.sorry_server()
+            # the pool's entries leave the table (the data plane drains them); the sorry server
+            # has no thresholds of its own
+            reals = [RealSpec(addr, 0 if vs.fwmark else vs.port if port is None else port, w.value, forward,
+                              weight_source=w.source)]
             if sorry is not None:
                 sorry.add(vs.key)
         spec = ServiceSpec.from_config(vs, reals, dead)
@@ -96,6 +101,12 @@ def build_table(cfg, health: dict | None = None, sorry: set | None = None,
     # scheduled afresh -- sloppy, so mid-flow too -- to the server every director picks
     return TableSpec(tuple(services), (t.tcp, t.tcpfin, t.udp), cfg.expire_nodest_conn or sloppy,
                      lblc_expiration=cfg.lblc_expiration, lblcr_expiration=cfg.lblcr_expiration)
+
+
+def effective_weight(vs, rs, up: bool = True, load: int | None = None, override: int | None = None) -> lbweight.Weight:
+    """rs's effective weight in vs and why (lb.weight.effective with the config's part)."""
+    return lbweight.effective(rs.weight, active=vs.active and rs.active, up=up, quiesce=vs.monitor.quiesce,
+                              load=load, override=override)
 
 
 class OverrideError(ValueError):
@@ -182,13 +193,20 @@ class ReloadRefused(Exception):
 def check_spec(vs, rs) -> tuple[CheckSpec, NannyPolicy]:
     m = vs.monitor
     kind = m.kind
-    if kind == "tcp" and vs.protocol == "udp":
-        kind = "udp"            # a UDP service cannot be connect-checked
+    if kind in ("tcp", "send_expect") and vs.protocol == "udp":
+        kind = "udp"            # a UDP service cannot be connect-checked: send/expect goes in datagrams
     spec = CheckSpec(kind=kind, host=str(rs.address), port=m.port or rs.effective_port(vs), send=m.send,
                      expect=m.expect, use_regex=m.use_regex, path=m.path, host_header=m.host,
-                     status=m.status, body_regex=m.body_regex, tls_verify=m.tls_verify,
-                     program=m.program, connect_timeout=m.connect_timeout)
+                     status=m.status, body_regex=m.body_regex, digest=m.digest, tls_verify=m.tls_verify,
+                     program=m.program, connect_timeout=m.connect_timeout, user=m.script_user)
     return spec, NannyPolicy(interval=m.interval, timeout=m.timeout, reentry=m.reentry)
+
+
+def log_warnings(cfg) -> None:
+    """The config's warnings (keys accepted without effect, mappings from lvs.cf or keepalived.conf),
+    once per load: at start and at each reload."""
+    for w in cfg.warnings:
+        log.warning("config: %s", w.as_warning())
 
 
 def check_interfaces(cfg) -> None:
@@ -208,7 +226,7 @@ class Engine:
     def __init__(self, cfg, *, xdp_mode: str = "native", dataplane: str | None = None):
         self.cfg = cfg
         self.xdp_mode = xdp_mode
-        self.dataplane = dataplane or getattr(cfg, "dataplane", "xdp")     # xdp | ipvs | auto
+        self.dataplane = dataplane or cfg.dataplane     # xdp | ipvs | auto
         if self.dataplane == "ipvs":
             self.dp = IpvsDataplane(cfg.instance)
         else:
@@ -231,6 +249,7 @@ class Engine:
         self._dp_lock = threading.Lock()             # data plane writes from worker threads, one at a time
         self._reload_waiters: list[asyncio.Future] = []   # `lb reload` callers on the control socket
         self._usable: dict[tuple, set] = {}          # service key -> real servers taking new connections
+        self._fell_back = False                      # auto: XDP gave way to kernel IPVS
         self.bgp = None                              # lb.bgp.Announcer with [bgp]: the VIPs announced
 
     # ---- lifecycle ----
@@ -322,7 +341,7 @@ class Engine:
             if not self._fall_back(e):
                 raise
             self.dp.load()
-        log.info("data plane: %s", getattr(self.dp, "kind", "xdp"))
+        log.info("data plane: %s", self.dp.kind)
 
     def _attach_dataplane(self) -> None:
         try:
@@ -338,8 +357,9 @@ class Engine:
 
     def _fall_back(self, err: Exception) -> bool:
         """auto: give up XDP (leaving nothing of it behind) for kernel IPVS."""
-        if self.dataplane != "auto" or not isinstance(self.dp, XdpDataplane):
+        if self.dataplane != "auto" or self._fell_back:
             return False
+        self._fell_back = True
         log.warning("XDP data plane unavailable, falling back to kernel IPVS: %s", err)
         old = self.dp
         if not old.adopted:
@@ -397,6 +417,7 @@ class Engine:
             if problem:
                 raise ReloadRefused(f"reload refused: {problem}")
             self.bgp.bgp = new.bgp               # [[bgp.vip]]: the next update announces them
+        log_warnings(new)
         want = addresses.wanted_addresses(new)
         if self.active:
             addresses.take([a for a in want if a not in self.owned])
@@ -443,7 +464,7 @@ class Engine:
                 if not rs.active:
                     continue
                 port = lm.port if lm.kind == "agent" else rs.effective_port(vs)
-                spec = LoadSpec(lm.kind, str(rs.address), port, lm.program, lm.timeout)
+                spec = LoadSpec(lm.kind, str(rs.address), port, lm.program, lm.timeout, lm.script_user)
                 wanted[real_key(vs, rs)] = (spec, (lm.interval, rs.weight, lm.min_weight))
         for key in [k for k in self.loads if k not in wanted]:
             self.loads.pop(key)[3].cancel()
@@ -507,28 +528,20 @@ class Engine:
             if old is not None:
                 log.info("operator override of real server %s cleared (was weight %d)", where, old)
             return f"{where}: {'override cleared' if old is not None else 'no override to clear'}; " \
-                   f"{self._weight_text(key, rs)}{self._down_text(key, vs)}"
+                   f"{self.weight_of(vs, rs).text()}"
         self.overrides[key] = weight
         self._save_overrides()
         if old != weight:
             log.info("operator override: real server %s weight %d (was %s)", where, weight,
                      "not overridden" if old is None else old)
-        quiet = "; quiesced: open connections go on, no new ones" if weight == 0 else ""
-        return f"{where}: {self._weight_text(key, rs)}{quiet}{self._down_text(key, vs)}"
+        w = self.weight_of(vs, rs)
+        quiet = "; open connections go on, no new ones" if w.source == lbweight.OVERRIDE and w.value == 0 else ""
+        return f"{where}: {w.text()}{quiet}"
 
-    def _weight_text(self, key, rs) -> str:
-        o, dyn = self.overrides.get(key), self.weights.get(key)
-        parts = [f"configured {rs.weight}"] + ([f"load monitor {dyn}"] if dyn is not None else [])
-        if o is not None:
-            return f"weight {o} (override; {', '.join(parts)})"
-        return f"weight {dyn} (load monitor; configured {rs.weight})" if dyn is not None else \
-            f"weight {rs.weight} (configured)"
-
-    def _down_text(self, key, vs) -> str:
-        if self.health.get(key, True):
-            return ""
-        return ("; it is down: weight 0 until its health checks pass" if vs.monitor.quiesce else
-                "; it is down: out of the table until its health checks pass")
+    def weight_of(self, vs, rs) -> lbweight.Weight:
+        """rs's effective weight now, and why: what the table gives it (lb.weight's rule)."""
+        key = real_key(vs, rs)
+        return effective_weight(vs, rs, self.health.get(key, True), self.weights.get(key), self.overrides.get(key))
 
     @staticmethod
     def _override_id(key) -> list:
@@ -636,14 +649,15 @@ class Engine:
             await loop.run_in_executor(None, self._release_addresses)
         if self.bgp is not None:
             self.bgp.update(active=self.active)
-        await loop.run_in_executor(None, self._ipvs_sync, new == ACTIVE)
+        await loop.run_in_executor(None, self._kernel_sync, new == ACTIVE)
 
-    def _ipvs_sync(self, active: bool) -> None:
-        """IPVS mode: connections are synced by the kernel's own sync daemon, master on the
-        active director and backup on the standby, over the heartbeat's private channel when
-        there is one (lb/ha/sync.py is the XDP data plane's)."""
+    def _kernel_sync(self, active: bool) -> None:
+        """The data plane's kernel sync daemon follows the role: master on the active director,
+        backup on the standby, over the heartbeat's private channel when there is one (kernel
+        IPVS syncs its connections so; the XDP data plane has none, its connections travel by
+        lb/ha/sync.py through sync_export / sync_import)."""
         ha = self.cfg.ha
-        if getattr(self.dp, "kind", "") != "ipvs" or ha is None or not ha.sync:
+        if ha is None or not ha.sync:
             return
         from lb.dataplane.ipvs import sync_id
         ifname = self.cfg.private_interface if ha.primary_private and self.cfg.private_interface \
@@ -683,8 +697,10 @@ class Engine:
                 entry = self.monitors.get(key)
                 mon = entry[2] if entry else None
                 last = mon.last if mon else None
+                w = self.weight_of(vs, rs)
                 reals.append({"name": rs.name, "address": str(rs.address), "port": rs.effective_port(vs),
-                              "active": rs.active, "weight": rs.weight,
+                              "active": rs.active, "weight": w.value, "weight_source": w.source,
+                              "configured_weight": rs.weight,
                               "health": "unmonitored" if mon is None else mon.state,
                               "changes": mon.changes if mon else 0,
                               "downs": mon.downs if mon else 0, "ups": mon.ups if mon else 0,
@@ -705,18 +721,18 @@ class Engine:
                              "on_sorry_server": vs.key in self.on_sorry})
         doc = {"instance": self.cfg.instance, "pid": os.getpid(),
                "role": self.pulse.role if self.pulse is not None else ("active" if self.active else "starting"),
-               "config": str(self.cfg.path), "dataplane": getattr(self.dp, "kind", "xdp"),
+               "config": str(self.cfg.path), "dataplane": self.dp.kind,
                "at": time.time(), "services": services}
         if self.pulse is not None:
             doc["ha"] = self.pulse.status()
         if self.bgp is not None:
             doc["bgp"] = self.bgp.status()
-        counters = getattr(self.dp, "counters", None)
-        if counters is not None:
-            try:
-                doc["counters"] = counters()
-            except Exception as e:  # a status must come back whatever the maps say
-                log.warning("reading the data plane's counters: %s", e)
+        try:
+            counters = self.dp.counters()
+            if counters:
+                doc["counters"] = counters
+        except Exception as e:  # a status must come back whatever the maps say
+            log.warning("reading the data plane's counters: %s", e)
         return doc
 
     def _reload_reply(self) -> dict:
@@ -833,7 +849,7 @@ class Engine:
                             fut.set_result(reply)
                 if self.dp.draining:
                     await blocking(self.dp.finish_drains)
-                if getattr(self.dp, "sched_base", None):
+                if self.dp.sched_base_pending():
                     await blocking(self.refresh_sched_base)
                 if now - last_sweep >= SWEEP_INTERVAL:
                     last_sweep = now

@@ -1,14 +1,17 @@
 """Byte-exact ``ipvsadm -L -n`` style listings.
 
-A pure formatter: no BPF, no I/O.  Callers turn whatever state they hold into
-the plain data classes below and get strings back.  The layouts follow the
-printf formats of ipvsadm 1.31 (the project's IPVS reference,
-``ipvs-semantics.md`` section 1); every line, including the trailing spaces
-left by ``%-10u`` after InActConn, matches what ipvsadm prints with ``-n``.
+A pure formatter: no BPF, no I/O.  It formats the records a data plane reads
+back (lb/dataplane/records.py, re-exported here) and returns strings.  The
+layouts follow the printf formats of ipvsadm 1.31 (ipvsadm.c:
+print_service_entry, print_conn, print_largenum); every line, including the
+trailing spaces left by ``%-10u`` after InActConn, matches what ipvsadm prints
+with ``-n`` (tests/golden/listing/ holds the expected bytes, written from
+those formats; the IPVS VM suite compares ``lb list`` with the kernel's
+``ipvsadm -L``).
 
 Public API
 ----------
-- data classes :class:`Stats`, :class:`RealRow`, :class:`ServiceRow`, :class:`ConnRow`
+- the records :class:`Stats`, :class:`RealRow`, :class:`ServiceRow`, :class:`ConnRow`
 - :func:`format_services`  -- ``ipvsadm -L -n [--stats|--rate|--thresholds|
   --persistent-conn|--tun-info] [--exact] [--nosort]``
 - :func:`format_connections` -- ``ipvsadm -L -n -c``
@@ -73,9 +76,10 @@ new keys may be added.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv6Address
-from typing import Any, Iterable, Union
+from typing import Any, Iterable
+
+from lb.dataplane.records import ConnRow, IPAddress, RealRow, ServiceRow, Stats
 
 __all__ = [
     "Stats",
@@ -91,8 +95,6 @@ __all__ = [
     "to_json",
 ]
 
-IPAddress = Union[IPv4Address, IPv6Address]
-
 MODES = ("default", "stats", "rate", "thresholds", "persistent", "tun")
 JSON_SCHEMA_VERSION = 1
 
@@ -104,63 +106,8 @@ _U64 = (1 << 64) - 1
 
 
 # --------------------------------------------------------------------------
-# data model
+# data model: the data plane's records (lb/dataplane/records.py)
 # --------------------------------------------------------------------------
-
-
-@dataclass
-class Stats:
-    """Counters (``--stats``) or rates (``--rate``: conns/s, pkts/s, bytes/s)."""
-
-    conns: int = 0
-    inpkts: int = 0
-    outpkts: int = 0
-    inbytes: int = 0
-    outbytes: int = 0
-
-
-@dataclass
-class RealRow:
-    address: IPAddress
-    port: int
-    forward: str  # "Masq" | "Local" | "Tunnel" | "Route"
-    weight: int
-    active: int = 0
-    inactive: int = 0
-    persist: int = 0  # persistence templates (PersistConn)
-    u_threshold: int = 0
-    l_threshold: int = 0
-    tunnel_info: str = "n/a"
-    stats: Stats = field(default_factory=Stats)
-    rate: Stats = field(default_factory=Stats)
-
-
-@dataclass
-class ServiceRow:
-    protocol: str  # "TCP" | "UDP" | "SCTP" (ignored when fwmark != 0)
-    address: IPAddress | None
-    port: int
-    scheduler: str
-    fwmark: int = 0
-    sched_flags: tuple[str, ...] = ()
-    persistent: int | None = None  # timeout seconds, None = not persistent
-    netmask: str | int | None = None  # IPv4 dotted mask, or IPv6 prefix length
-    ops: bool = False
-    family: int = 4  # 4 or 6 (used for fwmark services)
-    reals: list[RealRow] = field(default_factory=list)
-    stats: Stats = field(default_factory=Stats)
-    rate: Stats = field(default_factory=Stats)
-
-
-@dataclass
-class ConnRow:
-    protocol: str  # "TCP" / "UDP"
-    expire: int  # seconds left
-    state: str  # "ESTABLISHED", "TIME_WAIT", "SYN_RECV", "NONE", ...
-    client: tuple[IPAddress, int]
-    virtual: tuple[IPAddress, int]
-    dest: tuple[IPAddress, int]
-
 
 # --------------------------------------------------------------------------
 # small helpers

@@ -65,7 +65,8 @@ ln -sfn /usr/lib/python3/dist-packages/bcc "$VENV/debian-bcc/bcc"
 echo "$(cd "$VENV/debian-bcc" && pwd)" > "$SITE/debian-bcc.pth"
 stamp="$VENV/.lb-installed"
 if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ] || [ setup.py -nt "$stamp" ] \
-   || [ -n "$(find cext -newer "$stamp" -name '*.[ch]' -o -newer "$stamp" -name '*.py' 2>/dev/null)" ]; then
+   || [ -n "$(find cext -newer "$stamp" -name '*.[ch]' -o -newer "$stamp" -name '*.py' 2>/dev/null)" ] \
+   || [ -n "$(find bpf/lb_structs.h bpf/lb_consts.h -newer "$stamp" 2>/dev/null)" ]; then
   log "installing lb into $VENV"
   "$VENV/bin/pip" install -q --upgrade pip >/dev/null
   "$VENV/bin/pip" install -q -e '.[test,bench]'

@@ -9,7 +9,7 @@ import pytest
 
 
 LAB_TESTS_LOCK = "/run/lb-lab.tests.lock"
-LAB_TESTS_LOCK_WAIT_S = 600.0
+LAB_TESTS_LOCK_WAIT_S = 3600.0   # other sessions (developers' worktrees) may hold the lab a while
 
 # ---------------------------------------------------------------------------------------------
 # Parallel runs (pytest-xdist, `make test` runs -n N --dist loadgroup): the namespace lab is one

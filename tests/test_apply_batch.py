@@ -15,7 +15,8 @@ from lb.dataplane import PortGroup, RealSpec, ServiceSpec, TableSpec
 from lb.dataplane import layout as L
 from lb.dataplane import maps as maps_mod
 from lb.dataplane.maps import BpfMap, have_batch
-from lb.dataplane.xdp import Sizes, _WrrGrow
+from lb.dataplane.services import WrrGrow
+from lb.dataplane.xdp import Sizes
 from lb.sched import model
 from packets_util import loaded_dataplane
 
@@ -251,7 +252,7 @@ def test_batched_reads_see_pending_writes(plain):
     st = next(iter(plain.services.values()))
     rid = st.dests[0][1]
     plain.maps["lb_real_overload"].set(L.U32.pack(rid), L.U32.pack(1))    # as BPF sets it
-    plain._write_dests(st)
+    plain.table.write_dests(st)
     assert L.unpack_dests(plain.maps["lb_svc_dests"].get(L.U32.pack(st.id)), 3)[0][2] & L.REAL_F_OVERLOAD
     # u_threshold 4 -> 10, above its 0 connections: OVERLOAD goes (IPVS __ip_vs_update_dest)
     t2 = TableSpec((ServiceSpec("tcp", ip("198.18.0.60"), 80, "wlc", _reals("198.18.3.1", 3, u_threshold=10)),))
@@ -265,9 +266,9 @@ def test_batched_reads_see_pending_writes(plain):
 @given(base=st.lists(st.integers(0, 40), max_size=6), added=st.lists(st.integers(0, 40), min_size=1, max_size=12),
        cw=st.integers(0, 50))
 def test_wrr_grow_matches_the_model(base, added, cw):
-    """_WrrGrow (apply's O(1) per added server) against sched_model.wrr_dest_changed on the
+    """WrrGrow (apply's O(1) per added server) against sched_model.wrr_dest_changed on the
     whole list after each insert at the front."""
-    grow, ws = _WrrGrow(list(base), cw), list(base)
+    grow, ws = WrrGrow(list(base), cw), list(base)
     want = model.WrrMark(None, cw, 0, 1)
     for w in added:
         ws.insert(0, w)

@@ -12,14 +12,30 @@ from lb.dataplane.xdp import Sizes
 
 
 @pytest.fixture(scope="module")
-def conns():
+def dp():
     with loaded_dataplane("batch", Sizes(16, 64, 16, 20000)) as d:
-        yield d.maps["lb_conns"]
+        yield d
+
+
+@pytest.fixture(scope="module")
+def conns(dp):
+    return dp.maps["lb_conns"]
 
 
 def test_cffi_module_is_built():
     # built by `pip install -e .` (setup.py cffi_modules), never by hand
     assert have_batch()
+
+
+def test_cffi_module_reads_the_data_planes_structs(dp):
+    """bpfbatch.c formats lb_conns and lb_reals entries through bpf/lb_structs.h itself: its
+    structs are the maps' (a module built from an older header shows here, as it would to
+    `lb list -c`); tests/test_layout.py holds the header and layout.py to the same offsets"""
+    from lb import _bpfbatch
+    lib = _bpfbatch.lib
+    conns, reals = dp.maps["lb_conns"], dp.maps["lb_reals"]
+    assert (lib.bb_sizeof_conn_key(), lib.bb_sizeof_conn(), lib.bb_sizeof_real()) == (
+        conns.key_size, conns.value_size, reals.value_size) == (L.CONN_KEY.size, L.CONN.size, L.REAL.size)
 
 
 def _key(i: int) -> bytes:

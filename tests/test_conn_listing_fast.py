@@ -10,10 +10,11 @@ import time
 import pytest
 
 from conftest import LB_BIN
+from lb.cli.main import connection_listing
 from lb.dataplane import layout as L
 from lb.dataplane import reader
 from lb.dataplane.maps import PinnedMaps, have_batch
-from lb.dataplane.xdp import Sizes
+from lb.dataplane.program import Sizes
 from lb.listing import format_connections
 from packets_util import loaded_dataplane
 
@@ -75,8 +76,8 @@ def _fill(dp, entries):
 def test_c_listing_equals_python_listing(dp):
     _fill(dp, ENTRIES)
     with PinnedMaps(dp.instance) as maps:
-        slow = b"".join(reader.connection_listing(maps, now_ns=NOW, fast=False))
-        fast = b"".join(reader.connection_listing(maps, now_ns=NOW, fast=True))
+        slow = b"".join(connection_listing(maps, now_ns=NOW, fast=False))
+        fast = b"".join(connection_listing(maps, now_ns=NOW, fast=True))
         rows = reader.read_connections(maps, now_ns=NOW)
     assert slow == format_connections(rows).encode()
     assert len(rows) == len(ENTRIES) - 2
@@ -93,14 +94,14 @@ def test_c_listing_many_chunks_and_real_out_of_range(dp, monkeypatch):
             for i in range(3000)]
     _fill(dp, many)
     with PinnedMaps(dp.instance) as maps:
-        chunks = list(reader.connection_listing(maps, now_ns=NOW, fast=True))
-        slow = b"".join(reader.connection_listing(maps, now_ns=NOW, fast=False))
+        chunks = list(connection_listing(maps, now_ns=NOW, fast=True))
+        slow = b"".join(connection_listing(maps, now_ns=NOW, fast=False))
         assert len(chunks) > 10
         assert b"".join(chunks) == slow
         assert slow.count(b"\n") == 3002
         dp.maps["lb_conns"].set(_key("198.18.0.99", "198.18.0.100", 9, 80), _conn(60000, 1, 900, 0))
         with pytest.raises(ValueError, match="real server id 60000"):
-            b"".join(reader.connection_listing(maps, now_ns=NOW, fast=True))
+            b"".join(connection_listing(maps, now_ns=NOW, fast=True))
 
 
 def _mask_expire(text: str) -> list[str]:

@@ -132,3 +132,58 @@ def test_without_quiesce_server_a_join_restarts_nothing() -> None:
     eng.health[r1] = True
     eng._apply(eng._table(cfg), cfg)
     assert len(eng.dp.applied) == 2 and eng.dp.restarted == []
+
+
+def test_each_real_server_is_one_record_with_its_own_thresholds_and_weight_source() -> None:
+    """build_table makes one RealSpec per configured (address, port), from that server's own
+    entry: thresholds, forward mode, the effective weight with its source and the configured one."""
+    reals = (RealServer("a", IPv4Address("10.9.1.5"), port=8080, weight=3, u_threshold=100),
+             RealServer("b", IPv4Address("10.9.1.5"), port=8081, weight=2, u_threshold=7, l_threshold=3))
+    vs = VirtualServer(name="web", address=IPv4Address("10.9.0.1"), port=80, real_servers=reals,
+                       sorry_server=(IPv4Address("10.9.1.5"), 9000))
+    cfg = Config(public_interface="eth0", network="nat", virtual_servers=(vs,))
+    a, b = (real_key(vs, rs) for rs in reals)
+    (svc,) = build_table(cfg, weights={b: 1}, overrides={a: 0}).services
+    got = {r.key: (r.u_threshold, r.l_threshold, r.forward, r.weight, r.weight_source, r.configured_weight)
+           for r in svc.reals}
+    assert got == {(IPv4Address("10.9.1.5"), 8080): (100, 0, "nat", 0, "override", 3),
+                   (IPv4Address("10.9.1.5"), 8081): (7, 3, "nat", 1, "load_monitor", 2)}
+    # both down: the sorry server alone, with no thresholds of the servers on its address
+    (svc,) = build_table(cfg, health={a: False, b: False}).services
+    assert [(r.key, r.u_threshold, r.l_threshold, r.weight, r.weight_source, r.configured_weight)
+            for r in svc.reals] == [((IPv4Address("10.9.1.5"), 9000), 0, 0, 1, "sorry_server", None)]
+    assert svc.dead == ((IPv4Address("10.9.1.5"), 8080), (IPv4Address("10.9.1.5"), 8081))
+
+
+def test_a_firewall_mark_services_real_servers_have_port_zero() -> None:
+    from lb.config.model import PortGroup
+
+    reals = (RealServer("a", IPv4Address("10.9.1.5"), u_threshold=4),)
+    vs = VirtualServer(name="ftp", address=IPv4Address("10.9.0.1"), port=21, fwmark=21, real_servers=reals,
+                       port_groups=(PortGroup(IPv4Address("10.9.0.1"), "tcp", 21, 21),))
+    cfg = Config(public_interface="eth0", network="direct", virtual_servers=(vs,))
+    (svc,) = build_table(cfg).services
+    assert [(r.key, r.u_threshold, r.forward) for r in svc.reals] == [((IPv4Address("10.9.1.5"), 0), 4, "dr")]
+    (svc,) = build_table(cfg, health={real_key(vs, reals[0]): False}).services
+    assert svc.reals == () and svc.dead == ((IPv4Address("10.9.1.5"), 0),)
+
+
+def test_the_effective_weight_says_why() -> None:
+    """lb.weight: one rule and one text for `lb status`, the control socket and the console."""
+    from lb import weight
+
+    assert weight.effective(3, override=0).text() == "weight 0: quiesced by operator; configured 3"
+    assert weight.effective(3).text() == "weight 3: configured"
+    assert weight.effective(3, load=2, override=5).text() == "weight 5: set by operator; configured 3, load monitor 2"
+    assert weight.effective(3, load=2).text() == "weight 2: set by its load monitor; configured 3"
+    down = weight.effective(3, up=False, override=5)
+    assert (down.value, down.in_table) == (0, False)
+    assert down.text() == "weight 0: down, out of the table until its health checks pass; configured 3, " \
+                          "operator override 5"
+    quiesced = weight.effective(3, up=False, quiesce=True)
+    assert (quiesced.value, quiesced.in_table, quiesced.source) == (0, True, "down_quiesced")
+    assert weight.effective(3, active=False).in_table is False
+    assert weight.sorry_server().text() == "weight 1: sorry server, standing in for a pool with no usable real server"
+    status = {"weight": 0, "weight_source": "override", "configured_weight": 3, "dynamic_weight": None,
+              "override": 0}
+    assert weight.from_status(status).text() == "weight 0: quiesced by operator; configured 3"

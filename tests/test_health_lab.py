@@ -311,7 +311,8 @@ def test_load_monitor_agent_sets_the_weight(lab, lb_runner, tmp_path):
         r1, r2 = doc["services"][0]["real_servers"][:2]
         assert r1["dynamic_weight"] == 4 and r1["load"]["ok"] and r1["load"]["detail"] == "weight 9"
         assert r2["dynamic_weight"] is None and "connection refused" in r2["load"]["detail"]
-        assert "weight 4/4" in lb_cli("status").stdout
+        assert r1["weight"] == 4 and r1["weight_source"] == "load_monitor" and r2["weight_source"] == "configured"
+        assert "     weight 4: set by its load monitor; configured 4\n" in lb_cli("status").stdout
     finally:
         agent.kill()
         agent.wait(10)

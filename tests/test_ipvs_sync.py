@@ -8,6 +8,7 @@ import asyncio
 
 from lb import config as lbconfig
 from lb.dataplane.ipvs import SyncDaemon, sync_id
+from lb.dataplane.program import Sizes
 from lb.engine import Engine
 from lb.ha.pulse import ACTIVE, BACKUP, FAULT, STARTING
 
@@ -84,8 +85,23 @@ def test_public_channel_without_private_heartbeat_and_no_sync_when_disabled(tmp_
 
 
 def test_xdp_mode_keeps_its_own_sync(tmp_path, monkeypatch):
+    """The XDP data plane has no kernel sync daemon (lb/ha/sync.py carries its connections):
+    role changes never reach the kernel's IPVS."""
+    from lb.dataplane import ipvs
+    from lb.dataplane.xdp import XdpDataplane
+
+    class NoKernel:
+        def __init__(self, *a, **kw):
+            raise AssertionError("the XDP data plane asked kernel IPVS for a sync daemon")
+
+    monkeypatch.setattr(ipvs, "Kernel", NoKernel)
     eng = engine(tmp_path, monkeypatch, dataplane="xdp")
-    assert roles(eng, (ACTIVE, STARTING), (BACKUP, ACTIVE)) == []
+    eng.dp = XdpDataplane(eng.cfg.instance, Sizes.from_tables(eng.cfg.tables))    # never loaded
+
+    async def go():
+        await eng.on_role(ACTIVE, STARTING)
+        await eng.on_role(BACKUP, ACTIVE)
+    asyncio.run(go())
 
 
 def test_sync_id_is_the_pairs_and_the_daemon_line_is_ipvsadms():

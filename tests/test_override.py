@@ -143,14 +143,14 @@ def test_override_replaces_the_configured_weight_and_clears(eng):
     assert table(eng) == {"rs1": 5, "rs2": 1, "rs3": 1}
     reply = weight(eng, "rs1", 0)
     assert reply["ok"], reply
-    assert reply["message"] == ("rs1 (198.18.1.11:80) of web: weight 0 (override; configured 5); "
-                                "quiesced: open connections go on, no new ones")
+    assert reply["message"] == ("rs1 (198.18.1.11:80) of web: weight 0: quiesced by operator; configured 5; "
+                                "open connections go on, no new ones")
     # quiesced stays in the table at weight 0 (IPVS's weight 0: its connections go on)
     assert table(eng) == {"rs1": 0, "rs2": 1, "rs3": 1}
     assert weight(eng, "rs2", 7)["ok"]
     assert table(eng) == {"rs1": 0, "rs2": 7, "rs3": 1}
     reply = weight(eng, "rs1", None)
-    assert reply == {"ok": True, "message": "rs1 (198.18.1.11:80) of web: override cleared; weight 5 (configured)"}
+    assert reply == {"ok": True, "message": "rs1 (198.18.1.11:80) of web: override cleared; weight 5: configured"}
     assert table(eng) == {"rs1": 5, "rs2": 7, "rs3": 1}
     assert weight(eng, "rs1", None)["message"].startswith("rs1 (198.18.1.11:80) of web: no override to clear")
     assert eng.overrides == {key(eng, "rs2"): 7}
@@ -162,13 +162,13 @@ def test_override_beats_the_load_monitor(eng):
     eng.apply_health()
     assert table(eng)["rs1"] == 3
     reply = weight(eng, "rs1", 0)
-    assert "weight 0 (override; configured 5, load monitor 3)" in reply["message"]
+    assert "weight 0: quiesced by operator; configured 5, load monitor 3;" in reply["message"]
     assert table(eng)["rs1"] == 0
     eng._weight_changed(k1, 4, "load 0.2")         # the monitor goes on asking; the override stays
     eng.apply_health()
     assert table(eng)["rs1"] == 0
     reply = weight(eng, "rs1", None)
-    assert reply["message"].endswith("override cleared; weight 4 (load monitor; configured 5)")
+    assert reply["message"].endswith("override cleared; weight 4: set by its load monitor; configured 5")
     assert table(eng)["rs1"] == 4                   # back to the monitor's weight
 
 
@@ -179,7 +179,8 @@ def test_a_dead_server_stays_out_and_comes_back_with_the_override(tmp_path):
     eng.apply_health()
     assert "rs1" not in table(eng)
     reply = weight(eng, "rs1", 9)
-    assert reply["message"].endswith("it is down: out of the table until its health checks pass")
+    assert reply["message"].endswith("weight 0: down, out of the table until its health checks pass; "
+                                     "configured 5, operator override 9")
     assert "rs1" not in table(eng)                  # the override does not bring it back
     eng._health_changed(k1, True, "connect ok")
     eng.apply_health()
@@ -278,8 +279,9 @@ def test_the_override_survives_a_reload_and_leaves_with_its_server(tmp_path, eng
 def test_status_shows_the_override(eng):
     weight(eng, "rs1", 0)
     reals = {r["name"]: r for r in eng.status()["services"][0]["real_servers"]}
-    assert (reals["rs1"]["override"], reals["rs1"]["weight"]) == (0, 5)
-    assert reals["rs2"]["override"] is None
+    assert {k: reals["rs1"][k] for k in ("override", "weight", "weight_source", "configured_weight")} == \
+        {"override": 0, "weight": 0, "weight_source": "override", "configured_weight": 5}
+    assert (reals["rs2"]["override"], reals["rs2"]["weight"], reals["rs2"]["weight_source"]) == (None, 1, "configured")
 
 
 # ---- the control socket, the run loop and the CLI ---------------------------------------------
@@ -352,13 +354,15 @@ def test_cli_weight_quiesce_activate_and_status(running, capsys):
     async def body(call):
         rc, out, err = await call(lambda: cli(capsys, "quiesce", "web", "rs1", *inst))
         assert (rc, err) == (0, "")
-        assert out == ("rs1 (198.18.1.11:80) of web: weight 0 (override; configured 5); "
-                       "quiesced: open connections go on, no new ones\n")
+        assert out == ("rs1 (198.18.1.11:80) of web: weight 0: quiesced by operator; configured 5; "
+                       "open connections go on, no new ones\n")
         assert table(eng)["rs1"] == 0
         rc, out, _ = await call(lambda: cli(capsys, "status", *inst))
         assert rc == 0
-        line = next(li for li in out.splitlines() if "-> rs1" in li)
-        assert "weight 0 (override; configured 5)" in line, out
+        lines = out.splitlines()
+        at = next(i for i, li in enumerate(lines) if "-> rs1" in li)
+        assert re.search(r"-> rs1 +198\.18\.1\.11:80 +weight 0 ", lines[at]), out
+        assert lines[at + 1] == "     weight 0: quiesced by operator; configured 5", out
         rc, out, _ = await call(lambda: cli(capsys, "status", "--json", *inst))
         assert json.loads(out)["services"][0]["real_servers"][0]["override"] == 0
         rc, out, err = await call(lambda: cli(capsys, "weight", "web", "198.18.1.12", "3", *inst))
@@ -371,9 +375,9 @@ def test_cli_weight_quiesce_activate_and_status(running, capsys):
         rc, out, err = await call(lambda: cli(capsys, "quiesce", "nosuch", "rs1", *inst))
         assert rc == 1 and err.startswith("lb: no virtual server 'nosuch'")
         rc, out, _ = await call(lambda: cli(capsys, "weight", "web", "198.18.1.12:80", "4", *inst))
-        assert rc == 0 and "weight 4 (override; configured 1)" in out
+        assert rc == 0 and "weight 4: set by operator; configured 1" in out
         rc, out, _ = await call(lambda: cli(capsys, "activate", "web", "rs1", *inst))
-        assert (rc, out) == (0, "rs1 (198.18.1.11:80) of web: override cleared; weight 5 (configured)\n")
+        assert (rc, out) == (0, "rs1 (198.18.1.11:80) of web: override cleared; weight 5: configured\n")
         assert table(eng) == {"rs1": 5, "rs2": 4, "rs3": 1}
 
     drive(body)
@@ -460,15 +464,15 @@ def test_web_quiesce_and_activate_buttons(console, eng):
         assert console.engine.requests == [{"cmd": "weight", "service": "web", "server": "rs1", "weight": 0}]
         assert table(eng)["rs1"] == 0
         page = await (await client.get("/status")).text()
-        assert "rs1 (198.18.1.11:80) of web: weight 0 (override; configured 5)" in page       # the flash
+        assert "rs1 (198.18.1.11:80) of web: weight 0: quiesced by operator; configured 5" in page   # the flash
         r = rows(page)
-        assert "<td class=override>0 (override; configured 5)</td>" in r["rs1"]
+        assert "<td class=override>0: quiesced by operator; configured 5</td>" in r["rs1"]
         assert re.search(r"name=action value=quiesce disabled", r["rs1"])
         assert "<td>1</td>" in r["rs2"]
         resp = await client.post("/weight", data={**form, "action": "activate", "csrf": csrf}, allow_redirects=False)
         assert resp.status == 303 and table(eng)["rs1"] == 5
         page = await (await client.get("/status")).text()
-        assert "override cleared; weight 5 (configured)" in page and "class=override" not in page
+        assert "override cleared; weight 5: configured" in page and "class=override" not in page
         # a refusal is shown, and nothing changes
         await client.post("/weight", data={**form, "server": "rs9", "csrf": csrf}, allow_redirects=False)
         page = await (await client.get("/status")).text()
@@ -503,17 +507,17 @@ def test_lab_quiesce_and_activate_a_real_server(lab, lb_module_runner, tmp_path)
     assert collections.Counter(curl(lab, 6)) == {"rs1": 2, "rs2": 2, "rs3": 2}
 
     p = lb_cmd("quiesce", "web", "rs1")
-    assert p.returncode == 0 and "weight 0 (override; configured 1)" in p.stdout, p.stderr
+    assert p.returncode == 0 and "weight 0: quiesced by operator; configured 1" in p.stdout, p.stderr
     assert set(curl(lab, 6)) == {"rs2", "rs3"}
     listing = lb_cmd("list", "-n")
     assert listing.returncode == 0, listing.stderr
     assert re.search(r"^  -> 198\.18\.1\.11:80 +Route +0 ", listing.stdout, re.M), listing.stdout
     assert re.search(r"^  -> 198\.18\.1\.12:80 +Route +1 ", listing.stdout, re.M), listing.stdout
     status = lb_cmd("status")
-    assert "weight 0 (override; configured 1)" in status.stdout, status.stdout
+    assert "     weight 0: quiesced by operator; configured 1\n" in status.stdout, status.stdout
 
     p = lb_cmd("activate", "web", "rs1")
-    assert p.returncode == 0 and "override cleared; weight 1 (configured)" in p.stdout, p.stderr
+    assert p.returncode == 0 and "override cleared; weight 1: configured" in p.stdout, p.stderr
     assert "rs1" in curl(lab, 6)                    # the reply came once the table was applied
     assert re.search(r"^  -> 198\.18\.1\.11:80 +Route +1 ", lb_cmd("list", "-n").stdout, re.M)
 

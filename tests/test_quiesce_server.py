@@ -75,13 +75,13 @@ def test_a_joining_server_is_not_flooded_and_old_connections_never_wrap(dp):
     assert collections.Counter(n for _, n in open_conns(dp, 80, 4)) == {"B": 4}
     assert [n for _, n in open_conns(dp, 81, 4)] == ["B", "A", "B", "A"]
     # lb list's counts stay true: 4 old + 2 new active connections on A
-    assert dp._real_conns(a81)[:2] == (6, 0)
+    assert dp.table.real_conns(a81)[:2] == (6, 0)
 
     # the 4 old connections on A are reset before the baseline catches up: A's active count
     # would be 2 - 4; it reads 0, so A (overhead 4 inactive) beats B (2 active = 512)
     for sport, _ in old[81]:
         assert tcp(dp, 81, sport, "R") == "A"
-    assert dp._real_conns(a81)[:2] == (2, 4)
+    assert dp.table.real_conns(a81)[:2] == (2, 4)
     sport = next(_sports)
     assert tcp(dp, 81, sport, "S") == "A"
 
@@ -91,7 +91,7 @@ def test_a_joining_server_is_not_flooded_and_old_connections_never_wrap(dp):
     dp.sweep(now_ns=2**62)                    # every connection expires
     assert dp.refresh_sched_base() == 0
     assert base(dp, a81) == (0, 0) and dp.sched_base == {}
-    assert dp._real_conns(a81)[:2] == (0, 0)
+    assert dp.table.real_conns(a81)[:2] == (0, 0)
 
 
 def test_restart_of_an_unknown_service_does_nothing(dp):

@@ -133,4 +133,4 @@ def test_measured_interval_and_ids_leaving(dp):
     dp.apply(TableSpec(()))                   # the service goes: its rates are cleared
     dp.estimate(now=6.0)
     assert _rows(dp) == []
-    assert not dp._est
+    assert not dp.rates.est

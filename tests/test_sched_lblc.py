@@ -19,7 +19,7 @@ from lb import listing
 from lb.dataplane import PortGroup, RealSpec, ServiceSpec, TableSpec, reader
 from lb.dataplane import layout as L
 from lb.dataplane.maps import PinnedMaps
-from lb.dataplane.xdp import _key_of
+from lb.dataplane.services import key_of
 from lb.sched import model
 from packets_util import CLIENT_MAC, PUB_MAC, XDP_PASS, XDP_REDIRECT, loaded_dataplane, real_mac, run
 
@@ -61,7 +61,7 @@ class Lab:
         for a, w, t in zip(self.addrs, weights, th):       # added in config order
             self.m.add(str(a), w, u_threshold=t[0], l_threshold=t[1])
         self.by_mac = {real_mac(a): str(a) for a in self.addrs}
-        self.sid = dp.services[_key_of(self.spec)].id
+        self.sid = dp.services[key_of(self.spec)].id
 
     def syn(self, vip=0, client=0, fin=False):
         """A new connection to VIP `vip` in BPF and in the model: (BPF's pick, the model's)."""

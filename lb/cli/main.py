@@ -10,6 +10,8 @@ import sys
 import time
 
 from lb import config as lbconfig
+from lb import weight as lbweight
+from lb.config.model import DEFAULT_TIMEOUTS
 
 
 def _setup_logging(verbose: bool) -> None:
@@ -26,6 +28,8 @@ def cmd_run(args) -> int:
         return 2
     from lb import engine
 
+    engine.log_warnings(cfg)
+
     return engine.run(cfg, xdp_mode=args.xdp_mode, dataplane=args.dataplane)
 
 
@@ -35,22 +39,35 @@ def cmd_check(args) -> int:
     except lbconfig.ConfigError as e:
         print(e, file=sys.stderr)
         return 2
+    for w in cfg.warnings:
+        print(w.as_warning(), file=sys.stderr)
     nv, nr = len(cfg.virtual_servers), sum(len(v.real_servers) for v in cfg.virtual_servers)
+    nw = len(cfg.warnings)
     print(f"{args.config}: ok ({nv} virtual server{'' if nv == 1 else 's'}, "
-          f"{nr} real server{'' if nr == 1 else 's'})")
+          f"{nr} real server{'' if nr == 1 else 's'}" + (f", {nw} warning{'' if nw == 1 else 's'})" if nw else ")"))
     return 0
 
 
 def cmd_import(args) -> int:
-    """Print the native TOML equivalent of a Piranha lvs.cf."""
-    from lb.config import lvscf
+    """Print the native TOML equivalent of a Piranha lvs.cf or a keepalived.conf; the warnings go
+    to stderr too."""
+    from lb.config import keepalived, lvscf, totoml
 
     try:
-        cfg, extras = lvscf.load_with_extras(args.file)
+        fmt = lbconfig.format_of(args.file)
+        if fmt == "lvscf":
+            cfg, extras = lvscf.load_with_extras(args.file)
+            text = lvscf.dumps_toml(cfg, extras, source=args.file)
+        else:
+            cfg = keepalived.load(args.file, config_id=args.config_id) if fmt == "keepalived" \
+                else lbconfig.load(args.file)
+            text = totoml.dumps(cfg, [f"Converted from {args.file} by `lb import`."] + totoml.warning_lines(cfg))
     except lbconfig.ConfigError as e:
         print(e, file=sys.stderr)
         return 2
-    sys.stdout.write(lvscf.dumps_toml(cfg, extras, source=args.file))
+    for w in cfg.warnings:
+        print(w.as_warning(), file=sys.stderr)
+    sys.stdout.write(text)
     return 0
 
 
@@ -63,10 +80,11 @@ def cmd_export(args) -> int:
             cfg, extras = lvscf.load_with_extras(args.config)
         else:
             cfg, extras = lbconfig.load(args.config), None
+        text = lvscf.dumps(cfg, extras)    # ConfigError for what lvs.cf cannot hold
     except lbconfig.ConfigError as e:
         print(e, file=sys.stderr)
         return 2
-    sys.stdout.write(lvscf.dumps(cfg, extras))
+    sys.stdout.write(text)
     return 0
 
 
@@ -179,7 +197,9 @@ def cmd_status(args) -> int:
               + ("never" if lag is None else f"{lag:.1f}s ago") + f", pending {sy['pending']}, "
               f"sent {c['sync_tx_records']} received {c['sync_rx_records']} skipped {c['sync_skipped']};"
               f" ignored: forged {c['bad_auth']} replayed {c['replay']} stale {c['stale']}"
-              f" malformed {c['malformed']}")
+              f" malformed {c['malformed']} off-path {c.get('offpath', 0)}")
+        for warning in ha.get("warnings", ()):   # a peer heard but refused, a skewed clock (Pulse.warnings)
+            print(f"  WARNING: {warning}")
     if doc.get("bgp"):   # lb.bgp: sessions and routes
         from lb.bgp import format_status
         print("\n".join(format_status(doc["bgp"])))
@@ -195,12 +215,11 @@ def cmd_status(args) -> int:
         for r in s["real_servers"]:
             last = r.get("last_check")
             detail = "" if not last else f"  last check {'ok' if last['ok'] else 'FAIL'} {_fmt_time(last['at'])} {last['detail']}"
-            weight = r["weight"] if r.get("dynamic_weight") is None else f"{r['dynamic_weight']}/{r['weight']}"
-            if r.get("override") is not None:
-                dyn = "" if r.get("dynamic_weight") is None else f", load monitor {r['dynamic_weight']}"
-                weight = f"{r['override']} (override; configured {r['weight']}{dyn})"
-            print(f"  -> {r['name']:<12} {r['address']}:{r['port']:<6} weight {weight:<5} "
+            w = lbweight.from_status(r)
+            print(f"  -> {r['name']:<12} {r['address']}:{r['port']:<6} weight {w.value:<5} "
                   f"{r['health']:<11} changes {r['changes']:<3}{detail}")
+            if w.source != lbweight.CONFIGURED:
+                print(f"     {w.text()}")
             if r.get("reason"):
                 print(f"     {'up' if r['health'] == 'up' else 'down'} since {_fmt_time(r['since'])}: {r['reason']}")
             load = r.get("load")
@@ -350,11 +369,30 @@ def _list_ipvs(args) -> int:
         version, size = ipvs.read_info()
         services = ipvs.read_services()
         conns = ipvs.read_connections() if args.connection else []
-        timeouts = ipvs.read_timeouts() if args.timeout else (900, 120, 300)
+        timeouts = ipvs.read_timeouts() if args.timeout else DEFAULT_TIMEOUTS
     except ipvs.IpvsError as e:
         print(f"lb: {e}", file=sys.stderr)
         return 1
     return _print_listing(args, services, conns, timeouts, size=size, version=version)
+
+
+def connection_listing(maps, now_ns: int | None = None, fast: bool | None = None):
+    """`lb list -c -n` (ipvsadm -L -c -n) of pinned maps as chunks of bytes, header included.
+    fast (default: when lb._bpfbatch is built): the lines come formatted from C
+    (reader.connection_lines); else lb.listing formats reader.read_connections' records, the
+    same bytes."""
+    from lb import listing
+    from lb.dataplane import reader
+    from lb.dataplane.maps import have_batch
+
+    now = time.monotonic_ns() if now_ns is None else now_ns
+    if fast is None:
+        fast = have_batch()
+    if not fast:
+        yield listing.format_connections(reader.read_connections(maps, now_ns=now)).encode()
+        return
+    yield listing.format_connections([]).encode()
+    yield from reader.connection_lines(maps, now)
 
 
 def cmd_list(args) -> int:
@@ -367,7 +405,7 @@ def cmd_list(args) -> int:
         return 0                 # XDP mode syncs in lb's own daemon (lb status), not the kernel's
     inst = _instance(args)
     if inst is None:
-        return _print_listing(args, [], [], (900, 120, 300))
+        return _print_listing(args, [], [], DEFAULT_TIMEOUTS)
     try:
         maps = PinnedMaps(inst)
     except FileNotFoundError as e:
@@ -377,7 +415,7 @@ def cmd_list(args) -> int:
         if args.connection and not args.json and not args.service:
             # the connection listing alone: streamed from C buffers (1M entries in about a second)
             sys.stdout.flush()
-            for chunk in reader.connection_listing(maps):
+            for chunk in connection_listing(maps):
                 sys.stdout.buffer.write(chunk)
             return 0
         services = reader.read_services(maps)
@@ -462,8 +500,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", "-c", required=True)
     p.set_defaults(func=cmd_check)
 
-    p = sub.add_parser("import", help="print a Piranha lvs.cf as lb TOML")
-    p.add_argument("file", metavar="FILE.cf")
+    p = sub.add_parser("import", help="print a Piranha lvs.cf or a keepalived.conf as lb TOML")
+    p.add_argument("file", metavar="FILE", help="lvs.cf or keepalived.conf (told apart by name and content)")
+    p.add_argument("--config-id", default=None,
+                   help="keepalived.conf: the config id its @ID lines are matched against "
+                        "(keepalived's -i; default: the host name's first label)")
     p.set_defaults(func=cmd_import)
 
     p = sub.add_parser("export", help="print a config as Piranha lvs.cf")

@@ -43,6 +43,10 @@ IPVSADM_FORWARD: dict[str, str] = {"dr": "Route", "nat": "Masq", "tunnel": "Tunn
 DEFAULT_MH_SIZE = 4093              # the kernel's CONFIG_IP_VS_MH_TAB_INDEX 12
 DEFAULT_LBLC_EXPIRATION = 86400     # IPVS sysctls lblc_expiration / lblcr_expiration, seconds
 DEFAULT_TIMEOUTS = (900, 120, 300)  # tcp, tcpfin, udp seconds (ipvsadm --set)
+# Check, load-monitor and notify programs run as this user unless the config names another
+# (script_user, keepalived's name): the daemon is root, its programs need not be.
+DEFAULT_SCRIPT_USER = "nobody"
+DEFAULT_HEARTBEAT_PORT = 539        # pulse's
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,6 +88,7 @@ class Monitor:
     host: str | None = None  # http(s) Host header
     status: tuple[int, int] = (200, 399)  # http(s) accepted status range
     body_regex: str | None = None
+    digest: str = ""  # http(s): MD5 of the body in hex (keepalived's HTTP_GET digest, genhash's); "" = none
     tls_verify: bool = True
     program: str = ""  # program: argv with %h (address) and %p (port); never run by a shell
     port: int | None = None  # check this port instead of the real server's
@@ -92,6 +97,7 @@ class Monitor:
     reentry: float = 180.0  # alive this long before it takes connections again
     connect_timeout: float = 3.0
     quiesce: bool = False  # dead: weight 0 (connections drain) instead of removal
+    script_user: str = DEFAULT_SCRIPT_USER  # program: runs as this user (the loader's default: global)
 
 
 LOAD_MONITOR_KINDS: tuple[str, ...] = ("agent", "program")
@@ -112,6 +118,7 @@ class LoadMonitor:
     interval: float = 5.0
     timeout: float = 2.0  # the agent's connection or the program's run, at most
     min_weight: int = 1  # lowest weight the monitor may set (0: it may stop new connections)
+    script_user: str = DEFAULT_SCRIPT_USER  # program: runs as this user (the loader's default: global)
 
 
 @dataclass(frozen=True, slots=True)
@@ -193,6 +200,30 @@ def parse_port(text: str) -> int | None:
         return None
     port = int(text)
     return port if PORT_RANGE[0] <= port <= PORT_RANGE[1] else None
+
+
+# Well-known service names, for hosts without /etc/services (a minimal container): the names
+# Piranha's documentation and its configuration tool wrote (port = http), with their IANA ports.
+SERVICE_PORTS: dict[str, int] = {
+    "ftp-data": 20, "ftp": 21, "ssh": 22, "telnet": 23, "smtp": 25, "domain": 53, "tftp": 69,
+    "http": 80, "www": 80, "www-http": 80, "kerberos": 88, "pop3": 110, "nntp": 119, "ntp": 123,
+    "imap": 143, "imap2": 143, "snmp": 161, "ldap": 389, "https": 443, "syslog": 514,
+    "submission": 587, "ldaps": 636, "rsync": 873, "imaps": 993, "pop3s": 995, "mysql": 3306,
+    "sip": 5060, "postgresql": 5432, "http-alt": 8080, "webcache": 8080,
+}
+
+
+def service_port(name: str, protocol: str = DEFAULT_PROTOCOL) -> int | None:
+    """The port of a service name as /etc/services gives it (getservbyname), else SERVICE_PORTS;
+    None when neither knows it."""
+    import socket
+
+    if not name or not name.isascii() or not name.isprintable() or len(name) > 64:
+        return None
+    try:
+        return socket.getservbyname(name, protocol)
+    except OSError:
+        return SERVICE_PORTS.get(name.lower())
 
 
 def split_endpoint(text: str) -> tuple[str, str | None, bool] | None:
@@ -295,7 +326,8 @@ class HA:
     key_file: Path  # the shared HMAC-SHA256 key (never inline)
     primary_private: IPAddress | None = None  # the optional second channel
     backup_private: IPAddress | None = None
-    heartbeat_port: int = 539
+    heartbeat_port: int = DEFAULT_HEARTBEAT_PORT
+    sync_port: int | None = None  # connection sync (UDP, its own socket); None: heartbeat_port + 1
     keepalive: float = 2.0  # seconds between heartbeats
     deadtime: float = 6.0  # the peer is dead after this long without an authentic heartbeat
     preempt: bool = False  # a returning primary takes the VIPs back
@@ -306,8 +338,25 @@ class HA:
     sync: bool = True  # stream connection entries to the backup
     sync_interval: float = 0.2  # seconds between sync scans
     sync_rate: int = 20000  # entries per second at most (bounded bandwidth)
-    max_skew: float = 30.0  # accepted clock difference for a peer's first heartbeat
+    max_skew: float = 30.0  # accepted clock difference for a peer's first heartbeat (> 0)
     notify: tuple[str, ...] = ()  # programs run (no shell) on role changes: PROG ROLE OLD INSTANCE
+    script_user: str = DEFAULT_SCRIPT_USER  # notify programs run as this user (the loader's default: global)
+
+    def __post_init__(self) -> None:
+        if self.sync_port is None:
+            object.__setattr__(self, "sync_port", self.heartbeat_port + 1)
+
+
+# The shared heartbeat key when a configuration read from Piranha's lvs.cf or keepalived.conf names
+# none (neither format has one: lb's heartbeats are signed, pulse's and VRRP's were not, or weakly)
+DEFAULT_HA_KEY_FILE = Path("/etc/lb/ha.key")
+
+
+def key_file_warning(key: str) -> str:
+    """The warning of a configuration that names no heartbeat key (``key`` would name it)."""
+    return (f"{key} not given: the heartbeat key is {DEFAULT_HA_KEY_FILE} (lb's heartbeats are signed "
+            f"with a key both directors share: e.g. `head -c 32 /dev/urandom > {DEFAULT_HA_KEY_FILE}; "
+            f"chmod 600 {DEFAULT_HA_KEY_FILE}` on one, copied to the other)")
 
 
 # [bgp] (scale-out): how this director uses its BGP speaker.
@@ -422,6 +471,8 @@ class Config:
     # more than one member unchanged this long loses its most loaded member
     lblc_expiration: int = DEFAULT_LBLC_EXPIRATION
     lblcr_expiration: int = DEFAULT_LBLC_EXPIRATION
+    # the user check, load-monitor and notify programs run as, unless their table names another
+    script_user: str = DEFAULT_SCRIPT_USER
     # the real servers' floating gateway, e.g. 198.18.1.254/24 or 2001:2:0:1::fffe/64: owned by the
     # (active) director in NAT, and in direct routing with [ha] (replies routed through the
     # director); else ignored
@@ -433,6 +484,10 @@ class Config:
     ha: HA | None = None  # None: a single director, always active
     web: Web = field(default_factory=Web)  # the web console ([web])
     bgp: Bgp | None = None  # None: no route announcement ([bgp], lb.bgp)
+    # what the loader accepted but could not carry out as written (a key with no effect, a
+    # mapping that differs from the source format's): `lb check` prints them, `lb run` logs them
+    # at start and at each reload; not part of the configuration's value (compare=False)
+    warnings: tuple[ConfigIssue, ...] = field(default=(), compare=False)
 
     def vip_device(self, vs: VirtualServer) -> str:
         """The interface that carries the VIP of ``vs``."""
@@ -454,10 +509,17 @@ class ConfigIssue:
     message: str
 
     def __str__(self) -> str:
-        where = self.path if self.line is None else f"{self.path}:{self.line}"
         if self.field:
-            return f"{where}: {self.field}: {self.message}"
-        return f"{where}: {self.message}"
+            return f"{self.where}: {self.field}: {self.message}"
+        return f"{self.where}: {self.message}"
+
+    @property
+    def where(self) -> str:
+        return self.path if self.line is None else f"{self.path}:{self.line}"
+
+    def as_warning(self) -> str:
+        """file:line: warning: field: message (a compiler's layout)."""
+        return f"{self.where}: warning: " + (f"{self.field}: {self.message}" if self.field else self.message)
 
 
 class ConfigError(Exception):

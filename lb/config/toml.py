@@ -16,6 +16,7 @@ import enum
 import ipaddress
 import json
 import os
+import pwd
 import re
 import tomllib
 from collections.abc import Callable, Sequence
@@ -34,6 +35,7 @@ from .model import (
     DEFAULT_NETWORK,
     DEFAULT_PROTOCOL,
     DEFAULT_SCHEDULER,
+    DEFAULT_SCRIPT_USER,
     MONITOR_KINDS,
     NETWORKS,
     PORT_RANGE,
@@ -109,7 +111,7 @@ TOP_KEYS: Final = ("global", "tables", "timeouts", "virtual_server", "ha", "web"
 GLOBAL_KEYS: Final = (
     "instance", "public_interface", "private_interface",
     "network", "nat_router", "nat_router_device",
-    "dataplane", "expire_nodest_conn", "lblc_expiration", "lblcr_expiration",
+    "dataplane", "expire_nodest_conn", "lblc_expiration", "lblcr_expiration", "script_user",
 )
 TABLES_KEYS: Final = tuple(TABLE_RANGES)
 TIMEOUTS_KEYS: Final = ("tcp", "tcpfin", "udp")
@@ -320,6 +322,34 @@ def _unicast_problem(addr: IPAddress, *, link_local: bool = False) -> str | None
     return None
 
 
+USER_RE: Final = re.compile(r"[a-z_][a-z0-9_.-]{0,31}", re.IGNORECASE)
+
+
+def _user_problem(name: str) -> str | None:
+    """Why ``name`` cannot be script_user: not a user name, or no such account here."""
+    if not USER_RE.fullmatch(name):
+        return f"{name!r} is not a user name"
+    try:
+        pwd.getpwnam(name)
+    except KeyError:
+        return (f"no user '{name}' on this machine (programs run as an existing account; "
+                f"\"root\" only where they need it)")
+    return None
+
+
+def _request_problem(what: str) -> Callable[[str], str | None]:
+    """An HTTP check's path or Host header: a space or a control character (CR, LF) would split
+    the request line or inject a header, so neither is taken."""
+
+    def problem(value: str) -> str | None:
+        bad = next((c for c in value if c.isspace() or ord(c) < 0x20 or ord(c) == 0x7F), None)
+        if bad is not None:
+            return f"the {what} must not contain {bad!r} (no spaces or control characters)"
+        return None
+
+    return problem
+
+
 def _is_ipv4(text: str) -> bool:
     try:
         IPv4Address(text)
@@ -338,6 +368,10 @@ class Positions:
     def where(self, path: FieldPath) -> tuple[int | None, str]:
         """(line or None, field name) of ``path``, e.g. ("virtual_server", 0, "port")."""
         raise NotImplementedError
+
+    def file(self, path: FieldPath) -> str | None:
+        """The file ``path`` is written in, when not the one being loaded (an included file)."""
+        return None
 
 
 class TomlPositions(Positions):
@@ -364,7 +398,7 @@ class _Checker:
 
     def error(self, path: FieldPath, message: str) -> _Invalid:
         line, name = self.positions.where(path)
-        self.issues.append(ConfigIssue(self.display, line, name, message))
+        self.issues.append(ConfigIssue(self.positions.file(path) or self.display, line, name, message))
         return INVALID
 
 
@@ -830,7 +864,7 @@ def _check_port_group(g: _Table) -> PortGroup | _Invalid:
     return PortGroup(address, protocol, rng[0], rng[1])
 
 
-def _check_fwmark_virtual(vs: _Table, name: str | None | _Invalid) -> _VirtualDraft:
+def _check_fwmark_virtual(vs: _Table, name: str | None | _Invalid, user: str) -> _VirtualDraft:
     """A firewall-mark service: fwmark plus port groups instead of address/port/protocol."""
     fwmark = vs.integer("fwmark", FWMARK_RANGE, required=True)
     for k in ("address", "port", "protocol"):
@@ -876,8 +910,8 @@ def _check_fwmark_virtual(vs: _Table, name: str | None | _Invalid) -> _VirtualDr
         draft.fwmark = INVALID
     draft.sorry = _check_sorry(vs, ref_addr, True)
     draft.quiesce_server = vs.boolean("quiesce_server", False)
-    draft.load_monitor = _check_load_monitor(vs)
-    draft.monitor = _check_monitor(vs)
+    draft.load_monitor = _check_load_monitor(vs, user)
+    draft.monitor = _check_monitor(vs, user)
     vs_name = name if isinstance(name, str) else None
     for rs in vs.tables("real_server"):
         if isinstance(rs, _Invalid):
@@ -891,10 +925,11 @@ def _check_fwmark_virtual(vs: _Table, name: str | None | _Invalid) -> _VirtualDr
     return draft
 
 
-def _check_virtual(vs: _Table) -> _VirtualDraft:
+def _check_virtual(vs: _Table, user: str) -> _VirtualDraft:
+    """One [[virtual_server]]; ``user``: the global script_user its monitors default to."""
     name = vs.name("name", required=True)
     if "fwmark" in vs.data:
-        return _check_fwmark_virtual(vs, name)
+        return _check_fwmark_virtual(vs, name, user)
     if "port_group" in vs.data:
         vs.chk.error(vs.at("port_group"), "port groups belong to a firewall-mark service: set fwmark")
     address = vs.address("address")
@@ -915,8 +950,8 @@ def _check_virtual(vs: _Table) -> _VirtualDraft:
     draft.mh_size = _check_mh_size(vs, draft.scheduler)
     draft.sorry = _check_sorry(vs, vip, False)
     draft.quiesce_server = vs.boolean("quiesce_server", False)
-    draft.load_monitor = _check_load_monitor(vs)
-    draft.monitor = _check_monitor(vs)
+    draft.load_monitor = _check_load_monitor(vs, user)
+    draft.monitor = _check_monitor(vs, user)
     vs_name = name if isinstance(name, str) else None
     for rs in vs.tables("real_server"):
         draft.reals.append(rs if isinstance(rs, _Invalid) else _check_real(rs, vip, vs_name))
@@ -938,15 +973,28 @@ def _seconds(m: _Table, key: str, default: float) -> float | _Invalid:
     return float(value)
 
 
-def _check_monitor(vs: _Table) -> Monitor | _Invalid:
+def _script_user(t: _Table, default: str) -> str | _Invalid:
+    value = t._text("script_user", _user_problem, False)
+    return default if value is None else value
+
+
+def _check_monitor(vs: _Table, user: str) -> Monitor | _Invalid:
     m = vs.table("monitor")
     if isinstance(m, _Invalid):
         return m
     d = Monitor()
     keep = _Keep()
     kind = keep(m.choice("kind", MONITOR_KINDS, d.kind, "monitor kind"))
-    strings = {k: keep(m.string(k)) for k in ("send", "expect", "path", "program")}
-    host = keep(m.string("host"))
+    strings = {k: keep(m.string(k)) for k in ("send", "expect", "program", "digest")}
+    if isinstance(strings["digest"], str) and strings["digest"]:
+        if not re.fullmatch(r"[0-9A-Fa-f]{32}", strings["digest"]):
+            strings["digest"] = keep(m.chk.error(m.at("digest"), "expected the body's MD5 digest: 32 hexadecimal "
+                                                                 "digits (as keepalived's genhash prints it)"))
+        else:
+            strings["digest"] = strings["digest"].lower()
+    strings["path"] = keep(m._text("path", _request_problem("path"), False))
+    host = keep(m._text("host", _request_problem("Host header"), False))
+    script_user = keep(_script_user(m, user))
     body_regex = keep(m.string("body_regex"))
     use_regex = keep(m.boolean("use_regex", d.use_regex))
     tls_verify = keep(m.boolean("tls_verify", d.tls_verify))
@@ -972,17 +1020,18 @@ def _check_monitor(vs: _Table) -> Monitor | _Invalid:
                 keep(m.chk.error(m.at(rx_key), f"not a usable regular expression: {e}"))
     if kind == "program" and not strings["program"]:
         keep(m.chk.error(m.at("program"), "a program monitor needs `program` (argv with %h and %p)"))
-    if isinstance(times["interval"], float) and times["interval"] <= 0:
-        keep(m.chk.error(m.at("interval"), "must be more than 0 seconds"))
+    for key in ("interval", "connect_timeout"):
+        if isinstance(times[key], float) and times[key] <= 0:
+            keep(m.chk.error(m.at(key), "must be more than 0 seconds"))
     if keep.bad:
         return INVALID
     return Monitor(kind=kind, send=strings["send"] or "", expect=strings["expect"] or "", use_regex=use_regex,
                    path=strings["path"] or d.path, host=host, status=status, body_regex=body_regex,
-                   tls_verify=tls_verify, program=strings["program"] or "", port=port, quiesce=quiesce,
-                   **times)
+                   digest=strings["digest"] or "", tls_verify=tls_verify, program=strings["program"] or "",
+                   port=port, quiesce=quiesce, script_user=script_user, **times)
 
 
-def _check_load_monitor(vs: _Table) -> LoadMonitor | None | _Invalid:
+def _check_load_monitor(vs: _Table, user: str) -> LoadMonitor | None | _Invalid:
     """[virtual_server.load_monitor]: absent means the configured weights stay as they are."""
     if "load_monitor" not in vs.data:
         return None
@@ -999,6 +1048,7 @@ def _check_load_monitor(vs: _Table) -> LoadMonitor | None | _Invalid:
     interval = _seconds(m, "interval", d.interval)
     timeout = _seconds(m, "timeout", d.timeout)
     min_weight = m.integer("min_weight", WEIGHT_RANGE, default=d.min_weight)
+    script_user = _script_user(m, user)
     if kind == "agent" and port is None:
         port = m.chk.error(m.at("port"), "an agent load monitor needs `port` (the agent's TCP port on "
                                          "each real server)")
@@ -1008,11 +1058,11 @@ def _check_load_monitor(vs: _Table) -> LoadMonitor | None | _Invalid:
         interval = m.chk.error(m.at("interval"), "must be more than 0 seconds")
     if isinstance(timeout, float) and timeout <= 0:
         timeout = m.chk.error(m.at("timeout"), "must be more than 0 seconds")
-    values = (kind, port, program, interval, timeout, min_weight)
+    values = (kind, port, program, interval, timeout, min_weight, script_user)
     if any(isinstance(v, _Invalid) for v in values):
         return INVALID
     return LoadMonitor(kind=kind, port=port, program=program or "", interval=interval, timeout=timeout,
-                       min_weight=min_weight)
+                       min_weight=min_weight, script_user=script_user)
 
 
 # --- cross-field checks ----------------------------------------------------------
@@ -1177,8 +1227,9 @@ def _check_counts(
 _HA_DEFAULTS: Final = {f.name: f.default for f in dataclasses.fields(HA) if f.default is not dataclasses.MISSING}
 
 
-def _check_ha(top: _Table, base: Path | None) -> HA | None | _Invalid:
-    """[ha]: two directors (pulse).  Absent: one director, always active."""
+def _check_ha(top: _Table, base: Path | None, user: str) -> HA | None | _Invalid:
+    """[ha]: two directors (pulse).  Absent: one director, always active.  ``user``: the global
+    script_user its notify programs default to."""
     if "ha" not in top.data:
         return None
     h = top.table("ha")
@@ -1211,6 +1262,16 @@ def _check_ha(top: _Table, base: Path | None) -> HA | None | _Invalid:
             key_file = kf
     d = _HA_DEFAULTS
     port = keep(h.integer("heartbeat_port", PORT_RANGE, default=d["heartbeat_port"]))
+    sync_port = keep(h.integer("sync_port", PORT_RANGE))
+    if sync_port is None and isinstance(port, int):
+        if port == PORT_RANGE[1]:
+            sync_port = keep(h.chk.error(h.at("heartbeat_port"), f"{port} leaves no port for the default "
+                                                                 f"sync_port (heartbeat_port + 1): set sync_port"))
+        else:
+            sync_port = port + 1
+    elif isinstance(sync_port, int) and sync_port == port:
+        sync_port = keep(h.chk.error(h.at("sync_port"), f"must differ from heartbeat_port ({port}): "
+                                                        f"heartbeats have a socket of their own"))
     keepalive = keep(_seconds(h, "keepalive", d["keepalive"]))
     deadtime = keep(_seconds(h, "deadtime", d["deadtime"]))
     if isinstance(keepalive, float) and keepalive < 0.01:
@@ -1222,6 +1283,10 @@ def _check_ha(top: _Table, base: Path | None) -> HA | None | _Invalid:
     values = {key: keep(h.boolean(key, d[key])) for key in ("preempt", "monitor_links", "sync")}
     values.update({key: keep(_seconds(h, key, d[key]))
                    for key in ("garp_interval", "garp_refresh", "sync_interval", "max_skew")})
+    for key in ("sync_interval", "max_skew"):
+        if isinstance(values[key], float) and values[key] <= 0:
+            values[key] = keep(h.chk.error(h.at(key), "must be more than 0 seconds"))
+    script_user = keep(_script_user(h, user))
     notify = h.data.get("notify", [])
     if isinstance(notify, str):
         notify = [notify]
@@ -1231,8 +1296,9 @@ def _check_ha(top: _Table, base: Path | None) -> HA | None | _Invalid:
     if keep.bad:
         return INVALID
     return HA(primary=primary, backup=backup, key_file=key_file, primary_private=primary_private,
-              backup_private=backup_private, heartbeat_port=port, keepalive=keepalive, deadtime=deadtime,
-              garp_count=garp_count, sync_rate=sync_rate, notify=tuple(notify), **values)
+              backup_private=backup_private, heartbeat_port=port, sync_port=sync_port, keepalive=keepalive,
+              deadtime=deadtime, garp_count=garp_count, sync_rate=sync_rate, notify=tuple(notify),
+              script_user=script_user, **values)
 
 
 def _check_web(top: _Table, base: Path | None) -> Web | _Invalid:
@@ -1500,10 +1566,12 @@ def _check_sizes(chk: _Checker, doc: dict[str, Any]) -> None:
                     stack.append((path + (key,), item, depth + 1))
 
 
-def validate(doc: dict[str, Any], display: str, positions: Positions, path: Path | None = None) -> Config:
+def validate(doc: dict[str, Any], display: str, positions: Positions, path: Path | None = None,
+             warnings: Sequence[ConfigIssue] = ()) -> Config:
     """Check a document shaped as tomllib returns it and build the Config; ConfigError lists every
     problem, each at the line and field ``positions`` gives for its path.  ``path``: the file
-    (Config.path; relative key_file and password_file are relative to it)."""
+    (Config.path; relative key_file and password_file are relative to it).  ``warnings``: what the
+    reader that built the document accepted without carrying it out (Config.warnings)."""
     chk = _Checker(display, positions)
     _check_sizes(chk, doc)
     if chk.issues:
@@ -1531,6 +1599,9 @@ def validate(doc: dict[str, Any], display: str, positions: Positions, path: Path
     lblcr_expiration = g.integer("lblcr_expiration", EXPIRATION_RANGE, default=DEFAULT_LBLC_EXPIRATION)
     nat_router = _check_nat_router(g)
     nat_router_device = g.ifname("nat_router_device")
+    script_user = _script_user(g, DEFAULT_SCRIPT_USER)
+    # monitors and [ha] default to it (to the default when it is itself wrong: reported already)
+    user = script_user if isinstance(script_user, str) else DEFAULT_SCRIPT_USER
     if network == "nat":
         if private_interface is None:
             chk.error(g.at("private_interface"), 'required when network = "nat"')
@@ -1552,7 +1623,7 @@ def validate(doc: dict[str, Any], display: str, positions: Positions, path: Path
         )
 
     drafts: list[_VirtualDraft | _Invalid] = [
-        vs if isinstance(vs, _Invalid) else _check_virtual(vs)
+        vs if isinstance(vs, _Invalid) else _check_virtual(vs, user)
         for vs in top.tables("virtual_server")
     ]
     for vs in drafts:
@@ -1563,7 +1634,7 @@ def validate(doc: dict[str, Any], display: str, positions: Positions, path: Path
         chk, drafts, table_values["services"], table_values["reals_per_service"], table_values["real_servers"]
     )
 
-    ha = _check_ha(top, path)
+    ha = _check_ha(top, path, user)
     web = _check_web(top, path)
     bgp = _check_bgp(top, drafts, network, dataplane)
 
@@ -1583,6 +1654,7 @@ def validate(doc: dict[str, Any], display: str, positions: Positions, path: Path
         expire_nodest_conn=_valid(expire_nodest_conn),
         lblc_expiration=_valid_int(lblc_expiration),
         lblcr_expiration=_valid_int(lblcr_expiration),
+        script_user=_valid(script_user),
         nat_router=_valid(nat_router),
         nat_router_device=_valid(nat_router_device),
         tables=Tables(**{k: _valid_int(v) for k, v in table_values.items()}),
@@ -1591,4 +1663,5 @@ def validate(doc: dict[str, Any], display: str, positions: Positions, path: Path
         ha=_valid(ha),
         web=_valid(web),
         bgp=_valid(bgp),
+        warnings=tuple(warnings),
     )

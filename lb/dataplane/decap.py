@@ -8,15 +8,16 @@ from __future__ import annotations
 import ctypes
 import ipaddress
 import logging
-from pathlib import Path
 
 from pyroute2 import IPRoute
 
-from .xdp import XDP_FLAGS_DRV_MODE, XDP_FLAGS_SKB_MODE, DataplaneError, attach_xdp
+from .attach import MODES, attach_xdp, detach_xdp
+from .errors import DataplaneError
+from .layout import BPF_DIR
 
 log = logging.getLogger("lb.decap")
 
-SOURCE = Path(__file__).resolve().parents[2] / "bpf" / "lb_decap.c"
+SOURCE = BPF_DIR / "lb_decap.c"
 
 
 class DecapError(Exception):
@@ -69,13 +70,11 @@ def attach(ifname: str, addresses=(), mode: str = "native") -> tuple[str, list]:
 
 
 def detach(ifname: str) -> None:
-    from bcc import BPF
-
     with IPRoute() as ipr:
         if not ipr.link_lookup(ifname=ifname):
             raise DecapError(f"interface {ifname} does not exist")
-    for flags in (XDP_FLAGS_DRV_MODE, XDP_FLAGS_SKB_MODE):
+    for _mode, flags in MODES:
         try:
-            BPF.remove_xdp(ifname.encode(), flags)
+            detach_xdp(ifname, flags)
         except Exception as e:
             log.debug("remove_xdp %s flags %d: %s", ifname, flags, e)

@@ -46,11 +46,13 @@ from dataclasses import dataclass
 from pyroute2.netlink import NLM_F_ACK, NLM_F_DUMP, NLM_F_REQUEST, genlmsg, nla
 from pyroute2.netlink.exceptions import NetlinkError
 
-from lb.listing import ConnRow, RealRow, ServiceRow, Stats
+from lb.config.model import IPVSADM_FORWARD
 
+from .base import Dataplane
+from .errors import DataplaneError
 from .nft import MarkRules, NftError, ruleset_text
+from .records import ConnRow, RealRow, ServiceRow, Stats
 from .spec import RealSpec, ServiceSpec, TableSpec
-from .xdp import DataplaneError
 
 log = logging.getLogger("lb.dataplane.ipvs")
 
@@ -68,11 +70,13 @@ IP_VS_CONN_F_MASQ = 0
 IP_VS_CONN_F_LOCALNODE = 1
 IP_VS_CONN_F_TUNNEL = 2
 IP_VS_CONN_F_DROUTE = 3
-FWD_METHODS = {"nat": IP_VS_CONN_F_MASQ, "masq": IP_VS_CONN_F_MASQ, "dr": IP_VS_CONN_F_DROUTE,
-               "route": IP_VS_CONN_F_DROUTE, "tunnel": IP_VS_CONN_F_TUNNEL, "tun": IP_VS_CONN_F_TUNNEL,
+# the kernel's method of each forward mode (lb.config.model.FORWARD_MODES, plus "local", which
+# lb never configures but may find in the kernel's table), and back
+FWD_METHODS = {"nat": IP_VS_CONN_F_MASQ, "dr": IP_VS_CONN_F_DROUTE, "tunnel": IP_VS_CONN_F_TUNNEL,
                "local": IP_VS_CONN_F_LOCALNODE}
-FORWARD_NAMES = {IP_VS_CONN_F_MASQ: "Masq", IP_VS_CONN_F_LOCALNODE: "Local",
-                 IP_VS_CONN_F_TUNNEL: "Tunnel", IP_VS_CONN_F_DROUTE: "Route"}
+FORWARD_MODE = {fwd: mode for mode, fwd in FWD_METHODS.items()}
+# ipvsadm's names of the methods (the listing's Forward column)
+FORWARD_NAMES = {FWD_METHODS[mode]: name for mode, name in IPVSADM_FORWARD.items()} | {IP_VS_CONN_F_LOCALNODE: "Local"}
 IP_VS_SVC_F_PERSISTENT = 0x0001
 IP_VS_SVC_F_HASHED = 0x0002
 IP_VS_SVC_F_ONEPACKET = 0x0004
@@ -109,7 +113,7 @@ _FLAG_BITS = {"sh-fallback": IP_VS_SVC_F_SCHED1, "mh-fallback": IP_VS_SVC_F_SCHE
 
 def _svc_flags(spec: ServiceSpec) -> int:
     flags = IP_VS_SVC_F_PERSISTENT if spec.persistent else 0
-    for name in getattr(spec, "sched_flags", ()):
+    for name in spec.sched_flags:
         flags |= _FLAG_BITS.get(name, 0)
     return flags
 
@@ -119,7 +123,7 @@ def _is_v6(spec: ServiceSpec) -> bool:
     groups' addresses are)."""
     if spec.address is not None:
         return spec.address.version == 6
-    return any(g.address.version == 6 for g in getattr(spec, "groups", ()))
+    return any(g.address.version == 6 for g in spec.groups)
 
 
 def _mask(pmask, v6: bool) -> str | int:
@@ -184,6 +188,11 @@ class KDest:
     @property
     def key(self):
         return (self.address, self.port)
+
+    def spec(self, weight: int | None = None) -> RealSpec:
+        """This destination as a RealSpec (for the kernel's writes), at `weight` if given."""
+        return RealSpec(self.address, self.port, self.weight if weight is None else weight,
+                        FORWARD_MODE.get(self.fwd, "dr"), self.u_thresh, self.l_thresh)
 
 
 @dataclass
@@ -410,8 +419,7 @@ class Kernel:
         from pyroute2 import IPVSDest
 
         return IPVSDest(addr=str(r.address), port=r.port, fwd_method=FWD_METHODS[r.forward],
-                        weight=r.weight, u_thresh=getattr(r, "u_threshold", 0),
-                        l_thresh=getattr(r, "l_threshold", 0))
+                        weight=r.weight, u_thresh=r.u_threshold, l_thresh=r.l_threshold)
 
     def _do(self, what: str, fn, *args, **kw) -> None:
         try:
@@ -532,16 +540,14 @@ def _spec_of(ks: KService) -> ServiceSpec:
     if address is None:          # a firewall-mark service: the unspecified address carries its family
         address = ipaddress.IPv6Address(0) if v6 else ipaddress.IPv4Address(0)
     return ServiceSpec(PROTO_NAMES.get(ks.protocol, "?").lower(), address, ks.port, ks.sched,
-                       tuple(RealSpec(d.address, d.port, d.weight, _fwd_key(d.fwd), d.u_thresh, d.l_thresh)
-                             for d in ks.dests),
+                       tuple(d.spec() for d in ks.dests),
                        persistent=ks.timeout if persist else 0,
                        pmask=(ks.netmask if ks.netmask not in (None, host) else None) if persist else None,
                        fwmark=ks.fwmark, sched_flags=_sched_flag_names(ks.sched, ks.flags))
 
 
-class IpvsDataplane:
-    """Kernel IPVS behind the XdpDataplane interface (load, apply, attach, detach_all, unpin,
-    close, sweep, refresh_nexthops, estimate, finish_drains, draining, adopted, created)."""
+class IpvsDataplane(Dataplane):
+    """Kernel IPVS behind the Dataplane interface (lb/dataplane/base.py)."""
 
     kind = "ipvs"
 
@@ -672,8 +678,21 @@ class IpvsDataplane:
                         "ipvs data plane lc/wlc keep counting existing connections")
         return 0
 
+    def sched_base_pending(self) -> bool:
+        return False
+
     def refresh_sched_base(self, rids=None) -> int:
         return 0
+
+    # ---- reading: the kernel's table, as ipvsadm reads it ----
+    def read_services(self) -> list:
+        return read_services(self.netns)
+
+    def read_connections(self) -> list:
+        return read_connections()
+
+    def counters(self) -> dict[str, int]:
+        return {}                   # the kernel keeps no per-reason drop counters for IPVS
 
     # ---- HA connection sync: IPVS's own sync daemon (lb/ha/sync.py is for XDP) ----
     def start_sync(self, role: str, ifname: str, syncid: int) -> None:
@@ -785,11 +804,11 @@ class IpvsDataplane:
                              rkey[0], rkey[1], name, d.active + d.inactive)
                     self.draining.add((spec.key, rkey))
                 if d.weight != 0:
-                    k.set_dest(spec, RealSpec(d.address, d.port, 0, _fwd_key(d.fwd), d.u_thresh, d.l_thresh))
+                    k.set_dest(spec, d.spec(weight=0))
                     self.writes += 1
                 continue
             self.draining.discard((spec.key, rkey))
-            k.del_dest(spec, RealSpec(d.address, d.port, d.weight, _fwd_key(d.fwd)))
+            k.del_dest(spec, d.spec())
             self.writes += 1
             log.info("removed real server %s:%d from %s", rkey[0], rkey[1], name)
         # updates
@@ -797,9 +816,8 @@ class IpvsDataplane:
             r = wanted.get(rkey)
             if r is None:
                 continue
-            if (d.weight, d.fwd, d.u_thresh, d.l_thresh) != (r.weight, FWD_METHODS[r.forward],
-                                                             getattr(r, "u_threshold", 0),
-                                                             getattr(r, "l_threshold", 0)):
+            if (d.weight, d.fwd, d.u_thresh, d.l_thresh) != (r.weight, FWD_METHODS[r.forward], r.u_threshold,
+                                                             r.l_threshold):
                 k.set_dest(spec, r)
                 self.writes += 1
                 log.info("real server %s:%d of %s: weight %d -> %d, %s", rkey[0], rkey[1], name, d.weight,
@@ -879,15 +897,10 @@ class IpvsDataplane:
                 self.draining.discard((skey, rkey))
                 done += 1
                 if d is not None:
-                    k.del_dest(_spec_of(ks), RealSpec(d.address, d.port, d.weight, _fwd_key(d.fwd)))
+                    k.del_dest(_spec_of(ks), d.spec())
                     self.writes += 1
                     log.info("drained real server %s:%d removed from %s", rkey[0], rkey[1], _svc_name(skey))
         return done
-
-
-def _fwd_key(fwd: int) -> str:
-    return {IP_VS_CONN_F_MASQ: "nat", IP_VS_CONN_F_DROUTE: "dr", IP_VS_CONN_F_TUNNEL: "tunnel",
-            IP_VS_CONN_F_LOCALNODE: "local"}.get(fwd, "dr")
 
 
 def _svc_name(key) -> str:

@@ -1,78 +1,229 @@
-"""Byte layouts of the BPF maps: a mirror of bpf/lb_structs.h and bpf/lb_consts.h.
+"""Byte layouts and ids of the BPF maps, from bpf/lb_consts.h and bpf/lb_structs.h.
 
-tests/test_layout.py checks every size and field offset against the structs bcc compiles.
+The C headers are the one source.  Every id, flag and count below is read from lb_consts.h at
+import (its integer #defines and enums), never written here.  The structs are described field
+by field (Layout) because Python packs them by position; tests/test_layout.py holds every
+Layout to the header: the same field names, offsets and sizes as gcc compiles lb_structs.h
+(which cext/bpfbatch.c includes) and as bcc compiles the maps of bpf/lb.c.
 """
 from __future__ import annotations
 
+import ast
 import ipaddress
+import operator
+import re
 import struct
 from dataclasses import dataclass
+from pathlib import Path
 
-# lb_consts.h
-LB_NONE = 0xFFFFFFFF
-POS_HEAD = 0xFFFFFFFF
-AF_INET, AF_INET6 = 4, 6
-FWD_NAT, FWD_LOCAL, FWD_TUNNEL, FWD_DR = 0, 1, 2, 3
+BPF_DIR = Path(__file__).resolve().parents[2] / "bpf"
+
+
+# ---- lb_consts.h ----
+
+_BINOPS = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul,
+           ast.Div: operator.floordiv, ast.Mod: operator.mod, ast.LShift: operator.lshift,
+           ast.RShift: operator.rshift, ast.BitOr: operator.or_, ast.BitAnd: operator.and_,
+           ast.BitXor: operator.xor}
+_UNOPS = {ast.USub: operator.neg, ast.UAdd: operator.pos}
+
+
+def _c_int(expr: str, known: dict[str, int]) -> int | None:
+    """The value of a C integer constant expression made of numbers, names in `known` and
+    + - * / % << >> | & ^ (no casts); None for anything else (strings, unknown names)."""
+    text = re.sub(r"\b(0[xX][0-9a-fA-F]+|[0-9]+)[uUlL]+\b", r"\1", expr.strip())
+
+    def ev(node):
+        if isinstance(node, ast.Constant) and type(node.value) is int:
+            return node.value
+        if isinstance(node, ast.Name) and node.id in known:
+            return known[node.id]
+        if isinstance(node, ast.BinOp) and type(node.op) in _BINOPS:
+            return _BINOPS[type(node.op)](ev(node.left), ev(node.right))
+        if isinstance(node, ast.UnaryOp) and type(node.op) in _UNOPS:
+            return _UNOPS[type(node.op)](ev(node.operand))
+        raise ValueError(expr)
+
+    try:
+        return ev(ast.parse(text, mode="eval").body)
+    except (SyntaxError, ValueError):
+        return None
+
+
+def read_consts(path: Path) -> tuple[dict[str, int], dict[str, dict[str, int]]]:
+    """A header's integer #defines (for `#ifndef X / #define X v`, the default v) and its enums
+    ({enum name: {member: value}}; members are also in the first dict)."""
+    text = re.sub(r"/\*.*?\*/", " ", path.read_text(), flags=re.S)
+    text = re.sub(r"//[^\n]*", "", text).replace("\\\n", " ")
+    consts: dict[str, int] = {}
+    enums: dict[str, dict[str, int]] = {}
+    pos = 0
+    for m in re.finditer(r"^[ \t]*#[ \t]*define[ \t]+(\w+)[ \t]+([^\n]+)$|\benum[ \t]+(\w+)\s*\{([^}]*)\}",
+                         text, re.M):
+        if m.group(1):
+            value = _c_int(m.group(2), consts)
+            if value is not None:
+                consts[m.group(1)] = value
+            continue
+        members: dict[str, int] = {}
+        for item in (i.strip() for i in m.group(4).split(",")):
+            if not item:
+                continue
+            name, eq, expr = (x.strip() for x in item.partition("="))
+            value = _c_int(expr, consts) if eq else pos
+            if value is None:
+                raise ValueError(f"{path}: enum {m.group(3)}: cannot read the value of {name}")
+            members[name] = consts[name] = value
+            pos = value + 1
+        enums[m.group(3)] = members
+    return consts, enums
+
+
+C, ENUMS = read_consts(BPF_DIR / "lb_consts.h")
+
+
+def _prefixed(prefix: str, skip: tuple[str, ...] = ()) -> dict[str, int]:
+    """lb_consts.h's names starting with prefix (prefix dropped), in value order"""
+    out = {k[len(prefix):]: v for k, v in C.items() if k.startswith(prefix) and k not in skip}
+    return dict(sorted(out.items(), key=lambda kv: kv[1]))
+
+
+LB_NONE = C["LB_NONE"]
+POS_HEAD = C["LB_POS_HEAD"]
+AF_INET, AF_INET6 = C["LB_AF_INET"], C["LB_AF_INET6"]
+FWD_NAT, FWD_LOCAL, FWD_TUNNEL, FWD_DR = C["LB_FWD_NAT"], C["LB_FWD_LOCAL"], C["LB_FWD_TUNNEL"], C["LB_FWD_DR"]
 FORWARD_NAMES = {FWD_NAT: "Masq", FWD_LOCAL: "Local", FWD_TUNNEL: "Tunnel", FWD_DR: "Route"}
 FORWARDS = {"nat": FWD_NAT, "dr": FWD_DR, "tunnel": FWD_TUNNEL}    # RealSpec.forward -> lb_real.fwd
 FORWARD_OF = {v: k for k, v in FORWARDS.items()}
-REAL_F_OVERLOAD = 0x1
-REAL_F_NO_NEXTHOP = 0x2
-REAL_F_DRAINING = 0x4        # removed from the config, draining: its templates are invalid
-SVC_F_SCHED_FALLBACK, SVC_F_SCHED_PORT = 0x1, 0x2   # lb_svc.flags (IP_VS_SVC_F_SCHED1/2)
-SVC_F_SLOPPY = 0x4           # lb_sloppy.h: a TCP packet without an entry is scheduled too (active-active)
+REAL_F_OVERLOAD = C["LB_REAL_F_OVERLOAD"]
+REAL_F_NO_NEXTHOP = C["LB_REAL_F_NO_NEXTHOP"]
+REAL_F_DRAINING = C["LB_REAL_F_DRAINING"]   # removed from the config, draining: its templates are invalid
+SVC_F_SCHED_FALLBACK, SVC_F_SCHED_PORT = C["LB_SVC_F_SCHED_FALLBACK"], C["LB_SVC_F_SCHED_PORT"]
+SVC_F_SLOPPY = C["LB_SVC_F_SLOPPY"]   # lb_sloppy.h: a TCP packet without an entry is scheduled too (active-active)
 # scheduler flag name -> (scheduler, lb_svc.flags bit), as ipvsadm spells them
 SCHED_FLAGS = {"sh-fallback": ("sh", SVC_F_SCHED_FALLBACK), "sh-port": ("sh", SVC_F_SCHED_PORT),
                "mh-fallback": ("mh", SVC_F_SCHED_FALLBACK), "mh-port": ("mh", SVC_F_SCHED_PORT)}
-FWM_RANGES = 16              # LB_FWM_RANGES: port ranges per (VIP, protocol)
-G_FWM_KEYS, G_EXPIRE_NODEST, N_GLOBALS = 0, 1, 8     # lb_globals
-G_LBLCR_EXPIRATION = 2       # lb_globals: lblcr_expiration, seconds
-CONN_F_INACTIVE, CONN_F_OUT, CONN_F_PERSIST = 0x1, 0x2, 0x4
+FWM_RANGES = C["LB_FWM_RANGES"]             # port ranges per (VIP, protocol)
+G_FWM_KEYS, G_EXPIRE_NODEST, G_LBLCR_EXPIRATION = C["LB_G_FWM_KEYS"], C["LB_G_EXPIRE_NODEST"], C["LB_G_LBLCR_EXPIRATION"]
+N_GLOBALS = C["LB_GLOBALS"]                 # lb_globals entries
+LBLCR_EXPIRATION_DEFAULT = C["LB_LBLCR_EXPIRATION_DEFAULT"]   # BPF's lblcr_expiration while the global is 0
+CONN_F_INACTIVE, CONN_F_OUT, CONN_F_PERSIST = C["LB_CONN_F_INACTIVE"], C["LB_CONN_F_OUT"], C["LB_CONN_F_PERSIST"]
 
-# scheduler name -> LB_SCHED_* (also the tail-call slot LB_PROG_SCHED_BASE + value)
-SCHEDULERS = {"rr": 0, "wrr": 1, "wlc": 2, "lc": 3, "sed": 4, "nq": 5, "fo": 6, "ovf": 7,
-              "dh": 8, "sh": 9, "mh": 10, "lblc": 11, "lblcr": 12, "twos": 13}
+# scheduler name -> LB_SCHED_* (also the tail-call slot LB_PROG_SCHED_BASE + value), id order
+SCHEDULERS = {name.lower(): v for name, v in sorted(
+    ((k.removeprefix("LB_SCHED_"), v) for k, v in ENUMS["lb_sched_id"].items()), key=lambda kv: kv[1])}
 # schedulers with an entry per (service, destination address) in lb_lblc / lb_lblcr
 LBLC_SCHEDULERS = ("lblc", "lblcr")
-LBLCR_SET_SIZE = 8           # LB_LBLCR_SET_SIZE: members of an lblcr server set
-# schedulers whose service has a lb_sched_buckets entry (256 list positions, lb_sched.h)
+LBLCR_SET_SIZE = C["LB_LBLCR_SET_SIZE"]     # members of an lblcr server set
+# schedulers whose service has a lb_sched_buckets entry (LB_SCHED_BUCKETS list positions)
 BUCKET_SCHEDULERS = ("dh", "sh")
 SCHEDULER_NAMES = {v: k for k, v in SCHEDULERS.items()}
-PROG_NEW_CONN = 0
-PROG_SCHED_BASE = 1
-PROG_MAX = 16
-PROG_PERSIST = PROG_MAX - 1
+PROG_NEW_CONN = C["LB_PROG_NEW_CONN"]
+PROG_SCHED_BASE = C["LB_PROG_SCHED_BASE"]
+PROG_MAX = C["LB_PROG_MAX"]
+PROG_PERSIST = C["LB_PROG_PERSIST"]
 
-TCP_STATES = ["NONE", "ESTABLISHED", "SYN_SENT", "SYN_RECV", "FIN_WAIT", "TIME_WAIT", "CLOSE",
-              "CLOSE_WAIT", "LAST_ACK", "LISTEN", "SYNACK"]
-TCP_S = {name: i for i, name in enumerate(TCP_STATES)}
-UDP_S_NORMAL = 11
-N_TIMEOUTS = 12
+# ipvsadm's state names are the C names: LB_TCP_S_<NAME>, numbered as IP_VS_TCP_S_*
+TCP_S = _prefixed("LB_TCP_S_", skip=("LB_TCP_S_LAST",))
+TCP_STATES = list(TCP_S)
+UDP_S_NORMAL = C["LB_UDP_S_NORMAL"]
+N_TIMEOUTS = C["LB_TIMEOUTS"]
+FSM_SIZE = C["LB_FSM_SIZE"]                 # lb_tcp_fsm entries
 
-COUNTER_NAMES = ["no_real_server", "tcp_not_syn", "fragment", "real_server_gone", "conn_table_full",
-                 "tail_call_failed", "tunnel_too_big"]
+# lb_counters index (LB_CNT_*) -> the name `lb status` and the API show
+_COUNTER_NAMES = {"NO_REAL": "no_real_server", "NOT_SYN": "tcp_not_syn", "FRAGMENT": "fragment",
+                  "BAD_REAL": "real_server_gone", "CONN_FULL": "conn_table_full",
+                  "TAIL_CALL": "tail_call_failed", "TOO_BIG": "tunnel_too_big"}
+_CNT = _prefixed("LB_CNT_", skip=("LB_CNT_MAX",))
+COUNTER_NAMES = [_COUNTER_NAMES.get(k, k.lower()) for k in _CNT]
 
-# lb_structs.h
-SVC_KEY = struct.Struct("=16s2sBB")                 # lb_svc_key
-SVC = struct.Struct("=16s2sBB8I16s")                # lb_svc
-SCHED_STATE = struct.Struct("=Ii")                  # lb_sched_state
-DEST = struct.Struct("=3I")                         # lb_dest
-REAL = struct.Struct("=16s2sBBIII6s6sIIII16sI")     # lb_real
-REAL_CONNS = struct.Struct("=IIII")                 # lb_real_conns: active, inactive, persist, pad
-PERSIST_KEY = struct.Struct("=16s16s2sBBI")          # lb_persist_key
-PERSIST = struct.Struct("=QII")                     # lb_persist
-CONN_KEY = struct.Struct("=16s16s2s2sBBBB")         # lb_conn_key
-CONN = struct.Struct("=QIIIIBB2s6s6s16s2s6s")       # lb_conn
-STATS = struct.Struct("=5Q")                        # lb_stats
-RATES = struct.Struct("=5Q")                        # lb_rates: cps, inpps, outpps, inbps, outbps
-SCHED_BUCKETS = struct.Struct("=256I")             # lb_sched_buckets (lb_sched.h)
-PORT_RANGE = struct.Struct("=HHI")                  # lb_port_range (host byte order ports)
-PORT_RANGES = struct.Struct(f"=II{PORT_RANGE.size * FWM_RANGES}s")   # lb_port_ranges
-LBLC_KEY = struct.Struct("=IB3s16s")                # lb_lblc_key: svc, family, pad, addr
-LBLC = struct.Struct("=QII")                        # lb_lblc: lastuse_ns, real, pad
-LBLCR = struct.Struct(f"=QQII{LBLCR_SET_SIZE}I")    # lb_lblcr: lastuse_ns, lastmod_ns, n, pad, real[]
+
+def _check_ids() -> None:
+    """What the parsing above relies on, said by name when a header change breaks it."""
+    problems = []
+    if list(TCP_S.values()) != list(range(C["LB_TCP_S_LAST"])):
+        problems.append("LB_TCP_S_* are not 0..LB_TCP_S_LAST-1")
+    if list(_CNT.values()) != list(range(C["LB_CNT_MAX"])):
+        problems.append("LB_CNT_* are not 0..LB_CNT_MAX-1")
+    if set(_CNT) != set(_COUNTER_NAMES):
+        problems.append(f"counters without a name in layout._COUNTER_NAMES (or gone): "
+                        f"{sorted(set(_CNT) ^ set(_COUNTER_NAMES))}")
+    if len(set(SCHEDULERS.values())) != len(SCHEDULERS) or min(SCHEDULERS.values()) < 0 or \
+            PROG_SCHED_BASE + max(SCHEDULERS.values()) >= PROG_PERSIST:
+        problems.append("scheduler ids must be distinct, >= 0, and their tail-call slots "
+                        "(LB_PROG_SCHED_BASE + id) below LB_PROG_PERSIST")
+    if problems:
+        raise RuntimeError(f"{BPF_DIR / 'lb_consts.h'}: " + "; ".join(problems))
+
+
+_check_ids()
+
+
+# ---- lb_structs.h ----
+
+class Layout(struct.Struct):
+    """A struct.Struct ("=", no implicit padding) for one C struct of lb_structs.h, with its
+    field names: c_name is the struct's name, fields its (name, offset, size) in order.
+    prefix: the fields are only the struct's first ones (a partial read)."""
+    __slots__ = ("c_name", "fields", "prefix")
+
+
+def _layout(c_name: str, spec: str, prefix: bool = False) -> Layout:
+    """spec: "name:format ..." in the C struct's field order (format: a struct module code)"""
+    fmt, fields, off = "=", [], 0
+    for item in spec.split():
+        name, code = item.split(":")
+        size = struct.calcsize("=" + code)
+        fields.append((name, off, size))
+        fmt += code
+        off += size
+    lay = Layout(fmt)
+    lay.c_name, lay.fields, lay.prefix = c_name, tuple(fields), prefix
+    return lay
+
+
+SVC_KEY = _layout("lb_svc_key", "addr:16s port:2s proto:B family:B")
+SVC = _layout("lb_svc", "addr:16s port:2s proto:B family:B sched:I nreals:I flags:I wrr_mw:I wrr_di:I "
+                        "persist_timeout:I fwmark:I mh_size:I persist_mask:16s")
+SCHED_STATE = _layout("lb_sched_state", "cl:I cw:i")
+DEST = _layout("lb_dest", "real:I weight:I flags:I")
+REAL = _layout("lb_real", "addr:16s port:2s family:B fwd:B weight:I flags:I ifindex:I mac:6s src_mac:6s "
+                          "svc:I u_threshold:I l_threshold:I pos:I tun_src:16s mtu:I")
+REAL_CONNS = _layout("lb_real_conns", "active:I inactive:I persist:I pad:I")
+PERSIST_KEY = _layout("lb_persist_key", "caddr:16s vaddr:16s vport:2s proto:B family:B fwmark:I")
+PERSIST = _layout("lb_persist", "last_ns:Q real:I timeout:I")
+CONN_KEY = _layout("lb_conn_key", "saddr:16s daddr:16s sport:2s dport:2s proto:B family:B dir:B pad:B")
+CONN = _layout("lb_conn", "last_ns:Q real:I svc:I timeout:I client_ifindex:I state:B flags:B pad:2s "
+                          "client_mac:6s local_mac:6s vaddr:16s vport:2s pad2:6s")
+# the head of lb_conn that the expiry sweep reads
+CONN_HEAD = _layout("lb_conn", "last_ns:Q real:I svc:I timeout:I client_ifindex:I state:B flags:B", prefix=True)
+STATS = _layout("lb_stats", "conns:Q inpkts:Q outpkts:Q inbytes:Q outbytes:Q")
+RATES = _layout("lb_rates", "cps:Q inpps:Q outpps:Q inbps:Q outbps:Q")
+SCHED_BUCKETS = _layout("lb_sched_buckets", f"pos:{C['LB_SCHED_BUCKETS']}I")
+PORT_RANGE = _layout("lb_port_range", "lo:H hi:H svc:I")     # host byte order ports
+PORT_RANGES = _layout("lb_port_ranges", f"n:I pad:I r:{PORT_RANGE.size * FWM_RANGES}s")
+LBLC_KEY = _layout("lb_lblc_key", "svc:I family:B pad:3s addr:16s")
+LBLC = _layout("lb_lblc", "lastuse_ns:Q real:I pad:I")
+LBLCR = _layout("lb_lblcr", f"lastuse_ns:Q lastmod_ns:Q n:I pad:I real:{LBLCR_SET_SIZE}I")
 U32 = struct.Struct("=I")
 U64 = struct.Struct("=Q")
+
+# key and value layout of every map the control plane reads or writes (lb_maps.h)
+MAPS: dict[str, tuple[struct.Struct, struct.Struct]] = {
+    "lb_services": (SVC_KEY, U32), "lb_fwm_ranges": (SVC_KEY, PORT_RANGES), "lb_fwm_services": (U32, U32),
+    "lb_globals": (U32, U32), "lb_svc": (U32, SVC), "lb_sched_state": (U32, SCHED_STATE),
+    "lb_reals": (U32, REAL), "lb_real_conns": (U32, REAL_CONNS), "lb_real_overload": (U32, U32),
+    "lb_real_swept": (U32, REAL_CONNS), "lb_real_base": (U32, REAL_CONNS), "lb_conns": (CONN_KEY, CONN),
+    "lb_persist": (PERSIST_KEY, PERSIST), "lb_tcp_fsm": (U32, U32), "lb_timeouts": (U32, U32),
+    "lb_svc_stats": (U32, STATS), "lb_real_stats": (U32, STATS), "lb_svc_rates": (U32, RATES),
+    "lb_real_rates": (U32, RATES), "lb_counters": (U32, U64), "lb_progs": (U32, U32),
+    "lb_lblc": (LBLC_KEY, LBLC), "lb_lblcr": (LBLC_KEY, LBLCR), "lb_sched_buckets": (U32, SCHED_BUCKETS),
+    "lb_mh_tables": (U32, U32),
+}
+# maps whose value holds one entry per list position (LB_MAX_SVC_REALS of them, a -D size)
+LIST_MAPS: dict[str, struct.Struct] = {"lb_svc_dests": DEST, "lb_mh_last": U32}
+# maps only the BPF programs use (scratch space, the mh inner map's type template)
+BPF_ONLY_MAPS = ("lb_scratch", "lb_mh_walk", "lb_mh_inner")
 
 
 def pack_addr(addr: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bytes:

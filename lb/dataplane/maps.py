@@ -137,7 +137,7 @@ class BpfMap:
 
     def dump(self):
         """(keys, values, n): the whole table in two C buffers (cffi path only, not per-CPU maps).
-        For readers that decode in C (reader.connection_listing) and never need Python objects
+        For readers that decode in C (reader.connection_lines) and never need Python objects
         per entry."""
         if _bpfbatch is None or self.percpu:
             raise RuntimeError(f"{self.name}: batch dump needs lb._bpfbatch and a plain map")

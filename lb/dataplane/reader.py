@@ -1,15 +1,14 @@
-"""Read an instance's pinned maps into listing rows: what `lb list` shows, with no daemon
-running (as ipvsadm reads the kernel's table)."""
+"""Read an instance's pinned maps into records (lb/dataplane/records.py): what `lb list` shows,
+with no daemon running (as ipvsadm reads the kernel's table)."""
 from __future__ import annotations
 
 import os
 import time
 from typing import Iterator
 
-from lb.listing import ConnRow, RealRow, ServiceRow, Stats
-
 from . import layout as L
-from .maps import BpfMap, PinnedMaps, _bpfbatch, have_batch
+from .maps import BpfMap, PinnedMaps, _bpfbatch
+from .records import ConnRow, RealRow, ServiceRow, Stats
 
 
 def _sum_stats(values: list[bytes]) -> Stats:
@@ -101,27 +100,18 @@ def read_connections(maps: PinnedMaps, batch: bool | None = None, now_ns: int | 
 _CHUNK = 1 << 20
 
 
-def connection_listing(maps: PinnedMaps, now_ns: int | None = None, fast: bool | None = None) -> Iterator[bytes]:
-    """`lb list -c -n` (ipvsadm -L -c -n) as chunks of bytes, header included.
-
-    fast (default: when lb._bpfbatch is built): lb_conns and lb_reals are dumped into C buffers
-    and every line is decoded and printed in C (cext/bpfbatch.c bb_format_conns), so Python
-    touches only 1 MB chunks; the same bytes as format_connections(read_connections(maps)),
-    the pure-Python path kept as the fallback and the test oracle."""
-    from lb.listing import format_connections
-
+def connection_lines(maps: PinnedMaps, now_ns: int | None = None) -> Iterator[bytes]:
+    """The lines of `lb list -c -n` (ipvsadm -L -c -n) after its header, as chunks of bytes:
+    lb_conns and lb_reals are dumped into C buffers and every line is decoded and printed in C
+    (cext/bpfbatch.c bb_format_conns), so Python touches only 1 MB chunks.  The same bytes as
+    lb.listing.format_connections(read_connections(maps)) without its header (the pure-Python
+    path, kept as the fallback and the test oracle).  Needs lb._bpfbatch (maps.have_batch())."""
     now = time.monotonic_ns() if now_ns is None else now_ns
-    if fast is None:
-        fast = have_batch()
-    if not fast:
-        yield format_connections(read_connections(maps, now_ns=now)).encode()
-        return
     ffi, lib = _bpfbatch.ffi, _bpfbatch.lib
     conns, reals = maps["lb_conns"], maps["lb_reals"]
     if (conns.key_size, conns.value_size, reals.value_size) != (
             lib.bb_sizeof_conn_key(), lib.bb_sizeof_conn(), lib.bb_sizeof_real()):
         raise RuntimeError("lb_conns/lb_reals layout differs from cext/bpfbatch.c: rebuild (make setup)")
-    yield format_connections([]).encode()
     keys, values, n = conns.dump()
     _rk, rvals, nreals = reals.dump()   # an array: entry i is real id i
     pos = ffi.new("unsigned long *", 0)

@@ -4,17 +4,24 @@ from __future__ import annotations
 import ipaddress
 from dataclasses import dataclass, field
 
+from lb.config.model import DEFAULT_LBLC_EXPIRATION, DEFAULT_MH_SIZE, DEFAULT_TIMEOUTS
+
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 
 @dataclass(frozen=True)
 class RealSpec:
+    """One real server of one service, as the engine wants it forwarded: the one record a data
+    plane is given, built once by the engine (lb.engine.build_table), keyed by (address, port).
+    The weight is the effective one; weight_source and configured_weight say why (lb.weight)."""
     address: Address
-    port: int
-    weight: int
-    forward: str = "dr"          # "dr" | "nat"
+    port: int                    # 0 in a firewall-mark service: a connection keeps its port
+    weight: int                  # the effective weight the schedulers use
+    forward: str = "dr"          # lb.config.model.FORWARD_MODES: "dr" | "nat" | "tunnel"
     u_threshold: int = 0         # IPVS connection thresholds (0: none)
     l_threshold: int = 0
+    weight_source: str = "configured"  # lb.weight.SOURCES: configured, override, load_monitor, ...
+    configured_weight: int | None = None   # the config's weight (None: not from the config)
 
     @property
     def key(self) -> tuple[Address, int]:
@@ -35,7 +42,7 @@ class ServiceSpec:
     fwmark: int = 0                    # firewall-mark service: protocol/address/port unused
     groups: tuple[PortGroup, ...] = ()  # ... its ports instead (matched in XDP)
     sched_flags: tuple[str, ...] = ()  # "sh-fallback", "sh-port", "mh-fallback", "mh-port"
-    mh_size: int = 4093                # mh: Maglev table size (a prime)
+    mh_size: int = DEFAULT_MH_SIZE     # mh: Maglev table size (a prime)
     # (address, port) of real servers left out because their health check failed: they leave
     # at once (their connections then follow expire_nodest_conn) instead of draining, which is
     # for servers the configuration removes
@@ -68,28 +75,19 @@ class PortGroup:
 @dataclass(frozen=True)
 class TableSpec:
     services: tuple[ServiceSpec, ...] = ()
-    timeouts: tuple[int, int, int] = (900, 120, 300)   # tcp, tcpfin, udp (ipvsadm --set)
+    timeouts: tuple[int, int, int] = DEFAULT_TIMEOUTS   # tcp, tcpfin, udp (ipvsadm --set)
     expire_nodest_conn: bool = False
-    lblc_expiration: int = 86400       # seconds (IPVS sysctls lblc_expiration, lblcr_expiration)
-    lblcr_expiration: int = 86400
+    lblc_expiration: int = DEFAULT_LBLC_EXPIRATION   # seconds (IPVS sysctls lblc_expiration, lblcr_expiration)
+    lblcr_expiration: int = DEFAULT_LBLC_EXPIRATION
     extra: dict = field(default_factory=dict, compare=False)
 
 
 def service_spec(vs, reals, dead=()) -> ServiceSpec:
     """The ServiceSpec of a configured virtual server (lb.config.VirtualServer) with the real
-    servers the engine chose (RealSpecs): adds what the data plane needs beyond them
-    (thresholds, scheduler flags, firewall-mark groups).  A firewall-mark service's real servers
-    have port 0: each connection keeps the port it came to (IPVS does the same)."""
-    by_addr = {rs.address: rs for rs in vs.real_servers}
-    fwmark = getattr(vs, "fwmark", 0)
-    out = []
-    for r in reals:
-        rs = by_addr.get(r.address)
-        out.append(RealSpec(r.address, 0 if fwmark else r.port, r.weight, r.forward,
-                            getattr(rs, "u_threshold", 0), getattr(rs, "l_threshold", 0)))
-    groups = tuple(PortGroup(g.protocol, g.address, g.low, g.high) for g in getattr(vs, "port_groups", ()))
-    return ServiceSpec(vs.protocol, vs.address, vs.port, vs.scheduler, tuple(out), vs.name,
-                       vs.persistent, vs.pmask, fwmark=fwmark, groups=groups,
-                       sched_flags=tuple(getattr(vs, "scheduler_flags", ())),
-                       mh_size=getattr(vs, "mh_size", 4093),
-                       dead=tuple((a, 0 if fwmark else p) for a, p in dead))
+    servers the engine built (RealSpecs, complete: thresholds and all) and the (address, port)
+    of those left out dead: adds the service's own settings (scheduler flags, persistence,
+    firewall-mark groups, mh size)."""
+    groups = tuple(PortGroup(g.protocol, g.address, g.low, g.high) for g in vs.port_groups)
+    return ServiceSpec(vs.protocol, vs.address, vs.port, vs.scheduler, tuple(reals), vs.name,
+                       vs.persistent, vs.pmask, fwmark=vs.fwmark, groups=groups,
+                       sched_flags=tuple(vs.scheduler_flags), mh_size=vs.mh_size, dead=tuple(dead))

@@ -32,6 +32,7 @@ from pathlib import Path
 
 from aiohttp import web
 
+from lb import weight as lbweight
 from lb.config.model import endpoint_text as _endpoint
 from lb.config.model import sorry_text
 from lb.web import password
@@ -428,13 +429,13 @@ def service_key(s: dict) -> tuple:
 
 
 def _weight_cell(r: dict) -> str:
-    """The weight column: the configured one, the load monitor's, or the operator's override."""
-    if r.get("override") is not None:
-        dyn = "" if r.get("dynamic_weight") is None else f", load monitor {r['dynamic_weight']}"
-        return f"<td class=override>{h(r['override'])} (override; configured {h(r['weight'])}{h(dyn)})</td>"
-    if r.get("dynamic_weight") is not None:
-        return f"<td>{h(r['dynamic_weight'])} (load monitor; configured {h(r['weight'])})</td>"
-    return f"<td>{h(r['weight'])}</td>"
+    """The weight column: the effective weight, and why when it is not the configured one (the
+    operator's override, the load monitor's, health) -- lb.weight's text, as `lb status` says it."""
+    w = lbweight.from_status(r)
+    if w.source == lbweight.CONFIGURED:
+        return f"<td>{h(w.value)}</td>"
+    cls = " class=override" if w.source == lbweight.OVERRIDE else ""
+    return f"<td{cls}>{h(w.text().removeprefix('weight '))}</td>"
 
 
 def _maintenance(s: dict, r: dict, csrf: str | None) -> str:
@@ -529,14 +530,7 @@ def _virtual_server(vs) -> str:
 
 def read_counts(engine) -> dict:
     """{(service key, real address, port): (active, inactive)} from the running table."""
-    if getattr(engine.dp, "kind", "xdp") == "ipvs":
-        from lb.dataplane import ipvs
-        rows = ipvs.read_services()
-    else:
-        from lb.dataplane import reader
-        from lb.dataplane.maps import PinnedMaps
-        with PinnedMaps(engine.cfg.instance) as maps:
-            rows = reader.read_services(maps)
+    rows = engine.dp.read_services()
     out = {}
     for row in rows:
         skey = ("fwm", row.fwmark) if row.fwmark else (row.protocol.lower(), str(row.address), row.port)

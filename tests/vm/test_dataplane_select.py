@@ -12,7 +12,8 @@ import pytest
 from lb import config as lbconfig
 from lb import engine
 from lb.dataplane import ipvs
-from lb.dataplane.xdp import DataplaneError, XdpDataplane
+from lb.dataplane.errors import DataplaneError
+from lb.dataplane.xdp import XdpDataplane
 
 BASE = '[global]\ninstance = "sel{pid}"\npublic_interface = "lo"\n{extra}'
 

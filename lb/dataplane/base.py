@@ -1,0 +1,118 @@
+"""The one interface of a data plane: what the engine (and only the engine) calls.
+
+Two backends implement it: XdpDataplane (lb/dataplane/xdp.py: BPF maps, the default) and
+IpvsDataplane (lb/dataplane/ipvs.py: kernel IPVS over netlink, the fallback).  A backend with
+nothing to do for a call (IPVS sweeps, schedules and estimates in the kernel; XDP has no kernel
+sync daemon) implements it as a no-op, so the engine never asks which backend it holds.
+
+The engine hands a data plane TableSpecs (lb/dataplane/spec.py: plain values) and reads back
+plain records (lb/dataplane/records.py); formatting them is lb.listing's business.
+"""
+from __future__ import annotations
+
+import abc
+from collections.abc import Mapping
+
+from .spec import ServiceSpec, TableSpec
+
+
+class Dataplane(abc.ABC):
+    #: "xdp" | "ipvs": shown by `lb status`; never a reason for the engine to branch
+    kind: str = ""
+    #: set by load(): the forwarding state of a previous run was found and kept (pinned maps,
+    #: or the kernel's services of this instance)
+    adopted: bool = False
+    #: set by load(): this run made the instance's state (a failed start removes it again)
+    created: bool = False
+    #: the virtual services as applied, by key
+    services: Mapping
+    #: (service key, (addr, port)) of real servers removed while connections still use them
+    draining: set
+
+    # ---- lifecycle ----
+    @abc.abstractmethod
+    def load(self) -> None:
+        """Make the data plane usable, adopting what a previous run left (DataplaneError)."""
+
+    @abc.abstractmethod
+    def attach(self, ifname: str, side: str = "public", mode: str = "native") -> str:
+        """Serve ifname ("public": the VIPs' side, "private": NAT replies); returns the mode."""
+
+    @abc.abstractmethod
+    def detach_all(self) -> None:
+        """Stop forwarding on every interface this instance serves."""
+
+    @abc.abstractmethod
+    def unpin(self) -> None:
+        """Forget the instance's kept state (pins, state file): the next start is a fresh one."""
+
+    @abc.abstractmethod
+    def close(self) -> None:
+        """Release this process's handles; forwarding goes on as it is (an upgrade)."""
+
+    # ---- the table ----
+    @abc.abstractmethod
+    def apply(self, table: TableSpec) -> int:
+        """Forward `table`: write the difference; returns the number of writes it took."""
+
+    @abc.abstractmethod
+    def finish_drains(self) -> int:
+        """Remove draining real servers whose connections have all ended; returns how many."""
+
+    @abc.abstractmethod
+    def refresh_nexthops(self) -> int:
+        """Re-resolve real servers' next hops; returns the updates made."""
+
+    # ---- housekeeping ----
+    @abc.abstractmethod
+    def sweep(self, now_ns: int | None = None) -> int:
+        """Expire connections and templates nobody visits; returns the connections removed."""
+
+    @abc.abstractmethod
+    def estimate(self, now: float | None = None) -> int:
+        """One step of IPVS's rate estimator (every 2 s); returns the entries written."""
+
+    # ---- quiesce_server ----
+    @abc.abstractmethod
+    def restart_sched_counts(self, spec: ServiceSpec) -> int:
+        """The schedulers of spec's service count only connections made from now on; returns
+        the connections left out."""
+
+    @abc.abstractmethod
+    def sched_base_pending(self) -> bool:
+        """Some connections are still left out of the schedulers' counts (refresh_sched_base)."""
+
+    @abc.abstractmethod
+    def refresh_sched_base(self, rids=None) -> int:
+        """Follow the left-out connections as they end; returns how many are still left out."""
+
+    # ---- reading (what `lb list`, `lb status` and the web console show) ----
+    @abc.abstractmethod
+    def read_services(self) -> list:
+        """The services as the data plane holds them: lb.dataplane.records.ServiceRow."""
+
+    @abc.abstractmethod
+    def read_connections(self) -> list:
+        """The connection entries: lb.dataplane.records.ConnRow."""
+
+    @abc.abstractmethod
+    def counters(self) -> dict[str, int]:
+        """The data path's event counters by name (empty where the backend has none)."""
+
+    # ---- HA connection sync ----
+    @abc.abstractmethod
+    def export_conns(self, now_ns: int | None = None) -> tuple[list, list]:
+        """(connections, templates) for lb/ha/sync.py to send to the backup."""
+
+    @abc.abstractmethod
+    def import_conns(self, conns: list, temps: list, ifindex: int, local_mac: bytes,
+                     now_ns: int | None = None) -> tuple[int, int]:
+        """Install what the active exported; returns (installed, skipped)."""
+
+    @abc.abstractmethod
+    def start_sync(self, role: str, ifname: str, syncid: int) -> None:
+        """The kernel's own sync daemon in `role` ("master" | "backup") on ifname."""
+
+    @abc.abstractmethod
+    def stop_sync(self) -> None:
+        """Stop the sync daemons start_sync started."""

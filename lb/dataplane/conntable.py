@@ -1,0 +1,297 @@
+"""The XDP data plane's connection table (lb_conns, lb_persist) seen from the control plane:
+the sweep that expires what no packet visits and recounts ActiveConn/InActConn, the HA export
+and import of connections and templates (lb/ha/sync.py carries them), and quiesce_server's
+baseline of connections the schedulers leave out."""
+from __future__ import annotations
+
+import ipaddress
+import struct
+import time
+
+from . import layout as L
+from .services import ServiceTable
+from .txn import MapTxn
+
+CLOCK_MONOTONIC_COARSE = getattr(time, "CLOCK_MONOTONIC_COARSE", 6)   # linux/time.h
+
+# the head of lb_conn the sweep reads: last_ns, real, svc, timeout, client_ifindex, state, flags
+CONN_HEAD = struct.Struct("=QIIIIBB")
+
+
+class ConnTable:
+    def __init__(self, maps: dict, txn: MapTxn, table: ServiceTable):
+        self.maps = maps
+        self.txn = txn
+        self.table = table
+
+    def sweep(self, now_ns: int | None = None) -> int:
+        """Remove expired connections, take them off their real servers' counters, and bring
+        ActiveConn/InActConn back to what is in the table (LRU eviction drops entries that
+        nobody uncounts).
+
+        The data path expires entries it meets; this catches the ones no packet visits.  A
+        delete that succeeds is ours alone to uncount (the data path uncounts only what its own
+        delete removed).
+
+        Reconciliation: S0 = lb_real_conns - lb_real_swept is read per real server just before
+        the dump of lb_conns, W counts the dump's client -> VIP entries per real server and
+        class, and swept moves by S0 - W (plus what this sweep deletes).  The count becomes
+        (lb_real_conns now - lb_real_conns at S0) + W - deleted: whatever BPF did after the
+        snapshot (new connections, state changes, its own expiries) is kept, and everything
+        before it is replaced by the table's own census.  Entries created or removed between
+        the snapshot and the moment the dump reads their bucket are off by one each, but that
+        error is not carried over: the next sweep measures afresh, so it never accumulates
+        the way eviction leaks did, and on a quiet table the counters are exact."""
+        now = time.monotonic_ns() if now_ns is None else now_ns
+        conns = self.maps["lb_conns"]
+        rids = list(self.table.reals)
+        before = self.counts_snapshot(rids)                 # S0, read before the dump
+        entries = conns.items()
+        census: dict[int, list[int]] = {}                     # W: per real, [active, inactive]
+        swept: dict[int, list[int]] = {}
+        n = 0
+        for k, v in entries:
+            last, real, _svc, timeout, _ifx, _state, flags = CONN_HEAD.unpack_from(v)
+            out = flags & L.CONN_F_OUT
+            cls = 1 if flags & L.CONN_F_INACTIVE else 0
+            if not out:
+                census.setdefault(real, [0, 0])[cls] += 1
+            if now - last <= timeout * 1_000_000_000:
+                continue
+            if not conns.delete(k) or out:
+                continue
+            n += 1
+            swept.setdefault(real, [0, 0, 0])[cls] += 1
+        del entries
+        for rid in rids:
+            s0, w = before.get(rid, (0, 0)), census.get(rid, (0, 0))
+            da, di = s0[0] - w[0], s0[1] - w[1]
+            if da or di:
+                cnt = swept.setdefault(rid, [0, 0, 0])
+                cnt[0] += da
+                cnt[1] += di
+        templates = self.maps["lb_persist"]
+        for k, v in templates.items():
+            last, real, timeout = L.PERSIST.unpack(v)
+            if now - last > timeout * 1_000_000_000 and templates.delete(k):
+                swept.setdefault(real, [0, 0, 0])[2] += 1
+        m = 0xFFFFFFFF
+        rewrite: set[int] = set()
+        for rid, (a, i, p) in swept.items():
+            key = L.U32.pack(rid)
+            sa, si, sp, _ = L.REAL_CONNS.unpack(self.maps["lb_real_swept"].get(key))
+            self.txn.set("lb_real_swept", key, L.REAL_CONNS.pack((sa + a) & m, (si + i) & m, (sp + p) & m, 0))
+            # the sweep unbinds connections too (IPVS ip_vs_unbind_dest)
+            real = self.table.reals.get(rid)
+            if real is not None and a + i > 0 and self.maps["lb_real_overload"].get(key) != L.U32.pack(0):
+                act, inact, _ = self.table.real_conns(rid)
+                if L.overload_cleared(act + inact, real.u_threshold, real.l_threshold):
+                    self.txn.set("lb_real_overload", key, L.U32.pack(0))
+                    rewrite.add(real.svc)
+        for st in self.table.services.values():
+            if st.id in rewrite:
+                self.table.write_dests(st)
+        return n
+
+    def counts_snapshot(self, rids: list[int]) -> dict[int, tuple[int, int]]:
+        """(active, inactive) = lb_real_conns - lb_real_swept of the given real ids, read in
+        two batch dumps when the table is big (one lookup pair each when small)."""
+        if len(rids) > 256:
+            cm = dict(self.maps["lb_real_conns"].items())
+            sm = dict(self.maps["lb_real_swept"].items())
+            raw = {rid: (cm.get(L.U32.pack(rid)), sm.get(L.U32.pack(rid))) for rid in rids}
+        else:
+            raw = {rid: (self.maps["lb_real_conns"].get(L.U32.pack(rid)), self.maps["lb_real_swept"].get(L.U32.pack(rid)))
+                   for rid in rids}
+        out = {}
+        for rid, (c, sw) in raw.items():
+            if c is not None and sw is not None:
+                a, i, _p = L.real_counts(c, sw)
+                # u32 arithmetic: a leak the other way (more uncounts than counts) reads as a
+                # huge number; as a signed value it is corrected like any other difference
+                out[rid] = (a - (1 << 32) if a >= 1 << 31 else a, i - (1 << 32) if i >= 1 << 31 else i)
+        return out
+
+    def export_conns(self, now_ns: int | None = None) -> tuple[list, list]:
+        """Client -> VIP connections and persistence templates with real ids resolved to
+        addresses (ids differ between directors).  Connections: (raw key, last_ns, record) with
+        record = (proto, caddr, cport, vaddr, vport, raddr, rport, state, flags, age_ns, timeout,
+        client_mac); templates: (raw key, last_ns, (proto, caddr, vaddr, vport, fwmark, raddr,
+        rport, age_ns, timeout)).  NAT reverse entries are not exported: the importer rebuilds
+        them."""
+        now = time.monotonic_ns() if now_ns is None else now_ns
+        conns, temps = [], []
+        for k, v in self.maps["lb_conns"].items():
+            key = L.ConnKey.unpack(k)
+            if key.dir:
+                continue
+            c = L.Conn.unpack(v)
+            real = self.table.reals.get(c.real)
+            if real is None or not real.family or c.flags & L.CONN_F_OUT:
+                continue
+            flags = c.flags & (L.CONN_F_INACTIVE | L.CONN_F_PERSIST)
+            conns.append((k, c.last_ns, (key.proto, key.saddr, key.sport, key.daddr, key.dport, real.addr,
+                                         real.port, c.state, flags, max(0, now - c.last_ns), c.timeout,
+                                         c.client_mac)))
+        for k, v in self.maps["lb_persist"].items():
+            caddr, vaddr, vport, proto, fam, fwmark = L.PERSIST_KEY.unpack(k)
+            last, rid, timeout = L.PERSIST.unpack(v)
+            real = self.table.reals.get(rid)
+            if real is None or not real.family or not fam:
+                continue
+            temps.append((k, last, (proto, L.unpack_addr(caddr, fam), L.unpack_addr(vaddr, fam),
+                                    L.unpack_port(vport), fwmark, real.addr, real.port, max(0, now - last),
+                                    timeout)))
+        return conns, temps
+
+    def svc_of(self, proto: int, vaddr, vport: int, fwmark: int = 0):
+        """The service a synced entry belongs to: by its VIP:port, else (a firewall-mark
+        service's connection) the port range of its VIP that holds the port, or (a template)
+        the mark."""
+        if fwmark:
+            return self.table.services.get(L.FwmKey(fwmark, addr=ipaddress.ip_address(0 if vaddr.version == 4 else "::")))
+        st = self.table.services.get(L.SvcKey(proto, vaddr, vport))
+        if st is not None:
+            return st
+        raw = self.table.ranges.get(L.SvcKey(proto, vaddr, 0).pack())
+        if raw is None:
+            return None
+        for lo, hi, sid in L.unpack_ranges(raw):
+            if lo <= vport <= hi:
+                return next((s for s in self.table.services.values() if s.id == sid), None)
+        return None
+
+    def rid_of(self, proto: int, vaddr, vport: int, raddr, rport: int, fwmark: int = 0):
+        st = self.svc_of(proto, vaddr, vport, fwmark)
+        if st is None:
+            return None, None
+        for (addr, port), rid in st.dests:
+            if addr == raddr and port == rport:
+                return st, rid
+        return st, None
+
+    def import_conns(self, conns: list, temps: list, ifindex: int, local_mac: bytes,
+                     now_ns: int | None = None) -> tuple[int, int]:
+        """Install connections and templates exported by the peer (records as export_conns
+        makes them).  Each is counted on its real server as the data path would have counted it
+        (through lb_real_swept, the control plane's side of the counters), so ActiveConn/InActConn
+        are right on the backup and stay right when the entry later expires either way.  Entries
+        whose service or real server this director does not have are skipped.  Returns
+        (installed, skipped)."""
+        # the coarse clock BPF reads (bpf_ktime_get_coarse_ns): a timestamp from the precise one
+        # can lie a tick ahead of it
+        now = time.clock_gettime_ns(CLOCK_MONOTONIC_COARSE) if now_ns is None else now_ns
+        cm, pm = self.maps["lb_conns"], self.maps["lb_persist"]
+        delta: dict[int, list[int]] = {}
+
+        def count(rid: int, idx: int, d: int) -> None:
+            delta.setdefault(rid, [0, 0, 0])[idx] += d
+
+        done = skipped = 0
+        for proto, caddr, cport, vaddr, vport, raddr, rport, state, flags, age, timeout, cmac in conns:
+            st, rid = self.rid_of(proto, vaddr, vport, raddr, rport)
+            if rid is None:
+                skipped += 1
+                continue
+            key = L.ConnKey(caddr, vaddr, cport, vport, proto).pack()
+            old = cm.get(key)
+            if old is not None:
+                oc = L.Conn.unpack(old)
+                if not oc.flags & L.CONN_F_OUT:
+                    count(oc.real, 1 if oc.flags & L.CONN_F_INACTIVE else 0, -1)
+            c = L.Conn(now - age, rid, st.id, timeout, ifindex, state, flags, cmac, local_mac)
+            if hasattr(c, "vaddr"):             # the VIP:port NAT replies are rewritten back to
+                c.vaddr, c.vport = L.pack_addr(vaddr), vport
+            cm.set(key, c.pack())
+            count(rid, 1 if flags & L.CONN_F_INACTIVE else 0, 1)
+            if self.table.reals[rid].fwd == L.FWD_NAT:
+                c.flags = L.CONN_F_OUT
+                cm.set(L.ConnKey(raddr, caddr, rport, cport, proto, 1).pack(), c.pack())
+            done += 1
+        for proto, caddr, vaddr, vport, fwmark, raddr, rport, age, timeout in temps:
+            st, rid = self.rid_of(proto, vaddr, vport, raddr, rport, fwmark)
+            if rid is None:
+                skipped += 1
+                continue
+            key = L.PERSIST_KEY.pack(L.pack_addr(caddr), L.pack_addr(vaddr), L.pack_port(vport), proto,
+                                     L.family_of(caddr), fwmark)
+            old = pm.get(key)
+            if old is not None:
+                count(L.PERSIST.unpack(old)[1], 2, -1)
+            pm.set(key, L.PERSIST.pack(now - age, rid, timeout))
+            count(rid, 2, 1)
+            done += 1
+        m = 0xFFFFFFFF
+        for rid, (a, i, p) in delta.items():
+            if not (a or i or p):
+                continue
+            k = L.U32.pack(rid)
+            sa, si, sp, _ = L.REAL_CONNS.unpack(self.maps["lb_real_swept"].get(k))
+            # counts = lb_real_conns - lb_real_swept: counting one more takes one off swept
+            self.txn.set("lb_real_swept", k, L.REAL_CONNS.pack((sa - a) & m, (si - i) & m, (sp - p) & m, 0))
+        self.txn.writes += done
+        return done, skipped
+
+
+class SchedBaseline:
+    """quiesce_server: per real server, the connections its lb_real_base leaves out of the
+    schedulers' counts (real id -> their lb_conns keys)."""
+
+    def __init__(self, maps: dict, txn: MapTxn):
+        self.maps = maps
+        self.txn = txn
+        self.sched_base: dict[int, set[bytes]] = {}
+
+    def forget(self, rid: int) -> None:
+        """A new (or reused) real server id has no baseline."""
+        self.sched_base.pop(rid, None)
+
+    def reset(self, rids) -> None:
+        """At adoption: which connections a quiesce_server baseline left out died with the old
+        daemon, so the schedulers go back to the true counts."""
+        zero = L.REAL_CONNS.pack(0, 0, 0, 0)
+        for rid in rids:
+            if self.maps["lb_real_base"].get(L.U32.pack(rid)) not in (None, zero):
+                self.maps["lb_real_base"].set(L.U32.pack(rid), zero)
+
+    def restart(self, rids: set[int], reals) -> int:
+        """Every real server in rids (one service's) gets as baseline (lb_real_base) the
+        connections it has now: lc/wlc/sed/nq/ovf count only newer ones, so a joining server
+        is not flooded.  lb list, thresholds and draining keep the true counts.  The baseline
+        follows those old connections as they end (refresh).  Returns how many were left out."""
+        snap: dict[int, set[bytes]] = {rid: set() for rid in rids}
+        for k, v in self.maps["lb_conns"].items():
+            c = L.Conn.unpack(v)
+            if c.real in rids and not c.flags & L.CONN_F_OUT and not L.ConnKey.unpack(k).dir:
+                snap[c.real].add(k)
+        for rid, keys in snap.items():
+            self.sched_base[rid] = keys
+        self.refresh(reals, rids)
+        return sum(len(k) for k in snap.values())
+
+    def refresh(self, reals, rids=None) -> int:
+        """Lower the baselines by the connections that have ended since (or changed between
+        active and inactive); returns the connections still left out.  ``reals``: the real
+        servers in use (a baseline of any other id is dropped once written)."""
+        cm = self.maps["lb_conns"]
+        left = 0
+        for rid in list(self.sched_base if rids is None else rids):
+            keys = self.sched_base.get(rid, set())
+            act = inact = 0
+            for k in list(keys):
+                raw = cm.get(k)
+                c = None if raw is None else L.Conn.unpack(raw)
+                if c is None or c.real != rid:
+                    keys.discard(k)
+                elif c.flags & L.CONN_F_INACTIVE:
+                    inact += 1
+                else:
+                    act += 1
+            value = L.REAL_CONNS.pack(act, inact, 0, 0)
+            key = L.U32.pack(rid)
+            if self.maps["lb_real_base"].get(key) != value:
+                self.txn.set("lb_real_base", key, value)
+            if not keys or rid not in reals:
+                self.sched_base.pop(rid, None)
+            left += act + inact
+        return left

@@ -1,0 +1,209 @@
+"""The XDP programs: bpf/ assembled into one source, compiled with bcc, loaded, their tail calls
+wired, and the pinned maps opened -- the maps of a previous run adopted when their sizes and
+layouts match (Sizes: the config's [tables], passed to the C code as -D flags)."""
+from __future__ import annotations
+
+import ctypes
+import logging
+import os
+import re
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from . import layout as L
+from .errors import DataplaneError
+from .maps import BpfMap
+
+log = logging.getLogger("lb.dataplane")
+
+BPF_DIR = L.BPF_DIR      # one place says where bpf/ is
+
+PROGRAMS = ("lb_xdp_public", "lb_xdp_private", "lb_xdp_new_conn", "lb_xdp_persist",
+            *(f"lb_sched_{n}" for n in L.SCHEDULERS))
+
+
+def state_timeouts(tcp: int, tcpfin: int, udp: int) -> list[int]:
+    """IPVS's timeouts (s) by connection state (lb_timeouts); the config's tcp / tcpfin / udp
+    (ipvsadm --set) set ESTABLISHED, FIN_WAIT and UDP, the others are IPVS's fixed ones."""
+    t = [2, 0, 120, 60, 0, 120, 10, 60, 30, 120, 120, 0]
+    t[L.TCP_S["ESTABLISHED"]], t[L.TCP_S["FIN_WAIT"]], t[L.UDP_S_NORMAL] = tcp, tcpfin, udp
+    return t
+
+
+# IPVS tcp_states: [table][event][state] for tables INPUT, OUTPUT, INPUT-ONLY and events
+# syn, fin, ack, rst (net/netfilter/ipvs/ip_vs_proto_tcp.c)
+_S = {"NO": 0, "ES": 1, "SS": 2, "SR": 3, "FW": 4, "TW": 5, "CL": 6, "CW": 7, "LA": 8, "LI": 9, "SA": 10}
+_FSM_TEXT = """
+SR ES ES SR SR SR SR SR SR SR SR
+CL CW SS TW TW TW CL CW LA LI TW
+CL ES SS ES FW TW CL CW CL LI ES
+CL CL CL SR CL CL CL CL LA LI SR
+SS ES SS SR SS SS SS SS SS LI SR
+TW FW SS TW FW TW CL TW LA LI TW
+ES ES SS ES FW TW CL CW LA ES ES
+CL CL SS CL CL TW CL CL CL CL CL
+SR ES ES SR SR SR SR SR SR SR SR
+CL FW SS TW FW TW CL CW LA LI TW
+CL ES SS ES FW TW CL CW CL LI ES
+CL CL CL SR CL CL CL CL LA LI CL
+"""
+TCP_FSM = [_S[t] for t in _FSM_TEXT.split()]   # index (table * 4 + event) * 11 + state
+
+
+@dataclass(frozen=True)
+class Sizes:
+    services: int = 256
+    reals: int = 4096
+    svc_reals: int = 64
+    connections: int = 65536
+
+    @classmethod
+    def from_tables(cls, t) -> "Sizes":
+        return cls(t.services, t.real_servers, t.reals_per_service, t.connections)
+
+    @property
+    def persist(self) -> int:
+        """persistence templates: a quarter of the connection table (allocated as used)"""
+        return max(1024, self.connections // 4)
+
+    @property
+    def lblc(self) -> int:
+        """lblc / lblcr entries, all services together: as many as persistence templates"""
+        return self.persist
+
+    def cflags(self, pin: str) -> list[str]:
+        return [f"-DLB_MAX_SERVICES={self.services}", f"-DLB_MAX_REALS={self.reals}",
+                f"-DLB_PERSIST_TABLE_SIZE={self.persist}",
+                f"-DLB_MAX_SVC_REALS={self.svc_reals}", f"-DLB_CONN_TABLE_SIZE={self.connections}",
+                f"-DLB_LBLC_TABLE_SIZE={self.lblc}", f"-DLB_LBLCR_SET_SIZE={L.LBLCR_SET_SIZE}",
+                f'-DLB_PIN_DIR="{pin}"']
+
+    def expected(self) -> dict[str, tuple[int, int]]:
+        """map name -> (max_entries, value_size) as the programs will create them"""
+        return {
+            "lb_services": (self.services, 4),
+            "lb_svc": (self.services, L.SVC.size),
+            "lb_sched_state": (self.services, L.SCHED_STATE.size),
+            "lb_svc_dests": (self.services, L.DEST.size * self.svc_reals),
+            "lb_sched_buckets": (self.services, L.SCHED_BUCKETS.size),
+            "lb_mh_tables": (self.services, 4),
+            "lb_mh_last": (self.services, 4 * self.svc_reals),
+            "lb_reals": (self.reals, L.REAL.size),
+            "lb_real_conns": (self.reals, L.REAL_CONNS.size),
+            "lb_real_swept": (self.reals, L.REAL_CONNS.size),
+            "lb_real_base": (self.reals, L.REAL_CONNS.size),
+            "lb_real_overload": (self.reals, 4),
+            "lb_conns": (self.connections, L.CONN.size),
+            "lb_persist": (self.persist, L.PERSIST.size),
+            "lb_svc_stats": (self.services, L.STATS.size),
+            "lb_fwm_ranges": (self.services, L.PORT_RANGES.size),
+            "lb_fwm_services": (self.services, 4),
+            "lb_globals": (L.N_GLOBALS, 4),
+            "lb_real_stats": (self.reals, L.STATS.size),
+            "lb_svc_rates": (self.services, L.RATES.size),
+            "lb_real_rates": (self.reals, L.RATES.size),
+            "lb_lblc": (self.lblc, L.LBLC.size),
+            "lb_lblcr": (self.lblc, L.LBLCR.size),
+        }
+
+
+def bpf_source(path: Path = BPF_DIR / "lb.c") -> str:
+    """lb.c with its local headers inlined: bcc rewrites map calls (map.lookup()) only in the
+    main file, so the headers must become part of it."""
+    seen: set[Path] = set()
+
+    def expand(p: Path) -> str:
+        out = []
+        for line in p.read_text().splitlines(keepends=True):
+            m = re.match(r'\s*#include "([^"]+)"', line)
+            if m:
+                inc = (p.parent / m.group(1)).resolve()
+                if inc not in seen:
+                    seen.add(inc)
+                    out.append(f"/* ---- {m.group(1)} ---- */\n")
+                    out.append(expand(inc))
+                continue
+            out.append(line)
+        return "".join(out)
+
+    return expand(path)
+
+
+class Program:
+    """The compiled programs of one instance (fns by name) and its pinned maps (maps by name,
+    one dict shared with the parts of the data plane that read and write them)."""
+
+    def __init__(self, sizes: Sizes, pin: str):
+        self.sizes = sizes
+        self.pin = pin
+        self.bpf = None
+        self.fns: dict[str, object] = {}
+        self.maps: dict[str, BpfMap] = {}
+
+    def check_pins(self) -> bool:
+        """True when compatible pinned maps exist (a running or crashed instance to adopt)."""
+        if not os.path.isdir(self.pin):
+            return False
+        from . import bpfsys
+        found = False
+        for name, (entries, vsize) in self.sizes.expected().items():
+            path = os.path.join(self.pin, name)
+            if not os.path.exists(path):
+                continue
+            found = True
+            fd = bpfsys.obj_get(path)
+            try:
+                info = bpfsys.map_info(fd)
+            finally:
+                os.close(fd)
+            if info.max_entries != entries or info.value_size != vsize:
+                raise DataplaneError(
+                    f"pinned map {path} holds {info.max_entries} entries of {info.value_size} bytes but "
+                    f"the config (and this version of lb) needs {entries} of {vsize}: table sizes and "
+                    f"layouts cannot change while an instance "
+                    f"keeps its connections. Stop it (lb stop) or remove {self.pin} to start afresh.")
+        return found
+
+    def load(self, adopted: bool) -> None:
+        """Compile and load every program (bcc creates the maps, or reuses the pinned ones),
+        wire the tail calls, open the maps by pin and write the TCP state table."""
+        from bcc import BPF  # imported here: `lb list` and config checks must not need bcc
+
+        os.makedirs(self.pin, exist_ok=True)
+        t0 = time.monotonic()
+        try:
+            self.bpf = BPF(text=bpf_source().encode(),
+                           cflags=self.sizes.cflags(self.pin) + ["-Wno-macro-redefined"])
+            for name in PROGRAMS:
+                self.fns[name] = self.bpf.load_func(name.encode(), BPF.XDP)
+        except Exception as e:
+            raise DataplaneError(f"cannot build or load the XDP programs: {e}") from e
+        log.info("compiled and loaded %d XDP programs in %.2f s (%s maps in %s)", len(PROGRAMS),
+                 time.monotonic() - t0, "adopted" if adopted else "new", self.pin)
+        progs = self.bpf[b"lb_progs"]
+        progs[ctypes.c_int(L.PROG_NEW_CONN)] = ctypes.c_int(self.fns["lb_xdp_new_conn"].fd)
+        progs[ctypes.c_int(L.PROG_PERSIST)] = ctypes.c_int(self.fns["lb_xdp_persist"].fd)
+        for sname, idx in L.SCHEDULERS.items():
+            progs[ctypes.c_int(L.PROG_SCHED_BASE + idx)] = ctypes.c_int(self.fns[f"lb_sched_{sname}"].fd)
+        for name in self.sizes.expected().keys() | {"lb_tcp_fsm", "lb_timeouts", "lb_counters"}:
+            self.maps[name] = BpfMap.open_pinned(os.path.join(self.pin, name))
+        for i, v in enumerate(TCP_FSM):
+            self.maps["lb_tcp_fsm"].set(L.U32.pack(i), L.U32.pack(v))
+
+    def close_maps(self) -> None:
+        for m in self.maps.values():
+            m.close()
+        self.maps.clear()
+
+    def unpin(self) -> None:
+        self.close_maps()
+        shutil.rmtree(self.pin, ignore_errors=True)
+        log.info("removed pinned maps %s", self.pin)
+
+    def close(self) -> None:
+        self.close_maps()
+        if self.bpf is not None:
+            self.bpf.cleanup()
+            self.bpf = None

@@ -1,0 +1,71 @@
+"""IPVS's rate estimator (net/netfilter/ipvs/ip_vs_est.c) for the XDP data plane: the per-CPU
+counters of services and real servers become the smoothed per-second rates of `lb list --rate`
+(lb_svc_rates / lb_real_rates)."""
+from __future__ import annotations
+
+import time
+
+from . import layout as L
+from .txn import MapTxn
+
+# fixed-point scale of the estimator's averages per lb_stats field (ip_vs_est.c: conns and
+# packets x 2^10, bytes x 2^5)
+EST_SHIFT = (10, 10, 10, 5, 5)
+
+RATES_OF = {"lb_svc_stats": "lb_svc_rates", "lb_real_stats": "lb_real_rates"}
+
+
+class RateEstimator:
+    def __init__(self, maps: dict, txn: MapTxn):
+        self.maps = maps
+        self.txn = txn
+        # (stats map, id) -> (time_ns, counters, smoothed rates)
+        self.est: dict[tuple[str, int], tuple[int, tuple, list[int]]] = {}
+        self.seeded = False
+
+    def forget(self, mapname: str, i: int) -> None:
+        """A new (or reused) id: its rate starts afresh."""
+        self.est.pop((mapname, i), None)
+
+    def estimate(self, ids: set[tuple[str, int]], adopted: bool, now: float | None = None) -> int:
+        """Run every 2 s: for each (stats map, id) in use, the counter deltas since the last
+        sample become per-second rates in fixed point (conns and packets x 2^10, bytes x 2^5),
+        smoothed as avg += (rate - avg) / 4, and written rounded to lb_svc_rates /
+        lb_real_rates.  The interval is the measured one (exactly IPVS's shifts when it is
+        2 s).  A new id, or one whose counters went backwards, starts from its current counters
+        with no rate yet; an adopted instance's first pass carries on from the pinned rates.
+        Returns the number of entries written."""
+        now_ns = int((time.monotonic() if now is None else now) * 1_000_000_000)
+        seed = adopted and not self.seeded
+        self.seeded = True
+        n = 0
+        for gone in [k for k in self.est if k not in ids]:
+            del self.est[gone]
+            self.txn.set(RATES_OF[gone[0]], L.U32.pack(gone[1]), L.RATES.pack(0, 0, 0, 0, 0))
+            n += 1
+        for mapname, i in ids:
+            key = L.U32.pack(i)
+            tot = [0] * 5
+            for v in self.maps[mapname].get_percpu(key):
+                for j, x in enumerate(L.STATS.unpack(v)):
+                    tot[j] += x
+            cur = tuple(tot)
+            prev = self.est.get((mapname, i))
+            if prev is None or any(c < p for c, p in zip(cur, prev[1])) or now_ns <= prev[0]:
+                avg = [0] * 5
+                if seed and prev is None:      # a restarted daemon carries on from the pinned rates
+                    raw = self.maps[RATES_OF[mapname]].get(key)
+                    if raw is not None:
+                        avg = [r << s for r, s in zip(L.RATES.unpack(raw), EST_SHIFT)]
+                self.est[(mapname, i)] = (now_ns, cur, avg)
+                continue
+            t0, last, avg = prev
+            dt = now_ns - t0
+            for j in range(5):
+                rate = ((cur[j] - last[j]) << EST_SHIFT[j]) * 1_000_000_000 // dt
+                avg[j] += (rate - avg[j]) >> 2
+            self.est[(mapname, i)] = (now_ns, cur, avg)
+            shown = [(a + (1 << (s - 1)) - 1) >> s if a > 0 else 0 for a, s in zip(avg, EST_SHIFT)]
+            self.txn.set(RATES_OF[mapname], key, L.RATES.pack(*shown))
+            n += 1
+        return n

@@ -1,0 +1,611 @@
+"""The XDP data plane's service writer: the in-memory view of the services and real servers
+it has written (ids, list order), and apply(), which turns a TableSpec into the writes that make
+the maps forward it -- services, real servers and their next hops, dest lists, scheduler
+tables (dh/sh buckets, mh via lb/dataplane/mhtable.py, the rr/wrr state), thresholds,
+draining, firewall-mark port ranges, timeouts and globals.
+
+Real server list order and scheduler state follow IPVS: each added real server goes to the
+front of its service's list, and the rr cursor / wrr mark change on every add, delete and
+weight update exactly as ip_vs_rr.c / ip_vs_wrr.c change them (lb.sched.model holds the rules).
+The writes go through a MapTxn (lb/dataplane/txn.py), which orders them for the data path.
+"""
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import logging
+import math
+from dataclasses import dataclass, field
+
+from lb.sched import model as sched_model
+
+from . import layout as L
+from .errors import DataplaneError
+from .lblc import LblcExpiry
+from .mhtable import MhTables
+from .nexthop import NextHopError
+from .program import Sizes, state_timeouts
+from .rates import RateEstimator
+from .spec import RealSpec, ServiceSpec, TableSpec
+from .txn import MapTxn
+
+log = logging.getLogger("lb.dataplane")
+
+
+@dataclass
+class _SvcState:
+    id: int
+    key: L.SvcKey
+    sched: str
+    dests: list[tuple[tuple, int]] = field(default_factory=list)   # [((addr, port), real id)] list order
+    name: str = ""
+
+
+class ServiceTable:
+    """What the data plane has written, and the writer.  Other parts are told when an id
+    starts afresh: the rate estimator, lblc expiry and the quiesce_server baseline."""
+
+    def __init__(self, maps: dict, txn: MapTxn, sizes: Sizes, resolver, rates: RateEstimator,
+                 lblc: LblcExpiry, baseline):
+        self.maps = maps
+        self.txn = txn
+        self.sizes = sizes
+        self.resolver = resolver                # addr, need_onlink=bool -> NextHop
+        self.rates = rates
+        self.lblc = lblc
+        self.baseline = baseline                # conntable.SchedBaseline
+        self.services: dict[L.SvcKey, _SvcState] = {}
+        self.reals: dict[int, L.Real] = {}      # every id ever handed out and not reusable yet
+        self.free_svc_ids: list[int] = []
+        self.next_svc_id = 0
+        self.next_real_id = 0
+        self.draining: set[tuple] = set()   # (service key, (addr, port)) removed but still active
+        self.last_table: TableSpec | None = None
+        self._nh_cache: dict = {}
+        self.ranges: dict[bytes, bytes] = {}    # lb_fwm_ranges as written
+        self.mh: MhTables | None = None         # mh services' Maglev tables, made at load
+
+    def stat_ids(self) -> set[tuple[str, int]]:
+        """(stats map, id) of every service and real server in use (the rate estimator's)."""
+        ids = {("lb_svc_stats", st.id) for st in self.services.values()}
+        ids |= {("lb_real_stats", rid) for st in self.services.values() for _, rid in st.dests}
+        return ids
+
+    def lblc_users(self) -> dict[int, str]:
+        """service id -> scheduler of the lblc / lblcr services."""
+        return {st.id: st.sched for st in self.services.values() if st.sched in L.LBLC_SCHEDULERS}
+
+    def adopt(self) -> None:
+        """Rebuild the in-memory view from the pinned maps of a previous instance."""
+        m = self.maps
+        used_svc = set()
+        for k, v in m["lb_services"].items(batch=False):
+            sid = L.U32.unpack(v)[0]
+            self._adopt_service(L.SvcKey.unpack(k), sid)
+            used_svc.add(sid)
+        for k, v in m["lb_fwm_services"].items(batch=False):
+            fwmark, sid = L.U32.unpack(k)[0], L.U32.unpack(v)[0]
+            svc = L.Svc.unpack(m["lb_svc"].get(L.U32.pack(sid)))
+            self._adopt_service(L.FwmKey(fwmark, addr=svc.addr), sid)   # the family's zero address
+            used_svc.add(sid)
+        for k, v in m["lb_fwm_ranges"].items(batch=False):
+            self.ranges[k] = v
+        self.next_svc_id = max(used_svc) + 1 if used_svc else 0
+        self.free_svc_ids = [i for i in range(self.next_svc_id) if i not in used_svc]
+        for rid in range(self.sizes.reals):
+            raw = m["lb_reals"].get(L.U32.pack(rid))
+            real = L.Real.unpack(raw)
+            if raw != b"\0" * len(raw):
+                self.reals[rid] = real
+                self.next_real_id = rid + 1
+
+    def _adopt_service(self, key, sid: int) -> None:
+        m = self.maps
+        svc = L.Svc.unpack(m["lb_svc"].get(L.U32.pack(sid)))
+        st = _SvcState(sid, key, L.SCHEDULER_NAMES.get(svc.sched, "wlc"))
+        for rid, _w, _f in L.unpack_dests(m["lb_svc_dests"].get(L.U32.pack(sid)), svc.nreals):
+            real = L.Real.unpack(m["lb_reals"].get(L.U32.pack(rid)))
+            st.dests.append(((real.addr, real.port), rid))
+        self.services[key] = st
+        if st.sched == "mh":
+            self.mh.adopt(st.id, svc.mh_size, [rid for _, rid in st.dests])
+
+    def _alloc_svc(self) -> int:
+        if self.free_svc_ids:
+            return self.free_svc_ids.pop(0)
+        if self.next_svc_id >= self.sizes.services:
+            raise DataplaneError(f"no free service slot (tables.services = {self.sizes.services})")
+        self.next_svc_id += 1
+        return self.next_svc_id - 1
+
+    def real_conns(self, rid: int) -> tuple[int, int]:
+        k = L.U32.pack(rid)
+        return L.real_counts(self.txn.get("lb_real_conns", k), self.txn.get("lb_real_swept", k))
+
+    def _alloc_real(self) -> int:
+        if self.next_real_id < self.sizes.reals:
+            self.next_real_id += 1
+            rid = self.next_real_id - 1
+        else:
+            # reuse a removed real server's id once no connection points at it any more
+            in_use = {r for s in self.services.values() for _, r in s.dests}
+            for rid, real in self.reals.items():
+                if rid not in in_use and real.family == 0 and self.real_conns(rid) == (0, 0, 0):
+                    break
+            else:
+                raise DataplaneError(f"no free real server slot (tables.real_servers = {self.sizes.reals})")
+        self.baseline.forget(rid)
+        self.rates.forget("lb_real_stats", rid)
+        self.txn.new_real(rid)                    # its counters start from zero
+        return rid
+
+    def _resolve(self, addr, onlink: bool):
+        """Next hop of addr, once per address per apply/refresh (services share servers)."""
+        key = (addr, onlink)
+        hit = self._nh_cache.get(key)
+        if hit is None:
+            try:
+                hit = self.resolver(addr, need_onlink=onlink)
+            except NextHopError as e:
+                hit = e
+            self._nh_cache[key] = hit
+        if isinstance(hit, NextHopError):
+            raise hit
+        return hit
+
+    def _real_entry(self, spec: RealSpec, svc_id: int, old: L.Real | None, resolve: bool = True) -> L.Real:
+        """The lb_reals entry for spec.  resolve=False keeps old's next hop (applies that only
+        change weights do no netlink work; refresh_nexthops re-resolves on its own schedule)."""
+        real = L.Real(spec.address, spec.port, L.FORWARDS[spec.forward], spec.weight, svc=svc_id,
+                      family=L.family_of(spec.address), u_threshold=spec.u_threshold, l_threshold=spec.l_threshold)
+        if old is not None:
+            real.pos = old.pos
+        if not resolve and old is not None and old.family and old.fwd == real.fwd:
+            _keep_nexthop(real, old)
+            real.flags |= old.flags & L.REAL_F_NO_NEXTHOP
+            return real
+        return self._with_nexthop(real, old)
+
+    def _with_nexthop(self, real: L.Real, old: L.Real | None) -> L.Real:
+        """real with its next hop resolved (and, for a tunnel, our source address toward it and
+        the link's MTU); when that fails, old's next hop if it had one, else no new connections
+        (REAL_F_NO_NEXTHOP) until it answers."""
+        try:
+            nh = self._resolve(real.addr, real.fwd == L.FWD_DR)
+            real.ifindex, real.mac, real.src_mac = nh.ifindex, nh.mac, nh.src_mac
+            if real.fwd == L.FWD_TUNNEL:
+                if nh.src_addr is None:
+                    raise NextHopError(f"real server {real.addr}: no source address of ours toward it "
+                                       f"(on {nh.ifname}) for the tunnel's outer header")
+                real.tun_src = L.pack_addr(nh.src_addr)
+                real.mtu = nh.mtu
+        except NextHopError as e:
+            if old is not None and old.family and not old.flags & L.REAL_F_NO_NEXTHOP:
+                _keep_nexthop(real, old)
+            else:
+                log.warning("%s; it gets no new connections until it answers", e)
+                real.flags |= L.REAL_F_NO_NEXTHOP
+        return real
+
+    def apply(self, table: TableSpec) -> int:
+        """Make the maps forward `table`; returns the number of map writes it took."""
+        before = self.txn.writes
+        self.last_table = table
+        self._nh_cache = {}
+        want = {key_of(s): s for s in table.services}
+        # a removed firewall-mark service stops matching before its slot is freed
+        self._sync_ranges({k: s for k, s in want.items() if k in self.services})
+        # removals: each service's lb_services / lb_fwm_services entry goes at once, its parts
+        # (flushed in reverse stage order) after; see lb/dataplane/txn.py
+        self.txn.begin()
+        try:
+            for key in [k for k in self.services if k not in want]:
+                self._remove_service(key)
+        finally:
+            self.txn.end(reverse=True)
+        self.draining = {d for d in self.draining if d[0] in want}
+        # additions and changes, flushed map by map in txn.STAGES order: every service is whole
+        # before its lb_services / lb_fwm_services entry is written
+        self.txn.begin()
+        try:
+            for key, spec in want.items():
+                self._apply_service(key, spec, self._drains(key, spec))
+        finally:
+            self.txn.end()
+        self._sync_ranges(want)
+        self._apply_timeouts(table.timeouts)
+        g = L.U32.pack(L.G_EXPIRE_NODEST)
+        if self.maps["lb_globals"].get(g) != L.U32.pack(int(table.expire_nodest_conn)):
+            self.txn.set("lb_globals", g, L.U32.pack(int(table.expire_nodest_conn)))
+        self.lblc.expiration = {"lblc": table.lblc_expiration, "lblcr": table.lblcr_expiration}
+        g = L.U32.pack(L.G_LBLCR_EXPIRATION)
+        if self.maps["lb_globals"].get(g) != L.U32.pack(table.lblcr_expiration):
+            self.txn.set("lb_globals", g, L.U32.pack(table.lblcr_expiration))
+        n = self.txn.writes - before
+        log.info("applied %d services: %d map writes", len(want), n)
+        return n
+
+    def _drains(self, key: L.SvcKey, spec: ServiceSpec) -> set[tuple]:
+        """The real servers of the service that leave it but stay, at weight 0, until the last
+        connection pointing at them has ended or expired: removal drains instead of cutting
+        (IPVS drops such packets at once).  Half-open and closing connections count too, so a
+        client between SYN and ACK is not cut off."""
+        st = self.services.get(key)
+        if st is None:
+            return set()
+        wanted = {r.key for r in spec.reals}
+        dead = set(spec.dead)
+        drains = set()
+        for rkey, rid in st.dests:
+            if rkey in wanted or rkey in dead:      # kept, or dead: no draining
+                if self.draining:
+                    self.draining.discard((key, rkey))
+                continue
+            active, inactive, _ = self.real_conns(rid)
+            if active + inactive == 0:
+                self.draining.discard((key, rkey))
+                continue
+            if (key, rkey) not in self.draining:
+                log.info("draining real server %s:%d of %s: weight 0 until its %d connections end",
+                         rkey[0], rkey[1], _svc_name(key), active + inactive)
+                self.draining.add((key, rkey))
+            drains.add(rkey)
+        return drains
+
+    def finish_drains(self) -> int:
+        """Remove draining real servers whose connections have all ended or expired."""
+        done = 0
+        for key, rkey in self.draining:
+            st = self.services.get(key)
+            rid = next((r for k, r in st.dests if k == rkey), None) if st else None
+            if rid is None or sum(self.real_conns(rid)[:2]) == 0:
+                done += 1
+        if done and self.last_table is not None:
+            self.apply(self.last_table)
+        return done
+
+    def _apply_timeouts(self, timeouts) -> None:
+        for i, v in enumerate(state_timeouts(*timeouts)):
+            k = L.U32.pack(i)
+            if self.maps["lb_timeouts"].get(k) != L.U32.pack(v):
+                self.txn.set("lb_timeouts", k, L.U32.pack(v))
+
+    def _sync_ranges(self, want: dict) -> None:
+        """lb_fwm_ranges from the firewall-mark services in `want` that have a slot: one value
+        per (VIP, protocol) with its ranges in port order; lb_globals[G_FWM_KEYS] says whether
+        the data path needs to look at all."""
+        by_vip: dict[bytes, list[tuple[int, int, int]]] = {}
+        for key, spec in want.items():
+            st = self.services.get(key)
+            if not isinstance(key, L.FwmKey) or st is None:
+                continue
+            for g in spec.groups:
+                vk = L.SvcKey(L.PROTO_NUMBERS[g.protocol], g.address, 0).pack()
+                by_vip.setdefault(vk, []).append((g.low, g.high, st.id))
+        new = {k: L.pack_ranges(sorted(v)) for k, v in by_vip.items()}
+        m = self.maps["lb_fwm_ranges"]
+        g = L.U32.pack(L.G_FWM_KEYS)
+        if len(new) > len(self.ranges):       # the count goes up before entries appear
+            self.txn.set("lb_globals", g, L.U32.pack(len(new)))
+        for k, v in new.items():
+            if self.ranges.get(k) != v:
+                self.txn.set("lb_fwm_ranges", k, v)
+        for k in [k for k in self.ranges if k not in new]:
+            m.delete(k)
+            self.txn.writes += 1
+        if self.maps["lb_globals"].get(g) != L.U32.pack(len(new)):
+            self.txn.set("lb_globals", g, L.U32.pack(len(new)))
+        self.ranges = new
+
+    def _remove_service(self, key) -> None:
+        st = self.services.pop(key)
+        if isinstance(key, L.FwmKey):
+            self.maps["lb_fwm_services"].delete(L.U32.pack(key.fwmark))
+        else:
+            self.maps["lb_services"].delete(key.pack())
+        self.txn.writes += 1
+        for _, rid in st.dests:
+            self._retire_real(rid)
+        self.txn.set("lb_svc", L.U32.pack(st.id), L.Svc(key.addr, key.port, key.proto, 0).pack())
+        self.txn.delete("lb_sched_buckets", L.U32.pack(st.id))
+        self.lblc.flush(st.id)
+        self._mh_drop(st.id)
+        self.free_svc_ids.append(st.id)
+        log.info("removed virtual service %s", _svc_name(key))
+
+    def _retire_real(self, rid: int) -> None:
+        # family 0: packets of its remaining connections drop (IPVS expire_nodest_conn = 0)
+        real = self.reals[rid]
+        real.family = 0
+        real.weight = 0
+        self.mh.last.pop(rid, None)         # a reused id starts with a new last weight
+        self.txn.set("lb_reals", L.U32.pack(rid), real.pack())
+
+    def _apply_service(self, key: L.SvcKey, spec: ServiceSpec, drains: set[tuple] = frozenset()) -> None:
+        """Write one service: spec's real servers, plus `drains` (real servers it keeps at
+        weight 0 while their connections last)."""
+        new = key not in self.services
+        sched_changed = False
+        name = _SvcName(key)        # formatted only when a line is logged
+        if new:
+            st = _SvcState(self._alloc_svc(), key, spec.scheduler, name=spec.name)
+            self.services[key] = st
+            cursor, mark = None, sched_model.wrr_init([])
+            log.info("adding virtual service %s %s", name, spec.scheduler)
+        else:
+            st = self.services[key]
+            cl, cw = L.SCHED_STATE.unpack(self.txn.get("lb_sched_state", L.U32.pack(st.id)))
+            cursor = None if cl == L.POS_HEAD or cl >= len(st.dests) else cl
+            mark = sched_model.WrrMark(cursor, cw, 0, 1)
+            if st.sched != spec.scheduler:
+                # a new scheduler starts from its own initial state, as ipvsadm -E does
+                cursor, mark = None, sched_model.wrr_init(self._weights(st))
+                st.sched = spec.scheduler
+                sched_changed = True
+                self.lblc.flush(st.id)     # ip_vs_lblc_done_svc: the old table goes
+        wanted = {r.key: r for r in spec.reals} if st.dests else {}    # (a new list needs none)
+        for rkey in drains:
+            wanted[rkey] = _DRAIN
+        changed = sched_changed
+
+        def dest_changed():
+            nonlocal mark
+            mark = sched_model.wrr_dest_changed(mark, self._weights(st))
+
+        # 1. removals (the rr cursor steps back to the previous element); kept[i]: the spec of
+        # the real server left at position i
+        kept = []
+        for pos in reversed(range(len(st.dests))):
+            rkey, rid = st.dests[pos]
+            spec_r = wanted.get(rkey)
+            if spec_r is not None:
+                kept.append(spec_r)
+            else:
+                del st.dests[pos]
+                cursor = sched_model.rr_cursor_after_delete(cursor, pos)
+                self._retire_real(rid)
+                dest_changed()
+                changed = True
+                log.info("removed real server %s:%d from %s", rkey[0], rkey[1], name)
+        # 2. updates of existing real servers (Real's == compares every packed field: the
+        # same as comparing the packed entries, without packing both)
+        kept.reverse()
+        for (rkey, rid), spec_r in zip(st.dests, kept):
+            old = self.reals[rid]
+            if spec_r is _DRAIN:
+                real = dataclasses.replace(old, weight=0, svc=st.id, family=L.family_of(old.addr),
+                                           flags=L.REAL_F_DRAINING | old.flags & L.REAL_F_NO_NEXTHOP)
+            else:
+                real = self._real_entry(spec_r, st.id, old, resolve=False)
+            if real != old:
+                self.reals[rid] = real
+                self.txn.set("lb_reals", L.U32.pack(rid), real.pack())
+                if (real.u_threshold, real.l_threshold) != (old.u_threshold, old.l_threshold):
+                    self._thresholds_changed(rid, real)
+                if real.weight != old.weight:
+                    dest_changed()
+                    log.info("real server %s:%d of %s: weight %d -> %d", rkey[0], rkey[1],
+                             name, old.weight, real.weight)
+                changed = True
+        # 3. additions, in config order, each to the front of the list; the wrr mark follows
+        # each one (wrr_dest_changed), its max weight and gcd kept as they grow (WrrGrow)
+        # (every real server left is wanted and they are distinct: as many as wanted, none to add)
+        if not st.dests:
+            have = set()
+        else:
+            have = {rkey for rkey, _ in st.dests} if len(st.dests) < len(wanted) else None
+        grow = None
+        for spec_r in spec.reals if have is not None else ():
+            if have and spec_r.key in have:
+                continue
+            rid = self._alloc_real()
+            real = self._real_entry(spec_r, st.id, None)
+            self.reals[rid] = real
+            self.txn.set("lb_reals", L.U32.pack(rid), real.pack())
+            st.dests.insert(0, (spec_r.key, rid))
+            if cursor is not None:
+                cursor += 1
+            if grow is None:
+                grow = WrrGrow(self._weights(st)[1:], mark.cw)
+            grow.add(real.weight)
+            changed = True
+            log.info("added real server %s:%d to %s (%s, weight %d)", spec_r.address, spec_r.port,
+                     name, L.FORWARD_NAMES[real.fwd], real.weight)
+        if grow is not None:
+            mark = grow.mark()
+        family = L.family_of(key.addr)
+        persist = (spec.persistent, L.pack_mask(spec.pmask, family) if spec.persistent else bytes(16))
+        flags = L.sched_flag_bits(f for f in spec.sched_flags if L.SCHED_FLAGS[f][0] == st.sched)
+        flags |= L.SVC_F_SLOPPY if spec.sloppy else 0
+        if not new:
+            cur = L.Svc.unpack(self.txn.get("lb_svc", L.U32.pack(st.id)))
+            if (cur.persist_timeout, cur.persist_mask) != persist:
+                changed = True
+                log.info("virtual service %s: persistence %d s mask %s", name, spec.persistent,
+                         L.unpack_mask(persist[1], family))
+            if cur.flags != flags or (st.sched == "mh" and cur.mh_size != spec.mh_size):
+                changed = True
+        if not (new or changed):
+            return
+        sid = L.U32.pack(st.id)
+        self.write_dests(st)
+        self._set_buckets(st)
+        self._set_mh(st, spec, new)
+        mw, di = sched_model.wrr_params(self._weights(st))
+        fwmark = key.fwmark if isinstance(key, L.FwmKey) else 0
+        svc = L.Svc(key.addr, key.port, key.proto, L.SCHEDULERS[st.sched], len(st.dests), flags, mw, di,
+                    persist[0], fwmark, spec.mh_size if st.sched == "mh" else 0, persist[1])
+        self.txn.set("lb_svc", sid, svc.pack())
+        cl = L.POS_HEAD
+        if st.sched == "rr" and cursor is not None:
+            cl = cursor
+        self.txn.set("lb_sched_state", sid, L.SCHED_STATE.pack(cl, mark.cw))
+        if new:
+            self.txn.set("lb_svc_stats", sid, L.STATS.pack(0, 0, 0, 0, 0))
+            self.txn.set("lb_svc_rates", sid, L.RATES.pack(0, 0, 0, 0, 0))
+            self.rates.forget("lb_svc_stats", st.id)
+            if fwmark:
+                self.txn.set("lb_fwm_services", L.U32.pack(fwmark), L.U32.pack(st.id))
+            else:
+                self.txn.set("lb_services", key.pack(), L.U32.pack(st.id))
+
+    def _set_buckets(self, st: _SvcState) -> None:
+        """dh / sh: the 256-bucket table of list positions (a pure function of the list and
+        its weights, as ip_vs_dh_reassign / ip_vs_sh_reassign rebuild it on every change);
+        other schedulers have no entry, so they pay no memory for it."""
+        sid = L.U32.pack(st.id)
+        if st.sched not in L.BUCKET_SCHEDULERS:
+            self.txn.delete("lb_sched_buckets", sid)
+            return
+        if st.sched == "dh":
+            table = sched_model.dh_table(len(st.dests))
+        else:
+            table = sched_model.sh_table(self._weights(st))
+        self.txn.set("lb_sched_buckets", sid,
+                  L.SCHED_BUCKETS.pack(*(L.LB_NONE if p is None else p for p in table)))
+
+    def _set_mh(self, st: _SvcState, spec: ServiceSpec, new: bool = False) -> None:
+        """ip_vs_mh_dest_changed: rebuild the table from the list (draining real servers left
+        out: IPVS has deleted them) and each server's last non-zero weight; write what changed.
+        mhtable writes at once: for a service the data path can see (not new), apply's pending
+        writes (its lb_reals and lb_svc_dests) go first."""
+        rids = [rid for _, rid in st.dests]
+        last = {rid: self.mh.last_weight(rid, self.reals[rid].weight) for rid in rids}
+        if st.sched != "mh":
+            if st.id in self.mh.tables and not new:
+                self.txn.flush()
+            self._mh_drop(st.id)
+            return
+        if not new:
+            self.txn.flush()
+        members = [rid for rid in rids if not self.reals[rid].flags & L.REAL_F_DRAINING]
+        table = sched_model.mh_table([(self.reals[r].addr, self.reals[r].port, last[r]) for r in members],
+                                     spec.mh_size)
+        before = self.mh.writes
+        self.mh.write(st.id, spec.mh_size, [L.LB_NONE if p is None else members[p] for p in table], rids)
+        self.txn.writes += self.mh.writes - before
+
+    def _mh_drop(self, sid: int) -> None:
+        before = self.mh.writes
+        self.mh.drop(sid, forget=True)
+        self.txn.writes += self.mh.writes - before
+
+    def _weights(self, st: _SvcState) -> list[int]:
+        return [self.reals[rid].weight for _, rid in st.dests]
+
+    def refresh_nexthops(self) -> int:
+        """Re-resolve real servers whose MAC is unknown (or changed); returns updates made."""
+        n = 0
+        self._nh_cache = {}
+        for st in self.services.values():
+            touched = False
+            for rkey, rid in st.dests:
+                old = self.reals[rid]
+                real = self._with_nexthop(L.Real(old.addr, old.port, old.fwd, old.weight, svc=st.id,
+                                                 family=L.family_of(old.addr), u_threshold=old.u_threshold,
+                                                 l_threshold=old.l_threshold, pos=old.pos,
+                                                 flags=old.flags & L.REAL_F_DRAINING), old)
+                if real.pack() != old.pack():
+                    self.reals[rid] = real
+                    self.txn.set("lb_reals", L.U32.pack(rid), real.pack())
+                    touched = True
+                    n += 1
+                    log.info("real server %s:%d next hop now %s", rkey[0], rkey[1], real.mac.hex(":"))
+            if touched:
+                self.write_dests(st)
+        return n
+
+    def write_dests(self, st: _SvcState) -> None:
+        """lb_svc_dests of a service: each real server's weight and flags, plus OVERLOAD as BPF
+        keeps it (lb_real_overload); each real server learns its position, where BPF sets and
+        clears OVERLOAD in place."""
+        dests = []
+        for pos, (_, rid) in enumerate(st.dests):
+            real = self.reals[rid]
+            if real.pos != pos:
+                real.pos = pos
+                self.txn.set("lb_reals", L.U32.pack(rid), real.pack())
+            flags = real.flags
+            if real.u_threshold and self.txn.get("lb_real_overload", L.U32.pack(rid)) != L.U32.pack(0):
+                flags |= L.REAL_F_OVERLOAD
+            dests.append((rid, real.weight, flags))
+        self.txn.set("lb_svc_dests", L.U32.pack(st.id), L.pack_dests(dests, self.sizes.svc_reals))
+
+    def _thresholds_changed(self, rid: int, real: L.Real) -> None:
+        """IPVS __ip_vs_update_dest: OVERLOAD goes when u_threshold is now 0 or above the total."""
+        key = L.U32.pack(rid)
+        act, inact, _ = self.real_conns(rid)
+        if not real.u_threshold or real.u_threshold > act + inact:
+            if self.txn.get("lb_real_overload", key) != L.U32.pack(0):
+                self.txn.set("lb_real_overload", key, L.U32.pack(0))
+
+
+# _apply_service's mark of a real server kept draining (in place of its RealSpec)
+_DRAIN = object()
+
+
+def _keep_nexthop(real: L.Real, old: L.Real) -> None:
+    real.ifindex, real.mac, real.src_mac, real.tun_src, real.mtu = old.ifindex, old.mac, old.src_mac, old.tun_src, old.mtu
+
+
+def key_of(spec: ServiceSpec):
+    if spec.fwmark:
+        v6 = bool(spec.groups) and spec.groups[0].address.version == 6
+        return L.FwmKey(spec.fwmark, addr=ipaddress.IPv6Address(0) if v6 else ipaddress.IPv4Address(0))
+    return L.SvcKey(L.PROTO_NUMBERS[spec.protocol], spec.address, spec.port)
+
+
+class _SvcName:
+    """_svc_name(key) for log lines, formatted when (and if) a line is emitted."""
+    __slots__ = ("key", "text")
+
+    def __init__(self, key):
+        self.key, self.text = key, None
+
+    def __str__(self) -> str:
+        if self.text is None:
+            self.text = _svc_name(self.key)
+        return self.text
+
+
+class WrrGrow:
+    """sched_model.wrr_dest_changed once per real server added to a list that only grows:
+    wrr_params (max weight, gcd of the positive weights) kept up to date per added weight
+    instead of recomputed over the whole list, so adding n real servers costs O(n), not O(n^2).
+    Same marks (mark() after the last add), same weight check."""
+    __slots__ = ("max", "gcd", "cw")
+
+    def __init__(self, weights: list[int], cw: int):
+        self.max, self.gcd, self.cw = 0, 0, cw
+        for w in weights:
+            self._take(w)
+
+    def _take(self, w: int) -> None:
+        if not isinstance(w, int) or isinstance(w, bool) or w < 0:
+            raise ValueError(f"weight must be a non-negative int, got {w!r}")
+        if w > self.max:
+            self.max = w
+        if w > 0:
+            self.gcd = math.gcd(self.gcd, w)
+
+    def add(self, w: int) -> None:
+        """wrr_dest_changed after w was added"""
+        self._take(w)
+        di = self.gcd or 1
+        mw = self.max - (di - 1)
+        cw = self.cw
+        if cw > mw or cw == 0:
+            self.cw = mw
+        elif di > 1:
+            self.cw = (cw // di) * di + 1
+
+    def mark(self) -> sched_model.WrrMark:
+        di = self.gcd or 1
+        return sched_model.WrrMark(cl=None, cw=self.cw, mw=self.max - (di - 1), di=di)
+
+
+def _svc_name(key) -> str:
+    if isinstance(key, L.FwmKey):
+        return f"FWM {key.fwmark}"
+    return f"{L.PROTO_NAMES.get(key.proto, key.proto)} {key.addr}:{key.port}"
+

@@ -1,0 +1,162 @@
+"""The XDP data plane's map writes: one apply is one staged transaction, flushed map by map in
+dependency order, so the data path of a running director sees a consistent table at every
+moment while the writes go out in batches.
+
+---- the write order of apply ----
+apply() does not write entry by entry: its writes are collected per map and flushed one map
+at a time (BPF_MAP_UPDATE_BATCH, one syscall per map; single writes where lb._bpfbatch is not
+built or the kernel refuses the batch op).  The data plane of a running director stays
+consistent at every moment because the maps are flushed in dependency order, the order the
+per-entry code has always written one service in:
+
+  a real server's counters (a new or reused id starts from zero)  ->  lb_reals
+    ->  lb_svc_dests  ->  lb_sched_buckets  ->  [mh table]  ->  lb_svc  ->  lb_sched_state
+    ->  lb_svc_stats / lb_svc_rates  ->  lb_services / lb_fwm_services (the service is visible)
+  and only then lb_fwm_ranges (the firewall-mark ports that lead to it).
+
+So a service's real servers, its dest list and its scheduler tables are in place before the
+entry that makes it visible, and a changed service gets each map's new content in the same
+order as before (so a real server leaving a service that stays is retired in lb_reals before
+the dest list without it is written, as it always was: BPF skips a dest whose lb_reals entry
+has family 0).  Removed services go the other way: their lb_fwm_ranges and then their
+lb_services / lb_fwm_services entries go first, at once and unbuffered; their lblc and mh
+tables after that (also at once: nothing leads to them any more), and then their parts,
+flushed in reverse stage order, before any addition is flushed (a freed service or real id
+can be reused by the additions).  An mh table is written by lb/dataplane/mhtable.py straight
+away: for a service the data path can already see, whatever is pending is flushed first, so
+its slots never name a real server that is not yet in lb_reals.  A write to a map outside
+these stages flushes what is pending and goes straight through.  Reads in apply go through
+MapTxn.get, which sees the pending writes.  MapTxn.writes counts the same logical writes as
+the entry-by-entry code did (a key written twice in one apply counts twice although the batch
+writes it once, with its last value).
+"""
+from __future__ import annotations
+
+from . import layout as L
+from .maps import BpfMap
+
+STAGES = (
+    ("lb_real_conns", "lb_real_swept", "lb_real_base", "lb_real_overload", "lb_real_stats", "lb_real_rates"),
+    ("lb_reals",),
+    ("lb_svc_dests",),
+    ("lb_sched_buckets",),
+    ("lb_svc",),
+    ("lb_sched_state",),
+    ("lb_svc_stats", "lb_svc_rates"),
+    ("lb_services", "lb_fwm_services"),
+)
+STAGE_MAPS = tuple(name for stage in STAGES for name in stage)
+
+# what a new (or reused) real server id starts with, in this order
+NEW_REAL = (("lb_real_conns", L.REAL_CONNS.pack(0, 0, 0, 0)), ("lb_real_swept", L.REAL_CONNS.pack(0, 0, 0, 0)),
+            ("lb_real_base", L.REAL_CONNS.pack(0, 0, 0, 0)), ("lb_real_overload", L.U32.pack(0)),
+            ("lb_real_stats", L.STATS.pack(0, 0, 0, 0, 0)), ("lb_real_rates", L.RATES.pack(0, 0, 0, 0, 0)))
+assert all(name in STAGE_MAPS for name, _ in NEW_REAL)
+
+
+class MapTxn:
+    """Writes to the instance's maps: straight through, or (between begin and end) staged per
+    map and flushed in STAGES order.  `writes` counts every logical write."""
+
+    def __init__(self, maps: dict[str, BpfMap], batch: bool):
+        self.maps = maps
+        self.batch = batch          # False: the single-write path (tests compare both)
+        self.writes = 0
+        # pending writes per staged map {key: value} (None: writes go out at once), and
+        # pending deletes {key: already counted}
+        self._pending: dict[str, dict[bytes, bytes]] | None = None
+        self._pending_dels: dict[str, dict[bytes, bool]] = {}
+
+    def set(self, mapname: str, key: bytes, value: bytes) -> None:
+        p = self._pending
+        if p is None:
+            self.maps[mapname].set(key, value)
+        elif mapname in p:
+            if self._pending_dels[mapname]:
+                self._undelete(mapname, key)
+            p[mapname][key] = value
+        else:                       # not a staged map: keep the order by flushing first
+            self.flush()
+            self.maps[mapname].set(key, value)
+        self.writes += 1
+
+    def _undelete(self, mapname: str, key: bytes) -> None:
+        """A write replaces a pending delete of the same key: count the delete if it would
+        have removed an entry (as it did when every write went out at once)."""
+        counted = self._pending_dels[mapname].pop(key, None)
+        if counted is False and self.maps[mapname].get(key) is not None:
+            self.writes += 1
+
+    def delete(self, mapname: str, key: bytes) -> None:
+        """Delete key; counted as a write when it removes an entry."""
+        p = self._pending
+        if p is None or mapname not in p:
+            if p is not None:
+                self.flush()
+            if self.maps[mapname].delete(key):
+                self.writes += 1
+            return
+        dels = self._pending_dels[mapname]
+        if p[mapname].pop(key, None) is not None:
+            # written earlier in this batch: the entry exists by then, so the delete removes it
+            self.writes += 1
+            dels[key] = True
+        else:
+            dels.setdefault(key, False)     # False: count it at the flush if it removes one
+
+    def get(self, mapname: str, key: bytes) -> bytes | None:
+        """A map entry as the pending writes leave it."""
+        p = self._pending
+        if p is not None and mapname in p:
+            v = p[mapname].get(key)
+            if v is not None:
+                return v
+            if key in self._pending_dels[mapname]:
+                return None
+        return self.maps[mapname].get(key)
+
+    def new_real(self, rid: int) -> None:
+        """A new or reused real server id: its counters start from zero (NEW_REAL)."""
+        k = L.U32.pack(rid)
+        p = self._pending
+        if p is None:
+            for mapname, value in NEW_REAL:
+                self.set(mapname, k, value)
+            return
+        dels = self._pending_dels           # the same as set(), without a call per entry
+        for mapname, value in NEW_REAL:
+            if dels[mapname]:
+                self._undelete(mapname, k)
+            p[mapname][k] = value
+        self.writes += len(NEW_REAL)
+
+    def begin(self) -> None:
+        """From here on set / delete of the staged maps collect their writes until end."""
+        if self._pending is None:
+            self._pending = {name: {} for name in STAGE_MAPS}
+            self._pending_dels = {name: {} for name in STAGE_MAPS}
+
+    def end(self, reverse: bool = False) -> None:
+        try:
+            self.flush(reverse)
+        finally:
+            self._pending = None
+
+    def flush(self, reverse: bool = False) -> None:
+        """Write what is pending, map by map in STAGES order (reverse: removals); in a map,
+        the writes (one batch) and then the deletes."""
+        p, pd = self._pending, self._pending_dels
+        if p is None:
+            return
+        self._pending = {name: {} for name in STAGE_MAPS}
+        self._pending_dels = {name: {} for name in STAGE_MAPS}
+        for name in reversed(STAGE_MAPS) if reverse else STAGE_MAPS:
+            d, dels = p[name], pd[name]
+            if not (d or dels):
+                continue
+            m = self.maps[name]
+            if d:
+                m.set_many(list(d), list(d.values()), batch=self.batch)
+            for k, counted in dels.items():
+                if m.delete(k) and not counted:
+                    self.writes += 1
