@@ -33,6 +33,7 @@ from lb.dataplane.xdp import XdpDataplane
 from lb.ha import addresses
 from lb.ha import announce as ha_announce
 from lb.health import CheckSpec, LoadMonitorTask, LoadSpec, Monitor, NannyPolicy
+from lb.tasks import supervise
 
 log = logging.getLogger("lb.engine")
 
@@ -810,7 +811,9 @@ class Engine:
         if self.pulse is not None:
             await blocking(ha_announce.warm_up)      # scapy loads now, not during a takeover
             await self.pulse.start()
-        lease = asyncio.create_task(self.bgp.run()) if self.bgp is not None else None
+        # the lease's renewal, restarted if it raises (a stopped renewal withdraws every route)
+        lease = supervise("bgp-lease", self.bgp.run, logger=log, context=f"instance {self.cfg.instance}") \
+            if self.bgp is not None else None
         last_sweep = last_nh = last_est = loop.time()
         while self._stop is None:
             try:
