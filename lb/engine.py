@@ -328,7 +328,7 @@ class Engine:
             self.bgp.update(table, attached=self._attached(), active=self.active)
 
     def _attached(self) -> bool:
-        return self.cfg.public_interface in getattr(self.dp, "attached", {})
+        return self.cfg.public_interface in self.dp.attached
 
     def refresh_sched_base(self) -> int:
         with self._dp_lock:
