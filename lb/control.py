@@ -1,6 +1,13 @@
-"""The daemon's control socket: /run/lb/<instance>.sock (mode 0600, root only).
+"""The daemon's control socket: /run/lb/<instance>.sock.
 
-One JSON request per connection, one JSON reply, each a single line:
+Root only (mode 0600) unless the config's [control] names groups: then the socket is 0666 and each
+connection's peer credentials (SO_PEERCRED, SO_PEERGROUPS) decide what it may ask: root and the
+daemon's own user everything, members of ``admin_group`` everything (the web console's user),
+members of ``read_group`` the read requests (READ_COMMANDS), anyone else nothing (refused with a
+reply that says why).
+
+One JSON request per connection, one JSON reply, each a single line (a request of at most
+MAX_REQUEST bytes and MAX_DEPTH levels of nesting; anything else is answered "bad request"):
 
     {"cmd": "status"}  -> {"ok": true, "status": {...}}        (what `lb status` prints)
     {"cmd": "reload"}  -> {"ok": true, "message": "..."} or
@@ -8,6 +15,15 @@ One JSON request per connection, one JSON reply, each a single line:
     {"cmd": "weight", "service": "web", "server": "rs1", "weight": 0}
                        -> {"ok": true, "message": "..."} once the table is applied, or
                           {"ok": false, "error": "..."} (unknown service or server, bad weight)
+    {"cmd": "table"}   -> {"ok": true, "services": [...]}  the data plane's table: connection
+                          counts and rates per service and real server (what `lb list --rate` reads)
+    {"cmd": "web"}     -> {"ok": true, "instance": ..., "web": {...}}  the [web] settings `lb web` runs with
+    {"cmd": "config"}  -> {"ok": true, "config": {path, format, version, serial_no, identity, ...},
+                           "document": {...}, "text": "..."}  the file, for the console's forms
+    {"cmd": "config-put", "document": {...}, "version": "<the version it was edited from>"}
+                       -> {"ok": true, "message", "version", "serial_no"} once written and reloaded, or
+                          {"ok": false, "error", "issues": [...], "conflict": bool}: nothing changed
+                          (lb.confedit has the rules)
 
 "weight" is the operator's override of one real server's weight (`lb weight`, `lb quiesce`,
 `lb activate`): service by name (or VIP:PORT), server by name, ADDR or ADDR:PORT, weight
@@ -21,15 +37,21 @@ blocking client `lb status`, `lb reload` and `lb weight` use.
 from __future__ import annotations
 
 import asyncio
+import grp
 import json
 import logging
 import os
 import socket
+import struct
 
 log = logging.getLogger("lb.control")
 
 RUN_DIR = "/run/lb"
-MAX_REQUEST = 64 * 1024
+MAX_REQUEST = 2 * 1024 * 1024   # a configuration document (the file is at most 1 MiB) and then some
+MAX_DEPTH = 32                   # the deepest configuration document needs 6
+MAX_CLIENTS = 32                 # connections served at once; more are closed at once
+READ_COMMANDS = frozenset({"status", "table", "web", "config"})
+SO_PEERGROUPS = getattr(socket, "SO_PEERGROUPS", 59)
 CLIENT_TIMEOUT = 60.0        # a reload may compile nothing but can resolve many next hops
 
 
@@ -41,24 +63,98 @@ def socket_path(instance: str, run_dir: str = RUN_DIR) -> str:
     return os.path.join(run_dir, f"{instance}.sock")
 
 
-class ControlServer:
-    """Answers requests with ``handler(request dict) -> reply dict`` (a coroutine)."""
+class BadRequest(ValueError):
+    pass
 
-    def __init__(self, path: str, handler):
+
+def parse_request(line: bytes) -> dict:
+    """One request line as a dict; BadRequest (never another exception) for anything else."""
+    if len(line) > MAX_REQUEST:
+        raise BadRequest(f"longer than {MAX_REQUEST} bytes")
+    try:
+        req = json.loads(line)
+    except RecursionError:
+        raise BadRequest(f"nested more than {MAX_DEPTH} levels") from None
+    except (ValueError, UnicodeDecodeError) as e:
+        raise BadRequest(str(e)) from None
+    if not isinstance(req, dict):
+        raise BadRequest("a request is a JSON object")
+    if depth(req) > MAX_DEPTH:
+        raise BadRequest(f"nested more than {MAX_DEPTH} levels")
+    if not isinstance(req.get("cmd"), str):
+        raise BadRequest('no "cmd" (a string)')
+    return req
+
+
+def depth(value) -> int:
+    """How deeply lists and objects nest in ``value`` (iteratively: no recursion limit)."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        v, d = stack.pop()
+        if isinstance(v, (dict, list)):
+            deepest = max(deepest, d)
+            if d <= MAX_DEPTH:
+                stack.extend((x, d + 1) for x in (v.values() if isinstance(v, dict) else v))
+    return deepest
+
+
+def peer_credentials(sock: socket.socket) -> tuple[int, int, set[int]]:
+    """(pid, uid, every gid) of the process at the other end of a unix socket."""
+    pid, uid, gid = struct.unpack("3i", sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12))
+    groups = {gid}
+    try:
+        raw = sock.getsockopt(socket.SOL_SOCKET, SO_PEERGROUPS, 4 * 256)
+        groups.update(struct.unpack(f"{len(raw) // 4}I", raw[: len(raw) // 4 * 4]))
+    except OSError:   # a kernel before 4.13: the groups it had when it connected are not kept
+        pass
+    return pid, uid, groups
+
+
+def access_level(uid: int, groups: set[int], settings) -> str | None:
+    """"admin", "read" or None for a peer, by [control] (lb.config.model.Control)."""
+    if uid in (0, os.geteuid()):
+        return "admin"
+    for level, name in (("admin", getattr(settings, "admin_group", None)),
+                        ("read", getattr(settings, "read_group", None))):
+        if not name:
+            continue
+        try:
+            if grp.getgrnam(name).gr_gid in groups:
+                return level
+        except KeyError:
+            log.warning("control socket: [control] %s_group %r is not a group on this host", level, name)
+    return None
+
+
+class ControlServer:
+    """Answers requests with ``handler(request dict) -> reply dict`` (a coroutine); ``access()``
+    gives the [control] settings (lb.config.model.Control, or None: root only)."""
+
+    def __init__(self, path: str, handler, access=None):
         self.path = path
         self.handler = handler
+        self.access = access or (lambda: None)
         self.server: asyncio.base_events.Server | None = None
+        self._clients = 0
 
     async def start(self) -> None:
         os.makedirs(os.path.dirname(self.path), exist_ok=True)
         self._unlink_stale()
         old = os.umask(0o177)            # the socket is born 0600: no window with wider access
         try:
-            self.server = await asyncio.start_unix_server(self._serve, path=self.path, limit=MAX_REQUEST)
+            self.server = await asyncio.start_unix_server(self._serve, path=self.path, limit=MAX_REQUEST + 1)
         finally:
             os.umask(old)
-        os.chmod(self.path, 0o600)
+        self.refresh_mode()
         log.info("control socket %s", self.path)
+
+    def mode(self) -> int:
+        a = self.access()
+        return 0o666 if a is not None and (a.admin_group or a.read_group) else 0o600
+
+    def refresh_mode(self) -> None:
+        """0600 without [control] groups; 0666 with them (each peer's credentials then decide)."""
+        os.chmod(self.path, self.mode())
 
     def _unlink_stale(self) -> None:
         """A socket file left by a crashed daemon; a live one means another daemon runs."""
@@ -86,26 +182,62 @@ class ControlServer:
             pass
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if self._clients >= MAX_CLIENTS:
+            writer.close()
+            return
+        self._clients += 1
         try:
-            try:
-                line = await asyncio.wait_for(reader.readline(), 10.0)
-                req = json.loads(line)
-                if not isinstance(req, dict):
-                    raise ValueError("a request is a JSON object")
-            except (ValueError, asyncio.LimitOverrunError, asyncio.TimeoutError) as e:
-                reply = {"ok": False, "error": f"bad request: {e}"}
-            else:
-                try:
-                    reply = await self.handler(req)
-                except Exception as e:  # the daemon goes on; the caller learns why
-                    log.exception("control request %r failed", req.get("cmd"))
-                    reply = {"ok": False, "error": f"{type(e).__name__}: {e}"}
+            reply = await self._answer(reader, writer)
             writer.write(json.dumps(reply).encode() + b"\n")
             await writer.drain()
         except (ConnectionError, asyncio.CancelledError):
             pass
         finally:
+            self._clients -= 1
             writer.close()
+
+    async def _answer(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> dict:
+        try:
+            pid, uid, groups = peer_credentials(writer.get_extra_info("socket"))
+        except (OSError, AttributeError, struct.error) as e:
+            return {"ok": False, "error": f"refused: no peer credentials ({e})"}
+        level = access_level(uid, groups, self.access())
+        if level is None:
+            log.warning("control socket: refused uid %d (pid %d): neither root nor in [control]'s groups", uid, pid)
+            return {"ok": False, "error": f"refused: uid {uid} may not use this control socket (root, or a member "
+                                          f"of [control] admin_group or read_group)", "refused": True}
+        try:
+            line = await asyncio.wait_for(reader.readline(), 10.0)
+            req = parse_request(line)
+        except asyncio.TimeoutError:
+            return {"ok": False, "error": "bad request: nothing received within 10 s"}
+        except (BadRequest, ValueError, asyncio.LimitOverrunError) as e:  # readline: ValueError past the limit
+            return {"ok": False, "error": f"bad request: {e}"}
+        if level != "admin" and req["cmd"] not in READ_COMMANDS:
+            return {"ok": False, "error": f"refused: {req['cmd']!r} needs [control] admin_group (uid {uid} may "
+                                          f"read only: {', '.join(sorted(READ_COMMANDS))})", "refused": True}
+        try:
+            return await self.handler(req)
+        except Exception as e:  # the daemon goes on; the caller learns why
+            log.exception("control request %r failed", req.get("cmd"))
+            return {"ok": False, "error": f"{type(e).__name__}: {e}"}
+
+
+async def arequest(path: str, cmd: str, timeout: float = CLIENT_TIMEOUT, **args) -> dict:
+    """The asyncio twin of :func:`request` on the socket at ``path`` (the web console's)."""
+    try:
+        reader, writer = await asyncio.wait_for(asyncio.open_unix_connection(path, limit=MAX_REQUEST * 2), timeout)
+    except (FileNotFoundError, ConnectionRefusedError) as e:
+        raise NotRunning(f"the daemon is not running (nothing answers on {path}: {e.strerror})") from None
+    try:
+        writer.write(json.dumps({"cmd": cmd, **args}).encode() + b"\n")
+        await writer.drain()
+        line = await asyncio.wait_for(reader.readline(), timeout)
+    finally:
+        writer.close()
+    if not line:
+        raise NotRunning(f"the daemon closed {path} without a reply")
+    return json.loads(line)
 
 
 def request(instance: str, cmd: str, timeout: float = CLIENT_TIMEOUT, run_dir: str = RUN_DIR, **args) -> dict:

@@ -18,6 +18,7 @@ import time
 
 from lb import config as lbconfig
 from lb import control
+from lb.confedit import ConfigRequests, restart_needed
 from lb import weight as lbweight
 from lb.config.model import FORWARD_OF_NETWORK
 from lb.config.model import endpoint_text as _endpoint
@@ -243,6 +244,8 @@ class Engine:
         self._reload_waiters: list[asyncio.Future] = []   # `lb reload` callers on the control socket
         self._usable: dict[tuple, set] = {}          # service key -> real servers taking new connections
         self._fell_back = False                      # auto: XDP gave way to kernel IPVS
+        self.configs = ConfigRequests(self)          # the control socket's configuration requests
+        self.configsync = None                       # HA: lb.ha.configsync (the config push)
 
     # ---- lifecycle ----
     def start(self) -> None:
@@ -378,14 +381,13 @@ class Engine:
             new = lbconfig.load(path)
         except lbconfig.ConfigError as e:
             raise ReloadRefused(f"reload refused, nothing changed:\n{e}", e.issues) from None
-        if new.instance != self.cfg.instance or new.tables != self.cfg.tables or new.network != self.cfg.network:
-            raise ReloadRefused("reload refused: instance, tables and network need a restart")
+        needs = restart_needed(self.cfg, new)
+        if needs:
+            raise ReloadRefused(f"reload refused: {', '.join(needs)} changed, which needs a restart")
         try:
             check_interfaces(new)
         except StartupError as e:
             raise ReloadRefused(f"reload refused: {e}") from None
-        if (new.ha is None) != (self.cfg.ha is None) or (new.ha and new.ha != self.cfg.ha):
-            raise ReloadRefused("reload refused: the [ha] settings need a restart")
         log_warnings(new)
         want = addresses.wanted_addresses(new)
         if self.active:
@@ -692,6 +694,9 @@ class Engine:
                "at": time.time(), "services": services}
         if self.pulse is not None:
             doc["ha"] = self.pulse.status()
+        doc["configuration"] = self.configs.info()
+        if self.configsync is not None:
+            doc["configuration"]["peer"] = self.configsync.status()
         try:
             counters = self.dp.counters()
             if counters:
@@ -733,7 +738,16 @@ class Engine:
             return await fut
         if cmd == "weight":
             return await self._weight_reply(req)
-        return {"ok": False, "error": f"unknown command {cmd!r} (status, reload, weight)"}
+        if cmd in ("config", "config-put", "table", "web"):
+            return await self.configs.request(req)
+        return {"ok": False, "error": f"unknown command {cmd!r} (status, reload, weight, table, web, config, "
+                                     f"config-put)"}
+
+    def role(self) -> str:
+        """This director's HA role ("active" without [ha])."""
+        if self.pulse is not None:
+            return self.pulse.role
+        return "active" if self.active else "starting"
 
     # ---- the loop ----
     async def run(self) -> None:
@@ -760,21 +774,17 @@ class Engine:
         blocking = lambda fn: loop.run_in_executor(None, fn)  # noqa: E731
         self.sync_monitors()
         self.sync_load_monitors()
-        server = control.ControlServer(control.socket_path(self.cfg.instance, RUN_DIR), self.control)
+        server = control.ControlServer(control.socket_path(self.cfg.instance, RUN_DIR), self.control,
+                                       access=lambda: self.cfg.control)
         try:
             await server.start()
         except OSError as e:         # forwarding goes on; only `lb status`/`lb reload` are missing
             log.error("no control socket: %s", e)
-        web = None
-        if self.cfg.web.enabled:     # lb.web logs why when it cannot start; forwarding goes on
-            try:
-                from lb.web import app as webapp
-                web = await webapp.start(self)
-            except Exception:
-                log.exception("web console not started")
         if self.pulse is not None:
             await blocking(ha_announce.warm_up)      # scapy loads now, not during a takeover
             await self.pulse.start()
+            from lb.ha import configsync     # the active pushes its configuration to the backup
+            self.configsync = await configsync.start(self)
         last_sweep = last_nh = last_est = loop.time()
         while self._stop is None:
             try:
@@ -792,8 +802,8 @@ class Engine:
                         self.sync_monitors()
                         self.sync_load_monitors()
                         self.sync_overrides()
-                        if web is not None:
-                            web.reloaded(self.cfg)
+                        if server.server is not None:
+                            server.refresh_mode()
                     for fut in waiters:
                         if not fut.done():
                             fut.set_result(reply)
@@ -831,8 +841,8 @@ class Engine:
         for fut in self._reload_waiters + [f for f, _ in self._apply_waiters]:   # before the server waits
             if not fut.done():                                                     # for its handlers
                 fut.set_result({"ok": False, "error": "the daemon is stopping"})
-        if web is not None:
-            await web.stop()
+        if self.configsync is not None:
+            await self.configsync.stop()
         await server.stop()
         if self.pulse is not None:
             await self.pulse.stop()
