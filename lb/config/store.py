@@ -65,7 +65,7 @@ class Snapshot:
         """The document of the file's configuration, as the TOML loader validates it."""
         if self.cfg is None:
             raise EditRefused(f"{self.path} does not load: fix it first", self.error.issues if self.error else ())
-        return totoml.document(self.cfg)
+        return plain_document(self.cfg)
 
 
 @dataclass(frozen=True)
@@ -234,9 +234,14 @@ def _atomic(path: Path, data: bytes, mode: int) -> None:
 LOCAL_KEYS = (("global", "instance"), ("global", "serial_no"))
 
 
+def plain_document(cfg: Config) -> dict[str, Any]:
+    """totoml.document(cfg) in JSON's types (arrays as lists), as it crosses the control socket."""
+    return json.loads(json.dumps(totoml.document(cfg)))
+
+
 def shared_document(cfg: Config) -> dict[str, Any]:
     """The document of ``cfg`` without the per-director keys."""
-    doc = totoml.document(cfg)
+    doc = plain_document(cfg)
     for table, key in LOCAL_KEYS:
         doc.get(table, {}).pop(key, None)
     return doc

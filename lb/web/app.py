@@ -280,8 +280,9 @@ class Console:
     async def _guard(self, request: web.Request, handler):
         try:
             return _finish(await self._guarded(request, handler))
-        except web.HTTPException as e:
-            return _finish(e)
+        except web.HTTPException as e:   # 400, 404, 405 ... as plain responses with our headers
+            keep = {k: v for k, v in e.headers.items() if k.lower() not in ("content-type", "content-length")}
+            return _finish(web.Response(status=e.status, text=e.text, headers=keep))
 
     async def _guarded(self, request: web.Request, handler):
         client = self._client(request)
