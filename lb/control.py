@@ -202,12 +202,12 @@ class ControlServer:
         except (OSError, AttributeError, struct.error) as e:
             return {"ok": False, "error": f"refused: no peer credentials ({e})"}
         level = access_level(uid, groups, self.access())
-        if level is None:
-            log.warning("control socket: refused uid %d (pid %d): neither root nor in [control]'s groups", uid, pid)
-            return {"ok": False, "error": f"refused: uid {uid} may not use this control socket (root, or a member "
-                                          f"of [control] admin_group or read_group)", "refused": True}
         try:
-            line = await asyncio.wait_for(reader.readline(), 10.0)
+            line = await asyncio.wait_for(reader.readline(), 10.0)   # read first: the client's write never fails
+            if level is None:
+                log.warning("control socket: refused uid %d (pid %d): neither root nor in [control]'s groups", uid, pid)
+                return {"ok": False, "error": f"refused: uid {uid} may not use this control socket (root, or a "
+                                              f"member of [control] admin_group or read_group)", "refused": True}
             req = parse_request(line)
         except asyncio.TimeoutError:
             return {"ok": False, "error": "bad request: nothing received within 10 s"}
