@@ -1,10 +1,11 @@
 """The daemon's control socket: /run/lb/<instance>.sock.
 
-Root only (mode 0600) unless the config's [control] names groups: then the socket is 0666 and each
+Root only (mode 0600, in /run/lb, 0700).  When the config's [control] names groups, the daemon
+also listens on /run/lb-control/<instance>.sock (the directory 0755, the socket 0666), where each
 connection's peer credentials (SO_PEERCRED, SO_PEERGROUPS) decide what it may ask: root and the
 daemon's own user everything, members of ``admin_group`` everything (the web console's user),
 members of ``read_group`` the read requests (READ_COMMANDS), anyone else nothing (refused with a
-reply that says why).
+reply that says why).  `lb web` connects there.
 
 One JSON request per connection, one JSON reply, each a single line (a request of at most
 MAX_REQUEST bytes and MAX_DEPTH levels of nesting; anything else is answered "bad request"):
@@ -47,6 +48,7 @@ import struct
 log = logging.getLogger("lb.control")
 
 RUN_DIR = "/run/lb"
+SHARED_DIR = "/run/lb-control"   # the sockets [control]'s groups reach (/run/lb stays root's)
 MAX_REQUEST = 2 * 1024 * 1024   # a configuration document (the file is at most 1 MiB) and then some
 MAX_DEPTH = 32                   # the deepest configuration document needs 6
 MAX_CLIENTS = 32                 # connections served at once; more are closed at once
@@ -61,6 +63,10 @@ class NotRunning(Exception):
 
 def socket_path(instance: str, run_dir: str = RUN_DIR) -> str:
     return os.path.join(run_dir, f"{instance}.sock")
+
+
+def shared_socket_path(instance: str, shared_dir: str = SHARED_DIR) -> str:
+    return os.path.join(shared_dir, f"{instance}.sock")
 
 
 class BadRequest(ValueError):
@@ -126,52 +132,80 @@ def access_level(uid: int, groups: set[int], settings) -> str | None:
     return None
 
 
+def _unlink_stale(path: str) -> None:
+    """A socket file left by a crashed daemon; a live one means another daemon runs."""
+    if not os.path.exists(path):
+        return
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    probe.settimeout(1.0)
+    try:
+        probe.connect(path)
+    except OSError:
+        os.unlink(path)
+        return
+    finally:
+        probe.close()
+    raise OSError(f"{path}: another lb daemon answers on this control socket")
+
+
 class ControlServer:
     """Answers requests with ``handler(request dict) -> reply dict`` (a coroutine); ``access()``
     gives the [control] settings (lb.config.model.Control, or None: root only)."""
 
-    def __init__(self, path: str, handler, access=None):
+    def __init__(self, path: str, handler, access=None, shared_path: str | None = None):
         self.path = path
+        self.shared_path = shared_path
         self.handler = handler
         self.access = access or (lambda: None)
         self.server: asyncio.base_events.Server | None = None
+        self.shared: asyncio.base_events.Server | None = None
         self._clients = 0
 
     async def start(self) -> None:
         os.makedirs(os.path.dirname(self.path), exist_ok=True)
-        self._unlink_stale()
+        self.server = await self._listen(self.path, 0o600)
+        log.info("control socket %s", self.path)
+        await self.refresh()
+
+    async def _listen(self, path: str, mode: int):
+        _unlink_stale(path)
         old = os.umask(0o177)            # the socket is born 0600: no window with wider access
         try:
-            self.server = await asyncio.start_unix_server(self._serve, path=self.path, limit=MAX_REQUEST + 1)
+            server = await asyncio.start_unix_server(self._serve, path=path, limit=MAX_REQUEST + 1)
         finally:
             os.umask(old)
-        self.refresh_mode()
-        log.info("control socket %s", self.path)
+        os.chmod(path, mode)
+        return server
 
-    def mode(self) -> int:
+    def grouped(self) -> bool:
         a = self.access()
-        return 0o666 if a is not None and (a.admin_group or a.read_group) else 0o600
+        return a is not None and bool(a.admin_group or a.read_group)
 
-    def refresh_mode(self) -> None:
-        """0600 without [control] groups; 0666 with them (each peer's credentials then decide)."""
-        os.chmod(self.path, self.mode())
-
-    def _unlink_stale(self) -> None:
-        """A socket file left by a crashed daemon; a live one means another daemon runs."""
-        if not os.path.exists(self.path):
+    async def refresh(self) -> None:
+        """The shared socket (0666, each peer's credentials decide) while [control] names groups."""
+        if self.shared_path is None:
             return
-        probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        probe.settimeout(1.0)
+        if self.grouped() and self.shared is None:
+            d = os.path.dirname(self.shared_path)
+            os.makedirs(d, mode=0o755, exist_ok=True)
+            os.chmod(d, 0o755)
+            self.shared = await self._listen(self.shared_path, 0o666)
+            log.info("control socket for [control]'s groups: %s", self.shared_path)
+        elif not self.grouped() and self.shared is not None:
+            await self._close_shared()
+
+    async def _close_shared(self) -> None:
+        self.shared.close()
+        await self.shared.wait_closed()
+        self.shared = None
         try:
-            probe.connect(self.path)
-        except OSError:
-            os.unlink(self.path)
-            return
-        finally:
-            probe.close()
-        raise OSError(f"{self.path}: another lb daemon answers on this control socket")
+            os.unlink(self.shared_path)
+        except FileNotFoundError:
+            pass
 
     async def stop(self) -> None:
+        if self.shared is not None:
+            await self._close_shared()
         if self.server is not None:
             self.server.close()
             await self.server.wait_closed()

@@ -37,6 +37,7 @@ from lb.health import CheckSpec, LoadMonitorTask, LoadSpec, Monitor, NannyPolicy
 log = logging.getLogger("lb.engine")
 
 RUN_DIR = "/run/lb"
+SHARED_DIR = control.SHARED_DIR
 SWEEP_INTERVAL = 5.0
 NEXTHOP_INTERVAL = 10.0
 ESTIMATE_INTERVAL = 2.0       # IPVS's rate estimator period (ip_vs_est.c)
@@ -775,7 +776,8 @@ class Engine:
         self.sync_monitors()
         self.sync_load_monitors()
         server = control.ControlServer(control.socket_path(self.cfg.instance, RUN_DIR), self.control,
-                                       access=lambda: self.cfg.control)
+                                       access=lambda: self.cfg.control,
+                                       shared_path=control.shared_socket_path(self.cfg.instance, SHARED_DIR))
         try:
             await server.start()
         except OSError as e:         # forwarding goes on; only `lb status`/`lb reload` are missing
@@ -803,7 +805,7 @@ class Engine:
                         self.sync_load_monitors()
                         self.sync_overrides()
                         if server.server is not None:
-                            server.refresh_mode()
+                            await server.refresh()      # [control]'s groups: their socket
                     for fut in waiters:
                         if not fut.done():
                             fut.set_result(reply)

@@ -16,8 +16,11 @@ log() { printf 'setup: %s\n' "$*"; }
 #    marks firewall-mark services' packets in the IPVS data plane (host tests and the IPVS VM).
 PKGS=(python3-bpfcc libbpfcc linux-headers-amd64 iproute2 ethtool nginx-light curl wrk
       tcpdump bpftool procps psmisc kmod haproxy netsniff-ng nftables)
+# Only for the tests: Debian's chromium and its driver, which selenium drives (the web console's
+# browser tests, tests/test_web_browser.py); never part of a director's runtime install.
+TEST_PKGS=(chromium chromium-driver)
 missing=()
-for p in "${PKGS[@]}"; do
+for p in "${PKGS[@]}" "${TEST_PKGS[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
 done
 if [ ${#missing[@]} -gt 0 ]; then

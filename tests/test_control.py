@@ -145,7 +145,7 @@ s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
 s.settimeout(10)
 try:
     s.connect(sys.argv[1])
-except PermissionError:
+except (PermissionError, FileNotFoundError):
     print(json.dumps({"connect": "EACCES"})); sys.exit(0)
 s.sendall(json.dumps({"cmd": sys.argv[2]}).encode() + b"\n")
 print(s.makefile().readline().strip())
@@ -171,7 +171,7 @@ def shared_dir():
         shutil.rmtree(d, ignore_errors=True)
 
 
-def serve_with(run_dir, settings):
+def serve_with(run_dir, shared_dir, settings):
     seen = []
 
     async def handler(req):
@@ -179,7 +179,8 @@ def serve_with(run_dir, settings):
         return {"ok": True, "did": req["cmd"]}
 
     loop = asyncio.new_event_loop()
-    server = control.ControlServer(control.socket_path("t", run_dir), handler, access=lambda: settings)
+    server = control.ControlServer(control.socket_path("t", run_dir), handler, access=lambda: settings,
+                                   shared_path=control.shared_socket_path("t", shared_dir))
     ready = threading.Event()
 
     def run():
@@ -203,20 +204,25 @@ def stop(loop, t):
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="switching to uid nobody needs root")
 @pytest.mark.parametrize("settings, status, reload", [
-    (None, "EACCES", "EACCES"),                                               # root only: mode 0600
+    (None, "absent", "absent"),                                               # root only: no shared socket
     (Control(read_group="nogroup"), "ok", "refused"),                         # read-only client
     (Control(admin_group="nogroup"), "ok", "ok"),                             # the console's group
     (Control(admin_group="daemon", read_group="sys"), "refused", "refused"),  # in neither group
 ])
-def test_unauthenticated_and_read_only_clients_are_refused(shared_dir, settings, status, reload):
-    loop, t, seen = serve_with(shared_dir, settings)
-    path = control.socket_path("t", shared_dir)
+def test_unauthenticated_and_read_only_clients_are_refused(tmp_path, shared_dir, settings, status, reload):
+    loop, t, seen = serve_with(str(tmp_path), shared_dir, settings)
+    path = control.shared_socket_path("t", shared_dir)
     try:
-        mode = stat.S_IMODE(os.stat(path).st_mode)
-        assert mode == (0o600 if settings is None else 0o666)
+        root_only = control.socket_path("t", str(tmp_path))
+        assert stat.S_IMODE(os.stat(root_only).st_mode) == 0o600        # root's socket, whatever [control] says
+        assert as_nobody(root_only, "status") == {"connect": "EACCES"}
+        if settings is None:
+            assert not os.path.exists(path)
+        else:
+            assert stat.S_IMODE(os.stat(path).st_mode) == 0o666
         got = {}
         for cmd in ("status", "reload"):
-            reply = as_nobody(path, cmd)
+            reply = as_nobody(path, cmd) if os.path.exists(path) else {"connect": "absent"}
             if "connect" in reply:
                 got[cmd] = reply["connect"]
             elif reply.get("ok"):
@@ -227,6 +233,6 @@ def test_unauthenticated_and_read_only_clients_are_refused(shared_dir, settings,
         assert got == {"status": status, "reload": reload}
         assert seen == [cmd for cmd, v in got.items() if v == "ok"]
         # root is always the admin
-        assert control.request("t", "reload", run_dir=shared_dir) == {"ok": True, "did": "reload"}
+        assert control.request("t", "reload", run_dir=str(tmp_path)) == {"ok": True, "did": "reload"}
     finally:
         stop(loop, t)

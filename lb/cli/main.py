@@ -318,7 +318,7 @@ def cmd_web(args) -> int:
         return 2
     from lb.web import main as webmain
 
-    return webmain.run(inst, args.run_dir)
+    return webmain.run(inst, args.socket_dir)
 
 
 def _list_dataplane(args) -> str:
@@ -595,7 +595,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "process; it talks to the daemon over its control socket only")
     p.add_argument("--instance", help="the daemon's instance (default: the --config's, else default)")
     p.add_argument("--config", "-c", help="a config file, only to tell the instance")
-    p.add_argument("--run-dir", default="/run/lb", help=argparse.SUPPRESS)
+    p.add_argument("--socket-dir", default="/run/lb-control", help=argparse.SUPPRESS)
     p.add_argument("-v", "--verbose", action="store_true")
     p.set_defaults(func=cmd_web)
 

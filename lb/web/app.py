@@ -72,7 +72,7 @@ SECURITY_HEADERS = {
                                "img-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
     "X-Frame-Options": "DENY",
     "X-Content-Type-Options": "nosniff",
-    "Referrer-Policy": "no-referrer",
+    "Referrer-Policy": "same-origin",   # no-referrer would make browsers send "Origin: null" with our own POSTs
     "Cache-Control": "no-store",
 }
 

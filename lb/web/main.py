@@ -61,12 +61,12 @@ async def _settings(daemon: Daemon, stop: asyncio.Event) -> dict | None:
     return None
 
 
-async def serve(instance: str, run_dir: str = control.RUN_DIR) -> int:
+async def serve(instance: str, shared_dir: str = control.SHARED_DIR) -> int:
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    daemon = Daemon(control.socket_path(instance, run_dir))
+    daemon = Daemon(control.shared_socket_path(instance, shared_dir))
     reply = await _settings(daemon, stop)
     if reply is None:
         return 0 if stop.is_set() else 1
@@ -111,5 +111,5 @@ async def serve(instance: str, run_dir: str = control.RUN_DIR) -> int:
     return 0
 
 
-def run(instance: str, run_dir: str = control.RUN_DIR) -> int:
-    return asyncio.run(serve(instance, run_dir))
+def run(instance: str, shared_dir: str = control.SHARED_DIR) -> int:
+    return asyncio.run(serve(instance, shared_dir))
