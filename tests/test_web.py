@@ -636,3 +636,14 @@ def test_control_config_errors(tmp_path):
     f.write_text(BASE + '[control]\nadmin_group = "Bad Group"\n')
     with pytest.raises(lbconfig.ConfigError, match=r"control.admin_group: 'Bad Group' is not a group name"):
         lbconfig.load(f)
+
+
+def test_forms_show_the_models_defaults_for_keys_the_file_leaves_out(console):
+    async def body(client):
+        await login(client)
+        return (await (await client.get("/virtual/real/edit?vs=web&rs=rs2")).text(),
+                await (await client.get("/virtual/monitor?vs=web")).text())
+    real, monitor = run(console, body)
+    assert '<input type=checkbox id="rs.active" name="rs.active" checked>' in real      # active = true by default
+    assert 'id="rs.weight" name="rs.weight" value="1"' in real
+    assert '<input type=checkbox id="monitor.tls_verify" name="monitor.tls_verify" checked>' in monitor

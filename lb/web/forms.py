@@ -30,6 +30,7 @@ class Field:
     choices: tuple[str, ...] = ()
     help: str = ""
     keep_empty: bool = False    # an empty text is "" (kept), not "absent"
+    default: Any = None         # shown when the document leaves the key out (the model's default)
 
     def name(self, prefix: str) -> str:
         return f"{prefix}.{self.key}"
@@ -79,13 +80,13 @@ HA = (
     Field("preempt", "Primary takes the VIPs back", "bool"), Field("monitor_links", "Monitor NIC links", "bool"),
     Field("garp_count", "Gratuitous ARPs at takeover", "int"), Field("garp_interval", "GARP interval (s)", "number"),
     Field("garp_refresh", "GARP refresh (s)", "number"),
-    Field("sync", "Connection sync", "bool"), Field("sync_interval", "Sync interval (s)", "number"),
+    Field("sync", "Connection sync", "bool", default=True), Field("sync_interval", "Sync interval (s)", "number"),
     Field("sync_rate", "Sync rate (entries/s)", "int"), Field("max_skew", "Max clock skew (s)", "number"),
     Field("notify", "Notify programs", "list", help="run on role changes, comma-separated"),
 )
 VIRTUAL = (
     Field("name", "Name"),
-    Field("active", "Active", "bool"),
+    Field("active", "Active", "bool", default=True),
     Field("address", "Virtual IP address"), Field("port", "Application port", "int"),
     Field("protocol", "Protocol", "select", PROTOCOLS),
     Field("fwmark", "Firewall mark", "int", help="0 or empty: matched by address and port"),
@@ -102,7 +103,7 @@ VIRTUAL = (
 )
 REAL = (
     Field("name", "Name"), Field("address", "Address"), Field("port", "Port", "int", help="NAT only; default the VIP's"),
-    Field("weight", "Weight", "int"), Field("active", "Active", "bool"),
+    Field("weight", "Weight", "int"), Field("active", "Active", "bool", default=True),
     Field("u_threshold", "Upper connection threshold", "int", help="0: none"),
     Field("l_threshold", "Lower connection threshold", "int"),
 )
@@ -113,7 +114,7 @@ MONITOR = (
     Field("path", "HTTP path"), Field("host", "HTTP Host header"),
     Field("status", "HTTP status accepted", "status", help="LOW-HIGH, e.g. 200-399"),
     Field("body_regex", "Body regular expression"), Field("digest", "Body MD5 digest"),
-    Field("tls_verify", "Verify TLS certificates", "bool"),
+    Field("tls_verify", "Verify TLS certificates", "bool", default=True),
     Field("program", "Sending program", help="argv with %h (address) and %p (port), run without a shell"),
     Field("port", "Check port", "int", help="default: the real server's"),
     Field("interval", "Interval (s)", "number"),
@@ -133,7 +134,9 @@ LOAD = (
 # ---- document <-> form text ----
 
 def text_of(f: Field, value: Any) -> str:
-    """The form text of a document value."""
+    """The form text of a document value (the field's default when the key is left out)."""
+    if value is None:
+        value = f.default
     if value is None:
         return ""
     if f.kind == "bool":
