@@ -198,6 +198,19 @@ def cmd_status(args) -> int:
               f"sent {c['sync_tx_records']} received {c['sync_rx_records']} skipped {c['sync_skipped']};"
               f" ignored: forged {c['bad_auth']} replayed {c['replay']} stale {c['stale']}"
               f" malformed {c['malformed']}")
+    conf = doc.get("configuration")
+    if conf:   # the configuration's version, and the HA peer's (lb.ha.configsync)
+        line = f"configuration serial_no {conf.get('serial_no')} ({conf.get('identity')})"
+        if conf.get("file_differs"):
+            line += "; the file differs: " + (", ".join(conf.get("restart_needed") or []) or "not reloaded") \
+                + (" (restart needed)" if conf.get("restart_needed") else "")
+        peer = conf.get("peer")
+        if peer:
+            same = {True: "the same", False: "a DIFFERENT", None: "an unknown"}[peer.get("same")]
+            line += f"; peer runs {same} configuration (serial_no {peer.get('peer_serial_no')})"
+            if peer.get("last_result") in ("refused", "older"):
+                line += f": {peer['last_result']}: {peer.get('last_error')}"
+        print(line)
     if doc.get("counters"):
         print("data path: " + ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in doc["counters"].items()))
     for s in doc["services"]:
