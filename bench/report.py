@@ -11,12 +11,13 @@ import sys
 from pathlib import Path
 
 RESULTS = Path(__file__).resolve().parent / "results"
-ORDER = ("http", "ctl", "pps", "pkt", "failover")
+ORDER = ("http", "ctl", "pps", "pkt", "failover", "scaleout")
 TITLES = {"http": "End-to-end HTTP (wrk, lab namespaces), ratio to direct",
           "ctl": "Control plane, ratio to its baseline",
           "pps": "Packets per second over veth (live frames, trafgen), ratio to a plain redirect",
           "pkt": "Per-packet cost (BPF_PROG_TEST_RUN), ratio to a trivial XDP_TX",
-          "failover": "Failover time (HA lab, two directors), ratio to the configured deadtime"}
+          "failover": "Failover time (HA lab, two directors), ratio to the configured deadtime",
+          "scaleout": "Scale-out (active directors behind ECMP), ratio to 1 director / to the BGP hold time"}
 
 
 def pkt_table(result: dict) -> str:
@@ -43,6 +44,9 @@ def table(res: dict) -> str:
     if name == "failover":
         from bench import failover
         return failover.table(res)
+    if name == "scaleout":
+        from bench import scaleout
+        return scaleout.table(res)
     raise ValueError(f"unknown suite {name!r}")
 
 

@@ -7,8 +7,8 @@ An edit is all or nothing:
 1. it names the file version it was made on: another version now (a save from another browser,
    a hand edit) refuses it, with ``conflict`` set, and nothing changes;
 2. the document is checked by the one validator, as `lb check` checks a file (issues by field);
-   a change that only a restart can make (instance, tables, network, [ha]: what a reload
-   refuses) is refused unless the request says ``restart`` (then the file is saved and the
+   a change that only a restart can make (instance, tables, network, [ha], [bgp] beyond its
+   [[bgp.vip]] attributes: what a reload refuses) is refused unless the request says ``restart`` (then the file is saved and the
    reply says it takes effect at the next start);
 3. the file is written atomically in its own format (lb.config.store), the previous version kept
    as <file>.prev, serial_no + 1;
@@ -24,6 +24,7 @@ import asyncio
 import logging
 from typing import Any
 
+from lb.bgp.announcer import reload_problem
 from lb.config import store
 
 log = logging.getLogger("lb.confedit")
@@ -31,13 +32,15 @@ log = logging.getLogger("lb.confedit")
 
 def restart_needed(old, new) -> list[str]:
     """What differs between two configurations that a reload cannot change (lb.engine's reload
-    refuses these): instance, tables, network, [ha]."""
+    refuses these): instance, tables, network, [ha], [bgp] but for its [[bgp.vip]] attributes."""
     out = []
     for name in ("instance", "tables", "network"):
         if getattr(old, name) != getattr(new, name):
             out.append(name)
     if (old.ha is None) != (new.ha is None) or (new.ha is not None and new.ha != old.ha):
         out.append("[ha]")
+    if reload_problem(old.bgp, new.bgp):
+        out.append("[bgp]")
     return out
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import logging
 import os
@@ -33,6 +34,7 @@ from lb.dataplane.xdp import XdpDataplane
 from lb.ha import addresses
 from lb.ha import announce as ha_announce
 from lb.health import CheckSpec, LoadMonitorTask, LoadSpec, Monitor, NannyPolicy
+from lb.tasks import supervise
 
 log = logging.getLogger("lb.engine")
 
@@ -65,6 +67,8 @@ def build_table(cfg, health: dict | None = None, sorry: set | None = None,
     gets the sorry server as its only real server; the keys of those services are added to
     ``sorry`` when it is given."""
     forward = FORWARD_OF_NETWORK[cfg.network]
+    # lb.bgp active-active: every service schedules mid-flow TCP packets (ECMP moved the flow here)
+    sloppy = cfg.bgp is not None and cfg.bgp.active_active
     health = health or {}
     weights = weights or {}
     overrides = overrides or {}
@@ -92,9 +96,13 @@ def build_table(cfg, health: dict | None = None, sorry: set | None = None,
                               weight_source=w.source)]
             if sorry is not None:
                 sorry.add(vs.key)
-        services.append(ServiceSpec.from_config(vs, reals, dead))
+        spec = ServiceSpec.from_config(vs, reals, dead)
+        services.append(dataclasses.replace(spec, sloppy=True) if sloppy else spec)
     t = cfg.timeouts
-    return TableSpec(tuple(services), (t.tcp, t.tcpfin, t.udp), cfg.expire_nodest_conn,
+    # active-active: a packet of an entry whose real server has left (its health check failed
+    # while this director was cut off, say) expires the entry, and the client's next packet is
+    # scheduled afresh -- sloppy, so mid-flow too -- to the server every director picks
+    return TableSpec(tuple(services), (t.tcp, t.tcpfin, t.udp), cfg.expire_nodest_conn or sloppy,
                      lblc_expiration=cfg.lblc_expiration, lblcr_expiration=cfg.lblcr_expiration)
 
 
@@ -193,7 +201,7 @@ def check_spec(vs, rs) -> tuple[CheckSpec, NannyPolicy]:
     spec = CheckSpec(kind=kind, host=str(rs.address), port=m.port or rs.effective_port(vs), send=m.send,
                      expect=m.expect, use_regex=m.use_regex, path=m.path, host_header=m.host,
                      status=m.status, body_regex=m.body_regex, digest=m.digest, tls_verify=m.tls_verify,
-                     program=m.program, connect_timeout=m.connect_timeout)
+                     program=m.program, connect_timeout=m.connect_timeout, user=m.script_user)
     return spec, NannyPolicy(interval=m.interval, timeout=m.timeout, reentry=m.reentry)
 
 
@@ -247,6 +255,7 @@ class Engine:
         self._fell_back = False                      # auto: XDP gave way to kernel IPVS
         self.configs = ConfigRequests(self)          # the control socket's configuration requests
         self.configsync = None                       # HA: lb.ha.configsync (the config push)
+        self.bgp = None                              # lb.bgp.Announcer with [bgp]: the VIPs announced
 
     # ---- lifecycle ----
     def start(self) -> None:
@@ -260,6 +269,9 @@ class Engine:
             except (OSError, ValueError) as e:
                 raise StartupError(f"{self.cfg.path or '<config>'}: ha: {e}") from None
         self._restore_overrides()
+        if self.cfg.bgp is not None:
+            from lb.bgp import Announcer
+            self.bgp = Announcer(self.cfg)
         self._load_dataplane()
         self.owned = addresses.wanted_addresses(self.cfg)
         if self.active:
@@ -270,6 +282,13 @@ class Engine:
             log.info("HA: starting without the virtual addresses until pulse decides the role")
         self._apply(self._table(self.cfg), self.cfg)
         self._attach_dataplane()
+        if self.bgp is not None:
+            from lb.bgp import BgpError
+            try:
+                self.bgp.start()
+            except BgpError as e:
+                raise StartupError(f"{self.cfg.path or '<config>'}: {e}") from None
+            self.bgp.update(attached=self._attached(), active=self.active)
         os.makedirs(RUN_DIR, exist_ok=True)
         with open(pidfile(self.cfg.instance), "w") as f:
             f.write(f"{os.getpid()}\n")
@@ -309,6 +328,11 @@ class Engine:
                          "restart from zero (%d existing connections left out)",
                          ", ".join(f"{a}:{p}" for a, p in sorted(joined, key=str)), svc.name, n)
         self._usable = usable
+        if self.bgp is not None:
+            self.bgp.update(table, attached=self._attached(), active=self.active)
+
+    def _attached(self) -> bool:
+        return self.cfg.public_interface in self.dp.attached
 
     def refresh_sched_base(self) -> int:
         with self._dp_lock:
@@ -360,6 +384,8 @@ class Engine:
             addresses.release(self.owned)
             self.dp.unpin()
             self.dp.close()
+        if self.bgp is not None:
+            self.bgp.close(keep=keep_dataplane)
         try:
             os.unlink(pidfile(self.cfg.instance))
         except FileNotFoundError:
@@ -389,6 +415,8 @@ class Engine:
             check_interfaces(new)
         except StartupError as e:
             raise ReloadRefused(f"reload refused: {e}") from None
+        if self.bgp is not None:
+            self.bgp.bgp = new.bgp               # [[bgp.vip]]: the next update announces them
         log_warnings(new)
         want = addresses.wanted_addresses(new)
         if self.active:
@@ -436,7 +464,7 @@ class Engine:
                 if not rs.active:
                     continue
                 port = lm.port if lm.kind == "agent" else rs.effective_port(vs)
-                spec = LoadSpec(lm.kind, str(rs.address), port, lm.program, lm.timeout)
+                spec = LoadSpec(lm.kind, str(rs.address), port, lm.program, lm.timeout, lm.script_user)
                 wanted[real_key(vs, rs)] = (spec, (lm.interval, rs.weight, lm.min_weight))
         for key in [k for k in self.loads if k not in wanted]:
             self.loads.pop(key)[3].cancel()
@@ -619,6 +647,8 @@ class Engine:
         elif self.active or old == 0:
             self.active = False
             await loop.run_in_executor(None, self._release_addresses)
+        if self.bgp is not None:
+            self.bgp.update(active=self.active)
         await loop.run_in_executor(None, self._kernel_sync, new == ACTIVE)
 
     def _kernel_sync(self, active: bool) -> None:
@@ -698,6 +728,8 @@ class Engine:
         doc["configuration"] = self.configs.info()
         if self.configsync is not None:
             doc["configuration"]["peer"] = self.configsync.status()
+        if self.bgp is not None:
+            doc["bgp"] = self.bgp.status()
         try:
             counters = self.dp.counters()
             if counters:
@@ -787,6 +819,9 @@ class Engine:
             await self.pulse.start()
             from lb.ha import configsync     # the active pushes its configuration to the backup
             self.configsync = await configsync.start(self)
+        # the lease's renewal, restarted if it raises (a stopped renewal withdraws every route)
+        lease = supervise("bgp-lease", self.bgp.run, logger=log, context=f"instance {self.cfg.instance}") \
+            if self.bgp is not None else None
         last_sweep = last_nh = last_est = loop.time()
         while self._stop is None:
             try:
@@ -843,6 +878,9 @@ class Engine:
         for fut in self._reload_waiters + [f for f, _ in self._apply_waiters]:   # before the server waits
             if not fut.done():                                                     # for its handlers
                 fut.set_result({"ok": False, "error": "the daemon is stopping"})
+        if lease is not None:            # withdraw and drain before anything stops
+            lease.cancel()
+            await self.bgp.leave(keep=self._stop == "keep")
         if self.configsync is not None:
             await self.configsync.stop()
         await server.stop()
@@ -869,6 +907,8 @@ def run(cfg, *, xdp_mode: str = "native", dataplane: str | None = None) -> int:
             if eng.dp.created:
                 eng.dp.unpin()
         eng.dp.close()
+        if eng.bgp is not None:
+            eng.bgp.close(keep=False)
         return 2
     asyncio.run(eng.run())
     eng.stop(keep_dataplane=(eng._stop == "keep"))

@@ -62,6 +62,16 @@ def test_bench_suites_run(tmp_path):
     assert took["seconds"]["median"] > 0 and took["connections_kept"] == 50
     assert "Failover time" in md
 
+    so = _load(tmp_path, "scaleout")
+    rows = {r["scenario"].split(":")[0]: r for r in so["results"] if r["unit"] in ("conn/s", "pkt/s")}
+    assert {r["ratio"] for r in so["results"] if r.get("baseline")} == {1.0}
+    assert all(r["value"]["median"] > 0 and r["errors"] == 0 for r in so["results"] if r["unit"] != "s")
+    assert set(rows) == {"1 director", "2 directors", "3 directors"}
+    withdrawals = [r for r in so["results"] if r["scenario"].startswith("failure")]
+    assert len(withdrawals) == 3 and all(r["value"]["median"] > 0 for r in withdrawals)
+    assert "Scale-out" in md
+    assert not {"so1", "so2", "so3"} & set(os.listdir("/sys/fs/bpf/lb"))
+
     for f in ("latest-smoke.md", "latest-smoke.png"):
         assert (tmp_path / f).stat().st_size > 0
     # no pinned maps left behind (the lab itself is torn down by lb.lab.down())

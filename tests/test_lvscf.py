@@ -184,7 +184,10 @@ def monitored(m: Monitor) -> Config:
      {"kind", "path", "host", "status", "body_regex", "tls_verify", "interval", "timeout", "reentry",
       "connect_timeout", "quiesce"}),
     # line breaks (a TOML send = "...\r\n") cannot sit on an lvs.cf line: escaped, flagged
-    (Monitor(kind="none", send="a\\r\r\u2028\"q\" \\x", program="p %h", path="/\n"), {"kind", "path", "escaped"}),
+    (Monitor(kind="none", send="a\\r\r\u2028\"q\" \\x", program="p %h", body_regex="a\nb"),
+     {"kind", "body_regex", "escaped"}),
+    # the user a program runs as, when not the global script_user
+    (Monitor(kind="program", program="/bin/check %h", script_user="root"), {"script_user"}),
 ])
 def test_monitor_round_trips(m: Monitor, lb_keys: set[str]) -> None:
     cfg = monitored(m)
@@ -529,6 +532,38 @@ def test_ha_errors() -> None:
     line, fld, msg = one(HA_CF.replace("lb_ha_deadtime = 2.5", "lb_ha_deadtime = 0.3"))
     assert (line, fld) == (15, "lb_ha_deadtime") and "twice keepalive" in msg
     assert one(HA_CF.replace("heartbeat_port = 1539", "heartbeat_port = 70000"))[:2] == (7, "heartbeat_port")
+
+
+def test_ha_timing_and_users_are_checked_and_round_trip() -> None:
+    assert one(HA_CF.replace("lb_ha_max_skew = 5", "lb_ha_max_skew = 0")) == (
+        19, "lb_ha_max_skew", "must be more than 0 seconds")
+    assert one(HA_CF.replace("lb_ha_sync_interval = 0.5", "lb_ha_sync_interval = 0")) == (
+        18, "lb_ha_sync_interval", "must be more than 0 seconds")
+    assert one(HA_CF.replace("lb_ha_sync = 0", "lb_ha_sync = 0\nlb_ha_sync_port = 1539")) == (
+        21, "lb_ha_sync_port", "must differ from heartbeat_port (1539): heartbeats have a socket of their own")
+    assert one(HA_CF.replace("lb_ha_sync = 0", "lb_ha_sync = 0\nlb_ha_script_user = nosuchuser0")) == (
+        21, "lb_ha_script_user", "no user 'nosuchuser0' on this machine (programs run as an existing account; "
+                                 '"root" only where they need it)')
+    text = HA_CF.replace("lb_ha_sync = 0", "lb_ha_sync = 0\nlb_ha_sync_port = 2000\nlb_ha_script_user = root")
+    cfg = lvscf.loads("lb_script_user = root\n" + text)
+    assert (cfg.script_user, cfg.ha.sync_port, cfg.ha.script_user) == ("root", 2000, "root")
+    assert cfg.virtual_servers[0].monitor.script_user == "root"        # the global default
+    out = lvscf.dumps(cfg)
+    assert "lb_script_user = root" in out and "lb_ha_sync_port = 2000" in out
+    assert "lb_ha_script_user" not in out and "lb_monitor_script_user" not in out   # = the global one
+    assert lvscf.loads(out) == cfg and loads(lvscf.dumps_toml(cfg)) == cfg
+    # the default sync port follows the heartbeat port (1539 here)
+    assert lvscf.loads(HA_CF).ha.sync_port == 1540
+
+
+def test_monitor_header_injection_is_refused_at_its_lvscf_line() -> None:
+    head = GOOD_HEAD.replace("port = 80", "port = 80\n     lb_monitor_kind = http\n     lb_monitor_escaped = 1")
+    assert one(head.replace("port = 80", 'port = 80\n     lb_monitor_host = "a.example\\r\\nX-Evil: 1"')) == (
+        5, "virtual[web].lb_monitor_host", "the Host header must not contain '\\r' (no spaces or control characters)")
+    assert one(head.replace("port = 80", 'port = 80\n     lb_monitor_path = "/x\\nHost: b"')) == (
+        5, "virtual[web].lb_monitor_path", "the path must not contain '\\n' (no spaces or control characters)")
+    assert one(GOOD_HEAD.replace("port = 80", "port = 80\n     lb_monitor_connect_timeout = 0")) == (
+        5, "virtual[web].lb_monitor_connect_timeout", "must be more than 0 seconds")
 
 
 @pytest.mark.parametrize("network, sorry, written", [

@@ -197,7 +197,9 @@ def cmd_status(args) -> int:
               + ("never" if lag is None else f"{lag:.1f}s ago") + f", pending {sy['pending']}, "
               f"sent {c['sync_tx_records']} received {c['sync_rx_records']} skipped {c['sync_skipped']};"
               f" ignored: forged {c['bad_auth']} replayed {c['replay']} stale {c['stale']}"
-              f" malformed {c['malformed']}")
+              f" malformed {c['malformed']} off-path {c.get('offpath', 0)}")
+        for warning in ha.get("warnings", ()):   # a peer heard but refused, a skewed clock (Pulse.warnings)
+            print(f"  WARNING: {warning}")
     conf = doc.get("configuration")
     if conf:   # the configuration's version, and the HA peer's (lb.ha.configsync)
         line = f"configuration serial_no {conf.get('serial_no')} ({conf.get('identity')})"
@@ -211,6 +213,9 @@ def cmd_status(args) -> int:
             if peer.get("last_result") in ("refused", "older"):
                 line += f": {peer['last_result']}: {peer.get('last_error')}"
         print(line)
+    if doc.get("bgp"):   # lb.bgp: sessions and routes
+        from lb.bgp import format_status
+        print("\n".join(format_status(doc["bgp"])))
     if doc.get("counters"):
         print("data path: " + ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in doc["counters"].items()))
     for s in doc["services"]:
