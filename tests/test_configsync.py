@@ -25,11 +25,11 @@ def free_port() -> int:
     return port
 
 
-def pair(tmp_path, b_text=None):
-    a_path = write_config(tmp_path / "a.toml", weight="7")
+def pair(tmp_path, b_text=None, a_extra="", b_extra=""):
+    a_path = write_config(tmp_path / "a.toml", weight="7", web=a_extra)
     b_path = tmp_path / "b.toml"
     if b_text is None:
-        write_config(b_path, weight="1")
+        write_config(b_path, weight="1", web=b_extra)
         b_path.write_text(b_path.read_text().replace('instance = "webtest"', 'instance = "webtest2"'))
     else:
         b_path.write_text(b_text)
@@ -115,3 +115,34 @@ def test_another_key_or_another_address_is_never_read(tmp_path):
             await sa.push()
     run(sa, sb, body2)
     assert b.cfg.path.read_bytes() == before and sb.counters["bad_peer"] == 2
+
+
+BGP = """
+[bgp]
+mode = "announce"
+local_as = 65001
+router_id = "{rid}"
+  [[bgp.neighbor]]
+  address = "198.18.0.254"
+  peer_as = 65000
+  local_address = "{rid}"
+"""
+
+
+def test_each_director_keeps_its_own_bgp_sessions(tmp_path):
+    """[bgp] is per director (its router id, its end of each session): the push carries the rest,
+    the backup keeps its own [bgp], and a different [bgp] does not make the two "different"."""
+    a, b, sa, sb = pair(tmp_path, a_extra=BGP.format(rid="198.18.0.2"), b_extra=BGP.format(rid="198.18.0.3"))
+    b_path = b.cfg.path
+
+    async def body():
+        return await sa.push(), await sa.push()
+    first, second = run(sa, sb, body)
+    assert first["result"] == "applied", first
+    assert second["result"] == "same"
+    got = store.read(b_path).cfg
+    assert got.virtual_servers[0].real_servers[0].weight == 7 and b.cfg == got
+    assert str(got.bgp.router_id) == "198.18.0.3" and str(got.bgp.neighbors[0].local_address) == "198.18.0.3"
+    assert 'router_id = "198.18.0.3"' in b_path.read_text()
+    assert str(a.cfg.bgp.router_id) == "198.18.0.2"
+    assert sa.status()["same"] is True and sb.status()["same"] is True

@@ -232,6 +232,10 @@ def _atomic(path: Path, data: bytes, mode: int) -> None:
 # lab runs both directors on one host, as instances lab and lab2), and they are not part of what
 # "the same configuration" means.
 LOCAL_KEYS = (("global", "instance"), ("global", "serial_no"))
+# Per-director tables, kept whole: [bgp] is this director's own sessions with its router (its
+# router_id, each neighbor's local_address), and a change of it needs a restart anyway, so the
+# active's [bgp] would either break the backup's sessions or be refused at every push.
+LOCAL_TABLES = ("bgp",)
 
 
 def plain_document(cfg: Config) -> dict[str, Any]:
@@ -240,23 +244,35 @@ def plain_document(cfg: Config) -> dict[str, Any]:
 
 
 def shared_document(cfg: Config) -> dict[str, Any]:
-    """The document of ``cfg`` without the per-director keys."""
+    """The document of ``cfg`` without the per-director keys and tables."""
     doc = plain_document(cfg)
     for table, key in LOCAL_KEYS:
         doc.get(table, {}).pop(key, None)
+    for table in LOCAL_TABLES:
+        doc.pop(table, None)
     return doc
 
 
 def identity(cfg: Config) -> str:
-    """A short hash of what ``cfg`` configures (not its instance, serial, file or format)."""
+    """A short hash of what ``cfg`` configures (not its instance, serial, file, format or [bgp])."""
     canon = json.dumps(shared_document(cfg), sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha256(canon.encode()).hexdigest()[:16]
 
 
 def localize(shared: dict[str, Any], cfg: Config | None) -> dict[str, Any]:
-    """A peer's shared document with this director's own per-director keys."""
+    """A peer's shared document with this director's own per-director keys and tables."""
     doc = copy.deepcopy(shared)
-    glob = doc.setdefault("global", {}) if isinstance(doc, dict) else {}
-    if cfg is not None and isinstance(glob, dict):
+    if not isinstance(doc, dict):
+        return doc
+    for table in LOCAL_TABLES:
+        doc.pop(table, None)
+    if cfg is None:
+        return doc
+    glob = doc.setdefault("global", {})
+    if isinstance(glob, dict):
         glob["instance"] = cfg.instance
+    own = plain_document(cfg)
+    for table in LOCAL_TABLES:
+        if table in own:
+            doc[table] = own[table]
     return doc

@@ -6,7 +6,9 @@ every PUSH_INTERVAL seconds and at once after each change; the peer answers with
 so both show whether they run the same one (`lb status`, the console).
 
 Transport: TCP on the heartbeat addresses and port (each director listens on its own heartbeat
-addresses, and takes connections only from its peer's), authenticated with the heartbeat key:
+addresses, and takes connections only from its peer's), authenticated with the heartbeat key.
+Pulse's heartbeats (and their catch-all socket) and its connection sync ([ha] sync_port) are UDP:
+a TCP port of the same number is another port.
 
     client -> server   b"LBCF1" + client nonce (16 bytes)
     server -> client   server nonce (16 bytes)
@@ -15,15 +17,16 @@ addresses, and takes connections only from its peer's), authenticated with the h
 
 Both nonces go into both MACs, so nothing recorded can be replayed.  The push holds the serial
 number (serial_no), the identity (lb.config.store.identity: what the configuration says, not its
-instance name, serial or format) and, unless the peer is known to run the same, the document
-without the per-director keys.  The peer, when not active itself:
+instance name, serial, format or [bgp]) and, unless the peer is known to run the same, the document
+without the per-director keys and tables ([bgp]: each director's own BGP sessions).  The peer,
+when not active itself:
 
 - same identity: nothing to do ("same");
 - a lower serial than its own: refused ("older": its configuration was saved later; shown on both);
 - else: applied through the daemon's own edit path (lb.confedit: validated as `lb check`, written
   in its own file's format with the previous version kept, reloaded, put back if the reload
-  refuses), with its own instance name and the pushed serial ("applied"), or refused with the
-  validator's or the reload's reason ("refused"), which both directors show.
+  refuses), with its own instance name, its own [bgp] and the pushed serial ("applied"), or
+  refused with the validator's or the reload's reason ("refused"), which both directors show.
 """
 from __future__ import annotations
 
@@ -37,6 +40,7 @@ import struct
 import time
 
 from lb.config import store
+from lb.tasks import RateLimitedLog, supervise
 
 log = logging.getLogger("lb.ha.configsync")
 
@@ -89,7 +93,7 @@ class ConfigSync:
         self.last_result: str | None = None
         self.last_error: str | None = None
         self.counters = {"pushes": 0, "applied": 0, "refused": 0, "older": 0, "failed": 0, "bad_peer": 0}
-        self._logged: dict[str, float] = {}
+        self._ratelog = RateLimitedLog(log, LOG_EVERY)
 
     # ---- status ----
     def status(self) -> dict:
@@ -106,10 +110,7 @@ class ConfigSync:
         self._changed.set()
 
     def _log(self, what: str, msg: str, *args) -> None:
-        now = time.monotonic()
-        if now - self._logged.get(what, -LOG_EVERY) >= LOG_EVERY:
-            self._logged[what] = now
-            log.warning(msg, *args)
+        self._ratelog.log(what, logging.WARNING, msg, *args)
 
     # ---- lifecycle ----
     async def start(self) -> None:
@@ -119,7 +120,9 @@ class ConfigSync:
                                                                reuse_address=True))
             except OSError as e:
                 log.error("configuration sync: cannot listen on %s:%d/tcp: %s", local, self.port, e.strerror or e)
-        self._task = asyncio.create_task(self._pusher(), name="configsync-push")
+        # restarted if it raises (lb.tasks): a pusher that stopped would leave the peer behind
+        self._task = supervise("configsync-push", self._pusher, logger=log,
+                               context=f"instance {self.engine.cfg.instance}")
 
     async def stop(self) -> None:
         if self._task is not None:
