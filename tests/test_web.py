@@ -300,6 +300,11 @@ def post_form(client, path, data):
     return client.post(path, data=data, allow_redirects=False)
 
 
+# the [global] screen's fields of the fixture's file, as its form posts them
+GLOBAL_FORM = {"global.public_interface": "eth0", "global.network": "direct", "global.dataplane": "xdp",
+               "global.lblc_expiration": "86400", "global.lblcr_expiration": "86400"}
+
+
 def test_edit_global_saves_toml_keeps_previous_and_reloads(console):
     path = engine(console).cfg.path
     before = path.read_bytes()
@@ -307,9 +312,7 @@ def test_edit_global_saves_toml_keeps_previous_and_reloads(console):
     async def body(client):
         await login(client)
         f = await form_of(client, "/global")
-        r = await post_form(client, "/global", {**f, "global.public_interface": "eth0", "global.network": "direct",
-                                                "global.dataplane": "xdp", "timeouts.tcp": "600",
-                                                "global.lblc_expiration": "86400", "global.lblcr_expiration": "86400"})
+        r = await post_form(client, "/global", {**f, **GLOBAL_FORM, "timeouts.tcp": "600"})
         assert (r.status, r.headers["Location"]) == (303, "/global"), await r.text()
         return await (await client.get("/global")).text()
     page = run(console, body)
@@ -398,8 +401,7 @@ def test_add_virtual_server_with_real_servers_and_http_monitor(console):
 def test_restart_only_changes_need_the_restart_box(console):
     async def body(client):
         await login(client)
-        base = {"global.public_interface": "eth0", "global.network": "direct", "global.dataplane": "xdp",
-                "global.lblc_expiration": "86400", "global.lblcr_expiration": "86400", "tables.connections": "131072"}
+        base = {**GLOBAL_FORM, "tables.connections": "131072"}
         f = await form_of(client, "/global")
         r = await post_form(client, "/global", {**f, **base})
         assert r.status == 400 and "can change only when lb restarts" in await r.text()
@@ -479,9 +481,7 @@ def test_config_page_shows_the_file(console):
 # ---- a fuzzer of the form posts ------------------------------------------------------------
 
 FORMS = [
-    ("/global", {"global.public_interface": "eth0", "global.network": "direct", "global.dataplane": "xdp",
-                 "global.lblc_expiration": "86400", "global.lblcr_expiration": "86400", "timeouts.tcp": "900",
-                 "web.listen": "127.0.0.1:3636"}),
+    ("/global", {**GLOBAL_FORM, "timeouts.tcp": "900", "web.listen": "127.0.0.1:3636"}),
     ("/redundancy", {"ha_enabled": "on", "ha.primary": "198.18.0.1", "ha.backup": "198.18.0.3",
                      "ha.key_file": "/etc/lb/ha.key", "ha.keepalive": "2", "ha.deadtime": "6"}),
     ("/virtual/edit", {"vs": "", "match": "address", "vs.name": "n", "vs.address": "198.18.0.30", "vs.port": "80",
@@ -637,6 +637,80 @@ def test_control_config_errors(tmp_path):
     with pytest.raises(lbconfig.ConfigError, match=r"control.admin_group: 'Bad Group' is not a group name"):
         lbconfig.load(f)
 
+
+
+def test_script_users_and_sync_port_are_edited_like_any_key(console):
+    """harden-ctl's keys on the console: [global] script_user, a monitor's and a load monitor's,
+    [ha] sync_port; a user that does not exist here is refused next to its field."""
+    eng = engine(console)
+
+    async def body(client):
+        await login(client)
+        f = await form_of(client, "/global")
+        r = await post_form(client, "/global", {**f, **GLOBAL_FORM, "global.script_user": "daemon"})
+        assert r.status == 303, await r.text()
+        f = await form_of(client, "/virtual/monitor?vs=web")
+        mon = {"vs": "web", "monitor.kind": "program", "monitor.program": "/bin/true %h %p", "load.kind": "program",
+               "load.program": "/bin/echo 1", "load.script_user": "nobody"}
+        r = await post_form(client, "/virtual/monitor", {**f, **mon, "monitor.script_user": "no-such-user-lb"})
+        refused = r.status, await r.text()
+        f = await form_of(client, "/virtual/monitor?vs=web")
+        r = await post_form(client, "/virtual/monitor", {**f, **mon, "monitor.script_user": "root"})
+        assert r.status == 303, await r.text()
+        f = await form_of(client, "/redundancy")
+        r = await post_form(client, "/redundancy", {**f, "ha_enabled": "on", "ha.primary": "198.18.0.1",
+                                                    "ha.backup": "198.18.0.3", "ha.key_file": "/etc/lb/ha.key",
+                                                    "ha.heartbeat_port": "539", "ha.sync_port": "7000",
+                                                    "ha.script_user": "daemon", "restart": "on"})
+        assert r.status == 303, await r.text()
+        return refused
+    status, page = run(console, body)
+    assert status == 400
+    m = re.search(r'<div class="fielderr" data-for="monitor.script_user">([^<]*)</div>', page)
+    assert m and m.group(1).startswith("no user &#x27;no-such-user-lb&#x27; on this machine"), m and m.group(1)
+    vs = eng.cfg.virtual_servers[0]
+    assert eng.cfg.script_user == "daemon"
+    assert (vs.monitor.kind, vs.monitor.script_user, vs.load_monitor.script_user) == ("program", "root", "nobody")
+    saved = lbconfig.load(eng.cfg.path)      # [ha] is saved for the next start
+    assert (saved.ha.sync_port, saved.ha.script_user) == (7000, "daemon")
+
+
+BGP = """
+[bgp]
+mode = "announce"
+local_as = 65001
+router_id = "198.18.0.2"
+  [[bgp.neighbor]]
+  address = "198.18.0.254"
+  peer_as = 65000
+  local_address = "198.18.0.2"
+"""
+
+
+def test_control_page_shows_bgp_sessions_and_pulse_warnings(tmp_path, pwfile):
+    """The console shows what `lb status` prints of [bgp] (the speaker, each neighbor, the
+    routes) and pulse's warnings (here: a peer heard with another key)."""
+    from lb.bgp import Announcer
+    from lb.ha import heartbeat as hb
+    from test_ha_unit import Pair
+
+    console = make_console(tmp_path, pwfile, CONFIG.format(name="web", weight="3", web=BGP))
+    eng = engine(console)
+    eng.bgp = Announcer(eng.cfg)            # never started: no speaker runs for this instance
+
+    async def body(client):
+        await login(client)
+        return await (await client.get("/status?part=live")).text()
+    live = run(console, body)
+    assert re.search(r"bgp announce  AS 65001  router id \S+  hold 9s  speaker exabgp NOT RUNNING", live), live
+    assert "neighbor 198.18.0.254 AS 65000 from 198.18.0.2: down" in live
+    pair = Pair(tmp_path)
+    primary = pair.start(hb.NODE_PRIMARY)
+    backup = pair.start(hb.NODE_BACKUP)
+    backup.key = b"another-key-entirely-0123456789"
+    pair.run(3.0)
+    html = webapp._ha_summary(primary.status())
+    assert "<th>WARNING</th><td>public channel: datagrams from the peer 198.18.0.3 are refused (bad MAC" in html, html
 
 def test_forms_show_the_models_defaults_for_keys_the_file_leaves_out(console):
     async def body(client):

@@ -560,7 +560,7 @@ class Console:
         return (f'<p class="note">Instance <b>{h(c.get("instance") or self.settings.instance)}</b> · file '
                 f'{h(c.get("path"))} ({h(c.get("format"))}) · serial_no {h(c.get("file_serial_no"))} · version '
                 f'{h(c.get("version"))}. Changes are checked as <code>lb check</code> checks the file, saved, and applied '
-                f'with a reload; instance, tables, network and [ha] need a restart: tick "save for the next start" '
+                f'with a reload; instance, tables, network, [ha] and [bgp] need a restart: tick "save for the next start" '
                 f'to save them anyway.</p>')
 
     _RESTART = ('<div class="row"><label for="restart">Save for the next start</label><div><input type=checkbox '
@@ -1088,6 +1088,8 @@ def _ha_summary(ha: dict) -> str:
         last = ch.get("last_heartbeat_s")
         rows.append((f"channel {name}", f"{ch.get('local')} → {ch.get('peer')}:{ch.get('port')}, last heartbeat "
                      + ("never" if last is None else f"{last:.1f} s ago")))
+    for warning in ha.get("warnings") or ():    # a peer heard but refused, a skewed clock (Pulse.warnings)
+        rows.append(("WARNING", warning))
     return '<div class="card scroll"><table class="kv" id="ha">' + "".join(
         f"<tr><th>{h(k)}</th><td>{h(v)}</td></tr>" for k, v in rows) + "</table></div>"
 
@@ -1150,6 +1152,9 @@ def _live(doc: dict, table: dict, csrf: str) -> str:
     if doc.get("ha"):
         out.append(_ha_summary(doc["ha"]))
     out.append(_versions(doc.get("configuration") or {}))
+    if doc.get("bgp"):     # lb.bgp: the sessions and routes, as `lb status` prints them
+        from lb.bgp import format_status
+        out.append(f'<div class="card scroll"><pre id="bgp">{h(chr(10).join(format_status(doc["bgp"])))}</pre></div>')
     if not table.get("ok"):
         out.append(f'<p class="err">connection counts unavailable: {h(table.get("error"))}</p>')
     idx = _table_index(table)

@@ -48,6 +48,7 @@ GLOBAL = (
     Field("expire_nodest_conn", "Expire connections of removed real servers", "bool"),
     Field("lblc_expiration", "lblc expiration (s)", "int"),
     Field("lblcr_expiration", "lblcr expiration (s)", "int"),
+    Field("script_user", "Script user", help="the user check, load-monitor and notify programs run as (default nobody)"),
 )
 TIMEOUTS = (
     Field("tcp", "TCP timeout (s)", "int"), Field("tcpfin", "TCP FIN timeout (s)", "int"),
@@ -76,6 +77,7 @@ HA = (
     Field("backup_private", "Backup server private IP"),
     Field("key_file", "Shared key file", help="HMAC key both directors hold (mode 600)"),
     Field("heartbeat_port", "Heartbeat port", "int"),
+    Field("sync_port", "Connection sync port", "int", help="UDP; default: the heartbeat port + 1"),
     Field("keepalive", "Heartbeat interval (s)", "number"), Field("deadtime", "Assume dead after (s)", "number"),
     Field("preempt", "Primary takes the VIPs back", "bool"), Field("monitor_links", "Monitor NIC links", "bool"),
     Field("garp_count", "Gratuitous ARPs at takeover", "int"), Field("garp_interval", "GARP interval (s)", "number"),
@@ -83,6 +85,7 @@ HA = (
     Field("sync", "Connection sync", "bool", default=True), Field("sync_interval", "Sync interval (s)", "number"),
     Field("sync_rate", "Sync rate (entries/s)", "int"), Field("max_skew", "Max clock skew (s)", "number"),
     Field("notify", "Notify programs", "list", help="run on role changes, comma-separated"),
+    Field("script_user", "Notify programs' user", help="default: [global] script_user"),
 )
 VIRTUAL = (
     Field("name", "Name"),
@@ -116,6 +119,7 @@ MONITOR = (
     Field("body_regex", "Body regular expression"), Field("digest", "Body MD5 digest"),
     Field("tls_verify", "Verify TLS certificates", "bool", default=True),
     Field("program", "Sending program", help="argv with %h (address) and %p (port), run without a shell"),
+    Field("script_user", "Program's user", help="the sending program runs as (default: [global] script_user)"),
     Field("port", "Check port", "int", help="default: the real server's"),
     Field("interval", "Interval (s)", "number"),
     Field("timeout", "Load/service timeout (s)", "number", help="dead after this long without success"),
@@ -126,6 +130,7 @@ MONITOR = (
 LOAD = (
     Field("kind", "Load monitor", "select", ("none",) + LOAD_MONITOR_KINDS),
     Field("port", "Agent port", "int"), Field("program", "Program", help="argv with %h and %p"),
+    Field("script_user", "Program's user", help="default: [global] script_user"),
     Field("interval", "Interval (s)", "number"), Field("timeout", "Timeout (s)", "number"),
     Field("min_weight", "Lowest weight", "int"),
 )
