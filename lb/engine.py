@@ -19,6 +19,7 @@ import time
 
 from lb import config as lbconfig
 from lb import control
+from lb.confedit import ConfigRequests, restart_needed
 from lb import weight as lbweight
 from lb.config.model import FORWARD_OF_NETWORK
 from lb.config.model import endpoint_text as _endpoint
@@ -38,6 +39,7 @@ from lb.tasks import supervise
 log = logging.getLogger("lb.engine")
 
 RUN_DIR = "/run/lb"
+SHARED_DIR = control.SHARED_DIR
 SWEEP_INTERVAL = 5.0
 NEXTHOP_INTERVAL = 10.0
 ESTIMATE_INTERVAL = 2.0       # IPVS's rate estimator period (ip_vs_est.c)
@@ -251,6 +253,8 @@ class Engine:
         self._reload_waiters: list[asyncio.Future] = []   # `lb reload` callers on the control socket
         self._usable: dict[tuple, set] = {}          # service key -> real servers taking new connections
         self._fell_back = False                      # auto: XDP gave way to kernel IPVS
+        self.configs = ConfigRequests(self)          # the control socket's configuration requests
+        self.configsync = None                       # HA: lb.ha.configsync (the config push)
         self.bgp = None                              # lb.bgp.Announcer with [bgp]: the VIPs announced
 
     # ---- lifecycle ----
@@ -404,19 +408,14 @@ class Engine:
             new = lbconfig.load(path)
         except lbconfig.ConfigError as e:
             raise ReloadRefused(f"reload refused, nothing changed:\n{e}", e.issues) from None
-        if new.instance != self.cfg.instance or new.tables != self.cfg.tables or new.network != self.cfg.network:
-            raise ReloadRefused("reload refused: instance, tables and network need a restart")
+        needs = restart_needed(self.cfg, new)
+        if needs:
+            raise ReloadRefused(f"reload refused: {', '.join(needs)} changed, which needs a restart")
         try:
             check_interfaces(new)
         except StartupError as e:
             raise ReloadRefused(f"reload refused: {e}") from None
-        if (new.ha is None) != (self.cfg.ha is None) or (new.ha and new.ha != self.cfg.ha):
-            raise ReloadRefused("reload refused: the [ha] settings need a restart")
-        if self.bgp is not None or new.bgp is not None:
-            from lb.bgp import reload_problem
-            problem = reload_problem(self.cfg.bgp, new.bgp)
-            if problem:
-                raise ReloadRefused(f"reload refused: {problem}")
+        if self.bgp is not None:
             self.bgp.bgp = new.bgp               # [[bgp.vip]]: the next update announces them
         log_warnings(new)
         want = addresses.wanted_addresses(new)
@@ -726,6 +725,9 @@ class Engine:
                "at": time.time(), "services": services}
         if self.pulse is not None:
             doc["ha"] = self.pulse.status()
+        doc["configuration"] = self.configs.info()
+        if self.configsync is not None:
+            doc["configuration"]["peer"] = self.configsync.status()
         if self.bgp is not None:
             doc["bgp"] = self.bgp.status()
         try:
@@ -769,7 +771,16 @@ class Engine:
             return await fut
         if cmd == "weight":
             return await self._weight_reply(req)
-        return {"ok": False, "error": f"unknown command {cmd!r} (status, reload, weight)"}
+        if cmd in ("config", "config-put", "table", "web"):
+            return await self.configs.request(req)
+        return {"ok": False, "error": f"unknown command {cmd!r} (status, reload, weight, table, web, config, "
+                                     f"config-put)"}
+
+    def role(self) -> str:
+        """This director's HA role ("active" without [ha])."""
+        if self.pulse is not None:
+            return self.pulse.role
+        return "active" if self.active else "starting"
 
     # ---- the loop ----
     async def run(self) -> None:
@@ -796,21 +807,18 @@ class Engine:
         blocking = lambda fn: loop.run_in_executor(None, fn)  # noqa: E731
         self.sync_monitors()
         self.sync_load_monitors()
-        server = control.ControlServer(control.socket_path(self.cfg.instance, RUN_DIR), self.control)
+        server = control.ControlServer(control.socket_path(self.cfg.instance, RUN_DIR), self.control,
+                                       access=lambda: self.cfg.control,
+                                       shared_path=control.shared_socket_path(self.cfg.instance, SHARED_DIR))
         try:
             await server.start()
         except OSError as e:         # forwarding goes on; only `lb status`/`lb reload` are missing
             log.error("no control socket: %s", e)
-        web = None
-        if self.cfg.web.enabled:     # lb.web logs why when it cannot start; forwarding goes on
-            try:
-                from lb.web import app as webapp
-                web = await webapp.start(self)
-            except Exception:
-                log.exception("web console not started")
         if self.pulse is not None:
             await blocking(ha_announce.warm_up)      # scapy loads now, not during a takeover
             await self.pulse.start()
+            from lb.ha import configsync     # the active pushes its configuration to the backup
+            self.configsync = await configsync.start(self)
         # the lease's renewal, restarted if it raises (a stopped renewal withdraws every route)
         lease = supervise("bgp-lease", self.bgp.run, logger=log, context=f"instance {self.cfg.instance}") \
             if self.bgp is not None else None
@@ -831,8 +839,8 @@ class Engine:
                         self.sync_monitors()
                         self.sync_load_monitors()
                         self.sync_overrides()
-                        if web is not None:
-                            web.reloaded(self.cfg)
+                        if server.server is not None:
+                            await server.refresh()      # [control]'s groups: their socket
                     for fut in waiters:
                         if not fut.done():
                             fut.set_result(reply)
@@ -873,8 +881,8 @@ class Engine:
         if lease is not None:            # withdraw and drain before anything stops
             lease.cancel()
             await self.bgp.leave(keep=self._stop == "keep")
-        if web is not None:
-            await web.stop()
+        if self.configsync is not None:
+            await self.configsync.stop()
         await server.stop()
         if self.pulse is not None:
             await self.pulse.stop()

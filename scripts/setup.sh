@@ -17,9 +17,11 @@ log() { printf 'setup: %s\n' "$*"; }
 #    exabgp is the director's BGP speaker ([bgp], lb/bgp/).
 PKGS=(python3-bpfcc libbpfcc linux-headers-amd64 iproute2 ethtool nginx-light curl wrk
       tcpdump bpftool procps psmisc kmod haproxy netsniff-ng nftables exabgp)
-# Lab-only (tests, demo, bench; not the director's runtime): bird2 is the scale-out lab's router
-# (`lb lab up --scale-out N`: BGP from every director, ECMP into the kernel).
-LAB_PKGS=(bird2)
+# Lab and tests only (tests, demo, bench; never part of a director's runtime install): bird2 is the
+# scale-out lab's router (`lb lab up --scale-out N`: BGP from every director, ECMP into the kernel);
+# chromium and chromium-driver are the browser selenium drives in the web console's browser tests
+# (tests/test_web_browser.py).
+LAB_PKGS=(bird2 chromium chromium-driver)
 PKGS+=("${LAB_PKGS[@]}")
 missing=()
 for p in "${PKGS[@]}"; do

@@ -55,7 +55,8 @@ load monitor running ``RSH_COMMAND %h uptime`` (rsh_command, default rsh), ``rup
 ``rup %h``; ``ruptime`` is accepted with a warning and no load monitor (rwhod names hosts, not
 addresses: the weights stay as configured); ``none`` is no load monitor.  lb extensions ``lb_load_monitor_kind`` (agent | program), ``_port``, ``_program``
 (quoted), ``_interval``, ``_timeout`` (decimal seconds), ``_min_weight`` and ``_script_user`` set the rest.
-Keys the model cannot hold (HA keys without a backup, serial_no, debug_level, syncdaemon,
+``serial_no`` is Config.serial_no (each save of lb's web console adds one; the active director's
+configuration goes to the backup when newer).  Keys the model cannot hold (HA keys without a backup, debug_level, syncdaemon,
 syncd_iface, syncd_id, reservation_conflict_action, vip_nmask, a firewall-mark virtual's address,
 port and protocol) are type-checked and returned in ``extras`` (see :func:`load_with_extras`) so
 :func:`dumps` writes them back; each that has no effect is a warning (Config.warnings) naming its
@@ -84,8 +85,11 @@ e.g. a TOML ``send = "...\\r\\n"``); with ``backup_active = 1`` the HA fields Pi
 ``_sync_interval``/``_max_skew`` (decimal seconds), ``lb_ha_keepalive``/``_deadtime`` (decimal
 seconds; they win over Piranha's integer ``keepalive``/``deadtime``, which are written rounded
 up) and ``lb_ha_notify = "/path/a, /path/b"`` (quoted, comma-separated program paths); the web
-console's ``[web]``: ``lb_web_enabled = 0|1``, ``lb_web_listen = ADDRESS:PORT`` and
-``lb_web_password_file`` (quoted path, relative to the lvs.cf when relative).
+console's ``[web]``: ``lb_web_enabled = 0|1``, ``lb_web_listen = ADDRESS:PORT``,
+``lb_web_password_file``, ``lb_web_tls_cert``, ``lb_web_tls_key`` (quoted paths, relative to the
+lvs.cf when relative), ``lb_web_allowed_hosts`` and ``lb_web_trusted_proxies`` (comma-separated),
+``lb_web_session_lifetime`` (seconds); the control socket's ``[control]``:
+``lb_control_admin_group`` and ``lb_control_read_group``.
 
 Validation is the TOML loader's: the lvs.cf is turned into the document tomllib would give for
 the same configuration, with the lvs.cf line and key of each of its fields, and handed to
@@ -140,7 +144,6 @@ __all__ = [
 # kind of each extras key: "int:lo:hi", "bool", "ip", "mask", "str", or a tuple of allowed words
 _INT = "int"
 GLOBAL_EXTRAS: dict[str, Any] = {
-    "serial_no": (_INT, 0, 2**63 - 1),
     "primary": "ip",
     "primary_private": "ip",
     "service": ("lvs",),
@@ -188,7 +191,11 @@ LB_MONITOR_KEYS = tuple(f"lb_monitor_{k}" for k in (
     "kind", *LB_MONITOR_STRINGS, "status", "tls_verify", "port", *LB_MONITOR_SECONDS, "quiesce", "escaped",
     "script_user"))
 # lb-only keys of the web console ([web]; Piranha's was a separate program)
-LB_WEB_KEYS = {f"lb_web_{k}": k for k in ("enabled", "listen", "password_file")}
+LB_WEB_KEYS = {f"lb_web_{k}": k for k in _toml.WEB_KEYS}
+# lists in one value, comma-separated (as lb_ha_notify)
+LB_WEB_LISTS = ("allowed_hosts", "trusted_proxies")
+# the control socket's groups ([control])
+LB_CONTROL_KEYS = {f"lb_control_{k}": k for k in _toml.CONTROL_KEYS}
 # lb-only keys of [bgp] (scale-out; Piranha had none): the scalars, then the neighbors and the VIPs'
 # attributes as comma-separated lists:
 #   lb_bgp_neighbors = "198.18.0.254 as 65000 local 198.18.0.1, 198.18.0.253 as 65000"
@@ -196,11 +203,12 @@ LB_WEB_KEYS = {f"lb_web_{k}": k for k in ("enabled", "listen", "password_file")}
 LB_BGP_SCALARS = {f"lb_bgp_{k}": k for k in ("mode", "local_as", "router_id", "hold_time", "lease", "drain", "settle")}
 LB_BGP_KEYS = (*LB_BGP_SCALARS, "lb_bgp_neighbors", "lb_bgp_vips")
 GLOBAL_MODEL = (
+    "serial_no",
     "network", "nat_router", "nat_nmask", "tcp_timeout", "tcpfin_timeout", "udp_timeout",
     "lb_instance", "lb_public_interface", "lb_private_interface", "lb_expire_nodest_conn",
     "lb_lblc_expiration", "lb_lblcr_expiration", "lb_script_user",
     "lb_table_connections", "lb_table_services", "lb_table_real_servers", "lb_table_reals_per_service",
-) + LB_HA_KEYS + tuple(LB_WEB_KEYS) + LB_BGP_KEYS
+) + LB_HA_KEYS + tuple(LB_WEB_KEYS) + tuple(LB_CONTROL_KEYS) + LB_BGP_KEYS
 VIRTUAL_MODEL = ("address", "active", "port", "protocol", "scheduler", "persistent", "pmask", "fwmark",
                  "lb_port_groups", "lb_scheduler_flags", "sorry_server", "lb_mh_size", "quiesce_server",
                  "load_monitor") + LB_LOAD_MONITOR_KEYS
@@ -208,7 +216,7 @@ SERVER_KEYS = ("address", "active", "weight", "port", "lb_u_threshold", "lb_l_th
 GLOBAL_KEYS = tuple(GLOBAL_EXTRAS) + GLOBAL_MODEL
 VIRTUAL_KEYS = VIRTUAL_MODEL + MONITOR_CF + LB_MONITOR_KEYS + tuple(VIRTUAL_EXTRAS)
 QUOTED = ("send", "expect", "send_program", "lb_ha_key_file", "lb_ha_notify", "lb_load_monitor_program",
-          "lb_web_password_file", "lb_bgp_neighbors", "lb_bgp_vips") + tuple(
+          "lb_web_password_file", "lb_web_tls_cert", "lb_web_tls_key", "lb_bgp_neighbors", "lb_bgp_vips") + tuple(
     f"lb_monitor_{k}" for k in LB_MONITOR_STRINGS)
 TIMEOUT_KEYS = {"tcp_timeout": "tcp", "tcpfin_timeout": "tcpfin", "udp_timeout": "udp"}
 TABLE_KEYS = {f"lb_table_{k}": k for k in ("connections", "services", "real_servers", "reals_per_service")}
@@ -347,6 +355,18 @@ _INT_RE = re.compile(r"[+-]?[0-9]+")
 _NUM_RE = re.compile(r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)")
 # one line holds one key: a value as long as the TOML loader's longest string, and then some
 MAX_LINE = 2 * _toml.MAX_STRING
+
+
+def _web_value(g: _Scope, cf: str, key: str) -> Any:
+    """An lb_web_* value as the [web] table holds it."""
+    if key == "enabled":
+        return g.boolean(cf)
+    if key == "session_lifetime":
+        return _seconds(g, cf)
+    text = g.text(cf)
+    if text is not None and key in LB_WEB_LISTS:
+        return [p.strip() for p in text.split(",") if p.strip()]
+    return text
 
 
 def _seconds(scope: _Scope, key: str) -> int | float | None:
@@ -655,7 +675,12 @@ class _Builder:
             for key in LB_HA_KEYS:
                 if key in g.entries:
                     g.error(g.entries[key], f"{key} needs backup_active = 1 (a backup director)")
-        self._table(doc, "web", g, LB_WEB_KEYS, lambda cf, key: g.boolean(cf) if key == "enabled" else g.text(cf))
+        self._table(doc, "web", g, LB_WEB_KEYS, lambda cf, key: _web_value(g, cf, key))
+        self._table(doc, "control", g, LB_CONTROL_KEYS, lambda cf, _: g.text(cf))
+        serial = g.integer("serial_no")
+        if serial is not None:
+            glob["serial_no"] = serial
+        self.note(("global", "serial_no"), g.line("serial_no"), "serial_no")
         if any(k in g.entries for k in LB_BGP_KEYS):
             doc["bgp"] = self._bgp(g)
 
@@ -691,7 +716,6 @@ class _Builder:
         sync = ("lb syncs connections to the backup over its own heartbeat channel (lb_ha_sync, on by "
                 "default)" if with_ha else "connection sync needs a backup director (backup_active = 1)")
         no_effect = {
-            "serial_no": "no effect: the Piranha tool's count of its saves",
             "debug_level": "no effect: lb logs to stderr (the journal under systemd); `lb run -v` adds "
                            "debug messages",
             "reservation_conflict_action": "no effect: a setting of clumanager's shared SCSI disks, not of LVS",
@@ -1277,7 +1301,9 @@ def dumps(cfg: Config, extras: dict[str, Any] | None = None) -> str:
     def dev_text(dev: str, alias: str | None) -> str:
         return alias if alias and alias.split(":", 1)[0] == dev else dev
 
-    order = ("serial_no", "primary", "primary_private", "service", "backup_active", "backup",
+    if cfg.serial_no:
+        put("", "serial_no", cfg.serial_no)
+    order = ("primary", "primary_private", "service", "backup_active", "backup",
              "backup_private", "heartbeat", "heartbeat_port", "keepalive", "deadtime")
     ha_cf = _ha_cf(cfg.ha, cfg.path, cfg.script_user) if cfg.ha is not None else {}
     if ha_cf:
@@ -1329,7 +1355,9 @@ def dumps(cfg: Config, extras: dict[str, Any] | None = None) -> str:
         if key in ha_cf:
             put("", key, ha_cf[key])
     for cf, value in totoml.web_document(cfg.web).items():
-        put("", f"lb_web_{cf}", value)
+        put("", f"lb_web_{cf}", ", ".join(value) if cf in LB_WEB_LISTS else value)
+    for cf, value in totoml.control_document(cfg.control).items():
+        put("", f"lb_control_{cf}", value)
     for cf, value in (_bgp_cf(cfg.bgp) if cfg.bgp is not None else {}).items():
         put("", cf, value)
 

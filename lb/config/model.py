@@ -8,7 +8,7 @@ once :func:`lb.config.load` has returned them.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from ipaddress import IPv4Address, IPv4Interface, IPv6Address, IPv6Interface, ip_address
+from ipaddress import IPv4Address, IPv4Interface, IPv4Network, IPv6Address, IPv6Interface, IPv6Network, ip_address
 from pathlib import Path
 
 # The configuration's vocabulary, declared once: the loaders (TOML and lvs.cf), the scheduler
@@ -429,15 +429,24 @@ WEB_PASSWORD_DIR = Path("/etc/lb")
 
 @dataclass(frozen=True, slots=True)
 class Web:
-    """The web console (lb.web): off unless enabled; listens on localhost by default.
+    """The web console (`lb web`, lb.web): off unless enabled; listens on localhost:3636 (Piranha's
+    port) by default, with TLS when given a certificate and its key.
 
-    ``password_file`` holds the console's one password as an scrypt hash (written by
-    `lb passwd`); None means the instance's default, /etc/lb/<instance>.passwd."""
+    ``password_file`` holds the console's user name and password as an scrypt hash (written by
+    `lb passwd`); None means the instance's default, /etc/lb/<instance>.passwd.  A request is
+    answered only for a Host of ``allowed_hosts`` (besides the listen address and localhost: no
+    DNS rebinding); X-Forwarded-For/-Proto/-Host are believed only from ``trusted_proxies``.
+    A session ends ``session_lifetime`` seconds after its login, however busy."""
 
     enabled: bool = False
     address: IPAddress = IPv4Address("127.0.0.1")
-    port: int = 8080
+    port: int = 3636
     password_file: Path | None = None
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    allowed_hosts: tuple[str, ...] = ()
+    trusted_proxies: tuple[IPv4Network | IPv6Network, ...] = ()
+    session_lifetime: float = 8 * 3600.0
 
     @property
     def listen(self) -> str:
@@ -452,12 +461,25 @@ def default_password_file(instance: str) -> Path:
     return WEB_PASSWORD_DIR / f"{instance}.passwd"
 
 
+@dataclass(frozen=True, slots=True)
+class Control:
+    """Who may use the control socket (/run/lb/<instance>.sock) besides root: members of
+    ``admin_group`` everything (reload, weights, configuration edits: the web console's user),
+    members of ``read_group`` status and the configuration only.  Neither: root alone (0600)."""
+
+    admin_group: str | None = None
+    read_group: str | None = None
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Config:
     """The whole director configuration."""
 
     path: Path | None = None  # file it was loaded from; None for loads()
     instance: str = "default"
+    # the configuration's version number (lvs.cf's serial_no): each save of the web console adds
+    # one; the active director pushes its configuration to the backup, which takes a newer one
+    serial_no: int = 0
     public_interface: str
     private_interface: str | None = None
     network: str = DEFAULT_NETWORK  # one of NETWORKS
@@ -483,6 +505,7 @@ class Config:
     virtual_servers: tuple[VirtualServer, ...] = ()
     ha: HA | None = None  # None: a single director, always active
     web: Web = field(default_factory=Web)  # the web console ([web])
+    control: Control = field(default_factory=Control)  # the control socket's access ([control])
     bgp: Bgp | None = None  # None: no route announcement ([bgp], lb.bgp)
     # what the loader accepted but could not carry out as written (a key with no effect, a
     # mapping that differs from the source format's): `lb check` prints them, `lb run` logs them

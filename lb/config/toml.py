@@ -43,6 +43,7 @@ from .model import (
     SCHEDULERS,
     Config,
     ConfigError,
+    Control,
     ConfigIssue,
     HA,
     BGP_MODES,
@@ -107,9 +108,9 @@ EXPIRATION_RANGE: Final = (1, 2_000_000)
 
 # --- known keys (order matters only for messages) ------------------------------
 
-TOP_KEYS: Final = ("global", "tables", "timeouts", "virtual_server", "ha", "web", "bgp")
+TOP_KEYS: Final = ("global", "tables", "timeouts", "virtual_server", "ha", "web", "control", "bgp")
 GLOBAL_KEYS: Final = (
-    "instance", "public_interface", "private_interface",
+    "instance", "serial_no", "public_interface", "private_interface",
     "network", "nat_router", "nat_router_device",
     "dataplane", "expire_nodest_conn", "lblc_expiration", "lblcr_expiration", "script_user",
 )
@@ -129,7 +130,12 @@ FWMARK_RANGE: Final = (1, 0xFFFFFFFF)
 THRESHOLD_RANGE: Final = (0, 0x7FFFFFFF)
 FWM_RANGES_PER_VIP: Final = 16  # lb_fwm_ranges holds 16 port ranges per (VIP, protocol)
 HA_KEYS: Final = tuple(f.name for f in dataclasses.fields(HA))
-WEB_KEYS: Final = ("enabled", "listen", "password_file")
+WEB_KEYS: Final = ("enabled", "listen", "password_file", "tls_cert", "tls_key", "allowed_hosts", "trusted_proxies",
+                   "session_lifetime")
+CONTROL_KEYS: Final = ("admin_group", "read_group")
+SERIAL_RANGE: Final = (0, 2**63 - 1)
+SESSION_LIFETIME_RANGE: Final = (60.0, 7 * 86400.0)
+MAX_LIST: Final = 64  # entries of allowed_hosts, trusted_proxies
 BGP_KEYS: Final = ("mode", "local_as", "router_id", "hold_time", "lease", "drain", "settle", "neighbor", "vip")
 BGP_NEIGHBOR_KEYS: Final = ("address", "peer_as", "local_address")
 BGP_VIP_KEYS: Final = ("address", "med", "communities")
@@ -143,6 +149,7 @@ SCHEMA: Final[dict[tuple[str, ...], tuple[str, ...]]] = {
     ("timeouts",): TIMEOUTS_KEYS,
     ("ha",): HA_KEYS,
     ("web",): WEB_KEYS,
+    ("control",): CONTROL_KEYS,
     ("bgp",): BGP_KEYS,
     ("bgp", "neighbor"): BGP_NEIGHBOR_KEYS,
     ("bgp", "vip"): BGP_VIP_KEYS,
@@ -1303,43 +1310,116 @@ def _check_ha(top: _Table, base: Path | None, user: str) -> HA | None | _Invalid
 
 def _check_web(top: _Table, base: Path | None) -> Web | _Invalid:
     """[web]: the web console.  Absent: disabled.  Without password_file: None, which means
-    /etc/lb/<instance>.passwd (Web.password_path)."""
+    /etc/lb/<instance>.passwd (Web.password_path).  Relative files are relative to the config."""
     if "web" not in top.data:
         return Web()
     w = top.table("web")
     if isinstance(w, _Invalid):
         return w
-    bad = False
+    keep = _Keep()
     d = Web()
-    enabled = w.boolean("enabled", d.enabled)
-    bad |= isinstance(enabled, _Invalid)
+    enabled = keep(w.boolean("enabled", d.enabled))
     address: IPAddress = d.address
     port = d.port
-    listen = w.string("listen")
-    if isinstance(listen, _Invalid):
-        bad = True
-    elif isinstance(listen, str):
+    listen = keep(w.string("listen"))
+    if isinstance(listen, str):
         parsed = _parse_listen(listen)
         if isinstance(parsed, str):
-            w.chk.error(w.at("listen"), parsed)
-            bad = True
+            keep(w.chk.error(w.at("listen"), parsed))
         else:
             address, port = parsed
-    password_file: Path | None = None
-    pf = w.string("password_file")
-    if isinstance(pf, _Invalid):
-        bad = True
-    elif isinstance(pf, str):
-        if not pf:
-            w.chk.error(w.at("password_file"), "must name the file holding the console's password hash")
-            bad = True
-        else:
-            password_file = Path(pf)
-            if not password_file.is_absolute() and base is not None:
-                password_file = base.parent / password_file
-    if bad:
+    files: dict[str, Path | None] = {}
+    for key, what in (("password_file", "the console's password hash"), ("tls_cert", "the TLS certificate (PEM)"),
+                      ("tls_key", "the TLS certificate's private key (PEM)")):
+        value = keep(w.string(key))
+        files[key] = None
+        if isinstance(value, str):
+            if not value:
+                keep(w.chk.error(w.at(key), f"must name the file holding {what}"))
+            else:
+                f = Path(value)
+                files[key] = base.parent / f if not f.is_absolute() and base is not None else f
+    if ("tls_cert" in w.data) != ("tls_key" in w.data):
+        given = "tls_cert" if "tls_cert" in w.data else "tls_key"
+        keep(w.chk.error(w.at(given), "tls_cert and tls_key go together (the certificate and its private key)"))
+    hosts = keep(_string_list(w, "allowed_hosts", _host_problem))
+    proxies = keep(_string_list(w, "trusted_proxies", _network_problem))
+    lifetime = keep(_seconds(w, "session_lifetime", d.session_lifetime))
+    lo, hi = SESSION_LIFETIME_RANGE
+    if isinstance(lifetime, float) and not lo <= lifetime <= hi:
+        keep(w.chk.error(w.at("session_lifetime"), f"must be between {lo:g} and {hi:g} seconds, got {lifetime:g}"))
+    if keep.bad:
         return INVALID
-    return Web(enabled=_valid(enabled), address=address, port=port, password_file=password_file)
+    return Web(enabled=enabled, address=address, port=port, password_file=files["password_file"],
+               tls_cert=files["tls_cert"], tls_key=files["tls_key"],
+               allowed_hosts=tuple(h.lower().rstrip(".") for h in hosts),
+               trusted_proxies=tuple(ipaddress.ip_network(p, strict=False) for p in proxies),
+               session_lifetime=lifetime)
+
+
+_HOST_RE: Final = re.compile(r"(?=.{1,253}$)([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.?)+")
+
+
+def _host_problem(text: str) -> str | None:
+    """Why ``text`` is not a host name or an IP address as a browser sends it in Host."""
+    try:
+        ipaddress.ip_address(text.strip("[]"))
+        return None
+    except ValueError:
+        pass
+    if not _HOST_RE.fullmatch(text):
+        return f"'{text}' is not a host name (letters, digits, '-' and '.') or an IP address"
+    return None
+
+
+def _network_problem(text: str) -> str | None:
+    try:
+        ipaddress.ip_network(text, strict=False)
+    except ValueError:
+        return f"'{text}' is not an IP address or network (e.g. \"198.18.0.5\" or \"10.0.0.0/8\")"
+    return None
+
+
+def _string_list(t: _Table, key: str, problem: Callable[[str], str | None]) -> tuple[str, ...] | _Invalid:
+    """An optional array of strings (a single string is a list of one), each checked by ``problem``."""
+    value = t.data.get(key, _ABSENT)
+    if value is _ABSENT:
+        return ()
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        return t.chk.error(t.at(key), f"expected an array of strings, got {_describe(value)}")
+    if len(value) > MAX_LIST:
+        return t.chk.error(t.at(key), f"more than {MAX_LIST} entries")
+    for i, v in enumerate(value):
+        why = problem(v)
+        if why:
+            return t.chk.error(t.at(key) + ((i,) if isinstance(t.data.get(key), list) else ()), why)
+    return tuple(value)
+
+
+_GROUP_RE: Final = re.compile(r"[a-z_][a-z0-9_.-]{0,31}\$?")
+
+
+def _group_problem(name: str) -> str | None:
+    if not _GROUP_RE.fullmatch(name):
+        return (f"'{name}' is not a group name (lower case letters, digits, '_', '-' and '.', "
+                f"at most 32 characters)")
+    return None
+
+
+def _check_control(top: _Table) -> Control | _Invalid:
+    """[control]: the control socket's groups.  Absent: root only."""
+    if "control" not in top.data:
+        return Control()
+    c = top.table("control")
+    if isinstance(c, _Invalid):
+        return c
+    keep = _Keep()
+    admin, read = (keep(c._text(key, _group_problem, False)) for key in CONTROL_KEYS)
+    if not keep.bad and admin is not None and admin == read:
+        keep(c.chk.error(c.at("read_group"), "must differ from admin_group (whose members may already read)"))
+    return INVALID if keep.bad else Control(admin_group=admin, read_group=read)
 
 
 # --- [bgp]: route announcement and active-active scale-out (lb.bgp) ----------------------------
@@ -1590,6 +1670,7 @@ def validate(doc: dict[str, Any], display: str, positions: Positions, path: Path
             f"invalid instance name '{instance}': must match [a-z0-9][a-z0-9_-]{{0,31}} "
             f"(it names the pin directory /sys/fs/bpf/lb/<instance>)",
         )
+    serial_no = g.integer("serial_no", SERIAL_RANGE, default=0)
     public_interface = g.ifname("public_interface", required=True)
     private_interface = g.ifname("private_interface")
     network = g.choice("network", NETWORKS, DEFAULT_NETWORK, "network")
@@ -1636,6 +1717,7 @@ def validate(doc: dict[str, Any], display: str, positions: Positions, path: Path
 
     ha = _check_ha(top, path, user)
     web = _check_web(top, path)
+    control = _check_control(top)
     bgp = _check_bgp(top, drafts, network, dataplane)
 
     if chk.issues:
@@ -1662,6 +1744,8 @@ def validate(doc: dict[str, Any], display: str, positions: Positions, path: Path
         virtual_servers=tuple(_valid(vs).build() for vs in drafts),
         ha=_valid(ha),
         web=_valid(web),
+        control=_valid(control),
         bgp=_valid(bgp),
+        serial_no=_valid_int(serial_no),
         warnings=tuple(warnings),
     )

@@ -10,10 +10,10 @@ import dataclasses
 import math
 from typing import Any
 
-from .model import (DEFAULT_MH_SIZE, DEFAULT_SCRIPT_USER, HA, Bgp, Config, LoadMonitor, Monitor, Tables, Timeouts,
-                    Web, sorry_text)
+from .model import (DEFAULT_MH_SIZE, DEFAULT_SCRIPT_USER, HA, Bgp, Config, Control, LoadMonitor, Monitor, Tables,
+                    Timeouts, Web, sorry_text)
 
-__all__ = ["dumps", "document", "web_document"]
+__all__ = ["dumps", "document", "web_document", "control_document", "emit"]
 
 # Monitor fields in seconds: written as integers when whole
 MONITOR_SECONDS = ("interval", "timeout", "reentry", "connect_timeout")
@@ -48,10 +48,10 @@ def _toml_value(v: Any) -> str:
     return _toml_str(str(v))
 
 
-def _emit(doc: dict[str, Any]) -> str:
+def emit(doc: dict[str, Any]) -> str:
     """Render the loader's document shape (tables of scalars, virtual_server/real_server arrays)."""
     out: list[str] = []
-    for section in ("global", "tables", "timeouts", "ha", "web"):
+    for section in ("global", "tables", "timeouts", "ha", "web", "control"):
         if section in doc:
             out.append(f"[{section}]")
             out += [f"{k} = {_toml_value(v)}" for k, v in doc[section].items()]
@@ -117,9 +117,23 @@ def web_document(web: Web) -> dict[str, Any]:
         out["enabled"] = web.enabled
     if web.listen != d.listen:
         out["listen"] = web.listen
-    if web.password_file is not None:
-        out["password_file"] = str(web.password_file)
+    for key in ("password_file", "tls_cert", "tls_key"):
+        if getattr(web, key) is not None:
+            out[key] = str(getattr(web, key))
+    if web.allowed_hosts:
+        out["allowed_hosts"] = list(web.allowed_hosts)
+    if web.trusted_proxies:
+        out["trusted_proxies"] = [str(n.network_address) if n.prefixlen == n.max_prefixlen else str(n)
+                                  for n in web.trusted_proxies]
+    if web.session_lifetime != d.session_lifetime:
+        v = web.session_lifetime
+        out["session_lifetime"] = int(v) if float(v).is_integer() else v
     return out
+
+
+def control_document(control: Control) -> dict[str, Any]:
+    """The [control] keys that are set (lvs.cf: lb_control_*)."""
+    return {k: getattr(control, k) for k in ("admin_group", "read_group") if getattr(control, k) is not None}
 
 
 def _bgp_document(bgp: Bgp) -> dict[str, Any]:
@@ -140,7 +154,10 @@ def _bgp_document(bgp: Bgp) -> dict[str, Any]:
 
 def document(cfg: Config) -> dict[str, Any]:
     """The document tomllib would give for the TOML text of ``cfg`` (defaults left out)."""
-    glob: dict[str, Any] = {"instance": cfg.instance, "public_interface": cfg.public_interface}
+    glob: dict[str, Any] = {"instance": cfg.instance}
+    if cfg.serial_no:
+        glob["serial_no"] = cfg.serial_no
+    glob["public_interface"] = cfg.public_interface
     if cfg.private_interface is not None:
         glob["private_interface"] = cfg.private_interface
     glob["network"] = cfg.network
@@ -164,6 +181,9 @@ def document(cfg: Config) -> dict[str, Any]:
     web = web_document(cfg.web)
     if web:
         doc["web"] = web
+    control = control_document(cfg.control)
+    if control:
+        doc["control"] = control
     if cfg.bgp is not None:
         doc["bgp"] = _bgp_document(cfg.bgp)
     vss = []
@@ -231,7 +251,7 @@ def document(cfg: Config) -> dict[str, Any]:
 def dumps(cfg: Config, header: list[str] | None = None) -> str:
     """``cfg`` as TOML text, after ``header`` lines written as comments."""
     head = "".join(f"# {line}\n" if line else "#\n" for line in header or [])
-    return (head + "\n" if head else "") + _emit(document(cfg))
+    return (head + "\n" if head else "") + emit(document(cfg))
 
 
 def warning_lines(cfg: Config) -> list[str]:
