@@ -27,9 +27,24 @@ def test_bench_suites_run(tmp_path):
     assert run.main(["--smoke", "--out", str(tmp_path)]) == 0
 
     pkt = _load(tmp_path, "pkt")
-    names = [r["scenario"] for r in pkt["results"]]
-    assert names[0].startswith("baseline") and len(names) >= 6
-    assert all(r["ns"] > 0 and r["ratio"] > 0 for r in pkt["results"])
+    rows = pkt["results"]
+    assert rows[0]["scenario"].startswith("baseline: trivial") and rows[1]["scenario"].startswith("baseline: empty")
+    measured = [r for r in rows if r["kind"] in ("baseline", "reference", "lb")]
+    assert all(r["ns"] > 0 and r["ratio"] > 0 and "delta_trivial_ns" in r and "delta_empty_ns" in r for r in measured)
+    # every row names its table; SYN rows at the default size and at the big one, each block with its floor
+    assert all(r["table_size"] for r in rows if r["kind"] != "baseline")
+    syn = [r for r in rows if "new connection (SYN)" in r["scenario"] and r["kind"] == "lb"]
+    assert {r["table_size"] for r in syn} == {65536, 1 << 17}
+    assert all("delta_floor_ns" in r and f"(table {r['table_size']:,})" in r["scenario"] for r in syn)
+    floors = [r for r in rows if r["kind"] == "reference"]
+    assert sorted(r["table_size"] for r in floors) == [65536, 1 << 17]
+    # targets carry a status; two runs support no verdict
+    assert {r["status"] for r in rows if r.get("target")} == {"too few runs"}
+    assert len([r for r in rows if r["key"] == "slope"]) == 2
+    if len(os.sched_getaffinity(0)) >= 2:
+        two = [r for r in rows if r["kind"] == "scaling"]
+        assert {r["key"] for r in two} == {"cpu2_est", "cpu2_rr", "cpu2_mh", "cpu2_wlc"}
+        assert all(r["one_cpu_mpps"]["median"] > 0 and r["two_cpu_mpps"]["median"] > 0 for r in two)
 
     ctl = _load(tmp_path, "ctl")
     assert all(r["seconds"]["median"] >= 0 and r["ratio"] >= 0 for r in ctl["results"])
