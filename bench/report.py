@@ -22,7 +22,7 @@ TITLES = {"http": "End-to-end HTTP (wrk, lab namespaces), ratio to direct",
           "scaleout": "Scale-out (active directors behind ECMP), ratio to 1 director / to the BGP hold time"}
 
 
-def _x(v, noisy: bool = False) -> str:
+def ratio_cell(v, noisy: bool = False) -> str:
     """a ratio; "~" marks one whose runs are too spread to stand on (bench.common.NOISY)"""
     if v is None:
         return "—"
@@ -33,7 +33,7 @@ def _ns(v) -> str:
     return "" if v is None else f"{v:+.0f}"
 
 
-def _pm(stats: dict | None) -> str:
+def ci_cell(stats: dict | None) -> str:
     """the half-width of the median's confidence interval, relative to it"""
     if not stats or not stats.get("median"):
         return ""
@@ -54,13 +54,13 @@ def pkt_table(result: dict) -> str:
             size = "—"
         else:
             size = f"{r.get('table_size') or result.get('connection_table', 0):,}"
-        noisy = bool(r.get("noisy"))
+        noisy = bool(r.get("noisy")) and r.get("key") != "trivial"     # 1.00x by definition
         if r.get("kind") == "derived":
             ns = f"{r['ns']:.1f} /server"
         else:
             ns = f"{r['ns']:.1f}"
-        lines.append(f"| {r['scenario']} | {size} | {ns} | {_pm(r.get('stats'))} | {_ns(r.get('delta_trivial_ns'))} "
-                     f"| {_ns(r.get('delta_empty_ns'))} | {_x(r.get('ratio'), noisy)} | {_ns(r.get('delta_floor_ns'))} "
+        lines.append(f"| {r['scenario']} | {size} | {ns} | {ci_cell(r.get('stats'))} | {_ns(r.get('delta_trivial_ns'))} "
+                     f"| {_ns(r.get('delta_empty_ns'))} | {ratio_cell(r.get('ratio'), noisy)} | {_ns(r.get('delta_floor_ns'))} "
                      f"| {r.get('target', '')} | {r.get('status', '')} |")
     if two:
         lines += ["", "| two CPUs | table | 1 CPU Mpps | 2 CPUs Mpps | scaling | ± | runs side by side "
@@ -68,7 +68,7 @@ def pkt_table(result: dict) -> str:
         for r in two:
             sc = r["scaling"]
             lines.append(f"| {r['scenario']} | {r['table_size']:,} | {r['one_cpu_mpps']['median']:.2f} "
-                         f"| {r['two_cpu_mpps']['median']:.2f} | {_x(sc['median'], r.get('noisy'))} | {_pm(sc)} "
+                         f"| {r['two_cpu_mpps']['median']:.2f} | {ratio_cell(sc['median'], r.get('noisy'))} | {ci_cell(sc)} "
                          f"| {r['min_overlap'] * 100:.0f}% | {r.get('target', '')} | {r.get('status', '')} |")
     notes = list(result.get("notes", []))
     if "fill" in result:

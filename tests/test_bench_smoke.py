@@ -51,6 +51,11 @@ def test_bench_suites_run(tmp_path):
     apply = next(r for r in ctl["results"] if r["scenario"].startswith("apply"))
     change = next(r for r in ctl["results"] if r["scenario"].startswith("one-server change (weight)"))
     assert apply["writes"] > change["writes"] > 0
+    # every kind of change measured once per round (smoke: two rounds; the weight goes there and back)
+    kinds = {r["scenario"]: r for r in ctl["results"] if "change" in r["scenario"] or "unchanged" in r["scenario"]}
+    assert set(kinds) == {"one-server change (weight)", "one-server change (remove)", "one-server change (add)",
+                          "unchanged table re-applied"}
+    assert [len(r["runs"]) for r in kinds.values()] == [4, 2, 2, 2] and kinds["unchanged table re-applied"]["writes"] == 0
 
     http = _load(tmp_path, "http")
     base = [r for r in http["results"] if r.get("baseline")]
@@ -58,16 +63,19 @@ def test_bench_suites_run(tmp_path):
     assert {r["scenario"] for r in http["results"]} >= {"lb DR (XDP)"}
     assert all(r["rps"]["median"] > 0 and r["errors"] == 0 for r in http["results"])
 
-    # both packet sources (trafgen missing fails the suite, it is not skipped), each with its baseline
+    # both packet sources (trafgen missing fails the suite, it is not skipped), each with its
+    # baselines: the plain redirect and the stateful reference
     pps = _load(tmp_path, "pps")
-    assert {(r["source"], bool(r.get("baseline"))) for r in pps["results"]} == {
-        (src, b) for src in ("live frames", "trafgen") for b in (True, False)}
+    assert {(r["source"], r["program"]) for r in pps["results"]} == {
+        (src, p) for src in ("live frames", "trafgen") for p in ("redirect", "stateful", "lb")}
     for r in pps["results"]:
-        assert r["mpps"]["median"] > 0
+        assert r["mpps"]["median"] > 0 and len(r["runs"]) == 2
         assert min(r["delivered"]) == r["sent"]        # everything sent crossed the director
     for r in pps["results"]:
-        if not r.get("baseline"):
-            assert r["connections"] >= r["flows"]      # this source's SYNs opened lb's connections
+        if r["program"] == "lb":
+            assert r["connections"] >= r["flows"]      # this source's handshakes opened lb's connections
+            assert r["ratio_redirect"] > 0 and r["ratio_stateful"] > 0
+            assert bool(r.get("target")) == (r["source"] == "live frames")
     md = (tmp_path / "latest-smoke.md").read_text()
     assert "| trafgen | lb DR, established, 100 flows | 100 |" in md
 
