@@ -62,6 +62,11 @@ def test_bench_suites_run(tmp_path):
     assert base and all(r["ratio_rps"] == 1.0 for r in base)
     assert {r["scenario"] for r in http["results"]} >= {"lb DR (XDP)"}
     assert all(r["rps"]["median"] > 0 and r["errors"] == 0 for r in http["results"])
+    # the topology variant with veth's own offload defaults: lb NAT forwards there too, against
+    # a direct baseline of its own
+    variant = {r["scenario"].split(",")[0]: r for r in http["results"] if r["mode"] == "variant veth defaults"}
+    assert set(variant) == {"direct to rs1 (director routing)", "lb NAT (XDP)"}
+    assert variant["lb NAT (XDP)"]["target"] and variant["lb NAT (XDP)"]["status"] == "too few runs"
 
     # both packet sources (trafgen missing fails the suite, it is not skipped), each with its
     # baselines: the plain redirect and the stateful reference
