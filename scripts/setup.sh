@@ -20,9 +20,17 @@ LB_WIRE_HEADERS=1 bash scripts/install-director.sh --deps
 # 2. The lab's, the tests' and the benchmarks' tools, which a director does not need: nginx
 #    (the lab's real servers), curl, wrk, tcpdump, bpftool, haproxy (bench/http's peer),
 #    netsniff-ng (trafgen), nftables (the IPVS data plane's firewall marks, tested on the host
-#    and in the IPVS VM). Installed only; a system nginx or haproxy the package may start is left
+#    and in the IPVS VM), exabgp (the BGP speaker `lb run` starts for [bgp]: the scale-out lab and
+#    its tests; not in the director install, whose Debian package would enable its own
+#    exabgp.service). Installed only; a system nginx or haproxy the package may start is left
 #    alone: the lab and bench/ run their own inside their namespaces, with their own config.
-PKGS=(ethtool nginx-light curl wrk tcpdump bpftool procps psmisc kmod haproxy netsniff-ng nftables)
+PKGS=(ethtool nginx-light curl wrk tcpdump bpftool procps psmisc kmod haproxy netsniff-ng nftables exabgp)
+# Lab and tests only (tests, demo, bench; never part of a director's runtime install): bird2 is the
+# scale-out lab's router (`lb lab up --scale-out N`: BGP from every director, ECMP into the kernel);
+# chromium and chromium-driver are the browser selenium drives in the web console's browser tests
+# (tests/test_web_browser.py).
+LAB_PKGS=(bird2 chromium chromium-driver)
+PKGS+=("${LAB_PKGS[@]}")
 missing=()
 for p in "${PKGS[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
