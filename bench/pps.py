@@ -284,12 +284,17 @@ class Pps:
                      TCP(sport=SPORT0, dport=80, flags=flags) / (b"x" * 10))
 
     def attach(self, node: str, ifname: str, fn) -> None:
-        """fn on ifname (it replaces the program there, if any)"""
-        self.lab.in_netns(node, self.BPF.attach_xdp, ifname.encode(), fn, XDP_FLAGS_DRV_MODE, timeout=20)
+        """fn on ifname (it replaces the program there, if any), over rtnetlink as lb attaches: lb's
+        programs are the compile cache's (lb.dataplane.bpfobj), not bcc Functions"""
+        from lb.dataplane.attach import attach_xdp
+
+        self.lab.in_netns(node, attach_xdp, ifname, fn, "native", timeout=20)
         self.attached[node, ifname] = fn
 
     def detach(self, node: str, ifname: str) -> None:
-        self.lab.in_netns(node, self.BPF.remove_xdp, ifname.encode(), XDP_FLAGS_DRV_MODE, timeout=20)
+        from lb.dataplane.attach import detach_xdp
+
+        self.lab.in_netns(node, detach_xdp, ifname, XDP_FLAGS_DRV_MODE, timeout=20)
         del self.attached[node, ifname]
 
     def director(self, prog: str) -> None:
