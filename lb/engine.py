@@ -649,12 +649,17 @@ class Engine:
     def _release_addresses(self) -> None:
         addresses.release(self.owned)
 
-    def announce(self, burst: bool = True) -> None:
+    def announce(self, burst: bool = True, addrs=None) -> None:
+        """Gratuitous ARP / unsolicited NA for the addresses this director holds (or ``addrs``),
+        with or without [ha]: at start (before READY), at a takeover (a burst) and every
+        garp_refresh while active (one round)."""
         ha = self.cfg.ha
-        if not self.active or ha is None:
+        addrs = self.owned if addrs is None else addrs
+        if not self.active or not addrs:
             return
-        n = ha_announce.announce(self.owned, ha.garp_count if burst else 1, ha.garp_interval)
-        log.info("announced %d addresses (%d frames)", len(self.owned), n)
+        count, interval = (ha.garp_count, ha.garp_interval) if ha else (ha_announce.COUNT, ha_announce.INTERVAL)
+        n = ha_announce.announce(addrs, count if burst else 1, interval)
+        log.info("announced %d addresses (%d frames)", len(addrs), n)
 
     async def on_role(self, new: int, old: int) -> None:
         from lb.ha.pulse import ACTIVE
@@ -846,6 +851,12 @@ class Engine:
             await self.pulse.start()
             from lb.ha import configsync     # the active pushes its configuration to the backup
             self.configsync = await configsync.start(self)
+        else:
+            # the one director: before READY its neighbours learn the VIPs' and the NAT
+            # gateway's MAC.  A client or real server whose entry is stale (another director's
+            # MAC, an earlier run's) or still unresolved from before the address was taken
+            # would otherwise lose its first packets: EHOSTUNREACH, or seconds of silence
+            await blocking(self.announce)
         # the lease's renewal, restarted if it raises (a stopped renewal withdraws every route)
         lease = supervise("bgp-lease", self.bgp.run, logger=log, context=f"instance {self.cfg.instance}") \
             if self.bgp is not None else None

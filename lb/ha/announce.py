@@ -13,6 +13,10 @@ import time
 
 log = logging.getLogger("lb.ha")
 
+# the burst without [ha] (its garp_count and garp_interval defaults)
+COUNT = 3
+INTERVAL = 0.1
+
 _scapy = None
 
 
