@@ -9,7 +9,6 @@ import json
 import os
 import socket
 import subprocess
-import time
 
 import pytest
 
@@ -97,10 +96,9 @@ def test_http_get_from_client_side_helper(direct):
 
 
 def test_client_reaches_director_at_l3(direct):
-    t0 = time.monotonic()
+    # refused (the director's stack answered with RST), not timed out: the path works both ways
     with pytest.raises(ConnectionRefusedError):
-        direct.connect("client", direct.DIRECTOR_PUB, 22, timeout=3)
-    assert time.monotonic() - t0 < 2.0
+        direct.connect("client", direct.DIRECTOR_PUB, 22, timeout=10)
 
 
 def test_client_cannot_reach_vip_without_director(direct):
