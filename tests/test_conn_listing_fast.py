@@ -110,8 +110,14 @@ def _mask_expire(text: str) -> list[str]:
 
 
 def test_lb_list_c_cli_prints_the_listing(dp):
+    # the CLI reads the clock itself, seconds later on a loaded machine: every entry made just
+    # now and live for an hour at least (its expire column is the one thing not compared), so
+    # that none expires between the fill and the CLI's read
     now = time.monotonic_ns()
-    entries = [(k, dataclasses.replace(L.Conn.unpack(v), last_ns=now).pack()) for k, v in ENTRIES]
+    entries = []
+    for k, v in ENTRIES:
+        c = L.Conn.unpack(v)
+        entries.append((k, dataclasses.replace(c, last_ns=now, timeout=max(c.timeout, 3600)).pack()))
     _fill(dp, entries)
     out = subprocess.run([LB_BIN, "list", "-c", "-n", "--instance", dp.instance], capture_output=True,
                          text=True, timeout=60, check=True).stdout

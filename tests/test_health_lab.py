@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import shutil
 import signal
 import subprocess
@@ -13,6 +12,8 @@ import sys
 import time
 
 import pytest
+
+from lab_http import errors, stop_wrk, wrk, wrk_result
 
 LAB_NETWORK = "nat"
 
@@ -84,56 +85,9 @@ def flags(tmp_path):
     return d
 
 
-WRK_TOTALS = re.compile(r"(\d+) requests in ")
-WRK_SOCKET = re.compile(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)")
-WRK_NON2XX = re.compile(r"Non-2xx or 3xx responses: (\d+)")
-
-
-def wrk(lab, seconds: int, conns: int = 3) -> subprocess.Popen:
-    """wrk from the client namespace against the VIP, for `seconds` (bounded)."""
-    return lab.popen("client", ["wrk", "-t1", f"-c{conns}", f"-d{seconds}s", "--timeout", "2s",
-                                f"http://{lab.VIP}/"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-
-
-def wrk_result(p: subprocess.Popen, timeout: float) -> dict:
-    """requests, and errors by kind (connect, read, write, timeout, status), from wrk's report."""
-    try:
-        out, _ = p.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        p.kill()
-        p.communicate()
-        raise AssertionError("wrk did not finish in time") from None
-    assert p.returncode == 0, out
-    m = WRK_TOTALS.search(out)
-    assert m, out
-    res = {"requests": int(m.group(1)), "connect": 0, "read": 0, "write": 0, "timeout": 0, "status": 0,
-           "text": out}
-    m = WRK_SOCKET.search(out)
-    if m:
-        res.update(zip(("connect", "read", "write", "timeout"), map(int, m.groups())))
-    m = WRK_NON2XX.search(out)
-    if m:
-        res["status"] = int(m.group(1))
-    return res
-
-
-def stop_wrk(p: subprocess.Popen, after: float) -> dict:
-    """wrk's report once it has gone on `after` more seconds of load (the event under test is
-    over; a server wrongly left in the table would fail a third of the reconnects meanwhile);
-    wrk must still be running then, else its load did not span the event."""
-    time.sleep(after)                     # load time after the event, not a wait for a state
-    assert p.poll() is None, "wrk ended before the event was over: its load did not span it"
-    p.send_signal(signal.SIGINT)          # wrk stops and prints its report
-    return wrk_result(p, 30)
-
-
 def active_conns(listing: str) -> int:
     """The ActiveConn column's sum over the real servers of an `lb list -n`."""
     return sum(int(ln.split()[4]) for ln in listing.splitlines() if ln.startswith("  -> "))
-
-
-def errors(res: dict) -> int:
-    return sum(res[k] for k in ("connect", "read", "write", "timeout", "status"))
 
 
 @pytest.fixture
@@ -219,13 +173,13 @@ def test_reloads_under_load_lose_nothing(lab, lb_runner, tmp_path):
     try:
         variants = [((1, 1, 1), ("rs1", "rs2", "rs3")), ((3, 2, 1), ("rs1", "rs2", "rs3")),
                     ((1, 1), ("rs1", "rs2")), ((2, 5), ("rs2", "rs3")), ((1, 1, 1), ("rs1", "rs2", "rs3"))]
-        time.sleep(0.5)
+        wait_for(lambda: active_conns(lb_list()) >= 3 or load.poll() is not None, 30, "wrk's 3 connections")
         for i in range(20):
             weights, names = variants[i % len(variants)]
             cfg.write_text(config('kind = "tcp"', weights, names))
             p = lb_cli("reload")
             assert p.returncode == 0, p
-            time.sleep(0.1)
+            time.sleep(0.1)                                  # pacing: the reloads spread over the load
         assert load.poll() is None, "wrk ended before the last reload"
     finally:
         load.send_signal(signal.SIGINT)                      # wrk stops and prints its report

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import ipaddress
 import itertools
-import time
 
 import pytest
 from scapy.layers.inet import IP, TCP
@@ -12,7 +11,7 @@ from scapy.layers.l2 import Ether
 from lb.dataplane import RealSpec, ServiceSpec, TableSpec, reader
 from lb.dataplane import layout as L
 from lb.dataplane.maps import PinnedMaps
-from packets_util import CLIENT_MAC, PUB_MAC, XDP_REDIRECT, loaded_dataplane, real_mac, run
+from packets_util import CLIENT_MAC, PUB_MAC, XDP_REDIRECT, age, loaded_dataplane, real_mac, run
 
 ip = ipaddress.ip_address
 REALS = [ip("198.18.1.11"), ip("198.18.1.12"), ip("198.18.1.13")]
@@ -63,7 +62,7 @@ def test_template_expires_after_the_timeout(dp):
     dp.apply(table(0, 1, 2, persistent=1, port=83))
     first = pick(dp, "198.18.0.2", 83)
     assert pick(dp, "198.18.0.2", 83) == first
-    time.sleep(2.2)                                      # 1 s timeout (the clock is coarse)
+    age(dp, 2.2)                                         # past the 1 s timeout
     assert pick(dp, "198.18.0.2", 83) != first              # scheduled afresh: rr moved on
     assert dp.sweep() >= 0
 
@@ -81,7 +80,7 @@ def test_template_of_a_removed_server_is_invalid(dp):
 def test_sweep_removes_expired_templates_and_their_count(dp):
     dp.apply(table(0, 1, 2, persistent=1, port=85))
     pick(dp, "198.18.0.2", 85)
-    time.sleep(2.2)
+    age(dp, 2.2)
     dp.sweep()
     with PinnedMaps(dp.instance) as maps:
         [svc] = reader.read_services(maps)

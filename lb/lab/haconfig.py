@@ -4,14 +4,7 @@ monitor), the NAT router address floating with the VIP.  tests/test_ha_lab.py an
 bench/failover.py start both directors from it."""
 from __future__ import annotations
 
-HA_CONFIG = """\
-[global]
-instance = "{instance}"
-public_interface = "pub0"
-private_interface = "priv0"
-network = "{network}"
-nat_router = "198.18.1.254/24"
-
+HA_SECTION = """\
 [ha]
 primary = "198.18.0.1"
 backup = "198.18.0.3"
@@ -24,7 +17,17 @@ garp_count = 3
 garp_interval = 0.05
 garp_refresh = 1.0
 sync_interval = 0.1
+"""
 
+HA_CONFIG = """\
+[global]
+instance = "{instance}"
+public_interface = "pub0"
+private_interface = "priv0"
+network = "{network}"
+nat_router = "198.18.1.254/24"
+
+{ha}
 [[virtual_server]]
 name = "web"
 address = "198.18.0.10"
@@ -42,5 +45,10 @@ scheduler = "rr"
 
 
 def ha_config(instance: str, key_file, network: str = "nat", keepalive: float = 0.2, deadtime: float = 1.0) -> str:
-    return HA_CONFIG.format(instance=instance, key=key_file, network=network, keepalive=keepalive,
-                            deadtime=deadtime)
+    return HA_CONFIG.format(instance=instance, network=network,
+                            ha=ha_section(key_file, keepalive, deadtime))
+
+
+def ha_section(key_file, keepalive: float = 0.2, deadtime: float = 1.0) -> str:
+    """The [ha] table of the lab's pair (director primary, director2 backup), for any config."""
+    return HA_SECTION.format(key=key_file, keepalive=keepalive, deadtime=deadtime)

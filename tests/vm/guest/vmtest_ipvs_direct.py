@@ -10,12 +10,10 @@ import json
 import os
 import re
 import signal
-import time
 
 import pytest
 from guest_util import (dests, ipvs_kernel, ipvsadm, lab_config, lb_list_cli, results_dir, run_fidelity,  # noqa: F401
-                        same_as_ipvsadm, start_lb,
-                        wait_for)
+                        same_as_ipvsadm, start_lb, wait_for, wait_stats)
 
 LAB_NETWORK = "direct"
 MONITOR = 'interval = 0.5\ntimeout = 1.5\nreentry = 2.0\nconnect_timeout = 0.5\n'
@@ -74,7 +72,7 @@ def test_dr_traffic_reaches_every_real_server(lab, lb_dr):
 
 
 def test_listings_equal_ipvsadm_after_traffic(lab, lb_dr):
-    time.sleep(2.5)    # the estimator refreshes rates every 2 s
+    wait_stats(lab, "198.18.0.10:80", 12)     # the estimator copies the counters every 2 s
     for args in (["-n"], ["-n", "--stats"], ["-n", "--stats", "--exact"], ["-n", "--persistent-conn"],
                  ["-n", "--thresholds"], ["-n", "-c"], ["--timeout"], ["-n", "-t", "198.18.0.10:80"]):
         mine, theirs = same_as_ipvsadm(lab, *args)
