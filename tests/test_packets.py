@@ -27,6 +27,7 @@ def _svc(proto, vip, port, sched, fwd, rport=None, weights=(1, 1, 1)):
 
 TABLE = TableSpec((
     _svc("tcp", VIP_DR, 80, "rr", "dr"),
+    _svc("tcp", VIP_DR, 81, "rr", "dr"),           # test_dr_rewrites_only_macs's own: rr from the head
     _svc("tcp", VIP_NAT, 80, "rr", "nat", rport=8080),
     _svc("udp", VIP_NAT, 53, "rr", "nat", rport=5353),
 ))
@@ -45,7 +46,7 @@ def client_pkt(dst, dport, sport, flags="S", proto="tcp", payload=b""):
 
 
 def test_dr_rewrites_only_macs(dp):
-    pkt = client_pkt(VIP_DR, 80, 40000)
+    pkt = client_pkt(VIP_DR, 81, 40000)
     rc, out = run(dp, "lb_xdp_public", pkt)
     assert rc == XDP_REDIRECT
     # rr over the IPVS list (reverse config order): the first new connection goes to the last real

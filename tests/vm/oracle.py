@@ -171,7 +171,8 @@ class ModelDirector:
     server: thresholds); persistence templates (client & netmask, VIP, port) are made by a new
     connection of a new client network, refreshed by every new connection through them, count
     in PersistConn, and when their timer runs out while they still control connections they
-    get 60 s more (ip_vs_conn_expire's expire_later)."""
+    get 60 s more (ip_vs_conn_expire's expire_later), and 60 s stays their timeout (a new
+    connection through one re-arms it for 60 s, not the service's timeout)."""
 
     TEMPLATE_LATER_S = 60
 
@@ -191,7 +192,7 @@ class ModelDirector:
             self.svc.add(a, w, u_threshold=u, l_threshold=lo)
         self.t = 0.0
         self.conns: dict[int, list] = {}          # flow -> [state, real, expires_at, template key]
-        self.templates: dict[str, list] = {}      # masked client -> [real, expires_at, n_control]
+        self.templates: dict[str, list] = {}      # masked client -> [real, expires_at, n_control, timeout]
         self.names = {v: k for k, v in L.TCP_S.items()}
         self.active_states = {L.TCP_S[n] for n in ("ESTABLISHED", "SYN_SENT", "SYN_RECV", "SYNACK")}
 
@@ -234,9 +235,9 @@ class ModelDirector:
                 if real is None:
                     return
                 if tkey is not None:
-                    tpl = self.templates[tkey] = [real, 0.0, 0]
+                    tpl = self.templates[tkey] = [real, 0.0, 0, self.s.persistent]
             if tpl is not None:                         # made or used: its timer starts again
-                tpl[1] = self.t + self.s.persistent
+                tpl[1] = self.t + tpl[3]
                 tpl[2] += 1
             state = self._next(0, flags)
             self.conns[flow] = [state, real, self.t + self.timeouts[state], tkey]
@@ -259,7 +260,9 @@ class ModelDirector:
             if kind == "c":
                 self._expire_conn(key)
             elif self.templates[key][2] > 0:
+                # expire_later: 60 s more, and 60 s becomes the template's timeout for good
                 self.templates[key][1] = at + self.TEMPLATE_LATER_S
+                self.templates[key][3] = self.TEMPLATE_LATER_S
             else:
                 del self.templates[key]
         self.t = end
@@ -269,19 +272,26 @@ class ModelDirector:
         for f, (state, real, at, _t) in self.conns.items():
             client, sport = self.s.flows[f]
             obs.conns[f"{client}:{sport}"] = [self.names[state], int(at - self.t), real]
-        for k, (real, at, _n) in self.templates.items():
+        for k, (real, at, _n, _timeout) in self.templates.items():
             obs.templates[k] = [real, int(at - self.t)]
         for d in self.svc.dests:
             obs.counts[d.name] = [d.active, d.inactive, sum(1 for t in self.templates.values() if t[0] == d.name)]
         return obs.as_json()
 
-    def play(self) -> list[dict]:
+    def play(self, times: list[float] | None = None) -> list[dict]:
+        """The script's observations; on the kernel's time line (each step's start, seconds)
+        when given, else on the script's own (its waits)."""
+        if times is None:
+            times, t = [], 0.0
+            for step in self.s.steps:
+                times.append(t)
+                t += step[1] if step[0] == "wait" else 0.0
         out = []
-        for step in self.s.steps:
+        for i, step in enumerate(self.s.steps):
+            if i:
+                self.wait(times[i] - times[i - 1])
             if step[0] == "pkt":
                 self.pkt(step[1], step[2])
-            elif step[0] == "wait":
-                self.wait(step[1])
-            else:
+            elif step[0] == "observe":
                 out.append(self.observe(step[1]))
         return out

@@ -117,10 +117,15 @@ class Player:
                 obs.counts = {str(r.address): [r.active, r.inactive, r.persist] for r in row.reals}
         return obs.as_json()
 
-    def play(self, script: oracle.Script) -> list[dict]:
+    def play(self, script: oracle.Script) -> dict:
+        """The script's observations, and the time line: when (seconds from the first step)
+        each step started -- the host replays the same time line (entries aged by as much), so
+        that the timers of both run alike however slow this emulated VM is."""
         self.apply(script)
-        out = []
+        out, times = [], []
+        t0 = time.monotonic()
         for step in script.steps:
+            times.append(time.monotonic() - t0)
             if step[0] == "pkt":
                 client, sport = script.flows[step[1]]
                 self.send(client, sport, oracle.VIP, script.port, step[2])
@@ -129,7 +134,7 @@ class Player:
                 time.sleep(step[1])           # the timers under test run meanwhile
             else:
                 out.append(self.observe(step[1], script.port))
-        return out
+        return {"times": times, "observations": out}
 
     def twos(self) -> dict[str, int]:
         from lb.dataplane import RealSpec, ServiceSpec, TableSpec
@@ -165,5 +170,5 @@ def test_kernel_ipvs_plays_the_oracle_scripts(director, results_dir):
     res = director.in_netns("director", in_director, timeout=900)
     (results_dir / "oracle-ipvs.json").write_text(json.dumps(
         {"kernel": os.uname().release, "seconds": time.monotonic() - t0, "results": res}, indent=1))
-    first = res["tcp-states"][0]
+    first = res["tcp-states"]["observations"][0]
     assert first["label"] == "syn#0" and [v[0] for v in first["conns"].values()] == ["SYN_RECV"], first
