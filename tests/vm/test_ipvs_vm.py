@@ -368,8 +368,9 @@ from vm import oracle  # noqa: E402
 # their timers agree but for rounding (ipvsadm floors the kernel's jiffies, lb floors elapsed
 # seconds) and the moments between a step's start and its packet or reading: EXPIRE_SLACK_S.
 # An entry that one side still has and the other no longer does is a difference unless it had
-# at most BOUNDARY_S left (it expired in that slack); the counters of such an observation are
-# then not compared (they hold the same entry or not).
+# at most BOUNDARY_S left (it expired in that slack); the counters of such an observation, or of
+# one where the kernel lists an entry with 0 s left (its timer firing: the kernel may have
+# uncounted it already), are then not compared (they hold that entry or not).
 EXPIRE_SLACK_S = 2
 BOUNDARY_S = 1
 
@@ -461,6 +462,8 @@ def _differences(kernel: list[dict], mine: list[dict], who: str) -> list[str]:
                         out.append(f"{at}: {kind[:-1]} {key}: kernel IPVS {kv or None}, {who} {mv or None}")
                     continue
                 ke, me = kv.pop(at_expire), mv.pop(at_expire)
+                if ke <= 0:
+                    boundary = True       # the kernel's timer is firing: the entry may be uncounted
                 if kv != mv or abs(ke - me) > EXPIRE_SLACK_S:
                     out.append(f"{at}: {kind[:-1]} {key}: kernel IPVS {kv} expire {ke}, {who} {mv} expire {me}")
         if k["counts"] != m["counts"] and not boundary:
