@@ -1,6 +1,6 @@
-"""Scripts of packets and waits that kernel IPVS (in the VM, tests/vm/guest/vmtest_ipvs_oracle.py)
-and lb's XDP data plane (on the host, tests/vm/test_ipvs_vm.py, through BPF_PROG_TEST_RUN)
-both play; what each shows at every observation point -- the connection entries (state,
+"""Scripts of packets and waits that kernel IPVS (in the VM: tests/vm/guest/guest_oracle.py,
+from vmtest_ipvs_direct.py) and lb's XDP data plane (on the host, tests/vm/test_ipvs_vm.py,
+through BPF_PROG_TEST_RUN) both play; what each shows at every observation point -- the connection entries (state,
 expire, real server), the persistence templates, each real server's ActiveConn / InActConn /
 PersistConn, and which real server each new connection went to -- must be the same.
 

@@ -8,21 +8,21 @@ import json
 import os
 
 from guest_util import ipvs_kernel, results_dir  # noqa: F401
-from vmtest_ipvs_oracle import Player, director  # noqa: F401
+from guest_oracle import Player, oracle_director  # noqa: F401
 
 from vm import oracle
 
 LAB_NETWORK = "direct"
 
 
-def test_kernel_ipvs_spreads_twos_connections(director, results_dir):
+def test_kernel_ipvs_spreads_twos_connections(oracle_director, results_dir):
     def in_director():
-        p = Player(director, str(results_dir / "twos-run"))
+        p = Player(oracle_director, str(results_dir / "twos-run"))
         try:
             return p.twos()
         finally:
             p.close()
 
-    counts = director.in_netns("director", in_director, timeout=900)
+    counts = oracle_director.in_netns("director", in_director, timeout=900)
     (results_dir / "twos-ipvs.json").write_text(json.dumps({"kernel": os.uname().release, "counts": counts}))
     assert sum(counts.values()) == oracle.TWOS_CONNS, counts
