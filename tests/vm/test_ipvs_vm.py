@@ -383,15 +383,6 @@ def ipvs_oracle(vm) -> dict:
     return json.loads(path.read_text())["results"]
 
 
-def _age(dp, seconds: float) -> None:
-    """Time passes for the XDP data plane (packets_util.age), then lb's sweep runs (as its
-    timer would)."""
-    from packets_util import age
-
-    age(dp, seconds)
-    dp.sweep()
-
-
 def _xdp_observe(dp, label: str, port: int) -> dict:
     import time as _time
 
@@ -422,17 +413,24 @@ def _xdp_observe(dp, label: str, port: int) -> dict:
 
 def xdp_play(dp, script: oracle.Script, times: list[float]) -> list[dict]:
     """The script through the XDP programs on the kernel's time line: before each step, every
-    entry ages by the time that step started after the previous one (and lb's sweep runs)."""
+    entry is aged so that, counting the time this replay itself took, exactly as much time has
+    passed for them as had passed in the VM when the step started (lb's sweep runs then)."""
+    import time as _time
+
     from scapy.layers.inet import IP, TCP
     from scapy.layers.l2 import Ether
 
-    from packets_util import CLIENT_MAC, PUB_MAC, run
+    from packets_util import CLIENT_MAC, PUB_MAC, age, run
 
     dp.apply(script.table())
     out = []
+    t0, aged = _time.monotonic(), 0.0
     for i, step in enumerate(script.steps):
         if i:
-            _age(dp, times[i] - times[i - 1])
+            shift = times[i] - (_time.monotonic() - t0) - aged     # may be < 0: the host was slower
+            age(dp, shift)
+            aged += shift
+            dp.sweep()
         if step[0] == "pkt":
             client, sport = script.flows[step[1]]
             run(dp, "lb_xdp_public", Ether(src=CLIENT_MAC, dst=PUB_MAC) / IP(src=client, dst=oracle.VIP) /
