@@ -45,10 +45,24 @@ WRK_SOCKET = re.compile(r"Socket errors: connect (\d+), read (\d+), write (\d+),
 WRK_NON2XX = re.compile(r"Non-2xx or 3xx responses: (\d+)")
 
 
+_started: list[subprocess.Popen] = []
+
+
 def wrk(lab, seconds: int, conns: int = 3, host: str | None = None) -> subprocess.Popen:
-    """wrk from the client namespace against the VIP, for `seconds` (bounded)."""
-    return lab.popen("client", ["wrk", "-t1", f"-c{conns}", f"-d{seconds}s", "--timeout", "2s",
-                                f"http://{host or lab.VIP}/"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    """wrk from the client namespace against the VIP, for `seconds` (bounded); kill_wrk() ends
+    whatever a failed test left running."""
+    p = lab.popen("client", ["wrk", "-t1", f"-c{conns}", f"-d{seconds}s", "--timeout", "2s",
+                             f"http://{host or lab.VIP}/"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    _started.append(p)
+    return p
+
+
+def kill_wrk() -> None:
+    while _started:
+        p = _started.pop()
+        if p.poll() is None:
+            p.kill()
+        p.communicate()
 
 
 def wrk_result(p: subprocess.Popen, timeout: float) -> dict:

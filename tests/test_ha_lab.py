@@ -29,7 +29,7 @@ import pytest
 from lb import control
 from lb.ha import heartbeat as hb
 from lb.lab.haconfig import ha_config
-from lab_http import errors, request, stop_wrk, wrk
+from lab_http import errors, kill_wrk, request, stop_wrk, wrk
 
 LAB_NETWORK = "nat"
 REPO = Path(__file__).resolve().parents[1]
@@ -37,6 +37,13 @@ VIP = "198.18.0.10"
 KEEPALIVE, DEADTIME = 0.2, 1.0
 SERVERS = {"rs1", "rs2", "rs3"}
 KEY = b"lab-shared-secret-0123456789abcdef"
+
+
+@pytest.fixture(autouse=True)
+def no_wrk_left():
+    """A test that fails under load leaves no wrk running into the next one."""
+    yield
+    kill_wrk()
 
 
 @pytest.fixture

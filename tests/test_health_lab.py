@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from lab_http import errors, stop_wrk, wrk, wrk_result
+from lab_http import errors, kill_wrk, stop_wrk, wrk, wrk_result
 
 LAB_NETWORK = "nat"
 
@@ -72,6 +72,13 @@ def wait_for(cond, timeout: float, what: str):
 
 def bodies(lab, n: int) -> list[str]:
     return [lab.http_get("client", lab.VIP, 80, "/", timeout=3.0)[1].strip() for _ in range(n)]
+
+
+@pytest.fixture(autouse=True)
+def no_wrk_left():
+    """A test that fails under load leaves no wrk running into the next one."""
+    yield
+    kill_wrk()
 
 
 @pytest.fixture
