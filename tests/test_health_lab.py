@@ -9,7 +9,9 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
+from pathlib import Path
 
 import pytest
 
@@ -82,14 +84,18 @@ def no_wrk_left():
 
 
 @pytest.fixture
-def flags(tmp_path):
+def flags():
     """The program monitor's flags: a server is healthy while its file exists (this test's own
-    directory: lb run is root and reads it from the director's namespace, same filesystem)."""
-    d = tmp_path / "health-flags"
-    d.mkdir()
-    for last in (11, 12, 13):
-        (d / f"198.18.1.{last}").touch()
-    return d
+    directory, same filesystem from the director's namespace).  Check programs run as nobody
+    (script_user's default, lb.programs), so not under pytest's tmp_path (root's, mode 0700)."""
+    d = Path(tempfile.mkdtemp(prefix="lb-health-flags-"))
+    try:
+        d.chmod(0o755)
+        for last in (11, 12, 13):
+            (d / f"198.18.1.{last}").touch()
+        yield d
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
 
 
 def active_conns(listing: str) -> int:
