@@ -87,20 +87,6 @@ static __always_inline __u32 lb_fsm_table(struct lb_real *r)
     return r->fwd == LB_FWD_NAT ? LB_FSM_INPUT : LB_FSM_INPUT_ONLY;
 }
 
-/* A packet of a connection a template controls keeps the template alive (IPVS does not expire
- * a template while it controls connections); written at most once a second. */
-static __always_inline void lb_persist_touch(struct lb_pkt *pkt, __u32 svc_id, __u64 now)
-{
-    struct lb_svc *svc = lb_svc.lookup(&svc_id);
-    if (!svc || !svc->persist_timeout)
-        return;
-    struct lb_persist_key pk;
-    lb_persist_key_of(&pk, pkt, svc);
-    struct lb_persist *t = lb_persist.lookup(&pk);
-    if (t && now - t->last_ns > 1000000000ULL)
-        t->last_ns = now;
-}
-
 /* What the scheduler programs need of a new connection's packet, into the per-CPU scratch
  * (the tail calls that follow run on this CPU, for this packet, before any other) */
 static __always_inline void lb_sched_handover(lb_scratch_t *sc, __u32 svc_id, struct lb_pkt *pkt)
@@ -150,9 +136,10 @@ int lb_xdp_public(struct xdp_md *ctx)
         lb_count(LB_CNT_TAIL_CALL);
         return XDP_PASS;
     }
+    /* a template is not refreshed by its connections' packets (IPVS re-arms it only for a new
+     * connection through it); the control plane's sweep keeps one that still controls live
+     * connections, as ip_vs_conn_expire does (lb/dataplane/conntable.py) */
     svc_id = c->svc;
-    if (c->flags & LB_CONN_F_PERSIST)
-        lb_persist_touch(&pkt, svc_id, now);
 
     __u32 real_id = c->real;
     struct lb_real *r = lb_reals.lookup(&real_id);
@@ -282,7 +269,10 @@ int lb_xdp_persist(struct xdp_md *ctx)
     lb_persist_key_of(&pk, &pkt, svc);
     struct lb_persist *t = lb_persist.lookup(&pk);
     if (t) {
-        if (!lb_persist_expired(t, bpf_ktime_get_coarse_ns()) && lb_persist_usable(t, svc_id)) {
+        /* An expired template is not dropped here: IPVS keeps one that still controls live
+         * connections (60 s more), which only the control plane's sweep can tell (it counts
+         * them); the sweep removes the others, within its interval. */
+        if (lb_persist_usable(t, svc_id)) {
             sc->svc = svc_id;
             sc->real = t->real;
             sc->from_template = 1;
@@ -290,7 +280,7 @@ int lb_xdp_persist(struct xdp_md *ctx)
             lb_count(LB_CNT_TAIL_CALL);
             return XDP_PASS;
         }
-        lb_persist_drop(&pk, t);  /* expired, or its real server is gone: schedule afresh */
+        lb_persist_drop(&pk, t);  /* its real server is gone: schedule afresh */
     }
     sc->from_template = 0;
     lb_progs.call(ctx, LB_PROG_SCHED_BASE + svc->sched);

@@ -54,3 +54,17 @@ def loaded_dataplane(name: str, sizes: Sizes | None = None, table: TableSpec | N
 def run(dp: XdpDataplane, prog: str, pkt) -> tuple[int, bytes]:
     rc, out, _ = prog_test_run(dp.fns[prog].fd, bytes(pkt))
     return rc, out
+
+
+def age(dp: XdpDataplane, seconds: float) -> None:
+    """Time passes for the data plane's entries: every connection's and persistence template's
+    timestamp moves `seconds` back, so the data path (and lb's sweep) find them as old as that
+    -- a timeout is tested without waiting for it."""
+    import struct
+
+    ns = int(seconds * 1e9)
+    for name in ("lb_conns", "lb_persist"):
+        m = dp.maps[name]
+        for k, v in list(m.items()):
+            (last,) = struct.unpack_from("=Q", v)
+            m.set(k, struct.pack("=Q", last - ns) + v[8:])

@@ -40,6 +40,7 @@ def _svc(proto, vip, port, sched, fwd, rport=None, persistent=0, pmask=None):
 
 TABLE = TableSpec((
     _svc("tcp", VIP_DR, 80, "rr", "dr"),
+    _svc("tcp", VIP_DR, 81, "rr", "dr"),           # test_dr_rewrites_only_macs's own: rr from the head
     _svc("tcp", VIP_NAT, 80, "rr", "nat", rport=8080),
     _svc("udp", VIP_NAT, 53, "rr", "nat", rport=5353),
     _svc("tcp", VIP_P, 443, "rr", "dr", persistent=360, pmask=64),
@@ -76,7 +77,7 @@ def _real_of(out: bytes) -> str:
 
 
 def test_dr_rewrites_only_macs(dp):
-    pkt = client_pkt(VIP_DR, 80, 40000, payload=b"x")
+    pkt = client_pkt(VIP_DR, 81, 40000, payload=b"x")
     rc, out = run(dp, "lb_xdp_public", pkt)
     assert rc == XDP_REDIRECT
     expected = pkt.copy()
@@ -84,8 +85,8 @@ def test_dr_rewrites_only_macs(dp):
     expected[Ether].dst = real_mac(REALS[2])    # rr's first pick: the IPVS list head (last configured)
     assert out == bytes(expected)
     # the flow's ACK follows it; other flows move rr on
-    run(dp, "lb_xdp_public", client_pkt(VIP_DR, 80))
-    rc, out = run(dp, "lb_xdp_public", client_pkt(VIP_DR, 80, 40000, flags="A"))
+    run(dp, "lb_xdp_public", client_pkt(VIP_DR, 81))
+    rc, out = run(dp, "lb_xdp_public", client_pkt(VIP_DR, 81, 40000, flags="A"))
     assert rc == XDP_REDIRECT and _real_of(out) == REALS[2]
 
 

@@ -16,6 +16,9 @@ CLOCK_MONOTONIC_COARSE = getattr(time, "CLOCK_MONOTONIC_COARSE", 6)   # linux/ti
 
 # the head of lb_conn the sweep reads: last_ns, real, svc, timeout, client_ifindex, state, flags
 CONN_HEAD = struct.Struct("=QIIIIBB")
+# ip_vs_conn_expire: a template whose timer runs out while it still controls connections lives
+# 60 s more, and 60 s is its timeout from then on (checked against kernel IPVS: tests/vm/oracle.py)
+TEMPLATE_LATER_S = 60
 
 
 class ConnTable:
@@ -44,6 +47,12 @@ class ConnTable:
         the way eviction leaks did, and on a quiet table the counters are exact."""
         now = time.monotonic_ns() if now_ns is None else now_ns
         conns = self.maps["lb_conns"]
+        templates = self.maps["lb_persist"]
+        # templates whose timeout has passed; those that still control a live connection are kept
+        expired_t = {k: L.PERSIST.unpack(v) for k, v in templates.items()
+                     if now - L.PERSIST.unpack(v)[0] > L.PERSIST.unpack(v)[2] * 1_000_000_000}
+        persistent = self._persistent_services() if expired_t else {}
+        controlling: set[bytes] = set()
         rids = list(self.table.reals)
         before = self.counts_snapshot(rids)                 # S0, read before the dump
         entries = conns.items()
@@ -57,6 +66,11 @@ class ConnTable:
             if not out:
                 census.setdefault(real, [0, 0])[cls] += 1
             if now - last <= timeout * 1_000_000_000:
+                if persistent and flags & L.CONN_F_PERSIST and not out and _svc in persistent:
+                    tk = self._template_key(persistent[_svc], k)
+                    t = expired_t.get(tk)
+                    if t is not None and t[1] == real:
+                        controlling.add(tk)
                 continue
             if not conns.delete(k) or out:
                 continue
@@ -70,10 +84,14 @@ class ConnTable:
                 cnt = swept.setdefault(rid, [0, 0, 0])
                 cnt[0] += da
                 cnt[1] += di
-        templates = self.maps["lb_persist"]
-        for k, v in templates.items():
-            last, real, timeout = L.PERSIST.unpack(v)
-            if now - last > timeout * 1_000_000_000 and templates.delete(k):
+        for k, (last, real, timeout) in expired_t.items():
+            if k in controlling:
+                # not expired: its timer restarts where it ran out, for 60 s (as often as needed)
+                while now - last > timeout * 1_000_000_000:
+                    last += timeout * 1_000_000_000
+                    timeout = TEMPLATE_LATER_S
+                templates.set(k, L.PERSIST.pack(last, real, timeout))
+            elif templates.delete(k):
                 swept.setdefault(real, [0, 0, 0])[2] += 1
         m = 0xFFFFFFFF
         rewrite: set[int] = set()
@@ -92,6 +110,28 @@ class ConnTable:
             if st.id in rewrite:
                 self.table.write_dests(st)
         return n
+
+    def _persistent_services(self) -> dict[int, tuple]:
+        """service id -> (its lb_svc record, its family byte), for the persistent services."""
+        out = {}
+        for st in self.table.services.values():
+            raw = self.maps["lb_svc"].get(L.U32.pack(st.id))
+            if raw is not None:
+                svc = L.Svc.unpack(raw)
+                if svc.persist_timeout:
+                    out[st.id] = (svc, L.SVC.unpack(raw)[3])
+        return out
+
+    @staticmethod
+    def _template_key(svc_family: tuple, conn_key: bytes) -> bytes:
+        """The template key of a connection of a persistent service, as bpf/lb_persist.h
+        lb_persist_key_of makes it: <client & netmask, VIP, port, protocol>, or for a
+        firewall-mark service <client & netmask, fwmark>."""
+        svc, family = svc_family
+        caddr = bytes(a & m for a, m in zip(conn_key[:16], svc.persist_mask))
+        if svc.fwmark:
+            return L.PERSIST_KEY.pack(caddr, bytes(16), b"\0\0", 0, family, svc.fwmark)
+        return L.PERSIST_KEY.pack(caddr, L.pack_addr(svc.addr), L.pack_port(svc.port), svc.proto, family, 0)
 
     def counts_snapshot(self, rids: list[int]) -> dict[int, tuple[int, int]]:
         """(active, inactive) = lb_real_conns - lb_real_swept of the given real ids, read in
