@@ -93,7 +93,8 @@ def build_table(cfg, health: dict | None = None, sorry: set | None = None,
         services.append(ServiceSpec.from_config(vs, reals, dead))
     t = cfg.timeouts
     return TableSpec(tuple(services), (t.tcp, t.tcpfin, t.udp), cfg.expire_nodest_conn,
-                     lblc_expiration=cfg.lblc_expiration, lblcr_expiration=cfg.lblcr_expiration)
+                     lblc_expiration=cfg.lblc_expiration, lblcr_expiration=cfg.lblcr_expiration,
+                     defense=cfg.defense)
 
 
 def effective_weight(vs, rs, up: bool = True, load: int | None = None, override: int | None = None) -> lbweight.Weight:

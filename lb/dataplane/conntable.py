@@ -18,63 +18,82 @@ CLOCK_MONOTONIC_COARSE = getattr(time, "CLOCK_MONOTONIC_COARSE", 6)   # linux/ti
 CONN_HEAD = struct.Struct("=QIIIIBB")
 
 
+def ct_events(maps) -> dict[str, int]:
+    """lb_ct_events (the connection tables' tallies, LB_CTE_*) summed over CPUs"""
+    m = maps["lb_ct_events"]
+    return {name: sum(L.U64.unpack(v)[0] for v in m.get_percpu(L.U32.pack(i))) for name, i in L.CT_EVENTS.items()}
+
+
 class ConnTable:
     def __init__(self, maps: dict, txn: MapTxn, table: ServiceTable):
         self.maps = maps
         self.txn = txn
         self.table = table
+        # the last census of the embryonic table: (entries, lb_ct_events before its dump, when)
+        self.embryo_census: tuple[int, dict[str, int], int] | None = None
 
     def sweep(self, now_ns: int | None = None) -> int:
-        """Remove expired connections, take them off their real servers' counters, and bring
-        ActiveConn/InActConn back to what is in the table (LRU eviction drops entries that
-        nobody uncounts).
+        """Remove expired connections and templates (both tables of each: established and
+        embryonic, lb_embryo.h), take them off their real servers' counters, and bring
+        ActiveConn/InActConn/PersistConn back to what is in the tables (LRU eviction drops
+        entries that nobody uncounts).
 
         The data path expires entries it meets; this catches the ones no packet visits.  A
         delete that succeeds is ours alone to uncount (the data path uncounts only what its own
         delete removed).
 
         Reconciliation: S0 = lb_real_conns - lb_real_swept is read per real server just before
-        the dump of lb_conns, W counts the dump's client -> VIP entries per real server and
+        the dumps, W counts the dumps' client -> VIP entries (and templates) per real server and
         class, and swept moves by S0 - W (plus what this sweep deletes).  The count becomes
         (lb_real_conns now - lb_real_conns at S0) + W - deleted: whatever BPF did after the
         snapshot (new connections, state changes, its own expiries) is kept, and everything
-        before it is replaced by the table's own census.  Entries created or removed between
+        before it is replaced by the tables' own census.  Entries created or removed between
         the snapshot and the moment the dump reads their bucket are off by one each, but that
         error is not carried over: the next sweep measures afresh, so it never accumulates
-        the way eviction leaks did, and on a quiet table the counters are exact."""
+        the way eviction leaks did, and on a quiet table the counters are exact.
+
+        The embryonic table's census (its entries, and lb_ct_events just before its dump) is
+        kept in ``embryo_census`` for the defenses' fill estimate."""
         now = time.monotonic_ns() if now_ns is None else now_ns
-        conns = self.maps["lb_conns"]
         rids = list(self.table.reals)
-        before = self.counts_snapshot(rids)                 # S0, read before the dump
-        entries = conns.items()
-        census: dict[int, list[int]] = {}                     # W: per real, [active, inactive]
+        before = self.counts_snapshot(rids)                 # S0, read before the dumps
+        census: dict[int, list[int]] = {}                     # W: per real, [active, inactive, persist]
         swept: dict[int, list[int]] = {}
         n = 0
-        for k, v in entries:
-            last, real, _svc, timeout, _ifx, _state, flags = CONN_HEAD.unpack_from(v)
-            out = flags & L.CONN_F_OUT
-            cls = 1 if flags & L.CONN_F_INACTIVE else 0
-            if not out:
-                census.setdefault(real, [0, 0])[cls] += 1
-            if now - last <= timeout * 1_000_000_000:
-                continue
-            if not conns.delete(k) or out:
-                continue
-            n += 1
-            swept.setdefault(real, [0, 0, 0])[cls] += 1
-        del entries
+        for name in ("lb_conns", "lb_conns_embryo"):
+            conns = self.maps[name]
+            if name == "lb_conns_embryo":
+                events = ct_events(self.maps)
+            entries = conns.items()
+            for k, v in entries:
+                last, real, _svc, timeout, _ifx, _state, flags = CONN_HEAD.unpack_from(v)
+                out = flags & L.CONN_F_OUT
+                cls = 1 if flags & L.CONN_F_INACTIVE else 0
+                if not out:
+                    census.setdefault(real, [0, 0, 0])[cls] += 1
+                if now - last <= timeout * 1_000_000_000:
+                    continue
+                if not conns.delete(k) or out:
+                    continue
+                n += 1
+                swept.setdefault(real, [0, 0, 0])[cls] += 1
+            if name == "lb_conns_embryo":
+                self.embryo_census = (len(entries), events, now)
+            del entries
+        for name in ("lb_persist", "lb_persist_embryo"):
+            templates = self.maps[name]
+            for k, v in templates.items():
+                last, real, timeout = L.PERSIST.unpack(v)
+                census.setdefault(real, [0, 0, 0])[2] += 1
+                if now - last > timeout * 1_000_000_000 and templates.delete(k):
+                    swept.setdefault(real, [0, 0, 0])[2] += 1
         for rid in rids:
-            s0, w = before.get(rid, (0, 0)), census.get(rid, (0, 0))
-            da, di = s0[0] - w[0], s0[1] - w[1]
-            if da or di:
+            s0, w = before.get(rid, (0, 0, 0)), census.get(rid, (0, 0, 0))
+            d = [s0[i] - w[i] for i in range(3)]
+            if any(d):
                 cnt = swept.setdefault(rid, [0, 0, 0])
-                cnt[0] += da
-                cnt[1] += di
-        templates = self.maps["lb_persist"]
-        for k, v in templates.items():
-            last, real, timeout = L.PERSIST.unpack(v)
-            if now - last > timeout * 1_000_000_000 and templates.delete(k):
-                swept.setdefault(real, [0, 0, 0])[2] += 1
+                for i in range(3):
+                    cnt[i] += d[i]
         m = 0xFFFFFFFF
         rewrite: set[int] = set()
         for rid, (a, i, p) in swept.items():
@@ -93,9 +112,9 @@ class ConnTable:
                 self.table.write_dests(st)
         return n
 
-    def counts_snapshot(self, rids: list[int]) -> dict[int, tuple[int, int]]:
-        """(active, inactive) = lb_real_conns - lb_real_swept of the given real ids, read in
-        two batch dumps when the table is big (one lookup pair each when small)."""
+    def counts_snapshot(self, rids: list[int]) -> dict[int, tuple[int, int, int]]:
+        """(active, inactive, persist) = lb_real_conns - lb_real_swept of the given real ids,
+        read in two batch dumps when the table is big (one lookup pair each when small)."""
         if len(rids) > 256:
             cm = dict(self.maps["lb_real_conns"].items())
             sm = dict(self.maps["lb_real_swept"].items())
@@ -106,10 +125,9 @@ class ConnTable:
         out = {}
         for rid, (c, sw) in raw.items():
             if c is not None and sw is not None:
-                a, i, _p = L.real_counts(c, sw)
                 # u32 arithmetic: a leak the other way (more uncounts than counts) reads as a
                 # huge number; as a signed value it is corrected like any other difference
-                out[rid] = (a - (1 << 32) if a >= 1 << 31 else a, i - (1 << 32) if i >= 1 << 31 else i)
+                out[rid] = tuple(x - (1 << 32) if x >= 1 << 31 else x for x in L.real_counts(c, sw))
         return out
 
     def export_conns(self, now_ns: int | None = None) -> tuple[list, list]:
