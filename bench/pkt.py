@@ -200,7 +200,7 @@ class Bench:
     def real_of(self, client: str, sport: int, vip: str, vport: int) -> str:
         """the real server address lb_conns gave a flow"""
         key = L.ConnKey(ipaddress.ip_address(client), ipaddress.ip_address(vip), sport, vport, 6).pack()
-        raw = self.dp.maps["lb_conns"].get(key)
+        raw = self.dp.maps["lb_conns"].get(key) or self.dp.maps["lb_conns_embryo"].get(key)
         if raw is None:
             raise RuntimeError(f"no connection for {client}:{sport} -> {vip}:{vport}")
         rid = L.Conn.unpack(raw).real
@@ -280,7 +280,7 @@ class Bench:
         self.prime([_frame("198.18.9.1", VIP_PERSIST, 65000, 80, "S")])
         yield ("persistence hit: new connection (SYN) of a client with a template", pub,
                _frames(VIP_PERSIST, 80, "S", many * 4, sport0=1000, src_base="198.18.9.1"), True)
-        temps = list(self.dp.maps["lb_persist"].items(batch=False))
+        temps = [kv for m in ("lb_persist", "lb_persist_embryo") for kv in self.dp.maps[m].items(batch=False)]
         reals = {self.real_of("198.18.9.1", sport, VIP_PERSIST, 80) for sport in (65000, 1000, 1001)}
         if len(temps) != 1 or len(reals) != 1:
             raise RuntimeError(f"persistence scenario: {len(temps)} templates, real servers {reals} (want 1 and 1)")

@@ -119,14 +119,17 @@ static __always_inline int lb_icmp_allow(void)
 }
 
 /* Whether a packet too big for the tunnel gets an answer: never an ICMP error about an ICMP
- * error (RFC 1122 3.2.2, RFC 4443 2.4(e); the tunnel carries ICMP only as relayed errors), and
- * only within the rate limit.  Either way the packet is dropped, counted. */
-static __always_inline int lb_too_big_answer(struct lb_pkt *pkt)
+ * error (RFC 1122 3.2.2, RFC 4443 2.4(e); the tunnel carries ICMP only as relayed errors), not
+ * when `may` is 0 (IPv4 without DF: IPVS would fragment, XDP cannot), and only within the rate
+ * limit.  Either way the packet is dropped, counted. */
+static __always_inline int lb_too_big_answer(struct lb_pkt *pkt, int may)
 {
     if (pkt->proto == IPPROTO_ICMP || pkt->proto == IPPROTO_ICMPV6) {
         lb_count(LB_CNT_TOO_BIG_UNANSWERED);
         return 0;
     }
+    if (!may)
+        return 0;
     if (!lb_icmp_allow()) {
         lb_count(LB_CNT_ICMP_LIMITED);
         return 0;
@@ -180,7 +183,7 @@ static __always_inline void *lb_reframe_reply(struct xdp_md *ctx, int l2, int ip
 static __always_inline int lb_too_big4(struct xdp_md *ctx, struct lb_pkt *pkt, __u32 mtu)
 {
     struct iphdr *ip = pkt->ip4;
-    if (!(ip->frag_off & bpf_htons(0x4000)) || !lb_too_big_answer(pkt))
+    if (!lb_too_big_answer(pkt, ip->frag_off & bpf_htons(0x4000)))
         return XDP_DROP;
     void *data = (void *)(long)ctx->data;
     int l2 = (void *)ip - data;
@@ -212,7 +215,7 @@ static __always_inline int lb_too_big4(struct xdp_md *ctx, struct lb_pkt *pkt, _
 static __always_inline int lb_too_big6(struct xdp_md *ctx, struct lb_pkt *pkt, __u32 mtu)
 {
     struct ipv6hdr *ip = pkt->ip6;
-    if (!lb_too_big_answer(pkt))
+    if (!lb_too_big_answer(pkt, 1))
         return XDP_DROP;
     void *data = (void *)(long)ctx->data;
     int l2 = (void *)ip - data;

@@ -39,6 +39,7 @@ RUN_DIR = "/run/lb"
 SWEEP_INTERVAL = 5.0
 NEXTHOP_INTERVAL = 10.0
 ESTIMATE_INTERVAL = 2.0       # IPVS's rate estimator period (ip_vs_est.c)
+DEFENSE_INTERVAL = 1.0        # IPVS's defense_work period (DEFENSE_TIMER_PERIOD)
 
 
 class StartupError(Exception):
@@ -647,6 +648,10 @@ class Engine:
         with self._dp_lock:
             return self.dp.estimate()
 
+    def defend(self) -> None:
+        with self._dp_lock:
+            self.dp.defend()
+
     def status(self) -> dict:
         """What `lb status` shows (the control socket's "status" reply)."""
         services = []
@@ -689,6 +694,9 @@ class Engine:
             counters = self.dp.counters()
             if counters:
                 doc["counters"] = counters
+            defense = self.dp.defense_status()
+            if defense is not None:
+                doc["defense"] = defense
         except Exception as e:  # a status must come back whatever the maps say
             log.warning("reading the data plane's counters: %s", e)
         return doc
@@ -768,7 +776,7 @@ class Engine:
         if self.pulse is not None:
             await blocking(ha_announce.warm_up)      # scapy loads now, not during a takeover
             await self.pulse.start()
-        last_sweep = last_nh = last_est = loop.time()
+        last_sweep = last_nh = last_est = last_def = loop.time()
         while self._stop is None:
             try:
                 await asyncio.wait_for(self._wake.wait(), timeout=1.0)
@@ -813,6 +821,9 @@ class Engine:
                     n = await blocking(self.sweep)
                     if n:
                         log.debug("swept %d expired connections", n)
+                if now - last_def >= DEFENSE_INTERVAL:
+                    last_def = now
+                    await blocking(self.defend)
                 if now - last_est >= ESTIMATE_INTERVAL:
                     last_est = now
                     await blocking(self.estimate)

@@ -9,6 +9,7 @@ import struct
 import time
 
 from . import layout as L
+from .reader import read_ct_events as ct_events
 from .services import ServiceTable
 from .txn import MapTxn
 
@@ -16,12 +17,6 @@ CLOCK_MONOTONIC_COARSE = getattr(time, "CLOCK_MONOTONIC_COARSE", 6)   # linux/ti
 
 # the head of lb_conn the sweep reads: last_ns, real, svc, timeout, client_ifindex, state, flags
 CONN_HEAD = struct.Struct("=QIIIIBB")
-
-
-def ct_events(maps) -> dict[str, int]:
-    """lb_ct_events (the connection tables' tallies, LB_CTE_*) summed over CPUs"""
-    m = maps["lb_ct_events"]
-    return {name: sum(L.U64.unpack(v)[0] for v in m.get_percpu(L.U32.pack(i))) for name, i in L.CT_EVENTS.items()}
 
 
 class ConnTable:
@@ -94,6 +89,13 @@ class ConnTable:
                 cnt = swept.setdefault(rid, [0, 0, 0])
                 for i in range(3):
                     cnt[i] += d[i]
+        self.add_swept(swept)
+        return n
+
+    def add_swept(self, swept: dict[int, list[int]]) -> None:
+        """Take (active, inactive, persist) per real id off the counters (lb_real_swept, the
+        control plane's side of them), and clear OVERLOAD where that brings a real server below
+        its threshold (IPVS ip_vs_unbind_dest)."""
         m = 0xFFFFFFFF
         rewrite: set[int] = set()
         for rid, (a, i, p) in swept.items():
@@ -110,7 +112,6 @@ class ConnTable:
         for st in self.table.services.values():
             if st.id in rewrite:
                 self.table.write_dests(st)
-        return n
 
     def counts_snapshot(self, rids: list[int]) -> dict[int, tuple[int, int, int]]:
         """(active, inactive, persist) = lb_real_conns - lb_real_swept of the given real ids,

@@ -147,3 +147,12 @@ def read_counters(maps: PinnedMaps) -> dict[str, int]:
         vals = maps["lb_counters"].get_percpu(L.U32.pack(i))
         out[name] = sum(L.U64.unpack(v)[0] for v in vals)
     return out
+
+
+def read_ct_events(maps: PinnedMaps) -> dict[str, int]:
+    """The connection tables' tallies (lb_ct_events), summed over CPUs; empty when the instance
+    predates them"""
+    m = optional_map(maps, "lb_ct_events") if isinstance(maps, PinnedMaps) else maps.get("lb_ct_events")
+    if m is None:
+        return {}
+    return {name: sum(L.U64.unpack(v)[0] for v in m.get_percpu(L.U32.pack(i))) for name, i in L.CT_EVENTS.items()}
