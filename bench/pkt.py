@@ -303,6 +303,56 @@ class Bench:
         yield "packet not for a virtual service (XDP_PASS)", pub, _frames("198.18.0.1", 22, "A", 1), False
 
 
+# The SYN flood row: the default table sizes, established DR connections, then spoofed SYNs from
+# random sources at ten times the connection table; every established connection must be where
+# it was afterwards (lb_embryo.h: floods only churn the embryonic table).
+FLOOD_TABLE = 65536
+FLOOD_ESTABLISHED = {"full": 20000, "quick": 10000, "smoke": 100}
+
+
+def flood_row(size: str, base_ns: float, runs: int) -> dict:
+    """ns per spoofed SYN into a full embryonic table, with established connections kept: the SYN
+    rate one core sustains.  Its own data plane at the default sizes (connections 65536,
+    embryonic a quarter of that)."""
+    from lb.lab import flood
+
+    n_est = FLOOD_ESTABLISHED[size]
+    total = 10 * FLOOD_TABLE if size != "smoke" else 4 * 1024
+    dp = XdpDataplane(f"benchflood{os.getpid()}", Sizes(16, 256, 16, FLOOD_TABLE if size != "smoke" else 1024),
+                      resolver=_resolver)
+    try:
+        dp.load()
+        ip = ipaddress.ip_address
+        dp.apply(TableSpec((ServiceSpec("tcp", ip(VIP_DR), 80, "rr",
+                                        tuple(RealSpec(ip(f"198.18.1.{11 + i}"), 80, 1, "dr") for i in range(3))),)))
+        pub = dp.fns["lb_xdp_public"].fd
+        for flags in ("S", "A"):               # SYN, then the client's ACK: established
+            frames = _frames(VIP_DR, 80, flags, n_est, sport0=10000, src_base="198.18.0.100")
+            flood.run_frames(pub, b"".join(frames), len(frames[0]))
+        keys = [L.ConnKey(ipaddress.ip_address(_flow(i, 10000, "198.18.0.100")[0]), ipaddress.ip_address(VIP_DR),
+                          _flow(i, 10000, "198.18.0.100")[1], 80, 6).pack() for i in range(n_est)]
+        before = {k: dp.maps["lb_conns"].get(k) for k in keys}
+        if any(v is None for v in before.values()):
+            raise RuntimeError("flood row: the established connections are not in lb_conns")
+        per_run = total // runs
+        vals = []
+        for r in range(runs):
+            blob, fsize = flood.frames(VIP_DR, 80, per_run, seed=r)
+            vals.append(flood.run_frames(pub, blob, fsize) / per_run)
+        lost = sum(1 for k in keys if dp.maps["lb_conns"].get(k) is None)
+        if lost:
+            raise RuntimeError(f"flood row: {lost} of {n_est} established connections lost to the flood")
+        ns = statistics.median(vals)
+        return {"scenario": f"SYN flood from random sources, 10x the connection table ({dp.sizes.connections}, "
+                            f"embryonic {dp.sizes.embryo}); {n_est} established kept", "ns": ns, "runs": vals,
+                "ratio": ns / base_ns, "flows": per_run * runs, "action": "XDP_REDIRECT",
+                "syn_per_s_per_core": 1e9 / ns, "established_kept": n_est, "connection_table": dp.sizes.connections,
+                "embryonic_table": dp.sizes.embryo}
+    finally:
+        dp.unpin()
+        dp.close()
+
+
 SIZES = {  # name: (runs, iterations per run, flows in the many-flow scenarios, flows in the big table)
     "full": (7, 200000, 10000, 1_000_000),
     "quick": (3, 20000, 2000, 1_000_000),
@@ -334,8 +384,10 @@ def suite(size: str = "full") -> dict:
             ns = statistics.median(vals)
             results.append({"scenario": name, "ns": ns, "runs": vals, "ratio": ns / base_ns,
                             "flows": len(frames), "action": b.last_action})
+        results.append(flood_row(size, base_ns, runs))
         return {"suite": "pkt", "size": size, "iterations": iters, "runs": runs,
-                "connection_table": b.dp.sizes.connections, "big_table_flows": big,
+                "connection_table": b.dp.sizes.connections, "embryonic_table": b.dp.sizes.embryo,
+                "big_table_flows": big,
                 "big_table_fill_seconds": getattr(b, "fill_seconds", None), "results": results}
     finally:
         b.close()

@@ -427,8 +427,10 @@ int lb_xdp_new_conn(struct xdp_md *ctx)
         }
         real_id = other->real;
         r = lb_reals.lookup(&real_id);
-        if (!r || r->svc != svc_id)
+        if (!r || r->svc != svc_id) {
+            lb_count(LB_CNT_BAD_REAL);
             return XDP_DROP;
+        }
         lb_stats_in(svc_id, real_id, pkt.len, 0);
         return lb_forward_to_real(ctx, &pkt, r);
     }
@@ -439,7 +441,8 @@ int lb_xdp_new_conn(struct xdp_md *ctx)
         struct lb_conn_key rk;
         lb_conn_key_reverse(&rk, &key, r);
         c.flags = LB_CONN_F_OUT;
-        lb_conns_embryo.update(&rk, &c);
+        if (lb_conns_embryo.update(&rk, &c) == 0)
+            lb_ct_event(LB_CTE_EMBRYO_NEW);
     }
     lb_stats_in(svc_id, real_id, pkt.len, 1);
     return lb_forward_to_real(ctx, &pkt, r);

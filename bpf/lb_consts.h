@@ -172,13 +172,14 @@ enum lb_sched_id {
 #define LB_CNT_ICMP_LIMITED 10   /* too big, over the answers' rate limit: dropped unanswered */
 #define LB_CNT_TOO_BIG_UNANSWERED 11  /* too big and not answered: an ICMP error (never an ICMP
                                   * error about one), or headers longer than the quote holds */
-#define LB_CNT_XMIT_FAILED 12    /* a head/tail adjustment failed: dropped */
+#define LB_CNT_XMIT_FAILED 12    /* a packet could not be rebuilt (head/tail adjustment, bounds): dropped */
 #define LB_CNT_MAX 13
 #define LB_COUNTERS 32           /* lb_counters' size: room to add counters without new pins */
 
-/* Per-CPU tallies of the connection tables (lb_ct_events), which the control plane polls to
- * estimate the embryonic table's fill between its censuses (lb/dataplane/defense.py) */
-#define LB_CTE_EMBRYO_NEW 0      /* embryonic connections made */
+/* Per-CPU tallies of the embryonic table's entries (lb_ct_events; a NAT connection has two, its
+ * reverse entry's), which the control plane polls to estimate the table's fill between its
+ * censuses (lb/dataplane/defense.py) */
+#define LB_CTE_EMBRYO_NEW 0      /* entries made */
 #define LB_CTE_EMBRYO_PROMOTED 1 /* ... moved to lb_conns (established) */
 #define LB_CTE_EMBRYO_GONE 2     /* ... deleted by the data path (expired, reused) */
 #define LB_CTE_MAX 4

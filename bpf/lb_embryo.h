@@ -67,10 +67,10 @@ static __always_inline void lb_conn_expire_in(struct lb_conn_key *k, struct lb_c
 
 static __always_inline void lb_conn_delete_in(struct lb_conn_key *k, int embryo)
 {
-    if (embryo)
-        lb_conns_embryo.delete(k);
-    else
+    if (!embryo)
         lb_conns.delete(k);
+    else if (lb_conns_embryo.delete(k) == 0)
+        lb_ct_event(LB_CTE_EMBRYO_GONE);
 }
 
 /* The NAT reverse entry's key of a connection to real server r (reply: real -> client) */
@@ -139,7 +139,8 @@ static __always_inline void lb_embryo_promote(struct lb_conn_key *k, struct lb_c
             struct lb_conn rv = *rev;
             rv.last_ns = v.last_ns;
             lb_conns.update(rk, &rv);
-            lb_conns_embryo.delete(rk);
+            if (lb_conns_embryo.delete(rk) == 0)
+                lb_ct_event(LB_CTE_EMBRYO_PROMOTED);
         }
     }
     if (v.flags & LB_CONN_F_PERSIST)

@@ -206,8 +206,10 @@ static __always_inline int lb_too_big4(struct xdp_md *ctx, struct lb_pkt *pkt, _
     *(__u16 *)(icmp + 4) = 0;
     *(__be16 *)(icmp + 6) = bpf_htons(mtu);
     __u32 sum = 0;
-    if (lb_csum_words(icmp, 8 + quote, data_end, &sum) != LB_CONTINUE)
+    if (lb_csum_words(icmp, 8 + quote, data_end, &sum) != LB_CONTINUE) {
+        lb_count(LB_CNT_XMIT_FAILED);
         return XDP_DROP;
+    }
     *(__u16 *)(icmp + 2) = ~lb_csum_fold(sum);
     return XDP_TX;
 }
@@ -246,8 +248,10 @@ static __always_inline int lb_too_big6(struct xdp_md *ctx, struct lb_pkt *pkt, _
     *(__u16 *)(icmp + 2) = 0;
     *(__be32 *)(icmp + 4) = bpf_htonl(mtu);
     __u32 sum = 0;
-    if (lb_csum_words(icmp, 8 + quote, data_end, &sum) != LB_CONTINUE)
+    if (lb_csum_words(icmp, 8 + quote, data_end, &sum) != LB_CONTINUE) {
+        lb_count(LB_CNT_XMIT_FAILED);
         return XDP_DROP;
+    }
     /* the pseudo header: both addresses, the length and the next header */
     __u16 *a = (__u16 *)&o->saddr;
 #pragma unroll
@@ -278,14 +282,18 @@ static __always_inline int lb_tunnel_xmit(struct xdp_md *ctx, struct lb_pkt *pkt
         void *data_end = (void *)(long)ctx->data_end;
         struct ethhdr *eth = data;
         struct ipv6hdr *o = (void *)(eth + 1);
-        if ((void *)(o + 1) > data_end)
+        if ((void *)(o + 1) > data_end) {
+            lb_count(LB_CNT_XMIT_FAILED);
             return XDP_DROP;
+        }
         eth->h_proto = bpf_htons(ETH_P_IPV6);
         lb_ip6_hdr(o, bpf_htonl(0x60000000) | vtc, plen, IPPROTO_IPV6, r->tun_src, r->addr);
         return lb_xmit(ctx, eth, r->mac, r->src_mac, r->ifindex);
     }
-    if (!pkt->ip4)
+    if (!pkt->ip4) {
+        lb_count(LB_CNT_XMIT_FAILED);
         return XDP_DROP;
+    }
     if (r->mtu && pkt->len + sizeof(struct iphdr) > r->mtu) {
         lb_count(LB_CNT_TOO_BIG);
         return lb_too_big4(ctx, pkt, r->mtu - sizeof(struct iphdr));
@@ -302,8 +310,10 @@ static __always_inline int lb_tunnel_xmit(struct xdp_md *ctx, struct lb_pkt *pkt
     void *data_end = (void *)(long)ctx->data_end;
     struct ethhdr *eth = data;
     struct iphdr *o = (void *)(eth + 1);
-    if ((void *)(o + 1) > data_end)
+    if ((void *)(o + 1) > data_end) {
+        lb_count(LB_CNT_XMIT_FAILED);
         return XDP_DROP;
+    }
     eth->h_proto = bpf_htons(ETH_P_IP);
     lb_ip4_hdr(o, tos, len + sizeof(*o), df, IPPROTO_IPIP, *(__be32 *)r->tun_src, *(__be32 *)r->addr);
     return lb_xmit(ctx, eth, r->mac, r->src_mac, r->ifindex);
@@ -320,7 +330,8 @@ static __always_inline int lb_forward_to_real(struct xdp_md *ctx, struct lb_pkt 
     }
     if (__builtin_expect(r->fwd == LB_FWD_TUNNEL, 0))
         return lb_tunnel_xmit(ctx, pkt, r);
-    return XDP_DROP;              /* the control plane never programs other methods */
+    lb_count(LB_CNT_XMIT_FAILED);  /* the control plane never programs other methods */
+    return XDP_DROP;
 }
 
 /* NAT reply: source back to the VIP:port the client used, out the way its packets came in */

@@ -482,8 +482,8 @@ def format_timeout(tcp: int, tcpfin: int, udp: int) -> str:
 
 
 # what the connection tables' tallies (lb_ct_events) are called in `lb list --counters`
-CT_EVENT_TEXT = {"embryo_new": "embryonic connections made", "embryo_promoted": "embryonic connections established",
-                 "embryo_gone": "embryonic connections expired"}
+CT_EVENT_TEXT = {"embryo_new": "embryonic entries made", "embryo_promoted": "embryonic entries established",
+                 "embryo_gone": "embryonic entries expired"}
 
 
 def format_counters(counters: dict[str, int], events: dict[str, int], exact: bool = False) -> str:

@@ -68,6 +68,8 @@ class Defender:
         for name in STRATEGIES:
             want = getattr(cfg, name)
             if not (want in (1, 2) and self.modes[name] in (1, 2)):
+                if self.engaged(name) and want in (0, 1):
+                    log.warning("defense: %s ended: set to %d by the configuration", name, want)
                 self.modes[name] = want
 
     def free(self) -> int:
