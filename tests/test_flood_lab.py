@@ -80,7 +80,7 @@ def _open(lab, n):
 
 
 def test_syn_flood_ten_times_the_table_loses_no_idle_connection(lab, lb_runner, tmp_path):
-    lb_runner.start(_config(lab, tmp_path))
+    lb_runner.start(_config(lab, tmp_path), wait=False).wait_running(timeout=120)
     socks, bodies = _open(lab, IDLE)
     try:
         assert set(bodies) == {"rs1", "rs2", "rs3"}
@@ -98,7 +98,7 @@ def test_syn_flood_ten_times_the_table_loses_no_idle_connection(lab, lb_runner, 
 
 
 def test_a_client_keeps_its_template_through_a_flood_of_new_sources(lab, lb_runner, tmp_path):
-    lb_runner.start(_config(lab, tmp_path, persistent=300))
+    lb_runner.start(_config(lab, tmp_path, persistent=300), wait=False).wait_running(timeout=120)
     socks, bodies = _open(lab, 1)
     try:
         first = bodies[0]
