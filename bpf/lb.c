@@ -19,6 +19,7 @@
 #include "lb_conntrack.h"
 #include "lb_persist.h"
 #include "lb_embryo.h"
+#include "lb_sloppy.h"
 #include "lb_sched.h"
 #include "lb_forward.h"
 #include "lb_icmp.h"
@@ -182,19 +183,19 @@ int lb_xdp_public(struct xdp_md *ctx)
         act = lb_lookup_svc(&pkt, &svc_id);
         if (act != LB_CONTINUE)
             return act;
-        if (pkt.proto == IPPROTO_TCP && !lb_tcp_pure_syn(pkt.tcp_flags)) {
-            /* IPVS schedules TCP only on SYN; the kernel answers the rest (RST).  Only a pure
-             * SYN makes a connection: SYN|ACK, SYN|RST and SYN|FIN floods make none. */
-            lb_count(pkt.tcp_flags & LB_TCP_SYN ? LB_CNT_SYN_INVALID : LB_CNT_NOT_SYN);
-            return XDP_PASS;
-        }
-        if (lb_defense_drop())
-            return XDP_DROP;
         struct lb_svc *svc = lb_svc.lookup(&svc_id);
         __u32 zero = 0;
         lb_scratch_t *sc = lb_scratch.lookup(&zero);
         if (!svc || !sc)
             return XDP_PASS;
+        if (!lb_may_schedule(&pkt, svc)) {
+            /* IPVS schedules TCP only on SYN (unless sloppy); the kernel answers the rest (RST).
+             * Only a pure SYN makes a connection: SYN|ACK, SYN|RST and SYN|FIN floods make none. */
+            lb_count(pkt.tcp_flags & LB_TCP_SYN ? LB_CNT_SYN_INVALID : LB_CNT_NOT_SYN);
+            return XDP_PASS;
+        }
+        if (lb_defense_drop())
+            return XDP_DROP;
         lb_sched_handover(sc, svc_id, &pkt);
         lb_progs.call(ctx, svc->persist_timeout ? LB_PROG_PERSIST : LB_PROG_SCHED_BASE + svc->sched);
         lb_count(LB_CNT_TAIL_CALL);

@@ -20,6 +20,8 @@ ffibuilder.cdef(
                                unsigned long iterations, unsigned *last_retval);
     void bb_test_run_each(int prog_fd, const void *packets, const unsigned *lens, unsigned count,
                           void *out, unsigned out_cap, unsigned *out_lens, unsigned *retvals, int *errs);
+    long bb_test_run_repeat(int prog_fd, const void *packet, unsigned pkt_len, unsigned repeat,
+                            unsigned *avg_ns, unsigned *retval);
     unsigned bb_sizeof_conn_key(void);
     unsigned bb_sizeof_conn(void);
     unsigned bb_sizeof_real(void);

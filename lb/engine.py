@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import logging
 import os
@@ -18,6 +19,7 @@ import time
 
 from lb import config as lbconfig
 from lb import control
+from lb.confedit import ConfigRequests, restart_needed
 from lb import weight as lbweight
 from lb.config.model import FORWARD_OF_NETWORK
 from lb.config.model import endpoint_text as _endpoint
@@ -32,10 +34,12 @@ from lb.dataplane.xdp import XdpDataplane
 from lb.ha import addresses
 from lb.ha import announce as ha_announce
 from lb.health import CheckSpec, LoadMonitorTask, LoadSpec, Monitor, NannyPolicy
+from lb.tasks import supervise
 
 log = logging.getLogger("lb.engine")
 
 RUN_DIR = "/run/lb"
+SHARED_DIR = control.SHARED_DIR
 SWEEP_INTERVAL = 5.0
 NEXTHOP_INTERVAL = 10.0
 ESTIMATE_INTERVAL = 2.0       # IPVS's rate estimator period (ip_vs_est.c)
@@ -64,6 +68,8 @@ def build_table(cfg, health: dict | None = None, sorry: set | None = None,
     gets the sorry server as its only real server; the keys of those services are added to
     ``sorry`` when it is given."""
     forward = FORWARD_OF_NETWORK[cfg.network]
+    # lb.bgp active-active: every service schedules mid-flow TCP packets (ECMP moved the flow here)
+    sloppy = cfg.bgp is not None and cfg.bgp.active_active
     health = health or {}
     weights = weights or {}
     overrides = overrides or {}
@@ -91,9 +97,13 @@ def build_table(cfg, health: dict | None = None, sorry: set | None = None,
                               weight_source=w.source)]
             if sorry is not None:
                 sorry.add(vs.key)
-        services.append(ServiceSpec.from_config(vs, reals, dead))
+        spec = ServiceSpec.from_config(vs, reals, dead)
+        services.append(dataclasses.replace(spec, sloppy=True) if sloppy else spec)
     t = cfg.timeouts
-    return TableSpec(tuple(services), (t.tcp, t.tcpfin, t.udp), cfg.expire_nodest_conn,
+    # active-active: a packet of an entry whose real server has left (its health check failed
+    # while this director was cut off, say) expires the entry, and the client's next packet is
+    # scheduled afresh -- sloppy, so mid-flow too -- to the server every director picks
+    return TableSpec(tuple(services), (t.tcp, t.tcpfin, t.udp), cfg.expire_nodest_conn or sloppy,
                      lblc_expiration=cfg.lblc_expiration, lblcr_expiration=cfg.lblcr_expiration,
                      defense=cfg.defense)
 
@@ -188,13 +198,20 @@ class ReloadRefused(Exception):
 def check_spec(vs, rs) -> tuple[CheckSpec, NannyPolicy]:
     m = vs.monitor
     kind = m.kind
-    if kind == "tcp" and vs.protocol == "udp":
-        kind = "udp"            # a UDP service cannot be connect-checked
+    if kind in ("tcp", "send_expect") and vs.protocol == "udp":
+        kind = "udp"            # a UDP service cannot be connect-checked: send/expect goes in datagrams
     spec = CheckSpec(kind=kind, host=str(rs.address), port=m.port or rs.effective_port(vs), send=m.send,
                      expect=m.expect, use_regex=m.use_regex, path=m.path, host_header=m.host,
-                     status=m.status, body_regex=m.body_regex, tls_verify=m.tls_verify,
-                     program=m.program, connect_timeout=m.connect_timeout)
+                     status=m.status, body_regex=m.body_regex, digest=m.digest, tls_verify=m.tls_verify,
+                     program=m.program, connect_timeout=m.connect_timeout, user=m.script_user)
     return spec, NannyPolicy(interval=m.interval, timeout=m.timeout, reentry=m.reentry)
+
+
+def log_warnings(cfg) -> None:
+    """The config's warnings (keys accepted without effect, mappings from lvs.cf or keepalived.conf),
+    once per load: at start and at each reload."""
+    for w in cfg.warnings:
+        log.warning("config: %s", w.as_warning())
 
 
 def check_interfaces(cfg) -> None:
@@ -238,6 +255,9 @@ class Engine:
         self._reload_waiters: list[asyncio.Future] = []   # `lb reload` callers on the control socket
         self._usable: dict[tuple, set] = {}          # service key -> real servers taking new connections
         self._fell_back = False                      # auto: XDP gave way to kernel IPVS
+        self.configs = ConfigRequests(self)          # the control socket's configuration requests
+        self.configsync = None                       # HA: lb.ha.configsync (the config push)
+        self.bgp = None                              # lb.bgp.Announcer with [bgp]: the VIPs announced
 
     # ---- lifecycle ----
     def start(self) -> None:
@@ -251,6 +271,9 @@ class Engine:
             except (OSError, ValueError) as e:
                 raise StartupError(f"{self.cfg.path or '<config>'}: ha: {e}") from None
         self._restore_overrides()
+        if self.cfg.bgp is not None:
+            from lb.bgp import Announcer
+            self.bgp = Announcer(self.cfg)
         self._load_dataplane()
         self.owned = addresses.wanted_addresses(self.cfg)
         if self.active:
@@ -261,6 +284,13 @@ class Engine:
             log.info("HA: starting without the virtual addresses until pulse decides the role")
         self._apply(self._table(self.cfg), self.cfg)
         self._attach_dataplane()
+        if self.bgp is not None:
+            from lb.bgp import BgpError
+            try:
+                self.bgp.start()
+            except BgpError as e:
+                raise StartupError(f"{self.cfg.path or '<config>'}: {e}") from None
+            self.bgp.update(attached=self._attached(), active=self.active)
         os.makedirs(RUN_DIR, exist_ok=True)
         with open(pidfile(self.cfg.instance), "w") as f:
             f.write(f"{os.getpid()}\n")
@@ -300,6 +330,11 @@ class Engine:
                          "restart from zero (%d existing connections left out)",
                          ", ".join(f"{a}:{p}" for a, p in sorted(joined, key=str)), svc.name, n)
         self._usable = usable
+        if self.bgp is not None:
+            self.bgp.update(table, attached=self._attached(), active=self.active)
+
+    def _attached(self) -> bool:
+        return self.cfg.public_interface in self.dp.attached
 
     def refresh_sched_base(self) -> int:
         with self._dp_lock:
@@ -351,6 +386,8 @@ class Engine:
             addresses.release(self.owned)
             self.dp.unpin()
             self.dp.close()
+        if self.bgp is not None:
+            self.bgp.close(keep=keep_dataplane)
         try:
             os.unlink(pidfile(self.cfg.instance))
         except FileNotFoundError:
@@ -373,14 +410,16 @@ class Engine:
             new = lbconfig.load(path)
         except lbconfig.ConfigError as e:
             raise ReloadRefused(f"reload refused, nothing changed:\n{e}", e.issues) from None
-        if new.instance != self.cfg.instance or new.tables != self.cfg.tables or new.network != self.cfg.network:
-            raise ReloadRefused("reload refused: instance, tables and network need a restart")
+        needs = restart_needed(self.cfg, new)
+        if needs:
+            raise ReloadRefused(f"reload refused: {', '.join(needs)} changed, which needs a restart")
         try:
             check_interfaces(new)
         except StartupError as e:
             raise ReloadRefused(f"reload refused: {e}") from None
-        if (new.ha is None) != (self.cfg.ha is None) or (new.ha and new.ha != self.cfg.ha):
-            raise ReloadRefused("reload refused: the [ha] settings need a restart")
+        if self.bgp is not None:
+            self.bgp.bgp = new.bgp               # [[bgp.vip]]: the next update announces them
+        log_warnings(new)
         want = addresses.wanted_addresses(new)
         if self.active:
             addresses.take([a for a in want if a not in self.owned])
@@ -427,7 +466,7 @@ class Engine:
                 if not rs.active:
                     continue
                 port = lm.port if lm.kind == "agent" else rs.effective_port(vs)
-                spec = LoadSpec(lm.kind, str(rs.address), port, lm.program, lm.timeout)
+                spec = LoadSpec(lm.kind, str(rs.address), port, lm.program, lm.timeout, lm.script_user)
                 wanted[real_key(vs, rs)] = (spec, (lm.interval, rs.weight, lm.min_weight))
         for key in [k for k in self.loads if k not in wanted]:
             self.loads.pop(key)[3].cancel()
@@ -610,6 +649,8 @@ class Engine:
         elif self.active or old == 0:
             self.active = False
             await loop.run_in_executor(None, self._release_addresses)
+        if self.bgp is not None:
+            self.bgp.update(active=self.active)
         await loop.run_in_executor(None, self._kernel_sync, new == ACTIVE)
 
     def _kernel_sync(self, active: bool) -> None:
@@ -690,6 +731,11 @@ class Engine:
                "at": time.time(), "services": services}
         if self.pulse is not None:
             doc["ha"] = self.pulse.status()
+        doc["configuration"] = self.configs.info()
+        if self.configsync is not None:
+            doc["configuration"]["peer"] = self.configsync.status()
+        if self.bgp is not None:
+            doc["bgp"] = self.bgp.status()
         try:
             counters = self.dp.counters()
             if counters:
@@ -734,7 +780,16 @@ class Engine:
             return await fut
         if cmd == "weight":
             return await self._weight_reply(req)
-        return {"ok": False, "error": f"unknown command {cmd!r} (status, reload, weight)"}
+        if cmd in ("config", "config-put", "table", "web"):
+            return await self.configs.request(req)
+        return {"ok": False, "error": f"unknown command {cmd!r} (status, reload, weight, table, web, config, "
+                                     f"config-put)"}
+
+    def role(self) -> str:
+        """This director's HA role ("active" without [ha])."""
+        if self.pulse is not None:
+            return self.pulse.role
+        return "active" if self.active else "starting"
 
     # ---- the loop ----
     async def run(self) -> None:
@@ -761,21 +816,21 @@ class Engine:
         blocking = lambda fn: loop.run_in_executor(None, fn)  # noqa: E731
         self.sync_monitors()
         self.sync_load_monitors()
-        server = control.ControlServer(control.socket_path(self.cfg.instance, RUN_DIR), self.control)
+        server = control.ControlServer(control.socket_path(self.cfg.instance, RUN_DIR), self.control,
+                                       access=lambda: self.cfg.control,
+                                       shared_path=control.shared_socket_path(self.cfg.instance, SHARED_DIR))
         try:
             await server.start()
         except OSError as e:         # forwarding goes on; only `lb status`/`lb reload` are missing
             log.error("no control socket: %s", e)
-        web = None
-        if self.cfg.web.enabled:     # lb.web logs why when it cannot start; forwarding goes on
-            try:
-                from lb.web import app as webapp
-                web = await webapp.start(self)
-            except Exception:
-                log.exception("web console not started")
         if self.pulse is not None:
             await blocking(ha_announce.warm_up)      # scapy loads now, not during a takeover
             await self.pulse.start()
+            from lb.ha import configsync     # the active pushes its configuration to the backup
+            self.configsync = await configsync.start(self)
+        # the lease's renewal, restarted if it raises (a stopped renewal withdraws every route)
+        lease = supervise("bgp-lease", self.bgp.run, logger=log, context=f"instance {self.cfg.instance}") \
+            if self.bgp is not None else None
         last_sweep = last_nh = last_est = last_def = loop.time()
         while self._stop is None:
             try:
@@ -793,8 +848,8 @@ class Engine:
                         self.sync_monitors()
                         self.sync_load_monitors()
                         self.sync_overrides()
-                        if web is not None:
-                            web.reloaded(self.cfg)
+                        if server.server is not None:
+                            await server.refresh()      # [control]'s groups: their socket
                     for fut in waiters:
                         if not fut.done():
                             fut.set_result(reply)
@@ -835,8 +890,11 @@ class Engine:
         for fut in self._reload_waiters + [f for f, _ in self._apply_waiters]:   # before the server waits
             if not fut.done():                                                     # for its handlers
                 fut.set_result({"ok": False, "error": "the daemon is stopping"})
-        if web is not None:
-            await web.stop()
+        if lease is not None:            # withdraw and drain before anything stops
+            lease.cancel()
+            await self.bgp.leave(keep=self._stop == "keep")
+        if self.configsync is not None:
+            await self.configsync.stop()
         await server.stop()
         if self.pulse is not None:
             await self.pulse.stop()
@@ -861,6 +919,8 @@ def run(cfg, *, xdp_mode: str = "native", dataplane: str | None = None) -> int:
             if eng.dp.created:
                 eng.dp.unpin()
         eng.dp.close()
+        if eng.bgp is not None:
+            eng.bgp.close(keep=False)
         return 2
     asyncio.run(eng.run())
     eng.stop(keep_dataplane=(eng._stop == "keep"))

@@ -19,23 +19,37 @@ from .model import (
     Timeouts,
     VirtualServer,
 )
-from . import lvscf
+from . import keepalived, lvscf
 from . import toml as _toml
 from .toml import loads
 
 
-def load(path: str | os.PathLike[str]) -> Config:
-    """Load a config file: Piranha lvs.cf (name ends in ``.cf`` or the first
-    non-comment line is an lvs.cf key / ``virtual NAME {``) or native TOML."""
+def format_of(path: str | os.PathLike[str]) -> str:
+    """Which format the file at ``path`` is written in: "lvscf" (Piranha's lvs.cf: the name ends in
+    ``.cf``, or the first line that is not a comment is an lvs.cf key or ``virtual NAME {``),
+    "keepalived" (keepalived.conf: it starts with a keepalived keyword such as global_defs,
+    vrrp_instance or virtual_server, or a ``!`` comment) or "toml" (lb's own)."""
     if os.fspath(path).endswith(".cf"):
-        return lvscf.load(path)
+        return "lvscf"
     try:
         with open(path, "rb") as f:
             head = f.read(65536).decode("utf-8", "replace")
     except OSError:
         head = ""
     if lvscf.looks_like_lvscf(head):
+        return "lvscf"
+    if keepalived.looks_like_keepalived(head):
+        return "keepalived"
+    return "toml"
+
+
+def load(path: str | os.PathLike[str]) -> Config:
+    """Load a config file in any of the formats format_of() tells apart."""
+    fmt = format_of(path)
+    if fmt == "lvscf":
         return lvscf.load(path)
+    if fmt == "keepalived":
+        return keepalived.load(path)
     return _toml.load(path)
 
 
@@ -51,6 +65,8 @@ __all__ = [
     "Tables",
     "Timeouts",
     "VirtualServer",
+    "format_of",
+    "keepalived",
     "load",
     "loads",
     "lvscf",

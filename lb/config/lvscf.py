@@ -7,15 +7,18 @@ An lvs.cf written for Piranha's ``lvs``/``pulse`` runs unchanged::
     text = lb.config.lvscf.dumps(cfg, extras)                  # back to lvs.cf
     toml = lb.config.lvscf.dumps_toml(cfg)                     # native TOML (``lb import``)
 
-Format: ``key = value`` lines, full-line ``#`` comments, ``virtual NAME {`` ...
-``}`` blocks holding ``server NAME {`` ... ``}`` blocks.  A value may be
+Format: ``key = value`` lines, full-line ``#`` comments, ``virtual NAME {`` (or Piranha's other
+form, ``virtual server NAME {``) ... ``}`` blocks holding ``server NAME {`` ... ``}`` blocks.  A value may be
 wrapped in double quotes (they are removed; nothing inside is unescaped, as
 in Piranha: ``send = "GET / HTTP/1.0\\r\\n\\r\\n"`` keeps its backslashes).
 
 Mapping onto :class:`~lb.config.model.Config`:
 
-* ``public_interface``: the device of the first virtual's ``address = IP DEV[:N]``
-  (the ``:N`` alias suffix is stripped, and kept in the extras for writing back).
+* ``public_interface``: the device of the first virtual whose ``address = IP DEV[:N]`` names one
+  (the ``:N`` alias suffix is stripped, and kept in the extras for writing back); a virtual
+  without a device uses it.
+* ``port``: a number or a service name as /etc/services gives it (``port = http``; a built-in
+  table of the well-known names where the host has no /etc/services); absent, Piranha's 80.
 * ``private_interface`` and ``nat_router_device``: the device of ``nat_router = IP DEV[:N]``.
 * ``nat_router``: its IP with the prefix of ``nat_nmask``; **/24 when nat_nmask
   is absent** (Piranha's own default, 255.255.255.0).
@@ -34,8 +37,8 @@ Mapping onto :class:`~lb.config.model.Config`:
 * HA (pulse): ``backup_active = 1`` (there is a backup director) makes the ``[ha]`` model
   (:class:`~lb.config.model.HA`) from ``primary``, ``primary_private``, ``backup``,
   ``backup_private``, ``heartbeat_port``, ``keepalive``, ``deadtime`` and ``monitor_links``;
-  ``heartbeat`` must then be 1 (or absent), and ``lb_ha_key_file`` is required (lb's heartbeats
-  are authenticated; a relative path is relative to the lvs.cf).  :func:`dumps` writes all of
+  ``heartbeat`` must then be 1 (or absent); ``lb_ha_key_file`` names the shared key of lb's signed
+  heartbeats (a relative path is relative to the lvs.cf; absent: /etc/lb/ha.key, with a warning).  :func:`dumps` writes all of
   Piranha's HA keys back (``backup_active = 1``, ``heartbeat = 1``).  With ``backup_active = 0``
   or absent (one director) the HA keys are extras, as Piranha's own ``lvs`` ignores them.
 
@@ -49,37 +52,46 @@ then: Piranha's default 255.255.255.0 is IPv4's).
 ``quiesce_server`` is VirtualServer.quiesce_server (the schedulers' connection counts restart
 when a server joins; it is not Monitor.quiesce).  ``load_monitor = uptime`` becomes a program
 load monitor running ``RSH_COMMAND %h uptime`` (rsh_command, default rsh), ``rup`` one running
-``rup %h``; ``ruptime`` is rejected (rwhod names hosts, not addresses); ``none`` is no load
-monitor.  lb extensions ``lb_load_monitor_kind`` (agent | program), ``_port``, ``_program``
-(quoted), ``_interval``, ``_timeout`` (decimal seconds) and ``_min_weight`` set the rest.
-Keys the model cannot hold yet (HA keys without a backup, serial_no, ...) are type-checked and returned in
-``extras`` (see :func:`load_with_extras`) so :func:`dumps` writes them back.
+``rup %h``; ``ruptime`` is accepted with a warning and no load monitor (rwhod names hosts, not
+addresses: the weights stay as configured); ``none`` is no load monitor.  lb extensions ``lb_load_monitor_kind`` (agent | program), ``_port``, ``_program``
+(quoted), ``_interval``, ``_timeout`` (decimal seconds), ``_min_weight`` and ``_script_user`` set the rest.
+``serial_no`` is Config.serial_no (each save of lb's web console adds one; the active director's
+configuration goes to the backup when newer).  Keys the model cannot hold (HA keys without a backup, debug_level, syncdaemon,
+syncd_iface, syncd_id, reservation_conflict_action, vip_nmask, a firewall-mark virtual's address,
+port and protocol) are type-checked and returned in ``extras`` (see :func:`load_with_extras`) so
+:func:`dumps` writes them back; each that has no effect is a warning (Config.warnings) naming its
+line: they did something in Piranha.  A firewall-mark virtual needs ``lb_port_groups`` (lb matches
+the ports itself; Piranha's iptables rule did): without it the file is refused with an example.
 ``service = fos`` is rejected as not supported yet.
 
 lb extensions (written by :func:`dumps` only when the model needs them to
 round-trip; Piranha never writes them): global ``lb_instance``,
-``lb_public_interface``, ``lb_private_interface``, ``lb_table_connections``,
+``lb_public_interface``, ``lb_private_interface``, ``lb_script_user`` (the user check, load and
+notify programs run as), ``lb_table_connections``,
 ``lb_table_services``, ``lb_table_real_servers``, ``lb_table_reals_per_service``,
 ``lb_table_embryonic``; ``[defense]`` as ``lb_drop_entry``, ``lb_drop_packet``, ``lb_secure_tcp``,
 ``lb_amemthresh``, ``lb_am_droprate``, ``lb_icmp_msgs_per_sec``, ``lb_icmp_msgs_burst``;
 ``port`` inside a ``server`` block (RealServer.port, NAT port mapping); in a
 ``virtual`` block the Monitor fields Piranha lacks or cannot express:
 ``lb_monitor_kind`` (overrides the kind the Piranha keys imply),
-``lb_monitor_path``/``_host``/``_body_regex`` (quoted strings),
+``lb_monitor_path``/``_host``/``_body_regex``/``_digest`` (quoted strings),
 ``lb_monitor_status = 200-399``, ``lb_monitor_tls_verify``/``_quiesce = 0|1``,
-``lb_monitor_port``, ``lb_monitor_interval``/``_connect_timeout`` (seconds,
+``lb_monitor_port``, ``lb_monitor_script_user``, ``lb_monitor_interval``/``_connect_timeout`` (seconds,
 decimals allowed), ``lb_monitor_timeout``/``_reentry`` (decimal seconds; they win
 over Piranha's integer ``timeout``/``reentry``, which are written rounded up), and
 ``lb_monitor_escaped = 1``: the block's quoted monitor strings use the escapes
 ``\\\\ \\n \\r \\t \\" \\' \\uXXXX`` (written when a string holds a line break,
 e.g. a TOML ``send = "...\\r\\n"``); with ``backup_active = 1`` the HA fields Piranha lacks:
 ``lb_ha_key_file`` (quoted path, always written), ``lb_ha_preempt``/``_sync = 0|1``,
-``lb_ha_garp_count``, ``lb_ha_sync_rate``, ``lb_ha_garp_interval``/``_garp_refresh``/
+``lb_ha_garp_count``, ``lb_ha_sync_rate``, ``lb_ha_sync_port``, ``lb_ha_script_user``, ``lb_ha_garp_interval``/``_garp_refresh``/
 ``_sync_interval``/``_max_skew`` (decimal seconds), ``lb_ha_keepalive``/``_deadtime`` (decimal
 seconds; they win over Piranha's integer ``keepalive``/``deadtime``, which are written rounded
 up) and ``lb_ha_notify = "/path/a, /path/b"`` (quoted, comma-separated program paths); the web
-console's ``[web]``: ``lb_web_enabled = 0|1``, ``lb_web_listen = ADDRESS:PORT`` and
-``lb_web_password_file`` (quoted path, relative to the lvs.cf when relative).
+console's ``[web]``: ``lb_web_enabled = 0|1``, ``lb_web_listen = ADDRESS:PORT``,
+``lb_web_password_file``, ``lb_web_tls_cert``, ``lb_web_tls_key`` (quoted paths, relative to the
+lvs.cf when relative), ``lb_web_allowed_hosts`` and ``lb_web_trusted_proxies`` (comma-separated),
+``lb_web_session_lifetime`` (seconds); the control socket's ``[control]``:
+``lb_control_admin_group`` and ``lb_control_read_group``.
 
 Validation is the TOML loader's: the lvs.cf is turned into the document tomllib would give for
 the same configuration, with the lvs.cf line and key of each of its fields, and handed to
@@ -89,7 +101,6 @@ the same configuration, with the lvs.cf line and key of each of its fields, and 
 
 from __future__ import annotations
 
-import dataclasses
 import difflib
 import ipaddress
 import math
@@ -101,10 +112,14 @@ from pathlib import Path
 from typing import Any
 
 from . import toml as _toml
+from . import totoml
 from .locate import FieldPath
 from .model import (
+    Bgp,
     DEFAULT_LBLC_EXPIRATION,
+    DEFAULT_HA_KEY_FILE,
     DEFAULT_MH_SIZE,
+    DEFAULT_SCRIPT_USER,
     HA,
     NETWORKS,
     Config,
@@ -115,9 +130,10 @@ from .model import (
     Defense,
     Tables,
     Timeouts,
-    Web,
     parse_netmask,
+    key_file_warning,
     parse_prefix_length,
+    service_port,
     sorry_text,
 )
 
@@ -131,7 +147,6 @@ __all__ = [
 # kind of each extras key: "int:lo:hi", "bool", "ip", "mask", "str", or a tuple of allowed words
 _INT = "int"
 GLOBAL_EXTRAS: dict[str, Any] = {
-    "serial_no": (_INT, 0, 2**63 - 1),
     "primary": "ip",
     "primary_private": "ip",
     "service": ("lvs",),
@@ -145,7 +160,10 @@ GLOBAL_EXTRAS: dict[str, Any] = {
     "debug_level": "debug",
     "monitor_links": "bool",
     "syncdaemon": "bool",
+    "syncd_iface": "str",
+    "syncd_id": (_INT, 0, 255),
     "rsh_command": ("rsh", "ssh"),
+    "reservation_conflict_action": ("nothing", "preempt"),
 }
 # Piranha's HA keys: with backup_active = 1 they make the [ha] model (lb.config.model.HA);
 # otherwise (no backup director) they are extras, kept for writing back
@@ -155,7 +173,8 @@ HA_CF = ("primary", "primary_private", "backup_active", "backup", "backup_privat
 # win over Piranha's integer keepalive/deadtime (written rounded up)
 LB_HA_SECONDS = ("keepalive", "deadtime", "garp_interval", "garp_refresh", "sync_interval", "max_skew")
 LB_HA_KEYS = tuple(f"lb_ha_{k}" for k in (
-    "key_file", "preempt", "garp_count", *LB_HA_SECONDS, "sync", "sync_rate", "notify"))
+    "key_file", "preempt", "garp_count", *LB_HA_SECONDS, "sync", "sync_rate", "sync_port", "notify",
+    "script_user"))
 VIRTUAL_EXTRAS: dict[str, Any] = {
     "vip_nmask": "mask",
 }
@@ -164,26 +183,38 @@ VIRTUAL_EXTRAS: dict[str, Any] = {
 LOAD_MONITOR_WORDS = ("none", "uptime", "rup", "ruptime")
 LOAD_MONITOR_RUP = "rup %h"
 # lb-only keys for the LoadMonitor fields (lb_load_monitor_kind = agent | program)
-LB_LOAD_MONITOR_KEYS = tuple(f"lb_load_monitor_{k}" for k in (
-    "kind", "port", "program", "interval", "timeout", "min_weight"))
+LB_LOAD_MONITOR_FIELDS = ("kind", "port", "program", "interval", "timeout", "min_weight", "script_user")
+LB_LOAD_MONITOR_KEYS = tuple(f"lb_load_monitor_{k}" for k in LB_LOAD_MONITOR_FIELDS)
 # Piranha's health-check keys, mapped onto VirtualServer.monitor
 MONITOR_CF = ("send", "expect", "use_regex", "send_program", "timeout", "reentry")
 # lb-only keys for the Monitor fields Piranha lacks (written only when needed)
 LB_MONITOR_SECONDS = ("interval", "timeout", "reentry", "connect_timeout")
-LB_MONITOR_STRINGS = ("path", "host", "body_regex")
+LB_MONITOR_STRINGS = ("path", "host", "body_regex", "digest")
 LB_MONITOR_KEYS = tuple(f"lb_monitor_{k}" for k in (
-    "kind", *LB_MONITOR_STRINGS, "status", "tls_verify", "port", *LB_MONITOR_SECONDS, "quiesce", "escaped"))
+    "kind", *LB_MONITOR_STRINGS, "status", "tls_verify", "port", *LB_MONITOR_SECONDS, "quiesce", "escaped",
+    "script_user"))
 # lb-only keys of [defense] (IPVS's sysctls, which Piranha left to the administrator)
 DEFENSE_CF = {f"lb_{k}": k for k in _toml.DEFENSE_KEYS}
 # lb-only keys of the web console ([web]; Piranha's was a separate program)
-LB_WEB_KEYS = {f"lb_web_{k}": k for k in ("enabled", "listen", "password_file")}
+LB_WEB_KEYS = {f"lb_web_{k}": k for k in _toml.WEB_KEYS}
+# lists in one value, comma-separated (as lb_ha_notify)
+LB_WEB_LISTS = ("allowed_hosts", "trusted_proxies")
+# the control socket's groups ([control])
+LB_CONTROL_KEYS = {f"lb_control_{k}": k for k in _toml.CONTROL_KEYS}
+# lb-only keys of [bgp] (scale-out; Piranha had none): the scalars, then the neighbors and the VIPs'
+# attributes as comma-separated lists:
+#   lb_bgp_neighbors = "198.18.0.254 as 65000 local 198.18.0.1, 198.18.0.253 as 65000"
+#   lb_bgp_vips = "198.18.0.10 med 10 community 65000:100 community no-export, 198.18.0.11 med 5"
+LB_BGP_SCALARS = {f"lb_bgp_{k}": k for k in ("mode", "local_as", "router_id", "hold_time", "lease", "drain", "settle")}
+LB_BGP_KEYS = (*LB_BGP_SCALARS, "lb_bgp_neighbors", "lb_bgp_vips")
 GLOBAL_MODEL = (
+    "serial_no",
     "network", "nat_router", "nat_nmask", "tcp_timeout", "tcpfin_timeout", "udp_timeout",
     "lb_instance", "lb_public_interface", "lb_private_interface", "lb_expire_nodest_conn",
-    "lb_lblc_expiration", "lb_lblcr_expiration",
+    "lb_lblc_expiration", "lb_lblcr_expiration", "lb_script_user",
     "lb_table_connections", "lb_table_services", "lb_table_real_servers", "lb_table_reals_per_service",
     "lb_table_embryonic",
-) + tuple(DEFENSE_CF) + LB_HA_KEYS + tuple(LB_WEB_KEYS)
+) + tuple(DEFENSE_CF) + LB_HA_KEYS + tuple(LB_WEB_KEYS) + tuple(LB_CONTROL_KEYS) + LB_BGP_KEYS
 VIRTUAL_MODEL = ("address", "active", "port", "protocol", "scheduler", "persistent", "pmask", "fwmark",
                  "lb_port_groups", "lb_scheduler_flags", "sorry_server", "lb_mh_size", "quiesce_server",
                  "load_monitor") + LB_LOAD_MONITOR_KEYS
@@ -191,12 +222,13 @@ SERVER_KEYS = ("address", "active", "weight", "port", "lb_u_threshold", "lb_l_th
 GLOBAL_KEYS = tuple(GLOBAL_EXTRAS) + GLOBAL_MODEL
 VIRTUAL_KEYS = VIRTUAL_MODEL + MONITOR_CF + LB_MONITOR_KEYS + tuple(VIRTUAL_EXTRAS)
 QUOTED = ("send", "expect", "send_program", "lb_ha_key_file", "lb_ha_notify", "lb_load_monitor_program",
-          "lb_web_password_file") + tuple(
+          "lb_web_password_file", "lb_web_tls_cert", "lb_web_tls_key", "lb_bgp_neighbors", "lb_bgp_vips") + tuple(
     f"lb_monitor_{k}" for k in LB_MONITOR_STRINGS)
 TIMEOUT_KEYS = {"tcp_timeout": "tcp", "tcpfin_timeout": "tcpfin", "udp_timeout": "udp"}
 TABLE_KEYS = {f"lb_table_{k}": k for k in ("connections", "services", "real_servers", "reals_per_service",
                                             "embryonic")}
 DEFAULT_NAT_NMASK = "255.255.255.0"
+DEFAULT_PORT = 80  # Piranha's port for a virtual that names none
 
 # TOML key -> lvs.cf key, for messages about keys that were not written
 _TOML_TO_CF = {
@@ -227,7 +259,8 @@ class _Block:
     children: list[_Block] = field(default_factory=list)
 
 
-_BLOCK_RE = re.compile(r"(virtual|server|failover)\s+(\S+)\s*\{")
+# ``virtual NAME {`` and Piranha's other form ``virtual server NAME {``; ``server NAME {``
+_BLOCK_RE = re.compile(r"(virtual|server|failover)\s+(\S+)(?:\s+(\S+))?\s*\{")
 _KEY_RE = re.compile(r"([A-Za-z_][A-Za-z0-9_]*)\s*=\s*(.*)")
 
 
@@ -267,8 +300,14 @@ def _parse_blocks(text: str, issues: _Issues) -> _Block:
             continue
         cur = stack[-1]
         m = _BLOCK_RE.fullmatch(s)
+        if m and m.group(3) is not None and not (m.group(1) == "virtual" and m.group(2) == "server"):
+            issues.add(n, "", f"expected '{m.group(1)} NAME {{'" + (" or 'virtual server NAME {'"
+                              if m.group(1) == "virtual" else "") + f", got {s!r}")
+            m = None
+            stack.append(_Block("?", "?", n))  # its '}' closes it: the rest still parses
+            continue
         if m:
-            kind, name = m.group(1), m.group(2)
+            kind, name = m.group(1), m.group(3) or m.group(2)
             if kind == "failover":
                 issues.add(n, f"failover[{name}]", "failover services (service = fos) are not supported yet")
                 block = _Block(kind, name, n)  # parsed for structure, then ignored
@@ -326,6 +365,18 @@ _NUM_RE = re.compile(r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)")
 MAX_LINE = 2 * _toml.MAX_STRING
 
 
+def _web_value(g: _Scope, cf: str, key: str) -> Any:
+    """An lb_web_* value as the [web] table holds it."""
+    if key == "enabled":
+        return g.boolean(cf)
+    if key == "session_lifetime":
+        return _seconds(g, cf)
+    text = g.text(cf)
+    if text is not None and key in LB_WEB_LISTS:
+        return [p.strip() for p in text.split(",") if p.strip()]
+    return text
+
+
 def _seconds(scope: _Scope, key: str) -> int | float | None:
     """A number of seconds (integer or decimal); range checks are the TOML loader's."""
     e = scope.entries.get(key)
@@ -337,6 +388,17 @@ def _seconds(scope: _Scope, key: str) -> int | float | None:
     if not _INT_RE.fullmatch(e.value):
         return float(e.value)
     return scope.integer(key)
+
+
+def _port(scope: _Scope, key: str, protocol: str) -> int | None:
+    """A port as Piranha took it: a number, or a service name as /etc/services gives it (http)."""
+    e = scope.entries.get(key)
+    if e is None or _INT_RE.fullmatch(e.value):
+        return scope.integer(key)  # the range is the TOML loader's check
+    port = service_port(e.value, protocol if protocol in ("tcp", "udp") else "tcp")
+    if port is None:
+        scope.error(e, f"unknown service name {e.value!r} (not in /etc/services): give the port number")
+    return port
 
 
 def _fmt_seconds(x: float) -> str:
@@ -525,6 +587,11 @@ class _Builder:
         self.issues = issues
         self.positions = _Positions()
         self.extras: dict[str, Any] = {"global": {}, "virtual": {}}
+        self.warnings: list[ConfigIssue] = []
+
+    def warn(self, scope: _Scope, key: str, message: str) -> None:
+        """``key`` of ``scope`` is accepted but does not do what it did in Piranha."""
+        self.warnings.append(ConfigIssue(self.issues.display, scope.line(key), scope.fld(key), message))
 
     def note(self, path: FieldPath, line: int | None, cf_field: str) -> None:
         self.positions.notes[path] = (line, cf_field)
@@ -543,6 +610,7 @@ class _Builder:
         if "service" in g.entries and g.entries["service"].value == "fos":
             self.issues.items.pop()  # replace the generic message
             g.error(g.entries["service"], "service = fos (failover services) is not supported yet")
+        self._global_warnings(g, top, with_ha)
 
         glob: dict[str, Any] = {}
         doc: dict[str, Any] = {"global": glob}
@@ -598,6 +666,10 @@ class _Builder:
             if secs is not None:
                 glob[key] = secs
                 self.note(("global", key), g.line(f"lb_{key}"), f"lb_{key}")
+        user = g.entries.get("lb_script_user")
+        if user is not None:
+            glob["script_user"] = user.value
+        self.note(("global", "script_user"), g.line("lb_script_user"), "lb_script_user")
         priv = g.entries.get("lb_private_interface")
         if priv is not None:
             glob["private_interface"] = priv.value
@@ -612,14 +684,21 @@ class _Builder:
             for key in LB_HA_KEYS:
                 if key in g.entries:
                     g.error(g.entries[key], f"{key} needs backup_active = 1 (a backup director)")
-        self._table(doc, "web", g, LB_WEB_KEYS, lambda cf, key: g.boolean(cf) if key == "enabled" else g.text(cf))
+        self._table(doc, "web", g, LB_WEB_KEYS, lambda cf, key: _web_value(g, cf, key))
+        self._table(doc, "control", g, LB_CONTROL_KEYS, lambda cf, _: g.text(cf))
+        serial = g.integer("serial_no")
+        if serial is not None:
+            glob["serial_no"] = serial
+        self.note(("global", "serial_no"), g.line("serial_no"), "serial_no")
+        if any(k in g.entries for k in LB_BGP_KEYS):
+            doc["bgp"] = self._bgp(g)
 
         vss = []
-        first_dev: tuple[str, int, str] | None = None
+        first_dev: tuple[str, int, str] | None = None  # the public interface: the first device named
         for i, vb in enumerate(top.children):
             vs, dev = self._virtual(i, vb)
             vss.append(vs)
-            if i == 0 and dev is not None:
+            if first_dev is None and dev is not None:
                 first_dev = dev
         pub = g.entries.get("lb_public_interface")
         if pub is not None:
@@ -631,7 +710,7 @@ class _Builder:
         else:
             line = top.children[0].line if top.children else None
             fld = f"virtual[{top.children[0].name}].address" if top.children else "virtual"
-            self.issues.add(line, fld, "cannot tell the public interface: give the first virtual's "
+            self.issues.add(line, fld, "cannot tell the public interface: give a virtual's "
                             "device (address = IP DEVICE[:N]) or set lb_public_interface")
             self.note(("global", "public_interface"), line, fld)
         for vs in vss:
@@ -640,6 +719,33 @@ class _Builder:
         if vss:
             doc["virtual_server"] = vss
         return doc
+
+    def _global_warnings(self, g: _Scope, top: _Block, with_ha: bool) -> None:
+        """The global keys lb accepts (they are written back by dumps) but that do nothing here."""
+        sync = ("lb syncs connections to the backup over its own heartbeat channel (lb_ha_sync, on by "
+                "default)" if with_ha else "connection sync needs a backup director (backup_active = 1)")
+        no_effect = {
+            "debug_level": "no effect: lb logs to stderr (the journal under systemd); `lb run -v` adds "
+                           "debug messages",
+            "reservation_conflict_action": "no effect: a setting of clumanager's shared SCSI disks, not of LVS",
+            **{k: f"no effect: {sync}; IPVS's sync daemon is not used" for k in ("syncdaemon", "syncd_iface",
+                                                                                "syncd_id")},
+        }
+        for key, message in no_effect.items():
+            if key in g.entries:
+                self.warn(g, key, message)
+        if "rsh_command" in g.entries and not any(
+                e.key == "load_monitor" and e.value == "uptime" for vb in top.children for e in vb.entries):
+            self.warn(g, "rsh_command", "no effect: only load_monitor = uptime runs a command over it, and "
+                                        "no virtual has it")
+        if not with_ha:
+            keys = sorted((k for k in HA_CF if k != "backup_active" and k in g.entries),
+                          key=lambda k: g.entries[k].line)
+            if keys:
+                also = f" (nor have {', '.join(keys[1:])})" if keys[1:] else ""
+                self.warn(g, keys[0], f"no effect without backup_active = 1{also}: this director runs alone, "
+                                      f"always active, without heartbeats; for a pair of directors set "
+                                      f"backup_active = 1 and lb_ha_key_file")
 
     def _table(self, doc: dict[str, Any], name: str, g: _Scope, keys: dict[str, str],
                read: Callable[[str, str], Any]) -> None:
@@ -692,13 +798,16 @@ class _Builder:
                  exact if exact is not None else _seconds(g, key))
         take("monitor_links", "monitor_links", g.boolean("monitor_links"))
         kf = g.entries.get("lb_ha_key_file")
-        take("key_file", "lb_ha_key_file", kf.value if kf is not None else None)
+        take("key_file", "lb_ha_key_file", kf.value if kf is not None else str(DEFAULT_HA_KEY_FILE))
         if kf is None:
             self.note(("ha", "key_file"), g.line("backup_active"), "lb_ha_key_file")
+            self.warn(g, "backup_active", key_file_warning("lb_ha_key_file"))
         take("preempt", "lb_ha_preempt", g.boolean("lb_ha_preempt"))
         take("sync", "lb_ha_sync", g.boolean("lb_ha_sync"))
         take("garp_count", "lb_ha_garp_count", g.integer("lb_ha_garp_count"))
         take("sync_rate", "lb_ha_sync_rate", g.integer("lb_ha_sync_rate"))
+        take("sync_port", "lb_ha_sync_port", g.integer("lb_ha_sync_port"))
+        take("script_user", "lb_ha_script_user", g.text("lb_ha_script_user"))
         for key in LB_HA_SECONDS:
             if key not in ("keepalive", "deadtime"):
                 take(key, f"lb_ha_{key}", _seconds(g, f"lb_ha_{key}"))
@@ -706,6 +815,35 @@ class _Builder:
         take("notify", "lb_ha_notify",
              [p.strip() for p in notify.value.split(",") if p.strip()] if notify is not None else None)
         return ha
+
+    def _bgp(self, g: _Scope) -> dict[str, Any]:
+        """lb_bgp_* -> the [bgp] table (values as written: the validator checks them)."""
+        bgp: dict[str, Any] = {}
+        self.note(("bgp",), next(g.line(k) for k in LB_BGP_KEYS if k in g.entries), "lb_bgp_local_as")
+        for cf, key in LB_BGP_SCALARS.items():
+            if key in ("local_as", "hold_time"):
+                value: Any = g.integer(cf)
+            elif key in ("lease", "drain", "settle"):
+                value = _seconds(g, cf)
+            else:
+                value = g.text(cf)
+            if value is not None:
+                bgp[key] = value
+            self.note(("bgp", key), g.line(cf), cf)
+        for cf, key, parse in (("lb_bgp_neighbors", "neighbor", _bgp_neighbor), ("lb_bgp_vips", "vip", _bgp_vip)):
+            e = g.entries.get(cf)
+            self.note(("bgp", key), e.line if e else g.line("lb_bgp_local_as"), cf)
+            items = []
+            for item in (x.strip() for x in (e.value.split(",") if e else ()) if x.strip()):
+                parsed = parse(item)
+                if isinstance(parsed, str):
+                    g.error(e, parsed)
+                    continue
+                self.note(("bgp", key, len(items)), e.line, cf)
+                items.append(parsed)
+            if items:
+                bgp[key] = items
+        return bgp
 
     def _virtual(self, i: int, vb: _Block) -> tuple[dict[str, Any], tuple[str, int, str] | None]:
         label = _label(vb)
@@ -719,6 +857,9 @@ class _Builder:
             val = v.extra(key, kind)
             if val is not None:
                 vx[key] = val
+        if vx.get("vip_nmask", "255.255.255.255") != "255.255.255.255":
+            self.warn(v, "vip_nmask", f"no effect: lb adds the VIP as a host address (/32), not with "
+                                      f"netmask {vx['vip_nmask']}")
         # firewall-mark services: Piranha's fwmark (iptables marked the packets); lb matches the
         # ports itself, listed in lb_port_groups = "tcp 198.18.0.11 21, tcp 198.18.0.11 10000-10100"
         if "fwmark" in v.entries:
@@ -747,19 +888,28 @@ class _Builder:
                 out["mh_size"] = size
             self.note(tf + ("mh_size",), v.line("lb_mh_size"), v.fld("lb_mh_size"))
         dev_info = None
+        fwm = "fwmark" in v.entries
         ad = v.addr_dev("address")
         if ad is not None:
             ip, dev, raw = ad
-            out["address"] = ip
             line = v.line("address")
-            self.note(tf + ("address",), line, v.fld("address"))
+            if fwm:  # Piranha wrote the VIP of a firewall-mark virtual too: its device is the one used
+                vx["address"] = ip
+            else:
+                out["address"] = ip
+                self.note(tf + ("address",), line, v.fld("address"))
             if dev is not None:
                 out["device"] = dev
                 self.note(tf + ("device",), line, v.fld("address"))
                 dev_info = (dev, line, v.fld("address"))
                 if raw != dev:
                     vx["address_alias"] = raw
-        for key, getter in (("port", lambda: v.integer("port")),
+        proto = v.entries["protocol"].value if "protocol" in v.entries else "tcp"
+        if fwm:
+            self._fwmark_piranha_keys(v, vx, proto)
+        elif "port" not in v.entries:
+            out["port"] = DEFAULT_PORT  # Piranha's when a virtual names no port
+        for key, getter in (("port", lambda: None if fwm else _port(v, "port", proto)),
                             ("persistent", lambda: v.integer("persistent")),
                             ("active", lambda: v.boolean("active"))):
             val = getter()
@@ -767,7 +917,7 @@ class _Builder:
                 out[key] = val
             self.note(tf + (key,), v.line(key), v.fld(key))
         for key in ("protocol", "scheduler", "pmask", "sorry_server"):
-            if key in v.entries:
+            if key in v.entries and not (fwm and key == "protocol"):
                 out[key] = v.entries[key].value
             self.note(tf + (key,), v.line(key), v.fld(key))
         qs = v.boolean("quiesce_server")
@@ -777,12 +927,12 @@ class _Builder:
         monitor = self._monitor(tf + ("monitor",), v)
         if monitor:
             out["monitor"] = monitor
-        lm = self._load_monitor(tf + ("load_monitor",), v)
+        lm = self._load_monitor(tf + ("load_monitor",), v, vx)
         if lm:
             out["load_monitor"] = lm
         reals = []
         for j, sb in enumerate(vb.children):
-            reals.append(self._server(tf + ("real_server", j), label, sb))
+            reals.append(self._server(tf + ("real_server", j), label, sb, proto))
         if reals:
             out["real_server"] = reals
         if vx:
@@ -832,6 +982,7 @@ class _Builder:
         take("port", "lb_monitor_port", v.integer("lb_monitor_port"))
         take("tls_verify", "lb_monitor_tls_verify", v.boolean("lb_monitor_tls_verify"))
         take("quiesce", "lb_monitor_quiesce", v.boolean("lb_monitor_quiesce"))
+        take("script_user", "lb_monitor_script_user", v.text("lb_monitor_script_user"))
         status = v.entries.get("lb_monitor_status")
         pair = None
         if status is not None:
@@ -843,7 +994,28 @@ class _Builder:
         take("status", "lb_monitor_status", pair)
         return m
 
-    def _load_monitor(self, lf: FieldPath, v: _Scope) -> dict[str, Any]:
+    def _fwmark_piranha_keys(self, v: _Scope, vx: dict[str, Any], proto: str) -> None:
+        """A firewall-mark virtual as Piranha wrote it: address, port and protocol beside fwmark (an
+        iptables rule marked the packets).  lb matches the ports of lb_port_groups itself: the three
+        are kept for writing back; without lb_port_groups the file is refused with an example."""
+        keys = [k for k in ("address", "port", "protocol") if k in v.entries]
+        for k in ("port", "protocol"):
+            if k in v.entries:
+                vx[k] = v.entries[k].value
+        if "lb_port_groups" not in v.entries:
+            port = _port(v, "port", proto) if "port" in v.entries else None
+            example = f"{proto} {vx.get('address', 'VIP')} {port or 'PORT'}"
+            self.issues.add(v.line("fwmark"), v.fld("lb_port_groups"),
+                            f"lb matches a firewall-mark service's ports itself (no iptables rule marks the "
+                            f"packets): list the ports your iptables rules marked with fwmark "
+                            f"{v.entries['fwmark'].value} in lb_port_groups, e.g. lb_port_groups = "
+                            f"{example}, {proto} {vx.get('address', 'VIP')} LOW-HIGH")
+        elif keys:
+            self.warn(v, keys[0], f"{', '.join(keys)}: no effect on a firewall-mark service: lb matches the "
+                                  f"ports of lb_port_groups" + ("; the address's device carries the VIPs"
+                                                                if "address" in keys else ""))
+
+    def _load_monitor(self, lf: FieldPath, v: _Scope, vx: dict[str, Any]) -> dict[str, Any]:
         """``[virtual_server.load_monitor]`` from load_monitor = uptime|rup and lb_load_monitor_*."""
         lm: dict[str, Any] = {}
         self.note(lf, v.line("load_monitor") or v.block.line, v.fld("load_monitor"))
@@ -852,9 +1024,12 @@ class _Builder:
             if word.value not in LOAD_MONITOR_WORDS:
                 v.error(word, f"expected one of {', '.join(LOAD_MONITOR_WORDS)}, got {word.value!r}")
             elif word.value == "ruptime":
-                v.error(word, "load_monitor = ruptime is not supported: rwhod reports hosts by name, not by "
-                              "the real server's address; use uptime (over rsh_command), rup (rpc.rstatd) or "
-                              "an agent (lb_load_monitor_kind = agent, lb_load_monitor_port = PORT)")
+                # accepted, so that the file runs: only the weights stop following the servers' load
+                vx["load_monitor"] = "ruptime"
+                self.warn(v, "load_monitor", "ruptime has no effect: rwhod reports hosts by name, not by the "
+                          "real server's address, so the configured weights stay; for load-based weights use "
+                          "uptime (over rsh_command), rup (rpc.rstatd) or an agent (lb_load_monitor_kind = "
+                          "agent, lb_load_monitor_port = PORT)")
             elif word.value == "uptime":
                 rsh = self.extras["global"].get("rsh_command", "rsh")
                 lm.update(kind="program", program=f"{rsh} %h uptime")
@@ -862,7 +1037,7 @@ class _Builder:
                 lm.update(kind="program", program=LOAD_MONITOR_RUP)
             for k in ("kind", "program"):
                 self.note(lf + (k,), word.line, v.fld("load_monitor"))
-        for k in ("kind", "port", "program", "interval", "timeout", "min_weight"):
+        for k in LB_LOAD_MONITOR_FIELDS:
             key = f"lb_load_monitor_{k}"
             if key not in v.entries:
                 continue
@@ -877,7 +1052,7 @@ class _Builder:
             self.note(lf + (k,), v.line(key), v.fld(key))
         return lm
 
-    def _server(self, tf: FieldPath, vlabel: str, sb: _Block) -> dict[str, Any]:
+    def _server(self, tf: FieldPath, vlabel: str, sb: _Block, proto: str) -> dict[str, Any]:
         label = f"{vlabel}.{_label(sb)}"
         s = _Scope(sb, SERVER_KEYS, label, self.issues)
         self.note(tf, sb.line, label)
@@ -886,7 +1061,7 @@ class _Builder:
         if "address" in s.entries:
             out["address"] = s.entries["address"].value
         self.note(tf + ("address",), s.line("address"), s.fld("address"))
-        for key, val in (("port", s.integer("port")), ("weight", s.integer("weight")),
+        for key, val in (("port", _port(s, "port", proto)), ("weight", s.integer("weight")),
                          ("active", s.boolean("active"))):
             if val is not None:
                 out[key] = val
@@ -908,7 +1083,8 @@ def _parse(text: str, display: str, path: Path | None = None) -> tuple[Config, d
     doc = b.build(top)
     cfg: Config | None = None
     try:
-        cfg = _toml.validate(doc, display, b.positions, path)
+        cfg = _toml.validate(doc, display, b.positions, path,
+                             sorted(b.warnings, key=lambda w: w.line or 0))
     except ConfigError as e:
         # a value this reader refused is missing from the document: one message per field
         seen = {i.field for i in issues.items}
@@ -951,7 +1127,7 @@ def load(path: str | os.PathLike[str]) -> Config:
     return load_with_extras(path)[0]
 
 
-_CF_FIRST = re.compile(r"(?:%s)\s*=|virtual\s+\S+\s*\{" % "|".join(GLOBAL_KEYS))
+_CF_FIRST = re.compile(r"(?:%s)\s*=|virtual\s+(?:server\s+)?\S+\s*\{" % "|".join(GLOBAL_KEYS))
 
 
 def looks_like_lvscf(text: str) -> bool:
@@ -961,6 +1137,52 @@ def looks_like_lvscf(text: str) -> bool:
         if s and not s.startswith("#"):
             return bool(_CF_FIRST.match(s))
     return False
+
+
+def _bgp_words(item: str, usage: str, first: str, keys: dict[str, str]) -> dict[str, Any] | str:
+    """'ADDRESS key value key value ...' -> {first: ADDRESS, keys[key]: value} (a repeated
+    "community" collects a list); integers as int, the validator checks the rest."""
+    words = item.split()
+    if len(words) % 2 == 0:
+        return f"expected {usage}, got {item!r}"
+    out: dict[str, Any] = {first: words[0]}
+    for key, value in zip(words[1::2], words[2::2]):
+        fld = keys.get(key)
+        if fld is None:
+            return f"unknown word {key!r} in {item!r} (expected {usage})"
+        v: Any = int(value) if _INT_RE.fullmatch(value) and len(value) <= _toml.MAX_INT_DIGITS else value
+        if fld == "communities":
+            out.setdefault(fld, []).append(value)
+        elif fld in out:
+            return f"{key!r} is given twice in {item!r}"
+        else:
+            out[fld] = v
+    return out
+
+
+def _bgp_neighbor(item: str) -> dict[str, Any] | str:
+    return _bgp_words(item, "'ADDRESS as AS [local ADDRESS]'", "address", {"as": "peer_as", "local": "local_address"})
+
+
+def _bgp_vip(item: str) -> dict[str, Any] | str:
+    return _bgp_words(item, "'VIP [med N] [community ASN:VALUE]...'", "address", {"med": "med", "community": "communities"})
+
+
+def _bgp_cf(bgp: Bgp) -> dict[str, Any]:
+    """lvs.cf keys that read back as ``bgp`` (the scalars when not the default)."""
+    d = Bgp(local_as=bgp.local_as, neighbors=())
+    out: dict[str, Any] = {}
+    for cf, key in LB_BGP_SCALARS.items():
+        v = getattr(bgp, key)
+        if key == "local_as" or (v is not None and v != getattr(d, key)):
+            out[cf] = _fmt_seconds(v) if isinstance(v, float) else str(v) if key == "router_id" else v
+    out["lb_bgp_neighbors"] = ", ".join(
+        f"{n.address} as {n.peer_as}" + (f" local {n.local_address}" if n.local_address else "") for n in bgp.neighbors)
+    if bgp.vips:
+        out["lb_bgp_vips"] = ", ".join(
+            " ".join([str(v.address)] + ([f"med {v.med}"] if v.med is not None else [])
+                     + [f"community {c}" for c in v.communities]) for v in bgp.vips)
+    return out
 
 
 # --- model -> lvs.cf --------------------------------------------------------------------------
@@ -974,12 +1196,14 @@ def _fmt(key: str, value: Any) -> str:
     return str(value)
 
 
-def _monitor_cf(m: Monitor) -> dict[str, Any]:
-    """lvs.cf keys (formatted values) that read back as ``m``: Piranha's, then lb_monitor_* as needed."""
-    d = Monitor()
+def _monitor_cf(m: Monitor, user: str) -> dict[str, Any]:
+    """lvs.cf keys (formatted values) that read back as ``m``: Piranha's, then lb_monitor_* as needed
+    (``user``: the global script_user the monitor's defaults to)."""
+    d = Monitor(script_user=user)
     strings = {"send_program": m.program, "send": m.send, "expect": m.expect,
                "lb_monitor_path": m.path if m.path != d.path else "",
-               "lb_monitor_host": m.host, "lb_monitor_body_regex": m.body_regex}
+               "lb_monitor_host": m.host, "lb_monitor_body_regex": m.body_regex,
+               "lb_monitor_digest": m.digest or None}
     escaped = any(_needs_escape(v) for v in strings.values() if v)
     out: dict[str, Any] = {}
     for key in ("send", "expect"):
@@ -1014,32 +1238,36 @@ def _monitor_cf(m: Monitor) -> dict[str, Any]:
             lb[f"lb_monitor_{key}"] = _fmt_seconds(getattr(m, key))
     if m.quiesce != d.quiesce:
         lb["lb_monitor_quiesce"] = m.quiesce
+    if m.script_user != d.script_user:
+        lb["lb_monitor_script_user"] = m.script_user
     if escaped:
         lb["lb_monitor_escaped"] = True
     return {**out, **dict(sorted(lb.items(), key=lambda kv: LB_MONITOR_KEYS.index(kv[0])))}
 
 
-def _load_monitor_cf(lm: LoadMonitor | None, rsh: str) -> dict[str, Any]:
-    """load_monitor = uptime|rup when the program is Piranha's, plus lb_load_monitor_* for the rest."""
+def _load_monitor_cf(lm: LoadMonitor | None, rsh: str, user: str) -> dict[str, Any]:
+    """load_monitor = uptime|rup when the program is Piranha's, plus lb_load_monitor_* for the rest
+    (``user``: the global script_user)."""
     if lm is None:
         return {}
     out: dict[str, Any] = {}
-    base = LoadMonitor(kind=lm.kind)
+    base = LoadMonitor(kind=lm.kind, script_user=user)
     if lm.kind == "program" and lm.program in (f"{rsh} %h uptime", LOAD_MONITOR_RUP):
         out["load_monitor"] = "rup" if lm.program == LOAD_MONITOR_RUP else "uptime"
-        base = LoadMonitor(kind="program", program=lm.program)
+        base = LoadMonitor(kind="program", program=lm.program, script_user=user)
     else:
         out["lb_load_monitor_kind"] = lm.kind
-    for f in ("port", "program", "interval", "timeout", "min_weight"):
+    for f in LB_LOAD_MONITOR_FIELDS[1:]:
         value = getattr(lm, f)
         if value != getattr(base, f):
             out[f"lb_load_monitor_{f}"] = _fmt_seconds(value) if f in ("interval", "timeout") else value
     return out
 
 
-def _ha_cf(ha: HA, path: Path | None) -> dict[str, Any]:
-    """lvs.cf keys that read back as ``ha``: Piranha's (always), lb_ha_* when not the default."""
-    d = HA(primary=ha.primary, backup=ha.backup, key_file=ha.key_file)
+def _ha_cf(ha: HA, path: Path | None, user: str) -> dict[str, Any]:
+    """lvs.cf keys that read back as ``ha``: Piranha's (always), lb_ha_* when not the default
+    (``user``: the global script_user)."""
+    d = totoml.ha_default(ha, user)
     out: dict[str, Any] = {"primary": str(ha.primary)}
     if ha.primary_private is not None:
         out["primary_private"] = str(ha.primary_private)
@@ -1053,7 +1281,7 @@ def _ha_cf(ha: HA, path: Path | None) -> dict[str, Any]:
         out[key] = max(math.ceil(value), 1)  # Piranha wants integers
         if not float(value).is_integer():
             lb[f"lb_ha_{key}"] = _fmt_seconds(value)
-    for key in ("preempt", "sync", "garp_count", "sync_rate"):
+    for key in ("preempt", "sync", "garp_count", "sync_rate", "sync_port", "script_user"):
         if getattr(ha, key) != getattr(d, key):
             lb[f"lb_ha_{key}"] = getattr(ha, key)
     for key in LB_HA_SECONDS:
@@ -1082,9 +1310,11 @@ def dumps(cfg: Config, extras: dict[str, Any] | None = None) -> str:
     def dev_text(dev: str, alias: str | None) -> str:
         return alias if alias and alias.split(":", 1)[0] == dev else dev
 
-    order = ("serial_no", "primary", "primary_private", "service", "backup_active", "backup",
+    if cfg.serial_no:
+        put("", "serial_no", cfg.serial_no)
+    order = ("primary", "primary_private", "service", "backup_active", "backup",
              "backup_private", "heartbeat", "heartbeat_port", "keepalive", "deadtime")
-    ha_cf = _ha_cf(cfg.ha, cfg.path) if cfg.ha is not None else {}
+    ha_cf = _ha_cf(cfg.ha, cfg.path, cfg.script_user) if cfg.ha is not None else {}
     if ha_cf:
         gx = {k: v for k, v in gx.items() if k not in HA_CF}
     for key in order:
@@ -1101,7 +1331,8 @@ def dumps(cfg: Config, extras: dict[str, Any] | None = None) -> str:
             else cfg.nat_router.network.prefixlen)
     elif "nat_nmask" in gx:
         put("", "nat_nmask", gx["nat_nmask"])
-    for key in ("debug_level", "monitor_links", "syncdaemon", "rsh_command"):
+    for key in ("debug_level", "monitor_links", "syncdaemon", "syncd_iface", "syncd_id", "rsh_command",
+                "reservation_conflict_action"):
         if key in ha_cf:
             put("", key, ha_cf[key])
         elif key in gx:
@@ -1114,6 +1345,8 @@ def dumps(cfg: Config, extras: dict[str, Any] | None = None) -> str:
         put("", "lb_instance", cfg.instance)
     if cfg.expire_nodest_conn:
         put("", "lb_expire_nodest_conn", 1)
+    if cfg.script_user != DEFAULT_SCRIPT_USER:
+        put("", "lb_script_user", cfg.script_user)
     for key in ("lblc_expiration", "lblcr_expiration"):
         if getattr(cfg, key) != DEFAULT_LBLC_EXPIRATION:
             put("", f"lb_{key}", getattr(cfg, key))
@@ -1133,18 +1366,27 @@ def dumps(cfg: Config, extras: dict[str, Any] | None = None) -> str:
     for key in LB_HA_KEYS:
         if key in ha_cf:
             put("", key, ha_cf[key])
-    for cf, value in _web_doc(cfg.web).items():
-        put("", f"lb_web_{cf}", value)
+    for cf, value in totoml.web_document(cfg.web).items():
+        put("", f"lb_web_{cf}", ", ".join(value) if cf in LB_WEB_LISTS else value)
+    for cf, value in totoml.control_document(cfg.control).items():
+        put("", f"lb_control_{cf}", value)
+    for cf, value in (_bgp_cf(cfg.bgp) if cfg.bgp is not None else {}).items():
+        put("", cf, value)
 
     for vs in cfg.virtual_servers:
         vx = vxs.get(vs.name, {})
-        mon = _monitor_cf(vs.monitor)
+        mon = _monitor_cf(vs.monitor, cfg.script_user)
         out.append("")
         out.append(f"virtual {vs.name} {{")
         ind = "     "
         dev = cfg.vip_device(vs)
         put(ind, "active", vs.active)
         if vs.fwmark:
+            if "address" in vx or vs.device is not None:  # Piranha's VIP line, for its device
+                put(ind, "address", f"{vx.get('address', vs.address)} {dev_text(dev, vx.get('address_alias'))}")
+            for key in ("port", "protocol"):
+                if key in vx:
+                    put(ind, key, vx[key])
             put(ind, "fwmark", vs.fwmark)
             put(ind, "lb_port_groups", ", ".join(
                 f"{g.protocol} {g.address} {g.low if g.low == g.high else f'{g.low}-{g.high}'}"
@@ -1166,8 +1408,10 @@ def dumps(cfg: Config, extras: dict[str, Any] | None = None) -> str:
         for key in ("send", "expect", "use_regex", "send_program"):
             if key in mon:
                 put(ind, key, mon[key])
-        for key, value in _load_monitor_cf(vs.load_monitor, gx.get("rsh_command", "rsh")).items():
+        for key, value in _load_monitor_cf(vs.load_monitor, gx.get("rsh_command", "rsh"), cfg.script_user).items():
             put(ind, key, value)
+        if vs.load_monitor is None and "load_monitor" in vx:
+            put(ind, "load_monitor", vx["load_monitor"])
         put(ind, "scheduler", vs.scheduler)
         if vs.scheduler_flags:
             put(ind, "lb_scheduler_flags", ",".join(vs.scheduler_flags))
@@ -1201,193 +1445,16 @@ def dumps(cfg: Config, extras: dict[str, Any] | None = None) -> str:
     return "\n".join(out) + "\n"
 
 
-# --- model -> TOML --------------------------------------------------------------------------
-
-
-def _toml_str(s: str) -> str:
-    out = []
-    for ch in s:
-        if ch == '"':
-            out.append('\\"')
-        elif ch == "\\":
-            out.append("\\\\")
-        elif ch in "\n\r\t":
-            out.append({"\n": "\\n", "\r": "\\r", "\t": "\\t"}[ch])
-        elif ord(ch) < 0x20 or ord(ch) == 0x7F:
-            out.append(f"\\u{ord(ch):04x}")
-        else:
-            out.append(ch)
-    return '"' + "".join(out) + '"'
-
-
-def _toml_value(v: Any) -> str:
-    if isinstance(v, (list, tuple)):
-        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    if isinstance(v, int):
-        return str(v)
-    if isinstance(v, float) and math.isfinite(v):
-        return repr(v)
-    return _toml_str(str(v))
-
-
-def _emit(doc: dict[str, Any]) -> str:
-    """Render the loader's document shape (tables of scalars, virtual_server/real_server arrays)."""
-    out: list[str] = []
-    for section in ("global", "tables", "timeouts", "defense", "ha", "web"):
-        if section in doc:
-            out.append(f"[{section}]")
-            out += [f"{k} = {_toml_value(v)}" for k, v in doc[section].items()]
-            out.append("")
-    for vs in doc.get("virtual_server", []):
-        out.append("[[virtual_server]]")
-        out += [f"{k} = {_toml_value(v)}" for k, v in vs.items()
-                if k not in ("real_server", "monitor", "port_group", "load_monitor")]
-        out.append("")
-        for g in vs.get("port_group", []):
-            out.append("  [[virtual_server.port_group]]")
-            out += [f"  {k} = {_toml_value(v)}" for k, v in g.items()]
-            out.append("")
-        for sub in ("monitor", "load_monitor"):
-            if sub in vs:
-                out.append(f"  [virtual_server.{sub}]")
-                out += [f"  {k} = {_toml_value(v)}" for k, v in vs[sub].items()]
-                out.append("")
-        for rs in vs.get("real_server", []):
-            out.append("  [[virtual_server.real_server]]")
-            out += [f"  {k} = {_toml_value(v)}" for k, v in rs.items()]
-            out.append("")
-    return "\n".join(out)
-
-
-def _ha_doc(ha: HA) -> dict[str, Any]:
-    """The [ha] table of ``ha``: the addresses and key file always, the rest when not the default."""
-    d = HA(primary=ha.primary, backup=ha.backup, key_file=ha.key_file)
-    out: dict[str, Any] = {}
-    for f in dataclasses.fields(HA):
-        v = getattr(ha, f.name)
-        if f.name in ("primary", "backup", "key_file", "primary_private", "backup_private"):
-            if v is not None:
-                out[f.name] = str(v)
-        elif v != getattr(d, f.name):
-            if isinstance(v, float) and v.is_integer():
-                v = int(v)
-            out[f.name] = list(v) if isinstance(v, tuple) else v
-    return out
-
-
-def _web_doc(web: Web) -> dict[str, Any]:
-    """The [web] keys that are not the default (lvs.cf: the same as lb_web_*)."""
-    d = Web()
-    out: dict[str, Any] = {}
-    if web.enabled != d.enabled:
-        out["enabled"] = web.enabled
-    if web.listen != d.listen:
-        out["listen"] = web.listen
-    if web.password_file is not None:
-        out["password_file"] = str(web.password_file)
-    return out
-
-
-def _doc(cfg: Config) -> dict[str, Any]:
-    glob: dict[str, Any] = {"instance": cfg.instance, "public_interface": cfg.public_interface}
-    if cfg.private_interface is not None:
-        glob["private_interface"] = cfg.private_interface
-    glob["network"] = cfg.network
-    if cfg.nat_router is not None:
-        glob["nat_router"] = str(cfg.nat_router)
-    if cfg.nat_router_device is not None:
-        glob["nat_router_device"] = cfg.nat_router_device
-    doc: dict[str, Any] = {"global": glob}
-    tables = {k: getattr(cfg.tables, k) for k in TABLE_KEYS.values() if getattr(cfg.tables, k) != getattr(Tables(), k)}
-    if tables:
-        doc["tables"] = tables
-    defense = {k: getattr(cfg.defense, k) for k in DEFENSE_CF.values()
-               if getattr(cfg.defense, k) != getattr(Defense(), k)}
-    if defense:
-        doc["defense"] = defense
-    timeouts = {k: getattr(cfg.timeouts, k) for k in ("tcp", "tcpfin", "udp")
-                if getattr(cfg.timeouts, k) != getattr(Timeouts(), k)}
-    if timeouts:
-        doc["timeouts"] = timeouts
-    if cfg.ha is not None:
-        doc["ha"] = _ha_doc(cfg.ha)
-    web = _web_doc(cfg.web)
-    if web:
-        doc["web"] = web
-    vss = []
-    for vs in cfg.virtual_servers:
-        if vs.fwmark:
-            d: dict[str, Any] = {"name": vs.name, "fwmark": vs.fwmark, "scheduler": vs.scheduler}
-            d["port_group"] = [{"address": str(g.address), "protocol": g.protocol,
-                                "ports": str(g.low) if g.low == g.high else f"{g.low}-{g.high}"}
-                               for g in vs.port_groups]
-        else:
-            d = {"name": vs.name, "address": str(vs.address), "port": vs.port,
-                 "protocol": vs.protocol, "scheduler": vs.scheduler}
-        if vs.scheduler_flags:
-            d["scheduler_flags"] = list(vs.scheduler_flags)
-        if vs.scheduler == "mh" and vs.mh_size != DEFAULT_MH_SIZE:
-            d["mh_size"] = vs.mh_size
-        if vs.persistent:
-            d["persistent"] = vs.persistent
-        if vs.pmask is not None:
-            d["pmask"] = vs.pmask
-        if vs.sorry_server is not None:
-            d["sorry_server"] = sorry_text(vs.sorry_server)
-        if not vs.active:
-            d["active"] = False
-        if vs.device is not None:
-            d["device"] = vs.device
-        monitor = {f.name: getattr(vs.monitor, f.name) for f in dataclasses.fields(Monitor)
-                   if getattr(vs.monitor, f.name) != getattr(Monitor(), f.name)}
-        for k in LB_MONITOR_SECONDS:
-            if k in monitor and float(monitor[k]).is_integer():
-                monitor[k] = int(monitor[k])
-        if monitor:
-            d["monitor"] = monitor
-        if vs.quiesce_server:
-            d["quiesce_server"] = True
-        if vs.load_monitor is not None:
-            lm = {f.name: getattr(vs.load_monitor, f.name) for f in dataclasses.fields(LoadMonitor)
-                  if f.name == "kind" or getattr(vs.load_monitor, f.name) != getattr(LoadMonitor(), f.name)}
-            for k in ("interval", "timeout"):
-                if k in lm and float(lm[k]).is_integer():
-                    lm[k] = int(lm[k])
-            d["load_monitor"] = lm
-        reals = []
-        for rs in vs.real_servers:
-            r: dict[str, Any] = {"name": rs.name, "address": str(rs.address)}
-            if rs.port is not None:
-                r["port"] = rs.port
-            r["weight"] = rs.weight
-            if not rs.active:
-                r["active"] = False
-            if rs.u_threshold:
-                r["u_threshold"] = rs.u_threshold
-            if rs.l_threshold:
-                r["l_threshold"] = rs.l_threshold
-            reals.append(r)
-        if reals:
-            d["real_server"] = reals
-        vss.append(d)
-    if vss:
-        doc["virtual_server"] = vss
-    return doc
-
-
 def dumps_toml(cfg: Config, extras: dict[str, Any] | None = None, *, source: str | None = None) -> str:
-    """Render ``cfg`` as native TOML; ``extras`` (keys TOML cannot hold) become comments."""
+    """Render ``cfg`` as native TOML; ``extras`` (keys TOML cannot hold) and the warnings become comments."""
     head = []
     if source:
-        head.append(f"# Converted from {source} by `lb import`.")
+        head.append(f"Converted from {source} by `lb import`.")
     if extras and (extras.get("global") or extras.get("virtual")):
-        head.append("# lvs.cf keys lb cannot use yet (kept here for reference only):")
+        head.append("lvs.cf keys lb cannot use yet (kept here for reference only):")
         for k, v in extras.get("global", {}).items():
-            head.append(f"#   {k} = {_fmt(k, v)}")
+            head.append(f"  {k} = {_fmt(k, v)}")
         for name, vx in extras.get("virtual", {}).items():
             for k, v in vx.items():
-                head.append(f"#   virtual {name}: {k} = {_fmt(k, v)}")
-    text = _emit(_doc(cfg))
-    return ("\n".join(head) + "\n\n" if head else "") + text
+                head.append(f"  virtual {name}: {k} = {_fmt(k, v)}")
+    return totoml.dumps(cfg, head + totoml.warning_lines(cfg))

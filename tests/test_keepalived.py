@@ -1,0 +1,364 @@
+"""keepalived.conf read as lb's configuration (lb.config.keepalived): the files of tests/keepalived/
+(shaped like keepalived's own samples) load, `lb check` them clean, `lb import` gives TOML that
+lb's loader reads back to the same model; what lb does differently is a warning with its line;
+what it cannot do is an error naming file:line and keyword."""
+from __future__ import annotations
+
+import dataclasses
+import random
+from ipaddress import IPv4Address, IPv4Interface
+from pathlib import Path
+
+import pytest
+
+from lb.cli.main import main
+from lb.config import ConfigError, format_of, keepalived, load, loads, totoml
+
+DIR = Path(__file__).resolve().parent / "keepalived"
+REPO = DIR.parents[1]
+FILES = ["nat-persistence.conf", "dr-checkers.conf", "tun-group.conf", "fwmark-ftp.conf", "vrrp-primary.conf",
+         "vrrp-backup.conf", "includes.conf"]
+LAB = [REPO / "configs" / "keepalived-lab-dr.conf", REPO / "configs" / "keepalived-lab-nat.conf"]
+
+
+def warned(cfg) -> list[tuple[int | None, str]]:
+    return [(w.line, w.field) for w in cfg.warnings]
+
+
+def error_of(text: str) -> list[tuple[int | None, str, str]]:
+    with pytest.raises(ConfigError) as ei:
+        keepalived.loads(text, "k.conf")
+    return [(i.line, i.field, i.message) for i in ei.value.issues]
+
+
+@pytest.mark.parametrize("path", [DIR / f for f in FILES] + LAB, ids=lambda p: p.name)
+def test_each_file_loads_checks_and_imports_to_the_same_model(path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert format_of(path) == "keepalived"
+    cfg = keepalived.load(path, config_id="lb1")
+    assert main(["check", "--config", str(path)]) == 0
+    assert capsys.readouterr().out.startswith(f"{path}: ok (")
+    assert main(["import", str(path), "--config-id", "lb1"]) == 0
+    toml = capsys.readouterr().out
+    assert toml.startswith(f"# Converted from {path} by `lb import`.\n")
+    assert loads(toml) == dataclasses.replace(cfg, path=None)
+    for w in cfg.warnings:  # every warning names its line in the TOML's header too
+        assert f"#   {w.as_warning()}\n" in toml
+
+
+def test_nat_persistence_digest_ssl_and_sorry_server() -> None:
+    cfg = load(DIR / "nat-persistence.conf")
+    assert (cfg.instance, cfg.network, cfg.public_interface, cfg.private_interface) == ("lvs_nat", "nat", "eth0",
+                                                                                        "eth1")
+    assert cfg.nat_router == IPv4Interface("10.10.10.254/24") and cfg.ha is None
+    app, tls = cfg.virtual_servers
+    assert (app.name, app.port, app.scheduler, app.persistent, app.pmask) == ("192.0.2.10:1358", 1358, "rr", 50,
+                                                                              "255.255.255.0")
+    assert app.sorry_server == (IPv4Address("10.10.10.200"), None)  # the service's own port
+    m = app.monitor
+    assert (m.kind, m.path, m.digest, m.status) == ("http", "/testurl/test.jsp", "640205b7b0fc66c1ea91c463fac6334d",
+                                                    (200, 299))
+    # every 6 s; down after retry 3 + 1 failed checks; back at the first success
+    assert (m.interval, m.timeout, m.reentry, m.connect_timeout) == (6, 24, 0, 3)
+    assert [r.weight for r in app.real_servers] == [1, 2]
+    assert (tls.persistent, tls.monitor.kind, tls.monitor.tls_verify, tls.monitor.status) == (360, "https", False,
+                                                                                             (200, 200))
+    assert tls.real_servers[0].port == 8443
+    assert warned(cfg) == [(6, "global_defs.notification_email"), (9, "global_defs.notification_email_from"),
+                           (10, "global_defs.smtp_server"), (11, "global_defs.smtp_connect_timeout"),
+                           (36, "virtual_server[192.0.2.10 1358].real_server[10.10.10.2 1358].HTTP_GET"
+                                ".delay_before_retry"),
+                           (49, "virtual_server[192.0.2.10 1358].real_server[10.10.10.3 1358].HTTP_GET"
+                                ".delay_before_retry"),
+                           (68, "virtual_server[192.0.2.10 443].real_server[10.10.10.2 8443].SSL_GET.url")]
+
+
+def test_every_checker_kind() -> None:
+    cfg = load(DIR / "dr-checkers.conf")
+    assert (cfg.network, (cfg.timeouts.tcp, cfg.timeouts.tcpfin, cfg.timeouts.udp)) == ("direct", (7200, 60, 120))
+    tcp, misc, smtp, udp, dns, http = cfg.virtual_servers
+    assert (tcp.monitor.kind, tcp.monitor.quiesce, tcp.monitor.timeout) == ("tcp", True, 15)
+    assert (tcp.real_servers[0].u_threshold, tcp.real_servers[0].l_threshold) == (500, 400)
+    assert (misc.monitor.kind, misc.monitor.program, misc.monitor.connect_timeout) == (
+        "program", "/etc/keepalived/check_pg.sh %h 5432", 4)
+    assert misc.monitor.timeout == 10  # MISC_CHECK: no retry by default
+    assert (smtp.monitor.kind, smtp.monitor.expect, smtp.monitor.use_regex) == ("send_expect", "^220", True)
+    assert (udp.protocol, udp.scheduler_flags) == ("udp", ("sh-port",))
+    assert (udp.monitor.kind, udp.monitor.send, udp.monitor.expect) == ("udp", "ping\n", "\\Apong")
+    assert (dns.monitor.kind, dns.monitor.timeout) == ("udp", 24)  # DNS_CHECK: retry 3
+    assert (http.monitor.host, http.monitor.status, http.monitor.body_regex) == ("www.example.org", (200, 204),
+                                                                                 "ok|ready")
+    assert (http.scheduler, http.scheduler_flags) == ("mh", ("mh-fallback",))
+    assert warned(cfg) == [(65, "virtual_server[192.0.2.20 25].real_server[192.0.2.51 25].SMTP_CHECK.helo_name")]
+
+
+def test_dns_check_sends_a_dns_query() -> None:
+    from scapy.layers.dns import DNS
+
+    from lb.health.checks import decode_escapes
+
+    m = load(DIR / "dr-checkers.conf").virtual_servers[4].monitor
+    q = DNS(decode_escapes(m.send).encode("utf-8"))
+    assert (q.id, q.rd, q.qdcount, q.qd[0].qname, q.qd[0].qtype) == (0x4C42, 1, 1, b"example.org.", 1)
+    import re
+
+    reply = DNS(id=0x4C42, qr=1, rd=1, ra=1, qd=q.qd)
+    assert re.search(m.expect, bytes(reply).decode("utf-8", errors="replace"))
+    assert not re.search(m.expect, bytes(DNS(id=7, qr=1, qd=q.qd)).decode("utf-8", errors="replace"))
+
+
+def test_tunnel_group_expands_to_virtual_servers() -> None:
+    cfg = load(DIR / "tun-group.conf")
+    assert cfg.network == "tunnel"
+    assert [vs.name for vs in cfg.virtual_servers] == ["192.0.2.40:80", "192.0.2.41:80", "192.0.2.42:80",
+                                                       "192.0.2.43:80", "192.0.2.40:8080"]
+    assert all(vs.scheduler == "wrr" and [r.weight for r in vs.real_servers] == [2, 1] for vs in cfg.virtual_servers)
+    assert cfg.virtual_servers[4].monitor.port == 80 and cfg.virtual_servers[0].monitor.port is None
+
+
+def test_fwmark_service_with_lb_port_groups() -> None:
+    [ftp] = load(DIR / "fwmark-ftp.conf").virtual_servers
+    assert (ftp.fwmark, ftp.persistent, ftp.address) == (21, 900, IPv4Address("192.0.2.50"))
+    assert [(g.protocol, g.low, g.high) for g in ftp.port_groups] == [("tcp", 21, 21), ("tcp", 10000, 10100)]
+    assert ftp.monitor.port == 21 and all(r.port is None for r in ftp.real_servers)
+    text = (DIR / "fwmark-ftp.conf").read_text().replace("    lb_port_group tcp 192.0.2.50 21\n", "").replace(
+        "    lb_port_group tcp 192.0.2.50 10000-10100\n", "")
+    [(line, fld, msg)] = error_of(text)
+    assert (line, fld) == (8, "virtual_server[fwmark 21].lb_port_group")
+    assert "list the ports your rules marked with 21 in this block" in msg
+
+
+def test_vrrp_pair_maps_to_the_same_ha_on_both_directors() -> None:
+    primary, backup = load(DIR / "vrrp-primary.conf"), load(DIR / "vrrp-backup.conf")
+    assert primary.ha == backup.ha and primary.ha is not None
+    ha = primary.ha
+    assert (str(ha.primary), str(ha.backup), str(ha.primary_private), str(ha.backup_private)) == (
+        "192.0.2.2", "192.0.2.3", "10.0.1.2", "10.0.1.3")
+    assert (ha.keepalive, ha.deadtime, ha.monitor_links, ha.preempt, ha.sync) == (1, 3, True, False, True)
+    assert ha.key_file == Path("/etc/lb/ha.key")
+    assert (primary.nat_router, primary.nat_router_device) == (IPv4Interface("10.0.1.254/24"), "eth1")
+    assert (primary.instance, backup.instance) == ("lvs_primary", "lvs_backup")
+    assert warned(primary) == [(6, "global_defs.enable_script_security"), (16, "vrrp_instance[VI_PUB]"),
+                               (16, "vrrp_instance[VI_PUB]"), (26, "vrrp_instance[VI_PUB].authentication"),
+                               (38, "vrrp_instance[VI_PRIV]")]
+    mapped = primary.warnings[2].message
+    assert mapped.startswith("mapped to [ha]: primary 192.0.2.2, backup 192.0.2.3")
+    assert "lb's heartbeat is not VRRP" in mapped and "both directors move to lb together" in mapped
+
+
+def test_includes_parameters_and_conditional_lines() -> None:
+    one = keepalived.load(DIR / "includes.conf", config_id="lb1")
+    two = keepalived.load(DIR / "includes.conf", config_id="lb2")
+    assert (one.instance, two.instance) == ("director_one", "director_two")
+    web, api = one.virtual_servers
+    assert (web.name, [r.port for r in web.real_servers]) == ("192.0.2.90:80", [8080, 8080])
+    assert (api.name, api.scheduler, api.monitor.kind) == ("192.0.2.90:443", "wlc", "none")  # no checker: always up
+    assert one.warnings == ()
+
+
+def test_errors_in_an_included_file_name_that_file(tmp_path: Path) -> None:
+    (tmp_path / "conf.d").mkdir()
+    (tmp_path / "main.conf").write_text("global_defs {\n  lb_public_interface eth0\n}\ninclude conf.d/*.conf\n")
+    (tmp_path / "conf.d" / "web.conf").write_text(
+        "virtual_server 192.0.2.1 80 {\n  lb_kind DR\n  real_server 192.0.2.5 80 {\n    weight 70000\n  }\n"
+        "  real_server 192.0.2.6 81 {\n  }\n}\n")
+    with pytest.raises(ConfigError) as ei:
+        load(tmp_path / "main.conf")
+    shown = str(tmp_path / "main.conf")[: -len("main.conf")] + "conf.d/web.conf"
+    assert [str(i) for i in ei.value.issues] == [
+        f"{shown}:4: virtual_server[192.0.2.1 80].real_server[192.0.2.5 80].weight: expected an integer "
+        f"0..65535, got '70000'",
+        f"{shown}:6: virtual_server[192.0.2.1 80].real_server[192.0.2.6 81].port: direct routing cannot change "
+        f"the destination port (real server port 81, virtual server port 80); omit port or use network = \"nat\"",
+    ]
+
+
+HEAD = "global_defs {\n  lb_public_interface eth0\n}\n"  # lines 1-3
+VS = "virtual_server 192.0.2.1 80 {\n  lb_kind DR\n  real_server 192.0.2.5 80 {\n  }\n}\n"  # lines 4-8
+
+
+@pytest.mark.parametrize("text, expected", [
+    # the sample of keepalived's documentation: VRRP by multicast, the peer unknown
+    ("vrrp_instance VI_1 {\n  interface eth0\n  virtual_router_id 50\n  virtual_ipaddress {\n    192.0.2.1\n  }\n}\n"
+     + VS.replace("lb_kind DR", "lb_kind NAT"),
+     [(1, "vrrp_instance[VI_1]", "lb's heartbeat goes between the two directors' addresses, and this VRRP instance "
+                                 "advertises by multicast without naming its peer: give unicast_src_ip (this "
+                                 "director's address) and unicast_peer { PEER } (keepalived accepts both)"),
+      (8, "global_defs.nat_router", "NAT: lb owns the real servers' gateway (nat_router) and keepalived.conf does not say it: "
+                         "with VRRP it is a virtual_ipaddress on the real servers' side (e.g. 10.0.0.254/24 dev "
+                         "eth1); without, add `lb_nat_router ADDRESS/PREFIX IF` to global_defs (keepalived ignores "
+                         "it, with a warning)")]),
+    (VS, [(1, "global_defs.public_interface", "cannot tell the public interface (the one that carries the VIPs): keepalived.conf "
+                             "names it only in a vrrp_instance holding the VIPs; add `lb_public_interface IF` to "
+                             "global_defs (keepalived ignores it, with a warning)")]),
+    (HEAD + VS + VS.replace("192.0.2.1 80", "192.0.2.2 80").replace("DR", "NAT"),
+     [(10, "virtual_server[192.0.2.2 80].lb_kind", "lb forwards every virtual server the same way ([global] "
+                                                   "network): this one is NAT, the first (k.conf:5) DR")]),
+    (HEAD + VS.replace("lb_kind DR", "lb_kind DR\n  protocol SCTP"),
+     [(6, "virtual_server[192.0.2.1 80].protocol", "SCTP is not supported (lb balances TCP and UDP)")]),
+    (HEAD + VS.replace("192.0.2.1 80 {", "192.0.2.1 {"),
+     [(4, "virtual_server[192.0.2.1]", "a virtual server without a port (IPVS's persistent port-0 service) is not "
+                                       "supported: give the port, or make it a firewall-mark service (fwmark N "
+                                       "with lb_port_group lines)")]),
+    (HEAD + VS.replace("lb_kind DR", "lvs_method TUN type gue port 6080"),
+     [(5, "virtual_server[192.0.2.1 80].lvs_method", "lb tunnels with IPIP only (type gue and gre are not "
+                                                     "supported)")]),
+    (HEAD + VS.replace("lb_kind DR", "lb_kind DR\n  lb_algo wlc\n  lb_algo rr"),
+     [(7, "virtual_server[192.0.2.1 80].lb_algo", "lb_algo given twice (first at k.conf:6)")]),
+    (HEAD + VS.replace("lb_kind DR", "lb_kind DR\n  lb_algo fastest"),
+     [(6, "virtual_server[192.0.2.1 80].lb_algo", "unknown scheduler 'fastest' (valid: rr, wrr, lc, wlc, sed, nq, "
+                                                  "dh, sh, mh, fo, ovf, lblc, lblcr, twos)")]),
+    (HEAD + 'virtual_server 192.0.2.1 80 {\n  lb_algo "rr\n}\n', [(5, "", "unterminated \"quoted\" string")]),
+    (HEAD + VS[:-2], [(7, "", "missing '}': end of file inside virtual_server (opened at k.conf:4)")]),
+    (HEAD + "}\n", [(4, "", "unexpected '}' (no block is open)")]),
+    (HEAD + "{\n", [(4, "", "unexpected '{' (no keyword opens it)")]),
+    ("a {" * 17 + "}" * 17 + "\n", [(1, "", "blocks nested deeper than 16")]),
+    (HEAD + "include /nonexistent/lb-test/keepalived.conf\n",
+     [(4, "", "cannot read /nonexistent/lb-test/keepalived.conf: no such file")]),
+])
+def test_errors_name_the_line_and_keyword(text: str, expected: list) -> None:
+    assert error_of(text) == expected
+
+
+def test_warnings_for_what_lb_does_not_do() -> None:
+    text = HEAD + """\
+vrrp_script chk {
+  script "/bin/true"
+}
+virtual_server 192.0.2.1 80 {
+  lb_kind DR
+  quorum 2
+  ha_suspend
+  nonsense_keyword 1
+  real_server 192.0.2.5 80 {
+    notify_down /bin/alert
+    PING_CHECK {
+    }
+  }
+  real_server 192.0.2.6 80 {
+    TCP_CHECK {
+      bindto 192.0.2.9
+    }
+    HTTP_GET {
+      url {
+        path /
+      }
+    }
+  }
+}
+"""
+    cfg = keepalived.loads(text, "k.conf")
+    assert [(w.line, w.field, w.message) for w in cfg.warnings] == [
+        (4, "vrrp_script", "not part of lb's configuration: lb's HA runs no track scripts: a director fails over "
+                           "when its heartbeats stop (or its public link goes down, [ha] monitor_links)"),
+        (9, "virtual_server[192.0.2.1 80].quorum", "no effect: lb has no quorum; a sorry_server takes the "
+                                                   "connections while no real server is up"),
+        (10, "virtual_server[192.0.2.1 80].ha_suspend", "no effect: the active director holds every VIP, so its "
+                                                        "checks always run"),
+        (11, "virtual_server[192.0.2.1 80].nonsense_keyword", "unknown keyword (keepalived would report it too): "
+                                                              "ignored"),
+        (12, "virtual_server[192.0.2.1 80].real_server[192.0.2.5 80]", "this real server has no checker (always up "
+                                                                       "in keepalived); lb checks it as the others "
+                                                                       "(TCP_CHECK of virtual_server[192.0.2.1 80]"
+                                                                       ".real_server[192.0.2.6 80])"),
+        (13, "virtual_server[192.0.2.1 80].real_server[192.0.2.5 80].notify_down",
+         "no effect: lb runs no per-server scripts; each transition is logged and shown by `lb status`"),
+        (14, "virtual_server[192.0.2.1 80].real_server[192.0.2.5 80].PING_CHECK",
+         "not supported: lb has no PING check; the real server is not checked"),
+        (19, "virtual_server[192.0.2.1 80].real_server[192.0.2.6 80].TCP_CHECK.bindto",
+         "no effect: lb's checks leave from the director's own address toward the real server"),
+        (21, "virtual_server[192.0.2.1 80].real_server[192.0.2.6 80].HTTP_GET",
+         "no effect: lb runs one check per real server, its first (TCP_CHECK at line 18)"),
+    ]
+    assert cfg.virtual_servers[0].monitor.kind == "tcp"
+
+
+def test_differing_checks_and_udp_hex_wildcards() -> None:
+    text = HEAD + """\
+virtual_server 192.0.2.1 5000 {
+  lb_kind DR
+  protocol UDP
+  real_server 192.0.2.5 5000 {
+    UDP_CHECK {
+      payload 41 42
+      require_reply 4X 43
+    }
+  }
+  real_server 192.0.2.6 5000 {
+    UDP_CHECK {
+      payload 41 42
+      require_reply 4X 43
+      connect_timeout 9
+    }
+  }
+}
+"""
+    cfg = keepalived.loads(text, "k.conf")
+    m = cfg.virtual_servers[0].monitor
+    assert (m.send, m.use_regex) == ("AB", True)
+    assert m.expect == "\\A[" + "".join(f"\\x{v:02x}" for v in range(0x40, 0x50)) + "]C"
+    [w] = cfg.warnings
+    assert (w.line, w.field) == (14, "virtual_server[192.0.2.1 5000].real_server[192.0.2.6 5000].UDP_CHECK")
+    assert w.message.endswith("this one differs in connect_timeout")
+
+
+def test_tcp_check_of_a_udp_service_is_a_warning() -> None:
+    cfg = keepalived.loads(HEAD + VS.replace("lb_kind DR", "lb_kind DR\n  protocol UDP").replace(
+        "80 {\n  }", "80 {\n    TCP_CHECK {\n    }\n  }"), "k.conf")
+    [w] = cfg.warnings
+    assert w.line == 8 and "not with a TCP connection" in w.message
+
+
+def test_format_detection(tmp_path: Path) -> None:
+    for name, text, fmt in (("a.conf", "! Configuration File for keepalived\n", "keepalived"),
+                            ("b.conf", "# comment\nglobal_defs {\n}\n", "keepalived"),
+                            ("c.conf", "virtual_server 192.0.2.1 80 {\n}\n", "keepalived"),
+                            ("d.conf", "[global]\npublic_interface = \"eth0\"\n", "toml"),
+                            ("e.conf", "network = direct\n", "lvscf")):
+        (tmp_path / name).write_text(text)
+        assert format_of(tmp_path / name) == fmt, name
+
+
+def test_limits_and_fuzz_give_config_or_config_error() -> None:
+    """Seeded mutations of the test files: each gives a Config or a ConfigError, nothing else."""
+    rng = random.Random(18)
+    texts = [(DIR / f).read_text() for f in FILES if f != "includes.conf"]
+    alphabet = list("{}\"'#!$@ \n\\") + ["virtual_server", "real_server", "fwmark", "group", "${X}", "$X=",
+                                        "include /dev/null", "999999999999", "-", "/", ":"]
+    for _ in range(300):
+        text = list(rng.choice(texts))
+        for _ in range(rng.randint(1, 8)):
+            i = rng.randrange(len(text))
+            if rng.random() < 0.5:
+                del text[i:i + rng.randint(1, 20)]
+            else:
+                text[i:i] = rng.choice(alphabet)
+        try:
+            keepalived.loads("".join(text), "fuzz.conf", config_id="x")
+        except ConfigError as e:
+            assert e.issues and all(i.path for i in e.issues)
+    # a parameter that expands itself stops, with a reason
+    [(line, _, msg)] = error_of("$A=${A}${A}\nglobal_defs {\n  router_id ${A}\n}\n")
+    assert line == 3 and msg.startswith("parameter substitution does not end")
+    # an include of itself is refused
+    with pytest.raises(ConfigError) as ei:
+        keepalived.load(REPO / "tests" / "keepalived" / "self-include.conf")
+    assert "includes itself" in str(ei.value)
+
+
+def test_lb_import_of_each_format(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["import", str(LAB[1])]) == 0
+    out, err = capsys.readouterr()
+    assert "[ha]\nprimary = \"198.18.0.1\"\nbackup = \"198.18.0.3\"\n" in out
+    assert err.count(": warning: ") == len(load(LAB[1]).warnings) == 3
+    assert totoml.dumps(load(LAB[0])).startswith("[global]\ninstance = \"lab\"\npublic_interface = \"pub0\"\n")
+
+
+def test_script_user_and_misc_check_user_run_programs_as_that_user() -> None:
+    """keepalived's `script_user USER` (global) and MISC_CHECK's `user USER` become lb's script_user."""
+    text = ("global_defs {\n  lb_public_interface eth0\n  script_user nobody\n}\n"
+            "virtual_server 192.0.2.1 80 {\n  lb_kind DR\n  real_server 192.0.2.5 80 {\n"
+            "    MISC_CHECK {\n      misc_path \"/bin/true %h\"\n      user root\n    }\n  }\n}\n")
+    cfg = keepalived.loads(text, "k.conf")
+    assert cfg.script_user == "nobody"
+    assert (cfg.virtual_servers[0].monitor.kind, cfg.virtual_servers[0].monitor.script_user) == ("program", "root")
+    assert not [w for w in warned(cfg) if "user" in w[1]]
