@@ -117,7 +117,7 @@ def test_entry_older_than_the_backups_clock_is_installed_and_forwarded(pair):
 
     a, b = pair
     flow = ("2001:2:0:9::55", "2001:2::10", 43100, 80)
-    mac = _dst(a, _pkt(*flow, "S"))
+    mac = _open(a, flow)
     conns, _ = a.export_conns()
     rec = next(r for _, _, r in conns if r[2] == 43100)
     now = time.clock_gettime_ns(6)                        # CLOCK_MONOTONIC_COARSE, what BPF reads

@@ -19,8 +19,11 @@ def _sum_stats(values: list[bytes]) -> Stats:
     return Stats(*tot)
 
 
-def optional_map(maps: PinnedMaps, name: str):
-    """A map newer than maps.MAP_NAMES (opened on first use; None when the instance lacks it)."""
+def optional_map(maps: PinnedMaps | dict[str, BpfMap], name: str):
+    """A map newer than maps.MAP_NAMES (opened on first use; None when the instance lacks it).
+    A loaded data plane's own maps (a dict by name) have every map already."""
+    if isinstance(maps, dict):
+        return maps.get(name)
     if name not in maps.maps:
         path = os.path.join(maps.dir, name)
         if not os.path.exists(path):
