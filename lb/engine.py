@@ -43,6 +43,7 @@ SHARED_DIR = control.SHARED_DIR
 SWEEP_INTERVAL = 5.0
 NEXTHOP_INTERVAL = 10.0
 ESTIMATE_INTERVAL = 2.0       # IPVS's rate estimator period (ip_vs_est.c)
+DEFENSE_INTERVAL = 1.0        # IPVS's defense_work period (DEFENSE_TIMER_PERIOD)
 
 
 class StartupError(Exception):
@@ -103,7 +104,8 @@ def build_table(cfg, health: dict | None = None, sorry: set | None = None,
     # while this director was cut off, say) expires the entry, and the client's next packet is
     # scheduled afresh -- sloppy, so mid-flow too -- to the server every director picks
     return TableSpec(tuple(services), (t.tcp, t.tcpfin, t.udp), cfg.expire_nodest_conn or sloppy,
-                     lblc_expiration=cfg.lblc_expiration, lblcr_expiration=cfg.lblcr_expiration)
+                     lblc_expiration=cfg.lblc_expiration, lblcr_expiration=cfg.lblcr_expiration,
+                     defense=cfg.defense)
 
 
 def effective_weight(vs, rs, up: bool = True, load: int | None = None, override: int | None = None) -> lbweight.Weight:
@@ -687,6 +689,10 @@ class Engine:
         with self._dp_lock:
             return self.dp.estimate()
 
+    def defend(self) -> None:
+        with self._dp_lock:
+            self.dp.defend()
+
     def status(self) -> dict:
         """What `lb status` shows (the control socket's "status" reply)."""
         services = []
@@ -734,6 +740,9 @@ class Engine:
             counters = self.dp.counters()
             if counters:
                 doc["counters"] = counters
+            defense = self.dp.defense_status()
+            if defense is not None:
+                doc["defense"] = defense
         except Exception as e:  # a status must come back whatever the maps say
             log.warning("reading the data plane's counters: %s", e)
         return doc
@@ -822,7 +831,7 @@ class Engine:
         # the lease's renewal, restarted if it raises (a stopped renewal withdraws every route)
         lease = supervise("bgp-lease", self.bgp.run, logger=log, context=f"instance {self.cfg.instance}") \
             if self.bgp is not None else None
-        last_sweep = last_nh = last_est = loop.time()
+        last_sweep = last_nh = last_est = last_def = loop.time()
         while self._stop is None:
             try:
                 await asyncio.wait_for(self._wake.wait(), timeout=1.0)
@@ -867,6 +876,9 @@ class Engine:
                     n = await blocking(self.sweep)
                     if n:
                         log.debug("swept %d expired connections", n)
+                if now - last_def >= DEFENSE_INTERVAL:
+                    last_def = now
+                    await blocking(self.defend)
                 if now - last_est >= ESTIMATE_INTERVAL:
                     last_est = now
                     await blocking(self.estimate)

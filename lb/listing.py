@@ -91,6 +91,7 @@ __all__ = [
     "format_services",
     "format_connections",
     "format_timeout",
+    "format_counters",
     "largenum",
     "to_json",
 ]
@@ -478,6 +479,23 @@ def format_timeout(tcp: int, tcpfin: int, udp: int) -> str:
 # --------------------------------------------------------------------------
 # JSON
 # --------------------------------------------------------------------------
+
+
+# what the connection tables' tallies (lb_ct_events) are called in `lb list --counters`
+CT_EVENT_TEXT = {"embryo_new": "embryonic entries made", "embryo_promoted": "embryonic entries established",
+                 "embryo_gone": "embryonic entries expired"}
+
+
+def format_counters(counters: dict[str, int], events: dict[str, int], exact: bool = False) -> str:
+    """`lb list --counters`: the data path's event counters (packets passed, dropped or answered
+    for a reason, inserts refused) and the connection tables' tallies, in the layout of
+    `lb list --stats` (a 33-column name, ipvsadm's largenum)."""
+    lines = ["%-33s %8s\n" % ("Data path event", "Packets")]
+    lines += ["%-33s%s\n" % (name, largenum(v, exact)) for name, v in counters.items()]
+    if events:
+        lines.append("%-33s %8s\n" % ("Connection tables", "Count"))
+        lines += ["%-33s%s\n" % (CT_EVENT_TEXT.get(name, name), largenum(v, exact)) for name, v in events.items()]
+    return "".join(lines)
 
 
 def _stats_json(s: Stats) -> dict[str, int]:

@@ -56,6 +56,30 @@ def run(dp: XdpDataplane, prog: str, pkt) -> tuple[int, bytes]:
     return rc, out
 
 
+CONN_TABLES = ("lb_conns", "lb_conns_embryo")        # established, embryonic (bpf/lb_embryo.h)
+TEMPLATE_TABLES = ("lb_persist", "lb_persist_embryo")
+
+
+def conn_items(maps) -> list[tuple[bytes, bytes]]:
+    """(key, value) of every entry of both connection tables (maps: a data plane's maps or
+    PinnedMaps)"""
+    return [kv for name in CONN_TABLES for kv in maps[name].items(batch=False)]
+
+
+def template_items(maps) -> list[tuple[bytes, bytes]]:
+    """(key, value) of every persistence template, established or embryonic"""
+    return [kv for name in TEMPLATE_TABLES for kv in maps[name].items(batch=False)]
+
+
+def conn_get(maps, key: bytes) -> bytes | None:
+    """a connection's value, from whichever table holds it"""
+    for name in CONN_TABLES:
+        raw = maps[name].get(key)
+        if raw is not None:
+            return raw
+    return None
+
+
 def age(dp: XdpDataplane, seconds: float) -> None:
     """Time passes for the data plane's entries: every connection's and persistence template's
     timestamp moves `seconds` back, so the data path (and lb's sweep) find them as old as that
@@ -63,7 +87,7 @@ def age(dp: XdpDataplane, seconds: float) -> None:
     import struct
 
     ns = int(seconds * 1e9)
-    for name in ("lb_conns", "lb_persist"):
+    for name in (*CONN_TABLES, *TEMPLATE_TABLES):
         m = dp.maps[name]
         for k, v in list(m.items()):
             (last,) = struct.unpack_from("=Q", v)

@@ -17,6 +17,7 @@ from lb.config import (
     Config,
     ConfigError,
     ConfigIssue,
+    Defense,
     RealServer,
     Tables,
     Timeouts,
@@ -80,8 +81,11 @@ def test_example() -> None:
     assert cfg.instance == "example"
     assert cfg.network == "nat"
     assert cfg.nat_router == IPv4Interface("198.18.1.254/24")
-    assert cfg.tables == Tables(connections=65536, services=256, real_servers=4096, reals_per_service=64)
+    assert cfg.tables == Tables(connections=65536, services=256, real_servers=4096, reals_per_service=64,
+                                embryonic=16384)
+    assert cfg.tables.embryonic_size() == Tables(connections=65536).embryonic_size() == 16384
     assert cfg.timeouts == Timeouts(tcp=900, tcpfin=120, udp=300)
+    assert cfg.defense == Defense()
     web, dns, ftp = cfg.virtual_servers
     assert (ftp.fwmark, ftp.key, ftp.address, ftp.port, ftp.vips) == (
         21, ("fwm", 21, 0), IPv4Address("198.18.0.11"), 21, (IPv4Address("198.18.0.11"),))

@@ -22,7 +22,7 @@ from lb.dataplane import layout as L
 from lb.dataplane.maps import PinnedMaps
 
 from packets_util import (CLIENT_MAC, PRIV_MAC, PUB_MAC, XDP_PASS, XDP_REDIRECT, XDP_TX,
-                           loaded_dataplane, real_mac, run)
+                           loaded_dataplane, real_mac, run, template_items)
 
 ip = ipaddress.ip_address
 CLIENT = "2001:2:0:9::2"
@@ -210,7 +210,7 @@ def test_persistence_by_prefix_length(dp):
     assert (svc.persistent, svc.netmask) == (360, 64)
     assert {str(r.address): r.persist for r in svc.reals if r.persist} == {first: 1, other: 1}
     # the templates are keyed by the client's /64, as IPVS's ipv6_addr_prefix_copy
-    keys = [L.PERSIST_KEY.unpack(k) for k, _ in dp.maps["lb_persist"].items(batch=False)]
+    keys = [L.PERSIST_KEY.unpack(k) for k, _ in template_items(dp.maps)]
     nets = {str(ipaddress.IPv6Address(k[0])) for k in keys if k[1] == ip(VIP_P).packed}
     assert {"2001:2:0:5::", "2001:2:0:6::"} <= nets
 

@@ -218,6 +218,13 @@ def cmd_status(args) -> int:
         print("\n".join(format_status(doc["bgp"])))
     if doc.get("counters"):
         print("data path: " + ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in doc["counters"].items()))
+    d = doc.get("defense")
+    if d:
+        modes = " ".join(f"{k} {v}" for k, v in d["modes"].items())
+        print(f"defense: {modes}; engaged: {', '.join(d['engaged']) or 'none'}; embryonic table "
+              f"{d['embryonic_free']} of {d['embryonic_size']} free (amemthresh {d['amemthresh']})"
+              + (f"; dropping 1 in {d['drop_rate']} new connections" if d["drop_rate"] else "")
+              + (f"; drop_entry deleted {d['drop_entry_deleted']}" if d["drop_entry_deleted"] else ""))
     for s in doc["services"]:
         state = "" if s["active"] else "  (inactive)"
         where = f"FWM {s['fwmark']}" if s.get("fwmark") else f"{s['protocol'].upper():4} {s['address']}:{s['port']}"
@@ -446,6 +453,15 @@ def cmd_list(args) -> int:
         print(f"lb: {e}", file=sys.stderr)
         return 1
     with maps:
+        if args.counters:
+            counters, events = reader.read_counters(maps), reader.read_ct_events(maps)
+            if args.json:
+                print(json.dumps({"counters": counters, "connection_tables": events}, indent=2))
+            else:
+                from lb import listing
+
+                sys.stdout.write(listing.format_counters(counters, events, args.exact))
+            return 0
         if args.connection and not args.json and not args.service:
             # the connection listing alone: streamed from C buffers (1M entries in about a second)
             sys.stdout.flush()
@@ -462,6 +478,9 @@ def _add_list_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("-n", "--numeric", action="store_true", help="numeric output (always on)")
     p.add_argument("-c", "--connection", action="store_true", help="list connections")
     p.add_argument("--stats", action="store_true", help="packet and byte counters")
+    p.add_argument("--counters", action="store_true",
+                   help="the data path's drop, refusal and defense counters and the connection tables' "
+                        "tallies (xdp data plane)")
     p.add_argument("--rate", action="store_true",
                    help="rates: connections, packets and bytes per second (IPVS's 2 s estimator)")
     p.add_argument("--timeout", action="store_true", help="tcp tcpfin udp timeouts")
@@ -496,11 +515,12 @@ def cmd_decap_attach(args) -> int:
     from lb.dataplane import decap
 
     try:
-        mode, addrs = decap.attach(args.dev, args.address, args.mode)
+        mode, addrs = decap.attach(args.dev, args.address, args.mode, args.sources)
     except decap.DecapError as e:
         print(f"lb: decap: {e}", file=sys.stderr)
         return 1
-    print(f"decap attached to {args.dev} ({mode} mode) for {', '.join(map(str, addrs))}")
+    print(f"decap attached to {args.dev} ({mode} mode) for {', '.join(map(str, addrs))} "
+          f"from {', '.join(map(str, args.sources))}")
     return 0
 
 
@@ -591,6 +611,9 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("dev")
     d.add_argument("--address", action="append", default=[], type=_ip_arg,
                    help="an address tunnels arrive for (repeatable; default: DEV's global addresses)")
+    d.add_argument("--from", dest="sources", action="append", required=True, type=_ip_arg, metavar="ADDR",
+                   help="a director's address, the tunnels' outer source (repeatable, IPv4 and IPv6; "
+                        "tunnels from any other source are dropped)")
     d.add_argument("--mode", choices=["native", "generic"], default="native")
     d.set_defaults(func=cmd_decap_attach)
     d = dsub.add_parser("detach", help="remove the decap program from DEV")

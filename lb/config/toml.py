@@ -60,10 +60,12 @@ from .model import (
     PortGroup,
     RealServer,
     SCHEDULER_FLAGS,
+    Defense,
     Tables,
     Timeouts,
     VirtualServer,
     Web,
+    embryonic_size,
     parse_netmask,
     parse_port,
     parse_prefix_length,
@@ -96,11 +98,20 @@ TIMEOUT_RANGE: Final = (1, 2147483)
 PERSISTENT_RANGE: Final = (0, 2147483)
 _DEFAULT_TABLES: Final = Tables()
 _DEFAULT_TIMEOUTS: Final = Timeouts()
+_DEFAULT_DEFENSE: Final = Defense()
 TABLE_RANGES: Final[dict[str, tuple[int, int]]] = {
     "connections": (1024, 67108864),
     "services": (1, 65536),
     "real_servers": (1, 1048576),
     "reals_per_service": (1, 512),  # the BPF verifier accepts the scheduler loops up to 512
+    "embryonic": (1024, 67108864),  # absent: a quarter of connections (at least 1024)
+}
+# [defense]: IPVS's strategy modes (0 never, 1/2 automatic, 3 always) and their thresholds, and
+# the too-big answers' rate limit
+DEFENSE_RANGES: Final[dict[str, tuple[int, int]]] = {
+    "drop_entry": (0, 3), "drop_packet": (0, 3), "secure_tcp": (0, 3),
+    "amemthresh": (0, 67108864), "am_droprate": (1, 0x7FFFFFFF),
+    "icmp_msgs_per_sec": (0, 1_000_000), "icmp_msgs_burst": (1, 1_000_000),
 }
 
 # lblc_expiration / lblcr_expiration, seconds (the kernel's sysctls are int jiffies)
@@ -108,7 +119,7 @@ EXPIRATION_RANGE: Final = (1, 2_000_000)
 
 # --- known keys (order matters only for messages) ------------------------------
 
-TOP_KEYS: Final = ("global", "tables", "timeouts", "virtual_server", "ha", "web", "control", "bgp")
+TOP_KEYS: Final = ("global", "tables", "timeouts", "defense", "virtual_server", "ha", "web", "control", "bgp")
 GLOBAL_KEYS: Final = (
     "instance", "serial_no", "public_interface", "private_interface",
     "network", "nat_router", "nat_router_device",
@@ -116,6 +127,7 @@ GLOBAL_KEYS: Final = (
 )
 TABLES_KEYS: Final = tuple(TABLE_RANGES)
 TIMEOUTS_KEYS: Final = ("tcp", "tcpfin", "udp")
+DEFENSE_KEYS: Final = tuple(DEFENSE_RANGES)
 VS_KEYS: Final = (
     "name", "address", "port", "protocol", "scheduler",
     "persistent", "pmask", "active", "device", "real_server", "monitor",
@@ -147,6 +159,7 @@ SCHEMA: Final[dict[tuple[str, ...], tuple[str, ...]]] = {
     ("global",): GLOBAL_KEYS,
     ("tables",): TABLES_KEYS,
     ("timeouts",): TIMEOUTS_KEYS,
+    ("defense",): DEFENSE_KEYS,
     ("ha",): HA_KEYS,
     ("web",): WEB_KEYS,
     ("control",): CONTROL_KEYS,
@@ -1227,6 +1240,20 @@ def _check_counts(
         running += n
 
 
+def _check_amemthresh(chk: _Checker, de: _Table | _Invalid, amemthresh: int | None | _Invalid,
+                      tables: dict[str, int | None | _Invalid]) -> None:
+    """amemthresh counts free entries of the embryonic table: at or above its size the automatic
+    defenses would never disengage."""
+    conns, emb = tables.get("connections"), tables.get("embryonic")
+    if isinstance(de, _Invalid) or not isinstance(amemthresh, int) or not isinstance(conns, int) \
+            or not isinstance(emb, int):
+        return
+    size = embryonic_size(conns, emb)
+    if amemthresh and amemthresh >= size:
+        chk.error(de.at("amemthresh"), f"must be below the embryonic table's size ({size} entries: "
+                  f"tables.embryonic, or a quarter of tables.connections), got {amemthresh}")
+
+
 # --- driver ------------------------------------------------------------------------
 
 
@@ -1703,6 +1730,14 @@ def validate(doc: dict[str, Any], display: str, positions: Positions, path: Path
             key, TIMEOUT_RANGE, default=getattr(_DEFAULT_TIMEOUTS, key)
         )
 
+    de = top.table("defense")
+    defense_values: dict[str, int | None | _Invalid] = {}
+    for key, bounds in DEFENSE_RANGES.items():
+        defense_values[key] = INVALID if isinstance(de, _Invalid) else de.integer(
+            key, bounds, default=getattr(_DEFAULT_DEFENSE, key)
+        )
+    _check_amemthresh(chk, de, defense_values["amemthresh"], table_values)
+
     drafts: list[_VirtualDraft | _Invalid] = [
         vs if isinstance(vs, _Invalid) else _check_virtual(vs, user)
         for vs in top.tables("virtual_server")
@@ -1741,6 +1776,7 @@ def validate(doc: dict[str, Any], display: str, positions: Positions, path: Path
         nat_router_device=_valid(nat_router_device),
         tables=Tables(**{k: _valid_int(v) for k, v in table_values.items()}),
         timeouts=Timeouts(**{k: _valid_int(v) for k, v in timeout_values.items()}),
+        defense=Defense(**{k: _valid_int(v) for k, v in defense_values.items()}),
         virtual_servers=tuple(_valid(vs).build() for vs in drafts),
         ha=_valid(ha),
         web=_valid(web),

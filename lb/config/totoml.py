@@ -10,8 +10,8 @@ import dataclasses
 import math
 from typing import Any
 
-from .model import (DEFAULT_MH_SIZE, DEFAULT_SCRIPT_USER, HA, Bgp, Config, Control, LoadMonitor, Monitor, Tables,
-                    Timeouts, Web, sorry_text)
+from .model import (DEFAULT_MH_SIZE, DEFAULT_SCRIPT_USER, HA, Bgp, Config, Control, Defense, LoadMonitor, Monitor,
+                    Tables, Timeouts, Web, sorry_text)
 
 __all__ = ["dumps", "document", "web_document", "control_document", "emit"]
 
@@ -51,7 +51,7 @@ def _toml_value(v: Any) -> str:
 def emit(doc: dict[str, Any]) -> str:
     """Render the loader's document shape (tables of scalars, virtual_server/real_server arrays)."""
     out: list[str] = []
-    for section in ("global", "tables", "timeouts", "ha", "web", "control"):
+    for section in ("global", "tables", "timeouts", "defense", "ha", "web", "control"):
         if section in doc:
             out.append(f"[{section}]")
             out += [f"{k} = {_toml_value(v)}" for k, v in doc[section].items()]
@@ -168,10 +168,14 @@ def document(cfg: Config) -> dict[str, Any]:
     if cfg.script_user != DEFAULT_SCRIPT_USER:
         glob["script_user"] = cfg.script_user
     doc: dict[str, Any] = {"global": glob}
-    tables = {k: getattr(cfg.tables, k) for k in ("connections", "services", "real_servers", "reals_per_service")
-              if getattr(cfg.tables, k) != getattr(Tables(), k)}
+    tables = {f.name: getattr(cfg.tables, f.name) for f in dataclasses.fields(Tables)
+              if getattr(cfg.tables, f.name) != getattr(Tables(), f.name)}
     if tables:
         doc["tables"] = tables
+    defense = {f.name: getattr(cfg.defense, f.name) for f in dataclasses.fields(Defense)
+               if getattr(cfg.defense, f.name) != getattr(Defense(), f.name)}
+    if defense:
+        doc["defense"] = defense
     timeouts = {k: getattr(cfg.timeouts, k) for k in ("tcp", "tcpfin", "udp")
                 if getattr(cfg.timeouts, k) != getattr(Timeouts(), k)}
     if timeouts:

@@ -101,6 +101,14 @@ class Dataplane(abc.ABC):
     def counters(self) -> dict[str, int]:
         """The data path's event counters by name (empty where the backend has none)."""
 
+    # ---- defenses against floods ----
+    def defend(self) -> None:
+        """Once a second: IPVS's defense_work (the kernel runs its own in IPVS mode)."""
+
+    def defense_status(self) -> dict | None:
+        """The defenses' state for `lb status` (None where the kernel keeps it)."""
+        return None
+
     # ---- HA connection sync ----
     @abc.abstractmethod
     def export_conns(self, now_ns: int | None = None) -> tuple[list, list]:

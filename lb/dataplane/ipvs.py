@@ -762,6 +762,7 @@ class IpvsDataplane(Dataplane):
                 self.services[key] = spec
             self._apply_timeouts(k, table.timeouts)
             self._apply_expire_nodest(table.expire_nodest_conn)
+            self._apply_defense(table.defense)
             self._apply_lblc_expiration(table)
         self._apply_marks(table.services)
         self._write_state()
@@ -844,36 +845,42 @@ class IpvsDataplane(Dataplane):
             log.info("firewall-mark rules (nftables table %s): %s", self.marks.table,
                      ("\n  " + text.replace("\n", "\n  ")) if text else "none, table removed")
 
-    def _apply_expire_nodest(self, on: bool) -> None:
-        """IPVS's own sysctl: the kernel drops (0) or expires (1) connections of removed servers."""
-        path = "/proc/sys/net/ipv4/vs/expire_nodest_conn"
+    @staticmethod
+    def _set_sysctl(name: str, want: str, same=lambda have, want: have == want) -> None:
+        """/proc/sys/net/ipv4/vs/<name> = want, written (and logged) only when it differs"""
+        path = f"/proc/sys/net/ipv4/vs/{name}"
         try:
             with open(path) as f:
-                if f.read().strip() == str(int(on)):
+                if same(f.read().strip(), want):
                     return
             with open(path, "w") as f:
-                f.write(str(int(on)))
-            log.info("IPVS expire_nodest_conn = %d", int(on))
+                f.write(want)
+            log.info("IPVS %s = %s", name, want)
         except OSError as e:
             log.warning("cannot set %s: %s", path, e)
+
+    def _apply_expire_nodest(self, on: bool) -> None:
+        """IPVS's own sysctl: the kernel drops (0) or expires (1) connections of removed servers."""
+        self._set_sysctl("expire_nodest_conn", str(int(on)))
+
+    def _apply_defense(self, defense) -> None:
+        """IPVS's defense strategies, its own sysctls (the kernel engages them by its free memory
+        against its amemthresh, which stays the kernel's: lb's amemthresh counts entries of the
+        XDP data plane's embryonic table).  An automatic mode reads 2 while engaged: 1 and 2 are
+        the same setting."""
+        def same(have: str, want: str) -> bool:
+            return have == want or {have, want} == {"1", "2"}
+
+        for name in ("drop_entry", "drop_packet", "secure_tcp"):
+            self._set_sysctl(name, str(getattr(defense, name)), same)
+        self._set_sysctl("am_droprate", str(defense.am_droprate))
 
     def _apply_lblc_expiration(self, table) -> None:
         """The lblc / lblcr modules' sysctls (seconds; they exist once a service loaded the
         module), written only when a service uses the scheduler."""
         for sched in ("lblc", "lblcr"):
-            if not any(s.scheduler == sched for s in table.services):
-                continue
-            path = f"/proc/sys/net/ipv4/vs/{sched}_expiration"
-            want = str(getattr(table, f"{sched}_expiration"))
-            try:
-                with open(path) as f:
-                    if f.read().strip() == want:
-                        continue
-                with open(path, "w") as f:
-                    f.write(want)
-                log.info("IPVS %s_expiration = %s", sched, want)
-            except OSError as e:
-                log.warning("cannot set %s: %s", path, e)
+            if any(s.scheduler == sched for s in table.services):
+                self._set_sysctl(f"{sched}_expiration", str(getattr(table, f"{sched}_expiration")))
 
     def _apply_timeouts(self, k: Kernel, timeouts) -> None:
         want = tuple(int(t) for t in timeouts)

@@ -5,6 +5,7 @@ its module:
     txn.py        the staged map writes of one apply, flushed in dependency order
     services.py   the service / real-server writer (apply, drains, next hops, scheduler tables)
     conntable.py  the connection table: sweep and recount, HA export/import, quiesce baseline
+    defense.py    IPVS's defenses against floods (drop_entry, drop_packet, secure_tcp), counter watch
     rates.py      IPVS's rate estimator
     lblc.py       lblc / lblcr expiry
     attach.py     XDP attach / detach on an interface
@@ -21,6 +22,7 @@ from . import reader
 from .attach import attach_xdp, detach_xdp
 from .base import Dataplane
 from .conntable import ConnTable, SchedBaseline
+from .defense import Defender
 from .errors import DataplaneError
 from .lblc import LblcExpiry
 from .maps import PIN_ROOT, PinnedMaps, have_batch, pin_dir
@@ -53,6 +55,7 @@ class XdpDataplane(Dataplane):
         self.baseline = SchedBaseline(self.maps, self.txn)
         self.table = ServiceTable(self.maps, self.txn, sizes, resolver, self.rates, self.lblc, self.baseline)
         self.conns = ConnTable(self.maps, self.txn, self.table)
+        self.defender = Defender(self.maps, self.txn, self.conns, sizes.embryo)
         self.attached: dict[str, int] = {}      # ifname -> xdp flags
         self.adopted = False
         self.created = False     # this instance made the pin directory (a failed start removes it)
@@ -144,6 +147,7 @@ class XdpDataplane(Dataplane):
     # ---- the table ----
     def apply(self, table: TableSpec) -> int:
         """Make the maps forward `table`; returns the number of map writes it took."""
+        self.defender.configure(table.defense)
         return self.table.apply(table)
 
     def finish_drains(self) -> int:
@@ -157,6 +161,12 @@ class XdpDataplane(Dataplane):
         n = self.conns.sweep(now_ns)
         self.lblc_check_expire(now_ns)
         return n
+
+    def defend(self) -> None:
+        self.defender.tick()
+
+    def defense_status(self) -> dict | None:
+        return self.defender.status()
 
     def lblc_check_expire(self, now_ns: int | None = None, force: bool = False) -> int:
         return self.lblc.check_expire(self.table.lblc_users(), now_ns, force)

@@ -598,11 +598,13 @@ def _start_reals(network: str) -> None:
 
 def _attach_decap(network: str) -> None:
     """tunnel: the real servers take the director's IPIP header off with lb's XDP decap program
-    (this kernel has no ipip module); it goes with their namespaces at down()."""
+    (this kernel has no ipip module), accepting tunnels from both directors' private addresses
+    only; it goes with their namespaces at down()."""
     if network != "tunnel":
         return
     for rs in REALS:
-        run(rs, [sys.executable, "-m", "lb.cli.main", "decap", "attach", "eth0"], timeout=120)
+        run(rs, [sys.executable, "-m", "lb.cli.main", "decap", "attach", "eth0",
+                 "--from", DIRECTOR_PRIV, "--from", DIRECTOR2_PRIV], timeout=120)
 
 
 def _write_state(network: str, complete: bool = True, scale_out: int = 0) -> None:

@@ -18,6 +18,8 @@ import random
 import struct
 from dataclasses import dataclass
 
+from lb.lab.flood import internet_checksum
+
 SCHEDULERS = ("rr", "wrr", "wlc", "lc", "sh", "dh", "mh", "fo", "ovf")
 # Kernel IPVS (6.1, tcp_state_active()) counts SYN_SENT, SYN_RECV, ESTABLISHED and SYNACK
 # connections in ActiveConn, and so does lb's XDP data plane.  Cases whose picks would differ
@@ -225,15 +227,6 @@ def _mh_cases(ports, sports) -> list[Case]:
 
 # ---- raw TCP segments (the guest sends them with IP_HDRINCL; scapy is slow to import there)
 
-def _csum(data: bytes) -> int:
-    if len(data) % 2:
-        data += b"\0"
-    s = sum(struct.unpack(f"!{len(data) // 2}H", data))
-    while s >> 16:
-        s = (s & 0xFFFF) + (s >> 16)
-    return ~s & 0xFFFF
-
-
 def tcp_packet(src: str, dst: str, sport: int, dport: int, flags: str, seq: int = 0, ack: int = 0) -> bytes:
     """IPv4 + TCP (no options, no payload), checksums filled: what scapy's
     IP(src, dst)/TCP(sport, dport, flags, seq, ack) gives."""
@@ -241,10 +234,10 @@ def tcp_packet(src: str, dst: str, sport: int, dport: int, flags: str, seq: int 
     fl = sum(bits[c] for c in flags)
     s, d = ipaddress.IPv4Address(src).packed, ipaddress.IPv4Address(dst).packed
     tcp = struct.pack("!HHIIBBHHH", sport, dport, seq, ack, 5 << 4, fl, 8192, 0, 0)
-    c = _csum(s + d + struct.pack("!BBH", 0, 6, len(tcp)) + tcp)
+    c = internet_checksum(s + d + struct.pack("!BBH", 0, 6, len(tcp)) + tcp)
     tcp = tcp[:16] + struct.pack("!H", c) + tcp[18:]
     ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(tcp), 1, 0, 64, 6, 0, s, d)
-    ip = ip[:10] + struct.pack("!H", _csum(ip)) + ip[12:]
+    ip = ip[:10] + struct.pack("!H", internet_checksum(ip)) + ip[12:]
     return ip + tcp
 
 
