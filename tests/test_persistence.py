@@ -11,7 +11,7 @@ from scapy.layers.l2 import Ether
 from lb.dataplane import RealSpec, ServiceSpec, TableSpec, reader
 from lb.dataplane import layout as L
 from lb.dataplane.maps import PinnedMaps
-from packets_util import CLIENT_MAC, PUB_MAC, XDP_REDIRECT, age, loaded_dataplane, real_mac, run
+from packets_util import CLIENT_MAC, PUB_MAC, XDP_REDIRECT, age, loaded_dataplane, real_mac, run, template_items
 
 ip = ipaddress.ip_address
 REALS = [ip("198.18.1.11"), ip("198.18.1.12"), ip("198.18.1.13")]
@@ -59,7 +59,8 @@ def test_without_persistence_rr_rotates(dp):
 
 
 def _templates(dp, port):
-    return {L.PERSIST_KEY.unpack(k)[0]: L.PERSIST.unpack(v) for k, v in dp.maps["lb_persist"].items()
+    """a port's templates, established or embryonic (a SYN's template waits in lb_persist_embryo)"""
+    return {L.PERSIST_KEY.unpack(k)[0]: L.PERSIST.unpack(v) for k, v in template_items(dp.maps)
             if int.from_bytes(L.PERSIST_KEY.unpack(k)[2], "big") == port}
 
 
@@ -107,6 +108,6 @@ def test_sweep_removes_expired_templates_and_their_count(dp):
     with PinnedMaps(dp.instance) as maps:
         [svc] = reader.read_services(maps)
         assert sum(r.persist for r in svc.reals) == 0
-        left = [k for k, _ in maps["lb_persist"].items()
+        left = [k for k, _ in template_items(maps)
                 if int.from_bytes(L.PERSIST_KEY.unpack(k)[2], "big") == 85]
         assert left == []
