@@ -84,7 +84,8 @@ e.g. a TOML ``send = "...\\r\\n"``); with ``backup_active = 1`` the HA fields Pi
 seconds; they win over Piranha's integer ``keepalive``/``deadtime``, which are written rounded
 up) and ``lb_ha_notify = "/path/a, /path/b"`` (quoted, comma-separated program paths); the web
 console's ``[web]``: ``lb_web_enabled = 0|1``, ``lb_web_listen = ADDRESS:PORT`` and
-``lb_web_password_file`` (quoted path, relative to the lvs.cf when relative).
+``lb_web_password_file`` (quoted path, relative to the lvs.cf when relative); the Prometheus
+endpoint's ``[metrics]``: ``lb_metrics_enabled = 0|1`` and ``lb_metrics_listen = ADDRESS:PORT``.
 
 Validation is the TOML loader's: the lvs.cf is turned into the document tomllib would give for
 the same configuration, with the lvs.cf line and key of each of its fields, and handed to
@@ -184,12 +185,14 @@ LB_MONITOR_KEYS = tuple(f"lb_monitor_{k}" for k in (
     "kind", *LB_MONITOR_STRINGS, "status", "tls_verify", "port", *LB_MONITOR_SECONDS, "quiesce", "escaped"))
 # lb-only keys of the web console ([web]; Piranha's was a separate program)
 LB_WEB_KEYS = {f"lb_web_{k}": k for k in ("enabled", "listen", "password_file")}
+# lb-only keys of the Prometheus endpoint ([metrics])
+LB_METRICS_KEYS = {f"lb_metrics_{k}": k for k in ("enabled", "listen")}
 GLOBAL_MODEL = (
     "network", "nat_router", "nat_nmask", "tcp_timeout", "tcpfin_timeout", "udp_timeout",
     "lb_instance", "lb_public_interface", "lb_private_interface", "lb_expire_nodest_conn",
     "lb_lblc_expiration", "lb_lblcr_expiration",
     "lb_table_connections", "lb_table_services", "lb_table_real_servers", "lb_table_reals_per_service",
-) + LB_HA_KEYS + tuple(LB_WEB_KEYS)
+) + LB_HA_KEYS + tuple(LB_WEB_KEYS) + tuple(LB_METRICS_KEYS)
 VIRTUAL_MODEL = ("address", "active", "port", "protocol", "scheduler", "persistent", "pmask", "fwmark",
                  "lb_port_groups", "lb_scheduler_flags", "sorry_server", "lb_mh_size", "quiesce_server",
                  "load_monitor") + LB_LOAD_MONITOR_KEYS
@@ -640,7 +643,8 @@ class _Builder:
             for key in LB_HA_KEYS:
                 if key in g.entries:
                     g.error(g.entries[key], f"{key} needs backup_active = 1 (a backup director)")
-        self._table(doc, "web", g, LB_WEB_KEYS, lambda cf, key: g.boolean(cf) if key == "enabled" else g.text(cf))
+        for name, keys in (("web", LB_WEB_KEYS), ("metrics", LB_METRICS_KEYS)):
+            self._table(doc, name, g, keys, lambda cf, key: g.boolean(cf) if key == "enabled" else g.text(cf))
 
         vss = []
         first_dev: tuple[str, int, str] | None = None  # the public interface: the first device named
@@ -1228,6 +1232,8 @@ def dumps(cfg: Config, extras: dict[str, Any] | None = None) -> str:
             put("", key, ha_cf[key])
     for cf, value in totoml.web_document(cfg.web).items():
         put("", f"lb_web_{cf}", value)
+    for cf, value in totoml.metrics_document(cfg.metrics).items():
+        put("", f"lb_metrics_{cf}", value)
 
     for vs in cfg.virtual_servers:
         vx = vxs.get(vs.name, {})

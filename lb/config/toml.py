@@ -46,6 +46,7 @@ from .model import (
     IPAddress,
     LOAD_MONITOR_KINDS,
     LoadMonitor,
+    Metrics,
     Monitor,
     PortGroup,
     RealServer,
@@ -98,7 +99,7 @@ EXPIRATION_RANGE: Final = (1, 2_000_000)
 
 # --- known keys (order matters only for messages) ------------------------------
 
-TOP_KEYS: Final = ("global", "tables", "timeouts", "virtual_server", "ha", "web")
+TOP_KEYS: Final = ("global", "tables", "timeouts", "virtual_server", "ha", "web", "metrics")
 GLOBAL_KEYS: Final = (
     "instance", "public_interface", "private_interface",
     "network", "nat_router", "nat_router_device",
@@ -121,6 +122,7 @@ THRESHOLD_RANGE: Final = (0, 0x7FFFFFFF)
 FWM_RANGES_PER_VIP: Final = 16  # lb_fwm_ranges holds 16 port ranges per (VIP, protocol)
 HA_KEYS: Final = tuple(f.name for f in dataclasses.fields(HA))
 WEB_KEYS: Final = ("enabled", "listen", "password_file")
+METRICS_KEYS: Final = ("enabled", "listen")
 
 # Every table the loader reads, by its path without array indexes, with the keys it takes: the one
 # list of what a configuration may say (example.toml is tested against it).
@@ -131,6 +133,7 @@ SCHEMA: Final[dict[tuple[str, ...], tuple[str, ...]]] = {
     ("timeouts",): TIMEOUTS_KEYS,
     ("ha",): HA_KEYS,
     ("web",): WEB_KEYS,
+    ("metrics",): METRICS_KEYS,
     ("virtual_server",): VS_KEYS,
     ("virtual_server", "monitor"): MONITOR_KEYS,
     ("virtual_server", "load_monitor"): LOAD_MONITOR_KEYS,
@@ -1245,22 +1248,8 @@ def _check_web(top: _Table, base: Path | None) -> Web | _Invalid:
     w = top.table("web")
     if isinstance(w, _Invalid):
         return w
-    bad = False
     d = Web()
-    enabled = w.boolean("enabled", d.enabled)
-    bad |= isinstance(enabled, _Invalid)
-    address: IPAddress = d.address
-    port = d.port
-    listen = w.string("listen")
-    if isinstance(listen, _Invalid):
-        bad = True
-    elif isinstance(listen, str):
-        parsed = _parse_listen(listen)
-        if isinstance(parsed, str):
-            w.chk.error(w.at("listen"), parsed)
-            bad = True
-        else:
-            address, port = parsed
+    enabled, address, port, bad = _enabled_listen(w, d)
     password_file: Path | None = None
     pf = w.string("password_file")
     if isinstance(pf, _Invalid):
@@ -1278,6 +1267,39 @@ def _check_web(top: _Table, base: Path | None) -> Web | _Invalid:
     return Web(enabled=_valid(enabled), address=address, port=port, password_file=password_file)
 
 
+def _enabled_listen(t: _Table, default) -> tuple[bool | _Invalid, IPAddress, int, bool]:
+    """The ``enabled`` and ``listen`` keys of a table for a server of lb's ([web], [metrics]):
+    (enabled, address, port, bad), ``default``'s where a key is absent."""
+    enabled = t.boolean("enabled", default.enabled)
+    bad = isinstance(enabled, _Invalid)
+    address: IPAddress = default.address
+    port = default.port
+    listen = t.string("listen")
+    if isinstance(listen, _Invalid):
+        bad = True
+    elif isinstance(listen, str):
+        parsed = _parse_listen(listen)
+        if isinstance(parsed, str):
+            t.chk.error(t.at("listen"), parsed)
+            bad = True
+        else:
+            address, port = parsed
+    return enabled, address, port, bad
+
+
+def _check_metrics(top: _Table) -> Metrics | _Invalid:
+    """[metrics]: the Prometheus endpoint.  Absent: off."""
+    if "metrics" not in top.data:
+        return Metrics()
+    m = top.table("metrics")
+    if isinstance(m, _Invalid):
+        return m
+    enabled, address, port, bad = _enabled_listen(m, Metrics())
+    if bad:
+        return INVALID
+    return Metrics(enabled=_valid(enabled), address=address, port=port)
+
+
 def _parse_listen(text: str) -> tuple[IPAddress, int] | str:
     """ "ADDRESS:PORT" or "[IPv6]:PORT" -> (address, port); a message when it is not one."""
     usage = f'expected ADDRESS:PORT (e.g. "127.0.0.1:8080", or "[::1]:8080" for IPv6), got "{text}"'
@@ -1293,7 +1315,7 @@ def _parse_listen(text: str) -> tuple[IPAddress, int] | str:
     except ValueError:
         if ":" in host and not bracketed:
             return brackets
-        return f"'{host}' is not an IP address (the console listens on an address, not a host name)"
+        return f"'{host}' is not an IP address (lb listens on an address, not a host name)"
     if addr.version == 6 and not bracketed:
         return brackets
     if addr.version == 4 and bracketed:
@@ -1436,6 +1458,7 @@ def validate(doc: dict[str, Any], display: str, positions: Positions, path: Path
 
     ha = _check_ha(top, path)
     web = _check_web(top, path)
+    metrics = _check_metrics(top)
 
     if chk.issues:
         # Report in file order; issues without a line (a missing [global]) first.
@@ -1460,5 +1483,6 @@ def validate(doc: dict[str, Any], display: str, positions: Positions, path: Path
         virtual_servers=tuple(_valid(vs).build() for vs in drafts),
         ha=_valid(ha),
         web=_valid(web),
+        metrics=_valid(metrics),
         warnings=tuple(warnings),
     )

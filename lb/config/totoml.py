@@ -10,9 +10,9 @@ import dataclasses
 import math
 from typing import Any
 
-from .model import DEFAULT_MH_SIZE, HA, Config, LoadMonitor, Monitor, Tables, Timeouts, Web, sorry_text
+from .model import DEFAULT_MH_SIZE, HA, Config, LoadMonitor, Metrics, Monitor, Tables, Timeouts, Web, sorry_text
 
-__all__ = ["dumps", "document", "web_document"]
+__all__ = ["dumps", "document", "metrics_document", "web_document"]
 
 # Monitor fields in seconds: written as integers when whole
 MONITOR_SECONDS = ("interval", "timeout", "reentry", "connect_timeout")
@@ -50,7 +50,7 @@ def _toml_value(v: Any) -> str:
 def _emit(doc: dict[str, Any]) -> str:
     """Render the loader's document shape (tables of scalars, virtual_server/real_server arrays)."""
     out: list[str] = []
-    for section in ("global", "tables", "timeouts", "ha", "web"):
+    for section in ("global", "tables", "timeouts", "ha", "web", "metrics"):
         if section in doc:
             out.append(f"[{section}]")
             out += [f"{k} = {_toml_value(v)}" for k, v in doc[section].items()]
@@ -92,17 +92,27 @@ def _ha_document(ha: HA) -> dict[str, Any]:
     return out
 
 
+def _listener_document(obj: Web | Metrics, default: Web | Metrics) -> dict[str, Any]:
+    """``enabled`` and ``listen`` of a server of lb's when they are not the default."""
+    out: dict[str, Any] = {}
+    if obj.enabled != default.enabled:
+        out["enabled"] = obj.enabled
+    if obj.listen != default.listen:
+        out["listen"] = obj.listen
+    return out
+
+
 def web_document(web: Web) -> dict[str, Any]:
     """The [web] keys that are not the default (lvs.cf: the same as lb_web_*)."""
-    d = Web()
-    out: dict[str, Any] = {}
-    if web.enabled != d.enabled:
-        out["enabled"] = web.enabled
-    if web.listen != d.listen:
-        out["listen"] = web.listen
+    out = _listener_document(web, Web())
     if web.password_file is not None:
         out["password_file"] = str(web.password_file)
     return out
+
+
+def metrics_document(metrics: Metrics) -> dict[str, Any]:
+    """The [metrics] keys that are not the default (lvs.cf: the same as lb_metrics_*)."""
+    return _listener_document(metrics, Metrics())
 
 
 def document(cfg: Config) -> dict[str, Any]:
@@ -129,6 +139,9 @@ def document(cfg: Config) -> dict[str, Any]:
     web = web_document(cfg.web)
     if web:
         doc["web"] = web
+    metrics = metrics_document(cfg.metrics)
+    if metrics:
+        doc["metrics"] = metrics
     vss = []
     for vs in cfg.virtual_servers:
         if vs.fwmark:
