@@ -243,6 +243,9 @@ class Engine:
         self._reload_waiters: list[asyncio.Future] = []   # `lb reload` callers on the control socket
         self._usable: dict[tuple, set] = {}          # service key -> real servers taking new connections
         self._fell_back = False                      # auto: XDP gave way to kernel IPVS
+        # reloads by result (ok, refused, failed), the last one's, and when the running config was loaded
+        self.reloads: dict = {"ok": 0, "refused": 0, "failed": 0, "last_ok": True, "loaded_at": time.time()}
+        self.takeovers = 0                           # HA: times this director became active
 
     # ---- lifecycle ----
     def start(self) -> None:
@@ -611,6 +614,7 @@ class Engine:
         loop = asyncio.get_running_loop()
         if new == ACTIVE:
             self.active = True
+            self.takeovers += 1
             await loop.run_in_executor(None, self._take_addresses)
             loop.run_in_executor(None, self.announce, True)    # the burst runs on by itself
         elif self.active or old == 0:
@@ -654,8 +658,9 @@ class Engine:
         with self._dp_lock:
             return self.dp.estimate()
 
-    def status(self) -> dict:
-        """What `lb status` shows (the control socket's "status" reply)."""
+    def status(self, counters: bool = True) -> dict:
+        """What `lb status` shows (the control socket's "status" reply); without the data path's
+        counters when ``counters`` is false (lb.metrics reads them in its own thread)."""
         services = []
         for vs in self.cfg.virtual_servers:
             reals = []
@@ -672,6 +677,7 @@ class Engine:
                               "changes": mon.changes if mon else 0,
                               "downs": mon.downs if mon else 0, "ups": mon.ups if mon else 0,
                               "checks": mon.checks if mon else 0,
+                              "failures": mon.failures if mon else 0,
                               "reason": mon.reason if mon else None,
                               "dynamic_weight": self.weights.get(key),
                               "override": self.overrides.get(key),
@@ -689,9 +695,12 @@ class Engine:
         doc = {"instance": self.cfg.instance, "pid": os.getpid(),
                "role": self.pulse.role if self.pulse is not None else ("active" if self.active else "starting"),
                "config": str(self.cfg.path), "dataplane": self.dp.kind,
-               "at": time.time(), "services": services}
+               "at": time.time(), "services": services, "reloads": dict(self.reloads),
+               "config_warnings": len(self.cfg.warnings)}
         if self.pulse is not None:
-            doc["ha"] = self.pulse.status()
+            doc["ha"] = dict(self.pulse.status(), takeovers=self.takeovers)
+        if not counters:
+            return doc
         try:
             counters = self.dp.counters()
             if counters:
@@ -705,14 +714,23 @@ class Engine:
             msg = self.reload_or_raise()
         except ReloadRefused as e:
             log.error("%s", e)
+            self._count_reload("refused")
             return {"ok": False, "error": str(e),
                     "issues": [{"path": i.path, "line": i.line, "field": i.field, "message": i.message}
                                for i in e.issues]}
         except Exception as e:     # e.g. the data plane refused a write: the caller must know
             log.exception("reload failed")
+            self._count_reload("failed")
             return {"ok": False, "error": f"reload failed: {type(e).__name__}: {e}"}
         log.info("%s", msg)
+        self._count_reload("ok")
         return {"ok": True, "message": msg}
+
+    def _count_reload(self, result: str) -> None:
+        self.reloads[result] += 1
+        self.reloads["last_ok"] = result == "ok"
+        if result == "ok":
+            self.reloads["loaded_at"] = time.time()
 
     def _load_status(self, key) -> dict | None:
         entry = self.loads.get(key)
@@ -765,6 +783,8 @@ class Engine:
             await server.start()
         except OSError as e:         # forwarding goes on; only `lb status`/`lb reload` are missing
             log.error("no control socket: %s", e)
+        from lb import metrics as lbmetrics
+        metrics = await lbmetrics.start(self)      # serves only when [metrics] enables it
         web = None
         if self.cfg.web.enabled:     # lb.web logs why when it cannot start; forwarding goes on
             try:
@@ -792,6 +812,7 @@ class Engine:
                         self.sync_monitors()
                         self.sync_load_monitors()
                         self.sync_overrides()
+                        await blocking(lambda: metrics.reconfigure(self.cfg.metrics))
                         if web is not None:
                             web.reloaded(self.cfg)
                     for fut in waiters:
@@ -833,6 +854,7 @@ class Engine:
                 fut.set_result({"ok": False, "error": "the daemon is stopping"})
         if web is not None:
             await web.stop()
+        await blocking(metrics.stop)
         await server.stop()
         if self.pulse is not None:
             await self.pulse.stop()
