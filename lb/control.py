@@ -9,6 +9,9 @@ One JSON request per connection, one JSON reply, each a single line:
                        -> {"ok": true, "message": "..."} once the table is applied, or
                           {"ok": false, "error": "..."} (unknown service or server, bad weight)
 
+    {"cmd": "zero", "service": ["tcp", "198.18.0.10", 80] | ["fwmark", 21] | null}
+                       -> {"ok": true, "message": "..."}: ipvsadm -Z (`lb zero`)
+
 "weight" is the operator's override of one real server's weight (`lb weight`, `lb quiesce`,
 `lb activate`): service by name (or VIP:PORT), server by name, ADDR or ADDR:PORT, weight
 0..65535 (0 quiesces: open connections go on, no new ones) or null to clear it.  It lives in

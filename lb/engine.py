@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import json
 import logging
 import os
@@ -751,7 +752,29 @@ class Engine:
             return await fut
         if cmd == "weight":
             return await self._weight_reply(req)
-        return {"ok": False, "error": f"unknown command {cmd!r} (status, reload, weight)"}
+        if cmd == "zero":
+            return await self._zero_reply(req.get("service"))
+        return {"ok": False, "error": f"unknown command {cmd!r} (status, reload, weight, zero)"}
+
+    async def _zero_reply(self, service) -> dict:
+        """`lb zero`: the data plane's counters and rates of one service (["tcp", VIP, PORT] or
+        ["fwmark", MARK]) or of all (null), as ipvsadm -Z."""
+        try:
+            key = None if service is None else (
+                ("fwmark", int(service[1])) if service[0] == "fwmark"
+                else (str(service[0]), ipaddress.ip_address(service[1]), int(service[2])))
+        except (TypeError, ValueError, IndexError, KeyError):
+            return {"ok": False, "error": f"service: {service!r} is not [protocol, address, port] or "
+                                          f"[\"fwmark\", mark]"}
+
+        def zero():
+            with self._dp_lock:
+                return self.dp.zero_stats(key)
+        try:
+            n = await asyncio.get_running_loop().run_in_executor(None, zero)
+        except LookupError:
+            return {"ok": False, "error": "no such service"}
+        return {"ok": True, "message": f"counters of {n} virtual service{'' if n == 1 else 's'} zeroed"}
 
     # ---- the loop ----
     async def run(self) -> None:

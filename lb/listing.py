@@ -16,6 +16,7 @@ Public API
   --persistent-conn|--tun-info] [--exact] [--nosort]``
 - :func:`format_connections` -- ``ipvsadm -L -n -c``
 - :func:`format_timeout`   -- ``ipvsadm -L --timeout``
+- :func:`format_save`      -- ``ipvsadm -S -n`` (rules ``ipvsadm -R`` reads back)
 - :func:`largenum`         -- ipvsadm's number formatter for stats columns
 - :func:`to_json`          -- the ``lb list --json`` document (shape below)
 - :data:`MODES`, :data:`JSON_SCHEMA_VERSION`
@@ -91,6 +92,7 @@ __all__ = [
     "format_services",
     "format_connections",
     "format_timeout",
+    "format_save",
     "largenum",
     "to_json",
 ]
@@ -473,6 +475,54 @@ def format_connections(conns: list[ConnRow], *, sort: bool = False) -> str:
 def format_timeout(tcp: int, tcpfin: int, udp: int) -> str:
     """``ipvsadm -L --timeout``."""
     return "Timeout (tcp tcpfin udp): %d %d %d\n" % (int(tcp), int(tcpfin), int(udp))
+
+
+# --------------------------------------------------------------------------
+# ipvsadm -S -n
+# --------------------------------------------------------------------------
+
+# ipvsadm's fwd_switch(): the option of each forwarding method (Local is written as -g)
+_FWD_SWITCH = {"Masq": "-m", "Tunnel": "-i", "Route": "-g", "Local": "-g"}
+_PROTO_SWITCH = {"TCP": "-t", "UDP": "-u", "SCTP": "--sctp-service"}
+
+
+def _rule_service(svc: ServiceRow) -> str:
+    """The service part of a rule: ``-t addr:port``, ``-u ...``, ``-f MARK`` (``-f MARK -6``)."""
+    fam = _service_family(svc)
+    if svc.fwmark:
+        return "-f %u" % _u32(svc.fwmark) + (" -6" if fam == 6 else "")
+    assert svc.address is not None
+    return "%s %s" % (_PROTO_SWITCH[svc.protocol.upper()], _addrport(svc.address, svc.port))
+
+
+def format_save(services: list[ServiceRow], *, sort: bool = True) -> str:
+    """``ipvsadm -S -n`` (ipvsadm.c print_service_entry with FMT_RULE): one ``-A`` line per service
+    (scheduler, ``-b`` flags, ``-p`` timeout and ``-M`` mask when persistent, ``-o``), then one
+    ``-a`` line per real server (``-r``, its method, ``-w``, ``-x``/``-y`` thresholds when set);
+    no header.  ``ipvsadm -R`` reads it back: the way from lb to plain IPVS."""
+    out: list[str] = []
+    for svc in _ordered_services(services, sort):
+        name = _rule_service(svc)
+        line = "-A %s -s %s" % (name, svc.scheduler)
+        if svc.sched_flags:
+            line += " -b %s" % ",".join(svc.sched_flags)
+        if svc.persistent is not None:
+            line += " -p %u" % _u32(svc.persistent)
+            mask = _mask_text(svc, _service_family(svc))
+            if mask is not None:
+                line += " -M %s" % mask
+        if svc.ops:
+            line += " -o"
+        out.append(line + "\n")
+        for real in _ordered_reals(svc, sort):
+            line = "-a %s -r %s %s -w %d" % (name, _addrport(real.address, real.port),
+                                             _FWD_SWITCH.get(real.forward, "-g"), int(real.weight))
+            if real.u_threshold:
+                line += " -x %u" % _u32(real.u_threshold)
+            if real.l_threshold:
+                line += " -y %u" % _u32(real.l_threshold)
+            out.append(line + "\n")
+    return "".join(out)
 
 
 # --------------------------------------------------------------------------

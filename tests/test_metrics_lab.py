@@ -90,6 +90,14 @@ def test_metrics_equal_lb_list_and_follow_health(lab, lb_runner, tmp_path):
     assert one(samples, "lb_dataplane_up") == 1 and one(samples, "lb_up") == 1
     assert one(samples, "lb_dataplane_events_total", event="no_real_server") == 0
 
+    # `lb zero` through the running daemon: lb list and the metrics both start again from 0
+    subprocess.run([LB, "zero", "--instance", "lab"], check=True, capture_output=True, timeout=60)
+    listed, samples = stable_pair(lab)
+    assert set(listed.values()) == {(0, 0, 0, 0, 0)}
+    assert {v for (n, _ls), v in samples.items()
+            if n.startswith(("lb_real_server_", "lb_virtual_server_")) and n.endswith("_total")
+            and not n.startswith("lb_real_server_health")} == {0}
+
     # a reload is counted; a dead real server shows as down, out of rotation, its checks failing
     subprocess.run([LB, "reload", "--instance", "lab"], check=True, capture_output=True, timeout=60)
     assert one(scrape(lab), "lb_config_reloads_total", result="ok") == 1
