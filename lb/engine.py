@@ -393,7 +393,7 @@ class Engine:
         log_warnings(new)
         want = addresses.wanted_addresses(new)
         if self.active:
-            addresses.take([a for a in want if a not in self.owned])
+            self.announce(True, addresses.take([a for a in want if a not in self.owned]))
         with self._dp_lock:
             self._apply(self._table(new), new)
         if self.active:
@@ -603,12 +603,17 @@ class Engine:
     def _release_addresses(self) -> None:
         addresses.release(self.owned)
 
-    def announce(self, burst: bool = True) -> None:
+    def announce(self, burst: bool = True, addrs=None) -> None:
+        """Gratuitous ARP / unsolicited NA for the addresses this director holds (or ``addrs``),
+        with or without [ha]: at start, when a reload adds a VIP, at a takeover (a burst) and
+        every garp_refresh while active (one round)."""
         ha = self.cfg.ha
-        if not self.active or ha is None:
+        addrs = self.owned if addrs is None else addrs
+        if not self.active or not addrs:
             return
-        n = ha_announce.announce(self.owned, ha.garp_count if burst else 1, ha.garp_interval)
-        log.info("announced %d addresses (%d frames)", len(self.owned), n)
+        count, interval = (ha.garp_count, ha.garp_interval) if ha else (ha_announce.COUNT, ha_announce.INTERVAL)
+        n = ha_announce.announce(addrs, count if burst else 1, interval)
+        log.info("announced %d addresses (%d frames)", len(addrs), n)
 
     async def on_role(self, new: int, old: int) -> None:
         from lb.ha.pulse import ACTIVE
@@ -818,6 +823,8 @@ class Engine:
         if self.pulse is not None:
             await blocking(ha_announce.warm_up)      # scapy loads now, not during a takeover
             await self.pulse.start()
+        else:                                        # the one director: its neighbours learn the VIPs now
+            blocking(self.announce)                  # (the burst runs on by itself)
         last_sweep = last_nh = last_est = loop.time()
         while self._stop is None:
             try:

@@ -588,6 +588,31 @@ def cmd_decap_detach(args) -> int:
     return 0
 
 
+def cmd_send_arp(args) -> int:
+    """Piranha's send_arp: gratuitous ARP (IPv4) or an unsolicited neighbour advertisement (IPv6)
+    for ADDR from DEV's MAC, so that the segment's neighbours send ADDR's traffic to this host."""
+    from lb.ha import addresses, announce
+
+    logging.basicConfig(level=logging.WARNING, format="lb: %(message)s", stream=sys.stderr)
+    if args.count < 1 or not 0 <= args.interval <= 60:
+        print("lb: send-arp: --count is 1 or more, --interval 0 to 60 seconds", file=sys.stderr)
+        return 2
+    if not addresses.interface_exists(args.dev):
+        print(f"lb: send-arp: interface {args.dev} does not exist", file=sys.stderr)
+        return 1
+    try:
+        n = announce.send_arp(args.dev, args.address, args.count, args.interval)
+    except PermissionError:
+        print("lb: send-arp: sending raw frames needs root (CAP_NET_RAW)", file=sys.stderr)
+        return 1
+    if not n:
+        print(f"lb: send-arp: nothing sent on {args.dev}", file=sys.stderr)
+        return 1
+    what = "gratuitous ARP" if args.address.version == 4 else "unsolicited neighbour advertisement"
+    print(f"{args.address} announced on {args.dev} ({announce._mac(args.dev)}): {n} {what} frame{'s' * (n > 1)}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="lb", description="Linux Virtual Server director with an XDP data plane")
     sub = ap.add_subparsers(dest="command", required=True)
@@ -673,6 +698,14 @@ def build_parser() -> argparse.ArgumentParser:
     d = dsub.add_parser("detach", help="remove the decap program from DEV")
     d.add_argument("dev")
     d.set_defaults(func=cmd_decap_detach)
+
+    p = sub.add_parser("send-arp", help="announce ADDR on DEV: gratuitous ARP / unsolicited neighbour "
+                                        "advertisement (Piranha's send_arp)")
+    p.add_argument("address", metavar="ADDR", type=_ip_arg, help="the IPv4 or IPv6 address to announce")
+    p.add_argument("dev", metavar="DEV", help="the interface whose MAC the neighbours are to use")
+    p.add_argument("--count", type=int, default=1, help="frames to send (default 1)")
+    p.add_argument("--interval", type=float, default=0.1, help="seconds between them (default 0.1)")
+    p.set_defaults(func=cmd_send_arp)
 
     p = sub.add_parser("passwd", help="set the web console's password (a salted scrypt hash, mode 0600)")
     g = p.add_mutually_exclusive_group()
