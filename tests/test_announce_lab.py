@@ -46,7 +46,7 @@ def test_single_director_announces_at_start_and_on_reload(lab, lb_runner, tmp_pa
     config = tmp_path / "lab-dr.toml"
     base = (REPO / "configs" / "lab-dr.toml").read_text()
     config.write_text(base)
-    proc = lb_runner.start(config)
+    proc = lb_runner.start(config, wait=False).wait_running(timeout=180)   # bcc compiles: slow under load
     wait_mac(lab, VIP, mac)
     proc.wait_log("announced 1 addresses")
     assert client_mac(lab, NEW_VIP) == WRONG            # not announced: not the director's yet

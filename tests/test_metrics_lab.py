@@ -65,7 +65,7 @@ def test_metrics_equal_lb_list_and_follow_health(lab, lb_runner, tmp_path):
     config = tmp_path / "lab-dr.toml"
     config.write_text((REPO / "configs" / "lab-dr.toml").read_text()
                       + f'\n[metrics]\nenabled = true\nlisten = "{LISTEN}"\n')
-    proc = lb_runner.start(config)
+    proc = lb_runner.start(config, wait=False).wait_running(timeout=180)   # bcc compiles: slow under load
     proc.wait_log(f"metrics on http://{LISTEN}/metrics")
 
     assert len(get(lab, 12)) == 12

@@ -613,6 +613,27 @@ def cmd_send_arp(args) -> int:
     return 0
 
 
+def cmd_realserver(args) -> int:
+    """`lb realserver check|setup`: a real server's side of direct routing and tunneling."""
+    from lb import realserver
+
+    logging.basicConfig(level=logging.WARNING, format="lb: %(message)s", stream=sys.stderr)
+    write = sys.stdout.write
+    try:
+        if args.rs_command == "check":
+            return realserver.check(args.mode, args.vips, args.arp, args.dev, write)
+        if args.undo:
+            return realserver.undo(args.vips, write)
+        return realserver.setup(args.mode, args.vips, args.arp, args.dev, write)
+    except PermissionError as e:
+        print(f"lb: realserver: {e.filename or e}: permission denied (run it as root)", file=sys.stderr)
+    except (realserver.RealServerError, OSError, ValueError) as e:
+        print(f"lb: realserver: {e}", file=sys.stderr)
+    except Exception as e:       # decap's own errors (DecapError) and netlink's, in words
+        print(f"lb: realserver: {type(e).__name__}: {e}", file=sys.stderr)
+    return 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="lb", description="Linux Virtual Server director with an XDP data plane")
     sub = ap.add_subparsers(dest="command", required=True)
@@ -706,6 +727,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--count", type=int, default=1, help="frames to send (default 1)")
     p.add_argument("--interval", type=float, default=0.1, help="seconds between them (default 0.1)")
     p.set_defaults(func=cmd_send_arp)
+
+    p = sub.add_parser("realserver", help="on a real server: check or set up what direct routing or "
+                                          "tunneling needs (VIP on lo, no ARP for it, decap)")
+    rsub = p.add_subparsers(dest="rs_command", required=True)
+    for name, text in (("check", "report each point as ok or missing, with the command that fixes it "
+                                 "(exit status 1 when any is missing)"),
+                       ("setup", "make the missing points so (again: nothing to do); --undo takes back "
+                                 "what setup did")):
+        r = rsub.add_parser(name, help=text)
+        r.add_argument("--mode", choices=["dr", "tunnel"], required=True,
+                       help="the virtual services' network: dr (direct routing) or tunnel")
+        r.add_argument("--arp", choices=["sysctl", "arptables"], default="sysctl",
+                       help="keep the real server from answering ARP for the VIP by arp_ignore=1 / "
+                            "arp_announce=2 (default) or by arptables rules (the Piranha manual's way)")
+        r.add_argument("--dev", help="the interface facing the director (default: the default route's)")
+        if name == "setup":
+            r.add_argument("--undo", action="store_true", help="remove what setup added for these VIPs")
+        r.add_argument("vips", nargs="+", metavar="VIP", type=_ip_arg, help="the virtual IP addresses")
+        r.set_defaults(func=cmd_realserver)
 
     p = sub.add_parser("passwd", help="set the web console's password (a salted scrypt hash, mode 0600)")
     g = p.add_mutually_exclusive_group()
