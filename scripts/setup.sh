@@ -13,9 +13,10 @@ log() { printf 'setup: %s\n' "$*"; }
 
 # 1. Debian packages. bcc comes from Debian (not on PyPI); nginx is the real servers' HTTP server;
 #    haproxy (the HTTP benchmark's peer) and netsniff-ng (trafgen) are for bench/; nftables (nft)
-#    marks firewall-mark services' packets in the IPVS data plane (host tests and the IPVS VM).
+#    marks firewall-mark services' packets in the IPVS data plane (host tests and the IPVS VM);
+#    arptables is for the tests of `lb realserver --arp arptables` (a real server's, not the director's).
 PKGS=(python3-bpfcc libbpfcc linux-headers-amd64 iproute2 ethtool nginx-light curl wrk
-      tcpdump bpftool procps psmisc kmod haproxy netsniff-ng nftables)
+      tcpdump bpftool procps psmisc kmod haproxy netsniff-ng nftables arptables)
 missing=()
 for p in "${PKGS[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
