@@ -185,16 +185,22 @@ def test_without_ha_or_dataplane():
     assert value(s, "lb_real_server_up", server="rs2") == 0      # what the engine knows is still there
 
 
-def test_names_follow_prometheus_conventions_and_are_documented():
+def documented() -> set[str]:
+    """The metric names docs/metrics.md lists."""
     text = DOCS.read_text()
-    reg = CollectorRegistry(auto_describe=False)
-    reg.register(metrics.Collector(Source()))
-    documented = set(re.findall(r"`(lb_[a-z_]+)`", text))
+    names = set(re.findall(r"`(lb_[a-z_]+)`", text))
     # "`_incoming_packets_total`"-style suffixes in a row stand for the row's first name's prefix
     for row in text.splitlines():
-        names = re.findall(r"`(lb_[a-z_]+?)_(?:connections|incoming|outgoing|sync)", row)
+        prefixes = re.findall(r"`(lb_[a-z_]+?)_(?:connections|incoming|outgoing|sync)", row)
         for suffix in re.findall(r"`(_[a-z_]+)`", row):
-            documented |= {n + suffix for n in names}
+            names |= {n + suffix for n in prefixes}
+    return names
+
+
+def test_names_follow_prometheus_conventions_and_are_documented():
+    reg = CollectorRegistry(auto_describe=False)
+    reg.register(metrics.Collector(Source()))
+    docs = documented()
     for fam in text_string_to_metric_families(generate_latest(reg).decode()):
         assert fam.name.startswith("lb_"), fam.name
         if fam.type == "counter":
@@ -204,7 +210,17 @@ def test_names_follow_prometheus_conventions_and_are_documented():
             continue                       # documented as lb_dataplane_<name>
         if fam.type == "info":
             name = fam.name + "_info"
-        assert name in documented or fam.name in documented, name
+        assert name in docs or fam.name in docs, name
+
+
+def test_the_grafana_dashboard_uses_only_documented_metrics():
+    import json
+
+    dash = json.loads((DOCS.parent / "grafana-dashboard.json").read_text())
+    exprs = [t["expr"] for p in dash["panels"] for t in p.get("targets", [])]
+    exprs += [v["definition"] for v in dash["templating"]["list"]]
+    used = {n for e in exprs for n in re.findall(r"\b(lb_[a-z_]+)", e)}
+    assert used and used <= documented(), used - documented()
 
 
 # ---- the endpoint ----------------------------------------------------------------------------
