@@ -393,7 +393,7 @@ class Engine:
         log_warnings(new)
         want = addresses.wanted_addresses(new)
         if self.active:
-            self.announce(True, addresses.take([a for a in want if a not in self.owned]))
+            self.announce(True, addresses.take([a for a in want if a not in self.owned]) or [])
         with self._dp_lock:
             self._apply(self._table(new), new)
         if self.active:
