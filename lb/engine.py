@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import ipaddress
 import json
 import logging
@@ -19,6 +20,7 @@ import time
 
 from lb import config as lbconfig
 from lb import control
+from lb.confedit import ConfigRequests, restart_needed
 from lb import weight as lbweight
 from lb.config.model import FORWARD_OF_NETWORK
 from lb.config.model import endpoint_text as _endpoint
@@ -33,10 +35,12 @@ from lb.dataplane.xdp import XdpDataplane
 from lb.ha import addresses
 from lb.ha import announce as ha_announce
 from lb.health import CheckSpec, LoadMonitorTask, LoadSpec, Monitor, NannyPolicy
+from lb.tasks import supervise
 
 log = logging.getLogger("lb.engine")
 
 RUN_DIR = "/run/lb"
+SHARED_DIR = control.SHARED_DIR
 SWEEP_INTERVAL = 5.0
 NEXTHOP_INTERVAL = 10.0
 ESTIMATE_INTERVAL = 2.0       # IPVS's rate estimator period (ip_vs_est.c)
@@ -64,6 +68,8 @@ def build_table(cfg, health: dict | None = None, sorry: set | None = None,
     gets the sorry server as its only real server; the keys of those services are added to
     ``sorry`` when it is given."""
     forward = FORWARD_OF_NETWORK[cfg.network]
+    # lb.bgp active-active: every service schedules mid-flow TCP packets (ECMP moved the flow here)
+    sloppy = cfg.bgp is not None and cfg.bgp.active_active
     health = health or {}
     weights = weights or {}
     overrides = overrides or {}
@@ -91,9 +97,13 @@ def build_table(cfg, health: dict | None = None, sorry: set | None = None,
                               weight_source=w.source)]
             if sorry is not None:
                 sorry.add(vs.key)
-        services.append(ServiceSpec.from_config(vs, reals, dead))
+        spec = ServiceSpec.from_config(vs, reals, dead)
+        services.append(dataclasses.replace(spec, sloppy=True) if sloppy else spec)
     t = cfg.timeouts
-    return TableSpec(tuple(services), (t.tcp, t.tcpfin, t.udp), cfg.expire_nodest_conn,
+    # active-active: a packet of an entry whose real server has left (its health check failed
+    # while this director was cut off, say) expires the entry, and the client's next packet is
+    # scheduled afresh -- sloppy, so mid-flow too -- to the server every director picks
+    return TableSpec(tuple(services), (t.tcp, t.tcpfin, t.udp), cfg.expire_nodest_conn or sloppy,
                      lblc_expiration=cfg.lblc_expiration, lblcr_expiration=cfg.lblcr_expiration)
 
 
@@ -192,7 +202,7 @@ def check_spec(vs, rs) -> tuple[CheckSpec, NannyPolicy]:
     spec = CheckSpec(kind=kind, host=str(rs.address), port=m.port or rs.effective_port(vs), send=m.send,
                      expect=m.expect, use_regex=m.use_regex, path=m.path, host_header=m.host,
                      status=m.status, body_regex=m.body_regex, digest=m.digest, tls_verify=m.tls_verify,
-                     program=m.program, connect_timeout=m.connect_timeout)
+                     program=m.program, connect_timeout=m.connect_timeout, user=m.script_user)
     return spec, NannyPolicy(interval=m.interval, timeout=m.timeout, reentry=m.reentry)
 
 
@@ -247,6 +257,9 @@ class Engine:
         # reloads by result (ok, refused, failed), the last one's, and when the running config was loaded
         self.reloads: dict = {"ok": 0, "refused": 0, "failed": 0, "last_ok": True, "loaded_at": time.time()}
         self.takeovers = 0                           # HA: times this director became active
+        self.configs = ConfigRequests(self)          # the control socket's configuration requests
+        self.configsync = None                       # HA: lb.ha.configsync (the config push)
+        self.bgp = None                              # lb.bgp.Announcer with [bgp]: the VIPs announced
 
     # ---- lifecycle ----
     def start(self) -> None:
@@ -260,6 +273,9 @@ class Engine:
             except (OSError, ValueError) as e:
                 raise StartupError(f"{self.cfg.path or '<config>'}: ha: {e}") from None
         self._restore_overrides()
+        if self.cfg.bgp is not None:
+            from lb.bgp import Announcer
+            self.bgp = Announcer(self.cfg)
         self._load_dataplane()
         self.owned = addresses.wanted_addresses(self.cfg)
         if self.active:
@@ -270,6 +286,13 @@ class Engine:
             log.info("HA: starting without the virtual addresses until pulse decides the role")
         self._apply(self._table(self.cfg), self.cfg)
         self._attach_dataplane()
+        if self.bgp is not None:
+            from lb.bgp import BgpError
+            try:
+                self.bgp.start()
+            except BgpError as e:
+                raise StartupError(f"{self.cfg.path or '<config>'}: {e}") from None
+            self.bgp.update(attached=self._attached(), active=self.active)
         os.makedirs(RUN_DIR, exist_ok=True)
         with open(pidfile(self.cfg.instance), "w") as f:
             f.write(f"{os.getpid()}\n")
@@ -309,6 +332,11 @@ class Engine:
                          "restart from zero (%d existing connections left out)",
                          ", ".join(f"{a}:{p}" for a, p in sorted(joined, key=str)), svc.name, n)
         self._usable = usable
+        if self.bgp is not None:
+            self.bgp.update(table, attached=self._attached(), active=self.active)
+
+    def _attached(self) -> bool:
+        return self.cfg.public_interface in self.dp.attached
 
     def refresh_sched_base(self) -> int:
         with self._dp_lock:
@@ -360,6 +388,8 @@ class Engine:
             addresses.release(self.owned)
             self.dp.unpin()
             self.dp.close()
+        if self.bgp is not None:
+            self.bgp.close(keep=keep_dataplane)
         try:
             os.unlink(pidfile(self.cfg.instance))
         except FileNotFoundError:
@@ -382,14 +412,15 @@ class Engine:
             new = lbconfig.load(path)
         except lbconfig.ConfigError as e:
             raise ReloadRefused(f"reload refused, nothing changed:\n{e}", e.issues) from None
-        if new.instance != self.cfg.instance or new.tables != self.cfg.tables or new.network != self.cfg.network:
-            raise ReloadRefused("reload refused: instance, tables and network need a restart")
+        needs = restart_needed(self.cfg, new)
+        if needs:
+            raise ReloadRefused(f"reload refused: {', '.join(needs)} changed, which needs a restart")
         try:
             check_interfaces(new)
         except StartupError as e:
             raise ReloadRefused(f"reload refused: {e}") from None
-        if (new.ha is None) != (self.cfg.ha is None) or (new.ha and new.ha != self.cfg.ha):
-            raise ReloadRefused("reload refused: the [ha] settings need a restart")
+        if self.bgp is not None:
+            self.bgp.bgp = new.bgp               # [[bgp.vip]]: the next update announces them
         log_warnings(new)
         want = addresses.wanted_addresses(new)
         if self.active:
@@ -437,7 +468,7 @@ class Engine:
                 if not rs.active:
                     continue
                 port = lm.port if lm.kind == "agent" else rs.effective_port(vs)
-                spec = LoadSpec(lm.kind, str(rs.address), port, lm.program, lm.timeout)
+                spec = LoadSpec(lm.kind, str(rs.address), port, lm.program, lm.timeout, lm.script_user)
                 wanted[real_key(vs, rs)] = (spec, (lm.interval, rs.weight, lm.min_weight))
         for key in [k for k in self.loads if k not in wanted]:
             self.loads.pop(key)[3].cancel()
@@ -626,6 +657,8 @@ class Engine:
         elif self.active or old == 0:
             self.active = False
             await loop.run_in_executor(None, self._release_addresses)
+        if self.bgp is not None:
+            self.bgp.update(active=self.active)
         await loop.run_in_executor(None, self._kernel_sync, new == ACTIVE)
 
     def _kernel_sync(self, active: bool) -> None:
@@ -705,6 +738,11 @@ class Engine:
                "config_warnings": len(self.cfg.warnings)}
         if self.pulse is not None:
             doc["ha"] = dict(self.pulse.status(), takeovers=self.takeovers)
+        doc["configuration"] = self.configs.info()
+        if self.configsync is not None:
+            doc["configuration"]["peer"] = self.configsync.status()
+        if self.bgp is not None:
+            doc["bgp"] = self.bgp.status()
         if not counters:
             return doc
         try:
@@ -759,7 +797,16 @@ class Engine:
             return await self._weight_reply(req)
         if cmd == "zero":
             return await self._zero_reply(req.get("service"))
-        return {"ok": False, "error": f"unknown command {cmd!r} (status, reload, weight, zero)"}
+        if cmd in ("config", "config-put", "table", "web"):
+            return await self.configs.request(req)
+        return {"ok": False, "error": f"unknown command {cmd!r} (status, reload, weight, zero, table, web, "
+                                     f"config, config-put)"}
+
+    def role(self) -> str:
+        """This director's HA role ("active" without [ha])."""
+        if self.pulse is not None:
+            return self.pulse.role
+        return "active" if self.active else "starting"
 
     async def _zero_reply(self, service) -> dict:
         """`lb zero`: the data plane's counters and rates of one service (["tcp", VIP, PORT] or
@@ -806,25 +853,25 @@ class Engine:
         blocking = lambda fn: loop.run_in_executor(None, fn)  # noqa: E731
         self.sync_monitors()
         self.sync_load_monitors()
-        server = control.ControlServer(control.socket_path(self.cfg.instance, RUN_DIR), self.control)
+        server = control.ControlServer(control.socket_path(self.cfg.instance, RUN_DIR), self.control,
+                                       access=lambda: self.cfg.control,
+                                       shared_path=control.shared_socket_path(self.cfg.instance, SHARED_DIR))
         try:
             await server.start()
         except OSError as e:         # forwarding goes on; only `lb status`/`lb reload` are missing
             log.error("no control socket: %s", e)
         from lb import metrics as lbmetrics
         metrics = await lbmetrics.start(self)      # serves only when [metrics] enables it
-        web = None
-        if self.cfg.web.enabled:     # lb.web logs why when it cannot start; forwarding goes on
-            try:
-                from lb.web import app as webapp
-                web = await webapp.start(self)
-            except Exception:
-                log.exception("web console not started")
         if self.pulse is not None:
             await blocking(ha_announce.warm_up)      # scapy loads now, not during a takeover
             await self.pulse.start()
+            from lb.ha import configsync     # the active pushes its configuration to the backup
+            self.configsync = await configsync.start(self)
         else:                                        # the one director: its neighbours learn the VIPs now
             blocking(self.announce)                  # (the burst runs on by itself)
+        # the lease's renewal, restarted if it raises (a stopped renewal withdraws every route)
+        lease = supervise("bgp-lease", self.bgp.run, logger=log, context=f"instance {self.cfg.instance}") \
+            if self.bgp is not None else None
         last_sweep = last_nh = last_est = loop.time()
         while self._stop is None:
             try:
@@ -843,8 +890,8 @@ class Engine:
                         self.sync_load_monitors()
                         self.sync_overrides()
                         await blocking(lambda: metrics.reconfigure(self.cfg.metrics))
-                        if web is not None:
-                            web.reloaded(self.cfg)
+                        if server.server is not None:
+                            await server.refresh()      # [control]'s groups: their socket
                     for fut in waiters:
                         if not fut.done():
                             fut.set_result(reply)
@@ -882,8 +929,11 @@ class Engine:
         for fut in self._reload_waiters + [f for f, _ in self._apply_waiters]:   # before the server waits
             if not fut.done():                                                     # for its handlers
                 fut.set_result({"ok": False, "error": "the daemon is stopping"})
-        if web is not None:
-            await web.stop()
+        if lease is not None:            # withdraw and drain before anything stops
+            lease.cancel()
+            await self.bgp.leave(keep=self._stop == "keep")
+        if self.configsync is not None:
+            await self.configsync.stop()
         await blocking(metrics.stop)
         await server.stop()
         if self.pulse is not None:
@@ -909,6 +959,8 @@ def run(cfg, *, xdp_mode: str = "native", dataplane: str | None = None) -> int:
             if eng.dp.created:
                 eng.dp.unpin()
         eng.dp.close()
+        if eng.bgp is not None:
+            eng.bgp.close(keep=False)
         return 2
     asyncio.run(eng.run())
     eng.stop(keep_dataplane=(eng._stop == "keep"))

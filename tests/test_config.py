@@ -130,8 +130,8 @@ def test_the_loader_takes_exactly_its_schema() -> None:
 
     text = (CONFIGS / "example.toml").read_text()
     cfg = loads(text)
-    assert cfg.web.listen == "127.0.0.1:8080" and cfg.network == "nat"
-    for header in ("[global]", "[web]", "[metrics]", "[ha]", "[timeouts]", "[tables]", "[virtual_server.monitor]",
+    assert cfg.web.listen == "127.0.0.1:3636" and cfg.network == "nat"
+    for header in ("[global]", "[web]", "[metrics]", "[control]", "[ha]", "[timeouts]", "[tables]", "[virtual_server.monitor]",
                    "[virtual_server.load_monitor]"):
         with pytest.raises(ConfigError) as ei:
             loads(re.sub(rf"^(\s*){re.escape(header)}$", rf"\g<0>\n\1no_such_key = 1", text, count=1, flags=re.M))
@@ -256,6 +256,13 @@ fwmark = 21
   [[virtual_server.port_group]]
   address = "198.18.0.10"
   ports = "30000-30099"
+"""
+
+HA_HEAD = """\
+[ha]
+primary = "198.18.0.1"
+backup = "198.18.0.3"
+key_file = "/etc/lb/ha.key"
 """
 
 BAD = [
@@ -672,6 +679,65 @@ BAD = [
           kind = "http"
           digest = "640205b7b0fc66c1ea91c463fac6334"
         """, 9, "virtual_server[0].monitor.digest", "32 hexadecimal digits"),
+    # health checks: a CR/LF in the Host header or path would inject headers into the request
+    bad("monitor-host-crlf", G + """\
+        [[virtual_server]]
+        name = "web"
+        address = "198.18.0.10"
+        port = 80
+          [virtual_server.monitor]
+          kind = "http"
+          host = "www.example.com\\r\\nX-Injected: 1"
+        """, 9, "virtual_server[0].monitor.host", "the Host header must not contain '\\r'"),
+    bad("monitor-path-lf", G + """\
+        [[virtual_server]]
+        name = "web"
+        address = "198.18.0.10"
+        port = 80
+          [virtual_server.monitor]
+          kind = "http"
+          path = "/healthz\\nHost: evil"
+        """, 9, "virtual_server[0].monitor.path", "the path must not contain '\\n'"),
+    bad("monitor-path-space", G + """\
+        [[virtual_server]]
+        name = "web"
+        address = "198.18.0.10"
+        port = 80
+          [virtual_server.monitor]
+          path = "/a b"
+        """, 8, "virtual_server[0].monitor.path", "the path must not contain ' '"),
+    bad("monitor-connect-timeout-zero", G + """\
+        [[virtual_server]]
+        name = "web"
+        address = "198.18.0.10"
+        port = 80
+          [virtual_server.monitor]
+          connect_timeout = 0
+        """, 8, "virtual_server[0].monitor.connect_timeout", "must be more than 0 seconds"),
+    bad("script-user-unknown", """\
+        [global]
+        public_interface = "pub0"
+        script_user = "no-such-user-here"
+        """, 3, "global.script_user", "no user 'no-such-user-here' on this machine"),
+    bad("monitor-script-user-not-a-name", G + """\
+        [[virtual_server]]
+        name = "web"
+        address = "198.18.0.10"
+        port = 80
+          [virtual_server.monitor]
+          kind = "program"
+          program = "/bin/true"
+          script_user = "root; rm"
+        """, 10, "virtual_server[0].monitor.script_user", "is not a user name"),
+    bad("ha-sync-interval-zero", G + HA_HEAD + "sync_interval = 0\n",
+        7, "ha.sync_interval", "must be more than 0 seconds"),
+    bad("ha-max-skew-zero", G + HA_HEAD + "max_skew = 0\n", 7, "ha.max_skew", "must be more than 0 seconds"),
+    bad("ha-sync-port-is-heartbeat-port", G + HA_HEAD + "sync_port = 539\n",
+        7, "ha.sync_port", "must differ from heartbeat_port (539)"),
+    bad("ha-sync-port-past-65535", G + HA_HEAD + "heartbeat_port = 65535\n",
+        7, "ha.heartbeat_port", "65535 leaves no port for the default sync_port"),
+    bad("ha-script-user-unknown", G + HA_HEAD + 'script_user = "nobody-at-all"\n',
+        7, "ha.script_user", "no user 'nobody-at-all'"),
 ]
 
 

@@ -13,12 +13,16 @@ primary's own 198.18.1.1, which dies with the primary: fine for one director, no
   MAC, and 50 long-lived connections opened through the old active keep their real servers;
   then the primary returns and does not fight: exactly one active, no flapping.
 - cutting only the public heartbeat channel changes nothing while the private one works.
-- forged and replayed heartbeats are ignored and counted.
+- forged and replayed heartbeats are ignored and counted; from another address they never reach
+  the codec (off path), with the peer's address they are refused and `lb status` says so.
+- a UDP flood at the rate Python can send on every heartbeat port changes no role, nor does a
+  flood spoofing the primary's address on one channel.
 """
 import json
 import os
 import signal
 import socket
+import subprocess
 import time
 from pathlib import Path
 
@@ -254,17 +258,26 @@ def test_public_channel_cut_is_no_failover(lab, ha_runner, configs):
     assert lab.http_get("client", VIP)[0] == 200
 
 
+def _send(lab, node, pkts, src=None, dst=("198.18.0.3", 539)):
+    """Datagrams to the backup's public heartbeat port from NODE (from ``src``, e.g. the
+    primary's own address and port: a sender that spoofs it)."""
+    def go():
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            if src is not None:
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                s.bind(src)
+            for p in pkts:
+                s.sendto(p, dst)
+    lab.in_netns(node, go)
+
+
 def test_forged_and_replayed_heartbeats_are_counted(lab, ha_runner, configs):
+    """From another address they are off path: counted, never decoded.  With the primary's own
+    address and port (spoofed), the forged one fails the MAC and the replayed one the guard, and
+    `lb status` says the peer is heard but refused."""
     start_pair(ha_runner, configs)
     time.sleep(1.2)
     before = status("lab2")["ha"]["counters"]
-
-    def send(pkts):
-        def go():
-            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-                for p in pkts:
-                    s.sendto(p, ("198.18.0.3", 539))
-        lab.in_netns("client", go)
 
     # forged: the wrong key, claiming the primary stepped down
     forged = hb.encode(b"not-the-key-at-all-0123456789", hb.Message(hb.T_STANDDOWN, hb.S_ACTIVE, hb.NODE_PRIMARY,
@@ -272,10 +285,105 @@ def test_forged_and_replayed_heartbeats_are_counted(lab, ha_runner, configs):
     # replayed: an authentic message (as if captured) sent again and again
     real = hb.encode(KEY, hb.Message(hb.T_HEARTBEAT, hb.S_ACTIVE, hb.NODE_PRIMARY, hb.CH_PUBLIC, 99, 1,
                                      time.time_ns()))
-    send([forged] * 5 + [real] * 4)
+    _send(lab, "client", [forged] * 5 + [real] * 4)
+    wait_for(lambda: status("lab2")["ha"]["counters"]["offpath"] >= before["offpath"] + 9, 3, "offpath")
+    mid = status("lab2")["ha"]["counters"]
+    assert (mid["bad_auth"], mid["replay"], mid["stale"]) == (before["bad_auth"], before["replay"], before["stale"])
+    _send(lab, "director", [forged] * 5 + [real] * 4, src=("198.18.0.1", 539))
     wait_for(lambda: status("lab2")["ha"]["counters"]["bad_auth"] >= before["bad_auth"] + 5, 3, "bad_auth")
-    after = status("lab2")["ha"]["counters"]
-    assert after["replay"] >= before["replay"] + 3
+    after = status("lab2")["ha"]
+    assert after["counters"]["replay"] + after["counters"]["stale"] >= before["replay"] + before["stale"] + 3
+    assert after["channels"]["public"]["refused"]["bad_auth"] >= 5
+    # the peer's own heartbeats are accepted meanwhile: someone else sends with its address
+    text = ha_runner.lab.run("director2", [str(REPO / ".venv/bin/lb"), "status", "--instance", "lab2"]).stdout
+    assert "WARNING: public channel: datagrams with the peer 198.18.0.1's address were refused" in text, text
+    assert "bad MAC (another key_file?)" in text or "replayed" in text, text
     time.sleep(2 * DEADTIME)
     assert roles() == ("active", "backup")
     assert status("lab2")["ha"]["role_changes"] == 1
+
+
+FLOOD = r"""
+import os, socket, sys, time
+targets = [(a.split(":")[0], int(a.split(":")[1])) for a in sys.argv[1].split(",")]
+seconds, limit, size = float(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+src = sys.argv[5] if len(sys.argv) > 5 else ""
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+if src:
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.bind((src.split(":")[0], int(src.split(":")[1])))
+payload = b"LBHA\x01\x01\x02\x01\x00\x00\x00\x00" + os.urandom(size - 12)
+deadline, n, k = time.monotonic() + seconds, 0, len(targets)
+while n < limit:                        # bounded in count and in time
+    for _ in range(1024):
+        try:
+            s.sendto(payload, targets[n % k])
+        except OSError:
+            pass
+        n += 1
+    if time.monotonic() > deadline:
+        break
+print(n, flush=True)
+"""
+
+
+def _flood(lab, node, targets, seconds, src=None, size=1400, limit=20_000_000):
+    import sys
+
+    argv = [sys.executable, "-c", FLOOD, ",".join(targets), str(seconds), str(limit), str(size)] + ([src] if src else [])
+    return lab.popen(node, argv, stdout=subprocess.PIPE, text=True)
+
+
+def test_udp_flood_on_the_heartbeat_ports_changes_no_role(lab, ha_runner, configs):
+    """Python floods every heartbeat port of both directors, on both channels, from the client and a
+    real server (3 x deadtime, bounded), with heartbeat-sized datagrams: the roles do not move, the
+    floods are counted as off path.  Then a flood spoofing the primary's address and port on the
+    public channel: the backup refuses it (counted, shown), hears the peer on the private channel,
+    and stays backup."""
+    start_pair(ha_runner, configs)
+    time.sleep(1.2)
+    before = {i: status(i)["ha"] for i in ("lab", "lab2")}
+    assert roles() == ("active", "backup")
+    floods = [_flood(lab, "client", ["198.18.0.1:539", "198.18.0.3:539"], 3 * DEADTIME),
+              _flood(lab, "rs1", ["198.18.1.1:539", "198.18.1.3:539"], 3 * DEADTIME)]
+    seen = set()
+    try:
+        for _ in range(200):
+            seen.add(roles())
+            if all(f.poll() is not None for f in floods):
+                break
+            time.sleep(0.05)
+        sent = [int(f.communicate(timeout=30)[0] or 0) for f in floods]
+    finally:
+        for f in floods:
+            if f.poll() is None:
+                f.kill()
+                f.wait()
+    time.sleep(2 * DEADTIME)
+    seen.add(roles())
+    after = {i: status(i)["ha"] for i in ("lab", "lab2")}
+    assert seen == {("active", "backup")}, (seen, sent)
+    assert [after[i]["role_changes"] for i in after] == [before[i]["role_changes"] for i in before]
+    for i in ("lab", "lab2"):
+        for ch in ("public", "private"):
+            assert after[i]["channels"][ch]["offpath"] > before[i]["channels"][ch]["offpath"] + 1000, (i, ch, sent)
+        assert after[i]["counters"]["bad_auth"] == before[i]["counters"]["bad_auth"]   # no flood reached the codec
+
+    spoof = _flood(lab, "director", ["198.18.0.3:539"], 3 * DEADTIME, src="198.18.0.1:539", size=200)
+    try:
+        seen = set()
+        for _ in range(200):
+            seen.add(roles())
+            if spoof.poll() is not None:
+                break
+            time.sleep(0.05)
+        spoof.communicate(timeout=30)
+    finally:
+        if spoof.poll() is None:
+            spoof.kill()
+            spoof.wait()
+    st = status("lab2")["ha"]
+    assert seen == {("active", "backup")} and st["role_changes"] == before["lab2"]["role_changes"], seen
+    refused = st["channels"]["public"]["refused"]
+    assert refused.get("malformed", 0) + st["channels"]["public"]["kernel_drops"] > 1000, st["channels"]
+    assert st["channels"]["private"]["last_heartbeat_s"] < DEADTIME

@@ -20,7 +20,7 @@ def msg(seq, boot=1, ts=None, **kw):
 
 
 def test_codec_roundtrip_and_forgery():
-    m = msg(5, payload=b"abc", flags=hb.F_LINK_OK)
+    m = msg(5, payload=hb.echo_payload(77), flags=hb.F_LINK_OK)
     raw = hb.encode(KEY, m)
     assert hb.decode(KEY, raw) == m
     with pytest.raises(hb.DecodeError) as e:
@@ -157,7 +157,7 @@ def test_sync_codec_and_exporter():
     assert got_c[0] == rec
 
 
-def _pulse(tmp_path, notify):
+def _pulse(tmp_path, notify, script_user="root"):
     from pathlib import Path
 
     from lb.config.model import HA
@@ -167,7 +167,7 @@ def _pulse(tmp_path, notify):
     key.write_bytes(KEY)
     key.chmod(0o600)
     ha = HA(primary=ipaddress.ip_address("127.0.0.1"), backup=ipaddress.ip_address("127.0.0.2"),
-            key_file=Path(key), notify=tuple(notify))
+            key_file=Path(key), notify=tuple(notify), script_user=script_user)
 
     async def on_role(new, old):
         pass
@@ -208,3 +208,405 @@ def test_notify_hooks_run_without_a_shell_and_are_killed_after_their_timeout(tmp
     text = caplog.text
     assert f"notify hook {slow} killed after 0.5 s" in text
     assert "missing" in text               # a missing program is logged, not raised
+
+
+# ---- reference encodings: bytes written out from the documented wire format ------------------
+
+def test_heartbeat_reference_encoding():
+    """lb.ha.heartbeat's docstring: a 40-byte header, the payload (a heartbeat's: the echo u64),
+    HMAC-SHA256 over both."""
+    import hashlib
+    import hmac
+
+    header = bytes.fromhex(
+        "4c424841"            # magic "LBHA"
+        "01" "01" "02" "01"   # version 1, type heartbeat, state active, flags link ok
+        "00" "01" "0000"      # node primary, channel private, pad
+        "0102030405060708"    # boot id
+        "0000000000000009"    # seq
+        "1122334455667788"    # sender's wall clock, ns
+        "0008" "0000")        # payload length, pad
+    payload = bytes.fromhex("a1a2a3a4a5a6a7a8")    # echo: the receiver's boot id
+    want = header + payload + hmac.new(KEY, header + payload, hashlib.sha256).digest()
+    m = hb.Message(hb.T_HEARTBEAT, hb.S_ACTIVE, hb.NODE_PRIMARY, hb.CH_PRIVATE, 0x0102030405060708, 9,
+                   0x1122334455667788, hb.F_LINK_OK, hb.echo_payload(0xA1A2A3A4A5A6A7A8))
+    assert hb.encode(KEY, m) == want
+    got = hb.decode(KEY, want, sender=hb.NODE_PRIMARY, channel=hb.CH_PRIVATE, types=hb.SOCKET_TYPES["heartbeat"])
+    assert got == m and got.echo == 0xA1A2A3A4A5A6A7A8
+
+
+A = ipaddress.ip_address
+CONN = (6, A("198.18.0.2"), 40000, A("198.18.0.10"), 80, A("198.18.1.11"), 8080, 1, 0, 1_500_000_000, 900,
+        bytes.fromhex("020000000001"))
+TEMPLATE = (17, A("2001:2::2"), A("2001:2::10"), 53, 0, A("2001:2:0:1::11"), 53, 0, 300)
+CONN_HEX = ("01" "06" "04" "01" "00"                                  # kind conn, TCP, IPv4, ESTABLISHED, flags
+            "c6120002" + "00" * 12 + "9c40"                          # client 198.18.0.2:40000
+            "c612000a" + "00" * 12 + "0050"                          # VIP 198.18.0.10:80
+            "c612010b" + "00" * 12 + "1f90"                          # real server 198.18.1.11:8080
+            "000005dc" "00000384"                                    # age 1500 ms, timeout 900 s
+            "020000000001")                                          # client MAC
+TEMPLATE_HEX = ("02" "11" "06"                                         # kind template, UDP, IPv6
+                "20010002000000000000000000000002"                     # client 2001:2::2
+                "20010002000000000000000000000010" "0035"              # VIP 2001:2::10 port 53
+                "00000000"                                             # fwmark
+                "20010002000000010000000000000011" "0035"              # real server 2001:2:0:1::11:53
+                "00000000" "0000012c")                                 # age 0 ms, timeout 300 s
+
+
+def test_sync_record_reference_encoding():
+    payload = bytes.fromhex("0002" + CONN_HEX + TEMPLATE_HEX)          # u16 count, then the records
+    assert sync.pack_batches([sync.encode_conn(CONN), sync.encode_template(TEMPLATE)]) == [payload]
+    assert sync.decode_batch(payload) == ([CONN], [TEMPLATE])
+
+
+def _sync_datagram(payload, seq=1):
+    return hb.encode(KEY, hb.Message(hb.T_SYNC, hb.S_ACTIVE, hb.NODE_PRIMARY, hb.CH_PUBLIC, 5, seq,
+                                     time.time_ns(), hb.F_LINK_OK, payload))
+
+
+def test_every_flipped_byte_of_a_sync_datagram_is_refused():
+    payload = bytes.fromhex("0002" + CONN_HEX + TEMPLATE_HEX)
+    dgram = _sync_datagram(payload)
+    kw = dict(sender=hb.NODE_PRIMARY, channel=hb.CH_PUBLIC, types=hb.SOCKET_TYPES["sync"])
+    assert hb.decode(KEY, dgram, **kw).payload == payload
+    reasons = {}
+    for i in range(len(dgram)):
+        for bit in (0x01, 0x80):
+            bad = bytearray(dgram)
+            bad[i] ^= bit
+            with pytest.raises(hb.DecodeError) as e:
+                hb.decode(KEY, bytes(bad), **kw)
+            reasons[e.value.reason] = reasons.get(e.value.reason, 0) + 1
+    # the header's fields fail the cheap checks, the rest (payload, MAC) the MAC
+    assert reasons["auth"] >= 2 * (len(payload) + hb.MAC_LEN)
+    assert reasons.get("malformed", 0) + reasons.get("wrong_channel", 0) > 0
+
+
+def test_cheap_checks_come_before_the_mac(monkeypatch):
+    computed = []
+    real_new = hb.hmac.new
+    monkeypatch.setattr(hb.hmac, "new", lambda *a, **k: computed.append(1) or real_new(*a, **k))
+    good = hb.encode(b"x" * 32, msg(1))      # a well-formed header, another key
+    computed.clear()
+    kw = dict(sender=hb.NODE_PRIMARY, channel=hb.CH_PUBLIC, types=hb.SOCKET_TYPES["heartbeat"])
+    for junk, reason in ((b"\0" * 100, "malformed"), (b"LBHA" + b"\x02" + good[5:], "malformed"),
+                         (good[:-1], "malformed"), (good + b"x" * 2000, "malformed"),
+                         (hb.encode(KEY, msg(1, node=1)), "wrong_channel"),            # claims to be us
+                         (hb.encode(KEY, msg(1, channel=1)), "wrong_channel"),
+                         (_sync_datagram(b"\0\0"), "wrong_channel")):                  # sync on the heartbeat port
+        computed.clear()
+        with pytest.raises(hb.DecodeError) as e:
+            hb.decode(KEY, junk, **kw)
+        assert e.value.reason == reason and computed == [], (junk[:12], e.value)
+    with pytest.raises(hb.DecodeError) as e:
+        hb.decode(KEY, good, **kw)
+    assert e.value.reason == "auth" and computed == [1]
+
+
+def test_sync_records_are_checked_whole():
+    good = bytes.fromhex("0002" + CONN_HEX + TEMPLATE_HEX)
+    conn = bytearray(bytes.fromhex(CONN_HEX))
+    cases = {
+        "truncated": good[:-5],
+        "count too high": bytes.fromhex("0003") + good[2:],
+        "trailing bytes": good + b"\0",
+        "unknown kind": bytes.fromhex("0001") + b"\x07" + bytes(72),
+        "protocol": bytes.fromhex("0001") + bytes(conn[:1]) + b"\x01" + bytes(conn[2:]),
+        "family": bytes.fromhex("0001") + bytes(conn[:2]) + b"\x05" + bytes(conn[3:]),
+        "state": bytes.fromhex("0001") + bytes(conn[:3]) + b"\x40" + bytes(conn[4:]),
+        "flags": bytes.fromhex("0001") + bytes(conn[:4]) + b"\x02" + bytes(conn[5:]),      # CONN_F_OUT
+        "IPv4 padding": bytes.fromhex("0001") + bytes(conn[:10]) + b"\x01" + bytes(conn[11:]),
+        "timeout 0": bytes.fromhex("0001") + bytes(conn[:63]) + bytes(4) + bytes(conn[67:]),
+        "garbage": bytes(range(256)) * 4,
+    }
+    for name, payload in cases.items():
+        with pytest.raises(ValueError):
+            sync.decode_batch(payload)
+    assert sync.decode_batch(good) == ([CONN], [TEMPLATE])
+
+
+def test_admit_caps_ages_below_the_backups_clock_and_drops_expired():
+    old = CONN[:9] + (600 * 10**9,) + CONN[10:]            # 600 s old, timeout 900 s
+    expired = CONN[:9] + (901 * 10**9,) + CONN[10:]
+    tmpl = TEMPLATE[:7] + (200 * 10**9,) + TEMPLATE[8:]
+    now = 5 * 10**9                                        # a backup up for 5 s
+    conns, temps, n_expired = sync.admit([old, expired, CONN], [tmpl], now)
+    assert n_expired == 1
+    assert conns == [CONN[:9] + (now - 1,) + CONN[10:], CONN]
+    assert temps == [TEMPLATE[:7] + (now - 1,) + TEMPLATE[8:]]
+    assert all(now - r[9] > 0 for r in conns) and all(now - r[7] > 0 for r in temps)
+
+
+def test_sync_receiver_refuses_bad_payloads_writes_nothing_of_them_and_lives_on(tmp_path, caplog):
+    import asyncio
+    import logging
+
+    written = []
+    p = _pulse(tmp_path, [])
+    p.sync_sink = lambda conns, temps: written.append((conns, temps)) or (len(conns) + len(temps), 0)
+    p.coarse_ns = lambda: 5 * 10**9                        # the backup's clock: up for 5 s
+    good = bytes.fromhex("0002" + CONN_HEX + TEMPLATE_HEX)
+    # an entry 3600 s old (timeout 10000 s): older than the backup's clock
+    old = bytes.fromhex("0001" + CONN_HEX[:-28] + "0036ee80" "00002710" + CONN_HEX[-12:])
+
+    async def main():
+        task = p._supervise("pulse-sync-in", p._sync_in)
+        for payload in (good[:-5], bytes(range(200)), b"\x00", old, good):
+            p._sync_queue.put_nowait(payload)
+            await asyncio.sleep(0.05)
+        await asyncio.sleep(0.2)
+        alive = not task.done()
+        task.cancel()
+        return alive
+
+    with caplog.at_level(logging.WARNING, logger="lb.ha"):
+        alive = asyncio.run(asyncio.wait_for(main(), 10))
+    assert alive
+    assert p.counters["sync_rejected"] == 3
+    assert p.task_stats["pulse-sync-in"].restarts == 0
+    # only the good payload and the old entry were installed, the old one stamped after the clock's zero
+    (c1, t1), (c2, t2) = written
+    assert c1[0][9] == 5 * 10**9 - 1 and t1 == []
+    assert (c2, t2) == ([CONN], [TEMPLATE])
+    assert caplog.text.count("refused a sync datagram") == 1     # rate-limited: one line for three
+
+
+# ---- two directors in memory: fake clocks, the real codec, guard and role machine ---------------
+
+class Pair:
+    """A primary and a backup Pulse whose datagrams go straight to each other's receive path
+    (no sockets), each with its own wall clock, on one fake monotonic clock."""
+
+    def __init__(self, tmp_path, skew_s=0.0, max_skew=30.0, keepalive=0.2, deadtime=1.0):
+        from pathlib import Path
+
+        from lb.config.model import HA
+        from lb.ha.pulse import Pulse
+
+        key = tmp_path / "ha.key"
+        key.write_bytes(KEY)
+        key.chmod(0o600)
+        self.ha = HA(primary=A("198.18.0.1"), backup=A("198.18.0.3"), key_file=Path(key), keepalive=keepalive,
+                     deadtime=deadtime, max_skew=max_skew, sync=False)
+        self.t = 1000.0
+        self.wall0 = time.time_ns()
+        self.skew = {hb.NODE_PRIMARY: 0, hb.NODE_BACKUP: int(skew_s * 1e9)}
+        self.cut = set()                    # nodes whose datagrams are lost
+        self.Pulse = Pulse
+        self.nodes = {}
+        self.next_hb = {}
+
+    def start(self, node):
+        async def on_role(new, old):
+            pass
+
+        p = self.Pulse(self.ha, "lab", on_role, node=node, clock=lambda: self.t,
+                       wall_ns=lambda: self.wall0 + int((self.t - 1000.0) * 1e9) + self.skew[node])
+        p._send = lambda c, typ, state=None, payload=None: self._deliver(p, c, typ, state, payload)
+        self.nodes[node] = p
+        self.next_hb[node] = self.t
+        return p
+
+    def _deliver(self, p, c, typ, state, payload):
+        data = p.encode(c, typ, state, payload)
+        other = self.nodes.get(1 - p.node)
+        if other is not None and p.node not in self.cut:
+            other._receive(other.channels[c.id], "sync" if typ == hb.T_SYNC else "heartbeat", data)
+
+    def run(self, seconds, step=0.05):
+        for _ in range(int(seconds / step)):
+            self.t += step
+            for node, p in list(self.nodes.items()):
+                if self.t >= self.next_hb[node]:
+                    p._send_all(hb.T_HEARTBEAT)
+                    self.next_hb[node] = self.t + self.ha.keepalive
+                for a in p.decide():
+                    if a[0] == "role":
+                        p._send_all(hb.T_HEARTBEAT)
+                    elif a[0] == "standdown":
+                        p._send_all(hb.T_STANDDOWN)
+
+    def roles(self):
+        return {n: p.role for n, p in self.nodes.items()}
+
+
+def test_skewed_clocks_one_active_and_a_clear_status(tmp_path):
+    pair = Pair(tmp_path, skew_s=120.0)                  # the backup's clock is two minutes ahead
+    primary = pair.start(hb.NODE_PRIMARY)
+    pair.run(1.5)
+    assert pair.roles() == {0: "active"}
+    backup = pair.start(hb.NODE_BACKUP)                  # a restart of the backup: a new boot
+    pair.run(5.0)
+    assert pair.roles() == {0: "active", 1: "backup"}
+    assert backup.machine.changes == 1 and primary.machine.changes == 1   # no second active, no flapping
+    st = backup.status()
+    assert st["peer"]["alive"] and st["peer"]["state"] == "active"
+    assert abs(st["peer"]["clock_skew_s"] + 120.0) < 0.5
+    assert any("clock differs from ours by -120.0s (max_skew 30s)" in w for w in st["warnings"]), st["warnings"]
+    assert any("+120.0s" in w for w in primary.status()["warnings"])
+    # the primary restarts too (the backup takes over meanwhile), then comes back: one active
+    pair.cut.add(hb.NODE_PRIMARY)
+    del pair.nodes[hb.NODE_PRIMARY]
+    pair.run(1.5)
+    assert pair.roles() == {1: "active"}
+    pair.cut.clear()
+    pair.start(hb.NODE_PRIMARY)
+    pair.run(5.0)
+    assert pair.roles() == {0: "backup", 1: "active"}
+
+
+def test_peer_with_another_key_is_reported_as_heard_but_refused(tmp_path, caplog):
+    import logging
+
+    pair = Pair(tmp_path)
+    primary = pair.start(hb.NODE_PRIMARY)
+    backup = pair.start(hb.NODE_BACKUP)
+    backup.key = b"another-key-entirely-0123456789"
+    with caplog.at_level(logging.WARNING, logger="lb.ha"):
+        pair.run(3.0)
+    st = primary.status()
+    assert st["counters"]["bad_auth"] >= 10
+    assert st["channels"]["public"]["refused"]["bad_auth"] == st["counters"]["bad_auth"]
+    assert any("datagrams from the peer 198.18.0.3 are refused (bad MAC (another key_file?)" in w
+               for w in st["warnings"]), st["warnings"]
+    # logged, at a bounded rate: one line per 10 s for each director, not one per datagram
+    assert caplog.text.count("refused a datagram from the peer") == 2
+
+
+# ---- two directors over loopback: real sockets, floods from elsewhere and with the peer's address ----
+
+def _free_udp_pair() -> int:
+    import socket
+
+    for _ in range(50):
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as a:
+            a.bind(("127.0.0.1", 0))
+            port = a.getsockname()[1]
+            if port >= 65535:
+                continue
+            try:
+                with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as b:
+                    b.bind(("127.0.0.1", port + 1))
+                return port
+            except OSError:
+                continue
+    raise RuntimeError("no free pair of UDP ports")
+
+
+def test_floods_are_dropped_before_the_mac_and_roles_hold(tmp_path, monkeypatch):
+    """Primary 127.0.0.1 and backup 127.0.0.2 over loopback.  20000 datagrams from 127.0.0.3
+    to the backup's heartbeat port are counted as offpath and never reach the codec; 20000 with
+    the primary's own address and port (spoofed) are refused by the header checks (no MAC) or,
+    with a well-formed header, by the MAC; the roles do not move."""
+    import asyncio
+    import socket
+    import threading
+    from pathlib import Path
+
+    from lb.config.model import HA
+    from lb.ha.pulse import Pulse
+
+    key = tmp_path / "ha.key"
+    key.write_bytes(KEY)
+    key.chmod(0o600)
+    port = _free_udp_pair()
+    ha = HA(primary=A("127.0.0.1"), backup=A("127.0.0.2"), key_file=Path(key), heartbeat_port=port,
+            keepalive=0.1, deadtime=1.0, sync=False)
+    macs = []
+    real_compare = hb.hmac.compare_digest
+    monkeypatch.setattr(hb.hmac, "compare_digest", lambda a, b: macs.append(1) or real_compare(a, b))
+
+    async def on_role(new, old):
+        pass
+
+    def flood(src, payloads, n):
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            s.bind(src)
+            for i in range(n):
+                try:
+                    s.sendto(payloads[i % len(payloads)], ("127.0.0.2", port))
+                except OSError:
+                    pass
+
+    forged = hb.encode(b"not-the-key-at-all-0123456789",
+                       hb.Message(hb.T_STANDDOWN, hb.S_ACTIVE, hb.NODE_PRIMARY, hb.CH_PUBLIC, 7, 1, time.time_ns()))
+    junk = [b"x" * 60, b"LBHA" + bytes(80), forged]
+
+    async def main():
+        p = Pulse(ha, "a", on_role, node=hb.NODE_PRIMARY)
+        b = Pulse(ha, "b", on_role, node=hb.NODE_BACKUP)
+        await p.start()
+        await asyncio.sleep(0.3)
+        await b.start()
+        try:
+            for _ in range(100):
+                await asyncio.sleep(0.05)
+                if (p.role, b.role) == ("active", "backup"):
+                    break
+            assert (p.role, b.role) == ("active", "backup")
+            changes = (p.machine.changes, b.machine.changes)
+            macs.clear()
+            rx_before = b.counters["rx"]
+            await asyncio.to_thread(flood, ("127.0.0.3", 0), junk, 20000)        # off path
+            await asyncio.sleep(0.5)
+            offpath = b.counters["offpath"]
+            offpath_macs = len(macs)
+            rx_offpath = b.counters["rx"] - rx_before
+            macs.clear()
+            spoof = threading.Thread(target=flood, args=(("127.0.0.1", port), junk, 20000))
+            spoof.start()
+            while spoof.is_alive():
+                await asyncio.sleep(0.05)
+            await asyncio.sleep(2 * ha.deadtime)                                # the peer must stay alive
+            return p, b, changes, offpath, offpath_macs, rx_offpath
+        finally:
+            await b.stop()
+            await p.stop()
+
+    p, b, changes, offpath, offpath_macs, rx_offpath = asyncio.run(asyncio.wait_for(main(), 60))
+    assert (p.role, b.role) == ("active", "backup") and (p.machine.changes, b.machine.changes) == changes
+    # off path: every datagram counted (read, or dropped by the kernel from the catch-all's
+    # small buffer), no MAC beyond the real heartbeats' (<= 2 x 10 per second for 0.5 s + the flood)
+    assert offpath == 20000, b.status()["channels"]
+    assert offpath_macs < 100 and rx_offpath > 0
+    c = b.counters
+    refused = c["malformed"] + c["bad_auth"] + c["kernel_drops"]
+    assert refused >= 20000 * 0.9, c            # read and refused, or dropped by the kernel: counted
+    # MACs computed: the forged third of the flood and the real heartbeats (both ways, 10/s, a few s)
+    assert c["bad_auth"] <= 20000 // 3 + 1 and len(macs) <= c["bad_auth"] + 200
+    assert c["malformed"] >= c["bad_auth"]      # two thirds of the flood never got to the MAC
+    st = b.status()
+    assert any("datagrams with the peer 127.0.0.1's address were refused" in w and "while its own are accepted" in w
+               for w in st["warnings"]), st["warnings"]
+
+
+def test_notify_programs_run_as_script_user_with_a_minimal_environment(tmp_path, monkeypatch):
+    import asyncio
+    import os
+    import pwd
+    import shutil
+    import tempfile
+
+    if os.geteuid() != 0:
+        pytest.skip("switching to another user needs root")
+    nobody = pwd.getpwnam("nobody")
+    monkeypatch.setenv("LB_SECRET_OF_THE_DAEMON", "s3cret")
+    shared = tempfile.mkdtemp(prefix="lb-notify-")        # nobody must reach the hook and its output
+    try:
+        os.chmod(shared, 0o1777)
+        hook = os.path.join(shared, "hook")
+        out = os.path.join(shared, "out")
+        with open(hook, "w") as f:
+            f.write(f"#!/bin/sh\n{{ id -u; pwd; /usr/bin/env; }} > {out}\n")
+        os.chmod(hook, 0o755)
+        p = _pulse(tmp_path, [hook], script_user="nobody")
+        asyncio.run(asyncio.wait_for(p._run_hook(hook, "active", "backup"), 10))
+        lines = open(out).read().splitlines()
+    finally:
+        shutil.rmtree(shared)
+    assert lines[:2] == [str(nobody.pw_uid), "/"]
+    env = dict(line.split("=", 1) for line in lines[2:])
+    env.pop("PWD", None)                                  # sh's own
+    assert sorted(env) == ["LANG", "LB_INSTANCE", "LB_OLD_ROLE", "LB_ROLE", "PATH"], env
+    assert (env["LB_ROLE"], env["LB_OLD_ROLE"], env["LB_INSTANCE"]) == ("active", "backup", "inst1")

@@ -569,3 +569,146 @@ def test_monitor_run():
             assert events.empty()
 
     run(main())
+
+
+# --------------------------------------------------------------------------------------------
+# bounded reads: a hostile or broken real server or program cannot grow the daemon
+
+def _peak_rss_kb() -> int:
+    import re
+
+    return int(re.search(r"VmHWM:\s+(\d+)", Path("/proc/self/status").read_text()).group(1))
+
+
+def _reset_peak_rss() -> None:
+    Path("/proc/self/clear_refs").write_text("5")     # VmHWM back to the current RSS
+
+
+HUGE_CHUNK_SERVER = r"""
+import socket, sys, time
+s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("127.0.0.1", 0)); s.listen(1)
+print(s.getsockname()[1], flush=True)
+c, _ = s.accept()
+c.recv(4096)
+c.sendall(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n" + b"%x\r\n" % (1 << 40))
+sent, block, deadline = 0, b"x" * (1 << 20), time.monotonic() + 20
+try:                                # at most 256 MiB and 20 s: what a broken server might send
+    while sent < 256 << 20 and time.monotonic() < deadline:
+        c.sendall(block)
+        sent += len(block)
+except OSError:
+    pass                            # the checker closed the connection: what it should do
+print(sent >> 20, flush=True)
+"""
+
+
+def test_http_chunk_of_2_pow_40_bytes_is_not_buffered(tmp_path):
+    """A server announcing a 2^40-byte chunk and streaming it: the check reads BODY_LIMIT bytes,
+    decides, and closes; the daemon's peak RSS grows by less than a few MB (it used to buffer all
+    the server sent until the timeout)."""
+    import subprocess
+    import sys
+
+    script = tmp_path / "server.py"
+    script.write_text(HUGE_CHUNK_SERVER)
+    server = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
+    try:
+        port = int(server.stdout.readline())
+        _reset_peak_rss()
+        before = _peak_rss_kb()
+        res = run(run_check(CheckSpec("http", HOST, port, body_regex="never there", connect_timeout=8)))
+        growth_mb = (_peak_rss_kb() - before) / 1024
+        sent_mb = int(server.stdout.readline() or -1)
+    finally:
+        server.kill()
+        server.wait()
+    assert not res.ok and "body does not match" in res.detail, res
+    assert growth_mb < 4, (growth_mb, res)
+    assert sent_mb < 256, "the checker read on to the server's own limit"
+
+
+def test_program_printing_without_end_is_cut_and_killed(tmp_path):
+    done = tmp_path / "done"
+    prog = f"/bin/sh -c 'head -c 300000000 /dev/zero; head -c 300000000 /dev/zero >&2; touch {done}'"
+    _reset_peak_rss()
+    before = _peak_rss_kb()
+    res = run(run_check(CheckSpec("program", HOST, 80, program=prog, connect_timeout=8)))
+    growth_mb = (_peak_rss_kb() - before) / 1024
+    assert not res.ok and "printed more than 65536 bytes; killed" in res.detail, res
+    assert not done.exists(), "the program ran to its end"
+    assert growth_mb < 4, growth_mb
+
+
+def test_program_runs_as_script_user_with_a_minimal_environment(monkeypatch):
+    """The daemon is root; a check program runs as script_user (nobody here) with PATH, LANG,
+    LB_HOST and LB_PORT only, in /."""
+    import os
+    import pwd
+
+    if os.geteuid() != 0:
+        pytest.skip("switching to another user needs root")
+    nobody = pwd.getpwnam("nobody")
+    monkeypatch.setenv("LB_SECRET_OF_THE_DAEMON", "s3cret")
+    monkeypatch.setenv("LANG", "C.UTF-8")
+    # env -0 lists exactly the environment it got (NUL-separated), nothing added by a shell
+    res = run(run_check(CheckSpec("program", "198.18.1.11", 8080, user="nobody",
+                                  program="/usr/bin/env -0")))
+    assert res.ok, res
+    from lb import programs
+    out = run(programs.run(["/usr/bin/env", "-0"], user="nobody", timeout=5,
+                           env={"LB_HOST": "198.18.1.11", "LB_PORT": "8080"}))
+    env = dict(kv.split("=", 1) for kv in bytes(out.stdout).decode().split("\0") if kv)
+    assert env == {"PATH": programs.PATH, "LANG": "C.UTF-8", "LB_HOST": "198.18.1.11", "LB_PORT": "8080"}
+    ids = run(programs.run(["/bin/sh", "-c", "id -u; id -g; id -G; pwd"], user="nobody", timeout=5))
+    assert bytes(ids.stdout).decode().split() == [str(nobody.pw_uid), str(nobody.pw_gid), str(nobody.pw_gid), "/"]
+    # and the check's own detail: what id -u printed
+    res = run(run_check(CheckSpec("program", HOST, 1, user="nobody", program="/usr/bin/id -u",
+                                  expect=f"^{nobody.pw_uid}$", use_regex=True)))
+    assert res.ok, res
+    bad = run(run_check(CheckSpec("program", HOST, 1, user="no-such-user-0", program="/bin/true")))
+    assert not bad.ok and bad.detail == "no such user 'no-such-user-0' (script_user)"
+
+
+def test_http_check_refuses_header_injection_from_a_spec():
+    """The loader refuses such values; a CheckSpec made otherwise is refused too, before any
+    connection."""
+    res = run(run_check(CheckSpec("http", HOST, free_port(), path="/x\r\nX-Evil: 1")))
+    assert not res.ok and res.detail.startswith("refused: the path"), res
+    res = run(run_check(CheckSpec("http", HOST, free_port(), host_header="a\nb")))
+    assert not res.ok and res.detail.startswith("refused: the Host header"), res
+
+
+def test_monitor_task_restarts_after_an_unexpected_error(monkeypatch, caplog):
+    """Monitor.start supervises run(): an exception is logged with the monitor and the task goes
+    on checking (it used to end silently)."""
+    import logging
+
+    from lb.health import monitor as monitor_mod
+
+    calls = {"n": 0}
+
+    async def flaky(spec):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyError("a bug in a check")
+        return CheckResult(True, "ok", 0.0, time.time())
+
+    monkeypatch.setattr(monitor_mod, "run_check", flaky)
+
+    async def main():
+        m = Monitor("rs1", CheckSpec("tcp", HOST, 80), NannyPolicy(interval=0.01), None)
+        task = m.start()
+        for _ in range(400):
+            await asyncio.sleep(0.01)
+            if m.checks >= 3:
+                break
+        alive = not task.done()
+        task.cancel()
+        return m, alive
+
+    with caplog.at_level(logging.ERROR, logger="lb.health"):
+        m, alive = run(main())
+    assert alive and m.checks >= 3 and m.supervision.restarts == 1
+    assert "task health 'rs1' (<Monitor 'rs1' tcp 127.0.0.1:80 up>) failed (KeyError: 'a bug in a check')" in caplog.text
+    assert "Traceback" in caplog.text

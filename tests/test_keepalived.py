@@ -351,3 +351,14 @@ def test_lb_import_of_each_format(capsys: pytest.CaptureFixture[str]) -> None:
     assert "[ha]\nprimary = \"198.18.0.1\"\nbackup = \"198.18.0.3\"\n" in out
     assert err.count(": warning: ") == len(load(LAB[1]).warnings) == 3
     assert totoml.dumps(load(LAB[0])).startswith("[global]\ninstance = \"lab\"\npublic_interface = \"pub0\"\n")
+
+
+def test_script_user_and_misc_check_user_run_programs_as_that_user() -> None:
+    """keepalived's `script_user USER` (global) and MISC_CHECK's `user USER` become lb's script_user."""
+    text = ("global_defs {\n  lb_public_interface eth0\n  script_user nobody\n}\n"
+            "virtual_server 192.0.2.1 80 {\n  lb_kind DR\n  real_server 192.0.2.5 80 {\n"
+            "    MISC_CHECK {\n      misc_path \"/bin/true %h\"\n      user root\n    }\n  }\n}\n")
+    cfg = keepalived.loads(text, "k.conf")
+    assert cfg.script_user == "nobody"
+    assert (cfg.virtual_servers[0].monitor.kind, cfg.virtual_servers[0].monitor.script_user) == ("program", "root")
+    assert not [w for w in warned(cfg) if "user" in w[1]]

@@ -30,7 +30,8 @@ def test_parse_report(text, want):
     assert parse_report(text) == want
 
 
-@pytest.mark.parametrize("text", ["", "drain", "weight x", "weight 2.5", "load -1", "hello 75"])
+@pytest.mark.parametrize("text", ["", "drain", "weight x", "weight 2.5", "load -1", "hello 75",
+                                  "load nan", "load NaN", "load inf", "load -inf", "weight inf", "load 1e999"])
 def test_parse_report_refuses_what_it_cannot_read(text):
     with pytest.raises(ValueError, match="no load or weight"):
         parse_report(text)
@@ -105,6 +106,49 @@ def test_failing_program_and_unreadable_reply_keep_the_weight():
     assert seen == [] and "exited with status 1" in task.detail
     task, seen = _poll(LoadSpec("program", HOST, 80, "/bin/echo busy"))
     assert seen == [] and "no load or weight" in task.detail
+
+
+def test_agent_answering_nan_keeps_the_weight_and_the_monitor(caplog):
+    """`load nan` (a broken agent) keeps the last weight; the monitor asks on (int(nan) used to
+    raise out of poll() and end the monitor's task)."""
+    replies = [b"weight 3\n", b"load nan\n", b"load inf\n", b"weight 1e400\n", b"50%\n"]
+
+    async def main():
+        async def agent(reader, writer):
+            writer.write(replies.pop(0) if replies else b"50%\n")
+            await writer.drain()
+            writer.close()
+        server = await asyncio.start_server(agent, HOST, 0)
+        port = server.sockets[0].getsockname()[1]
+        seen = []
+        task = LoadMonitorTask("k", LoadSpec("agent", HOST, port), 0.02, 4, 1, lambda k, w, d: seen.append(w))
+        running = task.start()
+        details = []
+        for _ in range(500):
+            await asyncio.sleep(0.01)
+            if task.detail not in details:
+                details.append(task.detail)
+            if not replies and seen[-1:] == [2]:
+                break
+        alive = not running.done()
+        running.cancel()
+        server.close()
+        await server.wait_closed()
+        return task, seen, details, alive
+
+    task, seen, details, alive = asyncio.run(asyncio.wait_for(main(), 10))
+    assert alive and task.supervision.restarts == 0
+    assert seen == [3, 2]                                   # nan, inf, 1e400: the weight stayed 3
+    assert any("no load or weight in 'load nan" in (d or "") and d.endswith("weight kept") for d in details), details
+    assert task.weight == 2 and task.ok
+
+
+def test_load_program_printing_without_end_is_killed(tmp_path):
+    done = tmp_path / "done"
+    task, seen = _poll(LoadSpec("program", HOST, 80, f"/bin/sh -c 'yes load 0.5 | head -c 50000000; touch {done}'",
+                                timeout=8))
+    assert seen == [] and task.ok is False and "printed more than 4096 bytes; killed" in task.detail
+    assert not done.exists()
 
 
 # ---- configuration ----------------------------------------------------------------------------

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import textwrap
-from ipaddress import IPv4Address, IPv4Interface, IPv6Address
+from ipaddress import IPv4Address, IPv4Interface, IPv4Network, IPv6Address
 from pathlib import Path
 
 import pytest
@@ -21,7 +21,7 @@ from lb.config import (
     loads,
     lvscf,
 )
-from lb.config.model import HA, LoadMonitor, Metrics, Monitor, Web
+from lb.config.model import HA, Control, LoadMonitor, Metrics, Monitor, Web
 
 HERE = Path(__file__).resolve().parent
 CONFIGS = HERE.parent / "configs"
@@ -40,6 +40,7 @@ def nopath(cfg: Config) -> Config:
 
 EXPECTED_FULL = Config(
     instance="default",
+    serial_no=42,
     public_interface="eth0",
     private_interface="eth1",
     network="nat",
@@ -77,7 +78,7 @@ EXPECTED_FULL = Config(
 
 EXPECTED_EXTRAS = {
     "global": {
-        "serial_no": 42, "service": "lvs",
+        "service": "lvs",
         "debug_level": "NONE", "syncdaemon": True, "rsh_command": "ssh",
         "nat_router_alias": "eth1:1",
     },
@@ -183,7 +184,10 @@ def monitored(m: Monitor) -> Config:
      {"kind", "path", "host", "status", "body_regex", "tls_verify", "interval", "timeout", "reentry",
       "connect_timeout", "quiesce"}),
     # line breaks (a TOML send = "...\r\n") cannot sit on an lvs.cf line: escaped, flagged
-    (Monitor(kind="none", send="a\\r\r\u2028\"q\" \\x", program="p %h", path="/\n"), {"kind", "path", "escaped"}),
+    (Monitor(kind="none", send="a\\r\r\u2028\"q\" \\x", program="p %h", body_regex="a\nb"),
+     {"kind", "body_regex", "escaped"}),
+    # the user a program runs as, when not the global script_user
+    (Monitor(kind="program", program="/bin/check %h", script_user="root"), {"script_user"}),
 ])
 def test_monitor_round_trips(m: Monitor, lb_keys: set[str]) -> None:
     cfg = monitored(m)
@@ -225,7 +229,9 @@ def test_example_lvs_cf_is_lab_nat() -> None:
         Monitor(kind="send_expect", send="GET / HTTP/1.0\\r\\n\\r\\n", expect="HTTP", timeout=6, reentry=15)]
     cf_cfg = dataclasses.replace(cf_cfg, virtual_servers=tuple(
         dataclasses.replace(vs, monitor=Monitor()) for vs in cf_cfg.virtual_servers))
-    assert nopath(cf_cfg) == nopath(dataclasses.replace(toml_cfg, virtual_servers=unported))
+    # serial_no: the version number the lvs.cf carries (Piranha's count of saves)
+    assert nopath(cf_cfg) == nopath(dataclasses.replace(toml_cfg, virtual_servers=unported,
+                                                        serial_no=cf_cfg.serial_no))
 
 
 # --- CLI ---------------------------------------------------------------------------------------
@@ -528,6 +534,38 @@ def test_ha_errors() -> None:
     assert one(HA_CF.replace("heartbeat_port = 1539", "heartbeat_port = 70000"))[:2] == (7, "heartbeat_port")
 
 
+def test_ha_timing_and_users_are_checked_and_round_trip() -> None:
+    assert one(HA_CF.replace("lb_ha_max_skew = 5", "lb_ha_max_skew = 0")) == (
+        19, "lb_ha_max_skew", "must be more than 0 seconds")
+    assert one(HA_CF.replace("lb_ha_sync_interval = 0.5", "lb_ha_sync_interval = 0")) == (
+        18, "lb_ha_sync_interval", "must be more than 0 seconds")
+    assert one(HA_CF.replace("lb_ha_sync = 0", "lb_ha_sync = 0\nlb_ha_sync_port = 1539")) == (
+        21, "lb_ha_sync_port", "must differ from heartbeat_port (1539): heartbeats have a socket of their own")
+    assert one(HA_CF.replace("lb_ha_sync = 0", "lb_ha_sync = 0\nlb_ha_script_user = nosuchuser0")) == (
+        21, "lb_ha_script_user", "no user 'nosuchuser0' on this machine (programs run as an existing account; "
+                                 '"root" only where they need it)')
+    text = HA_CF.replace("lb_ha_sync = 0", "lb_ha_sync = 0\nlb_ha_sync_port = 2000\nlb_ha_script_user = root")
+    cfg = lvscf.loads("lb_script_user = root\n" + text)
+    assert (cfg.script_user, cfg.ha.sync_port, cfg.ha.script_user) == ("root", 2000, "root")
+    assert cfg.virtual_servers[0].monitor.script_user == "root"        # the global default
+    out = lvscf.dumps(cfg)
+    assert "lb_script_user = root" in out and "lb_ha_sync_port = 2000" in out
+    assert "lb_ha_script_user" not in out and "lb_monitor_script_user" not in out   # = the global one
+    assert lvscf.loads(out) == cfg and loads(lvscf.dumps_toml(cfg)) == cfg
+    # the default sync port follows the heartbeat port (1539 here)
+    assert lvscf.loads(HA_CF).ha.sync_port == 1540
+
+
+def test_monitor_header_injection_is_refused_at_its_lvscf_line() -> None:
+    head = GOOD_HEAD.replace("port = 80", "port = 80\n     lb_monitor_kind = http\n     lb_monitor_escaped = 1")
+    assert one(head.replace("port = 80", 'port = 80\n     lb_monitor_host = "a.example\\r\\nX-Evil: 1"')) == (
+        5, "virtual[web].lb_monitor_host", "the Host header must not contain '\\r' (no spaces or control characters)")
+    assert one(head.replace("port = 80", 'port = 80\n     lb_monitor_path = "/x\\nHost: b"')) == (
+        5, "virtual[web].lb_monitor_path", "the path must not contain '\\n' (no spaces or control characters)")
+    assert one(GOOD_HEAD.replace("port = 80", "port = 80\n     lb_monitor_connect_timeout = 0")) == (
+        5, "virtual[web].lb_monitor_connect_timeout", "must be more than 0 seconds")
+
+
 @pytest.mark.parametrize("network, sorry, written", [
     ("direct", (IPv4Address("10.9.1.99"), None), "sorry_server = 10.9.1.99"),
     ("direct", (IPv4Address("10.9.1.99"), 80), "sorry_server = 10.9.1.99:80"),
@@ -587,6 +625,20 @@ def test_web_console_keys_round_trip(tmp_path: Path) -> None:
     assert lvscf.loads(text) == cfg
     assert loads(lvscf.dumps_toml(cfg)) == cfg
     assert "lb_web" not in lvscf.dumps(Config(public_interface="eth0"))
+    # TLS, the Host allow-list, trusted proxies, the session's lifetime; the control socket's groups
+    web = dataclasses.replace(web, tls_cert=Path("/etc/lb/w.crt"), tls_key=Path("/etc/lb/w.key"),
+                              allowed_hosts=("lb.example.com", "198.18.0.1"),
+                              trusted_proxies=(IPv4Network("198.18.0.5/32"), IPv4Network("10.0.0.0/8")),
+                              session_lifetime=3600.0)
+    cfg = Config(public_interface="eth0", web=web, serial_no=7,
+                 control=Control(admin_group="lbweb", read_group="lbview"))
+    text = lvscf.dumps(cfg)
+    assert text.startswith("serial_no = 7\n")
+    assert "lb_web_allowed_hosts = lb.example.com, 198.18.0.1" in text
+    assert "lb_web_trusted_proxies = 198.18.0.5, 10.0.0.0/8" in text and 'lb_web_tls_key = "/etc/lb/w.key"' in text
+    assert "lb_control_admin_group = lbweb" in text and "lb_control_read_group = lbview" in text
+    assert lvscf.loads(text) == cfg
+    assert loads(lvscf.dumps_toml(cfg)) == cfg
     # a relative password file is relative to the lvs.cf, as in TOML
     f = tmp_path / "lvs.cf"
     f.write_text(GOOD_HEAD + 'lb_web_password_file = "lb.passwd"\n')

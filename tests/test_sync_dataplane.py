@@ -96,3 +96,24 @@ def test_entry_stamped_ahead_of_the_coarse_clock_is_fresh(pair):
     ahead = time.monotonic_ns() + 2_000_000_000
     assert b.import_conns([rec], [], ifindex=1, local_mac=bytes(6), now_ns=ahead) == (1, 0)
     assert _dst(b, _pkt(*flow, "A")) == mac
+
+
+def test_entry_older_than_the_backups_clock_is_installed_and_forwarded(pair):
+    """A synced entry older than the backup's uptime (a long-lived connection, a freshly booted
+    backup): sync.admit caps its age so `now - age` stays a timestamp (it went negative and
+    struct.pack raised, dropping the batch half written); the backup then forwards the flow."""
+    import time
+
+    a, b = pair
+    flow = ("2001:2:0:9::55", "2001:2::10", 43100, 80)
+    mac = _dst(a, _pkt(*flow, "S"))
+    conns, _ = a.export_conns()
+    rec = next(r for _, _, r in conns if r[2] == 43100)
+    now = time.clock_gettime_ns(6)                        # CLOCK_MONOTONIC_COARSE, what BPF reads
+    uptime_s = now // 10**9
+    rec = rec[:9] + ((uptime_s + 50) * 10**9,) + (uptime_s + 1000,) + rec[11:]   # older than the clock
+    c, t = sync.decode_batch(sync.pack_batches([sync.encode_conn(rec)])[0])
+    c, t, expired = sync.admit(c, t, now)
+    assert expired == 0 and now - c[0][9] > 0
+    assert b.import_conns(c, t, ifindex=1, local_mac=bytes(6), now_ns=now) == (1, 0)
+    assert _dst(b, _pkt(*flow, "A")) == mac

@@ -113,14 +113,15 @@ _BOOL = {"on": True, "true": True, "yes": True, "off": False, "false": False, "n
 
 NO_MAIL = "no effect: lb sends no e-mail (role changes run [ha] notify programs; every transition is logged)"
 NO_SNMP = "no effect: lb has no SNMP agent (`lb status --json`, `lb list --json`)"
-NO_SCRIPT_USER = "no effect: lb runs check programs as the user lb runs as"
+NO_SCRIPT_SECURITY = ("no effect: lb always runs check, load and notify programs as [global] script_user "
+                      "(nobody unless the config says otherwise), with a minimal environment")
 DAEMON = "no effect: a setting of the keepalived daemon that lb has no counterpart for"
 
 GLOBAL_NO_EFFECT = {
     **dict.fromkeys(("notification_email", "notification_email_from", "smtp_server", "smtp_helo_name",
                      "smtp_connect_timeout", "smtp_alert", "smtp_alert_vrrp", "smtp_alert_checker",
                      "no_email_faults", "email_faults"), NO_MAIL),
-    **dict.fromkeys(("enable_script_security", "script_user"), NO_SCRIPT_USER),
+    "enable_script_security": NO_SCRIPT_SECURITY,
     **dict.fromkeys(("enable_snmp_vrrp", "enable_snmp_checker", "enable_snmp_rfc", "enable_snmp_rfcv2",
                      "enable_snmp_rfcv3", "enable_traps", "snmp_socket", "enable_snmp_keepalived"), NO_SNMP),
     "lvs_flush": "no effect: lb programs its own table; entries it did not make are not its to flush",
@@ -197,7 +198,6 @@ CHECKER_NO_EFFECT = {
     "tls_compliant": "no effect",
     "misc_dynamic": "not supported: lb does not read weights from a program's exit status; a load monitor "
                     "([virtual_server.load_monitor] kind = \"program\") sets weights from its output",
-    "user": NO_SCRIPT_USER,
     "helo_name": "no effect: lb's SMTP check reads the 220 greeting and sends no HELO",
     "min_reply_length": "no effect: lb's UDP check compares the reply's start with require_reply",
     "max_reply_length": "no effect: lb's UDP check compares the reply's start with require_reply",
@@ -772,6 +772,15 @@ class _Builder:
             else:
                 self.warn(rid, "global_defs.router_id", f"not an lb instance name ([a-z0-9][a-z0-9_-]{{0,31}}, "
                                                         f"lower-cased): the instance is \"default\"")
+        su = self.globals.get("script_user")
+        if su is not None:      # keepalived's `script_user USER [GROUP]`: lb runs programs as USER
+            user = su.args[0] if su.args else None
+            if user is not None:
+                glob_["script_user"] = user
+                self.note(("global", "script_user"), su, "global_defs.script_user")
+            if len(su.args) > 1:
+                self.warn(su, "global_defs.script_user", "the group has no effect: programs run with the user's "
+                                                         "own groups")
         to = self.globals.get("lvs_timeouts")
         if to is not None:
             self._timeouts(doc, to)
@@ -1387,6 +1396,9 @@ class _Builder:
             m["program"] = re.sub(rf"(?<![0-9A-Fa-f.:]){re.escape(rs.address)}(?![0-9A-Fa-f.:])", "%h", text)
             mt = c.opts.get("misc_timeout")
             m["connect_timeout"] = (self.timer(mt, f"{fld}.misc_timeout") if mt is not None else None) or interval
+            mu = c.opts.get("user")
+            if mu is not None and mu.args:       # MISC_CHECK's `user USER [GROUP]`
+                m["script_user"] = mu.args[0]
         elif kind == "UDP_CHECK":
             m["kind"] = "udp"
             m.update(self._udp(c, fld))
@@ -1511,7 +1523,7 @@ class _Builder:
 _METHOD_NAMES = {"nat": "NAT", "direct": "DR", "tunnel": "TUN"}
 GLOBAL_MAPPED = ("router_id", "lvs_timeouts", "lvs_sync_daemon", "lb_public_interface", "lb_private_interface",
                  "lb_nat_router", "lb_ha_key_file", "vrrp_garp_master_repeat", "vrrp_garp_interval",
-                 "vrrp_gna_interval", "vrrp_garp_master_refresh")
+                 "vrrp_gna_interval", "vrrp_garp_master_refresh", "script_user")
 VS_KEYS = ("lb_algo", "lvs_sched", "lb_kind", "lvs_method", "protocol", "persistence_timeout",
            "persistence_granularity", "sorry_server", "sorry_server_lvs_method", "virtualhost", "delay_loop",
            "connect_timeout", "retry", "inhibit_on_failure", "ip_family", "sh-port", "sh-fallback", "mh-port",
@@ -1519,7 +1531,8 @@ VS_KEYS = ("lb_algo", "lvs_sched", "lb_kind", "lvs_method", "protocol", "persist
 RS_KEYS = ("weight", "lvs_method", "uthreshold", "lthreshold", "inhibit_on_failure", "virtualhost",
            "connect_timeout", "retry", "delay_loop")
 CHECKER_KEYS = ("connect_ip", "connect_port", "connect_timeout", "retry", "nb_get_retry", "delay_loop",
-                "misc_path", "misc_timeout", "payload", "require_reply", "type", "name", "virtualhost", "host")
+                "misc_path", "misc_timeout", "user", "payload", "require_reply", "type", "name", "virtualhost",
+                "host")
 
 
 # --- public API -----------------------------------------------------------------------------------

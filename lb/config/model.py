@@ -8,7 +8,7 @@ once :func:`lb.config.load` has returned them.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from ipaddress import IPv4Address, IPv4Interface, IPv6Address, IPv6Interface, ip_address
+from ipaddress import IPv4Address, IPv4Interface, IPv4Network, IPv6Address, IPv6Interface, IPv6Network, ip_address
 from pathlib import Path
 
 # The configuration's vocabulary, declared once: the loaders (TOML and lvs.cf), the scheduler
@@ -43,6 +43,10 @@ IPVSADM_FORWARD: dict[str, str] = {"dr": "Route", "nat": "Masq", "tunnel": "Tunn
 DEFAULT_MH_SIZE = 4093              # the kernel's CONFIG_IP_VS_MH_TAB_INDEX 12
 DEFAULT_LBLC_EXPIRATION = 86400     # IPVS sysctls lblc_expiration / lblcr_expiration, seconds
 DEFAULT_TIMEOUTS = (900, 120, 300)  # tcp, tcpfin, udp seconds (ipvsadm --set)
+# Check, load-monitor and notify programs run as this user unless the config names another
+# (script_user, keepalived's name): the daemon is root, its programs need not be.
+DEFAULT_SCRIPT_USER = "nobody"
+DEFAULT_HEARTBEAT_PORT = 539        # pulse's
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,6 +97,7 @@ class Monitor:
     reentry: float = 180.0  # alive this long before it takes connections again
     connect_timeout: float = 3.0
     quiesce: bool = False  # dead: weight 0 (connections drain) instead of removal
+    script_user: str = DEFAULT_SCRIPT_USER  # program: runs as this user (the loader's default: global)
 
 
 LOAD_MONITOR_KINDS: tuple[str, ...] = ("agent", "program")
@@ -113,6 +118,7 @@ class LoadMonitor:
     interval: float = 5.0
     timeout: float = 2.0  # the agent's connection or the program's run, at most
     min_weight: int = 1  # lowest weight the monitor may set (0: it may stop new connections)
+    script_user: str = DEFAULT_SCRIPT_USER  # program: runs as this user (the loader's default: global)
 
 
 @dataclass(frozen=True, slots=True)
@@ -320,7 +326,8 @@ class HA:
     key_file: Path  # the shared HMAC-SHA256 key (never inline)
     primary_private: IPAddress | None = None  # the optional second channel
     backup_private: IPAddress | None = None
-    heartbeat_port: int = 539
+    heartbeat_port: int = DEFAULT_HEARTBEAT_PORT
+    sync_port: int | None = None  # connection sync (UDP, its own socket); None: heartbeat_port + 1
     keepalive: float = 2.0  # seconds between heartbeats
     deadtime: float = 6.0  # the peer is dead after this long without an authentic heartbeat
     preempt: bool = False  # a returning primary takes the VIPs back
@@ -331,8 +338,13 @@ class HA:
     sync: bool = True  # stream connection entries to the backup
     sync_interval: float = 0.2  # seconds between sync scans
     sync_rate: int = 20000  # entries per second at most (bounded bandwidth)
-    max_skew: float = 30.0  # accepted clock difference for a peer's first heartbeat
+    max_skew: float = 30.0  # accepted clock difference for a peer's first heartbeat (> 0)
     notify: tuple[str, ...] = ()  # programs run (no shell) on role changes: PROG ROLE OLD INSTANCE
+    script_user: str = DEFAULT_SCRIPT_USER  # notify programs run as this user (the loader's default: global)
+
+    def __post_init__(self) -> None:
+        if self.sync_port is None:
+            object.__setattr__(self, "sync_port", self.heartbeat_port + 1)
 
 
 # The shared heartbeat key when a configuration read from Piranha's lvs.cf or keepalived.conf names
@@ -346,20 +358,95 @@ def key_file_warning(key: str) -> str:
             f"with a key both directors share: e.g. `head -c 32 /dev/urandom > {DEFAULT_HA_KEY_FILE}; "
             f"chmod 600 {DEFAULT_HA_KEY_FILE}` on one, copied to the other)")
 
+
+# [bgp] (scale-out): how this director uses its BGP speaker.
+#   "active-active": N directors behind a router's ECMP all forward; flows keep their real server
+#                    when directors come and go (hash schedulers only, sloppy TCP, DR or tunnel)
+#   "announce":      only announce the VIPs this director can serve (one director, or the
+#                    active one of an [ha] pair); scheduling is unchanged
+BGP_MODES: tuple[str, ...] = ("active-active", "announce")
+DEFAULT_BGP_MODE = "active-active"
+# schedulers whose pick is a pure function of the packet and the real server set, so that every
+# director of an active-active group picks the same real server for a flow
+HASH_SCHEDULERS: tuple[str, ...] = ("mh", "sh", "dh")
+# BGP well-known communities (RFC 1997) accepted by name
+BGP_WELL_KNOWN_COMMUNITIES: tuple[str, ...] = ("no-export", "no-advertise", "no-export-subconfed")
+
+
+@dataclass(frozen=True, slots=True)
+class BgpNeighbor:
+    """A BGP peer (the router) of this director's speaker."""
+
+    address: IPAddress
+    peer_as: int
+    # our end of the session; None: the source address the kernel picks toward ``address``
+    local_address: IPAddress | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class BgpVip:
+    """Path attributes of one VIP's route (a /32 or /128)."""
+
+    address: IPAddress
+    med: int | None = None  # MULTI_EXIT_DISC; None: not sent
+    communities: tuple[str, ...] = ()  # "ASN:VALUE" (16-bit each) or a well-known name
+
+
+@dataclass(frozen=True, slots=True)
+class Bgp:
+    """Route announcement through ExaBGP (lb.bgp); present only when the config has [bgp].
+
+    A VIP is announced while this director can serve it: the data plane attached and every
+    active virtual server on that address with a usable real server (or its sorry server)."""
+
+    local_as: int
+    neighbors: tuple[BgpNeighbor, ...]
+    mode: str = DEFAULT_BGP_MODE  # one of BGP_MODES
+    router_id: IPv4Address | None = None  # None: our IPv4 address toward the first IPv4 neighbor
+    hold_time: int = 9  # seconds, 3..65535 (keepalives every hold_time / 3)
+    lease: float = 3.0  # the speaker withdraws lb's routes when lb has not renewed them this long
+    drain: float = 2.0  # a clean stop withdraws the routes this long before the data plane stops
+    # a VIP is announced once servable with the same usable real servers this long: a director
+    # whose health checks are still coming back (after a link failure, say) does not take flows
+    # the others send to a real server it has not yet readmitted
+    settle: float = 2.0
+    vips: tuple[BgpVip, ...] = ()
+
+    @property
+    def active_active(self) -> bool:
+        return self.mode == "active-active"
+
+    def vip(self, address) -> BgpVip:
+        """The attributes of ``address``'s route (none configured: no MED, no community)."""
+        for v in self.vips:
+            if v.address == address:
+                return v
+        return BgpVip(address)
+
+
 WEB_PASSWORD_DIR = Path("/etc/lb")
 
 
 @dataclass(frozen=True, slots=True)
 class Web:
-    """The web console (lb.web): off unless enabled; listens on localhost by default.
+    """The web console (`lb web`, lb.web): off unless enabled; listens on localhost:3636 (Piranha's
+    port) by default, with TLS when given a certificate and its key.
 
-    ``password_file`` holds the console's one password as an scrypt hash (written by
-    `lb passwd`); None means the instance's default, /etc/lb/<instance>.passwd."""
+    ``password_file`` holds the console's user name and password as an scrypt hash (written by
+    `lb passwd`); None means the instance's default, /etc/lb/<instance>.passwd.  A request is
+    answered only for a Host of ``allowed_hosts`` (besides the listen address and localhost: no
+    DNS rebinding); X-Forwarded-For/-Proto/-Host are believed only from ``trusted_proxies``.
+    A session ends ``session_lifetime`` seconds after its login, however busy."""
 
     enabled: bool = False
     address: IPAddress = IPv4Address("127.0.0.1")
-    port: int = 8080
+    port: int = 3636
     password_file: Path | None = None
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    allowed_hosts: tuple[str, ...] = ()
+    trusted_proxies: tuple[IPv4Network | IPv6Network, ...] = ()
+    session_lifetime: float = 8 * 3600.0
 
     @property
     def listen(self) -> str:
@@ -392,12 +479,25 @@ class Metrics:
         return endpoint_text(self.address, self.port)
 
 
+@dataclass(frozen=True, slots=True)
+class Control:
+    """Who may use the control socket (/run/lb/<instance>.sock) besides root: members of
+    ``admin_group`` everything (reload, weights, configuration edits: the web console's user),
+    members of ``read_group`` status and the configuration only.  Neither: root alone (0600)."""
+
+    admin_group: str | None = None
+    read_group: str | None = None
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Config:
     """The whole director configuration."""
 
     path: Path | None = None  # file it was loaded from; None for loads()
     instance: str = "default"
+    # the configuration's version number (lvs.cf's serial_no): each save of the web console adds
+    # one; the active director pushes its configuration to the backup, which takes a newer one
+    serial_no: int = 0
     public_interface: str
     private_interface: str | None = None
     network: str = DEFAULT_NETWORK  # one of NETWORKS
@@ -411,6 +511,8 @@ class Config:
     # more than one member unchanged this long loses its most loaded member
     lblc_expiration: int = DEFAULT_LBLC_EXPIRATION
     lblcr_expiration: int = DEFAULT_LBLC_EXPIRATION
+    # the user check, load-monitor and notify programs run as, unless their table names another
+    script_user: str = DEFAULT_SCRIPT_USER
     # the real servers' floating gateway, e.g. 198.18.1.254/24 or 2001:2:0:1::fffe/64: owned by the
     # (active) director in NAT, and in direct routing with [ha] (replies routed through the
     # director); else ignored
@@ -422,6 +524,8 @@ class Config:
     ha: HA | None = None  # None: a single director, always active
     web: Web = field(default_factory=Web)  # the web console ([web])
     metrics: Metrics = field(default_factory=Metrics)  # the Prometheus endpoint ([metrics])
+    control: Control = field(default_factory=Control)  # the control socket's access ([control])
+    bgp: Bgp | None = None  # None: no route announcement ([bgp], lb.bgp)
     # what the loader accepted but could not carry out as written (a key with no effect, a
     # mapping that differs from the source format's): `lb check` prints them, `lb run` logs them
     # at start and at each reload; not part of the configuration's value (compare=False)

@@ -10,9 +10,10 @@ import dataclasses
 import math
 from typing import Any
 
-from .model import DEFAULT_MH_SIZE, HA, Config, LoadMonitor, Metrics, Monitor, Tables, Timeouts, Web, sorry_text
+from .model import (DEFAULT_MH_SIZE, DEFAULT_SCRIPT_USER, HA, Bgp, Config, Control, LoadMonitor, Metrics, Monitor,
+                    Tables, Timeouts, Web, sorry_text)
 
-__all__ = ["dumps", "document", "metrics_document", "web_document"]
+__all__ = ["dumps", "document", "web_document", "metrics_document", "control_document", "emit"]
 
 # Monitor fields in seconds: written as integers when whole
 MONITOR_SECONDS = ("interval", "timeout", "reentry", "connect_timeout")
@@ -47,14 +48,23 @@ def _toml_value(v: Any) -> str:
     return _toml_str(str(v))
 
 
-def _emit(doc: dict[str, Any]) -> str:
+def emit(doc: dict[str, Any]) -> str:
     """Render the loader's document shape (tables of scalars, virtual_server/real_server arrays)."""
     out: list[str] = []
-    for section in ("global", "tables", "timeouts", "ha", "web", "metrics"):
+    for section in ("global", "tables", "timeouts", "ha", "web", "metrics", "control"):
         if section in doc:
             out.append(f"[{section}]")
             out += [f"{k} = {_toml_value(v)}" for k, v in doc[section].items()]
             out.append("")
+    if "bgp" in doc:
+        out.append("[bgp]")
+        out += [f"{k} = {_toml_value(v)}" for k, v in doc["bgp"].items() if k not in ("neighbor", "vip")]
+        out.append("")
+        for sub in ("neighbor", "vip"):
+            for t in doc["bgp"].get(sub, []):
+                out.append(f"  [[bgp.{sub}]]")
+                out += [f"  {k} = {_toml_value(v)}" for k, v in t.items()]
+                out.append("")
     for vs in doc.get("virtual_server", []):
         out.append("[[virtual_server]]")
         out += [f"{k} = {_toml_value(v)}" for k, v in vs.items()
@@ -76,9 +86,16 @@ def _emit(doc: dict[str, Any]) -> str:
     return "\n".join(out)
 
 
-def _ha_document(ha: HA) -> dict[str, Any]:
+def ha_default(ha: HA, user: str) -> HA:
+    """What an [ha] table with only ha's addresses and key file reads as, but for the defaults that
+    follow other keys: sync_port (ha's heartbeat_port + 1) and script_user (the global ``user``)."""
+    return HA(primary=ha.primary, backup=ha.backup, key_file=ha.key_file, sync_port=ha.heartbeat_port + 1,
+              script_user=user)
+
+
+def _ha_document(ha: HA, user: str) -> dict[str, Any]:
     """The [ha] table of ``ha``: the addresses and key file always, the rest when not the default."""
-    d = HA(primary=ha.primary, backup=ha.backup, key_file=ha.key_file)
+    d = ha_default(ha, user)
     out: dict[str, Any] = {}
     for f in dataclasses.fields(HA):
         v = getattr(ha, f.name)
@@ -104,9 +121,40 @@ def _listener_document(obj: Web | Metrics, default: Web | Metrics) -> dict[str, 
 
 def web_document(web: Web) -> dict[str, Any]:
     """The [web] keys that are not the default (lvs.cf: the same as lb_web_*)."""
-    out = _listener_document(web, Web())
-    if web.password_file is not None:
-        out["password_file"] = str(web.password_file)
+    d = Web()
+    out = _listener_document(web, d)
+    for key in ("password_file", "tls_cert", "tls_key"):
+        if getattr(web, key) is not None:
+            out[key] = str(getattr(web, key))
+    if web.allowed_hosts:
+        out["allowed_hosts"] = list(web.allowed_hosts)
+    if web.trusted_proxies:
+        out["trusted_proxies"] = [str(n.network_address) if n.prefixlen == n.max_prefixlen else str(n)
+                                  for n in web.trusted_proxies]
+    if web.session_lifetime != d.session_lifetime:
+        v = web.session_lifetime
+        out["session_lifetime"] = int(v) if float(v).is_integer() else v
+    return out
+
+
+def control_document(control: Control) -> dict[str, Any]:
+    """The [control] keys that are set (lvs.cf: lb_control_*)."""
+    return {k: getattr(control, k) for k in ("admin_group", "read_group") if getattr(control, k) is not None}
+
+
+def _bgp_document(bgp: Bgp) -> dict[str, Any]:
+    """The [bgp] table of ``bgp``: local_as and the neighbors always, the rest when not the default."""
+    d = Bgp(local_as=bgp.local_as, neighbors=())
+    out: dict[str, Any] = {}
+    for key in ("mode", "local_as", "router_id", "hold_time", "lease", "drain", "settle"):
+        v = getattr(bgp, key)
+        if key == "local_as" or (v is not None and v != getattr(d, key)):
+            out[key] = int(v) if isinstance(v, float) and v.is_integer() else v if isinstance(v, (int, float)) else str(v)
+    out["neighbor"] = [{"address": str(n.address), "peer_as": n.peer_as,
+                        **({"local_address": str(n.local_address)} if n.local_address else {})} for n in bgp.neighbors]
+    if bgp.vips:
+        out["vip"] = [{"address": str(v.address), **({"med": v.med} if v.med is not None else {}),
+                       **({"communities": list(v.communities)} if v.communities else {})} for v in bgp.vips]
     return out
 
 
@@ -117,7 +165,10 @@ def metrics_document(metrics: Metrics) -> dict[str, Any]:
 
 def document(cfg: Config) -> dict[str, Any]:
     """The document tomllib would give for the TOML text of ``cfg`` (defaults left out)."""
-    glob: dict[str, Any] = {"instance": cfg.instance, "public_interface": cfg.public_interface}
+    glob: dict[str, Any] = {"instance": cfg.instance}
+    if cfg.serial_no:
+        glob["serial_no"] = cfg.serial_no
+    glob["public_interface"] = cfg.public_interface
     if cfg.private_interface is not None:
         glob["private_interface"] = cfg.private_interface
     glob["network"] = cfg.network
@@ -125,6 +176,8 @@ def document(cfg: Config) -> dict[str, Any]:
         glob["nat_router"] = str(cfg.nat_router)
     if cfg.nat_router_device is not None:
         glob["nat_router_device"] = cfg.nat_router_device
+    if cfg.script_user != DEFAULT_SCRIPT_USER:
+        glob["script_user"] = cfg.script_user
     doc: dict[str, Any] = {"global": glob}
     tables = {k: getattr(cfg.tables, k) for k in ("connections", "services", "real_servers", "reals_per_service")
               if getattr(cfg.tables, k) != getattr(Tables(), k)}
@@ -135,13 +188,18 @@ def document(cfg: Config) -> dict[str, Any]:
     if timeouts:
         doc["timeouts"] = timeouts
     if cfg.ha is not None:
-        doc["ha"] = _ha_document(cfg.ha)
+        doc["ha"] = _ha_document(cfg.ha, cfg.script_user)
     web = web_document(cfg.web)
     if web:
         doc["web"] = web
     metrics = metrics_document(cfg.metrics)
     if metrics:
         doc["metrics"] = metrics
+    control = control_document(cfg.control)
+    if control:
+        doc["control"] = control
+    if cfg.bgp is not None:
+        doc["bgp"] = _bgp_document(cfg.bgp)
     vss = []
     for vs in cfg.virtual_servers:
         if vs.fwmark:
@@ -167,7 +225,7 @@ def document(cfg: Config) -> dict[str, Any]:
         if vs.device is not None:
             d["device"] = vs.device
         monitor = {f.name: getattr(vs.monitor, f.name) for f in dataclasses.fields(Monitor)
-                   if getattr(vs.monitor, f.name) != getattr(Monitor(), f.name)}
+                   if getattr(vs.monitor, f.name) != getattr(Monitor(script_user=cfg.script_user), f.name)}
         for k in MONITOR_SECONDS:
             if k in monitor and float(monitor[k]).is_integer():
                 monitor[k] = int(monitor[k])
@@ -177,7 +235,8 @@ def document(cfg: Config) -> dict[str, Any]:
             d["quiesce_server"] = True
         if vs.load_monitor is not None:
             lm = {f.name: getattr(vs.load_monitor, f.name) for f in dataclasses.fields(LoadMonitor)
-                  if f.name == "kind" or getattr(vs.load_monitor, f.name) != getattr(LoadMonitor(), f.name)}
+                  if f.name == "kind" or getattr(vs.load_monitor, f.name)
+                  != getattr(LoadMonitor(script_user=cfg.script_user), f.name)}
             for k in ("interval", "timeout"):
                 if k in lm and float(lm[k]).is_integer():
                     lm[k] = int(lm[k])
@@ -206,7 +265,7 @@ def document(cfg: Config) -> dict[str, Any]:
 def dumps(cfg: Config, header: list[str] | None = None) -> str:
     """``cfg`` as TOML text, after ``header`` lines written as comments."""
     head = "".join(f"# {line}\n" if line else "#\n" for line in header or [])
-    return (head + "\n" if head else "") + _emit(document(cfg))
+    return (head + "\n" if head else "") + emit(document(cfg))
 
 
 def warning_lines(cfg: Config) -> list[str]:

@@ -7,13 +7,24 @@ Every datagram (heartbeat, stand-down, connection sync) is
     magic "LBHA" | version | type | state | flags | node | channel | pad(2)
     boot id (u64) | seq (u64) | sender wall clock ns (u64) | payload length (u16) | pad(2)
 
-``boot`` is random per `lb run` process, ``seq`` counts up per channel.  A receiver accepts a
-message only if the MAC verifies with the shared key, the channel byte matches the socket it came
-in on, and (boot, seq) is new: the same boot with a sequence number above the highest seen or
-inside the 64-message window and not seen yet; a new boot only with a timestamp within
-``max_skew`` of the receiver's clock and later than the last accepted one (so a replay of an old
-boot's traffic is refused).  Forged, replayed and malformed messages are dropped and counted;
-none of them can start or stop a failover.
+at most MAX_DATAGRAM bytes.  ``boot`` is random per `lb run` process, ``seq`` counts up per
+channel and socket (heartbeats and stand-downs on the heartbeat port, sync on the sync port).
+A heartbeat's or stand-down's payload is empty or ``echo`` (u64): the boot id of the last
+authentic message its sender heard from the receiver (0: none yet).  A sync payload is
+lb.ha.sync's.
+
+:func:`decode` does the cheap checks first -- size, magic, version, payload length, field
+ranges, the sender is the peer (not us), the channel and the message type belong to the socket
+it came in on -- and computes the MAC only for what passed them.  The receiver then accepts a
+message only if (boot, seq) is new (:class:`ReplayGuard`): the same boot with a sequence number
+above the highest seen, or inside the 64-message window and not seen yet.  A heartbeat from a
+new boot needs a timestamp later than the last accepted one of that stream (a replay of an older
+boot's traffic is refused) and either a timestamp within ``max_skew`` of the receiver's clock, or
+the receiver's own current boot id as its echo -- proof that it was made after the receiver
+started, whatever the two clocks say, so a peer with a wrong clock is still heard (and reported)
+instead of being taken for dead.  A sync message is accepted only from a boot whose heartbeats
+were accepted.  Forged, replayed and malformed messages are dropped and counted; none of them can
+start or stop a failover.
 """
 from __future__ import annotations
 
@@ -48,12 +59,18 @@ CHANNEL_NAMES = {CH_PUBLIC: "public", CH_PRIVATE: "private"}
 WINDOW = 64
 
 
+ECHO = struct.Struct("!Q")    # a heartbeat's or stand-down's payload
+SOCKET_TYPES = {"heartbeat": (T_HEARTBEAT, T_STANDDOWN), "sync": (T_SYNC,)}
+
+
 class DecodeError(Exception):
-    """reason in .reason: 'malformed' or 'auth'"""
+    """reason in .reason: 'malformed', 'wrong_channel' (not from the peer, or on the wrong channel
+    or socket) or 'auth' (bad MAC)"""
 
     def __init__(self, reason: str, detail: str = ""):
         super().__init__(f"{reason}: {detail}" if detail else reason)
         self.reason = reason
+        self.detail = detail
 
 
 @dataclass
@@ -67,6 +84,11 @@ class Message:
     ts_ns: int
     flags: int = 0
     payload: bytes = b""
+
+    @property
+    def echo(self) -> int:
+        """A heartbeat's or stand-down's echo (0 when it carries none)."""
+        return ECHO.unpack(self.payload)[0] if self.type != T_SYNC and len(self.payload) == ECHO.size else 0
 
 
 def read_key(path) -> bytes:
@@ -95,20 +117,36 @@ def encode(key: bytes, m: Message) -> bytes:
     return body + hmac.new(key, body, hashlib.sha256).digest()
 
 
-def decode(key: bytes, data: bytes) -> Message:
-    if len(data) < HEADER.size + MAC_LEN:
+def echo_payload(boot: int) -> bytes:
+    return ECHO.pack(boot)
+
+
+def decode(key: bytes, data: bytes, *, sender: int | None = None, channel: int | None = None,
+           types: tuple[int, ...] | None = None) -> Message:
+    """The message in ``data``, or DecodeError.  ``sender``/``channel``/``types``: what this
+    socket takes (the peer's node id, its channel, the message types of its port); checked with
+    the header, before the MAC."""
+    if not HEADER.size + MAC_LEN <= len(data) <= MAX_DATAGRAM:
         raise DecodeError("malformed", f"{len(data)} bytes")
+    magic, ver, typ, state, flags, node, chan, boot, seq, ts, plen = HEADER.unpack_from(data)
+    if magic != MAGIC or ver != VERSION:
+        raise DecodeError("malformed", "magic/version")
+    if plen != len(data) - HEADER.size - MAC_LEN:
+        raise DecodeError("malformed", "payload length")
+    if typ not in TYPE_NAMES or state not in STATE_NAMES or node not in (0, 1) or chan not in (0, 1):
+        raise DecodeError("malformed", "field out of range")
+    if typ != T_SYNC and plen not in (0, ECHO.size):
+        raise DecodeError("malformed", "heartbeat payload")
+    if sender is not None and node != sender:
+        raise DecodeError("wrong_channel", "sender is not the peer")
+    if channel is not None and chan != channel:
+        raise DecodeError("wrong_channel", f"{CHANNEL_NAMES[chan]} message on the {CHANNEL_NAMES[channel]} channel")
+    if types is not None and typ not in types:
+        raise DecodeError("wrong_channel", f"{TYPE_NAMES[typ]} message on the wrong port")
     body, mac = data[:-MAC_LEN], data[-MAC_LEN:]
     if not hmac.compare_digest(hmac.new(key, body, hashlib.sha256).digest(), mac):
         raise DecodeError("auth", "bad HMAC")
-    magic, ver, typ, state, flags, node, channel, boot, seq, ts, plen = HEADER.unpack_from(body)
-    if magic != MAGIC or ver != VERSION:
-        raise DecodeError("malformed", "magic/version")
-    if plen != len(body) - HEADER.size:
-        raise DecodeError("malformed", "payload length")
-    if typ not in TYPE_NAMES or state not in STATE_NAMES or node not in (0, 1) or channel not in (0, 1):
-        raise DecodeError("malformed", "field out of range")
-    return Message(typ, state, node, channel, boot, seq, ts, flags, body[HEADER.size:])
+    return Message(typ, state, node, chan, boot, seq, ts, flags, body[HEADER.size:])
 
 
 @dataclass
@@ -121,20 +159,27 @@ class _Stream:
 
 @dataclass
 class ReplayGuard:
-    """Per (sender node, channel): refuses anything already accepted or older than the window."""
+    """Per (sender node, channel, heartbeat or sync): refuses anything already accepted or older
+    than the window; see the module docstring for a new boot."""
 
     max_skew_ns: int = 30_000_000_000
     streams: dict = field(default_factory=dict)
 
-    def check(self, m: Message, now_wall_ns: int) -> str | None:
-        """None if fresh (and records it), else the reason: 'replay' or 'stale'."""
-        key = (m.node, m.channel)
+    def check(self, m: Message, now_wall_ns: int, my_boot: int = 0) -> str | None:
+        """None if fresh (and records it), else the reason: 'replay' or 'stale' (a new boot whose
+        clock is off by more than max_skew and that does not echo ``my_boot``)."""
+        sync = m.type == T_SYNC
+        key = (m.node, m.channel, sync)
         st = self.streams.get(key)
         if st is None or st.boot != m.boot:
-            if abs(now_wall_ns - m.ts_ns) > self.max_skew_ns:
-                return "stale"
-            if st is not None and m.ts_ns <= st.ts_ns:
-                return "replay"          # an older boot's message replayed
+            if sync:
+                if not any(k[0] == m.node and not k[2] and s.boot == m.boot for k, s in self.streams.items()):
+                    return "stale"       # not a boot whose heartbeats we accepted
+            else:
+                if abs(now_wall_ns - m.ts_ns) > self.max_skew_ns and not (my_boot and m.echo == my_boot):
+                    return "stale"
+                if st is not None and m.ts_ns <= st.ts_ns:
+                    return "replay"      # an older boot's message replayed
             self.streams[key] = _Stream(m.boot, m.seq, 1, m.ts_ns)
             return None
         if m.seq > st.top:

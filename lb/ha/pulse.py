@@ -17,6 +17,25 @@ Rules (this node = "me", the other director = "peer"; the primary is the preferr
   - a stand-down from the peer makes an ACTIVE step down (not a preempting primary: the peer
     steps down instead when it hears it).
   - monitor_links: public link down -> FAULT (step down, never take over) until it is back.
+
+Receive path (what an outsider can send cannot decide the role):
+  - each channel has a heartbeat port and a sync port; on each, one socket connected to the peer's
+    address and port takes only the peer's datagrams (so a flood from elsewhere cannot fill its
+    buffer and crowd real heartbeats out, and sync bursts never share a queue with heartbeats),
+    and a catch-all socket on the same port takes the rest, read at most STRAY_BUDGET datagrams
+    per STRAY_POLL and counted as ``offpath`` (the kernel's drops too), without any crypto;
+  - the peer's datagrams pass the header checks of lb.ha.heartbeat.decode (size, magic, version,
+    length, sender id, channel, type for the port) before the MAC is computed, then the replay
+    guard; every refusal is counted per reason and channel, logged at most once per LOG_INTERVAL
+    per reason, and shown in ``status()["warnings"]`` (`lb status`) while the peer is heard but
+    refused;
+  - a heartbeat carries an echo of the peer's boot id, so a peer whose clock is off by more than
+    max_skew is still heard (a fresh boot proves itself by the echo) and reported as skewed,
+    instead of being taken for dead (which made both directors active);
+  - a channel flooded with refused datagrams only loses that channel's heartbeats: the peer stays
+    alive through the other channel, and the role does not change.
+Every background task runs under lb.tasks.supervise (logged and restarted, never lost), and
+notify programs run through lb.programs (ha.script_user, minimal environment, bounded).
 """
 from __future__ import annotations
 
@@ -24,15 +43,23 @@ import asyncio
 import fcntl
 import ipaddress
 import logging
-import os
 import socket
 import struct
 import time
+
+from lb import programs
+from lb.tasks import RateLimitedLog, TaskStats, spawn, supervise
 
 from . import heartbeat as hb
 from . import sync as hsync
 
 log = logging.getLogger("lb.ha")
+
+_IP_FREEBIND = 15
+_SO_RCVBUFFORCE = 33
+_SO_MEMINFO = 55                 # u32[9]: ..., [8] SK_MEMINFO_DROPS (Linux 4.12)
+_MEMINFO = struct.Struct("=9I")
+_CLOCK_MONOTONIC_COARSE = 6      # the clock BPF's bpf_ktime_get_coarse_ns reads
 
 STARTING, BACKUP, ACTIVE, FAULT, LEAVING = (hb.S_STARTING, hb.S_BACKUP, hb.S_ACTIVE, hb.S_FAULT,
                                            hb.S_LEAVING)
@@ -140,34 +167,166 @@ def local_addresses() -> set:
         return {ipaddress.ip_address(a.get_attr("IFA_ADDRESS")) for a in ipr.get_addr()}
 
 
+class Endpoint:
+    """One UDP port of one channel: a socket bound to our address and connected to the peer's, so
+    the kernel queues only the peer's datagrams on it (a flood from elsewhere never fills its
+    buffer), plus a catch-all socket on the same address and port that takes everything else;
+    its datagrams are counted and dropped without any crypto.
+
+    connect() needs our address to be present; until it is, the one socket stays unconnected and
+    every datagram's source is checked here instead (retried at each keepalive)."""
+
+    STRAY_RCVBUF = 64 * 1024
+
+    def __init__(self, kind: str, local, peer, port: int, rcvbuf: int):
+        self.kind = kind                 # "heartbeat" | "sync"
+        self.local, self.peer, self.port = local, peer, port
+        self.rcvbuf = rcvbuf
+        self.sock: socket.socket | None = None
+        self.stray: socket.socket | None = None
+        self.connected = False
+        self.seq = 0
+        self.tx = self.tx_errors = 0
+        self.kernel_drops = 0            # datagrams the kernel dropped: the buffer was full
+        self.stray_drops = 0
+
+    @property
+    def peer_addr(self) -> tuple:
+        return (str(self.peer), self.port)
+
+    def _socket(self, rcvbuf: int) -> socket.socket:
+        fam = socket.AF_INET if self.local.version == 4 else socket.AF_INET6
+        s = socket.socket(fam, socket.SOCK_DGRAM)
+        try:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            s.setsockopt(socket.SOL_IP, _IP_FREEBIND, 1)       # bind even before the address is up
+            try:
+                s.setsockopt(socket.SOL_SOCKET, _SO_RCVBUFFORCE, rcvbuf)   # above rmem_max (root)
+            except OSError:
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+            s.bind((str(self.local), self.port))
+            s.setblocking(False)
+        except BaseException:
+            s.close()
+            raise
+        return s
+
+    def open(self) -> None:
+        self.sock = self._socket(self.rcvbuf)
+        self.connect()
+
+    def connect(self) -> bool:
+        """Connect to the peer (and open the catch-all) if not done yet; True once connected."""
+        if self.connected or self.sock is None:
+            return self.connected
+        try:
+            self.sock.connect(self.peer_addr)
+        except OSError as e:
+            log.debug("pulse: %s %s -> %s not connected yet: %s", self.kind, self.local, self.peer_addr, e)
+            return False
+        self.connected = True
+        try:
+            self.stray = self._socket(self.STRAY_RCVBUF)
+        except OSError as e:
+            log.warning("pulse: no catch-all socket on %s:%d (%s): other senders get port unreachable",
+                        self.local, self.port, e)
+        return True
+
+    def send(self, data: bytes) -> None:
+        if self.sock is None:
+            return
+        try:
+            if self.connected:
+                self.sock.send(data)
+            else:
+                self.sock.sendto(data, self.peer_addr)
+            self.tx += 1
+        except OSError:
+            self.tx_errors += 1
+
+    def close(self) -> None:
+        for s in (self.sock, self.stray):
+            if s is not None:
+                s.close()
+        self.sock = self.stray = None
+        self.connected = False
+
+
+def _recv(sock: socket.socket) -> tuple[bytes, tuple]:
+    """One datagram (cut at MAX_DATAGRAM + 1 bytes: longer is malformed anyway) and its source."""
+    return sock.recvfrom(hb.MAX_DATAGRAM + 1)
+
+
+def _drops(sock: socket.socket | None) -> int | None:
+    """The datagrams the kernel dropped on ``sock`` so far (its buffer was full), or None."""
+    if sock is None:
+        return None
+    try:
+        return _MEMINFO.unpack(sock.getsockopt(socket.SOL_SOCKET, _SO_MEMINFO, _MEMINFO.size))[8]
+    except (OSError, struct.error):
+        return None
+
+
 class Channel:
-    def __init__(self, cid: int, local, peer, port: int):
+    """A heartbeat channel (public or private): its heartbeat port and its sync port."""
+
+    HEARTBEAT_RCVBUF = 1 << 20
+    SYNC_RCVBUF = 4 << 20
+
+    def __init__(self, cid: int, local, peer, port: int, sync_port: int | None = None):
         self.id = cid
         self.name = hb.CHANNEL_NAMES[cid]
         self.local, self.peer, self.port = local, peer, port
-        self.sock: socket.socket | None = None
-        self.seq = 0
-        self.last_rx: float | None = None        # monotonic
-        self.rx = self.tx = self.tx_errors = 0
+        self.hb = Endpoint("heartbeat", local, peer, port, self.HEARTBEAT_RCVBUF)
+        self.sync = Endpoint("sync", local, peer, port + 1 if sync_port is None else sync_port, self.SYNC_RCVBUF)
+        self.endpoints = (self.hb, self.sync)
+        self.last_rx: float | None = None        # monotonic: the last accepted message
+        self.rx = 0
+        self.offpath = 0                         # datagrams from other senders, dropped before crypto
+        self.refused: dict[str, int] = {}        # the peer's datagrams refused, by reason
+        self.last_refused: tuple[float, str, str] | None = None   # (monotonic, reason, detail)
+
+    @property
+    def tx(self) -> int:
+        return self.hb.tx + self.sync.tx
+
+    @property
+    def tx_errors(self) -> int:
+        return self.hb.tx_errors + self.sync.tx_errors
 
     def open(self) -> None:
-        fam = socket.AF_INET if self.local.version == 4 else socket.AF_INET6
-        s = socket.socket(fam, socket.SOCK_DGRAM)
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        s.setsockopt(socket.SOL_IP, 15, 1)       # IP_FREEBIND: bind even before the link is up
-        s.bind((str(self.local), self.port))
-        s.setblocking(False)
-        self.sock = s
+        for ep in self.endpoints:
+            ep.open()
+
+    def close(self) -> None:
+        for ep in self.endpoints:
+            ep.close()
+
+
+REFUSED_TEXT = {
+    "bad_auth": "bad MAC (another key_file?)",
+    "malformed": "malformed",
+    "wrong_channel": "wrong channel, port or sender id",
+    "replay": "replayed or duplicate",
+    "stale": "clock beyond max_skew and no echo of our boot id yet",
+}
 
 
 class Pulse:
     NOTIFY_TIMEOUT = 30.0    # seconds a notify hook may run before it is killed
+    READ_BUDGET = 64         # datagrams read per socket and wake-up: other sockets get their turn
+    STRAY_POLL = 0.1         # seconds between two reads of the catch-all sockets...
+    STRAY_BUDGET = 256       # ... of at most this many datagrams each (the kernel drops the rest)
+    LOG_INTERVAL = 10.0      # seconds between two log lines of one kind of refusal
+    REFUSED_WARNING = 60.0   # seconds a refusal stays in status()["warnings"]
 
     def __init__(self, ha, instance: str, on_role, *, sync_source=None, sync_sink=None,
-                 announce=None, public_interface: str | None = None, node: int | None = None):
+                 announce=None, public_interface: str | None = None, node: int | None = None,
+                 clock=time.monotonic, wall_ns=time.time_ns):
         """on_role(new, old) -> awaitable; sync_source() -> (conns, temps) (blocking, the
         active's data plane); sync_sink(conns, temps) (blocking, the backup's); announce()
-        (blocking)."""
+        (blocking).  ``clock`` (monotonic seconds) and ``wall_ns`` (the wall clock) are the
+        tests' to replace."""
         self.ha = ha
         self.instance = instance
         self.on_role = on_role
@@ -175,6 +334,9 @@ class Pulse:
         self.sync_sink = sync_sink
         self.announce_fn = announce
         self.public_interface = public_interface
+        self.clock, self.wall_ns = clock, wall_ns
+        # the data plane's clock (synced entries are stamped on it): BPF's coarse monotonic one
+        self.coarse_ns = lambda: time.clock_gettime_ns(_CLOCK_MONOTONIC_COARSE)
         self.key = hb.read_key(ha.key_file)
         self.boot = hb.new_boot_id()
         if node is None:
@@ -187,45 +349,81 @@ class Pulse:
                 raise ValueError(f"this director holds neither the primary ({ha.primary}) nor the backup "
                                  f"({ha.backup}) heartbeat address")
         self.node = node
+        self.peer_node = hb.NODE_BACKUP if node == hb.NODE_PRIMARY else hb.NODE_PRIMARY
         me_primary = node == hb.NODE_PRIMARY
         pick = (lambda p, b: (p, b)) if me_primary else (lambda p, b: (b, p))
-        self.channels = [Channel(hb.CH_PUBLIC, *pick(ha.primary, ha.backup), ha.heartbeat_port)]
+        self.channels = [Channel(hb.CH_PUBLIC, *pick(ha.primary, ha.backup), ha.heartbeat_port, ha.sync_port)]
         if ha.primary_private is not None:
             self.channels.append(Channel(hb.CH_PRIVATE, *pick(ha.primary_private, ha.backup_private),
-                                         ha.heartbeat_port))
-        self.machine = RoleMachine(me_primary, ha.keepalive, ha.deadtime, ha.preempt, time.monotonic())
+                                         ha.heartbeat_port, ha.sync_port))
+        self.machine = RoleMachine(me_primary, ha.keepalive, ha.deadtime, ha.preempt, clock())
         self.guard = hb.ReplayGuard(int(ha.max_skew * 1e9))
+        self.peer_boot = 0                       # the peer's boot id as last authenticated: our echo
+        self.peer_skew: float | None = None      # peer's clock - ours (s), from its last heartbeat
         self.counters = {"rx": 0, "bad_auth": 0, "replay": 0, "stale": 0, "malformed": 0,
-                         "wrong_channel": 0, "standdown_rx": 0, "sync_rx_records": 0,
-                         "sync_tx_records": 0, "sync_skipped": 0, "sync_pending": 0}
+                         "wrong_channel": 0, "offpath": 0, "kernel_drops": 0, "standdown_rx": 0,
+                         "sync_rx_records": 0, "sync_tx_records": 0, "sync_skipped": 0, "sync_pending": 0,
+                         "sync_rejected": 0, "sync_expired": 0}
         self.exporter = hsync.Exporter(ha.sync_rate, ha.sync_interval)
         self.last_sync_rx: float | None = None
         self.last_sync_tx: float | None = None
         self.role_log: list[tuple[float, str, str]] = []
+        self.task_stats: dict[str, TaskStats] = {}
         self._tasks: list[asyncio.Task] = []
-        self._wake = asyncio.Event()
         self._actions: asyncio.Queue = asyncio.Queue()
         self._closing = False
         self._peer_was_alive = False
         self._sync_queue: asyncio.Queue = asyncio.Queue(maxsize=256)   # bounded backup-side backlog
+        self._ratelog = RateLimitedLog(log, self.LOG_INTERVAL, clock)
 
     # ---- status ----
     @property
     def role(self) -> str:
         return NAMES[self.machine.state]
 
+    def warnings(self) -> list[str]:
+        """What an operator must look at: a peer heard but refused, a skewed clock, heartbeats
+        the kernel dropped."""
+        now = self.clock()
+        out = []
+        for c in self.channels:
+            if c.last_refused is None or now - c.last_refused[0] >= self.REFUSED_WARNING:
+                continue
+            at, why, detail = c.last_refused
+            why = f"{REFUSED_TEXT.get(why, why)}{': ' + detail if detail else ''}"
+            so_far = ", ".join(f"{k} {v}" for k, v in sorted(c.refused.items()))
+            if c.last_rx is None or c.last_rx < at:      # the peer itself is not understood
+                out.append(f"{c.name} channel: datagrams from the peer {c.peer} are refused ({why}); "
+                           f"refused so far: {so_far}")
+            else:                                         # the peer is, so someone else uses its address
+                out.append(f"{c.name} channel: datagrams with the peer {c.peer}'s address were refused "
+                           f"{now - at:.0f}s ago ({why}) while its own are accepted: forged or corrupted; "
+                           f"refused so far: {so_far}")
+        if self.peer_skew is not None and abs(self.peer_skew) > self.ha.max_skew:
+            out.append(f"the peer's clock differs from ours by {self.peer_skew:+.1f}s (max_skew "
+                       f"{self.ha.max_skew:g}s): heard anyway (its heartbeats echo our boot id); fix the time (NTP)")
+        for c in self.channels:
+            if c.hb.kernel_drops:
+                out.append(f"{c.name} channel: the kernel dropped {c.hb.kernel_drops} datagrams of the peer's "
+                           f"heartbeat socket (receive buffer full: a flood with the peer's address?)")
+        return out
+
     def status(self) -> dict:
-        now = time.monotonic()
+        now = self.clock()
         m = self.machine
         return {
             "node": "primary" if self.node == hb.NODE_PRIMARY else "backup",
             "role": self.role, "since_s": round(now - m.since, 3), "role_changes": m.changes,
             "peer": {"state": NAMES.get(m.peer_state, "unknown") if m.peer_state is not None else "unknown",
                      "alive": m.peer_alive(now),
-                     "last_heard_s": None if m.peer_seen is None else round(now - m.peer_seen, 3)},
+                     "last_heard_s": None if m.peer_seen is None else round(now - m.peer_seen, 3),
+                     "clock_skew_s": None if self.peer_skew is None else round(self.peer_skew, 3)},
             "link_ok": m.link_ok,
-            "channels": {c.name: {"local": str(c.local), "peer": str(c.peer), "port": c.port, "rx": c.rx,
-                                  "tx": c.tx, "tx_errors": c.tx_errors,
+            "channels": {c.name: {"local": str(c.local), "peer": str(c.peer), "port": c.port,
+                                  "sync_port": c.sync.port, "rx": c.rx, "tx": c.tx, "tx_errors": c.tx_errors,
+                                  "connected": c.hb.connected, "offpath": c.offpath,
+                                  "kernel_drops": c.hb.kernel_drops + c.sync.kernel_drops,
+                                  "refused": dict(c.refused),
                                   "last_heartbeat_s": None if c.last_rx is None else round(now - c.last_rx, 3)}
                          for c in self.channels},
             "sync": {"enabled": self.ha.sync, "tracked": len(self.exporter.sent),
@@ -233,25 +431,35 @@ class Pulse:
                      "last_tx_s": None if self.last_sync_tx is None else round(now - self.last_sync_tx, 3),
                      "last_rx_s": None if self.last_sync_rx is None else round(now - self.last_sync_rx, 3)},
             "counters": dict(self.counters),
+            "tasks": {name: {"restarts": st.restarts, "last_error": st.last_error}
+                      for name, st in self.task_stats.items() if st.restarts},
+            "warnings": self.warnings(),
         }
 
     # ---- lifecycle ----
+    def _supervise(self, name: str, run) -> asyncio.Task:
+        stats = self.task_stats.setdefault(name, TaskStats())
+        return supervise(name, run, logger=log, stats=stats, context=f"pulse {self.role_node_name()} node")
+
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
-        self.machine.since = time.monotonic()     # listen a full deadtime from now
+        self.machine.since = self.clock()     # listen a full deadtime from now
         for c in self.channels:
             c.open()
-            loop.add_reader(c.sock.fileno(), self._readable, c)
-        self._tasks = [asyncio.create_task(self._heartbeats(), name="pulse-heartbeats"),
-                       asyncio.create_task(self._decide(), name="pulse-decide")]
+            for ep in c.endpoints:
+                loop.add_reader(ep.sock.fileno(), self._readable, c, ep)
+        self._tasks = [self._supervise("pulse-heartbeats", self._heartbeats),
+                       self._supervise("pulse-decide", self._decide),
+                       self._supervise("pulse-strays", self._strays)]
         if self.ha.sync and self.sync_source is not None:
-            self._tasks.append(asyncio.create_task(self._sync_out(), name="pulse-sync-out"))
+            self._tasks.append(self._supervise("pulse-sync-out", self._sync_out))
         if self.ha.sync and self.sync_sink is not None:
-            self._tasks.append(asyncio.create_task(self._sync_in(), name="pulse-sync-in"))
+            self._tasks.append(self._supervise("pulse-sync-in", self._sync_in))
         if self.ha.garp_refresh > 0:
-            self._tasks.append(asyncio.create_task(self._refresh(), name="pulse-garp-refresh"))
+            self._tasks.append(self._supervise("pulse-garp-refresh", self._refresh))
         log.info("pulse: %s node, heartbeats every %gs on %s, deadtime %gs", self.role_node_name(),
-                 self.ha.keepalive, ", ".join(f"{c.name} {c.local}->{c.peer}:{c.port}" for c in self.channels),
+                 self.ha.keepalive, ", ".join(f"{c.name} {c.local}->{c.peer}:{c.port} (sync :{c.sync.port})"
+                                              for c in self.channels),
                  self.ha.deadtime)
 
     def role_node_name(self) -> str:
@@ -266,26 +474,30 @@ class Pulse:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         loop = asyncio.get_running_loop()
         for c in self.channels:
-            if c.sock is not None:
-                loop.remove_reader(c.sock.fileno())
-                c.sock.close()
-                c.sock = None
+            for ep in c.endpoints:
+                if ep.sock is not None:
+                    loop.remove_reader(ep.sock.fileno())
+            c.close()
 
     # ---- sending ----
     def _flags(self) -> int:
         return hb.F_LINK_OK if self.machine.link_ok else 0
 
-    def _send(self, c: Channel, typ: int, state: int | None = None, payload: bytes = b"") -> None:
-        if c.sock is None:
-            return
-        c.seq += 1
-        m = hb.Message(typ, self.machine.state if state is None else state, self.node, c.id, self.boot, c.seq,
-                       time.time_ns(), self._flags(), payload)
-        try:
-            c.sock.sendto(hb.encode(self.key, m), (str(c.peer), c.port))
-            c.tx += 1
-        except OSError:
-            c.tx_errors += 1
+    def encode(self, c: Channel, typ: int, state: int | None = None, payload: bytes | None = None) -> bytes:
+        """The next datagram of ``typ`` on channel ``c`` (heartbeats and stand-downs carry our echo
+        of the peer's boot id)."""
+        ep = c.sync if typ == hb.T_SYNC else c.hb
+        ep.seq += 1
+        if payload is None:
+            payload = hb.echo_payload(self.peer_boot)
+        m = hb.Message(typ, self.machine.state if state is None else state, self.node, c.id, self.boot, ep.seq,
+                       self.wall_ns(), self._flags(), payload)
+        return hb.encode(self.key, m)
+
+    def _send(self, c: Channel, typ: int, state: int | None = None, payload: bytes | None = None) -> None:
+        ep = c.sync if typ == hb.T_SYNC else c.hb
+        if ep.sock is not None:
+            ep.send(self.encode(c, typ, state, payload))
 
     def _send_all(self, typ: int, state: int | None = None) -> None:
         for c in self.channels:
@@ -293,7 +505,7 @@ class Pulse:
 
     def _sync_channel(self) -> Channel:
         """Sync goes over the private channel when there is one and it is alive."""
-        now = time.monotonic()
+        now = self.clock()
         for c in reversed(self.channels):
             if c.last_rx is not None and now - c.last_rx < self.ha.deadtime:
                 return c
@@ -301,36 +513,93 @@ class Pulse:
 
     async def _heartbeats(self) -> None:
         while True:
+            for c in self.channels:
+                for ep in c.endpoints:
+                    ep.connect()                 # our address may have come up since
             self._send_all(hb.T_HEARTBEAT)
             await asyncio.sleep(self.ha.keepalive)
 
     # ---- receiving ----
-    def _readable(self, c: Channel) -> None:
-        for _ in range(64):                       # bounded per wake-up
+    def _readable(self, c: Channel, ep: Endpoint) -> None:
+        for _ in range(self.READ_BUDGET):         # bounded per wake-up
             try:
-                data, _addr = c.sock.recvfrom(65535)
+                data, addr = _recv(ep.sock)
             except (BlockingIOError, InterruptedError):
                 return
             except OSError:
-                return
-            self._receive(c, data)
+                continue                          # a connected socket's ICMP error: consumed, go on
+            if not ep.connected and (ipaddress.ip_address(addr[0].split("%")[0]) != ep.peer or addr[1] != ep.port):
+                self._offpath(c, 1)
+                continue
+            self._receive(c, ep.kind, data)
 
-    def _receive(self, c: Channel, data: bytes) -> None:
+    def _offpath(self, c: Channel, n: int) -> None:
+        c.offpath += n
+        self.counters["offpath"] += n
+
+    async def _strays(self) -> None:
+        """Drain the catch-all sockets now and then: count what other senders sent, keep the
+        peer's own datagrams (they land there while a socket is being connected); and take the
+        kernel's drop counts (a full buffer) of every socket."""
+        while True:
+            await asyncio.sleep(self.STRAY_POLL)
+            self.poll_strays()
+
+    def poll_strays(self) -> None:
+        for c in self.channels:
+            for ep in c.endpoints:
+                if ep.stray is not None:
+                    self._drain_stray(c, ep)
+                    drops = _drops(ep.stray)
+                    if drops is not None and drops != ep.stray_drops:
+                        self._offpath(c, (drops - ep.stray_drops) & 0xFFFFFFFF)   # dropped unread: a flood
+                        ep.stray_drops = drops
+                drops = _drops(ep.sock)
+                if drops is not None and drops != ep.kernel_drops:
+                    self.counters["kernel_drops"] += (drops - ep.kernel_drops) & 0xFFFFFFFF
+                    ep.kernel_drops = drops
+
+    def _drain_stray(self, c: Channel, ep: Endpoint) -> None:
+        for _ in range(self.STRAY_BUDGET):
+            try:
+                data, addr = _recv(ep.stray)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:
+                continue
+            if ipaddress.ip_address(addr[0].split("%")[0]) == ep.peer and addr[1] == ep.port:
+                self._receive(c, ep.kind, data)
+            else:
+                self._offpath(c, 1)
+
+    def _refuse(self, c: Channel, reason: str, detail: str = "") -> None:
+        """A datagram with the peer's address and port that is not an acceptable message."""
+        self.counters[reason] += 1
+        c.refused[reason] = c.refused.get(reason, 0) + 1
+        c.last_refused = (self.clock(), reason, detail)
+        self._ratelog.log((c.id, reason), logging.WARNING, "pulse: %s channel: refused a datagram from the peer "
+                          "%s: %s%s", c.name, c.peer, REFUSED_TEXT.get(reason, reason),
+                          f" ({detail})" if detail else "")
+
+    def _receive(self, c: Channel, kind: str, data: bytes) -> None:
         try:
-            m = hb.decode(self.key, data)
+            m = hb.decode(self.key, data, sender=self.peer_node, channel=c.id, types=hb.SOCKET_TYPES[kind])
         except hb.DecodeError as e:
-            self.counters["bad_auth" if e.reason == "auth" else "malformed"] += 1
+            self._refuse(c, "bad_auth" if e.reason == "auth" else e.reason, e.detail)
             return
-        if m.channel != c.id or m.node == self.node:
-            self.counters["wrong_channel"] += 1
-            return
-        why = self.guard.check(m, time.time_ns())
+        wall = self.wall_ns()
+        if m.type != hb.T_SYNC:
+            self.peer_boot = m.boot               # authentic: echoed back, the peer's proof of freshness
+        why = self.guard.check(m, wall, self.boot)
         if why is not None:
-            self.counters[why] += 1
+            detail = ""
+            if why == "stale":
+                detail = f"its clock differs from ours by {(m.ts_ns - wall) / 1e9:+.1f}s, max_skew {self.ha.max_skew:g}s"
+            self._refuse(c, why, detail)
             return
         self.counters["rx"] += 1
         c.rx += 1
-        now = time.monotonic()
+        now = self.clock()
         c.last_rx = now
         if m.type == hb.T_SYNC:
             self.last_sync_rx = now
@@ -340,6 +609,11 @@ class Pulse:
                 self.counters["sync_skipped"] += 1
             self._act(self.machine.heard(now, m.state) if m.state != self.machine.peer_state else [])
             return
+        self.peer_skew = (m.ts_ns - wall) / 1e9
+        if abs(self.peer_skew) > self.ha.max_skew:
+            self._ratelog.log("skew", logging.WARNING, "pulse: the peer's clock differs from ours by %+.1fs "
+                              "(max_skew %gs); its heartbeats are accepted because they echo our boot id: "
+                              "fix the time (NTP)", self.peer_skew, self.ha.max_skew)
         if m.type == hb.T_STANDDOWN:
             self.counters["standdown_rx"] += 1
             self._act(self.machine.standdown(now))
@@ -351,28 +625,37 @@ class Pulse:
         for a in acts:
             self._actions.put_nowait(a)
 
+    def decide(self) -> list:
+        """One step of the role machine at clock(): the link check (monitor_links), the tick, and
+        every action queued since (by received messages too), taken off the queue."""
+        now = self.clock()
+        if self.ha.monitor_links and self.public_interface and now - self._last_link >= min(self.ha.keepalive, 0.2):
+            self._last_link = now
+            ok = link_running(self.public_interface)
+            if ok != self.machine.link_ok:
+                log.warning("pulse: public link %s is %s", self.public_interface, "up" if ok else "down")
+            self._act(self.machine.link(now, ok))
+        else:
+            self._act(self.machine.tick(now))
+        alive = self.machine.peer_alive(now)
+        if alive and not self._peer_was_alive:
+            self.exporter.reset()             # the peer (re)appeared: send it everything
+        self._peer_was_alive = alive
+        acts = []
+        while not self._actions.empty():
+            acts.append(self._actions.get_nowait())
+        return acts
+
+    _last_link = float("-inf")
+
     async def _decide(self) -> None:
         tick = min(self.ha.keepalive / 2, 0.05)
         loop = asyncio.get_running_loop()
-        last_link = 0.0
         while True:
-            now = time.monotonic()
-            if self.ha.monitor_links and self.public_interface and now - last_link >= min(self.ha.keepalive, 0.2):
-                last_link = now
-                ok = link_running(self.public_interface)
-                if ok != self.machine.link_ok:
-                    log.warning("pulse: public link %s is %s", self.public_interface, "up" if ok else "down")
-                self._act(self.machine.link(now, ok))
-            else:
-                self._act(self.machine.tick(now))
-            alive = self.machine.peer_alive(now)
-            if alive and not self._peer_was_alive:
-                self.exporter.reset()             # the peer (re)appeared: send it everything
-            self._peer_was_alive = alive
-            while not self._actions.empty():
-                a = self._actions.get_nowait()
+            for a in self.decide():
                 if a[0] == "role":
                     _, new, old = a
+                    alive = self.machine.peer_alive(self.clock())
                     log.warning("pulse: role %s -> %s (peer %s)", NAMES[old], NAMES[new],
                                 NAMES.get(self.machine.peer_state, "unheard") if alive else "not heard")
                     self.role_log.append((time.time(), NAMES[old], NAMES[new]))
@@ -400,32 +683,32 @@ class Pulse:
 
     def _notify(self, new: str, old: str) -> None:
         for prog in self.ha.notify:
-            asyncio.get_running_loop().create_task(self._run_hook(prog, new, old))
+            spawn(f"notify {prog}", self._run_hook(prog, new, old), logger=log)
 
     async def _run_hook(self, prog: str, new: str, old: str) -> None:
+        """One notify program: PROG NEW OLD INSTANCE, as ha.script_user, with LB_ROLE, LB_OLD_ROLE and
+        LB_INSTANCE in a minimal environment (lb.programs)."""
         try:
-            p = await asyncio.create_subprocess_exec(prog, new, old, self.instance, stdin=asyncio.subprocess.DEVNULL,
-                                                     stdout=asyncio.subprocess.DEVNULL,
-                                                     stderr=asyncio.subprocess.PIPE)
-            try:
-                _, err = await asyncio.wait_for(p.communicate(), timeout=self.NOTIFY_TIMEOUT)
-            except asyncio.TimeoutError:
-                p.kill()
-                await p.wait()
-                log.warning("pulse: notify hook %s killed after %g s", prog, self.NOTIFY_TIMEOUT)
-                return
-            if p.returncode:
-                log.warning("pulse: notify hook %s exited %d: %s", prog, p.returncode,
-                            err.decode(errors="replace").strip()[-500:])
-        except OSError as e:
+            res = await programs.run([prog, new, old, self.instance], user=self.ha.script_user,
+                                     timeout=self.NOTIFY_TIMEOUT,
+                                     env={"LB_ROLE": new, "LB_OLD_ROLE": old, "LB_INSTANCE": self.instance})
+        except (OSError, programs.ProgramError) as e:
             log.warning("pulse: notify hook %s: %s", prog, e)
+            return
+        err = bytes(res.stderr).decode(errors="replace").strip()[-500:]
+        if res.killed == "timeout":
+            log.warning("pulse: notify hook %s killed after %g s", prog, self.NOTIFY_TIMEOUT)
+        elif res.killed == "output":
+            log.warning("pulse: notify hook %s killed: more than %d bytes of output", prog, programs.OUTPUT_LIMIT)
+        elif res.returncode:
+            log.warning("pulse: notify hook %s exited %d: %s", prog, res.returncode, err)
 
     # ---- connection sync ----
     async def _sync_out(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
             await asyncio.sleep(self.ha.sync_interval)
-            if self.machine.state != ACTIVE or not self.machine.peer_alive(time.monotonic()):
+            if self.machine.state != ACTIVE or not self.machine.peer_alive(self.clock()):
                 continue
             try:
                 conns, temps = await loop.run_in_executor(None, self.sync_source)
@@ -440,7 +723,25 @@ class Pulse:
             for payload in hsync.pack_batches(records):
                 self._send(c, hb.T_SYNC, payload=payload)
             self.counters["sync_tx_records"] += len(records)
-            self.last_sync_tx = time.monotonic()
+            self.last_sync_tx = self.clock()
+
+    def admit_sync(self, payloads: list[bytes], now_ns: int) -> tuple[list, list]:
+        """Synced payloads -> the records to install at ``now_ns`` (the data plane's clock): each
+        payload checked whole (a bad one is refused, counted and logged, none of it kept), ages
+        capped below now_ns, expired records dropped."""
+        conns, temps = [], []
+        for p in payloads:
+            try:
+                c, t = hsync.decode_batch(p)
+            except ValueError as e:
+                self.counters["sync_rejected"] += 1
+                self._ratelog.log("sync", logging.WARNING, "pulse: refused a sync datagram from the peer: %s", e)
+                continue
+            conns += c
+            temps += t
+        conns, temps, expired = hsync.admit(conns, temps, now_ns)
+        self.counters["sync_expired"] += expired
+        return conns, temps
 
     async def _sync_in(self) -> None:
         loop = asyncio.get_running_loop()
@@ -451,15 +752,9 @@ class Pulse:
                 batch.append(self._sync_queue.get_nowait())
             if self.machine.state == ACTIVE:
                 continue                          # the active's own table wins
-            conns, temps = [], []
-            for p in batch:
-                try:
-                    c, t = hsync.decode_batch(p)
-                except ValueError:
-                    self.counters["malformed"] += 1
-                    continue
-                conns += c
-                temps += t
+            conns, temps = self.admit_sync(batch, self.coarse_ns())
+            if not conns and not temps:
+                continue
             try:
                 done, skipped = await loop.run_in_executor(None, self.sync_sink, conns, temps)
             except Exception:

@@ -22,11 +22,30 @@ breaks at failover exactly as with IPVS's sync daemon (the backup answers its ne
 RST: a non-SYN packet of an unknown flow is not scheduled).  Backup-side counting: installed
 entries count on their real servers' ActiveConn/InActConn at once (as IPVS's backup does), via
 lb_real_swept.  Deletions are not synced: the backup's copies expire by their own timeouts.
+
+Wire format (the payload of one T_SYNC message, network order): u16 record count, then the
+records, each starting with its kind byte:
+
+    K_CONN (73 bytes):    kind proto family state flags | client addr(16) port(2) |
+                          VIP(16) port(2) | real server addr(16) port(2) | age ms(4) timeout s(4) |
+                          client MAC(6)
+    K_TEMPLATE (67 bytes): kind proto family | client addr(16) | VIP(16) port(2) | fwmark(4) |
+                          real server addr(16) port(2) | age ms(4) timeout s(4)
+
+An IPv4 address takes the first 4 of its 16 bytes, the rest zero.  The receiver checks a whole
+payload before any of it is installed (:func:`decode_batch`): count, lengths, kinds, protocol
+(TCP, UDP; a firewall-mark template 0), family (4, 6, with zero padding), state (below N_STATES), flags (inactive,
+persistent only), timeout (1 s .. MAX_TIMEOUT_S); a payload with one bad record is refused whole
+(counted, logged at a bounded rate).  :func:`admit` then drops records already older than their
+timeout and caps every age below the backup's own clock (an entry older than the backup's uptime
+would otherwise be stamped before its clock's zero).
 """
 from __future__ import annotations
 
 import ipaddress
 import struct
+
+from lb.dataplane.layout import CONN_F_INACTIVE, CONN_F_PERSIST, N_TIMEOUTS
 
 from .heartbeat import HEADER, MAC_LEN, MAX_DATAGRAM
 
@@ -38,14 +57,16 @@ K_CONN, K_TEMPLATE = 1, 2
 CONN_REC = struct.Struct("!BBBBB16sH16sH16sHII6s")
 TEMPLATE_REC = struct.Struct("!BBB16s16sHI16sHII")
 PAYLOAD_MAX = MAX_DATAGRAM - HEADER.size - MAC_LEN - 2
+COUNT = struct.Struct("!H")
+PROTOS = (6, 17)
+N_STATES = N_TIMEOUTS            # IPVS's TCP states and UDP's: the lb_timeouts slots
+SYNC_FLAGS = CONN_F_INACTIVE | CONN_F_PERSIST
+MAX_TIMEOUT_S = 2147483           # IPVS's and the config's longest timeout
+_RECORDS = {K_CONN: CONN_REC, K_TEMPLATE: TEMPLATE_REC}
 
 
 def _pa(a) -> bytes:
     return a.packed.ljust(16, b"\0")
-
-
-def _ua(raw: bytes, fam: int):
-    return ipaddress.IPv4Address(raw[:4]) if fam == 4 else ipaddress.IPv6Address(raw)
 
 
 def encode_conn(r) -> bytes:
@@ -66,42 +87,89 @@ def pack_batches(records: list[bytes]) -> list[bytes]:
     size = 0
     for rec in records:
         if cur and size + len(rec) > PAYLOAD_MAX:
-            out.append(struct.pack("!H", len(cur)) + b"".join(cur))
+            out.append(COUNT.pack(len(cur)) + b"".join(cur))
             cur, size = [], 0
         cur.append(rec)
         size += len(rec)
     if cur:
-        out.append(struct.pack("!H", len(cur)) + b"".join(cur))
+        out.append(COUNT.pack(len(cur)) + b"".join(cur))
     return out
 
 
+def _addr(raw: bytes, fam: int):
+    if fam == 4:
+        if any(raw[4:]):
+            raise ValueError("IPv4 address with non-zero padding")
+        return ipaddress.IPv4Address(raw[:4])
+    return ipaddress.IPv6Address(raw)
+
+
+def _common(proto: int, fam: int, timeout: int, protos=PROTOS) -> None:
+    if proto not in protos:
+        raise ValueError(f"protocol {proto}")
+    if fam not in (4, 6):
+        raise ValueError(f"address family {fam}")
+    if not 1 <= timeout <= MAX_TIMEOUT_S:
+        raise ValueError(f"timeout {timeout}")
+
+
 def decode_batch(payload: bytes) -> tuple[list, list]:
-    """Payload -> (connection records, template records) as XdpDataplane.import_conns takes them."""
-    if len(payload) < 2:
+    """Payload -> (connection records, template records) as XdpDataplane.import_conns takes them;
+    ValueError (naming the first bad record) unless every record of it is well formed."""
+    if len(payload) < COUNT.size:
         raise ValueError("short sync payload")
-    (n,) = struct.unpack_from("!H", payload)
-    off = 2
+    (n,) = COUNT.unpack_from(payload)
+    off = COUNT.size
     conns, temps = [], []
-    for _ in range(n):
+    for i in range(n):
         if off >= len(payload):
-            raise ValueError("truncated sync payload")
+            raise ValueError(f"truncated sync payload: {i} of {n} records")
         kind = payload[off]
-        if kind == K_CONN:
-            (_, proto, fam, state, flags, ca, cp, va, vp, ra, rp, age_ms, timeout,
-             cmac) = CONN_REC.unpack_from(payload, off)
-            off += CONN_REC.size
-            conns.append((proto, _ua(ca, fam), cp, _ua(va, fam), vp, _ua(ra, fam), rp, state, flags,
-                          age_ms * 1_000_000, timeout, cmac))
-        elif kind == K_TEMPLATE:
-            (_, proto, fam, ca, va, vp, fwmark, ra, rp, age_ms, timeout) = TEMPLATE_REC.unpack_from(payload, off)
-            off += TEMPLATE_REC.size
-            temps.append((proto, _ua(ca, fam), _ua(va, fam), vp, fwmark, _ua(ra, fam), rp, age_ms * 1_000_000,
-                          timeout))
-        else:
-            raise ValueError(f"unknown sync record kind {kind}")
+        rec = _RECORDS.get(kind)
+        if rec is None:
+            raise ValueError(f"record {i}: unknown kind {kind}")
+        if off + rec.size > len(payload):
+            raise ValueError(f"record {i}: truncated ({len(payload) - off} of {rec.size} bytes)")
+        try:
+            if kind == K_CONN:
+                (_, proto, fam, state, flags, ca, cp, va, vp, ra, rp, age_ms, timeout,
+                 cmac) = CONN_REC.unpack_from(payload, off)
+                _common(proto, fam, timeout)
+                if state >= N_STATES:
+                    raise ValueError(f"state {state}")
+                if flags & ~SYNC_FLAGS:
+                    raise ValueError(f"flags {flags:#x}")
+                conns.append((proto, _addr(ca, fam), cp, _addr(va, fam), vp, _addr(ra, fam), rp, state, flags,
+                              age_ms * 1_000_000, timeout, cmac))
+            else:
+                (_, proto, fam, ca, va, vp, fwmark, ra, rp, age_ms, timeout) = TEMPLATE_REC.unpack_from(payload, off)
+                # a firewall-mark service's template is keyed by its mark, protocol 0 (as IPVS's)
+                _common(proto, fam, timeout, PROTOS + (0,) if fwmark else PROTOS)
+                temps.append((proto, _addr(ca, fam), _addr(va, fam), vp, fwmark, _addr(ra, fam), rp,
+                              age_ms * 1_000_000, timeout))
+        except ValueError as e:
+            raise ValueError(f"record {i}: {e}") from None
+        off += rec.size
     if off != len(payload):
-        raise ValueError("trailing bytes in sync payload")
+        raise ValueError(f"{len(payload) - off} trailing bytes in sync payload")
     return conns, temps
+
+
+def admit(conns: list, temps: list, now_ns: int) -> tuple[list, list, int]:
+    """The records to install at ``now_ns`` (the backup's monotonic clock): those already older
+    than their timeout are dropped (counted in the third value), the others' ages are capped at
+    now_ns - 1 so that ``now - age`` stays a valid timestamp.  The age is field 9 of a
+    connection record and field 7 of a template record (from 0); the timeout follows it."""
+    cap = max(0, now_ns - 1)
+    out_c, out_t, expired = [], [], 0
+    for out, items, at in ((out_c, conns, 9), (out_t, temps, 7)):
+        for r in items:
+            age, timeout = r[at], r[at + 1]
+            if age > timeout * 1_000_000_000:
+                expired += 1
+                continue
+            out.append(r if age <= cap else r[:at] + (cap,) + r[at + 1:])
+    return out_c, out_t, expired
 
 
 class Exporter:

@@ -4,20 +4,28 @@
 every error becomes ``CheckResult(ok=False, detail=...)``.
 
 ``CheckSpec.connect_timeout`` bounds the *whole* check (connect, send, reading the reply, or the
-program's run time), not only the TCP handshake.
+program's run time), not only the TCP handshake.  Reads are bounded in bytes too: send/expect
+reads READ_LIMIT bytes, HTTP(S) at most BODY_LIMIT bytes of headers and of body whatever a
+Content-Length or chunk size announces (a chunk of 2^40 bytes is read BODY_LIMIT bytes far, then
+the connection is closed), and a program at most lb.programs.OUTPUT_LIMIT bytes of output (it
+is killed when it prints more).
+
+A "program" check runs through lb.programs (no shell, as ``CheckSpec.user``, minimal
+environment) with ``LB_HOST`` and ``LB_PORT`` set to the real server's address and port (what
+%h and %p give in its arguments).
 """
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
-import os
 import re
 import shlex
-import signal
 import ssl
 import time
 from dataclasses import dataclass
+
+from lb import programs
 
 __all__ = ["KINDS", "CheckSpec", "CheckResult", "decode_escapes", "program_argv", "run_check"]
 
@@ -47,6 +55,7 @@ class CheckSpec:
     tls_verify: bool = True
     program: str = ""         # argv template (shlex-split); %h -> host, %p -> port, %% -> %
     connect_timeout: float = 3.0   # budget for the whole check
+    user: str | None = None   # program: run as this user (None: the daemon's own)
 
     def __post_init__(self):
         if self.kind not in KINDS:
@@ -199,28 +208,44 @@ def _strip_port(host_header: str) -> str:
     return host_header
 
 
+CHUNK_SIZE_DIGITS = 16   # hex digits of a chunk size (2^64): a longer one is not HTTP
+
+
 async def _read_chunked(reader: asyncio.StreamReader, limit: int) -> bytes:
-    body = b""
+    """A chunked body's first ``limit`` bytes; never more is read or kept, whatever the chunk
+    sizes say (the caller closes the connection on the rest)."""
+    body = bytearray()
     try:
         while len(body) < limit:
             line = await reader.readline()
             if not line:
                 break
-            size = int(line.split(b";", 1)[0].strip() or b"0", 16)
+            token = line.split(b";", 1)[0].strip() or b"0"
+            if len(token) > CHUNK_SIZE_DIGITS:
+                raise ValueError(f"chunk size {_snip(token)} is not a chunk size")
+            size = int(token, 16)
             if size == 0:
                 break
-            body += await reader.readexactly(size)
+            while size and len(body) < limit:
+                part = await reader.read(min(size, limit - len(body)))
+                if not part:
+                    return bytes(body)
+                body += part
+                size -= len(part)
+            if size:
+                break                   # the limit fell inside this chunk
             await reader.readexactly(2)
     except asyncio.IncompleteReadError as e:
-        body += e.partial
-    return body[:limit]
+        body += e.partial[: max(0, limit - len(body))]
+    return bytes(body[:limit])
 
 
 async def _read_body(reader: asyncio.StreamReader, headers: dict[str, str], limit: int) -> bytes:
     if "chunked" in headers.get("transfer-encoding", "").lower():
         return await _read_chunked(reader, limit)
-    if "content-length" in headers:
-        n = min(int(headers["content-length"]), limit)
+    length = headers.get("content-length", "")
+    if length.isdigit() and len(length) <= 19:
+        n = min(int(length), limit)
         try:
             return await reader.readexactly(n)
         except asyncio.IncompleteReadError as e:
@@ -232,6 +257,14 @@ async def _read_body(reader: asyncio.StreamReader, headers: dict[str, str], limi
             break
         body += chunk
     return body
+
+
+def _header_problem(what: str, value: str) -> str | None:
+    """A Host header or path with a control character or a space would split the request: refused
+    here too (the config loader already refuses such values)."""
+    if any(c.isspace() or ord(c) < 0x20 or ord(c) == 0x7F for c in value):
+        return f"refused: the {what} {value!r} holds a space or control character"
+    return None
 
 
 async def _check_http(spec: CheckSpec) -> tuple[bool, str]:
@@ -247,6 +280,9 @@ async def _check_http(spec: CheckSpec) -> tuple[bool, str]:
     path = spec.path or "/"
     if not path.startswith("/"):
         path = "/" + path
+    problem = _header_problem("path", path) or _header_problem("Host header", host_header)
+    if problem:
+        return False, problem
     request = (f"GET {path} HTTP/1.1\r\nHost: {host_header}\r\nUser-Agent: lb-health\r\n"
                f"Accept: */*\r\nConnection: close\r\n\r\n").encode("utf-8")
     async with asyncio.timeout_at(_deadline(spec)):
@@ -260,6 +296,8 @@ async def _check_http(spec: CheckSpec) -> tuple[bool, str]:
                 head = await reader.readuntil(b"\r\n\r\n")
             except asyncio.IncompleteReadError as e:
                 return False, f"connection closed before the response headers; received {_snip(e.partial)}"
+            except asyncio.LimitOverrunError:
+                return False, f"response headers longer than {BODY_LIMIT} bytes"
             lines = head.decode("latin-1").split("\r\n")
             parts = lines[0].split(None, 2)
             if len(parts) < 2 or not parts[0].startswith("HTTP/") or not parts[1].isdigit():
@@ -291,30 +329,6 @@ async def _check_http(spec: CheckSpec) -> tuple[bool, str]:
     return False, f"status {code}, body does not match {spec.body_regex!r}: {_snip(body)}"
 
 
-def _kill_group(proc: asyncio.subprocess.Process) -> None:
-    try:
-        os.killpg(proc.pid, signal.SIGKILL)   # the program runs in its own session/process group
-    except (ProcessLookupError, PermissionError):
-        try:
-            proc.kill()
-        except ProcessLookupError:
-            pass
-
-
-async def communicate_or_kill(proc: asyncio.subprocess.Process) -> tuple[bytes, bytes]:
-    """proc.communicate(); timed out or cancelled, the program's process group is killed and
-    reaped first: no process is left behind."""
-    try:
-        return await proc.communicate()
-    except BaseException:
-        _kill_group(proc)
-        try:
-            await asyncio.wait_for(proc.wait(), 2)   # reap it and let its pipes close
-        except BaseException:
-            pass
-        raise
-
-
 async def _check_program(spec: CheckSpec) -> tuple[bool, str]:
     try:
         argv = program_argv(spec)
@@ -322,16 +336,18 @@ async def _check_program(spec: CheckSpec) -> tuple[bool, str]:
         return False, f"bad program {spec.program!r}: {e}"
     if not argv:
         return False, "no program given"
-    proc = await asyncio.create_subprocess_exec(
-        *argv, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE, start_new_session=True)
     try:
-        async with asyncio.timeout(spec.connect_timeout):
-            out, err = await communicate_or_kill(proc)
-    except TimeoutError:
-        return False, f"timed out after {spec.connect_timeout:g}s; killed"
+        res = await programs.run(argv, user=spec.user, timeout=spec.connect_timeout,
+                                 env={"LB_HOST": spec.host, "LB_PORT": str(spec.port)})
+    except programs.ProgramError as e:
+        return False, str(e)
+    out, err = bytes(res.stdout), bytes(res.stderr)
+    if res.killed == "timeout":
+        return False, f"timed out after {spec.connect_timeout:g}s; killed; stdout {_snip(out)}"
+    if res.killed == "output":
+        return False, f"printed more than {programs.OUTPUT_LIMIT} bytes; killed; stdout {_snip(out)}"
     text = out.decode("utf-8", errors="replace")
-    rc = proc.returncode
+    rc = res.returncode
     if rc != 0:
         how = f"killed by signal {-rc}" if rc < 0 else f"exit status {rc}"
         return False, f"{how}; stdout {_snip(out)}, stderr {_snip(err)}"

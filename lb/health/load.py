@@ -5,8 +5,9 @@ load, either
 
 * by an **agent**: a TCP connection to the real server's agent port, which answers one line and
   closes (HAProxy's agent-check), or
-* by a **program**: argv with %h (address) and %p (port), never run by a shell, killed (with its
-  process group) after ``timeout``; its output is read.
+* by a **program**: argv with %h (address) and %p (port), run through lb.programs (never a
+  shell; as ``LoadSpec.user``; PATH, LANG, ``LB_HOST`` and ``LB_PORT`` only), killed (with its
+  process group) after ``timeout`` or once it prints more than REPLY_LIMIT bytes.
 
 The reply sets the real server's weight within [min_weight, its configured weight]:
 
@@ -16,18 +17,25 @@ The reply sets the real server's weight within [min_weight, its configured weigh
 
 Words HAProxy agents add (``up``, ``ready``...) are ignored.  A reply that cannot be read, an
 agent that does not answer or a program that fails keeps the last weight: deciding that a server
-is dead is the health monitors' job.
+is dead is the health monitors' job.  So does a number that is not one (``load nan``, ``inf``).
+
+``LoadMonitorTask.start`` runs it under lb.tasks.supervise: whatever escapes a poll is logged
+with the real server's key and the task restarts (it cannot silently stop asking).
 """
 from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import re
 import time
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from .checks import CheckSpec, _snip, communicate_or_kill, program_argv
+from lb import programs
+from lb.tasks import TaskStats, supervise
+
+from .checks import CheckSpec, _snip, program_argv
 
 __all__ = ["LoadSpec", "LoadMonitorTask", "parse_report", "dynamic_weight", "ask"]
 
@@ -46,6 +54,7 @@ class LoadSpec:
     port: int               # agent: its port; program: the real server's port (for %p)
     program: str = ""
     timeout: float = 2.0
+    user: str | None = None  # program: run as this user (None: the daemon's own)
 
 
 def parse_report(text: str) -> tuple[str, float]:
@@ -53,7 +62,7 @@ def parse_report(text: str) -> tuple[str, float]:
     ValueError when none is found."""
     m = _LOAD_AVERAGE.search(text)
     if m:
-        return "load", float(m.group(1).replace(",", "."))
+        return "load", float(m.group(1).replace(",", "."))   # digits only: always finite
     line = next((ln for ln in text.splitlines() if ln.strip()), "")
     words = [w for w in re.split(r"[\s,;]+", line.strip().lower()) if w]
     for i, w in enumerate(words):
@@ -65,7 +74,7 @@ def parse_report(text: str) -> tuple[str, float]:
                 value = float(words[i + 1])
             except ValueError:
                 break
-            if value < 0 or (w == "weight" and not value.is_integer()):
+            if not math.isfinite(value) or value < 0 or (w == "weight" and not value.is_integer()):
                 break
             return w, value
     raise ValueError(f"no load or weight in {_snip(text)} (expected e.g. '75%', 'weight 3', 'load 0.7' "
@@ -103,13 +112,19 @@ async def _ask_program(spec: LoadSpec) -> str:
     argv = program_argv(CheckSpec(kind="program", host=spec.host, port=spec.port, program=spec.program))
     if not argv:
         raise ValueError("no program given")
-    proc = await asyncio.create_subprocess_exec(
-        *argv, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.DEVNULL, start_new_session=True)
-    out, _ = await communicate_or_kill(proc)
-    if proc.returncode != 0:
-        raise RuntimeError(f"{argv[0]} exited with status {proc.returncode}; stdout {_snip(out)}")
-    return out[:REPLY_LIMIT].decode("utf-8", errors="replace")
+    try:
+        res = await programs.run(argv, user=spec.user, timeout=spec.timeout, limit=REPLY_LIMIT,
+                                 env={"LB_HOST": spec.host, "LB_PORT": str(spec.port)})
+    except programs.ProgramError as e:
+        raise RuntimeError(str(e)) from None
+    out = bytes(res.stdout)
+    if res.killed == "timeout":
+        raise TimeoutError
+    if res.killed == "output":
+        raise RuntimeError(f"{argv[0]} printed more than {REPLY_LIMIT} bytes; killed")
+    if res.returncode != 0:
+        raise RuntimeError(f"{argv[0]} exited with status {res.returncode}; stdout {_snip(out)}")
+    return out.decode("utf-8", errors="replace")
 
 
 async def ask(spec: LoadSpec) -> str:
@@ -134,20 +149,21 @@ class LoadMonitorTask:
         self.detail: str | None = None      # the last reply, or why there was none
         self.ok: bool | None = None
         self.at: float | None = None        # time.time() of the last ask
+        self.supervision = TaskStats()      # restarts after an unexpected error
 
     async def poll(self) -> None:
         """One ask (never raises other than CancelledError)."""
         try:
             text = await ask(self.spec)
             report = parse_report(text)
+            weight = dynamic_weight(report, self.configured, self.min_weight)
         except TimeoutError:
             self.ok, self.detail = False, f"no answer within {self.spec.timeout:g}s; weight kept"
-        except (OSError, ValueError, RuntimeError) as e:
+        except (OSError, ValueError, RuntimeError, ArithmeticError) as e:
             why = "connection refused" if isinstance(e, ConnectionRefusedError) else str(e) or type(e).__name__
             self.ok, self.detail = False, f"{why}; weight kept"
         else:
             self.ok, self.detail = True, text.strip().splitlines()[0][:120] if text.strip() else ""
-            weight = dynamic_weight(report, self.configured, self.min_weight)
             if weight != self.weight:
                 self.weight = weight
                 if self.on_weight is not None:
@@ -165,4 +181,7 @@ class LoadMonitorTask:
             await asyncio.sleep(max(0.0, self.interval - (loop.time() - started)))
 
     def start(self) -> asyncio.Task:
-        return asyncio.get_running_loop().create_task(self.run(), name=f"load {self.key!r}")
+        """run() as a supervised task: an unexpected error is logged and the task restarted."""
+        spec = self.spec
+        return supervise(f"load {self.key!r}", self.run, logger=log, stats=self.supervision,
+                         context=f"{spec.kind} {spec.program or ''} {spec.host}:{spec.port}".replace("  ", " "))

@@ -12,7 +12,9 @@ State machine (Piranha's nanny):
 
 :meth:`Monitor.observe` is the state machine (no I/O: it takes the time explicitly); on a
 transition it logs (logger ``lb.health``), counts and calls ``on_change(key, up, reason)``.
-:meth:`Monitor.run` drives it: a check every ``policy.interval`` seconds until cancelled.
+:meth:`Monitor.run` drives it: a check every ``policy.interval`` seconds until cancelled;
+:meth:`Monitor.start` runs it under lb.tasks.supervise, so an unexpected error is logged with the
+monitor's key and check, and the monitor restarts instead of silently stopping.
 """
 
 from __future__ import annotations
@@ -22,6 +24,8 @@ import logging
 import time
 from dataclasses import dataclass
 from typing import Any, Callable
+
+from lb.tasks import TaskStats, supervise
 
 from .checks import CheckResult, CheckSpec, run_check
 
@@ -58,6 +62,7 @@ class Monitor:
         self.failures = 0                    # ... of them failed
         self._ref: float | None = None       # last success (or first observation): timeout base
         self._ok_since: float | None = None  # first success of the current run of successes
+        self.supervision = TaskStats()       # restarts after an unexpected error
 
     @property
     def state(self) -> str:
@@ -119,13 +124,11 @@ class Monitor:
         loop = asyncio.get_running_loop()
         while True:
             started = loop.time()
-            try:
-                result = await run_check(self.spec)
-                self.observe(result, self.clock())
-            except Exception:      # run_check does not raise; this guards the loop anyway
-                log.exception("%s: health check loop error", self.key)
+            result = await run_check(self.spec)
+            self.observe(result, self.clock())
             await asyncio.sleep(max(0.0, self.policy.interval - (loop.time() - started)))
 
     def start(self) -> asyncio.Task:
-        """run() as a task on the running loop."""
-        return asyncio.get_running_loop().create_task(self.run(), name=f"health {self.key!r}")
+        """run() as a supervised task on the running loop (see the module docstring)."""
+        return supervise(f"health {self.key!r}", self.run, logger=log, context=repr(self),
+                         stats=self.supervision)

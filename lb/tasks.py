@@ -1,0 +1,106 @@
+"""Background tasks that never die silently, and log lines that cannot flood the journal.
+
+``supervise(name, run)`` runs ``await run()`` as a task; when it raises (anything but
+cancellation) the exception is logged with the task's name, its context and the traceback, and
+``run`` is started again after a backoff (``min_backoff`` doubling up to ``max_backoff``; back to
+``min_backoff`` once a run has lasted ``healthy_after`` seconds).  A run that returns ends the task.
+``spawn(name, coro)`` is the one-shot kind (a notify program): its exception is logged, and the
+task is referenced until it ends (asyncio keeps only weak references to tasks).
+
+``RateLimitedLog`` logs one line per key at most every ``interval`` seconds and says how many
+were held back, for events an outsider can trigger at packet rate (refused heartbeats).
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass
+from typing import Awaitable, Callable
+
+__all__ = ["TaskStats", "supervise", "spawn", "RateLimitedLog"]
+
+log = logging.getLogger("lb.tasks")
+
+_running: set[asyncio.Task] = set()      # spawned tasks, referenced until they end
+
+
+@dataclass
+class TaskStats:
+    """What a supervised task went through (for status pages)."""
+
+    restarts: int = 0
+    last_error: str | None = None
+    last_error_at: float | None = None   # time.time()
+
+
+def supervise(name: str, run: Callable[[], Awaitable[None]], *, logger: logging.Logger = log,
+              context: str | Callable[[], str] = "", stats: TaskStats | None = None,
+              min_backoff: float = 0.5, max_backoff: float = 30.0,
+              healthy_after: float = 60.0) -> asyncio.Task:
+    """``run()`` as a task on the running loop, restarted after a backoff whenever it raises."""
+    stats = stats if stats is not None else TaskStats()
+
+    async def supervisor() -> None:
+        backoff = min_backoff
+        while True:
+            started = time.monotonic()
+            try:
+                await run()
+                return
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:
+                if time.monotonic() - started >= healthy_after:
+                    backoff = min_backoff
+                stats.restarts += 1
+                stats.last_error = f"{type(e).__name__}: {e}"
+                stats.last_error_at = time.time()
+                where = context() if callable(context) else context
+                logger.error("task %s%s failed (%s); restart %d in %.1fs", name, f" ({where})" if where else "",
+                             stats.last_error, stats.restarts, backoff, exc_info=True)
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, max_backoff)
+
+    return asyncio.get_running_loop().create_task(supervisor(), name=name)
+
+
+def spawn(name: str, coro: Awaitable[None], *, logger: logging.Logger = log) -> asyncio.Task:
+    """A one-shot task whose exception is logged (never lost) and that is kept alive until done."""
+
+    async def guarded() -> None:
+        try:
+            await coro
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            logger.exception("task %s failed", name)
+
+    task = asyncio.get_running_loop().create_task(guarded(), name=name)
+    _running.add(task)
+    task.add_done_callback(_running.discard)
+    return task
+
+
+class RateLimitedLog:
+    """``log(key, level, msg, *args)``: the first event of a key is logged, then at most one per
+    ``interval`` seconds, with the count of the events held back in between."""
+
+    def __init__(self, logger: logging.Logger, interval: float = 10.0,
+                 clock: Callable[[], float] = time.monotonic):
+        self.logger = logger
+        self.interval = interval
+        self.clock = clock
+        self._last: dict = {}          # key -> (time logged, events held back since)
+
+    def log(self, key, level: int, msg: str, *args) -> bool:
+        now = self.clock()
+        last, held = self._last.get(key, (None, 0))
+        if last is not None and now - last < self.interval:
+            self._last[key] = (last, held + 1)
+            return False
+        self._last[key] = (now, 0)
+        if held:
+            msg += f" ({held} more like it in the last {now - last:.0f}s)"
+        self.logger.log(level, msg, *args)
+        return True

@@ -1,0 +1,78 @@
+"""lb.tasks: supervised background tasks (logged and restarted, never lost) and rate-limited logs."""
+import asyncio
+import logging
+
+from lb.tasks import RateLimitedLog, TaskStats, spawn, supervise
+
+log = logging.getLogger("lb.test")
+
+
+def test_a_failing_task_is_logged_with_its_context_and_restarted(caplog):
+    runs = []
+
+    async def work():
+        runs.append(1)
+        if len(runs) <= 2:
+            raise RuntimeError(f"bug number {len(runs)}")
+        # the third run ends normally: so does the task
+
+    async def main():
+        stats = TaskStats()
+        task = supervise("pulse-sync-in", work, logger=log, context="backup node", stats=stats,
+                         min_backoff=0.01, max_backoff=0.02)
+        await asyncio.wait_for(task, 5)
+        return stats
+
+    with caplog.at_level(logging.ERROR, logger="lb.test"):
+        stats = asyncio.run(main())
+    assert len(runs) == 3 and stats.restarts == 2 and stats.last_error == "RuntimeError: bug number 2"
+    lines = [r for r in caplog.records if r.name == "lb.test"]
+    assert [r.getMessage() for r in lines] == [
+        "task pulse-sync-in (backup node) failed (RuntimeError: bug number 1); restart 1 in 0.0s",
+        "task pulse-sync-in (backup node) failed (RuntimeError: bug number 2); restart 2 in 0.0s",
+    ]
+    assert all(r.exc_info is not None for r in lines)      # with the traceback
+
+
+def test_cancelling_a_supervised_task_stops_it():
+    async def forever():
+        await asyncio.sleep(3600)
+
+    async def main():
+        task = supervise("t", forever, logger=log)
+        await asyncio.sleep(0.01)
+        task.cancel()
+        try:
+            await task
+        except asyncio.CancelledError:
+            return True
+        return False
+
+    assert asyncio.run(main())
+
+
+def test_spawned_task_exception_is_logged(caplog):
+    async def boom():
+        raise ValueError("notify went wrong")
+
+    async def main():
+        t = spawn("notify /x", boom(), logger=log)
+        await t
+
+    with caplog.at_level(logging.ERROR, logger="lb.test"):
+        asyncio.run(main())
+    assert "task notify /x failed" in caplog.text and "ValueError: notify went wrong" in caplog.text
+
+
+def test_rate_limited_log(caplog):
+    t = [0.0]
+    rl = RateLimitedLog(log, 10.0, clock=lambda: t[0])
+    with caplog.at_level(logging.WARNING, logger="lb.test"):
+        for i in range(1000):
+            t[0] = i * 0.01                       # 1000 events in 10 s
+            rl.log("k", logging.WARNING, "refused %d", i)
+        t[0] = 10.5
+        rl.log("k", logging.WARNING, "refused %d", 1000)
+        rl.log("other", logging.WARNING, "other")
+    assert [r.getMessage() for r in caplog.records] == [
+        "refused 0", "refused 1000 (999 more like it in the last 10s)", "other"]
