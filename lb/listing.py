@@ -16,6 +16,7 @@ Public API
   --persistent-conn|--tun-info] [--exact] [--nosort]``
 - :func:`format_connections` -- ``ipvsadm -L -n -c``
 - :func:`format_timeout`   -- ``ipvsadm -L --timeout``
+- :func:`format_save`      -- ``ipvsadm -S -n`` (rules ``ipvsadm -R`` reads back)
 - :func:`largenum`         -- ipvsadm's number formatter for stats columns
 - :func:`to_json`          -- the ``lb list --json`` document (shape below)
 - :data:`MODES`, :data:`JSON_SCHEMA_VERSION`
@@ -92,6 +93,7 @@ __all__ = [
     "format_connections",
     "format_timeout",
     "format_counters",
+    "format_save",
     "largenum",
     "to_json",
 ]
@@ -474,6 +476,50 @@ def format_connections(conns: list[ConnRow], *, sort: bool = False) -> str:
 def format_timeout(tcp: int, tcpfin: int, udp: int) -> str:
     """``ipvsadm -L --timeout``."""
     return "Timeout (tcp tcpfin udp): %d %d %d\n" % (int(tcp), int(tcpfin), int(udp))
+
+
+# --------------------------------------------------------------------------
+# ipvsadm -S -n
+# --------------------------------------------------------------------------
+
+# ipvsadm's fwd_switch(): the option of each forwarding method (Local is written as -g)
+_FWD_SWITCH = {"Masq": "-m", "Tunnel": "-i", "Route": "-g", "Local": "-g"}
+_PROTO_SWITCH = {"TCP": "-t", "UDP": "-u", "SCTP": "--sctp-service"}
+
+
+def _rule_service(svc: ServiceRow) -> str:
+    """The service part of a rule: ``-t addr:port``, ``-u ...``, ``-f MARK`` (``-f MARK -6``)."""
+    fam = _service_family(svc)
+    if svc.fwmark:
+        return "-f %u" % _u32(svc.fwmark) + (" -6" if fam == 6 else "")
+    assert svc.address is not None
+    return "%s %s" % (_PROTO_SWITCH[svc.protocol.upper()], _addrport(svc.address, svc.port))
+
+
+def format_save(services: list[ServiceRow], *, sort: bool = True) -> str:
+    """``ipvsadm -S -n`` as Debian's ipvsadm prints it (checked against it in the IPVS VM): one
+    ``-A`` line per service (scheduler, ``-p`` timeout and ``-M`` mask when persistent, then
+    ``-b`` flags, ``-o``), then one ``-a`` line per real server (``-r``, its method, ``-w``);
+    no header.  ipvsadm's save carries no thresholds (``-x``/``-y``), so neither does this one.
+    ``ipvsadm -R`` reads it back: the way from lb to plain IPVS."""
+    out: list[str] = []
+    for svc in _ordered_services(services, sort):
+        name = _rule_service(svc)
+        line = "-A %s -s %s" % (name, svc.scheduler)
+        if svc.persistent is not None:
+            line += " -p %u" % _u32(svc.persistent)
+            mask = _mask_text(svc, _service_family(svc))
+            if mask is not None:
+                line += " -M %s" % mask
+        if svc.sched_flags:
+            line += " -b %s" % ",".join(svc.sched_flags)
+        if svc.ops:
+            line += " -o"
+        out.append(line + "\n")
+        for real in _ordered_reals(svc, sort):
+            out.append("-a %s -r %s %s -w %d\n" % (name, _addrport(real.address, real.port),
+                                                   _FWD_SWITCH.get(real.forward, "-g"), int(real.weight)))
+    return "".join(out)
 
 
 # --------------------------------------------------------------------------

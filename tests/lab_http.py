@@ -9,11 +9,11 @@ import time
 from lb.lab import VIP
 
 
-def get(lab, n=1):
+def get(lab, n=1, vip=VIP):
     """n HTTP/1.0 requests, each on a new connection to the VIP; the reply bodies, in order."""
     bodies = []
     for _ in range(n):
-        status, body = lab.http_get("client", VIP, 80, "/", timeout=3.0)
+        status, body = lab.http_get("client", vip, 80, "/", timeout=3.0)
         assert status == 200
         bodies.append(body.strip())
     return bodies

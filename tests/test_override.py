@@ -337,8 +337,8 @@ def test_control_socket_round_trip_through_the_run_loop(running):
         assert reply["ok"], reply
         assert table(eng) == {"rs1": 5, "rs2": 0, "rs3": 1}
         reply = await call(lambda: control.request(inst, "nope"))
-        assert reply == {"ok": False, "error": "unknown command 'nope' (status, reload, weight, table, web, config, "
-                                         "config-put)"}
+        assert reply == {"ok": False, "error": "unknown command 'nope' (status, reload, weight, zero, table, web, "
+                                         "config, config-put)"}
 
     drive(body)
 

@@ -91,7 +91,8 @@ console's ``[web]``: ``lb_web_enabled = 0|1``, ``lb_web_listen = ADDRESS:PORT``,
 ``lb_web_password_file``, ``lb_web_tls_cert``, ``lb_web_tls_key`` (quoted paths, relative to the
 lvs.cf when relative), ``lb_web_allowed_hosts`` and ``lb_web_trusted_proxies`` (comma-separated),
 ``lb_web_session_lifetime`` (seconds); the control socket's ``[control]``:
-``lb_control_admin_group`` and ``lb_control_read_group``.
+``lb_control_admin_group`` and ``lb_control_read_group``; the Prometheus endpoint's
+``[metrics]``: ``lb_metrics_enabled = 0|1`` and ``lb_metrics_listen = ADDRESS:PORT``.
 
 Validation is the TOML loader's: the lvs.cf is turned into the document tomllib would give for
 the same configuration, with the lvs.cf line and key of each of its fields, and handed to
@@ -199,6 +200,8 @@ DEFENSE_CF = {f"lb_{k}": k for k in _toml.DEFENSE_KEYS}
 LB_WEB_KEYS = {f"lb_web_{k}": k for k in _toml.WEB_KEYS}
 # lists in one value, comma-separated (as lb_ha_notify)
 LB_WEB_LISTS = ("allowed_hosts", "trusted_proxies")
+# lb-only keys of the Prometheus endpoint ([metrics])
+LB_METRICS_KEYS = {f"lb_metrics_{k}": k for k in _toml.METRICS_KEYS}
 # the control socket's groups ([control])
 LB_CONTROL_KEYS = {f"lb_control_{k}": k for k in _toml.CONTROL_KEYS}
 # lb-only keys of [bgp] (scale-out; Piranha had none): the scalars, then the neighbors and the VIPs'
@@ -214,7 +217,7 @@ GLOBAL_MODEL = (
     "lb_lblc_expiration", "lb_lblcr_expiration", "lb_script_user",
     "lb_table_connections", "lb_table_services", "lb_table_real_servers", "lb_table_reals_per_service",
     "lb_table_embryonic",
-) + tuple(DEFENSE_CF) + LB_HA_KEYS + tuple(LB_WEB_KEYS) + tuple(LB_CONTROL_KEYS) + LB_BGP_KEYS
+) + tuple(DEFENSE_CF) + LB_HA_KEYS + tuple(LB_WEB_KEYS) + tuple(LB_METRICS_KEYS) + tuple(LB_CONTROL_KEYS) + LB_BGP_KEYS
 VIRTUAL_MODEL = ("address", "active", "port", "protocol", "scheduler", "persistent", "pmask", "fwmark",
                  "lb_port_groups", "lb_scheduler_flags", "sorry_server", "lb_mh_size", "quiesce_server",
                  "load_monitor") + LB_LOAD_MONITOR_KEYS
@@ -685,6 +688,8 @@ class _Builder:
                 if key in g.entries:
                     g.error(g.entries[key], f"{key} needs backup_active = 1 (a backup director)")
         self._table(doc, "web", g, LB_WEB_KEYS, lambda cf, key: _web_value(g, cf, key))
+        self._table(doc, "metrics", g, LB_METRICS_KEYS,
+                    lambda cf, key: g.boolean(cf) if key == "enabled" else g.text(cf))
         self._table(doc, "control", g, LB_CONTROL_KEYS, lambda cf, _: g.text(cf))
         serial = g.integer("serial_no")
         if serial is not None:
@@ -1368,6 +1373,8 @@ def dumps(cfg: Config, extras: dict[str, Any] | None = None) -> str:
             put("", key, ha_cf[key])
     for cf, value in totoml.web_document(cfg.web).items():
         put("", f"lb_web_{cf}", ", ".join(value) if cf in LB_WEB_LISTS else value)
+    for cf, value in totoml.metrics_document(cfg.metrics).items():
+        put("", f"lb_metrics_{cf}", value)
     for cf, value in totoml.control_document(cfg.control).items():
         put("", f"lb_control_{cf}", value)
     for cf, value in (_bgp_cf(cfg.bgp) if cfg.bgp is not None else {}).items():

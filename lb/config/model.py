@@ -500,6 +500,24 @@ def default_password_file(instance: str) -> Path:
     return WEB_PASSWORD_DIR / f"{instance}.passwd"
 
 
+DEFAULT_METRICS_PORT = 9640
+
+
+@dataclass(frozen=True, slots=True)
+class Metrics:
+    """The Prometheus endpoint the daemon serves (lb.metrics): off unless enabled; localhost
+    by default (it has no authentication: widen it only behind a firewall or a proxy)."""
+
+    enabled: bool = False
+    address: IPAddress = IPv4Address("127.0.0.1")
+    port: int = DEFAULT_METRICS_PORT
+
+    @property
+    def listen(self) -> str:
+        """ADDRESS:PORT as written in the configuration ([ADDRESS]:PORT for IPv6)."""
+        return endpoint_text(self.address, self.port)
+
+
 @dataclass(frozen=True, slots=True)
 class Control:
     """Who may use the control socket (/run/lb/<instance>.sock) besides root: members of
@@ -545,6 +563,7 @@ class Config:
     virtual_servers: tuple[VirtualServer, ...] = ()
     ha: HA | None = None  # None: a single director, always active
     web: Web = field(default_factory=Web)  # the web console ([web])
+    metrics: Metrics = field(default_factory=Metrics)  # the Prometheus endpoint ([metrics])
     control: Control = field(default_factory=Control)  # the control socket's access ([control])
     bgp: Bgp | None = None  # None: no route announcement ([bgp], lb.bgp)
     # what the loader accepted but could not carry out as written (a key with no effect, a

@@ -56,6 +56,7 @@ from .model import (
     IPAddress,
     LOAD_MONITOR_KINDS,
     LoadMonitor,
+    Metrics,
     Monitor,
     PortGroup,
     RealServer,
@@ -119,7 +120,7 @@ EXPIRATION_RANGE: Final = (1, 2_000_000)
 
 # --- known keys (order matters only for messages) ------------------------------
 
-TOP_KEYS: Final = ("global", "tables", "timeouts", "defense", "virtual_server", "ha", "web", "control", "bgp")
+TOP_KEYS: Final = ("global", "tables", "timeouts", "defense", "virtual_server", "ha", "web", "metrics", "control", "bgp")
 GLOBAL_KEYS: Final = (
     "instance", "serial_no", "public_interface", "private_interface",
     "network", "nat_router", "nat_router_device",
@@ -144,6 +145,7 @@ FWM_RANGES_PER_VIP: Final = 16  # lb_fwm_ranges holds 16 port ranges per (VIP, p
 HA_KEYS: Final = tuple(f.name for f in dataclasses.fields(HA))
 WEB_KEYS: Final = ("enabled", "listen", "password_file", "tls_cert", "tls_key", "allowed_hosts", "trusted_proxies",
                    "session_lifetime")
+METRICS_KEYS: Final = ("enabled", "listen")
 CONTROL_KEYS: Final = ("admin_group", "read_group")
 SERIAL_RANGE: Final = (0, 2**63 - 1)
 SESSION_LIFETIME_RANGE: Final = (60.0, 7 * 86400.0)
@@ -162,6 +164,7 @@ SCHEMA: Final[dict[tuple[str, ...], tuple[str, ...]]] = {
     ("defense",): DEFENSE_KEYS,
     ("ha",): HA_KEYS,
     ("web",): WEB_KEYS,
+    ("metrics",): METRICS_KEYS,
     ("control",): CONTROL_KEYS,
     ("bgp",): BGP_KEYS,
     ("bgp", "neighbor"): BGP_NEIGHBOR_KEYS,
@@ -1345,16 +1348,7 @@ def _check_web(top: _Table, base: Path | None) -> Web | _Invalid:
         return w
     keep = _Keep()
     d = Web()
-    enabled = keep(w.boolean("enabled", d.enabled))
-    address: IPAddress = d.address
-    port = d.port
-    listen = keep(w.string("listen"))
-    if isinstance(listen, str):
-        parsed = _parse_listen(listen)
-        if isinstance(parsed, str):
-            keep(w.chk.error(w.at("listen"), parsed))
-        else:
-            address, port = parsed
+    enabled, address, port, keep.bad = _enabled_listen(w, d)
     files: dict[str, Path | None] = {}
     for key, what in (("password_file", "the console's password hash"), ("tls_cert", "the TLS certificate (PEM)"),
                       ("tls_key", "the TLS certificate's private key (PEM)")):
@@ -1587,6 +1581,39 @@ def _check_bgp(top: _Table, drafts: list[_VirtualDraft | _Invalid], network: str
                hold_time=_valid_int(hold_time), lease=lease, drain=drain, settle=settle, vips=tuple(vips))
 
 
+def _enabled_listen(t: _Table, default) -> tuple[bool | _Invalid, IPAddress, int, bool]:
+    """The ``enabled`` and ``listen`` keys of a table for a server of lb's ([web], [metrics]):
+    (enabled, address, port, bad), ``default``'s where a key is absent."""
+    enabled = t.boolean("enabled", default.enabled)
+    bad = isinstance(enabled, _Invalid)
+    address: IPAddress = default.address
+    port = default.port
+    listen = t.string("listen")
+    if isinstance(listen, _Invalid):
+        bad = True
+    elif isinstance(listen, str):
+        parsed = _parse_listen(listen)
+        if isinstance(parsed, str):
+            t.chk.error(t.at("listen"), parsed)
+            bad = True
+        else:
+            address, port = parsed
+    return enabled, address, port, bad
+
+
+def _check_metrics(top: _Table) -> Metrics | _Invalid:
+    """[metrics]: the Prometheus endpoint.  Absent: off."""
+    if "metrics" not in top.data:
+        return Metrics()
+    m = top.table("metrics")
+    if isinstance(m, _Invalid):
+        return m
+    enabled, address, port, bad = _enabled_listen(m, Metrics())
+    if bad:
+        return INVALID
+    return Metrics(enabled=_valid(enabled), address=address, port=port)
+
+
 def _parse_listen(text: str) -> tuple[IPAddress, int] | str:
     """ "ADDRESS:PORT" or "[IPv6]:PORT" -> (address, port); a message when it is not one."""
     usage = f'expected ADDRESS:PORT (e.g. "127.0.0.1:8080", or "[::1]:8080" for IPv6), got "{text}"'
@@ -1602,7 +1629,7 @@ def _parse_listen(text: str) -> tuple[IPAddress, int] | str:
     except ValueError:
         if ":" in host and not bracketed:
             return brackets
-        return f"'{host}' is not an IP address (the console listens on an address, not a host name)"
+        return f"'{host}' is not an IP address (lb listens on an address, not a host name)"
     if addr.version == 6 and not bracketed:
         return brackets
     if addr.version == 4 and bracketed:
@@ -1752,6 +1779,7 @@ def validate(doc: dict[str, Any], display: str, positions: Positions, path: Path
 
     ha = _check_ha(top, path, user)
     web = _check_web(top, path)
+    metrics = _check_metrics(top)
     control = _check_control(top)
     bgp = _check_bgp(top, drafts, network, dataplane)
 
@@ -1780,6 +1808,7 @@ def validate(doc: dict[str, Any], display: str, positions: Positions, path: Path
         virtual_servers=tuple(_valid(vs).build() for vs in drafts),
         ha=_valid(ha),
         web=_valid(web),
+        metrics=_valid(metrics),
         control=_valid(control),
         bgp=_valid(bgp),
         serial_no=_valid_int(serial_no),

@@ -91,6 +91,20 @@ def attach(ifname: str, addresses=(), mode: str = "native", sources=()) -> tuple
     return name, addrs
 
 
+def attached(ifname: str) -> str | None:
+    """The name of the XDP program on ifname ("lb_xdp_decap" when `lb decap attach` put it
+    there), None without one; DecapError when ifname does not exist."""
+    from .bpfsys import prog_name
+
+    with IPRoute() as ipr:
+        links = ipr.get_links(ifname=ifname) if ipr.link_lookup(ifname=ifname) else []
+    if not links:
+        raise DecapError(f"interface {ifname} does not exist")
+    xdp = links[0].get_attr("IFLA_XDP")
+    prog_id = xdp.get_attr("IFLA_XDP_PROG_ID") if xdp is not None else None
+    return prog_name(prog_id) if prog_id else None
+
+
 def detach(ifname: str) -> None:
     with IPRoute() as ipr:
         if not ipr.link_lookup(ifname=ifname):

@@ -88,6 +88,7 @@ IPVS_CMD_DEL_DAEMON = 10
 IPVS_CMD_GET_DAEMON = 11
 IPVS_CMD_SET_CONFIG = 12
 IPVS_CMD_GET_CONFIG = 13
+IPVS_CMD_ZERO = 16
 IP_VS_STATE_MASTER = 1
 IP_VS_STATE_BACKUP = 2
 SYNC_STATES = {"master": IP_VS_STATE_MASTER, "backup": IP_VS_STATE_BACKUP}
@@ -460,6 +461,18 @@ class Kernel:
                         ("IPVS_CMD_ATTR_TIMEOUT_UDP", udp)]
         tuple(self.sock.nlm_request(msg, msg_type=self.sock.prid, msg_flags=NLM_F_REQUEST | NLM_F_ACK))
 
+    def zero(self, spec: ServiceSpec | None = None) -> None:
+        """ipvsadm -Z: the counters and rate estimators of one service (and its real servers), or
+        of every service (IPVS_CMD_ZERO without a service)."""
+        from pyroute2.netlink.generic.ipvs import ipvsmsg
+
+        msg = ipvsmsg()
+        msg["cmd"] = IPVS_CMD_ZERO
+        msg["version"] = 1
+        if spec is not None:
+            msg["attrs"] = [("IPVS_CMD_ATTR_SERVICE", self._svc(spec, full=False).dump_key())]
+        self._request("zero the counters" + (f" of {_svc_name(spec.key)}" if spec else ""), msg)
+
     # ---- the sync daemons ----
     def daemons(self) -> list[SyncDaemon]:
         msg = _CmdMsg()
@@ -693,6 +706,9 @@ class IpvsDataplane(Dataplane):
 
     def counters(self) -> dict[str, int]:
         return {}                   # the kernel keeps no per-reason drop counters for IPVS
+
+    def zero_stats(self, service: tuple | None = None) -> int:
+        return zero(service, self.netns)
 
     # ---- HA connection sync: IPVS's own sync daemon (lb/ha/sync.py is for XDP) ----
     def start_sync(self, role: str, ifname: str, syncid: int) -> None:
@@ -956,6 +972,20 @@ def read_services(netns: str | None = None) -> list[ServiceRow]:
     return rows
 
 
+def zero(service: tuple | None = None, netns: str | None = None) -> int:
+    """`lb zero` / ipvsadm -Z of the kernel's table: one service (("tcp", address, port) or
+    ("fwmark", mark)) or all; returns the services zeroed (LookupError: no such service)."""
+    with Kernel(netns) as k:
+        if service is None:
+            k.zero()
+            return len(k.services())
+        found = [ks for ks in k.services() if ks.key == service]
+        if not found:
+            raise LookupError("no such service")
+        k.zero(_spec_of(found[0]))
+        return 1
+
+
 def read_timeouts(netns: str | None = None) -> tuple[int, int, int]:
     with Kernel(netns) as k:
         return k.timeouts()
@@ -993,4 +1023,4 @@ def read_connections(proc: str | None = None) -> list[ConnRow]:
 
 
 __all__ = ["IpvsDataplane", "IpvsError", "Kernel", "SyncDaemon", "available", "ensure_module", "read_connections",
-           "read_daemons", "read_info", "read_services", "read_timeouts", "sync_id"]
+           "read_daemons", "read_info", "read_services", "read_timeouts", "sync_id", "zero"]

@@ -68,6 +68,37 @@ def _service_row(maps: PinnedMaps, sid: int, key) -> ServiceRow:
     return row
 
 
+def service_key(key) -> tuple:
+    """A data-plane service key (SvcKey / FwmKey) as the engine names services:
+    ("tcp", address, port) or ("fwmark", mark)."""
+    if isinstance(key, L.FwmKey):
+        return ("fwmark", key.fwmark)
+    return (L.PROTO_NAMES.get(key.proto, str(key.proto)).lower(), key.addr, key.port)
+
+
+def stat_ids(maps: PinnedMaps, service: tuple | None = None) -> set[tuple[str, int]]:
+    """(stats map, id) of every service (or of ``service``, see service_key) and of its real
+    servers, read from the pinned maps; LookupError when ``service`` is not there."""
+    found = [(L.SvcKey.unpack(k), v) for k, v in maps["lb_services"].items(batch=False)]
+    fwm = optional_map(maps, "lb_fwm_services")
+    if fwm is not None:
+        found += [(L.FwmKey(L.U32.unpack(k)[0]), v) for k, v in fwm.items(batch=False)]
+    ids = set()
+    for key, v in found:
+        if service is not None and service_key(key) != service:
+            continue
+        sid = L.U32.unpack(v)[0]
+        skey = L.U32.pack(sid)
+        svc = L.Svc.unpack(maps["lb_svc"].get(skey))
+        ids.add(("lb_svc_stats", sid))
+        dests = L.unpack_dests(maps["lb_svc_dests"].get(skey),
+                               min(svc.nreals, maps["lb_svc_dests"].value_size // L.DEST.size))
+        ids |= {("lb_real_stats", rid) for rid, _w, _f in dests}
+    if service is not None and not ids:
+        raise LookupError("no such service")
+    return ids
+
+
 def read_services(maps: PinnedMaps) -> list[ServiceRow]:
     rows = []
     for k, v in maps["lb_services"].items(batch=False):

@@ -201,6 +201,15 @@ class XdpDataplane(Dataplane):
         reason an operator may want to see), summed over CPUs."""
         return reader.read_counters(self.maps)
 
+    def zero_stats(self, service: tuple | None = None) -> int:
+        chosen = [st for k, st in self.services.items() if service is None or reader.service_key(k) == service]
+        if service is not None and not chosen:
+            raise LookupError("no such service")
+        ids = {("lb_svc_stats", st.id) for st in chosen} | {("lb_real_stats", rid) for st in chosen
+                                                             for _, rid in st.dests}
+        self.rates.zero(ids)
+        return len(chosen)
+
     # ---- HA connection sync: lb/ha/sync.py carries what these export and import ----
     def export_conns(self, now_ns: int | None = None) -> tuple[list, list]:
         return self.conns.export_conns(now_ns)
@@ -214,3 +223,14 @@ class XdpDataplane(Dataplane):
 
     def stop_sync(self) -> None:
         pass
+
+
+def zero_pinned(instance: str, service: tuple | None = None, pin_root: str = PIN_ROOT) -> int:
+    """`lb zero` of an instance whose daemon does not answer (stopped with --keep-dataplane):
+    the pinned maps' counters and rates; returns the services zeroed (LookupError)."""
+    from .rates import zero_counters
+
+    with PinnedMaps(instance, pin_root) as maps:
+        ids = reader.stat_ids(maps, service)
+        zero_counters(maps, ids)
+    return sum(1 for m, _ in ids if m == "lb_svc_stats")

@@ -67,7 +67,9 @@ def _has(ipr: IPRoute, idx: int, addr) -> bool:
     return False
 
 
-def take(addrs: list[OwnedAddress]) -> None:
+def take(addrs: list[OwnedAddress]) -> list[OwnedAddress]:
+    """Add the addresses not yet on their interfaces; returns those it added."""
+    added = []
     with IPRoute() as ipr:
         for a in addrs:
             idx = _ifindex(ipr, a.ifname)
@@ -79,6 +81,8 @@ def take(addrs: list[OwnedAddress]) -> None:
             kw = {"flags": _IFA_F_NODAD} if a.address.version == 6 else {}
             ipr.addr("add", index=idx, address=str(a.address.ip), prefixlen=a.address.network.prefixlen, **kw)
             log.info("added address %s to %s", a.address, a.ifname)
+            added.append(a)
+    return added
 
 
 def release(addrs: list[OwnedAddress]) -> None:
