@@ -99,6 +99,12 @@ class RecordingDataplane:
     def refresh_nexthops(self):
         return None
 
+    def defend(self):
+        return None
+
+    def defense_status(self):
+        return None
+
 
 @pytest.fixture
 def no_addresses(monkeypatch):

@@ -100,7 +100,7 @@ def test_save_of_the_data_plane(dp, capsys):
         f"-a -t {WEB}:80 -r 198.18.1.11:80 -g -w 1",
         f"-a -t {WEB}:80 -r 198.18.1.12:80 -g -w 3",
         f"-A -t {DNS}:53 -s wrr -p 300 -M 255.255.255.0",
-        f"-a -t {DNS}:53 -r 198.18.1.13:53 -g -w 2 -x 100 -y 50",
+        f"-a -t {DNS}:53 -r 198.18.1.13:53 -g -w 2",        # ipvsadm -S writes no thresholds
     ]
     assert lb_main(["-S", "-n", "-t", f"{DNS}:53", "--instance", dp.instance, "--dataplane", "xdp"]) == 0
     assert capsys.readouterr().out.startswith(f"-A -t {DNS}:53 -s wrr")
