@@ -52,8 +52,16 @@ class Dataplane(abc.ABC):
 
     # ---- the table ----
     @abc.abstractmethod
+    def plan(self, table: TableSpec) -> None:
+        """Check, writing nothing, that apply(table) can be carried out: every table's capacity
+        (draining real servers keep their slots), ids, schedulers.  errors.TableDoesNotFit
+        names what does not fit."""
+
+    @abc.abstractmethod
     def apply(self, table: TableSpec) -> int:
-        """Forward `table`: write the difference; returns the number of writes it took."""
+        """Forward `table`: write the difference, all or nothing; returns the number of writes
+        it took.  A write that fails part-way raises errors.ApplyFailed once the previous
+        table is written back (``restored``: whether that worked)."""
 
     @abc.abstractmethod
     def finish_drains(self) -> int:

@@ -142,6 +142,9 @@ class XdpDataplane(Dataplane):
         self.program.close()
 
     # ---- the table ----
+    def plan(self, table: TableSpec) -> None:
+        self.table.plan(table)
+
     def apply(self, table: TableSpec) -> int:
         """Make the maps forward `table`; returns the number of map writes it took."""
         return self.table.apply(table)
