@@ -25,7 +25,7 @@ from lb.config.model import parse_endpoint as _parse_endpoint
 from lb.config.model import sorry_text
 from lb.config.toml import WEIGHT_RANGE
 from lb.dataplane import RealSpec, ServiceSpec, TableSpec
-from lb.dataplane.errors import DataplaneError
+from lb.dataplane.errors import ApplyFailed, DataplaneError, TableDoesNotFit
 from lb.dataplane.ipvs import IpvsDataplane
 from lb.dataplane.program import Sizes
 from lb.dataplane.xdp import XdpDataplane
@@ -183,6 +183,15 @@ class ReloadRefused(Exception):
         self.issues = list(issues)
 
 
+class ReloadFailed(Exception):
+    """A reload whose writes failed part-way: ``restored`` when the previous table and
+    addresses are back (nothing changed), else the data plane holds part of each."""
+
+    def __init__(self, message: str, restored: bool):
+        super().__init__(message)
+        self.restored = restored
+
+
 def check_spec(vs, rs) -> tuple[CheckSpec, NannyPolicy]:
     m = vs.monitor
     kind = m.kind
@@ -258,13 +267,16 @@ class Engine:
         self._restore_overrides()
         self._load_dataplane()
         self.owned = addresses.wanted_addresses(self.cfg)
+        table = self._table(self.cfg)
+        self.dp.plan(table)             # a table that cannot fit takes no address
+        addresses.check(self.owned)
         if self.active:
             addresses.take(self.owned)
         else:
             # HA: the addresses come with the active role (pulse decides); the data plane is
             # loaded and attached anyway so that a takeover only adds addresses
             log.info("HA: starting without the virtual addresses until pulse decides the role")
-        self._apply(self._table(self.cfg), self.cfg)
+        self._apply(table, self.cfg, planned=True)
         self._attach_dataplane()
         os.makedirs(RUN_DIR, exist_ok=True)
         with open(pidfile(self.cfg.instance), "w") as f:
@@ -290,9 +302,12 @@ class Engine:
         self.on_sorry = sorry
         return table
 
-    def _apply(self, table: TableSpec, cfg) -> None:
-        """dp.apply, then quiesce_server: a service that gained a usable real server (added,
-        back after reentry, or out of weight 0) has its schedulers' counts restarted."""
+    def _apply(self, table: TableSpec, cfg, planned: bool = False) -> None:
+        """dp.plan (unless the caller did) and dp.apply, then quiesce_server: a service that
+        gained a usable real server (added, back after reentry, or out of weight 0) has its
+        schedulers' counts restarted."""
+        if not planned:
+            self.dp.plan(table)
         self.dp.apply(table)
         usable = {s.key: {r.key for r in s.reals if r.weight > 0} for s in table.services}
         quiesce = {vs.name for vs in cfg.virtual_servers if vs.quiesce_server}
@@ -367,7 +382,7 @@ class Engine:
         try:
             log.info("%s", self.reload_or_raise())
             return True
-        except ReloadRefused as e:
+        except (ReloadRefused, ReloadFailed) as e:
             log.error("%s", e)
             return False
 
@@ -387,11 +402,43 @@ class Engine:
         if (new.ha is None) != (self.cfg.ha is None) or (new.ha and new.ha != self.cfg.ha):
             raise ReloadRefused("reload refused: the [ha] settings need a restart")
         log_warnings(new)
+        # all or nothing: everything that can be checked is, before the first write (the data
+        # plane's plan: every table's capacity, draining servers' slots included; the new
+        # addresses' interfaces); then the addresses, then the table: a write that still fails
+        # has the data plane write its previous table back and the new addresses removed
         want = addresses.wanted_addresses(new)
-        if self.active:
-            addresses.take([a for a in want if a not in self.owned])
+        on_sorry = set(self.on_sorry)
+        table = self._table(new)
         with self._dp_lock:
-            self._apply(self._table(new), new)
+            try:
+                self.dp.plan(table)
+                addresses.check(want)
+            except TableDoesNotFit as e:
+                self.on_sorry = on_sorry
+                lines = "".join(f"\n  {p}" for p in str(e).splitlines())
+                raise ReloadRefused(f"reload refused, nothing changed: {path}: the data plane cannot hold "
+                                    f"the new table:{lines}") from None
+            except addresses.AddressError as e:
+                self.on_sorry = on_sorry
+                raise ReloadRefused(f"reload refused, nothing changed: {path}: {e}") from None
+            added = []
+            try:
+                if self.active:
+                    added = addresses.take([a for a in want if a not in self.owned])
+                self._apply(table, new, planned=True)
+            except addresses.AddressError as e:     # take() removed what it had added
+                self.on_sorry = on_sorry
+                raise ReloadRefused(f"reload refused, nothing changed: {e}") from None
+            except Exception as e:
+                self.on_sorry = on_sorry
+                addresses.release(added)
+                if isinstance(e, ApplyFailed) and e.restored:
+                    raise ReloadFailed(f"reload failed and was undone: {e}; the {len(added)} addresses this "
+                                       f"reload added were removed again: nothing changed", restored=True) from None
+                if isinstance(e, DataplaneError):
+                    raise ReloadFailed(f"reload failed: {e}; the {len(added)} addresses this reload added were "
+                                       f"removed again", restored=False) from None
+                raise
         if self.active:
             addresses.release([a for a in self.owned if a not in want])
         self.owned, self.cfg = want, new
@@ -701,18 +748,25 @@ class Engine:
         return doc
 
     def _reload_reply(self) -> dict:
+        """The control socket's reply to a reload: ``changed`` says what the caller may rely
+        on: false (refused, or failed and undone: the running state is the previous one), true
+        (failed and not fully undone), null (an unexpected error: see the log)."""
         try:
             msg = self.reload_or_raise()
         except ReloadRefused as e:
             log.error("%s", e)
-            return {"ok": False, "error": str(e),
+            return {"ok": False, "error": str(e), "changed": False,
                     "issues": [{"path": i.path, "line": i.line, "field": i.field, "message": i.message}
                                for i in e.issues]}
-        except Exception as e:     # e.g. the data plane refused a write: the caller must know
+        except ReloadFailed as e:
+            log.error("%s", e)
+            return {"ok": False, "error": str(e), "changed": not e.restored, "rolled_back": e.restored}
+        except Exception as e:     # a bug: the caller must know it is not a refusal
             log.exception("reload failed")
-            return {"ok": False, "error": f"reload failed: {type(e).__name__}: {e}"}
+            return {"ok": False, "error": f"reload failed: {type(e).__name__}: {e} (what was changed is not "
+                                          f"known: see the log)", "changed": None}
         log.info("%s", msg)
-        return {"ok": True, "message": msg}
+        return {"ok": True, "message": msg, "changed": True}
 
     def _load_status(self, key) -> dict | None:
         entry = self.loads.get(key)
@@ -807,7 +861,11 @@ class Engine:
                             if not fut.done():
                                 fut.set_result({"ok": False, "error": f"the override is recorded but applying "
                                                 f"the table failed: {type(e).__name__}: {e}"})
-                        raise
+                        if not isinstance(e, DataplaneError):
+                            raise
+                        # the data plane kept (or wrote back) the previous table; the next
+                        # change tries again
+                        log.error("applying the table after a health, weight or override change: %s", e)
                     for fut, reply in applied:
                         if not fut.done():
                             fut.set_result(reply)
@@ -848,7 +906,7 @@ def run(cfg, *, xdp_mode: str = "native", dataplane: str | None = None) -> int:
     eng = Engine(cfg, xdp_mode=xdp_mode, dataplane=dataplane)
     try:
         eng.start()
-    except (StartupError, DataplaneError, LookupError) as e:
+    except (StartupError, DataplaneError, LookupError, addresses.AddressError) as e:
         log.error("%s", e)
         # nothing may stay attached or half-programmed after a failed start of a new instance
         if not eng.dp.adopted:

@@ -404,8 +404,18 @@ def _reload_result(reply: dict) -> str:
         fld = f" {h(i.get('field'))}:" if i.get("field") else ""
         items.append(f"<li><code>{where}:{fld} {h(i.get('message'))}</code></li>")
     issues = f"<ul>{''.join(items)}</ul>" if items else ""
-    return f'<div class="box bad"><b>{h(reply.get("error", "reload failed"))}</b>{issues}' \
-           f'<p>Nothing was changed: the running configuration stays as it was.</p></div>'
+    # the engine's reply says what it left in place (Engine._reload_reply: "changed")
+    changed = reply.get("changed", False)
+    if changed is False:
+        after = "Nothing was changed: the running configuration stays as it was."
+        if reply.get("rolled_back"):
+            after = "Nothing was changed: what had been written was undone, the previous configuration runs."
+    elif changed is True:
+        after = "The previous configuration could not be fully restored: the data plane holds part of the " \
+                "new one (see the error). Fix the cause and reload, or restart lb."
+    else:
+        after = "What was changed is not known: see the daemon's log."
+    return f'<div class="box bad"><b>{h(reply.get("error", "reload failed"))}</b>{issues}<p>{h(after)}</p></div>'
 
 
 def _ha_summary(ha: dict) -> str:

@@ -47,6 +47,9 @@ class FakeIpvs:
     def load(self):
         self.calls.append("load")
 
+    def plan(self, table):
+        pass
+
     def apply(self, table):
         self.calls.append("apply")
         self.services = {s.key: s for s in table.services}
