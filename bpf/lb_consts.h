@@ -144,6 +144,15 @@ enum lb_sched_id {
 #define LB_CNT_TAIL_CALL 5       /* a tail call failed (program missing): passed */
 #define LB_CNT_TOO_BIG 6         /* tunnel: too big once encapsulated: answered "fragmentation
                                   * needed" / Packet Too Big, or dropped (IPv4 without DF) */
-#define LB_CNT_MAX 7
+#define LB_CNT_LEASE_LAPSED 7    /* [ha], the daemon's lease ran out: a neighbour request for, or
+                                  * a packet to, a VIP or nat_router dropped (lb_lease.h) */
+#define LB_CNT_MAX 8
+
+/* ---- HA lease (lb_lease.h) ---- */
+/* addresses the lease covers (lb_lease_addrs): the VIPs -- one per service, plus those of
+ * firewall-mark services' port groups, at most one (VIP, protocol) per service -- and nat_router */
+#define LB_LEASE_ADDRS (2 * LB_MAX_SERVICES + 1)
+#define LB_LEASE_VIP 1           /* lb_lease_addrs value: what the address is (for `lb status`) */
+#define LB_LEASE_ROUTER 2
 
 #endif

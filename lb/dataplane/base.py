@@ -107,6 +107,21 @@ class Dataplane(abc.ABC):
     def counters(self) -> dict[str, int]:
         """The data path's event counters by name (empty where the backend has none)."""
 
+    # ---- HA lease: a gone daemon's addresses are not claimed (bpf/lb_lease.h) ----
+    @abc.abstractmethod
+    def lease(self, seconds: float | None) -> None:
+        """[ha]: this director claims the addresses of claim() for `seconds` from now (refreshed
+        with every heartbeat; 0: no longer, at once); None: no lease (no [ha]: always claimed).
+        Once it runs out the data plane drops neighbour requests for them and packets to them."""
+
+    @abc.abstractmethod
+    def lease_left(self) -> float | None:
+        """Seconds the lease still runs (below 0: ran out), None without a lease."""
+
+    @abc.abstractmethod
+    def claim(self, addrs: dict) -> None:
+        """The addresses the lease covers: {ip address: "vip" | "router"}."""
+
     # ---- HA connection sync ----
     @abc.abstractmethod
     def export_conns(self, now_ns: int | None = None) -> tuple[list, list]:

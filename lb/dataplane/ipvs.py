@@ -629,6 +629,8 @@ class IpvsDataplane(Dataplane):
 
     # ---- attach: IPVS hooks netfilter by itself; NAT needs forwarding for the replies ----
     def attach(self, ifname: str, side: str = "public", mode: str = "native") -> str:
+        if side == "guard":              # the lease needs XDP (lease() below)
+            return "none"
         if side == "private":
             path = "/proc/sys/net/ipv4/ip_forward"
             try:
@@ -750,6 +752,15 @@ class IpvsDataplane(Dataplane):
         except IpvsError as e:
             log.warning("stopping the IPVS sync daemons: %s", e)
         self.syncing.clear()
+
+    def lease(self, seconds: float | None) -> None:
+        """No lease: kernel IPVS cannot check one (a crashed daemon's addresses stay claimed)."""
+
+    def lease_left(self) -> float | None:
+        return None
+
+    def claim(self, addrs: dict) -> None:
+        pass
 
     def export_conns(self, now_ns: int | None = None) -> tuple[list, list]:
         return [], []

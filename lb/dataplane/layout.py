@@ -132,7 +132,8 @@ FSM_SIZE = C["LB_FSM_SIZE"]                 # lb_tcp_fsm entries
 # lb_counters index (LB_CNT_*) -> the name `lb status` and the API show
 _COUNTER_NAMES = {"NO_REAL": "no_real_server", "NOT_SYN": "tcp_not_syn", "FRAGMENT": "fragment",
                   "BAD_REAL": "real_server_gone", "CONN_FULL": "conn_table_full",
-                  "TAIL_CALL": "tail_call_failed", "TOO_BIG": "tunnel_too_big"}
+                  "TAIL_CALL": "tail_call_failed", "TOO_BIG": "tunnel_too_big",
+                  "LEASE_LAPSED": "lease_lapsed"}
 _CNT = _prefixed("LB_CNT_", skip=("LB_CNT_MAX",))
 COUNTER_NAMES = [_COUNTER_NAMES.get(k, k.lower()) for k in _CNT]
 
@@ -204,6 +205,9 @@ PORT_RANGES = _layout("lb_port_ranges", f"n:I pad:I r:{PORT_RANGE.size * FWM_RAN
 LBLC_KEY = _layout("lb_lblc_key", "svc:I family:B pad:3s addr:16s")
 LBLC = _layout("lb_lblc", "lastuse_ns:Q real:I pad:I")
 LBLCR = _layout("lb_lblcr", f"lastuse_ns:Q lastmod_ns:Q n:I pad:I real:{LBLCR_SET_SIZE}I")
+LEASE = _layout("lb_lease", "expires_ns:Q")
+ADDR_KEY = _layout("lb_addr_key", "addr:16s family:B pad:3s")
+LEASE_VIP, LEASE_ROUTER = C["LB_LEASE_VIP"], C["LB_LEASE_ROUTER"]
 U32 = struct.Struct("=I")
 U64 = struct.Struct("=Q")
 
@@ -217,7 +221,7 @@ MAPS: dict[str, tuple[struct.Struct, struct.Struct]] = {
     "lb_svc_stats": (U32, STATS), "lb_real_stats": (U32, STATS), "lb_svc_rates": (U32, RATES),
     "lb_real_rates": (U32, RATES), "lb_counters": (U32, U64), "lb_progs": (U32, U32),
     "lb_lblc": (LBLC_KEY, LBLC), "lb_lblcr": (LBLC_KEY, LBLCR), "lb_sched_buckets": (U32, SCHED_BUCKETS),
-    "lb_mh_tables": (U32, U32),
+    "lb_mh_tables": (U32, U32), "lb_lease": (U32, LEASE), "lb_lease_addrs": (ADDR_KEY, U32),
 }
 # maps whose value holds one entry per list position (LB_MAX_SVC_REALS of them, a -D size)
 LIST_MAPS: dict[str, struct.Struct] = {"lb_svc_dests": DEST, "lb_mh_last": U32}
