@@ -32,6 +32,7 @@ from lb.dataplane.xdp import XdpDataplane
 from lb.ha import addresses
 from lb.ha import announce as ha_announce
 from lb.health import CheckSpec, LoadMonitorTask, LoadSpec, Monitor, NannyPolicy
+from lb.tasks import RateLimitedLog
 
 log = logging.getLogger("lb.engine")
 
@@ -252,6 +253,10 @@ class Engine:
         self._reload_waiters: list[asyncio.Future] = []   # `lb reload` callers on the control socket
         self._usable: dict[tuple, set] = {}          # service key -> real servers taking new connections
         self._fell_back = False                      # auto: XDP gave way to kernel IPVS
+        # [ha]: the data plane's lease is refreshed with every heartbeat once pulse has decided a
+        # role and the addresses follow it (lb/ha/pulse.py, bpf/lb_lease.h)
+        self._lease_armed = False
+        self._lease_log = RateLimitedLog(log, 10.0)
 
     # ---- lifecycle ----
     def start(self) -> None:
@@ -261,12 +266,13 @@ class Engine:
             try:
                 self.pulse = Pulse(self.cfg.ha, self.cfg.instance, self.on_role, sync_source=self.sync_export,
                                    sync_sink=self.sync_import, announce=self.announce,
-                                   public_interface=self.cfg.public_interface)
+                                   public_interface=self.cfg.public_interface, on_heartbeat=self.refresh_lease)
             except (OSError, ValueError) as e:
                 raise StartupError(f"{self.cfg.path or '<config>'}: ha: {e}") from None
         self._restore_overrides()
         self._load_dataplane()
         self.owned = addresses.wanted_addresses(self.cfg)
+        self._start_lease()
         table = self._table(self.cfg)
         self.dp.plan(table)             # a table that cannot fit takes no address
         addresses.check(self.owned)
@@ -340,6 +346,7 @@ class Engine:
             self.dp.attach(self.cfg.public_interface, "public", self.xdp_mode)
             if self.cfg.network == "nat":
                 self.dp.attach(self.cfg.private_interface, "private", self.xdp_mode)
+            self._attach_guards()
         except DataplaneError as e:
             if not self._fall_back(e):
                 raise
@@ -442,6 +449,12 @@ class Engine:
         if self.active:
             addresses.release([a for a in self.owned if a not in want])
         self.owned, self.cfg = want, new
+        if new.ha is not None:              # the lease covers the new addresses (bpf/lb_lease.h)
+            self.dp.claim(self._claims(want))
+            try:
+                self._attach_guards()
+            except DataplaneError as e:
+                log.error("HA: %s", e)
         return f"reloaded {path}"
 
     # ---- health (nanny) ----
@@ -640,6 +653,62 @@ class Engine:
         return await fut
 
     # ---- HA (pulse) ----
+    # ---- HA lease (bpf/lb_lease.h): a director whose daemon is gone stops claiming its
+    # addresses within deadtime: the data plane drops neighbour requests for them and packets
+    # to them once the lease, refreshed with every heartbeat, has run out ----
+    def _claims(self, owned) -> dict:
+        """{address: "vip" | "router"} of what the active director holds (the lease covers it)."""
+        router = self.cfg.nat_router
+        return {a.address.ip: "router" if router is not None and a.address == router else "vip" for a in owned}
+
+    def _start_lease(self) -> None:
+        """At start, before any address is touched.  Without [ha]: no lease.  With [ha]: the
+        addresses it covers; and when an earlier run of ours died and its lease ran out, the
+        peer may hold the addresses now: they go first of all (a hitless restart within the
+        lease keeps them until pulse decides)."""
+        if self.cfg.ha is None:
+            self.dp.lease(None)
+            self.dp.claim({})
+            return
+        self.dp.claim(self._claims(self.owned))
+        left = self.dp.lease_left()
+        if left is not None and left < 0:
+            log.warning("HA: the lease of an earlier run of this instance ran out %.1f s ago (its daemon died): "
+                        "releasing its addresses until pulse decides the role", -left)
+            addresses.release(addresses.present(self.owned))
+
+    def _attach_guards(self) -> None:
+        """[ha]: every other interface holding one of the addresses (nat_router on the private
+        side in direct routing) gets the lease's check, lb_xdp_guard."""
+        if self.cfg.ha is None:
+            return
+        served = {self.cfg.public_interface} | ({self.cfg.private_interface} if self.cfg.network == "nat" else set())
+        for dev in sorted({a.ifname for a in self.owned} - served - set(getattr(self.dp, "attached", {}))):
+            self.dp.attach(dev, "guard", self.xdp_mode)
+
+    def _renew_lease(self) -> None:
+        self.dp.lease(self.cfg.ha.deadtime)
+        self._lease_armed = True
+
+    def refresh_lease(self) -> None:
+        """Pulse, just before each heartbeat: the lease runs deadtime from now, so it runs out
+        no later than the peer takes over after the last heartbeat."""
+        if not self._lease_armed:
+            return
+        try:
+            self.dp.lease(self.cfg.ha.deadtime)
+        except Exception as e:     # the lease runs out: this director stops claiming, as it should
+            self._lease_log.log("lease", logging.ERROR, "HA: cannot refresh the lease: %s", e)
+
+    def _end_lease(self) -> None:
+        """Stopping with [ha]: pulse tells the peer, which takes over at once, so this director
+        stops claiming at once (the addresses too stay with --keep-dataplane)."""
+        self._lease_armed = False
+        try:
+            self.dp.lease(0)
+        except Exception as e:
+            log.warning("HA: cannot end the lease: %s", e)
+
     def _take_addresses(self) -> None:
         addresses.take(self.owned)
 
@@ -658,11 +727,14 @@ class Engine:
         loop = asyncio.get_running_loop()
         if new == ACTIVE:
             self.active = True
+            await loop.run_in_executor(None, self._renew_lease)     # before the addresses answer
             await loop.run_in_executor(None, self._take_addresses)
             loop.run_in_executor(None, self.announce, True)    # the burst runs on by itself
-        elif self.active or old == 0:
-            self.active = False
-            await loop.run_in_executor(None, self._release_addresses)
+        else:
+            if self.active or old == 0:
+                self.active = False
+                await loop.run_in_executor(None, self._release_addresses)
+            await loop.run_in_executor(None, self._renew_lease)     # after: no second claimant
         await loop.run_in_executor(None, self._kernel_sync, new == ACTIVE)
 
     def _kernel_sync(self, active: bool) -> None:
@@ -739,6 +811,11 @@ class Engine:
                "at": time.time(), "services": services}
         if self.pulse is not None:
             doc["ha"] = self.pulse.status()
+            try:
+                left = self.dp.lease_left()
+            except Exception:
+                left = None
+            doc["ha"]["lease_s"] = None if left is None else round(left, 3)
         try:
             counters = self.dp.counters()
             if counters:
@@ -893,6 +970,7 @@ class Engine:
             await web.stop()
         await server.stop()
         if self.pulse is not None:
+            self._end_lease()
             await self.pulse.stop()
         for _spec, _policy, _mon, task in self.monitors.values():
             task.cancel()

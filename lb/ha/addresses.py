@@ -72,6 +72,17 @@ def _has(ipr: IPRoute, idx: int, addr) -> bool:
     return False
 
 
+def present(addrs: list[OwnedAddress]) -> list[OwnedAddress]:
+    """Those of addrs that are on their interfaces."""
+    with IPRoute() as ipr:
+        out = []
+        for a in addrs:
+            idx = ipr.link_lookup(ifname=a.ifname)
+            if idx and _has(ipr, idx[0], a.address):
+                out.append(a)
+        return out
+
+
 def check(addrs: list[OwnedAddress]) -> None:
     """What take() needs, checked before anything is written (a reload's plan): every
     interface exists, and carries IPv6 where an IPv6 address goes.  AddressError otherwise."""
