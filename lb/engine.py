@@ -688,6 +688,9 @@ class Engine:
 
     def _renew_lease(self) -> None:
         self.dp.lease(self.cfg.ha.deadtime)
+        if not self._lease_armed and self.dp.lease_left() is None:
+            log.warning("HA: the %s data plane has no lease: should this daemon die, its addresses stay claimed "
+                        "until it is restarted", self.dp.kind)
         self._lease_armed = True
 
     def refresh_lease(self) -> None:
@@ -816,6 +819,7 @@ class Engine:
             except Exception:
                 left = None
             doc["ha"]["lease_s"] = None if left is None else round(left, 3)
+            doc["ha"]["lease_armed"] = self._lease_armed
         try:
             counters = self.dp.counters()
             if counters:
