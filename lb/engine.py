@@ -450,11 +450,11 @@ class Engine:
             addresses.release([a for a in self.owned if a not in want])
         self.owned, self.cfg = want, new
         if new.ha is not None:              # the lease covers the new addresses (bpf/lb_lease.h)
-            self.dp.claim(self._claims(want))
             try:
+                self.dp.claim(self._claims(want))
                 self._attach_guards()
-            except DataplaneError as e:
-                log.error("HA: %s", e)
+            except (DataplaneError, OSError) as e:
+                log.error("HA: the lease's addresses after the reload: %s", e)
         return f"reloaded {path}"
 
     # ---- health (nanny) ----
