@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import math
 import os
 import platform
 import statistics
@@ -50,6 +51,62 @@ def summary(vals: list[float]) -> dict:
 
 def ratio(a: float, b: float) -> float:
     return a / b if b else 0.0
+
+
+# Verdicts (DESIGN.md's targets) and noise.  A row's figure is the median of its runs; the
+# distribution-free confidence interval of that median (order statistics: no normality assumed)
+# decides whether a target is met.  A row whose interval is wider than NOISY of its median gets
+# no verdict ("noisy"): a quick run on a busy machine must not print a ratio as if it were solid.
+CONFIDENCE = 0.95
+MIN_CONFIDENCE = 0.9       # fewer than 5 runs: no verdict at all
+NOISY = 0.10
+
+
+def median_ci(vals: list[float], conf: float = CONFIDENCE) -> tuple[float, float, float]:
+    """(low, high, achieved confidence) of the median of vals: the order statistics x(k) and
+    x(n-k+1), k the largest with 2 * P(Binomial(n, 1/2) < k) <= 1 - conf.  Too few runs for conf
+    give min..max and the confidence those have (n=5: 94%; n=2: 50%)."""
+    xs = sorted(float(v) for v in vals)
+    n = len(xs)
+    if n == 0:
+        return 0.0, 0.0, 0.0
+    def tail(k: int) -> float:           # 2 * P(B < k)
+        return 2 * sum(math.comb(n, i) for i in range(k)) / 2 ** n
+    k = 1
+    while k < (n + 1) // 2 and tail(k + 1) <= 1 - conf:
+        k += 1
+    return xs[k - 1], xs[n - k], max(0.0, 1 - tail(k))
+
+
+def estimate(vals: list[float]) -> dict:
+    """summary() of the runs plus the median's confidence interval (ci_low, ci_high, confidence)
+    and noisy: that interval is wider than NOISY of the median"""
+    s = summary(vals)
+    lo, hi, conf = median_ci(vals)
+    s.update(ci_low=lo, ci_high=hi, confidence=conf,
+             noisy=bool(s["n"] < 2 or (s["median"] and (hi - lo) / abs(s["median"]) > NOISY)))
+    return s
+
+
+def paired(a: list[float], b: list[float], op) -> list[float]:
+    """op(a_i, b_i) of runs measured side by side (round i of an interleaved block)"""
+    if len(a) != len(b):
+        raise ValueError(f"paired runs: {len(a)} against {len(b)}")
+    return [op(x, y) for x, y in zip(a, b)]
+
+
+def verdict(est: dict, limit: float, better: str = "lower") -> str:
+    """"met" / "NOT met" / "inconclusive" (the median's interval straddles the limit) for a
+    figure that must be <= limit (better="lower") or >= limit ("higher"); "noisy" when est is,
+    "too few runs" when they give the interval less than MIN_CONFIDENCE"""
+    if est.get("confidence", 1.0) < MIN_CONFIDENCE:
+        return "too few runs"
+    if est.get("noisy"):
+        return "noisy"
+    lo, hi = est["ci_low"], est["ci_high"]
+    if better == "lower":
+        return "met" if hi <= limit else "NOT met" if lo > limit else "inconclusive"
+    return "met" if lo >= limit else "NOT met" if hi < limit else "inconclusive"
 
 
 @contextlib.contextmanager

@@ -1,31 +1,58 @@
-"""Per-packet cost of the XDP programs (BPF_PROG_TEST_RUN), as ratios to a trivial program
-measured in the same run: one that swaps the MACs and returns XDP_TX.
+"""Per-packet cost of the XDP programs (BPF_PROG_TEST_RUN), against baselines measured side by
+side in the same run: a trivial program (swaps the MACs, returns XDP_TX), an empty one (returns
+XDP_PASS at once: the test-run machinery alone) and, for new connections, the floor any
+connection table pays: a lookup miss and an LRU insert into lb's own table.
 
 Every run gets a fresh copy of its packet (repeat=1 per syscall, looped in C by lb._bpfbatch),
 because the kernel does not reset a packet between repeats and lb rewrites packets.
 
-Each scenario is set up just before it is measured (so the big connection table is filled only
-after the others ran), and is checked: no exceptional-event counter (lb_counters: packet without
-a connection, no real server, table full, ...) may move while it runs, so an "established"
-packet that missed its connection fails the suite instead of measuring the wrong path."""
+Blocks.  Rows are measured in interleaved rounds (A B C, B C A, ...: every row once per round,
+the order rotated), so that a load change hits every row of a block alike and each row's ratio,
+Δns and verdict come from round-by-round pairs with its baselines:
+
+  established   table 65,536 (the default install's): established DR / NAT / IPv6 / firewall-mark
+                flows primed by their handshake (SYN, then ACK), and a packet for no service
+  new conns     table 65,536, and again 2,097,152: SYNs under rr, wrr, dh, sh, mh, lc and wlc
+                over 16 real servers, wlc over 32 and 64 (the slope per extra server), IPv6,
+                a persistence hit, and the floor.  The floor program inserts into lb's own
+                table (the one a new connection goes to: it follows lb_conns' pin), with keys
+                lb never makes, so it sees the very table state lb's SYNs see.  The table is
+                filled to half first, and every round's new entries are deleted after the
+                round: each round starts from the same state, and no round evicts.
+  two CPUs      table 65,536: a driver program on each of two CPUs (threads pinned to them)
+                gives each packet its own flow and tail-calls lb_xdp_public, repeat=N in the
+                kernel; established DR and SYN (rr, mh, wlc), one CPU against two side by side:
+                the scaling ratio of the summed rates.
+
+Each row is checked: no exceptional-event counter (lb_counters: packet without a connection,
+no real server, table full, ...) may move while it runs, so an "established" packet that missed
+its connection fails the suite instead of measuring the wrong path.  Verdicts against DESIGN.md's
+targets come from the confidence interval of the median (bench.common.verdict); a row whose
+interval is too wide is "noisy" and gets none."""
 from __future__ import annotations
 
 import ipaddress
 import os
-import statistics
+import struct
+import threading
 import time
+from dataclasses import dataclass, field
 
 from scapy.layers.inet import IP, TCP
 from scapy.layers.inet6 import IPv6
 from scapy.layers.l2 import Ether
 
+from bench.common import NOISY, estimate, paired, verdict
 from lb import _bpfbatch
+from lb.config.model import Tables
 from lb.dataplane import PortGroup, RealSpec, ServiceSpec, TableSpec
+from lb.dataplane import bpfsys
 from lb.dataplane import layout as L
+from lb.dataplane.maps import BpfMap, pin_dir
 from lb.dataplane.nexthop import NextHop
 from lb.dataplane.xdp import Sizes, XdpDataplane
 
-TRIVIAL = r"""
+BASELINES = r"""
 #include <linux/if_ether.h>
 
 int bench_trivial(struct xdp_md *ctx)
@@ -40,18 +67,25 @@ int bench_trivial(struct xdp_md *ctx)
     __builtin_memcpy(eth->h_source, tmp, ETH_ALEN);
     return XDP_TX;
 }
+
+/* what BPF_PROG_TEST_RUN itself costs per run */
+int bench_empty(struct xdp_md *ctx)
+{
+    return XDP_PASS;
+}
 """
-# The floor under a new connection: what any connection table of lb_conns' size and layout pays
-# for a new flow here, the hash miss of its lookup and the LRU insert (memory-bound: a new flow's
-# bucket is a cache miss), with nothing of lb around it.
+# The floor under a new connection: the hash miss of its lookup and the LRU insert, into lb's own
+# table (the pin of the map a new connection goes to; key and value sizes are that map's), with
+# nothing of lb around it.  Its key puts the VIP in bytes 4-7, which lb's keys (a 16-byte client
+# address there) never do for an IPv4 client: it cannot meet an lb entry.
 SYN_FLOOR = r"""
 #include <linux/if_ether.h>
 #include <linux/ip.h>
 #include <linux/tcp.h>
 
-struct floor_key { __u8 s[16]; __u8 d[16]; __u16 sp, dp; __u8 p, f, dir, pad; };   /* lb_conn_key */
-struct floor_val { __u64 v[8]; };                                                /* lb_conn size */
-BPF_TABLE("lru_hash", struct floor_key, struct floor_val, floor_conns, FLOOR_TABLE_SIZE);
+struct floor_key { __u8 b[FLOOR_KEY_SIZE]; };
+struct floor_val { __u8 b[FLOOR_VALUE_SIZE]; };
+BPF_TABLE_PINNED("lru_hash", struct floor_key, struct floor_val, floor_conns, FLOOR_TABLE_SIZE, FLOOR_PIN);
 
 int bench_syn_floor(struct xdp_md *ctx)
 {
@@ -62,30 +96,121 @@ int bench_syn_floor(struct xdp_md *ctx)
         return XDP_DROP;
     struct floor_key k;
     __builtin_memset(&k, 0, sizeof(k));
-    *(__u32 *)k.s = ip->saddr;
-    *(__u32 *)k.d = ip->daddr;
-    k.sp = th->source;
-    k.dp = th->dest;
-    k.p = IPPROTO_TCP;
-    k.f = 4;
+    __builtin_memcpy(&k.b[0], &ip->saddr, 4);
+    __builtin_memcpy(&k.b[4], &ip->daddr, 4);
+    __builtin_memcpy(&k.b[8], &th->source, 2);
+    __builtin_memcpy(&k.b[10], &th->dest, 2);
+    k.b[12] = IPPROTO_TCP;
     if (floor_conns.lookup(&k))
         return XDP_PASS;
-    struct floor_val v = {};
-    v.v[0] = bpf_ktime_get_coarse_ns();
+    struct floor_val v;
+    __builtin_memset(&v, 0, sizeof(v));
+    __u64 now = bpf_ktime_get_coarse_ns();
+    __builtin_memcpy(&v.b[0], &now, 8);
     floor_conns.insert(&k, &v);
     return XDP_TX;
 }
 """
+# The two-CPU driver: packet n on CPU c becomes flow (c, n) -- flow n mod flows when flows is
+# set (established), a new flow every packet otherwise -- and goes on to lb_xdp_public by a tail
+# call.  Run with repeat=N: lb's DR path rewrites only the MACs, so the packet stays valid.  No
+# checksum is fixed: nothing on this path reads one.
+DRIVER = r"""
+#include <linux/if_ether.h>
+#include <linux/ip.h>
+#include <linux/tcp.h>
+
+struct drv_cfg { __u32 flows; __u32 saddr; };
+BPF_PERCPU_ARRAY(drv_ctr, __u64, 1);
+BPF_ARRAY(drv_cfg, struct drv_cfg, 1);
+BPF_PROG_ARRAY(drv_next, 1);
+
+int bench_drive(struct xdp_md *ctx)
+{
+    void *data = (void *)(long)ctx->data, *end = (void *)(long)ctx->data_end;
+    struct iphdr *ip = data + sizeof(struct ethhdr);
+    struct tcphdr *th = (void *)(ip + 1);
+    __u32 k = 0;
+    if ((void *)(th + 1) > end)
+        return XDP_ABORTED;
+    __u64 *c = drv_ctr.lookup(&k);
+    struct drv_cfg *cfg = drv_cfg.lookup(&k);
+    if (!c || !cfg)
+        return XDP_ABORTED;
+    __u64 n = *c;
+    *c = n + 1;
+    if (cfg->flows)
+        n %= cfg->flows;
+    __u32 cpu = bpf_get_smp_processor_id();
+    ip->saddr = bpf_htonl(cfg->saddr + (cpu << DRV_CPU_SHIFT) + (__u32)(n >> DRV_PORT_BITS));
+    th->source = bpf_htons(DRV_SPORT0 + (__u32)(n & ((1u << DRV_PORT_BITS) - 1)));
+    drv_next.call(ctx, 0);
+    return XDP_ABORTED;
+}
+"""
+DRV_PORT_BITS, DRV_CPU_SHIFT, DRV_SPORT0 = 15, 12, 1024
+DRV_CLIENTS = "198.18.160.0"        # CPU c's flows come from DRV_CLIENTS + (c << DRV_CPU_SHIFT) + ...
+
 CLIENT_MAC, PUB_MAC, PRIV_MAC = "02:00:00:00:00:02", "02:00:00:00:01:01", "02:00:00:00:01:02"
-VIP_DR, VIP_NAT, VIP_WLC = "198.18.0.10", "198.18.0.20", "198.18.0.30"
-VIP_PERSIST, VIP_FWM = "198.18.0.40", "198.18.0.50"
-VIP_MH = "198.18.0.60"
-# IPv6 (only ever inside BPF_PROG_TEST_RUN): the benchmarking range 2001:2::/48
-VIP6_DR, VIP6_WLC, CLIENTS6 = "2001:2::10", "2001:2::30", "2001:2:0:4::"
-MH_CLIENTS = "198.18.128.0"          # the mh SYNs come from as many client addresses
+VIP_DR, VIP_NAT, VIP_PERSIST, VIP_FWM = "198.18.0.10", "198.18.0.20", "198.18.0.40", "198.18.0.50"
+VIP6_DR, CLIENTS6 = "2001:2::10", "2001:2:0:4::"     # IPv6: the benchmarking range 2001:2::/48
+# the new-connection services: (label, scheduler, real servers, VIP); each its own VIP
+SYN_SERVICES = (
+    ("rr", "rr", 16, "198.18.0.61"), ("wrr", "wrr", 16, "198.18.0.62"), ("dh", "dh", 16, "198.18.0.63"),
+    ("sh", "sh", 16, "198.18.0.64"), ("mh", "mh", 16, "198.18.0.60"), ("lc", "lc", 16, "198.18.0.65"),
+    ("wlc", "wlc", 16, "198.18.0.30"), ("wlc32", "wlc", 32, "198.18.0.66"), ("wlc64", "wlc", 64, "198.18.0.67"),
+    ("wlc6", "wlc", 16, "2001:2::30"),
+)
+HASH_FAMILY, LC_FAMILY = ("rr", "wrr", "dh", "sh", "mh"), ("lc", "wlc", "wlc6")
 FWM_GROUPS = ((21, 21), (40000, 40099))
-BIG_CLIENTS = "198.18.64.0"          # the clients of the big connection table (50,000 ports each)
+SYN_CLIENTS, SYN_CLIENTS6 = "198.18.6.0", "2001:2:0:6::"
+ONE_SOURCE_PER_SYN = ("sh", "mh")   # hash the source: one client address per SYN spreads them
+SPREAD_CLIENTS = "198.18.128.0"
+FLOOR_CLIENTS = "198.18.12.0"
+FILL_CLIENTS = "198.18.64.0"         # the entries a table is filled with (50,000 ports each)
+PERSIST_CLIENT = "198.18.9.1"
 XDP_ACTIONS = {0: "XDP_ABORTED", 1: "XDP_DROP", 2: "XDP_PASS", 3: "XDP_TX", 4: "XDP_REDIRECT"}
+
+DEFAULT_TABLE = Tables().connections          # 65,536: what an install without [tables] gets
+BIG_TABLE = 1 << 21
+FILL = 0.5             # new-connection blocks: the table is this full when a round starts
+ROUND_SHARE = 0.25     # ... and a round's new entries take at most this share of it
+# the tables a new connection's entry may go to, first present wins (an embryonic-connection
+# table, where the data path has one, else the connection table)
+INSERT_TABLES = ("lb_conns_embryo", "lb_conns")
+
+SIZES = {  # runs (rounds), iterations per run of an established row, flows of the many-flow rows,
+    # SYNs per run and row (at most), the big table, two CPUs: (packets per thread established,
+    # SYN at most, flows per CPU)
+    "full": (15, 100_000, 10_000, 2_000, BIG_TABLE, (1_000_000, 50_000, 1000)),
+    "quick": (7, 20_000, 2_000, 500, BIG_TABLE, (200_000, 10_000, 1000)),
+    "smoke": (2, 300, 100, 20, 1 << 17, (2_000, 200, 10)),   # make test: proves it runs, measures nothing
+}
+# DESIGN.md's targets, by row key: (what, limit, better)
+TARGETS = {
+    "dr1": ("ratio", 1.85, "lower"), "drmany": ("ratio", 2.5, "lower"),
+    "nat1": ("ratio", 2.5, "lower"), "natreply1": ("ratio", 2.5, "lower"),
+    "nonvip": ("ratio", 1.3, "lower"),
+    **{k: ("floor", 60.0, "lower") for k in HASH_FAMILY},
+    **{k: ("floor", 100.0, "lower") for k in LC_FAMILY},
+    "slope": ("ns", 3.0, "lower"),
+    "cpu2_est": ("scaling", 1.8, "higher"), "cpu2_mh": ("scaling", 1.6, "higher"),
+    "cpu2_wlc": ("scaling", 1.4, "higher"),
+}
+
+
+def target_text(key: str) -> str:
+    t = TARGETS.get(key)
+    if t is None:
+        return ""
+    what, limit, better = t
+    op = "<=" if better == "lower" else ">="
+    return {"ratio": f"{op} {limit:g}x trivial", "floor": f"{op} floor + {limit:g} ns",
+            "ns": f"{op} {limit:g} ns/server", "scaling": f"{op} {limit:g}x one CPU"}[what]
+
+
+def _table_label(n: int) -> str:
+    return f"{n:,}"
 
 
 def _resolver(addr, need_onlink=False):
@@ -98,65 +223,162 @@ def _frame(src, dst, sport, dport, flags, payload=b"x" * 10, smac=CLIENT_MAC, dm
     return bytes(Ether(src=smac, dst=dmac) / l3 / TCP(sport=sport, dport=dport, flags=flags) / payload)
 
 
-def _flow(i, sport0=20000, src_base="198.18.4.0") -> tuple[str, int]:
-    """the i-th client (address, port) of a flow set: 50,000 ports per client address"""
-    return str(ipaddress.ip_address(int(ipaddress.ip_address(src_base)) + i // 50000)), sport0 + i % 50000
+def _fold(s: int) -> int:
+    while s >> 16:
+        s = (s & 0xFFFF) + (s >> 16)
+    return s
 
 
-def _frames(dst, dport, flags, nflows, sport0=20000, src_base="198.18.4.0", index=None):
+def _sum16(b: bytes) -> int:
+    return sum(struct.unpack(f"!{len(b) // 2}H", b))
+
+
+class Template:
+    """Frames to one (destination, port, flags) from many (client, port)s: scapy builds the frame
+    once with a zero client and port; each flow's frame patches them in and completes the
+    checksums (ones' complement sums: adding words to zero ones)."""
+
+    def __init__(self, dst: str, dport: int, flags: str, payload: bytes = b"x" * 10,
+                 smac: str = CLIENT_MAC, dmac: str = PUB_MAC):
+        self.v6 = ":" in dst
+        self.raw = _frame("::" if self.v6 else "0.0.0.0", dst, 0, dport, flags, payload, smac, dmac)
+        self.src_at, self.alen, self.l4 = (22, 16, 54) if self.v6 else (26, 4, 34)
+        # ~checksum of the zero-client frame = the sum of everything else
+        self.tcp0 = ~struct.unpack_from("!H", self.raw, self.l4 + 16)[0] & 0xFFFF
+        self.ip0 = None if self.v6 else ~struct.unpack_from("!H", self.raw, 24)[0] & 0xFFFF
+
+    def make(self, src: int, sport: int) -> bytes:
+        b = bytearray(self.raw)
+        a = src.to_bytes(self.alen, "big")
+        b[self.src_at:self.src_at + self.alen] = a
+        struct.pack_into("!H", b, self.l4, sport)
+        s = _sum16(a)
+        struct.pack_into("!H", b, self.l4 + 16, ~_fold(self.tcp0 + s + sport) & 0xFFFF)
+        if self.ip0 is not None:
+            struct.pack_into("!H", b, 24, ~_fold(self.ip0 + s) & 0xFFFF)
+        return bytes(b)
+
+
+def flows(n: int, sport0: int = 20000, src_base: str = "198.18.4.0", index=None) -> list[tuple[int, int]]:
+    """n client (address as int, port)s: flow i is port sport0 + i % 50000 of address
+    src_base + i // 50000 (index maps the row's j to i)"""
+    base = int(ipaddress.ip_address(src_base))
     out = []
-    for j in range(nflows):
-        src, sport = _flow(index(j) if index else j, sport0, src_base)
-        out.append(_frame(src, dst, sport, dport, flags))
+    for j in range(n):
+        i = index(j) if index else j
+        out.append((base + i // 50000, sport0 + i % 50000))
     return out
 
 
-def _table_size(flows: int) -> int:
-    """lb_conns max_entries: at least twice the flows put in it (an LRU map starts evicting
-    before it is full), and never below the 128k the small scenarios need"""
-    n = 1 << 17
-    while n < 2 * flows:
-        n *= 2
-    return n
+def frames(dst: str, dport: int, flags: str, fl: list[tuple[int, int]]) -> list[bytes]:
+    t = Template(dst, dport, flags)
+    return [t.make(a, p) for a, p in fl]
+
+
+def handshake(dst: str, dport: int, fl: list[tuple[int, int]]) -> list[bytes]:
+    """each flow's SYN then its ACK (the client's side of the handshake, as a director sees it)"""
+    s, a = Template(dst, dport, "S"), Template(dst, dport, "A")
+    out = []
+    for addr, port in fl:
+        out += [s.make(addr, port), a.make(addr, port)]
+    return out
+
+
+def conn_keys(fl: list[tuple[int, int]], vip: str, vport: int) -> list[bytes]:
+    """lb_conns keys (client -> VIP direction) of flows"""
+    v = ipaddress.ip_address(vip)
+    fam, alen = L.family_of(v), 16 if v.version == 6 else 4
+    tail = L.pack_port(vport) + bytes([6, fam, 0, 0])
+    vb = L.pack_addr(v)
+    return [a.to_bytes(alen, "big").ljust(16, b"\0") + vb + L.pack_port(p) + tail for a, p in fl]
+
+
+def floor_keys(fl: list[tuple[int, int]], vip: str, vport: int, key_size: int) -> list[bytes]:
+    """the floor program's keys of flows (see SYN_FLOOR)"""
+    vb = ipaddress.ip_address(vip).packed
+    return [(a.to_bytes(4, "big") + vb + p.to_bytes(2, "big") + vport.to_bytes(2, "big") + b"\x06").ljust(key_size, b"\0")
+            for a, p in fl]
+
+
+@dataclass
+class Row:
+    key: str                      # TARGETS key, or a name of its own
+    name: str
+    fd: int
+    frames: list[bytes]
+    one_pass: bool = False        # a new flow per packet: each run takes the next len/runs frames
+    keys: list[bytes] = field(default_factory=list)   # one_pass: the entry each frame inserts
+    kind: str = "lb"              # "baseline" | "reference" (the floor) | "lb"
+    table: str = "lb_conns"
+    table_size: int = 0
+    vals: list[float] = field(default_factory=list)
+    action: str = ""
 
 
 class Bench:
-    def __init__(self, big: int = 0):
+    def __init__(self, table: int):
         from bcc import BPF
 
-        self.trivial_bpf = self.floor_bpf = None
-        self.dp = XdpDataplane(f"bench{os.getpid()}", Sizes(16, 256, 16, _table_size(big)), resolver=_resolver)
+        self.BPF = BPF
+        self.bpf = None
+        t = Tables()
+        self.dp = XdpDataplane(f"bench{os.getpid()}", Sizes(t.services, t.real_servers, t.reals_per_service, table),
+                               resolver=_resolver)
         try:
             self.dp.load()
-            self._setup(BPF)
+            self._setup()
         except BaseException:
             self.close()
             raise
 
-    def _setup(self, BPF):
-        ip = ipaddress.ip_address
-        reals16 = tuple(RealSpec(ip(f"198.18.2.{i + 1}"), 80, 1 + i % 3, "dr") for i in range(16))
-        reals3n = tuple(RealSpec(ip(f"198.18.1.{11 + i}"), 8080, 1, "nat") for i in range(3))
-        reals3d = tuple(RealSpec(ip(f"198.18.1.{11 + i}"), 80, 1, "dr") for i in range(3))
-        reals3p = tuple(RealSpec(ip(f"198.18.1.{21 + i}"), 80, 1, "dr") for i in range(3))
-        reals3f = tuple(RealSpec(ip(f"198.18.1.{31 + i}"), 0, 1, "dr") for i in range(3))  # fwmark: port 0
+    def _setup(self):
+        BPF, ip = self.BPF, ipaddress.ip_address
+
+        def reals(n, net="198.18.2", port=80, forward="dr"):
+            if ":" in net:
+                return tuple(RealSpec(ip(f"{net}{i + 1:x}"), port, 1 + i % 3, forward) for i in range(n))
+            return tuple(RealSpec(ip(f"{net}.{i + 1}"), port, 1 + i % 3, forward) for i in range(n))
         groups = tuple(PortGroup("tcp", ip(VIP_FWM), lo, hi) for lo, hi in FWM_GROUPS)
-        reals16v6 = tuple(RealSpec(ip(f"2001:2:0:2::{i + 1:x}"), 80, 1 + i % 3, "dr") for i in range(16))
-        reals3v6 = tuple(RealSpec(ip(f"2001:2:0:1::{11 + i:x}"), 80, 1, "dr") for i in range(3))
-        self.dp.apply(TableSpec((
-            ServiceSpec("tcp", ip(VIP_DR), 80, "rr", reals3d),
-            ServiceSpec("tcp", ip(VIP_NAT), 80, "rr", reals3n),
-            ServiceSpec("tcp", ip(VIP_WLC), 80, "wlc", reals16),
-            ServiceSpec("tcp", ip(VIP_MH), 80, "mh", reals16),
-            ServiceSpec("tcp", ip(VIP_PERSIST), 80, "rr", reals3p, "persist", 300, "255.255.255.255"),
-            ServiceSpec("tcp", ip(VIP_FWM), FWM_GROUPS[0][0], "rr", reals3f, "fwm", fwmark=7, groups=groups),
-            ServiceSpec("tcp", ip(VIP6_DR), 80, "rr", reals3v6),
-            ServiceSpec("tcp", ip(VIP6_WLC), 80, "wlc", reals16v6),
-        )))
-        self.trivial_bpf = BPF(text=TRIVIAL.encode())
-        self.trivial = self.trivial_bpf.load_func(b"bench_trivial", BPF.XDP)
-        self.floor_bpf = BPF(text=SYN_FLOOR.encode(), cflags=[f"-DFLOOR_TABLE_SIZE={self.dp.sizes.connections}"])
-        self.floor = self.floor_bpf.load_func(b"bench_syn_floor", BPF.XDP)
+        svcs = [
+            ServiceSpec("tcp", ip(VIP_DR), 80, "rr", reals(3, "198.18.1")),
+            ServiceSpec("tcp", ip(VIP_NAT), 80, "rr", reals(3, "198.18.1", 8080, "nat")),
+            ServiceSpec("tcp", ip(VIP_PERSIST), 80, "rr", reals(3, "198.18.3"), "persist", 300, "255.255.255.255"),
+            ServiceSpec("tcp", ip(VIP_FWM), FWM_GROUPS[0][0], "rr", reals(3, "198.18.5", 0), "fwm", fwmark=7,
+                        groups=groups),
+            ServiceSpec("tcp", ip(VIP6_DR), 80, "rr", reals(3, "2001:2:0:1::")),
+        ]
+        for label, sched, n, vip in SYN_SERVICES:
+            svcs.append(ServiceSpec("tcp", ip(vip), 80, sched, reals(n, "2001:2:0:2::" if ":" in vip else "198.18.2"),
+                                    label))
+        self.dp.apply(TableSpec(tuple(svcs)))
+        self.insert_name = next(n for n in INSERT_TABLES if n in self.dp.maps)
+        m = self.insert_map
+        if m.key_size < 13 or m.value_size < 8:
+            raise RuntimeError(f"bench pkt: {self.insert_name} has {m.key_size}-byte keys and {m.value_size}-byte "
+                               "values: the floor program needs at least 13 and 8")
+        # the bench's own programs, one compile
+        self.bpf = BPF(text=(BASELINES + SYN_FLOOR + DRIVER).encode(), cflags=[
+            f"-DFLOOR_KEY_SIZE={m.key_size}", f"-DFLOOR_VALUE_SIZE={m.value_size}",
+            f"-DFLOOR_TABLE_SIZE={m.max_entries}",
+            f'-DFLOOR_PIN="{os.path.join(pin_dir(self.dp.instance), self.insert_name)}"',
+            f"-DDRV_PORT_BITS={DRV_PORT_BITS}", f"-DDRV_CPU_SHIFT={DRV_CPU_SHIFT}", f"-DDRV_SPORT0={DRV_SPORT0}"])
+        self.trivial = self.bpf.load_func(b"bench_trivial", BPF.XDP)
+        self.empty = self.bpf.load_func(b"bench_empty", BPF.XDP)
+        self.floor = self.bpf.load_func(b"bench_syn_floor", BPF.XDP)
+        self.drive = self.bpf.load_func(b"bench_drive", BPF.XDP)
+        self.bpf[b"drv_next"][0] = self.dp.fns["lb_xdp_public"].fd
+        self.drv_ctr = BpfMap(self.bpf[b"drv_ctr"].map_fd, "drv_ctr", owned=False)
+        self.drv_cfg = BpfMap(self.bpf[b"drv_cfg"].map_fd, "drv_cfg", owned=False)
+        before = len(m.items())
+        self.run(self.floor.fd, frames(VIP_DR, 80, "S", flows(1, 1, FLOOR_CLIENTS)), 1)
+        if len(m.items()) != before + 1:
+            raise RuntimeError(f"bench pkt: the floor program does not insert into {self.insert_name}")
+        m.delete_many(floor_keys(flows(1, 1, FLOOR_CLIENTS), VIP_DR, 80, m.key_size))
+
+    @property
+    def insert_map(self) -> BpfMap:
+        """the map a new connection's entry goes to (the floor's too)"""
+        return self.dp.maps[self.insert_name]
 
     def close(self):
         """unpin first (removes /sys/fs/bpf/lb/<instance>), whatever else fails"""
@@ -166,10 +388,9 @@ class Bench:
             try:
                 self.dp.close()
             finally:
-                for attr in ("trivial_bpf", "floor_bpf"):
-                    if getattr(self, attr, None) is not None:
-                        getattr(self, attr).cleanup()
-                        setattr(self, attr, None)
+                if self.bpf is not None:
+                    self.bpf.cleanup()
+                    self.bpf = None
 
     def run(self, fd: int, frames: list[bytes], iterations: int) -> float:
         """ns per packet (the kernel's own measure of each run)"""
@@ -189,153 +410,389 @@ class Bench:
         return {name: sum(L.U64.unpack(v)[0] for v in m.get_percpu(L.U32.pack(i)))
                 for i, name in enumerate(L.COUNTER_NAMES)}
 
-    def prime(self, frames):
-        """send each flow's SYN so that the measured packets hit established connections"""
-        self.run(self.dp.fns["lb_xdp_public"].fd, frames, len(frames))
+    def checked(self, name: str, fn):
+        """fn() with lb_counters unmoved, or the suite fails naming the row"""
+        before = self.counters()
+        out = fn()
+        after = self.counters()
+        moved = {k: after[k] - before[k] for k in after if after[k] != before[k]}
+        if moved:
+            raise RuntimeError(f"pkt scenario {name!r} did not take the path it measures: {moved}")
+        return out
+
+    def prime(self, dst: str, dport: int, fl: list[tuple[int, int]]) -> None:
+        """each flow's handshake, so that the measured packets hit established connections"""
+        fr = handshake(dst, dport, fl)
+        self.checked(f"handshake to {dst}:{dport}", lambda: self.run(self.dp.fns["lb_xdp_public"].fd, fr, len(fr)))
+
+    def real_of(self, client: int, sport: int, vip: str, vport: int) -> str:
+        """the real server address lb_conns gave a flow"""
+        key = conn_keys([(client, sport)], vip, vport)[0]
+        raw = self.dp.maps["lb_conns"].get(key)
+        if raw is None:
+            raise RuntimeError(f"no connection for {ipaddress.ip_address(client)}:{sport} -> {vip}:{vport}")
+        rid = L.Conn.unpack(raw).real
+        return next(str(addr) for st in self.dp.services.values() for (addr, _p), r in st.dests if r == rid)
+
+    def replies(self, fl: list[tuple[int, int]], vip: str, rport: int) -> list[bytes]:
+        """NAT replies (real server -> client) of primed flows"""
+        out = []
+        for client, sport in fl:
+            real = self.real_of(client, sport, vip, 80)
+            smac = "02:00:00:00:02:%02x" % (int(ipaddress.ip_address(real)) & 0xFF)
+            out.append(_frame(real, str(ipaddress.ip_address(client)), rport, sport, "A", b"y" * 10,
+                              smac=smac, dmac=PRIV_MAC))
+        return out
 
     def _service(self, vip: str):
         return next(st for st in self.dp.services.values()
                     if getattr(st.key, "addr", None) == ipaddress.ip_address(vip))
 
-    def real_of(self, client: str, sport: int, vip: str, vport: int) -> str:
-        """the real server address lb_conns gave a flow"""
-        key = L.ConnKey(ipaddress.ip_address(client), ipaddress.ip_address(vip), sport, vport, 6).pack()
-        raw = self.dp.maps["lb_conns"].get(key)
-        if raw is None:
-            raise RuntimeError(f"no connection for {client}:{sport} -> {vip}:{vport}")
-        rid = L.Conn.unpack(raw).real
-        return next(str(addr) for st in self.dp.services.values() for (addr, _p), r in st.dests if r == rid)
-
-    def replies(self, flows: list[tuple[str, int]], vip: str, rport: int) -> list[bytes]:
-        """NAT replies (real server -> client) of primed flows"""
-        out = []
-        for client, sport in flows:
-            real = self.real_of(client, sport, vip, 80)
-            smac = "02:00:00:00:02:%02x" % (int(ipaddress.ip_address(real)) & 0xFF)
-            out.append(_frame(real, client, rport, sport, "A", b"y" * 10, smac=smac, dmac=PRIV_MAC))
-        return out
-
-    def fill(self, vip: str, n: int, sport0: int, src_base: str) -> float:
-        """put n established DR connections to vip:80 in lb_conns directly (BPF_MAP_UPDATE_BATCH),
-        flow i as _flow(i, sport0, src_base); returns the seconds it took"""
+    def fill(self, m: BpfMap, n: int, vip: str = VIP_DR, sport0: int = 10000, src_base: str = FILL_CLIENTS) -> float:
+        """put n established DR connections to vip:80 in m directly (BPF_MAP_UPDATE_BATCH), flow
+        i as flows()'s; returns the seconds it took"""
         t0 = time.perf_counter()
         st = self._service(vip)
-        m = self.dp.maps["lb_conns"]
         rids = [rid for _, rid in st.dests]
         # coarse clock in BPF: a last_ns a second in the past can never be "in the future"
         now = time.monotonic_ns() - 1_000_000_000
         cmac, lmac = bytes.fromhex(CLIENT_MAC.replace(":", "")), bytes.fromhex(PUB_MAC.replace(":", ""))
         vals = [L.Conn(now, rid, st.id, 900, 0, L.TCP_S["ESTABLISHED"], 0, cmac, lmac).pack() for rid in rids]
-        vip16 = L.pack_addr(ipaddress.ip_address(vip))
-        tail = L.pack_port(80) + bytes([6, L.family_of(ipaddress.ip_address(vip)), 0, 0])
-        base = int(ipaddress.ip_address(src_base))
-        ports = [L.pack_port(sport0 + p) + tail for p in range(50000)]
-        first = L.ConnKey(ipaddress.ip_address(src_base), ipaddress.ip_address(vip), sport0, 80, 6).pack()
-        ffi, lib = _bpfbatch.ffi, _bpfbatch.lib
         for lo in range(0, n, 50000):
             hi = min(n, lo + 50000)
-            pre = (base + lo // 50000).to_bytes(4, "big").ljust(16, b"\0") + vip16
-            kb = b"".join(pre + ports[p] for p in range(hi - lo))
-            vb = b"".join(vals[i % len(vals)] for i in range(lo, hi))
-            if lo == 0:
-                assert kb[:L.CONN_KEY.size] == first
-            got = lib.bb_update(m.fd, m.key_size, m.value_size, ffi.from_buffer(kb), ffi.from_buffer(vb), hi - lo)
-            if got < 0:
-                raise OSError(-got, os.strerror(-got))
+            fl = flows(hi - lo, sport0, src_base, index=lambda j, lo=lo: lo + j)
+            m.set_many(conn_keys(fl, vip, 80), [vals[i % len(vals)] for i in range(lo, hi)])
         return time.perf_counter() - t0
 
-    def scenarios(self, many: int, big: int):
-        """(name, program fd, frames, one pass per run?) one at a time, each set up just before
-        it is measured"""
-        pub = self.dp.fns["lb_xdp_public"].fd
-        priv = self.dp.fns["lb_xdp_private"].fd
-        self.prime(_frames(VIP_DR, 80, "S", 1))
-        yield "established TCP flow, DR (1 flow)", pub, _frames(VIP_DR, 80, "A", 1), False
-        self.prime(_frames(VIP_DR, 80, "S", many, sport0=30000))
-        yield f"established TCP flow, DR ({many} flows)", pub, _frames(VIP_DR, 80, "A", many, sport0=30000), False
+    def clear(self, m: BpfMap) -> None:
+        m.delete_many([k for k, _ in m.items()])
 
-        self.prime(_frames(VIP_NAT, 80, "S", 1))
-        yield "established NAT request (1 flow)", pub, _frames(VIP_NAT, 80, "A", 1), False
-        yield "NAT reply (1 flow)", priv, self.replies([_flow(0)], VIP_NAT, 8080), False
-        nat = dict(sport0=10000, src_base="198.18.8.0")
-        self.prime(_frames(VIP_NAT, 80, "S", many, **nat))
-        yield f"established NAT request ({many} flows)", pub, _frames(VIP_NAT, 80, "A", many, **nat), False
-        yield (f"NAT reply ({many} flows)", priv,
-               self.replies([_flow(i, **nat) for i in range(many)], VIP_NAT, 8080), False)
+    # ---- measuring ----
+    def baselines(self) -> list[Row]:
+        one = frames(VIP_DR, 80, "A", flows(1))
+        return [Row("trivial", "baseline: trivial MAC swap + XDP_TX", self.trivial.fd, one, kind="baseline"),
+                Row("empty", "baseline: empty program (XDP_PASS at once)", self.empty.fd, one, kind="baseline")]
 
-        yield ("new connection (SYN), wlc over 16 real servers", pub,
-               _frames(VIP_WLC, 80, "S", many * 4, sport0=1000, src_base="198.18.6.0"), True)
-        self.prime(_frames(VIP6_DR, 80, "S", many, src_base=CLIENTS6))
-        yield (f"IPv6: established TCP flow, DR ({many} flows)", pub,
-               _frames(VIP6_DR, 80, "A", many, src_base=CLIENTS6), False)
-        yield ("IPv6: new connection (SYN), wlc over 16 real servers", pub,
-               _frames(VIP6_WLC, 80, "S", many * 4, sport0=1000, src_base="2001:2:0:6::"), True)
-        # mh: one client address per SYN, so the lookups spread over the whole Maglev table
-        yield ("new connection (SYN), mh over 16 real servers", pub,
-               _frames(VIP_MH, 80, "S", many * 4, sport0=1000, src_base=MH_CLIENTS, index=lambda j: j * 50000), True)
-        yield ("reference, not lb: a new flow's lookup miss + LRU insert alone (same table size)", self.floor.fd,
-               _frames(VIP_WLC, 80, "S", many * 4, sport0=1000, src_base="198.18.12.0"), True)
-        # persistence: the client's template exists (its first SYN made it); every measured SYN
-        # is a new connection of that client (new source port) that the template sends on
-        self.prime([_frame("198.18.9.1", VIP_PERSIST, 65000, 80, "S")])
-        yield ("persistence hit: new connection (SYN) of a client with a template", pub,
-               _frames(VIP_PERSIST, 80, "S", many * 4, sport0=1000, src_base="198.18.9.1"), True)
+    def measure(self, rows: list[Row], runs: int, iters: int) -> None:
+        """every row once per round, the order rotated each round; a one-pass row takes the next
+        slice of its frames, and the entries a round inserted are deleted after it"""
+        m = self.insert_map
+        for rnd in range(runs):
+            k = rnd % len(rows)
+            inserted: list[bytes] = []
+            for row in rows[k:] + rows[:k]:
+                if row.one_pass:
+                    n = len(row.frames) // runs
+                    fr = row.frames[rnd * n:(rnd + 1) * n]
+                    row.vals.append(self.checked(row.name, lambda: self.run(row.fd, fr, n)))
+                    inserted += row.keys[rnd * n:(rnd + 1) * n]
+                else:
+                    row.vals.append(self.checked(row.name, lambda: self.run(row.fd, row.frames, iters)))
+                row.action = self.last_action
+            if inserted:
+                m.delete_many(inserted)
+
+    # ---- the blocks ----
+    def established(self, many: int) -> list[Row]:
+        pub, priv = self.dp.fns["lb_xdp_public"].fd, self.dp.fns["lb_xdp_private"].fd
+        size = self.dp.maps["lb_conns"].max_entries
+        rows = []
+
+        def row(key, name, fd, fr):
+            rows.append(Row(key, name, fd, fr, table="lb_conns", table_size=size))
+        one, lots = flows(1), flows(many, 30000)
+        self.prime(VIP_DR, 80, one)
+        row("dr1", "established TCP flow, DR (1 flow)", pub, frames(VIP_DR, 80, "A", one))
+        self.prime(VIP_DR, 80, lots)
+        row("drmany", f"established TCP flow, DR ({many} flows)", pub, frames(VIP_DR, 80, "A", lots))
+        self.prime(VIP_NAT, 80, one)
+        row("nat1", "established NAT request (1 flow)", pub, frames(VIP_NAT, 80, "A", one))
+        row("natreply1", "NAT reply (1 flow)", priv, self.replies(one, VIP_NAT, 8080))
+        nat = flows(many, 10000, "198.18.8.0")
+        self.prime(VIP_NAT, 80, nat)
+        row("natmany", f"established NAT request ({many} flows)", pub, frames(VIP_NAT, 80, "A", nat))
+        row("natreplymany", f"NAT reply ({many} flows)", priv, self.replies(nat, VIP_NAT, 8080))
+        v6 = flows(many, 20000, CLIENTS6)
+        self.prime(VIP6_DR, 80, v6)
+        row("dr6many", f"IPv6: established TCP flow, DR ({many} flows)", pub, frames(VIP6_DR, 80, "A", v6))
+        lo, hi = FWM_GROUPS[1]
+        fport, fw = (lo + hi) // 2, flows(1, 20000, "198.18.10.1")
+        self.prime(VIP_FWM, fport, fw)
+        row("fwm", f"firewall-mark match: established flow to port {fport} of a port group", pub,
+            frames(VIP_FWM, fport, "A", fw))
+        row("nonvip", "packet not for a virtual service (XDP_PASS)", pub, frames("198.18.0.1", 22, "A", flows(1)))
+        return rows
+
+    def new_conns(self, runs: int, per_run: int) -> tuple[list[Row], int]:
+        """the SYN rows and the floor: the insert table cleared and filled to FILL first;
+        (rows, SYNs per run)"""
+        m, pub = self.insert_map, self.dp.fns["lb_xdp_public"].fd
+        size = m.max_entries
+        self.clear(m)
+        self.fill_seconds = self.fill(m, int(size * FILL))
+        self.filled = (self.insert_name, int(size * FILL))
+        # the persistence template (its client's first connection made it)
+        self.prime(VIP_PERSIST, 80, [(int(ipaddress.ip_address(PERSIST_CLIENT)), 65000)])
+        nrows = len(SYN_SERVICES) + 2
+        n = max(1, min(per_run, int(size * ROUND_SHARE / nrows)))
+        total = n * runs
+        label = f" (table {_table_label(size)})"
+        rows = []
+        for key, sched, nreal, vip in SYN_SERVICES:
+            if ":" in vip:
+                fl = flows(total, 1000, SYN_CLIENTS6)
+            elif key in ONE_SOURCE_PER_SYN:
+                fl = flows(total, 1000, SPREAD_CLIENTS, index=lambda j: j * 50000)
+            else:
+                fl = flows(total, 1000, SYN_CLIENTS)
+            name = f"{'IPv6: ' if ':' in vip else ''}new connection (SYN), {sched} over {nreal} real servers{label}"
+            rows.append(Row(key, name, pub, frames(vip, 80, "S", fl), True, conn_keys(fl, vip, 80),
+                            table=m.name, table_size=size))
+        pc = flows(total, 1000, PERSIST_CLIENT)
+        rows.append(Row("persist", f"persistence hit: new connection (SYN) of a client with a template{label}", pub,
+                        frames(VIP_PERSIST, 80, "S", pc), True, conn_keys(pc, VIP_PERSIST, 80),
+                        table=m.name, table_size=size))
+        fc = flows(total, 1000, FLOOR_CLIENTS)
+        rows.append(Row("floor", f"floor, not lb: a new flow's lookup miss + LRU insert in lb's table{label}",
+                        self.floor.fd, frames(SYN_SERVICES[6][3], 80, "S", fc), True,
+                        floor_keys(fc, SYN_SERVICES[6][3], 80, m.key_size), kind="reference",
+                        table=m.name, table_size=size))
+        return rows, n
+
+    def check_persistence(self) -> None:
+        """the persistence rows' SYNs went where the template says"""
+        client = int(ipaddress.ip_address(PERSIST_CLIENT))
+        probe = [(client, 64000), (client, 64001)]
+        fr = frames(VIP_PERSIST, 80, "S", probe)
+        self.checked("persistence probe", lambda: self.run(self.dp.fns["lb_xdp_public"].fd, fr, len(fr)))
         temps = list(self.dp.maps["lb_persist"].items(batch=False))
-        reals = {self.real_of("198.18.9.1", sport, VIP_PERSIST, 80) for sport in (65000, 1000, 1001)}
+        reals = {self.real_of(client, p, VIP_PERSIST, 80) for p in (65000, 64000, 64001)}
         if len(temps) != 1 or len(reals) != 1:
             raise RuntimeError(f"persistence scenario: {len(temps)} templates, real servers {reals} (want 1 and 1)")
 
-        lo, hi = FWM_GROUPS[1]
-        fport = (lo + hi) // 2
-        self.prime([_frame("198.18.10.1", VIP_FWM, 20000, fport, "S")])
-        yield (f"firewall-mark match: established flow to port {fport} of a port group", pub,
-               [_frame("198.18.10.1", VIP_FWM, 20000, fport, "A")], False)
+    def big_established(self, many: int, big: int) -> Row:
+        """many established flows spread over `big` in lb_conns (filled directly)"""
+        conns = self.dp.maps["lb_conns"]
+        if getattr(self, "filled", None) != ("lb_conns", big):     # new_conns() filled it already
+            self.fill_seconds = self.fill(conns, big)
+            self.filled = ("lb_conns", big)
+        step = big // many
+        fl = flows(many, 10000, FILL_CLIENTS, index=lambda j: j * step)
+        return Row("drbig", f"established TCP flow, DR ({many} flows spread over {big:,} in the table)",
+                   self.dp.fns["lb_xdp_public"].fd, frames(VIP_DR, 80, "A", fl), table="lb_conns",
+                   table_size=conns.max_entries)
 
-        if big:
-            secs = self.fill(VIP_DR, big, 10000, BIG_CLIENTS)
-            self.fill_seconds = secs
-            step = big // many
-            label = f"{big // 1000}k" if big < 1_000_000 else f"{big / 1e6:g}M"
-            yield (f"established TCP flow, DR ({many} flows spread over {label} in the table"
-                   + ("" if big >= 1_000_000 else "; 1M at full size") + ")", pub,
-                   _frames(VIP_DR, 80, "A", many, sport0=10000, src_base=BIG_CLIENTS, index=lambda j: j * step), False)
+    # ---- two CPUs ----
+    def driver(self, vip: str, flows_per_cpu: int):
+        """the driver program set up for vip (flows 0: a new flow per packet)"""
+        self.drv_cfg.set(L.U32.pack(0), struct.pack("=II", flows_per_cpu, int(ipaddress.ip_address(DRV_CLIENTS))))
+        return self.drive.fd
 
-        yield "packet not for a virtual service (XDP_PASS)", pub, _frames("198.18.0.1", 22, "A", 1), False
+    def drv_flows(self, cpu: int, n0: int, n1: int) -> list[tuple[int, int]]:
+        base = int(ipaddress.ip_address(DRV_CLIENTS)) + (cpu << DRV_CPU_SHIFT)
+        mask = (1 << DRV_PORT_BITS) - 1
+        return [(base + (n >> DRV_PORT_BITS), DRV_SPORT0 + (n & mask)) for n in range(n0, n1)]
+
+    def on_cpus(self, fd: int, frame: bytes, cpus: list[int], budget: int, chunk: int) -> dict:
+        """The driver on each CPU of cpus at once, each from a thread pinned to its CPU, in
+        BPF_PROG_TEST_RUNs of `chunk` repeats back to back until one thread has run `budget`
+        packets.  Only the chunks inside the window where every thread was running count (their
+        kernel-measured time): {"mpps": the summed rate, "window": its share of the whole span,
+        "done": {cpu: packets run}, "action"}"""
+        ffi, lib = _bpfbatch.ffi, _bpfbatch.lib
+        self.drv_ctr.set(L.U32.pack(0), L.U64.pack(0))
+        chunks: list[list[tuple[float, float, int, float]]] = [[] for _ in cpus]     # (t0, t1, n, ns)
+        errors: list[BaseException] = []
+        action: list[str] = []
+        gate, stop = threading.Barrier(len(cpus)), threading.Event()
+
+        def work(i, cpu):
+            try:
+                os.sched_setaffinity(0, {cpu})          # this thread only
+                buf = ffi.from_buffer(frame)
+                ns, rv = ffi.new("unsigned *"), ffi.new("unsigned *")
+                gate.wait(30)
+                done = 0
+                while done < budget and not stop.is_set():
+                    n = min(chunk, budget - done)
+                    t0 = time.monotonic()
+                    rc = lib.bb_test_run_repeat(fd, buf, len(frame), n, ns, rv)
+                    t1 = time.monotonic()
+                    if rc < 0:
+                        raise OSError(-rc, os.strerror(-rc))
+                    chunks[i].append((t0, t1, n, float(ns[0])))
+                    done += n
+                action.append(XDP_ACTIONS.get(rv[0], str(rv[0])))
+            except BaseException as e:            # re-raised below, in the caller's thread
+                errors.append(e)
+                gate.abort()
+            finally:
+                stop.set()                        # the first to finish ends the others' runs
+        threads = [threading.Thread(target=work, args=(i, c)) for i, c in enumerate(cpus)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        if errors:
+            raise errors[0]
+        lo, hi = max(c[0][0] for c in chunks), min(c[-1][1] for c in chunks)
+        span = max(c[-1][1] for c in chunks) - min(c[0][0] for c in chunks)
+        mpps = 0.0
+        for c in chunks:
+            inside = [(n, ns) for t0, t1, n, ns in c if t0 >= lo and t1 <= hi] or [(n, ns) for *_, n, ns in c]
+            mpps += sum(n for n, _ in inside) / sum(n * ns for n, ns in inside) * 1e3 if inside else 0.0
+        return {"mpps": mpps, "window": max(0.0, hi - lo) / span if span > 0 else 0.0, "action": action[0],
+                "done": {cpu: sum(n for *_, n, _ns in c) for cpu, c in zip(cpus, chunks)}}
+
+    def two_cpus(self, runs: int, est_packets: int, syn_packets: int, flows_per_cpu: int) -> tuple[list[dict], str]:
+        """established DR and SYN (rr, mh, wlc over 16) on one CPU and on two side by side"""
+        cpus = sorted(os.sched_getaffinity(0))[:2]
+        if len(cpus) < 2:
+            return [], f"two-CPU rows not measured: this process may run on {len(cpus)} CPU only"
+        m = self.insert_map
+        conns = self.dp.maps["lb_conns"]
+        self.clear(m)
+        if m is not conns:
+            self.clear(conns)
+        size = m.max_entries
+        syn_n = max(1, min(syn_packets, int(size * ROUND_SHARE / 2)))
+        modes = [("cpu2_est", f"established TCP flow, DR ({flows_per_cpu} flows per CPU)", VIP_DR, flows_per_cpu,
+                  est_packets)]
+        for key, sched in (("cpu2_rr", "rr"), ("cpu2_mh", "mh"), ("cpu2_wlc", "wlc")):
+            vip = next(v for k, _s, _n, v in SYN_SERVICES if k == sched)
+            modes.append((key, f"new connection (SYN), {sched} over 16 real servers", vip, 0, syn_n))
+        for cpu in cpus:                                   # the established flows' handshakes
+            self.prime(VIP_DR, 80, self.drv_flows(cpu, 0, flows_per_cpu))
+        raw: dict[str, dict[str, list]] = {k: {"one": [], "two": [], "overlap": []} for k, *_ in modes}
+        for rnd in range(runs):
+            for key, name, vip, nflows, packets in modes:
+                fd = self.driver(vip, nflows)
+                frame = frames(vip, 80, "A" if nflows else "S", self.drv_flows(cpus[0], 0, 1))[0]
+                order = (1, 2) if rnd % 2 == 0 else (2, 1)
+                for ncpu in order:
+                    res = self.checked(f"two CPUs: {name}",
+                                       lambda: self.on_cpus(fd, frame, cpus[:ncpu], packets, max(1, packets // 16)))
+                    if not nflows:                          # delete what the run inserted
+                        m.delete_many([k for cpu, n in res["done"].items()
+                                       for k in conn_keys(self.drv_flows(cpu, 0, n), vip, 80)])
+                    raw[key]["one" if ncpu == 1 else "two"].append(res["mpps"])
+                    if ncpu == 2:
+                        raw[key]["overlap"].append(res["window"])
+                    raw[key]["action"] = res["action"]
+        rows = []
+        for key, name, vip, nflows, packets in modes:
+            r = raw[key]
+            sc = estimate(paired(r["two"], r["one"], lambda a, b: a / b if b else 0.0))
+            overlap = min(r["overlap"]) if r["overlap"] else 0.0
+            if overlap < 0.5:        # the two CPUs ran side by side too briefly: no verdict
+                sc["noisy"] = True
+            row = {"scenario": f"two CPUs: {name} (table {_table_label(size)})", "key": key, "kind": "scaling",
+                   "cpus": cpus, "packets_per_cpu": packets, "table": m.name if not nflows else "lb_conns",
+                   "table_size": size if not nflows else conns.max_entries,
+                   "one_cpu_mpps": estimate(r["one"]), "two_cpu_mpps": estimate(r["two"]), "scaling": sc,
+                   "ratio": sc["median"], "min_overlap": overlap, "action": r.get("action", ""),
+                   "runs": {"one": r["one"], "two": r["two"]}}
+            _judge(row, key, sc)
+            rows.append(row)
+        return rows, ""
 
 
-SIZES = {  # name: (runs, iterations per run, flows in the many-flow scenarios, flows in the big table)
-    "full": (7, 200000, 10000, 1_000_000),
-    "quick": (3, 20000, 2000, 1_000_000),
-    "smoke": (1, 500, 100, 5000),     # make test: proves the suite runs, measures nothing
-}
+def _judge(row: dict, key: str, est: dict) -> None:
+    row["target"] = target_text(key)
+    row["noisy"] = bool(est.get("noisy"))
+    t = TARGETS.get(key)
+    row["status"] = verdict(est, t[1], t[2]) if t else ("noisy" if row["noisy"] else "")
+
+
+def results(rows: list[Row], block: str) -> list[dict]:
+    """the block's rows as JSON: median and spread of the runs, and against the baselines (and
+    the floor) measured in the same rounds: paired ratio, Δns, verdict"""
+    by = {r.key: r for r in rows}
+    triv, empty, floor = by["trivial"].vals, by["empty"].vals, by.get("floor")
+    out = []
+    for r in rows:
+        est = estimate(r.vals)
+        ratio = estimate(paired(r.vals, triv, lambda a, b: a / b if b else 0.0))
+        d_triv = estimate(paired(r.vals, triv, lambda a, b: a - b))
+        d_empty = estimate(paired(r.vals, empty, lambda a, b: a - b))
+        row = {"scenario": r.name, "key": r.key, "kind": r.kind, "block": block, "table": r.table,
+               "table_size": r.table_size, "ns": est["median"], "stats": est, "runs": r.vals,
+               "ratio": ratio["median"], "ratio_ci": [ratio["ci_low"], ratio["ci_high"]],
+               "delta_trivial_ns": d_triv["median"], "delta_empty_ns": d_empty["median"],
+               "flows": len(r.frames), "action": r.action}
+        what = TARGETS.get(r.key, ("",))[0]
+        judged = est
+        if floor is not None and r.kind == "lb" and r.one_pass:      # the floor bounds new connections only
+            d_floor = estimate(paired(r.vals, floor.vals, lambda a, b: a - b))
+            d_floor["noisy"] = est["noisy"] or estimate(floor.vals)["noisy"]
+            row.update(delta_floor_ns=d_floor["median"], delta_floor_ci=[d_floor["ci_low"], d_floor["ci_high"]])
+            if est["median"] < estimate(floor.vals)["median"]:
+                row["floor_above"] = True
+            if what == "floor":
+                judged = d_floor
+        elif what == "ratio":
+            judged = dict(ratio, noisy=est["noisy"])
+        _judge(row, r.key, judged)
+        if row.get("floor_above"):
+            row["status"] = "below the floor"
+        out.append(row)
+    if floor is not None:
+        above = [o["key"] for o in out if o.get("floor_above")]
+        fl = next(o for o in out if o["key"] == "floor")
+        fl["above"] = above
+        if above:
+            fl["status"] = "ABOVE " + ", ".join(above)
+        slope = _slope(by)
+        if slope:
+            out.append(slope)
+    return out
+
+
+def _slope(by: dict[str, Row]) -> dict | None:
+    """the lc family's cost per extra real server: (wlc over 64 - wlc over 16) / 48, per round"""
+    if "wlc" not in by or "wlc64" not in by:
+        return None
+    a, b = by["wlc"], by["wlc64"]
+    est = estimate(paired(b.vals, a.vals, lambda x, y: (x - y) / 48))
+    row = {"scenario": f"lc family: ns per extra real server, wlc over 16 -> 64 (table {_table_label(a.table_size)})",
+           "key": "slope", "kind": "derived", "table": a.table, "table_size": a.table_size, "ns": est["median"],
+           "stats": est, "runs": paired(b.vals, a.vals, lambda x, y: (x - y) / 48), "ratio": None}
+    _judge(row, "slope", est)
+    return row
 
 
 def suite(size: str = "full") -> dict:
-    runs, iters, many, big = SIZES[size]
-    b = Bench(big)
+    runs, iters, many, per_run, big, (cpu_est, cpu_syn, cpu_flows) = SIZES[size]
+    out: list[dict] = []
+    meta: dict = {"tables": {}, "notes": []}
+    b = Bench(DEFAULT_TABLE)
     try:
-        results = []
-        base = [b.run(b.trivial.fd, _frames(VIP_DR, 80, "A", 1), iters) for _ in range(runs)]
-        base_ns = statistics.median(base)
-        results.append({"scenario": "baseline: trivial MAC swap + XDP_TX", "ns": base_ns,
-                        "runs": base, "ratio": 1.0, "action": b.last_action})
-        for name, fd, frames, one_pass in b.scenarios(many, big):
-            before = b.counters()
-            if one_pass:
-                # each SYN is a new flow: one pass over distinct flows per run
-                n = len(frames) // runs
-                vals = [b.run(fd, frames[i * n:(i + 1) * n], n) for i in range(runs)]
-            else:
-                vals = [b.run(fd, frames, iters) for _ in range(runs)]
-            after = b.counters()
-            moved = {k: after[k] - before[k] for k in after if after[k] != before[k]}
-            if moved:
-                raise RuntimeError(f"pkt scenario {name!r} did not take the path it measures: {moved}")
-            ns = statistics.median(vals)
-            results.append({"scenario": name, "ns": ns, "runs": vals, "ratio": ns / base_ns,
-                            "flows": len(frames), "action": b.last_action})
-        return {"suite": "pkt", "size": size, "iterations": iters, "runs": runs,
-                "connection_table": b.dp.sizes.connections, "big_table_flows": big,
-                "big_table_fill_seconds": getattr(b, "fill_seconds", None), "results": results}
+        rows = b.baselines() + b.established(many)
+        b.measure(rows, runs, iters)
+        out += results(rows, f"established, table {_table_label(DEFAULT_TABLE)}")
+        syn, n = b.new_conns(runs, per_run)
+        rows = b.baselines() + syn
+        b.measure(rows, runs, iters)
+        b.check_persistence()
+        out += results(rows, f"new connections, table {_table_label(b.insert_map.max_entries)}")
+        meta["tables"]["default"] = {"lb_conns": DEFAULT_TABLE, "insert_table": b.insert_name,
+                                     "insert_table_size": b.insert_map.max_entries, "syns_per_run": n}
+        two, note = b.two_cpus(runs, cpu_est, cpu_syn, cpu_flows)
+        out += two
+        if note:
+            meta["notes"].append(note)
     finally:
         b.close()
+    b = Bench(big)
+    try:
+        syn, n = b.new_conns(runs, per_run)
+        rows = b.baselines() + syn + [b.big_established(many, int(big * FILL))]
+        b.measure(rows, runs, iters)
+        out += results(rows, f"new connections, table {_table_label(b.insert_map.max_entries)}")
+        meta["tables"]["big"] = {"lb_conns": big, "insert_table": b.insert_name,
+                                 "insert_table_size": b.insert_map.max_entries, "syns_per_run": n,
+                                 "fill_seconds": getattr(b, "fill_seconds", None)}
+    finally:
+        b.close()
+    return {"suite": "pkt", "size": size, "iterations": iters, "runs": runs, "fill": FILL,
+            "round_share": ROUND_SHARE, "noisy": NOISY, **meta, "results": out}

@@ -7,6 +7,16 @@ program on the same path, swept over the number of flows, from two packet source
     frames, BPF_PROG_TEST_RUN)     + bpf_redirect(priv0)              XDP_DROPs
     or trafgen in lb-client (c0 ─► br-pub ─► sw-pub ─►)
 
+Three programs take the director's place in turn, in interleaved rounds (redirect, stateful,
+lb; the order rotated each round), so that every ratio pairs runs taken side by side:
+
+  redirect   MAC rewrite + bpf_redirect(priv0): what any forwarder must do at least
+  stateful   the reference stateful forwarder: an LRU hash lookup on the 5-tuple (16-byte key,
+             16-byte value: a minimal connection entry, never written on a hit), an insert on a
+             miss, then as redirect; its table has lb_conns' size.  The honest baseline for many
+             flows: it pays the connection table's cache misses and nothing else
+  lb         lb_xdp_public with one DR service
+
 No pktgen here (no kernel modules): the first source is BPF_PROG_TEST_RUN with
 BPF_F_TEST_XDP_LIVE_FRAMES running a tiny XDP program with ingress on the switch's end of
 pub0's veth; it gives each frame the source port of flow (n mod flows) and returns XDP_TX, so
@@ -14,7 +24,9 @@ the frames really cross the veth into the director.  The director forwards them 
 XDP programs (an XdpDataplane with one DR service, VIP 198.18.0.10:80 -> 198.18.1.11, next
 hop resolved to the sink's MAC) or with the baseline.  The sink is an XDP program on the
 switch's end of priv0's veth (an XDP program there also lets XDP_REDIRECT into priv0 work).
-For lb, each flow's SYN is sent first (lb creates the connections), then ACKs are measured.
+For lb, each flow's handshake is sent first (its SYN, then its ACK, in chunks of PRIME_CHUNK flows
+so that a table of embryonic connections smaller than the flow count never evicts one before its
+ACK), then ACKs are measured.
 veth's NAPI runs on the sending CPU, so injector, director and sink share one core: Mpps is
 delivered frames / wall time of the sending syscall.
 
@@ -42,10 +54,11 @@ import time
 from scapy.layers.inet import IP, TCP
 from scapy.layers.l2 import Ether
 
-from bench.common import lab_up, link_info, ratio, summary, switch_port
+from bench.common import estimate, lab_up, link_info, paired, switch_port, verdict
 from lb.dataplane import RealSpec, ServiceSpec, TableSpec
 from lb.dataplane.nexthop import NextHop
 from lb.dataplane.attach import XDP_FLAGS_DRV_MODE
+from lb.dataplane.maps import BpfMap
 from lb.dataplane.xdp import Sizes, XdpDataplane
 
 VIP, RS1, CLIENT = "198.18.0.10", "198.18.1.11", "198.18.0.2"
@@ -54,11 +67,17 @@ BPF_PROG_TEST_RUN = 10
 BPF_F_TEST_XDP_LIVE_FRAMES = 1 << 1
 _NR_BPF = 321
 
-SIZES = {  # name: (runs, packets per run: live frames, trafgen, flow counts)
-    "full": (5, 2_000_000, 1_000_000, (1, 1000, 64000)),
-    "quick": (3, 400_000, 200_000, (1, 1000, 64000)),
-    "smoke": (1, 20_000, 2_000, (1, 100)),
+SIZES = {  # name: (rounds, packets per run: live frames, trafgen, flow counts)
+    "full": (7, 2_000_000, 1_000_000, (1, 1000, 64000)),
+    "quick": (5, 400_000, 200_000, (1, 1000, 64000)),
+    "smoke": (2, 20_000, 2_000, (1, 100)),
 }
+PRIME_CHUNK = 8192
+CONN_TABLE = 1 << 17          # lb_conns here, and the stateful reference's table
+PROGRAMS = ("redirect", "stateful", "lb")
+# DESIGN.md: live frames, 1-1000 flows >= 0.8x the plain redirect; 64k flows >= 0.9x the stateful
+# reference.  (flows at most, baseline, limit)
+TARGETS = ((1000, "redirect", 0.8), (65536, "stateful", 0.9))
 TRAFGEN = "trafgen"           # netsniff-ng, installed by scripts/setup.sh
 TRAFGEN_MIN_PPS = 20_000      # its timeout: count / this + 10 s (it does ~300k here)
 CLIENT_IF = "c0"
@@ -66,25 +85,30 @@ CLIENT_IF = "c0"
 PROGS = r"""
 #include <linux/if_ether.h>
 
+#include <linux/ip.h>
+#include <linux/tcp.h>
+
 BPF_PERCPU_ARRAY(inj_ctr, u64, 1);
-BPF_ARRAY(inj_cfg, u32, 1);
+BPF_ARRAY(inj_cfg, u32, 2);          /* [0] flows, [1] the first flow */
 BPF_PERCPU_ARRAY(sink_cnt, u64, 1);
 
-/* the source: flow n mod flows gets source port SPORT0 + flow; out again through the ingress */
+/* the source: flow first + n mod flows gets source port SPORT0 + that; out again through the
+ * ingress */
 int bench_inject(struct xdp_md *ctx)
 {
     void *data = (void *)(long)ctx->data, *end = (void *)(long)ctx->data_end;
     unsigned char *p = data;
-    u32 k = 0;
+    u32 k = 0, k1 = 1;
     if (data + 54 > end)
         return XDP_ABORTED;
     u64 *c = inj_ctr.lookup(&k);
     u32 *nf = inj_cfg.lookup(&k);
-    if (!c || !nf || *nf == 0)
+    u32 *first = inj_cfg.lookup(&k1);
+    if (!c || !nf || !first || *nf == 0)
         return XDP_ABORTED;
     u64 n = *c;
     *c = n + 1;
-    u32 port = SPORT0 + (u32)(n % *nf);
+    u32 port = SPORT0 + *first + (u32)(n % *nf);
     p[34] = port >> 8;
     p[35] = port & 0xff;
     return XDP_TX;
@@ -100,17 +124,47 @@ int bench_sink(struct xdp_md *ctx)
     return XDP_DROP;
 }
 
+static __always_inline int forward(struct ethhdr *eth)
+{
+    unsigned char dmac[ETH_ALEN] = {DMAC}, smac[ETH_ALEN] = {SMAC};
+    __builtin_memcpy(eth->h_dest, dmac, ETH_ALEN);
+    __builtin_memcpy(eth->h_source, smac, ETH_ALEN);
+    return bpf_redirect(OUT_IFINDEX, 0);
+}
+
 /* the baseline director: what a forwarder must do at least (MAC rewrite, redirect) */
 int bench_redirect(struct xdp_md *ctx)
 {
     void *data = (void *)(long)ctx->data, *end = (void *)(long)ctx->data_end;
     struct ethhdr *eth = data;
-    unsigned char dmac[ETH_ALEN] = {DMAC}, smac[ETH_ALEN] = {SMAC};
     if ((void *)(eth + 1) > end)
         return XDP_DROP;
-    __builtin_memcpy(eth->h_dest, dmac, ETH_ALEN);
-    __builtin_memcpy(eth->h_source, smac, ETH_ALEN);
-    return bpf_redirect(OUT_IFINDEX, 0);
+    return forward(eth);
+}
+
+/* the reference stateful forwarder: a connection table as small as one can be (5-tuple key,
+ * 16-byte entry), looked up on every packet, inserted on a miss, never written on a hit */
+struct ref_key { __be32 saddr, daddr; __be16 sport, dport; __u8 proto, pad[3]; };
+struct ref_val { __u64 first_ns; __u32 real; __u32 pad; };
+BPF_TABLE("lru_hash", struct ref_key, struct ref_val, ref_conns, REF_TABLE_SIZE);
+
+int bench_stateful(struct xdp_md *ctx)
+{
+    void *data = (void *)(long)ctx->data, *end = (void *)(long)ctx->data_end;
+    struct ethhdr *eth = data;
+    struct iphdr *ip = (void *)(eth + 1);
+    if ((void *)(ip + 1) > end || eth->h_proto != bpf_htons(ETH_P_IP) || ip->ihl != 5 || ip->protocol != IPPROTO_TCP)
+        return XDP_PASS;
+    struct tcphdr *th = (void *)(ip + 1);
+    if ((void *)(th + 1) > end)
+        return XDP_PASS;
+    struct ref_key k = {.saddr = ip->saddr, .daddr = ip->daddr, .sport = th->source, .dport = th->dest,
+                        .proto = IPPROTO_TCP};
+    if (!ref_conns.lookup(&k)) {
+        struct ref_val v = {.first_ns = bpf_ktime_get_coarse_ns()};
+        ref_conns.update(&k, &v);
+    }
+    return forward(eth);
 }
 """
 
@@ -152,17 +206,18 @@ def trafgen_version(path: str) -> str:
     return out.splitlines()[0].strip() if out else ""
 
 
-def trafgen_config(dst_mac: bytes, src_mac: bytes, flows: int, flags: str) -> str:
+def trafgen_config(dst_mac: bytes, src_mac: bytes, flows: int, flags: str, first: int = 0) -> str:
     """One TCP frame to the virtual service, 64 bytes like the injector's: flow n is source port
-    SPORT0 + n (trafgen counts it up per frame and recomputes the checksums it changed)."""
+    SPORT0 + first + n (trafgen counts it up per frame and recomputes the checksums it changed)."""
     from lb.lab import check_lab_addr
 
     src, dst = check_lab_addr(CLIENT), check_lab_addr(VIP)
-    if not 1 <= flows <= 65536 - SPORT0:
-        raise ValueError(f"bench pps: {flows} flows do not fit in the source ports from {SPORT0}")
-    sport = str(SPORT0) if flows == 1 else f"dinc({SPORT0}, {SPORT0 + flows - 1})"
+    lo = SPORT0 + first
+    if flows < 1 or first < 0 or lo + flows > 65536:
+        raise ValueError(f"bench pps: flows {first}..{first + flows - 1} do not fit in the source ports from {SPORT0}")
+    sport = str(lo) if flows == 1 else f"dinc({lo}, {lo + flows - 1})"
     tcp_flags = {"S": "syn", "A": "ack"}[flags]
-    return (f"/* bench/pps.py: TCP {tcp_flags} {src} -> {dst}:80, {flows} flow(s) */\n"
+    return (f"/* bench/pps.py: TCP {tcp_flags} {src} -> {dst}:80, {flows} flow(s) from port {lo} */\n"
             f"{{\n  eth(da={dst_mac.hex(':')}, sa={src_mac.hex(':')}),\n"
             f"  ipv4(sa={src}, da={dst}, ttl=64, df),\n"
             f"  tcp(sp={sport}, dp=80, seq=1, aseq=1, win=512, {tcp_flags}),\n"
@@ -199,7 +254,7 @@ class Pps:
         self.BPF = BPF
         self.lab = lab
         self.trafgen, self.workdir = trafgen, workdir
-        self.attached: list[tuple[str, str]] = []      # (node, ifname)
+        self.attached: dict[tuple[str, str], object] = {}      # (node, ifname): the program there
         self.dp: XdpDataplane | None = None
         self.bpf = None
         self.src_node, self.src_if = switch_port("pub0")
@@ -215,11 +270,13 @@ class Pps:
                                 "master", "static"], timeout=10)
         self.frames = {f: self.frame(f) for f in ("S", "A")}
         self.bpf = BPF(text=PROGS.encode(), cflags=[
-            f"-DSPORT0={SPORT0}", f"-DOUT_IFINDEX={self.priv_ifindex}",
+            f"-DSPORT0={SPORT0}", f"-DOUT_IFINDEX={self.priv_ifindex}", f"-DREF_TABLE_SIZE={CONN_TABLE}",
             f"-DDMAC={_mac_init(self.sink_mac)}", f"-DSMAC={_mac_init(self.priv_mac)}"])
         self.inject = self.bpf.load_func(b"bench_inject", BPF.XDP)
         self.sink = self.bpf.load_func(b"bench_sink", BPF.XDP)
-        self.redirect = self.bpf.load_func(b"bench_redirect", BPF.XDP)
+        self.progs = {"redirect": self.bpf.load_func(b"bench_redirect", BPF.XDP),
+                      "stateful": self.bpf.load_func(b"bench_stateful", BPF.XDP)}
+        self.ref_conns = BpfMap(self.bpf[b"ref_conns"].map_fd, "ref_conns", owned=False)
         self.attach(self.sink_node, self.sink_if, self.sink)
 
     def frame(self, flags: str) -> bytes:
@@ -227,23 +284,30 @@ class Pps:
                      TCP(sport=SPORT0, dport=80, flags=flags) / (b"x" * 10))
 
     def attach(self, node: str, ifname: str, fn) -> None:
+        """fn on ifname (it replaces the program there, if any)"""
         self.lab.in_netns(node, self.BPF.attach_xdp, ifname.encode(), fn, XDP_FLAGS_DRV_MODE, timeout=20)
-        self.attached.append((node, ifname))
+        self.attached[node, ifname] = fn
 
     def detach(self, node: str, ifname: str) -> None:
         self.lab.in_netns(node, self.BPF.remove_xdp, ifname.encode(), XDP_FLAGS_DRV_MODE, timeout=20)
-        self.attached.remove((node, ifname))
+        del self.attached[node, ifname]
+
+    def director(self, prog: str) -> None:
+        """the director's pub0 runs prog ("redirect", "stateful" or "lb")"""
+        fn = self.dp.fns["lb_xdp_public"] if prog == "lb" else self.progs[prog]
+        if self.attached.get(("director", "pub0")) is not fn:
+            self.attach("director", "pub0", fn)
 
     def load_lb(self) -> None:
+        """a fresh lb data plane (and an empty reference table): each source opens its own flows"""
         def resolver(addr, need_onlink=False):
             return NextHop(self.priv_ifindex, "priv0", self.sink_mac, self.priv_mac, True)
 
-        self.dp = XdpDataplane(f"benchpps{os.getpid()}", Sizes(16, 256, 16, 1 << 17), resolver=resolver)
+        self.ref_conns.delete_many([k for k, _ in self.ref_conns.items()])
+        self.dp = XdpDataplane(f"benchpps{os.getpid()}", Sizes(16, 256, 16, CONN_TABLE), resolver=resolver)
         self.dp.load()
         self.dp.apply(TableSpec((ServiceSpec("tcp", ipaddress.ip_address(VIP), 80, "rr",
                                              (RealSpec(ipaddress.ip_address(RS1), 80, 1, "dr"),)),)))
-        self.lab.in_netns("director", self.dp.attach, "pub0", "public", "native", timeout=20)
-        self.attached.append(("director", "pub0"))
 
     def unload_lb(self) -> None:
         if self.dp is None:
@@ -272,31 +336,47 @@ class Pps:
         t = self.bpf[b"sink_cnt"]
         return int(sum(t.getvalue(t.Key(0))))
 
-    def send(self, source: str, flags: str, flows: int, count: int) -> tuple[float, int]:
-        """`count` TCP frames (flags "S" or "A") over `flows` flows from `source`:
-        (seconds, frames that reached the sink)"""
+    def send(self, source: str, flags: str, flows: int, count: int, first: int = 0) -> tuple[float, int]:
+        """`count` TCP frames (flags "S" or "A") over flows first .. first + flows - 1 from
+        `source`: (seconds, frames that reached the sink)"""
         before = self.delivered()
         if source == "trafgen":
-            conf = os.path.join(self.workdir, f"{flags}-{flows}.cfg")
+            conf = os.path.join(self.workdir, f"{flags}-{flows}-{first}.cfg")
             if not os.path.exists(conf):
                 with open(conf, "w") as f:
-                    f.write(trafgen_config(self.pub_mac, self.client_mac, flows, flags))
+                    f.write(trafgen_config(self.pub_mac, self.client_mac, flows, flags, first))
             dt = trafgen_run(self.lab, self.trafgen, conf, count)
         else:
-            self.bpf[b"inj_cfg"][ctypes.c_int(0)] = ctypes.c_uint(flows)
+            cfg = self.bpf[b"inj_cfg"]
+            cfg[ctypes.c_int(0)] = ctypes.c_uint(flows)
+            cfg[ctypes.c_int(1)] = ctypes.c_uint(first)
             dt = self.lab.in_netns(self.src_node, live_run, self.inject.fd, self.frames[flags], self.src_ifindex,
                                    count, timeout=120)
         time.sleep(0.05)         # the last batch's NAPI work (normally already done in the send)
         return dt, self.delivered() - before
 
-    def measure(self, source: str, flows: int, count: int, runs: int) -> list[tuple[float, int]]:
-        self.send(source, "A", flows, max(count // 4, min(count, 10000)))     # warm-up, not recorded
-        return [self.send(source, "A", flows, count) for _ in range(runs)]
+    def measure(self, source: str, flows: int, count: int, runs: int) -> dict[str, list[tuple[float, int]]]:
+        """rounds of redirect, stateful and lb side by side (the order rotated each round), each
+        run after a warm-up of its own (every flow at least once: the reference's table fills)"""
+        out: dict[str, list] = {p: [] for p in PROGRAMS}
+        warm = max(flows, count // 10)
+        for rnd in range(runs):
+            k = rnd % len(PROGRAMS)
+            for prog in PROGRAMS[k:] + PROGRAMS[:k]:
+                self.director(prog)
+                self.send(source, "A", flows, warm)
+                out[prog].append(self.send(source, "A", flows, count))
+        return out
 
     def prime(self, source: str, flows: int) -> int:
-        """each flow's SYN, so that lb opens the connections (a lost one is sent again)"""
+        """each flow's handshake, PRIME_CHUNK flows at a time (their SYNs, then their ACKs), so
+        that lb holds them all as established connections (a lost frame is sent again)"""
+        self.director("lb")
         for _ in range(3):
-            self.send(source, "S", flows, flows)
+            for lo in range(0, flows, PRIME_CHUNK):
+                n = min(PRIME_CHUNK, flows - lo)
+                self.send(source, "S", n, n, lo)
+                self.send(source, "A", n, n, lo)
             if self.conns() >= flows:
                 break
         return self.conns()
@@ -306,58 +386,86 @@ class Pps:
 
 
 SOURCES = ("live frames", "trafgen")
+NAMES = {"redirect": "baseline: MAC rewrite + bpf_redirect",
+         "stateful": "reference: stateful forwarder (LRU lookup, insert on miss, redirect)",
+         "lb": "lb DR, established"}
+
+
+def _target(source: str, flows: int) -> tuple[str, float] | None:
+    if source != "live frames":
+        return None          # trafgen is the bottleneck of its rows
+    return next(((base, limit) for most, base, limit in TARGETS if flows <= most), None)
 
 
 def suite(size: str = "full") -> dict:
     runs, n_live, n_trafgen, flow_counts = SIZES[size]
     trafgen = find_trafgen()
     count = {"live frames": n_live, "trafgen": n_trafgen}
-    base: dict[tuple[str, int], list] = {}
-    lbr: dict[tuple[str, int], list] = {}
+    raw: dict[tuple[str, int], dict] = {}
     primed: dict[tuple[str, int], int] = {}
     with lab_up("direct") as lab, tempfile.TemporaryDirectory(prefix="lb-bench-pps-") as tmp:
         p = Pps(lab, trafgen, tmp)
         try:
-            p.attach("director", "pub0", p.redirect)
             for src in SOURCES:
+                p.load_lb()
+                opened = p.prime(src, max(flow_counts))      # the fewer flows are the first of them
+                primed.update({(src, flows): opened for flows in flow_counts})
                 for flows in flow_counts:
-                    base[src, flows] = p.measure(src, flows, count[src], runs)
-            p.detach("director", "pub0")
-            for src in SOURCES:
-                p.load_lb()         # a fresh connection table: each source opens its own flows
-                for flows in flow_counts:
-                    primed[src, flows] = p.prime(src, flows)
-                    lbr[src, flows] = p.measure(src, flows, count[src], runs)
+                    raw[src, flows] = p.measure(src, flows, count[src], runs)
                 p.unload_lb()
         finally:
             p.close()
     results = []
     for src in SOURCES:
         for flows in flow_counts:
-            b_mpps = [d / t / 1e6 for t, d in base[src, flows]]
-            l_mpps = [d / t / 1e6 for t, d in lbr[src, flows]]
-            bs, ls = summary(b_mpps), summary(l_mpps)
-            results.append({"source": src, "scenario": f"baseline: MAC rewrite + bpf_redirect, {flows} flows",
-                            "baseline": True, "flows": flows, "mpps": bs, "runs": b_mpps, "sent": count[src],
-                            "delivered": [d for _, d in base[src, flows]], "ratio": 1.0})
-            results.append({"source": src, "scenario": f"lb DR, established, {flows} flows", "flows": flows,
-                            "mpps": ls, "runs": l_mpps, "sent": count[src],
-                            "delivered": [d for _, d in lbr[src, flows]], "connections": primed[src, flows],
-                            "ratio": ratio(ls["median"], bs["median"])})
+            r = raw[src, flows]
+            mpps = {prog: [d / t / 1e6 for t, d in r[prog]] for prog in PROGRAMS}
+            tgt = _target(src, flows)
+            for prog in PROGRAMS:
+                est = estimate(mpps[prog])
+                row = {"source": src, "scenario": f"{NAMES[prog]}, {flows} flows", "program": prog,
+                       "flows": flows, "mpps": est, "runs": mpps[prog], "sent": count[src],
+                       "delivered": [d for _, d in r[prog]], "noisy": est["noisy"],
+                       "table_size": CONN_TABLE if prog != "redirect" else None}
+                if prog == "redirect":
+                    row["baseline"] = True
+                for base in ("redirect", "stateful"):
+                    if base == prog or (prog == "redirect"):
+                        continue
+                    rat = estimate(paired(mpps[prog], mpps[base], lambda a, b: a / b if b else 0.0))
+                    row[f"ratio_{base}"] = rat["median"]
+                    row[f"ratio_{base}_ci"] = [rat["ci_low"], rat["ci_high"]]
+                    if prog == "lb" and tgt and tgt[0] == base:
+                        row["target"] = f">= {tgt[1]:g}x {base}"
+                        row["status"] = verdict(dict(rat, noisy=est["noisy"] or rat["noisy"]), tgt[1], "higher")
+                row["ratio"] = row.get("ratio_redirect", 1.0)
+                if prog == "lb":
+                    row["connections"] = primed[src, flows]
+                results.append(row)
     return {"suite": "pps", "size": size, "runs": runs, "packets_per_run": count, "frame_bytes": 64,
+            "connection_table": CONN_TABLE,
             "sources": {"live frames": "BPF_PROG_TEST_RUN live frames (XDP_TX) on the switch end of pub0's veth",
                         "trafgen": f"{trafgen_version(trafgen)}: -P1 TX_RING on lb-client's c0, through the "
                                    "public bridge; Mpps from its own send time"},
             "note": "source, director and sink share one core (veth NAPI runs on the sending CPU); "
+                    "redirect, stateful and lb runs interleaved, ratios paired by round; "
                     "trafgen is the bottleneck of its rows (its ratio mostly shows no loss)",
             "results": results}
 
 
 def table(res: dict) -> str:
-    lines = ["| source | scenario | flows | Mpps (median) | spread | delivered/sent | ratio to redirect |",
-             "|---|---|---:|---:|---:|---:|---:|"]
+    from bench.report import ci_cell, ratio_cell
+
+    lines = ["| source | scenario | flows | Mpps (median) | ± | delivered/sent | ratio to redirect "
+             "| ratio to stateful | target | status |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---|---|"]
     for r in res["results"]:
         deliv = min(r["delivered"]) / r["sent"] if r["sent"] else 0
+        noisy = r.get("noisy", False) and not r.get("baseline")
+        stateful = ratio_cell(r["ratio_stateful"], noisy) if "ratio_stateful" in r else ""
         lines.append(f"| {r.get('source', SOURCES[0])} | {r['scenario']} | {r['flows']} | {r['mpps']['median']:.3f} | "
-                     f"±{r['mpps']['spread'] * 50:.0f}% | {deliv:.3f} | {r['ratio']:.2f}x |")
+                     f"{ci_cell(r['mpps'])} | {deliv:.3f} | {ratio_cell(r['ratio'], noisy)} | {stateful} "
+                     f"| {r.get('target', '')} | {r.get('status', '')} |")
+    if res.get("note"):
+        lines += ["", f"Note: {res['note']}."]
     return "\n".join(lines)

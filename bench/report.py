@@ -10,20 +10,74 @@ import json
 import sys
 from pathlib import Path
 
+from bench.common import CONFIDENCE, NOISY
+
 RESULTS = Path(__file__).resolve().parent / "results"
-ORDER = ("http", "ctl", "pps", "pkt", "failover")
+ORDER = ("http", "ctl", "pps", "pkt", "failover", "scaleout")
 TITLES = {"http": "End-to-end HTTP (wrk, lab namespaces), ratio to direct",
           "ctl": "Control plane, ratio to its baseline",
           "pps": "Packets per second over veth (live frames, trafgen), ratio to a plain redirect",
           "pkt": "Per-packet cost (BPF_PROG_TEST_RUN), ratio to a trivial XDP_TX",
-          "failover": "Failover time (HA lab, two directors), ratio to the configured deadtime"}
+          "failover": "Failover time (HA lab, two directors), ratio to the configured deadtime",
+          "scaleout": "Scale-out (active directors behind ECMP), ratio to 1 director / to the BGP hold time"}
+
+
+def ratio_cell(v, noisy: bool = False) -> str:
+    """a ratio; "~" marks one whose runs are too spread to stand on (bench.common.NOISY)"""
+    if v is None:
+        return "—"
+    return f"{'~' if noisy else ''}{v:.2f}x"
+
+
+def _ns(v) -> str:
+    return "" if v is None else f"{v:+.0f}"
+
+
+def ci_cell(stats: dict | None) -> str:
+    """the half-width of the median's confidence interval, relative to it"""
+    if not stats or not stats.get("median"):
+        return ""
+    if "ci_low" not in stats:
+        return f"±{stats.get('spread', 0) * 50:.0f}%"
+    return f"±{(stats['ci_high'] - stats['ci_low']) / 2 / abs(stats['median']) * 100:.0f}%"
 
 
 def pkt_table(result: dict) -> str:
-    lines = ["| scenario | ns/packet | Mpps/core | ratio to trivial |", "|---|---:|---:|---:|"]
+    lines = ["| scenario | table | ns/packet | ± | Δ trivial ns | Δ empty ns | ratio to trivial | Δ floor ns "
+             "| target | status |", "|---|---:|---:|---:|---:|---:|---:|---:|---|---|"]
+    two = []
     for r in result["results"]:
-        mpps = 1000.0 / r["ns"] if r["ns"] else 0.0
-        lines.append(f"| {r['scenario']} | {r['ns']:.1f} | {mpps:.2f} | {r['ratio']:.2f}x |")
+        if r.get("kind") == "scaling":
+            two.append(r)
+            continue
+        if r.get("kind") == "baseline":
+            size = "—"
+        else:
+            size = f"{r.get('table_size') or result.get('connection_table', 0):,}"
+        noisy = bool(r.get("noisy")) and r.get("key") != "trivial"     # 1.00x by definition
+        if r.get("kind") == "derived":
+            ns = f"{r['ns']:.1f} /server"
+        else:
+            ns = f"{r['ns']:.1f}"
+        lines.append(f"| {r['scenario']} | {size} | {ns} | {ci_cell(r.get('stats'))} | {_ns(r.get('delta_trivial_ns'))} "
+                     f"| {_ns(r.get('delta_empty_ns'))} | {ratio_cell(r.get('ratio'), noisy)} | {_ns(r.get('delta_floor_ns'))} "
+                     f"| {r.get('target', '')} | {r.get('status', '')} |")
+    if two:
+        lines += ["", "| two CPUs | table | 1 CPU Mpps | 2 CPUs Mpps | scaling | ± | runs side by side "
+                  "| target | status |", "|---|---:|---:|---:|---:|---:|---:|---|---|"]
+        for r in two:
+            sc = r["scaling"]
+            lines.append(f"| {r['scenario']} | {r['table_size']:,} | {r['one_cpu_mpps']['median']:.2f} "
+                         f"| {r['two_cpu_mpps']['median']:.2f} | {ratio_cell(sc['median'], r.get('noisy'))} | {ci_cell(sc)} "
+                         f"| {r['min_overlap'] * 100:.0f}% | {r.get('target', '')} | {r.get('status', '')} |")
+    notes = list(result.get("notes", []))
+    if "fill" in result:
+        notes.append(f"new-connection rows: the table {result['fill'] * 100:.0f}% full at each round's start, "
+                     "each round's entries deleted after it; the floor inserts into that same table")
+        notes.append("ratio and Δ: medians of round-by-round pairs with the baselines; ± is the half-width of "
+                     f"the median's {int(CONFIDENCE * 100)}% interval; ~: wider than ±{NOISY * 50:.0f}%, no verdict")
+    if notes:
+        lines += ["", "Note: " + "; ".join(notes) + "."]
     return "\n".join(lines)
 
 
@@ -43,6 +97,9 @@ def table(res: dict) -> str:
     if name == "failover":
         from bench import failover
         return failover.table(res)
+    if name == "scaleout":
+        from bench import scaleout
+        return scaleout.table(res)
     raise ValueError(f"unknown suite {name!r}")
 
 
@@ -62,6 +119,11 @@ def markdown(results: dict[str, dict], command: str) -> str:
     return "\n".join(md)
 
 
+def _short(n: int) -> str:
+    """65536 -> 64k, 2097152 -> 2M"""
+    return f"{n >> 20}M" if n >= 1 << 20 and n % (1 << 20) == 0 else f"{n >> 10}k" if n % 1024 == 0 else str(n)
+
+
 def _bars(res: dict) -> tuple[list[str], list[float]]:
     name = res["suite"]
     labels, vals = [], []
@@ -73,8 +135,12 @@ def _bars(res: dict) -> tuple[list[str], list[float]]:
             scen = r["scenario"].replace("MAC rewrite + bpf_redirect", "redirect")
             labels.append(f"{r.get('source', 'live frames')}: {scen}"[:48])
             vals.append(r["ratio"])
-        else:
-            labels.append(r["scenario"][:48])
+        elif r.get("ratio") is not None:      # derived rows (pkt's ns per server) have none
+            scen = r["scenario"].split(" (table ")[0].replace("new connection (SYN)", "SYN").replace("real servers", "reals")
+            if name == "pkt" and r.get("table_size") and r.get("kind") != "baseline":
+                labels.append(f"{scen[:42]} [{_short(r['table_size'])}]")
+            else:
+                labels.append(scen[:48])
             vals.append(r["ratio"])
     return labels, vals
 

@@ -6,8 +6,10 @@ to a baseline measured in the same run.
 Suites: pkt (per-packet cost, BPF_PROG_TEST_RUN), ctl (control plane at 1,000 x 64), http (wrk
 through the lab: direct, lb DR, lb NAT, HAProxy, kernel IPVS where the kernel has it), pps
 (packets per second over veth), failover (the HA lab test's failover time, against the
-configured deadtime).  http, pps and failover use the namespace lab under the tests' lock and
-tear it down afterwards."""
+configured deadtime), scaleout (new connections/s and established pps with 1, 2 and 3 active
+directors behind ECMP, and the time from a director's failure to the router's withdrawal).
+http, pps, failover and scaleout use the namespace lab under the tests' lock and tear it down
+afterwards."""
 from __future__ import annotations
 
 import argparse
@@ -22,7 +24,7 @@ from bench import report
 from bench.common import REPO, machine
 
 RESULTS = Path(__file__).resolve().parent / "results"
-SUITES = ("pkt", "ctl", "http", "pps", "failover")
+SUITES = ("pkt", "ctl", "http", "pps", "failover", "scaleout")
 COMMANDS = {"smoke": "python -m bench.run --smoke", "quick": "make bench-quick", "full": "make bench"}
 
 
@@ -60,6 +62,9 @@ def run_suite(name: str, size: str) -> dict:
     if name == "failover":
         from bench import failover
         return failover.suite(size)
+    if name == "scaleout":
+        from bench import scaleout
+        return scaleout.suite(size)
     raise ValueError(name)
 
 

@@ -18,6 +18,7 @@
 #include "lb_stats.h"
 #include "lb_conntrack.h"
 #include "lb_persist.h"
+#include "lb_sloppy.h"
 #include "lb_sched.h"
 #include "lb_forward.h"
 #include "lb_icmp.h"
@@ -139,16 +140,16 @@ int lb_xdp_public(struct xdp_md *ctx)
         act = lb_lookup_svc(&pkt, &svc_id);
         if (act != LB_CONTINUE)
             return act;
-        if (pkt.proto == IPPROTO_TCP && !(pkt.tcp_flags & LB_TCP_SYN)) {
-            /* IPVS schedules TCP only on SYN; the kernel answers the rest (RST) */
-            lb_count(LB_CNT_NOT_SYN);
-            return XDP_PASS;
-        }
         struct lb_svc *svc = lb_svc.lookup(&svc_id);
         __u32 zero = 0;
         lb_scratch_t *sc = lb_scratch.lookup(&zero);
         if (!svc || !sc)
             return XDP_PASS;
+        if (!lb_may_schedule(&pkt, svc)) {
+            /* IPVS schedules TCP only on SYN (unless sloppy); the kernel answers the rest (RST) */
+            lb_count(LB_CNT_NOT_SYN);
+            return XDP_PASS;
+        }
         lb_sched_handover(sc, svc_id, &pkt);
         lb_progs.call(ctx, svc->persist_timeout ? LB_PROG_PERSIST : LB_PROG_SCHED_BASE + svc->sched);
         lb_count(LB_CNT_TAIL_CALL);

@@ -80,6 +80,9 @@ enum lb_sched_id {
 /* lb_svc.flags: IPVS's IP_VS_SVC_F_SCHED1/2 (sh-fallback/sh-port, mh-fallback/mh-port) */
 #define LB_SVC_F_SCHED_FALLBACK 0x1
 #define LB_SVC_F_SCHED_PORT 0x2
+/* lb_svc.flags: sloppy (lb_sloppy.h): a TCP packet without a connection entry is scheduled
+ * even without SYN, as IPVS's sloppy_tcp (active-active directors behind ECMP) */
+#define LB_SVC_F_SLOPPY 0x4
 
 /* Tail-call slots in lb_progs: a new connection goes public -> (persist ->) scheduler ->
  * new_conn, so each scheduler's loop is verified on its own (inlined, the loops' exits multiply

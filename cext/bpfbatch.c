@@ -158,6 +158,30 @@ long long bb_test_run_loop(int prog_fd, const void *packets, unsigned pkt_len, u
     return total;
 }
 
+/* One BPF_PROG_TEST_RUN of prog over one packet, repeated `repeat` times in the kernel (the packet
+ * is NOT reset between repeats: for programs that put back what they change, e.g. the bench's
+ * two-CPU driver).  *avg_ns gets the kernel's mean duration of a run, *retval the last action.
+ * Returns 0 or -errno.  Called from several threads at once (cffi drops the GIL). */
+long bb_test_run_repeat(int prog_fd, const void *packet, unsigned pkt_len, unsigned repeat,
+                        unsigned *avg_ns, unsigned *retval)
+{
+    union bpf_attr attr;
+    unsigned char out[4096];
+
+    memset(&attr, 0, sizeof(attr));
+    attr.test.prog_fd = prog_fd;
+    attr.test.data_in = (unsigned long long)(unsigned long)packet;
+    attr.test.data_size_in = pkt_len;
+    attr.test.data_out = (unsigned long long)(unsigned long)out;
+    attr.test.data_size_out = sizeof(out);
+    attr.test.repeat = repeat;
+    if (bb_sys(BPF_PROG_TEST_RUN, &attr) < 0)
+        return -errno;
+    *avg_ns = attr.test.duration;
+    *retval = attr.test.retval;
+    return 0;
+}
+
 /* ---- `lb list -c`: the ipvsadm -L -c -n lines of a dumped lb_conns, formatted in C ----
  *
  * Python objects per connection (tuples, ip_address, ConnRow, %-formatting) cost ~10 us each:

@@ -20,6 +20,8 @@ ffibuilder.cdef(
                    unsigned char *found, unsigned long count);
     long long bb_test_run_loop(int prog_fd, const void *packets, unsigned pkt_len, unsigned count,
                                unsigned long iterations, unsigned *last_retval);
+    long bb_test_run_repeat(int prog_fd, const void *packet, unsigned pkt_len, unsigned repeat,
+                            unsigned *avg_ns, unsigned *retval);
     unsigned bb_sizeof_conn_key(void);
     unsigned bb_sizeof_conn(void);
     unsigned bb_sizeof_real(void);

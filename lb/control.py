@@ -1,6 +1,14 @@
-"""The daemon's control socket: /run/lb/<instance>.sock (mode 0600, root only).
+"""The daemon's control socket: /run/lb/<instance>.sock.
 
-One JSON request per connection, one JSON reply, each a single line:
+Root only (mode 0600, in /run/lb, 0700).  When the config's [control] names groups, the daemon
+also listens on /run/lb-control/<instance>.sock (the directory 0755, the socket 0666), where each
+connection's peer credentials (SO_PEERCRED, SO_PEERGROUPS) decide what it may ask: root and the
+daemon's own user everything, members of ``admin_group`` everything (the web console's user),
+members of ``read_group`` the read requests (READ_COMMANDS), anyone else nothing (refused with a
+reply that says why).  `lb web` connects there.
+
+One JSON request per connection, one JSON reply, each a single line (a request of at most
+MAX_REQUEST bytes and MAX_DEPTH levels of nesting; anything else is answered "bad request"):
 
     {"cmd": "status"}  -> {"ok": true, "status": {...}}        (what `lb status` prints)
     {"cmd": "reload"}  -> {"ok": true, "message": "..."} or
@@ -8,6 +16,15 @@ One JSON request per connection, one JSON reply, each a single line:
     {"cmd": "weight", "service": "web", "server": "rs1", "weight": 0}
                        -> {"ok": true, "message": "..."} once the table is applied, or
                           {"ok": false, "error": "..."} (unknown service or server, bad weight)
+    {"cmd": "table"}   -> {"ok": true, "services": [...]}  the data plane's table: connection
+                          counts and rates per service and real server (what `lb list --rate` reads)
+    {"cmd": "web"}     -> {"ok": true, "instance": ..., "web": {...}}  the [web] settings `lb web` runs with
+    {"cmd": "config"}  -> {"ok": true, "config": {path, format, version, serial_no, identity, ...},
+                           "document": {...}, "text": "..."}  the file, for the console's forms
+    {"cmd": "config-put", "document": {...}, "version": "<the version it was edited from>"}
+                       -> {"ok": true, "message", "version", "serial_no"} once written and reloaded, or
+                          {"ok": false, "error", "issues": [...], "conflict": bool}: nothing changed
+                          (lb.confedit has the rules)
 
 "weight" is the operator's override of one real server's weight (`lb weight`, `lb quiesce`,
 `lb activate`): service by name (or VIP:PORT), server by name, ADDR or ADDR:PORT, weight
@@ -21,15 +38,22 @@ blocking client `lb status`, `lb reload` and `lb weight` use.
 from __future__ import annotations
 
 import asyncio
+import grp
 import json
 import logging
 import os
 import socket
+import struct
 
 log = logging.getLogger("lb.control")
 
 RUN_DIR = "/run/lb"
-MAX_REQUEST = 64 * 1024
+SHARED_DIR = "/run/lb-control"   # the sockets [control]'s groups reach (/run/lb stays root's)
+MAX_REQUEST = 2 * 1024 * 1024   # a configuration document (the file is at most 1 MiB) and then some
+MAX_DEPTH = 32                   # the deepest configuration document needs 6
+MAX_CLIENTS = 32                 # connections served at once; more are closed at once
+READ_COMMANDS = frozenset({"status", "table", "web", "config"})
+SO_PEERGROUPS = getattr(socket, "SO_PEERGROUPS", 59)
 CLIENT_TIMEOUT = 60.0        # a reload may compile nothing but can resolve many next hops
 
 
@@ -41,41 +65,147 @@ def socket_path(instance: str, run_dir: str = RUN_DIR) -> str:
     return os.path.join(run_dir, f"{instance}.sock")
 
 
-class ControlServer:
-    """Answers requests with ``handler(request dict) -> reply dict`` (a coroutine)."""
+def shared_socket_path(instance: str, shared_dir: str = SHARED_DIR) -> str:
+    return os.path.join(shared_dir, f"{instance}.sock")
 
-    def __init__(self, path: str, handler):
+
+class BadRequest(ValueError):
+    pass
+
+
+def parse_request(line: bytes) -> dict:
+    """One request line as a dict; BadRequest (never another exception) for anything else."""
+    if len(line) > MAX_REQUEST:
+        raise BadRequest(f"longer than {MAX_REQUEST} bytes")
+    try:
+        req = json.loads(line)
+    except RecursionError:
+        raise BadRequest(f"nested more than {MAX_DEPTH} levels") from None
+    except (ValueError, UnicodeDecodeError) as e:
+        raise BadRequest(str(e)) from None
+    if not isinstance(req, dict):
+        raise BadRequest("a request is a JSON object")
+    if depth(req) > MAX_DEPTH:
+        raise BadRequest(f"nested more than {MAX_DEPTH} levels")
+    if not isinstance(req.get("cmd"), str):
+        raise BadRequest('no "cmd" (a string)')
+    return req
+
+
+def depth(value) -> int:
+    """How deeply lists and objects nest in ``value`` (iteratively: no recursion limit)."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        v, d = stack.pop()
+        if isinstance(v, (dict, list)):
+            deepest = max(deepest, d)
+            if d <= MAX_DEPTH:
+                stack.extend((x, d + 1) for x in (v.values() if isinstance(v, dict) else v))
+    return deepest
+
+
+def peer_credentials(sock: socket.socket) -> tuple[int, int, set[int]]:
+    """(pid, uid, every gid) of the process at the other end of a unix socket."""
+    pid, uid, gid = struct.unpack("3i", sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12))
+    groups = {gid}
+    try:
+        raw = sock.getsockopt(socket.SOL_SOCKET, SO_PEERGROUPS, 4 * 256)
+        groups.update(struct.unpack(f"{len(raw) // 4}I", raw[: len(raw) // 4 * 4]))
+    except OSError:   # a kernel before 4.13: the groups it had when it connected are not kept
+        pass
+    return pid, uid, groups
+
+
+def access_level(uid: int, groups: set[int], settings) -> str | None:
+    """"admin", "read" or None for a peer, by [control] (lb.config.model.Control)."""
+    if uid in (0, os.geteuid()):
+        return "admin"
+    for level, name in (("admin", getattr(settings, "admin_group", None)),
+                        ("read", getattr(settings, "read_group", None))):
+        if not name:
+            continue
+        try:
+            if grp.getgrnam(name).gr_gid in groups:
+                return level
+        except KeyError:
+            log.warning("control socket: [control] %s_group %r is not a group on this host", level, name)
+    return None
+
+
+def _unlink_stale(path: str) -> None:
+    """A socket file left by a crashed daemon; a live one means another daemon runs."""
+    if not os.path.exists(path):
+        return
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    probe.settimeout(1.0)
+    try:
+        probe.connect(path)
+    except OSError:
+        os.unlink(path)
+        return
+    finally:
+        probe.close()
+    raise OSError(f"{path}: another lb daemon answers on this control socket")
+
+
+class ControlServer:
+    """Answers requests with ``handler(request dict) -> reply dict`` (a coroutine); ``access()``
+    gives the [control] settings (lb.config.model.Control, or None: root only)."""
+
+    def __init__(self, path: str, handler, access=None, shared_path: str | None = None):
         self.path = path
+        self.shared_path = shared_path
         self.handler = handler
+        self.access = access or (lambda: None)
         self.server: asyncio.base_events.Server | None = None
+        self.shared: asyncio.base_events.Server | None = None
+        self._clients = 0
 
     async def start(self) -> None:
         os.makedirs(os.path.dirname(self.path), exist_ok=True)
-        self._unlink_stale()
+        self.server = await self._listen(self.path, 0o600)
+        log.info("control socket %s", self.path)
+        await self.refresh()
+
+    async def _listen(self, path: str, mode: int):
+        _unlink_stale(path)
         old = os.umask(0o177)            # the socket is born 0600: no window with wider access
         try:
-            self.server = await asyncio.start_unix_server(self._serve, path=self.path, limit=MAX_REQUEST)
+            server = await asyncio.start_unix_server(self._serve, path=path, limit=MAX_REQUEST + 1)
         finally:
             os.umask(old)
-        os.chmod(self.path, 0o600)
-        log.info("control socket %s", self.path)
+        os.chmod(path, mode)
+        return server
 
-    def _unlink_stale(self) -> None:
-        """A socket file left by a crashed daemon; a live one means another daemon runs."""
-        if not os.path.exists(self.path):
+    def grouped(self) -> bool:
+        a = self.access()
+        return a is not None and bool(a.admin_group or a.read_group)
+
+    async def refresh(self) -> None:
+        """The shared socket (0666, each peer's credentials decide) while [control] names groups."""
+        if self.shared_path is None:
             return
-        probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        probe.settimeout(1.0)
+        if self.grouped() and self.shared is None:
+            d = os.path.dirname(self.shared_path)
+            os.makedirs(d, mode=0o755, exist_ok=True)
+            os.chmod(d, 0o755)
+            self.shared = await self._listen(self.shared_path, 0o666)
+            log.info("control socket for [control]'s groups: %s", self.shared_path)
+        elif not self.grouped() and self.shared is not None:
+            await self._close_shared()
+
+    async def _close_shared(self) -> None:
+        self.shared.close()
+        await self.shared.wait_closed()
+        self.shared = None
         try:
-            probe.connect(self.path)
-        except OSError:
-            os.unlink(self.path)
-            return
-        finally:
-            probe.close()
-        raise OSError(f"{self.path}: another lb daemon answers on this control socket")
+            os.unlink(self.shared_path)
+        except FileNotFoundError:
+            pass
 
     async def stop(self) -> None:
+        if self.shared is not None:
+            await self._close_shared()
         if self.server is not None:
             self.server.close()
             await self.server.wait_closed()
@@ -86,26 +216,62 @@ class ControlServer:
             pass
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if self._clients >= MAX_CLIENTS:
+            writer.close()
+            return
+        self._clients += 1
         try:
-            try:
-                line = await asyncio.wait_for(reader.readline(), 10.0)
-                req = json.loads(line)
-                if not isinstance(req, dict):
-                    raise ValueError("a request is a JSON object")
-            except (ValueError, asyncio.LimitOverrunError, asyncio.TimeoutError) as e:
-                reply = {"ok": False, "error": f"bad request: {e}"}
-            else:
-                try:
-                    reply = await self.handler(req)
-                except Exception as e:  # the daemon goes on; the caller learns why
-                    log.exception("control request %r failed", req.get("cmd"))
-                    reply = {"ok": False, "error": f"{type(e).__name__}: {e}"}
+            reply = await self._answer(reader, writer)
             writer.write(json.dumps(reply).encode() + b"\n")
             await writer.drain()
         except (ConnectionError, asyncio.CancelledError):
             pass
         finally:
+            self._clients -= 1
             writer.close()
+
+    async def _answer(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> dict:
+        try:
+            pid, uid, groups = peer_credentials(writer.get_extra_info("socket"))
+        except (OSError, AttributeError, struct.error) as e:
+            return {"ok": False, "error": f"refused: no peer credentials ({e})"}
+        level = access_level(uid, groups, self.access())
+        try:
+            line = await asyncio.wait_for(reader.readline(), 10.0)   # read first: the client's write never fails
+            if level is None:
+                log.warning("control socket: refused uid %d (pid %d): neither root nor in [control]'s groups", uid, pid)
+                return {"ok": False, "error": f"refused: uid {uid} may not use this control socket (root, or a "
+                                              f"member of [control] admin_group or read_group)", "refused": True}
+            req = parse_request(line)
+        except asyncio.TimeoutError:
+            return {"ok": False, "error": "bad request: nothing received within 10 s"}
+        except (BadRequest, ValueError, asyncio.LimitOverrunError) as e:  # readline: ValueError past the limit
+            return {"ok": False, "error": f"bad request: {e}"}
+        if level != "admin" and req["cmd"] not in READ_COMMANDS:
+            return {"ok": False, "error": f"refused: {req['cmd']!r} needs [control] admin_group (uid {uid} may "
+                                          f"read only: {', '.join(sorted(READ_COMMANDS))})", "refused": True}
+        try:
+            return await self.handler(req)
+        except Exception as e:  # the daemon goes on; the caller learns why
+            log.exception("control request %r failed", req.get("cmd"))
+            return {"ok": False, "error": f"{type(e).__name__}: {e}"}
+
+
+async def arequest(path: str, cmd: str, timeout: float = CLIENT_TIMEOUT, **args) -> dict:
+    """The asyncio twin of :func:`request` on the socket at ``path`` (the web console's)."""
+    try:
+        reader, writer = await asyncio.wait_for(asyncio.open_unix_connection(path, limit=MAX_REQUEST * 2), timeout)
+    except (FileNotFoundError, ConnectionRefusedError) as e:
+        raise NotRunning(f"the daemon is not running (nothing answers on {path}: {e.strerror})") from None
+    try:
+        writer.write(json.dumps({"cmd": cmd, **args}).encode() + b"\n")
+        await writer.drain()
+        line = await asyncio.wait_for(reader.readline(), timeout)
+    finally:
+        writer.close()
+    if not line:
+        raise NotRunning(f"the daemon closed {path} without a reply")
+    return json.loads(line)
 
 
 def request(instance: str, cmd: str, timeout: float = CLIENT_TIMEOUT, run_dir: str = RUN_DIR, **args) -> dict:

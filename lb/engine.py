@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import logging
 import os
@@ -18,6 +19,7 @@ import time
 
 from lb import config as lbconfig
 from lb import control
+from lb.confedit import ConfigRequests, restart_needed
 from lb import weight as lbweight
 from lb.config.model import FORWARD_OF_NETWORK
 from lb.config.model import endpoint_text as _endpoint
@@ -33,10 +35,12 @@ from lb.ha import addresses
 from lb.ha import announce as ha_announce
 from lb.health import CheckSpec, LoadMonitorTask, LoadSpec, Monitor, NannyPolicy
 from lb.tasks import RateLimitedLog
+from lb.tasks import supervise
 
 log = logging.getLogger("lb.engine")
 
 RUN_DIR = "/run/lb"
+SHARED_DIR = control.SHARED_DIR
 SWEEP_INTERVAL = 5.0
 NEXTHOP_INTERVAL = 10.0
 ESTIMATE_INTERVAL = 2.0       # IPVS's rate estimator period (ip_vs_est.c)
@@ -64,6 +68,8 @@ def build_table(cfg, health: dict | None = None, sorry: set | None = None,
     gets the sorry server as its only real server; the keys of those services are added to
     ``sorry`` when it is given."""
     forward = FORWARD_OF_NETWORK[cfg.network]
+    # lb.bgp active-active: every service schedules mid-flow TCP packets (ECMP moved the flow here)
+    sloppy = cfg.bgp is not None and cfg.bgp.active_active
     health = health or {}
     weights = weights or {}
     overrides = overrides or {}
@@ -91,9 +97,13 @@ def build_table(cfg, health: dict | None = None, sorry: set | None = None,
                               weight_source=w.source)]
             if sorry is not None:
                 sorry.add(vs.key)
-        services.append(ServiceSpec.from_config(vs, reals, dead))
+        spec = ServiceSpec.from_config(vs, reals, dead)
+        services.append(dataclasses.replace(spec, sloppy=True) if sloppy else spec)
     t = cfg.timeouts
-    return TableSpec(tuple(services), (t.tcp, t.tcpfin, t.udp), cfg.expire_nodest_conn,
+    # active-active: a packet of an entry whose real server has left (its health check failed
+    # while this director was cut off, say) expires the entry, and the client's next packet is
+    # scheduled afresh -- sloppy, so mid-flow too -- to the server every director picks
+    return TableSpec(tuple(services), (t.tcp, t.tcpfin, t.udp), cfg.expire_nodest_conn or sloppy,
                      lblc_expiration=cfg.lblc_expiration, lblcr_expiration=cfg.lblcr_expiration)
 
 
@@ -257,6 +267,9 @@ class Engine:
         # role and the addresses follow it (lb/ha/pulse.py, bpf/lb_lease.h)
         self._lease_armed = False
         self._lease_log = RateLimitedLog(log, 10.0)
+        self.configs = ConfigRequests(self)          # the control socket's configuration requests
+        self.configsync = None                       # HA: lb.ha.configsync (the config push)
+        self.bgp = None                              # lb.bgp.Announcer with [bgp]: the VIPs announced
 
     # ---- lifecycle ----
     def start(self) -> None:
@@ -270,6 +283,9 @@ class Engine:
             except (OSError, ValueError) as e:
                 raise StartupError(f"{self.cfg.path or '<config>'}: ha: {e}") from None
         self._restore_overrides()
+        if self.cfg.bgp is not None:
+            from lb.bgp import Announcer
+            self.bgp = Announcer(self.cfg)
         self._load_dataplane()
         self.owned = addresses.wanted_addresses(self.cfg)
         self._start_lease()
@@ -284,6 +300,13 @@ class Engine:
             log.info("HA: starting without the virtual addresses until pulse decides the role")
         self._apply(table, self.cfg, planned=True)
         self._attach_dataplane()
+        if self.bgp is not None:
+            from lb.bgp import BgpError
+            try:
+                self.bgp.start()
+            except BgpError as e:
+                raise StartupError(f"{self.cfg.path or '<config>'}: {e}") from None
+            self.bgp.update(attached=self._attached(), active=self.active)
         os.makedirs(RUN_DIR, exist_ok=True)
         with open(pidfile(self.cfg.instance), "w") as f:
             f.write(f"{os.getpid()}\n")
@@ -326,6 +349,11 @@ class Engine:
                          "restart from zero (%d existing connections left out)",
                          ", ".join(f"{a}:{p}" for a, p in sorted(joined, key=str)), svc.name, n)
         self._usable = usable
+        if self.bgp is not None:
+            self.bgp.update(table, attached=self._attached(), active=self.active)
+
+    def _attached(self) -> bool:
+        return self.cfg.public_interface in self.dp.attached
 
     def refresh_sched_base(self) -> int:
         with self._dp_lock:
@@ -378,6 +406,8 @@ class Engine:
             addresses.release(self.owned)
             self.dp.unpin()
             self.dp.close()
+        if self.bgp is not None:
+            self.bgp.close(keep=keep_dataplane)
         try:
             os.unlink(pidfile(self.cfg.instance))
         except FileNotFoundError:
@@ -400,14 +430,13 @@ class Engine:
             new = lbconfig.load(path)
         except lbconfig.ConfigError as e:
             raise ReloadRefused(f"reload refused, nothing changed:\n{e}", e.issues) from None
-        if new.instance != self.cfg.instance or new.tables != self.cfg.tables or new.network != self.cfg.network:
-            raise ReloadRefused("reload refused: instance, tables and network need a restart")
+        needs = restart_needed(self.cfg, new)
+        if needs:
+            raise ReloadRefused(f"reload refused: {', '.join(needs)} changed, which needs a restart")
         try:
             check_interfaces(new)
         except StartupError as e:
             raise ReloadRefused(f"reload refused: {e}") from None
-        if (new.ha is None) != (self.cfg.ha is None) or (new.ha and new.ha != self.cfg.ha):
-            raise ReloadRefused("reload refused: the [ha] settings need a restart")
         log_warnings(new)
         # all or nothing: everything that can be checked is, before the first write (the data
         # plane's plan: every table's capacity, draining servers' slots included; the new
@@ -429,15 +458,20 @@ class Engine:
                 self.on_sorry = on_sorry
                 raise ReloadRefused(f"reload refused, nothing changed: {path}: {e}") from None
             added = []
+            old_bgp = self.bgp.bgp if self.bgp is not None else None
             try:
                 if self.active:
                     added = addresses.take([a for a in want if a not in self.owned])
+                if self.bgp is not None:
+                    self.bgp.bgp = new.bgp           # [[bgp.vip]]: _apply's update announces them
                 self._apply(table, new, planned=True)
             except addresses.AddressError as e:     # take() removed what it had added
                 self.on_sorry = on_sorry
                 raise ReloadRefused(f"reload refused, nothing changed: {e}") from None
             except Exception as e:
                 self.on_sorry = on_sorry
+                if self.bgp is not None:
+                    self.bgp.bgp = old_bgp           # a failed reload announces as before
                 addresses.release(added)
                 if isinstance(e, ApplyFailed) and e.restored:
                     raise ReloadFailed(f"reload failed and was undone: {e}; the {len(added)} addresses this "
@@ -738,6 +772,8 @@ class Engine:
                 self.active = False
                 await loop.run_in_executor(None, self._release_addresses)
             await loop.run_in_executor(None, self._renew_lease)     # after: no second claimant
+        if self.bgp is not None:
+            self.bgp.update(active=self.active)
         await loop.run_in_executor(None, self._kernel_sync, new == ACTIVE)
 
     def _kernel_sync(self, active: bool) -> None:
@@ -820,6 +856,11 @@ class Engine:
                 left = None
             doc["ha"]["lease_s"] = None if left is None else round(left, 3)
             doc["ha"]["lease_armed"] = self._lease_armed
+        doc["configuration"] = self.configs.info()
+        if self.configsync is not None:
+            doc["configuration"]["peer"] = self.configsync.status()
+        if self.bgp is not None:
+            doc["bgp"] = self.bgp.status()
         try:
             counters = self.dp.counters()
             if counters:
@@ -868,7 +909,16 @@ class Engine:
             return await fut
         if cmd == "weight":
             return await self._weight_reply(req)
-        return {"ok": False, "error": f"unknown command {cmd!r} (status, reload, weight)"}
+        if cmd in ("config", "config-put", "table", "web"):
+            return await self.configs.request(req)
+        return {"ok": False, "error": f"unknown command {cmd!r} (status, reload, weight, table, web, config, "
+                                     f"config-put)"}
+
+    def role(self) -> str:
+        """This director's HA role ("active" without [ha])."""
+        if self.pulse is not None:
+            return self.pulse.role
+        return "active" if self.active else "starting"
 
     # ---- the loop ----
     async def run(self) -> None:
@@ -895,21 +945,22 @@ class Engine:
         blocking = lambda fn: loop.run_in_executor(None, fn)  # noqa: E731
         self.sync_monitors()
         self.sync_load_monitors()
-        server = control.ControlServer(control.socket_path(self.cfg.instance, RUN_DIR), self.control)
+        server = control.ControlServer(control.socket_path(self.cfg.instance, RUN_DIR), self.control,
+                                       access=lambda: self.cfg.control,
+                                       shared_path=control.shared_socket_path(self.cfg.instance, SHARED_DIR))
         try:
             await server.start()
         except OSError as e:         # forwarding goes on; only `lb status`/`lb reload` are missing
             log.error("no control socket: %s", e)
-        web = None
-        if self.cfg.web.enabled:     # lb.web logs why when it cannot start; forwarding goes on
-            try:
-                from lb.web import app as webapp
-                web = await webapp.start(self)
-            except Exception:
-                log.exception("web console not started")
         if self.pulse is not None:
             await blocking(ha_announce.warm_up)      # scapy loads now, not during a takeover
             await self.pulse.start()
+            from lb.ha import configsync     # the active pushes its configuration to the backup
+            self.configsync = await configsync.start(self)
+        # the BGP lease's renewal (lb.bgp, not the HA lease of bpf/lb_lease.h), restarted if it raises
+        # (a stopped renewal withdraws every route)
+        bgp_lease = supervise("bgp-lease", self.bgp.run, logger=log, context=f"instance {self.cfg.instance}") \
+            if self.bgp is not None else None
         last_sweep = last_nh = last_est = loop.time()
         while self._stop is None:
             try:
@@ -927,8 +978,8 @@ class Engine:
                         self.sync_monitors()
                         self.sync_load_monitors()
                         self.sync_overrides()
-                        if web is not None:
-                            web.reloaded(self.cfg)
+                        if server.server is not None:
+                            await server.refresh()      # [control]'s groups: their socket
                     for fut in waiters:
                         if not fut.done():
                             fut.set_result(reply)
@@ -970,8 +1021,11 @@ class Engine:
         for fut in self._reload_waiters + [f for f, _ in self._apply_waiters]:   # before the server waits
             if not fut.done():                                                     # for its handlers
                 fut.set_result({"ok": False, "error": "the daemon is stopping"})
-        if web is not None:
-            await web.stop()
+        if bgp_lease is not None:        # withdraw and drain before anything stops
+            bgp_lease.cancel()
+            await self.bgp.leave(keep=self._stop == "keep")
+        if self.configsync is not None:
+            await self.configsync.stop()
         await server.stop()
         if self.pulse is not None:
             self._end_lease()
@@ -997,6 +1051,8 @@ def run(cfg, *, xdp_mode: str = "native", dataplane: str | None = None) -> int:
             if eng.dp.created:
                 eng.dp.unpin()
         eng.dp.close()
+        if eng.bgp is not None:
+            eng.bgp.close(keep=False)
         return 2
     asyncio.run(eng.run())
     eng.stop(keep_dataplane=(eng._stop == "keep"))

@@ -13,9 +13,16 @@ log() { printf 'setup: %s\n' "$*"; }
 
 # 1. Debian packages. bcc comes from Debian (not on PyPI); nginx is the real servers' HTTP server;
 #    haproxy (the HTTP benchmark's peer) and netsniff-ng (trafgen) are for bench/; nftables (nft)
-#    marks firewall-mark services' packets in the IPVS data plane (host tests and the IPVS VM).
+#    marks firewall-mark services' packets in the IPVS data plane (host tests and the IPVS VM);
+#    exabgp is the director's BGP speaker ([bgp], lb/bgp/).
 PKGS=(python3-bpfcc libbpfcc linux-headers-amd64 iproute2 ethtool nginx-light curl wrk
-      tcpdump bpftool procps psmisc kmod haproxy netsniff-ng nftables)
+      tcpdump bpftool procps psmisc kmod haproxy netsniff-ng nftables exabgp)
+# Lab and tests only (tests, demo, bench; never part of a director's runtime install): bird2 is the
+# scale-out lab's router (`lb lab up --scale-out N`: BGP from every director, ECMP into the kernel);
+# chromium and chromium-driver are the browser selenium drives in the web console's browser tests
+# (tests/test_web_browser.py).
+LAB_PKGS=(bird2 chromium chromium-driver)
+PKGS+=("${LAB_PKGS[@]}")
 missing=()
 for p in "${PKGS[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")

@@ -27,32 +27,60 @@ def test_bench_suites_run(tmp_path):
     assert run.main(["--smoke", "--out", str(tmp_path)]) == 0
 
     pkt = _load(tmp_path, "pkt")
-    names = [r["scenario"] for r in pkt["results"]]
-    assert names[0].startswith("baseline") and len(names) >= 6
-    assert all(r["ns"] > 0 and r["ratio"] > 0 for r in pkt["results"])
+    rows = pkt["results"]
+    assert rows[0]["scenario"].startswith("baseline: trivial") and rows[1]["scenario"].startswith("baseline: empty")
+    measured = [r for r in rows if r["kind"] in ("baseline", "reference", "lb")]
+    assert all(r["ns"] > 0 and r["ratio"] > 0 and "delta_trivial_ns" in r and "delta_empty_ns" in r for r in measured)
+    # every row names its table; SYN rows at the default size and at the big one, each block with its floor
+    assert all(r["table_size"] for r in rows if r["kind"] != "baseline")
+    syn = [r for r in rows if "new connection (SYN)" in r["scenario"] and r["kind"] == "lb"]
+    assert {r["table_size"] for r in syn} == {65536, 1 << 17}
+    assert all("delta_floor_ns" in r and f"(table {r['table_size']:,})" in r["scenario"] for r in syn)
+    floors = [r for r in rows if r["kind"] == "reference"]
+    assert sorted(r["table_size"] for r in floors) == [65536, 1 << 17]
+    # targets carry a status; two runs support no verdict
+    assert {r["status"] for r in rows if r.get("target")} == {"too few runs"}
+    assert len([r for r in rows if r["key"] == "slope"]) == 2
+    if len(os.sched_getaffinity(0)) >= 2:
+        two = [r for r in rows if r["kind"] == "scaling"]
+        assert {r["key"] for r in two} == {"cpu2_est", "cpu2_rr", "cpu2_mh", "cpu2_wlc"}
+        assert all(r["one_cpu_mpps"]["median"] > 0 and r["two_cpu_mpps"]["median"] > 0 for r in two)
 
     ctl = _load(tmp_path, "ctl")
     assert all(r["seconds"]["median"] >= 0 and r["ratio"] >= 0 for r in ctl["results"])
     apply = next(r for r in ctl["results"] if r["scenario"].startswith("apply"))
     change = next(r for r in ctl["results"] if r["scenario"].startswith("one-server change (weight)"))
     assert apply["writes"] > change["writes"] > 0
+    # every kind of change measured once per round (smoke: two rounds; the weight goes there and back)
+    kinds = {r["scenario"]: r for r in ctl["results"] if "change" in r["scenario"] or "unchanged" in r["scenario"]}
+    assert set(kinds) == {"one-server change (weight)", "one-server change (remove)", "one-server change (add)",
+                          "unchanged table re-applied"}
+    assert [len(r["runs"]) for r in kinds.values()] == [4, 2, 2, 2] and kinds["unchanged table re-applied"]["writes"] == 0
 
     http = _load(tmp_path, "http")
     base = [r for r in http["results"] if r.get("baseline")]
     assert base and all(r["ratio_rps"] == 1.0 for r in base)
     assert {r["scenario"] for r in http["results"]} >= {"lb DR (XDP)"}
     assert all(r["rps"]["median"] > 0 and r["errors"] == 0 for r in http["results"])
+    # the topology variant with veth's own offload defaults: lb NAT forwards there too, against
+    # a direct baseline of its own
+    variant = {r["scenario"].split(",")[0]: r for r in http["results"] if r["mode"] == "variant veth defaults"}
+    assert set(variant) == {"direct to rs1 (director routing)", "lb NAT (XDP)"}
+    assert variant["lb NAT (XDP)"]["target"] and variant["lb NAT (XDP)"]["status"] == "too few runs"
 
-    # both packet sources (trafgen missing fails the suite, it is not skipped), each with its baseline
+    # both packet sources (trafgen missing fails the suite, it is not skipped), each with its
+    # baselines: the plain redirect and the stateful reference
     pps = _load(tmp_path, "pps")
-    assert {(r["source"], bool(r.get("baseline"))) for r in pps["results"]} == {
-        (src, b) for src in ("live frames", "trafgen") for b in (True, False)}
+    assert {(r["source"], r["program"]) for r in pps["results"]} == {
+        (src, p) for src in ("live frames", "trafgen") for p in ("redirect", "stateful", "lb")}
     for r in pps["results"]:
-        assert r["mpps"]["median"] > 0
+        assert r["mpps"]["median"] > 0 and len(r["runs"]) == 2
         assert min(r["delivered"]) == r["sent"]        # everything sent crossed the director
     for r in pps["results"]:
-        if not r.get("baseline"):
-            assert r["connections"] >= r["flows"]      # this source's SYNs opened lb's connections
+        if r["program"] == "lb":
+            assert r["connections"] >= r["flows"]      # this source's handshakes opened lb's connections
+            assert r["ratio_redirect"] > 0 and r["ratio_stateful"] > 0
+            assert bool(r.get("target")) == (r["source"] == "live frames")
     md = (tmp_path / "latest-smoke.md").read_text()
     assert "| trafgen | lb DR, established, 100 flows | 100 |" in md
 
@@ -61,6 +89,16 @@ def test_bench_suites_run(tmp_path):
     assert base.get("baseline") and base["ratio"] == 1.0
     assert took["seconds"]["median"] > 0 and took["connections_kept"] == 50
     assert "Failover time" in md
+
+    so = _load(tmp_path, "scaleout")
+    rows = {r["scenario"].split(":")[0]: r for r in so["results"] if r["unit"] in ("conn/s", "pkt/s")}
+    assert {r["ratio"] for r in so["results"] if r.get("baseline")} == {1.0}
+    assert all(r["value"]["median"] > 0 and r["errors"] == 0 for r in so["results"] if r["unit"] != "s")
+    assert set(rows) == {"1 director", "2 directors", "3 directors"}
+    withdrawals = [r for r in so["results"] if r["scenario"].startswith("failure")]
+    assert len(withdrawals) == 3 and all(r["value"]["median"] > 0 for r in withdrawals)
+    assert "Scale-out" in md
+    assert not {"so1", "so2", "so3"} & set(os.listdir("/sys/fs/bpf/lb"))
 
     for f in ("latest-smoke.md", "latest-smoke.png"):
         assert (tmp_path / f).stat().st_size > 0

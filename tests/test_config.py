@@ -130,8 +130,8 @@ def test_the_loader_takes_exactly_its_schema() -> None:
 
     text = (CONFIGS / "example.toml").read_text()
     cfg = loads(text)
-    assert cfg.web.listen == "127.0.0.1:8080" and cfg.network == "nat"
-    for header in ("[global]", "[web]", "[ha]", "[timeouts]", "[tables]", "[virtual_server.monitor]",
+    assert cfg.web.listen == "127.0.0.1:3636" and cfg.network == "nat"
+    for header in ("[global]", "[web]", "[control]", "[ha]", "[timeouts]", "[tables]", "[virtual_server.monitor]",
                    "[virtual_server.load_monitor]"):
         with pytest.raises(ConfigError) as ei:
             loads(re.sub(rf"^(\s*){re.escape(header)}$", rf"\g<0>\n\1no_such_key = 1", text, count=1, flags=re.M))

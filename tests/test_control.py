@@ -2,14 +2,20 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import logging
 import os
+import shutil
 import socket
 import stat
+import subprocess
+import tempfile
 import threading
 
 import pytest
 
 from lb import control
+from lb.config.model import Control
 
 
 @pytest.fixture
@@ -52,7 +58,7 @@ def test_request_and_reply(served):
     assert seen == [{"cmd": "status", "verbose": True}]
 
 
-def test_socket_is_root_only(served):
+def test_socket_is_root_only_without_control_groups(served):
     run_dir, _ = served
     mode = os.stat(control.socket_path("t", run_dir)).st_mode
     assert stat.S_ISSOCK(mode) and stat.S_IMODE(mode) == 0o600
@@ -96,3 +102,137 @@ def test_stale_socket_is_replaced_and_removed_on_stop(tmp_path):
 
     assert asyncio.run(main()) == {"ok": True}
     assert not os.path.exists(path)
+
+
+# ---- bounded requests -----------------------------------------------------------------------
+
+def raw(run_dir, data: bytes) -> dict:
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.settimeout(20)
+    s.connect(control.socket_path("t", run_dir))
+    try:
+        s.sendall(data)
+    except (BrokenPipeError, ConnectionResetError):
+        pass
+    reply = s.makefile("rb").readline()
+    s.close()
+    return json.loads(reply)
+
+
+def test_deep_or_long_requests_are_bad_requests_not_recursion_errors(served, caplog):
+    run_dir, seen = served
+    with caplog.at_level(logging.ERROR):
+        reply = raw(run_dir, b"[" * 65536 + b"\n")
+        assert reply["ok"] is False and "bad request" in reply["error"]
+        reply = raw(run_dir, b'{"cmd": "status", "x": ' + b"[" * 40 + b"]" * 40 + b"}\n")
+        assert reply == {"ok": False, "error": f"bad request: nested more than {control.MAX_DEPTH} levels"}
+        reply = raw(run_dir, b'{"cmd": "' + b"x" * (control.MAX_REQUEST + 10) + b'"}\n')
+        assert reply["ok"] is False and "bad request" in reply["error"]
+        reply = raw(run_dir, b'{"cmd": 7}\n')
+        assert reply == {"ok": False, "error": 'bad request: no "cmd" (a string)'}
+        reply = raw(run_dir, b"\xff\xfe\n")
+        assert reply["ok"] is False and "bad request" in reply["error"]
+    assert seen == [] and "Traceback" not in caplog.text and "RecursionError" not in caplog.text
+    # and the server still answers
+    assert control.request("t", "status", run_dir=run_dir)["ok"] is True
+
+
+# ---- who may ask: peer credentials against [control]'s groups -------------------------------
+
+CLIENT = r"""
+import json, socket, sys
+s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+s.settimeout(10)
+try:
+    s.connect(sys.argv[1])
+except (PermissionError, FileNotFoundError):
+    print(json.dumps({"connect": "EACCES"})); sys.exit(0)
+s.sendall(json.dumps({"cmd": sys.argv[2]}).encode() + b"\n")
+print(s.makefile().readline().strip())
+"""
+NOBODY = 65534
+
+
+def as_nobody(path, cmd) -> dict:
+    """One request from uid/gid 65534 (nobody/nogroup), no supplementary groups."""
+    p = subprocess.run(["/usr/bin/python3", "-c", CLIENT, path, cmd], user=NOBODY, group=NOBODY, extra_groups=[],
+                       capture_output=True, text=True, timeout=30)
+    assert p.returncode == 0, p.stderr
+    return json.loads(p.stdout)
+
+
+@pytest.fixture
+def shared_dir():
+    d = tempfile.mkdtemp(prefix="lb-control-")
+    os.chmod(d, 0o711)              # nobody may reach the socket (its mode decides the rest)
+    try:
+        yield d
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
+
+
+def serve_with(run_dir, shared_dir, settings):
+    seen = []
+
+    async def handler(req):
+        seen.append(req["cmd"])
+        return {"ok": True, "did": req["cmd"]}
+
+    loop = asyncio.new_event_loop()
+    server = control.ControlServer(control.socket_path("t", run_dir), handler, access=lambda: settings,
+                                   shared_path=control.shared_socket_path("t", shared_dir))
+    ready = threading.Event()
+
+    def run():
+        asyncio.set_event_loop(loop)
+        loop.run_until_complete(server.start())
+        ready.set()
+        loop.run_forever()
+        loop.run_until_complete(server.stop())
+
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    assert ready.wait(10)
+    return loop, t, seen
+
+
+def stop(loop, t):
+    loop.call_soon_threadsafe(loop.stop)
+    t.join(10)
+    loop.close()
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="switching to uid nobody needs root")
+@pytest.mark.parametrize("settings, status, reload", [
+    (None, "absent", "absent"),                                               # root only: no shared socket
+    (Control(read_group="nogroup"), "ok", "refused"),                         # read-only client
+    (Control(admin_group="nogroup"), "ok", "ok"),                             # the console's group
+    (Control(admin_group="daemon", read_group="sys"), "refused", "refused"),  # in neither group
+])
+def test_unauthenticated_and_read_only_clients_are_refused(tmp_path, shared_dir, settings, status, reload):
+    loop, t, seen = serve_with(str(tmp_path), shared_dir, settings)
+    path = control.shared_socket_path("t", shared_dir)
+    try:
+        root_only = control.socket_path("t", str(tmp_path))
+        assert stat.S_IMODE(os.stat(root_only).st_mode) == 0o600        # root's socket, whatever [control] says
+        assert as_nobody(root_only, "status") == {"connect": "EACCES"}
+        if settings is None:
+            assert not os.path.exists(path)
+        else:
+            assert stat.S_IMODE(os.stat(path).st_mode) == 0o666
+        got = {}
+        for cmd in ("status", "reload"):
+            reply = as_nobody(path, cmd) if os.path.exists(path) else {"connect": "absent"}
+            if "connect" in reply:
+                got[cmd] = reply["connect"]
+            elif reply.get("ok"):
+                got[cmd] = "ok"
+            else:
+                assert reply.get("refused") is True and reply["error"].startswith("refused: "), reply
+                got[cmd] = "refused"
+        assert got == {"status": status, "reload": reload}
+        assert seen == [cmd for cmd, v in got.items() if v == "ok"]
+        # root is always the admin
+        assert control.request("t", "reload", run_dir=str(tmp_path)) == {"ok": True, "did": "reload"}
+    finally:
+        stop(loop, t)

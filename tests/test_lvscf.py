@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import textwrap
-from ipaddress import IPv4Address, IPv4Interface
+from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 from pathlib import Path
 
 import pytest
@@ -21,7 +21,7 @@ from lb.config import (
     loads,
     lvscf,
 )
-from lb.config.model import HA, LoadMonitor, Monitor, Web
+from lb.config.model import HA, Control, LoadMonitor, Monitor, Web
 
 HERE = Path(__file__).resolve().parent
 CONFIGS = HERE.parent / "configs"
@@ -40,6 +40,7 @@ def nopath(cfg: Config) -> Config:
 
 EXPECTED_FULL = Config(
     instance="default",
+    serial_no=42,
     public_interface="eth0",
     private_interface="eth1",
     network="nat",
@@ -77,7 +78,7 @@ EXPECTED_FULL = Config(
 
 EXPECTED_EXTRAS = {
     "global": {
-        "serial_no": 42, "service": "lvs",
+        "service": "lvs",
         "debug_level": "NONE", "syncdaemon": True, "rsh_command": "ssh",
         "nat_router_alias": "eth1:1",
     },
@@ -228,7 +229,9 @@ def test_example_lvs_cf_is_lab_nat() -> None:
         Monitor(kind="send_expect", send="GET / HTTP/1.0\\r\\n\\r\\n", expect="HTTP", timeout=6, reentry=15)]
     cf_cfg = dataclasses.replace(cf_cfg, virtual_servers=tuple(
         dataclasses.replace(vs, monitor=Monitor()) for vs in cf_cfg.virtual_servers))
-    assert nopath(cf_cfg) == nopath(dataclasses.replace(toml_cfg, virtual_servers=unported))
+    # serial_no: the version number the lvs.cf carries (Piranha's count of saves)
+    assert nopath(cf_cfg) == nopath(dataclasses.replace(toml_cfg, virtual_servers=unported,
+                                                        serial_no=cf_cfg.serial_no))
 
 
 # --- CLI ---------------------------------------------------------------------------------------
@@ -622,6 +625,20 @@ def test_web_console_keys_round_trip(tmp_path: Path) -> None:
     assert lvscf.loads(text) == cfg
     assert loads(lvscf.dumps_toml(cfg)) == cfg
     assert "lb_web" not in lvscf.dumps(Config(public_interface="eth0"))
+    # TLS, the Host allow-list, trusted proxies, the session's lifetime; the control socket's groups
+    web = dataclasses.replace(web, tls_cert=Path("/etc/lb/w.crt"), tls_key=Path("/etc/lb/w.key"),
+                              allowed_hosts=("lb.example.com", "198.18.0.1"),
+                              trusted_proxies=(IPv4Network("198.18.0.5/32"), IPv4Network("10.0.0.0/8")),
+                              session_lifetime=3600.0)
+    cfg = Config(public_interface="eth0", web=web, serial_no=7,
+                 control=Control(admin_group="lbweb", read_group="lbview"))
+    text = lvscf.dumps(cfg)
+    assert text.startswith("serial_no = 7\n")
+    assert "lb_web_allowed_hosts = lb.example.com, 198.18.0.1" in text
+    assert "lb_web_trusted_proxies = 198.18.0.5, 10.0.0.0/8" in text and 'lb_web_tls_key = "/etc/lb/w.key"' in text
+    assert "lb_control_admin_group = lbweb" in text and "lb_control_read_group = lbview" in text
+    assert lvscf.loads(text) == cfg
+    assert loads(lvscf.dumps_toml(cfg)) == cfg
     # a relative password file is relative to the lvs.cf, as in TOML
     f = tmp_path / "lvs.cf"
     f.write_text(GOOD_HEAD + 'lb_web_password_file = "lb.passwd"\n')

@@ -208,6 +208,22 @@ def cmd_status(args) -> int:
             print(f"  lease: {text}")
         for warning in ha.get("warnings", ()):   # a peer heard but refused, a skewed clock (Pulse.warnings)
             print(f"  WARNING: {warning}")
+    conf = doc.get("configuration")
+    if conf:   # the configuration's version, and the HA peer's (lb.ha.configsync)
+        line = f"configuration serial_no {conf.get('serial_no')} ({conf.get('identity')})"
+        if conf.get("file_differs"):
+            line += "; the file differs: " + (", ".join(conf.get("restart_needed") or []) or "not reloaded") \
+                + (" (restart needed)" if conf.get("restart_needed") else "")
+        peer = conf.get("peer")
+        if peer:
+            same = {True: "the same", False: "a DIFFERENT", None: "an unknown"}[peer.get("same")]
+            line += f"; peer runs {same} configuration (serial_no {peer.get('peer_serial_no')})"
+            if peer.get("last_result") in ("refused", "older"):
+                line += f": {peer['last_result']}: {peer.get('last_error')}"
+        print(line)
+    if doc.get("bgp"):   # lb.bgp: sessions and routes
+        from lb.bgp import format_status
+        print("\n".join(format_status(doc["bgp"])))
     if doc.get("counters"):
         print("data path: " + ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in doc["counters"].items()))
     for s in doc["services"]:
@@ -299,15 +315,36 @@ def cmd_passwd(args) -> int:
             print("\nlb: nothing changed", file=sys.stderr)
             return 1
     try:
-        password.write(path, secret)
+        password.write(path, secret, args.user)
+        if args.owner:
+            import pwd
+
+            pw = pwd.getpwnam(args.owner)
+            os.chown(path, pw.pw_uid, pw.pw_gid)   # the console (lb web) reads it and changes it
+    except KeyError:
+        print(f"lb: --owner {args.owner}: no such user", file=sys.stderr)
+        return 1
     except ValueError as e:
         print(f"lb: {e}; nothing changed", file=sys.stderr)
         return 1
     except OSError as e:
         print(f"lb: {path}: {e.strerror or e}", file=sys.stderr)
         return 1
-    print(f"{path}: password set")
+    print(f"{path}: password set for user {args.user}")
     return 0
+
+
+def cmd_web(args) -> int:
+    """`lb web`: the console, with the [web] settings the running daemon gives it."""
+    _setup_logging(args.verbose)
+    try:
+        inst = args.instance or (lbconfig.load(args.config).instance if args.config else "default")
+    except lbconfig.ConfigError as e:
+        print(e, file=sys.stderr)
+        return 2
+    from lb.web import main as webmain
+
+    return webmain.run(inst, args.socket_dir)
 
 
 def _list_dataplane(args) -> str:
@@ -575,7 +612,18 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--file", help="the password file to write (default /etc/lb/default.passwd)")
     p.add_argument("--stdin", action="store_true", help="read the password from one line of stdin "
                                                         "instead of prompting twice")
+    p.add_argument("--user", default="admin", help="the user name the console asks for (default admin)")
+    p.add_argument("--owner", help="give the file to this user (the one `lb web` runs as, e.g. lb-web), "
+                                   "so the console can change the password")
     p.set_defaults(func=cmd_passwd)
+
+    p = sub.add_parser("web", help="run the web console (the Piranha Configuration Tool's successor) as its own "
+                                   "process; it talks to the daemon over its control socket only")
+    p.add_argument("--instance", help="the daemon's instance (default: the --config's, else default)")
+    p.add_argument("--config", "-c", help="a config file, only to tell the instance")
+    p.add_argument("--socket-dir", default="/run/lb-control", help=argparse.SUPPRESS)
+    p.add_argument("-v", "--verbose", action="store_true")
+    p.set_defaults(func=cmd_web)
 
     from lb.lab.cli import add_cli
 

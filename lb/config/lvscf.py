@@ -55,7 +55,8 @@ load monitor running ``RSH_COMMAND %h uptime`` (rsh_command, default rsh), ``rup
 ``rup %h``; ``ruptime`` is accepted with a warning and no load monitor (rwhod names hosts, not
 addresses: the weights stay as configured); ``none`` is no load monitor.  lb extensions ``lb_load_monitor_kind`` (agent | program), ``_port``, ``_program``
 (quoted), ``_interval``, ``_timeout`` (decimal seconds), ``_min_weight`` and ``_script_user`` set the rest.
-Keys the model cannot hold (HA keys without a backup, serial_no, debug_level, syncdaemon,
+``serial_no`` is Config.serial_no (each save of lb's web console adds one; the active director's
+configuration goes to the backup when newer).  Keys the model cannot hold (HA keys without a backup, debug_level, syncdaemon,
 syncd_iface, syncd_id, reservation_conflict_action, vip_nmask, a firewall-mark virtual's address,
 port and protocol) are type-checked and returned in ``extras`` (see :func:`load_with_extras`) so
 :func:`dumps` writes them back; each that has no effect is a warning (Config.warnings) naming its
@@ -84,8 +85,11 @@ e.g. a TOML ``send = "...\\r\\n"``); with ``backup_active = 1`` the HA fields Pi
 ``_sync_interval``/``_max_skew`` (decimal seconds), ``lb_ha_keepalive``/``_deadtime`` (decimal
 seconds; they win over Piranha's integer ``keepalive``/``deadtime``, which are written rounded
 up) and ``lb_ha_notify = "/path/a, /path/b"`` (quoted, comma-separated program paths); the web
-console's ``[web]``: ``lb_web_enabled = 0|1``, ``lb_web_listen = ADDRESS:PORT`` and
-``lb_web_password_file`` (quoted path, relative to the lvs.cf when relative).
+console's ``[web]``: ``lb_web_enabled = 0|1``, ``lb_web_listen = ADDRESS:PORT``,
+``lb_web_password_file``, ``lb_web_tls_cert``, ``lb_web_tls_key`` (quoted paths, relative to the
+lvs.cf when relative), ``lb_web_allowed_hosts`` and ``lb_web_trusted_proxies`` (comma-separated),
+``lb_web_session_lifetime`` (seconds); the control socket's ``[control]``:
+``lb_control_admin_group`` and ``lb_control_read_group``.
 
 Validation is the TOML loader's: the lvs.cf is turned into the document tomllib would give for
 the same configuration, with the lvs.cf line and key of each of its fields, and handed to
@@ -109,6 +113,7 @@ from . import toml as _toml
 from . import totoml
 from .locate import FieldPath
 from .model import (
+    Bgp,
     DEFAULT_LBLC_EXPIRATION,
     DEFAULT_HA_KEY_FILE,
     DEFAULT_MH_SIZE,
@@ -139,7 +144,6 @@ __all__ = [
 # kind of each extras key: "int:lo:hi", "bool", "ip", "mask", "str", or a tuple of allowed words
 _INT = "int"
 GLOBAL_EXTRAS: dict[str, Any] = {
-    "serial_no": (_INT, 0, 2**63 - 1),
     "primary": "ip",
     "primary_private": "ip",
     "service": ("lvs",),
@@ -187,13 +191,24 @@ LB_MONITOR_KEYS = tuple(f"lb_monitor_{k}" for k in (
     "kind", *LB_MONITOR_STRINGS, "status", "tls_verify", "port", *LB_MONITOR_SECONDS, "quiesce", "escaped",
     "script_user"))
 # lb-only keys of the web console ([web]; Piranha's was a separate program)
-LB_WEB_KEYS = {f"lb_web_{k}": k for k in ("enabled", "listen", "password_file")}
+LB_WEB_KEYS = {f"lb_web_{k}": k for k in _toml.WEB_KEYS}
+# lists in one value, comma-separated (as lb_ha_notify)
+LB_WEB_LISTS = ("allowed_hosts", "trusted_proxies")
+# the control socket's groups ([control])
+LB_CONTROL_KEYS = {f"lb_control_{k}": k for k in _toml.CONTROL_KEYS}
+# lb-only keys of [bgp] (scale-out; Piranha had none): the scalars, then the neighbors and the VIPs'
+# attributes as comma-separated lists:
+#   lb_bgp_neighbors = "198.18.0.254 as 65000 local 198.18.0.1, 198.18.0.253 as 65000"
+#   lb_bgp_vips = "198.18.0.10 med 10 community 65000:100 community no-export, 198.18.0.11 med 5"
+LB_BGP_SCALARS = {f"lb_bgp_{k}": k for k in ("mode", "local_as", "router_id", "hold_time", "lease", "drain", "settle")}
+LB_BGP_KEYS = (*LB_BGP_SCALARS, "lb_bgp_neighbors", "lb_bgp_vips")
 GLOBAL_MODEL = (
+    "serial_no",
     "network", "nat_router", "nat_nmask", "tcp_timeout", "tcpfin_timeout", "udp_timeout",
     "lb_instance", "lb_public_interface", "lb_private_interface", "lb_expire_nodest_conn",
     "lb_lblc_expiration", "lb_lblcr_expiration", "lb_script_user",
     "lb_table_connections", "lb_table_services", "lb_table_real_servers", "lb_table_reals_per_service",
-) + LB_HA_KEYS + tuple(LB_WEB_KEYS)
+) + LB_HA_KEYS + tuple(LB_WEB_KEYS) + tuple(LB_CONTROL_KEYS) + LB_BGP_KEYS
 VIRTUAL_MODEL = ("address", "active", "port", "protocol", "scheduler", "persistent", "pmask", "fwmark",
                  "lb_port_groups", "lb_scheduler_flags", "sorry_server", "lb_mh_size", "quiesce_server",
                  "load_monitor") + LB_LOAD_MONITOR_KEYS
@@ -201,7 +216,7 @@ SERVER_KEYS = ("address", "active", "weight", "port", "lb_u_threshold", "lb_l_th
 GLOBAL_KEYS = tuple(GLOBAL_EXTRAS) + GLOBAL_MODEL
 VIRTUAL_KEYS = VIRTUAL_MODEL + MONITOR_CF + LB_MONITOR_KEYS + tuple(VIRTUAL_EXTRAS)
 QUOTED = ("send", "expect", "send_program", "lb_ha_key_file", "lb_ha_notify", "lb_load_monitor_program",
-          "lb_web_password_file") + tuple(
+          "lb_web_password_file", "lb_web_tls_cert", "lb_web_tls_key", "lb_bgp_neighbors", "lb_bgp_vips") + tuple(
     f"lb_monitor_{k}" for k in LB_MONITOR_STRINGS)
 TIMEOUT_KEYS = {"tcp_timeout": "tcp", "tcpfin_timeout": "tcpfin", "udp_timeout": "udp"}
 TABLE_KEYS = {f"lb_table_{k}": k for k in ("connections", "services", "real_servers", "reals_per_service")}
@@ -340,6 +355,18 @@ _INT_RE = re.compile(r"[+-]?[0-9]+")
 _NUM_RE = re.compile(r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)")
 # one line holds one key: a value as long as the TOML loader's longest string, and then some
 MAX_LINE = 2 * _toml.MAX_STRING
+
+
+def _web_value(g: _Scope, cf: str, key: str) -> Any:
+    """An lb_web_* value as the [web] table holds it."""
+    if key == "enabled":
+        return g.boolean(cf)
+    if key == "session_lifetime":
+        return _seconds(g, cf)
+    text = g.text(cf)
+    if text is not None and key in LB_WEB_LISTS:
+        return [p.strip() for p in text.split(",") if p.strip()]
+    return text
 
 
 def _seconds(scope: _Scope, key: str) -> int | float | None:
@@ -648,7 +675,14 @@ class _Builder:
             for key in LB_HA_KEYS:
                 if key in g.entries:
                     g.error(g.entries[key], f"{key} needs backup_active = 1 (a backup director)")
-        self._table(doc, "web", g, LB_WEB_KEYS, lambda cf, key: g.boolean(cf) if key == "enabled" else g.text(cf))
+        self._table(doc, "web", g, LB_WEB_KEYS, lambda cf, key: _web_value(g, cf, key))
+        self._table(doc, "control", g, LB_CONTROL_KEYS, lambda cf, _: g.text(cf))
+        serial = g.integer("serial_no")
+        if serial is not None:
+            glob["serial_no"] = serial
+        self.note(("global", "serial_no"), g.line("serial_no"), "serial_no")
+        if any(k in g.entries for k in LB_BGP_KEYS):
+            doc["bgp"] = self._bgp(g)
 
         vss = []
         first_dev: tuple[str, int, str] | None = None  # the public interface: the first device named
@@ -682,7 +716,6 @@ class _Builder:
         sync = ("lb syncs connections to the backup over its own heartbeat channel (lb_ha_sync, on by "
                 "default)" if with_ha else "connection sync needs a backup director (backup_active = 1)")
         no_effect = {
-            "serial_no": "no effect: the Piranha tool's count of its saves",
             "debug_level": "no effect: lb logs to stderr (the journal under systemd); `lb run -v` adds "
                            "debug messages",
             "reservation_conflict_action": "no effect: a setting of clumanager's shared SCSI disks, not of LVS",
@@ -773,6 +806,35 @@ class _Builder:
         take("notify", "lb_ha_notify",
              [p.strip() for p in notify.value.split(",") if p.strip()] if notify is not None else None)
         return ha
+
+    def _bgp(self, g: _Scope) -> dict[str, Any]:
+        """lb_bgp_* -> the [bgp] table (values as written: the validator checks them)."""
+        bgp: dict[str, Any] = {}
+        self.note(("bgp",), next(g.line(k) for k in LB_BGP_KEYS if k in g.entries), "lb_bgp_local_as")
+        for cf, key in LB_BGP_SCALARS.items():
+            if key in ("local_as", "hold_time"):
+                value: Any = g.integer(cf)
+            elif key in ("lease", "drain", "settle"):
+                value = _seconds(g, cf)
+            else:
+                value = g.text(cf)
+            if value is not None:
+                bgp[key] = value
+            self.note(("bgp", key), g.line(cf), cf)
+        for cf, key, parse in (("lb_bgp_neighbors", "neighbor", _bgp_neighbor), ("lb_bgp_vips", "vip", _bgp_vip)):
+            e = g.entries.get(cf)
+            self.note(("bgp", key), e.line if e else g.line("lb_bgp_local_as"), cf)
+            items = []
+            for item in (x.strip() for x in (e.value.split(",") if e else ()) if x.strip()):
+                parsed = parse(item)
+                if isinstance(parsed, str):
+                    g.error(e, parsed)
+                    continue
+                self.note(("bgp", key, len(items)), e.line, cf)
+                items.append(parsed)
+            if items:
+                bgp[key] = items
+        return bgp
 
     def _virtual(self, i: int, vb: _Block) -> tuple[dict[str, Any], tuple[str, int, str] | None]:
         label = _label(vb)
@@ -1068,6 +1130,52 @@ def looks_like_lvscf(text: str) -> bool:
     return False
 
 
+def _bgp_words(item: str, usage: str, first: str, keys: dict[str, str]) -> dict[str, Any] | str:
+    """'ADDRESS key value key value ...' -> {first: ADDRESS, keys[key]: value} (a repeated
+    "community" collects a list); integers as int, the validator checks the rest."""
+    words = item.split()
+    if len(words) % 2 == 0:
+        return f"expected {usage}, got {item!r}"
+    out: dict[str, Any] = {first: words[0]}
+    for key, value in zip(words[1::2], words[2::2]):
+        fld = keys.get(key)
+        if fld is None:
+            return f"unknown word {key!r} in {item!r} (expected {usage})"
+        v: Any = int(value) if _INT_RE.fullmatch(value) and len(value) <= _toml.MAX_INT_DIGITS else value
+        if fld == "communities":
+            out.setdefault(fld, []).append(value)
+        elif fld in out:
+            return f"{key!r} is given twice in {item!r}"
+        else:
+            out[fld] = v
+    return out
+
+
+def _bgp_neighbor(item: str) -> dict[str, Any] | str:
+    return _bgp_words(item, "'ADDRESS as AS [local ADDRESS]'", "address", {"as": "peer_as", "local": "local_address"})
+
+
+def _bgp_vip(item: str) -> dict[str, Any] | str:
+    return _bgp_words(item, "'VIP [med N] [community ASN:VALUE]...'", "address", {"med": "med", "community": "communities"})
+
+
+def _bgp_cf(bgp: Bgp) -> dict[str, Any]:
+    """lvs.cf keys that read back as ``bgp`` (the scalars when not the default)."""
+    d = Bgp(local_as=bgp.local_as, neighbors=())
+    out: dict[str, Any] = {}
+    for cf, key in LB_BGP_SCALARS.items():
+        v = getattr(bgp, key)
+        if key == "local_as" or (v is not None and v != getattr(d, key)):
+            out[cf] = _fmt_seconds(v) if isinstance(v, float) else str(v) if key == "router_id" else v
+    out["lb_bgp_neighbors"] = ", ".join(
+        f"{n.address} as {n.peer_as}" + (f" local {n.local_address}" if n.local_address else "") for n in bgp.neighbors)
+    if bgp.vips:
+        out["lb_bgp_vips"] = ", ".join(
+            " ".join([str(v.address)] + ([f"med {v.med}"] if v.med is not None else [])
+                     + [f"community {c}" for c in v.communities]) for v in bgp.vips)
+    return out
+
+
 # --- model -> lvs.cf --------------------------------------------------------------------------
 
 
@@ -1193,7 +1301,9 @@ def dumps(cfg: Config, extras: dict[str, Any] | None = None) -> str:
     def dev_text(dev: str, alias: str | None) -> str:
         return alias if alias and alias.split(":", 1)[0] == dev else dev
 
-    order = ("serial_no", "primary", "primary_private", "service", "backup_active", "backup",
+    if cfg.serial_no:
+        put("", "serial_no", cfg.serial_no)
+    order = ("primary", "primary_private", "service", "backup_active", "backup",
              "backup_private", "heartbeat", "heartbeat_port", "keepalive", "deadtime")
     ha_cf = _ha_cf(cfg.ha, cfg.path, cfg.script_user) if cfg.ha is not None else {}
     if ha_cf:
@@ -1245,7 +1355,11 @@ def dumps(cfg: Config, extras: dict[str, Any] | None = None) -> str:
         if key in ha_cf:
             put("", key, ha_cf[key])
     for cf, value in totoml.web_document(cfg.web).items():
-        put("", f"lb_web_{cf}", value)
+        put("", f"lb_web_{cf}", ", ".join(value) if cf in LB_WEB_LISTS else value)
+    for cf, value in totoml.control_document(cfg.control).items():
+        put("", f"lb_control_{cf}", value)
+    for cf, value in (_bgp_cf(cfg.bgp) if cfg.bgp is not None else {}).items():
+        put("", cf, value)
 
     for vs in cfg.virtual_servers:
         vx = vxs.get(vs.name, {})

@@ -8,7 +8,7 @@ once :func:`lb.config.load` has returned them.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from ipaddress import IPv4Address, IPv4Interface, IPv6Address, IPv6Interface, ip_address
+from ipaddress import IPv4Address, IPv4Interface, IPv4Network, IPv6Address, IPv6Interface, IPv6Network, ip_address
 from pathlib import Path
 
 # The configuration's vocabulary, declared once: the loaders (TOML and lvs.cf), the scheduler
@@ -358,20 +358,95 @@ def key_file_warning(key: str) -> str:
             f"with a key both directors share: e.g. `head -c 32 /dev/urandom > {DEFAULT_HA_KEY_FILE}; "
             f"chmod 600 {DEFAULT_HA_KEY_FILE}` on one, copied to the other)")
 
+
+# [bgp] (scale-out): how this director uses its BGP speaker.
+#   "active-active": N directors behind a router's ECMP all forward; flows keep their real server
+#                    when directors come and go (hash schedulers only, sloppy TCP, DR or tunnel)
+#   "announce":      only announce the VIPs this director can serve (one director, or the
+#                    active one of an [ha] pair); scheduling is unchanged
+BGP_MODES: tuple[str, ...] = ("active-active", "announce")
+DEFAULT_BGP_MODE = "active-active"
+# schedulers whose pick is a pure function of the packet and the real server set, so that every
+# director of an active-active group picks the same real server for a flow
+HASH_SCHEDULERS: tuple[str, ...] = ("mh", "sh", "dh")
+# BGP well-known communities (RFC 1997) accepted by name
+BGP_WELL_KNOWN_COMMUNITIES: tuple[str, ...] = ("no-export", "no-advertise", "no-export-subconfed")
+
+
+@dataclass(frozen=True, slots=True)
+class BgpNeighbor:
+    """A BGP peer (the router) of this director's speaker."""
+
+    address: IPAddress
+    peer_as: int
+    # our end of the session; None: the source address the kernel picks toward ``address``
+    local_address: IPAddress | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class BgpVip:
+    """Path attributes of one VIP's route (a /32 or /128)."""
+
+    address: IPAddress
+    med: int | None = None  # MULTI_EXIT_DISC; None: not sent
+    communities: tuple[str, ...] = ()  # "ASN:VALUE" (16-bit each) or a well-known name
+
+
+@dataclass(frozen=True, slots=True)
+class Bgp:
+    """Route announcement through ExaBGP (lb.bgp); present only when the config has [bgp].
+
+    A VIP is announced while this director can serve it: the data plane attached and every
+    active virtual server on that address with a usable real server (or its sorry server)."""
+
+    local_as: int
+    neighbors: tuple[BgpNeighbor, ...]
+    mode: str = DEFAULT_BGP_MODE  # one of BGP_MODES
+    router_id: IPv4Address | None = None  # None: our IPv4 address toward the first IPv4 neighbor
+    hold_time: int = 9  # seconds, 3..65535 (keepalives every hold_time / 3)
+    lease: float = 3.0  # the speaker withdraws lb's routes when lb has not renewed them this long
+    drain: float = 2.0  # a clean stop withdraws the routes this long before the data plane stops
+    # a VIP is announced once servable with the same usable real servers this long: a director
+    # whose health checks are still coming back (after a link failure, say) does not take flows
+    # the others send to a real server it has not yet readmitted
+    settle: float = 2.0
+    vips: tuple[BgpVip, ...] = ()
+
+    @property
+    def active_active(self) -> bool:
+        return self.mode == "active-active"
+
+    def vip(self, address) -> BgpVip:
+        """The attributes of ``address``'s route (none configured: no MED, no community)."""
+        for v in self.vips:
+            if v.address == address:
+                return v
+        return BgpVip(address)
+
+
 WEB_PASSWORD_DIR = Path("/etc/lb")
 
 
 @dataclass(frozen=True, slots=True)
 class Web:
-    """The web console (lb.web): off unless enabled; listens on localhost by default.
+    """The web console (`lb web`, lb.web): off unless enabled; listens on localhost:3636 (Piranha's
+    port) by default, with TLS when given a certificate and its key.
 
-    ``password_file`` holds the console's one password as an scrypt hash (written by
-    `lb passwd`); None means the instance's default, /etc/lb/<instance>.passwd."""
+    ``password_file`` holds the console's user name and password as an scrypt hash (written by
+    `lb passwd`); None means the instance's default, /etc/lb/<instance>.passwd.  A request is
+    answered only for a Host of ``allowed_hosts`` (besides the listen address and localhost: no
+    DNS rebinding); X-Forwarded-For/-Proto/-Host are believed only from ``trusted_proxies``.
+    A session ends ``session_lifetime`` seconds after its login, however busy."""
 
     enabled: bool = False
     address: IPAddress = IPv4Address("127.0.0.1")
-    port: int = 8080
+    port: int = 3636
     password_file: Path | None = None
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    allowed_hosts: tuple[str, ...] = ()
+    trusted_proxies: tuple[IPv4Network | IPv6Network, ...] = ()
+    session_lifetime: float = 8 * 3600.0
 
     @property
     def listen(self) -> str:
@@ -386,12 +461,25 @@ def default_password_file(instance: str) -> Path:
     return WEB_PASSWORD_DIR / f"{instance}.passwd"
 
 
+@dataclass(frozen=True, slots=True)
+class Control:
+    """Who may use the control socket (/run/lb/<instance>.sock) besides root: members of
+    ``admin_group`` everything (reload, weights, configuration edits: the web console's user),
+    members of ``read_group`` status and the configuration only.  Neither: root alone (0600)."""
+
+    admin_group: str | None = None
+    read_group: str | None = None
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Config:
     """The whole director configuration."""
 
     path: Path | None = None  # file it was loaded from; None for loads()
     instance: str = "default"
+    # the configuration's version number (lvs.cf's serial_no): each save of the web console adds
+    # one; the active director pushes its configuration to the backup, which takes a newer one
+    serial_no: int = 0
     public_interface: str
     private_interface: str | None = None
     network: str = DEFAULT_NETWORK  # one of NETWORKS
@@ -417,6 +505,8 @@ class Config:
     virtual_servers: tuple[VirtualServer, ...] = ()
     ha: HA | None = None  # None: a single director, always active
     web: Web = field(default_factory=Web)  # the web console ([web])
+    control: Control = field(default_factory=Control)  # the control socket's access ([control])
+    bgp: Bgp | None = None  # None: no route announcement ([bgp], lb.bgp)
     # what the loader accepted but could not carry out as written (a key with no effect, a
     # mapping that differs from the source format's): `lb check` prints them, `lb run` logs them
     # at start and at each reload; not part of the configuration's value (compare=False)

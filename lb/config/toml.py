@@ -43,8 +43,16 @@ from .model import (
     SCHEDULERS,
     Config,
     ConfigError,
+    Control,
     ConfigIssue,
     HA,
+    BGP_MODES,
+    BGP_WELL_KNOWN_COMMUNITIES,
+    DEFAULT_BGP_MODE,
+    HASH_SCHEDULERS,
+    Bgp,
+    BgpNeighbor,
+    BgpVip,
     IPAddress,
     LOAD_MONITOR_KINDS,
     LoadMonitor,
@@ -100,9 +108,9 @@ EXPIRATION_RANGE: Final = (1, 2_000_000)
 
 # --- known keys (order matters only for messages) ------------------------------
 
-TOP_KEYS: Final = ("global", "tables", "timeouts", "virtual_server", "ha", "web")
+TOP_KEYS: Final = ("global", "tables", "timeouts", "virtual_server", "ha", "web", "control", "bgp")
 GLOBAL_KEYS: Final = (
-    "instance", "public_interface", "private_interface",
+    "instance", "serial_no", "public_interface", "private_interface",
     "network", "nat_router", "nat_router_device",
     "dataplane", "expire_nodest_conn", "lblc_expiration", "lblcr_expiration", "script_user",
 )
@@ -122,7 +130,15 @@ FWMARK_RANGE: Final = (1, 0xFFFFFFFF)
 THRESHOLD_RANGE: Final = (0, 0x7FFFFFFF)
 FWM_RANGES_PER_VIP: Final = 16  # lb_fwm_ranges holds 16 port ranges per (VIP, protocol)
 HA_KEYS: Final = tuple(f.name for f in dataclasses.fields(HA))
-WEB_KEYS: Final = ("enabled", "listen", "password_file")
+WEB_KEYS: Final = ("enabled", "listen", "password_file", "tls_cert", "tls_key", "allowed_hosts", "trusted_proxies",
+                   "session_lifetime")
+CONTROL_KEYS: Final = ("admin_group", "read_group")
+SERIAL_RANGE: Final = (0, 2**63 - 1)
+SESSION_LIFETIME_RANGE: Final = (60.0, 7 * 86400.0)
+MAX_LIST: Final = 64  # entries of allowed_hosts, trusted_proxies
+BGP_KEYS: Final = ("mode", "local_as", "router_id", "hold_time", "lease", "drain", "settle", "neighbor", "vip")
+BGP_NEIGHBOR_KEYS: Final = ("address", "peer_as", "local_address")
+BGP_VIP_KEYS: Final = ("address", "med", "communities")
 
 # Every table the loader reads, by its path without array indexes, with the keys it takes: the one
 # list of what a configuration may say (example.toml is tested against it).
@@ -133,6 +149,10 @@ SCHEMA: Final[dict[tuple[str, ...], tuple[str, ...]]] = {
     ("timeouts",): TIMEOUTS_KEYS,
     ("ha",): HA_KEYS,
     ("web",): WEB_KEYS,
+    ("control",): CONTROL_KEYS,
+    ("bgp",): BGP_KEYS,
+    ("bgp", "neighbor"): BGP_NEIGHBOR_KEYS,
+    ("bgp", "vip"): BGP_VIP_KEYS,
     ("virtual_server",): VS_KEYS,
     ("virtual_server", "monitor"): MONITOR_KEYS,
     ("virtual_server", "load_monitor"): LOAD_MONITOR_KEYS,
@@ -389,6 +409,19 @@ class _Checker:
         return INVALID
 
 
+class _Keep:
+    """keep(value) hands back a checked value and remembers whether any was INVALID, so a table
+    is built only when all of its fields are valid (their issues are reported already)."""
+
+    def __init__(self) -> None:
+        self.bad = False
+
+    def __call__(self, value: T) -> T:
+        if isinstance(value, _Invalid):
+            self.bad = True
+        return value
+
+
 class _Table:
     """One TOML table under validation: unknown-key check plus typed getters.
 
@@ -455,6 +488,15 @@ class _Table:
         if not lo <= number <= hi:
             return self.chk.error(self.at(key), f"must be between {lo} and {hi}, got {number}")
         return number
+
+    def choice(self, key: str, choices: Sequence[str], default: str, what: str) -> str | _Invalid:
+        """A string among ``choices`` (``default`` when absent); ``what`` names it in the message."""
+        value = self.string(key)
+        if value is None:
+            return default
+        if isinstance(value, _Invalid) or value in choices:
+            return value
+        return self.chk.error(self.at(key), f"unknown {what} '{value}' (expected one of: {', '.join(choices)})")
 
     def boolean(self, key: str, default: bool) -> bool | _Invalid:
         value = self.data.get(key, _ABSENT)
@@ -608,15 +650,6 @@ class _VirtualDraft:
 
 
 # --- sections --------------------------------------------------------------------
-
-
-def _check_network(g: _Table) -> str | _Invalid:
-    value = g.string("network")
-    if value is None:
-        return DEFAULT_NETWORK
-    if isinstance(value, _Invalid) or value in NETWORKS:
-        return value
-    return g.chk.error(g.at("network"), f"unknown network '{value}' (expected one of: {', '.join(NETWORKS)})")
 
 
 def _check_nat_router(g: _Table) -> IPv4Interface | IPv6Interface | None | _Invalid:
@@ -957,19 +990,8 @@ def _check_monitor(vs: _Table, user: str) -> Monitor | _Invalid:
     if isinstance(m, _Invalid):
         return m
     d = Monitor()
-    bad = False
-
-    def keep(v):
-        nonlocal bad
-        if isinstance(v, _Invalid):
-            bad = True
-        return v
-
-    kind = keep(m.string("kind"))
-    if kind is None:
-        kind = d.kind
-    elif isinstance(kind, str) and kind not in MONITOR_KINDS:
-        kind = keep(m.chk.error(m.at("kind"), f"unknown monitor kind '{kind}' (expected one of: {', '.join(MONITOR_KINDS)})"))
+    keep = _Keep()
+    kind = keep(m.choice("kind", MONITOR_KINDS, d.kind, "monitor kind"))
     strings = {k: keep(m.string(k)) for k in ("send", "expect", "program", "digest")}
     if isinstance(strings["digest"], str) and strings["digest"]:
         if not re.fullmatch(r"[0-9A-Fa-f]{32}", strings["digest"]):
@@ -1008,7 +1030,7 @@ def _check_monitor(vs: _Table, user: str) -> Monitor | _Invalid:
     for key in ("interval", "connect_timeout"):
         if isinstance(times[key], float) and times[key] <= 0:
             keep(m.chk.error(m.at(key), "must be more than 0 seconds"))
-    if bad:
+    if keep.bad:
         return INVALID
     return Monitor(kind=kind, send=strings["send"] or "", expect=strings["expect"] or "", use_regex=use_regex,
                    path=strings["path"] or d.path, host=host, status=status, body_regex=body_regex,
@@ -1220,13 +1242,7 @@ def _check_ha(top: _Table, base: Path | None, user: str) -> HA | None | _Invalid
     h = top.table("ha")
     if isinstance(h, _Invalid):
         return h
-    bad = False
-
-    def keep(v):
-        nonlocal bad
-        if isinstance(v, _Invalid):
-            bad = True
-        return v
+    keep = _Keep()
 
     def opt_addr(key: str):
         if key not in h.data:
@@ -1237,7 +1253,7 @@ def _check_ha(top: _Table, base: Path | None, user: str) -> HA | None | _Invalid
     backup = keep(h.address("backup"))
     primary_private = opt_addr("primary_private")
     backup_private = opt_addr("backup_private")
-    if not bad and primary == backup:
+    if not keep.bad and primary == backup:
         keep(h.chk.error(h.at("backup"), "must differ from primary"))
     if (primary_private is None) != (backup_private is None):
         keep(h.chk.error(h.at("backup_private" if primary_private is not None else "primary_private"),
@@ -1284,7 +1300,7 @@ def _check_ha(top: _Table, base: Path | None, user: str) -> HA | None | _Invalid
     if not isinstance(notify, list) or not all(isinstance(n, str) and n for n in notify):
         keep(h.chk.error(h.at("notify"), "expected a program path or a list of them"))
         notify = []
-    if bad:
+    if keep.bad:
         return INVALID
     return HA(primary=primary, backup=backup, key_file=key_file, primary_private=primary_private,
               backup_private=backup_private, heartbeat_port=port, sync_port=sync_port, keepalive=keepalive,
@@ -1294,43 +1310,254 @@ def _check_ha(top: _Table, base: Path | None, user: str) -> HA | None | _Invalid
 
 def _check_web(top: _Table, base: Path | None) -> Web | _Invalid:
     """[web]: the web console.  Absent: disabled.  Without password_file: None, which means
-    /etc/lb/<instance>.passwd (Web.password_path)."""
+    /etc/lb/<instance>.passwd (Web.password_path).  Relative files are relative to the config."""
     if "web" not in top.data:
         return Web()
     w = top.table("web")
     if isinstance(w, _Invalid):
         return w
-    bad = False
+    keep = _Keep()
     d = Web()
-    enabled = w.boolean("enabled", d.enabled)
-    bad |= isinstance(enabled, _Invalid)
+    enabled = keep(w.boolean("enabled", d.enabled))
     address: IPAddress = d.address
     port = d.port
-    listen = w.string("listen")
-    if isinstance(listen, _Invalid):
-        bad = True
-    elif isinstance(listen, str):
+    listen = keep(w.string("listen"))
+    if isinstance(listen, str):
         parsed = _parse_listen(listen)
         if isinstance(parsed, str):
-            w.chk.error(w.at("listen"), parsed)
-            bad = True
+            keep(w.chk.error(w.at("listen"), parsed))
         else:
             address, port = parsed
-    password_file: Path | None = None
-    pf = w.string("password_file")
-    if isinstance(pf, _Invalid):
-        bad = True
-    elif isinstance(pf, str):
-        if not pf:
-            w.chk.error(w.at("password_file"), "must name the file holding the console's password hash")
-            bad = True
-        else:
-            password_file = Path(pf)
-            if not password_file.is_absolute() and base is not None:
-                password_file = base.parent / password_file
-    if bad:
+    files: dict[str, Path | None] = {}
+    for key, what in (("password_file", "the console's password hash"), ("tls_cert", "the TLS certificate (PEM)"),
+                      ("tls_key", "the TLS certificate's private key (PEM)")):
+        value = keep(w.string(key))
+        files[key] = None
+        if isinstance(value, str):
+            if not value:
+                keep(w.chk.error(w.at(key), f"must name the file holding {what}"))
+            else:
+                f = Path(value)
+                files[key] = base.parent / f if not f.is_absolute() and base is not None else f
+    if ("tls_cert" in w.data) != ("tls_key" in w.data):
+        given = "tls_cert" if "tls_cert" in w.data else "tls_key"
+        keep(w.chk.error(w.at(given), "tls_cert and tls_key go together (the certificate and its private key)"))
+    hosts = keep(_string_list(w, "allowed_hosts", _host_problem))
+    proxies = keep(_string_list(w, "trusted_proxies", _network_problem))
+    lifetime = keep(_seconds(w, "session_lifetime", d.session_lifetime))
+    lo, hi = SESSION_LIFETIME_RANGE
+    if isinstance(lifetime, float) and not lo <= lifetime <= hi:
+        keep(w.chk.error(w.at("session_lifetime"), f"must be between {lo:g} and {hi:g} seconds, got {lifetime:g}"))
+    if keep.bad:
         return INVALID
-    return Web(enabled=_valid(enabled), address=address, port=port, password_file=password_file)
+    return Web(enabled=enabled, address=address, port=port, password_file=files["password_file"],
+               tls_cert=files["tls_cert"], tls_key=files["tls_key"],
+               allowed_hosts=tuple(h.lower().rstrip(".") for h in hosts),
+               trusted_proxies=tuple(ipaddress.ip_network(p, strict=False) for p in proxies),
+               session_lifetime=lifetime)
+
+
+_HOST_RE: Final = re.compile(r"(?=.{1,253}$)([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.?)+")
+
+
+def _host_problem(text: str) -> str | None:
+    """Why ``text`` is not a host name or an IP address as a browser sends it in Host."""
+    try:
+        ipaddress.ip_address(text.strip("[]"))
+        return None
+    except ValueError:
+        pass
+    if not _HOST_RE.fullmatch(text):
+        return f"'{text}' is not a host name (letters, digits, '-' and '.') or an IP address"
+    return None
+
+
+def _network_problem(text: str) -> str | None:
+    try:
+        ipaddress.ip_network(text, strict=False)
+    except ValueError:
+        return f"'{text}' is not an IP address or network (e.g. \"198.18.0.5\" or \"10.0.0.0/8\")"
+    return None
+
+
+def _string_list(t: _Table, key: str, problem: Callable[[str], str | None]) -> tuple[str, ...] | _Invalid:
+    """An optional array of strings (a single string is a list of one), each checked by ``problem``."""
+    value = t.data.get(key, _ABSENT)
+    if value is _ABSENT:
+        return ()
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        return t.chk.error(t.at(key), f"expected an array of strings, got {_describe(value)}")
+    if len(value) > MAX_LIST:
+        return t.chk.error(t.at(key), f"more than {MAX_LIST} entries")
+    for i, v in enumerate(value):
+        why = problem(v)
+        if why:
+            return t.chk.error(t.at(key) + ((i,) if isinstance(t.data.get(key), list) else ()), why)
+    return tuple(value)
+
+
+_GROUP_RE: Final = re.compile(r"[a-z_][a-z0-9_.-]{0,31}\$?")
+
+
+def _group_problem(name: str) -> str | None:
+    if not _GROUP_RE.fullmatch(name):
+        return (f"'{name}' is not a group name (lower case letters, digits, '_', '-' and '.', "
+                f"at most 32 characters)")
+    return None
+
+
+def _check_control(top: _Table) -> Control | _Invalid:
+    """[control]: the control socket's groups.  Absent: root only."""
+    if "control" not in top.data:
+        return Control()
+    c = top.table("control")
+    if isinstance(c, _Invalid):
+        return c
+    keep = _Keep()
+    admin, read = (keep(c._text(key, _group_problem, False)) for key in CONTROL_KEYS)
+    if not keep.bad and admin is not None and admin == read:
+        keep(c.chk.error(c.at("read_group"), "must differ from admin_group (whose members may already read)"))
+    return INVALID if keep.bad else Control(admin_group=admin, read_group=read)
+
+
+# --- [bgp]: route announcement and active-active scale-out (lb.bgp) ----------------------------
+
+AS_RANGE: Final = (1, 4294967295)  # 4-byte AS numbers (RFC 6793); 0 is reserved
+MED_RANGE: Final = (0, 4294967295)
+HOLD_TIME_RANGE: Final = (3, 65535)  # RFC 4271: 0 (no keepalives, no failure detection) or >= 3
+LEASE_RANGE: Final = (2.0, 3600.0)  # lb renews the lease every second
+DRAIN_RANGE: Final = (0.0, 20.0)  # within `lb stop`'s 30 s wait
+SETTLE_RANGE: Final = (0.0, 600.0)
+_COMMUNITY_RE: Final = re.compile(r"([0-9]{1,5}):([0-9]{1,5})")
+
+
+def _community_problem(text: str) -> str | None:
+    if text in BGP_WELL_KNOWN_COMMUNITIES:
+        return None
+    m = _COMMUNITY_RE.fullmatch(text)
+    if m is None or int(m.group(1)) > 65535 or int(m.group(2)) > 65535:
+        return (f"'{text}' is not a BGP community: ASN:VALUE with both 0..65535 (e.g. \"65000:100\"), "
+                f"or one of {', '.join(BGP_WELL_KNOWN_COMMUNITIES)}")
+    return None
+
+
+def _check_bgp_neighbor(n: _Table) -> BgpNeighbor | _Invalid:
+    address = n.address("address")
+    peer_as = n.integer("peer_as", AS_RANGE, required=True)
+    local: IPAddress | None | _Invalid = None
+    if "local_address" in n.data:
+        local = n.address("local_address")
+        if not isinstance(local, _Invalid) and not isinstance(address, _Invalid) and local.version != address.version:
+            local = n.chk.error(n.at("local_address"), f"{local} is IPv{local.version} but the neighbor "
+                                                       f"{address} is IPv{address.version}")
+    if isinstance(address, _Invalid) or isinstance(local, _Invalid) or not isinstance(peer_as, int):
+        return INVALID
+    return BgpNeighbor(address, peer_as, local)
+
+
+def _check_bgp_vip(v: _Table, vips: set[IPAddress]) -> BgpVip | _Invalid:
+    address = v.address("address")
+    if not isinstance(address, _Invalid) and vips and address not in vips:
+        address = v.chk.error(v.at("address"), f"{address} is not the address of any virtual_server "
+                                               f"(VIPs: {', '.join(str(a) for a in sorted(vips, key=str))})")
+    med = v.integer("med", MED_RANGE)
+    raw = v.data.get("communities", [])
+    communities: tuple[str, ...] | _Invalid = ()
+    if not isinstance(raw, list) or not all(isinstance(c, str) for c in raw):
+        communities = v.chk.error(v.at("communities"), f"expected an array of strings, e.g. [\"65000:100\"], "
+                                                       f"got {_describe(raw)}")
+    else:
+        for c in raw:
+            why = _community_problem(c)
+            if why:
+                communities = v.chk.error(v.at("communities"), why)
+                break
+        else:
+            communities = tuple(dict.fromkeys(raw))
+    if isinstance(address, _Invalid) or isinstance(med, _Invalid) or isinstance(communities, _Invalid):
+        return INVALID
+    return BgpVip(address, med, communities)
+
+
+def _check_bgp(top: _Table, drafts: list[_VirtualDraft | _Invalid], network: str | _Invalid,
+               dataplane: str | None | _Invalid) -> Bgp | None | _Invalid:
+    """[bgp]: the VIPs announced through ExaBGP.  Absent: no announcement.  mode = "active-active"
+    makes every director of the group forward, which needs a scheduler every director agrees on,
+    replies that do not come back through a director, and no pulse roles."""
+    if "bgp" not in top.data:
+        return None
+    b = top.table("bgp")
+    if isinstance(b, _Invalid):
+        return b
+    chk = b.chk
+    keep = _Keep()
+    mode = keep(b.choice("mode", BGP_MODES, DEFAULT_BGP_MODE, "mode"))
+    local_as = keep(b.integer("local_as", AS_RANGE, required=True))
+    router_id = None
+    if "router_id" in b.data:
+        router_id = keep(b.address("router_id"))
+        if isinstance(router_id, IPv6Address):
+            router_id = keep(chk.error(b.at("router_id"), f"a BGP router id is a dotted IPv4 address, got {router_id}"))
+    d = Bgp(local_as=1, neighbors=())
+    hold_time = keep(b.integer("hold_time", HOLD_TIME_RANGE, default=d.hold_time))
+    lease = keep(_seconds(b, "lease", d.lease))
+    drain = keep(_seconds(b, "drain", d.drain))
+    settle = keep(_seconds(b, "settle", d.settle))
+    for key, value, (lo, hi) in (("lease", lease, LEASE_RANGE), ("drain", drain, DRAIN_RANGE),
+                                 ("settle", settle, SETTLE_RANGE)):
+        if isinstance(value, float) and not lo <= value <= hi:
+            keep(chk.error(b.at(key), f"must be between {lo:g} and {hi:g} seconds, got {value:g}"))
+    if not b.data.get("neighbor"):
+        keep(chk.error(b.at("neighbor"), "at least one [[bgp.neighbor]] is required (the router: address, peer_as)"))
+    vs_ok = [vs for vs in drafts if not isinstance(vs, _Invalid)]
+    known = {a for vs in vs_ok for a in ([g.address for g in vs.groups if isinstance(g, PortGroup)]
+                                         if vs.groups else [vs.address]) if not isinstance(a, _Invalid)}
+
+    def unique(key: str, what: str, check: Callable[[_Table], Any]) -> list:
+        """The valid entries of [[bgp.KEY]], each address once."""
+        out, seen = [], {}
+        for i, t in enumerate(b.tables(key)):
+            item = keep(t if isinstance(t, _Invalid) else check(t))
+            if isinstance(item, _Invalid):
+                continue
+            if item.address in seen:
+                keep(chk.error(b.at(key) + (i, "address"),
+                               f"{what} {item.address} is listed twice (also {key}[{seen[item.address]}])"))
+            seen.setdefault(item.address, i)
+            out.append(item)
+        return out
+
+    neighbors = unique("neighbor", "neighbor", _check_bgp_neighbor)
+    vips = unique("vip", "VIP", lambda t: _check_bgp_vip(t, known))
+    if mode == "active-active":
+        why = "every director of an active-active group forwards"
+        if "ha" in top.data:
+            keep(chk.error(b.at("mode"), f'[ha] (pulse: one active director, one backup) and [bgp] mode = '
+                                         f'"active-active" ({why}) exclude each other: drop [ha], or use '
+                                         f'mode = "announce" to announce from the active director only'))
+        if network == "nat":
+            keep(chk.error(("global", "network"), 'NAT cannot run with [bgp] mode = "active-active": a real '
+                                                  "server's replies go to its one gateway, which does not hold "
+                                                  'the connections the other directors made; use "direct" '
+                                                  'or "tunnel"'))
+        if dataplane in ("ipvs", "auto"):
+            keep(chk.error(("global", "dataplane"), f'[bgp] mode = "active-active" needs the XDP data plane '
+                                                    f"(it schedules mid-flow packets after an ECMP change, as "
+                                                    f"IPVS's sloppy_tcp, which lb does not set for kernel IPVS); "
+                                                    f'got "{dataplane}"'))
+        for vs in vs_ok:
+            if isinstance(vs.scheduler, str) and vs.scheduler not in HASH_SCHEDULERS:
+                keep(chk.error(vs.path + ("scheduler",),
+                               f"scheduler '{vs.scheduler}' picks by this director's own state, so another "
+                               f"director would send the same flow elsewhere after an ECMP change; with [bgp] "
+                               f'mode = "active-active" use mh (recommended: Maglev hashing, fewest flows '
+                               f"move when a real server comes or goes), sh or dh"))
+    if keep.bad or not isinstance(local_as, int):
+        return INVALID
+    return Bgp(local_as=local_as, neighbors=tuple(neighbors), mode=mode, router_id=router_id,
+               hold_time=_valid_int(hold_time), lease=lease, drain=drain, settle=settle, vips=tuple(vips))
 
 
 def _parse_listen(text: str) -> tuple[IPAddress, int] | str:
@@ -1443,15 +1670,11 @@ def validate(doc: dict[str, Any], display: str, positions: Positions, path: Path
             f"invalid instance name '{instance}': must match [a-z0-9][a-z0-9_-]{{0,31}} "
             f"(it names the pin directory /sys/fs/bpf/lb/<instance>)",
         )
+    serial_no = g.integer("serial_no", SERIAL_RANGE, default=0)
     public_interface = g.ifname("public_interface", required=True)
     private_interface = g.ifname("private_interface")
-    network = _check_network(g)
-    dataplane = g.string("dataplane")
-    if dataplane is None:
-        dataplane = DEFAULT_DATAPLANE
-    elif isinstance(dataplane, str) and dataplane not in DATAPLANES:
-        dataplane = chk.error(g.at("dataplane"),
-                              f"unknown dataplane '{dataplane}' (expected one of: {', '.join(DATAPLANES)})")
+    network = g.choice("network", NETWORKS, DEFAULT_NETWORK, "network")
+    dataplane = g.choice("dataplane", DATAPLANES, DEFAULT_DATAPLANE, "dataplane")
     expire_nodest_conn = g.boolean("expire_nodest_conn", False)
     lblc_expiration = g.integer("lblc_expiration", EXPIRATION_RANGE, default=DEFAULT_LBLC_EXPIRATION)
     lblcr_expiration = g.integer("lblcr_expiration", EXPIRATION_RANGE, default=DEFAULT_LBLC_EXPIRATION)
@@ -1494,6 +1717,8 @@ def validate(doc: dict[str, Any], display: str, positions: Positions, path: Path
 
     ha = _check_ha(top, path, user)
     web = _check_web(top, path)
+    control = _check_control(top)
+    bgp = _check_bgp(top, drafts, network, dataplane)
 
     if chk.issues:
         # Report in file order; issues without a line (a missing [global]) first.
@@ -1519,5 +1744,8 @@ def validate(doc: dict[str, Any], display: str, positions: Positions, path: Path
         virtual_servers=tuple(_valid(vs).build() for vs in drafts),
         ha=_valid(ha),
         web=_valid(web),
+        control=_valid(control),
+        bgp=_valid(bgp),
+        serial_no=_valid_int(serial_no),
         warnings=tuple(warnings),
     )

@@ -10,10 +10,10 @@ import dataclasses
 import math
 from typing import Any
 
-from .model import (DEFAULT_MH_SIZE, DEFAULT_SCRIPT_USER, HA, Config, LoadMonitor, Monitor, Tables, Timeouts, Web,
-                    sorry_text)
+from .model import (DEFAULT_MH_SIZE, DEFAULT_SCRIPT_USER, HA, Bgp, Config, Control, LoadMonitor, Monitor, Tables,
+                    Timeouts, Web, sorry_text)
 
-__all__ = ["dumps", "document", "web_document"]
+__all__ = ["dumps", "document", "web_document", "control_document", "emit"]
 
 # Monitor fields in seconds: written as integers when whole
 MONITOR_SECONDS = ("interval", "timeout", "reentry", "connect_timeout")
@@ -48,14 +48,23 @@ def _toml_value(v: Any) -> str:
     return _toml_str(str(v))
 
 
-def _emit(doc: dict[str, Any]) -> str:
+def emit(doc: dict[str, Any]) -> str:
     """Render the loader's document shape (tables of scalars, virtual_server/real_server arrays)."""
     out: list[str] = []
-    for section in ("global", "tables", "timeouts", "ha", "web"):
+    for section in ("global", "tables", "timeouts", "ha", "web", "control"):
         if section in doc:
             out.append(f"[{section}]")
             out += [f"{k} = {_toml_value(v)}" for k, v in doc[section].items()]
             out.append("")
+    if "bgp" in doc:
+        out.append("[bgp]")
+        out += [f"{k} = {_toml_value(v)}" for k, v in doc["bgp"].items() if k not in ("neighbor", "vip")]
+        out.append("")
+        for sub in ("neighbor", "vip"):
+            for t in doc["bgp"].get(sub, []):
+                out.append(f"  [[bgp.{sub}]]")
+                out += [f"  {k} = {_toml_value(v)}" for k, v in t.items()]
+                out.append("")
     for vs in doc.get("virtual_server", []):
         out.append("[[virtual_server]]")
         out += [f"{k} = {_toml_value(v)}" for k, v in vs.items()
@@ -108,14 +117,47 @@ def web_document(web: Web) -> dict[str, Any]:
         out["enabled"] = web.enabled
     if web.listen != d.listen:
         out["listen"] = web.listen
-    if web.password_file is not None:
-        out["password_file"] = str(web.password_file)
+    for key in ("password_file", "tls_cert", "tls_key"):
+        if getattr(web, key) is not None:
+            out[key] = str(getattr(web, key))
+    if web.allowed_hosts:
+        out["allowed_hosts"] = list(web.allowed_hosts)
+    if web.trusted_proxies:
+        out["trusted_proxies"] = [str(n.network_address) if n.prefixlen == n.max_prefixlen else str(n)
+                                  for n in web.trusted_proxies]
+    if web.session_lifetime != d.session_lifetime:
+        v = web.session_lifetime
+        out["session_lifetime"] = int(v) if float(v).is_integer() else v
+    return out
+
+
+def control_document(control: Control) -> dict[str, Any]:
+    """The [control] keys that are set (lvs.cf: lb_control_*)."""
+    return {k: getattr(control, k) for k in ("admin_group", "read_group") if getattr(control, k) is not None}
+
+
+def _bgp_document(bgp: Bgp) -> dict[str, Any]:
+    """The [bgp] table of ``bgp``: local_as and the neighbors always, the rest when not the default."""
+    d = Bgp(local_as=bgp.local_as, neighbors=())
+    out: dict[str, Any] = {}
+    for key in ("mode", "local_as", "router_id", "hold_time", "lease", "drain", "settle"):
+        v = getattr(bgp, key)
+        if key == "local_as" or (v is not None and v != getattr(d, key)):
+            out[key] = int(v) if isinstance(v, float) and v.is_integer() else v if isinstance(v, (int, float)) else str(v)
+    out["neighbor"] = [{"address": str(n.address), "peer_as": n.peer_as,
+                        **({"local_address": str(n.local_address)} if n.local_address else {})} for n in bgp.neighbors]
+    if bgp.vips:
+        out["vip"] = [{"address": str(v.address), **({"med": v.med} if v.med is not None else {}),
+                       **({"communities": list(v.communities)} if v.communities else {})} for v in bgp.vips]
     return out
 
 
 def document(cfg: Config) -> dict[str, Any]:
     """The document tomllib would give for the TOML text of ``cfg`` (defaults left out)."""
-    glob: dict[str, Any] = {"instance": cfg.instance, "public_interface": cfg.public_interface}
+    glob: dict[str, Any] = {"instance": cfg.instance}
+    if cfg.serial_no:
+        glob["serial_no"] = cfg.serial_no
+    glob["public_interface"] = cfg.public_interface
     if cfg.private_interface is not None:
         glob["private_interface"] = cfg.private_interface
     glob["network"] = cfg.network
@@ -139,6 +181,11 @@ def document(cfg: Config) -> dict[str, Any]:
     web = web_document(cfg.web)
     if web:
         doc["web"] = web
+    control = control_document(cfg.control)
+    if control:
+        doc["control"] = control
+    if cfg.bgp is not None:
+        doc["bgp"] = _bgp_document(cfg.bgp)
     vss = []
     for vs in cfg.virtual_servers:
         if vs.fwmark:
@@ -204,7 +251,7 @@ def document(cfg: Config) -> dict[str, Any]:
 def dumps(cfg: Config, header: list[str] | None = None) -> str:
     """``cfg`` as TOML text, after ``header`` lines written as comments."""
     head = "".join(f"# {line}\n" if line else "#\n" for line in header or [])
-    return (head + "\n" if head else "") + _emit(document(cfg))
+    return (head + "\n" if head else "") + emit(document(cfg))
 
 
 def warning_lines(cfg: Config) -> list[str]:

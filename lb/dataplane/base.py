@@ -28,6 +28,8 @@ class Dataplane(abc.ABC):
     services: Mapping
     #: (service key, (addr, port)) of real servers removed while connections still use them
     draining: set
+    #: the interfaces this instance serves now (ifname -> the backend's note: XDP flags, or side)
+    attached: Mapping
 
     # ---- lifecycle ----
     @abc.abstractmethod

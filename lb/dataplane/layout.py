@@ -99,6 +99,7 @@ REAL_F_OVERLOAD = C["LB_REAL_F_OVERLOAD"]
 REAL_F_NO_NEXTHOP = C["LB_REAL_F_NO_NEXTHOP"]
 REAL_F_DRAINING = C["LB_REAL_F_DRAINING"]   # removed from the config, draining: its templates are invalid
 SVC_F_SCHED_FALLBACK, SVC_F_SCHED_PORT = C["LB_SVC_F_SCHED_FALLBACK"], C["LB_SVC_F_SCHED_PORT"]
+SVC_F_SLOPPY = C["LB_SVC_F_SLOPPY"]   # lb_sloppy.h: a TCP packet without an entry is scheduled too (active-active)
 # scheduler flag name -> (scheduler, lb_svc.flags bit), as ipvsadm spells them
 SCHED_FLAGS = {"sh-fallback": ("sh", SVC_F_SCHED_FALLBACK), "sh-port": ("sh", SVC_F_SCHED_PORT),
                "mh-fallback": ("mh", SVC_F_SCHED_FALLBACK), "mh-port": ("mh", SVC_F_SCHED_PORT)}

@@ -538,6 +538,7 @@ class ServiceTable:
         family = L.family_of(key.addr)
         persist = (spec.persistent, L.pack_mask(spec.pmask, family) if spec.persistent else bytes(16))
         flags = L.sched_flag_bits(f for f in spec.sched_flags if L.SCHED_FLAGS[f][0] == st.sched)
+        flags |= L.SVC_F_SLOPPY if spec.sloppy else 0
         if not new:
             cur = L.Svc.unpack(self.txn.get("lb_svc", L.U32.pack(st.id)))
             if (cur.persist_timeout, cur.persist_mask) != persist:

@@ -47,6 +47,9 @@ class ServiceSpec:
     # at once (their connections then follow expire_nodest_conn) instead of draining, which is
     # for servers the configuration removes
     dead: tuple[tuple[Address, int], ...] = ()
+    # active-active scale-out ([bgp]): a TCP packet without a connection entry (an ECMP change
+    # moved its flow here) is scheduled and tracked, not only a SYN (IPVS's sloppy_tcp)
+    sloppy: bool = False
 
     @classmethod
     def from_config(cls, vs, reals, dead=()) -> "ServiceSpec":

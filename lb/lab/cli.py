@@ -15,8 +15,13 @@ from . import nsutil, topology
 
 
 def _cmd_up(args: argparse.Namespace) -> int:
-    topology.up(args.network)
-    print(f"lab up ({args.network})")
+    if args.scale_out and args.network == "nat":
+        print("lb lab up: --scale-out takes --network direct or tunnel (NAT replies would not come back "
+              "through the director that has the connection)", file=sys.stderr)
+        return 2
+    topology.up(args.network, scale_out=args.scale_out)
+    print(f"lab up ({args.network}" + (f", scale-out: {args.scale_out} directors behind a router)" if args.scale_out
+                                       else ")"))
     _print_status(topology.status())
     return 0
 
@@ -29,14 +34,26 @@ def _cmd_down(args: argparse.Namespace) -> int:
 
 def _print_status(st: dict) -> None:
     state = "up" if st["up"] else ("partial" if any(st["namespaces"].values()) else "down")
-    print(f"lab: {state}" + (f", network {st['network']}" if st["network"] else ""))
+    print(f"lab: {state}" + (f", network {st['network']}" if st["network"] else "")
+          + (f", scale-out {st['scale_out']}" if st.get("scale_out") else ""))
     for node, exists in st["namespaces"].items():
         line = f"  {nsutil.netns_name(node):<12} {'present' if exists else 'missing'}"
         if node in st["nginx"]:
             ng = st["nginx"][node]
             line += f"  {topology.REALS[node]:<13} nginx " + (f"pid {ng['pid']}" if ng["alive"] else "stopped")
         print(line)
-    if st["up"]:
+    if st["up"] and st.get("scale_out"):
+        from . import scaleout
+        so = scaleout.status(st["scale_out"])
+        for d, info in so["directors"].items():
+            print(f"  {d:<10} pub0 {info['pub']}  priv0 {info['priv']}  (instance {info['instance']})  "
+                  f"BGP {so['sessions'].get(d, 'no session')}")
+        for vip, hops in so["routes"].items():
+            print(f"  router: {vip} via {', '.join(hops) if hops else '(not announced)'}")
+        print(f"  client {scaleout.CLIENT} (sources {scaleout.CLIENT_SOURCES[0]}..{scaleout.CLIENT_SOURCES[-1]})"
+              f"  router {scaleout.ROUTER_PUB} AS {scaleout.ROUTER_AS}; a director's config: "
+              f"python -m lb.lab.scaleout config NODE [direct|tunnel]")
+    elif st["up"]:
         print(f"  VIP {topology.VIP}  client {topology.CLIENT}  director {topology.DIRECTOR_PUB} / {topology.DIRECTOR_PRIV}"
               f"  director2 {topology.DIRECTOR2_PUB} / {topology.DIRECTOR2_PRIV}")
 
@@ -63,7 +80,8 @@ def _cmd_exec(args: argparse.Namespace) -> int:
 
 
 def add_cli(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    p = subparsers.add_parser("lab", help="the network-namespace lab (client, director, director2, switch, rs1..rs3)")
+    p = subparsers.add_parser("lab", help="the network-namespace lab (client, director, director2, switch, rs1..rs3; "
+                                          "with --scale-out N a router and directors 1..N)")
     sub = p.add_subparsers(dest="lab_cmd", metavar="{up,down,status,exec}")
     sub.required = True
 
@@ -71,6 +89,9 @@ def add_cli(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     up.add_argument("--network", choices=topology.NETWORKS, default="direct",
                     help="direct: real servers route via 198.18.1.1; nat: via 198.18.1.254; tunnel: as direct, "
                          "with lb's decap program on the real servers (default: direct)")
+    up.add_argument("--scale-out", type=int, default=0, metavar="N",
+                    help="the scale-out lab instead: a router (BIRD, ECMP) and N directors (1..8) that announce "
+                         "the VIPs over BGP; --network direct or tunnel")
     up.set_defaults(func=_cmd_up)
 
     down = sub.add_parser("down", help="remove the lab")
@@ -81,7 +102,7 @@ def add_cli(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     status.set_defaults(func=_cmd_status)
 
     ex = sub.add_parser("exec", help="run a command inside a node: lab exec NODE -- CMD...")
-    ex.add_argument("node", choices=nsutil.ALL_NODES)
+    ex.add_argument("node", choices=nsutil.KNOWN_NODES)
     ex.add_argument("cmd", nargs=argparse.REMAINDER)
     ex.set_defaults(func=_cmd_exec)
     return p

@@ -21,6 +21,10 @@ NETNS_DIR = "/run/netns"
 NODES = ("client", "director", "rs1", "rs2", "rs3", "director2")
 SWITCH = "switch"
 ALL_NODES = NODES + (SWITCH,)
+# the scale-out lab's other nodes (lb.lab.scaleout): the router, and directors 3..8
+SCALEOUT_MAX = 8
+SCALEOUT_NODES = ("router",) + tuple(f"director{i}" for i in range(3, SCALEOUT_MAX + 1))
+KNOWN_NODES = ALL_NODES + SCALEOUT_NODES
 
 # The hard network rule: the lab only ever talks to addresses in this block.
 LAB_NET = ipaddress.ip_network("198.18.0.0/15")
@@ -43,8 +47,8 @@ class LabCommandError(subprocess.CalledProcessError):
 
 
 def check_node(node: str) -> str:
-    if node not in ALL_NODES:
-        raise ValueError(f"unknown lab node {node!r} (expected one of {', '.join(ALL_NODES)})")
+    if node not in KNOWN_NODES:
+        raise ValueError(f"unknown lab node {node!r} (expected one of {', '.join(KNOWN_NODES)})")
     return node
 
 

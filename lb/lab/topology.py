@@ -41,7 +41,7 @@ from pyroute2 import IPRoute
 from pyroute2 import netns as pr_netns
 from pyroute2.netlink.exceptions import NetlinkError
 
-from .nsutil import ALL_NODES, SWITCH, http_get, in_netns, netns_path, popen, run
+from .nsutil import ALL_NODES, KNOWN_NODES, SWITCH, http_get, in_netns, netns_path, popen, run
 
 VIP = "198.18.0.10"
 CLIENT = "198.18.0.2"
@@ -306,6 +306,7 @@ http {{
 
     server {{
         listen 0.0.0.0:80 default_server;
+        listen 0.0.0.0:8080 default_server;   # the scale-out lab's second service
         server_name _;
         location / {{
             default_type text/plain;
@@ -417,14 +418,22 @@ def stop_real(name: str) -> None:
 # the steps of up(); each takes the network mode. Looked up at call time (tests monkeypatch them).
 
 
-def _prepare_run_dir(network: str) -> None:
+def _prepare_run_dir(network: str, scale_out: int = 0) -> None:
     os.makedirs(RUN_DIR, exist_ok=True)
-    _write_state(network, complete=False)
+    _write_state(network, complete=False, scale_out=scale_out)
 
 
-def _create_namespaces(network: str) -> None:
-    for node in ALL_NODES:
+def _create_namespaces(network: str, scale_out: int = 0) -> None:
+    for node in _nodes(scale_out):
         pr_netns.create(netns_path(node))
+
+
+def _nodes(scale_out: int) -> tuple[str, ...]:
+    """The lab's nodes: the classic lab's, or the scale-out lab's with ``scale_out`` directors."""
+    if not scale_out:
+        return ALL_NODES
+    from . import scaleout
+    return scaleout.nodes(scale_out)
 
 
 def _base_sysctls(network: str) -> None:
@@ -537,10 +546,10 @@ def _attach_decap(network: str) -> None:
         run(rs, [sys.executable, "-m", "lb.cli.main", "decap", "attach", "eth0"], timeout=120)
 
 
-def _write_state(network: str, complete: bool = True) -> None:
+def _write_state(network: str, complete: bool = True, scale_out: int = 0) -> None:
     tmp = f"{STATE_FILE}.tmp"
     with open(tmp, "w") as f:
-        json.dump({"network": network, "complete": complete, "time": time.time()}, f)
+        json.dump({"network": network, "complete": complete, "time": time.time(), "scale_out": scale_out}, f)
     os.replace(tmp, STATE_FILE)
 
 
@@ -557,13 +566,29 @@ def _read_state() -> dict:
 # public API
 
 
-def up(network: str = "direct") -> None:
-    """Build the lab (tearing down any existing one first). On any failure, removes what it built."""
+def up(network: str = "direct", scale_out: int = 0) -> None:
+    """Build the lab (tearing down any existing one first). On any failure, removes what it built.
+    ``scale_out`` N (1..8): the scale-out lab instead (lb.lab.scaleout: a router, N directors;
+    "direct" or "tunnel")."""
     if network not in NETWORKS:
         raise ValueError(f"network must be one of {NETWORKS}, not {network!r}")
+    if scale_out:
+        from . import scaleout
+        if network == "nat":
+            raise ValueError("the scale-out lab is direct routing or tunneling: NAT replies would not come "
+                             "back through the director that has the connection")
+        scaleout.directors(scale_out)
     with _lock():
         _down()
         try:
+            if scale_out:
+                _prepare_run_dir(network, scale_out)
+                _create_namespaces(network, scale_out)
+                for so_step in scaleout.steps(scale_out):
+                    so_step(scale_out)
+                _attach_decap(network)
+                _write_state(network, scale_out=scale_out)
+                return
             for step in (
                 _prepare_run_dir,
                 _create_namespaces,
@@ -595,7 +620,7 @@ def down() -> None:
 
 def _down() -> None:
     errors: list[str] = []
-    ns_ids = {i for i in (_ns_id(netns_path(n)) for n in ALL_NODES) if i is not None}
+    ns_ids = {i for i in (_ns_id(netns_path(n)) for n in KNOWN_NODES) if i is not None}
 
     # 1. processes inside the lab namespaces (nginx, whatever was popen()ed there), and any
     #    lab nginx that outlived its namespace. SIGTERM first so e.g. a director can detach.
@@ -606,7 +631,7 @@ def _down() -> None:
 
     # 2. links (a veth deletes its peer too). Explicit, so nothing survives if some leaked
     #    socket keeps a namespace alive after its name is gone.
-    for node in ALL_NODES:
+    for node in KNOWN_NODES:
         if _ns_id(netns_path(node)) is None:
             continue
         try:
@@ -624,7 +649,7 @@ def _down() -> None:
             errors.append(f"links in {node}: {e!r}")
 
     # 3. the namespaces themselves
-    for node in ALL_NODES:
+    for node in KNOWN_NODES:
         path = netns_path(node)
         if not os.path.lexists(path):
             continue
@@ -645,10 +670,14 @@ def _down() -> None:
 
 
 def status() -> dict:
-    """{'up': bool, 'network': 'direct'|'nat'|None, 'namespaces': {node: bool},
-    'nginx': {rsN: {'pid': int|None, 'alive': bool}}, 'run_dir': str}"""
-    namespaces = {node: _ns_exists(node) for node in ALL_NODES}
+    """{'up': bool, 'network': 'direct'|'nat'|None, 'scale_out': N (0: the classic lab),
+    'namespaces': {node: bool}, 'nginx': {rsN: {'pid': int|None, 'alive': bool}}, 'run_dir': str}"""
     state = _read_state()
+    scale_out = state.get("scale_out", 0) if isinstance(state.get("scale_out", 0), int) else 0
+    try:
+        namespaces = {node: _ns_exists(node) for node in _nodes(scale_out)}
+    except ValueError:
+        scale_out, namespaces = 0, {node: _ns_exists(node) for node in ALL_NODES}
     nginx = {}
     for rs in REALS:
         pid = nginx_pid(rs)
@@ -657,6 +686,7 @@ def status() -> dict:
     return {
         "up": all(namespaces.values()) and bool(state.get("complete")),
         "network": state.get("network") if any_ns else None,
+        "scale_out": scale_out if any_ns else 0,
         "namespaces": namespaces,
         "nginx": nginx,
         "run_dir": RUN_DIR,

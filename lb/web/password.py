@@ -1,7 +1,9 @@
-"""The web console's password file: one line ``scrypt$n$r$p$salt_b64$hash_b64`` (stdlib only).
+"""The web console's password file: one line ``USER:scrypt$n$r$p$salt_b64$hash_b64`` (stdlib only).
 
-Written by `lb passwd` (mode 0600, replaced atomically); read by the console at every login, so
-a new password takes effect without a restart.
+Written by `lb passwd` and by the console's password page (mode 0600, replaced atomically when
+the directory allows it, else rewritten in place: the console's user owns the file, not /etc/lb);
+read at every login, so a new password takes effect without a restart.  A line without ``USER:``
+(lb before user names) is the user DEFAULT_USER's.
 """
 from __future__ import annotations
 
@@ -17,6 +19,17 @@ SALT_BYTES = 16
 HASH_BYTES = 32
 MIN_LENGTH = 8
 MAX_N = 2 ** 20                  # a file asking for more memory than this is refused
+DEFAULT_USER = "admin"
+MAX_PASSWORD = 1024              # characters hashed at most (scrypt's cost does not depend on it)
+USER_RE = __import__("re").compile(r"[A-Za-z0-9_][A-Za-z0-9_.@-]{0,63}")
+
+
+def check_user(user: str) -> str:
+    """A user name (letters, digits, '_', '.', '@', '-'; at most 64), or ValueError."""
+    if not USER_RE.fullmatch(user):
+        raise ValueError(f"user name {user!r}: letters, digits, '_', '.', '@' and '-', at most 64, "
+                         f"not starting with '.', '@' or '-'")
+    return user
 
 
 class PasswordFileError(Exception):
@@ -39,8 +52,18 @@ def hash_password(password: str, *, salt: bytes | None = None, n: int = N, r: in
     return f"scrypt${n}${r}${p}${_b64(salt)}${_b64(digest)}"
 
 
+def split_user(line: str) -> tuple[str, str]:
+    """(user, hash line) of a password line."""
+    line = line.strip()
+    user, sep, rest = line.partition(":")
+    return (user, rest) if sep else (DEFAULT_USER, line)
+
+
 def parse(line: str, where: str = "<password>") -> tuple[int, int, int, bytes, bytes]:
     """(n, r, p, salt, hash) of a password line; PasswordFileError naming ``where`` if malformed."""
+    user, line = split_user(line)
+    if not USER_RE.fullmatch(user):
+        raise PasswordFileError(f"{where}: malformed user name")
     parts = line.strip().split("$")
     if len(parts) != 6 or parts[0] != "scrypt":
         raise PasswordFileError(f"{where}: not an lb password file (expected one line "
@@ -69,21 +92,39 @@ def read(path: str | os.PathLike) -> str:
     return line
 
 
-def verify(password: str, line: str) -> bool:
-    """Whether ``password`` matches the password line (the comparison takes constant time)."""
+def user_of(line: str) -> str:
+    return split_user(line)[0]
+
+
+def verify(password: str, line: str, user: str | None = None) -> bool:
+    """Whether ``password`` (and ``user``, when given) match the password line (constant time:
+    the hash is computed whatever the user name)."""
     n, r, p, salt, digest = parse(line)
-    got = hashlib.scrypt(password.encode("utf-8"), salt=salt, n=n, r=r, p=p, dklen=len(digest),
-                         maxmem=_maxmem(n, r, p))
-    return hmac.compare_digest(got, digest)
+    got = hashlib.scrypt(password[:MAX_PASSWORD].encode("utf-8", "replace"), salt=salt, n=n, r=r, p=p,
+                         dklen=len(digest), maxmem=_maxmem(n, r, p))
+    ok_user = user is None or hmac.compare_digest(user.encode("utf-8", "replace"), user_of(line).encode())
+    return hmac.compare_digest(got, digest) and ok_user
 
 
-def write(path: str | os.PathLike, password: str) -> None:
-    """Replace ``path`` atomically with the hash of ``password``, mode 0600 from its creation."""
+def write(path: str | os.PathLike, password: str, user: str = DEFAULT_USER) -> None:
+    """Replace ``path`` with ``user`` and the hash of ``password``, mode 0600 from its creation:
+    atomically when the directory is writable, else rewritten in place (the file's owner)."""
     if len(password) < MIN_LENGTH:
         raise ValueError(f"the password must have at least {MIN_LENGTH} characters")
+    if len(password) > MAX_PASSWORD:
+        raise ValueError(f"the password must have at most {MAX_PASSWORD} characters")
+    check_user(user)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    line = hash_password(password) + "\n"
+    line = f"{user}:{hash_password(password)}\n"
+    if path.exists() and not os.access(path.parent, os.W_OK) and os.access(path, os.W_OK):
+        fd = os.open(path, os.O_WRONLY | os.O_NOFOLLOW)
+        with os.fdopen(fd, "w", encoding="ascii") as f:
+            f.write(line)
+            f.truncate()
+            f.flush()
+            os.fsync(f.fileno())
+        return
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)   # mkstemp: 0600
     try:
         with os.fdopen(fd, "w", encoding="ascii") as f:

@@ -1,5 +1,5 @@
 """Kernel IPVS mode inside the VM: a firewall-mark service whose port groups lb marks with its
-own nftables rules (80 and 8080-8081 of the VIP under one mark, persistent), and the kernel's
+own nftables rules (80 and 8180-8181 of the VIP under one mark, persistent), and the kernel's
 connection sync daemon started over netlink, master on the lab's director and backup on the
 second director (both on the private segment).
 
@@ -18,7 +18,7 @@ from guest_util import ipvs_kernel, ipvsadm, lb_list_inproc, same_as_ipvsadm, st
 LAB_NETWORK = "direct"
 VIP = "198.18.0.10"
 MARK = 80
-GROUP_PORTS = (8080, 8081)              # served by the test's own listeners in the real servers
+GROUP_PORTS = (8180, 8181)              # the test's own listeners (nginx has 80 and the scale-out lab's 8080)
 CLIENT = "198.18.0.2"
 CONFIG = f"""\
 [global]
@@ -205,7 +205,7 @@ def test_sync_daemon_master_backup_and_synced_connections(lab, lb_fwm):
                           "the backup to receive the connection by sync")
         vip_hex = "%08X" % int.from_bytes(socket.inet_aton(VIP), "big")
         rs_hex = "%08X" % int.from_bytes(socket.inet_aton(lab.REALS[body]), "big")
-        # the connection itself: client -> VIP:8081 -> the real server that answered
+        # the connection itself: client -> VIP:8181 -> the real server that answered
         assert any(p[3] == vip_hex and p[4] == "%04X" % GROUP_PORTS[1] and p[5] == rs_hex
                    for p in map(str.split, synced)), synced
     finally:

@@ -1,0 +1,199 @@
+"""The daemon's configuration requests (the control socket's "config", "config-put", "table",
+"web"): what the web console edits through, and what the backup director applies its peer's
+configuration through (lb.ha.configsync).
+
+An edit is all or nothing:
+
+1. it names the file version it was made on: another version now (a save from another browser,
+   a hand edit) refuses it, with ``conflict`` set, and nothing changes;
+2. the document is checked by the one validator, as `lb check` checks a file (issues by field);
+   a change that only a restart can make (instance, tables, network, [ha], [bgp] beyond its
+   [[bgp.vip]] attributes: what a reload refuses) is refused unless the request says ``restart`` (then the file is saved and the
+   reply says it takes effect at the next start);
+3. the file is written atomically in its own format (lb.config.store), the previous version kept
+   as <file>.prev, serial_no + 1;
+4. the daemon reloads it (its own reload, queued on the run loop); a refused reload puts the file
+   back as it was, so the file and the running table stay as they were.
+
+A director whose HA role is not active refuses console edits: the active one pushes its
+configuration there (lb.ha.configsync) and would undo them.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+from lb.bgp.announcer import reload_problem
+from lb.config import store
+
+log = logging.getLogger("lb.confedit")
+
+
+def restart_needed(old, new) -> list[str]:
+    """What differs between two configurations that a reload cannot change (lb.engine's reload
+    refuses these): instance, tables, network, [ha], [bgp] but for its [[bgp.vip]] attributes."""
+    out = []
+    for name in ("instance", "tables", "network"):
+        if getattr(old, name) != getattr(new, name):
+            out.append(name)
+    if (old.ha is None) != (new.ha is None) or (new.ha is not None and new.ha != old.ha):
+        out.append("[ha]")
+    if reload_problem(old.bgp, new.bgp):
+        out.append("[bgp]")
+    return out
+
+
+def issues_json(issues) -> list[dict]:
+    return [{"path": i.path, "line": i.line, "field": i.field, "message": i.message} for i in issues]
+
+
+class ConfigRequests:
+    """Bound to one engine: ``engine.cfg`` (the running configuration), ``engine.control`` (its
+    reload), ``engine.role()``, ``engine.dp.read_services`` (the table)."""
+
+    def __init__(self, engine):
+        self.engine = engine
+        self._lock: asyncio.Lock | None = None
+        self.on_applied = []            # callbacks after a configuration was applied (HA push)
+        self.last_edit: dict | None = None
+
+    # ---- what the file and the running configuration are ----
+    def info(self, snap: store.Snapshot | None = None) -> dict[str, Any]:
+        cfg = self.engine.cfg
+        out: dict[str, Any] = {"path": str(cfg.path), "serial_no": cfg.serial_no, "identity": store.identity(cfg)}
+        if cfg.path is None:
+            return out
+        try:
+            snap = snap or store.read(cfg.path)
+        except OSError as e:
+            out["error"] = f"{cfg.path}: {e.strerror or e}"
+            return out
+        out.update(format=snap.format, writable=snap.format in store.WRITABLE, version=snap.version)
+        if snap.cfg is None:
+            out["error"] = str(snap.error)
+            out["file_differs"] = True
+        else:
+            out["file_serial_no"] = snap.cfg.serial_no
+            out["file_differs"] = store.identity(snap.cfg) != out["identity"]
+            out["restart_needed"] = restart_needed(cfg, snap.cfg)
+        if self.last_edit is not None:
+            out["last_edit"] = self.last_edit
+        return out
+
+    async def request(self, req: dict) -> dict:
+        cmd = req.get("cmd")
+        if cmd == "config":
+            return self.get()
+        if cmd == "config-put":
+            return await self.put(req.get("document"), req.get("version"), restart=req.get("restart") is True,
+                                  who=str(req.get("who") or "control socket")[:200])
+        if cmd == "table":
+            return await self.table()
+        if cmd == "web":
+            return self.web()
+        return {"ok": False, "error": f"unknown command {cmd!r}"}
+
+    def get(self) -> dict:
+        path = self.engine.cfg.path
+        if path is None:
+            return {"ok": False, "error": "the daemon runs without a configuration file"}
+        try:
+            snap = store.read(path)
+        except OSError as e:
+            return {"ok": False, "error": f"{path}: {e.strerror or e}"}
+        reply: dict[str, Any] = {"ok": True, "config": self.info(snap), "text": snap.text}
+        if snap.cfg is not None:
+            reply["document"] = snap.document()
+        else:
+            reply["issues"] = issues_json(snap.error.issues if snap.error else ())
+        return reply
+
+    def web(self) -> dict:
+        cfg = self.engine.cfg
+        w = cfg.web
+        return {"ok": True, "instance": cfg.instance, "config": str(cfg.path),
+                "web": {"enabled": w.enabled, "address": str(w.address), "port": w.port, "listen": w.listen,
+                        "password_file": str(w.password_path(cfg.instance)),
+                        "tls_cert": None if w.tls_cert is None else str(w.tls_cert),
+                        "tls_key": None if w.tls_key is None else str(w.tls_key),
+                        "allowed_hosts": list(w.allowed_hosts),
+                        "trusted_proxies": [str(n) for n in w.trusted_proxies],
+                        "session_lifetime": w.session_lifetime}}
+
+    async def table(self) -> dict:
+        loop = asyncio.get_running_loop()
+        rows = await loop.run_in_executor(None, self.engine.dp.read_services)
+        return {"ok": True, "services": [_row(r) for r in rows]}
+
+    # ---- edits ----
+    async def put(self, document, version, *, restart: bool = False, who: str = "control socket",
+                  serial: int | None = None, from_peer: bool = False) -> dict:
+        if self._lock is None:
+            self._lock = asyncio.Lock()
+        async with self._lock:
+            try:
+                return await self._put(document, version, restart, who, serial, from_peer)
+            except store.EditRefused as e:
+                reply = {"ok": False, "error": str(e), "issues": issues_json(e.issues), "conflict": e.conflict}
+                log.warning("configuration edit from %s refused: %s", who, e)
+                return reply
+
+    async def _put(self, document, version, restart, who, serial, from_peer) -> dict:
+        eng = self.engine
+        path = eng.cfg.path
+        if path is None:
+            raise store.EditRefused("the daemon runs without a configuration file")
+        if not from_peer and eng.role() not in ("active", "starting"):
+            raise store.EditRefused(f"this director is the {eng.role()} one: edit the configuration on the "
+                                    f"active director, which pushes it here")
+        loop = asyncio.get_running_loop()
+        snap = await loop.run_in_executor(None, store.read, path)
+        if version is not None and version != snap.version:
+            raise store.EditRefused(f"{path} changed since this edit began (version {version}, now {snap.version}: "
+                                    f"saved from elsewhere or edited by hand); nothing was changed: reload the "
+                                    f"page and edit again", conflict=True)
+        new = store.prepare(snap, document, serial=serial)
+        needs = restart_needed(eng.cfg, new.cfg)
+        if needs and not restart:
+            raise store.EditRefused(f"{', '.join(needs)} can change only when lb restarts; nothing was changed "
+                                    f"(save it for the next start, or keep the running values)")
+        undo = await loop.run_in_executor(None, store.write, snap, new.data)
+        log.info("configuration %s written by %s: serial_no %d, version %s (previous kept as %s)", path, who,
+                 new.cfg.serial_no, new.version, store.prev_path(path).name)
+        if needs:
+            self.last_edit = {"by": who, "version": new.version, "serial_no": new.cfg.serial_no, "applied": False}
+            return {"ok": True, "applied": False, "version": new.version, "serial_no": new.cfg.serial_no,
+                    "message": f"saved {path} (serial_no {new.cfg.serial_no}); {', '.join(needs)} take effect when "
+                               f"lb restarts: the running configuration is unchanged until then"}
+        reply = await eng.control({"cmd": "reload"})
+        if not reply.get("ok"):
+            await loop.run_in_executor(None, store.restore, undo)
+            log.error("configuration from %s: the reload refused it (%s); %s is back as it was", who,
+                      reply.get("error"), path)
+            # the reload says what it left running (Engine._reload_reply: "changed")
+            running = {False: "the running configuration is unchanged",
+                       True: "the data plane could not be fully restored and holds part of the new "
+                             "configuration: fix the cause and reload, or restart lb"}.get(
+                reply.get("changed", False), "what the data plane holds is not known: see the daemon's log")
+            return {"ok": False, "error": f"{reply.get('error')} -- {path} was put back as it was; {running}",
+                    "issues": reply.get("issues") or []}
+        self.last_edit = {"by": who, "version": new.version, "serial_no": new.cfg.serial_no, "applied": True}
+        for fn in self.on_applied:
+            fn()
+        return {"ok": True, "applied": True, "version": new.version, "serial_no": new.cfg.serial_no,
+                "message": f"saved {path} (serial_no {new.cfg.serial_no}) and applied: {reply.get('message')}"}
+
+
+def _row(r) -> dict:
+    """A ServiceRow as JSON: the keys the console matches status() with, counts and rates."""
+    def stats(s):
+        return {"conns": s.conns, "inpkts": s.inpkts, "outpkts": s.outpkts, "inbytes": s.inbytes,
+                "outbytes": s.outbytes}
+    return {"protocol": r.protocol.lower(), "address": None if r.address is None else str(r.address),
+            "port": r.port, "fwmark": r.fwmark, "scheduler": r.scheduler, "stats": stats(r.stats),
+            "rate": stats(r.rate),
+            "reals": [{"address": str(x.address), "port": x.port, "weight": x.weight, "active": x.active,
+                       "inactive": x.inactive, "forward": x.forward, "stats": stats(x.stats),
+                       "rate": stats(x.rate)} for x in r.reals]}
+

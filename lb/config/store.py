@@ -1,0 +1,278 @@
+"""The configuration file as the daemon edits it for the web console and the backup director.
+
+    snap = store.read(path)                 # text, format, version (a hash of the bytes), Config
+    new = store.prepare(snap, document)     # validated as `lb check` validates, rendered, serial + 1
+    undo = store.write(snap, new.text)      # atomic; the previous version kept as <file>.prev
+    store.restore(undo)                     # a refused reload: the file as it was
+
+A version is the SHA-256 of the file's bytes (its first 16 hex digits): an edit carries the
+version it was made on, and one made on an older version (another browser's save, a hand edit)
+is refused instead of overwriting it.  The document is the one the TOML loader validates (what
+tomllib would give), built from the model for any format, so the console edits one shape and its
+issues name TOML's fields (``virtual_server[0].real_server[1].weight``).  The file is written in
+the format it was read in: TOML, or Piranha's lvs.cf with the keys lvs.cf keeps beside the model
+(its extras); a keepalived.conf is never rewritten.  serial_no counts the saves (lvs.cf's own
+key); :func:`identity` names a configuration's content whatever its format, instance name,
+serial or file, so two directors can tell whether they run the same one.
+"""
+from __future__ import annotations
+
+import contextlib
+import copy
+import dataclasses
+import hashlib
+import json
+import os
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from . import format_of, keepalived, lvscf, totoml
+from . import toml as _toml
+from .locate import FieldPath
+from .model import Config, ConfigError, ConfigIssue
+
+WRITABLE = ("toml", "lvscf")
+PREV_SUFFIX = ".prev"
+
+
+class EditRefused(Exception):
+    """An edit that changed nothing: ``conflict`` when the file moved on since the edit's version,
+    ``issues`` (ConfigIssue) when the document is not a valid configuration."""
+
+    def __init__(self, message: str, issues=(), conflict: bool = False):
+        super().__init__(message)
+        self.issues = list(issues)
+        self.conflict = conflict
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    path: Path
+    format: str            # toml | lvscf | keepalived
+    data: bytes
+    version: str
+    cfg: Config | None     # None when the file does not load (error says why)
+    error: ConfigError | None = None
+
+    @property
+    def text(self) -> str:
+        return self.data.decode("utf-8", "replace")
+
+    def document(self) -> dict[str, Any]:
+        """The document of the file's configuration, as the TOML loader validates it."""
+        if self.cfg is None:
+            raise EditRefused(f"{self.path} does not load: fix it first", self.error.issues if self.error else ())
+        return plain_document(self.cfg)
+
+
+@dataclass(frozen=True)
+class Prepared:
+    cfg: Config
+    text: str
+    data: bytes
+    version: str
+
+
+@dataclass(frozen=True)
+class Undo:
+    path: Path
+    data: bytes                  # the file before the write
+    prev: bytes | None           # <file>.prev before the write (None: there was none)
+    mode: int
+
+
+def version_of(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()[:16]
+
+
+def prev_path(path: Path) -> Path:
+    return path.with_name(path.name + PREV_SUFFIX)
+
+
+def read(path: str | os.PathLike) -> Snapshot:
+    """The file now: its bytes, version and Config (or the reason it does not load)."""
+    path = Path(path)
+    fmt = format_of(path)
+    with open(path, "rb") as f:
+        data = f.read(_toml.MAX_FILE_BYTES + 1)
+    try:
+        cfg = load_bytes(data, fmt, path)
+        err = None
+    except ConfigError as e:
+        cfg, err = None, e
+    return Snapshot(path, fmt, data, version_of(data), cfg, err)
+
+
+def load_bytes(data: bytes, fmt: str, path: Path) -> Config:
+    """The Config of ``data`` as if read from ``path`` (relative files relative to it)."""
+    display = str(path)
+    _toml.check_size(data, display)
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ConfigError([ConfigIssue(display, data[: e.start].count(b"\n") + 1, "", "file is not valid UTF-8")]) \
+            from None
+    if fmt == "lvscf":
+        return lvscf._parse(text, display, path)[0]
+    if fmt == "keepalived":
+        return keepalived.load(path)
+    return _toml._load_text(text, display, path)
+
+
+class DocPositions(_toml.Positions):
+    """A document's fields have no line: issues name the field (TOML's path) alone."""
+
+    def where(self, path: FieldPath) -> tuple[int | None, str]:
+        return None, _toml.field_name(path)
+
+
+def validate(document: dict[str, Any], path: Path) -> Config:
+    """``document`` checked by the one validator (ConfigError with every issue, by field)."""
+    return _toml.validate(document, str(path), DocPositions(), path)
+
+
+def prepare(snap: Snapshot, document: dict[str, Any], *, serial: int | None = None) -> Prepared:
+    """The file ``document`` would make, checked: the validator's issues, then the rendered text
+    read back to the same model.  serial_no becomes ``serial`` (default: the file's + 1)."""
+    if snap.format not in WRITABLE:
+        raise EditRefused(f"{snap.path} is a {snap.format} file, which lb reads but does not write: convert it "
+                          f"with `lb import` and run lb from the TOML file to edit it here")
+    if not isinstance(document, dict):
+        raise EditRefused("the configuration must be a document (a JSON object)")
+    doc = copy.deepcopy(document)
+    glob = doc.get("global")
+    if isinstance(glob, dict):
+        old = snap.cfg.serial_no if snap.cfg is not None else 0
+        glob["serial_no"] = old + 1 if serial is None else serial
+    try:
+        cfg = validate(doc, snap.path)
+    except ConfigError as e:
+        raise EditRefused("the configuration has errors; nothing was changed", e.issues) from None
+    text = render(cfg, snap)
+    data = text.encode("utf-8")
+    try:
+        again = load_bytes(data, snap.format, snap.path)
+    except ConfigError as e:   # a writer that cannot say what the model holds: never write it
+        raise EditRefused(f"{snap.format} cannot hold this configuration", e.issues) from None
+    if _plain(again) != _plain(cfg):
+        raise EditRefused(f"{snap.format} cannot hold this configuration exactly (it would read back otherwise)")
+    return Prepared(cfg, text, data, version_of(data))
+
+
+def _plain(cfg: Config) -> Config:
+    return dataclasses.replace(cfg, path=None, warnings=())
+
+
+def render(cfg: Config, snap: Snapshot) -> str:
+    """``cfg`` in the snapshot's format (lvs.cf keeps the current file's extras)."""
+    stamp = time.strftime("%Y-%m-%d %H:%M:%S %z")
+    if snap.format == "lvscf":
+        extras = None
+        if snap.cfg is not None:
+            with contextlib.suppress(ConfigError):
+                extras = lvscf._parse(snap.text, str(snap.path), snap.path)[1]
+        return lvscf.dumps(cfg, extras)
+    return totoml.dumps(cfg, header=[f"Written by lb (serial_no {cfg.serial_no}) on {stamp}; the previous version "
+                                     f"is {prev_path(snap.path).name}.", "Check a hand edit with `lb check`."])
+
+
+def write(snap: Snapshot, data: bytes) -> Undo:
+    """Replace the file with ``data`` atomically (same mode), the current bytes kept as <file>.prev;
+    EditRefused (nothing written) when the file changed since ``snap`` was read."""
+    path = snap.path
+    st = os.stat(path)
+    with open(path, "rb") as f:
+        if version_of(f.read(_toml.MAX_FILE_BYTES + 1)) != snap.version:
+            raise EditRefused(f"{path} changed while this edit was being made; nothing was changed", conflict=True)
+    prev = prev_path(path)
+    try:
+        old_prev = prev.read_bytes()
+    except FileNotFoundError:
+        old_prev = None
+    _atomic(prev, snap.data, st.st_mode)
+    _atomic(path, data, st.st_mode)
+    return Undo(path, snap.data, old_prev, st.st_mode)
+
+
+def restore(undo: Undo) -> None:
+    """The file (and <file>.prev) as they were before :func:`write`."""
+    _atomic(undo.path, undo.data, undo.mode)
+    prev = prev_path(undo.path)
+    if undo.prev is None:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(prev)
+    else:
+        _atomic(prev, undo.prev, undo.mode)
+
+
+def _atomic(path: Path, data: bytes, mode: int) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, mode & 0o7777)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    dfd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(dfd)
+    finally:
+        os.close(dfd)
+
+
+# Per-director keys: each director keeps its own when the configuration comes from its peer (the
+# lab runs both directors on one host, as instances lab and lab2), and they are not part of what
+# "the same configuration" means.
+LOCAL_KEYS = (("global", "instance"), ("global", "serial_no"))
+# Per-director tables, kept whole: [bgp] is this director's own sessions with its router (its
+# router_id, each neighbor's local_address), and a change of it needs a restart anyway, so the
+# active's [bgp] would either break the backup's sessions or be refused at every push.
+LOCAL_TABLES = ("bgp",)
+
+
+def plain_document(cfg: Config) -> dict[str, Any]:
+    """totoml.document(cfg) in JSON's types (arrays as lists), as it crosses the control socket."""
+    return json.loads(json.dumps(totoml.document(cfg)))
+
+
+def shared_document(cfg: Config) -> dict[str, Any]:
+    """The document of ``cfg`` without the per-director keys and tables."""
+    doc = plain_document(cfg)
+    for table, key in LOCAL_KEYS:
+        doc.get(table, {}).pop(key, None)
+    for table in LOCAL_TABLES:
+        doc.pop(table, None)
+    return doc
+
+
+def identity(cfg: Config) -> str:
+    """A short hash of what ``cfg`` configures (not its instance, serial, file, format or [bgp])."""
+    canon = json.dumps(shared_document(cfg), sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(canon.encode()).hexdigest()[:16]
+
+
+def localize(shared: dict[str, Any], cfg: Config | None) -> dict[str, Any]:
+    """A peer's shared document with this director's own per-director keys and tables."""
+    doc = copy.deepcopy(shared)
+    if not isinstance(doc, dict):
+        return doc
+    for table in LOCAL_TABLES:
+        doc.pop(table, None)
+    if cfg is None:
+        return doc
+    glob = doc.setdefault("global", {})
+    if isinstance(glob, dict):
+        glob["instance"] = cfg.instance
+    own = plain_document(cfg)
+    for table in LOCAL_TABLES:
+        if table in own:
+            doc[table] = own[table]
+    return doc

@@ -1,0 +1,298 @@
+"""lb.bgp without a network: which VIPs a director announces, the lease, the ExaBGP agent (driven
+through its real standard input and output, as ExaBGP drives it), the configuration ExaBGP is
+given (checked by exabgp itself), and what `lb status` prints."""
+from __future__ import annotations
+
+import ipaddress
+import json
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+
+from lb.bgp import announcer, speaker
+from lb.bgp.agent import Agent
+from lb.bgp.lease import Route, lease_holds, process_start, read_lease, write_lease
+from lb.config import loads
+from lb.dataplane import RealSpec, ServiceSpec, TableSpec
+from lb.dataplane.spec import PortGroup
+
+IP = ipaddress.ip_address
+
+CFG = """
+[global]
+instance = "bgpunit"
+public_interface = "pub0"
+
+[[virtual_server]]
+name = "web"
+address = "198.18.10.10"
+port = 80
+scheduler = "mh"
+
+[bgp]
+local_as = 65001
+hold_time = 3
+lease = 2
+  [[bgp.neighbor]]
+  address = "198.18.0.254"
+  peer_as = 65000
+  [[bgp.neighbor]]
+  address = "198.18.0.253"
+  peer_as = 65002
+  local_address = "198.18.0.9"
+  [[bgp.vip]]
+  address = "198.18.10.10"
+  med = 20
+  communities = ["65000:100", "no-export"]
+"""
+
+
+def svc(vip, port, *weights, name="", fwmark=0, groups=()):
+    return ServiceSpec("tcp", IP(vip), port, "mh", tuple(RealSpec(IP(f"198.18.1.{11 + i}"), port, w)
+                                                          for i, w in enumerate(weights)), name, fwmark=fwmark,
+                       groups=groups)
+
+
+def test_routes_as_exabgp_commands() -> None:
+    r = Route("198.18.10.10/32", 20, ("65000:100", "no-export"))
+    assert r.announce() == "announce route 198.18.10.10/32 next-hop self med 20 community [65000:100 no-export]"
+    assert r.withdraw() == "withdraw route 198.18.10.10/32 next-hop self"
+    assert Route("2001:2::10/128").announce() == "announce route 2001:2::10/128 next-hop self"
+    assert Route.from_json(json.loads(json.dumps(r.to_json()))) == r
+    cfg = loads(CFG)
+    assert announcer.route_of(cfg.bgp, IP("198.18.10.10")) == r
+    assert announcer.route_of(cfg.bgp, IP("198.18.10.11")) == Route("198.18.10.11/32")
+
+
+def test_servable_vips() -> None:
+    t = TableSpec((svc("198.18.10.10", 80, 1, 0), svc("198.18.10.10", 443, 0, 0, name="tls"),
+                   svc("198.18.10.11", 80, 0, 2),
+                   svc("198.18.10.0", 0, 1, fwmark=7, groups=(PortGroup("tcp", IP("198.18.10.12"), 21, 21),
+                                                            PortGroup("tcp", IP("198.18.10.13"), 21, 21)))))
+    got = announcer.servable(t, attached=True, active=True)
+    # one service of a VIP without a usable server withdraws the VIP: the router cannot route by port
+    assert got == {IP("198.18.10.10"): "virtual service tls (tcp 198.18.10.10:443) has no usable real server",
+                   IP("198.18.10.11"): None, IP("198.18.10.12"): None, IP("198.18.10.13"): None}
+    assert set(announcer.servable(t, attached=False, active=True).values()) == {"the data plane is not attached"}
+    assert set(announcer.servable(t, attached=True, active=False).values()) == {
+        "this director is not the active one ([ha])"}
+
+
+def test_reload_problem() -> None:
+    a = loads(CFG).bgp
+    b = loads(CFG.replace("med = 20", "med = 5")).bgp
+    assert announcer.reload_problem(a, a) is None and announcer.reload_problem(a, b) is None
+    assert announcer.reload_problem(a, loads(CFG.replace("hold_time = 3", "hold_time = 9")).bgp) == \
+        "the [bgp] settings other than [[bgp.vip]] need a restart"
+    assert announcer.reload_problem(a, None) == "adding or removing [bgp] needs a restart"
+
+
+@pytest.fixture
+def files(tmp_path):
+    return str(tmp_path / "lease.json"), str(tmp_path / "status.json")
+
+
+class Clock:
+    def __init__(self):
+        self.t = 1000.0
+
+    def __call__(self):
+        return self.t
+
+
+def test_lease_rules(files) -> None:
+    lease_file, _ = files
+    me = os.getpid()
+    write_lease(lease_file, [Route("198.18.10.10/32")], me, 3.0, now=100.0)
+    lease = read_lease(lease_file)
+    assert lease.owner_pid == me and lease.owner_start == process_start(me) and lease.expires == 103.0
+    assert lease_holds(lease, 102.9) is None
+    assert lease_holds(lease, 103.5) == "lb has not renewed its lease for 0.5 s past its term"
+    assert lease_holds(lease, 101.0, start_of=lambda pid: 1) == f"lb (pid {me}) is gone"   # pid reused
+    assert lease_holds(None, 0) == "no lease from lb"
+    write_lease(lease_file, [Route("198.18.10.10/32")], 0, 3.0, now=100.0)      # --keep-dataplane
+    assert lease_holds(read_lease(lease_file), 102.0, start_of=lambda pid: None) is None
+    with open(lease_file, "w") as f:
+        f.write("{not json")
+    assert read_lease(lease_file) is None
+
+
+def test_agent_follows_the_lease_and_withdraws_when_it_lapses(files) -> None:
+    lease_file, status_file = files
+    clock = Clock()
+    alive = {"lb": True}
+    me = os.getpid()
+    a = Agent(lease_file, status_file, speaker_pid=4242, clock=clock,
+              start_of=lambda pid: process_start(me) if alive["lb"] else None)
+    assert a.step() == [] and a.withdrawn_because == "no lease from lb"
+    r1, r2 = Route("198.18.10.10/32", 20), Route("198.18.10.11/32")
+    write_lease(lease_file, [r1, r2], me, 2.0, now=clock.t)
+    assert a.step() == [r1.announce(), r2.announce()]
+    assert a.step() == []
+    r1b = Route("198.18.10.10/32", 5)
+    write_lease(lease_file, [r1b], me, 2.0, now=clock.t)
+    assert a.step() == [r2.withdraw(), r1b.announce()]
+    clock.t += 2.5                                            # lb hung: not renewed
+    assert a.step() == [r1b.withdraw()]
+    assert a.withdrawn_because.startswith("lb has not renewed its lease")
+    write_lease(lease_file, [r1b], me, 2.0, now=clock.t)      # renewed again
+    assert a.step() == [r1b.announce()]
+    alive["lb"] = False                                       # kill -9: at once, not at the term
+    assert a.step() == [r1b.withdraw()] and a.withdrawn_because == f"lb (pid {me}) is gone"
+    a.write_status(force=True)
+    doc = json.load(open(status_file))
+    assert (doc["speaker_pid"], doc["announced"], doc["withdrawn_because"]) == (4242, [], f"lb (pid {me}) is gone")
+
+
+def test_agent_events_and_respawn(files) -> None:
+    lease_file, status_file = files
+    me = os.getpid()
+    write_lease(lease_file, [Route("198.18.10.10/32")], me, 60.0)
+    a = Agent(lease_file, status_file, speaker_pid=4242)
+    a.step()
+    for state in ("connected", "up"):
+        a.on_line(json.dumps({"exabgp": "4.0.1", "type": "state", "neighbor": {
+            "address": {"local": "198.18.0.1", "peer": "198.18.0.254"}, "asn": {"local": 65001, "peer": 65000},
+            "state": state}}))
+    a.on_line("done")
+    a.on_line("error")
+    a.on_line("{broken")
+    a.on_line(json.dumps({"type": "state", "neighbor": {"address": {"peer": "198.18.0.253"}, "state": "down",
+                                                        "reason": "peer reset"}}))
+    a.write_status(force=True)
+    doc = json.load(open(status_file))
+    assert doc["neighbors"]["198.18.0.254"]["state"] == "up" and doc["neighbors"]["198.18.0.254"]["ups"] == 1
+    assert doc["neighbors"]["198.18.0.253"] == {**doc["neighbors"]["198.18.0.253"], "state": "down",
+                                                "reason": "peer reset"}
+    assert doc["errors"] == 1 and doc["announced"] == [Route("198.18.10.10/32").to_json()]
+    # respawned under the same ExaBGP: it knows what is announced (nothing to send again) ...
+    assert Agent(lease_file, status_file, speaker_pid=4242).step() == []
+    # ... under a new ExaBGP (empty RIB) it announces everything
+    assert Agent(lease_file, status_file, speaker_pid=4343).step() == [Route("198.18.10.10/32").announce()]
+
+
+def test_agent_process_talks_exabgp_api(tmp_path) -> None:
+    """`python -m lb.bgp.agent` as ExaBGP runs it: commands on stdout, events on stdin, exits at EOF."""
+    lease_file, status_file = str(tmp_path / "l.json"), str(tmp_path / "s.json")
+    write_lease(lease_file, [Route("198.18.10.10/32", 7)], os.getpid(), 30.0)
+    p = subprocess.Popen([sys.executable, "-m", "lb.bgp.agent", "--lease", lease_file, "--status", status_file],
+                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert p.stdout.readline().strip() == "announce route 198.18.10.10/32 next-hop self med 7"
+        p.stdin.write("done\n" + json.dumps({"type": "state", "neighbor": {
+            "address": {"local": "198.18.0.1", "peer": "198.18.0.254"}, "asn": {"local": 65001, "peer": 65000},
+            "state": "up"}}) + "\n")
+        p.stdin.flush()
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            doc = json.load(open(status_file)) if os.path.exists(status_file) else {}
+            if doc.get("neighbors", {}).get("198.18.0.254", {}).get("state") == "up":
+                break
+            time.sleep(0.05)
+        assert doc["neighbors"]["198.18.0.254"]["state"] == "up" and doc["agent_pid"] == p.pid
+        os.unlink(lease_file)                       # lb's clean stop removes the lease: withdraw
+        assert p.stdout.readline().strip() == "withdraw route 198.18.10.10/32 next-hop self"
+        p.stdin.close()                             # ExaBGP gone
+        assert p.wait(10) == 0
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+
+
+@pytest.mark.skipif(not os.path.exists(speaker.EXABGP), reason="ExaBGP is not installed (scripts/setup.sh installs it)")
+def test_exabgp_accepts_the_configuration(tmp_path) -> None:
+    cfg = loads(CFG)
+    local = {IP("198.18.0.254"): IP("198.18.0.1"), IP("198.18.0.253"): IP("198.18.0.9")}
+    text = speaker.exabgp_config(cfg.bgp, local, IP("198.18.0.1"), "bgpunit")
+    assert "local-address 198.18.0.9;" in text and "peer-as 65002;" in text and "hold-time 3;" in text
+    assert f"run {sys.executable} -m lb.bgp.agent --lease /run/lb/bgpunit.bgp-lease.json" in text
+    path = tmp_path / "exabgp.conf"
+    path.write_text(text)
+    env = {k: v for k, v in speaker.exabgp_env("bgpunit").items() if not k.startswith("exabgp.daemon")}
+    env["exabgp.log.destination"] = "stdout"
+    p = subprocess.run([speaker.EXABGP, "--validate", str(path)], env=env, capture_output=True, text=True,
+                       timeout=60, cwd=str(tmp_path))
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert "neighbor 198.18.0.253 {" in p.stdout and "loaded new configuration successfully" in p.stdout
+    path.write_text(text.replace("hold-time 3;", "hold-time 2;"))
+    p = subprocess.run([speaker.EXABGP, "--validate", str(path)], env=env, capture_output=True, text=True,
+                       timeout=60, cwd=str(tmp_path))
+    assert p.returncode != 0
+
+
+def test_status_lines() -> None:
+    doc = {"mode": "active-active", "local_as": 65001, "router_id": "198.18.0.1", "hold_time": 3, "lease": 2,
+           "drain": 2, "speaker": {"name": "exabgp", "pid": 123, "agent": True, "withdrawn_because": None,
+                                   "errors": 0},
+           "neighbors": [{"address": "198.18.0.254", "peer_as": 65000, "local_address": "198.18.0.1",
+                          "state": "up", "since": None, "reason": None, "ups": 1}],
+           "announced": ["198.18.10.10/32"],
+           "vips": [{"prefix": "198.18.10.10/32", "servable": True, "reason": None, "med": 20,
+                     "communities": ["65000:100"]},
+                    {"prefix": "198.18.10.11/32", "servable": False, "med": None, "communities": [],
+                     "reason": "virtual service web2 (tcp 198.18.10.11:80) has no usable real server"}]}
+    assert announcer.format_status(doc) == [
+        "bgp active-active  AS 65001  router id 198.18.0.1  hold 3s  speaker exabgp pid 123",
+        "  neighbor 198.18.0.254 AS 65000 from 198.18.0.1: up",
+        "  route 198.18.10.10/32 med 20 community 65000:100: announced",
+        "  route 198.18.10.11/32: withdrawn: virtual service web2 (tcp 198.18.10.11:80) has no usable real server",
+    ]
+
+
+def test_announcer_settles_writes_the_lease_and_removes_it(monkeypatch, tmp_path) -> None:
+    monkeypatch.setattr(announcer, "lease_path", lambda inst: str(tmp_path / f"{inst}.lease"))
+    monkeypatch.setattr(announcer, "status_path", lambda inst: str(tmp_path / f"{inst}.status"))
+    stopped = []
+    monkeypatch.setattr(speaker, "stop", stopped.append)
+    a = announcer.Announcer(loads(CFG.replace("lease = 2", "lease = 2\nsettle = 2")))
+    route = Route("198.18.10.10/32", 20, ("65000:100", "no-export"))
+    a.update(TableSpec((svc("198.18.10.10", 80, 1, 1),)), now=10.0)
+    assert read_lease(a.lease_path).routes == ()            # not attached yet
+    a.update(attached=True, now=10.0)
+    assert read_lease(a.lease_path).routes == ()            # servable: settling
+    assert a.status()["vips"][0]["reason"] == "settling: servable with these real servers for 0.0 of 2 s"
+    a.update(TableSpec((svc("198.18.10.10", 80, 1, 0),)), now=11.5)    # the set changed: again
+    a.update(now=13.0)
+    assert read_lease(a.lease_path).routes == ()
+    a.update(now=13.6)
+    lease = read_lease(a.lease_path)
+    assert lease.routes == (route,)
+    assert lease.owner_pid == os.getpid() and lease.expires > time.monotonic()
+    a.update(TableSpec((svc("198.18.10.10", 80, 1, 1),)), now=13.7)    # announced: changes keep it
+    assert read_lease(a.lease_path).routes == (route,)
+    a.update(TableSpec((svc("198.18.10.10", 80, 0, 0),)), now=14.0)    # its last real server went
+    assert read_lease(a.lease_path).routes == ()
+    assert a.status()["vips"][0]["reason"] == "virtual service tcp 198.18.10.10:80 has no usable real server"
+    a.update(TableSpec((svc("198.18.10.10", 80, 3, 0),)), now=14.0)
+    a.update(now=16.5)
+    assert read_lease(a.lease_path).routes == (route,)
+    import asyncio
+    asyncio.run(a.leave(keep=True))                         # an upgrade: routes held by an ownerless lease
+    assert read_lease(a.lease_path).owner_pid == 0 and read_lease(a.lease_path).routes
+    a.close(keep=False)
+    assert stopped == ["bgpunit"] and not os.path.exists(a.lease_path)
+
+
+def test_local_address_toward() -> None:
+    assert announcer.local_address_toward(IP("127.0.0.1")) == IP("127.0.0.1")
+
+
+def test_scaleout_lab_configs_validate() -> None:
+    from lb.lab import scaleout as so
+
+    assert so.directors(3) == ("director", "director2", "director3")
+    assert [so.pub_addr(d) for d in so.directors(4)] == ["198.18.0.1", "198.18.0.3", "198.18.0.4", "198.18.0.5"]
+    for node in so.directors(3):
+        for network in ("direct", "tunnel"):
+            cfg = loads(so.director_config(node, network))
+            assert (cfg.instance, cfg.network, cfg.bgp.mode) == (so.instance(node), network, "active-active")
+            assert [str(vs.address) for vs in cfg.virtual_servers] == list(so.VIPS)
+    conf = so.bird_conf(3)
+    assert "merge paths on;" in conf and "passive on;" in conf
+    assert "protocol bgp director3 from lbdirector { neighbor 198.18.0.4 as 65001; }" in conf
+    with pytest.raises(ValueError):
+        so.directors(9)

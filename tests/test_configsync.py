@@ -1,0 +1,148 @@
+"""lb.ha.configsync between two daemons' configuration requests (real Engines, never started, on
+127.0.0.1 and 127.0.0.2): the active's push is applied by the backup with its own instance name
+and the pushed serial, then both run "the same"; an older serial is refused and reported; an
+invalid configuration is refused with the validator's reason and changes nothing; a push signed
+with another key, or from an address that is not the peer's, is never read."""
+from __future__ import annotations
+
+import asyncio
+import socket
+
+import pytest
+
+from lb.config import store
+from lb.ha import configsync
+from test_web import DaemonEngine, write_config
+
+KEY = b"a shared key of enough bytes 0123"
+
+
+def free_port() -> int:
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+def pair(tmp_path, b_text=None, a_extra="", b_extra=""):
+    a_path = write_config(tmp_path / "a.toml", weight="7", web=a_extra)
+    b_path = tmp_path / "b.toml"
+    if b_text is None:
+        write_config(b_path, weight="1", web=b_extra)
+        b_path.write_text(b_path.read_text().replace('instance = "webtest"', 'instance = "webtest2"'))
+    else:
+        b_path.write_text(b_text)
+    a, b = DaemonEngine(a_path), DaemonEngine(b_path)
+    a.role = lambda: "active"
+    b.role = lambda: "backup"
+    port = free_port()
+    sa = configsync.ConfigSync(a, KEY, [("127.0.0.1", "127.0.0.2")], port)
+    sb = configsync.ConfigSync(b, KEY, [("127.0.0.2", "127.0.0.1")], port)
+    return a, b, sa, sb
+
+
+def run(sa, sb, body):
+    async def go():
+        await sa.start()
+        await sb.start()
+        try:
+            return await body()
+        finally:
+            await sa.stop()
+            await sb.stop()
+    return asyncio.run(go())
+
+
+def test_the_backup_applies_the_actives_configuration_then_both_are_the_same(tmp_path):
+    a, b, sa, sb = pair(tmp_path)
+    a_cfg = a.cfg
+
+    async def body():
+        first = await sa.push()
+        second = await sa.push()
+        return first, second
+    first, second = run(sa, sb, body)
+    assert first["result"] == "applied" and second["result"] == "same"
+    got = store.read(b.cfg.path).cfg
+    assert got.instance == "webtest2" and got.serial_no == a_cfg.serial_no
+    assert got.virtual_servers[0].real_servers[0].weight == 7 and b.cfg == got
+    assert store.identity(got) == store.identity(a_cfg)
+    assert sa.status()["same"] is True and sb.status()["same"] is True
+    assert store.prev_path(b.cfg.path).exists()
+
+
+def test_an_older_serial_is_refused_and_reported(tmp_path):
+    a, b, sa, sb = pair(tmp_path)
+    b.cfg.path.write_text(b.cfg.path.read_text().replace('instance = "webtest2"', 'instance = "webtest2"\nserial_no = 9'))
+    from lb import config as lbconfig
+    b.cfg = lbconfig.load(b.cfg.path)
+    before = b.cfg.path.read_bytes()
+    reply = run(sa, sb, sa.push)
+    assert reply["result"] == "older" and "older than this director's 9" in reply["error"]
+    assert b.cfg.path.read_bytes() == before
+    assert sa.status()["same"] is False and sa.status()["last_result"] == "older"
+
+
+def test_an_invalid_configuration_is_refused_with_the_reason(tmp_path):
+    a, b, sa, sb = pair(tmp_path)
+    before = b.cfg.path.read_bytes()
+    bad = store.shared_document(a.cfg)
+    bad["virtual_server"][0]["real_server"][0]["weight"] = "heavy"
+    reply = run(sa, sb, lambda: sa._exchange({"role": "active", "serial_no": 1, "identity": "0" * 16,
+                                              "document": bad}))
+    assert reply["result"] == "refused"
+    assert 'virtual_server[0].real_server[0].weight: expected an integer, got string "heavy"' in reply["error"]
+    assert b.cfg.path.read_bytes() == before
+
+
+def test_another_key_or_another_address_is_never_read(tmp_path):
+    a, b, sa, sb = pair(tmp_path)
+    before = b.cfg.path.read_bytes()
+    sa.key = b"not the peer's key, same length!"
+
+    async def body():
+        with pytest.raises(asyncio.IncompleteReadError):
+            await sa.push()
+    run(sa, sb, body)
+    assert b.cfg.path.read_bytes() == before and sb.counters["bad_peer"] == 1
+    # a push from 127.0.0.3 (not the peer's heartbeat address)
+    sa.key = KEY
+    sa.channels = [("127.0.0.3", "127.0.0.2")]
+
+    async def body2():
+        with pytest.raises(asyncio.IncompleteReadError):
+            await sa.push()
+    run(sa, sb, body2)
+    assert b.cfg.path.read_bytes() == before and sb.counters["bad_peer"] == 2
+
+
+BGP = """
+[bgp]
+mode = "announce"
+local_as = 65001
+router_id = "{rid}"
+  [[bgp.neighbor]]
+  address = "198.18.0.254"
+  peer_as = 65000
+  local_address = "{rid}"
+"""
+
+
+def test_each_director_keeps_its_own_bgp_sessions(tmp_path):
+    """[bgp] is per director (its router id, its end of each session): the push carries the rest,
+    the backup keeps its own [bgp], and a different [bgp] does not make the two "different"."""
+    a, b, sa, sb = pair(tmp_path, a_extra=BGP.format(rid="198.18.0.2"), b_extra=BGP.format(rid="198.18.0.3"))
+    b_path = b.cfg.path
+
+    async def body():
+        return await sa.push(), await sa.push()
+    first, second = run(sa, sb, body)
+    assert first["result"] == "applied", first
+    assert second["result"] == "same"
+    got = store.read(b_path).cfg
+    assert got.virtual_servers[0].real_servers[0].weight == 7 and b.cfg == got
+    assert str(got.bgp.router_id) == "198.18.0.3" and str(got.bgp.neighbors[0].local_address) == "198.18.0.3"
+    assert 'router_id = "198.18.0.3"' in b_path.read_text()
+    assert str(a.cfg.bgp.router_id) == "198.18.0.2"
+    assert sa.status()["same"] is True and sb.status()["same"] is True

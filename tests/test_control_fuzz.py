@@ -1,0 +1,134 @@
+"""A fuzzer of the control socket's requests, through the real socket and Engine.run's loop (over a
+recording data plane): 1,000+ mutated requests (keys dropped, retyped, nested, huge, truncated,
+random bytes) of every command -- each is answered with one JSON object, applied ({"ok": true}) or
+refused with an error; never a traceback; a refused one leaves the configuration file, the running
+configuration and the operator's overrides exactly as they were."""
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import random
+import socket
+
+from lb import control
+from lb.config import store
+from test_override import RecordingDataplane, no_addresses, running  # noqa: F401  (fixtures)
+
+
+class TableDataplane(RecordingDataplane):
+    """The recording data plane, with the reads the "table" and "status" requests make."""
+
+    def read_services(self):
+        return []
+
+    def counters(self):
+        return {}
+
+    def sched_base_pending(self):
+        return False
+
+
+NASTY = [None, True, 0, -1, 2 ** 70, 1.5, float("inf"), "", "x" * 70000, "\x00", "web", "rs1", [], {}, [[[[[]]]]],
+         {"a": {"b": {"c": {}}}}, ["status"], "198.18.1.11:80", "../../etc/passwd", "é" * 100]
+
+
+def mutate_value(rng, v):
+    op = rng.random()
+    if op < 0.5:
+        return rng.choice(NASTY)
+    if isinstance(v, dict) and v:
+        v = dict(v)
+        k = rng.choice(list(v))
+        if rng.random() < 0.4:
+            del v[k]
+        else:
+            v[k] = mutate_value(rng, v[k])
+        return v
+    if isinstance(v, list) and v:
+        v = list(v)
+        i = rng.randrange(len(v))
+        v[i] = mutate_value(rng, v[i])
+        return v
+    return rng.choice(NASTY)
+
+
+def mutated(rng, req: dict) -> bytes:
+    """Bytes of a mutated request line."""
+    r = copy.deepcopy(req)
+    for _ in range(rng.randint(1, 3)):
+        k = rng.choice(list(r))
+        op = rng.random()
+        if op < 0.15 and k != "cmd":
+            del r[k]
+        elif op < 0.75:
+            r[k] = mutate_value(rng, r[k])
+        else:
+            r[rng.choice(["extra", "weight", "document", "version", "restart", "service", "server"])] = rng.choice(NASTY)
+    try:
+        line = json.dumps(r).encode()
+    except (ValueError, OverflowError):
+        line = b'{"cmd": "status"}'
+    op = rng.random()
+    if op < 0.05:
+        line = line[: rng.randrange(len(line))]                        # truncated
+    elif op < 0.08:
+        line = bytes(rng.randrange(256) for _ in range(rng.randrange(1, 200)))   # random bytes
+    elif op < 0.1:
+        line = b"[" * rng.randrange(100, 70000)                        # deep nesting
+    return line.replace(b"\n", b" ") + b"\n"
+
+
+def ask(path: str, line: bytes) -> dict:
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.settimeout(30)
+    s.connect(path)
+    try:
+        s.sendall(line)
+        reply = s.makefile("rb").readline()
+    finally:
+        s.close()
+    doc = json.loads(reply)
+    assert isinstance(doc, dict) and isinstance(doc.get("ok"), bool), reply[:300]
+    return doc
+
+
+def test_fuzzed_control_requests_are_answered_and_refusals_change_nothing(running, caplog):
+    eng, drive = running
+    eng.dp = TableDataplane()
+    path = control.socket_path(eng.cfg.instance, str(eng.cfg.path.parent))
+    rng = random.Random(15)
+    counts = {"ok": 0, "refused": 0}
+
+    async def body(call):
+        snap = await call(lambda: json.loads(json.dumps(control.request(eng.cfg.instance, "config"))))
+        base_doc = snap["document"]
+        n = 0
+        while n < 1100:
+            fresh = await call(lambda: control.request(eng.cfg.instance, "config"))
+            valid = [{"cmd": "status"}, {"cmd": "table"}, {"cmd": "web"}, {"cmd": "config"}, {"cmd": "reload"},
+                     {"cmd": "weight", "service": "web", "server": "rs1", "weight": 0},
+                     {"cmd": "weight", "service": "web", "server": "rs2", "weight": None},
+                     {"cmd": "config-put", "document": copy.deepcopy(base_doc), "version": fresh["config"]["version"]}]
+            line = mutated(rng, rng.choice(valid))
+            before = (eng.cfg.path.read_bytes(), eng.cfg, dict(eng.overrides))
+            reply = await call(lambda: ask(path, line))
+            if reply["ok"]:
+                counts["ok"] += 1
+            else:
+                counts["refused"] += 1
+                assert isinstance(reply.get("error"), str) and reply["error"], reply
+                assert (eng.cfg.path.read_bytes(), eng.cfg, dict(eng.overrides)) == before, (line[:300], reply)
+            n += 1
+            if n % 200 == 0:            # back to the fixture's configuration now and then
+                cur = await call(lambda: control.request(eng.cfg.instance, "config"))
+                await call(lambda: control.request(eng.cfg.instance, "config-put", document=base_doc,
+                                                   version=cur["config"]["version"]))
+
+    with caplog.at_level(logging.WARNING):
+        drive(body)
+    assert counts["ok"] > 100 and counts["refused"] > 300, counts
+    assert not [r for r in caplog.records if r.exc_info and r.name in ("lb.control", "lb.confedit", "lb.engine")]
+    assert "Traceback" not in caplog.text
+    # what the fuzzer saved is a valid file, its previous version kept
+    assert store.read(eng.cfg.path).cfg is not None and store.prev_path(eng.cfg.path).exists()

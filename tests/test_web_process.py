@@ -1,0 +1,115 @@
+"""`lb web` as a process of its own (lb.web.main): it takes its [web] settings from the daemon's
+control socket (reading no configuration file), serves HTTPS when [web] has a certificate, and
+does nothing when [web] enabled is false."""
+from __future__ import annotations
+
+import asyncio
+import shutil
+import socket
+import ssl
+import subprocess
+import threading
+
+import pytest
+from aiohttp import ClientSession
+
+from lb import control
+from lb.web import main as webmain
+from lb.web import password
+
+PASSWORD = "a password for tls"
+
+
+def free_port() -> int:
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+@pytest.fixture
+def cert(tmp_path):
+    if not shutil.which("openssl"):
+        pytest.skip("openssl makes the test certificate")
+    crt, key = tmp_path / "web.crt", tmp_path / "web.key"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out", str(crt),
+                    "-days", "2", "-subj", "/CN=127.0.0.1"], check=True, capture_output=True, timeout=60)
+    return crt, key
+
+
+def daemon(tmp_path, web: dict):
+    """A control socket answering "web" (and "status") as the daemon would."""
+    async def handler(req):
+        if req["cmd"] == "web":
+            return {"ok": True, "instance": "t", "config": "/x", "web": web}
+        return {"ok": True, "status": {"instance": "t", "services": []}}
+
+    loop = asyncio.new_event_loop()
+    server = control.ControlServer(control.socket_path("t", str(tmp_path)), handler)
+    ready = threading.Event()
+
+    def run():
+        asyncio.set_event_loop(loop)
+        loop.run_until_complete(server.start())
+        ready.set()
+        loop.run_forever()
+        loop.run_until_complete(server.stop())
+
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    assert ready.wait(10)
+    return loop, t
+
+
+def settings(tmp_path, **over):
+    pw = tmp_path / "pw"
+    password.write(pw, PASSWORD, "admin")
+    port = free_port()
+    web = {"enabled": True, "address": "127.0.0.1", "port": port, "listen": f"127.0.0.1:{port}",
+           "password_file": str(pw), "tls_cert": None, "tls_key": None, "allowed_hosts": [], "trusted_proxies": [],
+           "session_lifetime": 3600}
+    web.update(over)
+    return web
+
+
+def test_lb_web_serves_https_with_the_daemons_settings(tmp_path, cert):
+    crt, key = cert
+    web = settings(tmp_path, tls_cert=str(crt), tls_key=str(key))
+    loop, t = daemon(tmp_path, web)
+
+    async def go():
+        task = asyncio.create_task(webmain.serve("t", str(tmp_path)))
+        ctx = ssl.create_default_context(cafile=str(crt))
+        ctx.check_hostname = False
+        base = f"https://127.0.0.1:{web['port']}"
+        async with ClientSession() as s:
+            for _ in range(100):
+                try:
+                    r = await s.get(base + "/login", ssl=ctx)
+                    break
+                except OSError:
+                    await asyncio.sleep(0.1)
+            assert r.status == 200 and "Log in" in await r.text()
+            r = await s.post(base + "/login", data={"user": "admin", "password": PASSWORD}, ssl=ctx,
+                             allow_redirects=False, headers={"Origin": base})
+            assert r.status == 303 and "Secure" in r.headers["Set-Cookie"]
+            with pytest.raises(Exception):          # no plain HTTP on that port
+                await s.get(f"http://127.0.0.1:{web['port']}/login")
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+    try:
+        asyncio.run(go())
+    finally:
+        loop.call_soon_threadsafe(loop.stop)
+        t.join(10)
+
+
+def test_lb_web_does_nothing_when_disabled(tmp_path):
+    loop, t = daemon(tmp_path, settings(tmp_path, enabled=False))
+    try:
+        assert webmain.run("t", str(tmp_path)) == 0
+    finally:
+        loop.call_soon_threadsafe(loop.stop)
+        t.join(10)
