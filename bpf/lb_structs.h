@@ -201,6 +201,18 @@ struct lb_mh_last {
     __u32 w[LB_MAX_SVC_REALS];
 };
 
+/* lb_vip_filter value (one entry): a bit per hash of every address a virtual service listens on
+ * (LB_VIP_FILTER_BITS, LB_VIP_HASH_MUL), written by the control plane */
+struct lb_vip_filter {
+    __u64 bits[LB_VIP_FILTER_WORDS];
+};
+
+/* lb_icmp_bucket value (one entry): the too-big answers' token bucket, kept as the time the
+ * bucket would be full again (GCRA: each answer moves it on by the interval) */
+struct lb_icmp_bucket {
+    __u64 tat_ns;
+};
+
 /* mh (lb_mh_walk, per-CPU): where an mh-fallback walk longer than one run goes on */
 struct lb_mh_walk {
     __u32 svc;                    /* service id + 1 while a walk is under way, else 0 */

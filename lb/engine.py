@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import ipaddress
 import json
 import logging
 import os
@@ -44,6 +45,7 @@ SHARED_DIR = control.SHARED_DIR
 SWEEP_INTERVAL = 5.0
 NEXTHOP_INTERVAL = 10.0
 ESTIMATE_INTERVAL = 2.0       # IPVS's rate estimator period (ip_vs_est.c)
+DEFENSE_INTERVAL = 1.0        # IPVS's defense_work period (DEFENSE_TIMER_PERIOD)
 
 
 class StartupError(Exception):
@@ -104,7 +106,8 @@ def build_table(cfg, health: dict | None = None, sorry: set | None = None,
     # while this director was cut off, say) expires the entry, and the client's next packet is
     # scheduled afresh -- sloppy, so mid-flow too -- to the server every director picks
     return TableSpec(tuple(services), (t.tcp, t.tcpfin, t.udp), cfg.expire_nodest_conn or sloppy,
-                     lblc_expiration=cfg.lblc_expiration, lblcr_expiration=cfg.lblcr_expiration)
+                     lblc_expiration=cfg.lblc_expiration, lblcr_expiration=cfg.lblcr_expiration,
+                     defense=cfg.defense)
 
 
 def effective_weight(vs, rs, up: bool = True, load: int | None = None, override: int | None = None) -> lbweight.Weight:
@@ -267,6 +270,9 @@ class Engine:
         # role and the addresses follow it (lb/ha/pulse.py, bpf/lb_lease.h)
         self._lease_armed = False
         self._lease_log = RateLimitedLog(log, 10.0)
+        # reloads by result (ok, refused, failed), the last one's, and when the running config was loaded
+        self.reloads: dict = {"ok": 0, "refused": 0, "failed": 0, "last_ok": True, "loaded_at": time.time()}
+        self.takeovers = 0                           # HA: times this director became active
         self.configs = ConfigRequests(self)          # the control socket's configuration requests
         self.configsync = None                       # HA: lb.ha.configsync (the config push)
         self.bgp = None                              # lb.bgp.Announcer with [bgp]: the VIPs announced
@@ -482,6 +488,7 @@ class Engine:
                 raise
         if self.active:
             addresses.release([a for a in self.owned if a not in want])
+            self.announce(True, added)           # the VIPs this reload added: neighbours learn them now
         self.owned, self.cfg = want, new
         if new.ha is not None:              # the lease covers the new addresses (bpf/lb_lease.h)
             try:
@@ -752,18 +759,24 @@ class Engine:
     def _release_addresses(self) -> None:
         addresses.release(self.owned)
 
-    def announce(self, burst: bool = True) -> None:
+    def announce(self, burst: bool = True, addrs=None) -> None:
+        """Gratuitous ARP / unsolicited NA for the addresses this director holds (or ``addrs``),
+        with or without [ha]: at start, when a reload adds a VIP, at a takeover (a burst) and
+        every garp_refresh while active (one round)."""
         ha = self.cfg.ha
-        if not self.active or ha is None:
+        addrs = self.owned if addrs is None else addrs
+        if not self.active or not addrs:
             return
-        n = ha_announce.announce(self.owned, ha.garp_count if burst else 1, ha.garp_interval)
-        log.info("announced %d addresses (%d frames)", len(self.owned), n)
+        count, interval = (ha.garp_count, ha.garp_interval) if ha else (ha_announce.COUNT, ha_announce.INTERVAL)
+        n = ha_announce.announce(addrs, count if burst else 1, interval)
+        log.info("announced %d addresses (%d frames)", len(addrs), n)
 
     async def on_role(self, new: int, old: int) -> None:
         from lb.ha.pulse import ACTIVE
         loop = asyncio.get_running_loop()
         if new == ACTIVE:
             self.active = True
+            self.takeovers += 1
             await loop.run_in_executor(None, self._renew_lease)     # before the addresses answer
             await loop.run_in_executor(None, self._take_addresses)
             loop.run_in_executor(None, self.announce, True)    # the burst runs on by itself
@@ -812,8 +825,13 @@ class Engine:
         with self._dp_lock:
             return self.dp.estimate()
 
-    def status(self) -> dict:
-        """What `lb status` shows (the control socket's "status" reply)."""
+    def defend(self) -> None:
+        with self._dp_lock:
+            self.dp.defend()
+
+    def status(self, counters: bool = True) -> dict:
+        """What `lb status` shows (the control socket's "status" reply); without the data path's
+        counters when ``counters`` is false (lb.metrics reads them in its own thread)."""
         services = []
         for vs in self.cfg.virtual_servers:
             reals = []
@@ -830,6 +848,7 @@ class Engine:
                               "changes": mon.changes if mon else 0,
                               "downs": mon.downs if mon else 0, "ups": mon.ups if mon else 0,
                               "checks": mon.checks if mon else 0,
+                              "failures": mon.failures if mon else 0,
                               "reason": mon.reason if mon else None,
                               "dynamic_weight": self.weights.get(key),
                               "override": self.overrides.get(key),
@@ -847,9 +866,10 @@ class Engine:
         doc = {"instance": self.cfg.instance, "pid": os.getpid(),
                "role": self.pulse.role if self.pulse is not None else ("active" if self.active else "starting"),
                "config": str(self.cfg.path), "dataplane": self.dp.kind,
-               "at": time.time(), "services": services}
+               "at": time.time(), "services": services, "reloads": dict(self.reloads),
+               "config_warnings": len(self.cfg.warnings)}
         if self.pulse is not None:
-            doc["ha"] = self.pulse.status()
+            doc["ha"] = dict(self.pulse.status(), takeovers=self.takeovers)
             try:
                 left = self.dp.lease_left()
             except Exception:
@@ -861,10 +881,15 @@ class Engine:
             doc["configuration"]["peer"] = self.configsync.status()
         if self.bgp is not None:
             doc["bgp"] = self.bgp.status()
+        if not counters:
+            return doc
         try:
             counters = self.dp.counters()
             if counters:
                 doc["counters"] = counters
+            defense = self.dp.defense_status()
+            if defense is not None:
+                doc["defense"] = defense
         except Exception as e:  # a status must come back whatever the maps say
             log.warning("reading the data plane's counters: %s", e)
         return doc
@@ -877,18 +902,28 @@ class Engine:
             msg = self.reload_or_raise()
         except ReloadRefused as e:
             log.error("%s", e)
+            self._count_reload("refused")
             return {"ok": False, "error": str(e), "changed": False,
                     "issues": [{"path": i.path, "line": i.line, "field": i.field, "message": i.message}
                                for i in e.issues]}
         except ReloadFailed as e:
             log.error("%s", e)
+            self._count_reload("failed")
             return {"ok": False, "error": str(e), "changed": not e.restored, "rolled_back": e.restored}
         except Exception as e:     # a bug: the caller must know it is not a refusal
             log.exception("reload failed")
+            self._count_reload("failed")
             return {"ok": False, "error": f"reload failed: {type(e).__name__}: {e} (what was changed is not "
                                           f"known: see the log)", "changed": None}
         log.info("%s", msg)
+        self._count_reload("ok")
         return {"ok": True, "message": msg, "changed": True}
+
+    def _count_reload(self, result: str) -> None:
+        self.reloads[result] += 1
+        self.reloads["last_ok"] = result == "ok"
+        if result == "ok":
+            self.reloads["loaded_at"] = time.time()
 
     def _load_status(self, key) -> dict | None:
         entry = self.loads.get(key)
@@ -909,16 +944,38 @@ class Engine:
             return await fut
         if cmd == "weight":
             return await self._weight_reply(req)
+        if cmd == "zero":
+            return await self._zero_reply(req.get("service"))
         if cmd in ("config", "config-put", "table", "web"):
             return await self.configs.request(req)
-        return {"ok": False, "error": f"unknown command {cmd!r} (status, reload, weight, table, web, config, "
-                                     f"config-put)"}
+        return {"ok": False, "error": f"unknown command {cmd!r} (status, reload, weight, zero, table, web, "
+                                     f"config, config-put)"}
 
     def role(self) -> str:
         """This director's HA role ("active" without [ha])."""
         if self.pulse is not None:
             return self.pulse.role
         return "active" if self.active else "starting"
+
+    async def _zero_reply(self, service) -> dict:
+        """`lb zero`: the data plane's counters and rates of one service (["tcp", VIP, PORT] or
+        ["fwmark", MARK]) or of all (null), as ipvsadm -Z."""
+        try:
+            key = None if service is None else (
+                ("fwmark", int(service[1])) if service[0] == "fwmark"
+                else (str(service[0]), ipaddress.ip_address(service[1]), int(service[2])))
+        except (TypeError, ValueError, IndexError, KeyError):
+            return {"ok": False, "error": f"service: {service!r} is not [protocol, address, port] or "
+                                          f"[\"fwmark\", mark]"}
+
+        def zero():
+            with self._dp_lock:
+                return self.dp.zero_stats(key)
+        try:
+            n = await asyncio.get_running_loop().run_in_executor(None, zero)
+        except LookupError:
+            return {"ok": False, "error": "no such service"}
+        return {"ok": True, "message": f"counters of {n} virtual service{'' if n == 1 else 's'} zeroed"}
 
     # ---- the loop ----
     async def run(self) -> None:
@@ -952,16 +1009,20 @@ class Engine:
             await server.start()
         except OSError as e:         # forwarding goes on; only `lb status`/`lb reload` are missing
             log.error("no control socket: %s", e)
+        from lb import metrics as lbmetrics
+        metrics = await lbmetrics.start(self)      # serves only when [metrics] enables it
         if self.pulse is not None:
             await blocking(ha_announce.warm_up)      # scapy loads now, not during a takeover
             await self.pulse.start()
             from lb.ha import configsync     # the active pushes its configuration to the backup
             self.configsync = await configsync.start(self)
+        else:                                        # the one director: its neighbours learn the VIPs now
+            blocking(self.announce)                  # (the burst runs on by itself)
         # the BGP lease's renewal (lb.bgp, not the HA lease of bpf/lb_lease.h), restarted if it raises
         # (a stopped renewal withdraws every route)
         bgp_lease = supervise("bgp-lease", self.bgp.run, logger=log, context=f"instance {self.cfg.instance}") \
             if self.bgp is not None else None
-        last_sweep = last_nh = last_est = loop.time()
+        last_sweep = last_nh = last_est = last_def = loop.time()
         while self._stop is None:
             try:
                 await asyncio.wait_for(self._wake.wait(), timeout=1.0)
@@ -978,6 +1039,7 @@ class Engine:
                         self.sync_monitors()
                         self.sync_load_monitors()
                         self.sync_overrides()
+                        await blocking(lambda: metrics.reconfigure(self.cfg.metrics))
                         if server.server is not None:
                             await server.refresh()      # [control]'s groups: their socket
                     for fut in waiters:
@@ -1010,6 +1072,9 @@ class Engine:
                     n = await blocking(self.sweep)
                     if n:
                         log.debug("swept %d expired connections", n)
+                if now - last_def >= DEFENSE_INTERVAL:
+                    last_def = now
+                    await blocking(self.defend)
                 if now - last_est >= ESTIMATE_INTERVAL:
                     last_est = now
                     await blocking(self.estimate)
@@ -1026,6 +1091,7 @@ class Engine:
             await self.bgp.leave(keep=self._stop == "keep")
         if self.configsync is not None:
             await self.configsync.stop()
+        await blocking(metrics.stop)
         await server.stop()
         if self.pulse is not None:
             self._end_lease()

@@ -107,7 +107,23 @@ class Dataplane(abc.ABC):
 
     @abc.abstractmethod
     def counters(self) -> dict[str, int]:
-        """The data path's event counters by name (empty where the backend has none)."""
+        """The data path's event counters by name (empty where the backend has none).  A name
+        ending in _entries, _max, _capacity, _fill or _ratio is a level (table fill), not a count
+        (lb.metrics exports it as a gauge)."""
+
+    @abc.abstractmethod
+    def zero_stats(self, service: tuple | None = None) -> int:
+        """ipvsadm -Z: the packet, byte and connection counters and the rate estimator of one
+        service and its real servers (``("tcp", address, port)`` or ``("fwmark", mark)``), or
+        of every service; returns the services zeroed (LookupError: no such service)."""
+
+    # ---- defenses against floods ----
+    def defend(self) -> None:
+        """Once a second: IPVS's defense_work (the kernel runs its own in IPVS mode)."""
+
+    def defense_status(self) -> dict | None:
+        """The defenses' state for `lb status` (None where the kernel keeps it)."""
+        return None
 
     # ---- HA lease: a gone daemon's addresses are not claimed (bpf/lb_lease.h) ----
     @abc.abstractmethod

@@ -20,10 +20,10 @@ PIN_ROOT = "/sys/fs/bpf/lb"
 MAP_NAMES = ("lb_services", "lb_svc", "lb_sched_state", "lb_svc_dests", "lb_reals",
              "lb_real_conns", "lb_real_swept", "lb_conns", "lb_tcp_fsm", "lb_timeouts",
              "lb_svc_stats", "lb_real_stats", "lb_counters", "lb_progs", "lb_scratch", "lb_persist",
-             "lb_svc_rates", "lb_real_rates")
+             "lb_svc_rates", "lb_real_rates", "lb_conns_embryo", "lb_persist_embryo", "lb_ct_events")
 # maps newer than some running instances: opened when present, not required (`lb list` of an
 # instance started before they existed shows zero rates rather than failing)
-OPTIONAL_MAPS = ("lb_svc_rates", "lb_real_rates")
+OPTIONAL_MAPS = ("lb_svc_rates", "lb_real_rates", "lb_conns_embryo", "lb_persist_embryo", "lb_ct_events")
 
 
 def pin_dir(instance: str, root: str = PIN_ROOT) -> str:

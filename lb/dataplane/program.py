@@ -12,6 +12,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from lb.config.model import embryonic_size
+
 from . import layout as L
 from .errors import DataplaneError
 from .maps import BpfMap
@@ -50,6 +52,23 @@ CL ES SS ES FW TW CL CW CL LI ES
 CL CL CL SR CL CL CL CL LA LI CL
 """
 TCP_FSM = [_S[t] for t in _FSM_TEXT.split()]   # index (table * 4 + event) * 11 + state
+# secure_tcp's tables (IPVS tcp_states_dos): in NAT a connection is established only once the
+# real server answered the handshake (its SYN|ACK, then an ACK of its own)
+_FSM_SECURE_TEXT = """
+SR ES ES SR SR SR SR SR SR SR SA
+CL CW SS TW TW TW CL CW LA LI SA
+CL ES SS SR FW TW CL CW CL LI SA
+CL CL CL SR CL CL CL CL LA LI CL
+SS ES SS SA SS SS SS SS SS LI SA
+TW FW SS TW FW TW CL TW LA LI TW
+ES ES SS ES FW TW CL CW LA ES ES
+CL CL SS CL CL TW CL CL CL CL CL
+SA ES ES SR SA SA SA SA SA SA SA
+CL FW SS TW FW TW CL CW LA LI TW
+CL ES SS ES FW TW CL CW CL LI ES
+CL CL CL SR CL CL CL CL LA LI CL
+"""
+TCP_FSM_SECURE = [_S[t] for t in _FSM_SECURE_TEXT.split()]
 
 
 @dataclass(frozen=True)
@@ -58,10 +77,17 @@ class Sizes:
     reals: int = 4096
     svc_reals: int = 64
     connections: int = 65536
+    embryonic: int = 0           # 0: lb.config.model.embryonic_size's default
 
     @classmethod
     def from_tables(cls, t) -> "Sizes":
-        return cls(t.services, t.real_servers, t.reals_per_service, t.connections)
+        return cls(t.services, t.real_servers, t.reals_per_service, t.connections, t.embryonic or 0)
+
+    @property
+    def embryo(self) -> int:
+        """embryonic connections (and their templates): the config's [tables] embryonic, else a
+        quarter of the connection table (lb_embryo.h)"""
+        return embryonic_size(self.connections, self.embryonic)
 
     @property
     def persist(self) -> int:
@@ -78,6 +104,7 @@ class Sizes:
                 f"-DLB_PERSIST_TABLE_SIZE={self.persist}",
                 f"-DLB_MAX_SVC_REALS={self.svc_reals}", f"-DLB_CONN_TABLE_SIZE={self.connections}",
                 f"-DLB_LBLC_TABLE_SIZE={self.lblc}", f"-DLB_LBLCR_SET_SIZE={L.LBLCR_SET_SIZE}",
+                f"-DLB_EMBRYO_TABLE_SIZE={self.embryo}",
                 f'-DLB_PIN_DIR="{pin}"']
 
     def expected(self) -> dict[str, tuple[int, int]]:
@@ -96,7 +123,12 @@ class Sizes:
             "lb_real_base": (self.reals, L.REAL_CONNS.size),
             "lb_real_overload": (self.reals, 4),
             "lb_conns": (self.connections, L.CONN.size),
+            "lb_conns_embryo": (self.embryo, L.CONN.size),
             "lb_persist": (self.persist, L.PERSIST.size),
+            "lb_persist_embryo": (self.embryo, L.PERSIST.size),
+            "lb_counters": (L.N_COUNTERS, 8),
+            "lb_ct_events": (L.N_CT_EVENTS, 8),
+            "lb_vip_filter": (1, L.VIP_FILTER.size),
             "lb_svc_stats": (self.services, L.STATS.size),
             "lb_fwm_ranges": (self.services, L.PORT_RANGES.size),
             "lb_fwm_services": (self.services, 4),
@@ -189,10 +221,11 @@ class Program:
         progs[ctypes.c_int(L.PROG_PERSIST)] = ctypes.c_int(self.fns["lb_xdp_persist"].fd)
         for sname, idx in L.SCHEDULERS.items():
             progs[ctypes.c_int(L.PROG_SCHED_BASE + idx)] = ctypes.c_int(self.fns[f"lb_sched_{sname}"].fd)
-        for name in self.sizes.expected().keys() | {"lb_tcp_fsm", "lb_timeouts", "lb_counters"}:
+        for name in self.sizes.expected().keys() | {"lb_tcp_fsm", "lb_tcp_fsm_secure", "lb_timeouts"}:
             self.maps[name] = BpfMap.open_pinned(os.path.join(self.pin, name))
-        for i, v in enumerate(TCP_FSM):
-            self.maps["lb_tcp_fsm"].set(L.U32.pack(i), L.U32.pack(v))
+        for mapname, table in (("lb_tcp_fsm", TCP_FSM), ("lb_tcp_fsm_secure", TCP_FSM_SECURE)):
+            for i, v in enumerate(table):
+                self.maps[mapname].set(L.U32.pack(i), L.U32.pack(v))
 
     def close_maps(self) -> None:
         for m in self.maps.values():

@@ -252,6 +252,9 @@ class ServiceTable:
         self.last_table = table
         self._nh_cache = {}
         want = {key_of(s): s for s in table.services}
+        # the VIP filter lets through the addresses of the services there are and will be, until
+        # the table is written; then only those there are
+        self._write_vip_filter(self._vip_addrs() | {a for s in table.services for a in _addrs_of(s)})
         # a removed firewall-mark service stops matching before its slot is freed
         self._sync_ranges({k: s for k, s in want.items() if k in self.services})
         # removals: each service's lb_services / lb_fwm_services entry goes at once, its parts
@@ -268,7 +271,9 @@ class ServiceTable:
             self._apply_service(key, spec, self._drains(key, spec))
         self.txn.end()
         self._sync_ranges(want)
+        self._write_vip_filter(self._vip_addrs())
         self._apply_timeouts(table.timeouts)
+        self._apply_icmp_limit(table.defense)
         g = L.U32.pack(L.G_EXPIRE_NODEST)
         if self.maps["lb_globals"].get(g) != L.U32.pack(int(table.expire_nodest_conn)):
             self.txn.set("lb_globals", g, L.U32.pack(int(table.expire_nodest_conn)))
@@ -386,6 +391,29 @@ class ServiceTable:
         if done and self.last_table is not None:
             self.apply(self.last_table)
         return done
+
+    def _vip_addrs(self) -> set:
+        """Every address a written service listens on: address/port services' VIPs and the
+        firewall-mark port groups' addresses."""
+        out = {key.addr for key in self.services if isinstance(key, L.SvcKey)}
+        out |= {L.SvcKey.unpack(k).addr for k in self.ranges}
+        return out
+
+    def _write_vip_filter(self, addrs) -> None:
+        """lb_vip_filter: lb_xdp_public's first test (a bit per hashed address)"""
+        value = L.pack_vip_filter(addrs)
+        key = L.U32.pack(0)
+        if self.maps["lb_vip_filter"].get(key) != value:
+            self.txn.set("lb_vip_filter", key, value)
+
+    def _apply_icmp_limit(self, defense) -> None:
+        """The tunnel's too-big answers: ns between two (LB_NONE: none) and the burst"""
+        rate = defense.icmp_msgs_per_sec
+        for g, v in ((L.G_ICMP_INTERVAL, L.LB_NONE if rate == 0 else max(1, 1_000_000_000 // rate)),
+                     (L.G_ICMP_BURST, defense.icmp_msgs_burst)):
+            k = L.U32.pack(g)
+            if self.maps["lb_globals"].get(k) != L.U32.pack(v):
+                self.txn.set("lb_globals", k, L.U32.pack(v))
 
     def _apply_timeouts(self, timeouts) -> None:
         for i, v in enumerate(state_timeouts(*timeouts)):
@@ -669,6 +697,13 @@ _DRAIN = object()
 
 def _keep_nexthop(real: L.Real, old: L.Real) -> None:
     real.ifindex, real.mac, real.src_mac, real.tun_src, real.mtu = old.ifindex, old.mac, old.src_mac, old.tun_src, old.mtu
+
+
+def _addrs_of(spec: ServiceSpec) -> set:
+    """the addresses a service listens on"""
+    if spec.fwmark:
+        return {g.address for g in spec.groups}
+    return {spec.address}
 
 
 def key_of(spec: ServiceSpec):

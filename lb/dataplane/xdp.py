@@ -5,6 +5,7 @@ its module:
     txn.py        the staged map writes of one apply, flushed in dependency order
     services.py   the service / real-server writer (apply, drains, next hops, scheduler tables)
     conntable.py  the connection table: sweep and recount, HA export/import, quiesce baseline
+    defense.py    IPVS's defenses against floods (drop_entry, drop_packet, secure_tcp), counter watch
     rates.py      IPVS's rate estimator
     lblc.py       lblc / lblcr expiry
     attach.py     XDP attach / detach on an interface
@@ -23,6 +24,7 @@ from . import reader
 from .attach import attach_xdp, detach_xdp
 from .base import Dataplane
 from .conntable import CLOCK_MONOTONIC_COARSE, ConnTable, SchedBaseline
+from .defense import Defender
 from .errors import DataplaneError
 from .lblc import LblcExpiry
 from .maps import PIN_ROOT, PinnedMaps, have_batch, pin_dir
@@ -55,6 +57,7 @@ class XdpDataplane(Dataplane):
         self.baseline = SchedBaseline(self.maps, self.txn)
         self.table = ServiceTable(self.maps, self.txn, sizes, resolver, self.rates, self.lblc, self.baseline)
         self.conns = ConnTable(self.maps, self.txn, self.table)
+        self.defender = Defender(self.maps, self.txn, self.conns, sizes.embryo)
         self.attached: dict[str, int] = {}      # ifname -> xdp flags
         self.adopted = False
         self.created = False     # this instance made the pin directory (a failed start removes it)
@@ -149,7 +152,9 @@ class XdpDataplane(Dataplane):
 
     def apply(self, table: TableSpec) -> int:
         """Make the maps forward `table`; returns the number of map writes it took."""
-        return self.table.apply(table)
+        n = self.table.apply(table)
+        self.defender.configure(table.defense)   # after: a failed apply leaves the defenses as they were
+        return n
 
     def finish_drains(self) -> int:
         return self.table.finish_drains()
@@ -162,6 +167,12 @@ class XdpDataplane(Dataplane):
         n = self.conns.sweep(now_ns)
         self.lblc_check_expire(now_ns)
         return n
+
+    def defend(self) -> None:
+        self.defender.tick()
+
+    def defense_status(self) -> dict | None:
+        return self.defender.status()
 
     def lblc_check_expire(self, now_ns: int | None = None, force: bool = False) -> int:
         return self.lblc.check_expire(self.table.lblc_users(), now_ns, force)
@@ -195,6 +206,15 @@ class XdpDataplane(Dataplane):
         """The data path's event counters (lb_counters: packets passed, dropped or answered for a
         reason an operator may want to see), summed over CPUs."""
         return reader.read_counters(self.maps)
+
+    def zero_stats(self, service: tuple | None = None) -> int:
+        chosen = [st for k, st in self.services.items() if service is None or reader.service_key(k) == service]
+        if service is not None and not chosen:
+            raise LookupError("no such service")
+        ids = {("lb_svc_stats", st.id) for st in chosen} | {("lb_real_stats", rid) for st in chosen
+                                                             for _, rid in st.dests}
+        self.rates.zero(ids)
+        return len(chosen)
 
     # ---- HA lease (bpf/lb_lease.h) ----
     def lease(self, seconds: float | None) -> None:
@@ -233,3 +253,14 @@ class XdpDataplane(Dataplane):
 
     def stop_sync(self) -> None:
         pass
+
+
+def zero_pinned(instance: str, service: tuple | None = None, pin_root: str = PIN_ROOT) -> int:
+    """`lb zero` of an instance whose daemon does not answer (stopped with --keep-dataplane):
+    the pinned maps' counters and rates; returns the services zeroed (LookupError)."""
+    from .rates import zero_counters
+
+    with PinnedMaps(instance, pin_root) as maps:
+        ids = reader.stat_ids(maps, service)
+        zero_counters(maps, ids)
+    return sum(1 for m, _ in ids if m == "lb_svc_stats")

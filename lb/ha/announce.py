@@ -13,6 +13,10 @@ import time
 
 log = logging.getLogger("lb.ha")
 
+# the burst without [ha] (its garp_count and garp_interval defaults)
+COUNT = 3
+INTERVAL = 0.1
+
 _scapy = None
 
 
@@ -49,6 +53,14 @@ def frames(ifname: str, address, mac: str | None = None) -> list:
             sa.IPv6(src=str(ip), dst="ff02::1", hlim=255) /
             sa.ICMPv6ND_NA(tgt=str(ip), R=0, S=0, O=1) /
             sa.ICMPv6NDOptDstLLAddr(lladdr=mac)]
+
+
+def send_arp(ifname: str, address, count: int = 1, interval: float = 0.0) -> int:
+    """`lb send-arp ADDR DEV` (Piranha's send_arp): announce one address on one device; returns
+    the frames sent (0: nothing could be sent, the reason logged)."""
+    from .addresses import OwnedAddress
+
+    return announce([OwnedAddress(ifname, ipaddress.ip_interface(str(address)))], count, interval)
 
 
 def announce(owned, count: int = 1, interval: float = 0.0) -> int:

@@ -548,6 +548,7 @@ class Console:
     # ---- GLOBAL SETTINGS ----
     GLOBAL_SECTIONS = (("[global]", forms.GLOBAL, "global"), ("[timeouts]", forms.TIMEOUTS, "timeouts"),
                        ("[tables] (take effect when lb restarts)", forms.TABLES, "tables"),
+                       ("[defense] (floods)", forms.DEFENSE, "defense"),
                        ("[web] (take effect when lb web restarts)", forms.WEB, "web"),
                        ("[control]", forms.CONTROL, "control"))
 
