@@ -5,6 +5,7 @@
  *                   lb_xdp_persist (mh also from itself, to continue a long mh-fallback walk)
  *   lb_xdp_new_conn creates the connection the scheduler picked and forwards the first packet
  *   lb_xdp_private  private side: NAT replies from real servers back to clients
+ *   lb_xdp_guard    [ha]: another interface holding a VIP or nat_router: only the lease's check
  * Both public and private relay ICMP/ICMPv6 errors about tracked connections (lb_icmp.h).
  * New connections start in the embryonic tables and move on once established (lb_embryo.h).
  * Sizes and the pin directory come in as -D flags.  Each header includes what it uses; bcc
@@ -23,6 +24,7 @@
 #include "lb_sched.h"
 #include "lb_forward.h"
 #include "lb_icmp.h"
+#include "lb_lease.h"
 
 /* A port of a firewall-mark service's group: the (VIP, protocol)'s ranges, port 0 in the key */
 static __always_inline int lb_classify_fwm(struct lb_pkt *pkt, struct lb_svc_key *sk, __u32 *svc_id)
@@ -145,6 +147,9 @@ static __always_inline void lb_sched_handover(lb_scratch_t *sc, __u32 svc_id, st
 
 int lb_xdp_public(struct xdp_md *ctx)
 {
+    int lease = lb_lease_guard(ctx);      /* [ha]: a gone daemon's addresses are not claimed */
+    if (lease != LB_CONTINUE)
+        return lease;
     if (!lb_vip_maybe(ctx))
         return XDP_PASS;          /* not addressed to a virtual service: untouched, at once */
     struct lb_pkt pkt = {};
@@ -442,6 +447,9 @@ int lb_xdp_new_conn(struct xdp_md *ctx)
 
 int lb_xdp_private(struct xdp_md *ctx)
 {
+    int lease = lb_lease_guard(ctx);      /* [ha]: nat_router lives on this side */
+    if (lease != LB_CONTINUE)
+        return lease;
     struct lb_pkt pkt = {};
     __u32 counter = LB_CNT_MAX;
     int act = lb_parse(ctx, &pkt, &counter);
@@ -485,4 +493,13 @@ int lb_xdp_private(struct xdp_md *ctx)
     }
     lb_stats_out(svc_id, c->real, pkt.len);
     return lb_forward_to_client(ctx, &pkt, c);
+}
+
+/* ---- [ha]: an interface that holds a VIP or nat_router but no other program (nat_router on
+ * the private side in direct routing): the lease's check, everything else to the kernel ---- */
+
+int lb_xdp_guard(struct xdp_md *ctx)
+{
+    int lease = lb_lease_guard(ctx);
+    return lease == LB_CONTINUE ? XDP_PASS : lease;
 }

@@ -176,7 +176,9 @@ enum lb_sched_id {
 #define LB_CNT_TOO_BIG_UNANSWERED 11  /* too big and not answered: an ICMP error (never an ICMP
                                   * error about one), or headers longer than the quote holds */
 #define LB_CNT_XMIT_FAILED 12    /* a packet could not be rebuilt (head/tail adjustment, bounds): dropped */
-#define LB_CNT_MAX 13
+#define LB_CNT_LEASE_LAPSED 13   /* [ha], the daemon's lease ran out: a neighbour request for, or
+                                  * a packet to, a VIP or nat_router dropped (lb_lease.h) */
+#define LB_CNT_MAX 14
 #define LB_COUNTERS 32           /* lb_counters' size: room to add counters without new pins */
 
 /* Per-CPU tallies of the embryonic table's entries (lb_ct_events; a NAT connection has two, its
@@ -186,5 +188,12 @@ enum lb_sched_id {
 #define LB_CTE_EMBRYO_PROMOTED 1 /* ... moved to lb_conns (established) */
 #define LB_CTE_EMBRYO_GONE 2     /* ... deleted by the data path (expired, reused) */
 #define LB_CTE_MAX 4
+
+/* ---- HA lease (lb_lease.h) ---- */
+/* addresses the lease covers (lb_lease_addrs): the VIPs -- one per service, plus those of
+ * firewall-mark services' port groups, at most one (VIP, protocol) per service -- and nat_router */
+#define LB_LEASE_ADDRS (2 * LB_MAX_SERVICES + 1)
+#define LB_LEASE_VIP 1           /* lb_lease_addrs value: what the address is (for `lb status`) */
+#define LB_LEASE_ROUTER 2
 
 #endif

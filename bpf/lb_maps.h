@@ -95,4 +95,10 @@ BPF_TABLE_PINNED("hash", __u32, struct lb_mh_last, lb_mh_last, LB_MAX_SERVICES, 
  * than starting over. */
 BPF_TABLE_PINNED("percpu_array", __u32, struct lb_mh_walk, lb_mh_walk, 1, LB_PIN(lb_mh_walk));
 
+/* ---- HA lease (lb_lease.h): the daemon's lease and the addresses it covers, written by the
+ * control plane with [ha] (absent or 0: no lease) ---- */
+BPF_TABLE_PINNED("array", __u32, struct lb_lease, lb_lease, 1, LB_PIN(lb_lease));
+BPF_TABLE_PINNED("hash", struct lb_addr_key, __u32, lb_lease_addrs, LB_LEASE_ADDRS, LB_PIN(lb_lease_addrs),
+                 BPF_F_NO_PREALLOC);
+
 #endif

@@ -221,4 +221,16 @@ struct lb_mh_walk {
     __u32 next;                   /* the next probe */
 };
 
+/* ---- HA lease (lb_lease.h) ---- */
+struct lb_lease {                 /* lb_lease value, the one entry; written by the control plane */
+    __u64 expires_ns;             /* bpf_ktime_get_coarse_ns() until which this director claims its
+                                   * addresses; 0: no lease (no [ha]: always) */
+};
+
+struct lb_addr_key {              /* lb_lease_addrs key: an address of this director's */
+    __u8 addr[16];
+    __u8 family;
+    __u8 pad[3];
+};
+
 #endif

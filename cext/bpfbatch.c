@@ -107,6 +107,30 @@ long bb_update(int fd, unsigned key_size, unsigned value_size,
     return (long)done;
 }
 
+/* Look up count keys one by one (there is no batch lookup by key): values[i] and found[i] = 1,
+ * or found[i] = 0 when the key is absent.  Returns count, or -errno.  The undo log of an apply
+ * reads what it is about to overwrite through this (lb/dataplane/txn.py). */
+long bb_lookup(int fd, unsigned key_size, unsigned value_size, const void *keys, void *values,
+               unsigned char *found, unsigned long count)
+{
+    union bpf_attr attr;
+
+    for (unsigned long i = 0; i < count; i++) {
+        memset(&attr, 0, sizeof(attr));
+        attr.map_fd = fd;
+        attr.key = (unsigned long long)(unsigned long)((const char *)keys + i * key_size);
+        attr.value = (unsigned long long)(unsigned long)((char *)values + i * value_size);
+        if (bb_sys(BPF_MAP_LOOKUP_ELEM, &attr) == 0) {
+            found[i] = 1;
+        } else if (errno == ENOENT) {
+            found[i] = 0;
+        } else {
+            return -errno;
+        }
+    }
+    return (long)count;
+}
+
 /* Run prog once per packet: packets are count frames of pkt_len bytes, back to back, used in
  * turn for iterations runs.  BPF_PROG_TEST_RUN does not reset a packet between repeats, so
  * every run is its own syscall with repeat=1 and a fresh copy.  Returns the summed in-kernel

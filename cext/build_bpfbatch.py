@@ -16,6 +16,8 @@ ffibuilder.cdef(
     long bb_delete(int fd, unsigned key_size, const void *keys, unsigned long count);
     long bb_update(int fd, unsigned key_size, unsigned value_size,
                    const void *keys, const void *values, unsigned long count);
+    long bb_lookup(int fd, unsigned key_size, unsigned value_size, const void *keys, void *values,
+                   unsigned char *found, unsigned long count);
     long long bb_test_run_loop(int prog_fd, const void *packets, unsigned pkt_len, unsigned count,
                                unsigned long iterations, unsigned *last_retval);
     void bb_test_run_each(int prog_fd, const void *packets, const unsigned *lens, unsigned count,

@@ -28,13 +28,14 @@ from lb.config.model import parse_endpoint as _parse_endpoint
 from lb.config.model import sorry_text
 from lb.config.toml import WEIGHT_RANGE
 from lb.dataplane import RealSpec, ServiceSpec, TableSpec
-from lb.dataplane.errors import DataplaneError
+from lb.dataplane.errors import ApplyFailed, DataplaneError, TableDoesNotFit
 from lb.dataplane.ipvs import IpvsDataplane
 from lb.dataplane.program import Sizes
 from lb.dataplane.xdp import XdpDataplane
 from lb.ha import addresses
 from lb.ha import announce as ha_announce
 from lb.health import CheckSpec, LoadMonitorTask, LoadSpec, Monitor, NannyPolicy
+from lb.tasks import RateLimitedLog
 from lb.tasks import supervise
 
 log = logging.getLogger("lb.engine")
@@ -196,6 +197,15 @@ class ReloadRefused(Exception):
         self.issues = list(issues)
 
 
+class ReloadFailed(Exception):
+    """A reload whose writes failed part-way: ``restored`` when the previous table and
+    addresses are back (nothing changed), else the data plane holds part of each."""
+
+    def __init__(self, message: str, restored: bool):
+        super().__init__(message)
+        self.restored = restored
+
+
 def check_spec(vs, rs) -> tuple[CheckSpec, NannyPolicy]:
     m = vs.monitor
     kind = m.kind
@@ -256,6 +266,10 @@ class Engine:
         self._reload_waiters: list[asyncio.Future] = []   # `lb reload` callers on the control socket
         self._usable: dict[tuple, set] = {}          # service key -> real servers taking new connections
         self._fell_back = False                      # auto: XDP gave way to kernel IPVS
+        # [ha]: the data plane's lease is refreshed with every heartbeat once pulse has decided a
+        # role and the addresses follow it (lb/ha/pulse.py, bpf/lb_lease.h)
+        self._lease_armed = False
+        self._lease_log = RateLimitedLog(log, 10.0)
         # reloads by result (ok, refused, failed), the last one's, and when the running config was loaded
         self.reloads: dict = {"ok": 0, "refused": 0, "failed": 0, "last_ok": True, "loaded_at": time.time()}
         self.takeovers = 0                           # HA: times this director became active
@@ -271,7 +285,7 @@ class Engine:
             try:
                 self.pulse = Pulse(self.cfg.ha, self.cfg.instance, self.on_role, sync_source=self.sync_export,
                                    sync_sink=self.sync_import, announce=self.announce,
-                                   public_interface=self.cfg.public_interface)
+                                   public_interface=self.cfg.public_interface, on_heartbeat=self.refresh_lease)
             except (OSError, ValueError) as e:
                 raise StartupError(f"{self.cfg.path or '<config>'}: ha: {e}") from None
         self._restore_overrides()
@@ -280,13 +294,17 @@ class Engine:
             self.bgp = Announcer(self.cfg)
         self._load_dataplane()
         self.owned = addresses.wanted_addresses(self.cfg)
+        self._start_lease()
+        table = self._table(self.cfg)
+        self.dp.plan(table)             # a table that cannot fit takes no address
+        addresses.check(self.owned)
         if self.active:
             addresses.take(self.owned)
         else:
             # HA: the addresses come with the active role (pulse decides); the data plane is
             # loaded and attached anyway so that a takeover only adds addresses
             log.info("HA: starting without the virtual addresses until pulse decides the role")
-        self._apply(self._table(self.cfg), self.cfg)
+        self._apply(table, self.cfg, planned=True)
         self._attach_dataplane()
         if self.bgp is not None:
             from lb.bgp import BgpError
@@ -319,9 +337,12 @@ class Engine:
         self.on_sorry = sorry
         return table
 
-    def _apply(self, table: TableSpec, cfg) -> None:
-        """dp.apply, then quiesce_server: a service that gained a usable real server (added,
-        back after reentry, or out of weight 0) has its schedulers' counts restarted."""
+    def _apply(self, table: TableSpec, cfg, planned: bool = False) -> None:
+        """dp.plan (unless the caller did) and dp.apply, then quiesce_server: a service that
+        gained a usable real server (added, back after reentry, or out of weight 0) has its
+        schedulers' counts restarted."""
+        if not planned:
+            self.dp.plan(table)
         self.dp.apply(table)
         usable = {s.key: {r.key for r in s.reals if r.weight > 0} for s in table.services}
         quiesce = {vs.name for vs in cfg.virtual_servers if vs.quiesce_server}
@@ -359,6 +380,7 @@ class Engine:
             self.dp.attach(self.cfg.public_interface, "public", self.xdp_mode)
             if self.cfg.network == "nat":
                 self.dp.attach(self.cfg.private_interface, "private", self.xdp_mode)
+            self._attach_guards()
         except DataplaneError as e:
             if not self._fall_back(e):
                 raise
@@ -403,7 +425,7 @@ class Engine:
         try:
             log.info("%s", self.reload_or_raise())
             return True
-        except ReloadRefused as e:
+        except (ReloadRefused, ReloadFailed) as e:
             log.error("%s", e)
             return False
 
@@ -421,17 +443,59 @@ class Engine:
             check_interfaces(new)
         except StartupError as e:
             raise ReloadRefused(f"reload refused: {e}") from None
-        if self.bgp is not None:
-            self.bgp.bgp = new.bgp               # [[bgp.vip]]: the next update announces them
         log_warnings(new)
+        # all or nothing: everything that can be checked is, before the first write (the data
+        # plane's plan: every table's capacity, draining servers' slots included; the new
+        # addresses' interfaces); then the addresses, then the table: a write that still fails
+        # has the data plane write its previous table back and the new addresses removed
         want = addresses.wanted_addresses(new)
-        if self.active:
-            self.announce(True, addresses.take([a for a in want if a not in self.owned]) or [])
+        on_sorry = set(self.on_sorry)
+        table = self._table(new)
         with self._dp_lock:
-            self._apply(self._table(new), new)
+            try:
+                self.dp.plan(table)
+                addresses.check(want)
+            except TableDoesNotFit as e:
+                self.on_sorry = on_sorry
+                lines = "".join(f"\n  {p}" for p in str(e).splitlines())
+                raise ReloadRefused(f"reload refused, nothing changed: {path}: the data plane cannot hold "
+                                    f"the new table:{lines}") from None
+            except addresses.AddressError as e:
+                self.on_sorry = on_sorry
+                raise ReloadRefused(f"reload refused, nothing changed: {path}: {e}") from None
+            added = []
+            old_bgp = self.bgp.bgp if self.bgp is not None else None
+            try:
+                if self.active:
+                    added = addresses.take([a for a in want if a not in self.owned])
+                if self.bgp is not None:
+                    self.bgp.bgp = new.bgp           # [[bgp.vip]]: _apply's update announces them
+                self._apply(table, new, planned=True)
+            except addresses.AddressError as e:     # take() removed what it had added
+                self.on_sorry = on_sorry
+                raise ReloadRefused(f"reload refused, nothing changed: {e}") from None
+            except Exception as e:
+                self.on_sorry = on_sorry
+                if self.bgp is not None:
+                    self.bgp.bgp = old_bgp           # a failed reload announces as before
+                addresses.release(added)
+                if isinstance(e, ApplyFailed) and e.restored:
+                    raise ReloadFailed(f"reload failed and was undone: {e}; the {len(added)} addresses this "
+                                       f"reload added were removed again: nothing changed", restored=True) from None
+                if isinstance(e, DataplaneError):
+                    raise ReloadFailed(f"reload failed: {e}; the {len(added)} addresses this reload added were "
+                                       f"removed again", restored=False) from None
+                raise
         if self.active:
             addresses.release([a for a in self.owned if a not in want])
+            self.announce(True, added)           # the VIPs this reload added: neighbours learn them now
         self.owned, self.cfg = want, new
+        if new.ha is not None:              # the lease covers the new addresses (bpf/lb_lease.h)
+            try:
+                self.dp.claim(self._claims(want))
+                self._attach_guards()
+            except (DataplaneError, OSError) as e:
+                log.error("HA: the lease's addresses after the reload: %s", e)
         return f"reloaded {path}"
 
     # ---- health (nanny) ----
@@ -630,6 +694,65 @@ class Engine:
         return await fut
 
     # ---- HA (pulse) ----
+    # ---- HA lease (bpf/lb_lease.h): a director whose daemon is gone stops claiming its
+    # addresses within deadtime: the data plane drops neighbour requests for them and packets
+    # to them once the lease, refreshed with every heartbeat, has run out ----
+    def _claims(self, owned) -> dict:
+        """{address: "vip" | "router"} of what the active director holds (the lease covers it)."""
+        router = self.cfg.nat_router
+        return {a.address.ip: "router" if router is not None and a.address == router else "vip" for a in owned}
+
+    def _start_lease(self) -> None:
+        """At start, before any address is touched.  Without [ha]: no lease.  With [ha]: the
+        addresses it covers; and when an earlier run of ours died and its lease ran out, the
+        peer may hold the addresses now: they go first of all (a hitless restart within the
+        lease keeps them until pulse decides)."""
+        if self.cfg.ha is None:
+            self.dp.lease(None)
+            self.dp.claim({})
+            return
+        self.dp.claim(self._claims(self.owned))
+        left = self.dp.lease_left()
+        if left is not None and left < 0:
+            log.warning("HA: the lease of an earlier run of this instance ran out %.1f s ago (its daemon died): "
+                        "releasing its addresses until pulse decides the role", -left)
+            addresses.release(addresses.present(self.owned))
+
+    def _attach_guards(self) -> None:
+        """[ha]: every other interface holding one of the addresses (nat_router on the private
+        side in direct routing) gets the lease's check, lb_xdp_guard."""
+        if self.cfg.ha is None:
+            return
+        served = {self.cfg.public_interface} | ({self.cfg.private_interface} if self.cfg.network == "nat" else set())
+        for dev in sorted({a.ifname for a in self.owned} - served - set(getattr(self.dp, "attached", {}))):
+            self.dp.attach(dev, "guard", self.xdp_mode)
+
+    def _renew_lease(self) -> None:
+        self.dp.lease(self.cfg.ha.deadtime)
+        if not self._lease_armed and self.dp.lease_left() is None:
+            log.warning("HA: the %s data plane has no lease: should this daemon die, its addresses stay claimed "
+                        "until it is restarted", self.dp.kind)
+        self._lease_armed = True
+
+    def refresh_lease(self) -> None:
+        """Pulse, just before each heartbeat: the lease runs deadtime from now, so it runs out
+        no later than the peer takes over after the last heartbeat."""
+        if not self._lease_armed:
+            return
+        try:
+            self.dp.lease(self.cfg.ha.deadtime)
+        except Exception as e:     # the lease runs out: this director stops claiming, as it should
+            self._lease_log.log("lease", logging.ERROR, "HA: cannot refresh the lease: %s", e)
+
+    def _end_lease(self) -> None:
+        """Stopping with [ha]: pulse tells the peer, which takes over at once, so this director
+        stops claiming at once (the addresses too stay with --keep-dataplane)."""
+        self._lease_armed = False
+        try:
+            self.dp.lease(0)
+        except Exception as e:
+            log.warning("HA: cannot end the lease: %s", e)
+
     def _take_addresses(self) -> None:
         addresses.take(self.owned)
 
@@ -654,11 +777,14 @@ class Engine:
         if new == ACTIVE:
             self.active = True
             self.takeovers += 1
+            await loop.run_in_executor(None, self._renew_lease)     # before the addresses answer
             await loop.run_in_executor(None, self._take_addresses)
             loop.run_in_executor(None, self.announce, True)    # the burst runs on by itself
-        elif self.active or old == 0:
-            self.active = False
-            await loop.run_in_executor(None, self._release_addresses)
+        else:
+            if self.active or old == 0:
+                self.active = False
+                await loop.run_in_executor(None, self._release_addresses)
+            await loop.run_in_executor(None, self._renew_lease)     # after: no second claimant
         if self.bgp is not None:
             self.bgp.update(active=self.active)
         await loop.run_in_executor(None, self._kernel_sync, new == ACTIVE)
@@ -744,6 +870,12 @@ class Engine:
                "config_warnings": len(self.cfg.warnings)}
         if self.pulse is not None:
             doc["ha"] = dict(self.pulse.status(), takeovers=self.takeovers)
+            try:
+                left = self.dp.lease_left()
+            except Exception:
+                left = None
+            doc["ha"]["lease_s"] = None if left is None else round(left, 3)
+            doc["ha"]["lease_armed"] = self._lease_armed
         doc["configuration"] = self.configs.info()
         if self.configsync is not None:
             doc["configuration"]["peer"] = self.configsync.status()
@@ -763,21 +895,29 @@ class Engine:
         return doc
 
     def _reload_reply(self) -> dict:
+        """The control socket's reply to a reload: ``changed`` says what the caller may rely
+        on: false (refused, or failed and undone: the running state is the previous one), true
+        (failed and not fully undone), null (an unexpected error: see the log)."""
         try:
             msg = self.reload_or_raise()
         except ReloadRefused as e:
             log.error("%s", e)
             self._count_reload("refused")
-            return {"ok": False, "error": str(e),
+            return {"ok": False, "error": str(e), "changed": False,
                     "issues": [{"path": i.path, "line": i.line, "field": i.field, "message": i.message}
                                for i in e.issues]}
-        except Exception as e:     # e.g. the data plane refused a write: the caller must know
+        except ReloadFailed as e:
+            log.error("%s", e)
+            self._count_reload("failed")
+            return {"ok": False, "error": str(e), "changed": not e.restored, "rolled_back": e.restored}
+        except Exception as e:     # a bug: the caller must know it is not a refusal
             log.exception("reload failed")
             self._count_reload("failed")
-            return {"ok": False, "error": f"reload failed: {type(e).__name__}: {e}"}
+            return {"ok": False, "error": f"reload failed: {type(e).__name__}: {e} (what was changed is not "
+                                          f"known: see the log)", "changed": None}
         log.info("%s", msg)
         self._count_reload("ok")
-        return {"ok": True, "message": msg}
+        return {"ok": True, "message": msg, "changed": True}
 
     def _count_reload(self, result: str) -> None:
         self.reloads[result] += 1
@@ -878,8 +1018,9 @@ class Engine:
             self.configsync = await configsync.start(self)
         else:                                        # the one director: its neighbours learn the VIPs now
             blocking(self.announce)                  # (the burst runs on by itself)
-        # the lease's renewal, restarted if it raises (a stopped renewal withdraws every route)
-        lease = supervise("bgp-lease", self.bgp.run, logger=log, context=f"instance {self.cfg.instance}") \
+        # the BGP lease's renewal (lb.bgp, not the HA lease of bpf/lb_lease.h), restarted if it raises
+        # (a stopped renewal withdraws every route)
+        bgp_lease = supervise("bgp-lease", self.bgp.run, logger=log, context=f"instance {self.cfg.instance}") \
             if self.bgp is not None else None
         last_sweep = last_nh = last_est = last_def = loop.time()
         while self._stop is None:
@@ -914,7 +1055,11 @@ class Engine:
                             if not fut.done():
                                 fut.set_result({"ok": False, "error": f"the override is recorded but applying "
                                                 f"the table failed: {type(e).__name__}: {e}"})
-                        raise
+                        if not isinstance(e, DataplaneError):
+                            raise
+                        # the data plane kept (or wrote back) the previous table; the next
+                        # change tries again
+                        log.error("applying the table after a health, weight or override change: %s", e)
                     for fut, reply in applied:
                         if not fut.done():
                             fut.set_result(reply)
@@ -941,14 +1086,15 @@ class Engine:
         for fut in self._reload_waiters + [f for f, _ in self._apply_waiters]:   # before the server waits
             if not fut.done():                                                     # for its handlers
                 fut.set_result({"ok": False, "error": "the daemon is stopping"})
-        if lease is not None:            # withdraw and drain before anything stops
-            lease.cancel()
+        if bgp_lease is not None:        # withdraw and drain before anything stops
+            bgp_lease.cancel()
             await self.bgp.leave(keep=self._stop == "keep")
         if self.configsync is not None:
             await self.configsync.stop()
         await blocking(metrics.stop)
         await server.stop()
         if self.pulse is not None:
+            self._end_lease()
             await self.pulse.stop()
         for _spec, _policy, _mon, task in self.monitors.values():
             task.cancel()
@@ -962,7 +1108,7 @@ def run(cfg, *, xdp_mode: str = "native", dataplane: str | None = None) -> int:
     eng = Engine(cfg, xdp_mode=xdp_mode, dataplane=dataplane)
     try:
         eng.start()
-    except (StartupError, DataplaneError, LookupError) as e:
+    except (StartupError, DataplaneError, LookupError, addresses.AddressError) as e:
         log.error("%s", e)
         # nothing may stay attached or half-programmed after a failed start of a new instance
         if not eng.dp.adopted:

@@ -18,6 +18,10 @@ primary's own 198.18.1.1, which dies with the primary: fine for one director, no
   the codec (off path), with the peer's address they are refused and `lb status` says so.
 - a UDP flood at the rate Python can send on every heartbeat port changes no role, nor does a
   flood spoofing the primary's address on one channel.
+- kill -9 of the active's lb with its links up (its XDP programs and addresses stay): once the
+  backup has taken over, a broadcast ARP request for the VIP and one for the NAT router address
+  each get exactly one answer, the backup's (the lease, bpf/lb_lease.h); the restarted lb
+  comes back as backup without a second answer at any moment.
 """
 import json
 import os
@@ -396,3 +400,83 @@ def test_udp_flood_on_the_heartbeat_ports_changes_no_role(lab, ha_runner, config
     refused = st["channels"]["public"]["refused"]
     assert refused.get("malformed", 0) + st["channels"]["public"]["kernel_drops"] > 1000, st["channels"]
     assert st["channels"]["private"]["last_heartbeat_s"] < DEADTIME
+
+
+ROUTER = "198.18.1.254"
+
+
+def arp_answers(lab, node, iface, src_ip, target, wait=0.3):
+    """One broadcast ARP request from NODE's IFACE (scapy builds and reads the frames, a raw
+    socket of that namespace sends and receives them): the MACs that answered it."""
+    from scapy.layers.l2 import ARP, Ether
+
+    def go():
+        with socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(0x0806)) as s:
+            s.bind((iface, 0x0806))
+            mac = s.getsockname()[4].hex(":")
+            s.send(bytes(Ether(src=mac, dst="ff:ff:ff:ff:ff:ff") / ARP(op=1, hwsrc=mac, psrc=src_ip, pdst=target)))
+            out, deadline = [], time.monotonic() + wait
+            for _ in range(1000):                      # bounded: frames, and time below
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                s.settimeout(left)
+                try:
+                    frame = Ether(s.recv(2048))
+                except socket.timeout:
+                    break
+                a = frame.getlayer(ARP)
+                if a is not None and a.op == 2 and a.psrc == target and a.pdst == src_ip:
+                    out.append(a.hwsrc)
+            return out
+    return lab.in_netns(node, go)
+
+
+def neighbours_answering(lab):
+    """(answers to an ARP request for the VIP from the client, for the NAT router address from a
+    real server)"""
+    return (arp_answers(lab, "client", "c0", "198.18.0.2", VIP),
+            arp_answers(lab, "rs1", "eth0", "198.18.1.11", ROUTER))
+
+
+def test_a_killed_actives_addresses_are_answered_by_the_backup_alone(lab, ha_runner, configs):
+    """kill -9 of the active's lb, machine and links up: its XDP programs and addresses stay, but
+    its lease (refreshed with every heartbeat) runs out no later than the backup takes over, and
+    from then on its programs drop ARP requests for the VIP and the NAT router address: each
+    request gets exactly one answer, the backup's.  Restarted, the crashed director releases the
+    addresses at once and comes back as backup, without a second answer at any moment."""
+    d1, d2 = start_pair(ha_runner, configs)
+    pub = (mac_of(lab, "director"), mac_of(lab, "director2"))
+    priv = (mac_of(lab, "director", "priv0"), mac_of(lab, "director2", "priv0"))
+    assert neighbours_answering(lab) == ([pub[0]], [priv[0]])
+
+    d1.signal(signal.SIGKILL)
+    d1.wait(10)
+    wait_for(lambda: status("lab2").get("role") == "active", DEADTIME + 5, "director2 active")
+    # poll until the state holds (bounded), then it holds
+    wait_for(lambda: neighbours_answering(lab) == ([pub[1]], [priv[1]]), 10,
+             "one answer, the backup's, for the VIP and the NAT router address")
+    for _ in range(3):
+        assert neighbours_answering(lab) == ([pub[1]], [priv[1]])
+    addrs = lab.run("director", ["ip", "-4", "addr"]).stdout
+    assert VIP in addrs and ROUTER in addrs          # still there: only the lease keeps them quiet
+    assert lab.http_get("client", VIP)[0] == 200
+
+    d1b = ha_runner.start("director", configs["director"], wait=False)
+    probes = 0
+    for _ in range(600):                               # bounded: the restart compiles (10-30 s)
+        assert neighbours_answering(lab) == ([pub[1]], [priv[1]])
+        probes += 1
+        if "role starting -> backup" in d1b.log():
+            break
+        assert d1b.proc.poll() is None, d1b.log()
+    else:
+        raise AssertionError(f"the restarted lb did not become backup:\n{d1b.log()}")
+    assert probes > 1
+    for _ in range(3):
+        assert neighbours_answering(lab) == ([pub[1]], [priv[1]])
+    assert roles() == ("backup", "active")
+    addrs = lab.run("director", ["ip", "-4", "addr"]).stdout
+    assert VIP not in addrs and ROUTER not in addrs
+    assert "releasing its addresses until pulse decides the role" in d1b.log()
+    assert status("lab")["ha"]["lease_s"] > 0           # refreshed again, as a backup

@@ -84,6 +84,9 @@ class RecordingDataplane:
     def __init__(self):
         self.applied = []
 
+    def plan(self, table):
+        pass
+
     def apply(self, table):
         self.applied.append(table)
 
@@ -110,7 +113,7 @@ class RecordingDataplane:
 def no_addresses(monkeypatch):
     """A reload must not add or remove addresses on this host's interfaces."""
     taken = []
-    monkeypatch.setattr(addresses, "take", lambda addrs: taken.extend(addrs))
+    monkeypatch.setattr(addresses, "take", lambda addrs: taken.extend(addrs) or list(addrs))
     monkeypatch.setattr(addresses, "release", lambda addrs: None)
     return taken
 

@@ -198,6 +198,14 @@ def cmd_status(args) -> int:
               f"sent {c['sync_tx_records']} received {c['sync_rx_records']} skipped {c['sync_skipped']};"
               f" ignored: forged {c['bad_auth']} replayed {c['replay']} stale {c['stale']}"
               f" malformed {c['malformed']} off-path {c.get('offpath', 0)}")
+        if "lease_s" in ha:   # the data plane's lease (bpf/lb_lease.h): claims the addresses while it runs
+            left = ha["lease_s"]
+            if left is None:
+                text = "none (this data plane cannot check one: a crashed daemon's addresses stay claimed)" \
+                    if ha.get("lease_armed") else "not yet renewed (pulse has not decided the role)"
+            else:
+                text = f"{left:.1f}s left" if left >= 0 else f"ran out {-left:.1f}s ago: the addresses are not claimed"
+            print(f"  lease: {text}")
         for warning in ha.get("warnings", ()):   # a peer heard but refused, a skewed clock (Pulse.warnings)
             print(f"  WARNING: {warning}")
     conf = doc.get("configuration")

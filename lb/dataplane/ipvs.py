@@ -37,6 +37,7 @@ import json
 import logging
 import os
 import re
+import shutil
 import socket
 import struct
 import subprocess
@@ -49,7 +50,7 @@ from pyroute2.netlink.exceptions import NetlinkError
 from lb.config.model import IPVSADM_FORWARD
 
 from .base import Dataplane
-from .errors import DataplaneError
+from .errors import ApplyFailed, DataplaneError, TableDoesNotFit
 from .nft import MarkRules, NftError, ruleset_text
 from .records import ConnRow, RealRow, ServiceRow, Stats
 from .spec import RealSpec, ServiceSpec, TableSpec
@@ -516,6 +517,25 @@ class Kernel:
                                                            msg_flags=NLM_F_REQUEST | NLM_F_ACK)))
 
 
+_SCHED_OK: set[str] = set()
+
+
+def _sched_missing(sched: str) -> str | None:
+    """Why the kernel cannot schedule with `sched` (None: it can): its module is loaded or
+    built in, or modprobe loads it now (the kernel would, at the first service using it)."""
+    if sched in _SCHED_OK or os.path.isdir(f"/sys/module/ip_vs_{sched}"):
+        _SCHED_OK.add(sched)
+        return None
+    try:
+        p = subprocess.run(["modprobe", "-q", f"ip_vs_{sched}"], capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        return f"modprobe: {e}"
+    if p.returncode != 0 and not os.path.isdir(f"/sys/module/ip_vs_{sched}"):
+        return f"modprobe ip_vs_{sched} failed{': ' + p.stderr.strip() if p.stderr.strip() else ''}"
+    _SCHED_OK.add(sched)
+    return None
+
+
 def sync_id(ha) -> int:
     """The SyncID of a director pair's sync messages (1-255), from what both directors' [ha]
     share (the primary's and the backup's addresses), so different pairs on one network differ
@@ -622,6 +642,8 @@ class IpvsDataplane(Dataplane):
 
     # ---- attach: IPVS hooks netfilter by itself; NAT needs forwarding for the replies ----
     def attach(self, ifname: str, side: str = "public", mode: str = "native") -> str:
+        if side == "guard":              # the lease needs XDP (lease() below)
+            return "none"
         if side == "private":
             path = "/proc/sys/net/ipv4/ip_forward"
             try:
@@ -747,6 +769,15 @@ class IpvsDataplane(Dataplane):
             log.warning("stopping the IPVS sync daemons: %s", e)
         self.syncing.clear()
 
+    def lease(self, seconds: float | None) -> None:
+        """No lease: kernel IPVS cannot check one (a crashed daemon's addresses stay claimed)."""
+
+    def lease_left(self) -> float | None:
+        return None
+
+    def claim(self, addrs: dict) -> None:
+        pass
+
     def export_conns(self, now_ns: int | None = None) -> tuple[list, list]:
         return [], []
 
@@ -755,8 +786,46 @@ class IpvsDataplane(Dataplane):
         return 0, len(conns) + len(temps)
 
     # ---- apply ----
+    def plan(self, table: TableSpec) -> None:
+        """What the kernel could refuse, checked before anything is written: persistence masks,
+        each scheduler's module, nft for firewall-mark services.  The kernel's table has no
+        fixed size."""
+        problems = []
+        for spec in table.services:
+            try:
+                _mask(spec.pmask if spec.persistent else None, _is_v6(spec))
+            except IpvsError as e:
+                problems.append(f"virtual service {_svc_name(spec.key)}: {e}")
+        for sched in sorted({s.scheduler for s in table.services}):
+            why = _sched_missing(sched)
+            if why:
+                problems.append(f"scheduler {sched}: the kernel has no ip_vs_{sched} ({why})")
+        if any(s.fwmark for s in table.services) and shutil.which("nft") is None:
+            problems.append("firewall-mark services need nftables' nft command (Debian package nftables)")
+        if problems:
+            raise TableDoesNotFit("\n".join(problems))
+
     def apply(self, table: TableSpec) -> int:
-        """Make the kernel's table forward `table`; returns the netlink changes it took."""
+        """Make the kernel's table forward `table`; returns the netlink changes it took.  When
+        the kernel refuses a change part-way, the previous table of this run is applied again
+        (the kernel has no transactions: services and real servers removed before the failure
+        come back with their counters from zero, their connections gone)."""
+        prev = self.last_table
+        try:
+            return self._apply(table)
+        except Exception as e:
+            what = str(e) if isinstance(e, DataplaneError) else f"{type(e).__name__}: {e}"
+            if prev is None:
+                raise ApplyFailed(f"{what}; no previous table of this run to write back", restored=False) from e
+            try:
+                self._apply(prev)
+            except Exception as e2:
+                raise ApplyFailed(f"{what}; writing the previous table back failed too ({e2})",
+                                  restored=False) from e
+            log.error("applying the table failed (%s): the previous table is back", what)
+            raise ApplyFailed(f"{what}; the previous table is back", restored=True) from e
+
+    def _apply(self, table: TableSpec) -> int:
         before = self.writes
         self.last_table = table
         want = {s.key: s for s in table.services}

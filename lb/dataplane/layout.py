@@ -141,7 +141,8 @@ _COUNTER_NAMES = {"NO_REAL": "no_real_server", "NOT_SYN": "tcp_not_syn", "FRAGME
                   "TAIL_CALL": "tail_call_failed", "TOO_BIG": "tunnel_too_big",
                   "SYN_INVALID": "tcp_syn_invalid", "DROP_PACKET": "drop_packet",
                   "PERSIST_FULL": "persist_table_full", "ICMP_LIMITED": "icmp_rate_limited",
-                  "TOO_BIG_UNANSWERED": "too_big_unanswered", "XMIT_FAILED": "xmit_failed"}
+                  "TOO_BIG_UNANSWERED": "too_big_unanswered", "XMIT_FAILED": "xmit_failed",
+                  "LEASE_LAPSED": "lease_lapsed"}
 _CNT = _prefixed("LB_CNT_", skip=("LB_CNT_MAX",))
 COUNTER_NAMES = [_COUNTER_NAMES.get(k, k.lower()) for k in _CNT]
 N_COUNTERS = C["LB_COUNTERS"]               # lb_counters entries (LB_CNT_MAX of them used)
@@ -217,6 +218,9 @@ PORT_RANGES = _layout("lb_port_ranges", f"n:I pad:I r:{PORT_RANGE.size * FWM_RAN
 LBLC_KEY = _layout("lb_lblc_key", "svc:I family:B pad:3s addr:16s")
 LBLC = _layout("lb_lblc", "lastuse_ns:Q real:I pad:I")
 LBLCR = _layout("lb_lblcr", f"lastuse_ns:Q lastmod_ns:Q n:I pad:I real:{LBLCR_SET_SIZE}I")
+LEASE = _layout("lb_lease", "expires_ns:Q")
+ADDR_KEY = _layout("lb_addr_key", "addr:16s family:B pad:3s")
+LEASE_VIP, LEASE_ROUTER = C["LB_LEASE_VIP"], C["LB_LEASE_ROUTER"]
 VIP_FILTER = _layout("lb_vip_filter", f"bits:{VIP_FILTER_WORDS}Q")
 U32 = struct.Struct("=I")
 U64 = struct.Struct("=Q")
@@ -233,7 +237,7 @@ MAPS: dict[str, tuple[struct.Struct, struct.Struct]] = {
     "lb_svc_stats": (U32, STATS), "lb_real_stats": (U32, STATS), "lb_svc_rates": (U32, RATES),
     "lb_real_rates": (U32, RATES), "lb_counters": (U32, U64), "lb_progs": (U32, U32),
     "lb_lblc": (LBLC_KEY, LBLC), "lb_lblcr": (LBLC_KEY, LBLCR), "lb_sched_buckets": (U32, SCHED_BUCKETS),
-    "lb_mh_tables": (U32, U32),
+    "lb_mh_tables": (U32, U32), "lb_lease": (U32, LEASE), "lb_lease_addrs": (ADDR_KEY, U32),
 }
 # maps whose value holds one entry per list position (LB_MAX_SVC_REALS of them, a -D size)
 LIST_MAPS: dict[str, struct.Struct] = {"lb_svc_dests": DEST, "lb_mh_last": U32}

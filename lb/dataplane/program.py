@@ -22,7 +22,7 @@ log = logging.getLogger("lb.dataplane")
 
 BPF_DIR = L.BPF_DIR      # one place says where bpf/ is
 
-PROGRAMS = ("lb_xdp_public", "lb_xdp_private", "lb_xdp_new_conn", "lb_xdp_persist",
+PROGRAMS = ("lb_xdp_public", "lb_xdp_private", "lb_xdp_guard", "lb_xdp_new_conn", "lb_xdp_persist",
             *(f"lb_sched_{n}" for n in L.SCHEDULERS))
 
 
@@ -138,6 +138,8 @@ class Sizes:
             "lb_real_rates": (self.reals, L.RATES.size),
             "lb_lblc": (self.lblc, L.LBLC.size),
             "lb_lblcr": (self.lblc, L.LBLCR.size),
+            "lb_lease": (1, L.LEASE.size),
+            "lb_lease_addrs": (2 * self.services + 1, 4),      # LB_LEASE_ADDRS
         }
 
 

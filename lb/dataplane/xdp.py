@@ -17,11 +17,13 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 
+from . import layout as L
 from . import reader
 from .attach import attach_xdp, detach_xdp
 from .base import Dataplane
-from .conntable import ConnTable, SchedBaseline
+from .conntable import CLOCK_MONOTONIC_COARSE, ConnTable, SchedBaseline
 from .defense import Defender
 from .errors import DataplaneError
 from .lblc import LblcExpiry
@@ -119,7 +121,7 @@ class XdpDataplane(Dataplane):
                      sum(len(s.dests) for s in self.services.values()), self.pin)
 
     def attach(self, ifname: str, side: str = "public", mode: str = "native") -> str:
-        fn = self.fns["lb_xdp_public" if side == "public" else "lb_xdp_private"]
+        fn = self.fns[{"public": "lb_xdp_public", "private": "lb_xdp_private", "guard": "lb_xdp_guard"}[side]]
         name, flags = attach_xdp(ifname, fn, mode)
         self.attached[ifname] = flags
         log.info("attached %s XDP program to %s (%s mode)", side, ifname, name)
@@ -145,10 +147,14 @@ class XdpDataplane(Dataplane):
         self.program.close()
 
     # ---- the table ----
+    def plan(self, table: TableSpec) -> None:
+        self.table.plan(table)
+
     def apply(self, table: TableSpec) -> int:
         """Make the maps forward `table`; returns the number of map writes it took."""
-        self.defender.configure(table.defense)
-        return self.table.apply(table)
+        n = self.table.apply(table)
+        self.defender.configure(table.defense)   # after: a failed apply leaves the defenses as they were
+        return n
 
     def finish_drains(self) -> int:
         return self.table.finish_drains()
@@ -209,6 +215,30 @@ class XdpDataplane(Dataplane):
                                                              for _, rid in st.dests}
         self.rates.zero(ids)
         return len(chosen)
+
+    # ---- HA lease (bpf/lb_lease.h) ----
+    def lease(self, seconds: float | None) -> None:
+        now = time.clock_gettime_ns(CLOCK_MONOTONIC_COARSE)
+        expires = 0 if seconds is None else 1 if seconds <= 0 else now + int(seconds * 1e9)
+        self.maps["lb_lease"].set(L.U32.pack(0), L.LEASE.pack(expires))
+
+    def lease_left(self) -> float | None:
+        raw = self.maps["lb_lease"].get(L.U32.pack(0))
+        expires = L.LEASE.unpack(raw)[0] if raw else 0
+        if not expires:
+            return None
+        return (expires - time.clock_gettime_ns(CLOCK_MONOTONIC_COARSE)) / 1e9
+
+    def claim(self, addrs: dict) -> None:
+        m = self.maps["lb_lease_addrs"]
+        want = {L.ADDR_KEY.pack(L.pack_addr(a), L.family_of(a), bytes(3)):
+                L.U32.pack(L.LEASE_ROUTER if kind == "router" else L.LEASE_VIP) for a, kind in addrs.items()}
+        have = dict(m.items(batch=False))
+        for k, v in want.items():             # new ones first: no moment covers fewer
+            if have.get(k) != v:
+                m.set(k, v)
+        for k in have.keys() - want.keys():
+            m.delete(k)
 
     # ---- HA connection sync: lb/ha/sync.py carries what these export and import ----
     def export_conns(self, now_ns: int | None = None) -> tuple[list, list]:
