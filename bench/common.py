@@ -12,6 +12,8 @@ import time
 from pathlib import Path
 from typing import Iterator
 
+from lb.lab.flood import link_info  # noqa: F401  (the suites' import)
+
 REPO = Path(__file__).resolve().parents[1]
 LB_BIN = str(REPO / ".venv" / "bin" / "lb")
 LAB_TESTS_LOCK = "/run/lb-lab.tests.lock"     # tests/conftest.py lab_exclusive
@@ -164,12 +166,3 @@ def switch_port(director_if: str, node: str = "director") -> tuple[str, str]:
         if (b, ib) == (node, director_if):
             return a, ia
     raise RuntimeError(f"lab: no veth {node}/{director_if}")
-
-
-def link_info(lab, node: str, ifname: str) -> tuple[int, bytes]:
-    """(ifindex, MAC) of a link inside a lab node."""
-    import json
-
-    out = lab.run(node, ["ip", "-j", "link", "show", "dev", ifname], timeout=10).stdout
-    d = json.loads(out)[0]
-    return int(d["ifindex"]), bytes.fromhex(d["address"].replace(":", ""))

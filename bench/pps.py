@@ -46,7 +46,6 @@ import ipaddress
 import os
 import re
 import shutil
-import struct
 import subprocess
 import tempfile
 import time
@@ -55,6 +54,7 @@ from scapy.layers.inet import IP, TCP
 from scapy.layers.l2 import Ether
 
 from bench.common import estimate, lab_up, link_info, paired, switch_port, verdict
+from lb.lab.flood import live_run
 from lb.dataplane import RealSpec, ServiceSpec, TableSpec
 from lb.dataplane.nexthop import NextHop
 from lb.dataplane.attach import XDP_FLAGS_DRV_MODE
@@ -63,9 +63,6 @@ from lb.dataplane.xdp import Sizes, XdpDataplane
 
 VIP, RS1, CLIENT = "198.18.0.10", "198.18.1.11", "198.18.0.2"
 SPORT0 = 1024
-BPF_PROG_TEST_RUN = 10
-BPF_F_TEST_XDP_LIVE_FRAMES = 1 << 1
-_NR_BPF = 321
 
 SIZES = {  # name: (rounds, packets per run: live frames, trafgen, flow counts)
     "full": (7, 2_000_000, 1_000_000, (1, 1000, 64000)),
@@ -167,27 +164,6 @@ int bench_stateful(struct xdp_md *ctx)
     return forward(eth);
 }
 """
-
-_libc = ctypes.CDLL(None, use_errno=True)
-_libc.syscall.restype = ctypes.c_long
-
-
-def live_run(prog_fd: int, frame: bytes, ifindex: int, repeat: int) -> float:
-    """BPF_PROG_TEST_RUN in live-frames mode with ingress `ifindex` (in the calling thread's
-    network namespace); returns the wall time of the syscall in seconds."""
-    data = ctypes.create_string_buffer(frame, len(frame))
-    ctx = ctypes.create_string_buffer(struct.pack("=6I", 0, len(frame), 0, ifindex, 0, 0), 24)
-    attr = ctypes.create_string_buffer(128)
-    struct.pack_into("=IIIIQQIIIIQQIII", attr, 0, prog_fd, 0, len(frame), 0, ctypes.addressof(data), 0,
-                     repeat, 0, 24, 0, ctypes.addressof(ctx), 0, BPF_F_TEST_XDP_LIVE_FRAMES, 0, 0)
-    t0 = time.perf_counter()
-    rc = _libc.syscall(_NR_BPF, BPF_PROG_TEST_RUN, attr, 128)
-    dt = time.perf_counter() - t0
-    if rc < 0:
-        err = ctypes.get_errno()
-        raise OSError(err, f"BPF_PROG_TEST_RUN (live frames): {os.strerror(err)}")
-    return dt
-
 
 def _mac_init(mac: bytes) -> str:
     return ",".join(f"0x{b:02x}" for b in mac)

@@ -5,7 +5,7 @@ to a baseline measured in the same run.
 
 Suites: pkt (per-packet cost, BPF_PROG_TEST_RUN), ctl (control plane at 1,000 x 64), http (wrk
 through the lab: direct, lb DR, lb NAT, HAProxy, kernel IPVS where the kernel has it), pps
-(packets per second over veth), failover (the HA lab test's failover time, against the
+(packets per second over veth), failover (two directors' failover time in the lab, its own runs, against the
 configured deadtime), scaleout (new connections/s and established pps with 1, 2 and 3 active
 directors behind ECMP, and the time from a director's failure to the router's withdrawal).
 http, pps, failover and scaleout use the namespace lab under the tests' lock and tear it down

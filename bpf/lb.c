@@ -5,7 +5,9 @@
  *                   lb_xdp_persist (mh also from itself, to continue a long mh-fallback walk)
  *   lb_xdp_new_conn creates the connection the scheduler picked and forwards the first packet
  *   lb_xdp_private  private side: NAT replies from real servers back to clients
+ *   lb_xdp_guard    [ha]: another interface holding a VIP or nat_router: only the lease's check
  * Both public and private relay ICMP/ICMPv6 errors about tracked connections (lb_icmp.h).
+ * New connections start in the embryonic tables and move on once established (lb_embryo.h).
  * Sizes and the pin directory come in as -D flags.  Each header includes what it uses; bcc
  * rewrites map calls only in the main file, so lb/dataplane inlines the headers before compiling. */
 #include <uapi/linux/bpf.h>
@@ -17,10 +19,12 @@
 #include "lb_stats.h"
 #include "lb_conntrack.h"
 #include "lb_persist.h"
+#include "lb_embryo.h"
 #include "lb_sloppy.h"
 #include "lb_sched.h"
 #include "lb_forward.h"
 #include "lb_icmp.h"
+#include "lb_lease.h"
 
 /* A port of a firewall-mark service's group: the (VIP, protocol)'s ranges, port 0 in the key */
 static __always_inline int lb_classify_fwm(struct lb_pkt *pkt, struct lb_svc_key *sk, __u32 *svc_id)
@@ -87,18 +91,46 @@ static __always_inline __u32 lb_fsm_table(struct lb_real *r)
     return r->fwd == LB_FWD_NAT ? LB_FSM_INPUT : LB_FSM_INPUT_ONLY;
 }
 
-/* A packet of a connection a template controls keeps the template alive (IPVS does not expire
- * a template while it controls connections); written at most once a second. */
-static __always_inline void lb_persist_touch(struct lb_pkt *pkt, __u32 svc_id, __u64 now)
+/* The first test of lb_xdp_public: is the destination address one a virtual service listens
+ * on?  One hashed bit of lb_vip_filter (set by the control plane for every VIP and port-group
+ * address), read before anything else is parsed, so the director's own traffic and whatever
+ * else crosses the interface pays only this.  0: certainly not (XDP_PASS, untouched). */
+static __always_inline int lb_vip_maybe(struct xdp_md *ctx)
 {
-    struct lb_svc *svc = lb_svc.lookup(&svc_id);
-    if (!svc || !svc->persist_timeout)
-        return;
-    struct lb_persist_key pk;
-    lb_persist_key_of(&pk, pkt, svc);
-    struct lb_persist *t = lb_persist.lookup(&pk);
-    if (t && now - t->last_ns > 1000000000ULL)
-        t->last_ns = now;
+    void *data = (void *)(long)ctx->data;
+    void *data_end = (void *)(long)ctx->data_end;
+    struct ethhdr *eth = data;
+    if ((void *)(eth + 1) > data_end)
+        return 0;
+    __be16 proto = eth->h_proto;
+    void *cur = eth + 1;
+    if (proto == bpf_htons(ETH_P_8021Q) || proto == bpf_htons(ETH_P_8021AD)) {
+        struct lb_vlan_hdr *vh = cur;
+        if ((void *)(vh + 1) > data_end)
+            return 0;
+        proto = vh->proto;
+        cur = vh + 1;
+    }
+    __u32 fold;
+    if (proto == bpf_htons(ETH_P_IP)) {
+        struct iphdr *ip = cur;
+        if ((void *)(ip + 1) > data_end)
+            return 0;
+        fold = ip->daddr;
+    } else if (proto == bpf_htons(ETH_P_IPV6)) {
+        struct ipv6hdr *ip6 = cur;
+        if ((void *)(ip6 + 1) > data_end)
+            return 0;
+        __u32 *d = ip6->daddr.in6_u.u6_addr32;
+        fold = d[0] ^ d[1] ^ d[2] ^ d[3];   /* lb_addr_fold of the 16-byte copy */
+    } else {
+        return 0;
+    }
+    __u32 zero = 0, idx = (fold * LB_VIP_HASH_MUL) >> (32 - LB_VIP_FILTER_BITS);
+    struct lb_vip_filter *f = lb_vip_filter.lookup(&zero);
+    if (!f)
+        return 1;
+    return (f->bits[(idx >> 6) & (LB_VIP_FILTER_WORDS - 1)] >> (idx & 63)) & 1;
 }
 
 /* What the scheduler programs need of a new connection's packet, into the per-CPU scratch
@@ -115,6 +147,11 @@ static __always_inline void lb_sched_handover(lb_scratch_t *sc, __u32 svc_id, st
 
 int lb_xdp_public(struct xdp_md *ctx)
 {
+    int lease = lb_lease_guard(ctx);      /* [ha]: a gone daemon's addresses are not claimed */
+    if (lease != LB_CONTINUE)
+        return lease;
+    if (!lb_vip_maybe(ctx))
+        return XDP_PASS;          /* not addressed to a virtual service: untouched, at once */
     struct lb_pkt pkt = {};
     __u32 svc_id;
     int act = lb_parse_counted(ctx, &pkt);
@@ -126,9 +163,10 @@ int lb_xdp_public(struct xdp_md *ctx)
     __u64 now = bpf_ktime_get_coarse_ns();
     struct lb_conn_key key;
     lb_conn_key_in(&key, &pkt);
-    struct lb_conn *c = lb_conns.lookup(&key);
+    int embryo;
+    struct lb_conn *c = lb_conn_find(&key, &embryo);
     if (c && (lb_conn_expired(c, now) || lb_conn_reusable(c, &pkt))) {
-        lb_conn_expire(&key, c);
+        lb_conn_expire_in(&key, c, embryo);
         c = 0;
     }
     if (!c) {
@@ -141,18 +179,22 @@ int lb_xdp_public(struct xdp_md *ctx)
         if (!svc || !sc)
             return XDP_PASS;
         if (!lb_may_schedule(&pkt, svc)) {
-            /* IPVS schedules TCP only on SYN (unless sloppy); the kernel answers the rest (RST) */
-            lb_count(LB_CNT_NOT_SYN);
+            /* IPVS schedules TCP only on SYN (unless sloppy); the kernel answers the rest (RST).
+             * Only a pure SYN makes a connection: SYN|ACK, SYN|RST and SYN|FIN floods make none. */
+            lb_count(pkt.tcp_flags & LB_TCP_SYN ? LB_CNT_SYN_INVALID : LB_CNT_NOT_SYN);
             return XDP_PASS;
         }
+        if (lb_defense_drop())
+            return XDP_DROP;
         lb_sched_handover(sc, svc_id, &pkt);
         lb_progs.call(ctx, svc->persist_timeout ? LB_PROG_PERSIST : LB_PROG_SCHED_BASE + svc->sched);
         lb_count(LB_CNT_TAIL_CALL);
         return XDP_PASS;
     }
+    /* a template is not refreshed by its connections' packets (IPVS re-arms it only for a new
+     * connection through it); the control plane's sweep keeps one that still controls live
+     * connections, as ip_vs_conn_expire does (lb/dataplane/conntable.py) */
     svc_id = c->svc;
-    if (c->flags & LB_CONN_F_PERSIST)
-        lb_persist_touch(&pkt, svc_id, now);
 
     __u32 real_id = c->real;
     struct lb_real *r = lb_reals.lookup(&real_id);
@@ -163,11 +205,16 @@ int lb_xdp_public(struct xdp_md *ctx)
         __u32 g = LB_G_EXPIRE_NODEST;
         __u32 *expire = lb_globals.lookup(&g);
         if (expire && *expire)
-            lb_conn_expire(&key, c);
+            lb_conn_expire_in(&key, c, embryo);
         return XDP_DROP;
     }
     lb_conn_state(c, lb_fsm_table(r), &pkt);
     c->last_ns = now;
+    if (embryo && lb_embryo_grown(c, pkt.proto)) {
+        struct lb_conn_key rk;
+        lb_conn_key_reverse(&rk, &key, r);
+        lb_embryo_promote(&key, c, r->fwd == LB_FWD_NAT ? &rk : 0);
+    }
     lb_stats_in(svc_id, real_id, pkt.len, 0);
     return lb_forward_to_real(ctx, &pkt, r);
 }
@@ -279,10 +326,14 @@ int lb_xdp_persist(struct xdp_md *ctx)
     if (!svc || !sc)
         return XDP_PASS;
     struct lb_persist_key pk;
+    int embryo;
     lb_persist_key_of(&pk, &pkt, svc);
-    struct lb_persist *t = lb_persist.lookup(&pk);
+    struct lb_persist *t = lb_persist_find(&pk, &embryo);
     if (t) {
-        if (!lb_persist_expired(t, bpf_ktime_get_coarse_ns()) && lb_persist_usable(t, svc_id)) {
+        /* An expired template is not dropped here: IPVS keeps one that still controls live
+         * connections (60 s more), which only the control plane's sweep can tell (it counts
+         * them); the sweep removes the others, within its interval. */
+        if (lb_persist_usable(t, svc_id)) {
             sc->svc = svc_id;
             sc->real = t->real;
             sc->from_template = 1;
@@ -290,7 +341,7 @@ int lb_xdp_persist(struct xdp_md *ctx)
             lb_count(LB_CNT_TAIL_CALL);
             return XDP_PASS;
         }
-        lb_persist_drop(&pk, t);  /* expired, or its real server is gone: schedule afresh */
+        lb_persist_drop(&pk, t, embryo);  /* its real server is gone: schedule afresh */
     }
     sc->from_template = 0;
     lb_progs.call(ctx, LB_PROG_SCHED_BASE + svc->sched);
@@ -298,7 +349,8 @@ int lb_xdp_persist(struct xdp_md *ctx)
     return XDP_PASS;
 }
 
-/* new_conn's part for persistent services: refresh the template that chose, or make one */
+/* new_conn's part for persistent services: refresh the template that chose, or make one (in
+ * lb_persist_embryo: it moves to lb_persist when the connection is established) */
 static __always_inline void lb_persist_after_pick(struct lb_pkt *pkt, __u32 svc_id, __u32 real_id,
                                                   int from_template, __u64 now)
 {
@@ -308,18 +360,19 @@ static __always_inline void lb_persist_after_pick(struct lb_pkt *pkt, __u32 svc_
     struct lb_persist_key pk;
     lb_persist_key_of(&pk, pkt, svc);
     if (from_template) {
-        struct lb_persist *t = lb_persist.lookup(&pk);
+        int embryo;
+        struct lb_persist *t = lb_persist_find(&pk, &embryo);
         if (t)
             t->last_ns = now;
         return;
     }
     struct lb_persist t = { .last_ns = now, .real = real_id, .timeout = svc->persist_timeout };
-    if (lb_persist.insert(&pk, &t) == 0)
+    if (lb_persist_embryo.insert(&pk, &t) == 0)
         lb_persist_count(real_id, 1);
 }
 
 /* ---- a new connection: count it inactive (IPVS starts every connection so), first state
- * transition, insert (plus the NAT reverse entry), forward ---- */
+ * transition, insert into the embryonic table (plus the NAT reverse entry), forward ---- */
 
 int lb_xdp_new_conn(struct xdp_md *ctx)
 {
@@ -358,34 +411,33 @@ int lb_xdp_new_conn(struct xdp_md *ctx)
     lb_real_conns_add(real_id, 0, 1);
     lb_conn_state(&c, lb_fsm_table(r), &pkt);
 
-    if (lb_conns.insert(&key, &c) != 0) {
+    if (lb_conns_embryo.insert(&key, &c) != 0) {
         /* another CPU created this flow first: follow its choice */
         lb_conn_uncount(&c);
-        struct lb_conn *other = lb_conns.lookup(&key);
+        int embryo;
+        struct lb_conn *other = lb_conn_find(&key, &embryo);
         if (!other) {
             lb_count(LB_CNT_CONN_FULL);
             return XDP_DROP;
         }
         real_id = other->real;
         r = lb_reals.lookup(&real_id);
-        if (!r || r->svc != svc_id)
+        if (!r || r->svc != svc_id) {
+            lb_count(LB_CNT_BAD_REAL);
             return XDP_DROP;
+        }
         lb_stats_in(svc_id, real_id, pkt.len, 0);
         return lb_forward_to_real(ctx, &pkt, r);
     }
+    lb_ct_event(LB_CTE_EMBRYO_NEW);
     lb_overload_bind(real_id, r);
     lb_persist_after_pick(&pkt, svc_id, real_id, from_template, c.last_ns);
     if (r->fwd == LB_FWD_NAT) {
-        struct lb_conn_key rk = {};
-        __builtin_memcpy(rk.saddr, r->addr, 16);
-        __builtin_memcpy(rk.daddr, key.saddr, 16);
-        rk.sport = r->port ? r->port : key.dport;   /* port 0: the packet's (fwmark) */
-        rk.dport = key.sport;
-        rk.proto = key.proto;
-        rk.family = key.family;
-        rk.dir = 1;
+        struct lb_conn_key rk;
+        lb_conn_key_reverse(&rk, &key, r);
         c.flags = LB_CONN_F_OUT;
-        lb_conns.update(&rk, &c);
+        if (lb_conns_embryo.update(&rk, &c) == 0)
+            lb_ct_event(LB_CTE_EMBRYO_NEW);
     }
     lb_stats_in(svc_id, real_id, pkt.len, 1);
     return lb_forward_to_real(ctx, &pkt, r);
@@ -395,6 +447,9 @@ int lb_xdp_new_conn(struct xdp_md *ctx)
 
 int lb_xdp_private(struct xdp_md *ctx)
 {
+    int lease = lb_lease_guard(ctx);      /* [ha]: nat_router lives on this side */
+    if (lease != LB_CONTINUE)
+        return lease;
     struct lb_pkt pkt = {};
     __u32 counter = LB_CNT_MAX;
     int act = lb_parse(ctx, &pkt, &counter);
@@ -404,7 +459,8 @@ int lb_xdp_private(struct xdp_md *ctx)
     struct lb_conn_key rk;
     lb_conn_key_in(&rk, &pkt);
     rk.dir = 1;
-    struct lb_conn *rev = lb_conns.lookup(&rk);
+    int rev_embryo, embryo;
+    struct lb_conn *rev = lb_conn_find(&rk, &rev_embryo);
     if (!rev || !(rev->flags & LB_CONN_F_OUT))
         return XDP_PASS;          /* not a NAT reply: the director's own traffic, DR replies */
 
@@ -416,18 +472,34 @@ int lb_xdp_private(struct xdp_md *ctx)
     key.dport = rev->vport;
     key.proto = pkt.proto;
     key.family = pkt.family;
-    struct lb_conn *c = lb_conns.lookup(&key);
+    struct lb_conn *c = lb_conn_find(&key, &embryo);
     __u64 now = bpf_ktime_get_coarse_ns();
     if (!c || c->real != rev->real)
         return XDP_PASS;
     if (lb_conn_expired(c, now)) {
-        lb_conn_expire(&key, c);
-        lb_conns.delete(&rk);
+        lb_conn_expire_in(&key, c, embryo);
+        lb_conn_delete_in(&rk, rev_embryo);
         return XDP_PASS;
     }
     lb_conn_state(c, LB_FSM_OUTPUT, &pkt);
     c->last_ns = now;
     rev->last_ns = now;
+    /* a UDP reply, or (secure_tcp) the real server's ACK after the handshake: established */
+    if (embryo && lb_embryo_grown(c, pkt.proto)) {
+        lb_embryo_promote(&key, c, &rk);
+        struct lb_conn *moved = lb_conns.lookup(&key);   /* the embryonic entry is gone */
+        if (moved)
+            c = moved;
+    }
     lb_stats_out(svc_id, c->real, pkt.len);
     return lb_forward_to_client(ctx, &pkt, c);
+}
+
+/* ---- [ha]: an interface that holds a VIP or nat_router but no other program (nat_router on
+ * the private side in direct routing): the lease's check, everything else to the kernel ---- */
+
+int lb_xdp_guard(struct xdp_md *ctx)
+{
+    int lease = lb_lease_guard(ctx);
+    return lease == LB_CONTINUE ? XDP_PASS : lease;
 }

@@ -135,6 +135,17 @@ static __always_inline int lb_tcp_state_active(__u32 s)
            s == LB_TCP_S_SYNACK;
 }
 
+/* The state table's next state: IPVS's, or secure_tcp's (tcp_states_dos) while that defense
+ * is engaged (lb_globals[LB_G_DEFENSE], set by the control plane as IPVS's defense_work does) */
+static __always_inline __u32 *lb_fsm_next(__u32 idx)
+{
+    __u32 g = LB_G_DEFENSE;
+    __u32 *def = lb_globals.lookup(&g);
+    if (def && (*def & LB_DEF_SECURE_TCP))
+        return lb_tcp_fsm_secure.lookup(&idx);
+    return lb_tcp_fsm.lookup(&idx);
+}
+
 /* IPVS set_tcp_state(): move along the state table and keep the real server's counters. */
 static __always_inline void lb_conn_state(struct lb_conn *c, __u32 table, struct lb_pkt *pkt)
 {
@@ -153,7 +164,7 @@ static __always_inline void lb_conn_state(struct lb_conn *c, __u32 table, struct
     __u32 ev = lb_tcp_event(pkt->tcp_flags);
     if (ev != LB_NONE && c->state < LB_TCP_S_LAST) {
         __u32 idx = (table * 4 + ev) * LB_TCP_S_LAST + c->state;
-        __u32 *ns = lb_tcp_fsm.lookup(&idx);
+        __u32 *ns = lb_fsm_next(idx);
         if (ns)
             new_state = *ns;
     }

@@ -21,6 +21,9 @@
 #ifndef LB_PERSIST_TABLE_SIZE     /* persistence templates (allocated as used) */
 #define LB_PERSIST_TABLE_SIZE 16384
 #endif
+#ifndef LB_EMBRYO_TABLE_SIZE      /* embryonic connections and templates (lb_embryo.h): their own */
+#define LB_EMBRYO_TABLE_SIZE 16384  /* LRU tables, so a flood of new sources evicts only its like */
+#endif
 #ifndef LB_FWM_RANGES            /* port ranges of firewall-mark services per (VIP, protocol) */
 #define LB_FWM_RANGES 16
 #endif
@@ -104,7 +107,26 @@ enum lb_sched_id {
 #define LB_G_FWM_KEYS 0          /* entries in lb_fwm_ranges: 0 = no firewall-mark service */
 #define LB_G_EXPIRE_NODEST 1     /* expire_nodest_conn: 0 drop, 1 expire and reschedule */
 #define LB_G_LBLCR_EXPIRATION 2  /* lblcr_expiration, seconds: a set unchanged this long shrinks */
+#define LB_G_DEFENSE 4           /* LB_DEF_* bits: the defenses engaged now (lb/dataplane/defense.py) */
+#define LB_G_DROP_RATE 5         /* drop_packet: 1 in this many new connections' packets dropped (0: off) */
+#define LB_G_ICMP_INTERVAL 6     /* too-big answers: ns between two at the steady rate (0: the default,
+                                  * LB_ICMP_INTERVAL_DEFAULT; LB_NONE: no answers) */
+#define LB_G_ICMP_BURST 7        /* ... and how many may go at once (0: LB_ICMP_BURST_DEFAULT) */
 #define LB_GLOBALS 8
+
+/* lb_globals[LB_G_DEFENSE] */
+#define LB_DEF_SECURE_TCP 0x1    /* secure_tcp: the state tables of lb_tcp_fsm_secure (IPVS tcp_states_dos) */
+
+/* the kernel's icmp_msgs_per_sec (1000) and icmp_msgs_burst (50) */
+#define LB_ICMP_INTERVAL_DEFAULT 1000000
+#define LB_ICMP_BURST_DEFAULT 50
+
+/* The VIP filter (lb_vip_filter): one bit per hash of a destination address, set for every
+ * address a service or port group listens on; lb_xdp_public passes a packet whose bit is clear
+ * before it looks at anything else.  hash = lb_addr_fold(daddr) * LB_VIP_HASH_MUL >> (32 - bits) */
+#define LB_VIP_FILTER_BITS 12
+#define LB_VIP_FILTER_WORDS ((1 << LB_VIP_FILTER_BITS) / 64)
+#define LB_VIP_HASH_MUL 0x9E3779B1
 
 /* Connection flags */
 #define LB_CONN_F_INACTIVE 0x1   /* counted in InActConn (IPVS IP_VS_CONN_F_INACTIVE) */
@@ -147,6 +169,31 @@ enum lb_sched_id {
 #define LB_CNT_TAIL_CALL 5       /* a tail call failed (program missing): passed */
 #define LB_CNT_TOO_BIG 6         /* tunnel: too big once encapsulated: answered "fragmentation
                                   * needed" / Packet Too Big, or dropped (IPv4 without DF) */
-#define LB_CNT_MAX 7
+#define LB_CNT_SYN_INVALID 7     /* SYN with ACK, RST or FIN and no connection: passed, nothing made */
+#define LB_CNT_DROP_PACKET 8     /* drop_packet defense: a new connection's packet dropped */
+#define LB_CNT_PERSIST_FULL 9    /* lb_persist full: a template stays embryonic (evictable) */
+#define LB_CNT_ICMP_LIMITED 10   /* too big, over the answers' rate limit: dropped unanswered */
+#define LB_CNT_TOO_BIG_UNANSWERED 11  /* too big and not answered: an ICMP error (never an ICMP
+                                  * error about one), or headers longer than the quote holds */
+#define LB_CNT_XMIT_FAILED 12    /* a packet could not be rebuilt (head/tail adjustment, bounds): dropped */
+#define LB_CNT_LEASE_LAPSED 13   /* [ha], the daemon's lease ran out: a neighbour request for, or
+                                  * a packet to, a VIP or nat_router dropped (lb_lease.h) */
+#define LB_CNT_MAX 14
+#define LB_COUNTERS 32           /* lb_counters' size: room to add counters without new pins */
+
+/* Per-CPU tallies of the embryonic table's entries (lb_ct_events; a NAT connection has two, its
+ * reverse entry's), which the control plane polls to estimate the table's fill between its
+ * censuses (lb/dataplane/defense.py) */
+#define LB_CTE_EMBRYO_NEW 0      /* entries made */
+#define LB_CTE_EMBRYO_PROMOTED 1 /* ... moved to lb_conns (established) */
+#define LB_CTE_EMBRYO_GONE 2     /* ... deleted by the data path (expired, reused) */
+#define LB_CTE_MAX 4
+
+/* ---- HA lease (lb_lease.h) ---- */
+/* addresses the lease covers (lb_lease_addrs): the VIPs -- one per service, plus those of
+ * firewall-mark services' port groups, at most one (VIP, protocol) per service -- and nat_router */
+#define LB_LEASE_ADDRS (2 * LB_MAX_SERVICES + 1)
+#define LB_LEASE_VIP 1           /* lb_lease_addrs value: what the address is (for `lb status`) */
+#define LB_LEASE_ROUTER 2
 
 #endif

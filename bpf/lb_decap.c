@@ -5,7 +5,10 @@
  * sees the client's packet to the VIP (held on lo, as with direct routing) and answers the
  * client directly.  It does what the kernel's ipip / ip6_tunnel modules would, on kernels that
  * lack them.  Only packets to an address in lb_decap_dst are decapsulated (the server's own
- * addresses, written at attach time): anything else passes untouched. */
+ * addresses, written at attach time), and only from an address in lb_decap_src (the directors',
+ * `lb decap attach --from`): a tunnel from anyone else is dropped, counted, since its inner packet
+ * (any source, to the VIP) would otherwise reach the server's stack past every filter written
+ * for a tunnel device.  Packets not for a tunnel to us pass untouched. */
 #include <uapi/linux/bpf.h>
 #include <uapi/linux/if_ether.h>
 #include <uapi/linux/ip.h>
@@ -19,7 +22,10 @@ struct lb_decap_key {
 };
 
 BPF_HASH(lb_decap_dst, struct lb_decap_key, __u32, 64);
-BPF_PERCPU_ARRAY(lb_decap_count, __u64, 2);   /* 0: decapsulated, 1: refused (not for us) */
+BPF_HASH(lb_decap_src, struct lb_decap_key, __u32, 64);
+/* 0: decapsulated, 1: passed (a tunnel not addressed to us), 2: dropped (not from a director),
+ * 3: dropped (the inner header is not the tunnel's family) */
+BPF_PERCPU_ARRAY(lb_decap_count, __u64, 4);
 
 static __always_inline void lb_decap_counted(__u32 i)
 {
@@ -33,7 +39,7 @@ int lb_xdp_decap(struct xdp_md *ctx)
     void *data = (void *)(long)ctx->data;
     void *data_end = (void *)(long)ctx->data_end;
     struct ethhdr *eth = data;
-    struct lb_decap_key k = {};
+    struct lb_decap_key k = {}, src = {};
     int outer;
     __be16 inner_proto;
 
@@ -48,6 +54,8 @@ int lb_xdp_decap(struct xdp_md *ctx)
         outer = ip->ihl * 4;
         *(__be32 *)k.addr = ip->daddr;
         k.family = 4;
+        *(__be32 *)src.addr = ip->saddr;
+        src.family = 4;
         inner_proto = bpf_htons(ETH_P_IP);
     } else if (eth->h_proto == bpf_htons(ETH_P_IPV6)) {
         struct ipv6hdr *ip6 = (void *)(eth + 1);
@@ -56,6 +64,8 @@ int lb_xdp_decap(struct xdp_md *ctx)
         outer = sizeof(*ip6);
         __builtin_memcpy(k.addr, &ip6->daddr, 16);
         k.family = 6;
+        __builtin_memcpy(src.addr, &ip6->saddr, 16);
+        src.family = 6;
         inner_proto = bpf_htons(ETH_P_IPV6);
     } else {
         return XDP_PASS;
@@ -63,6 +73,17 @@ int lb_xdp_decap(struct xdp_md *ctx)
     if (!lb_decap_dst.lookup(&k)) {
         lb_decap_counted(1);
         return XDP_PASS;
+    }
+    if (!lb_decap_src.lookup(&src)) {
+        lb_decap_counted(2);
+        return XDP_DROP;
+    }
+    /* the inner header is the tunnel's family (IPIP: IPv4; IPv6-in-IPv6: IPv6) */
+    __u8 *inner = (__u8 *)(eth + 1) + outer;
+    if ((void *)(inner + 1) > data_end ||
+        (*inner >> 4) != (inner_proto == bpf_htons(ETH_P_IP) ? 4 : 6)) {
+        lb_decap_counted(3);
+        return XDP_DROP;
     }
     /* the Ethernet header moves forward over the outer IP header, which then goes */
     struct ethhdr copy;

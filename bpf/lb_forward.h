@@ -88,6 +88,54 @@ static __always_inline void lb_ip6_hdr(struct ipv6hdr *o, __be32 vtc_flow, __u16
  * cannot fragment in XDP).  The frame is rebuilt in place: the head grows by the new headers,
  * the tail shrinks to the quote. */
 #define LB_QUOTE_MAX 128          /* the quoted bytes: IP header (+ IPv6 extension headers) + 8 */
+/* an answer never exceeds the smallest datagram every host must take (RFC 1812 4.3.2.3: 576;
+ * RFC 4443 2.4(c): 1280) */
+_Static_assert(sizeof(struct iphdr) + 8 + LB_QUOTE_MAX <= 576, "too-big answer over 576 bytes");
+_Static_assert(sizeof(struct ipv6hdr) + 8 + LB_QUOTE_MAX <= 1280, "too-big answer over 1280 bytes");
+
+/* The answers' rate limit, one token bucket for the director as the kernel's icmp_global_allow
+ * (icmp_msgs_per_sec, icmp_msgs_burst): without it spoofed large packets would make the director
+ * answer each one, a reflector.  GCRA: tat is when the bucket is full again; each answer moves it
+ * on by the interval, and an answer is allowed while tat is at most burst - 1 intervals ahead.
+ * Unlocked: two CPUs may both take the last token. */
+static __always_inline int lb_icmp_allow(void)
+{
+    __u32 zero = 0, gi = LB_G_ICMP_INTERVAL, gb = LB_G_ICMP_BURST;
+    __u32 *iv = lb_globals.lookup(&gi);
+    __u32 *bu = lb_globals.lookup(&gb);
+    struct lb_icmp_bucket *b = lb_icmp_bucket.lookup(&zero);
+    if (!iv || !bu || !b || *iv == LB_NONE)
+        return 0;
+    __u64 interval = *iv ? *iv : LB_ICMP_INTERVAL_DEFAULT;
+    __u64 burst = *bu ? *bu : LB_ICMP_BURST_DEFAULT;
+    __u64 now = bpf_ktime_get_ns();
+    __u64 tat = b->tat_ns;
+    if (tat < now)
+        tat = now;
+    if (tat - now > (burst - 1) * interval)
+        return 0;
+    b->tat_ns = tat + interval;
+    return 1;
+}
+
+/* Whether a packet too big for the tunnel gets an answer: never an ICMP error about an ICMP
+ * error (RFC 1122 3.2.2, RFC 4443 2.4(e); the tunnel carries ICMP only as relayed errors), not
+ * when `may` is 0 (IPv4 without DF: IPVS would fragment, XDP cannot), and only within the rate
+ * limit.  Either way the packet is dropped, counted. */
+static __always_inline int lb_too_big_answer(struct lb_pkt *pkt, int may)
+{
+    if (pkt->proto == IPPROTO_ICMP || pkt->proto == IPPROTO_ICMPV6) {
+        lb_count(LB_CNT_TOO_BIG_UNANSWERED);
+        return 0;
+    }
+    if (!may)
+        return 0;
+    if (!lb_icmp_allow()) {
+        lb_count(LB_CNT_ICMP_LIMITED);
+        return 0;
+    }
+    return 1;
+}
 
 /* One's complement sum (unfolded) of len bytes at p (len a multiple of 4, at most 8 +
  * LB_QUOTE_MAX), each word bounds-checked: the verifier cannot size a helper's access by a
@@ -135,7 +183,7 @@ static __always_inline void *lb_reframe_reply(struct xdp_md *ctx, int l2, int ip
 static __always_inline int lb_too_big4(struct xdp_md *ctx, struct lb_pkt *pkt, __u32 mtu)
 {
     struct iphdr *ip = pkt->ip4;
-    if (!(ip->frag_off & bpf_htons(0x4000)))
+    if (!lb_too_big_answer(pkt, ip->frag_off & bpf_htons(0x4000)))
         return XDP_DROP;
     void *data = (void *)(long)ctx->data;
     int l2 = (void *)ip - data;
@@ -145,8 +193,10 @@ static __always_inline int lb_too_big4(struct xdp_md *ctx, struct lb_pkt *pkt, _
     __builtin_memcpy(lmac, pkt->eth->h_dest, ETH_ALEN);
     __be32 vip = ip->daddr, client = ip->saddr;
     struct iphdr *o = lb_reframe_reply(ctx, l2, sizeof(*o), quote, cmac, lmac, bpf_htons(ETH_P_IP));
-    if (!o)
+    if (!o) {
+        lb_count(LB_CNT_XMIT_FAILED);
         return XDP_DROP;
+    }
     __u8 *icmp = (void *)(o + 1);
     void *data_end = (void *)(long)ctx->data_end;
     lb_ip4_hdr(o, 0, sizeof(*o) + 8 + quote, 0, IPPROTO_ICMP, vip, client);
@@ -156,8 +206,10 @@ static __always_inline int lb_too_big4(struct xdp_md *ctx, struct lb_pkt *pkt, _
     *(__u16 *)(icmp + 4) = 0;
     *(__be16 *)(icmp + 6) = bpf_htons(mtu);
     __u32 sum = 0;
-    if (lb_csum_words(icmp, 8 + quote, data_end, &sum) != LB_CONTINUE)
+    if (lb_csum_words(icmp, 8 + quote, data_end, &sum) != LB_CONTINUE) {
+        lb_count(LB_CNT_XMIT_FAILED);
         return XDP_DROP;
+    }
     *(__u16 *)(icmp + 2) = ~lb_csum_fold(sum);
     return XDP_TX;
 }
@@ -165,10 +217,18 @@ static __always_inline int lb_too_big4(struct xdp_md *ctx, struct lb_pkt *pkt, _
 static __always_inline int lb_too_big6(struct xdp_md *ctx, struct lb_pkt *pkt, __u32 mtu)
 {
     struct ipv6hdr *ip = pkt->ip6;
+    if (!lb_too_big_answer(pkt, 1))
+        return XDP_DROP;
     void *data = (void *)(long)ctx->data;
     int l2 = (void *)ip - data;
-    /* the IPv6 header, its extension headers and 8 bytes of the transport header */
-    __u32 quote = ((void *)pkt->sport_p - (void *)ip + 8) & (LB_QUOTE_MAX - 4);
+    /* the IPv6 header, its extension headers and 8 bytes of the transport header (a multiple
+     * of 8); longer extension headers than the quote holds: no answer */
+    __u32 quote = (void *)pkt->sport_p - (void *)ip + 8;
+    if (quote > LB_QUOTE_MAX) {
+        lb_count(LB_CNT_TOO_BIG_UNANSWERED);
+        return XDP_DROP;
+    }
+    quote &= 2 * LB_QUOTE_MAX - 4;   /* no change (a multiple of 8, at most 128): for the verifier */
     __u8 cmac[ETH_ALEN], lmac[ETH_ALEN];
     __builtin_memcpy(cmac, pkt->eth->h_source, ETH_ALEN);
     __builtin_memcpy(lmac, pkt->eth->h_dest, ETH_ALEN);
@@ -176,8 +236,10 @@ static __always_inline int lb_too_big6(struct xdp_md *ctx, struct lb_pkt *pkt, _
     __builtin_memcpy(vip, pkt->daddr, 16);
     __builtin_memcpy(client, pkt->saddr, 16);
     struct ipv6hdr *o = lb_reframe_reply(ctx, l2, sizeof(*o), quote, cmac, lmac, bpf_htons(ETH_P_IPV6));
-    if (!o)
+    if (!o) {
+        lb_count(LB_CNT_XMIT_FAILED);
         return XDP_DROP;
+    }
     __u8 *icmp = (void *)(o + 1);
     void *data_end = (void *)(long)ctx->data_end;
     lb_ip6_hdr(o, bpf_htonl(0x60000000), 8 + quote, IPPROTO_ICMPV6, vip, client);
@@ -186,8 +248,10 @@ static __always_inline int lb_too_big6(struct xdp_md *ctx, struct lb_pkt *pkt, _
     *(__u16 *)(icmp + 2) = 0;
     *(__be32 *)(icmp + 4) = bpf_htonl(mtu);
     __u32 sum = 0;
-    if (lb_csum_words(icmp, 8 + quote, data_end, &sum) != LB_CONTINUE)
+    if (lb_csum_words(icmp, 8 + quote, data_end, &sum) != LB_CONTINUE) {
+        lb_count(LB_CNT_XMIT_FAILED);
         return XDP_DROP;
+    }
     /* the pseudo header: both addresses, the length and the next header */
     __u16 *a = (__u16 *)&o->saddr;
 #pragma unroll
@@ -203,27 +267,33 @@ static __always_inline int lb_tunnel_xmit(struct xdp_md *ctx, struct lb_pkt *pkt
     void *data = (void *)(long)ctx->data;
     int l2;
     if (pkt->ip6) {
-        if (r->mtu && pkt->len + sizeof(struct ipv6hdr) > r->mtu && pkt->sport_p) {
+        if (r->mtu && pkt->len + sizeof(struct ipv6hdr) > r->mtu) {
             lb_count(LB_CNT_TOO_BIG);
             return lb_too_big6(ctx, pkt, r->mtu - sizeof(struct ipv6hdr));
         }
         l2 = (void *)pkt->ip6 - data;
         __u32 vtc = *(__be32 *)pkt->ip6 & bpf_htonl(0x0ff00000);   /* inner traffic class */
         __u16 plen = pkt->len;                                     /* inner header + payload */
-        if (bpf_xdp_adjust_head(ctx, l2 - (int)sizeof(struct ethhdr) - (int)sizeof(struct ipv6hdr)))
+        if (bpf_xdp_adjust_head(ctx, l2 - (int)sizeof(struct ethhdr) - (int)sizeof(struct ipv6hdr))) {
+            lb_count(LB_CNT_XMIT_FAILED);
             return XDP_DROP;
+        }
         data = (void *)(long)ctx->data;
         void *data_end = (void *)(long)ctx->data_end;
         struct ethhdr *eth = data;
         struct ipv6hdr *o = (void *)(eth + 1);
-        if ((void *)(o + 1) > data_end)
+        if ((void *)(o + 1) > data_end) {
+            lb_count(LB_CNT_XMIT_FAILED);
             return XDP_DROP;
+        }
         eth->h_proto = bpf_htons(ETH_P_IPV6);
         lb_ip6_hdr(o, bpf_htonl(0x60000000) | vtc, plen, IPPROTO_IPV6, r->tun_src, r->addr);
         return lb_xmit(ctx, eth, r->mac, r->src_mac, r->ifindex);
     }
-    if (!pkt->ip4)
+    if (!pkt->ip4) {
+        lb_count(LB_CNT_XMIT_FAILED);
         return XDP_DROP;
+    }
     if (r->mtu && pkt->len + sizeof(struct iphdr) > r->mtu) {
         lb_count(LB_CNT_TOO_BIG);
         return lb_too_big4(ctx, pkt, r->mtu - sizeof(struct iphdr));
@@ -232,14 +302,18 @@ static __always_inline int lb_tunnel_xmit(struct xdp_md *ctx, struct lb_pkt *pkt
     __u8 tos = pkt->ip4->tos;
     __be16 df = pkt->ip4->frag_off & bpf_htons(0x4000);               /* IP_DF, as IPVS copies it */
     __u16 len = pkt->len;
-    if (bpf_xdp_adjust_head(ctx, l2 - (int)sizeof(struct ethhdr) - (int)sizeof(struct iphdr)))
+    if (bpf_xdp_adjust_head(ctx, l2 - (int)sizeof(struct ethhdr) - (int)sizeof(struct iphdr))) {
+        lb_count(LB_CNT_XMIT_FAILED);
         return XDP_DROP;
+    }
     data = (void *)(long)ctx->data;
     void *data_end = (void *)(long)ctx->data_end;
     struct ethhdr *eth = data;
     struct iphdr *o = (void *)(eth + 1);
-    if ((void *)(o + 1) > data_end)
+    if ((void *)(o + 1) > data_end) {
+        lb_count(LB_CNT_XMIT_FAILED);
         return XDP_DROP;
+    }
     eth->h_proto = bpf_htons(ETH_P_IP);
     lb_ip4_hdr(o, tos, len + sizeof(*o), df, IPPROTO_IPIP, *(__be32 *)r->tun_src, *(__be32 *)r->addr);
     return lb_xmit(ctx, eth, r->mac, r->src_mac, r->ifindex);
@@ -256,7 +330,8 @@ static __always_inline int lb_forward_to_real(struct xdp_md *ctx, struct lb_pkt 
     }
     if (__builtin_expect(r->fwd == LB_FWD_TUNNEL, 0))
         return lb_tunnel_xmit(ctx, pkt, r);
-    return XDP_DROP;              /* the control plane never programs other methods */
+    lb_count(LB_CNT_XMIT_FAILED);  /* the control plane never programs other methods */
+    return XDP_DROP;
 }
 
 /* NAT reply: source back to the VIP:port the client used, out the way its packets came in */

@@ -22,6 +22,7 @@
 #include "lb_csum.h"
 #include "lb_stats.h"
 #include "lb_conntrack.h"
+#include "lb_embryo.h"
 #include "lb_forward.h"
 
 static __always_inline int lb_is_icmp(struct lb_pkt *pkt)
@@ -92,7 +93,8 @@ static __always_inline int lb_icmp_public(struct xdp_md *ctx, struct lb_pkt *pkt
     key.dport = *e.sport_p;
     key.proto = e.proto;
     key.family = pkt->family;
-    struct lb_conn *c = lb_conns.lookup(&key);
+    int embryo;
+    struct lb_conn *c = lb_conn_find(&key, &embryo);
     if (!c || lb_conn_expired(c, bpf_ktime_get_coarse_ns()))
         return XDP_PASS;
     __u32 svc_id = c->svc, real_id = c->real;
@@ -127,7 +129,8 @@ static __always_inline int lb_icmp_private(struct xdp_md *ctx, struct lb_pkt *pk
     rk.proto = e.proto;
     rk.family = pkt->family;
     rk.dir = 1;
-    struct lb_conn *rev = lb_conns.lookup(&rk);
+    int embryo;
+    struct lb_conn *rev = lb_conn_find(&rk, &embryo);
     if (!rev || !(rev->flags & LB_CONN_F_OUT))
         return XDP_PASS;
     struct lb_conn_key key = {};
@@ -137,7 +140,7 @@ static __always_inline int lb_icmp_private(struct xdp_md *ctx, struct lb_pkt *pk
     key.dport = rev->vport;
     key.proto = e.proto;
     key.family = pkt->family;
-    struct lb_conn *c = lb_conns.lookup(&key);
+    struct lb_conn *c = lb_conn_find(&key, &embryo);
     if (!c || c->real != rev->real || lb_conn_expired(c, bpf_ktime_get_coarse_ns()))
         return XDP_PASS;
     lb_stats_out(rev->svc, c->real, pkt->len);

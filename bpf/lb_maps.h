@@ -31,18 +31,36 @@ BPF_TABLE_PINNED("array", __u32, struct lb_real_conns, lb_real_swept, LB_MAX_REA
 /* quiesce_server: the connections a real server had when a server joined its service, which
  * the schedulers leave out (written by the control plane; lb list and thresholds ignore it) */
 BPF_TABLE_PINNED("array", __u32, struct lb_real_conns, lb_real_base, LB_MAX_REALS, LB_PIN(lb_real_base));
+/* established (and closing) connections: only a connection that got past its first packets
+ * (lb_embryo.h) comes here, so a flood of new sources never evicts one */
 BPF_TABLE_PINNED("lru_hash", struct lb_conn_key, struct lb_conn, lb_conns, LB_CONN_TABLE_SIZE, LB_PIN(lb_conns));
-/* persistence templates: not preallocated, so services without persistence cost nothing */
+/* embryonic connections (TCP before ESTABLISHED, UDP's first packet) and their NAT reverse
+ * entries: an LRU of their own, where a flood can only evict its own kind */
+BPF_TABLE_PINNED("lru_hash", struct lb_conn_key, struct lb_conn, lb_conns_embryo, LB_EMBRYO_TABLE_SIZE,
+                 LB_PIN(lb_conns_embryo));
+/* persistence templates: not preallocated, so services without persistence cost nothing; a
+ * template comes here when the connection that made it is established (lb_embryo.h) */
 BPF_TABLE_PINNED("hash", struct lb_persist_key, struct lb_persist, lb_persist, LB_PERSIST_TABLE_SIZE,
                  LB_PIN(lb_persist), BPF_F_NO_PREALLOC);
+/* templates made by embryonic connections, until one of them is established */
+BPF_TABLE_PINNED("lru_hash", struct lb_persist_key, struct lb_persist, lb_persist_embryo, LB_EMBRYO_TABLE_SIZE,
+                 LB_PIN(lb_persist_embryo));
 BPF_TABLE_PINNED("array", __u32, __u32, lb_tcp_fsm, LB_FSM_SIZE, LB_PIN(lb_tcp_fsm));
+/* secure_tcp's state tables (IPVS tcp_states_dos), used while LB_DEF_SECURE_TCP is set */
+BPF_TABLE_PINNED("array", __u32, __u32, lb_tcp_fsm_secure, LB_FSM_SIZE, LB_PIN(lb_tcp_fsm_secure));
 BPF_TABLE_PINNED("array", __u32, __u32, lb_timeouts, LB_TIMEOUTS, LB_PIN(lb_timeouts));
 BPF_TABLE_PINNED("percpu_array", __u32, struct lb_stats, lb_svc_stats, LB_MAX_SERVICES, LB_PIN(lb_svc_stats));
 BPF_TABLE_PINNED("percpu_array", __u32, struct lb_stats, lb_real_stats, LB_MAX_REALS, LB_PIN(lb_real_stats));
 /* per-second rates, smoothed as IPVS's estimator does: written every 2 s by the control plane */
 BPF_TABLE_PINNED("array", __u32, struct lb_rates, lb_svc_rates, LB_MAX_SERVICES, LB_PIN(lb_svc_rates));
 BPF_TABLE_PINNED("array", __u32, struct lb_rates, lb_real_rates, LB_MAX_REALS, LB_PIN(lb_real_rates));
-BPF_TABLE_PINNED("percpu_array", __u32, __u64, lb_counters, LB_CNT_MAX, LB_PIN(lb_counters));
+BPF_TABLE_PINNED("percpu_array", __u32, __u64, lb_counters, LB_COUNTERS, LB_PIN(lb_counters));
+BPF_TABLE_PINNED("percpu_array", __u32, __u64, lb_ct_events, LB_CTE_MAX, LB_PIN(lb_ct_events));
+/* the addresses of every virtual service, hashed to a bit: the first test of lb_xdp_public */
+BPF_TABLE_PINNED("array", __u32, struct lb_vip_filter, lb_vip_filter, 1, LB_PIN(lb_vip_filter));
+/* the tunnel's too-big answers: one token bucket for the whole director (as the kernel's
+ * icmp_global_allow) */
+BPF_TABLE_PINNED("array", __u32, struct lb_icmp_bucket, lb_icmp_bucket, 1, LB_PIN(lb_icmp_bucket));
 
 /* Pinned: the kernel empties a program array when its last user reference goes, and a
  * killed daemon must leave new connections working. */
@@ -76,5 +94,11 @@ BPF_TABLE_PINNED("hash", __u32, struct lb_mh_last, lb_mh_last, LB_MAX_SERVICES, 
  * rewrites lb_progs: a walk that crosses into the new lb_sched_mh goes on where it was rather
  * than starting over. */
 BPF_TABLE_PINNED("percpu_array", __u32, struct lb_mh_walk, lb_mh_walk, 1, LB_PIN(lb_mh_walk));
+
+/* ---- HA lease (lb_lease.h): the daemon's lease and the addresses it covers, written by the
+ * control plane with [ha] (absent or 0: no lease) ---- */
+BPF_TABLE_PINNED("array", __u32, struct lb_lease, lb_lease, 1, LB_PIN(lb_lease));
+BPF_TABLE_PINNED("hash", struct lb_addr_key, __u32, lb_lease_addrs, LB_LEASE_ADDRS, LB_PIN(lb_lease_addrs),
+                 BPF_F_NO_PREALLOC);
 
 #endif

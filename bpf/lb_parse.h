@@ -130,6 +130,22 @@ static __always_inline int lb_parse6(void *cur, void *data_end, struct lb_pkt *p
     return lb_parse_l4(cur, data_end, pkt, nh);
 }
 
+/* The EtherType after eth and one 802.1Q/802.1ad tag, *cur just past them; 0 when the tag is
+ * cut short.  eth is checked by the caller. */
+static __always_inline __be16 lb_eth_proto(struct ethhdr *eth, void *data_end, void **cur)
+{
+    __be16 proto = eth->h_proto;
+    *cur = eth + 1;
+    if (proto == bpf_htons(ETH_P_8021Q) || proto == bpf_htons(ETH_P_8021AD)) {
+        struct lb_vlan_hdr *vh = *cur;
+        if ((void *)(vh + 1) > data_end)
+            return 0;
+        proto = vh->proto;
+        *cur = vh + 1;
+    }
+    return proto;
+}
+
 /* Returns LB_CONTINUE with pkt filled, or XDP_PASS. */
 static __always_inline int lb_parse(struct xdp_md *ctx, struct lb_pkt *pkt, __u32 *counter)
 {
@@ -142,15 +158,7 @@ static __always_inline int lb_parse(struct xdp_md *ctx, struct lb_pkt *pkt, __u3
     if ((void *)(eth + 1) > data_end)
         return XDP_PASS;
     pkt->eth = eth;
-    proto = eth->h_proto;
-    cur = eth + 1;
-    if (proto == bpf_htons(ETH_P_8021Q) || proto == bpf_htons(ETH_P_8021AD)) {
-        struct lb_vlan_hdr *vh = cur;
-        if ((void *)(vh + 1) > data_end)
-            return XDP_PASS;
-        proto = vh->proto;
-        cur = vh + 1;
-    }
+    proto = lb_eth_proto(eth, data_end, &cur);
     if (proto == bpf_htons(ETH_P_IPV6))
         return lb_parse6(cur, data_end, pkt, counter);
     if (proto != bpf_htons(ETH_P_IP))

@@ -1,21 +1,24 @@
 /* Persistence templates (IPVS ip_vs_sched_persist): a client network's new connections to a
- * persistent service go to the real server its template names, while the template lives. */
+ * persistent service go to the real server its template names, while the template lives.  A
+ * template lives in lb_persist_embryo until a connection it controls is established, then in
+ * lb_persist (lb_embryo.h), so new sources cannot fill lb_persist. */
 #ifndef LB_PERSIST_H
 #define LB_PERSIST_H
 
 #include "lb_maps.h"
 #include "lb_parse.h"
 
-static __always_inline void lb_persist_key_of(struct lb_persist_key *pk, struct lb_pkt *pkt,
-                                              struct lb_svc *svc)
+/* The template key of a client address (16 bytes, as lb_pkt's) in service svc */
+static __always_inline void lb_persist_key_from(struct lb_persist_key *pk, const __be32 *caddr,
+                                                struct lb_svc *svc)
 {
     __builtin_memset(pk, 0, sizeof(*pk));
     /* IPv4 netmask or IPv6 prefix, both as a 16-byte mask (IPVS: svc->netmask) */
     __be32 *ca = (__be32 *)pk->caddr;
-    ca[0] = pkt->saddr[0] & svc->persist_mask[0];
-    ca[1] = pkt->saddr[1] & svc->persist_mask[1];
-    ca[2] = pkt->saddr[2] & svc->persist_mask[2];
-    ca[3] = pkt->saddr[3] & svc->persist_mask[3];
+    ca[0] = caddr[0] & svc->persist_mask[0];
+    ca[1] = caddr[1] & svc->persist_mask[1];
+    ca[2] = caddr[2] & svc->persist_mask[2];
+    ca[3] = caddr[3] & svc->persist_mask[3];
     if (svc->fwmark) {            /* IPVS: <client & netmask, fwmark> across the whole group */
         pk->fwmark = svc->fwmark;
         pk->family = svc->family;
@@ -25,6 +28,26 @@ static __always_inline void lb_persist_key_of(struct lb_persist_key *pk, struct 
     pk->vport = svc->port;
     pk->proto = svc->proto;
     pk->family = svc->family;
+}
+
+static __always_inline void lb_persist_key_of(struct lb_persist_key *pk, struct lb_pkt *pkt,
+                                              struct lb_svc *svc)
+{
+    lb_persist_key_from(pk, pkt->saddr, svc);
+}
+
+/* A client's template: lb_persist (its connections got established), else lb_persist_embryo
+ * (made by a connection not established yet, lb_embryo.h); *embryo says which. */
+static __always_inline struct lb_persist *lb_persist_find(struct lb_persist_key *pk, int *embryo)
+{
+    struct lb_persist *t = lb_persist.lookup(pk);
+    *embryo = 0;
+    if (t)
+        return t;
+    t = lb_persist_embryo.lookup(pk);
+    if (t)
+        *embryo = 1;
+    return t;
 }
 
 static __always_inline int lb_persist_expired(struct lb_persist *t, __u64 now)
@@ -39,11 +62,13 @@ static __always_inline void lb_persist_count(__u32 real, int delta)
         __sync_fetch_and_add(&c->persist, delta);
 }
 
-/* Remove a template; whoever's delete succeeds uncounts it (as for connections). */
-static __always_inline void lb_persist_drop(struct lb_persist_key *pk, struct lb_persist *t)
+/* Remove a template (from lb_persist_embryo when embryo); whoever's delete succeeds uncounts it
+ * (as for connections). */
+static __always_inline void lb_persist_drop(struct lb_persist_key *pk, struct lb_persist *t, int embryo)
 {
     __u32 real = t->real;
-    if (lb_persist.delete(pk) == 0)
+    long rc = embryo ? lb_persist_embryo.delete(pk) : lb_persist.delete(pk);
+    if (rc == 0)
         lb_persist_count(real, -1);
 }
 

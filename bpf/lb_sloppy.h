@@ -10,12 +10,17 @@
 #include "lb_consts.h"
 #include "lb_structs.h"
 #include "lb_parse.h"
+#include "lb_embryo.h"
 
-/* Whether a packet without a connection entry may create one (LB_SVC_F_SLOPPY: lb_consts.h) */
+/* Whether a packet without a connection entry may create one (LB_SVC_F_SLOPPY: lb_consts.h).
+ * A SYN must be a pure one (lb_embryo.h), sloppy or not: SYN|ACK, SYN|RST and SYN|FIN never
+ * make a connection, so such floods cost no entry. */
 static __always_inline int lb_may_schedule(const struct lb_pkt *pkt, const struct lb_svc *svc)
 {
-    if (pkt->proto != IPPROTO_TCP || (pkt->tcp_flags & LB_TCP_SYN))
+    if (pkt->proto != IPPROTO_TCP)
         return 1;
+    if (pkt->tcp_flags & LB_TCP_SYN)
+        return lb_tcp_pure_syn(pkt->tcp_flags);
     return (svc->flags & LB_SVC_F_SLOPPY) && !(pkt->tcp_flags & LB_TCP_RST);
 }
 

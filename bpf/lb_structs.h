@@ -201,12 +201,36 @@ struct lb_mh_last {
     __u32 w[LB_MAX_SVC_REALS];
 };
 
+/* lb_vip_filter value (one entry): a bit per hash of every address a virtual service listens on
+ * (LB_VIP_FILTER_BITS, LB_VIP_HASH_MUL), written by the control plane */
+struct lb_vip_filter {
+    __u64 bits[LB_VIP_FILTER_WORDS];
+};
+
+/* lb_icmp_bucket value (one entry): the too-big answers' token bucket, kept as the time the
+ * bucket would be full again (GCRA: each answer moves it on by the interval) */
+struct lb_icmp_bucket {
+    __u64 tat_ns;
+};
+
 /* mh (lb_mh_walk, per-CPU): where an mh-fallback walk longer than one run goes on */
 struct lb_mh_walk {
     __u32 svc;                    /* service id + 1 while a walk is under way, else 0 */
     __u32 base;                   /* source port (mh-port) + client address: the hashed value */
     __u32 ihash;                  /* the first slot: probes start from it */
     __u32 next;                   /* the next probe */
+};
+
+/* ---- HA lease (lb_lease.h) ---- */
+struct lb_lease {                 /* lb_lease value, the one entry; written by the control plane */
+    __u64 expires_ns;             /* bpf_ktime_get_coarse_ns() until which this director claims its
+                                   * addresses; 0: no lease (no [ha]: always) */
+};
+
+struct lb_addr_key {              /* lb_lease_addrs key: an address of this director's */
+    __u8 addr[16];
+    __u8 family;
+    __u8 pad[3];
 };
 
 #endif

@@ -1,5 +1,5 @@
 """cffi build script for lb._bpfbatch (batch dump/delete/update of BPF maps, and the
-BPF_PROG_TEST_RUN loop the benchmarks use).
+BPF_PROG_TEST_RUN loops the benchmarks and the packet fuzzer use).
 
 Run by the package install (setup.py's cffi_modules); lb/dataplane/bpfsys.py is the
 pure-Python fallback and the test oracle.
@@ -16,8 +16,12 @@ ffibuilder.cdef(
     long bb_delete(int fd, unsigned key_size, const void *keys, unsigned long count);
     long bb_update(int fd, unsigned key_size, unsigned value_size,
                    const void *keys, const void *values, unsigned long count);
+    long bb_lookup(int fd, unsigned key_size, unsigned value_size, const void *keys, void *values,
+                   unsigned char *found, unsigned long count);
     long long bb_test_run_loop(int prog_fd, const void *packets, unsigned pkt_len, unsigned count,
                                unsigned long iterations, unsigned *last_retval);
+    void bb_test_run_each(int prog_fd, const void *packets, const unsigned *lens, unsigned count,
+                          void *out, unsigned out_cap, unsigned *out_lens, unsigned *retvals, int *errs);
     long bb_test_run_repeat(int prog_fd, const void *packet, unsigned pkt_len, unsigned repeat,
                             unsigned *avg_ns, unsigned *retval);
     unsigned bb_sizeof_conn_key(void);

@@ -171,8 +171,13 @@ class ConfigRequests:
             await loop.run_in_executor(None, store.restore, undo)
             log.error("configuration from %s: the reload refused it (%s); %s is back as it was", who,
                       reply.get("error"), path)
-            return {"ok": False, "error": f"{reply.get('error')} -- {path} was put back as it was; the running "
-                                          f"configuration is unchanged", "issues": reply.get("issues") or []}
+            # the reload says what it left running (Engine._reload_reply: "changed")
+            running = {False: "the running configuration is unchanged",
+                       True: "the data plane could not be fully restored and holds part of the new "
+                             "configuration: fix the cause and reload, or restart lb"}.get(
+                reply.get("changed", False), "what the data plane holds is not known: see the daemon's log")
+            return {"ok": False, "error": f"{reply.get('error')} -- {path} was put back as it was; {running}",
+                    "issues": reply.get("issues") or []}
         self.last_edit = {"by": who, "version": new.version, "serial_no": new.cfg.serial_no, "applied": True}
         for fn in self.on_applied:
             fn()

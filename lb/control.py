@@ -26,6 +26,9 @@ MAX_REQUEST bytes and MAX_DEPTH levels of nesting; anything else is answered "ba
                           {"ok": false, "error", "issues": [...], "conflict": bool}: nothing changed
                           (lb.confedit has the rules)
 
+    {"cmd": "zero", "service": ["tcp", "198.18.0.10", 80] | ["fwmark", 21] | null}
+                       -> {"ok": true, "message": "..."}: ipvsadm -Z (`lb zero`)
+
 "weight" is the operator's override of one real server's weight (`lb weight`, `lb quiesce`,
 `lb activate`): service by name (or VIP:PORT), server by name, ADDR or ADDR:PORT, weight
 0..65535 (0 quiesces: open connections go on, no new ones) or null to clear it.  It lives in

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import ipaddress
 import json
 import logging
 import os
@@ -27,7 +28,7 @@ from lb.config.model import parse_endpoint as _parse_endpoint
 from lb.config.model import sorry_text
 from lb.config.toml import WEIGHT_RANGE
 from lb.dataplane import RealSpec, ServiceSpec, TableSpec
-from lb.dataplane.errors import DataplaneError
+from lb.dataplane.errors import ApplyFailed, DataplaneError, TableDoesNotFit
 from lb.dataplane.ipvs import IpvsDataplane
 from lb.dataplane.program import Sizes
 from lb.dataplane.xdp import XdpDataplane
@@ -36,6 +37,7 @@ from lb.ha import announce as ha_announce
 from lb.health import CheckSpec, LoadMonitorTask, LoadSpec, Monitor, NannyPolicy
 from lb.instance import AlreadyRunning, InstanceLock
 from lb.instance import pidfile as _pidfile
+from lb.tasks import RateLimitedLog
 from lb.tasks import supervise
 
 log = logging.getLogger("lb.engine")
@@ -45,6 +47,7 @@ SHARED_DIR = control.SHARED_DIR
 SWEEP_INTERVAL = 5.0
 NEXTHOP_INTERVAL = 10.0
 ESTIMATE_INTERVAL = 2.0       # IPVS's rate estimator period (ip_vs_est.c)
+DEFENSE_INTERVAL = 1.0        # IPVS's defense_work period (DEFENSE_TIMER_PERIOD)
 
 
 class StartupError(Exception):
@@ -105,7 +108,8 @@ def build_table(cfg, health: dict | None = None, sorry: set | None = None,
     # while this director was cut off, say) expires the entry, and the client's next packet is
     # scheduled afresh -- sloppy, so mid-flow too -- to the server every director picks
     return TableSpec(tuple(services), (t.tcp, t.tcpfin, t.udp), cfg.expire_nodest_conn or sloppy,
-                     lblc_expiration=cfg.lblc_expiration, lblcr_expiration=cfg.lblcr_expiration)
+                     lblc_expiration=cfg.lblc_expiration, lblcr_expiration=cfg.lblcr_expiration,
+                     defense=cfg.defense)
 
 
 def effective_weight(vs, rs, up: bool = True, load: int | None = None, override: int | None = None) -> lbweight.Weight:
@@ -196,6 +200,15 @@ class ReloadRefused(Exception):
         self.issues = list(issues)
 
 
+class ReloadFailed(Exception):
+    """A reload whose writes failed part-way: ``restored`` when the previous table and
+    addresses are back (nothing changed), else the data plane holds part of each."""
+
+    def __init__(self, message: str, restored: bool):
+        super().__init__(message)
+        self.restored = restored
+
+
 def check_spec(vs, rs) -> tuple[CheckSpec, NannyPolicy]:
     m = vs.monitor
     kind = m.kind
@@ -258,6 +271,13 @@ class Engine:
         self._reload_waiters: list[asyncio.Future] = []   # `lb reload` callers on the control socket
         self._usable: dict[tuple, set] = {}          # service key -> real servers taking new connections
         self._fell_back = False                      # auto: XDP gave way to kernel IPVS
+        # [ha]: the data plane's lease is refreshed with every heartbeat once pulse has decided a
+        # role and the addresses follow it (lb/ha/pulse.py, bpf/lb_lease.h)
+        self._lease_armed = False
+        self._lease_log = RateLimitedLog(log, 10.0)
+        # reloads by result (ok, refused, failed), the last one's, and when the running config was loaded
+        self.reloads: dict = {"ok": 0, "refused": 0, "failed": 0, "last_ok": True, "loaded_at": time.time()}
+        self.takeovers = 0                           # HA: times this director became active
         self.configs = ConfigRequests(self)          # the control socket's configuration requests
         self.configsync = None                       # HA: lb.ha.configsync (the config push)
         self.bgp = None                              # lb.bgp.Announcer with [bgp]: the VIPs announced
@@ -278,7 +298,7 @@ class Engine:
             try:
                 self.pulse = Pulse(self.cfg.ha, self.cfg.instance, self.on_role, sync_source=self.sync_export,
                                    sync_sink=self.sync_import, announce=self.announce,
-                                   public_interface=self.cfg.public_interface)
+                                   public_interface=self.cfg.public_interface, on_heartbeat=self.refresh_lease)
             except (OSError, ValueError) as e:
                 raise StartupError(f"{self.cfg.path or '<config>'}: ha: {e}") from None
         self._restore_overrides()
@@ -288,6 +308,10 @@ class Engine:
         sdnotify.status("loading the data plane")
         self._load_dataplane()
         self.owned = addresses.wanted_addresses(self.cfg)
+        self._start_lease()
+        table = self._table(self.cfg)
+        self.dp.plan(table)             # a table that cannot fit takes no address
+        addresses.check(self.owned)
         if self.active:
             addresses.take(self.owned)
         else:
@@ -295,7 +319,7 @@ class Engine:
             # loaded and attached anyway so that a takeover only adds addresses
             log.info("HA: starting without the virtual addresses until pulse decides the role")
         sdnotify.status("applying the table")
-        self._apply(self._table(self.cfg), self.cfg)
+        self._apply(table, self.cfg, planned=True)
         sdnotify.status("attaching XDP" if self.dp.kind == "xdp" else "attaching")
         self._attach_dataplane()
         if self.bgp is not None:
@@ -326,9 +350,12 @@ class Engine:
         self.on_sorry = sorry
         return table
 
-    def _apply(self, table: TableSpec, cfg) -> None:
-        """dp.apply, then quiesce_server: a service that gained a usable real server (added,
-        back after reentry, or out of weight 0) has its schedulers' counts restarted."""
+    def _apply(self, table: TableSpec, cfg, planned: bool = False) -> None:
+        """dp.plan (unless the caller did) and dp.apply, then quiesce_server: a service that
+        gained a usable real server (added, back after reentry, or out of weight 0) has its
+        schedulers' counts restarted."""
+        if not planned:
+            self.dp.plan(table)
         self.dp.apply(table)
         usable = {s.key: {r.key for r in s.reals if r.weight > 0} for s in table.services}
         quiesce = {vs.name for vs in cfg.virtual_servers if vs.quiesce_server}
@@ -366,6 +393,7 @@ class Engine:
             self.dp.attach(self.cfg.public_interface, "public", self.xdp_mode)
             if self.cfg.network == "nat":
                 self.dp.attach(self.cfg.private_interface, "private", self.xdp_mode)
+            self._attach_guards()
         except DataplaneError as e:
             if not self._fall_back(e):
                 raise
@@ -412,7 +440,7 @@ class Engine:
         try:
             log.info("%s", self.reload_or_raise())
             return True
-        except ReloadRefused as e:
+        except (ReloadRefused, ReloadFailed) as e:
             log.error("%s", e)
             return False
 
@@ -430,17 +458,59 @@ class Engine:
             check_interfaces(new)
         except StartupError as e:
             raise ReloadRefused(f"reload refused: {e}") from None
-        if self.bgp is not None:
-            self.bgp.bgp = new.bgp               # [[bgp.vip]]: the next update announces them
         log_warnings(new)
+        # all or nothing: everything that can be checked is, before the first write (the data
+        # plane's plan: every table's capacity, draining servers' slots included; the new
+        # addresses' interfaces); then the addresses, then the table: a write that still fails
+        # has the data plane write its previous table back and the new addresses removed
         want = addresses.wanted_addresses(new)
-        if self.active:
-            addresses.take([a for a in want if a not in self.owned])
+        on_sorry = set(self.on_sorry)
+        table = self._table(new)
         with self._dp_lock:
-            self._apply(self._table(new), new)
+            try:
+                self.dp.plan(table)
+                addresses.check(want)
+            except TableDoesNotFit as e:
+                self.on_sorry = on_sorry
+                lines = "".join(f"\n  {p}" for p in str(e).splitlines())
+                raise ReloadRefused(f"reload refused, nothing changed: {path}: the data plane cannot hold "
+                                    f"the new table:{lines}") from None
+            except addresses.AddressError as e:
+                self.on_sorry = on_sorry
+                raise ReloadRefused(f"reload refused, nothing changed: {path}: {e}") from None
+            added = []
+            old_bgp = self.bgp.bgp if self.bgp is not None else None
+            try:
+                if self.active:
+                    added = addresses.take([a for a in want if a not in self.owned])
+                if self.bgp is not None:
+                    self.bgp.bgp = new.bgp           # [[bgp.vip]]: _apply's update announces them
+                self._apply(table, new, planned=True)
+            except addresses.AddressError as e:     # take() removed what it had added
+                self.on_sorry = on_sorry
+                raise ReloadRefused(f"reload refused, nothing changed: {e}") from None
+            except Exception as e:
+                self.on_sorry = on_sorry
+                if self.bgp is not None:
+                    self.bgp.bgp = old_bgp           # a failed reload announces as before
+                addresses.release(added)
+                if isinstance(e, ApplyFailed) and e.restored:
+                    raise ReloadFailed(f"reload failed and was undone: {e}; the {len(added)} addresses this "
+                                       f"reload added were removed again: nothing changed", restored=True) from None
+                if isinstance(e, DataplaneError):
+                    raise ReloadFailed(f"reload failed: {e}; the {len(added)} addresses this reload added were "
+                                       f"removed again", restored=False) from None
+                raise
         if self.active:
             addresses.release([a for a in self.owned if a not in want])
+            self.announce(True, added)           # the VIPs this reload added: neighbours learn them now
         self.owned, self.cfg = want, new
+        if new.ha is not None:              # the lease covers the new addresses (bpf/lb_lease.h)
+            try:
+                self.dp.claim(self._claims(want))
+                self._attach_guards()
+            except (DataplaneError, OSError) as e:
+                log.error("HA: the lease's addresses after the reload: %s", e)
         return f"reloaded {path}"
 
     # ---- health (nanny) ----
@@ -643,6 +713,65 @@ class Engine:
         return await fut
 
     # ---- HA (pulse) ----
+    # ---- HA lease (bpf/lb_lease.h): a director whose daemon is gone stops claiming its
+    # addresses within deadtime: the data plane drops neighbour requests for them and packets
+    # to them once the lease, refreshed with every heartbeat, has run out ----
+    def _claims(self, owned) -> dict:
+        """{address: "vip" | "router"} of what the active director holds (the lease covers it)."""
+        router = self.cfg.nat_router
+        return {a.address.ip: "router" if router is not None and a.address == router else "vip" for a in owned}
+
+    def _start_lease(self) -> None:
+        """At start, before any address is touched.  Without [ha]: no lease.  With [ha]: the
+        addresses it covers; and when an earlier run of ours died and its lease ran out, the
+        peer may hold the addresses now: they go first of all (a hitless restart within the
+        lease keeps them until pulse decides)."""
+        if self.cfg.ha is None:
+            self.dp.lease(None)
+            self.dp.claim({})
+            return
+        self.dp.claim(self._claims(self.owned))
+        left = self.dp.lease_left()
+        if left is not None and left < 0:
+            log.warning("HA: the lease of an earlier run of this instance ran out %.1f s ago (its daemon died): "
+                        "releasing its addresses until pulse decides the role", -left)
+            addresses.release(addresses.present(self.owned))
+
+    def _attach_guards(self) -> None:
+        """[ha]: every other interface holding one of the addresses (nat_router on the private
+        side in direct routing) gets the lease's check, lb_xdp_guard."""
+        if self.cfg.ha is None:
+            return
+        served = {self.cfg.public_interface} | ({self.cfg.private_interface} if self.cfg.network == "nat" else set())
+        for dev in sorted({a.ifname for a in self.owned} - served - set(getattr(self.dp, "attached", {}))):
+            self.dp.attach(dev, "guard", self.xdp_mode)
+
+    def _renew_lease(self) -> None:
+        self.dp.lease(self.cfg.ha.deadtime)
+        if not self._lease_armed and self.dp.lease_left() is None:
+            log.warning("HA: the %s data plane has no lease: should this daemon die, its addresses stay claimed "
+                        "until it is restarted", self.dp.kind)
+        self._lease_armed = True
+
+    def refresh_lease(self) -> None:
+        """Pulse, just before each heartbeat: the lease runs deadtime from now, so it runs out
+        no later than the peer takes over after the last heartbeat."""
+        if not self._lease_armed:
+            return
+        try:
+            self.dp.lease(self.cfg.ha.deadtime)
+        except Exception as e:     # the lease runs out: this director stops claiming, as it should
+            self._lease_log.log("lease", logging.ERROR, "HA: cannot refresh the lease: %s", e)
+
+    def _end_lease(self) -> None:
+        """Stopping with [ha]: pulse tells the peer, which takes over at once, so this director
+        stops claiming at once (the addresses too stay with --keep-dataplane)."""
+        self._lease_armed = False
+        try:
+            self.dp.lease(0)
+        except Exception as e:
+            log.warning("HA: cannot end the lease: %s", e)
+
     def _take_addresses(self) -> None:
         addresses.take(self.owned)
 
@@ -651,8 +780,8 @@ class Engine:
 
     def announce(self, burst: bool = True, addrs=None) -> None:
         """Gratuitous ARP / unsolicited NA for the addresses this director holds (or ``addrs``),
-        with or without [ha]: at start (before READY), at a takeover (a burst) and every
-        garp_refresh while active (one round)."""
+        with or without [ha]: at start (before READY), when a reload adds a VIP, at a takeover (a
+        burst) and every garp_refresh while active (one round)."""
         ha = self.cfg.ha
         addrs = self.owned if addrs is None else addrs
         if not self.active or not addrs:
@@ -666,11 +795,15 @@ class Engine:
         loop = asyncio.get_running_loop()
         if new == ACTIVE:
             self.active = True
+            self.takeovers += 1
+            await loop.run_in_executor(None, self._renew_lease)     # before the addresses answer
             await loop.run_in_executor(None, self._take_addresses)
             loop.run_in_executor(None, self.announce, True)    # the burst runs on by itself
-        elif self.active or old == 0:
-            self.active = False
-            await loop.run_in_executor(None, self._release_addresses)
+        else:
+            if self.active or old == 0:
+                self.active = False
+                await loop.run_in_executor(None, self._release_addresses)
+            await loop.run_in_executor(None, self._renew_lease)     # after: no second claimant
         if self.bgp is not None:
             self.bgp.update(active=self.active)
         await loop.run_in_executor(None, self._kernel_sync, new == ACTIVE)
@@ -711,8 +844,13 @@ class Engine:
         with self._dp_lock:
             return self.dp.estimate()
 
-    def status(self) -> dict:
-        """What `lb status` shows (the control socket's "status" reply)."""
+    def defend(self) -> None:
+        with self._dp_lock:
+            self.dp.defend()
+
+    def status(self, counters: bool = True) -> dict:
+        """What `lb status` shows (the control socket's "status" reply); without the data path's
+        counters when ``counters`` is false (lb.metrics reads them in its own thread)."""
         services = []
         for vs in self.cfg.virtual_servers:
             reals = []
@@ -729,6 +867,7 @@ class Engine:
                               "changes": mon.changes if mon else 0,
                               "downs": mon.downs if mon else 0, "ups": mon.ups if mon else 0,
                               "checks": mon.checks if mon else 0,
+                              "failures": mon.failures if mon else 0,
                               "reason": mon.reason if mon else None,
                               "dynamic_weight": self.weights.get(key),
                               "override": self.overrides.get(key),
@@ -746,35 +885,64 @@ class Engine:
         doc = {"instance": self.cfg.instance, "pid": os.getpid(),
                "role": self.pulse.role if self.pulse is not None else ("active" if self.active else "starting"),
                "config": str(self.cfg.path), "dataplane": self.dp.kind,
-               "at": time.time(), "services": services}
+               "at": time.time(), "services": services, "reloads": dict(self.reloads),
+               "config_warnings": len(self.cfg.warnings)}
         if self.pulse is not None:
-            doc["ha"] = self.pulse.status()
+            doc["ha"] = dict(self.pulse.status(), takeovers=self.takeovers)
+            try:
+                left = self.dp.lease_left()
+            except Exception:
+                left = None
+            doc["ha"]["lease_s"] = None if left is None else round(left, 3)
+            doc["ha"]["lease_armed"] = self._lease_armed
         doc["configuration"] = self.configs.info()
         if self.configsync is not None:
             doc["configuration"]["peer"] = self.configsync.status()
         if self.bgp is not None:
             doc["bgp"] = self.bgp.status()
+        if not counters:
+            return doc
         try:
             counters = self.dp.counters()
             if counters:
                 doc["counters"] = counters
+            defense = self.dp.defense_status()
+            if defense is not None:
+                doc["defense"] = defense
         except Exception as e:  # a status must come back whatever the maps say
             log.warning("reading the data plane's counters: %s", e)
         return doc
 
     def _reload_reply(self) -> dict:
+        """The control socket's reply to a reload: ``changed`` says what the caller may rely
+        on: false (refused, or failed and undone: the running state is the previous one), true
+        (failed and not fully undone), null (an unexpected error: see the log)."""
         try:
             msg = self.reload_or_raise()
         except ReloadRefused as e:
             log.error("%s", e)
-            return {"ok": False, "error": str(e),
+            self._count_reload("refused")
+            return {"ok": False, "error": str(e), "changed": False,
                     "issues": [{"path": i.path, "line": i.line, "field": i.field, "message": i.message}
                                for i in e.issues]}
-        except Exception as e:     # e.g. the data plane refused a write: the caller must know
+        except ReloadFailed as e:
+            log.error("%s", e)
+            self._count_reload("failed")
+            return {"ok": False, "error": str(e), "changed": not e.restored, "rolled_back": e.restored}
+        except Exception as e:     # a bug: the caller must know it is not a refusal
             log.exception("reload failed")
-            return {"ok": False, "error": f"reload failed: {type(e).__name__}: {e}"}
+            self._count_reload("failed")
+            return {"ok": False, "error": f"reload failed: {type(e).__name__}: {e} (what was changed is not "
+                                          f"known: see the log)", "changed": None}
         log.info("%s", msg)
-        return {"ok": True, "message": msg}
+        self._count_reload("ok")
+        return {"ok": True, "message": msg, "changed": True}
+
+    def _count_reload(self, result: str) -> None:
+        self.reloads[result] += 1
+        self.reloads["last_ok"] = result == "ok"
+        if result == "ok":
+            self.reloads["loaded_at"] = time.time()
 
     def _load_status(self, key) -> dict | None:
         entry = self.loads.get(key)
@@ -795,10 +963,12 @@ class Engine:
             return await fut
         if cmd == "weight":
             return await self._weight_reply(req)
+        if cmd == "zero":
+            return await self._zero_reply(req.get("service"))
         if cmd in ("config", "config-put", "table", "web"):
             return await self.configs.request(req)
-        return {"ok": False, "error": f"unknown command {cmd!r} (status, reload, weight, table, web, config, "
-                                     f"config-put)"}
+        return {"ok": False, "error": f"unknown command {cmd!r} (status, reload, weight, zero, table, web, "
+                                     f"config, config-put)"}
 
     def role(self) -> str:
         """This director's HA role ("active" without [ha])."""
@@ -811,6 +981,26 @@ class Engine:
         applied: start() is done) and the control socket answers; again after each reload."""
         sdnotify.ready(f"running: {len(self.cfg.virtual_servers)} virtual services, "
                        f"{self.dp.kind} data plane" + (f", {self.pulse.role}" if self.pulse is not None else ""))
+
+    async def _zero_reply(self, service) -> dict:
+        """`lb zero`: the data plane's counters and rates of one service (["tcp", VIP, PORT] or
+        ["fwmark", MARK]) or of all (null), as ipvsadm -Z."""
+        try:
+            key = None if service is None else (
+                ("fwmark", int(service[1])) if service[0] == "fwmark"
+                else (str(service[0]), ipaddress.ip_address(service[1]), int(service[2])))
+        except (TypeError, ValueError, IndexError, KeyError):
+            return {"ok": False, "error": f"service: {service!r} is not [protocol, address, port] or "
+                                          f"[\"fwmark\", mark]"}
+
+        def zero():
+            with self._dp_lock:
+                return self.dp.zero_stats(key)
+        try:
+            n = await asyncio.get_running_loop().run_in_executor(None, zero)
+        except LookupError:
+            return {"ok": False, "error": "no such service"}
+        return {"ok": True, "message": f"counters of {n} virtual service{'' if n == 1 else 's'} zeroed"}
 
     # ---- the loop ----
     async def run(self) -> None:
@@ -846,6 +1036,8 @@ class Engine:
             await server.start()
         except OSError as e:         # forwarding goes on; only `lb status`/`lb reload` are missing
             log.error("no control socket: %s", e)
+        from lb import metrics as lbmetrics
+        metrics = await lbmetrics.start(self)      # serves only when [metrics] enables it
         if self.pulse is not None:
             await blocking(ha_announce.warm_up)      # scapy loads now, not during a takeover
             await self.pulse.start()
@@ -857,12 +1049,13 @@ class Engine:
             # MAC, an earlier run's) or still unresolved from before the address was taken
             # would otherwise lose its first packets: EHOSTUNREACH, or seconds of silence
             await blocking(self.announce)
-        # the lease's renewal, restarted if it raises (a stopped renewal withdraws every route)
-        lease = supervise("bgp-lease", self.bgp.run, logger=log, context=f"instance {self.cfg.instance}") \
+        # the BGP lease's renewal (lb.bgp, not the HA lease of bpf/lb_lease.h), restarted if it raises
+        # (a stopped renewal withdraws every route)
+        bgp_lease = supervise("bgp-lease", self.bgp.run, logger=log, context=f"instance {self.cfg.instance}") \
             if self.bgp is not None else None
         if self._stop is None:
             self._ready()
-        last_sweep = last_nh = last_est = loop.time()
+        last_sweep = last_nh = last_est = last_def = loop.time()
         while self._stop is None:
             try:
                 await asyncio.wait_for(self._wake.wait(), timeout=1.0)
@@ -883,6 +1076,7 @@ class Engine:
                         self.sync_monitors()
                         self.sync_load_monitors()
                         self.sync_overrides()
+                        await blocking(lambda: metrics.reconfigure(self.cfg.metrics))
                         if server.server is not None:
                             await server.refresh()      # [control]'s groups: their socket
                     for fut in waiters:
@@ -898,7 +1092,11 @@ class Engine:
                             if not fut.done():
                                 fut.set_result({"ok": False, "error": f"the override is recorded but applying "
                                                 f"the table failed: {type(e).__name__}: {e}"})
-                        raise
+                        if not isinstance(e, DataplaneError):
+                            raise
+                        # the data plane kept (or wrote back) the previous table; the next
+                        # change tries again
+                        log.error("applying the table after a health, weight or override change: %s", e)
                     for fut, reply in applied:
                         if not fut.done():
                             fut.set_result(reply)
@@ -911,6 +1109,9 @@ class Engine:
                     n = await blocking(self.sweep)
                     if n:
                         log.debug("swept %d expired connections", n)
+                if now - last_def >= DEFENSE_INTERVAL:
+                    last_def = now
+                    await blocking(self.defend)
                 if now - last_est >= ESTIMATE_INTERVAL:
                     last_est = now
                     await blocking(self.estimate)
@@ -922,13 +1123,15 @@ class Engine:
         for fut in self._reload_waiters + [f for f, _ in self._apply_waiters]:   # before the server waits
             if not fut.done():                                                     # for its handlers
                 fut.set_result({"ok": False, "error": "the daemon is stopping"})
-        if lease is not None:            # withdraw and drain before anything stops
-            lease.cancel()
+        if bgp_lease is not None:        # withdraw and drain before anything stops
+            bgp_lease.cancel()
             await self.bgp.leave(keep=self._stop == "keep")
         if self.configsync is not None:
             await self.configsync.stop()
+        await blocking(metrics.stop)
         await server.stop()
         if self.pulse is not None:
+            self._end_lease()
             await self.pulse.stop()
         for _spec, _policy, _mon, task in self.monitors.values():
             task.cancel()
@@ -946,7 +1149,7 @@ def run(cfg, *, xdp_mode: str = "native", dataplane: str | None = None, on_sigte
         signal.signal(sig, lambda _s, _f, kind=kind: setattr(eng, "_stop", kind))
     try:
         eng.start()
-    except (StartupError, DataplaneError, LookupError) as e:
+    except (StartupError, DataplaneError, LookupError, addresses.AddressError) as e:
         log.error("%s", e)
         # nothing may stay attached or half-programmed after a failed start of a new instance
         if not eng.dp.adopted:

@@ -16,6 +16,7 @@ Public API
   --persistent-conn|--tun-info] [--exact] [--nosort]``
 - :func:`format_connections` -- ``ipvsadm -L -n -c``
 - :func:`format_timeout`   -- ``ipvsadm -L --timeout``
+- :func:`format_save`      -- ``ipvsadm -S -n`` (rules ``ipvsadm -R`` reads back)
 - :func:`largenum`         -- ipvsadm's number formatter for stats columns
 - :func:`to_json`          -- the ``lb list --json`` document (shape below)
 - :data:`MODES`, :data:`JSON_SCHEMA_VERSION`
@@ -91,6 +92,8 @@ __all__ = [
     "format_services",
     "format_connections",
     "format_timeout",
+    "format_counters",
+    "format_save",
     "largenum",
     "to_json",
 ]
@@ -476,8 +479,69 @@ def format_timeout(tcp: int, tcpfin: int, udp: int) -> str:
 
 
 # --------------------------------------------------------------------------
+# ipvsadm -S -n
+# --------------------------------------------------------------------------
+
+# ipvsadm's fwd_switch(): the option of each forwarding method (Local is written as -g)
+_FWD_SWITCH = {"Masq": "-m", "Tunnel": "-i", "Route": "-g", "Local": "-g"}
+_PROTO_SWITCH = {"TCP": "-t", "UDP": "-u", "SCTP": "--sctp-service"}
+
+
+def _rule_service(svc: ServiceRow) -> str:
+    """The service part of a rule: ``-t addr:port``, ``-u ...``, ``-f MARK`` (``-f MARK -6``)."""
+    fam = _service_family(svc)
+    if svc.fwmark:
+        return "-f %u" % _u32(svc.fwmark) + (" -6" if fam == 6 else "")
+    assert svc.address is not None
+    return "%s %s" % (_PROTO_SWITCH[svc.protocol.upper()], _addrport(svc.address, svc.port))
+
+
+def format_save(services: list[ServiceRow], *, sort: bool = True) -> str:
+    """``ipvsadm -S -n`` as Debian's ipvsadm prints it (checked against it in the IPVS VM): one
+    ``-A`` line per service (scheduler, ``-p`` timeout and ``-M`` mask when persistent, then
+    ``-b`` flags, ``-o``), then one ``-a`` line per real server (``-r``, its method, ``-w``);
+    no header.  ipvsadm's save carries no thresholds (``-x``/``-y``), so neither does this one.
+    ``ipvsadm -R`` reads it back: the way from lb to plain IPVS."""
+    out: list[str] = []
+    for svc in _ordered_services(services, sort):
+        name = _rule_service(svc)
+        line = "-A %s -s %s" % (name, svc.scheduler)
+        if svc.persistent is not None:
+            line += " -p %u" % _u32(svc.persistent)
+            mask = _mask_text(svc, _service_family(svc))
+            if mask is not None:
+                line += " -M %s" % mask
+        if svc.sched_flags:
+            line += " -b %s" % ",".join(svc.sched_flags)
+        if svc.ops:
+            line += " -o"
+        out.append(line + "\n")
+        for real in _ordered_reals(svc, sort):
+            out.append("-a %s -r %s %s -w %d\n" % (name, _addrport(real.address, real.port),
+                                                   _FWD_SWITCH.get(real.forward, "-g"), int(real.weight)))
+    return "".join(out)
+
+
+# --------------------------------------------------------------------------
 # JSON
 # --------------------------------------------------------------------------
+
+
+# what the connection tables' tallies (lb_ct_events) are called in `lb list --counters`
+CT_EVENT_TEXT = {"embryo_new": "embryonic entries made", "embryo_promoted": "embryonic entries established",
+                 "embryo_gone": "embryonic entries expired"}
+
+
+def format_counters(counters: dict[str, int], events: dict[str, int], exact: bool = False) -> str:
+    """`lb list --counters`: the data path's event counters (packets passed, dropped or answered
+    for a reason, inserts refused) and the connection tables' tallies, in the layout of
+    `lb list --stats` (a 33-column name, ipvsadm's largenum)."""
+    lines = ["%-33s %8s\n" % ("Data path event", "Packets")]
+    lines += ["%-33s%s\n" % (name, largenum(v, exact)) for name, v in counters.items()]
+    if events:
+        lines.append("%-33s %8s\n" % ("Connection tables", "Count"))
+        lines += ["%-33s%s\n" % (CT_EVENT_TEXT.get(name, name), largenum(v, exact)) for name, v in events.items()]
+    return "".join(lines)
 
 
 def _stats_json(s: Stats) -> dict[str, int]:

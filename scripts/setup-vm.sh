@@ -38,43 +38,52 @@ if [ ! -x "$VENV/bin/vng" ]; then
   "$VENV/bin/pip" install -q -e '.[test,vm]'
 fi
 
-# 3. The kernel: the ABI that the meta package linux-image-amd64 currently depends on (old ABIs
-#    leave the archive, so none is pinned here).
-abi() { apt-cache depends linux-image-amd64 2>/dev/null | sed -n 's/^ *Depends: \(linux-image-[0-9].*\)$/\1/p' | head -n1; }
-pkg=$(abi)
-if [ -z "$pkg" ]; then
-  apt_update
-  pkg=$(abi)
-fi
-[ -n "$pkg" ] || { echo "setup-vm: cannot resolve linux-image-amd64's kernel package" >&2; exit 1; }
-ver=${pkg#linux-image-}
-mkdir -p "$CACHE"
-if [ -s "$CACHE/vmlinuz-$ver" ] && [ -e "/lib/modules/$ver/kernel/net/netfilter/ipvs/ip_vs.ko" ] \
-   && [ -s "/lib/modules/$ver/modules.dep" ]; then
-  :
-else
-  log "fetching kernel $pkg"
-  tmp=$(mktemp -d)
-  trap 'rm -rf "$tmp"' EXIT
-  (cd "$tmp" && apt-get download -qq "$pkg" >/dev/null 2>&1) || { apt_update; (cd "$tmp" && apt-get download -qq "$pkg" >/dev/null); }
-  dpkg-deb -x "$tmp"/"$pkg"_*.deb "$tmp/root"
-  src=""
-  for d in "$tmp/root/lib/modules/$ver" "$tmp/root/usr/lib/modules/$ver"; do
-    [ -d "$d" ] && src=$d && break
-  done
-  [ -n "$src" ] || { echo "setup-vm: $pkg has no lib/modules/$ver" >&2; exit 1; }
-  mkdir -p "/lib/modules/$ver"
-  # keep what is there (linux-headers' build/source links), add the package's modules
-  cp -a "$src"/. "/lib/modules/$ver/"
-  depmod "$ver"
-  # ip_vs.ko may be compressed (.ko.xz) in newer packages: record what the check above needs
-  if [ ! -e "/lib/modules/$ver/kernel/net/netfilter/ipvs/ip_vs.ko" ]; then
-    f=$(ls "/lib/modules/$ver/kernel/net/netfilter/ipvs/"ip_vs.ko* 2>/dev/null | head -n1)
-    [ -n "$f" ] || { echo "setup-vm: $pkg carries no ip_vs module" >&2; exit 1; }
-    ln -sfn "$(basename "$f")" "/lib/modules/$ver/kernel/net/netfilter/ipvs/ip_vs.ko"
+# 3. The kernels: the ABI that a meta package currently depends on (old ABIs leave the archive,
+#    so none is pinned here) -- linux-image-amd64, Debian's distribution kernel, the oracle of
+#    tests/vm/; and linux-image-6.12-amd64 (bookworm's newer LTS), whose IPVS has the twos
+#    scheduler (Linux 6.2+) that 6.1 lacks: tests/vm/test_ipvs_twos_vm.py boots it.
+abi() { apt-cache depends "$1" 2>/dev/null | sed -n 's/^ *Depends: \(linux-image-[0-9].*\)$/\1/p' | head -n1; }
+fetch_kernel() {  # META LINK [MODULE]: unpack META's kernel, link $CACHE/LINK to its vmlinuz
+  local meta=$1 link=$2 module=${3:-ip_vs} pkg ver tmp src d f
+  pkg=$(abi "$meta")
+  if [ -z "$pkg" ]; then
+    apt_update
+    pkg=$(abi "$meta")
   fi
-  cp "$tmp/root/boot/vmlinuz-$ver" "$CACHE/vmlinuz-$ver.tmp"
-  mv "$CACHE/vmlinuz-$ver.tmp" "$CACHE/vmlinuz-$ver"
-fi
-ln -sfn "vmlinuz-$ver" "$CACHE/vmlinuz"
-log "ready (kernel $ver, $CACHE/vmlinuz)"
+  [ -n "$pkg" ] || { echo "setup-vm: cannot resolve $meta's kernel package" >&2; exit 1; }
+  ver=${pkg#linux-image-}
+  mkdir -p "$CACHE"
+  if [ -s "$CACHE/vmlinuz-$ver" ] && [ -e "/lib/modules/$ver/kernel/net/netfilter/ipvs/$module.ko" ] \
+     && [ -s "/lib/modules/$ver/modules.dep" ]; then
+    :
+  else
+    log "fetching kernel $pkg"
+    tmp=$(mktemp -d)
+    (cd "$tmp" && apt-get download -qq "$pkg" >/dev/null 2>&1) || { apt_update; (cd "$tmp" && apt-get download -qq "$pkg" >/dev/null); }
+    dpkg-deb -x "$tmp"/"$pkg"_*.deb "$tmp/root"
+    src=""
+    for d in "$tmp/root/lib/modules/$ver" "$tmp/root/usr/lib/modules/$ver"; do
+      [ -d "$d" ] && src=$d && break
+    done
+    [ -n "$src" ] || { echo "setup-vm: $pkg has no lib/modules/$ver" >&2; rm -rf "$tmp"; exit 1; }
+    mkdir -p "/lib/modules/$ver"
+    # keep what is there (linux-headers' build/source links), add the package's modules
+    cp -a "$src"/. "/lib/modules/$ver/"
+    depmod "$ver"
+    # modules may be compressed (.ko.xz) in newer packages: record what the check above needs
+    for m in ip_vs "$module"; do
+      if [ ! -e "/lib/modules/$ver/kernel/net/netfilter/ipvs/$m.ko" ]; then
+        f=$(ls "/lib/modules/$ver/kernel/net/netfilter/ipvs/"$m.ko* 2>/dev/null | head -n1)
+        [ -n "$f" ] || { echo "setup-vm: $pkg carries no $m module" >&2; rm -rf "$tmp"; exit 1; }
+        ln -sfn "$(basename "$f")" "/lib/modules/$ver/kernel/net/netfilter/ipvs/$m.ko"
+      fi
+    done
+    cp "$tmp/root/boot/vmlinuz-$ver" "$CACHE/vmlinuz-$ver.tmp"
+    mv "$CACHE/vmlinuz-$ver.tmp" "$CACHE/vmlinuz-$ver"
+    rm -rf "$tmp"
+  fi
+  ln -sfn "vmlinuz-$ver" "$CACHE/$link"
+  log "ready (kernel $ver, $CACHE/$link)"
+}
+fetch_kernel linux-image-amd64 vmlinuz
+fetch_kernel linux-image-6.12-amd64 vmlinuz-twos ip_vs_twos

@@ -28,8 +28,10 @@ PKGS=(ethtool nginx-light curl wrk tcpdump bpftool procps psmisc kmod haproxy ne
 # Lab and tests only (tests, demo, bench; never part of a director's runtime install): bird2 is the
 # scale-out lab's router (`lb lab up --scale-out N`: BGP from every director, ECMP into the kernel);
 # chromium and chromium-driver are the browser selenium drives in the web console's browser tests
-# (tests/test_web_browser.py).
-LAB_PKGS=(bird2 chromium chromium-driver)
+# (tests/test_web_browser.py); openssl makes the HTTPS health check tests' certificate
+# (tests/test_health.py); arptables is for the tests of `lb realserver --arp arptables` (a real
+# server's tool, not the director's).
+LAB_PKGS=(bird2 chromium chromium-driver openssl arptables)
 PKGS+=("${LAB_PKGS[@]}")
 missing=()
 for p in "${PKGS[@]}"; do

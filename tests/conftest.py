@@ -22,14 +22,36 @@ LAB_TESTS_LOCK_WAIT_S = 3600.0   # other sessions (developers' worktrees) may ho
 LAB_MODULES = {"test_bench_smoke", "test_install"}
 
 
+def _reorder(items: list, how: str) -> None:
+    """LB_TEST_ORDER=reverse|shuffle[:SEED]: each module's tests in reverse or shuffled order
+    (modules stay whole), to show a test that depends on an earlier one having run."""
+    import random
+
+    if not how:
+        return
+    rng = random.Random(int(how.partition(":")[2] or 0))
+    by_module: dict[str, list] = {}
+    for it in items:
+        by_module.setdefault(str(it.fspath), []).append(it)
+    items.clear()
+    for group in by_module.values():
+        if how == "reverse":
+            group.reverse()
+        else:
+            rng.shuffle(group)
+        items.extend(group)
+
+
 @pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(config, items):
+    _reorder(items, os.environ.get("LB_TEST_ORDER", ""))
     for item in items:
         path = Path(str(item.fspath))
         if "lab" in getattr(item, "fixturenames", ()) or path.stem in LAB_MODULES:
             item.add_marker(pytest.mark.xdist_group("lab"))
         elif path.parent.name == "vm":
-            item.add_marker(pytest.mark.xdist_group("vm"))
+            # the twos VM (Debian's 6.12) is a boot of its own: it may run beside the main one
+            item.add_marker(pytest.mark.xdist_group("vm-twos" if path.stem == "test_ipvs_twos_vm" else "vm"))
         else:
             item.add_marker(pytest.mark.xdist_group(path.stem))
 
@@ -95,15 +117,19 @@ def lab(request, lab_exclusive):
     """The namespace lab (lb.lab), up for the whole test module, torn down afterwards.
 
     Network mode: indirect parametrization (``@pytest.mark.parametrize("lab", ["nat"], indirect=True)``)
-    or a module-level ``LAB_NETWORK = "nat"``; default "direct". Skips unless root with nsenter + nginx.
+    or a module-level ``LAB_NETWORK = "nat"``; default "direct".  Options: LAB_IPV6, LAB_TX_CSUM. Skips unless root with nsenter + nginx.
     """
     if os.geteuid() != 0 or not shutil.which("nsenter") or not os.path.exists("/usr/sbin/nginx"):
         pytest.skip("the namespace lab needs root, nsenter and /usr/sbin/nginx")
     from lb import lab as _lab
 
     network = getattr(request, "param", None) or getattr(request.module, "LAB_NETWORK", "direct")
+    # module-level LAB_IPV6 = True: dual stack (2001:2::/48); LAB_TX_CSUM = True: the veths keep
+    # their tx checksum offload (packets reach XDP with partial checksums)
+    options = {"ipv6": getattr(request.module, "LAB_IPV6", False),
+               "tx_csum": getattr(request.module, "LAB_TX_CSUM", False)}
     try:
-        _lab.up(network)
+        _lab.up(network, **options)
         yield _lab
     finally:
         _lab.down()

@@ -2,16 +2,18 @@
 from __future__ import annotations
 
 import re
+import signal
 import subprocess
+import time
 
 from lb.lab import VIP
 
 
-def get(lab, n=1):
+def get(lab, n=1, vip=VIP):
     """n HTTP/1.0 requests, each on a new connection to the VIP; the reply bodies, in order."""
     bodies = []
     for _ in range(n):
-        status, body = lab.http_get("client", VIP, 80, "/", timeout=3.0)
+        status, body = lab.http_get("client", vip, 80, "/", timeout=3.0)
         assert status == 200
         bodies.append(body.strip())
     return bodies
@@ -36,16 +38,31 @@ def request(sock):
     raise AssertionError(f"no complete HTTP reply: {buf!r}")
 
 
+# ---- wrk from the client namespace (bounded in time), its report parsed ------------------------
+
 WRK_TOTALS = re.compile(r"(\d+) requests in ")
 WRK_SOCKET = re.compile(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)")
 WRK_NON2XX = re.compile(r"Non-2xx or 3xx responses: (\d+)")
 
 
-def wrk(lab, seconds: int, conns: int = 3) -> subprocess.Popen:
-    """wrk from the client namespace against the VIP, for `seconds` (bounded): keep-alive
-    connections, each carrying request after request."""
-    return lab.popen("client", ["wrk", "-t1", f"-c{conns}", f"-d{seconds}s", "--timeout", "2s",
-                                f"http://{lab.VIP}/"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+_started: list[subprocess.Popen] = []
+
+
+def wrk(lab, seconds: int, conns: int = 3, host: str | None = None) -> subprocess.Popen:
+    """wrk from the client namespace against the VIP, for `seconds` (bounded); kill_wrk() ends
+    whatever a failed test left running."""
+    p = lab.popen("client", ["wrk", "-t1", f"-c{conns}", f"-d{seconds}s", "--timeout", "2s",
+                             f"http://{host or lab.VIP}/"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    _started.append(p)
+    return p
+
+
+def kill_wrk() -> None:
+    while _started:
+        p = _started.pop()
+        if p.poll() is None:
+            p.kill()
+        p.communicate()
 
 
 def wrk_result(p: subprocess.Popen, timeout: float) -> dict:
@@ -70,5 +87,28 @@ def wrk_result(p: subprocess.Popen, timeout: float) -> dict:
     return res
 
 
+def stop_wrk(p: subprocess.Popen, after: float) -> dict:
+    """wrk's report once it has gone on `after` more seconds of load (the event under test is
+    over; a server wrongly left in the table would fail a third of the reconnects meanwhile);
+    wrk must still be running then, else its load did not span the event."""
+    time.sleep(after)                     # load time after the event, not a wait for a state
+    assert p.poll() is None, "wrk ended before the event was over: its load did not span it"
+    p.send_signal(signal.SIGINT)          # wrk stops and prints its report
+    return wrk_result(p, 30)
+
+
 def errors(res: dict) -> int:
     return sum(res[k] for k in ("connect", "read", "write", "timeout", "status"))
+
+
+def wait_until(pred, timeout: float, what: str):
+    """pred()'s first truthy value, polled every 50 ms; fails after `timeout` s (a bound on a
+    wait for a state, never a speed target)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        v = pred()
+        if v:
+            return v
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(0.05)

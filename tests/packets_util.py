@@ -56,3 +56,41 @@ def loaded_dataplane(name: str, sizes: Sizes | None = None, table: TableSpec | N
 def run(dp: XdpDataplane, prog: str, pkt) -> tuple[int, bytes]:
     rc, out, _ = prog_test_run(dp.fns[prog].fd, bytes(pkt))
     return rc, out
+
+
+CONN_TABLES = ("lb_conns", "lb_conns_embryo")        # established, embryonic (bpf/lb_embryo.h)
+TEMPLATE_TABLES = ("lb_persist", "lb_persist_embryo")
+
+
+def conn_items(maps) -> list[tuple[bytes, bytes]]:
+    """(key, value) of every entry of both connection tables (maps: a data plane's maps or
+    PinnedMaps)"""
+    return [kv for name in CONN_TABLES for kv in maps[name].items(batch=False)]
+
+
+def template_items(maps) -> list[tuple[bytes, bytes]]:
+    """(key, value) of every persistence template, established or embryonic"""
+    return [kv for name in TEMPLATE_TABLES for kv in maps[name].items(batch=False)]
+
+
+def conn_get(maps, key: bytes) -> bytes | None:
+    """a connection's value, from whichever table holds it"""
+    for name in CONN_TABLES:
+        raw = maps[name].get(key)
+        if raw is not None:
+            return raw
+    return None
+
+
+def age(dp: XdpDataplane, seconds: float) -> None:
+    """Time passes for the data plane's entries: every connection's and persistence template's
+    timestamp moves `seconds` back, so the data path (and lb's sweep) find them as old as that
+    -- a timeout is tested without waiting for it."""
+    import struct
+
+    ns = int(seconds * 1e9)
+    for name in (*CONN_TABLES, *TEMPLATE_TABLES):
+        m = dp.maps[name]
+        for k, v in list(m.items()):
+            (last,) = struct.unpack_from("=Q", v)
+            m.set(k, struct.pack("=Q", last - ns) + v[8:])

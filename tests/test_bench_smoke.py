@@ -11,6 +11,7 @@ import shutil
 import pytest
 
 from bench import run
+from bench.failover import LONG_FLOWS
 
 NEEDS = ("wrk", "haproxy", "nsenter")
 
@@ -62,11 +63,6 @@ def test_bench_suites_run(tmp_path):
     assert base and all(r["ratio_rps"] == 1.0 for r in base)
     assert {r["scenario"] for r in http["results"]} >= {"lb DR (XDP)"}
     assert all(r["rps"]["median"] > 0 and r["errors"] == 0 for r in http["results"])
-    # the topology variant with veth's own offload defaults: lb NAT forwards there too, against
-    # a direct baseline of its own
-    variant = {r["scenario"].split(",")[0]: r for r in http["results"] if r["mode"] == "variant veth defaults"}
-    assert set(variant) == {"direct to rs1 (director routing)", "lb NAT (XDP)"}
-    assert variant["lb NAT (XDP)"]["target"] and variant["lb NAT (XDP)"]["status"] == "too few runs"
 
     # both packet sources (trafgen missing fails the suite, it is not skipped), each with its
     # baselines: the plain redirect and the stateful reference
@@ -87,7 +83,7 @@ def test_bench_suites_run(tmp_path):
     fo = _load(tmp_path, "failover")
     base, took = fo["results"]
     assert base.get("baseline") and base["ratio"] == 1.0
-    assert took["seconds"]["median"] > 0 and took["connections_kept"] == 50
+    assert took["seconds"]["median"] > 0 and took["connections_kept"] == LONG_FLOWS      # every open connection survived
     assert "Failover time" in md
 
     so = _load(tmp_path, "scaleout")

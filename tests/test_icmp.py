@@ -22,7 +22,7 @@ from lb.dataplane import RealSpec, ServiceSpec, TableSpec, reader
 from lb.dataplane import layout as L
 from lb.dataplane.maps import PinnedMaps
 
-from packets_util import (CLIENT_MAC, PRIV_ADDR, PRIV_MAC, PUB_MAC, XDP_PASS, XDP_REDIRECT, XDP_TX,
+from packets_util import (CLIENT_MAC, PRIV_ADDR, PRIV_MAC, PUB_MAC, XDP_DROP, XDP_PASS, XDP_REDIRECT, XDP_TX,
                            loaded_dataplane, real_mac, run)
 
 ip = ipaddress.ip_address
@@ -147,6 +147,21 @@ def test_tunnel_frag_needed_goes_to_the_real_server_in_the_tunnel(dp, f):
     outer = IPv6(src=str(PRIV_ADDR[6]), dst=rs, nh=41, hlim=64) if ":" in f["client"] else \
         IP(src=str(PRIV_ADDR[4]), dst=rs, proto=4, ttl=64, id=0)
     assert out == bytes(Ether(src=PRIV_MAC, dst=real_mac(rs)) / outer / inner)
+
+
+@pytest.mark.parametrize("f", FAMILIES)
+def test_error_too_big_for_the_tunnel_is_dropped_never_answered(dp, f):
+    """An ICMP error the tunnel cannot carry (too big once encapsulated) is dropped and counted:
+    never an ICMP error about an ICMP error (RFC 1122 3.2.2, RFC 4443 2.4(e)), whatever its
+    source claims (the guard used to read the ICMP header as ports)."""
+    sport, _rs = _connect(dp, f, f["tun"])
+    err = _error_to_vip(f, f["tun"], _quoted_ip(f, f["tun"], f["client"]) / _tcp_q(80, sport) / (b"t" * 1500))
+    before = dp.counters()
+    rc, out = run(dp, "lb_xdp_public", err)
+    assert rc == XDP_DROP
+    after = dp.counters()
+    assert after["too_big_unanswered"] == before["too_big_unanswered"] + 1
+    assert after["icmp_rate_limited"] == before["icmp_rate_limited"]
 
 
 @pytest.mark.parametrize("f", FAMILIES)

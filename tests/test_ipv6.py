@@ -22,7 +22,7 @@ from lb.dataplane import layout as L
 from lb.dataplane.maps import PinnedMaps
 
 from packets_util import (CLIENT_MAC, PRIV_MAC, PUB_MAC, XDP_PASS, XDP_REDIRECT, XDP_TX,
-                           loaded_dataplane, real_mac, run)
+                           loaded_dataplane, real_mac, run, template_items)
 
 ip = ipaddress.ip_address
 CLIENT = "2001:2:0:9::2"
@@ -40,6 +40,7 @@ def _svc(proto, vip, port, sched, fwd, rport=None, persistent=0, pmask=None):
 
 TABLE = TableSpec((
     _svc("tcp", VIP_DR, 80, "rr", "dr"),
+    _svc("tcp", VIP_DR, 81, "rr", "dr"),           # test_dr_rewrites_only_macs's own: rr from the head
     _svc("tcp", VIP_NAT, 80, "rr", "nat", rport=8080),
     _svc("udp", VIP_NAT, 53, "rr", "nat", rport=5353),
     _svc("tcp", VIP_P, 443, "rr", "dr", persistent=360, pmask=64),
@@ -76,7 +77,7 @@ def _real_of(out: bytes) -> str:
 
 
 def test_dr_rewrites_only_macs(dp):
-    pkt = client_pkt(VIP_DR, 80, 40000, payload=b"x")
+    pkt = client_pkt(VIP_DR, 81, 40000, payload=b"x")
     rc, out = run(dp, "lb_xdp_public", pkt)
     assert rc == XDP_REDIRECT
     expected = pkt.copy()
@@ -84,8 +85,8 @@ def test_dr_rewrites_only_macs(dp):
     expected[Ether].dst = real_mac(REALS[2])    # rr's first pick: the IPVS list head (last configured)
     assert out == bytes(expected)
     # the flow's ACK follows it; other flows move rr on
-    run(dp, "lb_xdp_public", client_pkt(VIP_DR, 80))
-    rc, out = run(dp, "lb_xdp_public", client_pkt(VIP_DR, 80, 40000, flags="A"))
+    run(dp, "lb_xdp_public", client_pkt(VIP_DR, 81))
+    rc, out = run(dp, "lb_xdp_public", client_pkt(VIP_DR, 81, 40000, flags="A"))
     assert rc == XDP_REDIRECT and _real_of(out) == REALS[2]
 
 
@@ -209,7 +210,7 @@ def test_persistence_by_prefix_length(dp):
     assert (svc.persistent, svc.netmask) == (360, 64)
     assert {str(r.address): r.persist for r in svc.reals if r.persist} == {first: 1, other: 1}
     # the templates are keyed by the client's /64, as IPVS's ipv6_addr_prefix_copy
-    keys = [L.PERSIST_KEY.unpack(k) for k, _ in dp.maps["lb_persist"].items(batch=False)]
+    keys = [L.PERSIST_KEY.unpack(k) for k, _ in template_items(dp.maps)]
     nets = {str(ipaddress.IPv6Address(k[0])) for k in keys if k[1] == ip(VIP_P).packed}
     assert {"2001:2:0:5::", "2001:2:0:6::"} <= nets
 

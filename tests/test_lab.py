@@ -9,7 +9,6 @@ import json
 import os
 import socket
 import subprocess
-import time
 
 import pytest
 
@@ -97,10 +96,9 @@ def test_http_get_from_client_side_helper(direct):
 
 
 def test_client_reaches_director_at_l3(direct):
-    t0 = time.monotonic()
+    # refused (the director's stack answered with RST), not timed out: the path works both ways
     with pytest.raises(ConnectionRefusedError):
-        direct.connect("client", direct.DIRECTOR_PUB, 22, timeout=3)
-    assert time.monotonic() - t0 < 2.0
+        direct.connect("client", direct.DIRECTOR_PUB, 22, timeout=10)
 
 
 def test_client_cannot_reach_vip_without_director(direct):
@@ -308,7 +306,10 @@ def test_down_on_half_built_lab(lab):
             p.wait(timeout=5)
 
 
-def test_rebuild_after_teardown(direct):
-    # the `direct` fixture rebuilt the lab after the tests above tore it down
-    assert direct.is_up()
-    assert direct.http_get("director", direct.REALS["rs1"]) == (200, "rs1\n")
+def test_rebuild_after_teardown(lab):
+    # what the `direct` fixture does for a test after one that tore the lab down (any order)
+    lab.down()
+    assert not lab.is_up()
+    _ensure(lab, "direct")
+    assert lab.is_up()
+    assert lab.http_get("director", lab.REALS["rs1"]) == (200, "rs1\n")

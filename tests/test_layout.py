@@ -26,6 +26,7 @@ NOT_MIRRORED = {
     "lb_mh_last": "one u32 per list position: its size is a -D flag",
     "lb_sched_scratch": "BPF only (per-CPU scratch)",
     "lb_mh_walk": "BPF only (per-CPU scratch)",
+    "lb_icmp_bucket": "BPF only (the too-big answers' token bucket)",
 }
 
 LAYOUTS = {name: v for name, v in vars(L).items() if isinstance(v, L.Layout)}
@@ -114,6 +115,10 @@ def test_constants_are_the_compilers(gcc_view):
         consts["LB_REAL_F_OVERLOAD"], consts["LB_REAL_F_NO_NEXTHOP"], consts["LB_REAL_F_DRAINING"])
     assert (L.G_FWM_KEYS, L.G_EXPIRE_NODEST, L.G_LBLCR_EXPIRATION, L.N_GLOBALS) == (
         consts["LB_G_FWM_KEYS"], consts["LB_G_EXPIRE_NODEST"], consts["LB_G_LBLCR_EXPIRATION"], consts["LB_GLOBALS"])
+    globals_ = [L.G_FWM_KEYS, L.G_EXPIRE_NODEST, L.G_LBLCR_EXPIRATION, L.G_DEFENSE, L.G_DROP_RATE,
+                L.G_ICMP_INTERVAL, L.G_ICMP_BURST]
+    assert len(set(globals_)) == len(globals_) and max(globals_) < L.N_GLOBALS
+    assert len(L.CT_EVENTS) <= L.N_CT_EVENTS and L.N_COUNTERS >= len(L.COUNTER_NAMES)
 
 
 def test_scheduler_ids_cover_the_configs_schedulers():

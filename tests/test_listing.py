@@ -22,6 +22,7 @@ from lb.listing import (
     ServiceRow,
     Stats,
     format_connections,
+    format_save,
     format_services,
     format_timeout,
     largenum,
@@ -184,6 +185,20 @@ def test_golden_connections():
 
 def test_golden_timeout():
     assert format_timeout(900, 120, 300) == golden("timeout.txt")
+
+
+def test_golden_save():
+    """ipvsadm -S -n: rules in the listing's order (ipvsadm -R reads them; tests/vm round-trips them)."""
+    assert format_save(main_services()) == golden("save.txt")
+    # service options as ipvsadm writes them: a host mask and /128 are not written, SCTP by name
+    lines = [format_save([s]).splitlines()[0] for s in service_line_cases()]
+    assert lines[1] == "-A -t 192.0.2.12:443 -s wlc -p 300"
+    assert lines[3] == "-A -t [2001:db8::1]:443 -s wlc -p 300"
+    assert lines[6] == "-A -t 192.0.2.14:80 -s mh -b mh-fallback,mh-port"
+    assert format_save([service_line_cases()[7]]).splitlines()[1] == \
+        "-a --sctp-service 255.255.255.255:65535 -r 255.255.255.255:65535 -m -w 65535"
+    assert lines[9] == "-A -f 4294967295 -6 -s sed -p 300"
+    assert format_save([]) == ""
 
 
 def test_golden_files_keep_trailing_spaces():

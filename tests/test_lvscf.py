@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import textwrap
-from ipaddress import IPv4Address, IPv4Interface, IPv4Network
+from ipaddress import IPv4Address, IPv4Interface, IPv4Network, IPv6Address
 from pathlib import Path
 
 import pytest
@@ -21,7 +21,7 @@ from lb.config import (
     loads,
     lvscf,
 )
-from lb.config.model import HA, Control, LoadMonitor, Monitor, Web
+from lb.config.model import HA, Control, LoadMonitor, Metrics, Monitor, Web
 
 HERE = Path(__file__).resolve().parent
 CONFIGS = HERE.parent / "configs"
@@ -644,7 +644,21 @@ def test_web_console_keys_round_trip(tmp_path: Path) -> None:
     f.write_text(GOOD_HEAD + 'lb_web_password_file = "lb.passwd"\n')
     assert load(f).web.password_file == tmp_path / "lb.passwd"
     assert one(GOOD_HEAD + "lb_web_listen = localhost:80\n") == (
-        10, "lb_web_listen", "'localhost' is not an IP address (the console listens on an address, not a host name)")
+        10, "lb_web_listen", "'localhost' is not an IP address (lb listens on an address, not a host name)")
+
+
+def test_metrics_keys_round_trip() -> None:
+    metrics = Metrics(enabled=True, address=IPv6Address("2001:2::1"), port=9100)
+    cfg = Config(public_interface="eth0", metrics=metrics)
+    text = lvscf.dumps(cfg)
+    assert "lb_metrics_enabled = 1" in text and "lb_metrics_listen = [2001:2::1]:9100" in text
+    assert lvscf.loads(text) == cfg
+    assert loads(lvscf.dumps_toml(cfg)) == cfg
+    assert "lb_metrics" not in lvscf.dumps(Config(public_interface="eth0"))
+    assert one(GOOD_HEAD + "lb_metrics_listen = 198.18.0.1\n") == (
+        10, "lb_metrics_listen", 'expected ADDRESS:PORT (e.g. "127.0.0.1:8080", or "[::1]:8080" for IPv6), '
+                                 'got "198.18.0.1"')
+    assert one(GOOD_HEAD + "lb_metrics_enabled = yes\n") == (10, "lb_metrics_enabled", "expected 0 or 1, got 'yes'")
 
 
 def test_what_lvscf_cannot_say_is_a_config_error(tmp_path: Path) -> None:

@@ -10,6 +10,7 @@ import json
 import logging
 import re
 import shutil
+import signal
 import subprocess
 import threading
 from pathlib import Path
@@ -83,6 +84,9 @@ class RecordingDataplane:
     def __init__(self):
         self.applied = []
 
+    def plan(self, table):
+        pass
+
     def apply(self, table):
         self.applied.append(table)
 
@@ -98,12 +102,18 @@ class RecordingDataplane:
     def refresh_nexthops(self):
         return None
 
+    def defend(self):
+        return None
+
+    def defense_status(self):
+        return None
+
 
 @pytest.fixture
 def no_addresses(monkeypatch):
     """A reload must not add or remove addresses on this host's interfaces."""
     taken = []
-    monkeypatch.setattr(addresses, "take", lambda addrs: taken.extend(addrs))
+    monkeypatch.setattr(addresses, "take", lambda addrs: taken.extend(addrs) or list(addrs))
     monkeypatch.setattr(addresses, "release", lambda addrs: None)
     return taken
 
@@ -336,8 +346,8 @@ def test_control_socket_round_trip_through_the_run_loop(running):
         assert reply["ok"], reply
         assert table(eng) == {"rs1": 5, "rs2": 0, "rs3": 1}
         reply = await call(lambda: control.request(inst, "nope"))
-        assert reply == {"ok": False, "error": "unknown command 'nope' (status, reload, weight, table, web, config, "
-                                         "config-put)"}
+        assert reply == {"ok": False, "error": "unknown command 'nope' (status, reload, weight, zero, table, web, "
+                                         "config, config-put)"}
 
     drive(body)
 
@@ -520,10 +530,37 @@ def test_lab_quiesce_and_activate_a_real_server(lab, lb_module_runner, tmp_path)
     assert re.search(r"^  -> 198\.18\.1\.11:80 +Route +1 ", lb_cmd("list", "-n").stdout, re.M)
 
 
-def test_overrides_survive_a_restart_of_lb(tmp_path, monkeypatch, caplog):
-    """A server in maintenance stays out when lb restarts (an upgrade, a crash): the overrides
-    are kept in /run/lb/<instance>.overrides.json (0600) and restored for the servers the
-    config still has; a server the new config lacks loses its override, with a warning."""
+def test_lab_override_survives_a_restart_of_lb(lab, lb_module_runner, tmp_path):
+    """rs1 quiesced by the operator; `lb run` stops (SIGTERM) and starts again on the same
+    config: rs1 is still at weight 0 (an override, said so by lb status) and gets no new
+    connection, until the operator activates it."""
+    config = tmp_path / "lab-dr.toml"
+    shutil.copyfile(REPO / "configs" / "lab-dr.toml", config)
+    for p in lb_module_runner.procs:           # this module's earlier `lb run`, if any
+        p.close()
+    first = lb_module_runner.start(config)
+    try:
+        p = lb_cmd("quiesce", "web", "rs1")
+        assert p.returncode == 0, p.stderr
+        first.signal(signal.SIGTERM)
+        assert first.wait(60) == 0, first.log()
+        assert lb_cmd("status").returncode != 0          # really gone
+
+        second = lb_module_runner.start(config)
+        assert second.pid != first.pid
+        assert re.search(r"^  -> 198\.18\.1\.11:80 +Route +0 ", lb_cmd("list", "-n").stdout, re.M)
+        assert "     weight 0: quiesced by operator; configured 1\n" in lb_cmd("status").stdout
+        assert set(curl(lab, 6)) == {"rs2", "rs3"}
+    finally:
+        lb_cmd("activate", "web", "rs1")
+    assert re.search(r"^  -> 198\.18\.1\.11:80 +Route +1 ", lb_cmd("list", "-n").stdout, re.M)
+
+
+def test_overrides_file_restores_them_into_a_new_engine(tmp_path, monkeypatch, caplog):
+    """What a restart of lb restores (test_lab_override_survives_a_restart_of_lb restarts it
+    for real): the overrides are kept in /run/lb/<instance>.overrides.json (0600) and a new
+    engine restores them for the servers the config still has; a server the new config lacks
+    loses its override, with a warning; a damaged file is ignored."""
     import os
     import stat
 

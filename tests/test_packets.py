@@ -27,6 +27,7 @@ def _svc(proto, vip, port, sched, fwd, rport=None, weights=(1, 1, 1)):
 
 TABLE = TableSpec((
     _svc("tcp", VIP_DR, 80, "rr", "dr"),
+    _svc("tcp", VIP_DR, 81, "rr", "dr"),           # test_dr_rewrites_only_macs's own: rr from the head
     _svc("tcp", VIP_NAT, 80, "rr", "nat", rport=8080),
     _svc("udp", VIP_NAT, 53, "rr", "nat", rport=5353),
 ))
@@ -45,7 +46,7 @@ def client_pkt(dst, dport, sport, flags="S", proto="tcp", payload=b""):
 
 
 def test_dr_rewrites_only_macs(dp):
-    pkt = client_pkt(VIP_DR, 80, 40000)
+    pkt = client_pkt(VIP_DR, 81, 40000)
     rc, out = run(dp, "lb_xdp_public", pkt)
     assert rc == XDP_REDIRECT
     # rr over the IPVS list (reverse config order): the first new connection goes to the last real
@@ -55,14 +56,38 @@ def test_dr_rewrites_only_macs(dp):
     assert out == bytes(expected)
 
 
+def _dr_reals(dp) -> dict[str, tuple]:
+    """real server -> (ActiveConn, InActConn, conns, inpkts, inbytes) of the DR service, as
+    `lb list --stats` reads them from the pinned maps."""
+    from lb.dataplane import reader
+    from lb.dataplane.maps import PinnedMaps
+
+    with PinnedMaps(dp.instance) as maps:
+        [svc] = [r for r in reader.read_services(maps) if str(r.address) == VIP_DR and r.port == 80]
+    return {str(r.address): (r.active, r.inactive, r.stats.conns, r.stats.inpkts, r.stats.inbytes)
+            for r in svc.reals}
+
+
 def test_dr_established_flow_keeps_its_real_and_counts(dp):
-    rc, out = run(dp, "lb_xdp_public", client_pkt(VIP_DR, 80, 40100))
+    before = _dr_reals(dp)
+    syn = client_pkt(VIP_DR, 80, 40100)
+    rc, out = run(dp, "lb_xdp_public", syn)
     first = Ether(out).dst
     for sport in (40101, 40102):            # other new flows move the rr cursor on
         run(dp, "lb_xdp_public", client_pkt(VIP_DR, 80, sport))
-    rc, out = run(dp, "lb_xdp_public", client_pkt(VIP_DR, 80, 40100, flags="A"))
+    ack = client_pkt(VIP_DR, 80, 40100, flags="A")
+    rc, out = run(dp, "lb_xdp_public", ack)
     assert rc == XDP_REDIRECT
     assert Ether(out).dst == first
+    # the counters: each of the three reals got one new connection (rr), active from its SYN;
+    # the established flow's real counted both its packets and their IP bytes, the others one
+    after = _dr_reals(dp)
+    real = next(a for a in REALS if real_mac(a) == first)
+    for a in REALS:
+        npk = 2 if a == real else 1
+        nbytes = len(syn[IP]) + (len(ack[IP]) if a == real else 0)
+        want = tuple(b + d for b, d in zip(before[a], (1, 0, 1, npk, nbytes)))
+        assert after[a] == want, (a, before[a], after[a])
 
 
 def _checksums_ok(raw: bytes) -> None:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import ipaddress
 import itertools
+import json
+from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -15,7 +17,7 @@ from scapy.layers.l2 import Ether
 from lb.dataplane import RealSpec, ServiceSpec, TableSpec
 from lb.dataplane import layout as L
 from lb.sched import model
-from packets_util import CLIENT_MAC, PUB_MAC, XDP_PASS, XDP_REDIRECT, loaded_dataplane, real_mac, run
+from packets_util import CLIENT_MAC, PUB_MAC, XDP_PASS, XDP_REDIRECT, age, loaded_dataplane, real_mac, run
 
 VIP = ipaddress.ip_address("198.18.0.30")
 _ports = itertools.count(1000)
@@ -84,17 +86,46 @@ def check_against_model(dp, sched, weights, count, acks=(), vip=VIP, clients=("1
     assert got == want
 
 
+# kernel IPVS's own picks (Debian's kernel in the VM), recorded by tests/vm/record_sequences.py;
+# tests/vm/test_ipvs_vm.py checks on every VM run that the kernel still picks these
+KERNEL_SEQUENCES = json.loads((Path(__file__).parent / "golden" / "ipvs_sequences.json").read_text())["sequences"]
+
+
+def xdp_sequence(dp, sched, weights, count) -> list[int | None]:
+    """The XDP programs' picks for `count` new connections to a fresh service over len(weights)
+    real servers added in config order: each pick as the real's index in config order."""
+    port = next(_ports)
+    addrs = _reals(len(weights))
+    dp.apply(TableSpec((ServiceSpec("tcp", VIP, port, sched, tuple(RealSpec(a, 80, w, "dr")
+                                                                   for a, w in zip(addrs, weights))),)))
+    index = {real_mac(a): i for i, a in enumerate(addrs)}
+    out = []
+    for _ in range(count):
+        pkt = Ether(src=CLIENT_MAC, dst=PUB_MAC) / IP(src="198.18.0.2", dst=str(VIP)) / \
+            TCP(sport=next(_sports) % 65536 or 1, dport=port, flags="S")
+        rc, raw = run(dp, "lb_xdp_public", pkt)
+        out.append(index.get(Ether(raw).dst) if rc == XDP_REDIRECT else None)
+    return out
+
+
+@pytest.mark.parametrize("case, sched", [("rr-equal", "rr"), ("wrr-321", "wrr"), ("wlc-2000", "wlc")])
+def test_kernel_sequence(dp, case, sched):
+    """rr 1:1:1 (kernel order rs3 rs2 rs1 ...), wrr 3:2:1 (rs3 rs2 rs1 rs1 rs2 rs1, repeating),
+    wlc 2000:1000:1000: the XDP programs pick exactly what kernel IPVS picked (the recording),
+    and so does the model."""
+    rec = KERNEL_SEQUENCES[case]
+    assert rec["scheduler"] == sched
+    n = len(rec["picks"])
+    assert xdp_sequence(dp, sched, rec["weights"], n) == rec["picks"]
+    check_against_model(dp, sched, rec["weights"], n)
+
+
 def test_rr_kernel_order(dp):
-    check_against_model(dp, "rr", [1, 1, 1], 9)
+    assert xdp_sequence(dp, "rr", [1, 1, 1], 9) == KERNEL_SEQUENCES["rr-equal"]["picks"] == [2, 1, 0] * 3
 
 
 def test_wrr_kernel_sequence(dp):
-    # observed on kernel IPVS: 3:2:1 added in config order -> rs3 rs2 rs1 rs1 rs2 rs1, repeating
-    check_against_model(dp, "wrr", [3, 2, 1], 12)
-
-
-def test_wlc_kernel_sequence(dp):
-    check_against_model(dp, "wlc", [2000, 1000, 1000], 12)
+    assert xdp_sequence(dp, "wrr", [3, 2, 1], 12) == KERNEL_SEQUENCES["wrr-321"]["picks"] == [2, 1, 0, 0, 1, 0] * 2
 
 
 def test_lc_spreads_by_overhead(dp):
@@ -276,11 +307,11 @@ def test_overload_clears_when_connections_end(dp):
         assert [flow(1), flow(2), flow(3)] == [XDP_REDIRECT, XDP_REDIRECT, XDP_PASS]   # 2 >= u: overloaded
         rid = dp.services[L.SvcKey(17, VIP, port)].dests[0][1]
         assert dp.maps["lb_real_overload"].get(L.U32.pack(rid)) == L.U32.pack(1)
-        time.sleep(2.2)
+        age(dp, 2.2)
         dp.sweep()                                      # both flows expire: 0 * 4 < 2 * 3
         assert dp.maps["lb_real_overload"].get(L.U32.pack(rid)) == L.U32.pack(0)
         assert [flow(4), flow(5), flow(6)] == [XDP_REDIRECT, XDP_REDIRECT, XDP_PASS]
-        time.sleep(2.2)
+        age(dp, 2.2)
         assert flow(4) == XDP_REDIRECT                  # the data path expired flow 4 itself: 1 * 4 < 6
     finally:
         dp.apply(TableSpec(()))

@@ -3,19 +3,19 @@
 header off again."""
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import itertools
 
 import pytest
-from scapy.layers.inet import ICMP, IP, TCP, UDP
-from scapy.layers.inet6 import ICMPv6PacketTooBig, IPv6
+from scapy.layers.inet import ICMP, IP, TCP, UDP, IPOption_NOP
+from scapy.layers.inet6 import ICMPv6PacketTooBig, IPv6, IPv6ExtHdrDestOpt, IPv6ExtHdrHopByHop, PadN
 from scapy.layers.l2 import Dot1Q, Ether
 
 from lb.dataplane import RealSpec, ServiceSpec, TableSpec, reader
 from lb.dataplane import decap
 from lb.dataplane.bpfsys import prog_test_run
-from lb.dataplane import layout as L
-from lb.dataplane.maps import BpfMap, PinnedMaps
+from lb.dataplane.maps import PinnedMaps
 from lb import listing
 
 from packets_util import (CLIENT_MAC, PRIV_ADDR, PRIV_MAC, PRIV_MTU, PUB_MAC, XDP_DROP, XDP_PASS,
@@ -40,9 +40,12 @@ def dp():
         yield d
 
 
+DIRECTORS = [PRIV_ADDR[4], PRIV_ADDR[6]]       # the tunnels' outer sources: ours toward the reals
+
+
 @pytest.fixture(scope="module")
 def decapper():
-    loaded, fn = decap.load([ip(a) for a in REALS + REALS6])
+    loaded, fn = decap.load([ip(a) for a in REALS + REALS6], DIRECTORS)
     try:
         yield loaded, fn
     finally:
@@ -113,23 +116,49 @@ def test_decap_gives_back_the_clients_packet(dp, decapper):
         assert back == bytes(Ether(src=PRIV_MAC, dst=Ether(out).dst) / inner)
 
 
-def _refused(loaded) -> int:
-    """lb_decap_count[1] (packets not addressed to us) summed over CPUs"""
-    return sum(int.from_bytes(v, "little") for v in
-               BpfMap(loaded.map_fds["lb_decap_count"], owned=False).get_percpu(L.U32.pack(1)))
-
-
 def test_decap_leaves_other_packets_alone(decapper):
-    loaded, fn = decapper
+    b, fn = decapper
     not_ours = Ether() / IP(src="198.18.1.1", dst="198.18.5.99", proto=4) / _inner(VIP)
     plain = Ether() / _inner(REALS[0])
     v6_not_ours = Ether() / IPv6(src="2001:2:0:1::1", dst="2001:2:0:5::99", nh=41) / _inner(VIP6)
     frag = Ether() / IP(src="198.18.1.1", dst=REALS[0], proto=4, flags="MF") / _inner(VIP)
-    before = _refused(loaded)
+    before = decap.counters(b)["not_for_us"]
     for pkt in (not_ours, plain, v6_not_ours, frag, bytes(not_ours)[:20]):
         rc, out, _ = prog_test_run(fn.fd, bytes(pkt))
         assert rc == XDP_PASS and out == bytes(pkt)
-    assert _refused(loaded) == before + 2    # the two not addressed to us
+    assert decap.counters(b)["not_for_us"] == before + 2    # the two not addressed to us
+
+
+def test_decap_drops_tunnels_not_from_a_director(decapper):
+    """Anyone who reaches a real server could otherwise hand its stack any packet (any inner
+    source, to the VIP) past the filters written for a tunnel device: only the directors'
+    addresses (--from) are tunnel sources; the rest is dropped and counted, both families."""
+    b, fn = decapper
+    forged = [Ether() / IP(src="198.18.1.66", dst=REALS[0], proto=4) / _inner(VIP),
+              Ether() / IPv6(src="2001:2:0:1::66", dst=REALS6[0], nh=41) / _inner(VIP6),
+              # a director's IPv4 address in an IPv6 tunnel's source is still not a director's
+              Ether() / IPv6(src="::ffff:198.18.1.1", dst=REALS6[0], nh=41) / _inner(VIP6)]
+    before = decap.counters(b)
+    for pkt in forged:
+        rc, _out, _ = prog_test_run(fn.fd, bytes(pkt))
+        assert rc == XDP_DROP
+    after = decap.counters(b)
+    assert after["not_from_a_director"] == before["not_from_a_director"] + 3
+    assert after["decapsulated"] == before["decapsulated"]
+    # from a director: taken off; an IPIP header around an IPv6 packet is malformed: dropped
+    for src, dst, inner in ((str(PRIV_ADDR[4]), REALS[0], _inner(VIP)), (str(PRIV_ADDR[6]), REALS6[0], _inner(VIP6))):
+        outer = IPv6(src=src, dst=dst, nh=41) if ":" in dst else IP(src=src, dst=dst, proto=4)
+        rc, out, _ = prog_test_run(fn.fd, bytes(Ether() / outer / inner))
+        assert rc == XDP_PASS and out[14:] == bytes(inner)
+    bad = Ether() / IP(src=str(PRIV_ADDR[4]), dst=REALS[0], proto=4) / _inner(VIP6)
+    assert prog_test_run(fn.fd, bytes(bad))[0] == XDP_DROP
+    assert decap.counters(b)["bad_inner_header"] == before["bad_inner_header"] + 1
+    assert decap.counters(b)["decapsulated"] == before["decapsulated"] + 2
+
+
+def test_decap_attach_needs_the_directors():
+    with pytest.raises(decap.DecapError, match="--from"):
+        decap.attach("lo", [ip(REALS[0])], sources=[])
 
 
 def test_listing_says_tunnel(dp):
@@ -194,3 +223,69 @@ def test_too_big_once_encapsulated_ipv6_gets_packet_too_big(dp):
     expected = Ether(src=PUB_MAC, dst=CLIENT_MAC) / IPv6(src=VIP6, dst=big[IPv6].src, hlim=64) / \
         ICMPv6PacketTooBig(mtu=PRIV_MTU - 40) / bytes(big)[:48]
     assert out == bytes(expected)
+
+
+def _reset_icmp_bucket(dp):
+    """a full token bucket (lb_icmp_bucket is the data path's own: tests reach it by its pin)"""
+    import os
+    from lb.dataplane.maps import BpfMap
+    m = BpfMap.open_pinned(os.path.join(dp.pin, "lb_icmp_bucket"))
+    try:
+        m.set(bytes(4), bytes(8))
+    finally:
+        m.close()
+
+
+def test_too_big_answers_are_rate_limited(dp):
+    """One token bucket for the director (the kernel's icmp_msgs_per_sec / icmp_msgs_burst):
+    spoofed large packets get at most the burst of answers, then one per interval; the rest are
+    dropped, counted."""
+    from lb.config.model import Defense
+
+    dp.apply(dataclasses.replace(TABLE, defense=Defense(icmp_msgs_per_sec=1, icmp_msgs_burst=3)))
+    try:
+        _reset_icmp_bucket(dp)
+        before = dp.counters()
+        rcs = []
+        for _ in range(10):
+            syn = _established(dp, VIP)
+            rcs.append(run(dp, "lb_xdp_public", Ether(src=CLIENT_MAC, dst=PUB_MAC) / _big(syn, PRIV_MTU))[0])
+        assert rcs == [XDP_TX] * 3 + [XDP_DROP] * 7
+        after = dp.counters()
+        assert after["icmp_rate_limited"] == before["icmp_rate_limited"] + 7
+        assert after["tunnel_too_big"] == before["tunnel_too_big"] + 10
+        # icmp_msgs_per_sec = 0: no answers at all
+        dp.apply(dataclasses.replace(TABLE, defense=Defense(icmp_msgs_per_sec=0)))
+        _reset_icmp_bucket(dp)
+        syn = _established(dp, VIP6)
+        assert run(dp, "lb_xdp_public", Ether(src=CLIENT_MAC, dst=PUB_MAC) / _big(syn, PRIV_MTU))[0] == XDP_DROP
+    finally:
+        dp.apply(TABLE)
+        _reset_icmp_bucket(dp)
+
+
+def test_too_big_answer_is_small_and_quotes_the_headers(dp):
+    """The answer never exceeds 576 bytes (IPv4) or 1280 (IPv6), whatever came in, and quotes the
+    packet's IP header (options, extension headers) and 8 bytes after it; extension headers too
+    long to quote get no answer (counted)."""
+    _reset_icmp_bucket(dp)
+    syn = _established(dp, VIP)
+    opt = IP(src=syn[IP].src, dst=VIP, flags="DF", options=[IPOption_NOP()] * 40, ttl=60) / \
+        TCP(sport=syn[TCP].sport, dport=80, flags="A") / (b"z" * 1440)
+    rc, out = run(dp, "lb_xdp_public", Ether(src=CLIENT_MAC, dst=PUB_MAC) / opt)
+    assert rc == XDP_TX
+    ans = Ether(out)[IP]
+    assert len(bytes(ans)) <= 576 and ans[ICMP].type == 3 and ans[ICMP].code == 4
+    assert bytes(ans[ICMP].payload) == bytes(opt)[:60 + 8]
+    syn6 = _established(dp, VIP6)
+    hbh = IPv6(src=syn6[IPv6].src, dst=VIP6) / IPv6ExtHdrHopByHop(options=[PadN(optdata=b"\0" * 4)]) / \
+        TCP(sport=syn6[TCP].sport, dport=80, flags="A") / (b"z" * 1440)
+    rc, out = run(dp, "lb_xdp_public", Ether(src=CLIENT_MAC, dst=PUB_MAC) / hbh)
+    assert rc == XDP_TX
+    ans = Ether(out)[IPv6]
+    assert len(bytes(ans)) <= 1280 and bytes(ans[ICMPv6PacketTooBig].payload) == bytes(hbh)[:40 + 8 + 8]
+    long_ext = IPv6(src=syn6[IPv6].src, dst=VIP6) / IPv6ExtHdrDestOpt(options=[PadN(optdata=b"\0" * 94)]) / \
+        TCP(sport=syn6[TCP].sport, dport=80, flags="A") / (b"z" * 1400)
+    before = dp.counters()["too_big_unanswered"]
+    assert run(dp, "lb_xdp_public", Ether(src=CLIENT_MAC, dst=PUB_MAC) / long_ext)[0] == XDP_DROP
+    assert dp.counters()["too_big_unanswered"] == before + 1

@@ -197,8 +197,18 @@ class Browser:
                 el.clear()
                 el.send_keys(value)
 
+    def navigate_by(self, el):
+        """Click what loads a new page and wait for it: chromedriver's click returns before a form
+        post's answer arrives (under load the old page was still there)."""
+        from selenium.webdriver.support import expected_conditions as ec
+        from selenium.webdriver.support.ui import WebDriverWait
+        old = self.d.find_element("tag name", "html")
+        el.click()
+        WebDriverWait(self.d, 30).until(ec.staleness_of(old))
+        WebDriverWait(self.d, 30).until(lambda d: d.execute_script("return document.readyState") == "complete")
+
     def submit(self, button_id="save"):
-        self.by_id(button_id).click()
+        self.navigate_by(self.by_id(button_id))
 
     def text(self) -> str:
         return self.d.page_source
@@ -206,7 +216,7 @@ class Browser:
     def login(self, user, pw):
         self.go("/login")
         self.fill({"user": user, "password": pw})
-        self.css("button[type=submit]")[0].click()
+        self.navigate_by(self.css("button[type=submit]")[0])
 
     def row_button(self, table_row_selector: str, label: str):
         for b in self.css(f"{table_row_selector} button"):
@@ -309,14 +319,14 @@ def reals_in_table(instance, vip):
 def create_service(b: Browser):
     """VIRTUAL SERVER, two REAL SERVERs, MONITORING SCRIPTS (HTTP) -- all in the browser."""
     b.go("/virtual")
-    b.by_id("add-virtual").click()
+    b.navigate_by(b.by_id("add-virtual"))
     b.fill({"vs.name": "shop", "vs.address": NEW_VIP, "vs.port": "80", "vs.protocol": "tcp", "vs.scheduler": "rr"})
     b.shot("virtual-server-form")
     b.submit()
     assert "saved" in b.by_id("flash").text, b.text()
     for name, addr in (("rs1", "198.18.1.11"), ("rs2", "198.18.1.12")):
         b.go("/virtual/real?vs=shop")
-        b.by_id("add-real").click()
+        b.navigate_by(b.by_id("add-real"))
         b.fill({"rs.name": name, "rs.address": addr, "rs.weight": "1"})
         b.submit()
         assert "saved" in b.by_id("flash").text, b.text()
@@ -372,7 +382,7 @@ def test_console_in_a_browser_on_the_lab(lab, lb_runner, tmp_path, artifacts, no
 
         # deactivate rs2 in the REAL SERVER screen: the traffic leaves it
         b.go("/virtual/real?vs=shop")
-        b.row_button('tr[data-rs="rs2"]', "Deactivate").click()
+        b.navigate_by(b.row_button('tr[data-rs="rs2"]', "Deactivate"))
         assert "saved" in b.by_id("flash").text, b.text()
         wait_for(lambda: reals_in_table("lab", NEW_VIP) == {"198.18.1.11": 1}, 10, "rs2 out of the table")
         assert set(bodies(lab, NEW_VIP, 8)) == {"rs1"}
@@ -395,7 +405,7 @@ def test_console_in_a_browser_on_the_lab(lab, lb_runner, tmp_path, artifacts, no
         b.fill({"pw-user": "piranha", "pw-current": PASSWORD, "pw-new": NEW_PASSWORD, "pw-again": NEW_PASSWORD})
         b.submit()
         assert "password changed for user piranha" in b.by_id("flash").text
-        b.css("header form button")[0].click()          # log out
+        b.navigate_by(b.css("header form button")[0])   # log out
         b.login("admin", PASSWORD)
         assert "Wrong user name or password" in b.text()
         time.sleep(1.1)                                  # this client's one failure: a second's wait
@@ -453,8 +463,9 @@ def test_an_edit_on_the_active_reaches_the_backup_and_survives_failover(lab, ha_
         b.login("admin", PASSWORD)
         create_service(b)
         # the backup's file and table follow within seconds; both say they run the same configuration
-        wait_for(lambda: (store.read(paths["director2"]).cfg.virtual_servers or [None])[0] is not None, 15,
-                 "the backup's file")
+        # four saves, four pushes: wait for the last one (the serial numbers match)
+        wait_for(lambda: store.read(paths["director2"]).cfg.serial_no == store.read(paths["director"]).cfg.serial_no,
+                 15, "the backup's file")
         backup = store.read(paths["director2"]).cfg
         assert backup.instance == "lab2" and backup.serial_no == store.read(paths["director"]).cfg.serial_no
         assert store.identity(backup) == store.identity(store.read(paths["director"]).cfg)

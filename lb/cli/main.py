@@ -247,6 +247,14 @@ def cmd_status(args) -> int:
               f"sent {c['sync_tx_records']} received {c['sync_rx_records']} skipped {c['sync_skipped']};"
               f" ignored: forged {c['bad_auth']} replayed {c['replay']} stale {c['stale']}"
               f" malformed {c['malformed']} off-path {c.get('offpath', 0)}")
+        if "lease_s" in ha:   # the data plane's lease (bpf/lb_lease.h): claims the addresses while it runs
+            left = ha["lease_s"]
+            if left is None:
+                text = "none (this data plane cannot check one: a crashed daemon's addresses stay claimed)" \
+                    if ha.get("lease_armed") else "not yet renewed (pulse has not decided the role)"
+            else:
+                text = f"{left:.1f}s left" if left >= 0 else f"ran out {-left:.1f}s ago: the addresses are not claimed"
+            print(f"  lease: {text}")
         for warning in ha.get("warnings", ()):   # a peer heard but refused, a skewed clock (Pulse.warnings)
             print(f"  WARNING: {warning}")
     conf = doc.get("configuration")
@@ -267,6 +275,13 @@ def cmd_status(args) -> int:
         print("\n".join(format_status(doc["bgp"])))
     if doc.get("counters"):
         print("data path: " + ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in doc["counters"].items()))
+    d = doc.get("defense")
+    if d:
+        modes = " ".join(f"{k} {v}" for k, v in d["modes"].items())
+        print(f"defense: {modes}; engaged: {', '.join(d['engaged']) or 'none'}; embryonic table "
+              f"{d['embryonic_free']} of {d['embryonic_size']} free (amemthresh {d['amemthresh']})"
+              + (f"; dropping 1 in {d['drop_rate']} new connections" if d["drop_rate"] else "")
+              + (f"; drop_entry deleted {d['drop_entry_deleted']}" if d["drop_entry_deleted"] else ""))
     for s in doc["services"]:
         state = "" if s["active"] else "  (inactive)"
         where = f"FWM {s['fwmark']}" if s.get("fwmark") else f"{s['protocol'].upper():4} {s['address']}:{s['port']}"
@@ -425,7 +440,9 @@ def _print_listing(args, services, conns, timeouts, **header) -> int:
         if not services:
             print("lb: no such service", file=sys.stderr)
             return 1
-    if args.json:
+    if args.save:
+        sys.stdout.write(listing.format_save(services, sort=not args.nosort))
+    elif args.json:
         print(json.dumps(listing.to_json(services, conns if args.connection else None, sort=not args.nosort), indent=2))
     elif args.timeout:
         sys.stdout.write(listing.format_timeout(*timeouts))
@@ -437,7 +454,7 @@ def _print_listing(args, services, conns, timeouts, **header) -> int:
         # ipvsadm prints its version header only when listing the whole table
         sys.stdout.write(listing.format_services(services, mode=mode, exact=args.exact, sort=not args.nosort,
                                                  header=not args.service, **header))
-    return 0
+    return _zero(args) if args.zero else 0
 
 
 def _list_ipvs(args) -> int:
@@ -478,6 +495,68 @@ def connection_listing(maps, now_ns: int | None = None, fast: bool | None = None
     yield from reader.connection_lines(maps, now)
 
 
+def _service_key(args) -> tuple | None:
+    """-t/-u VIP:PORT or -f MARK as the data plane names a service: ("tcp", VIP, PORT) or
+    ("fwmark", MARK); None without one; ValueError when the text is not one."""
+    if not args.service:
+        return None
+    proto, text = args.service
+    if proto == "FWM":
+        if not text.isdigit():
+            raise ValueError(f"-f {text}: a firewall mark is a number")
+        return ("fwmark", int(text))
+    from lb.config.model import parse_endpoint
+
+    where = parse_endpoint(text)
+    if where is None or where[1] is None:
+        raise ValueError(f"{text}: expected VIP:PORT ([VIP]:PORT for IPv6)")
+    return (proto.lower(), where[0], where[1])
+
+
+def _zero(args) -> int:
+    """ipvsadm -Z: through the daemon when it runs (it also restarts its rate estimator), else
+    the pinned maps; the kernel's IPVS table over netlink, as ipvsadm."""
+    from lb import control
+    from lb.dataplane import ipvs
+
+    try:
+        service = _service_key(args)
+    except ValueError as e:
+        print(f"lb: {e}", file=sys.stderr)
+        return 2
+    try:
+        if _list_dataplane(args) == "ipvs":
+            ipvs.ensure_module()
+            ipvs.zero(service)
+            return 0
+        inst = _instance(args)
+        if inst is None:
+            print("lb: no lb instance here (nothing under /sys/fs/bpf/lb)", file=sys.stderr)
+            return 1
+        wire = None if service is None else [service[0], str(service[1]), *service[2:]]
+        try:
+            reply = control.request(inst, "zero", service=wire)
+        except control.NotRunning:
+            from lb.dataplane.xdp import zero_pinned
+
+            zero_pinned(inst, service)
+            return 0
+        if not reply.get("ok"):
+            print(f"lb: {reply.get('error')}", file=sys.stderr)
+            return 1
+        return 0
+    except LookupError:
+        print("lb: no such service", file=sys.stderr)
+        return 1
+    except (OSError, ipvs.IpvsError) as e:
+        print(f"lb: {e}", file=sys.stderr)
+        return 1
+
+
+def cmd_zero(args) -> int:
+    return _zero(args)
+
+
 def cmd_list(args) -> int:
     from lb.dataplane import reader
     from lb.dataplane.maps import PinnedMaps
@@ -495,6 +574,15 @@ def cmd_list(args) -> int:
         print(f"lb: {e}", file=sys.stderr)
         return 1
     with maps:
+        if args.counters:
+            counters, events = reader.read_counters(maps), reader.read_ct_events(maps)
+            if args.json:
+                print(json.dumps({"counters": counters, "connection_tables": events}, indent=2))
+            else:
+                from lb import listing
+
+                sys.stdout.write(listing.format_counters(counters, events, args.exact))
+            return 0
         if args.connection and not args.json and not args.service:
             # the connection listing alone: streamed from C buffers (1M entries in about a second)
             sys.stdout.flush()
@@ -511,6 +599,9 @@ def _add_list_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("-n", "--numeric", action="store_true", help="numeric output (always on)")
     p.add_argument("-c", "--connection", action="store_true", help="list connections")
     p.add_argument("--stats", action="store_true", help="packet and byte counters")
+    p.add_argument("--counters", action="store_true",
+                   help="the data path's drop, refusal and defense counters and the connection tables' "
+                        "tallies (xdp data plane)")
     p.add_argument("--rate", action="store_true",
                    help="rates: connections, packets and bytes per second (IPVS's 2 s estimator)")
     p.add_argument("--timeout", action="store_true", help="tcp tcpfin udp timeouts")
@@ -521,6 +612,16 @@ def _add_list_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--sort", action="store_true", help="sort (the default)")
     p.add_argument("--nosort", action="store_true", help="keep the table's order")
     p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.add_argument("-S", "--save", action="store_true",
+                   help="the table as ipvsadm -S -n rules: `lb list --save | ipvsadm -R` hands it to plain IPVS")
+    p.add_argument("-Z", "--zero", action="store_true",
+                   help="after listing, zero the counters (of the -t/-u/-f service, or all): lb zero")
+    _add_service_args(p)
+    p.set_defaults(func=cmd_list)
+
+
+def _add_service_args(p: argparse.ArgumentParser) -> None:
+    """--instance, --dataplane and ipvsadm's one-service selection (-t/-u/-f)."""
     p.add_argument("--instance", help="instance name (default: the only one running)")
     p.add_argument("--dataplane", choices=["xdp", "ipvs"], default=None,
                    help="read an instance's pinned maps (xdp) or the kernel's IPVS table (ipvs); "
@@ -529,7 +630,44 @@ def _add_list_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("-t", "--tcp-service", dest="service", type=lambda s: ("TCP", s), metavar="VIP:PORT")
     g.add_argument("-u", "--udp-service", dest="service", type=lambda s: ("UDP", s), metavar="VIP:PORT")
     g.add_argument("-f", "--fwmark-service", dest="service", type=lambda s: ("FWM", s), metavar="MARK")
-    p.set_defaults(func=cmd_list)
+
+
+# ipvsadm's commands that edit the table, and what lb does instead: its table is its config's
+EDIT_INSTEAD = {
+    ("-A", "--add-service"): "add a [[virtual_server]] table to the config",
+    ("-E", "--edit-service"): "change the [[virtual_server]] in the config",
+    ("-D", "--delete-service"): "remove the [[virtual_server]] from the config (its connections drain)",
+    ("-a", "--add-server"): "add a [[virtual_server.real_server]] to its service in the config",
+    ("-e", "--edit-server"): "change the real server in the config; for its weight alone, at once and "
+                             "without a reload: `lb weight SERVICE SERVER N` (`lb quiesce` for 0, "
+                             "`lb activate` to undo)",
+    ("-d", "--delete-server"): "remove the real server from the config (its connections drain); to stop "
+                               "its new connections at once: `lb quiesce SERVICE SERVER`",
+    ("-C", "--clear"): "remove the virtual servers from the config, or `lb stop` (it removes all it added)",
+    ("-R", "--restore"): "write the services as [[virtual_server]] tables (configs/example.toml; `lb import` "
+                         "converts a Piranha lvs.cf or a keepalived.conf); the way back to plain IPVS is "
+                         "`lb list --save > rules`, `lb stop`, `ipvsadm -R < rules`",
+    ("--set",): "set tcp, tcpfin and udp in the config's [timeouts]",
+    ("--start-daemon", "--stop-daemon"): "set [ha] sync = true: lb syncs connections to the backup itself "
+                                         "(the kernel's sync daemon with the ipvs data plane), with the HA role",
+}
+
+
+def ipvsadm_edit(argv: list[str]) -> str | None:
+    """The message for ipvsadm's table-editing options in an `lb list` (or `lb -A ...`) command
+    line: lb writes its table from the config, never by command."""
+    if not argv or not (argv[0] in ("list", "zero") or argv[0].startswith("-")):
+        return None
+    for arg in argv:
+        if arg == "--":
+            break
+        opt = arg.split("=", 1)[0]
+        for opts, instead in EDIT_INSTEAD.items():
+            if opt in opts:
+                return (f"lb: {opt} is ipvsadm's {opts[-1]}: lb does not edit its table by command, it "
+                        f"forwards what its config says.  Instead {instead}; check the file with `lb check "
+                        f"--config FILE` and apply it with `lb reload` (a refused file changes nothing).")
+    return None
 
 
 def _ip_arg(text: str):
@@ -545,11 +683,12 @@ def cmd_decap_attach(args) -> int:
     from lb.dataplane import decap
 
     try:
-        mode, addrs = decap.attach(args.dev, args.address, args.mode)
+        mode, addrs = decap.attach(args.dev, args.address, args.mode, args.sources)
     except decap.DecapError as e:
         print(f"lb: decap: {e}", file=sys.stderr)
         return 1
-    print(f"decap attached to {args.dev} ({mode} mode) for {', '.join(map(str, addrs))}")
+    print(f"decap attached to {args.dev} ({mode} mode) for {', '.join(map(str, addrs))} "
+          f"from {', '.join(map(str, args.sources))}")
     return 0
 
 
@@ -563,6 +702,52 @@ def cmd_decap_detach(args) -> int:
         return 1
     print(f"decap detached from {args.dev}")
     return 0
+
+
+def cmd_send_arp(args) -> int:
+    """Piranha's send_arp: gratuitous ARP (IPv4) or an unsolicited neighbour advertisement (IPv6)
+    for ADDR from DEV's MAC, so that the segment's neighbours send ADDR's traffic to this host."""
+    from lb.ha import addresses, announce
+
+    logging.basicConfig(level=logging.WARNING, format="lb: %(message)s", stream=sys.stderr)
+    if args.count < 1 or not 0 <= args.interval <= 60:
+        print("lb: send-arp: --count is 1 or more, --interval 0 to 60 seconds", file=sys.stderr)
+        return 2
+    if not addresses.interface_exists(args.dev):
+        print(f"lb: send-arp: interface {args.dev} does not exist", file=sys.stderr)
+        return 1
+    try:
+        n = announce.send_arp(args.dev, args.address, args.count, args.interval)
+    except PermissionError:
+        print("lb: send-arp: sending raw frames needs root (CAP_NET_RAW)", file=sys.stderr)
+        return 1
+    if not n:
+        print(f"lb: send-arp: nothing sent on {args.dev}", file=sys.stderr)
+        return 1
+    what = "gratuitous ARP" if args.address.version == 4 else "unsolicited neighbour advertisement"
+    print(f"{args.address} announced on {args.dev} ({announce._mac(args.dev)}): {n} {what} frame{'s' * (n > 1)}")
+    return 0
+
+
+def cmd_realserver(args) -> int:
+    """`lb realserver check|setup`: a real server's side of direct routing and tunneling."""
+    from lb import realserver
+
+    logging.basicConfig(level=logging.WARNING, format="lb: %(message)s", stream=sys.stderr)
+    write = sys.stdout.write
+    try:
+        if args.rs_command == "check":
+            return realserver.check(args.mode, args.vips, args.arp, args.dev, write)
+        if args.undo:
+            return realserver.undo(args.vips, write)
+        return realserver.setup(args.mode, args.vips, args.arp, args.dev, write)
+    except PermissionError as e:
+        print(f"lb: realserver: {e.filename or e}: permission denied (run it as root)", file=sys.stderr)
+    except (realserver.RealServerError, OSError, ValueError) as e:
+        print(f"lb: realserver: {e}", file=sys.stderr)
+    except Exception as e:       # decap's own errors (DecapError) and netlink's, in words
+        print(f"lb: realserver: {type(e).__name__}: {e}", file=sys.stderr)
+    return 1
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -645,6 +830,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     _add_list_args(sub.add_parser("list", help="list the table like ipvsadm -L"))
 
+    p = sub.add_parser("zero", help="zero the packet, byte and connection counters and the rates, of one "
+                                    "service (-t/-u/-f) or all (ipvsadm -Z)")
+    _add_service_args(p)
+    p.set_defaults(func=cmd_zero)
+
     p = sub.add_parser("decap", help="on a real server of a tunnel-mode service: take the director's "
                                      "tunnel headers off in XDP (no ipip module needed)")
     dsub = p.add_subparsers(dest="decap_command", required=True)
@@ -652,11 +842,41 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("dev")
     d.add_argument("--address", action="append", default=[], type=_ip_arg,
                    help="an address tunnels arrive for (repeatable; default: DEV's global addresses)")
+    d.add_argument("--from", dest="sources", action="append", required=True, type=_ip_arg, metavar="ADDR",
+                   help="a director's address, the tunnels' outer source (repeatable, IPv4 and IPv6; "
+                        "tunnels from any other source are dropped)")
     d.add_argument("--mode", choices=["native", "generic"], default="native")
     d.set_defaults(func=cmd_decap_attach)
     d = dsub.add_parser("detach", help="remove the decap program from DEV")
     d.add_argument("dev")
     d.set_defaults(func=cmd_decap_detach)
+
+    p = sub.add_parser("send-arp", help="announce ADDR on DEV: gratuitous ARP / unsolicited neighbour "
+                                        "advertisement (Piranha's send_arp)")
+    p.add_argument("address", metavar="ADDR", type=_ip_arg, help="the IPv4 or IPv6 address to announce")
+    p.add_argument("dev", metavar="DEV", help="the interface whose MAC the neighbours are to use")
+    p.add_argument("--count", type=int, default=1, help="frames to send (default 1)")
+    p.add_argument("--interval", type=float, default=0.1, help="seconds between them (default 0.1)")
+    p.set_defaults(func=cmd_send_arp)
+
+    p = sub.add_parser("realserver", help="on a real server: check or set up what direct routing or "
+                                          "tunneling needs (VIP on lo, no ARP for it, decap)")
+    rsub = p.add_subparsers(dest="rs_command", required=True)
+    for name, text in (("check", "report each point as ok or missing, with the command that fixes it "
+                                 "(exit status 1 when any is missing)"),
+                       ("setup", "make the missing points so (again: nothing to do); --undo takes back "
+                                 "what setup did")):
+        r = rsub.add_parser(name, help=text)
+        r.add_argument("--mode", choices=["dr", "tunnel"], required=True,
+                       help="the virtual services' network: dr (direct routing) or tunnel")
+        r.add_argument("--arp", choices=["sysctl", "arptables"], default="sysctl",
+                       help="keep the real server from answering ARP for the VIP by arp_ignore=1 / "
+                            "arp_announce=2 (default) or by arptables rules (the Piranha manual's way)")
+        r.add_argument("--dev", help="the interface facing the director (default: the default route's)")
+        if name == "setup":
+            r.add_argument("--undo", action="store_true", help="remove what setup added for these VIPs")
+        r.add_argument("vips", nargs="+", metavar="VIP", type=_ip_arg, help="the virtual IP addresses")
+        r.set_defaults(func=cmd_realserver)
 
     p = sub.add_parser("passwd", help="set the web console's password (a salted scrypt hash, mode 0600)")
     g = p.add_mutually_exclusive_group()
@@ -699,11 +919,19 @@ def main(argv: list[str] | None = None) -> int:
 
 def _main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    # ipvsadm habits: `lb -L -n`, `lb -Ln`, `lb -Lnc`
+    edit = ipvsadm_edit(argv)
+    if edit is not None:
+        print(edit, file=sys.stderr)
+        return 2
+    # ipvsadm habits: `lb -L -n`, `lb -Ln`, `lb -Lnc`, `lb -S -n`, `lb -Z`
     if argv and argv[0][:2] in ("-L", "-l") and argv[0] not in ("--list",):
         argv = ["list"] + [f"-{c}" for c in argv[0][2:]] + argv[1:]
     elif argv and argv[0] == "--list":
         argv[0] = "list"
+    elif argv and argv[0] in ("-S", "--save"):
+        argv = ["list", "--save"] + argv[1:]
+    elif argv and argv[0] in ("-Z", "--zero"):
+        argv = ["zero"] + [a for a in argv[1:] if a not in ("-n", "--numeric")]
     args = build_parser().parse_args(argv)
     return args.func(args) or 0
 

@@ -68,7 +68,9 @@ lb extensions (written by :func:`dumps` only when the model needs them to
 round-trip; Piranha never writes them): global ``lb_instance``,
 ``lb_public_interface``, ``lb_private_interface``, ``lb_script_user`` (the user check, load and
 notify programs run as), ``lb_table_connections``,
-``lb_table_services``, ``lb_table_real_servers``, ``lb_table_reals_per_service``;
+``lb_table_services``, ``lb_table_real_servers``, ``lb_table_reals_per_service``,
+``lb_table_embryonic``; ``[defense]`` as ``lb_drop_entry``, ``lb_drop_packet``, ``lb_secure_tcp``,
+``lb_amemthresh``, ``lb_am_droprate``, ``lb_icmp_msgs_per_sec``, ``lb_icmp_msgs_burst``;
 ``port`` inside a ``server`` block (RealServer.port, NAT port mapping); in a
 ``virtual`` block the Monitor fields Piranha lacks or cannot express:
 ``lb_monitor_kind`` (overrides the kind the Piranha keys imply),
@@ -89,7 +91,8 @@ console's ``[web]``: ``lb_web_enabled = 0|1``, ``lb_web_listen = ADDRESS:PORT``,
 ``lb_web_password_file``, ``lb_web_tls_cert``, ``lb_web_tls_key`` (quoted paths, relative to the
 lvs.cf when relative), ``lb_web_allowed_hosts`` and ``lb_web_trusted_proxies`` (comma-separated),
 ``lb_web_session_lifetime`` (seconds); the control socket's ``[control]``:
-``lb_control_admin_group`` and ``lb_control_read_group``.
+``lb_control_admin_group`` and ``lb_control_read_group``; the Prometheus endpoint's
+``[metrics]``: ``lb_metrics_enabled = 0|1`` and ``lb_metrics_listen = ADDRESS:PORT``.
 
 Validation is the TOML loader's: the lvs.cf is turned into the document tomllib would give for
 the same configuration, with the lvs.cf line and key of each of its fields, and handed to
@@ -125,6 +128,7 @@ from .model import (
     ConfigIssue,
     LoadMonitor,
     Monitor,
+    Defense,
     Tables,
     Timeouts,
     parse_netmask,
@@ -190,10 +194,14 @@ LB_MONITOR_STRINGS = ("path", "host", "body_regex", "digest")
 LB_MONITOR_KEYS = tuple(f"lb_monitor_{k}" for k in (
     "kind", *LB_MONITOR_STRINGS, "status", "tls_verify", "port", *LB_MONITOR_SECONDS, "quiesce", "escaped",
     "script_user"))
+# lb-only keys of [defense] (IPVS's sysctls, which Piranha left to the administrator)
+DEFENSE_CF = {f"lb_{k}": k for k in _toml.DEFENSE_KEYS}
 # lb-only keys of the web console ([web]; Piranha's was a separate program)
 LB_WEB_KEYS = {f"lb_web_{k}": k for k in _toml.WEB_KEYS}
 # lists in one value, comma-separated (as lb_ha_notify)
 LB_WEB_LISTS = ("allowed_hosts", "trusted_proxies")
+# lb-only keys of the Prometheus endpoint ([metrics])
+LB_METRICS_KEYS = {f"lb_metrics_{k}": k for k in _toml.METRICS_KEYS}
 # the control socket's groups ([control])
 LB_CONTROL_KEYS = {f"lb_control_{k}": k for k in _toml.CONTROL_KEYS}
 # lb-only keys of [bgp] (scale-out; Piranha had none): the scalars, then the neighbors and the VIPs'
@@ -208,7 +216,8 @@ GLOBAL_MODEL = (
     "lb_instance", "lb_public_interface", "lb_private_interface", "lb_expire_nodest_conn",
     "lb_lblc_expiration", "lb_lblcr_expiration", "lb_script_user",
     "lb_table_connections", "lb_table_services", "lb_table_real_servers", "lb_table_reals_per_service",
-) + LB_HA_KEYS + tuple(LB_WEB_KEYS) + tuple(LB_CONTROL_KEYS) + LB_BGP_KEYS
+    "lb_table_embryonic",
+) + tuple(DEFENSE_CF) + LB_HA_KEYS + tuple(LB_WEB_KEYS) + tuple(LB_METRICS_KEYS) + tuple(LB_CONTROL_KEYS) + LB_BGP_KEYS
 VIRTUAL_MODEL = ("address", "active", "port", "protocol", "scheduler", "persistent", "pmask", "fwmark",
                  "lb_port_groups", "lb_scheduler_flags", "sorry_server", "lb_mh_size", "quiesce_server",
                  "load_monitor") + LB_LOAD_MONITOR_KEYS
@@ -219,7 +228,8 @@ QUOTED = ("send", "expect", "send_program", "lb_ha_key_file", "lb_ha_notify", "l
           "lb_web_password_file", "lb_web_tls_cert", "lb_web_tls_key", "lb_bgp_neighbors", "lb_bgp_vips") + tuple(
     f"lb_monitor_{k}" for k in LB_MONITOR_STRINGS)
 TIMEOUT_KEYS = {"tcp_timeout": "tcp", "tcpfin_timeout": "tcpfin", "udp_timeout": "udp"}
-TABLE_KEYS = {f"lb_table_{k}": k for k in ("connections", "services", "real_servers", "reals_per_service")}
+TABLE_KEYS = {f"lb_table_{k}": k for k in ("connections", "services", "real_servers", "reals_per_service",
+                                            "embryonic")}
 DEFAULT_NAT_NMASK = "255.255.255.0"
 DEFAULT_PORT = 80  # Piranha's port for a virtual that names none
 
@@ -229,6 +239,7 @@ _TOML_TO_CF = {
     "device": "address", "nat_router_device": "nat_router", "private_interface": "nat_router",
     "public_interface": "lb_public_interface", "instance": "lb_instance",
     **{v: k for k, v in TABLE_KEYS.items()},
+    **{v: k for k, v in DEFENSE_CF.items()},
 }
 
 
@@ -669,6 +680,7 @@ class _Builder:
 
         self._table(doc, "tables", g, TABLE_KEYS, lambda cf, _: g.integer(cf))
         self._table(doc, "timeouts", g, TIMEOUT_KEYS, lambda cf, _: g.integer(cf))
+        self._table(doc, "defense", g, DEFENSE_CF, lambda cf, _: g.integer(cf))
         if with_ha:
             doc["ha"] = self._ha(g)
         else:
@@ -676,6 +688,8 @@ class _Builder:
                 if key in g.entries:
                     g.error(g.entries[key], f"{key} needs backup_active = 1 (a backup director)")
         self._table(doc, "web", g, LB_WEB_KEYS, lambda cf, key: _web_value(g, cf, key))
+        self._table(doc, "metrics", g, LB_METRICS_KEYS,
+                    lambda cf, key: g.boolean(cf) if key == "enabled" else g.text(cf))
         self._table(doc, "control", g, LB_CONTROL_KEYS, lambda cf, _: g.text(cf))
         serial = g.integer("serial_no")
         if serial is not None:
@@ -1351,11 +1365,16 @@ def dumps(cfg: Config, extras: dict[str, Any] | None = None) -> str:
     for cf, key in TABLE_KEYS.items():
         if getattr(cfg.tables, key) != getattr(Tables(), key):
             put("", cf, getattr(cfg.tables, key))
+    for cf, key in DEFENSE_CF.items():
+        if getattr(cfg.defense, key) != getattr(Defense(), key):
+            put("", cf, getattr(cfg.defense, key))
     for key in LB_HA_KEYS:
         if key in ha_cf:
             put("", key, ha_cf[key])
     for cf, value in totoml.web_document(cfg.web).items():
         put("", f"lb_web_{cf}", ", ".join(value) if cf in LB_WEB_LISTS else value)
+    for cf, value in totoml.metrics_document(cfg.metrics).items():
+        put("", f"lb_metrics_{cf}", value)
     for cf, value in totoml.control_document(cfg.control).items():
         put("", f"lb_control_{cf}", value)
     for cf, value in (_bgp_cf(cfg.bgp) if cfg.bgp is not None else {}).items():

@@ -295,6 +295,13 @@ def sorry_text(sorry: tuple[IPAddress, int | None]) -> str:
     return str(addr) if port is None else endpoint_text(addr, port)
 
 
+def embryonic_size(connections: int, embryonic: int = 0) -> int:
+    """The embryonic tables' size: ``[tables] embryonic``, else a quarter of the connection table
+    and at least 1024 (a round trip's worth of new connections is far less; a flood beyond the
+    table only churns the embryos)."""
+    return embryonic or max(1024, connections // 4)
+
+
 @dataclass(frozen=True, slots=True)
 class Tables:
     """Sizes of the BPF maps."""
@@ -303,6 +310,13 @@ class Tables:
     services: int = 256
     real_servers: int = 4096  # total over all services
     reals_per_service: int = 64
+    # embryonic connections (a SYN not yet answered by its ACK, a UDP flow's first packet) and
+    # their persistence templates, in tables of their own so that floods evict only their like;
+    # 0: a quarter of ``connections`` (at least 1024)
+    embryonic: int = 0
+
+    def embryonic_size(self) -> int:
+        return embryonic_size(self.connections, self.embryonic)
 
 
 @dataclass(frozen=True, slots=True)
@@ -312,6 +326,31 @@ class Timeouts:
     tcp: int = DEFAULT_TIMEOUTS[0]
     tcpfin: int = DEFAULT_TIMEOUTS[1]
     udp: int = DEFAULT_TIMEOUTS[2]
+
+
+# IPVS's defense strategy modes (/proc/sys/net/ipv4/vs/drop_entry, drop_packet, secure_tcp)
+DEFENSE_MODES = {0: "never", 1: "automatic", 2: "automatic", 3: "always"}
+
+
+@dataclass(frozen=True, slots=True)
+class Defense:
+    """IPVS's defenses against floods (ipvs-sysctl: drop_entry, drop_packet, secure_tcp with
+    amemthresh and am_droprate), here driven by the embryonic connection table's free entries
+    instead of the kernel's free memory; and the rate limit of the tunnel's too-big answers (the
+    kernel's icmp_msgs_per_sec / icmp_msgs_burst).  A mode is 0 (never), 1 or 2 (while fewer than
+    ``amemthresh`` entries of the embryonic table are free) or 3 (always)."""
+
+    drop_entry: int = 0
+    drop_packet: int = 0
+    secure_tcp: int = 0
+    amemthresh: int = 0  # free embryonic entries below which modes 1 and 2 engage (0: an eighth)
+    am_droprate: int = 10  # drop_packet in mode 3: 1 in this many new connections' packets
+    icmp_msgs_per_sec: int = 1000  # too-big answers per second (0: none)
+    icmp_msgs_burst: int = 50
+
+    def threshold(self, embryonic: int) -> int:
+        """amemthresh in entries of an embryonic table of that size"""
+        return self.amemthresh or embryonic // 8
 
 
 @dataclass(frozen=True, slots=True)
@@ -461,6 +500,24 @@ def default_password_file(instance: str) -> Path:
     return WEB_PASSWORD_DIR / f"{instance}.passwd"
 
 
+DEFAULT_METRICS_PORT = 9640
+
+
+@dataclass(frozen=True, slots=True)
+class Metrics:
+    """The Prometheus endpoint the daemon serves (lb.metrics): off unless enabled; localhost
+    by default (it has no authentication: widen it only behind a firewall or a proxy)."""
+
+    enabled: bool = False
+    address: IPAddress = IPv4Address("127.0.0.1")
+    port: int = DEFAULT_METRICS_PORT
+
+    @property
+    def listen(self) -> str:
+        """ADDRESS:PORT as written in the configuration ([ADDRESS]:PORT for IPv6)."""
+        return endpoint_text(self.address, self.port)
+
+
 @dataclass(frozen=True, slots=True)
 class Control:
     """Who may use the control socket (/run/lb/<instance>.sock) besides root: members of
@@ -502,9 +559,11 @@ class Config:
     nat_router_device: str | None = None  # None -> private_interface
     tables: Tables = field(default_factory=Tables)
     timeouts: Timeouts = field(default_factory=Timeouts)
+    defense: Defense = field(default_factory=Defense)
     virtual_servers: tuple[VirtualServer, ...] = ()
     ha: HA | None = None  # None: a single director, always active
     web: Web = field(default_factory=Web)  # the web console ([web])
+    metrics: Metrics = field(default_factory=Metrics)  # the Prometheus endpoint ([metrics])
     control: Control = field(default_factory=Control)  # the control socket's access ([control])
     bgp: Bgp | None = None  # None: no route announcement ([bgp], lb.bgp)
     # what the loader accepted but could not carry out as written (a key with no effect, a

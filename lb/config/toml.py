@@ -56,14 +56,17 @@ from .model import (
     IPAddress,
     LOAD_MONITOR_KINDS,
     LoadMonitor,
+    Metrics,
     Monitor,
     PortGroup,
     RealServer,
     SCHEDULER_FLAGS,
+    Defense,
     Tables,
     Timeouts,
     VirtualServer,
     Web,
+    embryonic_size,
     parse_netmask,
     parse_port,
     parse_prefix_length,
@@ -96,11 +99,20 @@ TIMEOUT_RANGE: Final = (1, 2147483)
 PERSISTENT_RANGE: Final = (0, 2147483)
 _DEFAULT_TABLES: Final = Tables()
 _DEFAULT_TIMEOUTS: Final = Timeouts()
+_DEFAULT_DEFENSE: Final = Defense()
 TABLE_RANGES: Final[dict[str, tuple[int, int]]] = {
     "connections": (1024, 67108864),
     "services": (1, 65536),
     "real_servers": (1, 1048576),
     "reals_per_service": (1, 512),  # the BPF verifier accepts the scheduler loops up to 512
+    "embryonic": (1024, 67108864),  # absent: a quarter of connections (at least 1024)
+}
+# [defense]: IPVS's strategy modes (0 never, 1/2 automatic, 3 always) and their thresholds, and
+# the too-big answers' rate limit
+DEFENSE_RANGES: Final[dict[str, tuple[int, int]]] = {
+    "drop_entry": (0, 3), "drop_packet": (0, 3), "secure_tcp": (0, 3),
+    "amemthresh": (0, 67108864), "am_droprate": (1, 0x7FFFFFFF),
+    "icmp_msgs_per_sec": (0, 1_000_000), "icmp_msgs_burst": (1, 1_000_000),
 }
 
 # lblc_expiration / lblcr_expiration, seconds (the kernel's sysctls are int jiffies)
@@ -108,7 +120,7 @@ EXPIRATION_RANGE: Final = (1, 2_000_000)
 
 # --- known keys (order matters only for messages) ------------------------------
 
-TOP_KEYS: Final = ("global", "tables", "timeouts", "virtual_server", "ha", "web", "control", "bgp")
+TOP_KEYS: Final = ("global", "tables", "timeouts", "defense", "virtual_server", "ha", "web", "metrics", "control", "bgp")
 GLOBAL_KEYS: Final = (
     "instance", "serial_no", "public_interface", "private_interface",
     "network", "nat_router", "nat_router_device",
@@ -116,6 +128,7 @@ GLOBAL_KEYS: Final = (
 )
 TABLES_KEYS: Final = tuple(TABLE_RANGES)
 TIMEOUTS_KEYS: Final = ("tcp", "tcpfin", "udp")
+DEFENSE_KEYS: Final = tuple(DEFENSE_RANGES)
 VS_KEYS: Final = (
     "name", "address", "port", "protocol", "scheduler",
     "persistent", "pmask", "active", "device", "real_server", "monitor",
@@ -132,6 +145,7 @@ FWM_RANGES_PER_VIP: Final = 16  # lb_fwm_ranges holds 16 port ranges per (VIP, p
 HA_KEYS: Final = tuple(f.name for f in dataclasses.fields(HA))
 WEB_KEYS: Final = ("enabled", "listen", "password_file", "tls_cert", "tls_key", "allowed_hosts", "trusted_proxies",
                    "session_lifetime")
+METRICS_KEYS: Final = ("enabled", "listen")
 CONTROL_KEYS: Final = ("admin_group", "read_group")
 SERIAL_RANGE: Final = (0, 2**63 - 1)
 SESSION_LIFETIME_RANGE: Final = (60.0, 7 * 86400.0)
@@ -147,8 +161,10 @@ SCHEMA: Final[dict[tuple[str, ...], tuple[str, ...]]] = {
     ("global",): GLOBAL_KEYS,
     ("tables",): TABLES_KEYS,
     ("timeouts",): TIMEOUTS_KEYS,
+    ("defense",): DEFENSE_KEYS,
     ("ha",): HA_KEYS,
     ("web",): WEB_KEYS,
+    ("metrics",): METRICS_KEYS,
     ("control",): CONTROL_KEYS,
     ("bgp",): BGP_KEYS,
     ("bgp", "neighbor"): BGP_NEIGHBOR_KEYS,
@@ -1227,6 +1243,20 @@ def _check_counts(
         running += n
 
 
+def _check_amemthresh(chk: _Checker, de: _Table | _Invalid, amemthresh: int | None | _Invalid,
+                      tables: dict[str, int | None | _Invalid]) -> None:
+    """amemthresh counts free entries of the embryonic table: at or above its size the automatic
+    defenses would never disengage."""
+    conns, emb = tables.get("connections"), tables.get("embryonic")
+    if isinstance(de, _Invalid) or not isinstance(amemthresh, int) or not isinstance(conns, int) \
+            or not isinstance(emb, int):
+        return
+    size = embryonic_size(conns, emb)
+    if amemthresh and amemthresh >= size:
+        chk.error(de.at("amemthresh"), f"must be below the embryonic table's size ({size} entries: "
+                  f"tables.embryonic, or a quarter of tables.connections), got {amemthresh}")
+
+
 # --- driver ------------------------------------------------------------------------
 
 
@@ -1318,16 +1348,7 @@ def _check_web(top: _Table, base: Path | None) -> Web | _Invalid:
         return w
     keep = _Keep()
     d = Web()
-    enabled = keep(w.boolean("enabled", d.enabled))
-    address: IPAddress = d.address
-    port = d.port
-    listen = keep(w.string("listen"))
-    if isinstance(listen, str):
-        parsed = _parse_listen(listen)
-        if isinstance(parsed, str):
-            keep(w.chk.error(w.at("listen"), parsed))
-        else:
-            address, port = parsed
+    enabled, address, port, keep.bad = _enabled_listen(w, d)
     files: dict[str, Path | None] = {}
     for key, what in (("password_file", "the console's password hash"), ("tls_cert", "the TLS certificate (PEM)"),
                       ("tls_key", "the TLS certificate's private key (PEM)")):
@@ -1560,6 +1581,39 @@ def _check_bgp(top: _Table, drafts: list[_VirtualDraft | _Invalid], network: str
                hold_time=_valid_int(hold_time), lease=lease, drain=drain, settle=settle, vips=tuple(vips))
 
 
+def _enabled_listen(t: _Table, default) -> tuple[bool | _Invalid, IPAddress, int, bool]:
+    """The ``enabled`` and ``listen`` keys of a table for a server of lb's ([web], [metrics]):
+    (enabled, address, port, bad), ``default``'s where a key is absent."""
+    enabled = t.boolean("enabled", default.enabled)
+    bad = isinstance(enabled, _Invalid)
+    address: IPAddress = default.address
+    port = default.port
+    listen = t.string("listen")
+    if isinstance(listen, _Invalid):
+        bad = True
+    elif isinstance(listen, str):
+        parsed = _parse_listen(listen)
+        if isinstance(parsed, str):
+            t.chk.error(t.at("listen"), parsed)
+            bad = True
+        else:
+            address, port = parsed
+    return enabled, address, port, bad
+
+
+def _check_metrics(top: _Table) -> Metrics | _Invalid:
+    """[metrics]: the Prometheus endpoint.  Absent: off."""
+    if "metrics" not in top.data:
+        return Metrics()
+    m = top.table("metrics")
+    if isinstance(m, _Invalid):
+        return m
+    enabled, address, port, bad = _enabled_listen(m, Metrics())
+    if bad:
+        return INVALID
+    return Metrics(enabled=_valid(enabled), address=address, port=port)
+
+
 def _parse_listen(text: str) -> tuple[IPAddress, int] | str:
     """ "ADDRESS:PORT" or "[IPv6]:PORT" -> (address, port); a message when it is not one."""
     usage = f'expected ADDRESS:PORT (e.g. "127.0.0.1:8080", or "[::1]:8080" for IPv6), got "{text}"'
@@ -1575,7 +1629,7 @@ def _parse_listen(text: str) -> tuple[IPAddress, int] | str:
     except ValueError:
         if ":" in host and not bracketed:
             return brackets
-        return f"'{host}' is not an IP address (the console listens on an address, not a host name)"
+        return f"'{host}' is not an IP address (lb listens on an address, not a host name)"
     if addr.version == 6 and not bracketed:
         return brackets
     if addr.version == 4 and bracketed:
@@ -1703,6 +1757,14 @@ def validate(doc: dict[str, Any], display: str, positions: Positions, path: Path
             key, TIMEOUT_RANGE, default=getattr(_DEFAULT_TIMEOUTS, key)
         )
 
+    de = top.table("defense")
+    defense_values: dict[str, int | None | _Invalid] = {}
+    for key, bounds in DEFENSE_RANGES.items():
+        defense_values[key] = INVALID if isinstance(de, _Invalid) else de.integer(
+            key, bounds, default=getattr(_DEFAULT_DEFENSE, key)
+        )
+    _check_amemthresh(chk, de, defense_values["amemthresh"], table_values)
+
     drafts: list[_VirtualDraft | _Invalid] = [
         vs if isinstance(vs, _Invalid) else _check_virtual(vs, user)
         for vs in top.tables("virtual_server")
@@ -1717,6 +1779,7 @@ def validate(doc: dict[str, Any], display: str, positions: Positions, path: Path
 
     ha = _check_ha(top, path, user)
     web = _check_web(top, path)
+    metrics = _check_metrics(top)
     control = _check_control(top)
     bgp = _check_bgp(top, drafts, network, dataplane)
 
@@ -1741,9 +1804,11 @@ def validate(doc: dict[str, Any], display: str, positions: Positions, path: Path
         nat_router_device=_valid(nat_router_device),
         tables=Tables(**{k: _valid_int(v) for k, v in table_values.items()}),
         timeouts=Timeouts(**{k: _valid_int(v) for k, v in timeout_values.items()}),
+        defense=Defense(**{k: _valid_int(v) for k, v in defense_values.items()}),
         virtual_servers=tuple(_valid(vs).build() for vs in drafts),
         ha=_valid(ha),
         web=_valid(web),
+        metrics=_valid(metrics),
         control=_valid(control),
         bgp=_valid(bgp),
         serial_no=_valid_int(serial_no),

@@ -10,10 +10,10 @@ import dataclasses
 import math
 from typing import Any
 
-from .model import (DEFAULT_MH_SIZE, DEFAULT_SCRIPT_USER, HA, Bgp, Config, Control, LoadMonitor, Monitor, Tables,
-                    Timeouts, Web, sorry_text)
+from .model import (DEFAULT_MH_SIZE, DEFAULT_SCRIPT_USER, HA, Bgp, Config, Control, Defense, LoadMonitor, Metrics,
+                    Monitor, Tables, Timeouts, Web, sorry_text)
 
-__all__ = ["dumps", "document", "web_document", "control_document", "emit"]
+__all__ = ["dumps", "document", "web_document", "metrics_document", "control_document", "emit"]
 
 # Monitor fields in seconds: written as integers when whole
 MONITOR_SECONDS = ("interval", "timeout", "reentry", "connect_timeout")
@@ -51,7 +51,7 @@ def _toml_value(v: Any) -> str:
 def emit(doc: dict[str, Any]) -> str:
     """Render the loader's document shape (tables of scalars, virtual_server/real_server arrays)."""
     out: list[str] = []
-    for section in ("global", "tables", "timeouts", "ha", "web", "control"):
+    for section in ("global", "tables", "timeouts", "defense", "ha", "web", "metrics", "control"):
         if section in doc:
             out.append(f"[{section}]")
             out += [f"{k} = {_toml_value(v)}" for k, v in doc[section].items()]
@@ -109,14 +109,20 @@ def _ha_document(ha: HA, user: str) -> dict[str, Any]:
     return out
 
 
+def _listener_document(obj: Web | Metrics, default: Web | Metrics) -> dict[str, Any]:
+    """``enabled`` and ``listen`` of a server of lb's when they are not the default."""
+    out: dict[str, Any] = {}
+    if obj.enabled != default.enabled:
+        out["enabled"] = obj.enabled
+    if obj.listen != default.listen:
+        out["listen"] = obj.listen
+    return out
+
+
 def web_document(web: Web) -> dict[str, Any]:
     """The [web] keys that are not the default (lvs.cf: the same as lb_web_*)."""
     d = Web()
-    out: dict[str, Any] = {}
-    if web.enabled != d.enabled:
-        out["enabled"] = web.enabled
-    if web.listen != d.listen:
-        out["listen"] = web.listen
+    out = _listener_document(web, d)
     for key in ("password_file", "tls_cert", "tls_key"):
         if getattr(web, key) is not None:
             out[key] = str(getattr(web, key))
@@ -152,6 +158,11 @@ def _bgp_document(bgp: Bgp) -> dict[str, Any]:
     return out
 
 
+def metrics_document(metrics: Metrics) -> dict[str, Any]:
+    """The [metrics] keys that are not the default (lvs.cf: the same as lb_metrics_*)."""
+    return _listener_document(metrics, Metrics())
+
+
 def document(cfg: Config) -> dict[str, Any]:
     """The document tomllib would give for the TOML text of ``cfg`` (defaults left out)."""
     glob: dict[str, Any] = {"instance": cfg.instance}
@@ -168,10 +179,14 @@ def document(cfg: Config) -> dict[str, Any]:
     if cfg.script_user != DEFAULT_SCRIPT_USER:
         glob["script_user"] = cfg.script_user
     doc: dict[str, Any] = {"global": glob}
-    tables = {k: getattr(cfg.tables, k) for k in ("connections", "services", "real_servers", "reals_per_service")
-              if getattr(cfg.tables, k) != getattr(Tables(), k)}
+    tables = {f.name: getattr(cfg.tables, f.name) for f in dataclasses.fields(Tables)
+              if getattr(cfg.tables, f.name) != getattr(Tables(), f.name)}
     if tables:
         doc["tables"] = tables
+    defense = {f.name: getattr(cfg.defense, f.name) for f in dataclasses.fields(Defense)
+               if getattr(cfg.defense, f.name) != getattr(Defense(), f.name)}
+    if defense:
+        doc["defense"] = defense
     timeouts = {k: getattr(cfg.timeouts, k) for k in ("tcp", "tcpfin", "udp")
                 if getattr(cfg.timeouts, k) != getattr(Timeouts(), k)}
     if timeouts:
@@ -181,6 +196,9 @@ def document(cfg: Config) -> dict[str, Any]:
     web = web_document(cfg.web)
     if web:
         doc["web"] = web
+    metrics = metrics_document(cfg.metrics)
+    if metrics:
+        doc["metrics"] = metrics
     control = control_document(cfg.control)
     if control:
         doc["control"] = control

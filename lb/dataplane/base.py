@@ -54,8 +54,16 @@ class Dataplane(abc.ABC):
 
     # ---- the table ----
     @abc.abstractmethod
+    def plan(self, table: TableSpec) -> None:
+        """Check, writing nothing, that apply(table) can be carried out: every table's capacity
+        (draining real servers keep their slots), ids, schedulers.  errors.TableDoesNotFit
+        names what does not fit."""
+
+    @abc.abstractmethod
     def apply(self, table: TableSpec) -> int:
-        """Forward `table`: write the difference; returns the number of writes it took."""
+        """Forward `table`: write the difference, all or nothing; returns the number of writes
+        it took.  A write that fails part-way raises errors.ApplyFailed once the previous
+        table is written back (``restored``: whether that worked)."""
 
     @abc.abstractmethod
     def finish_drains(self) -> int:
@@ -99,7 +107,38 @@ class Dataplane(abc.ABC):
 
     @abc.abstractmethod
     def counters(self) -> dict[str, int]:
-        """The data path's event counters by name (empty where the backend has none)."""
+        """The data path's event counters by name (empty where the backend has none).  A name
+        ending in _entries, _max, _capacity, _fill or _ratio is a level (table fill), not a count
+        (lb.metrics exports it as a gauge)."""
+
+    @abc.abstractmethod
+    def zero_stats(self, service: tuple | None = None) -> int:
+        """ipvsadm -Z: the packet, byte and connection counters and the rate estimator of one
+        service and its real servers (``("tcp", address, port)`` or ``("fwmark", mark)``), or
+        of every service; returns the services zeroed (LookupError: no such service)."""
+
+    # ---- defenses against floods ----
+    def defend(self) -> None:
+        """Once a second: IPVS's defense_work (the kernel runs its own in IPVS mode)."""
+
+    def defense_status(self) -> dict | None:
+        """The defenses' state for `lb status` (None where the kernel keeps it)."""
+        return None
+
+    # ---- HA lease: a gone daemon's addresses are not claimed (bpf/lb_lease.h) ----
+    @abc.abstractmethod
+    def lease(self, seconds: float | None) -> None:
+        """[ha]: this director claims the addresses of claim() for `seconds` from now (refreshed
+        with every heartbeat; 0: no longer, at once); None: no lease (no [ha]: always claimed).
+        Once it runs out the data plane drops neighbour requests for them and packets to them."""
+
+    @abc.abstractmethod
+    def lease_left(self) -> float | None:
+        """Seconds the lease still runs (below 0: ran out), None without a lease."""
+
+    @abc.abstractmethod
+    def claim(self, addrs: dict) -> None:
+        """The addresses the lease covers: {ip address: "vip" | "router"}."""
 
     # ---- HA connection sync ----
     @abc.abstractmethod

@@ -44,6 +44,7 @@ BPF_MAP_GET_NEXT_KEY = 4
 BPF_PROG_LOAD = 5
 BPF_OBJ_PIN = 6
 BPF_OBJ_GET = 7
+BPF_PROG_GET_FD_BY_ID = 13
 BPF_OBJ_GET_INFO_BY_FD = 15
 BPF_PROG_TEST_RUN = 10
 
@@ -193,6 +194,21 @@ def map_info(fd: int) -> MapInfo:
     attr = _InfoAttr(bpf_fd=fd, info_len=ctypes.sizeof(info), info=ctypes.addressof(info))
     _sys(BPF_OBJ_GET_INFO_BY_FD, attr)
     return info
+
+
+class _GetByIdAttr(ctypes.Structure):
+    _fields_ = [("id", ctypes.c_uint32), ("next_id", ctypes.c_uint32), ("open_flags", ctypes.c_uint32)]
+
+
+def prog_name(prog_id: int) -> str:
+    """The name of the loaded program with this id (bpf_prog_info.name, 16 bytes at offset 64)."""
+    fd = _sys(BPF_PROG_GET_FD_BY_ID, _GetByIdAttr(id=prog_id))
+    try:
+        buf = ctypes.create_string_buffer(256)
+        _sys(BPF_OBJ_GET_INFO_BY_FD, _InfoAttr(bpf_fd=fd, info_len=len(buf), info=ctypes.addressof(buf)))
+        return buf.raw[64:80].split(b"\0", 1)[0].decode(errors="replace")
+    finally:
+        os.close(fd)
 
 
 def possible_cpus() -> int:

@@ -9,6 +9,7 @@ import struct
 import time
 
 from . import layout as L
+from .reader import read_ct_events as ct_events
 from .services import ServiceTable
 from .txn import MapTxn
 
@@ -16,6 +17,9 @@ CLOCK_MONOTONIC_COARSE = getattr(time, "CLOCK_MONOTONIC_COARSE", 6)   # linux/ti
 
 # the head of lb_conn the sweep reads: last_ns, real, svc, timeout, client_ifindex, state, flags
 CONN_HEAD = struct.Struct("=QIIIIBB")
+# ip_vs_conn_expire: a template whose timer runs out while it still controls connections lives
+# 60 s more, and 60 s is its timeout from then on (checked against kernel IPVS: tests/vm/oracle.py)
+TEMPLATE_LATER_S = 60
 
 
 class ConnTable:
@@ -23,58 +27,94 @@ class ConnTable:
         self.maps = maps
         self.txn = txn
         self.table = table
+        # the last census of the embryonic table: (entries, lb_ct_events before its dump, when)
+        self.embryo_census: tuple[int, dict[str, int], int] | None = None
 
     def sweep(self, now_ns: int | None = None) -> int:
-        """Remove expired connections, take them off their real servers' counters, and bring
-        ActiveConn/InActConn back to what is in the table (LRU eviction drops entries that
-        nobody uncounts).
+        """Remove expired connections and templates (both tables of each: established and
+        embryonic, lb_embryo.h), take them off their real servers' counters, and bring
+        ActiveConn/InActConn/PersistConn back to what is in the tables (LRU eviction drops
+        entries that nobody uncounts).
 
         The data path expires entries it meets; this catches the ones no packet visits.  A
         delete that succeeds is ours alone to uncount (the data path uncounts only what its own
         delete removed).
 
         Reconciliation: S0 = lb_real_conns - lb_real_swept is read per real server just before
-        the dump of lb_conns, W counts the dump's client -> VIP entries per real server and
+        the dumps, W counts the dumps' client -> VIP entries (and templates) per real server and
         class, and swept moves by S0 - W (plus what this sweep deletes).  The count becomes
         (lb_real_conns now - lb_real_conns at S0) + W - deleted: whatever BPF did after the
         snapshot (new connections, state changes, its own expiries) is kept, and everything
-        before it is replaced by the table's own census.  Entries created or removed between
+        before it is replaced by the tables' own census.  Entries created or removed between
         the snapshot and the moment the dump reads their bucket are off by one each, but that
         error is not carried over: the next sweep measures afresh, so it never accumulates
-        the way eviction leaks did, and on a quiet table the counters are exact."""
+        the way eviction leaks did, and on a quiet table the counters are exact.
+
+        The embryonic table's census (its entries, and lb_ct_events just before its dump) is
+        kept in ``embryo_census`` for the defenses' fill estimate."""
         now = time.monotonic_ns() if now_ns is None else now_ns
-        conns = self.maps["lb_conns"]
         rids = list(self.table.reals)
-        before = self.counts_snapshot(rids)                 # S0, read before the dump
-        entries = conns.items()
-        census: dict[int, list[int]] = {}                     # W: per real, [active, inactive]
+        before = self.counts_snapshot(rids)                 # S0, read before the dumps
+        census: dict[int, list[int]] = {}                     # W: per real, [active, inactive, persist]
         swept: dict[int, list[int]] = {}
+        # templates, counted; those whose timeout has passed are decided after the connections:
+        # one that still controls a live connection is kept (ip_vs_conn_expire)
+        expired_t: dict[tuple[str, bytes], tuple[int, int, int]] = {}
+        for name in ("lb_persist", "lb_persist_embryo"):
+            for k, v in self.maps[name].items():
+                last, real, timeout = L.PERSIST.unpack(v)
+                census.setdefault(real, [0, 0, 0])[2] += 1
+                if now - last > timeout * 1_000_000_000:
+                    expired_t[(name, k)] = (last, real, timeout)
+        persistent = self._persistent_services() if expired_t else {}
+        controlling: set[tuple[bytes, int]] = set()         # (template key, real) of live connections
         n = 0
-        for k, v in entries:
-            last, real, _svc, timeout, _ifx, _state, flags = CONN_HEAD.unpack_from(v)
-            out = flags & L.CONN_F_OUT
-            cls = 1 if flags & L.CONN_F_INACTIVE else 0
-            if not out:
-                census.setdefault(real, [0, 0])[cls] += 1
-            if now - last <= timeout * 1_000_000_000:
-                continue
-            if not conns.delete(k) or out:
-                continue
-            n += 1
-            swept.setdefault(real, [0, 0, 0])[cls] += 1
-        del entries
-        for rid in rids:
-            s0, w = before.get(rid, (0, 0)), census.get(rid, (0, 0))
-            da, di = s0[0] - w[0], s0[1] - w[1]
-            if da or di:
-                cnt = swept.setdefault(rid, [0, 0, 0])
-                cnt[0] += da
-                cnt[1] += di
-        templates = self.maps["lb_persist"]
-        for k, v in templates.items():
-            last, real, timeout = L.PERSIST.unpack(v)
-            if now - last > timeout * 1_000_000_000 and templates.delete(k):
+        for name in ("lb_conns", "lb_conns_embryo"):
+            conns = self.maps[name]
+            if name == "lb_conns_embryo":
+                events = ct_events(self.maps)
+            entries = conns.items()
+            for k, v in entries:
+                last, real, svc, timeout, _ifx, _state, flags = CONN_HEAD.unpack_from(v)
+                out = flags & L.CONN_F_OUT
+                cls = 1 if flags & L.CONN_F_INACTIVE else 0
+                if not out:
+                    census.setdefault(real, [0, 0, 0])[cls] += 1
+                if now - last <= timeout * 1_000_000_000:
+                    if persistent and flags & L.CONN_F_PERSIST and not out and svc in persistent:
+                        controlling.add((self._template_key(persistent[svc], k), real))
+                    continue
+                if not conns.delete(k) or out:
+                    continue
+                n += 1
+                swept.setdefault(real, [0, 0, 0])[cls] += 1
+            if name == "lb_conns_embryo":
+                self.embryo_census = (len(entries), events, now)
+            del entries
+        for (name, k), (last, real, timeout) in expired_t.items():
+            templates = self.maps[name]
+            if (k, real) in controlling:
+                # not expired: its timer restarts where it ran out, for 60 s (as often as needed)
+                while now - last > timeout * 1_000_000_000:
+                    last += timeout * 1_000_000_000
+                    timeout = TEMPLATE_LATER_S
+                templates.set(k, L.PERSIST.pack(last, real, timeout))
+            elif templates.delete(k):
                 swept.setdefault(real, [0, 0, 0])[2] += 1
+        for rid in rids:
+            s0, w = before.get(rid, (0, 0, 0)), census.get(rid, (0, 0, 0))
+            d = [s0[i] - w[i] for i in range(3)]
+            if any(d):
+                cnt = swept.setdefault(rid, [0, 0, 0])
+                for i in range(3):
+                    cnt[i] += d[i]
+        self.add_swept(swept)
+        return n
+
+    def add_swept(self, swept: dict[int, list[int]]) -> None:
+        """Take (active, inactive, persist) per real id off the counters (lb_real_swept, the
+        control plane's side of them), and clear OVERLOAD where that brings a real server below
+        its threshold (IPVS ip_vs_unbind_dest)."""
         m = 0xFFFFFFFF
         rewrite: set[int] = set()
         for rid, (a, i, p) in swept.items():
@@ -91,11 +131,32 @@ class ConnTable:
         for st in self.table.services.values():
             if st.id in rewrite:
                 self.table.write_dests(st)
-        return n
 
-    def counts_snapshot(self, rids: list[int]) -> dict[int, tuple[int, int]]:
-        """(active, inactive) = lb_real_conns - lb_real_swept of the given real ids, read in
-        two batch dumps when the table is big (one lookup pair each when small)."""
+    def _persistent_services(self) -> dict[int, tuple]:
+        """service id -> (its lb_svc record, its family byte), for the persistent services."""
+        out = {}
+        for st in self.table.services.values():
+            raw = self.maps["lb_svc"].get(L.U32.pack(st.id))
+            if raw is not None:
+                svc = L.Svc.unpack(raw)
+                if svc.persist_timeout:
+                    out[st.id] = (svc, L.SVC.unpack(raw)[3])
+        return out
+
+    @staticmethod
+    def _template_key(svc_family: tuple, conn_key: bytes) -> bytes:
+        """The template key of a connection of a persistent service, as bpf/lb_persist.h
+        lb_persist_key_of makes it: <client & netmask, VIP, port, protocol>, or for a
+        firewall-mark service <client & netmask, fwmark>."""
+        svc, family = svc_family
+        caddr = bytes(a & m for a, m in zip(conn_key[:16], svc.persist_mask))
+        if svc.fwmark:
+            return L.PERSIST_KEY.pack(caddr, bytes(16), b"\0\0", 0, family, svc.fwmark)
+        return L.PERSIST_KEY.pack(caddr, L.pack_addr(svc.addr), L.pack_port(svc.port), svc.proto, family, 0)
+
+    def counts_snapshot(self, rids: list[int]) -> dict[int, tuple[int, int, int]]:
+        """(active, inactive, persist) = lb_real_conns - lb_real_swept of the given real ids,
+        read in two batch dumps when the table is big (one lookup pair each when small)."""
         if len(rids) > 256:
             cm = dict(self.maps["lb_real_conns"].items())
             sm = dict(self.maps["lb_real_swept"].items())
@@ -106,10 +167,9 @@ class ConnTable:
         out = {}
         for rid, (c, sw) in raw.items():
             if c is not None and sw is not None:
-                a, i, _p = L.real_counts(c, sw)
                 # u32 arithmetic: a leak the other way (more uncounts than counts) reads as a
                 # huge number; as a signed value it is corrected like any other difference
-                out[rid] = (a - (1 << 32) if a >= 1 << 31 else a, i - (1 << 32) if i >= 1 << 31 else i)
+                out[rid] = tuple(x - (1 << 32) if x >= 1 << 31 else x for x in L.real_counts(c, sw))
         return out
 
     def export_conns(self, now_ns: int | None = None) -> tuple[list, list]:

@@ -1,12 +1,14 @@
 """The real servers' side of tunnel mode: `lb decap attach DEV` loads bpf/lb_decap.c and attaches
 it to DEV, so that the packets the director sends inside IPIP / IPv6-in-IPv6 reach the real
 server's stack as the client sent them (the kernel's ipip module would do the same; this kernel
-has none).  The program stays attached after the command exits; `lb decap detach DEV` removes it.
+has none).  Only tunnels from the directors' addresses (`--from`, each director's source toward
+the real server) are taken off; any other tunnel to us is dropped and counted.  The program
+stays attached after the command exits; `lb decap detach DEV` removes it.
 
 A real server needs no compiler, no kernel headers and no bcc for it: the package ships
 lb_decap's compiled instructions (lb/dataplane/objects/lb_decap.json, a bpfobj.Object), loaded
 with bpf(2).  They do not depend on the kernel's headers: the program reads only packet bytes
-(the UAPI Ethernet/IP/IPv6 headers, fixed by the wire) and its own two maps, and calls only
+(the UAPI Ethernet/IP/IPv6 headers, fixed by the wire) and its own three maps, and calls only
 helpers whose numbers the kernel never changes.  `python -m lb.dataplane.decap --build`
 compiles it again with bcc; tests/test_service.py holds the shipped file to a fresh compile.
 """
@@ -54,6 +56,10 @@ def _key(addr) -> bytes:
     return addr.packed.ljust(16, b"\0") + bytes([4 if addr.version == 4 else 6, 0, 0, 0])
 
 
+# lb_decap_count: what each index counts
+COUNTERS = ("decapsulated", "not_for_us", "not_from_a_director", "bad_inner_header")
+
+
 def compile_object() -> bpfobj.Object:
     """lb_decap.c compiled afresh with bcc (needs bcc and kernel headers)."""
     return bpfobj.compile_bcc(SOURCE.read_text(), [], [PROGRAM])[0]
@@ -63,9 +69,10 @@ def shipped_object() -> bpfobj.Object:
     return bpfobj.Object.from_json(SHIPPED.read_text())
 
 
-def load(addresses) -> tuple[bpfobj.Loaded, bpfobj.Prog]:
-    """The decap program, loaded from the shipped instructions, decapsulating for `addresses`:
-    (the loaded object -- close() it to drop this process's references --, the program)."""
+def load(addresses, sources) -> tuple[bpfobj.Loaded, bpfobj.Prog]:
+    """The decap program, loaded from the shipped instructions, decapsulating tunnels to
+    `addresses` from `sources` (the directors): (the loaded object -- close() it to drop this
+    process's references --, the program)."""
     try:
         obj = shipped_object()
     except (OSError, ValueError) as e:
@@ -74,27 +81,57 @@ def load(addresses) -> tuple[bpfobj.Loaded, bpfobj.Prog]:
         loaded = bpfobj.load(obj)
     except (DataplaneError, OSError) as e:
         raise DecapError(f"cannot load the decap program: {e}") from None
-    dst = BpfMap(loaded.map_fds["lb_decap_dst"], "lb_decap_dst", owned=False)
-    for a in addresses:
-        dst.set(_key(a), (1).to_bytes(4, sys.byteorder))
+    for name, addrs in (("lb_decap_dst", addresses), ("lb_decap_src", sources)):
+        table = BpfMap(loaded.map_fds[name], name, owned=False)
+        for a in addrs:
+            table.set(_key(a), (1).to_bytes(4, sys.byteorder))
     return loaded, loaded.progs[PROGRAM]
 
 
-def attach(ifname: str, addresses=(), mode: str = "native") -> tuple[str, list]:
+def counters(loaded: bpfobj.Loaded) -> dict[str, int]:
+    """lb_decap_count of a loaded program, by name, summed over CPUs"""
+    table = BpfMap(loaded.map_fds["lb_decap_count"], "lb_decap_count", owned=False)
+    return {name: sum(int.from_bytes(v, sys.byteorder) for v in table.get_percpu(i.to_bytes(4, sys.byteorder)))
+            for i, name in enumerate(COUNTERS)}
+
+
+def attach(ifname: str, addresses=(), mode: str = "native", sources=()) -> tuple[str, list]:
     """Load and attach; returns (mode used, the addresses it decapsulates for).  The attachment
-    outlives this process (the kernel holds the program)."""
+    outlives this process (the kernel holds the program).  `sources`: the directors' addresses,
+    the only tunnel sources accepted (at least one)."""
+    sources = list(sources)
+    if not sources:
+        raise DecapError("give the directors' addresses with --from ADDR (tunnels from any other "
+                         "source are dropped)")
     addrs = list(addresses) or local_addresses(ifname)
     if not addrs:
         raise DecapError(f"{ifname} has no address to receive tunnels on: give --address")
-    loaded, fn = load(addrs)
+    if len(addrs) > 64 or len(sources) > 64:
+        raise DecapError("at most 64 --address and 64 --from addresses")
+    loaded, fn = load(addrs, sources)
     try:
         name, _flags = attach_xdp(ifname, fn, mode)
     except DataplaneError as e:
         raise DecapError(f"the decap program: {e}") from None
     finally:
         loaded.close()             # attached, the kernel holds the program and its maps
-    log.info("attached decap to %s (%s mode) for %s", ifname, name, ", ".join(map(str, addrs)))
+    log.info("attached decap to %s (%s mode) for %s from %s", ifname, name, ", ".join(map(str, addrs)),
+             ", ".join(map(str, sources)))
     return name, addrs
+
+
+def attached(ifname: str) -> str | None:
+    """The name of the XDP program on ifname ("lb_xdp_decap" when `lb decap attach` put it
+    there), None without one; DecapError when ifname does not exist."""
+    from .bpfsys import prog_name
+
+    with IPRoute() as ipr:
+        links = ipr.get_links(ifname=ifname) if ipr.link_lookup(ifname=ifname) else []
+    if not links:
+        raise DecapError(f"interface {ifname} does not exist")
+    xdp = links[0].get_attr("IFLA_XDP")
+    prog_id = xdp.get_attr("IFLA_XDP_PROG_ID") if xdp is not None else None
+    return prog_name(prog_id) if prog_id else None
 
 
 def detach(ifname: str) -> None:

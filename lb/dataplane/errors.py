@@ -4,3 +4,18 @@ from __future__ import annotations
 
 class DataplaneError(Exception):
     """A data plane could not load, attach or apply; the message is for the operator."""
+
+
+class TableDoesNotFit(DataplaneError):
+    """Dataplane.plan: the table cannot be written (a table full, counting draining real
+    servers' slots; an unknown scheduler; ...).  Nothing was written; the message says what
+    does not fit, one problem per line."""
+
+
+class ApplyFailed(DataplaneError):
+    """Dataplane.apply: a write failed part-way.  ``restored``: the previous table was written
+    back (nothing changed), or restoring it failed too and the data plane holds part of each."""
+
+    def __init__(self, message: str, restored: bool):
+        super().__init__(message)
+        self.restored = restored

@@ -37,6 +37,7 @@ import json
 import logging
 import os
 import re
+import shutil
 import socket
 import struct
 import subprocess
@@ -49,7 +50,7 @@ from pyroute2.netlink.exceptions import NetlinkError
 from lb.config.model import IPVSADM_FORWARD
 
 from .base import Dataplane
-from .errors import DataplaneError
+from .errors import ApplyFailed, DataplaneError, TableDoesNotFit
 from .nft import MarkRules, NftError, ruleset_text
 from .records import ConnRow, RealRow, ServiceRow, Stats
 from .spec import RealSpec, ServiceSpec, TableSpec
@@ -88,6 +89,7 @@ IPVS_CMD_DEL_DAEMON = 10
 IPVS_CMD_GET_DAEMON = 11
 IPVS_CMD_SET_CONFIG = 12
 IPVS_CMD_GET_CONFIG = 13
+IPVS_CMD_ZERO = 16
 IP_VS_STATE_MASTER = 1
 IP_VS_STATE_BACKUP = 2
 SYNC_STATES = {"master": IP_VS_STATE_MASTER, "backup": IP_VS_STATE_BACKUP}
@@ -460,6 +462,18 @@ class Kernel:
                         ("IPVS_CMD_ATTR_TIMEOUT_UDP", udp)]
         tuple(self.sock.nlm_request(msg, msg_type=self.sock.prid, msg_flags=NLM_F_REQUEST | NLM_F_ACK))
 
+    def zero(self, spec: ServiceSpec | None = None) -> None:
+        """ipvsadm -Z: the counters and rate estimators of one service (and its real servers), or
+        of every service (IPVS_CMD_ZERO without a service)."""
+        from pyroute2.netlink.generic.ipvs import ipvsmsg
+
+        msg = ipvsmsg()
+        msg["cmd"] = IPVS_CMD_ZERO
+        msg["version"] = 1
+        if spec is not None:
+            msg["attrs"] = [("IPVS_CMD_ATTR_SERVICE", self._svc(spec, full=False).dump_key())]
+        self._request("zero the counters" + (f" of {_svc_name(spec.key)}" if spec else ""), msg)
+
     # ---- the sync daemons ----
     def daemons(self) -> list[SyncDaemon]:
         msg = _CmdMsg()
@@ -501,6 +515,25 @@ class Kernel:
     def _request(self, what: str, msg) -> None:
         self._do(what, lambda: tuple(self.sock.nlm_request(msg, msg_type=self.sock.prid,
                                                            msg_flags=NLM_F_REQUEST | NLM_F_ACK)))
+
+
+_SCHED_OK: set[str] = set()
+
+
+def _sched_missing(sched: str) -> str | None:
+    """Why the kernel cannot schedule with `sched` (None: it can): its module is loaded or
+    built in, or modprobe loads it now (the kernel would, at the first service using it)."""
+    if sched in _SCHED_OK or os.path.isdir(f"/sys/module/ip_vs_{sched}"):
+        _SCHED_OK.add(sched)
+        return None
+    try:
+        p = subprocess.run(["modprobe", "-q", f"ip_vs_{sched}"], capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        return f"modprobe: {e}"
+    if p.returncode != 0 and not os.path.isdir(f"/sys/module/ip_vs_{sched}"):
+        return f"modprobe ip_vs_{sched} failed{': ' + p.stderr.strip() if p.stderr.strip() else ''}"
+    _SCHED_OK.add(sched)
+    return None
 
 
 def sync_id(ha) -> int:
@@ -615,6 +648,8 @@ class IpvsDataplane(Dataplane):
 
     # ---- attach: IPVS hooks netfilter by itself; NAT needs forwarding for the replies ----
     def attach(self, ifname: str, side: str = "public", mode: str = "native") -> str:
+        if side == "guard":              # the lease needs XDP (lease() below)
+            return "none"
         if side == "private":
             path = "/proc/sys/net/ipv4/ip_forward"
             try:
@@ -700,6 +735,9 @@ class IpvsDataplane(Dataplane):
     def counters(self) -> dict[str, int]:
         return {}                   # the kernel keeps no per-reason drop counters for IPVS
 
+    def zero_stats(self, service: tuple | None = None) -> int:
+        return zero(service, self.netns)
+
     # ---- HA connection sync: IPVS's own sync daemon (lb/ha/sync.py is for XDP) ----
     def start_sync(self, role: str, ifname: str, syncid: int) -> None:
         """Run the kernel's `role` ("master": send, "backup": receive) sync daemon on ifname,
@@ -737,6 +775,15 @@ class IpvsDataplane(Dataplane):
             log.warning("stopping the IPVS sync daemons: %s", e)
         self.syncing.clear()
 
+    def lease(self, seconds: float | None) -> None:
+        """No lease: kernel IPVS cannot check one (a crashed daemon's addresses stay claimed)."""
+
+    def lease_left(self) -> float | None:
+        return None
+
+    def claim(self, addrs: dict) -> None:
+        pass
+
     def export_conns(self, now_ns: int | None = None) -> tuple[list, list]:
         return [], []
 
@@ -745,8 +792,46 @@ class IpvsDataplane(Dataplane):
         return 0, len(conns) + len(temps)
 
     # ---- apply ----
+    def plan(self, table: TableSpec) -> None:
+        """What the kernel could refuse, checked before anything is written: persistence masks,
+        each scheduler's module, nft for firewall-mark services.  The kernel's table has no
+        fixed size."""
+        problems = []
+        for spec in table.services:
+            try:
+                _mask(spec.pmask if spec.persistent else None, _is_v6(spec))
+            except IpvsError as e:
+                problems.append(f"virtual service {_svc_name(spec.key)}: {e}")
+        for sched in sorted({s.scheduler for s in table.services}):
+            why = _sched_missing(sched)
+            if why:
+                problems.append(f"scheduler {sched}: the kernel has no ip_vs_{sched} ({why})")
+        if any(s.fwmark for s in table.services) and shutil.which("nft") is None:
+            problems.append("firewall-mark services need nftables' nft command (Debian package nftables)")
+        if problems:
+            raise TableDoesNotFit("\n".join(problems))
+
     def apply(self, table: TableSpec) -> int:
-        """Make the kernel's table forward `table`; returns the netlink changes it took."""
+        """Make the kernel's table forward `table`; returns the netlink changes it took.  When
+        the kernel refuses a change part-way, the previous table of this run is applied again
+        (the kernel has no transactions: services and real servers removed before the failure
+        come back with their counters from zero, their connections gone)."""
+        prev = self.last_table
+        try:
+            return self._apply(table)
+        except Exception as e:
+            what = str(e) if isinstance(e, DataplaneError) else f"{type(e).__name__}: {e}"
+            if prev is None:
+                raise ApplyFailed(f"{what}; no previous table of this run to write back", restored=False) from e
+            try:
+                self._apply(prev)
+            except Exception as e2:
+                raise ApplyFailed(f"{what}; writing the previous table back failed too ({e2})",
+                                  restored=False) from e
+            log.error("applying the table failed (%s): the previous table is back", what)
+            raise ApplyFailed(f"{what}; the previous table is back", restored=True) from e
+
+    def _apply(self, table: TableSpec) -> int:
         before = self.writes
         self.last_table = table
         want = {s.key: s for s in table.services}
@@ -768,6 +853,7 @@ class IpvsDataplane(Dataplane):
                 self.services[key] = spec
             self._apply_timeouts(k, table.timeouts)
             self._apply_expire_nodest(table.expire_nodest_conn)
+            self._apply_defense(table.defense)
             self._apply_lblc_expiration(table)
         self._apply_marks(table.services)
         self._write_state()
@@ -850,36 +936,42 @@ class IpvsDataplane(Dataplane):
             log.info("firewall-mark rules (nftables table %s): %s", self.marks.table,
                      ("\n  " + text.replace("\n", "\n  ")) if text else "none, table removed")
 
-    def _apply_expire_nodest(self, on: bool) -> None:
-        """IPVS's own sysctl: the kernel drops (0) or expires (1) connections of removed servers."""
-        path = "/proc/sys/net/ipv4/vs/expire_nodest_conn"
+    @staticmethod
+    def _set_sysctl(name: str, want: str, same=lambda have, want: have == want) -> None:
+        """/proc/sys/net/ipv4/vs/<name> = want, written (and logged) only when it differs"""
+        path = f"/proc/sys/net/ipv4/vs/{name}"
         try:
             with open(path) as f:
-                if f.read().strip() == str(int(on)):
+                if same(f.read().strip(), want):
                     return
             with open(path, "w") as f:
-                f.write(str(int(on)))
-            log.info("IPVS expire_nodest_conn = %d", int(on))
+                f.write(want)
+            log.info("IPVS %s = %s", name, want)
         except OSError as e:
             log.warning("cannot set %s: %s", path, e)
+
+    def _apply_expire_nodest(self, on: bool) -> None:
+        """IPVS's own sysctl: the kernel drops (0) or expires (1) connections of removed servers."""
+        self._set_sysctl("expire_nodest_conn", str(int(on)))
+
+    def _apply_defense(self, defense) -> None:
+        """IPVS's defense strategies, its own sysctls (the kernel engages them by its free memory
+        against its amemthresh, which stays the kernel's: lb's amemthresh counts entries of the
+        XDP data plane's embryonic table).  An automatic mode reads 2 while engaged: 1 and 2 are
+        the same setting."""
+        def same(have: str, want: str) -> bool:
+            return have == want or {have, want} == {"1", "2"}
+
+        for name in ("drop_entry", "drop_packet", "secure_tcp"):
+            self._set_sysctl(name, str(getattr(defense, name)), same)
+        self._set_sysctl("am_droprate", str(defense.am_droprate))
 
     def _apply_lblc_expiration(self, table) -> None:
         """The lblc / lblcr modules' sysctls (seconds; they exist once a service loaded the
         module), written only when a service uses the scheduler."""
         for sched in ("lblc", "lblcr"):
-            if not any(s.scheduler == sched for s in table.services):
-                continue
-            path = f"/proc/sys/net/ipv4/vs/{sched}_expiration"
-            want = str(getattr(table, f"{sched}_expiration"))
-            try:
-                with open(path) as f:
-                    if f.read().strip() == want:
-                        continue
-                with open(path, "w") as f:
-                    f.write(want)
-                log.info("IPVS %s_expiration = %s", sched, want)
-            except OSError as e:
-                log.warning("cannot set %s: %s", path, e)
+            if any(s.scheduler == sched for s in table.services):
+                self._set_sysctl(f"{sched}_expiration", str(getattr(table, f"{sched}_expiration")))
 
     def _apply_timeouts(self, k: Kernel, timeouts) -> None:
         want = tuple(int(t) for t in timeouts)
@@ -955,6 +1047,20 @@ def read_services(netns: str | None = None) -> list[ServiceRow]:
     return rows
 
 
+def zero(service: tuple | None = None, netns: str | None = None) -> int:
+    """`lb zero` / ipvsadm -Z of the kernel's table: one service (("tcp", address, port) or
+    ("fwmark", mark)) or all; returns the services zeroed (LookupError: no such service)."""
+    with Kernel(netns) as k:
+        if service is None:
+            k.zero()
+            return len(k.services())
+        found = [ks for ks in k.services() if ks.key == service]
+        if not found:
+            raise LookupError("no such service")
+        k.zero(_spec_of(found[0]))
+        return 1
+
+
 def read_timeouts(netns: str | None = None) -> tuple[int, int, int]:
     with Kernel(netns) as k:
         return k.timeouts()
@@ -992,4 +1098,4 @@ def read_connections(proc: str | None = None) -> list[ConnRow]:
 
 
 __all__ = ["IpvsDataplane", "IpvsError", "Kernel", "SyncDaemon", "available", "ensure_module", "read_connections",
-           "read_daemons", "read_info", "read_services", "read_timeouts", "sync_id"]
+           "read_daemons", "read_info", "read_services", "read_timeouts", "sync_id", "zero"]

@@ -119,6 +119,11 @@ SCHED_FLAGS = {"sh-fallback": ("sh", SVC_F_SCHED_FALLBACK), "sh-port": ("sh", SV
                "mh-fallback": ("mh", SVC_F_SCHED_FALLBACK), "mh-port": ("mh", SVC_F_SCHED_PORT)}
 FWM_RANGES = C["LB_FWM_RANGES"]             # port ranges per (VIP, protocol)
 G_FWM_KEYS, G_EXPIRE_NODEST, G_LBLCR_EXPIRATION = C["LB_G_FWM_KEYS"], C["LB_G_EXPIRE_NODEST"], C["LB_G_LBLCR_EXPIRATION"]
+# the defenses (lb/dataplane/defense.py) and the tunnel's too-big answers' rate limit
+G_DEFENSE, G_DROP_RATE = C["LB_G_DEFENSE"], C["LB_G_DROP_RATE"]
+G_ICMP_INTERVAL, G_ICMP_BURST = C["LB_G_ICMP_INTERVAL"], C["LB_G_ICMP_BURST"]
+DEF_SECURE_TCP = C["LB_DEF_SECURE_TCP"]
+VIP_FILTER_BITS, VIP_FILTER_WORDS, VIP_HASH_MUL = C["LB_VIP_FILTER_BITS"], C["LB_VIP_FILTER_WORDS"], C["LB_VIP_HASH_MUL"]
 N_GLOBALS = C["LB_GLOBALS"]                 # lb_globals entries
 LBLCR_EXPIRATION_DEFAULT = C["LB_LBLCR_EXPIRATION_DEFAULT"]   # BPF's lblcr_expiration while the global is 0
 CONN_F_INACTIVE, CONN_F_OUT, CONN_F_PERSIST = C["LB_CONN_F_INACTIVE"], C["LB_CONN_F_OUT"], C["LB_CONN_F_PERSIST"]
@@ -147,9 +152,17 @@ FSM_SIZE = C["LB_FSM_SIZE"]                 # lb_tcp_fsm entries
 # lb_counters index (LB_CNT_*) -> the name `lb status` and the API show
 _COUNTER_NAMES = {"NO_REAL": "no_real_server", "NOT_SYN": "tcp_not_syn", "FRAGMENT": "fragment",
                   "BAD_REAL": "real_server_gone", "CONN_FULL": "conn_table_full",
-                  "TAIL_CALL": "tail_call_failed", "TOO_BIG": "tunnel_too_big"}
+                  "TAIL_CALL": "tail_call_failed", "TOO_BIG": "tunnel_too_big",
+                  "SYN_INVALID": "tcp_syn_invalid", "DROP_PACKET": "drop_packet",
+                  "PERSIST_FULL": "persist_table_full", "ICMP_LIMITED": "icmp_rate_limited",
+                  "TOO_BIG_UNANSWERED": "too_big_unanswered", "XMIT_FAILED": "xmit_failed",
+                  "LEASE_LAPSED": "lease_lapsed"}
 _CNT = _prefixed("LB_CNT_", skip=("LB_CNT_MAX",))
 COUNTER_NAMES = [_COUNTER_NAMES.get(k, k.lower()) for k in _CNT]
+N_COUNTERS = C["LB_COUNTERS"]               # lb_counters entries (LB_CNT_MAX of them used)
+# lb_ct_events index (LB_CTE_*): the connection tables' tallies the defenses poll
+CT_EVENTS = {k.lower(): v for k, v in _prefixed("LB_CTE_", skip=("LB_CTE_MAX",)).items()}
+N_CT_EVENTS = C["LB_CTE_MAX"]
 
 
 def _check_ids() -> None:
@@ -157,8 +170,8 @@ def _check_ids() -> None:
     problems = []
     if list(TCP_S.values()) != list(range(C["LB_TCP_S_LAST"])):
         problems.append("LB_TCP_S_* are not 0..LB_TCP_S_LAST-1")
-    if list(_CNT.values()) != list(range(C["LB_CNT_MAX"])):
-        problems.append("LB_CNT_* are not 0..LB_CNT_MAX-1")
+    if list(_CNT.values()) != list(range(C["LB_CNT_MAX"])) or C["LB_CNT_MAX"] > C["LB_COUNTERS"]:
+        problems.append("LB_CNT_* are not 0..LB_CNT_MAX-1, or more than LB_COUNTERS")
     if set(_CNT) != set(_COUNTER_NAMES):
         problems.append(f"counters without a name in layout._COUNTER_NAMES (or gone): "
                         f"{sorted(set(_CNT) ^ set(_COUNTER_NAMES))}")
@@ -219,6 +232,10 @@ PORT_RANGES = _layout("lb_port_ranges", f"n:I pad:I r:{PORT_RANGE.size * FWM_RAN
 LBLC_KEY = _layout("lb_lblc_key", "svc:I family:B pad:3s addr:16s")
 LBLC = _layout("lb_lblc", "lastuse_ns:Q real:I pad:I")
 LBLCR = _layout("lb_lblcr", f"lastuse_ns:Q lastmod_ns:Q n:I pad:I real:{LBLCR_SET_SIZE}I")
+LEASE = _layout("lb_lease", "expires_ns:Q")
+ADDR_KEY = _layout("lb_addr_key", "addr:16s family:B pad:3s")
+LEASE_VIP, LEASE_ROUTER = C["LB_LEASE_VIP"], C["LB_LEASE_ROUTER"]
+VIP_FILTER = _layout("lb_vip_filter", f"bits:{VIP_FILTER_WORDS}Q")
 U32 = struct.Struct("=I")
 U64 = struct.Struct("=Q")
 
@@ -228,20 +245,38 @@ MAPS: dict[str, tuple[struct.Struct, struct.Struct]] = {
     "lb_globals": (U32, U32), "lb_svc": (U32, SVC), "lb_sched_state": (U32, SCHED_STATE),
     "lb_reals": (U32, REAL), "lb_real_conns": (U32, REAL_CONNS), "lb_real_overload": (U32, U32),
     "lb_real_swept": (U32, REAL_CONNS), "lb_real_base": (U32, REAL_CONNS), "lb_conns": (CONN_KEY, CONN),
-    "lb_persist": (PERSIST_KEY, PERSIST), "lb_tcp_fsm": (U32, U32), "lb_timeouts": (U32, U32),
+    "lb_conns_embryo": (CONN_KEY, CONN), "lb_persist": (PERSIST_KEY, PERSIST),
+    "lb_persist_embryo": (PERSIST_KEY, PERSIST), "lb_tcp_fsm": (U32, U32), "lb_tcp_fsm_secure": (U32, U32),
+    "lb_timeouts": (U32, U32), "lb_ct_events": (U32, U64), "lb_vip_filter": (U32, VIP_FILTER),
     "lb_svc_stats": (U32, STATS), "lb_real_stats": (U32, STATS), "lb_svc_rates": (U32, RATES),
     "lb_real_rates": (U32, RATES), "lb_counters": (U32, U64), "lb_progs": (U32, U32),
     "lb_lblc": (LBLC_KEY, LBLC), "lb_lblcr": (LBLC_KEY, LBLCR), "lb_sched_buckets": (U32, SCHED_BUCKETS),
-    "lb_mh_tables": (U32, U32),
+    "lb_mh_tables": (U32, U32), "lb_lease": (U32, LEASE), "lb_lease_addrs": (ADDR_KEY, U32),
 }
 # maps whose value holds one entry per list position (LB_MAX_SVC_REALS of them, a -D size)
 LIST_MAPS: dict[str, struct.Struct] = {"lb_svc_dests": DEST, "lb_mh_last": U32}
 # maps only the BPF programs use (scratch space, the mh inner map's type template)
-BPF_ONLY_MAPS = ("lb_scratch", "lb_mh_walk", "lb_mh_inner")
+BPF_ONLY_MAPS = ("lb_scratch", "lb_mh_walk", "lb_mh_inner", "lb_icmp_bucket")
 
 
 def pack_addr(addr: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bytes:
     return addr.packed.ljust(16, b"\0")
+
+
+def vip_filter_bit(addr: ipaddress.IPv4Address | ipaddress.IPv6Address) -> int:
+    """The bit of lb_vip_filter an address sets: BPF's lb_vip_maybe, which folds the 16-byte
+    address's four (host order) words by XOR and multiplies."""
+    a, b, c, d = struct.unpack("=4I", pack_addr(addr))
+    return (((a ^ b ^ c ^ d) * VIP_HASH_MUL) & 0xFFFFFFFF) >> (32 - VIP_FILTER_BITS)
+
+
+def pack_vip_filter(addrs) -> bytes:
+    """lb_vip_filter's value with the bits of addrs set"""
+    words = [0] * VIP_FILTER_WORDS
+    for a in addrs:
+        bit = vip_filter_bit(a)
+        words[bit >> 6] |= 1 << (bit & 63)
+    return VIP_FILTER.pack(*words)
 
 
 def unpack_addr(raw: bytes, family: int) -> ipaddress.IPv4Address | ipaddress.IPv6Address:

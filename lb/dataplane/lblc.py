@@ -29,8 +29,11 @@ class LblcExpiry:
         n = 0
         for mapname in ("lb_lblc", "lb_lblcr"):
             m = self.maps[mapname]
-            keys = [k for k, _ in m.items() if L.LBLC_KEY.unpack(k)[0] == sid]
-            n += m.delete_many(keys) if keys else 0
+            found = [(k, v) for k, v in m.items() if L.LBLC_KEY.unpack(k)[0] == sid]
+            if self.txn.undo is not None:
+                for k, v in found:
+                    self.txn.undo.remember(m, k, v)
+            n += m.delete_many([k for k, _ in found]) if found else 0
         self.txn.writes += n
         return n
 

@@ -20,10 +20,10 @@ PIN_ROOT = "/sys/fs/bpf/lb"
 MAP_NAMES = ("lb_services", "lb_svc", "lb_sched_state", "lb_svc_dests", "lb_reals",
              "lb_real_conns", "lb_real_swept", "lb_conns", "lb_tcp_fsm", "lb_timeouts",
              "lb_svc_stats", "lb_real_stats", "lb_counters", "lb_progs", "lb_scratch", "lb_persist",
-             "lb_svc_rates", "lb_real_rates")
+             "lb_svc_rates", "lb_real_rates", "lb_conns_embryo", "lb_persist_embryo", "lb_ct_events")
 # maps newer than some running instances: opened when present, not required (`lb list` of an
 # instance started before they existed shows zero rates rather than failing)
-OPTIONAL_MAPS = ("lb_svc_rates", "lb_real_rates")
+OPTIONAL_MAPS = ("lb_svc_rates", "lb_real_rates", "lb_conns_embryo", "lb_persist_embryo", "lb_ct_events")
 
 
 def pin_dir(instance: str, root: str = PIN_ROOT) -> str:
@@ -84,6 +84,41 @@ class BpfMap:
         if raw is None:
             return []
         return [raw[i * self._slot: i * self._slot + self.value_size] for i in range(self.ncpus)]
+
+    def get_raw(self, key: bytes) -> bytes | None:
+        """The entry as the kernel holds it (a per-CPU map: every CPU's value, padded), for
+        set_raw to write back exactly."""
+        return bpfsys.lookup(self.fd, key, self._slot * self.ncpus)
+
+    def set_raw(self, key: bytes, raw: bytes) -> None:
+        bpfsys.update(self.fd, key, raw)
+
+    def get_many_raw(self, keys: list[bytes]) -> list[bytes | None]:
+        """get_raw of every key (None: absent), in one C loop where lb._bpfbatch is built."""
+        if _bpfbatch is None or len(keys) < 4:
+            return [self.get_raw(k) for k in keys]
+        ffi, lib = _bpfbatch.ffi, _bpfbatch.lib
+        n, vsize = len(keys), self._slot * self.ncpus
+        if self.type in (bpfsys.BPF_MAP_TYPE_ARRAY, bpfsys.BPF_MAP_TYPE_PERCPU_ARRAY) and 4 * n >= self.max_entries:
+            # a good part of an array: reading all of it takes a few syscalls, not one per key
+            cap = self.max_entries
+            kbuf, vbuf = _new_raw("char[]", cap * 4), _new_raw("char[]", cap * vsize)
+            got = lib.bb_dump(self.fd, 4, vsize, kbuf, vbuf, cap, 8192)
+            if got == cap:
+                vb = ffi.buffer(vbuf, cap * vsize)[:]
+                idx = [int.from_bytes(k, "little") for k in keys]
+                return [vb[i * vsize:i * vsize + vsize] if i < cap else None for i in idx]
+        kb = b"".join(keys)
+        if len(kb) != n * self.key_size:
+            raise ValueError(f"{self.name}: keys of {self.key_size} bytes expected")
+        values = _new_raw("char[]", n * vsize)
+        found = _new_raw("unsigned char[]", n)
+        rc = lib.bb_lookup(self.fd, self.key_size, vsize, ffi.from_buffer(kb), values, found, n)
+        if rc < 0:
+            raise bpfsys.BpfError(-rc, os.strerror(-rc))
+        vb = ffi.buffer(values, n * vsize)[:]
+        fb = ffi.buffer(found, n)[:]
+        return [vb[i * vsize:i * vsize + vsize] if fb[i] else None for i in range(n)]
 
     def set(self, key: bytes, value: bytes, flags: int = bpfsys.BPF_ANY) -> None:
         if self.percpu:

@@ -54,11 +54,53 @@ class MhTables:
         self.tables: dict[int, tuple[BpfMap, list[int]]] = {}   # service id -> (map, slots)
         self.last: dict[int, int] = {}                           # real id -> last weight
         self.writes = 0
+        # during an all-or-nothing apply (begin .. commit / rollback): the undo log of the slot
+        # and last-weight writes, the service ids whose lb_mh_tables entry changed, and the
+        # tables replaced or dropped, kept open until the apply is through
+        self.undo = None
+        self._touched: set[int] | None = None
+        self._retired: list[BpfMap] = []
 
     def close(self) -> None:
         for m, _ in self.tables.values():
             m.close()
         self.tables.clear()
+
+    def begin(self, undo) -> tuple[dict, dict]:
+        """An apply starts: returns what rollback() needs to put the tables back."""
+        self.undo, self._touched, self._retired = undo, set(), []
+        return dict(self.tables), dict(self.last)
+
+    def commit(self) -> None:
+        live = {id(m) for m, _ in self.tables.values()}
+        for m in self._retired:
+            if id(m) not in live:
+                m.close()
+        self.undo, self._touched, self._retired = None, None, []
+
+    def rollback(self, snap: tuple[dict, dict]) -> None:
+        """After the undo log was written back: lb_mh_tables points at the tables it did before
+        (kept open since), and the tables made in this apply are closed."""
+        tables, last = snap
+        for sid in sorted(self._touched or ()):
+            key = L.U32.pack(sid)
+            old = tables.get(sid)
+            if old is not None:
+                self.outer.set(key, L.U32.pack(old[0].fd))
+            else:
+                self.outer.delete(key)
+        kept = {id(m) for m, _ in tables.values()}
+        for m, _ in self.tables.values():
+            if id(m) not in kept:
+                m.close()
+        self.tables, self.last = tables, last
+        self.undo, self._touched, self._retired = None, None, []
+
+    def _retire(self, m: BpfMap) -> None:
+        if self._touched is None:
+            m.close()
+        else:
+            self._retired.append(m)
 
     def last_weight(self, rid: int, weight: int) -> int:
         """__ip_vs_update_dest: the last weight is set when a real server is added (even to 0)
@@ -92,6 +134,8 @@ class MhTables:
         last = last.ljust(4 * self.svc_reals, b"\0")
         key = L.U32.pack(sid)
         if self.last_map.get(key) != last:
+            if self.undo is not None:
+                self.undo.remember(self.last_map, key)
             self.last_map.set(key, last)
             self.writes += 1
         cur = self.tables.get(sid)
@@ -103,27 +147,37 @@ class MhTables:
             m, old = create_table(size), [None] * size      # every slot gets written
         else:
             m, old = cur
+        undo = None if fresh else self.undo      # a new table is not visible before it is whole
         for i, (a, b) in enumerate(zip(old, slots)):
             if a != b:
+                if undo is not None:
+                    undo.remember(m, L.U32.pack(i), L.U32.pack(a))
                 m.set(L.U32.pack(i), L.U32.pack(b))
                 self.writes += 1
         if fresh:
+            if self._touched is not None:
+                self._touched.add(sid)
             self.outer.set(key, L.U32.pack(m.fd))
             self.writes += 1
             if cur is not None:
-                cur[0].close()
+                self._retire(cur[0])
         self.tables[sid] = (m, list(slots))
 
     def drop(self, sid: int, forget: bool = False) -> None:
         """Service sid has no table (any more); with forget, no last weights either."""
         key = L.U32.pack(sid)
         cur = self.tables.pop(sid, None)
+        if self._touched is not None:
+            self._touched.add(sid)
         if self.outer.delete(key):
             self.writes += 1
         if cur is not None:
-            cur[0].close()
-        if forget and self.last_map.delete(key):
-            self.writes += 1
+            self._retire(cur[0])
+        if forget:
+            if self.undo is not None:
+                self.undo.remember(self.last_map, key)
+            if self.last_map.delete(key):
+                self.writes += 1
 
     def slots(self, sid: int) -> list[int] | None:
         cur = self.tables.get(sid)

@@ -12,6 +12,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from lb.config.model import embryonic_size
+
 from . import bpfobj
 from . import layout as L
 from .errors import DataplaneError
@@ -21,7 +23,7 @@ log = logging.getLogger("lb.dataplane")
 
 BPF_DIR = L.BPF_DIR      # one place says where bpf/ is
 
-BASE_PROGRAMS = ("lb_xdp_public", "lb_xdp_private", "lb_xdp_new_conn", "lb_xdp_persist")
+BASE_PROGRAMS = ("lb_xdp_public", "lb_xdp_private", "lb_xdp_guard", "lb_xdp_new_conn", "lb_xdp_persist")
 PROGRAMS = (*BASE_PROGRAMS, *(f"lb_sched_{n}" for n in L.SCHEDULERS))
 
 
@@ -51,6 +53,23 @@ CL ES SS ES FW TW CL CW CL LI ES
 CL CL CL SR CL CL CL CL LA LI CL
 """
 TCP_FSM = [_S[t] for t in _FSM_TEXT.split()]   # index (table * 4 + event) * 11 + state
+# secure_tcp's tables (IPVS tcp_states_dos): in NAT a connection is established only once the
+# real server answered the handshake (its SYN|ACK, then an ACK of its own)
+_FSM_SECURE_TEXT = """
+SR ES ES SR SR SR SR SR SR SR SA
+CL CW SS TW TW TW CL CW LA LI SA
+CL ES SS SR FW TW CL CW CL LI SA
+CL CL CL SR CL CL CL CL LA LI CL
+SS ES SS SA SS SS SS SS SS LI SA
+TW FW SS TW FW TW CL TW LA LI TW
+ES ES SS ES FW TW CL CW LA ES ES
+CL CL SS CL CL TW CL CL CL CL CL
+SA ES ES SR SA SA SA SA SA SA SA
+CL FW SS TW FW TW CL CW LA LI TW
+CL ES SS ES FW TW CL CW CL LI ES
+CL CL CL SR CL CL CL CL LA LI CL
+"""
+TCP_FSM_SECURE = [_S[t] for t in _FSM_SECURE_TEXT.split()]
 
 
 @dataclass(frozen=True)
@@ -59,10 +78,17 @@ class Sizes:
     reals: int = 4096
     svc_reals: int = 64
     connections: int = 65536
+    embryonic: int = 0           # 0: lb.config.model.embryonic_size's default
 
     @classmethod
     def from_tables(cls, t) -> "Sizes":
-        return cls(t.services, t.real_servers, t.reals_per_service, t.connections)
+        return cls(t.services, t.real_servers, t.reals_per_service, t.connections, t.embryonic or 0)
+
+    @property
+    def embryo(self) -> int:
+        """embryonic connections (and their templates): the config's [tables] embryonic, else a
+        quarter of the connection table (lb_embryo.h)"""
+        return embryonic_size(self.connections, self.embryonic)
 
     @property
     def persist(self) -> int:
@@ -79,6 +105,7 @@ class Sizes:
                 f"-DLB_PERSIST_TABLE_SIZE={self.persist}",
                 f"-DLB_MAX_SVC_REALS={self.svc_reals}", f"-DLB_CONN_TABLE_SIZE={self.connections}",
                 f"-DLB_LBLC_TABLE_SIZE={self.lblc}", f"-DLB_LBLCR_SET_SIZE={L.LBLCR_SET_SIZE}",
+                f"-DLB_EMBRYO_TABLE_SIZE={self.embryo}",
                 f'-DLB_PIN_DIR="{pin}"']
 
     def expected(self) -> dict[str, tuple[int, int]]:
@@ -97,7 +124,12 @@ class Sizes:
             "lb_real_base": (self.reals, L.REAL_CONNS.size),
             "lb_real_overload": (self.reals, 4),
             "lb_conns": (self.connections, L.CONN.size),
+            "lb_conns_embryo": (self.embryo, L.CONN.size),
             "lb_persist": (self.persist, L.PERSIST.size),
+            "lb_persist_embryo": (self.embryo, L.PERSIST.size),
+            "lb_counters": (L.N_COUNTERS, 8),
+            "lb_ct_events": (L.N_CT_EVENTS, 8),
+            "lb_vip_filter": (1, L.VIP_FILTER.size),
             "lb_svc_stats": (self.services, L.STATS.size),
             "lb_fwm_ranges": (self.services, L.PORT_RANGES.size),
             "lb_fwm_services": (self.services, 4),
@@ -107,6 +139,8 @@ class Sizes:
             "lb_real_rates": (self.reals, L.RATES.size),
             "lb_lblc": (self.lblc, L.LBLC.size),
             "lb_lblcr": (self.lblc, L.LBLCR.size),
+            "lb_lease": (1, L.LEASE.size),
+            "lb_lease_addrs": (2 * self.services + 1, 4),      # LB_LEASE_ADDRS
         }
 
 
@@ -236,11 +270,12 @@ class Program:
         log.info("%s %d XDP programs in %.2f s (%s maps in %s)",
                  "compiled and loaded" if self.compiled else "loaded the cached", len(BASE_PROGRAMS),
                  time.monotonic() - t0, "adopted" if adopted else "new", self.pin)
-        for name in self.sizes.expected().keys() | {"lb_tcp_fsm", "lb_timeouts", "lb_counters"}:
+        for name in self.sizes.expected().keys() | {"lb_tcp_fsm", "lb_tcp_fsm_secure", "lb_timeouts"}:
             self.maps[name] = BpfMap.open_pinned(os.path.join(self.pin, name))
         self._wire({L.PROG_NEW_CONN: "lb_xdp_new_conn", L.PROG_PERSIST: "lb_xdp_persist"})
-        for i, v in enumerate(TCP_FSM):
-            self.maps["lb_tcp_fsm"].set(L.U32.pack(i), L.U32.pack(v))
+        for mapname, table in (("lb_tcp_fsm", TCP_FSM), ("lb_tcp_fsm_secure", TCP_FSM_SECURE)):
+            for i, v in enumerate(table):
+                self.maps[mapname].set(L.U32.pack(i), L.U32.pack(v))
 
     def _recompile(self, err: Exception) -> None:
         """A cached object this kernel refuses (rebuilt under the same release): compile afresh."""

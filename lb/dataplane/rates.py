@@ -15,6 +15,15 @@ EST_SHIFT = (10, 10, 10, 5, 5)
 RATES_OF = {"lb_svc_stats": "lb_svc_rates", "lb_real_stats": "lb_real_rates"}
 
 
+def zero_counters(maps, ids) -> None:
+    """ipvsadm -Z's writes: each (stats map, id)'s per-CPU counters and its rates set to zero
+    (a packet counted meanwhile on another CPU may be lost, as in IPVS)."""
+    for mapname, i in ids:
+        key = L.U32.pack(i)
+        maps[mapname].set(key, L.STATS.pack(0, 0, 0, 0, 0))
+        maps[RATES_OF[mapname]].set(key, L.RATES.pack(0, 0, 0, 0, 0))
+
+
 class RateEstimator:
     def __init__(self, maps: dict, txn: MapTxn):
         self.maps = maps
@@ -26,6 +35,13 @@ class RateEstimator:
     def forget(self, mapname: str, i: int) -> None:
         """A new (or reused) id: its rate starts afresh."""
         self.est.pop((mapname, i), None)
+
+    def zero(self, ids) -> None:
+        """Counters and rates of ``ids`` to zero; the estimator starts afresh from there (IPVS's
+        ip_vs_zero_estimator)."""
+        zero_counters(self.maps, ids)
+        for mapname, i in ids:
+            self.forget(mapname, i)
 
     def estimate(self, ids: set[tuple[str, int]], adopted: bool, now: float | None = None) -> int:
         """Run every 2 s: for each (stats map, id) in use, the counter deltas since the last

@@ -19,8 +19,11 @@ def _sum_stats(values: list[bytes]) -> Stats:
     return Stats(*tot)
 
 
-def optional_map(maps: PinnedMaps, name: str):
-    """A map newer than maps.MAP_NAMES (opened on first use; None when the instance lacks it)."""
+def optional_map(maps: PinnedMaps | dict[str, BpfMap], name: str):
+    """A map newer than maps.MAP_NAMES (opened on first use; None when the instance lacks it).
+    A loaded data plane's own maps (a dict by name) have every map already."""
+    if isinstance(maps, dict):
+        return maps.get(name)
     if name not in maps.maps:
         path = os.path.join(maps.dir, name)
         if not os.path.exists(path):
@@ -65,6 +68,37 @@ def _service_row(maps: PinnedMaps, sid: int, key) -> ServiceRow:
     return row
 
 
+def service_key(key) -> tuple:
+    """A data-plane service key (SvcKey / FwmKey) as the engine names services:
+    ("tcp", address, port) or ("fwmark", mark)."""
+    if isinstance(key, L.FwmKey):
+        return ("fwmark", key.fwmark)
+    return (L.PROTO_NAMES.get(key.proto, str(key.proto)).lower(), key.addr, key.port)
+
+
+def stat_ids(maps: PinnedMaps, service: tuple | None = None) -> set[tuple[str, int]]:
+    """(stats map, id) of every service (or of ``service``, see service_key) and of its real
+    servers, read from the pinned maps; LookupError when ``service`` is not there."""
+    found = [(L.SvcKey.unpack(k), v) for k, v in maps["lb_services"].items(batch=False)]
+    fwm = optional_map(maps, "lb_fwm_services")
+    if fwm is not None:
+        found += [(L.FwmKey(L.U32.unpack(k)[0]), v) for k, v in fwm.items(batch=False)]
+    ids = set()
+    for key, v in found:
+        if service is not None and service_key(key) != service:
+            continue
+        sid = L.U32.unpack(v)[0]
+        skey = L.U32.pack(sid)
+        svc = L.Svc.unpack(maps["lb_svc"].get(skey))
+        ids.add(("lb_svc_stats", sid))
+        dests = L.unpack_dests(maps["lb_svc_dests"].get(skey),
+                               min(svc.nreals, maps["lb_svc_dests"].value_size // L.DEST.size))
+        ids |= {("lb_real_stats", rid) for rid, _w, _f in dests}
+    if service is not None and not ids:
+        raise LookupError("no such service")
+    return ids
+
+
 def read_services(maps: PinnedMaps) -> list[ServiceRow]:
     rows = []
     for k, v in maps["lb_services"].items(batch=False):
@@ -76,11 +110,18 @@ def read_services(maps: PinnedMaps) -> list[ServiceRow]:
     return rows
 
 
+def conn_tables(maps: PinnedMaps) -> list:
+    """The connection tables: lb_conns, and lb_conns_embryo (the embryonic connections, SYN_RECV
+    and first-packet UDP; absent in instances older than it)"""
+    embryo = optional_map(maps, "lb_conns_embryo")
+    return [maps["lb_conns"]] + ([embryo] if embryo is not None else [])
+
+
 def read_connections(maps: PinnedMaps, batch: bool | None = None, now_ns: int | None = None) -> list[ConnRow]:
     now = time.monotonic_ns() if now_ns is None else now_ns
     reals: dict[int, L.Real] = {}
     out = []
-    for k, v in maps["lb_conns"].items(batch=batch):
+    for k, v in (kv for m in conn_tables(maps) for kv in m.items(batch=batch)):
         key = L.ConnKey.unpack(k)
         if key.dir != 0:
             continue                       # NAT reverse entries are not connections of their own
@@ -108,23 +149,24 @@ def connection_lines(maps: PinnedMaps, now_ns: int | None = None) -> Iterator[by
     path, kept as the fallback and the test oracle).  Needs lb._bpfbatch (maps.have_batch())."""
     now = time.monotonic_ns() if now_ns is None else now_ns
     ffi, lib = _bpfbatch.ffi, _bpfbatch.lib
-    conns, reals = maps["lb_conns"], maps["lb_reals"]
-    if (conns.key_size, conns.value_size, reals.value_size) != (
-            lib.bb_sizeof_conn_key(), lib.bb_sizeof_conn(), lib.bb_sizeof_real()):
-        raise RuntimeError("lb_conns/lb_reals layout differs from cext/bpfbatch.c: rebuild (make setup)")
-    keys, values, n = conns.dump()
+    reals = maps["lb_reals"]
     _rk, rvals, nreals = reals.dump()   # an array: entry i is real id i
-    pos = ffi.new("unsigned long *", 0)
     out = ffi.new("char[]", _CHUNK)
     dests = ffi.new("char[]", max(nreals, 1) * 64)   # each real server's "addr:port", made once
-    while pos[0] < n:
-        w = lib.bb_format_conns(keys, values, n, rvals, nreals, now, dests, pos, out, _CHUNK)
-        if w < 0:
-            real = L.CONN.unpack(ffi.buffer(values + pos[0] * conns.value_size, conns.value_size))[1]
-            raise ValueError(f"lb_conns entry {pos[0]} names real server id {real}, "
-                             f"outside lb_reals ({nreals} entries)")
-        if w:
-            yield bytes(ffi.buffer(out, w))
+    for conns in conn_tables(maps):
+        if (conns.key_size, conns.value_size, reals.value_size) != (
+                lib.bb_sizeof_conn_key(), lib.bb_sizeof_conn(), lib.bb_sizeof_real()):
+            raise RuntimeError(f"{conns.name}/lb_reals layout differs from cext/bpfbatch.c: rebuild (make setup)")
+        keys, values, n = conns.dump()
+        pos = ffi.new("unsigned long *", 0)
+        while pos[0] < n:
+            w = lib.bb_format_conns(keys, values, n, rvals, nreals, now, dests, pos, out, _CHUNK)
+            if w < 0:
+                real = L.CONN.unpack(ffi.buffer(values + pos[0] * conns.value_size, conns.value_size))[1]
+                raise ValueError(f"{conns.name} entry {pos[0]} names real server id {real}, "
+                                 f"outside lb_reals ({nreals} entries)")
+            if w:
+                yield bytes(ffi.buffer(out, w))
 
 
 def read_timeouts(maps: PinnedMaps) -> tuple[int, int, int]:
@@ -139,3 +181,12 @@ def read_counters(maps: PinnedMaps) -> dict[str, int]:
         vals = maps["lb_counters"].get_percpu(L.U32.pack(i))
         out[name] = sum(L.U64.unpack(v)[0] for v in vals)
     return out
+
+
+def read_ct_events(maps: PinnedMaps) -> dict[str, int]:
+    """The connection tables' tallies (lb_ct_events), summed over CPUs; empty when the instance
+    predates them"""
+    m = optional_map(maps, "lb_ct_events") if isinstance(maps, PinnedMaps) else maps.get("lb_ct_events")
+    if m is None:
+        return {}
+    return {name: sum(L.U64.unpack(v)[0] for v in m.get_percpu(L.U32.pack(i))) for name, i in L.CT_EVENTS.items()}

@@ -11,6 +11,7 @@ The writes go through a MapTxn (lb/dataplane/txn.py), which orders them for the 
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 import ipaddress
 import logging
@@ -20,14 +21,14 @@ from dataclasses import dataclass, field
 from lb.sched import model as sched_model
 
 from . import layout as L
-from .errors import DataplaneError
+from .errors import ApplyFailed, DataplaneError, TableDoesNotFit
 from .lblc import LblcExpiry
 from .mhtable import MhTables
 from .nexthop import NextHopError
 from .program import Sizes, state_timeouts
 from .rates import RateEstimator
 from .spec import RealSpec, ServiceSpec, TableSpec
-from .txn import MapTxn
+from .txn import MapTxn, UndoLog
 
 log = logging.getLogger("lb.dataplane")
 
@@ -64,6 +65,7 @@ class ServiceTable:
         self._nh_cache: dict = {}
         self.ranges: dict[bytes, bytes] = {}    # lb_fwm_ranges as written
         self.mh: MhTables | None = None         # mh services' Maglev tables, made at load
+        self._snap_reals: dict | None = None    # during apply: the reals as they were (_own_real)
 
     def stat_ids(self) -> set[tuple[str, int]]:
         """(stats map, id) of every service and real server in use (the rate estimator's)."""
@@ -188,32 +190,90 @@ class ServiceTable:
         return real
 
     def apply(self, table: TableSpec) -> int:
-        """Make the maps forward `table`; returns the number of map writes it took."""
+        """Make the maps forward `table`, all or nothing; returns the number of map writes it
+        took.  When a write fails part-way, every entry written is written back (the undo log,
+        lb/dataplane/txn.py) and the in-memory view goes back to what it was: ApplyFailed says
+        what failed and whether the previous table is back.  plan() first keeps the failures
+        that can be foreseen (a full table) from getting that far."""
+        snap = self._snapshot()
+        self._snap_reals = snap[1]
+        undo = self.txn.undo = UndoLog()
+        self.txn.fresh_ids = (self.next_real_id, self.next_svc_id)
+        mh_snap = self.mh.begin(undo)
+        try:
+            n = self._apply(table)
+        except Exception as e:
+            self.txn.abort()
+            what = str(e) if isinstance(e, DataplaneError) else f"{type(e).__name__}: {e}"
+            try:
+                undo.restore()
+                self.mh.rollback(mh_snap)
+            except Exception as e2:
+                self._restore(snap)
+                log.error("applying the table failed (%s) and so did writing the previous one back: %s",
+                          what, e2)
+                raise ApplyFailed(f"{what}; writing the previous table back failed too ({e2}): the maps "
+                                  f"hold part of each (lb list shows them)", restored=False) from e
+            self._restore(snap)
+            log.error("applying the table failed (%s): the previous table is back", what)
+            raise ApplyFailed(f"{what}; the previous table is back", restored=True) from e
+        else:
+            self.mh.commit()
+        finally:
+            self.txn.undo = None
+            self._snap_reals = None
+        return n
+
+    def _snapshot(self) -> tuple:
+        """The in-memory view, for _restore after a failed apply: the containers are copied;
+        the Real entries are shared, which is why apply replaces a Real it changes
+        (_own_real) instead of changing it in place."""
+        services = {k: dataclasses.replace(st, dests=list(st.dests)) for k, st in self.services.items()}
+        return (services, dict(self.reals), list(self.free_svc_ids), self.next_svc_id, self.next_real_id,
+                set(self.draining), self.last_table, dict(self.ranges), dict(self.lblc.tables),
+                dict(self.lblc.expiration), dict(self.rates.est), dict(self.baseline.sched_base))
+
+    def _restore(self, snap: tuple) -> None:
+        (self.services, self.reals, self.free_svc_ids, self.next_svc_id, self.next_real_id, self.draining,
+         self.last_table, self.ranges, self.lblc.tables, self.lblc.expiration, self.rates.est,
+         self.baseline.sched_base) = snap
+        self._snap_reals = None
+
+    def _own_real(self, rid: int) -> L.Real:
+        """reals[rid], safe to change in place: a copy when the entry predates this apply."""
+        real = self.reals[rid]
+        if self._snap_reals is not None and self._snap_reals.get(rid) is real:
+            real = copy.copy(real)
+            self.reals[rid] = real
+        return real
+
+    def _apply(self, table: TableSpec) -> int:
         before = self.txn.writes
         self.last_table = table
         self._nh_cache = {}
         want = {key_of(s): s for s in table.services}
+        # the VIP filter lets through the addresses of the services there are and will be, until
+        # the table is written; then only those there are
+        self._write_vip_filter(self._vip_addrs() | {a for s in table.services for a in _addrs_of(s)})
         # a removed firewall-mark service stops matching before its slot is freed
         self._sync_ranges({k: s for k, s in want.items() if k in self.services})
         # removals: each service's lb_services / lb_fwm_services entry goes at once, its parts
         # (flushed in reverse stage order) after; see lb/dataplane/txn.py
         self.txn.begin()
-        try:
-            for key in [k for k in self.services if k not in want]:
-                self._remove_service(key)
-        finally:
-            self.txn.end(reverse=True)
+        for key in [k for k in self.services if k not in want]:
+            self._remove_service(key)
+        self.txn.end(reverse=True)
         self.draining = {d for d in self.draining if d[0] in want}
         # additions and changes, flushed map by map in txn.STAGES order: every service is whole
         # before its lb_services / lb_fwm_services entry is written
         self.txn.begin()
-        try:
-            for key, spec in want.items():
-                self._apply_service(key, spec, self._drains(key, spec))
-        finally:
-            self.txn.end()
+        for key, spec in want.items():
+            self._apply_service(key, spec, self._drains(key, spec))
+        self.txn.end()
         self._sync_ranges(want)
+        self._write_vip_filter(self._vip_addrs())
         self._apply_timeouts(table.timeouts)
+        self._apply_icmp_limit(table.defense)
         g = L.U32.pack(L.G_EXPIRE_NODEST)
         if self.maps["lb_globals"].get(g) != L.U32.pack(int(table.expire_nodest_conn)):
             self.txn.set("lb_globals", g, L.U32.pack(int(table.expire_nodest_conn)))
@@ -233,24 +293,92 @@ class ServiceTable:
         st = self.services.get(key)
         if st is None:
             return set()
-        wanted = {r.key for r in spec.reals}
-        dead = set(spec.dead)
-        drains = set()
-        for rkey, rid in st.dests:
-            if rkey in wanted or rkey in dead:      # kept, or dead: no draining
+        drains = self._drain_set(st, spec)
+        for rkey, _ in st.dests:
+            n = drains.get(rkey)
+            if n is None:
                 if self.draining:
                     self.draining.discard((key, rkey))
+            elif (key, rkey) not in self.draining:
+                log.info("draining real server %s:%d of %s: weight 0 until its %d connections end",
+                         rkey[0], rkey[1], _svc_name(key), n)
+                self.draining.add((key, rkey))
+        return set(drains)
+
+    def _drain_set(self, st: _SvcState, spec: ServiceSpec) -> dict[tuple, int]:
+        """The real servers of st that spec leaves out but that stay, draining: (addr, port) ->
+        their connections (kept or dead servers do not drain; idle ones just leave)."""
+        wanted = {r.key for r in spec.reals}
+        dead = set(spec.dead)
+        out = {}
+        for rkey, rid in st.dests:
+            if rkey in wanted or rkey in dead:
                 continue
             active, inactive, _ = self.real_conns(rid)
-            if active + inactive == 0:
-                self.draining.discard((key, rkey))
-                continue
-            if (key, rkey) not in self.draining:
-                log.info("draining real server %s:%d of %s: weight 0 until its %d connections end",
-                         rkey[0], rkey[1], _svc_name(key), active + inactive)
-                self.draining.add((key, rkey))
-            drains.add(rkey)
-        return drains
+            if active + inactive:
+                out[rkey] = active + inactive
+        return out
+
+    def plan(self, table: TableSpec) -> None:
+        """What apply(table) would need, checked against what the maps can hold, writing
+        nothing: service ids, each service's real server slots (its draining servers keep
+        theirs until their connections end), real server ids (the same allocation as apply,
+        in the same order: a removed server's id is free once no connection counts against
+        it), firewall-mark port ranges, schedulers.  TableDoesNotFit names every problem."""
+        sz = self.sizes
+        want = {key_of(s): s for s in table.services}
+        problems = []
+        if len(want) > sz.services:
+            problems.append(f"{len(want)} virtual services, but tables.services is {sz.services}")
+        idle = lambda rid: self.real_conns(rid) == (0, 0, 0)      # noqa: E731 (_alloc_real's test)
+        in_use = {rid for st in self.services.values() for _, rid in st.dests}
+        free = [rid for rid, real in self.reals.items() if real.family == 0 and rid not in in_use and idle(rid)]
+        for key, st in self.services.items():
+            if key not in want:
+                free += [rid for _, rid in st.dests if idle(rid)]
+        fresh = sz.reals - self.next_real_id
+        adds = short = 0
+        for key, spec in want.items():
+            name = f"virtual service {spec.name} ({_svc_name(key)})" if spec.name else \
+                f"virtual service {_svc_name(key)}"
+            if spec.scheduler not in L.SCHEDULERS:
+                problems.append(f"{name}: unknown scheduler {spec.scheduler!r}")
+            wanted = {r.key for r in spec.reals}
+            st = self.services.get(key)
+            drains = self._drain_set(st, spec) if st is not None else {}
+            if len(wanted) + len(drains) > sz.svc_reals:
+                problems.append(
+                    f"{name}: {len(wanted)} real servers + {len(drains)} draining "
+                    f"({', '.join(f'{a}:{p}' for a, p in sorted(drains, key=str))}: they keep their slot until "
+                    f"their connections end) > tables.reals_per_service = {sz.svc_reals}")
+            need = len(wanted)
+            if st is not None:
+                need -= sum(1 for rkey, _ in st.dests if rkey in wanted)
+                free += [rid for rkey, rid in st.dests if rkey not in wanted and rkey not in drains and idle(rid)]
+            adds += need
+            take = min(need, fresh)
+            fresh -= take
+            take2 = min(need - take, len(free))
+            del free[:take2]
+            short += need - take - take2
+        if short:
+            problems.append(f"no free real server slot for {short} of the {adds} real servers to add: "
+                            f"tables.real_servers = {sz.reals}, and a removed server's slot is free only "
+                            f"once its connections have ended")
+        ranges: dict[tuple, int] = {}
+        for key, spec in want.items():
+            if isinstance(key, L.FwmKey):
+                for g in spec.groups:
+                    ranges[(g.protocol, g.address)] = ranges.get((g.protocol, g.address), 0) + 1
+        for (proto, addr), n in sorted(ranges.items(), key=str):
+            if n > L.FWM_RANGES:
+                problems.append(f"{proto.upper()} {addr}: {n} port ranges of firewall-mark services, at most "
+                                f"{L.FWM_RANGES} per address and protocol")
+        if len(ranges) > sz.services:
+            problems.append(f"{len(ranges)} (address, protocol) pairs of firewall-mark services, but "
+                            f"tables.services is {sz.services}")
+        if problems:
+            raise TableDoesNotFit("\n".join(problems))
 
     def finish_drains(self) -> int:
         """Remove draining real servers whose connections have all ended or expired."""
@@ -263,6 +391,29 @@ class ServiceTable:
         if done and self.last_table is not None:
             self.apply(self.last_table)
         return done
+
+    def _vip_addrs(self) -> set:
+        """Every address a written service listens on: address/port services' VIPs and the
+        firewall-mark port groups' addresses."""
+        out = {key.addr for key in self.services if isinstance(key, L.SvcKey)}
+        out |= {L.SvcKey.unpack(k).addr for k in self.ranges}
+        return out
+
+    def _write_vip_filter(self, addrs) -> None:
+        """lb_vip_filter: lb_xdp_public's first test (a bit per hashed address)"""
+        value = L.pack_vip_filter(addrs)
+        key = L.U32.pack(0)
+        if self.maps["lb_vip_filter"].get(key) != value:
+            self.txn.set("lb_vip_filter", key, value)
+
+    def _apply_icmp_limit(self, defense) -> None:
+        """The tunnel's too-big answers: ns between two (LB_NONE: none) and the burst"""
+        rate = defense.icmp_msgs_per_sec
+        for g, v in ((L.G_ICMP_INTERVAL, L.LB_NONE if rate == 0 else max(1, 1_000_000_000 // rate)),
+                     (L.G_ICMP_BURST, defense.icmp_msgs_burst)):
+            k = L.U32.pack(g)
+            if self.maps["lb_globals"].get(k) != L.U32.pack(v):
+                self.txn.set("lb_globals", k, L.U32.pack(v))
 
     def _apply_timeouts(self, timeouts) -> None:
         for i, v in enumerate(state_timeouts(*timeouts)):
@@ -283,7 +434,6 @@ class ServiceTable:
                 vk = L.SvcKey(L.PROTO_NUMBERS[g.protocol], g.address, 0).pack()
                 by_vip.setdefault(vk, []).append((g.low, g.high, st.id))
         new = {k: L.pack_ranges(sorted(v)) for k, v in by_vip.items()}
-        m = self.maps["lb_fwm_ranges"]
         g = L.U32.pack(L.G_FWM_KEYS)
         if len(new) > len(self.ranges):       # the count goes up before entries appear
             self.txn.set("lb_globals", g, L.U32.pack(len(new)))
@@ -291,7 +441,7 @@ class ServiceTable:
             if self.ranges.get(k) != v:
                 self.txn.set("lb_fwm_ranges", k, v)
         for k in [k for k in self.ranges if k not in new]:
-            m.delete(k)
+            self.txn.delete_now("lb_fwm_ranges", k)
             self.txn.writes += 1
         if self.maps["lb_globals"].get(g) != L.U32.pack(len(new)):
             self.txn.set("lb_globals", g, L.U32.pack(len(new)))
@@ -300,9 +450,9 @@ class ServiceTable:
     def _remove_service(self, key) -> None:
         st = self.services.pop(key)
         if isinstance(key, L.FwmKey):
-            self.maps["lb_fwm_services"].delete(L.U32.pack(key.fwmark))
+            self.txn.delete_now("lb_fwm_services", L.U32.pack(key.fwmark))
         else:
-            self.maps["lb_services"].delete(key.pack())
+            self.txn.delete_now("lb_services", key.pack())
         self.txn.writes += 1
         for _, rid in st.dests:
             self._retire_real(rid)
@@ -315,7 +465,7 @@ class ServiceTable:
 
     def _retire_real(self, rid: int) -> None:
         # family 0: packets of its remaining connections drop (IPVS expire_nodest_conn = 0)
-        real = self.reals[rid]
+        real = self._own_real(rid)
         real.family = 0
         real.weight = 0
         self.mh.last.pop(rid, None)         # a reused id starts with a new last weight
@@ -523,6 +673,7 @@ class ServiceTable:
         for pos, (_, rid) in enumerate(st.dests):
             real = self.reals[rid]
             if real.pos != pos:
+                real = self._own_real(rid)
                 real.pos = pos
                 self.txn.set("lb_reals", L.U32.pack(rid), real.pack())
             flags = real.flags
@@ -546,6 +697,13 @@ _DRAIN = object()
 
 def _keep_nexthop(real: L.Real, old: L.Real) -> None:
     real.ifindex, real.mac, real.src_mac, real.tun_src, real.mtu = old.ifindex, old.mac, old.src_mac, old.tun_src, old.mtu
+
+
+def _addrs_of(spec: ServiceSpec) -> set:
+    """the addresses a service listens on"""
+    if spec.fwmark:
+        return {g.address for g in spec.groups}
+    return {spec.address}
 
 
 def key_of(spec: ServiceSpec):

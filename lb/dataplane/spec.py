@@ -4,7 +4,7 @@ from __future__ import annotations
 import ipaddress
 from dataclasses import dataclass, field
 
-from lb.config.model import DEFAULT_LBLC_EXPIRATION, DEFAULT_MH_SIZE, DEFAULT_TIMEOUTS
+from lb.config.model import DEFAULT_LBLC_EXPIRATION, DEFAULT_MH_SIZE, DEFAULT_TIMEOUTS, Defense
 
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
 
@@ -79,6 +79,7 @@ class TableSpec:
     expire_nodest_conn: bool = False
     lblc_expiration: int = DEFAULT_LBLC_EXPIRATION   # seconds (IPVS sysctls lblc_expiration, lblcr_expiration)
     lblcr_expiration: int = DEFAULT_LBLC_EXPIRATION
+    defense: Defense = Defense()       # IPVS's defense strategies, the too-big answers' rate limit
     extra: dict = field(default_factory=dict, compare=False)
 
 

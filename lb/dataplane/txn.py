@@ -29,10 +29,18 @@ these stages flushes what is pending and goes straight through.  Reads in apply 
 MapTxn.get, which sees the pending writes.  MapTxn.writes counts the same logical writes as
 the entry-by-entry code did (a key written twice in one apply counts twice although the batch
 writes it once, with its last value).
+
+---- all or nothing ----
+While an UndoLog is set (ServiceTable.apply sets one), every entry is read just before its
+first write or delete (per map, in one C loop, lb._bpfbatch's bb_lookup) and kept; when the
+apply fails part-way, UndoLog.restore writes every kept entry back, newest first: the data path
+sees the additions go before what they lead to is taken away, as with removals above.  abort()
+drops what is still pending instead of flushing it.
 """
 from __future__ import annotations
 
 from . import layout as L
+from .errors import DataplaneError
 from .maps import BpfMap
 
 STAGES = (
@@ -52,6 +60,74 @@ NEW_REAL = (("lb_real_conns", L.REAL_CONNS.pack(0, 0, 0, 0)), ("lb_real_swept", 
             ("lb_real_base", L.REAL_CONNS.pack(0, 0, 0, 0)), ("lb_real_overload", L.U32.pack(0)),
             ("lb_real_stats", L.STATS.pack(0, 0, 0, 0, 0)), ("lb_real_rates", L.RATES.pack(0, 0, 0, 0, 0)))
 assert all(name in STAGE_MAPS for name, _ in NEW_REAL)
+# array maps indexed by real server id, and by service id: an id never handed out (at or above
+# ServiceTable's next id) has never been written, so its entries are zero (the undo log need
+# not read them: a big first apply costs no lookups)
+REAL_ARRAYS = (*(name for name, _ in NEW_REAL), "lb_reals")
+SVC_ARRAYS = ("lb_svc", "lb_sched_state", "lb_svc_dests", "lb_svc_stats", "lb_svc_rates")
+
+
+_UNREAD = object()
+
+
+class UndoLog:
+    """The previous content of every map entry one apply wrote or deleted, to write back when
+    the apply fails part-way.  Keyed by map object: mh tables are maps of their own.  Kept in
+    chunks (one per map flush), so a big first apply costs one C loop of lookups per map."""
+
+    def __init__(self):
+        self.chunks: list[tuple[BpfMap, list[bytes], list]] = []   # (map, keys, old raw or None)
+        self._seen: dict[int, set[bytes]] = {}
+
+    def remember(self, m: BpfMap, key: bytes, old=_UNREAD) -> None:
+        """Keep key's content before its first change (``old``: the raw value when the caller
+        has it, None for absent)."""
+        seen = self._seen.setdefault(id(m), set())
+        if key in seen:
+            return
+        seen.add(key)
+        self.chunks.append((m, [key], [m.get_raw(key) if old is _UNREAD else old]))
+
+    def remember_many(self, m: BpfMap, keys: list[bytes], zero_from: int | None = None) -> None:
+        """remember() of every key; with zero_from (an array of u32 keys), keys from that
+        index on are known to be zero and not read."""
+        seen = self._seen.setdefault(id(m), set())
+        new = [k for k in keys if k not in seen] if seen else keys
+        if not new:
+            return
+        seen.update(new)
+        if zero_from is not None:
+            fresh = [k for k in new if int.from_bytes(k, "little") >= zero_from]
+            if fresh:
+                self.chunks.append((m, fresh, [bytes(m.value_size if not m.percpu else m._slot * m.ncpus)]
+                                    * len(fresh)))
+                new = [k for k in new if int.from_bytes(k, "little") < zero_from]
+                if not new:
+                    return
+        self.chunks.append((m, new, m.get_many_raw(new)))
+
+    def restore(self) -> None:
+        """Write every kept entry back, newest first; every entry is tried, then the first
+        errors are raised as one DataplaneError."""
+        errors = []
+        for m, keys, olds in reversed(self.chunks):
+            for key, old in zip(reversed(keys), reversed(olds)):
+                try:
+                    if old is None:
+                        m.delete(key)
+                    else:
+                        m.set_raw(key, old)
+                except OSError as e:
+                    errors.append(f"{m.name}: {e}")
+        self.chunks.clear()
+        self._seen.clear()
+        if errors:
+            more = f" (and {len(errors) - 3} more)" if len(errors) > 3 else ""
+            raise DataplaneError(f"writing back {'; '.join(errors[:3])}{more}")
+
+
+def _write_error(name: str, e: Exception) -> DataplaneError:
+    return DataplaneError(f"writing {name}: {e}")
 
 
 class MapTxn:
@@ -66,18 +142,39 @@ class MapTxn:
         # pending deletes {key: already counted}
         self._pending: dict[str, dict[bytes, bytes]] | None = None
         self._pending_dels: dict[str, dict[bytes, bool]] = {}
+        self.undo: UndoLog | None = None     # set for the length of an all-or-nothing apply
+        self.fresh_ids = (0, 0)              # (real, service) ids never handed out start here
+
+    def _set_now(self, mapname: str, key: bytes, value: bytes) -> None:
+        m = self.maps[mapname]
+        if self.undo is not None:
+            self.undo.remember(m, key)
+        try:
+            m.set(key, value)
+        except (OSError, ValueError) as e:
+            raise _write_error(mapname, e) from e
+
+    def delete_now(self, mapname: str, key: bytes) -> bool:
+        """Delete key at once, whatever is pending (not counted: the caller counts)."""
+        m = self.maps[mapname]
+        if self.undo is not None:
+            self.undo.remember(m, key)
+        try:
+            return m.delete(key)
+        except OSError as e:
+            raise _write_error(mapname, e) from e
 
     def set(self, mapname: str, key: bytes, value: bytes) -> None:
         p = self._pending
         if p is None:
-            self.maps[mapname].set(key, value)
+            self._set_now(mapname, key, value)
         elif mapname in p:
             if self._pending_dels[mapname]:
                 self._undelete(mapname, key)
             p[mapname][key] = value
         else:                       # not a staged map: keep the order by flushing first
             self.flush()
-            self.maps[mapname].set(key, value)
+            self._set_now(mapname, key, value)
         self.writes += 1
 
     def _undelete(self, mapname: str, key: bytes) -> None:
@@ -93,7 +190,7 @@ class MapTxn:
         if p is None or mapname not in p:
             if p is not None:
                 self.flush()
-            if self.maps[mapname].delete(key):
+            if self.delete_now(mapname, key):
                 self.writes += 1
             return
         dels = self._pending_dels[mapname]
@@ -142,6 +239,11 @@ class MapTxn:
         finally:
             self._pending = None
 
+    def abort(self) -> None:
+        """A failed apply: what is pending is dropped, not written."""
+        self._pending = None
+        self._pending_dels = {}
+
     def flush(self, reverse: bool = False) -> None:
         """Write what is pending, map by map in STAGES order (reverse: removals); in a map,
         the writes (one batch) and then the deletes."""
@@ -155,8 +257,15 @@ class MapTxn:
             if not (d or dels):
                 continue
             m = self.maps[name]
-            if d:
-                m.set_many(list(d), list(d.values()), batch=self.batch)
-            for k, counted in dels.items():
-                if m.delete(k) and not counted:
-                    self.writes += 1
+            if self.undo is not None:
+                zero_from = self.fresh_ids[0] if name in REAL_ARRAYS else \
+                    self.fresh_ids[1] if name in SVC_ARRAYS else None
+                self.undo.remember_many(m, [*d, *(k for k in dels if k not in d)], zero_from)
+            try:
+                if d:
+                    m.set_many(list(d), list(d.values()), batch=self.batch)
+                for k, counted in dels.items():
+                    if m.delete(k) and not counted:
+                        self.writes += 1
+            except (OSError, ValueError) as e:
+                raise _write_error(name, e) from e

@@ -5,6 +5,7 @@ its module:
     txn.py        the staged map writes of one apply, flushed in dependency order
     services.py   the service / real-server writer (apply, drains, next hops, scheduler tables)
     conntable.py  the connection table: sweep and recount, HA export/import, quiesce baseline
+    defense.py    IPVS's defenses against floods (drop_entry, drop_packet, secure_tcp), counter watch
     rates.py      IPVS's rate estimator
     lblc.py       lblc / lblcr expiry
     attach.py     XDP attach / detach on an interface
@@ -16,11 +17,14 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 
+from . import layout as L
 from . import reader
 from .attach import attach_xdp, detach_xdp
 from .base import Dataplane
-from .conntable import ConnTable, SchedBaseline
+from .conntable import CLOCK_MONOTONIC_COARSE, ConnTable, SchedBaseline
+from .defense import Defender
 from .errors import DataplaneError
 from .lblc import LblcExpiry
 from .maps import PIN_ROOT, PinnedMaps, have_batch, pin_dir
@@ -54,6 +58,7 @@ class XdpDataplane(Dataplane):
         self.baseline = SchedBaseline(self.maps, self.txn)
         self.table = ServiceTable(self.maps, self.txn, sizes, resolver, self.rates, self.lblc, self.baseline)
         self.conns = ConnTable(self.maps, self.txn, self.table)
+        self.defender = Defender(self.maps, self.txn, self.conns, sizes.embryo)
         self.attached: dict[str, int] = {}      # ifname -> xdp flags
         self.adopted = False
         self.created = False     # this instance made the pin directory (a failed start removes it)
@@ -117,7 +122,7 @@ class XdpDataplane(Dataplane):
                      sum(len(s.dests) for s in self.services.values()), self.pin)
 
     def attach(self, ifname: str, side: str = "public", mode: str = "native") -> str:
-        fn = self.fns["lb_xdp_public" if side == "public" else "lb_xdp_private"]
+        fn = self.fns[{"public": "lb_xdp_public", "private": "lb_xdp_private", "guard": "lb_xdp_guard"}[side]]
         name, flags = attach_xdp(ifname, fn, mode)
         self.attached[ifname] = flags
         log.info("attached %s XDP program to %s (%s mode)", side, ifname, name)
@@ -143,11 +148,16 @@ class XdpDataplane(Dataplane):
         self.program.close()
 
     # ---- the table ----
+    def plan(self, table: TableSpec) -> None:
+        self.table.plan(table)
+
     def apply(self, table: TableSpec) -> int:
         """Make the maps forward `table`; returns the number of map writes it took.  The
         programs of the schedulers it uses are loaded first (Program.ensure)."""
         self.program.ensure({s.scheduler for s in table.services})
-        return self.table.apply(table)
+        n = self.table.apply(table)
+        self.defender.configure(table.defense)   # after: a failed apply leaves the defenses as they were
+        return n
 
     def finish_drains(self) -> int:
         return self.table.finish_drains()
@@ -160,6 +170,12 @@ class XdpDataplane(Dataplane):
         n = self.conns.sweep(now_ns)
         self.lblc_check_expire(now_ns)
         return n
+
+    def defend(self) -> None:
+        self.defender.tick()
+
+    def defense_status(self) -> dict | None:
+        return self.defender.status()
 
     def lblc_check_expire(self, now_ns: int | None = None, force: bool = False) -> int:
         return self.lblc.check_expire(self.table.lblc_users(), now_ns, force)
@@ -194,6 +210,39 @@ class XdpDataplane(Dataplane):
         reason an operator may want to see), summed over CPUs."""
         return reader.read_counters(self.maps)
 
+    def zero_stats(self, service: tuple | None = None) -> int:
+        chosen = [st for k, st in self.services.items() if service is None or reader.service_key(k) == service]
+        if service is not None and not chosen:
+            raise LookupError("no such service")
+        ids = {("lb_svc_stats", st.id) for st in chosen} | {("lb_real_stats", rid) for st in chosen
+                                                             for _, rid in st.dests}
+        self.rates.zero(ids)
+        return len(chosen)
+
+    # ---- HA lease (bpf/lb_lease.h) ----
+    def lease(self, seconds: float | None) -> None:
+        now = time.clock_gettime_ns(CLOCK_MONOTONIC_COARSE)
+        expires = 0 if seconds is None else 1 if seconds <= 0 else now + int(seconds * 1e9)
+        self.maps["lb_lease"].set(L.U32.pack(0), L.LEASE.pack(expires))
+
+    def lease_left(self) -> float | None:
+        raw = self.maps["lb_lease"].get(L.U32.pack(0))
+        expires = L.LEASE.unpack(raw)[0] if raw else 0
+        if not expires:
+            return None
+        return (expires - time.clock_gettime_ns(CLOCK_MONOTONIC_COARSE)) / 1e9
+
+    def claim(self, addrs: dict) -> None:
+        m = self.maps["lb_lease_addrs"]
+        want = {L.ADDR_KEY.pack(L.pack_addr(a), L.family_of(a), bytes(3)):
+                L.U32.pack(L.LEASE_ROUTER if kind == "router" else L.LEASE_VIP) for a, kind in addrs.items()}
+        have = dict(m.items(batch=False))
+        for k, v in want.items():             # new ones first: no moment covers fewer
+            if have.get(k) != v:
+                m.set(k, v)
+        for k in have.keys() - want.keys():
+            m.delete(k)
+
     # ---- HA connection sync: lb/ha/sync.py carries what these export and import ----
     def export_conns(self, now_ns: int | None = None) -> tuple[list, list]:
         return self.conns.export_conns(now_ns)
@@ -207,3 +256,14 @@ class XdpDataplane(Dataplane):
 
     def stop_sync(self) -> None:
         pass
+
+
+def zero_pinned(instance: str, service: tuple | None = None, pin_root: str = PIN_ROOT) -> int:
+    """`lb zero` of an instance whose daemon does not answer (stopped with --keep-dataplane):
+    the pinned maps' counters and rates; returns the services zeroed (LookupError)."""
+    from .rates import zero_counters
+
+    with PinnedMaps(instance, pin_root) as maps:
+        ids = reader.stat_ids(maps, service)
+        zero_counters(maps, ids)
+    return sum(1 for m, _ in ids if m == "lb_svc_stats")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+import os
 import socket
 from dataclasses import dataclass
 
@@ -17,6 +18,10 @@ from pyroute2.netlink.exceptions import NetlinkError
 log = logging.getLogger("lb.ha")
 
 _IFA_F_NODAD = 0x02     # linux/if_addr.h
+
+
+class AddressError(Exception):
+    """An address could not be added (or cannot be, as check() finds); the message names it."""
 
 
 @dataclass(frozen=True)
@@ -67,18 +72,59 @@ def _has(ipr: IPRoute, idx: int, addr) -> bool:
     return False
 
 
-def take(addrs: list[OwnedAddress]) -> None:
+def present(addrs: list[OwnedAddress]) -> list[OwnedAddress]:
+    """Those of addrs that are on their interfaces."""
+    with IPRoute() as ipr:
+        out = []
+        for a in addrs:
+            idx = ipr.link_lookup(ifname=a.ifname)
+            if idx and _has(ipr, idx[0], a.address):
+                out.append(a)
+        return out
+
+
+def check(addrs: list[OwnedAddress]) -> None:
+    """What take() needs, checked before anything is written (a reload's plan): every
+    interface exists, and carries IPv6 where an IPv6 address goes.  AddressError otherwise."""
     with IPRoute() as ipr:
         for a in addrs:
-            idx = _ifindex(ipr, a.ifname)
-            if _has(ipr, idx, a.address):
-                log.info("address %s already on %s", a.address, a.ifname)
-                continue
-            # IPv6 without duplicate address detection: a VIP (or the real servers' gateway)
-            # taken over from a failed director must answer at once, not after DAD's second
-            kw = {"flags": _IFA_F_NODAD} if a.address.version == 6 else {}
-            ipr.addr("add", index=idx, address=str(a.address.ip), prefixlen=a.address.network.prefixlen, **kw)
+            if not ipr.link_lookup(ifname=a.ifname):
+                raise AddressError(f"address {a.address}: interface {a.ifname} does not exist")
+            if a.address.version == 6:
+                try:
+                    with open(f"/proc/sys/net/ipv6/conf/{a.ifname}/disable_ipv6") as f:
+                        off = f.read().strip() == "1"
+                except OSError:
+                    off = True
+                if off:
+                    raise AddressError(f"address {a.address}: IPv6 is disabled on {a.ifname} "
+                                       f"(net.ipv6.conf.{a.ifname}.disable_ipv6)")
+
+
+def take(addrs: list[OwnedAddress]) -> list[OwnedAddress]:
+    """Add the addresses not yet there; returns the ones added.  All or nothing: when one
+    cannot be added, those added by this call are removed again and AddressError says which
+    one failed and why."""
+    added: list[OwnedAddress] = []
+    with IPRoute() as ipr:
+        for a in addrs:
+            try:
+                idx = _ifindex(ipr, a.ifname)
+                if _has(ipr, idx, a.address):
+                    log.info("address %s already on %s", a.address, a.ifname)
+                    continue
+                # IPv6 without duplicate address detection: a VIP (or the real servers' gateway)
+                # taken over from a failed director must answer at once, not after DAD's second
+                kw = {"flags": _IFA_F_NODAD} if a.address.version == 6 else {}
+                ipr.addr("add", index=idx, address=str(a.address.ip), prefixlen=a.address.network.prefixlen, **kw)
+            except (LookupError, NetlinkError) as e:
+                if added:
+                    release(added)
+                why = e if isinstance(e, LookupError) else os.strerror(e.code) if e.code else e
+                raise AddressError(f"adding address {a.address} to {a.ifname}: {why}") from None
+            added.append(a)
             log.info("added address %s to %s", a.address, a.ifname)
+    return added
 
 
 def release(addrs: list[OwnedAddress]) -> None:

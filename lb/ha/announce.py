@@ -55,6 +55,14 @@ def frames(ifname: str, address, mac: str | None = None) -> list:
             sa.ICMPv6NDOptDstLLAddr(lladdr=mac)]
 
 
+def send_arp(ifname: str, address, count: int = 1, interval: float = 0.0) -> int:
+    """`lb send-arp ADDR DEV` (Piranha's send_arp): announce one address on one device; returns
+    the frames sent (0: nothing could be sent, the reason logged)."""
+    from .addresses import OwnedAddress
+
+    return announce([OwnedAddress(ifname, ipaddress.ip_interface(str(address)))], count, interval)
+
+
 def announce(owned, count: int = 1, interval: float = 0.0) -> int:
     """Send ``count`` rounds of announcements for every OwnedAddress; returns frames sent.
     Errors are logged, never raised (an announcement is best effort)."""

@@ -322,12 +322,14 @@ class Pulse:
 
     def __init__(self, ha, instance: str, on_role, *, sync_source=None, sync_sink=None,
                  announce=None, public_interface: str | None = None, node: int | None = None,
-                 clock=time.monotonic, wall_ns=time.time_ns):
+                 clock=time.monotonic, wall_ns=time.time_ns, on_heartbeat=None):
         """on_role(new, old) -> awaitable; sync_source() -> (conns, temps) (blocking, the
         active's data plane); sync_sink(conns, temps) (blocking, the backup's); announce()
-        (blocking).  ``clock`` (monotonic seconds) and ``wall_ns`` (the wall clock) are the
-        tests' to replace."""
+        (blocking); on_heartbeat() (quick, on the loop) just before each heartbeat goes out:
+        the engine's lease, which so never outlives the last heartbeat by more than deadtime.
+        ``clock`` (monotonic seconds) and ``wall_ns`` (the wall clock) are the tests' to replace."""
         self.ha = ha
+        self.on_heartbeat = on_heartbeat
         self.instance = instance
         self.on_role = on_role
         self.sync_source = sync_source
@@ -516,6 +518,8 @@ class Pulse:
             for c in self.channels:
                 for ep in c.endpoints:
                     ep.connect()                 # our address may have come up since
+            if self.on_heartbeat is not None:
+                self.on_heartbeat()
             self._send_all(hb.T_HEARTBEAT)
             await asyncio.sleep(self.ha.keepalive)
 

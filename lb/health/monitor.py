@@ -59,6 +59,7 @@ class Monitor:
         self.since_wall: float | None = None  # time.time() of the last transition
         self.reason: str | None = None       # why the last transition happened
         self.checks = 0                      # number of results observed
+        self.failures = 0                    # ... of them failed
         self._ref: float | None = None       # last success (or first observation): timeout base
         self._ok_since: float | None = None  # first success of the current run of successes
         self.supervision = TaskStats()       # restarts after an unexpected error
@@ -84,6 +85,7 @@ class Monitor:
                 self._ok_since = now
         else:
             self._ok_since = None
+            self.failures += 1
 
         if self.up and not result.ok:
             silent = now - self._ref

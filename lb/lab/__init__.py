@@ -28,6 +28,13 @@ from .nsutil import (
 )
 from .topology import (
     CLIENT,
+    CLIENT6,
+    DIRECTOR2_PRIV6,
+    DIRECTOR2_PUB6,
+    DIRECTOR_PRIV6,
+    DIRECTOR_PUB6,
+    REALS6,
+    VIP6,
     DIRECTOR2_PRIV,
     DIRECTOR2_PUB,
     DIRECTOR_PRIV,
@@ -54,4 +61,5 @@ __all__ = [
     "NODES", "REALS", "RUN_DIR", "SWITCH", "VIP", "LabCommandError", "LabError", "check_lab_addr",
     "connect", "down", "exec_argv", "http_get", "in_netns", "is_up", "netns_name", "netns_path",
     "nginx_pid", "popen", "read_sysctl", "run", "socket_in", "start_real", "status", "stop_real", "up",
+    "CLIENT6", "DIRECTOR2_PRIV6", "DIRECTOR2_PUB6", "DIRECTOR_PRIV6", "DIRECTOR_PUB6", "REALS6", "VIP6",
 ]

@@ -28,6 +28,7 @@ KNOWN_NODES = ALL_NODES + SCALEOUT_NODES
 
 # The hard network rule: the lab only ever talks to addresses in this block.
 LAB_NET = ipaddress.ip_network("198.18.0.0/15")
+LAB_NET6 = ipaddress.ip_network("2001:2::/48")     # RFC 5180, the dual-stack lab's
 
 CLONE_NEWNET = 0x40000000
 NSENTER = "nsenter"
@@ -149,13 +150,14 @@ def in_netns(node: str, fn: Callable[..., Any], *args: Any, timeout: float = 60.
 
 
 def check_lab_addr(host: str) -> str:
-    """Refuse any address outside 198.18.0.0/15 (the lab's hard network rule)."""
+    """Refuse any address outside 198.18.0.0/15 and 2001:2::/48 (the lab's hard network rule)."""
     try:
         addr = ipaddress.ip_address(host)
     except ValueError:
-        raise ValueError(f"lab: {host!r} is not an IP address (the lab uses 198.18.0.0/15 literals only)") from None
-    if addr not in LAB_NET:
-        raise ValueError(f"lab: refusing to talk to {host}: not in {LAB_NET}")
+        raise ValueError(f"lab: {host!r} is not an IP address (the lab uses 198.18.0.0/15 and "
+                         "2001:2::/48 literals only)") from None
+    if addr not in (LAB_NET if addr.version == 4 else LAB_NET6):
+        raise ValueError(f"lab: refusing to talk to {host}: not in {LAB_NET} or {LAB_NET6}")
     return str(addr)
 
 
@@ -171,7 +173,7 @@ def connect(node: str, host: str, port: int, timeout: float = 5.0) -> socket.soc
     (ConnectionRefusedError, TimeoutError/socket.timeout, ...).
     """
     host = check_lab_addr(host)
-    sock = socket_in(node)
+    sock = socket_in(node, socket.AF_INET6 if ":" in host else socket.AF_INET)
     try:
         sock.settimeout(timeout)
         sock.connect((host, int(port)))
@@ -184,7 +186,8 @@ def connect(node: str, host: str, port: int, timeout: float = 5.0) -> socket.soc
 def http_get(node: str, host: str, port: int = 80, path: str = "/", timeout: float = 3.0) -> tuple[int, str]:
     """Minimal HTTP/1.0 GET from inside NODE. Returns (status, body). Bounded by ``timeout`` per socket op."""
     with connect(node, host, port, timeout) as s:
-        s.sendall(f"GET {path} HTTP/1.0\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode())
+        name = f"[{host}]" if ":" in host else host
+        s.sendall(f"GET {path} HTTP/1.0\r\nHost: {name}\r\nConnection: close\r\n\r\n".encode())
         chunks: list[bytes] = []
         total = 0
         for _ in range(1024):  # bounded: at most 1024 reads / 1 MiB

@@ -548,6 +548,7 @@ class Console:
     # ---- GLOBAL SETTINGS ----
     GLOBAL_SECTIONS = (("[global]", forms.GLOBAL, "global"), ("[timeouts]", forms.TIMEOUTS, "timeouts"),
                        ("[tables] (take effect when lb restarts)", forms.TABLES, "tables"),
+                       ("[defense] (floods)", forms.DEFENSE, "defense"),
                        ("[web] (take effect when lb web restarts)", forms.WEB, "web"),
                        ("[control]", forms.CONTROL, "control"))
 
@@ -1046,7 +1047,24 @@ def _flash(reply: dict) -> str:
     items = "".join(f"<li>{h(i.get('field') + ': ' if i.get('field') else '')}{h(i.get('message'))}</li>"
                     for i in reply.get("issues") or [])
     return f'<div class="flash bad" id="flash"><b>{h(reply.get("error", "failed"))}</b>' \
-           + (f"<ul>{items}</ul>" if items else "") + "</div>"
+           + (f"<ul>{items}</ul>" if items else "") + _left_in_place(reply) + "</div>"
+
+
+def _left_in_place(reply: dict) -> str:
+    """A failed reload: what the engine left in place (Engine._reload_reply: "changed")."""
+    if "changed" not in reply:
+        return ""
+    changed = reply["changed"]
+    if changed is False:
+        after = "Nothing was changed: the running configuration stays as it was."
+        if reply.get("rolled_back"):
+            after = "Nothing was changed: what had been written was undone, the previous configuration runs."
+    elif changed is True:
+        after = "The previous configuration could not be fully restored: the data plane holds part of the " \
+                "new one (see the error). Fix the cause and reload, or restart lb."
+    else:
+        after = "What was changed is not known: see the daemon's log."
+    return f"<p>{h(after)}</p>"
 
 
 def _row(f: forms.Field, name: str, text: str, errors) -> str:

@@ -57,6 +57,17 @@ TIMEOUTS = (
 TABLES = (
     Field("connections", "Connections", "int", help="restart to change"), Field("services", "Services", "int"),
     Field("real_servers", "Real servers (total)", "int"), Field("reals_per_service", "Real servers per service", "int"),
+    Field("embryonic", "Embryonic connections", "int",
+          help="new connections before they are established (default: a quarter of connections)"),
+)
+DEFENSE = (
+    Field("drop_entry", "drop_entry", "int", help="0 never, 1-2 while the embryonic table is nearly full, 3 always"),
+    Field("drop_packet", "drop_packet", "int", help="as drop_entry"),
+    Field("secure_tcp", "secure_tcp", "int", help="as drop_entry"),
+    Field("amemthresh", "amemthresh (free embryonic entries)", "int", help="default: an eighth of the table"),
+    Field("am_droprate", "am_droprate", "int", help="drop_packet 3: 1 in this many new connections' packets"),
+    Field("icmp_msgs_per_sec", "Too-big answers per second", "int", help="tunnel; 0: none"),
+    Field("icmp_msgs_burst", "Too-big answers' burst", "int"),
 )
 WEB = (
     Field("enabled", "Console enabled", "bool"),

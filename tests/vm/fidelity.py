@@ -18,7 +18,9 @@ import random
 import struct
 from dataclasses import dataclass
 
-SCHEDULERS = ("rr", "wrr", "wlc", "lc", "sh", "dh", "mh")
+from lb.lab.flood import internet_checksum
+
+SCHEDULERS = ("rr", "wrr", "wlc", "lc", "sh", "dh", "mh", "fo", "ovf")
 # Kernel IPVS (6.1, tcp_state_active()) counts SYN_SENT, SYN_RECV, ESTABLISHED and SYNACK
 # connections in ActiveConn, and so does lb's XDP data plane.  Cases whose picks would differ
 # if only ESTABLISHED connections counted as active (half-open ones inactive): lc/wlc with some
@@ -28,8 +30,9 @@ STATE_SCHEDULERS = ("sed", "nq")
 # lblc / lblcr: one destination address per case (the VIP), so one table entry that the busy
 # servers' activeconns move (is_overloaded) and, for lblcr, a server set that grows
 LOCALITY_SCHEDULERS = ("lblc", "lblcr")
-REAL_BASE = 21                       # real servers 198.18.1.21, .22, ...
+REAL_BASE = 21                       # real servers 198.18.1.21, .22, ... (IPv6: 2001:2:0:1::21, ...)
 DEFAULT_VIP = "198.18.0.30"
+DEFAULT_VIP6 = "2001:2:0:10::30"     # IPv6 cases: 2001:2::/48 (RFC 5180) only
 
 
 @dataclass(frozen=True)
@@ -51,7 +54,13 @@ class Case:
     then: tuple[int, ...] | None = None  # weights set after the servers were added (quiesce)
 
     @property
+    def v6(self) -> bool:
+        return ":" in self.vip
+
+    @property
     def reals(self) -> list[str]:
+        if self.v6:
+            return [f"2001:2:0:1::{REAL_BASE + i}" for i in range(len(self.weights))]
         return [f"198.18.1.{REAL_BASE + i}" for i in range(len(self.weights))]
 
     def tables(self) -> list:
@@ -73,6 +82,18 @@ class Case:
 def _client(rng: random.Random) -> str:
     # 198.18.32.0 - 198.19.255.255: clear of the lab's 198.18.0.0/24 and 198.18.1.0/24
     return str(ipaddress.IPv4Address(int(ipaddress.IPv4Address("198.18.32.0")) + rng.randrange(2**17 - 2**13 - 1) + 1))
+
+
+def _client6(rng: random.Random) -> str:
+    # 2001:2:0:20:: - 2001:2:0:ffff:: (clear of the lab's /64s), every 32-bit word varied: IPVS
+    # hashes an IPv6 address folded to 32 bits (the XOR of its four words)
+    return str(ipaddress.IPv6Address((0x2001_0002_0000 << 80) | (rng.randrange(0x20, 0x10000) << 64)
+                                     | rng.getrandbits(64)))
+
+
+def _vip6(rng: random.Random) -> str:
+    # 2001:2:0:10::/64 (dh hashes the destination)
+    return str(ipaddress.IPv6Address((0x2001_0002_0000_0010 << 64) | rng.getrandbits(64) | 1))
 
 
 def _vip(rng: random.Random) -> str:
@@ -115,8 +136,8 @@ def cases() -> list[Case]:
     add("lblcr-3121", "lblcr", [3, 1, 2, 1], 14, acks=[False, True, True, False, True])
     # random ones
     for sched in SCHEDULERS:
-        if sched == "mh":
-            continue                  # _mh_cases: flags and weight edits too
+        if sched in ("mh", "fo", "ovf"):
+            continue                  # _mh_cases, _more_cases: flags and weight edits too
         for i in range(4):
             n = rng.randint(1, 8)
             weights = [rng.randint(0, 6) for _ in range(n)]
@@ -128,6 +149,48 @@ def cases() -> list[Case]:
                 acks = [rng.random() < 0.5 for _ in range(3 * n + 5)] if sched in ("wlc", "lc") else ()
                 add(f"{sched}-random{i}", sched, weights, 3 * n + 5, acks=acks)
     out.extend(_mh_cases(ports, sports))
+    out.extend(_more_cases(ports, sports))
+    return out
+
+
+def _more_cases(ports, sports) -> list[Case]:
+    """fo and ovf with fixed weights (ties, weight 0, ovf's activeconns <= weight), sh's flags
+    (sh-port, sh-fallback, quiesced servers with and without fallback) and IPv6 address hashing
+    (sh, dh, mh, lblc over IPv6 clients and VIPs).  Their own random stream, so the other cases
+    stay as they were."""
+    rng = random.Random(5180)
+    out: list[Case] = []
+
+    def add(cid, sched, weights, clients, flags=(), then=None, vip=DEFAULT_VIP, acks=()):
+        flows = tuple(Flow(c, next(sports), i < len(acks) and acks[i]) for i, c in enumerate(clients))
+        out.append(Case(cid, sched, tuple(weights), vip, next(ports), flows, tuple(flags),
+                        None if then is None else tuple(then)))
+
+    one = ["198.18.0.2"]
+    add("fo-ties", "fo", [3, 5, 5, 1], one * 6)
+    add("fo-zero", "fo", [0, 2, 1], one * 4)
+    add("fo-quiesce", "fo", [1, 4, 2], one * 4, then=[1, 0, 2])
+    add("ovf-321", "ovf", [3, 2, 1], one * 10, acks=[True, False] * 5)
+    add("ovf-zero", "ovf", [2, 0, 1], one * 6)
+    add("ovf-equal", "ovf", [1, 1, 1, 1], one * 8)
+    many = [_client(rng) for _ in range(128)]
+    add("sh-port", "sh", [1, 1, 1, 1], ["198.18.0.2"] * 40, flags=("sh-port",))
+    add("sh-quiesce", "sh", [1, 1, 1], many[:64], then=[1, 0, 1])
+    add("sh-quiesce-fallback", "sh", [1, 1, 1], many[:64], flags=("sh-fallback",), then=[1, 0, 1])
+    add("sh-fallback-port", "sh", [2, 1, 3, 1], many[:48], flags=("sh-fallback", "sh-port"), then=[0, 1, 0, 1])
+    many6 = [_client6(rng) for _ in range(128)]
+    add("sh-v6", "sh", [3, 1, 0, 2], many6, vip=DEFAULT_VIP6)
+    add("sh-v6-fallback-port", "sh", [1, 2, 1], many6[:48], flags=("sh-fallback", "sh-port"), then=[1, 0, 1],
+        vip=DEFAULT_VIP6)
+    add("mh-v6", "mh", [3, 1, 0, 2], many6, vip=DEFAULT_VIP6)
+    add("mh-v6-fallback", "mh", [1, 1, 1], many6[:64], flags=("mh-fallback",), then=[1, 0, 1], vip=DEFAULT_VIP6)
+    for i in range(8):
+        add(f"dh-v6-vip{i}", "dh", [1, 2, 0], many6[i:i + 2], vip=_vip6(rng))
+    add("lblc-v6", "lblc", [4, 1], many6[:8], vip=_vip6(rng))
+    for i in range(3):
+        n = rng.randint(1, 6)
+        add(f"fo-random{i}", "fo", [rng.randint(0, 6) for _ in range(n)], one * (n + 3))
+        add(f"ovf-random{i}", "ovf", [rng.randint(0, 4) for _ in range(n)], one * (3 * n + 4))
     return out
 
 
@@ -164,15 +227,6 @@ def _mh_cases(ports, sports) -> list[Case]:
 
 # ---- raw TCP segments (the guest sends them with IP_HDRINCL; scapy is slow to import there)
 
-def _csum(data: bytes) -> int:
-    if len(data) % 2:
-        data += b"\0"
-    s = sum(struct.unpack(f"!{len(data) // 2}H", data))
-    while s >> 16:
-        s = (s & 0xFFFF) + (s >> 16)
-    return ~s & 0xFFFF
-
-
 def tcp_packet(src: str, dst: str, sport: int, dport: int, flags: str, seq: int = 0, ack: int = 0) -> bytes:
     """IPv4 + TCP (no options, no payload), checksums filled: what scapy's
     IP(src, dst)/TCP(sport, dport, flags, seq, ack) gives."""
@@ -180,11 +234,25 @@ def tcp_packet(src: str, dst: str, sport: int, dport: int, flags: str, seq: int 
     fl = sum(bits[c] for c in flags)
     s, d = ipaddress.IPv4Address(src).packed, ipaddress.IPv4Address(dst).packed
     tcp = struct.pack("!HHIIBBHHH", sport, dport, seq, ack, 5 << 4, fl, 8192, 0, 0)
-    c = _csum(s + d + struct.pack("!BBH", 0, 6, len(tcp)) + tcp)
+    c = internet_checksum(s + d + struct.pack("!BBH", 0, 6, len(tcp)) + tcp)
     tcp = tcp[:16] + struct.pack("!H", c) + tcp[18:]
     ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(tcp), 1, 0, 64, 6, 0, s, d)
-    ip = ip[:10] + struct.pack("!H", _csum(ip)) + ip[12:]
+    ip = ip[:10] + struct.pack("!H", internet_checksum(ip)) + ip[12:]
     return ip + tcp
+
+
+def tcp6_frame(src_mac: bytes, dst_mac: bytes, src: str, dst: str, sport: int, dport: int, flags: str,
+               seq: int = 0, ack: int = 0) -> bytes:
+    """Ethernet + IPv6 + TCP (no options, no payload), checksum filled: what scapy's
+    Ether()/IPv6(src, dst)/TCP(...) gives.  The guest sends it from an AF_PACKET socket."""
+    bits = {"F": 0x01, "S": 0x02, "R": 0x04, "P": 0x08, "A": 0x10}
+    fl = sum(bits[c] for c in flags)
+    s, d = ipaddress.IPv6Address(src).packed, ipaddress.IPv6Address(dst).packed
+    tcp = struct.pack("!HHIIBBHHH", sport, dport, seq, ack, 5 << 4, fl, 8192, 0, 0)
+    c = _csum(s + d + struct.pack("!IxxxB", len(tcp), 6) + tcp)
+    tcp = tcp[:16] + struct.pack("!H", c) + tcp[18:]
+    ip6 = struct.pack("!IHBB16s16s", 6 << 28, len(tcp), 6, 64, s, d)
+    return dst_mac + src_mac + b"\x86\xdd" + ip6 + tcp
 
 
 # ---- the hashes in question (dh/sh), for precise reports

@@ -22,17 +22,18 @@ REPO = Path(__file__).resolve().parents[2]
 VENV = REPO / ".venv"
 CACHE = Path(os.environ.get("LB_VM_CACHE", "/var/cache/lb-vm"))
 KERNEL = CACHE / "vmlinuz"
+KERNEL_TWOS = CACHE / "vmlinuz-twos"      # Debian's 6.12: IPVS with twos (6.2+), which 6.1 lacks
 
 
 class VmUnavailable(Exception):
     """What is missing for a VM run, in words (the reason a test skips)."""
 
 
-def kernel_release() -> str:
-    return os.path.basename(os.path.realpath(KERNEL)).removeprefix("vmlinuz-")
+def kernel_release(kernel: Path = KERNEL) -> str:
+    return os.path.basename(os.path.realpath(kernel)).removeprefix("vmlinuz-")
 
 
-def check_prerequisites() -> None:
+def check_prerequisites(kernel: Path = KERNEL, module: str = "ip_vs") -> None:
     if os.geteuid() != 0:
         raise VmUnavailable("the IPVS VM needs root")
     vng = VENV / "bin" / "vng"
@@ -40,15 +41,16 @@ def check_prerequisites() -> None:
         raise VmUnavailable(f"{vng} missing: run scripts/setup-vm.sh (make test does)")
     if not shutil.which("qemu-system-x86_64"):
         raise VmUnavailable("qemu-system-x86_64 missing: run scripts/setup-vm.sh (make test does)")
-    if not KERNEL.exists():
-        raise VmUnavailable(f"{KERNEL} missing: run scripts/setup-vm.sh (make test does)")
-    ver = kernel_release()
-    if not any(Path(f"/lib/modules/{ver}/kernel/net/netfilter/ipvs").glob("ip_vs.ko*")):
-        raise VmUnavailable(f"/lib/modules/{ver} has no ip_vs module: run scripts/setup-vm.sh")
+    if not kernel.exists():
+        raise VmUnavailable(f"{kernel} missing: run scripts/setup-vm.sh (make test does)")
+    ver = kernel_release(kernel)
+    if not any(Path(f"/lib/modules/{ver}/kernel/net/netfilter/ipvs").glob(f"{module}.ko*")):
+        raise VmUnavailable(f"/lib/modules/{ver} has no {module} module: run scripts/setup-vm.sh")
 
 
-def vng_argv(command: str, rwdir: str | None = None, memory: str = "2G", cpus: int = 2) -> list[str]:
-    argv = [str(VENV / "bin" / "vng"), "--run", str(KERNEL), "--disable-kvm", "--force-9p",
+def vng_argv(command: str, rwdir: str | None = None, memory: str = "2G", cpus: int = 2,
+             kernel: Path = KERNEL) -> list[str]:
+    argv = [str(VENV / "bin" / "vng"), "--run", str(kernel), "--disable-kvm", "--force-9p",
             "--memory", memory, "--cpus", str(cpus)]
     if rwdir:
         argv.append(f"--rwdir={rwdir}")
@@ -60,7 +62,7 @@ def run(command: str, rwdir: str | None = None, timeout: float = 900.0, log_path
     """Boot, run `command` (a shell command line) in the guest, power off.
     Returns (exit status, console output, wall seconds).  The output goes through a pipe and,
     if log_path is given, is copied there line by line."""
-    check_prerequisites()
+    check_prerequisites(kw.get("kernel", KERNEL))
     env = dict(os.environ)
     env["PATH"] = f"{VENV / 'bin'}:{env.get('PATH', '/usr/sbin:/usr/bin:/sbin:/bin')}"
     t0 = time.monotonic()

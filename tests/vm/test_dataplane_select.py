@@ -47,12 +47,21 @@ class FakeIpvs:
     def load(self):
         self.calls.append("load")
 
+    def plan(self, table):
+        pass
+
     def apply(self, table):
         self.calls.append("apply")
         self.services = {s.key: s for s in table.services}
 
     def attach(self, ifname, side="public", mode="native"):
         self.calls.append(f"attach {ifname} {side}")
+
+    def lease(self, seconds):
+        pass
+
+    def claim(self, addrs):
+        pass
 
 
 @pytest.mark.parametrize("fail_at", ["load", "attach"])
@@ -68,6 +77,8 @@ def test_auto_falls_back_to_ipvs_with_a_log_line(monkeypatch, caplog, tmp_path, 
 
     monkeypatch.setattr(XdpDataplane, "load", broken if fail_at == "load" else (lambda self: None))
     monkeypatch.setattr(XdpDataplane, "apply", lambda self, t: 0)
+    monkeypatch.setattr(XdpDataplane, "lease", lambda self, s: None)
+    monkeypatch.setattr(XdpDataplane, "claim", lambda self, a: None)
     monkeypatch.setattr(XdpDataplane, "attach", broken)
     monkeypatch.setattr(XdpDataplane, "detach_all", lambda self: undone.append("detach"))
     monkeypatch.setattr(XdpDataplane, "unpin", lambda self: undone.append("unpin"))

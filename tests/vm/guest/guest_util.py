@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from conftest import LB_BIN, LbProcess, LbRunner
-from vm.fidelity import Case, cases, tcp_packet
+from vm.fidelity import Case, cases, tcp6_frame, tcp_packet
 
 REPO = Path(__file__).resolve().parents[3]
 
@@ -119,6 +119,18 @@ def dests(listing: str) -> dict[str, int]:
     return {m.group(1): int(m.group(2)) for m in re.finditer(r"^  -> (\S+)\s+\S+\s+(\d+)", listing, re.M)}
 
 
+def wait_stats(lab, vip_port: str, conns: int, timeout: float = 60.0) -> None:
+    """Until `ipvsadm -L -n --stats --exact` counts at least `conns` connections for the service
+    (the kernel's estimator copies the per-CPU counters there every 2 s)."""
+    def counted():
+        for ln in ipvsadm(lab, "-L", "-n", "--stats", "--exact").splitlines():
+            p = ln.split()
+            if len(p) > 2 and p[1] == vip_port:
+                return int(p[2]) >= conns
+        return False
+    wait_for(counted, timeout, f"{conns} connections in the stats of {vip_port}", step=0.2)
+
+
 def wait_for(cond, timeout: float, what: str, step: float = 0.5):
     deadline = time.monotonic() + timeout
     while True:
@@ -143,6 +155,37 @@ def lab_config(network: str, dataplane: str | None, monitor: str = "", weights=(
 
 
 # ---- scheduler fidelity: kernel IPVS's pick for each new connection of each case ------------
+
+def _send_flows6(case: Case, macs: tuple[bytes, bytes]) -> None:
+    """IPv6 flows (SYNs only: the hash schedulers' cases), as Ethernet frames from an AF_PACKET
+    socket on the client's c0 straight to the director's pub0 MAC: the client needs no IPv6
+    address or route of its own to send the cases' many source addresses."""
+    import socket
+
+    os.sched_setaffinity(0, {0})
+    src_mac, dst_mac = macs
+    with socket.socket(socket.AF_PACKET, socket.SOCK_RAW) as s:
+        s.bind(("c0", 0))
+        for f in case.flows:
+            assert not f.ack, "IPv6 cases send SYNs only"
+            s.send(tcp6_frame(src_mac, dst_mac, f.client, case.vip, f.sport, case.port, "S"))
+
+
+def _mac(lab, node: str, dev: str) -> bytes:
+    import json
+
+    return bytes.fromhex(json.loads(lab.run(node, ["ip", "-j", "link", "show", "dev", dev]).stdout)[0]["address"]
+                         .replace(":", ""))
+
+
+def enable_ipv6(lab) -> None:
+    """IPv6 on the director (the lab turns it off): pub0 takes the cases' frames, priv0 reaches
+    the (absent) IPv6 real servers 2001:2:0:1::21.. through permanent neighbour entries."""
+    keys = [f"net.ipv6.conf.{d}.disable_ipv6=0" for d in ("all", "default", "lo", "pub0", "priv0")]
+    keys += [f"net.ipv6.conf.{d}.accept_dad=0" for d in ("all", "default", "pub0", "priv0")]
+    lab.run("director", ["sysctl", "-qw", *keys], timeout=30)
+    lab.run("director", ["ip", "-6", "address", "add", "2001:2:0:1::1/64", "dev", "priv0", "nodad"], timeout=30)
+
 
 def _send_flows(case: Case, conn_table) -> None:
     """In the client's namespace: each flow's SYN (and ACK), in order, from one CPU so that the
@@ -190,10 +233,13 @@ def run_fidelity(lab, results_dir: Path) -> tuple[dict[str, list], float]:
     all_cases = cases()
     vips = sorted({c.vip for c in all_cases})
     nreal = max(len(c.weights) for c in all_cases)
-    batch = [f"address add {v}/32 dev lo" for v in vips]
+    enable_ipv6(lab)
+    batch = [f"address add {v}/{128 if ':' in v else 32} dev lo" + (" nodad" if ":" in v else "") for v in vips]
     for i in range(nreal):
         batch.append(f"neigh replace 198.18.1.{21 + i} lladdr 02:00:00:00:02:{21 + i:02x} dev priv0 nud permanent")
+        batch.append(f"neigh replace 2001:2:0:1::{21 + i} lladdr 02:00:00:00:03:{21 + i:02x} dev priv0 nud permanent")
     lab.run("director", ["ip", "-batch", "-"], input="\n".join(batch) + "\n", timeout=60)
+    macs = (_mac(lab, "client", "c0"), _mac(lab, "director", "pub0"))
     run_dir = str(results_dir / "fidelity-run")
 
     def in_director():
@@ -204,18 +250,22 @@ def run_fidelity(lab, results_dir: Path) -> tuple[dict[str, list], float]:
             for c in all_cases:
                 for table in c.tables():
                     dp.apply(table)
-                with open("/proc/thread-self/net/ip_vs_conn") as table:
-                    lab.in_netns("client", _send_flows, c, table, timeout=120)
+                if c.v6:
+                    lab.in_netns("client", _send_flows6, c, macs, timeout=120)
+                else:
+                    with open("/proc/thread-self/net/ip_vs_conn") as table:
+                        lab.in_netns("client", _send_flows, c, table, timeout=120)
                 time.sleep(0.05)
                 conns = _kernel_conns()
                 # /proc/net/ip_vs_conn is read in chunks by position: entries of earlier cases
-                # expiring meanwhile shift it and a line can be skipped, so look again for the
-                # flows not seen (one that no real server took stays missing)
-                for _ in range(3):
+                # expiring meanwhile shift it and a line can be skipped, and frames sent from an
+                # AF_PACKET socket may still be on their way: look again for the flows not seen
+                # (one that no real server took stays missing)
+                for _ in range(10):
                     missing = [f for f in c.flows if (f.client, f.sport, c.vip, c.port) not in conns]
                     if not missing:
                         break
-                    time.sleep(0.05)
+                    time.sleep(0.1)
                     conns.update(_kernel_conns())
                 picks[c.id] = [conns.get((f.client, f.sport, c.vip, c.port)) for f in c.flows]
         finally:

@@ -13,9 +13,10 @@ import signal
 import time
 
 import pytest
+from vm import oracle
+from guest_oracle import Player, oracle_director  # noqa: F401
 from guest_util import (dests, ipvs_kernel, ipvsadm, lab_config, lb_list_cli, results_dir, run_fidelity,  # noqa: F401
-                        same_as_ipvsadm, start_lb,
-                        wait_for)
+                        same_as_ipvsadm, start_lb, wait_for, wait_stats)
 
 LAB_NETWORK = "direct"
 MONITOR = 'interval = 0.5\ntimeout = 1.5\nreentry = 2.0\nconnect_timeout = 0.5\n'
@@ -74,7 +75,7 @@ def test_dr_traffic_reaches_every_real_server(lab, lb_dr):
 
 
 def test_listings_equal_ipvsadm_after_traffic(lab, lb_dr):
-    time.sleep(2.5)    # the estimator refreshes rates every 2 s
+    wait_stats(lab, "198.18.0.10:80", 12)     # the estimator copies the counters every 2 s
     for args in (["-n"], ["-n", "--stats"], ["-n", "--stats", "--exact"], ["-n", "--persistent-conn"],
                  ["-n", "--thresholds"], ["-n", "-c"], ["--timeout"], ["-n", "-t", "198.18.0.10:80"]):
         mine, theirs = same_as_ipvsadm(lab, *args)
@@ -145,3 +146,25 @@ def test_ipvs_dataplane_sets_lblc_expirations(lab, results_dir, ipvs_kernel):
             dp.unpin()
 
     assert lab.in_netns("director", in_director, timeout=120) == ["600", "1200"]
+
+
+def test_kernel_ipvs_plays_the_oracle_scripts(oracle_director, results_dir):
+    """tests/vm/oracle.py's scripts played by kernel IPVS (guest_oracle.Player, beside this
+    module's lb instance: another VIP, another instance name): every script's observations and
+    its time line, for the host to compare.  Asserted here is only that the player is sound:
+    every packet was handled (the barrier), and a SYN made a SYN_RECV entry."""
+    run_dir = str(results_dir / "oracle-run")
+
+    def in_director():
+        p = Player(oracle_director, run_dir)
+        try:
+            return {s.id: p.play(s) for s in oracle.scripts()}
+        finally:
+            p.close()
+
+    t0 = time.monotonic()
+    res = oracle_director.in_netns("director", in_director, timeout=900)
+    (results_dir / "oracle-ipvs.json").write_text(json.dumps(
+        {"kernel": os.uname().release, "seconds": time.monotonic() - t0, "results": res}, indent=1))
+    first = res["tcp-states"]["observations"][0]
+    assert first["label"] == "syn#0" and [v[0] for v in first["conns"].values()] == ["SYN_RECV"], first

@@ -3,10 +3,9 @@ for xdp; `lb run --dataplane ipvs` overrides it."""
 from __future__ import annotations
 
 import signal
-import time
 
 import pytest
-from guest_util import dests, ipvs_kernel, ipvsadm, lab_config, same_as_ipvsadm, start_lb  # noqa: F401
+from guest_util import dests, ipvs_kernel, ipvsadm, lab_config, same_as_ipvsadm, start_lb, wait_stats  # noqa: F401
 
 LAB_NETWORK = "nat"
 
@@ -40,7 +39,7 @@ def test_nat_traffic_reaches_every_real_server(lab, lb_nat):
 
 
 def test_nat_listings_equal_ipvsadm(lab, lb_nat):
-    time.sleep(2.5)
+    wait_stats(lab, "198.18.0.10:80", 12)     # the estimator copies the counters every 2 s
     for args in (["-n"], ["-n", "--stats"], ["-n", "--stats", "--exact"], ["-n", "-c"]):
         mine, theirs = same_as_ipvsadm(lab, *args)
         assert mine == theirs, f"lb list {' '.join(args)} differs from ipvsadm"

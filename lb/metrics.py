@@ -1,0 +1,374 @@
+"""Prometheus metrics of a running director: http://[metrics] listen/metrics, served by `lb run`.
+
+A custom collector reads the live state at scrape time; nothing is mirrored into gauges between
+scrapes.  Two sources:
+
+- the engine's status, the document `lb status --json` prints (health, weights and their source,
+  HA, reloads), taken on the engine's loop, where building it only copies Python state;
+- the data plane's rows and counters (``Dataplane.read_services`` / ``counters``), read in the
+  scrape's own thread the way `lb list` reads them (the pinned maps, or the kernel's IPVS table).
+
+The HTTP server is prometheus_client's threaded WSGI server, so a scrape runs in its own thread
+and the engine's loop never waits for one.  docs/metrics.md lists every metric
+(tests/test_metrics.py holds it to what the collector emits); docs/grafana-dashboard.json shows
+them.
+"""
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import logging
+
+from prometheus_client.core import (
+    CollectorRegistry,
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    InfoMetricFamily,
+)
+
+from lb import __version__
+from lb import weight as lbweight
+
+log = logging.getLogger("lb.metrics")
+
+SNAPSHOT_TIMEOUT = 5.0          # the engine's loop answers in microseconds; this bounds a stuck one
+
+# the labels of a virtual service and of one of its real servers
+SERVICE_LABELS = ("service", "protocol", "vip", "vport", "fwmark")
+REAL_LABELS = SERVICE_LABELS + ("server", "rip", "rport")
+
+# ipvsadm's five counters (records.Stats fields) and the estimator's rates, as metric name parts
+STATS = (("conns", "connections", "connections scheduled"),
+         ("inpkts", "incoming_packets", "packets from clients"),
+         ("outpkts", "outgoing_packets", "packets to clients (NAT replies; 0 in DR and tunnel)"),
+         ("inbytes", "incoming_bytes", "bytes from clients"),
+         ("outbytes", "outgoing_bytes", "bytes to clients (NAT replies; 0 in DR and tunnel)"))
+
+HA_ROLES = ("starting", "backup", "active", "fault", "leaving")
+PEER_STATES = HA_ROLES + ("unknown",)
+# pulse counters that are not refusals (every other one counts messages refused for a reason)
+HA_ACCEPTED = {"rx", "standdown_rx", "sync_rx_records", "sync_tx_records", "sync_skipped", "sync_pending"}
+# data-path counters whose names end so are levels (table fill), not counts of events
+LEVEL_SUFFIXES = ("_entries", "_max", "_capacity", "_fill", "_ratio")
+RELOAD_RESULTS = ("ok", "refused", "failed")
+
+
+class EngineSource:
+    """What the collector reads, from a running Engine."""
+
+    def __init__(self, engine, loop: asyncio.AbstractEventLoop):
+        self.engine = engine
+        self.loop = loop
+
+    def status(self) -> dict:
+        async def take():
+            return self.engine.status(counters=False)
+        return asyncio.run_coroutine_threadsafe(take(), self.loop).result(SNAPSHOT_TIMEOUT)
+
+    def services(self) -> list:
+        return self.engine.dp.read_services()
+
+    def counters(self) -> dict:
+        return self.engine.dp.counters()
+
+
+class _Families:
+    """Metric families by name, made on first use, yielded in order of first use."""
+
+    def __init__(self):
+        self.fams: dict[str, object] = {}
+
+    def _get(self, cls, name: str, doc: str, labels) -> object:
+        fam = self.fams.get(name)
+        if fam is None:
+            fam = self.fams[name] = cls(name, doc, labels=list(labels))
+        return fam
+
+    def gauge(self, name: str, doc: str, labels, values, value) -> None:
+        if value is not None:
+            self._get(GaugeMetricFamily, name, doc, labels).add_metric(list(values), float(value))
+
+    def counter(self, name: str, doc: str, labels, values, value) -> None:
+        if value is not None:
+            self._get(CounterMetricFamily, name, doc, labels).add_metric(list(values), float(value))
+
+    def info(self, name: str, doc: str, labels, values, info: dict) -> None:
+        self._get(InfoMetricFamily, name, doc, labels).add_metric(list(values), info)
+
+    def __iter__(self):
+        return iter(self.fams.values())
+
+
+def _ip(text):
+    try:
+        return ipaddress.ip_address(text)
+    except (TypeError, ValueError):
+        return text
+
+
+def _row_key(row) -> tuple:
+    return ("fwmark", row.fwmark) if row.fwmark else (row.protocol.lower(), row.address, row.port)
+
+
+def _status_key(s: dict) -> tuple:
+    return ("fwmark", s["fwmark"]) if s.get("fwmark") else (s["protocol"], _ip(s["address"]), s["port"])
+
+
+def _service_labels(key: tuple, name: str) -> tuple:
+    if key[0] == "fwmark":
+        return (name, "", "", "", str(key[1]))
+    proto, addr, port = key
+    return (name, proto, str(addr), str(port), "0")
+
+
+def _ago(doc: dict, seconds) -> float | None:
+    """A status document's "N seconds ago" as a Unix time."""
+    return None if seconds is None else doc["at"] - seconds
+
+
+class Collector:
+    """The registry's one collector: every metric, read when Prometheus asks."""
+
+    def __init__(self, source):
+        self.source = source
+
+    def describe(self):
+        return []          # names depend on the live state; nothing to collect at registration
+
+    def collect(self):
+        f = _Families()
+        try:
+            doc = self.source.status()
+        except Exception as e:   # a stuck or stopping engine: say so rather than fail the scrape
+            log.warning("metrics: no status from the engine: %s", e)
+            doc = None
+        f.gauge("lb_up", "1 when the engine answered this scrape", (), (), doc is not None)
+        rows, counters, dp_ok = [], {}, True
+        try:
+            rows = self.source.services()
+            counters = self.source.counters()
+        except Exception as e:   # the maps of a stopping daemon, a netlink error
+            log.warning("metrics: reading the data plane: %s", e)
+            dp_ok = False
+        f.gauge("lb_dataplane_up", "1 when the data plane's table and counters were read for this scrape",
+                (), (), dp_ok)
+        if doc is not None:
+            f.info("lb", "the instance, its data plane and lb's version", ("instance", "dataplane", "version"),
+                   (doc["instance"], doc.get("dataplane", ""), __version__), {})
+            self._reloads(f, doc)
+        self._services(f, doc, rows)
+        self._counters(f, counters)
+        if doc is not None and doc.get("ha"):
+            self._ha(f, doc, doc["ha"])
+        return list(f)
+
+    # ---- virtual and real servers ----
+    def _services(self, f: _Families, doc: dict | None, rows: list) -> None:
+        configured = {_status_key(s): s for s in (doc or {}).get("services", [])}
+        seen = set()
+        for row in rows:
+            key = _row_key(row)
+            s = configured.get(key)
+            seen.add(key)
+            labels = _service_labels(key, s["name"] if s else "")
+            f.info("lb_virtual_server", "a virtual service (the scheduler as a label)", SERVICE_LABELS, labels,
+                   {"scheduler": row.scheduler})
+            self._stats(f, "lb_virtual_server", "virtual service", SERVICE_LABELS, labels, row)
+            f.gauge("lb_virtual_server_usable_real_servers", "real servers taking new connections (weight > 0)",
+                    SERVICE_LABELS, labels, sum(1 for r in row.reals if r.weight > 0))
+            reals = {}
+            if s is not None:
+                fw = bool(s.get("fwmark"))
+                reals = {(_ip(r["address"]), 0 if fw else r["port"]): r for r in s["real_servers"]}
+            for rr in row.reals:
+                r = reals.pop((rr.address, rr.port), None)
+                name = r["name"] if r else ("sorry_server" if s and s.get("on_sorry_server") else "")
+                rl = labels + (name, str(rr.address), str(rr.port))
+                self._stats(f, "lb_real_server", "real server", REAL_LABELS, rl, rr)
+                f.gauge("lb_real_server_connections_active", "connections in the ESTABLISHED state (ActiveConn)",
+                        REAL_LABELS, rl, rr.active)
+                f.gauge("lb_real_server_connections_inactive", "other connections (InActConn)", REAL_LABELS, rl,
+                        rr.inactive)
+                f.gauge("lb_real_server_persistence_templates", "persistence templates naming it (PersistConn)",
+                        REAL_LABELS, rl, rr.persist)
+                f.gauge("lb_real_server_dataplane_weight", "the weight the data plane schedules with",
+                        REAL_LABELS, rl, rr.weight)
+                if r is not None:
+                    self._real_status(f, rl, r)
+            for (addr, port), r in reals.items():     # configured, not in the table (down, inactive)
+                self._real_status(f, labels + (r["name"], str(addr), str(port)), r)
+            if s is not None:
+                f.gauge("lb_virtual_server_on_sorry_server", "1 while new connections go to the sorry server",
+                        SERVICE_LABELS, labels, bool(s.get("on_sorry_server")))
+        for key, s in configured.items():             # configured, not in the table (inactive)
+            if key in seen:
+                continue
+            labels = _service_labels(key, s["name"])
+            fw = bool(s.get("fwmark"))
+            for r in s["real_servers"]:
+                self._real_status(f, labels + (r["name"], r["address"], str(0 if fw else r["port"])), r)
+
+    @staticmethod
+    def _stats(f: _Families, prefix: str, what: str, labels, values, row) -> None:
+        for field, name, doc in STATS:
+            f.counter(f"{prefix}_{name}_total", f"{doc} ({what}; ipvsadm --stats)", labels, values,
+                      getattr(row.stats, field))
+        for field, name, doc in STATS:
+            f.gauge(f"{prefix}_{name}_per_second", f"{doc} per second (IPVS's 2 s estimator, smoothed; "
+                    f"{what}; ipvsadm --rate)", labels, values, getattr(row.rate, field))
+
+    @staticmethod
+    def _real_status(f: _Families, labels, r: dict) -> None:
+        f.gauge("lb_real_server_weight", "effective weight (0: out of rotation)", REAL_LABELS, labels, r["weight"])
+        f.gauge("lb_real_server_configured_weight", "the weight in the configuration", REAL_LABELS, labels,
+                r.get("configured_weight"))
+        for source in lbweight.SOURCES:
+            f.gauge("lb_real_server_weight_source", "1 for why the server has its weight (lb.weight: configured, "
+                    "load_monitor, override, down_quiesced, down, inactive, sorry_server)",
+                    REAL_LABELS + ("source",), labels + (source,), r["weight_source"] == source)
+        health = r.get("health")
+        f.gauge("lb_real_server_up", "1 unless its health check has taken it down", REAL_LABELS, labels,
+                health != "down")
+        f.gauge("lb_real_server_health_checked", "1 when a health check watches it", REAL_LABELS, labels,
+                health not in (None, "unmonitored"))
+        f.counter("lb_real_server_health_checks_total", "health checks run", REAL_LABELS, labels, r.get("checks"))
+        f.counter("lb_real_server_health_check_failures_total", "health checks that failed", REAL_LABELS, labels,
+                  r.get("failures"))
+        for to, key in (("down", "downs"), ("up", "ups")):
+            f.counter("lb_real_server_health_transitions_total", "times the health check took it down or "
+                      "brought it back", REAL_LABELS + ("to",), labels + (to,), r.get(key))
+        last = r.get("last_check")
+        if last:
+            f.gauge("lb_real_server_last_health_check_duration_seconds", "how long the last health check took",
+                    REAL_LABELS, labels, last.get("duration"))
+            f.gauge("lb_real_server_last_health_check_success", "1 when the last health check passed",
+                    REAL_LABELS, labels, bool(last.get("ok")))
+            f.gauge("lb_real_server_last_health_check_timestamp_seconds", "when the last health check ended",
+                    REAL_LABELS, labels, last.get("at"))
+
+    # ---- the data path, reloads, HA ----
+    @staticmethod
+    def _counters(f: _Families, counters: dict) -> None:
+        for name, value in sorted(counters.items()):
+            if name.endswith(LEVEL_SUFFIXES):
+                f.gauge(f"lb_dataplane_{name}", f"data path level {name}", (), (), value)
+            else:
+                f.counter("lb_dataplane_events_total", "packets the data path passed, dropped or answered for a "
+                          "reason (lb status: data path)", ("event",), (name,), value)
+
+    @staticmethod
+    def _reloads(f: _Families, doc: dict) -> None:
+        rel = doc.get("reloads") or {}
+        for result in RELOAD_RESULTS:
+            f.counter("lb_config_reloads_total", "reloads by result (ok; refused: the file was bad, nothing "
+                      "changed; failed: applying it failed)", ("result",), (result,), rel.get(result, 0))
+        f.gauge("lb_config_last_reload_successful", "0 when the last reload was refused or failed", (), (),
+                rel.get("last_ok", True))
+        f.gauge("lb_config_last_reload_success_timestamp_seconds", "when the running config was loaded", (), (),
+                rel.get("loaded_at"))
+        f.gauge("lb_config_warnings", "warnings of the running config (lb check prints them)", (), (),
+                doc.get("config_warnings", 0))
+
+    @staticmethod
+    def _ha(f: _Families, doc: dict, ha: dict) -> None:
+        for role in HA_ROLES:
+            f.gauge("lb_ha_role", "1 for this director's role", ("role",), (role,), ha["role"] == role)
+        f.gauge("lb_ha_primary", "1 on the primary node, 0 on the backup", (), (), ha["node"] == "primary")
+        f.counter("lb_ha_role_changes_total", "role changes", (), (), ha.get("role_changes"))
+        f.counter("lb_ha_takeovers_total", "times this director became active", (), (), ha.get("takeovers"))
+        peer = ha["peer"]
+        f.gauge("lb_ha_peer_alive", "1 while the peer's heartbeats arrive within deadtime", (), (), peer["alive"])
+        for state in PEER_STATES:
+            f.gauge("lb_ha_peer_state", "1 for the peer's last announced state", ("state",), (state,),
+                    peer["state"] == state)
+        f.gauge("lb_ha_peer_last_heard_timestamp_seconds", "when the peer was last heard", (), (),
+                _ago(doc, peer.get("last_heard_s")))
+        f.gauge("lb_ha_link_up", "0 while the public link is down (monitor_links)", (), (), ha.get("link_ok", True))
+        for name, ch in ha.get("channels", {}).items():
+            f.counter("lb_ha_heartbeats_sent_total", "pulse messages sent (heartbeats and stand-downs)",
+                      ("channel",), (name,), ch["tx"])
+            f.counter("lb_ha_heartbeats_received_total", "authentic pulse messages received",
+                      ("channel",), (name,), ch["rx"])
+            f.counter("lb_ha_heartbeat_send_errors_total", "pulse messages the socket refused",
+                      ("channel",), (name,), ch.get("tx_errors"))
+            f.gauge("lb_ha_last_heartbeat_timestamp_seconds", "when the peer's last message came on this channel",
+                    ("channel",), (name,), _ago(doc, ch.get("last_heartbeat_s")))
+        counters = ha.get("counters", {})
+        for reason, n in sorted(counters.items()):
+            if reason not in HA_ACCEPTED:
+                f.counter("lb_ha_heartbeats_refused_total", "pulse messages dropped (forged, replayed, stale, "
+                          "malformed, wrong channel, ...)", ("reason",), (reason,), n)
+        f.counter("lb_ha_standdowns_received_total", "stand-down messages from the peer", (), (),
+                  counters.get("standdown_rx"))
+        sy = ha.get("sync", {})
+        f.gauge("lb_ha_sync_enabled", "1 when connections are synchronised to the peer", (), (), sy.get("enabled"))
+        f.gauge("lb_ha_sync_tracked_entries", "connection entries the active has sent and follows", (), (),
+                sy.get("tracked"))
+        f.gauge("lb_ha_sync_pending_entries", "entries waiting to be sent", (), (), sy.get("pending"))
+        lag = sy.get("last_tx_s") if ha["role"] == "active" else sy.get("last_rx_s")
+        f.gauge("lb_ha_sync_lag_seconds", "since the last sync batch (sent on the active, received on the "
+                "backup)", (), (), lag)
+        for key, what in (("last_tx_s", "sent"), ("last_rx_s", "received")):
+            f.gauge(f"lb_ha_sync_last_{what}_timestamp_seconds", f"when the last sync batch was {what}", (), (),
+                    _ago(doc, sy.get(key)))
+        for key, what in (("sync_tx_records", "sent"), ("sync_rx_records", "received"),
+                          ("sync_skipped", "skipped")):
+            f.counter(f"lb_ha_sync_{what}_records_total", f"connection records {what}", (), (), counters.get(key))
+
+
+class MetricsServer:
+    """The /metrics endpoint of one engine: started by Engine.run, restarted when a reload
+    changes [metrics], stopped before the data plane closes."""
+
+    def __init__(self, engine, loop: asyncio.AbstractEventLoop):
+        self.engine = engine
+        self.loop = loop
+        self.settings = None
+        self.httpd = None
+        self.thread = None
+
+    def start(self, settings) -> bool:
+        """Serve on settings.listen; False (after an error line) when the address cannot be bound."""
+        from prometheus_client import start_http_server
+        from prometheus_client.gc_collector import GCCollector
+        from prometheus_client.platform_collector import PlatformCollector
+        from prometheus_client.process_collector import ProcessCollector
+
+        self.settings = settings
+        if not settings.enabled:
+            return True
+        registry = CollectorRegistry(auto_describe=False)
+        registry.register(Collector(EngineSource(self.engine, self.loop)))
+        for extra in (ProcessCollector, PlatformCollector, GCCollector):
+            extra(registry=registry)
+        try:
+            self.httpd, self.thread = start_http_server(settings.port, str(settings.address), registry)
+        except OSError as e:     # forwarding goes on; only the metrics are missing
+            log.error("metrics: cannot listen on %s: %s", settings.listen, e)
+            return False
+        log.info("metrics on http://%s/metrics", settings.listen)
+        return True
+
+    def stop(self) -> None:
+        if self.httpd is not None:
+            self.httpd.shutdown()
+            self.httpd.server_close()
+            self.thread.join(5)
+            self.httpd = self.thread = None
+
+    def reconfigure(self, settings) -> None:
+        """After a reload: restart on new settings, nothing when they are the same."""
+        if settings == self.settings:
+            return
+        self.stop()
+        self.start(settings)
+
+
+async def start(engine):
+    """A MetricsServer for engine (running only when its config enables it)."""
+    server = MetricsServer(engine, asyncio.get_running_loop())
+    await asyncio.get_running_loop().run_in_executor(None, server.start, engine.cfg.metrics)
+    return server
+
+
+__all__ = ["Collector", "EngineSource", "MetricsServer", "start"]

@@ -1,0 +1,315 @@
+"""lb.metrics without a lab: the collector over a fixed engine status and data-plane rows, parsed
+as Prometheus parses it; the endpoint over HTTP with an engine whose data plane blocks (the
+engine's loop keeps running)."""
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import re
+import threading
+import urllib.request
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+from prometheus_client import generate_latest
+from prometheus_client.core import CollectorRegistry
+from prometheus_client.parser import text_string_to_metric_families
+
+from lb import metrics
+from lb.config.model import Metrics
+from lb.dataplane.records import RealRow, ServiceRow, Stats
+
+DOCS = Path(__file__).resolve().parents[1] / "docs" / "metrics.md"
+IP = ipaddress.ip_address
+
+
+def real(name, addr, **kw):
+    r = {"name": name, "address": addr, "port": 80, "weight": 1, "weight_source": "configured",
+         "configured_weight": 1, "health": "up", "checks": 0, "failures": 0, "downs": 0, "ups": 0,
+         "last_check": None}
+    r.update(kw)
+    return r
+
+
+def status(ha=True):
+    doc = {
+        "instance": "lab", "dataplane": "xdp", "at": 1000.0, "config_warnings": 2,
+        "reloads": {"ok": 3, "refused": 1, "failed": 0, "last_ok": False, "loaded_at": 900.0},
+        "services": [
+            {"name": "web", "protocol": "tcp", "address": "198.18.0.10", "port": 80, "fwmark": 0,
+             "on_sorry_server": False, "real_servers": [
+                 real("rs1", "198.18.1.11", checks=9, failures=2, ups=1, downs=1,
+                      last_check={"ok": True, "detail": "ok", "at": 998.5, "duration": 0.0042}),
+                 real("rs2", "198.18.1.12", weight=0, weight_source="down", health="down", checks=9, failures=9,
+                      downs=1, last_check={"ok": False, "detail": "refused", "at": 999.0, "duration": 3.0})]},
+            {"name": "ftp", "protocol": "tcp", "address": None, "port": None, "fwmark": 21,
+             "on_sorry_server": False, "real_servers": [
+                 real("f1", "198.18.1.13", port=21, weight=2, weight_source="override", configured_weight=1,
+                      health="unmonitored")]},
+        ],
+    }
+    if ha:
+        doc["ha"] = {
+            "node": "backup", "role": "backup", "role_changes": 3, "takeovers": 1, "link_ok": True,
+            "peer": {"state": "active", "alive": True, "last_heard_s": 0.25},
+            "channels": {"public": {"rx": 40, "tx": 41, "tx_errors": 1, "last_heartbeat_s": 0.25},
+                         "private": {"rx": 39, "tx": 41, "tx_errors": 0, "last_heartbeat_s": None}},
+            "sync": {"enabled": True, "tracked": 0, "pending": 0, "last_tx_s": None, "last_rx_s": 1.5},
+            "counters": {"rx": 79, "bad_auth": 4, "replay": 1, "stale": 0, "malformed": 2, "wrong_channel": 0,
+                         "standdown_rx": 1, "sync_rx_records": 12, "sync_tx_records": 0, "sync_skipped": 3,
+                         "sync_pending": 0, "refused_peer": 5},
+        }
+    return doc
+
+
+def rows():
+    rs1 = RealRow(IP("198.18.1.11"), 80, "Route", 1, active=2, inactive=5, persist=1,
+                  stats=Stats(7, 70, 0, 7000, 0), rate=Stats(1, 10, 0, 900, 0))
+    sorry = RealRow(IP("198.18.1.99"), 80, "Route", 0, stats=Stats(1, 2, 3, 4, 5))
+    web = ServiceRow("TCP", IP("198.18.0.10"), 80, "wrr", reals=[rs1, sorry], stats=Stats(8, 72, 3, 7004, 5),
+                     rate=Stats(1, 10, 0, 900, 0))
+    f1 = RealRow(IP("198.18.1.13"), 0, "Route", 2, stats=Stats(1, 1, 1, 1, 1))
+    ftp = ServiceRow("", None, 0, "rr", fwmark=21, reals=[f1], stats=Stats(1, 1, 1, 1, 1))
+    return [web, ftp]
+
+
+class Source:
+    def __init__(self, doc=None, services=None, counters=None, fail_dp=False):
+        self.doc = status() if doc is None else doc
+        self.rows = rows() if services is None else services
+        self.cnt = {"no_real_server": 3, "tcp_not_syn": 0, "conn_table_entries": 12} if counters is None else counters
+        self.fail_dp = fail_dp
+
+    def status(self):
+        return self.doc
+
+    def services(self):
+        if self.fail_dp:
+            raise OSError("no such map")
+        return self.rows
+
+    def counters(self):
+        return self.cnt
+
+
+def scrape(source) -> dict:
+    """{(name, frozenset(labels)): value} of one scrape, parsed by prometheus_client's parser."""
+    reg = CollectorRegistry(auto_describe=False)
+    reg.register(metrics.Collector(source))
+    return parse(generate_latest(reg).decode())
+
+
+def parse(text: str) -> dict:
+    out = {}
+    for fam in text_string_to_metric_families(text):
+        for s in fam.samples:
+            key = (s.name, frozenset(s.labels.items()))
+            assert key not in out, key
+            out[key] = s.value
+    return out
+
+
+def value(samples, name, **labels):
+    matches = [v for (n, ls), v in samples.items() if n == name and set(labels.items()) <= ls]
+    assert len(matches) == 1, (name, labels, matches)
+    return matches[0]
+
+
+WEB = dict(service="web", protocol="tcp", vip="198.18.0.10", vport="80", fwmark="0")
+
+
+def test_real_server_counters_and_status():
+    s = scrape(Source())
+    rs1 = dict(WEB, server="rs1", rip="198.18.1.11", rport="80")
+    assert [value(s, f"lb_real_server_{n}_total", **rs1) for n in
+            ("connections", "incoming_packets", "outgoing_packets", "incoming_bytes", "outgoing_bytes")] == [7, 70, 0, 7000, 0]
+    assert value(s, "lb_real_server_incoming_bytes_per_second", **rs1) == 900
+    assert (value(s, "lb_real_server_connections_active", **rs1), value(s, "lb_real_server_connections_inactive", **rs1),
+            value(s, "lb_real_server_persistence_templates", **rs1)) == (2, 5, 1)
+    assert value(s, "lb_real_server_health_checks_total", **rs1) == 9
+    assert value(s, "lb_real_server_health_check_failures_total", **rs1) == 2
+    assert value(s, "lb_real_server_health_transitions_total", to="down", **rs1) == 1
+    assert value(s, "lb_real_server_last_health_check_duration_seconds", **rs1) == 0.0042
+    assert value(s, "lb_real_server_last_health_check_timestamp_seconds", **rs1) == 998.5
+    assert value(s, "lb_real_server_up", **rs1) == 1
+    assert value(s, "lb_real_server_weight_source", source="configured", **rs1) == 1
+    assert value(s, "lb_real_server_weight_source", source="override", **rs1) == 0
+    # down: out of the table, so only what the engine knows
+    rs2 = dict(WEB, server="rs2", rip="198.18.1.12", rport="80")
+    assert value(s, "lb_real_server_up", **rs2) == 0
+    assert value(s, "lb_real_server_weight", **rs2) == 0
+    assert value(s, "lb_real_server_weight_source", source="down", **rs2) == 1
+    assert value(s, "lb_real_server_last_health_check_success", **rs2) == 0
+    assert not [k for k in s if k[0] == "lb_real_server_connections_total" and ("server", "rs2") in k[1]]
+    # in the table, not in the config: the data plane's numbers with an empty server name
+    assert value(s, "lb_real_server_outgoing_bytes_total", rip="198.18.1.99", server="") == 5
+    # a firewall-mark service: its real servers' port is 0, as `lb list` shows it
+    f1 = dict(service="ftp", protocol="", vip="", vport="", fwmark="21", server="f1", rip="198.18.1.13", rport="0")
+    assert value(s, "lb_real_server_connections_total", **f1) == 1
+    assert value(s, "lb_real_server_weight", **f1) == 2
+    assert value(s, "lb_real_server_weight_source", source="override", **f1) == 1
+    assert value(s, "lb_real_server_health_checked", **f1) == 0
+
+
+def test_service_dataplane_reload_and_ha():
+    s = scrape(Source())
+    assert value(s, "lb_virtual_server_info", scheduler="wrr", **WEB) == 1
+    assert value(s, "lb_virtual_server_connections_total", **WEB) == 8
+    assert value(s, "lb_virtual_server_usable_real_servers", **WEB) == 1
+    assert value(s, "lb_dataplane_events_total", event="no_real_server") == 3
+    assert value(s, "lb_dataplane_conn_table_entries") == 12
+    assert value(s, "lb_config_reloads_total", result="refused") == 1
+    assert value(s, "lb_config_last_reload_successful") == 0
+    assert value(s, "lb_config_warnings") == 2
+    assert value(s, "lb_info", instance="lab", dataplane="xdp") == 1
+    assert value(s, "lb_ha_role", role="backup") == 1 and value(s, "lb_ha_role", role="active") == 0
+    assert value(s, "lb_ha_peer_state", state="active") == 1
+    assert value(s, "lb_ha_takeovers_total") == 1
+    assert value(s, "lb_ha_heartbeats_sent_total", channel="public") == 41
+    assert value(s, "lb_ha_heartbeat_send_errors_total", channel="public") == 1
+    assert value(s, "lb_ha_last_heartbeat_timestamp_seconds", channel="public") == 999.75
+    # every pulse counter that is not an accepted message is a refusal, new ones included
+    refused = {dict(ls)["reason"]: v for (n, ls), v in s.items() if n == "lb_ha_heartbeats_refused_total"}
+    assert refused == {"bad_auth": 4, "replay": 1, "stale": 0, "malformed": 2, "wrong_channel": 0, "refused_peer": 5}
+    assert value(s, "lb_ha_sync_lag_seconds") == 1.5         # a backup: since the last batch received
+    assert value(s, "lb_ha_sync_received_records_total") == 12
+    assert value(s, "lb_up") == 1 and value(s, "lb_dataplane_up") == 1
+
+
+def test_without_ha_or_dataplane():
+    s = scrape(Source(doc=status(ha=False), fail_dp=True))
+    assert not [k for k in s if k[0].startswith("lb_ha_")]
+    assert value(s, "lb_dataplane_up") == 0
+    assert not [k for k in s if k[0] == "lb_real_server_connections_total"]
+    assert value(s, "lb_real_server_up", server="rs2") == 0      # what the engine knows is still there
+
+
+def documented() -> set[str]:
+    """The metric names docs/metrics.md lists."""
+    text = DOCS.read_text()
+    names = set(re.findall(r"`(lb_[a-z_]+)`", text))
+    # "`_incoming_packets_total`"-style suffixes in a row stand for the row's first name's prefix
+    for row in text.splitlines():
+        prefixes = re.findall(r"`(lb_[a-z_]+?)_(?:connections|incoming|outgoing|sync)", row)
+        for suffix in re.findall(r"`(_[a-z_]+)`", row):
+            names |= {n + suffix for n in prefixes}
+    return names
+
+
+def test_names_follow_prometheus_conventions_and_are_documented():
+    reg = CollectorRegistry(auto_describe=False)
+    reg.register(metrics.Collector(Source()))
+    docs = documented()
+    for fam in text_string_to_metric_families(generate_latest(reg).decode()):
+        assert fam.name.startswith("lb_"), fam.name
+        if fam.type == "counter":
+            assert all(s.name.endswith("_total") for s in fam.samples), fam.name
+        name = fam.name + ("_total" if fam.type == "counter" else "")
+        if name.startswith("lb_dataplane_") and name.endswith(metrics.LEVEL_SUFFIXES):
+            continue                       # documented as lb_dataplane_<name>
+        if fam.type == "info":
+            name = fam.name + "_info"
+        assert name in docs or fam.name in docs, name
+
+
+def test_the_grafana_dashboard_uses_only_documented_metrics():
+    import json
+
+    dash = json.loads((DOCS.parent / "grafana-dashboard.json").read_text())
+    exprs = [t["expr"] for p in dash["panels"] for t in p.get("targets", [])]
+    exprs += [v["definition"] for v in dash["templating"]["list"]]
+    used = {n for e in exprs for n in re.findall(r"\b(lb_[a-z_]+)", e)}
+    assert used and used <= documented(), used - documented()
+
+
+# ---- the endpoint ----------------------------------------------------------------------------
+
+class BlockingDataplane:
+    kind = "xdp"
+
+    def __init__(self):
+        self.entered = threading.Event()
+        self.release = threading.Event()
+
+    def read_services(self):
+        self.entered.set()
+        assert self.release.wait(30)
+        return rows()
+
+    def counters(self):
+        return {"no_real_server": 1}
+
+
+class FakeEngine:
+    def __init__(self, port):
+        self.cfg = SimpleNamespace(metrics=Metrics(enabled=True, port=port))
+        self.dp = BlockingDataplane()
+        self.status_calls = []
+
+    def status(self, counters=True):
+        assert not counters, "the scrape reads the data path's counters in its own thread"
+        self.status_calls.append(threading.current_thread())
+        return status(ha=False)
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_endpoint_serves_while_the_loop_runs():
+    """A scrape whose data-plane read blocks holds only its own thread: the engine's loop goes on
+    (and built the status itself, on the loop's thread)."""
+    async def main():
+        eng = FakeEngine(free_port())
+        server = await metrics.start(eng)
+        loop = asyncio.get_running_loop()
+        try:
+            url = f"http://127.0.0.1:{eng.cfg.metrics.port}/metrics"
+            fetch = loop.run_in_executor(None, lambda: urllib.request.urlopen(url, timeout=30).read().decode())
+            assert await loop.run_in_executor(None, eng.dp.entered.wait, 30)
+            ticks = 0
+            for _ in range(5):             # the loop is free while the scrape waits on the data plane
+                await asyncio.sleep(0)
+                ticks += 1
+            assert ticks == 5 and not fetch.done()
+            eng.dp.release.set()
+            text = await fetch
+        finally:
+            await loop.run_in_executor(None, server.stop)
+        assert eng.status_calls == [threading.main_thread()]
+        s = parse(text)
+        assert value(s, "lb_real_server_connections_total", server="rs1") == 7
+        assert value(s, "lb_dataplane_events_total", event="no_real_server") == 1
+        assert any(n.startswith("process_") for n, _ in s)
+        # stopped: nothing listens any more
+        with pytest.raises(OSError):
+            urllib.request.urlopen(url, timeout=5)
+
+    asyncio.run(main())
+
+
+def test_endpoint_off_and_unbindable(caplog):
+    async def main():
+        eng = FakeEngine(free_port())
+        eng.cfg.metrics = Metrics()                    # off: nothing served
+        server = await metrics.start(eng)
+        assert server.httpd is None
+        import socket
+
+        with socket.socket() as busy:
+            busy.bind(("127.0.0.1", 0))
+            busy.listen()
+            taken = Metrics(enabled=True, port=busy.getsockname()[1])
+            assert not server.start(taken)             # logged, not raised: forwarding goes on
+        assert server.httpd is None
+        server.reconfigure(Metrics(enabled=True, port=eng.cfg.metrics.port or free_port()))
+        assert server.httpd is not None
+        server.stop()
+
+    asyncio.run(main())
+    assert "metrics: cannot listen on 127.0.0.1:" in caplog.text

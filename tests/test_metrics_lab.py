@@ -1,0 +1,115 @@
+"""/metrics of `lb run` in the namespace lab (direct routing): scraped as Prometheus scrapes it and
+parsed with prometheus_client's parser; every per-real-server and per-service counter equals what
+`lb list --stats --exact` prints, and health, reloads and the data path show what happened."""
+from __future__ import annotations
+
+import subprocess
+import time
+from pathlib import Path
+
+from lab_http import get
+from prometheus_client.parser import text_string_to_metric_families
+
+REPO = Path(__file__).resolve().parents[1]
+LB = str(REPO / ".venv" / "bin" / "lb")
+LISTEN = "127.0.0.1:9640"
+STAT_NAMES = ("connections", "incoming_packets", "outgoing_packets", "incoming_bytes", "outgoing_bytes")
+REALS = {"rs1": "198.18.1.11", "rs2": "198.18.1.12", "rs3": "198.18.1.13"}
+
+
+def scrape(lab) -> dict:
+    """{(name, frozenset(labels)): value}, scraped from inside the director's namespace."""
+    text = lab.run("director", ["curl", "-sf", "--max-time", "20", f"http://{LISTEN}/metrics"], timeout=30).stdout
+    out = {}
+    for fam in text_string_to_metric_families(text):
+        for s in fam.samples:
+            out[(s.name, frozenset(s.labels.items()))] = s.value
+    return out
+
+
+def one(samples, name, **labels):
+    found = [v for (n, ls), v in samples.items() if n == name and set(labels.items()) <= ls]
+    assert len(found) == 1, (name, labels, found)
+    return found[0]
+
+
+def lb_list_stats() -> dict:
+    """{("TCP  198.18.0.10:80", None | "198.18.1.11:80"): (conns, inpkts, outpkts, inbytes, outbytes)}"""
+    p = subprocess.run([LB, "list", "--stats", "--exact", "--instance", "lab"], capture_output=True, text=True,
+                       timeout=30)
+    assert p.returncode == 0, p.stderr
+    out, service = {}, None
+    for line in p.stdout.splitlines()[3:]:
+        f = line.split()
+        if f[0] == "->":
+            out[(service, f[1])] = tuple(int(x) for x in f[2:])
+        else:
+            service = f"{f[0]} {f[1]}"
+            out[(service, None)] = tuple(int(x) for x in f[2:])
+    return out
+
+
+def stable_pair(lab):
+    """A scrape taken between two equal `lb list --stats --exact` (the last packets of a closing
+    connection may still be on their way; bounded)."""
+    for _ in range(40):
+        before = lb_list_stats()
+        samples = scrape(lab)
+        if lb_list_stats() == before:
+            return before, samples
+        time.sleep(0.5)
+    raise AssertionError("the counters did not settle")
+
+
+def test_metrics_equal_lb_list_and_follow_health(lab, lb_runner, tmp_path):
+    config = tmp_path / "lab-dr.toml"
+    config.write_text((REPO / "configs" / "lab-dr.toml").read_text()
+                      + f'\n[metrics]\nenabled = true\nlisten = "{LISTEN}"\n')
+    proc = lb_runner.start(config, wait=False).wait_running(timeout=180)   # bcc compiles: slow under load
+    proc.wait_log(f"metrics on http://{LISTEN}/metrics")
+
+    assert len(get(lab, 12)) == 12
+    listed, samples = stable_pair(lab)
+    assert len(listed) == 4 and listed[("TCP 198.18.0.10:80", None)][0] == 12
+    web = dict(service="web", protocol="tcp", vip="198.18.0.10", vport="80", fwmark="0")
+    for (service, real), numbers in listed.items():
+        if real is None:
+            got = tuple(one(samples, f"lb_virtual_server_{n}_total", **web) for n in STAT_NAMES)
+        else:
+            rip, rport = real.rsplit(":", 1)
+            name = next(n for n, a in REALS.items() if a == rip)
+            got = tuple(one(samples, f"lb_real_server_{n}_total", server=name, rip=rip, rport=rport, **web)
+                        for n in STAT_NAMES)
+        assert got == numbers, (service, real)
+    for name in REALS:
+        assert one(samples, "lb_real_server_up", server=name) == 1
+        assert one(samples, "lb_real_server_weight", server=name) == 1
+        assert one(samples, "lb_real_server_weight_source", server=name, source="configured") == 1
+        assert one(samples, "lb_real_server_health_checks_total", server=name) >= 1
+    assert one(samples, "lb_info", instance="lab", dataplane="xdp") == 1
+    assert one(samples, "lb_dataplane_up") == 1 and one(samples, "lb_up") == 1
+    assert one(samples, "lb_dataplane_events_total", event="no_real_server") == 0
+
+    # `lb zero` through the running daemon: lb list and the metrics both start again from 0
+    subprocess.run([LB, "zero", "--instance", "lab"], check=True, capture_output=True, timeout=60)
+    listed, samples = stable_pair(lab)
+    assert set(listed.values()) == {(0, 0, 0, 0, 0)}
+    assert {v for (n, _ls), v in samples.items()
+            if n.startswith(("lb_real_server_", "lb_virtual_server_")) and n.endswith("_total")
+            and not n.startswith("lb_real_server_health")} == {0}
+
+    # a reload is counted; a dead real server shows as down, out of rotation, its checks failing
+    subprocess.run([LB, "reload", "--instance", "lab"], check=True, capture_output=True, timeout=60)
+    assert one(scrape(lab), "lb_config_reloads_total", result="ok") == 1
+    lab.stop_real("rs3")
+    for _ in range(120):                      # the default monitor: down after 10 s without success
+        samples = scrape(lab)
+        if one(samples, "lb_real_server_up", server="rs3") == 0:
+            break
+        time.sleep(0.5)
+    assert one(samples, "lb_real_server_up", server="rs3") == 0
+    assert one(samples, "lb_real_server_weight_source", server="rs3", source="down") == 1
+    assert one(samples, "lb_real_server_health_check_failures_total", server="rs3") >= 1
+    assert one(samples, "lb_real_server_health_transitions_total", server="rs3", to="down") == 1
+    assert one(samples, "lb_virtual_server_usable_real_servers", **web) == 2
+    lab.start_real("rs3")

@@ -1,0 +1,100 @@
+"""No test asserts on elapsed time: speed lives in bench/ (a slow or loaded machine must not fail
+a behaviour test).  This reads every test file (tests/, tests/vm/) and fails on an `assert` that
+compares a clock difference -- time.monotonic(), time.time(), time.perf_counter() (or their
+_ns twins) minus something, or a name or call that holds one -- with an upper bound.
+
+A lower bound (`elapsed >= timeout`: a timer did not fire early) stays allowed: load can only
+make it truer.  Loops that wait until a deadline are not assertions and are not looked at."""
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+TESTS = Path(__file__).resolve().parent
+CLOCKS = {"monotonic", "time", "perf_counter", "monotonic_ns", "time_ns", "perf_counter_ns"}
+
+
+def _is_clock_call(node: ast.AST) -> bool:
+    if not isinstance(node, ast.Call):
+        return False
+    f = node.func
+    name = f.attr if isinstance(f, ast.Attribute) else f.id if isinstance(f, ast.Name) else None
+    return name in CLOCKS
+
+
+def _timed(node: ast.AST, names: set[str], funcs: set[str]) -> bool:
+    """node is (or contains) a clock difference, a name holding one, or a call returning one."""
+    for n in ast.walk(node):
+        if isinstance(n, ast.BinOp) and isinstance(n.op, ast.Sub) and (_is_clock_call(n.left) or _is_clock_call(n.right)):
+            return True
+        if isinstance(n, ast.Name) and n.id in names:
+            return True
+        if isinstance(n, ast.Call) and isinstance(n.func, ast.Name) and n.func.id in funcs:
+            return True
+    return False
+
+
+def timed_asserts(source: str) -> list[tuple[int, str]]:
+    """(line, text) of every assert in `source` that bounds elapsed time from above."""
+    tree = ast.parse(source)
+    names: set[str] = set()
+    funcs: set[str] = set()
+    for _ in range(3):                       # a name from a function from a name: settle
+        for node in ast.walk(tree):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                if any(isinstance(r, ast.Return) and r.value is not None and _timed(r.value, names, funcs)
+                       for r in ast.walk(node)):
+                    funcs.add(node.name)
+            elif isinstance(node, (ast.Assign, ast.AnnAssign, ast.AugAssign)) and node.value is not None:
+                if _timed(node.value, names, funcs):
+                    targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+                    for t in targets:
+                        for n in ast.walk(t):
+                            if isinstance(n, ast.Name):
+                                names.add(n.id)
+    # names that only hold a start time (t0 = time.monotonic()) are not elapsed times
+    out = []
+    for node in ast.walk(tree):
+        if not isinstance(node, ast.Assert):
+            continue
+        for cmp in (n for n in ast.walk(node.test) if isinstance(n, ast.Compare)):
+            operands = [cmp.left, *cmp.comparators]
+            for op, a, b in zip(cmp.ops, operands, operands[1:]):
+                upper = ((isinstance(op, (ast.Lt, ast.LtE)) and _timed(a, names, funcs)) or
+                         (isinstance(op, (ast.Gt, ast.GtE)) and _timed(b, names, funcs)))
+                if upper:
+                    out.append((node.lineno, ast.unparse(node.test)))
+    return sorted(set(out))
+
+
+def _test_files() -> list[Path]:
+    return sorted(p for p in TESTS.rglob("*.py") if p.name != Path(__file__).name)
+
+
+@pytest.mark.parametrize("path", _test_files(), ids=lambda p: str(p.relative_to(TESTS)))
+def test_no_assertion_on_elapsed_time(path):
+    found = timed_asserts(path.read_text())
+    assert not found, (f"{path.relative_to(TESTS.parent)} asserts on elapsed time (move the measurement "
+                       f"to bench/, assert the behaviour): " + "; ".join(f"line {n}: {t}" for n, t in found))
+
+
+@pytest.mark.parametrize("src", [
+    "t0 = time.monotonic()\nf()\nassert time.monotonic() - t0 < 2.0\n",
+    "t0 = time.time()\nassert 0.4 < time.time() - t0 < 5\n",
+    "def go():\n    t0 = time.perf_counter()\n    return time.perf_counter() - t0\ntook = go()\nassert took <= 3\n",
+    "def fo():\n    t = time.monotonic()\n    return time.monotonic() - t\nx = fo()\nassert x <= DEADTIME + 0.5, x\n",
+    "t0 = time.monotonic()\nelapsed = time.monotonic() - t0\nassert 5 > elapsed\n",
+])
+def test_the_guard_finds_upper_bounds(src):
+    assert timed_asserts(src)
+
+
+@pytest.mark.parametrize("src", [
+    "t0 = time.monotonic()\nassert time.monotonic() - t0 >= 0.8\n",         # a timer did not fire early
+    "deadline = time.monotonic() + 5\nwhile time.monotonic() < deadline:\n    pass\n",
+    "t0 = time.monotonic()\nassert n < 5\n",
+])
+def test_the_guard_allows_lower_bounds_and_deadlines(src):
+    assert not timed_asserts(src)
