@@ -416,9 +416,10 @@ def test_decap_loads_without_bcc(tmp_path, scratch_netns):
     """`lb decap attach` on a host without bcc: the shipped program attaches."""
     p = run(["nsenter", f"--net=/run/netns/{scratch_netns}", "--", PY, "-c",
              "import sys\n" + _PRELUDE + "from lb.cli.main import main\nsys.exit(main())",
-             "decap", "attach", "svc0", "--mode", "generic", "--address", "198.18.1.11"],
+             "decap", "attach", "svc0", "--mode", "generic", "--address", "198.18.1.11",
+             "--from", "198.18.1.1"],
             env={**os.environ, "LB_TEST_HIDE": "bcc"})
-    assert p.returncode == 0 and "decap attached to svc0 (generic mode) for 198.18.1.11" in p.stdout, p
+    assert p.returncode == 0 and "decap attached to svc0 (generic mode) for 198.18.1.11 from 198.18.1.1" in p.stdout, p
     link = run(["ip", "-n", scratch_netns, "-d", "link", "show", "svc0"]).stdout
     assert "prog/xdp" in link and "name lb_xdp_decap" in link, link
 
