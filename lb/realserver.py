@@ -159,7 +159,7 @@ def _arptables(op: str, rule: list[str]) -> None:
 
 # ---- the points ------------------------------------------------------------------------------
 
-def points(mode: str, vips: list, arp: str = "sysctl", dev: str | None = None) -> list[Point]:
+def points(mode: str, vips: list, arp: str = "sysctl", dev: str | None = None, sources=()) -> list[Point]:
     """What a real server of `mode` for `vips` needs, each as it is now."""
     out = []
     v4 = [v for v in vips if v.version == 4]
@@ -204,7 +204,8 @@ def points(mode: str, vips: list, arp: str = "sysctl", dev: str | None = None) -
         prog = decap.attached(dev)
         out.append(Point(prog == DECAP_PROG, f"lb decap on {dev}" + (f" (now {prog})" if prog else ""),
                          "the director's tunnel headers come off before the stack sees the packet",
-                         f"lb decap attach {dev}", _attach_decap(dev, prog)))
+                         f"lb decap attach {dev} " + (" ".join(f"--from {a}" for a in sources) or "--from DIRECTOR"),
+                         _attach_decap(dev, prog, sources)))
         if v4:
             rp = max(sysctl("all", "rp_filter"), sysctl(dev, "rp_filter"))
             out.append(Point(rp != 1, f"rp_filter not strict on {dev} (now {rp})",
@@ -241,13 +242,16 @@ def _add_rule(vip, rule: list[str]):
     return make
 
 
-def _attach_decap(dev: str, prog: str | None):
+def _attach_decap(dev: str, prog: str | None, sources=()):
     def make(state):
         from lb.dataplane import decap
 
         if prog is not None:
             raise RealServerError(f"{dev} runs another XDP program ({prog}): not replaced")
-        mode, addrs = decap.attach(dev)
+        if not sources:
+            raise RealServerError("tunnel: give the directors' addresses with --from ADDR (lb decap accepts "
+                                  "tunnels from them only)")
+        mode, addrs = decap.attach(dev, sources=sources)
         state["decap"].append(dev)
         return f"lb decap attached to {dev} ({mode} mode) for {', '.join(map(str, addrs))}"
     return make
@@ -304,9 +308,9 @@ def report(pts: list[Point], write) -> int:
     return 0 if all(p.ok for p in pts) else 1
 
 
-def check(mode: str, vips: list, arp: str, dev: str | None, write) -> int:
+def check(mode: str, vips: list, arp: str, dev: str | None, write, sources=()) -> int:
     write(_title(mode, vips, arp) + "\n")
-    pts = points(mode, vips, arp, dev)
+    pts = points(mode, vips, arp, dev, sources)
     rc = report(pts, write)
     missing = sum(not p.ok for p in pts)
     if missing:
@@ -316,13 +320,18 @@ def check(mode: str, vips: list, arp: str, dev: str | None, write) -> int:
     return rc
 
 
-def setup(mode: str, vips: list, arp: str, dev: str | None, write) -> int:
+def setup(mode: str, vips: list, arp: str, dev: str | None, write, sources=()) -> int:
+    pts = points(mode, vips, arp, dev, sources)
+    if mode == "tunnel" and not sources and any(not p.ok and p.what.startswith("lb decap") for p in pts):
+        # refused before anything is changed
+        raise RealServerError("tunnel: give the directors' addresses with --from ADDR (lb decap accepts "
+                              "tunnels from them only)")
     state = load_state()
     for v in vips:                   # set up by lb from now on (undo looks for them)
         state["vips"].setdefault(str(v), {"added_address": False, "arptables": []})
     done = []
     try:
-        for p in points(mode, vips, arp, dev):
+        for p in pts:
             if not p.ok:
                 done.append(p.make(state))
                 write(f"  {done[-1]}\n")
@@ -331,7 +340,7 @@ def setup(mode: str, vips: list, arp: str, dev: str | None, write) -> int:
     if not done:
         write("nothing to do\n")
     write(_title(mode, vips, arp) + "\n")
-    return report(points(mode, vips, arp, dev), write)
+    return report(points(mode, vips, arp, dev, sources), write)
 
 
 def undo(vips: list, write) -> int:

@@ -160,8 +160,10 @@ def test_tunneling_with_decap(lab, lb_runner, tmp_path):
         missing = [ln for ln in p.stdout.splitlines() if ln.startswith("  missing")]
         assert [m.split(":")[0] for m in missing] == [
             f"  missing  {VIP}/32 on lo", "  missing  lb decap on eth0", "  missing  rp_filter not strict on eth0 (now 1)"]
-        assert "           fix: lb decap attach eth0" in p.stdout.splitlines()
-        p = realserver(lab, "rs1", "setup", "--mode", "tunnel", VIP)
+        assert "           fix: lb decap attach eth0 --from DIRECTOR" in p.stdout.splitlines()
+        p = realserver(lab, "rs1", "setup", "--mode", "tunnel", VIP)       # decap needs the directors
+        assert p.returncode == 1 and "give the directors' addresses with --from" in p.stderr, p.stdout + p.stderr
+        p = realserver(lab, "rs1", "setup", "--mode", "tunnel", "--from", lab.topology.DIRECTOR_PRIV, VIP)
         assert p.returncode == 0, p.stdout + p.stderr
         assert "  net.ipv4.conf.all.rp_filter: 1 -> 2" in p.stdout.splitlines()
         assert any(ln.startswith("  lb decap attached to eth0") for ln in p.stdout.splitlines())

@@ -737,10 +737,10 @@ def cmd_realserver(args) -> int:
     write = sys.stdout.write
     try:
         if args.rs_command == "check":
-            return realserver.check(args.mode, args.vips, args.arp, args.dev, write)
+            return realserver.check(args.mode, args.vips, args.arp, args.dev, write, args.sources)
         if args.undo:
             return realserver.undo(args.vips, write)
-        return realserver.setup(args.mode, args.vips, args.arp, args.dev, write)
+        return realserver.setup(args.mode, args.vips, args.arp, args.dev, write, args.sources)
     except PermissionError as e:
         print(f"lb: realserver: {e.filename or e}: permission denied (run it as root)", file=sys.stderr)
     except (realserver.RealServerError, OSError, ValueError) as e:
@@ -873,6 +873,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="keep the real server from answering ARP for the VIP by arp_ignore=1 / "
                             "arp_announce=2 (default) or by arptables rules (the Piranha manual's way)")
         r.add_argument("--dev", help="the interface facing the director (default: the default route's)")
+        r.add_argument("--from", dest="sources", action="append", default=[], type=_ip_arg, metavar="ADDR",
+                       help="tunnel: a director's address, the only accepted tunnel source (repeatable; "
+                            "setup's decap needs at least one)")
         if name == "setup":
             r.add_argument("--undo", action="store_true", help="remove what setup added for these VIPs")
         r.add_argument("vips", nargs="+", metavar="VIP", type=_ip_arg, help="the virtual IP addresses")
