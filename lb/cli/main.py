@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import signal
 import sys
@@ -392,7 +393,9 @@ def cmd_passwd(args) -> int:
 
 def cmd_web(args) -> int:
     """`lb web`: the console, with the [web] settings the running daemon gives it."""
-    _setup_logging(args.verbose)
+    from lb import sdnotify
+
+    sdnotify.setup_logging("debug" if args.verbose else "info")
     try:
         inst = args.instance or (lbconfig.load(args.config).instance if args.config else "default")
     except lbconfig.ConfigError as e:

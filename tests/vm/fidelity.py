@@ -249,7 +249,7 @@ def tcp6_frame(src_mac: bytes, dst_mac: bytes, src: str, dst: str, sport: int, d
     fl = sum(bits[c] for c in flags)
     s, d = ipaddress.IPv6Address(src).packed, ipaddress.IPv6Address(dst).packed
     tcp = struct.pack("!HHIIBBHHH", sport, dport, seq, ack, 5 << 4, fl, 8192, 0, 0)
-    c = _csum(s + d + struct.pack("!IxxxB", len(tcp), 6) + tcp)
+    c = internet_checksum(s + d + struct.pack("!IxxxB", len(tcp), 6) + tcp)
     tcp = tcp[:16] + struct.pack("!H", c) + tcp[18:]
     ip6 = struct.pack("!IHBB16s16s", 6 << 28, len(tcp), 6, 64, s, d)
     return dst_mac + src_mac + b"\x86\xdd" + ip6 + tcp
