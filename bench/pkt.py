@@ -707,7 +707,7 @@ FLOOD_ESTABLISHED = {"full": 20000, "quick": 10000, "smoke": 100}
 FLOOD_CLIENTS = "198.18.0.100"
 
 
-def flood_row(size: str, base_ns: float, runs: int) -> dict:
+def flood_row(size: str, base_ns: float, empty_ns: float, runs: int) -> dict:
     """ns per spoofed SYN into a full embryonic table, with established connections kept: the SYN
     rate one core sustains.  Its own data plane at the default sizes (connections 65536,
     embryonic a quarter of that).  base_ns: the trivial baseline's median (the ratio's base)."""
@@ -745,6 +745,7 @@ def flood_row(size: str, base_ns: float, runs: int) -> dict:
                 "key": "synflood", "kind": "lb", "block": "SYN flood", "table": "lb_conns_embryo",
                 "table_size": dp.sizes.embryo, "ns": ns, "stats": est, "runs": vals, "noisy": bool(est.get("noisy")),
                 "ratio": ns / base_ns if base_ns else None, "flows": per_run * runs, "action": "XDP_REDIRECT",
+                "delta_trivial_ns": ns - base_ns, "delta_empty_ns": ns - empty_ns,
                 "syn_per_s_per_core": 1e9 / ns, "established_kept": n_est, "connection_table": dp.sizes.connections,
                 "embryonic_table": dp.sizes.embryo}
     finally:
@@ -837,7 +838,8 @@ def suite(size: str = "full") -> dict:
         if note:
             meta["notes"].append(note)
         base = next(r["ns"] for r in out if r.get("key") == "trivial")
-        out.append(flood_row(size, base, runs))
+        empty = next(r["ns"] for r in out if r.get("key") == "empty")
+        out.append(flood_row(size, base, empty, runs))
     finally:
         b.close()
     b = Bench(big)

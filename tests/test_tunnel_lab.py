@@ -60,7 +60,9 @@ def test_without_decap_a_real_server_gets_nothing(lab, director):
         ok = sorted(r.stdout.strip() for r in results if r.returncode == 0)
         assert ok == ["rs1", "rs3"] and sum(r.returncode != 0 for r in results) == 1
     finally:
-        p = lab.run("rs2", [LB, "decap", "attach", "eth0"], check=False, timeout=60)
+        p = lab.run("rs2", [LB, "decap", "attach", "eth0",
+                            *[a for src in lab.topology.decap_sources() for a in ("--from", src)]],
+                    check=False, timeout=60)
         assert p.returncode == 0, p.stderr
         assert "decap attached to eth0" in p.stdout and REALS["rs2"] in p.stdout
     assert _curl(lab).returncode == 0

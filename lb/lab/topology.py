@@ -596,15 +596,25 @@ def _start_reals(network: str) -> None:
         _start_nginx(rs)
 
 
-def _attach_decap(network: str) -> None:
+def decap_sources(scale_out: int = 0) -> list[str]:
+    """The tunnels' outer sources the real servers accept: every director's private address
+    (IPv4 and IPv6 in the classic lab; the scale-out lab's N directors)."""
+    if scale_out:
+        from . import scaleout
+
+        return [scaleout.priv_addr(d) for d in scaleout.directors(scale_out)]
+    return [DIRECTOR_PRIV, DIRECTOR2_PRIV, DIRECTOR_PRIV6, DIRECTOR2_PRIV6]
+
+
+def _attach_decap(network: str, scale_out: int = 0) -> None:
     """tunnel: the real servers take the director's IPIP header off with lb's XDP decap program
-    (this kernel has no ipip module), accepting tunnels from both directors' private addresses
+    (this kernel has no ipip module), accepting tunnels from the directors' private addresses
     only; it goes with their namespaces at down()."""
     if network != "tunnel":
         return
+    sources = [a for src in decap_sources(scale_out) for a in ("--from", src)]
     for rs in REALS:
-        run(rs, [sys.executable, "-m", "lb.cli.main", "decap", "attach", "eth0",
-                 "--from", DIRECTOR_PRIV, "--from", DIRECTOR2_PRIV], timeout=120)
+        run(rs, [sys.executable, "-m", "lb.cli.main", "decap", "attach", "eth0", *sources], timeout=120)
 
 
 def _write_state(network: str, complete: bool = True, scale_out: int = 0) -> None:
@@ -650,7 +660,7 @@ def up(network: str = "direct", scale_out: int = 0, ipv6: bool = False, tx_csum:
                 _create_namespaces(network, scale_out)
                 for so_step in scaleout.steps(scale_out):
                     so_step(scale_out)
-                _attach_decap(network)
+                _attach_decap(network, scale_out)
                 _write_state(network, scale_out=scale_out)
                 return
             for step in (
