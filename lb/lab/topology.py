@@ -49,7 +49,12 @@ import time
 from typing import Any, Iterator
 
 from pyroute2 import IPRoute
+from pyroute2 import config as pr_config
 from pyroute2 import netns as pr_netns
+
+# pyroute2 waits 2 s for the helper process that creates a namespace: too short on a loaded
+# machine or in the IPVS VM under software emulation (netns.create timed out there)
+pr_config.default_communicate_timeout = max(pr_config.default_communicate_timeout, 60)
 from pyroute2.netlink.exceptions import NetlinkError
 
 from .nsutil import ALL_NODES, KNOWN_NODES, SWITCH, http_get, in_netns, netns_path, popen, run
