@@ -628,7 +628,7 @@ def programs():
         try:
             yield dp, fn
         finally:
-            b.cleanup()
+            b.close()
 
 
 def test_fuzz_every_program(programs):

@@ -46,6 +46,12 @@ class Recorder:
     def start_sync(self, role, ifname, syncid):
         self.calls.append((role, ifname, syncid))
 
+    def lease(self, seconds):            # the HA lease (bpf/lb_lease.h): not this test's subject
+        self.lease_s = seconds
+
+    def lease_left(self):
+        return self.lease_s
+
 
 def engine(tmp_path, monkeypatch, *, dataplane="ipvs", private=True, sync=True, instance="synctest"):
     key = tmp_path / "ha.key"
@@ -97,6 +103,8 @@ def test_xdp_mode_keeps_its_own_sync(tmp_path, monkeypatch):
     monkeypatch.setattr(ipvs, "Kernel", NoKernel)
     eng = engine(tmp_path, monkeypatch, dataplane="xdp")
     eng.dp = XdpDataplane(eng.cfg.instance, Sizes.from_tables(eng.cfg.tables))    # never loaded
+    monkeypatch.setattr(eng.dp, "lease", lambda seconds: None)                      # its maps are not there
+    monkeypatch.setattr(eng.dp, "lease_left", lambda: 1.0)
 
     async def go():
         await eng.on_role(ACTIVE, STARTING)
