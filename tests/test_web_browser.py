@@ -200,11 +200,18 @@ class Browser:
     def navigate_by(self, el):
         """Click what loads a new page and wait for it: chromedriver's click returns before a form
         post's answer arrives (under load the old page was still there)."""
-        from selenium.webdriver.support import expected_conditions as ec
+        from selenium.common.exceptions import WebDriverException
         from selenium.webdriver.support.ui import WebDriverWait
         old = self.d.find_element("tag name", "html")
         el.click()
-        WebDriverWait(self.d, 30).until(ec.staleness_of(old))
+
+        def old_page_gone(_d) -> bool:
+            try:
+                old.is_enabled()
+                return False
+            except WebDriverException:   # stale, or chromedriver's "Node ... does not belong to the document"
+                return True
+        WebDriverWait(self.d, 30).until(old_page_gone)
         WebDriverWait(self.d, 30).until(lambda d: d.execute_script("return document.readyState") == "complete")
 
     def submit(self, button_id="save"):
