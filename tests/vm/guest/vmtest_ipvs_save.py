@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 import signal
+import time
 
 import pytest
 from guest_util import ipvs_kernel, ipvsadm, lb_list_cli, start_lb, wait_for  # noqa: F401
@@ -117,13 +118,26 @@ def _stats(lab) -> dict:
     return out
 
 
+def _settled_stats(lab, service: str, conns: int) -> dict:
+    """_stats once `service` counts `conns` connections and two reads 2.5 s apart agree: the
+    kernel's estimator copies the per-CPU counters to what ipvsadm reads every 2 s (a zero point
+    taken before that would see the late packets arrive after it)."""
+    def settled():
+        first = _stats(lab)
+        if first.get((service, None), [0])[0] != conns:
+            return None
+        time.sleep(2.5)
+        return first if _stats(lab) == first else None
+    return wait_for(settled, 60, f"{conns} connections, settled, in the stats of {service}", step=0.2)
+
+
 def test_zero_through_netlink(lab, lb_save):
     for _ in range(6):
         status, _body = lab.http_get("client", VIP, 80, timeout=10)
         assert status == 200
     web = f"TCP {VIP}:80"
-    before = _stats(lab)
-    assert before[(web, None)][0] == 6 and before[(web, None)][1] > 0
+    before = _settled_stats(lab, web, 6)
+    assert before[(web, None)][1] > 0
 
     def lb(*args):
         p = lab.run("director", [LB_BIN, *args], timeout=120, check=False)
@@ -138,7 +152,7 @@ def test_zero_through_netlink(lab, lb_save):
     assert all(v == [0, 0, 0, 0, 0] for (svc, _r), v in after.items() if svc == web)
     for _ in range(2):
         lab.http_get("client", VIP, 80, timeout=10)
-    assert _stats(lab)[(web, None)][0] == 2
+    _settled_stats(lab, web, 2)
     lb("-Z")                                        # ipvsadm's spelling, every service
     assert all(v == [0, 0, 0, 0, 0] for v in _stats(lab).values())
 
