@@ -45,15 +45,56 @@ def _reorder(items: list, how: str) -> None:
 @pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(config, items):
     _reorder(items, os.environ.get("LB_TEST_ORDER", ""))
+    group_of = {}
     for item in items:
         path = Path(str(item.fspath))
         if "lab" in getattr(item, "fixturenames", ()) or path.stem in LAB_MODULES:
-            item.add_marker(pytest.mark.xdist_group("lab"))
+            group = "lab"
         elif path.parent.name == "vm":
             # the twos VM (Debian's 6.12) is a boot of its own: it may run beside the main one
-            item.add_marker(pytest.mark.xdist_group("vm-twos" if path.stem == "test_ipvs_twos_vm" else "vm"))
+            group = "vm-twos" if path.stem == "test_ipvs_twos_vm" else "vm"
         else:
-            item.add_marker(pytest.mark.xdist_group(path.stem))
+            group = path.stem
+        item.add_marker(pytest.mark.xdist_group(group))
+        group_of[item] = group
+    # The long poles first: xdist hands out groups in this order (make test passes
+    # --no-loadscope-reorder), so the IPVS VM (one boot, ~20 min under emulation) and the serial
+    # lab start at once on workers of their own instead of after the unit modules.
+    first = {"vm": 0, "lab": 1, "vm-twos": 2}
+    items.sort(key=lambda it: first.get(group_of[it], 3))
+
+
+# ---------------------------------------------------------------------------------------------
+# LB_TEST_TIMELINE=FILE: one line per test phase, "worker start end phase nodeid" (wall clock),
+# appended by every worker: where a parallel run's time goes (which group is the long pole).
+
+_TIMELINE = os.environ.get("LB_TEST_TIMELINE")
+
+
+if _TIMELINE:
+    @pytest.hookimpl(hookwrapper=True)
+    def pytest_runtest_setup(item):
+        t0 = time.time()
+        yield
+        _timeline(item, "setup", t0)
+
+    @pytest.hookimpl(hookwrapper=True)
+    def pytest_runtest_call(item):
+        t0 = time.time()
+        yield
+        _timeline(item, "call", t0)
+
+    @pytest.hookimpl(hookwrapper=True)
+    def pytest_runtest_teardown(item):
+        t0 = time.time()
+        yield
+        _timeline(item, "teardown", t0)
+
+
+def _timeline(item, phase: str, t0: float) -> None:
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "main")
+    with open(_TIMELINE, "a") as f:
+        f.write(f"{worker} {t0:.1f} {time.time():.1f} {phase} {item.nodeid}\n")
 
 
 # ---------------------------------------------------------------------------------------------
