@@ -123,8 +123,8 @@ def start(instance: str, text: str) -> tuple[int, bool]:
         log.info("BGP: the configuration changed: restarting ExaBGP (pid %d)", pid)
         stop(instance)
     if not os.path.exists(EXABGP) and shutil.which("exabgp") is None:
-        raise SpeakerError(f"ExaBGP is not installed ({EXABGP}; Debian package exabgp, installed by "
-                           f"scripts/setup.sh)")
+        raise SpeakerError(f"ExaBGP is not installed ({EXABGP}): `apt install exabgp` (a director "
+                           f"announcing over BGP needs it; make install leaves it to you)")
     os.makedirs(RUN_DIR, exist_ok=True)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as f:
