@@ -76,15 +76,19 @@ def _kill_group(proc: asyncio.subprocess.Process) -> None:
 
 
 async def _read(stream: asyncio.StreamReader, into: bytearray, limit: int, over) -> None:
+    """Up to ``limit`` bytes into ``into``; past it, over() kills the program and the rest is
+    read and dropped until EOF: asyncio (3.11) wakes proc.wait() only once every pipe is closed,
+    and a pipe whose reader stopped with data still buffered never closes (wait() then hung
+    until the timeout, one run in a few)."""
     while True:
         chunk = await stream.read(_READ)
         if not chunk:
             return
         room = limit - len(into)
-        into += chunk[:room]
+        if room > 0:
+            into += chunk[:room]
         if len(chunk) > room:
             over()
-            return
 
 
 async def run(argv: list[str], *, user: str | None = None, env: dict[str, str] | None = None,

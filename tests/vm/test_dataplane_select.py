@@ -94,13 +94,18 @@ def test_auto_falls_back_to_ipvs_with_a_log_line(monkeypatch, caplog, tmp_path, 
     assert undone == ["detach", "unpin", "close"]      # nothing of XDP is left behind
 
 
-def test_xdp_and_ipvs_do_not_fall_back(monkeypatch):
+def test_xdp_and_ipvs_do_not_fall_back(monkeypatch, tmp_path):
     def broken(*a, **kw):
         raise DataplaneError("boom")
 
+    # the instance lock goes to tmp_path: a failed Engine.start() in this process keeps it held
+    # (lb.engine.run releases it), and a later `lb run` of this instance would refuse
+    monkeypatch.setattr(engine, "RUN_DIR", str(tmp_path))
     monkeypatch.setattr(XdpDataplane, "load", broken)
+    e = engine.Engine(cfg())
     with pytest.raises(DataplaneError, match="boom"):
-        engine.Engine(cfg()).start()
+        e.start()
+    e.lock.release()
 
 
 @pytest.mark.skipif(ipvs.available(), reason="this kernel has IPVS loaded")

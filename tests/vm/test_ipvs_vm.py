@@ -399,7 +399,9 @@ def _xdp_observe(dp, label: str, port: int) -> dict:
         for row in reader.read_services(maps):
             if str(row.address) == oracle.VIP and row.port == port:
                 obs.counts = {str(r.address): [r.active, r.inactive, r.persist] for r in row.reals}
-    for k, v in dp.maps["lb_persist"].items():
+    # a template is in lb_persist_embryo until its connection is established (bpf/lb_embryo.h),
+    # then in lb_persist: IPVS has one table of both
+    for k, v in [kv for name in ("lb_persist", "lb_persist_embryo") for kv in dp.maps[name].items()]:
         caddr, vaddr, vport, _proto, family, _fwm = L.PERSIST_KEY.unpack(k)
         if str(L.unpack_addr(vaddr, family)) != oracle.VIP or L.unpack_port(vport) != port:
             continue
