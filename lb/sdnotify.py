@@ -15,6 +15,7 @@ import sys
 
 _UNSET = object()
 _address: object = _UNSET
+_dropped = 0          # messages the manager's full queue refused
 
 
 def _socket_address() -> str | None:
@@ -33,11 +34,20 @@ def notify(*fields: str) -> bool:
     addr = _socket_address()
     if addr is None:
         return False
+    global _dropped
     try:
-        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as s:
+        # non-blocking: a manager that does not read (its queue holds net.unix.max_dgram_qlen
+        # datagrams, 10 by default) must not stop the daemon's event loop in a send
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC | socket.SOCK_NONBLOCK) as s:
             s.connect(addr)
             s.sendall("\n".join(fields).encode())
         return True
+    except BlockingIOError:
+        _dropped += 1
+        if _dropped == 1 or _dropped % 100 == 0:
+            logging.getLogger("lb").warning("sd_notify: the service manager's queue is full: %s dropped "
+                                            "(%d so far)", ", ".join(fields), _dropped)
+        return False
     except OSError as e:
         logging.getLogger("lb").debug("sd_notify %s: %s", fields, e)
         return False
@@ -138,31 +148,46 @@ class Listener:
 
     def __init__(self, directory: str = "/tmp"):
         import tempfile
+        import threading
 
         self.dir = tempfile.mkdtemp(prefix="lb-notify-", dir=directory)
         self.path = os.path.join(self.dir, "notify")
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
         self.sock.bind(self.path)
+        self.sock.settimeout(0.2)
         self.messages: list[tuple[float, dict[str, str]]] = []    # (time.monotonic(), fields)
+        self._returned = 0                  # messages poll() has handed out
+        self._cond = threading.Condition()
+        self._closed = False
+        # read at once, as systemd does: the daemon's queue to us (10 datagrams) never fills
+        self._reader = threading.Thread(target=self._read, name="notify-listener", daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        import time
+
+        while not self._closed:
+            try:
+                data = self.sock.recv(65536)
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            fields = dict(line.split("=", 1) for line in data.decode(errors="replace").splitlines() if "=" in line)
+            with self._cond:
+                self.messages.append((time.monotonic(), fields))
+                self._cond.notify_all()
 
     def env(self) -> dict[str, str]:
         return {"NOTIFY_SOCKET": self.path}
 
     def poll(self, timeout: float) -> list[dict[str, str]]:
-        """The messages that arrive within timeout (all already queued, at least)."""
-        import select
-        import time
-
-        got = []
-        deadline = time.monotonic() + timeout
-        while True:
-            left = max(0.0, deadline - time.monotonic())
-            if not select.select([self.sock], [], [], left if not got else 0)[0]:
-                return got
-            data = self.sock.recv(65536)
-            fields = dict(line.split("=", 1) for line in data.decode(errors="replace").splitlines() if "=" in line)
-            self.messages.append((time.monotonic(), fields))
-            got.append(fields)
+        """The messages received since the last poll, waiting up to timeout for one."""
+        with self._cond:
+            self._cond.wait_for(lambda: len(self.messages) > self._returned, timeout)
+            got = [f for _, f in self.messages[self._returned:]]
+            self._returned = len(self.messages)
+        return got
 
     def wait_for(self, key: str, value: str = "1", timeout: float = 120.0, alive=lambda: True) -> float:
         """The monotonic time the first key=value arrived (TimeoutError after timeout, or
@@ -171,12 +196,12 @@ class Listener:
 
         deadline = time.monotonic() + timeout
         while True:
-            for t, fields in self.messages:
+            for t, fields in list(self.messages):
                 if fields.get(key) == value:
                     return t
             if not alive():
-                self.poll(0.1)
-                if not any(f.get(key) == value for _, f in self.messages):
+                self.poll(0.3)
+                if not any(f.get(key) == value for _, f in list(self.messages)):
                     raise ChildProcessError(f"the daemon exited before {key}={value}")
                 continue
             if time.monotonic() > deadline:
@@ -189,5 +214,7 @@ class Listener:
     def close(self) -> None:
         import shutil
 
+        self._closed = True
+        self._reader.join(1.0)
         self.sock.close()
         shutil.rmtree(self.dir, ignore_errors=True)

@@ -1,0 +1,50 @@
+"""sd_notify from the daemon's side: a service manager that does not read never stops lb (a
+reload sends RELOADING=1 and READY=1; the manager's queue holds 10 datagrams), and the test
+harness's Listener, playing systemd, reads everything that arrives."""
+import socket
+import time
+
+from lb import sdnotify
+
+
+def _fresh_address(monkeypatch, path):
+    monkeypatch.setenv("NOTIFY_SOCKET", str(path))
+    monkeypatch.setattr(sdnotify, "_address", sdnotify._UNSET)
+    monkeypatch.setattr(sdnotify, "_dropped", 0)
+
+
+def test_a_manager_that_does_not_read_drops_messages_instead_of_blocking(monkeypatch, tmp_path, caplog):
+    path = tmp_path / "notify"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as manager:
+        manager.bind(str(path))
+        _fresh_address(monkeypatch, path)
+        sent = [sdnotify.status(f"step {i}") for i in range(40)]      # would block at the 11th
+        assert sent[0] is True and sent[-1] is False
+        assert sdnotify._dropped == sent.count(False) > 0
+        assert "the service manager's queue is full" in caplog.text
+        manager.setblocking(False)
+        got = []
+        try:
+            while True:
+                got.append(manager.recv(1024).decode())
+        except BlockingIOError:
+            pass
+        assert got == [f"STATUS=step {i}" for i in range(sent.count(True))]
+
+
+def test_listener_reads_more_than_the_queue_holds(monkeypatch):
+    listener = sdnotify.Listener()
+    try:
+        _fresh_address(monkeypatch, listener.path)
+        for i in range(30):                  # nobody calls poll(): the reader thread empties the queue
+            assert sdnotify.reloading()
+            assert sdnotify.ready(f"running {i}")
+            for _ in range(300):              # bounded: up to 30 s for the two to be read
+                if len(listener.messages) == 2 * (i + 1):
+                    break
+                time.sleep(0.1)
+        fields = [f for _, f in listener.messages]
+        assert len(fields) == 60 and fields[0]["RELOADING"] == "1" and fields[-1]["READY"] == "1"
+        assert len(listener.poll(0)) == 60 and listener.poll(0) == []
+    finally:
+        listener.close()
