@@ -228,6 +228,9 @@ class LbProcess:
         try:
             self.ready_at = self.notify.wait_for("READY", "1", timeout, alive=lambda: self.proc.poll() is None)
         except (TimeoutError, ChildProcessError) as e:
+            if self.proc.poll() is None:          # still running: its threads' stacks into the log
+                self.proc.send_signal(signal.SIGQUIT)
+                time.sleep(2)
             raise AssertionError(f"lb run (pid {self.pid}): {e}; exit {self.proc.poll()}:\n{self.log()}") from None
         return self
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import faulthandler
 import json
 import logging
 import os
@@ -19,6 +20,8 @@ def cmd_run(args) -> int:
     from lb import preflight, sdnotify
 
     sdnotify.setup_logging("debug" if args.verbose else args.log_level)
+    # kill -QUIT: every thread's Python stack to the log, and lb goes on (a hung daemon says where)
+    faulthandler.register(signal.SIGQUIT, all_threads=True, chain=False)
     try:
         preflight.check_root()
     except preflight.HostError as e:
