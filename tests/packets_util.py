@@ -7,7 +7,11 @@ import ipaddress
 import os
 from typing import Iterator
 
+from lb import listing
+from lb.dataplane import reader
 from lb.dataplane.bpfsys import prog_test_run
+from lb.dataplane.maps import PinnedMaps
+from lb.dataplane.mhtable import open_table
 from lb.dataplane.nexthop import NextHop
 from lb.dataplane.spec import TableSpec
 from lb.dataplane.xdp import Sizes, XdpDataplane
@@ -53,9 +57,51 @@ def loaded_dataplane(name: str, sizes: Sizes | None = None, table: TableSpec | N
         dp.close()
 
 
+# every map the control plane writes (the data path's own: lb_conns, lb_persist, counters, are
+# not a table); the mh tables by content
+TABLE_MAPS = ("lb_services", "lb_svc", "lb_sched_state", "lb_svc_dests", "lb_sched_buckets", "lb_reals",
+              "lb_real_conns", "lb_real_swept", "lb_real_base", "lb_real_overload", "lb_real_stats",
+              "lb_real_rates", "lb_svc_stats", "lb_svc_rates", "lb_fwm_ranges", "lb_fwm_services", "lb_globals",
+              "lb_timeouts", "lb_mh_last", "lb_lblc", "lb_lblcr")
+
+
+def maps_now(dp: XdpDataplane) -> dict:
+    """The content of every map of TABLE_MAPS, and of each mh table (by service id)."""
+    out = {name: sorted(dp.maps[name].items(batch=False)) for name in TABLE_MAPS}
+    tables = {}
+    for k, v in dp.maps["lb_mh_tables"].items(batch=False):
+        m = open_table(int.from_bytes(v, "little"))
+        try:
+            tables[k] = [m.get(i.to_bytes(4, "little")) for i in range(m.max_entries)]
+        finally:
+            m.close()
+    out["mh tables"] = sorted(tables.items())
+    return out
+
+
+def lb_list(dp: XdpDataplane) -> str:
+    """`lb list -n` of the data plane's pinned maps."""
+    with PinnedMaps(dp.instance) as maps:
+        return listing.format_services(reader.read_services(maps))
+
+
 def run(dp: XdpDataplane, prog: str, pkt) -> tuple[int, bytes]:
     rc, out, _ = prog_test_run(dp.fns[prog].fd, bytes(pkt))
     return rc, out
+
+
+def connect(dp: XdpDataplane, vip="198.18.0.10", sport=40000) -> str:
+    """An established TCP connection from the client (198.18.0.2) to vip:80, through
+    lb_xdp_public (SYN, then ACK): the real server (198.18.1.x) it went to."""
+    from scapy.layers.inet import IP, TCP
+    from scapy.layers.l2 import Ether
+
+    for flags in ("S", "A"):
+        pkt = Ether(src=CLIENT_MAC, dst=PUB_MAC) / IP(src="198.18.0.2", dst=vip) / TCP(sport=sport, dport=80,
+                                                                                      flags=flags)
+        rc, out = run(dp, "lb_xdp_public", pkt)
+        assert rc == XDP_REDIRECT
+    return {real_mac(f"198.18.1.{n}"): f"198.18.1.{n}" for n in range(1, 255)}[Ether(out).dst]
 
 
 CONN_TABLES = ("lb_conns", "lb_conns_embryo")        # established, embryonic (bpf/lb_embryo.h)

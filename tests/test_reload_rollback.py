@@ -12,20 +12,14 @@ import os
 from pathlib import Path
 
 import pytest
-from scapy.layers.inet import IP, TCP
-from scapy.layers.l2 import Ether
-
 from lb import config as lbconfig
-from lb import listing
-from lb.dataplane import RealSpec, ServiceSpec, TableSpec, reader
+from lb.dataplane import RealSpec, ServiceSpec, TableSpec
 from lb.dataplane.bpfsys import BpfError
 from lb.dataplane.errors import ApplyFailed, TableDoesNotFit
-from lb.dataplane.maps import PinnedMaps
-from lb.dataplane.mhtable import open_table
 from lb.dataplane.xdp import Sizes
 from lb.engine import Engine
 from lb.ha import addresses
-from packets_util import CLIENT_MAC, PUB_MAC, XDP_REDIRECT, loaded_dataplane, real_mac, run
+from packets_util import connect, lb_list, loaded_dataplane, maps_now
 
 ip = ipaddress.ip_address
 PER_SERVICE = 4
@@ -138,44 +132,8 @@ def engine(tmp_path, fake_addresses):
         yield eng
 
 
-# every map the control plane writes (the data path's own: lb_conns, lb_persist, counters, are
-# not a table); the mh tables by content
-TABLE_MAPS = ("lb_services", "lb_svc", "lb_sched_state", "lb_svc_dests", "lb_sched_buckets", "lb_reals",
-              "lb_real_conns", "lb_real_swept", "lb_real_base", "lb_real_overload", "lb_real_stats",
-              "lb_real_rates", "lb_svc_stats", "lb_svc_rates", "lb_fwm_ranges", "lb_fwm_services", "lb_globals",
-              "lb_timeouts", "lb_mh_last", "lb_lblc", "lb_lblcr")
-
-
-def maps_now(dp) -> dict:
-    out = {name: sorted(dp.maps[name].items(batch=False)) for name in TABLE_MAPS}
-    tables = {}
-    for k, v in dp.maps["lb_mh_tables"].items(batch=False):
-        m = open_table(int.from_bytes(v, "little"))
-        try:
-            tables[k] = [m.get(i.to_bytes(4, "little")) for i in range(m.max_entries)]
-        finally:
-            m.close()
-    out["mh tables"] = sorted(tables.items())
-    return out
-
-
-def lb_list(dp) -> str:
-    with PinnedMaps(dp.instance) as maps:
-        return listing.format_services(reader.read_services(maps))
-
-
 def state(eng, fake) -> tuple:
     return maps_now(eng.dp), lb_list(eng.dp), fake.snapshot(), [str(a.address) for a in eng.owned]
-
-
-def connect(dp, vip="198.18.0.10", sport=40000) -> str:
-    """An established connection from the client: the real server it went to."""
-    for flags in ("S", "A"):
-        pkt = Ether(src=CLIENT_MAC, dst=PUB_MAC) / IP(src="198.18.0.2", dst=vip) / TCP(sport=sport, dport=80,
-                                                                                      flags=flags)
-        rc, out = run(dp, "lb_xdp_public", pkt)
-        assert rc == XDP_REDIRECT
-    return {real_mac(f"198.18.1.{n}"): f"198.18.1.{n}" for n in range(1, 255)}[Ether(out).dst]
 
 
 def test_a_reload_that_does_not_fit_with_draining_servers_changes_nothing(engine, fake_addresses):

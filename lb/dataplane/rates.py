@@ -31,10 +31,19 @@ class RateEstimator:
         # (stats map, id) -> (time_ns, counters, smoothed rates)
         self.est: dict[tuple[str, int], tuple[int, tuple, list[int]]] = {}
         self.seeded = False
+        self.dropped: dict | None = None    # during an apply: the estimates forget() dropped
+
+    def journal(self) -> dict:
+        """An apply starts: from here on forget() keeps what it drops in the dict returned (put
+        back into est if the apply fails), so an apply need not copy every estimate."""
+        self.dropped = {}
+        return self.dropped
 
     def forget(self, mapname: str, i: int) -> None:
         """A new (or reused) id: its rate starts afresh."""
-        self.est.pop((mapname, i), None)
+        old = self.est.pop((mapname, i), None)
+        if old is not None and self.dropped is not None:
+            self.dropped.setdefault((mapname, i), old)
 
     def zero(self, ids) -> None:
         """Counters and rates of ``ids`` to zero; the estimator starts afresh from there (IPVS's

@@ -8,6 +8,8 @@ Real server list order and scheduler state follow IPVS: each added real server g
 front of its service's list, and the rr cursor / wrr mark change on every add, delete and
 weight update exactly as ip_vs_rr.c / ip_vs_wrr.c change them (lb.sched.model holds the rules).
 The writes go through a MapTxn (lb/dataplane/txn.py), which orders them for the data path.
+apply() walks only the services whose spec differs from the one last applied (or that have
+draining real servers); see ServiceTable._unchanged.
 """
 from __future__ import annotations
 
@@ -62,10 +64,14 @@ class ServiceTable:
         self.next_real_id = 0
         self.draining: set[tuple] = set()   # (service key, (addr, port)) removed but still active
         self.last_table: TableSpec | None = None
+        # service key -> the ServiceSpec its entries were last written from, by an apply that
+        # succeeded (or is under way: _snapshot / _restore keep it with the rest); see _unchanged
+        self.applied: dict = {}
         self._nh_cache: dict = {}
         self.ranges: dict[bytes, bytes] = {}    # lb_fwm_ranges as written
         self.mh: MhTables | None = None         # mh services' Maglev tables, made at load
         self._snap_reals: dict | None = None    # during apply: the reals as they were (_own_real)
+        self._snap_svcs: dict | None = None     # during apply: copies of the services it changes (_own_svc)
 
     def stat_ids(self) -> set[tuple[str, int]]:
         """(stats map, id) of every service and real server in use (the rate estimator's)."""
@@ -196,7 +202,7 @@ class ServiceTable:
         what failed and whether the previous table is back.  plan() first keeps the failures
         that can be foreseen (a full table) from getting that far."""
         snap = self._snapshot()
-        self._snap_reals = snap[1]
+        self._snap_reals, self._snap_svcs = snap[1], snap[-1]
         undo = self.txn.undo = UndoLog()
         self.txn.fresh_ids = (self.next_real_id, self.next_svc_id)
         mh_snap = self.mh.begin(undo)
@@ -210,6 +216,7 @@ class ServiceTable:
                 self.mh.rollback(mh_snap)
             except Exception as e2:
                 self._restore(snap)
+                self.applied = {}       # the maps hold part of each table: nothing is known unchanged
                 log.error("applying the table failed (%s) and so did writing the previous one back: %s",
                           what, e2)
                 raise ApplyFailed(f"{what}; writing the previous table back failed too ({e2}): the maps "
@@ -221,23 +228,33 @@ class ServiceTable:
             self.mh.commit()
         finally:
             self.txn.undo = None
-            self._snap_reals = None
+            self.rates.dropped = None
+            self._snap_reals = self._snap_svcs = None
         return n
 
     def _snapshot(self) -> tuple:
         """The in-memory view, for _restore after a failed apply: the containers are copied;
-        the Real entries are shared, which is why apply replaces a Real it changes
-        (_own_real) instead of changing it in place."""
-        services = {k: dataclasses.replace(st, dests=list(st.dests)) for k, st in self.services.items()}
-        return (services, dict(self.reals), list(self.free_svc_ids), self.next_svc_id, self.next_real_id,
-                set(self.draining), self.last_table, dict(self.ranges), dict(self.lblc.tables),
-                dict(self.lblc.expiration), dict(self.rates.est), dict(self.baseline.sched_base))
+        the Real entries and the _SvcStates are shared, which is why apply replaces a Real it
+        changes (_own_real) instead of changing it in place, and keeps a copy of a service
+        before it changes it (_own_svc; the last item, filled during the apply): an apply that
+        changes one service copies one."""
+        return (dict(self.services), dict(self.reals), list(self.free_svc_ids), self.next_svc_id,
+                self.next_real_id, set(self.draining), self.last_table, dict(self.ranges), dict(self.lblc.tables),
+                dict(self.lblc.expiration), self.rates.journal(), dict(self.baseline.sched_base),
+                dict(self.applied), {})
 
     def _restore(self, snap: tuple) -> None:
         (self.services, self.reals, self.free_svc_ids, self.next_svc_id, self.next_real_id, self.draining,
-         self.last_table, self.ranges, self.lblc.tables, self.lblc.expiration, self.rates.est,
-         self.baseline.sched_base) = snap
-        self._snap_reals = None
+         self.last_table, self.ranges, self.lblc.tables, self.lblc.expiration, rates,
+         self.baseline.sched_base, self.applied, svcs) = snap
+        self.services.update(svcs)
+        self.rates.est.update(rates)
+        self._snap_reals = self._snap_svcs = None
+
+    def _own_svc(self, key, st: _SvcState) -> None:
+        """st (self.services[key]) is about to change: keep a copy of it as it was for _restore."""
+        if self._snap_svcs is not None and key not in self._snap_svcs:
+            self._snap_svcs[key] = dataclasses.replace(st, dests=list(st.dests))
 
     def _own_real(self, rid: int) -> L.Real:
         """reals[rid], safe to change in place: a copy when the entry predates this apply."""
@@ -254,9 +271,10 @@ class ServiceTable:
         want = {key_of(s): s for s in table.services}
         # the VIP filter lets through the addresses of the services there are and will be, until
         # the table is written; then only those there are
-        self._write_vip_filter(self._vip_addrs() | {a for s in table.services for a in _addrs_of(s)})
+        self._write_vip_filter(self._vip_addrs() | {s.address for s in table.services if not s.fwmark}
+                               | {g.address for s in table.services if s.fwmark for g in s.groups})
         # a removed firewall-mark service stops matching before its slot is freed
-        self._sync_ranges({k: s for k, s in want.items() if k in self.services})
+        self._sync_ranges({k: s for k, s in want.items() if isinstance(k, L.FwmKey) and k in self.services})
         # removals: each service's lb_services / lb_fwm_services entry goes at once, its parts
         # (flushed in reverse stage order) after; see lb/dataplane/txn.py
         self.txn.begin()
@@ -265,10 +283,21 @@ class ServiceTable:
         self.txn.end(reverse=True)
         self.draining = {d for d in self.draining if d[0] in want}
         # additions and changes, flushed map by map in txn.STAGES order: every service is whole
-        # before its lb_services / lb_fwm_services entry is written
+        # before its lb_services / lb_fwm_services entry is written.  A service unchanged since
+        # the last apply is skipped (_unchanged): a one-server change walks one service
         self.txn.begin()
+        applied = self.applied
+        walked = 0
         for key, spec in want.items():
-            self._apply_service(key, spec, self._drains(key, spec))
+            if self._unchanged(key, spec):
+                continue
+            walked += 1
+            drains = self._drains(key, spec)
+            self._apply_service(key, spec, drains)
+            if drains:
+                applied.pop(key, None)      # walked again next time: drains end with their connections
+            else:
+                applied[key] = spec
         self.txn.end()
         self._sync_ranges(want)
         self._write_vip_filter(self._vip_addrs())
@@ -282,8 +311,22 @@ class ServiceTable:
         if self.maps["lb_globals"].get(g) != L.U32.pack(table.lblcr_expiration):
             self.txn.set("lb_globals", g, L.U32.pack(table.lblcr_expiration))
         n = self.txn.writes - before
-        log.info("applied %d services: %d map writes", len(want), n)
+        log.info("applied %d services (%d walked, the rest unchanged): %d map writes", len(want), walked, n)
         return n
+
+    def _unchanged(self, key, spec: ServiceSpec) -> bool:
+        """Whether _apply_service(key, spec) would write nothing, known without reading a map
+        or a real server: spec is the one the service was last written from (or equal to it:
+        ServiceSpec.same_as), and that apply left it no draining real server (applied has no
+        entry for a service written with drains: their connection counts decide when they go,
+        so it stays on the full path until they have).  Nothing else _apply_service reads
+        moves between applies: the service's lb_svc, lb_reals and dest list are written only by
+        apply, by refresh_nexthops (next hops, which apply keeps for a real server that stays)
+        and by the sweep's write_dests (overload flags, as apply would write them); the rr
+        cursor and wrr mark (the data path moves them), the mh last weights and the overload
+        state are read only to write a service that changed."""
+        old = self.applied.get(key)
+        return old is not None and old.same_as(spec)
 
     def _drains(self, key: L.SvcKey, spec: ServiceSpec) -> set[tuple]:
         """The real servers of the service that leave it but stay, at weight 0, until the last
@@ -331,14 +374,18 @@ class ServiceTable:
         if len(want) > sz.services:
             problems.append(f"{len(want)} virtual services, but tables.services is {sz.services}")
         idle = lambda rid: self.real_conns(rid) == (0, 0, 0)      # noqa: E731 (_alloc_real's test)
-        in_use = {rid for st in self.services.values() for _, rid in st.dests}
-        free = [rid for rid, real in self.reals.items() if real.family == 0 and rid not in in_use and idle(rid)]
+        # ids free for reuse, counted (which ones does not matter here): those removals free, and
+        # the removed servers' of earlier applies, scanned for only once the fresh ids run out
+        free = 0
+        retired_counted = False
         for key, st in self.services.items():
             if key not in want:
-                free += [rid for _, rid in st.dests if idle(rid)]
+                free += sum(1 for _, rid in st.dests if idle(rid))
         fresh = sz.reals - self.next_real_id
         adds = short = 0
         for key, spec in want.items():
+            if self._unchanged(key, spec):
+                continue        # fits as it is: no server to add, none leaving, no drain
             name = f"virtual service {spec.name} ({_svc_name(key)})" if spec.name else \
                 f"virtual service {_svc_name(key)}"
             if spec.scheduler not in L.SCHEDULERS:
@@ -354,12 +401,17 @@ class ServiceTable:
             need = len(wanted)
             if st is not None:
                 need -= sum(1 for rkey, _ in st.dests if rkey in wanted)
-                free += [rid for rkey, rid in st.dests if rkey not in wanted and rkey not in drains and idle(rid)]
+                free += sum(1 for rkey, rid in st.dests if rkey not in wanted and rkey not in drains and idle(rid))
             adds += need
             take = min(need, fresh)
             fresh -= take
-            take2 = min(need - take, len(free))
-            del free[:take2]
+            if need > take and not retired_counted:
+                in_use = {rid for st in self.services.values() for _, rid in st.dests}
+                free += sum(1 for rid, real in self.reals.items()
+                            if real.family == 0 and rid not in in_use and idle(rid))
+                retired_counted = True
+            take2 = min(need - take, free)
+            free -= take2
             short += need - take - take2
         if short:
             problems.append(f"no free real server slot for {short} of the {adds} real servers to add: "
@@ -427,8 +479,10 @@ class ServiceTable:
         the data path needs to look at all."""
         by_vip: dict[bytes, list[tuple[int, int, int]]] = {}
         for key, spec in want.items():
+            if not isinstance(key, L.FwmKey):
+                continue
             st = self.services.get(key)
-            if not isinstance(key, L.FwmKey) or st is None:
+            if st is None:
                 continue
             for g in spec.groups:
                 vk = L.SvcKey(L.PROTO_NUMBERS[g.protocol], g.address, 0).pack()
@@ -449,6 +503,7 @@ class ServiceTable:
 
     def _remove_service(self, key) -> None:
         st = self.services.pop(key)
+        self.applied.pop(key, None)
         if isinstance(key, L.FwmKey):
             self.txn.delete_now("lb_fwm_services", L.U32.pack(key.fwmark))
         else:
@@ -484,6 +539,7 @@ class ServiceTable:
             log.info("adding virtual service %s %s", name, spec.scheduler)
         else:
             st = self.services[key]
+            self._own_svc(key, st)
             cl, cw = L.SCHED_STATE.unpack(self.txn.get("lb_sched_state", L.U32.pack(st.id)))
             cursor = None if cl == L.POS_HEAD or cl >= len(st.dests) else cl
             mark = sched_model.WrrMark(cursor, cw, 0, 1)
@@ -697,13 +753,6 @@ _DRAIN = object()
 
 def _keep_nexthop(real: L.Real, old: L.Real) -> None:
     real.ifindex, real.mac, real.src_mac, real.tun_src, real.mtu = old.ifindex, old.mac, old.src_mac, old.tun_src, old.mtu
-
-
-def _addrs_of(spec: ServiceSpec) -> set:
-    """the addresses a service listens on"""
-    if spec.fwmark:
-        return {g.address for g in spec.groups}
-    return {spec.address}
 
 
 def key_of(spec: ServiceSpec):

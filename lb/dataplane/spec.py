@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import ipaddress
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
+from functools import cached_property
+from operator import attrgetter
 
 from lb.config.model import DEFAULT_LBLC_EXPIRATION, DEFAULT_MH_SIZE, DEFAULT_TIMEOUTS, Defense
 
@@ -62,6 +64,38 @@ class ServiceSpec:
             return ("fwmark", self.fwmark)
         return (self.protocol, self.address, self.port)
 
+    @cached_property
+    def digest(self) -> tuple:
+        """A value equal for two specs exactly when the specs are (==), compared in C.  Each
+        real server is a tuple of plain values (its address as version, integer and, for IPv6,
+        scope), read in C by attrgetter; the service's other fields are kept as they are (few).
+        Made once per spec (cached in the instance), and shared by equal specs (same_as)."""
+        reals = tuple(map(_real_digest, self.reals))
+        if 6 in set(map(_addr_version, self.reals)):
+            reals += (tuple(getattr(r.address, "_scope_id", None) for r in self.reals),)
+        return (reals, *(getattr(self, name) for name in _SVC_OTHER_FIELDS))
+
+    def same_as(self, other: "ServiceSpec") -> bool:
+        """self == other, as cheaply as it can be known: the data plane's apply asks it of every
+        service, the last applied spec against the new one.  Specs found equal share one digest
+        object, so comparing them again is an identity test; two specs with digests compare
+        those (in C).  A spec without one (the engine builds every spec afresh) is compared
+        with == (dataclass __eq__: Python code per real server, cheaper than making the digest)
+        and, when equal, takes the other's digest."""
+        if self is other:
+            return True
+        cache_a, cache_b = self.__dict__, other.__dict__      # where cached_property keeps digest
+        a, b = cache_a.get("digest"), cache_b.get("digest")
+        if a is not None and b is not None:
+            if a is b:
+                return True
+            if a != b:
+                return False
+        elif self != other:
+            return False
+        cache_a["digest"] = cache_b["digest"] = a if a is not None else b if b is not None else self.digest
+        return True
+
 
 @dataclass(frozen=True)
 class PortGroup:
@@ -70,6 +104,16 @@ class PortGroup:
     address: Address
     low: int
     high: int
+
+
+# ServiceSpec.digest's parts: every field of a RealSpec, its address as plain values (what
+# ipaddress's __eq__ compares, read in C by attrgetter); every other field of a ServiceSpec
+_real_digest = attrgetter("address._version", "address._ip", "port", "weight", "forward", "u_threshold",
+                          "l_threshold", "weight_source", "configured_weight")
+_addr_version = attrgetter("address._version")
+assert [f.name for f in fields(RealSpec)] == ["address", "port", "weight", "forward", "u_threshold", "l_threshold",
+                                              "weight_source", "configured_weight"], "update _real_digest"
+_SVC_OTHER_FIELDS = tuple(f.name for f in fields(ServiceSpec) if f.name != "reals")
 
 
 @dataclass(frozen=True)
