@@ -26,6 +26,7 @@ import time
 from pathlib import Path
 
 import pytest
+from lab_http import wait_until as wait_for
 
 from lb import control
 from lb.config import store
@@ -75,15 +76,6 @@ pytestmark = pytest.mark.skipif(not shutil.which("chromedriver") or not shutil.w
                                 reason="Debian's chromium and chromium-driver (scripts/setup.sh installs them)")
 
 
-def wait_for(pred, timeout, what):
-    deadline = time.monotonic() + timeout
-    while True:
-        v = pred()
-        if v:
-            return v
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.1)
 
 
 class Forwarder:
