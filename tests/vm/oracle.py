@@ -150,9 +150,13 @@ class Observation:
     conns: dict = field(default_factory=dict)      # "client:sport" -> [state, expire, real]
     templates: dict = field(default_factory=dict)  # "client/mask" -> [real, expire]
     counts: dict = field(default_factory=dict)     # real -> [active, inactive, persist]
+    # entries the kernel listed beside a newer one of the same key, their timer firing (a SYN
+    # into a CLOSE entry: ip_vs_conn_expire_now, then a new entry): still counted on their real
+    dying: int = 0
 
     def as_json(self) -> dict:
-        return {"label": self.label, "conns": self.conns, "templates": self.templates, "counts": self.counts}
+        return {"label": self.label, "conns": self.conns, "templates": self.templates, "counts": self.counts,
+                "dying": self.dying}
 
 
 def tcp_flag_bits(flags: str) -> int:

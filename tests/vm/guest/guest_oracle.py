@@ -105,10 +105,18 @@ class Player:
             if len(p) < 9 or p[3] != vip or int(p[4], 16) != port:
                 continue
             client, cport, real, state, expire = str(_hex_addr(p[1])), int(p[2], 16), str(_hex_addr(p[5])), p[7], int(p[8])
-            if cport == 0:
-                obs.templates[client] = [real, expire]
-            else:
-                obs.conns[f"{client}:{cport}"] = [state, expire, real]
+            table, key, entry = ((obs.templates, client, [real, expire]) if cport == 0 else
+                                 (obs.conns, f"{client}:{cport}", [state, expire, real]))
+            if key in table:
+                # two entries of one key: the older one's timer is firing (expire_now) while
+                # the new one lives; which is listed last depends on that timer, so keep the
+                # live one and say the other is still there (and still counted)
+                old = table[key]
+                old_expire = old[-1] if cport == 0 else old[1]
+                if old_expire > expire:
+                    entry = old
+                obs.dying += 1
+            table[key] = entry
         for row in read_services():
             if str(row.address) == oracle.VIP and row.port == port:
                 obs.counts = {str(r.address): [r.active, r.inactive, r.persist] for r in row.reals}
