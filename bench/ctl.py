@@ -26,6 +26,8 @@ times as there are rounds, against DESIGN.md's 50 ms (quick runs too: the target
 second round on the unchanged services' specs are known equal by identity (ServiceSpec.same_as);
 the engine builds every spec afresh, which apply compares with == (Python per real server): each
 round also times the weight change with a table built afresh (the build not timed), its own row.
+The engine keeps the specs of services nothing changed for (lb.engine.SpecCache): the row "through
+the engine" times what a health check's verdict costs, build_table and apply together.
 Apply to empty maps (<= 2 s) and `lb list -c` of 1M connections (<= 2 s) are single runs: their
 status says so."""
 from __future__ import annotations
@@ -72,6 +74,42 @@ def table(nsvc: int, nreal: int, weight0: int = 1, extra: bool = False) -> Table
             reals = reals[:-1]
         svcs.append(ServiceSpec("tcp", ipaddress.ip_address(VIP_BASE + s), 80, "wlc", reals, name=f"s{s}"))
     return TableSpec(tuple(svcs))
+
+
+def config(nsvc: int, nreal: int):
+    """table()'s base as a config, for the engine's path (lb.engine.build_table)"""
+    from lb.config import Config, RealServer, VirtualServer
+
+    vss = []
+    for s in range(nsvc):
+        reals = tuple(RealServer(f"r{r}", ipaddress.ip_address(REAL_BASE + s * nreal + r), port=80, weight=1 + r % 3)
+                      for r in range(nreal))
+        vss.append(VirtualServer(name=f"s{s}", address=ipaddress.ip_address(VIP_BASE + s), port=80, scheduler="wlc",
+                                 real_servers=reals))
+    return Config(public_interface="pub0", network="direct", virtual_servers=tuple(vss))
+
+
+def engine_changes(dp, nsvc: int, nreal: int, rounds: int) -> list[float]:
+    """The engine's one-server change: a real server's health check fails (or passes again),
+    then build_table with the engine's SpecCache and apply, timed together; `rounds` of both."""
+    from lb.engine import RealState, SpecCache, build_table, real_key
+
+    cfg = config(nsvc, nreal)
+    cache = SpecCache()
+    health = RealState(cache)
+    dp.apply(build_table(cfg, health, cache=cache))
+    vs = cfg.virtual_servers[nsvc // 2]
+    key = real_key(vs, vs.real_servers[nreal // 2])
+    out = []
+    for i in range(2 * rounds):
+        health[key] = bool(i % 2)
+        t0 = time.perf_counter()
+        tab = build_table(cfg, health, cache=cache)
+        dp.apply(tab)
+        out.append(time.perf_counter() - t0)
+        want = nreal - (0 if i % 2 else 1)
+        assert len(tab.services[nsvc // 2].reals) == want, (len(tab.services[nsvc // 2].reals), want)
+    return out
 
 
 def _target(limit: float) -> str:
@@ -281,6 +319,14 @@ def suite(size: str = "full") -> dict:
             results.append({"scenario": label, "seconds": est, "runs": secs, "writes": w, "bare_seconds": b,
                             "ratio": ratio(est["median"], b),
                             **(judge(est, CHANGE_TARGET_S) if (nsvc, nreal) == (1000, 64) else {})})
+        # the whole path of a health check's verdict: the engine's build (cached specs) + apply
+        eng = engine_changes(c.dp, nsvc, nreal, change_runs)
+        est = estimate(eng)
+        b = c.bare_writes(4)
+        results.append({"scenario": "one-server change through the engine (a health check fails or passes: "
+                                    "build_table + apply)", "seconds": est, "runs": eng, "bare_seconds": b,
+                        "ratio": ratio(est["median"], b),
+                        **(judge(est, CHANGE_TARGET_S) if (nsvc, nreal) == (1000, 64) else {})})
         big = [c.lb_list("-n") for _ in range(runs)]
         lines = big[0][1]
         results.append({"scenario": "lb list -n, empty table (process start, imports)", "baseline": True,

@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import dataclasses
 import ipaddress
+import itertools
 import json
 import logging
 import os
@@ -59,8 +60,88 @@ def real_key(vs, rs) -> tuple:
     return (vs.key, rs.address, rs.effective_port(vs))
 
 
+class SpecCache:
+    """The ServiceSpec last built for each virtual service, reused by build_table while nothing
+    it was made of has changed: the same config object (a reload parses new ones), the same
+    forwarding and sloppy flag, and no change since to the health, load weight or override of
+    any of its real servers (RealState marks its service).  A one-server change then builds one
+    service afresh, and the data plane's apply finds every other spec the very object it applied
+    (ServiceSpec.same_as) instead of comparing 64,000 real servers field by field.
+
+    Marks and builds are ordered by one clock, so a change that lands while a table is being
+    built (the engine builds in a worker thread) is never lost: an entry is used only if it was
+    started after its service's last mark."""
+
+    def __init__(self) -> None:
+        self._clock = itertools.count(1)
+        self._marked: dict[tuple, int] = {}      # service key -> clock at its last change
+        self._built: dict[tuple, tuple] = {}     # service key -> (vs, forward, sloppy, started, spec, sorry)
+
+    def mark(self, vs_key) -> None:
+        self._marked[vs_key] = next(self._clock)
+
+    def reset(self) -> None:
+        self._built = {}
+
+    def start(self) -> int:
+        return next(self._clock)
+
+    def get(self, vs, forward: str, sloppy: bool) -> tuple | None:
+        """The entry (vs, forward, sloppy, started, spec, went to its sorry server) built from
+        this very config entry and the current state, or None."""
+        e = self._built.get(vs.key)
+        if e is None or e[0] is not vs or e[1] != forward or e[2] != sloppy or e[3] <= self._marked.get(vs.key, 0):
+            return None
+        return e
+
+    def keep(self, built: dict) -> None:
+        """The entries of one build (service key -> entry); the others (services gone) go."""
+        self._built = built
+
+
+class RealState(dict):
+    """real_key -> one real server's health, load weight or operator override: every change
+    marks its virtual service in the SpecCache (after the change: see SpecCache)."""
+
+    def __init__(self, cache: SpecCache, items=()):
+        super().__init__(items)
+        self._cache = cache
+
+    def __setitem__(self, key, value) -> None:
+        super().__setitem__(key, value)
+        self._cache.mark(key[0])
+
+    def __delitem__(self, key) -> None:
+        super().__delitem__(key)
+        self._cache.mark(key[0])
+
+    def pop(self, key, *default):
+        value = super().pop(key, *default)
+        self._cache.mark(key[0])
+        return value
+
+    def setdefault(self, key, default=None):
+        value = super().setdefault(key, default)
+        self._cache.mark(key[0])
+        return value
+
+    def popitem(self):
+        key, value = super().popitem()
+        self._cache.mark(key[0])
+        return key, value
+
+    def update(self, *a, **kw) -> None:
+        super().update(*a, **kw)
+        self._cache.reset()
+
+    def clear(self) -> None:
+        super().clear()
+        self._cache.reset()
+
+
 def build_table(cfg, health: dict | None = None, sorry: set | None = None,
-                weights: dict | None = None, overrides: dict | None = None) -> TableSpec:
+                weights: dict | None = None, overrides: dict | None = None,
+                cache: SpecCache | None = None) -> TableSpec:
     """The desired table: active services and real servers, minus the ones their monitor says
     are dead (or at weight 0 when the service quiesces dead servers); ``weights`` (real_key ->
     weight) are the load monitors' dynamic weights, which replace the configured ones;
@@ -70,7 +151,10 @@ def build_table(cfg, health: dict | None = None, sorry: set | None = None,
 
     A service with a sorry server and no usable real server (all dead, inactive or at weight 0)
     gets the sorry server as its only real server; the keys of those services are added to
-    ``sorry`` when it is given."""
+    ``sorry`` when it is given.
+
+    ``cache`` (the engine's SpecCache, with health, weights and overrides its RealStates): the
+    services nothing changed for keep the spec built last time."""
     forward = FORWARD_OF_NETWORK[cfg.network]
     # lb.bgp active-active: every service schedules mid-flow TCP packets (ECMP moved the flow here)
     sloppy = cfg.bgp is not None and cfg.bgp.active_active
@@ -78,9 +162,19 @@ def build_table(cfg, health: dict | None = None, sorry: set | None = None,
     weights = weights or {}
     overrides = overrides or {}
     services = []
+    built: dict[tuple, tuple] = {}
     for vs in cfg.virtual_servers:
         if not vs.active:
             continue
+        if cache is not None:
+            hit = cache.get(vs, forward, sloppy)
+            if hit is not None:
+                services.append(hit[4])
+                built[vs.key] = hit
+                if hit[5] and sorry is not None:
+                    sorry.add(vs.key)
+                continue
+            started = cache.start()      # before its state is read (SpecCache)
         reals, dead = [], []
         for rs in vs.real_servers:
             key = real_key(vs, rs)
@@ -99,10 +193,19 @@ def build_table(cfg, health: dict | None = None, sorry: set | None = None,
             # has no thresholds of its own
             reals = [RealSpec(addr, 0 if vs.fwmark else vs.port if port is None else port, w.value, forward,
                               weight_source=w.source)]
+            on_sorry = True
             if sorry is not None:
                 sorry.add(vs.key)
+        else:
+            on_sorry = False
         spec = ServiceSpec.from_config(vs, reals, dead)
-        services.append(dataclasses.replace(spec, sloppy=True) if sloppy else spec)
+        if sloppy:
+            spec = dataclasses.replace(spec, sloppy=True)
+        services.append(spec)
+        if cache is not None:
+            built[vs.key] = (vs, forward, sloppy, started, spec, on_sorry)
+    if cache is not None:
+        cache.keep(built)
     t = cfg.timeouts
     # active-active: a packet of an entry whose real server has left (its health check failed
     # while this director was cut off, say) expires the entry, and the client's next packet is
@@ -255,6 +358,7 @@ class Engine:
         self.owned: list[addresses.OwnedAddress] = []
         self._stop = None            # "clean" | "keep"
         self._wake: asyncio.Event | None = None
+        self.specs = SpecCache()                     # build_table's, kept current by the three below
         self.health: dict[tuple, bool] = {}          # real_key -> up
         self.monitors: dict[tuple, tuple] = {}       # real_key -> (spec, policy, Monitor, task)
         self.loads: dict[tuple, tuple] = {}          # real_key -> (spec, bounds, LoadMonitorTask, task)
@@ -332,11 +436,39 @@ class Engine:
         log.info("lb instance %r running: %d virtual services", self.cfg.instance,
                  len(self.dp.services))
 
+    # health, load weights and overrides are RealStates of self.specs whatever is assigned
+    @property
+    def health(self) -> RealState:
+        return self._health
+
+    @health.setter
+    def health(self, value) -> None:
+        self._health = RealState(self.specs, value)
+        self.specs.reset()
+
+    @property
+    def weights(self) -> RealState:
+        return self._weights
+
+    @weights.setter
+    def weights(self, value) -> None:
+        self._weights = RealState(self.specs, value)
+        self.specs.reset()
+
+    @property
+    def overrides(self) -> RealState:
+        return self._overrides
+
+    @overrides.setter
+    def overrides(self, value) -> None:
+        self._overrides = RealState(self.specs, value)
+        self.specs.reset()
+
     def _table(self, cfg) -> TableSpec:
         """build_table for the current health; logs each service's switch to or from its sorry
         server once."""
         sorry: set[tuple] = set()
-        table = build_table(cfg, self.health, sorry, self.weights, self.overrides)
+        table = build_table(cfg, self.health, sorry, self.weights, self.overrides, self.specs)
         names = {vs.key: vs for vs in cfg.virtual_servers}
         for key in sorted(sorry - self.on_sorry, key=str):
             vs = names[key]

@@ -190,3 +190,60 @@ def test_the_effective_weight_says_why() -> None:
     status = {"weight": 0, "weight_source": "override", "configured_weight": 3, "dynamic_weight": None,
               "override": 0}
     assert weight.from_status(status).text() == "weight 0: quiesced by operator; configured 3"
+
+
+def _two_services_engine():
+    base = _cfg().virtual_servers[0]
+    other = dataclasses.replace(base, name="mail", address=IPv4Address("10.9.0.2"), port=25)
+    cfg = Config(public_interface="eth0", network="direct", virtual_servers=(base, other))
+    return cfg, _engine(cfg)
+
+
+def test_a_one_server_change_rebuilds_only_its_service() -> None:
+    """The engine keeps each service's spec while nothing of it changed (SpecCache): after a
+    health change the other service's spec is the very object applied before (the data plane
+    skips it by identity), and the changed one is right."""
+    cfg, eng = _two_services_engine()
+    web, mail = cfg.virtual_servers
+    first = eng._table(cfg).services
+    again = eng._table(cfg).services
+    assert [a is b for a, b in zip(first, again)] == [True, True]
+    eng.health[real_key(web, web.real_servers[0])] = False          # a check fails
+    t = eng._table(cfg).services
+    assert t[1] is first[1] and t[0] is not first[0]
+    assert [str(r.address) for r in t[0].reals] == ["10.9.1.2"]
+    eng.overrides[real_key(mail, mail.real_servers[1])] = 0          # lb quiesce
+    t2 = eng._table(cfg).services
+    assert t2[0] is t[0] and t2[1] is not t[1]
+    assert {str(r.address): r.weight for r in t2[1].reals} == {"10.9.1.1": 1, "10.9.1.2": 0}
+    eng.weights.pop(real_key(mail, mail.real_servers[0]), None)      # even a no-op pop marks it
+    eng.health = {}                                                  # a new dict: nothing is reused
+    t3 = eng._table(cfg).services
+    assert not any(a is b for a, b in zip(t3, t2))
+    assert [str(r.address) for r in t3[0].reals] == ["10.9.1.1", "10.9.1.2"]
+
+
+def test_a_change_during_a_build_is_not_lost(monkeypatch) -> None:
+    """A health change that lands while a table is being built (the engine builds in a worker
+    thread), after the build read that server's state, makes the next build rebuild its
+    service, though this build cached the old state."""
+    import lb.engine
+
+    cfg, eng = _two_services_engine()
+    web = cfg.virtual_servers[0]
+    key = real_key(web, web.real_servers[0])
+    real_weight = lb.engine.effective_weight
+    landed = []
+
+    def weight_then_a_change(vs, rs, *a, **kw):
+        w = real_weight(vs, rs, *a, **kw)
+        if real_key(vs, rs) == key and not landed:
+            eng.health[key] = False           # the check fails just after the build read "up"
+            landed.append(1)
+        return w
+
+    monkeypatch.setattr(lb.engine, "effective_weight", weight_then_a_change)
+    t = eng._table(cfg).services
+    assert landed and [str(r.address) for r in t[0].reals] == ["10.9.1.1", "10.9.1.2"]
+    t = eng._table(cfg).services
+    assert [str(r.address) for r in t[0].reals] == ["10.9.1.2"]
