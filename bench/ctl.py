@@ -24,9 +24,9 @@ table again -> the server back -> base), each step timed, so every kind is measu
 times as there are rounds, against DESIGN.md's 50 ms (quick runs too: the targets are defined at
 1,000 x 64).  The rounds apply the same three TableSpec objects again and again, so from the
 second round on the unchanged services' specs are known equal by identity (ServiceSpec.same_as);
-the engine builds every spec afresh, which apply compares with == (Python per real server): each
-round also times the weight change with a table built afresh (the build not timed), its own row.
-The engine keeps the specs of services nothing changed for (lb.engine.SpecCache): the row "through
+specs built afresh (a reload's) are compared with == (Python per real server): each round also
+times the weight change with a table built afresh (the build not timed), its own row.  The
+engine keeps the specs of services nothing changed for (lb.engine.SpecCache): the row "through
 the engine" times what a health check's verdict costs, build_table and apply together.
 Apply to empty maps (<= 2 s) and `lb list -c` of 1M connections (<= 2 s) are single runs: their
 status says so."""
@@ -305,12 +305,12 @@ def suite(size: str = "full") -> dict:
         for _ in range(change_runs):
             for tab_name, kind, _label in steps:
                 changes.setdefault(kind, []).append(_timed(c.dp.apply, tabs[tab_name]))
-            # the engine's case: the same weight change, every spec built afresh (not timed)
+            # the same weight change, every spec built afresh (not timed): apply's == path
             fresh = table(nsvc, nreal, weight0=5)
             changes.setdefault("fresh", []).append(_timed(c.dp.apply, fresh))
             c.dp.apply(tabs["base"])
         rows = [(kind, label) for _tab, kind, label in steps[:4]]
-        rows.append(("fresh", "one-server change (weight), every spec built afresh (as the engine does)"))
+        rows.append(("fresh", "one-server change (weight), every spec built afresh"))
         for kind, label in rows:
             secs = [t for t, _ in changes[kind]]
             w = max(n for _, n in changes[kind])

@@ -76,15 +76,6 @@ static __always_inline int lb_lookup_svc(struct lb_pkt *pkt, __u32 *svc_id)
     return lb_classify_fwm(pkt, &sk, svc_id);
 }
 
-/* Parse and find the virtual service.  LB_CONTINUE with *svc_id set, or an XDP action. */
-static __always_inline int lb_classify(struct xdp_md *ctx, struct lb_pkt *pkt, __u32 *svc_id)
-{
-    int act = lb_parse_counted(ctx, pkt);
-    if (act != LB_CONTINUE)
-        return act;
-    return lb_lookup_svc(pkt, svc_id);
-}
-
 static __always_inline __u32 lb_fsm_table(struct lb_real *r)
 {
     /* DR (and tunnel) see only the client's half of the flow: IPVS's INPUT-ONLY table */
@@ -143,6 +134,17 @@ static __always_inline void lb_sched_handover(lb_scratch_t *sc, __u32 svc_id, st
     sc->sport = *pkt->sport_p;
     sc->family = pkt->family;
     __builtin_memcpy((void *)sc->daddr, pkt->daddr, 16);
+}
+
+/* Is the scratch this packet's hand-over?  A tail-call chain runs on one CPU for one packet,
+ * so the service lb_xdp_public found is still there: the programs after it parse the packet
+ * again (tail calls keep no locals) but need not look the service up again in lb_services
+ * (a hash).  A few compares refuse a scratch some other packet left (a chain another load's
+ * programs broke off while a restarted daemon rewrote lb_progs). */
+static __always_inline int lb_handover_is(lb_scratch_t *sc, struct lb_pkt *pkt)
+{
+    return sc->sport == *pkt->sport_p && sc->family == pkt->family &&
+           sc->sfold == lb_addr_fold(pkt->saddr) && sc->dfold == lb_addr_fold(pkt->daddr);
 }
 
 int lb_xdp_public(struct xdp_md *ctx)
@@ -317,13 +319,16 @@ int lb_sched_mh(struct xdp_md *ctx)
 int lb_xdp_persist(struct xdp_md *ctx)
 {
     struct lb_pkt pkt = {};
-    __u32 svc_id, zero = 0;
-    int act = lb_classify(ctx, &pkt, &svc_id);
+    __u32 zero = 0;
+    int act = lb_parse_counted(ctx, &pkt);
     if (act != LB_CONTINUE)
         return act;
-    struct lb_svc *svc = lb_svc.lookup(&svc_id);
     struct lb_sched_scratch *sc = lb_scratch.lookup(&zero);
-    if (!svc || !sc)
+    if (!sc || !lb_handover_is(sc, &pkt))
+        return XDP_PASS;
+    __u32 svc_id = sc->svc;
+    struct lb_svc *svc = lb_svc.lookup(&svc_id);
+    if (!svc)
         return XDP_PASS;
     struct lb_persist_key pk;
     int embryo;
@@ -351,12 +356,9 @@ int lb_xdp_persist(struct xdp_md *ctx)
 
 /* new_conn's part for persistent services: refresh the template that chose, or make one (in
  * lb_persist_embryo: it moves to lb_persist when the connection is established) */
-static __always_inline void lb_persist_after_pick(struct lb_pkt *pkt, __u32 svc_id, __u32 real_id,
+static __always_inline void lb_persist_after_pick(struct lb_pkt *pkt, struct lb_svc *svc, __u32 real_id,
                                                   int from_template, __u64 now)
 {
-    struct lb_svc *svc = lb_svc.lookup(&svc_id);
-    if (!svc || !svc->persist_timeout)
-        return;
     struct lb_persist_key pk;
     lb_persist_key_of(&pk, pkt, svc);
     if (from_template) {
@@ -371,25 +373,28 @@ static __always_inline void lb_persist_after_pick(struct lb_pkt *pkt, __u32 svc_
         lb_persist_count(real_id, 1);
 }
 
-/* ---- a new connection: count it inactive (IPVS starts every connection so), first state
- * transition, insert into the embryonic table (plus the NAT reverse entry), forward ---- */
+/* ---- a new connection: its first state transition (IPVS starts every connection inactive;
+ * a SYN's SYN_RECV makes it active), counted once where it lands (one atomic on the real
+ * server's shared counters, not three), insert into the embryonic table (plus the NAT reverse
+ * entry), forward ---- */
 
 int lb_xdp_new_conn(struct xdp_md *ctx)
 {
     struct lb_pkt pkt = {};
-    __u32 svc_id;
-    int act = lb_classify(ctx, &pkt, &svc_id);
+    int act = lb_parse_counted(ctx, &pkt);
     if (act != LB_CONTINUE)
         return act;
     __u32 zero = 0;
     struct lb_sched_scratch *pick = lb_scratch.lookup(&zero);
-    if (!pick || pick->svc != svc_id)
+    if (!pick || !lb_handover_is(pick, &pkt))
         return XDP_PASS;
+    __u32 svc_id = pick->svc;
     __u32 real_id = pick->real;
     int from_template = pick->from_template;
     pick->from_template = 0;
     struct lb_real *r = lb_reals.lookup(&real_id);
-    if (!r || r->svc != svc_id)
+    struct lb_svc *svc = lb_svc.lookup(&svc_id);
+    if (!r || r->svc != svc_id || !svc)
         return XDP_PASS;
 
     struct lb_conn_key key;
@@ -400,16 +405,19 @@ int lb_xdp_new_conn(struct xdp_md *ctx)
     c.svc = svc_id;
     c.state = LB_TCP_S_NONE;
     c.flags = LB_CONN_F_INACTIVE;
-    struct lb_svc *svc = lb_svc.lookup(&svc_id);
-    if (svc && svc->persist_timeout)
+    if (svc->persist_timeout)
         c.flags |= LB_CONN_F_PERSIST;
     c.client_ifindex = ctx->ingress_ifindex;
     __builtin_memcpy(c.client_mac, pkt.eth->h_source, ETH_ALEN);
     __builtin_memcpy(c.local_mac, pkt.eth->h_dest, ETH_ALEN);
     __builtin_memcpy(c.vaddr, key.daddr, 16);
     c.vport = key.dport;
-    lb_real_conns_add(real_id, 0, 1);
-    lb_conn_state(&c, lb_fsm_table(r), &pkt);
+    /* its first state first (a SYN: SYN_RECV, active), then counted once, where it is */
+    lb_conn_next_state(&c, lb_fsm_table(r), &pkt);
+    if (c.flags & LB_CONN_F_INACTIVE)
+        lb_real_conns_add(real_id, 0, 1);
+    else
+        lb_real_conns_add(real_id, 1, 0);
 
     if (lb_conns_embryo.insert(&key, &c) != 0) {
         /* another CPU created this flow first: follow its choice */
@@ -431,7 +439,8 @@ int lb_xdp_new_conn(struct xdp_md *ctx)
     }
     lb_ct_event(LB_CTE_EMBRYO_NEW);
     lb_overload_bind(real_id, r);
-    lb_persist_after_pick(&pkt, svc_id, real_id, from_template, c.last_ns);
+    if (svc->persist_timeout)
+        lb_persist_after_pick(&pkt, svc, real_id, from_template, c.last_ns);
     if (r->fwd == LB_FWD_NAT) {
         struct lb_conn_key rk;
         lb_conn_key_reverse(&rk, &key, r);

@@ -146,20 +146,23 @@ static __always_inline __u32 *lb_fsm_next(__u32 idx)
     return lb_tcp_fsm.lookup(&idx);
 }
 
-/* IPVS set_tcp_state(): move along the state table and keep the real server's counters. */
-static __always_inline void lb_conn_state(struct lb_conn *c, __u32 table, struct lb_pkt *pkt)
+/* IPVS set_tcp_state() without the counters: c's next state and timeout, and its INACTIVE flag
+ * to match.  Returns how the real server's counters move: +1 inactive -> active, -1 active ->
+ * inactive, 0 neither. */
+static __always_inline int lb_conn_next_state(struct lb_conn *c, __u32 table, struct lb_pkt *pkt)
 {
     __u32 new_state;
+    int move = 0;
 
     if (pkt->proto != IPPROTO_TCP) {
         c->state = LB_UDP_S_NORMAL;
         c->timeout = lb_timeout_of(LB_UDP_S_NORMAL);
-        return;
+        return 0;
     }
     /* the common case, an ACK inside an established flow, stays ESTABLISHED in every table */
     if (c->state == LB_TCP_S_ESTABLISHED &&
         (pkt->tcp_flags & (LB_TCP_SYN | LB_TCP_FIN | LB_TCP_RST | LB_TCP_ACK)) == LB_TCP_ACK)
-        return;
+        return 0;
     new_state = LB_TCP_S_CLOSE;
     __u32 ev = lb_tcp_event(pkt->tcp_flags);
     if (ev != LB_NONE && c->state < LB_TCP_S_LAST) {
@@ -168,19 +171,28 @@ static __always_inline void lb_conn_state(struct lb_conn *c, __u32 table, struct
         if (ns)
             new_state = *ns;
     }
-    if (new_state != c->state) {
-        if (!(c->flags & LB_CONN_F_INACTIVE) && !lb_tcp_state_active(new_state)) {
-            lb_real_conns_add(c->real, -1, 1);
-            c->flags |= LB_CONN_F_INACTIVE;
-        } else if ((c->flags & LB_CONN_F_INACTIVE) && lb_tcp_state_active(new_state)) {
-            lb_real_conns_add(c->real, 1, -1);
-            c->flags &= ~LB_CONN_F_INACTIVE;
-        }
-    }
     if (new_state == c->state)
-        return;                   /* same state, same timeout (IPVS re-reads it; we skip a lookup) */
+        return 0;                 /* same state, same timeout (IPVS re-reads it; we skip a lookup) */
+    if (!(c->flags & LB_CONN_F_INACTIVE) && !lb_tcp_state_active(new_state)) {
+        c->flags |= LB_CONN_F_INACTIVE;
+        move = -1;
+    } else if ((c->flags & LB_CONN_F_INACTIVE) && lb_tcp_state_active(new_state)) {
+        c->flags &= ~LB_CONN_F_INACTIVE;
+        move = 1;
+    }
     c->state = new_state;
     c->timeout = lb_timeout_of(new_state);
+    return move;
+}
+
+/* IPVS set_tcp_state(): move along the state table and keep the real server's counters. */
+static __always_inline void lb_conn_state(struct lb_conn *c, __u32 table, struct lb_pkt *pkt)
+{
+    int move = lb_conn_next_state(c, table, pkt);
+    if (move > 0)
+        lb_real_conns_add(c->real, 1, -1);
+    else if (move < 0)
+        lb_real_conns_add(c->real, -1, 1);
 }
 
 /* Drop an expired entry (and its NAT reverse entry).  Whoever deletes it uncounts it, so the
