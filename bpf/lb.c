@@ -210,8 +210,9 @@ int lb_xdp_public(struct xdp_md *ctx)
             lb_conn_expire_in(&key, c, embryo);
         return XDP_DROP;
     }
+    __u8 was = c->state;
     lb_conn_state(c, lb_fsm_table(r), &pkt);
-    c->last_ns = now;
+    lb_conn_touch(c, now, was);
     if (embryo && lb_embryo_grown(c, pkt.proto)) {
         struct lb_conn_key rk;
         lb_conn_key_reverse(&rk, &key, r);
@@ -490,9 +491,10 @@ int lb_xdp_private(struct xdp_md *ctx)
         lb_conn_delete_in(&rk, rev_embryo);
         return XDP_PASS;
     }
+    __u8 was = c->state;
     lb_conn_state(c, LB_FSM_OUTPUT, &pkt);
-    c->last_ns = now;
-    rev->last_ns = now;
+    lb_conn_touch(c, now, was);
+    lb_conn_touch(rev, now, rev->state);
     /* a UDP reply, or (secure_tcp) the real server's ACK after the handshake: established */
     if (embryo && lb_embryo_grown(c, pkt.proto)) {
         lb_embryo_promote(&key, c, &rk);

@@ -88,6 +88,17 @@ static __always_inline void lb_conn_uncount(struct lb_conn *c)
     lb_overload_unbind(c->real);
 }
 
+/* A packet's refresh of its entry's timer: when the state changed (its new timeout runs from
+ * now, as in IPVS), else once the timestamp is LB_TOUCH_NS old.  A timer runs out at most that
+ * much early (IPVS shows and syncs whole seconds), and an established flow's entry -- in NAT
+ * shared by the CPUs of its two directions -- is written a few times a second, not once per
+ * packet. */
+static __always_inline void lb_conn_touch(struct lb_conn *c, __u64 now, __u8 old_state)
+{
+    if (c->state != old_state || (__s64)(now - c->last_ns) > (__s64)LB_TOUCH_NS)
+        c->last_ns = now;
+}
+
 /* Signed: a last_ns ahead of the coarse clock (an entry the control plane wrote from the
  * precise clock, e.g. one synced from the peer director) is fresh, not 584 years old. */
 static __always_inline int lb_conn_expired(struct lb_conn *c, __u64 now)

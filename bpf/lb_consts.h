@@ -36,6 +36,9 @@
 #ifndef LB_PIN_DIR
 #define LB_PIN_DIR "/sys/fs/bpf/lb/default"
 #endif
+#ifndef LB_TOUCH_NS              /* a packet refreshes its entry's timestamp once it is this old */
+#define LB_TOUCH_NS 250000000ULL /* (or when the state changed): see lb_conn_touch */
+#endif
 
 /* "keep going": helpers return this or an XDP action */
 #define LB_CONTINUE (-1)

@@ -176,3 +176,32 @@ def test_vlan_tagged_request_keeps_its_tag(dp):
     p = Ether(out)
     assert p[Dot1Q].vlan == 42 and p[Ether].src == PRIV_MAC and p[Ether].dst in {real_mac(r) for r in REALS}
     assert bytes(p[Dot1Q]) == bytes(pkt[Dot1Q])
+
+
+def test_a_packet_refreshes_its_entrys_timer_when_the_state_moves_or_it_is_old(dp):
+    """An established flow's packets rewrite its entry's timestamp only once it is
+    LB_TOUCH_NS (0.25 s) old, or when the state changes (its new timeout runs from then, as in
+    IPVS): in NAT both directions' CPUs share the entry, so it is not written per packet."""
+    from lb.dataplane import layout as L
+    from packets_util import age
+
+    key = L.ConnKey(ip(CLIENT), ip(VIP_DR), 40900, 80, 6).pack()
+
+    def last() -> tuple[int, int]:
+        c = L.Conn.unpack(dp.maps["lb_conns"].get(key))
+        return c.last_ns, c.state
+
+    for flags in ("S", "A"):                       # established: in lb_conns
+        assert run(dp, "lb_xdp_public", client_pkt(VIP_DR, 80, 40900, flags=flags))[0] == XDP_REDIRECT
+    age(dp, 0.1)                                   # 0.1 s old: the next packet leaves it so
+    t0, state = last()
+    assert run(dp, "lb_xdp_public", client_pkt(VIP_DR, 80, 40900, flags="A"))[0] == XDP_REDIRECT
+    assert last() == (t0, state)
+    age(dp, 1.0)                                   # a second old: the next packet refreshes it
+    assert run(dp, "lb_xdp_public", client_pkt(VIP_DR, 80, 40900, flags="A"))[0] == XDP_REDIRECT
+    t1, _ = last()
+    assert t1 >= t0
+    age(dp, 0.1)                                   # young, but a FIN moves the state: refreshed
+    assert run(dp, "lb_xdp_public", client_pkt(VIP_DR, 80, 40900, flags="FA"))[0] == XDP_REDIRECT
+    t2, state2 = last()
+    assert state2 != state and t2 >= t1
