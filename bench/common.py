@@ -110,16 +110,20 @@ def paired(a: list[float], b: list[float], op) -> list[float]:
 
 def verdict(est: dict, limit: float, better: str = "lower") -> str:
     """"met" / "NOT met" / "inconclusive" (the median's interval straddles the limit) for a
-    figure that must be <= limit (better="lower") or >= limit ("higher"); "noisy" when est is,
-    "too few runs" when they give the interval less than MIN_CONFIDENCE"""
+    figure that must be <= limit (better="lower") or >= limit ("higher"); "too few runs" when
+    they give the interval less than MIN_CONFIDENCE.  A noisy est (bench.common.NOISY) gets
+    "noisy" unless its whole interval is on one side of the limit: then "met (noisy)" or
+    "NOT met (noisy)" -- the verdict holds, the figure itself is loose."""
     if est.get("confidence", 1.0) < MIN_CONFIDENCE:
         return "too few runs"
-    if est.get("noisy"):
-        return "noisy"
     lo, hi = est["ci_low"], est["ci_high"]
     if better == "lower":
-        return "met" if hi <= limit else "NOT met" if lo > limit else "inconclusive"
-    return "met" if lo >= limit else "NOT met" if hi < limit else "inconclusive"
+        decided = "met" if hi <= limit else "NOT met" if lo > limit else None
+    else:
+        decided = "met" if lo >= limit else "NOT met" if hi < limit else None
+    if est.get("noisy"):
+        return f"{decided} (noisy)" if decided else "noisy"
+    return decided or "inconclusive"
 
 
 @contextlib.contextmanager
