@@ -42,7 +42,7 @@ from scapy.layers.inet import IP, TCP
 from scapy.layers.inet6 import IPv6
 from scapy.layers.l2 import Ether
 
-from bench.common import NOISY, estimate, paired, verdict
+from bench.common import MIN_CONFIDENCE, NOISY, estimate, paired, verdict
 from lb import _bpfbatch
 from lb.config.model import Tables
 from lb.dataplane import PortGroup, RealSpec, ServiceSpec, TableSpec
@@ -792,6 +792,8 @@ def results(rows: list[Row], block: str) -> list[dict]:
         elif what == "ratio":
             judged = dict(ratio, noisy=est["noisy"])
         _judge(row, r.key, judged)
+        if row.get("floor_above") and est.get("confidence", 1.0) < MIN_CONFIDENCE:
+            row.pop("floor_above")      # a smoke run's few runs cannot say that either
         if row.get("floor_above"):
             row["status"] = "below the floor"
         out.append(row)
