@@ -75,13 +75,15 @@ class SpecCache:
     def __init__(self) -> None:
         self._clock = itertools.count(1)
         self._marked: dict[tuple, int] = {}      # service key -> clock at its last change
+        self._reset = 0                          # clock at the last change of every service
         self._built: dict[tuple, tuple] = {}     # service key -> (vs, forward, sloppy, started, spec, sorry)
 
     def mark(self, vs_key) -> None:
         self._marked[vs_key] = next(self._clock)
 
     def reset(self) -> None:
-        self._built = {}
+        """Every service changed (a whole new state was assigned)."""
+        self._reset = next(self._clock)
 
     def start(self) -> int:
         return next(self._clock)
@@ -90,7 +92,8 @@ class SpecCache:
         """The entry (vs, forward, sloppy, started, spec, went to its sorry server) built from
         this very config entry and the current state, or None."""
         e = self._built.get(vs.key)
-        if e is None or e[0] is not vs or e[1] != forward or e[2] != sloppy or e[3] <= self._marked.get(vs.key, 0):
+        if e is None or e[0] is not vs or e[1] != forward or e[2] != sloppy or \
+                e[3] <= max(self._reset, self._marked.get(vs.key, 0)):
             return None
         return e
 
@@ -137,6 +140,22 @@ class RealState(dict):
     def clear(self) -> None:
         super().clear()
         self._cache.reset()
+
+
+class RealStates:
+    """An Engine attribute (health, weights, overrides) that is a RealState of the engine's
+    SpecCache whatever is assigned to it: a plain dict assigned (a test, a restore) is wrapped,
+    and counts as a change of every service."""
+
+    def __set_name__(self, owner, name) -> None:
+        self.attr = "_" + name
+
+    def __get__(self, obj, owner=None):
+        return self if obj is None else getattr(obj, self.attr)
+
+    def __set__(self, obj, value) -> None:
+        setattr(obj, self.attr, RealState(obj.specs, value))
+        obj.specs.reset()
 
 
 def build_table(cfg, health: dict | None = None, sorry: set | None = None,
@@ -186,6 +205,7 @@ def build_table(cfg, health: dict | None = None, sorry: set | None = None,
                                       w.source, rs.weight))
             elif w.source == lbweight.DOWN:
                 dead.append((rs.address, port))
+        on_sorry = False
         if vs.sorry_server is not None and not any(r.weight > 0 for r in reals):
             addr, port = vs.sorry_server
             w = lbweight.sorry_server()
@@ -196,8 +216,6 @@ def build_table(cfg, health: dict | None = None, sorry: set | None = None,
             on_sorry = True
             if sorry is not None:
                 sorry.add(vs.key)
-        else:
-            on_sorry = False
         spec = ServiceSpec.from_config(vs, reals, dead)
         if sloppy:
             spec = dataclasses.replace(spec, sloppy=True)
@@ -345,6 +363,11 @@ def check_interfaces(cfg) -> None:
 
 
 class Engine:
+    # real_key -> up / the load monitor's weight / the operator's weight: RealStates of specs
+    health = RealStates()
+    weights = RealStates()
+    overrides = RealStates()
+
     def __init__(self, cfg, *, xdp_mode: str = "native", dataplane: str | None = None, on_sigterm: str = "clean"):
         self.cfg = cfg
         self.xdp_mode = xdp_mode
@@ -435,34 +458,6 @@ class Engine:
             self.bgp.update(attached=self._attached(), active=self.active)
         log.info("lb instance %r running: %d virtual services", self.cfg.instance,
                  len(self.dp.services))
-
-    # health, load weights and overrides are RealStates of self.specs whatever is assigned
-    @property
-    def health(self) -> RealState:
-        return self._health
-
-    @health.setter
-    def health(self, value) -> None:
-        self._health = RealState(self.specs, value)
-        self.specs.reset()
-
-    @property
-    def weights(self) -> RealState:
-        return self._weights
-
-    @weights.setter
-    def weights(self, value) -> None:
-        self._weights = RealState(self.specs, value)
-        self.specs.reset()
-
-    @property
-    def overrides(self) -> RealState:
-        return self._overrides
-
-    @overrides.setter
-    def overrides(self, value) -> None:
-        self._overrides = RealState(self.specs, value)
-        self.specs.reset()
 
     def _table(self, cfg) -> TableSpec:
         """build_table for the current health; logs each service's switch to or from its sorry
