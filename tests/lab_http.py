@@ -1,6 +1,7 @@
 """HTTP through the lab's VIP, as the namespace tests use it (one copy for all of them)."""
 from __future__ import annotations
 
+import itertools
 import re
 import signal
 import subprocess
@@ -8,12 +9,34 @@ import time
 
 from lb.lab import VIP
 
+# The client's test connections take their ports from this cycle, below the kernel's ephemeral
+# range (32768-60999), never one a live director entry still holds.  In DR the director sees
+# only the client's half: a finished connection waits in FIN_WAIT for tcpfin (120 s), and a SYN
+# from its port lands on that entry and its real server (IPVS's conn_reuse_mode 1 reschedules
+# TIME_WAIT and CLOSE only).  The kernel picks ports at random, so with ~100 such entries about
+# one connection in 140 would reuse one and break a test's round-robin order or counts.
+_CLIENT_PORTS = itertools.cycle(range(20000, 32768))
+
+
+def client_port() -> int:
+    return next(_CLIENT_PORTS)
+
+
+def connect(lab, vip=VIP, timeout=3.0, port=80):
+    """A TCP connection from the client to vip:port, from a port no earlier one used."""
+    return lab.connect("client", vip, port, timeout, sport=client_port())
+
+
+def http_get(lab, vip=VIP, timeout=3.0, path="/"):
+    """(status, body) of one HTTP/1.0 request from the client, from a port no earlier one used."""
+    return lab.http_get("client", vip, 80, path, timeout, sport=client_port())
+
 
 def get(lab, n=1, vip=VIP):
     """n HTTP/1.0 requests, each on a new connection to the VIP; the reply bodies, in order."""
     bodies = []
     for _ in range(n):
-        status, body = lab.http_get("client", vip, 80, "/", timeout=3.0)
+        status, body = http_get(lab, vip)
         assert status == 200
         bodies.append(body.strip())
     return bodies

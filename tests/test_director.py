@@ -15,7 +15,7 @@ import tomllib
 from pathlib import Path
 
 import pytest
-from lab_http import get, request
+from lab_http import connect, get, request
 
 pytestmark = pytest.mark.parametrize("lab", ["direct", "nat"], indirect=True)
 
@@ -170,7 +170,7 @@ def test_wrr_weights_3_2_1(director):
 
 def test_established_connection_keeps_its_real_server(director):
     lab = director.lab
-    with lab.connect("client", VIP, 80, timeout=3.0) as s:
+    with connect(lab, VIP, timeout=3.0) as s:
         first = request(s)
         assert first in SERVERS
         others = get(lab, 5)
@@ -194,7 +194,7 @@ def test_list_n_counts_match_the_traffic(director):
     wait_listing(expected_listing("rr", fwd, ones, after))
 
     # one open keep-alive connection: exactly one ActiveConn, on the server that answered it
-    with lab.connect("client", VIP, 80, timeout=3.0) as s:
+    with connect(lab, VIP, timeout=3.0) as s:
         rs = request(s)
         assert rs in SERVERS
         with_open = dict(after)
@@ -214,7 +214,7 @@ def test_list_c_shows_each_connection_and_its_real_server(director):
     try:
         seen = {}  # client port -> rsN
         for _ in range(3):
-            s = lab.connect("client", VIP, 80, timeout=3.0)
+            s = connect(lab, VIP, timeout=3.0)
             socks.append(s)
             seen[s.getsockname()[1]] = request(s)
         assert set(seen.values()) == SERVERS

@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 import pytest
-from lab_http import get, request
+from lab_http import connect, get, request
 
 from lb.lab import flood
 
@@ -73,7 +73,7 @@ def _flood(lab, n: int) -> int:
 def _open(lab, n):
     socks, bodies = [], []
     for _ in range(n):
-        s = lab.connect("client", VIP, 80, timeout=5.0)
+        s = connect(lab, VIP, timeout=5.0)
         socks.append(s)
         bodies.append(request(s))
     return socks, bodies

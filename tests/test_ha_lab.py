@@ -37,7 +37,7 @@ import pytest
 from lb import control
 from lb.ha import heartbeat as hb
 from lb.lab.haconfig import ha_config
-from lab_http import errors, kill_wrk, request, stop_wrk, wrk
+from lab_http import connect, errors, http_get, kill_wrk, request, stop_wrk, wrk
 
 LAB_NETWORK = "nat"
 REPO = Path(__file__).resolve().parents[1]
@@ -118,14 +118,14 @@ def roles():
 
 def test_failover_keeps_connections_and_primary_returns(lab, ha_runner, configs):
     d1, d2 = start_pair(ha_runner, configs)
-    assert lab.http_get("client", VIP)[0] == 200
+    assert http_get(lab, VIP)[0] == 200
     mac1, mac2 = mac_of(lab, "director"), mac_of(lab, "director2")
     assert client_neigh_mac(lab) == mac1
 
     socks = []
     try:
         for _ in range(50):
-            s = lab.connect("client", VIP, 80, timeout=3.0)
+            s = connect(lab, VIP, timeout=3.0)
             socks.append((s, request(s)))
         assert {rs for _, rs in socks} == SERVERS
         # the backup has every connection (plus the one of the http_get above)
@@ -162,7 +162,7 @@ def test_failover_keeps_connections_and_primary_returns(lab, ha_runner, configs)
     assert "-> active" not in d1b.log()
     addrs = lab.run("director", ["ip", "-4", "addr"]).stdout
     assert VIP not in addrs and "198.18.1.254" not in addrs
-    assert lab.http_get("client", VIP)[0] == 200
+    assert http_get(lab, VIP)[0] == 200
 
 
 def kill_active_until_served(lab, d1, d2, bound: float = 60.0) -> None:
@@ -175,7 +175,7 @@ def kill_active_until_served(lab, d1, d2, bound: float = 60.0) -> None:
     deadline = time.monotonic() + bound
     while time.monotonic() < deadline:
         try:
-            st, _body = lab.http_get("client", VIP, 80, "/", timeout=0.5)
+            st, _body = http_get(lab, VIP, timeout=0.5)
             if st == 200:
                 return
         except OSError:
@@ -187,7 +187,7 @@ def test_failover_keeps_dr_connections(lab, ha_runner, configs):
     """Direct routing: the active director only rewrites the MAC; the real servers answer through
     their gateway 198.18.1.254 (nat_router, owned by the active director with the VIP)."""
     d1, d2 = start_pair(ha_runner, configs, "-dr")
-    assert lab.http_get("client", VIP)[0] == 200
+    assert http_get(lab, VIP)[0] == 200
     mac2 = mac_of(lab, "director2")
     addrs = lab.run("director", ["ip", "-4", "addr"]).stdout
     assert "198.18.1.254/24" in addrs, addrs
@@ -196,7 +196,7 @@ def test_failover_keeps_dr_connections(lab, ha_runner, configs):
     socks = []
     try:
         for _ in range(50):
-            s = lab.connect("client", VIP, 80, timeout=3.0)
+            s = connect(lab, VIP, timeout=3.0)
             socks.append((s, request(s)))
         assert {rs for _, rs in socks} == SERVERS
         wait_for(lambda: status("lab2").get("ha", {}).get("counters", {}).get("sync_rx_records", 0) >= 50,
@@ -227,7 +227,7 @@ def test_public_channel_cut_is_no_failover(lab, ha_runner, configs):
     ch = s2["ha"]["channels"]
     assert ch["public"]["last_heartbeat_s"] > DEADTIME
     assert ch["private"]["last_heartbeat_s"] < DEADTIME
-    assert lab.http_get("client", VIP)[0] == 200
+    assert http_get(lab, VIP)[0] == 200
 
 
 def _send(lab, node, pkts, src=None, dst=("198.18.0.3", 539)):
@@ -288,12 +288,12 @@ def test_failover_under_wrk_load_keeps_every_long_flow(lab, ha_runner, configs, 
     if not shutil.which("wrk"):
         pytest.skip("wrk is not installed (scripts/setup.sh installs it)")
     d1, d2 = start_pair(ha_runner, configs, "" if network == "nat" else "-dr")
-    assert lab.http_get("client", VIP)[0] == 200
+    assert http_get(lab, VIP)[0] == 200
     socks = []
     load = None
     try:
         for _ in range(20):
-            s = lab.connect("client", VIP, 80, timeout=10.0)
+            s = connect(lab, VIP, timeout=10.0)
             socks.append((s, request(s)))
         assert {rs for _, rs in socks} == SERVERS
         load = wrk(lab, 120, conns=WRK_CONNS)               # stopped by SIGINT once over
@@ -465,7 +465,7 @@ def test_a_killed_actives_addresses_are_answered_by_the_backup_alone(lab, ha_run
         assert neighbours_answering(lab) == ([pub[1]], [priv[1]])
     addrs = lab.run("director", ["ip", "-4", "addr"]).stdout
     assert VIP in addrs and ROUTER in addrs          # still there: only the lease keeps them quiet
-    assert lab.http_get("client", VIP)[0] == 200
+    assert http_get(lab, VIP)[0] == 200
 
     d1b = ha_runner.start("director", configs["director"], wait=False)
     probes = 0

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from lab_http import errors, kill_wrk, stop_wrk, wrk, wrk_result
+from lab_http import connect, errors, http_get, kill_wrk, stop_wrk, wrk, wrk_result
 
 LAB_NETWORK = "nat"
 
@@ -73,7 +73,7 @@ def wait_for(cond, timeout: float, what: str):
 
 
 def bodies(lab, n: int) -> list[str]:
-    return [lab.http_get("client", lab.VIP, 80, "/", timeout=3.0)[1].strip() for _ in range(n)]
+    return [http_get(lab, lab.VIP, timeout=3.0)[1].strip() for _ in range(n)]
 
 
 @pytest.fixture(autouse=True)
@@ -160,7 +160,7 @@ def test_quiesce_keeps_open_connections(lab, lb_runner, tmp_path, flags):
     cfg.write_text(config(f'kind = "program"\n  program = "/usr/bin/test -e {flags}/%h"\n  quiesce = true'))
     lb_runner.start(cfg)
     # a keep-alive connection to whichever server rr picks first (rs3)
-    sock = lab.connect("client", lab.VIP, 80, timeout=3)
+    sock = connect(lab, lab.VIP, timeout=3)
     try:
         sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
         first = sock.recv(4096).decode()

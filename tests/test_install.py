@@ -12,6 +12,7 @@ import zipfile
 from pathlib import Path
 
 import pytest
+from lab_http import http_get
 
 from lb.lab import VIP
 
@@ -185,6 +186,6 @@ def test_lb_run_from_the_install_forwards_in_the_lab(installed, lab, lb_runner, 
                      lb_bin=str(root / "bin" / "lb"))
     lb_runner.procs.append(proc)
     proc.wait_running()
-    status, body = lab.http_get("client", VIP, 80, "/", timeout=3.0)
+    status, body = http_get(lab, VIP, timeout=3.0)
     assert status == 200 and body.strip() in SERVERS
     assert Path(f"/proc/{proc.pid}/cmdline").read_text().startswith(f"{root}/opt/bin/python")

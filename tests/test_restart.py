@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 import pytest
-from lab_http import get, request
+from lab_http import connect, get, http_get, request
 
 pytestmark = pytest.mark.parametrize("lab", ["nat", "direct"], indirect=True)
 
@@ -95,7 +95,7 @@ def xdp_devs(network):
 def test_kill9_keeps_forwarding_and_the_next_run_adopts(lab, network, lb_runner):
     config = CONFIGS[network]
     first = lb_runner.start(config)
-    with lab.connect("client", VIP, 80, timeout=3.0) as s:
+    with connect(lab, VIP, timeout=3.0) as s:
         rs = request(s)
         assert rs in SERVERS
         assert set(get(lab, 3)) == SERVERS
@@ -137,7 +137,7 @@ def test_sigterm_stops_cleanly(lab, network, lb_runner):
     assert not os.path.exists(PIN_DIR)
     assert not os.path.exists("/run/lb/lab.pid")
     with pytest.raises(OSError):
-        lab.connect("client", VIP, 80, timeout=1.5).close()
+        connect(lab, VIP, timeout=1.5).close()
     # and `lb list` knows the instance is gone
     p = lb("list", "-n", "--instance", "lab")
     assert p.returncode == 1 and "no lb instance 'lab'" in p.stderr, p.stderr
@@ -158,7 +158,7 @@ def test_upgrade_with_keep_dataplane_loses_nothing(lab, network, lb_runner):
             if stop.wait(0.002) or time.monotonic() > deadline:
                 return
             try:
-                status, body = lab.http_get("client", VIP, 80, "/", timeout=3.0)
+                status, body = http_get(lab, VIP, timeout=3.0)
                 results.append((time.monotonic(), body.strip() if status == 200 else f"HTTP {status}"))
             except Exception as e:  # noqa: BLE001 - every failure is reported below
                 results.append((time.monotonic(), e))
@@ -169,7 +169,7 @@ def test_upgrade_with_keep_dataplane_loses_nothing(lab, network, lb_runner):
             time.sleep(0.01)
         assert len(results) >= n
 
-    with lab.connect("client", VIP, 80, timeout=3.0) as s:
+    with connect(lab, VIP, timeout=3.0) as s:
         rs = request(s)
         assert rs in SERVERS
         worker = threading.Thread(target=load, name="lb-upgrade-load", daemon=True)

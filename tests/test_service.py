@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 import pytest
-from lab_http import errors, request, wrk, wrk_result
+from lab_http import connect, errors, http_get, request, wrk, wrk_result
 
 import lb
 from lb import files, instance, preflight
@@ -485,7 +485,7 @@ class Prober:
         while not self.stop.wait(0.05) and time.monotonic() < deadline:
             t = time.monotonic()
             try:
-                status, body = self.lab.http_get("client", VIP, 80, "/", timeout=1.0)
+                status, body = http_get(self.lab, VIP, timeout=1.0)
                 self.results.append((t, body.strip() if status == 200 else f"HTTP {status}"))
             except Exception as e:  # noqa: BLE001 - reported by the test
                 self.results.append((t, e))
@@ -509,7 +509,7 @@ def test_ready_only_once_forwarding_and_a_second_run_refuses(lab, lb_runner, tmp
         ready = proc.notify.wait_for("READY", "1", 180, alive=lambda: proc.proc.poll() is None)
         os.kill(proc.pid, signal.SIGSTOP)
         try:
-            status, body = lab.http_get("client", VIP, 80, "/", timeout=3.0)
+            status, body = http_get(lab, VIP, timeout=3.0)
         finally:
             os.kill(proc.pid, signal.SIGCONT)
         assert status == 200 and body.strip() in SERVERS
@@ -532,7 +532,7 @@ def test_ready_only_once_forwarding_and_a_second_run_refuses(lab, lb_runner, tmp
         assert f"instance 'lab' is already running (pid {proc.pid} holds /run/lb/lab.pid)" in second.stderr
         assert "attached" not in second.stderr and "Traceback" not in second.stderr, second.stderr
         assert Path("/run/lb/lab.pid").read_text() == pid_text and xdp_prog(lab, "pub0") == prog
-        assert lab.http_get("client", VIP, 80, "/", timeout=3.0)[0] == 200
+        assert http_get(lab, VIP, timeout=3.0)[0] == 200
 
         # systemctl reload: ExecReload, RELOADING=1 then READY=1 again
         n = len(proc.notify.messages)
@@ -565,7 +565,7 @@ def test_restart_the_units_way_keeps_every_connection(lab, lb_runner, tmp_path):
     old.wait_running()
     load = wrk(lab, 8, conns=4)
     try:
-        with lab.connect("client", VIP, 80, timeout=3.0) as s:
+        with connect(lab, VIP, timeout=3.0) as s:
             rs = request(s)
             time.sleep(1.0)
             unit_stop(cmds, tmp_path, "restart")

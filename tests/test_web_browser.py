@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 
 import pytest
-from lab_http import wait_until as wait_for
+from lab_http import http_get, wait_until as wait_for
 
 from lb import control
 from lb.config import store
@@ -292,7 +292,7 @@ def pw_file(d: Path, name: str) -> Path:
 def bodies(lab, vip, n):
     out = []
     for _ in range(n):
-        status, body = lab.http_get("client", vip, 80, "/", timeout=3.0)
+        status, body = http_get(lab, vip, timeout=3.0)
         assert status == 200
         out.append(body.strip())
     return out

@@ -166,16 +166,19 @@ def socket_in(node: str, family: int = socket.AF_INET, type: int = socket.SOCK_S
     return in_netns(node, socket.socket, family, type, proto, timeout=10.0)
 
 
-def connect(node: str, host: str, port: int, timeout: float = 5.0) -> socket.socket:
+def connect(node: str, host: str, port: int, timeout: float = 5.0, sport: int = 0) -> socket.socket:
     """A TCP socket created inside NODE and connected to host:port (host must be in 198.18.0.0/15).
 
-    The returned socket keeps ``timeout`` as its timeout. Connection errors propagate
-    (ConnectionRefusedError, TimeoutError/socket.timeout, ...).
+    ``sport``: the client port (0: the kernel's choice).  The returned socket keeps ``timeout``
+    as its timeout. Connection errors propagate (ConnectionRefusedError, TimeoutError/socket.timeout, ...).
     """
     host = check_lab_addr(host)
     sock = socket_in(node, socket.AF_INET6 if ":" in host else socket.AF_INET)
     try:
         sock.settimeout(timeout)
+        if sport:  # a port the caller reuses may still be in TIME_WAIT here
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind(("::" if ":" in host else "0.0.0.0", int(sport)))
         sock.connect((host, int(port)))
     except BaseException:
         sock.close()
@@ -183,9 +186,10 @@ def connect(node: str, host: str, port: int, timeout: float = 5.0) -> socket.soc
     return sock
 
 
-def http_get(node: str, host: str, port: int = 80, path: str = "/", timeout: float = 3.0) -> tuple[int, str]:
+def http_get(node: str, host: str, port: int = 80, path: str = "/", timeout: float = 3.0,
+             sport: int = 0) -> tuple[int, str]:
     """Minimal HTTP/1.0 GET from inside NODE. Returns (status, body). Bounded by ``timeout`` per socket op."""
-    with connect(node, host, port, timeout) as s:
+    with connect(node, host, port, timeout, sport) as s:
         name = f"[{host}]" if ":" in host else host
         s.sendall(f"GET {path} HTTP/1.0\r\nHost: {name}\r\nConnection: close\r\n\r\n".encode())
         chunks: list[bytes] = []
