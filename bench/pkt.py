@@ -16,7 +16,8 @@ the order rotated), so that a load change hits every row of a block alike and ea
                 over 16 real servers, wlc over 32 and 64 (the slope per extra server), IPv6,
                 a persistence hit, and the floor.  The floor program inserts into lb's own
                 table (the one a new connection goes to: it follows lb_conns' pin), with keys
-                lb never makes, so it sees the very table state lb's SYNs see.  The table is
+                lb never makes, so it sees the very table state lb's SYNs see.  The two-table
+                floor misses in lb_conns first, as every SYN of lb's does.  The table is
                 filled to half first, and every round's new entries are deleted after the
                 round: each round starts from the same state, and no round evicts.
   two CPUs      table 65,536: a driver program on each of two CPUs (threads pinned to them)
@@ -46,7 +47,6 @@ from bench.common import MIN_CONFIDENCE, NOISY, estimate, paired, verdict
 from lb import _bpfbatch
 from lb.config.model import Tables
 from lb.dataplane import PortGroup, RealSpec, ServiceSpec, TableSpec
-from lb.dataplane import bpfsys
 from lb.dataplane import layout as L
 from lb.dataplane.maps import BpfMap, pin_dir
 from lb.dataplane.nexthop import NextHop
@@ -78,6 +78,9 @@ int bench_empty(struct xdp_md *ctx)
 # table (the pin of the map a new connection goes to; key and value sizes are that map's), with
 # nothing of lb around it.  Its key puts the VIP in bytes 4-7, which lb's keys (a 16-byte client
 # address there) never do for an IPv4 client: it cannot meet an lb entry.
+# bench_syn_floor2 is the floor of lb's design: a SYN misses in lb_conns (the established table,
+# where a client's old connection would be) before the floor's miss and insert in the embryonic
+# table (bpf/lb_embryo.h keeps floods away from established entries).
 SYN_FLOOR = r"""
 #include <linux/if_ether.h>
 #include <linux/ip.h>
@@ -87,7 +90,7 @@ struct floor_key { __u8 b[FLOOR_KEY_SIZE]; };
 struct floor_val { __u8 b[FLOOR_VALUE_SIZE]; };
 BPF_TABLE_PINNED("lru_hash", struct floor_key, struct floor_val, floor_conns, FLOOR_TABLE_SIZE, FLOOR_PIN);
 
-int bench_syn_floor(struct xdp_md *ctx)
+static __always_inline int floor_miss_insert(struct xdp_md *ctx)
 {
     void *data = (void *)(long)ctx->data, *end = (void *)(long)ctx->data_end;
     struct iphdr *ip = data + sizeof(struct ethhdr);
@@ -110,6 +113,36 @@ int bench_syn_floor(struct xdp_md *ctx)
     floor_conns.insert(&k, &v);
     return XDP_TX;
 }
+
+int bench_syn_floor(struct xdp_md *ctx)
+{
+    return floor_miss_insert(ctx);
+}
+
+#ifdef EST_PIN
+struct est_key { __u8 b[EST_KEY_SIZE]; };
+struct est_val { __u8 b[EST_VALUE_SIZE]; };
+BPF_TABLE_PINNED("lru_hash", struct est_key, struct est_val, est_conns, EST_TABLE_SIZE, EST_PIN);
+
+int bench_syn_floor2(struct xdp_md *ctx)
+{
+    void *data = (void *)(long)ctx->data, *end = (void *)(long)ctx->data_end;
+    struct iphdr *ip = data + sizeof(struct ethhdr);
+    struct tcphdr *th = (void *)(ip + 1);
+    if ((void *)(th + 1) > end)
+        return XDP_DROP;
+    struct est_key e;
+    __builtin_memset(&e, 0, sizeof(e));
+    __builtin_memcpy(&e.b[0], &ip->saddr, 4);
+    __builtin_memcpy(&e.b[4], &ip->daddr, 4);
+    __builtin_memcpy(&e.b[8], &th->source, 2);
+    __builtin_memcpy(&e.b[10], &th->dest, 2);
+    e.b[12] = IPPROTO_TCP;
+    if (est_conns.lookup(&e))
+        return XDP_PASS;
+    return floor_miss_insert(ctx);
+}
+#endif
 """
 # The two-CPU driver: packet n on CPU c becomes flow (c, n) -- flow n mod flows when flows is
 # set (established), a new flow every packet otherwise -- and goes on to lb_xdp_public by a tail
@@ -167,6 +200,7 @@ SYN_CLIENTS, SYN_CLIENTS6 = "198.18.6.0", "2001:2:0:6::"
 ONE_SOURCE_PER_SYN = ("sh", "mh")   # hash the source: one client address per SYN spreads them
 SPREAD_CLIENTS = "198.18.128.0"
 FLOOR_CLIENTS = "198.18.12.0"
+FLOOR2_CLIENTS = "198.18.20.0"
 FILL_CLIENTS = "198.18.64.0"         # the entries a table is filled with (50,000 ports each)
 PERSIST_CLIENT = "198.18.9.1"
 XDP_ACTIONS = {0: "XDP_ABORTED", 1: "XDP_DROP", 2: "XDP_PASS", 3: "XDP_TX", 4: "XDP_REDIRECT"}
@@ -357,7 +391,11 @@ class Bench:
             raise RuntimeError(f"bench pkt: {self.insert_name} has {m.key_size}-byte keys and {m.value_size}-byte "
                                "values: the floor program needs at least 13 and 8")
         # the bench's own programs, one compile
-        self.bpf = BPF(text=(BASELINES + SYN_FLOOR + DRIVER).encode(), cflags=[
+        est = self.dp.maps["lb_conns"]
+        two = [f"-DEST_KEY_SIZE={est.key_size}", f"-DEST_VALUE_SIZE={est.value_size}",
+               f"-DEST_TABLE_SIZE={est.max_entries}",
+               f'-DEST_PIN="{os.path.join(pin_dir(self.dp.instance), "lb_conns")}"'] if self.two_tables else []
+        self.bpf = BPF(text=(BASELINES + SYN_FLOOR + DRIVER).encode(), cflags=two + [
             f"-DFLOOR_KEY_SIZE={m.key_size}", f"-DFLOOR_VALUE_SIZE={m.value_size}",
             f"-DFLOOR_TABLE_SIZE={m.max_entries}",
             f'-DFLOOR_PIN="{os.path.join(pin_dir(self.dp.instance), self.insert_name)}"',
@@ -365,6 +403,7 @@ class Bench:
         self.trivial = self.bpf.load_func(b"bench_trivial", BPF.XDP)
         self.empty = self.bpf.load_func(b"bench_empty", BPF.XDP)
         self.floor = self.bpf.load_func(b"bench_syn_floor", BPF.XDP)
+        self.floor2 = self.bpf.load_func(b"bench_syn_floor2", BPF.XDP) if self.two_tables else None
         self.drive = self.bpf.load_func(b"bench_drive", BPF.XDP)
         self.bpf[b"drv_next"][0] = self.dp.fns["lb_xdp_public"].fd
         self.drv_ctr = BpfMap(self.bpf[b"drv_ctr"].map_fd, "drv_ctr", owned=False)
@@ -374,6 +413,11 @@ class Bench:
         if len(m.items()) != before + 1:
             raise RuntimeError(f"bench pkt: the floor program does not insert into {self.insert_name}")
         m.delete_many(floor_keys(flows(1, 1, FLOOR_CLIENTS), VIP_DR, 80, m.key_size))
+
+    @property
+    def two_tables(self) -> bool:
+        """a new connection goes to an embryonic table of its own, after a miss in lb_conns"""
+        return self.insert_name != "lb_conns"
 
     @property
     def insert_map(self) -> BpfMap:
@@ -534,7 +578,7 @@ class Bench:
         self.filled = (self.insert_name, int(size * FILL))
         # the persistence template (its client's first connection made it)
         self.prime(VIP_PERSIST, 80, [(int(ipaddress.ip_address(PERSIST_CLIENT)), 65000)])
-        nrows = len(SYN_SERVICES) + 2
+        nrows = len(SYN_SERVICES) + 3
         n = max(1, min(per_run, int(size * ROUND_SHARE / nrows)))
         total = n * runs
         label = f" (table {_table_label(size)})"
@@ -558,6 +602,12 @@ class Bench:
                         self.floor.fd, frames(SYN_SERVICES[6][3], 80, "S", fc), True,
                         floor_keys(fc, SYN_SERVICES[6][3], 80, m.key_size), kind="reference",
                         table=m.name, table_size=size))
+        if self.floor2 is not None:
+            fc2 = flows(total, 1000, FLOOR2_CLIENTS)
+            rows.append(Row("floor2", "floor of lb's two tables, not lb: a miss in lb_conns, then the floor's "
+                            f"miss + LRU insert{label}", self.floor2.fd, frames(SYN_SERVICES[6][3], 80, "S", fc2),
+                            True, floor_keys(fc2, SYN_SERVICES[6][3], 80, m.key_size), kind="reference",
+                            table=m.name, table_size=size))
         return rows, n
 
     def check_persistence(self) -> None:
@@ -767,7 +817,7 @@ def results(rows: list[Row], block: str) -> list[dict]:
     """the block's rows as JSON: median and spread of the runs, and against the baselines (and
     the floor) measured in the same rounds: paired ratio, Δns, verdict"""
     by = {r.key: r for r in rows}
-    triv, empty, floor = by["trivial"].vals, by["empty"].vals, by.get("floor")
+    triv, empty, floor, floor2 = by["trivial"].vals, by["empty"].vals, by.get("floor"), by.get("floor2")
     out = []
     for r in rows:
         est = estimate(r.vals)
@@ -787,6 +837,9 @@ def results(rows: list[Row], block: str) -> list[dict]:
             row.update(delta_floor_ns=d_floor["median"], delta_floor_ci=[d_floor["ci_low"], d_floor["ci_high"]])
             if est["median"] < estimate(floor.vals)["median"]:
                 row["floor_above"] = True
+            if floor2 is not None:
+                d2 = estimate(paired(r.vals, floor2.vals, lambda a, b: a - b))
+                row.update(delta_floor2_ns=d2["median"], delta_floor2_ci=[d2["ci_low"], d2["ci_high"]])
             if what == "floor":
                 judged = d_floor
         elif what == "ratio":

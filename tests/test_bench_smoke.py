@@ -40,8 +40,12 @@ def test_bench_suites_run(tmp_path):
     embryo = {embryonic_size(65536), embryonic_size(1 << 17)}
     assert {r["table_size"] for r in syn} == embryo
     assert all("delta_floor_ns" in r and f"(table {r['table_size']:,})" in r["scenario"] for r in syn)
-    floors = [r for r in rows if r["kind"] == "reference"]
+    floors = [r for r in rows if r["key"] == "floor"]
     assert sorted(r["table_size"] for r in floors) == sorted(embryo)
+    # ... and the floor of lb's two tables (a miss in lb_conns first), with each SYN row's Δ over it
+    floors2 = [r for r in rows if r["key"] == "floor2"]
+    assert {r["kind"] for r in floors2} == {"reference"} and sorted(r["table_size"] for r in floors2) == sorted(embryo)
+    assert all("delta_floor2_ns" in r for r in syn)
     # targets carry a status; two runs support no verdict
     assert {r["status"] for r in rows if r.get("target")} == {"too few runs"}
     assert len([r for r in rows if r["key"] == "slope"]) == 2
