@@ -134,6 +134,8 @@ def _bars(res: dict) -> tuple[list[str], list[float]]:
     labels, vals = [], []
     for r in res["results"]:
         if name == "http":
+            if "no_answer" in r:
+                continue
             labels.append(f"{r['scenario'][:34]} ({'ka' if r['mode'] == 'keepalive' else 'close'})")
             vals.append(r["ratio_rps"])
         elif name == "pps":     # two packet sources, each with its own baseline rows
