@@ -90,20 +90,29 @@ struct floor_key { __u8 b[FLOOR_KEY_SIZE]; };
 struct floor_val { __u8 b[FLOOR_VALUE_SIZE]; };
 BPF_TABLE_PINNED("lru_hash", struct floor_key, struct floor_val, floor_conns, FLOOR_TABLE_SIZE, FLOOR_PIN);
 
-static __always_inline int floor_miss_insert(struct xdp_md *ctx)
+/* the flow's 13-byte key (saddr, daddr, sport, dport, proto) at the start of key[0..size), the
+ * rest zero; 0 if the frame is too short */
+static __always_inline int floor_key_of(struct xdp_md *ctx, __u8 *key, __u32 size)
 {
     void *data = (void *)(long)ctx->data, *end = (void *)(long)ctx->data_end;
     struct iphdr *ip = data + sizeof(struct ethhdr);
     struct tcphdr *th = (void *)(ip + 1);
     if ((void *)(th + 1) > end)
-        return XDP_DROP;
+        return 0;
+    __builtin_memset(key, 0, size);
+    __builtin_memcpy(&key[0], &ip->saddr, 4);
+    __builtin_memcpy(&key[4], &ip->daddr, 4);
+    __builtin_memcpy(&key[8], &th->source, 2);
+    __builtin_memcpy(&key[10], &th->dest, 2);
+    key[12] = IPPROTO_TCP;
+    return 1;
+}
+
+static __always_inline int floor_miss_insert(struct xdp_md *ctx)
+{
     struct floor_key k;
-    __builtin_memset(&k, 0, sizeof(k));
-    __builtin_memcpy(&k.b[0], &ip->saddr, 4);
-    __builtin_memcpy(&k.b[4], &ip->daddr, 4);
-    __builtin_memcpy(&k.b[8], &th->source, 2);
-    __builtin_memcpy(&k.b[10], &th->dest, 2);
-    k.b[12] = IPPROTO_TCP;
+    if (!floor_key_of(ctx, k.b, sizeof(k)))
+        return XDP_DROP;
     if (floor_conns.lookup(&k))
         return XDP_PASS;
     struct floor_val v;
@@ -126,18 +135,9 @@ BPF_TABLE_PINNED("lru_hash", struct est_key, struct est_val, est_conns, EST_TABL
 
 int bench_syn_floor2(struct xdp_md *ctx)
 {
-    void *data = (void *)(long)ctx->data, *end = (void *)(long)ctx->data_end;
-    struct iphdr *ip = data + sizeof(struct ethhdr);
-    struct tcphdr *th = (void *)(ip + 1);
-    if ((void *)(th + 1) > end)
-        return XDP_DROP;
     struct est_key e;
-    __builtin_memset(&e, 0, sizeof(e));
-    __builtin_memcpy(&e.b[0], &ip->saddr, 4);
-    __builtin_memcpy(&e.b[4], &ip->daddr, 4);
-    __builtin_memcpy(&e.b[8], &th->source, 2);
-    __builtin_memcpy(&e.b[10], &th->dest, 2);
-    e.b[12] = IPPROTO_TCP;
+    if (!floor_key_of(ctx, e.b, sizeof(e)))
+        return XDP_DROP;
     if (est_conns.lookup(&e))
         return XDP_PASS;
     return floor_miss_insert(ctx);
