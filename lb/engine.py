@@ -870,7 +870,7 @@ class Engine:
         if self.cfg.ha is None:
             return
         served = {self.cfg.public_interface} | ({self.cfg.private_interface} if self.cfg.network == "nat" else set())
-        for dev in sorted({a.ifname for a in self.owned} - served - set(getattr(self.dp, "attached", {}))):
+        for dev in sorted({a.ifname for a in self.owned} - served - set(self.dp.attached)):
             self.dp.attach(dev, "guard", self.xdp_mode)
 
     def _renew_lease(self) -> None:

@@ -125,6 +125,15 @@ def test_scheduler_ids_cover_the_configs_schedulers():
     assert set(L.SCHEDULERS) == set(config_model.SCHEDULERS)
 
 
+def test_the_programs_defaults_are_the_configs():
+    """A default written in bpf/ and in the config model must be the same number: the program's
+    applies when the map slot is 0 (nothing written yet), the model's everywhere else."""
+    assert L.C["LB_LBLCR_EXPIRATION_DEFAULT"] == config_model.DEFAULT_LBLC_EXPIRATION
+    defense = config_model.Defense()
+    assert L.C["LB_ICMP_BURST_DEFAULT"] == defense.icmp_msgs_burst
+    assert L.C["LB_ICMP_INTERVAL_DEFAULT"] == 1_000_000_000 // defense.icmp_msgs_per_sec
+
+
 def test_read_consts_reads_defaults_enums_and_expressions(tmp_path):
     h = tmp_path / "x.h"
     h.write_text("#ifndef X_H\n#define X_H\n#ifndef N\n#define N 4 /* default */\n#endif\n"
