@@ -125,6 +125,18 @@ def test_check_bad_config(bad_config):
     assert expected[1] in lines, p.stderr
 
 
+@pytest.mark.parametrize("command", [["status"], ["stop"], ["reload"], ["weight", "web", "198.18.1.1", "2"],
+                                     ["quiesce", "web", "198.18.1.1"]], ids=lambda c: c[0])
+def test_every_subcommand_names_file_line_field_of_a_bad_config(bad_config, command):
+    """`lb status --config BAD` and its siblings find the instance through the file: a bad file is
+    the same file:line: field error as `lb check`, not a traceback."""
+    path, expected = bad_config
+    p = lb(*command, "--config", str(path))
+    assert p.returncode == 2, p.stderr
+    assert "Traceback" not in p.stderr, p.stderr
+    assert expected[1] in p.stderr.splitlines(), p.stderr
+
+
 def test_check_missing_file(tmp_path):
     p = lb("check", "--config", str(tmp_path / "missing.toml"))
     assert p.returncode == 2

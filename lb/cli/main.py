@@ -924,6 +924,10 @@ def main(argv: list[str] | None = None) -> int:
             name, f"pip install {name} in lb's environment (or reinstall lvs-director)")
         print(f"lb: the Python module {name!r} is missing: {how}", file=sys.stderr)
         return 2
+    except lbconfig.ConfigError as e:
+        # any subcommand given --config (status, stop, reload, list, ...) names file:line: field
+        print(e, file=sys.stderr)
+        return 2
 
 
 def _main(argv: list[str] | None = None) -> int:
