@@ -20,7 +20,8 @@ HERE = Path(__file__).resolve().parent
 CONFIGS = HERE.parent / "configs"
 TOML_SEEDS = sorted(CONFIGS.glob("*.toml"))
 CF_SEEDS = [CONFIGS / "example-lvs.cf", HERE / "lvscf" / "full.cf", HERE / "lvscf" / "ipv6.cf"]
-MUTANTS_PER_SEED = 40
+# at least 1,000 mutated files of each format per run (issue 15), spread over the seeds
+MUTANTS_PER_FORMAT = 1050
 
 TOML_VALUES = ['"x"', "1", "-7", "0", "true", "3.5", "[]", "[1, 2]", '["a", 1]', "{}", '{ a = 1 }',
                "1979-05-27", '"198.18.0.300"', '"::"', '"2001:2::1"', '"/64"', '"[::1]:80"', "inf", "nan"]
@@ -64,7 +65,7 @@ def _line_mutants(text: str, rng: random.Random, values: list[str], huge: list[s
     return "\n".join(lines)
 
 
-def _mutants(seed: Path, values: list[str], huge: list[str], count: int = MUTANTS_PER_SEED) -> list[str]:
+def _mutants(seed: Path, values: list[str], huge: list[str], count: int) -> list[str]:
     rng = random.Random(f"{seed.name}-lb")
     text = seed.read_text()
     out = []
@@ -94,13 +95,13 @@ def _check(path: Path, text: str, loader) -> None:
 
 @pytest.mark.parametrize("seed", TOML_SEEDS, ids=lambda p: p.name)
 def test_mutated_toml_loads_or_names_file_and_line(seed: Path, tmp_path: Path) -> None:
-    for n, text in enumerate(_mutants(seed, TOML_VALUES, TOML_HUGE)):
+    for n, text in enumerate(_mutants(seed, TOML_VALUES, TOML_HUGE, -(-MUTANTS_PER_FORMAT // len(TOML_SEEDS)))):
         _check(tmp_path / f"{n}.toml", text, toml.load)
 
 
 @pytest.mark.parametrize("seed", CF_SEEDS, ids=lambda p: p.name)
 def test_mutated_lvscf_loads_or_names_file_and_line(seed: Path, tmp_path: Path) -> None:
-    for n, text in enumerate(_mutants(seed, CF_VALUES, CF_HUGE)):
+    for n, text in enumerate(_mutants(seed, CF_VALUES, CF_HUGE, -(-MUTANTS_PER_FORMAT // len(CF_SEEDS)))):
         _check(tmp_path / f"{n}.cf", text, lvscf.load)
 
 
