@@ -372,6 +372,8 @@ static __always_inline void lb_persist_after_pick(struct lb_pkt *pkt, struct lb_
     struct lb_persist t = { .last_ns = now, .real = real_id, .timeout = svc->persist_timeout };
     if (lb_persist_embryo.insert(&pk, &t) == 0)
         lb_persist_count(real_id, 1);
+    else if (!lb_persist_embryo.lookup(&pk))   /* not another CPU's template: refused */
+        lb_count(LB_CNT_PERSIST_FULL);
 }
 
 /* ---- a new connection: its first state transition (IPVS starts every connection inactive;
@@ -448,6 +450,8 @@ int lb_xdp_new_conn(struct xdp_md *ctx)
         c.flags = LB_CONN_F_OUT;
         if (lb_conns_embryo.update(&rk, &c) == 0)
             lb_ct_event(LB_CTE_EMBRYO_NEW);
+        else
+            lb_count(LB_CNT_CONN_FULL);   /* its replies will reach the director's stack */
     }
     lb_stats_in(svc_id, real_id, pkt.len, 1);
     return lb_forward_to_real(ctx, &pkt, r);

@@ -168,13 +168,16 @@ enum lb_sched_id {
 #define LB_CNT_NOT_SYN 1         /* TCP packet without connection and without SYN: passed */
 #define LB_CNT_FRAGMENT 2        /* an IPv4 fragment or IPv6 fragment header: passed */
 #define LB_CNT_BAD_REAL 3        /* connection points at a real server that is gone: dropped */
-#define LB_CNT_CONN_FULL 4       /* connection table insert failed: dropped */
+#define LB_CNT_CONN_FULL 4       /* a connection table insert failed: the packet dropped (or a
+                                  * NAT reply entry not made or not promoted: replies reach the
+                                  * director's stack) */
 #define LB_CNT_TAIL_CALL 5       /* a tail call failed (program missing): passed */
 #define LB_CNT_TOO_BIG 6         /* tunnel: too big once encapsulated: answered "fragmentation
                                   * needed" / Packet Too Big, or dropped (IPv4 without DF) */
 #define LB_CNT_SYN_INVALID 7     /* SYN with ACK, RST or FIN and no connection: passed, nothing made */
 #define LB_CNT_DROP_PACKET 8     /* drop_packet defense: a new connection's packet dropped */
-#define LB_CNT_PERSIST_FULL 9    /* lb_persist full: a template stays embryonic (evictable) */
+#define LB_CNT_PERSIST_FULL 9    /* lb_persist full: a template stays embryonic (evictable); or
+                                  * its embryonic insert failed: the client has no template */
 #define LB_CNT_ICMP_LIMITED 10   /* too big, over the answers' rate limit: dropped unanswered */
 #define LB_CNT_TOO_BIG_UNANSWERED 11  /* too big and not answered: an ICMP error (never an ICMP
                                   * error about one), or headers longer than the quote holds */

@@ -138,8 +138,9 @@ static __always_inline void lb_embryo_promote(struct lb_conn_key *k, struct lb_c
         if (rev) {
             struct lb_conn rv = *rev;
             rv.last_ns = v.last_ns;
-            lb_conns.update(rk, &rv);
-            if (lb_conns_embryo.delete(rk) == 0)
+            if (lb_conns.update(rk, &rv) != 0)
+                lb_count(LB_CNT_CONN_FULL);   /* the reverse entry stays embryonic */
+            else if (lb_conns_embryo.delete(rk) == 0)
                 lb_ct_event(LB_CTE_EMBRYO_PROMOTED);
         }
     }

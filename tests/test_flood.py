@@ -10,6 +10,7 @@ import ipaddress
 import logging
 import subprocess
 import sys
+import time
 
 import pytest
 from scapy.layers.inet import IP, TCP, UDP
@@ -162,10 +163,12 @@ def test_persistence_template_survives_a_flood_of_new_sources(dp):
     assert persist == 1 + len(dp.maps["lb_persist_embryo"].items())
 
 
-def test_a_full_template_table_is_counted_and_existing_templates_stay(dp):
+def test_a_full_template_table_is_counted_and_existing_templates_stay(dp, caplog):
     """lb_persist full (max(1024, connections / 4) templates of established clients): a new
     client's template stays embryonic, counted and logged; the clients with templates keep theirs."""
+    caplog.set_level(logging.WARNING, logger="lb.dataplane")
     first = _establish(dp, "198.18.0.250", VIP_P, 23000)
+    dp.defender.tick(time.monotonic() + 1000)       # the counters' log baseline (once per LOG_EVERY)
     before = dp.counters()["persist_table_full"]
     n = dp.sizes.persist + 20
     frames = []
@@ -179,6 +182,9 @@ def test_a_full_template_table_is_counted_and_existing_templates_stay(dp):
     assert len(dp.maps["lb_persist"].items()) == dp.sizes.persist
     assert dp.counters()["persist_table_full"] > before
     assert _establish(dp, "198.18.0.250", VIP_P, 23001) == first
+    caplog.clear()
+    dp.defender.tick(time.monotonic() + 2000)       # defense_work's next second: the log line
+    assert "data path: persist_table_full +" in caplog.text and "lb_persist is full" in caplog.text
 
 
 def test_udp_is_established_at_its_second_packet(dp):

@@ -92,6 +92,16 @@ def test_syn_flood_ten_times_the_table_loses_no_idle_connection(lab, lb_runner, 
         assert get(lab, 3)                     # and a new client is served
         c = _counters()
         assert c["conn_table_full"] == 0
+        # `lb status` shows every refusal counter and the defenses' state after the flood
+        p = subprocess.run([LB, "status", "--instance", "lab"], capture_output=True, text=True, timeout=30)
+        assert p.returncode == 0, p.stderr
+        [path] = [ln for ln in p.stdout.splitlines() if ln.startswith("data path: ")]
+        counts = dict(item.rsplit(" ", 1) for item in path[len("data path: "):].split(", "))
+        assert set(counts) >= {"conn table full", "persist table full", "drop packet", "tcp syn invalid",
+                               "icmp rate limited", "too big unanswered"}, path
+        assert counts["conn table full"] == "0" and counts["drop packet"] == "0", path
+        [defense] = [ln for ln in p.stdout.splitlines() if ln.startswith("defense: ")]
+        assert re.search(r"embryonic table \d+ of 1024 free \(amemthresh \d+\)", defense), defense
     finally:
         for s in socks:
             s.close()

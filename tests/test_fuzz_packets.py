@@ -1,5 +1,5 @@
 """The packet fuzzer: 100,000 packets (LB_FUZZ_PACKETS) through every XDP program -- the
-director's public and private sides and the real servers' decap -- with BPF_PROG_TEST_RUN, each
+director's public and private sides, its guard and the real servers' decap -- with BPF_PROG_TEST_RUN, each
 verdict and output held to a Python model of what the program may do.
 
 Packets are scapy-built valid ones (TCP with every flag combination, UDP, ICMP errors quoting
@@ -20,6 +20,8 @@ refused run):
   XDP_DROP only for such packets.
 - private: XDP_PASS unchanged, or XDP_TX of a NAT flow's reply (from a real server the flow
   went to) rewritten to come from its VIP:port, to the MACs the flow's client used.
+- guard (lb_xdp_guard, on other interfaces holding an address under [ha]): with the lease live
+  (here: none armed, as without [ha]) XDP_PASS, the same bytes, whatever the packet.
 - decap: exactly lb_decap.c's rule (a tunnel to a real server from a director: inner packet
   out; from anyone else, or a bad inner header: dropped; anything else: unchanged).
 
@@ -643,9 +645,10 @@ def test_fuzz_every_program(programs):
         pub = run_each(dp.fns["lb_xdp_public"].fd, batch)
         priv = run_each(dp.fns["lb_xdp_private"].fd, batch)
         dec = run_each(decap_fn.fd, batch)
+        grd = run_each(dp.fns["lb_xdp_guard"].fd, batch)
         # checked in the order the programs ran: the whole batch's public side (which opens the
-        # flows), then its private side, then decap
-        for name, results in (("public", pub), ("private", priv), ("decap", dec)):
+        # flows), then its private side, then decap, then the guard
+        for name, results in (("public", pub), ("private", priv), ("decap", dec), ("guard", grd)):
             for j, (err, rc, _out) in enumerate(results):
                 if err:
                     model.fail(name, lo + j, batch[j], f"BPF_PROG_TEST_RUN refused the run: {os.strerror(err)}")
@@ -661,8 +664,11 @@ def test_fuzz_every_program(programs):
             if dec[j][1] != want_rc or dec[j][2] != (pkt if want_out is None else want_out):
                 model.fail("decap", i, pkt, f"verdict {dec[j][1]}, output {dec[j][2].hex()}; the model says "
                            f"{want_rc}, {(want_out or pkt).hex()}")
+            if grd[j][1] != XDP_PASS or grd[j][2] != pkt:
+                model.fail("guard", i, pkt, f"verdict {grd[j][1]}, output {grd[j][2].hex()}; with a live "
+                           "lease (none armed) the model says XDP_PASS, the same bytes")
     # the run exercised what it claims: packets of every kind were forwarded, answered and dropped
     s = model.seen
     assert s["redirect"] > 1000 and s["tx"] > 0 and s["drop"] > 0 and s["pass"] > N // 4, (SEED, s)
     assert len(model.flows) > 50 and len(model.nat) > 10, SEED
-    print(f"fuzz seed {SEED}: {N} packets x 3 programs in {time.monotonic() - t0:.1f} s, {s}")
+    print(f"fuzz seed {SEED}: {N} packets x 4 programs in {time.monotonic() - t0:.1f} s, {s}")
