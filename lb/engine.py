@@ -1156,13 +1156,6 @@ class Engine:
         blocking = lambda fn: loop.run_in_executor(None, fn)  # noqa: E731
         self.sync_monitors()
         self.sync_load_monitors()
-        server = control.ControlServer(control.socket_path(self.cfg.instance, RUN_DIR), self.control,
-                                       access=lambda: self.cfg.control,
-                                       shared_path=control.shared_socket_path(self.cfg.instance, SHARED_DIR))
-        try:
-            await server.start()
-        except OSError as e:         # forwarding goes on; only `lb status`/`lb reload` are missing
-            log.error("no control socket: %s", e)
         from lb import metrics as lbmetrics
         metrics = await lbmetrics.start(self)      # serves only when [metrics] enables it
         if self.pulse is not None:
@@ -1176,6 +1169,15 @@ class Engine:
             # MAC, an earlier run's) or still unresolved from before the address was taken
             # would otherwise lose its first packets: EHOSTUNREACH, or seconds of silence
             await blocking(self.announce)
+        # the control socket answers once the neighbours know the addresses too: `lb status
+        # --wait` (the demo's wait) returns when a first request is answered, as READY does
+        server = control.ControlServer(control.socket_path(self.cfg.instance, RUN_DIR), self.control,
+                                       access=lambda: self.cfg.control,
+                                       shared_path=control.shared_socket_path(self.cfg.instance, SHARED_DIR))
+        try:
+            await server.start()
+        except OSError as e:         # forwarding goes on; only `lb status`/`lb reload` are missing
+            log.error("no control socket: %s", e)
         # the BGP lease's renewal (lb.bgp, not the HA lease of bpf/lb_lease.h), restarted if it raises
         # (a stopped renewal withdraws every route)
         bgp_lease = supervise("bgp-lease", self.bgp.run, logger=log, context=f"instance {self.cfg.instance}") \
