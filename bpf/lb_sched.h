@@ -441,7 +441,7 @@ static __always_inline __u32 lb_pick_lblcr(__u32 svc_id, struct lb_svc *svc, str
      * path would multiply the verifier's walks of the 512-server loops below */
     sc->real = least;
     sc->lw = lw;
-    /* ip_vs_dest_set_max and erase: weights of removed members are 0 here (lb_reals) */
+    /* ip_vs_dest_set_max and erase: a member no longer in the service's list weighs 0 */
     __u32 g = LB_G_LBLCR_EXPIRATION;
     __u32 *exp = lb_globals.lookup(&g);
     __u64 exp_ns = (exp && *exp ? *exp : LB_LBLCR_EXPIRATION_DEFAULT) * 1000000000ULL;
@@ -452,10 +452,7 @@ static __always_inline __u32 lb_pick_lblcr(__u32 svc_id, struct lb_svc *svc, str
             if (i >= n)
                 break;
             __u32 real = e->real[i], w = 0, f = 0;
-            if (!lb_lblc_avail(svc_id, svc, ds, real, &w, &f)) {
-                struct lb_real *r = lb_reals.lookup(&real);
-                w = r ? r->weight : 0;
-            }
+            lb_lblc_avail(svc_id, svc, ds, real, &w, &f);
             if (w == 0)
                 continue;
             __u64 doh = lb_real_overhead(real);

@@ -53,7 +53,8 @@ struct lb_sched_state {           /* lb_sched_state value, index = service id; w
 
 struct lb_dest {                  /* one position in a service's real server list */
     __u32 real;                   /* real id */
-    __u32 weight;                 /* copy of lb_real.weight: the scheduler's view */
+    __u32 weight;                 /* the real server's weight (stored here only: the pick
+                                   * loops read one slot per server) */
     __u32 flags;                  /* copy of lb_real.flags */
 };
 
@@ -66,7 +67,6 @@ struct lb_real {                  /* lb_reals value, index = real id (one per se
     __be16 port;
     __u8 family;
     __u8 fwd;                     /* LB_FWD_* */
-    __u32 weight;
     __u32 flags;                  /* LB_REAL_F_* */
     __u32 ifindex;                /* egress interface toward the real server */
     __u8 mac[6];                  /* the real server's (or next hop's) MAC */

@@ -13,7 +13,7 @@ import ipaddress
 import operator
 import re
 import struct
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 
@@ -214,7 +214,7 @@ SVC = _layout("lb_svc", "addr:16s port:2s proto:B family:B sched:I nreals:I flag
                         "persist_timeout:I fwmark:I mh_size:I persist_mask:16s")
 SCHED_STATE = _layout("lb_sched_state", "cl:I cw:i")
 DEST = _layout("lb_dest", "real:I weight:I flags:I")
-REAL = _layout("lb_real", "addr:16s port:2s family:B fwd:B weight:I flags:I ifindex:I mac:6s src_mac:6s "
+REAL = _layout("lb_real", "addr:16s port:2s family:B fwd:B flags:I ifindex:I mac:6s src_mac:6s "
                           "svc:I u_threshold:I l_threshold:I pos:I tun_src:16s mtu:I")
 REAL_CONNS = _layout("lb_real_conns", "active:I inactive:I persist:I pad:I")
 PERSIST_KEY = _layout("lb_persist_key", "caddr:16s vaddr:16s vport:2s proto:B family:B fwmark:I")
@@ -348,7 +348,9 @@ class Real:
     addr: ipaddress.IPv4Address | ipaddress.IPv6Address
     port: int
     fwd: int
-    weight: int
+    # the weight goes to the server's lb_svc_dests slot only (the pick loops' view), not to
+    # lb_reals: a Real equal but for its weight has the same lb_reals entry
+    weight: int = field(compare=False)
     flags: int = 0
     ifindex: int = 0
     mac: bytes = b"\0" * 6
@@ -363,14 +365,15 @@ class Real:
 
     def pack(self) -> bytes:
         return REAL.pack(pack_addr(self.addr), pack_port(self.port), self.family, self.fwd,
-                         self.weight, self.flags, self.ifindex, self.mac, self.src_mac, self.svc,
+                         self.flags, self.ifindex, self.mac, self.src_mac, self.svc,
                          self.u_threshold, self.l_threshold, self.pos, self.tun_src, self.mtu)
 
     @classmethod
-    def unpack(cls, raw: bytes) -> "Real":
-        a, p, fam, fwd, w, flags, ifindex, mac, src, svc, ut, lt, pos, tsrc, mtu = REAL.unpack(raw)
+    def unpack(cls, raw: bytes, weight: int = 0) -> "Real":
+        """weight: the server's lb_svc_dests slot's (lb_reals does not hold it)"""
+        a, p, fam, fwd, flags, ifindex, mac, src, svc, ut, lt, pos, tsrc, mtu = REAL.unpack(raw)
         addr = unpack_addr(a, fam if fam else AF_INET)
-        return cls(addr, unpack_port(p), fwd, w, flags, ifindex, mac, src, svc, fam, ut, lt, pos, tsrc, mtu)
+        return cls(addr, unpack_port(p), fwd, weight, flags, ifindex, mac, src, svc, fam, ut, lt, pos, tsrc, mtu)
 
 
 def pack_dests(dests: list[tuple[int, int, int]], max_svc_reals: int) -> bytes:

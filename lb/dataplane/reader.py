@@ -60,7 +60,7 @@ def _service_row(maps: PinnedMaps, sid: int, key) -> ServiceRow:
         real = L.Real.unpack(maps["lb_reals"].get(rkey))
         a, i, p = L.real_counts(maps["lb_real_conns"].get(rkey), maps["lb_real_swept"].get(rkey))
         row.reals.append(RealRow(address=real.addr, port=real.port,
-                                 forward=L.FORWARD_NAMES.get(real.fwd, "?"), weight=real.weight,
+                                 forward=L.FORWARD_NAMES.get(real.fwd, "?"), weight=weight,
                                  active=a, inactive=i, persist=p,
                                  u_threshold=real.u_threshold, l_threshold=real.l_threshold,
                                  stats=_sum_stats(maps["lb_real_stats"].get_percpu(rkey)),

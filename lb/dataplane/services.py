@@ -87,14 +87,15 @@ class ServiceTable:
         """Rebuild the in-memory view from the pinned maps of a previous instance."""
         m = self.maps
         used_svc = set()
+        weights: dict[int, int] = {}     # real id -> its weight, from its service's dest list
         for k, v in m["lb_services"].items(batch=False):
             sid = L.U32.unpack(v)[0]
-            self._adopt_service(L.SvcKey.unpack(k), sid)
+            self._adopt_service(L.SvcKey.unpack(k), sid, weights)
             used_svc.add(sid)
         for k, v in m["lb_fwm_services"].items(batch=False):
             fwmark, sid = L.U32.unpack(k)[0], L.U32.unpack(v)[0]
             svc = L.Svc.unpack(m["lb_svc"].get(L.U32.pack(sid)))
-            self._adopt_service(L.FwmKey(fwmark, addr=svc.addr), sid)   # the family's zero address
+            self._adopt_service(L.FwmKey(fwmark, addr=svc.addr), sid, weights)   # the family's zero address
             used_svc.add(sid)
         for k, v in m["lb_fwm_ranges"].items(batch=False):
             self.ranges[k] = v
@@ -102,16 +103,17 @@ class ServiceTable:
         self.free_svc_ids = [i for i in range(self.next_svc_id) if i not in used_svc]
         for rid in range(self.sizes.reals):
             raw = m["lb_reals"].get(L.U32.pack(rid))
-            real = L.Real.unpack(raw)
+            real = L.Real.unpack(raw, weights.get(rid, 0))   # a retired one's is 0
             if raw != b"\0" * len(raw):
                 self.reals[rid] = real
                 self.next_real_id = rid + 1
 
-    def _adopt_service(self, key, sid: int) -> None:
+    def _adopt_service(self, key, sid: int, weights: dict[int, int]) -> None:
         m = self.maps
         svc = L.Svc.unpack(m["lb_svc"].get(L.U32.pack(sid)))
         st = _SvcState(sid, key, L.SCHEDULER_NAMES.get(svc.sched, "wlc"))
-        for rid, _w, _f in L.unpack_dests(m["lb_svc_dests"].get(L.U32.pack(sid)), svc.nreals):
+        for rid, weight, _f in L.unpack_dests(m["lb_svc_dests"].get(L.U32.pack(sid)), svc.nreals):
+            weights[rid] = weight
             real = L.Real.unpack(m["lb_reals"].get(L.U32.pack(rid)))
             st.dests.append(((real.addr, real.port), rid))
         self.services[key] = st
@@ -574,7 +576,8 @@ class ServiceTable:
                 changed = True
                 log.info("removed real server %s:%d from %s", rkey[0], rkey[1], name)
         # 2. updates of existing real servers (Real's == compares every packed field: the
-        # same as comparing the packed entries, without packing both)
+        # same as comparing the packed entries, without packing both; the weight is not one
+        # of them: it lives in the dest list only)
         kept.reverse()
         for (rkey, rid), spec_r in zip(st.dests, kept):
             old = self.reals[rid]
@@ -583,16 +586,17 @@ class ServiceTable:
                                            flags=L.REAL_F_DRAINING | old.flags & L.REAL_F_NO_NEXTHOP)
             else:
                 real = self._real_entry(spec_r, st.id, old, resolve=False)
-            if real != old:
+            if real != old or real.weight != old.weight:
                 self.reals[rid] = real
+                changed = True
+            if real != old:
                 self.txn.set("lb_reals", L.U32.pack(rid), real.pack())
                 if (real.u_threshold, real.l_threshold) != (old.u_threshold, old.l_threshold):
                     self._thresholds_changed(rid, real)
-                if real.weight != old.weight:
-                    dest_changed()
-                    log.info("real server %s:%d of %s: weight %d -> %d", rkey[0], rkey[1],
-                             name, old.weight, real.weight)
-                changed = True
+            if real.weight != old.weight:
+                dest_changed()
+                log.info("real server %s:%d of %s: weight %d -> %d", rkey[0], rkey[1],
+                         name, old.weight, real.weight)
         # 3. additions, in config order, each to the front of the list; the wrr mark follows
         # each one (wrr_dest_changed), its max weight and gcd kept as they grow (WrrGrow)
         # (every real server left is wanted and they are distinct: as many as wanted, none to add)
