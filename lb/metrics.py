@@ -29,6 +29,7 @@ from prometheus_client.core import (
 
 from lb import __version__
 from lb import weight as lbweight
+from lb.config.model import endpoint_text
 
 log = logging.getLogger("lb.metrics")
 
@@ -376,8 +377,13 @@ class MetricsServer:
         except OSError as e:     # forwarding goes on; only the metrics are missing
             log.error("metrics: cannot listen on %s: %s", settings.listen, e)
             return False
-        log.info("metrics on http://%s/metrics", settings.listen)
+        log.info("metrics on http://%s/metrics", endpoint_text(settings.address, self.port))
         return True
+
+    @property
+    def port(self) -> int | None:
+        """The port served (the kernel's choice when settings.port is 0); None when not serving."""
+        return None if self.httpd is None else self.httpd.server_address[1]
 
     def stop(self) -> None:
         if self.httpd is not None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+import logging
 import re
 import threading
 import urllib.request
@@ -284,8 +285,10 @@ class BlockingDataplane:
 
 
 class FakeEngine:
-    def __init__(self, port):
-        self.cfg = SimpleNamespace(metrics=Metrics(enabled=True, port=port))
+    def __init__(self):
+        # port 0: the server binds a port the kernel picks and holds it (server.port), no
+        # check-then-use race with other processes
+        self.cfg = SimpleNamespace(metrics=Metrics(enabled=True, port=0))
         self.dp = BlockingDataplane()
         self.status_calls = []
 
@@ -295,23 +298,16 @@ class FakeEngine:
         return status(ha=False)
 
 
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_endpoint_serves_while_the_loop_runs():
     """A scrape whose data-plane read blocks holds only its own thread: the engine's loop goes on
     (and built the status itself, on the loop's thread)."""
     async def main():
-        eng = FakeEngine(free_port())
+        eng = FakeEngine()
         server = await metrics.start(eng)
         loop = asyncio.get_running_loop()
         try:
-            url = f"http://127.0.0.1:{eng.cfg.metrics.port}/metrics"
+            assert server.port
+            url = f"http://127.0.0.1:{server.port}/metrics"
             fetch = loop.run_in_executor(None, lambda: urllib.request.urlopen(url, timeout=30).read().decode())
             assert await loop.run_in_executor(None, eng.dp.entered.wait, 30)
             ticks = 0
@@ -337,8 +333,10 @@ def test_endpoint_serves_while_the_loop_runs():
 
 
 def test_endpoint_off_and_unbindable(caplog):
+    caplog.set_level(logging.INFO, "lb.metrics")
+
     async def main():
-        eng = FakeEngine(free_port())
+        eng = FakeEngine()
         eng.cfg.metrics = Metrics()                    # off: nothing served
         server = await metrics.start(eng)
         assert server.httpd is None
@@ -350,9 +348,19 @@ def test_endpoint_off_and_unbindable(caplog):
             taken = Metrics(enabled=True, port=busy.getsockname()[1])
             assert not server.start(taken)             # logged, not raised: forwarding goes on
         assert server.httpd is None
-        server.reconfigure(Metrics(enabled=True, port=eng.cfg.metrics.port or free_port()))
-        assert server.httpd is not None
-        server.stop()
+        server.reconfigure(Metrics(enabled=True, port=0))   # a port the kernel picks, held by the server
+        try:
+            assert server.port
+            url = f"http://127.0.0.1:{server.port}/metrics"
+            eng.dp.release.set()
+            text = await asyncio.get_running_loop().run_in_executor(   # the loop answers the status
+                None, lambda: urllib.request.urlopen(url, timeout=30).read().decode())
+            assert value(parse(text), "lb_up") == 1
+        finally:
+            server.stop()
+        assert server.port is None
+        return url
 
-    asyncio.run(main())
+    url = asyncio.run(main())
     assert "metrics: cannot listen on 127.0.0.1:" in caplog.text
+    assert f"metrics on {url}" in caplog.text                   # the bound port, not 0
