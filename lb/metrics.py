@@ -5,8 +5,9 @@ scrapes.  Two sources:
 
 - the engine's status, the document `lb status --json` prints (health, weights and their source,
   HA, reloads), taken on the engine's loop, where building it only copies Python state;
-- the data plane's rows and counters (``Dataplane.read_services`` / ``counters``), read in the
-  scrape's own thread the way `lb list` reads them (the pinned maps, or the kernel's IPVS table).
+- the data plane's rows, counters and flood defenses (``Dataplane.read_services`` / ``counters`` /
+  ``defense_status``), read in the scrape's own thread the way `lb list` and `lb status` read them
+  (the pinned maps, or the kernel's IPVS table).
 
 The HTTP server is prometheus_client's threaded WSGI server, so a scrape runs in its own thread
 and the engine's loop never waits for one.  docs/metrics.md lists every metric
@@ -28,6 +29,7 @@ from prometheus_client.core import (
 
 from lb import __version__
 from lb import weight as lbweight
+from lb.config.model import endpoint_text
 
 log = logging.getLogger("lb.metrics")
 
@@ -70,6 +72,9 @@ class EngineSource:
 
     def counters(self) -> dict:
         return self.engine.dp.counters()
+
+    def defense(self) -> dict | None:
+        return self.engine.dp.defense_status()
 
 
 class _Families:
@@ -143,10 +148,11 @@ class Collector:
             log.warning("metrics: no status from the engine: %s", e)
             doc = None
         f.gauge("lb_up", "1 when the engine answered this scrape", (), (), doc is not None)
-        rows, counters, dp_ok = [], {}, True
+        rows, counters, defense, dp_ok = [], {}, None, True
         try:
             rows = self.source.services()
             counters = self.source.counters()
+            defense = self.source.defense()
         except Exception as e:   # the maps of a stopping daemon, a netlink error
             log.warning("metrics: reading the data plane: %s", e)
             dp_ok = False
@@ -158,6 +164,7 @@ class Collector:
             self._reloads(f, doc)
         self._services(f, doc, rows)
         self._counters(f, counters)
+        self._defense(f, defense)
         if doc is not None and doc.get("ha"):
             self._ha(f, doc, doc["ha"])
         return list(f)
@@ -257,6 +264,30 @@ class Collector:
                           "reason (lb status: data path)", ("event",), (name,), value)
 
     @staticmethod
+    def _defense(f: _Families, d: dict | None) -> None:
+        """The embryonic table's fill and IPVS's defense strategies over it (lb.dataplane.defense;
+        None: the IPVS data plane, whose kernel keeps both to itself)."""
+        if d is None:
+            return
+        f.gauge("lb_dataplane_embryonic_entries", "entries in the embryonic connection table (handshakes and "
+                "first packets not yet established; the defenses' estimate, corrected by each sweep)", (), (),
+                d["embryonic_size"] - d["embryonic_free"])
+        f.gauge("lb_dataplane_embryonic_entries_limit", "the embryonic table's size ([tables] embryonic)", (), (),
+                d["embryonic_size"])
+        f.gauge("lb_dataplane_defense_threshold_free_entries", "amemthresh: automatic defenses engage while "
+                "fewer embryonic entries than this are free", (), (), d["amemthresh"])
+        for strategy, mode in d["modes"].items():
+            f.gauge("lb_dataplane_defense_mode", "IPVS's sysctl value of the strategy (0 never, 1 automatic, "
+                    "2 automatic and engaged, 3 always)", ("strategy",), (strategy,), mode)
+            f.gauge("lb_dataplane_defense_engaged", "1 while the strategy is engaged (mode 2 or 3)",
+                    ("strategy",), (strategy,), strategy in d["engaged"])
+        rate = d["drop_rate"]
+        f.gauge("lb_dataplane_defense_drop_packet_ratio", "share of new connections drop_packet drops "
+                "(1/N of lb status' \"dropping 1 in N\"; 0 when not dropping)", (), (), 1 / rate if rate else 0)
+        f.counter("lb_dataplane_defense_drop_entry_deletions_total", "embryonic entries drop_entry deleted "
+                  "(since the daemon started)", (), (), d["drop_entry_deleted"])
+
+    @staticmethod
     def _reloads(f: _Families, doc: dict) -> None:
         rel = doc.get("reloads") or {}
         for result in RELOAD_RESULTS:
@@ -346,8 +377,13 @@ class MetricsServer:
         except OSError as e:     # forwarding goes on; only the metrics are missing
             log.error("metrics: cannot listen on %s: %s", settings.listen, e)
             return False
-        log.info("metrics on http://%s/metrics", settings.listen)
+        log.info("metrics on http://%s/metrics", endpoint_text(settings.address, self.port))
         return True
+
+    @property
+    def port(self) -> int | None:
+        """The port served (the kernel's choice when settings.port is 0); None when not serving."""
+        return None if self.httpd is None else self.httpd.server_address[1]
 
     def stop(self) -> None:
         if self.httpd is not None:

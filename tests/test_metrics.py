@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+import logging
 import re
 import threading
 import urllib.request
@@ -74,12 +75,20 @@ def rows():
     return [web, ftp]
 
 
+def defense():
+    """Defender.status() under a flood: drop_packet engaged automatically, secure_tcp always on."""
+    return {"modes": {"drop_entry": 1, "drop_packet": 2, "secure_tcp": 3}, "engaged": ["drop_packet", "secure_tcp"],
+            "embryonic_free": 100, "embryonic_size": 16384, "amemthresh": 1024, "drop_rate": 4,
+            "drop_entry_deleted": 0}
+
+
 class Source:
-    def __init__(self, doc=None, services=None, counters=None, fail_dp=False):
+    def __init__(self, doc=None, services=None, counters=None, fail_dp=False, defense=defense):
         self.doc = status() if doc is None else doc
         self.rows = rows() if services is None else services
         self.cnt = {"no_real_server": 3, "tcp_not_syn": 0, "conn_table_entries": 12} if counters is None else counters
         self.fail_dp = fail_dp
+        self.dfn = defense() if callable(defense) else defense
 
     def status(self):
         return self.doc
@@ -91,6 +100,9 @@ class Source:
 
     def counters(self):
         return self.cnt
+
+    def defense(self):
+        return self.dfn
 
 
 def scrape(source) -> dict:
@@ -185,6 +197,34 @@ def test_without_ha_or_dataplane():
     assert value(s, "lb_real_server_up", server="rs2") == 0      # what the engine knows is still there
 
 
+def test_embryonic_table_fill_and_defenses():
+    s = scrape(Source())
+    assert value(s, "lb_dataplane_embryonic_entries") == 16384 - 100
+    assert value(s, "lb_dataplane_embryonic_entries_limit") == 16384
+    assert value(s, "lb_dataplane_defense_threshold_free_entries") == 1024
+    assert {dict(ls)["strategy"]: v for (n, ls), v in s.items() if n == "lb_dataplane_defense_engaged"} == \
+        {"drop_entry": 0, "drop_packet": 1, "secure_tcp": 1}
+    assert {dict(ls)["strategy"]: v for (n, ls), v in s.items() if n == "lb_dataplane_defense_mode"} == \
+        {"drop_entry": 1, "drop_packet": 2, "secure_tcp": 3}
+    assert value(s, "lb_dataplane_defense_drop_packet_ratio") == 0.25        # 1 in 4
+    assert value(s, "lb_dataplane_defense_drop_entry_deletions_total") == 0
+    # calm: nothing engaged, nothing dropped; drop_entry's deletions stay counted
+    calm = dict(defense(), modes={"drop_entry": 1, "drop_packet": 1, "secure_tcp": 0}, engaged=[],
+                embryonic_free=16380, drop_rate=0, drop_entry_deleted=37)
+    s = scrape(Source(defense=calm))
+    assert value(s, "lb_dataplane_embryonic_entries") == 4
+    assert {v for (n, _ls), v in s.items() if n == "lb_dataplane_defense_engaged"} == {0}
+    assert value(s, "lb_dataplane_defense_drop_packet_ratio") == 0
+    assert value(s, "lb_dataplane_defense_drop_entry_deletions_total") == 37
+
+
+def test_ipvs_dataplane_has_no_defense_metrics():
+    """The kernel keeps IPVS's defenses and its table to itself (defense_status() is None)."""
+    s = scrape(Source(defense=None))
+    assert not [k for k in s if k[0].startswith(("lb_dataplane_defense_", "lb_dataplane_embryonic_"))]
+    assert value(s, "lb_dataplane_up") == 1
+
+
 def documented() -> set[str]:
     """The metric names docs/metrics.md lists."""
     text = DOCS.read_text()
@@ -240,10 +280,15 @@ class BlockingDataplane:
     def counters(self):
         return {"no_real_server": 1}
 
+    def defense_status(self):
+        return defense()
+
 
 class FakeEngine:
-    def __init__(self, port):
-        self.cfg = SimpleNamespace(metrics=Metrics(enabled=True, port=port))
+    def __init__(self):
+        # port 0: the server binds a port the kernel picks and holds it (server.port), no
+        # check-then-use race with other processes
+        self.cfg = SimpleNamespace(metrics=Metrics(enabled=True, port=0))
         self.dp = BlockingDataplane()
         self.status_calls = []
 
@@ -253,23 +298,16 @@ class FakeEngine:
         return status(ha=False)
 
 
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_endpoint_serves_while_the_loop_runs():
     """A scrape whose data-plane read blocks holds only its own thread: the engine's loop goes on
     (and built the status itself, on the loop's thread)."""
     async def main():
-        eng = FakeEngine(free_port())
+        eng = FakeEngine()
         server = await metrics.start(eng)
         loop = asyncio.get_running_loop()
         try:
-            url = f"http://127.0.0.1:{eng.cfg.metrics.port}/metrics"
+            assert server.port
+            url = f"http://127.0.0.1:{server.port}/metrics"
             fetch = loop.run_in_executor(None, lambda: urllib.request.urlopen(url, timeout=30).read().decode())
             assert await loop.run_in_executor(None, eng.dp.entered.wait, 30)
             ticks = 0
@@ -285,6 +323,7 @@ def test_endpoint_serves_while_the_loop_runs():
         s = parse(text)
         assert value(s, "lb_real_server_connections_total", server="rs1") == 7
         assert value(s, "lb_dataplane_events_total", event="no_real_server") == 1
+        assert value(s, "lb_dataplane_defense_engaged", strategy="drop_packet") == 1
         assert any(n.startswith("process_") for n, _ in s)
         # stopped: nothing listens any more
         with pytest.raises(OSError):
@@ -294,8 +333,10 @@ def test_endpoint_serves_while_the_loop_runs():
 
 
 def test_endpoint_off_and_unbindable(caplog):
+    caplog.set_level(logging.INFO, "lb.metrics")
+
     async def main():
-        eng = FakeEngine(free_port())
+        eng = FakeEngine()
         eng.cfg.metrics = Metrics()                    # off: nothing served
         server = await metrics.start(eng)
         assert server.httpd is None
@@ -307,9 +348,19 @@ def test_endpoint_off_and_unbindable(caplog):
             taken = Metrics(enabled=True, port=busy.getsockname()[1])
             assert not server.start(taken)             # logged, not raised: forwarding goes on
         assert server.httpd is None
-        server.reconfigure(Metrics(enabled=True, port=eng.cfg.metrics.port or free_port()))
-        assert server.httpd is not None
-        server.stop()
+        server.reconfigure(Metrics(enabled=True, port=0))   # a port the kernel picks, held by the server
+        try:
+            assert server.port
+            url = f"http://127.0.0.1:{server.port}/metrics"
+            eng.dp.release.set()
+            text = await asyncio.get_running_loop().run_in_executor(   # the loop answers the status
+                None, lambda: urllib.request.urlopen(url, timeout=30).read().decode())
+            assert value(parse(text), "lb_up") == 1
+        finally:
+            server.stop()
+        assert server.port is None
+        return url
 
-    asyncio.run(main())
+    url = asyncio.run(main())
     assert "metrics: cannot listen on 127.0.0.1:" in caplog.text
+    assert f"metrics on {url}" in caplog.text                   # the bound port, not 0

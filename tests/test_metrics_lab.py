@@ -3,12 +3,15 @@ parsed with prometheus_client's parser; every per-real-server and per-service co
 `lb list --stats --exact` prints, and health, reloads and the data path show what happened."""
 from __future__ import annotations
 
+import json
 import subprocess
 import time
 from pathlib import Path
 
 from lab_http import get
 from prometheus_client.parser import text_string_to_metric_families
+
+from lb.config.model import Tables
 
 REPO = Path(__file__).resolve().parents[1]
 LB = str(REPO / ".venv" / "bin" / "lb")
@@ -49,16 +52,23 @@ def lb_list_stats() -> dict:
     return out
 
 
-def stable_pair(lab):
-    """A scrape taken between two equal `lb list --stats --exact` (the last packets of a closing
-    connection may still be on their way; bounded)."""
+def lb_status_defense() -> dict:
+    p = subprocess.run([LB, "status", "--json", "--instance", "lab"], capture_output=True, text=True, timeout=30)
+    assert p.returncode == 0, p.stderr
+    return json.loads(p.stdout)["defense"]
+
+
+def stable_pair(lab, read=lb_list_stats):
+    """A scrape taken between two equal reads of `lb list --stats --exact` (the last packets of a
+    closing connection may still be on their way) or of `lb status`'s defenses (a sweep's census
+    may correct the embryonic estimate in between); bounded."""
     for _ in range(40):
-        before = lb_list_stats()
+        before = read()
         samples = scrape(lab)
-        if lb_list_stats() == before:
+        if read() == before:
             return before, samples
         time.sleep(0.5)
-    raise AssertionError("the counters did not settle")
+    raise AssertionError(f"{read.__name__} did not settle")
 
 
 def test_metrics_equal_lb_list_and_follow_health(lab, lb_runner, tmp_path):
@@ -89,6 +99,19 @@ def test_metrics_equal_lb_list_and_follow_health(lab, lb_runner, tmp_path):
     assert one(samples, "lb_info", instance="lab", dataplane="xdp") == 1
     assert one(samples, "lb_dataplane_up") == 1 and one(samples, "lb_up") == 1
     assert one(samples, "lb_dataplane_events_total", event="no_real_server") == 0
+
+    # the embryonic table's fill and the flood defenses, as `lb status` shows them (calm: none engaged)
+    defense, samples = stable_pair(lab, lb_status_defense)
+    assert one(samples, "lb_dataplane_embryonic_entries_limit") == defense["embryonic_size"] \
+        == Tables().embryonic_size()
+    assert one(samples, "lb_dataplane_embryonic_entries") == defense["embryonic_size"] - defense["embryonic_free"]
+    assert one(samples, "lb_dataplane_defense_threshold_free_entries") == defense["amemthresh"]
+    assert defense["engaged"] == [] and set(defense["modes"]) == {"drop_entry", "drop_packet", "secure_tcp"}
+    for strategy, mode in defense["modes"].items():
+        assert one(samples, "lb_dataplane_defense_mode", strategy=strategy) == mode
+        assert one(samples, "lb_dataplane_defense_engaged", strategy=strategy) == 0
+    assert one(samples, "lb_dataplane_defense_drop_packet_ratio") == 0
+    assert one(samples, "lb_dataplane_defense_drop_entry_deletions_total") == defense["drop_entry_deleted"] == 0
 
     # `lb zero` through the running daemon: lb list and the metrics both start again from 0
     subprocess.run([LB, "zero", "--instance", "lab"], check=True, capture_output=True, timeout=60)
