@@ -27,7 +27,7 @@ setup-vm: setup
 TEST_WORKERS ?= 3
 
 test: setup setup-vm
-	LB_VM_REQUIRED=1 LB_NO_SKIPS=1 $(VENV)/bin/python -m pytest -q -n $(TEST_WORKERS) --dist loadgroup --no-loadscope-reorder \
+	LB_VM_REQUIRED=1 LB_NO_SKIPS=1 LB_ARTIFACTS=$(CURDIR)/artifacts $(VENV)/bin/python -m pytest -q -n $(TEST_WORKERS) --dist loadgroup --no-loadscope-reorder \
 		--durations=25 $(PYTEST_ARGS) tests
 
 # bench/results/<date>-<suite>.json, latest.md, latest.png; BENCH_SUITE=http,pps runs only those

@@ -123,6 +123,11 @@ for unit in "$UNITS"/*.service; do
 done
 install -d -m 0755 "$CONFDIR"
 install -d -m 0700 /var/cache/lb
+# the web console's unit (lb-web@.service) runs as this system user, never as root
+if ! getent passwd lb-web >/dev/null; then
+  useradd --system --user-group --no-create-home --home-dir /nonexistent --shell /usr/sbin/nologin lb-web
+  log "system user lb-web (the web console's)"
+fi
 if [ -d /run/systemd/system ]; then
   systemctl daemon-reload                  # reads the new units; starts or stops nothing
 fi

@@ -72,6 +72,7 @@ def _verify_root(tmp_path, lb_exe: bool = True) -> Path:
     shutil.copytree("/usr/lib/systemd/system", root / "usr/lib/systemd/system", symlinks=True)
     (root / "etc/systemd/system").mkdir(parents=True)
     shutil.copy(UNIT, root / "etc/systemd/system")
+    shutil.copy(UNIT.with_name("lb-web@.service"), root / "etc/systemd/system")
     (root / "etc/lb").mkdir()
     (root / "etc/lb/web.toml").write_text("")
     if lb_exe:
@@ -87,6 +88,9 @@ def test_unit_passes_systemd_analyze_verify(tmp_path):
         pytest.skip("systemd-analyze is not installed")
     root = _verify_root(tmp_path)
     p = run(["systemd-analyze", "verify", f"--root={root}", "lb@web.service"])
+    assert p.returncode == 0 and not p.stdout.strip() and not p.stderr.strip(), p
+    # the console's own unit (unprivileged, beside the daemon's)
+    p = run(["systemd-analyze", "verify", f"--root={root}", "lb-web@web.service"])
     assert p.returncode == 0 and not p.stdout.strip() and not p.stderr.strip(), p
     # and it would say so: without lb where systemd looks for it
     shutil.rmtree(tmp_path / "root")

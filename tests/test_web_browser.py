@@ -264,8 +264,10 @@ class Console:
 
 
 @pytest.fixture
-def artifacts(tmp_path):
-    d = Path(os.environ.get("LB_ARTIFACTS") or tmp_path / "screenshots")
+def artifacts(tmp_path, request):
+    """LB_ARTIFACTS/<test>/ (make test: artifacts/ of the checkout, kept after the run)"""
+    base = os.environ.get("LB_ARTIFACTS")
+    d = Path(base) / "web" / request.node.name if base else tmp_path / "screenshots"
     d.mkdir(parents=True, exist_ok=True)
     yield d
     print(f"\nweb console screenshots: {d}")
