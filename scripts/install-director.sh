@@ -55,6 +55,7 @@ apt_install() {
   [ ${#missing[@]} -eq 0 ] && return 0
   log "installing Debian packages: ${missing[*]}"
   export DEBIAN_FRONTEND=noninteractive
+  export NEEDRESTART_SUSPEND=1             # Ubuntu's needrestart restarts no service after it
   if [ "$apt_updated" = 0 ]; then apt-get update -qq; apt_updated=1; fi
   # --no-install-recommends and never a service's restart: packages only
   apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null

@@ -14,13 +14,12 @@ import shutil
 import signal
 import stat
 import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
 
 import pytest
-from lab_http import connect, errors, http_get, request, wrk, wrk_result
+from lab_http import connect, errors, http_get, request, stop_wrk, wrk
 
 import lb
 from lb import files, instance, preflight
@@ -567,11 +566,11 @@ def test_restart_the_units_way_keeps_every_connection(lab, lb_runner, tmp_path):
     network = lab.status()["network"]
     old, cmds = unit_start(lb_runner, tmp_path, network, 0)
     old.wait_running()
-    load = wrk(lab, 8, conns=4)
+    load = wrk(lab, 60, conns=4)          # stopped a second after the restart (stop_wrk)
     try:
         with connect(lab, VIP, timeout=3.0) as s:
             rs = request(s)
-            time.sleep(1.0)
+            time.sleep(1.0)                # load before the restart, not a wait for a state
             unit_stop(cmds, tmp_path, "restart")
             assert old.wait(10) == 0
             assert xdp_prog(lab, "pub0") is not None and os.path.isdir(PIN_DIR) and VIP in director_addrs(lab)
@@ -579,7 +578,7 @@ def test_restart_the_units_way_keeps_every_connection(lab, lb_runner, tmp_path):
             new.wait_running()
             assert "(adopted maps in /sys/fs/bpf/lb/lab)" in new.log()
             assert request(s) == rs
-        res = wrk_result(load, timeout=60)
+        res = stop_wrk(load, after=1.0)    # wrk's load spanned the whole restart
     finally:
         if load.poll() is None:
             load.kill()
