@@ -17,6 +17,7 @@ the edited service.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -377,7 +378,12 @@ def test_console_in_a_browser_on_the_lab(lab, lb_runner, tmp_path, artifacts, no
 
         b.go("/status")
         wait_for(lambda: 'data-rs="rs2"' in b.text(), 15, "the status table")
+        b.d.execute_script("window.lbSamePage = true")  # gone if the page were loaded again
+        when = b.by_id("when").text
+        time.sleep(1.1)                                 # a later second for the clock to show
         b.by_id("now").click()                          # "Update now": the table comes in place
+        wait_for(lambda: b.by_id("when").text != when, 15, "the table's update time")
+        assert b.d.execute_script("return window.lbSamePage === true"), "Update now reloaded the page"
         wait_for(lambda: "198.18.1.12:80" in b.by_id("live").text, 15, "the live table")
         b.shot("control-monitoring")
 
@@ -419,7 +425,16 @@ def test_console_in_a_browser_on_the_lab(lab, lb_runner, tmp_path, artifacts, no
         b.shot("console")
         b.go("/virtual")
         b.shot("virtual-servers")
-        b.d.set_window_size(390, 844)                    # a phone
+        b.d.set_window_size(390, 844)                    # a phone: no page wider than its screen
+        for path in ("/status", "/virtual", "/virtual/real/edit?vs=shop&rs=rs1"):
+            b.go(path)
+            assert b.d.execute_script("return document.documentElement.scrollWidth <= window.innerWidth"), path
+            # and nothing from elsewhere: every resource the page loaded, every link and source, is lb's
+            loaded = b.d.execute_script("return performance.getEntriesByType('resource').map(e => e.name)")
+            refs = b.d.execute_script("return Array.from(document.querySelectorAll('[src],[href]'))"
+                                      ".map(e => e.getAttribute('src') || e.getAttribute('href'))")
+            assert loaded and all(u.startswith(CONSOLE + "/") for u in loaded), (path, loaded)
+            assert not [r for r in refs if re.match(r"^(https?:)?//", r)], (path, refs)
         b.go("/status")
         b.shot("phone-control-monitoring")
     finally:
