@@ -238,3 +238,24 @@ def test_lvscf_none_is_no_load_monitor_and_lb_keys_round_trip():
     with pytest.raises(ConfigError) as e:
         lvscf.loads(out.replace("lb_load_monitor_port = 10000", "lb_load_monitor_port = x"), "lvs.cf")
     assert e.value.issues[0].field == "virtual[web].lb_load_monitor_port"
+
+
+def test_load_program_runs_as_script_user_with_a_minimal_environment(monkeypatch):
+    """A load monitor's program, like a check's, runs as script_user (nobody by default), not as
+    the root daemon, and without the daemon's environment."""
+    import os
+    import pwd
+
+    from lb.config.model import DEFAULT_SCRIPT_USER
+    from lb.health.load import ask
+
+    if os.geteuid() != 0:
+        pytest.skip("switching to another user needs root")
+    assert LoadMonitor(kind="program", program="/bin/true").script_user == DEFAULT_SCRIPT_USER == "nobody"
+    monkeypatch.setenv("LB_SECRET_OF_THE_DAEMON", "s3cret")
+    out = asyncio.run(ask(LoadSpec("program", HOST, 8080, "/bin/sh -c 'id -u; id -g; env'", user="nobody")))
+    nobody = pwd.getpwnam("nobody")
+    lines = out.splitlines()
+    assert lines[:2] == [str(nobody.pw_uid), str(nobody.pw_gid)], out
+    env = dict(line.split("=", 1) for line in lines[2:] if "=" in line)
+    assert (env.get("LB_HOST"), env.get("LB_PORT")) == (HOST, "8080") and "LB_SECRET_OF_THE_DAEMON" not in env, out
