@@ -6,23 +6,15 @@ with another key, or from an address that is not the peer's, is never read."""
 from __future__ import annotations
 
 import asyncio
-import socket
 
 import pytest
 
 from lb.config import store
 from lb.ha import configsync
+from ports import held_port
 from test_web import DaemonEngine, write_config
 
 KEY = b"a shared key of enough bytes 0123"
-
-
-def free_port() -> int:
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
 
 
 def pair(tmp_path, b_text=None, a_extra="", b_extra=""):
@@ -36,7 +28,7 @@ def pair(tmp_path, b_text=None, a_extra="", b_extra=""):
     a, b = DaemonEngine(a_path), DaemonEngine(b_path)
     a.role = lambda: "active"
     b.role = lambda: "backup"
-    port = free_port()
+    port = held_port()
     sa = configsync.ConfigSync(a, KEY, [("127.0.0.1", "127.0.0.2")], port)
     sb = configsync.ConfigSync(b, KEY, [("127.0.0.2", "127.0.0.1")], port)
     return a, b, sa, sb

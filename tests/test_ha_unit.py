@@ -503,6 +503,7 @@ def test_floods_are_dropped_before_the_mac_and_roles_hold(tmp_path, monkeypatch)
     import threading
     from pathlib import Path
 
+    from lab_http import wait_until
     from lb.config.model import HA
     from lb.ha.pulse import Pulse
 
@@ -549,7 +550,9 @@ def test_floods_are_dropped_before_the_mac_and_roles_hold(tmp_path, monkeypatch)
             macs.clear()
             rx_before = b.counters["rx"]
             await asyncio.to_thread(flood, ("127.0.0.3", 0), junk, 20000)        # off path
-            await asyncio.sleep(0.5)
+            # until the last of them is counted (read, or its kernel drop reported)
+            await asyncio.to_thread(wait_until, lambda: b.counters["offpath"] >= 20000, 20,
+                                    "the 20000 off-path datagrams to be counted")
             offpath = b.counters["offpath"]
             offpath_macs = len(macs)
             rx_offpath = b.counters["rx"] - rx_before
@@ -567,7 +570,7 @@ def test_floods_are_dropped_before_the_mac_and_roles_hold(tmp_path, monkeypatch)
     p, b, changes, offpath, offpath_macs, rx_offpath = asyncio.run(asyncio.wait_for(main(), 60))
     assert (p.role, b.role) == ("active", "backup") and (p.machine.changes, b.machine.changes) == changes
     # off path: every datagram counted (read, or dropped by the kernel from the catch-all's
-    # small buffer), no MAC beyond the real heartbeats' (<= 2 x 10 per second for 0.5 s + the flood)
+    # small buffer), no MAC beyond the real heartbeats' (2 x 10 per second while the flood lands)
     assert offpath == 20000, b.status()["channels"]
     assert offpath_macs < 100 and rx_offpath > 0
     c = b.counters

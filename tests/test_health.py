@@ -136,10 +136,21 @@ def test_send_expect():
                                     expect=r"ECHO ping \d+", use_regex=True, connect_timeout=0.5)),
                 run_check(CheckSpec("send_expect", HOST, port, expect="(", use_regex=True)),
                 run_check(CheckSpec("send_expect", HOST, free_port(), expect="x")),
-                run_check(CheckSpec("send_expect", HOST, sport, expect="x", connect_timeout=0.3)),
+                silent_checks(sport),
             )
 
-    banner, plain, regex, connect, wrong, regex_bad, bad_regex, closed, silent = run(main())
+    async def silent_checks(sport):
+        # the check's budget is its own connect_timeout: a 0.3 s check of a server that says
+        # nothing gives up while a 60 s check of the same server, started first, still waits
+        patient = asyncio.create_task(run_check(CheckSpec("send_expect", HOST, sport, expect="x",
+                                                          connect_timeout=60)))
+        await asyncio.sleep(0)
+        res = await run_check(CheckSpec("send_expect", HOST, sport, expect="x", connect_timeout=0.3))
+        waiting = not patient.done()
+        patient.cancel()
+        return res, waiting
+
+    banner, plain, regex, connect, wrong, regex_bad, bad_regex, closed, (silent, patient_waits) = run(main())
     assert banner.ok, banner
     assert plain.ok, plain
     assert regex.ok, regex
@@ -149,7 +160,8 @@ def test_send_expect():
     assert not regex_bad.ok and "ECHO ping x" in regex_bad.detail, regex_bad
     assert not bad_regex.ok and "regex" in bad_regex.detail
     assert not closed.ok and "refused" in closed.detail
-    assert not silent.ok and "timed out" in silent.detail and silent.duration < 1.5
+    assert not silent.ok and silent.detail == "timed out waiting for 'x'; received ''", silent
+    assert patient_waits and silent.duration >= 0.3     # its own deadline, not earlier, not another's
 
 
 def test_send_expect_closed_without_match():

@@ -1,7 +1,9 @@
 """No test asserts on elapsed time: speed lives in bench/ (a slow or loaded machine must not fail
 a behaviour test).  This reads every test file (tests/, tests/vm/) and fails on an `assert` that
 compares a clock difference -- time.monotonic(), time.time(), time.perf_counter() (or their
-_ns twins) minus something, or a name or call that holds one -- with an upper bound.
+_ns twins) minus something, or a name or call that holds one -- with an upper bound; and one
+that bounds from above a value whose name says it is elapsed time, however it was measured
+(`res.duration`, `elapsed`, `took_s`, `stats["latency"]`: a result's own clock).
 
 A lower bound (`elapsed >= timeout`: a timer did not fire early) stays allowed: load can only
 make it truer.  Loops that wait until a deadline are not assertions and are not looked at."""
@@ -14,6 +16,12 @@ import pytest
 
 TESTS = Path(__file__).resolve().parent
 CLOCKS = {"monotonic", "time", "perf_counter", "monotonic_ns", "time_ns", "perf_counter_ns"}
+# names of elapsed times: a word of the name (split at "_") is one of these
+ELAPSED_WORDS = {"duration", "elapsed", "took", "latency", "runtime", "walltime"}
+
+
+def _elapsed_name(name: str) -> bool:
+    return any(w in ELAPSED_WORDS for w in name.lower().split("_"))
 
 
 def _is_clock_call(node: ast.AST) -> bool:
@@ -29,7 +37,12 @@ def _timed(node: ast.AST, names: set[str], funcs: set[str]) -> bool:
     for n in ast.walk(node):
         if isinstance(n, ast.BinOp) and isinstance(n.op, ast.Sub) and (_is_clock_call(n.left) or _is_clock_call(n.right)):
             return True
-        if isinstance(n, ast.Name) and n.id in names:
+        if isinstance(n, ast.Name) and (n.id in names or _elapsed_name(n.id)):
+            return True
+        if isinstance(n, ast.Attribute) and _elapsed_name(n.attr):
+            return True
+        if isinstance(n, ast.Subscript) and isinstance(n.slice, ast.Constant) and \
+                isinstance(n.slice.value, str) and _elapsed_name(n.slice.value):
             return True
         if isinstance(n, ast.Call) and isinstance(n.func, ast.Name) and n.func.id in funcs:
             return True
@@ -86,6 +99,12 @@ def test_no_assertion_on_elapsed_time(path):
     "def go():\n    t0 = time.perf_counter()\n    return time.perf_counter() - t0\ntook = go()\nassert took <= 3\n",
     "def fo():\n    t = time.monotonic()\n    return time.monotonic() - t\nx = fo()\nassert x <= DEADTIME + 0.5, x\n",
     "t0 = time.monotonic()\nelapsed = time.monotonic() - t0\nassert 5 > elapsed\n",
+    # a value named as elapsed time, measured elsewhere (a result's own clock)
+    "res = run_check(spec)\nassert not res.ok and res.duration < 1.5\n",
+    "assert 0.2 <= r.elapsed <= 2\n",
+    "assert took_s < LIMIT\n",
+    'assert stats["latency"] < 0.01\n',
+    "assert 3.0 > result.wall_duration\n",
 ])
 def test_the_guard_finds_upper_bounds(src):
     assert timed_asserts(src)
@@ -95,6 +114,8 @@ def test_the_guard_finds_upper_bounds(src):
     "t0 = time.monotonic()\nassert time.monotonic() - t0 >= 0.8\n",         # a timer did not fire early
     "deadline = time.monotonic() + 5\nwhile time.monotonic() < deadline:\n    pass\n",
     "t0 = time.monotonic()\nassert n < 5\n",
+    "res = run_check(spec)\nassert res.duration >= 0.3\n",                    # not early
+    "assert len(durations) > 3 and tooks == 1\n",                             # not an elapsed time
 ])
 def test_the_guard_allows_lower_bounds_and_deadlines(src):
     assert not timed_asserts(src)

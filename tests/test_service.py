@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 import pytest
-from lab_http import connect, errors, http_get, request, stop_wrk, wrk
+from lab_http import connect, errors, http_get, request, stop_wrk, wait_until, wrk
 
 import lb
 from lb import files, instance, preflight
@@ -521,9 +521,12 @@ def test_ready_only_once_forwarding_and_a_second_run_refuses(lab, lb_runner, tmp
                                 "applying the table"] or statuses[:3] == [
             "loading the data plane", "compiling the XDP programs (bcc)", "applying the table"], statuses
         assert statuses[3] == "attaching XDP" and statuses[4].startswith("running: 1 virtual services"), statuses
-        time.sleep(1.0)
+        def after_ready():
+            return [r for t, r in prober.results if t > ready]
+        wait_until(lambda: len(after_ready()) >= 5 or not prober.thread.is_alive(), 30,
+                   "5 requests through the VIP sent after READY")
         prober.close()
-        after = [r for t, r in prober.results if t > ready]
+        after = after_ready()
         assert len(after) >= 5 and all(r in SERVERS for r in after), after
         assert "ignoring a malformed entry" in proc.log()
 

@@ -1,9 +1,10 @@
 """The web console (lb.web, `lb web`) over a real Engine's control requests: login (user name,
 per-client throttling), sessions (absolute lifetime), Host allow-list, trusted proxies (a TLS
-reverse proxy), CSRF and Origin, 400 for bad parameters; every screen's edit through the daemon
-(validated as `lb check`, written in the file's format with the previous version kept, applied
-with the reload, a refused one leaving file and running config as they were, concurrent edits
-refused); `lb passwd` with a user name; the [web] table; and a fuzzer of the form posts."""
+reverse proxy), CSRF and Origin (every state-changing POST, and a cross-origin login), 400 for
+bad parameters; every screen's edit through the daemon (validated as `lb check`, written in the
+file's format with the previous version kept, applied with the reload, a refused one leaving
+file and running config as they were, concurrent edits refused); `lb passwd` with a user name;
+the [web] table; and a fuzzer of the form posts."""
 from __future__ import annotations
 
 import asyncio
@@ -192,23 +193,6 @@ def test_login_throttling_is_per_client_not_global(tmp_path, pwfile):
         assert r.status == 303
     run(console, body)
     assert list(console.throttle.clients) == ["198.18.0.66"]
-
-
-def test_post_needs_the_sessions_csrf_token_and_origin(console):
-    async def body(client):
-        await login(client)
-        r = await client.post("/reload", data={}, allow_redirects=False)
-        assert r.status == 403 and "CSRF" in await r.text()
-        token = (await form_of(client, "/global"))["csrf"]
-        r = await client.post("/reload", data={"csrf": token}, headers={"Origin": "http://evil.example"},
-                              allow_redirects=False)
-        assert r.status == 403
-        assert all(q["cmd"] != "reload" for q in engine(console).requests)
-        r = await client.post("/reload", data={"csrf": token}, allow_redirects=False,
-                              headers={"Origin": str(client.make_url("")).rstrip("/")})
-        assert (r.status, r.headers["Location"]) == (303, "/status")
-        assert "reloaded" in await (await client.get("/status")).text()
-    run(console, body)
 
 
 def test_behind_a_tls_reverse_proxy_login_works_and_the_cookie_is_secure(tmp_path, pwfile):
@@ -498,6 +482,74 @@ FORMS = [
 NASTY = ["", " ", "0", "-1", "65536", "99999999999999999999999", "1e309", "nan", "inf", "x" * 5000, "[[[[",
          '"', "\\", "\x00", "\r\nInjected: 1", "é", "198.18.0.10:80", "::1", "tcp 198.18.0.10 21\nudp x y",
          "on", "off", "true", "200-", "2.5", "/etc/passwd", "<script>", "%h %p", "../..", "a,b,,c"]
+
+
+APPLIED = {"/global": {"timeouts.tcp": "600"},      # a change from the fixture's file
+           "/redundancy": {"restart": "on"}}         # [ha] changes when lb restarts: saved for then
+# every POST a session makes that changes something: the daemon's running state, the file, the
+# password file or the session itself; each with a form that is applied when it is let through
+SESSION_POSTS = [("/reload", {}), ("/logout", {}),
+                 *((page, {**data, **APPLIED.get(page, {})}) for page, data in FORMS if page != "/password"),
+                 ("/password", {"user": USER, "current": PASSWORD, "new": "another horse battery",
+                                "again": "another horse battery"})]
+READS = {"status", "config", "table"}          # control requests that change nothing
+
+
+def console_state(console) -> tuple:
+    """What a POST of the console can change: the daemon's requests that change something, the
+    configuration file and the running configuration, the password file, the sessions."""
+    eng = engine(console)
+    return ([q for q in eng.requests if q.get("cmd") not in READS], eng.cfg.path.read_bytes(), eng.cfg,
+            console.password_file.read_bytes(), {t: s.csrf for t, s in console.sessions.items()})
+
+
+@pytest.mark.parametrize("page, data", SESSION_POSTS, ids=[p for p, _ in SESSION_POSTS])
+def test_a_post_without_the_sessions_csrf_token_or_from_another_origin_changes_nothing(console, page, data):
+    """Refused (403) without the session's CSRF token, with a wrong one, and with the right one
+    from another Origin (or a sandboxed page's "null"); nothing changes, the session stays; the
+    same post with the token from the console's own origin is applied (so the check above sees
+    a change when there is one)."""
+    async def body(client):
+        await login(client)
+        f = await form_of(client, "/global")
+        token, form = f["csrf"], {**data, "version": f["version"]}
+        own = str(client.make_url("")).rstrip("/")
+        before = console_state(console)
+        for csrf, origin, why in ((None, None, "CSRF"), ("not-the-token", None, "CSRF"), ("", own, "CSRF"),
+                                  (token, "http://evil.example", "cross-origin"), (token, "null", "cross-origin")):
+            sent = form if csrf is None else {**form, "csrf": csrf}
+            r = await client.post(page, data=sent, headers={"Origin": origin} if origin else None,
+                                  allow_redirects=False)
+            assert r.status == 403 and why in await r.text(), (page, csrf, origin, r.status)
+            assert console_state(console) == before, (page, csrf, origin)
+        r = await client.get("/status", allow_redirects=False)       # the session is still valid
+        assert r.status == 200 and "Control/Monitoring" in await r.text()
+        assert console_state(console) == before
+        r = await client.post(page, data={**form, "csrf": token}, headers={"Origin": own}, allow_redirects=False)
+        assert r.status == 303, (page, r.status, (await r.text())[:500])
+        assert console_state(console) != before, page
+    run(console, body)
+
+
+def test_a_cross_origin_login_is_refused_and_changes_nothing(console):
+    """A login form posted from another site (login CSRF: the victim logged in as the attacker)
+    is refused before the password is looked at: no session, no cookie, no throttling; with a
+    session already open, it is neither replaced nor ended."""
+    async def body(client):
+        for origin in ("http://evil.example", "null"):
+            r = await login(client, headers={"Origin": origin})
+            assert r.status == 403 and "cross-origin" in await r.text(), origin
+            assert "Set-Cookie" not in r.headers and console.sessions == {}
+        assert console.throttle.clients == {}
+        await login(client)
+        before = console_state(console)
+        r = await login(client, headers={"Origin": "http://evil.example"})
+        assert r.status == 403 and "Set-Cookie" not in r.headers
+        assert console_state(console) == before
+        assert (await client.get("/status", allow_redirects=False)).status == 200
+        r = await login(client, headers={"Origin": str(client.make_url("")).rstrip("/")})
+        assert r.status == 303 and console_state(console)[-1].keys() != before[-1].keys()   # a new session
+    run(console, body)
 
 
 def mutate(rng: random.Random, data: dict) -> dict:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import shutil
-import socket
 import ssl
 import subprocess
 import threading
@@ -16,16 +15,9 @@ from aiohttp import ClientSession
 from lb import control
 from lb.web import main as webmain
 from lb.web import password
+from ports import held_port
 
 PASSWORD = "a password for tls"
-
-
-def free_port() -> int:
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
 
 
 @pytest.fixture
@@ -65,7 +57,7 @@ def daemon(tmp_path, web: dict):
 def settings(tmp_path, **over):
     pw = tmp_path / "pw"
     password.write(pw, PASSWORD, "admin")
-    port = free_port()
+    port = held_port()
     web = {"enabled": True, "address": "127.0.0.1", "port": port, "listen": f"127.0.0.1:{port}",
            "password_file": str(pw), "tls_cert": None, "tls_key": None, "allowed_hosts": [], "trusted_proxies": [],
            "session_lifetime": 3600}
