@@ -773,3 +773,36 @@ def test_forms_show_the_models_defaults_for_keys_the_file_leaves_out(console):
     assert '<input type=checkbox id="rs.active" name="rs.active" checked>' in real      # active = true by default
     assert 'id="rs.weight" name="rs.weight" value="1"' in real
     assert '<input type=checkbox id="monitor.tls_verify" name="monitor.tls_verify" checked>' in monitor
+
+
+@pytest.mark.parametrize("reply, says", [
+    ({"ok": False, "error": "lb_reals: no free real server slot", "changed": False},
+     "Nothing was changed: the running configuration stays as it was."),
+    ({"ok": False, "error": "lb_svc_dests: write failed: ENOMEM", "changed": False, "rolled_back": True},
+     "Nothing was changed: what had been written was undone, the previous configuration runs."),
+    ({"ok": False, "error": "lb_svc_dests: write failed: ENOMEM; undo failed", "changed": True},
+     "The previous configuration could not be fully restored: the data plane holds part of the new one"),
+], ids=["refused", "rolled-back", "left-half"])
+def test_a_failed_reload_says_what_the_daemon_left_in_place(console, reply, says):
+    """The daemon's reload reply (Engine._reload_reply: changed, rolled_back) reaches the operator
+    as it is: the error, and whether the previous configuration still runs."""
+    eng = engine(console)
+    answer = eng.control
+
+    async def control(req):
+        if req.get("cmd") == "reload":
+            eng.requests.append(req)
+            return reply
+        return await answer(req)
+    eng.control = control
+
+    async def body(client):
+        await login(client)
+        token = (await form_of(client, "/global"))["csrf"]
+        r = await client.post("/reload", data={"csrf": token}, allow_redirects=False,
+                              headers={"Origin": str(client.make_url("")).rstrip("/")})
+        assert (r.status, r.headers["Location"]) == (303, "/status")
+        text = await (await client.get("/status")).text()
+        assert reply["error"] in text and says in text, text
+        assert [q["cmd"] for q in eng.requests].count("reload") == 1
+    run(console, body)
