@@ -25,7 +25,9 @@ def check_root(what: str = "lb run") -> None:
 def bpffs_mounted(path: str = BPFFS) -> bool:
     try:
         with open("/proc/self/mounts") as f:
-            return any(line.split()[1:3] == [path, "bpf"] for line in f if len(line.split()) > 2)
+            # the last mount on the path is the one seen there (a tmpfs over a bpffs hides it)
+            types = [fields[2] for fields in map(str.split, f) if len(fields) > 2 and fields[1] == path]
+        return bool(types) and types[-1] == "bpf"
     except OSError:
         return os.path.isdir(path)
 

@@ -168,3 +168,19 @@ def test_list_without_instance_prints_the_header():
         "IPVS connection entries\n"
         "pro expire state       source             virtual            destination\n"
     )
+
+
+@pytest.mark.parametrize("hide", ["umount /sys/fs/bpf", "mount -t tmpfs none /sys/fs/bpf"], ids=["none", "tmpfs-over-it"])
+def test_run_without_bpffs_says_how_to_get_it(tmp_path, instance, hide):
+    """`lb run` on a host whose /sys/fs/bpf is not a BPF filesystem (not mounted, or another
+    filesystem over it): one line saying how to mount it, exit 2, nothing left behind."""
+    if os.geteuid() != 0 or not shutil.which("unshare"):
+        pytest.skip("needs root and unshare(1) for a private mount namespace")
+    path = tmp_path / "lb.toml"
+    path.write_text(GOOD.format(instance=instance))
+    p = subprocess.run(["unshare", "--mount", "--propagation", "private", "--", "sh", "-c",
+                        f'{hide} && exec "$@"', "sh", LB, "run", "--config", str(path)],
+                       capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
+    assert p.returncode == 2, p.stderr
+    assert p.stderr.splitlines() == ["lb: no BPF filesystem on /sys/fs/bpf (lb pins its maps there): mount -t bpf bpf "
+                                     "/sys/fs/bpf (systemd mounts it at boot; `make install` mounts it now)"], p.stderr
