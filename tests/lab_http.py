@@ -135,3 +135,28 @@ def wait_until(pred, timeout: float, what: str):
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {what}")
         time.sleep(0.05)
+
+
+# ---- /metrics of lb run in the director's namespace -------------------------------------------
+
+METRICS_LISTEN = "127.0.0.1:9640"     # the [metrics] listen address the lab tests give lb run
+
+
+def scrape(lab, listen: str = METRICS_LISTEN) -> dict:
+    """{(name, frozenset(labels)): value}, scraped from inside the director's namespace and parsed
+    with prometheus_client's parser, as Prometheus reads it."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = lab.run("director", ["curl", "-sf", "--max-time", "20", f"http://{listen}/metrics"], timeout=30).stdout
+    out = {}
+    for fam in text_string_to_metric_families(text):
+        for s in fam.samples:
+            out[(s.name, frozenset(s.labels.items()))] = s.value
+    return out
+
+
+def one(samples: dict, name: str, **labels):
+    """The value of the one sample of `name` whose labels include `labels`."""
+    found = [v for (n, ls), v in samples.items() if n == name and set(labels.items()) <= ls]
+    assert len(found) == 1, (name, labels, found)
+    return found[0]

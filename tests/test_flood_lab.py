@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 import pytest
-from lab_http import connect, get, request
+from lab_http import METRICS_LISTEN, connect, get, one, request, scrape
 
 from lb.lab import flood
 
@@ -29,12 +29,11 @@ VIP = "198.18.0.10"
 CONNECTIONS = 1024                   # [tables] connections: the flood is ten times this
 IDLE = 20                            # idle established connections kept through the flood
 TABLES = f"\n[tables]\nconnections = {CONNECTIONS}\nembryonic = 1024\n"
-METRICS = "127.0.0.1:9640"           # [metrics], scraped inside the director's namespace
 
 
 def _config(lab, tmp_path, persistent: int = 0) -> Path:
     network = lab.status()["network"]
-    text = CONFIGS[network].read_text() + TABLES + f'\n[metrics]\nenabled = true\nlisten = "{METRICS}"\n'
+    text = CONFIGS[network].read_text() + TABLES + f'\n[metrics]\nenabled = true\nlisten = "{METRICS_LISTEN}"\n'
     if persistent:
         text = text.replace('scheduler = "rr"\n', f'scheduler = "rr"\npersistent = {persistent}\n', 1)
     path = tmp_path / f"lab-{network}-flood.toml"
@@ -72,15 +71,6 @@ def _flood(lab, n: int) -> int:
     return made
 
 
-def _metrics(lab) -> dict[str, float]:
-    """/metrics as Prometheus reads it: {sample name{labels}: value}"""
-    from prometheus_client.parser import text_string_to_metric_families
-
-    text = lab.run("director", ["curl", "-sf", "--max-time", "20", f"http://{METRICS}/metrics"], timeout=30).stdout
-    return {s.name + "".join(f"{{{k}={v}}}" for k, v in sorted(s.labels.items())): s.value
-            for fam in text_string_to_metric_families(text) for s in fam.samples}
-
-
 def _open(lab, n):
     socks, bodies = [], []
     for _ in range(n):
@@ -114,10 +104,10 @@ def test_syn_flood_ten_times_the_table_loses_no_idle_connection(lab, lb_runner, 
         [defense] = [ln for ln in p.stdout.splitlines() if ln.startswith("defense: ")]
         assert re.search(r"embryonic table \d+ of 1024 free \(amemthresh \d+\)", defense), defense
         # and Prometheus sees the table the flood filled, and no defense engaged (none configured)
-        m = _metrics(lab)
-        assert m["lb_dataplane_embryonic_entries_limit"] == 1024, m
-        assert 512 <= m["lb_dataplane_embryonic_entries"] <= 1024, m
-        assert m["lb_dataplane_defense_engaged{strategy=drop_entry}"] == 0, m
+        m = scrape(lab)
+        assert one(m, "lb_dataplane_embryonic_entries_limit") == 1024, m
+        assert 512 <= one(m, "lb_dataplane_embryonic_entries") <= 1024, m
+        assert one(m, "lb_dataplane_defense_engaged", strategy="drop_entry") == 0, m
     finally:
         for s in socks:
             s.close()

@@ -8,32 +8,15 @@ import subprocess
 import time
 from pathlib import Path
 
-from lab_http import get
-from prometheus_client.parser import text_string_to_metric_families
+from lab_http import METRICS_LISTEN as LISTEN
+from lab_http import get, one, scrape
 
 from lb.config.model import Tables
 
 REPO = Path(__file__).resolve().parents[1]
 LB = str(REPO / ".venv" / "bin" / "lb")
-LISTEN = "127.0.0.1:9640"
 STAT_NAMES = ("connections", "incoming_packets", "outgoing_packets", "incoming_bytes", "outgoing_bytes")
 REALS = {"rs1": "198.18.1.11", "rs2": "198.18.1.12", "rs3": "198.18.1.13"}
-
-
-def scrape(lab) -> dict:
-    """{(name, frozenset(labels)): value}, scraped from inside the director's namespace."""
-    text = lab.run("director", ["curl", "-sf", "--max-time", "20", f"http://{LISTEN}/metrics"], timeout=30).stdout
-    out = {}
-    for fam in text_string_to_metric_families(text):
-        for s in fam.samples:
-            out[(s.name, frozenset(s.labels.items()))] = s.value
-    return out
-
-
-def one(samples, name, **labels):
-    found = [v for (n, ls), v in samples.items() if n == name and set(labels.items()) <= ls]
-    assert len(found) == 1, (name, labels, found)
-    return found[0]
 
 
 def lb_list_stats() -> dict:

@@ -135,6 +135,11 @@ async def form_of(client, path) -> dict:
     return out
 
 
+def own_origin(client) -> str:
+    """The console's own origin, as a browser on its pages sends it in Origin."""
+    return str(client.make_url("")).rstrip("/")
+
+
 def engine(console) -> DaemonEngine:
     return console.daemon
 
@@ -513,7 +518,7 @@ def test_a_post_without_the_sessions_csrf_token_or_from_another_origin_changes_n
         await login(client)
         f = await form_of(client, "/global")
         token, form = f["csrf"], {**data, "version": f["version"]}
-        own = str(client.make_url("")).rstrip("/")
+        own = own_origin(client)
         before = console_state(console)
         for csrf, origin, why in ((None, None, "CSRF"), ("not-the-token", None, "CSRF"), ("", own, "CSRF"),
                                   (token, "http://evil.example", "cross-origin"), (token, "null", "cross-origin")):
@@ -547,7 +552,7 @@ def test_a_cross_origin_login_is_refused_and_changes_nothing(console):
         assert r.status == 403 and "Set-Cookie" not in r.headers
         assert console_state(console) == before
         assert (await client.get("/status", allow_redirects=False)).status == 200
-        r = await login(client, headers={"Origin": str(client.make_url("")).rstrip("/")})
+        r = await login(client, headers={"Origin": own_origin(client)})
         assert r.status == 303 and console_state(console)[-1].keys() != before[-1].keys()   # a new session
     run(console, body)
 
@@ -800,7 +805,7 @@ def test_a_failed_reload_says_what_the_daemon_left_in_place(console, reply, says
         await login(client)
         token = (await form_of(client, "/global"))["csrf"]
         r = await client.post("/reload", data={"csrf": token}, allow_redirects=False,
-                              headers={"Origin": str(client.make_url("")).rstrip("/")})
+                              headers={"Origin": own_origin(client)})
         assert (r.status, r.headers["Location"]) == (303, "/status")
         text = await (await client.get("/status")).text()
         assert reply["error"] in text and says in text, text
