@@ -17,6 +17,7 @@
 #include "lb_parse.h"
 #include "lb_csum.h"
 #include "lb_stats.h"
+#include "lb_clock.h"
 #include "lb_conntrack.h"
 #include "lb_persist.h"
 #include "lb_embryo.h"
@@ -162,7 +163,7 @@ int lb_xdp_public(struct xdp_md *ctx)
 
     /* the connection first, as IPVS's ip_vs_in does: an established flow needs no service
      * lookup (its entry names the service), only a new one does */
-    __u64 now = bpf_ktime_get_coarse_ns();
+    __u64 now = lb_now();
     struct lb_conn_key key;
     lb_conn_key_in(&key, &pkt);
     int embryo;
@@ -284,8 +285,8 @@ LB_SCHED_PROG(fo, lb_pick_fo_ovf(svc, ds, st, sc, 0))
 LB_SCHED_PROG(ovf, lb_pick_fo_ovf(svc, ds, st, sc, 1))
 LB_SCHED_PROG(twos, lb_pick_twos(svc, ds, sc))
 
-LB_SCHED_PROG(lblc, lb_pick_lblc(svc_id, svc, ds, st, sc, bpf_ktime_get_coarse_ns()))
-LB_SCHED_PROG(lblcr, lb_pick_lblcr(svc_id, svc, ds, st, sc, bpf_ktime_get_coarse_ns()))
+LB_SCHED_PROG(lblc, lb_pick_lblc(svc_id, svc, ds, st, sc, lb_now()))
+LB_SCHED_PROG(lblcr, lb_pick_lblcr(svc_id, svc, ds, st, sc, lb_now()))
 LB_SCHED_PROG(dh, lb_pick_dh(svc_id, svc, ds, sc->dfold))
 LB_SCHED_PROG(sh, lb_pick_sh(svc_id, svc, ds, sc->sfold, sc->sport, sc))
 
@@ -403,7 +404,7 @@ int lb_xdp_new_conn(struct xdp_md *ctx)
     struct lb_conn_key key;
     lb_conn_key_in(&key, &pkt);
     struct lb_conn c = {};
-    c.last_ns = bpf_ktime_get_coarse_ns();
+    c.last_ns = lb_now();
     c.real = real_id;
     c.svc = svc_id;
     c.state = LB_TCP_S_NONE;
@@ -487,7 +488,7 @@ int lb_xdp_private(struct xdp_md *ctx)
     key.proto = pkt.proto;
     key.family = pkt.family;
     struct lb_conn *c = lb_conn_find(&key, &embryo);
-    __u64 now = bpf_ktime_get_coarse_ns();
+    __u64 now = lb_now();
     if (!c || c->real != rev->real)
         return XDP_PASS;
     if (lb_conn_expired(c, now)) {

@@ -21,6 +21,7 @@
 #include "lb_parse.h"
 #include "lb_csum.h"
 #include "lb_stats.h"
+#include "lb_clock.h"
 #include "lb_conntrack.h"
 #include "lb_embryo.h"
 #include "lb_forward.h"
@@ -95,7 +96,7 @@ static __always_inline int lb_icmp_public(struct xdp_md *ctx, struct lb_pkt *pkt
     key.family = pkt->family;
     int embryo;
     struct lb_conn *c = lb_conn_find(&key, &embryo);
-    if (!c || lb_conn_expired(c, bpf_ktime_get_coarse_ns()))
+    if (!c || lb_conn_expired(c, lb_now()))
         return XDP_PASS;
     __u32 svc_id = c->svc, real_id = c->real;
     struct lb_real *r = lb_reals.lookup(&real_id);
@@ -141,7 +142,7 @@ static __always_inline int lb_icmp_private(struct xdp_md *ctx, struct lb_pkt *pk
     key.proto = e.proto;
     key.family = pkt->family;
     struct lb_conn *c = lb_conn_find(&key, &embryo);
-    if (!c || c->real != rev->real || lb_conn_expired(c, bpf_ktime_get_coarse_ns()))
+    if (!c || c->real != rev->real || lb_conn_expired(c, lb_now()))
         return XDP_PASS;
     lb_stats_out(rev->svc, c->real, pkt->len);
     lb_icmp_nat_out(pkt, &e, c->vaddr, c->vport);

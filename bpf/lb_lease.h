@@ -19,6 +19,7 @@
 #include "lb_maps.h"
 #include "lb_parse.h"
 #include "lb_stats.h"
+#include "lb_clock.h"
 
 #define LB_ARPOP_REQUEST 1
 #define LB_ND_NEIGHBOR_SOLICIT 135
@@ -48,7 +49,7 @@ static __always_inline int lb_lease_lapsed(void)
 {
     __u32 zero = 0;
     struct lb_lease *l = lb_lease.lookup(&zero);
-    return l && l->expires_ns && bpf_ktime_get_coarse_ns() > l->expires_ns;
+    return l && l->expires_ns && lb_now() > l->expires_ns;
 }
 
 /* One of this director's addresses (16 bytes, IPv4 in the first 4) */

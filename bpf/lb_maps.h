@@ -66,6 +66,8 @@ BPF_TABLE_PINNED("array", __u32, struct lb_icmp_bucket, lb_icmp_bucket, 1, LB_PI
  * killed daemon must leave new connections working. */
 BPF_TABLE_PINNED("prog", __u32, __u32, lb_progs, LB_PROG_MAX, LB_PIN(lb_progs));
 BPF_TABLE_PINNED("percpu_array", __u32, struct lb_sched_scratch, lb_scratch, 1, LB_PIN(lb_scratch));
+/* each CPU's last read of the coarse clock, with its jiffy (lb_clock.h) */
+BPF_TABLE_PINNED("percpu_array", __u32, struct lb_clock, lb_clock, 1, LB_PIN(lb_clock));
 
 /* lblc / lblcr: (service, destination address) -> real server / server set; not preallocated,
  * so services with other schedulers cost nothing; the control plane expires entries */

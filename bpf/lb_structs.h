@@ -128,6 +128,11 @@ struct lb_conn {
     __u8 pad2[6];                 /* to the u64 alignment: 64 bytes */
 };
 
+struct lb_clock {                 /* lb_clock value (per-CPU): the last coarse clock read */
+    __u64 jiffies;                /* bpf_jiffies64() when it was read */
+    __u64 now_ns;                 /* bpf_ktime_get_coarse_ns() then */
+};
+
 struct lb_stats {                 /* per-CPU, per service and per real server */
     __u64 conns;
     __u64 inpkts;

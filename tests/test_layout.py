@@ -27,6 +27,7 @@ NOT_MIRRORED = {
     "lb_sched_scratch": "BPF only (per-CPU scratch)",
     "lb_mh_walk": "BPF only (per-CPU scratch)",
     "lb_icmp_bucket": "BPF only (the too-big answers' token bucket)",
+    "lb_clock": "BPF only (per-CPU cache of the coarse clock)",
 }
 
 LAYOUTS = {name: v for name, v in vars(L).items() if isinstance(v, L.Layout)}

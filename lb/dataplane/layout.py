@@ -256,7 +256,7 @@ MAPS: dict[str, tuple[struct.Struct, struct.Struct]] = {
 # maps whose value holds one entry per list position (LB_MAX_SVC_REALS of them, a -D size)
 LIST_MAPS: dict[str, struct.Struct] = {"lb_svc_dests": DEST, "lb_mh_last": U32}
 # maps only the BPF programs use (scratch space, the mh inner map's type template)
-BPF_ONLY_MAPS = ("lb_scratch", "lb_mh_walk", "lb_mh_inner", "lb_icmp_bucket")
+BPF_ONLY_MAPS = ("lb_scratch", "lb_clock", "lb_mh_walk", "lb_mh_inner", "lb_icmp_bucket")
 
 
 def pack_addr(addr: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bytes:
