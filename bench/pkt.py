@@ -17,7 +17,8 @@ the order rotated), so that a load change hits every row of a block alike and ea
                 a persistence hit, and the floor.  The floor program inserts into lb's own
                 table (the one a new connection goes to: it follows lb_conns' pin), with keys
                 lb never makes, so it sees the very table state lb's SYNs see.  The two-table
-                floor misses in lb_conns first, as every SYN of lb's does.  The table is
+                floor misses in lb_conns first, as every SYN of lb's did before the
+                established filter (lb_est_filter) let them skip it.  The table is
                 filled to half first, and every round's new entries are deleted after the
                 round: each round starts from the same state, and no round evicts.
   two CPUs      table 65,536: a driver program on each of two CPUs (threads pinned to them)
@@ -78,9 +79,10 @@ int bench_empty(struct xdp_md *ctx)
 # table (the pin of the map a new connection goes to; key and value sizes are that map's), with
 # nothing of lb around it.  Its key puts the VIP in bytes 4-7, which lb's keys (a 16-byte client
 # address there) never do for an IPv4 client: it cannot meet an lb entry.
-# bench_syn_floor2 is the floor of lb's design: a SYN misses in lb_conns (the established table,
-# where a client's old connection would be) before the floor's miss and insert in the embryonic
-# table (bpf/lb_embryo.h keeps floods away from established entries).
+# bench_syn_floor2 is the floor of a two-table design without lb's established filter: a miss in
+# lb_conns (the established table, where a client's old connection would be) before the floor's
+# miss and insert in the embryonic table (bpf/lb_embryo.h keeps floods away from established
+# entries).  lb's SYNs skip that miss (lb_est_filter); a UDP flow's first packet still pays it.
 SYN_FLOOR = r"""
 #include <linux/if_ether.h>
 #include <linux/ip.h>

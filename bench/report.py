@@ -76,9 +76,10 @@ def pkt_table(result: dict) -> str:
         notes.append(f"new-connection rows: the table {result['fill'] * 100:.0f}% full at each round's start, "
                      "each round's entries deleted after it; the floor inserts into that same table")
         if any("delta_floor2_ns" in r for r in result["results"]):
-            notes.append("the two-table floor adds what lb's design adds to any insert: a SYN first misses in "
-                         "lb_conns, the established table (new connections wait in an embryonic table of their own, "
-                         "so a flood cannot evict established ones); the targets are judged against the floor")
+            notes.append("the two-table floor adds a miss in lb_conns, the established table, to the floor (new "
+                         "connections wait in an embryonic table of their own, so a flood cannot evict established "
+                         "ones): what every SYN paid before the established filter let a SYN skip lb_conns (a UDP "
+                         "flow's first packet still pays it); the targets are judged against the floor")
         notes.append("ratio and Δ: medians of round-by-round pairs with the baselines; ± is the half-width of "
                      f"the median's {int(CONFIDENCE * 100)}% interval; ~: wider than ±{NOISY * 50:.0f}%, no verdict")
     if notes:

@@ -7,7 +7,8 @@
  *   lb_xdp_private  private side: NAT replies from real servers back to clients
  *   lb_xdp_guard    [ha]: another interface holding a VIP or nat_router: only the lease's check
  * Both public and private relay ICMP/ICMPv6 errors about tracked connections (lb_icmp.h).
- * New connections start in the embryonic tables and move on once established (lb_embryo.h).
+ * New connections start in the embryonic tables and move on once established; a pure SYN looks
+ * in lb_conns only when lb_est_filter says its key may be there (lb_embryo.h).
  * Sizes and the pin directory come in as -D flags.  Each header includes what it uses; bcc
  * rewrites map calls only in the main file, so lb/dataplane inlines the headers before compiling. */
 #include <uapi/linux/bpf.h>
@@ -167,7 +168,7 @@ int lb_xdp_public(struct xdp_md *ctx)
     struct lb_conn_key key;
     lb_conn_key_in(&key, &pkt);
     int embryo;
-    struct lb_conn *c = lb_conn_find(&key, &embryo);
+    struct lb_conn *c = lb_conn_find_in(&key, &pkt, &embryo);
     if (c && (lb_conn_expired(c, now) || lb_conn_reusable(c, &pkt))) {
         lb_conn_expire_in(&key, c, embryo);
         c = 0;

@@ -110,6 +110,7 @@ enum lb_sched_id {
 #define LB_G_FWM_KEYS 0          /* entries in lb_fwm_ranges: 0 = no firewall-mark service */
 #define LB_G_EXPIRE_NODEST 1     /* expire_nodest_conn: 0 drop, 1 expire and reschedule */
 #define LB_G_LBLCR_EXPIRATION 2  /* lblcr_expiration, seconds: a set unchanged this long shrinks */
+#define LB_G_EST_WRITE 3         /* which of lb_est_filter's two BPF bitmaps promotions mark (bit 0) */
 #define LB_G_DEFENSE 4           /* LB_DEF_* bits: the defenses engaged now (lb/dataplane/defense.py) */
 #define LB_G_DROP_RATE 5         /* drop_packet: 1 in this many new connections' packets dropped (0: off) */
 #define LB_G_ICMP_INTERVAL 6     /* too-big answers: ns between two at the steady rate (0: the default,
@@ -130,6 +131,20 @@ enum lb_sched_id {
 #define LB_VIP_FILTER_BITS 12
 #define LB_VIP_FILTER_WORDS ((1 << LB_VIP_FILTER_BITS) / 64)
 #define LB_VIP_HASH_MUL 0x9E3779B1
+
+/* The established filter (lb_est_filter, lb_embryo.h): may a pure SYN's key have an entry in
+ * lb_conns?  Bits per bitmap: a -D flag, 8 per lb_conns entry (lb/dataplane/program.py).
+ * Bitmaps: LB_EST_CENSUS, the control plane's (every client -> VIP key in lb_conns at its last
+ * sweep, and what it imported since), and two that promotions mark, LB_EST_MARKS +
+ * lb_globals[LB_G_EST_WRITE]; a bit clear in all three: certainly not in lb_conns. */
+#ifndef LB_EST_FILTER_BITS
+#define LB_EST_FILTER_BITS 19
+#endif
+#define LB_EST_FILTER_WORDS ((1 << LB_EST_FILTER_BITS) / 64)
+#define LB_EST_HASH_MUL 0x9E3779B1
+#define LB_EST_CENSUS 0
+#define LB_EST_MARKS 1
+#define LB_EST_BITMAPS 3
 
 /* Connection flags */
 #define LB_CONN_F_INACTIVE 0x1   /* counted in InActConn (IPVS IP_VS_CONN_F_INACTIVE) */

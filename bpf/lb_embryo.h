@@ -36,6 +36,52 @@ static __always_inline int lb_tcp_pure_syn(__u8 flags)
     return (flags & (LB_TCP_SYN | LB_TCP_ACK | LB_TCP_RST | LB_TCP_FIN)) == LB_TCP_SYN;
 }
 
+/* The established filter.  A pure SYN almost always opens a new connection, and a miss in a
+ * big lb_conns (a bucket walk through cold memory) costs more than the rest of its path; it may
+ * still belong to one there (a client reusing its port while the old entry waits in TIME_WAIT,
+ * an entry synced from the peer director), so lb_conns is skipped only for a key whose bit is
+ * clear in every bitmap of lb_est_filter.  Bits are set before an entry goes into lb_conns: by
+ * a promotion here (atomically, into the bitmap lb_globals[LB_G_EST_WRITE] names) and by the
+ * control plane's imports (the census); they are cleared only by the control plane's sweep,
+ * which rebuilds the census from the table (lb/dataplane/conntable.py: after switching the
+ * promotions to the other bitmap, so no bit of a live entry is ever missing).  A stale bit costs
+ * the lookup it would have cost anyway.  The hash: lb/dataplane/layout.py est_filter_bit. */
+static __always_inline __u32 lb_est_bit(struct lb_conn_key *k)
+{
+    __u32 *w = (__u32 *)k;
+    __u32 h = w[0] ^ w[1] ^ w[2] ^ w[3];
+    h = (h * LB_EST_HASH_MUL) ^ w[4] ^ w[5] ^ w[6] ^ w[7];
+    h = (h * LB_EST_HASH_MUL) ^ w[8];
+    h = (h * LB_EST_HASH_MUL) ^ w[9];
+    return (h * LB_EST_HASH_MUL) >> (32 - LB_EST_FILTER_BITS);
+}
+
+/* 0: key is certainly not in lb_conns */
+static __always_inline int lb_est_maybe(struct lb_conn_key *k)
+{
+    __u32 bit = lb_est_bit(k), word = (bit >> 6) & (LB_EST_FILTER_WORDS - 1);
+    __u64 mask = 1ULL << (bit & 63);
+#pragma unroll
+    for (__u32 i = 0; i < LB_EST_BITMAPS; i++) {
+        __u32 slot = i;
+        struct lb_est_filter *f = lb_est_filter.lookup(&slot);
+        if (!f || (f->w[word] & mask))
+            return 1;
+    }
+    return 0;
+}
+
+static __always_inline void lb_est_mark(struct lb_conn_key *k)
+{
+    __u32 bit = lb_est_bit(k), word = (bit >> 6) & (LB_EST_FILTER_WORDS - 1);
+    __u32 g = LB_G_EST_WRITE;
+    __u32 *wr = lb_globals.lookup(&g);
+    __u32 slot = LB_EST_MARKS + (wr ? (*wr & 1) : 0);
+    struct lb_est_filter *f = lb_est_filter.lookup(&slot);
+    if (f)
+        __sync_fetch_and_or(&f->w[word], 1ULL << (bit & 63));
+}
+
 /* The connection of key: lb_conns first (every established packet stops there), then the
  * embryonic table; *embryo says which one holds it. */
 static __always_inline struct lb_conn *lb_conn_find(struct lb_conn_key *k, int *embryo)
@@ -48,6 +94,17 @@ static __always_inline struct lb_conn *lb_conn_find(struct lb_conn_key *k, int *
     if (c)
         *embryo = 1;
     return c;
+}
+
+/* lb_conn_find for a packet from a client: a pure SYN skips lb_conns where the established
+ * filter allows */
+static __always_inline struct lb_conn *lb_conn_find_in(struct lb_conn_key *k, struct lb_pkt *pkt, int *embryo)
+{
+    if (pkt->proto == IPPROTO_TCP && lb_tcp_pure_syn(pkt->tcp_flags) && !lb_est_maybe(k)) {
+        *embryo = 1;
+        return lb_conns_embryo.lookup(k);
+    }
+    return lb_conn_find(k, embryo);
 }
 
 /* lb_conn_expire for either table: whoever's delete succeeds uncounts */
@@ -127,6 +184,7 @@ static __always_inline void lb_persist_grow(const __be32 *caddr, __u32 svc_id, _
 static __always_inline void lb_embryo_promote(struct lb_conn_key *k, struct lb_conn *c, struct lb_conn_key *rk)
 {
     struct lb_conn v = *c;
+    lb_est_mark(k);               /* before it is there: a SYN must never skip a live entry */
     if (lb_conns.insert(k, &v) != 0 && !lb_conns.lookup(k)) {
         lb_count(LB_CNT_CONN_FULL);
         return;

@@ -206,6 +206,11 @@ struct lb_mh_last {
     __u32 w[LB_MAX_SVC_REALS];
 };
 
+/* lb_est_filter value (LB_EST_BITMAPS entries): a bit per hash of a connection key (lb_embryo.h) */
+struct lb_est_filter {
+    __u64 w[LB_EST_FILTER_WORDS];
+};
+
 /* lb_vip_filter value (one entry): a bit per hash of every address a virtual service listens on
  * (LB_VIP_FILTER_BITS, LB_VIP_HASH_MUL), written by the control plane */
 struct lb_vip_filter {

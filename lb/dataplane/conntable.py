@@ -7,6 +7,7 @@ from __future__ import annotations
 import ipaddress
 import struct
 import time
+from array import array
 
 from . import layout as L
 from .reader import read_ct_events as ct_events
@@ -29,6 +30,57 @@ class ConnTable:
         self.table = table
         # the last census of the embryonic table: (entries, lb_ct_events before its dump, when)
         self.embryo_census: tuple[int, dict[str, int], int] | None = None
+
+    # ---- the established filter (bpf/lb_embryo.h) ----
+    def _est_bits(self) -> int:
+        """LB_EST_FILTER_BITS: log2 of the bits in each bitmap"""
+        return (self.maps["lb_est_filter"].value_size * 8).bit_length() - 1
+
+    def _est_write(self) -> int:
+        """the bitmap BPF's promotions mark now: 0 or 1 (lb_globals[LB_G_EST_WRITE])"""
+        raw = self.maps["lb_globals"].get(L.U32.pack(L.G_EST_WRITE))
+        return (L.U32.unpack(raw)[0] & 1) if raw else 0
+
+    def est_switch(self) -> int:
+        """Point BPF's promotions at the other bitmap, before a census: every key promoted
+        from now on is in it.  Returns the bitmap they marked until now (the census clears it)."""
+        old = self._est_write()
+        self.maps["lb_globals"].set(L.U32.pack(L.G_EST_WRITE), L.U32.pack(1 - old))
+        return old
+
+    def est_census(self, keys, done_with: int | None) -> None:
+        """The census bitmap rebuilt from keys (every client -> VIP key lb_conns held when a walk
+        that began after est_switch read it), then the bitmap the promotions marked before the
+        switch cleared: a live entry's bit is set throughout -- it is in the old census, in
+        either marks bitmap, or in the new census, and those go last.  None: keep the marks."""
+        bits = self._est_bits()
+        size = self.maps["lb_est_filter"].value_size
+        words = array("Q", bytes(size))
+        for k in keys:
+            b = L.est_filter_bit(k, bits)
+            words[b >> 6] |= 1 << (b & 63)
+        m = self.maps["lb_est_filter"]
+        m.set(L.U32.pack(L.EST_CENSUS), words.tobytes())
+        if done_with is not None:
+            m.set(L.U32.pack(L.EST_MARKS + done_with), bytes(size))
+
+    def est_rebuild(self) -> None:
+        """The whole filter from lb_conns (a daemon adopting a table, which an older version's
+        programs may have filled without marking)"""
+        old = self.est_switch()
+        self.est_census([k for k, _ in self.maps["lb_conns"].items() if not L.ConnKey.unpack(k).dir], old)
+
+    def _est_add(self, keys: list[bytes]) -> None:
+        """Mark keys in the census before they go into lb_conns (imports)"""
+        if not keys:
+            return
+        bits = self._est_bits()
+        m = self.maps["lb_est_filter"]
+        words = array("Q", m.get(L.U32.pack(L.EST_CENSUS)))
+        for k in keys:
+            b = L.est_filter_bit(k, bits)
+            words[b >> 6] |= 1 << (b & 63)
+        m.set(L.U32.pack(L.EST_CENSUS), words.tobytes())
 
     def sweep(self, now_ns: int | None = None) -> int:
         """Remove expired connections and templates (both tables of each: established and
@@ -69,6 +121,8 @@ class ConnTable:
         persistent = self._persistent_services() if expired_t else {}
         controlling: set[tuple[bytes, int]] = set()         # (template key, real) of live connections
         n = 0
+        marked = self.est_switch()       # the established filter's census: keys that stay
+        census_keys: list[bytes] = []
         for name in ("lb_conns", "lb_conns_embryo"):
             conns = self.maps[name]
             if name == "lb_conns_embryo":
@@ -83,6 +137,8 @@ class ConnTable:
                 if now - last <= timeout * 1_000_000_000:
                     if persistent and flags & L.CONN_F_PERSIST and not out and svc in persistent:
                         controlling.add((self._template_key(persistent[svc], k), real))
+                    if name == "lb_conns" and not out:
+                        census_keys.append(k)
                     continue
                 if not conns.delete(k) or out:
                     continue
@@ -90,6 +146,9 @@ class ConnTable:
                 swept.setdefault(real, [0, 0, 0])[cls] += 1
             if name == "lb_conns_embryo":
                 self.embryo_census = (len(entries), events, now)
+            else:
+                self.est_census(census_keys, marked)
+                del census_keys
             del entries
         for (name, k), (last, real, timeout) in expired_t.items():
             templates = self.maps[name]
@@ -247,6 +306,8 @@ class ConnTable:
         def count(rid: int, idx: int, d: int) -> None:
             delta.setdefault(rid, [0, 0, 0])[idx] += d
 
+        # the established filter first: a SYN must not skip an entry already there
+        self._est_add([L.ConnKey(c[1], c[3], c[2], c[4], c[0]).pack() for c in conns])
         done = skipped = 0
         for proto, caddr, cport, vaddr, vport, raddr, rport, state, flags, age, timeout, cmac in conns:
             st, rid = self.rid_of(proto, vaddr, vport, raddr, rport)

@@ -125,6 +125,9 @@ G_ICMP_INTERVAL, G_ICMP_BURST = C["LB_G_ICMP_INTERVAL"], C["LB_G_ICMP_BURST"]
 DEF_SECURE_TCP = C["LB_DEF_SECURE_TCP"]
 VIP_FILTER_BITS, VIP_FILTER_WORDS, VIP_HASH_MUL = C["LB_VIP_FILTER_BITS"], C["LB_VIP_FILTER_WORDS"], C["LB_VIP_HASH_MUL"]
 N_GLOBALS = C["LB_GLOBALS"]                 # lb_globals entries
+# the established filter (lb_embryo.h): bitmaps, the census's slot, the first promotions' slot
+EST_BITMAPS, EST_CENSUS, EST_MARKS = C["LB_EST_BITMAPS"], C["LB_EST_CENSUS"], C["LB_EST_MARKS"]
+G_EST_WRITE, EST_HASH_MUL = C["LB_G_EST_WRITE"], C["LB_EST_HASH_MUL"]
 LBLCR_EXPIRATION_DEFAULT = C["LB_LBLCR_EXPIRATION_DEFAULT"]   # BPF's lblcr_expiration while the global is 0
 CONN_F_INACTIVE, CONN_F_OUT, CONN_F_PERSIST = C["LB_CONN_F_INACTIVE"], C["LB_CONN_F_OUT"], C["LB_CONN_F_PERSIST"]
 
@@ -256,6 +259,8 @@ MAPS: dict[str, tuple[struct.Struct, struct.Struct]] = {
 # maps whose value holds one entry per list position (LB_MAX_SVC_REALS of them, a -D size)
 LIST_MAPS: dict[str, struct.Struct] = {"lb_svc_dests": DEST, "lb_mh_last": U32}
 # maps only the BPF programs use (scratch space, the mh inner map's type template)
+# maps whose value is a bitmap of a -D size (lb_est_filter: LB_EST_FILTER_BITS bits)
+BITMAP_MAPS = ("lb_est_filter",)
 BPF_ONLY_MAPS = ("lb_scratch", "lb_clock", "lb_mh_walk", "lb_mh_inner", "lb_icmp_bucket")
 
 
@@ -268,6 +273,19 @@ def vip_filter_bit(addr: ipaddress.IPv4Address | ipaddress.IPv6Address) -> int:
     address's four (host order) words by XOR and multiplies."""
     a, b, c, d = struct.unpack("=4I", pack_addr(addr))
     return (((a ^ b ^ c ^ d) * VIP_HASH_MUL) & 0xFFFFFFFF) >> (32 - VIP_FILTER_BITS)
+
+
+def est_filter_bit(key: bytes, bits: int) -> int:
+    """The bit of lb_est_filter a connection key (lb_conn_key, 40 bytes) sets: BPF's lb_est_bit,
+    which folds each address's four (host order) words by XOR and multiplies in the ports and
+    the last word"""
+    w = struct.unpack("=10I", key)
+    m = 0xFFFFFFFF
+    h = w[0] ^ w[1] ^ w[2] ^ w[3]
+    h = ((h * EST_HASH_MUL) & m) ^ w[4] ^ w[5] ^ w[6] ^ w[7]
+    h = ((h * EST_HASH_MUL) & m) ^ w[8]
+    h = ((h * EST_HASH_MUL) & m) ^ w[9]
+    return ((h * EST_HASH_MUL) & m) >> (32 - bits)
 
 
 def pack_vip_filter(addrs) -> bytes:

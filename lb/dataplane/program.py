@@ -96,6 +96,13 @@ class Sizes:
         return max(1024, self.connections // 4)
 
     @property
+    def est_filter_bits(self) -> int:
+        """bits of each lb_est_filter bitmap: 8 per lb_conns entry (a full table's census then
+        sends about one new SYN in eight to the lookup it would have made anyway), 2^16 to
+        2^25 (a 4 MB value, the most an array map's value may hold)"""
+        return min(25, max(16, (self.connections * 8 - 1).bit_length()))
+
+    @property
     def lblc(self) -> int:
         """lblc / lblcr entries, all services together: as many as persistence templates"""
         return self.persist
@@ -106,6 +113,7 @@ class Sizes:
                 f"-DLB_MAX_SVC_REALS={self.svc_reals}", f"-DLB_CONN_TABLE_SIZE={self.connections}",
                 f"-DLB_LBLC_TABLE_SIZE={self.lblc}", f"-DLB_LBLCR_SET_SIZE={L.LBLCR_SET_SIZE}",
                 f"-DLB_EMBRYO_TABLE_SIZE={self.embryo}",
+                f"-DLB_EST_FILTER_BITS={self.est_filter_bits}",
                 f'-DLB_PIN_DIR="{pin}"']
 
     def expected(self) -> dict[str, tuple[int, int]]:
@@ -130,6 +138,7 @@ class Sizes:
             "lb_counters": (L.N_COUNTERS, 8),
             "lb_ct_events": (L.N_CT_EVENTS, 8),
             "lb_vip_filter": (1, L.VIP_FILTER.size),
+            "lb_est_filter": (L.EST_BITMAPS, (1 << self.est_filter_bits) // 8),
             "lb_svc_stats": (self.services, L.STATS.size),
             "lb_fwm_ranges": (self.services, L.PORT_RANGES.size),
             "lb_fwm_services": (self.services, 4),

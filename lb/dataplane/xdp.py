@@ -118,6 +118,7 @@ class XdpDataplane(Dataplane):
         if self.adopted:
             self.table.adopt()
             self.baseline.reset(self.table.reals)
+            self.conns.est_rebuild()     # the table may come from a version without the filter
             log.info("adopted %d services and %d real servers from %s", len(self.services),
                      sum(len(s.dests) for s in self.services.values()), self.pin)
 
