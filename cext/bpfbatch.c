@@ -217,6 +217,25 @@ long bb_test_run_repeat(int prog_fd, const void *packet, unsigned pkt_len, unsig
  * an older header) and tests/test_conn_listing_fast.py compares the output byte for byte with
  * the pure-Python formatter (lb/listing.py). */
 
+/* The established filter's census (bpf/lb_embryo.h lb_est_bit; lb/dataplane/layout.py
+ * est_filter_bit is the same in Python): the bits of n connection keys ORed into words, a bitmap
+ * of 1 << bits.  In C because the sweep rebuilds it from every key of lb_conns every 5 s. */
+_Static_assert(sizeof(struct lb_conn_key) == 40, "lb_est_bit hashes 10 words");
+void bb_est_census(const void *keys, unsigned long n, unsigned bits, uint64_t *words)
+{
+    const unsigned char *k = keys;
+    for (unsigned long i = 0; i < n; i++, k += sizeof(struct lb_conn_key)) {
+        uint32_t w[10];
+        memcpy(w, k, sizeof(w));
+        uint32_t h = w[0] ^ w[1] ^ w[2] ^ w[3];
+        h = (h * LB_EST_HASH_MUL) ^ w[4] ^ w[5] ^ w[6] ^ w[7];
+        h = (h * LB_EST_HASH_MUL) ^ w[8];
+        h = (h * LB_EST_HASH_MUL) ^ w[9];
+        uint32_t b = (uint32_t)(h * LB_EST_HASH_MUL) >> (32 - bits);
+        words[b >> 6] |= 1ULL << (b & 63);
+    }
+}
+
 unsigned bb_sizeof_conn_key(void) { return sizeof(struct lb_conn_key); }
 unsigned bb_sizeof_conn(void) { return sizeof(struct lb_conn); }
 unsigned bb_sizeof_real(void) { return sizeof(struct lb_real); }

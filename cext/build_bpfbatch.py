@@ -24,6 +24,7 @@ ffibuilder.cdef(
                           void *out, unsigned out_cap, unsigned *out_lens, unsigned *retvals, int *errs);
     long bb_test_run_repeat(int prog_fd, const void *packet, unsigned pkt_len, unsigned repeat,
                             unsigned *avg_ns, unsigned *retval);
+    void bb_est_census(const void *keys, unsigned long n, unsigned bits, uint64_t *words);
     unsigned bb_sizeof_conn_key(void);
     unsigned bb_sizeof_conn(void);
     unsigned bb_sizeof_real(void);

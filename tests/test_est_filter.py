@@ -122,3 +122,22 @@ def test_census_drops_the_bits_of_gone_connections(dp):
     dp.sweep()
     assert dp.maps["lb_conns"].get(key(44000)) is None
     assert all(not bits(dp, s) for s in SLOTS)
+
+
+def test_the_sweeps_census_in_c_sets_the_bits_bpf_tests():
+    """lb._bpfbatch's bb_est_census (what the sweep runs) and layout.est_filter_bit (which the
+    promotion test above holds to BPF's lb_est_bit) agree, IPv4 and IPv6 keys alike"""
+    import random
+
+    from lb.dataplane import conntable
+
+    rnd = random.Random(7)
+    keys = [L.ConnKey(ip(f"198.18.{rnd.randrange(256)}.{rnd.randrange(256)}"), ip(VIP), rnd.randrange(65536), 80,
+                      6).pack() for _ in range(500)]
+    keys += [L.ConnKey(ip(f"2001:2::{rnd.randrange(65536):x}"), ip("2001:2::10"), rnd.randrange(65536), 443,
+                       17).pack() for _ in range(500)]
+    assert conntable._bpfbatch is not None          # the C path is the one tested
+    for bits in (16, 20, 25):
+        words = conntable.est_bitmap(keys, bits, array("Q", bytes((1 << bits) // 8)))
+        got = {i * 64 + b for i, w in enumerate(words) if w for b in range(64) if w >> b & 1}
+        assert got == {L.est_filter_bit(k, bits) for k in keys}

@@ -14,6 +14,11 @@ from .reader import read_ct_events as ct_events
 from .services import ServiceTable
 from .txn import MapTxn
 
+try:
+    from lb import _bpfbatch  # built by the package install (cext/build_bpfbatch.py)
+except ImportError:  # pragma: no cover - exercised only where the build is missing
+    _bpfbatch = None
+
 CLOCK_MONOTONIC_COARSE = getattr(time, "CLOCK_MONOTONIC_COARSE", 6)   # linux/time.h
 
 # the head of lb_conn the sweep reads: last_ns, real, svc, timeout, client_ifindex, state, flags
@@ -21,6 +26,20 @@ CONN_HEAD = struct.Struct("=QIIIIBB")
 # ip_vs_conn_expire: a template whose timer runs out while it still controls connections lives
 # 60 s more, and 60 s is its timeout from then on (checked against kernel IPVS: tests/vm/oracle.py)
 TEMPLATE_LATER_S = 60
+
+
+def est_bitmap(keys: list[bytes], bits: int, words: array) -> array:
+    """words (a bitmap of 1 << bits, array("Q")) with the established filter's bits of the
+    connection keys set: in C (lb._bpfbatch) where built, else layout.est_filter_bit"""
+    if _bpfbatch is not None and keys:
+        ffi = _bpfbatch.ffi
+        _bpfbatch.lib.bb_est_census(ffi.from_buffer(b"".join(keys)), len(keys), bits,
+                                    ffi.from_buffer("uint64_t[]", words, require_writable=True))
+        return words
+    for k in keys:
+        b = L.est_filter_bit(k, bits)
+        words[b >> 6] |= 1 << (b & 63)
+    return words
 
 
 class ConnTable:
@@ -53,12 +72,8 @@ class ConnTable:
         that began after est_switch read it), then the bitmap the promotions marked before the
         switch cleared: a live entry's bit is set throughout -- it is in the old census, in
         either marks bitmap, or in the new census, and those go last.  None: keep the marks."""
-        bits = self._est_bits()
         size = self.maps["lb_est_filter"].value_size
-        words = array("Q", bytes(size))
-        for k in keys:
-            b = L.est_filter_bit(k, bits)
-            words[b >> 6] |= 1 << (b & 63)
+        words = est_bitmap(keys, self._est_bits(), array("Q", bytes(size)))
         m = self.maps["lb_est_filter"]
         m.set(L.U32.pack(L.EST_CENSUS), words.tobytes())
         if done_with is not None:
@@ -74,12 +89,8 @@ class ConnTable:
         """Mark keys in the census before they go into lb_conns (imports)"""
         if not keys:
             return
-        bits = self._est_bits()
         m = self.maps["lb_est_filter"]
-        words = array("Q", m.get(L.U32.pack(L.EST_CENSUS)))
-        for k in keys:
-            b = L.est_filter_bit(k, bits)
-            words[b >> 6] |= 1 << (b & 63)
+        words = est_bitmap(keys, self._est_bits(), array("Q", m.get(L.U32.pack(L.EST_CENSUS))))
         m.set(L.U32.pack(L.EST_CENSUS), words.tobytes())
 
     def sweep(self, now_ns: int | None = None) -> int:
