@@ -1,7 +1,8 @@
 """Per-packet cost of the XDP programs (BPF_PROG_TEST_RUN), against baselines measured side by
 side in the same run: a trivial program (swaps the MACs, returns XDP_TX), an empty one (returns
-XDP_PASS at once: the test-run machinery alone) and, for new connections, the floor any
-connection table pays: a lookup miss and an LRU insert into lb's own table.
+XDP_PASS at once: the test-run machinery alone) and the floors any connection table pays:
+for an established flow the lookup (a hit) of its entry in lb's own table, for a new connection
+a lookup miss and an LRU insert into it.
 
 Every run gets a fresh copy of its packet (repeat=1 per syscall, looped in C by lb._bpfbatch),
 because the kernel does not reset a packet between repeats and lb rewrites packets.
@@ -11,7 +12,8 @@ the order rotated), so that a load change hits every row of a block alike and ea
 Δns and verdict come from round-by-round pairs with its baselines:
 
   established   table 65,536 (the default install's): established DR / NAT / IPv6 / firewall-mark
-                flows primed by their handshake (SYN, then ACK), and a packet for no service
+                flows primed by their handshake (SYN, then ACK), the DR rows' floors (the same
+                flows' lookup in lb_conns, nothing else), and a packet for no service
   new conns     table 65,536, and again 2,097,152: SYNs under rr, wrr, dh, sh, mh, lc and wlc
                 over 16 real servers, wlc over 32 and 64 (the slope per extra server), IPv6,
                 a persistence hit, and the floor.  The floor program inserts into lb's own
@@ -144,6 +146,49 @@ int bench_syn_floor2(struct xdp_md *ctx)
         return XDP_PASS;
     return floor_miss_insert(ctx);
 }
+
+/* lb's own key of the frame's flow (struct lb_conn_key: 16-byte addresses, the ports, protocol,
+ * family, direction 0); EST_KEY_SIZE is 40 */
+static __always_inline int est_key_of(struct xdp_md *ctx, __u8 *key)
+{
+    void *data = (void *)(long)ctx->data, *end = (void *)(long)ctx->data_end;
+    struct iphdr *ip = data + sizeof(struct ethhdr);
+    struct tcphdr *th = (void *)(ip + 1);
+    if ((void *)(th + 1) > end)
+        return 0;
+    __builtin_memset(key, 0, EST_KEY_SIZE);
+    __builtin_memcpy(&key[0], &ip->saddr, 4);
+    __builtin_memcpy(&key[16], &ip->daddr, 4);
+    __builtin_memcpy(&key[32], &th->source, 2);
+    __builtin_memcpy(&key[34], &th->dest, 2);
+    key[36] = IPPROTO_TCP;
+    key[37] = EST_AF_INET;
+    return 1;
+}
+
+/* The floor of an established packet: the lookup (a hit) of its entry in lb_conns, lb's own
+ * table and key, and nothing else lb does -- the entry's timestamp read, the MACs swapped,
+ * XDP_TX.  A miss answers XDP_PASS, which the bench refuses. */
+int bench_est_floor(struct xdp_md *ctx)
+{
+    struct est_key k;
+    if (!est_key_of(ctx, k.b))
+        return XDP_DROP;
+    struct est_val *v = est_conns.lookup(&k);
+    if (!v)
+        return XDP_PASS;
+    __u64 last;
+    __builtin_memcpy(&last, v->b, 8);
+    void *data = (void *)(long)ctx->data, *end = (void *)(long)ctx->data_end;
+    struct ethhdr *eth = data;
+    if ((void *)(eth + 1) > end)
+        return XDP_DROP;
+    __u8 tmp[ETH_ALEN];
+    __builtin_memcpy(tmp, eth->h_source, ETH_ALEN);
+    __builtin_memcpy(eth->h_source, eth->h_dest, ETH_ALEN);
+    __builtin_memcpy(eth->h_dest, tmp, ETH_ALEN);
+    return last ? XDP_TX : XDP_PASS;
+}
 #endif
 """
 # The two-CPU driver: packet n on CPU c becomes flow (c, n) -- flow n mod flows when flows is
@@ -222,6 +267,8 @@ SIZES = {  # runs (rounds), iterations per run of an established row, flows of t
     "quick": (7, 20_000, 2_000, 500, BIG_TABLE, (200_000, 10_000, 1000)),
     "smoke": (2, 300, 100, 20, 1 << 17, (2_000, 200, 10)),   # make test: proves it runs, measures nothing
 }
+# established rows and the floor rows (their entry's lookup and no more) shown beside them
+EST_FLOORS = {"dr1": "estfloor1", "drmany": "estfloormany"}
 # DESIGN.md's targets, by row key: (what, limit, better)
 TARGETS = {
     "dr1": ("ratio", 1.85, "lower"), "drmany": ("ratio", 2.5, "lower"),
@@ -394,9 +441,11 @@ class Bench:
                                "values: the floor program needs at least 13 and 8")
         # the bench's own programs, one compile
         est = self.dp.maps["lb_conns"]
+        if est.key_size != 40:
+            raise RuntimeError(f"bench pkt: lb_conns has {est.key_size}-byte keys; bench_est_floor builds lb's 40")
         two = [f"-DEST_KEY_SIZE={est.key_size}", f"-DEST_VALUE_SIZE={est.value_size}",
-               f"-DEST_TABLE_SIZE={est.max_entries}",
-               f'-DEST_PIN="{os.path.join(pin_dir(self.dp.instance), "lb_conns")}"'] if self.two_tables else []
+               f"-DEST_TABLE_SIZE={est.max_entries}", f"-DEST_AF_INET={L.C['LB_AF_INET']}",
+               f'-DEST_PIN="{os.path.join(pin_dir(self.dp.instance), "lb_conns")}"']
         self.bpf = BPF(text=(BASELINES + SYN_FLOOR + DRIVER).encode(), cflags=two + [
             f"-DFLOOR_KEY_SIZE={m.key_size}", f"-DFLOOR_VALUE_SIZE={m.value_size}",
             f"-DFLOOR_TABLE_SIZE={m.max_entries}",
@@ -406,6 +455,7 @@ class Bench:
         self.empty = self.bpf.load_func(b"bench_empty", BPF.XDP)
         self.floor = self.bpf.load_func(b"bench_syn_floor", BPF.XDP)
         self.floor2 = self.bpf.load_func(b"bench_syn_floor2", BPF.XDP) if self.two_tables else None
+        self.est_floor = self.bpf.load_func(b"bench_est_floor", BPF.XDP)
         self.drive = self.bpf.load_func(b"bench_drive", BPF.XDP)
         self.bpf[b"drv_next"][0] = self.dp.fns["lb_xdp_public"].fd
         self.drv_ctr = BpfMap(self.bpf[b"drv_ctr"].map_fd, "drv_ctr", owned=False)
@@ -552,6 +602,14 @@ class Bench:
         row("dr1", "established TCP flow, DR (1 flow)", pub, frames(VIP_DR, 80, "A", one))
         self.prime(VIP_DR, 80, lots)
         row("drmany", f"established TCP flow, DR ({many} flows)", pub, frames(VIP_DR, 80, "A", lots))
+        for key, fl, what in (("estfloor1", one, "1 flow"), ("estfloormany", lots, f"{many} flows")):
+            fr = frames(VIP_DR, 80, "A", fl)
+            self.run(self.est_floor.fd, fr, len(fr))
+            if self.last_action != "XDP_TX":
+                raise RuntimeError(f"bench pkt: the established floor missed lb's entries ({self.last_action})")
+            rows.append(Row(key, f"floor, not lb: the established entry's lookup in lb_conns, MACs swapped, XDP_TX "
+                                 f"({what})", self.est_floor.fd, fr, kind="reference", table="lb_conns",
+                            table_size=size))
         self.prime(VIP_NAT, 80, one)
         row("nat1", "established NAT request (1 flow)", pub, frames(VIP_NAT, 80, "A", one))
         row("natreply1", "NAT reply (1 flow)", priv, self.replies(one, VIP_NAT, 8080))
@@ -834,6 +892,10 @@ def results(rows: list[Row], block: str) -> list[dict]:
                "flows": len(r.frames), "action": r.action}
         what = TARGETS.get(r.key, ("",))[0]
         judged = est
+        ef = by.get(EST_FLOORS.get(r.key, ""))
+        if ef is not None:                  # an established row over its lookup's floor (not judged)
+            d_ef = estimate(paired(r.vals, ef.vals, lambda a, b: a - b))
+            row.update(delta_floor_ns=d_ef["median"], delta_floor_ci=[d_ef["ci_low"], d_ef["ci_high"]])
         if floor is not None and r.kind == "lb" and r.one_pass:      # the floor bounds new connections only
             d_floor = estimate(paired(r.vals, floor.vals, lambda a, b: a - b))
             d_floor["noisy"] = est["noisy"] or estimate(floor.vals)["noisy"]

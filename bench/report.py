@@ -72,6 +72,10 @@ def pkt_table(result: dict) -> str:
                          f"| {r['two_cpu_mpps']['median']:.2f} | {ratio_cell(sc['median'], r.get('noisy'))} | {ci_cell(sc)} "
                          f"| {r['min_overlap'] * 100:.0f}% | {r.get('target', '')} | {r.get('status', '')} |")
     notes = list(result.get("notes", []))
+    if any(r.get("key") == "estfloor1" for r in result["results"]):
+        notes.append("the established rows' Δ floor is over the floor of the same flows: their entry's lookup "
+                     "in lb_conns (lb's table and key, a hit), its timestamp read, the MACs swapped, XDP_TX -- "
+                     "what any forwarder keeping lb's table pays, the table's cache and TLB misses included")
     if "fill" in result:
         notes.append(f"new-connection rows: the table {result['fill'] * 100:.0f}% full at each round's start, "
                      "each round's entries deleted after it; the floor inserts into that same table")
