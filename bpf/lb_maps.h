@@ -31,6 +31,8 @@ BPF_TABLE_PINNED("array", __u32, struct lb_real_conns, lb_real_swept, LB_MAX_REA
 /* quiesce_server: the connections a real server had when a server joined its service, which
  * the schedulers leave out (written by the control plane; lb list and thresholds ignore it) */
 BPF_TABLE_PINNED("array", __u32, struct lb_real_conns, lb_real_base, LB_MAX_REALS, LB_PIN(lb_real_base));
+/* lb_real_swept + lb_real_base, what the schedulers take off lb_real_conns (control plane only) */
+BPF_TABLE_PINNED("array", __u32, struct lb_real_conns, lb_real_sched_off, LB_MAX_REALS, LB_PIN(lb_real_sched_off));
 /* established (and closing) connections: only a connection that got past its first packets
  * (lb_embryo.h) comes here, so a flood of new sources never evicts one */
 BPF_TABLE_PINNED("lru_hash", struct lb_conn_key, struct lb_conn, lb_conns, LB_CONN_TABLE_SIZE, LB_PIN(lb_conns));

@@ -60,6 +60,18 @@ def base(dp, rid):
     return L.REAL_CONNS.unpack(dp.maps["lb_real_base"].get(L.U32.pack(rid)))[:2]
 
 
+def offsets_hold(dp) -> bool:
+    """lb_real_sched_off, what the pick loops take off BPF's counts, is lb_real_swept +
+    lb_real_base for every real server"""
+    m = 0xFFFFFFFF
+    for rid in dp.reals:
+        k = L.U32.pack(rid)
+        s, b, o = (L.REAL_CONNS.unpack(dp.maps[n].get(k)) for n in ("lb_real_swept", "lb_real_base", "lb_real_sched_off"))
+        if o[:2] != ((s[0] + b[0]) & m, (s[1] + b[1]) & m):
+            return False
+    return True
+
+
 def test_a_joining_server_is_not_flooded_and_old_connections_never_wrap(dp):
     # two services, same history: A holds 4 connections, then B joins; only port 81 restarts
     dp.apply(TableSpec((spec(80, A), spec(81, A))))
@@ -70,6 +82,7 @@ def test_a_joining_server_is_not_flooded_and_old_connections_never_wrap(dp):
     assert dp.restart_sched_counts(table.services[1]) == 4
     a81 = rid_of(dp, 81, A)
     assert base(dp, a81) == (4, 0)
+    assert offsets_hold(dp)
 
     # lc without the restart: the newcomer takes every new connection; with it, they alternate
     assert collections.Counter(n for _, n in open_conns(dp, 80, 4)) == {"B": 4}
@@ -88,10 +101,17 @@ def test_a_joining_server_is_not_flooded_and_old_connections_never_wrap(dp):
     # the baseline follows the old connections: now inactive, then gone
     assert dp.refresh_sched_base() == 4
     assert base(dp, a81) == (0, 4)
+    assert offsets_hold(dp)
     dp.sweep(now_ns=2**62)                    # every connection expires
+    assert offsets_hold(dp)
     assert dp.refresh_sched_base() == 0
     assert base(dp, a81) == (0, 0) and dp.sched_base == {}
     assert dp.table.real_conns(a81)[:2] == (0, 0)
+    assert offsets_hold(dp)
+    # what the sweep took off (lb_real_swept) is off the schedulers' counts too: both servers
+    # at zero again, lc's tie goes to the first in IPVS's list, the newest (B); were B's swept
+    # connections still counted, A would win
+    assert [n for _, n in open_conns(dp, 81, 2)] == ["B", "A"]
 
 
 def test_restart_of_an_unknown_service_does_nothing(dp):

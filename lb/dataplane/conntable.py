@@ -28,6 +28,20 @@ CONN_HEAD = struct.Struct("=QIIIIBB")
 TEMPLATE_LATER_S = 60
 
 
+def write_sched_off(txn: MapTxn, rids) -> None:
+    """lb_real_sched_off = lb_real_swept + lb_real_base for these real ids: what the schedulers
+    take off BPF's counts (bpf/lb_sched.h), one map in their loops.  Called wherever either
+    changes (as the pending writes leave them)."""
+    m, zero = 0xFFFFFFFF, L.REAL_CONNS.pack(0, 0, 0, 0)
+    for rid in rids:
+        k = L.U32.pack(rid)
+        sa, si, _, _ = L.REAL_CONNS.unpack(txn.get("lb_real_swept", k) or zero)
+        ba, bi, _, _ = L.REAL_CONNS.unpack(txn.get("lb_real_base", k) or zero)
+        value = L.REAL_CONNS.pack((sa + ba) & m, (si + bi) & m, 0, 0)
+        if txn.get("lb_real_sched_off", k) != value:
+            txn.set("lb_real_sched_off", k, value)
+
+
 def est_bitmap(keys: list[bytes], bits: int, words: array) -> array:
     """words (a bitmap of 1 << bits, array("Q")) with the established filter's bits of the
     connection keys set: in C (lb._bpfbatch) where built, else layout.est_filter_bit"""
@@ -191,6 +205,7 @@ class ConnTable:
             key = L.U32.pack(rid)
             sa, si, sp, _ = L.REAL_CONNS.unpack(self.maps["lb_real_swept"].get(key))
             self.txn.set("lb_real_swept", key, L.REAL_CONNS.pack((sa + a) & m, (si + i) & m, (sp + p) & m, 0))
+            write_sched_off(self.txn, (rid,))
             # the sweep unbinds connections too (IPVS ip_vs_unbind_dest)
             real = self.table.reals.get(rid)
             if real is not None and a + i > 0 and self.maps["lb_real_overload"].get(key) != L.U32.pack(0):
@@ -361,6 +376,7 @@ class ConnTable:
             sa, si, sp, _ = L.REAL_CONNS.unpack(self.maps["lb_real_swept"].get(k))
             # counts = lb_real_conns - lb_real_swept: counting one more takes one off swept
             self.txn.set("lb_real_swept", k, L.REAL_CONNS.pack((sa - a) & m, (si - i) & m, (sp - p) & m, 0))
+            write_sched_off(self.txn, (rid,))
         self.txn.writes += done
         return done, skipped
 
@@ -385,6 +401,8 @@ class SchedBaseline:
         for rid in rids:
             if self.maps["lb_real_base"].get(L.U32.pack(rid)) not in (None, zero):
                 self.maps["lb_real_base"].set(L.U32.pack(rid), zero)
+        # and lb_real_sched_off from lb_real_swept (a table adopted from a version without it)
+        write_sched_off(self.txn, rids)
 
     def restart(self, rids: set[int], reals) -> int:
         """Every real server in rids (one service's) gets as baseline (lb_real_base) the
@@ -423,6 +441,7 @@ class SchedBaseline:
             key = L.U32.pack(rid)
             if self.maps["lb_real_base"].get(key) != value:
                 self.txn.set("lb_real_base", key, value)
+                write_sched_off(self.txn, (rid,))
             if not keys or rid not in reals:
                 self.sched_base.pop(rid, None)
             left += act + inact

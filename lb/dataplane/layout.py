@@ -247,7 +247,7 @@ MAPS: dict[str, tuple[struct.Struct, struct.Struct]] = {
     "lb_services": (SVC_KEY, U32), "lb_fwm_ranges": (SVC_KEY, PORT_RANGES), "lb_fwm_services": (U32, U32),
     "lb_globals": (U32, U32), "lb_svc": (U32, SVC), "lb_sched_state": (U32, SCHED_STATE),
     "lb_reals": (U32, REAL), "lb_real_conns": (U32, REAL_CONNS), "lb_real_overload": (U32, U32),
-    "lb_real_swept": (U32, REAL_CONNS), "lb_real_base": (U32, REAL_CONNS), "lb_conns": (CONN_KEY, CONN),
+    "lb_real_swept": (U32, REAL_CONNS), "lb_real_base": (U32, REAL_CONNS), "lb_real_sched_off": (U32, REAL_CONNS), "lb_conns": (CONN_KEY, CONN),
     "lb_conns_embryo": (CONN_KEY, CONN), "lb_persist": (PERSIST_KEY, PERSIST),
     "lb_persist_embryo": (PERSIST_KEY, PERSIST), "lb_tcp_fsm": (U32, U32), "lb_tcp_fsm_secure": (U32, U32),
     "lb_timeouts": (U32, U32), "lb_ct_events": (U32, U64), "lb_vip_filter": (U32, VIP_FILTER),

@@ -130,6 +130,7 @@ class Sizes:
             "lb_real_conns": (self.reals, L.REAL_CONNS.size),
             "lb_real_swept": (self.reals, L.REAL_CONNS.size),
             "lb_real_base": (self.reals, L.REAL_CONNS.size),
+            "lb_real_sched_off": (self.reals, L.REAL_CONNS.size),
             "lb_real_overload": (self.reals, 4),
             "lb_conns": (self.connections, L.CONN.size),
             "lb_conns_embryo": (self.embryo, L.CONN.size),

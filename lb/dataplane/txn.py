@@ -44,7 +44,8 @@ from .errors import DataplaneError
 from .maps import BpfMap
 
 STAGES = (
-    ("lb_real_conns", "lb_real_swept", "lb_real_base", "lb_real_overload", "lb_real_stats", "lb_real_rates"),
+    ("lb_real_conns", "lb_real_swept", "lb_real_base", "lb_real_sched_off", "lb_real_overload", "lb_real_stats",
+     "lb_real_rates"),
     ("lb_reals",),
     ("lb_svc_dests",),
     ("lb_sched_buckets",),
@@ -57,7 +58,8 @@ STAGE_MAPS = tuple(name for stage in STAGES for name in stage)
 
 # what a new (or reused) real server id starts with, in this order
 NEW_REAL = (("lb_real_conns", L.REAL_CONNS.pack(0, 0, 0, 0)), ("lb_real_swept", L.REAL_CONNS.pack(0, 0, 0, 0)),
-            ("lb_real_base", L.REAL_CONNS.pack(0, 0, 0, 0)), ("lb_real_overload", L.U32.pack(0)),
+            ("lb_real_base", L.REAL_CONNS.pack(0, 0, 0, 0)), ("lb_real_sched_off", L.REAL_CONNS.pack(0, 0, 0, 0)),
+            ("lb_real_overload", L.U32.pack(0)),
             ("lb_real_stats", L.STATS.pack(0, 0, 0, 0, 0)), ("lb_real_rates", L.RATES.pack(0, 0, 0, 0, 0)))
 assert all(name in STAGE_MAPS for name, _ in NEW_REAL)
 # array maps indexed by real server id, and by service id: an id never handed out (at or above
