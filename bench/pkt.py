@@ -71,6 +71,21 @@ int bench_trivial(struct xdp_md *ctx)
     return XDP_TX;
 }
 
+/* the trivial program's MAC swap, then bpf_redirect() to the interface lb's DR rows send to: what
+ * a forwarder that must leave by another interface pays over XDP_TX */
+int bench_redirect(struct xdp_md *ctx)
+{
+    void *data = (void *)(long)ctx->data, *end = (void *)(long)ctx->data_end;
+    struct ethhdr *eth = data;
+    unsigned char tmp[ETH_ALEN];
+    if ((void *)(eth + 1) > end)
+        return XDP_DROP;
+    __builtin_memcpy(tmp, eth->h_dest, ETH_ALEN);
+    __builtin_memcpy(eth->h_dest, eth->h_source, ETH_ALEN);
+    __builtin_memcpy(eth->h_source, tmp, ETH_ALEN);
+    return bpf_redirect(BENCH_REDIRECT_IFINDEX, 0);
+}
+
 /* what BPF_PROG_TEST_RUN itself costs per run */
 int bench_empty(struct xdp_md *ctx)
 {
@@ -191,6 +206,73 @@ int bench_est_floor(struct xdp_md *ctx)
 }
 #endif
 """
+# What a compact IPv4 key would save: two bare LRU tables of lb_conns' size and value, the same
+# entries in both, one keyed as lb keys lb_conns (40 bytes: 16-byte addresses, ports, protocol,
+# family, direction), the other with a 16-byte IPv4 key (addresses, ports, protocol); each program
+# looks its flow up (a hit) and answers as the established floor does.
+KEY_SIZES = r"""
+#include <linux/if_ether.h>
+#include <linux/ip.h>
+#include <linux/tcp.h>
+
+struct ks_val { __u8 b[KS_VALUE_SIZE]; };
+struct ks_key40 { __u8 b[40]; };
+struct ks_key16 { __u8 b[16]; };
+BPF_TABLE("lru_hash", struct ks_key40, struct ks_val, ks_table40, KS_TABLE_SIZE);
+BPF_TABLE("lru_hash", struct ks_key16, struct ks_val, ks_table16, KS_TABLE_SIZE);
+
+static __always_inline int ks_answer(struct xdp_md *ctx, struct ks_val *v)
+{
+    void *data = (void *)(long)ctx->data, *end = (void *)(long)ctx->data_end;
+    struct ethhdr *eth = data;
+    if (!v)
+        return XDP_PASS;
+    if ((void *)(eth + 1) > end)
+        return XDP_DROP;
+    __u64 last;
+    __builtin_memcpy(&last, v->b, 8);
+    __u8 tmp[ETH_ALEN];
+    __builtin_memcpy(tmp, eth->h_source, ETH_ALEN);
+    __builtin_memcpy(eth->h_source, eth->h_dest, ETH_ALEN);
+    __builtin_memcpy(eth->h_dest, tmp, ETH_ALEN);
+    return last ? XDP_TX : XDP_PASS;
+}
+
+int bench_key40(struct xdp_md *ctx)
+{
+    void *data = (void *)(long)ctx->data, *end = (void *)(long)ctx->data_end;
+    struct iphdr *ip = data + sizeof(struct ethhdr);
+    struct tcphdr *th = (void *)(ip + 1);
+    if ((void *)(th + 1) > end)
+        return XDP_DROP;
+    struct ks_key40 k;
+    __builtin_memset(&k, 0, sizeof(k));
+    __builtin_memcpy(&k.b[0], &ip->saddr, 4);
+    __builtin_memcpy(&k.b[16], &ip->daddr, 4);
+    __builtin_memcpy(&k.b[32], &th->source, 2);
+    __builtin_memcpy(&k.b[34], &th->dest, 2);
+    k.b[36] = IPPROTO_TCP;
+    k.b[37] = EST_AF_INET;
+    return ks_answer(ctx, ks_table40.lookup(&k));
+}
+
+int bench_key16(struct xdp_md *ctx)
+{
+    void *data = (void *)(long)ctx->data, *end = (void *)(long)ctx->data_end;
+    struct iphdr *ip = data + sizeof(struct ethhdr);
+    struct tcphdr *th = (void *)(ip + 1);
+    if ((void *)(th + 1) > end)
+        return XDP_DROP;
+    struct ks_key16 k;
+    __builtin_memset(&k, 0, sizeof(k));
+    __builtin_memcpy(&k.b[0], &ip->saddr, 4);
+    __builtin_memcpy(&k.b[4], &ip->daddr, 4);
+    __builtin_memcpy(&k.b[8], &th->source, 2);
+    __builtin_memcpy(&k.b[10], &th->dest, 2);
+    k.b[12] = IPPROTO_TCP;
+    return ks_answer(ctx, ks_table16.lookup(&k));
+}
+"""
 # The two-CPU driver: packet n on CPU c becomes flow (c, n) -- flow n mod flows when flows is
 # set (established), a new flow every packet otherwise -- and goes on to lb_xdp_public by a tail
 # call.  Run with repeat=N: lb's DR path rewrites only the MACs, so the packet stays valid.  No
@@ -233,6 +315,7 @@ DRV_CLIENTS = "198.18.160.0"        # CPU c's flows come from DRV_CLIENTS + (c <
 
 CLIENT_MAC, PUB_MAC, PRIV_MAC = "02:00:00:00:00:02", "02:00:00:00:01:01", "02:00:00:00:01:02"
 VIP_DR, VIP_NAT, VIP_PERSIST, VIP_FWM = "198.18.0.10", "198.18.0.20", "198.18.0.40", "198.18.0.50"
+VIP_DR1ARM = "198.18.0.11"          # DR with its real servers on the clients' interface (XDP_TX)
 VIP6_DR, CLIENTS6 = "2001:2::10", "2001:2:0:4::"     # IPv6: the benchmarking range 2001:2::/48
 # the new-connection services: (label, scheduler, real servers, VIP); each its own VIP
 SYN_SERVICES = (
@@ -268,10 +351,10 @@ SIZES = {  # runs (rounds), iterations per run of an established row, flows of t
     "smoke": (2, 300, 100, 20, 1 << 17, (2_000, 200, 10)),   # make test: proves it runs, measures nothing
 }
 # established rows and the floor rows (their entry's lookup and no more) shown beside them
-EST_FLOORS = {"dr1": "estfloor1", "drmany": "estfloormany"}
+EST_FLOORS = {"dr1": "estfloor1", "dr1arm": "estfloor1", "drmany": "estfloormany"}
 # DESIGN.md's targets, by row key: (what, limit, better)
 TARGETS = {
-    "dr1": ("ratio", 1.85, "lower"), "drmany": ("ratio", 2.5, "lower"),
+    "dr1": ("ratio", 1.85, "lower"), "dr1arm": ("ratio", 1.85, "lower"), "drmany": ("ratio", 2.5, "lower"),
     "nat1": ("ratio", 2.5, "lower"), "natreply1": ("ratio", 2.5, "lower"),
     "nonvip": ("ratio", 1.3, "lower"),
     **{k: ("floor", 60.0, "lower") for k in HASH_FAMILY},
@@ -296,9 +379,16 @@ def _table_label(n: int) -> str:
     return f"{n:,}"
 
 
+PRIV_IFINDEX = 7              # where the real servers are: every DR/NAT row's redirect goes there ...
+TEST_RUN_IFINDEX = 1          # ... but one-armed DR's, on the interface a test run's packet came in (lo)
+ONE_ARMED_REALS = "198.18.7"
+
+
 def _resolver(addr, need_onlink=False):
     last = int(ipaddress.ip_address(addr)) & 0xFF
-    return NextHop(7, "priv0", bytes([2, 0, 0, 0, 2, last]), bytes([2, 0, 0, 0, 1, 2]), True)
+    if str(addr).startswith(ONE_ARMED_REALS + "."):
+        return NextHop(TEST_RUN_IFINDEX, "lo", bytes([2, 0, 0, 0, 7, last]), bytes([2, 0, 0, 0, 1, 1]), True)
+    return NextHop(PRIV_IFINDEX, "priv0", bytes([2, 0, 0, 0, 2, last]), bytes([2, 0, 0, 0, 1, 2]), True)
 
 
 def _frame(src, dst, sport, dport, flags, payload=b"x" * 10, smac=CLIENT_MAC, dmac=PUB_MAC) -> bytes:
@@ -424,6 +514,7 @@ class Bench:
         groups = tuple(PortGroup("tcp", ip(VIP_FWM), lo, hi) for lo, hi in FWM_GROUPS)
         svcs = [
             ServiceSpec("tcp", ip(VIP_DR), 80, "rr", reals(3, "198.18.1")),
+            ServiceSpec("tcp", ip(VIP_DR1ARM), 80, "rr", reals(3, ONE_ARMED_REALS)),
             ServiceSpec("tcp", ip(VIP_NAT), 80, "rr", reals(3, "198.18.1", 8080, "nat")),
             ServiceSpec("tcp", ip(VIP_PERSIST), 80, "rr", reals(3, "198.18.3"), "persist", 300, "255.255.255.255"),
             ServiceSpec("tcp", ip(VIP_FWM), FWM_GROUPS[0][0], "rr", reals(3, "198.18.5", 0), "fwm", fwmark=7,
@@ -446,16 +537,21 @@ class Bench:
         two = [f"-DEST_KEY_SIZE={est.key_size}", f"-DEST_VALUE_SIZE={est.value_size}",
                f"-DEST_TABLE_SIZE={est.max_entries}", f"-DEST_AF_INET={L.C['LB_AF_INET']}",
                f'-DEST_PIN="{os.path.join(pin_dir(self.dp.instance), "lb_conns")}"']
-        self.bpf = BPF(text=(BASELINES + SYN_FLOOR + DRIVER).encode(), cflags=two + [
+        self.bpf = BPF(text=(BASELINES + SYN_FLOOR + KEY_SIZES + DRIVER).encode(), cflags=two + [
+            f"-DKS_VALUE_SIZE={est.value_size}", f"-DKS_TABLE_SIZE={est.max_entries}",
             f"-DFLOOR_KEY_SIZE={m.key_size}", f"-DFLOOR_VALUE_SIZE={m.value_size}",
             f"-DFLOOR_TABLE_SIZE={m.max_entries}",
             f'-DFLOOR_PIN="{os.path.join(pin_dir(self.dp.instance), self.insert_name)}"',
-            f"-DDRV_PORT_BITS={DRV_PORT_BITS}", f"-DDRV_CPU_SHIFT={DRV_CPU_SHIFT}", f"-DDRV_SPORT0={DRV_SPORT0}"])
+            f"-DDRV_PORT_BITS={DRV_PORT_BITS}", f"-DDRV_CPU_SHIFT={DRV_CPU_SHIFT}", f"-DDRV_SPORT0={DRV_SPORT0}",
+            f"-DBENCH_REDIRECT_IFINDEX={PRIV_IFINDEX}"])
         self.trivial = self.bpf.load_func(b"bench_trivial", BPF.XDP)
         self.empty = self.bpf.load_func(b"bench_empty", BPF.XDP)
+        self.redirect = self.bpf.load_func(b"bench_redirect", BPF.XDP)
         self.floor = self.bpf.load_func(b"bench_syn_floor", BPF.XDP)
         self.floor2 = self.bpf.load_func(b"bench_syn_floor2", BPF.XDP) if self.two_tables else None
         self.est_floor = self.bpf.load_func(b"bench_est_floor", BPF.XDP)
+        self.key40 = self.bpf.load_func(b"bench_key40", BPF.XDP)
+        self.key16 = self.bpf.load_func(b"bench_key16", BPF.XDP)
         self.drive = self.bpf.load_func(b"bench_drive", BPF.XDP)
         self.bpf[b"drv_next"][0] = self.dp.fns["lb_xdp_public"].fd
         self.drv_ctr = BpfMap(self.bpf[b"drv_ctr"].map_fd, "drv_ctr", owned=False)
@@ -602,6 +698,17 @@ class Bench:
         row("dr1", "established TCP flow, DR (1 flow)", pub, frames(VIP_DR, 80, "A", one))
         self.prime(VIP_DR, 80, lots)
         row("drmany", f"established TCP flow, DR ({many} flows)", pub, frames(VIP_DR, 80, "A", lots))
+        # the same, one-armed: real servers on the interface the client's packet came in by, so
+        # lb answers XDP_TX as the trivial program does (the DR rows above redirect)
+        self.prime(VIP_DR1ARM, 80, one)
+        fr = frames(VIP_DR1ARM, 80, "A", one)
+        self.run(pub, fr, 1)
+        if self.last_action != "XDP_TX":
+            raise RuntimeError(f"bench pkt: one-armed DR answered {self.last_action}, not XDP_TX")
+        row("dr1arm", "established TCP flow, DR one-armed: real servers on the clients' interface, XDP_TX (1 flow)",
+            pub, fr)
+        rows.append(Row("redirect", "baseline: trivial MAC swap + bpf_redirect to the real servers' interface",
+                        self.redirect.fd, frames(VIP_DR, 80, "A", one), kind="reference"))
         for key, fl, what in (("estfloor1", one, "1 flow"), ("estfloormany", lots, f"{many} flows")):
             fr = frames(VIP_DR, 80, "A", fl)
             self.run(self.est_floor.fd, fr, len(fr))
@@ -610,6 +717,7 @@ class Bench:
             rows.append(Row(key, f"floor, not lb: the established entry's lookup in lb_conns, MACs swapped, XDP_TX "
                                  f"({what})", self.est_floor.fd, fr, kind="reference", table="lb_conns",
                             table_size=size))
+        rows += self.key_size_rows([("1", one, "1 flow"), ("many", lots, f"{many} flows")], size)
         self.prime(VIP_NAT, 80, one)
         row("nat1", "established NAT request (1 flow)", pub, frames(VIP_NAT, 80, "A", one))
         row("natreply1", "NAT reply (1 flow)", priv, self.replies(one, VIP_NAT, 8080))
@@ -626,6 +734,33 @@ class Bench:
         row("fwm", f"firewall-mark match: established flow to port {fport} of a port group", pub,
             frames(VIP_FWM, fport, "A", fw))
         row("nonvip", "packet not for a virtual service (XDP_PASS)", pub, frames("198.18.0.1", 22, "A", flows(1)))
+        return rows
+
+    def key_size_rows(self, sets, size: int) -> list[Row]:
+        """a bare LRU lookup of the same flows with lb's 40-byte key and with a 16-byte IPv4 key
+        (KEY_SIZES), each table holding just these flows"""
+        val = struct.pack("=Q", 1).ljust(self.dp.maps["lb_conns"].value_size, b"\0")
+        vip = ipaddress.ip_address(VIP_DR).packed
+        rows = []
+        for bits, fn in ((40, self.key40), (16, self.key16)):
+            t = self.bpf[f"ks_table{bits}".encode()]
+            m = BpfMap(t.map_fd, f"ks_table{bits}", owned=False)
+            for tag, fl, what in sets:
+                keys = []
+                for client, sport in fl:
+                    c, sp = struct.pack("!I", client), struct.pack("!HH", sport, 80)
+                    if bits == 40:
+                        keys.append(c.ljust(16, b"\0") + vip.ljust(16, b"\0") + sp + bytes([6, L.C["LB_AF_INET"], 0, 0]))
+                    else:
+                        keys.append(c + vip + sp + bytes([6, 0, 0, 0]))
+                m.set_many(keys, [val] * len(keys))
+                fr = frames(VIP_DR, 80, "A", fl)
+                self.run(fn.fd, fr, len(fr))
+                if self.last_action != "XDP_TX":
+                    raise RuntimeError(f"bench pkt: the {bits}-byte key table missed its flows ({self.last_action})")
+                rows.append(Row(f"key{bits}_{tag}", f"reference, not lb: a bare LRU lookup (a hit), {bits}-byte key "
+                                f"{'(lb_conns)' if bits == 40 else '(a compact IPv4 key)'}, MACs swapped, XDP_TX ({what})",
+                                fn.fd, fr, kind="reference", table=f"ks_table{bits}", table_size=size))
         return rows
 
     def new_conns(self, runs: int, per_run: int) -> tuple[list[Row], int]:

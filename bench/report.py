@@ -76,6 +76,14 @@ def pkt_table(result: dict) -> str:
         notes.append("the established rows' Δ floor is over the floor of the same flows: their entry's lookup "
                      "in lb_conns (lb's table and key, a hit), its timestamp read, the MACs swapped, XDP_TX -- "
                      "what any forwarder keeping lb's table pays, the table's cache and TLB misses included")
+    if any(r.get("key") == "key16_1" for r in result["results"]):
+        notes.append("the bare-lookup rows hold the same flows in two LRU tables of lb_conns' size and value "
+                     "that differ only in the key, lb's 40 bytes or a compact 16-byte IPv4 key: what a separate "
+                     "IPv4 table would save on the lookup")
+    if any(r.get("key") == "redirect" for r in result["results"]):
+        notes.append("the redirect baseline is the trivial program ending in bpf_redirect() to the real "
+                     "servers' interface instead of XDP_TX: what the DR rows pay for leaving by another "
+                     "interface, which the one-armed DR row (real servers on the clients' interface) does not")
     if "fill" in result:
         notes.append(f"new-connection rows: the table {result['fill'] * 100:.0f}% full at each round's start, "
                      "each round's entries deleted after it; the floor inserts into that same table")
