@@ -13,7 +13,9 @@ the order rotated), so that a load change hits every row of a block alike and ea
 
   established   table 65,536 (the default install's): established DR / NAT / IPv6 / firewall-mark
                 flows primed by their handshake (SYN, then ACK), the DR rows' floors (the same
-                flows' lookup in lb_conns, nothing else), and a packet for no service
+                flows' lookup in lb_conns, nothing else), one-armed DR (XDP_TX) beside a
+                redirect baseline, bare lookups with lb's 40-byte key and a 16-byte IPv4
+                key, and a packet for no service
   new conns     table 65,536, and again 2,097,152: SYNs under rr, wrr, dh, sh, mh, lc and wlc
                 over 16 real servers, wlc over 32 and 64 (the slope per extra server), IPv6,
                 a persistence hit, and the floor.  The floor program inserts into lb's own
@@ -147,7 +149,6 @@ int bench_syn_floor(struct xdp_md *ctx)
     return floor_miss_insert(ctx);
 }
 
-#ifdef EST_PIN
 struct est_key { __u8 b[EST_KEY_SIZE]; };
 struct est_val { __u8 b[EST_VALUE_SIZE]; };
 BPF_TABLE_PINNED("lru_hash", struct est_key, struct est_val, est_conns, EST_TABLE_SIZE, EST_PIN);
@@ -184,32 +185,37 @@ static __always_inline int est_key_of(struct xdp_md *ctx, __u8 *key)
 /* The floor of an established packet: the lookup (a hit) of its entry in lb_conns, lb's own
  * table and key, and nothing else lb does -- the entry's timestamp read, the MACs swapped,
  * XDP_TX.  A miss answers XDP_PASS, which the bench refuses. */
-int bench_est_floor(struct xdp_md *ctx)
+/* a found entry (its value's first 8 bytes, the timestamp, read): the MACs swapped, XDP_TX */
+static __always_inline int est_answer(struct xdp_md *ctx, const __u8 *val)
 {
-    struct est_key k;
-    if (!est_key_of(ctx, k.b))
-        return XDP_DROP;
-    struct est_val *v = est_conns.lookup(&k);
-    if (!v)
-        return XDP_PASS;
-    __u64 last;
-    __builtin_memcpy(&last, v->b, 8);
     void *data = (void *)(long)ctx->data, *end = (void *)(long)ctx->data_end;
     struct ethhdr *eth = data;
+    if (!val)
+        return XDP_PASS;
     if ((void *)(eth + 1) > end)
         return XDP_DROP;
+    __u64 last;
+    __builtin_memcpy(&last, val, 8);
     __u8 tmp[ETH_ALEN];
     __builtin_memcpy(tmp, eth->h_source, ETH_ALEN);
     __builtin_memcpy(eth->h_source, eth->h_dest, ETH_ALEN);
     __builtin_memcpy(eth->h_dest, tmp, ETH_ALEN);
     return last ? XDP_TX : XDP_PASS;
 }
-#endif
+
+int bench_est_floor(struct xdp_md *ctx)
+{
+    struct est_key k;
+    if (!est_key_of(ctx, k.b))
+        return XDP_DROP;
+    struct est_val *v = est_conns.lookup(&k);
+    return est_answer(ctx, v ? v->b : 0);
+}
 """
 # What a compact IPv4 key would save: two bare LRU tables of lb_conns' size and value, the same
 # entries in both, one keyed as lb keys lb_conns (40 bytes: 16-byte addresses, ports, protocol,
 # family, direction), the other with a 16-byte IPv4 key (addresses, ports, protocol); each program
-# looks its flow up (a hit) and answers as the established floor does.
+# looks its flow up (a hit) and answers as the established floor does (est_key_of, est_answer).
 KEY_SIZES = r"""
 #include <linux/if_ether.h>
 #include <linux/ip.h>
@@ -221,39 +227,13 @@ struct ks_key16 { __u8 b[16]; };
 BPF_TABLE("lru_hash", struct ks_key40, struct ks_val, ks_table40, KS_TABLE_SIZE);
 BPF_TABLE("lru_hash", struct ks_key16, struct ks_val, ks_table16, KS_TABLE_SIZE);
 
-static __always_inline int ks_answer(struct xdp_md *ctx, struct ks_val *v)
-{
-    void *data = (void *)(long)ctx->data, *end = (void *)(long)ctx->data_end;
-    struct ethhdr *eth = data;
-    if (!v)
-        return XDP_PASS;
-    if ((void *)(eth + 1) > end)
-        return XDP_DROP;
-    __u64 last;
-    __builtin_memcpy(&last, v->b, 8);
-    __u8 tmp[ETH_ALEN];
-    __builtin_memcpy(tmp, eth->h_source, ETH_ALEN);
-    __builtin_memcpy(eth->h_source, eth->h_dest, ETH_ALEN);
-    __builtin_memcpy(eth->h_dest, tmp, ETH_ALEN);
-    return last ? XDP_TX : XDP_PASS;
-}
-
 int bench_key40(struct xdp_md *ctx)
 {
-    void *data = (void *)(long)ctx->data, *end = (void *)(long)ctx->data_end;
-    struct iphdr *ip = data + sizeof(struct ethhdr);
-    struct tcphdr *th = (void *)(ip + 1);
-    if ((void *)(th + 1) > end)
-        return XDP_DROP;
     struct ks_key40 k;
-    __builtin_memset(&k, 0, sizeof(k));
-    __builtin_memcpy(&k.b[0], &ip->saddr, 4);
-    __builtin_memcpy(&k.b[16], &ip->daddr, 4);
-    __builtin_memcpy(&k.b[32], &th->source, 2);
-    __builtin_memcpy(&k.b[34], &th->dest, 2);
-    k.b[36] = IPPROTO_TCP;
-    k.b[37] = EST_AF_INET;
-    return ks_answer(ctx, ks_table40.lookup(&k));
+    if (!est_key_of(ctx, k.b))
+        return XDP_DROP;
+    struct ks_val *v = ks_table40.lookup(&k);
+    return est_answer(ctx, v ? v->b : 0);
 }
 
 int bench_key16(struct xdp_md *ctx)
@@ -270,7 +250,8 @@ int bench_key16(struct xdp_md *ctx)
     __builtin_memcpy(&k.b[8], &th->source, 2);
     __builtin_memcpy(&k.b[10], &th->dest, 2);
     k.b[12] = IPPROTO_TCP;
-    return ks_answer(ctx, ks_table16.lookup(&k));
+    struct ks_val *v = ks_table16.lookup(&k);
+    return est_answer(ctx, v ? v->b : 0);
 }
 """
 # The two-CPU driver: packet n on CPU c becomes flow (c, n) -- flow n mod flows when flows is
@@ -534,10 +515,10 @@ class Bench:
         est = self.dp.maps["lb_conns"]
         if est.key_size != 40:
             raise RuntimeError(f"bench pkt: lb_conns has {est.key_size}-byte keys; bench_est_floor builds lb's 40")
-        two = [f"-DEST_KEY_SIZE={est.key_size}", f"-DEST_VALUE_SIZE={est.value_size}",
+        est_flags = [f"-DEST_KEY_SIZE={est.key_size}", f"-DEST_VALUE_SIZE={est.value_size}",
                f"-DEST_TABLE_SIZE={est.max_entries}", f"-DEST_AF_INET={L.C['LB_AF_INET']}",
                f'-DEST_PIN="{os.path.join(pin_dir(self.dp.instance), "lb_conns")}"']
-        self.bpf = BPF(text=(BASELINES + SYN_FLOOR + KEY_SIZES + DRIVER).encode(), cflags=two + [
+        self.bpf = BPF(text=(BASELINES + SYN_FLOOR + KEY_SIZES + DRIVER).encode(), cflags=est_flags + [
             f"-DKS_VALUE_SIZE={est.value_size}", f"-DKS_TABLE_SIZE={est.max_entries}",
             f"-DFLOOR_KEY_SIZE={m.key_size}", f"-DFLOOR_VALUE_SIZE={m.value_size}",
             f"-DFLOOR_TABLE_SIZE={m.max_entries}",
@@ -708,7 +689,7 @@ class Bench:
         row("dr1arm", "established TCP flow, DR one-armed: real servers on the clients' interface, XDP_TX (1 flow)",
             pub, fr)
         rows.append(Row("redirect", "baseline: trivial MAC swap + bpf_redirect to the real servers' interface",
-                        self.redirect.fd, frames(VIP_DR, 80, "A", one), kind="reference"))
+                        self.redirect.fd, frames(VIP_DR, 80, "A", one), kind="reference", table=""))
         for key, fl, what in (("estfloor1", one, "1 flow"), ("estfloormany", lots, f"{many} flows")):
             fr = frames(VIP_DR, 80, "A", fl)
             self.run(self.est_floor.fd, fr, len(fr))

@@ -50,7 +50,7 @@ def pkt_table(result: dict) -> str:
         if r.get("kind") == "scaling":
             two.append(r)
             continue
-        if r.get("kind") == "baseline":
+        if r.get("kind") == "baseline" or r.get("table_size") == 0:     # no table (the redirect baseline)
             size = "—"
         else:
             size = f"{r.get('table_size') or result.get('connection_table', 0):,}"

@@ -1,11 +1,11 @@
 /* The data path's clock: CLOCK_MONOTONIC at the tick's resolution (bpf_ktime_get_coarse_ns()),
- * read through a per-CPU cache.  The helper costs ~30 ns a call on this VM's timekeeping, a third
- * of an established packet's work, while its value moves only at a tick: each CPU keeps the value
- * it last read with the jiffy it read it in (bpf_jiffies64(), which the verifier inlines into a
- * load) and calls the helper again only when the jiffy moved -- once a tick per CPU, not once a
- * packet.  A value is at most a tick behind the helper's (a read just between the tick's jiffies
- * update and its clock update), which the coarse clock's users already allow for: connection
- * timeouts are whole seconds and the HA lease is a deadtime. */
+ * read through a per-CPU cache.  The helper cost 20-30 ns a call on this VM's timekeeping, a
+ * quarter of an established packet's work, while its value moves only at a tick: each CPU keeps
+ * the value it last read with the jiffy it read it in (bpf_jiffies64(), which the verifier
+ * inlines into a load) and calls the helper again only when the jiffy moved -- once a tick per
+ * CPU, not once a packet.  A value is at most a tick behind the helper's (a read just between the
+ * tick's jiffies update and its clock update), which the coarse clock's users already allow for:
+ * connection timeouts are whole seconds and the HA lease is a deadtime. */
 #ifndef LB_CLOCK_H
 #define LB_CLOCK_H
 

@@ -84,8 +84,10 @@ class ConnTable:
     def est_census(self, keys, done_with: int | None) -> None:
         """The census bitmap rebuilt from keys (every client -> VIP key lb_conns held when a walk
         that began after est_switch read it), then the bitmap the promotions marked before the
-        switch cleared: a live entry's bit is set throughout -- it is in the old census, in
-        either marks bitmap, or in the new census, and those go last.  None: keep the marks."""
+        switch (done_with) cleared.  A live entry's bit stays set throughout: until the census
+        is written it is in the old census or a marks bitmap; after, in the new census (it was
+        there for the walk) or in the marks bitmap of now (promoted since the switch).
+        done_with None: no bitmap is cleared."""
         size = self.maps["lb_est_filter"].value_size
         words = est_bitmap(keys, self._est_bits(), array("Q", bytes(size)))
         m = self.maps["lb_est_filter"]

@@ -247,7 +247,8 @@ MAPS: dict[str, tuple[struct.Struct, struct.Struct]] = {
     "lb_services": (SVC_KEY, U32), "lb_fwm_ranges": (SVC_KEY, PORT_RANGES), "lb_fwm_services": (U32, U32),
     "lb_globals": (U32, U32), "lb_svc": (U32, SVC), "lb_sched_state": (U32, SCHED_STATE),
     "lb_reals": (U32, REAL), "lb_real_conns": (U32, REAL_CONNS), "lb_real_overload": (U32, U32),
-    "lb_real_swept": (U32, REAL_CONNS), "lb_real_base": (U32, REAL_CONNS), "lb_real_sched_off": (U32, REAL_CONNS), "lb_conns": (CONN_KEY, CONN),
+    "lb_real_swept": (U32, REAL_CONNS), "lb_real_base": (U32, REAL_CONNS), "lb_real_sched_off": (U32, REAL_CONNS),
+    "lb_conns": (CONN_KEY, CONN),
     "lb_conns_embryo": (CONN_KEY, CONN), "lb_persist": (PERSIST_KEY, PERSIST),
     "lb_persist_embryo": (PERSIST_KEY, PERSIST), "lb_tcp_fsm": (U32, U32), "lb_tcp_fsm_secure": (U32, U32),
     "lb_timeouts": (U32, U32), "lb_ct_events": (U32, U64), "lb_vip_filter": (U32, VIP_FILTER),
@@ -258,9 +259,9 @@ MAPS: dict[str, tuple[struct.Struct, struct.Struct]] = {
 }
 # maps whose value holds one entry per list position (LB_MAX_SVC_REALS of them, a -D size)
 LIST_MAPS: dict[str, struct.Struct] = {"lb_svc_dests": DEST, "lb_mh_last": U32}
-# maps only the BPF programs use (scratch space, the mh inner map's type template)
 # maps whose value is a bitmap of a -D size (lb_est_filter: LB_EST_FILTER_BITS bits)
 BITMAP_MAPS = ("lb_est_filter",)
+# maps only the BPF programs use (scratch space, the clock's cache, the mh inner map's type template)
 BPF_ONLY_MAPS = ("lb_scratch", "lb_clock", "lb_mh_walk", "lb_mh_inner", "lb_icmp_bucket")
 
 
