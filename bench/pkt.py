@@ -689,7 +689,7 @@ class Bench:
         row("dr1arm", "established TCP flow, DR one-armed: real servers on the clients' interface, XDP_TX (1 flow)",
             pub, fr)
         rows.append(Row("redirect", "baseline: trivial MAC swap + bpf_redirect to the real servers' interface",
-                        self.redirect.fd, frames(VIP_DR, 80, "A", one), kind="reference", table=""))
+                        self.redirect.fd, frames(VIP_DR, 80, "A", one), kind="baseline", table=""))
         for key, fl, what in (("estfloor1", one, "1 flow"), ("estfloormany", lots, f"{many} flows")):
             fr = frames(VIP_DR, 80, "A", fl)
             self.run(self.est_floor.fd, fr, len(fr))
