@@ -160,7 +160,8 @@ def test_group_ports_reach_real_servers_with_persistence_across_the_group(lab, l
         stats = ipvsadm(lab, "-L", "-n", "--stats", "--exact")
         return int(next(ln for ln in stats.splitlines() if ln.startswith(f"FWM  {MARK}")).split()[2])
 
-    wait_for(lambda: fwm_conns() > 0, 10, "IPVS's statistics")
+    # a copy may land between the fetches (3 of them counted): wait for all six, then no more
+    wait_for(lambda: fwm_conns() >= 6, 10, "the 6 connections in IPVS's statistics")
     assert fwm_conns() == 6                          # 6 connections, all through the FWM service
     mine, theirs = same_as_ipvsadm(lab, "-n")
     assert mine == theirs
