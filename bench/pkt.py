@@ -111,9 +111,11 @@ struct floor_key { __u8 b[FLOOR_KEY_SIZE]; };
 struct floor_val { __u8 b[FLOOR_VALUE_SIZE]; };
 BPF_TABLE_PINNED("lru_hash", struct floor_key, struct floor_val, floor_conns, FLOOR_TABLE_SIZE, FLOOR_PIN);
 
-/* the flow's 13-byte key (saddr, daddr, sport, dport, proto) at the start of key[0..size), the
- * rest zero; 0 if the frame is too short */
-static __always_inline int floor_key_of(struct xdp_md *ctx, __u8 *key, __u32 size)
+/* The frame's TCP/IPv4 flow as a key of `size` bytes, the rest zero; 0 if the frame is too short.
+ * alen 4: the compact 13-byte key (saddr, daddr, sport, dport, proto: floor_keys() in Python);
+ * alen 16: lb's struct lb_conn_key (16-byte addresses, ports, protocol, family, direction 0:
+ * conn_keys()). */
+static __always_inline int flow_key_of(struct xdp_md *ctx, __u8 *key, __u32 size, __u32 alen)
 {
     void *data = (void *)(long)ctx->data, *end = (void *)(long)ctx->data_end;
     struct iphdr *ip = data + sizeof(struct ethhdr);
@@ -122,11 +124,18 @@ static __always_inline int floor_key_of(struct xdp_md *ctx, __u8 *key, __u32 siz
         return 0;
     __builtin_memset(key, 0, size);
     __builtin_memcpy(&key[0], &ip->saddr, 4);
-    __builtin_memcpy(&key[4], &ip->daddr, 4);
-    __builtin_memcpy(&key[8], &th->source, 2);
-    __builtin_memcpy(&key[10], &th->dest, 2);
-    key[12] = IPPROTO_TCP;
+    __builtin_memcpy(&key[alen], &ip->daddr, 4);
+    __builtin_memcpy(&key[2 * alen], &th->source, 2);
+    __builtin_memcpy(&key[2 * alen + 2], &th->dest, 2);
+    key[2 * alen + 4] = IPPROTO_TCP;
+    if (alen == 16)
+        key[2 * alen + 5] = EST_AF_INET;
     return 1;
+}
+
+static __always_inline int floor_key_of(struct xdp_md *ctx, __u8 *key, __u32 size)
+{
+    return flow_key_of(ctx, key, size, 4);
 }
 
 static __always_inline int floor_miss_insert(struct xdp_md *ctx)
@@ -163,23 +172,10 @@ int bench_syn_floor2(struct xdp_md *ctx)
     return floor_miss_insert(ctx);
 }
 
-/* lb's own key of the frame's flow (struct lb_conn_key: 16-byte addresses, the ports, protocol,
- * family, direction 0); EST_KEY_SIZE is 40 */
+/* lb's own key of the frame's flow; EST_KEY_SIZE is 40 */
 static __always_inline int est_key_of(struct xdp_md *ctx, __u8 *key)
 {
-    void *data = (void *)(long)ctx->data, *end = (void *)(long)ctx->data_end;
-    struct iphdr *ip = data + sizeof(struct ethhdr);
-    struct tcphdr *th = (void *)(ip + 1);
-    if ((void *)(th + 1) > end)
-        return 0;
-    __builtin_memset(key, 0, EST_KEY_SIZE);
-    __builtin_memcpy(&key[0], &ip->saddr, 4);
-    __builtin_memcpy(&key[16], &ip->daddr, 4);
-    __builtin_memcpy(&key[32], &th->source, 2);
-    __builtin_memcpy(&key[34], &th->dest, 2);
-    key[36] = IPPROTO_TCP;
-    key[37] = EST_AF_INET;
-    return 1;
+    return flow_key_of(ctx, key, EST_KEY_SIZE, 16);
 }
 
 /* The floor of an established packet: the lookup (a hit) of its entry in lb_conns, lb's own
@@ -238,18 +234,9 @@ int bench_key40(struct xdp_md *ctx)
 
 int bench_key16(struct xdp_md *ctx)
 {
-    void *data = (void *)(long)ctx->data, *end = (void *)(long)ctx->data_end;
-    struct iphdr *ip = data + sizeof(struct ethhdr);
-    struct tcphdr *th = (void *)(ip + 1);
-    if ((void *)(th + 1) > end)
-        return XDP_DROP;
     struct ks_key16 k;
-    __builtin_memset(&k, 0, sizeof(k));
-    __builtin_memcpy(&k.b[0], &ip->saddr, 4);
-    __builtin_memcpy(&k.b[4], &ip->daddr, 4);
-    __builtin_memcpy(&k.b[8], &th->source, 2);
-    __builtin_memcpy(&k.b[10], &th->dest, 2);
-    k.b[12] = IPPROTO_TCP;
+    if (!floor_key_of(ctx, k.b, sizeof(k)))
+        return XDP_DROP;
     struct ks_val *v = ks_table16.lookup(&k);
     return est_answer(ctx, v ? v->b : 0);
 }
@@ -721,19 +708,12 @@ class Bench:
         """a bare LRU lookup of the same flows with lb's 40-byte key and with a 16-byte IPv4 key
         (KEY_SIZES), each table holding just these flows"""
         val = struct.pack("=Q", 1).ljust(self.dp.maps["lb_conns"].value_size, b"\0")
-        vip = ipaddress.ip_address(VIP_DR).packed
         rows = []
         for bits, fn in ((40, self.key40), (16, self.key16)):
             t = self.bpf[f"ks_table{bits}".encode()]
             m = BpfMap(t.map_fd, f"ks_table{bits}", owned=False)
             for tag, fl, what in sets:
-                keys = []
-                for client, sport in fl:
-                    c, sp = struct.pack("!I", client), struct.pack("!HH", sport, 80)
-                    if bits == 40:
-                        keys.append(c.ljust(16, b"\0") + vip.ljust(16, b"\0") + sp + bytes([6, L.C["LB_AF_INET"], 0, 0]))
-                    else:
-                        keys.append(c + vip + sp + bytes([6, 0, 0, 0]))
+                keys = conn_keys(fl, VIP_DR, 80) if bits == 40 else floor_keys(fl, VIP_DR, 80, 16)
                 m.set_many(keys, [val] * len(keys))
                 fr = frames(VIP_DR, 80, "A", fl)
                 self.run(fn.fd, fr, len(fr))
