@@ -1,9 +1,11 @@
 /* lb data plane.  Programs (all XDP, loaded by lb/dataplane with bcc):
- *   lb_xdp_public   public side: packets for a virtual service; established flows forwarded here
+ *   lb_xdp_public   public side: packets for a virtual service; established flows forwarded here,
+ *                   new connections of dh and sh (no persistence) scheduled and made here
  *   lb_xdp_persist  persistent services: a live template picks, else on to the scheduler
  *   lb_sched_<name> a new connection's scheduler, tail-called from lb_xdp_public or
  *                   lb_xdp_persist (mh also from itself, to continue a long mh-fallback walk)
- *   lb_xdp_new_conn creates the connection the scheduler picked and forwards the first packet
+ *   lb_xdp_new_conn creates the connection a tail-called scheduler or a template picked and
+ *                   forwards the first packet
  *   lb_xdp_private  private side: NAT replies from real servers back to clients
  *   lb_xdp_guard    [ha]: another interface holding a VIP or nat_router: only the lease's check
  * Both public and private relay ICMP/ICMPv6 errors about tracked connections (lb_icmp.h).
@@ -149,6 +151,105 @@ static __always_inline int lb_handover_is(lb_scratch_t *sc, struct lb_pkt *pkt)
            sc->sfold == lb_addr_fold(pkt->saddr) && sc->dfold == lb_addr_fold(pkt->daddr);
 }
 
+/* ---- a new connection: its first state transition (IPVS starts every connection inactive;
+ * a SYN's SYN_RECV makes it active), counted once where it lands (one atomic on the real
+ * server's shared counters, not three), insert into the embryonic table (plus the NAT reverse
+ * entry), forward.  lb_xdp_public does it for the schedulers it runs in place, lb_xdp_new_conn
+ * at the end of the others' tail calls. ---- */
+
+/* new_conn's part for persistent services: refresh the template that chose, or make one (in
+ * lb_persist_embryo: it moves to lb_persist when the connection is established) */
+static __always_inline void lb_persist_after_pick(struct lb_pkt *pkt, struct lb_svc *svc, __u32 real_id,
+                                                  int from_template, __u64 now)
+{
+    struct lb_persist_key pk;
+    lb_persist_key_of(&pk, pkt, svc);
+    if (from_template) {
+        int embryo;
+        struct lb_persist *t = lb_persist_find(&pk, &embryo);
+        if (t)
+            t->last_ns = now;
+        return;
+    }
+    struct lb_persist t = { .last_ns = now, .real = real_id, .timeout = svc->persist_timeout };
+    if (lb_persist_embryo.insert(&pk, &t) == 0)
+        lb_persist_count(real_id, 1);
+    else if (!lb_persist_embryo.lookup(&pk))   /* not another CPU's template: refused */
+        lb_count(LB_CNT_PERSIST_FULL);
+}
+
+/* Make the connection a scheduler (or a template) picked: its first state, counted on its real
+ * server, into the embryonic table (with the NAT reverse entry), the template's part.  The real
+ * server to forward the packet to, *fresh if this packet made the connection (0: another CPU made
+ * the flow first, and it follows that one's pick, in *real_id); 0 with *act the verdict. */
+static __always_inline struct lb_real *lb_conn_new(struct xdp_md *ctx, struct lb_pkt *pkt, __u32 svc_id,
+                                                   struct lb_svc *svc, __u32 *real_id, int from_template,
+                                                   int *fresh, int *act)
+{
+    *fresh = 0;
+    *act = XDP_PASS;
+    struct lb_real *r = lb_reals.lookup(real_id);
+    if (!r || r->svc != svc_id)
+        return 0;
+
+    struct lb_conn_key key;
+    lb_conn_key_in(&key, pkt);
+    struct lb_conn c = {};
+    c.last_ns = lb_now();
+    c.real = *real_id;
+    c.svc = svc_id;
+    c.state = LB_TCP_S_NONE;
+    c.flags = LB_CONN_F_INACTIVE;
+    if (svc->persist_timeout)
+        c.flags |= LB_CONN_F_PERSIST;
+    c.client_ifindex = ctx->ingress_ifindex;
+    __builtin_memcpy(c.client_mac, pkt->eth->h_source, ETH_ALEN);
+    __builtin_memcpy(c.local_mac, pkt->eth->h_dest, ETH_ALEN);
+    __builtin_memcpy(c.vaddr, key.daddr, 16);
+    c.vport = key.dport;
+    /* its first state first (a SYN: SYN_RECV, active), then counted once, where it is */
+    lb_conn_next_state(&c, lb_fsm_table(r), pkt);
+    if (c.flags & LB_CONN_F_INACTIVE)
+        lb_real_conns_add(*real_id, 0, 1);
+    else
+        lb_real_conns_add(*real_id, 1, 0);
+
+    if (lb_conns_embryo.insert(&key, &c) != 0) {
+        /* another CPU created this flow first: follow its choice */
+        lb_conn_uncount(&c);
+        int embryo;
+        struct lb_conn *other = lb_conn_find(&key, &embryo);
+        if (!other) {
+            lb_count(LB_CNT_CONN_FULL);
+            *act = XDP_DROP;
+            return 0;
+        }
+        *real_id = other->real;
+        r = lb_reals.lookup(real_id);
+        if (!r || r->svc != svc_id) {
+            lb_count(LB_CNT_BAD_REAL);
+            *act = XDP_DROP;
+            return 0;
+        }
+        return r;
+    }
+    lb_ct_event(LB_CTE_EMBRYO_NEW);
+    lb_overload_bind(*real_id, r);
+    if (svc->persist_timeout)
+        lb_persist_after_pick(pkt, svc, *real_id, from_template, c.last_ns);
+    if (r->fwd == LB_FWD_NAT) {
+        struct lb_conn_key rk;
+        lb_conn_key_reverse(&rk, &key, r);
+        c.flags = LB_CONN_F_OUT;
+        if (lb_conns_embryo.update(&rk, &c) == 0)
+            lb_ct_event(LB_CTE_EMBRYO_NEW);
+        else
+            lb_count(LB_CNT_CONN_FULL);   /* its replies will reach the director's stack */
+    }
+    *fresh = 1;
+    return r;
+}
+
 int lb_xdp_public(struct xdp_md *ctx)
 {
     int lease = lb_lease_guard(ctx);      /* [ha]: a gone daemon's addresses are not claimed */
@@ -190,10 +291,24 @@ int lb_xdp_public(struct xdp_md *ctx)
         }
         if (lb_defense_drop())
             return XDP_DROP;
-        lb_sched_handover(sc, svc_id, &pkt);
-        lb_progs.call(ctx, svc->persist_timeout ? LB_PROG_PERSIST : LB_PROG_SCHED_BASE + svc->sched);
-        lb_count(LB_CNT_TAIL_CALL);
-        return XDP_PASS;
+        if (svc->persist_timeout || !lb_sched_in_place(svc)) {
+            lb_sched_handover(sc, svc_id, &pkt);
+            lb_progs.call(ctx, svc->persist_timeout ? LB_PROG_PERSIST : LB_PROG_SCHED_BASE + svc->sched);
+            lb_count(LB_CNT_TAIL_CALL);
+            return XDP_PASS;
+        }
+        /* dh, sh: picked here, the connection made here -- no tail call, no parse again */
+        __u32 real_id = lb_pick_in_place(svc_id, svc, &pkt);
+        if (real_id == LB_NONE) {
+            lb_count(LB_CNT_NO_REAL);   /* the local stack refuses it, as lb_sched_end says */
+            return XDP_PASS;
+        }
+        int fresh;
+        struct lb_real *r = lb_conn_new(ctx, &pkt, svc_id, svc, &real_id, 0, &fresh, &act);
+        if (!r)
+            return act;
+        lb_stats_in(svc_id, real_id, pkt.len, fresh);
+        return lb_forward_to_real(ctx, &pkt, r);
     }
     /* a template is not refreshed by its connections' packets (IPVS re-arms it only for a new
      * connection through it); the control plane's sweep keeps one that still controls live
@@ -357,32 +472,8 @@ int lb_xdp_persist(struct xdp_md *ctx)
     return XDP_PASS;
 }
 
-/* new_conn's part for persistent services: refresh the template that chose, or make one (in
- * lb_persist_embryo: it moves to lb_persist when the connection is established) */
-static __always_inline void lb_persist_after_pick(struct lb_pkt *pkt, struct lb_svc *svc, __u32 real_id,
-                                                  int from_template, __u64 now)
-{
-    struct lb_persist_key pk;
-    lb_persist_key_of(&pk, pkt, svc);
-    if (from_template) {
-        int embryo;
-        struct lb_persist *t = lb_persist_find(&pk, &embryo);
-        if (t)
-            t->last_ns = now;
-        return;
-    }
-    struct lb_persist t = { .last_ns = now, .real = real_id, .timeout = svc->persist_timeout };
-    if (lb_persist_embryo.insert(&pk, &t) == 0)
-        lb_persist_count(real_id, 1);
-    else if (!lb_persist_embryo.lookup(&pk))   /* not another CPU's template: refused */
-        lb_count(LB_CNT_PERSIST_FULL);
-}
-
-/* ---- a new connection: its first state transition (IPVS starts every connection inactive;
- * a SYN's SYN_RECV makes it active), counted once where it lands (one atomic on the real
- * server's shared counters, not three), insert into the embryonic table (plus the NAT reverse
- * entry), forward ---- */
-
+/* The end of a tail-called new connection's chain: the pick (a scheduler program's, or
+ * lb_xdp_persist's template's) from the scratch */
 int lb_xdp_new_conn(struct xdp_md *ctx)
 {
     struct lb_pkt pkt = {};
@@ -397,65 +488,14 @@ int lb_xdp_new_conn(struct xdp_md *ctx)
     __u32 real_id = pick->real;
     int from_template = pick->from_template;
     pick->from_template = 0;
-    struct lb_real *r = lb_reals.lookup(&real_id);
     struct lb_svc *svc = lb_svc.lookup(&svc_id);
-    if (!r || r->svc != svc_id || !svc)
+    if (!svc)
         return XDP_PASS;
-
-    struct lb_conn_key key;
-    lb_conn_key_in(&key, &pkt);
-    struct lb_conn c = {};
-    c.last_ns = lb_now();
-    c.real = real_id;
-    c.svc = svc_id;
-    c.state = LB_TCP_S_NONE;
-    c.flags = LB_CONN_F_INACTIVE;
-    if (svc->persist_timeout)
-        c.flags |= LB_CONN_F_PERSIST;
-    c.client_ifindex = ctx->ingress_ifindex;
-    __builtin_memcpy(c.client_mac, pkt.eth->h_source, ETH_ALEN);
-    __builtin_memcpy(c.local_mac, pkt.eth->h_dest, ETH_ALEN);
-    __builtin_memcpy(c.vaddr, key.daddr, 16);
-    c.vport = key.dport;
-    /* its first state first (a SYN: SYN_RECV, active), then counted once, where it is */
-    lb_conn_next_state(&c, lb_fsm_table(r), &pkt);
-    if (c.flags & LB_CONN_F_INACTIVE)
-        lb_real_conns_add(real_id, 0, 1);
-    else
-        lb_real_conns_add(real_id, 1, 0);
-
-    if (lb_conns_embryo.insert(&key, &c) != 0) {
-        /* another CPU created this flow first: follow its choice */
-        lb_conn_uncount(&c);
-        int embryo;
-        struct lb_conn *other = lb_conn_find(&key, &embryo);
-        if (!other) {
-            lb_count(LB_CNT_CONN_FULL);
-            return XDP_DROP;
-        }
-        real_id = other->real;
-        r = lb_reals.lookup(&real_id);
-        if (!r || r->svc != svc_id) {
-            lb_count(LB_CNT_BAD_REAL);
-            return XDP_DROP;
-        }
-        lb_stats_in(svc_id, real_id, pkt.len, 0);
-        return lb_forward_to_real(ctx, &pkt, r);
-    }
-    lb_ct_event(LB_CTE_EMBRYO_NEW);
-    lb_overload_bind(real_id, r);
-    if (svc->persist_timeout)
-        lb_persist_after_pick(&pkt, svc, real_id, from_template, c.last_ns);
-    if (r->fwd == LB_FWD_NAT) {
-        struct lb_conn_key rk;
-        lb_conn_key_reverse(&rk, &key, r);
-        c.flags = LB_CONN_F_OUT;
-        if (lb_conns_embryo.update(&rk, &c) == 0)
-            lb_ct_event(LB_CTE_EMBRYO_NEW);
-        else
-            lb_count(LB_CNT_CONN_FULL);   /* its replies will reach the director's stack */
-    }
-    lb_stats_in(svc_id, real_id, pkt.len, 1);
+    int fresh;
+    struct lb_real *r = lb_conn_new(ctx, &pkt, svc_id, svc, &real_id, from_template, &fresh, &act);
+    if (!r)
+        return act;
+    lb_stats_in(svc_id, real_id, pkt.len, fresh);
     return lb_forward_to_real(ctx, &pkt, r);
 }
 

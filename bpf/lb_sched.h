@@ -8,6 +8,7 @@
 #define LB_SCHED_H
 
 #include "lb_maps.h"
+#include "lb_parse.h"
 
 /* LB_REAL_F_OVERLOAD in d->flags is IPVS's OVERLOAD from the connection thresholds, set and
  * cleared in place when connections bind and unbind (lb_conntrack.h): the loops pay nothing */
@@ -287,11 +288,16 @@ static __always_inline __u32 lb_pick_dh(__u32 svc_id, struct lb_svc *svc, struct
  * with sh-port.  An unusable server means no destination, unless sh-fallback: then, as
  * ip_vs_sh_get_fallback(), probe bucket (k + 2 * ihash) & 255 for k = 0..255 (the kernel's
  * hashkey with offset (k + ihash)) and take the first usable one; an empty bucket stops. */
+static __always_inline __u32 lb_sh_hash(struct lb_svc *svc, __u32 sfold, __be16 sport)
+{
+    __u32 port = (svc->flags & LB_SVC_F_SCHED_PORT) ? bpf_ntohs(sport) : 0;
+    return lb_hash_32(sfold + port);
+}
+
 static __always_inline __u32 lb_pick_sh(__u32 svc_id, struct lb_svc *svc, struct lb_svc_dests *ds,
                                         __u32 sfold, __be16 sport, lb_scratch_t *sc)
 {
-    __u32 port = (svc->flags & LB_SVC_F_SCHED_PORT) ? bpf_ntohs(sport) : 0;
-    __u32 ihash = lb_hash_32(sfold + port);
+    __u32 ihash = lb_sh_hash(svc, sfold, sport);
     struct lb_sched_buckets *b = lb_sched_buckets.lookup(&svc_id);
     if (!b)
         return LB_NONE;
@@ -312,6 +318,31 @@ static __always_inline __u32 lb_pick_sh(__u32 svc_id, struct lb_svc *svc, struct
             return d->real;
     }
     return LB_NONE;
+}
+
+/* ---- the schedulers lb_xdp_public runs in place: a SYN for them takes no tail call and is not
+ * parsed again (bench pkt: sh ~40 ns a SYN less than sh-fallback's tail-called sh).  dh, and sh
+ * without sh-fallback: one bucket, no loop.  Every scheduler with a walk over the list (rr, wrr,
+ * the lc family, mh, sh-fallback, lblc/lblcr) keeps its program, so its loop is verified there
+ * and not on every path of lb_xdp_public: rr's and wrr's walks over 512 real servers in
+ * lb_xdp_public take the verifier past its million instructions. ---- */
+
+static __always_inline int lb_sched_in_place(const struct lb_svc *svc)
+{
+    return svc->sched == LB_SCHED_DH ||
+           (svc->sched == LB_SCHED_SH && !(svc->flags & LB_SVC_F_SCHED_FALLBACK));
+}
+
+/* the pick of an in-place scheduler for a parsed new connection (sh without its fallback), or
+ * LB_NONE */
+static __always_inline __u32 lb_pick_in_place(__u32 svc_id, struct lb_svc *svc, struct lb_pkt *pkt)
+{
+    struct lb_svc_dests *ds = lb_svc_dests.lookup(&svc_id);
+    if (!ds)
+        return LB_NONE;
+    __u32 idx = svc->sched == LB_SCHED_DH ? lb_hash_32(lb_addr_fold(pkt->daddr))
+                                          : lb_sh_hash(svc, lb_addr_fold(pkt->saddr), *pkt->sport_p);
+    return lb_pick_bucket(svc_id, svc, ds, idx);
 }
 
 /* ---- lblc, lblcr (ip_vs_lblc.c, ip_vs_lblcr.c): a table keyed by the packet's destination

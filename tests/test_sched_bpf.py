@@ -350,3 +350,48 @@ def test_sh_port_spreads_one_client_and_fallback_skips_quiesced(dp):
     check_against_model(dp, "sh", [1, 1, 1, 1], 24, clients=clients, flags=("sh-port",))
     check_against_model(dp, "sh", [0, 1, 0, 1], 24, clients=[f"10.0.0.{i}" for i in range(1, 25)],
                         flags=("sh-fallback",))
+
+
+@pytest.mark.parametrize("sched,flags,in_place", [("dh", (), True), ("sh", (), True), ("sh", ("sh-fallback",), False)])
+def test_dh_and_sh_need_no_program_of_their_own(sched, flags, in_place):
+    """dh, and sh without sh-fallback, are scheduled and their connections made in lb_xdp_public:
+    with their programs taken out of lb_progs a NAT SYN still reaches the model's real server,
+    rewritten, and the reply leaves from the VIP; sh-fallback's walk is its program's, and
+    without it the SYN is passed and counted as a failed tail call."""
+    import os
+
+    from lb.dataplane.maps import BpfMap
+    from packets_util import PRIV_MAC, XDP_TX
+
+    vip, client, port, sport = ipaddress.ip_address("198.18.0.40"), "198.18.0.2", 80, 41000
+    addrs = _reals(4)
+    spec = ServiceSpec("tcp", vip, port, sched, tuple(RealSpec(a, 8080, 1, "nat") for a in addrs),
+                       sched_flags=flags)
+    with loaded_dataplane("schedinplace", table=TableSpec((spec,))) as d:
+        progs = BpfMap.open_pinned(os.path.join(d.pin, "lb_progs"))
+        try:
+            progs.delete(L.U32.pack(L.PROG_SCHED_BASE + L.SCHEDULERS[sched]))
+        finally:
+            progs.close()
+        before = d.counters().get("tail_call_failed", 0)
+        syn = Ether(src=CLIENT_MAC, dst=PUB_MAC) / IP(src=client, dst=str(vip)) / TCP(sport=sport, dport=port,
+                                                                                     flags="S")
+        rc, out = run(d, "lb_xdp_public", syn)
+        if not in_place:
+            assert (rc, out) == (XDP_PASS, bytes(syn))
+            assert d.counters()["tail_call_failed"] == before + 1
+            return
+        m = model.Service(sched, flags)
+        for a in addrs:
+            m.add(str(a), 1)
+        want = m.schedule(saddr=model.addr_fold(client), daddr=model.addr_fold(vip), sport=sport)
+        assert rc == XDP_REDIRECT
+        p = Ether(out)
+        assert (p.dst, p[IP].dst, p[TCP].dport) == (real_mac(want), want, 8080)
+        reply = Ether(src=real_mac(want), dst=PRIV_MAC) / IP(src=want, dst=client) / TCP(sport=8080, dport=sport,
+                                                                                        flags="SA")
+        rc, out = run(d, "lb_xdp_private", reply)
+        p = Ether(out)
+        assert rc == XDP_TX
+        assert (p[IP].src, p[TCP].sport, p[TCP].flags) == (str(vip), port, "SA")
+        assert d.counters().get("tail_call_failed", 0) == before
