@@ -1,6 +1,7 @@
 /* lb data plane.  Programs (all XDP, loaded by lb/dataplane with bcc):
  *   lb_xdp_public   public side: packets for a virtual service; established flows forwarded here,
- *                   new connections of dh and sh (no persistence) scheduled and made here
+ *                   new connections of dh, sh and mh (no persistence, no fallback walk)
+ *                   scheduled and made here
  *   lb_xdp_persist  persistent services: a live template picks, else on to the scheduler
  *   lb_sched_<name> a new connection's scheduler, tail-called from lb_xdp_public or
  *                   lb_xdp_persist (mh also from itself, to continue a long mh-fallback walk)
@@ -291,14 +292,17 @@ int lb_xdp_public(struct xdp_md *ctx)
         }
         if (lb_defense_drop())
             return XDP_DROP;
-        if (svc->persist_timeout || !lb_sched_in_place(svc)) {
+        /* dh, sh, mh: picked here and the connection made here (no tail call, no parse again)
+         * unless a fallback walk is needed */
+        __u32 real_id = LB_PICK_ELSEWHERE;
+        if (!svc->persist_timeout && lb_sched_in_place(svc))
+            real_id = lb_pick_in_place(svc_id, svc, &pkt);
+        if (real_id == LB_PICK_ELSEWHERE) {
             lb_sched_handover(sc, svc_id, &pkt);
             lb_progs.call(ctx, svc->persist_timeout ? LB_PROG_PERSIST : LB_PROG_SCHED_BASE + svc->sched);
             lb_count(LB_CNT_TAIL_CALL);
             return XDP_PASS;
         }
-        /* dh, sh: picked here, the connection made here -- no tail call, no parse again */
-        __u32 real_id = lb_pick_in_place(svc_id, svc, &pkt);
         if (real_id == LB_NONE) {
             lb_count(LB_CNT_NO_REAL);   /* the local stack refuses it, as lb_sched_end says */
             return XDP_PASS;

@@ -320,31 +320,6 @@ static __always_inline __u32 lb_pick_sh(__u32 svc_id, struct lb_svc *svc, struct
     return LB_NONE;
 }
 
-/* ---- the schedulers lb_xdp_public runs in place: a SYN for them takes no tail call and is not
- * parsed again (bench pkt: sh ~40 ns a SYN less than sh-fallback's tail-called sh).  dh, and sh
- * without sh-fallback: one bucket, no loop.  Every scheduler with a walk over the list (rr, wrr,
- * the lc family, mh, sh-fallback, lblc/lblcr) keeps its program, so its loop is verified there
- * and not on every path of lb_xdp_public: rr's and wrr's walks over 512 real servers in
- * lb_xdp_public take the verifier past its million instructions. ---- */
-
-static __always_inline int lb_sched_in_place(const struct lb_svc *svc)
-{
-    return svc->sched == LB_SCHED_DH ||
-           (svc->sched == LB_SCHED_SH && !(svc->flags & LB_SVC_F_SCHED_FALLBACK));
-}
-
-/* the pick of an in-place scheduler for a parsed new connection (sh without its fallback), or
- * LB_NONE */
-static __always_inline __u32 lb_pick_in_place(__u32 svc_id, struct lb_svc *svc, struct lb_pkt *pkt)
-{
-    struct lb_svc_dests *ds = lb_svc_dests.lookup(&svc_id);
-    if (!ds)
-        return LB_NONE;
-    __u32 idx = svc->sched == LB_SCHED_DH ? lb_hash_32(lb_addr_fold(pkt->daddr))
-                                          : lb_sh_hash(svc, lb_addr_fold(pkt->saddr), *pkt->sport_p);
-    return lb_pick_bucket(svc_id, svc, ds, idx);
-}
-
 /* ---- lblc, lblcr (ip_vs_lblc.c, ip_vs_lblcr.c): a table keyed by the packet's destination
  * address remembers the server (lblc) or server set (lblcr) that served it.  The control
  * plane runs the kernel's periodic expiry (lb/dataplane/); the data path only looks up,
@@ -695,6 +670,48 @@ static __always_inline __u32 lb_pick_mh(__u32 svc_id, struct lb_svc *svc, struct
     w->svc = svc_id + 1;
     w->next = k;
     return LB_MH_CONTINUE;
+}
+
+/* ---- the schedulers lb_xdp_public runs in place: a SYN for them takes no tail call and is not
+ * parsed again (30-70 ns a SYN less, measured beside the tail-called build).  dh, sh and mh when
+ * their one bucket or slot has a usable server: no loop.  Everything that walks (rr, wrr,
+ * the lc family, lblc/lblcr, and the sh-fallback and mh-fallback walks when the bucket's or
+ * slot's server is not usable) goes on in the scheduler's own program, so its loop is verified
+ * there and not on every path of lb_xdp_public: rr's and wrr's walks over 512 real servers in
+ * lb_xdp_public take the verifier past its million instructions. ---- */
+
+#define LB_PICK_ELSEWHERE 0xfffffffdU   /* lb_pick_in_place: the scheduler's program picks */
+
+static __always_inline int lb_sched_in_place(const struct lb_svc *svc)
+{
+    return svc->sched == LB_SCHED_DH || svc->sched == LB_SCHED_SH || svc->sched == LB_SCHED_MH;
+}
+
+/* the pick of an in-place scheduler for a parsed new connection: a real id, LB_NONE (no usable
+ * server, as the scheduler's program would say), or LB_PICK_ELSEWHERE (a fallback walk) */
+static __always_inline __u32 lb_pick_in_place(__u32 svc_id, struct lb_svc *svc, struct lb_pkt *pkt)
+{
+    struct lb_svc_dests *ds = lb_svc_dests.lookup(&svc_id);
+    if (!ds)
+        return LB_NONE;
+    __u32 sfold = lb_addr_fold(pkt->saddr), real = LB_NONE;
+    if (svc->sched == LB_SCHED_MH) {
+        __u32 size = svc->mh_size;
+        void *tab = lb_mh_tables.lookup(&svc_id);
+        if (!tab || size < 2)
+            return LB_NONE;
+        __u32 base = sfold + ((svc->flags & LB_SVC_F_SCHED_PORT) ? bpf_ntohs(*pkt->sport_p) : 0);
+        int ok = lb_mh_slot(tab, lb_mh_hash(base) % size, svc_id, svc, ds, &real);
+        if (ok != 0)
+            return real;                  /* usable, or no table (LB_NONE) */
+        return (svc->flags & LB_SVC_F_SCHED_FALLBACK) ? LB_PICK_ELSEWHERE : LB_NONE;
+    }
+    if (svc->sched == LB_SCHED_DH)
+        return lb_pick_bucket(svc_id, svc, ds, lb_hash_32(lb_addr_fold(pkt->daddr)));
+    real = lb_pick_bucket(svc_id, svc, ds, lb_sh_hash(svc, sfold, *pkt->sport_p));
+    if (real == LB_NONE && (svc->flags & LB_SVC_F_SCHED_FALLBACK))
+        return LB_PICK_ELSEWHERE;
+    return real;
 }
 
 #endif

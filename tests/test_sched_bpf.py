@@ -352,46 +352,61 @@ def test_sh_port_spreads_one_client_and_fallback_skips_quiesced(dp):
                         flags=("sh-fallback",))
 
 
-@pytest.mark.parametrize("sched,flags,in_place", [("dh", (), True), ("sh", (), True), ("sh", ("sh-fallback",), False)])
-def test_dh_and_sh_need_no_program_of_their_own(sched, flags, in_place):
-    """dh, and sh without sh-fallback, are scheduled and their connections made in lb_xdp_public:
-    with their programs taken out of lb_progs a NAT SYN still reaches the model's real server,
-    rewritten, and the reply leaves from the VIP; sh-fallback's walk is its program's, and
-    without it the SYN is passed and counted as a failed tail call."""
+@pytest.mark.parametrize("sched", ["dh", "sh", "mh"])
+def test_hash_schedulers_need_no_program_of_their_own(sched):
+    """dh, sh and mh pick, and make the connection, in lb_xdp_public: with their programs taken
+    out of lb_progs a NAT SYN still reaches the model's real server, rewritten, and the reply
+    leaves from the VIP.  Only sh-fallback's and mh-fallback's walks (the bucket's or slot's
+    server not usable) are their programs': without them such a SYN is passed, counted as a
+    failed tail call."""
     import os
 
     from lb.dataplane.maps import BpfMap
     from packets_util import PRIV_MAC, XDP_TX
 
-    vip, client, port, sport = ipaddress.ip_address("198.18.0.40"), "198.18.0.2", 80, 41000
+    vip, port, sport = ipaddress.ip_address("198.18.0.40"), 80, 41000
     addrs = _reals(4)
-    spec = ServiceSpec("tcp", vip, port, sched, tuple(RealSpec(a, 8080, 1, "nat") for a in addrs),
+    weights = [1, 1, 1, 1] if sched == "dh" else [1, 1, 1, 0]    # dh hashes the VIP: one bucket
+    flags = () if sched == "dh" else (f"{sched}-fallback",)
+    spec = ServiceSpec("tcp", vip, port, sched, tuple(RealSpec(a, 8080, w, "nat") for a, w in zip(addrs, weights)),
                        sched_flags=flags)
+    plain, walking = model.Service(sched, ()), model.Service(sched, flags)
+    for m in (plain, walking):
+        for a, w in zip(addrs, weights):
+            m.add(str(a), w, port=8080)
+    in_place = walked = 0
     with loaded_dataplane("schedinplace", table=TableSpec((spec,))) as d:
         progs = BpfMap.open_pinned(os.path.join(d.pin, "lb_progs"))
         try:
             progs.delete(L.U32.pack(L.PROG_SCHED_BASE + L.SCHEDULERS[sched]))
         finally:
             progs.close()
-        before = d.counters().get("tail_call_failed", 0)
-        syn = Ether(src=CLIENT_MAC, dst=PUB_MAC) / IP(src=client, dst=str(vip)) / TCP(sport=sport, dport=port,
-                                                                                     flags="S")
-        rc, out = run(d, "lb_xdp_public", syn)
-        if not in_place:
-            assert (rc, out) == (XDP_PASS, bytes(syn))
-            assert d.counters()["tail_call_failed"] == before + 1
-            return
-        m = model.Service(sched, flags)
-        for a in addrs:
-            m.add(str(a), 1)
-        want = m.schedule(saddr=model.addr_fold(client), daddr=model.addr_fold(vip), sport=sport)
-        assert rc == XDP_REDIRECT
-        p = Ether(out)
-        assert (p.dst, p[IP].dst, p[TCP].dport) == (real_mac(want), want, 8080)
-        reply = Ether(src=real_mac(want), dst=PRIV_MAC) / IP(src=want, dst=client) / TCP(sport=8080, dport=sport,
-                                                                                        flags="SA")
-        rc, out = run(d, "lb_xdp_private", reply)
-        p = Ether(out)
-        assert rc == XDP_TX
-        assert (p[IP].src, p[TCP].sport, p[TCP].flags) == (str(vip), port, "SA")
-        assert d.counters().get("tail_call_failed", 0) == before
+        for i in range(1, 41):
+            client = f"198.18.0.{100 + i}"
+            failed = d.counters().get("tail_call_failed", 0)
+            syn = Ether(src=CLIENT_MAC, dst=PUB_MAC) / IP(src=client, dst=str(vip)) / TCP(sport=sport, dport=port,
+                                                                                         flags="S")
+            rc, out = run(d, "lb_xdp_public", syn)
+            want = plain.schedule(saddr=model.addr_fold(client), daddr=model.addr_fold(vip), sport=sport)
+            if want is None:
+                # the bucket's or slot's server has weight 0: the fallback walk, in the program
+                assert walking.schedule(saddr=model.addr_fold(client), daddr=model.addr_fold(vip),
+                                        sport=sport) is not None
+                assert (rc, out) == (XDP_PASS, bytes(syn))
+                assert d.counters()["tail_call_failed"] == failed + 1
+                walked += 1
+                continue
+            assert rc == XDP_REDIRECT
+            p = Ether(out)
+            assert (p.dst, p[IP].dst, p[TCP].dport) == (real_mac(want), want, 8080)
+            reply = Ether(src=real_mac(want), dst=PRIV_MAC) / IP(src=want, dst=client) / TCP(
+                sport=8080, dport=sport, flags="SA")
+            rc, out = run(d, "lb_xdp_private", reply)
+            p = Ether(out)
+            assert rc == XDP_TX
+            assert (p[IP].src, p[IP].dst, p[TCP].sport, p[TCP].flags) == (str(vip), client, port, "SA")
+            assert d.counters().get("tail_call_failed", 0) == failed
+            in_place += 1
+    # sh keeps a weight-0 server's buckets (the walk starts there); mh gives it no slot, so its
+    # walks (an overloaded slot's server) are tests/test_sched_mh_bpf.py's, through lb_xdp_public
+    assert in_place > 0 and (sched != "sh" or walked > 0)
