@@ -1,8 +1,8 @@
 /* lb data plane.  Programs (all XDP, loaded by lb/dataplane with bcc):
  *   lb_xdp_public   public side: packets for a virtual service; established flows forwarded here,
- *                   new connections of dh, sh and mh (no persistence, no fallback walk)
- *                   scheduled and made here
- *   lb_xdp_persist  persistent services: a live template picks, else on to the scheduler
+ *                   new connections of dh, sh and mh (no fallback walk) and those a live
+ *                   persistence template picks, made here
+ *   lb_xdp_persist  persistent services without a usable template: on to the scheduler
  *   lb_sched_<name> a new connection's scheduler, tail-called from lb_xdp_public or
  *                   lb_xdp_persist (mh also from itself, to continue a long mh-fallback walk)
  *   lb_xdp_new_conn creates the connection a tail-called scheduler or a template picked and
@@ -179,6 +179,17 @@ static __always_inline void lb_persist_after_pick(struct lb_pkt *pkt, struct lb_
         lb_count(LB_CNT_PERSIST_FULL);
 }
 
+/* A persistent service's new connection: its live template's real server, or LB_PICK_ELSEWHERE
+ * (no template, or one whose server is gone: lb_xdp_persist drops that one and schedules) */
+static __always_inline __u32 lb_persist_pick_in_place(struct lb_pkt *pkt, __u32 svc_id, struct lb_svc *svc)
+{
+    struct lb_persist_key pk;
+    int embryo;
+    lb_persist_key_of(&pk, pkt, svc);
+    struct lb_persist *t = lb_persist_find(&pk, &embryo);
+    return t && lb_persist_usable(t, svc_id) ? t->real : LB_PICK_ELSEWHERE;
+}
+
 /* Make the connection a scheduler (or a template) picked: its first state, counted on its real
  * server, into the embryonic table (with the NAT reverse entry), the template's part.  The real
  * server to forward the packet to, *fresh if this packet made the connection (0: another CPU made
@@ -292,11 +303,17 @@ int lb_xdp_public(struct xdp_md *ctx)
         }
         if (lb_defense_drop())
             return XDP_DROP;
-        /* dh, sh, mh: picked here and the connection made here (no tail call, no parse again)
-         * unless a fallback walk is needed */
+        /* a live template's real server, or dh's, sh's, mh's pick: the connection made here (no
+         * tail call, no parse again); else the tail calls (a fallback walk, a scheduler with a
+         * loop, a persistent service without a usable template) */
         __u32 real_id = LB_PICK_ELSEWHERE;
-        if (!svc->persist_timeout && lb_sched_in_place(svc))
+        int from_template = 0;
+        if (svc->persist_timeout) {
+            real_id = lb_persist_pick_in_place(&pkt, svc_id, svc);
+            from_template = real_id != LB_PICK_ELSEWHERE;
+        } else if (lb_sched_in_place(svc)) {
             real_id = lb_pick_in_place(svc_id, svc, &pkt);
+        }
         if (real_id == LB_PICK_ELSEWHERE) {
             lb_sched_handover(sc, svc_id, &pkt);
             lb_progs.call(ctx, svc->persist_timeout ? LB_PROG_PERSIST : LB_PROG_SCHED_BASE + svc->sched);
@@ -308,7 +325,7 @@ int lb_xdp_public(struct xdp_md *ctx)
             return XDP_PASS;
         }
         int fresh;
-        struct lb_real *r = lb_conn_new(ctx, &pkt, svc_id, svc, &real_id, 0, &fresh, &act);
+        struct lb_real *r = lb_conn_new(ctx, &pkt, svc_id, svc, &real_id, from_template, &fresh, &act);
         if (!r)
             return act;
         lb_stats_in(svc_id, real_id, pkt.len, fresh);

@@ -11,7 +11,7 @@ from scapy.layers.l2 import Ether
 from lb.dataplane import RealSpec, ServiceSpec, TableSpec, reader
 from lb.dataplane import layout as L
 from lb.dataplane.maps import PinnedMaps
-from packets_util import CLIENT_MAC, PUB_MAC, XDP_REDIRECT, age, loaded_dataplane, real_mac, run, template_items
+from packets_util import CLIENT_MAC, PUB_MAC, XDP_PASS, XDP_REDIRECT, age, loaded_dataplane, real_mac, run, template_items
 
 ip = ipaddress.ip_address
 REALS = [ip("198.18.1.11"), ip("198.18.1.12"), ip("198.18.1.13")]
@@ -111,3 +111,33 @@ def test_sweep_removes_expired_templates_and_their_count(dp):
         left = [k for k, _ in template_items(maps)
                 if int.from_bytes(L.PERSIST_KEY.unpack(k)[2], "big") == 85]
         assert left == []
+
+
+def test_a_live_template_picks_in_lb_xdp_public():
+    """A SYN whose client has a live template is made in lb_xdp_public: with lb_xdp_persist and
+    the scheduler's program taken out of lb_progs, the client's next connections still go to its
+    template's server, and the template's timer is re-armed; a client without one needs the
+    programs, so its SYN is passed, counted as a failed tail call."""
+    import os
+
+    from lb.dataplane.maps import BpfMap
+
+    with loaded_dataplane("persistinplace", table=table(0, 1, 2, port=85)) as d:
+        first = pick(d, "198.18.0.2", 85)                   # the scheduler made the template
+        [(_, before)] = _templates(d, 85).items()
+        age(d, 5)
+        progs = BpfMap.open_pinned(os.path.join(d.pin, "lb_progs"))
+        try:
+            for slot in (L.PROG_PERSIST, L.PROG_SCHED_BASE + L.SCHEDULERS["rr"]):
+                progs.delete(L.U32.pack(slot))
+        finally:
+            progs.close()
+        assert [pick(d, "198.18.0.77", 85) for _ in range(3)] == [first] * 3    # same /24
+        [(_, after)] = _templates(d, 85).items()
+        assert after[0] >= before[0]              # last_ns re-armed: the aging (5 s back) undone
+        failed = d.counters().get("tail_call_failed", 0)
+        pkt = Ether(src=CLIENT_MAC, dst=PUB_MAC) / IP(src="198.18.9.2", dst="198.18.0.10") / \
+            TCP(sport=next(_sport), dport=85, flags="S")
+        rc, out = run(d, "lb_xdp_public", pkt)
+        assert (rc, out) == (XDP_PASS, bytes(pkt))
+        assert d.counters()["tail_call_failed"] == failed + 1
