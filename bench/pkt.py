@@ -178,10 +178,8 @@ static __always_inline int est_key_of(struct xdp_md *ctx, __u8 *key)
     return flow_key_of(ctx, key, EST_KEY_SIZE, 16);
 }
 
-/* The floor of an established packet: the lookup (a hit) of its entry in lb_conns, lb's own
- * table and key, and nothing else lb does -- the entry's timestamp read, the MACs swapped,
- * XDP_TX.  A miss answers XDP_PASS, which the bench refuses. */
-/* a found entry (its value's first 8 bytes, the timestamp, read): the MACs swapped, XDP_TX */
+/* a found entry (its value's first 8 bytes, the timestamp, read): the MACs swapped, XDP_TX;
+ * a miss answers XDP_PASS, which the bench refuses */
 static __always_inline int est_answer(struct xdp_md *ctx, const __u8 *val)
 {
     void *data = (void *)(long)ctx->data, *end = (void *)(long)ctx->data_end;
@@ -199,6 +197,9 @@ static __always_inline int est_answer(struct xdp_md *ctx, const __u8 *val)
     return last ? XDP_TX : XDP_PASS;
 }
 
+/* The floor of an established packet: the lookup (a hit) of its entry in lb_conns, lb's own
+ * table and key, and nothing else lb does -- the entry's timestamp read, the MACs swapped,
+ * XDP_TX. */
 int bench_est_floor(struct xdp_md *ctx)
 {
     struct est_key k;

@@ -190,25 +190,22 @@ static __always_inline __u32 lb_persist_pick_in_place(struct lb_pkt *pkt, __u32 
     return t && lb_persist_usable(t, svc_id) ? t->real : LB_PICK_ELSEWHERE;
 }
 
-/* Make the connection a scheduler (or a template) picked: its first state, counted on its real
- * server, into the embryonic table (with the NAT reverse entry), the template's part.  The real
- * server to forward the packet to, *fresh if this packet made the connection (0: another CPU made
- * the flow first, and it follows that one's pick, in *real_id); 0 with *act the verdict. */
-static __always_inline struct lb_real *lb_conn_new(struct xdp_md *ctx, struct lb_pkt *pkt, __u32 svc_id,
-                                                   struct lb_svc *svc, __u32 *real_id, int from_template,
-                                                   int *fresh, int *act)
+/* Make the connection a scheduler (or a template) picked -- its first state, counted on its real
+ * server, into the embryonic table (with the NAT reverse entry), the template's part -- and
+ * forward the packet; when another CPU made the flow first, forward it along that one's pick.
+ * An XDP action. */
+static __always_inline int lb_conn_new(struct xdp_md *ctx, struct lb_pkt *pkt, __u32 svc_id,
+                                       struct lb_svc *svc, __u32 real_id, int from_template)
 {
-    *fresh = 0;
-    *act = XDP_PASS;
-    struct lb_real *r = lb_reals.lookup(real_id);
+    struct lb_real *r = lb_reals.lookup(&real_id);
     if (!r || r->svc != svc_id)
-        return 0;
+        return XDP_PASS;
 
     struct lb_conn_key key;
     lb_conn_key_in(&key, pkt);
     struct lb_conn c = {};
     c.last_ns = lb_now();
-    c.real = *real_id;
+    c.real = real_id;
     c.svc = svc_id;
     c.state = LB_TCP_S_NONE;
     c.flags = LB_CONN_F_INACTIVE;
@@ -222,44 +219,43 @@ static __always_inline struct lb_real *lb_conn_new(struct xdp_md *ctx, struct lb
     /* its first state first (a SYN: SYN_RECV, active), then counted once, where it is */
     lb_conn_next_state(&c, lb_fsm_table(r), pkt);
     if (c.flags & LB_CONN_F_INACTIVE)
-        lb_real_conns_add(*real_id, 0, 1);
+        lb_real_conns_add(real_id, 0, 1);
     else
-        lb_real_conns_add(*real_id, 1, 0);
+        lb_real_conns_add(real_id, 1, 0);
 
-    if (lb_conns_embryo.insert(&key, &c) != 0) {
+    int fresh = lb_conns_embryo.insert(&key, &c) == 0;
+    if (!fresh) {
         /* another CPU created this flow first: follow its choice */
         lb_conn_uncount(&c);
         int embryo;
         struct lb_conn *other = lb_conn_find(&key, &embryo);
         if (!other) {
             lb_count(LB_CNT_CONN_FULL);
-            *act = XDP_DROP;
-            return 0;
+            return XDP_DROP;
         }
-        *real_id = other->real;
-        r = lb_reals.lookup(real_id);
+        real_id = other->real;
+        r = lb_reals.lookup(&real_id);
         if (!r || r->svc != svc_id) {
             lb_count(LB_CNT_BAD_REAL);
-            *act = XDP_DROP;
-            return 0;
+            return XDP_DROP;
         }
-        return r;
+    } else {
+        lb_ct_event(LB_CTE_EMBRYO_NEW);
+        lb_overload_bind(real_id, r);
+        if (svc->persist_timeout)
+            lb_persist_after_pick(pkt, svc, real_id, from_template, c.last_ns);
+        if (r->fwd == LB_FWD_NAT) {
+            struct lb_conn_key rk;
+            lb_conn_key_reverse(&rk, &key, r);
+            c.flags = LB_CONN_F_OUT;
+            if (lb_conns_embryo.update(&rk, &c) == 0)
+                lb_ct_event(LB_CTE_EMBRYO_NEW);
+            else
+                lb_count(LB_CNT_CONN_FULL);   /* its replies will reach the director's stack */
+        }
     }
-    lb_ct_event(LB_CTE_EMBRYO_NEW);
-    lb_overload_bind(*real_id, r);
-    if (svc->persist_timeout)
-        lb_persist_after_pick(pkt, svc, *real_id, from_template, c.last_ns);
-    if (r->fwd == LB_FWD_NAT) {
-        struct lb_conn_key rk;
-        lb_conn_key_reverse(&rk, &key, r);
-        c.flags = LB_CONN_F_OUT;
-        if (lb_conns_embryo.update(&rk, &c) == 0)
-            lb_ct_event(LB_CTE_EMBRYO_NEW);
-        else
-            lb_count(LB_CNT_CONN_FULL);   /* its replies will reach the director's stack */
-    }
-    *fresh = 1;
-    return r;
+    lb_stats_in(svc_id, real_id, pkt->len, fresh);
+    return lb_forward_to_real(ctx, pkt, r);
 }
 
 int lb_xdp_public(struct xdp_md *ctx)
@@ -291,9 +287,7 @@ int lb_xdp_public(struct xdp_md *ctx)
         if (act != LB_CONTINUE)
             return act;
         struct lb_svc *svc = lb_svc.lookup(&svc_id);
-        __u32 zero = 0;
-        lb_scratch_t *sc = lb_scratch.lookup(&zero);
-        if (!svc || !sc)
+        if (!svc)
             return XDP_PASS;
         if (!lb_may_schedule(&pkt, svc)) {
             /* IPVS schedules TCP only on SYN (unless sloppy); the kernel answers the rest (RST).
@@ -315,6 +309,10 @@ int lb_xdp_public(struct xdp_md *ctx)
             real_id = lb_pick_in_place(svc_id, svc, &pkt);
         }
         if (real_id == LB_PICK_ELSEWHERE) {
+            __u32 zero = 0;
+            lb_scratch_t *sc = lb_scratch.lookup(&zero);
+            if (!sc)
+                return XDP_PASS;
             lb_sched_handover(sc, svc_id, &pkt);
             lb_progs.call(ctx, svc->persist_timeout ? LB_PROG_PERSIST : LB_PROG_SCHED_BASE + svc->sched);
             lb_count(LB_CNT_TAIL_CALL);
@@ -324,12 +322,7 @@ int lb_xdp_public(struct xdp_md *ctx)
             lb_count(LB_CNT_NO_REAL);   /* the local stack refuses it, as lb_sched_end says */
             return XDP_PASS;
         }
-        int fresh;
-        struct lb_real *r = lb_conn_new(ctx, &pkt, svc_id, svc, &real_id, from_template, &fresh, &act);
-        if (!r)
-            return act;
-        lb_stats_in(svc_id, real_id, pkt.len, fresh);
-        return lb_forward_to_real(ctx, &pkt, r);
+        return lb_conn_new(ctx, &pkt, svc_id, svc, real_id, from_template);
     }
     /* a template is not refreshed by its connections' packets (IPVS re-arms it only for a new
      * connection through it); the control plane's sweep keeps one that still controls live
@@ -512,12 +505,7 @@ int lb_xdp_new_conn(struct xdp_md *ctx)
     struct lb_svc *svc = lb_svc.lookup(&svc_id);
     if (!svc)
         return XDP_PASS;
-    int fresh;
-    struct lb_real *r = lb_conn_new(ctx, &pkt, svc_id, svc, &real_id, from_template, &fresh, &act);
-    if (!r)
-        return act;
-    lb_stats_in(svc_id, real_id, pkt.len, fresh);
-    return lb_forward_to_real(ctx, &pkt, r);
+    return lb_conn_new(ctx, &pkt, svc_id, svc, real_id, from_template);
 }
 
 /* ---- private side: NAT replies ---- */
