@@ -66,19 +66,23 @@ DIRECTORS = [PRIV_ADDR[4], PRIV_ADDR[6]]
 DECAP_DSTS = sorted({ip(a) for a in V4["tun_r"] + V6["tun_r"] + V4["dr_r"][:1]}, key=str)   # decap's own addresses
 
 
-def _svc(proto, vip, port, reals, fwd, rport=None, **kw):
-    return ServiceSpec(proto, ip(vip), port, "rr", tuple(RealSpec(ip(a), rport if rport is not None else port, 1, fwd)
-                                                         for a in reals), **kw)
+def _svc(proto, vip, port, reals, fwd, rport=None, sched="rr", **kw):
+    return ServiceSpec(proto, ip(vip), port, sched, tuple(RealSpec(ip(a), rport if rport is not None else port, 1, fwd)
+                                                          for a in reals), **kw)
 
 
+# the schedulers lb_xdp_public runs in place (dh, sh, mh; persistence's templates) beside
+# tail-called ones (rr), so hostile packets reach both paths
 SERVICES = (
-    _svc("tcp", V4["dr"], 80, V4["dr_r"], "dr"), _svc("udp", V4["dr"], 53, V4["dr_r"], "dr"),
-    _svc("tcp", V4["nat"], 80, V4["nat_r"], "nat", 8080), _svc("udp", V4["nat"], 53, V4["nat_r"], "nat", 5353),
-    _svc("tcp", V4["tun"], 80, V4["tun_r"], "tunnel"), _svc("udp", V4["tun"], 53, V4["tun_r"], "tunnel"),
+    _svc("tcp", V4["dr"], 80, V4["dr_r"], "dr"), _svc("udp", V4["dr"], 53, V4["dr_r"], "dr", sched="dh"),
+    _svc("tcp", V4["nat"], 80, V4["nat_r"], "nat", 8080, sched="mh"),
+    _svc("udp", V4["nat"], 53, V4["nat_r"], "nat", 5353),
+    _svc("tcp", V4["tun"], 80, V4["tun_r"], "tunnel", sched="sh", sched_flags=("sh-fallback",)),
+    _svc("udp", V4["tun"], 53, V4["tun_r"], "tunnel"),
     _svc("tcp", V4["per"], 80, V4["per_r"], "dr", name="per", persistent=300, pmask="255.255.255.0"),
     _svc("tcp", V4["fwm"], 21, V4["fwm_r"], "nat", 0, name="ftp", fwmark=21, persistent=300,
          groups=(PortGroup("tcp", ip(V4["fwm"]), 21, 21), PortGroup("tcp", ip(V4["fwm"]), 30000, 30009))),
-    _svc("tcp", V6["dr"], 80, V6["dr_r"], "dr"),
+    _svc("tcp", V6["dr"], 80, V6["dr_r"], "dr", sched="sh"),
     _svc("tcp", V6["nat"], 80, V6["nat_r"], "nat", 8080), _svc("udp", V6["nat"], 53, V6["nat_r"], "nat", 5353),
     _svc("tcp", V6["tun"], 80, V6["tun_r"], "tunnel"),
 )
