@@ -452,7 +452,7 @@ static __always_inline __u32 lb_pick_lblcr(__u32 svc_id, struct lb_svc *svc, str
     __u32 g = LB_G_LBLCR_EXPIRATION;
     __u32 *exp = lb_globals.lookup(&g);
     __u64 exp_ns = (exp && *exp ? *exp : LB_LBLCR_EXPIRATION_DEFAULT) * 1000000000ULL;
-    if (n > 1 && now > e->lastmod_ns + exp_ns) {
+    if (n > 1 && (__s64)(now - e->lastmod_ns) > (__s64)exp_ns) {   /* signed, as lb_conn_expired */
         __u32 most = LB_NONE, mw = 0;
         __u64 moh = 0;
         for (__u32 i = 0; i < LB_LBLCR_SET_SIZE; i++) {

@@ -139,4 +139,6 @@ def age(dp: XdpDataplane, seconds: float) -> None:
         m = dp.maps[name]
         for k, v in list(m.items()):
             (last,) = struct.unpack_from("=Q", v)
-            m.set(k, struct.pack("=Q", last - ns) + v[8:])
+            # modulo 2^64, as the data path reckons (layout.elapsed_ns): on a machine up for less
+            # than `seconds` the stamp wraps, and is still that old
+            m.set(k, struct.pack("=Q", (last - ns) & 0xFFFF_FFFF_FFFF_FFFF) + v[8:])

@@ -5,6 +5,7 @@ data planes run through BPF_PROG_TEST_RUN; nothing leaves the kernel's test harn
 from __future__ import annotations
 
 import ipaddress
+import struct
 
 import pytest
 from scapy.layers.inet import IP, TCP
@@ -12,9 +13,10 @@ from scapy.layers.inet6 import IPv6
 from scapy.layers.l2 import Ether
 
 from lb.dataplane import PortGroup, RealSpec, ServiceSpec, TableSpec
+from lb.dataplane import layout as L
 from lb.ha import sync
 
-from packets_util import CLIENT_MAC, PUB_MAC, XDP_REDIRECT, loaded_dataplane, real_mac, run
+from packets_util import CLIENT_MAC, PUB_MAC, XDP_PASS, XDP_REDIRECT, loaded_dataplane, real_mac, run
 
 ip = ipaddress.ip_address
 REALS6 = ["2001:2:0:1::11", "2001:2:0:1::12", "2001:2:0:1::13"]
@@ -113,10 +115,13 @@ def test_entry_stamped_ahead_of_the_coarse_clock_is_fresh(pair):
     assert _dst(b, _pkt(*flow, "A")) == mac
 
 
-def test_entry_older_than_the_backups_clock_is_installed_and_forwarded(pair):
+def test_entry_older_than_the_backups_clock_is_installed_forwarded_and_expires_on_time(pair):
     """A synced entry older than the backup's uptime (a long-lived connection, a freshly booted
-    backup): sync.admit caps its age so `now - age` stays a timestamp (it went negative and
-    struct.pack raised, dropping the batch half written); the backup then forwards the flow."""
+    backup): its stamp wraps below zero as a u64 (`now - age` once went negative and
+    struct.pack raised, dropping the batch half written; then sync.admit capped the age, so
+    the backup kept it longer than the primary).  The backup forwards it, shows and exports
+    its true age, keeps it through a sweep while its timeout has not run out, and expires it
+    when it has -- BPF and the sweep reckoning the same (layout.elapsed_ns)."""
     import time
 
     a, b = pair
@@ -126,9 +131,25 @@ def test_entry_older_than_the_backups_clock_is_installed_and_forwarded(pair):
     rec = next(r for _, _, r in conns if r[2] == 43100)
     now = time.clock_gettime_ns(6)                        # CLOCK_MONOTONIC_COARSE, what BPF reads
     uptime_s = now // 10**9
-    rec = rec[:9] + ((uptime_s + 50) * 10**9,) + (uptime_s + 1000,) + rec[11:]   # older than the clock
+    age = (uptime_s + 50) * 10**9                         # older than the clock
+    rec = rec[:9] + (age,) + (uptime_s + 1000,) + rec[11:]   # 950 s of its timeout left
     c, t = sync.decode_batch(sync.pack_batches([sync.encode_conn(rec)])[0])
     c, t, expired = sync.admit(c, t, now)
-    assert expired == 0 and now - c[0][9] > 0
+    assert expired == 0 and c[0][9] == age
     assert b.import_conns(c, t, ifindex=1, local_mac=bytes(6), now_ns=now) == (1, 0)
-    assert _dst(b, _pkt(*flow, "A")) == mac
+    b.sweep()
+    got = next(r for _, _, r in b.export_conns()[0] if r[2] == 43100)
+    assert age <= got[9] < age + 60 * 10**9              # the age it had on the primary, not capped
+    assert _dst(b, _pkt(*flow, "A")) == mac             # (its packet restarts its timer)
+    # its timeout run out (aged as long, from the packet's refresh): the sweep expires it, and so
+    # does the data path
+    key = L.ConnKey(ip(flow[0]), ip(flow[1]), flow[2], flow[3], 6).pack()
+    raw = b.maps["lb_conns"].get(key)
+    (last,) = struct.unpack_from("=Q", raw)
+    b.maps["lb_conns"].set(key, struct.pack("=Q", (last - (rec[10] + 1) * 10**9) & 0xFFFF_FFFF_FFFF_FFFF) + raw[8:])
+    b.sweep()
+    assert b.maps["lb_conns"].get(key) is None
+    late = rec[:9] + ((rec[10] + 1) * 10**9,) + rec[10:]
+    assert b.import_conns([late], [], ifindex=1, local_mac=bytes(6)) == (1, 0)
+    rc, _ = run(b, "lb_xdp_public", _pkt(*flow, "A"))
+    assert rc == XDP_PASS and b.maps["lb_conns"].get(key) is None

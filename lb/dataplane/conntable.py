@@ -143,7 +143,7 @@ class ConnTable:
             for k, v in self.maps[name].items():
                 last, real, timeout = L.PERSIST.unpack(v)
                 census.setdefault(real, [0, 0, 0])[2] += 1
-                if now - last > timeout * 1_000_000_000:
+                if L.elapsed_ns(now, last) > timeout * 1_000_000_000:
                     expired_t[(name, k)] = (last, real, timeout)
         persistent = self._persistent_services() if expired_t else {}
         controlling: set[tuple[bytes, int]] = set()         # (template key, real) of live connections
@@ -161,7 +161,7 @@ class ConnTable:
                 cls = 1 if flags & L.CONN_F_INACTIVE else 0
                 if not out:
                     census.setdefault(real, [0, 0, 0])[cls] += 1
-                if now - last <= timeout * 1_000_000_000:
+                if L.elapsed_ns(now, last) <= timeout * 1_000_000_000:
                     if persistent and flags & L.CONN_F_PERSIST and not out and svc in persistent:
                         controlling.add((self._template_key(persistent[svc], k), real))
                     if name == "lb_conns" and not out:
@@ -181,8 +181,8 @@ class ConnTable:
             templates = self.maps[name]
             if (k, real) in controlling:
                 # not expired: its timer restarts where it ran out, for 60 s (as often as needed)
-                while now - last > timeout * 1_000_000_000:
-                    last += timeout * 1_000_000_000
+                while L.elapsed_ns(now, last) > timeout * 1_000_000_000:
+                    last = (last + timeout * 1_000_000_000) & 0xFFFF_FFFF_FFFF_FFFF
                     timeout = TEMPLATE_LATER_S
                 templates.set(k, L.PERSIST.pack(last, real, timeout))
             elif templates.delete(k):
@@ -278,7 +278,7 @@ class ConnTable:
                 continue
             flags = c.flags & (L.CONN_F_INACTIVE | L.CONN_F_PERSIST)
             conns.append((k, c.last_ns, (key.proto, key.saddr, key.sport, key.daddr, key.dport, real.addr,
-                                         real.port, c.state, flags, max(0, now - c.last_ns), c.timeout,
+                                         real.port, c.state, flags, max(0, L.elapsed_ns(now, c.last_ns)), c.timeout,
                                          c.client_mac)))
         for k, v in self.maps["lb_persist"].items():
             caddr, vaddr, vport, proto, fam, fwmark = L.PERSIST_KEY.unpack(k)
@@ -287,7 +287,7 @@ class ConnTable:
             if real is None or not real.family or not fam:
                 continue
             temps.append((k, last, (proto, L.unpack_addr(caddr, fam), L.unpack_addr(vaddr, fam),
-                                    L.unpack_port(vport), fwmark, real.addr, real.port, max(0, now - last),
+                                    L.unpack_port(vport), fwmark, real.addr, real.port, max(0, L.elapsed_ns(now, last)),
                                     timeout)))
         return conns, temps
 
@@ -348,7 +348,7 @@ class ConnTable:
                 oc = L.Conn.unpack(old)
                 if not oc.flags & L.CONN_F_OUT:
                     count(oc.real, 1 if oc.flags & L.CONN_F_INACTIVE else 0, -1)
-            c = L.Conn(now - age, rid, st.id, timeout, ifindex, state, flags, cmac, local_mac)
+            c = L.Conn((now - age) & 0xFFFF_FFFF_FFFF_FFFF, rid, st.id, timeout, ifindex, state, flags, cmac, local_mac)
             if hasattr(c, "vaddr"):             # the VIP:port NAT replies are rewritten back to
                 c.vaddr, c.vport = L.pack_addr(vaddr), vport
             cm.set(key, c.pack())
@@ -367,7 +367,7 @@ class ConnTable:
             old = pm.get(key)
             if old is not None:
                 count(L.PERSIST.unpack(old)[1], 2, -1)
-            pm.set(key, L.PERSIST.pack(now - age, rid, timeout))
+            pm.set(key, L.PERSIST.pack((now - age) & 0xFFFF_FFFF_FFFF_FFFF, rid, timeout))
             count(rid, 2, 1)
             done += 1
         m = 0xFFFFFFFF

@@ -149,7 +149,7 @@ class Defender:
             if key.proto == 6:
                 if c.state not in (L.TCP_S["SYN_RECV"], L.TCP_S["SYNACK"]):
                     continue
-            elif now - c.last_ns < UDP_IDLE_NS:
+            elif L.elapsed_ns(now, c.last_ns) < UDP_IDLE_NS:
                 continue
             if not m.delete(k):
                 continue                        # the data path took it first

@@ -242,6 +242,16 @@ VIP_FILTER = _layout("lb_vip_filter", f"bits:{VIP_FILTER_WORDS}Q")
 U32 = struct.Struct("=I")
 U64 = struct.Struct("=Q")
 
+
+def elapsed_ns(now: int, last: int) -> int:
+    """How long ago a timestamp of the data path's clock was, as the data path reckons it
+    (lb_conn_expired): the signed 64-bit difference.  A stamp ahead of the clock (written from
+    the precise clock) is that much in the future, not expired; one older than the machine's
+    uptime (an imported connection, on a director just booted) wraps below zero as a u64 and
+    is still that old."""
+    d = (now - last) & 0xFFFF_FFFF_FFFF_FFFF
+    return d - (1 << 64) if d >> 63 else d
+
 # key and value layout of every map the control plane reads or writes (lb_maps.h)
 MAPS: dict[str, tuple[struct.Struct, struct.Struct]] = {
     "lb_services": (SVC_KEY, U32), "lb_fwm_ranges": (SVC_KEY, PORT_RANGES), "lb_fwm_services": (U32, U32),

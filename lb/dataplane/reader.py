@@ -126,7 +126,7 @@ def read_connections(maps: PinnedMaps, batch: bool | None = None, now_ns: int | 
         if key.dir != 0:
             continue                       # NAT reverse entries are not connections of their own
         c = L.Conn.unpack(v)
-        left = c.timeout - (now - c.last_ns) // 1_000_000_000
+        left = c.timeout - L.elapsed_ns(now, c.last_ns) // 1_000_000_000
         if left < 0:
             continue                       # expired, awaiting the sweep
         real = reals.get(c.real)

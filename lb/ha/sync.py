@@ -37,8 +37,8 @@ payload before any of it is installed (:func:`decode_batch`): count, lengths, ki
 (TCP, UDP; a firewall-mark template 0), family (4, 6, with zero padding), state (below N_STATES), flags (inactive,
 persistent only), timeout (1 s .. MAX_TIMEOUT_S); a payload with one bad record is refused whole
 (counted, logged at a bounded rate).  :func:`admit` then drops records already older than their
-timeout and caps every age below the backup's own clock (an entry older than the backup's uptime
-would otherwise be stamped before its clock's zero).
+timeout; the others keep their whole age (one older than the backup's uptime gets a stamp that
+wraps below the clock's zero, reckoned modulo 2^64: layout.elapsed_ns).
 """
 from __future__ import annotations
 
@@ -157,10 +157,12 @@ def decode_batch(payload: bytes) -> tuple[list, list]:
 
 def admit(conns: list, temps: list, now_ns: int) -> tuple[list, list, int]:
     """The records to install at ``now_ns`` (the backup's monotonic clock): those already older
-    than their timeout are dropped (counted in the third value), the others' ages are capped at
-    now_ns - 1 so that ``now - age`` stays a valid timestamp.  The age is field 9 of a
-    connection record and field 7 of a template record (from 0); the timeout follows it."""
-    cap = max(0, now_ns - 1)
+    than their timeout are dropped (counted in the third value); the others keep their ages
+    whole, also one older than the backup's uptime (a long-lived connection, a backup just
+    booted): its stamp wraps below zero as a u64, which the data path and the sweep reckon
+    modulo 2^64 (layout.elapsed_ns), so it expires on the backup when it would on the primary.
+    The age is field 9 of a connection record and field 7 of a template record (from 0); the
+    timeout follows it."""
     out_c, out_t, expired = [], [], 0
     for out, items, at in ((out_c, conns, 9), (out_t, temps, 7)):
         for r in items:
@@ -168,7 +170,7 @@ def admit(conns: list, temps: list, now_ns: int) -> tuple[list, list, int]:
             if age > timeout * 1_000_000_000:
                 expired += 1
                 continue
-            out.append(r if age <= cap else r[:at] + (cap,) + r[at + 1:])
+            out.append(r)
     return out_c, out_t, expired
 
 
