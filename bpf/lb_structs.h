@@ -195,7 +195,8 @@ struct lb_lblcr {                 /* lblcr: ip_vs_lblcr_entry with its ip_vs_des
     __u32 real[LB_LBLCR_SET_SIZE];  /* newest first, as list_add_rcu keeps the kernel's set */
 };
 
-/* dh / sh (lb_sched_buckets value, key = service id): present only for services using them */
+/* dh / sh (lb_sched_buckets value, key = service id): read only while lb_svc names dh or sh (the
+ * control plane writes it first); another scheduler's entry is stale or zero, and never read */
 struct lb_sched_buckets {
     __u32 pos[LB_SCHED_BUCKETS];  /* list position in lb_svc_dests, or LB_NONE */
 };

@@ -37,7 +37,7 @@ def _reals(n, family=4):
 
 
 def check_against_model(dp, sched, weights, count, acks=(), vip=VIP, clients=("198.18.0.2",),
-                        thresholds=(), flags=(), sports=None, fins=()):
+                        thresholds=(), flags=(), sports=None, fins=(), port=None):
     """Program a fresh service (new port) with `weights` in config order, send `count` SYNs,
     and compare each pick with the model's.  A SYN alone leaves the connection SYN_RECV, which
     counts as active (as in kernel IPVS); when acks[i] (or acks is True) the i-th flow's ACK
@@ -45,8 +45,9 @@ def check_against_model(dp, sched, weights, count, acks=(), vip=VIP, clients=("1
     fins[i] (or fins is True) a FIN follows (after the ACK, if any): the connection leaves the
     active states (FIN_WAIT or TIME_WAIT, inactive) and the model deactivates it.  The i-th flow
     comes from clients[i % len(clients)] (sh hashes it) to `vip` (dh hashes it).  An IPv6 `vip`
-    makes an IPv6 service with IPv6 real servers (clients then IPv6 too)."""
-    port = next(_ports)
+    makes an IPv6 service with IPv6 real servers (clients then IPv6 too).  `port`: the service's
+    port (default a new one); the same port again changes that service's scheduler."""
+    port = next(_ports) if port is None else port
     vip = ipaddress.ip_address(vip)
     addrs = _reals(len(weights), vip.version)
     ip = IPv6 if vip.version == 6 else IP
@@ -202,19 +203,22 @@ def test_dh_hashes_the_vip(dp):
     assert model.dh_table(3)[:5] == [0, 1, 2, 0, 1]
 
 
-def test_bucket_table_only_for_dh_sh(dp):
+def test_bucket_tables_follow_the_scheduler_and_stale_ones_are_never_read(dp):
+    """lb_sched_buckets is an array (an inlined lookup for dh's and sh's SYNs) that the data
+    path reads only while lb_svc names dh or sh: a service that leaves sh for rr keeps its old
+    table, and rr picks as the model says; one that comes to dh gets its table before its
+    first SYN; so does a new service on a removed one's id."""
     port = next(_ports)
-    reals = tuple(RealSpec(a, 80, 1, "dr") for a in _reals(2))
+    clients = [f"198.18.{i}.{3 * i + 1}" for i in range(9)]
     buckets = dp.maps["lb_sched_buckets"]
-    dp.apply(TableSpec((ServiceSpec("tcp", VIP, port, "sh", reals),)))
-    assert len(buckets.items(batch=False)) == 1
-    dp.apply(TableSpec((ServiceSpec("tcp", VIP, port, "wlc", reals),)))   # scheduler change only
-    assert buckets.items(batch=False) == []
-    assert dp.maps["lb_svc"].get(L.U32.pack(dp.services[next(iter(dp.services))].id))[20] == L.SCHEDULERS["wlc"]
-    dp.apply(TableSpec((ServiceSpec("tcp", VIP, port, "dh", reals),)))
-    assert len(buckets.items(batch=False)) == 1
+    for sched in ("sh", "rr", "dh", "rr", "sh"):          # one service, its scheduler changed
+        check_against_model(dp, sched, [3, 1, 2], 9, clients=clients, port=port)
+        sid = L.U32.pack(next(iter(dp.services.values())).id)
+        if sched == "rr":
+            assert any(p != L.LB_NONE for p in L.SCHED_BUCKETS.unpack(buckets.get(sid)))   # stale, unread
     dp.apply(TableSpec(()))
-    assert buckets.items(batch=False) == []
+    check_against_model(dp, "dh", [1, 2, 0], 6, vip="198.18.0.31", clients=clients)   # the id again
+    check_against_model(dp, "sh", [2, 0, 1], 9, clients=clients)
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])

@@ -514,7 +514,6 @@ class ServiceTable:
         for _, rid in st.dests:
             self._retire_real(rid)
         self.txn.set("lb_svc", L.U32.pack(st.id), L.Svc(key.addr, key.port, key.proto, 0).pack())
-        self.txn.delete("lb_sched_buckets", L.U32.pack(st.id))
         self.lblc.flush(st.id)
         self._mh_drop(st.id)
         self.free_svc_ids.append(st.id)
@@ -661,11 +660,12 @@ class ServiceTable:
 
     def _set_buckets(self, st: _SvcState) -> None:
         """dh / sh: the 256-bucket table of list positions (a pure function of the list and
-        its weights, as ip_vs_dh_reassign / ip_vs_sh_reassign rebuild it on every change);
-        other schedulers have no entry, so they pay no memory for it."""
+        its weights, as ip_vs_dh_reassign / ip_vs_sh_reassign rebuild it on every change),
+        written before lb_svc names the scheduler.  lb_sched_buckets is an array (an inlined
+        lookup for dh's and sh's SYNs): another scheduler's entry, or a removed service's, is
+        left as it is -- the data path reads it only while lb_svc names dh or sh."""
         sid = L.U32.pack(st.id)
         if st.sched not in L.BUCKET_SCHEDULERS:
-            self.txn.delete("lb_sched_buckets", sid)
             return
         if st.sched == "dh":
             table = sched_model.dh_table(len(st.dests))

@@ -66,7 +66,7 @@ assert all(name in STAGE_MAPS for name, _ in NEW_REAL)
 # ServiceTable's next id) has never been written, so its entries are zero (the undo log need
 # not read them: a big first apply costs no lookups)
 REAL_ARRAYS = (*(name for name, _ in NEW_REAL), "lb_reals")
-SVC_ARRAYS = ("lb_svc", "lb_sched_state", "lb_svc_dests", "lb_svc_stats", "lb_svc_rates")
+SVC_ARRAYS = ("lb_svc", "lb_sched_state", "lb_svc_dests", "lb_sched_buckets", "lb_svc_stats", "lb_svc_rates")
 
 
 _UNREAD = object()
