@@ -136,7 +136,8 @@ enum lb_sched_id {
  * lb_conns?  Bits per bitmap: a -D flag, 8 per lb_conns entry (lb/dataplane/program.py).
  * Bitmaps: LB_EST_CENSUS, the control plane's (every client -> VIP key in lb_conns at its last
  * sweep, and what it imported since), and two that promotions mark, LB_EST_MARKS +
- * lb_globals[LB_G_EST_WRITE]; a bit clear in all three: certainly not in lb_conns. */
+ * lb_globals[LB_G_EST_WRITE]; a bit clear in all three: certainly not in lb_conns.  The three
+ * are interleaved word by word (struct lb_est_word: w[bitmap]), so a SYN reads one cache line. */
 #ifndef LB_EST_FILTER_BITS
 #define LB_EST_FILTER_BITS 19
 #endif

@@ -56,19 +56,14 @@ static __always_inline __u32 lb_est_bit(struct lb_conn_key *k)
     return (h * LB_EST_HASH_MUL) >> (32 - LB_EST_FILTER_BITS);
 }
 
-/* 0: key is certainly not in lb_conns */
+/* 0: key is certainly not in lb_conns (its bit clear in the three bitmaps: one cache line) */
 static __always_inline int lb_est_maybe(struct lb_conn_key *k)
 {
     __u32 bit = lb_est_bit(k), word = (bit >> 6) & (LB_EST_FILTER_WORDS - 1);
-    __u64 mask = 1ULL << (bit & 63);
-#pragma unroll
-    for (__u32 i = 0; i < LB_EST_BITMAPS; i++) {
-        __u32 slot = i;
-        struct lb_est_filter *f = lb_est_filter.lookup(&slot);
-        if (!f || (f->w[word] & mask))
-            return 1;
-    }
-    return 0;
+    struct lb_est_word *e = lb_est_filter.lookup(&word);
+    if (!e)
+        return 1;
+    return ((e->w[LB_EST_CENSUS] | e->w[LB_EST_MARKS] | e->w[LB_EST_MARKS + 1]) >> (bit & 63)) & 1;
 }
 
 static __always_inline void lb_est_mark(struct lb_conn_key *k)
@@ -76,10 +71,9 @@ static __always_inline void lb_est_mark(struct lb_conn_key *k)
     __u32 bit = lb_est_bit(k), word = (bit >> 6) & (LB_EST_FILTER_WORDS - 1);
     __u32 g = LB_G_EST_WRITE;
     __u32 *wr = lb_globals.lookup(&g);
-    __u32 slot = LB_EST_MARKS + (wr ? (*wr & 1) : 0);
-    struct lb_est_filter *f = lb_est_filter.lookup(&slot);
-    if (f)
-        __sync_fetch_and_or(&f->w[word], 1ULL << (bit & 63));
+    struct lb_est_word *e = lb_est_filter.lookup(&word);
+    if (e)
+        __sync_fetch_and_or(&e->w[LB_EST_MARKS + (wr ? (*wr & 1) : 0)], 1ULL << (bit & 63));
 }
 
 /* The connection of key: lb_conns first (every established packet stops there), then the

@@ -60,8 +60,10 @@ BPF_TABLE_PINNED("percpu_array", __u32, __u64, lb_counters, LB_COUNTERS, LB_PIN(
 BPF_TABLE_PINNED("percpu_array", __u32, __u64, lb_ct_events, LB_CTE_MAX, LB_PIN(lb_ct_events));
 /* the addresses of every virtual service, hashed to a bit: the first test of lb_xdp_public */
 BPF_TABLE_PINNED("array", __u32, struct lb_vip_filter, lb_vip_filter, 1, LB_PIN(lb_vip_filter));
-/* may a SYN's key be in lb_conns (lb_embryo.h): the control plane's census and two BPF bitmaps */
-BPF_TABLE_PINNED("array", __u32, struct lb_est_filter, lb_est_filter, LB_EST_BITMAPS, LB_PIN(lb_est_filter));
+/* may a SYN's key be in lb_conns (lb_embryo.h): the control plane's census and two BPF bitmaps,
+ * interleaved word by word; the control plane writes its words through a shared mapping */
+BPF_TABLE_PINNED("array", __u32, struct lb_est_word, lb_est_filter, LB_EST_FILTER_WORDS, LB_PIN(lb_est_filter),
+                 BPF_F_MMAPABLE);
 /* the tunnel's too-big answers: one token bucket for the whole director (as the kernel's
  * icmp_global_allow) */
 BPF_TABLE_PINNED("array", __u32, struct lb_icmp_bucket, lb_icmp_bucket, 1, LB_PIN(lb_icmp_bucket));

@@ -207,9 +207,14 @@ struct lb_mh_last {
     __u32 w[LB_MAX_SVC_REALS];
 };
 
-/* lb_est_filter value (LB_EST_BITMAPS entries): a bit per hash of a connection key (lb_embryo.h) */
-struct lb_est_filter {
-    __u64 w[LB_EST_FILTER_WORDS];
+/* lb_est_filter value (LB_EST_FILTER_WORDS entries, index = word): word `index` of each bitmap of
+ * the established filter (lb_embryo.h), w[LB_EST_CENSUS] and w[LB_EST_MARKS + 0/1], side by side
+ * in 32 bytes -- one cache line holds all a SYN reads.  BPF sets bits in the marks words
+ * (atomically); the control plane writes the census words and clears a marks word in place, one
+ * 8-byte store each, through a shared mapping of the array (BPF_F_MMAPABLE): a whole-value update
+ * would overwrite the marks BPF sets meanwhile. */
+struct lb_est_word {
+    __u64 w[4];                   /* LB_EST_BITMAPS, and a pad to 32 bytes */
 };
 
 /* lb_vip_filter value (one entry): a bit per hash of every address a virtual service listens on

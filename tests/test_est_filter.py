@@ -48,8 +48,10 @@ def bit(dp, sport: int) -> int:
 
 
 def bits(dp, slot: int) -> set[int]:
-    words = array("Q", dp.maps["lb_est_filter"].get(L.U32.pack(slot)))
-    return {i * 64 + b for i, w in enumerate(words) if w for b in range(64) if w >> b & 1}
+    """the bits set in one bitmap, read entry by entry through the map (not lb's shared mapping):
+    entry i holds word i of each bitmap (struct lb_est_word)"""
+    words = [(int.from_bytes(k, "little"), L.EST_WORD.unpack(v)[slot]) for k, v in dp.maps["lb_est_filter"].items()]
+    return {i * 64 + b for i, w in words if w for b in range(64) if w >> b & 1}
 
 
 def marks_slot(dp) -> int:
@@ -57,8 +59,8 @@ def marks_slot(dp) -> int:
 
 
 def clear_filter(dp) -> None:
-    for slot in SLOTS:
-        dp.maps["lb_est_filter"].set(L.U32.pack(slot), bytes(dp.maps["lb_est_filter"].value_size))
+    m = dp.maps["lb_est_filter"]
+    m.set_many([L.U32.pack(i) for i in range(m.max_entries)], [bytes(m.value_size)] * m.max_entries)
 
 
 def test_promotion_marks_the_bit_python_computes_and_the_sweep_moves_it_to_the_census(dp):

@@ -28,7 +28,6 @@ NOT_MIRRORED = {
     "lb_mh_walk": "BPF only (per-CPU scratch)",
     "lb_icmp_bucket": "BPF only (the too-big answers' token bucket)",
     "lb_clock": "BPF only (per-CPU cache of the coarse clock)",
-    "lb_est_filter": "a bitmap: its size is a -D flag (layout.est_filter_bit sets its bits)",
 }
 
 LAYOUTS = {name: v for name, v in vars(L).items() if isinstance(v, L.Layout)}
@@ -187,9 +186,6 @@ def test_every_map_matches_its_layout(dp):
             assert ctypes.sizeof(t.Leaf) == elem.size * dp.sizes.svc_reals, name
             arr = t.Leaf._fields_[0][1]
             _same(arr._type_, elem, f"{name} entry")
-        elif name in L.BITMAP_MAPS:
-            _same(t.Key, L.U32, f"{name} key")
-            assert ctypes.sizeof(t.Leaf) * 8 == 1 << dp.sizes.est_filter_bits, name
         else:
             assert name in L.BPF_ONLY_MAPS, f"map {name} has no layout in lb/dataplane/layout.py"
 

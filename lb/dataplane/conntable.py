@@ -5,6 +5,7 @@ baseline of connections the schedulers leave out."""
 from __future__ import annotations
 
 import ipaddress
+import mmap
 import struct
 import time
 from array import array
@@ -21,6 +22,8 @@ except ImportError:  # pragma: no cover - exercised only where the build is miss
 
 CLOCK_MONOTONIC_COARSE = getattr(time, "CLOCK_MONOTONIC_COARSE", 6)   # linux/time.h
 
+# 64-bit words per lb_est_filter entry (struct lb_est_word)
+EST_STRIDE = L.EST_WORD.size // 8
 # the head of lb_conn the sweep reads: last_ns, real, svc, timeout, client_ifindex, state, flags
 CONN_HEAD = struct.Struct("=QIIIIBB")
 # ip_vs_conn_expire: a template whose timer runs out while it still controls connections lives
@@ -63,11 +66,40 @@ class ConnTable:
         self.table = table
         # the last census of the embryonic table: (entries, lb_ct_events before its dump, when)
         self.embryo_census: tuple[int, dict[str, int], int] | None = None
+        self._est_mmap: mmap.mmap | None = None
+        self._est_view: memoryview | None = None
 
     # ---- the established filter (bpf/lb_embryo.h) ----
+    # lb_est_filter interleaves the three bitmaps word by word (struct lb_est_word: the census's
+    # word, then the two marks bitmaps', then a pad), so a SYN reads one cache line.  BPF sets
+    # bits in the marks words atomically while the control plane writes the census words: the
+    # control plane writes its words one 8-byte store at a time through a shared mapping of the
+    # array (BPF_F_MMAPABLE), never a whole entry, which would overwrite a mark set meanwhile.
+    def _est_words(self) -> memoryview:
+        """lb_est_filter as 64-bit words, 4 per entry (w[bitmap]), mapped shared"""
+        if self._est_view is None:
+            m = self.maps["lb_est_filter"]
+            size = m.max_entries * m.value_size
+            self._est_mmap = mmap.mmap(m.fd, (size + mmap.PAGESIZE - 1) // mmap.PAGESIZE * mmap.PAGESIZE,
+                                       mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
+            self._est_view = memoryview(self._est_mmap)[:size].cast("Q")
+        return self._est_view
+
+    def close(self) -> None:
+        """Unmap the established filter (the mapping holds the map)"""
+        if self._est_view is not None:
+            self._est_view.release()
+            self._est_view = None
+            self._est_mmap.close()
+            self._est_mmap = None
+
     def _est_bits(self) -> int:
-        """LB_EST_FILTER_BITS: log2 of the bits in each bitmap"""
-        return (self.maps["lb_est_filter"].value_size * 8).bit_length() - 1
+        """LB_EST_FILTER_BITS: log2 of the bits in each bitmap (64 per entry)"""
+        return (self.maps["lb_est_filter"].max_entries * 64).bit_length() - 1
+
+    def est_bitmap_words(self, bitmap: int) -> array:
+        """one bitmap of the filter (L.EST_CENSUS, L.EST_MARKS + 0 or 1) as array("Q")"""
+        return array("Q", self._est_words()[bitmap::EST_STRIDE])
 
     def _est_write(self) -> int:
         """the bitmap BPF's promotions mark now: 0 or 1 (lb_globals[LB_G_EST_WRITE])"""
@@ -86,14 +118,14 @@ class ConnTable:
         that began after est_switch read it), then the bitmap the promotions marked before the
         switch (done_with) cleared.  A live entry's bit stays set throughout: until the census
         is written it is in the old census or a marks bitmap; after, in the new census (it was
-        there for the walk) or in the marks bitmap of now (promoted since the switch).
-        done_with None: no bitmap is cleared."""
-        size = self.maps["lb_est_filter"].value_size
-        words = est_bitmap(keys, self._est_bits(), array("Q", bytes(size)))
-        m = self.maps["lb_est_filter"]
-        m.set(L.U32.pack(L.EST_CENSUS), words.tobytes())
+        there for the walk) or in the marks bitmap of now (promoted since the switch).  Word by
+        word: a SYN reading meanwhile sees each word old or new, and both have a live entry's
+        bit.  done_with None: no bitmap is cleared."""
+        view = self._est_words()
+        n = len(view) // EST_STRIDE
+        view[L.EST_CENSUS::EST_STRIDE] = est_bitmap(keys, self._est_bits(), array("Q", bytes(8 * n)))
         if done_with is not None:
-            m.set(L.U32.pack(L.EST_MARKS + done_with), bytes(size))
+            view[L.EST_MARKS + done_with::EST_STRIDE] = array("Q", bytes(8 * n))
 
     def est_rebuild(self) -> None:
         """The whole filter from lb_conns (a daemon adopting a table, which an older version's
@@ -105,9 +137,11 @@ class ConnTable:
         """Mark keys in the census before they go into lb_conns (imports)"""
         if not keys:
             return
-        m = self.maps["lb_est_filter"]
-        words = est_bitmap(keys, self._est_bits(), array("Q", m.get(L.U32.pack(L.EST_CENSUS))))
-        m.set(L.U32.pack(L.EST_CENSUS), words.tobytes())
+        view = self._est_words()
+        words = est_bitmap(keys, self._est_bits(), array("Q", bytes(8 * (len(view) // EST_STRIDE))))
+        for i, w in enumerate(words):
+            if w:
+                view[i * EST_STRIDE + L.EST_CENSUS] |= w
 
     def sweep(self, now_ns: int | None = None) -> int:
         """Remove expired connections and templates (both tables of each: established and

@@ -239,6 +239,7 @@ LEASE = _layout("lb_lease", "expires_ns:Q")
 ADDR_KEY = _layout("lb_addr_key", "addr:16s family:B pad:3s")
 LEASE_VIP, LEASE_ROUTER = C["LB_LEASE_VIP"], C["LB_LEASE_ROUTER"]
 VIP_FILTER = _layout("lb_vip_filter", f"bits:{VIP_FILTER_WORDS}Q")
+EST_WORD = _layout("lb_est_word", "w:4Q")     # lb_est_filter value: word i of each bitmap, padded
 U32 = struct.Struct("=I")
 U64 = struct.Struct("=Q")
 
@@ -262,6 +263,7 @@ MAPS: dict[str, tuple[struct.Struct, struct.Struct]] = {
     "lb_conns_embryo": (CONN_KEY, CONN), "lb_persist": (PERSIST_KEY, PERSIST),
     "lb_persist_embryo": (PERSIST_KEY, PERSIST), "lb_tcp_fsm": (U32, U32), "lb_tcp_fsm_secure": (U32, U32),
     "lb_timeouts": (U32, U32), "lb_ct_events": (U32, U64), "lb_vip_filter": (U32, VIP_FILTER),
+    "lb_est_filter": (U32, EST_WORD),
     "lb_svc_stats": (U32, STATS), "lb_real_stats": (U32, STATS), "lb_svc_rates": (U32, RATES),
     "lb_real_rates": (U32, RATES), "lb_counters": (U32, U64), "lb_progs": (U32, U32),
     "lb_lblc": (LBLC_KEY, LBLC), "lb_lblcr": (LBLC_KEY, LBLCR), "lb_sched_buckets": (U32, SCHED_BUCKETS),
@@ -269,8 +271,6 @@ MAPS: dict[str, tuple[struct.Struct, struct.Struct]] = {
 }
 # maps whose value holds one entry per list position (LB_MAX_SVC_REALS of them, a -D size)
 LIST_MAPS: dict[str, struct.Struct] = {"lb_svc_dests": DEST, "lb_mh_last": U32}
-# maps whose value is a bitmap of a -D size (lb_est_filter: LB_EST_FILTER_BITS bits)
-BITMAP_MAPS = ("lb_est_filter",)
 # maps only the BPF programs use (scratch space, the clock's cache, the mh inner map's type template)
 BPF_ONLY_MAPS = ("lb_scratch", "lb_clock", "lb_mh_walk", "lb_mh_inner", "lb_icmp_bucket")
 

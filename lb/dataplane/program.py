@@ -99,7 +99,7 @@ class Sizes:
     def est_filter_bits(self) -> int:
         """bits of each lb_est_filter bitmap: 8 per lb_conns entry (a full table's census then
         sends about one new SYN in eight to the lookup it would have made anyway), 2^16 to
-        2^25 (a 4 MB value, the most an array map's value may hold)"""
+        2^25 (the three bitmaps interleaved: 32 bytes per 64 bits, 16 MB at most)"""
         return min(25, max(16, (self.connections * 8 - 1).bit_length()))
 
     @property
@@ -139,7 +139,7 @@ class Sizes:
             "lb_counters": (L.N_COUNTERS, 8),
             "lb_ct_events": (L.N_CT_EVENTS, 8),
             "lb_vip_filter": (1, L.VIP_FILTER.size),
-            "lb_est_filter": (L.EST_BITMAPS, (1 << self.est_filter_bits) // 8),
+            "lb_est_filter": ((1 << self.est_filter_bits) // 64, L.EST_WORD.size),
             "lb_svc_stats": (self.services, L.STATS.size),
             "lb_fwm_ranges": (self.services, L.PORT_RANGES.size),
             "lb_fwm_services": (self.services, 4),

@@ -146,6 +146,7 @@ class XdpDataplane(Dataplane):
     def close(self) -> None:
         if self.mh is not None:
             self.mh.close()
+        self.conns.close()
         self.program.close()
 
     # ---- the table ----
