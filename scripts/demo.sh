@@ -35,14 +35,14 @@ run_network() {
     printf '  request %d -> %s\n' "$i" "$($LB lab exec client -- curl -s --max-time 3 http://198.18.0.10/)"
   done
   echo
-  echo "--- lb list -n"
-  $LB list -n
+  echo "--- lb list -n --instance lab"
+  $LB list -n --instance lab
   echo
-  echo "--- lb list -n --stats"
-  $LB list -n --stats
+  echo "--- lb list -n --stats --instance lab"
+  $LB list -n --stats --instance lab
   echo
-  echo "--- lb list -n -c"
-  $LB list -n -c
+  echo "--- lb list -n -c --instance lab"
+  $LB list -n -c --instance lab
   kill -TERM "$LBPID"; wait "$LBPID" || true; LBPID=
   $LB lab down >/dev/null
 }
