@@ -147,7 +147,10 @@ static __always_inline int floor_miss_insert(struct xdp_md *ctx)
         return XDP_PASS;
     struct floor_val v;
     __builtin_memset(&v, 0, sizeof(v));
-    __u64 now = bpf_ktime_get_coarse_ns();
+    /* a timestamp in the value, as lb's entries have: the jiffies (a load the verifier inlines),
+     * not bpf_ktime_get_coarse_ns(), a helper call of 20-30 ns here that lb's path does not make
+     * per packet (bpf/lb_clock.h): the floor is the miss and the insert */
+    __u64 now = bpf_jiffies64();
     __builtin_memcpy(&v.b[0], &now, 8);
     floor_conns.insert(&k, &v);
     return XDP_TX;
