@@ -29,16 +29,23 @@ COMMANDS = {"smoke": "python -m bench.run --smoke", "quick": "make bench-quick",
 
 
 def git_head() -> str:
-    """the commit, read from .git (no git command)"""
+    """the commit, read from .git (no git command); a worktree's .git is a file naming its git
+    directory, whose branch refs live in the common directory it names"""
     try:
-        head = (REPO / ".git" / "HEAD").read_text().strip()
+        gitdir = REPO / ".git"
+        if gitdir.is_file():
+            gitdir = (REPO / gitdir.read_text().strip().removeprefix("gitdir:").strip()).resolve()
+        common = gitdir
+        if (gitdir / "commondir").exists():
+            common = (gitdir / (gitdir / "commondir").read_text().strip()).resolve()
+        head = (gitdir / "HEAD").read_text().strip()
         if not head.startswith("ref: "):
             return head[:10]
         ref = head[5:]
-        p = REPO / ".git" / ref
-        if p.exists():
-            return p.read_text().strip()[:10]
-        for line in (REPO / ".git" / "packed-refs").read_text().splitlines():
+        for d in (gitdir, common):
+            if (d / ref).exists():
+                return (d / ref).read_text().strip()[:10]
+        for line in (common / "packed-refs").read_text().splitlines():
             if line.endswith(" " + ref):
                 return line.split()[0][:10]
     except OSError:
