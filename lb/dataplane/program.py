@@ -180,6 +180,15 @@ def _pin_flag(flag: str) -> bool:
     return flag.startswith("-DLB_PIN_DIR=")
 
 
+def _remove_pins(path: str) -> None:
+    """a pin directory's pins and the directory (what a compile pinned in its scratch)"""
+    if not os.path.isdir(path):
+        return
+    for name in os.listdir(path):
+        os.unlink(os.path.join(path, name))
+    os.rmdir(path)
+
+
 class Program:
     """The loaded programs of one instance (fns by name) and its pinned maps (maps by name,
     one dict shared with the parts of the data plane that read and write them).
@@ -243,12 +252,26 @@ class Program:
         log.info("compiling the XDP programs with bcc (not in the compile cache for this kernel and "
                  "these [tables]; the next start loads them from the cache)")
         self.status("compiling the XDP programs (bcc)")
+        # bcc pins its maps where LB_PIN_DIR says and reuses a pin it finds there, whatever its
+        # type: compiled against the instance's pins, an object would take a running instance's
+        # maps for the declaration (and the cache would keep that).  So the compile pins into a
+        # scratch directory of its own; bpfobj.load then checks the instance's pins against
+        # what the source declares.  The scratch sits beside the instances' root (bpffs names
+        # take no dots), so it is never taken for an instance.
+        scratch = os.path.join(os.path.dirname(os.path.dirname(self.pin)),
+                               f"lb-compile-{os.path.basename(self.pin)}-{os.getpid()}")
+        _remove_pins(scratch)
+        os.makedirs(scratch)
         try:
-            obj, self.bpf = bpfobj.compile_bcc(source, cflags, PROGRAMS, self.pin, keep=self.keep_bcc)
+            obj, self.bpf = bpfobj.compile_bcc(source, [f for f in cflags if not _pin_flag(f)] +
+                                               [f'-DLB_PIN_DIR="{scratch}"'], PROGRAMS, scratch,
+                                               keep=self.keep_bcc)
         except DataplaneError:
             raise
         except Exception as e:  # bcc raises plain Exceptions (compile errors, missing headers)
             raise DataplaneError(f"cannot build the XDP programs: {e}") from e
+        finally:
+            _remove_pins(scratch)
         self.compiled = True
         return obj
 
