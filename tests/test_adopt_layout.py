@@ -36,3 +36,33 @@ def test_maps_of_another_layout_are_refused_with_the_way_out():
         dp.unpin()
         dp.close()
     assert not os.path.exists(pins)
+
+
+def test_a_killed_compiles_scratch_pins_are_removed_by_the_next_compile():
+    """bcc pins its maps into a scratch directory while it compiles (Program._compile); one a
+    killed compile left behind holds its maps' memory, and the next compile removes it"""
+    import subprocess
+
+    sizes = Sizes(16, 4096, 16, 4096)
+    instance = f"scratch{os.getpid()}"
+    dead = subprocess.Popen(["true"])
+    dead.wait()                                   # a pid no process has now
+    stale = os.path.join(os.path.dirname(os.path.dirname(pin_dir(instance))), f"lb-compile-{instance}-{dead.pid}")
+    os.makedirs(stale)
+    fd = bpfsys.map_create(bpfsys.BPF_MAP_TYPE_ARRAY, 4, 8, 1024, 0, "lb_conns")
+    bpfsys.obj_pin(fd, os.path.join(stale, "lb_conns"))
+    os.close(fd)
+    dp = XdpDataplane(instance, sizes, resolver=fake_resolver, keep_bcc=True)   # compiles
+    try:
+        dp.load()
+        assert dp.program.compiled
+        assert not os.path.exists(stale)
+        bpffs = os.path.dirname(os.path.dirname(pin_dir(instance)))
+        assert not [d for d in os.listdir(bpffs) if d.startswith(f"lb-compile-{instance}-")]   # its own too
+    finally:
+        dp.unpin()
+        dp.close()
+        if os.path.exists(stale):
+            for name in os.listdir(stale):
+                os.unlink(os.path.join(stale, name))
+            os.rmdir(stale)

@@ -180,6 +180,19 @@ def _pin_flag(flag: str) -> bool:
     return flag.startswith("-DLB_PIN_DIR=")
 
 
+def _alive(pid: str) -> bool:
+    """a process of this pid exists (a number that is not a pid: no)"""
+    if not pid.isdigit():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass
+    return True
+
+
 def _remove_pins(path: str) -> None:
     """a pin directory's pins and the directory (what a compile pinned in its scratch)"""
     if not os.path.isdir(path):
@@ -258,10 +271,16 @@ class Program:
         # scratch directory of its own; bpfobj.load then checks the instance's pins against
         # what the source declares.  The scratch sits beside the instances' root (bpffs names
         # take no dots), so it is never taken for an instance.
-        scratch = os.path.join(os.path.dirname(os.path.dirname(self.pin)),
-                               f"lb-compile-{os.path.basename(self.pin)}-{os.getpid()}")
-        _remove_pins(scratch)
-        os.makedirs(scratch)
+        bpffs, prefix = os.path.dirname(os.path.dirname(self.pin)), f"lb-compile-{os.path.basename(self.pin)}-"
+        scratch = os.path.join(bpffs, f"{prefix}{os.getpid()}")
+        try:
+            for stale in os.listdir(bpffs):        # a killed compile's (its maps' memory)
+                if stale.startswith(prefix) and not _alive(stale[len(prefix):]):
+                    _remove_pins(os.path.join(bpffs, stale))
+            _remove_pins(scratch)
+            os.makedirs(scratch)
+        except OSError as e:
+            raise DataplaneError(f"cannot make the compile's scratch pin directory {scratch}: {e}") from None
         try:
             obj, self.bpf = bpfobj.compile_bcc(source, [f for f in cflags if not _pin_flag(f)] +
                                                [f'-DLB_PIN_DIR="{scratch}"'], PROGRAMS, scratch,
