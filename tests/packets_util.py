@@ -134,11 +134,12 @@ def age(dp: XdpDataplane, seconds: float) -> None:
     -- a timeout is tested without waiting for it."""
     import struct
 
+    from lb.dataplane import layout as L
+
     ns = int(seconds * 1e9)
     for name in (*CONN_TABLES, *TEMPLATE_TABLES):
         m = dp.maps[name]
         for k, v in list(m.items()):
             (last,) = struct.unpack_from("=Q", v)
-            # modulo 2^64, as the data path reckons (layout.elapsed_ns): on a machine up for less
-            # than `seconds` the stamp wraps, and is still that old
-            m.set(k, struct.pack("=Q", (last - ns) & 0xFFFF_FFFF_FFFF_FFFF) + v[8:])
+            # on a machine up for less than `seconds` the stamp wraps, and is still that old
+            m.set(k, struct.pack("=Q", L.stamp_ago(last, ns)) + v[8:])

@@ -113,7 +113,7 @@ class Lab:
             if L.LBLC_KEY.unpack(k)[0] != self.sid:
                 continue
             use, mod, n, pad, *reals = L.LBLCR.unpack(v)
-            m.set(k, L.LBLCR.pack(use, (mod - seconds * NS) & 0xFFFF_FFFF_FFFF_FFFF, n, pad, *reals))  # mod 2^64: a young machine
+            m.set(k, L.LBLCR.pack(use, L.stamp_ago(mod, seconds * NS), n, pad, *reals))  # wraps on a young machine
         for en in self.m.table.entries.values():
             en.lastmod -= seconds
 

@@ -146,7 +146,7 @@ def test_entry_older_than_the_backups_clock_is_installed_forwarded_and_expires_o
     key = L.ConnKey(ip(flow[0]), ip(flow[1]), flow[2], flow[3], 6).pack()
     raw = b.maps["lb_conns"].get(key)
     (last,) = struct.unpack_from("=Q", raw)
-    b.maps["lb_conns"].set(key, struct.pack("=Q", (last - (rec[10] + 1) * 10**9) & 0xFFFF_FFFF_FFFF_FFFF) + raw[8:])
+    b.maps["lb_conns"].set(key, struct.pack("=Q", L.stamp_ago(last, (rec[10] + 1) * 10**9)) + raw[8:])
     b.sweep()
     assert b.maps["lb_conns"].get(key) is None
     late = rec[:9] + ((rec[10] + 1) * 10**9,) + rec[10:]

@@ -97,10 +97,6 @@ class ConnTable:
         """LB_EST_FILTER_BITS: log2 of the bits in each bitmap (64 per entry)"""
         return (self.maps["lb_est_filter"].max_entries * 64).bit_length() - 1
 
-    def est_bitmap_words(self, bitmap: int) -> array:
-        """one bitmap of the filter (L.EST_CENSUS, L.EST_MARKS + 0 or 1) as array("Q")"""
-        return array("Q", self._est_words()[bitmap::EST_STRIDE])
-
     def _est_write(self) -> int:
         """the bitmap BPF's promotions mark now: 0 or 1 (lb_globals[LB_G_EST_WRITE])"""
         raw = self.maps["lb_globals"].get(L.U32.pack(L.G_EST_WRITE))
@@ -216,7 +212,7 @@ class ConnTable:
             if (k, real) in controlling:
                 # not expired: its timer restarts where it ran out, for 60 s (as often as needed)
                 while L.elapsed_ns(now, last) > timeout * 1_000_000_000:
-                    last = (last + timeout * 1_000_000_000) & 0xFFFF_FFFF_FFFF_FFFF
+                    last = L.stamp_ago(last, -timeout * 1_000_000_000)
                     timeout = TEMPLATE_LATER_S
                 templates.set(k, L.PERSIST.pack(last, real, timeout))
             elif templates.delete(k):
@@ -382,7 +378,7 @@ class ConnTable:
                 oc = L.Conn.unpack(old)
                 if not oc.flags & L.CONN_F_OUT:
                     count(oc.real, 1 if oc.flags & L.CONN_F_INACTIVE else 0, -1)
-            c = L.Conn((now - age) & 0xFFFF_FFFF_FFFF_FFFF, rid, st.id, timeout, ifindex, state, flags, cmac, local_mac)
+            c = L.Conn(L.stamp_ago(now, age), rid, st.id, timeout, ifindex, state, flags, cmac, local_mac)
             if hasattr(c, "vaddr"):             # the VIP:port NAT replies are rewritten back to
                 c.vaddr, c.vport = L.pack_addr(vaddr), vport
             cm.set(key, c.pack())
@@ -401,7 +397,7 @@ class ConnTable:
             old = pm.get(key)
             if old is not None:
                 count(L.PERSIST.unpack(old)[1], 2, -1)
-            pm.set(key, L.PERSIST.pack((now - age) & 0xFFFF_FFFF_FFFF_FFFF, rid, timeout))
+            pm.set(key, L.PERSIST.pack(L.stamp_ago(now, age), rid, timeout))
             count(rid, 2, 1)
             done += 1
         m = 0xFFFFFFFF

@@ -253,6 +253,12 @@ def elapsed_ns(now: int, last: int) -> int:
     d = (now - last) & 0xFFFF_FFFF_FFFF_FFFF
     return d - (1 << 64) if d >> 63 else d
 
+
+def stamp_ago(now: int, ns: int) -> int:
+    """The data path's timestamp of a moment ns before now (negative ns: after), modulo 2^64
+    as elapsed_ns reckons it back: below the clock's zero it wraps"""
+    return (now - ns) & 0xFFFF_FFFF_FFFF_FFFF
+
 # key and value layout of every map the control plane reads or writes (lb_maps.h)
 MAPS: dict[str, tuple[struct.Struct, struct.Struct]] = {
     "lb_services": (SVC_KEY, U32), "lb_fwm_ranges": (SVC_KEY, PORT_RANGES), "lb_fwm_services": (U32, U32),

@@ -193,13 +193,6 @@ def _alive(pid: str) -> bool:
     return True
 
 
-def _remove_pins(path: str) -> None:
-    """a pin directory's pins and the directory (what a compile pinned in its scratch)"""
-    if not os.path.isdir(path):
-        return
-    for name in os.listdir(path):
-        os.unlink(os.path.join(path, name))
-    os.rmdir(path)
 
 
 class Program:
@@ -276,8 +269,8 @@ class Program:
         try:
             for stale in os.listdir(bpffs):        # a killed compile's (its maps' memory)
                 if stale.startswith(prefix) and not _alive(stale[len(prefix):]):
-                    _remove_pins(os.path.join(bpffs, stale))
-            _remove_pins(scratch)
+                    shutil.rmtree(os.path.join(bpffs, stale), ignore_errors=True)
+            shutil.rmtree(scratch, ignore_errors=True)
             os.makedirs(scratch)
         except OSError as e:
             raise DataplaneError(f"cannot make the compile's scratch pin directory {scratch}: {e}") from None
@@ -290,7 +283,7 @@ class Program:
         except Exception as e:  # bcc raises plain Exceptions (compile errors, missing headers)
             raise DataplaneError(f"cannot build the XDP programs: {e}") from e
         finally:
-            _remove_pins(scratch)
+            shutil.rmtree(scratch, ignore_errors=True)
         self.compiled = True
         return obj
 

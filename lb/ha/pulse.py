@@ -731,8 +731,8 @@ class Pulse:
 
     def admit_sync(self, payloads: list[bytes], now_ns: int) -> tuple[list, list]:
         """Synced payloads -> the records to install at ``now_ns`` (the data plane's clock): each
-        payload checked whole (a bad one is refused, counted and logged, none of it kept), ages
-        capped below now_ns, expired records dropped."""
+        payload checked whole (a bad one is refused, counted and logged, none of it kept), expired
+        records dropped (sync.admit)."""
         conns, temps = [], []
         for p in payloads:
             try:
