@@ -32,7 +32,7 @@ static __always_inline void lb_real_conns_add(__u32 real, int active, int inacti
 static __always_inline __u32 lb_real_total(__u32 real)
 {
     struct lb_real_conns *c = lb_real_conns.lookup(&real);
-    struct lb_real_conns *s = lb_real_swept.lookup(&real);
+    struct lb_real_counts *s = lb_real_swept.lookup(&real);
     if (!c || !s)
         return 0;
     return (c->active - s->active) + (c->inactive - s->inactive);

@@ -22,17 +22,18 @@ BPF_TABLE_PINNED("array", __u32, struct lb_sched_state, lb_sched_state, LB_MAX_S
 /* one value per service holding its whole list: schedulers read it with one lookup */
 BPF_TABLE_PINNED("array", __u32, struct lb_svc_dests, lb_svc_dests, LB_MAX_SERVICES, LB_PIN(lb_svc_dests));
 BPF_TABLE_PINNED("array", __u32, struct lb_real, lb_reals, LB_MAX_REALS, LB_PIN(lb_reals));
-BPF_TABLE_PINNED("array", __u32, struct lb_real_conns, lb_real_conns, LB_MAX_REALS, LB_PIN(lb_real_conns));
+/* BPF's counts and the schedulers' offsets (struct lb_real_conns); mapped by the control plane */
+BPF_TABLE_PINNED("array", __u32, struct lb_real_conns, lb_real_conns, LB_MAX_REALS, LB_PIN(lb_real_conns),
+                 BPF_F_MMAPABLE);
 /* IPVS's OVERLOAD flag of servers with a u_threshold: set when a connection binds, cleared
  * when one unbinds (BPF, or the control plane's sweep) */
 BPF_TABLE_PINNED("array", __u32, __u32, lb_real_overload, LB_MAX_REALS, LB_PIN(lb_real_overload));
 /* what the control plane's expiry sweep took away from lb_real_conns (it cannot add atomically) */
-BPF_TABLE_PINNED("array", __u32, struct lb_real_conns, lb_real_swept, LB_MAX_REALS, LB_PIN(lb_real_swept));
+BPF_TABLE_PINNED("array", __u32, struct lb_real_counts, lb_real_swept, LB_MAX_REALS, LB_PIN(lb_real_swept));
 /* quiesce_server: the connections a real server had when a server joined its service, which
- * the schedulers leave out (written by the control plane; lb list and thresholds ignore it) */
-BPF_TABLE_PINNED("array", __u32, struct lb_real_conns, lb_real_base, LB_MAX_REALS, LB_PIN(lb_real_base));
-/* lb_real_swept + lb_real_base, what the schedulers take off lb_real_conns (control plane only) */
-BPF_TABLE_PINNED("array", __u32, struct lb_real_conns, lb_real_sched_off, LB_MAX_REALS, LB_PIN(lb_real_sched_off));
+ * the schedulers leave out (written by the control plane; lb list and thresholds ignore it;
+ * the schedulers read it summed with lb_real_swept in lb_real_conns' sched_off) */
+BPF_TABLE_PINNED("array", __u32, struct lb_real_counts, lb_real_base, LB_MAX_REALS, LB_PIN(lb_real_base));
 /* established (and closing) connections: only a connection that got past its first packets
  * (lb_embryo.h) comes here, so a flood of new sources never evicts one */
 BPF_TABLE_PINNED("lru_hash", struct lb_conn_key, struct lb_conn, lb_conns, LB_CONN_TABLE_SIZE, LB_PIN(lb_conns));

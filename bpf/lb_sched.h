@@ -30,21 +30,20 @@ static __always_inline __u32 lb_real_less_base(__u32 n, __u32 base)
 }
 
 /* a real server's connection counts as the schedulers see them: BPF's atomic counts less the
- * sweeper's share (lb_real_swept) and quiesce_server's baseline (lb_real_base), both of which
- * the control plane keeps summed in lb_real_sched_off -- one lookup per server in the pick
- * loops besides the counts, not two (u32 arithmetic: (c - s) - b and c - (s + b) are the same
- * bits); 0 if a map has no entry (one check, for the same reason as above) */
+ * sweeper's share (lb_real_swept) and quiesce_server's baseline (lb_real_base), which the
+ * control plane keeps summed beside the counts (sched_off) -- one lookup per server in the pick
+ * loops, in the entry the counts are in (u32 arithmetic: (c - s) - b and c - (s + b) are the
+ * same bits); 0 if the map has no entry */
 static __always_inline void lb_real_sched_counts(__u32 real_id, __u32 *act, __u32 *inact)
 {
     struct lb_real_conns *c = lb_real_conns.lookup(&real_id);
-    struct lb_real_conns *o = lb_real_sched_off.lookup(&real_id);
-    if (!c || !o) {
+    if (!c) {
         *act = 0;
         *inact = 0;
         return;
     }
-    *act = lb_real_less_base(c->active, o->active);
-    *inact = lb_real_less_base(c->inactive, o->inactive);
+    *act = lb_real_less_base(c->active, c->sched_off.active);
+    *inact = lb_real_less_base(c->inactive, c->sched_off.inactive);
 }
 
 /* IPVS ip_vs_dest_conn_overhead(): (activeconns << 8) + inactconns */

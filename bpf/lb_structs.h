@@ -79,11 +79,24 @@ struct lb_real {                  /* lb_reals value, index = real id (one per se
     __u32 mtu;                    /* tunnel: the egress link's MTU (0: not checked) */
 };
 
-struct lb_real_conns {            /* lb_real_conns value: changed only by BPF, atomically */
+struct lb_real_counts {           /* a real server's connection counts */
     __u32 active;
     __u32 inactive;
     __u32 persist;                /* persistence templates pointing here (PersistConn) */
     __u32 pad;
+};
+
+/* lb_real_conns value, index = real id: BPF's counts, changed only by BPF, atomically, and
+ * beside them what the schedulers take off those counts (lb_real_swept + lb_real_base, whose
+ * sum the control plane writes in place through a shared mapping of the array: a whole-value
+ * update would lose a count BPF made meanwhile), so an lc-family pick loop reads one entry per
+ * real server */
+struct lb_real_conns {
+    __u32 active;
+    __u32 inactive;
+    __u32 persist;                /* persistence templates pointing here (PersistConn) */
+    __u32 pad;
+    struct lb_real_counts sched_off;   /* active, inactive (persist, pad: 0) */
 };
 
 struct lb_persist_key {           /* IPVS template: <proto, client & netmask, vip, vport> */

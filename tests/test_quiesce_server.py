@@ -57,16 +57,18 @@ def rid_of(dp, port, addr):
 
 
 def base(dp, rid):
-    return L.REAL_CONNS.unpack(dp.maps["lb_real_base"].get(L.U32.pack(rid)))[:2]
+    return L.REAL_COUNTS.unpack(dp.maps["lb_real_base"].get(L.U32.pack(rid)))[:2]
 
 
 def offsets_hold(dp) -> bool:
-    """lb_real_sched_off, what the pick loops take off BPF's counts, is lb_real_swept +
+    """sched_off, what the pick loops take off BPF's counts in the same lb_real_conns entry (read
+    here by syscall, as BPF sees it, not through the control plane's mapping), is lb_real_swept +
     lb_real_base for every real server"""
     m = 0xFFFFFFFF
     for rid in dp.reals:
         k = L.U32.pack(rid)
-        s, b, o = (L.REAL_CONNS.unpack(dp.maps[n].get(k)) for n in ("lb_real_swept", "lb_real_base", "lb_real_sched_off"))
+        s, b = (L.REAL_COUNTS.unpack(dp.maps[n].get(k)) for n in ("lb_real_swept", "lb_real_base"))
+        o = L.REAL_COUNTS.unpack(L.REAL_CONNS.unpack(dp.maps["lb_real_conns"].get(k))[-1])
         if o[:2] != ((s[0] + b[0]) & m, (s[1] + b[1]) & m):
             return False
     return True

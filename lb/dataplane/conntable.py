@@ -11,6 +11,7 @@ import time
 from array import array
 
 from . import layout as L
+from .maps import map_shared
 from .reader import read_ct_events as ct_events
 from .services import ServiceTable
 from .txn import MapTxn
@@ -33,14 +34,15 @@ TEMPLATE_LATER_S = 60
 
 def write_sched_off(txn: MapTxn, rids) -> None:
     """lb_real_sched_off = lb_real_swept + lb_real_base for these real ids: what the schedulers
-    take off BPF's counts (bpf/lb_sched.h), one map in their loops.  Called wherever either
-    changes (as the pending writes leave them)."""
-    m, zero = 0xFFFFFFFF, L.REAL_CONNS.pack(0, 0, 0, 0)
+    take off BPF's counts (bpf/lb_sched.h), kept in the same lb_real_conns entry as the counts
+    (maps.ArrayField) so their loops read one entry per server.  Called wherever either changes
+    (as the pending writes leave them)."""
+    m, zero = 0xFFFFFFFF, L.REAL_COUNTS.pack(0, 0, 0, 0)
     for rid in rids:
         k = L.U32.pack(rid)
-        sa, si, _, _ = L.REAL_CONNS.unpack(txn.get("lb_real_swept", k) or zero)
-        ba, bi, _, _ = L.REAL_CONNS.unpack(txn.get("lb_real_base", k) or zero)
-        value = L.REAL_CONNS.pack((sa + ba) & m, (si + bi) & m, 0, 0)
+        sa, si, _, _ = L.REAL_COUNTS.unpack(txn.get("lb_real_swept", k) or zero)
+        ba, bi, _, _ = L.REAL_COUNTS.unpack(txn.get("lb_real_base", k) or zero)
+        value = L.REAL_COUNTS.pack((sa + ba) & m, (si + bi) & m, 0, 0)
         if txn.get("lb_real_sched_off", k) != value:
             txn.set("lb_real_sched_off", k, value)
 
@@ -78,11 +80,9 @@ class ConnTable:
     def _est_words(self) -> memoryview:
         """lb_est_filter as 64-bit words, 4 per entry (w[bitmap]), mapped shared"""
         if self._est_view is None:
-            m = self.maps["lb_est_filter"]
-            size = m.max_entries * m.value_size
-            self._est_mmap = mmap.mmap(m.fd, (size + mmap.PAGESIZE - 1) // mmap.PAGESIZE * mmap.PAGESIZE,
-                                       mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
-            self._est_view = memoryview(self._est_mmap)[:size].cast("Q")
+            self._est_mmap, view = map_shared(self.maps["lb_est_filter"])
+            self._est_view = view.cast("Q")
+            view.release()
         return self._est_view
 
     def close(self) -> None:
@@ -235,8 +235,8 @@ class ConnTable:
         rewrite: set[int] = set()
         for rid, (a, i, p) in swept.items():
             key = L.U32.pack(rid)
-            sa, si, sp, _ = L.REAL_CONNS.unpack(self.maps["lb_real_swept"].get(key))
-            self.txn.set("lb_real_swept", key, L.REAL_CONNS.pack((sa + a) & m, (si + i) & m, (sp + p) & m, 0))
+            sa, si, sp, _ = L.REAL_COUNTS.unpack(self.maps["lb_real_swept"].get(key))
+            self.txn.set("lb_real_swept", key, L.REAL_COUNTS.pack((sa + a) & m, (si + i) & m, (sp + p) & m, 0))
             write_sched_off(self.txn, (rid,))
             # the sweep unbinds connections too (IPVS ip_vs_unbind_dest)
             real = self.table.reals.get(rid)
@@ -405,9 +405,9 @@ class ConnTable:
             if not (a or i or p):
                 continue
             k = L.U32.pack(rid)
-            sa, si, sp, _ = L.REAL_CONNS.unpack(self.maps["lb_real_swept"].get(k))
+            sa, si, sp, _ = L.REAL_COUNTS.unpack(self.maps["lb_real_swept"].get(k))
             # counts = lb_real_conns - lb_real_swept: counting one more takes one off swept
-            self.txn.set("lb_real_swept", k, L.REAL_CONNS.pack((sa - a) & m, (si - i) & m, (sp - p) & m, 0))
+            self.txn.set("lb_real_swept", k, L.REAL_COUNTS.pack((sa - a) & m, (si - i) & m, (sp - p) & m, 0))
             write_sched_off(self.txn, (rid,))
         self.txn.writes += done
         return done, skipped
@@ -429,11 +429,11 @@ class SchedBaseline:
     def reset(self, rids) -> None:
         """At adoption: which connections a quiesce_server baseline left out died with the old
         daemon, so the schedulers go back to the true counts."""
-        zero = L.REAL_CONNS.pack(0, 0, 0, 0)
+        zero = L.REAL_COUNTS.pack(0, 0, 0, 0)
         for rid in rids:
             if self.maps["lb_real_base"].get(L.U32.pack(rid)) not in (None, zero):
                 self.maps["lb_real_base"].set(L.U32.pack(rid), zero)
-        # and lb_real_sched_off from lb_real_swept (a table adopted from a version without it)
+        # and the schedulers' offsets (lb_real_sched_off) from lb_real_swept alone
         write_sched_off(self.txn, rids)
 
     def restart(self, rids: set[int], reals) -> int:
@@ -469,7 +469,7 @@ class SchedBaseline:
                     inact += 1
                 else:
                     act += 1
-            value = L.REAL_CONNS.pack(act, inact, 0, 0)
+            value = L.REAL_COUNTS.pack(act, inact, 0, 0)
             key = L.U32.pack(rid)
             if self.maps["lb_real_base"].get(key) != value:
                 self.txn.set("lb_real_base", key, value)

@@ -219,7 +219,10 @@ SCHED_STATE = _layout("lb_sched_state", "cl:I cw:i")
 DEST = _layout("lb_dest", "real:I weight:I flags:I")
 REAL = _layout("lb_real", "addr:16s port:2s family:B fwd:B flags:I ifindex:I mac:6s src_mac:6s "
                           "svc:I u_threshold:I l_threshold:I pos:I tun_src:16s mtu:I")
-REAL_CONNS = _layout("lb_real_conns", "active:I inactive:I persist:I pad:I")
+REAL_COUNTS = _layout("lb_real_counts", "active:I inactive:I persist:I pad:I")
+# BPF's counts, then the schedulers' offsets (sched_off: a REAL_COUNTS, the control plane's)
+REAL_CONNS = _layout("lb_real_conns", "active:I inactive:I persist:I pad:I sched_off:16s")
+REAL_SCHED_OFF = REAL_CONNS.fields[-1][1]        # its offset in the entry
 PERSIST_KEY = _layout("lb_persist_key", "caddr:16s vaddr:16s vport:2s proto:B family:B fwmark:I")
 PERSIST = _layout("lb_persist", "last_ns:Q real:I timeout:I")
 CONN_KEY = _layout("lb_conn_key", "saddr:16s daddr:16s sport:2s dport:2s proto:B family:B dir:B pad:B")
@@ -264,7 +267,7 @@ MAPS: dict[str, tuple[struct.Struct, struct.Struct]] = {
     "lb_services": (SVC_KEY, U32), "lb_fwm_ranges": (SVC_KEY, PORT_RANGES), "lb_fwm_services": (U32, U32),
     "lb_globals": (U32, U32), "lb_svc": (U32, SVC), "lb_sched_state": (U32, SCHED_STATE),
     "lb_reals": (U32, REAL), "lb_real_conns": (U32, REAL_CONNS), "lb_real_overload": (U32, U32),
-    "lb_real_swept": (U32, REAL_CONNS), "lb_real_base": (U32, REAL_CONNS), "lb_real_sched_off": (U32, REAL_CONNS),
+    "lb_real_swept": (U32, REAL_COUNTS), "lb_real_base": (U32, REAL_COUNTS),
     "lb_conns": (CONN_KEY, CONN),
     "lb_conns_embryo": (CONN_KEY, CONN), "lb_persist": (PERSIST_KEY, PERSIST),
     "lb_persist_embryo": (PERSIST_KEY, PERSIST), "lb_tcp_fsm": (U32, U32), "lb_tcp_fsm_secure": (U32, U32),
@@ -492,8 +495,8 @@ def unpack_mask(raw: bytes, family: int = AF_INET) -> str | int:
 def real_counts(conns: bytes, swept: bytes) -> tuple[int, int, int]:
     """(active, inactive, persist) of a real server: what BPF counted minus what the control
     plane's sweep took off."""
-    a, i, p, _ = REAL_CONNS.unpack(conns)
-    sa, si, sp, _ = REAL_CONNS.unpack(swept)
+    a, i, p, _, _ = REAL_CONNS.unpack(conns)
+    sa, si, sp, _ = REAL_COUNTS.unpack(swept)
     m = 0xFFFFFFFF
     return (a - sa) & m, (i - si) & m, (p - sp) & m
 

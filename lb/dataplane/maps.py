@@ -4,6 +4,7 @@ is built, else through the pure-Python syscalls in bpfsys."""
 from __future__ import annotations
 
 import errno
+import mmap
 import os
 
 from . import bpfsys
@@ -198,6 +199,77 @@ class BpfMap:
         if n < 0:
             raise bpfsys.BpfError(-n, os.strerror(-n))
         return n
+
+
+def map_shared(m: BpfMap) -> tuple[mmap.mmap, memoryview]:
+    """An array map created with BPF_F_MMAPABLE, mapped shared: (the mapping, a view of its
+    max_entries * value_size bytes).  The mapping holds the map; release the view, then close it."""
+    length = m.max_entries * m.value_size
+    mp = mmap.mmap(m.fd, (length + mmap.PAGESIZE - 1) // mmap.PAGESIZE * mmap.PAGESIZE,
+                   mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
+    return mp, memoryview(mp)[:length]
+
+
+class ArrayField:
+    """A slice of every value of an array map (BPF_F_MMAPABLE) -- bytes [offset, offset + size)
+    of each entry -- as a map of its own, read and written in place through a shared mapping:
+    the control plane's part of an entry whose other fields BPF changes atomically, which a
+    whole-value update would overwrite.  The BpfMap calls MapTxn and UndoLog make (u32 keys);
+    its entries cannot be deleted.  Stores are plain: BPF only reads these bytes."""
+
+    percpu = False
+    ncpus = 1
+    key_size = 4
+    batch_update = False
+
+    def __init__(self, m: BpfMap, name: str, offset: int, size: int):
+        if m.type != bpfsys.BPF_MAP_TYPE_ARRAY or offset + size > m.value_size:
+            raise ValueError(f"{name}: bytes {offset}..{offset + size} of {m.name}'s values")
+        self.name, self.type = name, m.type
+        self.value_size, self.max_entries = size, m.max_entries
+        self._stride, self._offset = m.value_size, offset
+        self._mmap, self._view = map_shared(m)
+
+    def _at(self, key: bytes) -> int | None:
+        i = int.from_bytes(key, "little")
+        return i * self._stride + self._offset if len(key) == 4 and i < self.max_entries else None
+
+    def close(self) -> None:
+        if self._view is not None:
+            self._view.release()
+            self._view = None
+            self._mmap.close()
+
+    def get(self, key: bytes) -> bytes | None:
+        at = self._at(key)
+        return None if at is None else bytes(self._view[at:at + self.value_size])
+
+    get_raw = get
+
+    def get_many_raw(self, keys: list[bytes]) -> list[bytes | None]:
+        return [self.get(k) for k in keys]
+
+    def set(self, key: bytes, value: bytes, flags: int = bpfsys.BPF_ANY) -> None:
+        at = self._at(key)
+        if at is None:
+            raise bpfsys.BpfError(errno.E2BIG, f"{self.name}: no entry {key.hex()}")
+        if len(value) != self.value_size:
+            raise ValueError(f"{self.name}: values of {self.value_size} bytes expected")
+        self._view[at:at + self.value_size] = value
+
+    set_raw = set
+
+    def set_many(self, keys: list[bytes], values: list[bytes], batch: bool = True) -> None:
+        if len(keys) != len(values):
+            raise ValueError(f"{self.name}: {len(keys)} keys but {len(values)} values")
+        for k, v in zip(keys, values):
+            self.set(k, v)
+
+    def delete(self, key: bytes) -> bool:
+        raise bpfsys.BpfError(errno.EINVAL, f"{self.name}: an array's entries cannot be deleted")
+
+    def items(self, batch: bool | None = None) -> list[tuple[bytes, bytes]]:
+        return [(i.to_bytes(4, "little"), self.get(i.to_bytes(4, "little"))) for i in range(self.max_entries)]
 
 
 class PinnedMaps:

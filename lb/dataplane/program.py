@@ -17,7 +17,7 @@ from lb.config.model import embryonic_size
 from . import bpfobj
 from . import layout as L
 from .errors import DataplaneError
-from .maps import BpfMap
+from .maps import ArrayField, BpfMap
 
 log = logging.getLogger("lb.dataplane")
 
@@ -128,9 +128,8 @@ class Sizes:
             "lb_mh_last": (self.services, 4 * self.svc_reals),
             "lb_reals": (self.reals, L.REAL.size),
             "lb_real_conns": (self.reals, L.REAL_CONNS.size),
-            "lb_real_swept": (self.reals, L.REAL_CONNS.size),
-            "lb_real_base": (self.reals, L.REAL_CONNS.size),
-            "lb_real_sched_off": (self.reals, L.REAL_CONNS.size),
+            "lb_real_swept": (self.reals, L.REAL_COUNTS.size),
+            "lb_real_base": (self.reals, L.REAL_COUNTS.size),
             "lb_real_overload": (self.reals, 4),
             "lb_conns": (self.connections, L.CONN.size),
             "lb_conns_embryo": (self.embryo, L.CONN.size),
@@ -317,6 +316,9 @@ class Program:
                  time.monotonic() - t0, "adopted" if adopted else "new", self.pin)
         for name in self.sizes.expected().keys() | {"lb_tcp_fsm", "lb_tcp_fsm_secure", "lb_timeouts"}:
             self.maps[name] = BpfMap.open_pinned(os.path.join(self.pin, name))
+        # the schedulers' offsets, which the control plane writes in place beside BPF's counts
+        self.maps["lb_real_sched_off"] = ArrayField(self.maps["lb_real_conns"], "lb_real_sched_off",
+                                                    L.REAL_SCHED_OFF, L.REAL_COUNTS.size)
         self._wire({L.PROG_NEW_CONN: "lb_xdp_new_conn", L.PROG_PERSIST: "lb_xdp_persist"})
         for mapname, table in (("lb_tcp_fsm", TCP_FSM), ("lb_tcp_fsm_secure", TCP_FSM_SECURE)):
             for i, v in enumerate(table):

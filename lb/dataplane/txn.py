@@ -57,8 +57,8 @@ STAGES = (
 STAGE_MAPS = tuple(name for stage in STAGES for name in stage)
 
 # what a new (or reused) real server id starts with, in this order
-NEW_REAL = (("lb_real_conns", L.REAL_CONNS.pack(0, 0, 0, 0)), ("lb_real_swept", L.REAL_CONNS.pack(0, 0, 0, 0)),
-            ("lb_real_base", L.REAL_CONNS.pack(0, 0, 0, 0)), ("lb_real_sched_off", L.REAL_CONNS.pack(0, 0, 0, 0)),
+NEW_REAL = (("lb_real_conns", bytes(L.REAL_CONNS.size)), ("lb_real_swept", bytes(L.REAL_COUNTS.size)),
+            ("lb_real_base", bytes(L.REAL_COUNTS.size)), ("lb_real_sched_off", bytes(L.REAL_COUNTS.size)),
             ("lb_real_overload", L.U32.pack(0)),
             ("lb_real_stats", L.STATS.pack(0, 0, 0, 0, 0)), ("lb_real_rates", L.RATES.pack(0, 0, 0, 0, 0)))
 assert all(name in STAGE_MAPS for name, _ in NEW_REAL)
