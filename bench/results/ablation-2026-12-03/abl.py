@@ -1,22 +1,5 @@
-"""Where a packet's time goes: bench pkt's rows (bench/pkt.py) through several builds of lb's data
-plane that differ by -D flags, interleaved round by round.  A one-off experiment, not a suite:
-the flags exist only with ablation.patch applied (each compiles one part of the path out).
-
-    git apply bench/results/ablation-2026-12-03/ablation.patch
-    .venv/bin/python bench/results/ablation-2026-12-03/abl.py \
-        ";ABL_NOCOUNT;ABL_NOFWD;ABL_NOEST;ABL_NOLEASE;ABL_MIN" dh,wlc,floor 21
-    git checkout bpf/
-
-argv: variants (";"-separated, each a ","-separated list of flags, "" = lb as built; a variant
-named twice is built twice), row keys (SYN rows and "floor", or "dr1", "estfloor1" and "floor"
-for the established path, where "floor" is the trivial program), rounds, the connection table
-size.  Per row: the median of the per-round means, and the medians of the per-round
-differences with the variant's own floor row and with lb as built.  Run from the checkout."""
-import itertools
-import os
-import statistics
-import sys
-
+"""Interleaved A/B of SYN rows over -D variants of the data plane (dev tool, not part of lb)."""
+import os, sys, statistics, itertools
 sys.path.insert(0, os.getcwd())
 import bench.pkt as P
 from bench.pkt import Row
@@ -52,8 +35,8 @@ try:
             rows = b.established(1000) + [Row("floor", "t", b.trivial.fd, P.frames(P.VIP_DR, 80, "A", P.flows(1)))]
         else:
             rows, n = b.new_conns(runs, 100000)
-        b.sel = [r for r in rows if r.key in keys]
-        benches.append((",".join(v) or "base", b))
+        b.sel = sorted([r for r in rows if r.key in keys], key=lambda r: keys.index(r.key))
+        benches.append(((",".join(v) or "base") + f"#{len(benches)}", b))
     vals = {(name, r.key): [[] for _ in range(runs)] for name, b in benches for r in b.sel}
     for rnd in range(runs):
         order = benches[rnd % len(benches):] + benches[:rnd % len(benches)]
@@ -73,7 +56,7 @@ try:
     for (name, k), v in vals.items():
         per = [mean(x) for x in v]
         fl = [mean(x) for x in vals[(name, "floor")]] if (name, "floor") in vals else None
-        base = [mean(x) for x in vals[("base", k)]]
+        base = [mean(x) for x in vals[("base#0", k)]]
         d_floor = statistics.median(a - b for a, b in zip(per, fl)) if fl else float("nan")
         d_base = statistics.median(a - b for a, b in zip(per, base))
         print(f"{name:24s} {k:6s} median {statistics.median(per):7.1f}  -floor {d_floor:6.1f}  -base {d_base:6.1f}")
