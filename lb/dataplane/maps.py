@@ -201,10 +201,16 @@ class BpfMap:
         return n
 
 
+def array_stride(m: BpfMap) -> int:
+    """The distance between an array map's values in its memory (the kernel rounds to 8)"""
+    return (m.value_size + 7) & ~7
+
+
 def map_shared(m: BpfMap) -> tuple[mmap.mmap, memoryview]:
     """An array map created with BPF_F_MMAPABLE, mapped shared: (the mapping, a view of its
-    max_entries * value_size bytes).  The mapping holds the map; release the view, then close it."""
-    length = m.max_entries * m.value_size
+    max_entries values, array_stride apart).  The mapping holds the map; release the view, then
+    close it."""
+    length = m.max_entries * array_stride(m)
     mp = mmap.mmap(m.fd, (length + mmap.PAGESIZE - 1) // mmap.PAGESIZE * mmap.PAGESIZE,
                    mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
     return mp, memoryview(mp)[:length]
@@ -227,7 +233,7 @@ class ArrayField:
             raise ValueError(f"{name}: bytes {offset}..{offset + size} of {m.name}'s values")
         self.name, self.type = name, m.type
         self.value_size, self.max_entries = size, m.max_entries
-        self._stride, self._offset = m.value_size, offset
+        self._stride, self._offset = array_stride(m), offset
         self._mmap, self._view = map_shared(m)
 
     def _at(self, key: bytes) -> int | None:
