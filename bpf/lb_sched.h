@@ -75,30 +75,50 @@ static __always_inline void lb_sched_init(struct lb_svc *svc, struct lb_sched_st
     sc->real = LB_NONE;
 }
 
-/* rr: the next usable server after the last pick, wrapping round to the last pick itself.
- * One forward scan: the first usable at or after the cursor, else the first usable at all. */
+/* The dest at list position start + i (into *pos), or 0 past the service's last.  64-bit and
+ * behind an empty asm, so the verifier sees the constant bound checked on the very register
+ * that indexes the list (a 32-bit position is widened after its check, on a copy it does not
+ * link to the checked one). */
+static __always_inline struct lb_dest *lb_dest_from(struct lb_svc_dests *ds, lb_scratch_t *sc, __u32 i,
+                                                    __u32 *pos)
+{
+    __u64 p = (__u64)sc->start + i;
+    if (p >= sc->n)
+        return 0;
+    asm volatile("" : "+r"(p));
+    if (p >= LB_MAX_SVC_REALS)
+        return 0;
+    *pos = p;
+    return &ds->d[p];
+}
+
+/* rr: the next usable server after the last pick, wrapping round to the last pick itself:
+ * the first usable from the cursor on, else the first usable before it.  Scanning from the
+ * cursor, a pick usually looks at one position, not at every one before it. */
 static __always_inline __u32 lb_pick_rr(struct lb_svc *svc, struct lb_svc_dests *ds,
                                         struct lb_sched_state *st, lb_scratch_t *sc)
 {
     lb_sched_init(svc, st, sc);
-    for (__u32 pos = 0; pos < LB_MAX_SVC_REALS; pos++) {
-        if (pos >= sc->n)
+    for (__u32 i = 0; i < LB_MAX_SVC_REALS; i++) {
+        __u32 pos;
+        struct lb_dest *d = lb_dest_from(ds, sc, i, &pos);
+        if (!d)
             break;
-        struct lb_dest *d = &ds->d[pos];
-        if (!lb_dest_usable(d))
-            continue;
-        if (pos >= sc->start) {
+        if (lb_dest_usable(d)) {
             st->cl = pos;
             return d->real;
         }
-        if (sc->first == LB_NONE)
-            sc->first = pos;
     }
-    __u32 first = sc->first;
-    if (first >= LB_MAX_SVC_REALS)
-        return LB_NONE;
-    st->cl = first;
-    return ds->d[first].real;
+    for (__u32 pos = 0; pos < LB_MAX_SVC_REALS; pos++) {
+        if (pos >= sc->start || pos >= sc->n)
+            break;
+        struct lb_dest *d = &ds->d[pos];
+        if (lb_dest_usable(d)) {
+            st->cl = pos;
+            return d->real;
+        }
+    }
+    return LB_NONE;
 }
 
 /* wrr, as ip_vs_wrr_schedule(): walk on from the cursor for weight >= cw; at the end of a pass
@@ -113,19 +133,28 @@ static __always_inline __u32 lb_pick_wrr(struct lb_svc *svc, struct lb_svc_dests
     if (mw <= 0)
         return LB_NONE;
     lb_sched_init(svc, st, sc);
-    /* rest of the current pass */
-    for (__u32 pos = 0; pos < LB_MAX_SVC_REALS; pos++) {
-        if (pos >= sc->n)
+    /* rest of the current pass, from the cursor on */
+    for (__u32 i = 0; i < LB_MAX_SVC_REALS; i++) {
+        __u32 pos;
+        struct lb_dest *d = lb_dest_from(ds, sc, i, &pos);
+        if (!d)
             break;
-        struct lb_dest *d = &ds->d[pos];
         if (!lb_dest_usable(d))
             continue;
         if (d->weight > sc->maxw)
             sc->maxw = d->weight;
-        if (pos >= sc->start && (__s32)d->weight >= st->cw) {
+        if ((__s32)d->weight >= st->cw) {
             st->cl = pos;
             return d->real;
         }
+    }
+    /* the pass is over: the largest usable weight, from the positions before the cursor too */
+    for (__u32 pos = 0; pos < LB_MAX_SVC_REALS; pos++) {
+        if (pos >= sc->start || pos >= sc->n)
+            break;
+        struct lb_dest *d = &ds->d[pos];
+        if (lb_dest_usable(d) && d->weight > sc->maxw)
+            sc->maxw = d->weight;
     }
     __u32 maxw = sc->maxw;
     if (!maxw)
