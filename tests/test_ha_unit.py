@@ -612,3 +612,45 @@ def test_notify_programs_run_as_script_user_with_a_minimal_environment(tmp_path,
     env.pop("PWD", None)                                  # sh's own
     assert sorted(env) == ["LANG", "LB_INSTANCE", "LB_OLD_ROLE", "LB_ROLE", "PATH"], env
     assert (env["LB_ROLE"], env["LB_OLD_ROLE"], env["LB_INSTANCE"]) == ("active", "backup", "inst1")
+
+
+def test_a_director_is_reported_active_only_once_its_takeover_is_done(tmp_path):
+    """`lb status` says active only when the takeover (on_role: addresses claimed, announced)
+    has run; while it runs, the role before it.  (A lab test once read "active" and found the
+    VIP not yet on the interface.)"""
+    import asyncio
+    from pathlib import Path
+
+    from lb.config.model import HA
+    from lb.ha.pulse import Pulse
+
+    key = tmp_path / "ha.key"
+    key.write_bytes(KEY)
+    key.chmod(0o600)
+    port = _free_udp_pair()
+    ha = HA(primary=A("127.0.0.1"), backup=A("127.0.0.2"), key_file=Path(key), heartbeat_port=port,
+            keepalive=0.1, deadtime=0.5, sync=False)
+    seen = []
+
+    async def on_role(new, old):
+        seen.append(("during", pulse.role))
+        await asyncio.sleep(0.3)                  # a takeover that takes a while
+        seen.append(("at its end", pulse.role))
+
+    pulse = Pulse(ha, "alone", on_role, node=hb.NODE_PRIMARY)
+
+    async def main():
+        await pulse.start()
+        try:
+            for _ in range(100):
+                await asyncio.sleep(0.05)
+                if len(seen) == 2:
+                    break
+            await asyncio.sleep(0.05)
+            return pulse.role
+        finally:
+            await pulse.stop()
+
+    role = asyncio.run(asyncio.wait_for(main(), 30))
+    assert seen == [("during", "starting"), ("at its end", "starting")]
+    assert role == "active"

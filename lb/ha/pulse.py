@@ -374,6 +374,7 @@ class Pulse:
         self._tasks: list[asyncio.Task] = []
         self._actions: asyncio.Queue = asyncio.Queue()
         self._closing = False
+        self._switching_from: int | None = None   # the old role while on_role applies a change
         self._peer_was_alive = False
         self._sync_queue: asyncio.Queue = asyncio.Queue(maxsize=256)   # bounded backup-side backlog
         self._ratelog = RateLimitedLog(log, self.LOG_INTERVAL, clock)
@@ -381,7 +382,9 @@ class Pulse:
     # ---- status ----
     @property
     def role(self) -> str:
-        return NAMES[self.machine.state]
+        """The role as applied: while a change's on_role runs (addresses taken or given up), the
+        one before it, so a director reported active holds its addresses"""
+        return NAMES[self._switching_from if self._switching_from is not None else self.machine.state]
 
     def warnings(self) -> list[str]:
         """What an operator must look at: a peer heard but refused, a skewed clock, heartbeats
@@ -665,10 +668,13 @@ class Pulse:
                     self.role_log.append((time.time(), NAMES[old], NAMES[new]))
                     if new == ACTIVE:
                         self.exporter.reset()
+                    self._switching_from = old
                     try:
                         await self.on_role(new, old)
                     except Exception:
                         log.exception("pulse: role change to %s failed", NAMES[new])
+                    finally:
+                        self._switching_from = None
                     self._send_all(hb.T_HEARTBEAT)       # tell the peer at once
                     self._notify(NAMES[new], NAMES[old])
                 elif a[0] == "standdown":
