@@ -492,6 +492,19 @@ def _free_udp_pair() -> int:
     raise RuntimeError("no free pair of UDP ports")
 
 
+def _loopback_ha(tmp_path, deadtime: float):
+    """[ha] for a primary on 127.0.0.1 and a backup on 127.0.0.2, a free port pair, no sync"""
+    from pathlib import Path
+
+    from lb.config.model import HA
+
+    key = tmp_path / "ha.key"
+    key.write_bytes(KEY)
+    key.chmod(0o600)
+    return HA(primary=A("127.0.0.1"), backup=A("127.0.0.2"), key_file=Path(key),
+              heartbeat_port=_free_udp_pair(), keepalive=0.1, deadtime=deadtime, sync=False)
+
+
 def test_floods_are_dropped_before_the_mac_and_roles_hold(tmp_path, monkeypatch):
     """Primary 127.0.0.1 and backup 127.0.0.2 over loopback.  20000 datagrams from 127.0.0.3
     to the backup's heartbeat port are counted as offpath and never reach the codec; 20000 with
@@ -500,18 +513,12 @@ def test_floods_are_dropped_before_the_mac_and_roles_hold(tmp_path, monkeypatch)
     import asyncio
     import socket
     import threading
-    from pathlib import Path
 
     from lab_http import wait_until
-    from lb.config.model import HA
     from lb.ha.pulse import Pulse
 
-    key = tmp_path / "ha.key"
-    key.write_bytes(KEY)
-    key.chmod(0o600)
-    port = _free_udp_pair()
-    ha = HA(primary=A("127.0.0.1"), backup=A("127.0.0.2"), key_file=Path(key), heartbeat_port=port,
-            keepalive=0.1, deadtime=1.0, sync=False)
+    ha = _loopback_ha(tmp_path, deadtime=1.0)
+    port = ha.heartbeat_port
     macs = []
     real_compare = hb.hmac.compare_digest
     monkeypatch.setattr(hb.hmac, "compare_digest", lambda a, b: macs.append(1) or real_compare(a, b))
@@ -619,17 +626,10 @@ def test_a_director_is_reported_active_only_once_its_takeover_is_done(tmp_path):
     has run; while it runs, the role before it.  (A lab test once read "active" and found the
     VIP not yet on the interface.)"""
     import asyncio
-    from pathlib import Path
 
-    from lb.config.model import HA
     from lb.ha.pulse import Pulse
 
-    key = tmp_path / "ha.key"
-    key.write_bytes(KEY)
-    key.chmod(0o600)
-    port = _free_udp_pair()
-    ha = HA(primary=A("127.0.0.1"), backup=A("127.0.0.2"), key_file=Path(key), heartbeat_port=port,
-            keepalive=0.1, deadtime=0.5, sync=False)
+    ha = _loopback_ha(tmp_path, deadtime=0.5)
     seen = []
 
     async def on_role(new, old):
