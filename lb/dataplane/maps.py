@@ -224,14 +224,12 @@ class ArrayField:
     its entries cannot be deleted.  Stores are plain: BPF only reads these bytes."""
 
     percpu = False
-    ncpus = 1
     key_size = 4
-    batch_update = False
 
     def __init__(self, m: BpfMap, name: str, offset: int, size: int):
         if m.type != bpfsys.BPF_MAP_TYPE_ARRAY or offset + size > m.value_size:
             raise ValueError(f"{name}: bytes {offset}..{offset + size} of {m.name}'s values")
-        self.name, self.type = name, m.type
+        self.name = name
         self.value_size, self.max_entries = size, m.max_entries
         self._stride, self._offset = array_stride(m), offset
         self._mmap, self._view = map_shared(m)
@@ -273,9 +271,6 @@ class ArrayField:
 
     def delete(self, key: bytes) -> bool:
         raise bpfsys.BpfError(errno.EINVAL, f"{self.name}: an array's entries cannot be deleted")
-
-    def items(self, batch: bool | None = None) -> list[tuple[bytes, bytes]]:
-        return [(i.to_bytes(4, "little"), self.get(i.to_bytes(4, "little"))) for i in range(self.max_entries)]
 
 
 class PinnedMaps:

@@ -192,8 +192,6 @@ def _alive(pid: str) -> bool:
     return True
 
 
-
-
 class Program:
     """The loaded programs of one instance (fns by name) and its pinned maps (maps by name,
     one dict shared with the parts of the data plane that read and write them).
