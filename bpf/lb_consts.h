@@ -178,6 +178,11 @@ enum lb_sched_id {
 #define LB_EV_RST 3
 #define LB_FSM_SIZE (3 * 4 * LB_TCP_S_LAST)
 
+/* A partial checksum's completion (lb_csum.h): bpf_csum_diff sums at most 512 bytes a call;
+ * 8 of them, more than native XDP on a veth takes in one frame */
+#define LB_CSUM_CHUNK 512
+#define LB_CSUM_CHUNKS 8
+
 /* Per-CPU counters of exceptional events (lb_counters); normal traffic is counted in the
  * service and real server stats only, to keep the per-packet path short */
 #define LB_CNT_NO_REAL 0         /* new connection, no usable real server: to the local stack */
@@ -200,7 +205,11 @@ enum lb_sched_id {
 #define LB_CNT_XMIT_FAILED 12    /* a packet could not be rebuilt (head/tail adjustment, bounds): dropped */
 #define LB_CNT_LEASE_LAPSED 13   /* [ha], the daemon's lease ran out: a neighbour request for, or
                                   * a packet to, a VIP or nat_router dropped (lb_lease.h) */
-#define LB_CNT_MAX 14
+#define LB_CNT_CSUM_COMPLETED 14 /* a partial checksum (the sender's tx offload, on a veth) completed
+                                  * before forwarding (lb_csum.h) */
+#define LB_CNT_CSUM_UNCOMPLETED 15  /* ... one in a segment past the frame's end or over 4 KiB: sent
+                                  * as it is, which its receiver drops */
+#define LB_CNT_MAX 16
 #define LB_COUNTERS 32           /* lb_counters' size: room to add counters without new pins */
 
 /* Per-CPU tallies of the embryonic table's entries (lb_ct_events; a NAT connection has two, its

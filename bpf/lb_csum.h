@@ -4,6 +4,7 @@
 #define LB_CSUM_H
 
 #include "lb_parse.h"
+#include "lb_maps.h"
 
 static __always_inline __u16 lb_csum_fold(__u32 sum)
 {
@@ -71,6 +72,102 @@ static __always_inline void lb_rewrite6(struct lb_pkt *pkt, __be32 *addr_p, cons
         lb_csum_replace2((__u16 *)pkt->l4csum, old_port, new_port);
         lb_l4csum_fix_udp(pkt);
     }
+}
+
+/* ---- partial checksums ----
+ * A sender whose stack leaves the TCP/UDP checksum to the device (tx checksum offload: the
+ * kernel's CHECKSUM_PARTIAL) puts only the pseudo header's sum in the field, folded and not
+ * complemented, and the device completes it on the way out.  On a veth that never happens: the
+ * peer's native XDP program gets the frame as it is, and a frame lb redirects or sends back
+ * (XDP_TX) leaves its skb, and with it the note that the sum is partial, behind, so it arrives
+ * with the pseudo header's sum as its checksum and the receiver drops it.  (A NIC never hands
+ * XDP such a frame.)  So before lb forwards a segment it compares the field with the pseudo
+ * header's sum and, when they are equal, completes the checksum as the device would
+ * (skb_checksum_help): the segment's sum, the field as it is included, complemented.  A full
+ * checksum that happens to equal the pseudo header's sum (1 in 65,536) comes out the same: the
+ * segment then sums to the data's sum plus exactly that. */
+static __always_inline __u16 lb_csum_fold64(__u64 s)
+{
+    s = (s & 0xffffffff) + (s >> 32);
+    s = (s & 0xffffffff) + (s >> 32);
+    return lb_csum_fold((__u32)s);
+}
+
+/* Is the L4 checksum field the pseudo header's sum, as a sender with tx offload leaves it? */
+static __always_inline int lb_csum_is_partial(struct lb_pkt *pkt, __u32 l4len)
+{
+    __u64 s = (__u64)pkt->saddr[0] + pkt->daddr[0] + bpf_htons((__u16)pkt->proto) + bpf_htons((__u16)l4len);
+    if (pkt->family != LB_AF_INET)
+        s += (__u64)pkt->saddr[1] + pkt->saddr[2] + pkt->saddr[3] + pkt->daddr[1] + pkt->daddr[2] + pkt->daddr[3];
+    return *pkt->l4csum == lb_csum_fold64(s);
+}
+
+/* n bytes of the frame at off into the sum, through the per-CPU buffer: offsets the verifier
+ * need not bound (a helper's argument), so every length is one walk of this code, where
+ * packet pointers at variable offsets would make the verifier walk each split of the length
+ * apart.  0 past the frame's end. */
+static __always_inline int lb_csum_add(struct xdp_md *ctx, __u8 *buf, __u32 off, __u32 n, __u64 *sum)
+{
+    if (bpf_xdp_load_bytes(ctx, off, buf, n))
+        return 0;
+    *sum = bpf_csum_diff(0, 0, (__be32 *)buf, n, (__u32)*sum);
+    return 1;
+}
+
+/* Complete a partial checksum.  1 if it was one and is now whole, 0 if it was not (or was a
+ * whole one that looked partial), -1 if the segment runs past the frame or over LB_CSUM_CHUNKS
+ * chunks (left as it is). */
+static __always_inline int lb_csum_complete(struct xdp_md *ctx, struct lb_pkt *pkt)
+{
+    if (!pkt->l4csum)
+        return 0;                 /* UDP without a checksum */
+    __u32 len = pkt->l4len;
+    if (!lb_csum_is_partial(pkt, len))
+        return 0;
+    __u32 zero = 0;
+    struct lb_csum_buf *cb = lb_csum_buf.lookup(&zero);
+    if (!cb || len > LB_CSUM_CHUNK * LB_CSUM_CHUNKS)
+        return -1;
+    __u8 *buf = cb->b;
+    __u32 at = pkt->l4off;        /* the segment's first byte */
+    __u64 sum = 0;
+    __u32 done = 0;
+    for (int i = 0; i < LB_CSUM_CHUNKS; i++) {
+        if (done + LB_CSUM_CHUNK > len)   /* not len - done: the verifier must see it cannot wrap */
+            break;
+        if (!lb_csum_add(ctx, buf, at + done, LB_CSUM_CHUNK, &sum))
+            return -1;
+        done += LB_CSUM_CHUNK;
+    }
+#pragma unroll
+    for (__u32 n = LB_CSUM_CHUNK / 2; n >= 4; n /= 2) {
+        if (done + n <= len) {
+            if (!lb_csum_add(ctx, buf, at + done, n, &sum))
+                return -1;
+            done += n;
+        }
+    }
+    /* the last 0-3 bytes, as a 16-bit word and a byte in packet order (the odd byte padded
+     * with a zero, as csum_partial does).  Constant sizes: a size argument the verifier must
+     * know exactly would make it tell every length apart. */
+    if (done + 2 <= len) {
+        if (bpf_xdp_load_bytes(ctx, at + done, buf, 2))
+            return -1;
+        sum += *(__u16 *)buf;
+        done += 2;
+    }
+    if (done < len) {
+        if (bpf_xdp_load_bytes(ctx, at + done, buf, 1))
+            return -1;
+        sum += buf[0];
+    }
+    __u16 full = ~lb_csum_fold64(sum);
+    if (pkt->proto == IPPROTO_UDP && full == 0)
+        full = 0xffff;            /* RFC 768: 0 means "no checksum" */
+    if (full == *pkt->l4csum)
+        return 0;                 /* it was whole: one that only looked partial */
+    *pkt->l4csum = full;
+    return 1;
 }
 
 /* Write a 16-byte (IPv6) address into the packet, folding the change into one checksum (an

@@ -319,9 +319,23 @@ static __always_inline int lb_tunnel_xmit(struct xdp_md *ctx, struct lb_pkt *pkt
     return lb_xmit(ctx, eth, r->mac, r->src_mac, r->ifindex);
 }
 
+/* A partial checksum (tx offload on a veth: lb_csum.h) completed before the frame leaves its
+ * skb behind, and before NAT's incremental updates or a tunnel's header: counted, and one too
+ * long to complete counted apart (sent as it is).  Only in the packets lb forwards: one it
+ * passes keeps its skb, and the kernel, which may route it on, completes the sum itself. */
+static __always_inline void lb_csum_finish(struct xdp_md *ctx, struct lb_pkt *pkt)
+{
+    int done = lb_csum_complete(ctx, pkt);
+    if (done > 0)
+        lb_count(LB_CNT_CSUM_COMPLETED);
+    else if (done < 0)
+        lb_count(LB_CNT_CSUM_UNCOMPLETED);
+}
+
 static __always_inline int lb_forward_to_real(struct xdp_md *ctx, struct lb_pkt *pkt,
                                               struct lb_real *r)
 {
+    lb_csum_finish(ctx, pkt);     /* first: NAT's updates and a tunnel's outer header need it whole */
     if (r->fwd == LB_FWD_DR)      /* the common case first */
         return lb_xmit(ctx, pkt->eth, r->mac, r->src_mac, r->ifindex);
     if (r->fwd == LB_FWD_NAT) {
@@ -338,6 +352,7 @@ static __always_inline int lb_forward_to_real(struct xdp_md *ctx, struct lb_pkt 
 static __always_inline int lb_forward_to_client(struct xdp_md *ctx, struct lb_pkt *pkt,
                                                 struct lb_conn *c)
 {
+    lb_csum_finish(ctx, pkt);
     lb_nat_saddr(pkt, c->vaddr, c->vport);
     return lb_xmit(ctx, pkt->eth, c->client_mac, c->local_mac, c->client_ifindex);
 }

@@ -68,6 +68,8 @@ BPF_TABLE_PINNED("array", __u32, struct lb_est_word, lb_est_filter, LB_EST_FILTE
 /* the tunnel's too-big answers: one token bucket for the whole director (as the kernel's
  * icmp_global_allow) */
 BPF_TABLE_PINNED("array", __u32, struct lb_icmp_bucket, lb_icmp_bucket, 1, LB_PIN(lb_icmp_bucket));
+/* a partial checksum's segment, a chunk at a time (lb_csum.h; per-CPU scratch, one packet at a time) */
+BPF_TABLE_PINNED("percpu_array", __u32, struct lb_csum_buf, lb_csum_buf, 1, LB_PIN(lb_csum_buf));
 
 /* Pinned: the kernel empties a program array when its last user reference goes, and a
  * killed daemon must leave new connections working. */

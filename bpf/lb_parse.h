@@ -39,6 +39,8 @@ struct lb_pkt {
     __be32 saddr[4];              /* copies of the addresses, 16 bytes for both families (IPv4 */
     __be32 daddr[4];              /* in word 0, the rest 0): keys and hashes need no branch */
     __u32 len;                    /* IP total length, for byte counters */
+    __u16 l4off;                  /* TCP/UDP: where the L4 header starts in the frame ... */
+    __u16 l4len;                  /* ... and the segment's length by the IP header (lb_csum.h) */
     __u8 proto;
     __u8 tcp_flags;               /* TCP: the byte holding FIN SYN RST PSH ACK URG */
     __u8 family;                  /* LB_AF_INET or LB_AF_INET6 */
@@ -77,10 +79,14 @@ static __always_inline int lb_ipv6_skip_ext(void **cur, void *data_end, __u8 *nh
 #define LB_TCP_RST 0x04
 #define LB_TCP_ACK 0x10
 
-/* TCP or UDP at cur: ports, checksum and flags into pkt.  LB_CONTINUE or XDP_PASS. */
-static __always_inline int lb_parse_l4(void *cur, void *data_end, struct lb_pkt *pkt, __u8 l4proto)
+/* TCP or UDP at cur (l3: the IP header): ports, checksum and flags into pkt.  LB_CONTINUE or
+ * XDP_PASS. */
+static __always_inline int lb_parse_l4(void *data, void *l3, void *cur, void *data_end, struct lb_pkt *pkt,
+                                       __u8 l4proto)
 {
     pkt->proto = l4proto;
+    pkt->l4off = cur - data;
+    pkt->l4len = pkt->len - (__u32)(cur - l3);
     if (l4proto == IPPROTO_TCP) {
         struct tcphdr *th = cur;
         if ((void *)(th + 1) > data_end)
@@ -107,7 +113,7 @@ static __always_inline int lb_parse_l4(void *cur, void *data_end, struct lb_pkt 
 
 /* IPv6 at cur: the fixed header, then up to LB_IPV6_EXT_MAX extension headers IPVS's own
  * ipv6_find_hdr would step over too.  A fragment header (or anything unknown) is the kernel's. */
-static __always_inline int lb_parse6(void *cur, void *data_end, struct lb_pkt *pkt, __u32 *counter)
+static __always_inline int lb_parse6(void *data, void *cur, void *data_end, struct lb_pkt *pkt, __u32 *counter)
 {
     struct ipv6hdr *ip6 = cur;
     if ((void *)(ip6 + 1) > data_end)
@@ -127,7 +133,7 @@ static __always_inline int lb_parse6(void *cur, void *data_end, struct lb_pkt *p
         *counter = LB_CNT_FRAGMENT;
         return XDP_PASS;
     }
-    return lb_parse_l4(cur, data_end, pkt, nh);
+    return lb_parse_l4(data, ip6, cur, data_end, pkt, nh);
 }
 
 /* The EtherType after eth and one 802.1Q/802.1ad tag, *cur just past them; 0 when the tag is
@@ -160,7 +166,7 @@ static __always_inline int lb_parse(struct xdp_md *ctx, struct lb_pkt *pkt, __u3
     pkt->eth = eth;
     proto = lb_eth_proto(eth, data_end, &cur);
     if (proto == bpf_htons(ETH_P_IPV6))
-        return lb_parse6(cur, data_end, pkt, counter);
+        return lb_parse6(data, cur, data_end, pkt, counter);
     if (proto != bpf_htons(ETH_P_IP))
         return XDP_PASS;            /* ARP, anything else */
 
@@ -182,7 +188,7 @@ static __always_inline int lb_parse(struct xdp_md *ctx, struct lb_pkt *pkt, __u3
         *counter = LB_CNT_FRAGMENT;
         return XDP_PASS;
     }
-    return lb_parse_l4(cur + ihl, data_end, pkt, ip->protocol);
+    return lb_parse_l4(data, ip, cur + ihl, data_end, pkt, ip->protocol);
 }
 
 /* ---- ICMP and ICMPv6 errors (only on the branch that lb_parse left with an ICMP pkt->proto) ---- */

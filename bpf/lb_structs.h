@@ -236,6 +236,11 @@ struct lb_vip_filter {
     __u64 bits[LB_VIP_FILTER_WORDS];
 };
 
+/* lb_csum_buf value (per-CPU): a partial checksum's segment, a chunk at a time (lb_csum.h) */
+struct lb_csum_buf {
+    __u8 b[LB_CSUM_CHUNK];
+};
+
 /* lb_icmp_bucket value (one entry): the too-big answers' token bucket, kept as the time the
  * bucket would be full again (GCRA: each answer moves it on by the interval) */
 struct lb_icmp_bucket {

@@ -6,14 +6,15 @@ Packets are scapy-built valid ones (TCP with every flag combination, UDP, ICMP e
 tracked flows and anything else, IPv4 options, IPv6 extension-header chains and loops, fragments,
 VLAN tags, IPIP and IPv6-in-IPv6 nests, NAT replies, packets too big for the tunnel), then
 mutated: truncated at every offset, bad IHL and versions, lengths, checksums, flipped bytes, random
-flags, and plain random bytes.  The model (no packet to a real server the model would not send
+flags, partial checksums (a sender's tx offload: lb completes them), and plain random bytes.  The model (no packet to a real server the model would not send
 there; no change to a packet not for a virtual service; no verifier error, XDP_ABORTED or
 refused run):
 
 - public: not addressed to a virtual service's address -> XDP_PASS, the same bytes.  Otherwise
   XDP_PASS (same bytes) is always allowed; XDP_REDIRECT only to a real server of the service the
   packet's 5-tuple names, as DR (MACs), NAT (destination address/port and checksums) or tunnel
-  (an outer header from our address, the packet inside) would send it, and a TCP packet that is
+  (an outer header from our address, the packet inside) would send it, a partial checksum
+  completed (lb_csum.h), and a TCP packet that is
   not a pure SYN (and an ICMP error, through its quote) only along a flow an earlier forwarded
   packet opened, to that flow's real server; XDP_TX only as a "fragmentation needed" / Packet Too
   Big answer (never about ICMP, at most 576 / 1280 bytes) to a packet too big for a tunnel;
@@ -212,6 +213,35 @@ def parse(b: bytes) -> Parsed:
     return p
 
 
+def _fold(s: int) -> int:
+    while s >> 16:
+        s = (s & 0xFFFF) + (s >> 16)
+    return s
+
+
+def completed(b: bytes, p: Parsed) -> bytes:
+    """lb_csum.h: b as lb forwards it, a partial TCP/UDP checksum completed -- one whose field is
+    the pseudo header's sum for the segment the IP header claims (a sender's tx offload), the
+    segment within the frame and at most 4 KiB; any other packet as it is"""
+    if not p.ok:
+        return b
+    at = p.l4 + (16 if p.proto == 6 else 6)
+    if at + 2 > len(b):
+        return b
+    field = struct.unpack_from("!H", b, at)[0]
+    seg = (p.iplen - (p.l4 - p.l3)) & 0xFFFF
+    if p.proto == 17 and field == 0:
+        return b
+    pseudo = _fold(sum(struct.unpack("!16H", p.saddr.ljust(16, b"\0") + p.daddr.ljust(16, b"\0"))) + p.proto + seg)
+    if field != pseudo or seg > 4096 or p.l4 + seg > len(b):
+        return b
+    data = b[p.l4:p.l4 + seg] + b"\0" * (seg & 1)
+    full = ~_fold(sum(struct.unpack(f"!{len(data) // 2}H", data))) & 0xFFFF
+    if p.proto == 17 and full == 0:
+        full = 0xFFFF
+    return b[:at] + struct.pack("!H", full) + b[at + 2:]
+
+
 def dest_of(b: bytes) -> bytes | None:
     """the destination address lb_vip_maybe reads (None: not IPv4/IPv6 with a whole fixed header)"""
     et, off = _ethertype(b)
@@ -322,8 +352,9 @@ class Model:
             self.fail("public", i, pkt, f"relayed ICMP error of a wrong length: {out.hex()}")
 
     def _check_bytes(self, i, pkt, p: Parsed, out: bytes, svc: Service, real: RealSpec, dport: int) -> None:
+        whole = completed(pkt, p)
         if svc.fwd == "dr":
-            if out[12:] != pkt[12:]:
+            if out[12:] != whole[12:]:
                 self.fail("public", i, pkt, f"DR changed more than the MACs: {out.hex()}")
         elif svc.fwd == "nat":
             if len(out) != len(pkt):
@@ -340,7 +371,7 @@ class Model:
                 self.fail("public", i, pkt, f"NAT changed other bytes: {out.hex()}")
         else:
             ohl = 20 if p.fam == 4 else 40
-            if out[14 + ohl:] != pkt[p.l3:]:
+            if out[14 + ohl:] != whole[p.l3:]:
                 self.fail("public", i, pkt, f"tunnel: the inner packet changed: {out.hex()}")
             if p.fam == 4:
                 osrc, odst, proto = out[26:30], out[30:34], out[23]
@@ -383,7 +414,7 @@ class Model:
                     or ans.src != str(ip(p.daddr)):
                 self.fail("public", i, pkt, f"a wrong Packet Too Big answer: {out.hex()}")
             quote = bytes(ans[ICMPv6PacketTooBig].payload)
-        if quote != pkt[p.l3:p.l3 + len(quote)] or len(quote) < p.l4 - p.l3 + 8:
+        if quote != completed(pkt, p)[p.l3:p.l3 + len(quote)] or len(quote) < p.l4 - p.l3 + 8:
             self.fail("public", i, pkt, f"the answer does not quote the packet's headers: {out.hex()}")
 
     # private
@@ -594,7 +625,26 @@ class Gen:
             if len(b) > 55:
                 b[54 + 1] = r.randrange(256)                              # an extension's length
             return bytes(b)
+        if k == 9:
+            return self.partial(bytes(b))
         return bytes(b)                                                   # as built
+
+    def partial(self, b: bytes) -> bytes:
+        """b as a sender with tx checksum offload sends it: the L4 checksum field holds only the
+        pseudo header's sum (lb completes it before forwarding); now and then for a segment
+        the IP header makes longer than the frame (lb must send that one as it is)"""
+        p = parse(b)
+        if not p.ok or p.l4 + (18 if p.proto == 6 else 8) > len(b):
+            return b
+        b = bytearray(b)
+        if self.rng.random() < 0.2:
+            at = p.l3 + (2 if p.fam == 4 else 4)
+            struct.pack_into("!H", b, at, (struct.unpack_from("!H", b, at)[0] + self.rng.choice((1, 2, 64, 3000))) & 0xFFFF)
+            p = parse(bytes(b))
+        seg = (p.iplen - (p.l4 - p.l3)) & 0xFFFF
+        pseudo = _fold(sum(struct.unpack("!16H", p.saddr.ljust(16, b"\0") + p.daddr.ljust(16, b"\0"))) + p.proto + seg)
+        struct.pack_into("!H", b, p.l4 + (16 if p.proto == 6 else 6), pseudo)
+        return bytes(b)
 
     def packets(self, n: int):
         """n packets: every truncation of some base packets, then mutations and bases"""
@@ -675,4 +725,6 @@ def test_fuzz_every_program(programs):
     s = model.seen
     assert s["redirect"] > 1000 and s["tx"] > 0 and s["drop"] > 0 and s["pass"] > N // 4, (SEED, s)
     assert len(model.flows) > 50 and len(model.nat) > 10, SEED
+    c = dp.counters()            # partial checksums completed, and sent as they were past the frame
+    assert c["partial_checksum_completed"] > 0 and c["partial_checksum_uncompleted"] > 0, (SEED, c)
     print(f"fuzz seed {SEED}: {N} packets x 4 programs in {time.monotonic() - t0:.1f} s, {s}")

@@ -28,6 +28,7 @@ NOT_MIRRORED = {
     "lb_mh_walk": "BPF only (per-CPU scratch)",
     "lb_icmp_bucket": "BPF only (the too-big answers' token bucket)",
     "lb_clock": "BPF only (per-CPU cache of the coarse clock)",
+    "lb_csum_buf": "BPF only (per-CPU buffer: a partial checksum's segment, a chunk at a time)",
 }
 
 LAYOUTS = {name: v for name, v in vars(L).items() if isinstance(v, L.Layout)}

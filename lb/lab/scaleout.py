@@ -155,8 +155,8 @@ def _links(n: int) -> None:
     for d in directors(n):
         for port in (f"sw-pub{index(d)}", f"sw-dir{index(d)}"):
             run(SWITCH, ["bridge", "link", "set", "dev", port, "flood", "off"], timeout=10)
-    # tx off: natively XDP-redirected frames would carry bad checksums; gro on: XDP_REDIRECT into
-    # a veth needs it on the peer
+    # tx off: whole checksums, as from a NIC (lb would complete partial ones: bpf/lb_csum.h);
+    # gro on: XDP_REDIRECT into a veth needs it on the peer
     for a, ia, b, ib in veths(n):
         for node, ifname in ((a, ia), (b, ib)):
             run(node, ["ethtool", "-K", ifname, "tx", "off", "gro", "on"], timeout=10)

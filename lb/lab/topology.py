@@ -529,10 +529,10 @@ def _director_ports(network: str) -> None:
 
 
 def _ethtool(network: str) -> None:
-    # tx off: natively XDP-redirected UDP would otherwise arrive with bad checksums.
+    # tx off: packets reach XDP with whole checksums, as from a NIC.  up(..., tx_csum=True)
+    # leaves tx checksum offload on: packets then carry partial checksums, as from a local
+    # stack, which lb completes before forwarding (bpf/lb_csum.h; test_csum_offload_lab.py).
     # gro on: XDP_REDIRECT into a veth silently drops unless the peer has GRO on (or an XDP prog).
-    # up(..., tx_csum=True) leaves tx checksum offload on: packets then reach XDP with partial
-    # checksums, as from a real host's stack.
     tx = "on" if _options["tx_csum"] else "off"
     for node, ifname in _veth_ends():
         run(node, ["ethtool", "-K", ifname, "tx", tx, "gro", "on"], timeout=10)
