@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import ipaddress
 import os
+import struct
 from typing import Iterator
 
 from lb import listing
@@ -77,6 +78,21 @@ def maps_now(dp: XdpDataplane) -> dict:
             m.close()
     out["mh tables"] = sorted(tables.items())
     return out
+
+
+def csum_fold(s: int) -> int:
+    """a one's complement sum folded to 16 bits (not complemented)"""
+    while s >> 16:
+        s = (s & 0xFFFF) + (s >> 16)
+    return s
+
+
+def pseudo_sum(saddr: bytes, daddr: bytes, proto: int, seglen: int) -> int:
+    """What a sender with tx checksum offload leaves in the TCP/UDP checksum field: the pseudo
+    header's sum, folded, not complemented (the kernel's ~csum_tcpudp_magic).  saddr/daddr packed,
+    4 or 16 bytes (IPv6's 32-bit length and next header sum as these two 16-bit words do)."""
+    addrs = saddr.ljust(16, b"\0") + daddr.ljust(16, b"\0")
+    return csum_fold(sum(struct.unpack("!16H", addrs)) + proto + seglen)
 
 
 def lb_list(dp: XdpDataplane) -> str:

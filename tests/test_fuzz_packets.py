@@ -47,7 +47,7 @@ from lb.dataplane import decap
 from lb.dataplane.xdp import Sizes
 
 from packets_util import (CLIENT_MAC, PRIV_ADDR, PRIV_MAC, PRIV_MTU, PUB_MAC, XDP_ABORTED, XDP_DROP, XDP_PASS,
-                          XDP_REDIRECT, XDP_TX, loaded_dataplane, real_mac)
+                          XDP_REDIRECT, XDP_TX, csum_fold, loaded_dataplane, pseudo_sum, real_mac)
 
 ip = ipaddress.ip_address
 N = int(os.environ.get("LB_FUZZ_PACKETS", "100000"))
@@ -213,12 +213,6 @@ def parse(b: bytes) -> Parsed:
     return p
 
 
-def _fold(s: int) -> int:
-    while s >> 16:
-        s = (s & 0xFFFF) + (s >> 16)
-    return s
-
-
 def completed(b: bytes, p: Parsed) -> bytes:
     """lb_csum.h: b as lb forwards it, a partial TCP/UDP checksum completed -- one whose field is
     the pseudo header's sum for the segment the IP header claims (a sender's tx offload), the
@@ -232,11 +226,10 @@ def completed(b: bytes, p: Parsed) -> bytes:
     seg = (p.iplen - (p.l4 - p.l3)) & 0xFFFF
     if p.proto == 17 and field == 0:
         return b
-    pseudo = _fold(sum(struct.unpack("!16H", p.saddr.ljust(16, b"\0") + p.daddr.ljust(16, b"\0"))) + p.proto + seg)
-    if field != pseudo or seg > 4096 or p.l4 + seg > len(b):
+    if field != pseudo_sum(p.saddr, p.daddr, p.proto, seg) or seg > 4096 or p.l4 + seg > len(b):
         return b
     data = b[p.l4:p.l4 + seg] + b"\0" * (seg & 1)
-    full = ~_fold(sum(struct.unpack(f"!{len(data) // 2}H", data))) & 0xFFFF
+    full = ~csum_fold(sum(struct.unpack(f"!{len(data) // 2}H", data))) & 0xFFFF
     if p.proto == 17 and full == 0:
         full = 0xFFFF
     return b[:at] + struct.pack("!H", full) + b[at + 2:]
@@ -642,8 +635,7 @@ class Gen:
             struct.pack_into("!H", b, at, (struct.unpack_from("!H", b, at)[0] + self.rng.choice((1, 2, 64, 3000))) & 0xFFFF)
             p = parse(bytes(b))
         seg = (p.iplen - (p.l4 - p.l3)) & 0xFFFF
-        pseudo = _fold(sum(struct.unpack("!16H", p.saddr.ljust(16, b"\0") + p.daddr.ljust(16, b"\0"))) + p.proto + seg)
-        struct.pack_into("!H", b, p.l4 + (16 if p.proto == 6 else 6), pseudo)
+        struct.pack_into("!H", b, p.l4 + (16 if p.proto == 6 else 6), pseudo_sum(p.saddr, p.daddr, p.proto, seg))
         return bytes(b)
 
     def packets(self, n: int):

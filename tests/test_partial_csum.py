@@ -15,7 +15,8 @@ from scapy.layers.l2 import Ether
 
 from lb.dataplane import RealSpec, ServiceSpec, TableSpec
 
-from packets_util import CLIENT_MAC, PRIV_MAC, PUB_MAC, XDP_REDIRECT, XDP_TX, loaded_dataplane, real_mac, run
+from packets_util import (CLIENT_MAC, PRIV_MAC, PUB_MAC, XDP_REDIRECT, XDP_TX, csum_fold, loaded_dataplane,
+                          pseudo_sum, real_mac, run)
 
 CLIENT, CLIENT6 = "198.18.0.2", "2001:2::2"
 VIP_DR, VIP_NAT, VIP6_DR = "198.18.0.10", "198.18.0.20", "2001:2::10"
@@ -40,28 +41,17 @@ def dp():
         yield d
 
 
-def _fold(s: int) -> int:
-    while s >> 16:
-        s = (s & 0xFFFF) + (s >> 16)
-    return s
-
-
-def pseudo_sum(pkt) -> int:
-    """What a sender with tx offload leaves in the L4 checksum field: the pseudo header's
-    one's complement sum, folded, not complemented (the kernel's ~csum_tcpudp_magic)"""
+def pseudo_sum_of(pkt) -> int:
+    """the pseudo header's sum of a scapy packet's segment (packets_util.pseudo_sum)"""
     l3 = pkt[IP] if IP in pkt else pkt[IPv6]
     l4 = pkt[TCP] if TCP in pkt else pkt[UDP]
-    seg = len(bytes(l4))
-    src, dst = ip(l3.src).packed, ip(l3.dst).packed
-    proto = 6 if TCP in pkt else 17
-    raw = src + dst + (struct.pack("!HH", proto, seg) if IP in pkt else struct.pack("!IxxxB", seg, proto))
-    return _fold(sum(struct.unpack(f"!{len(raw) // 2}H", raw)))
+    return pseudo_sum(ip(l3.src).packed, ip(l3.dst).packed, 6 if TCP in pkt else 17, len(bytes(l4)))
 
 
 def partial(pkt) -> bytes:
     """pkt's bytes as a sender with tx offload sends them"""
     p = Ether(bytes(pkt))
-    (p[TCP] if TCP in p else p[UDP]).chksum = pseudo_sum(p)
+    (p[TCP] if TCP in p else p[UDP]).chksum = pseudo_sum_of(p)
     return bytes(p)
 
 
@@ -150,14 +140,14 @@ def test_a_whole_checksum_is_left_alone(dp):
     rc, out = run(dp, "lb_xdp_public", pkt)
     assert rc == XDP_REDIRECT and Ether(out)[TCP].chksum == Ether(bytes(pkt))[TCP].chksum
     # two payload bytes that make the whole checksum equal the pseudo header's sum
-    want = pseudo_sum(pkt)
+    want = pseudo_sum_of(pkt)
     raw = bytearray(bytes(pkt))
     raw[-2:] = b"\0\0"
     p = Ether(bytes(raw))
     del p[TCP].chksum
     c0 = Ether(bytes(p))[TCP].chksum      # with the two bytes 0: ~S
     # the sum must grow by d = ~want - ~c0 (one's complement) so the checksum becomes want
-    d = _fold((~want & 0xFFFF) + (c0 & 0xFFFF))
+    d = csum_fold((~want & 0xFFFF) + (c0 & 0xFFFF))
     raw[-2:] = struct.pack("!H", d)
     p = Ether(bytes(raw))
     del p[TCP].chksum
@@ -181,9 +171,7 @@ def test_a_segment_past_the_frame_is_counted_and_sent_as_it_is(dp):
     hdr = bytes(IP(bytes(ipb)))[:20]
     raw[14:34] = hdr
     # the field is the pseudo header's sum for the length the IP header claims
-    seg = ipb.len - 20
-    src, dst = ip(CLIENT).packed, ip(VIP_DR).packed
-    field = _fold(sum(struct.unpack("!6H", src + dst + struct.pack("!HH", 6, seg))))
+    field = pseudo_sum(ip(CLIENT).packed, ip(VIP_DR).packed, 6, ipb.len - 20)
     raw[14 + 20 + 16:14 + 20 + 18] = struct.pack("!H", field)
     before = counters(dp)
     rc, out = run(dp, "lb_xdp_public", bytes(raw))
