@@ -152,6 +152,75 @@ static __always_inline int lb_handover_is(lb_scratch_t *sc, struct lb_pkt *pkt)
            sc->sfold == lb_addr_fold(pkt->saddr) && sc->dfold == lb_addr_fold(pkt->daddr);
 }
 
+/* A tail call into a scheduler's program (a failed one returns; the caller counts it).  A tail
+ * call whose slot is in a register is an indirect jump, through a retpoline on this kernel
+ * (10-14 ns); with a constant slot the JIT patches in a direct jump.  So one call per scheduler,
+ * each followed by an asm statement of its own: clang merges identical calls that differ only in
+ * the slot back into one with the slot in a register, and a different statement after each
+ * call keeps them apart (libbpf's bpf_tail_call_static() does it with asm bcc cannot compile).
+ * bcc refuses map calls in macros, hence the list written out. */
+static __always_inline void lb_tail_sched(struct xdp_md *ctx, __u32 sched)
+{
+    switch (sched) {
+    case LB_SCHED_RR:
+        lb_progs.call(ctx, LB_PROG_SCHED_BASE + LB_SCHED_RR);
+        asm volatile("/* lb_sched_rr */");
+        break;
+    case LB_SCHED_WRR:
+        lb_progs.call(ctx, LB_PROG_SCHED_BASE + LB_SCHED_WRR);
+        asm volatile("/* lb_sched_wrr */");
+        break;
+    case LB_SCHED_WLC:
+        lb_progs.call(ctx, LB_PROG_SCHED_BASE + LB_SCHED_WLC);
+        asm volatile("/* lb_sched_wlc */");
+        break;
+    case LB_SCHED_LC:
+        lb_progs.call(ctx, LB_PROG_SCHED_BASE + LB_SCHED_LC);
+        asm volatile("/* lb_sched_lc */");
+        break;
+    case LB_SCHED_SED:
+        lb_progs.call(ctx, LB_PROG_SCHED_BASE + LB_SCHED_SED);
+        asm volatile("/* lb_sched_sed */");
+        break;
+    case LB_SCHED_NQ:
+        lb_progs.call(ctx, LB_PROG_SCHED_BASE + LB_SCHED_NQ);
+        asm volatile("/* lb_sched_nq */");
+        break;
+    case LB_SCHED_FO:
+        lb_progs.call(ctx, LB_PROG_SCHED_BASE + LB_SCHED_FO);
+        asm volatile("/* lb_sched_fo */");
+        break;
+    case LB_SCHED_OVF:
+        lb_progs.call(ctx, LB_PROG_SCHED_BASE + LB_SCHED_OVF);
+        asm volatile("/* lb_sched_ovf */");
+        break;
+    case LB_SCHED_DH:
+        lb_progs.call(ctx, LB_PROG_SCHED_BASE + LB_SCHED_DH);
+        asm volatile("/* lb_sched_dh */");
+        break;
+    case LB_SCHED_SH:
+        lb_progs.call(ctx, LB_PROG_SCHED_BASE + LB_SCHED_SH);
+        asm volatile("/* lb_sched_sh */");
+        break;
+    case LB_SCHED_MH:
+        lb_progs.call(ctx, LB_PROG_SCHED_BASE + LB_SCHED_MH);
+        asm volatile("/* lb_sched_mh */");
+        break;
+    case LB_SCHED_LBLC:
+        lb_progs.call(ctx, LB_PROG_SCHED_BASE + LB_SCHED_LBLC);
+        asm volatile("/* lb_sched_lblc */");
+        break;
+    case LB_SCHED_LBLCR:
+        lb_progs.call(ctx, LB_PROG_SCHED_BASE + LB_SCHED_LBLCR);
+        asm volatile("/* lb_sched_lblcr */");
+        break;
+    case LB_SCHED_TWOS:
+        lb_progs.call(ctx, LB_PROG_SCHED_BASE + LB_SCHED_TWOS);
+        asm volatile("/* lb_sched_twos */");
+        break;
+    }
+}
+
 /* ---- a new connection: its first state transition (IPVS starts every connection inactive;
  * a SYN's SYN_RECV makes it active), counted once where it lands (one atomic on the real
  * server's shared counters, not three), insert into the embryonic table (plus the NAT reverse
@@ -314,7 +383,12 @@ int lb_xdp_public(struct xdp_md *ctx)
             if (!sc)
                 return XDP_PASS;
             lb_sched_handover(sc, svc_id, &pkt);
-            lb_progs.call(ctx, svc->persist_timeout ? LB_PROG_PERSIST : LB_PROG_SCHED_BASE + svc->sched);
+            if (svc->persist_timeout) {
+                lb_progs.call(ctx, LB_PROG_PERSIST);
+                asm volatile("/* lb_xdp_persist */");
+            } else {
+                lb_tail_sched(ctx, svc->sched);
+            }
             lb_count(LB_CNT_TAIL_CALL);
             return XDP_PASS;
         }
@@ -437,7 +511,7 @@ int lb_sched_mh(struct xdp_md *ctx)
         return XDP_PASS;
     __u32 real = lb_pick_mh(svc_id, svc, ds, sc->sfold, sc->sport, w);
     if (real == LB_MH_CONTINUE) {
-        lb_progs.call(ctx, LB_PROG_SCHED_BASE + svc->sched);
+        lb_progs.call(ctx, LB_PROG_SCHED_BASE + LB_SCHED_MH);   /* constant: a direct jump */
         w->svc = 0;                   /* the chain's tail-call limit: give up the walk */
         lb_count(LB_CNT_TAIL_CALL);
         real = LB_NONE;
@@ -481,7 +555,7 @@ int lb_xdp_persist(struct xdp_md *ctx)
         lb_persist_drop(&pk, t, embryo);  /* its real server is gone: schedule afresh */
     }
     sc->from_template = 0;
-    lb_progs.call(ctx, LB_PROG_SCHED_BASE + svc->sched);
+    lb_tail_sched(ctx, svc->sched);
     lb_count(LB_CNT_TAIL_CALL);
     return XDP_PASS;
 }
