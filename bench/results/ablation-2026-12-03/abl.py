@@ -56,7 +56,7 @@ try:
     for (name, k), v in vals.items():
         per = [mean(x) for x in v]
         fl = [mean(x) for x in vals[(name, "floor")]] if (name, "floor") in vals else None
-        base = [mean(x) for x in vals[("base#0", k)]]
+        base = [mean(x) for x in vals[(benches[0][0], k)]]
         d_floor = statistics.median(a - b for a, b in zip(per, fl)) if fl else float("nan")
         d_base = statistics.median(a - b for a, b in zip(per, base))
         print(f"{name:24s} {k:6s} median {statistics.median(per):7.1f}  -floor {d_floor:6.1f}  -base {d_base:6.1f}")
