@@ -61,7 +61,24 @@ def run(command: str, rwdir: str | None = None, timeout: float = 900.0, log_path
         echo: bool = False, **kw) -> tuple[int, str, float]:
     """Boot, run `command` (a shell command line) in the guest, power off.
     Returns (exit status, console output, wall seconds).  The output goes through a pipe and,
-    if log_path is given, is copied there line by line."""
+    if log_path is given, is copied there line by line.
+
+    A VM that ends with virtme-ng's 255 ("qemu ended without the command's status": a guest
+    panic, qemu dying) before printing anything never ran the command; it is booted once more
+    (seen once in a full `make test`, the other VM and the lab running beside it: 10 s, no
+    output, and fine when run again).  Anything the command printed, and any other status, is
+    returned as it is."""
+    rc, out, wall = _run_once(command, rwdir, timeout, log_path, echo, **kw)
+    if rc == 255 and not out.strip():
+        note = f"[harness] the VM ended with 255 after {wall:.0f} s without any output: booted again\n"
+        sys.stderr.write(note)
+        rc, out, wall2 = _run_once(command, rwdir, timeout, log_path, echo, **kw)
+        out, wall = note + out, wall + wall2
+    return rc, out, wall
+
+
+def _run_once(command: str, rwdir: str | None, timeout: float, log_path: str | None, echo: bool,
+              **kw) -> tuple[int, str, float]:
     check_prerequisites(kw.get("kernel", KERNEL))
     env = dict(os.environ)
     env["PATH"] = f"{VENV / 'bin'}:{env.get('PATH', '/usr/sbin:/usr/bin:/sbin:/bin')}"
