@@ -6,8 +6,11 @@ import re
 import signal
 import subprocess
 import time
+from pathlib import Path
 
 from lb.lab import VIP
+
+LB = str(Path(__file__).resolve().parents[1] / ".venv" / "bin" / "lb")
 
 # The client's test connections take their ports from this cycle, below the kernel's ephemeral
 # range (32768-60999), never one a live director entry still holds.  In DR the director sees
@@ -160,3 +163,16 @@ def one(samples: dict, name: str, **labels):
     found = [v for (n, ls), v in samples.items() if n == name and set(labels.items()) <= ls]
     assert len(found) == 1, (name, labels, found)
     return found[0]
+
+
+def lb_counters(instance: str = "lab") -> dict[str, int]:
+    """`lb list --counters --exact` of the lab's director: {data path event or table tally: count}"""
+    p = subprocess.run([LB, "list", "--counters", "--exact", "--instance", instance], capture_output=True,
+                       text=True, timeout=30)
+    assert p.returncode == 0, p.stderr
+    out = {}
+    for line in p.stdout.splitlines():
+        m = re.match(r"^(.{33})\s*(\d+)$", line)
+        if m:
+            out[m.group(1).strip()] = int(m.group(2))
+    return out

@@ -16,6 +16,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+from lab_http import lb_counters
 
 LAB_NETWORK = "direct"
 LAB_TX_CSUM = True
@@ -42,14 +43,6 @@ OFFLOADED = (("client", "c0"), ("rs1", "eth0"), ("rs2", "eth0"), ("rs3", "eth0")
              ("director", "pub0"))
 
 
-def completed(lab) -> int:
-    """`lb list --counters`: the partial checksums lb completed"""
-    out = lab.run("director", [str(REPO / ".venv" / "bin" / "lb"), "list", "--counters", "--exact",
-                               "--instance", "lab"]).stdout
-    [n] = [int(line.split()[-1]) for line in out.splitlines() if line.startswith("partial_checksum_completed ")]
-    return n
-
-
 def _serve_through_lb(lab, lb_runner, tmp_path, config: str) -> None:
     for node, dev in OFFLOADED:
         assert tx_checksumming(lab, node, dev), (node, dev)
@@ -65,11 +58,11 @@ def test_dr_with_partial_checksums_both_ways(lab, lb_runner, tmp_path):
     """the client's partial checksums completed by lb; the real servers' replies, partial too,
     routed by the director's kernel"""
     _serve_through_lb(lab, lb_runner, tmp_path, "lab-dr.toml")
-    assert completed(lab) > 0
+    assert lb_counters()["partial_checksum_completed"] > 0
 
 
 @pytest.mark.parametrize("lab", ["nat"], indirect=True)
 def test_nat_with_partial_checksums_both_ways(lab, lb_runner, tmp_path):
     """requests and replies: each completed, then rewritten"""
     _serve_through_lb(lab, lb_runner, tmp_path, "lab-nat.toml")
-    assert completed(lab) > 0
+    assert lb_counters()["partial_checksum_completed"] > 0

@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 import pytest
-from lab_http import METRICS_LISTEN, connect, get, one, request, scrape
+from lab_http import METRICS_LISTEN, connect, get, lb_counters, one, request, scrape
 
 from lb.lab import flood
 
@@ -41,20 +41,9 @@ def _config(lab, tmp_path, persistent: int = 0) -> Path:
     return path
 
 
-def _counters() -> dict[str, int]:
-    p = subprocess.run([LB, "list", "--counters", "--instance", "lab"], capture_output=True, text=True, timeout=30)
-    assert p.returncode == 0, p.stderr
-    out = {}
-    for line in p.stdout.splitlines():
-        m = re.match(r"^(.{33})\s*(\d+)$", line)
-        if m:
-            out[m.group(1).strip()] = int(m.group(2))
-    return out
-
-
 def _flood(lab, n: int) -> int:
     """n spoofed SYNs into pub0; the director's count of embryonic connections it made"""
-    before = _counters()["embryonic entries made"]
+    before = lb_counters()["embryonic entries made"]
     f = flood.LiveFlood(lab, VIP, 80)
     try:
         f.send(n)
@@ -64,7 +53,7 @@ def _flood(lab, n: int) -> int:
     deadline = time.monotonic() + 10          # the last frames' NAPI work on the director
     made = 0
     while time.monotonic() < deadline:
-        made = _counters()["embryonic entries made"] - before
+        made = lb_counters()["embryonic entries made"] - before
         if made >= n * 0.9:
             break
         time.sleep(0.2)
@@ -91,7 +80,7 @@ def test_syn_flood_ten_times_the_table_loses_no_idle_connection(lab, lb_runner, 
         for s, body in zip(socks, bodies):
             assert request(s) == body          # the same real server, after the flood
         assert get(lab, 3)                     # and a new client is served
-        c = _counters()
+        c = lb_counters()
         assert c["conn_table_full"] == 0
         # `lb status` shows every refusal counter and the defenses' state after the flood
         p = subprocess.run([LB, "status", "--instance", "lab"], capture_output=True, text=True, timeout=30)
