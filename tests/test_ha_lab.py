@@ -89,6 +89,17 @@ def wait_for(pred, timeout, what):
     raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
+def synced_to_backup(lab, socks) -> bool:
+    """Each of socks' connections ESTABLISHED in the backup's `lb list -n -c`.  The sync counter
+    alone is not enough: it also counts a connection's later records (its state moving on), so it
+    can reach len(socks) before every connection has arrived, and a connection the backup lacks
+    is reset by its kernel after the takeover."""
+    out = lab.run("director2", [str(REPO / ".venv/bin/lb"), "list", "-n", "-c", "--instance", "lab2"],
+                  check=False).stdout
+    held = {f[3].rsplit(":", 1)[1] for f in map(str.split, out.splitlines()) if len(f) >= 5 and f[2] == "ESTABLISHED"}
+    return {str(s.getsockname()[1]) for s, _ in socks} <= held
+
+
 def silent_for(instance, channel) -> float:
     """Seconds since the instance last heard its peer on `channel` (inf: never, or no answer)."""
     last = status(instance).get("ha", {}).get("channels", {}).get(channel, {}).get("last_heartbeat_s")
@@ -131,6 +142,7 @@ def test_failover_keeps_connections_and_primary_returns(lab, ha_runner, configs)
         # the backup has every connection (plus the one of the http_get above)
         wait_for(lambda: status("lab2").get("ha", {}).get("counters", {}).get("sync_rx_records", 0) >= 50,
                  30, "50 synced connections on the backup")
+        wait_for(lambda: synced_to_backup(lab, socks), 30, "each long-lived connection on the backup")
         listing = ha_runner.lab.run("director2", [str(REPO / ".venv/bin/lb"), "list", "-n", "-c", "--instance",
                                                   "lab2"], check=False).stdout
         assert listing.count("ESTABLISHED") >= 50, listing
@@ -201,6 +213,7 @@ def test_failover_keeps_dr_connections(lab, ha_runner, configs):
         assert {rs for _, rs in socks} == SERVERS
         wait_for(lambda: status("lab2").get("ha", {}).get("counters", {}).get("sync_rx_records", 0) >= 50,
                  30, "50 synced connections on the backup")
+        wait_for(lambda: synced_to_backup(lab, socks), 30, "each long-lived connection on the backup")
 
         kill_active_until_served(lab, d1, d2)
         wait_for(lambda: client_neigh_mac(lab) == mac2, 10, "the client's neighbour entry to move")
