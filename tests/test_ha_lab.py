@@ -166,7 +166,9 @@ def test_failover_keeps_connections_and_primary_returns(lab, ha_runner, configs)
     d1b.wait_log("role starting -> backup", timeout=30)
     # the returned primary hears the active's heartbeats and stays backup
     wait_for(lambda: silent_for("lab", "private") < DEADTIME, 30, "the returned primary to hear the active")
-    assert roles() == ("backup", "active")
+    # its status says "starting" until the change to backup is applied (pulse.role: addresses
+    # released, lease renewed), which follows the log line by a moment, longer under load
+    wait_for(lambda: roles() == ("backup", "active"), 30, "the returned primary backup in its status")
     changes = status("lab2")["ha"]["role_changes"]
     time.sleep(2 * DEADTIME)              # an observation window: no flapping during it
     assert roles() == ("backup", "active")
@@ -493,7 +495,7 @@ def test_a_killed_actives_addresses_are_answered_by_the_backup_alone(lab, ha_run
     assert probes > 1
     for _ in range(3):
         assert neighbours_answering(lab) == ([pub[1]], [priv[1]])
-    assert roles() == ("backup", "active")
+    wait_for(lambda: roles() == ("backup", "active"), 30, "the restarted primary backup in its status")
     addrs = lab.run("director", ["ip", "-4", "addr"]).stdout
     assert VIP not in addrs and ROUTER not in addrs
     assert "releasing its addresses until pulse decides the role" in d1b.log()

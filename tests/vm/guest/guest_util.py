@@ -40,8 +40,10 @@ class LbArgsProcess(LbProcess):
         super().__init__(lab, config, log_path, extra=extra)
 
 
-def start_lb(runner: LbRunner, config, extra=(), timeout: float = 120.0) -> LbProcess:
-    """Python in the VM is ~10x slower: lb run takes a while to import and start."""
+def start_lb(runner: LbRunner, config, extra=(), timeout: float = 240.0) -> LbProcess:
+    """Python in the VM is ~10x slower: lb run takes a while to import and start (in one
+    run 5 s to "running", then scapy's import before READY, 7 s in an idle VM).  The emulated
+    CPU shares the host's two cores with the lab tests beside it: one start passed 120 s."""
     # the log goes where the host can read it after the VM is gone
     log_dir = Path(os.environ.get("LB_VM_RESULTS") or runner.log_dir)
     log_path = log_dir / f"lb-run-{Path(str(config)).stem}-{len(runner.procs)}.log"
