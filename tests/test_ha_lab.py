@@ -120,6 +120,9 @@ def start_pair(ha_runner, configs, suffix=""):
     d1.wait_log("role starting -> active", timeout=10)
     d2 = ha_runner.start("director2", configs["director2" + suffix])
     d2.wait_log("role starting -> backup", timeout=10)
+    # and in their status, which says "starting" until each change is applied (a moment after
+    # the log line): the tests below compare roles() with the pair's
+    wait_for(lambda: roles() == ("active", "backup"), 30, "the pair's roles in their status")
     return d1, d2
 
 
