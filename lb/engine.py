@@ -39,7 +39,7 @@ from lb.health import CheckSpec, LoadMonitorTask, LoadSpec, Monitor, NannyPolicy
 from lb.instance import AlreadyRunning, InstanceLock
 from lb.instance import pidfile as _pidfile
 from lb.tasks import RateLimitedLog
-from lb.tasks import supervise
+from lb.tasks import spawn, supervise
 
 log = logging.getLogger("lb.engine")
 
@@ -420,6 +420,7 @@ class Engine:
         log.info("lb instance %r starting (config %s, %s data plane)", self.cfg.instance,
                  self.cfg.path or "<config>", self.dataplane)
         check_interfaces(self.cfg)
+        self._warm_up_announce()
         if self.cfg.ha is not None:
             from lb.ha.pulse import Pulse
             try:
@@ -905,17 +906,44 @@ class Engine:
     def _release_addresses(self) -> None:
         addresses.release(self.owned)
 
-    def announce(self, burst: bool = True, addrs=None) -> None:
+    def announce(self, burst: bool = True, addrs=None, first_sent=None) -> None:
         """Gratuitous ARP / unsolicited NA for the addresses this director holds (or ``addrs``),
-        with or without [ha]: at start (before READY), when a reload adds a VIP, at a takeover (a
-        burst) and every garp_refresh while active (one round)."""
+        with or without [ha]: at start (its first round before READY), when a reload adds a VIP,
+        at a takeover (a burst) and every garp_refresh while active (one round).  ``first_sent``:
+        as lb.ha.announce.announce's."""
         ha = self.cfg.ha
         addrs = self.owned if addrs is None else addrs
         if not self.active or not addrs:
+            if first_sent is not None:
+                first_sent()
             return
         count, interval = (ha.garp_count, ha.garp_interval) if ha else (ha_announce.COUNT, ha_announce.INTERVAL)
-        n = ha_announce.announce(addrs, count if burst else 1, interval)
+        n = ha_announce.announce(addrs, count if burst else 1, interval, first_sent=first_sent)
         log.info("announced %d addresses (%d frames)", len(addrs), n)
+
+    async def _announce_before_ready(self) -> None:
+        """The start's burst in a worker thread, returning once its first round is out: READY
+        waits for the neighbours to hear of the addresses, not for the repeats (garp_interval
+        apart, against frames lost on the way), which go on by themselves."""
+        loop = asyncio.get_running_loop()
+        first = loop.create_future()
+
+        def first_sent() -> None:
+            loop.call_soon_threadsafe(lambda: first.done() or first.set_result(None))
+        burst = loop.run_in_executor(None, lambda: self.announce(True, first_sent=first_sent))
+        spawn("announce", burst, logger=log)      # a failure is logged, never lost
+        await asyncio.wait([first, burst], return_when=asyncio.FIRST_COMPLETED)
+
+    def _warm_up_announce(self) -> None:
+        """Import what the announcements need (lb.ha.announce.warm_up, 0.25-0.4 s here) beside
+        the data plane's load, which READY waits for too; a failure shows at the first
+        announcement, which imports again."""
+        def warm():
+            try:
+                ha_announce.warm_up()
+            except Exception as e:     # noqa: BLE001 - the announcement itself will say
+                log.debug("importing scapy ahead: %s", e)
+        threading.Thread(target=warm, name="announce-warm-up", daemon=True).start()
 
     async def on_role(self, new: int, old: int) -> None:
         from lb.ha.pulse import ACTIVE
@@ -1168,7 +1196,7 @@ class Engine:
             # gateway's MAC.  A client or real server whose entry is stale (another director's
             # MAC, an earlier run's) or still unresolved from before the address was taken
             # would otherwise lose its first packets: EHOSTUNREACH, or seconds of silence
-            await blocking(self.announce)
+            await self._announce_before_ready()
         # the control socket answers once the neighbours know the addresses too: `lb status
         # --wait` (the demo's wait) returns when a first request is answered, as READY does
         server = control.ControlServer(control.socket_path(self.cfg.instance, RUN_DIR), self.control,

@@ -72,9 +72,25 @@ def send_arp(ifname: str, address, count: int = 1, interval: float = 0.0) -> int
     return announce([OwnedAddress(ifname, ipaddress.ip_interface(str(address)))], count, interval)
 
 
-def announce(owned, count: int = 1, interval: float = 0.0) -> int:
+def announce(owned, count: int = 1, interval: float = 0.0, first_sent=None) -> int:
     """Send ``count`` rounds of announcements for every OwnedAddress; returns frames sent.
-    Errors are logged, never raised (an announcement is best effort)."""
+    ``first_sent()`` is called once the first round is out (or nothing could be sent), so a
+    caller can go on while the repeats follow.  Errors are logged, never raised (an
+    announcement is best effort)."""
+    called = False
+
+    def first() -> None:
+        nonlocal called
+        if first_sent is not None and not called:
+            called = True
+            first_sent()
+    try:
+        return _announce(owned, count, interval, first)
+    finally:
+        first()
+
+
+def _announce(owned, count: int, interval: float, first_sent) -> int:
     sa = warm_up()
     by_dev: dict[str, list] = {}
     for a in owned:
@@ -92,6 +108,7 @@ def announce(owned, count: int = 1, interval: float = 0.0) -> int:
                 log.warning("cannot open %s to announce: %s", dev, e)
         for i in range(max(1, count)):
             if i:
+                first_sent()
                 time.sleep(interval)
             for dev, fs in by_dev.items():
                 s = socks.get(dev)
