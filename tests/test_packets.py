@@ -205,3 +205,42 @@ def test_a_packet_refreshes_its_entrys_timer_when_the_state_moves_or_it_is_old(d
     assert run(dp, "lb_xdp_public", client_pkt(VIP_DR, 80, 40900, flags="FA"))[0] == XDP_REDIRECT
     t2, state2 = last()
     assert state2 != state and t2 >= t1
+
+
+def test_a_quiet_nat_connection_keeps_its_replies_way_until_it_expires():
+    """A NAT connection quiet for two minutes (ESTABLISHED's timeout is 15) still gets its real
+    server's replies rewritten back to the VIP after lb's sweep: the reverse entry (made at the
+    SYN, with SYN_RECV's minute) lives as long as the connection's.  Once the connection expires
+    the sweep removes both, and a reply passes to the director's stack."""
+    from lb.dataplane import layout as L
+    from packets_util import age, conn_items
+
+    with loaded_dataplane("quiet", table=TABLE) as d:
+        rc, out = run(d, "lb_xdp_public", client_pkt(VIP_NAT, 80, 42000))
+        assert rc == XDP_REDIRECT
+        rs = Ether(out)[IP].dst
+
+        def reply(flags="A", payload=b""):
+            pkt = Ether(src=real_mac(rs), dst=PRIV_MAC) / IP(src=rs, dst=CLIENT, id=9, ttl=64) / \
+                TCP(sport=8080, dport=42000, flags=flags, seq=5000, ack=1001) / payload
+            return run(d, "lb_xdp_private", pkt)
+
+        assert reply("SA")[0] == XDP_TX
+        assert run(d, "lb_xdp_public", client_pkt(VIP_NAT, 80, 42000, flags="A"))[0] == XDP_REDIRECT
+        assert reply("A", b"x")[0] == XDP_TX
+        age(d, 120)
+        assert d.sweep() == 0
+        assert run(d, "lb_xdp_public", client_pkt(VIP_NAT, 80, 42000, flags="A", payload=b"q"))[0] == XDP_REDIRECT
+        rc, out = reply("A", b"r")
+        assert rc == XDP_TX
+        p = Ether(out)
+        assert (p[IP].src, p[TCP].sport, p[IP].dst, p[TCP].dport) == (VIP_NAT, 80, CLIENT, 42000)
+        assert bytes(p[TCP].payload) == b"r"
+        # the reverse entry now carries the connection's timer
+        timeouts = {L.ConnKey.unpack(k).dir: L.Conn.unpack(v).timeout for k, v in conn_items(d.maps)}
+        assert timeouts == {0: 900, 1: 900}
+
+        age(d, 901)                                # past ESTABLISHED's 15 minutes
+        assert d.sweep() == 1
+        assert conn_items(d.maps) == []
+        assert reply("A", b"late")[0] == XDP_PASS

@@ -197,6 +197,11 @@ class ConnTable:
                     if name == "lb_conns" and not out:
                         census_keys.append(k)
                     continue
+                if out:
+                    kept = self._reply_entry_kept(k, v, now)
+                    if kept is not None:
+                        conns.set(k, kept)
+                        continue
                 if not conns.delete(k) or out:
                     continue
                 n += 1
@@ -226,6 +231,31 @@ class ConnTable:
                     cnt[i] += d[i]
         self.add_swept(swept)
         return n
+
+    def _reply_entry_kept(self, k: bytes, v: bytes, now: int) -> bytes | None:
+        """A NAT reverse entry (real server -> client) whose own timer ran out lives on while its
+        connection's entry (client -> VIP) does: made at the SYN, it keeps SYN_RECV's timeout
+        (60 s) when the connection moves on to ESTABLISHED's (900 s), so a connection quiet for a
+        minute would lose its replies' way (the director's stack would get them, un-NATed) long
+        before IPVS expires it.  Returns the entry to write back, with the connection's
+        timestamp and timeout; None when the connection is gone or expired too (then it goes)."""
+        _s, client, _rport, cport, proto, family, _dir, _ = L.CONN_KEY.unpack(k)
+        entry = L.CONN.unpack(v)
+        real, vaddr, vport = entry[1], entry[10], entry[11]
+        fkey = L.CONN_KEY.pack(client, vaddr, cport, vport, proto, family, 0, 0)
+        for name in ("lb_conns", "lb_conns_embryo"):
+            fv = self.maps[name].get(fkey)
+            if fv is not None:
+                break
+        else:
+            return None
+        flast, freal, _svc, ftimeout = CONN_HEAD.unpack_from(fv)[:4]
+        if freal != real or L.elapsed_ns(now, flast) > ftimeout * 1_000_000_000:
+            return None
+        out = bytearray(v)
+        struct.pack_into("=Q", out, 0, flast)        # last_ns: newer than its own, which ran out
+        struct.pack_into("=I", out, 16, ftimeout)    # timeout (CONN_HEAD: last, real, svc, timeout)
+        return bytes(out)
 
     def add_swept(self, swept: dict[int, list[int]]) -> None:
         """Take (active, inactive, persist) per real id off the counters (lb_real_swept, the
