@@ -211,7 +211,8 @@ def test_a_quiet_nat_connection_keeps_its_replies_way_until_it_expires():
     """A NAT connection quiet for two minutes (ESTABLISHED's timeout is 15) still gets its real
     server's replies rewritten back to the VIP after lb's sweep: the reverse entry (made at the
     SYN, with SYN_RECV's minute) lives as long as the connection's.  Once the connection expires
-    the sweep removes both, and a reply passes to the director's stack."""
+    (closed by the client: CLOSE_WAIT's minute) the sweep removes both, and a reply passes to the
+    director's stack."""
     from lb.dataplane import layout as L
     from packets_util import age, conn_items
 
@@ -240,7 +241,8 @@ def test_a_quiet_nat_connection_keeps_its_replies_way_until_it_expires():
         timeouts = {L.ConnKey.unpack(k).dir: L.Conn.unpack(v).timeout for k, v in conn_items(d.maps)}
         assert timeouts == {0: 900, 1: 900}
 
-        age(d, 901)                                # past ESTABLISHED's 15 minutes
+        assert run(d, "lb_xdp_public", client_pkt(VIP_NAT, 80, 42000, flags="FA"))[0] == XDP_REDIRECT
+        age(d, 200)                                # past CLOSE_WAIT's minute, not the 15 above
         assert d.sweep() == 1
         assert conn_items(d.maps) == []
         assert reply("A", b"late")[0] == XDP_PASS

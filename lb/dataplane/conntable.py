@@ -204,6 +204,7 @@ class ConnTable:
                         continue
                 if not conns.delete(k) or out:
                     continue
+                self._drop_reply_entry(k, real)
                 n += 1
                 swept.setdefault(real, [0, 0, 0])[cls] += 1
             if name == "lb_conns_embryo":
@@ -256,6 +257,24 @@ class ConnTable:
         struct.pack_into("=Q", out, 0, flast)        # last_ns: newer than its own, which ran out
         struct.pack_into("=I", out, 16, ftimeout)    # timeout (CONN_HEAD: last, real, svc, timeout)
         return bytes(out)
+
+    def _drop_reply_entry(self, k: bytes, rid: int) -> None:
+        """The NAT reverse entry of a connection the sweep removed goes with it (kept alive by
+        _reply_entry_kept, it would otherwise stay until its own timer ran out), unless it is
+        another connection's: a later one from the same client port, through another VIP, to the
+        same real server."""
+        real = self.table.reals.get(rid)
+        if real is None or real.fwd != L.FWD_NAT:
+            return
+        key = L.ConnKey.unpack(k)
+        rk = L.ConnKey(real.addr, key.saddr, real.port or key.dport, key.sport, key.proto, 1).pack()
+        vaddr, vport = k[16:32], k[34:36]             # CONN_KEY: saddr, daddr, sport, dport
+        for name in ("lb_conns", "lb_conns_embryo"):
+            rv = self.maps[name].get(rk)
+            if rv is not None:
+                entry = L.CONN.unpack(rv)
+                if (entry[1], entry[10], entry[11]) == (rid, vaddr, vport):
+                    self.maps[name].delete(rk)
 
     def add_swept(self, swept: dict[int, list[int]]) -> None:
         """Take (active, inactive, persist) per real id off the counters (lb_real_swept, the
