@@ -420,7 +420,7 @@ class Engine:
         log.info("lb instance %r starting (config %s, %s data plane)", self.cfg.instance,
                  self.cfg.path or "<config>", self.dataplane)
         check_interfaces(self.cfg)
-        self._warm_up_announce()
+        ha_announce.warm_up_in_background()     # beside the data plane's load: READY waits for both
         if self.cfg.ha is not None:
             from lb.ha.pulse import Pulse
             try:
@@ -933,17 +933,6 @@ class Engine:
         burst = loop.run_in_executor(None, lambda: self.announce(True, first_sent=first_sent))
         spawn("announce", burst, logger=log)      # a failure is logged, never lost
         await asyncio.wait([first, burst], return_when=asyncio.FIRST_COMPLETED)
-
-    def _warm_up_announce(self) -> None:
-        """Import what the announcements need (lb.ha.announce.warm_up, 0.25-0.4 s here) beside
-        the data plane's load, which READY waits for too; a failure shows at the first
-        announcement, which imports again."""
-        def warm():
-            try:
-                ha_announce.warm_up()
-            except Exception as e:     # noqa: BLE001 - the announcement itself will say
-                log.debug("importing scapy ahead: %s", e)
-        threading.Thread(target=warm, name="announce-warm-up", daemon=True).start()
 
     async def on_role(self, new: int, old: int) -> None:
         from lb.ha.pulse import ACTIVE

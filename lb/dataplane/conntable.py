@@ -240,23 +240,17 @@ class ConnTable:
         minute would lose its replies' way (the director's stack would get them, un-NATed) long
         before IPVS expires it.  Returns the entry to write back, with the connection's
         timestamp and timeout; None when the connection is gone or expired too (then it goes)."""
-        _s, client, _rport, cport, proto, family, _dir, _ = L.CONN_KEY.unpack(k)
-        entry = L.CONN.unpack(v)
-        real, vaddr, vport = entry[1], entry[10], entry[11]
-        fkey = L.CONN_KEY.pack(client, vaddr, cport, vport, proto, family, 0, 0)
-        for name in ("lb_conns", "lb_conns_embryo"):
-            fv = self.maps[name].get(fkey)
-            if fv is not None:
-                break
-        else:
+        key, rev = L.ConnKey.unpack(k), L.Conn.unpack(v)
+        vaddr = L.unpack_addr(rev.vaddr, L.family_of(key.saddr))
+        _name, fv = self._find(L.ConnKey(key.daddr, vaddr, key.dport, rev.vport, key.proto).pack())
+        if fv is None:
             return None
         flast, freal, _svc, ftimeout = CONN_HEAD.unpack_from(fv)[:4]
-        if freal != real or L.elapsed_ns(now, flast) > ftimeout * 1_000_000_000:
+        if freal != rev.real or L.elapsed_ns(now, flast) > ftimeout * 1_000_000_000:
             return None
-        out = bytearray(v)
-        struct.pack_into("=Q", out, 0, flast)        # last_ns: newer than its own, which ran out
-        struct.pack_into("=I", out, 16, ftimeout)    # timeout (CONN_HEAD: last, real, svc, timeout)
-        return bytes(out)
+        # the connection's timestamp (newer than its own, which ran out) and timeout
+        rev.last_ns, rev.timeout = flast, ftimeout
+        return rev.pack()
 
     def _drop_reply_entry(self, k: bytes, rid: int) -> None:
         """The NAT reverse entry of a connection the sweep removed goes with it (kept alive by
@@ -267,14 +261,20 @@ class ConnTable:
         if real is None or real.fwd != L.FWD_NAT:
             return
         key = L.ConnKey.unpack(k)
-        rk = L.ConnKey(real.addr, key.saddr, real.port or key.dport, key.sport, key.proto, 1).pack()
-        vaddr, vport = k[16:32], k[34:36]             # CONN_KEY: saddr, daddr, sport, dport
+        rk = key.reverse(real).pack()
+        name, rv = self._find(rk)
+        if rv is not None:
+            rev = L.Conn.unpack(rv)
+            if (rev.real, rev.vaddr, rev.vport) == (rid, L.pack_addr(key.daddr), key.dport):
+                self.maps[name].delete(rk)
+
+    def _find(self, k: bytes) -> tuple[str | None, bytes | None]:
+        """(table, value) of a connection key in lb_conns or lb_conns_embryo (as BPF's lb_conn_find)"""
         for name in ("lb_conns", "lb_conns_embryo"):
-            rv = self.maps[name].get(rk)
-            if rv is not None:
-                entry = L.CONN.unpack(rv)
-                if (entry[1], entry[10], entry[11]) == (rid, vaddr, vport):
-                    self.maps[name].delete(rk)
+            v = self.maps[name].get(k)
+            if v is not None:
+                return name, v
+        return None, None
 
     def add_swept(self, swept: dict[int, list[int]]) -> None:
         """Take (active, inactive, persist) per real id off the counters (lb_real_swept, the

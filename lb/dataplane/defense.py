@@ -157,7 +157,7 @@ class Defender:
             swept.setdefault(c.real, [0, 0, 0])[1 if c.flags & L.CONN_F_INACTIVE else 0] += 1
             real = self.conns.table.reals.get(c.real)
             if real is not None and real.fwd == L.FWD_NAT:
-                m.delete(L.ConnKey(real.addr, key.saddr, real.port or key.dport, key.sport, key.proto, 1).pack())
+                m.delete(key.reverse(real).pack())
         self.conns.add_swept(swept)
         self.dropped += n
         return n

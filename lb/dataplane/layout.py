@@ -444,6 +444,11 @@ class ConnKey:
         return CONN_KEY.pack(pack_addr(self.saddr), pack_addr(self.daddr), pack_port(self.sport),
                              pack_port(self.dport), self.proto, family_of(self.saddr), self.dir, 0)
 
+    def reverse(self, real: "Real") -> "ConnKey":
+        """The NAT reverse entry's key (real server -> client) of this client -> VIP connection
+        to `real`, as bpf/lb_embryo.h's lb_conn_key_reverse: real port 0 keeps the packet's."""
+        return ConnKey(real.addr, self.saddr, real.port or self.dport, self.sport, self.proto, 1)
+
 
 @dataclass
 class Conn:

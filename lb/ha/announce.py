@@ -40,6 +40,20 @@ def warm_up():
     return _scapy
 
 
+def warm_up_in_background() -> None:
+    """warm_up in a thread of its own, so that the import runs beside other start-up work (the
+    data plane's load) instead of before the first announcement; a failure shows at that
+    announcement, which imports again."""
+    import threading
+
+    def warm():
+        try:
+            warm_up()
+        except Exception as e:     # noqa: BLE001 - the announcement itself will say
+            log.debug("importing scapy ahead: %s", e)
+    threading.Thread(target=warm, name="announce-warm-up", daemon=True).start()
+
+
 def _mac(ifname: str) -> str:
     import fcntl
     import socket
