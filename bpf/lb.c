@@ -7,7 +7,8 @@
  *                   lb_xdp_persist (mh also from itself, to continue a long mh-fallback walk)
  *   lb_xdp_new_conn creates the connection a tail-called scheduler or a template picked and
  *                   forwards the first packet
- *   lb_xdp_private  private side: NAT replies from real servers back to clients
+ *   lb_xdp_private  private side: NAT replies from real servers back to clients (an established
+ *                   connection's ACKs from its reverse entry alone: lb_reply.h)
  *   lb_xdp_guard    [ha]: another interface holding a VIP or nat_router: only the lease's check
  * Both public and private relay ICMP/ICMPv6 errors about tracked connections (lb_icmp.h).
  * New connections start in the embryonic tables and move on once established; a pure SYN looks
@@ -30,6 +31,7 @@
 #include "lb_forward.h"
 #include "lb_icmp.h"
 #include "lb_lease.h"
+#include "lb_reply.h"
 
 /* A port of a firewall-mark service's group: the (VIP, protocol)'s ranges, port 0 in the key */
 static __always_inline int lb_classify_fwm(struct lb_pkt *pkt, struct lb_svc_key *sk, __u32 *svc_id)
@@ -418,6 +420,8 @@ int lb_xdp_public(struct xdp_md *ctx)
     __u8 was = c->state;
     lb_conn_state(c, lb_fsm_table(r), &pkt);
     lb_conn_touch(c, now, was);
+    if (was == LB_TCP_S_ESTABLISHED && c->state != was && r->fwd == LB_FWD_NAT)
+        lb_reply_fast_off(&key, r);       /* a FIN or RST: the replies' state moves again */
     if (embryo && lb_embryo_grown(c, pkt.proto)) {
         struct lb_conn_key rk;
         lb_conn_key_reverse(&rk, &key, r);
@@ -602,6 +606,11 @@ int lb_xdp_private(struct xdp_md *ctx)
     struct lb_conn *rev = lb_conn_find(&rk, &rev_embryo);
     if (!rev || !(rev->flags & LB_CONN_F_OUT))
         return XDP_PASS;          /* not a NAT reply: the director's own traffic, DR replies */
+    __u64 now = lb_now();
+    if (lb_reply_fast(rev, &pkt, now)) {
+        lb_stats_out(rev->svc, rev->real, pkt.len);
+        return lb_forward_to_client(ctx, &pkt, rev);
+    }
 
     __u32 svc_id = rev->svc;
     struct lb_conn_key key = {};
@@ -612,7 +621,6 @@ int lb_xdp_private(struct xdp_md *ctx)
     key.proto = pkt.proto;
     key.family = pkt.family;
     struct lb_conn *c = lb_conn_find(&key, &embryo);
-    __u64 now = lb_now();
     if (!c || c->real != rev->real)
         return XDP_PASS;
     if (lb_conn_expired(c, now)) {
@@ -622,8 +630,7 @@ int lb_xdp_private(struct xdp_md *ctx)
     }
     __u8 was = c->state;
     lb_conn_state(c, LB_FSM_OUTPUT, &pkt);
-    lb_conn_touch(c, now, was);
-    lb_conn_touch(rev, now, rev->state);
+    lb_reply_touch(rev, c, was, &pkt, now);
     /* a UDP reply, or (secure_tcp) the real server's ACK after the handshake: established */
     if (embryo && lb_embryo_grown(c, pkt.proto)) {
         lb_embryo_promote(&key, c, &rk);

@@ -151,6 +151,8 @@ enum lb_sched_id {
 #define LB_CONN_F_INACTIVE 0x1   /* counted in InActConn (IPVS IP_VS_CONN_F_INACTIVE) */
 #define LB_CONN_F_OUT 0x2        /* reverse entry of a NAT connection: reply -> client */
 #define LB_CONN_F_PERSIST 0x4    /* controlled by a persistence template (keeps it alive) */
+#define LB_CONN_F_EST_REPLY 0x8  /* reverse entry whose connection is ESTABLISHED: a reply's ACK */
+                                 /* needs only this entry (lb_reply.h) */
 
 /* IPVS TCP states, same numbering as IP_VS_TCP_S_* */
 #define LB_TCP_S_NONE 0

@@ -1,0 +1,150 @@
+"""NAT replies of an established connection (bpf/lb_reply.h): a real server's ACKs are rewritten
+back to the VIP from the reverse entry alone, and the connection still behaves as IPVS's one
+entry per flow: replies count in OutPkts, keep the connection's timer, and any reply or client
+packet that moves the state (FIN, RST, a SYN) moves it as IPVS's tables say."""
+from __future__ import annotations
+
+import ipaddress
+
+import pytest
+from scapy.layers.inet import IP, TCP
+from scapy.layers.l2 import Ether
+
+from lb.dataplane import RealSpec, ServiceSpec, TableSpec
+from lb.dataplane import layout as L
+from lb.dataplane import program
+from lb.dataplane import reader
+from lb.dataplane.maps import PinnedMaps
+
+from packets_util import (CLIENT_MAC, PRIV_MAC, PUB_MAC, XDP_REDIRECT, XDP_TX, age, loaded_dataplane,
+                          real_mac, run)
+
+ip = ipaddress.ip_address
+CLIENT = "198.18.0.2"
+VIP = "198.18.0.20"
+REAL = "198.18.1.11"
+TABLE = TableSpec((ServiceSpec("tcp", ip(VIP), 80, "rr", (RealSpec(ip(REAL), 8080, 1, "nat"),)),))
+
+
+@pytest.fixture(scope="module")
+def dp():
+    with loaded_dataplane("natrep", table=TABLE) as d:
+        yield d
+
+
+def request(d, sport, flags, payload=b""):
+    pkt = Ether(src=CLIENT_MAC, dst=PUB_MAC) / IP(src=CLIENT, dst=VIP, id=7, ttl=64) / \
+        TCP(sport=sport, dport=80, flags=flags, seq=1000, ack=0 if flags == "S" else 5001) / payload
+    rc, _ = run(d, "lb_xdp_public", pkt)
+    assert rc == XDP_REDIRECT, (flags, rc)
+
+
+def reply(d, sport, flags, payload=b""):
+    """The real server's reply to client port sport: (XDP action, the frame out)"""
+    pkt = Ether(src=real_mac(REAL), dst=PRIV_MAC) / IP(src=REAL, dst=CLIENT, id=9, ttl=64) / \
+        TCP(sport=8080, dport=sport, flags=flags, seq=5000, ack=1001) / payload
+    return run(d, "lb_xdp_private", pkt)
+
+
+def handshake(d, sport):
+    request(d, sport, "S")
+    assert reply(d, sport, "SA")[0] == XDP_TX
+    request(d, sport, "A")
+
+
+def connection(d, sport):
+    """`lb list -c` of the connection from client port sport: (state, expire)"""
+    with PinnedMaps(d.instance) as maps:
+        [row] = [r for r in reader.read_connections(maps) if r.client[1] == sport]
+    return row.state, row.expire
+
+
+def out_counts(d):
+    """(OutPkts, OutBytes) of the real server, as `lb list --stats` reads them"""
+    with PinnedMaps(d.instance) as maps:
+        [svc] = reader.read_services(maps)
+    [r] = svc.reals
+    return r.stats.outpkts, r.stats.outbytes
+
+
+def entries(d, sport):
+    """(connection entry, reverse entry) of the connection from client port sport"""
+    fwd = L.ConnKey(ip(CLIENT), ip(VIP), sport, 80, 6).pack()
+    rev = L.ConnKey(ip(REAL), ip(CLIENT), 8080, sport, 6, 1).pack()
+    return tuple(L.Conn.unpack(d.maps["lb_conns"].get(k)) for k in (fwd, rev))
+
+
+def test_the_premise_an_established_connections_reply_ack_keeps_its_state():
+    """IPVS's OUTPUT table, usual and secure_tcp's: an ACK in ESTABLISHED stays ESTABLISHED (what
+    lets a reply skip the connection's entry)"""
+    es = L.TCP_S["ESTABLISHED"]
+    idx = (1 * 4 + 2) * len(L.TCP_S) + es         # (OUTPUT, ack, ESTABLISHED)
+    assert program.TCP_FSM[idx] == es and program.TCP_FSM_SECURE[idx] == es
+
+
+def test_established_replies_are_rewritten_to_the_vip_and_counted(dp):
+    handshake(dp, 43000)
+    pkts0, bytes0 = out_counts(dp)
+    for i in range(5):
+        rc, out = reply(dp, 43000, "PA", b"data%d" % i)
+        assert rc == XDP_TX
+        want = Ether(src=PUB_MAC, dst=CLIENT_MAC) / IP(src=VIP, dst=CLIENT, id=9, ttl=64) / \
+            TCP(sport=80, dport=43000, flags="PA", seq=5000, ack=1001) / (b"data%d" % i)
+        assert out == bytes(want)
+        assert IP(bytes(Ether(out)[IP])).chksum == Ether(out)[IP].chksum
+    sent = len(IP(src=REAL, dst=CLIENT) / TCP() / b"data0")
+    assert out_counts(dp) == (pkts0 + 5, bytes0 + 5 * sent)
+    # the connection's reverse entry carries the mark from the first of them on
+    _fwd, rev = entries(dp, 43000)
+    assert rev.flags & L.CONN_F_EST_REPLY
+
+
+def test_replies_alone_keep_the_connections_timer(dp):
+    """A client quiet for 100 s while its real server replies: the connection's timer runs from
+    the replies (IPVS refreshes one entry from both directions), not from the client's last packet"""
+    handshake(dp, 43100)
+    assert reply(dp, 43100, "PA", b"x")[0] == XDP_TX
+    age(dp, 100)
+    assert connection(dp, 43100) == ("ESTABLISHED", 800)
+    for _ in range(3):
+        assert reply(dp, 43100, "PA", b"y")[0] == XDP_TX
+    state, left = connection(dp, 43100)
+    assert state == "ESTABLISHED" and left >= 899
+
+
+def test_a_client_packet_then_a_reply_stamp_both_entries(dp):
+    """The client's packet stamps the connection; the next reply, its reverse entry LB_TOUCH_NS
+    old, stamps both: the replies after it (from the reverse entry alone, for LB_TOUCH_NS) are
+    never further than that from the connection's stamp"""
+    handshake(dp, 43200)
+    assert reply(dp, 43200, "PA", b"x")[0] == XDP_TX
+    age(dp, 1.0)
+    request(dp, 43200, "PA", b"more")            # the connection's stamp, not the reverse entry's
+    fwd, rev = entries(dp, 43200)
+    assert fwd.last_ns > rev.last_ns
+    assert reply(dp, 43200, "PA", b"z")[0] == XDP_TX
+    fwd, rev = entries(dp, 43200)
+    assert fwd.last_ns == rev.last_ns
+
+
+def test_the_real_servers_fin_moves_the_state(dp):
+    handshake(dp, 43300)
+    assert reply(dp, 43300, "PA", b"x")[0] == XDP_TX      # the mark is set
+    assert reply(dp, 43300, "FA")[0] == XDP_TX
+    assert connection(dp, 43300)[0] == "FIN_WAIT"          # OUTPUT fin: ESTABLISHED -> FIN_WAIT
+    assert not entries(dp, 43300)[1].flags & L.CONN_F_EST_REPLY
+
+
+def test_after_the_clients_fin_a_reply_follows_the_state_table_again(dp):
+    """The client's FIN (ESTABLISHED -> CLOSE_WAIT) takes the mark off at once: its SYN on the
+    same port then makes the connection SYN_RECV, and the real server's ACK moves it on to
+    ESTABLISHED (OUTPUT ack: SYN_RECV -> ESTABLISHED), as in IPVS"""
+    handshake(dp, 43400)
+    assert reply(dp, 43400, "PA", b"x")[0] == XDP_TX      # the mark is set
+    request(dp, 43400, "FA")
+    assert connection(dp, 43400)[0] == "CLOSE_WAIT"
+    assert not entries(dp, 43400)[1].flags & L.CONN_F_EST_REPLY
+    request(dp, 43400, "S")
+    assert connection(dp, 43400)[0] == "SYN_RECV"
+    assert reply(dp, 43400, "A")[0] == XDP_TX
+    assert connection(dp, 43400)[0] == "ESTABLISHED"
