@@ -32,7 +32,10 @@ the baselines in the new-connection blocks: SYNs like the wlc row's, measured bu
   two CPUs      table 65,536: a driver program on each of two CPUs (threads pinned to them)
                 gives each packet its own flow and tail-calls lb_xdp_public, repeat=N in the
                 kernel; established DR and SYN (rr, mh, wlc), one CPU against two side by side:
-                the scaling ratio of the summed rates.
+                the scaling ratio of the summed rates.  And established NAT as the two
+                directions of a flow meet on a director whose NIC hashes them to different
+                queues: its requests on one CPU (lb_xdp_public) and its replies on the other
+                (lb_xdp_private), against one CPU doing both in turn.
 
 Each row is checked: no exceptional-event counter (lb_counters: packet without a connection,
 no real server, table full, ...) may move while it runs, so an "established" packet that missed
@@ -249,49 +252,82 @@ int bench_key16(struct xdp_md *ctx)
     return est_answer(ctx, v ? v->b : 0);
 }
 """
-# The two-CPU driver: packet n on CPU c becomes flow (c, n) -- flow n mod flows when flows is
-# set (established), a new flow every packet otherwise -- and goes on to lb_xdp_public by a tail
-# call.  Run with repeat=N: lb's DR path rewrites only the MACs, so the packet stays valid.  No
-# checksum is fixed: nothing on this path reads one.
+# The two-CPU driver: each CPU's packet n becomes flow n of that CPU's configuration (drv_cfg[cpu]:
+# flow n mod flows when flows is set (established), a new flow every packet otherwise) and goes
+# on to lb by a tail call.  Modes: a client's packet (DR or a NAT request: to lb_xdp_public), a
+# NAT reply of the flow (its real server -> the client: to lb_xdp_private), or both in turn
+# (packet 2n the request of flow n, 2n + 1 its reply: one CPU doing both directions' work).
+# Run with repeat=N: the driver writes the whole 4-tuple each time, so a NAT rewrite of the run
+# before does not carry over (lb's DR path rewrites only the MACs).  No checksum is fixed: nothing
+# on these paths reads one.
 DRIVER = r"""
 #include <linux/if_ether.h>
 #include <linux/ip.h>
 #include <linux/tcp.h>
 
-struct drv_cfg { __u32 flows; __u32 saddr; };
+struct drv_cfg {
+    __u32 flows;
+    __u32 saddr;                  /* flow n's client: saddr + (n >> DRV_PORT_BITS), port DRV_SPORT0 + low bits */
+    __u32 mode;                   /* DRV_MODE_* */
+    __u32 vaddr;                  /* NAT: the VIP and its port (requests), */
+    __u32 raddr;                  /* the real server and its port (replies), network order */
+    __be16 vport;
+    __be16 rport;
+};
 BPF_PERCPU_ARRAY(drv_ctr, __u64, 1);
-BPF_ARRAY(drv_cfg, struct drv_cfg, 1);
-BPF_PROG_ARRAY(drv_next, 1);
+BPF_ARRAY(drv_cfg, struct drv_cfg, DRV_MAX_CPUS);
+BPF_PROG_ARRAY(drv_next, 2);      /* 0: lb_xdp_public, 1: lb_xdp_private */
 
 int bench_drive(struct xdp_md *ctx)
 {
     void *data = (void *)(long)ctx->data, *end = (void *)(long)ctx->data_end;
     struct iphdr *ip = data + sizeof(struct ethhdr);
     struct tcphdr *th = (void *)(ip + 1);
-    __u32 k = 0;
+    __u32 k = 0, cpu = bpf_get_smp_processor_id();
     if ((void *)(th + 1) > end)
         return XDP_ABORTED;
     __u64 *c = drv_ctr.lookup(&k);
-    struct drv_cfg *cfg = drv_cfg.lookup(&k);
+    struct drv_cfg *cfg = drv_cfg.lookup(&cpu);
     if (!c || !cfg)
         return XDP_ABORTED;
     __u64 n = *c;
     *c = n + 1;
+    __u32 mode = cfg->mode;
+    if (mode == DRV_MODE_BOTH) {
+        mode = n & 1 ? DRV_MODE_REPLY : DRV_MODE_REQUEST;
+        n >>= 1;
+    }
     if (cfg->flows)
         n %= cfg->flows;
-    __u32 cpu = bpf_get_smp_processor_id();
-    ip->saddr = bpf_htonl(cfg->saddr + (cpu << DRV_CPU_SHIFT) + (__u32)(n >> DRV_PORT_BITS));
-    th->source = bpf_htons(DRV_SPORT0 + (__u32)(n & ((1u << DRV_PORT_BITS) - 1)));
+    __be32 client = bpf_htonl(cfg->saddr + (__u32)(n >> DRV_PORT_BITS));
+    __be16 port = bpf_htons(DRV_SPORT0 + (__u32)(n & ((1u << DRV_PORT_BITS) - 1)));
+    if (mode == DRV_MODE_REPLY) {
+        ip->saddr = cfg->raddr;
+        th->source = cfg->rport;
+        ip->daddr = client;
+        th->dest = port;
+        drv_next.call(ctx, 1);
+        return XDP_ABORTED;
+    }
+    ip->saddr = client;
+    th->source = port;
+    if (mode == DRV_MODE_REQUEST) {
+        ip->daddr = cfg->vaddr;
+        th->dest = cfg->vport;
+    }
     drv_next.call(ctx, 0);
     return XDP_ABORTED;
 }
 """
 DRV_PORT_BITS, DRV_CPU_SHIFT, DRV_SPORT0 = 15, 12, 1024
+DRV_MAX_CPUS = 256
+DRV_MODE_CLIENT, DRV_MODE_REQUEST, DRV_MODE_REPLY, DRV_MODE_BOTH = 0, 1, 2, 3
 DRV_CLIENTS = "198.18.160.0"        # CPU c's flows come from DRV_CLIENTS + (c << DRV_CPU_SHIFT) + ...
 
 CLIENT_MAC, PUB_MAC, PRIV_MAC = "02:00:00:00:00:02", "02:00:00:00:01:01", "02:00:00:00:01:02"
 VIP_DR, VIP_NAT, VIP_PERSIST, VIP_FWM = "198.18.0.10", "198.18.0.20", "198.18.0.40", "198.18.0.50"
 VIP_DR1ARM = "198.18.0.11"          # DR with its real servers on the clients' interface (XDP_TX)
+VIP_NAT1, NAT1_REAL = "198.18.0.21", "198.18.1.41"   # NAT to one real server: the two-CPU NAT row's
 VIP6_DR, CLIENTS6 = "2001:2::10", "2001:2:0:4::"     # IPv6: the benchmarking range 2001:2::/48
 # the new-connection services: (label, scheduler, real servers, VIP); each its own VIP
 SYN_SERVICES = (
@@ -308,6 +344,7 @@ SPREAD_CLIENTS = "198.18.128.0"
 FLOOR_CLIENTS = "198.18.12.0"
 FLOOR2_CLIENTS = "198.18.20.0"
 SPACER_CLIENTS = "198.18.28.0"
+NAT_DRV_CLIENTS = "198.19.64.0"     # the two-CPU NAT row's flows
 FILL_CLIENTS = "198.18.64.0"         # the entries a table is filled with (50,000 ports each)
 PERSIST_CLIENT = "198.18.9.1"
 XDP_ACTIONS = {0: "XDP_ABORTED", 1: "XDP_DROP", 2: "XDP_PASS", 3: "XDP_TX", 4: "XDP_REDIRECT"}
@@ -344,7 +381,7 @@ TARGETS = {
     **{k: ("floor", 100.0, "lower") for k in LC_FAMILY},
     "slope": ("ns", 3.0, "lower"),
     "cpu2_est": ("scaling", 1.8, "higher"), "cpu2_mh": ("scaling", 1.6, "higher"),
-    "cpu2_wlc": ("scaling", 1.4, "higher"),
+    "cpu2_wlc": ("scaling", 1.4, "higher"), "cpu2_nat": ("scaling", 1.8, "higher"),
 }
 
 
@@ -499,6 +536,7 @@ class Bench:
             ServiceSpec("tcp", ip(VIP_DR), 80, "rr", reals(3, "198.18.1")),
             ServiceSpec("tcp", ip(VIP_DR1ARM), 80, "rr", reals(3, ONE_ARMED_REALS)),
             ServiceSpec("tcp", ip(VIP_NAT), 80, "rr", reals(3, "198.18.1", 8080, "nat")),
+            ServiceSpec("tcp", ip(VIP_NAT1), 80, "rr", (RealSpec(ip(NAT1_REAL), 8080, 1, "nat"),)),
             ServiceSpec("tcp", ip(VIP_PERSIST), 80, "rr", reals(3, "198.18.3"), "persist", 300, "255.255.255.255"),
             ServiceSpec("tcp", ip(VIP_FWM), FWM_GROUPS[0][0], "rr", reals(3, "198.18.5", 0), "fwm", fwmark=7,
                         groups=groups),
@@ -525,7 +563,9 @@ class Bench:
             f"-DFLOOR_KEY_SIZE={m.key_size}", f"-DFLOOR_VALUE_SIZE={m.value_size}",
             f"-DFLOOR_TABLE_SIZE={m.max_entries}",
             f'-DFLOOR_PIN="{os.path.join(pin_dir(self.dp.instance), self.insert_name)}"',
-            f"-DDRV_PORT_BITS={DRV_PORT_BITS}", f"-DDRV_CPU_SHIFT={DRV_CPU_SHIFT}", f"-DDRV_SPORT0={DRV_SPORT0}",
+            f"-DDRV_PORT_BITS={DRV_PORT_BITS}", f"-DDRV_SPORT0={DRV_SPORT0}", f"-DDRV_MAX_CPUS={DRV_MAX_CPUS}",
+            f"-DDRV_MODE_REQUEST={DRV_MODE_REQUEST}", f"-DDRV_MODE_REPLY={DRV_MODE_REPLY}",
+            f"-DDRV_MODE_BOTH={DRV_MODE_BOTH}",
             f"-DBENCH_REDIRECT_IFINDEX={PRIV_IFINDEX}"])
         self.trivial = self.bpf.load_func(b"bench_trivial", BPF.XDP)
         self.empty = self.bpf.load_func(b"bench_empty", BPF.XDP)
@@ -537,6 +577,7 @@ class Bench:
         self.key16 = self.bpf.load_func(b"bench_key16", BPF.XDP)
         self.drive = self.bpf.load_func(b"bench_drive", BPF.XDP)
         self.bpf[b"drv_next"][0] = self.dp.fns["lb_xdp_public"].fd
+        self.bpf[b"drv_next"][1] = self.dp.fns["lb_xdp_private"].fd
         self.drv_ctr = BpfMap(self.bpf[b"drv_ctr"].map_fd, "drv_ctr", owned=False)
         self.drv_cfg = BpfMap(self.bpf[b"drv_cfg"].map_fd, "drv_cfg", owned=False)
         before = len(m.items())
@@ -810,13 +851,23 @@ class Bench:
                    table_size=conns.max_entries)
 
     # ---- two CPUs ----
-    def driver(self, vip: str, flows_per_cpu: int):
-        """the driver program set up for vip (flows 0: a new flow per packet)"""
-        self.drv_cfg.set(L.U32.pack(0), struct.pack("=II", flows_per_cpu, int(ipaddress.ip_address(DRV_CLIENTS))))
+    def driver(self, cpu: int, flows: int, base: int, mode: int = DRV_MODE_CLIENT) -> int:
+        """the driver program set up for its runs on cpu: flows (0: a new flow per packet) from
+        client addresses base on, in mode (DRV_MODE_*; the NAT modes to VIP_NAT1 and its one real
+        server)"""
+        if cpu >= DRV_MAX_CPUS:
+            raise RuntimeError(f"bench pkt: CPU {cpu} is beyond the driver's {DRV_MAX_CPUS}")
+        a4 = lambda a: ipaddress.ip_address(a).packed
+        self.drv_cfg.set(L.U32.pack(cpu), struct.pack("=III4s4s2s2s", flows, base, mode, a4(VIP_NAT1), a4(NAT1_REAL),
+                                                      L.pack_port(80), L.pack_port(8080)))
         return self.drive.fd
 
-    def drv_flows(self, cpu: int, n0: int, n1: int) -> list[tuple[int, int]]:
-        base = int(ipaddress.ip_address(DRV_CLIENTS)) + (cpu << DRV_CPU_SHIFT)
+    def drv_base(self, cpu: int) -> int:
+        """the first client address of CPU cpu's own flows"""
+        return int(ipaddress.ip_address(DRV_CLIENTS)) + (cpu << DRV_CPU_SHIFT)
+
+    def drv_flows(self, cpu: int, n0: int, n1: int, base: int | None = None) -> list[tuple[int, int]]:
+        base = self.drv_base(cpu) if base is None else base
         mask = (1 << DRV_PORT_BITS) - 1
         return [(base + (n >> DRV_PORT_BITS), DRV_SPORT0 + (n & mask)) for n in range(n0, n1)]
 
@@ -872,7 +923,9 @@ class Bench:
                 "done": {cpu: sum(n for *_, n, _ns in c) for cpu, c in zip(cpus, chunks)}}
 
     def two_cpus(self, runs: int, est_packets: int, syn_packets: int, flows_per_cpu: int) -> tuple[list[dict], str]:
-        """established DR and SYN (rr, mh, wlc over 16) on one CPU and on two side by side"""
+        """established DR and SYN (rr, mh, wlc over 16) on one CPU and on two side by side; and
+        established NAT with a flow's requests on one CPU and its replies on the other, against one
+        CPU doing both in turn (the entries the two directions share)"""
         cpus = sorted(os.sched_getaffinity(0))[:2]
         if len(cpus) < 2:
             return [], f"two-CPU rows not measured: this process may run on {len(cpus)} CPU only"
@@ -883,20 +936,45 @@ class Bench:
             self.clear(conns)
         size = m.max_entries
         syn_n = max(1, min(syn_packets, int(size * ROUND_SHARE / 2)))
+        nat_base = int(ipaddress.ip_address(NAT_DRV_CLIENTS))
+
+        def own_flows(mode):
+            return lambda ncpu: [(c, flows_per_cpu if mode == "est" else 0, self.drv_base(c), DRV_MODE_CLIENT)
+                                 for c in cpus[:ncpu]]
+
+        def nat_split(ncpu):
+            if ncpu == 1:
+                return [(cpus[0], flows_per_cpu, nat_base, DRV_MODE_BOTH)]
+            return [(cpus[0], flows_per_cpu, nat_base, DRV_MODE_REQUEST),
+                    (cpus[1], flows_per_cpu, nat_base, DRV_MODE_REPLY)]
+        # (key, name, VIP, flows, packets per CPU, each CPU's driver configuration for 1 or 2 CPUs)
         modes = [("cpu2_est", f"established TCP flow, DR ({flows_per_cpu} flows per CPU)", VIP_DR, flows_per_cpu,
-                  est_packets)]
+                  est_packets, own_flows("est"))]
         for key, sched in (("cpu2_rr", "rr"), ("cpu2_mh", "mh"), ("cpu2_wlc", "wlc")):
             vip = next(v for k, _s, _n, v in SYN_SERVICES if k == sched)
-            modes.append((key, f"new connection (SYN), {sched} over 16 real servers", vip, 0, syn_n))
+            modes.append((key, f"new connection (SYN), {sched} over 16 real servers", vip, 0, syn_n, own_flows("syn")))
+        modes.append(("cpu2_nat", f"established NAT flow, its requests on one CPU and its replies on the other "
+                                  f"({flows_per_cpu} flows; one CPU: both in turn)", VIP_NAT1, flows_per_cpu,
+                      est_packets, nat_split))
         for cpu in cpus:                                   # the established flows' handshakes
             self.prime(VIP_DR, 80, self.drv_flows(cpu, 0, flows_per_cpu))
+        nat = self.drv_flows(cpus[0], 0, flows_per_cpu, nat_base)
+        self.prime(VIP_NAT1, 80, nat)
+        fr = self.replies(nat, VIP_NAT1, 8080)             # their first replies: the way the measured ones take
+        self.checked("NAT replies of the two-CPU flows", lambda: self.run(self.dp.fns["lb_xdp_private"].fd, fr, len(fr)))
+        # each NAT mode forwards (a reply that found nothing would pass to the stack, fast)
+        for mode in (DRV_MODE_REQUEST, DRV_MODE_REPLY, DRV_MODE_BOTH):
+            fd = [self.driver(c, flows_per_cpu, nat_base, mode) for c in sorted(os.sched_getaffinity(0))][0]
+            self.run(fd, frames(VIP_NAT1, 80, "A", nat[:1]), 4)
+            if self.last_action not in ("XDP_TX", "XDP_REDIRECT"):
+                raise RuntimeError(f"bench pkt: the two-CPU NAT driver (mode {mode}) got {self.last_action}")
         raw: dict[str, dict[str, list]] = {k: {"one": [], "two": [], "overlap": []} for k, *_ in modes}
         for rnd in range(runs):
-            for key, name, vip, nflows, packets in modes:
-                fd = self.driver(vip, nflows)
+            for key, name, vip, nflows, packets, setup in modes:
                 frame = frames(vip, 80, "A" if nflows else "S", self.drv_flows(cpus[0], 0, 1))[0]
                 order = (1, 2) if rnd % 2 == 0 else (2, 1)
                 for ncpu in order:
+                    fd = [self.driver(*c) for c in setup(ncpu)][0]
                     res = self.checked(f"two CPUs: {name}",
                                        lambda: self.on_cpus(fd, frame, cpus[:ncpu], packets, max(1, packets // 16)))
                     if not nflows:                          # delete what the run inserted
@@ -907,7 +985,7 @@ class Bench:
                         raw[key]["overlap"].append(res["window"])
                     raw[key]["action"] = res["action"]
         rows = []
-        for key, name, vip, nflows, packets in modes:
+        for key, name, vip, nflows, packets, _setup in modes:
             r = raw[key]
             sc = estimate(paired(r["two"], r["one"], lambda a, b: a / b if b else 0.0))
             overlap = min(r["overlap"]) if r["overlap"] else 0.0

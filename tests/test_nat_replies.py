@@ -8,6 +8,7 @@ import ipaddress
 
 import pytest
 from scapy.layers.inet import IP, TCP
+from scapy.layers.inet6 import IPv6
 from scapy.layers.l2 import Ether
 
 from lb.dataplane import RealSpec, ServiceSpec, TableSpec
@@ -20,10 +21,11 @@ from packets_util import (CLIENT_MAC, PRIV_MAC, PUB_MAC, XDP_REDIRECT, XDP_TX, a
                           real_mac, run)
 
 ip = ipaddress.ip_address
-CLIENT = "198.18.0.2"
-VIP = "198.18.0.20"
-REAL = "198.18.1.11"
-TABLE = TableSpec((ServiceSpec("tcp", ip(VIP), 80, "rr", (RealSpec(ip(REAL), 8080, 1, "nat"),)),))
+CLIENT, VIP, REAL = "198.18.0.2", "198.18.0.20", "198.18.1.11"
+CLIENT6, VIP6, REAL6 = "2001:2::2", "2001:2::20", "2001:2:0:1::11"
+TABLE = TableSpec((ServiceSpec("tcp", ip(VIP), 80, "rr", (RealSpec(ip(REAL), 8080, 1, "nat"),)),
+                   ServiceSpec("tcp", ip(VIP6), 80, "rr", (RealSpec(ip(REAL6), 8080, 1, "nat"),))))
+L3 = {4: IP, 6: IPv6}
 
 
 @pytest.fixture(scope="module")
@@ -32,24 +34,26 @@ def dp():
         yield d
 
 
-def request(d, sport, flags, payload=b""):
-    pkt = Ether(src=CLIENT_MAC, dst=PUB_MAC) / IP(src=CLIENT, dst=VIP, id=7, ttl=64) / \
+def request(d, sport, flags, payload=b"", v=4):
+    client, vip = (CLIENT, VIP) if v == 4 else (CLIENT6, VIP6)
+    pkt = Ether(src=CLIENT_MAC, dst=PUB_MAC) / L3[v](src=client, dst=vip) / \
         TCP(sport=sport, dport=80, flags=flags, seq=1000, ack=0 if flags == "S" else 5001) / payload
     rc, _ = run(d, "lb_xdp_public", pkt)
     assert rc == XDP_REDIRECT, (flags, rc)
 
 
-def reply(d, sport, flags, payload=b""):
+def reply(d, sport, flags, payload=b"", v=4):
     """The real server's reply to client port sport: (XDP action, the frame out)"""
-    pkt = Ether(src=real_mac(REAL), dst=PRIV_MAC) / IP(src=REAL, dst=CLIENT, id=9, ttl=64) / \
+    real, client = (REAL, CLIENT) if v == 4 else (REAL6, CLIENT6)
+    pkt = Ether(src=real_mac(real), dst=PRIV_MAC) / L3[v](src=real, dst=client) / \
         TCP(sport=8080, dport=sport, flags=flags, seq=5000, ack=1001) / payload
     return run(d, "lb_xdp_private", pkt)
 
 
-def handshake(d, sport):
-    request(d, sport, "S")
-    assert reply(d, sport, "SA")[0] == XDP_TX
-    request(d, sport, "A")
+def handshake(d, sport, v=4):
+    request(d, sport, "S", v=v)
+    assert reply(d, sport, "SA", v=v)[0] == XDP_TX
+    request(d, sport, "A", v=v)
 
 
 def connection(d, sport):
@@ -59,10 +63,10 @@ def connection(d, sport):
     return row.state, row.expire
 
 
-def out_counts(d):
-    """(OutPkts, OutBytes) of the real server, as `lb list --stats` reads them"""
+def out_counts(d, vip=VIP):
+    """(OutPkts, OutBytes) of the service's real server, as `lb list --stats` reads them"""
     with PinnedMaps(d.instance) as maps:
-        [svc] = reader.read_services(maps)
+        [svc] = [r for r in reader.read_services(maps) if str(r.address) == vip]
     [r] = svc.reals
     return r.stats.outpkts, r.stats.outbytes
 
@@ -82,21 +86,22 @@ def test_the_premise_an_established_connections_reply_ack_keeps_its_state():
     assert program.TCP_FSM[idx] == es and program.TCP_FSM_SECURE[idx] == es
 
 
-def test_established_replies_are_rewritten_to_the_vip_and_counted(dp):
-    handshake(dp, 43000)
-    pkts0, bytes0 = out_counts(dp)
+@pytest.mark.parametrize("v", [4, 6])
+def test_established_replies_are_rewritten_to_the_vip_and_counted(dp, v):
+    sport = 43000 + v
+    client, vip, real = (CLIENT, VIP, REAL) if v == 4 else (CLIENT6, VIP6, REAL6)
+    handshake(dp, sport, v)
+    pkts0, bytes0 = out_counts(dp, vip)
     for i in range(5):
-        rc, out = reply(dp, 43000, "PA", b"data%d" % i)
+        rc, out = reply(dp, sport, "PA", b"data%d" % i, v)
         assert rc == XDP_TX
-        want = Ether(src=PUB_MAC, dst=CLIENT_MAC) / IP(src=VIP, dst=CLIENT, id=9, ttl=64) / \
-            TCP(sport=80, dport=43000, flags="PA", seq=5000, ack=1001) / (b"data%d" % i)
-        assert out == bytes(want)
-        assert IP(bytes(Ether(out)[IP])).chksum == Ether(out)[IP].chksum
-    sent = len(IP(src=REAL, dst=CLIENT) / TCP() / b"data0")
-    assert out_counts(dp) == (pkts0 + 5, bytes0 + 5 * sent)
-    # the connection's reverse entry carries the mark from the first of them on
-    _fwd, rev = entries(dp, 43000)
-    assert rev.flags & L.CONN_F_EST_REPLY
+        want = Ether(src=PUB_MAC, dst=CLIENT_MAC) / L3[v](src=vip, dst=client) / \
+            TCP(sport=80, dport=sport, flags="PA", seq=5000, ack=1001) / (b"data%d" % i)
+        assert out == bytes(want)                     # checksums included: scapy computed them
+    sent = len(L3[v](src=real, dst=client) / TCP() / b"data0")
+    assert out_counts(dp, vip) == (pkts0 + 5, bytes0 + 5 * sent)
+    if v == 4:    # the connection's reverse entry carries the mark from the first of them on
+        assert entries(dp, sport)[1].flags & L.CONN_F_EST_REPLY
 
 
 def test_replies_alone_keep_the_connections_timer(dp):
