@@ -23,7 +23,25 @@ class B(P.Bench):
             self.close(); raise
 
 variants = [v.split(",") if v else [] for v in sys.argv[1].split(";")]
-keys = sys.argv[2].split(",")          # row keys, e.g. dh,wlc,floor
+keys = sys.argv[2].split(",")          # row keys, e.g. dh,wlc,floor; or cpu2 (the two-CPU rows)
+if keys == ["cpu2"]:                   # abl.py "VARIANTS" cpu2 REPETITIONS: Bench.two_cpus, loads alternating
+    reps, benches, out = int(sys.argv[3]) if len(sys.argv) > 3 else 2, [], {}
+    try:
+        for v in variants:
+            EXTRA[:] = [f"-D{x}" for x in v]
+            benches.append(((",".join(v) or "base") + f"#{len(benches)}", B(P.DEFAULT_TABLE)))
+        for rep in range(reps):
+            for name, b in benches:
+                for r in b.two_cpus(3, 1_000_000, 50_000, 1000)[0]:
+                    out.setdefault((name, r["key"]), []).append(
+                        (r["one_cpu_mpps"]["median"], r["two_cpu_mpps"]["median"], r["ratio"]))
+        for (name, k), v in sorted(out.items(), key=lambda x: (x[0][1], x[0][0])):
+            print(f"{k:9s} {name:24s} one " + " ".join(f"{a:.2f}" for a, _, _ in v) + "  two "
+                  + " ".join(f"{b:.2f}" for _, b, _ in v) + "  scaling " + " ".join(f"{c:.2f}" for *_, c in v))
+    finally:
+        for _, b in benches:
+            b.close()
+    sys.exit(0)
 runs = int(sys.argv[3]) if len(sys.argv) > 3 else 21
 table = int(sys.argv[4]) if len(sys.argv) > 4 else P.DEFAULT_TABLE
 benches = []
