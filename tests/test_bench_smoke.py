@@ -51,8 +51,10 @@ def test_bench_suites_run(tmp_path):
     assert len([r for r in rows if r["key"] == "slope"]) == 2
     if len(os.sched_getaffinity(0)) >= 2:
         two = [r for r in rows if r["kind"] == "scaling"]
-        assert {r["key"] for r in two} == {"cpu2_est", "cpu2_rr", "cpu2_mh", "cpu2_wlc"}
+        assert {r["key"] for r in two} == {"cpu2_est", "cpu2_rr", "cpu2_mh", "cpu2_wlc", "cpu2_nat"}
         assert all(r["one_cpu_mpps"]["median"] > 0 and r["two_cpu_mpps"]["median"] > 0 for r in two)
+        # the NAT row's packets were forwarded (requests redirected, replies sent back), not passed
+        assert next(r for r in two if r["key"] == "cpu2_nat")["action"] in ("XDP_TX", "XDP_REDIRECT")
 
     ctl = _load(tmp_path, "ctl")
     assert all(r["seconds"]["median"] >= 0 and r["ratio"] >= 0 for r in ctl["results"])
