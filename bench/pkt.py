@@ -961,9 +961,8 @@ class Bench:
         syn_n = max(1, min(syn_packets, int(size * ROUND_SHARE / 2)))
         nat_base = int(ipaddress.ip_address(NAT_DRV_CLIENTS))
 
-        def own_flows(mode):
-            return lambda ncpu: [(c, flows_per_cpu if mode == "est" else 0, self.drv_base(c), DRV_MODE_CLIENT)
-                                 for c in cpus[:ncpu]]
+        def own_flows(flows):         # each CPU its own flows (0: a new one per packet)
+            return lambda ncpu: [(c, flows, self.drv_base(c), DRV_MODE_CLIENT) for c in cpus[:ncpu]]
 
         def nat_split(ncpu):
             if ncpu == 1:
@@ -972,10 +971,10 @@ class Bench:
                     (cpus[1], flows_per_cpu, nat_base, DRV_MODE_REPLY)]
         # (key, name, VIP, flows, packets per CPU, each CPU's driver configuration for 1 or 2 CPUs)
         modes = [("cpu2_est", f"established TCP flow, DR ({flows_per_cpu} flows per CPU)", VIP_DR, flows_per_cpu,
-                  est_packets, own_flows("est"))]
+                  est_packets, own_flows(flows_per_cpu))]
         for key, sched in (("cpu2_rr", "rr"), ("cpu2_mh", "mh"), ("cpu2_wlc", "wlc")):
             vip = next(v for k, _s, _n, v in SYN_SERVICES if k == sched)
-            modes.append((key, f"new connection (SYN), {sched} over 16 real servers", vip, 0, syn_n, own_flows("syn")))
+            modes.append((key, f"new connection (SYN), {sched} over 16 real servers", vip, 0, syn_n, own_flows(0)))
         modes.append(("cpu2_nat", f"established NAT flow, its requests on one CPU and its replies on the other "
                                   f"({flows_per_cpu} flows; one CPU: both in turn)", VIP_NAT1, flows_per_cpu,
                       est_packets, nat_split))

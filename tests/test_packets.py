@@ -253,7 +253,7 @@ def test_the_sweep_leaves_a_later_connections_reverse_entry():
     VIP (a later connection from the same client port, through another virtual service, to the
     same real server) is that connection's and stays."""
     from lb.dataplane import layout as L
-    from packets_util import age, conn_items
+    from packets_util import CONN_TABLES, age, conn_items
 
     with loaded_dataplane("later", table=TABLE) as d:
         rc, out = run(d, "lb_xdp_public", client_pkt(VIP_NAT, 80, 42100))
@@ -263,7 +263,7 @@ def test_the_sweep_leaves_a_later_connections_reverse_entry():
         assert run(d, "lb_xdp_public", client_pkt(VIP_NAT, 80, 42100, flags="FA"))[0] == XDP_REDIRECT
         age(d, 200)                                      # the connection's CLOSE_WAIT minute is out
         rkey = L.ConnKey(ip(rs), ip(CLIENT), 8080, 42100, 6, 1).pack()
-        table = next(n for n in ("lb_conns", "lb_conns_embryo") if d.maps[n].get(rkey) is not None)
+        table = next(n for n in CONN_TABLES if d.maps[n].get(rkey) is not None)
         other = L.Conn.unpack(d.maps[table].get(rkey))
         other.vaddr = L.pack_addr(ip("198.18.0.30"))     # as a later connection through another VIP,
         other.last_ns += 200 * 10**9                     # made just now
