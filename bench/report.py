@@ -54,6 +54,8 @@ def pkt_table(result: dict) -> str:
             size = "—"
         else:
             size = f"{r.get('table_size') or result.get('connection_table', 0):,}"
+            if r.get("entries"):          # what it held while the row ran
+                size += f" ({r['entries']:,} in use)"
         noisy = bool(r.get("noisy")) and r.get("key") != "trivial"     # 1.00x by definition
         if r.get("kind") == "derived":
             ns = f"{r['ns']:.1f} /server"
@@ -75,7 +77,9 @@ def pkt_table(result: dict) -> str:
     if any(r.get("key") == "estfloor1" for r in result["results"]):
         notes.append("the established rows' Δ floor is over the floor of the same flows: their entry's lookup "
                      "in lb_conns (lb's table and key, a hit), its timestamp read, the MACs swapped, XDP_TX -- "
-                     "what any forwarder keeping lb's table pays, the table's cache and TLB misses included")
+                     "what any forwarder keeping lb's table pays, the table's cache and TLB misses included; "
+                     "\"in use\": the entries lb_conns held while the row ran (each established block adds its "
+                     "flows to the blocks' before it)")
     if any(r.get("key") == "key16_1" for r in result["results"]):
         notes.append("the bare-lookup rows hold the same flows in two LRU tables of lb_conns' size and value "
                      "that differ only in the key, lb's 40 bytes or a compact 16-byte IPv4 key: what a separate "

@@ -10,7 +10,7 @@ import shutil
 
 import pytest
 
-from bench import run
+from bench import report, run
 from bench.failover import LONG_FLOWS
 from lb.config.model import embryonic_size
 
@@ -46,6 +46,14 @@ def test_bench_suites_run(tmp_path):
     floors2 = [r for r in rows if r["key"] == "floor2"]
     assert {r["kind"] for r in floors2} == {"reference"} and sorted(r["table_size"] for r in floors2) == sorted(embryo)
     assert all("delta_floor2_ns" in r for r in syn)
+    # each established row says how many entries lb_conns held while it ran: the DR block only its
+    # own flows (1 + 100 DR, one-armed, a NAT flow's two, the firewall-mark flow), the later
+    # blocks what they added
+    by = {r["key"]: r for r in rows}
+    assert by["drmany"]["entries"] == by["dr1"]["entries"] == by["estfloormany"]["entries"] == 105
+    assert by["drmany"]["entries"] < by["natmany"]["entries"] < by["drmanyfull"]["entries"] == \
+        by["estfloormanyfull"]["entries"]
+    assert "in use)" in next(line for line in report.pkt_table(pkt).splitlines() if line.startswith("| established TCP flow, DR (1"))
     # targets carry a status; two runs support no verdict
     assert {r["status"] for r in rows if r.get("target")} == {"too few runs"}
     assert len([r for r in rows if r["key"] == "slope"]) == 2
