@@ -83,7 +83,8 @@ def pkt_table(result: dict) -> str:
     if any(r.get("key") == "key16_1" for r in result["results"]):
         notes.append("the bare-lookup rows hold the same flows in two LRU tables of lb_conns' size and value "
                      "that differ only in the key, lb's 40 bytes or a compact 16-byte IPv4 key: what a separate "
-                     "IPv4 table would save on the lookup")
+                     "IPv4 table would save on the lookup; those two tables are fresh (their entries lie in the "
+                     "order they were written), lb_conns' entries wherever its free list put them")
     if any(r.get("key") == "redirect" for r in result["results"]):
         notes.append("the redirect baseline is the trivial program ending in bpf_redirect() to the real "
                      "servers' interface instead of XDP_TX: what the DR rows pay for leaving by another "
