@@ -821,7 +821,7 @@ class Bench:
         (a block adds none while measured)"""
         n = len(self.dp.maps["lb_conns"].items())
         for r in rows:
-            if r.table == "lb_conns":
+            if r.table == "lb_conns" and r.kind != "baseline":
                 r.entries = n
         return rows
 
