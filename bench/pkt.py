@@ -785,9 +785,10 @@ class Bench:
     # lb_conns holds what a director with those flows would: until 2026-12-04 the DR block's
     # 10,000 flows were measured among 40,000 entries (every block's flows primed at once).  The
     # table keeps what the blocks before primed, and every row says how many entries it was
-    # measured among.  (Measured since: occupancy moves the 10,000-flow rows less than where
-    # their entries lie -- the same entries written into a recycled table cost lb 1.4-1.6x and the
-    # floor 1.5-1.7x what they cost in a fresh one; docs/benchmarks.md, bench/results/ablation-2026-12-04/placement.txt.)
+    # measured among.  (Measured since: 10,000 DR flows 3.2x trivial among their own entries, 4.3x
+    # among 40,005; and where the entries lie moves them as much -- the same entries written into
+    # a recycled table cost lb 1.4-1.6x and the floor 1.5-1.7x what they cost in a fresh one;
+    # docs/benchmarks.md, bench/results/ablation-2026-12-04/placement.txt.)
     def established_nat(self, many: int) -> list[Row]:
         """NAT, many flows: their request and reply entries added to the DR block's"""
         pub, priv = self.dp.fns["lb_xdp_public"].fd, self.dp.fns["lb_xdp_private"].fd
