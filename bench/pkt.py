@@ -22,7 +22,9 @@ the baselines in the new-connection blocks: SYNs like the wlc row's, measured bu
                 key, and a packet for no service; lb_conns holds these flows and no others.
                 Then two blocks that add flows: NAT's many flows (a request and a reply
                 entry each), then IPv6's, with the DR block's many flows and their floor
-                measured again among all of them.  Each row says how many entries lb_conns
+                measured again among all of them; then those flows once more with only
+                their entries left, deleted and written back (recycled elements, scattered
+                as in a table that has lived).  Each row says how many entries lb_conns
                 held while it ran.
   new conns     table 65,536, and again 2,097,152: SYNs under rr, wrr, dh, sh, mh, lc and wlc
                 over 16 real servers, wlc over 32 and 64 (the slope per extra server), IPv6,
@@ -398,7 +400,8 @@ SIZES = {  # runs (rounds), iterations per run of a row that is not one-pass, fl
 # established targets get a verdict.  The new-connection blocks keep 15 rounds: each takes the
 # next slice of the table.
 # established rows and the floor rows (their entry's lookup and no more) shown beside them
-EST_FLOORS = {"dr1": "estfloor1", "dr1arm": "estfloor1", "drmany": "estfloormany", "drmanyfull": "estfloormanyfull"}
+EST_FLOORS = {"dr1": "estfloor1", "dr1arm": "estfloor1", "drmany": "estfloormany", "drmanyfull": "estfloormanyfull",
+              "drmanylived": "estfloormanylived"}
 # DESIGN.md's targets, by row key: (what, limit, better)
 TARGETS = {
     "dr1": ("ratio", 1.85, "lower"), "dr1arm": ("ratio", 1.85, "lower"), "drmany": ("ratio", 2.5, "lower"),
@@ -817,6 +820,29 @@ class Bench:
                                     f"({many} flows, the same as above, among more entries)", self.est_floor.fd, lots,
                 kind="reference", table_size=size)]
 
+    def established_lived(self, many: int) -> list[Row]:
+        """the DR block's many flows and their floor once more, their entries recycled as in a table
+        that has lived: every other entry deleted (only these flows' left), then the
+        DR flows' own entries deleted and written back as they were, so that they take elements
+        from the LRU's free list in the order 30,000 deletes left it -- scattered, where the DR
+        block's lie in the order its handshakes made them, the order its packets walk them"""
+        pub = self.dp.fns["lb_xdp_public"].fd
+        m = self.dp.maps["lb_conns"]
+        mine = set(conn_keys(flows(many, 30000), VIP_DR, 80))
+        items = m.items()
+        m.delete_many([k for k, _ in items if k not in mine])     # the other blocks' flows
+        own = [(k, v) for k, v in items if k in mine]
+        m.delete_many([k for k, _ in own])
+        m.set_many([k for k, _ in own], [v for _, v in own])
+        lots = frames(VIP_DR, 80, "A", flows(many, 30000))
+        size = m.max_entries
+        return [
+            Row("drmanylived", f"established TCP flow, DR ({many} flows, the same as above, their entries recycled)",
+                pub, lots, table_size=size),
+            Row("estfloormanylived", f"floor, not lb: the established entry's lookup in lb_conns, MACs swapped, XDP_TX "
+                                     f"({many} flows, the same as above, their entries recycled)", self.est_floor.fd,
+                lots, kind="reference", table_size=size)]
+
     def counted(self, rows: list[Row]) -> list[Row]:
         """rows of lb_conns, told how many entries it holds now, just before they are measured
         (a block adds none while measured)"""
@@ -1210,7 +1236,8 @@ def suite(size: str = "full") -> dict:
         # each block primes its flows when its turn comes: the blocks before it measured without them
         for block, make in ((f"established, table {label}", b.established),
                             (f"established NAT, many flows, table {label}", b.established_nat),
-                            (f"established, every block's flows, table {label}", b.established_full)):
+                            (f"established, every block's flows, table {label}", b.established_full),
+                            (f"established, entries recycled, table {label}", b.established_lived)):
             rows = b.counted(b.baselines() + make(many))
             b.measure(rows, est_runs, est_iters)
             out += results(rows, block)

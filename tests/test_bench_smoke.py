@@ -53,6 +53,9 @@ def test_bench_suites_run(tmp_path):
     assert by["drmany"]["entries"] == by["dr1"]["entries"] == by["estfloormany"]["entries"] == 105
     assert by["drmany"]["entries"] < by["natmany"]["entries"] < by["drmanyfull"]["entries"] == \
         by["estfloormanyfull"]["entries"]
+    # ... and the recycled block only the DR flows' (its floor found every one: XDP_TX)
+    assert by["drmanylived"]["entries"] == by["estfloormanylived"]["entries"] == 100
+    assert by["estfloormanylived"]["action"] == "XDP_TX" and "delta_floor_ns" in by["drmanylived"]
     assert "in use)" in next(line for line in report.pkt_table(pkt).splitlines() if line.startswith("| established TCP flow, DR (1"))
     # targets carry a status; two runs support no verdict
     assert {r["status"] for r in rows if r.get("target")} == {"too few runs"}
