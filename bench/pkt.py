@@ -748,7 +748,7 @@ class Bench:
 
         def row(key, name, fd, fr):
             rows.append(Row(key, name, fd, fr, table="lb_conns", table_size=size))
-        one, lots = flows(1), flows(many, 30000)
+        one, lots = flows(1), self.dr_many(many)
         self.prime(VIP_DR, 80, one)
         row("dr1", "established TCP flow, DR (1 flow)", pub, frames(VIP_DR, 80, "A", one))
         self.prime(VIP_DR, 80, lots)
@@ -810,15 +810,8 @@ class Bench:
         size = self.dp.maps["lb_conns"].max_entries
         v6 = flows(many, 20000, CLIENTS6)
         self.prime(VIP6_DR, 80, v6)
-        lots = frames(VIP_DR, 80, "A", flows(many, 30000))
-        return [
-            Row("dr6many", f"IPv6: established TCP flow, DR ({many} flows)", pub, frames(VIP6_DR, 80, "A", v6),
-                table_size=size),
-            Row("drmanyfull", f"established TCP flow, DR ({many} flows, the same as above, among more entries)",
-                pub, lots, table_size=size),
-            Row("estfloormanyfull", f"floor, not lb: the established entry's lookup in lb_conns, MACs swapped, XDP_TX "
-                                    f"({many} flows, the same as above, among more entries)", self.est_floor.fd, lots,
-                kind="reference", table_size=size)]
+        return [Row("dr6many", f"IPv6: established TCP flow, DR ({many} flows)", pub, frames(VIP6_DR, 80, "A", v6),
+                    table_size=size)] + self.dr_many_again(many, "full", "among more entries")
 
     def established_lived(self, many: int) -> list[Row]:
         """the DR block's many flows and their floor once more, their entries recycled as in a table
@@ -826,22 +819,31 @@ class Bench:
         DR flows' own entries deleted and written back as they were, so that they take elements
         from the LRU's free list in the order 30,000 deletes left it -- scattered, where the DR
         block's lie in the order its handshakes made them, the order its packets walk them"""
-        pub = self.dp.fns["lb_xdp_public"].fd
         m = self.dp.maps["lb_conns"]
-        mine = set(conn_keys(flows(many, 30000), VIP_DR, 80))
+        mine = set(conn_keys(self.dr_many(many), VIP_DR, 80))
         items = m.items()
         m.delete_many([k for k, _ in items if k not in mine])     # the other blocks' flows
         own = [(k, v) for k, v in items if k in mine]
         m.delete_many([k for k, _ in own])
         m.set_many([k for k, _ in own], [v for _, v in own])
-        lots = frames(VIP_DR, 80, "A", flows(many, 30000))
-        size = m.max_entries
+        return self.dr_many_again(many, "lived", "their entries recycled")
+
+    @staticmethod
+    def dr_many(many: int) -> list[tuple[int, int]]:
+        """the DR block's many flows"""
+        return flows(many, 30000)
+
+    def dr_many_again(self, many: int, tag: str, how: str) -> list[Row]:
+        """the DR block's many flows and their floor, measured again in a later block (keys
+        drmany<tag>, estfloormany<tag>)"""
+        lots = frames(VIP_DR, 80, "A", self.dr_many(many))
+        size = self.dp.maps["lb_conns"].max_entries
         return [
-            Row("drmanylived", f"established TCP flow, DR ({many} flows, the same as above, their entries recycled)",
-                pub, lots, table_size=size),
-            Row("estfloormanylived", f"floor, not lb: the established entry's lookup in lb_conns, MACs swapped, XDP_TX "
-                                     f"({many} flows, the same as above, their entries recycled)", self.est_floor.fd,
-                lots, kind="reference", table_size=size)]
+            Row(f"drmany{tag}", f"established TCP flow, DR ({many} flows, the same as above, {how})",
+                self.dp.fns["lb_xdp_public"].fd, lots, table_size=size),
+            Row(f"estfloormany{tag}", f"floor, not lb: the established entry's lookup in lb_conns, MACs swapped, "
+                                      f"XDP_TX ({many} flows, the same as above, {how})", self.est_floor.fd, lots,
+                kind="reference", table_size=size)]
 
     def counted(self, rows: list[Row]) -> list[Row]:
         """rows of lb_conns, told how many entries it holds now, just before they are measured
