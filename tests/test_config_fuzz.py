@@ -3,7 +3,8 @@
 A seeded fuzz of both loaders: the shipped configurations and the lvs.cf fixtures, mutated the way
 hands and tools break files (a key dropped, duplicated, retyped, moved into another block, nested,
 made huge; the file cut short; random bytes).  Nothing else may escape: a RecursionError or a
-ValueError from a 5000-digit number would reach `lb check` as a traceback.
+ValueError from a 5000-digit number would reach `lb check` as a traceback.  Seeded by each
+file's name and LB_FUZZ_SEED (a fresh seed each run otherwise; a failure names it).
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ from pathlib import Path
 import pytest
 
 from lb.config import ConfigError, load, lvscf, toml
+
+from fuzzseed import SEED, named
 
 HERE = Path(__file__).resolve().parent
 CONFIGS = HERE.parent / "configs"
@@ -66,7 +69,7 @@ def _line_mutants(text: str, rng: random.Random, values: list[str], huge: list[s
 
 
 def _mutants(seed: Path, values: list[str], huge: list[str], count: int) -> list[str]:
-    rng = random.Random(f"{seed.name}-lb")
+    rng = random.Random(f"{seed.name}-lb-{SEED}")
     text = seed.read_text()
     out = []
     for _ in range(count):
@@ -95,14 +98,16 @@ def _check(path: Path, text: str, loader) -> None:
 
 @pytest.mark.parametrize("seed", TOML_SEEDS, ids=lambda p: p.name)
 def test_mutated_toml_loads_or_names_file_and_line(seed: Path, tmp_path: Path) -> None:
-    for n, text in enumerate(_mutants(seed, TOML_VALUES, TOML_HUGE, -(-MUTANTS_PER_FORMAT // len(TOML_SEEDS)))):
-        _check(tmp_path / f"{n}.toml", text, toml.load)
+    with named():
+        for n, text in enumerate(_mutants(seed, TOML_VALUES, TOML_HUGE, -(-MUTANTS_PER_FORMAT // len(TOML_SEEDS)))):
+            _check(tmp_path / f"{n}.toml", text, toml.load)
 
 
 @pytest.mark.parametrize("seed", CF_SEEDS, ids=lambda p: p.name)
 def test_mutated_lvscf_loads_or_names_file_and_line(seed: Path, tmp_path: Path) -> None:
-    for n, text in enumerate(_mutants(seed, CF_VALUES, CF_HUGE, -(-MUTANTS_PER_FORMAT // len(CF_SEEDS)))):
-        _check(tmp_path / f"{n}.cf", text, lvscf.load)
+    with named():
+        for n, text in enumerate(_mutants(seed, CF_VALUES, CF_HUGE, -(-MUTANTS_PER_FORMAT // len(CF_SEEDS)))):
+            _check(tmp_path / f"{n}.cf", text, lvscf.load)
 
 
 @pytest.mark.parametrize("text, line, message", [

@@ -2,7 +2,8 @@
 recording data plane): 1,000+ mutated requests (keys dropped, retyped, nested, huge, truncated,
 random bytes) of every command -- each is answered with one JSON object, applied ({"ok": true}) or
 refused with an error; never a traceback; a refused one leaves the configuration file, the running
-configuration and the operator's overrides exactly as they were."""
+configuration and the operator's overrides exactly as they were.  Seeded by LB_FUZZ_SEED (a fresh
+seed each run otherwise; a failure names it)."""
 from __future__ import annotations
 
 import copy
@@ -13,6 +14,7 @@ import socket
 
 from lb import control
 from lb.config import store
+from fuzzseed import SEED, named
 from test_override import RecordingDataplane, no_addresses, running  # noqa: F401  (fixtures)
 
 
@@ -97,7 +99,7 @@ def test_fuzzed_control_requests_are_answered_and_refusals_change_nothing(runnin
     eng, drive = running
     eng.dp = TableDataplane()
     path = control.socket_path(eng.cfg.instance, str(eng.cfg.path.parent))
-    rng = random.Random(15)
+    rng = random.Random(SEED)
     counts = {"ok": 0, "refused": 0}
 
     async def body(call):
@@ -125,10 +127,10 @@ def test_fuzzed_control_requests_are_answered_and_refusals_change_nothing(runnin
                 await call(lambda: control.request(eng.cfg.instance, "config-put", document=base_doc,
                                                    version=cur["config"]["version"]))
 
-    with caplog.at_level(logging.WARNING):
+    with named(), caplog.at_level(logging.WARNING):
         drive(body)
-    assert counts["ok"] > 100 and counts["refused"] > 300, counts
-    assert not [r for r in caplog.records if r.exc_info and r.name in ("lb.control", "lb.confedit", "lb.engine")]
-    assert "Traceback" not in caplog.text
+        assert counts["ok"] > 100 and counts["refused"] > 300, counts
+        assert not [r for r in caplog.records if r.exc_info and r.name in ("lb.control", "lb.confedit", "lb.engine")]
+        assert "Traceback" not in caplog.text
     # what the fuzzer saved is a valid file, its previous version kept
     assert store.read(eng.cfg.path).cfg is not None and store.prev_path(eng.cfg.path).exists()

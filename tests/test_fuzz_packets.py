@@ -1,4 +1,4 @@
-"""The packet fuzzer: 100,000 packets (LB_FUZZ_PACKETS) through every XDP program -- the
+"""The packet fuzzer: 1,000,000 packets (LB_FUZZ_PACKETS) through every XDP program -- the
 director's public and private sides, its guard and the real servers' decap -- with BPF_PROG_TEST_RUN, each
 verdict and output held to a Python model of what the program may do.
 
@@ -46,12 +46,12 @@ from lb.dataplane import PortGroup, RealSpec, ServiceSpec, TableSpec
 from lb.dataplane import decap
 from lb.dataplane.xdp import Sizes
 
+from fuzzseed import SEED
 from packets_util import (CLIENT_MAC, PRIV_ADDR, PRIV_MAC, PRIV_MTU, PUB_MAC, XDP_ABORTED, XDP_DROP, XDP_PASS,
                           XDP_REDIRECT, XDP_TX, csum_fold, loaded_dataplane, pseudo_sum, real_mac)
 
 ip = ipaddress.ip_address
-N = int(os.environ.get("LB_FUZZ_PACKETS", "100000"))
-SEED = int(os.environ.get("LB_FUZZ_SEED", str(random.SystemRandom().randrange(1 << 32))))
+N = int(os.environ.get("LB_FUZZ_PACKETS", "1000000"))
 BATCH = 4000
 OUT_CAP = 4096
 

@@ -26,6 +26,7 @@ from lb.config import store
 from lb.engine import Engine
 from lb.web import app as webapp
 from lb.web import password
+from fuzzseed import SEED, named
 
 PASSWORD = "correct horse battery"
 USER = "operator"
@@ -580,10 +581,10 @@ def mutate(rng: random.Random, data: dict) -> dict:
 def test_fuzzed_form_posts_answer_cleanly_and_change_nothing_when_refused(console, caplog):
     """1,000+ mutated form posts: each is applied (303) or refused with a clear status (400, 404,
     409, 429); never a 500 or a traceback; a refused one leaves the file and the running
-    configuration exactly as they were."""
+    configuration exactly as they were.  Seeded by LB_FUZZ_SEED (tests/fuzzseed.py)."""
     eng = engine(console)
     path = eng.cfg.path
-    rng = random.Random(17)
+    rng = random.Random(SEED)
     seen: dict[int, int] = {}
 
     async def body(client):
@@ -606,10 +607,10 @@ def test_fuzzed_form_posts_answer_cleanly_and_change_nothing_when_refused(consol
             if n % 150 == 0:                    # start again from the fixture's file now and then
                 write_config(path)
                 eng.cfg = lbconfig.load(path)
-    with caplog.at_level(logging.ERROR):
+    with named(), caplog.at_level(logging.ERROR):
         run(console, body)
-    assert sum(seen.values()) >= 1000 and seen.get(303) and seen.get(400)
-    assert "Traceback" not in caplog.text and "Error handling request" not in caplog.text
+        assert sum(seen.values()) >= 1000 and seen.get(303) and seen.get(400), seen
+        assert "Traceback" not in caplog.text and "Error handling request" not in caplog.text
 
 
 # ---- lb passwd --------------------------------------------------------------------------------
