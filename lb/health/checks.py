@@ -209,6 +209,9 @@ def _strip_port(host_header: str) -> str:
 
 
 CHUNK_SIZE_DIGITS = 16   # hex digits of a chunk size (2^64): a longer one is not HTTP
+_CHUNK_SIZE = re.compile(rb"[0-9A-Fa-f]{1,%d}" % CHUNK_SIZE_DIGITS)
+_STATUS_CODE = re.compile(r"[0-9]{3}")            # RFC 9112: exactly three ASCII digits
+_CONTENT_LENGTH = re.compile(r"[0-9]{1,19}")      # ASCII digits (str.isdigit() takes '²'), < 2^63
 
 
 async def _read_chunked(reader: asyncio.StreamReader, limit: int) -> bytes:
@@ -221,7 +224,7 @@ async def _read_chunked(reader: asyncio.StreamReader, limit: int) -> bytes:
             if not line:
                 break
             token = line.split(b";", 1)[0].strip() or b"0"
-            if len(token) > CHUNK_SIZE_DIGITS:
+            if not _CHUNK_SIZE.fullmatch(token):
                 raise ValueError(f"chunk size {_snip(token)} is not a chunk size")
             size = int(token, 16)
             if size == 0:
@@ -244,7 +247,7 @@ async def _read_body(reader: asyncio.StreamReader, headers: dict[str, str], limi
     if "chunked" in headers.get("transfer-encoding", "").lower():
         return await _read_chunked(reader, limit)
     length = headers.get("content-length", "")
-    if length.isdigit() and len(length) <= 19:
+    if _CONTENT_LENGTH.fullmatch(length):
         n = min(int(length), limit)
         try:
             return await reader.readexactly(n)
@@ -300,7 +303,7 @@ async def _check_http(spec: CheckSpec) -> tuple[bool, str]:
                 return False, f"response headers longer than {BODY_LIMIT} bytes"
             lines = head.decode("latin-1").split("\r\n")
             parts = lines[0].split(None, 2)
-            if len(parts) < 2 or not parts[0].startswith("HTTP/") or not parts[1].isdigit():
+            if len(parts) < 2 or not parts[0].startswith("HTTP/") or not _STATUS_CODE.fullmatch(parts[1]):
                 return False, f"malformed status line {_snip(lines[0])}"
             code = int(parts[1])
             lo, hi = spec.status
@@ -313,7 +316,10 @@ async def _check_http(spec: CheckSpec) -> tuple[bool, str]:
                 if ":" in line:
                     k, v = line.split(":", 1)
                     headers[k.strip().lower()] = v.strip()
-            body = b"" if code in (204, 304) else await _read_body(reader, headers, BODY_LIMIT)
+            try:
+                body = b"" if code in (204, 304) else await _read_body(reader, headers, BODY_LIMIT)
+            except ValueError as e:             # a chunk size that is none
+                return False, f"status {code}, malformed chunked body: {e}"
         finally:
             _close(writer)
     if spec.digest:

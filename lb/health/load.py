@@ -57,18 +57,25 @@ class LoadSpec:
     user: str | None = None  # program: run as this user (None: the daemon's own)
 
 
+def _finite(value: float, word: str) -> float:
+    """value, unless its digits overflowed a float (310 of them: inf), which no weight comes from"""
+    if not math.isfinite(value):
+        raise ValueError(f"{_snip(word)} out of range")
+    return value
+
+
 def parse_report(text: str) -> tuple[str, float]:
     """("percent", p) | ("weight", n) | ("load", l) from an agent's line or a program's output;
     ValueError when none is found."""
     m = _LOAD_AVERAGE.search(text)
     if m:
-        return "load", float(m.group(1).replace(",", "."))   # digits only: always finite
+        return "load", _finite(float(m.group(1).replace(",", ".")), m.group(1))
     line = next((ln for ln in text.splitlines() if ln.strip()), "")
     words = [w for w in re.split(r"[\s,;]+", line.strip().lower()) if w]
     for i, w in enumerate(words):
         pm = _PERCENT.match(w)
         if pm:
-            return "percent", float(pm.group(1))
+            return "percent", _finite(float(pm.group(1)), w)
         if w in ("weight", "load") and i + 1 < len(words):
             try:
                 value = float(words[i + 1])

@@ -1,0 +1,244 @@
+"""What other machines send lb, fuzzed: real servers' answers to HTTP health checks (through a
+127.0.0.1 server started here, as tests/test_health.py does), load agents' replies, and the peer
+director's heartbeat and connection-sync datagrams.  Each must give a verdict with a reason an
+operator can read (never an exception's bare text), or be refused as malformed; nothing escapes.
+Seeded by LB_FUZZ_SEED (tests/fuzzseed.py)."""
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import math
+import random
+import re
+
+from lb.ha import heartbeat as hb
+from lb.ha import sync
+from lb.health.checks import CheckSpec, run_check
+from lb.health.load import dynamic_weight, parse_report
+
+from fuzzseed import SEED, named
+
+HOST = "127.0.0.1"
+KEY = b"k" * 32
+# run_check's last resort names the exception: what a reason must never look like
+BARE_EXCEPTION = re.compile(r"^[A-Za-z_.]*(Error|Exception|Overrun)\b")
+
+GOOD_HTTP = [
+    b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello",
+    b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+    b"HTTP/1.0 302 Found\r\nLocation: /x\r\n\r\nmoved",
+    b"HTTP/1.1 204 No Content\r\n\r\n",
+]
+# what broken servers and middleboxes answer: odd digits (latin-1 has superscripts that
+# str.isdigit() takes), huge numbers, bad chunk sizes, lengths that lie
+NASTY = [b"\xb2", b"\xb9", b"\xb3\xb3", b"9" * 5000, b"-1", b"+5", b"0x10", b"1_0", b"zz", b" ", b"",
+         b"\r\n", b"\n", b";", b":", b"\x00", b"\xff" * 3, b"ffffffffffffffffff", b"1e3", b"\xbd"]
+
+
+def _mutate_http(rng: random.Random) -> bytes:
+    r = bytearray(rng.choice(GOOD_HTTP))
+    for _ in range(rng.randrange(1, 4)):
+        op = rng.random()
+        if op < 0.3:        # a nasty token over a run of bytes (the status, a length, a chunk size)
+            i = rng.randrange(len(r) + 1)
+            r[i:i + rng.randrange(0, 6)] = rng.choice(NASTY)
+        elif op < 0.45:     # a header of ours
+            i = r.find(b"\r\n") + 2
+            name = rng.choice([b"Content-Length", b"Transfer-Encoding", b"content-length"])
+            r[i:i] = name + b": " + rng.choice(NASTY + [b"chunked", b"5", b"99999"]) + b"\r\n"
+        elif op < 0.6:      # cut short
+            del r[rng.randrange(len(r) + 1):]
+        elif op < 0.75:     # bytes flipped
+            for _ in range(rng.randrange(1, 5)):
+                if r:
+                    r[rng.randrange(len(r))] ^= 1 << rng.randrange(8)
+        elif op < 0.85:     # the status code replaced
+            r[9:12] = rng.choice(NASTY + [b"2000", b"20", b"abc"])
+        else:               # random bytes
+            r = bytearray(rng.randbytes(rng.randrange(0, 200)))
+    return bytes(r)
+
+
+def test_fuzzed_http_answers_get_a_verdict_and_a_readable_reason():
+    rng = random.Random(SEED)
+    answers = [_mutate_http(rng) for _ in range(2000)]
+    specs = [CheckSpec("http", HOST, 0, body_regex="hel+o", connect_timeout=5),
+             CheckSpec("http", HOST, 0, digest="5d41402abc4b2a76b9719d911017c592", connect_timeout=5),
+             CheckSpec("http", HOST, 0, connect_timeout=5)]
+    served: list[bytes] = []
+
+    async def answer(reader, writer):
+        try:
+            await reader.readuntil(b"\r\n\r\n")
+            writer.write(served[-1])
+            await writer.drain()
+        except (ConnectionError, asyncio.IncompleteReadError):
+            pass
+        finally:
+            writer.close()
+
+    async def main():
+        server = await asyncio.start_server(answer, HOST, 0)
+        port = server.sockets[0].getsockname()[1]
+        outcomes = {True: 0, False: 0}
+        try:
+            for i, a in enumerate(answers):
+                served.append(a)
+                s = specs[i % len(specs)]
+                res = await run_check(CheckSpec(s.kind, HOST, port, body_regex=s.body_regex, digest=s.digest,
+                                                connect_timeout=s.connect_timeout))
+                outcomes[res.ok] += 1
+                assert res.detail and not BARE_EXCEPTION.match(res.detail), (a[:200], res.detail)
+                assert "timed out" not in res.detail, (a[:200], res.detail)
+        finally:
+            server.close()
+            await server.wait_closed()
+        return outcomes
+
+    with named():
+        outcomes = asyncio.run(main())
+        assert outcomes[True] > 60 and outcomes[False] > 600, outcomes
+
+
+def test_fuzzed_load_reports_give_a_bounded_weight_or_a_refusal():
+    rng = random.Random(SEED)
+    words = ["load", "weight", "average:", "averages:", "%", "75%", "1e400", "9" * 400, "nan", "inf",
+             "-3", "0.5", ",", ";", "\n", " ", "1" + "0" * 310 + "%", "9" * 400 + "%", "\xb2%", "3.0"]
+    with named():
+        for _ in range(20000):
+            text = "".join(rng.choice(words) + rng.choice(["", " ", ", "]) for _ in range(rng.randrange(1, 8)))
+            if rng.random() < 0.1:
+                text = rng.randbytes(rng.randrange(100)).decode("utf-8", errors="replace")
+            try:
+                kind, value = parse_report(text)
+            except ValueError as e:
+                assert str(e).startswith("no load or weight in") or "out of range" in str(e), (text, e)
+                continue
+            assert kind in ("percent", "weight", "load") and math.isfinite(value) and value >= 0, (text, value)
+            configured, floor = rng.randrange(0, 1000), rng.randrange(0, 10)
+            w = dynamic_weight((kind, value), configured, floor)
+            assert min(floor, configured) <= w <= configured, (text, kind, value, configured, floor, w)
+
+
+def _sync_payload(rng: random.Random) -> bytes:
+    v4, v6 = ipaddress.ip_address("198.18.0.10"), ipaddress.ip_address("2001:2::10")
+    recs = []
+    for _ in range(rng.randrange(1, 8)):
+        a = rng.choice([v4, v6])
+        if rng.random() < 0.7:
+            recs.append(sync.encode_conn((6, a + 1, 40000, a, 80, a + 2, 80, rng.randrange(sync.N_STATES),
+                                          rng.choice([0, sync.SYNC_FLAGS]), rng.randrange(10**12),
+                                          rng.randrange(1, 900), rng.randbytes(6))))
+        else:
+            recs.append(sync.encode_template((rng.choice([6, 17]), a + 1, a, 80, 0, a + 2, 80,
+                                              rng.randrange(10**12), rng.randrange(1, 900))))
+    return sync.pack_batches(recs)[0]
+
+
+def test_fuzzed_sync_payloads_are_refused_whole_or_read_exactly():
+    """A payload decodes only when every record is well formed, and then into records that encode
+    back to the very bytes received: nothing of a record is lost or guessed."""
+    rng = random.Random(SEED)
+    with named():
+        for _ in range(10000):
+            p = bytearray(_sync_payload(rng))
+            op = rng.random()
+            if op < 0.4:
+                for _ in range(rng.randrange(1, 4)):
+                    p[rng.randrange(len(p))] = rng.randrange(256)
+            elif op < 0.55:
+                del p[rng.randrange(len(p)):]
+            elif op < 0.7:
+                p += rng.randbytes(rng.randrange(1, 80))
+            elif op < 0.8:
+                p = bytearray(rng.randbytes(rng.randrange(0, 300)))
+            try:
+                conns, temps = sync.decode_batch(bytes(p))
+            except ValueError as e:
+                assert str(e), bytes(p)
+                continue
+            again = [sync.encode_conn(c) for c in conns] + [sync.encode_template(t) for t in temps]
+            assert sorted(again) == sorted(_records(bytes(p))), bytes(p).hex()
+
+
+def _records(payload: bytes) -> list[bytes]:
+    """the records of a well-formed payload, as sent"""
+    out, off = [], sync.COUNT.size
+    for _ in range(sync.COUNT.unpack_from(payload)[0]):
+        size = (sync.CONN_REC if payload[off] == sync.K_CONN else sync.TEMPLATE_REC).size
+        out.append(payload[off:off + size])
+        off += size
+    return out
+
+
+def test_fuzzed_datagrams_are_refused_unless_they_are_the_peers_own():
+    """Heartbeat and sync datagrams with bytes changed, cut or added, and random ones: each is
+    refused with its reason; only an unchanged one decodes."""
+    rng = random.Random(SEED)
+    reasons: dict[str, int] = {}
+    with named():
+        for i in range(10000):
+            sync_port = rng.random() < 0.5
+            m = hb.Message(hb.T_SYNC if sync_port else rng.choice([hb.T_HEARTBEAT, hb.T_STANDDOWN]),
+                           hb.S_ACTIVE, hb.NODE_PRIMARY, hb.CH_PUBLIC, rng.randrange(1, 1 << 64), i, 10**18,
+                           hb.F_LINK_OK, _sync_payload(rng) if sync_port else hb.echo_payload(rng.randrange(1 << 64)))
+            good = hb.encode(KEY, m)
+            d = bytearray(good)
+            op = rng.random()
+            if op < 0.5:
+                for _ in range(rng.randrange(1, 4)):
+                    d[rng.randrange(len(d))] ^= 1 << rng.randrange(8)
+            elif op < 0.65:
+                del d[rng.randrange(len(d)):]
+            elif op < 0.8:
+                d += rng.randbytes(rng.randrange(1, 64))
+            else:
+                d = bytearray(rng.randbytes(rng.randrange(0, 1500)))
+            kw = dict(sender=hb.NODE_PRIMARY, channel=hb.CH_PUBLIC,
+                      types=hb.SOCKET_TYPES["sync" if sync_port else "heartbeat"])
+            try:
+                got = hb.decode(KEY, bytes(d), **kw)
+            except hb.DecodeError as e:
+                assert e.reason in ("malformed", "wrong_channel", "auth"), e
+                reasons[e.reason] = reasons.get(e.reason, 0) + 1
+                continue
+            assert bytes(d) == good and got == m, bytes(d).hex()
+        assert reasons.get("malformed", 0) > 1000 and reasons.get("auth", 0) > 1000, reasons
+
+
+def _http_answer(answer: bytes, **kw) -> str:
+    async def serve(reader, writer):
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(answer)
+        await writer.drain()
+        writer.close()
+
+    async def main():
+        server = await asyncio.start_server(serve, HOST, 0)
+        try:
+            res = await run_check(CheckSpec("http", HOST, server.sockets[0].getsockname()[1], **kw))
+        finally:
+            server.close()
+            await server.wait_closed()
+        return res
+
+    res = asyncio.run(main())
+    return f"{res.ok} {res.detail}"
+
+
+def test_what_the_fuzzer_found_in_answers():
+    """latin-1's superscripts pass str.isdigit() and fail int(); a chunk size of letters; a load
+    of 311 digits overflows a float (inf), whose weight int() refuses"""
+    assert _http_answer(b"HTTP/1.1 \xb200 OK\r\n\r\n") == "False malformed status line 'HTTP/1.1 ²00 OK'"
+    assert _http_answer(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nhello\r\n0\r\n\r\n",
+                        body_regex="hello") == \
+        "False status 200, malformed chunked body: chunk size 'zz' is not a chunk size"
+    # a Content-Length that is no length: the body is read to the end, as without one
+    assert _http_answer(b"HTTP/1.1 200 OK\r\nContent-Length: \xb9\r\n\r\nhello", body_regex="hello") == \
+        "True status 200, body matched 'hello'"
+    for report in ("1" + "0" * 310 + "%", "load average: " + "9" * 400):
+        try:
+            parse_report(report)
+            raise AssertionError(report)
+        except ValueError as e:
+            assert str(e).endswith("...' out of range"), e
