@@ -2,16 +2,24 @@
 127.0.0.1 and 127.0.0.2): the active's push is applied by the backup with its own instance name
 and the pushed serial, then both run "the same"; an older serial is refused and reported; an
 invalid configuration is refused with the validator's reason and changes nothing; a push signed
-with another key, or from an address that is not the peer's, is never read."""
+with another key, or from an address that is not the peer's, is never read; fuzzed pushes signed with
+the key are applied, refused (changing nothing) or dropped."""
 from __future__ import annotations
 
 import asyncio
+import json
+import logging
+import os
+import random
+import struct
 
 import pytest
 
 from lb.config import store
 from lb.ha import configsync
+from fuzzseed import SEED, named
 from ports import held_port
+from test_control_fuzz import mutated
 from test_web import DaemonEngine, write_config
 
 KEY = b"a shared key of enough bytes 0123"
@@ -138,3 +146,63 @@ def test_each_director_keeps_its_own_bgp_sessions(tmp_path):
     assert 'router_id = "198.18.0.3"' in b_path.read_text()
     assert str(a.cfg.bgp.router_id) == "198.18.0.2"
     assert sa.status()["same"] is True and sb.status()["same"] is True
+
+
+def test_fuzzed_pushes_from_the_peer_are_answered_or_dropped_and_change_nothing_when_refused(tmp_path, caplog):
+    """Pushes signed with the peer's key (a peer running other code, or one whose key leaked), their
+    JSON mutated as the control socket's fuzzer mutates requests: each is applied, answered with a
+    refusal that leaves the backup's file and configuration as they were, or dropped (not JSON: the
+    connection closed, counted); nothing escapes the server (no traceback in the log).  Seeded by
+    LB_FUZZ_SEED (tests/fuzzseed.py)."""
+    a, b, sa, sb = pair(tmp_path)
+    rng = random.Random(SEED)
+    doc = store.shared_document(a.cfg)
+    valid = [{"serial_no": a.cfg.serial_no, "identity": store.identity(a.cfg), "document": doc},
+             {"serial_no": a.cfg.serial_no, "identity": "0" * 16},
+             {"serial_no": 1, "identity": "1" * 16, "document": doc}]
+    results: dict[str, int] = {}
+
+    async def push_raw(body: bytes):
+        reader, writer = await asyncio.open_connection("127.0.0.2", sb.port, local_addr=("127.0.0.1", 0))
+        try:
+            cn = os.urandom(configsync.NONCE)
+            writer.write(configsync.MAGIC + cn)
+            await writer.drain()
+            sn = await reader.readexactly(configsync.NONCE)
+            writer.write(struct.pack("!I", len(body)) + body + configsync._mac(KEY, b"push", cn + sn, body))
+            await writer.drain()
+            try:
+                return await configsync._read_message(reader, KEY, b"reply", cn + sn)
+            except asyncio.IncompleteReadError:
+                return None                 # dropped: not a JSON object
+        finally:
+            writer.close()
+
+    async def body():
+        await sb.start()
+        try:
+            for _ in range(400):
+                raw = mutated(rng, rng.choice(valid)).rstrip(b"\n")
+                before = (b.cfg.path.read_bytes(), b.cfg)
+                reply = await push_raw(raw)
+                result = "dropped" if reply is None else reply["result"]
+                results[result] = results.get(result, 0) + 1
+                if result != "applied":
+                    assert (b.cfg.path.read_bytes(), b.cfg) == before, (raw[:300], reply)
+                if reply is not None:
+                    assert set(reply) == {"result", "error", "serial_no", "identity", "role"}, reply
+                    if result == "refused":
+                        assert isinstance(reply["error"], str) and reply["error"], reply
+                else:
+                    try:
+                        ok = isinstance(json.loads(raw), dict)
+                    except (ValueError, RecursionError):
+                        ok = False
+                    assert not ok, raw[:300]        # only what is no JSON object is dropped
+        finally:
+            await sb.stop()
+
+    with named(), caplog.at_level(logging.WARNING):
+        asyncio.run(body())
+        assert results.get("refused", 0) > 20 and results.get("dropped", 0) > 5, results
+        assert "Traceback" not in caplog.text and "Unhandled exception" not in caplog.text, caplog.text[-3000:]

@@ -59,6 +59,9 @@ def mutated(rng, req: dict) -> bytes:
     """Bytes of a mutated request line."""
     r = copy.deepcopy(req)
     for _ in range(rng.randint(1, 3)):
+        if not r:                       # every key deleted (a request without "cmd": configsync's)
+            r["extra"] = rng.choice(NASTY)
+            continue
         k = rng.choice(list(r))
         op = rng.random()
         if op < 0.15 and k != "cmd":

@@ -65,7 +65,10 @@ async def _read_message(reader, key: bytes, label: bytes, nonces: bytes) -> dict
     mac = await asyncio.wait_for(reader.readexactly(32), STEP_TIMEOUT)
     if not hmac.compare_digest(mac, _mac(key, label, nonces, body)):
         raise PermissionError("bad MAC (not our peer's key)")
-    msg = json.loads(body)
+    try:
+        msg = json.loads(body)
+    except RecursionError:
+        raise ValueError("JSON nested too deeply") from None
     if not isinstance(msg, dict):
         raise ValueError("not a JSON object")
     return msg
