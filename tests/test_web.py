@@ -16,6 +16,7 @@ import re
 import stat
 import sys
 from pathlib import Path
+from urllib.parse import quote
 
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
@@ -612,6 +613,62 @@ def test_fuzzed_form_posts_answer_cleanly_and_change_nothing_when_refused(consol
         assert sum(seen.values()) >= 1000 and seen.get(303) and seen.get(400), seen
         assert "Traceback" not in caplog.text and "Error handling request" not in caplog.text
 
+
+GET_PAGES = ["/", "/status", "/global", "/redundancy", "/virtual", "/virtual/edit", "/virtual/real",
+             "/virtual/real/edit", "/virtual/monitor", "/config", "/password", "/api/status", "/login"]
+
+
+def test_fuzzed_page_queries_answer_cleanly_and_change_nothing(console, caplog):
+    """Every page of the console asked with mutated query strings (the parameters it reads and
+    others, values from the form fuzzer's list, raw bytes percent-encoded): 200, a redirect, 400 or
+    404, never a 500 or a traceback, and nothing changed.  Seeded by LB_FUZZ_SEED."""
+    eng = engine(console)
+    rng = random.Random(SEED)
+    seen: dict[int, int] = {}
+
+    async def body(client):
+        await login(client)
+        before = (eng.cfg.path.read_bytes(), eng.cfg)
+        for _ in range(1000):
+            query = {}
+            for _ in range(rng.randint(0, 4)):
+                k = rng.choice(["vs", "rs", "part", "refresh", "name", "x", "vs[]", ""])
+                query[k] = str(rng.choice(NASTY + ["web", "rs1", "live", "5", "0"]))
+            qs = "&".join(f"{quote(k)}={quote(v)}" for k, v in query.items())
+            if rng.random() < 0.2:
+                qs += "&" + "".join(f"%{b:02X}" for b in rng.randbytes(rng.randrange(1, 12)))
+            page = rng.choice(GET_PAGES)
+            r = await client.get(f"{page}?{qs}", allow_redirects=False)
+            text = await r.text(errors="replace")
+            seen[r.status] = seen.get(r.status, 0) + 1
+            assert r.status in (200, 303, 400, 404), (page, qs[:300], r.status, text[:300])
+            assert "Traceback" not in text
+        assert (eng.cfg.path.read_bytes(), eng.cfg) == before
+
+    with named(), caplog.at_level(logging.ERROR):
+        run(console, body)
+        assert seen.get(200) and seen.get(400) and seen.get(404), seen
+        assert "Traceback" not in caplog.text and "Error handling request" not in caplog.text
+
+
+def test_requests_aiohttp_cannot_parse_are_one_counted_line_not_a_traceback_each(console, caplog):
+    """A request line over 8 KiB (or a bad header) is answered 400 by aiohttp, which logs it at
+    ERROR with a traceback: anyone who reaches the port could fill the log with them.  One warning
+    line at most every 10 s, the rest counted."""
+    caplog.set_level(logging.WARNING)
+    counted = webapp.filter_malformed_requests()
+    before = counted.count
+
+    async def body(client):
+        for _ in range(3):
+            r = await client.get("/status?x=" + "y" * 9000, allow_redirects=False)
+            assert r.status == 400
+        assert (await client.get("/login")).status == 200        # the console still answers
+    run(console, body)
+    assert counted.count - before == 3
+    lines = [r for r in caplog.records if r.name in ("lb.web", "aiohttp.server")]
+    assert len(lines) <= 1 and all(r.exc_info is None for r in lines), [r.getMessage() for r in lines]
+    assert "Traceback" not in caplog.text and "Error handling request" not in caplog.text
 
 # ---- lb passwd --------------------------------------------------------------------------------
 

@@ -50,12 +50,47 @@ from pathlib import Path
 from urllib.parse import quote, urlsplit
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 
 from lb import weight as lbweight
 from lb.config.model import endpoint_text as _endpoint
+from lb.tasks import RateLimitedLog
 from lb.web import assets, forms, password
 
 log = logging.getLogger("lb.web")
+
+
+class MalformedRequests(logging.Filter):
+    """aiohttp logs a request it cannot parse (a line over 8 KiB, a bad header: anyone who reaches
+    the port can send one) at ERROR with its traceback, once per request.  On "aiohttp.server" this
+    filter makes that a counted warning of one line, at most one per 10 s (the client got its 400)."""
+
+    def __init__(self):
+        super().__init__()
+        self.count = 0
+        self.limit = RateLimitedLog(log, 10.0)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if not isinstance(exc, HttpProcessingError):
+            return True
+        self.count += 1
+        peer = record.args[0] if isinstance(record.args, tuple) and record.args else "?"
+        what = " ".join(str(exc).split())
+        self.limit.log("malformed", logging.WARNING, "web: refused a malformed HTTP request from %s: %s",
+                       peer, what if len(what) <= 200 else what[:200] + "...")
+        return False
+
+
+def filter_malformed_requests() -> MalformedRequests:
+    """The process's one MalformedRequests on aiohttp's server logger (added at the first call)"""
+    server_log = logging.getLogger("aiohttp.server")
+    for f in server_log.filters:
+        if isinstance(f, MalformedRequests):
+            return f
+    f = MalformedRequests()
+    server_log.addFilter(f)
+    return f
 
 COOKIE = "lb_session"
 IDLE_TIMEOUT = 3600.0
@@ -195,6 +230,7 @@ class Console:
 
     # ---- the application ----
     def app(self) -> web.Application:
+        filter_malformed_requests()
         app = web.Application(middlewares=[self._guard], client_max_size=256 * 1024)
         r = app.router
         r.add_get("/", self.root)
