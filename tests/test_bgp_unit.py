@@ -6,6 +6,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import os
+import random
 import subprocess
 import sys
 import time
@@ -18,6 +19,7 @@ from lb.bgp.lease import Route, lease_holds, process_start, read_lease, write_le
 from lb.config import loads
 from lb.dataplane import RealSpec, ServiceSpec, TableSpec
 from lb.dataplane.spec import PortGroup
+from fuzzseed import SEED, named
 
 IP = ipaddress.ip_address
 
@@ -173,6 +175,48 @@ def test_agent_events_and_respawn(files) -> None:
     # ... under a new ExaBGP (empty RIB) it announces everything
     assert Agent(lease_file, status_file, speaker_pid=4343).step() == [Route("198.18.10.10/32").announce()]
 
+
+
+def test_fuzzed_exabgp_lines_leave_the_agent_running_and_its_status_readable(files) -> None:
+    """ExaBGP's lines mutated (fields retyped, nested, dropped, huge; JSON cut short or nested too
+    deeply; random bytes): the agent never raises, and the status it writes keeps every neighbor's
+    state and reason as text, its count of ups a number.  Seeded by LB_FUZZ_SEED."""
+    lease_file, status_file = files
+    write_lease(lease_file, [Route("198.18.10.10/32")], os.getpid(), 60.0)
+    a = Agent(lease_file, status_file, speaker_pid=4242)
+    a.step()
+    rng = random.Random(SEED)
+    nasty = [None, True, 0, -1, 2 ** 70, 1.5, "", "x" * 5000, [], {}, [[[[]]]], {"a": {"b": {}}}, "up", "down",
+             "198.18.0.254", "\x00\ud800"]
+    event = {"exabgp": "4.0.1", "type": "state", "neighbor": {
+        "address": {"local": "198.18.0.1", "peer": "198.18.0.254"}, "asn": {"local": 65001, "peer": 65000},
+        "state": "up", "reason": "peer reset"}}
+    with named():
+        for _ in range(3000):
+            e = json.loads(json.dumps(event))
+            for _ in range(rng.randint(1, 3)):
+                n = e.get("neighbor") if isinstance(e.get("neighbor"), dict) else {}
+                where = rng.choice([e, n] + [v for v in (n.get("address"), n.get("asn")) if isinstance(v, dict)])
+                k = rng.choice(list(where) + ["extra"])
+                if rng.random() < 0.2:
+                    where.pop(k, None)
+                else:
+                    where[k] = json.loads(json.dumps(rng.choice(nasty)))   # a copy: no value shared
+            line = json.dumps(e)
+            op = rng.random()
+            if op < 0.1:
+                line = line[:rng.randrange(len(line))]
+            elif op < 0.15:
+                line = "[" * rng.randrange(1000, 100000)
+            elif op < 0.2:
+                line = rng.randbytes(rng.randrange(200)).decode("utf-8", "replace")
+            a.on_line(line)
+        a.write_status(force=True)
+        doc = json.load(open(status_file))
+        assert doc["neighbors"], doc
+        for peer, n in doc["neighbors"].items():
+            assert isinstance(peer, str) and isinstance(n["state"], str) and isinstance(n.get("ups", 0), int), n
+            assert isinstance(n.get("reason", ""), str) and len(n.get("reason", "")) <= 200, n
 
 def test_agent_process_talks_exabgp_api(tmp_path) -> None:
     """`python -m lb.bgp.agent` as ExaBGP runs it: commands on stdout, events on stdin, exits at EOF."""

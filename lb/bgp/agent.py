@@ -81,7 +81,7 @@ class Agent:
             return
         try:
             msg = json.loads(line)
-        except ValueError:
+        except (ValueError, RecursionError):     # not JSON, or nested deeper than the parser goes
             return
         if not isinstance(msg, dict) or msg.get("type") != "state":
             return

@@ -92,6 +92,7 @@ def filter_malformed_requests() -> MalformedRequests:
     server_log.addFilter(f)
     return f
 
+
 COOKIE = "lb_session"
 IDLE_TIMEOUT = 3600.0
 MAX_SESSIONS = 32
