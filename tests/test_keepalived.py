@@ -13,6 +13,7 @@ import pytest
 
 from lb.cli.main import main
 from lb.config import ConfigError, format_of, keepalived, load, loads, totoml
+from fuzzseed import SEED, named
 
 DIR = Path(__file__).resolve().parent / "keepalived"
 REPO = DIR.parents[1]
@@ -319,23 +320,25 @@ def test_format_detection(tmp_path: Path) -> None:
 
 
 def test_limits_and_fuzz_give_config_or_config_error() -> None:
-    """Seeded mutations of the test files: each gives a Config or a ConfigError, nothing else."""
-    rng = random.Random(18)
+    """Seeded mutations of the test files (LB_FUZZ_SEED, tests/fuzzseed.py): each gives a Config or a
+    ConfigError, nothing else."""
+    rng = random.Random(SEED)
     texts = [(DIR / f).read_text() for f in FILES if f != "includes.conf"]
     alphabet = list("{}\"'#!$@ \n\\") + ["virtual_server", "real_server", "fwmark", "group", "${X}", "$X=",
                                         "include /dev/null", "999999999999", "-", "/", ":"]
-    for _ in range(300):
-        text = list(rng.choice(texts))
-        for _ in range(rng.randint(1, 8)):
-            i = rng.randrange(len(text))
-            if rng.random() < 0.5:
-                del text[i:i + rng.randint(1, 20)]
-            else:
-                text[i:i] = rng.choice(alphabet)
-        try:
-            keepalived.loads("".join(text), "fuzz.conf", config_id="x")
-        except ConfigError as e:
-            assert e.issues and all(i.path for i in e.issues)
+    with named():
+        for _ in range(2000):
+            text = list(rng.choice(texts))
+            for _ in range(rng.randint(1, 8)):
+                i = rng.randrange(len(text))
+                if rng.random() < 0.5:
+                    del text[i:i + rng.randint(1, 20)]
+                else:
+                    text[i:i] = rng.choice(alphabet)
+            try:
+                keepalived.loads("".join(text), "fuzz.conf", config_id="x")
+            except ConfigError as e:
+                assert e.issues and all(i.path for i in e.issues)
     # a parameter that expands itself stops, with a reason
     [(line, _, msg)] = error_of("$A=${A}${A}\nglobal_defs {\n  router_id ${A}\n}\n")
     assert line == 3 and msg.startswith("parameter substitution does not end")
