@@ -242,3 +242,34 @@ def test_what_the_fuzzer_found_in_answers():
             raise AssertionError(report)
         except ValueError as e:
             assert str(e).endswith("...' out of range"), e
+
+
+def test_the_peers_datagrams_in_any_order_with_replays_are_accepted_at_most_once():
+    """The peer's authentic messages over its restarts (boots one after another, each stream's
+    sequence numbers and timestamps rising), delivered in a random order with every one of them
+    possibly replayed: ReplayGuard accepts each (channel, kind, boot, sequence number) at most
+    once -- a replayed sync datagram would install its connections again."""
+    rng = random.Random(SEED)
+    t0 = 10**18
+    with named():
+        for _ in range(300):
+            msgs, ts = [], t0
+            for _boot in range(rng.randint(2, 4)):
+                boot = rng.randrange(1, 1 << 64)
+                seqs = {}
+                for _ in range(rng.randint(4, 40)):
+                    ts += rng.randrange(1, 10**9)
+                    typ = rng.choice([hb.T_HEARTBEAT, hb.T_HEARTBEAT, hb.T_SYNC])
+                    chan = rng.choice([hb.CH_PUBLIC, hb.CH_PRIVATE])
+                    seq = seqs[(typ, chan)] = seqs.get((typ, chan), 0) + 1
+                    msgs.append(hb.Message(typ, hb.S_ACTIVE, hb.NODE_PRIMARY, chan, boot, seq, ts, 0, b""))
+            guard, accepted = hb.ReplayGuard(), set()
+            now = ts
+            order = msgs + [rng.choice(msgs) for _ in range(len(msgs))]
+            # mostly in order (as sent), some late, some replayed
+            order.sort(key=lambda m: m.ts_ns + rng.randrange(0, 5 * 10**9))
+            for m in order:
+                if guard.check(m, now) is None:
+                    key = (m.channel, m.type == hb.T_SYNC, m.boot, m.seq)
+                    assert key not in accepted, (key, [(x.channel, x.type, x.boot % 1000, x.seq) for x in order])
+                    accepted.add(key)

@@ -23,8 +23,8 @@ boot's traffic is refused) and either a timestamp within ``max_skew`` of the rec
 the receiver's own current boot id as its echo -- proof that it was made after the receiver
 started, whatever the two clocks say, so a peer with a wrong clock is still heard (and reported)
 instead of being taken for dead.  A sync message is accepted only from a boot whose heartbeats
-were accepted.  Forged, replayed and malformed messages are dropped and counted; none of them can
-start or stop a failover.
+were accepted, and never from a boot its stream has left.  Forged, replayed and malformed
+messages are dropped and counted; none of them can start or stop a failover.
 """
 from __future__ import annotations
 
@@ -157,13 +157,21 @@ class _Stream:
     ts_ns: int = 0         # timestamp of the last accepted message
 
 
+RETIRED_BOOTS = 16           # boots a sync stream remembers having left
+
+
 @dataclass
 class ReplayGuard:
     """Per (sender node, channel, heartbeat or sync): refuses anything already accepted or older
-    than the window; see the module docstring for a new boot."""
+    than the window; see the module docstring for a new boot.  A heartbeat stream cannot go back
+    to an older boot (its timestamps would have to rise again); a sync stream, which has none to
+    compare, remembers the boots it left and never takes one of them again: otherwise a replayed
+    sync datagram of a boot whose heartbeats another channel still held could move it back and be
+    accepted a second time, installing its connections again."""
 
     max_skew_ns: int = 30_000_000_000
     streams: dict = field(default_factory=dict)
+    left: dict = field(default_factory=dict)      # sync stream key -> the boots it left, oldest first
 
     def check(self, m: Message, now_wall_ns: int, my_boot: int = 0) -> str | None:
         """None if fresh (and records it), else the reason: 'replay' or 'stale' (a new boot whose
@@ -173,8 +181,14 @@ class ReplayGuard:
         st = self.streams.get(key)
         if st is None or st.boot != m.boot:
             if sync:
+                if m.boot in self.left.get(key, ()):
+                    return "replay"      # a boot this stream has left
                 if not any(k[0] == m.node and not k[2] and s.boot == m.boot for k, s in self.streams.items()):
                     return "stale"       # not a boot whose heartbeats we accepted
+                if st is not None:
+                    left = self.left.setdefault(key, [])
+                    left.append(st.boot)
+                    del left[:-RETIRED_BOOTS]
             else:
                 if abs(now_wall_ns - m.ts_ns) > self.max_skew_ns and not (my_boot and m.echo == my_boot):
                     return "stale"
