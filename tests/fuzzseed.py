@@ -11,8 +11,9 @@ SEED = int(os.environ.get("LB_FUZZ_SEED", str(random.SystemRandom().randrange(1 
 
 @contextlib.contextmanager
 def named(seed: int = SEED):
-    """an assertion failing inside names the seed"""
+    """a failure inside (an assertion, or an exception the code under test let out) names the seed"""
     try:
         yield
-    except AssertionError as e:
-        raise AssertionError(f"fuzz seed {seed} (LB_FUZZ_SEED={seed} to repeat): {e}") from e
+    except Exception as e:
+        e.add_note(f"fuzz seed {seed} (LB_FUZZ_SEED={seed} to repeat)")
+        raise
