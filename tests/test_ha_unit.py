@@ -454,6 +454,34 @@ def test_skewed_clocks_one_active_and_a_clear_status(tmp_path):
     assert pair.roles() == {0: "backup", 1: "active"}
 
 
+
+def test_replays_of_the_peers_old_heartbeats_do_not_spoil_our_echo(tmp_path):
+    """With the clocks further apart than max_skew, a director's new boot is accepted by its peer
+    only through the echo: the peer's heartbeats echo the boot it last heard from.  Replays of the
+    restarted director's heartbeats from before its restart (captured on the wire, sent to the
+    peer with its address) must not turn that echo back to the old boot: the restarted backup
+    would never accept the active primary, and would become active too."""
+    pair = Pair(tmp_path, skew_s=120.0)
+    primary = pair.start(hb.NODE_PRIMARY)
+    pair.run(1.5)
+    old_backup = pair.start(hb.NODE_BACKUP)
+    pair.run(2.0)
+    assert pair.roles() == {0: "active", 1: "backup"}
+    captured = [old_backup.encode(c, hb.T_HEARTBEAT) for c in old_backup.channels]
+    backup = pair.start(hb.NODE_BACKUP)                  # the backup restarts: a new boot
+    deliver = pair._deliver
+
+    def with_replays(p, c, typ, state, payload):       # before each of the primary's datagrams,
+        if p is primary:                                # the old boot's heartbeats reach it again
+            for data, ch in zip(captured, primary.channels):
+                primary._receive(ch, "heartbeat", data)
+        deliver(p, c, typ, state, payload)
+    pair._deliver = with_replays
+    pair.run(5.0)
+    assert pair.roles() == {0: "active", 1: "backup"}
+    assert backup.machine.changes == 1 and primary.machine.changes == 1
+    assert backup.status()["peer"]["alive"]
+
 def test_peer_with_another_key_is_reported_as_heard_but_refused(tmp_path, caplog):
     import logging
 

@@ -361,6 +361,7 @@ class Pulse:
         self.machine = RoleMachine(me_primary, ha.keepalive, ha.deadtime, ha.preempt, clock())
         self.guard = hb.ReplayGuard(int(ha.max_skew * 1e9))
         self.peer_boot = 0                       # the peer's boot id as last authenticated: our echo
+        self.peer_boot_ts = 0                    # ... and the timestamp of the heartbeat that said it
         self.peer_skew: float | None = None      # peer's clock - ours (s), from its last heartbeat
         self.counters = {"rx": 0, "bad_auth": 0, "replay": 0, "stale": 0, "malformed": 0,
                          "wrong_channel": 0, "offpath": 0, "kernel_drops": 0, "standdown_rx": 0,
@@ -595,9 +596,14 @@ class Pulse:
             self._refuse(c, "bad_auth" if e.reason == "auth" else e.reason, e.detail)
             return
         wall = self.wall_ns()
-        if m.type != hb.T_SYNC:
-            self.peer_boot = m.boot               # authentic: echoed back, the peer's proof of freshness
         why = self.guard.check(m, wall, self.boot)
+        if m.type != hb.T_SYNC and (why is None or m.ts_ns > self.peer_boot_ts):
+            # authentic, and fresh or later than the one before: echoed back, the peer's proof of
+            # freshness (a refused one counts too: a new boot beyond max_skew is accepted only once
+            # it hears its own boot id echoed).  A replay of an older heartbeat -- the peer's boot
+            # before it restarted -- must not turn the echo back: its new boot would never be
+            # accepted, and would take over as if we were dead.
+            self.peer_boot, self.peer_boot_ts = m.boot, m.ts_ns
         if why is not None:
             detail = ""
             if why == "stale":
