@@ -1,6 +1,7 @@
 """pulse without a network: heartbeat codec (HMAC, replay window), the role state machine on a
 fake clock, and the connection sync codec/exporter."""
 import ipaddress
+import random
 import time
 
 import pytest
@@ -8,6 +9,8 @@ import pytest
 from lb.ha import heartbeat as hb
 from lb.ha import sync
 from lb.ha.pulse import ACTIVE, BACKUP, FAULT, LEAVING, STARTING, RoleMachine
+
+from fuzzseed import SEED, named
 
 KEY = b"k" * 32
 
@@ -481,6 +484,76 @@ def test_replays_of_the_peers_old_heartbeats_do_not_spoil_our_echo(tmp_path):
     assert pair.roles() == {0: "active", 1: "backup"}
     assert backup.machine.changes == 1 and primary.machine.changes == 1
     assert backup.status()["peer"]["alive"]
+
+
+
+def test_a_peer_that_cannot_hear_us_is_still_heard(tmp_path):
+    """A one-way link: the backup starts and hears the active primary, whose heartbeats never echo
+    the backup's boot (the backup's do not reach it).  After half a deadtime they are heard all the
+    same: the backup stays backup, as it did before heartbeats were heard only once echoing."""
+    pair = Pair(tmp_path)
+    primary = pair.start(hb.NODE_PRIMARY)
+    pair.run(1.5)
+    pair.cut.add(hb.NODE_BACKUP)
+    backup = pair.start(hb.NODE_BACKUP)
+    pair.run(5.0)
+    assert pair.roles() == {0: "active", 1: "backup"}
+    assert backup.machine.changes == 1 and primary.machine.changes == 1
+    assert backup.counters["unheard"] > 0 and backup.status()["peer"]["alive"]
+
+def _history(tmp_path, rng_seed, skew, restarts, attack):
+    """Two in-memory directors through a history of restarts, every datagram delivered; with
+    ``attack``, an eavesdropper also sends each director, now and then, datagrams captured from
+    its peer earlier (the peer's address and port spoofed).  The roles over time, sampled."""
+    rng = random.Random(rng_seed)
+    tmp_path.mkdir(parents=True)
+    pair = Pair(tmp_path, skew_s=skew)
+    captured = {hb.NODE_PRIMARY: [], hb.NODE_BACKUP: []}     # what went over the wire, by sender
+
+    def tapped(p, c, typ, state, payload):
+        data = p.encode(c, typ, state, payload)
+        other = pair.nodes.get(1 - p.node)
+        if other is None or p.node in pair.cut:
+            return
+        kind = "sync" if typ == hb.T_SYNC else "heartbeat"
+        if attack and captured[p.node] and rng.random() < 0.5:
+            for ch, k, old in rng.sample(captured[p.node], min(3, len(captured[p.node]))):
+                other._receive(other.channels[ch], k, old)
+        other._receive(other.channels[c.id], kind, data)
+        captured[p.node].append((c.id, kind, data))
+    pair._deliver = tapped
+    pair.start(hb.NODE_PRIMARY)
+    pair.run(1.5)
+    pair.start(hb.NODE_BACKUP)
+    seen = []
+    for who in restarts:
+        pair.run(2.0)
+        seen.append(sorted(pair.roles().items()))
+        if who == hb.NODE_PRIMARY:                 # gone for a while, then back
+            pair.cut.add(who)
+            del pair.nodes[who]
+            pair.run(1.5)
+            seen.append(sorted(pair.roles().items()))
+            pair.cut.clear()
+        pair.start(who)
+    pair.run(3.0)
+    seen.append(sorted(pair.roles().items()))
+    return seen, {n: p.machine.changes for n, p in pair.nodes.items()}
+
+
+def test_replayed_datagrams_never_change_a_role(tmp_path):
+    """Histories of restarts, the clocks together or apart (beyond max_skew too): replaying any
+    authentic datagram captured earlier, at any time, changes no role -- the roles over time and
+    the role changes are those of the same history without the eavesdropper.  Seeded by
+    LB_FUZZ_SEED."""
+    rng = random.Random(SEED)
+    with named():
+        for trial in range(8):
+            skew = rng.choice([0.0, 10.0, 120.0])
+            restarts = [rng.choice([hb.NODE_PRIMARY, hb.NODE_BACKUP]) for _ in range(rng.randint(1, 3))]
+            plain = _history(tmp_path / f"{trial}a", trial, skew, restarts, False)
+            attacked = _history(tmp_path / f"{trial}b", trial, skew, restarts, True)
+            assert attacked == plain, (skew, restarts, plain, attacked)
 
 def test_peer_with_another_key_is_reported_as_heard_but_refused(tmp_path, caplog):
     import logging

@@ -250,7 +250,8 @@ def cmd_status(args) -> int:
               + ("never" if lag is None else f"{lag:.1f}s ago") + f", pending {sy['pending']}, "
               f"sent {c['sync_tx_records']} received {c['sync_rx_records']} skipped {c['sync_skipped']};"
               f" ignored: forged {c['bad_auth']} replayed {c['replay']} stale {c['stale']}"
-              f" malformed {c['malformed']} off-path {c.get('offpath', 0)}")
+              f" malformed {c['malformed']} off-path {c.get('offpath', 0)}"
+              f" not heard {c.get('unheard', 0)}")
         if "lease_s" in ha:   # the data plane's lease (bpf/lb_lease.h): claims the addresses while it runs
             left = ha["lease_s"]
             if left is None:

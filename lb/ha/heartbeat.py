@@ -23,8 +23,10 @@ boot's traffic is refused) and either a timestamp within ``max_skew`` of the rec
 the receiver's own current boot id as its echo -- proof that it was made after the receiver
 started, whatever the two clocks say, so a peer with a wrong clock is still heard (and reported)
 instead of being taken for dead.  A sync message is accepted only from a boot whose heartbeats
-were accepted, and never from a boot its stream has left.  Forged, replayed and malformed
-messages are dropped and counted; none of them can start or stop a failover.
+were accepted, and never from a boot its stream has left.  The receiver (lb.ha.pulse) acts on
+the peer's state only from its newest message, and in its first half deadtime only from one made
+after the peer heard from it (echoing its boot id).  Forged, replayed and malformed messages are
+dropped and counted; none of them can start or stop a failover.
 """
 from __future__ import annotations
 

@@ -362,8 +362,10 @@ class Pulse:
         self.guard = hb.ReplayGuard(int(ha.max_skew * 1e9))
         self.peer_boot = 0                       # the peer's boot id as last authenticated: our echo
         self.peer_boot_ts = 0                    # ... and the timestamp of the heartbeat that said it
+        self.peer_echoed = 0                     # the peer's boot id whose heartbeats echo ours
+        self._started = clock()                  # until half a deadtime after: only echoing messages are heard
         self.peer_skew: float | None = None      # peer's clock - ours (s), from its last heartbeat
-        self.counters = {"rx": 0, "bad_auth": 0, "replay": 0, "stale": 0, "malformed": 0,
+        self.counters = {"rx": 0, "bad_auth": 0, "replay": 0, "stale": 0, "unheard": 0, "malformed": 0,
                          "wrong_channel": 0, "offpath": 0, "kernel_drops": 0, "standdown_rx": 0,
                          "sync_rx_records": 0, "sync_tx_records": 0, "sync_skipped": 0, "sync_pending": 0,
                          "sync_rejected": 0, "sync_expired": 0}
@@ -449,7 +451,7 @@ class Pulse:
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
-        self.machine.since = self.clock()     # listen a full deadtime from now
+        self.machine.since = self._started = self.clock()     # listen a full deadtime from now
         for c in self.channels:
             c.open()
             for ep in c.endpoints:
@@ -610,6 +612,25 @@ class Pulse:
                 detail = f"its clock differs from ours by {(m.ts_ns - wall) / 1e9:+.1f}s, max_skew {self.ha.max_skew:g}s"
             self._refuse(c, why, detail)
             return
+        # What the peer is now, the role machine hears only from its newest message: one that
+        # moved its stream's sequence number up (a late one, inside the window, is older news --
+        # or a capture of what we missed, replayed).  And a director that just started has no
+        # stream to compare the peer's first message with: the guard takes any authentic one up
+        # to max_skew old, whose state the peer may have left (a "backup" that makes a returning
+        # primary take over).  Until the peer's heartbeats echo our boot id (random per process,
+        # so made after we started; one keepalive after it hears us), its state is not heard for
+        # the first half deadtime -- after that it is, echo or not, so a peer that cannot hear us
+        # (a one-way link) is still heard before we would take it for dead.  Not heard, the
+        # message still counts as authentic (the echo above follows it), and a sync message's
+        # records are taken as before.  A peer too old to echo (empty payload) is heard at once.
+        stream = self.guard.streams[(m.node, m.channel, m.type == hb.T_SYNC)]
+        if m.type != hb.T_SYNC and (len(m.payload) != hb.ECHO.size or m.echo == self.boot):
+            self.peer_echoed = m.boot
+        heard = stream.top == m.seq and (m.boot == self.peer_echoed
+                                         or self.clock() - self._started >= self.ha.deadtime / 2)
+        if not heard and m.type != hb.T_SYNC:
+            self.counters["unheard"] += 1
+            return
         self.counters["rx"] += 1
         c.rx += 1
         now = self.clock()
@@ -620,7 +641,8 @@ class Pulse:
                 self._sync_queue.put_nowait(m.payload)
             except asyncio.QueueFull:
                 self.counters["sync_skipped"] += 1
-            self._act(self.machine.heard(now, m.state) if m.state != self.machine.peer_state else [])
+            if heard and m.state != self.machine.peer_state:
+                self._act(self.machine.heard(now, m.state))
             return
         self.peer_skew = (m.ts_ns - wall) / 1e9
         if abs(self.peer_skew) > self.ha.max_skew:
