@@ -140,11 +140,14 @@ class Browser:
                                      stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
         self.fwd = Forwarder(node, CHROMEDRIVER_PORT)
         wait_for(lambda: self._driver_up(), 30, "chromedriver")
+        # the browser's profile in the test's own directory (pytest removes old ones), not /tmp
+        profile = workdir / f"chromium-profile-{node}"
+        profile.mkdir(exist_ok=True)
         opts = webdriver.ChromeOptions()
         opts.binary_location = "/usr/bin/chromium"
         for a in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                   "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-dev-shm-usage",
-                  "--window-size=1280,900", f"--user-data-dir={tempfile.mkdtemp(prefix='lb-chromium-')}"):
+                  "--window-size=1280,900", f"--user-data-dir={profile}"):
             opts.add_argument(a)
         self.d = webdriver.Remote(command_executor=f"http://127.0.0.1:{self.fwd.port}", options=opts)
         self.d.set_page_load_timeout(30)
