@@ -209,3 +209,9 @@ class ReplayGuard:
             st.bits |= 1 << off
         st.ts_ns = max(st.ts_ns, m.ts_ns)
         return None
+
+    def newest(self, m: Message) -> bool:
+        """Whether m, just accepted by check(), moved its stream's sequence number up (a late one
+        inside the window is older news)"""
+        st = self.streams.get((m.node, m.channel, m.type == T_SYNC))
+        return st is not None and st.boot == m.boot and st.top == m.seq

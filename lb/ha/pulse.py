@@ -623,10 +623,9 @@ class Pulse:
         # (a one-way link) is still heard before we would take it for dead.  Not heard, the
         # message still counts as authentic (the echo above follows it), and a sync message's
         # records are taken as before.  A peer too old to echo (empty payload) is heard at once.
-        stream = self.guard.streams[(m.node, m.channel, m.type == hb.T_SYNC)]
         if m.type != hb.T_SYNC and (len(m.payload) != hb.ECHO.size or m.echo == self.boot):
             self.peer_echoed = m.boot
-        heard = stream.top == m.seq and (m.boot == self.peer_echoed
+        heard = self.guard.newest(m) and (m.boot == self.peer_echoed
                                          or self.clock() - self._started >= self.ha.deadtime / 2)
         if not heard and m.type != hb.T_SYNC:
             self.counters["unheard"] += 1
