@@ -1012,6 +1012,9 @@ class Engine:
                               "downs": mon.downs if mon else 0, "ups": mon.ups if mon else 0,
                               "checks": mon.checks if mon else 0,
                               "failures": mon.failures if mon else 0,
+                              "not_run": mon.not_run if mon else 0,
+                              "last_not_run": None if mon is None or mon.last_not_run is None else
+                              {"detail": mon.last_not_run.detail, "at": mon.last_not_run.at},
                               "reason": mon.reason if mon else None,
                               "dynamic_weight": self.weights.get(key),
                               "override": self.overrides.get(key),

@@ -84,3 +84,27 @@ def check_director() -> None:
     check_root()
     check_arch()
     check_bpffs()
+
+
+def raise_open_files_limit() -> tuple[int, int]:
+    """The soft limit on open files raised to the hard one: (before, after).  systemd starts a
+    service at 1024 (its hard limit is far higher), and a director checking a thousand real
+    servers at once needs more than that -- a check that cannot open a socket is not run (and
+    not counted against its server), but it is not done either."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = hard
+    if hard == resource.RLIM_INFINITY:        # the kernel's ceiling: fs.nr_open
+        try:
+            with open("/proc/sys/fs/nr_open") as f:
+                want = int(f.read())
+        except (OSError, ValueError):
+            want = 1 << 20
+    if soft != resource.RLIM_INFINITY and soft < want:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+            return soft, want
+        except (ValueError, OSError):
+            pass
+    return soft, soft

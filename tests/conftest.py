@@ -192,7 +192,7 @@ class LbProcess:
     wait_running() waits for READY=1, sent once the programs are attached and the table applied."""
 
     def __init__(self, lab, config: str, log_path: Path, node: str = "director", instance: str = LAB_INSTANCE,
-                 extra=(), env: dict | None = None, lb_bin: str | None = None):
+                 extra=(), env: dict | None = None, lb_bin: str | None = None, preexec_fn=None):
         from lb.sdnotify import Listener
 
         self.lab = lab
@@ -204,7 +204,8 @@ class LbProcess:
         self._log = open(self.log_path, "wb")
         self.proc = lab.popen(node, [lb_bin or LB_BIN, "run", "--config", self.config, *extra],
                               stdin=subprocess.DEVNULL, stdout=self._log, stderr=subprocess.STDOUT,
-                              start_new_session=True, env={**os.environ, **(env or {}), **self.notify.env()})
+                              start_new_session=True, env={**os.environ, **(env or {}), **self.notify.env()},
+                              preexec_fn=preexec_fn)
         self.pid = self.proc.pid
         self.ready_at: float | None = None
 

@@ -549,6 +549,93 @@ def test_on_change_exception_is_contained():
     assert m.observe(FAIL, 0.0) is False and m.state == "down"
 
 
+NOT_RUN = CheckResult(False, "not run on this director: Too many open files", 0.0, 0.0, not_run=True)
+
+
+def test_a_check_not_run_is_no_observation(caplog):
+    """A director out of file descriptors cannot check its servers: that is not the servers'
+    failure.  The state stays, the blind time counts neither as silence nor as being alive, and
+    it is counted and logged (once a minute for all monitors)."""
+    m, clock, calls = make()
+    feed(m, clock, 0, OK)
+    feed(m, clock, 2, FAIL)
+    with caplog.at_level("WARNING", logger="lb.health"):
+        for t in range(4, 100, 2):     # 96 s without a check: far over the 10 s timeout
+            assert feed(m, clock, t, NOT_RUN) is None
+    assert m.state == "up" and calls == [] and m.not_run == 48 and m.last is FAIL
+    assert m.checks == 2 and m.failures == 1 and m.last_not_run is NOT_RUN
+    lines = [r.getMessage() for r in caplog.records if "Too many open files" in r.getMessage()]
+    assert len(lines) == 1 and "keep their states" in lines[0]
+    # silence so far: 0 -> 2 and 98 -> now; down once it reaches 10 s of checks that ran
+    assert feed(m, clock, 100, FAIL) is None       # 4 s
+    assert feed(m, clock, 104, FAIL) is None       # 8 s
+    assert feed(m, clock, 106, FAIL) is False      # 10 s
+    assert "no successful check for 10.0s" in calls[0][3]
+    # down: the reentry clock does not run while checks cannot
+    assert feed(m, clock, 110, OK) is None
+    for t in range(112, 200, 2):
+        assert feed(m, clock, t, NOT_RUN) is None
+    assert feed(m, clock, 226, OK) is None         # 198 -> 226: 28 s alive (110 -> 112 unseen too)
+    assert feed(m, clock, 228, OK) is True         # 30 s of successes that ran
+    assert "checks succeeded for 30.0s" in calls[1][3]
+
+
+_LOW_FD_MONITORS = """
+import asyncio, json, resource, sys
+from lb.health import CheckSpec, Monitor, NannyPolicy
+port, n = int(sys.argv[1]), int(sys.argv[2])
+resource.setrlimit(resource.RLIMIT_NOFILE, (64, resource.getrlimit(resource.RLIMIT_NOFILE)[1]))
+async def main():
+    downs = []
+    ms = [Monitor(i, CheckSpec("tcp", "127.0.0.1", port, connect_timeout=2), NannyPolicy(interval=0.2, timeout=0,
+                  reentry=0), lambda k, up, why: downs.append(why)) for i in range(n)]
+    tasks = [m.start() for m in ms]
+    await asyncio.sleep(2)
+    for t in tasks:
+        t.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+    print(json.dumps({"downs": downs, "not_run": sum(m.not_run for m in ms), "checks": sum(m.checks for m in ms),
+                      "ok": sum(m.checks - m.failures for m in ms), "up": sum(m.up for m in ms)}))
+asyncio.run(main())
+"""
+
+
+def test_monitors_out_of_file_descriptors_keep_their_servers_up():
+    """200 monitors in a process allowed 64 file descriptors, checking a server that answers:
+    the checks that could not open a socket are not run, not failed -- no server goes down
+    (before, every one did, with 'Too many open files' as the server's reason)."""
+    import sys
+    listener = socket.create_server((HOST, 0), backlog=4096)
+    port = listener.getsockname()[1]
+    stop = False
+
+    def accept():
+        while not stop:
+            try:
+                c, _ = listener.accept()
+            except OSError:
+                return
+            c.close()
+
+    import threading
+    t = threading.Thread(target=accept, daemon=True)
+    t.start()
+    try:
+        out = subprocess.run([sys.executable, "-c", _LOW_FD_MONITORS, str(port), "200"], capture_output=True,
+                             text=True, timeout=60)
+    finally:
+        stop = True
+        listener.close()
+        t.join(5)
+    assert out.returncode == 0, out.stderr
+    import json
+    r = json.loads(out.stdout)
+    assert r["not_run"] > 0, r            # the limit was hit (else the test shows nothing)
+    assert r["ok"] > 200, r               # and checks that could run did
+    assert r["downs"] == [] and r["up"] == 200, r
+    assert "Too many open files" in out.stderr and "keep their states" in out.stderr
+
+
 # --------------------------------------------------------------------------------------------
 # Monitor.run against a real server, small intervals
 

@@ -294,6 +294,32 @@ def test_status_shows_the_override(eng):
     assert (reals["rs2"]["override"], reals["rs2"]["weight"], reals["rs2"]["weight_source"]) == (None, 1, "configured")
 
 
+def test_status_shows_checks_not_run(eng, monkeypatch, capsys):
+    """A check the director could not run (out of file descriptors) is in the status, `lb
+    status` and not in the server's failures; the server stays up."""
+    from lb.cli import main as cli_main
+    from lb.health import CheckResult, CheckSpec, Monitor, NannyPolicy
+
+    k1 = key(eng, "rs1")
+    mon = Monitor(k1, CheckSpec("tcp", "198.18.1.11", 80), NannyPolicy(timeout=0), None, lambda: 5.0)
+    mon.observe(CheckResult(True, "connected", 0.001, 1000.0))
+    for _ in range(3):
+        mon.observe(CheckResult(False, "not run on this director: Too many open files", 0.0, 1002.0, not_run=True))
+    eng.monitors[k1] = (mon.spec, mon.policy, mon, None)
+    doc = eng.status()
+    rs1 = doc["services"][0]["real_servers"][0]
+    assert (rs1["health"], rs1["checks"], rs1["failures"], rs1["not_run"]) == ("up", 1, 0, 3)
+    assert rs1["last_not_run"] == {"detail": "not run on this director: Too many open files", "at": 1002.0}
+    assert rs1["last_check"]["ok"] is True
+    monkeypatch.setattr(cli_main, "_control", lambda args, what: {"ok": True, "status": doc})
+    rc, out, _ = cli(capsys, "status")
+    lines = out.splitlines()
+    at = next(i for i, li in enumerate(lines) if "-> rs1" in li)
+    assert "last check ok" in lines[at] and any(
+        re.fullmatch(r" +3 checks not run \(the director's own resources\), the last \S+: not run on this "
+                     r"director: Too many open files", li) for li in lines[at + 1:at + 4]), out
+
+
 # ---- the control socket, the run loop and the CLI ---------------------------------------------
 
 @pytest.fixture

@@ -331,6 +331,18 @@ def test_bpffs_and_architecture_messages(tmp_path):
     assert bpfsys._nr_bpf("x86_64") == 321 and bpfsys._nr_bpf("aarch64") == 280
 
 
+def test_open_files_limit_is_raised_to_the_hard_one():
+    """systemd starts a service with 1024 open files (soft): lb run raises it to the hard limit,
+    so a thousand real servers' checks find their sockets (the unit test below sees it done)."""
+    import sys
+    code = ("import resource; from lb import preflight; "
+            "resource.setrlimit(resource.RLIMIT_NOFILE, (1024, 4096)); "
+            "print(*preflight.raise_open_files_limit(), *resource.getrlimit(resource.RLIMIT_NOFILE))")
+    p = run([sys.executable, "-c", code])
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.split() == ["1024", "4096", "4096", "4096"]
+
+
 def test_logs_under_journald_have_no_time_and_a_priority(tmp_path, scratch_netns):
     """With stderr the journal's (JOURNAL_STREAM names it), lines are "<priority>logger: text":
     journald stamps them and filters by the priority."""
@@ -452,7 +464,13 @@ def unit_start(lb_runner, tmp_path, network: str, n: int = 0):
     assert argv[1:4] == ["run", "--config", str(CONFIGS[network])], argv
     from conftest import LbProcess
 
-    proc = LbProcess(lb_runner.lab, CONFIGS[network], tmp_path / f"lb-unit-{n}.log", extra=argv[4:])
+    def systemds_limits():
+        """a service's open files as systemd sets them: 1024 soft, the hard limit high"""
+        import resource
+        resource.setrlimit(resource.RLIMIT_NOFILE, (1024, resource.getrlimit(resource.RLIMIT_NOFILE)[1]))
+
+    proc = LbProcess(lb_runner.lab, CONFIGS[network], tmp_path / f"lb-unit-{n}.log", extra=argv[4:],
+                     preexec_fn=systemds_limits)
     lb_runner.procs.append(proc)
     return proc, cmds
 
@@ -516,6 +534,11 @@ def test_ready_only_once_forwarding_and_a_second_run_refuses(lab, lb_runner, tmp
         finally:
             os.kill(proc.pid, signal.SIGCONT)
         assert status == 200 and body.strip() in SERVERS
+        # started with systemd's 1024 open files, it took the hard limit
+        import resource
+        limits = re.search(r"Max open files\s+(\d+)\s+(\d+)", Path(f"/proc/{proc.pid}/limits").read_text())
+        hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+        assert limits and int(limits.group(1)) == int(limits.group(2)) == hard > 1024, limits
         statuses = proc.notify.statuses()
         assert statuses[:3] == ["loading the data plane", "loading the XDP programs (compile cache)",
                                 "applying the table"] or statuses[:3] == [

@@ -27,6 +27,9 @@ def cmd_run(args) -> int:
     except preflight.HostError as e:
         print(f"lb: {e}", file=sys.stderr)
         return 2
+    before, after = preflight.raise_open_files_limit()
+    if after != before:
+        logging.getLogger("lb").debug("open files: limit %d raised to %d", before, after)
     try:
         cfg = lbconfig.load(args.config)
     except lbconfig.ConfigError as e:
@@ -42,6 +45,11 @@ def cmd_run(args) -> int:
     from lb import engine
 
     engine.log_warnings(cfg)
+    reals = sum(len(vs.real_servers) for vs in cfg.virtual_servers)
+    if after < reals + 256:
+        logging.getLogger("lb").warning(
+            "open files limited to %d (its hard limit) for %d real servers: health checks that find no file "
+            "descriptor are not run; raise it (LimitNOFILE= in the unit, ulimit -Hn)", after, reals)
 
     return engine.run(cfg, xdp_mode=args.xdp_mode, dataplane=args.dataplane, on_sigterm=args.on_sigterm)
 
@@ -304,6 +312,10 @@ def cmd_status(args) -> int:
                 print(f"     {w.text()}")
             if r.get("reason"):
                 print(f"     {'up' if r['health'] == 'up' else 'down'} since {_fmt_time(r['since'])}: {r['reason']}")
+            skipped = r.get("last_not_run")
+            if r.get("not_run") and skipped:
+                print(f"     {r['not_run']} checks not run (the director's own resources), the last "
+                      f"{_fmt_time(skipped['at'])}: {skipped['detail']}")
             load = r.get("load")
             if load and load.get("at"):
                 print(f"     load monitor ({load['kind']}) {'ok' if load['ok'] else 'FAIL'} {_fmt_time(load['at'])}: "

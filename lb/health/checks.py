@@ -1,7 +1,9 @@
 """One-shot health checks (the probes Piranha's nanny ran), as asyncio coroutines.
 
 :func:`run_check` runs one :class:`CheckSpec` and never raises (except for task cancellation):
-every error becomes ``CheckResult(ok=False, detail=...)``.
+every error becomes ``CheckResult(ok=False, detail=...)``.  An error of the director's own
+resources (LOCAL_ERRNOS: out of file descriptors, of memory, of processes) says nothing of the
+real server: its result is ``not_run``, which lb.health.monitor does not count against the server.
 
 ``CheckSpec.connect_timeout`` bounds the *whole* check (connect, send, reading the reply, or the
 program's run time), not only the TCP handshake.  Reads are bounded in bytes too: send/expect
@@ -18,6 +20,7 @@ environment) with ``LB_HOST`` and ``LB_PORT`` set to the real server's address a
 from __future__ import annotations
 
 import asyncio
+import errno
 import hashlib
 import re
 import shlex
@@ -27,13 +30,17 @@ from dataclasses import dataclass
 
 from lb import programs
 
-__all__ = ["KINDS", "CheckSpec", "CheckResult", "decode_escapes", "program_argv", "run_check"]
+__all__ = ["KINDS", "LOCAL_ERRNOS", "CheckSpec", "CheckResult", "decode_escapes", "program_argv", "run_check"]
 
 KINDS = ("tcp", "send_expect", "udp", "http", "https", "program")
 
 READ_LIMIT = 4096        # send_expect: bytes read while looking for `expect`
 BODY_LIMIT = 64 * 1024   # http(s): body bytes matched against body_regex; also the header limit
 SNIP = 120               # characters of a reply quoted in a detail
+
+# A check that fails with one of these never reached the real server: the director is out of
+# file descriptors (its own or the system's), socket buffers, memory, or processes (fork)
+LOCAL_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM, errno.EAGAIN})
 
 _ESCAPES = {"n": "\n", "r": "\r", "t": "\t", "\\": "\\", "'": "'", '"': '"'}
 _SUBST = re.compile(r"%([hp%])")
@@ -70,6 +77,7 @@ class CheckResult:
     detail: str
     duration: float           # seconds the check took
     at: float                 # time.time() when the check finished
+    not_run: bool = False     # the director could not run it (LOCAL_ERRNOS): nothing of the server
 
 
 def decode_escapes(s: str) -> str:
@@ -375,6 +383,7 @@ _CHECKS = {
 async def run_check(spec: CheckSpec) -> CheckResult:
     """Run one check. Never raises (other than CancelledError): failures are ok=False with a detail."""
     t0 = time.monotonic()
+    not_run = False
     try:
         fn = _CHECKS.get(spec.kind)
         if fn is None:
@@ -394,6 +403,8 @@ async def run_check(spec: CheckSpec) -> CheckResult:
     except OSError as e:
         msg = e.strerror or str(e) or type(e).__name__
         ok, detail = False, f"{msg}: {e.filename}" if e.filename else msg
+        if e.errno in LOCAL_ERRNOS:
+            not_run, detail = True, f"not run on this director: {detail}"
     except Exception as e:
         ok, detail = False, f"{type(e).__name__}: {e}"
-    return CheckResult(ok=ok, detail=detail, duration=time.monotonic() - t0, at=time.time())
+    return CheckResult(ok=ok, detail=detail, duration=time.monotonic() - t0, at=time.time(), not_run=not_run)

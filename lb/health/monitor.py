@@ -9,6 +9,10 @@ State machine (Piranha's nanny):
 * While down it comes back up only after checks have succeeded continuously for
   ``policy.reentry`` seconds, counted from the first success of the current run; any failure
   restarts that clock.  reentry <= 0 means the first success brings it back.
+* A check the director could not run (``CheckResult.not_run``: out of file descriptors, memory
+  or processes here) is no observation of the server: its state stays, the time until the next
+  real observation counts neither as silence (timeout) nor as being alive (reentry), and it is
+  counted (``not_run``) and logged at most once a minute for all monitors together.
 
 :meth:`Monitor.observe` is the state machine (no I/O: it takes the time explicitly); on a
 transition it logs (logger ``lb.health``), counts and calls ``on_change(key, up, reason)``.
@@ -25,13 +29,16 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from lb.tasks import TaskStats, supervise
+from lb.tasks import RateLimitedLog, TaskStats, supervise
 
 from .checks import CheckResult, CheckSpec, run_check
 
 __all__ = ["NannyPolicy", "Monitor"]
 
 log = logging.getLogger("lb.health")
+# one line a minute for every monitor's checks that could not run (a director out of file
+# descriptors has them all fail at once)
+_not_run_log = RateLimitedLog(log, 60.0)
 
 
 @dataclass(frozen=True)
@@ -62,6 +69,9 @@ class Monitor:
         self.failures = 0                    # ... of them failed
         self._ref: float | None = None       # last success (or first observation): timeout base
         self._ok_since: float | None = None  # first success of the current run of successes
+        self._seen: float | None = None      # the last result, run or not
+        self.not_run = 0                     # checks the director could not run (no observation)
+        self.last_not_run: CheckResult | None = None
         self.supervision = TaskStats()       # restarts after an unexpected error
 
     @property
@@ -75,6 +85,9 @@ class Monitor:
         """Feed one result at time `now` (default: clock()); return the new up/down on a transition, else None."""
         if now is None:
             now = self.clock()
+        if result.not_run:
+            return self._not_run(result, now)
+        self._seen = now
         self.last = result
         self.checks += 1
         if self._ref is None:
@@ -97,6 +110,21 @@ class Monitor:
             if alive >= self.policy.reentry:
                 return self._transition(True, now, f"checks succeeded for {alive:.1f}s "
                                         f"(reentry {self.policy.reentry:g}s): {result.detail}")
+        return None
+
+    def _not_run(self, result: CheckResult, now: float) -> None:
+        """No observation: the time since the last result is taken off both clocks."""
+        if self._seen is not None:
+            blind = max(0.0, now - self._seen)
+            if self._ref is not None:
+                self._ref += blind
+            if self._ok_since is not None:
+                self._ok_since += blind
+        self._seen = now
+        self.not_run += 1
+        self.last_not_run = result
+        _not_run_log.log(result.detail, logging.WARNING, "health checks %s (%s and others): the real servers "
+                         "keep their states until their checks run again", result.detail, self.key)
         return None
 
     def _transition(self, up: bool, now: float, reason: str) -> bool:
