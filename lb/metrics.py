@@ -9,8 +9,11 @@ scrapes.  Two sources:
   ``defense_status``), read in the scrape's own thread the way `lb list` and `lb status` read them
   (the pinned maps, or the kernel's IPVS table).
 
-The HTTP server is prometheus_client's threaded WSGI server, so a scrape runs in its own thread
-and the engine's loop never waits for one.  docs/metrics.md lists every metric
+The HTTP server is prometheus_client's WSGI application in a threaded server, so a scrape runs in
+its own thread and the engine's loop never waits for one; at most MAX_CONNECTIONS connections are
+served at once (more are closed as they come), one that says nothing for IDLE_TIMEOUT seconds is
+closed, and a connection that breaks off is counted, not logged with a traceback: whoever
+reaches the port cannot pile up the daemon's threads and file descriptors.  docs/metrics.md lists every metric
 (tests/test_metrics.py holds it to what the collector emits); docs/grafana-dashboard.json shows
 them.
 """
@@ -19,6 +22,9 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import logging
+import socket
+import threading
+from wsgiref.simple_server import WSGIRequestHandler, make_server
 
 from prometheus_client.core import (
     CollectorRegistry,
@@ -34,6 +40,8 @@ from lb.config.model import endpoint_text
 log = logging.getLogger("lb.metrics")
 
 SNAPSHOT_TIMEOUT = 5.0          # the engine's loop answers in microseconds; this bounds a stuck one
+MAX_CONNECTIONS = 32            # connections served at once (Prometheus scrapes with one)
+IDLE_TIMEOUT = 10.0             # seconds a connection may say nothing
 
 # the labels of a virtual service and of one of its real servers
 SERVICE_LABELS = ("service", "protocol", "vip", "vport", "fwmark")
@@ -241,6 +249,9 @@ class Collector:
         f.counter("lb_real_server_health_checks_total", "health checks run", REAL_LABELS, labels, r.get("checks"))
         f.counter("lb_real_server_health_check_failures_total", "health checks that failed", REAL_LABELS, labels,
                   r.get("failures"))
+        f.counter("lb_real_server_health_checks_not_run_total", "health checks the director could not run (out of "
+                  "file descriptors, memory or processes): not counted against the server", REAL_LABELS, labels,
+                  r.get("not_run"))
         for to, key in (("down", "downs"), ("up", "ups")):
             f.counter("lb_real_server_health_transitions_total", "times the health check took it down or "
                       "brought it back", REAL_LABELS + ("to",), labels + (to,), r.get(key))
@@ -347,6 +358,50 @@ class Collector:
             f.counter(f"lb_ha_sync_{what}_records_total", f"connection records {what}", (), (), counters.get(key))
 
 
+class _Handler(WSGIRequestHandler):
+    timeout = IDLE_TIMEOUT          # the socket's: a silent client's read ends in TimeoutError
+
+    def log_message(self, format, *args):   # noqa: A002 - the base class's name
+        pass                        # no line per request on stderr
+
+
+def _server_class(family: int):
+    from prometheus_client.exposition import ThreadingWSGIServer
+
+    class Server(ThreadingWSGIServer):
+        """A thread a connection, at most MAX_CONNECTIONS of them; the rest closed at once."""
+        address_family = family
+        request_queue_size = 2 * MAX_CONNECTIONS    # the listen backlog (socketserver's is 5)
+
+        def server_activate(self):
+            self.slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
+            self.refused = 0            # connections closed for want of a slot
+            self.broken = 0             # connections that timed out or broke off
+            super().server_activate()
+
+        def process_request(self, request, client_address):
+            if not self.slots.acquire(blocking=False):
+                self.refused += 1
+                self.shutdown_request(request)
+                return
+            try:
+                super().process_request(request, client_address)
+            except BaseException:
+                self.slots.release()
+                raise
+
+        def process_request_thread(self, request, client_address):
+            try:
+                super().process_request_thread(request, client_address)
+            finally:
+                self.slots.release()
+
+        def handle_error(self, request, client_address):
+            self.broken += 1            # socketserver would print a traceback to stderr
+
+    return Server
+
+
 class MetricsServer:
     """The /metrics endpoint of one engine: started by Engine.run, restarted when a reload
     changes [metrics], stopped before the data plane closes."""
@@ -360,7 +415,7 @@ class MetricsServer:
 
     def start(self, settings) -> bool:
         """Serve on settings.listen; False (after an error line) when the address cannot be bound."""
-        from prometheus_client import start_http_server
+        from prometheus_client import make_wsgi_app
         from prometheus_client.gc_collector import GCCollector
         from prometheus_client.platform_collector import PlatformCollector
         from prometheus_client.process_collector import ProcessCollector
@@ -373,10 +428,14 @@ class MetricsServer:
         for extra in (ProcessCollector, PlatformCollector, GCCollector):
             extra(registry=registry)
         try:
-            self.httpd, self.thread = start_http_server(settings.port, str(settings.address), registry)
+            family = socket.AF_INET6 if settings.address.version == 6 else socket.AF_INET
+            self.httpd = make_server(str(settings.address), settings.port, make_wsgi_app(registry),
+                                     _server_class(family), handler_class=_Handler)
         except OSError as e:     # forwarding goes on; only the metrics are missing
             log.error("metrics: cannot listen on %s: %s", settings.listen, e)
             return False
+        self.thread = threading.Thread(target=self.httpd.serve_forever, name="metrics", daemon=True)
+        self.thread.start()
         log.info("metrics on http://%s/metrics", endpoint_text(settings.address, self.port))
         return True
 

@@ -40,7 +40,7 @@ def status(ha=True):
         "services": [
             {"name": "web", "protocol": "tcp", "address": "198.18.0.10", "port": 80, "fwmark": 0,
              "on_sorry_server": False, "real_servers": [
-                 real("rs1", "198.18.1.11", checks=9, failures=2, ups=1, downs=1,
+                 real("rs1", "198.18.1.11", checks=9, failures=2, ups=1, downs=1, not_run=4,
                       last_check={"ok": True, "detail": "ok", "at": 998.5, "duration": 0.0042}),
                  real("rs2", "198.18.1.12", weight=0, weight_source="down", health="down", checks=9, failures=9,
                       downs=1, last_check={"ok": False, "detail": "refused", "at": 999.0, "duration": 3.0})]},
@@ -141,6 +141,7 @@ def test_real_server_counters_and_status():
             value(s, "lb_real_server_persistence_templates", **rs1)) == (2, 5, 1)
     assert value(s, "lb_real_server_health_checks_total", **rs1) == 9
     assert value(s, "lb_real_server_health_check_failures_total", **rs1) == 2
+    assert value(s, "lb_real_server_health_checks_not_run_total", **rs1) == 4
     assert value(s, "lb_real_server_health_transitions_total", to="down", **rs1) == 1
     assert value(s, "lb_real_server_last_health_check_duration_seconds", **rs1) == 0.0042
     assert value(s, "lb_real_server_last_health_check_timestamp_seconds", **rs1) == 998.5
@@ -364,3 +365,57 @@ def test_endpoint_off_and_unbindable(caplog):
     url = asyncio.run(main())
     assert "metrics: cannot listen on 127.0.0.1:" in caplog.text
     assert f"metrics on {url}" in caplog.text                   # the bound port, not 0
+
+
+def test_endpoint_bounds_what_a_client_can_hold(monkeypatch, capfd):
+    """Whoever reaches the port: connections over MAX_CONNECTIONS are closed at once, a silent one
+    after IDLE_TIMEOUT, a request cut off is counted -- never a traceback on stderr -- and a
+    scrape is answered once they are gone."""
+    import socket
+    import time
+
+    monkeypatch.setattr(metrics._Handler, "timeout", 2.0)
+
+    async def main():
+        eng = FakeEngine()
+        eng.dp.release.set()
+        server = await metrics.start(eng)
+        loop = asyncio.get_running_loop()
+
+        def hold():
+            held = [socket.create_connection(("127.0.0.1", server.port), timeout=5)
+                    for _ in range(metrics.MAX_CONNECTIONS + 8)]
+            t0 = time.monotonic()
+            closed = []
+            time.sleep(0.3)                # the server took them all (in the order they came)
+            for s in held[metrics.MAX_CONNECTIONS:] + held[:metrics.MAX_CONNECTIONS]:
+                s.settimeout(5)
+                try:
+                    closed.append((s.recv(1), time.monotonic() - t0))
+                except OSError as e:       # a reset is a close too
+                    closed.append((type(e).__name__, time.monotonic() - t0))
+                s.close()
+            with socket.create_connection(("127.0.0.1", server.port), timeout=5) as s:
+                s.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\n")     # and no end of headers
+                s.shutdown(socket.SHUT_WR)
+                s.recv(100)
+            return closed
+
+        try:
+            closed = await loop.run_in_executor(None, hold)
+            text = await loop.run_in_executor(None, lambda: urllib.request.urlopen(
+                f"http://127.0.0.1:{server.port}/metrics", timeout=30).read().decode())
+            refused, broken = server.httpd.refused, server.httpd.broken
+        finally:
+            await loop.run_in_executor(None, server.stop)
+        return closed, text, refused, broken
+
+    closed, text, refused, broken = asyncio.run(main())
+    assert all(c in (b"", "ConnectionResetError") for c, _ in closed), closed
+    # the last 8 closed at once, the first MAX_CONNECTIONS held until the idle timeout
+    assert refused == 8 and broken >= metrics.MAX_CONNECTIONS, (refused, broken)
+    assert all(t < 1.0 for _, t in closed[:8]), closed
+    assert all(1.0 < t < 10 for _, t in closed[8:]), closed
+    assert value(parse(text), "lb_up") == 1
+    err = capfd.readouterr().err
+    assert "Traceback" not in err and "Exception" not in err, err
