@@ -331,6 +331,7 @@ def remove_ha_dataplane(lab) -> None:
             lab.run(node, ["ip", "link", "set", "dev", dev, "up"], check=False, timeout=10)
             for mode in ("xdp", "xdpgeneric", "xdpdrv"):
                 lab.run(node, ["ip", "link", "set", "dev", dev, mode, "off"], check=False, timeout=10)
+        lab.restore_addresses(node)     # its IPv6 addresses went with a link taken down
         lab.run(node, ["ip", "addr", "del", "198.18.0.10/32", "dev", "pub0"], check=False, timeout=10)
         lab.run(node, ["ip", "addr", "del", "198.18.1.254/24", "dev", "priv0"], check=False, timeout=10)
         lab.run(node, ["ip", "route", "flush", "type", "blackhole"], check=False, timeout=10)

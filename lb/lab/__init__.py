@@ -50,6 +50,7 @@ from .topology import (
     is_up,
     nginx_pid,
     read_sysctl,
+    restore_addresses,
     start_real,
     status,
     stop_real,
@@ -60,6 +61,6 @@ __all__ = [
     "ALL_NODES", "CLIENT", "DIRECTOR2_PRIV", "DIRECTOR2_PUB", "DIRECTORS", "DIRECTOR_PRIV", "DIRECTOR_PUB", "LAB_NET", "NAT_ROUTER", "NETWORKS",
     "NODES", "REALS", "RUN_DIR", "SWITCH", "VIP", "LabCommandError", "LabError", "check_lab_addr",
     "connect", "down", "exec_argv", "http_get", "in_netns", "is_up", "netns_name", "netns_path",
-    "nginx_pid", "popen", "read_sysctl", "run", "socket_in", "start_real", "status", "stop_real", "up",
+    "nginx_pid", "popen", "read_sysctl", "restore_addresses", "run", "socket_in", "start_real", "status", "stop_real", "up",
     "CLIENT6", "DIRECTOR2_PRIV6", "DIRECTOR2_PUB6", "DIRECTOR_PRIV6", "DIRECTOR_PUB6", "REALS6", "VIP6",
 ]

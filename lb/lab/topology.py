@@ -557,6 +557,27 @@ def _configure_addresses(network: str) -> None:
                 ipr.link("set", index=ipr.link_lookup(ifname=ifname)[0], state="up")
 
 
+def restore_addresses(node: str) -> list[str]:
+    """The lab's own addresses of node put back where they are missing, as a host's network
+    configuration would: a link taken down and up drops its IPv6 addresses (keep_addr_on_down
+    is 0), and tests that flap the directors' links call this after.  Returns those added."""
+    added = []
+    with _ipr(node) as ipr:
+        table = list(ADDRESSES.items()) + (list(ADDRESSES6.items()) if _read_state().get("ipv6") else [])
+        for (n, ifname), cidr in table:
+            idx = ipr.link_lookup(ifname=ifname) if n == node else None
+            if not idx:
+                continue
+            addr, plen = cidr.split("/")
+            fam = socket.AF_INET6 if ":" in addr else socket.AF_INET
+            if any(a.get_attr("IFA_ADDRESS") == addr for a in ipr.get_addr(family=fam, index=idx[0])):
+                continue
+            kw = {"flags": _IFA_F_NODAD} if fam == socket.AF_INET6 else {}
+            ipr.addr("add", index=idx[0], address=addr, prefixlen=int(plen), **kw)
+            added.append(f"{cidr} on {ifname}")
+    return added
+
+
 def _configure_routes(network: str) -> None:
     with _ipr("client") as ipr:
         ipr.route("add", dst="0.0.0.0/0", gateway=DIRECTOR_PUB)
