@@ -49,6 +49,7 @@ SWEEP_INTERVAL = 5.0
 NEXTHOP_INTERVAL = 10.0
 ESTIMATE_INTERVAL = 2.0       # IPVS's rate estimator period (ip_vs_est.c)
 DEFENSE_INTERVAL = 1.0        # IPVS's defense_work period (DEFENSE_TIMER_PERIOD)
+OWNERSHIP_INTERVAL = 1.0      # how often the held addresses and attached programs are checked
 
 
 class StartupError(Exception):
@@ -402,6 +403,11 @@ class Engine:
         # role and the addresses follow it (lb/ha/pulse.py, bpf/lb_lease.h)
         self._lease_armed = False
         self._lease_log = RateLimitedLog(log, 10.0)
+        # what the director holds stays held (keep_ownership): addresses and XDP programs put
+        # back after an interface lost them, and the last thing found or done
+        self._addr_lock = threading.Lock()           # role changes vs keep_ownership's restore
+        self.ownership: dict = {"addresses_restored": 0, "xdp_attached": 0, "last": None, "at": None}
+        self._ownership_log = RateLimitedLog(log, 60.0)
         # reloads by result (ok, refused, failed), the last one's, and when the running config was loaded
         self.reloads: dict = {"ok": 0, "refused": 0, "failed": 0, "last_ok": True, "loaded_at": time.time()}
         self.takeovers = 0                           # HA: times this director became active
@@ -901,10 +907,38 @@ class Engine:
             log.warning("HA: cannot end the lease: %s", e)
 
     def _take_addresses(self) -> None:
-        addresses.take(self.owned)
+        with self._addr_lock:
+            addresses.take(self.owned)
 
     def _release_addresses(self) -> None:
-        addresses.release(self.owned)
+        with self._addr_lock:         # after on_role cleared self.active: no restore adds them back
+            addresses.release(self.owned)
+
+    def keep_ownership(self) -> None:
+        """What the director holds stays held, checked every OWNERSHIP_INTERVAL: an address of
+        the active director gone from its interface (a link down and up drops IPv6 addresses; a
+        re-created interface all of them; `ip addr del`) is added back and announced, an XDP
+        program gone from its interface is attached again (dp.keep_attached).  Each event is
+        logged (a repeat at most once a minute) and counted (`lb status`, the metrics)."""
+        with self._dp_lock:
+            notes = self.dp.keep_attached()
+        back: list = []
+        with self._addr_lock:
+            if self.active and self.owned:
+                back, errors = addresses.restore(self.owned)
+                notes += [("failed", "addresses", e) for e in errors]
+        for a in back:
+            notes.append(("restored", a.ifname, f"address {a.address} was gone from {a.ifname}: added again"))
+        for what, where, text in notes:
+            if what == "attached":
+                self.ownership["xdp_attached"] += 1
+            elif what == "restored":
+                self.ownership["addresses_restored"] += 1
+            self.ownership["last"], self.ownership["at"] = text, time.time()
+            level = logging.WARNING if what in ("attached", "restored") else logging.ERROR
+            self._ownership_log.log((what, where, text), level, "%s", text)
+        if back:
+            self.announce(False, back)      # neighbours that dropped the address learn it again
 
     def announce(self, burst: bool = True, addrs=None, first_sent=None) -> None:
         """Gratuitous ARP / unsolicited NA for the addresses this director holds (or ``addrs``),
@@ -1033,7 +1067,7 @@ class Engine:
                "role": self.pulse.role if self.pulse is not None else ("active" if self.active else "starting"),
                "config": str(self.cfg.path), "dataplane": self.dp.kind,
                "at": time.time(), "services": services, "reloads": dict(self.reloads),
-               "config_warnings": len(self.cfg.warnings)}
+               "config_warnings": len(self.cfg.warnings), "ownership": dict(self.ownership)}
         if self.pulse is not None:
             doc["ha"] = dict(self.pulse.status(), takeovers=self.takeovers)
             try:
@@ -1204,7 +1238,7 @@ class Engine:
             if self.bgp is not None else None
         if self._stop is None:
             self._ready()
-        last_sweep = last_nh = last_est = last_def = loop.time()
+        last_sweep = last_nh = last_est = last_def = last_own = loop.time()
         while self._stop is None:
             try:
                 await asyncio.wait_for(self._wake.wait(), timeout=1.0)
@@ -1264,6 +1298,9 @@ class Engine:
                 if now - last_est >= ESTIMATE_INTERVAL:
                     last_est = now
                     await blocking(self.estimate)
+                if now - last_own >= OWNERSHIP_INTERVAL:
+                    last_own = now
+                    await blocking(self.keep_ownership)
                 if now - last_nh >= NEXTHOP_INTERVAL:
                     last_nh = now
                     await blocking(self.dp.refresh_nexthops)

@@ -310,6 +310,12 @@ class Collector:
                 rel.get("loaded_at"))
         f.gauge("lb_config_warnings", "warnings of the running config (lb check prints them)", (), (),
                 doc.get("config_warnings", 0))
+        own = doc.get("ownership") or {}
+        f.counter("lb_addresses_restored_total", "addresses of the active director added back after they were "
+                  "gone from their interface (a link down and up drops IPv6 addresses)", (), (),
+                  own.get("addresses_restored", 0))
+        f.counter("lb_dataplane_xdp_attached_again_total", "XDP programs attached again after they were gone "
+                  "from their interface (re-created, or the program taken off)", (), (), own.get("xdp_attached", 0))
 
     @staticmethod
     def _ha(f: _Families, doc: dict, ha: dict) -> None:

@@ -18,6 +18,7 @@ import pytest
 from lab_http import wait_until
 from lb import control
 from lb.lab.haconfig import ha_section
+from lb.lab.topology import DIRECTOR_PUB6
 
 LAB_IPV6 = True
 REPO = Path(__file__).resolve().parents[1]
@@ -137,3 +138,64 @@ def test_takeover_is_announced_by_unsolicited_na(lab, ha_runner, tmp_path):
     finally:
         for node in ("director", "director2"):
             lab.run(node, ["ip", "-6", "addr", "flush", "dev", "pub0", "to", f"{VIP6}/128"], check=False)
+
+
+def _pub0_has(lab, address: str) -> bool:
+    info = json.loads(lab.run("director", ["ip", "-j", "addr", "show", "dev", "pub0"]).stdout)
+    return any(a.get("local") == address for i in info for a in i.get("addr_info", []))
+
+
+def _xdp_prog(lab, dev: str = "pub0") -> str | None:
+    m = re.search(r"prog/xdp id (\d+)", lab.run("director", ["ip", "-d", "link", "show", "dev", dev]).stdout)
+    return m.group(1) if m else None
+
+
+@pytest.mark.parametrize("lab", ["direct"], indirect=True)
+def test_what_an_interface_loses_is_put_back(lab, lb_runner, tmp_path):
+    """The director's pub0 goes down and up (a switch port's flap): the kernel drops its IPv6
+    addresses, the VIP among them, and before lb watched for it the VIP never came back -- the
+    director stopped answering neighbour solicitations for it.  Now lb adds it back (and
+    announces it), as it does an address removed by hand and an XDP program taken off the
+    interface (not one another tool put in its place); `lb status` counts each, and clients get
+    answers again."""
+    cfg = tmp_path / "lab6.toml"
+    cfg.write_text(config("direct"))
+    proc = lb_runner.start(cfg)
+    assert sorted(curl6(lab, 3)) == ["rs1", "rs2", "rs3"]
+
+    lab.run("director", ["ip", "link", "set", "pub0", "down"])
+    assert not _pub0_has(lab, VIP6)              # the kernel's doing (keep_addr_on_down = 0)
+    lab.run("director", ["ip", "link", "set", "pub0", "up"])
+    # the director's own address went too: that is its network configuration's to put back (as
+    # systemd-networkd does); lb holds the VIP
+    assert lab.restore_addresses("director") == [f"{DIRECTOR_PUB6}/64 on pub0"]
+    wait_until(lambda: _pub0_has(lab, VIP6), 15, "the IPv6 VIP back on pub0 after the link flap")
+    assert sorted(curl6(lab, 3)) == ["rs1", "rs2", "rs3"]
+    proc.wait_log(f"address {VIP6}/128 was gone from pub0: added again")
+
+    lab.run("director", ["ip", "-6", "addr", "del", f"{VIP6}/128", "dev", "pub0"])
+    wait_until(lambda: _pub0_has(lab, VIP6), 15, "the IPv6 VIP back after ip addr del")
+
+    prog = _xdp_prog(lab)
+    lab.run("director", ["ip", "link", "set", "dev", "pub0", "xdp", "off"])
+    assert _xdp_prog(lab) is None
+    wait_until(lambda: _xdp_prog(lab) == prog, 15, "lb's XDP program back on pub0")
+    assert sorted(curl6(lab, 3)) == ["rs1", "rs2", "rs3"]     # DR: only lb's program forwards
+    proc.wait_log("the public XDP program was gone from pub0: attached again (native mode)")
+
+    # another tool's program in lb's place is left there (two tools would swap programs forever),
+    # said at ERROR; once it is gone, lb's is back
+    lab.run("director", [LB, "decap", "attach", "--from", "198.18.0.3", "pub0"], timeout=60)
+    other = _xdp_prog(lab)
+    assert other not in (None, prog)
+    proc.wait_log(f"another XDP program is attached to pub0 (id {other}, lb_xdp_decap) in place of lb's "
+                  "public program: left there")
+    assert _xdp_prog(lab) == other
+    lab.run("director", [LB, "decap", "detach", "pub0"], timeout=60)
+    wait_until(lambda: _xdp_prog(lab) == prog, 15, "lb's XDP program back on pub0 after the other one left")
+
+    own = control.request("lab", "status", timeout=10)["status"]["ownership"]
+    assert (own["addresses_restored"], own["xdp_attached"]) == (2, 2), own
+    out = subprocess.run([LB, "status", "--instance", "lab"], capture_output=True, text=True, timeout=60).stdout
+    assert re.search(r"^ownership: 2 addresses added back, 2 XDP programs attached again; last \S+: the public "
+                     r"XDP program was gone from pub0", out, re.M), out

@@ -36,6 +36,7 @@ def real(name, addr, **kw):
 def status(ha=True):
     doc = {
         "instance": "lab", "dataplane": "xdp", "at": 1000.0, "config_warnings": 2,
+        "ownership": {"addresses_restored": 3, "xdp_attached": 1, "last": "pub0: ...", "at": 990.0},
         "reloads": {"ok": 3, "refused": 1, "failed": 0, "last_ok": False, "loaded_at": 900.0},
         "services": [
             {"name": "web", "protocol": "tcp", "address": "198.18.0.10", "port": 80, "fwmark": 0,
@@ -175,6 +176,7 @@ def test_service_dataplane_reload_and_ha():
     assert value(s, "lb_config_reloads_total", result="refused") == 1
     assert value(s, "lb_config_last_reload_successful") == 0
     assert value(s, "lb_config_warnings") == 2
+    assert value(s, "lb_addresses_restored_total") == 3 and value(s, "lb_dataplane_xdp_attached_again_total") == 1
     assert value(s, "lb_info", instance="lab", dataplane="xdp") == 1
     assert value(s, "lb_ha_role", role="backup") == 1 and value(s, "lb_ha_role", role="active") == 0
     assert value(s, "lb_ha_peer_state", state="active") == 1

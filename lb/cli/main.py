@@ -242,6 +242,10 @@ def cmd_status(args) -> int:
         return 0
     print(f"instance {doc['instance']}  pid {doc['pid']}  role {doc['role']}  data plane {doc.get('dataplane')}"
           f"  config {doc['config']}")
+    own = doc.get("ownership") or {}
+    if own.get("last"):   # Engine.keep_ownership: what an interface lost, put back (or found)
+        print(f"ownership: {own['addresses_restored']} addresses added back, {own['xdp_attached']} XDP "
+              f"programs attached again; last {_fmt_time(own['at'])}: {own['last']}")
     ha = doc.get("ha")
     if ha:  # pulse: peer, channels, sync (lb/ha/pulse.py Pulse.status)
         peer = ha["peer"]

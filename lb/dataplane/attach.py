@@ -10,7 +10,8 @@ from .errors import DataplaneError
 
 log = logging.getLogger("lb.dataplane")
 
-XDP_FLAGS_SKB_MODE = 1 << 1        # linux/if_link.h: generic XDP
+XDP_FLAGS_UPDATE_IF_NOEXIST = 1 << 0   # linux/if_link.h: refuse (EBUSY) where a program is attached
+XDP_FLAGS_SKB_MODE = 1 << 1        # generic XDP
 XDP_FLAGS_DRV_MODE = 1 << 2        # native (driver) XDP
 MODES = (("native", XDP_FLAGS_DRV_MODE), ("generic", XDP_FLAGS_SKB_MODE))
 
@@ -34,15 +35,15 @@ def _reason(e: Exception) -> str:
     return str(e)
 
 
-def attach_xdp(ifname: str, fn, mode: str = "native") -> tuple[str, int]:
+def attach_xdp(ifname: str, fn, mode: str = "native", only_if_none: bool = False) -> tuple[str, int]:
     """Attach a loaded XDP program (anything with .fd) to ifname: native (driver) mode, falling
-    back to generic, or generic only.  Returns (the mode used, its flags); DataplaneError when
-    neither works."""
+    back to generic, or generic only; ``only_if_none``: never in place of a program attached
+    there.  Returns (the mode used, its flags); DataplaneError when neither works."""
     tries = MODES[1:] if mode == "generic" else MODES
     last = None
     for name, flags in tries:
         try:
-            _set_xdp(ifname, fn.fd, flags)
+            _set_xdp(ifname, fn.fd, flags | (XDP_FLAGS_UPDATE_IF_NOEXIST if only_if_none else 0))
             return name, flags
         except DataplaneError:
             raise
@@ -56,3 +57,16 @@ def attach_xdp(ifname: str, fn, mode: str = "native") -> tuple[str, int]:
 def detach_xdp(ifname: str, flags: int) -> None:
     """Remove the XDP program attached to ifname with `flags` (the netlink error, if any, propagates)."""
     _set_xdp(ifname, -1, flags)
+
+
+def attached_prog_id(ifname: str) -> int | None:
+    """The id of the XDP program attached to ifname, None without one; DataplaneError when
+    ifname does not exist."""
+    from pyroute2 import IPRoute
+
+    with IPRoute() as ipr:
+        links = ipr.get_links(ifname=ifname) if ipr.link_lookup(ifname=ifname) else []
+    if not links:
+        raise DataplaneError(f"interface {ifname} does not exist")
+    xdp = links[0].get_attr("IFLA_XDP")
+    return (xdp.get_attr("IFLA_XDP_PROG_ID") or None) if xdp is not None else None

@@ -44,6 +44,13 @@ class Dataplane(abc.ABC):
     def detach_all(self) -> None:
         """Stop forwarding on every interface this instance serves."""
 
+    def keep_attached(self) -> list[tuple[str, str, str]]:
+        """Serve the interfaces still: what went missing under this instance (an XDP program gone
+        from a re-created interface) is put back.  (what, ifname, text) of what was done or found
+        -- "attached", "missing", "other", "failed" -- for the engine's log.  Nothing to do for a
+        backend the kernel hooks by itself."""
+        return []
+
     @abc.abstractmethod
     def unpin(self) -> None:
         """Forget the instance's kept state (pins, state file): the next start is a fresh one."""

@@ -21,7 +21,7 @@ import time
 
 from . import layout as L
 from . import reader
-from .attach import attach_xdp, detach_xdp
+from .attach import XDP_FLAGS_SKB_MODE, attach_xdp, attached_prog_id, detach_xdp
 from .base import Dataplane
 from .conntable import CLOCK_MONOTONIC_COARSE, ConnTable, SchedBaseline
 from .defense import Defender
@@ -60,6 +60,7 @@ class XdpDataplane(Dataplane):
         self.conns = ConnTable(self.maps, self.txn, self.table)
         self.defender = Defender(self.maps, self.txn, self.conns, sizes.embryo)
         self.attached: dict[str, int] = {}      # ifname -> xdp flags
+        self.sides: dict[str, str] = {}         # ifname -> the program's side (public, private, guard)
         self.adopted = False
         self.created = False     # this instance made the pin directory (a failed start removes it)
 
@@ -122,12 +123,52 @@ class XdpDataplane(Dataplane):
             log.info("adopted %d services and %d real servers from %s", len(self.services),
                      sum(len(s.dests) for s in self.services.values()), self.pin)
 
+    _SIDES = {"public": "lb_xdp_public", "private": "lb_xdp_private", "guard": "lb_xdp_guard"}
+
     def attach(self, ifname: str, side: str = "public", mode: str = "native") -> str:
-        fn = self.fns[{"public": "lb_xdp_public", "private": "lb_xdp_private", "guard": "lb_xdp_guard"}[side]]
+        fn = self.fns[self._SIDES[side]]
         name, flags = attach_xdp(ifname, fn, mode)
         self.attached[ifname] = flags
+        self.sides[ifname] = side
         log.info("attached %s XDP program to %s (%s mode)", side, ifname, name)
         return name
+
+    def keep_attached(self) -> list[tuple[str, str, str]]:
+        """Each program still on its interface: one gone -- the interface deleted and made again
+        (a VLAN, a bond, a hot-plugged NIC), `ip link set dev X xdp off` -- is attached again in
+        its mode; another program found in its place is left there (two tools fighting over an
+        interface would swap programs forever) and reported, and so is a missing interface."""
+        from .bpfsys import prog_info, prog_name
+
+        notes = []
+        for ifname, flags in list(self.attached.items()):
+            fn = self.fns[self._SIDES[self.sides[ifname]]]
+            try:
+                have = attached_prog_id(ifname)
+            except DataplaneError:
+                notes.append(("missing", ifname, f"{ifname}, where the {self.sides[ifname]} XDP program was "
+                              f"attached, does not exist"))
+                continue
+            if have == prog_info(fn.fd).id:
+                continue
+            if have is not None:
+                try:
+                    other = prog_name(have)
+                except OSError:
+                    other = "?"
+                notes.append(("other", ifname, f"another XDP program is attached to {ifname} (id {have}, {other}) "
+                              f"in place of lb's {self.sides[ifname]} program: left there"))
+                continue
+            mode = "generic" if flags & XDP_FLAGS_SKB_MODE else "native"
+            try:
+                name, self.attached[ifname] = attach_xdp(ifname, fn, mode, only_if_none=True)
+            except DataplaneError as e:
+                notes.append(("failed", ifname, f"the {self.sides[ifname]} XDP program was gone from "
+                              f"{ifname}: {e}"))
+                continue
+            notes.append(("attached", ifname, f"the {self.sides[ifname]} XDP program was gone from {ifname}: "
+                          f"attached again ({name} mode)"))
+        return notes
 
     def detach_all(self) -> None:
         for ifname, flags in list(self.attached.items()):
@@ -137,6 +178,7 @@ class XdpDataplane(Dataplane):
             except Exception as e:
                 log.warning("detaching XDP from %s: %s", ifname, e)
             del self.attached[ifname]
+            self.sides.pop(ifname, None)
 
     def unpin(self) -> None:
         if self.mh is not None:

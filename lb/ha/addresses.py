@@ -18,6 +18,7 @@ from pyroute2.netlink.exceptions import NetlinkError
 log = logging.getLogger("lb.ha")
 
 _IFA_F_NODAD = 0x02     # linux/if_addr.h
+_IFF_UP = 0x1           # linux/if.h
 
 
 class AddressError(Exception):
@@ -125,6 +126,33 @@ def take(addrs: list[OwnedAddress]) -> list[OwnedAddress]:
             added.append(a)
             log.info("added address %s to %s", a.address, a.ifname)
     return added
+
+
+def restore(addrs: list[OwnedAddress]) -> tuple[list[OwnedAddress], list[str]]:
+    """Those of addrs gone from their interfaces, added back: a link that went down and up has
+    lost its IPv6 addresses (net.ipv6.conf.*.keep_addr_on_down is 0 by default), an interface
+    deleted and made again all of them, and a hand may have run `ip addr del`.  An interface
+    that does not exist or is down is left for later (nothing reaches the address there).
+    Returns (the addresses added back, why others could not be)."""
+    back: list[OwnedAddress] = []
+    errors: list[str] = []
+    with IPRoute() as ipr:
+        for a in addrs:
+            idx = ipr.link_lookup(ifname=a.ifname)
+            if not idx:
+                continue
+            links = ipr.get_links(idx[0])
+            if not links or not links[0]["flags"] & _IFF_UP or _has(ipr, idx[0], a.address):
+                continue
+            kw = {"flags": _IFA_F_NODAD} if a.address.version == 6 else {}
+            try:
+                ipr.addr("add", index=idx[0], address=str(a.address.ip), prefixlen=a.address.network.prefixlen, **kw)
+            except NetlinkError as e:
+                errors.append(f"adding address {a.address} to {a.ifname} again: "
+                              f"{os.strerror(e.code) if e.code else e}")
+                continue
+            back.append(a)
+    return back, errors
 
 
 def release(addrs: list[OwnedAddress]) -> None:
