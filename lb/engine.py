@@ -408,6 +408,7 @@ class Engine:
         self._addr_lock = threading.Lock()           # role changes vs keep_ownership's restore
         self.ownership: dict = {"addresses_restored": 0, "xdp_attached": 0, "last": None, "at": None}
         self._ownership_log = RateLimitedLog(log, 60.0)
+        self._address_watch = addresses.Watch()      # when to look for lost addresses
         # reloads by result (ok, refused, failed), the last one's, and when the running config was loaded
         self.reloads: dict = {"ok": 0, "refused": 0, "failed": 0, "last_ok": True, "loaded_at": time.time()}
         self.takeovers = 0                           # HA: times this director became active
@@ -914,17 +915,18 @@ class Engine:
         with self._addr_lock:         # after on_role cleared self.active: no restore adds them back
             addresses.release(self.owned)
 
-    def keep_ownership(self) -> None:
+    def keep_ownership(self, now: float | None = None) -> None:
         """What the director holds stays held, checked every OWNERSHIP_INTERVAL: an address of
         the active director gone from its interface (a link down and up drops IPv6 addresses; a
-        re-created interface all of them; `ip addr del`) is added back and announced, an XDP
-        program gone from its interface is attached again (dp.keep_attached).  Each event is
-        logged (a repeat at most once a minute) and counted (`lb status`, the metrics)."""
+        re-created interface all of them; `ip addr del`) is added back and announced -- looked
+        for when rtnetlink told of a change (addresses.Watch) --, an XDP program gone from its
+        interface is attached again (dp.keep_attached).  Each event is logged (a repeat at most
+        once a minute) and counted (`lb status`, the metrics)."""
         with self._dp_lock:
             notes = self.dp.keep_attached()
         back: list = []
         with self._addr_lock:
-            if self.active and self.owned:
+            if self.active and self.owned and self._address_watch.due(time.monotonic() if now is None else now):
                 back, errors = addresses.restore(self.owned)
                 notes += [("failed", "addresses", e) for e in errors]
         for a in back:
@@ -1238,6 +1240,7 @@ class Engine:
             if self.bgp is not None else None
         if self._stop is None:
             self._ready()
+        self._address_watch.start()
         last_sweep = last_nh = last_est = last_def = last_own = loop.time()
         while self._stop is None:
             try:
@@ -1300,7 +1303,7 @@ class Engine:
                     await blocking(self.estimate)
                 if now - last_own >= OWNERSHIP_INTERVAL:
                     last_own = now
-                    await blocking(self.keep_ownership)
+                    await blocking(lambda: self.keep_ownership(now))
                 if now - last_nh >= NEXTHOP_INTERVAL:
                     last_nh = now
                     await blocking(self.dp.refresh_nexthops)
@@ -1309,6 +1312,7 @@ class Engine:
         for fut in self._reload_waiters + [f for f, _ in self._apply_waiters]:   # before the server waits
             if not fut.done():                                                     # for its handlers
                 fut.set_result({"ok": False, "error": "the daemon is stopping"})
+        await blocking(self._address_watch.stop)
         if bgp_lease is not None:        # withdraw and drain before anything stops
             bgp_lease.cancel()
             await self.bgp.leave(keep=self._stop == "keep")

@@ -755,3 +755,53 @@ def test_a_director_is_reported_active_only_once_its_takeover_is_done(tmp_path):
     role = asyncio.run(asyncio.wait_for(main(), 30))
     assert seen == [("during", "starting"), ("at its end", "starting")]
     assert role == "active"
+
+
+_WATCH = """
+import ipaddress, subprocess, sys, time
+from lb.ha import addresses
+w = addresses.Watch()
+w.start()
+try:
+    assert w.due(0.0), "the first look"
+    assert not w.due(0.5), "nothing told since"
+    subprocess.run(["ip", "addr", "add", "198.18.0.77/32", "dev", "w0"], check=True)
+    time.sleep(1)
+    assert not w.due(1.0), "an address added is no reason to look"
+    subprocess.run(["ip", "addr", "del", "198.18.0.77/32", "dev", "w0"], check=True)
+    deadline = time.monotonic() + 10
+    while not w.due(2.0):
+        assert time.monotonic() < deadline, "rtnetlink told nothing of the address removed"
+        time.sleep(0.05)
+    assert not w.due(3.0) and w.due(2.0 + addresses.Watch.FULL_CHECK), "a look every FULL_CHECK seconds"
+    owned = [addresses.OwnedAddress("w0", ipaddress.ip_interface("198.18.0.77/32")),
+             addresses.OwnedAddress("w0", ipaddress.ip_interface("2001:2::77/128")),
+             addresses.OwnedAddress("w1", ipaddress.ip_interface("198.18.0.78/32"))]
+    back, errors = addresses.restore(owned)
+    assert back == owned[:2] and errors == [], (back, errors)   # w1 is down: left for later
+    assert addresses.restore(owned) == ([], [])
+finally:
+    w.stop()
+print("ok")
+"""
+
+
+def test_lost_addresses_are_looked_for_when_rtnetlink_tells(tmp_path):
+    """addresses.Watch hears of an address removed (rtnetlink's notifications) and then says to
+    look; restore() adds back the addresses gone from interfaces that are up, in one dump of each
+    interface's addresses.  In a namespace of the test's own."""
+    import os
+    import subprocess
+    import sys
+
+    name = f"lbwatch{os.getpid()}"
+    subprocess.run(["ip", "netns", "add", name], check=True, timeout=10)
+    try:
+        subprocess.run(["ip", "-n", name, "link", "add", "w0", "type", "veth", "peer", "name", "w1"], check=True,
+                       timeout=10)
+        subprocess.run(["ip", "-n", name, "link", "set", "w0", "up"], check=True, timeout=10)
+        p = subprocess.run(["nsenter", f"--net=/run/netns/{name}", "--", sys.executable, "-c", _WATCH],
+                           capture_output=True, text=True, timeout=60)
+        assert p.returncode == 0 and p.stdout.strip() == "ok", p.stderr
+    finally:
+        subprocess.run(["ip", "netns", "del", name], timeout=10)

@@ -108,6 +108,9 @@ class RecordingDataplane:
     def defense_status(self):
         return None
 
+    def keep_attached(self):
+        return []
+
 
 @pytest.fixture
 def no_addresses(monkeypatch):

@@ -9,7 +9,9 @@ from __future__ import annotations
 import ipaddress
 import logging
 import os
+import select
 import socket
+import threading
 from dataclasses import dataclass
 
 from pyroute2 import IPRoute
@@ -132,27 +134,95 @@ def restore(addrs: list[OwnedAddress]) -> tuple[list[OwnedAddress], list[str]]:
     """Those of addrs gone from their interfaces, added back: a link that went down and up has
     lost its IPv6 addresses (net.ipv6.conf.*.keep_addr_on_down is 0 by default), an interface
     deleted and made again all of them, and a hand may have run `ip addr del`.  An interface
-    that does not exist or is down is left for later (nothing reaches the address there).
-    Returns (the addresses added back, why others could not be)."""
+    that does not exist or is down is left for later (nothing reaches the address there).  One
+    dump of each interface's addresses (a thousand VIPs: one dump, not a thousand).  Returns (the
+    addresses added back, why others could not be)."""
     back: list[OwnedAddress] = []
     errors: list[str] = []
+    by_if: dict[str, list[OwnedAddress]] = {}
+    for a in addrs:
+        by_if.setdefault(a.ifname, []).append(a)
     with IPRoute() as ipr:
-        for a in addrs:
-            idx = ipr.link_lookup(ifname=a.ifname)
-            if not idx:
+        for ifname, mine in by_if.items():
+            idx = ipr.link_lookup(ifname=ifname)
+            links = ipr.get_links(idx[0]) if idx else []
+            if not links or not links[0]["flags"] & _IFF_UP:
                 continue
-            links = ipr.get_links(idx[0])
-            if not links or not links[0]["flags"] & _IFF_UP or _has(ipr, idx[0], a.address):
-                continue
-            kw = {"flags": _IFA_F_NODAD} if a.address.version == 6 else {}
-            try:
-                ipr.addr("add", index=idx[0], address=str(a.address.ip), prefixlen=a.address.network.prefixlen, **kw)
-            except NetlinkError as e:
-                errors.append(f"adding address {a.address} to {a.ifname} again: "
-                              f"{os.strerror(e.code) if e.code else e}")
-                continue
-            back.append(a)
+            there = {(x.get_attr("IFA_ADDRESS"), x["prefixlen"]) for x in ipr.get_addr(index=idx[0])}
+            for a in mine:
+                if (str(a.address.ip), a.address.network.prefixlen) in there:
+                    continue
+                kw = {"flags": _IFA_F_NODAD} if a.address.version == 6 else {}
+                try:
+                    ipr.addr("add", index=idx[0], address=str(a.address.ip), prefixlen=a.address.network.prefixlen,
+                             **kw)
+                except NetlinkError as e:
+                    errors.append(f"adding address {a.address} to {a.ifname} again: "
+                                  f"{os.strerror(e.code) if e.code else e}")
+                    continue
+                back.append(a)
     return back, errors
+
+
+class Watch:
+    """When to look for lost addresses: rtnetlink tells of each address removed and each link
+    change (its multicast groups, read in a thread of its own), and restore() runs only after one
+    -- or FULL_CHECK seconds after the last look, in case a notification was lost (a socket
+    buffer that overflowed).  A dump of a thousand addresses takes ~85 ms: once a second for
+    nothing would be a core's tenth."""
+
+    FULL_CHECK = 30.0
+
+    def __init__(self):
+        self._changed = threading.Event()
+        self._changed.set()                 # the first look at once
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._last: float | None = None
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="lb-address-watch", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        # pyroute2's socket lives in the thread that reads it (its sync API runs an event loop
+        # of the thread that made it)
+        from pyroute2.netlink.rtnl import RTMGRP_IPV4_IFADDR, RTMGRP_IPV6_IFADDR, RTMGRP_LINK
+
+        try:
+            ipr = IPRoute()
+            ipr.bind(groups=RTMGRP_LINK | RTMGRP_IPV4_IFADDR | RTMGRP_IPV6_IFADDR)
+        except Exception as e:              # looked at every FULL_CHECK seconds only
+            log.warning("no rtnetlink notifications (%s): lost addresses are looked for every %.0f s",
+                        e, self.FULL_CHECK)
+            return
+        try:
+            while not self._stop.is_set():
+                try:
+                    ready, _, _ = select.select([ipr], [], [], 0.5)
+                    if ready and any(m["event"] in ("RTM_DELADDR", "RTM_NEWLINK", "RTM_DELLINK")
+                                     for m in ipr.get()):
+                        self._changed.set()
+                except Exception:           # ENOBUFS: notifications were lost; look
+                    self._changed.set()
+                    self._stop.wait(0.5)
+        finally:
+            ipr.close()
+
+    def due(self, now: float) -> bool:
+        """Look now?  A change was told, or FULL_CHECK passed (the flag is cleared before the
+        look, so a change during it makes another)."""
+        if self._changed.is_set() or self._last is None or now - self._last >= self.FULL_CHECK:
+            self._changed.clear()
+            self._last = now
+            return True
+        return False
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(5)
+            self._thread = None
 
 
 def release(addrs: list[OwnedAddress]) -> None:
