@@ -56,6 +56,10 @@ class StartupError(Exception):
     pass
 
 
+class StartCancelled(StartupError):
+    """A stop asked for while the start waited (for interfaces): nothing was touched."""
+
+
 def real_key(vs, rs) -> tuple:
     """Identity of one real server of one virtual service (what a nanny watches)."""
     return (vs.key, rs.address, rs.effective_port(vs))
@@ -350,17 +354,22 @@ def log_warnings(cfg) -> None:
         log.warning("config: %s", w.as_warning())
 
 
-def check_interfaces(cfg) -> None:
+def missing_interfaces(cfg) -> list[str]:
     names = {cfg.public_interface}
     if cfg.network == "nat":
         names.add(cfg.private_interface)
         if cfg.nat_device:
             names.add(cfg.nat_device)
     names |= {cfg.vip_device(vs) for vs in cfg.virtual_servers}
-    missing = sorted(n for n in names if n and not addresses.interface_exists(n))
+    return sorted(n for n in names if n and not addresses.interface_exists(n))
+
+
+def check_interfaces(cfg, waited: float = 0.0) -> None:
+    missing = missing_interfaces(cfg)
     if missing:
         where = cfg.path or "<config>"
-        raise StartupError(f"{where}: interface(s) not found: {', '.join(missing)}")
+        raise StartupError(f"{where}: interface(s) not found: {', '.join(missing)}"
+                           + (f" (waited {waited:g} s for them)" if waited else ""))
 
 
 class Engine:
@@ -369,8 +378,10 @@ class Engine:
     weights = RealStates()
     overrides = RealStates()
 
-    def __init__(self, cfg, *, xdp_mode: str = "native", dataplane: str | None = None, on_sigterm: str = "clean"):
+    def __init__(self, cfg, *, xdp_mode: str = "native", dataplane: str | None = None, on_sigterm: str = "clean",
+                 wait_interfaces: float = 0.0):
         self.cfg = cfg
+        self.wait_interfaces = wait_interfaces      # seconds start() waits for a missing interface
         self.xdp_mode = xdp_mode
         self.on_sigterm = on_sigterm                    # "clean" | "keep" (lb@.service: keep; see stop())
         self.dataplane = dataplane or cfg.dataplane     # xdp | ipvs | auto
@@ -426,7 +437,7 @@ class Engine:
             raise StartupError(f"{RUN_DIR}: {e.strerror or e}") from None
         log.info("lb instance %r starting (config %s, %s data plane)", self.cfg.instance,
                  self.cfg.path or "<config>", self.dataplane)
-        check_interfaces(self.cfg)
+        self._wait_for_interfaces()
         ha_announce.warm_up_in_background()     # beside the data plane's load: READY waits for both
         if self.cfg.ha is not None:
             from lb.ha.pulse import Pulse
@@ -466,6 +477,30 @@ class Engine:
             self.bgp.update(attached=self._attached(), active=self.active)
         log.info("lb instance %r running: %d virtual services", self.cfg.instance,
                  len(self.dp.services))
+
+    def _wait_for_interfaces(self, poll: float = 0.5) -> None:
+        """Up to wait_interfaces seconds for the interfaces the config names (a VLAN, a bond or a
+        NIC that comes up later at boot than lb@.service), saying so in STATUS= and the log; a
+        stop asked for meanwhile ends the wait (StartCancelled).  StartupError if they stay
+        missing."""
+        deadline = time.monotonic() + self.wait_interfaces
+        waiting = False
+        while True:
+            missing = missing_interfaces(self.cfg)
+            if not missing:
+                if waiting:
+                    log.info("interface(s) there: starting")
+                return
+            if self._stop is not None:
+                raise StartCancelled(f"stopped while waiting for interface(s) {', '.join(missing)}")
+            if time.monotonic() >= deadline:
+                check_interfaces(self.cfg, self.wait_interfaces)
+                return           # they came between the two looks
+            if not waiting:
+                waiting = True
+                log.warning("waiting up to %g s for interface(s) %s", self.wait_interfaces, ", ".join(missing))
+            sdnotify.status(f"waiting for interface(s) {', '.join(missing)}")
+            time.sleep(poll)
 
     def _table(self, cfg) -> TableSpec:
         """build_table for the current health; logs each service's switch to or from its sorry
@@ -1331,14 +1366,19 @@ class Engine:
                              return_exceptions=True)
 
 
-def run(cfg, *, xdp_mode: str = "native", dataplane: str | None = None, on_sigterm: str = "clean") -> int:
-    eng = Engine(cfg, xdp_mode=xdp_mode, dataplane=dataplane, on_sigterm=on_sigterm)
+def run(cfg, *, xdp_mode: str = "native", dataplane: str | None = None, on_sigterm: str = "clean",
+        wait_interfaces: float = 0.0) -> int:
+    eng = Engine(cfg, xdp_mode=xdp_mode, dataplane=dataplane, on_sigterm=on_sigterm, wait_interfaces=wait_interfaces)
     # a stop asked for while starting (a cold start compiles for seconds) is kept, and carried
     # out once the start is done: never a half-started data plane, never a traceback
     for sig, kind in ((signal.SIGTERM, on_sigterm), (signal.SIGINT, "clean"), (signal.SIGUSR2, "keep")):
         signal.signal(sig, lambda _s, _f, kind=kind: setattr(eng, "_stop", kind))
     try:
         eng.start()
+    except StartCancelled as e:       # nothing was touched but the lock
+        log.info("%s", e)
+        eng.lock.release()
+        return 0
     except (StartupError, DataplaneError, LookupError, addresses.AddressError) as e:
         log.error("%s", e)
         # nothing may stay attached or half-programmed after a failed start of a new instance

@@ -343,6 +343,59 @@ def test_open_files_limit_is_raised_to_the_hard_one():
     assert p.stdout.split() == ["1024", "4096", "4096", "4096"]
 
 
+def test_an_interface_made_later_is_waited_for(tmp_path, scratch_netns):
+    """lb@.service's --wait-interfaces: a config naming an interface a later boot step makes (a
+    VLAN, a bond).  Without the wait the start fails at once naming it (as before); with it lb
+    waits, STATUS= saying for which, and starts once the interface is there; a stop while it waits
+    ends the start with nothing touched (exit 0)."""
+    import contextlib
+
+    from lb.sdnotify import Listener
+
+    cfg = tmp_path / "late.toml"
+    cfg.write_text(_CONFIG.format(instance=scratch_netns).replace('"pub0"', '"late0"'))
+    _one_line_error(_lb_in(scratch_netns, "run", "--config", str(cfg)), "interface(s) not found: late0")
+
+    @contextlib.contextmanager
+    def waiting(log_name):
+        """lb run --wait-interfaces 60, once it says it waits; killed if the test leaves it running"""
+        notify, log = Listener(), open(tmp_path / log_name, "wb")
+        proc = subprocess.Popen(["nsenter", f"--net=/run/netns/{scratch_netns}", "--", LB, "run", "--config",
+                                 str(cfg), "--wait-interfaces", "60"], stdout=log, stderr=subprocess.STDOUT,
+                                stdin=subprocess.DEVNULL, env={**os.environ, **notify.env()}, start_new_session=True)
+        try:
+            notify.wait_for("STATUS", "waiting for interface(s) late0", 60, alive=lambda: proc.poll() is None)
+            yield proc, notify
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(10)
+            notify.close()
+            log.close()
+
+    with waiting("stopped.log") as (proc, _):      # a stop while it waits
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 0
+    text = (tmp_path / "stopped.log").read_text()
+    assert "waiting up to 60 s for interface(s) late0" in text and "stopped while waiting for interface(s) late0" \
+        in text and "Traceback" not in text, text
+    assert not os.path.exists(f"/sys/fs/bpf/lb/{scratch_netns}")
+
+    with waiting("late.log") as (proc, notify):     # the interface comes: lb starts, and serves it
+        subprocess.run(["ip", "-n", scratch_netns, "link", "add", "late0", "type", "veth", "peer", "name", "late1"],
+                       check=True, timeout=10)
+        for dev in ("late0", "late1"):
+            subprocess.run(["ip", "-n", scratch_netns, "link", "set", dev, "up"], check=True, timeout=10)
+        notify.wait_for("READY", "1", 180, alive=lambda: proc.poll() is None)
+        show = run(["ip", "-n", scratch_netns, "-d", "link", "show", "dev", "late0"]).stdout
+        assert "prog/xdp" in show, show
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(60) == 0
+    text = (tmp_path / "late.log").read_text()
+    assert "interface(s) there: starting" in text and "Traceback" not in text, text
+    assert not os.path.exists(f"/sys/fs/bpf/lb/{scratch_netns}")
+
+
 def test_logs_under_journald_have_no_time_and_a_priority(tmp_path, scratch_netns):
     """With stderr the journal's (JOURNAL_STREAM names it), lines are "<priority>logger: text":
     journald stamps them and filters by the priority."""

@@ -51,7 +51,8 @@ def cmd_run(args) -> int:
             "open files limited to %d (its hard limit) for %d real servers: health checks that find no file "
             "descriptor are not run; raise it (LimitNOFILE= in the unit, ulimit -Hn)", after, reals)
 
-    return engine.run(cfg, xdp_mode=args.xdp_mode, dataplane=args.dataplane, on_sigterm=args.on_sigterm)
+    return engine.run(cfg, xdp_mode=args.xdp_mode, dataplane=args.dataplane, on_sigterm=args.on_sigterm,
+                      wait_interfaces=max(0.0, args.wait_interfaces))
 
 
 def cmd_check(args) -> int:
@@ -790,6 +791,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dataplane", choices=["xdp", "ipvs", "auto"], default=None,
                    help="override the config's [global] dataplane: xdp, kernel ipvs, or auto "
                         "(xdp, falling back to ipvs when XDP cannot be loaded or attached)")
+    p.add_argument("--wait-interfaces", type=float, default=0.0, metavar="SECONDS",
+                   help="wait up to SECONDS for interfaces the config names that do not exist yet (a VLAN or "
+                        "bond made later at boot); 0, the default, refuses to start at once (lb@.service: 120)")
     p.add_argument("-v", "--verbose", action="store_true", help="--log-level debug")
     p.set_defaults(func=cmd_run)
 
