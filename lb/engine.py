@@ -382,6 +382,7 @@ class Engine:
                  wait_interfaces: float = 0.0):
         self.cfg = cfg
         self.wait_interfaces = wait_interfaces      # seconds start() waits for a missing interface
+        self._reload_at_start = False               # a SIGHUP during start(): reload once running
         self.xdp_mode = xdp_mode
         self.on_sigterm = on_sigterm                    # "clean" | "keep" (lb@.service: keep; see stop())
         self.dataplane = dataplane or cfg.dataplane     # xdp | ipvs | auto
@@ -1234,7 +1235,7 @@ class Engine:
         loop.add_signal_handler(signal.SIGTERM, request, self.on_sigterm)
         loop.add_signal_handler(signal.SIGINT, request, "clean")
         loop.add_signal_handler(signal.SIGUSR2, request, "keep")
-        reload_pending = False
+        reload_pending = self._reload_at_start
 
         def request_reload():
             nonlocal reload_pending
@@ -1373,6 +1374,9 @@ def run(cfg, *, xdp_mode: str = "native", dataplane: str | None = None, on_sigte
     # out once the start is done: never a half-started data plane, never a traceback
     for sig, kind in ((signal.SIGTERM, on_sigterm), (signal.SIGINT, "clean"), (signal.SIGUSR2, "keep")):
         signal.signal(sig, lambda _s, _f, kind=kind: setattr(eng, "_stop", kind))
+    # and a reload asked for then (SIGHUP: its default action would kill the starting daemon,
+    # leaving half a data plane) once running
+    signal.signal(signal.SIGHUP, lambda _s, _f: setattr(eng, "_reload_at_start", True))
     try:
         eng.start()
     except StartCancelled as e:       # nothing was touched but the lock

@@ -346,8 +346,9 @@ def test_open_files_limit_is_raised_to_the_hard_one():
 def test_an_interface_made_later_is_waited_for(tmp_path, scratch_netns):
     """lb@.service's --wait-interfaces: a config naming an interface a later boot step makes (a
     VLAN, a bond).  Without the wait the start fails at once naming it (as before); with it lb
-    waits, STATUS= saying for which, and starts once the interface is there; a stop while it waits
-    ends the start with nothing touched (exit 0)."""
+    waits, STATUS= saying for which, and starts once the interface is there (a SIGHUP meanwhile,
+    which killed a starting daemon, is a reload once it runs); a stop while it waits ends the start
+    with nothing touched (exit 0)."""
     import contextlib
 
     from lb.sdnotify import Listener
@@ -382,6 +383,7 @@ def test_an_interface_made_later_is_waited_for(tmp_path, scratch_netns):
     assert not os.path.exists(f"/sys/fs/bpf/lb/{scratch_netns}")
 
     with waiting("late.log") as (proc, notify):     # the interface comes: lb starts, and serves it
+        proc.send_signal(signal.SIGHUP)     # a reload asked for meanwhile: carried out once running
         subprocess.run(["ip", "-n", scratch_netns, "link", "add", "late0", "type", "veth", "peer", "name", "late1"],
                        check=True, timeout=10)
         for dev in ("late0", "late1"):
@@ -393,6 +395,7 @@ def test_an_interface_made_later_is_waited_for(tmp_path, scratch_netns):
         assert proc.wait(60) == 0
     text = (tmp_path / "late.log").read_text()
     assert "interface(s) there: starting" in text and "Traceback" not in text, text
+    assert text.index("running: 1 virtual services") < text.index(f"reloaded {cfg}"), text
     assert not os.path.exists(f"/sys/fs/bpf/lb/{scratch_netns}")
 
 
