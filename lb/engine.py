@@ -364,8 +364,8 @@ def missing_interfaces(cfg) -> list[str]:
     return sorted(n for n in names if n and not addresses.interface_exists(n))
 
 
-def check_interfaces(cfg, waited: float = 0.0) -> None:
-    missing = missing_interfaces(cfg)
+def check_interfaces(cfg, missing: list[str] | None = None, waited: float = 0.0) -> None:
+    missing = missing_interfaces(cfg) if missing is None else missing
     if missing:
         where = cfg.path or "<config>"
         raise StartupError(f"{where}: interface(s) not found: {', '.join(missing)}"
@@ -495,8 +495,7 @@ class Engine:
             if self._stop is not None:
                 raise StartCancelled(f"stopped while waiting for interface(s) {', '.join(missing)}")
             if time.monotonic() >= deadline:
-                check_interfaces(self.cfg, self.wait_interfaces)
-                return           # they came between the two looks
+                check_interfaces(self.cfg, missing, self.wait_interfaces)     # raises
             if not waiting:
                 waiting = True
                 log.warning("waiting up to %g s for interface(s) %s", self.wait_interfaces, ", ".join(missing))

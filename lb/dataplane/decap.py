@@ -22,7 +22,7 @@ from importlib import resources
 from pyroute2 import IPRoute
 
 from . import bpfobj
-from .attach import MODES, attach_xdp, detach_xdp
+from .attach import MODES, attach_xdp, attached_prog_id, detach_xdp
 from .errors import DataplaneError
 from .layout import BPF_DIR
 from .maps import BpfMap
@@ -125,12 +125,10 @@ def attached(ifname: str) -> str | None:
     there), None without one; DecapError when ifname does not exist."""
     from .bpfsys import prog_name
 
-    with IPRoute() as ipr:
-        links = ipr.get_links(ifname=ifname) if ipr.link_lookup(ifname=ifname) else []
-    if not links:
-        raise DecapError(f"interface {ifname} does not exist")
-    xdp = links[0].get_attr("IFLA_XDP")
-    prog_id = xdp.get_attr("IFLA_XDP_PROG_ID") if xdp is not None else None
+    try:
+        prog_id = attached_prog_id(ifname)
+    except DataplaneError:
+        raise DecapError(f"interface {ifname} does not exist") from None
     return prog_name(prog_id) if prog_id else None
 
 

@@ -104,6 +104,13 @@ def check(addrs: list[OwnedAddress]) -> None:
                                        f"(net.ipv6.conf.{a.ifname}.disable_ipv6)")
 
 
+def _add(ipr: IPRoute, idx: int, a: OwnedAddress) -> None:
+    # IPv6 without duplicate address detection: a VIP (or the real servers' gateway) taken over
+    # from a failed director must answer at once, not after DAD's second
+    kw = {"flags": _IFA_F_NODAD} if a.address.version == 6 else {}
+    ipr.addr("add", index=idx, address=str(a.address.ip), prefixlen=a.address.network.prefixlen, **kw)
+
+
 def take(addrs: list[OwnedAddress]) -> list[OwnedAddress]:
     """Add the addresses not yet there; returns the ones added.  All or nothing: when one
     cannot be added, those added by this call are removed again and AddressError says which
@@ -116,10 +123,7 @@ def take(addrs: list[OwnedAddress]) -> list[OwnedAddress]:
                 if _has(ipr, idx, a.address):
                     log.info("address %s already on %s", a.address, a.ifname)
                     continue
-                # IPv6 without duplicate address detection: a VIP (or the real servers' gateway)
-                # taken over from a failed director must answer at once, not after DAD's second
-                kw = {"flags": _IFA_F_NODAD} if a.address.version == 6 else {}
-                ipr.addr("add", index=idx, address=str(a.address.ip), prefixlen=a.address.network.prefixlen, **kw)
+                _add(ipr, idx, a)
             except (LookupError, NetlinkError) as e:
                 if added:
                     release(added)
@@ -152,10 +156,8 @@ def restore(addrs: list[OwnedAddress]) -> tuple[list[OwnedAddress], list[str]]:
             for a in mine:
                 if (str(a.address.ip), a.address.network.prefixlen) in there:
                     continue
-                kw = {"flags": _IFA_F_NODAD} if a.address.version == 6 else {}
                 try:
-                    ipr.addr("add", index=idx[0], address=str(a.address.ip), prefixlen=a.address.network.prefixlen,
-                             **kw)
+                    _add(ipr, idx[0], a)
                 except NetlinkError as e:
                     errors.append(f"adding address {a.address} to {a.ifname} again: "
                                   f"{os.strerror(e.code) if e.code else e}")

@@ -538,20 +538,23 @@ def _ethtool(network: str) -> None:
         run(node, ["ethtool", "-K", ifname, "tx", tx, "gro", "on"], timeout=10)
 
 
+def _node_addresses(node: str, ipv6: bool) -> list[tuple[str, str]]:
+    """(ifname, cidr) of the lab's own addresses of node"""
+    table = list(ADDRESSES.items()) + (list(ADDRESSES6.items()) if ipv6 else [])
+    return [(ifname, cidr) for (n, ifname), cidr in table if n == node]
+
+
+def _add_address(ipr, idx: int, cidr: str) -> None:
+    addr, plen = cidr.split("/")
+    kw = {"flags": _IFA_F_NODAD} if ":" in addr else {}
+    ipr.addr("add", index=idx, address=addr, prefixlen=int(plen), **kw)
+
+
 def _configure_addresses(network: str) -> None:
     for node in ALL_NODES:
         with _ipr(node) as ipr:
-            for (n, ifname), cidr in ADDRESSES.items():
-                if n != node:
-                    continue
-                addr, plen = cidr.split("/")
-                ipr.addr("add", index=ipr.link_lookup(ifname=ifname)[0], address=addr, prefixlen=int(plen))
-            for (n, ifname), cidr in (ADDRESSES6.items() if _options["ipv6"] else ()):
-                if n != node:
-                    continue
-                addr, plen = cidr.split("/")
-                ipr.addr("add", index=ipr.link_lookup(ifname=ifname)[0], address=addr, prefixlen=int(plen),
-                         flags=_IFA_F_NODAD)
+            for ifname, cidr in _node_addresses(node, _options["ipv6"]):
+                _add_address(ipr, ipr.link_lookup(ifname=ifname)[0], cidr)
             links = ["lo"] + [i for n, i in _veth_ends() if n == node] + ([BRIDGE, PUB_BRIDGE] if node == SWITCH else [])
             for ifname in links:
                 ipr.link("set", index=ipr.link_lookup(ifname=ifname)[0], state="up")
@@ -563,17 +566,11 @@ def restore_addresses(node: str) -> list[str]:
     is 0), and tests that flap the directors' links call this after.  Returns those added."""
     added = []
     with _ipr(node) as ipr:
-        table = list(ADDRESSES.items()) + (list(ADDRESSES6.items()) if _read_state().get("ipv6") else [])
-        for (n, ifname), cidr in table:
-            idx = ipr.link_lookup(ifname=ifname) if n == node else None
-            if not idx:
+        for ifname, cidr in _node_addresses(node, bool(_read_state().get("ipv6"))):
+            idx = ipr.link_lookup(ifname=ifname)
+            if not idx or any(a.get_attr("IFA_ADDRESS") == cidr.split("/")[0] for a in ipr.get_addr(index=idx[0])):
                 continue
-            addr, plen = cidr.split("/")
-            fam = socket.AF_INET6 if ":" in addr else socket.AF_INET
-            if any(a.get_attr("IFA_ADDRESS") == addr for a in ipr.get_addr(family=fam, index=idx[0])):
-                continue
-            kw = {"flags": _IFA_F_NODAD} if fam == socket.AF_INET6 else {}
-            ipr.addr("add", index=idx[0], address=addr, prefixlen=int(plen), **kw)
+            _add_address(ipr, idx[0], cidr)
             added.append(f"{cidr} on {ifname}")
     return added
 
