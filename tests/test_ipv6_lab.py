@@ -194,7 +194,10 @@ def test_what_an_interface_loses_is_put_back(lab, lb_runner, tmp_path):
     lab.run("director", [LB, "decap", "detach", "pub0"], timeout=60)
     wait_until(lambda: _xdp_prog(lab) == prog, 15, "lb's XDP program back on pub0 after the other one left")
 
-    own = control.request("lab", "status", timeout=10)["status"]["ownership"]
+    def ownership():     # counted just after the attach the wait above saw
+        own = control.request("lab", "status", timeout=10)["status"]["ownership"]
+        return own if own["xdp_attached"] == 2 else None
+    own = wait_until(ownership, 15, "lb status counting the second attach")
     assert (own["addresses_restored"], own["xdp_attached"]) == (2, 2), own
     out = subprocess.run([LB, "status", "--instance", "lab"], capture_output=True, text=True, timeout=60).stdout
     assert re.search(r"^ownership: 2 addresses added back, 2 XDP programs attached again; last \S+: the public "
