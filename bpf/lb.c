@@ -364,6 +364,7 @@ int lb_xdp_public(struct xdp_md *ctx)
             /* IPVS schedules TCP only on SYN (unless sloppy); the kernel answers the rest (RST).
              * Only a pure SYN makes a connection: SYN|ACK, SYN|RST and SYN|FIN floods make none. */
             lb_count(pkt.tcp_flags & LB_TCP_SYN ? LB_CNT_SYN_INVALID : LB_CNT_NOT_SYN);
+            lb_progs_prev.call(ctx, LB_PREV_PUBLIC);     /* a resize: the old maps may hold it */
             return XDP_PASS;
         }
         if (lb_defense_drop())
@@ -604,8 +605,10 @@ int lb_xdp_private(struct xdp_md *ctx)
     rk.dir = 1;
     int rev_embryo, embryo;
     struct lb_conn *rev = lb_conn_find(&rk, &rev_embryo);
-    if (!rev || !(rev->flags & LB_CONN_F_OUT))
+    if (!rev || !(rev->flags & LB_CONN_F_OUT)) {
+        lb_progs_prev.call(ctx, LB_PREV_PRIVATE);    /* a resize: the old maps may hold it */
         return XDP_PASS;          /* not a NAT reply: the director's own traffic, DR replies */
+    }
     __u64 now = lb_now();
     if (lb_reply_fast(rev, &pkt, now)) {
         lb_stats_out(rev->svc, rev->real, pkt.len);

@@ -98,6 +98,11 @@ enum lb_sched_id {
 #define LB_PROG_MAX 16
 #define LB_PROG_PERSIST (LB_PROG_MAX - 1)   /* persistent services: template lookup first */
 
+/* lb_progs_prev's slots: the replaced lb_xdp_public and lb_xdp_private during a resize */
+#define LB_PREV_PUBLIC 0
+#define LB_PREV_PRIVATE 1
+#define LB_PREV_MAX 2
+
 /* Real server flags */
 #define LB_REAL_F_OVERLOAD 0x1   /* skipped by every scheduler (IPVS IP_VS_DEST_F_OVERLOAD) */
 #define LB_REAL_F_NO_NEXTHOP 0x2 /* MAC not resolved yet: skipped by every scheduler */

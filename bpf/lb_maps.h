@@ -74,6 +74,10 @@ BPF_TABLE_PINNED("percpu_array", __u32, struct lb_csum_buf, lb_csum_buf, 1, LB_P
 /* Pinned: the kernel empties a program array when its last user reference goes, and a
  * killed daemon must leave new connections working. */
 BPF_TABLE_PINNED("prog", __u32, __u32, lb_progs, LB_PROG_MAX, LB_PIN(lb_progs));
+/* While a restart moves the maps into new [tables] sizes (lb/dataplane/resize.py), the programs
+ * it replaced, by side (LB_PREV_*): a packet of a connection only their maps hold yet goes to
+ * them.  Not pinned: empty once the daemon that set it is gone. */
+BPF_TABLE("prog", __u32, __u32, lb_progs_prev, LB_PREV_MAX);
 BPF_TABLE_PINNED("percpu_array", __u32, struct lb_sched_scratch, lb_scratch, 1, LB_PIN(lb_scratch));
 /* each CPU's last read of the coarse clock, with its jiffy (lb_clock.h) */
 BPF_TABLE_PINNED("percpu_array", __u32, struct lb_clock, lb_clock, 1, LB_PIN(lb_clock));

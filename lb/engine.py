@@ -419,6 +419,7 @@ class Engine:
         # back after an interface lost them, and the last thing found or done
         self._addr_lock = threading.Lock()           # role changes vs keep_ownership's restore
         self.ownership: dict = {"addresses_restored": 0, "xdp_attached": 0, "last": None, "at": None}
+        self._resizing = False       # a move into new [tables] sizes has more to do (finish_resize)
         self._ownership_log = RateLimitedLog(log, 60.0)
         self._address_watch = addresses.Watch()      # when to look for lost addresses
         # reloads by result (ok, refused, failed), the last one's, and when the running config was loaded
@@ -469,6 +470,7 @@ class Engine:
         self._apply(table, self.cfg, planned=True)
         sdnotify.status("attaching XDP" if self.dp.kind == "xdp" else "attaching")
         self._attach_dataplane()
+        self._resizing = self._finish_resize()
         if self.bgp is not None:
             from lb.bgp import BgpError
             try:
@@ -478,6 +480,16 @@ class Engine:
             self.bgp.update(attached=self._attached(), active=self.active)
         log.info("lb instance %r running: %d virtual services", self.cfg.instance,
                  len(self.dp.services))
+
+    def _finish_resize(self) -> bool:
+        """dp.finish_resize (new [tables]: the old maps' last connections copied, the old
+        programs and maps let go); True while it has more to do (the run loop calls it again)."""
+        try:
+            return self.dp.finish_resize()
+        except (DataplaneError, OSError) as e:
+            # the new maps serve; only what the old programs made during the start is missing
+            log.error("finishing the move into the new [tables] sizes: %s", e)
+            return False
 
     def _wait_for_interfaces(self, poll: float = 0.5) -> None:
         """Up to wait_interfaces seconds for the interfaces the config names (a VLAN, a bond or a
@@ -623,7 +635,8 @@ class Engine:
             raise ReloadRefused(f"reload refused, nothing changed:\n{e}", e.issues) from None
         needs = restart_needed(self.cfg, new)
         if needs:
-            raise ReloadRefused(f"reload refused: {', '.join(needs)} changed, which needs a restart")
+            raise ReloadRefused(f"reload refused: {', '.join(needs)} changed, which needs a restart"
+                                + (" (a restart keeps the connections)" if "tables" in needs else ""))
         try:
             check_interfaces(new)
         except StartupError as e:
@@ -1323,6 +1336,8 @@ class Engine:
                             fut.set_result(reply)
                 if self.dp.draining:
                     await blocking(self.dp.finish_drains)
+                if self._resizing:
+                    self._resizing = await blocking(self._finish_resize)
                 if self.dp.sched_base_pending():
                     await blocking(self.refresh_sched_base)
                 if now - last_sweep >= SWEEP_INTERVAL:

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from lb.dataplane.resize import old_dir, staging_dir
+
 
 LAB_TESTS_LOCK = "/run/lb-lab.tests.lock"
 LAB_TESTS_LOCK_WAIT_S = 3600.0   # other sessions (developers' worktrees) may hold the lab a while
@@ -265,6 +267,8 @@ def remove_lab_dataplane(lab) -> None:
             for mode in ("xdp", "xdpgeneric", "xdpdrv"):
                 lab.run("director", ["ip", "link", "set", "dev", dev, mode, "off"], check=False, timeout=10)
     shutil.rmtree(LAB_PIN_DIR, ignore_errors=True)
+    for d in (staging_dir(LAB_PIN_DIR), old_dir(LAB_PIN_DIR)):     # a resize's, left by a failure
+        shutil.rmtree(d, ignore_errors=True)
     try:
         os.unlink(LAB_PIDFILE)
     except FileNotFoundError:

@@ -8,6 +8,7 @@
 Each test starts its own `lb run`(s); the lab is shared by the module's tests of one network.
 """
 
+import collections
 import json
 import os
 import signal
@@ -18,6 +19,8 @@ from pathlib import Path
 
 import pytest
 from lab_http import connect, get, http_get, request
+
+from lb.dataplane.maps import BpfMap
 
 pytestmark = pytest.mark.parametrize("lab", ["nat", "direct"], indirect=True)
 
@@ -143,8 +146,10 @@ def test_sigterm_stops_cleanly(lab, network, lb_runner):
     assert p.returncode == 1 and "no lb instance 'lab'" in p.stderr, p.stderr
 
 
-def test_upgrade_with_keep_dataplane_loses_nothing(lab, network, lb_runner):
-    config = CONFIGS[network]
+def restart_under_load(lab, network, lb_runner, config, new_config):
+    """`lb stop --keep-dataplane` then `lb run --config new_config` while a client makes a new
+    connection every ~2.5 ms, keeps asking a few young ones, and holds one open: every request
+    answered, the open connection keeping its real server.  Returns the new daemon."""
     old = lb_runner.start(config)
 
     results = []            # (monotonic time, body or exception)
@@ -163,6 +168,32 @@ def test_upgrade_with_keep_dataplane_loses_nothing(lab, network, lb_runner):
             except Exception as e:  # noqa: BLE001 - every failure is reported below
                 results.append((time.monotonic(), e))
 
+    def young():
+        # a few keep-alive connections, each a few ms old and asked again as the next are made:
+        # one the old programs made just before the new ones took over is asked again just after
+        deadline = time.monotonic() + 60
+        pool = collections.deque()
+        try:
+            for _ in range(20000):              # bounded in count and time
+                if stop.wait(0.003) or time.monotonic() > deadline:
+                    return
+                try:
+                    pool.append(connect(lab, VIP, timeout=3.0))
+                except Exception as e:  # noqa: BLE001 - every failure is reported below
+                    results.append((time.monotonic(), e))
+                for c in list(pool):
+                    try:
+                        results.append((time.monotonic(), request(c)))
+                    except Exception as e:  # noqa: BLE001
+                        results.append((time.monotonic(), e))
+                        pool.remove(c)
+                        c.close()
+                while len(pool) > 4:
+                    pool.popleft().close()
+        finally:
+            for c in pool:
+                c.close()
+
     def wait_results(n, timeout=10.0):
         deadline = time.monotonic() + timeout
         while len(results) < n and time.monotonic() < deadline and worker.is_alive():
@@ -174,6 +205,8 @@ def test_upgrade_with_keep_dataplane_loses_nothing(lab, network, lb_runner):
         assert rs in SERVERS
         worker = threading.Thread(target=load, name="lb-upgrade-load", daemon=True)
         worker.start()
+        kept = threading.Thread(target=young, name="lb-upgrade-young", daemon=True)
+        kept.start()
         try:
             wait_results(20)
 
@@ -188,16 +221,16 @@ def test_upgrade_with_keep_dataplane_loses_nothing(lab, network, lb_runner):
             assert VIP in director_addrs(lab)
             assert request(s) == rs
 
-            new = lb_runner.start(config)
+            new = lb_runner.start(new_config)
             gap_end = time.monotonic()
-            assert "(adopted maps in /sys/fs/bpf/lb/lab)" in new.log()
             assert request(s) == rs
             n = len(results)
             wait_results(n + 20)
         finally:
             stop.set()
             worker.join(10)
-        assert not worker.is_alive()
+            kept.join(10)
+        assert not worker.is_alive() and not kept.is_alive()
         assert request(s) == rs
 
     failures = [r for _, r in results if r not in SERVERS]
@@ -205,3 +238,28 @@ def test_upgrade_with_keep_dataplane_loses_nothing(lab, network, lb_runner):
     during_gap = [t for t, _ in results if gap_start < t < gap_end]
     assert len(during_gap) >= 10, (len(during_gap), gap_end - gap_start)
     assert {r for _, r in results} == SERVERS
+    return new
+
+
+def test_upgrade_with_keep_dataplane_loses_nothing(lab, network, lb_runner):
+    new = restart_under_load(lab, network, lb_runner, CONFIGS[network], CONFIGS[network])
+    assert "(adopted maps in /sys/fs/bpf/lb/lab)" in new.log()
+
+
+def test_a_restart_with_bigger_tables_loses_nothing(lab, network, lb_runner, tmp_path):
+    """[tables] cannot change in a reload; a restart with new sizes (systemctl restart) moves
+    the running maps into maps of the new sizes while the old programs forward."""
+    bigger = tmp_path / "bigger.toml"
+    bigger.write_text(CONFIGS[network].read_text() + "\n[tables]\nconnections = 131072\nservices = 512\n")
+    new = restart_under_load(lab, network, lb_runner, CONFIGS[network], bigger)
+    new.wait_log("resize finished")           # the old programs let go after a grace period
+    log = new.log()
+    assert "[tables] changed (connections 65536 -> 131072, embryonic 16384 -> 32768, services 256 -> 512)" \
+        in log, log
+    for name, entries in (("lb_conns", 131072), ("lb_svc", 512)):
+        m = BpfMap.open_pinned(os.path.join(PIN_DIR, name))
+        try:
+            assert m.max_entries == entries
+        finally:
+            m.close()
+    assert not [d for d in os.listdir("/sys/fs/bpf") if d.startswith("lb-resize")]

@@ -51,6 +51,13 @@ class Dataplane(abc.ABC):
         backend the kernel hooks by itself."""
         return []
 
+    def finish_resize(self) -> bool:
+        """Once the programs are attached: what the old maps of a resized instance (new
+        [tables]) got since they were copied, copied too, and the old programs and maps let
+        go; True while there is more to do (call again, a second later).  Nothing to do for a
+        backend without sizes."""
+        return False
+
     @abc.abstractmethod
     def unpin(self) -> None:
         """Forget the instance's kept state (pins, state file): the next start is a fresh one."""

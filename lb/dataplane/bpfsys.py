@@ -200,6 +200,11 @@ class _GetByIdAttr(ctypes.Structure):
     _fields_ = [("id", ctypes.c_uint32), ("next_id", ctypes.c_uint32), ("open_flags", ctypes.c_uint32)]
 
 
+def prog_fd_by_id(prog_id: int) -> int:
+    """A new fd of the loaded program with this id (the caller closes it)."""
+    return _sys(BPF_PROG_GET_FD_BY_ID, _GetByIdAttr(id=prog_id))
+
+
 def prog_name(prog_id: int) -> str:
     """The name of the loaded program with this id (bpf_prog_info.name, 16 bytes at offset 64)."""
     fd = _sys(BPF_PROG_GET_FD_BY_ID, _GetByIdAttr(id=prog_id))

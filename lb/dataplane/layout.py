@@ -145,6 +145,7 @@ PROG_NEW_CONN = C["LB_PROG_NEW_CONN"]
 PROG_SCHED_BASE = C["LB_PROG_SCHED_BASE"]
 PROG_MAX = C["LB_PROG_MAX"]
 PROG_PERSIST = C["LB_PROG_PERSIST"]
+PREV_SLOTS = {"public": C["LB_PREV_PUBLIC"], "private": C["LB_PREV_PRIVATE"]}   # lb_progs_prev
 
 # ipvsadm's state names are the C names: LB_TCP_S_<NAME>, numbered as IP_VS_TCP_S_*
 TCP_S = _prefixed("LB_TCP_S_", skip=("LB_TCP_S_LAST",))
@@ -277,6 +278,7 @@ MAPS: dict[str, tuple[struct.Struct, struct.Struct]] = {
     "lb_est_filter": (U32, EST_WORD),
     "lb_svc_stats": (U32, STATS), "lb_real_stats": (U32, STATS), "lb_svc_rates": (U32, RATES),
     "lb_real_rates": (U32, RATES), "lb_counters": (U32, U64), "lb_progs": (U32, U32),
+    "lb_progs_prev": (U32, U32),
     "lb_lblc": (LBLC_KEY, LBLC), "lb_lblcr": (LBLC_KEY, LBLCR), "lb_sched_buckets": (U32, SCHED_BUCKETS),
     "lb_mh_tables": (U32, U32), "lb_lease": (U32, LEASE), "lb_lease_addrs": (ADDR_KEY, U32),
 }

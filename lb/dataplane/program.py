@@ -221,12 +221,14 @@ class Program:
         self.fns: dict[str, bpfobj.Prog] = {}
         self.maps: dict[str, BpfMap] = {}
 
-    def check_pins(self) -> bool:
-        """True when compatible pinned maps exist (a running or crashed instance to adopt)."""
+    def check_pins(self) -> tuple[bool, dict[str, tuple[int, int]]]:
+        """(pinned maps exist: a running or crashed instance to adopt, {name: (max_entries,
+        value_size) pinned} of those whose size differs from what these sizes need: other
+        [tables], which lb.dataplane.resize moves into maps of the new sizes)."""
         if not os.path.isdir(self.pin):
-            return False
+            return False, {}
         from . import bpfsys
-        found = False
+        found, differ = False, {}
         for name, (entries, vsize) in self.sizes.expected().items():
             path = os.path.join(self.pin, name)
             if not os.path.exists(path):
@@ -238,12 +240,8 @@ class Program:
             finally:
                 os.close(fd)
             if info.max_entries != entries or info.value_size != vsize:
-                raise DataplaneError(
-                    f"pinned map {path} holds {info.max_entries} entries of {info.value_size} bytes but "
-                    f"the config (and this version of lb) needs {entries} of {vsize}: table sizes and "
-                    f"layouts cannot change while an instance "
-                    f"keeps its connections. Stop it (lb stop) or remove {self.pin} to start afresh.")
-        return found
+                differ[name] = (info.max_entries, info.value_size)
+        return found, differ
 
     def _compile(self, source: str, cflags: list[str]) -> bpfobj.Object:
         from lb import preflight
@@ -284,11 +282,13 @@ class Program:
         self.compiled = True
         return obj
 
-    def load(self, adopted: bool) -> None:
+    def load(self, adopted: bool, pin_dir: str | None = None) -> None:
         """Compile (or take from the cache) and load the programs every packet may meet (bcc or
         bpfobj creates the maps, or reuses the pinned ones), wire their tail calls, open the
-        maps by pin and write the TCP state table."""
-        os.makedirs(self.pin, exist_ok=True)
+        maps by pin and write the TCP state table.  pin_dir: pin the maps there instead of the
+        instance's directory (a resize's staging directory, renamed to it once filled)."""
+        pin = pin_dir or self.pin
+        os.makedirs(pin, exist_ok=True)
         t0 = time.monotonic()
         source = bpf_source()
         self._cflags = self.sizes.cflags(self.pin) + ["-Wno-macro-redefined"]
@@ -300,20 +300,20 @@ class Program:
         else:
             self.obj = self._compile(source, self._cflags)
         try:
-            self.loaded = bpfobj.load(self.obj, self.pin, BASE_PROGRAMS)
+            self.loaded = bpfobj.load(self.obj, pin, BASE_PROGRAMS)
         except DataplaneError as e:
             if self.compiled:
                 raise
             self._recompile(e)
-            self.loaded = bpfobj.load(self.obj, self.pin, BASE_PROGRAMS)
+            self.loaded = bpfobj.load(self.obj, pin, BASE_PROGRAMS)
         if self.compiled and self.cache is not None:
             self.cache.put(self._key, self.obj)
         self.fns.update(self.loaded.progs)
         log.info("%s %d XDP programs in %.2f s (%s maps in %s)",
                  "compiled and loaded" if self.compiled else "loaded the cached", len(BASE_PROGRAMS),
-                 time.monotonic() - t0, "adopted" if adopted else "new", self.pin)
+                 time.monotonic() - t0, "adopted" if adopted and not pin_dir else "new", pin)
         for name in self.sizes.expected().keys() | {"lb_tcp_fsm", "lb_tcp_fsm_secure", "lb_timeouts"}:
-            self.maps[name] = BpfMap.open_pinned(os.path.join(self.pin, name))
+            self.maps[name] = BpfMap.open_pinned(os.path.join(pin, name))
         # the schedulers' offsets, which the control plane writes in place beside BPF's counts
         self.maps["lb_real_sched_off"] = ArrayField(self.maps["lb_real_conns"], "lb_real_sched_off",
                                                     L.REAL_SCHED_OFF, L.REAL_COUNTS.size)
@@ -349,12 +349,14 @@ class Program:
 
     def _wire(self, slots: dict[int, str]) -> None:
         """lb_progs[slot] = program: the data path's tail calls."""
-        progs = BpfMap.open_pinned(os.path.join(self.pin, "lb_progs"))
-        try:
-            for slot, name in slots.items():
-                progs.set(L.U32.pack(slot), L.U32.pack(self.fns[name].fd))
-        finally:
-            progs.close()
+        # the loaded programs' own lb_progs (a resize loads them against a staging directory)
+        progs = BpfMap(self.loaded.map_fds["lb_progs"], "lb_progs", owned=False)
+        for slot, name in slots.items():
+            progs.set(L.U32.pack(slot), L.U32.pack(self.fns[name].fd))
+
+    def prev_progs(self) -> BpfMap:
+        """lb_progs_prev of the loaded programs (not pinned: held by this process)"""
+        return BpfMap(self.loaded.map_fds["lb_progs_prev"], "lb_progs_prev", owned=False)
 
     def close_maps(self) -> None:
         for m in self.maps.values():

@@ -32,6 +32,7 @@ from .mhtable import MhTables
 from .nexthop import resolve
 from .program import Program, Sizes
 from .rates import RateEstimator
+from .resize import Resize, open_dir, remove_dir
 from .services import ServiceTable, key_of
 from .spec import ServiceSpec, TableSpec
 from .txn import MapTxn
@@ -39,6 +40,14 @@ from .txn import MapTxn
 log = logging.getLogger("lb.dataplane")
 
 __all__ = ["DataplaneError", "Sizes", "XdpDataplane"]
+
+# after a resize's attach, how long the replaced programs still get what the new maps do not
+# know: the handshakes the old programs began finish meanwhile (a round trip)
+RESIZE_GRACE = 2.0
+
+
+def _counted(late: dict[str, int]) -> str:
+    return ", ".join(f"{n} {name}" for name, n in sorted(late.items()) if n) or "nothing"
 
 
 class XdpDataplane(Dataplane):
@@ -62,6 +71,7 @@ class XdpDataplane(Dataplane):
         self.attached: dict[str, int] = {}      # ifname -> xdp flags
         self.sides: dict[str, str] = {}         # ifname -> the program's side (public, private, guard)
         self.adopted = False
+        self.resize: Resize | None = None       # new [tables]: the old maps until finish_resize
         self.created = False     # this instance made the pin directory (a failed start removes it)
 
     # ---- the parts' state, by the names tests and tools use ----
@@ -112,9 +122,13 @@ class XdpDataplane(Dataplane):
 
     # ---- lifecycle ----
     def load(self) -> None:
-        self.adopted = self.program.check_pins()
+        self.resize = Resize.recover(self.pin)
+        self.adopted, differ = self.program.check_pins()
         self.created = not os.path.isdir(self.pin)
-        self.program.load(self.adopted)
+        if differ:
+            self._load_resized(differ)
+        else:
+            self.program.load(self.adopted)
         self.table.mh = MhTables(self.maps["lb_mh_tables"], self.maps["lb_mh_last"], self.sizes.svc_reals)
         if self.adopted:
             self.table.adopt()
@@ -123,10 +137,101 @@ class XdpDataplane(Dataplane):
             log.info("adopted %d services and %d real servers from %s", len(self.services),
                      sum(len(s.dests) for s in self.services.values()), self.pin)
 
+    def _load_resized(self, differ: dict[str, tuple[int, int]]) -> None:
+        """The running instance's maps are of other sizes (new [tables]): the programs loaded
+        against maps of the new sizes, filled from the old ones, which keep serving until the
+        engine attaches the new programs (lb/dataplane/resize.py)."""
+        if self.resize is not None:
+            # an unfinished resize's old maps: what they hold into the instance's, which go on
+            # into the new sizes below (the filter is rebuilt from those once adopted)
+            pinned = open_dir(self.pin)
+            try:
+                self.resize.finish(pinned, lambda keys: None, counters=False)
+            finally:
+                for m in pinned.values():
+                    m.close()
+            self.resize = None
+        rs = Resize(self.pin)
+        want = self.sizes.expected()
+        # the [tables] keys, as the running maps' sizes tell them
+        keys = (("connections", "lb_conns", 0, 1), ("embryonic", "lb_conns_embryo", 0, 1),
+                ("services", "lb_svc", 0, 1), ("real_servers", "lb_reals", 0, 1),
+                ("reals_per_service", "lb_svc_dests", 1, L.DEST.size))
+        changes = [f"{key} {differ[m][i] // unit} -> {want[m][i] // unit}" for key, m, i, unit in keys
+                   if m in differ and differ[m][i] != want[m][i]]
+        log.info("[tables] changed (%s): moving the running instance's maps into maps of the new sizes",
+                 ", ".join(changes) or "map sizes")
+        rs.check(want, self.sizes.svc_reals)
+        remove_dir(rs.staging)
+        try:
+            self.program.load(True, pin_dir=rs.staging)
+            rs.copy(self.maps)
+            rs.swap()
+        except BaseException:
+            self.program.close()
+            rs.abandon()
+            raise
+        for name, n in sorted(rs.dropped.items()):
+            log.warning("%s: %d entries did not fit the new size and were left out (the least recently "
+                        "used)", name, n)
+        log.info("copied %s into the new maps; the old ones serve until the programs are attached",
+                 rs.summary())
+        self.resize = rs
+
+    def _keep_previous(self, ifname: str, side: str) -> None:
+        """The lb program this attach replaces on ifname goes into lb_progs_prev: until the
+        resize finishes, a packet the new maps know nothing of goes to it (a connection the old
+        programs made after the copy: the new programs would hand it to the kernel, which
+        resets it)."""
+        from .bpfsys import prog_fd_by_id, prog_name
+
+        try:
+            prev = attached_prog_id(ifname)
+            if prev is None or prog_name(prev) != self._SIDES[side]:
+                return
+            fd = prog_fd_by_id(prev)
+            try:
+                self.program.prev_progs().set(L.U32.pack(L.PREV_SLOTS[side]), L.U32.pack(fd))
+            finally:
+                os.close(fd)               # the program array holds it now
+        except OSError as e:               # gone meanwhile, or refused: the attach goes on without
+            log.warning("resize: the program replaced on %s cannot take what the new maps do not know "
+                        "yet (%s): a connection the old programs made since the copy may be reset", ifname, e)
+            return
+        self.resize.handed_over = True
+
+    def finish_resize(self) -> bool:
+        """After the attach: the connections the old programs made since the copy are copied;
+        while they may still be finishing handshakes begun before the attach (RESIZE_GRACE), the
+        new programs send them what the new maps do not know, and this returns True (call it
+        again later).  Then the old programs are let go, a last copy is made (counters
+        included) and the old maps removed."""
+        rs = self.resize
+        if rs is None:
+            return False
+        now = time.monotonic()
+        if rs.handed_over and rs.attached_at is None:
+            rs.attached_at = now
+            late = rs.catch_up(self.maps, self.conns._est_add)
+            log.info("resize: the new programs serve; %s the old ones made meanwhile copied",
+                     _counted(late))
+            return True
+        if rs.handed_over and now - rs.attached_at < RESIZE_GRACE:
+            return True
+        prev = self.program.prev_progs()
+        for slot in L.PREV_SLOTS.values():
+            prev.delete(L.U32.pack(slot))
+        late = rs.finish(self.maps, self.conns._est_add)
+        log.info("resize finished: %s made meanwhile copied; the old maps removed", _counted(late))
+        self.resize = None
+        return False
+
     _SIDES = {"public": "lb_xdp_public", "private": "lb_xdp_private", "guard": "lb_xdp_guard"}
 
     def attach(self, ifname: str, side: str = "public", mode: str = "native") -> str:
         fn = self.fns[self._SIDES[side]]
+        if self.resize is not None and side in L.PREV_SLOTS:
+            self._keep_previous(ifname, side)
         name, flags = attach_xdp(ifname, fn, mode)
         self.attached[ifname] = flags
         self.sides[ifname] = side
@@ -184,6 +289,10 @@ class XdpDataplane(Dataplane):
         if self.mh is not None:
             self.mh.close()
         self.program.unpin()
+        if self.resize is not None:       # a clean stop before a resize's finish
+            self.resize.close_old()
+            remove_dir(self.resize.old_path)
+            self.resize = None
 
     def close(self) -> None:
         if self.mh is not None:

@@ -1,0 +1,376 @@
+"""New [tables] for an instance that keeps its data plane: the running instance's pinned maps are
+moved into maps of the new sizes, so a restart that grows (or shrinks) the connection table, the
+services' or the real servers' keeps every connection, persistence template, count and
+statistic, as any other restart does.
+
+How (XdpDataplane.load, then XdpDataplane.finish_resize once the engine attached the programs):
+
+1. check(): do the entries fit the new sizes -- the service and real-server ids in use, each
+   service's real-server list, the other hash tables' entries?  Asked before anything changes; a
+   refusal names the size that is too small and what needs it.
+2. The programs of the new sizes are loaded against a staging directory beside the instances'
+   root (fresh maps pinned there), and copy() fills their maps from the running instance's while
+   its programs go on forwarding with those.  A map the two differ on in anything but its size
+   is refused here, as adoption refuses one (another version of lb).
+3. swap(): two renames -- the instance's directory aside (``lb-resized-<instance>``), the
+   staging one (``lb-resize-<instance>``) in its place.
+4. The engine applies its table and attaches the new programs (atomically, interface by
+   interface); until then the old programs forward with the old maps.
+5. finish(): what the old programs made since the copy -- connections, templates, and what they
+   added to the counters and statistics -- copied over; the old directory removed (the old maps
+   go with the last program that holds them).
+
+A start that dies part-way leaves the running data plane alone: before 3 the instance's
+directory is untouched (the next start removes the staging one); between 3's two renames the
+next start puts the old directory back; after 3 it adopts the new maps and does 5.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import struct
+
+from . import bpfsys
+from . import layout as L
+from .errors import DataplaneError
+from .maps import BpfMap
+from .mhtable import open_table
+
+log = logging.getLogger("lb.dataplane")
+
+ARRAY_OF_MAPS = 12
+ARRAYS = (bpfsys.BPF_MAP_TYPE_ARRAY, bpfsys.BPF_MAP_TYPE_PERCPU_ARRAY)
+
+# tables packets fill: copied entry by entry; the most recently used first when they no longer
+# all fit (their values begin with last_ns, the last packet's time, as lb_conn and lb_persist do)
+FLOWS = ("lb_conns", "lb_conns_embryo", "lb_persist", "lb_persist_embryo", "lb_lblc", "lb_lblcr")
+LAST_NS_FIRST = ("lb_conns", "lb_conns_embryo", "lb_persist", "lb_persist_embryo")
+# the new programs' own: their tail calls, per-CPU scratch and clock, the TCP state tables (written
+# at every load) and the established filter (rebuilt from lb_conns by the adoption)
+FRESH = ("lb_progs", "lb_scratch", "lb_csum_buf", "lb_clock", "lb_mh_walk", "lb_tcp_fsm",
+         "lb_tcp_fsm_secure", "lb_est_filter")
+# counters the programs add to: finish() adds what the old programs counted after the copy
+# (struct format of the counting part of each value: per-CPU u64s, lb_real_conns' three u32s)
+COUNTERS = {"lb_svc_stats": "Q", "lb_real_stats": "Q", "lb_counters": "Q", "lb_ct_events": "Q",
+            "lb_real_conns": "III"}
+# values holding one slot per position in a service's real-server list (reals_per_service)
+PER_SVC_REAL = ("lb_svc_dests", "lb_mh_last")
+# arrays indexed by service id / real id
+BY_SERVICE = ("lb_svc", "lb_sched_state", "lb_svc_dests", "lb_sched_buckets", "lb_svc_stats",
+              "lb_svc_rates", "lb_mh_tables")
+BY_REAL = ("lb_reals", "lb_real_conns", "lb_real_swept", "lb_real_base", "lb_real_overload",
+           "lb_real_stats", "lb_real_rates")
+
+
+def staging_dir(pin: str) -> str:
+    """Beside the instances' root, as the compile's scratch: never taken for an instance (and
+    bpffs names take no dots)."""
+    return os.path.join(os.path.dirname(os.path.dirname(pin)), f"lb-resize-{os.path.basename(pin)}")
+
+
+def old_dir(pin: str) -> str:
+    return os.path.join(os.path.dirname(os.path.dirname(pin)), f"lb-resized-{os.path.basename(pin)}")
+
+
+def remove_dir(path: str) -> None:
+    """A pin directory and its pins (bpffs: no rmtree of a tree with dots to skip, nothing
+    nested)."""
+    if not os.path.isdir(path):
+        return
+    for name in os.listdir(path):
+        try:
+            os.unlink(os.path.join(path, name))
+        except IsADirectoryError:
+            remove_dir(os.path.join(path, name))
+    os.rmdir(path)
+
+
+def open_dir(path: str) -> dict[str, BpfMap]:
+    out = {}
+    for name in sorted(os.listdir(path)):
+        try:
+            out[name] = BpfMap.open_pinned(os.path.join(path, name))
+        except bpfsys.BpfError:
+            continue                    # not a map (nothing else is pinned there today)
+    return out
+
+
+def _u32(raw: bytes) -> int:
+    return L.U32.unpack_from(raw)[0]
+
+
+def _zero(raw: bytes) -> bool:
+    return not any(raw)
+
+
+class Resize:
+    """One instance's move into maps of new sizes (see the module's text)."""
+
+    def __init__(self, pin: str):
+        self.pin = pin
+        self.staging = staging_dir(pin)
+        self.old_path = old_dir(pin)
+        self.old: dict[str, BpfMap] = {}          # the running instance's maps
+        self.snapshot: dict[str, dict[bytes, bytes]] = {}   # COUNTERS as copied
+        self.copied: dict[str, int] = {}
+        self.seen: dict[str, set[bytes]] = {}     # FLOWS: every key the copy found (left out or not)
+        self.dropped: dict[str, int] = {}
+        self.handed_over = False                  # the old programs are in lb_progs_prev
+        self.attached_at: float | None = None     # when the first catch_up after the attach ran
+
+    # ---- a start after one that died part-way ----
+    @classmethod
+    def recover(cls, pin: str) -> "Resize | None":
+        """Put things where a resize that died left them: the old directory back if the swap
+        stopped between its renames, the staging directory removed; a Resize whose finish() is
+        still to do when the old directory is there beside the new one."""
+        rs = cls(pin)
+        if os.path.isdir(rs.staging):
+            if not os.path.isdir(pin) and os.path.isdir(rs.old_path):
+                os.rename(rs.old_path, pin)
+                log.warning("a resize of %s stopped half-way through its swap: the old maps are back", pin)
+            remove_dir(rs.staging)
+        if not os.path.isdir(rs.old_path):
+            return None
+        if not os.path.isdir(pin):
+            remove_dir(rs.old_path)       # the instance itself is gone (stopped)
+            return None
+        log.warning("the resize of %s was not finished: its connections made meanwhile are copied once "
+                    "the programs are attached", pin)
+        rs.old = open_dir(rs.old_path)
+        return rs
+
+    # ---- 1: will it fit ----
+    def check(self, expected: dict[str, tuple[int, int]], svc_reals: int) -> None:
+        """DataplaneError, before anything changed, when the running instance's entries do not
+        fit maps of these sizes."""
+        self.old = open_dir(self.pin)
+        try:
+            self._check(expected, svc_reals)
+        except BaseException:
+            self.close_old()
+            raise
+
+    def _check(self, expected: dict[str, tuple[int, int]], svc_reals: int) -> None:
+        old = self.old
+        how = (f"keep the [tables] size at least that, or stop the instance (lb stop, which drops its "
+               f"connections) to start it with the smaller table")
+        sids = set()
+        for name in ("lb_services", "lb_fwm_services"):
+            if name in old:
+                sids.update(_u32(v) for _, v in old[name].items())
+        services = expected["lb_svc"][0]
+        if sids and max(sids) >= services:
+            raise DataplaneError(f"[tables] services = {services} is too small for the running instance "
+                                 f"{self.pin}: it holds {len(sids)} virtual services, with ids up to "
+                                 f"{max(sids)}: {how}")
+        reals = expected["lb_reals"][0]
+        if "lb_reals" in old:
+            used = [_u32(k) for k, v in old["lb_reals"].items() if not _zero(v)]
+            if used and max(used) >= reals:
+                raise DataplaneError(f"[tables] real_servers = {reals} is too small for the running instance "
+                                     f"{self.pin}: it holds {len(used)} real servers, with ids up to "
+                                     f"{max(used)}: {how}")
+        if "lb_svc_dests" in old:
+            keep = L.DEST.size * svc_reals
+            for k, v in old["lb_svc_dests"].items():
+                if _u32(k) in sids and not _zero(v[keep:]):
+                    n = sum(1 for i in range(len(v) // L.DEST.size)
+                            if not _zero(v[i * L.DEST.size:(i + 1) * L.DEST.size]))
+                    raise DataplaneError(f"[tables] reals_per_service = {svc_reals} is too small for the "
+                                         f"running instance {self.pin}: its virtual service id {_u32(k)} "
+                                         f"lists {n} real servers: {how}")
+        for name, m in old.items():
+            if (name in expected and name not in FLOWS and m.type not in ARRAYS + (ARRAY_OF_MAPS,)
+                    and m.type != bpfsys.BPF_MAP_TYPE_PROG_ARRAY):
+                n = len(m.items())
+                if n > expected[name][0]:
+                    raise DataplaneError(f"[tables] too small for the running instance {self.pin}: its "
+                                         f"{name} holds {n} entries, the new size {expected[name][0]}: {how}")
+
+    # ---- 2: the copy ----
+    def copy(self, new: dict[str, BpfMap]) -> None:
+        """Every entry of the old maps into the new ones (the staging directory's, not yet in use),
+        after checking that each pair differs in nothing but its size."""
+        pairs = []
+        for name, src in self.old.items():
+            dst = new.get(name)
+            if dst is None or name in FRESH:
+                continue                  # gone in this version, or the new programs' own
+            if (src.type, src.key_size) != (dst.type, dst.key_size) or (
+                    src.value_size != dst.value_size and name not in PER_SVC_REAL):
+                raise DataplaneError(
+                    f"pinned map {os.path.join(self.pin, name)} is (type, key, value) "
+                    f"{(src.type, src.key_size, src.value_size)}, the programs need "
+                    f"{(dst.type, dst.key_size, dst.value_size)}: the running instance's maps come from "
+                    f"another version of lb and cannot be moved into the new [tables]. Stop it (lb stop) "
+                    f"or remove {self.pin} to start afresh.")
+            pairs.append((name, src, dst))
+        for name, src, dst in pairs:
+            if src.type in ARRAYS:
+                n = self._copy_array(name, src, dst)
+            elif src.type == ARRAY_OF_MAPS:
+                n = self._copy_outer(src, dst)
+            elif src.type == bpfsys.BPF_MAP_TYPE_PROG_ARRAY:
+                continue
+            else:
+                n = self._copy_hash(name, src, dst)
+            self.copied[name] = n
+
+    def _convert(self, name: str, raw: bytes, size: int) -> bytes:
+        if name in PER_SVC_REAL:
+            return raw[:size].ljust(size, b"\0")
+        return raw
+
+    def _copy_array(self, name: str, src: BpfMap, dst: BpfMap) -> int:
+        n = min(src.max_entries, dst.max_entries)
+        keys = [L.U32.pack(i) for i in range(n)]
+        if src.percpu:
+            raws = src.get_many_raw(keys)
+            if name in COUNTERS:
+                self.snapshot[name] = {k: r for k, r in zip(keys, raws) if r is not None}
+            done = 0
+            for k, r in zip(keys, raws):
+                if r is not None and not _zero(r):
+                    dst.set_raw(k, r)
+                    done += 1
+            return done
+        within = [(k, v) for k, v in src.items() if _u32(k) < n]
+        if name in COUNTERS:
+            self.snapshot[name] = dict(within)
+        items = [(k, self._convert(name, v, dst.value_size)) for k, v in within if not _zero(v)]
+        dst.set_many([k for k, _ in items], [v for _, v in items])
+        return len(items)
+
+    def _copy_outer(self, src: BpfMap, dst: BpfMap) -> int:
+        """lb_mh_tables: the same inner tables (the service's Maglev lookup table), by id"""
+        done = 0
+        for i in range(min(src.max_entries, dst.max_entries)):
+            raw = src.get(L.U32.pack(i))
+            if raw is None:
+                continue
+            inner = open_table(_u32(raw))
+            try:
+                dst.set(L.U32.pack(i), L.U32.pack(inner.fd))
+            finally:
+                inner.close()
+            done += 1
+        return done
+
+    def _copy_hash(self, name: str, src: BpfMap, dst: BpfMap) -> int:
+        items = src.items()
+        room = dst.max_entries
+        if name in FLOWS:
+            self.seen[name] = {k for k, _ in items}
+        if name in FLOWS and len(items) > room:
+            if name in LAST_NS_FIRST:
+                items.sort(key=lambda kv: struct.unpack_from("=Q", kv[1])[0], reverse=True)
+            self.dropped[name] = len(items) - room
+            items = items[:room]
+            items.reverse()               # the most recent written last: an LRU keeps those
+        items = [(k, self._convert(name, v, dst.value_size)) for k, v in items]
+        dst.set_many([k for k, _ in items], [v for _, v in items])
+        return len(items)
+
+    # ---- 3: the swap ----
+    def swap(self) -> None:
+        if os.path.isdir(self.old_path):
+            remove_dir(self.old_path)     # an older resize's, finished before this one began
+        os.rename(self.pin, self.old_path)
+        os.rename(self.staging, self.pin)
+
+    def abandon(self) -> None:
+        """The resize given up before its swap: the staging directory goes, the old maps stay."""
+        self.close_old()
+        remove_dir(self.staging)
+
+    # ---- 5: what the old programs did since ----
+    def catch_up(self, new: dict[str, BpfMap], mark_established) -> dict[str, int]:
+        """Connections and templates the old maps hold and the new ones do not (made by the old
+        programs since the copy), copied; every later call copies what came since the one
+        before.  mark_established(keys): the established filter's bits of keys about to go into
+        lb_conns.  Returns {map: entries copied}."""
+        late: dict[str, int] = {}
+        for name in FLOWS:
+            src, dst = self.old.get(name), new.get(name)
+            if src is None or dst is None:
+                continue
+            now = dst.items()
+            have = {k for k, _ in now}
+            seen = self.seen.get(name)         # left out on purpose, or copied and gone since
+            items = src.items()
+            missing = [(k, v) for k, v in items if k not in have and (seen is None or k not in seen)]
+            if seen is None and len(have) + len(missing) > dst.max_entries:
+                # a resize another process copied: what it left out is missing too; only what is
+                # more recent than anything kept can be new since
+                if name in LAST_NS_FIRST and now:
+                    oldest = min(struct.unpack_from("=Q", v)[0] for _, v in now)
+                    missing = [(k, v) for k, v in missing if struct.unpack_from("=Q", v)[0] > oldest]
+                missing = missing[:max(0, dst.max_entries - len(have))]
+            self.seen[name] = {k for k, _ in items}
+            if not missing:
+                continue
+            if name == "lb_conns":
+                mark_established([k for k, _ in missing if not L.ConnKey.unpack(k).dir])
+            done = 0
+            for k, v in missing:
+                try:
+                    dst.set(k, v, bpfsys.BPF_NOEXIST)
+                    done += 1
+                except bpfsys.BpfError as e:
+                    if e.errno not in (errno.EEXIST, errno.E2BIG, errno.ENOMEM):
+                        raise
+            late[name] = done
+        return late
+
+    def finish(self, new: dict[str, BpfMap], mark_established, counters: bool = True) -> dict[str, int]:
+        """The last catch_up (the old programs get no more packets), what they added to the
+        counters since the copy added to the new ones (counters), and the old maps let go."""
+        late = self.catch_up(new, mark_established)
+        for name, fmt in COUNTERS.items():
+            before = self.snapshot.get(name)
+            src, dst = self.old.get(name), new.get(name)
+            if not counters or before is None or src is None or dst is None:
+                continue
+            for k, was in before.items():
+                if _u32(k) >= dst.max_entries:
+                    continue
+                now = src.get_raw(k)
+                if now is None or now == was:
+                    continue
+                self._add(dst, k, fmt, was, now)
+        self.close_old()
+        remove_dir(self.old_path)
+        return late
+
+    @staticmethod
+    def _add(dst: BpfMap, key: bytes, fmt: str, was: bytes, now: bytes) -> None:
+        """dst[key] += now - was, field by field (fmt: the counting fields, all of one width;
+        modular: lb_real_conns' counts also fall); a per-CPU map CPU by CPU"""
+        cur = dst.get_raw(key)
+        if cur is None:
+            return
+        code = "=" + fmt[0]
+        width = struct.calcsize(code)
+        mask = (1 << (8 * width)) - 1
+        if dst.percpu:
+            offsets = [c * dst._slot + o for c in range(dst.ncpus) for o in range(0, dst.value_size, width)]
+        else:
+            offsets = range(0, struct.calcsize("=" + fmt), width)
+        out = bytearray(cur)
+        for o in offsets:
+            d = struct.unpack_from(code, now, o)[0] - struct.unpack_from(code, was, o)[0]
+            if d:
+                struct.pack_into(code, out, o, (struct.unpack_from(code, out, o)[0] + d) & mask)
+        dst.set_raw(key, bytes(out))
+
+    def close_old(self) -> None:
+        for m in self.old.values():
+            m.close()
+        self.old = {}
+
+    def summary(self) -> str:
+        moved = ", ".join(f"{self.copied[n]} {n}" for n in FLOWS if self.copied.get(n))
+        return moved or "no connections"

@@ -1,0 +1,269 @@
+"""New [tables] for an instance that keeps its data plane (a restart with bigger or smaller
+tables): the running instance's maps move into maps of the new sizes (lb/dataplane/resize.py).
+Its connections keep their real servers, its templates, counts and statistics carry over, what
+its programs make while the new ones load is not lost, and what does not fit is refused before
+anything changes.  The old instance's programs stay loaded here, as they stay attached to the
+interfaces while the new daemon starts."""
+from __future__ import annotations
+
+import ipaddress
+import itertools
+import logging
+import os
+import struct
+
+import pytest
+from scapy.layers.inet import IP, TCP
+from scapy.layers.l2 import Ether
+
+from lb.dataplane import RealSpec, ServiceSpec, TableSpec, reader
+from lb.dataplane import layout as L
+from lb.dataplane.errors import DataplaneError
+from lb.dataplane.maps import BpfMap, PinnedMaps, pin_dir
+from lb.dataplane.resize import old_dir, remove_dir, staging_dir
+from lb.dataplane.xdp import Sizes, XdpDataplane
+from packets_util import CLIENT_MAC, PUB_MAC, XDP_PASS, XDP_REDIRECT, fake_resolver, real_mac, run
+
+ip = ipaddress.ip_address
+VIP = ip("198.18.0.10")
+REALS = [ip("198.18.1.11"), ip("198.18.1.12"), ip("198.18.1.13")]
+SMALL = Sizes(16, 4096, 16, 4096)
+BIG = Sizes(32, 8192, 32, 16384)          # every size bigger, reals_per_service too (a value size)
+_sport = itertools.count(41000)
+
+
+def table(services=("web", "tls", "mh")):
+    reals = tuple(RealSpec(a, 80, 1, "dr") for a in REALS)
+    all_ = {"web": ServiceSpec("tcp", VIP, 80, "rr", reals, "web"),
+            "tls": ServiceSpec("tcp", VIP, 443, "rr", reals, "tls", 300, "255.255.255.0"),
+            "mh": ServiceSpec("tcp", VIP, 8080, "mh", reals, "mh")}
+    extra = {f"x{i}": ServiceSpec("tcp", VIP, 9000 + i, "rr", reals, f"x{i}") for i in range(8)}
+    all_.update(extra)
+    return TableSpec(tuple(all_[s] for s in services))
+
+
+class Client:
+    """Sends the client's packets and keeps what `lb list --stats` should say of them:
+    {(port, real): [active, inactive, conns, inpkts]}"""
+
+    def __init__(self):
+        self.expect: dict[tuple[int, str], list[int]] = {}
+        self.flows: dict[tuple[int, int], str] = {}      # (port, sport) -> real server
+
+    def send(self, dp, sport, flags, dport=80):
+        pkt = Ether(src=CLIENT_MAC, dst=PUB_MAC) / IP(src="198.18.0.2", dst=str(VIP)) / \
+            TCP(sport=sport, dport=dport, flags=flags)
+        rc, out = run(dp, "lb_xdp_public", pkt)
+        assert rc == XDP_REDIRECT, (dport, sport, flags, rc)
+        server = {real_mac(a): str(a) for a in REALS}[Ether(out).dst]
+        e = self.expect.setdefault((dport, server), [0, 0, 0, 0])
+        e[3] += 1
+        if flags == "S":                 # SYN_RECV counts as active, as in IPVS
+            e[0] += 1
+            e[2] += 1
+        elif flags == "A":
+            self.flows.setdefault((dport, sport), server)
+        return server
+
+    def connect(self, dp, dport):
+        sport = next(_sport)
+        server = self.send(dp, sport, "S", dport)
+        assert self.send(dp, sport, "A", dport) == server
+        return sport
+
+
+def rows(dp):
+    """{(port, real): [active, inactive, conns, inpkts]} as `lb list --stats` reads them (the
+    servers with any), and {(port, real): persist}"""
+    with PinnedMaps(dp.instance) as maps:
+        services = reader.read_services(maps)
+    counts = {(s.port, str(r.address)): [r.active, r.inactive, r.stats.conns, r.stats.inpkts]
+              for s in services for r in s.reals}
+    return ({k: v for k, v in counts.items() if any(v)},
+            {(s.port, str(r.address)): r.persist for s in services for r in s.reals})
+
+
+def pinned_entries(instance, name):
+    m = BpfMap.open_pinned(os.path.join(pin_dir(instance), name))
+    try:
+        return m.max_entries, m.value_size
+    finally:
+        m.close()
+
+
+@pytest.fixture
+def instance():
+    name = f"resize{os.getpid()}"
+    made = []
+    yield name, made
+    for dp in made:
+        dp.close()
+    made[0].unpin()                       # the instance's pins
+    left = [d for d in (pin_dir(name), staging_dir(pin_dir(name)), old_dir(pin_dir(name))) if os.path.exists(d)]
+    for d in left:
+        remove_dir(d)
+    assert not left, f"a resize left {left}"
+
+
+def start(instance, sizes):
+    name, made = instance
+    dp = XdpDataplane(name, sizes, resolver=fake_resolver)
+    made.append(dp)
+    dp.load()
+    return dp
+
+
+def test_bigger_tables_keep_every_connection_template_count_and_statistic(instance, caplog):
+    old = start(instance, SMALL)
+    old.apply(table())
+    client = Client()
+    for port in (80, 443, 8080):
+        for _ in range(4):
+            client.connect(old, port)
+    half = next(_sport)
+    first = client.send(old, half, "S")     # a handshake half done when the daemon restarts
+    counts, persist = rows(old)
+    assert counts == client.expect
+    assert sum(persist.values()) == 1      # the client's template (port 443, its /24)
+
+    caplog.set_level(logging.INFO, logger="lb.dataplane")
+    new = start(instance, BIG)
+    name = instance[0]
+    assert ("[tables] changed (connections 4096 -> 16384, embryonic 1024 -> 4096, services 16 -> 32, "
+            "real_servers 4096 -> 8192, reals_per_service 16 -> 32)") in caplog.text
+    assert pinned_entries(name, "lb_conns") == (16384, L.CONN.size)
+    assert pinned_entries(name, "lb_svc") == (32, L.SVC.size)
+    assert pinned_entries(name, "lb_svc_dests") == (32, L.DEST.size * 32)
+    assert not os.path.exists(staging_dir(pin_dir(name)))
+    assert os.path.isdir(old_dir(pin_dir(name)))       # until the new programs are attached
+    assert rows(new) == (client.expect, persist)       # counts and statistics, as they were
+
+    # the old programs serve until the new ones are attached: what they do is not lost
+    late = [client.connect(old, 80) for _ in range(2)]
+    (port, sport), server = next(iter(client.flows.items()))
+    assert client.send(old, sport, "PA", port) == server
+    new.apply(table())
+    # once attached, the new programs hand what their maps do not know yet to the ones they
+    # replaced (the attach puts those in lb_progs_prev): nothing is handed to the kernel
+    ack = Ether(src=CLIENT_MAC, dst=PUB_MAC) / IP(src="198.18.0.2", dst=str(VIP)) / \
+        TCP(sport=late[0], dport=80, flags="PA")
+    assert run(new, "lb_xdp_public", ack)[0] == XDP_PASS
+    new.program.prev_progs().set(L.U32.pack(L.PREV_SLOTS["public"]), L.U32.pack(old.fns["lb_xdp_public"].fd))
+    assert client.send(new, late[0], "PA") == client.flows[(80, late[0])]
+    new.finish_resize()
+    assert not os.path.exists(old_dir(pin_dir(name)))
+    assert "resize finished: 2 lb_conns made meanwhile copied" in caplog.text
+    assert rows(new) == (client.expect, persist)
+
+    for (port, sport), server in list(client.flows.items()):
+        assert client.send(new, sport, "PA", port) == server
+    assert client.send(new, half, "A") == first        # the handshake ends on the new programs
+    assert rows(new) == (client.expect, persist)
+
+
+def test_tables_too_small_for_what_runs_are_refused_before_anything_changes(instance):
+    old = start(instance, SMALL)
+    old.apply(table(("web", "tls", "mh", "x0", "x1", "x2", "x3", "x4")))
+    client = Client()
+    sport = client.connect(old, 80)
+    name = instance[0]
+    pins = sorted(os.listdir(pin_dir(name)))
+    for sizes, what in ((Sizes(4, 4096, 16, 4096), "[tables] services = 4 is too small"),
+                        (Sizes(16, 4096, 2, 4096), "[tables] reals_per_service = 2 is too small")):
+        dp = XdpDataplane(name, sizes, resolver=fake_resolver)
+        with pytest.raises(DataplaneError) as e:
+            dp.load()
+        dp.close()
+        assert what in str(e.value) and "lb stop" in str(e.value), e.value
+        assert sorted(os.listdir(pin_dir(name))) == pins
+        assert pinned_entries(name, "lb_svc") == (16, L.SVC.size)
+        assert not os.path.exists(staging_dir(pin_dir(name)))
+        assert not os.path.exists(old_dir(pin_dir(name)))
+    assert client.send(old, sport, "PA") == client.flows[(80, sport)]   # still serving
+
+
+def test_a_smaller_connection_table_keeps_the_most_recently_used(instance, caplog):
+    old = start(instance, SMALL)
+    old.apply(table(("web",)))
+    client = Client()
+    sport = client.connect(old, 80)
+    conns = old.maps["lb_conns"]
+    [(key, value)] = conns.items()
+    # 3,000 more connections of that client, each a nanosecond older than the next
+    keys, values = [], []
+    last_ns = struct.unpack_from("=Q", value)[0]
+    for i in range(3000):
+        k = bytearray(key)
+        struct.pack_into("!H", k, 32, 1024 + i)          # the client's port (lb_conn_key.sport)
+        keys.append(bytes(k))
+        values.append(struct.pack("=Q", last_ns - 3000 + i) + value[8:])
+    conns.set_many(keys, values)
+    assert len(conns.items()) == 3001
+
+    caplog.set_level(logging.INFO, logger="lb.dataplane")
+    new = start(instance, Sizes(16, 4096, 16, 1024))
+    new.apply(table(("web",)))
+    new.finish_resize()
+    kept = {k for k, _ in new.maps["lb_conns"].items()}
+    assert "lb_conns: 1977 entries did not fit the new size and were left out" in caplog.text
+    assert key in kept                                    # the most recent: the real one
+    newest = set(keys[-1023:])
+    assert len(kept) > 900 and kept - {key} <= newest     # an LRU may let a few go early
+    assert client.send(new, sport, "PA") == client.flows[(80, sport)]
+
+
+def test_maps_of_another_layout_are_not_moved(instance):
+    """A map that differs in more than its size (another version of lb) is refused in the copy,
+    before the swap: the running instance's pins stay, the staging directory goes."""
+    old = start(instance, SMALL)
+    old.apply(table(("web",)))
+    name = instance[0]
+    path = os.path.join(pin_dir(name), "lb_real_overload")
+    os.unlink(path)
+    from lb.dataplane import bpfsys
+    fd = bpfsys.map_create(bpfsys.BPF_MAP_TYPE_ARRAY, 4, 8, SMALL.reals, 0, "lb_real_overload")
+    try:
+        bpfsys.obj_pin(fd, path)
+    finally:
+        os.close(fd)
+    dp = XdpDataplane(name, BIG, resolver=fake_resolver)
+    with pytest.raises(DataplaneError) as e:
+        dp.load()
+    dp.close()
+    assert path in str(e.value) and "another version of lb" in str(e.value)
+    assert pinned_entries(name, "lb_conns") == (4096, L.CONN.size)
+    assert not os.path.exists(staging_dir(pin_dir(name)))
+
+
+@pytest.mark.parametrize("died", ["before the swap", "between the swap's renames", "before finishing"])
+def test_a_start_that_died_during_a_resize_is_taken_up(instance, died, caplog):
+    old = start(instance, SMALL)
+    old.apply(table(("web",)))
+    client = Client()
+    sport = client.connect(old, 80)
+    name = instance[0]
+    pins, staging, aside = pin_dir(name), staging_dir(pin_dir(name)), old_dir(pin_dir(name))
+    dying = XdpDataplane(name, BIG, resolver=fake_resolver)
+    instance[1].append(dying)
+    dying.load()                                       # swapped: new maps at pins, old aside
+    if died == "before the swap":
+        os.rename(pins, staging)
+        os.rename(aside, pins)
+    elif died == "between the swap's renames":
+        os.rename(pins, staging)
+    late = client.connect(old, 80)                     # the old programs still serve
+    dying.close()
+
+    caplog.set_level(logging.INFO, logger="lb.dataplane")
+    again = start(instance, BIG)
+    again.apply(table(("web",)))
+    again.finish_resize()
+    assert not os.path.exists(staging) and not os.path.exists(aside)
+    assert pinned_entries(name, "lb_conns") == (16384, L.CONN.size)
+    for s in (sport, late):
+        assert client.send(again, s, "PA") == client.flows[(80, s)]
+    if died == "before finishing":
+        assert "was not finished" in caplog.text
+        assert "resize finished: 1 lb_conns made meanwhile copied" in caplog.text
+    else:
+        assert "moving the running instance's maps into maps of the new sizes" in caplog.text
