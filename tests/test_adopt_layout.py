@@ -66,3 +66,15 @@ def test_a_killed_compiles_scratch_pins_are_removed_by_the_next_compile():
             for name in os.listdir(stale):
                 os.unlink(os.path.join(stale, name))
             os.rmdir(stale)
+
+
+def test_a_map_the_kernel_will_not_make_is_an_error_naming_it():
+    """No traceback when the kernel refuses a map (too big for this machine's memory): the
+    error names the map and its size."""
+    from lb.dataplane.bpfobj import MapDef, _open_map
+
+    m = MapDef("lb_conns", bpfsys.BPF_MAP_TYPE_ARRAY, 4, 1 << 30, 64)
+    with pytest.raises(DataplaneError) as e:
+        _open_map(m, None, {})
+    msg = str(e.value)
+    assert "lb_conns (64 entries of 4 + 1073741824 bytes)" in msg and "[tables]" in msg, msg

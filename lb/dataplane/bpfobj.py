@@ -194,14 +194,21 @@ def _open_map(m: MapDef, pin_dir: str | None, fds: dict[str, int]) -> int:
                                      f"instance's maps come from another version of lb (or other [tables]) and "
                                      f"cannot be adopted. Stop it (lb stop) or remove {pin_dir} to start afresh.")
             return fd
-    fd = bpfsys.map_create(m.type, m.key_size, m.value_size, m.max_entries, m.flags, m.name,
-                           fds[m.inner] if m.inner else 0)
+    try:
+        fd = bpfsys.map_create(m.type, m.key_size, m.value_size, m.max_entries, m.flags, m.name,
+                               fds[m.inner] if m.inner else 0)
+    except OSError as e:
+        # memory the kernel will not give ([tables] too big for this machine), or a limit
+        raise DataplaneError(f"the kernel refused to create map {m.name} ({m.max_entries} entries of "
+                             f"{m.key_size} + {m.value_size} bytes): {e.strerror or e}"
+                             + (": a [tables] size too big for this machine's memory?"
+                                if e.errno in (errno.ENOMEM, errno.E2BIG) else "")) from None
     if path is not None:
         try:
             bpfsys.obj_pin(fd, path)
-        except OSError:
+        except OSError as e:
             os.close(fd)
-            raise
+            raise DataplaneError(f"cannot pin map {m.name} at {path}: {e.strerror or e}") from None
     return fd
 
 

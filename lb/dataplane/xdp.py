@@ -167,6 +167,11 @@ class XdpDataplane(Dataplane):
             self.program.load(True, pin_dir=rs.staging)
             rs.copy(self.maps)
             rs.swap()
+        except (DataplaneError, OSError) as e:
+            self.program.close()
+            rs.abandon()
+            why = str(e) if isinstance(e, DataplaneError) else f"moving the maps into the new sizes: {e}"
+            raise DataplaneError(f"{why} (the running instance's maps and programs are left as they were)") from None
         except BaseException:
             self.program.close()
             rs.abandon()

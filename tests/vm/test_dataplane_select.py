@@ -63,6 +63,9 @@ class FakeIpvs:
     def claim(self, addrs):
         pass
 
+    def finish_resize(self):
+        return False
+
 
 @pytest.mark.parametrize("fail_at", ["load", "attach"])
 def test_auto_falls_back_to_ipvs_with_a_log_line(monkeypatch, caplog, tmp_path, fail_at):
