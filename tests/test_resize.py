@@ -170,11 +170,14 @@ def test_tables_too_small_for_what_runs_are_refused_before_anything_changes(inst
     pins = sorted(os.listdir(pin_dir(name)))
     for sizes, what in ((Sizes(4, 4096, 16, 4096), "[tables] services = 4 is too small"),
                         (Sizes(16, 4096, 2, 4096), "[tables] reals_per_service = 2 is too small")):
+        what += f" for the running instance {pin_dir(name)}"
         dp = XdpDataplane(name, sizes, resolver=fake_resolver)
         with pytest.raises(DataplaneError) as e:
             dp.load()
         dp.close()
         assert what in str(e.value) and "lb stop" in str(e.value), e.value
+        assert ("keep services at least 8" if sizes.services == 4 else "keep reals_per_service at least 3") \
+            in str(e.value), e.value
         assert sorted(os.listdir(pin_dir(name))) == pins
         assert pinned_entries(name, "lb_svc") == (16, L.SVC.size)
         assert not os.path.exists(staging_dir(pin_dir(name)))

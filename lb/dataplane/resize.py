@@ -15,10 +15,15 @@ How (XdpDataplane.load, then XdpDataplane.finish_resize once the engine attached
 3. swap(): two renames -- the instance's directory aside (``lb-resized-<instance>``), the
    staging one (``lb-resize-<instance>``) in its place.
 4. The engine applies its table and attaches the new programs (atomically, interface by
-   interface); until then the old programs forward with the old maps.
-5. finish(): what the old programs made since the copy -- connections, templates, and what they
-   added to the counters and statistics -- copied over; the old directory removed (the old maps
-   go with the last program that holds them).
+   interface); until then the old programs forward with the old maps.  Each attach puts the
+   program it replaces in the new programs' lb_progs_prev: a packet the new maps know nothing
+   of (a connection the old programs made after the copy) goes on to it instead of the kernel,
+   which would reset it.
+5. catch_up(), right after the attach: the connections and templates the old programs made
+   since the copy copied over.  finish(), a grace period later (XdpDataplane.finish_resize;
+   handshakes the old programs began have ended) and once lb_progs_prev is emptied: a last
+   catch_up, what the old programs added to the counters and statistics added to the new ones,
+   the old directory removed (the old maps go with the last program that holds them).
 
 A start that dies part-way leaves the running data plane alone: before 3 the instance's
 directory is untouched (the next start removes the staging one); between 3's two renames the
@@ -57,11 +62,6 @@ COUNTERS = {"lb_svc_stats": "Q", "lb_real_stats": "Q", "lb_counters": "Q", "lb_c
             "lb_real_conns": "III"}
 # values holding one slot per position in a service's real-server list (reals_per_service)
 PER_SVC_REAL = ("lb_svc_dests", "lb_mh_last")
-# arrays indexed by service id / real id
-BY_SERVICE = ("lb_svc", "lb_sched_state", "lb_svc_dests", "lb_sched_buckets", "lb_svc_stats",
-              "lb_svc_rates", "lb_mh_tables")
-BY_REAL = ("lb_reals", "lb_real_conns", "lb_real_swept", "lb_real_base", "lb_real_overload",
-           "lb_real_stats", "lb_real_rates")
 
 
 def staging_dir(pin: str) -> str:
@@ -155,40 +155,43 @@ class Resize:
 
     def _check(self, expected: dict[str, tuple[int, int]], svc_reals: int) -> None:
         old = self.old
-        how = (f"keep the [tables] size at least that, or stop the instance (lb stop, which drops its "
-               f"connections) to start it with the smaller table")
+
+        def refuse(key: str, size: int, what: str, need: int) -> DataplaneError:
+            return DataplaneError(f"[tables] {key} = {size} is too small for the running instance {self.pin}: "
+                                  f"{what}: keep {key} at least {need}, or stop the instance (lb stop, which "
+                                  f"drops its connections) to start it with the smaller table")
+
         sids = set()
         for name in ("lb_services", "lb_fwm_services"):
             if name in old:
                 sids.update(_u32(v) for _, v in old[name].items())
         services = expected["lb_svc"][0]
         if sids and max(sids) >= services:
-            raise DataplaneError(f"[tables] services = {services} is too small for the running instance "
-                                 f"{self.pin}: it holds {len(sids)} virtual services, with ids up to "
-                                 f"{max(sids)}: {how}")
+            raise refuse("services", services, f"it holds {len(sids)} virtual services, with ids up to "
+                         f"{max(sids)}", max(sids) + 1)
         reals = expected["lb_reals"][0]
         if "lb_reals" in old:
             used = [_u32(k) for k, v in old["lb_reals"].items() if not _zero(v)]
             if used and max(used) >= reals:
-                raise DataplaneError(f"[tables] real_servers = {reals} is too small for the running instance "
-                                     f"{self.pin}: it holds {len(used)} real servers, with ids up to "
-                                     f"{max(used)}: {how}")
+                raise refuse("real_servers", reals, f"it holds {len(used)} real servers, with ids up to "
+                             f"{max(used)}", max(used) + 1)
         if "lb_svc_dests" in old:
             keep = L.DEST.size * svc_reals
             for k, v in old["lb_svc_dests"].items():
                 if _u32(k) in sids and not _zero(v[keep:]):
-                    n = sum(1 for i in range(len(v) // L.DEST.size)
-                            if not _zero(v[i * L.DEST.size:(i + 1) * L.DEST.size]))
-                    raise DataplaneError(f"[tables] reals_per_service = {svc_reals} is too small for the "
-                                         f"running instance {self.pin}: its virtual service id {_u32(k)} "
-                                         f"lists {n} real servers: {how}")
+                    last = max(i for i in range(len(v) // L.DEST.size)
+                               if not _zero(v[i * L.DEST.size:(i + 1) * L.DEST.size]))
+                    raise refuse("reals_per_service", svc_reals, f"its virtual service id {_u32(k)} lists "
+                                 f"real servers up to position {last + 1}", last + 1)
         for name, m in old.items():
             if (name in expected and name not in FLOWS and m.type not in ARRAYS + (ARRAY_OF_MAPS,)
                     and m.type != bpfsys.BPF_MAP_TYPE_PROG_ARRAY):
                 n = len(m.items())
                 if n > expected[name][0]:
                     raise DataplaneError(f"[tables] too small for the running instance {self.pin}: its "
-                                         f"{name} holds {n} entries, the new size {expected[name][0]}: {how}")
+                                         f"{name} holds {n} entries, the new size {expected[name][0]}: keep "
+                                         f"[tables] as they were, or stop the instance (lb stop, which drops "
+                                         f"its connections) to start it with the smaller tables")
 
     # ---- 2: the copy ----
     def copy(self, new: dict[str, BpfMap]) -> None:
