@@ -14,6 +14,9 @@ Baselines, measured in the same run:
                    a smaller table (100k at full size) and is extrapolated linearly: said so in
                    the results.  `lb list -c` itself no longer builds rows: it streams lines
                    formatted in C (lb.cli.main.connection_listing), measured against the same baseline.
+  restart          the data plane's load of the instance holding those 1M connections, adopting
+                   them, against the load of a restart with twice the connections in [tables]
+                   (the maps moved into maps of the new size, lb/dataplane/resize.py);
   start            `lb run` in the lab (DR, one service) from the command to READY=1 (lb.sdnotify: the
                    programs attached, the table applied): cold, with an empty compile cache (bcc
                    compiles the programs), as the baseline; warm, the programs in the cache
@@ -235,6 +238,44 @@ class Ctl:
             return time.perf_counter() - t0, lines - 2
 
 
+def restart_rows(c: Ctl, conns: int) -> tuple[list[dict], str]:
+    """A restart's data-plane load with the instance's maps holding `conns` connections:
+    adopting them as they are (the baseline), then with twice the connections in [tables] (the
+    maps moved into maps of the new size: checked, copied, swapped; lb/dataplane/resize.py).
+    Both load their programs from the compile cache (the new size's compiled beforehand, not
+    timed).  Returns the rows and a note (finish_resize's last copy, timed apart)."""
+    import dataclasses
+
+    bigger = dataclasses.replace(c.sizes, connections=2 * c.sizes.connections)
+    warm = XdpDataplane(f"benchwarm{os.getpid()}", bigger, resolver=_resolver)
+    try:
+        warm.load()                                   # the new size's programs into the cache
+    finally:
+        warm.unpin()
+        warm.close()
+    same = XdpDataplane(c.instance, c.sizes, resolver=_resolver)
+    try:
+        t_adopt, _ = _timed(same.load)
+        assert same.adopted and same.resize is None
+    finally:
+        same.close()
+    moved = XdpDataplane(c.instance, bigger, resolver=_resolver)
+    try:
+        t_move, _ = _timed(moved.load)
+        copied = moved.resize.copied.get("lb_conns", 0)
+        assert copied == conns, (copied, conns)
+        t_finish, _ = _timed(moved.finish_resize)
+    finally:
+        moved.close()
+    rows = [{"scenario": f"restart, the same [tables]: the data plane's load adopting {conns} connections",
+             "baseline": True, "seconds": summary([t_adopt]), "ratio": 1.0},
+            {"scenario": f"restart, twice the connections in [tables] ({c.sizes.connections} -> "
+                         f"{bigger.connections}): the load moving {copied} connections into maps of the new size",
+             "seconds": summary([t_move]), "ratio": ratio(t_move, t_adopt)}]
+    return rows, (f"restart with new [tables]: the old programs forward during the move; the last copy after "
+                  f"the attach (finish_resize, nothing new here) {t_finish:.2f} s")
+
+
 START_RUNS = {"full": (2, 5), "quick": (1, 3), "smoke": (1, 1)}    # (cold, warm) starts
 WARM_TARGET_S = 3.0
 
@@ -376,6 +417,9 @@ def suite(size: str = "full") -> dict:
             results.append({"scenario": f"lb list -c -n, {got} conns (one run, output to /dev/null)",
                             "seconds": summary([t]), "ratio": ratio(t, bs["median"]),
                             **(judge_once(t, LIST_TARGET_S) if got >= 1_000_000 else {})})
+        rows, note = restart_rows(c, got)
+        results += rows
+        notes.append(note)
     finally:
         c.close()
     start = start_suite(size)
