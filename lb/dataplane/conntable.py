@@ -127,7 +127,8 @@ class ConnTable:
         """The whole filter from lb_conns (a daemon adopting a table, which an older version's
         programs may have filled without marking)"""
         old = self.est_switch()
-        self.est_census([k for k, _ in self.maps["lb_conns"].items() if not L.ConnKey.unpack(k).dir], old)
+        d = L.CONN_KEY_DIR                  # the key's byte, not ConnKey.unpack: a million keys
+        self.est_census([k for k, _ in self.maps["lb_conns"].items() if not k[d]], old)
 
     def _est_add(self, keys: list[bytes]) -> None:
         """Mark keys in the census before they go into lb_conns (imports)"""
@@ -479,11 +480,18 @@ class SchedBaseline:
         """At adoption: which connections a quiesce_server baseline left out died with the old
         daemon, so the schedulers go back to the true counts."""
         zero = L.REAL_COUNTS.pack(0, 0, 0, 0)
+        base = dict(self.maps["lb_real_base"].items())      # one dump, not a lookup per real server
         for rid in rids:
-            if self.maps["lb_real_base"].get(L.U32.pack(rid)) not in (None, zero):
+            if base.get(L.U32.pack(rid)) not in (None, zero):
                 self.maps["lb_real_base"].set(L.U32.pack(rid), zero)
         # and the schedulers' offsets (lb_real_sched_off) from lb_real_swept alone
-        write_sched_off(self.txn, rids)
+        swept, m = dict(self.maps["lb_real_swept"].items()), 0xFFFFFFFF
+        for rid in rids:
+            k = L.U32.pack(rid)
+            sa, si, _, _ = L.REAL_COUNTS.unpack(swept.get(k) or zero)
+            value = L.REAL_COUNTS.pack(sa & m, si & m, 0, 0)
+            if self.txn.get("lb_real_sched_off", k) != value:
+                self.txn.set("lb_real_sched_off", k, value)
 
     def restart(self, rids: set[int], reals) -> int:
         """Every real server in rids (one service's) gets as baseline (lb_real_base) the

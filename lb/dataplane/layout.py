@@ -229,6 +229,7 @@ REAL_SCHED_OFF = REAL_CONNS.fields[-1][1]        # its offset in the entry
 PERSIST_KEY = _layout("lb_persist_key", "caddr:16s vaddr:16s vport:2s proto:B family:B fwmark:I")
 PERSIST = _layout("lb_persist", "last_ns:Q real:I timeout:I")
 CONN_KEY = _layout("lb_conn_key", "saddr:16s daddr:16s sport:2s dport:2s proto:B family:B dir:B pad:B")
+CONN_KEY_DIR = dict((n, o) for n, o, _ in CONN_KEY.fields)["dir"]   # key[CONN_KEY_DIR]: 1 for a NAT reply's
 CONN = _layout("lb_conn", "last_ns:Q real:I svc:I timeout:I client_ifindex:I state:B flags:B pad:2s "
                           "client_mac:6s local_mac:6s vaddr:16s vport:2s pad2:6s")
 # the head of lb_conn that the expiry sweep reads

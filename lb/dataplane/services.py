@@ -88,33 +88,36 @@ class ServiceTable:
         m = self.maps
         used_svc = set()
         weights: dict[int, int] = {}     # real id -> its weight, from its service's dest list
+        # the arrays in one dump each, not a lookup per entry (64,000 real servers)
+        reals = {L.U32.unpack(k)[0]: v for k, v in m["lb_reals"].items()}
+        svcs = dict(m["lb_svc"].items())
+        dests = dict(m["lb_svc_dests"].items())
         for k, v in m["lb_services"].items(batch=False):
             sid = L.U32.unpack(v)[0]
-            self._adopt_service(L.SvcKey.unpack(k), sid, weights)
+            self._adopt_service(L.SvcKey.unpack(k), sid, weights, svcs, dests, reals)
             used_svc.add(sid)
         for k, v in m["lb_fwm_services"].items(batch=False):
             fwmark, sid = L.U32.unpack(k)[0], L.U32.unpack(v)[0]
-            svc = L.Svc.unpack(m["lb_svc"].get(L.U32.pack(sid)))
-            self._adopt_service(L.FwmKey(fwmark, addr=svc.addr), sid, weights)   # the family's zero address
+            svc = L.Svc.unpack(svcs[L.U32.pack(sid)])
+            self._adopt_service(L.FwmKey(fwmark, addr=svc.addr), sid, weights, svcs, dests,
+                                reals)   # the family's zero address
             used_svc.add(sid)
         for k, v in m["lb_fwm_ranges"].items(batch=False):
             self.ranges[k] = v
         self.next_svc_id = max(used_svc) + 1 if used_svc else 0
         self.free_svc_ids = [i for i in range(self.next_svc_id) if i not in used_svc]
         for rid in range(self.sizes.reals):
-            raw = m["lb_reals"].get(L.U32.pack(rid))
-            real = L.Real.unpack(raw, weights.get(rid, 0))   # a retired one's is 0
+            raw = reals[rid]
             if raw != b"\0" * len(raw):
-                self.reals[rid] = real
+                self.reals[rid] = L.Real.unpack(raw, weights.get(rid, 0))   # a retired one's is 0
                 self.next_real_id = rid + 1
 
-    def _adopt_service(self, key, sid: int, weights: dict[int, int]) -> None:
-        m = self.maps
-        svc = L.Svc.unpack(m["lb_svc"].get(L.U32.pack(sid)))
+    def _adopt_service(self, key, sid: int, weights: dict[int, int], svcs: dict, dests: dict, reals: dict) -> None:
+        svc = L.Svc.unpack(svcs[L.U32.pack(sid)])
         st = _SvcState(sid, key, L.SCHEDULER_NAMES.get(svc.sched, "wlc"))
-        for rid, weight, _f in L.unpack_dests(m["lb_svc_dests"].get(L.U32.pack(sid)), svc.nreals):
+        for rid, weight, _f in L.unpack_dests(dests[L.U32.pack(sid)], svc.nreals):
             weights[rid] = weight
-            real = L.Real.unpack(m["lb_reals"].get(L.U32.pack(rid)))
+            real = L.Real.unpack(reals[rid])
             st.dests.append(((real.addr, real.port), rid))
         self.services[key] = st
         if st.sched == "mh":
