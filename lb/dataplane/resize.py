@@ -19,11 +19,11 @@ How (XdpDataplane.load, then XdpDataplane.finish_resize once the engine attached
    program it replaces in the new programs' lb_progs_prev: a packet the new maps know nothing
    of (a connection the old programs made after the copy) goes on to it instead of the kernel,
    which would reset it.
-5. catch_up(), right after the attach: the connections and templates the old programs made
-   since the copy copied over.  finish(), a grace period later (XdpDataplane.finish_resize;
-   handshakes the old programs began have ended) and once lb_progs_prev is emptied: a last
-   catch_up, what the old programs added to the counters and statistics added to the new ones,
-   the old directory removed (the old maps go with the last program that holds them).
+5. A grace period after the attach (XdpDataplane.finish_resize; the handshakes the old programs
+   began have ended), catch_up(): the connections and templates the old programs made since the
+   copy copied over; then, lb_progs_prev emptied, finish(): a last catch_up, what the old
+   programs added to the counters and statistics added to the new ones, the old directory
+   removed (the old maps go with the last program that holds them).
 
 A start that dies part-way leaves the running data plane alone: before 3 the instance's
 directory is untouched (the next start removes the staging one); between 3's two renames the

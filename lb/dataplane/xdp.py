@@ -206,26 +206,26 @@ class XdpDataplane(Dataplane):
         self.resize.handed_over = True
 
     def finish_resize(self) -> bool:
-        """After the attach: the connections the old programs made since the copy are copied;
-        while they may still be finishing handshakes begun before the attach (RESIZE_GRACE), the
-        new programs send them what the new maps do not know, and this returns True (call it
-        again later).  Then the old programs are let go, a last copy is made (counters
-        included) and the old maps removed."""
+        """After the attach: while the old programs may still be finishing handshakes they began
+        (RESIZE_GRACE), the new programs send them what the new maps do not know, and this
+        returns True (call it again later; the start's READY does not wait for a copy).  Then
+        what the old maps gained since the copy is copied, the old programs are let go, a last
+        copy is made (counters included) and the old maps removed."""
         rs = self.resize
         if rs is None:
             return False
         now = time.monotonic()
         if rs.handed_over and rs.attached_at is None:
             rs.attached_at = now
-            late = rs.catch_up(self.maps, self.conns._est_add)
-            log.info("resize: the new programs serve; %s the old ones made meanwhile copied",
-                     _counted(late))
             return True
         if rs.handed_over and now - rs.attached_at < RESIZE_GRACE:
             return True
-        prev = self.program.prev_progs()
-        for slot in L.PREV_SLOTS.values():
-            prev.delete(L.U32.pack(slot))
+        if rs.handed_over:
+            late = rs.catch_up(self.maps, self.conns._est_add)   # the old programs still in hand
+            log.info("resize: %s the old programs made since the copy copied", _counted(late))
+            prev = self.program.prev_progs()
+            for slot in L.PREV_SLOTS.values():
+                prev.delete(L.U32.pack(slot))
         late = rs.finish(self.maps, self.conns._est_add)
         log.info("resize finished: %s made meanwhile copied; the old maps removed", _counted(late))
         self.resize = None
