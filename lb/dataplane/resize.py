@@ -118,7 +118,7 @@ class Resize:
         self.seen: dict[str, set[bytes]] = {}     # FLOWS: every key the copy found (left out or not)
         self.dropped: dict[str, int] = {}
         self.handed_over = False                  # the old programs are in lb_progs_prev
-        self.attached_at: float | None = None     # when the first catch_up after the attach ran
+        self.attached_at: float | None = None     # finish_resize's first call after the attach: the grace's start
 
     # ---- a start after one that died part-way ----
     @classmethod
@@ -316,7 +316,7 @@ class Resize:
             if not missing:
                 continue
             if name == "lb_conns":
-                mark_established([k for k, _ in missing if not L.ConnKey.unpack(k).dir])
+                mark_established([k for k, _ in missing if not k[L.CONN_KEY_DIR]])   # client -> VIP keys
             done = 0
             for k, v in missing:
                 try:

@@ -221,11 +221,14 @@ class XdpDataplane(Dataplane):
         if rs.handed_over and now - rs.attached_at < RESIZE_GRACE:
             return True
         if rs.handed_over:
-            late = rs.catch_up(self.maps, self.conns._est_add)   # the old programs still in hand
-            log.info("resize: %s the old programs made since the copy copied", _counted(late))
-            prev = self.program.prev_progs()
-            for slot in L.PREV_SLOTS.values():
-                prev.delete(L.U32.pack(slot))
+            try:
+                late = rs.catch_up(self.maps, self.conns._est_add)   # the old programs still in hand
+                log.info("resize: %s the old programs made since the copy copied", _counted(late))
+            finally:                      # let them go even so: their maps grow stale from here
+                prev = self.program.prev_progs()
+                for slot in L.PREV_SLOTS.values():
+                    prev.delete(L.U32.pack(slot))
+                rs.handed_over = False
         late = rs.finish(self.maps, self.conns._est_add)
         log.info("resize finished: %s made meanwhile copied; the old maps removed", _counted(late))
         self.resize = None
