@@ -10,6 +10,7 @@ import ipaddress
 import itertools
 import logging
 import os
+import shutil
 import struct
 
 import pytest
@@ -20,7 +21,7 @@ from lb.dataplane import RealSpec, ServiceSpec, TableSpec, reader
 from lb.dataplane import layout as L
 from lb.dataplane.errors import DataplaneError
 from lb.dataplane.maps import BpfMap, PinnedMaps, pin_dir
-from lb.dataplane.resize import old_dir, remove_dir, staging_dir
+from lb.dataplane.resize import old_dir, staging_dir
 from lb.dataplane.xdp import Sizes, XdpDataplane
 from packets_util import CLIENT_MAC, PUB_MAC, XDP_PASS, XDP_REDIRECT, fake_resolver, real_mac, run
 
@@ -101,7 +102,7 @@ def instance():
     made[0].unpin()                       # the instance's pins
     left = [d for d in (pin_dir(name), staging_dir(pin_dir(name)), old_dir(pin_dir(name))) if os.path.exists(d)]
     for d in left:
-        remove_dir(d)
+        shutil.rmtree(d, ignore_errors=True)
     assert not left, f"a resize left {left}"
 
 

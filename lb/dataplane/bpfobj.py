@@ -191,7 +191,7 @@ def _open_map(m: MapDef, pin_dir: str | None, fds: dict[str, int]) -> int:
                 os.close(fd)
                 raise DataplaneError(f"pinned map {path} is (type, key, value, entries) {got}, the programs "
                                      f"need {(m.type, m.key_size, m.value_size, m.max_entries)}: the running "
-                                     f"instance's maps come from another version of lb (or other [tables]) and "
+                                     f"instance's maps come from another version of lb and "
                                      f"cannot be adopted. Stop it (lb stop) or remove {pin_dir} to start afresh.")
             return fd
     try:

@@ -207,7 +207,7 @@ def prog_fd_by_id(prog_id: int) -> int:
 
 def prog_name(prog_id: int) -> str:
     """The name of the loaded program with this id (bpf_prog_info.name, 16 bytes at offset 64)."""
-    fd = _sys(BPF_PROG_GET_FD_BY_ID, _GetByIdAttr(id=prog_id))
+    fd = prog_fd_by_id(prog_id)
     try:
         buf = ctypes.create_string_buffer(256)
         _sys(BPF_OBJ_GET_INFO_BY_FD, _InfoAttr(bpf_fd=fd, info_len=len(buf), info=ctypes.addressof(buf)))

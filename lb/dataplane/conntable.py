@@ -32,16 +32,17 @@ CONN_HEAD = struct.Struct("=QIIIIBB")
 TEMPLATE_LATER_S = 60
 
 
-def write_sched_off(txn: MapTxn, rids) -> None:
+def write_sched_off(txn: MapTxn, rids, swept: dict | None = None, base: dict | None = None) -> None:
     """lb_real_sched_off = lb_real_swept + lb_real_base for these real ids: what the schedulers
     take off BPF's counts (bpf/lb_sched.h), kept in the same lb_real_conns entry as the counts
     (maps.ArrayField) so their loops read one entry per server.  Called wherever either changes
-    (as the pending writes leave them)."""
+    (as the pending writes leave them).  swept, base: those maps already read, {key: value}
+    (many real servers at once: no lookup each)."""
     m, zero = 0xFFFFFFFF, L.REAL_COUNTS.pack(0, 0, 0, 0)
     for rid in rids:
         k = L.U32.pack(rid)
-        sa, si, _, _ = L.REAL_COUNTS.unpack(txn.get("lb_real_swept", k) or zero)
-        ba, bi, _, _ = L.REAL_COUNTS.unpack(txn.get("lb_real_base", k) or zero)
+        sa, si, _, _ = L.REAL_COUNTS.unpack((txn.get("lb_real_swept", k) if swept is None else swept.get(k)) or zero)
+        ba, bi, _, _ = L.REAL_COUNTS.unpack((txn.get("lb_real_base", k) if base is None else base.get(k)) or zero)
         value = L.REAL_COUNTS.pack((sa + ba) & m, (si + bi) & m, 0, 0)
         if txn.get("lb_real_sched_off", k) != value:
             txn.set("lb_real_sched_off", k, value)
@@ -485,13 +486,7 @@ class SchedBaseline:
             if base.get(L.U32.pack(rid)) not in (None, zero):
                 self.maps["lb_real_base"].set(L.U32.pack(rid), zero)
         # and the schedulers' offsets (lb_real_sched_off) from lb_real_swept alone
-        swept, m = dict(self.maps["lb_real_swept"].items()), 0xFFFFFFFF
-        for rid in rids:
-            k = L.U32.pack(rid)
-            sa, si, _, _ = L.REAL_COUNTS.unpack(swept.get(k) or zero)
-            value = L.REAL_COUNTS.pack(sa & m, si & m, 0, 0)
-            if self.txn.get("lb_real_sched_off", k) != value:
-                self.txn.set("lb_real_sched_off", k, value)
+        write_sched_off(self.txn, rids, swept=dict(self.maps["lb_real_swept"].items()), base={})
 
     def restart(self, rids: set[int], reals) -> int:
         """Every real server in rids (one service's) gets as baseline (lb_real_base) the

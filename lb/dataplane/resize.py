@@ -35,6 +35,7 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import shutil
 import struct
 
 from . import bpfsys
@@ -72,19 +73,6 @@ def staging_dir(pin: str) -> str:
 
 def old_dir(pin: str) -> str:
     return os.path.join(os.path.dirname(os.path.dirname(pin)), f"lb-resized-{os.path.basename(pin)}")
-
-
-def remove_dir(path: str) -> None:
-    """A pin directory and its pins (bpffs: no rmtree of a tree with dots to skip, nothing
-    nested)."""
-    if not os.path.isdir(path):
-        return
-    for name in os.listdir(path):
-        try:
-            os.unlink(os.path.join(path, name))
-        except IsADirectoryError:
-            remove_dir(os.path.join(path, name))
-    os.rmdir(path)
 
 
 def open_dir(path: str) -> dict[str, BpfMap]:
@@ -131,11 +119,11 @@ class Resize:
             if not os.path.isdir(pin) and os.path.isdir(rs.old_path):
                 os.rename(rs.old_path, pin)
                 log.warning("a resize of %s stopped half-way through its swap: the old maps are back", pin)
-            remove_dir(rs.staging)
+            shutil.rmtree(rs.staging, ignore_errors=True)
         if not os.path.isdir(rs.old_path):
             return None
         if not os.path.isdir(pin):
-            remove_dir(rs.old_path)       # the instance itself is gone (stopped)
+            shutil.rmtree(rs.old_path, ignore_errors=True)       # the instance itself is gone (stopped)
             return None
         log.warning("the resize of %s was not finished: its connections made meanwhile are copied once "
                     "the programs are attached", pin)
@@ -280,14 +268,14 @@ class Resize:
     # ---- 3: the swap ----
     def swap(self) -> None:
         if os.path.isdir(self.old_path):
-            remove_dir(self.old_path)     # an older resize's, finished before this one began
+            shutil.rmtree(self.old_path, ignore_errors=True)     # an older resize's, finished before this one began
         os.rename(self.pin, self.old_path)
         os.rename(self.staging, self.pin)
 
     def abandon(self) -> None:
         """The resize given up before its swap: the staging directory goes, the old maps stay."""
         self.close_old()
-        remove_dir(self.staging)
+        shutil.rmtree(self.staging, ignore_errors=True)
 
     # ---- 5: what the old programs did since ----
     def catch_up(self, new: dict[str, BpfMap], mark_established) -> dict[str, int]:
@@ -345,7 +333,7 @@ class Resize:
                     continue
                 self._add(dst, k, fmt, was, now)
         self.close_old()
-        remove_dir(self.old_path)
+        shutil.rmtree(self.old_path, ignore_errors=True)
         return late
 
     @staticmethod

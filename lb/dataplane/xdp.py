@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import time
 
 from . import layout as L
@@ -32,7 +33,7 @@ from .mhtable import MhTables
 from .nexthop import resolve
 from .program import Program, Sizes
 from .rates import RateEstimator
-from .resize import Resize, open_dir, remove_dir
+from .resize import Resize, open_dir
 from .services import ServiceTable, key_of
 from .spec import ServiceSpec, TableSpec
 from .txn import MapTxn
@@ -161,8 +162,7 @@ class XdpDataplane(Dataplane):
                    if m in differ and differ[m][i] != want[m][i]]
         log.info("[tables] changed (%s): moving the running instance's maps into maps of the new sizes",
                  ", ".join(changes) or "map sizes")
-        rs.check(want, self.sizes.svc_reals)
-        remove_dir(rs.staging)
+        rs.check(want, self.sizes.svc_reals)         # (Resize.recover removed any staging directory)
         try:
             self.program.load(True, pin_dir=rs.staging)
             rs.copy(self.maps)
@@ -299,7 +299,7 @@ class XdpDataplane(Dataplane):
         self.program.unpin()
         if self.resize is not None:       # a clean stop before a resize's finish
             self.resize.close_old()
-            remove_dir(self.resize.old_path)
+            shutil.rmtree(self.resize.old_path, ignore_errors=True)
             self.resize = None
 
     def close(self) -> None:
