@@ -504,6 +504,28 @@ def test_model_plays_the_scripts_as_kernel_ipvs(script, ipvs_oracle):
     assert not diff, f"{script.id}: the model differs from kernel IPVS:\n" + "\n".join(diff[:40])
 
 
+def test_a_recording_that_lost_live_entries_is_told_apart():
+    """The guest plays a script again when its recording lost entries with time left on their
+    timers (oracle.vanished): a sound recording (the model's, on the script's own time line)
+    has none; one whose "after 6 s" lists no connection, as the VM once did, names every
+    entry that had more than VANISH_SLACK_S left (not the 8 s ESTABLISHED ones: 2 s left)."""
+    script = next(s for s in oracle.scripts() if s.id == "tcp-states")
+    times, t = [], 0.0
+    for step in script.steps:
+        times.append(t)
+        t += step[1] if step[0] == "wait" else 0.0
+    observations = oracle.ModelDirector(script).play(times)
+    assert oracle.vanished(script, {"times": times, "observations": observations}) == []
+    after6 = next(o for o in observations if o["label"] == "after 6 s")
+    before = observations[observations.index(after6) - 1]
+    kept = dict(after6["conns"])
+    after6["conns"] = {}
+    lost = oracle.vanished(script, {"times": times, "observations": observations})
+    assert lost and all(ln.startswith("'after 6 s': ") for ln in lost)
+    assert {ln.split()[3] for ln in lost} == {k for k, v in kept.items() if v[1] > oracle.VANISH_SLACK_S}
+    assert {ln.split()[3] for ln in lost} <= set(before["conns"])
+
+
 def test_recorded_kernel_sequences_are_what_the_kernel_picks(ipvs_picks):
     """tests/golden/ipvs_sequences.json (tests/test_sched_bpf.py's kernel sequences, written by
     tests/vm/record_sequences.py) holds what this kernel picks now."""
