@@ -577,6 +577,9 @@ class Bench:
             svcs.append(ServiceSpec("tcp", ip(vip), 80, sched, reals(n, "2001:2:0:2::" if ":" in vip else "198.18.2"),
                                     label))
         self.dp.apply(TableSpec(tuple(svcs)))
+        # lb redirects through lb_tx_ports, which `lb run` fills as it attaches; nothing is attached
+        # here and a test run sends nothing, so the real servers' made-up interface maps to lo
+        self.dp.program.tx_ports().set(L.U32.pack(PRIV_IFINDEX), L.U32.pack(TEST_RUN_IFINDEX))
         self.insert_name = next(n for n in INSERT_TABLES if n in self.dp.maps)
         m = self.insert_map
         if m.key_size < 13 or m.value_size < 8:

@@ -7,13 +7,16 @@ program on the same path, swept over the number of flows, from two packet source
     frames, BPF_PROG_TEST_RUN)     + bpf_redirect(priv0)              XDP_DROPs
     or trafgen in lb-client (c0 ─► br-pub ─► sw-pub ─►)
 
-Three programs take the director's place in turn, in interleaved rounds (redirect, stateful,
-lb; the order rotated each round), so that every ratio pairs runs taken side by side:
+Four programs take the director's place in turn, in interleaved rounds (redirect,
+redirect_map, stateful, lb; the order rotated each round), so that every ratio pairs runs taken
+side by side:
 
   redirect   MAC rewrite + bpf_redirect(priv0): what any forwarder must do at least
+  redirect_map  the same through a devmap (bpf_redirect_map), as lb redirects: without the
+             kernel's per-packet ifindex lookup
   stateful   the reference stateful forwarder: an LRU hash lookup on the 5-tuple (16-byte key,
              16-byte value: a minimal connection entry, never written on a hit), an insert on a
-             miss, then as redirect; its table has lb_conns' size.  The honest baseline for many
+             miss, then as redirect_map (the way lb leaves); its table has lb_conns' size.  The honest baseline for many
              flows: it pays the connection table's cache misses and nothing else
   lb         lb_xdp_public with one DR service
 
@@ -74,7 +77,7 @@ SIZES = {  # name: ((rounds, packets per run) of live frames, of trafgen, flow c
 # keeps 7, its runs are seconds long and its rows show no loss more than a ratio.
 PRIME_CHUNK = 8192
 CONN_TABLE = 1 << 17          # lb_conns here, and the stateful reference's table
-PROGRAMS = ("redirect", "stateful", "lb")
+PROGRAMS = ("redirect", "redirect_map", "stateful", "lb")
 # DESIGN.md: live frames, 1-1000 flows >= 0.8x the plain redirect; 64k flows >= 0.9x the stateful
 # reference.  (flows at most, baseline, limit)
 TARGETS = ((1000, "redirect", 0.8), (65536, "stateful", 0.9))
@@ -124,12 +127,11 @@ int bench_sink(struct xdp_md *ctx)
     return XDP_DROP;
 }
 
-static __always_inline int forward(struct ethhdr *eth)
+static __always_inline void rewrite(struct ethhdr *eth)
 {
     unsigned char dmac[ETH_ALEN] = {DMAC}, smac[ETH_ALEN] = {SMAC};
     __builtin_memcpy(eth->h_dest, dmac, ETH_ALEN);
     __builtin_memcpy(eth->h_source, smac, ETH_ALEN);
-    return bpf_redirect(OUT_IFINDEX, 0);
 }
 
 /* the baseline director: what a forwarder must do at least (MAC rewrite, redirect) */
@@ -139,7 +141,22 @@ int bench_redirect(struct xdp_md *ctx)
     struct ethhdr *eth = data;
     if ((void *)(eth + 1) > end)
         return XDP_DROP;
-    return forward(eth);
+    rewrite(eth);
+    return bpf_redirect(OUT_IFINDEX, 0);
+}
+
+/* the same through a devmap (bpf_redirect_map), as lb redirects: the device at once, where
+ * bpf_redirect() has the kernel look the ifindex up per packet */
+BPF_DEVMAP(bench_tx_ports, 1);
+
+int bench_redirect_map(struct xdp_md *ctx)
+{
+    void *data = (void *)(long)ctx->data, *end = (void *)(long)ctx->data_end;
+    struct ethhdr *eth = data;
+    if ((void *)(eth + 1) > end)
+        return XDP_DROP;
+    rewrite(eth);
+    return bench_tx_ports.redirect_map(0, 0);
 }
 
 /* the reference stateful forwarder: a connection table as small as one can be (5-tuple key,
@@ -164,7 +181,8 @@ int bench_stateful(struct xdp_md *ctx)
         struct ref_val v = {.first_ns = bpf_ktime_get_coarse_ns()};
         ref_conns.update(&k, &v);
     }
-    return forward(eth);
+    rewrite(eth);
+    return bench_tx_ports.redirect_map(0, 0);     /* as lb and redirect_map do */
 }
 """
 
@@ -254,7 +272,13 @@ class Pps:
         self.inject = self.bpf.load_func(b"bench_inject", BPF.XDP)
         self.sink = self.bpf.load_func(b"bench_sink", BPF.XDP)
         self.progs = {"redirect": self.bpf.load_func(b"bench_redirect", BPF.XDP),
+                      "redirect_map": self.bpf.load_func(b"bench_redirect_map", BPF.XDP),
                       "stateful": self.bpf.load_func(b"bench_stateful", BPF.XDP)}
+        tx_ports = self.bpf[b"bench_tx_ports"]
+
+        def map_priv0():          # a devmap entry names a device of the writer's namespace
+            tx_ports[ctypes.c_int(0)] = ctypes.c_int(self.priv_ifindex)
+        lab.in_netns("director", map_priv0, timeout=10)
         self.ref_conns = BpfMap(self.bpf[b"ref_conns"].map_fd, "ref_conns", owned=False)
         self.attach(self.sink_node, self.sink_if, self.sink)
 
@@ -292,6 +316,11 @@ class Pps:
         self.dp.load()
         self.dp.apply(TableSpec((ServiceSpec("tcp", ipaddress.ip_address(VIP), 80, "rr",
                                              (RealSpec(ipaddress.ip_address(RS1), 80, 1, "dr"),)),)))
+        # lb redirects through lb_tx_ports, which `lb run` fills in its namespace (the director's):
+        # from here, the resolver's priv0 is not this namespace's, so it is filled there
+        self.lab.in_netns("director", self.dp._map_tx_port, "priv0", self.priv_ifindex, timeout=10)
+        if self.priv_ifindex not in self.dp.tx_mapped:
+            raise RuntimeError("bench pps: priv0 could not go into lb_tx_ports")
 
     def unload_lb(self) -> None:
         if self.dp is None:
@@ -340,7 +369,7 @@ class Pps:
         return dt, self.delivered() - before
 
     def measure(self, source: str, flows: int, count: int, runs: int) -> dict[str, list[tuple[float, int]]]:
-        """rounds of redirect, stateful and lb side by side (the order rotated each round), each
+        """rounds of the PROGRAMS side by side (the order rotated each round), each
         run after a warm-up of its own (every flow at least once: the reference's table fills)"""
         out: dict[str, list] = {p: [] for p in PROGRAMS}
         warm = max(flows, count // 10)
@@ -371,7 +400,8 @@ class Pps:
 
 SOURCES = ("live frames", "trafgen")
 NAMES = {"redirect": "baseline: MAC rewrite + bpf_redirect",
-         "stateful": "reference: stateful forwarder (LRU lookup, insert on miss, redirect)",
+         "redirect_map": "baseline: MAC rewrite + bpf_redirect_map (a devmap, as lb)",
+         "stateful": "reference: stateful forwarder (LRU lookup, insert on miss, devmap redirect)",
          "lb": "lb DR, established"}
 
 
@@ -412,10 +442,10 @@ def suite(size: str = "full") -> dict:
                        "flows": flows, "mpps": est, "runs": mpps[prog], "sent": count[src],
                        "delivered": [d for _, d in r[prog]], "noisy": est["noisy"],
                        "table_size": CONN_TABLE if prog != "redirect" else None}
-                if prog == "redirect":
+                if prog in ("redirect", "redirect_map"):
                     row["baseline"] = True
-                for base in ("redirect", "stateful"):
-                    if base == prog or (prog == "redirect"):
+                for base in ("redirect", "redirect_map", "stateful"):
+                    if base == prog or prog == "redirect" or (prog == "redirect_map" and base == "stateful"):
                         continue
                     rat = estimate(paired(mpps[prog], mpps[base], lambda a, b: a / b if b else 0.0))
                     row[f"ratio_{base}"] = rat["median"]
@@ -433,7 +463,7 @@ def suite(size: str = "full") -> dict:
                         "trafgen": f"{trafgen_version(trafgen)}: -P1 TX_RING on lb-client's c0, through the "
                                    "public bridge; Mpps from its own send time"},
             "note": "source, director and sink share one core (veth NAPI runs on the sending CPU); "
-                    "redirect, stateful and lb runs interleaved, ratios paired by round; "
+                    "redirect, redirect_map, stateful and lb runs interleaved, ratios paired by round; "
                     "trafgen is the bottleneck of its rows (its ratio mostly shows no loss)",
             "results": results}
 
@@ -442,14 +472,15 @@ def table(res: dict) -> str:
     from bench.report import ci_cell, ratio_cell
 
     lines = ["| source | scenario | flows | Mpps (median) | ± | delivered/sent | ratio to redirect "
-             "| ratio to stateful | target | status |",
-             "|---|---|---:|---:|---:|---:|---:|---:|---|---|"]
+             "| ratio to devmap redirect | ratio to stateful | target | status |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|---|---|"]
     for r in res["results"]:
         deliv = min(r["delivered"]) / r["sent"] if r["sent"] else 0
         noisy = r.get("noisy", False) and not r.get("baseline")
         stateful = ratio_cell(r["ratio_stateful"], noisy) if "ratio_stateful" in r else ""
+        devmap = ratio_cell(r["ratio_redirect_map"], noisy) if "ratio_redirect_map" in r else ""
         lines.append(f"| {r.get('source', SOURCES[0])} | {r['scenario']} | {r['flows']} | {r['mpps']['median']:.3f} | "
-                     f"{ci_cell(r['mpps'])} | {deliv:.3f} | {ratio_cell(r['ratio'], noisy)} | {stateful} "
+                     f"{ci_cell(r['mpps'])} | {deliv:.3f} | {ratio_cell(r['ratio'], noisy)} | {devmap} | {stateful} "
                      f"| {r.get('target', '')} | {r.get('status', '')} |")
     if res.get("note"):
         lines += ["", f"Note: {res['note']}."]

@@ -102,6 +102,9 @@ enum lb_sched_id {
 #define LB_PREV_PUBLIC 0
 #define LB_PREV_PRIVATE 1
 #define LB_PREV_MAX 2
+/* lb_tx_ports: the interfaces lb is attached to, by ifindex; one with a bigger ifindex is
+ * redirected to without it (bpf_redirect, counted as LB_CNT_TX_UNMAPPED) */
+#define LB_TX_PORTS 4096
 
 /* Real server flags */
 #define LB_REAL_F_OVERLOAD 0x1   /* skipped by every scheduler (IPVS IP_VS_DEST_F_OVERLOAD) */
@@ -216,7 +219,9 @@ enum lb_sched_id {
                                   * before forwarding (lb_csum.h) */
 #define LB_CNT_CSUM_UNCOMPLETED 15  /* ... one in a segment past the frame's end or over 4 KiB: sent
                                   * as it is, which its receiver drops */
-#define LB_CNT_MAX 16
+#define LB_CNT_TX_UNMAPPED 16  /* redirected to an interface not in lb_tx_ports (lb not attached
+                                  * there): bpf_redirect, whose ifindex the kernel looks up per packet */
+#define LB_CNT_MAX 17
 #define LB_COUNTERS 32           /* lb_counters' size: room to add counters without new pins */
 
 /* Per-CPU tallies of the embryonic table's entries (lb_ct_events; a NAT connection has two, its

@@ -16,6 +16,10 @@ static __always_inline int lb_xmit(struct xdp_md *ctx, struct ethhdr *eth, const
     __builtin_memcpy(eth->h_source, src, ETH_ALEN);
     if (ifindex == ctx->ingress_ifindex)
         return XDP_TX;
+    /* flags 0: XDP_ABORTED for an interface lb_tx_ports does not hold */
+    if (lb_tx_ports.redirect_map(ifindex, 0) == XDP_REDIRECT)
+        return XDP_REDIRECT;
+    lb_count(LB_CNT_TX_UNMAPPED);
     return bpf_redirect(ifindex, 0);
 }
 

@@ -15,7 +15,7 @@ import tomllib
 from pathlib import Path
 
 import pytest
-from lab_http import connect, get, request
+from lab_http import connect, get, lb_counters, request
 
 pytestmark = pytest.mark.parametrize("lab", ["direct", "nat"], indirect=True)
 
@@ -141,6 +141,16 @@ def test_curl_reaches_every_real_server(director):
         assert p.returncode == 0, p.stderr
         bodies.append(p.stdout.strip())
     assert set(bodies) == SERVERS
+
+
+def test_packets_leave_through_the_attached_interfaces_devmap(director):
+    """lb sends requests to the real servers' interface (and, in NAT, replies to the client's)
+    through lb_tx_ports, the devmap its attaches fill, not bpf_redirect's per-packet ifindex
+    lookup: after requests both ways no packet went without it (`lb list --counters`), and the
+    ones that did go counted there (the lab's interfaces are attached, so none may)"""
+    assert collections.Counter(get(director.lab, 6)) == {"rs1": 2, "rs2": 2, "rs3": 2}
+    counters = lb_counters()
+    assert "redirect_unmapped" in counters and counters["redirect_unmapped"] == 0, counters
 
 
 def test_rr_splits_new_connections_evenly(director):

@@ -34,6 +34,8 @@ log = logging.getLogger("lb.dataplane")
 FORMAT = 1
 _LD_IMM64 = 0x18                  # BPF_LD | BPF_IMM | BPF_DW
 _MAP_IN_MAP = {12, 13}            # BPF_MAP_TYPE_ARRAY_OF_MAPS, HASH_OF_MAPS
+_DEVMAPS = {14, 25}               # BPF_MAP_TYPE_DEVMAP, DEVMAP_HASH
+_F_RDONLY_PROG = 1 << 7           # the kernel sets it on a devmap itself, and refuses it at creation
 
 
 @dataclass(frozen=True)
@@ -118,7 +120,8 @@ def extract(bpf, source: str, functions, pin_dir: str | None = None) -> Object:
         info = bpfsys.map_info(fd)
         pinned = pin_dir is not None and os.path.exists(os.path.join(pin_dir, name))
         by_fd[fd] = name
-        maps[name] = MapDef(name, info.type, info.key_size, info.value_size, info.max_entries, info.map_flags,
+        flags = info.map_flags & ~_F_RDONLY_PROG if info.type in _DEVMAPS else info.map_flags
+        maps[name] = MapDef(name, info.type, info.key_size, info.value_size, info.max_entries, flags,
                             inner.get(name) if info.type in _MAP_IN_MAP else None, pinned)
     progs = {}
     for fname in functions:

@@ -146,6 +146,7 @@ PROG_SCHED_BASE = C["LB_PROG_SCHED_BASE"]
 PROG_MAX = C["LB_PROG_MAX"]
 PROG_PERSIST = C["LB_PROG_PERSIST"]
 PREV_SLOTS = {"public": C["LB_PREV_PUBLIC"], "private": C["LB_PREV_PRIVATE"]}   # lb_progs_prev
+TX_PORTS = C["LB_TX_PORTS"]                 # lb_tx_ports' size: ifindexes below it
 
 # ipvsadm's state names are the C names: LB_TCP_S_<NAME>, numbered as IP_VS_TCP_S_*
 TCP_S = _prefixed("LB_TCP_S_", skip=("LB_TCP_S_LAST",))
@@ -162,7 +163,7 @@ _COUNTER_NAMES = {"NO_REAL": "no_real_server", "NOT_SYN": "tcp_not_syn", "FRAGME
                   "PERSIST_FULL": "persist_table_full", "ICMP_LIMITED": "icmp_rate_limited",
                   "TOO_BIG_UNANSWERED": "too_big_unanswered", "XMIT_FAILED": "xmit_failed",
                   "LEASE_LAPSED": "lease_lapsed", "CSUM_COMPLETED": "partial_checksum_completed",
-                  "CSUM_UNCOMPLETED": "partial_checksum_uncompleted"}
+                  "CSUM_UNCOMPLETED": "partial_checksum_uncompleted", "TX_UNMAPPED": "redirect_unmapped"}
 _CNT = _prefixed("LB_CNT_", skip=("LB_CNT_MAX",))
 COUNTER_NAMES = [_COUNTER_NAMES.get(k, k.lower()) for k in _CNT]
 N_COUNTERS = C["LB_COUNTERS"]               # lb_counters entries (LB_CNT_MAX of them used)
@@ -279,7 +280,7 @@ MAPS: dict[str, tuple[struct.Struct, struct.Struct]] = {
     "lb_est_filter": (U32, EST_WORD),
     "lb_svc_stats": (U32, STATS), "lb_real_stats": (U32, STATS), "lb_svc_rates": (U32, RATES),
     "lb_real_rates": (U32, RATES), "lb_counters": (U32, U64), "lb_progs": (U32, U32),
-    "lb_progs_prev": (U32, U32),
+    "lb_progs_prev": (U32, U32), "lb_tx_ports": (U32, U32),
     "lb_lblc": (LBLC_KEY, LBLC), "lb_lblcr": (LBLC_KEY, LBLCR), "lb_sched_buckets": (U32, SCHED_BUCKETS),
     "lb_mh_tables": (U32, U32), "lb_lease": (U32, LEASE), "lb_lease_addrs": (ADDR_KEY, U32),
 }

@@ -358,6 +358,10 @@ class Program:
         """lb_progs_prev of the loaded programs (not pinned: held by this process)"""
         return BpfMap(self.loaded.map_fds["lb_progs_prev"], "lb_progs_prev", owned=False)
 
+    def tx_ports(self) -> BpfMap:
+        """lb_tx_ports of the loaded programs (not pinned: filled by this process's attaches)"""
+        return BpfMap(self.loaded.map_fds["lb_tx_ports"], "lb_tx_ports", owned=False)
+
     def close_maps(self) -> None:
         for m in self.maps.values():
             m.close()

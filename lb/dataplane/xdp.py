@@ -18,6 +18,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import socket
 import time
 
 from . import layout as L
@@ -66,7 +67,8 @@ class XdpDataplane(Dataplane):
         self.rates = RateEstimator(self.maps, self.txn)
         self.lblc = LblcExpiry(self.maps, self.txn)
         self.baseline = SchedBaseline(self.maps, self.txn)
-        self.table = ServiceTable(self.maps, self.txn, sizes, resolver, self.rates, self.lblc, self.baseline)
+        self.table = ServiceTable(self.maps, self.txn, sizes, self._mapping(resolver), self.rates, self.lblc,
+                                  self.baseline)
         self.conns = ConnTable(self.maps, self.txn, self.table)
         self.defender = Defender(self.maps, self.txn, self.conns, sizes.embryo)
         self.attached: dict[str, int] = {}      # ifname -> xdp flags
@@ -74,6 +76,7 @@ class XdpDataplane(Dataplane):
         self.adopted = False
         self.resize: Resize | None = None       # new [tables]: the old maps until finish_resize
         self.created = False     # this instance made the pin directory (a failed start removes it)
+        self.tx_mapped: set[int] = set()        # ifindexes in lb_tx_ports
 
     # ---- the parts' state, by the names tests and tools use ----
     @property
@@ -244,7 +247,46 @@ class XdpDataplane(Dataplane):
         self.attached[ifname] = flags
         self.sides[ifname] = side
         log.info("attached %s XDP program to %s (%s mode)", side, ifname, name)
+        self._map_tx_port(ifname)
         return name
+
+    def _map_tx_port(self, ifname: str, ifindex: int | None = None) -> None:
+        """ifname into lb_tx_ports, its ifindex looked up here (a devmap entry names a device of
+        the writer's namespace, which is the daemon's): the programs redirect to it through the
+        devmap.  Where that cannot be, they redirect with bpf_redirect(), counted as
+        redirect_unmapped -- slower, not wrong.  ifindex: what a next hop's resolution said; an
+        interface here by that name with another index is not it (a resolver of another
+        namespace, as the benchmarks' and tests' are), and is left out."""
+        try:
+            idx = socket.if_nametoindex(ifname)
+        except OSError as e:
+            if ifindex is None:
+                log.warning("redirects to %s go without lb_tx_ports (bpf_redirect() instead): %s", ifname, e)
+            return
+        if ifindex is not None and idx != ifindex:
+            return
+        if idx >= L.TX_PORTS:
+            log.info("%s (ifindex %d) is redirected to without lb_tx_ports (ifindexes below %d): "
+                     "bpf_redirect() instead", ifname, idx, L.TX_PORTS)
+            return
+        try:
+            self.program.tx_ports().set(L.U32.pack(idx), L.U32.pack(idx))
+        except OSError as e:             # gone meanwhile, or refused
+            log.warning("redirects to %s go without lb_tx_ports (bpf_redirect() instead): %s", ifname, e)
+            return
+        self.tx_mapped.add(idx)
+
+    def _mapping(self, resolver):
+        """resolver, and each next hop's interface into lb_tx_ports the first time it is named
+        (a DR or tunnel real server's interface need not be one lb is attached to).  An
+        interface made again gets another ifindex, so a new entry; the kernel takes a deleted
+        one's entry out itself."""
+        def resolve_and_map(addr, need_onlink=False):
+            nh = resolver(addr, need_onlink=need_onlink)
+            if nh.ifindex not in self.tx_mapped:
+                self._map_tx_port(nh.ifname, nh.ifindex)
+            return nh
+        return resolve_and_map
 
     def keep_attached(self) -> list[tuple[str, str, str]]:
         """Each program still on its interface: one gone -- the interface deleted and made again
@@ -279,6 +321,7 @@ class XdpDataplane(Dataplane):
                 notes.append(("failed", ifname, f"the {self.sides[ifname]} XDP program was gone from "
                               f"{ifname}: {e}"))
                 continue
+            self._map_tx_port(ifname)     # made again: another ifindex (the kernel took the old one out)
             notes.append(("attached", ifname, f"the {self.sides[ifname]} XDP program was gone from {ifname}: "
                           f"attached again ({name} mode)"))
         return notes
