@@ -102,8 +102,8 @@ enum lb_sched_id {
 #define LB_PREV_PUBLIC 0
 #define LB_PREV_PRIVATE 1
 #define LB_PREV_MAX 2
-/* lb_tx_ports: the interfaces lb is attached to, by ifindex; one with a bigger ifindex is
- * redirected to without it (bpf_redirect, counted as LB_CNT_TX_UNMAPPED) */
+/* lb_tx_ports' size: ifindexes below it (an interface with a bigger one is redirected to
+ * without it: bpf_redirect, counted as LB_CNT_TX_UNMAPPED) */
 #define LB_TX_PORTS 4096
 
 /* Real server flags */
@@ -219,8 +219,8 @@ enum lb_sched_id {
                                   * before forwarding (lb_csum.h) */
 #define LB_CNT_CSUM_UNCOMPLETED 15  /* ... one in a segment past the frame's end or over 4 KiB: sent
                                   * as it is, which its receiver drops */
-#define LB_CNT_TX_UNMAPPED 16  /* redirected to an interface not in lb_tx_ports (lb not attached
-                                  * there): bpf_redirect, whose ifindex the kernel looks up per packet */
+#define LB_CNT_TX_UNMAPPED 16  /* redirected to an interface not in lb_tx_ports: bpf_redirect,
+                                  * whose ifindex the kernel looks up per packet (not a drop) */
 #define LB_CNT_MAX 17
 #define LB_COUNTERS 32           /* lb_counters' size: room to add counters without new pins */
 

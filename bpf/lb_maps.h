@@ -78,10 +78,11 @@ BPF_TABLE_PINNED("prog", __u32, __u32, lb_progs, LB_PROG_MAX, LB_PIN(lb_progs));
  * it replaced, by side (LB_PREV_*): a packet of a connection only their maps hold yet goes to
  * them.  Not pinned: empty once the daemon that set it is gone. */
 BPF_TABLE("prog", __u32, __u32, lb_progs_prev, LB_PREV_MAX);
-/* The interfaces lb is attached to, key and value their ifindex (lb/dataplane/xdp.py writes each
- * at its attach, in the namespace it attaches in): a redirect through this devmap finds the
- * device at once, where bpf_redirect() has the kernel look its ifindex up for every packet.
- * Not pinned: each load's programs get theirs filled as they are attached. */
+/* The interfaces lb attaches to and its real servers' next hops, key and value their ifindex
+ * (lb/dataplane/xdp.py writes each at its attach or its first resolution, in the daemon's
+ * namespace): a redirect through this devmap finds the device at once, where bpf_redirect()
+ * has the kernel look its ifindex up for every packet.  Not pinned: each load's programs get
+ * theirs filled by the daemon that loaded them. */
 BPF_DEVMAP(lb_tx_ports, LB_TX_PORTS);
 BPF_TABLE_PINNED("percpu_array", __u32, struct lb_sched_scratch, lb_scratch, 1, LB_PIN(lb_scratch));
 /* each CPU's last read of the coarse clock, with its jiffy (lb_clock.h) */

@@ -145,9 +145,9 @@ def test_curl_reaches_every_real_server(director):
 
 def test_packets_leave_through_the_attached_interfaces_devmap(director):
     """lb sends requests to the real servers' interface (and, in NAT, replies to the client's)
-    through lb_tx_ports, the devmap its attaches fill, not bpf_redirect's per-packet ifindex
-    lookup: after requests both ways no packet went without it (`lb list --counters`), and the
-    ones that did go counted there (the lab's interfaces are attached, so none may)"""
+    through lb_tx_ports, the devmap its attaches and next-hop resolutions fill, not with
+    bpf_redirect's per-packet ifindex lookup: after requests both ways, `lb list --counters`
+    shows none sent without it (in DR lb is not attached to priv0: its next hops put it there)"""
     assert collections.Counter(get(director.lab, 6)) == {"rs1": 2, "rs2": 2, "rs3": 2}
     counters = lb_counters()
     assert "redirect_unmapped" in counters and counters["redirect_unmapped"] == 0, counters
