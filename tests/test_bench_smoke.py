@@ -91,14 +91,14 @@ def test_bench_suites_run(tmp_path):
     # baselines: the plain redirect and the stateful reference
     pps = _load(tmp_path, "pps")
     assert {(r["source"], r["program"]) for r in pps["results"]} == {
-        (src, p) for src in ("live frames", "trafgen") for p in ("redirect", "stateful", "lb")}
+        (src, p) for src in ("live frames", "trafgen") for p in ("redirect", "redirect_map", "stateful", "lb")}
     for r in pps["results"]:
         assert r["mpps"]["median"] > 0 and len(r["runs"]) == 2
         assert min(r["delivered"]) == r["sent"]        # everything sent crossed the director
     for r in pps["results"]:
         if r["program"] == "lb":
             assert r["connections"] >= r["flows"]      # this source's handshakes opened lb's connections
-            assert r["ratio_redirect"] > 0 and r["ratio_stateful"] > 0
+            assert r["ratio_redirect"] > 0 and r["ratio_redirect_map"] > 0 and r["ratio_stateful"] > 0
             assert bool(r.get("target")) == (r["source"] == "live frames")
     md = (tmp_path / "latest-smoke.md").read_text()
     assert "| trafgen | lb DR, established, 100 flows | 100 |" in md
