@@ -318,7 +318,7 @@ class Pps:
                                              (RealSpec(ipaddress.ip_address(RS1), 80, 1, "dr"),)),)))
         # lb redirects through lb_tx_ports, which `lb run` fills in its namespace (the director's):
         # from here, the resolver's priv0 is not this namespace's, so it is filled there
-        self.lab.in_netns("director", self.dp._map_tx_port, "priv0", self.priv_ifindex, timeout=10)
+        self.lab.in_netns("director", self.dp.map_tx_port, "priv0", self.priv_ifindex, timeout=10)
         if self.priv_ifindex not in self.dp.tx_mapped:
             raise RuntimeError("bench pps: priv0 could not go into lb_tx_ports")
 

@@ -247,10 +247,10 @@ class XdpDataplane(Dataplane):
         self.attached[ifname] = flags
         self.sides[ifname] = side
         log.info("attached %s XDP program to %s (%s mode)", side, ifname, name)
-        self._map_tx_port(ifname)
+        self.map_tx_port(ifname)
         return name
 
-    def _map_tx_port(self, ifname: str, ifindex: int | None = None) -> None:
+    def map_tx_port(self, ifname: str, ifindex: int | None = None) -> None:
         """ifname into lb_tx_ports, its ifindex looked up here (a devmap entry names a device of
         the writer's namespace, which is the daemon's): the programs redirect to it through the
         devmap.  Where that cannot be, they redirect with bpf_redirect(), counted as
@@ -284,7 +284,7 @@ class XdpDataplane(Dataplane):
         def resolve_and_map(addr, need_onlink=False):
             nh = resolver(addr, need_onlink=need_onlink)
             if nh.ifindex not in self.tx_mapped:
-                self._map_tx_port(nh.ifname, nh.ifindex)
+                self.map_tx_port(nh.ifname, nh.ifindex)
             return nh
         return resolve_and_map
 
@@ -321,7 +321,7 @@ class XdpDataplane(Dataplane):
                 notes.append(("failed", ifname, f"the {self.sides[ifname]} XDP program was gone from "
                               f"{ifname}: {e}"))
                 continue
-            self._map_tx_port(ifname)     # made again: another ifindex (the kernel took the old one out)
+            self.map_tx_port(ifname)     # made again: another ifindex (the kernel took the old one out)
             notes.append(("attached", ifname, f"the {self.sides[ifname]} XDP program was gone from {ifname}: "
                           f"attached again ({name} mode)"))
         return notes

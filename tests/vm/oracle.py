@@ -47,6 +47,14 @@ class Script:
     pmask: str | None = None
     timeouts: tuple[int, int, int] = (900, 120, 300)   # tcp, tcpfin, udp (ipvsadm --set)
 
+    def own_times(self) -> list[float]:
+        """When each step starts on the script's own time line (the sum of the waits before it)"""
+        times, t = [], 0.0
+        for step in self.steps:
+            times.append(t)
+            t += step[1] if step[0] == "wait" else 0.0
+        return times
+
     @property
     def reals(self) -> list[str]:
         return [f"198.18.1.{REAL_BASE + i}" for i in range(len(self.weights))]
@@ -327,10 +335,7 @@ class ModelDirector:
         """The script's observations; on the kernel's time line (each step's start, seconds)
         when given, else on the script's own (its waits)."""
         if times is None:
-            times, t = [], 0.0
-            for step in self.s.steps:
-                times.append(t)
-                t += step[1] if step[0] == "wait" else 0.0
+            times = self.s.own_times()
         out = []
         for i, step in enumerate(self.s.steps):
             if i:

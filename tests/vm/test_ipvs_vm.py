@@ -510,10 +510,7 @@ def test_a_recording_that_lost_live_entries_is_told_apart():
     has none; one whose "after 6 s" lists no connection, as the VM once did, names every
     entry that had more than VANISH_SLACK_S left (not the 8 s ESTABLISHED ones: 2 s left)."""
     script = next(s for s in oracle.scripts() if s.id == "tcp-states")
-    times, t = [], 0.0
-    for step in script.steps:
-        times.append(t)
-        t += step[1] if step[0] == "wait" else 0.0
+    times = script.own_times()
     observations = oracle.ModelDirector(script).play(times)
     assert oracle.vanished(script, {"times": times, "observations": observations}) == []
     after6 = next(o for o in observations if o["label"] == "after 6 s")
