@@ -32,9 +32,10 @@ log = logging.getLogger("lb.confedit")
 
 def restart_needed(old, new) -> list[str]:
     """What differs between two configurations that a reload cannot change (lb.engine's reload
-    refuses these): instance, tables, network, [ha], [bgp] but for its [[bgp.vip]] attributes."""
+    refuses these): instance, tables, network, dataplane, [ha], [bgp] but for its [[bgp.vip]]
+    attributes.  (`lb run --dataplane` overrides the file's dataplane apart: the engine keeps it.)"""
     out = []
-    for name in ("instance", "tables", "network"):
+    for name in ("instance", "tables", "network", "dataplane"):
         if getattr(old, name) != getattr(new, name):
             out.append(name)
     if (old.ha is None) != (new.ha is None) or (new.ha is not None and new.ha != old.ha):

@@ -72,6 +72,26 @@ def test_the_backup_applies_the_actives_configuration_then_both_are_the_same(tmp
     assert store.prev_path(b.cfg.path).exists()
 
 
+def test_the_push_carries_the_global_keys_and_the_backup_keeps_its_own_data_plane(tmp_path):
+    """expire_nodest_conn and the lblc expirations go to the backup with the rest (the pushed
+    document left them out, so every push turned them back to their defaults in the backup's file);
+    the backup's data plane is its own (its host's), as its instance name is."""
+    a, b, sa, sb = pair(tmp_path)
+    a.cfg.path.write_text(a.cfg.path.read_text().replace(
+        'public_interface = "eth0"\n', 'public_interface = "eth0"\ndataplane = "auto"\nexpire_nodest_conn = true\n'
+                                        'lblc_expiration = 600\nlblcr_expiration = 700\n'))
+    b.cfg.path.write_text(b.cfg.path.read_text().replace('public_interface = "eth0"\n',
+                                                         'public_interface = "eth0"\ndataplane = "xdp"\n'))
+    from lb import config as lbconfig
+    a.cfg, b.cfg = lbconfig.load(a.cfg.path), lbconfig.load(b.cfg.path)
+    reply = run(sa, sb, sa.push)
+    assert reply["result"] == "applied", reply
+    got = store.read(b.cfg.path).cfg
+    assert (got.expire_nodest_conn, got.lblc_expiration, got.lblcr_expiration) == (True, 600, 700)
+    assert got.dataplane == "xdp" and got.instance == "webtest2" and b.cfg == got
+    assert store.identity(got) == store.identity(a.cfg) and sa.status()["same"] is True
+
+
 def test_an_older_serial_is_refused_and_reported(tmp_path):
     a, b, sa, sb = pair(tmp_path)
     b.cfg.path.write_text(b.cfg.path.read_text().replace('instance = "webtest2"', 'instance = "webtest2"\nserial_no = 9'))

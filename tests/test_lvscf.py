@@ -164,6 +164,23 @@ def test_toml_round_trip_of_unusual_models() -> None:
     assert loads(lvscf.dumps_toml(empty)) == empty
 
 
+def test_the_global_keys_lb_added_survive_toml_and_tell_configurations_apart() -> None:
+    """dataplane, expire_nodest_conn, lblc_expiration and lblcr_expiration: in the TOML that `lb
+    import` and the console write (totoml.document); the last three in the configuration's identity
+    too (two directors that differ there do not run the same configuration), the data plane not:
+    it is each director's own (store.LOCAL_KEYS)"""
+    from lb.config import store
+
+    cfg = Config(public_interface="eth0", dataplane="ipvs", expire_nodest_conn=True, lblc_expiration=600,
+                 lblcr_expiration=700)
+    assert loads(lvscf.dumps_toml(cfg)) == cfg
+    assert lvscf.loads(lvscf.dumps(dataclasses.replace(cfg, dataplane="xdp"))) == dataclasses.replace(cfg, dataplane="xdp")
+    plain = Config(public_interface="eth0")
+    for key, value in (("expire_nodest_conn", True), ("lblc_expiration", 600), ("lblcr_expiration", 700)):
+        assert store.identity(dataclasses.replace(plain, **{key: value})) != store.identity(plain), key
+    assert store.identity(dataclasses.replace(plain, dataplane="ipvs")) == store.identity(plain)
+
+
 def monitored(m: Monitor) -> Config:
     vs = VirtualServer(name="web", address=IPv4Address("10.9.0.1"), port=80, monitor=m,
                        real_servers=(RealServer("r", IPv4Address("10.9.1.1")),))

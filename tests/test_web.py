@@ -255,7 +255,9 @@ def test_sessions_end_at_their_lifetime_however_busy(tmp_path, pwfile):
     run(console, body)
 
 
-@pytest.mark.parametrize("query", ["refresh=%C2%B2", "refresh=7", "refresh=-1", "refresh=", "part=x"])
+@pytest.mark.parametrize("query", ["refresh=%C2%B2", "refresh=7", "refresh=-1", "refresh=", "part=x",
+                                   "refresh=" + "1" * 5000],          # int() refuses over 4,300 digits
+                         ids=lambda q: q if len(q) < 40 else f"{q[:12]}...({len(q)} chars)")
 def test_bad_parameters_are_400(console, query):
     async def body(client):
         await login(client)
@@ -312,6 +314,35 @@ def test_edit_global_saves_toml_keeps_previous_and_reloads(console):
     assert cfg.timeouts.tcp == 600 and cfg.serial_no == 1
     assert store.prev_path(path).read_bytes() == before
     assert lbconfig.load(path) == cfg and "serial_no = 1" in path.read_text()
+
+
+def test_an_edit_keeps_the_global_keys_it_does_not_show_changed(tmp_path, pwfile):
+    """A real server's weight edited in a file that sets the four [global] keys lb added to
+    Piranha's (dataplane, expire_nodest_conn, lblc_expiration, lblcr_expiration): the file written
+    and the running configuration keep them (the console's document left them out, so every save
+    turned expire_nodest_conn off and the next start ran the default data plane)."""
+    text = CONFIG.format(name="web", weight="3", web="").replace(
+        'public_interface = "eth0"\n', 'public_interface = "eth0"\ndataplane = "auto"\nexpire_nodest_conn = true\n'
+                                        'lblc_expiration = 600\nlblcr_expiration = 700\n')
+    console = make_console(tmp_path, pwfile, text)
+    eng = engine(console)
+    assert (eng.cfg.dataplane, eng.cfg.expire_nodest_conn, eng.cfg.lblc_expiration) == ("auto", True, 600)
+
+    async def body(client):
+        await login(client)
+        f = await form_of(client, "/virtual/real/edit?vs=web&rs=rs1")
+        r = await post_form(client, "/virtual/real/edit", {**f, "vs": "web", "rs": "rs1", "rs.name": "rs1",
+                                                           "rs.address": "198.18.1.11", "rs.weight": "5",
+                                                           "rs.active": "on"})
+        assert r.status == 303, await r.text()
+        return await (await client.get("/global")).text()
+    page = run(console, body)
+    cfg = engine(console).cfg
+    assert cfg.serial_no == 1 and cfg.virtual_servers[0].real_servers[0].weight == 5
+    assert (cfg.dataplane, cfg.expire_nodest_conn, cfg.lblc_expiration, cfg.lblcr_expiration) == ("auto", True, 600, 700)
+    assert lbconfig.load(cfg.path) == cfg
+    # and the [global] screen shows them: its form posts them back as they are
+    assert '<option value="auto" selected>' in page and 'value="600"' in page and 'value="700"' in page
 
 
 def test_bad_value_is_shown_next_to_its_field_and_changes_nothing(console):
@@ -612,6 +643,37 @@ def test_fuzzed_form_posts_answer_cleanly_and_change_nothing_when_refused(consol
         run(console, body)
         assert sum(seen.values()) >= 1000 and seen.get(303) and seen.get(400), seen
         assert "Traceback" not in caplog.text and "Error handling request" not in caplog.text
+
+
+# bodies aiohttp's request.post() cannot read, each with its own exception (not only ValueError)
+UNREADABLE_BODIES = [
+    ("application/x-www-form-urlencoded; charset=nosuch", b"user=a&password=b"),          # LookupError
+    ("multipart/form-data; boundary=XyZ",                                                 # RuntimeError
+     b'--XyZ\r\nContent-Disposition: form-data; name="user"\r\nContent-Transfer-Encoding: bogus\r\n\r\n'
+     b"a\r\n--XyZ--\r\n"),
+    ("multipart/form-data; boundary=XyZ",                                                 # LookupError
+     b'--XyZ\r\nContent-Disposition: form-data; name="user"\r\nContent-Type: text/plain; charset=nosuch\r\n'
+     b"\r\na\r\n--XyZ--\r\n"),
+]
+
+
+@pytest.mark.parametrize("ctype, data", UNREADABLE_BODIES, ids=["charset", "transfer-encoding", "part-charset"])
+def test_form_bodies_aiohttp_cannot_read_are_400_not_500(console, caplog, ctype, data):
+    """A body aiohttp cannot decode (an unknown charset, an unknown transfer encoding) is a 400,
+    to the login page (no session needed) and to a logged-in session's POST, never a 500 with a
+    traceback in the log; nothing changes."""
+    before = console_state(console)
+
+    async def body(client):
+        r = await client.post("/login", data=data, headers={"Content-Type": ctype}, allow_redirects=False)
+        assert r.status == 400 and "unreadable form" in await r.text()
+        await login(client)
+        r = await client.post("/global", data=data, headers={"Content-Type": ctype}, allow_redirects=False)
+        assert r.status == 400 and "unreadable form" in await r.text()
+    with caplog.at_level(logging.ERROR):
+        run(console, body)
+        assert "Traceback" not in caplog.text and "Error handling request" not in caplog.text
+    assert console_state(console)[:4] == before[:4]
 
 
 GET_PAGES = ["/", "/status", "/global", "/redundancy", "/virtual", "/virtual/edit", "/virtual/real",

@@ -231,7 +231,9 @@ def _atomic(path: Path, data: bytes, mode: int) -> None:
 # Per-director keys: each director keeps its own when the configuration comes from its peer (the
 # lab runs both directors on one host, as instances lab and lab2), and they are not part of what
 # "the same configuration" means.
-LOCAL_KEYS = (("global", "instance"), ("global", "serial_no"))
+# The data plane is the director's own too: it depends on its host (an XDP driver, the IPVS
+# module), and it changes only with a restart, so a push of the peer's would be refused.
+LOCAL_KEYS = (("global", "instance"), ("global", "serial_no"), ("global", "dataplane"))
 # Per-director tables, kept whole: [bgp] is this director's own sessions with its router (its
 # router_id, each neighbor's local_address), and a change of it needs a restart anyway, so the
 # active's [bgp] would either break the backup's sessions or be refused at every push.
@@ -269,9 +271,12 @@ def localize(shared: dict[str, Any], cfg: Config | None) -> dict[str, Any]:
     if cfg is None:
         return doc
     glob = doc.setdefault("global", {})
+    own = plain_document(cfg)
     if isinstance(glob, dict):
         glob["instance"] = cfg.instance
-    own = plain_document(cfg)
+        glob.pop("dataplane", None)
+        if "dataplane" in own["global"]:
+            glob["dataplane"] = own["global"]["dataplane"]
     for table in LOCAL_TABLES:
         if table in own:
             doc[table] = own[table]

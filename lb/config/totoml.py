@@ -176,6 +176,10 @@ def document(cfg: Config) -> dict[str, Any]:
         glob["nat_router"] = str(cfg.nat_router)
     if cfg.nat_router_device is not None:
         glob["nat_router_device"] = cfg.nat_router_device
+    defaults = Config(public_interface=cfg.public_interface)
+    for key in ("dataplane", "expire_nodest_conn", "lblc_expiration", "lblcr_expiration"):
+        if getattr(cfg, key) != getattr(defaults, key):
+            glob[key] = getattr(cfg, key)
     if cfg.script_user != DEFAULT_SCRIPT_USER:
         glob["script_user"] = cfg.script_user
     doc: dict[str, Any] = {"global": glob}

@@ -993,7 +993,9 @@ class Console:
 async def _form(request: web.Request):
     try:
         return await request.post()
-    except (ValueError, UnicodeDecodeError) as e:
+    except (ValueError, LookupError, RuntimeError) as e:
+        # aiohttp's own errors for a body it cannot read: ValueError (UnicodeDecodeError is one),
+        # LookupError for an unknown charset, RuntimeError for an unknown transfer encoding
         raise BadRequest(f"unreadable form: {e}") from None
 
 
@@ -1001,7 +1003,7 @@ def _choice(request: web.Request, key: str, choices, default):
     raw = request.query.get(key)
     if raw is None:
         return default
-    if not (raw.isascii() and raw.isdigit()) or int(raw) not in choices:
+    if raw not in {str(c) for c in choices}:      # not int(raw): 5,000 digits make int() raise
         raise BadRequest(f"{key} must be one of {', '.join(map(str, choices))}")
     return int(raw)
 
