@@ -432,6 +432,32 @@ class Pair:
         return {n: p.role for n, p in self.nodes.items()}
 
 
+def test_a_sync_backlog_read_after_the_peers_leaving_does_not_undo_the_takeover(tmp_path):
+    """The active primary's sync datagrams (each says "active") sent before it stops, read by the
+    backup after its "leaving" heartbeat (sync comes in bursts on the private channel, read 64 at
+    a time): the backup took over on "leaving" and stays active -- the late sync messages are older
+    news than that heartbeat.  (They made it step down as if two were active, then take over
+    again a deadtime later.)"""
+    from lb.ha import sync as hsync
+
+    pair = Pair(tmp_path)
+    primary, backup = pair.start(hb.NODE_PRIMARY), pair.start(hb.NODE_BACKUP)
+    pair.run(2.0)
+    assert pair.roles() == {0: "active", 1: "backup"}
+    chan = primary.channels[0]
+    late = [primary.encode(chan, hb.T_SYNC, None, hsync.COUNT.pack(0)) for _ in range(40)]
+    del pair.nodes[hb.NODE_PRIMARY]                       # it stops: "leaving", then nothing
+    primary._send_all(hb.T_HEARTBEAT, LEAVING)
+    pair.run(0.1)
+    assert backup.role == "active"
+    changes = backup.machine.changes
+    for data in late:
+        backup._receive(backup.channels[0], "sync", data)
+    pair.run(2.0)
+    assert backup.role == "active" and backup.machine.changes == changes
+    assert backup.status()["peer"]["state"] == "leaving"
+
+
 def test_skewed_clocks_one_active_and_a_clear_status(tmp_path):
     pair = Pair(tmp_path, skew_s=120.0)                  # the backup's clock is two minutes ahead
     primary = pair.start(hb.NODE_PRIMARY)

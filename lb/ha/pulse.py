@@ -363,6 +363,7 @@ class Pulse:
         self.peer_boot = 0                       # the peer's boot id as last authenticated: our echo
         self.peer_boot_ts = 0                    # ... and the timestamp of the heartbeat that said it
         self.peer_echoed = 0                     # the peer's boot id whose heartbeats echo ours
+        self._peer_said = (0, 0)                 # (boot, ts_ns) of the newest heartbeat heard from the peer
         self._started = clock()                  # until half a deadtime after: only echoing messages are heard
         self.peer_skew: float | None = None      # peer's clock - ours (s), from its last heartbeat
         self.counters = {"rx": 0, "bad_auth": 0, "replay": 0, "stale": 0, "unheard": 0, "malformed": 0,
@@ -640,9 +641,14 @@ class Pulse:
                 self._sync_queue.put_nowait(m.payload)
             except asyncio.QueueFull:
                 self.counters["sync_skipped"] += 1
-            if heard and m.state != self.machine.peer_state:
+            # A sync message's state is news only when it is newer than the peer's last heartbeat:
+            # the two are separate streams, and a backlog of sync datagrams read after the peer's
+            # "leaving" (sync travels on the private channel, in bursts) must not make it active again.
+            said = self._peer_said
+            if heard and m.state != self.machine.peer_state and m.boot == said[0] and m.ts_ns > said[1]:
                 self._act(self.machine.heard(now, m.state))
             return
+        self._peer_said = (m.boot, m.ts_ns)
         self.peer_skew = (m.ts_ns - wall) / 1e9
         if abs(self.peer_skew) > self.ha.max_skew:
             self._ratelog.log("skew", logging.WARNING, "pulse: the peer's clock differs from ours by %+.1fs "
