@@ -742,6 +742,11 @@ BAD = [
         7, "ha.heartbeat_port", "65535 leaves no port for the default sync_port"),
     bad("ha-script-user-unknown", G + HA_HEAD + 'script_user = "nobody-at-all"\n',
         7, "ha.script_user", "no user 'nobody-at-all'"),
+    # one channel's two ends in two families never hear each other: both would go active
+    bad("ha-backup-of-another-family", G + HA_HEAD.replace('"198.18.0.3"', '"2001:2::3"'),
+        5, "ha.backup", "must be of primary's address family (IPv4 198.18.0.1, IPv6 2001:2::3)"),
+    bad("ha-private-ends-of-two-families", G + HA_HEAD + 'primary_private = "198.18.1.1"\nbackup_private = "2001:2:1::3"\n',
+        8, "ha.backup_private", "must be of primary_private's address family"),
 ]
 
 

@@ -1288,6 +1288,14 @@ def _check_ha(top: _Table, base: Path | None, user: str) -> HA | None | _Invalid
     if (primary_private is None) != (backup_private is None):
         keep(h.chk.error(h.at("backup_private" if primary_private is not None else "primary_private"),
                          "primary_private and backup_private go together (the private channel)"))
+    # each channel's two ends talk over one socket of one family: an IPv4 end cannot reach an
+    # IPv6 one (both directors would hear nothing and both go active)
+    for a, b, near, far in ((primary, backup, "primary", "backup"),
+                            (primary_private, backup_private, "primary_private", "backup_private")):
+        if isinstance(a, (IPv4Address, IPv6Address)) and isinstance(b, (IPv4Address, IPv6Address)) \
+                and a.version != b.version:
+            keep(h.chk.error(h.at(far), f"must be of {near}'s address family (IPv{a.version} {a}, IPv{b.version} {b}): "
+                                        f"the two ends of one channel"))
     key_file = keep(h.string("key_file", required=True))
     if isinstance(key_file, str):
         if not key_file:
