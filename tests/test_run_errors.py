@@ -137,6 +137,21 @@ def test_every_subcommand_names_file_line_field_of_a_bad_config(bad_config, comm
     assert expected[1] in p.stderr.splitlines(), p.stderr
 
 
+@pytest.mark.parametrize("command", [["check", "--config", str(REPO / "configs" / "example.toml")],
+                                     ["import", str(REPO / "configs" / "example-lvs.cf")]], ids=lambda c: c[0])
+def test_a_reader_gone_away_is_no_traceback(command):
+    """`lb ... | head` once head has left: stdout is a pipe nobody reads.  lb stops quietly with
+    the status a shell gives a command SIGPIPE ended (141), as ipvsadm would, not a traceback."""
+    r, w = os.pipe()
+    os.close(r)
+    try:
+        p = subprocess.run([LB, *command], stdout=w, stderr=subprocess.PIPE, text=True, timeout=60)
+    finally:
+        os.close(w)
+    assert p.returncode == 141, p.stderr
+    assert "Traceback" not in p.stderr and "Error" not in p.stderr, p.stderr    # import's warnings may stay
+
+
 def test_check_missing_file(tmp_path):
     p = lb("check", "--config", str(tmp_path / "missing.toml"))
     assert p.returncode == 2

@@ -949,6 +949,13 @@ def main(argv: list[str] | None = None) -> int:
         # any subcommand given --config (status, stop, reload, list, ...) names file:line: field
         print(e, file=sys.stderr)
         return 2
+    except BrokenPipeError:
+        # the reader went away (`lb list -c | head`): quiet, as ipvsadm dies of SIGPIPE; stdout
+        # goes to /dev/null so that the interpreter's last flush does not complain either
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+        return 128 + signal.SIGPIPE
 
 
 def _main(argv: list[str] | None = None) -> int:
