@@ -92,6 +92,35 @@ def test_the_push_carries_the_global_keys_and_the_backup_keeps_its_own_data_plan
     assert store.identity(got) == store.identity(a.cfg) and sa.status()["same"] is True
 
 
+def test_a_listener_that_could_not_bind_at_start_listens_once_it_can(tmp_path, monkeypatch, caplog):
+    """The backup's address is taken when it starts (as an IPv6 address still in duplicate
+    address detection, or an interface up after lb, refuses the bind): one error line, then
+    the bind is tried again at every push interval, and once it succeeds the active's push is
+    applied.  (It tried once, and the director's configuration sync stayed deaf until a restart.)"""
+    import socket
+
+    monkeypatch.setattr(configsync, "PUSH_INTERVAL", 0.1)
+    a, b, sa, sb = pair(tmp_path)
+    blocker = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    blocker.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    blocker.bind(("127.0.0.2", sb.port))
+    blocker.listen()
+
+    async def body():
+        deaf = not sb.servers
+        blocker.close()
+        for _ in range(50):
+            await asyncio.sleep(0.1)
+            if sb.servers:
+                break
+        return deaf, await sa.push()
+    with caplog.at_level(logging.INFO, logger="lb.ha.configsync"):
+        deaf, reply = run(sa, sb, body)
+    assert deaf and reply["result"] == "applied", reply
+    assert store.read(b.cfg.path).cfg.virtual_servers[0].real_servers[0].weight == 7
+    assert "cannot listen on 127.0.0.2" in caplog.text and "listening on 127.0.0.2" in caplog.text
+
+
 def test_an_older_serial_is_refused_and_reported(tmp_path):
     a, b, sa, sb = pair(tmp_path)
     b.cfg.path.write_text(b.cfg.path.read_text().replace('instance = "webtest2"', 'instance = "webtest2"\nserial_no = 9'))

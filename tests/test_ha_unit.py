@@ -149,6 +149,8 @@ def test_sync_codec_and_exporter():
     assert e.select(conns, [(b"t", 1000, tmpl)]) == []        # nothing changed
     changed = rec[:7] + (4,) + rec[8:]                        # state changed: sent again
     assert len(e.select([(b"k0", 1000, changed)], [])) == 1
+    e.reset()                                                 # the peer came back: everything again
+    assert len(e.select(conns, [(b"t", 1000, tmpl)])) == 100 and e.pending == 51
     batches = sync.pack_batches(out + out2)
     assert all(len(b) <= sync.PAYLOAD_MAX + 2 for b in batches)
     got_c, got_t = [], []
@@ -456,6 +458,39 @@ def test_a_sync_backlog_read_after_the_peers_leaving_does_not_undo_the_takeover(
     pair.run(2.0)
     assert backup.role == "active" and backup.machine.changes == changes
     assert backup.status()["peer"]["state"] == "leaving"
+
+
+def test_the_sync_scan_runs_off_the_event_loop(tmp_path):
+    """The active's export: the read of the tables and the exporter's walk of every live entry
+    both in an executor thread -- on the loop, a million entries' walk held the heartbeats (and
+    the HA lease they refresh) for seconds every sync_interval."""
+    import asyncio
+    import threading
+
+    pair = Pair(tmp_path)
+    primary, _backup = pair.start(hb.NODE_PRIMARY), pair.start(hb.NODE_BACKUP)
+    pair.run(2.0)
+    assert pair.roles() == {0: "active", 1: "backup"}
+    rec = (6, A("198.18.0.2"), 40000, A("198.18.0.10"), 80, A("198.18.1.11"), 80, 1, 0, 5_000_000, 900,
+           b"\x02" * 6)
+    conns = [(b"k%d" % i, 1000, rec) for i in range(10)]
+    threads = {}
+    primary.sync_source = lambda: (threads.setdefault("source", threading.get_ident()), (conns, []))[1]
+    select = primary.exporter.select
+    primary.exporter.select = lambda c, t: (threads.setdefault("select", threading.get_ident()), select(c, t))[1]
+
+    async def go():
+        threads["loop"] = threading.get_ident()
+        task = asyncio.create_task(primary._sync_out())
+        for _ in range(100):
+            await asyncio.sleep(0.05)
+            if primary.counters["sync_tx_records"]:
+                break
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+    asyncio.run(go())
+    assert primary.counters["sync_tx_records"] == 10
+    assert threads["source"] != threads["loop"] and threads["select"] != threads["loop"]
 
 
 def test_skewed_clocks_one_active_and_a_clear_status(tmp_path):

@@ -88,6 +88,8 @@ class ConfigSync:
         self.channels = channels            # [(local address, peer address)], private first
         self.port = port
         self.servers: list[asyncio.AbstractServer] = []
+        self._listening: set = set()             # the local addresses a server listens on ...
+        self._listen_failed: set = set()         # ... and those it could not yet
         self._task: asyncio.Task | None = None
         self._changed = asyncio.Event()
         self._busy = asyncio.Lock()
@@ -117,15 +119,30 @@ class ConfigSync:
 
     # ---- lifecycle ----
     async def start(self) -> None:
+        await self._listen()
+        # restarted if it raises (lb.tasks): a pusher that stopped would leave the peer behind
+        self._task = supervise("configsync-push", self._pusher, logger=log,
+                               context=f"instance {self.engine.cfg.instance}")
+
+    async def _listen(self) -> None:
+        """A server on each channel's local address not listened on yet: at start, then again at
+        every push interval -- an address that comes later (an IPv6 one still in duplicate
+        address detection at boot, a private interface up after lb) is listened on once it is
+        there, as pulse's own sockets bind to it once it is."""
         for local, _peer in self.channels:
+            if local in self._listening:
+                continue
             try:
                 self.servers.append(await asyncio.start_server(self._serve, str(local), self.port,
                                                                reuse_address=True))
             except OSError as e:
-                log.error("configuration sync: cannot listen on %s:%d/tcp: %s", local, self.port, e.strerror or e)
-        # restarted if it raises (lb.tasks): a pusher that stopped would leave the peer behind
-        self._task = supervise("configsync-push", self._pusher, logger=log,
-                               context=f"instance {self.engine.cfg.instance}")
+                self._listen_failed.add(local)
+                self._ratelog.log(f"listen-{local}", logging.ERROR, "configuration sync: cannot listen on %s:%d/tcp "
+                                  "(tried again every %g s): %s", local, self.port, PUSH_INTERVAL, e.strerror or e)
+                continue
+            if local in self._listen_failed:
+                log.warning("configuration sync: listening on %s:%d/tcp now", local, self.port)
+            self._listening.add(local)
 
     async def stop(self) -> None:
         if self._task is not None:
@@ -134,6 +151,7 @@ class ConfigSync:
         for s in self.servers:
             s.close()
             await s.wait_closed()
+        self.servers, self._listening = [], set()
 
     # ---- the active's side ----
     async def _pusher(self) -> None:
@@ -143,6 +161,7 @@ class ConfigSync:
             except asyncio.TimeoutError:
                 pass
             self._changed.clear()
+            await self._listen()
             if self.engine.role() != "active":
                 continue
             try:

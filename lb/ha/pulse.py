@@ -27,7 +27,7 @@ Receive path (what an outsider can send cannot decide the role):
   - the peer's datagrams pass the header checks of lb.ha.heartbeat.decode (size, magic, version,
     length, sender id, channel, type for the port) before the MAC is computed, then the replay
     guard; every refusal is counted per reason and channel, logged at most once per LOG_INTERVAL
-    per reason, and shown in ``status()["warnings"]`` (`lb status`) while the peer is heard but
+    per channel and reason, and shown in ``status()["warnings"]`` (`lb status`) while the peer is heard but
     refused;
   - a heartbeat carries an echo of the peer's boot id, so a peer whose clock is off by more than
     max_skew is still heard (a fresh boot proves itself by the echo) and reported as skewed,
@@ -754,11 +754,13 @@ class Pulse:
             if self.machine.state != ACTIVE or not self.machine.peer_alive(self.clock()):
                 continue
             try:
-                conns, temps = await loop.run_in_executor(None, self.sync_source)
+                # the read and the scan both in the executor: select() walks every live entry,
+                # a second and more of a million-entry table that the loop's heartbeats (and
+                # the HA lease they refresh) must not wait for
+                records = await loop.run_in_executor(None, self._sync_scan)
             except Exception:
                 log.exception("pulse: reading connections for sync failed")
                 continue
-            records = self.exporter.select(conns, temps)
             self.counters["sync_pending"] = self.exporter.pending
             if not records:
                 continue
@@ -767,6 +769,10 @@ class Pulse:
                 self._send(c, hb.T_SYNC, payload=payload)
             self.counters["sync_tx_records"] += len(records)
             self.last_sync_tx = self.clock()
+
+    def _sync_scan(self) -> list[bytes]:
+        conns, temps = self.sync_source()
+        return self.exporter.select(conns, temps)
 
     def admit_sync(self, payloads: list[bytes], now_ns: int) -> tuple[list, list]:
         """Synced payloads -> the records to install at ``now_ns`` (the data plane's clock): each

@@ -175,19 +175,25 @@ def admit(conns: list, temps: list, now_ns: int) -> tuple[list, list, int]:
 
 
 class Exporter:
-    """Decides which entries to send; pure (no sockets, no maps), so it is unit-testable."""
+    """Decides which entries to send; pure (no sockets, no maps), so it is unit-testable.
+    select() runs in an executor thread (pulse's _sync_scan), reset() on the event loop."""
 
     def __init__(self, rate: int, interval: float):
         self.budget = max(1, int(rate * interval))
         self.sent: dict[bytes, tuple] = {}     # raw key -> (digest, last_ns when sent)
         self.pending = 0                       # records that waited for budget in the last scan
         self.total = 0
+        self._forget = False                   # reset() asked: the next select() sends everything
 
     def reset(self) -> None:
-        self.sent.clear()
+        # a flag, not sent.clear(): a select() in its thread may be walking sent right now
+        self._forget = True
 
     def select(self, conns: list, temps: list) -> list[bytes]:
         """Encoded records to send now (at most the budget); remembers them as sent."""
+        if self._forget:
+            self._forget = False
+            self.sent.clear()
         urgent, refresh, live = [], [], set()
         for kind, items in ((K_CONN, conns), (K_TEMPLATE, temps)):
             for k, last_ns, rec in items:
