@@ -309,6 +309,21 @@ def test_tcp_check_of_a_udp_service_is_a_warning() -> None:
     assert w.line == 8 and "not with a TCP connection" in w.message
 
 
+def test_what_keepalived_would_run_and_lb_would_not_is_a_warning_not_silence() -> None:
+    """An empty virtual_server_group drops its virtual_server (and its real servers); delay_loop 0
+    and misc_timeout 0 become lb's defaults: each one a warning with its line, not a clean check."""
+    cfg = keepalived.loads(HEAD + "virtual_server_group G {\n}\n" + VS.replace("192.0.2.1 80", "group G"), "k.conf")
+    assert cfg.virtual_servers == ()
+    [w] = cfg.warnings
+    assert w.line == 6 and "virtual_server_group G gives no 'ADDRESS PORT' entry" in w.message
+    cfg = keepalived.loads(HEAD + VS.replace("lb_kind DR", "lb_kind DR\n  delay_loop 0").replace(
+        "80 {\n  }", "80 {\n    MISC_CHECK {\n      misc_path /bin/true\n      misc_timeout 0\n    }\n  }"), "k.conf")
+    assert [(w.line, w.field.rsplit(".", 1)[-1], w.message) for w in cfg.warnings] == [
+        (6, "delay_loop", "0: lb checks every 60 s (its default), not without pause"),
+        (10, "misc_timeout", "0: the program gets the check's interval, 60 s")]
+    assert cfg.virtual_servers[0].monitor.interval == 60 and cfg.virtual_servers[0].monitor.connect_timeout == 60
+
+
 def test_format_detection(tmp_path: Path) -> None:
     for name, text, fmt in (("a.conf", "! Configuration File for keepalived\n", "keepalived"),
                             ("b.conf", "# comment\nglobal_defs {\n}\n", "keepalived"),

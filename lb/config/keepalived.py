@@ -1102,7 +1102,11 @@ class _Builder:
             if g is None:
                 self.error(vs.stmt, vs.label, f"no virtual_server_group {a[1]}")
                 return []
-            return self._group(vs, g)
+            out = self._group(vs, g)
+            if not out:
+                self.warn(vs.stmt, vs.label, f"virtual_server_group {a[1]} gives no 'ADDRESS PORT' entry lb can use: "
+                                             f"this virtual_server (its real servers and checkers) is left out")
+            return out
         if len(a) == 2:
             return [(f"{a[0]}:{a[1]}" if ":" not in a[0] else f"[{a[0]}]:{a[1]}", a[0], self._port(vs.stmt, a[1],
                                                                                               vs.label), None)]
@@ -1355,7 +1359,10 @@ class _Builder:
         opts = (c.opts, rs.opts, vs.opts)
         m: dict[str, Any] = {}
         loop = self._setting("delay_loop", *opts)
-        interval = (self.timer(loop, f"{fld}.delay_loop") if loop is not None else None) or DELAY_LOOP
+        interval = self.timer(loop, f"{fld}.delay_loop") if loop is not None else None
+        if interval == 0:
+            self.warn(loop, f"{fld}.delay_loop", f"0: lb checks every {DELAY_LOOP:g} s (its default), not without pause")
+        interval = interval or DELAY_LOOP
         ct = self._setting("connect_timeout", *opts)
         connect = self.timer(ct, f"{fld}.connect_timeout") if ct is not None else None
         rt = self._setting("retry", *opts) or self._setting("nb_get_retry", *opts)
@@ -1395,7 +1402,10 @@ class _Builder:
             m["kind"] = "program"
             m["program"] = re.sub(rf"(?<![0-9A-Fa-f.:]){re.escape(rs.address)}(?![0-9A-Fa-f.:])", "%h", text)
             mt = c.opts.get("misc_timeout")
-            m["connect_timeout"] = (self.timer(mt, f"{fld}.misc_timeout") if mt is not None else None) or interval
+            timeout = self.timer(mt, f"{fld}.misc_timeout") if mt is not None else None
+            if timeout == 0:
+                self.warn(mt, f"{fld}.misc_timeout", f"0: the program gets the check's interval, {interval:g} s")
+            m["connect_timeout"] = timeout or interval
             mu = c.opts.get("user")
             if mu is not None and mu.args:       # MISC_CHECK's `user USER [GROUP]`
                 m["script_user"] = mu.args[0]
