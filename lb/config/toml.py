@@ -1346,6 +1346,16 @@ def _check_ha(top: _Table, base: Path | None, user: str) -> HA | None | _Invalid
               script_user=script_user, **values)
 
 
+def _check_vips_not_heartbeat_addresses(chk: _Checker, drafts: list[_VirtualDraft | _Invalid], ha: HA) -> None:
+    """A VIP moves to whichever director is active; a heartbeat address is a director's own."""
+    own = {ha.primary: "primary", ha.backup: "backup", ha.primary_private: "primary_private",
+           ha.backup_private: "backup_private"}
+    for vs in drafts:
+        if not isinstance(vs, _Invalid) and isinstance(vs.address, (IPv4Address, IPv6Address)) and vs.address in own:
+            chk.error(vs.path + ("address",), f"is [ha] {own[vs.address]}, a director's own address: a VIP "
+                                              f"moves to the active director, so it cannot be one of theirs")
+
+
 def _check_web(top: _Table, base: Path | None) -> Web | _Invalid:
     """[web]: the web console.  Absent: disabled.  Without password_file: None, which means
     /etc/lb/<instance>.passwd (Web.password_path).  Relative files are relative to the config."""
@@ -1609,7 +1619,7 @@ def _enabled_listen(t: _Table, default) -> tuple[bool | _Invalid, IPAddress, int
     return enabled, address, port, bad
 
 
-def _check_metrics(top: _Table) -> Metrics | _Invalid:
+def _check_metrics(top: _Table, web: Web | _Invalid) -> Metrics | _Invalid:
     """[metrics]: the Prometheus endpoint.  Absent: off."""
     if "metrics" not in top.data:
         return Metrics()
@@ -1618,6 +1628,12 @@ def _check_metrics(top: _Table) -> Metrics | _Invalid:
         return m
     enabled, address, port, bad = _enabled_listen(m, Metrics())
     if bad:
+        return INVALID
+    # the console (`lb web`) and the daemon's endpoint cannot both listen there: one would not start
+    if enabled is True and isinstance(web, Web) and web.enabled and web.port == port and (
+            web.address == address or web.address.is_unspecified or address.is_unspecified):
+        m.chk.error(m.at("listen" if "listen" in m.data else "enabled"),
+                    f"[web] listens on {_endpoint(web.address, web.port)} already: give [metrics] another port")
         return INVALID
     return Metrics(enabled=_valid(enabled), address=address, port=port)
 
@@ -1787,7 +1803,9 @@ def validate(doc: dict[str, Any], display: str, positions: Positions, path: Path
 
     ha = _check_ha(top, path, user)
     web = _check_web(top, path)
-    metrics = _check_metrics(top)
+    metrics = _check_metrics(top, web)
+    if isinstance(ha, HA):
+        _check_vips_not_heartbeat_addresses(chk, drafts, ha)
     control = _check_control(top)
     bgp = _check_bgp(top, drafts, network, dataplane)
 
