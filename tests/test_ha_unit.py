@@ -460,6 +460,29 @@ def test_a_sync_backlog_read_after_the_peers_leaving_does_not_undo_the_takeover(
     assert backup.status()["peer"]["state"] == "leaving"
 
 
+def test_kernel_drops_warn_while_recent_then_stay_only_counted(tmp_path, monkeypatch):
+    """A burst of datagrams the kernel dropped (the heartbeat socket's buffer full) is a warning
+    in `lb status` for a minute after the last drop, as a refusal is, then only a count: one
+    burst long past made every `lb status` warn for the rest of the daemon's life."""
+    from lb.ha import pulse as pulse_mod
+
+    pair = Pair(tmp_path)
+    primary = pair.start(hb.NODE_PRIMARY)
+    drops = {"n": 0}
+    monkeypatch.setattr(pulse_mod, "_drops", lambda sock: drops["n"])
+    primary.poll_strays()
+    assert not [w for w in primary.warnings() if "dropped" in w]
+    drops["n"] = 37
+    primary.poll_strays()
+    pair.t += 10
+    [w] = [w for w in primary.warnings() if "dropped" in w]
+    assert "the kernel dropped 37 datagrams" in w and "the last 10s ago" in w
+    pair.t += primary.REFUSED_WARNING
+    primary.poll_strays()                                     # no new drops
+    assert not [w for w in primary.warnings() if "dropped" in w]
+    assert primary.counters["kernel_drops"] >= 37
+
+
 def test_the_sync_scan_runs_off_the_event_loop(tmp_path):
     """The active's export: the read of the tables and the exporter's walk of every live entry
     both in an executor thread -- on the loop, a million entries' walk held the heartbeats (and

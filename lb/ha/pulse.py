@@ -187,7 +187,8 @@ class Endpoint:
         self.connected = False
         self.seq = 0
         self.tx = self.tx_errors = 0
-        self.kernel_drops = 0            # datagrams the kernel dropped: the buffer was full
+        self.kernel_drops = 0            # datagrams the kernel dropped: the buffer was full ...
+        self.last_drop: float | None = None   # ... the last time that count grew (clock())
         self.stray_drops = 0
 
     @property
@@ -412,9 +413,11 @@ class Pulse:
             out.append(f"the peer's clock differs from ours by {self.peer_skew:+.1f}s (max_skew "
                        f"{self.ha.max_skew:g}s): heard anyway (its heartbeats echo our boot id); fix the time (NTP)")
         for c in self.channels:
-            if c.hb.kernel_drops:
+            # a warning while the drops are recent, as a refusal's (a burst long past is only counted)
+            if c.hb.last_drop is not None and now - c.hb.last_drop < self.REFUSED_WARNING:
                 out.append(f"{c.name} channel: the kernel dropped {c.hb.kernel_drops} datagrams of the peer's "
-                           f"heartbeat socket (receive buffer full: a flood with the peer's address?)")
+                           f"heartbeat socket, the last {now - c.hb.last_drop:.0f}s ago (receive buffer full: "
+                           f"a flood with the peer's address?)")
         return out
 
     def status(self) -> dict:
@@ -568,7 +571,7 @@ class Pulse:
                 drops = _drops(ep.sock)
                 if drops is not None and drops != ep.kernel_drops:
                     self.counters["kernel_drops"] += (drops - ep.kernel_drops) & 0xFFFFFFFF
-                    ep.kernel_drops = drops
+                    ep.kernel_drops, ep.last_drop = drops, self.clock()
 
     def _drain_stray(self, c: Channel, ep: Endpoint) -> None:
         for _ in range(self.STRAY_BUDGET):
