@@ -60,6 +60,29 @@ def test_single_director_announces_at_start_and_on_reload(lab, lb_runner, tmp_pa
     lab.run("client", ["ip", "neigh", "del", VIP, "dev", "c0"], check=False)
 
 
+def test_an_announcement_leaves_the_interface_out_of_promiscuous_mode(lab, monkeypatch):
+    """The frames reach the client (its stale entry corrected) and the socket that sent them
+    never put pub0 into promiscuous mode (scapy's default for its layer-2 sockets: every
+    announcement and garp_refresh toggled it, a kernel log line each)."""
+    import ipaddress
+
+    import scapy.arch.linux as scapy_linux
+
+    from lb.ha import announce
+    from lb.ha.addresses import OwnedAddress
+
+    calls = []
+    real = scapy_linux.set_promisc
+    monkeypatch.setattr(scapy_linux, "set_promisc", lambda s, iff, val=1: (calls.append((iff, val)), real(s, iff, val)))
+    mac = director_mac(lab)
+    plant(lab, OTHER)
+    owned = [OwnedAddress("pub0", ipaddress.ip_interface(f"{OTHER}/32"))]
+    assert lab.in_netns("director", announce.announce, owned, 2, 0.05) == 2
+    wait_mac(lab, OTHER, mac)
+    assert calls == []
+    lab.run("client", ["ip", "neigh", "del", OTHER, "dev", "c0"], check=False)
+
+
 def test_send_arp(lab):
     mac = director_mac(lab)
     plant(lab, OTHER)

@@ -117,7 +117,10 @@ def _announce(owned, count: int, interval: float, first_sent) -> int:
     try:
         for dev in by_dev:
             try:
-                socks[dev] = sa.conf.L2socket(iface=dev)
+                # send-only: protocol 0 receives nothing, and not scapy's default promiscuous
+                # mode (each announcement, every garp_refresh, would toggle the VIP's interface
+                # in and out of it -- a kernel log line each, foreign unicast let in meanwhile)
+                socks[dev] = sa.conf.L2socket(iface=dev, type=0, promisc=False, nofilter=1)
             except OSError as e:
                 log.warning("cannot open %s to announce: %s", dev, e)
         for i in range(max(1, count)):
