@@ -522,3 +522,20 @@ def test_json_big_counters_are_exact():
     real = doc["services"][0]["reals"][0]
     assert real["stats"]["inbytes"] == 2**64 - 1
     assert real["rate"]["inpps"] == 123_456_789
+
+
+def test_tunnel_info_of_kernel_destinations():
+    """--tun-info's column from IPVS's destination attributes (IPVS_DEST_ATTR_TUN_*): ipip when
+    the kernel names no type (before Linux 5.3, or type 0), gue with its port (sent in network
+    order, read by pyroute2 in host order) and checksum flag, gre; n/a when not tunneling."""
+    import socket
+
+    from lb.dataplane import ipvs
+
+    T = ipvs.IP_VS_CONN_F_TUNNEL
+    assert ipvs.tunnel_info(T, None, None, None) == "ipip"
+    assert ipvs.tunnel_info(T, 0, 0, 0) == "ipip"
+    assert ipvs.tunnel_info(T, 1, socket.htons(6080), 1) == "gue:6080:+c"
+    assert ipvs.tunnel_info(T, 1, socket.htons(6080), 0) == "gue:6080:-c"
+    assert ipvs.tunnel_info(T, 2, None, None) == "gre"
+    assert ipvs.tunnel_info(ipvs.IP_VS_CONN_F_DROUTE, None, None, None) == "n/a"

@@ -33,8 +33,8 @@ def _curl(lab, timeout=3):
                    check=False, timeout=timeout + 10)
 
 
-def _list():
-    p = subprocess.run([LB, "list", "-n", "--instance", "lab"], capture_output=True, text=True, timeout=30)
+def _list(*extra):
+    p = subprocess.run([LB, "list", "-n", "--instance", "lab", *extra], capture_output=True, text=True, timeout=30)
     assert p.returncode == 0, p.stderr
     return p.stdout
 
@@ -49,6 +49,11 @@ def test_every_real_server_answers_through_the_tunnel(lab, director):
     out = _list()
     for addr in REALS.values():
         assert "  -> %-28s %-7s %-6d " % (f"{addr}:80", "Tunnel", 1) in out
+    # ipvsadm -L -n --tun-info: the tunnel type column, ipip as IPVS's default tunnel
+    out = _list("--tun-info")
+    assert "  -> RemoteAddress:Port           Forward TunnelInfo    Weight ActiveConn InActConn" in out
+    for addr in REALS.values():
+        assert "  -> %-28s %-7s %-13s %-6d " % (f"{addr}:80", "Tunnel", "ipip", 1) in out
 
 
 def test_without_decap_a_real_server_gets_nothing(lab, director):

@@ -474,7 +474,7 @@ def _print_listing(args, services, conns, timeouts, **header) -> int:
         sys.stdout.write(listing.format_connections(conns))
     else:
         mode = ("stats" if args.stats else "rate" if args.rate else "persistent" if args.persistent_conn
-                else "thresholds" if args.thresholds else "default")
+                else "thresholds" if args.thresholds else "tun" if args.tun_info else "default")
         # ipvsadm prints its version header only when listing the whole table
         sys.stdout.write(listing.format_services(services, mode=mode, exact=args.exact, sort=not args.nosort,
                                                  header=not args.service, **header))
@@ -632,6 +632,7 @@ def _add_list_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--daemon", action="store_true", help="the kernel's IPVS sync daemons (ipvs data plane)")
     p.add_argument("--persistent-conn", action="store_true", help="persistence templates per real server")
     p.add_argument("--thresholds", action="store_true", help="upper/lower connection thresholds")
+    p.add_argument("--tun-info", action="store_true", help="each real server's tunnel type (ipip for tunneling)")
     p.add_argument("--exact", "-X", action="store_true", help="exact numbers with --stats and --rate")
     p.add_argument("--sort", action="store_true", help="sort (the default)")
     p.add_argument("--nosort", action="store_true", help="keep the table's order")

@@ -173,6 +173,19 @@ def _sched_flag_names(sched: str, flags: int) -> tuple[str, ...]:
 
 # ---- the kernel's table as plain values ------------------------------------------------------
 
+def tunnel_info(fwd: int, tun_type, tun_port, tun_flags) -> str:
+    """ipvsadm --tun-info's TunnelInfo of a destination: its tunnel type (IPVS_DEST_ATTR_TUN_*,
+    Linux 5.3; absent before, where every tunnel is ipip), "n/a" when it does not tunnel."""
+    if fwd != IP_VS_CONN_F_TUNNEL:
+        return "n/a"
+    if not tun_type:
+        return "ipip"
+    csum = "+c" if (tun_flags or 0) & 1 else "-c"           # IP_VS_TUNNEL_ENCAP_FLAG_CSUM
+    if tun_type == 1:                     # the kernel sends the port in network order; pyroute2 reads host order
+        return f"gue:{socket.ntohs(tun_port or 0)}:{csum}"
+    return "gre" if tun_type == 2 else "?"
+
+
 @dataclass
 class KDest:
     address: ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -186,6 +199,7 @@ class KDest:
     l_thresh: int = 0
     stats: Stats | None = None
     rate: Stats | None = None
+    tunnel: str = "n/a"                   # ipvsadm --tun-info's column (tunnel_info below)
 
     @property
     def key(self):
@@ -383,6 +397,9 @@ class Kernel:
                                       persist=dg("IPVS_DEST_ATTR_PERSIST_CONNS") or 0,
                                       u_thresh=dg("IPVS_DEST_ATTR_U_THRESH") or 0,
                                       l_thresh=dg("IPVS_DEST_ATTR_L_THRESH") or 0,
+                                      tunnel=tunnel_info((dg("IPVS_DEST_ATTR_FWD_METHOD") or 0) & 7,
+                                                         dg("IPVS_DEST_ATTR_TUN_TYPE"), dg("IPVS_DEST_ATTR_TUN_PORT"),
+                                                         dg("IPVS_DEST_ATTR_TUN_FLAGS")),
                                       stats=dstats, rate=drate))
             out.append(ks)
         return out
@@ -1041,7 +1058,7 @@ def read_services(netns: str | None = None) -> list[ServiceRow]:
         for d in ks.dests:
             row.reals.append(RealRow(address=d.address, port=d.port, forward=FORWARD_NAMES.get(d.fwd, "?"),
                                      weight=d.weight, active=d.active, inactive=d.inactive, persist=d.persist,
-                                     u_threshold=d.u_thresh, l_threshold=d.l_thresh,
+                                     u_threshold=d.u_thresh, l_threshold=d.l_thresh, tunnel_info=d.tunnel,
                                      stats=d.stats or Stats(), rate=d.rate or Stats()))
         rows.append(row)
     return rows

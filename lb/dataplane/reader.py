@@ -64,7 +64,9 @@ def _service_row(maps: PinnedMaps, sid: int, key) -> ServiceRow:
                                  active=a, inactive=i, persist=p,
                                  u_threshold=real.u_threshold, l_threshold=real.l_threshold,
                                  stats=_sum_stats(maps["lb_real_stats"].get_percpu(rkey)),
-                                 rate=_rates(maps, "lb_real_rates", rkey)))
+                                 rate=_rates(maps, "lb_real_rates", rkey),
+                                 # lb tunnels IP in IP (IPv6 in IPv6): IPVS's tunnel type ipip
+                                 tunnel_info="ipip" if real.fwd == L.FWD_TUNNEL else "n/a"))
     return row
 
 
