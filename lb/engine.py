@@ -554,7 +554,9 @@ class Engine:
             self.bgp.update(table, attached=self._attached(), active=self.active)
 
     def _attached(self) -> bool:
-        return self.cfg.public_interface in self.dp.attached
+        """lb's program on the public interface, forwarding: announced over BGP only then"""
+        pub = self.cfg.public_interface
+        return pub in self.dp.attached and pub not in getattr(self.dp, "displaced", ())
 
     def refresh_sched_base(self) -> int:
         with self._dp_lock:
@@ -989,6 +991,9 @@ class Engine:
             self._ownership_log.log((what, where, text), level, "%s", text)
         if back:
             self.announce(False, back)      # neighbours that dropped the address learn it again
+        if self.bgp is not None:
+            # a VIP stays announced only while lb's program forwards on the public interface
+            self.bgp.update(attached=self._attached())
 
     def announce(self, burst: bool = True, addrs=None, first_sent=None) -> None:
         """Gratuitous ARP / unsolicited NA for the addresses this director holds (or ``addrs``),

@@ -266,6 +266,25 @@ def test_a_director_without_a_live_real_server_withdraws_that_vip(group, lab):
     g.wait_routes(g.nodes, vip2)
 
 
+def test_a_director_whose_program_is_displaced_withdraws_until_it_is_back(group, lab):
+    """Another XDP program takes director2's pub0 (lb leaves it there, as two tools would swap
+    programs forever): nothing of lb forwards there, so director2 withdraws its VIPs while the
+    others keep them; once the other program is gone, lb's is attached again and the routes
+    come back.  (The VIPs stayed announced: the ECMP share sent to a director that dropped it.)"""
+    g, so = group, group.so
+    node = g.nodes[1]
+    g.wait_routes(g.nodes)
+    lab.run(node, [LB_BIN, "decap", "attach", "--from", "198.18.0.254", "pub0"], timeout=60)
+    try:
+        g.wait_routes([g.nodes[0], g.nodes[2]])
+        vips = {v["prefix"]: v for v in g.status(node)["bgp"]["vips"]}
+        assert not vips[g.prefix]["servable"] and vips[g.prefix]["reason"] == "the data plane is not attached"
+        assert g.new_connections()["failed"] == []
+    finally:
+        lab.run(node, [LB_BIN, "decap", "detach", "pub0"], check=False, timeout=60)
+    g.wait_routes(g.nodes)
+
+
 def test_kill_9_withdraws_through_the_speakers_watchdog(group, lab):
     """lb killed -9 leaves ExaBGP (and the data plane) running: the agent sees lb's process gone
     and withdraws; the next lb run adopts ExaBGP and announces again."""

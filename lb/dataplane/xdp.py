@@ -72,6 +72,9 @@ class XdpDataplane(Dataplane):
         self.conns = ConnTable(self.maps, self.txn, self.table)
         self.defender = Defender(self.maps, self.txn, self.conns, sizes.embryo)
         self.attached: dict[str, int] = {}      # ifname -> xdp flags
+        # attached interfaces where keep_attached found lb's program not there (gone and not
+        # attached again, another in its place, the interface missing): not forwarding
+        self.displaced: set[str] = set()
         self.sides: dict[str, str] = {}         # ifname -> the program's side (public, private, guard)
         self.adopted = False
         self.resize: Resize | None = None       # new [tables]: the old maps until finish_resize
@@ -245,6 +248,7 @@ class XdpDataplane(Dataplane):
             self._keep_previous(ifname, side)
         name, flags = attach_xdp(ifname, fn, mode)
         self.attached[ifname] = flags
+        self.displaced.discard(ifname)
         self.sides[ifname] = side
         log.info("attached %s XDP program to %s (%s mode)", side, ifname, name)
         self.map_tx_port(ifname)
@@ -298,6 +302,7 @@ class XdpDataplane(Dataplane):
         notes = []
         for ifname, flags in list(self.attached.items()):
             fn = self.fns[self._SIDES[self.sides[ifname]]]
+            self.displaced.add(ifname)           # until lb's program is found there (below)
             try:
                 have = attached_prog_id(ifname)
             except DataplaneError:
@@ -305,6 +310,7 @@ class XdpDataplane(Dataplane):
                               f"attached, does not exist"))
                 continue
             if have == prog_info(fn.fd).id:
+                self.displaced.discard(ifname)
                 continue
             if have is not None:
                 try:
@@ -321,6 +327,7 @@ class XdpDataplane(Dataplane):
                 notes.append(("failed", ifname, f"the {self.sides[ifname]} XDP program was gone from "
                               f"{ifname}: {e}"))
                 continue
+            self.displaced.discard(ifname)
             self.map_tx_port(ifname)     # made again: another ifindex (the kernel took the old one out)
             notes.append(("attached", ifname, f"the {self.sides[ifname]} XDP program was gone from {ifname}: "
                           f"attached again ({name} mode)"))
@@ -334,6 +341,7 @@ class XdpDataplane(Dataplane):
             except Exception as e:
                 log.warning("detaching XDP from %s: %s", ifname, e)
             del self.attached[ifname]
+            self.displaced.discard(ifname)
             self.sides.pop(ifname, None)
 
     def unpin(self) -> None:
