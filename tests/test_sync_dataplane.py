@@ -16,7 +16,7 @@ from lb.dataplane import PortGroup, RealSpec, ServiceSpec, TableSpec
 from lb.dataplane import layout as L
 from lb.ha import sync
 
-from packets_util import CLIENT_MAC, PUB_MAC, XDP_PASS, XDP_REDIRECT, loaded_dataplane, real_mac, run
+from packets_util import CLIENT_MAC, PRIV_MAC, PUB_MAC, XDP_PASS, XDP_REDIRECT, XDP_TX, loaded_dataplane, real_mac, run
 
 ip = ipaddress.ip_address
 REALS6 = ["2001:2:0:1::11", "2001:2:0:1::12", "2001:2:0:1::13"]
@@ -153,3 +153,34 @@ def test_entry_older_than_the_backups_clock_is_installed_forwarded_and_expires_o
     assert b.import_conns([late], [], ifindex=1, local_mac=bytes(6)) == (1, 0)
     rc, _ = run(b, "lb_xdp_public", _pkt(*flow, "A"))
     assert rc == XDP_PASS and b.maps["lb_conns"].get(key) is None
+
+
+FWM_NAT = TableSpec((ServiceSpec("tcp", ip("198.18.0.60"), 21, "rr", (RealSpec(ip("198.18.1.11"), 0, 1, "nat"),),
+                                 fwmark=22, groups=(PortGroup("tcp", ip("198.18.0.60"), 21, 21),
+                                                    PortGroup("tcp", ip("198.18.0.60"), 30000, 30099))),))
+
+
+def test_a_synced_nat_connection_of_a_firewall_mark_service_is_answered_through_the_backup():
+    """NAT through a firewall-mark service (an FTP data connection to port 30042): its real
+    server (port 0) answers from 30042.  After the connection went over to the backup, that
+    reply is rewritten back to the VIP there too: the backup's reverse entry is keyed by the
+    port the reply comes from (it was keyed by port 0, and the reply went to the backup's own
+    stack un-NATed)."""
+    client, vip, real = "198.18.0.2", "198.18.0.60", "198.18.1.11"
+
+    def reply(dp):
+        pkt = Ether(src=real_mac(real), dst=PRIV_MAC) / IP(src=real, dst=client) / \
+            TCP(sport=30042, dport=41600, flags="A", seq=5000, ack=1001)
+        return run(dp, "lb_xdp_private", pkt)
+
+    with loaded_dataplane("fwnata", table=FWM_NAT) as a, loaded_dataplane("fwnatb", table=FWM_NAT) as b:
+        _open(a, (client, vip, 41600, 30042))
+        rc, out = reply(a)
+        assert rc == XDP_TX and (Ether(out)[IP].src, Ether(out)[TCP].sport) == (vip, 30042)
+        conns, temps = a.export_conns()
+        [batch] = sync.pack_batches(sync.Exporter(rate=10**6, interval=1).select(conns, temps))
+        c, t = sync.decode_batch(batch)
+        assert b.import_conns(c, t, ifindex=1, local_mac=bytes.fromhex(PUB_MAC.replace(":", ""))) == (1, 0)
+        rc, out = reply(b)
+        assert rc == XDP_TX, rc
+        assert (Ether(out)[IP].src, Ether(out)[IP].dst, Ether(out)[TCP].sport) == (vip, client, 30042)

@@ -423,7 +423,8 @@ class ConnTable:
             if rid is None:
                 skipped += 1
                 continue
-            key = L.ConnKey(caddr, vaddr, cport, vport, proto).pack()
+            ck = L.ConnKey(caddr, vaddr, cport, vport, proto)
+            key = ck.pack()
             old = cm.get(key)
             if old is not None:
                 oc = L.Conn.unpack(old)
@@ -436,7 +437,9 @@ class ConnTable:
             count(rid, 1 if flags & L.CONN_F_INACTIVE else 0, 1)
             if self.table.reals[rid].fwd == L.FWD_NAT:
                 c.flags = L.CONN_F_OUT
-                cm.set(L.ConnKey(raddr, caddr, rport, cport, proto, 1).pack(), c.pack())
+                # as the data path keys it: a real server of port 0 (firewall-mark services)
+                # answers from the port the client asked for, not from 0
+                cm.set(ck.reverse(self.table.reals[rid]).pack(), c.pack())
             done += 1
         for proto, caddr, vaddr, vport, fwmark, raddr, rport, age, timeout in temps:
             st, rid = self.rid_of(proto, vaddr, vport, raddr, rport, fwmark)
