@@ -123,16 +123,28 @@ async def run(argv: list[str], *, user: str | None = None, env: dict[str, str] |
     finally:                      # timed out, over the limit, or cancelled: kill and reap
         for r in readers:
             r.cancel()
+        cancelled = None
         if proc.returncode is None:
             _kill_group(proc)
             try:
                 await asyncio.wait_for(proc.wait(), 2)
-            except BaseException:
+            except asyncio.CancelledError as e:     # a cancel meanwhile is kept, not swallowed
+                cancelled = e
+            except TimeoutError:
+                pass
+        else:
+            # the program is done; what it left behind in its process group (a helper in the
+            # background) goes with it, as a timed-out one's does
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
                 pass
         # close the pipes now: left to the garbage collector, a transport whose output was not
         # read to its end outlives its event loop
         transport = getattr(proc, "_transport", None)
         if transport is not None:
             transport.close()
+        if cancelled is not None:
+            raise cancelled
     res.returncode = proc.returncode
     return res

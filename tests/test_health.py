@@ -230,6 +230,10 @@ async def http_server(ssl_ctx=None):
             body, status = b"oops", "500 Internal Server Error"
         else:
             body, status = b"<html>hello world</html>", "200 OK"
+        if path == "/hints":            # interim responses first (RFC 9110 15.2), then the answer
+            w.write(b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nLink: </s.css>; rel=preload\r\n\r\n")
+        if path == "/hints-forever":
+            w.write(b"HTTP/1.1 103 Early Hints\r\n\r\n" * 20)
         if path == "/chunked":
             w.write(f"HTTP/1.1 {status}\r\nTransfer-Encoding: chunked\r\n\r\n".encode())
             w.write(b"6\r\nhello \r\n5\r\nchunk\r\n0\r\n\r\n")
@@ -261,10 +265,15 @@ def test_http():
                 run_check(CheckSpec("http", HOST, port, path="/fail", status=(200, 599))),
                 run_check(CheckSpec("http", HOST, port, path="/", body_regex="goodbye")),
                 run_check(CheckSpec("http", HOST, free_port())),
+                run_check(CheckSpec("http", HOST, port, path="/hints", body_regex="hello")),
+                run_check(CheckSpec("http", HOST, port, path="/hints-forever")),
             )
         return res, seen, port
 
-    (root, vhost, chunked, keepalive, fail, fail_ok, nomatch, closed), seen, port = run(main())
+    (root, vhost, chunked, keepalive, fail, fail_ok, nomatch, closed, hints, forever), seen, port = run(main())
+    # 100 and 103 before the answer: read past, the answer's status and body judged
+    assert hints.ok and hints.detail.startswith("status 200"), hints
+    assert not forever.ok and forever.detail == "more than 8 interim (1xx) responses", forever
     assert root.ok and root.detail == "status 200"
     assert vhost.ok and "body matched" in vhost.detail
     assert chunked.ok, chunked
@@ -331,6 +340,20 @@ def test_https(cert, monkeypatch):
         return insecure, untrusted, fail, trusted, by_name, wrong_name
 
     insecure, untrusted, fail, trusted, by_name, wrong_name = run(main())
+    # a hundred https checks at once load the CA store once, not a hundred times on the loop
+    from lb.health import checks as checks_mod
+
+    made = []
+    real = ssl.create_default_context
+    monkeypatch.setattr(checks_mod.ssl, "create_default_context", lambda *a, **k: made.append(1) or real(*a, **k))
+    checks_mod._TLS_CONTEXTS.clear()
+
+    async def many():
+        srv, port, _ = await http_server(ctx)
+        async with srv:
+            return await asyncio.gather(*(run_check(CheckSpec("https", HOST, port, body_regex="hello"))
+                                          for _ in range(100)))
+    assert all(r.ok for r in run(many())) and len(made) == 1
     assert insecure.ok, insecure
     assert not untrusted.ok and "verif" in untrusted.detail, untrusted
     assert not fail.ok and "500" in fail.detail
@@ -814,3 +837,42 @@ def test_monitor_task_restarts_after_an_unexpected_error(monkeypatch, caplog):
     assert alive and m.checks >= 3 and m.supervision.restarts == 1
     assert "task health 'rs1' (<Monitor 'rs1' tcp 127.0.0.1:80 up>) failed (KeyError: 'a bug in a check')" in caplog.text
     assert "Traceback" in caplog.text
+
+
+def _gone(pid: int, within: float = 5.0) -> bool:
+    """pid has exited (reaped, or a zombie waiting for its new parent to reap it)"""
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                if f.read().rsplit(")", 1)[1].split()[0] == "Z":
+                    return True
+        except FileNotFoundError:
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def test_a_check_programs_background_helpers_go_with_it():
+    """A program that leaves a helper running in the background and exits 0: the helper is
+    killed with the program's process group (it was left running, one more at every check)."""
+    from lb import programs
+    out = run(programs.run(["/bin/sh", "-c", "sleep 60 >/dev/null 2>&1 & echo $!; exit 0"], user=None, timeout=5))
+    assert out.returncode == 0 and out.killed is None
+    assert _gone(int(bytes(out.stdout).decode())), "the background sleep outlived its check"
+
+
+def test_a_cancel_while_a_timed_out_program_is_reaped_is_not_swallowed():
+    """A check program timed out and killed, but a helper in a session of its own still holds
+    its output pipe: the reap waits up to 2 s, and a cancel then (a reload replacing the
+    monitor, lb stop) must end the task -- it was swallowed, and the old monitor ran on."""
+    from lb import programs
+    prog = ["/bin/sh", "-c", "setsid sleep 3 & sleep 30"]
+
+    async def go():
+        task = asyncio.ensure_future(programs.run(prog, user=None, timeout=0.3))
+        await asyncio.sleep(0.8)                 # timed out at 0.3 s: in the reap's wait now
+        task.cancel()
+        [res] = await asyncio.gather(task, return_exceptions=True)
+        return res
+    assert isinstance(run(go()), asyncio.CancelledError)

@@ -32,7 +32,8 @@ Mapping onto :class:`~lb.config.model.Config`:
   and ``%p`` kept); else ``send`` or ``expect`` (non-empty) -> kind "send_expect";
   else kind "tcp".  send/expect/use_regex/timeout/reentry map to the fields of the
   same name (``send_program`` -> ``program``); send/expect are kept raw (the checker
-  decodes their escapes); the interval is Piranha's 2 s.
+  decodes send's escapes; expect is matched as written, a regular expression's own escapes
+  with use_regex); the interval is Piranha's 2 s.
 
 * HA (pulse): ``backup_active = 1`` (there is a backup director) makes the ``[ha]`` model
   (:class:`~lb.config.model.HA`) from ``primary``, ``primary_private``, ``backup``,

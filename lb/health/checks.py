@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import errno
 import hashlib
+import os
 import re
 import shlex
 import ssl
@@ -278,15 +279,35 @@ def _header_problem(what: str, value: str) -> str | None:
     return None
 
 
+_TLS_CONTEXTS: dict[tuple, tuple[float, ssl.SSLContext]] = {}
+TLS_CONTEXT_TTL = 300.0  # seconds a context (and the CA store it loaded) serves before it is made again
+INTERIM_MAX = 8          # 1xx responses an http check reads past before its answer
+
+
+def _tls_context(verify: bool) -> ssl.SSLContext:
+    """A context shared by the https checks (one per verify mode and CA location): making one
+    loads the system's CA store, ~20 ms here on the event loop, and a thousand checks made
+    theirs at the same moment -- long enough for healthy servers' checks to time out.  Made
+    again after TLS_CONTEXT_TTL, so an updated CA store is read without a restart."""
+    key = (verify, os.environ.get("SSL_CERT_FILE"), os.environ.get("SSL_CERT_DIR"))
+    now = time.monotonic()
+    got = _TLS_CONTEXTS.get(key)
+    if got is not None and now - got[0] < TLS_CONTEXT_TTL:
+        return got[1]
+    ctx = ssl.create_default_context()
+    if not verify:
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+    _TLS_CONTEXTS[key] = (now, ctx)
+    return ctx
+
+
 async def _check_http(spec: CheckSpec) -> tuple[bool, str]:
     tls = spec.kind == "https"
     host_header = spec.host_header or _default_host_header(spec, 443 if tls else 80)
     ctx = server_hostname = None
     if tls:
-        ctx = ssl.create_default_context()
-        if not spec.tls_verify:
-            ctx.check_hostname = False
-            ctx.verify_mode = ssl.CERT_NONE
+        ctx = _tls_context(spec.tls_verify)
         server_hostname = _strip_port(spec.host_header) if spec.host_header else spec.host
     path = spec.path or "/"
     if not path.startswith("/"):
@@ -303,17 +324,24 @@ async def _check_http(spec: CheckSpec) -> tuple[bool, str]:
         try:
             writer.write(request)
             await writer.drain()
-            try:
-                head = await reader.readuntil(b"\r\n\r\n")
-            except asyncio.IncompleteReadError as e:
-                return False, f"connection closed before the response headers; received {_snip(e.partial)}"
-            except asyncio.LimitOverrunError:
-                return False, f"response headers longer than {BODY_LIMIT} bytes"
-            lines = head.decode("latin-1").split("\r\n")
-            parts = lines[0].split(None, 2)
-            if len(parts) < 2 or not parts[0].startswith("HTTP/") or not _STATUS_CODE.fullmatch(parts[1]):
-                return False, f"malformed status line {_snip(lines[0])}"
-            code = int(parts[1])
+            for _ in range(INTERIM_MAX + 1):
+                try:
+                    head = await reader.readuntil(b"\r\n\r\n")
+                except asyncio.IncompleteReadError as e:
+                    return False, f"connection closed before the response headers; received {_snip(e.partial)}"
+                except asyncio.LimitOverrunError:
+                    return False, f"response headers longer than {BODY_LIMIT} bytes"
+                lines = head.decode("latin-1").split("\r\n")
+                parts = lines[0].split(None, 2)
+                if len(parts) < 2 or not parts[0].startswith("HTTP/") or not _STATUS_CODE.fullmatch(parts[1]):
+                    return False, f"malformed status line {_snip(lines[0])}"
+                code = int(parts[1])
+                # an interim response (103 Early Hints, an unasked-for 100 Continue) comes before
+                # the answer: RFC 9110 15.2 has a client read on (101 would switch protocols)
+                if not 100 <= code < 200 or code == 101:
+                    break
+            else:
+                return False, f"more than {INTERIM_MAX} interim (1xx) responses"
             lo, hi = spec.status
             if not lo <= code <= hi:
                 return False, f"status {code} not in {lo}-{hi}"
