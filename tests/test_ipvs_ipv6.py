@@ -121,3 +121,34 @@ def test_spec_of_ipv6_round_trip():
     assert _spec_of(kservice(ServiceSpec("tcp", VIP6, 80, "rr", persistent=60), 128)).pmask is None
     fwm = _spec_of(kservice(ServiceSpec("tcp", None, 0, "wlc", fwmark=61), 128))
     assert attrs(fwm, full=False) == {"IPVS_SVC_ATTR_AF": socket.AF_INET6, "IPVS_SVC_ATTR_FWMARK": 61}
+
+
+def test_a_refused_read_is_a_sentence_not_a_traceback(monkeypatch, capsys):
+    """Every IPVS netlink command is an admin one: `lb list --dataplane ipvs` without
+    CAP_NET_ADMIN got EPERM from the dump as a NetlinkError and printed a traceback.  Now the
+    reads raise IpvsError, which `lb list` prints in one line with exit 1."""
+    import pyroute2
+    from pyroute2.netlink.exceptions import NetlinkError
+
+    from lb.cli.main import main
+    from lb.dataplane import ipvs
+
+    class RefusingIPVS:
+        def __init__(self, *a, **k):
+            pass
+
+        def service(self, cmd, **kw):
+            raise NetlinkError(1, "Operation not permitted")
+
+        def close(self):
+            pass
+
+    monkeypatch.setattr(pyroute2, "IPVS", RefusingIPVS)
+    monkeypatch.setattr(ipvs, "ensure_module", lambda: None)
+    monkeypatch.setattr(ipvs, "read_info", lambda proc=None: ("1.2.1", 4096))
+    with pytest.raises(IpvsError, match="cannot read the services of kernel IPVS: Operation not permitted "
+                                         r"\(it needs root: CAP_NET_ADMIN\)"):
+        ipvs.read_services()
+    assert main(["list", "-n", "--dataplane", "ipvs"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("lb: cannot read the services of kernel IPVS") and "Traceback" not in err

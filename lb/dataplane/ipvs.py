@@ -32,6 +32,7 @@ IPVSDest defaults to fwd_method=3 (DR), so the method is always given.
 from __future__ import annotations
 
 import errno
+import functools
 import ipaddress
 import json
 import logging
@@ -340,6 +341,21 @@ def _hex_u32(value) -> int:
     return int.from_bytes(raw[:4], "little")
 
 
+def _netlink_read(what: str):
+    """A read of the kernel's IPVS whose NetlinkError (EPERM without CAP_NET_ADMIN: every IPVS
+    command is an admin one) is an IpvsError, which the CLI prints, not a traceback."""
+    def wrap(fn):
+        @functools.wraps(fn)
+        def read(*args, **kw):
+            try:
+                return fn(*args, **kw)
+            except NetlinkError as e:
+                raise IpvsError(f"cannot read {what} of kernel IPVS: {os.strerror(e.code) if e.code else e}"
+                                + (" (it needs root: CAP_NET_ADMIN)" if e.code == errno.EPERM else "")) from e
+        return read
+    return wrap
+
+
 class Kernel:
     """One generic netlink conversation with the kernel's IPVS (in the current network
     namespace, or in `netns`).  Opened per operation, as lb opens IPRoute sockets: a socket
@@ -364,6 +380,7 @@ class Kernel:
             self.sock = None
 
     # ---- reads ----
+    @_netlink_read("the services")
     def services(self) -> list[KService]:
         from pyroute2 import IPVSService
 
@@ -404,6 +421,7 @@ class Kernel:
             out.append(ks)
         return out
 
+    @_netlink_read("the timeouts")
     def timeouts(self) -> tuple[int, int, int]:
         msg = _CmdMsg()
         msg["cmd"] = IPVS_CMD_GET_CONFIG
@@ -492,6 +510,7 @@ class Kernel:
         self._request("zero the counters" + (f" of {_svc_name(spec.key)}" if spec else ""), msg)
 
     # ---- the sync daemons ----
+    @_netlink_read("the sync daemons")
     def daemons(self) -> list[SyncDaemon]:
         msg = _CmdMsg()
         msg["cmd"] = IPVS_CMD_GET_DAEMON
