@@ -143,6 +143,20 @@ def test_bad_values_name_line_and_field(extra, tail, field, message) -> None:
     assert key in src.splitlines()[line - 1] or key == "address", (line, src.splitlines()[line - 1])
 
 
+def test_a_vip_of_a_family_no_neighbor_has_is_refused() -> None:
+    """Each session carries its own address family: an IPv6 VIP with IPv4 neighbors only would be
+    shown "announced" while no router hears of it.  An IPv6 neighbor beside makes it good."""
+    v6 = '\n[[virtual_server]]\nname = "web6"\naddress = "2001:2::10"\nport = 80\nscheduler = "mh"\n' \
+         '  [[virtual_server.real_server]]\n  address = "2001:2:0:1::11"\n'
+    src = text(tail=v6)
+    [(line, field, message)] = issues(src)
+    assert field == "virtual_server[2].address" and src.splitlines()[line - 1] == 'address = "2001:2::10"'
+    assert message == ("VIP 2001:2::10 is IPv6 and no [[bgp.neighbor]] is: add an IPv6 neighbor (each BGP "
+                       "session carries its own address family)")
+    both = src + '  [[bgp.neighbor]]\n  address = "2001:2::fe"\n  peer_as = 65000\n'
+    assert len(loads(both).bgp.neighbors) == 2
+
+
 def test_neighbor_is_required() -> None:
     src = BASE.format(network="direct", scheduler="mh") + "\n[bgp]\nlocal_as = 65001\n"
     assert [(f, m) for _, f, m in issues(src)] == [

@@ -1570,6 +1570,18 @@ def _check_bgp(top: _Table, drafts: list[_VirtualDraft | _Invalid], network: str
 
     neighbors = unique("neighbor", "neighbor", _check_bgp_neighbor)
     vips = unique("vip", "VIP", lambda t: _check_bgp_vip(t, known))
+    # each session carries its own address family (lb's ExaBGP configuration): a VIP of a family
+    # no neighbor has would be "announced" and reach no router
+    families = {n.address.version for n in neighbors}
+    if neighbors:
+        for vs in vs_ok:
+            addrs = [g.address for g in vs.groups if isinstance(g, PortGroup)] if vs.groups else [vs.address]
+            for a in addrs:
+                if isinstance(a, (IPv4Address, IPv6Address)) and a.version not in families:
+                    keep(chk.error(vs.path + ("address",) if not vs.groups else vs.path,
+                                   f"VIP {a} is IPv{a.version} and no [[bgp.neighbor]] is: add an IPv{a.version} "
+                                   f"neighbor (each BGP session carries its own address family)"))
+                    break
     if mode == "active-active":
         why = "every director of an active-active group forwards"
         if "ha" in top.data:
