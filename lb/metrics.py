@@ -41,7 +41,9 @@ log = logging.getLogger("lb.metrics")
 
 SNAPSHOT_TIMEOUT = 5.0          # the engine's loop answers in microseconds; this bounds a stuck one
 MAX_CONNECTIONS = 32            # connections served at once (Prometheus scrapes with one)
+MAX_PER_CLIENT = 4              # ... of them from one address: one client cannot take every slot
 IDLE_TIMEOUT = 10.0             # seconds a connection may say nothing
+REQUEST_DEADLINE = 60.0         # seconds a connection is served at most, however it trickles
 
 # the labels of a virtual service and of one of its real servers
 SERVICE_LABELS = ("service", "protocol", "vip", "vport", "fwmark")
@@ -58,6 +60,18 @@ HA_ROLES = ("starting", "backup", "active", "fault", "leaving")
 PEER_STATES = HA_ROLES + ("unknown",)
 # pulse counters that are not refusals (every other one counts messages refused for a reason)
 HA_ACCEPTED = {"rx", "standdown_rx", "sync_rx_records", "sync_tx_records", "sync_skipped", "sync_pending"}
+# ... nor are these, each a counter of its own: an authentic message not heard in the first half
+# deadtime after a start (every restart has some: no alert on refusals should fire for them),
+# datagrams the kernel dropped (a full buffer), datagrams from other senders, sync records
+HA_OTHER = {
+    "unheard": ("lb_ha_heartbeats_unheard_total", "authentic pulse messages not taken in the first half "
+                "deadtime after a start (before the peer echoes this director's boot)"),
+    "kernel_drops": ("lb_ha_kernel_dropped_datagrams_total", "datagrams of the pulse sockets the kernel dropped "
+                     "(receive buffer full)"),
+    "offpath": ("lb_ha_offpath_datagrams_total", "datagrams to the pulse ports from other addresses than the peer's"),
+    "sync_rejected": ("lb_ha_sync_rejected_datagrams_total", "sync datagrams refused whole (a bad record)"),
+    "sync_expired": ("lb_ha_sync_expired_records_total", "synced records already expired when they came"),
+}
 # data-path counters whose names end so are levels (table fill), not counts of events
 LEVEL_SUFFIXES = ("_entries", "_max", "_capacity", "_fill", "_ratio")
 RELOAD_RESULTS = ("ok", "refused", "failed")
@@ -342,8 +356,11 @@ class Collector:
             f.gauge("lb_ha_last_heartbeat_timestamp_seconds", "when the peer's last message came on this channel",
                     ("channel",), (name,), _ago(doc, ch.get("last_heartbeat_s")))
         counters = ha.get("counters", {})
+        for key, (name, text) in HA_OTHER.items():
+            if key in counters:
+                f.counter(name, text, (), (), counters[key])
         for reason, n in sorted(counters.items()):
-            if reason not in HA_ACCEPTED:
+            if reason not in HA_ACCEPTED and reason not in HA_OTHER:
                 f.counter("lb_ha_heartbeats_refused_total", "pulse messages dropped (forged, replayed, stale, "
                           "malformed, wrong channel, ...)", ("reason",), (reason,), n)
         f.counter("lb_ha_standdowns_received_total", "stand-down messages from the peer", (), (),
@@ -381,26 +398,58 @@ def _server_class(family: int):
 
         def server_activate(self):
             self.slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
+            self.per_client: dict[str, int] = {}    # connections being served, by client address
+            self.lock = threading.Lock()
             self.refused = 0            # connections closed for want of a slot
             self.broken = 0             # connections that timed out or broke off
+            self.cut = 0                # connections cut at REQUEST_DEADLINE
             super().server_activate()
 
+        def _take(self, addr: str) -> bool:
+            with self.lock:
+                if self.per_client.get(addr, 0) >= MAX_PER_CLIENT:
+                    return False
+                if not self.slots.acquire(blocking=False):
+                    return False
+                self.per_client[addr] = self.per_client.get(addr, 0) + 1
+                return True
+
+        def _give(self, addr: str) -> None:
+            with self.lock:
+                n = self.per_client.pop(addr, 1) - 1
+                if n > 0:
+                    self.per_client[addr] = n
+                self.slots.release()
+
         def process_request(self, request, client_address):
-            if not self.slots.acquire(blocking=False):
+            if not self._take(client_address[0]):
                 self.refused += 1
                 self.shutdown_request(request)
                 return
             try:
                 super().process_request(request, client_address)
             except BaseException:
-                self.slots.release()
+                self._give(client_address[0])
                 raise
 
+        def _cut(self, request) -> None:
+            """A client that trickles a byte now and then never meets IDLE_TIMEOUT: at the
+            deadline its socket is shut, which ends the handler's blocked read."""
+            self.cut += 1
+            try:
+                request.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
         def process_request_thread(self, request, client_address):
+            timer = threading.Timer(REQUEST_DEADLINE, self._cut, (request,))
+            timer.daemon = True
+            timer.start()
             try:
                 super().process_request_thread(request, client_address)
             finally:
-                self.slots.release()
+                timer.cancel()
+                self._give(client_address[0])
 
         def handle_error(self, request, client_address):
             self.broken += 1            # socketserver would print a traceback to stderr

@@ -60,7 +60,8 @@ def status(ha=True):
             "sync": {"enabled": True, "tracked": 0, "pending": 0, "last_tx_s": None, "last_rx_s": 1.5},
             "counters": {"rx": 79, "bad_auth": 4, "replay": 1, "stale": 0, "malformed": 2, "wrong_channel": 0,
                          "standdown_rx": 1, "sync_rx_records": 12, "sync_tx_records": 0, "sync_skipped": 3,
-                         "sync_pending": 0, "refused_peer": 5},
+                         "sync_pending": 0, "refused_peer": 5, "unheard": 6, "kernel_drops": 2, "offpath": 0,
+                         "sync_rejected": 0, "sync_expired": 0},
         }
     return doc
 
@@ -184,7 +185,10 @@ def test_service_dataplane_reload_and_ha():
     assert value(s, "lb_ha_heartbeats_sent_total", channel="public") == 41
     assert value(s, "lb_ha_heartbeat_send_errors_total", channel="public") == 1
     assert value(s, "lb_ha_last_heartbeat_timestamp_seconds", channel="public") == 999.75
-    # every pulse counter that is not an accepted message is a refusal, new ones included
+    # every pulse counter that is not an accepted message nor one of its own is a refusal, new
+    # ones included; an unheard message (a restart's first half deadtime) is not
+    assert value(s, "lb_ha_heartbeats_unheard_total") == 6
+    assert value(s, "lb_ha_kernel_dropped_datagrams_total") == 2
     refused = {dict(ls)["reason"]: v for (n, ls), v in s.items() if n == "lb_ha_heartbeats_refused_total"}
     assert refused == {"bad_auth": 4, "replay": 1, "stale": 0, "malformed": 2, "wrong_channel": 0, "refused_peer": 5}
     assert value(s, "lb_ha_sync_lag_seconds") == 1.5         # a backup: since the last batch received
@@ -385,8 +389,10 @@ def test_endpoint_bounds_what_a_client_can_hold(monkeypatch, capfd):
         loop = asyncio.get_running_loop()
 
         def hold():
-            held = [socket.create_connection(("127.0.0.1", server.port), timeout=5)
-                    for _ in range(metrics.MAX_CONNECTIONS + 8)]
+            # each from an address of its own (one address may hold only MAX_PER_CLIENT)
+            held = [socket.create_connection(("127.0.0.1", server.port), timeout=5,
+                                             source_address=(f"127.0.1.{i + 1}", 0))
+                    for i in range(metrics.MAX_CONNECTIONS + 8)]
             t0 = time.monotonic()
             closed = []
             time.sleep(0.3)                # the server took them all (in the order they came)
@@ -421,3 +427,62 @@ def test_endpoint_bounds_what_a_client_can_hold(monkeypatch, capfd):
     assert value(parse(text), "lb_up") == 1
     err = capfd.readouterr().err
     assert "Traceback" not in err and "Exception" not in err, err
+
+
+def test_one_client_cannot_hold_the_endpoint_by_trickling_or_by_numbers(monkeypatch, capfd):
+    """A client that sends a byte of a header every now and then never meets IDLE_TIMEOUT: it is
+    cut at REQUEST_DEADLINE.  And one address holds at most MAX_PER_CLIENT connections, so a
+    scrape from another is answered while it holds them (32 trickling connections from one host
+    kept Prometheus out for as long as they liked)."""
+    import socket
+    import time
+
+    monkeypatch.setattr(metrics, "REQUEST_DEADLINE", 1.5)
+
+    async def main():
+        eng = FakeEngine()
+        eng.dp.release.set()
+        server = await metrics.start(eng)
+        loop = asyncio.get_running_loop()
+
+        def attack():
+            held = [socket.create_connection(("127.0.0.1", server.port), timeout=5,
+                                             source_address=("127.0.2.1", 0)) for _ in range(metrics.MAX_CONNECTIONS)]
+            for s in held:
+                s.sendall(b"GET /metrics HTTP/1.1\r\n")
+            time.sleep(0.3)
+            # another host scrapes meanwhile: answered
+            answer = urllib.request.urlopen(f"http://127.0.0.1:{server.port}/metrics", timeout=10).read().decode()
+            t0, ended = time.monotonic(), {}
+            while len(ended) < metrics.MAX_PER_CLIENT and time.monotonic() - t0 < 10:
+                for i, s in enumerate(held[:metrics.MAX_PER_CLIENT]):
+                    if i in ended:
+                        continue
+                    try:
+                        s.sendall(b"X")                     # one byte of an endless header line
+                        s.settimeout(0.05)
+                        if s.recv(1) == b"":
+                            ended[i] = time.monotonic() - t0
+                    except socket.timeout:
+                        pass
+                    except OSError:
+                        ended[i] = time.monotonic() - t0
+                time.sleep(0.2)
+            for s in held:
+                s.close()
+            return answer, ended
+
+        try:
+            answer, ended = await loop.run_in_executor(None, attack)
+            refused, cut = server.httpd.refused, server.httpd.cut
+        finally:
+            await loop.run_in_executor(None, server.stop)
+        return answer, ended, refused, cut
+
+    answer, ended, refused, cut = asyncio.run(main())
+    assert value(parse(answer), "lb_up") == 1
+    assert refused == metrics.MAX_CONNECTIONS - metrics.MAX_PER_CLIENT, refused
+    # the four it served, trickling all along, were cut at the deadline
+    assert len(ended) == metrics.MAX_PER_CLIENT and cut >= metrics.MAX_PER_CLIENT, (ended, cut)
+    err = capfd.readouterr().err
+    assert "Traceback" not in err, err
