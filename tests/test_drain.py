@@ -105,3 +105,37 @@ def test_dead_server_leaves_at_once_and_expire_nodest_conn(dp, expire):
         assert rc == XDP_REDIRECT and server in {"198.18.1.11", "198.18.1.12"}
     else:
         assert rc == XDP_DROP
+
+
+@pytest.mark.parametrize("sched", ["sh", "dh"])
+def test_a_draining_server_gives_its_hash_buckets_to_the_others(dp, sched):
+    """sh and dh: the config removes a real server that still has a connection.  It drains
+    (its connection goes on), and its share of the 256 buckets goes to the others at once, as
+    IPVS's del_dest rebuilds the table: every new client gets a server.  (The buckets stayed
+    with the weight-0 server, and the clients hashing there got none for the whole drain.)"""
+    def spec(*idx):
+        return TableSpec((ServiceSpec("tcp", ip("198.18.0.10"), 80, sched,
+                                      tuple(RealSpec(REALS[i], 80, 1, "dr") for i in idx), "web"),))
+
+    def syn(src, sport):
+        pkt = Ether(src=CLIENT_MAC, dst=PUB_MAC) / IP(src=src, dst="198.18.0.10") / TCP(sport=sport, dport=80, flags="S")
+        rc, out = run(dp, "lb_xdp_public", pkt)
+        return rc, {real_mac(a): str(a) for a in REALS}.get(Ether(out).dst)
+
+    dp.apply(spec(0, 1, 2))
+    clients = [f"198.18.{4 + i // 250}.{1 + i % 250}" for i in range(300)]
+    picks = {c: syn(c, 40000) for c in clients}
+    assert all(rc == XDP_REDIRECT for rc, _ in picks.values())
+    gone = picks[clients[0]][1]
+    send_ack = Ether(src=CLIENT_MAC, dst=PUB_MAC) / IP(src=clients[0], dst="198.18.0.10") / \
+        TCP(sport=40000, dport=80, flags="A")
+    assert run(dp, "lb_xdp_public", send_ack)[0] == XDP_REDIRECT          # established on `gone`
+    dp.apply(spec(*[i for i, a in enumerate(REALS) if str(a) != gone]))
+    assert listing(dp)[gone][0] == 0                                      # draining: weight 0
+    rc, out = run(dp, "lb_xdp_public", send_ack)                         # its connection goes on
+    assert rc == XDP_REDIRECT and Ether(out).dst == real_mac(ip(gone))
+    others = {str(a) for a in REALS} - {gone}
+    for c in clients[1:]:
+        rc, server = syn(c, 40001)
+        assert rc == XDP_REDIRECT and server in others, (c, rc, server)
+    dp.apply(TableSpec(()))

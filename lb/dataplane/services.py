@@ -664,18 +664,23 @@ class ServiceTable:
     def _set_buckets(self, st: _SvcState) -> None:
         """dh / sh: the 256-bucket table of list positions (a pure function of the list and
         its weights, as ip_vs_dh_reassign / ip_vs_sh_reassign rebuild it on every change),
-        written before lb_svc names the scheduler.  lb_sched_buckets is an array (an inlined
-        lookup for dh's and sh's SYNs): another scheduler's entry, or a removed service's, is
-        left as it is -- the data path reads it only while lb_svc names dh or sh."""
+        written before lb_svc names the scheduler.  Draining real servers are left out, as
+        IPVS has deleted them (a quiesced one, weight 0 in the config, stays, as in IPVS):
+        their buckets go to the others instead of sending new clients nowhere for the whole
+        drain.  lb_sched_buckets is an array (an inlined lookup for dh's and sh's SYNs):
+        another scheduler's entry, or a removed service's, is left as it is -- the data path
+        reads it only while lb_svc names dh or sh."""
         sid = L.U32.pack(st.id)
         if st.sched not in L.BUCKET_SCHEDULERS:
             return
+        members = [p for p, (_, rid) in enumerate(st.dests) if not self.reals[rid].flags & L.REAL_F_DRAINING]
         if st.sched == "dh":
-            table = sched_model.dh_table(len(st.dests))
+            table = sched_model.dh_table(len(members))
         else:
-            table = sched_model.sh_table(self._weights(st))
+            weights = self._weights(st)
+            table = sched_model.sh_table([weights[p] for p in members])
         self.txn.set("lb_sched_buckets", sid,
-                  L.SCHED_BUCKETS.pack(*(L.LB_NONE if p is None else p for p in table)))
+                     L.SCHED_BUCKETS.pack(*(L.LB_NONE if p is None else members[p] for p in table)))
 
     def _set_mh(self, st: _SvcState, spec: ServiceSpec, new: bool = False) -> None:
         """ip_vs_mh_dest_changed: rebuild the table from the list (draining real servers left
