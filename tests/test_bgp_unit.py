@@ -321,6 +321,45 @@ def test_announcer_settles_writes_the_lease_and_removes_it(monkeypatch, tmp_path
     assert stopped == ["bgpunit"] and not os.path.exists(a.lease_path)
 
 
+def test_the_next_run_takes_over_the_routes_an_upgrade_kept(monkeypatch, tmp_path) -> None:
+    """`lb stop --keep-dataplane` leaves an ownerless lease with the routes; the next `lb run`
+    (Engine.start's order: the first apply before the attach, then bgp.start, then the attach's
+    update) takes them over as announced: not one moment without them, no settle period (it
+    wrote an empty lease at start, and the speaker's agent withdrew every route for [bgp]
+    settle seconds).  A VIP the new table no longer has is withdrawn."""
+    import asyncio
+
+    from lb.bgp.agent import Agent
+
+    monkeypatch.setattr(announcer, "lease_path", lambda inst: str(tmp_path / f"{inst}.lease"))
+    monkeypatch.setattr(announcer, "status_path", lambda inst: str(tmp_path / f"{inst}.status"))
+    monkeypatch.setattr(speaker, "start", lambda inst, text: (os.getpid(), True))      # adopted ExaBGP
+    monkeypatch.setattr(announcer, "local_address_toward", lambda a: IP("198.18.0.1"))
+    cfg = loads(CFG.replace("lease = 2", "lease = 2\nsettle = 5"))
+    both = TableSpec((svc("198.18.10.10", 80, 1, 1), svc("198.18.10.11", 80, 1)))
+    old = announcer.Announcer(cfg)
+    old.update(both, attached=True, active=True, now=0.0)
+    old.update(now=6.0)
+    asyncio.run(old.leave(keep=True))
+    kept = read_lease(old.lease_path)
+    assert kept.owner_pid == 0 and len(kept.routes) == 2
+    agent = Agent(old.lease_path, old.status_path, 4242)
+    agent.step()
+    seen = []
+    new = announcer.Announcer(cfg)
+    new.update(TableSpec((svc("198.18.10.10", 80, 1, 1),)), attached=False, active=True)   # 10.11 is gone
+    seen.append(read_lease(new.lease_path).routes)
+    new.start()
+    seen.append(read_lease(new.lease_path).routes)
+    new.update(attached=True, active=True)
+    seen.append(read_lease(new.lease_path).routes)
+    route = Route("198.18.10.10/32", 20, ("65000:100", "no-export"))
+    assert seen == [kept.routes, (route,), (route,)]
+    assert read_lease(new.lease_path).owner_pid == os.getpid()
+    assert [c for c in agent.step() if "withdraw route 198.18.10.10" in c] == []
+    assert new.status()["vips"][0]["reason"] is None
+
+
 def test_local_address_toward() -> None:
     assert announcer.local_address_toward(IP("127.0.0.1")) == IP("127.0.0.1")
 

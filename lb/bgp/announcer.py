@@ -22,7 +22,7 @@ import threading
 import time
 
 from lb.bgp import speaker
-from lb.bgp.lease import Route, lease_path, read_json, status_path, write_lease
+from lb.bgp.lease import Route, lease_path, read_json, read_lease, status_path, write_lease
 
 log = logging.getLogger("lb.bgp")
 
@@ -197,6 +197,7 @@ class Announcer:
         if self.router_id is None:
             raise BgpError("bgp: router_id is required when no neighbor is IPv4 (a BGP router id is an "
                            "IPv4 address)")
+        self._adopt_kept_routes()
         self.renew()
         text = speaker.exabgp_config(self.bgp, self.local, self.router_id, self.instance)
         try:
@@ -207,13 +208,33 @@ class Announcer:
                  else "started", self.speaker_pid, self.bgp.mode, self.bgp.local_as, self.router_id,
                  ", ".join(f"{n.address} (AS {n.peer_as}) from {self.local[n.address]}" for n in self.bgp.neighbors))
 
+    def _adopt_kept_routes(self) -> None:
+        """An upgrade (`lb stop --keep-dataplane`, then this start) left a lease without owner
+        whose routes still hold: they are taken over as announced -- no settle period, no
+        withdrawal -- and the first update with the table keeps each VIP that is still servable
+        (the data plane forwarded all along).  Started afresh, this start wrote an empty lease:
+        the agent withdrew every route for [bgp] settle seconds, an outage with one director."""
+        with self._lock:
+            old = read_lease(self.lease_path)
+            if old is None or old.owner_pid or time.monotonic() > old.expires or not old.routes:
+                return
+            wanted = {route_of(self.bgp, vip).prefix: vip for vip in self.reasons}
+            kept = {r for r in old.routes if r.prefix in wanted}
+            for r in kept:
+                self.reasons[wanted[r.prefix]] = None
+            self.routes = {route_of(self.bgp, wanted[r.prefix]) for r in kept}
+            if kept:
+                log.info("BGP: took over %d routes kept by the previous lb run: %s", len(kept),
+                         ", ".join(sorted(r.prefix for r in kept)))
+
     async def leave(self, keep: bool) -> None:
         """At the end of the daemon's loop.  A clean stop withdraws every route and keeps
         forwarding for the drain period, so the router has moved the flows to the other
         directors before this one's data plane goes.  An upgrade (--keep-dataplane) leaves a
         lease without owner: the routes stay for its term, for the next `lb run` to take over."""
         if keep:
-            write_lease(self.lease_path, self.routes, 0, self.bgp.lease)
+            with self._lock:             # after a renew the cancelled run() may still be making
+                write_lease(self.lease_path, self.routes, 0, self.bgp.lease)
             log.info("BGP: routes kept for %g s (the lease) for the next lb run", self.bgp.lease)
             return
         self.leaving = True
