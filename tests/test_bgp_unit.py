@@ -360,6 +360,41 @@ def test_the_next_run_takes_over_the_routes_an_upgrade_kept(monkeypatch, tmp_pat
     assert new.status()["vips"][0]["reason"] is None
 
 
+def test_a_speaker_that_died_is_started_again_with_a_backoff(monkeypatch, tmp_path, caplog) -> None:
+    """ExaBGP gone (killed; or it gave up its API process after repeated deaths): the lease's
+    loop starts it again, says so at ERROR, counts it in `lb status`, and while starting fails
+    tries again after 1, 2, 4 ... s -- nothing watched it, and the director stayed silent."""
+    import asyncio
+
+    monkeypatch.setattr(announcer, "lease_path", lambda inst: str(tmp_path / f"{inst}.lease"))
+    monkeypatch.setattr(announcer, "status_path", lambda inst: str(tmp_path / f"{inst}.status"))
+    monkeypatch.setattr(announcer, "local_address_toward", lambda a: IP("198.18.0.1"))
+    alive = {"pid": 4321}
+    starts = []
+
+    def start(inst, text):
+        starts.append(text)
+        if len(starts) in (2, 3):                  # the first two restarts fail
+            raise speaker.SpeakerError("ExaBGP did not start (exit 1)")
+        alive["pid"] = 4321 + len(starts)
+        return alive["pid"], False
+    monkeypatch.setattr(speaker, "start", start)
+    monkeypatch.setattr(speaker, "running_pid", lambda inst: alive["pid"])
+    a = announcer.Announcer(loads(CFG))
+    a.start()
+    assert len(starts) == 1
+    asyncio.run(a.keep_speaker(now=100.0))
+    assert len(starts) == 1                        # running: left alone
+    alive["pid"] = None                            # killed
+    for now, started in ((101.0, 2), (101.5, 2), (102.0, 3), (103.0, 3), (104.0, 4), (105.0, 4)):
+        asyncio.run(a.keep_speaker(now=now))
+        assert len(starts) == started, (now, len(starts))
+    assert a.speaker_pid == 4325 and a.speaker_restarts == 1 and starts[-1] == starts[0]
+    assert "BGP: ExaBGP (pid 4322) is not running: starting it again" in caplog.text
+    assert "cannot start ExaBGP again: ExaBGP did not start (exit 1) (next try in 2 s)" in caplog.text
+    assert "(started again 1 times)" in announcer.format_status(a.status())[0]
+
+
 def test_local_address_toward() -> None:
     assert announcer.local_address_toward(IP("127.0.0.1")) == IP("127.0.0.1")
 

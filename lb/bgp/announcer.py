@@ -118,6 +118,9 @@ class Announcer:
         # so an older view never writes the lease after a newer one
         self._lock = threading.RLock()
         self.speaker_pid: int | None = None
+        self.speaker_text: str | None = None    # ExaBGP's configuration, once started
+        self.speaker_restarts = 0
+        self._speaker_retry = (0.0, 1.0)        # (not before, next backoff) of a failed restart
         self.local: dict = {}
         self.router_id = None
 
@@ -179,7 +182,33 @@ class Announcer:
                 await loop.run_in_executor(None, self.renew)
             except OSError as e:
                 log.error("BGP: cannot renew the lease %s: %s", self.lease_path, e)
+            await self.keep_speaker()
             await asyncio.sleep(self.renew_s)
+
+    async def keep_speaker(self, now: float | None = None) -> None:
+        """ExaBGP gone (killed, or it gave up on its API process) is started again, with a
+        backoff while that fails: nothing else would announce this director's VIPs again, and
+        the routes went with its sessions."""
+        if self.speaker_text is None or self.leaving:
+            return
+        now = time.monotonic() if now is None else now
+        not_before, backoff = self._speaker_retry
+        if now < not_before:
+            return
+        loop = asyncio.get_running_loop()
+        if await loop.run_in_executor(None, speaker.running_pid, self.instance) is not None:
+            self._speaker_retry = (0.0, 1.0)
+            return
+        log.error("BGP: ExaBGP (pid %s) is not running: starting it again", self.speaker_pid)
+        try:
+            self.speaker_pid, _ = await loop.run_in_executor(None, speaker.start, self.instance, self.speaker_text)
+        except (speaker.SpeakerError, OSError) as e:
+            log.error("BGP: cannot start ExaBGP again: %s (next try in %g s)", e, backoff)
+            self._speaker_retry = (now + backoff, min(backoff * 2, 60.0))
+            return
+        self.speaker_restarts += 1
+        self._speaker_retry = (0.0, 1.0)
+        log.warning("BGP: ExaBGP started again (pid %d)", self.speaker_pid)
 
     # ---- the speaker ----
     def start(self) -> None:
@@ -204,6 +233,7 @@ class Announcer:
             self.speaker_pid, adopted = speaker.start(self.instance, text)
         except (speaker.SpeakerError, OSError) as e:
             raise BgpError(f"bgp: {e}") from None
+        self.speaker_text = text
         log.info("BGP: %s ExaBGP (pid %d), mode %s, AS %d, router id %s, neighbors %s", "adopted" if adopted
                  else "started", self.speaker_pid, self.bgp.mode, self.bgp.local_as, self.router_id,
                  ", ".join(f"{n.address} (AS {n.peer_as}) from {self.local[n.address]}" for n in self.bgp.neighbors))
@@ -278,7 +308,7 @@ class Announcer:
         return {"mode": self.bgp.mode, "local_as": self.bgp.local_as,
                 "router_id": None if self.router_id is None else str(self.router_id),
                 "hold_time": self.bgp.hold_time, "lease": self.bgp.lease, "drain": self.bgp.drain,
-                "speaker": {"name": "exabgp", "pid": pid, "agent": fresh,
+                "speaker": {"name": "exabgp", "pid": pid, "agent": fresh, "restarts": self.speaker_restarts,
                             "withdrawn_because": agent.get("withdrawn_because") if fresh else None,
                             "errors": agent.get("errors", 0)},
                 "neighbors": neighbors,
@@ -293,7 +323,8 @@ def format_status(doc: dict) -> list[str]:
     sp = doc["speaker"]
     head = (f"bgp {doc['mode']}  AS {doc['local_as']}  router id {doc['router_id']}  hold {doc['hold_time']}s"
             f"  speaker exabgp " + (f"pid {sp['pid']}" if sp["pid"] else "NOT RUNNING")
-            + ("" if sp["agent"] or not sp["pid"] else " (agent not reporting)"))
+            + ("" if sp["agent"] or not sp["pid"] else " (agent not reporting)")
+            + (f" (started again {sp['restarts']} times)" if sp.get("restarts") else ""))
     lines = [head]
     for n in doc["neighbors"]:
         since = "" if not n["since"] else f" since {time.strftime('%H:%M:%S', time.localtime(n['since']))}"
