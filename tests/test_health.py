@@ -839,20 +839,6 @@ def test_monitor_task_restarts_after_an_unexpected_error(monkeypatch, caplog):
     assert "Traceback" in caplog.text
 
 
-def _gone(pid: int, within: float = 5.0) -> bool:
-    """pid has exited (reaped, or a zombie waiting for its new parent to reap it)"""
-    deadline = time.monotonic() + within
-    while time.monotonic() < deadline:
-        try:
-            with open(f"/proc/{pid}/stat") as f:
-                if f.read().rsplit(")", 1)[1].split()[0] == "Z":
-                    return True
-        except FileNotFoundError:
-            return True
-        time.sleep(0.05)
-    return False
-
-
 def test_a_check_programs_background_helpers_go_with_it():
     """A program that leaves a helper running in the background and exits 0: the helper is
     killed with the program's process group (it was left running, one more at every check)."""
