@@ -129,6 +129,35 @@ def test_wrr_kernel_sequence(dp):
     assert xdp_sequence(dp, "wrr", [3, 2, 1], 12) == KERNEL_SEQUENCES["wrr-321"]["picks"] == [2, 1, 0, 0, 1, 0] * 2
 
 
+def test_wrr_keeps_its_place_through_a_service_only_edit(dp):
+    """ipvsadm -E of a wrr service that leaves its real servers alone (its persistence here)
+    runs no scheduler hook: the sequence goes on where it was (every rewrite of the service
+    started it from the list's head again, as only a real server's edit does: wrr_dest_changed)."""
+    port = next(_ports)
+    addrs = _reals(3)
+    index = {real_mac(a): i for i, a in enumerate(addrs)}
+    clients = (f"198.18.5.{i}" for i in range(1, 250))
+
+    def apply(persistent=0):
+        reals = tuple(RealSpec(a, 80, w, "dr") for a, w in zip(addrs, (3, 2, 1)))
+        dp.apply(TableSpec((ServiceSpec("tcp", VIP, port, "wrr", reals, persistent=persistent),)))
+
+    def picks(n):
+        out = []
+        for _ in range(n):                     # a new client each time: no template to follow
+            pkt = Ether(src=CLIENT_MAC, dst=PUB_MAC) / IP(src=next(clients), dst=str(VIP)) / \
+                TCP(sport=next(_sports) % 65536 or 1, dport=port, flags="S")
+            rc, raw = run(dp, "lb_xdp_public", pkt)
+            out.append(index.get(Ether(raw).dst) if rc == XDP_REDIRECT else None)
+        return out
+    cycle = [2, 1, 0, 0, 1, 0]                 # 3:2:1, as kernel IPVS picks it (above)
+    apply()
+    first = picks(2)
+    apply(persistent=300)                      # a service-only edit
+    assert first + picks(10) == cycle * 2
+    dp.apply(TableSpec(()))
+
+
 def test_lc_spreads_by_overhead(dp):
     # half-open connections count active: overheads 0,0,0 -> first, then the others, in turn;
     # weight only gates (0 = never)

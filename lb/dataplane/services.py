@@ -557,6 +557,7 @@ class ServiceTable:
         for rkey in drains:
             wanted[rkey] = _DRAIN
         changed = sched_changed
+        dests_touched = False       # a real server added, removed or edited (IPVS's upd_dest)
 
         def dest_changed():
             nonlocal mark
@@ -575,7 +576,7 @@ class ServiceTable:
                 cursor = sched_model.rr_cursor_after_delete(cursor, pos)
                 self._retire_real(rid)
                 dest_changed()
-                changed = True
+                changed = dests_touched = True
                 log.info("removed real server %s:%d from %s", rkey[0], rkey[1], name)
         # 2. updates of existing real servers (Real's == compares every packed field: the
         # same as comparing the packed entries, without packing both; the weight is not one
@@ -590,7 +591,7 @@ class ServiceTable:
                 real = self._real_entry(spec_r, st.id, old, resolve=False)
             if real != old or real.weight != old.weight:
                 self.reals[rid] = real
-                changed = True
+                changed = dests_touched = True
             if real != old:
                 self.txn.set("lb_reals", L.U32.pack(rid), real.pack())
                 if (real.u_threshold, real.l_threshold) != (old.u_threshold, old.l_threshold):
@@ -620,7 +621,7 @@ class ServiceTable:
             if grow is None:
                 grow = WrrGrow(self._weights(st)[1:], mark.cw)
             grow.add(real.weight)
-            changed = True
+            changed = dests_touched = True
             log.info("added real server %s:%d to %s (%s, weight %d)", spec_r.address, spec_r.port,
                      name, L.FORWARD_NAMES[real.fwd], real.weight)
         if grow is not None:
@@ -651,6 +652,8 @@ class ServiceTable:
         cl = L.POS_HEAD
         if st.sched == "rr" and cursor is not None:
             cl = cursor
+        elif st.sched == "wrr" and cursor is not None and not (dests_touched or sched_changed):
+            cl = cursor             # a service-only edit (persistence): IPVS's wrr keeps its place
         self.txn.set("lb_sched_state", sid, L.SCHED_STATE.pack(cl, mark.cw))
         if new:
             self.txn.set("lb_svc_stats", sid, L.STATS.pack(0, 0, 0, 0, 0))
