@@ -395,6 +395,38 @@ def test_a_speaker_that_died_is_started_again_with_a_backoff(monkeypatch, tmp_pa
     assert "(started again 1 times)" in announcer.format_status(a.status())[0]
 
 
+def test_under_systemd_exabgp_gets_a_scope_of_its_own(monkeypatch, tmp_path, caplog) -> None:
+    """lb@.service's KillMode=mixed kills what is left in the unit's cgroup once lb stopped: on a
+    restart (an upgrade, whose kept lease holds the routes) that took ExaBGP and its sessions.
+    Under systemd ExaBGP starts in a scope of its own (systemd-run --scope); elsewhere, or when
+    that fails, as before."""
+    monkeypatch.setattr(speaker.shutil, "which", lambda name: f"/usr/bin/{name}")
+    real_isdir = speaker.os.path.isdir
+    monkeypatch.setattr(speaker.os.path, "isdir", lambda p: p == "/run/systemd/system" or real_isdir(p))
+    assert speaker.launch_argv("so1", "/usr/sbin/exabgp", "/run/lb/so1.exabgp.conf", env={}) == \
+        ["/usr/sbin/exabgp", "/run/lb/so1.exabgp.conf"]
+    argv = speaker.launch_argv("so1", "/usr/sbin/exabgp", "/run/lb/so1.exabgp.conf", env={"INVOCATION_ID": "ab12"})
+    assert argv[:5] == ["/usr/bin/systemd-run", "--scope", "--quiet", "--collect", "--unit=lb-exabgp-so1"]
+    assert argv[-2:] == ["/usr/sbin/exabgp", "/run/lb/so1.exabgp.conf"]
+    # the scope refused (no D-Bus, say): started the old way, with a warning
+    monkeypatch.setattr(speaker, "RUN_DIR", str(tmp_path))
+    monkeypatch.setattr(speaker, "conf_path", lambda inst: str(tmp_path / f"{inst}.exabgp.conf"))
+    monkeypatch.setattr(speaker, "running_pid", lambda inst: None)
+    monkeypatch.setattr(speaker.os.path, "exists", lambda p: True)
+    monkeypatch.setenv("INVOCATION_ID", "ab12")
+    tried = []
+
+    def launch(inst, argv):
+        tried.append(argv[0])
+        if argv[0].endswith("systemd-run"):
+            raise speaker.SpeakerError("ExaBGP did not start (exit 1): Failed to connect to bus")
+        return 777, False
+    monkeypatch.setattr(speaker, "_launch", launch)
+    assert speaker.start("so1", "conf text") == (777, False)
+    assert tried == ["/usr/bin/systemd-run", speaker.EXABGP]
+    assert "ExaBGP in a systemd scope of its own failed" in caplog.text
+
+
 def test_local_address_toward() -> None:
     assert announcer.local_address_toward(IP("127.0.0.1")) == IP("127.0.0.1")
 

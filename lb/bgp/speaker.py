@@ -31,6 +31,20 @@ class SpeakerError(Exception):
     pass
 
 
+def launch_argv(instance: str, exe: str, conf: str, env=None) -> list[str]:
+    """ExaBGP's command line.  Under systemd (lb@.service: INVOCATION_ID, and systemd runs the
+    machine), ExaBGP goes in a scope of its own (`systemd-run --scope`): the unit's KillMode=mixed
+    kills what is left in lb's cgroup once lb has stopped, which on a restart (an upgrade,
+    whose kept lease holds the routes for the next lb run) would take ExaBGP and its sessions
+    along.  A clean stop stops it by its pid, as always."""
+    env = os.environ if env is None else env
+    run = shutil.which("systemd-run")
+    if env.get("INVOCATION_ID") and run and os.path.isdir("/run/systemd/system"):
+        return [run, "--scope", "--quiet", "--collect", f"--unit=lb-exabgp-{instance}",
+                "--description=ExaBGP of lb instance " + instance, exe, conf]
+    return [exe, conf]
+
+
 def conf_path(instance: str) -> str:
     return os.path.join(RUN_DIR, f"{instance}.exabgp.conf")
 
@@ -134,9 +148,21 @@ def start(instance: str, text: str) -> tuple[int, bool]:
     except FileNotFoundError:
         pass
     exe = EXABGP if os.path.exists(EXABGP) else shutil.which("exabgp")
+    argv = launch_argv(instance, exe, path)
+    try:
+        return _launch(instance, argv)
+    except SpeakerError as e:
+        if argv[0] == exe:
+            raise
+        log.warning("BGP: ExaBGP in a systemd scope of its own failed (%s): started in lb's own unit, "
+                    "where a restart of lb stops it", e)
+        return _launch(instance, [exe, path])
+
+
+def _launch(instance: str, argv: list[str]) -> tuple[int, bool]:
     with open(log_path(instance), "ab") as out:
         os.chmod(log_path(instance), 0o600)
-        p = subprocess.Popen([exe, path], env=exabgp_env(instance), stdin=subprocess.DEVNULL, stdout=out,
+        p = subprocess.Popen(argv, env=exabgp_env(instance), stdin=subprocess.DEVNULL, stdout=out,
                              stderr=subprocess.STDOUT, start_new_session=True, cwd="/")
     try:
         rc = p.wait(START_WAIT_S)       # daemonize: the first process exits once the daemon runs
