@@ -323,14 +323,14 @@ long bb_format_conns(const void *keys, const void *values, unsigned long n,
         const struct lb_conn *c = &vs[i];
         if (k->dir != 0)
             continue;
-        /* Python: timeout - (now - last) // 10^9, floor division of a possibly negative age */
+        /* as IPVS prints a timer, the whole seconds left: (timeout - age) // 10^9; gone once the
+         * age is past the timeout, as the data path's lb_conn_expired has it; a stamp ahead of
+         * the clock (written from the precise one) has its whole timeout left */
         long long age = (long long)(now_ns - c->last_ns);
-        long long q = age / 1000000000LL;
-        if (age % 1000000000LL != 0 && age < 0)
-            q -= 1;
-        long long left = (long long)c->timeout - q;
-        if (left < 0)
+        long long tmo_ns = (long long)c->timeout * 1000000000LL;
+        if (age > tmo_ns)
             continue;
+        long long left = age <= 0 ? (long long)c->timeout : (tmo_ns - age) / 1000000000LL;
         if (c->real >= nreals) {
             *pos = i;
             return -1;
@@ -338,7 +338,8 @@ long bb_format_conns(const void *keys, const void *values, unsigned long n,
         char *dst = dest_cache + (unsigned long)c->real * BB_DEST_SLOT;
         if (!dst[0]) {
             const struct lb_real *r = &rs[c->real];
-            bb_addrport(dst, r->addr, r->port, r->family ? r->family : LB_AF_INET);
+            /* a removed real server keeps its address, family 0: the connection's family */
+            bb_addrport(dst, r->addr, r->port, r->family ? r->family : k->family);
         }
         const char *proto = k->proto == IPPROTO_TCP ? "TCP" : k->proto == IPPROTO_UDP ? "UDP" : "?";
         const char *state = k->proto != IPPROTO_TCP ? "UDP"

@@ -36,6 +36,7 @@ REALS = {  # real id: (address, port, family byte in lb_reals; 0 = a removed rea
     2: ("2001:db8::2", 8080, L.AF_INET6),
     3: ("::ffff:198.18.1.3", 443, L.AF_INET6),
     4: ("198.18.1.4", 65535, 0),
+    5: ("2001:db8::10", 80, 0),            # a removed IPv6 real server: its address stays IPv6
 }
 
 ENTRIES = [
@@ -132,3 +133,25 @@ def test_lb_list_c_cli_prints_the_listing(dp):
     assert _mask_expire(out) == _mask_expire(want)
     # every entry but the NAT reverse one (none has expired at `now`), after the two header lines
     assert "[2001:db8::10]:65535" in out and out.count("\n") == 2 + len(ENTRIES) - 1
+
+
+@pytest.mark.parametrize("fast", [True, False], ids=["C", "Python"])
+def test_expire_is_ipvsadms_whole_seconds_left_and_a_removed_ipv6_real_stays_ipv6(dp, fast):
+    """The expire column as ipvsadm prints a connection's timer: the whole seconds left, so 14:59
+    half a second after a packet of a 900 s state (15:00 was printed: the age floored instead of
+    what is left), 00:00 in the last second, and an entry past its timeout not at all (it was
+    listed for up to a second after the data path had let it go).  And a removed IPv6 real
+    server (family 0 in lb_reals, its address kept) is printed as IPv6, not as 4 of its bytes."""
+    if fast and not have_batch():
+        pytest.skip("lb._bpfbatch (cffi) is not built")
+    cases = {40: (900, 5 * 10**8, "14:59"), 41: (900, 0, "15:00"), 42: (60, 59 * 10**9 + 1, "00:00"),
+             43: (10, 10 * 10**9, "00:00"), 44: (10, 10 * 10**9 + 1, None), 45: (10, 10 * 10**9 + 5 * 10**8, None),
+             46: (900, -2 * 10**9, "15:00")}
+    _fill(dp, [(_key("198.18.0.20", "198.18.0.100", port, 80), _conn(1, 1, t, age))
+               for port, (t, age, _) in cases.items()]
+          + [(_key("2001:db8::20", "2001:db8::100", 47, 80), _conn(5, 1, 900, 0))])
+    with PinnedMaps(dp.instance) as maps:
+        text = b"".join(connection_listing(maps, now_ns=NOW, fast=fast)).decode()
+    got = {int(line.split()[3].rsplit(":", 1)[1]): line.split()[1] for line in text.splitlines()[2:]}
+    assert got == {**{p: e for p, (_, _, e) in cases.items() if e is not None}, 47: "15:00"}, text
+    assert "[2001:db8::10]:80" in text and "32.1.13.184" not in text, text

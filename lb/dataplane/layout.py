@@ -414,10 +414,11 @@ class Real:
                          self.u_threshold, self.l_threshold, self.pos, self.tun_src, self.mtu)
 
     @classmethod
-    def unpack(cls, raw: bytes, weight: int = 0) -> "Real":
-        """weight: the server's lb_svc_dests slot's (lb_reals does not hold it)"""
+    def unpack(cls, raw: bytes, weight: int = 0, family: int = AF_INET) -> "Real":
+        """weight: the server's lb_svc_dests slot's (lb_reals does not hold it); family: its
+        address's family when the entry says none (a removed real server keeps its address)"""
         a, p, fam, fwd, flags, ifindex, mac, src, svc, ut, lt, pos, tsrc, mtu = REAL.unpack(raw)
-        addr = unpack_addr(a, fam if fam else AF_INET)
+        addr = unpack_addr(a, fam if fam else family)
         return cls(addr, unpack_port(p), fwd, weight, flags, ifindex, mac, src, svc, fam, ut, lt, pos, tsrc, mtu)
 
 

@@ -128,12 +128,16 @@ def read_connections(maps: PinnedMaps, batch: bool | None = None, now_ns: int | 
         if key.dir != 0:
             continue                       # NAT reverse entries are not connections of their own
         c = L.Conn.unpack(v)
-        left = c.timeout - L.elapsed_ns(now, c.last_ns) // 1_000_000_000
-        if left < 0:
+        # as IPVS prints a timer: the whole seconds left; gone once the age is past the timeout
+        # (lb_conn_expired); a stamp ahead of the clock has its whole timeout left
+        age = L.elapsed_ns(now, c.last_ns)
+        if age > c.timeout * 1_000_000_000:
             continue                       # expired, awaiting the sweep
+        left = c.timeout if age <= 0 else (c.timeout * 1_000_000_000 - age) // 1_000_000_000
         real = reals.get(c.real)
         if real is None:
-            real = reals[c.real] = L.Real.unpack(maps["lb_reals"].get(L.U32.pack(c.real)))
+            real = reals[c.real] = L.Real.unpack(maps["lb_reals"].get(L.U32.pack(c.real)),
+                                                 family=L.family_of(key.saddr))
         out.append(ConnRow(protocol=L.PROTO_NAMES.get(key.proto, "?"), expire=int(left),
                            state=c.state_name(key.proto), client=(key.saddr, key.sport),
                            virtual=(key.daddr, key.dport), dest=(real.addr, real.port)))
