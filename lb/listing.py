@@ -517,9 +517,28 @@ def format_save(services: list[ServiceRow], *, sort: bool = True) -> str:
             line += " -o"
         out.append(line + "\n")
         for real in _ordered_reals(svc, sort):
-            out.append("-a %s -r %s %s -w %d\n" % (name, _addrport(real.address, real.port),
-                                                   _FWD_SWITCH.get(real.forward, "-g"), int(real.weight)))
+            out.append("-a %s -r %s %s -w %d%s\n" % (name, _addrport(real.address, real.port),
+                                                     _FWD_SWITCH.get(real.forward, "-g"), int(real.weight),
+                                                     _tunnel_rule(real) if real.forward == "Tunnel" else ""))
     return "".join(out)
+
+
+# --tun-info's checksum flag -> ipvsadm's option for it
+_TUN_CSUM_OPTS = {"-c": "--tun-nocsum", "+c": "--tun-csum", "r+c": "--tun-remcsum"}
+
+
+def _tunnel_rule(real) -> str:
+    """ipvsadm 1.31's -S options of a tunnel: --tun-type ipip; gue with its port and checksum;
+    gre with its checksum (so that ipvsadm -R makes the same tunnel); none for an unknown one."""
+    kind, _, rest = (real.tunnel_info or "").partition(":")
+    if kind == "ipip":
+        return " --tun-type ipip"
+    if kind == "gue":
+        port, _, csum = rest.partition(":")
+        return f" --tun-type gue --tun-port {port} {_TUN_CSUM_OPTS.get(csum, '--tun-nocsum')}"
+    if kind == "gre":
+        return f" --tun-type gre {_TUN_CSUM_OPTS.get(rest, '--tun-nocsum')}"
+    return ""
 
 
 # --------------------------------------------------------------------------

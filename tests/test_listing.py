@@ -537,5 +537,20 @@ def test_tunnel_info_of_kernel_destinations():
     assert ipvs.tunnel_info(T, 0, 0, 0) == "ipip"
     assert ipvs.tunnel_info(T, 1, socket.htons(6080), 1) == "gue:6080:+c"
     assert ipvs.tunnel_info(T, 1, socket.htons(6080), 0) == "gue:6080:-c"
-    assert ipvs.tunnel_info(T, 2, None, None) == "gre"
+    assert ipvs.tunnel_info(T, 1, socket.htons(6080), 2) == "gue:6080:r+c"
+    assert ipvs.tunnel_info(T, 2, None, 1) == "gre:+c"
     assert ipvs.tunnel_info(ipvs.IP_VS_CONN_F_DROUTE, None, None, None) == "n/a"
+
+
+def test_f_selects_the_ipv4_service_of_a_mark_and_6_the_ipv6_one():
+    """ipvsadm -L -f MARK lists the IPv4 service of that mark, -f MARK -6 the IPv6 one (a kernel
+    table may hold both); lb listed both, and refused -6."""
+    from lb.cli.main import _select_service, build_parser
+    from lb.dataplane.records import ServiceRow
+
+    v4 = ServiceRow(protocol="", address=None, port=0, scheduler="rr", fwmark=80, family=4)
+    v6 = ServiceRow(protocol="", address=None, port=0, scheduler="rr", fwmark=80, family=6)
+    assert _select_service([v4, v6], ("FWM", "80")) == [v4]
+    assert _select_service([v4, v6], ("FWM", "80"), ipv6=True) == [v6]
+    args = build_parser().parse_args(["list", "-n", "-f", "80", "-6"])
+    assert args.service == ("FWM", "80") and args.ipv6

@@ -183,6 +183,9 @@ def test_list_without_instance_prints_the_header():
         "IPVS connection entries\n"
         "pro expire state       source             virtual            destination\n"
     )
+    # ipvsadm -Sn, a habit as common as -Ln: the rules (none here), not a usage error
+    p = lb_without_instances("-Sn")
+    assert (p.returncode, p.stdout, p.stderr) == (0, "", "")
 
 
 @pytest.mark.parametrize("hide", ["umount /sys/fs/bpf", "mount -t tmpfs none /sys/fs/bpf"], ids=["none", "tmpfs-over-it"])

@@ -444,11 +444,11 @@ def _list_dataplane(args) -> str:
     return "xdp" if instances() or not ipvs.available() else "ipvs"
 
 
-def _select_service(services, selector):
-    """-t/-u VIP:PORT or -f MARK, as ipvsadm selects one service."""
+def _select_service(services, selector, ipv6: bool = False):
+    """-t/-u VIP:PORT or -f MARK (of IPv4, or with -6 of IPv6), as ipvsadm selects one service."""
     proto, addr = selector
     if proto == "FWM":
-        return [s for s in services if s.fwmark and str(s.fwmark) == addr]
+        return [s for s in services if s.fwmark and str(s.fwmark) == addr and s.family == (6 if ipv6 else 4)]
     from lb.config.model import parse_endpoint
 
     want = parse_endpoint(addr)        # VIP:PORT or [IPv6]:PORT, as ipvsadm -t takes them
@@ -460,7 +460,7 @@ def _print_listing(args, services, conns, timeouts, **header) -> int:
     from lb import listing
 
     if args.service:
-        services = _select_service(services, args.service)
+        services = _select_service(services, args.service, getattr(args, "ipv6", False))
         if not services:
             print("lb: no such service", file=sys.stderr)
             return 1
@@ -655,6 +655,7 @@ def _add_service_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("-t", "--tcp-service", dest="service", type=lambda s: ("TCP", s), metavar="VIP:PORT")
     g.add_argument("-u", "--udp-service", dest="service", type=lambda s: ("UDP", s), metavar="VIP:PORT")
     g.add_argument("-f", "--fwmark-service", dest="service", type=lambda s: ("FWM", s), metavar="MARK")
+    p.add_argument("-6", "--ipv6", action="store_true", help="with -f: the IPv6 service of that mark (as ipvsadm)")
 
 
 # ipvsadm's commands that edit the table, and what lb does instead: its table is its config's
@@ -970,9 +971,9 @@ def _main(argv: list[str] | None = None) -> int:
         argv = ["list"] + [f"-{c}" for c in argv[0][2:]] + argv[1:]
     elif argv and argv[0] == "--list":
         argv[0] = "list"
-    elif argv and argv[0] in ("-S", "--save"):
-        argv = ["list", "--save"] + argv[1:]
-    elif argv and argv[0] in ("-Z", "--zero"):
+    elif argv and (argv[0] in ("-S", "--save") or argv[0] == "-Sn"):
+        argv = ["list", "--save"] + (["-n"] if argv[0] == "-Sn" else []) + argv[1:]
+    elif argv and argv[0] in ("-Z", "--zero", "-Zn"):
         argv = ["zero"] + [a for a in argv[1:] if a not in ("-n", "--numeric")]
     args = build_parser().parse_args(argv)
     return args.func(args) or 0

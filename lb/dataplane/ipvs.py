@@ -181,10 +181,11 @@ def tunnel_info(fwd: int, tun_type, tun_port, tun_flags) -> str:
         return "n/a"
     if not tun_type:
         return "ipip"
-    csum = "+c" if (tun_flags or 0) & 1 else "-c"           # IP_VS_TUNNEL_ENCAP_FLAG_CSUM
+    # ipvsadm's names of the flags: none, IP_VS_TUNNEL_ENCAP_FLAG_CSUM, _REMCSUM
+    csum = {0: "-c", 1: "+c", 2: "r+c"}.get(tun_flags or 0, "?")
     if tun_type == 1:                     # the kernel sends the port in network order; pyroute2 reads host order
         return f"gue:{socket.ntohs(tun_port or 0)}:{csum}"
-    return "gre" if tun_type == 2 else "?"
+    return f"gre:{csum}" if tun_type == 2 else "?"
 
 
 @dataclass
