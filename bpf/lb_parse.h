@@ -54,13 +54,19 @@ struct lb_pkt {
 struct lb_ipv6_opt {              /* hop-by-hop, routing and destination options share this start */
     __u8 nexthdr;
     __u8 hdrlen;                  /* in 8-byte units, not counting the first 8 bytes */
+    __u8 type;                    /* a routing header's: its type ... */
+    __u8 segments_left;           /* ... and the hops still to go (every header is 8 bytes or more) */
 };
 
 /* Step *cur over up to LB_IPV6_EXT_MAX hop-by-hop / routing / destination options headers
  * (those IPVS's ipv6_find_hdr steps over too), *nh following.  LB_CONTINUE, or XDP_PASS when a
- * header runs past the packet. */
+ * header runs past the packet, or when a routing header has segments left: the destination
+ * address is a hop on the packet's way, not the final one its checksum covers, and the kernel
+ * routes it on.  (Gathered as data and tested once after the loop: a branch in it takes the
+ * verifier past its budget.) */
 static __always_inline int lb_ipv6_skip_ext(void **cur, void *data_end, __u8 *nh)
 {
+    __u8 hops_left = 0;
 #pragma unroll
     for (int i = 0; i < LB_IPV6_EXT_MAX; i++) {
         if (*nh != IPPROTO_HOPOPTS && *nh != IPPROTO_ROUTING && *nh != IPPROTO_DSTOPTS)
@@ -68,10 +74,11 @@ static __always_inline int lb_ipv6_skip_ext(void **cur, void *data_end, __u8 *nh
         struct lb_ipv6_opt *oh = *cur;
         if ((void *)(oh + 1) > data_end)
             return XDP_PASS;
+        hops_left |= oh->segments_left & -(__u8)(*nh == IPPROTO_ROUTING);
         *nh = oh->nexthdr;
         *cur += ((__u32)oh->hdrlen + 1) * 8;
     }
-    return LB_CONTINUE;
+    return hops_left ? XDP_PASS : LB_CONTINUE;
 }
 
 #define LB_TCP_FIN 0x01

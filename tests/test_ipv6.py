@@ -14,7 +14,7 @@ import sys
 import pytest
 from scapy.layers.inet import TCP, UDP
 from scapy.layers.inet6 import (ICMPv6ND_NS, IPv6, IPv6ExtHdrDestOpt, IPv6ExtHdrFragment,
-                                IPv6ExtHdrHopByHop, IPv6ExtHdrRouting, PadN)
+                                IPv6ExtHdrHopByHop, IPv6ExtHdrRouting, IPv6ExtHdrSegmentRouting, PadN)
 from scapy.layers.l2 import Dot1Q, Ether
 
 from lb.dataplane import RealSpec, ServiceSpec, TableSpec, reader
@@ -141,6 +141,19 @@ def test_extension_headers_are_walked_and_kept(dp, ext):
     n = len(bytes(ext))
     assert bytes(p[IPv6].payload)[:n] == bytes(Ether(bytes(pkt))[IPv6].payload)[:n]   # headers untouched
     _l4_checksum_ok(out)
+
+
+@pytest.mark.parametrize("rh", [
+    pytest.param(IPv6ExtHdrRouting(addresses=["2001:2:0:9::99"], segleft=1), id="type-0"),
+    pytest.param(IPv6ExtHdrSegmentRouting(addresses=["2001:2:0:9::99", VIP_NAT], segleft=1), id="segment-routing"),
+])
+def test_a_routing_header_with_segments_left_is_the_kernels(dp, rh):
+    """The VIP is only a hop on the packet's way (segments left): its final destination, the one
+    the TCP checksum covers, is another.  The kernel routes it on, as IPVS leaves it; lb had
+    NATed it, with a checksum adjusted for an address the pseudo header does not hold."""
+    pkt = client_pkt(VIP_NAT, 80, ext=rh)
+    rc, out = run(dp, "lb_xdp_public", pkt)
+    assert rc == XDP_PASS and out == bytes(pkt)
 
 
 def _counter(dp, name: str) -> int:
