@@ -302,10 +302,10 @@ class XdpDataplane(Dataplane):
         notes = []
         for ifname, flags in list(self.attached.items()):
             fn = self.fns[self._SIDES[self.sides[ifname]]]
-            self.displaced.add(ifname)           # until lb's program is found there (below)
             try:
                 have = attached_prog_id(ifname)
             except DataplaneError:
+                self.displaced.add(ifname)
                 notes.append(("missing", ifname, f"{ifname}, where the {self.sides[ifname]} XDP program was "
                               f"attached, does not exist"))
                 continue
@@ -317,6 +317,7 @@ class XdpDataplane(Dataplane):
                     other = prog_name(have)
                 except OSError:
                     other = "?"
+                self.displaced.add(ifname)
                 notes.append(("other", ifname, f"another XDP program is attached to {ifname} (id {have}, {other}) "
                               f"in place of lb's {self.sides[ifname]} program: left there"))
                 continue
@@ -324,6 +325,7 @@ class XdpDataplane(Dataplane):
             try:
                 name, self.attached[ifname] = attach_xdp(ifname, fn, mode, only_if_none=True)
             except DataplaneError as e:
+                self.displaced.add(ifname)
                 notes.append(("failed", ifname, f"the {self.sides[ifname]} XDP program was gone from "
                               f"{ifname}: {e}"))
                 continue
