@@ -747,8 +747,6 @@ BAD = [
     # one channel's two ends in two families never hear each other: both would go active
     bad("ha-backup-of-another-family", G + HA_HEAD.replace('"198.18.0.3"', '"2001:2::3"'),
         5, "ha.backup", "must be of primary's address family (IPv4 198.18.0.1, IPv6 2001:2::3)"),
-    bad("one-armed-nat", '[global]\npublic_interface = "pub0"\nprivate_interface = "pub0"\nnetwork = "nat"\n'
-        'nat_router = "198.18.1.254/24"\n', 3, "global.private_interface", 'must differ from public_interface ("pub0")'),
     bad("vip-is-a-heartbeat-address", G + HA_HEAD.replace('"198.18.0.3"', '"198.18.0.10"') + VS_AT_10,
         9, "virtual_server[0].address", "is [ha] backup, a director's own address"),
     bad("metrics-on-the-consoles-port", G + '[web]\nenabled = true\n[metrics]\nenabled = true\nlisten = "0.0.0.0:3636"\n',

@@ -1776,12 +1776,6 @@ def validate(doc: dict[str, Any], display: str, positions: Positions, path: Path
     if network == "nat":
         if private_interface is None:
             chk.error(g.at("private_interface"), 'required when network = "nat"')
-        elif isinstance(private_interface, str) and private_interface == public_interface:
-            # the private side's program would take the public one's place on the interface:
-            # no VIP packet would be balanced
-            chk.error(g.at("private_interface"), f'must differ from public_interface ("{public_interface}") '
-                                                 'when network = "nat": NAT needs the real servers on an '
-                                                 'interface of their own (one interface: network = "direct")')
         if nat_router is None:
             chk.error(g.at("nat_router"), 'required when network = "nat" (e.g. "198.18.1.254/24")')
 
