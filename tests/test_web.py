@@ -293,6 +293,14 @@ def post_form(client, path, data):
     return client.post(path, data=data, allow_redirects=False)
 
 
+async def edit_rs1(client, weight: str):
+    """rs1's edit form (the fixture's web service) posted with this weight, the rest as it is"""
+    f = await form_of(client, "/virtual/real/edit?vs=web&rs=rs1")
+    return await post_form(client, "/virtual/real/edit", {**f, "vs": "web", "rs": "rs1", "rs.name": "rs1",
+                                                          "rs.address": "198.18.1.11", "rs.weight": weight,
+                                                          "rs.active": "on"})
+
+
 # the [global] screen's fields of the fixture's file, as its form posts them
 GLOBAL_FORM = {"global.public_interface": "eth0", "global.network": "direct", "global.dataplane": "xdp",
                "global.lblc_expiration": "86400", "global.lblcr_expiration": "86400"}
@@ -330,10 +338,7 @@ def test_an_edit_keeps_the_global_keys_it_does_not_show_changed(tmp_path, pwfile
 
     async def body(client):
         await login(client)
-        f = await form_of(client, "/virtual/real/edit?vs=web&rs=rs1")
-        r = await post_form(client, "/virtual/real/edit", {**f, "vs": "web", "rs": "rs1", "rs.name": "rs1",
-                                                           "rs.address": "198.18.1.11", "rs.weight": "5",
-                                                           "rs.active": "on"})
+        r = await edit_rs1(client, "5")
         assert r.status == 303, await r.text()
         return await (await client.get("/global")).text()
     page = run(console, body)
@@ -351,10 +356,7 @@ def test_bad_value_is_shown_next_to_its_field_and_changes_nothing(console):
 
     async def body(client):
         await login(client)
-        f = await form_of(client, "/virtual/real/edit?vs=web&rs=rs1")
-        r = await post_form(client, "/virtual/real/edit", {**f, "vs": "web", "rs": "rs1", "rs.name": "rs1",
-                                                           "rs.address": "198.18.1.11", "rs.weight": "heavy",
-                                                           "rs.active": "on"})
+        r = await edit_rs1(client, "heavy")
         return r.status, await r.text()
     status, page = run(console, body)
     assert status == 400
@@ -460,10 +462,7 @@ def test_lvscf_is_written_as_lvscf(tmp_path, pwfile):
 
     async def body(client):
         await login(client)
-        f = await form_of(client, "/virtual/real/edit?vs=web&rs=rs1")
-        r = await post_form(client, "/virtual/real/edit", {**f, "vs": "web", "rs": "rs1", "rs.name": "rs1",
-                                                           "rs.address": "198.18.1.11", "rs.weight": "9",
-                                                           "rs.active": "on"})
+        r = await edit_rs1(client, "9")
         assert r.status == 303, await r.text()
     run(console, body)
     text = cf.read_text()
