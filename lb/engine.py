@@ -979,6 +979,8 @@ class Engine:
             if self.active and self.owned and self._address_watch.due(time.monotonic() if now is None else now):
                 back, errors = addresses.restore(self.owned)
                 notes += [("failed", "addresses", e) for e in errors]
+                if errors:
+                    self._address_watch.again()
         for a in back:
             notes.append(("restored", a.ifname, f"address {a.address} was gone from {a.ifname}: added again"))
         for what, where, text in notes:

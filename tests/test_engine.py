@@ -247,3 +247,32 @@ def test_a_change_during_a_build_is_not_lost(monkeypatch) -> None:
     assert landed and [str(r.address) for r in t[0].reals] == ["10.9.1.1", "10.9.1.2"]
     t = eng._table(cfg).services
     assert [str(r.address) for r in t[0].reals] == ["10.9.1.2"]
+
+
+def test_an_address_that_could_not_be_put_back_is_tried_again_at_the_next_check(monkeypatch) -> None:
+    """A VIP gone from its interface that cannot be added back yet (the interface refuses it for
+    a moment) is tried again a second later, not after addresses.Watch.FULL_CHECK (30 s): the
+    rtnetlink notification that made the first try is not repeated."""
+    import ipaddress
+
+    import lb.engine
+    from lb.ha import addresses
+
+    eng = _engine(_cfg())
+    eng.dp.keep_attached = lambda: []
+    eng.active = True
+    eng.owned = [addresses.OwnedAddress("eth0", ipaddress.ip_interface("198.18.0.9/32"))]
+    tries = []
+
+    def restore(owned):
+        tries.append(len(tries))
+        if len(tries) == 1:
+            return [], ["adding address 198.18.0.9/32 to eth0 again: Cannot assign requested address"]
+        return list(owned), []
+    monkeypatch.setattr(lb.engine.addresses, "restore", restore)
+    monkeypatch.setattr(eng, "announce", lambda *a, **kw: None)
+    eng.keep_ownership(100.0)            # the first look (a watch starts "changed")
+    eng.keep_ownership(101.0)            # no notification since: looked again, as the first failed
+    eng.keep_ownership(102.0)            # put back: nothing more to look for
+    assert tries == [0, 1]
+    assert eng.ownership["addresses_restored"] == 1

@@ -187,29 +187,43 @@ class Watch:
         self._thread.start()
 
     def _run(self) -> None:
-        # pyroute2's socket lives in the thread that reads it (its sync API runs an event loop
-        # of the thread that made it)
+        # A plain netlink socket read to its end at each wake, parsed by pyroute2: pyroute2's
+        # IPRoute reads its socket into a queue of its own, so select() on it can say "nothing"
+        # while a removal waits behind a burst of older notifications (seen: a VIP gone 15 s).
         from pyroute2.netlink.rtnl import RTMGRP_IPV4_IFADDR, RTMGRP_IPV6_IFADDR, RTMGRP_LINK
+        from pyroute2.netlink.rtnl.marshal import MarshalRtnl
 
         try:
-            ipr = IPRoute()
-            ipr.bind(groups=RTMGRP_LINK | RTMGRP_IPV4_IFADDR | RTMGRP_IPV6_IFADDR)
-        except Exception as e:              # looked at every FULL_CHECK seconds only
+            sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, socket.NETLINK_ROUTE)
+            sock.bind((0, RTMGRP_LINK | RTMGRP_IPV4_IFADDR | RTMGRP_IPV6_IFADDR))
+            sock.setblocking(False)
+        except OSError as e:                # looked at every FULL_CHECK seconds only
             log.warning("no rtnetlink notifications (%s): lost addresses are looked for every %.0f s",
                         e, self.FULL_CHECK)
             return
+        marshal = MarshalRtnl()
         try:
             while not self._stop.is_set():
+                ready, _, _ = select.select([sock], [], [], 0.5)
+                if not ready:
+                    continue
                 try:
-                    ready, _, _ = select.select([ipr], [], [], 0.5)
-                    if ready and any(m["event"] in ("RTM_DELADDR", "RTM_NEWLINK", "RTM_DELLINK")
-                                     for m in ipr.get()):
-                        self._changed.set()
-                except Exception:           # ENOBUFS: notifications were lost; look
+                    while True:             # every datagram there, not one a wake
+                        data = sock.recv(1 << 16)
+                        try:
+                            told = any(m["event"] in ("RTM_DELADDR", "RTM_NEWLINK", "RTM_DELLINK")
+                                       for m in marshal.parse(data))
+                        except Exception:   # unreadable: look rather than miss a removal
+                            told = True
+                        if told:
+                            self._changed.set()
+                except BlockingIOError:
+                    pass
+                except OSError:             # ENOBUFS: notifications were lost; look
                     self._changed.set()
                     self._stop.wait(0.5)
         finally:
-            ipr.close()
+            sock.close()
 
     def due(self, now: float) -> bool:
         """Look now?  A change was told, or FULL_CHECK passed (the flag is cleared before the
@@ -219,6 +233,11 @@ class Watch:
             self._last = now
             return True
         return False
+
+    def again(self) -> None:
+        """Look at the next check too (a restore that failed is tried again in a second, not at
+        the next FULL_CHECK)."""
+        self._changed.set()
 
     def stop(self) -> None:
         self._stop.set()
