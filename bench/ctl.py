@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import shutil
 import signal
 import subprocess
 import tempfile
@@ -297,6 +298,8 @@ def start_to_ready(lab, cache_dir: str, log_path: str) -> float:
             raise RuntimeError(f"bench ctl: lb run did not get ready ({e}):\n{open(log_path).read()}") from None
         finally:
             stop_process(p, signal.SIGINT, 60)
+            # a daemon that had to be killed left its pins (a clean stop removes them)
+            shutil.rmtree("/sys/fs/bpf/lb/lab", ignore_errors=True)
         return ready - t0
     finally:
         notify.close()

@@ -1,7 +1,8 @@
 """`make bench` / `make bench-quick` / `python -m bench.run --smoke`: run the suites, write
 bench/results/<date>-<suite>[-size].json (every raw run, median and spread, the machine, the
 command) and, made from them, latest[-size].md and latest[-size].png.  Every figure is a ratio
-to a baseline measured in the same run.
+to a baseline measured in the same run, except failover's and scale-out's failure times, which
+are against the configured deadtime and BGP hold time.
 
 Suites: pkt (per-packet cost, BPF_PROG_TEST_RUN), ctl (control plane at 1,000 x 64), http (wrk
 through the lab: direct, lb DR, lb NAT, HAProxy, kernel IPVS where the kernel has it), pps

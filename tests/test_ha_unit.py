@@ -865,9 +865,9 @@ try:
     time.sleep(1)
     w.due(40.0)
     subprocess.run(["ip", "addr", "del", "198.18.1.1/32", "dev", "w0"], check=True)
-    deadline = time.monotonic() + 3
+    deadline = time.monotonic() + 10
     while not w.due(41.0):
-        assert time.monotonic() < deadline, "the removal after a burst was not told within 3 s"
+        assert time.monotonic() < deadline, "the removal after a burst was not told (it waited behind the burst)"
         time.sleep(0.05)
     owned = [addresses.OwnedAddress("w0", ipaddress.ip_interface("198.18.0.77/32")),
              addresses.OwnedAddress("w0", ipaddress.ip_interface("2001:2::77/128")),

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 TESTS = Path(__file__).resolve().parent
-CLOCKS = {"monotonic", "time", "perf_counter", "monotonic_ns", "time_ns", "perf_counter_ns"}
+CLOCKS = {"monotonic", "time", "perf_counter", "monotonic_ns", "time_ns", "perf_counter_ns", "now", "utcnow"}
 # names of elapsed times: a word of the name (split at "_") is one of these
 ELAPSED_WORDS = {"duration", "elapsed", "took", "latency", "runtime", "walltime"}
 
@@ -32,10 +32,18 @@ def _is_clock_call(node: ast.AST) -> bool:
     return name in CLOCKS
 
 
-def _timed(node: ast.AST, names: set[str], funcs: set[str]) -> bool:
-    """node is (or contains) a clock difference, a name holding one, or a call returning one."""
+def _reads_clock(node: ast.AST, stamps: set[str]) -> bool:
+    """node is (or contains) a clock reading: a clock call, or a name that holds one (t0, deadline)."""
+    return any(_is_clock_call(n) or (isinstance(n, ast.Name) and n.id in stamps) for n in ast.walk(node))
+
+
+def _timed(node: ast.AST, names: set[str], funcs: set[str], stamps: frozenset[str] = frozenset()) -> bool:
+    """node is (or contains) a clock difference (a clock call, or two readings, minus something), a
+    name holding one, or a call returning one."""
     for n in ast.walk(node):
-        if isinstance(n, ast.BinOp) and isinstance(n.op, ast.Sub) and (_is_clock_call(n.left) or _is_clock_call(n.right)):
+        if isinstance(n, ast.BinOp) and isinstance(n.op, ast.Sub) and (
+                _is_clock_call(n.left) or _is_clock_call(n.right) or
+                (_reads_clock(n.left, stamps) and _reads_clock(n.right, stamps))):
             return True
         if isinstance(n, ast.Name) and (n.id in names or _elapsed_name(n.id)):
             return True
@@ -54,20 +62,38 @@ def timed_asserts(source: str) -> list[tuple[int, str]]:
     tree = ast.parse(source)
     names: set[str] = set()
     funcs: set[str] = set()
+    # names that hold a clock reading (t0 = time.monotonic(), deadline = time.monotonic() + 5):
+    # not elapsed times themselves, but two of them subtracted are one
+    stamps: set[str] = set()
+    deadlines: set[str] = set()                  # ... a reading plus a limit
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.Assign, ast.AnnAssign)) and node.value is not None and \
+                any(_is_clock_call(n) for n in ast.walk(node.value)) and \
+                not (isinstance(node.value, ast.BinOp) and isinstance(node.value.op, ast.Sub)):
+            for t in (node.targets if isinstance(node, ast.Assign) else [node.target]):
+                if isinstance(t, ast.Name):
+                    stamps.add(t.id)
+                    if isinstance(node.value, ast.BinOp) and isinstance(node.value.op, ast.Add):
+                        deadlines.add(t.id)
+    frozen = frozenset(stamps)
     for _ in range(3):                       # a name from a function from a name: settle
         for node in ast.walk(tree):
             if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
-                if any(isinstance(r, ast.Return) and r.value is not None and _timed(r.value, names, funcs)
+                if any(isinstance(r, ast.Return) and r.value is not None and _timed(r.value, names, funcs, frozen)
                        for r in ast.walk(node)):
                     funcs.add(node.name)
             elif isinstance(node, (ast.Assign, ast.AnnAssign, ast.AugAssign)) and node.value is not None:
-                if _timed(node.value, names, funcs):
+                if _timed(node.value, names, funcs, frozen):
                     targets = node.targets if isinstance(node, ast.Assign) else [node.target]
                     for t in targets:
                         for n in ast.walk(t):
                             if isinstance(n, ast.Name):
                                 names.add(n.id)
-    # names that only hold a start time (t0 = time.monotonic()) are not elapsed times
+    # asserts in a loop's body may hold it to a deadline (`assert time.monotonic() < deadline`
+    # while waiting for something): a wait, not a measurement
+    in_loop: set[int] = set()
+    for loop in (n for n in ast.walk(tree) if isinstance(n, (ast.While, ast.For, ast.AsyncFor))):
+        in_loop.update(id(n) for n in ast.walk(loop) if isinstance(n, ast.Assert))
     out = []
     for node in ast.walk(tree):
         if not isinstance(node, ast.Assert):
@@ -75,8 +101,15 @@ def timed_asserts(source: str) -> list[tuple[int, str]]:
         for cmp in (n for n in ast.walk(node.test) if isinstance(n, ast.Compare)):
             operands = [cmp.left, *cmp.comparators]
             for op, a, b in zip(cmp.ops, operands, operands[1:]):
-                upper = ((isinstance(op, (ast.Lt, ast.LtE)) and _timed(a, names, funcs)) or
-                         (isinstance(op, (ast.Gt, ast.GtE)) and _timed(b, names, funcs)))
+                upper = ((isinstance(op, (ast.Lt, ast.LtE)) and _timed(a, names, funcs, frozen)) or
+                         (isinstance(op, (ast.Gt, ast.GtE)) and _timed(b, names, funcs, frozen)))
+                # now < start + limit: a clock reading bounded by another, outside a wait loop
+                if not upper and id(node) not in in_loop:
+                    lo, hi = (a, b) if isinstance(op, (ast.Lt, ast.LtE)) else (b, a) \
+                        if isinstance(op, (ast.Gt, ast.GtE)) else (None, None)
+                    upper = lo is not None and _reads_clock(lo, frozen) and _reads_clock(hi, frozen) and \
+                        any((isinstance(n, ast.BinOp) and isinstance(n.op, ast.Add)) or
+                            (isinstance(n, ast.Name) and n.id in deadlines) for n in ast.walk(hi))
                 if upper:
                     out.append((node.lineno, ast.unparse(node.test)))
     return sorted(set(out))
@@ -105,6 +138,12 @@ def test_no_assertion_on_elapsed_time(path):
     "assert took_s < LIMIT\n",
     'assert stats["latency"] < 0.01\n',
     "assert 3.0 > result.wall_duration\n",
+    # two clock readings: their difference is elapsed time, however it is spelled
+    "t0 = time.monotonic(); time.sleep(0.01); t1 = time.monotonic()\nassert t1 - t0 < 0.5\n",
+    "t0 = time.monotonic()\nt1 = time.monotonic()\ndt = t1 - t0\nassert dt < 2\n",
+    "start = time.monotonic()\nassert time.monotonic() < start + 0.5\n",
+    "deadline = time.monotonic() + 2\nf()\nassert time.monotonic() < deadline\n",
+    "t0 = datetime.now()\nassert (datetime.now() - t0).total_seconds() < 2\n",
 ])
 def test_the_guard_finds_upper_bounds(src):
     assert timed_asserts(src)
@@ -116,6 +155,9 @@ def test_the_guard_finds_upper_bounds(src):
     "t0 = time.monotonic()\nassert n < 5\n",
     "res = run_check(spec)\nassert res.duration >= 0.3\n",                    # not early
     "assert len(durations) > 3 and tooks == 1\n",                             # not an elapsed time
+    # a wait: the deadline bounds the loop, the assertion says what never came
+    "deadline = time.monotonic() + 10\nwhile not ready():\n    assert time.monotonic() < deadline, 'never'\n",
+    "t0 = time.monotonic()\nt1 = time.monotonic()\nassert t1 > t0\n",                  # the clock moves on
 ])
 def test_the_guard_allows_lower_bounds_and_deadlines(src):
     assert not timed_asserts(src)
