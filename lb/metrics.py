@@ -381,6 +381,27 @@ class Collector:
             f.counter(f"lb_ha_sync_{what}_records_total", f"connection records {what}", (), (), counters.get(key))
 
 
+class EndpointCollector:
+    """The endpoint's own: scrapes it dropped, by why -- "busy" (no slot: MAX_CONNECTIONS, or
+    MAX_PER_CLIENT from one address), "broken" (timed out or broke off), "cut" (past
+    REQUEST_DEADLINE)."""
+
+    def __init__(self, server):
+        self.server = server                # a callable: the serving httpd, or None
+
+    def describe(self):
+        return []
+
+    def collect(self):
+        f = _Families()
+        httpd = self.server()
+        for reason, attr in (("busy", "refused"), ("broken", "broken"), ("cut", "cut")):
+            f.counter("lb_metrics_connections_dropped_total", "connections to this endpoint dropped, by "
+                      "reason (busy: no slot; broken: timed out or broke off; cut: past the request deadline)",
+                      ("reason",), (reason,), getattr(httpd, attr, 0) if httpd is not None else 0)
+        return list(f)
+
+
 class _Handler(WSGIRequestHandler):
     timeout = IDLE_TIMEOUT          # the socket's: a silent client's read ends in TimeoutError
 
@@ -480,6 +501,7 @@ class MetricsServer:
             return True
         registry = CollectorRegistry(auto_describe=False)
         registry.register(Collector(EngineSource(self.engine, self.loop)))
+        registry.register(EndpointCollector(lambda: self.httpd))
         for extra in (ProcessCollector, PlatformCollector, GCCollector):
             extra(registry=registry)
         try:

@@ -61,8 +61,9 @@ apt_install() {
   apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 }
 
-# 1. bcc (not on PyPI) and what lb's venv is made with
-apt_install python3-bpfcc libbpfcc python3-venv iproute2
+# 1. bcc (not on PyPI) and what lb's venv is made with; gcc and Python's headers build lb's cffi
+#    module (cext/: the connection tables' batch calls) when pip installs lb
+apt_install python3-bpfcc libbpfcc python3-venv iproute2 gcc python3-dev
 
 # 2. kernel headers, for bcc's first compile
 KREL=$(uname -r)

@@ -115,6 +115,21 @@ def test_check_good_config():
         assert p.stdout == f"{path}: ok (1 virtual server, {n_real} real servers)\n"
 
 
+def test_check_warns_when_the_file_names_another_instance_than_the_units(tmp_path):
+    """lb@web runs `lb check --config /etc/lb/web.toml --instance web` first: a file without
+    `instance` (so "default") starts a daemon that lb-web@web and `lb status --instance web`
+    never find -- said, not refused (it starts as it did)."""
+    path = tmp_path / "web.toml"
+    path.write_text(GOOD.format(instance="default").replace('instance = "default"\n', ""))
+    p = lb("check", "--config", str(path), "--instance", "web")
+    assert p.returncode == 0, p.stderr
+    assert f"{path}: warning: [global] instance is 'default', not 'web' (the unit's)" in p.stderr
+    assert p.stdout.endswith(", 1 warning)\n"), p.stdout
+    path.write_text(GOOD.format(instance="web"))
+    p = lb("check", "--config", str(path), "--instance", "web")
+    assert p.returncode == 0 and "warning" not in p.stderr and p.stdout.endswith("real servers)\n"), (p.stdout, p.stderr)
+
+
 def test_check_bad_config(bad_config):
     path, expected = bad_config
     p = lb("check", "--config", str(path))

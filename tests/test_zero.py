@@ -113,6 +113,8 @@ def test_ipvsadm_edit_options_say_what_to_do(opts, capsys):
         assert lb_main(argv) == 2
         err = capsys.readouterr().err
         assert err.startswith(f"lb: {opts} is ipvsadm's ") and "lb reload" in err and "Traceback" not in err
+        if opts.startswith("--"):          # a long option is named as itself (not its neighbour's)
+            assert err.startswith(f"lb: {opts} is ipvsadm's {opts}:"), err
     # elsewhere these letters are lb's own: `lb decap attach -d` is not ipvsadm
     assert lb_main(["check", "--config", "/nonexistent.toml"]) == 2
     assert "ipvsadm" not in capsys.readouterr().err

@@ -65,6 +65,13 @@ def cmd_check(args) -> int:
         print(w.as_warning(), file=sys.stderr)
     nv, nr = len(cfg.virtual_servers), sum(len(v.real_servers) for v in cfg.virtual_servers)
     nw = len(cfg.warnings)
+    if args.instance and args.instance != cfg.instance:
+        # lb@web runs /etc/lb/web.toml, lb-web@web and `lb status --instance web` ask for "web":
+        # a file that names another instance (or none: "default") is a daemon they never find
+        print(f"{args.config}: warning: [global] instance is {cfg.instance!r}, not {args.instance!r} (the unit's): "
+              f"lb-web@{args.instance} and `lb status --instance {args.instance}` will not find this daemon; "
+              f"set instance = {args.instance!r}", file=sys.stderr)
+        nw += 1
     print(f"{args.config}: ok ({nv} virtual server{'' if nv == 1 else 's'}, "
           f"{nr} real server{'' if nr == 1 else 's'}" + (f", {nw} warning{'' if nw == 1 else 's'})" if nw else ")"))
     return 0
@@ -690,7 +697,8 @@ def ipvsadm_edit(argv: list[str]) -> str | None:
         opt = arg.split("=", 1)[0]
         for opts, instead in EDIT_INSTEAD.items():
             if opt in opts:
-                return (f"lb: {opt} is ipvsadm's {opts[-1]}: lb does not edit its table by command, it "
+                long = opt if opt.startswith("--") else opts[-1]     # -A is --add-service; a long one is itself
+                return (f"lb: {opt} is ipvsadm's {long}: lb does not edit its table by command, it "
                         f"forwards what its config says.  Instead {instead}; check the file with `lb check "
                         f"--config FILE` and apply it with `lb reload` (a refused file changes nothing).")
     return None
@@ -801,6 +809,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("check", help="validate a config file")
     p.add_argument("--config", "-c", required=True)
+    p.add_argument("--instance", metavar="NAME",
+                   help="warn unless the file's [global] instance is NAME (lb@.service passes its own)")
     p.set_defaults(func=cmd_check)
 
     p = sub.add_parser("import", help="print a Piranha lvs.cf or a keepalived.conf as lb TOML")
@@ -843,7 +853,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_reload)
 
     for name, text in (("weight", "set a real server's weight in the running daemon (an override of the "
-                                  "file's and the load monitor's; it survives reloads, not restarts)"),
+                                  "file's and the load monitor's; it survives reloads and restarts of lb, not a reboot)"),
                        ("quiesce", "weight 0 for a real server (open connections go on, no new ones): "
                                    "lb weight SERVICE SERVER 0"),
                        ("activate", "clear a real server's override (lb weight/quiesce): back to its "
