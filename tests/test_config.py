@@ -130,15 +130,13 @@ def test_example_sets_every_key_the_loader_takes() -> None:
 
 def test_the_loader_takes_exactly_its_schema() -> None:
     """Every key of SCHEMA is accepted where it stands, and any other key is refused there."""
-    from lb.config import toml as loader
-
     text = (CONFIGS / "example.toml").read_text()
     cfg = loads(text)
     assert cfg.web.listen == "127.0.0.1:3636" and cfg.network == "nat"
     for header in ("[global]", "[web]", "[metrics]", "[control]", "[ha]", "[timeouts]", "[tables]", "[virtual_server.monitor]",
                    "[virtual_server.load_monitor]"):
         with pytest.raises(ConfigError) as ei:
-            loads(re.sub(rf"^(\s*){re.escape(header)}$", rf"\g<0>\n\1no_such_key = 1", text, count=1, flags=re.M))
+            loads(re.sub(rf"^(\s*){re.escape(header)}$", r"\g<0>\n\1no_such_key = 1", text, count=1, flags=re.M))
         assert [i.message.split(" (")[0] for i in ei.value.issues] == ["unknown key 'no_such_key'"], header
 
 
@@ -735,6 +733,45 @@ BAD = [
           program = "/bin/true"
           script_user = "root; rm"
         """, 10, "virtual_server[0].monitor.script_user", "is not a user name"),
+    # the checks split the program as a shell would: a quote left open fails here, not at run time
+    bad("monitor-program-open-quote", G + """\
+        [[virtual_server]]
+        name = "web"
+        address = "198.18.0.10"
+        port = 80
+          [virtual_server.monitor]
+          kind = "program"
+          program = "/usr/local/bin/check-web --host %h --match 'it's up'"
+        """, 9, "virtual_server[0].monitor.program", "cannot be split into arguments (shell quoting): "
+                                                     "No closing quotation"),
+    bad("monitor-program-blank", G + """\
+        [[virtual_server]]
+        name = "web"
+        address = "198.18.0.10"
+        port = 80
+          [virtual_server.monitor]
+          kind = "program"
+          program = "   "
+        """, 9, "virtual_server[0].monitor.program", "names no program to run"),
+    bad("load-monitor-program-trailing-backslash", G + """\
+        [[virtual_server]]
+        name = "web"
+        address = "198.18.0.10"
+        port = 80
+          [virtual_server.load_monitor]
+          kind = "program"
+          program = "/usr/local/bin/load %h \\\\"
+        """, 9, "virtual_server[0].load_monitor.program", "cannot be split into arguments (shell quoting): "
+                                                          "No escaped character"),
+    bad("load-monitor-program-blank", G + """\
+        [[virtual_server]]
+        name = "web"
+        address = "198.18.0.10"
+        port = 80
+          [virtual_server.load_monitor]
+          kind = "program"
+          program = " "
+        """, 9, "virtual_server[0].load_monitor.program", "names no program to run"),
     bad("ha-sync-interval-zero", G + HA_HEAD + "sync_interval = 0\n",
         7, "ha.sync_interval", "must be more than 0 seconds"),
     bad("ha-max-skew-zero", G + HA_HEAD + "max_skew = 0\n", 7, "ha.max_skew", "must be more than 0 seconds"),
@@ -780,6 +817,26 @@ def test_bad_config(text: str, line: int | None, field: str, fragment: str) -> N
     where = "<string>" if line is None else f"<string>:{line}"
     expected = f"{where}: {field}: {issue.message}" if field else f"{where}: {issue.message}"
     assert str(err) == expected
+
+
+def test_check_refuses_a_program_the_checks_cannot_split(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from lb.cli.main import main
+
+    p = tmp_path / "p.toml"
+    p.write_text(G + doc("""\
+        [[virtual_server]]
+        name = "web"
+        address = "198.18.0.10"
+        port = 80
+          [virtual_server.monitor]
+          kind = "program"
+          interval = 5
+          program = "/usr/local/bin/check-web --host %h --match 'it's up'"
+        """))
+    assert main(["check", "--config", str(p)]) == 2
+    err = capsys.readouterr().err
+    assert err == (f"{p}:10: virtual_server[0].monitor.program: cannot be split into arguments (shell quoting): "
+                   f"No closing quotation\n")
 
 
 def test_many_bad_configs() -> None:

@@ -22,8 +22,15 @@ FILES = ["nat-persistence.conf", "dr-checkers.conf", "tun-group.conf", "fwmark-f
 LAB = [REPO / "configs" / "keepalived-lab-dr.conf", REPO / "configs" / "keepalived-lab-nat.conf"]
 
 
+TIMING = "keepalived takes the real server down after "  # lb's checks cannot retry sooner: a warning
+
+
 def warned(cfg) -> list[tuple[int | None, str]]:
     return [(w.line, w.field) for w in cfg.warnings]
+
+
+def not_timing(cfg) -> list:
+    return [w for w in cfg.warnings if not w.message.startswith(TIMING)]
 
 
 def error_of(text: str) -> list[tuple[int | None, str, str]]:
@@ -58,38 +65,53 @@ def test_nat_persistence_digest_ssl_and_sorry_server() -> None:
     m = app.monitor
     assert (m.kind, m.path, m.digest, m.status) == ("http", "/testurl/test.jsp", "640205b7b0fc66c1ea91c463fac6334d",
                                                     (200, 299))
-    # every 6 s; down after retry 3 + 1 failed checks; back at the first success
-    assert (m.interval, m.timeout, m.reentry, m.connect_timeout) == (6, 24, 0, 3)
+    # every 6 s; keepalived: down after retry 3 + 1 failed checks 3 s apart, 15 s at the soonest: lb's
+    # 2nd failed check (12 s), whose silence is at least 12 s less connect_timeout; back at the first success
+    assert (m.interval, m.timeout, m.reentry, m.connect_timeout) == (6, 9, 0, 3)
     assert [r.weight for r in app.real_servers] == [1, 2]
     assert (tls.persistent, tls.monitor.kind, tls.monitor.tls_verify, tls.monitor.status) == (360, "https", False,
                                                                                              (200, 200))
     assert tls.real_servers[0].port == 8443
     assert warned(cfg) == [(6, "global_defs.notification_email"), (9, "global_defs.notification_email_from"),
                            (10, "global_defs.smtp_server"), (11, "global_defs.smtp_connect_timeout"),
-                           (36, "virtual_server[192.0.2.10 1358].real_server[10.10.10.2 1358].HTTP_GET"
-                                ".delay_before_retry"),
-                           (49, "virtual_server[192.0.2.10 1358].real_server[10.10.10.3 1358].HTTP_GET"
-                                ".delay_before_retry"),
+                           (35, "virtual_server[192.0.2.10 1358].real_server[10.10.10.2 1358].HTTP_GET.retry"),
+                           (63, "virtual_server[192.0.2.10 443].real_server[10.10.10.2 8443].SSL_GET"),
                            (68, "virtual_server[192.0.2.10 443].real_server[10.10.10.2 8443].SSL_GET.url")]
+    assert cfg.warnings[4].message == (
+        "keepalived takes the real server down after 4 failed checks, retried 3 s apart (at the soonest 15 s after "
+        "the last success); lb checks every 6 s only, so it takes it down at the 2nd failed check in a row "
+        "(timeout 9 s), never later than keepalived")
+    # SSL_GET: keepalived's default retry 1 after 1 s; lb's next check comes 10 s later
+    assert cfg.warnings[5].message.endswith("lb checks every 10 s only, so it takes it down at the first failed "
+                                            "check (timeout 0), never later than keepalived")
 
 
 def test_every_checker_kind() -> None:
     cfg = load(DIR / "dr-checkers.conf")
     assert (cfg.network, (cfg.timeouts.tcp, cfg.timeouts.tcpfin, cfg.timeouts.udp)) == ("direct", (7200, 60, 120))
     tcp, misc, smtp, udp, dns, http = cfg.virtual_servers
-    assert (tcp.monitor.kind, tcp.monitor.quiesce, tcp.monitor.timeout) == ("tcp", True, 15)
+    # retry 2, 1 s apart: within delay_loop 5 s; lb takes it down at the first failed check
+    assert (tcp.monitor.kind, tcp.monitor.quiesce, tcp.monitor.timeout) == ("tcp", True, 0)
     assert (tcp.real_servers[0].u_threshold, tcp.real_servers[0].l_threshold) == (500, 400)
     assert (misc.monitor.kind, misc.monitor.program, misc.monitor.connect_timeout) == (
         "program", "/etc/keepalived/check_pg.sh %h 5432", 4)
-    assert misc.monitor.timeout == 10  # MISC_CHECK: no retry by default
+    assert misc.monitor.timeout == 0  # MISC_CHECK: no retry by default: down at the first failure
     assert (smtp.monitor.kind, smtp.monitor.expect, smtp.monitor.use_regex) == ("send_expect", "^220", True)
     assert (udp.protocol, udp.scheduler_flags) == ("udp", ("sh-port",))
     assert (udp.monitor.kind, udp.monitor.send, udp.monitor.expect) == ("udp", "ping\n", "\\Apong")
-    assert (dns.monitor.kind, dns.monitor.timeout) == ("udp", 24)  # DNS_CHECK: retry 3
+    assert (dns.monitor.kind, dns.monitor.timeout) == ("udp", 0)  # DNS_CHECK: retry 3, 1 s apart, in 6 s
     assert (http.monitor.host, http.monitor.status, http.monitor.body_regex) == ("www.example.org", (200, 204),
                                                                                  "ok|ready")
     assert (http.scheduler, http.scheduler_flags) == ("mh", ("mh-fallback",))
-    assert warned(cfg) == [(65, "virtual_server[192.0.2.20 25].real_server[192.0.2.51 25].SMTP_CHECK.helo_name")]
+    assert [(w.line, w.field) for w in not_timing(cfg)] == [
+        (65, "virtual_server[192.0.2.20 25].real_server[192.0.2.51 25].SMTP_CHECK.helo_name")]
+    # each virtual server's checker retries (keepalived's default retry is 1): what lb does of it, once
+    assert [(w.line, w.field) for w in cfg.warnings if w.message.startswith(TIMING)] == [
+        (22, "virtual_server[192.0.2.20 80].real_server[192.0.2.31 80].TCP_CHECK.retry"),
+        (63, "virtual_server[192.0.2.20 25].real_server[192.0.2.51 25].SMTP_CHECK"),
+        (79, "virtual_server[192.0.2.20 1812].real_server[192.0.2.61 1812].UDP_CHECK"),
+        (95, "virtual_server[192.0.2.20 53].real_server[192.0.2.71 53].DNS_CHECK"),
+        (118, "virtual_server[192.0.2.21 80].real_server[192.0.2.31 80].HTTP_GET")]
 
 
 def test_dns_check_sends_a_dns_query() -> None:
@@ -140,7 +162,8 @@ def test_vrrp_pair_maps_to_the_same_ha_on_both_directors() -> None:
     assert (primary.instance, backup.instance) == ("lvs_primary", "lvs_backup")
     assert warned(primary) == [(6, "global_defs.enable_script_security"), (16, "vrrp_instance[VI_PUB]"),
                                (16, "vrrp_instance[VI_PUB]"), (26, "vrrp_instance[VI_PUB].authentication"),
-                               (38, "vrrp_instance[VI_PRIV]")]
+                               (38, "vrrp_instance[VI_PRIV]"),
+                               (61, "virtual_server[192.0.2.100 80].real_server[10.0.1.11 80].TCP_CHECK")]
     mapped = primary.warnings[2].message
     assert mapped.startswith("mapped to [ha]: primary 192.0.2.2, backup 192.0.2.3")
     assert "lb's heartbeat is not VRRP" in mapped and "both directors move to lb together" in mapped
@@ -153,7 +176,8 @@ def test_includes_parameters_and_conditional_lines() -> None:
     web, api = one.virtual_servers
     assert (web.name, [r.port for r in web.real_servers]) == ("192.0.2.90:80", [8080, 8080])
     assert (api.name, api.scheduler, api.monitor.kind) == ("192.0.2.90:443", "wlc", "none")  # no checker: always up
-    assert one.warnings == ()
+    [w] = one.warnings  # the TCP_CHECK's default retry, in conf.d/10-web.conf
+    assert (Path(w.path).name, w.line, w.message.startswith(TIMING)) == ("10-web.conf", 6, True)
 
 
 def test_errors_in_an_included_file_name_that_file(tmp_path: Path) -> None:
@@ -220,6 +244,36 @@ def test_errors_name_the_line_and_keyword(text: str, expected: list) -> None:
     assert error_of(text) == expected
 
 
+NAT_ROUTER = "global_defs {\n  lb_public_interface eth0\n  lb_nat_router 10.0.0.254/24\n}\n" + VS.replace(
+    "lb_kind DR", "lb_kind NAT").replace("192.0.2.5", "10.0.0.5")  # lb_nat_router: line 3
+
+
+@pytest.mark.parametrize("text, expected", [
+    # the gateway without the interface lb adds it to: said at its line, what is missing
+    (NAT_ROUTER, [(3, "global_defs.lb_nat_router", "names no interface: NAT needs the director's interface toward "
+                                                   "the real servers (where lb adds this gateway): write "
+                                                   "`lb_nat_router ADDRESS/PREFIX IF` (e.g. `lb_nat_router "
+                                                   "10.0.0.254/24 eth1`) or add `lb_private_interface IF` to "
+                                                   "global_defs")]),
+    # a malformed line: its own error alone, no line-less "private_interface: required" after it
+    (NAT_ROUTER.replace("10.0.0.254/24", "10.0.0.254/24 eth1 1-3"),
+     [(3, "global_defs.lb_nat_router", "expected 'lb_nat_router ADDRESS/PREFIX [IF]'")]),
+], ids=["no-interface", "malformed"])
+def test_lb_nat_router_errors_name_its_line(text: str, expected: list, tmp_path: Path,
+                                            capsys: pytest.CaptureFixture[str]) -> None:
+    assert error_of(text) == expected
+    conf = tmp_path / "k.conf"
+    conf.write_text(text)
+    assert main(["check", "--config", str(conf)]) == 2
+    assert capsys.readouterr().err == "".join(f"{conf}:{line}: {fld}: {msg}\n" for line, fld, msg in expected)
+
+
+def test_lb_nat_router_takes_lb_private_interface() -> None:
+    cfg = keepalived.loads(NAT_ROUTER.replace("  lb_nat_router", "  lb_private_interface eth1\n  lb_nat_router"),
+                           "k.conf")
+    assert (cfg.private_interface, cfg.nat_device, str(cfg.nat_router)) == ("eth1", "eth1", "10.0.0.254/24")
+
+
 def test_warnings_for_what_lb_does_not_do() -> None:
     text = HEAD + """\
 vrrp_script chk {
@@ -265,6 +319,10 @@ virtual_server 192.0.2.1 80 {
          "no effect: lb runs no per-server scripts; each transition is logged and shown by `lb status`"),
         (14, "virtual_server[192.0.2.1 80].real_server[192.0.2.5 80].PING_CHECK",
          "not supported: lb has no PING check; the real server is not checked"),
+        (18, "virtual_server[192.0.2.1 80].real_server[192.0.2.6 80].TCP_CHECK",
+         "keepalived takes the real server down after 2 failed checks, retried 1 s apart (at the soonest 61 s "
+         "after the last success); lb checks every 60 s only, so it takes it down at the first failed check "
+         "(timeout 0), never later than keepalived"),
         (19, "virtual_server[192.0.2.1 80].real_server[192.0.2.6 80].TCP_CHECK.bindto",
          "no effect: lb's checks leave from the director's own address toward the real server"),
         (21, "virtual_server[192.0.2.1 80].real_server[192.0.2.6 80].HTTP_GET",
@@ -297,7 +355,7 @@ virtual_server 192.0.2.1 5000 {
     m = cfg.virtual_servers[0].monitor
     assert (m.send, m.use_regex) == ("AB", True)
     assert m.expect == "\\A[" + "".join(f"\\x{v:02x}" for v in range(0x40, 0x50)) + "]C"
-    [w] = cfg.warnings
+    [w] = not_timing(cfg)
     assert (w.line, w.field) == (14, "virtual_server[192.0.2.1 5000].real_server[192.0.2.6 5000].UDP_CHECK")
     assert w.message.endswith("this one differs in connect_timeout")
 
@@ -305,8 +363,104 @@ virtual_server 192.0.2.1 5000 {
 def test_tcp_check_of_a_udp_service_is_a_warning() -> None:
     cfg = keepalived.loads(HEAD + VS.replace("lb_kind DR", "lb_kind DR\n  protocol UDP").replace(
         "80 {\n  }", "80 {\n    TCP_CHECK {\n    }\n  }"), "k.conf")
-    [w] = cfg.warnings
+    [w] = not_timing(cfg)
     assert w.line == 8 and "not with a TCP connection" in w.message
+
+
+RETRYING = HEAD + """\
+virtual_server 192.0.2.1 80 {
+  lb_kind DR
+  delay_loop 2
+  real_server 192.0.2.5 80 {
+    TCP_CHECK {
+      connect_timeout 1
+      retry 3
+    }
+  }
+}
+"""  # the retry: line 10
+
+
+def _down_after(m, ok_lasts: float, fail_lasts: float) -> float:
+    """When lb's nanny takes a real server down: a success at 0, then a failed check every interval."""
+    from lb.health.checks import CheckResult, CheckSpec
+    from lb.health.monitor import Monitor, NannyPolicy
+
+    mon = Monitor("rs", CheckSpec(kind="tcp", host="192.0.2.5", port=80), NannyPolicy(m.interval, m.timeout, m.reentry),
+                  None, clock=lambda: 0.0)
+    mon.observe(CheckResult(True, "ok", ok_lasts, 0.0), now=ok_lasts)
+    k = 1
+    while mon.observe(CheckResult(False, "refused", fail_lasts, 0.0), now=k * m.interval + fail_lasts) is None:
+        k += 1
+    return k * m.interval + fail_lasts
+
+
+@pytest.mark.parametrize("text, retry, pause, line, key, timeout", [
+    (RETRYING, 3, 1, 10, "TCP_CHECK.retry", 3),  # keepalived's default delay_before_retry: 1 s
+    (RETRYING.replace("  delay_loop 2\n", "  delay_loop 2\n  delay_before_retry 3\n"), 3, 3, 11, "TCP_CHECK.retry", 9),
+    (RETRYING.replace("      retry 3\n", ""), 1, 1, 8, "TCP_CHECK", 0),  # TCP_CHECK's default retry 1
+], ids=["retry-3", "delay-before-retry-3", "default-retry"])
+def test_keepalived_retries_never_detect_later_in_lb(text: str, retry: int, pause: float, line: int, key: str,
+                                                     timeout: float) -> None:
+    """keepalived retries a failed check after delay_before_retry, lb only at its next check: lb
+    takes the server down at the last of its checks that fit into keepalived's soonest, and says so."""
+    cfg = keepalived.loads(text, "k.conf")
+    m = cfg.virtual_servers[0].monitor
+    assert (m.interval, m.timeout, m.connect_timeout) == (2, timeout, 1)
+    for ok_lasts, fail_lasts in ((0.001, 0.001), (1, 0.001), (0.001, 1), (1, 1)):
+        # keepalived: the first failed check delay_loop after the success, then one each pause after the last
+        keepalived_down = ok_lasts + 2 + (retry + 1) * fail_lasts + retry * pause
+        assert _down_after(m, ok_lasts, fail_lasts) <= keepalived_down
+    [w] = cfg.warnings
+    assert (w.line, w.field) == (line, f"virtual_server[192.0.2.1 80].real_server[192.0.2.5 80].{key}")
+    checks = 1 + retry * pause // 2
+    assert w.message == (
+        f"keepalived takes the real server down after {retry + 1} failed checks, retried {pause} s apart (at the "
+        f"soonest {2 + retry * pause} s after the last success); lb checks every 2 s only, so it takes it down at the "
+        + ("first failed check (timeout 0)" if checks == 1 else f"{checks}{'nd' if checks == 2 else 'th'} failed "
+                                                                f"check in a row (timeout {timeout} s)")
+        + ", never later than keepalived")
+
+
+def test_no_retry_no_warning_and_the_first_failure_takes_it_down() -> None:
+    cfg = keepalived.loads(RETRYING.replace("retry 3", "retry 0"), "k.conf")
+    assert cfg.virtual_servers[0].monitor.timeout == 0 and cfg.warnings == ()
+
+
+def test_a_checkers_own_nb_get_retry_wins_over_the_virtual_servers_retry() -> None:
+    text = HEAD + """\
+virtual_server 192.0.2.1 80 {
+  lb_kind DR
+  delay_loop 2
+  retry 5
+  real_server 192.0.2.5 80 {
+    retry 4
+    HTTP_GET {
+      url {
+        path /
+      }
+      connect_timeout 1
+      nb_get_retry 2
+    }
+  }
+}
+"""
+    cfg = keepalived.loads(text, "k.conf")
+    # nb_get_retry 2, 1 s apart: keepalived's soonest 4 s, lb's 2nd failed check (not the 3rd of retry 4 or 5)
+    assert cfg.virtual_servers[0].monitor.timeout == 3
+    [w] = cfg.warnings
+    assert (w.line, w.field) == (15, "virtual_server[192.0.2.1 80].real_server[192.0.2.5 80].HTTP_GET.nb_get_retry")
+    assert w.message.startswith("keepalived takes the real server down after 3 failed checks, retried 1 s apart")
+    # without it the real server's retry, then the virtual server's
+    cfg = keepalived.loads(text.replace("      nb_get_retry 2\n", ""), "k.conf")
+    [w] = cfg.warnings
+    assert (w.line, w.field) == (9, "virtual_server[192.0.2.1 80].real_server[192.0.2.5 80].retry")
+    assert (w.message.startswith("keepalived takes the real server down after 5 failed checks"),
+            cfg.virtual_servers[0].monitor.timeout) == (True, 5)
+    cfg = keepalived.loads(text.replace("      nb_get_retry 2\n", "").replace("    retry 4\n", ""), "k.conf")
+    [w] = cfg.warnings
+    assert (w.line, w.field) == (7, "virtual_server[192.0.2.1 80].retry")
+    assert w.message.startswith("keepalived takes the real server down after 6 failed checks")
 
 
 def test_what_keepalived_would_run_and_lb_would_not_is_a_warning_not_silence() -> None:
@@ -367,7 +521,7 @@ def test_lb_import_of_each_format(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["import", str(LAB[1])]) == 0
     out, err = capsys.readouterr()
     assert "[ha]\nprimary = \"198.18.0.1\"\nbackup = \"198.18.0.3\"\n" in out
-    assert err.count(": warning: ") == len(load(LAB[1]).warnings) == 3
+    assert err.count(": warning: ") == len(load(LAB[1]).warnings) == 4  # the last: TCP_CHECK's default retry
     assert totoml.dumps(load(LAB[0])).startswith("[global]\ninstance = \"lab\"\npublic_interface = \"pub0\"\n")
 
 

@@ -270,6 +270,54 @@ def test_lb_export(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     assert lvscf.loads_with_extras(out)[1] == EXPECTED_EXTRAS
 
 
+EXPORT_TOML = """\
+[global]
+public_interface = "eth0"
+dataplane = "ipvs"
+
+[[virtual_server]]
+name = "web"
+address = "198.18.0.10"
+port = 80
+  [virtual_server.monitor]
+  timeout = 0
+  [[virtual_server.real_server]]
+  address = "198.18.1.11"
+"""
+
+
+def test_lb_export_keeps_the_dataplane_and_a_zero_timeout(capsys: pytest.CaptureFixture[str],
+                                                           tmp_path: Path) -> None:
+    # a director moved to the exported lvs.cf runs the data plane and the checks the TOML said
+    p = tmp_path / "lb.toml"
+    p.write_text(EXPORT_TOML)
+    assert main(["export", "--config", str(p)]) == 0
+    out = capsys.readouterr().out
+    assert "lb_dataplane = ipvs\n" in out and "lb_monitor_timeout = 0\n" in out
+    again = lvscf.loads(out)
+    assert (again.dataplane, again.virtual_servers[0].monitor.timeout) == ("ipvs", 0)
+    assert again == nopath(load(p))
+    assert one(GOOD_HEAD + "lb_dataplane = dpdk\n") == (
+        10, "lb_dataplane", "unknown dataplane 'dpdk' (expected one of: xdp, ipvs, auto)")
+
+
+def test_lb_export_refuses_what_the_lvs_cf_would_read_back_otherwise(
+        capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    p = tmp_path / "lb.toml"
+    p.write_text(EXPORT_TOML)
+    written = lvscf.dumps
+
+    def forgetful(cfg: Config, extras: dict | None = None) -> str:  # a writer that leaves a key out
+        return written(cfg, extras).replace("lb_dataplane = ipvs\n", "")
+
+    monkeypatch.setattr(lvscf, "dumps", forgetful)
+    assert main(["export", "--config", str(p)]) == 2
+    got = capsys.readouterr()
+    assert got.out == ""
+    assert got.err == (f"{p}:3: global.dataplane: lvs.cf cannot hold this exactly: the exported file would read back "
+                       f"the default, not \"ipvs\"\n")
+
+
 def test_lb_import_error(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     f = tmp_path / "bad.cf"
     f.write_text("network = nat\n")
@@ -438,6 +486,20 @@ def test_bad_monitor_keys() -> None:
     assert (line, fld) == (2, "virtual[web].send_program") and "needs `program`" in msg
     line, fld, msg = at("lb_monitor_typo = 1")
     assert (line, fld) == (5, "virtual[web].lb_monitor_typo") and "unknown key" in msg
+
+
+def test_send_program_the_checks_cannot_split_is_refused() -> None:
+    def at(extra: str) -> tuple[int | None, str, str]:
+        return one(GOOD_HEAD.replace("port = 80", "port = 80\n     " + extra))
+
+    assert at("send_program = \"/usr/local/bin/check %h 'up\"") == (
+        5, "virtual[web].send_program", "cannot be split into arguments (shell quoting): No closing quotation")
+    line, fld, msg = at("lb_monitor_kind = program\n     send_program = \" \"")
+    assert (line, fld) == (6, "virtual[web].send_program") and msg.startswith("names no program to run")
+    assert at("load_monitor = none\n     lb_load_monitor_kind = program\n"
+              "     lb_load_monitor_program = \"/usr/local/bin/load '%h\"") == (
+        7, "virtual[web].lb_load_monitor_program", "cannot be split into arguments (shell quoting): "
+                                                   "No closing quotation")
 
 
 def test_fwmark_thresholds_and_flags_round_trip() -> None:

@@ -46,8 +46,15 @@ Mapping (keepalived.conf(5) -> lb):
   written %h; ``misc_timeout`` -> connect_timeout); UDP_CHECK -> udp (``payload`` and
   ``require_reply`` hex strings); DNS_CHECK -> udp sending the query (``type``, ``name``) and
   expecting its id and question back; SMTP_CHECK -> send_expect reading the 220 greeting.
-  Timing: interval = ``delay_loop`` (60), connect_timeout (5), down after ``retry`` + 1
-  consecutive failures (timeout = (retry + 1) x delay_loop), back at the first success (reentry 0).
+  Timing: interval = ``delay_loop`` (60), connect_timeout (5), back at the first success (reentry 0).
+  keepalived takes a real server down after ``retry`` + 1 failed checks (``retry`` or its old name
+  ``nb_get_retry``, of the checker, else the real server, else the virtual server; default 1,
+  MISC_CHECK 0, DNS_CHECK 3), the first at most delay_loop after the last success, then one each
+  ``delay_before_retry`` (1).  lb checks every interval only, so it takes the server down at the
+  last of its checks that fit into keepalived's soonest (delay_loop + retry x delay_before_retry):
+  n = 1 + floor(retry x delay_before_retry / delay_loop) failed checks in a row, timeout =
+  n x delay_loop - connect_timeout (0 when n = 1: the first failed check), never later than
+  keepalived; with retry > 0 a warning at its line says so.
 * ``vrrp_instance`` -> [ha]: lb's heartbeat is not VRRP (signed unicast datagrams, no virtual
   router id, no priorities, no multicast): both directors move to lb together.  The instance that
   carries the virtual servers' VIPs gives primary and backup from ``unicast_src_ip`` and its one
@@ -62,6 +69,7 @@ from __future__ import annotations
 
 import glob
 import ipaddress
+import math
 import os
 import re
 import socket
@@ -99,6 +107,7 @@ INCLUDES = ("include", "includer", "includem", "includew", "includeb", "includea
 DELAY_LOOP = 60.0
 CONNECT_TIMEOUT = 5.0
 RETRY = {"MISC_CHECK": 0, "DNS_CHECK": 3}  # the others: 1
+DELAY_BEFORE_RETRY = 1.0
 PERSISTENCE_TIMEOUT = 360
 HTTP_STATUS = (200, 299)
 ADVERT_INT = 1.0
@@ -170,8 +179,6 @@ VS_NO_EFFECT = {
     "sorry_server_inhibit": "no effect: lb's sorry server is used only while no real server is usable",
     "nat_mask": "no effect: an obsolete keyword",
     "warmup": "no effect: lb starts the checks at once",
-    "delay_before_retry": "no effect: lb retries at the next delay_loop (down after retry + 1 failed checks "
-                          "in a row)",
 }
 RS_NO_EFFECT = {
     "notify_up": "no effect: lb runs no per-server scripts; each transition is logged and shown by `lb status`",
@@ -180,7 +187,6 @@ RS_NO_EFFECT = {
     "snmp_name": NO_SNMP,
     "alpha": VS_NO_EFFECT["alpha"],
     "warmup": VS_NO_EFFECT["warmup"],
-    "delay_before_retry": VS_NO_EFFECT["delay_before_retry"],
 }
 CHECKER_NO_EFFECT = {
     "bindto": "no effect: lb's checks leave from the director's own address toward the real server",
@@ -190,7 +196,6 @@ CHECKER_NO_EFFECT = {
     "log_all_failures": "no effect: lb logs each real server's transitions",
     "warmup": VS_NO_EFFECT["warmup"],
     "alpha": VS_NO_EFFECT["alpha"],
-    "delay_before_retry": VS_NO_EFFECT["delay_before_retry"],
     "http_protocol": "no effect: lb's HTTP checks send HTTP/1.1 with Connection: close",
     "fast_recovery": "no effect: lb checks one url",
     "enable_sni": "no effect: lb's https checks send the virtualhost (or the address) as SNI",
@@ -598,6 +603,7 @@ class _Builder:
         self.vrrps: list[_Vrrp] = []
         self.groups: dict[str, Stmt] = {}
         self.virtuals: list[_Virtual] = []
+        self.timing: dict[int, ConfigIssue] = {}  # id(checker) -> what lb does of its retries
 
     # -- reporting
     def error(self, st: Stmt, fld: str, message: str) -> None:
@@ -770,8 +776,8 @@ class _Builder:
                 glob_["instance"] = name
                 self.note(("global", "instance"), rid, "global_defs.router_id")
             else:
-                self.warn(rid, "global_defs.router_id", f"not an lb instance name ([a-z0-9][a-z0-9_-]{{0,31}}, "
-                                                        f"lower-cased): the instance is \"default\"")
+                self.warn(rid, "global_defs.router_id", "not an lb instance name ([a-z0-9][a-z0-9_-]{0,31}, "
+                                                        "lower-cased): the instance is \"default\"")
         su = self.globals.get("script_user")
         if su is not None:      # keepalived's `script_user USER [GROUP]`: lb runs programs as USER
             user = su.args[0] if su.args else None
@@ -913,6 +919,9 @@ class _Builder:
         ext = self.globals.get("lb_nat_router")
         fields = ("nat_router", "nat_router_device", "private_interface")
         if ext is not None:
+            # first: every issue of these fields names this line (lb_private_interface keeps its own)
+            for f in fields if "lb_private_interface" not in self.globals else fields[:2]:
+                self.note(("global", f), ext, "global_defs.lb_nat_router")
             if not 1 <= len(ext.args) <= 2:
                 self.error(ext, "global_defs.lb_nat_router", "expected 'lb_nat_router ADDRESS/PREFIX [IF]'")
                 return
@@ -920,8 +929,11 @@ class _Builder:
             if len(ext.args) == 2:
                 glob_["nat_router_device"] = ext.args[1]
                 glob_.setdefault("private_interface", ext.args[1])
-            for f in fields:
-                self.note(("global", f), ext, "global_defs.lb_nat_router")
+            elif network == "nat" and "private_interface" not in glob_:
+                self.error(ext, "global_defs.lb_nat_router",
+                           "names no interface: NAT needs the director's interface toward the real servers (where "
+                           "lb adds this gateway): write `lb_nat_router ADDRESS/PREFIX IF` (e.g. `lb_nat_router "
+                           f"{ext.args[0]} eth1`) or add `lb_private_interface IF` to global_defs")
             return
         vips = {str(vs.get("address")) for vs in vss} | {str(g["address"]) for vs in vss for g in vs.get("port_group", [])}
         reals = []
@@ -962,6 +974,9 @@ class _Builder:
                                "say it: with VRRP it is a virtual_ipaddress on the real servers' side (e.g. "
                                "10.0.0.254/24 dev eth1); without, add `lb_nat_router ADDRESS/PREFIX IF` to "
                                "global_defs (keepalived ignores it, with a warning)"))
+        if network == "nat" and ("global", "private_interface") not in self.positions.notes and self.virtuals:
+            # never a message without a line: NAT came from the first virtual server
+            self.note(("global", "private_interface"), self.virtuals[0].stmt, "global_defs.lb_private_interface")
 
     def _ha(self, glob_: dict[str, Any], vss: list[dict[str, Any]]) -> dict[str, Any] | None:
         """vrrp_instance -> [ha]: the instance holding the VIPs is the public channel; another one with
@@ -1306,6 +1321,16 @@ class _Builder:
                 return opts[key]
         return None
 
+    def _retry(self, *stmts_opts: dict[str, Stmt]) -> Stmt | None:
+        """``retry`` or its old name ``nb_get_retry`` (HTTP_GET, SSL_GET): the innermost of checker, real
+        server, virtual server that sets either; at one level both set the same count, the later wins
+        (opts are in the order they are written)."""
+        for opts in stmts_opts:
+            found = [st for key, st in opts.items() if key in ("retry", "nb_get_retry")]
+            if found:
+                return found[-1]
+        return None
+
     def _monitor(self, vs: _Virtual, mf: FieldPath, label: str, vport: int | None) -> dict[str, Any] | None:
         chosen: list[tuple[_Real, _Checker | None, dict[str, Any]]] = []
         for rs in vs.reals:
@@ -1329,6 +1354,9 @@ class _Builder:
             return None
         rs0, c0, m0 = checked[0]
         self.note(mf, c0.stmt, f"{rs0.label}.{c0.kind}")
+        timing = self.timing.get(id(c0))  # said once, for the checker lb uses
+        if timing is not None and timing not in self.warnings:
+            self.warnings.append(timing)
         for rs, c, m in chosen:
             if c is None:
                 self.warn(rs.stmt, rs.label, f"this real server has no checker (always up in keepalived); lb checks "
@@ -1365,12 +1393,16 @@ class _Builder:
         interval = interval or DELAY_LOOP
         ct = self._setting("connect_timeout", *opts)
         connect = self.timer(ct, f"{fld}.connect_timeout") if ct is not None else None
-        rt = self._setting("retry", *opts) or self._setting("nb_get_retry", *opts)
-        retry = self.integer(rt, f"{fld}.{rt.key}", 0, 1000) if rt is not None else None
+        rt = self._retry(*opts)
+        retry = self.integer(rt, self._field(rt, vs, rs, c), 0, 1000) if rt is not None else None
         if retry is None:
             retry = RETRY.get(c.kind, 1)
+        dbr = self._setting("delay_before_retry", *opts)
+        pause = self.timer(dbr, self._field(dbr, vs, rs, c)) if dbr is not None else None
+        if pause is None:
+            pause = DELAY_BEFORE_RETRY
         m["interval"] = interval
-        m["timeout"] = (retry + 1) * interval
+        m["timeout"] = 0.0  # below, once connect_timeout is known
         m["reentry"] = 0
         m["connect_timeout"] = connect if connect is not None else CONNECT_TIMEOUT
         cip = c.opts.get("connect_ip")
@@ -1424,7 +1456,25 @@ class _Builder:
             self.warn(c.stmt, fld, "lb checks the real servers of a UDP service in datagrams (a UDP check: an "
                                    "empty datagram, a reply expected), not with a TCP connection; use UDP_CHECK or "
                                    "DNS_CHECK, or MISC_CHECK for a TCP probe")
+        checks, m["timeout"] = _down_after(interval, retry, pause, m["connect_timeout"])
+        if retry > 0:
+            st = rt or dbr or c.stmt
+            soonest = interval + retry * pause
+            self.timing[id(c)] = ConfigIssue(
+                st.file, st.line, self._field(st, vs, rs, c) if st is not c.stmt else fld,
+                f"keepalived takes the real server down after {retry + 1} failed checks, retried {pause:g} s apart "
+                f"(at the soonest {soonest:g} s after the last success); lb checks every {interval:g} s only, so it "
+                f"takes it down at the " + ("first failed check (timeout 0)" if checks == 1 else
+                                            f"{_ordinal(checks)} failed check in a row (timeout {m['timeout']:g} s)")
+                + ", never later than keepalived")
         return m
+
+    @staticmethod
+    def _field(st: Stmt, vs: _Virtual, rs: _Real, c: _Checker) -> str:
+        """The name of a checker setting where it is written: the checker, its real server or the virtual server."""
+        if c.opts.get(st.key) is st:
+            return f"{rs.label}.{c.kind}.{st.key}"
+        return f"{rs.label}.{st.key}" if rs.opts.get(st.key) is st else f"{vs.label}.{st.key}"
 
     def _url(self, c: _Checker, fld: str, host_st: Stmt | None) -> dict[str, Any]:
         m: dict[str, Any] = {}
@@ -1530,19 +1580,36 @@ class _Builder:
                 + re.escape(question.decode("ascii")), "use_regex": True}
 
 
+def _down_after(interval: float, retry: int, pause: float, connect_timeout: float) -> tuple[int, float]:
+    """(checks, timeout): keepalived takes a real server down after retry + 1 failed checks, the first
+    at most delay_loop after the last success, then one each delay_before_retry (``pause``, plus the
+    check's own time).  lb checks every ``interval`` and goes down once no check has succeeded for
+    ``timeout`` s: the checks that fit into keepalived's soonest (interval + retry x pause), the
+    last of them failing takes it down.  Its silence is at least checks x interval less one check's
+    time (connect_timeout at most): that is the timeout; one check needs none (0: the first failure)."""
+    checks = 1 + math.floor(retry * pause / interval + 1e-9)
+    if checks == 1:
+        return 1, 0.0
+    return checks, max(0.0, round(checks * interval - connect_timeout, 6))
+
+
+def _ordinal(n: int) -> str:
+    return f"{n}{'th' if 10 <= n % 100 <= 20 else {1: 'st', 2: 'nd', 3: 'rd'}.get(n % 10, 'th')}"
+
+
 _METHOD_NAMES = {"nat": "NAT", "direct": "DR", "tunnel": "TUN"}
 GLOBAL_MAPPED = ("router_id", "lvs_timeouts", "lvs_sync_daemon", "lb_public_interface", "lb_private_interface",
                  "lb_nat_router", "lb_ha_key_file", "vrrp_garp_master_repeat", "vrrp_garp_interval",
                  "vrrp_gna_interval", "vrrp_garp_master_refresh", "script_user")
 VS_KEYS = ("lb_algo", "lvs_sched", "lb_kind", "lvs_method", "protocol", "persistence_timeout",
            "persistence_granularity", "sorry_server", "sorry_server_lvs_method", "virtualhost", "delay_loop",
-           "connect_timeout", "retry", "inhibit_on_failure", "ip_family", "sh-port", "sh-fallback", "mh-port",
-           "mh-fallback", "flag-1", "flag-2", "flag-3")
+           "connect_timeout", "retry", "delay_before_retry", "inhibit_on_failure", "ip_family", "sh-port",
+           "sh-fallback", "mh-port", "mh-fallback", "flag-1", "flag-2", "flag-3")
 RS_KEYS = ("weight", "lvs_method", "uthreshold", "lthreshold", "inhibit_on_failure", "virtualhost",
-           "connect_timeout", "retry", "delay_loop")
-CHECKER_KEYS = ("connect_ip", "connect_port", "connect_timeout", "retry", "nb_get_retry", "delay_loop",
-                "misc_path", "misc_timeout", "user", "payload", "require_reply", "type", "name", "virtualhost",
-                "host")
+           "connect_timeout", "retry", "delay_before_retry", "delay_loop")
+CHECKER_KEYS = ("connect_ip", "connect_port", "connect_timeout", "retry", "nb_get_retry", "delay_before_retry",
+                "delay_loop", "misc_path", "misc_timeout", "user", "payload", "require_reply", "type", "name",
+                "virtualhost", "host")
 
 
 # --- public API -----------------------------------------------------------------------------------
@@ -1571,6 +1638,20 @@ def _parse(text: str | None, display: str, path: Path | None, config_id: str | N
         raise ConfigError(_sorted(issues, display))
     assert cfg is not None
     return cfg
+
+
+def _positions(path: str | os.PathLike[str]) -> _toml.Positions:
+    """Where each field of the keepalived.conf at ``path`` (default config id) is written, for
+    messages about a configuration already loaded from it (`lb export`)."""
+    issues: list[ConfigIssue] = []
+    warnings: list[ConfigIssue] = []
+    display = os.fspath(path)
+    reader = _Reader(default_config_id(), issues, warnings)
+    reader.read_file(display, display, 0, (os.path.realpath(path),))
+    b = _Builder(display, issues, warnings)
+    b.collect(_tree(reader.lines, issues))
+    b.build()
+    return b.positions
 
 
 def _sorted(items: list[ConfigIssue], display: str) -> list[ConfigIssue]:

@@ -5,6 +5,7 @@ An lvs.cf written for Piranha's ``lvs``/``pulse`` runs unchanged::
     cfg = lb.config.load("/etc/sysconfig/ha/lvs.cf")          # dispatches here
     cfg, extras = lb.config.lvscf.load_with_extras("lvs.cf")   # keep HA keys etc.
     text = lb.config.lvscf.dumps(cfg, extras)                  # back to lvs.cf
+    text = lb.config.lvscf.export(cfg, extras)                 # ... read back: ConfigError if it differs
     toml = lb.config.lvscf.dumps_toml(cfg)                     # native TOML (``lb import``)
 
 Format: ``key = value`` lines, full-line ``#`` comments, ``virtual NAME {`` (or Piranha's other
@@ -66,8 +67,8 @@ the ports itself; Piranha's iptables rule did): without it the file is refused w
 ``service = fos`` is rejected as not supported yet.
 
 lb extensions (written by :func:`dumps` only when the model needs them to
-round-trip; Piranha never writes them): global ``lb_instance``,
-``lb_public_interface``, ``lb_private_interface``, ``lb_script_user`` (the user check, load and
+round-trip; Piranha never writes them): global ``lb_instance``, ``lb_dataplane`` (xdp | ipvs |
+auto: [global] dataplane), ``lb_public_interface``, ``lb_private_interface``, ``lb_script_user`` (the user check, load and
 notify programs run as), ``lb_table_connections``,
 ``lb_table_services``, ``lb_table_real_servers``, ``lb_table_reals_per_service``,
 ``lb_table_embryonic``; ``[defense]`` as ``lb_drop_entry``, ``lb_drop_packet``, ``lb_secure_tcp``,
@@ -79,7 +80,8 @@ notify programs run as), ``lb_table_connections``,
 ``lb_monitor_status = 200-399``, ``lb_monitor_tls_verify``/``_quiesce = 0|1``,
 ``lb_monitor_port``, ``lb_monitor_script_user``, ``lb_monitor_interval``/``_connect_timeout`` (seconds,
 decimals allowed), ``lb_monitor_timeout``/``_reentry`` (decimal seconds; they win
-over Piranha's integer ``timeout``/``reentry``, which are written rounded up), and
+over Piranha's integer ``timeout``/``reentry``, which are written rounded up, timeout at least 1:
+``lb_monitor_timeout = 0`` is the first failed check), and
 ``lb_monitor_escaped = 1``: the block's quoted monitor strings use the escapes
 ``\\\\ \\n \\r \\t \\" \\' \\uXXXX`` (written when a string holds a line break,
 e.g. a TOML ``send = "...\\r\\n"``); with ``backup_active = 1`` the HA fields Piranha lacks:
@@ -103,8 +105,10 @@ the same configuration, with the lvs.cf line and key of each of its fields, and 
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import ipaddress
+import json
 import math
 import os
 import re
@@ -118,6 +122,7 @@ from . import totoml
 from .locate import FieldPath
 from .model import (
     Bgp,
+    DEFAULT_DATAPLANE,
     DEFAULT_LBLC_EXPIRATION,
     DEFAULT_HA_KEY_FILE,
     DEFAULT_MH_SIZE,
@@ -141,7 +146,7 @@ from .model import (
 
 __all__ = [
     "load", "loads", "load_with_extras", "loads_with_extras",
-    "dumps", "dumps_toml", "looks_like_lvscf",
+    "dumps", "dumps_toml", "export", "looks_like_lvscf",
 ]
 
 # --- key tables -------------------------------------------------------------------
@@ -214,7 +219,7 @@ LB_BGP_KEYS = (*LB_BGP_SCALARS, "lb_bgp_neighbors", "lb_bgp_vips")
 GLOBAL_MODEL = (
     "serial_no",
     "network", "nat_router", "nat_nmask", "tcp_timeout", "tcpfin_timeout", "udp_timeout",
-    "lb_instance", "lb_public_interface", "lb_private_interface", "lb_expire_nodest_conn",
+    "lb_instance", "lb_dataplane", "lb_public_interface", "lb_private_interface", "lb_expire_nodest_conn",
     "lb_lblc_expiration", "lb_lblcr_expiration", "lb_script_user",
     "lb_table_connections", "lb_table_services", "lb_table_real_servers", "lb_table_reals_per_service",
     "lb_table_embryonic",
@@ -238,7 +243,7 @@ DEFAULT_PORT = 80  # Piranha's port for a virtual that names none
 _TOML_TO_CF = {
     "real_server": "server", "tcp": "tcp_timeout", "tcpfin": "tcpfin_timeout", "udp": "udp_timeout",
     "device": "address", "nat_router_device": "nat_router", "private_interface": "nat_router",
-    "public_interface": "lb_public_interface", "instance": "lb_instance",
+    "public_interface": "lb_public_interface", "instance": "lb_instance", "dataplane": "lb_dataplane",
     **{v: k for k, v in TABLE_KEYS.items()},
     **{v: k for k, v in DEFENSE_CF.items()},
 }
@@ -661,6 +666,10 @@ class _Builder:
         instance = g.entries.get("lb_instance")
         glob["instance"] = instance.value if instance else "default"
         self.note(("global", "instance"), g.line("lb_instance"), "lb_instance")
+        dataplane = g.entries.get("lb_dataplane")
+        if dataplane is not None:  # the TOML loader checks the word
+            glob["dataplane"] = dataplane.value
+        self.note(("global", "dataplane"), g.line("lb_dataplane"), "lb_dataplane")
         end = g.boolean("lb_expire_nodest_conn")
         if end is not None:
             glob["expire_nodest_conn"] = end
@@ -1224,7 +1233,7 @@ def _monitor_cf(m: Monitor, user: str) -> dict[str, Any]:
         value = getattr(m, key)
         if value != getattr(d, key):
             out[key] = max(math.ceil(value), 1 if key == "timeout" else 0)  # Piranha wants integers
-            if not float(value).is_integer():
+            if out[key] != value:  # a fraction, or timeout 0 (the first failed check: Piranha's least is 1)
                 lb[f"lb_monitor_{key}"] = _fmt_seconds(value)
     implied = "program" if m.program else "send_expect" if m.send or m.expect else "tcp"
     if m.kind != implied:
@@ -1349,6 +1358,8 @@ def dumps(cfg: Config, extras: dict[str, Any] | None = None) -> str:
     # lb extensions, only when the plain lvs.cf mapping would not give the model back
     if cfg.instance != "default":
         put("", "lb_instance", cfg.instance)
+    if cfg.dataplane != DEFAULT_DATAPLANE:
+        put("", "lb_dataplane", cfg.dataplane)
     if cfg.expire_nodest_conn:
         put("", "lb_expire_nodest_conn", 1)
     if cfg.script_user != DEFAULT_SCRIPT_USER:
@@ -1451,6 +1462,85 @@ def dumps(cfg: Config, extras: dict[str, Any] | None = None) -> str:
             out.append(f"{ind}}}")
         out.append("}")
     return "\n".join(out) + "\n"
+
+
+def export(cfg: Config, extras: dict[str, Any] | None = None) -> str:
+    """:func:`dumps`, read back (`lb export`): ConfigError naming the source's file, line and field
+    of each value the lvs.cf would not give back as it is, as store.prepare refuses a save: a
+    director moved to the exported file must run what the source said."""
+    text = dumps(cfg, extras)
+    src = os.fspath(cfg.path) if cfg.path is not None else "<string>"
+    try:
+        again = _parse(text, src, cfg.path)[0]  # relative files: relative to the source, as the model has them
+    except ConfigError as e:
+        raise ConfigError([ConfigIssue(src, None, i.field, f"lvs.cf cannot hold this configuration: the exported "
+                                                           f"file would not load (its line {i.line}: {i.message})")
+                           for i in e.issues]) from None
+    if _settled(again) == _settled(cfg):
+        return text
+    where = _source_positions(cfg.path)
+    issues = []
+    for path, mine, theirs in _differences(totoml.document(_settled(cfg)), totoml.document(_settled(again)), ()):
+        line, name = where.where(path)
+        said = "the default" if theirs is _UNSET else json.dumps(theirs)
+        meant = "the default" if mine is _UNSET else json.dumps(mine)
+        issues.append(ConfigIssue(where.file(path) or src, line, name, f"lvs.cf cannot hold this exactly: the "
+                                                                       f"exported file would read back {said}, "
+                                                                       f"not {meant}"))
+    if not issues:
+        issues.append(ConfigIssue(src, None, "", "lvs.cf cannot hold this configuration exactly (it would read "
+                                                 "back otherwise)"))
+    raise ConfigError(sorted(issues, key=lambda i: i.line or 0))
+
+
+_UNSET = object()  # a key the document leaves out: the model's default
+
+
+def _settled(cfg: Config) -> Config:
+    """``cfg`` as a director runs it: a VIP's device or nat_router's that is the interface it would
+    default to (lvs.cf leaves those out) is that interface; no file, no warnings."""
+    return dataclasses.replace(
+        cfg, path=None, warnings=(),
+        nat_router_device=cfg.nat_device if cfg.nat_router is not None else cfg.nat_router_device,
+        virtual_servers=tuple(dataclasses.replace(vs, device=cfg.vip_device(vs)) for vs in cfg.virtual_servers))
+
+
+def _differences(a: Any, b: Any, path: FieldPath) -> list[tuple[FieldPath, Any, Any]]:
+    """The paths where two documents (totoml.document) differ, with the two values."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        return [d for k in [*a, *(k for k in b if k not in a)]
+                for d in _differences(a.get(k, _UNSET), b.get(k, _UNSET), path + (k,))]
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)) and len(a) == len(b):
+        return [d for i, (x, y) in enumerate(zip(a, b)) for d in _differences(x, y, path + (i,))]
+    return [] if a == b else [(path, a, b)]
+
+
+class _Bare(_toml.Positions):
+    """No file to look in: the field's name alone."""
+
+    def where(self, path: FieldPath) -> tuple[int | None, str]:
+        return None, _toml.field_name(path)
+
+
+def _source_positions(path: Path | None) -> _toml.Positions:
+    """Where each field of the document is written in the file ``path`` (TOML, lvs.cf or keepalived.conf)."""
+    from . import format_of, keepalived
+
+    if path is None:
+        return _Bare()
+    try:
+        fmt = format_of(path)
+        if fmt == "keepalived":
+            return keepalived._positions(path)
+        text = _toml.read_text(path, os.fspath(path))
+    except ConfigError:  # changed since it was loaded: name the fields alone
+        return _Bare()
+    if fmt == "toml":
+        return _toml.TomlPositions(text)
+    issues = _Issues(os.fspath(path))
+    b = _Builder(issues)
+    b.build(_parse_blocks(text, issues))
+    return b.positions
 
 
 def dumps_toml(cfg: Config, extras: dict[str, Any] | None = None, *, source: str | None = None) -> str:

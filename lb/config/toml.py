@@ -18,6 +18,7 @@ import json
 import os
 import pwd
 import re
+import shlex
 import tomllib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -371,6 +372,20 @@ def _request_problem(what: str) -> Callable[[str], str | None]:
         return None
 
     return problem
+
+
+def _program_problem(value: str) -> str | None:
+    """A check or load program: split into its argv as the checks split it (lb.health.checks
+    program_argv), so a quote left open fails here, not at every check."""
+    if not value:
+        return None  # absent or "": the monitor kind says whether one is needed
+    try:
+        argv = shlex.split(value)
+    except ValueError as e:
+        return f"cannot be split into arguments (shell quoting): {e}"
+    if not argv:
+        return "names no program to run (expected its path and arguments, e.g. \"/usr/local/bin/check %h %p\")"
+    return None
 
 
 def _is_ipv4(text: str) -> bool:
@@ -1008,7 +1023,8 @@ def _check_monitor(vs: _Table, user: str) -> Monitor | _Invalid:
     d = Monitor()
     keep = _Keep()
     kind = keep(m.choice("kind", MONITOR_KINDS, d.kind, "monitor kind"))
-    strings = {k: keep(m.string(k)) for k in ("send", "expect", "program", "digest")}
+    strings = {k: keep(m.string(k)) for k in ("send", "expect", "digest")}
+    strings["program"] = keep(m._text("program", _program_problem, False))
     if isinstance(strings["digest"], str) and strings["digest"]:
         if not re.fullmatch(r"[0-9A-Fa-f]{32}", strings["digest"]):
             strings["digest"] = keep(m.chk.error(m.at("digest"), "expected the body's MD5 digest: 32 hexadecimal "
@@ -1067,7 +1083,7 @@ def _check_load_monitor(vs: _Table, user: str) -> LoadMonitor | None | _Invalid:
         kind = m.chk.error(m.at("kind"), f"unknown load monitor kind '{kind}' (expected one of: "
                                          f"{', '.join(LOAD_MONITOR_KINDS)})")
     port = m.integer("port", PORT_RANGE)
-    program = m.string("program")
+    program = m._text("program", _program_problem, False)
     interval = _seconds(m, "interval", d.interval)
     timeout = _seconds(m, "timeout", d.timeout)
     min_weight = m.integer("min_weight", WEIGHT_RANGE, default=d.min_weight)
