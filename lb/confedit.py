@@ -7,8 +7,9 @@ An edit is all or nothing:
 1. it names the file version it was made on: another version now (a save from another browser,
    a hand edit) refuses it, with ``conflict`` set, and nothing changes;
 2. the document is checked by the one validator, as `lb check` checks a file (issues by field);
-   a change that only a restart can make (instance, tables, network, [ha], [bgp] beyond its
-   [[bgp.vip]] attributes: what a reload refuses) is refused unless the request says ``restart`` (then the file is saved and the
+   a change that only a restart can make (instance, tables, network, dataplane, public_interface,
+   in NAT private_interface and nat_router_device, [ha], [bgp] beyond its [[bgp.vip]]
+   attributes: what a reload refuses) is refused unless the request says ``restart`` (then the file is saved and the
    reply says it takes effect at the next start);
 3. the file is written atomically in its own format (lb.config.store), the previous version kept
    as <file>.prev, serial_no + 1;
@@ -22,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from dataclasses import replace
 from typing import Any
 
 from lb.bgp.announcer import reload_problem
@@ -32,14 +34,27 @@ log = logging.getLogger("lb.confedit")
 
 def restart_needed(old, new) -> list[str]:
     """What differs between two configurations that a reload cannot change (lb.engine's reload
-    refuses these): instance, tables, network, dataplane, [ha], [bgp] but for its [[bgp.vip]]
-    attributes.  (`lb run --dataplane` overrides the file's dataplane apart: the engine keeps it.)"""
+    refuses these): instance, tables, network, dataplane, public_interface, in NAT the
+    private_interface and the interface of nat_router (nat_router_device), [ha], [bgp] but for
+    its [[bgp.vip]] attributes.  (`lb run --dataplane` overrides the file's dataplane apart: the
+    engine keeps it.)  The interfaces: lb's programs are attached to them at start, and a
+    reload does not move them."""
     out = []
-    for name in ("instance", "tables", "network", "dataplane"):
+    for name in ("instance", "tables", "network", "dataplane", "public_interface"):
         if getattr(old, name) != getattr(new, name):
             out.append(name)
+    if new.network == "nat":
+        if old.private_interface != new.private_interface:
+            out.append("private_interface")
+        if old.nat_device != new.nat_device and old.nat_router_device != new.nat_router_device:
+            out.append("nat_router_device")
     if (old.ha is None) != (new.ha is None) or (new.ha is not None and new.ha != old.ha):
-        out.append("[ha]")
+        if old.ha is not None and new.ha is not None and old.ha == replace(new.ha, script_user=old.ha.script_user) \
+                and new.ha.script_user == new.script_user and old.ha.script_user == old.script_user:
+            # only the user its notify programs run as, which [ha] takes from [global]: say that
+            out.append("[ha] (its script_user, which it takes from [global] script_user)")
+        else:
+            out.append("[ha]")
     if reload_problem(old.bgp, new.bgp):
         out.append("[bgp]")
     return out

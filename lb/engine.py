@@ -384,7 +384,7 @@ class Engine:
         self.wait_interfaces = wait_interfaces      # seconds start() waits for a missing interface
         self._reload_at_start = False               # a SIGHUP during start(): reload once running
         self.xdp_mode = xdp_mode
-        self.on_sigterm = on_sigterm                    # "clean" | "keep" (lb@.service: keep; see stop())
+        self.on_sigterm = on_sigterm                    # "clean" | "keep" | "systemd:UNIT" (lb@.service; see stop())
         self.dataplane = dataplane or cfg.dataplane     # xdp | ipvs | auto
         if self.dataplane == "ipvs":
             self.dp = IpvsDataplane(cfg.instance)
@@ -392,7 +392,7 @@ class Engine:
             self.dp = XdpDataplane(cfg.instance, Sizes.from_tables(cfg.tables), status=sdnotify.status)
         self.lock = InstanceLock(cfg.instance, RUN_DIR)
         self.owned: list[addresses.OwnedAddress] = []
-        self._stop = None            # "clean" | "keep"
+        self._stop = None            # "clean" | "keep" | "systemd:UNIT" (decided as the loop ends)
         self._wake: asyncio.Event | None = None
         self.specs = SpecCache()                     # build_table's, kept current by the three below
         self.health: dict[tuple, bool] = {}          # real_key -> up
@@ -457,7 +457,8 @@ class Engine:
         self._load_dataplane()
         self.owned = addresses.wanted_addresses(self.cfg)
         self._start_lease()
-        table = self._table(self.cfg)
+        sorry: set[tuple] = set()
+        table = self._table(self.cfg, sorry)
         self.dp.plan(table)             # a table that cannot fit takes no address
         addresses.check(self.owned)
         if self.active:
@@ -467,7 +468,7 @@ class Engine:
             # loaded and attached anyway so that a takeover only adds addresses
             log.info("HA: starting without the virtual addresses until pulse decides the role")
         sdnotify.status("applying the table")
-        self._apply(table, self.cfg, planned=True)
+        self._apply(table, self.cfg, planned=True, sorry=sorry)
         sdnotify.status("attaching XDP" if self.dp.kind == "xdp" else "attaching")
         self._attach_dataplane()
         self._resizing = self._finish_resize()
@@ -514,11 +515,14 @@ class Engine:
             sdnotify.status(f"waiting for interface(s) {', '.join(missing)}")
             time.sleep(poll)
 
-    def _table(self, cfg) -> TableSpec:
-        """build_table for the current health; logs each service's switch to or from its sorry
-        server once."""
-        sorry: set[tuple] = set()
-        table = build_table(cfg, self.health, sorry, self.weights, self.overrides, self.specs)
+    def _table(self, cfg, sorry: set | None = None) -> TableSpec:
+        """build_table for the current health; the keys of the services it sends to their sorry
+        server are added to ``sorry`` (for _apply, which logs the switches once it is applied)."""
+        return build_table(cfg, self.health, sorry, self.weights, self.overrides, self.specs)
+
+    def _sorry_switch(self, cfg, sorry: set) -> None:
+        """Each service's switch to or from its sorry server, logged once: when the table that
+        makes it is applied (a refused reload switched nothing)."""
         names = {vs.key: vs for vs in cfg.virtual_servers}
         for key in sorted(sorry - self.on_sorry, key=str):
             vs = names[key]
@@ -530,15 +534,17 @@ class Engine:
                 log.warning("virtual service %s: a real server is usable again, leaving the sorry server",
                             vs.name)
         self.on_sorry = sorry
-        return table
 
-    def _apply(self, table: TableSpec, cfg, planned: bool = False) -> None:
-        """dp.plan (unless the caller did) and dp.apply, then quiesce_server: a service that
-        gained a usable real server (added, back after reentry, or out of weight 0) has its
-        schedulers' counts restarted."""
+    def _apply(self, table: TableSpec, cfg, planned: bool = False, sorry: set | None = None) -> None:
+        """dp.plan (unless the caller did) and dp.apply, then the switches to and from the sorry
+        servers (``sorry``: _table's) and quiesce_server: a service that gained a usable real
+        server (added, back after reentry, or out of weight 0) has its schedulers' counts
+        restarted."""
         if not planned:
             self.dp.plan(table)
         self.dp.apply(table)
+        if sorry is not None:
+            self._sorry_switch(cfg, sorry)
         usable = {s.key: {r.key for r in s.reals if r.weight > 0} for s in table.services}
         quiesce = {vs.name for vs in cfg.virtual_servers if vs.quiesce_server}
         for svc in table.services:
@@ -582,7 +588,8 @@ class Engine:
             if not self._fall_back(e):
                 raise
             self._load_dataplane()
-            self._apply(self._table(self.cfg), self.cfg)
+            sorry: set[tuple] = set()
+            self._apply(self._table(self.cfg, sorry), self.cfg, sorry=sorry)
             self._attach_dataplane()
 
     def _fall_back(self, err: Exception) -> bool:
@@ -603,8 +610,8 @@ class Engine:
     def stop(self, keep_dataplane: bool = False) -> None:
         """keep_dataplane: the programs stay attached, the maps pinned and the addresses up, for
         the next `lb run` to adopt (an upgrade, `systemctl restart`); otherwise everything goes
-        (`systemctl stop`, `lb stop`).  lb@.service runs `lb run --on-sigterm keep` and its
-        ExecStop, `lb stop --unit %n`, picks one from the job systemd is running (stop or restart)."""
+        (`systemctl stop`, `lb stop`).  lb@.service runs `lb run --on-sigterm systemd`: at SIGTERM
+        the job systemd is running (stop or restart) picks one (_systemd_stop_kind)."""
         sdnotify.stopping("stopping (data plane kept for the next start)" if keep_dataplane else "stopping")
         if keep_dataplane:
             log.info("leaving the data plane, its maps and addresses in place for an upgrade")
@@ -649,19 +656,17 @@ class Engine:
         # addresses' interfaces); then the addresses, then the table: a write that still fails
         # has the data plane write its previous table back and the new addresses removed
         want = addresses.wanted_addresses(new)
-        on_sorry = set(self.on_sorry)
-        table = self._table(new)
+        sorry: set[tuple] = set()
+        table = self._table(new, sorry)
         with self._dp_lock:
             try:
                 self.dp.plan(table)
                 addresses.check(want)
             except TableDoesNotFit as e:
-                self.on_sorry = on_sorry
                 lines = "".join(f"\n  {p}" for p in str(e).splitlines())
                 raise ReloadRefused(f"reload refused, nothing changed: {path}: the data plane cannot hold "
                                     f"the new table:{lines}") from None
             except addresses.AddressError as e:
-                self.on_sorry = on_sorry
                 raise ReloadRefused(f"reload refused, nothing changed: {path}: {e}") from None
             added = []
             old_bgp = self.bgp.bgp if self.bgp is not None else None
@@ -670,12 +675,10 @@ class Engine:
                     added = addresses.take([a for a in want if a not in self.owned])
                 if self.bgp is not None:
                     self.bgp.bgp = new.bgp           # [[bgp.vip]]: _apply's update announces them
-                self._apply(table, new, planned=True)
+                self._apply(table, new, planned=True, sorry=sorry)
             except addresses.AddressError as e:     # take() removed what it had added
-                self.on_sorry = on_sorry
                 raise ReloadRefused(f"reload refused, nothing changed: {e}") from None
             except Exception as e:
-                self.on_sorry = on_sorry
                 if self.bgp is not None:
                     self.bgp.bgp = old_bgp           # a failed reload announces as before
                 addresses.release(added)
@@ -701,7 +704,8 @@ class Engine:
     # ---- health (nanny) ----
     def sync_monitors(self) -> None:
         """One monitor per active real server of each active service; unchanged ones keep their
-        state across reloads."""
+        state across reloads.  A server whose monitor goes (kind "none" now) counts as up: one
+        its monitor had down comes back into the table (or out of weight 0)."""
         wanted = {}
         for vs in self.cfg.virtual_servers:
             if not vs.active or vs.monitor.kind == "none":
@@ -711,7 +715,8 @@ class Engine:
                     wanted[real_key(vs, rs)] = (vs, rs)
         for key in [k for k in self.monitors if k not in wanted]:
             self.monitors.pop(key)[3].cancel()
-            self.health.pop(key, None)
+            if not self.health.pop(key, True):
+                self._dirty = True
         for key, (vs, rs) in wanted.items():
             spec, policy = check_spec(vs, rs)
             old = self.monitors.get(key)
@@ -721,6 +726,8 @@ class Engine:
                 old[3].cancel()
             mon = Monitor(key, spec, policy, self._health_changed, initial_up=self.health.get(key, True))
             self.monitors[key] = (spec, policy, mon, mon.start())
+        if self._dirty and self._wake is not None:
+            self._wake.set()
 
     def sync_load_monitors(self) -> None:
         """One load monitor per active real server of each service that has one; unchanged ones
@@ -775,8 +782,9 @@ class Engine:
             self._wake.set()
 
     def apply_health(self) -> None:
+        sorry: set[tuple] = set()
         with self._dp_lock:
-            self._apply(self._table(self.cfg), self.cfg)
+            self._apply(self._table(self.cfg, sorry), self.cfg, sorry=sorry)
 
     # ---- the operator's weight overrides (`lb weight`, `lb quiesce`, `lb activate`) ----
     def set_override(self, service, server, weight) -> str:
@@ -1176,6 +1184,34 @@ class Engine:
         self._count_reload("ok")
         return {"ok": True, "message": msg, "changed": True}
 
+    async def _after_reload(self, reply: dict, blocking, metrics, server) -> None:
+        """What follows an applied reload: monitors, load monitors, overrides, [metrics] and
+        [control] catch up with the new configuration.  The new table is in place whatever they
+        do, so a step that fails is logged and said in ``reply`` (its "warnings" and message),
+        and the next steps run all the same."""
+        async def refresh_control():
+            if server.server is not None:
+                await server.refresh()          # [control]'s groups: their socket
+
+        steps = (("health checks", self.sync_monitors),
+                 ("load monitors", self.sync_load_monitors),
+                 ("operator overrides", self.sync_overrides),
+                 ("[metrics]", lambda: blocking(lambda: metrics.reconfigure(self.cfg.metrics))),
+                 ("[control]", refresh_control))
+        warnings = []
+        for what, step in steps:
+            try:
+                done = step()
+                if done is not None:
+                    await done
+            except Exception as e:
+                text = f"{what} not brought up to date: {e or type(e).__name__}"
+                log.error("after the reload of %s: %s", self.cfg.path or "<config>", text)
+                warnings.append(text)
+        if warnings:
+            reply["warnings"] = warnings
+            reply["message"] = f"{reply.get('message')}; but {'; '.join(warnings)} (see the daemon's log)"
+
     def _count_reload(self, result: str) -> None:
         self.reloads[result] += 1
         self.reloads["last_ok"] = result == "ok"
@@ -1240,6 +1276,23 @@ class Engine:
             return {"ok": False, "error": "no such service"}
         return {"ok": True, "message": f"counters of {n} virtual service{'' if n == 1 else 's'} zeroed"}
 
+    def _systemd_stop_kind(self) -> str:
+        """SIGTERM under lb@.service (--on-sigterm systemd): the job systemd runs on the unit says
+        which stop -- "restart" (an upgrade) keeps the data plane for the next daemon to adopt,
+        "stop" (or a shutdown's) is the clean stop; no job (`systemctl kill`) keeps it, as a crash
+        would.  Asked here rather than in an ExecStop, which systemd skips for a unit still
+        starting or reloading."""
+        unit = self._stop.split(":", 1)[1]
+        job = sdnotify.systemd_job(unit)
+        if job is None:
+            log.info("no systemd job on %s (systemctl kill?): keeping the data plane, as a crash would", unit)
+            return "keep"
+        if job == "stop":
+            log.info("systemd job on %s: stop: a clean stop", unit)
+            return "clean"
+        log.info("systemd job on %s: %s: keeping the data plane for the next start", unit, job)
+        return "keep"
+
     # ---- the loop ----
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
@@ -1250,7 +1303,7 @@ class Engine:
             self._wake.set()
 
         # SIGINT: clean stop, SIGUSR2: keep the data plane (lb stop [--keep-dataplane]); SIGTERM:
-        # as --on-sigterm says (clean by default; lb@.service keeps, its ExecStop decides)
+        # as --on-sigterm says (clean by default; lb@.service: as systemd's job on the unit)
         loop.add_signal_handler(signal.SIGTERM, request, self.on_sigterm)
         loop.add_signal_handler(signal.SIGINT, request, "clean")
         loop.add_signal_handler(signal.SIGUSR2, request, "keep")
@@ -1309,20 +1362,19 @@ class Engine:
                     reload_pending = False
                     waiters, self._reload_waiters = self._reload_waiters, []
                     sdnotify.reloading()
+                    reply = {"ok": False, "error": "reload failed (what was changed is not known: see the log)",
+                             "changed": None}
                     try:
-                        reply = await blocking(self._reload_reply)
-                    finally:
-                        self._ready()
-                    if reply["ok"]:
-                        self.sync_monitors()
-                        self.sync_load_monitors()
-                        self.sync_overrides()
-                        await blocking(lambda: metrics.reconfigure(self.cfg.metrics))
-                        if server.server is not None:
-                            await server.refresh()      # [control]'s groups: their socket
-                    for fut in waiters:
-                        if not fut.done():
-                            fut.set_result(reply)
+                        try:
+                            reply = await blocking(self._reload_reply)
+                        finally:
+                            self._ready()
+                        if reply["ok"]:
+                            await self._after_reload(reply, blocking, metrics, server)
+                    finally:              # the callers (a console save holds its lock) always hear
+                        for fut in waiters:
+                            if not fut.done():
+                                fut.set_result(reply)
                 if self._dirty or self._apply_waiters:
                     self._dirty = False
                     applied, self._apply_waiters = self._apply_waiters, []
@@ -1366,6 +1418,8 @@ class Engine:
                     await blocking(self.dp.refresh_nexthops)
             except Exception:  # the daemon keeps forwarding whatever a housekeeping step does
                 log.exception("housekeeping failed")
+        if self._stop.startswith("systemd:"):       # lb@.service's SIGTERM: stop or restart?
+            self._stop = await blocking(self._systemd_stop_kind)
         for fut in self._reload_waiters + [f for f, _ in self._apply_waiters]:   # before the server waits
             if not fut.done():                                                     # for its handlers
                 fut.set_result({"ok": False, "error": "the daemon is stopping"})

@@ -12,6 +12,9 @@ The daemon runs as root and holds the VIPs; a program it starts gets none of tha
 * bounded: at most ``limit`` bytes of stdout and of stderr are read -- a program that prints
   more is killed at once -- and at most ``timeout`` seconds, then its process group is killed.
   Cancelled (a monitor stopped), it is killed and reaped too: nothing is left behind.
+* its result is its own exit status, as soon as it exits: what it left running in the background
+  (``sleep 30 & echo ok``, holding stdout open) is killed with its process group then, and the
+  output read until then is what it printed.
 """
 from __future__ import annotations
 
@@ -27,6 +30,7 @@ DEFAULT_USER = "nobody"
 PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 OUTPUT_LIMIT = 64 * 1024     # bytes read from each of stdout and stderr
 _READ = 16 * 1024
+DRAIN = 1.0                  # seconds to read what an exited program printed, once its group is killed
 
 
 class ProgramError(Exception):
@@ -75,11 +79,24 @@ def _kill_group(proc: asyncio.subprocess.Process) -> None:
             pass
 
 
+class _Protocol(asyncio.subprocess.SubprocessStreamProtocol):
+    """asyncio's, and ``exited``: done once the program itself has exited.  (proc.wait() (3.11)
+    returns only once every pipe is closed too: never while a child it left behind holds one.)"""
+
+    def __init__(self, limit: int, loop: asyncio.AbstractEventLoop):
+        super().__init__(limit=limit, loop=loop)
+        self.exited = loop.create_future()
+
+    def process_exited(self) -> None:
+        super().process_exited()
+        if not self.exited.done():
+            self.exited.set_result(None)
+
+
 async def _read(stream: asyncio.StreamReader, into: bytearray, limit: int, over) -> None:
     """Up to ``limit`` bytes into ``into``; past it, over() kills the program and the rest is
-    read and dropped until EOF: asyncio (3.11) wakes proc.wait() only once every pipe is closed,
-    and a pipe whose reader stopped with data still buffered never closes (wait() then hung
-    until the timeout, one run in a few)."""
+    read and dropped until EOF: a pipe whose reader stopped with data still buffered never
+    closes (asyncio (3.11) then never finishes the process: proc.wait() hung)."""
     while True:
         chunk = await stream.read(_READ)
         if not chunk:
@@ -96,14 +113,18 @@ async def run(argv: list[str], *, user: str | None = None, env: dict[str, str] |
     """Run ``argv`` as described in the module docstring.  Raises ProgramError when it cannot be
     started as ``user``, OSError when it cannot be executed (missing, not executable)."""
     creds = _credentials(user)
+    loop = asyncio.get_running_loop()
     try:
-        proc = await asyncio.create_subprocess_exec(
-            *argv, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE, start_new_session=True, cwd="/", env=environment(env), **creds)
+        # asyncio.create_subprocess_exec with a protocol that says when the program exits
+        transport, protocol = await loop.subprocess_exec(
+            lambda: _Protocol(2 ** 16, loop), *argv, stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, start_new_session=True, cwd="/",
+            env=environment(env), **creds)
     except PermissionError as e:
         if creds and e.filename is None:          # setuid/setgid refused, not the program's mode
             raise ProgramError(f"cannot run as {user!r}: {e.strerror}") from None
         raise
+    proc = asyncio.subprocess.Process(transport, protocol, loop)
     res = ProgramResult(None)
 
     def over() -> None:
@@ -113,37 +134,30 @@ async def run(argv: list[str], *, user: str | None = None, env: dict[str, str] |
 
     readers = [asyncio.ensure_future(_read(proc.stdout, res.stdout, limit, over)),
                asyncio.ensure_future(_read(proc.stderr, res.stderr, limit, over))]
+    cancelled = None
     try:
-        async with asyncio.timeout(timeout):
-            await asyncio.gather(*readers)
-            await proc.wait()
-    except TimeoutError:
-        if res.killed is None:
+        # asyncio.wait: the futures are never cancelled nor left holding an unretrieved error
+        done, _ = await asyncio.wait([protocol.exited], timeout=timeout)
+        if not done and res.killed is None:
             res.killed = "timeout"
-    finally:                      # timed out, over the limit, or cancelled: kill and reap
+    finally:                      # done, timed out, over the limit, or cancelled: kill and reap
+        # what it left behind in its process group (a helper in the background) goes with it;
+        # its pipes then close, and what it printed is read to the end (bounded: a pipe may be
+        # held by what left the process group)
+        _kill_group(proc)
+        try:
+            await asyncio.wait([protocol.exited], timeout=2)
+            if protocol.exited.done():
+                await asyncio.wait(readers, timeout=DRAIN)
+        except asyncio.CancelledError as e:     # a cancel meanwhile is kept, not swallowed
+            cancelled = e
         for r in readers:
             r.cancel()
-        cancelled = None
-        if proc.returncode is None:
-            _kill_group(proc)
-            try:
-                await asyncio.wait_for(proc.wait(), 2)
-            except asyncio.CancelledError as e:     # a cancel meanwhile is kept, not swallowed
-                cancelled = e
-            except TimeoutError:
-                pass
-        else:
-            # the program is done; what it left behind in its process group (a helper in the
-            # background) goes with it, as a timed-out one's does
-            try:
-                os.killpg(proc.pid, signal.SIGKILL)
-            except (ProcessLookupError, PermissionError):
-                pass
+            if r.done() and not r.cancelled():
+                r.exception()                   # retrieved: a broken pipe is no program's result
         # close the pipes now: left to the garbage collector, a transport whose output was not
         # read to its end outlives its event loop
-        transport = getattr(proc, "_transport", None)
-        if transport is not None:
-            transport.close()
+        transport.close()
         if cancelled is not None:
             raise cancelled
     res.returncode = proc.returncode

@@ -488,6 +488,18 @@ def feed(m, clock, t, result):
     return m.observe(result)
 
 
+def test_a_slow_success_does_not_put_the_down_a_check_later():
+    """A keepalived checker with retry = 1 and delay_loop 0.5 (lb.config.keepalived: timeout =
+    (retry + 1) x delay_loop) is down after 2 failed checks.  The silence runs from the start of
+    the last success: one that took 20 ms, then failures that take none, used to need 3."""
+    m, clock, calls = make(NannyPolicy(interval=0.5, timeout=1.0, reentry=0))
+    assert feed(m, clock, 0.02, CheckResult(True, "HTTP 200", 0.02, 0.0)) is None   # started at 0
+    assert feed(m, clock, 0.5, CheckResult(False, "HTTP 503", 0.0, 0.0)) is None
+    assert feed(m, clock, 1.0, CheckResult(False, "HTTP 503", 0.0, 0.0)) is False
+    assert (m.state, m.failures) == ("down", 2)
+    assert calls[0][3] == "no successful check for 1.0s (timeout 1s): HTTP 503"
+
+
 def test_single_failure_stays_up():
     m, clock, calls = make()
     assert m.state == "up" and m.last is None and m.changes == 0
@@ -575,10 +587,15 @@ def test_on_change_exception_is_contained():
 NOT_RUN = CheckResult(False, "not run on this director: Too many open files", 0.0, 0.0, not_run=True)
 
 
-def test_a_check_not_run_is_no_observation(caplog):
+def test_a_check_not_run_is_no_observation(caplog, monkeypatch):
     """A director out of file descriptors cannot check its servers: that is not the servers'
     failure.  The state stays, the blind time counts neither as silence nor as being alive, and
     it is counted and logged (once a minute for all monitors)."""
+    from lb.health import monitor as monitor_mod
+    from lb.tasks import RateLimitedLog
+
+    # the once-a-minute line is this test's own (an earlier test in the run may have logged one)
+    monkeypatch.setattr(monitor_mod, "_not_run_log", RateLimitedLog(monitor_mod.log, 60.0))
     m, clock, calls = make()
     feed(m, clock, 0, OK)
     feed(m, clock, 2, FAIL)
@@ -846,6 +863,21 @@ def test_a_check_programs_background_helpers_go_with_it():
     out = run(programs.run(["/bin/sh", "-c", "sleep 60 >/dev/null 2>&1 & echo $!; exit 0"], user=None, timeout=5))
     assert out.returncode == 0 and out.killed is None
     assert _gone(int(bytes(out.stdout).decode())), "the background sleep outlived its check"
+
+
+def test_a_check_program_that_exits_leaving_a_helper_on_its_output_passes(tmp_path):
+    """`sh -c 'sleep 30 & echo ok'`: the program exits 0 at once, but its background sleep holds
+    stdout open.  The check is the program's own exit status (it was "timed out; killed" after
+    connect_timeout), and the sleep is killed with the program's process group."""
+    pidfile = tmp_path / "pid"
+    prog = f"/bin/sh -c 'sleep 30 & echo $! > {pidfile}; echo ok'"
+    res = run(run_check(CheckSpec("program", HOST, 1, program=prog, connect_timeout=5, expect="ok")))
+    assert (res.ok, res.detail) == (True, "exit status 0; stdout 'ok\\n'"), res
+    assert _gone(int(pidfile.read_text())), "the background sleep outlived its check"
+    failing = f"/bin/sh -c 'sleep 30 & echo $! > {pidfile}; exit 3'"
+    res = run(run_check(CheckSpec("program", HOST, 1, program=failing, connect_timeout=5)))
+    assert (res.ok, res.detail) == (False, "exit status 3; stdout '', stderr ''"), res
+    assert _gone(int(pidfile.read_text())), "the background sleep outlived its check"
 
 
 def test_a_cancel_while_a_timed_out_program_is_reaped_is_not_swallowed():

@@ -66,8 +66,8 @@ def test_nat_persistence_digest_ssl_and_sorry_server() -> None:
     assert (m.kind, m.path, m.digest, m.status) == ("http", "/testurl/test.jsp", "640205b7b0fc66c1ea91c463fac6334d",
                                                     (200, 299))
     # every 6 s; keepalived: down after retry 3 + 1 failed checks 3 s apart, 15 s at the soonest: lb's
-    # 2nd failed check (12 s), whose silence is at least 12 s less connect_timeout; back at the first success
-    assert (m.interval, m.timeout, m.reentry, m.connect_timeout) == (6, 9, 0, 3)
+    # 2nd failed check (12 s after the last success started); back at the first success
+    assert (m.interval, m.timeout, m.reentry, m.connect_timeout) == (6, 12, 0, 3)
     assert [r.weight for r in app.real_servers] == [1, 2]
     assert (tls.persistent, tls.monitor.kind, tls.monitor.tls_verify, tls.monitor.status) == (360, "https", False,
                                                                                              (200, 200))
@@ -80,7 +80,7 @@ def test_nat_persistence_digest_ssl_and_sorry_server() -> None:
     assert cfg.warnings[4].message == (
         "keepalived takes the real server down after 4 failed checks, retried 3 s apart (at the soonest 15 s after "
         "the last success); lb checks every 6 s only, so it takes it down at the 2nd failed check in a row "
-        "(timeout 9 s), never later than keepalived")
+        "(timeout 12 s), never later than keepalived")
     # SSL_GET: keepalived's default retry 1 after 1 s; lb's next check comes 10 s later
     assert cfg.warnings[5].message.endswith("lb checks every 10 s only, so it takes it down at the first failed "
                                             "check (timeout 0), never later than keepalived")
@@ -396,8 +396,8 @@ def _down_after(m, ok_lasts: float, fail_lasts: float) -> float:
 
 
 @pytest.mark.parametrize("text, retry, pause, line, key, timeout", [
-    (RETRYING, 3, 1, 10, "TCP_CHECK.retry", 3),  # keepalived's default delay_before_retry: 1 s
-    (RETRYING.replace("  delay_loop 2\n", "  delay_loop 2\n  delay_before_retry 3\n"), 3, 3, 11, "TCP_CHECK.retry", 9),
+    (RETRYING, 3, 1, 10, "TCP_CHECK.retry", 4),  # keepalived's default delay_before_retry: 1 s
+    (RETRYING.replace("  delay_loop 2\n", "  delay_loop 2\n  delay_before_retry 3\n"), 3, 3, 11, "TCP_CHECK.retry", 10),
     (RETRYING.replace("      retry 3\n", ""), 1, 1, 8, "TCP_CHECK", 0),  # TCP_CHECK's default retry 1
 ], ids=["retry-3", "delay-before-retry-3", "default-retry"])
 def test_keepalived_retries_never_detect_later_in_lb(text: str, retry: int, pause: float, line: int, key: str,
@@ -447,7 +447,7 @@ virtual_server 192.0.2.1 80 {
 """
     cfg = keepalived.loads(text, "k.conf")
     # nb_get_retry 2, 1 s apart: keepalived's soonest 4 s, lb's 2nd failed check (not the 3rd of retry 4 or 5)
-    assert cfg.virtual_servers[0].monitor.timeout == 3
+    assert cfg.virtual_servers[0].monitor.timeout == 4
     [w] = cfg.warnings
     assert (w.line, w.field) == (15, "virtual_server[192.0.2.1 80].real_server[192.0.2.5 80].HTTP_GET.nb_get_retry")
     assert w.message.startswith("keepalived takes the real server down after 3 failed checks, retried 1 s apart")
@@ -456,7 +456,7 @@ virtual_server 192.0.2.1 80 {
     [w] = cfg.warnings
     assert (w.line, w.field) == (9, "virtual_server[192.0.2.1 80].real_server[192.0.2.5 80].retry")
     assert (w.message.startswith("keepalived takes the real server down after 5 failed checks"),
-            cfg.virtual_servers[0].monitor.timeout) == (True, 5)
+            cfg.virtual_servers[0].monitor.timeout) == (True, 6)
     cfg = keepalived.loads(text.replace("      nb_get_retry 2\n", "").replace("    retry 4\n", ""), "k.conf")
     [w] = cfg.warnings
     assert (w.line, w.field) == (7, "virtual_server[192.0.2.1 80].retry")

@@ -98,6 +98,18 @@ def test_program_killed_after_timeout_keeps_the_weight():
     assert "no answer within 0.3s" in task.detail
 
 
+def test_program_that_exits_leaving_a_helper_on_its_output_sets_the_weight(tmp_path):
+    """The program prints its load and exits, leaving a background sleep that holds stdout: the
+    weight is set from what it printed (it was "no answer within 2s"), and the sleep is killed
+    with the program's process group."""
+    from test_health import _gone
+
+    pidfile = tmp_path / "pid"
+    task, seen = _poll(LoadSpec("program", HOST, 80, f"/bin/sh -c 'sleep 30 & echo $! > {pidfile}; echo load 1.0'"))
+    assert seen == [(2, "load 1.0")] and task.ok is True, task.detail
+    assert _gone(int(pidfile.read_text())), "the background sleep outlived its load monitor"
+
+
 def test_failing_program_and_unreadable_reply_keep_the_weight():
     task, seen = _poll(LoadSpec("program", HOST, 80, "/bin/false"))
     assert seen == [] and "exited with status 1" in task.detail

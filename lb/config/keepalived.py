@@ -53,7 +53,7 @@ Mapping (keepalived.conf(5) -> lb):
   ``delay_before_retry`` (1).  lb checks every interval only, so it takes the server down at the
   last of its checks that fit into keepalived's soonest (delay_loop + retry x delay_before_retry):
   n = 1 + floor(retry x delay_before_retry / delay_loop) failed checks in a row, timeout =
-  n x delay_loop - connect_timeout (0 when n = 1: the first failed check), never later than
+  n x delay_loop (0 when n = 1: the first failed check), never later than
   keepalived; with retry > 0 a warning at its line says so.
 * ``vrrp_instance`` -> [ha]: lb's heartbeat is not VRRP (signed unicast datagrams, no virtual
   router id, no priorities, no multicast): both directors move to lb together.  The instance that
@@ -1585,12 +1585,15 @@ def _down_after(interval: float, retry: int, pause: float, connect_timeout: floa
     at most delay_loop after the last success, then one each delay_before_retry (``pause``, plus the
     check's own time).  lb checks every ``interval`` and goes down once no check has succeeded for
     ``timeout`` s: the checks that fit into keepalived's soonest (interval + retry x pause), the
-    last of them failing takes it down.  Its silence is at least checks x interval less one check's
-    time (connect_timeout at most): that is the timeout; one check needs none (0: the first failure)."""
+    last of them failing takes it down.  The nanny counts the silence from the start of the last
+    successful check, and checks start every interval: at the end of the n-th failed one it is
+    n x interval plus that check's own time, at the end of the one before less than n x interval
+    (a check's time, connect_timeout at most, being shorter than the interval): that is the
+    timeout; one check needs none (0: the first failure)."""
     checks = 1 + math.floor(retry * pause / interval + 1e-9)
     if checks == 1:
         return 1, 0.0
-    return checks, max(0.0, round(checks * interval - connect_timeout, 6))
+    return checks, round(checks * interval, 6)
 
 
 def _ordinal(n: int) -> str:

@@ -4,8 +4,10 @@ State machine (Piranha's nanny):
 
 * A server starts "up" (optimistic) unless ``initial_up=False``.
 * While up it goes down once no check has succeeded for ``policy.timeout`` seconds, counted from
-  the last success, or from the first observation if there was none.  With timeout > interval a
-  single failed check therefore does not take it down; timeout <= 0 means the first failure does.
+  the start of the last successful check (its end less its duration: a slow success must not
+  put the down one check later), or from the start of the first observation if there was none.
+  With timeout > interval a single failed check therefore does not take it down; timeout <= 0
+  means the first failure does.
 * While down it comes back up only after checks have succeeded continuously for
   ``policy.reentry`` seconds, counted from the first success of the current run; any failure
   restarts that clock.  reentry <= 0 means the first success brings it back.
@@ -67,7 +69,7 @@ class Monitor:
         self.reason: str | None = None       # why the last transition happened
         self.checks = 0                      # number of results observed
         self.failures = 0                    # ... of them failed
-        self._ref: float | None = None       # last success (or first observation): timeout base
+        self._ref: float | None = None       # last success's start (or first observation): timeout base
         self._ok_since: float | None = None  # first success of the current run of successes
         self._seen: float | None = None      # the last result, run or not
         self.not_run = 0                     # checks the director could not run (no observation)
@@ -90,10 +92,13 @@ class Monitor:
         self._seen = now
         self.last = result
         self.checks += 1
+        # the silence runs from the start of a check (checks start every interval; their ends
+        # drift with each one's duration): a slow success must not put the down a check later
+        started = now - max(0.0, result.duration)
         if self._ref is None:
-            self._ref = now
+            self._ref = started
         if result.ok:
-            self._ref = now
+            self._ref = started
             if self._ok_since is None:
                 self._ok_since = now
         else:
