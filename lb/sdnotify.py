@@ -118,6 +118,22 @@ def setup_logging(level: str = "info", stream=None) -> None:
 
 # ---- which job systemd is running on a unit (lb@.service's ExecStop) ----
 
+def own_unit(cgroup_file: str = "/proc/self/cgroup") -> str | None:
+    """The systemd service this process runs in ("lb@web.service"), from its cgroup's path
+    (.../system-lb.slice/lb@web.service); None outside a service."""
+    try:
+        with open(cgroup_file) as f:
+            lines = f.read().splitlines()
+    except OSError:
+        return None
+    for line in lines:
+        path = line.split(":", 2)[-1]
+        for part in reversed(path.split("/")):
+            if part.endswith(".service"):
+                return part
+    return None
+
+
 def systemd_job(unit: str, timeout: float = 10.0) -> str | None:
     """The type of the job systemd runs on `unit` now ("stop", "restart", ...), from
     `systemctl list-jobs`; None when it has none or cannot say.  During ExecStop of

@@ -4,6 +4,8 @@ from __future__ import annotations
 import dataclasses
 from ipaddress import IPv4Address
 
+import pytest
+
 from lb.config import Config, RealServer, VirtualServer
 from lb.config.model import Monitor
 from lb.engine import build_table, real_key
@@ -276,3 +278,18 @@ def test_an_address_that_could_not_be_put_back_is_tried_again_at_the_next_check(
     eng.keep_ownership(102.0)            # put back: nothing more to look for
     assert tries == [0, 1]
     assert eng.ownership["addresses_restored"] == 1
+
+
+@pytest.mark.parametrize("job, kind", [("stop", "clean"), ("restart", "keep"), (None, "keep")])
+def test_a_sigterm_under_the_unit_stops_as_systemds_job_says(monkeypatch, job, kind) -> None:
+    """lb@.service runs `lb run --on-sigterm systemd --unit %n`: at SIGTERM the daemon asks which
+    job systemd runs on its unit -- a stop (also of a unit still starting, when systemd sends
+    SIGTERM without any ExecStop) is clean, a restart keeps the data plane for the next daemon,
+    and a SIGTERM with no job (systemctl kill) keeps it, as a crash does."""
+    import lb.engine
+
+    eng = _engine(_cfg())
+    asked = []
+    monkeypatch.setattr(lb.engine.sdnotify, "systemd_job", lambda unit: asked.append(unit) or job)
+    eng._stop = "systemd:lb@web.service"
+    assert eng._systemd_stop_kind() == kind and asked == ["lb@web.service"]

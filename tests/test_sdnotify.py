@@ -48,3 +48,15 @@ def test_listener_reads_more_than_the_queue_holds(monkeypatch):
         assert len(listener.poll(0)) == 60 and listener.poll(0) == []
     finally:
         listener.close()
+
+
+def test_own_unit_is_the_service_of_this_process_cgroup(tmp_path):
+    """`lb run --on-sigterm systemd` without --unit: the service whose cgroup holds the process."""
+    from lb import sdnotify
+
+    f = tmp_path / "cgroup"
+    f.write_text("0::/system.slice/system-lb.slice/lb@web.service\n")
+    assert sdnotify.own_unit(str(f)) == "lb@web.service"
+    f.write_text("0::/user.slice/user-0.slice/session-3.scope\n")
+    assert sdnotify.own_unit(str(f)) is None
+    assert sdnotify.own_unit(str(tmp_path / "missing")) is None

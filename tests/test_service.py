@@ -500,15 +500,19 @@ def test_decap_loads_without_bcc(tmp_path, scratch_netns):
 CONFIGS = {"nat": REPO / "configs" / "lab-nat.toml", "direct": REPO / "configs" / "lab-dr.toml"}
 
 
-def fake_systemctl(tmp_path, job: str) -> dict:
-    """PATH with a `systemctl` whose list-jobs reports `job` on lb@lab.service, as systemd does
-    while it runs ExecStop of that job (PID 1 here is not systemd)."""
-    d = tmp_path / f"systemctl-{job}"
+def fake_systemctl(tmp_path, n: int = 0) -> tuple[dict, Path]:
+    """An environment whose PATH has a `systemctl` that lists, on lb@lab.service, the job written
+    in the file returned (none while it is empty), as systemd does while it stops the unit for
+    that job (PID 1 here is not systemd)."""
+    d = tmp_path / f"systemctl-{n}"
     d.mkdir()
+    job = d / "job"
+    job.write_text("")
     exe = d / "systemctl"
-    exe.write_text(f'#!/bin/sh\n[ "$1" = list-jobs ] && echo "4711 lb@lab.service {job} running"\nexit 0\n')
+    exe.write_text(f'#!/bin/sh\n[ "$1" = list-jobs ] && [ -s {job} ] && '
+                   f'echo "4711 lb@lab.service $(cat {job}) running"\nexit 0\n')
     exe.chmod(0o755)
-    return {**os.environ, "PATH": f"{d}:{os.environ['PATH']}"}
+    return {"PATH": f"{d}:{os.environ['PATH']}"}, job
 
 
 def unit_start(lb_runner, tmp_path, network: str, n: int = 0):
@@ -525,17 +529,19 @@ def unit_start(lb_runner, tmp_path, network: str, n: int = 0):
         import resource
         resource.setrlimit(resource.RLIMIT_NOFILE, (1024, resource.getrlimit(resource.RLIMIT_NOFILE)[1]))
 
+    env, proc_job = fake_systemctl(tmp_path, n)
     proc = LbProcess(lb_runner.lab, CONFIGS[network], tmp_path / f"lb-unit-{n}.log", extra=argv[4:],
-                     preexec_fn=systemds_limits)
+                     env=env, preexec_fn=systemds_limits)
+    proc.job = proc_job
     lb_runner.procs.append(proc)
     return proc, cmds
 
 
-def unit_stop(cmds, tmp_path, job: str):
-    p = run(cmds["ExecStop"], env=fake_systemctl(tmp_path, job))
-    assert p.returncode == 0, p
-    assert f"systemd job on lb@lab.service: {job}" in p.stderr, p.stderr
-    return p
+def unit_stop(proc, job: str) -> None:
+    """What systemd does to stop the unit for `job` ("stop", "restart"): the job is listed, and
+    the main process gets SIGTERM (there is no ExecStop)."""
+    proc.job.write_text(job)
+    os.kill(proc.pid, signal.SIGTERM)
 
 
 def xdp_prog(lab, dev) -> str | None:
@@ -627,9 +633,10 @@ def test_ready_only_once_forwarding_and_a_second_run_refuses(lab, lb_runner, tmp
         later = [f for _, f in proc.notify.messages[n:]]
         assert later[0].get("RELOADING") == "1" and any(f.get("READY") == "1" for f in later[1:]), later
 
-        # systemctl stop: ExecStop sees a "stop" job: the clean stop
-        unit_stop(cmds, tmp_path, "stop")
-        assert proc.wait(10) == 0
+        # systemctl stop: SIGTERM during a "stop" job: the clean stop
+        unit_stop(proc, "stop")
+        assert proc.wait(30) == 0
+        assert "systemd job on lb@lab.service: stop: a clean stop" in proc.log()
         assert xdp_prog(lab, "pub0") is None and xdp_prog(lab, "priv0") is None
         assert not {VIP, NAT_ROUTER} & director_addrs(lab)
         assert not os.path.exists(PIN_DIR) and not os.path.exists("/run/lb/lab.pid")
@@ -638,6 +645,21 @@ def test_ready_only_once_forwarding_and_a_second_run_refuses(lab, lb_runner, tmp
     finally:
         prober.close()
         Path("/run/lb/lab.overrides.json").unlink(missing_ok=True)
+
+
+@pytest.mark.parametrize("lab", ["direct"], indirect=True)
+def test_a_stop_while_the_unit_starts_is_a_clean_stop(lab, lb_runner, tmp_path):
+    """`systemctl stop` of a unit still starting (a cold start compiles for seconds) or reloading:
+    systemd runs no ExecStop then, only SIGTERM.  The daemon asks which job it is: "stop", so the
+    start is finished and undone -- no VIP, no XDP program, no pins left forwarding behind an
+    inactive unit (with ExecStop deciding, SIGTERM kept them)."""
+    proc, _ = unit_start(lb_runner, tmp_path, "direct")
+    proc.notify.wait_for("STATUS", "loading the data plane", 120, alive=lambda: proc.proc.poll() is None)
+    unit_stop(proc, "stop")
+    assert proc.wait(120) == 0, proc.log()
+    assert "systemd job on lb@lab.service: stop: a clean stop" in proc.log()
+    assert xdp_prog(lab, "pub0") is None and VIP not in director_addrs(lab)
+    assert not os.path.exists(PIN_DIR) and not os.path.exists("/run/lb/lab.pid")
 
 
 @pytest.mark.parametrize("lab", ["nat", "direct"], indirect=True)
@@ -653,8 +675,9 @@ def test_restart_the_units_way_keeps_every_connection(lab, lb_runner, tmp_path):
         with connect(lab, VIP, timeout=3.0) as s:
             rs = request(s)
             time.sleep(1.0)                # load before the restart, not a wait for a state
-            unit_stop(cmds, tmp_path, "restart")
-            assert old.wait(10) == 0
+            unit_stop(old, "restart")
+            assert old.wait(30) == 0
+            assert "systemd job on lb@lab.service: restart: keeping the data plane" in old.log()
             assert xdp_prog(lab, "pub0") is not None and os.path.isdir(PIN_DIR) and VIP in director_addrs(lab)
             new, _ = unit_start(lb_runner, tmp_path, network, 1)
             new.wait_running()

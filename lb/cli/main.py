@@ -51,7 +51,15 @@ def cmd_run(args) -> int:
             "open files limited to %d (its hard limit) for %d real servers: health checks that find no file "
             "descriptor are not run; raise it (LimitNOFILE= in the unit, ulimit -Hn)", after, reals)
 
-    return engine.run(cfg, xdp_mode=args.xdp_mode, dataplane=args.dataplane, on_sigterm=args.on_sigterm,
+    on_sigterm = args.on_sigterm
+    if on_sigterm == "systemd":
+        unit = args.unit or sdnotify.own_unit()
+        if not unit:
+            print("lb: --on-sigterm systemd: no systemd unit runs this process (/proc/self/cgroup): "
+                  "name it with --unit", file=sys.stderr)
+            return 2
+        on_sigterm = f"systemd:{unit}"
+    return engine.run(cfg, xdp_mode=args.xdp_mode, dataplane=args.dataplane, on_sigterm=on_sigterm,
                       wait_interfaces=max(0.0, args.wait_interfaces))
 
 
@@ -101,15 +109,16 @@ def cmd_import(args) -> int:
 
 
 def cmd_export(args) -> int:
-    """Print a config (TOML or lvs.cf) as Piranha lvs.cf."""
+    """Print a config (TOML or lvs.cf) as Piranha lvs.cf; refused (nothing printed) when the lvs.cf
+    would read back as another configuration."""
     from lb.config import lvscf
 
     try:
-        if args.config.endswith(".cf"):
+        if lbconfig.format_of(args.config) == "lvscf":
             cfg, extras = lvscf.load_with_extras(args.config)
         else:
             cfg, extras = lbconfig.load(args.config), None
-        text = lvscf.dumps(cfg, extras)    # ConfigError for what lvs.cf cannot hold
+        text = lvscf.export(cfg, extras)    # ConfigError for what lvs.cf cannot hold
     except lbconfig.ConfigError as e:
         print(e, file=sys.stderr)
         return 2
@@ -182,7 +191,8 @@ def _signal_instance(args, sig: int, wait: bool, quiet_if_stopped: bool = False)
 
 def cmd_stop(args) -> int:
     """SIGINT: the clean stop (everything goes); SIGUSR2: the data plane stays for the next start.
-    --unit (lb@.service's ExecStop): keep it unless systemd is stopping the unit -- a restart
+    --unit (an ExecStop= of a unit of one's own; lb@.service lets the daemon decide at SIGTERM,
+    `lb run --on-sigterm systemd`): keep it unless systemd is stopping the unit -- a restart
     keeps every connection, a stop releases the VIPs and detaches, as pulse's stop did."""
     keep = args.keep_dataplane
     if args.unit:
@@ -793,9 +803,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", "-c", required=True)
     p.add_argument("--log-level", choices=["debug", "info", "warning", "error"], default="info",
                    help="the least severe messages logged (to stderr; journald's format under systemd)")
-    p.add_argument("--on-sigterm", choices=["clean", "keep"], default="clean",
-                   help="what SIGTERM does: a clean stop (the default), or keep the data plane, maps and "
-                        "addresses for the next start (lb@.service: its ExecStop decides by the job)")
+    p.add_argument("--on-sigterm", choices=["clean", "keep", "systemd"], default="clean",
+                   help="what SIGTERM does: a clean stop (the default); keep the data plane, maps and "
+                        "addresses for the next start; or (lb@.service) keep them only when systemd is "
+                        "restarting the unit, else a clean stop")
+    p.add_argument("--unit", metavar="UNIT",
+                   help="with --on-sigterm systemd: the unit whose job decides (default: this process's, "
+                        "from /proc/self/cgroup)")
     p.add_argument("--xdp-mode", choices=["native", "generic"], default="native",
                    help="native (driver) XDP, falling back to generic; or generic only")
     p.add_argument("--dataplane", choices=["xdp", "ipvs", "auto"], default=None,
@@ -831,8 +845,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="leave XDP attached, maps pinned and addresses up (for an upgrade: the next "
                         "`lb run` adopts them without dropping a packet)")
     p.add_argument("--unit", metavar="UNIT",
-                   help="(lb@.service's ExecStop) keep the data plane unless systemd is stopping UNIT "
-                        "rather than restarting it; nothing running is not an error")
+                   help="(an ExecStop= of a unit of one's own) keep the data plane unless systemd is "
+                        "stopping UNIT rather than restarting it; nothing running is not an error")
     p.set_defaults(func=cmd_stop)
 
     p = sub.add_parser("status", help="services, real servers and their health checks")
