@@ -5,7 +5,12 @@ also listens on /run/lb-control/<instance>.sock (the directory 0755, the socket 
 connection's peer credentials (SO_PEERCRED, SO_PEERGROUPS) decide what it may ask: root and the
 daemon's own user everything, members of ``admin_group`` everything (the web console's user),
 members of ``read_group`` the read requests (READ_COMMANDS), anyone else nothing (refused with a
-reply that says why).  `lb web` connects there.
+reply that says why, and closed at once: a refused peer holds no slot).  `lb web` connects there,
+and so does :func:`request` (`lb status` ...) for a user who may not open the root socket.
+
+Each socket serves at most MAX_CLIENTS connections at once, the shared one at most MAX_PER_UID of
+them for one uid; a connection past that is answered "busy" and closed, so no local user can take
+root's slots.  Refusals are counted and logged at most once per REFUSED_LOG_EVERY seconds.
 
 One JSON request per connection, one JSON reply, each a single line (a request of at most
 MAX_REQUEST bytes and MAX_DEPTH levels of nesting; anything else is answered "bad request"):
@@ -49,6 +54,7 @@ import socket
 import struct
 
 from lb import files
+from lb.tasks import RateLimitedLog
 
 log = logging.getLogger("lb.control")
 
@@ -56,7 +62,10 @@ RUN_DIR = "/run/lb"
 SHARED_DIR = "/run/lb-control"   # the sockets [control]'s groups reach (/run/lb stays root's)
 MAX_REQUEST = 2 * 1024 * 1024   # a configuration document (the file is at most 1 MiB) and then some
 MAX_DEPTH = 32                   # the deepest configuration document needs 6
-MAX_CLIENTS = 32                 # connections served at once; more are closed at once
+MAX_CLIENTS = 32                 # connections served at once on each socket; more are answered "busy"
+MAX_PER_UID = 8                  # ... of them from one uid on the shared socket
+READ_TIMEOUT = 10.0              # seconds a served connection has to send its request line
+REFUSED_LOG_EVERY = 10.0         # a refused peer can connect in a loop: one line per this many seconds
 READ_COMMANDS = frozenset({"status", "table", "web", "config"})
 SO_PEERGROUPS = getattr(socket, "SO_PEERGROUPS", 59)
 CLIENT_TIMEOUT = 60.0        # a reload may compile nothing but can resolve many next hops
@@ -64,6 +73,9 @@ CLIENT_TIMEOUT = 60.0        # a reload may compile nothing but can resolve many
 
 class NotRunning(Exception):
     """No daemon answers on the instance's socket."""
+
+
+_group_log = RateLimitedLog(log, 60.0)   # asked at every connection: one line a minute per group
 
 
 def socket_path(instance: str, run_dir: str = RUN_DIR) -> str:
@@ -133,7 +145,8 @@ def access_level(uid: int, groups: set[int], settings) -> str | None:
             if grp.getgrnam(name).gr_gid in groups:
                 return level
         except KeyError:
-            log.warning("control socket: [control] %s_group %r is not a group on this host", level, name)
+            _group_log.log((level, name), logging.WARNING,
+                           "control socket: [control] %s_group %r is not a group on this host", level, name)
     return None
 
 
@@ -164,19 +177,24 @@ class ControlServer:
         self.access = access or (lambda: None)
         self.server: asyncio.base_events.Server | None = None
         self.shared: asyncio.base_events.Server | None = None
-        self._clients = 0
+        self._clients = {False: 0, True: 0}     # connections served, by socket (shared or not)
+        self._per_uid: dict[int, int] = {}      # ... on the shared socket, by peer uid
+        self.refused = 0                        # connections refused for their credentials
+        self.busy = 0                           # connections answered "busy" (no slot)
+        self._ratelog = RateLimitedLog(log, REFUSED_LOG_EVERY)
 
     async def start(self) -> None:
         files.ensure_private_dir(os.path.dirname(self.path))     # root's, 0700: no one plants a link
-        self.server = await self._listen(self.path, 0o600)
+        self.server = await self._listen(self.path, 0o600, shared=False)
         log.info("control socket %s", self.path)
         await self.refresh()
 
-    async def _listen(self, path: str, mode: int):
+    async def _listen(self, path: str, mode: int, shared: bool):
         _unlink_stale(path)
         old = os.umask(0o177)            # the socket is born 0600: no window with wider access
         try:
-            server = await asyncio.start_unix_server(self._serve, path=path, limit=MAX_REQUEST + 1)
+            server = await asyncio.start_unix_server(lambda r, w: self._serve(r, w, shared), path=path,
+                                                     limit=MAX_REQUEST + 1)
         finally:
             os.umask(old)
         os.chmod(path, mode)
@@ -192,7 +210,7 @@ class ControlServer:
             return
         if self.grouped() and self.shared is None:
             files.ensure_private_dir(os.path.dirname(self.shared_path), 0o755)   # root's, no link
-            self.shared = await self._listen(self.shared_path, 0o666)
+            self.shared = await self._listen(self.shared_path, 0o666, shared=True)
             log.info("control socket for [control]'s groups: %s", self.shared_path)
         elif not self.grouped() and self.shared is not None:
             await self._close_shared()
@@ -218,36 +236,62 @@ class ControlServer:
         except FileNotFoundError:
             pass
 
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        if self._clients >= MAX_CLIENTS:
-            writer.close()
-            return
-        self._clients += 1
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, shared: bool) -> None:
+        # the credentials first: a peer refused, or past its slots, is answered and closed at once
         try:
-            reply = await self._answer(reader, writer)
+            pid, uid, groups = peer_credentials(writer.get_extra_info("socket"))
+        except (OSError, AttributeError, struct.error) as e:
+            self._close(writer, {"ok": False, "error": f"refused: no peer credentials ({e})"})
+            return
+        level = access_level(uid, groups, self.access())
+        if level is None:
+            self.refused += 1
+            self._ratelog.log("refused", logging.WARNING, "control socket: refused uid %d (pid %d): neither root nor "
+                              "in [control]'s groups (%d refused since start)", uid, pid, self.refused)
+            self._close(writer, {"ok": False, "error": f"refused: uid {uid} may not use this control socket (root, "
+                                                       f"or a member of [control] admin_group or read_group)",
+                                 "refused": True})
+            return
+        if self._clients[shared] >= MAX_CLIENTS or (shared and self._per_uid.get(uid, 0) >= MAX_PER_UID):
+            self.busy += 1
+            self._ratelog.log(("busy", shared), logging.WARNING, "control socket %s: uid %d (pid %d) answered busy: "
+                              "%d connections served (%d answered busy since start)",
+                              self.shared_path if shared else self.path, uid, pid, self._clients[shared], self.busy)
+            self._close(writer, {"ok": False, "error": f"busy: {self._clients[shared]} requests are being served "
+                                                       f"(uid {uid}: {self._per_uid.get(uid, 0)}): try again"})
+            return
+        self._clients[shared] += 1
+        if shared:
+            self._per_uid[uid] = self._per_uid.get(uid, 0) + 1
+        try:
+            reply = await self._answer(reader, uid, level)
             writer.write(json.dumps(reply).encode() + b"\n")
             await writer.drain()
         except (ConnectionError, asyncio.CancelledError):
             pass
         finally:
-            self._clients -= 1
+            self._clients[shared] -= 1
+            if shared:
+                n = self._per_uid.pop(uid, 1) - 1
+                if n > 0:
+                    self._per_uid[uid] = n
             writer.close()
 
-    async def _answer(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> dict:
+    @staticmethod
+    def _close(writer: asyncio.StreamWriter, reply: dict) -> None:
+        """One reply without reading the request (the client reads it even if its write failed)."""
         try:
-            pid, uid, groups = peer_credentials(writer.get_extra_info("socket"))
-        except (OSError, AttributeError, struct.error) as e:
-            return {"ok": False, "error": f"refused: no peer credentials ({e})"}
-        level = access_level(uid, groups, self.access())
+            writer.write(json.dumps(reply).encode() + b"\n")
+        except (ConnectionError, RuntimeError):
+            pass
+        writer.close()
+
+    async def _answer(self, reader: asyncio.StreamReader, uid: int, level: str) -> dict:
         try:
-            line = await asyncio.wait_for(reader.readline(), 10.0)   # read first: the client's write never fails
-            if level is None:
-                log.warning("control socket: refused uid %d (pid %d): neither root nor in [control]'s groups", uid, pid)
-                return {"ok": False, "error": f"refused: uid {uid} may not use this control socket (root, or a "
-                                              f"member of [control] admin_group or read_group)", "refused": True}
+            line = await asyncio.wait_for(reader.readline(), READ_TIMEOUT)
             req = parse_request(line)
         except asyncio.TimeoutError:
-            return {"ok": False, "error": "bad request: nothing received within 10 s"}
+            return {"ok": False, "error": f"bad request: nothing received within {READ_TIMEOUT:.0f} s"}
         except (BadRequest, ValueError, asyncio.LimitOverrunError) as e:  # readline: ValueError past the limit
             return {"ok": False, "error": f"bad request: {e}"}
         if level != "admin" and req["cmd"] not in READ_COMMANDS:
@@ -268,7 +312,10 @@ async def arequest(path: str, cmd: str, timeout: float = CLIENT_TIMEOUT, **args)
         raise NotRunning(f"the daemon is not running (nothing answers on {path}: {e.strerror})") from None
     try:
         writer.write(json.dumps({"cmd": cmd, **args}).encode() + b"\n")
-        await writer.drain()
+        try:
+            await writer.drain()
+        except (BrokenPipeError, ConnectionResetError):
+            pass                # the daemon answered at once (refused, busy): its reply says why
         line = await asyncio.wait_for(reader.readline(), timeout)
     finally:
         writer.close()
@@ -277,9 +324,23 @@ async def arequest(path: str, cmd: str, timeout: float = CLIENT_TIMEOUT, **args)
     return json.loads(line)
 
 
-def request(instance: str, cmd: str, timeout: float = CLIENT_TIMEOUT, run_dir: str = RUN_DIR, **args) -> dict:
-    """Send one request to a running daemon; raises NotRunning when nothing answers."""
+def request(instance: str, cmd: str, timeout: float = CLIENT_TIMEOUT, run_dir: str = RUN_DIR,
+            shared_dir: str = SHARED_DIR, **args) -> dict:
+    """Send one request to a running daemon; raises NotRunning when nothing answers.  A user who may
+    not open the root socket asks on the shared one, where [control]'s groups decide; PermissionError
+    when there is none (no [control] groups)."""
     path = socket_path(instance, run_dir)
+    try:
+        return _request(path, instance, cmd, timeout, args)
+    except PermissionError:
+        try:
+            return _request(shared_socket_path(instance, shared_dir), instance, cmd, timeout, args)
+        except (NotRunning, PermissionError):
+            pass
+        raise
+
+
+def _request(path: str, instance: str, cmd: str, timeout: float, args: dict) -> dict:
     s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     s.settimeout(timeout)
     try:
@@ -288,7 +349,10 @@ def request(instance: str, cmd: str, timeout: float = CLIENT_TIMEOUT, run_dir: s
         except (FileNotFoundError, ConnectionRefusedError) as e:
             raise NotRunning(f"instance {instance!r} is not running (nothing answers on {path}: "
                              f"{e.strerror})") from None
-        s.sendall(json.dumps({"cmd": cmd, **args}).encode() + b"\n")
+        try:
+            s.sendall(json.dumps({"cmd": cmd, **args}).encode() + b"\n")
+        except (BrokenPipeError, ConnectionResetError):
+            pass                # the daemon answered at once (refused, busy): its reply says why
         buf = b""
         while not buf.endswith(b"\n"):
             chunk = s.recv(65536)

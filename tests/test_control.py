@@ -147,7 +147,10 @@ try:
     s.connect(sys.argv[1])
 except (PermissionError, FileNotFoundError):
     print(json.dumps({"connect": "EACCES"})); sys.exit(0)
-s.sendall(json.dumps({"cmd": sys.argv[2]}).encode() + b"\n")
+try:
+    s.sendall(json.dumps({"cmd": sys.argv[2]}).encode() + b"\n")
+except BrokenPipeError:     # a refused peer is answered and closed at once: the reply is there to read
+    pass
 print(s.makefile().readline().strip())
 """
 NOBODY = 65534

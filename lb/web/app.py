@@ -27,20 +27,25 @@ its field.
 Hardening: a Host allow-list (the listen address, localhost and [web] allowed_hosts: no DNS
 rebinding), X-Forwarded-For/-Proto/-Host believed only from [web] trusted_proxies, every POST
 with the session's CSRF token and, when the browser sends one, an Origin of the console's own
-(forwarded) scheme and host; login attempts throttled per client address (each failure doubles
-that client's wait, up to a minute; a bounded number of password checks at once), never with a
-global lock; sessions end ``session_lifetime`` after login however busy (and after an hour idle);
-the cookie is Secure whenever the browser reached the console over HTTPS; bad parameters are
-answered 400.
+(forwarded) scheme and host; login attempts throttled per client (an address, an IPv6 /64: each
+failure doubles that client's wait, up to a minute; a bounded number of password checks at once,
+the others waiting their turn, fewer failures first), never with a global lock; sessions end
+``session_lifetime`` after login however busy (and after an hour idle), and when the password
+file's line changes (`lb passwd`); the cookie is Secure whenever the browser reached the console
+over HTTPS; bad parameters are answered 400; a request body not received within BODY_TIMEOUT
+seconds 408, and one whose client left is not answered (counted in ``counts``).
 """
 from __future__ import annotations
 
 import asyncio
 import collections
 import copy
+import hashlib
+import heapq
 import hmac
 import html
 import ipaddress
+import itertools
 import logging
 import os
 import secrets
@@ -100,8 +105,11 @@ REFRESH_CHOICES = (0, 5, 10, 30, 60)
 DEFAULT_REFRESH = 10
 FAIL_DELAY = 1.0          # a client's first failed login: this long before its next try
 FAIL_DELAY_MAX = 60.0
-MAX_LOGIN_CHECKS = 4      # password checks (scrypt) running at once; more get "busy, retry"
-THROTTLE_CLIENTS = 4096   # clients remembered for throttling (oldest forgotten first)
+MAX_LOGIN_CHECKS = 4      # password checks (scrypt) running at once; more wait their turn ...
+CHECK_WAIT = 20.0         # ... at most this long (the connection limits of lb.web.main bound the queue)
+THROTTLE_CLIENTS = 16384  # clients remembered for throttling (fewest failures forgotten first)
+BODY_TIMEOUT = 15.0       # seconds to receive a request's body (the headers: lb.web.main.HEADER_TIMEOUT)
+PASSWORD_RECHECK = 1.0    # seconds between reads of the password file for the sessions' sake
 
 SECURITY_HEADERS = {
     "Content-Security-Policy": "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; "
@@ -117,6 +125,24 @@ CLIENT = web.RequestKey("client", object) if hasattr(web, "RequestKey") else "cl
 
 NAV = (("/status", "Control/Monitoring"), ("/global", "Global settings"), ("/redundancy", "Redundancy"),
        ("/virtual", "Virtual servers"), ("/config", "Config file"), ("/password", "Password"))
+
+
+counts: collections.Counter = collections.Counter()   # "body timeouts", "clients left" (mid-request)
+_slow_log = RateLimitedLog(log, 10.0)
+
+
+def client_key(address: str) -> str:
+    """Whom login throttling and the connection limits count as one client: an address, or an IPv6
+    /64 (one site's, often one host's: anyone holds many of its addresses)."""
+    try:
+        ip = ipaddress.ip_address(address.partition("%")[0])
+    except ValueError:
+        return address
+    if ip.version == 6:
+        if ip.ipv4_mapped is not None:
+            return str(ip.ipv4_mapped)
+        return str(ipaddress.ip_network(f"{ip}/64", strict=False))
+    return str(ip)
 
 
 def h(value) -> str:
@@ -180,17 +206,28 @@ class Session:
     created: float
     last: float
     flash: dict | None = field(default=None)
+    password: str = ""          # digest of the password line it logged in with
+
+
+def _digest(line: str) -> str:
+    return hashlib.sha256(line.encode()).hexdigest()
 
 
 class Throttle:
-    """Per-client login throttling: each failure doubles the client's wait (FAIL_DELAY up to
-    FAIL_DELAY_MAX); one attempt per client at a time; at most MAX_LOGIN_CHECKS password checks
-    at once.  A busy attacker slows only itself."""
+    """Per-client login throttling (a client: ``client_key``): each failure doubles the client's
+    wait (FAIL_DELAY up to FAIL_DELAY_MAX); one attempt per client at a time; at most
+    MAX_LOGIN_CHECKS password checks at once, the other clients waiting their turn (fewer failures
+    first, then first come) at most CHECK_WAIT seconds.  A busy attacker slows only itself: a
+    client without failures waits behind the checks running, never behind an attacker's queue."""
 
-    def __init__(self, base: float = FAIL_DELAY, cap: float = FAIL_DELAY_MAX, checks: int = MAX_LOGIN_CHECKS):
-        self.base, self.cap, self.checks = base, cap, checks
-        self.clients: collections.OrderedDict[str, tuple[int, float]] = collections.OrderedDict()
+    def __init__(self, base: float = FAIL_DELAY, cap: float = FAIL_DELAY_MAX, checks: int = MAX_LOGIN_CHECKS,
+                 wait: float = CHECK_WAIT):
+        self.base, self.cap, self.checks, self.wait = base, cap, checks, wait
+        self.clients: dict[str, tuple[int, float]] = {}   # client -> (failures, end of its wait)
         self.inflight: set[str] = set()
+        self.running = 0                                   # checks running
+        self.queue: list = []                              # heap of (failures, arrival, future) waiting
+        self._arrivals = itertools.count()
 
     def refuse(self, client: str, now: float) -> str | None:
         if client in self.inflight:
@@ -198,22 +235,53 @@ class Throttle:
         fails, until = self.clients.get(client, (0, 0.0))
         if now < until:
             return f"too many failed logins from your address: try again in {until - now:.0f} s"
-        if len(self.inflight) >= self.checks:
-            return "the console is busy checking other logins: try again in a moment"
         return None
 
-    def begin(self, client: str) -> None:
+    async def take(self, client: str) -> bool:
+        """Wait for a check slot (``end`` gives it back); False when none came within ``wait``."""
         self.inflight.add(client)
+        if self.running < self.checks:      # then no one waits but clients that left
+            self.queue.clear()
+            self.running += 1
+            return True
+        turn = asyncio.get_running_loop().create_future()
+        heapq.heappush(self.queue, (self.clients.get(client, (0, 0.0))[0], next(self._arrivals), turn))
+        try:
+            await asyncio.wait((turn,), timeout=self.wait)
+        except BaseException:
+            self._leave(client, turn)
+            raise
+        if turn.done():
+            return True
+        self._leave(client, turn)
+        return False
+
+    def _leave(self, client: str, turn: asyncio.Future) -> None:
+        self.inflight.discard(client)
+        if turn.done() and not turn.cancelled():
+            self._release()                 # given the slot as it left: the next one's
+        turn.cancel()
+
+    def _release(self) -> None:
+        while self.queue:
+            turn = heapq.heappop(self.queue)[2]
+            if not turn.done():
+                turn.set_result(None)       # the slot passes on
+                return
+        self.running -= 1
 
     def end(self, client: str, ok: bool, now: float) -> None:
         self.inflight.discard(client)
+        self._release()
         if ok:
             self.clients.pop(client, None)
             return
-        fails = self.clients.pop(client, (0, 0.0))[0] + 1
+        fails = self.clients.get(client, (0, 0.0))[0] + 1
         self.clients[client] = (fails, now + min(self.base * 2 ** (fails - 1), self.cap))
-        while len(self.clients) > THROTTLE_CLIENTS:
-            self.clients.popitem(last=False)
+        if len(self.clients) > THROTTLE_CLIENTS:
+            # forget the one with the fewest failures, the soonest free: never a long wait for
+            # the sake of fresh addresses (they would clear their owner's wait)
+            del self.clients[min((c for c in self.clients if c != client), key=self.clients.__getitem__)]
 
 
 class Console:
@@ -228,6 +296,7 @@ class Console:
         self.clock = clock
         self.sessions: dict[str, Session] = {}
         self.throttle = Throttle(base=fail_delay)
+        self._password: tuple[float, str | None] | None = None   # (read at, digest of the line)
 
     # ---- the application ----
     def app(self) -> web.Application:
@@ -291,27 +360,63 @@ class Console:
         return Client(remote, scheme, host)
 
     # ---- sessions ----
+    def _password_digest(self) -> str | None:
+        """The digest of the password file's line (None: unreadable), read at most once per
+        PASSWORD_RECHECK: a new password (`lb passwd`) ends the sessions of the old one."""
+        now = self.clock()
+        if self._password is None or not 0 <= now - self._password[0] < PASSWORD_RECHECK:
+            try:
+                self._password = (now, _digest(password.read(self.password_file)))
+            except password.PasswordFileError:
+                self._password = (now, None)
+        return self._password[1]
+
     def _session(self, request: web.Request) -> Session | None:
         now = self.clock()
+        current = self._password_digest() if self.sessions else None
         for token, s in list(self.sessions.items()):
             if now - s.created > self.settings.session_lifetime or now - s.last > self.idle_timeout:
                 why = "its lifetime ended" if now - s.created > self.settings.session_lifetime else "idle"
-                log.info("web console: session of %s from %s ended (%s)", s.user, s.remote, why)
-                del self.sessions[token]
+            elif s.password != current:
+                why = "the password file changed"
+            else:
+                continue
+            log.info("web console: session of %s from %s ended (%s)", s.user, s.remote, why)
+            del self.sessions[token]
         token = request.cookies.get(COOKIE, "")
         for known, sess in self.sessions.items():
             if hmac.compare_digest(known.encode(), token.encode("utf-8", "replace")):
                 return sess
         return None
 
-    def _new_session(self, user: str, remote: str) -> Session:
+    def _new_session(self, user: str, remote: str, line: str) -> Session:
         if len(self.sessions) >= MAX_SESSIONS:
             oldest = min(self.sessions.values(), key=lambda s: s.last)
             del self.sessions[oldest.token]
         now = self.clock()
-        sess = Session(secrets.token_urlsafe(32), secrets.token_urlsafe(32), user, remote, now, now)
+        sess = Session(secrets.token_urlsafe(32), secrets.token_urlsafe(32), user, remote, now, now,
+                       password=_digest(line))
         self.sessions[sess.token] = sess
+        self._password = (now, sess.password)      # the line just read is the file's
         return sess
+
+    async def _verify(self, address: str, given: str, user: str) -> tuple[str | None, str | None, int]:
+        """(the password line, None, 200) when ``user`` and ``given`` match it; else (None, why not,
+        HTTP status): throttled per client, the check queued for a slot.  PasswordFileError."""
+        client = client_key(address)
+        why = self.throttle.refuse(client, self.clock())
+        if why:
+            return None, why, 429
+        if not await self.throttle.take(client):
+            return None, "the console is busy checking other logins: try again in a moment", 503
+        ok = False
+        try:
+            loop = asyncio.get_running_loop()
+            line = await loop.run_in_executor(None, password.read, self.password_file)
+            ok = await loop.run_in_executor(None, password.verify, given, line, user)
+        finally:
+            self.throttle.end(client, ok, self.clock())
+        return (line, None, 200) if ok else (None, "Wrong user name or password.", 401)
 
     @web.middleware
     async def _guard(self, request: web.Request, handler):
@@ -319,7 +424,10 @@ class Console:
             return _finish(await self._guarded(request, handler))
         except web.HTTPException as e:   # 400, 404, 405 ... as plain responses with our headers
             keep = {k: v for k, v in e.headers.items() if k.lower() not in ("content-type", "content-length")}
-            return _finish(web.Response(status=e.status, text=e.text, headers=keep))
+            resp = web.Response(status=e.status, text=e.text, headers=keep)
+            if e.status == 408:
+                resp.force_close()      # the rest of the body is not read
+            return _finish(resp)
 
     async def _guarded(self, request: web.Request, handler):
         client = self._client(request)
@@ -386,29 +494,21 @@ class Console:
         user = str(form.get("user", ""))[:100]
         given = str(form.get("password", ""))
         client = request[CLIENT]
-        now = self.clock()
-        why = self.throttle.refuse(client.address, now)
-        if why:
-            log.warning("web console: login from %s not checked: %s", client.address, why)
-            return self._login_page(why, 429, user)
-        self.throttle.begin(client.address)
-        ok = False
         try:
-            loop = asyncio.get_running_loop()
-            line = await loop.run_in_executor(None, password.read, self.password_file)
-            ok = await loop.run_in_executor(None, password.verify, given, line, user)
+            line, why, status = await self._verify(client.address, given, user)
         except password.PasswordFileError as e:
             log.error("web console: login from %s refused: %s", client.address, e)
             return self._login_page("The password file cannot be read: see the console's log.", 503, user)
-        finally:
-            self.throttle.end(client.address, ok, self.clock())
-        if not ok:
+        if status == 401:
             log.warning("web console: failed login from %s (user %r)", client.address, user)
-            return self._login_page("Wrong user name or password.", 401, user)
+        elif why:
+            log.warning("web console: login from %s not checked: %s", client.address, why)
+        if why:
+            return self._login_page(why, status, user)
         old = request[SESSION]
         if old is not None:
             self.sessions.pop(old.token, None)
-        sess = self._new_session(user, client.address)
+        sess = self._new_session(user, client.address, line)
         log.info("web console: login of %s from %s", user, client.address)
         resp = _see_other("/status")
         resp.set_cookie(COOKIE, sess.token, httponly=True, samesite="Strict", path="/",
@@ -913,7 +1013,7 @@ class Console:
         if c.get("restart_needed"):
             rows.append(("changes waiting for a restart", ", ".join(c["restart_needed"])))
         versions = _versions(status["status"].get("configuration") or {}) if status.get("ok") else ""
-        body = (f'<div class="card"><table class="kv">' + "".join(f"<tr><th>{h(k)}</th><td>{h(v)}</td></tr>" for k, v in rows)
+        body = ('<div class="card"><table class="kv">' + "".join(f"<tr><th>{h(k)}</th><td>{h(v)}</td></tr>" for k, v in rows)
                 + f'</table></div>{versions}<h2>{h(c.get("path"))}</h2><pre class="config" id="config-text">'
                 f'{h(cur.get("text"))}</pre>')
         return self._layout(request, "Configuration file", body, "/config")
@@ -957,42 +1057,51 @@ class Console:
             errors["new"] = f"at least {password.MIN_LENGTH} characters"
         elif len(new) > password.MAX_PASSWORD:
             errors["new"] = f"at most {password.MAX_PASSWORD} characters"
-        why = self.throttle.refuse(client.address, self.clock())
-        if why:
-            return self._password_form(request, errors, why, 429, user)
-        loop = asyncio.get_running_loop()
-        self.throttle.begin(client.address)
-        ok = False
         try:
-            line = await loop.run_in_executor(None, password.read, self.password_file)
-            ok = await loop.run_in_executor(None, password.verify, current, line, sess.user)
+            line, why, status = await self._verify(client.address, current, sess.user)
         except password.PasswordFileError as e:
             return self._password_form(request, errors, f"the password file cannot be read: {e}", 503, user)
-        finally:
-            self.throttle.end(client.address, ok, self.clock())
-        if not ok:
+        if status in (429, 503):
+            return self._password_form(request, errors, why, status, user)
+        if why:
             errors["current"] = "not the current password"
         if errors:
             return self._password_form(request, errors, "Nothing was changed.", 400, user)
+        loop = asyncio.get_running_loop()
         try:
             await loop.run_in_executor(None, password.write, self.password_file, new, user)
-        except (OSError, ValueError) as e:
+            line = await loop.run_in_executor(None, password.read, self.password_file)
+        except (OSError, ValueError, password.PasswordFileError) as e:
             return self._password_form(request, errors, f"cannot write {self.password_file}: "
                                                         f"{getattr(e, 'strerror', None) or e}", 500, user)
         log.info("web console: %s changed the login to user %s", self._who(request), user)
         # every other session of the old login ends
         for token in [t for t, s in self.sessions.items() if s is not sess]:
             del self.sessions[token]
-        sess.user = user
+        sess.user, sess.password = user, _digest(line)
+        self._password = (self.clock(), sess.password)
         sess.flash = {"ok": True, "message": f"password changed for user {user}"}
         return _see_other("/status")
 
 
 # ---- helpers ----
 
+class ClientLeft(web.HTTPBadRequest):
+    """The client closed its connection mid-request: the answer goes nowhere (aiohttp drops it)."""
+
+
 async def _form(request: web.Request):
     try:
-        return await request.post()
+        return await asyncio.wait_for(request.post(), BODY_TIMEOUT)
+    except asyncio.TimeoutError:    # a body that never comes would hold the connection for ever
+        counts["body timeouts"] += 1
+        _slow_log.log("body", logging.WARNING, "web console: no whole request body from %s within %.0f s "
+                      "(answered 408; %d since start)", request.remote, BODY_TIMEOUT, counts["body timeouts"])
+        raise web.HTTPRequestTimeout(text=f"request body not received within {BODY_TIMEOUT:.0f} s\n") from None
+    except ConnectionError:
+        counts["clients left"] += 1
+        log.debug("web console: %s left mid-request (%d since start)", request.remote, counts["clients left"])
+        raise ClientLeft() from None
     except (ValueError, LookupError, RuntimeError) as e:
         # aiohttp's own errors for a body it cannot read: ValueError (UnicodeDecodeError is one),
         # LookupError for an unknown charset, RuntimeError for an unknown transfer encoding

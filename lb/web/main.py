@@ -4,10 +4,18 @@ It asks the daemon for its [web] settings over the control socket (so it reads n
 file), waits for the daemon when it is not up yet, and serves the console on [web] listen, with
 TLS when [web] has a certificate.  It exits when [web] enabled is false (status 0: nothing to do)
 and on SIGTERM/SIGINT.
+
+Whoever reaches the port cannot take the console down: at most MAX_CONNECTIONS connections at
+once, MAX_PER_CLIENT of them from one client (an address, an IPv6 /64; a trusted proxy's are not
+counted per client), the rest closed as they come (lb.metrics does the same); a request's line
+and headers must come within HEADER_TIMEOUT (the idle keep-alive too), its body within
+app.BODY_TIMEOUT; an accept that fails for want of file descriptors (EMFILE) is counted and
+logged at most once every ACCEPT_LOG_EVERY seconds, not a traceback each (asyncio's).
 """
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 import os
 import signal
@@ -17,12 +25,19 @@ import stat
 from aiohttp import web
 
 from lb import control
+from lb.tasks import RateLimitedLog
 from lb.web import app as webapp
 from lb.web import password
 
 log = logging.getLogger("lb.web")
 
 WAIT_LOG_EVERY = 30.0
+MAX_CONNECTIONS = 256       # connections served at once (lb-web@.service's LimitNOFILE holds them)
+MAX_PER_CLIENT = 16         # ... of them from one client: a browser opens 6
+HEADER_TIMEOUT = 15.0       # seconds for a request's line and headers, and a connection idle
+LINGER = 2.0                # seconds to read the rest of a body the console did not want
+TLS_HANDSHAKE_TIMEOUT = 15.0
+ACCEPT_LOG_EVERY = 10.0
 
 
 class Daemon:
@@ -39,6 +54,135 @@ class Daemon:
             return {"ok": False, "error": str(e)}
         except (OSError, ValueError, asyncio.TimeoutError) as e:
             return {"ok": False, "error": f"control socket {self.path}: {getattr(e, 'strerror', None) or e or 'timeout'}"}
+
+
+class Connections:
+    """The protocol factory of the console's listening socket: each connection counted against
+    MAX_CONNECTIONS and its client's MAX_PER_CLIENT, and closed at once past either; the others
+    go to aiohttp's handler (``runner.server``)."""
+
+    def __init__(self, factory, trusted=(), total: int | None = None, per_client: int | None = None):
+        self.factory = factory
+        self.trusted = tuple(trusted)
+        self.total = MAX_CONNECTIONS if total is None else total
+        self.per_client_max = MAX_PER_CLIENT if per_client is None else per_client
+        self.open = 0
+        self.per_client: dict[str, int] = {}
+        self.refused = 0                # connections closed for want of a slot
+        self._log = RateLimitedLog(log, 10.0)
+
+    def __call__(self) -> asyncio.Protocol:
+        return _Counted(self)
+
+    def take(self, address: str) -> str | None:
+        """The client's key once it has a slot; None (the connection to close) when it has none."""
+        key = webapp.client_key(address)
+        try:
+            proxy = any(ipaddress.ip_address(address) in n for n in self.trusted)
+        except ValueError:
+            proxy = False
+        if proxy:
+            key = ""                    # a proxy's connections are its clients': the total bounds them
+        elif self.per_client.get(key, 0) >= self.per_client_max:
+            return self._refuse(address, f"{self.per_client_max} connections of this client")
+        if self.open >= self.total:
+            return self._refuse(address, f"{self.total} connections")
+        self.open += 1
+        self.per_client[key] = self.per_client.get(key, 0) + 1
+        return key
+
+    def _refuse(self, address: str, why: str) -> None:
+        self.refused += 1
+        self._log.log("refused", logging.WARNING, "web console: closed a connection from %s: %s open "
+                      "(%d closed so since start)", address, why, self.refused)
+        return None
+
+    def give(self, key: str) -> None:
+        self.open -= 1
+        n = self.per_client.pop(key, 1) - 1
+        if n > 0:
+            self.per_client[key] = n
+
+
+class _Counted(asyncio.Protocol):
+    """One connection: counted, then aiohttp's protocol (or closed at once)."""
+
+    def __init__(self, connections: Connections):
+        self.connections = connections
+        self.inner: asyncio.Protocol | None = None
+        self.key: str | None = None
+
+    def connection_made(self, transport) -> None:
+        peer = transport.get_extra_info("peername")
+        self.key = self.connections.take(str(peer[0]) if peer else "?")
+        if self.key is None:
+            transport.abort()
+            return
+        self.inner = self.connections.factory()
+        self.inner.connection_made(transport)
+
+    def connection_lost(self, exc) -> None:
+        if self.key is not None:
+            self.connections.give(self.key)
+            self.key = None
+        if self.inner is not None:
+            self.inner.connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        if self.inner is not None:
+            self.inner.data_received(data)
+
+    def eof_received(self):
+        return self.inner.eof_received() if self.inner is not None else None
+
+    def pause_writing(self) -> None:
+        if self.inner is not None:
+            self.inner.pause_writing()
+
+    def resume_writing(self) -> None:
+        if self.inner is not None:
+            self.inner.resume_writing()
+
+
+class AcceptErrors:
+    """The loop's exception handler: asyncio reports every accept() that fails for want of file
+    descriptors (EMFILE, ENFILE ...) with a traceback, over and over while it lasts; these are
+    counted and logged at most once every ACCEPT_LOG_EVERY seconds, anything else as asyncio would."""
+
+    MESSAGE = "socket.accept() out of system resource"
+
+    def __init__(self):
+        self.count = 0
+        self._log = RateLimitedLog(log, ACCEPT_LOG_EVERY)
+
+    def install(self, loop: asyncio.AbstractEventLoop) -> "AcceptErrors":
+        loop.set_exception_handler(self)
+        return self
+
+    def __call__(self, loop: asyncio.AbstractEventLoop, context: dict) -> None:
+        if context.get("message") != self.MESSAGE:
+            loop.default_exception_handler(context)
+            return
+        self.count += 1
+        exc = context.get("exception")
+        self._log.log("accept", logging.WARNING, "web console: cannot accept connections: %s (%d failed accepts "
+                      "since start; asyncio retries each second)", getattr(exc, "strerror", None) or exc, self.count)
+
+
+def runner(console: webapp.Console) -> web.AppRunner:
+    """The console's aiohttp runner: no access log, HEADER_TIMEOUT for headers and idle keep-alive."""
+    return web.AppRunner(console.app(), access_log=None, handle_signals=False, keepalive_timeout=HEADER_TIMEOUT,
+                         lingering_time=LINGER)
+
+
+async def listen(run: web.AppRunner, host: str, port: int, tls=None, trusted=()) -> tuple[asyncio.AbstractServer,
+                                                                                          Connections]:
+    """The console's listening socket over ``run`` (set up), with the connection limits."""
+    connections = Connections(run.server, trusted)
+    server = await asyncio.get_running_loop().create_server(
+        connections, host, port, ssl=tls, backlog=128, reuse_address=True,
+        ssl_handshake_timeout=TLS_HANDSHAKE_TIMEOUT if tls else None)
+    return server, connections
 
 
 async def _settings(daemon: Daemon, stop: asyncio.Event) -> dict | None:
@@ -92,21 +236,27 @@ async def serve(instance: str, shared_dir: str = control.SHARED_DIR) -> int:
         except (OSError, ssl.SSLError) as e:
             log.error("web console not started: TLS certificate %s / key %s: %s", w["tls_cert"], w["tls_key"], e)
             return 1
-    console = webapp.Console(daemon, pwfile, webapp.Settings.from_reply(reply))
-    runner = web.AppRunner(console.app(), access_log=None, handle_signals=False)
-    await runner.setup()
+    AcceptErrors().install(loop)
+    settings = webapp.Settings.from_reply(reply)
+    console = webapp.Console(daemon, pwfile, settings)
+    run = runner(console)
+    await run.setup()
     try:
-        await web.TCPSite(runner, w["address"], w["port"], ssl_context=tls).start()
+        server, _ = await listen(run, w["address"], w["port"], tls, settings.trusted_proxies)
     except OSError as e:
-        await runner.cleanup()
+        await run.cleanup()
         log.error("web console not started: cannot listen on %s: %s", w["listen"], e.strerror or e)
         return 1
     log.info("web console on %s://%s/ for instance %s (uid %d, password file %s)", "https" if tls else "http",
              w["listen"], instance, os.geteuid(), pwfile)
     if os.geteuid() == 0:
         log.warning("web console: running as root; it needs no privilege (lb-web@.service runs it as its own user)")
-    await stop.wait()
-    await runner.cleanup()
+    try:
+        await stop.wait()
+    finally:                        # cancelled too: nothing left listening
+        server.close()
+        await run.cleanup()         # closes the connections, which wait_closed waits for
+        await server.wait_closed()
     log.info("web console stopped")
     return 0
 

@@ -1,0 +1,352 @@
+"""The web console against clients that would take it down or lock the operator out (lb.web):
+connection limits (in all and per client), header and body deadlines, out of file descriptors
+as one counted line, a client leaving mid-body as nothing to log; login checks queued rather
+than refused, throttling per IPv6 /64 that fresh addresses cannot clear; `lb passwd` ending the
+sessions of the old password.  `lb web` itself (lb.web.main.serve) where the listening socket is
+what is tested."""
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import errno
+import io
+import json
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from lb.cli.main import main as lb_main
+from lb.web import app as webapp
+from lb.web import main as webmain
+from lb.web import password
+from test_web import PASSWORD, USER, login, make_console, run
+from test_web_process import daemon, settings
+
+REPO = Path(__file__).resolve().parent.parent
+UNIT = REPO / "lb" / "systemd" / "lb-web@.service"
+
+STALLED_LOGIN = (b"POST /login HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/x-www-form-urlencoded\r\n"
+                 b"Content-Length: 100000\r\n\r\nuser=")
+
+
+@pytest.fixture
+def pwfile(tmp_path):
+    p = tmp_path / "web.passwd"
+    password.write(p, PASSWORD, USER)
+    return p
+
+
+# ---- `lb web`'s listening socket ---------------------------------------------------------------
+
+@contextlib.asynccontextmanager
+async def lb_web(tmp_path):
+    """`lb web` (serve()) on this loop, its daemon's control socket in a thread; yields the port."""
+    web = settings(tmp_path)
+    loop, t = daemon(tmp_path, web)
+    task = asyncio.create_task(webmain.serve("t", str(tmp_path)))
+    try:
+        for _ in range(200):
+            try:
+                _, w = await asyncio.open_connection("127.0.0.1", web["port"])
+                w.close()
+                break
+            except OSError:
+                await asyncio.sleep(0.05)
+        yield web["port"]
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        loop.call_soon_threadsafe(loop.stop)
+        t.join(10)
+
+
+def test_a_stalled_body_is_answered_408_and_stalled_headers_closed(tmp_path, monkeypatch):
+    monkeypatch.setattr(webapp, "BODY_TIMEOUT", 0.5, raising=False)
+    monkeypatch.setattr(webmain, "HEADER_TIMEOUT", 0.5, raising=False)
+    counts = webapp.__dict__.setdefault("counts", collections.Counter())
+
+    async def go():
+        async with lb_web(tmp_path) as port:
+            r, w = await asyncio.open_connection("127.0.0.1", port)
+            w.write(STALLED_LOGIN)
+            status = await asyncio.wait_for(r.readline(), 30)
+            assert status.startswith(b"HTTP/1.1 408"), status
+            assert b"request body not received within" in await asyncio.wait_for(r.read(), 30)   # and closed
+            w.close()
+            r, w = await asyncio.open_connection("127.0.0.1", port)
+            w.write(b"GET /login HTTP/1.1\r\nHost: 127.0.0.1\r\n")                # headers never ended
+            assert await asyncio.wait_for(r.read(), 30) == b""                      # closed, no answer
+            w.close()
+
+    before = counts["body timeouts"]
+    asyncio.run(go())
+    assert counts["body timeouts"] == before + 1
+
+
+def test_a_login_cut_off_mid_body_is_not_an_error(tmp_path, caplog):
+    """The client sends half its form and closes: nothing to answer, nothing at ERROR, counted."""
+    counts = webapp.__dict__.setdefault("counts", collections.Counter())
+    before = counts["clients left"]
+
+    async def go():
+        async with lb_web(tmp_path) as port:
+            r, w = await asyncio.open_connection("127.0.0.1", port)
+            w.write(STALLED_LOGIN.replace(b"100000", b"100"))
+            await w.drain()
+            w.close()
+            for _ in range(200):        # until the console has seen it leave (or logged an error)
+                if counts["clients left"] > before or any(x.levelno >= logging.ERROR for x in caplog.records):
+                    break
+                await asyncio.sleep(0.05)
+            r, w = await asyncio.open_connection("127.0.0.1", port)
+            w.write(b"GET /login HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+            assert (await asyncio.wait_for(r.readline(), 30)).startswith(b"HTTP/1.1 200")
+            w.close()
+
+    with caplog.at_level(logging.DEBUG):
+        asyncio.run(go())
+    errors = [x.getMessage() for x in caplog.records if x.levelno >= logging.ERROR]
+    assert errors == [] and "Traceback" not in caplog.text
+    assert counts["clients left"] == before + 1
+
+
+# `lb web` in a process of its own with few file descriptors; its log on stderr
+SERVER = r"""
+import asyncio, json, logging, resource, sys
+from lb import control
+from lb.web import main as webmain
+resource.setrlimit(resource.RLIMIT_NOFILE, (int(sys.argv[3]), int(sys.argv[3])))
+logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(levelname)s %(name)s %(message)s")
+web = json.loads(sys.argv[2])
+
+async def handler(req):
+    return {"ok": True, "instance": "t", "config": "/x", "web": web}
+
+async def main():
+    server = control.ControlServer(control.socket_path("t", sys.argv[1]), handler)
+    await server.start()
+    return await webmain.serve("t", sys.argv[1])
+
+sys.exit(asyncio.run(main()))
+"""
+
+
+def connect(port: int, source: str, data: bytes, timeout: float = 10.0) -> socket.socket:
+    s = socket.create_connection(("127.0.0.1", port), timeout=timeout, source_address=(source, 0))
+    with contextlib.suppress(ConnectionResetError, BrokenPipeError):    # closed at once: state() says so
+        s.sendall(data)
+    return s
+
+
+def get_login(port: int, source: str) -> bytes:
+    """The status line of GET /login from ``source`` (10 s at most for the answer)."""
+    with connect(port, source, b"GET /login HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n") as s:
+        return s.makefile("rb").readline()
+
+
+def up(port: int, p: subprocess.Popen) -> None:
+    """Once GET /login from the operator's address (127.0.0.2) is answered 200."""
+    for _ in range(300):
+        assert p.poll() is None, "lb web exited"
+        with contextlib.suppress(OSError):
+            if get_login(port, "127.0.0.2").startswith(b"HTTP/1.1 200"):
+                return
+        time.sleep(0.1)
+    pytest.fail("lb web does not answer")
+
+
+def state(s: socket.socket) -> str:
+    """What the console did with a connection: "held" (no answer yet), "closed" or "answered"."""
+    s.setblocking(False)
+    try:
+        return "answered" if s.recv(65536) else "closed"
+    except BlockingIOError:
+        return "held"
+    except ConnectionResetError:
+        return "closed"
+
+
+def test_one_client_cannot_take_the_console_nor_flood_its_log(tmp_path):
+    """`lb web` with 128 file descriptors.  1) 300 stalled login POSTs from one address: the
+    console holds MAX_PER_CLIENT of them and closes the rest at once; the operator on another
+    address is answered.  2) 200 connections from as many addresses: accepts fail (EMFILE), which
+    is one log line, no traceback; once they are gone the operator is answered again."""
+    web = settings(tmp_path)
+    port = web["port"]
+    p = subprocess.Popen([sys.executable, "-c", SERVER, str(tmp_path), json.dumps(web), "128"], cwd=REPO,
+                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    log_lines: list[str] = []
+    out_of_fds = threading.Event()
+
+    def read_log():
+        for line in p.stderr:
+            log_lines.append(line)
+            if "cannot accept connections" in line or "out of system resource" in line:
+                out_of_fds.set()
+
+    reader = threading.Thread(target=read_log, daemon=True)
+    reader.start()
+    attackers: list[socket.socket] = []
+    try:
+        up(port, p)
+        attackers = [connect(port, "127.0.0.1", STALLED_LOGIN) for _ in range(300)]
+        assert get_login(port, "127.0.0.2").startswith(b"HTTP/1.1 200")      # accepted after all 300
+        states = [state(s) for s in attackers]
+        assert states.count("closed") == 300 - webmain.MAX_PER_CLIENT, states
+        for s in attackers:
+            s.close()
+        attackers = []
+        for i in range(200):
+            with contextlib.suppress(OSError):   # the listen backlog may be full: then connect fails
+                attackers.append(connect(port, f"127.1.{i // 250}.{i % 250 + 1}",
+                                         b"GET /login HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"))
+        assert out_of_fds.wait(30), "".join(log_lines[-20:])
+        for s in attackers:
+            s.close()
+        attackers = []
+        up(port, p)                              # asyncio tries accept() again each second
+    finally:
+        for s in attackers:
+            s.close()
+        p.send_signal(signal.SIGTERM)
+        try:
+            p.wait(30)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait(10)
+        reader.join(10)
+    text = "".join(log_lines)
+    assert "Traceback" not in text and "out of system resource" not in text, text[-3000:]
+    told = [x for x in log_lines if "cannot accept connections" in x]
+    assert 1 <= len(told) <= 4 and "Too many open files" in told[0], told
+    assert "closed a connection from 127.0.0.1: 16 connections of this client open" in text
+
+
+def test_the_unit_has_room_for_the_connection_limit():
+    limit = [line.split("=", 1)[1] for line in UNIT.read_text().splitlines() if line.startswith("LimitNOFILE=")]
+    assert limit and int(limit[0]) >= 4 * webmain.MAX_CONNECTIONS, limit
+
+
+def test_accept_errors_are_counted_other_loop_errors_go_on_as_before(caplog):
+    loop = asyncio.new_event_loop()
+    try:
+        handler = webmain.AcceptErrors().install(loop)
+        with caplog.at_level(logging.WARNING):
+            for _ in range(1000):
+                loop.call_exception_handler({"message": "socket.accept() out of system resource",
+                                             "exception": OSError(errno.EMFILE, os.strerror(errno.EMFILE))})
+            loop.call_exception_handler({"message": "something else broke"})
+    finally:
+        loop.close()
+    assert handler.count == 1000
+    lines = [x.getMessage() for x in caplog.records]
+    assert lines[0].startswith("web console: cannot accept connections: Too many open files (1 failed")
+    assert lines[1:] == ["something else broke"], lines
+
+
+# ---- login checks and throttling ------------------------------------------------------------------
+
+def test_other_clients_failing_logins_queue_the_operator_not_refuse_it(tmp_path, pwfile, monkeypatch):
+    """8 clients (fresh addresses) post wrong passwords while the checks are slow: the operator's
+    correct login from another address waits for a check slot and logs in (no 429 "busy")."""
+    console = make_console(tmp_path, pwfile, trusted_proxies=(webapp.ipaddress.ip_network("127.0.0.1/32"),))
+    gate = threading.Event()
+    verify = password.verify
+
+    def slow_verify(given, line, user=None):
+        if given != PASSWORD:
+            gate.wait(30)
+        return verify(given, line, user)
+
+    monkeypatch.setattr(password, "verify", slow_verify)
+
+    async def body(client):
+        attackers = [asyncio.create_task(login(client, "guess", headers={"X-Forwarded-For": f"198.18.7.{i}"}))
+                     for i in range(8)]
+        operator = None
+        try:
+            for _ in range(600):                 # until the operator waits behind 8 checks (or was sent away)
+                if operator is None and len(console.throttle.inflight) + sum(a.done() for a in attackers) == 8:
+                    operator = asyncio.create_task(login(client))
+                if operator is not None and (operator.done() or len(console.throttle.inflight) == 9):
+                    break
+                await asyncio.sleep(0.02)
+        finally:
+            gate.set()
+        r = await operator
+        assert (r.status, r.headers.get("Location")) == (303, "/status"), await r.text()
+        assert [(await a).status for a in attackers] == [401] * 8
+
+    run(console, body)
+
+
+def test_an_ipv6_client_is_throttled_per_64(tmp_path, pwfile):
+    console = make_console(tmp_path, pwfile, trusted_proxies=(webapp.ipaddress.ip_network("127.0.0.1/32"),))
+    console.throttle.base = 30.0
+
+    async def body(client):
+        r = await login(client, "guess", headers={"X-Forwarded-For": "2001:db8:1:2::1"})
+        assert r.status == 401
+        r = await login(client, headers={"X-Forwarded-For": "2001:db8:1:2:ffff::99"})     # same /64
+        assert r.status == 429 and "try again in" in await r.text()
+        r = await login(client, headers={"X-Forwarded-For": "2001:db8:1:3::1"})           # another /64
+        assert r.status == 303
+
+    run(console, body)
+
+
+def test_fresh_addresses_do_not_clear_a_clients_wait(tmp_path, pwfile, monkeypatch):
+    """The throttle remembers THROTTLE_CLIENTS clients: failures from more fresh addresses forget
+    those with fewest failures, not the client that failed most (its wait goes on)."""
+    monkeypatch.setattr(webapp, "THROTTLE_CLIENTS", 8)
+    console = make_console(tmp_path, pwfile, trusted_proxies=(webapp.ipaddress.ip_network("127.0.0.1/32"),))
+    console.throttle.base = 30.0
+    now = [1000.0]
+    console.clock = lambda: now[0]
+    attacker = {"X-Forwarded-For": "198.18.0.66"}
+
+    async def body(client):
+        assert (await login(client, "guess-1", headers=attacker)).status == 401    # wait 30 s
+        now[0] += 31
+        assert (await login(client, "guess-2", headers=attacker)).status == 401    # wait 60 s
+        for i in range(20):
+            assert (await login(client, "guess", headers={"X-Forwarded-For": f"198.18.9.{i}"})).status == 401
+        now[0] += 10
+        r = await login(client, PASSWORD, headers=attacker)
+        assert r.status == 429 and "try again in 50 s" in await r.text()
+
+    run(console, body)
+    assert len(console.throttle.clients) == 8
+
+
+# ---- sessions and the password file -----------------------------------------------------------------
+
+def test_lb_passwd_ends_the_sessions_of_the_old_password(tmp_path, pwfile, monkeypatch, capsys):
+    console = make_console(tmp_path, pwfile)
+    now = [1000.0]
+    console.clock = lambda: now[0]
+
+    async def body(client):
+        assert (await login(client)).status == 303
+        r = await client.get("/password", allow_redirects=False)
+        assert r.status == 200
+        now[0] += 5
+        monkeypatch.setattr(sys, "stdin", io.StringIO("a new password here\n"))
+        assert lb_main(["passwd", "--file", str(pwfile), "--stdin", "--user", USER]) == 0
+        now[0] += getattr(webapp, "PASSWORD_RECHECK", 1.0)
+        r = await client.get("/password", allow_redirects=False)
+        assert (r.status, r.headers.get("Location")) == (303, "/login")
+        assert (await login(client, "a new password here")).status == 303
+        assert (await client.get("/password", allow_redirects=False)).status == 200
+
+    run(console, body)
+    assert "password set for user operator" in capsys.readouterr().out
