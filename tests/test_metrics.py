@@ -55,7 +55,7 @@ def status(ha=True):
         doc["ha"] = {
             "node": "backup", "role": "backup", "role_changes": 3, "takeovers": 1, "link_ok": True,
             "peer": {"state": "active", "alive": True, "last_heard_s": 0.25},
-            "channels": {"public": {"rx": 40, "tx": 41, "tx_errors": 1, "last_heartbeat_s": 0.25},
+            "channels": {"public": {"rx": 40, "tx": 41, "tx_errors": 1, "icmp_errors": 3, "last_heartbeat_s": 0.25},
                          "private": {"rx": 39, "tx": 41, "tx_errors": 0, "last_heartbeat_s": None}},
             "sync": {"enabled": True, "tracked": 0, "pending": 0, "last_tx_s": None, "last_rx_s": 1.5},
             "counters": {"rx": 79, "bad_auth": 4, "replay": 1, "stale": 0, "malformed": 2, "wrong_channel": 0,
@@ -184,6 +184,7 @@ def test_service_dataplane_reload_and_ha():
     assert value(s, "lb_ha_takeovers_total") == 1
     assert value(s, "lb_ha_heartbeats_sent_total", channel="public") == 41
     assert value(s, "lb_ha_heartbeat_send_errors_total", channel="public") == 1
+    assert value(s, "lb_ha_heartbeat_icmp_errors_total", channel="public") == 3
     assert value(s, "lb_ha_last_heartbeat_timestamp_seconds", channel="public") == 999.75
     # every pulse counter that is not an accepted message nor one of its own is a refusal, new
     # ones included; an unheard message (a restart's first half deadtime) is not

@@ -18,12 +18,19 @@ ranges, the sender is the peer (not us), the channel and the message type belong
 it came in on -- and computes the MAC only for what passed them.  The receiver then accepts a
 message only if (boot, seq) is new (:class:`ReplayGuard`): the same boot with a sequence number
 above the highest seen, or inside the 64-message window and not seen yet.  A heartbeat from a
-new boot needs a timestamp later than the last accepted one of that stream (a replay of an older
-boot's traffic is refused) and either a timestamp within ``max_skew`` of the receiver's clock, or
-the receiver's own current boot id as its echo -- proof that it was made after the receiver
-started, whatever the two clocks say, so a peer with a wrong clock is still heard (and reported)
-instead of being taken for dead.  A sync message is accepted only from a boot whose heartbeats
-were accepted, and never from a boot its stream has left.  The receiver (lb.ha.pulse) acts on
+new boot needs either a timestamp within ``max_skew`` of the receiver's clock, or the receiver's
+own current boot id as its echo -- proof that it was made after the receiver started, whatever
+the two clocks say, so a peer with a wrong clock is still heard (and reported) instead of being
+taken for dead.  It also needs a timestamp later than the last accepted one of that stream (a
+replay of an older boot's traffic is refused), unless it echoes the receiver's boot id and is no
+boot a stream of the peer has left: a peer whose clock was ahead, set right and restarted, is
+heard at once, not only once its clock has passed the old one.  A boot a stream has left is
+refused (up to the last message taken from it, whatever its timestamp), and a boot that echoes
+the receiver and is still heard is not replaced by one that does not.  A sync message is
+accepted only from a boot whose heartbeats were accepted, never from a boot its stream has left,
+and, for a new sync stream, not when older than the first heartbeat accepted from its boot (less
+a grace): a receiver just restarted would take an old capture of the active's current boot again.
+The receiver (lb.ha.pulse) acts on
 the peer's state only from its newest message, and in its first half deadtime only from one made
 after the peer heard from it (echoing its boot id).  Forged, replayed and malformed messages are
 dropped and counted; none of them can start or stop a failover.
@@ -157,47 +164,80 @@ class _Stream:
     top: int = -1          # highest sequence number accepted
     bits: int = 0          # bit i set: top - i was accepted
     ts_ns: int = 0         # timestamp of the last accepted message
+    first_ts_ns: int = 0   # timestamp of the first message accepted from this boot
+    heard_ns: int = 0      # our wall clock when a message of it was last accepted
+    echoed: bool = False   # a heartbeat of it echoed our boot id: it runs now
+    leaving: bool = False  # it said it stops
 
 
 RETIRED_BOOTS = 16           # boots a sync stream remembers having left
+LEFT_BOOTS = 1024            # boots a heartbeat stream remembers having left (a restart each)
 
 
 @dataclass
 class ReplayGuard:
     """Per (sender node, channel, heartbeat or sync): refuses anything already accepted or older
-    than the window; see the module docstring for a new boot.  A heartbeat stream cannot go back
-    to an older boot (its timestamps would have to rise again); a sync stream, which has none to
-    compare, remembers the boots it left and never takes one of them again: otherwise a replayed
-    sync datagram of a boot whose heartbeats another channel still held could move it back and be
-    accepted a second time, installing its connections again."""
+    than the window; see the module docstring for a new boot.
+
+    A heartbeat stream remembers the last LEFT_BOOTS boots it left with their windows, so a
+    captured old heartbeat stays refused even when its timestamp is later than the new boot's
+    (the peer's clock was ahead and has been set right).  One of them comes back only with a
+    message after the last taken of it (a peer's boot never really comes back: this undoes a
+    switch that a replay caused).  A new boot older by its timestamps than the stream's is taken
+    when it echoes our boot id and no stream of the peer has left it: made after we started, by
+    a boot not seen ending (a restart with the clock set right is heard at once, not only once
+    its clock passes the old one's); until it echoes us it is 'stale', echoed back as a boot
+    beyond max_skew is.  And while the stream's boot has echoed our boot id (it runs now) and is
+    still heard (within ``quiet_ns``, and it has not said it leaves), another boot that does not
+    echo ours does not replace it: an older boot's capture from before we started, whose clock
+    was ahead of the live one's (a peer just restarted echoes us from its second heartbeat on).
+
+    A sync stream remembers the boots it left and never takes one of them again: otherwise a
+    replayed sync datagram of a boot whose heartbeats another channel still held could move it
+    back and be accepted a second time, installing its connections again.  A new sync stream
+    also needs a timestamp no older than the first heartbeat accepted from its boot, less
+    ``sync_grace_ns``: the receiver just restarted has no window for the active's boot, and an
+    hour-old capture of it would be installed again."""
 
     max_skew_ns: int = 30_000_000_000
+    sync_grace_ns: int = 1_000_000_000
+    quiet_ns: int = 1_000_000_000
     streams: dict = field(default_factory=dict)
     left: dict = field(default_factory=dict)      # sync stream key -> the boots it left, oldest first
+    retired: dict = field(default_factory=dict)   # heartbeat stream key -> {boot: its _Stream}, oldest first
 
     def check(self, m: Message, now_wall_ns: int, my_boot: int = 0) -> str | None:
-        """None if fresh (and records it), else the reason: 'replay' or 'stale' (a new boot whose
-        clock is off by more than max_skew and that does not echo ``my_boot``)."""
+        """None if fresh (and records it), else the reason: 'replay' or 'stale' (a new boot not
+        proven fresh -- its clock off by more than max_skew, or its timestamp older than the
+        stream's boot's -- that does not echo ``my_boot``: echoed, it would be taken)."""
         sync = m.type == T_SYNC
         key = (m.node, m.channel, sync)
         st = self.streams.get(key)
         if st is None or st.boot != m.boot:
             if sync:
-                if m.boot in self.left.get(key, ()):
-                    return "replay"      # a boot this stream has left
-                if not any(k[0] == m.node and not k[2] and s.boot == m.boot for k, s in self.streams.items()):
-                    return "stale"       # not a boot whose heartbeats we accepted
+                why = self._new_sync_boot(key, st, m)
+                if why is not None:
+                    return why
                 if st is not None:
                     left = self.left.setdefault(key, [])
                     left.append(st.boot)
                     del left[:-RETIRED_BOOTS]
-            else:
-                if abs(now_wall_ns - m.ts_ns) > self.max_skew_ns and not (my_boot and m.echo == my_boot):
-                    return "stale"
-                if st is not None and m.ts_ns <= st.ts_ns:
-                    return "replay"      # an older boot's message replayed
-            self.streams[key] = _Stream(m.boot, m.seq, 1, m.ts_ns)
-            return None
+                self.streams[key] = _Stream(m.boot, m.seq, 1, m.ts_ns, m.ts_ns)
+                return None
+            why = self._new_heartbeat_boot(key, st, m, now_wall_ns, my_boot)
+            if why is not None:
+                return why
+            retired = self.retired.setdefault(key, {})
+            back = retired.pop(m.boot, None)
+            if st is not None:
+                retired[st.boot] = st
+                while len(retired) > LEFT_BOOTS:
+                    del retired[next(iter(retired))]
+            if back is None:
+                st = self.streams[key] = _Stream(m.boot, m.seq, 1, m.ts_ns, m.ts_ns)
+                self._heard(st, m, now_wall_ns, my_boot)
+                return None
+            self.streams[key] = st = back       # its window as it was: nothing it had is taken again
         if m.seq > st.top:
             shift = m.seq - st.top
             st.bits = ((st.bits << shift) | 1) & ((1 << WINDOW) - 1) if shift < WINDOW else 1
@@ -208,6 +248,50 @@ class ReplayGuard:
                 return "replay"
             st.bits |= 1 << off
         st.ts_ns = max(st.ts_ns, m.ts_ns)
+        if not sync:
+            self._heard(st, m, now_wall_ns, my_boot)
+        return None
+
+    @staticmethod
+    def _heard(st: _Stream, m: Message, now_wall_ns: int, my_boot: int) -> None:
+        st.heard_ns = now_wall_ns
+        st.echoed = st.echoed or bool(my_boot and m.echo == my_boot)
+        st.leaving = st.leaving or m.state == S_LEAVING
+
+    def _new_heartbeat_boot(self, key, st: _Stream | None, m: Message, now_wall_ns: int, my_boot: int) -> str | None:
+        gone = self.retired.get(key, {}).get(m.boot)
+        if gone is not None and (m.seq <= gone.top or m.ts_ns <= gone.ts_ns):
+            return "replay"      # a boot this stream left: only what it sent after the last taken of it
+        echoed = bool(my_boot) and m.echo == my_boot
+        if not (echoed or abs(now_wall_ns - m.ts_ns) <= self.max_skew_ns):
+            return "stale"
+        if st is None:
+            return None
+        if st.echoed and not echoed and not st.leaving and 0 <= now_wall_ns - st.heard_ns < self.quiet_ns:
+            return "replay"      # the live boot knows us, this one does not (yet)
+        if m.ts_ns <= st.ts_ns:
+            # older than the boot it would replace: an older boot's message replayed, or a restart
+            # with the clock set back -- taken once it echoes us (made after we started) if it is a
+            # boot no stream of the peer has left, or this stream's, back with new messages, and
+            # the one it would replace never echoed us (a capture that pushed it out while it had
+            # not yet heard us).  Until then 'stale': it needs our echo as a skewed boot does
+            if not echoed:
+                return "stale"
+            if gone is not None:
+                if st.echoed:
+                    return "replay"
+            elif any(k[0] == m.node and m.boot in r for k, r in self.retired.items()):
+                return "replay"
+        return None
+
+    def _new_sync_boot(self, key, st: _Stream | None, m: Message) -> str | None:
+        if m.boot in self.left.get(key, ()):
+            return "replay"      # a boot this stream has left
+        first = [s.first_ts_ns for k, s in self.streams.items() if k[0] == m.node and not k[2] and s.boot == m.boot]
+        if not first:
+            return "stale"       # not a boot whose heartbeats we accepted
+        if m.ts_ns < min(first) - self.sync_grace_ns:
+            return "replay"      # made before its boot's first heartbeat we accepted: a capture
         return None
 
     def newest(self, m: Message) -> bool:

@@ -31,7 +31,10 @@ Receive path (what an outsider can send cannot decide the role):
     refused;
   - a heartbeat carries an echo of the peer's boot id, so a peer whose clock is off by more than
     max_skew is still heard (a fresh boot proves itself by the echo) and reported as skewed,
-    instead of being taken for dead (which made both directors active);
+    instead of being taken for dead (which made both directors active); so is a peer restarted
+    with its clock set back (right after being ahead), whose old boot's captures stay refused;
+  - an ICMP error quoting a connected socket's addresses (spoofed from anywhere) fails the next
+    send: it is sent again at once and counted (``icmp_errors`` per channel), not lost;
   - a channel flooded with refused datagrams only loses that channel's heartbeats: the peer stays
     alive through the other channel, and the role does not change.
 Every background task runs under lb.tasks.supervise (logged and restarted, never lost), and
@@ -187,6 +190,7 @@ class Endpoint:
         self.connected = False
         self.seq = 0
         self.tx = self.tx_errors = 0
+        self.icmp_errors = 0             # sends that met an ICMP error pending on the socket (then sent again)
         self.kernel_drops = 0            # datagrams the kernel dropped: the buffer was full ...
         self.last_drop: float | None = None   # ... the last time that count grew (clock())
         self.stray_drops = 0
@@ -238,7 +242,14 @@ class Endpoint:
             return
         try:
             if self.connected:
-                self.sock.send(data)
+                try:
+                    self.sock.send(data)
+                except ConnectionRefusedError:
+                    # an ICMP error quoting our addresses (a port unreachable from the peer while
+                    # it restarts, or spoofed from anywhere) was pending on the connected socket:
+                    # the failed send took it and sent nothing; send again, once
+                    self.icmp_errors += 1
+                    self.sock.send(data)
             else:
                 self.sock.sendto(data, self.peer_addr)
             self.tx += 1
@@ -295,6 +306,10 @@ class Channel:
     def tx_errors(self) -> int:
         return self.hb.tx_errors + self.sync.tx_errors
 
+    @property
+    def icmp_errors(self) -> int:
+        return self.hb.icmp_errors + self.sync.icmp_errors
+
     def open(self) -> None:
         for ep in self.endpoints:
             ep.open()
@@ -309,7 +324,7 @@ REFUSED_TEXT = {
     "malformed": "malformed",
     "wrong_channel": "wrong channel, port or sender id",
     "replay": "replayed or duplicate",
-    "stale": "clock beyond max_skew and no echo of our boot id yet",
+    "stale": "clock beyond max_skew, or behind its previous boot's, and no echo of our boot id yet",
 }
 
 
@@ -360,9 +375,13 @@ class Pulse:
             self.channels.append(Channel(hb.CH_PRIVATE, *pick(ha.primary_private, ha.backup_private),
                                          ha.heartbeat_port, ha.sync_port))
         self.machine = RoleMachine(me_primary, ha.keepalive, ha.deadtime, ha.preempt, clock())
-        self.guard = hb.ReplayGuard(int(ha.max_skew * 1e9))
+        # a sync datagram may be made up to a deadtime before the first heartbeat we take from its
+        # boot (lost heartbeats; the active sends to a peer heard within deadtime), not earlier; a
+        # peer's boot that echoes us is replaced by one that does not only after half a deadtime
+        # of silence (or its "leaving"), before we would take it for dead
+        self.guard = hb.ReplayGuard(int(ha.max_skew * 1e9), sync_grace_ns=int(ha.deadtime * 1e9),
+                                    quiet_ns=int(ha.deadtime * 1e9 / 2))
         self.peer_boot = 0                       # the peer's boot id as last authenticated: our echo
-        self.peer_boot_ts = 0                    # ... and the timestamp of the heartbeat that said it
         self.peer_echoed = 0                     # the peer's boot id whose heartbeats echo ours
         self._peer_said = (0, 0)                 # (boot, ts_ns) of the newest heartbeat heard from the peer
         self._started = clock()                  # until half a deadtime after: only echoing messages are heard
@@ -433,6 +452,7 @@ class Pulse:
             "link_ok": m.link_ok,
             "channels": {c.name: {"local": str(c.local), "peer": str(c.peer), "port": c.port,
                                   "sync_port": c.sync.port, "rx": c.rx, "tx": c.tx, "tx_errors": c.tx_errors,
+                                  "icmp_errors": c.icmp_errors,
                                   "connected": c.hb.connected, "offpath": c.offpath,
                                   "kernel_drops": c.hb.kernel_drops + c.sync.kernel_drops,
                                   "refused": dict(c.refused),
@@ -603,17 +623,20 @@ class Pulse:
             return
         wall = self.wall_ns()
         why = self.guard.check(m, wall, self.boot)
-        if m.type != hb.T_SYNC and (why is None or m.ts_ns > self.peer_boot_ts):
-            # authentic, and fresh or later than the one before: echoed back, the peer's proof of
-            # freshness (a refused one counts too: a new boot beyond max_skew is accepted only once
-            # it hears its own boot id echoed).  A replay of an older heartbeat -- the peer's boot
-            # before it restarted -- must not turn the echo back: its new boot would never be
-            # accepted, and would take over as if we were dead.
-            self.peer_boot, self.peer_boot_ts = m.boot, m.ts_ns
+        if m.type != hb.T_SYNC and why in (None, "stale"):
+            # authentic, and accepted, or a new boot not proven fresh (its clock beyond max_skew, or
+            # behind the peer's boot before it): echoed back, that boot's proof of freshness (it is
+            # accepted once it hears its own boot id echoed).  A replay -- a duplicate, or a
+            # boot the peer has left, whose clock may have been ahead of the new one's -- does not
+            # turn the echo back: the new boot would never be accepted, and would take over as if
+            # we were dead.
+            self.peer_boot = m.boot
         if why is not None:
             detail = ""
-            if why == "stale":
+            if why == "stale" and abs(m.ts_ns - wall) > self.ha.max_skew * 1e9:
                 detail = f"its clock differs from ours by {(m.ts_ns - wall) / 1e9:+.1f}s, max_skew {self.ha.max_skew:g}s"
+            elif why == "stale":
+                detail = "a new boot whose clock is behind its previous boot's (set back?), taken once it echoes ours"
             self._refuse(c, why, detail)
             return
         # What the peer is now, the role machine hears only from its newest message: one that
@@ -643,7 +666,7 @@ class Pulse:
             try:
                 self._sync_queue.put_nowait(m.payload)
             except asyncio.QueueFull:
-                self.counters["sync_skipped"] += 1
+                self.counters["sync_skipped"] += hsync.record_count(m.payload)   # records, as documented
             # A sync message's state is news only when it is newer than the peer's last heartbeat:
             # the two are separate streams, and a backlog of sync datagrams read after the peer's
             # "leaving" (sync travels on the private channel, in bursts) must not make it active again.

@@ -96,6 +96,14 @@ def pack_batches(records: list[bytes]) -> list[bytes]:
     return out
 
 
+def record_count(payload: bytes) -> int:
+    """The records a payload says it holds (its u16 count), at most as many as its length can
+    hold; 0 for one too short for a count.  For counting a payload that is dropped unread."""
+    if len(payload) < COUNT.size:
+        return 0
+    return min(COUNT.unpack_from(payload)[0], (len(payload) - COUNT.size) // TEMPLATE_REC.size)
+
+
 def _addr(raw: bytes, fam: int):
     if fam == 4:
         if any(raw[4:]):

@@ -1,0 +1,231 @@
+"""pulse's replay guard over restarts and clock fixes, the heartbeat socket under ICMP errors, and
+the sync backlog's count: two in-memory directors (tests/test_ha_unit.py's Pair) and, for ICMP,
+real sockets on 127.0.0.x."""
+import random
+import select
+import socket
+import time
+
+from lb.ha import heartbeat as hb
+from lb.ha import sync as hsync
+
+from fuzzseed import SEED, named
+from test_ha_unit import A, KEY, Pair, _loopback_ha
+
+REC = (6, A("198.18.0.2"), 40000, A("198.18.0.10"), 80, A("198.18.1.11"), 80, 1, 0, 5_000_000_000, 900,
+       b"\x02" * 6)
+
+
+def test_a_primary_restarted_with_its_clock_set_back_is_heard_at_once(tmp_path):
+    """The primary's clock was 120 s ahead; NTP sets it right and lb restarts (preempt).  Its new
+    boot's heartbeats are all older than its old boot's last one, but they echo the backup's boot
+    id (made after the backup started): the backup hears it and stands down -- one active.  (It
+    refused them as replays for as long as the clock had been ahead: both active for 120 s.)
+    The old boot's heartbeats, captured and replayed, stay refused and move nothing."""
+    pair = Pair(tmp_path)
+    pair.skew = {hb.NODE_PRIMARY: int(120e9), hb.NODE_BACKUP: 0}       # the primary 120 s ahead
+    primary = pair.start(hb.NODE_PRIMARY)
+    primary.machine.preempt = True
+    backup = pair.start(hb.NODE_BACKUP)
+    pair.run(3.0)
+    assert pair.roles() == {0: "active", 1: "backup"}
+    captured = [primary.encode(c, hb.T_HEARTBEAT, hb.S_ACTIVE) for c in primary.channels]
+    primary._send_all(hb.T_HEARTBEAT, hb.S_LEAVING)                     # lb stops
+    del pair.nodes[hb.NODE_PRIMARY]
+    pair.run(0.5)
+    assert backup.role == "active"
+    pair.skew[hb.NODE_PRIMARY] = 0                                      # NTP fixed it; lb starts again
+    primary = pair.start(hb.NODE_PRIMARY)
+    primary.machine.preempt = True
+    pair.run(10.0)
+    assert pair.roles() == {0: "active", 1: "backup"}
+    assert backup.status()["peer"]["alive"] and backup.status()["peer"]["state"] == "active"
+    changes, replays = backup.machine.changes, backup.counters["replay"]
+    for data in captured * 5:                                           # the old boot's, replayed
+        backup._receive(backup.channels[0], "heartbeat", data)
+    # nor do they turn the backup's echo back to the old boot: what it sends echoes the new one
+    assert hb.decode(KEY, backup.encode(backup.channels[0], hb.T_HEARTBEAT)).echo == primary.boot
+    pair.run(5.0)
+    assert backup.counters["replay"] == replays + 5 * len(captured)
+    assert pair.roles() == {0: "active", 1: "backup"} and backup.machine.changes == changes
+    assert backup.status()["peer"]["state"] == "active"
+
+
+def test_a_backup_restarted_with_its_clock_set_back_is_heard_by_the_primary(tmp_path):
+    """The same on the other side, without preempt: the backup, 120 s ahead, restarts with its
+    clock right; the active primary hears the new boot (it echoes the primary's boot id) and the
+    backup stays backup."""
+    pair = Pair(tmp_path, skew_s=120.0)
+    primary = pair.start(hb.NODE_PRIMARY)
+    pair.start(hb.NODE_BACKUP)
+    pair.run(3.0)
+    assert pair.roles() == {0: "active", 1: "backup"}
+    pair.nodes[hb.NODE_BACKUP]._send_all(hb.T_HEARTBEAT, hb.S_LEAVING)
+    del pair.nodes[hb.NODE_BACKUP]
+    pair.run(0.5)
+    pair.skew[hb.NODE_BACKUP] = 0
+    backup = pair.start(hb.NODE_BACKUP)
+    pair.run(10.0)
+    assert pair.roles() == {0: "active", 1: "backup"}
+    assert primary.status()["peer"]["alive"] and primary.status()["peer"]["state"] == "backup"
+    assert backup.machine.changes == 1
+
+
+def _clock_history(tmp_path, seed, attack):
+    """Two in-memory directors through restarts (each with or without "leaving", a crash), each
+    restart with the director's clock set anew (right, ahead, behind, beyond max_skew or not);
+    with ``attack``, an eavesdropper sends each director, now and then, datagrams captured from
+    its peer earlier.  The roles, sampled 3 s after each restart."""
+    rng, eve = random.Random(seed), random.Random(seed + 1)
+    tmp_path.mkdir(parents=True)
+    pair = Pair(tmp_path)
+    clocks = [0, int(10e9), int(120e9), int(-60e9)]
+    pair.skew = {hb.NODE_PRIMARY: rng.choice(clocks), hb.NODE_BACKUP: rng.choice(clocks)}
+    captured = {hb.NODE_PRIMARY: [], hb.NODE_BACKUP: []}
+
+    def tapped(p, c, typ, state, payload):
+        data = p.encode(c, typ, state, payload)
+        other = pair.nodes.get(1 - p.node)
+        if other is None or p.node in pair.cut:
+            return
+        kind = "sync" if typ == hb.T_SYNC else "heartbeat"
+        if attack and captured[p.node] and eve.random() < 0.5:
+            for ch, k, old in eve.sample(captured[p.node], min(3, len(captured[p.node]))):
+                other._receive(other.channels[ch], k, old)
+        other._receive(other.channels[c.id], kind, data)
+        captured[p.node].append((c.id, kind, data))
+    pair._deliver = tapped
+    preempt = rng.random() < 0.5
+    pair.start(hb.NODE_PRIMARY).machine.preempt = preempt
+    pair.run(1.5)
+    pair.start(hb.NODE_BACKUP)
+    seen = []
+    for _ in range(3):
+        pair.run(3.0)
+        seen.append(sorted(pair.roles().items()))
+        who = rng.choice([hb.NODE_PRIMARY, hb.NODE_BACKUP])
+        if rng.random() < 0.5:
+            pair.nodes[who]._send_all(hb.T_HEARTBEAT, hb.S_LEAVING)
+        del pair.nodes[who]
+        pair.run(0.5)
+        pair.skew[who] = rng.choice(clocks)
+        pair.start(who).machine.preempt = preempt and who == hb.NODE_PRIMARY
+    pair.run(4.0)
+    seen.append(sorted(pair.roles().items()))
+    return seen
+
+
+def test_restarts_with_clocks_set_right_or_wrong_leave_one_active(tmp_path):
+    """Whatever the clocks did between restarts -- set right after being ahead, set back, set
+    beyond max_skew -- and whatever an eavesdropper replays, 3 s after each restart exactly one
+    director is active.  (A clock set right after being ahead made both active for as long as
+    it had been ahead.)  Seeded by LB_FUZZ_SEED."""
+    rng = random.Random(SEED)
+    with named():
+        for trial in range(10):
+            seed = rng.randrange(1 << 32)
+            for attack in (False, True):
+                seen = _clock_history(tmp_path / f"{trial}{attack}", seed, attack)
+                assert all([r for _, r in s].count("active") == 1 for s in seen), (seed, attack, seen)
+
+
+def test_a_retired_boot_stays_refused_and_comes_back_only_with_new_messages():
+    """ReplayGuard: a boot its stream left is refused for every message it had sent up to then,
+    whatever its timestamp and echo; a boot with an older timestamp is accepted only when it
+    echoes our boot id and was never left."""
+    now = time.time_ns()
+    g = hb.ReplayGuard()
+    me = 0x5EED
+
+    def hbm(seq, boot, ts, echo=0):
+        return hb.Message(hb.T_HEARTBEAT, hb.S_ACTIVE, 0, 0, boot, seq, ts, 0, hb.echo_payload(echo))
+
+    assert g.check(hbm(7, boot=1, ts=now + 20 * 10**9), now, me) is None       # the clock 20 s ahead
+    assert g.check(hbm(1, boot=2, ts=now), now, me) == "stale"                 # older, no echo yet
+    assert g.check(hbm(2, boot=2, ts=now + 1, echo=me), now, me) is None       # older, echoes us
+    for seq in (1, 5, 7):                                                      # boot 1's, replayed
+        assert g.check(hbm(seq, boot=1, ts=now + 20 * 10**9, echo=me), now, me) == "replay"
+    assert g.check(hbm(3, boot=2, ts=now + 2, echo=me), now, me) is None
+    assert g.check(hbm(2, boot=2, ts=now + 1, echo=me), now, me) == "replay"   # duplicate
+
+
+def test_a_sync_datagram_captured_before_the_backup_restarted_is_refused(tmp_path):
+    """An authentic sync datagram of the active's current boot, captured and replayed an hour
+    later after the backup restarted: refused (counted as a replay), nothing queued; a fresh one
+    is taken."""
+    pair = Pair(tmp_path)
+    primary = pair.start(hb.NODE_PRIMARY)
+    backup = pair.start(hb.NODE_BACKUP)
+    pair.run(3.0)
+    [payload] = hsync.pack_batches([hsync.encode_conn(REC)])
+    captured = primary.encode(primary.channels[0], hb.T_SYNC, None, payload)
+    backup._receive(backup.channels[0], "sync", captured)
+    backup._receive(backup.channels[0], "sync", captured)
+    assert backup._sync_queue.qsize() == 1 and backup.counters["replay"] == 1
+    pair.cut.add(hb.NODE_BACKUP)
+    del pair.nodes[hb.NODE_BACKUP]
+    pair.t += 3600.0
+    pair.cut.clear()
+    backup = pair.start(hb.NODE_BACKUP)
+    pair.run(3.0)
+    assert pair.roles() == {0: "active", 1: "backup"}
+    backup._receive(backup.channels[0], "sync", captured)                 # an hour old, replayed
+    assert backup._sync_queue.qsize() == 0
+    assert backup.counters["replay"] == 1 and backup.status()["channels"]["public"]["refused"] == {"replay": 1}
+    backup._receive(backup.channels[0], "sync", primary.encode(primary.channels[0], hb.T_SYNC, None, payload))
+    assert backup._sync_queue.qsize() == 1
+
+
+def test_a_full_sync_backlog_counts_the_records_it_skips(tmp_path):
+    """The backup's sync queue is full: a datagram of 5 records dropped counts 5 skipped records
+    (lb_ha_sync_skipped_records_total), not 1; a payload too short to hold a count counts none."""
+    pair = Pair(tmp_path)
+    primary = pair.start(hb.NODE_PRIMARY)
+    backup = pair.start(hb.NODE_BACKUP)
+    pair.run(3.0)
+    while not backup._sync_queue.full():
+        backup._sync_queue.put_nowait(b"")
+    [payload] = hsync.pack_batches([hsync.encode_conn(REC)] * 5)
+    backup._receive(backup.channels[0], "sync", primary.encode(primary.channels[0], hb.T_SYNC, None, payload))
+    assert backup.status()["counters"]["sync_skipped"] == 5
+    backup._receive(backup.channels[0], "sync", primary.encode(primary.channels[0], hb.T_SYNC, None, b"\x00"))
+    assert backup.status()["counters"]["sync_skipped"] == 5
+    assert backup.counters["rx"] >= 2
+
+
+def test_a_heartbeat_send_that_meets_an_icmp_error_goes_out_again(tmp_path):
+    """The heartbeat socket is connected to the peer, so an ICMP port unreachable quoting its
+    addresses (the kernel's own here: the peer's port was closed; a spoofed one from anywhere
+    does the same) leaves an error pending that fails the next send with ECONNREFUSED.  That
+    heartbeat is sent again at once and arrives; the event is counted as icmp_errors, not as a
+    send error."""
+    from lb.ha.pulse import Pulse
+
+    ha = _loopback_ha(tmp_path, deadtime=1.0)
+
+    async def on_role(new, old):
+        pass
+
+    p = Pulse(ha, "icmp", on_role, node=hb.NODE_PRIMARY)
+    for c in p.channels:
+        c.open()
+    try:
+        sock = p.channels[0].hb.sock
+        p._send_all(hb.T_HEARTBEAT)                       # nobody listens: port unreachable comes back
+        poller = select.poll()
+        poller.register(sock.fileno(), select.POLLERR)
+        deadline = time.monotonic() + 10
+        while not poller.poll(50):                        # the error pending (poll does not take it)
+            assert time.monotonic() < deadline, "no ICMP error came back"
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as peer:
+            peer.bind(("127.0.0.2", ha.heartbeat_port))
+            peer.settimeout(5)
+            p._send_all(hb.T_HEARTBEAT)
+            data = peer.recv(hb.MAX_DATAGRAM)
+        m = hb.decode(KEY, data, sender=hb.NODE_PRIMARY, channel=hb.CH_PUBLIC, types=hb.SOCKET_TYPES["heartbeat"])
+        assert m.type == hb.T_HEARTBEAT and m.seq == 2
+        st = p.status()["channels"]["public"]
+        assert st["icmp_errors"] == 1 and st["tx_errors"] == 0 and st["tx"] == 2
+    finally:
+        for c in p.channels:
+            c.close()
