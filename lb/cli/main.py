@@ -215,7 +215,8 @@ def _control(args, cmd: str, **params) -> dict | None:
     except control.NotRunning as e:
         print(f"lb: {e}", file=sys.stderr)
     except PermissionError:
-        print(f"lb: {control.socket_path(inst)}: permission denied (the control socket is root's)",
+        print(f"lb: {control.socket_path(inst)}: permission denied (the control socket is root's; "
+              f"[control] read_group or admin_group lets a group in)",
               file=sys.stderr)
     except (OSError, ValueError) as e:
         print(f"lb: instance {inst!r}: control socket: {e}", file=sys.stderr)

@@ -1483,7 +1483,7 @@ AS_RANGE: Final = (1, 4294967295)  # 4-byte AS numbers (RFC 6793); 0 is reserved
 MED_RANGE: Final = (0, 4294967295)
 HOLD_TIME_RANGE: Final = (3, 65535)  # RFC 4271: 0 (no keepalives, no failure detection) or >= 3
 LEASE_RANGE: Final = (2.0, 3600.0)  # lb renews the lease every second
-DRAIN_RANGE: Final = (0.0, 20.0)  # within `lb stop`'s 30 s wait
+DRAIN_RANGE: Final = (0.0, 20.0)  # well within `lb stop`'s wait (STOP_WAIT_S)
 SETTLE_RANGE: Final = (0.0, 600.0)
 _COMMUNITY_RE: Final = re.compile(r"([0-9]{1,5}):([0-9]{1,5})")
 

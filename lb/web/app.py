@@ -698,12 +698,12 @@ class Console:
         return (f'<p class="note">Instance <b>{h(c.get("instance") or self.settings.instance)}</b> · file '
                 f'{h(c.get("path"))} ({h(c.get("format"))}) · serial_no {h(c.get("file_serial_no"))} · version '
                 f'{h(c.get("version"))}. Changes are checked as <code>lb check</code> checks the file, saved, and applied '
-                f'with a reload; instance, tables, network, [ha] and [bgp] need a restart: tick "save for the next start" '
+                f'with a reload; instance, tables, network, data plane, interfaces, [ha] and [bgp] need a restart: tick "save for the next start" '
                 f'to save them anyway.</p>')
 
     _RESTART = ('<div class="row"><label for="restart">Save for the next start</label><div><input type=checkbox '
                 'id="restart" name="restart"> <span class="help">when a change needs lb to restart (tables, network, '
-                '[ha]): save the file now, apply at the next start</span></div></div>')
+                'interfaces, [ha]): save the file now, apply at the next start</span></div></div>')
 
     async def global_page(self, request: web.Request) -> web.StreamResponse:
         cur, err = await self._doc_or_404(request, "Global settings", "/global")
