@@ -59,6 +59,9 @@ class ServiceTable:
         self.baseline = baseline                # conntable.SchedBaseline
         self.services: dict[L.SvcKey, _SvcState] = {}
         self.reals: dict[int, L.Real] = {}      # every id ever handed out and not reusable yet
+        # removed real servers a re-add takes back, connections and counters and all (IPVS's
+        # trash: ip_vs_trash_get_dest): (service id, packed address, port, forward) -> id
+        self.retired: dict[tuple, int] = {}
         self.free_svc_ids: list[int] = []
         self.next_svc_id = 0
         self.next_real_id = 0
@@ -111,6 +114,9 @@ class ServiceTable:
             if raw != b"\0" * len(raw):
                 self.reals[rid] = L.Real.unpack(raw, weights.get(rid, 0))   # a retired one's is 0
                 self.next_real_id = rid + 1
+                a, p, fam, fwd, *_rest = L.REAL.unpack(raw)
+                if fam == 0 and self.reals[rid].svc in used_svc:
+                    self.retired[(self.reals[rid].svc, a, p, fwd)] = rid
 
     def _adopt_service(self, key, sid: int, weights: dict[int, int], svcs: dict, dests: dict, reals: dict) -> None:
         svc = L.Svc.unpack(svcs[L.U32.pack(sid)])
@@ -147,6 +153,9 @@ class ServiceTable:
                     break
             else:
                 raise DataplaneError(f"no free real server slot (tables.real_servers = {self.sizes.reals})")
+            key = self._retired_key(real)
+            if self.retired.get(key) == rid:    # another server's now: not to be taken back
+                del self.retired[key]
         self.baseline.forget(rid)
         self.rates.forget("lb_real_stats", rid)
         self.txn.new_real(rid)                    # its counters start from zero
@@ -246,12 +255,12 @@ class ServiceTable:
         return (dict(self.services), dict(self.reals), list(self.free_svc_ids), self.next_svc_id,
                 self.next_real_id, set(self.draining), self.last_table, dict(self.ranges), dict(self.lblc.tables),
                 dict(self.lblc.expiration), self.rates.journal(), dict(self.baseline.sched_base),
-                dict(self.applied), {})
+                dict(self.applied), dict(self.retired), {})
 
     def _restore(self, snap: tuple) -> None:
         (self.services, self.reals, self.free_svc_ids, self.next_svc_id, self.next_real_id, self.draining,
          self.last_table, self.ranges, self.lblc.tables, self.lblc.expiration, rates,
-         self.baseline.sched_base, self.applied, svcs) = snap
+         self.baseline.sched_base, self.applied, self.retired, svcs) = snap
         self.services.update(svcs)
         self.rates.est.update(rates)
         self._snap_reals = self._snap_svcs = None
@@ -383,6 +392,10 @@ class ServiceTable:
         # the removed servers' of earlier applies, scanned for only once the fresh ids run out
         free = 0
         retired_counted = False
+        # removed servers a re-add takes back (their own ids, not free for others)
+        revive = {self.retired[k] for key, spec in want.items() if self.retired and key in self.services
+                  for r in spec.reals if (k := self._revivable(self.services[key], r)) in self.retired} \
+            if self.retired else set()
         for key, st in self.services.items():
             if key not in want:
                 free += sum(1 for _, rid in st.dests if idle(rid))
@@ -406,6 +419,7 @@ class ServiceTable:
             need = len(wanted)
             if st is not None:
                 need -= sum(1 for rkey, _ in st.dests if rkey in wanted)
+                need -= sum(1 for r in spec.reals if self._revivable(st, r) in revive)   # taken back: no new id
                 free += sum(1 for rkey, rid in st.dests if rkey not in wanted and rkey not in drains and idle(rid))
             adds += need
             take = min(need, fresh)
@@ -413,7 +427,7 @@ class ServiceTable:
             if need > take and not retired_counted:
                 in_use = {rid for st in self.services.values() for _, rid in st.dests}
                 free += sum(1 for rid, real in self.reals.items()
-                            if real.family == 0 and rid not in in_use and idle(rid))
+                            if real.family == 0 and rid not in in_use and rid not in revive and idle(rid))
                 retired_counted = True
             take2 = min(need - take, free)
             free -= take2
@@ -515,16 +529,29 @@ class ServiceTable:
             self.txn.delete_now("lb_services", key.pack())
         self.txn.writes += 1
         for _, rid in st.dests:
-            self._retire_real(rid)
+            self._retire_real(rid, revivable=False)
+        # its id goes to the next new service: none of its removed servers is taken back there
+        self.retired = {k: r for k, r in self.retired.items() if k[0] != st.id}
         self.txn.set("lb_svc", L.U32.pack(st.id), L.Svc(key.addr, key.port, key.proto, 0).pack())
         self.lblc.flush(st.id)
         self._mh_drop(st.id)
         self.free_svc_ids.append(st.id)
         log.info("removed virtual service %s", _svc_name(key))
 
-    def _retire_real(self, rid: int) -> None:
+    @staticmethod
+    def _retired_key(real: L.Real) -> tuple:
+        return (real.svc, L.pack_addr(real.addr), L.pack_port(real.port), real.fwd)
+
+    @staticmethod
+    def _revivable(st: _SvcState, r: RealSpec) -> tuple:
+        """The retired key a real server of st's spec would be taken back by."""
+        return (st.id, L.pack_addr(r.address), L.pack_port(r.port), L.FORWARDS[r.forward])
+
+    def _retire_real(self, rid: int, revivable: bool = True) -> None:
         # family 0: packets of its remaining connections drop (IPVS expire_nodest_conn = 0)
         real = self._own_real(rid)
+        if revivable:
+            self.retired[self._retired_key(real)] = rid
         real.family = 0
         real.weight = 0
         self.mh.last.pop(rid, None)         # a reused id starts with a new last weight
@@ -611,8 +638,16 @@ class ServiceTable:
         for spec_r in spec.reals if have is not None else ():
             if have and spec_r.key in have:
                 continue
-            rid = self._alloc_real()
             real = self._real_entry(spec_r, st.id, None)
+            # a server this service had (a failed health check removed it): its id back, and
+            # with it the connections still pointing there and its counters, as IPVS takes a
+            # dest back from its trash -- they forward again instead of dropping until expiry
+            rid = self.retired.pop(self._retired_key(real), None)
+            if rid is None:
+                rid = self._alloc_real()
+            else:
+                log.info("real server %s:%d of %s back: its %d connections forward again", spec_r.address,
+                         spec_r.port, name, sum(self.real_conns(rid)[:2]))
             self.reals[rid] = real
             self.txn.set("lb_reals", L.U32.pack(rid), real.pack())
             st.dests.insert(0, (spec_r.key, rid))
