@@ -486,7 +486,8 @@ class Engine:
         """dp.finish_resize (new [tables]: the old maps' last connections copied, the old
         programs and maps let go); True while it has more to do (the run loop calls it again)."""
         try:
-            return self.dp.finish_resize()
+            with self._dp_lock:             # pulse's imports write the same maps from their thread
+                return self.dp.finish_resize()
         except (DataplaneError, OSError) as e:
             # the new maps serve; only what the old programs made during the start is missing
             log.error("finishing the move into the new [tables] sizes: %s", e)
@@ -1083,6 +1084,17 @@ class Engine:
         with self._dp_lock:
             return self.dp.sweep()
 
+    # the data plane's own housekeeping, each under the lock every writer of its maps takes
+    # (an HA import in pulse's thread staged its counts into a table apply's transaction and
+    # lost them: `lb list` short until the next sweep)
+    def finish_drains(self) -> int:
+        with self._dp_lock:
+            return self.dp.finish_drains()
+
+    def refresh_nexthops(self) -> int:
+        with self._dp_lock:
+            return self.dp.refresh_nexthops()
+
     def estimate(self) -> int:
         with self._dp_lock:
             return self.dp.estimate()
@@ -1394,7 +1406,7 @@ class Engine:
                         if not fut.done():
                             fut.set_result(reply)
                 if self.dp.draining:
-                    await blocking(self.dp.finish_drains)
+                    await blocking(self.finish_drains)
                 if self._resizing:
                     self._resizing = await blocking(self._finish_resize)
                 if self.dp.sched_base_pending():
@@ -1415,7 +1427,7 @@ class Engine:
                     await blocking(lambda: self.keep_ownership(now))
                 if now - last_nh >= NEXTHOP_INTERVAL:
                     last_nh = now
-                    await blocking(self.dp.refresh_nexthops)
+                    await blocking(self.refresh_nexthops)
             except Exception:  # the daemon keeps forwarding whatever a housekeeping step does
                 log.exception("housekeeping failed")
         if self._stop.startswith("systemd:"):       # lb@.service's SIGTERM: stop or restart?

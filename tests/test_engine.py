@@ -293,3 +293,16 @@ def test_a_sigterm_under_the_unit_stops_as_systemds_job_says(monkeypatch, job, k
     monkeypatch.setattr(lb.engine.sdnotify, "systemd_job", lambda unit: asked.append(unit) or job)
     eng._stop = "systemd:lb@web.service"
     assert eng._systemd_stop_kind() == kind and asked == ["lb@web.service"]
+
+
+def test_the_data_planes_housekeeping_holds_the_lock_every_map_writer_takes() -> None:
+    """Drain completion, next-hop refresh and a resize's finish write the maps from a worker
+    thread, as pulse's connection imports do from theirs: each under the engine's data-plane lock
+    (an import that landed inside a drain's table apply lost its counts until the next sweep)."""
+    eng = _engine(_cfg())
+    held = []
+    eng.dp.finish_drains = lambda: held.append(eng._dp_lock.locked()) or 0
+    eng.dp.refresh_nexthops = lambda: held.append(eng._dp_lock.locked()) or 0
+    eng.dp.finish_resize = lambda: held.append(eng._dp_lock.locked()) or False
+    eng.finish_drains(), eng.refresh_nexthops(), eng._finish_resize()
+    assert held == [True, True, True]
