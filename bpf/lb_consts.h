@@ -221,7 +221,10 @@ enum lb_sched_id {
                                   * as it is, which its receiver drops */
 #define LB_CNT_TX_UNMAPPED 16  /* redirected to an interface not in lb_tx_ports: bpf_redirect,
                                   * whose ifindex the kernel looks up per packet (not a drop) */
-#define LB_CNT_MAX 17
+#define LB_CNT_NOT_ROUTABLE 17   /* what the kernel drops before IPVS would see it (a length past
+                                  * the frame or short of its headers, a martian source): passed
+                                  * to it, nothing made, no real server sees it */
+#define LB_CNT_MAX 18
 #define LB_COUNTERS 32           /* lb_counters' size: room to add counters without new pins */
 
 /* Per-CPU tallies of the embryonic table's entries (lb_ct_events; a NAT connection has two, its

@@ -1,11 +1,13 @@
-/* Embryonic connections: a flood of new sources never evicts an established connection.
+/* Embryonic connections: a flood of new sources' first packets never evicts an established
+ * connection (a spoofer that adds a blind ACK to each SYN, or a second UDP packet, does make
+ * its entries established: docs/architecture.md, "Under attack").
  *
  * A new connection (a pure SYN, a UDP flow's first packet) is made in lb_conns_embryo, an LRU
  * table of its own, with its NAT reverse entry; the persistence template it makes goes to
  * lb_persist_embryo.  It moves to lb_conns (and its template to lb_persist) once it is
  * established: TCP when it enters ESTABLISHED (after the client's ACK; with secure_tcp, as IPVS's
  * tcp_states_dos, only after the real server answered), UDP at its second packet either way.  So
- * spoofed SYNs, which never complete a handshake, only ever evict each other, however many come;
+ * spoofed SYNs alone, which never complete a handshake, only ever evict each other, however many come;
  * lb_conns holds connections that got past their first packet and is only full when there are
  * that many of them.
  *

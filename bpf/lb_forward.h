@@ -56,15 +56,15 @@ static __always_inline __u16 lb_ip4_csum(struct iphdr *ip)
     return ~lb_csum_fold(sum);
 }
 
-/* A new outer/answer IP header: TTL (hop limit) 64, no options, IPv4 with id 0 and its checksum */
-static __always_inline void lb_ip4_hdr(struct iphdr *o, __u8 tos, __u16 tot_len, __be16 frag_off, __u8 proto,
-                                       __be32 saddr, __be32 daddr)
+/* A new outer/answer IP header: TTL (hop limit) 64, no options, IPv4 with its id and checksum */
+static __always_inline void lb_ip4_hdr(struct iphdr *o, __u8 tos, __u16 tot_len, __be16 frag_off, __be16 id,
+                                       __u8 proto, __be32 saddr, __be32 daddr)
 {
     o->version = 4;
     o->ihl = 5;
     o->tos = tos;
     o->tot_len = bpf_htons(tot_len);
-    o->id = 0;
+    o->id = id;
     o->frag_off = frag_off;
     o->ttl = 64;
     o->protocol = proto;
@@ -203,7 +203,7 @@ static __always_inline int lb_too_big4(struct xdp_md *ctx, struct lb_pkt *pkt, _
     }
     __u8 *icmp = (void *)(o + 1);
     void *data_end = (void *)(long)ctx->data_end;
-    lb_ip4_hdr(o, 0, sizeof(*o) + 8 + quote, 0, IPPROTO_ICMP, vip, client);
+    lb_ip4_hdr(o, 0, sizeof(*o) + 8 + quote, 0, 0, IPPROTO_ICMP, vip, client);
     icmp[0] = 3;                  /* destination unreachable */
     icmp[1] = 4;                  /* fragmentation needed */
     *(__u16 *)(icmp + 2) = 0;
@@ -305,6 +305,9 @@ static __always_inline int lb_tunnel_xmit(struct xdp_md *ctx, struct lb_pkt *pkt
     l2 = (void *)pkt->ip4 - data;
     __u8 tos = pkt->ip4->tos;
     __be16 df = pkt->ip4->frag_off & bpf_htons(0x4000);               /* IP_DF, as IPVS copies it */
+    /* without DF the outer packet may be fragmented on the way: it needs an id of its own
+     * (RFC 6864), where IPVS's ip_select_ident picks one; the inner packet's is one already */
+    __be16 id = df ? 0 : pkt->ip4->id;
     __u16 len = pkt->len;
     if (bpf_xdp_adjust_head(ctx, l2 - (int)sizeof(struct ethhdr) - (int)sizeof(struct iphdr))) {
         lb_count(LB_CNT_XMIT_FAILED);
@@ -319,7 +322,7 @@ static __always_inline int lb_tunnel_xmit(struct xdp_md *ctx, struct lb_pkt *pkt
         return XDP_DROP;
     }
     eth->h_proto = bpf_htons(ETH_P_IP);
-    lb_ip4_hdr(o, tos, len + sizeof(*o), df, IPPROTO_IPIP, *(__be32 *)r->tun_src, *(__be32 *)r->addr);
+    lb_ip4_hdr(o, tos, len + sizeof(*o), df, id, IPPROTO_IPIP, *(__be32 *)r->tun_src, *(__be32 *)r->addr);
     return lb_xmit(ctx, eth, r->mac, r->src_mac, r->ifindex);
 }
 

@@ -24,7 +24,10 @@ from packets_util import CLIENT_MAC, PUB_MAC, XDP_PASS, XDP_REDIRECT, fake_resol
 VIP = ipaddress.ip_address("198.18.0.40")
 _ports = itertools.count(2000)
 _sports = itertools.count(20000)
-_addrs = st.integers(min_value=1, max_value=2**32 - 2).map(lambda n: str(ipaddress.IPv4Address(n)))
+# clients' addresses: no martian (0/8, 127/8, multicast, class E; IPv6 ::, ::1, ff00::/8), which
+# the kernel drops before IPVS and lb passes to it (not_routable)
+_addrs = st.integers(min_value=1 << 24, max_value=(224 << 24) - 1).map(
+    lambda n: str(ipaddress.IPv4Address(n if n >> 24 != 127 else n + (1 << 24))))
 
 
 @pytest.fixture(scope="module")
@@ -129,7 +132,7 @@ def test_bpf_matches_model(dp, weights, flags, size, clients, quiesce, threshold
 @settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(weights=st.lists(st.integers(0, 70), min_size=1, max_size=10),
        flags=st.sampled_from([(), ("mh-port",), ("mh-fallback",), ("mh-fallback", "mh-port")]),
-       clients=st.lists(st.integers(1, 2**128 - 2).map(lambda n: str(ipaddress.IPv6Address(n))),
+       clients=st.lists(st.integers(2, (0xFF << 120) - 1).map(lambda n: str(ipaddress.IPv6Address(n))),
                         min_size=1, max_size=16))
 def test_bpf_matches_model_ipv6(dp, weights, flags, clients):
     """IPv6: the table's permutations hash the real servers' folded IPv6 addresses, the pick the
