@@ -264,10 +264,10 @@ static char *bb_dec(char *p, unsigned long long v)
     return p;
 }
 
-/* addr:port as ipvsadm -n prints it: a.b.c.d:p or [v6]:p (glibc inet_ntop, as listing.py's
- * _inet_ntop6 emulates).  family LB_AF_INET is IPv4, anything else IPv6.  Returns the length;
- * dst holds at least 64 bytes. */
-static int bb_addrport(char *dst, const uint8_t *addr, uint16_t port_be, unsigned family)
+/* "addr:" of addr:port as ipvsadm -n prints it: a.b.c.d: or [v6]: (glibc inet_ntop, as
+ * listing.py's _inet_ntop6 emulates).  family LB_AF_INET is IPv4, anything else IPv6.
+ * Returns the end (a 0 written there); dst holds at least 64 bytes. */
+static char *bb_addr(char *dst, const uint8_t *addr, unsigned family)
 {
     char *p = dst;
     if (family == LB_AF_INET) {
@@ -282,7 +282,14 @@ static int bb_addrport(char *dst, const uint8_t *addr, uint16_t port_be, unsigne
         *p++ = ']';
         *p++ = ':';
     }
-    p = bb_dec(p, ntohs(port_be));
+    *p = 0;
+    return p;
+}
+
+/* addr:port as ipvsadm -n prints it (bb_addr, then the port).  Returns the length. */
+static int bb_addrport(char *dst, const uint8_t *addr, uint16_t port_be, unsigned family)
+{
+    char *p = bb_dec(bb_addr(dst, addr, family), ntohs(port_be));
     *p = 0;
     return (int)(p - dst);
 }
@@ -298,12 +305,13 @@ static char *bb_field(char *p, const char *s, int len, int width)
 }
 
 #define BB_LINE_MAX 256             /* longest line: three [v6]:port of 54 chars and fields */
-#define BB_DEST_SLOT 64             /* dest_cache: one "addr:port" per real id, 0 = not yet */
+#define BB_DEST_SLOT 64             /* dest_cache: one "addr:" per real id, 0 = not yet */
 
 /* Format entries [*pos, n) into out (cap bytes) until it would overflow; *pos advances.
  * Entries with dir != 0 (NAT reverse entries) and expired ones are skipped as
  * reader.read_connections does.  dest_cache (nreals * 64 bytes, zeroed by the caller, kept
- * across calls) holds each real server's formatted address once.  The line is printf's
+ * across calls) holds each real server's formatted "addr:" once; the port is each connection's
+ * (a real server of port 0 gets the one the connection came to).  The line is printf's
  * "%-3s %-6s %-11s %-18s %-18s %s\n" (lb/listing.py format_connections), built by hand: the
  * printf family costs more than everything else here.  Returns the bytes written, or -1 when
  * an entry names a real id outside reals[0..nreals) (*pos then points at it). */
@@ -335,12 +343,14 @@ long bb_format_conns(const void *keys, const void *values, unsigned long n,
             *pos = i;
             return -1;
         }
+        const struct lb_real *r = &rs[c->real];
         char *dst = dest_cache + (unsigned long)c->real * BB_DEST_SLOT;
-        if (!dst[0]) {
-            const struct lb_real *r = &rs[c->real];
+        if (!dst[0])
             /* a removed real server keeps its address, family 0: the connection's family */
-            bb_addrport(dst, r->addr, r->port, r->family ? r->family : k->family);
-        }
+            bb_addr(dst, r->addr, r->family ? r->family : k->family);
+        /* port 0 (a firewall-mark service's real server): the connection's own, as the data
+         * path forwards it (IPVS: dest->port ?: vport) */
+        uint16_t dport = r->port ? r->port : k->dport;
         const char *proto = k->proto == IPPROTO_TCP ? "TCP" : k->proto == IPPROTO_UDP ? "UDP" : "?";
         const char *state = k->proto != IPPROTO_TCP ? "UDP"
             : c->state < LB_TCP_S_LAST ? bb_tcp_states[c->state] : "ERR!";
@@ -365,6 +375,7 @@ long bb_format_conns(const void *keys, const void *values, unsigned long n,
         p = bb_field(p, vip, lv, 18);
         *p++ = ' ';
         p = bb_field(p, dst, (int)strlen(dst), 0);
+        p = bb_dec(p, ntohs(dport));
         *p++ = '\n';
     }
     *pos = i;

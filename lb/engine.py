@@ -268,17 +268,24 @@ def find_service(cfg, text) -> object:
 
 
 def find_real(vs, text) -> object:
-    """A real server of ``vs`` by name, ADDR or ADDR:PORT; OverrideError when there is no such one."""
+    """A real server of ``vs`` by name, ADDR or ADDR:PORT (of a firewall-mark service, PORT 0 as
+    `lb list` shows it, or its health checks' port); OverrideError when there is no such one."""
     if not isinstance(text, str) or not text:
         raise OverrideError("server: missing (a real server's name, ADDR or ADDR:PORT)")
     for rs in vs.real_servers:
         if rs.name == text:
             return rs
     where = _parse_endpoint(text)
+    if where is None and vs.fwmark and text.endswith(":0"):
+        # ADDR:0 / [ADDR]:0: a firewall-mark service's real server as `lb list` and `lb status`
+        # print it (port 0 in the table: each connection keeps the port it came to)
+        host = text[:-2]
+        bare = _parse_endpoint(host[1:-1] if host.startswith("[") and host.endswith("]") else host)
+        where = (bare[0], 0) if bare is not None and bare[1] is None else None
     if where is not None:
         addr, port = where
-        found = [rs for rs in vs.real_servers
-                 if rs.address == addr and (port is None or rs.effective_port(vs) == port)]
+        found = [rs for rs in vs.real_servers if rs.address == addr and (
+            port is None or rs.effective_port(vs) == port or (vs.fwmark and port == 0))]
         if len(found) == 1:
             return found[0]
         if len(found) > 1:
@@ -1270,14 +1277,18 @@ class Engine:
 
     async def _zero_reply(self, service) -> dict:
         """`lb zero`: the data plane's counters and rates of one service (["tcp", VIP, PORT] or
-        ["fwmark", MARK]) or of all (null), as ipvsadm -Z."""
+        ["fwmark", MARK] or ["fwmark", MARK, 4|6]: ipvsadm -f MARK [-6]) or of all (null), as
+        ipvsadm -Z."""
         try:
             key = None if service is None else (
-                ("fwmark", int(service[1])) if service[0] == "fwmark"
+                (("fwmark", int(service[1])) + ((int(service[2]),) if len(service) > 2 else ()))
+                if service[0] == "fwmark"
                 else (str(service[0]), ipaddress.ip_address(service[1]), int(service[2])))
+            if key is not None and len(key) == 3 and key[0] == "fwmark" and key[2] not in (4, 6):
+                raise ValueError(key)
         except (TypeError, ValueError, IndexError, KeyError):
             return {"ok": False, "error": f"service: {service!r} is not [protocol, address, port] or "
-                                          f"[\"fwmark\", mark]"}
+                                          f"[\"fwmark\", mark] or [\"fwmark\", mark, 4 or 6]"}
 
         def zero():
             with self._dp_lock:

@@ -18,6 +18,7 @@ Public API
 - :func:`format_timeout`   -- ``ipvsadm -L --timeout``
 - :func:`format_save`      -- ``ipvsadm -S -n`` (rules ``ipvsadm -R`` reads back)
 - :func:`largenum`         -- ipvsadm's number formatter for stats columns
+- :func:`addrport`         -- one ``ADDR:PORT`` as the listings print it (``[v6]:port``)
 - :func:`to_json`          -- the ``lb list --json`` document (shape below)
 - :data:`MODES`, :data:`JSON_SCHEMA_VERSION`
 
@@ -77,7 +78,7 @@ new keys may be added.
 
 from __future__ import annotations
 
-from ipaddress import IPv4Address, IPv6Address
+from ipaddress import IPv4Address, IPv6Address, ip_address
 from typing import Any, Iterable
 
 from lb.dataplane.records import ConnRow, IPAddress, RealRow, ServiceRow, Stats
@@ -95,6 +96,7 @@ __all__ = [
     "format_counters",
     "format_save",
     "largenum",
+    "addrport",
     "to_json",
 ]
 
@@ -184,6 +186,12 @@ def _addrport(addr: IPAddress, port: int) -> str:
     if isinstance(addr, IPv6Address):
         return "[%s]:%u" % (_inet_ntop6(addr), int(port) & 0xFFFF)
     return "%s:%u" % (addr, int(port) & 0xFFFF)
+
+
+def addrport(addr: IPAddress | str, port: int) -> str:
+    """ADDR:PORT as the listings print it (``a.b.c.d:p``, ``[v6]:p``); addr an address or its
+    text (`lb status` prints its endpoints so, and `lb weight` takes them back)."""
+    return _addrport(ip_address(addr) if isinstance(addr, str) else addr, port)
 
 
 def _c_cut(name: str, n: int) -> str:

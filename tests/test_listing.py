@@ -545,12 +545,13 @@ def test_tunnel_info_of_kernel_destinations():
 def test_f_selects_the_ipv4_service_of_a_mark_and_6_the_ipv6_one():
     """ipvsadm -L -f MARK lists the IPv4 service of that mark, -f MARK -6 the IPv6 one (a kernel
     table may hold both); lb listed both, and refused -6."""
-    from lb.cli.main import _select_service, build_parser
+    from lb.cli.main import _select_service, _service_key, build_parser
     from lb.dataplane.records import ServiceRow
 
     v4 = ServiceRow(protocol="", address=None, port=0, scheduler="rr", fwmark=80, family=4)
     v6 = ServiceRow(protocol="", address=None, port=0, scheduler="rr", fwmark=80, family=6)
-    assert _select_service([v4, v6], ("FWM", "80")) == [v4]
-    assert _select_service([v4, v6], ("FWM", "80"), ipv6=True) == [v6]
+    key4 = _service_key(build_parser().parse_args(["list", "-n", "-f", "80"]))
     args = build_parser().parse_args(["list", "-n", "-f", "80", "-6"])
     assert args.service == ("FWM", "80") and args.ipv6
+    assert _select_service([v4, v6], key4) == [v4]
+    assert _select_service([v4, v6], _service_key(args)) == [v6]

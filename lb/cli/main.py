@@ -318,9 +318,13 @@ def cmd_status(args) -> int:
               f"{d['embryonic_free']} of {d['embryonic_size']} free (amemthresh {d['amemthresh']})"
               + (f"; dropping 1 in {d['drop_rate']} new connections" if d["drop_rate"] else "")
               + (f"; drop_entry deleted {d['drop_entry_deleted']}" if d["drop_entry_deleted"] else ""))
+    from lb.listing import addrport
+
     for s in doc["services"]:
         state = "" if s["active"] else "  (inactive)"
-        where = f"FWM {s['fwmark']}" if s.get("fwmark") else f"{s['protocol'].upper():4} {s['address']}:{s['port']}"
+        # endpoints as `lb list` prints them ([v6]:port), so that `lb weight` takes them back
+        where = f"FWM {s['fwmark']}" if s.get("fwmark") else \
+            f"{s['protocol'].upper():4} {addrport(s['address'], s['port'])}"
         sorry = ""
         if s.get("sorry_server"):
             sorry = f"  sorry server {s['sorry_server']}" + (" (IN USE)" if s.get("on_sorry_server") else "")
@@ -329,7 +333,11 @@ def cmd_status(args) -> int:
             last = r.get("last_check")
             detail = "" if not last else f"  last check {'ok' if last['ok'] else 'FAIL'} {_fmt_time(last['at'])} {last['detail']}"
             w = lbweight.from_status(r)
-            print(f"  -> {r['name']:<12} {r['address']}:{r['port']:<6} weight {w.value:<5} "
+            # a firewall-mark service's real servers have port 0 in the table, as `lb list` shows:
+            # each connection keeps the port it came to (r["port"] is the health checks' port)
+            port = 0 if s.get("fwmark") else r["port"]
+            dest = addrport(r["address"], port)     # its port padded to 6 columns
+            print(f"  -> {r['name']:<12} {dest:<{len(dest) - len(str(port)) + 6}} weight {w.value:<5} "
                   f"{r['health']:<11} changes {r['changes']:<3}{detail}")
             if w.source != lbweight.CONFIGURED:
                 print(f"     {w.text()}")
@@ -462,15 +470,30 @@ def _list_dataplane(args) -> str:
     return "xdp" if instances() or not ipvs.available() else "ipvs"
 
 
-def _select_service(services, selector, ipv6: bool = False):
-    """-t/-u VIP:PORT or -f MARK (of IPv4, or with -6 of IPv6), as ipvsadm selects one service."""
-    proto, addr = selector
-    if proto == "FWM":
-        return [s for s in services if s.fwmark and str(s.fwmark) == addr and s.family == (6 if ipv6 else 4)]
-    from lb.config.model import parse_endpoint
+def _select_service(services, key):
+    """The service of ``key`` (_service_key: -t/-u VIP:PORT, or -f MARK of IPv4, with -6 of IPv6),
+    as ipvsadm selects one."""
+    if key[0] == "fwmark":
+        return [s for s in services if s.fwmark == key[1] and s.family == key[2]]
+    return [s for s in services if not s.fwmark and s.protocol.lower() == key[0] and (s.address, s.port) == key[1:]]
 
-    want = parse_endpoint(addr)        # VIP:PORT or [IPv6]:PORT, as ipvsadm -t takes them
-    return [s for s in services if not s.fwmark and s.protocol == proto and (s.address, s.port) == want]
+
+# ipvsadm's list options of which one at most is given (its commands_v_options '1'), in its
+# option order: (ipvsadm's name, lb's argument)
+_LIST_EXCLUSIVE = (("connection", "connection"), ("service-address", "service"), ("timeout", "timeout"),
+                   ("daemon", "daemon"))
+
+
+def _list_conflict(args) -> str | None:
+    """ipvsadm's refusal of list options that conflict (generic_opt_check names the later one
+    first, then process_options' own rule), or None."""
+    given = [name for name, attr in _LIST_EXCLUSIVE if getattr(args, attr)]
+    if len(given) > 1:
+        return f"The option '{given[1]}' conflicts with the '{given[0]}' option in the 'list' command"
+    if ((args.connection or args.timeout or args.daemon) and (args.stats or args.rate or args.thresholds)) \
+            or ((args.timeout or args.daemon) and args.persistent_conn):
+        return "options conflicts in the list command"
+    return None
 
 
 def _print_listing(args, services, conns, timeouts, **header) -> int:
@@ -478,7 +501,7 @@ def _print_listing(args, services, conns, timeouts, **header) -> int:
     from lb import listing
 
     if args.service:
-        services = _select_service(services, args.service, getattr(args, "ipv6", False))
+        services = _select_service(services, _service_key(args))
         if not services:
             print("lb: no such service", file=sys.stderr)
             return 1
@@ -538,15 +561,18 @@ def connection_listing(maps, now_ns: int | None = None, fast: bool | None = None
 
 
 def _service_key(args) -> tuple | None:
-    """-t/-u VIP:PORT or -f MARK as the data plane names a service: ("tcp", VIP, PORT) or
-    ("fwmark", MARK); None without one; ValueError when the text is not one."""
+    """-t/-u VIP:PORT or -f MARK [-6] as the data plane names a service: ("tcp", VIP, PORT) or
+    ("fwmark", MARK, 4 or 6: IPv6 with -6, as ipvsadm); None without one; ValueError when the
+    text is not one."""
     if not args.service:
         return None
     proto, text = args.service
     if proto == "FWM":
-        if not text.isdigit():
+        if not (text.isascii() and text.isdigit()):
             raise ValueError(f"-f {text}: a firewall mark is a number")
-        return ("fwmark", int(text))
+        if not 0 < int(text) < 1 << 32:
+            raise ValueError(f"-f {text}: a firewall mark is 1..4294967295")
+        return ("fwmark", int(text), 6 if getattr(args, "ipv6", False) else 4)
     from lb.config.model import parse_endpoint
 
     where = parse_endpoint(text)
@@ -575,6 +601,19 @@ def _zero(args) -> int:
         if inst is None:
             print("lb: no lb instance here (nothing under /sys/fs/bpf/lb)", file=sys.stderr)
             return 1
+        if service is not None and service[0] == "fwmark":
+            # the daemon knows a mark's service by the mark alone (lb's table has one service
+            # per mark): its family is checked here, in the maps it zeroes
+            from lb.dataplane import reader
+            from lb.dataplane.maps import PinnedMaps
+
+            try:
+                maps = PinnedMaps(inst)
+            except FileNotFoundError:
+                maps = None          # none pinned: no XDP table to check (nor to zero without a daemon)
+            if maps is not None:
+                with maps:
+                    reader.stat_ids(maps, service)
         wire = None if service is None else [service[0], str(service[1]), *service[2:]]
         try:
             reply = control.request(inst, "zero", service=wire)
@@ -603,6 +642,21 @@ def cmd_list(args) -> int:
     from lb.dataplane import reader
     from lb.dataplane.maps import PinnedMaps
 
+    # the command line first, as ipvsadm checks it: a malformed service as `lb zero` says it,
+    # then conflicting options
+    try:
+        _service_key(args)
+    except ValueError as e:
+        print(f"lb: {e}", file=sys.stderr)
+        return 2
+    conflict = _list_conflict(args)
+    if conflict is None and args.zero and args.counters:
+        # nothing zeroes the data path's counters: -Z here would zero what was not listed
+        conflict = ("-Z zeroes the services' counters (as `lb zero`), not the data path's that "
+                    "--counters lists: give one or the other")
+    if conflict is not None:
+        print(f"lb: {conflict}", file=sys.stderr)
+        return 2
     if _list_dataplane(args) == "ipvs":
         return _list_ipvs(args)
     if args.daemon:
@@ -625,12 +679,13 @@ def cmd_list(args) -> int:
 
                 sys.stdout.write(listing.format_counters(counters, events, args.exact))
             return 0
-        if args.connection and not args.json and not args.service:
+        if args.connection and not args.json:
             # the connection listing alone: streamed from C buffers (1M entries in about a second)
             sys.stdout.flush()
             for chunk in connection_listing(maps):
                 sys.stdout.buffer.write(chunk)
-            return 0
+            sys.stdout.buffer.flush()
+            return _zero(args) if args.zero else 0
         services = reader.read_services(maps)
         conns = reader.read_connections(maps) if args.connection else []
         timeouts = reader.read_timeouts(maps)

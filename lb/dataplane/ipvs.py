@@ -1084,14 +1084,24 @@ def read_services(netns: str | None = None) -> list[ServiceRow]:
     return rows
 
 
+def is_service(ks: KService, service: tuple) -> bool:
+    """Whether ks is ``service``: ("tcp", address, port), ("fwmark", mark, 4 or 6) as ipvsadm -f
+    [-6] names one, or ("fwmark", mark) of either family (the daemon's key: lb's table has one
+    service per mark).  KService.key leaves the family out: it is the identity the table's
+    writes compare with ServiceSpec.key."""
+    if service[0] == "fwmark" and len(service) > 2:
+        return ks.key == tuple(service[:2]) and ks.af == (socket.AF_INET6 if service[2] == 6 else socket.AF_INET)
+    return ks.key == tuple(service)
+
+
 def zero(service: tuple | None = None, netns: str | None = None) -> int:
-    """`lb zero` / ipvsadm -Z of the kernel's table: one service (("tcp", address, port) or
-    ("fwmark", mark)) or all; returns the services zeroed (LookupError: no such service)."""
+    """`lb zero` / ipvsadm -Z of the kernel's table: one service (is_service) or all; returns the
+    services zeroed (LookupError: no such service)."""
     with Kernel(netns) as k:
         if service is None:
             k.zero()
             return len(k.services())
-        found = [ks for ks in k.services() if ks.key == service]
+        found = [ks for ks in k.services() if is_service(ks, service)]
         if not found:
             raise LookupError("no such service")
         k.zero(_spec_of(found[0]))

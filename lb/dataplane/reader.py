@@ -78,8 +78,18 @@ def service_key(key) -> tuple:
     return (L.PROTO_NAMES.get(key.proto, str(key.proto)).lower(), key.addr, key.port)
 
 
+def is_service(key, family: int, service: tuple) -> bool:
+    """Whether the data-plane service ``key`` (of address family ``family``, 4 or 6) is
+    ``service``: service_key's names, or ("fwmark", mark, 4 or 6) as ipvsadm -f [-6] names
+    one.  The mark alone (the daemon's key) is the mark's service whichever its family: lb_fwm_services
+    is keyed by the mark."""
+    if service[0] == "fwmark" and len(service) > 2:
+        return service_key(key) == tuple(service[:2]) and family == service[2]
+    return service_key(key) == tuple(service)
+
+
 def stat_ids(maps: PinnedMaps, service: tuple | None = None) -> set[tuple[str, int]]:
-    """(stats map, id) of every service (or of ``service``, see service_key) and of its real
+    """(stats map, id) of every service (or of ``service``, see is_service) and of its real
     servers, read from the pinned maps; LookupError when ``service`` is not there."""
     found = [(L.SvcKey.unpack(k), v) for k, v in maps["lb_services"].items(batch=False)]
     fwm = optional_map(maps, "lb_fwm_services")
@@ -87,11 +97,12 @@ def stat_ids(maps: PinnedMaps, service: tuple | None = None) -> set[tuple[str, i
         found += [(L.FwmKey(L.U32.unpack(k)[0]), v) for k, v in fwm.items(batch=False)]
     ids = set()
     for key, v in found:
-        if service is not None and service_key(key) != service:
-            continue
         sid = L.U32.unpack(v)[0]
         skey = L.U32.pack(sid)
         svc = L.Svc.unpack(maps["lb_svc"].get(skey))
+        # a firewall-mark service's family is its lb_svc entry's (its key has none)
+        if service is not None and not is_service(key, svc.addr.version, service):
+            continue
         ids.add(("lb_svc_stats", sid))
         dests = L.unpack_dests(maps["lb_svc_dests"].get(skey),
                                min(svc.nreals, maps["lb_svc_dests"].value_size // L.DEST.size))
@@ -138,9 +149,11 @@ def read_connections(maps: PinnedMaps, batch: bool | None = None, now_ns: int | 
         if real is None:
             real = reals[c.real] = L.Real.unpack(maps["lb_reals"].get(L.U32.pack(c.real)),
                                                  family=L.family_of(key.saddr))
+        # a real server of port 0 (a firewall-mark service's) gets each connection on the port it
+        # came to, as the data path forwards it (IPVS: dest->port ?: vport)
         out.append(ConnRow(protocol=L.PROTO_NAMES.get(key.proto, "?"), expire=int(left),
                            state=c.state_name(key.proto), client=(key.saddr, key.sport),
-                           virtual=(key.daddr, key.dport), dest=(real.addr, real.port)))
+                           virtual=(key.daddr, key.dport), dest=(real.addr, real.port or key.dport)))
     return out
 
 
@@ -158,7 +171,7 @@ def connection_lines(maps: PinnedMaps, now_ns: int | None = None) -> Iterator[by
     reals = maps["lb_reals"]
     _rk, rvals, nreals = reals.dump()   # an array: entry i is real id i
     out = ffi.new("char[]", _CHUNK)
-    dests = ffi.new("char[]", max(nreals, 1) * 64)   # each real server's "addr:port", made once
+    dests = ffi.new("char[]", max(nreals, 1) * 64)   # each real server's "addr:", made once
     for conns in conn_tables(maps):
         if (conns.key_size, conns.value_size, reals.value_size) != (
                 lib.bb_sizeof_conn_key(), lib.bb_sizeof_conn(), lib.bb_sizeof_real()):

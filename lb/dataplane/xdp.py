@@ -425,7 +425,8 @@ class XdpDataplane(Dataplane):
         return reader.read_counters(self.maps)
 
     def zero_stats(self, service: tuple | None = None) -> int:
-        chosen = [st for k, st in self.services.items() if service is None or reader.service_key(k) == service]
+        chosen = [st for k, st in self.services.items()
+                  if service is None or reader.is_service(k, k.addr.version, service)]
         if service is not None and not chosen:
             raise LookupError("no such service")
         ids = {("lb_svc_stats", st.id) for st in chosen} | {("lb_real_stats", rid) for st in chosen
