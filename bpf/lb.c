@@ -367,6 +367,10 @@ int lb_xdp_public(struct xdp_md *ctx)
             lb_progs_prev.call(ctx, LB_PREV_PUBLIC);     /* a resize: the old maps may hold it */
             return XDP_PASS;
         }
+        if (lb_not_routable(ctx, &pkt)) {
+            lb_count(LB_CNT_NOT_ROUTABLE);
+            return XDP_PASS;
+        }
         if (lb_defense_drop())
             return XDP_DROP;
         /* a live template's real server, or dh's, sh's, mh's pick: the connection made here (no

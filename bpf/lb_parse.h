@@ -132,15 +132,6 @@ static __always_inline int lb_parse6(void *data, void *cur, void *data_end, stru
     __builtin_memcpy(pkt->saddr, &ip6->saddr, 16);
     __builtin_memcpy(pkt->daddr, &ip6->daddr, 16);
     pkt->len = bpf_ntohs(ip6->payload_len) + sizeof(*ip6);
-    /* ipv6_rcv drops a payload past the frame, and no packet comes from a multicast,
-     * unspecified or loopback source; a payload too short for any header lb reads (a
-     * jumbogram's 0 among them) is the kernel's too */
-    __be32 *s = pkt->saddr;
-    if (cur + pkt->len > data_end || pkt->len < sizeof(*ip6) + 8 || ((__u8 *)s)[0] == 0xff ||
-        ((s[0] | s[1] | s[2]) == 0 && (s[3] == 0 || s[3] == bpf_htonl(1)))) {
-        *counter = LB_CNT_NOT_ROUTABLE;
-        return XDP_PASS;
-    }
     __u8 nh = ip6->nexthdr;
     cur = ip6 + 1;
     if (lb_ipv6_skip_ext(&cur, data_end, &nh) != LB_CONTINUE)
@@ -199,19 +190,31 @@ static __always_inline int lb_parse(struct xdp_md *ctx, struct lb_pkt *pkt, __u3
     pkt->saddr[0] = ip->saddr;
     pkt->daddr[0] = ip->daddr;
     pkt->len = bpf_ntohs(ip->tot_len);   /* IPVS counts IP bytes, not frames */
-    /* ip_rcv drops a length past the frame or short of the header; ip_route_input a martian
-     * source (0/8, 127/8, multicast, class E, broadcast): IPVS never sees them, nor does lb */
-    __u8 net = ((__u8 *)&ip->saddr)[0];
-    if (cur + pkt->len > data_end || pkt->len < ihl + 8 || net == 0 || net == 127 || net >= 224) {
-        *counter = LB_CNT_NOT_ROUTABLE;
-        return XDP_PASS;
-    }
     if (ip->frag_off & bpf_htons(0x3fff)) {
         /* Fragments carry no (or partial) ports; leave them to the kernel. */
         *counter = LB_CNT_FRAGMENT;
         return XDP_PASS;
     }
     return lb_parse_l4(data, ip, cur + ihl, data_end, pkt, ip->protocol);
+}
+
+/* What the kernel drops before IPVS would see it, so that no connection is made for it: an IP
+ * length past the frame or short of the L4 header (ip_rcv, ipv6_rcv), a martian source (0/8,
+ * 127/8, multicast, class E and broadcast; ::, ::1, ff00::/8: ip_route_input, ipv6_rcv).  Asked
+ * only before a new connection (an established flow's packets never came from such a source,
+ * and its entry's lookup is the hot path). */
+static __always_inline int lb_not_routable(struct xdp_md *ctx, struct lb_pkt *pkt)
+{
+    /* l4len: the IP length less the headers (wrapped past 64K when it is shorter than them) */
+    __u32 frame = ctx->data_end - ctx->data;
+    if (pkt->l4len < 8 || pkt->l4off + pkt->l4len > frame)
+        return 1;
+    __be32 *s = pkt->saddr;
+    if (pkt->family == LB_AF_INET) {
+        __u32 net = bpf_ntohl(s[0]) >> 24;
+        return net == 0 || net == 127 || net >= 224;
+    }
+    return ((__u8 *)s)[0] == 0xff || ((s[0] | s[1] | s[2]) == 0 && (s[3] == 0 || s[3] == bpf_htonl(1)));
 }
 
 /* ---- ICMP and ICMPv6 errors (only on the branch that lb_parse left with an ICMP pkt->proto) ---- */
