@@ -31,7 +31,7 @@ MAX_REQUEST bytes and MAX_DEPTH levels of nesting; anything else is answered "ba
                           {"ok": false, "error", "issues": [...], "conflict": bool}: nothing changed
                           (lb.confedit has the rules)
 
-    {"cmd": "zero", "service": ["tcp", "198.18.0.10", 80] | ["fwmark", 21] | null}
+    {"cmd": "zero", "service": ["tcp", "198.18.0.10", 80] | ["fwmark", 21] | ["fwmark", 21, 6] | null}
                        -> {"ok": true, "message": "..."}: ipvsadm -Z (`lb zero`)
 
 "weight" is the operator's override of one real server's weight (`lb weight`, `lb quiesce`,
