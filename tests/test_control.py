@@ -174,13 +174,9 @@ def shared_dir():
         shutil.rmtree(d, ignore_errors=True)
 
 
-def serve_with(run_dir, shared_dir, settings):
-    seen = []
-
-    async def handler(req):
-        seen.append(req["cmd"])
-        return {"ok": True, "did": req["cmd"]}
-
+def serve(run_dir, shared_dir, settings, handler):
+    """A ControlServer of instance "t" (its root socket in run_dir, the shared one in
+    shared_dir) served on a loop of its own in a thread: (loop, thread, server)."""
     loop = asyncio.new_event_loop()
     server = control.ControlServer(control.socket_path("t", run_dir), handler, access=lambda: settings,
                                    shared_path=control.shared_socket_path("t", shared_dir))
@@ -196,6 +192,17 @@ def serve_with(run_dir, shared_dir, settings):
     t = threading.Thread(target=run, daemon=True)
     t.start()
     assert ready.wait(10)
+    return loop, t, server
+
+
+def serve_with(run_dir, shared_dir, settings):
+    seen = []
+
+    async def handler(req):
+        seen.append(req["cmd"])
+        return {"ok": True, "did": req["cmd"]}
+
+    loop, t, _server = serve(run_dir, shared_dir, settings, handler)
     return loop, t, seen
 
 

@@ -4,7 +4,6 @@ MAX_PER_UID of the shared socket's; refusals are counted, not logged one line ea
 [control]'s groups reaches the daemon with control.request (the CLI's) over the shared socket."""
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import os
@@ -12,13 +11,13 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import threading
 from pathlib import Path
 
 import pytest
 
 from lb import control
 from lb.config.model import Control
+from test_control import serve
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="switching to uid nobody needs root")
 
@@ -81,21 +80,7 @@ def daemon(dirs):
         return {"ok": True, "did": req["cmd"]}
 
     def start(settings):
-        loop = asyncio.new_event_loop()
-        server = control.ControlServer(control.socket_path("t", run_dir), handler, access=lambda: settings,
-                                       shared_path=control.shared_socket_path("t", shared_dir))
-        ready = threading.Event()
-
-        def run():
-            asyncio.set_event_loop(loop)
-            loop.run_until_complete(server.start())
-            ready.set()
-            loop.run_forever()
-            loop.run_until_complete(server.stop())
-
-        t = threading.Thread(target=run, daemon=True)
-        t.start()
-        assert ready.wait(10)
+        loop, t, server = serve(run_dir, shared_dir, settings, handler)
         running.append((loop, t))
         return server
 

@@ -18,9 +18,9 @@ import pytest
 from lb import config as lbconfig
 from lb import control
 from lb import engine as lbengine
-from lb.engine import Engine, ReloadRefused
+from lb.engine import ReloadRefused
 from lb.ha import addresses
-from test_override import RecordingDataplane
+from test_override import make_engine, table
 
 GLOBAL_DIRECT = """
 public_interface = "lo"
@@ -80,20 +80,6 @@ def write(path: Path, *, instance="rld", glob=GLOBAL_DIRECT, kind="none", quiesc
                                   monitor=PROGRAM if kind == "program" else "", w1=w1, w2=w2,
                                   sorry='sorry_server = "198.18.1.99"' if sorry else "", extra=extra))
     return path
-
-
-def make_engine(path: Path) -> Engine:
-    eng = Engine(lbconfig.load(path), dataplane="ipvs")    # the constructor touches nothing in the kernel
-    eng.dp = RecordingDataplane()
-    eng.apply_health()
-    return eng
-
-
-def table(eng) -> dict:
-    """{real server name (or address): weight} of the last table applied."""
-    names = {(rs.address, rs.effective_port(vs)): rs.name for vs in eng.cfg.virtual_servers for rs in vs.real_servers}
-    (svc,) = eng.dp.applied[-1].services
-    return {names.get((r.address, r.port), str(r.address)): r.weight for r in svc.reals}
 
 
 def rs_status(status: dict, name: str) -> dict:

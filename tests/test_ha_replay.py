@@ -10,7 +10,7 @@ from lb.ha import heartbeat as hb
 from lb.ha import sync as hsync
 
 from fuzzseed import SEED, named
-from test_ha_unit import A, KEY, Pair, _loopback_ha
+from test_ha_unit import A, KEY, Pair, _loopback_ha, eavesdrop
 
 REC = (6, A("198.18.0.2"), 40000, A("198.18.0.10"), 80, A("198.18.1.11"), 80, 1, 0, 5_000_000_000, 900,
        b"\x02" * 6)
@@ -81,20 +81,7 @@ def _clock_history(tmp_path, seed, attack):
     pair = Pair(tmp_path)
     clocks = [0, int(10e9), int(120e9), int(-60e9)]
     pair.skew = {hb.NODE_PRIMARY: rng.choice(clocks), hb.NODE_BACKUP: rng.choice(clocks)}
-    captured = {hb.NODE_PRIMARY: [], hb.NODE_BACKUP: []}
-
-    def tapped(p, c, typ, state, payload):
-        data = p.encode(c, typ, state, payload)
-        other = pair.nodes.get(1 - p.node)
-        if other is None or p.node in pair.cut:
-            return
-        kind = "sync" if typ == hb.T_SYNC else "heartbeat"
-        if attack and captured[p.node] and eve.random() < 0.5:
-            for ch, k, old in eve.sample(captured[p.node], min(3, len(captured[p.node]))):
-                other._receive(other.channels[ch], k, old)
-        other._receive(other.channels[c.id], kind, data)
-        captured[p.node].append((c.id, kind, data))
-    pair._deliver = tapped
+    eavesdrop(pair, eve, attack)
     preempt = rng.random() < 0.5
     pair.start(hb.NODE_PRIMARY).machine.preempt = preempt
     pair.run(1.5)

@@ -585,14 +585,11 @@ def test_a_peer_that_cannot_hear_us_is_still_heard(tmp_path):
     assert backup.machine.changes == 1 and primary.machine.changes == 1
     assert backup.counters["unheard"] > 0 and backup.status()["peer"]["alive"]
 
-def _history(tmp_path, rng_seed, skew, restarts, attack):
-    """Two in-memory directors through a history of restarts, every datagram delivered; with
-    ``attack``, an eavesdropper also sends each director, now and then, datagrams captured from
-    its peer earlier (the peer's address and port spoofed).  The roles over time, sampled."""
-    rng = random.Random(rng_seed)
-    tmp_path.mkdir(parents=True)
-    pair = Pair(tmp_path, skew_s=skew)
-    captured = {hb.NODE_PRIMARY: [], hb.NODE_BACKUP: []}     # what went over the wire, by sender
+def eavesdrop(pair, rng, attack: bool) -> None:
+    """Every datagram delivered, and kept by sender; with ``attack``, now and then, up to three
+    of those captured from a director's peer sent to it again first (the peer's address and
+    port spoofed), as an eavesdropper on the wire would."""
+    captured = {hb.NODE_PRIMARY: [], hb.NODE_BACKUP: []}
 
     def tapped(p, c, typ, state, payload):
         data = p.encode(c, typ, state, payload)
@@ -606,6 +603,16 @@ def _history(tmp_path, rng_seed, skew, restarts, attack):
         other._receive(other.channels[c.id], kind, data)
         captured[p.node].append((c.id, kind, data))
     pair._deliver = tapped
+
+
+def _history(tmp_path, rng_seed, skew, restarts, attack):
+    """Two in-memory directors through a history of restarts, every datagram delivered; with
+    ``attack``, an eavesdropper also sends each director, now and then, datagrams captured from
+    its peer earlier (the peer's address and port spoofed).  The roles over time, sampled."""
+    rng = random.Random(rng_seed)
+    tmp_path.mkdir(parents=True)
+    pair = Pair(tmp_path, skew_s=skew)
+    eavesdrop(pair, rng, attack)
     pair.start(hb.NODE_PRIMARY)
     pair.run(1.5)
     pair.start(hb.NODE_BACKUP)
