@@ -20,7 +20,7 @@ from lb import control
 from lb import engine as lbengine
 from lb.engine import ReloadRefused
 from lb.ha import addresses
-from test_override import make_engine, table
+from test_override import drive, make_engine, table
 
 GLOBAL_DIRECT = """
 public_interface = "lo"
@@ -93,23 +93,7 @@ def loop(tmp_path, monkeypatch, no_addresses):
     monkeypatch.setattr(lbengine, "RUN_DIR", str(tmp_path))
     monkeypatch.setattr(control, "request", functools.partial(control.request, run_dir=str(tmp_path)))
 
-    def run(eng, body):
-        async def main():
-            task = asyncio.create_task(eng.run())
-            sock = Path(control.socket_path(eng.cfg.instance, str(tmp_path)))
-            for _ in range(500):
-                if sock.exists():
-                    break
-                await asyncio.sleep(0.01)
-            loop = asyncio.get_running_loop()
-            try:
-                return await body(lambda fn: loop.run_in_executor(None, fn))
-            finally:
-                eng._stop = "clean"
-                eng._wake.set()
-                await task
-        return asyncio.run(main())
-    return run
+    return lambda eng, body: drive(eng, str(tmp_path), body)
 
 
 async def until(cond, seconds=10.0):

@@ -333,25 +333,27 @@ def running(tmp_path, monkeypatch, no_addresses):
     monkeypatch.setattr(control, "request", functools.partial(control.request, run_dir=str(tmp_path)))
     cfg_path = write(tmp_path / "lb.toml", instance=f"ovr{threading.get_ident() % 10000}")
     eng = make_engine(cfg_path)
+    return eng, functools.partial(drive, eng, str(tmp_path))
 
-    def drive(body):
-        async def main():
-            task = asyncio.create_task(eng.run())
-            sock = Path(control.socket_path(eng.cfg.instance, str(tmp_path)))
-            for _ in range(200):
-                if sock.exists():
-                    break
-                await asyncio.sleep(0.01)
-            loop = asyncio.get_running_loop()
-            try:
-                return await body(lambda fn: loop.run_in_executor(None, fn))
-            finally:
-                eng._stop = "clean"
-                eng._wake.set()
-                await task
-        return asyncio.run(main())
 
-    return eng, drive
+def drive(eng, run_dir: str, body):
+    """Engine.run in this thread (its control socket in run_dir) around ``await body(call)``,
+    then a clean stop; ``call(fn)`` runs a blocking client in a worker thread."""
+    async def main():
+        task = asyncio.create_task(eng.run())
+        sock = Path(control.socket_path(eng.cfg.instance, run_dir))
+        for _ in range(500):
+            if sock.exists():
+                break
+            await asyncio.sleep(0.01)
+        loop = asyncio.get_running_loop()
+        try:
+            return await body(lambda fn: loop.run_in_executor(None, fn))
+        finally:
+            eng._stop = "clean"
+            eng._wake.set()
+            await task
+    return asyncio.run(main())
 
 
 def test_control_socket_round_trip_through_the_run_loop(running):
