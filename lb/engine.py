@@ -801,7 +801,9 @@ class Engine:
         vs = find_service(self.cfg, service)
         rs = find_real(vs, server)
         weight = check_weight(weight)
-        where = f"{rs.name} ({_endpoint(rs.address, rs.effective_port(vs))}) of {vs.name}"
+        # as `lb list` and `lb status` show it: a firewall-mark service's real server has port 0
+        # (each connection keeps the port it came to)
+        where = f"{rs.name} ({_endpoint(rs.address, 0 if vs.fwmark else rs.effective_port(vs))}) of {vs.name}"
         if not vs.active or not rs.active:
             what = f"virtual server {vs.name}" if not vs.active else f"real server {where}"
             raise OverrideError(f"{what} is inactive (active = false in {self.cfg.path or '<config>'}): "

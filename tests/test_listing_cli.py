@@ -226,7 +226,7 @@ def test_status_and_weight_of_an_ipv4_fwmark_real_server(monkeypatch, capsys):
     rc, out, _ = cli(capsys, "status")
     assert rc == 0 and "  -> rs1          198.18.1.11:0      weight 1     " in out, out
     reply = asyncio.run(eng.control({"cmd": "weight", "service": "ftp", "server": "198.18.1.12:0", "weight": 2}))
-    assert reply["ok"] and reply["message"].startswith("rs2 "), reply
+    assert reply["ok"] and reply["message"].startswith("rs2 (198.18.1.12:0) of ftp"), reply
 
 
 # ---- 5. a malformed service in `lb list` is refused as `lb zero` refuses it -----------------
