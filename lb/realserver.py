@@ -21,7 +21,8 @@ must:
 any is missing); `setup` makes the missing ones so and nothing else (run it again: nothing to
 do), keeping what it changed in /run/lb/realserver-<netns>.json, so that `setup --undo` puts it
 back: the VIPs it added and their arptables rules, and once no VIP it set up is left, the sysctls'
-old values and the decap program.
+old values and the decap program (a rule or an interface gone since, or another XDP program in
+decap's place, is reported and left; what is not yet undone stays in the file for the next run).
 """
 from __future__ import annotations
 
@@ -57,6 +58,7 @@ class Point:
     why: str                           # what it is for, or what is wrong
     fix: str                           # the command that makes it so
     make: Callable[[dict], str] | None = None   # setup's action: returns what it did
+    refuse: str | None = None          # why setup cannot make it so (refused before any change)
 
 
 # ---- the host as it is ---------------------------------------------------------------------
@@ -184,7 +186,9 @@ def points(mode: str, vips: list, arp: str = "sysctl", dev: str | None = None, s
     elif v4:
         if shutil.which("arptables") is None:
             out.append(Point(False, "arptables installed", "the arptables method needs the arptables command",
-                             "apt-get install arptables (or use the default --arp sysctl)"))
+                             "apt-get install arptables (or use the default --arp sysctl)",
+                             refuse="the arptables method needs the arptables command: apt-get install "
+                                    "arptables (or use the default --arp sysctl)"))
         else:
             rules = arptables_rules()
             rip = device_address(dev)
@@ -202,10 +206,17 @@ def points(mode: str, vips: list, arp: str = "sysctl", dev: str | None = None, s
         from lb.dataplane import decap
 
         prog = decap.attached(dev)
+        refuse = None
+        if prog not in (None, DECAP_PROG):
+            # another XDP program (the director's own, say) is never replaced
+            refuse = f"{dev} runs another XDP program ({prog}): not replaced (lb decap needs {dev}'s XDP hook)"
+        elif prog is None and not sources:
+            refuse = ("tunnel: give the directors' addresses with --from ADDR (lb decap accepts "
+                      "tunnels from them only)")
         out.append(Point(prog == DECAP_PROG, f"lb decap on {dev}" + (f" (now {prog})" if prog else ""),
                          "the director's tunnel headers come off before the stack sees the packet",
                          f"lb decap attach {dev} " + (" ".join(f"--from {a}" for a in sources) or "--from DIRECTOR"),
-                         _attach_decap(dev, prog, sources)))
+                         _attach_decap(dev, prog, sources), refuse))
         if v4:
             rp = max(sysctl("all", "rp_filter"), sysctl(dev, "rp_filter"))
             out.append(Point(rp != 1, f"rp_filter not strict on {dev} (now {rp})",
@@ -271,11 +282,19 @@ def state_path() -> str:
 
 
 def load_state() -> dict:
+    path = state_path()
     try:
-        with open(state_path()) as f:
+        with open(path) as f:
             doc = json.load(f)
     except FileNotFoundError:
         doc = {}
+    except json.JSONDecodeError as e:
+        raise RealServerError(f"{path}:{e.lineno}:{e.colno}: damaged ({e.msg}): check what it says setup "
+                              f"changed (VIPs on lo, arptables rules, sysctls, decap), put that back by hand, "
+                              f"then remove {path}") from None
+    if not isinstance(doc, dict):
+        raise RealServerError(f"{path}:1:1: damaged (not a JSON object): check what setup changed, put that "
+                              f"back by hand, then remove {path}")
     return {"vips": doc.get("vips", {}), "sysctl": doc.get("sysctl", {}), "decap": doc.get("decap", [])}
 
 
@@ -314,18 +333,20 @@ def check(mode: str, vips: list, arp: str, dev: str | None, write, sources=()) -
     rc = report(pts, write)
     missing = sum(not p.ok for p in pts)
     if missing:
+        # tunnel: setup's decap needs the directors' addresses
+        need_from = mode == "tunnel" and any(not p.ok and p.what.startswith("lb decap") for p in pts)
+        froms = "".join(f" --from {a}" for a in sources) or (" --from DIRECTOR" if need_from else "")
         write(f"{missing} of {len(pts)} missing: `lb realserver setup --mode {mode}"
-              f"{' --arp arptables' if arp == 'arptables' else ''}{f' --dev {dev}' if dev else ''} "
+              f"{' --arp arptables' if arp == 'arptables' else ''}{f' --dev {dev}' if dev else ''}{froms} "
               f"{' '.join(map(str, vips))}` makes them so\n")
     return rc
 
 
 def setup(mode: str, vips: list, arp: str, dev: str | None, write, sources=()) -> int:
     pts = points(mode, vips, arp, dev, sources)
-    if mode == "tunnel" and not sources and any(not p.ok and p.what.startswith("lb decap") for p in pts):
-        # refused before anything is changed
-        raise RealServerError("tunnel: give the directors' addresses with --from ADDR (lb decap accepts "
-                              "tunnels from them only)")
+    for p in pts:
+        if not p.ok and p.refuse:
+            raise RealServerError(p.refuse)          # refused before anything is changed
     state = load_state()
     for v in vips:                   # set up by lb from now on (undo looks for them)
         state["vips"].setdefault(str(v), {"added_address": False, "arptables": []})
@@ -343,36 +364,66 @@ def setup(mode: str, vips: list, arp: str, dev: str | None, write, sources=()) -
     return report(points(mode, vips, arp, dev, sources), write)
 
 
+def _rule_gone(rule: list[str]) -> bool:
+    """True when `arptables -L` no longer shows rule (flushed by hand, say): nothing left to delete."""
+    chain, opts = rule[0], list(zip(rule[1::2], rule[2::2]))
+    # as check matches them: the listing may spell the mangle target otherwise
+    pairs = [(o, v) for o, v in opts if o != "-j" or v == "DROP"]
+    return not _has_rule(arptables_rules().get(chain, []), *pairs)
+
+
 def undo(vips: list, write) -> int:
-    """Take back what setup did for `vips`; the sysctls and the decap program once none is left."""
+    """Take back what setup did for `vips`; the sysctls and the decap program once none is left.
+    Each thing is dropped from the state only once undone, so a failed undo can be run again."""
     state = load_state()
     try:
         for vip in vips:
-            entry = state["vips"].pop(str(vip), None)
+            entry = state["vips"].get(str(vip))
             if entry is None:
                 write(f"  {vip}: not set up by `lb realserver setup`: left as it is\n")
                 continue
-            for rule in entry.get("arptables", []):
-                _arptables("-D", rule)
-                write(f"  arptables -D {' '.join(rule)}\n")
+            rules = entry.setdefault("arptables", [])
+            while rules:
+                rule = rules[0]
+                try:
+                    _arptables("-D", rule)
+                    write(f"  arptables -D {' '.join(rule)}\n")
+                except RealServerError:
+                    if not _rule_gone(rule):
+                        raise
+                    write(f"  arptables {' '.join(rule)}: already gone\n")
+                rules.pop(0)
             if entry.get("added_address"):
                 addresses.release([_on_lo(vip)])
+                entry["added_address"] = False
                 write(f"  removed {_on_lo(vip).address} from lo\n")
+            del state["vips"][str(vip)]
         if not state["vips"]:
             for path, old in sorted(state["sysctl"].items()):
-                with open(path) as f:
-                    now = f.read().strip()
-                with open(path, "w") as f:
-                    f.write(str(old))
-                write(f"  {path.removeprefix('/proc/sys/').replace('/', '.')}: {now} -> {old}\n")
-            state["sysctl"] = {}
+                try:
+                    with open(path) as f:
+                        now = f.read().strip()
+                    with open(path, "w") as f:
+                        f.write(str(old))
+                    write(f"  {path.removeprefix('/proc/sys/').replace('/', '.')}: {now} -> {old}\n")
+                except FileNotFoundError:
+                    # the interface is gone, and its settings with it
+                    write(f"  {path.removeprefix('/proc/sys/').replace('/', '.')}: the interface is gone: "
+                          f"skipped\n")
+                del state["sysctl"][path]
             if state["decap"]:
                 from lb.dataplane import decap
 
-                for dev in state["decap"]:
-                    decap.detach(dev)
-                    write(f"  lb decap detached from {dev}\n")
-                state["decap"] = []
+                for dev in list(state["decap"]):
+                    try:
+                        if decap.detach(dev):
+                            write(f"  lb decap detached from {dev}\n")
+                        else:
+                            write(f"  lb decap already gone from {dev}\n")
+                    except decap.DecapError as e:
+                        # gone, or another program is there now: not ours to remove
+                        write(f"  {e}: left as it is\n")
+                    state["decap"].remove(dev)
     finally:
         save_state(state)
     return 0

@@ -183,6 +183,20 @@ def lab(request, lab_exclusive):
 
 REPO = Path(__file__).resolve().parents[1]
 LB_BIN = str(REPO / ".venv" / "bin" / "lb")
+
+# another tool's XDP program put over whatever dev runs (lb's own included), as a tool that does
+# not look would: lb's decap program, loaded from its shipped instructions (`lb decap attach`
+# itself refuses to replace another program)
+_DISPLACE = ("import sys; from lb.dataplane import decap; from lb.dataplane.attach import attach_xdp; "
+             "import ipaddress; dev = sys.argv[1]; "
+             "loaded, fn = decap.load(decap.local_addresses(dev), [ipaddress.ip_address(sys.argv[2])]); "
+             "print(attach_xdp(dev, fn, 'native')[0]); loaded.close()")
+
+
+def displace_xdp(lab, node: str, dev: str, source: str) -> None:
+    """Another XDP program (lb_xdp_decap, tunnels from `source`) in place of what dev runs on
+    node; `lb decap detach dev` takes it off."""
+    lab.run(node, [str(REPO / ".venv" / "bin" / "python"), "-c", _DISPLACE, dev, source], timeout=60)
 LAB_INSTANCE = "lab"
 LAB_PIN_DIR = f"/sys/fs/bpf/lb/{LAB_INSTANCE}"
 LAB_PIDFILE = f"/run/lb/{LAB_INSTANCE}.pid"

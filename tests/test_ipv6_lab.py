@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from conftest import displace_xdp
 from lab_http import wait_until
 from lb import control
 from lb.lab.haconfig import ha_section
@@ -185,7 +186,7 @@ def test_what_an_interface_loses_is_put_back(lab, lb_runner, tmp_path):
 
     # another tool's program in lb's place is left there (two tools would swap programs forever),
     # said at ERROR; once it is gone, lb's is back
-    lab.run("director", [LB, "decap", "attach", "--from", "198.18.0.3", "pub0"], timeout=60)
+    displace_xdp(lab, "director", "pub0", "198.18.0.3")
     other = _xdp_prog(lab)
     assert other not in (None, prog)
     proc.wait_log(f"another XDP program is attached to pub0 (id {other}, lb_xdp_decap) in place of lb's "

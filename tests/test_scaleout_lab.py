@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import LB_BIN, LbRunner
+from conftest import LB_BIN, LbRunner, displace_xdp
 
 N_FLOWS = 300
 SURVIVE = 0.99
@@ -274,7 +274,7 @@ def test_a_director_whose_program_is_displaced_withdraws_until_it_is_back(group,
     g, so = group, group.so
     node = g.nodes[1]
     g.wait_routes(g.nodes)
-    lab.run(node, [LB_BIN, "decap", "attach", "--from", "198.18.0.254", "pub0"], timeout=60)
+    displace_xdp(lab, node, "pub0", "198.18.0.254")
     try:
         g.wait_routes([g.nodes[0], g.nodes[2]])
         vips = {v["prefix"]: v for v in g.status(node)["bgp"]["vips"]}

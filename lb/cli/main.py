@@ -796,11 +796,11 @@ def cmd_decap_detach(args) -> int:
     from lb.dataplane import decap
 
     try:
-        decap.detach(args.dev)
+        detached = decap.detach(args.dev)
     except decap.DecapError as e:
         print(f"lb: decap: {e}", file=sys.stderr)
         return 1
-    print(f"decap detached from {args.dev}")
+    print(f"decap detached from {args.dev}" if detached else f"no XDP program on {args.dev}: nothing to detach")
     return 0
 
 

@@ -103,6 +103,10 @@ def attach(ifname: str, addresses=(), mode: str = "native", sources=()) -> tuple
     if not sources:
         raise DecapError("give the directors' addresses with --from ADDR (tunnels from any other "
                          "source are dropped)")
+    prog = attached(ifname)
+    if prog not in (None, PROGRAM):
+        # the director's own program, say: never replaced
+        raise DecapError(f"{ifname} runs another XDP program ({prog}): not replaced")
     addrs = list(addresses) or local_addresses(ifname)
     if not addrs:
         raise DecapError(f"{ifname} has no address to receive tunnels on: give --address")
@@ -110,7 +114,8 @@ def attach(ifname: str, addresses=(), mode: str = "native", sources=()) -> tuple
         raise DecapError("at most 64 --address and 64 --from addresses")
     loaded, fn = load(addrs, sources)
     try:
-        name, _flags = attach_xdp(ifname, fn, mode)
+        # in place of an earlier lb decap (new addresses), else only where none is attached
+        name, _flags = attach_xdp(ifname, fn, mode, only_if_none=prog is None)
     except DataplaneError as e:
         raise DecapError(f"the decap program: {e}") from None
     finally:
@@ -132,15 +137,20 @@ def attached(ifname: str) -> str | None:
     return prog_name(prog_id) if prog_id else None
 
 
-def detach(ifname: str) -> None:
-    with IPRoute() as ipr:
-        if not ipr.link_lookup(ifname=ifname):
-            raise DecapError(f"interface {ifname} does not exist")
+def detach(ifname: str) -> bool:
+    """Remove lb decap from ifname: True when it was there, False when no program is;
+    DecapError when ifname does not exist or runs another XDP program (left in place)."""
+    prog = attached(ifname)
+    if prog is None:
+        return False
+    if prog != PROGRAM:
+        raise DecapError(f"{ifname} runs another XDP program ({prog}), not lb decap: not removed")
     for _mode, flags in MODES:
         try:
             detach_xdp(ifname, flags)
         except Exception as e:
             log.debug("remove_xdp %s flags %d: %s", ifname, flags, e)
+    return True
 
 
 if __name__ == "__main__":

@@ -1,0 +1,264 @@
+"""`lb realserver setup [--undo]|check` and `lb decap attach|detach` against a faked host (no
+namespace, nothing on the machine changes): the VIPs on lo, the sysctl files (under tmp_path),
+arptables (its -L/-A/-D answered from a list), the XDP hook of each interface.  What a user sees:
+the command's output and exit status, and what is left on the (fake) host and in the state file."""
+from __future__ import annotations
+
+import ipaddress
+import types
+
+import pytest
+
+from lb import realserver
+from lb.cli import main as cli
+from lb.dataplane import bpfsys, decap
+from lb.ha import addresses
+
+VIP = "198.18.0.20"
+DIRECTOR = "198.18.1.1"
+RIP = "198.18.1.2"
+OTHER_XDP = "xdp_lb_public"          # the director's own program, say
+
+
+class Host:
+    """The fake real server."""
+
+    def __init__(self, tmp_path):
+        self.root = tmp_path / "proc/sys/net/ipv4/conf"
+        self.lo: set[str] = set()
+        self.rules: list[list[str]] = []
+        self.xdp: dict[str, str | None] = {"eth1": None}
+        self.attach_flags: list[bool] = []
+        self.state = tmp_path / "realserver.json"
+        for dev in ("all", "lo", "eth1"):
+            self.add_dev(dev)
+
+    def add_dev(self, dev):
+        d = self.root / dev
+        d.mkdir(parents=True, exist_ok=True)
+        for key, value in (("arp_ignore", 0), ("arp_announce", 0), ("rp_filter", 1)):
+            (d / key).write_text(f"{value}\n")
+        if dev not in ("all", "lo"):
+            self.xdp.setdefault(dev, None)
+
+    def remove_dev(self, dev):
+        for f in (self.root / dev).iterdir():
+            f.unlink()
+        (self.root / dev).rmdir()
+        del self.xdp[dev]
+
+    def sysctl(self, dev, key):
+        return int((self.root / dev / key).read_text())
+
+    def arptables(self, cmd, **kw):
+        assert cmd[0] == "arptables"
+        op, rule = cmd[1], cmd[2:]
+        out = types.SimpleNamespace(returncode=0, stdout="", stderr="")
+        if op == "-L":
+            for chain in ("INPUT", "OUTPUT", "FORWARD"):
+                out.stdout += f"Chain {chain} (policy ACCEPT)\n"
+                out.stdout += "".join(" ".join(r[1:]) + "\n" for r in self.rules if r[0] == chain)
+        elif op == "-A":
+            self.rules.append(list(rule))
+        elif op == "-D":
+            if list(rule) in self.rules:
+                self.rules.remove(list(rule))
+            else:
+                out.returncode, out.stderr = 1, "arptables: Bad rule (does a matching rule exist in that chain?)"
+        return out
+
+
+@pytest.fixture
+def host(tmp_path, monkeypatch):
+    h = Host(tmp_path)
+    monkeypatch.setattr(realserver, "state_path", lambda: str(h.state))
+    monkeypatch.setattr(realserver, "_sysctl_path", lambda dev, key: str(h.root / dev / key))
+    monkeypatch.setattr(realserver, "ipv4_devices", lambda: sorted(d for d in h.xdp))
+    monkeypatch.setattr(realserver, "default_device", lambda: "eth1")
+    monkeypatch.setattr(realserver, "device_address", lambda dev: RIP)
+    monkeypatch.setattr(realserver, "lo_has", lambda vip: str(vip) in h.lo)
+    monkeypatch.setattr(realserver.shutil, "which", lambda name: f"/usr/sbin/{name}")
+    monkeypatch.setattr(realserver.subprocess, "run", h.arptables)
+
+    def take(addrs):
+        new = [a for a in addrs if str(a.address.ip) not in h.lo]
+        h.lo.update(str(a.address.ip) for a in new)
+        return new
+
+    monkeypatch.setattr(addresses, "take", take)
+    monkeypatch.setattr(addresses, "release", lambda addrs: h.lo.difference_update(str(a.address.ip) for a in addrs))
+
+    # the XDP hook: a program's id is its name's index in NAMES
+    names = [None, decap.PROGRAM, OTHER_XDP]
+
+    def prog_id(dev):
+        if dev not in h.xdp:
+            raise decap.DataplaneError(f"interface {dev} does not exist")
+        return names.index(h.xdp[dev]) or None
+
+    def attach_xdp(dev, fn, mode="native", only_if_none=False):
+        if only_if_none and h.xdp[dev] is not None:
+            raise decap.DataplaneError(f"cannot attach XDP to {dev}: Device or resource busy (errno 16)")
+        h.attach_flags.append(only_if_none)
+        h.xdp[dev] = decap.PROGRAM
+        return "native", 4
+
+    def detach_xdp(dev, flags):
+        h.xdp[dev] = None
+
+    monkeypatch.setattr(decap, "attached_prog_id", prog_id)
+    monkeypatch.setattr(bpfsys, "prog_name", lambda i: names[i])
+    monkeypatch.setattr(decap, "attach_xdp", attach_xdp)
+    monkeypatch.setattr(decap, "detach_xdp", detach_xdp)
+    monkeypatch.setattr(decap, "load", lambda addrs, sources: (types.SimpleNamespace(close=lambda: None), None))
+    monkeypatch.setattr(decap, "local_addresses", lambda dev: [ipaddress.ip_address(RIP)])
+    return h
+
+
+def lb(capsys, *argv):
+    rc = cli.main(list(argv))
+    out = capsys.readouterr()
+    return rc, out.out, out.err
+
+
+def test_undo_after_arptables_flushed_removes_the_vip(host, capsys):
+    """Defect: the VIP's entry was dropped before its rules; a rule flushed by hand made -D fail
+    and the VIP stayed on lo, the next undo saying "not set up"."""
+    rc, out, err = lb(capsys, "realserver", "setup", "--mode", "dr", "--arp", "arptables", VIP)
+    assert rc == 0, err
+    assert VIP in host.lo and len(host.rules) == 2
+    host.rules.clear()                                   # arptables -F
+    rc, out, err = lb(capsys, "realserver", "setup", "--undo", "--mode", "dr", VIP)
+    assert rc == 0, err
+    assert "already gone" in out and f"removed {VIP}/32 from lo" in out
+    assert VIP not in host.lo
+    assert not host.state.exists()
+
+
+def test_undo_failing_keeps_what_is_left_to_undo(host, capsys, monkeypatch):
+    """An arptables -D that fails while the rule is still there: the VIP stays in the state, so
+    undo, run again once arptables works, takes it all back."""
+    assert lb(capsys, "realserver", "setup", "--mode", "dr", "--arp", "arptables", VIP)[0] == 0
+    real = host.arptables
+
+    def broken(cmd, **kw):
+        if cmd[1] == "-D":
+            return types.SimpleNamespace(returncode=4, stdout="", stderr="arptables: Resource temporarily unavailable")
+        return real(cmd, **kw)
+
+    monkeypatch.setattr(realserver.subprocess, "run", broken)
+    rc, out, err = lb(capsys, "realserver", "setup", "--undo", "--mode", "dr", VIP)
+    assert rc == 1 and "Resource temporarily unavailable" in err
+    monkeypatch.setattr(realserver.subprocess, "run", real)
+    rc, out, err = lb(capsys, "realserver", "setup", "--undo", "--mode", "dr", VIP)
+    assert rc == 0, err
+    assert "not set up" not in out
+    assert VIP not in host.lo and host.rules == [] and not host.state.exists()
+
+
+def test_undo_with_interface_gone_restores_the_rest(host, capsys):
+    """Defect: a sysctl of an interface removed since setup failed undo (ENOENT) on every run."""
+    host.add_dev("eth2")
+    rc, out, err = lb(capsys, "realserver", "setup", "--mode", "dr", VIP)
+    assert rc == 0, err
+    assert host.sysctl("eth2", "arp_announce") == 2 and host.sysctl("all", "arp_ignore") == 1
+    host.remove_dev("eth2")
+    rc, out, err = lb(capsys, "realserver", "setup", "--undo", "--mode", "dr", VIP)
+    assert rc == 0, err
+    assert "net.ipv4.conf.eth2.arp_announce: the interface is gone: skipped" in out
+    assert host.sysctl("all", "arp_ignore") == 0 and host.sysctl("eth1", "arp_announce") == 0
+    assert not host.state.exists()
+
+
+def test_tunnel_undo_with_interface_gone_forgets_decap(host, capsys):
+    """Tunnel mode: eth1 gone, its sysctls and decap are skipped and reported, the rest undone."""
+    rc, out, err = lb(capsys, "realserver", "setup", "--mode", "tunnel", "--dev", "eth1", "--from", DIRECTOR, VIP)
+    assert rc == 0, err
+    assert host.xdp["eth1"] == decap.PROGRAM
+    host.remove_dev("eth1")
+    rc, out, err = lb(capsys, "realserver", "setup", "--undo", "--mode", "tunnel", VIP)
+    assert rc == 0, err
+    assert "interface eth1 does not exist: left as it is" in out
+    assert host.sysctl("all", "rp_filter") == 1 and VIP not in host.lo
+    assert not host.state.exists()
+
+
+def test_decap_attach_refuses_another_program(host, capsys):
+    """Defect: `lb decap attach` replaced any XDP program, the director's own included."""
+    host.xdp["eth1"] = OTHER_XDP
+    rc, out, err = lb(capsys, "decap", "attach", "eth1", "--from", DIRECTOR)
+    assert rc == 1
+    assert err == f"lb: decap: eth1 runs another XDP program ({OTHER_XDP}): not replaced\n"
+    assert host.xdp["eth1"] == OTHER_XDP
+
+
+def test_decap_attach_only_where_none(host, capsys):
+    """Where no program is attached, attach asks the kernel for "only if none" (a program
+    attached meanwhile is not replaced); over lb decap itself (new --from) it replaces."""
+    assert lb(capsys, "decap", "attach", "eth1", "--from", DIRECTOR)[0] == 0
+    assert lb(capsys, "decap", "attach", "eth1", "--from", "198.18.1.9")[0] == 0
+    assert host.attach_flags == [True, False] and host.xdp["eth1"] == decap.PROGRAM
+
+
+def test_decap_detach_leaves_another_program(host, capsys):
+    """Defect: `lb decap detach` removed whatever program was on DEV and said "decap detached"."""
+    host.xdp["eth1"] = OTHER_XDP
+    rc, out, err = lb(capsys, "decap", "detach", "eth1")
+    assert rc == 1 and out == ""
+    assert err == f"lb: decap: eth1 runs another XDP program ({OTHER_XDP}), not lb decap: not removed\n"
+    assert host.xdp["eth1"] == OTHER_XDP
+    host.xdp["eth1"] = decap.PROGRAM
+    assert lb(capsys, "decap", "detach", "eth1")[:2] == (0, "decap detached from eth1\n")
+    assert host.xdp["eth1"] is None
+
+
+def test_undo_leaves_another_program_in_decap_place(host, capsys):
+    """undo reports, and leaves, a program that replaced lb decap since setup."""
+    assert lb(capsys, "realserver", "setup", "--mode", "tunnel", "--dev", "eth1", "--from", DIRECTOR, VIP)[0] == 0
+    host.xdp["eth1"] = OTHER_XDP
+    rc, out, err = lb(capsys, "realserver", "setup", "--undo", "--mode", "tunnel", VIP)
+    assert rc == 0, err
+    assert f"eth1 runs another XDP program ({OTHER_XDP}), not lb decap: not removed: left as it is" in out
+    assert host.xdp["eth1"] == OTHER_XDP and not host.state.exists()
+
+
+def test_tunnel_setup_refuses_before_changing_anything(host, capsys):
+    """Defect: setup --mode tunnel added the VIP and set sysctls, then failed on DEV's program."""
+    host.xdp["eth1"] = OTHER_XDP
+    rc, out, err = lb(capsys, "realserver", "setup", "--mode", "tunnel", "--dev", "eth1", "--from", DIRECTOR, VIP)
+    assert rc == 1
+    assert f"eth1 runs another XDP program ({OTHER_XDP}): not replaced" in err
+    assert out == "" and host.lo == set() and host.sysctl("all", "rp_filter") == 1
+    assert host.xdp["eth1"] == OTHER_XDP and not host.state.exists()
+
+
+def test_setup_without_arptables_refuses(host, capsys, monkeypatch):
+    """--arp arptables where the command is missing: refused in words, before any change."""
+    monkeypatch.setattr(realserver.shutil, "which", lambda name: None)
+    rc, out, err = lb(capsys, "realserver", "setup", "--mode", "dr", "--arp", "arptables", VIP)
+    assert rc == 1 and "apt-get install arptables" in err and "Traceback" not in err
+    assert host.lo == set() and not host.state.exists()
+
+
+@pytest.mark.parametrize("sources, want", [((), "--from DIRECTOR"), ((DIRECTOR, "198.18.1.9"),
+                                          f"--from {DIRECTOR} --from 198.18.1.9")])
+def test_check_suggests_a_tunnel_setup_that_runs(host, capsys, sources, want):
+    """Defect: check's suggested setup command had no --from, so running it failed."""
+    argv = ["--mode", "tunnel", "--dev", "eth1", *[x for a in sources for x in ("--from", a)], VIP]
+    rc, out, err = lb(capsys, "realserver", "check", *argv)
+    assert rc == 1
+    line = out.splitlines()[-1]
+    assert f"`lb realserver setup --mode tunnel --dev eth1 {want} {VIP}` makes them so" in line
+    if sources:                              # the command as suggested does it
+        cmd = line.split("`")[1].split()[1:]
+        assert lb(capsys, *cmd)[0] == 0
+        assert host.xdp["eth1"] == decap.PROGRAM and VIP in host.lo
+
+
+def test_damaged_state_file_names_its_path(host, capsys):
+    """Defect: `lb: realserver: Expecting property name ...` without the file."""
+    host.state.write_text('{"vips": {\n  "198.18.0.20": {"added_address": true,}\n}}\n')
+    rc, out, err = lb(capsys, "realserver", "setup", "--undo", "--mode", "dr", VIP)
+    assert rc == 1
+    assert err.startswith(f"lb: realserver: {host.state}:2:")
+    assert "damaged" in err and f"remove {host.state}" in err and err.count("\n") == 1
