@@ -601,16 +601,22 @@ class Engine:
             self._attach_dataplane()
 
     def _fall_back(self, err: Exception) -> bool:
-        """auto: give up XDP (leaving nothing of it behind) for kernel IPVS."""
+        """auto: give up XDP (leaving nothing of it behind) for kernel IPVS -- not when it adopted
+        the previous run's programs, which forward still: IPVS behind them would see nothing,
+        and they would go on from maps nobody updates (the start fails instead, and they serve
+        on, as after any failed start of an adopted data plane)."""
         if self.dataplane != "auto" or self._fell_back:
+            return False
+        old = self.dp
+        if old.adopted:
+            log.error("XDP data plane unavailable (%s), and the previous run's XDP programs forward still: "
+                      "not falling back to kernel IPVS behind them (`lb stop` them first, then start)", err)
             return False
         self._fell_back = True
         log.warning("XDP data plane unavailable, falling back to kernel IPVS: %s", err)
-        old = self.dp
-        if not old.adopted:
-            old.detach_all()
-            if old.created:
-                old.unpin()
+        old.detach_all()
+        if old.created:
+            old.unpin()
         old.close()
         self.dp = IpvsDataplane(self.cfg.instance)
         return True

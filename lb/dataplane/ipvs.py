@@ -457,7 +457,7 @@ class Kernel:
         from pyroute2 import IPVSDest
 
         return IPVSDest(addr=str(r.address), port=r.port, fwd_method=FWD_METHODS[r.forward],
-                        weight=r.weight, u_thresh=r.u_threshold, l_thresh=r.l_threshold)
+                        weight=r.weight, u_thresh=r.u_threshold, l_thresh=_l_thresh(r))
 
     def _do(self, what: str, fn, *args, **kw) -> None:
         try:
@@ -705,16 +705,24 @@ class IpvsDataplane(Dataplane):
     def detach_all(self) -> None:
         """Stop forwarding: remove this instance's services from the kernel (the XDP data plane
         detaches its programs)."""
+        left = set()
         if self.owned:
             try:
                 with Kernel(self.netns) as k:
                     present = {ks.key: ks for ks in k.services()}
                     for key in sorted(self.owned, key=str):
-                        if key in present:
+                        if key not in present:
+                            continue
+                        try:            # each one tried: one refusal leaves the others' removal
                             k.del_service(_spec_of(present[key]))
-                            self.writes += 1
-                            log.info("removed virtual service %s from kernel IPVS", _svc_name(key))
+                        except IpvsError as e:
+                            left.add(key)
+                            log.warning("removing virtual service %s from kernel IPVS: %s", _svc_name(key), e)
+                            continue
+                        self.writes += 1
+                        log.info("removed virtual service %s from kernel IPVS", _svc_name(key))
             except IpvsError as e:
+                left = set(self.owned)
                 log.warning("removing services from kernel IPVS: %s", e)
         try:
             if self.marks.remove():
@@ -722,12 +730,17 @@ class IpvsDataplane(Dataplane):
         except NftError as e:
             log.warning("removing the firewall-mark rules: %s", e)
         self.stop_sync()
-        self.owned.clear()
+        # what could not be removed stays this instance's (its state file too: unpin keeps it),
+        # so that the next run knows it and removes it
+        self.owned = {k for k in self.owned if k in left}
         self.services.clear()
         self.draining.clear()
         self.attached.clear()
 
     def unpin(self) -> None:
+        if self.owned:                  # services the kernel would not remove: still ours
+            self._write_state()
+            return
         try:
             os.unlink(self.state_path)
         except FileNotFoundError:
@@ -831,9 +844,20 @@ class IpvsDataplane(Dataplane):
     # ---- apply ----
     def plan(self, table: TableSpec) -> None:
         """What the kernel could refuse, checked before anything is written: persistence masks,
-        each scheduler's module, nft for firewall-mark services.  The kernel's table has no
-        fixed size."""
+        each scheduler's module, nft for firewall-mark services; and a service somebody else put
+        into kernel IPVS with a key the table wants (lb would take it over, rewrite it and delete
+        it at its stop).  The kernel's table has no fixed size."""
         problems = []
+        try:
+            with Kernel(self.netns) as k:
+                foreign = {ks.key for ks in k.services()} - set(self.owned)
+        except IpvsError:
+            foreign = set()             # apply says what the kernel refuses
+        for spec in table.services:
+            if spec.key in foreign:
+                problems.append(f"virtual service {_svc_name(spec.key)} exists in kernel IPVS and is not "
+                                f"instance {self.instance}'s (ipvsadm's, or another lb's): it is left alone; "
+                                f"remove it (ipvsadm -D) or choose another address")
         for spec in table.services:
             try:
                 _mask(spec.pmask if spec.persistent else None, _is_v6(spec))
@@ -946,7 +970,7 @@ class IpvsDataplane(Dataplane):
             if r is None:
                 continue
             if (d.weight, d.fwd, d.u_thresh, d.l_thresh) != (r.weight, FWD_METHODS[r.forward], r.u_threshold,
-                                                             r.l_threshold):
+                                                             _l_thresh(r)):
                 k.set_dest(spec, r)
                 self.writes += 1
                 log.info("real server %s:%d of %s: weight %d -> %d, %s", rkey[0], rkey[1], name, d.weight,
@@ -1036,6 +1060,13 @@ class IpvsDataplane(Dataplane):
                     self.writes += 1
                     log.info("drained real server %s:%d removed from %s", rkey[0], rkey[1], _svc_name(skey))
         return done
+
+
+def _l_thresh(r: RealSpec) -> int:
+    """The lower threshold kernel IPVS gets: none without an upper one (ip_vs_add_dest refuses
+    l_threshold > u_threshold with ERANGE even when u_threshold is 0, "no limit"; the lower one
+    acts only on a server the upper one overloaded, so it means nothing there)."""
+    return r.l_threshold if r.u_threshold else 0
 
 
 def _svc_name(key) -> str:

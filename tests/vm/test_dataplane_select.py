@@ -137,3 +137,27 @@ def test_lb_run_dataplane_ipvs_without_kernel_ipvs_says_why(tmp_path):
     assert p.returncode == 2, p.stderr
     assert "kernel IPVS is not available" in p.stderr
     assert not os.path.exists(f"/run/lb/sel{os.getpid()}.ipvs.json")
+
+
+def test_auto_does_not_fall_back_behind_the_previous_runs_xdp(monkeypatch, caplog, tmp_path):
+    """A restart (the data plane kept) whose XDP build fails: the previous run's programs, adopted,
+    forward still -- IPVS behind them would see no packet, and they would forward from maps
+    nothing updates.  auto does not fall back then: the start fails, saying so, and nothing of
+    the running XDP data plane is detached."""
+    undone = []
+    monkeypatch.setattr(engine, "IpvsDataplane", FakeIpvs)
+    monkeypatch.setattr(engine, "RUN_DIR", str(tmp_path))
+
+    def adopted_then_broken(self):
+        self.adopted = True
+        raise DataplaneError("cannot build the XDP programs: clang failed")
+
+    monkeypatch.setattr(XdpDataplane, "load", adopted_then_broken)
+    monkeypatch.setattr(XdpDataplane, "detach_all", lambda self: undone.append("detach"))
+    monkeypatch.setattr(XdpDataplane, "unpin", lambda self: undone.append("unpin"))
+    e = engine.Engine(cfg('dataplane = "auto"\n'))
+    with caplog.at_level(logging.INFO, logger="lb.engine"), pytest.raises(DataplaneError, match="clang failed"):
+        e.start()
+    e.lock.release()
+    assert isinstance(e.dp, XdpDataplane) and undone == []
+    assert "not falling back to kernel IPVS behind them" in caplog.text
