@@ -258,3 +258,47 @@ def test_fuzzed_pushes_from_the_peer_are_answered_or_dropped_and_change_nothing_
         asyncio.run(body())
         assert results.get("refused", 0) > 20 and results.get("dropped", 0) > 5, results
         assert "Traceback" not in caplog.text and "Unhandled exception" not in caplog.text, caplog.text[-3000:]
+
+
+def test_each_director_keeps_its_own_interfaces(tmp_path):
+    """The interfaces are each host's names (eth0 on one, ens3 on the other): the backup keeps
+    its own, takes the rest, and both then run "the same" (a push of the active's names was
+    refused at every push as a restart-only change, and a private_interface the backup happened
+    to have was taken, the real servers' gateway with it)."""
+    from lb import config as lbconfig
+
+    glob = 'public_interface = "eth0"\n'
+    b_text = write_config(tmp_path / "b.toml", weight="1").read_text().replace(
+        'instance = "webtest"', 'instance = "webtest2"').replace(
+        glob, 'public_interface = "ens3"\nprivate_interface = "privB"\n')
+    a, b, sa, sb = pair(tmp_path, b_text=b_text)
+    a.cfg.path.write_text(a.cfg.path.read_text().replace(glob, glob + 'private_interface = "privA"\n'))
+    a.cfg = lbconfig.load(a.cfg.path)
+
+    async def body():
+        return await sa.push(), await sa.push()
+    first, second = run(sa, sb, body)
+    assert first["result"] == "applied" and second["result"] == "same", (first, second)
+    got = store.read(b.cfg.path).cfg
+    assert (got.public_interface, got.private_interface) == ("ens3", "privB")
+    assert got.virtual_servers[0].real_servers[0].weight == 7 and b.cfg == got
+
+
+def test_a_renumbered_vip_drops_the_backups_bgp_attributes_for_the_old_one(tmp_path):
+    """[bgp] is each director's own (its sessions), but its [[bgp.vip]] attributes follow the
+    virtual servers: a VIP the active renumbered loses its entry on the backup (every push was
+    refused: "not the address of any virtual_server")."""
+    bgp = ('\n[bgp]\nmode = "announce"\nlocal_as = 65001\n[[bgp.neighbor]]\naddress = "198.18.0.1"\n'
+           'peer_as = 65000\n[[bgp.vip]]\naddress = "{vip}"\nmed = 10\ncommunities = ["65000:100"]\n')
+    from lb import config as lbconfig
+
+    b_text = write_config(tmp_path / "b.toml", weight="1").read_text().replace(
+        'instance = "webtest"', 'instance = "webtest2"') + bgp.format(vip="198.18.0.10")
+    a, b, sa, sb = pair(tmp_path, b_text=b_text)
+    a.cfg.path.write_text(a.cfg.path.read_text().replace("198.18.0.10", "198.18.0.11") + bgp.format(vip="198.18.0.11"))
+    a.cfg = lbconfig.load(a.cfg.path)
+    reply = run(sa, sb, sa.push)
+    assert reply["result"] == "applied", reply
+    got = store.read(b.cfg.path).cfg
+    assert str(got.virtual_servers[0].address) == "198.18.0.11" and got.bgp.vips == ()
+    assert [str(n.address) for n in got.bgp.neighbors] == ["198.18.0.1"]       # its sessions kept

@@ -21,6 +21,7 @@ import contextlib
 import copy
 import dataclasses
 import hashlib
+import ipaddress
 import json
 import os
 import tempfile
@@ -233,10 +234,17 @@ def _atomic(path: Path, data: bytes, mode: int) -> None:
 # "the same configuration" means.
 # The data plane is the director's own too: it depends on its host (an XDP driver, the IPVS
 # module), and it changes only with a restart, so a push of the peer's would be refused.
-LOCAL_KEYS = (("global", "instance"), ("global", "serial_no"), ("global", "dataplane"))
+# And so are its interfaces' names (eth0 here, ens3 there): a push of the peer's names was
+# refused at every push (they change only with a restart), or, where the backup happened to
+# have an interface of that name, put the real servers' gateway on the wrong one.
+LOCAL_KEYS = (("global", "instance"), ("global", "serial_no"), ("global", "dataplane"),
+              ("global", "public_interface"), ("global", "private_interface"), ("global", "nat_router_device"))
 # Per-director tables, kept whole: [bgp] is this director's own sessions with its router (its
 # router_id, each neighbor's local_address), and a change of it needs a restart anyway, so the
-# active's [bgp] would either break the backup's sessions or be refused at every push.
+# active's [bgp] would either break the backup's sessions or be refused at every push.  Its
+# [[bgp.vip]] attributes follow the virtual servers, though: a VIP the pushed document no longer
+# has loses its entry here (else every push after a renumbering was refused: "not the address
+# of any virtual_server").
 LOCAL_TABLES = ("bgp",)
 
 
@@ -274,10 +282,40 @@ def localize(shared: dict[str, Any], cfg: Config | None) -> dict[str, Any]:
     own = plain_document(cfg)
     if isinstance(glob, dict):
         glob["instance"] = cfg.instance
-        glob.pop("dataplane", None)
-        if "dataplane" in own["global"]:
-            glob["dataplane"] = own["global"]["dataplane"]
+        for table, key in LOCAL_KEYS:
+            if table != "global" or key in ("instance", "serial_no"):
+                continue
+            glob.pop(key, None)
+            if key in own["global"]:
+                glob[key] = own["global"][key]
     for table in LOCAL_TABLES:
         if table in own:
             doc[table] = own[table]
+    bgp = doc.get("bgp")
+    if isinstance(bgp, dict) and isinstance(bgp.get("vip"), list):
+        vips = _vips(doc)
+        bgp["vip"] = [v for v in bgp["vip"] if not isinstance(v, dict) or _addr(v.get("address")) in vips]
+        if not bgp["vip"]:
+            del bgp["vip"]
     return doc
+
+
+def _addr(text):
+    try:
+        return ipaddress.ip_address(str(text))
+    except ValueError:
+        return text
+
+
+def _vips(doc: dict) -> set:
+    """The addresses a document's virtual servers answer on (their own, or their port groups')."""
+    out = set()
+    vss = doc.get("virtual_server")
+    for vs in vss if isinstance(vss, list) else ():
+        if not isinstance(vs, dict):
+            continue
+        groups = vs.get("port_group")
+        for g in groups if isinstance(groups, list) and groups else [vs]:
+            if isinstance(g, dict):
+                out.add(_addr(g.get("address")))
+    return out
