@@ -54,7 +54,7 @@ import socket
 import struct
 
 from lb import files
-from lb.tasks import RateLimitedLog
+from lb.tasks import RateLimitedLog, Slots
 
 log = logging.getLogger("lb.control")
 
@@ -177,8 +177,8 @@ class ControlServer:
         self.access = access or (lambda: None)
         self.server: asyncio.base_events.Server | None = None
         self.shared: asyncio.base_events.Server | None = None
-        self._clients = {False: 0, True: 0}     # connections served, by socket (shared or not)
-        self._per_uid: dict[int, int] = {}      # ... on the shared socket, by peer uid
+        # connections served, by socket (shared or not); on the shared one, by peer uid too
+        self._slots = {False: Slots(MAX_CLIENTS), True: Slots(MAX_CLIENTS, MAX_PER_UID)}
         self.refused = 0                        # connections refused for their credentials
         self.busy = 0                           # connections answered "busy" (no slot)
         self._ratelog = RateLimitedLog(log, REFUSED_LOG_EVERY)
@@ -252,17 +252,15 @@ class ControlServer:
                                                        f"or a member of [control] admin_group or read_group)",
                                  "refused": True})
             return
-        if self._clients[shared] >= MAX_CLIENTS or (shared and self._per_uid.get(uid, 0) >= MAX_PER_UID):
+        slots = self._slots[shared]
+        if slots.take(uid) is not None:
             self.busy += 1
             self._ratelog.log(("busy", shared), logging.WARNING, "control socket %s: uid %d (pid %d) answered busy: "
                               "%d connections served (%d answered busy since start)",
-                              self.shared_path if shared else self.path, uid, pid, self._clients[shared], self.busy)
-            self._close(writer, {"ok": False, "error": f"busy: {self._clients[shared]} requests are being served "
-                                                       f"(uid {uid}: {self._per_uid.get(uid, 0)}): try again"})
+                              self.shared_path if shared else self.path, uid, pid, slots.open, self.busy)
+            self._close(writer, {"ok": False, "error": f"busy: {slots.open} requests are being served "
+                                                       f"(uid {uid}: {slots.held(uid)}): try again"})
             return
-        self._clients[shared] += 1
-        if shared:
-            self._per_uid[uid] = self._per_uid.get(uid, 0) + 1
         try:
             reply = await self._answer(reader, uid, level)
             writer.write(json.dumps(reply).encode() + b"\n")
@@ -270,11 +268,7 @@ class ControlServer:
         except (ConnectionError, asyncio.CancelledError):
             pass
         finally:
-            self._clients[shared] -= 1
-            if shared:
-                n = self._per_uid.pop(uid, 1) - 1
-                if n > 0:
-                    self._per_uid[uid] = n
+            slots.give(uid)
             writer.close()
 
     @staticmethod

@@ -36,6 +36,7 @@ from prometheus_client.core import (
 from lb import __version__
 from lb import weight as lbweight
 from lb.config.model import endpoint_text
+from lb.tasks import Slots
 
 log = logging.getLogger("lb.metrics")
 
@@ -421,8 +422,7 @@ def _server_class(family: int):
         request_queue_size = 2 * MAX_CONNECTIONS    # the listen backlog (socketserver's is 5)
 
         def server_activate(self):
-            self.slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
-            self.per_client: dict[str, int] = {}    # connections being served, by client address
+            self.slots = Slots(MAX_CONNECTIONS, MAX_PER_CLIENT)   # connections being served, by client address
             self.lock = threading.Lock()
             self.refused = 0            # connections closed for want of a slot
             self.broken = 0             # connections that timed out or broke off
@@ -431,19 +431,11 @@ def _server_class(family: int):
 
         def _take(self, addr: str) -> bool:
             with self.lock:
-                if self.per_client.get(addr, 0) >= MAX_PER_CLIENT:
-                    return False
-                if not self.slots.acquire(blocking=False):
-                    return False
-                self.per_client[addr] = self.per_client.get(addr, 0) + 1
-                return True
+                return self.slots.take(addr) is None
 
         def _give(self, addr: str) -> None:
             with self.lock:
-                n = self.per_client.pop(addr, 1) - 1
-                if n > 0:
-                    self.per_client[addr] = n
-                self.slots.release()
+                self.slots.give(addr)
 
         def process_request(self, request, client_address):
             if not self._take(client_address[0]):

@@ -104,3 +104,34 @@ class RateLimitedLog:
             msg += f" ({held} more like it in the last {now - last:.0f}s)"
         self.logger.log(level, msg, *args)
         return True
+
+
+class Slots:
+    """Connections served at once: at most ``total``, and ``per_key`` of them for one key (a
+    client's address, a peer's uid), so that one cannot take every slot.  Not locked: a
+    threaded server takes its own lock around take/give."""
+
+    def __init__(self, total: int, per_key: int | None = None):
+        self.total, self.per_key = total, per_key
+        self.open = 0
+        self.by_key: dict = {}
+
+    def take(self, key, capped: bool = True) -> str | None:
+        """None once ``key`` holds a slot; else the limit that refused it: "key" or "total".
+        capped=False: only the total bounds it (a trusted proxy's many clients)."""
+        if capped and self.per_key is not None and self.by_key.get(key, 0) >= self.per_key:
+            return "key"
+        if self.open >= self.total:
+            return "total"
+        self.open += 1
+        self.by_key[key] = self.by_key.get(key, 0) + 1
+        return None
+
+    def give(self, key) -> None:
+        self.open -= 1
+        n = self.by_key.pop(key, 1) - 1
+        if n > 0:
+            self.by_key[key] = n
+
+    def held(self, key) -> int:
+        return self.by_key.get(key, 0)

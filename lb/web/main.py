@@ -25,7 +25,7 @@ import stat
 from aiohttp import web
 
 from lb import control
-from lb.tasks import RateLimitedLog
+from lb.tasks import RateLimitedLog, Slots
 from lb.web import app as webapp
 from lb.web import password
 
@@ -66,8 +66,7 @@ class Connections:
         self.trusted = tuple(trusted)
         self.total = MAX_CONNECTIONS if total is None else total
         self.per_client_max = MAX_PER_CLIENT if per_client is None else per_client
-        self.open = 0
-        self.per_client: dict[str, int] = {}
+        self.slots = Slots(self.total, self.per_client_max)
         self.refused = 0                # connections closed for want of a slot
         self._log = RateLimitedLog(log, 10.0)
 
@@ -83,12 +82,11 @@ class Connections:
             proxy = False
         if proxy:
             key = ""                    # a proxy's connections are its clients': the total bounds them
-        elif self.per_client.get(key, 0) >= self.per_client_max:
+        full = self.slots.take(key, capped=not proxy)
+        if full == "key":
             return self._refuse(address, f"{self.per_client_max} connections of this client")
-        if self.open >= self.total:
+        if full == "total":
             return self._refuse(address, f"{self.total} connections")
-        self.open += 1
-        self.per_client[key] = self.per_client.get(key, 0) + 1
         return key
 
     def _refuse(self, address: str, why: str) -> None:
@@ -98,10 +96,7 @@ class Connections:
         return None
 
     def give(self, key: str) -> None:
-        self.open -= 1
-        n = self.per_client.pop(key, 1) - 1
-        if n > 0:
-            self.per_client[key] = n
+        self.slots.give(key)
 
 
 class _Counted(asyncio.Protocol):
