@@ -41,7 +41,6 @@ from lb.ha import addresses
 RUN_DIR = "/run/lb"
 MODES = ("dr", "tunnel")
 ARP_METHODS = ("sysctl", "arptables")
-DECAP_PROG = "lb_xdp_decap"
 ARP_IGNORE_OK = (1, 2)       # 1: only for the interface's own addresses; 2: and from its subnet
 ARP_ANNOUNCE = 2             # the best local address for the target, never the VIP
 RP_FILTER_LOOSE = 2
@@ -207,16 +206,16 @@ def points(mode: str, vips: list, arp: str = "sysctl", dev: str | None = None, s
 
         prog = decap.attached(dev)
         refuse = None
-        if prog not in (None, DECAP_PROG):
+        if prog not in (None, decap.PROGRAM):
             # another XDP program (the director's own, say) is never replaced
             refuse = f"{dev} runs another XDP program ({prog}): not replaced (lb decap needs {dev}'s XDP hook)"
         elif prog is None and not sources:
             refuse = ("tunnel: give the directors' addresses with --from ADDR (lb decap accepts "
                       "tunnels from them only)")
-        out.append(Point(prog == DECAP_PROG, f"lb decap on {dev}" + (f" (now {prog})" if prog else ""),
+        out.append(Point(prog == decap.PROGRAM, f"lb decap on {dev}" + (f" (now {prog})" if prog else ""),
                          "the director's tunnel headers come off before the stack sees the packet",
                          f"lb decap attach {dev} " + (" ".join(f"--from {a}" for a in sources) or "--from DIRECTOR"),
-                         _attach_decap(dev, prog, sources), refuse))
+                         _attach_decap(dev, sources), refuse))
         if v4:
             rp = max(sysctl("all", "rp_filter"), sysctl(dev, "rp_filter"))
             out.append(Point(rp != 1, f"rp_filter not strict on {dev} (now {rp})",
@@ -253,15 +252,11 @@ def _add_rule(vip, rule: list[str]):
     return make
 
 
-def _attach_decap(dev: str, prog: str | None, sources=()):
+def _attach_decap(dev: str, sources=()):
+    # run only where setup found no program on dev and --from given (points() refuses the rest)
     def make(state):
         from lb.dataplane import decap
 
-        if prog is not None:
-            raise RealServerError(f"{dev} runs another XDP program ({prog}): not replaced")
-        if not sources:
-            raise RealServerError("tunnel: give the directors' addresses with --from ADDR (lb decap accepts "
-                                  "tunnels from them only)")
         mode, addrs = decap.attach(dev, sources=sources)
         state["decap"].append(dev)
         return f"lb decap attached to {dev} ({mode} mode) for {', '.join(map(str, addrs))}"

@@ -232,7 +232,7 @@ class Throttle:
     def refuse(self, client: str, now: float) -> str | None:
         if client in self.inflight:
             return "a login from your address is being checked: wait for it"
-        fails, until = self.clients.get(client, (0, 0.0))
+        until = self.clients.get(client, (0, 0.0))[1]
         if now < until:
             return f"too many failed logins from your address: try again in {until - now:.0f} s"
         return None
