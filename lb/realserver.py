@@ -185,9 +185,7 @@ def points(mode: str, vips: list, arp: str = "sysctl", dev: str | None = None, s
     elif v4:
         if shutil.which("arptables") is None:
             out.append(Point(False, "arptables installed", "the arptables method needs the arptables command",
-                             "apt-get install arptables (or use the default --arp sysctl)",
-                             refuse="the arptables method needs the arptables command: apt-get install "
-                                    "arptables (or use the default --arp sysctl)"))
+                             "apt-get install arptables (or use the default --arp sysctl)"))
         else:
             rules = arptables_rules()
             rip = device_address(dev)
@@ -340,8 +338,8 @@ def check(mode: str, vips: list, arp: str, dev: str | None, write, sources=()) -
 def setup(mode: str, vips: list, arp: str, dev: str | None, write, sources=()) -> int:
     pts = points(mode, vips, arp, dev, sources)
     for p in pts:
-        if not p.ok and p.refuse:
-            raise RealServerError(p.refuse)          # refused before anything is changed
+        if not p.ok and (p.refuse or p.make is None):    # refused before anything is changed
+            raise RealServerError(p.refuse or f"{p.why}: {p.fix}")
     state = load_state()
     for v in vips:                   # set up by lb from now on (undo looks for them)
         state["vips"].setdefault(str(v), {"added_address": False, "arptables": []})
