@@ -53,7 +53,7 @@ from lb.config.model import IPVSADM_FORWARD
 from .base import Dataplane
 from .errors import ApplyFailed, DataplaneError, TableDoesNotFit
 from .nft import MarkRules, NftError, ruleset_text
-from .records import ConnRow, RealRow, ServiceRow, Stats
+from .records import ConnRow, RealRow, ServiceRow, Stats, names_service
 from .spec import RealSpec, ServiceSpec, TableSpec
 
 log = logging.getLogger("lb.dataplane.ipvs")
@@ -1120,9 +1120,7 @@ def is_service(ks: KService, service: tuple) -> bool:
     [-6] names one, or ("fwmark", mark) of either family (the daemon's key: lb's table has one
     service per mark).  KService.key leaves the family out: it is the identity the table's
     writes compare with ServiceSpec.key."""
-    if service[0] == "fwmark" and len(service) > 2:
-        return ks.key == tuple(service[:2]) and ks.af == (socket.AF_INET6 if service[2] == 6 else socket.AF_INET)
-    return ks.key == tuple(service)
+    return names_service(ks.key, 6 if ks.af == socket.AF_INET6 else 4, service)
 
 
 def zero(service: tuple | None = None, netns: str | None = None) -> int:

@@ -8,7 +8,7 @@ from typing import Iterator
 
 from . import layout as L
 from .maps import BpfMap, PinnedMaps, _bpfbatch
-from .records import ConnRow, RealRow, ServiceRow, Stats
+from .records import ConnRow, RealRow, ServiceRow, Stats, names_service
 
 
 def _sum_stats(values: list[bytes]) -> Stats:
@@ -83,9 +83,8 @@ def is_service(key, family: int, service: tuple) -> bool:
     ``service``: service_key's names, or ("fwmark", mark, 4 or 6) as ipvsadm -f [-6] names
     one.  The mark alone (the daemon's key) is the mark's service whichever its family: lb_fwm_services
     is keyed by the mark."""
-    if service[0] == "fwmark" and len(service) > 2:
-        return service_key(key) == tuple(service[:2]) and family == service[2]
-    return service_key(key) == tuple(service)
+    return names_service(service_key(key), family, service)
+
 
 
 def stat_ids(maps: PinnedMaps, service: tuple | None = None) -> set[tuple[str, int]]:

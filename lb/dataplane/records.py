@@ -62,3 +62,10 @@ class ConnRow:
     client: tuple[IPAddress, int]
     virtual: tuple[IPAddress, int]
     dest: tuple[IPAddress, int]
+
+def names_service(name: tuple, family: int, service: tuple) -> bool:
+    """Whether a service named ``name`` (("tcp", address, port) or ("fwmark", mark)) of address
+    family ``family`` (4 or 6) is ``service`` (the same, or ("fwmark", mark, 4 or 6))."""
+    if service[0] == "fwmark" and len(service) > 2:
+        return name == tuple(service[:2]) and family == service[2]
+    return name == tuple(service)
