@@ -174,6 +174,14 @@ class Settings:
                    trusted_proxies=tuple(ipaddress.ip_network(p, strict=False) for p in w.get("trusted_proxies") or ()),
                    session_lifetime=float(w.get("session_lifetime") or 8 * 3600.0), tls=bool(w.get("tls_cert")))
 
+    def trusts(self, address) -> bool:
+        """Whether ``address`` (text or an address) is one of [web] trusted_proxies."""
+        try:
+            ip = address if not isinstance(address, str) else ipaddress.ip_address(address.split("%", 1)[0])
+        except ValueError:
+            return False
+        return any(ip in n for n in self.trusted_proxies)
+
     def host_allowed(self, host: str) -> bool:
         name = host.strip().lower().rstrip(".")
         if name.startswith("["):
@@ -336,11 +344,7 @@ class Console:
     def _client(self, request: web.Request) -> Client:
         remote = request.remote or "?"
         scheme, host = request.scheme, request.host
-        try:
-            peer = ipaddress.ip_address(remote)
-        except ValueError:
-            peer = None
-        if peer is not None and any(peer in n for n in self.settings.trusted_proxies):
+        if self.settings.trusts(remote):
             chain = [a.strip() for a in request.headers.get("X-Forwarded-For", "").split(",") if a.strip()]
             # the nearest address no trusted proxy added is the client's
             for addr in reversed(chain):
@@ -349,7 +353,7 @@ class Console:
                 except ValueError:
                     break
                 remote = addr
-                if not any(ip in n for n in self.settings.trusted_proxies):
+                if not self.settings.trusts(ip):
                     break
             proto = request.headers.get("X-Forwarded-Proto", "").split(",")[0].strip().lower()
             if proto in ("http", "https"):

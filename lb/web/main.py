@@ -15,7 +15,6 @@ logged at most once every ACCEPT_LOG_EVERY seconds, not a traceback each (asynci
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import logging
 import os
 import signal
@@ -61,9 +60,10 @@ class Connections:
     MAX_CONNECTIONS and its client's MAX_PER_CLIENT, and closed at once past either; the others
     go to aiohttp's handler (``runner.server``)."""
 
-    def __init__(self, factory, trusted=(), total: int | None = None, per_client: int | None = None):
+    def __init__(self, factory, trusts=lambda address: False, total: int | None = None,
+                 per_client: int | None = None):
         self.factory = factory
-        self.trusted = tuple(trusted)
+        self.trusts = trusts            # a trusted proxy's address? (Settings.trusts)
         self.total = MAX_CONNECTIONS if total is None else total
         self.per_client_max = MAX_PER_CLIENT if per_client is None else per_client
         self.slots = Slots(self.total, self.per_client_max)
@@ -76,10 +76,7 @@ class Connections:
     def take(self, address: str) -> str | None:
         """The client's key once it has a slot; None (the connection to close) when it has none."""
         key = webapp.client_key(address)
-        try:
-            proxy = any(ipaddress.ip_address(address) in n for n in self.trusted)
-        except ValueError:
-            proxy = False
+        proxy = self.trusts(address)
         if proxy:
             key = ""                    # a proxy's connections are its clients': the total bounds them
         full = self.slots.take(key, capped=not proxy)
@@ -170,10 +167,11 @@ def runner(console: webapp.Console) -> web.AppRunner:
                          lingering_time=LINGER)
 
 
-async def listen(run: web.AppRunner, host: str, port: int, tls=None, trusted=()) -> tuple[asyncio.AbstractServer,
-                                                                                          Connections]:
-    """The console's listening socket over ``run`` (set up), with the connection limits."""
-    connections = Connections(run.server, trusted)
+async def listen(run: web.AppRunner, host: str, port: int, tls=None,
+                 trusts=lambda address: False) -> tuple[asyncio.AbstractServer, Connections]:
+    """The console's listening socket over ``run`` (set up), with the connection limits
+    (``trusts``: Settings.trusts, whose proxies only the total bounds)."""
+    connections = Connections(run.server, trusts)
     server = await asyncio.get_running_loop().create_server(
         connections, host, port, ssl=tls, backlog=128, reuse_address=True,
         ssl_handshake_timeout=TLS_HANDSHAKE_TIMEOUT if tls else None)
@@ -237,7 +235,7 @@ async def serve(instance: str, shared_dir: str = control.SHARED_DIR) -> int:
     run = runner(console)
     await run.setup()
     try:
-        server, _ = await listen(run, w["address"], w["port"], tls, settings.trusted_proxies)
+        server, _ = await listen(run, w["address"], w["port"], tls, settings.trusts)
     except OSError as e:
         await run.cleanup()
         log.error("web console not started: cannot listen on %s: %s", w["listen"], e.strerror or e)
