@@ -641,7 +641,7 @@ int lb_xdp_private(struct xdp_md *ctx)
     /* a UDP reply, or (secure_tcp) the real server's ACK after the handshake: established */
     if (embryo && lb_embryo_grown(c, pkt.proto)) {
         lb_embryo_promote(&key, c, &rk);
-        struct lb_conn *moved = lb_conns.lookup(&key);   /* the embryonic entry is gone */
+        struct lb_conn *moved = lb_conns_lookup(&key);   /* the embryonic entry is gone */
         if (moved)
             c = moved;
     }

@@ -17,6 +17,69 @@ static __always_inline void lb_conn_key_in(struct lb_conn_key *k, struct lb_pkt 
     k->pad = 0;
 }
 
+/* lb_conns, the established connections, is two tables: lb_conns4 (IPv4, lb_conn_key4) and
+ * lb_conns6 (lb_conn_key).  The packet path builds one lb_conn_key for every table and these
+ * go to the family's. */
+static __always_inline void lb_conn_key4_of(struct lb_conn_key4 *k4, const struct lb_conn_key *k)
+{
+    __builtin_memcpy(&k4->saddr, k->saddr, 4);
+    __builtin_memcpy(&k4->daddr, k->daddr, 4);
+    k4->sport = k->sport;
+    k4->dport = k->dport;
+    k4->proto = k->proto;
+    k4->dir = k->dir;
+    k4->pad[0] = 0;
+    k4->pad[1] = 0;
+}
+
+/* The asm statements after each map call keep clang from merging the two tables' calls into
+ * one with the map in a register, which the verifier cannot inline (tests/test_bpf_calls.py). */
+static __always_inline struct lb_conn *lb_conns_lookup(const struct lb_conn_key *k)
+{
+    struct lb_conn *c;
+    if (k->family == LB_AF_INET) {
+        struct lb_conn_key4 k4;
+        lb_conn_key4_of(&k4, k);
+        c = lb_conns4.lookup(&k4);
+        asm volatile("/* lb_conns4 */");
+        return c;
+    }
+    c = lb_conns6.lookup((struct lb_conn_key *)k);
+    asm volatile("/* lb_conns6 */");
+    return c;
+}
+
+static __always_inline int lb_conns_delete(const struct lb_conn_key *k)
+{
+    int rc;
+    if (k->family == LB_AF_INET) {
+        struct lb_conn_key4 k4;
+        lb_conn_key4_of(&k4, k);
+        rc = lb_conns4.delete(&k4);
+        asm volatile("/* lb_conns4 */");
+        return rc;
+    }
+    rc = lb_conns6.delete((struct lb_conn_key *)k);
+    asm volatile("/* lb_conns6 */");
+    return rc;
+}
+
+/* noexist: BPF_NOEXIST (an insert), else BPF_ANY */
+static __always_inline int lb_conns_write(const struct lb_conn_key *k, struct lb_conn *v, int noexist)
+{
+    int rc;
+    if (k->family == LB_AF_INET) {
+        struct lb_conn_key4 k4;
+        lb_conn_key4_of(&k4, k);
+        rc = noexist ? lb_conns4.insert(&k4, v) : lb_conns4.update(&k4, v);
+        asm volatile("/* lb_conns4 */");
+        return rc;
+    }
+    rc = noexist ? lb_conns6.insert((struct lb_conn_key *)k, v) : lb_conns6.update((struct lb_conn_key *)k, v);
+    asm volatile("/* lb_conns6 */");
+    return rc;
+}
+
 static __always_inline void lb_real_conns_add(__u32 real, int active, int inactive)
 {
     struct lb_real_conns *c = lb_real_conns.lookup(&real);
@@ -208,15 +271,6 @@ static __always_inline void lb_conn_state(struct lb_conn *c, __u32 table, struct
         lb_real_conns_add(c->real, 1, -1);
     else if (move < 0)
         lb_real_conns_add(c->real, -1, 1);
-}
-
-/* Drop an expired entry (and its NAT reverse entry).  Whoever deletes it uncounts it, so the
- * control plane's sweep and the data path never both do. */
-static __always_inline void lb_conn_expire(struct lb_conn_key *k, struct lb_conn *c)
-{
-    struct lb_conn copy = *c;
-    if (lb_conns.delete(k) == 0)
-        lb_conn_uncount(&copy);
 }
 
 #endif

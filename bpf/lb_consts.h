@@ -15,8 +15,11 @@
 #ifndef LB_MAX_SVC_REALS          /* real servers per virtual service: bounds every scheduler loop */
 #define LB_MAX_SVC_REALS 64
 #endif
-#ifndef LB_CONN_TABLE_SIZE
-#define LB_CONN_TABLE_SIZE 65536
+#ifndef LB_CONN4_TABLE_SIZE       /* established IPv4 connections (lb_conns4): [tables] connections */
+#define LB_CONN4_TABLE_SIZE 65536
+#endif
+#ifndef LB_CONN6_TABLE_SIZE       /* established IPv6 connections (lb_conns6): connections_ipv6 */
+#define LB_CONN6_TABLE_SIZE 16384
 #endif
 #ifndef LB_PERSIST_TABLE_SIZE     /* persistence templates (allocated as used) */
 #define LB_PERSIST_TABLE_SIZE 16384

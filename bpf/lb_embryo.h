@@ -82,7 +82,7 @@ static __always_inline void lb_est_mark(struct lb_conn_key *k)
  * embryonic table; *embryo says which one holds it. */
 static __always_inline struct lb_conn *lb_conn_find(struct lb_conn_key *k, int *embryo)
 {
-    struct lb_conn *c = lb_conns.lookup(k);
+    struct lb_conn *c = lb_conns_lookup(k);
     *embryo = 0;
     if (c)
         return c;
@@ -103,12 +103,13 @@ static __always_inline struct lb_conn *lb_conn_find_in(struct lb_conn_key *k, st
     return lb_conn_find(k, embryo);
 }
 
-/* lb_conn_expire for either table: whoever's delete succeeds uncounts */
+/* Drop an expired entry from its table (lb_conns or the embryonic one): whoever deletes it uncounts
+ * it, so the control plane's sweep and the data path never both do */
 static __always_inline void lb_conn_expire_in(struct lb_conn_key *k, struct lb_conn *c, int embryo)
 {
     struct lb_conn copy = *c;
     if (!embryo) {
-        if (lb_conns.delete(k) == 0)
+        if (lb_conns_delete(k) == 0)
             lb_conn_uncount(&copy);
         return;
     }
@@ -121,7 +122,7 @@ static __always_inline void lb_conn_expire_in(struct lb_conn_key *k, struct lb_c
 static __always_inline void lb_conn_delete_in(struct lb_conn_key *k, int embryo)
 {
     if (!embryo)
-        lb_conns.delete(k);
+        lb_conns_delete(k);
     else if (lb_conns_embryo.delete(k) == 0)
         lb_ct_event(LB_CTE_EMBRYO_GONE);
 }
@@ -181,7 +182,7 @@ static __always_inline void lb_embryo_promote(struct lb_conn_key *k, struct lb_c
 {
     struct lb_conn v = *c;
     lb_est_mark(k);               /* before it is there: a SYN must never skip a live entry */
-    if (lb_conns.insert(k, &v) != 0 && !lb_conns.lookup(k)) {
+    if (lb_conns_write(k, &v, 1) != 0 && !lb_conns_lookup(k)) {
         lb_count(LB_CNT_CONN_FULL);
         return;
     }
@@ -192,7 +193,7 @@ static __always_inline void lb_embryo_promote(struct lb_conn_key *k, struct lb_c
         if (rev) {
             struct lb_conn rv = *rev;
             rv.last_ns = v.last_ns;
-            if (lb_conns.update(rk, &rv) != 0)
+            if (lb_conns_write(rk, &rv, 0) != 0)
                 lb_count(LB_CNT_CONN_FULL);   /* the reverse entry stays embryonic */
             else if (lb_conns_embryo.delete(rk) == 0)
                 lb_ct_event(LB_CTE_EMBRYO_PROMOTED);

@@ -34,9 +34,12 @@ BPF_TABLE_PINNED("array", __u32, struct lb_real_counts, lb_real_swept, LB_MAX_RE
  * the schedulers leave out (written by the control plane; lb list and thresholds ignore it;
  * the schedulers read it summed with lb_real_swept in lb_real_conns' sched_off) */
 BPF_TABLE_PINNED("array", __u32, struct lb_real_counts, lb_real_base, LB_MAX_REALS, LB_PIN(lb_real_base));
-/* established (and closing) connections: only a connection that got past its first packets
- * (lb_embryo.h) comes here, so a flood of new sources never evicts one */
-BPF_TABLE_PINNED("lru_hash", struct lb_conn_key, struct lb_conn, lb_conns, LB_CONN_TABLE_SIZE, LB_PIN(lb_conns));
+/* established (and closing) connections, one table per family (lb_conns4: a 16-byte key): only a
+ * connection that got past its first packets (lb_embryo.h) comes here, so a flood of new sources
+ * never evicts one.  "lb_conns" means both (lb_conntrack.h's lb_conns_* helpers; the control
+ * plane's lb/dataplane/maps.py ConnTables) */
+BPF_TABLE_PINNED("lru_hash", struct lb_conn_key4, struct lb_conn, lb_conns4, LB_CONN4_TABLE_SIZE, LB_PIN(lb_conns4));
+BPF_TABLE_PINNED("lru_hash", struct lb_conn_key, struct lb_conn, lb_conns6, LB_CONN6_TABLE_SIZE, LB_PIN(lb_conns6));
 /* embryonic connections (TCP before ESTABLISHED, UDP's first packet) and their NAT reverse
  * entries: an LRU of their own, where a flood can only evict its own kind */
 BPF_TABLE_PINNED("lru_hash", struct lb_conn_key, struct lb_conn, lb_conns_embryo, LB_EMBRYO_TABLE_SIZE,

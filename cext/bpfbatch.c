@@ -236,6 +236,24 @@ void bb_est_census(const void *keys, unsigned long n, unsigned bits, uint64_t *w
     }
 }
 
+/* lb_conns is two tables (bpf/lb_conntrack.h): n keys of lb_conns4 (struct lb_conn_key4) written
+ * out as the struct lb_conn_key every reader of lb_conns takes (lb/dataplane/maps.py ConnTables) */
+void bb_widen_conn_keys4(const void *keys4, void *keys, unsigned long n)
+{
+    const struct lb_conn_key4 *s = keys4;
+    struct lb_conn_key *d = keys;
+    for (unsigned long i = 0; i < n; i++, s++, d++) {
+        memset(d, 0, sizeof(*d));
+        memcpy(d->saddr, &s->saddr, 4);
+        memcpy(d->daddr, &s->daddr, 4);
+        d->sport = s->sport;
+        d->dport = s->dport;
+        d->proto = s->proto;
+        d->family = LB_AF_INET;
+        d->dir = s->dir;
+    }
+}
+
 unsigned bb_sizeof_conn_key(void) { return sizeof(struct lb_conn_key); }
 unsigned bb_sizeof_conn(void) { return sizeof(struct lb_conn); }
 unsigned bb_sizeof_real(void) { return sizeof(struct lb_real); }

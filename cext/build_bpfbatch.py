@@ -25,6 +25,7 @@ ffibuilder.cdef(
     long bb_test_run_repeat(int prog_fd, const void *packet, unsigned pkt_len, unsigned repeat,
                             unsigned *avg_ns, unsigned *retval);
     void bb_est_census(const void *keys, unsigned long n, unsigned bits, uint64_t *words);
+    void bb_widen_conn_keys4(const void *keys4, void *keys, unsigned long n);
     unsigned bb_sizeof_conn_key(void);
     unsigned bb_sizeof_conn(void);
     unsigned bb_sizeof_real(void);

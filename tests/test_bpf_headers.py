@@ -15,7 +15,7 @@ HEADERS = sorted(p.name for p in BPF_DIR.glob("*.h"))
 
 # bcc pins the maps a header declares while compiling it: small ones, in a directory of our own
 # (outside /sys/fs/bpf/lb, where `lb list` looks for instances)
-SMALL = ["-DLB_MAX_SERVICES=2", "-DLB_MAX_REALS=2", "-DLB_CONN_TABLE_SIZE=2",
+SMALL = ["-DLB_MAX_SERVICES=2", "-DLB_MAX_REALS=2", "-DLB_CONN4_TABLE_SIZE=2", "-DLB_CONN6_TABLE_SIZE=2",
          "-DLB_PERSIST_TABLE_SIZE=2", "-DLB_LBLC_TABLE_SIZE=2"]
 
 

@@ -57,6 +57,32 @@ def test_dump_equals_pure_python_and_delete_many(conns: BpfMap):
     assert len(left) == n - len(gone) and _key(1) in left and _key(0) not in left
 
 
-def test_pure_python_lookup_missing_key(conns: BpfMap):
-    assert bpfsys.lookup(conns.fd, _key(999999), conns.value_size) is None
-    assert bpfsys.delete(conns.fd, _key(999999)) is False
+def test_pure_python_lookup_missing_key(dp):
+    four = dp.maps["lb_conns4"]
+    assert bpfsys.lookup(four.fd, L.conn_key4(_key(999999)), four.value_size) is None
+    assert bpfsys.delete(four.fd, L.conn_key4(_key(999999))) is False
+
+
+def _key6(i: int) -> bytes:
+    return L.CONN_KEY.pack(b"\x20\x01\0\x02" + bytes(8) + i.to_bytes(4, "big"), b"\x20\x01\0\x02" + bytes(11) + b"\1",
+                           b"\0\1", b"\0\2", 6, 6, i & 1, 0)
+
+
+def test_lb_conns_is_one_table_per_family(dp, conns):
+    """lb_conns reads as one table of lb_conn_keys; an IPv4 entry lives in lb_conns4 under its
+    16-byte key, an IPv6 one in lb_conns6 under the 40-byte key"""
+    four, six = dp.maps["lb_conns4"], dp.maps["lb_conns6"]
+    assert (four.key_size, six.key_size) == (L.CONN_KEY4.size, L.CONN_KEY.size) == (16, 40)
+    conns.delete_many([k for k, _ in conns.items()])
+    val = L.CONN.pack(5, 1, 0, 900, 1, 1, 0, b"\0\0", bytes(6), bytes(6), bytes(16), b"\0\0", bytes(6))
+    keys = [_key(i) for i in range(300)] + [_key6(i) for i in range(200)]
+    conns.set_many(keys, [val] * len(keys))
+    assert len(four.items()) == 300 and len(six.items()) == 200
+    assert four.get(L.CONN_KEY4.pack(bytes((0, 0, 0, 7)), bytes(4), b"\0\1", b"\0\2", 6, 0, b"\0\0")) == val
+    assert six.get(_key6(7)) == val and conns.get(_key6(7)) == val and conns.get(_key(7)) == val
+    fast, slow = dict(conns.items(batch=True)), dict(conns.items(batch=False))
+    assert fast == slow and set(fast) == set(keys)
+    assert conns.get_many_raw([_key(3), _key6(4), _key(999)]) == [val, val, None]
+    assert conns.delete(_key(3)) and conns.delete(_key6(4)) and not conns.delete(_key6(4))
+    left = [k for k in keys if k not in (_key(3), _key6(4))]
+    assert conns.delete_many(left) == len(left) and conns.items() == []

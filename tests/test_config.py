@@ -82,7 +82,7 @@ def test_example() -> None:
     assert cfg.network == "nat"
     assert cfg.nat_router == IPv4Interface("198.18.1.254/24")
     assert cfg.tables == Tables(connections=65536, services=256, real_servers=4096, reals_per_service=64,
-                                embryonic=16384)
+                                embryonic=16384, connections_ipv6=16384)
     assert cfg.tables.embryonic_size() == Tables(connections=65536).embryonic_size() == 16384
     assert cfg.timeouts == Timeouts(tcp=900, tcpfin=120, udp=300)
     assert cfg.defense == Defense()

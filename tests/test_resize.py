@@ -130,9 +130,9 @@ def test_bigger_tables_keep_every_connection_template_count_and_statistic(instan
     caplog.set_level(logging.INFO, logger="lb.dataplane")
     new = start(instance, BIG)
     name = instance[0]
-    assert ("[tables] changed (connections 4096 -> 16384, embryonic 1024 -> 4096, services 16 -> 32, "
+    assert ("[tables] changed (connections 4096 -> 16384, connections_ipv6 1024 -> 4096, embryonic 1024 -> 4096, services 16 -> 32, "
             "real_servers 4096 -> 8192, reals_per_service 16 -> 32)") in caplog.text
-    assert pinned_entries(name, "lb_conns") == (16384, L.CONN.size)
+    assert pinned_entries(name, "lb_conns4") == (16384, L.CONN.size)
     assert pinned_entries(name, "lb_svc") == (32, L.SVC.size)
     assert pinned_entries(name, "lb_svc_dests") == (32, L.DEST.size * 32)
     assert not os.path.exists(staging_dir(pin_dir(name)))
@@ -153,7 +153,7 @@ def test_bigger_tables_keep_every_connection_template_count_and_statistic(instan
     assert client.send(new, late[0], "PA") == client.flows[(80, late[0])]
     new.finish_resize()
     assert not os.path.exists(old_dir(pin_dir(name)))
-    assert "resize finished: 2 lb_conns made meanwhile copied" in caplog.text
+    assert "resize finished: 2 lb_conns4 made meanwhile copied" in caplog.text
     assert rows(new) == (client.expect, persist)
 
     for (port, sport), server in list(client.flows.items()):
@@ -209,7 +209,7 @@ def test_a_smaller_connection_table_keeps_the_most_recently_used(instance, caplo
     new.apply(table(("web",)))
     new.finish_resize()
     kept = {k for k, _ in new.maps["lb_conns"].items()}
-    assert "lb_conns: 1977 entries did not fit the new size and were left out" in caplog.text
+    assert "lb_conns4: 1977 entries did not fit the new size and were left out" in caplog.text
     assert key in kept                                    # the most recent: the real one
     newest = set(keys[-1023:])
     assert len(kept) > 900 and kept - {key} <= newest     # an LRU may let a few go early
@@ -235,7 +235,7 @@ def test_maps_of_another_layout_are_not_moved(instance):
         dp.load()
     dp.close()
     assert path in str(e.value) and "another version of lb" in str(e.value)
-    assert pinned_entries(name, "lb_conns") == (4096, L.CONN.size)
+    assert pinned_entries(name, "lb_conns4") == (4096, L.CONN.size)
     assert not os.path.exists(staging_dir(pin_dir(name)))
 
 
@@ -263,11 +263,49 @@ def test_a_start_that_died_during_a_resize_is_taken_up(instance, died, caplog):
     again.apply(table(("web",)))
     again.finish_resize()
     assert not os.path.exists(staging) and not os.path.exists(aside)
-    assert pinned_entries(name, "lb_conns") == (16384, L.CONN.size)
+    assert pinned_entries(name, "lb_conns4") == (16384, L.CONN.size)
     for s in (sport, late):
         assert client.send(again, s, "PA") == client.flows[(80, s)]
     if died == "before finishing":
         assert "was not finished" in caplog.text
-        assert "resize finished: 1 lb_conns made meanwhile copied" in caplog.text
+        assert "resize finished: 1 lb_conns4 made meanwhile copied" in caplog.text
     else:
         assert "moving the running instance's maps into maps of the new sizes" in caplog.text
+
+
+def test_an_older_lbs_one_connection_table_moves_into_the_two_family_tables(instance, caplog):
+    """lb before the IPv4 table kept every established connection in one lb_conns (40-byte keys,
+    both families).  An upgrade's start finds that pin, moves its entries into lb_conns4 and
+    lb_conns6 as a resize moves maps, and the connections go on to their real servers."""
+    from lb.dataplane import bpfsys
+
+    old = start(instance, SMALL)
+    old.apply(table(("web",)))
+    client = Client()
+    flows = [client.connect(old, 80) for _ in range(6)]
+    name = instance[0]
+    pins = pin_dir(name)
+    # the older layout: one wide table of every established entry, an IPv6 one among them
+    v6 = L.CONN_KEY.pack(ip("2001:2::5").packed, ip("2001:2::10").packed, b"\x9c\x40", b"\0\x50", 6,
+                         L.AF_INET6, 0, 0)
+    entries = old.maps["lb_conns"].items() + [(v6, old.maps["lb_conns"].items()[0][1])]
+    assert len(entries) == 7
+    fd = bpfsys.map_create(bpfsys.BPF_MAP_TYPE_LRU_HASH, L.CONN_KEY.size, L.CONN.size, 4096, 0, "lb_conns")
+    try:
+        for k, v in entries:
+            bpfsys.update(fd, k, v)
+        bpfsys.obj_pin(fd, os.path.join(pins, "lb_conns"))
+    finally:
+        os.close(fd)
+    for gone in ("lb_conns4", "lb_conns6"):
+        os.unlink(os.path.join(pins, gone))
+
+    caplog.set_level(logging.INFO, logger="lb.dataplane")
+    new = start(instance, SMALL)
+    assert "an older lb's one connection table of 4096 entries -> IPv4 4096 and IPv6 1024" in caplog.text
+    new.apply(table(("web",)))
+    new.finish_resize()
+    assert not os.path.exists(os.path.join(pins, "lb_conns"))
+    assert len(new.maps["lb_conns4"].items()) == 6 and new.maps["lb_conns6"].get(v6) is not None
+    for s in flows:
+        assert client.send(new, s, "PA") == client.flows[(80, s)]

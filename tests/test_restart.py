@@ -254,9 +254,10 @@ def test_a_restart_with_bigger_tables_loses_nothing(lab, network, lb_runner, tmp
     new = restart_under_load(lab, network, lb_runner, CONFIGS[network], bigger)
     new.wait_log("resize finished")           # the old programs let go after a grace period
     log = new.log()
-    assert "[tables] changed (connections 65536 -> 131072, embryonic 16384 -> 32768, services 256 -> 512)" \
+    assert ("[tables] changed (connections 65536 -> 131072, connections_ipv6 16384 -> 32768, "
+            "embryonic 16384 -> 32768, services 256 -> 512)") \
         in log, log
-    for name, entries in (("lb_conns", 131072), ("lb_svc", 512)):
+    for name, entries in (("lb_conns4", 131072), ("lb_conns6", 32768), ("lb_svc", 512)):
         m = BpfMap.open_pinned(os.path.join(PIN_DIR, name))
         try:
             assert m.max_entries == entries

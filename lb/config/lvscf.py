@@ -71,7 +71,7 @@ round-trip; Piranha never writes them): global ``lb_instance``, ``lb_dataplane``
 auto: [global] dataplane), ``lb_public_interface``, ``lb_private_interface``, ``lb_script_user`` (the user check, load and
 notify programs run as), ``lb_table_connections``,
 ``lb_table_services``, ``lb_table_real_servers``, ``lb_table_reals_per_service``,
-``lb_table_embryonic``; ``[defense]`` as ``lb_drop_entry``, ``lb_drop_packet``, ``lb_secure_tcp``,
+``lb_table_embryonic``, ``lb_table_connections_ipv6``; ``[defense]`` as ``lb_drop_entry``, ``lb_drop_packet``, ``lb_secure_tcp``,
 ``lb_amemthresh``, ``lb_am_droprate``, ``lb_icmp_msgs_per_sec``, ``lb_icmp_msgs_burst``;
 ``port`` inside a ``server`` block (RealServer.port, NAT port mapping); in a
 ``virtual`` block the Monitor fields Piranha lacks or cannot express:
@@ -222,7 +222,7 @@ GLOBAL_MODEL = (
     "lb_instance", "lb_dataplane", "lb_public_interface", "lb_private_interface", "lb_expire_nodest_conn",
     "lb_lblc_expiration", "lb_lblcr_expiration", "lb_script_user",
     "lb_table_connections", "lb_table_services", "lb_table_real_servers", "lb_table_reals_per_service",
-    "lb_table_embryonic",
+    "lb_table_embryonic", "lb_table_connections_ipv6",
 ) + tuple(DEFENSE_CF) + LB_HA_KEYS + tuple(LB_WEB_KEYS) + tuple(LB_METRICS_KEYS) + tuple(LB_CONTROL_KEYS) + LB_BGP_KEYS
 VIRTUAL_MODEL = ("address", "active", "port", "protocol", "scheduler", "persistent", "pmask", "fwmark",
                  "lb_port_groups", "lb_scheduler_flags", "sorry_server", "lb_mh_size", "quiesce_server",
@@ -235,7 +235,7 @@ QUOTED = ("send", "expect", "send_program", "lb_ha_key_file", "lb_ha_notify", "l
     f"lb_monitor_{k}" for k in LB_MONITOR_STRINGS)
 TIMEOUT_KEYS = {"tcp_timeout": "tcp", "tcpfin_timeout": "tcpfin", "udp_timeout": "udp"}
 TABLE_KEYS = {f"lb_table_{k}": k for k in ("connections", "services", "real_servers", "reals_per_service",
-                                            "embryonic")}
+                                            "embryonic", "connections_ipv6")}
 DEFAULT_NAT_NMASK = "255.255.255.0"
 DEFAULT_PORT = 80  # Piranha's port for a virtual that names none
 

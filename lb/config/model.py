@@ -295,6 +295,14 @@ def sorry_text(sorry: tuple[IPAddress, int | None]) -> str:
     return str(addr) if port is None else endpoint_text(addr, port)
 
 
+def ipv6_connections_size(connections: int, connections_ipv6: int = 0) -> int:
+    """The IPv6 established table's size: ``[tables] connections_ipv6``, else a quarter of the
+    IPv4 one's and at least 1024.  IPv4 and IPv6 connections have tables of their own (an IPv4
+    key is 16 bytes, an IPv6 one 40), each preallocated: a quarter keeps a 1M-entry IPv4 table's
+    pair within 200 MB; a director whose clients come mostly over IPv6 sets it."""
+    return connections_ipv6 or max(1024, connections // 4)
+
+
 def embryonic_size(connections: int, embryonic: int = 0) -> int:
     """The embryonic tables' size: ``[tables] embryonic``, else a quarter of the connection table
     and at least 1024 (a round trip's worth of new connections is far less; a flood beyond the
@@ -306,10 +314,13 @@ def embryonic_size(connections: int, embryonic: int = 0) -> int:
 class Tables:
     """Sizes of the BPF maps."""
 
-    connections: int = 65536
+    connections: int = 65536  # established IPv4 connections (and NAT reverse entries)
     services: int = 256
     real_servers: int = 4096  # total over all services
     reals_per_service: int = 64
+    # established IPv6 connections, in a table of their own; 0: a quarter of ``connections``
+    # (at least 1024)
+    connections_ipv6: int = 0
     # embryonic connections (a SYN not yet answered by its ACK, a UDP flow's first packet) and
     # their persistence templates, in tables of their own so that floods evict only their like;
     # 0: a quarter of ``connections`` (at least 1024)
@@ -317,6 +328,9 @@ class Tables:
 
     def embryonic_size(self) -> int:
         return embryonic_size(self.connections, self.embryonic)
+
+    def ipv6_connections_size(self) -> int:
+        return ipv6_connections_size(self.connections, self.connections_ipv6)
 
 
 @dataclass(frozen=True, slots=True)

@@ -107,6 +107,7 @@ TABLE_RANGES: Final[dict[str, tuple[int, int]]] = {
     "real_servers": (1, 1048576),
     "reals_per_service": (1, 512),  # the BPF verifier accepts the scheduler loops up to 512
     "embryonic": (1024, 67108864),  # absent: a quarter of connections (at least 1024)
+    "connections_ipv6": (1024, 67108864),  # absent: a quarter of connections (at least 1024)
 }
 # [defense]: IPVS's strategy modes (0 never, 1/2 automatic, 3 always) and their thresholds, and
 # the too-big answers' rate limit

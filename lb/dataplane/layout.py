@@ -232,6 +232,8 @@ PERSIST_KEY = _layout("lb_persist_key", "caddr:16s vaddr:16s vport:2s proto:B fa
 PERSIST = _layout("lb_persist", "last_ns:Q real:I timeout:I")
 CONN_KEY = _layout("lb_conn_key", "saddr:16s daddr:16s sport:2s dport:2s proto:B family:B dir:B pad:B")
 CONN_KEY_DIR = dict((n, o) for n, o, _ in CONN_KEY.fields)["dir"]   # key[CONN_KEY_DIR]: 1 for a NAT reply's
+# lb_conns4's key: an IPv4 connection's (lb_conn_key without the family and the addresses' padding)
+CONN_KEY4 = _layout("lb_conn_key4", "saddr:4s daddr:4s sport:2s dport:2s proto:B dir:B pad:2s")
 CONN = _layout("lb_conn", "last_ns:Q real:I svc:I timeout:I client_ifindex:I state:B flags:B pad:2s "
                           "client_mac:6s local_mac:6s vaddr:16s vport:2s pad2:6s")
 # the head of lb_conn that the expiry sweep reads
@@ -274,7 +276,8 @@ MAPS: dict[str, tuple[struct.Struct, struct.Struct]] = {
     "lb_globals": (U32, U32), "lb_svc": (U32, SVC), "lb_sched_state": (U32, SCHED_STATE),
     "lb_reals": (U32, REAL), "lb_real_conns": (U32, REAL_CONNS), "lb_real_overload": (U32, U32),
     "lb_real_swept": (U32, REAL_COUNTS), "lb_real_base": (U32, REAL_COUNTS),
-    "lb_conns": (CONN_KEY, CONN),
+    "lb_conns4": (CONN_KEY4, CONN), "lb_conns6": (CONN_KEY, CONN),
+    "lb_conns": (CONN_KEY, CONN),     # both, as lb/dataplane/maps.py ConnTables shows them
     "lb_conns_embryo": (CONN_KEY, CONN), "lb_persist": (PERSIST_KEY, PERSIST),
     "lb_persist_embryo": (PERSIST_KEY, PERSIST), "lb_tcp_fsm": (U32, U32), "lb_tcp_fsm_secure": (U32, U32),
     "lb_timeouts": (U32, U32), "lb_ct_events": (U32, U64), "lb_vip_filter": (U32, VIP_FILTER),
@@ -301,6 +304,19 @@ def vip_filter_bit(addr: ipaddress.IPv4Address | ipaddress.IPv6Address) -> int:
     address's four (host order) words by XOR and multiplies."""
     a, b, c, d = struct.unpack("=4I", pack_addr(addr))
     return (((a ^ b ^ c ^ d) * VIP_HASH_MUL) & 0xFFFFFFFF) >> (32 - VIP_FILTER_BITS)
+
+
+_ZERO12 = bytes(12)
+
+
+def conn_key4(key: bytes) -> bytes:
+    """lb_conns4's key of an IPv4 lb_conn_key (bpf/lb_conntrack.h lb_conn_key4_of)"""
+    return key[0:4] + key[16:20] + key[32:37] + key[38:39] + b"\0\0"
+
+
+def conn_key_of4(k4: bytes) -> bytes:
+    """The lb_conn_key of a lb_conns4 key"""
+    return k4[0:4] + _ZERO12 + k4[4:8] + _ZERO12 + k4[8:13] + bytes((AF_INET,)) + k4[13:14] + b"\0"
 
 
 def est_filter_bit(key: bytes, bits: int) -> int:

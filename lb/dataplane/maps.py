@@ -8,6 +8,7 @@ import mmap
 import os
 
 from . import bpfsys
+from . import layout as _L
 
 try:
     from lb import _bpfbatch  # built by the package install (cext/build_bpfbatch.py)
@@ -19,12 +20,16 @@ _new_raw = _bpfbatch.ffi.new_allocator(should_clear_after_alloc=False) if _bpfba
 PIN_ROOT = "/sys/fs/bpf/lb"
 
 MAP_NAMES = ("lb_services", "lb_svc", "lb_sched_state", "lb_svc_dests", "lb_reals",
-             "lb_real_conns", "lb_real_swept", "lb_conns", "lb_tcp_fsm", "lb_timeouts",
+             "lb_real_conns", "lb_real_swept", "lb_tcp_fsm", "lb_timeouts",
              "lb_svc_stats", "lb_real_stats", "lb_counters", "lb_progs", "lb_scratch", "lb_persist",
              "lb_svc_rates", "lb_real_rates", "lb_conns_embryo", "lb_persist_embryo", "lb_ct_events")
 # maps newer than some running instances: opened when present, not required (`lb list` of an
 # instance started before they existed shows zero rates rather than failing)
 OPTIONAL_MAPS = ("lb_svc_rates", "lb_real_rates", "lb_conns_embryo", "lb_persist_embryo", "lb_ct_events")
+
+
+_FAMILY = dict((n, o) for n, o, _ in _L.CONN_KEY.fields)["family"]
+_AF_INET = _L.AF_INET
 
 
 def pin_dir(instance: str, root: str = PIN_ROOT) -> str:
@@ -201,6 +206,109 @@ class BpfMap:
         return n
 
 
+class ConnTables:
+    """lb_conns, the established connections: the programs keep them in two tables, lb_conns4
+    (IPv4, a 16-byte key: bpf/lb_structs.h lb_conn_key4) and lb_conns6 (lb_conn_key), seen here
+    as one table keyed by lb_conn_key (40 bytes, as every other connection table): reads give
+    both tables' entries, writes and deletes go to the key's family's table."""
+
+    name = "lb_conns"
+    percpu = False
+
+    def __init__(self, v4: BpfMap, v6: BpfMap):
+        self.v4, self.v6 = v4, v6
+        self.type = v6.type
+        self.key_size, self.value_size = v6.key_size, v6.value_size
+        self.max_entries = v4.max_entries + v6.max_entries
+
+    @staticmethod
+    def _is4(key: bytes) -> bool:
+        return key[_FAMILY] == _AF_INET
+
+    def _at(self, key: bytes) -> tuple[BpfMap, bytes]:
+        if len(key) != self.key_size:
+            raise ValueError(f"lb_conns: keys of {self.key_size} bytes expected")
+        return (self.v4, _L.conn_key4(key)) if self._is4(key) else (self.v6, key)
+
+    def close(self) -> None:
+        self.v4.close()
+        self.v6.close()
+
+    def get(self, key: bytes) -> bytes | None:
+        m, k = self._at(key)
+        return m.get(k)
+
+    get_raw = get
+
+    def set(self, key: bytes, value: bytes, flags: int = bpfsys.BPF_ANY) -> None:
+        m, k = self._at(key)
+        m.set(k, value, flags)
+
+    set_raw = set
+
+    def delete(self, key: bytes) -> bool:
+        m, k = self._at(key)
+        return m.delete(k)
+
+    def _split(self, keys: list[bytes]) -> tuple[list[int], list[int]]:
+        for k in keys:
+            if len(k) != self.key_size:
+                raise ValueError(f"lb_conns: keys of {self.key_size} bytes expected")
+        four = [i for i, k in enumerate(keys) if self._is4(k)]
+        six = [i for i, k in enumerate(keys) if not self._is4(k)]
+        return four, six
+
+    def get_many_raw(self, keys: list[bytes]) -> list[bytes | None]:
+        four, six = self._split(keys)
+        out: list[bytes | None] = [None] * len(keys)
+        for m, idx, conv in ((self.v4, four, _L.conn_key4), (self.v6, six, None)):
+            if idx:
+                got = m.get_many_raw([conv(keys[i]) if conv else keys[i] for i in idx])
+                for i, v in zip(idx, got):
+                    out[i] = v
+        return out
+
+    def set_many(self, keys: list[bytes], values: list[bytes], batch: bool = True) -> None:
+        if len(keys) != len(values):
+            raise ValueError(f"lb_conns: {len(keys)} keys but {len(values)} values")
+        four, six = self._split(keys)
+        self.v4.set_many([_L.conn_key4(keys[i]) for i in four], [values[i] for i in four], batch)
+        self.v6.set_many([keys[i] for i in six], [values[i] for i in six], batch)
+
+    def delete_many(self, keys: list[bytes]) -> int:
+        four, six = self._split(keys)
+        return (self.v4.delete_many([_L.conn_key4(keys[i]) for i in four])
+                + self.v6.delete_many([keys[i] for i in six]))
+
+    def items(self, batch: bool | None = None) -> list[tuple[bytes, bytes]]:
+        if batch is None:
+            batch = _bpfbatch is not None
+        if not batch:
+            return [(_L.conn_key_of4(k), v) for k, v in self.v4.items(False)] + self.v6.items(False)
+        keys, values, n = self.dump()
+        ffi = _bpfbatch.ffi
+        ks, vs = self.key_size, self.value_size
+        kb, vb = ffi.buffer(keys, n * ks)[:], ffi.buffer(values, n * vs)[:]
+        return [(kb[i * ks:(i + 1) * ks], vb[i * vs:(i + 1) * vs]) for i in range(n)]
+
+    def dump(self):
+        """(keys, values, n) of both tables in two C buffers, lb_conns4's keys made lb_conn_keys
+        (in C: cext/bpfbatch.c bb_widen_conn_keys4), as BpfMap.dump gives one table's"""
+        if _bpfbatch is None:
+            raise RuntimeError("lb_conns: batch dump needs lb._bpfbatch")
+        ffi, lib = _bpfbatch.ffi, _bpfbatch.lib
+        k4, v4, n4 = self.v4.dump()
+        k6, v6, n6 = self.v6.dump()
+        ks, vs, n = self.key_size, self.value_size, n4 + n6
+        keys = _new_raw("char[]", max(n, 1) * ks)
+        values = _new_raw("char[]", max(n, 1) * vs)
+        lib.bb_widen_conn_keys4(k4, keys, n4)
+        ffi.memmove(keys + n4 * ks, k6, n6 * ks)
+        ffi.memmove(values, v4, n4 * vs)
+        ffi.memmove(values + n4 * vs, v6, n6 * vs)
+        return keys, values, n
+
+
 def array_stride(m: BpfMap) -> int:
     """The distance between an array map's values in its memory (the kernel rounds to 8)"""
     return (m.value_size + 7) & ~7
@@ -285,7 +393,15 @@ class PinnedMaps:
             path = os.path.join(self.dir, name)
             if os.path.exists(path) and name != "lb_progs":
                 self.maps[name] = BpfMap.open_pinned(path)
-        missing = [n for n in MAP_NAMES if n not in self.maps and n != "lb_progs" and n not in OPTIONAL_MAPS]
+        # the established connections: lb_conns4 and lb_conns6, or the one lb_conns of an instance
+        # an older lb started (both families in it)
+        four, six, one = (os.path.join(self.dir, n) for n in ("lb_conns4", "lb_conns6", "lb_conns"))
+        if os.path.exists(four) and os.path.exists(six):
+            self.maps["lb_conns"] = ConnTables(BpfMap.open_pinned(four), BpfMap.open_pinned(six))
+        elif os.path.exists(one):
+            self.maps["lb_conns"] = BpfMap.open_pinned(one)
+        missing = [n for n in MAP_NAMES + ("lb_conns",)
+                   if n not in self.maps and n != "lb_progs" and n not in OPTIONAL_MAPS]
         if missing:
             raise FileNotFoundError(f"lb instance {instance!r} at {self.dir} lacks maps: {', '.join(missing)}")
 

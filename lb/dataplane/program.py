@@ -12,12 +12,12 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from lb.config.model import embryonic_size
+from lb.config.model import embryonic_size, ipv6_connections_size
 
 from . import bpfobj
 from . import layout as L
 from .errors import DataplaneError
-from .maps import ArrayField, BpfMap
+from .maps import ArrayField, BpfMap, ConnTables
 
 log = logging.getLogger("lb.dataplane")
 
@@ -77,12 +77,20 @@ class Sizes:
     services: int = 256
     reals: int = 4096
     svc_reals: int = 64
-    connections: int = 65536
+    connections: int = 65536     # lb_conns4: established IPv4 connections
     embryonic: int = 0           # 0: lb.config.model.embryonic_size's default
+    connections_ipv6: int = 0    # lb_conns6; 0: lb.config.model.ipv6_connections_size's default
 
     @classmethod
     def from_tables(cls, t) -> "Sizes":
-        return cls(t.services, t.real_servers, t.reals_per_service, t.connections, t.embryonic or 0)
+        return cls(t.services, t.real_servers, t.reals_per_service, t.connections, t.embryonic or 0,
+                   t.connections_ipv6 or 0)
+
+    @property
+    def connections6(self) -> int:
+        """established IPv6 connections: the config's [tables] connections_ipv6, else a quarter
+        of the IPv4 table"""
+        return ipv6_connections_size(self.connections, self.connections_ipv6)
 
     @property
     def embryo(self) -> int:
@@ -97,10 +105,10 @@ class Sizes:
 
     @property
     def est_filter_bits(self) -> int:
-        """bits of each lb_est_filter bitmap: 8 per lb_conns entry (a full table's census then
-        sends about one new SYN in eight to the lookup it would have made anyway), 2^16 to
-        2^25 (the three bitmaps interleaved: 32 bytes per 64 bits, 16 MB at most)"""
-        return min(25, max(16, (self.connections * 8 - 1).bit_length()))
+        """bits of each lb_est_filter bitmap: 8 per lb_conns entry, both families' (a full
+        table's census then sends about one new SYN in eight to the lookup it would have made
+        anyway), 2^16 to 2^25 (the three bitmaps interleaved: 32 bytes per 64 bits, 16 MB at most)"""
+        return min(25, max(16, ((self.connections + self.connections6) * 8 - 1).bit_length()))
 
     @property
     def lblc(self) -> int:
@@ -110,7 +118,8 @@ class Sizes:
     def cflags(self, pin: str) -> list[str]:
         return [f"-DLB_MAX_SERVICES={self.services}", f"-DLB_MAX_REALS={self.reals}",
                 f"-DLB_PERSIST_TABLE_SIZE={self.persist}",
-                f"-DLB_MAX_SVC_REALS={self.svc_reals}", f"-DLB_CONN_TABLE_SIZE={self.connections}",
+                f"-DLB_MAX_SVC_REALS={self.svc_reals}", f"-DLB_CONN4_TABLE_SIZE={self.connections}",
+                f"-DLB_CONN6_TABLE_SIZE={self.connections6}",
                 f"-DLB_LBLC_TABLE_SIZE={self.lblc}", f"-DLB_LBLCR_SET_SIZE={L.LBLCR_SET_SIZE}",
                 f"-DLB_EMBRYO_TABLE_SIZE={self.embryo}",
                 f"-DLB_EST_FILTER_BITS={self.est_filter_bits}",
@@ -131,7 +140,8 @@ class Sizes:
             "lb_real_swept": (self.reals, L.REAL_COUNTS.size),
             "lb_real_base": (self.reals, L.REAL_COUNTS.size),
             "lb_real_overload": (self.reals, 4),
-            "lb_conns": (self.connections, L.CONN.size),
+            "lb_conns4": (self.connections, L.CONN.size),
+            "lb_conns6": (self.connections6, L.CONN.size),
             "lb_conns_embryo": (self.embryo, L.CONN.size),
             "lb_persist": (self.persist, L.PERSIST.size),
             "lb_persist_embryo": (self.embryo, L.PERSIST.size),
@@ -241,6 +251,16 @@ class Program:
                 os.close(fd)
             if info.max_entries != entries or info.value_size != vsize:
                 differ[name] = (info.max_entries, info.value_size)
+        # an older lb's one established table (both families; now lb_conns4 and lb_conns6): moved
+        # into the two as a resize moves maps into new sizes
+        old = os.path.join(self.pin, "lb_conns")
+        if os.path.exists(old):
+            fd = bpfsys.obj_get(old)
+            try:
+                info = bpfsys.map_info(fd)
+            finally:
+                os.close(fd)
+            found, differ["lb_conns"] = True, (info.max_entries, info.value_size)
         return found, differ
 
     def _compile(self, source: str, cflags: list[str]) -> bpfobj.Object:
@@ -314,6 +334,8 @@ class Program:
                  time.monotonic() - t0, "adopted" if adopted and not pin_dir else "new", pin)
         for name in self.sizes.expected().keys() | {"lb_tcp_fsm", "lb_tcp_fsm_secure", "lb_timeouts"}:
             self.maps[name] = BpfMap.open_pinned(os.path.join(pin, name))
+        # lb_conns: the two established tables as one (lb/dataplane/maps.py)
+        self.maps["lb_conns"] = ConnTables(self.maps["lb_conns4"], self.maps["lb_conns6"])
         # the schedulers' offsets, which the control plane writes in place beside BPF's counts
         self.maps["lb_real_sched_off"] = ArrayField(self.maps["lb_real_conns"], "lb_real_sched_off",
                                                     L.REAL_SCHED_OFF, L.REAL_COUNTS.size)

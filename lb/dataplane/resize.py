@@ -51,8 +51,13 @@ ARRAYS = (bpfsys.BPF_MAP_TYPE_ARRAY, bpfsys.BPF_MAP_TYPE_PERCPU_ARRAY)
 
 # tables packets fill: copied entry by entry; the most recently used first when they no longer
 # all fit (their values begin with last_ns, the last packet's time, as lb_conn and lb_persist do)
-FLOWS = ("lb_conns", "lb_conns_embryo", "lb_persist", "lb_persist_embryo", "lb_lblc", "lb_lblcr")
-LAST_NS_FIRST = ("lb_conns", "lb_conns_embryo", "lb_persist", "lb_persist_embryo")
+# (lb_conns: an older lb's one established table, both families in it, which the new maps'
+# ConnTables view splits into lb_conns4 and lb_conns6)
+FLOWS = ("lb_conns", "lb_conns4", "lb_conns6", "lb_conns_embryo", "lb_persist", "lb_persist_embryo",
+         "lb_lblc", "lb_lblcr")
+LAST_NS_FIRST = ("lb_conns", "lb_conns4", "lb_conns6", "lb_conns_embryo", "lb_persist", "lb_persist_embryo")
+# the established tables: what goes into them is marked in the established filter first
+ESTABLISHED = ("lb_conns", "lb_conns4", "lb_conns6")
 # the new programs' own: their tail calls, per-CPU scratch and clock, the TCP state tables (written
 # at every load) and the established filter (rebuilt from lb_conns by the adoption)
 FRESH = ("lb_progs", "lb_scratch", "lb_csum_buf", "lb_clock", "lb_mh_walk", "lb_tcp_fsm",
@@ -282,7 +287,7 @@ class Resize:
         """Connections and templates the old maps hold and the new ones do not (made by the old
         programs since the copy), copied; every later call copies what came since the one
         before.  mark_established(keys): the established filter's bits of keys about to go into
-        lb_conns.  Returns {map: entries copied}."""
+        lb_conns (lb_conn_keys).  Returns {map: entries copied}."""
         late: dict[str, int] = {}
         for name in FLOWS:
             src, dst = self.old.get(name), new.get(name)
@@ -303,8 +308,9 @@ class Resize:
             self.seen[name] = {k for k, _ in items}
             if not missing:
                 continue
-            if name == "lb_conns":
-                mark_established([k for k, _ in missing if not k[L.CONN_KEY_DIR]])   # client -> VIP keys
+            if name in ESTABLISHED:             # client -> VIP keys, as lb_conn_keys
+                wide = [L.conn_key_of4(k) for k, _ in missing] if name == "lb_conns4" else [k for k, _ in missing]
+                mark_established([k for k in wide if not k[L.CONN_KEY_DIR]])
             done = 0
             for k, v in missing:
                 try:

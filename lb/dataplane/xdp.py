@@ -29,7 +29,7 @@ from .conntable import CLOCK_MONOTONIC_COARSE, ConnTable, SchedBaseline
 from .defense import Defender
 from .errors import DataplaneError
 from .lblc import LblcExpiry
-from .maps import PIN_ROOT, PinnedMaps, have_batch, pin_dir
+from .maps import PIN_ROOT, ConnTables, PinnedMaps, have_batch, pin_dir
 from .mhtable import MhTables
 from .nexthop import resolve
 from .program import Program, Sizes
@@ -152,6 +152,8 @@ class XdpDataplane(Dataplane):
             # an unfinished resize's old maps: what they hold into the instance's, which go on
             # into the new sizes below (the filter is rebuilt from those once adopted)
             pinned = open_dir(self.pin)
+            if "lb_conns4" in pinned and "lb_conns6" in pinned:
+                pinned["lb_conns"] = ConnTables(pinned["lb_conns4"], pinned["lb_conns6"])
             try:
                 self.resize.finish(pinned, lambda keys: None, counters=False)
             finally:
@@ -161,11 +163,15 @@ class XdpDataplane(Dataplane):
         rs = Resize(self.pin)
         want = self.sizes.expected()
         # the [tables] keys, as the running maps' sizes tell them
-        keys = (("connections", "lb_conns", 0, 1), ("embryonic", "lb_conns_embryo", 0, 1),
+        keys = (("connections", "lb_conns4", 0, 1), ("connections_ipv6", "lb_conns6", 0, 1),
+                ("embryonic", "lb_conns_embryo", 0, 1),
                 ("services", "lb_svc", 0, 1), ("real_servers", "lb_reals", 0, 1),
                 ("reals_per_service", "lb_svc_dests", 1, L.DEST.size))
         changes = [f"{key} {differ[m][i] // unit} -> {want[m][i] // unit}" for key, m, i, unit in keys
                    if m in differ and differ[m][i] != want[m][i]]
+        if "lb_conns" in differ:
+            changes.append(f"an older lb's one connection table of {differ['lb_conns'][0]} entries -> "
+                           f"IPv4 {want['lb_conns4'][0]} and IPv6 {want['lb_conns6'][0]}")
         log.info("[tables] changed (%s): moving the running instance's maps into maps of the new sizes",
                  ", ".join(changes) or "map sizes")
         rs.check(want, self.sizes.svc_reals)         # (Resize.recover removed any staging directory)

@@ -55,7 +55,9 @@ TIMEOUTS = (
     Field("udp", "UDP timeout (s)", "int"),
 )
 TABLES = (
-    Field("connections", "Connections", "int", help="restart to change"), Field("services", "Services", "int"),
+    Field("connections", "Connections (IPv4)", "int", help="restart to change"),
+    Field("connections_ipv6", "Connections (IPv6)", "int", help="default: a quarter of the IPv4 connections"),
+    Field("services", "Services", "int"),
     Field("real_servers", "Real servers (total)", "int"), Field("reals_per_service", "Real servers per service", "int"),
     Field("embryonic", "Embryonic connections", "int",
           help="new connections before they are established (default: a quarter of connections)"),
