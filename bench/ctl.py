@@ -184,14 +184,16 @@ class Ctl:
         return dt, 0 if devnull else p.stdout.count("\n")
 
     def fill_conns(self, upto: int) -> None:
-        """lb_conns gets `upto` established TCP connections (BPF_MAP_UPDATE_BATCH)."""
+        """lb_conns4 (the IPv4 established table) gets `upto` established TCP connections
+        (BPF_MAP_UPDATE_BATCH, keyed struct lb_conn_key4)."""
         from lb import _bpfbatch
 
-        m = self.dp.maps["lb_conns"]
+        m = self.dp.maps["lb_conns4"]
+        if m.key_size != L.CONN_KEY4.size:
+            raise RuntimeError(f"bench ctl: lb_conns4 has {m.key_size}-byte keys, not lb_conn_key4's {L.CONN_KEY4.size}")
         rids = [rid for st in self.dp.services.values() for _, rid in st.dests]
         sids = {st.key.addr: st.id for st in self.dp.services.values()}
         now = time.monotonic_ns()
-        fam = L.family_of(ipaddress.ip_address("198.18.0.1"))
         es = L.TCP_S["ESTABLISHED"]
         key0 = None
         cache: dict = {}
@@ -199,11 +201,11 @@ class Ctl:
             hi = min(upto, lo + 65536)
             keys, vals = [], []
             for i in range(lo, hi):
-                client = (CLIENT_BASE + i // 60000).to_bytes(4, "big").ljust(16, b"\0")
+                client = (CLIENT_BASE + i // 60000).to_bytes(4, "big")
                 s = i % self.nsvc
                 vip = ipaddress.ip_address(VIP_BASE + s)
-                keys.append(L.CONN_KEY.pack(client, vip.packed.ljust(16, b"\0"), (1024 + i % 60000).to_bytes(2, "big"),
-                                            (80).to_bytes(2, "big"), 6, fam, 0, 0))
+                keys.append(L.CONN_KEY4.pack(client, vip.packed, (1024 + i % 60000).to_bytes(2, "big"),
+                                             (80).to_bytes(2, "big"), 6, 0, b"\0\0"))
                 ck = (rids[i % len(rids)], sids[vip])
                 v = cache.get(ck)
                 if v is None:
@@ -212,7 +214,7 @@ class Ctl:
             if key0 is None and lo == 0:
                 key0 = keys[0]
                 want = L.ConnKey(ipaddress.ip_address(CLIENT_BASE), ipaddress.ip_address(VIP_BASE), 1024, 80, 6).pack()
-                assert key0 == want, (key0, want)
+                assert key0 == L.conn_key4(want) and L.conn_key_of4(key0) == want, (key0, want)
             ffi, lib = _bpfbatch.ffi, _bpfbatch.lib
             kb, vb = b"".join(keys), b"".join(vals)
             n = lib.bb_update(m.fd, m.key_size, m.value_size, ffi.from_buffer(kb), ffi.from_buffer(vb), len(keys))
@@ -263,15 +265,16 @@ def restart_rows(c: Ctl, conns: int) -> tuple[list[dict], str]:
     moved = XdpDataplane(c.instance, bigger, resolver=_resolver)
     try:
         t_move, _ = _timed(moved.load)
-        copied = moved.resize.copied.get("lb_conns", 0)
+        copied = sum(moved.resize.copied.get(n, 0) for n in ("lb_conns4", "lb_conns6"))
         assert copied == conns, (copied, conns)
         t_finish, _ = _timed(moved.finish_resize)
     finally:
         moved.close()
     rows = [{"scenario": f"restart, the same [tables]: the data plane's load adopting {conns} connections",
              "baseline": True, "seconds": summary([t_adopt]), "ratio": 1.0},
-            {"scenario": f"restart, twice the connections in [tables] ({c.sizes.connections} -> "
-                         f"{bigger.connections}): the load moving {copied} connections into maps of the new size",
+            {"scenario": f"restart, twice the connections in [tables] (IPv4 {c.sizes.connections} -> "
+                         f"{bigger.connections}, IPv6 {c.sizes.connections6} -> {bigger.connections6}): the load "
+                         f"moving {copied} connections into maps of the new size",
              "seconds": summary([t_move]), "ratio": ratio(t_move, t_adopt)}]
     return rows, (f"restart with new [tables]: the old programs forward during the move; the last copy after "
                   f"the attach (finish_resize, nothing new here) {t_finish:.2f} s")
@@ -405,16 +408,21 @@ def suite(size: str = "full") -> dict:
                         "runs": [x[0] for x in clist], "ratio": ratio(cs["median"], bs["median"])})
         if scale != 1:
             notes.append(f"the pure-Python read of {got} connections is extrapolated linearly from {npure}")
-        # memory: what the kernel charges for the connection table, against its raw key + value bytes
-        m = c.dp.maps["lb_conns"]
-        memlock = map_memlock(m.fd)
-        raw = m.max_entries * (m.key_size + m.value_size)
-        memory = {"map": "lb_conns", "max_entries": m.max_entries, "memlock_bytes": memlock, "raw_bytes": raw,
-                  "per_1m_entries_mb": memlock / m.max_entries,  # bytes per entry = MB per 1M entries
-                  "ratio_to_raw": ratio(memlock, raw)}
-        notes.append(f"memory: lb_conns ({m.max_entries} entries, {m.key_size} + {m.value_size} bytes each) holds "
-                     f"{memlock / 1e6:.0f} MB of map memory (fdinfo memlock), {memory['per_1m_entries_mb']:.0f} MB "
-                     f"per 1M entries, {memory['ratio_to_raw']:.2f}x its raw key + value bytes")
+        # memory: what the kernel charges for each established table (lb_conns4: IPv4, which the
+        # connections above fill; lb_conns6: IPv6), against its raw key + value bytes
+        memory = {}
+        for name, fam in (("lb_conns4", "IPv4"), ("lb_conns6", "IPv6")):
+            m = c.dp.maps[name]
+            memlock = map_memlock(m.fd)
+            raw = m.max_entries * (m.key_size + m.value_size)
+            memory[name] = {"map": name, "family": fam, "max_entries": m.max_entries, "key_size": m.key_size,
+                            "value_size": m.value_size, "memlock_bytes": memlock, "raw_bytes": raw,
+                            "per_1m_entries_mb": memlock / m.max_entries,  # bytes per entry = MB per 1M entries
+                            "ratio_to_raw": ratio(memlock, raw)}
+        notes.append("memory: " + ", ".join(
+            f"{name} ({x['family']}: {x['max_entries']} entries, {x['key_size']} + {x['value_size']} bytes each) "
+            f"holds {x['memlock_bytes'] / 1e6:.0f} MB of map memory (fdinfo memlock), {x['per_1m_entries_mb']:.0f} MB "
+            f"per 1M entries, {x['ratio_to_raw']:.2f}x its raw key + value bytes" for name, x in memory.items()))
         if cli_c:
             t, _ = c.lb_list("-c", "-n", devnull=True)
             results.append({"scenario": f"lb list -c -n, {got} conns (one run, output to /dev/null)",
@@ -432,7 +440,8 @@ def suite(size: str = "full") -> dict:
                  f"{WARM_TARGET_S:.0f} s: {start[1]['status']}; 1-minute load average "
                  f"{start[1]['loadavg']:.1f} on {os.cpu_count()} CPUs)")
     return {"suite": "ctl", "size": size, "services": nsvc, "reals_per_service": nreal, "connections": nconn,
-            "tables": vars(c.sizes) if hasattr(c.sizes, "__dict__") else str(c.sizes),
+            "tables": ({**vars(c.sizes), "connections6": c.sizes.connections6} if hasattr(c.sizes, "__dict__")
+                       else str(c.sizes)),
             "note": "; ".join(notes), "memory": memory, "results": results}
 
 

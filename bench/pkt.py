@@ -1,8 +1,9 @@
 """Per-packet cost of the XDP programs (BPF_PROG_TEST_RUN), against baselines measured side by
 side in the same run: a trivial program (swaps the MACs, returns XDP_TX), an empty one (returns
 XDP_PASS at once: the test-run machinery alone) and the floors any connection table pays:
-for an established flow the lookup (a hit) of its entry in lb's own table, for a new connection
-a lookup miss and an LRU insert into it.
+for an established flow the lookup (a hit) of its entry in lb's own table with lb's own key (for
+the IPv4 flows measured here lb_conns4 and its 16-byte key), for a new connection a lookup miss and
+an LRU insert into the table a new connection goes to (lb_conns_embryo).
 
 Every run gets a fresh copy of its packet (repeat=1 per syscall, looped in C by lb._bpfbatch),
 because the kernel does not reset a packet between repeats and lb rewrites packets.
@@ -17,22 +18,26 @@ the baselines in the new-connection blocks: SYNs like the wlc row's, measured bu
 
   established   table 65,536 (the default install's): established DR / NAT / firewall-mark
                 flows primed by their handshake (SYN, then ACK), the DR rows' floors (the same
-                flows' lookup in lb_conns, nothing else), one-armed DR (XDP_TX) beside a
-                redirect baseline, bare lookups with lb's 40-byte key and a 16-byte IPv4
-                key, and a packet for no service; lb_conns holds these flows and no others.
-                Then two blocks that add flows: NAT's many flows (a request and a reply
-                entry each), then IPv6's, with the DR block's many flows and their floor
-                measured again among all of them; then those flows once more with only
-                their entries left, deleted and written back (recycled elements, scattered
-                as in a table that has lived).  Each row says how many entries lb_conns
-                held while it ran.
+                flows' lookup in lb_conns4, lb's IPv4 established table, with its 16-byte
+                key, nothing else), one-armed DR (XDP_TX) beside a redirect baseline, bare
+                lookups with lb's IPv4 key (16 bytes) and with the 40-byte lb_conn_key (IPv6's
+                in lb_conns6, and IPv4's too before lb_conns4), and a packet for no service;
+                lb_conns4 holds these flows and no others.  Then two blocks that add flows:
+                NAT's many flows (a request and a reply entry each, in lb_conns4), then
+                IPv6's (in lb_conns6, a table of their own), with the DR block's many flows
+                and their floor measured again among all of them; then those flows once
+                more with only their entries left, deleted and written back (recycled
+                elements, scattered as in a table that has lived).  Each row says how many
+                entries its table (lb_conns4, or lb_conns6 for IPv6) held while it ran.
   new conns     table 65,536, and again 2,097,152: SYNs under rr, wrr, dh, sh, mh, lc and wlc
                 over 16 real servers, wlc over 32 and 64 (the slope per extra server), IPv6,
                 a persistence hit, and the floor.  The floor program inserts into lb's own
-                table (the one a new connection goes to: it follows lb_conns' pin), with keys
-                lb never makes, so it sees the very table state lb's SYNs see.  The two-table
-                floor misses in lb_conns first, as every SYN of lb's did before the
-                established filter (lb_est_filter) let them skip it.  The table is
+                table (the one a new connection goes to, lb_conns_embryo: it follows that
+                table's pin), with keys lb never makes, so it sees the very table state lb's
+                SYNs see.  The two-table floor misses in lb_conns4 first (lb's IPv4
+                established table, with lb's 16-byte key of the SYN's flow), as every IPv4
+                SYN of lb's did before the established filter (lb_est_filter) let them skip
+                it.  The table is
                 filled to half first, and every round's new entries are deleted after the
                 round: each round starts from the same state, and no round evicts.
   two CPUs      table 65,536: a driver program on each of two CPUs (threads pinned to them)
@@ -108,13 +113,15 @@ int bench_empty(struct xdp_md *ctx)
 }
 """
 # The floor under a new connection: the hash miss of its lookup and the LRU insert, into lb's own
-# table (the pin of the map a new connection goes to; key and value sizes are that map's), with
-# nothing of lb around it.  Its key puts the VIP in bytes 4-7, which lb's keys (a 16-byte client
-# address there) never do for an IPv4 client: it cannot meet an lb entry.
+# table (the pin of the map a new connection goes to, lb_conns_embryo; key and value sizes are
+# that map's), with nothing of lb around it.  Its key puts the VIP in bytes 4-7, which that table's
+# keys (struct lb_conn_key: a 16-byte client address there) never do for an IPv4 client: it cannot
+# meet an lb entry.
 # bench_syn_floor2 is the floor of a two-table design without lb's established filter: a miss in
-# lb_conns (the established table, where a client's old connection would be) before the floor's
-# miss and insert in the embryonic table (bpf/lb_embryo.h keeps floods away from established
-# entries).  lb's SYNs skip that miss (lb_est_filter); a UDP flow's first packet still pays it.
+# lb_conns4 (the IPv4 established table, where a client's old connection would be; looked up with
+# lb's 16-byte key of the SYN's flow, est_key_of) before the floor's miss and insert in the
+# embryonic table (bpf/lb_embryo.h keeps floods away from established entries).  lb's SYNs skip
+# that miss (lb_est_filter); a UDP flow's first packet still pays it.
 SYN_FLOOR = r"""
 #include <linux/if_ether.h>
 #include <linux/ip.h>
@@ -125,9 +132,10 @@ struct floor_val { __u8 b[FLOOR_VALUE_SIZE]; };
 BPF_TABLE_PINNED("lru_hash", struct floor_key, struct floor_val, floor_conns, FLOOR_TABLE_SIZE, FLOOR_PIN);
 
 /* The frame's TCP/IPv4 flow as a key of `size` bytes, the rest zero; 0 if the frame is too short.
- * alen 4: the compact 13-byte key (saddr, daddr, sport, dport, proto: floor_keys() in Python);
- * alen 16: lb's struct lb_conn_key (16-byte addresses, ports, protocol, family, direction 0:
- * conn_keys()). */
+ * alen 4: saddr, daddr, sport, dport, proto (13 bytes: floor_keys() in Python); in 16 bytes that
+ * is lb's struct lb_conn_key4, lb_conns4's key (direction 0, pad 0: conn_keys4()).
+ * alen 16: struct lb_conn_key, 40 bytes (16-byte addresses, ports, protocol, family, direction 0:
+ * conn_keys()): lb_conns6's and the embryonic table's key, IPv4's too before lb_conns4. */
 static __always_inline int flow_key_of(struct xdp_md *ctx, __u8 *key, __u32 size, __u32 alen)
 {
     void *data = (void *)(long)ctx->data, *end = (void *)(long)ctx->data_end;
@@ -178,20 +186,26 @@ struct est_key { __u8 b[EST_KEY_SIZE]; };
 struct est_val { __u8 b[EST_VALUE_SIZE]; };
 BPF_TABLE_PINNED("lru_hash", struct est_key, struct est_val, est_conns, EST_TABLE_SIZE, EST_PIN);
 
+/* lb's own key of the frame's flow in est_conns (lb_conns4: struct lb_conn_key4, EST_ALEN 4) */
+static __always_inline int est_key_of(struct xdp_md *ctx, __u8 *key)
+{
+    return flow_key_of(ctx, key, EST_KEY_SIZE, EST_ALEN);
+}
+
+/* struct lb_conn_key of the frame's flow (40 bytes) */
+static __always_inline int conn_key40_of(struct xdp_md *ctx, __u8 *key)
+{
+    return flow_key_of(ctx, key, 40, 16);
+}
+
 int bench_syn_floor2(struct xdp_md *ctx)
 {
     struct est_key e;
-    if (!floor_key_of(ctx, e.b, sizeof(e)))
+    if (!est_key_of(ctx, e.b))
         return XDP_DROP;
     if (est_conns.lookup(&e))
         return XDP_PASS;
     return floor_miss_insert(ctx);
-}
-
-/* lb's own key of the frame's flow; EST_KEY_SIZE is 40 */
-static __always_inline int est_key_of(struct xdp_md *ctx, __u8 *key)
-{
-    return flow_key_of(ctx, key, EST_KEY_SIZE, 16);
 }
 
 /* a found entry (its value's first 8 bytes, the timestamp, read): the MACs swapped, XDP_TX;
@@ -213,9 +227,9 @@ static __always_inline int est_answer(struct xdp_md *ctx, const __u8 *val)
     return last ? XDP_TX : XDP_PASS;
 }
 
-/* The floor of an established packet: the lookup (a hit) of its entry in lb_conns, lb's own
- * table and key, and nothing else lb does -- the entry's timestamp read, the MACs swapped,
- * XDP_TX. */
+/* The floor of an established packet: the lookup (a hit) of its entry in lb_conns4 with
+ * struct lb_conn_key4, lb's own table and key for an IPv4 flow (built straight from the packet),
+ * and nothing else lb does -- the entry's timestamp read, the MACs swapped, XDP_TX. */
 int bench_est_floor(struct xdp_md *ctx)
 {
     struct est_key k;
@@ -225,10 +239,11 @@ int bench_est_floor(struct xdp_md *ctx)
     return est_answer(ctx, v ? v->b : 0);
 }
 """
-# What a compact IPv4 key would save: two bare LRU tables of lb_conns' size and value, the same
-# entries in both, one keyed as lb keys lb_conns (40 bytes: 16-byte addresses, ports, protocol,
-# family, direction), the other with a 16-byte IPv4 key (addresses, ports, protocol); each program
-# looks its flow up (a hit) and answers as the established floor does (est_key_of, est_answer).
+# What lb's 16-byte IPv4 key saves on the lookup: two bare LRU tables of lb_conns4's size and
+# value, the same entries in both, one keyed with struct lb_conn_key (40 bytes: 16-byte addresses,
+# ports, protocol, family, direction: lb_conns6's key, and lb_conns' for IPv4 too before lb_conns4),
+# the other with struct lb_conn_key4 (16 bytes: addresses, ports, protocol, direction: lb_conns4's);
+# each program looks its flow up (a hit) and answers as the established floor does (est_answer).
 KEY_SIZES = r"""
 #include <linux/if_ether.h>
 #include <linux/ip.h>
@@ -243,7 +258,7 @@ BPF_TABLE("lru_hash", struct ks_key16, struct ks_val, ks_table16, KS_TABLE_SIZE)
 int bench_key40(struct xdp_md *ctx)
 {
     struct ks_key40 k;
-    if (!est_key_of(ctx, k.b))
+    if (!conn_key40_of(ctx, k.b))
         return XDP_DROP;
     struct ks_val *v = ks_table40.lookup(&k);
     return est_answer(ctx, v ? v->b : 0);
@@ -382,9 +397,12 @@ DEFAULT_TABLE = Tables().connections          # 65,536: what an install without 
 BIG_TABLE = 1 << 21
 FILL = 0.5             # new-connection blocks: the table is this full when a round starts
 ROUND_SHARE = 0.25     # ... and a round's new entries take at most this share of it
-# the tables a new connection's entry may go to, first present wins (an embryonic-connection
-# table, where the data path has one, else the connection table)
-INSERT_TABLES = ("lb_conns_embryo", "lb_conns")
+# the tables a new connection's entry may go to, first present wins: the embryonic-connection
+# table (bpf/lb_embryo.h).  lb_conns4 and lb_conns6 take established connections only (an lb
+# without an embryonic table inserted into its one 40-byte-keyed lb_conns, which is gone)
+INSERT_TABLES = ("lb_conns_embryo",)
+# the established tables: IPv4 flows' (struct lb_conn_key4, 16 bytes) and IPv6 flows'
+EST4, EST6 = "lb_conns4", "lb_conns6"
 
 SIZES = {  # runs (rounds), iterations per run of a row that is not one-pass, flows of the many-flow
     # rows, SYNs per run and row (at most), the big table, two CPUs: (packets per thread established,
@@ -508,12 +526,18 @@ def handshake(dst: str, dport: int, fl: list[tuple[int, int]]) -> list[bytes]:
 
 
 def conn_keys(fl: list[tuple[int, int]], vip: str, vport: int) -> list[bytes]:
-    """lb_conns keys (client -> VIP direction) of flows"""
+    """struct lb_conn_key keys (40 bytes, client -> VIP direction) of flows: lb_conns6's and the
+    embryonic table's (the lb_conns view takes them for both families; conn_keys4: lb_conns4's)"""
     v = ipaddress.ip_address(vip)
     fam, alen = L.family_of(v), 16 if v.version == 6 else 4
     tail = L.pack_port(vport) + bytes([6, fam, 0, 0])
     vb = L.pack_addr(v)
     return [a.to_bytes(alen, "big").ljust(16, b"\0") + vb + L.pack_port(p) + tail for a, p in fl]
+
+
+def conn_keys4(fl: list[tuple[int, int]], vip: str, vport: int) -> list[bytes]:
+    """lb_conns4 keys (struct lb_conn_key4, client -> VIP direction) of IPv4 flows"""
+    return [L.conn_key4(k) for k in conn_keys(fl, vip, vport)]
 
 
 def floor_keys(fl: list[tuple[int, int]], vip: str, vport: int, key_size: int) -> list[bytes]:
@@ -532,7 +556,7 @@ class Row:
     one_pass: bool = False        # a new flow per packet: each run takes the next len/runs frames
     keys: list[bytes] = field(default_factory=list)   # one_pass: the entry each frame inserts
     kind: str = "lb"              # "baseline" | "reference" (the floor) | "lb" | "spacer" (not reported)
-    table: str = "lb_conns"
+    table: str = EST4
     table_size: int = 0
     entries: int = 0              # the entries the table held while the row was measured (0: not counted)
     vals: list[float] = field(default_factory=list)
@@ -580,18 +604,23 @@ class Bench:
         # lb redirects through lb_tx_ports, which `lb run` fills as it attaches; nothing is attached
         # here and a test run sends nothing, so the real servers' made-up interface maps to lo
         self.dp.program.tx_ports().set(L.U32.pack(PRIV_IFINDEX), L.U32.pack(TEST_RUN_IFINDEX))
-        self.insert_name = next(n for n in INSERT_TABLES if n in self.dp.maps)
+        self.insert_name = next((n for n in INSERT_TABLES if n in self.dp.maps), None)
+        if self.insert_name is None:
+            raise RuntimeError(f"bench pkt: the data plane has none of {', '.join(INSERT_TABLES)}")
         m = self.insert_map
         if m.key_size < 13 or m.value_size < 8:
             raise RuntimeError(f"bench pkt: {self.insert_name} has {m.key_size}-byte keys and {m.value_size}-byte "
                                "values: the floor program needs at least 13 and 8")
         # the bench's own programs, one compile
-        est = self.dp.maps["lb_conns"]
-        if est.key_size != 40:
-            raise RuntimeError(f"bench pkt: lb_conns has {est.key_size}-byte keys; bench_est_floor builds lb's 40")
-        est_flags = [f"-DEST_KEY_SIZE={est.key_size}", f"-DEST_VALUE_SIZE={est.value_size}",
+        # the established floors look up lb_conns4, the table lb keeps the bench's IPv4 flows in,
+        # with its key (struct lb_conn_key4, as conn_keys4() and est_key_of build it)
+        est = self.dp.maps[EST4]
+        if est.key_size != L.CONN_KEY4.size:
+            raise RuntimeError(f"bench pkt: {EST4} has {est.key_size}-byte keys; bench_est_floor builds "
+                               f"lb_conn_key4's {L.CONN_KEY4.size}")
+        est_flags = [f"-DEST_KEY_SIZE={est.key_size}", "-DEST_ALEN=4", f"-DEST_VALUE_SIZE={est.value_size}",
                f"-DEST_TABLE_SIZE={est.max_entries}", f"-DEST_AF_INET={L.C['LB_AF_INET']}",
-               f'-DEST_PIN="{os.path.join(pin_dir(self.dp.instance), "lb_conns")}"']
+               f'-DEST_PIN="{os.path.join(pin_dir(self.dp.instance), EST4)}"']
         self.bpf = BPF(text=(BASELINES + SYN_FLOOR + KEY_SIZES + DRIVER).encode(), cflags=est_flags + [
             f"-DKS_VALUE_SIZE={est.value_size}", f"-DKS_TABLE_SIZE={est.max_entries}",
             f"-DFLOOR_KEY_SIZE={m.key_size}", f"-DFLOOR_VALUE_SIZE={m.value_size}",
@@ -622,8 +651,13 @@ class Bench:
 
     @property
     def two_tables(self) -> bool:
-        """a new connection goes to an embryonic table of its own, after a miss in lb_conns"""
-        return self.insert_name != "lb_conns"
+        """a new connection goes to an embryonic table of its own (after, without lb_est_filter, a
+        miss in the established table: lb_conns4 for the floor's IPv4 flows)"""
+        return self.insert_name not in (EST4, EST6)
+
+    def est_sizes(self) -> dict[str, int]:
+        """the established tables' sizes (max_entries): {lb_conns4: n, lb_conns6: n}"""
+        return {t: self.dp.maps[t].max_entries for t in (EST4, EST6)}
 
     @property
     def insert_map(self) -> BpfMap:
@@ -676,7 +710,9 @@ class Bench:
         self.checked(f"handshake to {dst}:{dport}", lambda: self.run(self.dp.fns["lb_xdp_public"].fd, fr, len(fr)))
 
     def real_of(self, client: int, sport: int, vip: str, vport: int) -> str:
-        """the real server address lb_conns (or, before its handshake ends, lb_conns_embryo) gave a flow"""
+        """the real server address lb's established tables (lb_conns4 / lb_conns6, read through
+        the lb_conns view with the flow's lb_conn_key; before its handshake ends,
+        lb_conns_embryo) gave a flow"""
         key = conn_keys([(client, sport)], vip, vport)[0]
         raw = next((v for m in ("lb_conns", "lb_conns_embryo") if m in self.dp.maps
                     for v in [self.dp.maps[m].get(key)] if v is not None), None)
@@ -701,7 +737,8 @@ class Bench:
 
     def fill(self, m: BpfMap, n: int, vip: str = VIP_DR, sport0: int = 10000, src_base: str = FILL_CLIENTS) -> float:
         """put n established DR connections to vip:80 in m directly (BPF_MAP_UPDATE_BATCH), flow
-        i as flows()'s; returns the seconds it took"""
+        i as flows()'s, keyed as m keys them (lb_conns4: struct lb_conn_key4; else lb_conn_key);
+        returns the seconds it took"""
         t0 = time.perf_counter()
         st = self._service(vip)
         rids = [rid for _, rid in st.dests]
@@ -712,7 +749,8 @@ class Bench:
         for lo in range(0, n, 50000):
             hi = min(n, lo + 50000)
             fl = flows(hi - lo, sport0, src_base, index=lambda j, lo=lo: lo + j)
-            m.set_many(conn_keys(fl, vip, 80), [vals[i % len(vals)] for i in range(lo, hi)])
+            keys = conn_keys4(fl, vip, 80) if m.key_size == L.CONN_KEY4.size else conn_keys(fl, vip, 80)
+            m.set_many(keys, [vals[i % len(vals)] for i in range(lo, hi)])
         return time.perf_counter() - t0
 
     def clear(self, m: BpfMap) -> None:
@@ -746,11 +784,11 @@ class Bench:
     # ---- the blocks ----
     def established(self, many: int) -> list[Row]:
         pub, priv = self.dp.fns["lb_xdp_public"].fd, self.dp.fns["lb_xdp_private"].fd
-        size = self.dp.maps["lb_conns"].max_entries
+        size = self.dp.maps[EST4].max_entries
         rows = []
 
         def row(key, name, fd, fr):
-            rows.append(Row(key, name, fd, fr, table="lb_conns", table_size=size))
+            rows.append(Row(key, name, fd, fr, table=EST4, table_size=size))
         one, lots = flows(1), self.dr_many(many)
         self.prime(VIP_DR, 80, one)
         row("dr1", "established TCP flow, DR (1 flow)", pub, frames(VIP_DR, 80, "A", one))
@@ -772,9 +810,9 @@ class Bench:
             self.run(self.est_floor.fd, fr, len(fr))
             if self.last_action != "XDP_TX":
                 raise RuntimeError(f"bench pkt: the established floor missed lb's entries ({self.last_action})")
-            rows.append(Row(key, f"floor, not lb: the established entry's lookup in lb_conns, MACs swapped, XDP_TX "
-                                 f"({what})", self.est_floor.fd, fr, kind="reference", table="lb_conns",
-                            table_size=size))
+            rows.append(Row(key, f"floor, not lb: the established entry's lookup in {EST4} (lb's IPv4 table and "
+                                 f"16-byte key), MACs swapped, XDP_TX ({what})", self.est_floor.fd, fr,
+                            kind="reference", table=EST4, table_size=size))
         rows += self.key_size_rows([("1", one, "1 flow"), ("many", lots, f"{many} flows")], size)
         self.prime(VIP_NAT, 80, one)
         row("nat1", "established NAT request (1 flow)", pub, frames(VIP_NAT, 80, "A", one))
@@ -788,7 +826,7 @@ class Bench:
         return rows
 
     # The many-flow rows of other kinds come in blocks of their own, after the one above, so that
-    # lb_conns holds what a director with those flows would: until 2026-12-04 the DR block's
+    # lb_conns4 holds what a director with those flows would: until 2026-12-04 the DR block's
     # 10,000 flows were measured among 40,000 entries (every block's flows primed at once).  The
     # table keeps what the blocks before primed, and every row says how many entries it was
     # measured among.  (Measured since: 10,000 DR flows 3.2x trivial among their own entries, 4.3x
@@ -798,7 +836,7 @@ class Bench:
     def established_nat(self, many: int) -> list[Row]:
         """NAT, many flows: their request and reply entries added to the DR block's"""
         pub, priv = self.dp.fns["lb_xdp_public"].fd, self.dp.fns["lb_xdp_private"].fd
-        size = self.dp.maps["lb_conns"].max_entries
+        size = self.dp.maps[EST4].max_entries
         nat = flows(many, 10000, "198.18.8.0")
         self.prime(VIP_NAT, 80, nat)
         return [
@@ -807,25 +845,28 @@ class Bench:
             Row("natreplymany", f"NAT reply ({many} flows)", priv, self.replies(nat, VIP_NAT, 8080), table_size=size)]
 
     def established_full(self, many: int) -> list[Row]:
-        """IPv6 many flows added, and the DR block's many flows and their floor again, now among
-        every block's entries: what the table's occupancy costs"""
+        """IPv6 many flows added (to lb_conns6, their own table), and the DR block's many flows and
+        their floor again, now among every block's entries (lb_conns4: the DR and NAT blocks'):
+        what the table's occupancy costs"""
         pub = self.dp.fns["lb_xdp_public"].fd
-        size = self.dp.maps["lb_conns"].max_entries
         v6 = flows(many, 20000, CLIENTS6)
         self.prime(VIP6_DR, 80, v6)
         return [Row("dr6many", f"IPv6: established TCP flow, DR ({many} flows)", pub, frames(VIP6_DR, 80, "A", v6),
-                    table_size=size)] + self.dr_many_again(many, "full", "among more entries")
+                    table=EST6, table_size=self.dp.maps[EST6].max_entries)] + \
+            self.dr_many_again(many, "full", "among more entries")
 
     def established_lived(self, many: int) -> list[Row]:
         """the DR block's many flows and their floor once more, their entries recycled as in a table
-        that has lived: every other entry deleted (only these flows' left), then the
-        DR flows' own entries deleted and written back as they were, so that they take elements
-        from the LRU's free list in the order 30,000 deletes left it -- scattered, where the DR
+        that has lived: every other entry deleted (only these flows' left: lb_conns4's others, the
+        NAT block's and the DR block's rest, and lb_conns6's IPv6 flows), then the DR flows' own
+        entries deleted and written back as they were, so that they take elements from
+        lb_conns4's LRU free list in the order the deletes left it -- scattered, where the DR
         block's lie in the order its handshakes made them, the order its packets walk them"""
-        m = self.dp.maps["lb_conns"]
-        mine = set(conn_keys(self.dr_many(many), VIP_DR, 80))
+        self.clear(self.dp.maps[EST6])
+        m = self.dp.maps[EST4]
+        mine = set(conn_keys4(self.dr_many(many), VIP_DR, 80))
         items = m.items()
-        m.delete_many([k for k, _ in items if k not in mine])     # the other blocks' flows
+        m.delete_many([k for k, _ in items if k not in mine])     # the other blocks' IPv4 flows
         own = [(k, v) for k, v in items if k in mine]
         m.delete_many([k for k, _ in own])
         m.set_many([k for k, _ in own], [v for _, v in own])
@@ -840,40 +881,44 @@ class Bench:
         """the DR block's many flows and their floor, measured again in a later block (keys
         drmany<tag>, estfloormany<tag>)"""
         lots = frames(VIP_DR, 80, "A", self.dr_many(many))
-        size = self.dp.maps["lb_conns"].max_entries
+        size = self.dp.maps[EST4].max_entries
         return [
             Row(f"drmany{tag}", f"established TCP flow, DR ({many} flows, the same as above, {how})",
                 self.dp.fns["lb_xdp_public"].fd, lots, table_size=size),
-            Row(f"estfloormany{tag}", f"floor, not lb: the established entry's lookup in lb_conns, MACs swapped, "
-                                      f"XDP_TX ({many} flows, the same as above, {how})", self.est_floor.fd, lots,
-                kind="reference", table_size=size)]
+            Row(f"estfloormany{tag}", f"floor, not lb: the established entry's lookup in {EST4} (lb's IPv4 table "
+                                      f"and 16-byte key), MACs swapped, XDP_TX ({many} flows, the same as above, "
+                                      f"{how})", self.est_floor.fd, lots, kind="reference", table_size=size)]
 
     def counted(self, rows: list[Row]) -> list[Row]:
-        """rows of lb_conns, told how many entries it holds now, just before they are measured
-        (a block adds none while measured)"""
-        n = len(self.dp.maps["lb_conns"].items())
+        """rows of lb's established tables, told how many entries their table (lb_conns4 for IPv4,
+        lb_conns6 for IPv6) holds now, just before they are measured (a block adds none while
+        measured)"""
+        n = {t: len(self.dp.maps[t].items()) for t in (EST4, EST6)}
         for r in rows:
-            if r.table == "lb_conns" and r.kind != "baseline":
-                r.entries = n
+            if r.table in n and r.kind != "baseline":
+                r.entries = n[r.table]
         return rows
 
     def key_size_rows(self, sets, size: int) -> list[Row]:
-        """a bare LRU lookup of the same flows with lb's 40-byte key and with a 16-byte IPv4 key
-        (KEY_SIZES), each table holding just these flows"""
-        val = struct.pack("=Q", 1).ljust(self.dp.maps["lb_conns"].value_size, b"\0")
+        """a bare LRU lookup of the same flows with lb's IPv4 key (struct lb_conn_key4, 16 bytes:
+        lb_conns4's) and with struct lb_conn_key (40 bytes: lb_conns6's, and IPv4's before
+        lb_conns4) (KEY_SIZES), each table holding just these flows"""
+        val = struct.pack("=Q", 1).ljust(self.dp.maps[EST4].value_size, b"\0")
         rows = []
         for bits, fn in ((40, self.key40), (16, self.key16)):
             t = self.bpf[f"ks_table{bits}".encode()]
             m = BpfMap(t.map_fd, f"ks_table{bits}", owned=False)
             for tag, fl, what in sets:
-                keys = conn_keys(fl, VIP_DR, 80) if bits == 40 else floor_keys(fl, VIP_DR, 80, 16)
+                keys = conn_keys(fl, VIP_DR, 80) if bits == 40 else conn_keys4(fl, VIP_DR, 80)
                 m.set_many(keys, [val] * len(keys))
                 fr = frames(VIP_DR, 80, "A", fl)
                 self.run(fn.fd, fr, len(fr))
                 if self.last_action != "XDP_TX":
                     raise RuntimeError(f"bench pkt: the {bits}-byte key table missed its flows ({self.last_action})")
+                whose = ("(lb_conn_key: lb_conns6's, IPv4's before lb_conns4)" if bits == 40
+                         else "(lb_conn_key4: lb_conns4's, lb's IPv4 key)")
                 rows.append(Row(f"key{bits}_{tag}", f"reference, not lb: a bare LRU lookup (a hit), {bits}-byte key "
-                                f"{'(lb_conns)' if bits == 40 else '(a compact IPv4 key)'}, MACs swapped, XDP_TX ({what})",
+                                f"{whose}, MACs swapped, XDP_TX ({what})",
                                 fn.fd, fr, kind="reference", table=f"ks_table{bits}", table_size=size))
         return rows
 
@@ -917,8 +962,8 @@ class Bench:
                         table=m.name, table_size=size))
         if self.floor2 is not None:
             fc2 = flows(total, 1000, FLOOR2_CLIENTS)
-            rows.append(Row("floor2", "floor of lb's two tables, not lb: a miss in lb_conns, then the floor's "
-                            f"miss + LRU insert{label}", self.floor2.fd, frames(SYN_SERVICES[6][3], 80, "S", fc2),
+            rows.append(Row("floor2", f"floor of lb's two tables, not lb: a miss in {EST4} (lb's IPv4 key), then "
+                            f"the floor's miss + LRU insert{label}", self.floor2.fd, frames(SYN_SERVICES[6][3], 80, "S", fc2),
                             True, floor_keys(fc2, SYN_SERVICES[6][3], 80, m.key_size), kind="reference",
                             table=m.name, table_size=size))
         return rows, n
@@ -936,15 +981,15 @@ class Bench:
             raise RuntimeError(f"persistence scenario: {len(temps)} templates, real servers {reals} (want 1 and 1)")
 
     def big_established(self, many: int, big: int) -> Row:
-        """many established flows spread over `big` in lb_conns (filled directly)"""
-        conns = self.dp.maps["lb_conns"]
-        if getattr(self, "filled", None) != ("lb_conns", big):     # new_conns() filled it already
+        """many established flows spread over `big` in lb_conns4 (filled directly)"""
+        conns = self.dp.maps[EST4]
+        if getattr(self, "filled", None) != (EST4, big):     # filled it already
             self.fill_seconds = self.fill(conns, big)
-            self.filled = ("lb_conns", big)
+            self.filled = (EST4, big)
         step = big // many
         fl = flows(many, 10000, FILL_CLIENTS, index=lambda j: j * step)
         return Row("drbig", f"established TCP flow, DR ({many} flows spread over {big:,} in the table)",
-                   self.dp.fns["lb_xdp_public"].fd, frames(VIP_DR, 80, "A", fl), table="lb_conns",
+                   self.dp.fns["lb_xdp_public"].fd, frames(VIP_DR, 80, "A", fl), table=EST4,
                    table_size=conns.max_entries)
 
     # ---- two CPUs ----
@@ -1027,7 +1072,7 @@ class Bench:
         if len(cpus) < 2:
             return [], f"two-CPU rows not measured: this process may run on {len(cpus)} CPU only"
         m = self.insert_map
-        conns = self.dp.maps["lb_conns"]
+        conns = self.dp.maps[EST4]               # the established flows' (all IPv4)
         self.clear(m)
         if m is not conns:
             self.clear(conns)
@@ -1088,7 +1133,7 @@ class Bench:
             if overlap < 0.5:        # the two CPUs ran side by side too briefly: no verdict
                 sc["noisy"] = True
             row = {"scenario": f"two CPUs: {name} (table {_table_label(size)})", "key": key, "kind": "scaling",
-                   "cpus": cpus, "packets_per_cpu": packets, "table": m.name if not nflows else "lb_conns",
+                   "cpus": cpus, "packets_per_cpu": packets, "table": m.name if not nflows else EST4,
                    "table_size": size if not nflows else conns.max_entries,
                    "one_cpu_mpps": estimate(r["one"]), "two_cpu_mpps": estimate(r["two"]), "scaling": sc,
                    "ratio": sc["median"], "min_overlap": overlap, "action": r.get("action", ""),
@@ -1129,20 +1174,21 @@ def flood_row(size: str, base_ns: float, empty_ns: float, runs: int) -> dict:
             for flags in ("S", "A"):
                 fr = frames(VIP_DR, 80, flags, fl[i:i + 1024])
                 flood.run_frames(pub, b"".join(fr), len(fr[0]))
-        keys = conn_keys(fl, VIP_DR, 80)
-        if any(dp.maps["lb_conns"].get(k) is None for k in keys):
-            raise RuntimeError("flood row: the established connections are not in lb_conns")
+        keys, conns = conn_keys4(fl, VIP_DR, 80), dp.maps[EST4]
+        if any(conns.get(k) is None for k in keys):
+            raise RuntimeError(f"flood row: the established connections are not in {EST4}")
         per_run = total // runs
         vals = []
         for r in range(runs):
             blob, fsize = flood.frames(VIP_DR, 80, per_run, seed=r)
             vals.append(flood.run_frames(pub, blob, fsize) / per_run)
-        lost = sum(1 for k in keys if dp.maps["lb_conns"].get(k) is None)
+        lost = sum(1 for k in keys if conns.get(k) is None)
         if lost:
             raise RuntimeError(f"flood row: {lost} of {n_est} established connections lost to the flood")
         est = estimate(vals)
         ns = est["median"]
-        return {"scenario": f"SYN flood from random sources, 10x the connection table ({dp.sizes.connections}, "
+        return {"scenario": f"SYN flood from random sources, 10x the IPv4 connection table ({EST4} "
+                            f"{dp.sizes.connections}, "
                             f"embryonic {dp.sizes.embryo}); {n_est} established kept; "
                             f"{1e9 / ns / 1000:.0f}k SYN/s sustained per core",
                 "key": "synflood", "kind": "lb", "block": "SYN flood", "table": "lb_conns_embryo",
@@ -1150,6 +1196,7 @@ def flood_row(size: str, base_ns: float, empty_ns: float, runs: int) -> dict:
                 "ratio": ns / base_ns if base_ns else None, "flows": per_run * runs, "action": "XDP_REDIRECT",
                 "delta_trivial_ns": ns - base_ns, "delta_empty_ns": ns - empty_ns,
                 "syn_per_s_per_core": 1e9 / ns, "established_kept": n_est, "connection_table": dp.sizes.connections,
+                "connection_table_ipv6": dp.sizes.connections6,
                 "embryonic_table": dp.sizes.embryo}
     finally:
         dp.unpin()
@@ -1251,7 +1298,7 @@ def suite(size: str = "full") -> dict:
         b.measure(rows, runs, iters)
         b.check_persistence()
         out += results(rows, f"new connections, table {_table_label(b.insert_map.max_entries)}")
-        meta["tables"]["default"] = {"lb_conns": DEFAULT_TABLE, "insert_table": b.insert_name,
+        meta["tables"]["default"] = {**b.est_sizes(), "insert_table": b.insert_name,
                                      "insert_table_size": b.insert_map.max_entries, "syns_per_run": n}
         two, note = b.two_cpus(runs, cpu_est, cpu_syn, cpu_flows)
         out += two
@@ -1268,7 +1315,7 @@ def suite(size: str = "full") -> dict:
         rows = b.baselines() + syn + [b.big_established(many, int(big * FILL))]
         b.measure(rows, runs, iters)
         out += results(rows, f"new connections, table {_table_label(b.insert_map.max_entries)}")
-        meta["tables"]["big"] = {"lb_conns": big, "insert_table": b.insert_name,
+        meta["tables"]["big"] = {**b.est_sizes(), "insert_table": b.insert_name,
                                  "insert_table_size": b.insert_map.max_entries, "syns_per_run": n,
                                  "fill_seconds": getattr(b, "fill_seconds", None)}
     finally:

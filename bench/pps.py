@@ -15,8 +15,9 @@ side by side:
   redirect_map  the same through a devmap (bpf_redirect_map), as lb redirects: without the
              kernel's per-packet ifindex lookup
   stateful   the reference stateful forwarder: an LRU hash lookup on the 5-tuple (16-byte key,
-             16-byte value: a minimal connection entry, never written on a hit), an insert on a
-             miss, then as redirect_map (the way lb leaves); its table has lb_conns' size.  The honest baseline for many
+             the size of lb_conns4's; 16-byte value: a minimal connection entry, never written on a hit;
+             lb's is 64 bytes), an insert on a miss, then as redirect_map (the way lb leaves); its
+             table has lb_conns4's size (lb's IPv4 established table).  The honest baseline for many
              flows: it pays the connection table's cache misses and nothing else
   lb         lb_xdp_public with one DR service
 
@@ -76,7 +77,7 @@ SIZES = {  # name: ((rounds, packets per run) of live frames, of trafgen, flow c
 # seven runs a median's 95% interval is the runs' whole range (±8-25% here, no verdict); trafgen
 # keeps 7, its runs are seconds long and its rows show no loss more than a ratio.
 PRIME_CHUNK = 8192
-CONN_TABLE = 1 << 17          # lb_conns here, and the stateful reference's table
+CONN_TABLE = 1 << 17          # lb_conns4 here (these flows are IPv4), and the stateful reference's table
 PROGRAMS = ("redirect", "redirect_map", "stateful", "lb")
 # DESIGN.md: live frames, 1-1000 flows >= 0.8x the plain redirect; 64k flows >= 0.9x the stateful
 # reference.  (flows at most, baseline, limit)
@@ -395,7 +396,8 @@ class Pps:
         return self.conns()
 
     def conns(self) -> int:
-        return len(self.dp.maps["lb_conns"].items())
+        """lb's established connections (these flows are IPv4: lb_conns4's)"""
+        return len(self.dp.maps["lb_conns4"].items())
 
 
 SOURCES = ("live frames", "trafgen")

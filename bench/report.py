@@ -74,17 +74,35 @@ def pkt_table(result: dict) -> str:
                          f"| {r['two_cpu_mpps']['median']:.2f} | {ratio_cell(sc['median'], r.get('noisy'))} | {ci_cell(sc)} "
                          f"| {r['min_overlap'] * 100:.0f}% | {r.get('target', '')} | {r.get('status', '')} |")
     notes = list(result.get("notes", []))
+    # results since the established table was split by family (lb_conns4: IPv4, a 16-byte key;
+    # lb_conns6: IPv6) name those tables; older ones had one lb_conns with 40-byte keys
+    split = any(r.get("table") in ("lb_conns4", "lb_conns6") for r in result["results"])
     if any(r.get("key") == "estfloor1" for r in result["results"]):
-        notes.append("the established rows' Δ floor is over the floor of the same flows: their entry's lookup "
-                     "in lb_conns (lb's table and key, a hit), its timestamp read, the MACs swapped, XDP_TX -- "
-                     "what any forwarder keeping lb's table pays, the table's cache and TLB misses included; "
-                     "\"in use\": the entries lb_conns held while the row ran (each established block adds its "
-                     "flows to the blocks' before it)")
+        if split:
+            notes.append("the established rows' Δ floor is over the floor of the same flows: their entry's lookup "
+                         "in lb_conns4 (lb's IPv4 table and its 16-byte key, a hit), its timestamp read, the MACs "
+                         "swapped, XDP_TX -- what any forwarder keeping lb's table pays, the table's cache and TLB "
+                         "misses included; \"in use\": the entries the row's table held while it ran (lb_conns4 "
+                         "for IPv4 rows, lb_conns6 for IPv6 ones; each established block adds its flows to the "
+                         "blocks' before it)")
+        else:
+            notes.append("the established rows' Δ floor is over the floor of the same flows: their entry's lookup "
+                         "in lb_conns (lb's table and key, a hit), its timestamp read, the MACs swapped, XDP_TX -- "
+                         "what any forwarder keeping lb's table pays, the table's cache and TLB misses included; "
+                         "\"in use\": the entries lb_conns held while the row ran (each established block adds its "
+                         "flows to the blocks' before it)")
     if any(r.get("key") == "key16_1" for r in result["results"]):
-        notes.append("the bare-lookup rows hold the same flows in two LRU tables of lb_conns' size and value "
-                     "that differ only in the key, lb's 40 bytes or a compact 16-byte IPv4 key: what a separate "
-                     "IPv4 table would save on the lookup; those two tables are fresh (their entries lie in the "
-                     "order they were written), lb_conns' entries wherever its free list put them")
+        if split:
+            notes.append("the bare-lookup rows hold the same flows in two LRU tables of lb_conns4's size and value "
+                         "that differ only in the key: lb's IPv4 key (16 bytes, lb_conns4's) or the 40-byte "
+                         "lb_conn_key (lb_conns6's, and IPv4's before lb_conns4): what the separate IPv4 table "
+                         "saves on the lookup; those two tables are fresh (their entries lie in the order they "
+                         "were written), lb_conns4's entries wherever its free list put them")
+        else:
+            notes.append("the bare-lookup rows hold the same flows in two LRU tables of lb_conns' size and value "
+                         "that differ only in the key, lb's 40 bytes or a compact 16-byte IPv4 key: what a separate "
+                         "IPv4 table would save on the lookup; those two tables are fresh (their entries lie in the "
+                         "order they were written), lb_conns' entries wherever its free list put them")
     if any(r.get("key") == "redirect" for r in result["results"]):
         notes.append("the redirect baseline is the trivial program ending in bpf_redirect() to the real "
                      "servers' interface instead of XDP_TX: what the DR rows pay for leaving by another "
@@ -93,10 +111,17 @@ def pkt_table(result: dict) -> str:
         notes.append(f"new-connection rows: the table {result['fill'] * 100:.0f}% full at each round's start, "
                      "each round's entries deleted after it; the floor inserts into that same table")
         if any("delta_floor2_ns" in r for r in result["results"]):
-            notes.append("the two-table floor adds a miss in lb_conns, the established table, to the floor (new "
-                         "connections wait in an embryonic table of their own, so a flood cannot evict established "
-                         "ones): what every SYN paid before the established filter let a SYN skip lb_conns (a UDP "
-                         "flow's first packet still pays it); the targets are judged against the floor")
+            if split:
+                notes.append("the two-table floor adds a miss in lb_conns4, the IPv4 established table (with lb's "
+                             "16-byte key), to the floor (new connections wait in an embryonic table of their own, "
+                             "so a flood cannot evict established ones): what an IPv4 SYN would pay without the "
+                             "established filter, which lets a SYN skip that lookup (a UDP flow's first packet "
+                             "still pays it); the targets are judged against the floor")
+            else:
+                notes.append("the two-table floor adds a miss in lb_conns, the established table, to the floor (new "
+                             "connections wait in an embryonic table of their own, so a flood cannot evict established "
+                             "ones): what every SYN paid before the established filter let a SYN skip lb_conns (a UDP "
+                             "flow's first packet still pays it); the targets are judged against the floor")
         notes.append("ratio and Δ: medians of round-by-round pairs with the baselines; ± is the half-width of "
                      f"the median's {int(CONFIDENCE * 100)}% interval; ~: wider than ±{NOISY * 50:.0f}%, no verdict")
     if notes:

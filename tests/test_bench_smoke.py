@@ -43,17 +43,23 @@ def test_bench_suites_run(tmp_path):
     assert all("delta_floor_ns" in r and f"(table {r['table_size']:,})" in r["scenario"] for r in syn)
     floors = [r for r in rows if r["key"] == "floor"]
     assert sorted(r["table_size"] for r in floors) == sorted(embryo)
-    # ... and the floor of lb's two tables (a miss in lb_conns first), with each SYN row's Δ over it
+    # ... and the floor of lb's two tables (a miss in lb_conns4 first), with each SYN row's Δ over it
     floors2 = [r for r in rows if r["key"] == "floor2"]
     assert {r["kind"] for r in floors2} == {"reference"} and sorted(r["table_size"] for r in floors2) == sorted(embryo)
     assert all("delta_floor2_ns" in r for r in syn)
-    # each established row says how many entries lb_conns held while it ran: the DR block only its
-    # own flows (1 + 100 DR, one-armed, a NAT flow's two, the firewall-mark flow), the later
-    # blocks what they added
+    # the established tables, one per family: IPv4 rows measure lb_conns4 (its floor too), IPv6 lb_conns6
     by = {r["key"]: r for r in rows}
+    assert pkt["tables"]["default"]["lb_conns4"] == 65536 and pkt["tables"]["default"]["lb_conns6"] == 16384
+    assert {by[k]["table"] for k in ("dr1", "drmany", "estfloor1", "estfloormany", "natmany")} == {"lb_conns4"}
+    assert by["dr1"]["table_size"] == by["estfloor1"]["table_size"] == 65536
+    assert by["dr6many"]["table"] == "lb_conns6" and by["dr6many"]["table_size"] == 16384
+    # each established row says how many entries its table held while it ran: the DR block only its
+    # own flows (1 + 100 DR, one-armed, a NAT flow's two, the firewall-mark flow), the later
+    # blocks what they added (the NAT block's to lb_conns4, the IPv6 block's to lb_conns6)
     assert by["drmany"]["entries"] == by["dr1"]["entries"] == by["estfloormany"]["entries"] == 105
-    assert by["drmany"]["entries"] < by["natmany"]["entries"] < by["drmanyfull"]["entries"] == \
+    assert by["drmany"]["entries"] < by["natmany"]["entries"] == by["drmanyfull"]["entries"] == \
         by["estfloormanyfull"]["entries"]
+    assert by["dr6many"]["entries"] == 100
     # ... and the recycled block only the DR flows' (its floor found every one: XDP_TX)
     assert by["drmanylived"]["entries"] == by["estfloormanylived"]["entries"] == 100
     assert by["estfloormanylived"]["action"] == "XDP_TX" and "delta_floor_ns" in by["drmanylived"]
@@ -70,6 +76,10 @@ def test_bench_suites_run(tmp_path):
 
     ctl = _load(tmp_path, "ctl")
     assert all(r["seconds"]["median"] >= 0 and r["ratio"] >= 0 for r in ctl["results"])
+    # the memory figure of both established tables: IPv4's 16-byte keys, IPv6's 40
+    assert [(m["map"], m["key_size"], m["value_size"]) for m in ctl["memory"].values()] == \
+        [("lb_conns4", 16, 64), ("lb_conns6", 40, 64)]
+    assert all(m["per_1m_entries_mb"] > 0 for m in ctl["memory"].values())
     apply = next(r for r in ctl["results"] if r["scenario"].startswith("apply"))
     change = next(r for r in ctl["results"] if r["scenario"].startswith("one-server change (weight)"))
     assert apply["writes"] > change["writes"] > 0
