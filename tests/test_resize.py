@@ -286,10 +286,18 @@ def test_an_older_lbs_one_connection_table_moves_into_the_two_family_tables(inst
     name = instance[0]
     pins = pin_dir(name)
     # the older layout: one wide table of every established entry, an IPv6 one among them
-    v6 = L.CONN_KEY.pack(ip("2001:2::5").packed, ip("2001:2::10").packed, b"\x9c\x40", b"\0\x50", 6,
-                         L.AF_INET6, 0, 0)
-    entries = old.maps["lb_conns"].items() + [(v6, old.maps["lb_conns"].items()[0][1])]
-    assert len(entries) == 7
+    # and more IPv6 connections than the new IPv6 table holds (1,024, a quarter of 4,096): the
+    # least recently used are left out, counted against that table
+    live = old.maps["lb_conns"].items()
+    value = live[0][1]
+    now = struct.unpack_from("=Q", value)[0]
+
+    def v6(i):
+        return L.CONN_KEY.pack(ip(f"2001:2::{i + 1:x}").packed, ip("2001:2::10").packed, b"\x9c\x40", b"\0\x50", 6,
+                               L.AF_INET6, 0, 0)
+    six = [(v6(i), struct.pack("=Q", now - 1030 + i) + value[8:]) for i in range(1030)]
+    entries = live + six
+    assert len(live) == 6
     fd = bpfsys.map_create(bpfsys.BPF_MAP_TYPE_LRU_HASH, L.CONN_KEY.size, L.CONN.size, 4096, 0, "lb_conns")
     try:
         for k, v in entries:
@@ -303,9 +311,13 @@ def test_an_older_lbs_one_connection_table_moves_into_the_two_family_tables(inst
     caplog.set_level(logging.INFO, logger="lb.dataplane")
     new = start(instance, SMALL)
     assert "an older lb's one connection table of 4096 entries -> IPv4 4096 and IPv6 1024" in caplog.text
+    assert ("lb_conns6: 6 entries did not fit the new size and were left out (the least recently used; "
+            "[tables] connections_ipv6 sizes it)") in caplog.text
+    assert "copied 6 lb_conns4, 1024 lb_conns6" in caplog.text
     new.apply(table(("web",)))
     new.finish_resize()
     assert not os.path.exists(os.path.join(pins, "lb_conns"))
-    assert len(new.maps["lb_conns4"].items()) == 6 and new.maps["lb_conns6"].get(v6) is not None
+    assert len(new.maps["lb_conns4"].items()) == 6
+    assert {k for k, _ in new.maps["lb_conns6"].items()} == {v6(i) for i in range(6, 1030)}
     for s in flows:
         assert client.send(new, s, "PA") == client.flows[(80, s)]

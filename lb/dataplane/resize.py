@@ -41,7 +41,7 @@ import struct
 from . import bpfsys
 from . import layout as L
 from .errors import DataplaneError
-from .maps import BpfMap
+from .maps import BpfMap, ConnTables
 from .mhtable import open_table
 
 log = logging.getLogger("lb.dataplane")
@@ -58,6 +58,7 @@ FLOWS = ("lb_conns", "lb_conns4", "lb_conns6", "lb_conns_embryo", "lb_persist", 
 LAST_NS_FIRST = ("lb_conns", "lb_conns4", "lb_conns6", "lb_conns_embryo", "lb_persist", "lb_persist_embryo")
 # the established tables: what goes into them is marked in the established filter first
 ESTABLISHED = ("lb_conns", "lb_conns4", "lb_conns6")
+_FAMILY = dict((n, o) for n, o, _ in L.CONN_KEY.fields)["family"]     # lb_conn_key's family byte
 # the new programs' own: their tail calls, per-CPU scratch and clock, the TCP state tables (written
 # at every load) and the established filter (rebuilt from lb_conns by the adoption)
 FRESH = ("lb_progs", "lb_scratch", "lb_csum_buf", "lb_clock", "lb_mh_walk", "lb_tcp_fsm",
@@ -255,8 +256,28 @@ class Resize:
             done += 1
         return done
 
+    @staticmethod
+    def _parts(name: str, items: list[tuple[bytes, bytes]], dst):
+        """(name, items, map) to copy items of the old map `name` into: the map itself, but an
+        older lb's one lb_conns goes into lb_conns4 and lb_conns6 (the new maps' ConnTables),
+        each family into its own table, trimmed and counted against that table's size"""
+        if name == "lb_conns" and isinstance(dst, ConnTables):
+            four = [(L.conn_key4(k), v) for k, v in items if k[_FAMILY] == L.AF_INET]
+            six = [(k, v) for k, v in items if k[_FAMILY] != L.AF_INET]
+            return [("lb_conns4", four, dst.v4), ("lb_conns6", six, dst.v6)]
+        return [(name, items, dst)]
+
     def _copy_hash(self, name: str, src: BpfMap, dst: BpfMap) -> int:
-        items = src.items()
+        n = 0
+        for part, items, into in self._parts(name, src.items(), dst):
+            done = self._copy_items(part, items, into)
+            if part == name:
+                n = done
+            else:
+                self.copied[part] = done
+        return n
+
+    def _copy_items(self, name: str, items: list[tuple[bytes, bytes]], dst: BpfMap) -> int:
         room = dst.max_entries
         if name in FLOWS:
             self.seen[name] = {k for k, _ in items}
@@ -289,38 +310,45 @@ class Resize:
         before.  mark_established(keys): the established filter's bits of keys about to go into
         lb_conns (lb_conn_keys).  Returns {map: entries copied}."""
         late: dict[str, int] = {}
-        for name in FLOWS:
-            src, dst = self.old.get(name), new.get(name)
-            if src is None or dst is None:
+        for whole in FLOWS:
+            src, into = self.old.get(whole), new.get(whole)
+            if src is None or into is None:
                 continue
-            now = dst.items()
-            have = {k for k, _ in now}
-            seen = self.seen.get(name)         # left out on purpose, or copied and gone since
-            items = src.items()
-            missing = [(k, v) for k, v in items if k not in have and (seen is None or k not in seen)]
-            if seen is None and len(have) + len(missing) > dst.max_entries:
-                # a resize another process copied: what it left out is missing too; only what is
-                # more recent than anything kept can be new since
-                if name in LAST_NS_FIRST and now:
-                    oldest = min(struct.unpack_from("=Q", v)[0] for _, v in now)
-                    missing = [(k, v) for k, v in missing if struct.unpack_from("=Q", v)[0] > oldest]
-                missing = missing[:max(0, dst.max_entries - len(have))]
-            self.seen[name] = {k for k, _ in items}
-            if not missing:
-                continue
-            if name in ESTABLISHED:             # client -> VIP keys, as lb_conn_keys
-                wide = [L.conn_key_of4(k) for k, _ in missing] if name == "lb_conns4" else [k for k, _ in missing]
-                mark_established([k for k in wide if not k[L.CONN_KEY_DIR]])
-            done = 0
-            for k, v in missing:
-                try:
-                    dst.set(k, v, bpfsys.BPF_NOEXIST)
-                    done += 1
-                except bpfsys.BpfError as e:
-                    if e.errno not in (errno.EEXIST, errno.E2BIG, errno.ENOMEM):
-                        raise
-            late[name] = done
+            for name, items, dst in self._parts(whole, src.items(), into):
+                done = self._catch_up(name, items, dst, mark_established)
+                if done is not None:
+                    late[name] = done
         return late
+
+    def _catch_up(self, name: str, items: list[tuple[bytes, bytes]], dst, mark_established) -> int | None:
+        """catch_up of one map's (or one family's) items into dst: the count copied, None when
+        nothing was missing"""
+        now = dst.items()
+        have = {k for k, _ in now}
+        seen = self.seen.get(name)         # left out on purpose, or copied and gone since
+        missing = [(k, v) for k, v in items if k not in have and (seen is None or k not in seen)]
+        if seen is None and len(have) + len(missing) > dst.max_entries:
+            # a resize another process copied: what it left out is missing too; only what is
+            # more recent than anything kept can be new since
+            if name in LAST_NS_FIRST and now:
+                oldest = min(struct.unpack_from("=Q", v)[0] for _, v in now)
+                missing = [(k, v) for k, v in missing if struct.unpack_from("=Q", v)[0] > oldest]
+            missing = missing[:max(0, dst.max_entries - len(have))]
+        self.seen[name] = {k for k, _ in items}
+        if not missing:
+            return None
+        if name in ESTABLISHED:             # client -> VIP keys, as lb_conn_keys
+            wide = [L.conn_key_of4(k) for k, _ in missing] if name == "lb_conns4" else [k for k, _ in missing]
+            mark_established([k for k in wide if not k[L.CONN_KEY_DIR]])
+        done = 0
+        for k, v in missing:
+            try:
+                dst.set(k, v, bpfsys.BPF_NOEXIST)
+                done += 1
+            except bpfsys.BpfError as e:
+                if e.errno not in (errno.EEXIST, errno.E2BIG, errno.ENOMEM):
+                    raise
+        return done
 
     def finish(self, new: dict[str, BpfMap], mark_established, counters: bool = True) -> dict[str, int]:
         """The last catch_up (the old programs get no more packets), what they added to the

@@ -188,9 +188,11 @@ class XdpDataplane(Dataplane):
             self.program.close()
             rs.abandon()
             raise
+        sized_by = {"lb_conns4": "connections", "lb_conns6": "connections_ipv6", "lb_conns_embryo": "embryonic"}
         for name, n in sorted(rs.dropped.items()):
+            key = f"; [tables] {sized_by[name]} sizes it" if name in sized_by else ""
             log.warning("%s: %d entries did not fit the new size and were left out (the least recently "
-                        "used)", name, n)
+                        "used%s)", name, n, key)
         log.info("copied %s into the new maps; the old ones serve until the programs are attached",
                  rs.summary())
         self.resize = rs
