@@ -188,7 +188,7 @@ class Defender:
 
 _MEANING = {
     "conn_table_full": ": lb_conns refused a connection (size [tables] connections for the "
-                       "established connections you carry)",
+                       "established IPv4 connections you carry, connections_ipv6 for IPv6)",
     "persist_table_full": ": lb_persist is full; new clients' templates stay embryonic",
     "drop_packet": ": new connections dropped by drop_packet",
     "icmp_rate_limited": ": tunnel too-big answers over icmp_msgs_per_sec, dropped",
