@@ -1132,7 +1132,9 @@ class Bench:
             overlap = min(r["overlap"]) if r["overlap"] else 0.0
             if overlap < 0.5:        # the two CPUs ran side by side too briefly: no verdict
                 sc["noisy"] = True
-            row = {"scenario": f"two CPUs: {name} (table {_table_label(size)})", "key": key, "kind": "scaling",
+            # the table the row's packets meet: the embryonic one for SYNs, lb_conns4 for established flows
+            label = _table_label(size if not nflows else conns.max_entries)
+            row = {"scenario": f"two CPUs: {name} (table {label})", "key": key, "kind": "scaling",
                    "cpus": cpus, "packets_per_cpu": packets, "table": m.name if not nflows else EST4,
                    "table_size": size if not nflows else conns.max_entries,
                    "one_cpu_mpps": estimate(r["one"]), "two_cpu_mpps": estimate(r["two"]), "scaling": sc,

@@ -126,7 +126,7 @@ struct lb_conn_key {
 };
 
 /* lb_conns4 key: an IPv4 connection in 16 bytes (lb_conns6 keeps lb_conn_key's 40), so an
- * established IPv4 entry is 128 bytes of map memory instead of 152: two cache lines, not three */
+ * established IPv4 entry's element is 128 bytes instead of 152: two cache lines, not three */
 struct lb_conn_key4 {
     __be32 saddr;
     __be32 daddr;
