@@ -629,6 +629,13 @@ class Engine:
         sdnotify.stopping("stopping (data plane kept for the next start)" if keep_dataplane else "stopping")
         if keep_dataplane:
             log.info("leaving the data plane, its maps and addresses in place for an upgrade")
+            settle = getattr(self.dp, "settle_resize", None)      # the XDP data plane's
+            if settle is not None:
+                try:
+                    settle()
+                except Exception as e:  # noqa: BLE001 - the stop goes on; the next start catches up
+                    log.error("finishing the resize before the stop failed (%s): the next start catches "
+                              "up what the old maps hold", e)
             self.dp.close()
         else:
             self.dp.detach_all()

@@ -321,3 +321,56 @@ def test_an_older_lbs_one_connection_table_moves_into_the_two_family_tables(inst
     assert {k for k, _ in new.maps["lb_conns6"].items()} == {v6(i) for i in range(6, 1030)}
     for s in flows:
         assert client.send(new, s, "PA") == client.flows[(80, s)]
+
+
+def test_a_stop_keeping_the_data_plane_finishes_a_resize_still_in_its_grace(instance, caplog):
+    """An upgrade restarted again at once: the programs the attach replaced live in
+    lb_progs_prev, which goes with the daemon.  Its stop (keeping the data plane) waits out the
+    grace and finishes the resize first, so the connections the old programs made after the
+    copy are in the new maps before nothing hands their packets to the old programs any more."""
+    old = start(instance, SMALL)
+    old.apply(table(("web",)))
+    client = Client()
+    new = start(instance, BIG)
+    late = [client.connect(old, 80) for _ in range(3)]       # after the copy, by the old programs
+    new.apply(table(("web",)))
+    new.program.prev_progs().set(L.U32.pack(L.PREV_SLOTS["public"]), L.U32.pack(old.fns["lb_xdp_public"].fd))
+    new.resize.handed_over = True                            # as the attach does
+    caplog.set_level(logging.INFO, logger="lb.dataplane")
+    new.settle_resize()
+    assert new.resize is None and not os.path.exists(old_dir(pin_dir(instance[0])))
+    assert "resize: 3 lb_conns4 the old programs made since the copy copied" in caplog.text
+    assert new.program.prev_progs().get(L.U32.pack(L.PREV_SLOTS["public"])) is None
+    for s in late:                                           # the new maps alone serve them
+        assert client.send(new, s, "PA") == client.flows[(80, s)]
+
+
+def test_a_smaller_table_keeps_or_leaves_out_a_nat_connections_two_entries_together():
+    """A NAT connection is two entries (the client's, and the reverse one its replies find): a
+    table trimmed to a smaller size keeps the most recently used connections whole"""
+    from lb.dataplane import bpfsys
+    from lb.dataplane.resize import Resize
+
+    vip, real = ip("198.18.0.10").packed.ljust(16, b"\0"), ip("198.18.1.11").packed.ljust(16, b"\0")
+    items = []
+    for i in range(5):
+        client = ip(f"198.18.0.{100 + i}").packed.ljust(16, b"\0")
+        sport = (40000 + i).to_bytes(2, "big")
+        fwd = L.CONN_KEY.pack(client, vip, sport, b"\0\x50", 6, L.AF_INET, 0, 0)
+        rev = L.CONN_KEY.pack(real, client, b"\0\x50", sport, 6, L.AF_INET, 1, 0)
+        # connection 0's client entry is the oldest of all but its reply entry the newest
+        t_fwd, t_rev = (1, 100) if i == 0 else (10 + i, 10 + i)
+        for k, t, flags in ((fwd, t_fwd, 0), (rev, t_rev, L.CONN_F_OUT)):
+            items.append((L.conn_key4(k), L.CONN.pack(t, 1, 0, 900, 1, 1, flags, b"\0\0", bytes(6), bytes(6),
+                                                      vip, b"\0\x50", bytes(6))))
+    fd = bpfsys.map_create(bpfsys.BPF_MAP_TYPE_HASH, L.CONN_KEY4.size, L.CONN.size, 6, 0, "rs_pairs")   # no evictions
+    dst = BpfMap(fd, "rs_pairs")
+    try:
+        rs = Resize("/nonexistent")
+        assert rs._copy_items("lb_conns4", list(items), dst) == 6
+        assert rs.dropped["lb_conns4"] == 4
+        kept = {k for k, _ in dst.items()}
+        # connections 0 (its reply entry the newest), 4 and 3, each with both entries
+        assert kept == {k for k, _ in items[0:2] + items[6:10]}
+    finally:
+        dst.close()

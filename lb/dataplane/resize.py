@@ -59,6 +59,36 @@ LAST_NS_FIRST = ("lb_conns", "lb_conns4", "lb_conns6", "lb_conns_embryo", "lb_pe
 # the established tables: what goes into them is marked in the established filter first
 ESTABLISHED = ("lb_conns", "lb_conns4", "lb_conns6")
 _FAMILY = dict((n, o) for n, o, _ in L.CONN_KEY.fields)["family"]     # lb_conn_key's family byte
+# connection tables whose NAT connections are two entries (the client's and the reverse one):
+# trimmed connection by connection, so no half of a pair is kept without the other
+PAIRED = ("lb_conns", "lb_conns4", "lb_conns6", "lb_conns_embryo")
+_VADDR = dict((n, o) for n, o, _ in L.CONN.fields)["vaddr"]
+_VPORT = dict((n, o) for n, o, _ in L.CONN.fields)["vport"]
+
+
+def _connection_of(name: str, key: bytes, value: bytes) -> bytes:
+    """The client -> VIP lb_conn_key of an entry: its own key, or a NAT reverse entry's
+    (real -> client) connection, from the client in its key and the VIP in its value"""
+    wide = L.conn_key_of4(key) if name == "lb_conns4" else key
+    if not wide[L.CONN_KEY_DIR]:
+        return wide
+    k = L.CONN_KEY.unpack(wide)          # saddr daddr sport dport proto family dir pad
+    return L.CONN_KEY.pack(k[1], value[_VADDR:_VADDR + 16], k[3], value[_VPORT:_VPORT + 2], k[4], k[5], 0, 0)
+
+
+def _newest_connections(name: str, items: list[tuple[bytes, bytes]], room: int) -> list[tuple[bytes, bytes]]:
+    """The entries of the most recently used connections that fit in room, newest first, a
+    connection's entries kept or left out together"""
+    groups: dict[bytes, list[tuple[bytes, bytes]]] = {}
+    for k, v in items:
+        groups.setdefault(_connection_of(name, k, v), []).append((k, v))
+    ranked = sorted(groups.values(), key=lambda g: max(struct.unpack_from("=Q", v)[0] for _, v in g), reverse=True)
+    kept: list[tuple[bytes, bytes]] = []
+    for g in ranked:
+        if len(kept) + len(g) > room:
+            break
+        kept.extend(sorted(g, key=lambda kv: struct.unpack_from("=Q", kv[1])[0], reverse=True))
+    return kept
 # the new programs' own: their tail calls, per-CPU scratch and clock, the TCP state tables (written
 # at every load) and the established filter (rebuilt from lb_conns by the adoption)
 FRESH = ("lb_progs", "lb_scratch", "lb_csum_buf", "lb_clock", "lb_mh_walk", "lb_tcp_fsm",
@@ -282,10 +312,14 @@ class Resize:
         if name in FLOWS:
             self.seen[name] = {k for k, _ in items}
         if name in FLOWS and len(items) > room:
-            if name in LAST_NS_FIRST:
-                items.sort(key=lambda kv: struct.unpack_from("=Q", kv[1])[0], reverse=True)
-            self.dropped[name] = len(items) - room
-            items = items[:room]
+            if name in PAIRED:
+                kept = _newest_connections(name, items, room)
+            else:
+                if name in LAST_NS_FIRST:
+                    items.sort(key=lambda kv: struct.unpack_from("=Q", kv[1])[0], reverse=True)
+                kept = items[:room]
+            self.dropped[name] = len(items) - len(kept)
+            items = kept
             items.reverse()               # the most recent written last: an LRU keeps those
         items = [(k, self._convert(name, v, dst.value_size)) for k, v in items]
         dst.set_many([k for k, _ in items], [v for _, v in items])

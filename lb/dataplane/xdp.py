@@ -248,6 +248,16 @@ class XdpDataplane(Dataplane):
         self.resize = None
         return False
 
+    def settle_resize(self) -> None:
+        """A resize not finished when the daemon stops and keeps its data plane (an upgrade's
+        restart within RESIZE_GRACE of its start): the grace waited out and the resize finished
+        now.  The programs the attach replaced sit in lb_progs_prev, which lives only as long as
+        this process: left unfinished, the connections the old programs made after the copy
+        would meet the kernel (a reset) once it exits."""
+        deadline = time.monotonic() + RESIZE_GRACE + 1.0
+        while self.resize is not None and self.finish_resize() and time.monotonic() < deadline:
+            time.sleep(0.05)
+
     _SIDES = {"public": "lb_xdp_public", "private": "lb_xdp_private", "guard": "lb_xdp_guard"}
 
     def attach(self, ifname: str, side: str = "public", mode: str = "native") -> str:
