@@ -232,6 +232,7 @@ PERSIST_KEY = _layout("lb_persist_key", "caddr:16s vaddr:16s vport:2s proto:B fa
 PERSIST = _layout("lb_persist", "last_ns:Q real:I timeout:I")
 CONN_KEY = _layout("lb_conn_key", "saddr:16s daddr:16s sport:2s dport:2s proto:B family:B dir:B pad:B")
 CONN_KEY_DIR = dict((n, o) for n, o, _ in CONN_KEY.fields)["dir"]   # key[CONN_KEY_DIR]: 1 for a NAT reply's
+CONN_KEY_FAMILY = dict((n, o) for n, o, _ in CONN_KEY.fields)["family"]   # key[CONN_KEY_FAMILY]: AF_INET / AF_INET6
 # lb_conns4's key: an IPv4 connection's (lb_conn_key without the family and the addresses' padding)
 CONN_KEY4 = _layout("lb_conn_key4", "saddr:4s daddr:4s sport:2s dport:2s proto:B dir:B pad:2s")
 CONN = _layout("lb_conn", "last_ns:Q real:I svc:I timeout:I client_ifindex:I state:B flags:B pad:2s "

@@ -28,10 +28,6 @@ MAP_NAMES = ("lb_services", "lb_svc", "lb_sched_state", "lb_svc_dests", "lb_real
 OPTIONAL_MAPS = ("lb_svc_rates", "lb_real_rates", "lb_conns_embryo", "lb_persist_embryo", "lb_ct_events")
 
 
-_FAMILY = dict((n, o) for n, o, _ in _L.CONN_KEY.fields)["family"]
-_AF_INET = _L.AF_INET
-
-
 def pin_dir(instance: str, root: str = PIN_ROOT) -> str:
     return os.path.join(root, instance)
 
@@ -223,7 +219,13 @@ class ConnTables:
 
     @staticmethod
     def _is4(key: bytes) -> bool:
-        return key[_FAMILY] == _AF_INET
+        return key[_L.CONN_KEY_FAMILY] == _L.AF_INET
+
+    def parts(self, items: list[tuple[bytes, bytes]]) -> list[tuple[str, list[tuple[bytes, bytes]], BpfMap]]:
+        """(table name, its entries, its map) of (lb_conn_key, value) pairs: each family's, the
+        IPv4 keys made lb_conns4's (a resize trims and counts each table on its own)"""
+        return [("lb_conns4", [(_L.conn_key4(k), v) for k, v in items if self._is4(k)], self.v4),
+                ("lb_conns6", [(k, v) for k, v in items if not self._is4(k)], self.v6)]
 
     def _at(self, key: bytes) -> tuple[BpfMap, bytes]:
         if len(key) != self.key_size:
@@ -271,9 +273,9 @@ class ConnTables:
     def set_many(self, keys: list[bytes], values: list[bytes], batch: bool = True) -> None:
         if len(keys) != len(values):
             raise ValueError(f"lb_conns: {len(keys)} keys but {len(values)} values")
-        four, six = self._split(keys)
-        self.v4.set_many([_L.conn_key4(keys[i]) for i in four], [values[i] for i in four], batch)
-        self.v6.set_many([keys[i] for i in six], [values[i] for i in six], batch)
+        self._split(keys)                    # (checks the keys' size)
+        for _, pairs, m in self.parts(list(zip(keys, values))):
+            m.set_many([k for k, _ in pairs], [v for _, v in pairs], batch)
 
     def delete_many(self, keys: list[bytes]) -> int:
         four, six = self._split(keys)

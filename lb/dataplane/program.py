@@ -238,28 +238,29 @@ class Program:
         if not os.path.isdir(self.pin):
             return False, {}
         from . import bpfsys
-        found, differ = False, {}
-        for name, (entries, vsize) in self.sizes.expected().items():
+
+        def pinned(name: str):
             path = os.path.join(self.pin, name)
             if not os.path.exists(path):
-                continue
-            found = True
+                return None
             fd = bpfsys.obj_get(path)
             try:
-                info = bpfsys.map_info(fd)
+                return bpfsys.map_info(fd)
             finally:
                 os.close(fd)
+
+        found, differ = False, {}
+        for name, (entries, vsize) in self.sizes.expected().items():
+            info = pinned(name)
+            if info is None:
+                continue
+            found = True
             if info.max_entries != entries or info.value_size != vsize:
                 differ[name] = (info.max_entries, info.value_size)
         # an older lb's one established table (both families; now lb_conns4 and lb_conns6): moved
         # into the two as a resize moves maps into new sizes
-        old = os.path.join(self.pin, "lb_conns")
-        if os.path.exists(old):
-            fd = bpfsys.obj_get(old)
-            try:
-                info = bpfsys.map_info(fd)
-            finally:
-                os.close(fd)
+        info = pinned("lb_conns")
+        if info is not None:
             found, differ["lb_conns"] = True, (info.max_entries, info.value_size)
         return found, differ
 

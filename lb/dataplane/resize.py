@@ -58,7 +58,6 @@ FLOWS = ("lb_conns", "lb_conns4", "lb_conns6", "lb_conns_embryo", "lb_persist", 
 LAST_NS_FIRST = ("lb_conns", "lb_conns4", "lb_conns6", "lb_conns_embryo", "lb_persist", "lb_persist_embryo")
 # the established tables: what goes into them is marked in the established filter first
 ESTABLISHED = ("lb_conns", "lb_conns4", "lb_conns6")
-_FAMILY = dict((n, o) for n, o, _ in L.CONN_KEY.fields)["family"]     # lb_conn_key's family byte
 # connection tables whose NAT connections are two entries (the client's and the reverse one):
 # trimmed connection by connection, so no half of a pair is kept without the other
 PAIRED = ("lb_conns", "lb_conns4", "lb_conns6", "lb_conns_embryo")
@@ -292,9 +291,7 @@ class Resize:
         older lb's one lb_conns goes into lb_conns4 and lb_conns6 (the new maps' ConnTables),
         each family into its own table, trimmed and counted against that table's size"""
         if name == "lb_conns" and isinstance(dst, ConnTables):
-            four = [(L.conn_key4(k), v) for k, v in items if k[_FAMILY] == L.AF_INET]
-            six = [(k, v) for k, v in items if k[_FAMILY] != L.AF_INET]
-            return [("lb_conns4", four, dst.v4), ("lb_conns6", six, dst.v6)]
+            return dst.parts(items)
         return [(name, items, dst)]
 
     def _copy_hash(self, name: str, src: BpfMap, dst: BpfMap) -> int:
