@@ -1,18 +1,22 @@
 """The kernel-IPVS data plane touches only its own services: one somebody else put into kernel
 IPVS with a key the table wants is refused by plan (it was taken over, rewritten and deleted at
 lb's stop); a clean stop tries every removal, and what the kernel would not remove stays the
-instance's (its state file too), for the next run to remove.  And a lower threshold without an
-upper one is not sent (the kernel refuses l_threshold > u_threshold, even u_threshold 0)."""
+instance's (its state file too), for the next run to remove.  A restart adopts its services, and
+a first apply the kernel refuses part-way writes them back as the kernel had them.  And a lower
+threshold without an upper one is not sent (the kernel refuses l_threshold > u_threshold, even
+u_threshold 0)."""
 from __future__ import annotations
 
 import ipaddress
+import json
 import os
 
 import pytest
 
 from lb.dataplane import ipvs
-from lb.dataplane.errors import TableDoesNotFit
-from lb.dataplane.ipvs import IpvsDataplane, IpvsError
+from lb.dataplane.errors import ApplyFailed, TableDoesNotFit
+from lb.dataplane.ipvs import IpvsDataplane, IpvsError, KDest
+from lb.dataplane.nft import NftError
 from lb.dataplane.spec import RealSpec, ServiceSpec, TableSpec
 from test_ipvs_ipv6 import kservice
 
@@ -89,3 +93,99 @@ def test_a_lower_threshold_without_an_upper_one_is_not_sent():
             for r in (RealSpec(ip("198.18.1.11"), 80, 1, "dr", l_threshold=5),
                       RealSpec(ip("198.18.1.12"), 80, 1, "dr", u_threshold=10, l_threshold=5))]
     assert sent == [0, 5]
+
+
+class WritingKernel(FakeKernel):
+    """FakeKernel that also takes writes, as kernel IPVS does; an add_dest of an address in
+    `refuse_dest` fails"""
+    refuse_dest: set = set()
+    timeouts_now = (900, 120, 300)
+
+    def timeouts(self):
+        return self.timeouts_now
+
+    def set_timeouts(self, *t):
+        WritingKernel.timeouts_now = t
+
+    def add_service(self, s):
+        self.services_now[s.key] = kservice(ServiceSpec(s.protocol, s.address, s.port, s.scheduler, ()),
+                                            "255.255.255.255")
+
+    def set_service(self, s):
+        self.services_now[s.key].sched = s.scheduler
+
+    def add_dest(self, s, r):
+        if r.address in self.refuse_dest:
+            raise IpvsError(f"kernel IPVS refused to add real server {r.address}:{r.port}: Cannot allocate memory")
+        self.services_now[s.key].dests.insert(0, KDest(r.address, r.port, ipvs.FWD_METHODS[r.forward], r.weight))
+
+    def set_dest(self, s, r):
+        d = next(d for d in self.services_now[s.key].dests if d.key == r.key)
+        d.weight, d.fwd = r.weight, ipvs.FWD_METHODS[r.forward]
+
+    def del_dest(self, s, r):
+        self.services_now[s.key].dests = [d for d in self.services_now[s.key].dests if d.key != r.key]
+
+
+class FakeMarks:
+    """the nftables rules of the instance: those the previous run left"""
+    table = "inet lb_t"
+
+    def __init__(self, fail: bool):
+        self.rules, self.present, self.fail = [{"rule": "the previous run's"}], True, fail
+
+    def load(self):
+        pass
+
+    def apply(self, services):
+        if self.fail:
+            raise NftError("nft: Could not process rule: No such file or directory")
+        return self.apply_rules([])
+
+    def apply_rules(self, rules):
+        changed = rules != self.rules
+        self.rules, self.present = list(rules), bool(rules)
+        return int(changed)
+
+
+def kernel_view(k):
+    return {key: (ks.sched, sorted((str(d.address), d.port, d.weight, d.fwd) for d in ks.dests))
+            for key, ks in k.services_now.items()}
+
+
+@pytest.mark.parametrize("refused", ["real server", "firewall-mark rules"])
+def test_a_first_apply_refused_after_adopting_writes_the_previous_runs_table_back(tmp_path, monkeypatch,
+                                                                                  refused):
+    """A restart adopts the previous run's services; its first apply is refused part-way (after
+    a service was removed, one added, a weight changed): the kernel gets back what the previous
+    run left, the rules too, and the error says so.  (Before, with no table of this run to write
+    back, the kernel kept half of each while the failed start left the data plane in place.)"""
+    monkeypatch.setattr(ipvs, "Kernel", WritingKernel)
+    monkeypatch.setattr(ipvs, "_sched_missing", lambda sched: None)
+    monkeypatch.setattr(ipvs, "ensure_module", lambda: None)
+    monkeypatch.setattr(IpvsDataplane, "_set_sysctl", staticmethod(lambda *a, **kw: None))
+    WritingKernel.services_now, WritingKernel.refuse = {}, set()
+    WritingKernel.refuse_dest = {ip("198.18.1.13")} if refused == "real server" else set()
+    a = spec("198.18.0.10", "198.18.1.11", "198.18.1.12")
+    b = spec("198.18.0.11", "198.18.1.21")
+    for s in (a, b):
+        WritingKernel.services_now[s.key] = kservice(s, "255.255.255.255")
+    before = kernel_view(WritingKernel)
+    old = IpvsDataplane("t", run_dir=str(tmp_path))
+    old.owned = {a.key, b.key}
+    old._write_state()                   # as the previous run left it
+
+    dp = IpvsDataplane("t", run_dir=str(tmp_path))
+    dp.marks = FakeMarks(fail=refused == "firewall-mark rules")
+    dp.load()
+    assert dp.adopted
+    c = spec("198.18.0.9", "198.18.1.31")
+    a2 = ServiceSpec("tcp", a.address, 80, "wlc", (RealSpec(ip("198.18.1.11"), 80, 5, "dr"),
+                                                   RealSpec(ip("198.18.1.13"), 80, 1, "dr")))
+    with pytest.raises(ApplyFailed, match="; the previous run's table is back") as exc:
+        dp.apply(TableSpec((c, a2)))
+    assert exc.value.restored
+    assert kernel_view(WritingKernel) == before
+    assert dp.marks.rules == [{"rule": "the previous run's"}]
+    assert dp.owned == {a.key, b.key}
+    assert json.loads(open(dp.state_path).read())["services"] == sorted([str(x) for x in k] for k in (a.key, b.key))

@@ -48,7 +48,7 @@ from dataclasses import dataclass
 from pyroute2.netlink import NLM_F_ACK, NLM_F_DUMP, NLM_F_REQUEST, genlmsg, nla
 from pyroute2.netlink.exceptions import NetlinkError
 
-from lb.config.model import IPVSADM_FORWARD
+from lb.config.model import DEFAULT_LBLC_EXPIRATION, DEFAULT_TIMEOUTS, IPVSADM_FORWARD, Defense
 
 from .base import Dataplane
 from .errors import ApplyFailed, DataplaneError, TableDoesNotFit
@@ -629,6 +629,9 @@ class IpvsDataplane(Dataplane):
         self.owned: set[tuple] = set()                  # service keys this instance made or adopted
         self.draining: set[tuple] = set()               # (service key, (addr, port))
         self.last_table: TableSpec | None = None
+        # the nftables rules that go with last_table when it is not one of this run's (adopted
+        # services carry no port groups to make them from); None: made from its services
+        self.last_marks: list | None = None
         self.adopted = False
         self.created = False
         self.writes = 0
@@ -642,6 +645,7 @@ class IpvsDataplane(Dataplane):
         owned = self._read_state()
         with Kernel(self.netns) as k:
             present = {ks.key: ks for ks in k.services()}
+            timeouts = k.timeouts() if owned else DEFAULT_TIMEOUTS
         self.owned = {key for key in owned if key in present}
         self.adopted = bool(self.owned)
         self.created = not os.path.exists(self.state_path)
@@ -651,9 +655,35 @@ class IpvsDataplane(Dataplane):
             self.marks.load()
         except NftError as e:      # matters only once a firewall-mark service needs rules
             log.warning("cannot read the firewall-mark rules (table %s): %s", self.marks.table, e)
+        if self.adopted:
+            # what the previous run left is this run's "previous table": a first apply the kernel
+            # refuses part-way writes it back instead of leaving half of each (the daemon exits
+            # and a failed start leaves an adopted data plane in place)
+            self.last_table = self._adopted_table(timeouts)
+            self.last_marks = list(self.marks.rules)
         self._write_state()
         log.info("kernel IPVS ready (%s): %d services of instance %r %s", self._where(), len(self.owned),
                  self.instance, "adopted" if self.adopted else "")
+
+    def _adopted_table(self, timeouts) -> TableSpec:
+        """The kernel's state of the adopted services as a TableSpec: their services and real
+        servers as the kernel has them, and IPVS's timeouts and sysctls as they are now."""
+        def sysctl(name: str, default: int) -> int:
+            try:
+                with open(f"/proc/sys/net/ipv4/vs/{name}") as f:
+                    return int(f.read().strip())
+            except (OSError, ValueError):
+                return default
+
+        d = Defense()
+        return TableSpec(tuple(self.services[key] for key in sorted(self.owned, key=str)), tuple(timeouts),
+                         expire_nodest_conn=bool(sysctl("expire_nodest_conn", 0)),
+                         lblc_expiration=sysctl("lblc_expiration", DEFAULT_LBLC_EXPIRATION),
+                         lblcr_expiration=sysctl("lblcr_expiration", DEFAULT_LBLC_EXPIRATION),
+                         defense=Defense(drop_entry=sysctl("drop_entry", d.drop_entry),
+                                         drop_packet=sysctl("drop_packet", d.drop_packet),
+                                         secure_tcp=sysctl("secure_tcp", d.secure_tcp),
+                                         am_droprate=sysctl("am_droprate", d.am_droprate)))
 
     def _where(self) -> str:
         return f"netns {self.netns}" if self.netns else "this network namespace"
@@ -874,27 +904,30 @@ class IpvsDataplane(Dataplane):
 
     def apply(self, table: TableSpec) -> int:
         """Make the kernel's table forward `table`; returns the netlink changes it took.  When
-        the kernel refuses a change part-way, the previous table of this run is applied again
-        (the kernel has no transactions: services and real servers removed before the failure
-        come back with their counters from zero, their connections gone)."""
-        prev = self.last_table
+        the kernel refuses a change part-way, the previous table of this run (before the first:
+        what the previous run left, when this one adopted it) is applied again (the kernel has
+        no transactions: services and real servers removed before the failure come back with
+        their counters from zero, their connections gone)."""
+        prev, prev_marks = self.last_table, self.last_marks
         try:
             return self._apply(table)
         except Exception as e:
             what = str(e) if isinstance(e, DataplaneError) else f"{type(e).__name__}: {e}"
             if prev is None:
                 raise ApplyFailed(f"{what}; no previous table of this run to write back", restored=False) from e
+            which = "the previous run's table" if prev_marks is not None else "the previous table"
             try:
-                self._apply(prev)
+                self._apply(prev, prev_marks)
             except Exception as e2:
-                raise ApplyFailed(f"{what}; writing the previous table back failed too ({e2})",
-                                  restored=False) from e
-            log.error("applying the table failed (%s): the previous table is back", what)
-            raise ApplyFailed(f"{what}; the previous table is back", restored=True) from e
+                raise ApplyFailed(f"{what}; writing {which} back failed too ({e2})", restored=False) from e
+            log.error("applying the table failed (%s): %s is back", what, which)
+            raise ApplyFailed(f"{what}; {which} is back", restored=True) from e
 
-    def _apply(self, table: TableSpec) -> int:
+    def _apply(self, table: TableSpec, marks: list | None = None) -> int:
+        """apply's writes; ``marks``: the nftables rules to restore instead of those of the
+        table's port groups (the adopted table's)"""
         before = self.writes
-        self.last_table = table
+        self.last_table, self.last_marks = table, marks
         want = {s.key: s for s in table.services}
         with Kernel(self.netns) as k:
             present = {ks.key: ks for ks in k.services()}
@@ -916,7 +949,7 @@ class IpvsDataplane(Dataplane):
             self._apply_expire_nodest(table.expire_nodest_conn)
             self._apply_defense(table.defense)
             self._apply_lblc_expiration(table)
-        self._apply_marks(table.services)
+        self._apply_marks(table.services, marks)
         self._write_state()
         n = self.writes - before
         log.info("applied %d services: %d netlink changes", len(want), n)
@@ -984,11 +1017,12 @@ class IpvsDataplane(Dataplane):
             log.info("added real server %s:%d to %s (%s, weight %d)", r.address, r.port, name,
                      FORWARD_NAMES[FWD_METHODS[r.forward]], r.weight)
 
-    def _apply_marks(self, services) -> None:
+    def _apply_marks(self, services, rules: list | None = None) -> None:
         """nftables rules that mark the firewall-mark services' port groups (the services are
-        in the kernel first, so a marked packet always finds its service)."""
+        in the kernel first, so a marked packet always finds its service); ``rules``: these
+        rules instead (those an earlier run left, written back)."""
         try:
-            n = self.marks.apply(services)
+            n = self.marks.apply(services) if rules is None else self.marks.apply_rules(rules)
         except NftError as e:
             raise IpvsError(f"firewall-mark rules (nftables table {self.marks.table}): {e}") from e
         if n:

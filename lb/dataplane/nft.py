@@ -186,7 +186,10 @@ class MarkRules:
     def apply(self, services: Iterable[ServiceSpec]) -> int:
         """Returns the nftables transactions it took (0 or 1).  Compares with what the kernel
         has now (somebody may have flushed the ruleset), not with what lb last wrote."""
-        want = mark_rules(services, self.instance)
+        return self.apply_rules(mark_rules(services, self.instance))
+
+    def apply_rules(self, want: list[dict]) -> int:
+        """apply() of the rules themselves (those an earlier run left, written back)"""
         if not want and not self.present:
             return 0                # no nft needed at all where no service uses a mark
         have = self.nft.rules(self.instance)

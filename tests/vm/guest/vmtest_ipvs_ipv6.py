@@ -167,6 +167,30 @@ def test_restart_adopts_ipv6_services_unchanged(dp):
     assert in_ns(again.apply, table()) == 0
 
 
+def test_a_refused_first_apply_after_a_restart_writes_the_previous_runs_table_back(dp):
+    """A restart adopts the services; its first apply removes the UDP service, changes a weight
+    and adds a service the kernel refuses (a scheduler it has no module for): the kernel's
+    table and the firewall-mark rules are again what the previous run left, as it said."""
+    from lb.dataplane import RealSpec, ServiceSpec, TableSpec
+    from lb.dataplane.errors import ApplyFailed
+    from lb.dataplane.ipvs import IpvsDataplane
+
+    def rules():
+        return subprocess.run(["nsenter", f"--net={NETNS_PATH}", "--", "nft", "list", "table", "inet", "lb_v6"],
+                              capture_output=True, text=True, check=True).stdout
+
+    before, rules_before = ipvsadm("-L", "-n"), rules()
+    again = IpvsDataplane("v6", run_dir=dp.run_dir)
+    in_ns(again.load)
+    dr, nat, _udp, fwm = table(dr_weights=(1, 7, 3)).services
+    refused = ServiceSpec("tcp", ip("2001:2::9"), 80, "nosuch", (RealSpec(ip("2001:2:0:1::91"), 80, 1, "dr"),))
+    with pytest.raises(ApplyFailed, match="the previous run's table is back") as exc:
+        in_ns(again.apply, TableSpec((dr, nat, fwm, refused)))
+    assert exc.value.restored
+    assert ipvsadm("-L", "-n") == before
+    assert rules() == rules_before
+
+
 def test_weight_change_is_one_netlink_change(dp):
     before = ipvsadm("-L", "-n")
     assert in_ns(dp.apply, table(dr_weights=(1, 5, 3))) == 1
