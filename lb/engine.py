@@ -29,7 +29,7 @@ from lb.config.model import parse_endpoint as _parse_endpoint
 from lb.config.model import sorry_text
 from lb.config.toml import WEIGHT_RANGE
 from lb.dataplane import RealSpec, ServiceSpec, TableSpec
-from lb.dataplane.errors import ApplyFailed, DataplaneError, TableDoesNotFit
+from lb.dataplane.errors import ApplyFailed, DataplaneError, ProgramLoadFailed, TableDoesNotFit
 from lb.dataplane.ipvs import IpvsDataplane
 from lb.dataplane.program import Sizes
 from lb.dataplane.xdp import XdpDataplane
@@ -475,7 +475,12 @@ class Engine:
             # loaded and attached anyway so that a takeover only adds addresses
             log.info("HA: starting without the virtual addresses until pulse decides the role")
         sdnotify.status("applying the table")
-        self._apply(table, self.cfg, planned=True, sorry=sorry)
+        try:
+            self._apply(table, self.cfg, planned=True, sorry=sorry)
+        except ProgramLoadFailed as e:      # a scheduler's program: nothing written, nothing attached
+            if not self._fall_back(e):
+                raise
+            self._apply_on_fallback()
         sdnotify.status("attaching XDP" if self.dp.kind == "xdp" else "attaching")
         self._attach_dataplane()
         self._resizing = self._finish_resize()
@@ -595,10 +600,14 @@ class Engine:
         except DataplaneError as e:
             if not self._fall_back(e):
                 raise
-            self._load_dataplane()
-            sorry: set[tuple] = set()
-            self._apply(self._table(self.cfg, sorry), self.cfg, sorry=sorry)
+            self._apply_on_fallback()
             self._attach_dataplane()
+
+    def _apply_on_fallback(self) -> None:
+        """After _fall_back: kernel IPVS loaded, planned and given the table."""
+        self._load_dataplane()
+        sorry: set[tuple] = set()
+        self._apply(self._table(self.cfg, sorry), self.cfg, sorry=sorry)
 
     def _fall_back(self, err: Exception) -> bool:
         """auto: give up XDP (leaving nothing of it behind) for kernel IPVS -- not when it adopted
@@ -703,7 +712,7 @@ class Engine:
                 if self.bgp is not None:
                     self.bgp.bgp = old_bgp           # a failed reload announces as before
                 addresses.release(added)
-                if isinstance(e, ApplyFailed) and e.restored:
+                if isinstance(e, ApplyFailed) and e.restored or isinstance(e, ProgramLoadFailed):
                     raise ReloadFailed(f"reload failed and was undone: {e}; the {len(added)} addresses this "
                                        f"reload added were removed again: nothing changed", restored=True) from None
                 if isinstance(e, DataplaneError):

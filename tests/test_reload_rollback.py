@@ -230,6 +230,33 @@ def test_a_write_failing_midway_is_rolled_back_with_the_new_addresses(engine, fa
     assert "198.18.0.20:443" in lb_list(eng.dp) and "198.18.1.23:80" in lb_list(eng.dp)
 
 
+def test_a_scheduler_program_the_kernel_refuses_fails_the_reload_with_nothing_changed(engine, fake_addresses,
+                                                                                       monkeypatch):
+    """A reload adds a wlc service, whose program loads with the first table that uses it; the
+    kernel refuses it (injected): nothing of the table was written, the new VIP is removed
+    again, and the reply says that nothing changed."""
+    from lb.dataplane import bpfobj
+    from lb.dataplane.errors import DataplaneError
+
+    eng = engine
+    assert "lb_sched_wlc" not in eng.dp.program.fns
+    before = state(eng, fake_addresses)
+    write(Path(eng.cfg.path), eng.dp.instance, web=(11, 12, 13), extra=NEW_SERVICE)
+    load_programs = bpfobj.load_programs
+
+    def refuse(obj, loaded, names):
+        raise DataplaneError(f"the kernel refused program {names[0]}: processed 1000001 insns")
+
+    monkeypatch.setattr(bpfobj, "load_programs", refuse)
+    reply = eng._reload_reply()
+    assert reply["ok"] is False and reply["changed"] is False and reply["rolled_back"] is True, reply
+    assert "the kernel refused program lb_sched_wlc" in reply["error"] and "nothing changed" in reply["error"]
+    assert state(eng, fake_addresses) == before
+    monkeypatch.setattr(bpfobj, "load_programs", load_programs)
+    assert eng._reload_reply()["ok"] is True
+    assert "198.18.0.20:443 wlc" in lb_list(eng.dp)
+
+
 def test_an_address_that_cannot_be_added_refuses_the_reload(engine, fake_addresses):
     eng = engine
     before = state(eng, fake_addresses)

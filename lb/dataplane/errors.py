@@ -12,6 +12,11 @@ class TableDoesNotFit(DataplaneError):
     does not fit, one problem per line."""
 
 
+class ProgramLoadFailed(DataplaneError):
+    """Dataplane.apply: a program the table needs (a scheduler's, loaded when a table first
+    uses it) did not load.  Nothing of the table was written."""
+
+
 class ApplyFailed(DataplaneError):
     """Dataplane.apply: a write failed part-way.  ``restored``: the previous table was written
     back (nothing changed), or restoring it failed too and the data plane holds part of each."""

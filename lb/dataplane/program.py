@@ -16,7 +16,7 @@ from lb.config.model import embryonic_size, ipv6_connections_size
 
 from . import bpfobj
 from . import layout as L
-from .errors import DataplaneError
+from .errors import DataplaneError, ProgramLoadFailed
 from .maps import ArrayField, BpfMap, ConnTables
 
 log = logging.getLogger("lb.dataplane")
@@ -358,13 +358,16 @@ class Program:
             return
         t0 = time.monotonic()
         try:
-            bpfobj.load_programs(self.obj, self.loaded, names)
-        except DataplaneError as e:
-            if self.compiled:
-                raise
-            self._recompile(e)
-            bpfobj.load_programs(self.obj, self.loaded, [n for n in names if n not in self.loaded.progs])
-            self.cache.put(self._key, self.obj)
+            try:
+                bpfobj.load_programs(self.obj, self.loaded, names)
+            except DataplaneError as e:
+                if self.compiled:
+                    raise
+                self._recompile(e)
+                bpfobj.load_programs(self.obj, self.loaded, [n for n in names if n not in self.loaded.progs])
+                self.cache.put(self._key, self.obj)
+        except DataplaneError as e:     # before any map write: `auto` may still choose kernel IPVS
+            raise ProgramLoadFailed(str(e)) from None
         self.fns.update(self.loaded.progs)
         self._wire({L.PROG_SCHED_BASE + L.SCHEDULERS[n.removeprefix("lb_sched_")]: n for n in names})
         log.info("loaded the scheduler program%s %s in %.2f s", "s" if len(names) > 1 else "",

@@ -12,7 +12,7 @@ import pytest
 from lb import config as lbconfig
 from lb import engine
 from lb.dataplane import ipvs
-from lb.dataplane.errors import DataplaneError
+from lb.dataplane.errors import DataplaneError, ProgramLoadFailed
 from lb.dataplane.xdp import XdpDataplane
 
 BASE = '[global]\ninstance = "sel{pid}"\npublic_interface = "lo"\n{extra}'
@@ -67,8 +67,10 @@ class FakeIpvs:
         return False
 
 
-@pytest.mark.parametrize("fail_at", ["load", "attach"])
+@pytest.mark.parametrize("fail_at", ["load", "attach", "apply"])
 def test_auto_falls_back_to_ipvs_with_a_log_line(monkeypatch, caplog, tmp_path, fail_at):
+    """XDP's programs do not load, or do not attach, or a scheduler's program (loaded at the
+    first apply that uses it) does not load: auto goes on with kernel IPVS."""
     undone = []
     monkeypatch.setattr(engine, "IpvsDataplane", FakeIpvs)
     monkeypatch.setattr(engine, "RUN_DIR", str(tmp_path))
@@ -78,8 +80,12 @@ def test_auto_falls_back_to_ipvs_with_a_log_line(monkeypatch, caplog, tmp_path, 
     def broken(*a, **kw):
         raise DataplaneError("cannot attach XDP to lo: no driver support")
 
+    def scheduler_refused(self, table):
+        raise ProgramLoadFailed("the kernel refused program lb_sched_wlc: the verifier's limit")
+
     monkeypatch.setattr(XdpDataplane, "load", broken if fail_at == "load" else (lambda self: None))
-    monkeypatch.setattr(XdpDataplane, "apply", lambda self, t: 0)
+    monkeypatch.setattr(XdpDataplane, "plan", lambda self, t: None)
+    monkeypatch.setattr(XdpDataplane, "apply", scheduler_refused if fail_at == "apply" else (lambda self, t: 0))
     monkeypatch.setattr(XdpDataplane, "lease", lambda self, s: None)
     monkeypatch.setattr(XdpDataplane, "claim", lambda self, a: None)
     monkeypatch.setattr(XdpDataplane, "attach", broken)
@@ -92,7 +98,8 @@ def test_auto_falls_back_to_ipvs_with_a_log_line(monkeypatch, caplog, tmp_path, 
         e.start()
     assert isinstance(e.dp, FakeIpvs)
     assert e.dp.calls == ["load", "apply", "attach lo public"]
-    assert "XDP data plane unavailable, falling back to kernel IPVS: cannot attach XDP to lo" in caplog.text
+    why = "the kernel refused program lb_sched_wlc" if fail_at == "apply" else "cannot attach XDP to lo"
+    assert f"XDP data plane unavailable, falling back to kernel IPVS: {why}" in caplog.text
     assert "data plane: ipvs" in caplog.text
     assert undone == ["detach", "unpin", "close"]      # nothing of XDP is left behind
 
@@ -161,3 +168,21 @@ def test_auto_does_not_fall_back_behind_the_previous_runs_xdp(monkeypatch, caplo
     e.lock.release()
     assert isinstance(e.dp, XdpDataplane) and undone == []
     assert "not falling back to kernel IPVS behind them" in caplog.text
+
+
+def test_a_scheduler_program_the_kernel_refuses_is_program_load_failed(monkeypatch):
+    """Program.ensure (XdpDataplane.apply's first step) says a scheduler's program did not load
+    as ProgramLoadFailed, which the engine's auto falls back on (above); nothing is wired."""
+    from lb.dataplane import program as lbprogram
+
+    def refused(obj, loaded, names):
+        raise DataplaneError(f"the kernel refused program {names[0]}: processed 1000001 insns")
+
+    wired = []
+    monkeypatch.setattr(lbprogram.bpfobj, "load_programs", refused)
+    p = lbprogram.Program.__new__(lbprogram.Program)
+    p.fns, p.obj, p.loaded, p.compiled = {}, object(), object(), True
+    p._wire = wired.append
+    with pytest.raises(ProgramLoadFailed, match="the kernel refused program lb_sched_wlc: processed"):
+        p.ensure({"wlc"})
+    assert wired == [] and p.fns == {}
