@@ -323,19 +323,26 @@ def test_an_older_lbs_one_connection_table_moves_into_the_two_family_tables(inst
         assert client.send(new, s, "PA") == client.flows[(80, s)]
 
 
-def test_a_stop_keeping_the_data_plane_finishes_a_resize_still_in_its_grace(instance, caplog):
-    """An upgrade restarted again at once: the programs the attach replaced live in
-    lb_progs_prev, which goes with the daemon.  Its stop (keeping the data plane) waits out the
-    grace and finishes the resize first, so the connections the old programs made after the
-    copy are in the new maps before nothing hands their packets to the old programs any more."""
+def handed_over(instance):
+    """A resize to BIG after its attach: three connections the old programs made after the copy,
+    the old public program in the new programs' lb_progs_prev (as the attach puts it there).
+    (the new data plane, the client, the three connections' source ports)"""
     old = start(instance, SMALL)
     old.apply(table(("web",)))
     client = Client()
     new = start(instance, BIG)
     late = [client.connect(old, 80) for _ in range(3)]       # after the copy, by the old programs
     new.apply(table(("web",)))
-    new.program.prev_progs().set(L.U32.pack(L.PREV_SLOTS["public"]), L.U32.pack(old.fns["lb_xdp_public"].fd))
-    new.resize.handed_over = True                            # as the attach does
+    new._hand_over("public", old.fns["lb_xdp_public"].fd)
+    return new, client, late
+
+
+def test_a_stop_keeping_the_data_plane_finishes_a_resize_still_in_its_grace(instance, caplog):
+    """An upgrade restarted again at once: the programs the attach replaced live in
+    lb_progs_prev.  Its stop (keeping the data plane) waits out the
+    grace and finishes the resize first, so the connections the old programs made after the
+    copy are in the new maps before nothing hands their packets to the old programs any more."""
+    new, client, late = handed_over(instance)
     caplog.set_level(logging.INFO, logger="lb.dataplane")
     new.settle_resize()
     assert new.resize is None and not os.path.exists(old_dir(pin_dir(instance[0])))
@@ -343,6 +350,43 @@ def test_a_stop_keeping_the_data_plane_finishes_a_resize_still_in_its_grace(inst
     assert new.program.prev_progs().get(L.U32.pack(L.PREV_SLOTS["public"])) is None
     for s in late:                                           # the new maps alone serve them
         assert client.send(new, s, "PA") == client.flows[(80, s)]
+
+
+def test_a_daemon_killed_in_the_grace_leaves_the_old_programs_serving_until_the_next_start(instance, caplog,
+                                                                                            monkeypatch):
+    """An upgrade's daemon is killed (kill -9) within the grace after its attach: its
+    lb_progs_prev, pinned beside the old maps, outlives it, so the attached program still hands
+    the connections the old programs made after the copy to them (a program array nobody holds
+    is emptied: they would meet the kernel, a reset).  The next start hands the killed daemon's
+    programs over in turn and finishes the resize: the new maps alone serve them after."""
+    from lb.dataplane import xdp
+    from lb.dataplane.bpfsys import prog_test_run
+
+    new, client, late = handed_over(instance)
+    # the interface holds the attached program (here a descriptor of the test's), the daemon dies
+    attached = os.dup(new.fns["lb_xdp_public"].fd)
+    try:
+        new.close()
+        instance[1].remove(new)
+        ack = Ether(src=CLIENT_MAC, dst=PUB_MAC) / IP(src="198.18.0.2", dst=str(VIP)) / TCP(sport=late[0], dport=80,
+                                                                                          flags="PA")
+        rc, out, _ = prog_test_run(attached, bytes(ack))
+        assert rc == XDP_REDIRECT and Ether(out).dst == real_mac(ip(client.flows[(80, late[0])]))
+
+        caplog.set_level(logging.INFO, logger="lb.dataplane")
+        again = start(instance, BIG)
+        assert "the resize of" in caplog.text and "was not finished" in caplog.text
+        again.apply(table(("web",)))
+        again._hand_over("public", attached)                  # its attach replaces the killed daemon's
+        monkeypatch.setattr(xdp, "RESIZE_GRACE", 0.0)
+        while again.finish_resize():
+            pass
+    finally:
+        os.close(attached)
+    assert again.resize is None and not os.path.exists(old_dir(pin_dir(instance[0])))
+    assert "resize: 3 lb_conns4 the old programs made since the copy copied" in caplog.text
+    for s in late:                                           # the new maps alone serve them
+        assert client.send(again, s, "PA") == client.flows[(80, s)]
 
 
 def test_a_smaller_table_keeps_or_leaves_out_a_nat_connections_two_entries_together():

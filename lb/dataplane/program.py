@@ -381,7 +381,7 @@ class Program:
             progs.set(L.U32.pack(slot), L.U32.pack(self.fns[name].fd))
 
     def prev_progs(self) -> BpfMap:
-        """lb_progs_prev of the loaded programs (not pinned: held by this process)"""
+        """lb_progs_prev of the loaded programs (pinned only during a resize: XdpDataplane._hand_over)"""
         return BpfMap(self.loaded.map_fds["lb_progs_prev"], "lb_progs_prev", owned=False)
 
     def tx_ports(self) -> BpfMap:

@@ -18,7 +18,8 @@ How (XdpDataplane.load, then XdpDataplane.finish_resize once the engine attached
    interface); until then the old programs forward with the old maps.  Each attach puts the
    program it replaces in the new programs' lb_progs_prev: a packet the new maps know nothing
    of (a connection the old programs made after the copy) goes on to it instead of the kernel,
-   which would reset it.
+   which would reset it.  lb_progs_prev is pinned in the old directory (``lb_progs_prev_<n>``),
+   so that it outlives a daemon killed before 5.
 5. A grace period after the attach (XdpDataplane.finish_resize; the handshakes the old programs
    began have ended), catch_up(): the connections and templates the old programs made since the
    copy copied over; then, lb_progs_prev emptied, finish(): a last catch_up, what the old
@@ -27,7 +28,8 @@ How (XdpDataplane.load, then XdpDataplane.finish_resize once the engine attached
 
 A start that dies part-way leaves the running data plane alone: before 3 the instance's
 directory is untouched (the next start removes the staging one); between 3's two renames the
-next start puts the old directory back; after 3 it adopts the new maps and does 5.
+next start puts the old directory back; after 3 it adopts the new maps and does 5 (its attach
+hands the killed daemon's programs over, which still hand over to the old ones).
 """
 
 from __future__ import annotations
@@ -113,6 +115,8 @@ def old_dir(pin: str) -> str:
 def open_dir(path: str) -> dict[str, BpfMap]:
     out = {}
     for name in sorted(os.listdir(path)):
+        if name.startswith("lb_progs_prev"):
+            continue                    # a resize's handed-over programs (XdpDataplane._hand_over)
         try:
             out[name] = BpfMap.open_pinned(os.path.join(path, name))
         except bpfsys.BpfError:
@@ -141,6 +145,7 @@ class Resize:
         self.seen: dict[str, set[bytes]] = {}     # FLOWS: every key the copy found (left out or not)
         self.dropped: dict[str, int] = {}
         self.handed_over = False                  # the old programs are in lb_progs_prev
+        self.prev_pin: str | None = None          # where this start pinned its lb_progs_prev (in old_path)
         self.attached_at: float | None = None     # finish_resize's first call after the attach: the grace's start
 
     # ---- a start after one that died part-way ----

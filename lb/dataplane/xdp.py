@@ -210,14 +210,38 @@ class XdpDataplane(Dataplane):
                 return
             fd = prog_fd_by_id(prev)
             try:
-                self.program.prev_progs().set(L.U32.pack(L.PREV_SLOTS[side]), L.U32.pack(fd))
+                self._hand_over(side, fd)
             finally:
                 os.close(fd)               # the program array holds it now
         except OSError as e:               # gone meanwhile, or refused: the attach goes on without
             log.warning("resize: the program replaced on %s cannot take what the new maps do not know "
                         "yet (%s): a connection the old programs made since the copy may be reset", ifname, e)
-            return
+
+    def _hand_over(self, side: str, prog_fd: int) -> None:
+        """The replaced program (prog_fd) into lb_progs_prev, which is pinned beside the old maps
+        until the resize finishes: the kernel empties a program array once no process and no pin
+        holds it, so without the pin a daemon killed within the grace would leave the new
+        programs nothing to hand the old connections to; with it the old programs serve them
+        until the next start, which finishes the resize (Resize.recover).  Each start pins its
+        own (a start after such a kill hands over to the killed one's programs, which hand over
+        in turn); finish removes them with the old maps."""
+        from .bpfsys import obj_pin
+
+        self.program.prev_progs().set(L.U32.pack(L.PREV_SLOTS[side]), L.U32.pack(prog_fd))
         self.resize.handed_over = True
+        if self.resize.prev_pin is not None:
+            return
+        try:
+            taken = set(os.listdir(self.resize.old_path))
+            path = os.path.join(self.resize.old_path,
+                                next(n for n in (f"lb_progs_prev_{i}" for i in range(1, 1 << 16)) if n not in taken))
+            obj_pin(self.program.loaded.map_fds["lb_progs_prev"], path)
+        except OSError as e:
+            log.warning("resize: cannot pin lb_progs_prev in %s (%s): if this daemon is killed before the "
+                        "resize finishes, connections the old programs made since the copy may be reset",
+                        self.resize.old_path, e)
+            return
+        self.resize.prev_pin = path
 
     def finish_resize(self) -> bool:
         """After the attach: while the old programs may still be finishing handshakes they began
@@ -251,9 +275,8 @@ class XdpDataplane(Dataplane):
     def settle_resize(self) -> None:
         """A resize not finished when the daemon stops and keeps its data plane (an upgrade's
         restart within RESIZE_GRACE of its start): the grace waited out and the resize finished
-        now.  The programs the attach replaced sit in lb_progs_prev, which lives only as long as
-        this process: left unfinished, the connections the old programs made after the copy
-        would meet the kernel (a reset) once it exits."""
+        now: the next start would hand these programs over again, but the connections the old
+        programs made after the copy would wait for it."""
         deadline = time.monotonic() + RESIZE_GRACE + 1.0
         while self.resize is not None and self.finish_resize() and time.monotonic() < deadline:
             time.sleep(0.05)
