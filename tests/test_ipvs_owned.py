@@ -149,25 +149,37 @@ class FakeMarks:
 
 
 def kernel_view(k):
-    return {key: (ks.sched, sorted((str(d.address), d.port, d.weight, d.fwd) for d in ks.dests))
+    """the kernel's services, each with its real servers in the kernel's order (sh and mh hash
+    over it)"""
+    return {key: (ks.sched, [(str(d.address), d.port, d.weight, d.fwd) for d in ks.dests])
             for key, ks in k.services_now.items()}
+
+
+SYSCTLS = {"expire_nodest_conn": "0", "lblc_expiration": "86400", "lblcr_expiration": "86400", "drop_entry": "0",
+           "drop_packet": "0", "secure_tcp": "0", "am_droprate": "10"}
 
 
 @pytest.mark.parametrize("refused", ["real server", "firewall-mark rules"])
 def test_a_first_apply_refused_after_adopting_writes_the_previous_runs_table_back(tmp_path, monkeypatch,
                                                                                   refused):
     """A restart adopts the previous run's services; its first apply is refused part-way (after
-    a service was removed, one added, a weight changed): the kernel gets back what the previous
-    run left, the rules too, and the error says so.  (Before, with no table of this run to write
-    back, the kernel kept half of each while the failed start left the data plane in place.)"""
+    a service was removed, one added, a scheduler and a weight changed): the kernel gets back what the previous
+    run left (the real servers of the service it removed in the kernel's order, IPVS's sysctls),
+    the rules too, and the error says so.  (Before, with no table of this run to write back, the
+    kernel kept half of each while the failed start left the data plane in place.)"""
     monkeypatch.setattr(ipvs, "Kernel", WritingKernel)
     monkeypatch.setattr(ipvs, "_sched_missing", lambda sched: None)
     monkeypatch.setattr(ipvs, "ensure_module", lambda: None)
-    monkeypatch.setattr(IpvsDataplane, "_set_sysctl", staticmethod(lambda *a, **kw: None))
+    sysctl = tmp_path / "vs"
+    sysctl.mkdir()
+    for name, value in SYSCTLS.items():
+        (sysctl / name).write_text(value + "\n")
+    monkeypatch.setattr(ipvs, "SYSCTL_DIR", str(sysctl))
     WritingKernel.services_now, WritingKernel.refuse = {}, set()
     WritingKernel.refuse_dest = {ip("198.18.1.13")} if refused == "real server" else set()
     a = spec("198.18.0.10", "198.18.1.11", "198.18.1.12")
-    b = spec("198.18.0.11", "198.18.1.21")
+    b = ServiceSpec("tcp", ip("198.18.0.11"), 80, "sh", tuple(RealSpec(ip(f"198.18.1.2{i}"), 80, 1, "dr")
+                                                             for i in (3, 1, 2)))
     for s in (a, b):
         WritingKernel.services_now[s.key] = kservice(s, "255.255.255.255")
     before = kernel_view(WritingKernel)
@@ -179,13 +191,15 @@ def test_a_first_apply_refused_after_adopting_writes_the_previous_runs_table_bac
     dp.marks = FakeMarks(fail=refused == "firewall-mark rules")
     dp.load()
     assert dp.adopted
-    c = spec("198.18.0.9", "198.18.1.31")
+    c = ServiceSpec("tcp", ip("198.18.0.9"), 80, "lblc", (RealSpec(ip("198.18.1.31"), 80, 1, "dr"),))
     a2 = ServiceSpec("tcp", a.address, 80, "wlc", (RealSpec(ip("198.18.1.11"), 80, 5, "dr"),
+                                                   RealSpec(ip("198.18.1.12"), 80, 1, "dr"),
                                                    RealSpec(ip("198.18.1.13"), 80, 1, "dr")))
     with pytest.raises(ApplyFailed, match="; the previous run's table is back") as exc:
-        dp.apply(TableSpec((c, a2)))
+        dp.apply(TableSpec((c, a2), expire_nodest_conn=True, lblc_expiration=60))
     assert exc.value.restored
     assert kernel_view(WritingKernel) == before
+    assert {p.name: p.read_text().strip() for p in sysctl.iterdir()} == SYSCTLS
     assert dp.marks.rules == [{"rule": "the previous run's"}]
     assert dp.owned == {a.key, b.key}
     assert json.loads(open(dp.state_path).read())["services"] == sorted([str(x) for x in k] for k in (a.key, b.key))

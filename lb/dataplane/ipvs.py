@@ -43,7 +43,7 @@ import socket
 import struct
 import subprocess
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from pyroute2.netlink import NLM_F_ACK, NLM_F_DUMP, NLM_F_REQUEST, genlmsg, nla
 from pyroute2.netlink.exceptions import NetlinkError
@@ -59,6 +59,7 @@ from .spec import RealSpec, ServiceSpec, TableSpec
 log = logging.getLogger("lb.dataplane.ipvs")
 
 RUN_DIR = "/run/lb"
+SYSCTL_DIR = "/proc/sys/net/ipv4/vs"      # IPVS's sysctls (of the reader's network namespace)
 
 
 def _proc_net(name: str) -> str:
@@ -667,16 +668,22 @@ class IpvsDataplane(Dataplane):
 
     def _adopted_table(self, timeouts) -> TableSpec:
         """The kernel's state of the adopted services as a TableSpec: their services and real
-        servers as the kernel has them, and IPVS's timeouts and sysctls as they are now."""
+        servers as the kernel has them, and IPVS's timeouts and sysctls as they are now.  (A real
+        server that a refused apply removed from a service it kept comes back at the head of the
+        service's list, as any real server added again does in IPVS.)"""
         def sysctl(name: str, default: int) -> int:
             try:
-                with open(f"/proc/sys/net/ipv4/vs/{name}") as f:
+                with open(os.path.join(SYSCTL_DIR, name)) as f:
                     return int(f.read().strip())
             except (OSError, ValueError):
                 return default
 
         d = Defense()
-        return TableSpec(tuple(self.services[key] for key in sorted(self.owned, key=str)), tuple(timeouts),
+        # a spec lists its real servers in the order they are added, and the kernel puts each one
+        # it adds at the head of its list (which sh and mh hash over): the kernel's order reversed
+        services = tuple(replace(self.services[key], reals=tuple(reversed(self.services[key].reals)))
+                         for key in sorted(self.owned, key=str))
+        return TableSpec(services, tuple(timeouts),
                          expire_nodest_conn=bool(sysctl("expire_nodest_conn", 0)),
                          lblc_expiration=sysctl("lblc_expiration", DEFAULT_LBLC_EXPIRATION),
                          lblcr_expiration=sysctl("lblcr_expiration", DEFAULT_LBLC_EXPIRATION),
@@ -948,7 +955,7 @@ class IpvsDataplane(Dataplane):
             self._apply_timeouts(k, table.timeouts)
             self._apply_expire_nodest(table.expire_nodest_conn)
             self._apply_defense(table.defense)
-            self._apply_lblc_expiration(table)
+            self._apply_lblc_expiration(table, every=marks is not None)
         self._apply_marks(table.services, marks)
         self._write_state()
         n = self.writes - before
@@ -1034,7 +1041,7 @@ class IpvsDataplane(Dataplane):
     @staticmethod
     def _set_sysctl(name: str, want: str, same=lambda have, want: have == want) -> None:
         """/proc/sys/net/ipv4/vs/<name> = want, written (and logged) only when it differs"""
-        path = f"/proc/sys/net/ipv4/vs/{name}"
+        path = os.path.join(SYSCTL_DIR, name)
         try:
             with open(path) as f:
                 if same(f.read().strip(), want):
@@ -1061,11 +1068,13 @@ class IpvsDataplane(Dataplane):
             self._set_sysctl(name, str(getattr(defense, name)), same)
         self._set_sysctl("am_droprate", str(defense.am_droprate))
 
-    def _apply_lblc_expiration(self, table) -> None:
+    def _apply_lblc_expiration(self, table, every: bool = False) -> None:
         """The lblc / lblcr modules' sysctls (seconds; they exist once a service loaded the
-        module), written only when a service uses the scheduler."""
+        module), written only when a service uses the scheduler; ``every``: also where they
+        exist (the adopted table, whose values were read from them, written back)."""
         for sched in ("lblc", "lblcr"):
-            if any(s.scheduler == sched for s in table.services):
+            if any(s.scheduler == sched for s in table.services) or \
+                    every and os.path.exists(os.path.join(SYSCTL_DIR, f"{sched}_expiration")):
                 self._set_sysctl(f"{sched}_expiration", str(getattr(table, f"{sched}_expiration")))
 
     def _apply_timeouts(self, k: Kernel, timeouts) -> None:

@@ -170,7 +170,8 @@ def test_restart_adopts_ipv6_services_unchanged(dp):
 def test_a_refused_first_apply_after_a_restart_writes_the_previous_runs_table_back(dp):
     """A restart adopts the services; its first apply removes the UDP service, changes a weight
     and adds a service the kernel refuses (a scheduler it has no module for): the kernel's
-    table and the firewall-mark rules are again what the previous run left, as it said."""
+    table (each service's real servers in the kernel's order, which sh and mh hash over) and the
+    firewall-mark rules are again what the previous run left, as it said."""
     from lb.dataplane import RealSpec, ServiceSpec, TableSpec
     from lb.dataplane.errors import ApplyFailed
     from lb.dataplane.ipvs import IpvsDataplane
@@ -179,7 +180,7 @@ def test_a_refused_first_apply_after_a_restart_writes_the_previous_runs_table_ba
         return subprocess.run(["nsenter", f"--net={NETNS_PATH}", "--", "nft", "list", "table", "inet", "lb_v6"],
                               capture_output=True, text=True, check=True).stdout
 
-    before, rules_before = ipvsadm("-L", "-n"), rules()
+    before, rules_before = ipvsadm("-L", "-n", "--nosort"), rules()
     again = IpvsDataplane("v6", run_dir=dp.run_dir)
     in_ns(again.load)
     dr, nat, _udp, fwm = table(dr_weights=(1, 7, 3)).services
@@ -187,7 +188,7 @@ def test_a_refused_first_apply_after_a_restart_writes_the_previous_runs_table_ba
     with pytest.raises(ApplyFailed, match="the previous run's table is back") as exc:
         in_ns(again.apply, TableSpec((dr, nat, fwm, refused)))
     assert exc.value.restored
-    assert ipvsadm("-L", "-n") == before
+    assert ipvsadm("-L", "-n", "--nosort") == before
     assert rules() == rules_before
 
 
