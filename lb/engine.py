@@ -399,6 +399,7 @@ class Engine:
             self.dp = XdpDataplane(cfg.instance, Sizes.from_tables(cfg.tables), status=sdnotify.status)
         self.lock = InstanceLock(cfg.instance, RUN_DIR)
         self.owned: list[addresses.OwnedAddress] = []
+        self.added_at_start: list[addresses.OwnedAddress] = []   # what start() added (a failed start removes them)
         self._stop = None            # "clean" | "keep" | "systemd:UNIT" (decided as the loop ends)
         self._wake: asyncio.Event | None = None
         self.specs = SpecCache()                     # build_table's, kept current by the three below
@@ -469,7 +470,7 @@ class Engine:
         self.dp.plan(table)             # a table that cannot fit takes no address
         addresses.check(self.owned)
         if self.active:
-            addresses.take(self.owned)
+            self.added_at_start = addresses.take(self.owned)
         else:
             # HA: the addresses come with the active role (pulse decides); the data plane is
             # loaded and attached anyway so that a takeover only adds addresses
@@ -1507,12 +1508,16 @@ def run(cfg, *, xdp_mode: str = "native", dataplane: str | None = None, on_sigte
         return 0
     except (StartupError, DataplaneError, LookupError, addresses.AddressError) as e:
         log.error("%s", e)
-        # nothing may stay attached or half-programmed after a failed start of a new instance
+        # nothing may stay attached or half-programmed after a failed start of a new instance;
+        # an adopted data plane serves on as the previous run left it, with its addresses (only
+        # those this start added go)
         if not eng.dp.adopted:
             eng.dp.detach_all()
             addresses.release(eng.owned)
             if eng.dp.created:
                 eng.dp.unpin()
+        else:
+            addresses.release(eng.added_at_start)
         eng.dp.close()
         if eng.bgp is not None:
             eng.bgp.close(keep=False)

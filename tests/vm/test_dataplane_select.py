@@ -186,3 +186,34 @@ def test_a_scheduler_program_the_kernel_refuses_is_program_load_failed(monkeypat
     with pytest.raises(ProgramLoadFailed, match="the kernel refused program lb_sched_wlc: processed"):
         p.ensure({"wlc"})
     assert wired == [] and p.fns == {}
+
+
+def test_a_failed_start_of_an_adopted_data_plane_leaves_it_with_only_the_previous_addresses(monkeypatch, tmp_path):
+    """`lb run` adopts the previous run's data plane, takes the config's addresses (one of them
+    new) and fails to apply: the adopted data plane serves on, untouched, and the address this
+    start added is removed again (the others were the previous run's)."""
+    kept, new = object(), object()
+    released, undone = [], []
+    monkeypatch.setattr(engine, "RUN_DIR", str(tmp_path))
+    monkeypatch.setattr(engine.signal, "signal", lambda *a: None)      # pytest's own handlers stay
+    monkeypatch.setattr(engine.addresses, "wanted_addresses", lambda c: [kept, new])
+    monkeypatch.setattr(engine.addresses, "check", lambda addrs: None)
+    monkeypatch.setattr(engine.addresses, "take", lambda addrs: [a for a in addrs if a is new])
+    monkeypatch.setattr(engine.addresses, "release", lambda addrs: released.append(list(addrs)))
+
+    def adopted(self):
+        self.adopted = True
+
+    def refused(self, table):
+        raise DataplaneError("lb_svc_dests: write failed: ENOMEM; the previous table is back")
+
+    monkeypatch.setattr(XdpDataplane, "load", adopted)
+    monkeypatch.setattr(XdpDataplane, "plan", lambda self, t: None)
+    monkeypatch.setattr(XdpDataplane, "lease", lambda self, s: None)
+    monkeypatch.setattr(XdpDataplane, "claim", lambda self, a: None)
+    monkeypatch.setattr(XdpDataplane, "apply", refused)
+    monkeypatch.setattr(XdpDataplane, "detach_all", lambda self: undone.append("detach"))
+    monkeypatch.setattr(XdpDataplane, "unpin", lambda self: undone.append("unpin"))
+    monkeypatch.setattr(XdpDataplane, "close", lambda self: None)
+    assert engine.run(cfg()) == 2
+    assert released == [[new]] and undone == []
