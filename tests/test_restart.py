@@ -3,7 +3,8 @@
 - kill -9: forwarding goes on (XDP stays attached, maps and tail-call programs stay pinned) and
   the next `lb run` adopts the maps: open connections keep their real server, counters survive.
 - SIGTERM: a clean stop takes everything away (XDP, addresses, pins).
-- `lb stop --keep-dataplane` + `lb run`: an upgrade during which no request fails.
+- `lb stop --keep-dataplane` + `lb run`: an upgrade during which no request fails; with new
+  [tables] too, and with the new daemon killed within the resize's grace.
 
 Each test starts its own `lb run`(s); the lab is shared by the module's tests of one network.
 """
@@ -264,5 +265,60 @@ def test_a_restart_with_bigger_tables_loses_nothing(lab, network, lb_runner, tmp
         finally:
             m.close()
     # this instance's staging and old directories (other tests' resizes may run meanwhile)
+    inst = os.path.basename(PIN_DIR)
+    assert not {f"lb-resize-{inst}", f"lb-resized-{inst}"} & set(os.listdir("/sys/fs/bpf"))
+
+
+def test_a_daemon_killed_in_a_resizes_grace_loses_no_connection(lab, network, lb_runner, tmp_path):
+    """A restart with bigger tables whose new daemon is killed (kill -9) as soon as it is ready,
+    within the grace in which the programs it replaced serve what only the old maps know: every
+    connection made while it started -- those the old programs made after the copy among them --
+    is answered after the kill, and after the next start, which finishes the resize."""
+    bigger = tmp_path / "bigger.toml"
+    bigger.write_text(CONFIGS[network].read_text() + "\n[tables]\nconnections = 131072\n")
+    old = lb_runner.start(CONFIGS[network])
+    p = lb("stop", "--instance", "lab", "--keep-dataplane")
+    assert p.returncode == 0, p.stderr
+    assert old.wait(5) == 0
+
+    conns, stop = [], threading.Event()
+
+    def open_connections():
+        # a new keep-alive connection every ~3 ms while the new daemon starts, all kept open
+        deadline = time.monotonic() + 60
+        for _ in range(5000):              # bounded in count and time
+            if stop.wait(0.003) or time.monotonic() > deadline:
+                return
+            try:
+                conns.append(connect(lab, VIP, timeout=3.0))
+            except Exception as e:  # noqa: BLE001 - reported below
+                conns.append(e)
+
+    opener = threading.Thread(target=open_connections, name="lb-resize-kill", daemon=True)
+    opener.start()
+    try:
+        try:
+            new = lb_runner.start(bigger)
+            new.signal(signal.SIGKILL)
+            assert new.wait(5) == -signal.SIGKILL
+        finally:
+            stop.set()
+            opener.join(10)
+        assert not opener.is_alive()
+        assert "resize finished" not in new.log()        # killed within its grace
+        errors = [c for c in conns if isinstance(c, Exception)]
+        assert not errors, errors[:3]
+        answers = [request(c) for c in conns]             # the killed daemon's programs serve
+        assert set(answers) <= SERVERS
+
+        third = lb_runner.start(bigger)
+        third.wait_log("resize finished")
+        log = third.log()
+        assert "was not finished" in log and "the old programs made since the copy copied" in log, log
+        assert [request(c) for c in conns] == answers      # each keeps its real server
+    finally:
+        for c in conns:
+            if not isinstance(c, Exception):
+                c.close()
     inst = os.path.basename(PIN_DIR)
     assert not {f"lb-resize-{inst}", f"lb-resized-{inst}"} & set(os.listdir("/sys/fs/bpf"))
