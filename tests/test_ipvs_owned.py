@@ -131,14 +131,16 @@ class FakeMarks:
     """the nftables rules of the instance: those the previous run left"""
     table = "inet lb_t"
 
-    def __init__(self, fail: bool):
+    def __init__(self, fail: bool, before_failing=lambda: None):
         self.rules, self.present, self.fail = [{"rule": "the previous run's"}], True, fail
+        self.before_failing = before_failing
 
     def load(self):
         pass
 
     def apply(self, services):
         if self.fail:
+            self.before_failing()
             raise NftError("nft: Could not process rule: No such file or directory")
         return self.apply_rules([])
 
@@ -159,13 +161,14 @@ SYSCTLS = {"expire_nodest_conn": "0", "lblc_expiration": "86400", "lblcr_expirat
            "drop_packet": "0", "secure_tcp": "0", "am_droprate": "10"}
 
 
-@pytest.mark.parametrize("refused", ["real server", "firewall-mark rules"])
+@pytest.mark.parametrize("refused", ["real server", "firewall-mark rules", "firewall-mark rules, a client on"])
 def test_a_first_apply_refused_after_adopting_writes_the_previous_runs_table_back(tmp_path, monkeypatch,
                                                                                   refused):
     """A restart adopts the previous run's services; its first apply is refused part-way (after
     a service was removed, one added, a scheduler and a weight changed): the kernel gets back what the previous
     run left (the real servers of the service it removed in the kernel's order, IPVS's sysctls),
-    the rules too, and the error says so.  (Before, with no table of this run to write back, the
+    the rules too, and the error says so; a real server it added that a client already uses
+    drains at weight 0, its connection kept.  (Before, with no table of this run to write back, the
     kernel kept half of each while the failed start left the data plane in place.)"""
     monkeypatch.setattr(ipvs, "Kernel", WritingKernel)
     monkeypatch.setattr(ipvs, "_sched_missing", lambda sched: None)
@@ -187,8 +190,13 @@ def test_a_first_apply_refused_after_adopting_writes_the_previous_runs_table_bac
     old.owned = {a.key, b.key}
     old._write_state()                   # as the previous run left it
 
+    def a_client_connects_to_the_new_server():
+        if refused.endswith("a client on"):
+            next(d for d in WritingKernel.services_now[a.key].dests if d.address == ip("198.18.1.13")).active = 1
+
     dp = IpvsDataplane("t", run_dir=str(tmp_path))
-    dp.marks = FakeMarks(fail=refused == "firewall-mark rules")
+    dp.marks = FakeMarks(fail=refused.startswith("firewall-mark rules"),
+                         before_failing=a_client_connects_to_the_new_server)
     dp.load()
     assert dp.adopted
     c = ServiceSpec("tcp", ip("198.18.0.9"), 80, "lblc", (RealSpec(ip("198.18.1.31"), 80, 1, "dr"),))
@@ -198,6 +206,10 @@ def test_a_first_apply_refused_after_adopting_writes_the_previous_runs_table_bac
     with pytest.raises(ApplyFailed, match="; the previous run's table is back") as exc:
         dp.apply(TableSpec((c, a2), expire_nodest_conn=True, lblc_expiration=60))
     assert exc.value.restored
+    if refused.endswith("a client on"):
+        # the server the refused apply added drains (weight 0) rather than leaving at once: IPVS
+        # would drop its connections' packets (expire_nodest_conn = 0); the next start settles it
+        before[a.key][1].insert(0, ("198.18.1.13", 80, 0, ipvs.FWD_METHODS["dr"]))
     assert kernel_view(WritingKernel) == before
     assert {p.name: p.read_text().strip() for p in sysctl.iterdir()} == SYSCTLS
     assert dp.marks.rules == [{"rule": "the previous run's"}]

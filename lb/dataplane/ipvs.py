@@ -670,7 +670,9 @@ class IpvsDataplane(Dataplane):
         """The kernel's state of the adopted services as a TableSpec: their services and real
         servers as the kernel has them, and IPVS's timeouts and sysctls as they are now.  (A real
         server that a refused apply removed from a service it kept comes back at the head of the
-        service's list, as any real server added again does in IPVS.)"""
+        service's list, as any real server added again does in IPVS; one it added that has
+        connections already drains at weight 0, as any removal does, until the next start settles
+        it: removed, its connections' packets would be dropped.)"""
         def sysctl(name: str, default: int) -> int:
             try:
                 with open(os.path.join(SYSCTL_DIR, name)) as f:
