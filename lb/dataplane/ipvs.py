@@ -48,7 +48,7 @@ from dataclasses import dataclass, replace
 from pyroute2.netlink import NLM_F_ACK, NLM_F_DUMP, NLM_F_REQUEST, genlmsg, nla
 from pyroute2.netlink.exceptions import NetlinkError
 
-from lb.config.model import DEFAULT_LBLC_EXPIRATION, DEFAULT_TIMEOUTS, IPVSADM_FORWARD, Defense
+from lb.config.model import DEFAULT_LBLC_EXPIRATION, IPVSADM_FORWARD, Defense
 
 from .base import Dataplane
 from .errors import ApplyFailed, DataplaneError, TableDoesNotFit
@@ -646,7 +646,7 @@ class IpvsDataplane(Dataplane):
         owned = self._read_state()
         with Kernel(self.netns) as k:
             present = {ks.key: ks for ks in k.services()}
-            timeouts = k.timeouts() if owned else DEFAULT_TIMEOUTS
+            timeouts = k.timeouts() if owned else None     # only an adoption needs them
         self.owned = {key for key in owned if key in present}
         self.adopted = bool(self.owned)
         self.created = not os.path.exists(self.state_path)
