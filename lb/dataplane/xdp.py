@@ -275,8 +275,9 @@ class XdpDataplane(Dataplane):
     def settle_resize(self) -> None:
         """A resize not finished when the daemon stops and keeps its data plane (an upgrade's
         restart within RESIZE_GRACE of its start): the grace waited out and the resize finished
-        now: the next start would hand these programs over again, but the connections the old
-        programs made after the copy would wait for it."""
+        now, so the next start is a plain adoption and the old programs and maps are let go here.
+        (Left unfinished -- a daemon killed -- the pinned lb_progs_prev keeps the old programs
+        serving and the next start finishes it: _hand_over.)"""
         deadline = time.monotonic() + RESIZE_GRACE + 1.0
         while self.resize is not None and self.finish_resize() and time.monotonic() < deadline:
             time.sleep(0.05)
