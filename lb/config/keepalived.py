@@ -118,6 +118,12 @@ CHECKERS = ("TCP_CHECK", "HTTP_GET", "SSL_GET", "MISC_CHECK", "UDP_CHECK", "DNS_
 DNS_TYPES = {"A": 1, "NS": 2, "CNAME": 5, "SOA": 6, "MX": 15, "TXT": 16, "AAAA": 28}
 DNS_ID = b"LB"  # the query id lb's DNS check sends and expects back
 
+def _digits(text: str) -> bool:
+    """``text`` is a number int() reads: ASCII digits (str.isdigit also takes "²"), at most
+    MAX_INT_DIGITS of them (Python reads no more than 4300)."""
+    return text.isascii() and text.isdigit() and len(text) <= _toml.MAX_INT_DIGITS
+
+
 _BOOL = {"on": True, "true": True, "yes": True, "off": False, "false": False, "no": False}
 
 NO_MAIL = "no effect: lb sends no e-mail (role changes run [ha] notify programs; every transition is logged)"
@@ -734,7 +740,7 @@ class _Builder:
             self.error(st, label, "expected 'real_server ADDRESS [PORT] {'")
             return
         if len(st.args) == 2:
-            if not st.args[1].isdigit():
+            if not _digits(st.args[1]):
                 self.error(st, label, f"'{st.args[1]}' is not a port")
                 return
             port = int(st.args[1])
@@ -822,7 +828,7 @@ class _Builder:
             self.error(st, "global_defs.lvs_timeouts", "expected 'lvs_timeouts [tcp N] [tcpfin N] [udp N]'")
             return
         for k, v in zip(words[::2], words[1::2]):
-            if k not in ("tcp", "tcpfin", "udp") or not v.isdigit():
+            if k not in ("tcp", "tcpfin", "udp") or not _digits(v):
                 self.error(st, "global_defs.lvs_timeouts", f"expected tcp, tcpfin or udp and seconds, got {k} {v}")
                 continue
             table[k] = int(v)
@@ -1108,7 +1114,7 @@ class _Builder:
         """(name, address, port, fwmark) of each lb virtual server ``vs`` stands for."""
         a = vs.stmt.args
         if len(a) == 2 and a[0] == "fwmark":
-            if not a[1].isdigit():
+            if not _digits(a[1]):
                 self.error(vs.stmt, vs.label, f"'{a[1]}' is not a firewall mark")
                 return []
             return [(f"fwmark{a[1]}", None, None, int(a[1]))]
@@ -1134,7 +1140,7 @@ class _Builder:
         return []
 
     def _port(self, st: Stmt, text: str, label: str) -> int | None:
-        if not text.isdigit() or not 1 <= int(text) <= 65535:
+        if not _digits(text) or not 1 <= int(text) <= 65535:
             self.error(st, label, f"'{text}' is not a port (1..65535)")
             return None
         return int(text)
@@ -1267,7 +1273,7 @@ class _Builder:
         if pg is not None:
             mask = self.one(pg, f"{label}.persistence_granularity")
             if mask is not None:
-                d["pmask"] = int(mask) if mask.isdigit() else mask
+                d["pmask"] = int(mask) if _digits(mask) else mask
             self.note(tf + ("pmask",), pg, f"{label}.persistence_granularity")
         sorry = o.get("sorry_server")
         if sorry is not None:

@@ -1830,8 +1830,12 @@ def validate(doc: dict[str, Any], display: str, positions: Positions, path: Path
         chk, drafts, table_values["services"], table_values["reals_per_service"], table_values["real_servers"]
     )
 
-    ha = _check_ha(top, path, user)
-    web = _check_web(top, path)
+    # relative key and password files are relative to the config's directory, whatever the
+    # current one: the model holds them absolute, so that `lb import`/`lb export` write (and a
+    # reader elsewhere reads) the same files
+    base = Path(os.path.abspath(path)) if path is not None else None
+    ha = _check_ha(top, base, user)
+    web = _check_web(top, base)
     metrics = _check_metrics(top, web)
     if isinstance(ha, HA):
         _check_vips_not_heartbeat_addresses(chk, drafts, ha)
