@@ -20,9 +20,11 @@ them.
 from __future__ import annotations
 
 import asyncio
+import http.client
 import ipaddress
 import logging
 import socket
+import sys
 import threading
 from wsgiref.simple_server import WSGIRequestHandler, make_server
 
@@ -36,7 +38,7 @@ from prometheus_client.core import (
 from lb import __version__
 from lb import weight as lbweight
 from lb.config.model import endpoint_text
-from lb.tasks import Slots
+from lb.tasks import RateLimitedLog, Slots
 
 log = logging.getLogger("lb.metrics")
 
@@ -45,6 +47,8 @@ MAX_CONNECTIONS = 32            # connections served at once (Prometheus scrapes
 MAX_PER_CLIENT = 4              # ... of them from one address: one client cannot take every slot
 IDLE_TIMEOUT = 10.0             # seconds a connection may say nothing
 REQUEST_DEADLINE = 60.0         # seconds a connection is served at most, however it trickles
+LOG_EVERY = 60.0                # a request refused (or a scrape failed) is logged at most this often
+MAX_HEAD = 16 * 1024            # bytes of request line and headers read (http.server's own bound: 100 x 64 KiB)
 
 # the labels of a virtual service and of one of its real servers
 SERVICE_LABELS = ("service", "protocol", "vip", "vport", "fwmark")
@@ -388,7 +392,8 @@ class Collector:
 class EndpointCollector:
     """The endpoint's own: scrapes it dropped, by why -- "busy" (no slot: MAX_CONNECTIONS, or
     MAX_PER_CLIENT from one address), "broken" (timed out or broke off), "cut" (past
-    REQUEST_DEADLINE)."""
+    REQUEST_DEADLINE), "bad_request" (a request the exposition cannot answer: an Accept header
+    it cannot read, or a head longer than MAX_HEAD), "failed" (the scrape raised)."""
 
     def __init__(self, server):
         self.server = server                # a callable: the serving httpd, or None
@@ -399,15 +404,49 @@ class EndpointCollector:
     def collect(self):
         f = _Families()
         httpd = self.server()
-        for reason, attr in (("busy", "refused"), ("broken", "broken"), ("cut", "cut")):
+        for reason, attr in (("busy", "refused"), ("broken", "broken"), ("cut", "cut"),
+                             ("bad_request", "bad_request"), ("failed", "failed")):
             f.counter("lb_metrics_connections_dropped_total", "connections to this endpoint dropped, by "
-                      "reason (busy: no slot; broken: timed out or broke off; cut: past the request deadline)",
+                      "reason (busy: no slot; broken: timed out or broke off; cut: past the request deadline; "
+                      "bad_request: an Accept header it cannot read; failed: the scrape raised)",
                       ("reason",), (reason,), getattr(httpd, attr, 0) if httpd is not None else 0)
         return list(f)
 
 
+class _HeadLimit:
+    """The request's input, whose lines (the request line and the headers) may add up to
+    MAX_HEAD bytes: past that, http.client.LineTooLong (answered 431 when in the headers).
+    http.server alone reads 100 header lines of 64 KiB, 6.5 MB a connection held for as long as
+    the client trickles (REQUEST_DEADLINE), 200 MB for the 32 connections anyone may open."""
+
+    def __init__(self, raw, on_overflow):
+        self.raw, self.on_overflow, self.used = raw, on_overflow, 0
+
+    def readline(self, size=-1):
+        left = MAX_HEAD - self.used
+        line = self.raw.readline(left + 1 if size is None or size < 0 else min(size, left + 1))
+        self.used += len(line)
+        if self.used > MAX_HEAD:
+            self.on_overflow()
+            raise http.client.LineTooLong(f"request line and headers longer than {MAX_HEAD} bytes")
+        return line
+
+    def __getattr__(self, name):
+        return getattr(self.raw, name)
+
+
 class _Handler(WSGIRequestHandler):
     timeout = IDLE_TIMEOUT          # the socket's: a silent client's read ends in TimeoutError
+
+    def setup(self):
+        super().setup()
+        self.rfile = _HeadLimit(self.rfile, self._too_large)
+
+    def _too_large(self):
+        with self.server.lock:
+            self.server.bad_request += 1
+        self.server.ratelog.log("too_large", logging.WARNING, "metrics: refused a request from %s: request line "
+                                "and headers longer than %d bytes", self.client_address[0], MAX_HEAD)
 
     def log_message(self, format, *args):   # noqa: A002 - the base class's name
         pass                        # no line per request on stderr
@@ -427,6 +466,9 @@ def _server_class(family: int):
             self.refused = 0            # connections closed for want of a slot
             self.broken = 0             # connections that timed out or broke off
             self.cut = 0                # connections cut at REQUEST_DEADLINE
+            self.bad_request = 0        # requests the exposition could not read (an Accept header)
+            self.failed = 0             # scrapes that raised
+            self.ratelog = RateLimitedLog(log, LOG_EVERY)
             super().server_activate()
 
         def _take(self, addr: str) -> bool:
@@ -473,6 +515,38 @@ def _server_class(family: int):
     return Server
 
 
+def _guarded(app, server):
+    """``app`` (prometheus_client's WSGI application), whose exceptions are answered, counted and
+    logged at a bounded rate here: wsgiref would print each one's traceback to stderr, at the rate
+    anyone who reaches the port likes (``Accept: text/plain; version=x`` makes prometheus_client's
+    choose_encoder compare a str with an int)."""
+    from prometheus_client.exposition import choose_encoder
+
+    def guarded(environ, start_response):
+        httpd = server()
+        try:
+            choose_encoder(environ.get("HTTP_ACCEPT"))
+        except Exception as e:
+            if httpd is not None:
+                httpd.bad_request += 1
+                httpd.ratelog.log("bad_request", logging.WARNING, "metrics: refused a request from %s: "
+                                  "unreadable Accept header %.100r (%s)", environ.get("REMOTE_ADDR"),
+                                  environ.get("HTTP_ACCEPT"), e)
+            start_response("400 Bad Request", [("Content-Type", "text/plain; charset=utf-8")])
+            return [b"unreadable Accept header\n"]
+        try:
+            return app(environ, start_response)
+        except Exception as e:
+            if httpd is not None:
+                httpd.failed += 1
+                httpd.ratelog.log("failed", logging.ERROR, "metrics: a scrape failed: %s: %s", type(e).__name__, e)
+            start_response("500 Internal Server Error", [("Content-Type", "text/plain; charset=utf-8")],
+                           sys.exc_info())
+            return [b"scrape failed\n"]
+
+    return guarded
+
+
 class MetricsServer:
     """The /metrics endpoint of one engine: started by Engine.run, restarted when a reload
     changes [metrics], stopped before the data plane closes."""
@@ -501,7 +575,8 @@ class MetricsServer:
             extra(registry=registry)
         try:
             family = socket.AF_INET6 if settings.address.version == 6 else socket.AF_INET
-            self.httpd = make_server(str(settings.address), settings.port, make_wsgi_app(registry),
+            self.httpd = make_server(str(settings.address), settings.port,
+                                     _guarded(make_wsgi_app(registry), lambda: self.httpd),
                                      _server_class(family), handler_class=_Handler)
         except OSError as e:     # forwarding goes on; only the metrics are missing
             log.error("metrics: cannot listen on %s: %s", settings.listen, e)

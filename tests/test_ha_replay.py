@@ -163,6 +163,30 @@ def test_a_sync_datagram_captured_before_the_backup_restarted_is_refused(tmp_pat
     assert backup._sync_queue.qsize() == 1
 
 
+def test_sync_datagrams_captured_before_the_backup_restarted_stay_refused_inside_the_window(tmp_path):
+    """As above, but the restarted backup has taken a fresh sync datagram first: the captures' sequence
+    numbers are then inside its window, below the fresh one's, and still an hour old -- refused."""
+    pair = Pair(tmp_path)
+    primary = pair.start(hb.NODE_PRIMARY)
+    backup = pair.start(hb.NODE_BACKUP)
+    pair.run(3.0)
+    [payload] = hsync.pack_batches([hsync.encode_conn(REC)])
+    captured = [primary.encode(primary.channels[0], hb.T_SYNC, None, payload) for _ in range(5)]
+    for data in captured:
+        backup._receive(backup.channels[0], "sync", data)
+    pair.cut.add(hb.NODE_BACKUP)
+    del pair.nodes[hb.NODE_BACKUP]
+    pair.t += 3600.0
+    pair.cut.clear()
+    backup = pair.start(hb.NODE_BACKUP)
+    pair.run(3.0)
+    backup._receive(backup.channels[0], "sync", primary.encode(primary.channels[0], hb.T_SYNC, None, payload))
+    assert backup._sync_queue.qsize() == 1
+    for data in captured:                                                  # an hour old, replayed
+        backup._receive(backup.channels[0], "sync", data)
+    assert backup._sync_queue.qsize() == 1 and backup.counters["replay"] == 5
+
+
 def test_a_full_sync_backlog_counts_the_records_it_skips(tmp_path):
     """The backup's sync queue is full: a datagram of 5 records dropped counts 5 skipped records
     (lb_ha_sync_skipped_records_total), not 1; a payload too short to hold a count counts none."""

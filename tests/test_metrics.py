@@ -497,3 +497,73 @@ def test_one_client_cannot_hold_the_endpoint_by_trickling_or_by_numbers(monkeypa
     assert len(ended) == metrics.MAX_PER_CLIENT and cut >= metrics.MAX_PER_CLIENT, (ended, cut)
     err = capfd.readouterr().err
     assert "Traceback" not in err, err
+
+
+def test_an_unreadable_accept_header_is_refused_and_counted_not_a_traceback(capfd):
+    """`Accept: text/plain; version=x` (anyone who reaches the port can send it) made
+    prometheus_client compare a str with an int: wsgiref printed a traceback on stderr for each
+    such request.  It is answered 400, counted, and a scrape goes on."""
+    import socket
+
+    async def main():
+        eng = FakeEngine()
+        eng.dp.release.set()
+        server = await metrics.start(eng)
+        loop = asyncio.get_running_loop()
+
+        def hit():
+            out = []
+            for accept in (b"text/plain; version=x", b"application/openmetrics-text; version=1.x") * 3:
+                with socket.create_connection(("127.0.0.1", server.port), timeout=5) as s:
+                    s.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\nAccept: " + accept + b"\r\n\r\n")
+                    out.append(s.recv(100).split(b"\r\n")[0])
+            return out
+
+        try:
+            lines = await loop.run_in_executor(None, hit)
+            text = await loop.run_in_executor(None, lambda: urllib.request.urlopen(
+                f"http://127.0.0.1:{server.port}/metrics", timeout=30).read().decode())
+        finally:
+            await loop.run_in_executor(None, server.stop)
+        return lines, text
+
+    lines, text = asyncio.run(main())
+    assert all(b" 400 " in line for line in lines), lines
+    assert value(parse(text), "lb_metrics_connections_dropped_total", reason="bad_request") == 6
+    err = capfd.readouterr().err
+    assert "Traceback" not in err, err
+
+
+def test_a_client_cannot_make_the_endpoint_hold_megabytes_of_headers(capfd):
+    """http.server reads 100 header lines of 64 KiB each: 6.5 MB a connection, held while the
+    client trickles.  A request line and headers past MAX_HEAD bytes are refused (431) and counted."""
+    import socket
+
+    async def main():
+        eng = FakeEngine()
+        eng.dp.release.set()
+        server = await metrics.start(eng)
+        loop = asyncio.get_running_loop()
+
+        def hit():
+            with socket.create_connection(("127.0.0.1", server.port), timeout=5) as s:
+                s.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\n")
+                try:
+                    for _ in range(99):
+                        s.sendall(b"X-A: " + b"a" * 1000 + b"\r\n")
+                except OSError:                 # refused before it was all sent
+                    pass
+                return s.recv(100).split(b"\r\n")[0]
+
+        try:
+            line = await loop.run_in_executor(None, hit)
+            text = await loop.run_in_executor(None, lambda: urllib.request.urlopen(
+                f"http://127.0.0.1:{server.port}/metrics", timeout=30).read().decode())
+        finally:
+            await loop.run_in_executor(None, server.stop)
+        return line, text
+
+    line, text = asyncio.run(main())
+    assert b" 431 " in line, line
+    assert value(parse(text), "lb_metrics_connections_dropped_total", reason="bad_request") == 1
+    assert "Traceback" not in capfd.readouterr().err

@@ -168,6 +168,7 @@ class _Stream:
     heard_ns: int = 0      # our wall clock when a message of it was last accepted
     echoed: bool = False   # a heartbeat of it echoed our boot id: it runs now
     leaving: bool = False  # it said it stops
+    floor_ns: int = 0      # a sync stream: no message of it older than this (its boot's first heartbeat, less a grace)
 
 
 RETIRED_BOOTS = 16           # boots a sync stream remembers having left
@@ -194,10 +195,11 @@ class ReplayGuard:
 
     A sync stream remembers the boots it left and never takes one of them again: otherwise a
     replayed sync datagram of a boot whose heartbeats another channel still held could move it
-    back and be accepted a second time, installing its connections again.  A new sync stream
+    back and be accepted a second time, installing its connections again.  Every sync message
     also needs a timestamp no older than the first heartbeat accepted from its boot, less
-    ``sync_grace_ns``: the receiver just restarted has no window for the active's boot, and an
-    hour-old capture of it would be installed again."""
+    ``sync_grace_ns`` (the stream's floor): the receiver just restarted has no window for the
+    active's boot, and an hour-old capture of it would be installed again -- as the stream's
+    first message, or later, its sequence number inside the window below a fresh one's."""
 
     max_skew_ns: int = 30_000_000_000
     sync_grace_ns: int = 1_000_000_000
@@ -222,7 +224,7 @@ class ReplayGuard:
                     left = self.left.setdefault(key, [])
                     left.append(st.boot)
                     del left[:-RETIRED_BOOTS]
-                self.streams[key] = _Stream(m.boot, m.seq, 1, m.ts_ns, m.ts_ns)
+                self.streams[key] = _Stream(m.boot, m.seq, 1, m.ts_ns, m.ts_ns, floor_ns=self._sync_floor(m))
                 return None
             why = self._new_heartbeat_boot(key, st, m, now_wall_ns, my_boot)
             if why is not None:
@@ -238,6 +240,10 @@ class ReplayGuard:
                 self._heard(st, m, now_wall_ns, my_boot)
                 return None
             self.streams[key] = st = back       # its window as it was: nothing it had is taken again
+        elif sync and m.ts_ns < st.floor_ns:
+            # inside the window, but made before its boot's first heartbeat we accepted: a
+            # capture from before we started, refused as a new stream's first one would be
+            return "replay"
         if m.seq > st.top:
             shift = m.seq - st.top
             st.bits = ((st.bits << shift) | 1) & ((1 << WINDOW) - 1) if shift < WINDOW else 1
@@ -284,13 +290,19 @@ class ReplayGuard:
                 return "replay"
         return None
 
+    def _sync_floor(self, m: Message) -> int | None:
+        """The oldest timestamp a sync message of m's boot may carry: the first heartbeat we
+        accepted from that boot, less sync_grace_ns (None: no heartbeat of it accepted)."""
+        first = [s.first_ts_ns for k, s in self.streams.items() if k[0] == m.node and not k[2] and s.boot == m.boot]
+        return min(first) - self.sync_grace_ns if first else None
+
     def _new_sync_boot(self, key, st: _Stream | None, m: Message) -> str | None:
         if m.boot in self.left.get(key, ()):
             return "replay"      # a boot this stream has left
-        first = [s.first_ts_ns for k, s in self.streams.items() if k[0] == m.node and not k[2] and s.boot == m.boot]
-        if not first:
+        floor = self._sync_floor(m)
+        if floor is None:
             return "stale"       # not a boot whose heartbeats we accepted
-        if m.ts_ns < min(first) - self.sync_grace_ns:
+        if m.ts_ns < floor:
             return "replay"      # made before its boot's first heartbeat we accepted: a capture
         return None
 
