@@ -772,6 +772,24 @@ BAD = [
           kind = "program"
           program = " "
         """, 9, "virtual_server[0].load_monitor.program", "names no program to run"),
+    bad("monitor-interval-tiny", G + """\
+        [[virtual_server]]
+        name = "web"
+        address = "198.18.0.10"
+        port = 80
+          [virtual_server.monitor]
+          interval = 1e-300
+        """, 8, "virtual_server[0].monitor.interval", "must be at least 0.01 seconds (checks would run back to back)"),
+    bad("load-monitor-interval-tiny", G + """\
+        [[virtual_server]]
+        name = "web"
+        address = "198.18.0.10"
+        port = 80
+          [virtual_server.load_monitor]
+          kind = "agent"
+          port = 3333
+          interval = 0.001
+        """, 10, "virtual_server[0].load_monitor.interval", "must be at least 0.01 seconds (polls would run back to back)"),
     bad("ha-sync-interval-zero", G + HA_HEAD + "sync_interval = 0\n",
         7, "ha.sync_interval", "must be more than 0 seconds"),
     bad("ha-max-skew-zero", G + HA_HEAD + "max_skew = 0\n", 7, "ha.max_skew", "must be more than 0 seconds"),

@@ -3,6 +3,7 @@ interfaces, no instance. Run in the host namespace: every config here names inte
 not exist, so even a wrongly accepted one could never attach anything to a host interface.
 """
 
+import json
 import os
 import shutil
 import subprocess
@@ -201,6 +202,11 @@ def test_list_without_instance_prints_the_header():
     # ipvsadm -Sn, a habit as common as -Ln: the rules (none here), not a usage error
     p = lb_without_instances("-Sn")
     assert (p.returncode, p.stdout, p.stderr) == (0, "", "")
+    # the data path's counters: their header, none listed (not the services' empty table)
+    p = lb_without_instances("list", "--counters")
+    assert (p.returncode, p.stdout) == (0, "Data path event                    Packets\n"), p.stderr
+    p = lb_without_instances("list", "--counters", "--json")
+    assert p.returncode == 0 and json.loads(p.stdout) == {"counters": {}, "connection_tables": {}}, p.stderr
 
 
 @pytest.mark.parametrize("hide", ["umount /sys/fs/bpf", "mount -t tmpfs none /sys/fs/bpf"], ids=["none", "tmpfs-over-it"])
@@ -217,3 +223,11 @@ def test_run_without_bpffs_says_how_to_get_it(tmp_path, instance, hide):
     assert p.returncode == 2, p.stderr
     assert p.stderr.splitlines() == ["lb: no BPF filesystem on /sys/fs/bpf (lb pins its maps there): mount -t bpf bpf "
                                      "/sys/fs/bpf (systemd mounts it at boot; `make install` mounts it now)"], p.stderr
+
+
+def test_status_wait_says_how_long_it_waited():
+    """`lb status --wait 0.3` with no daemon: it gives up after the time asked and says that
+    time (it printed "0 s")."""
+    p = lb_without_instances("status", "--wait", "0.3")
+    assert p.returncode != 0 and "Traceback" not in p.stderr, p.stderr
+    assert "not ready within 0.3 s" in p.stderr, p.stderr

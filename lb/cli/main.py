@@ -243,7 +243,7 @@ def _wait_control(args) -> dict | None:
             print(f"lb: instance {inst!r}: process {args.pid} exited before it was ready", file=sys.stderr)
             return None
         if time.monotonic() > deadline:
-            print(f"lb: instance {inst!r} not ready within {args.wait:.0f} s: {why}", file=sys.stderr)
+            print(f"lb: instance {inst!r} not ready within {args.wait:g} s: {why}", file=sys.stderr)
             return None
         time.sleep(0.1)
 
@@ -638,6 +638,16 @@ def cmd_zero(args) -> int:
     return _zero(args)
 
 
+def _print_counters(args, counters: dict[str, int], events: dict[str, int]) -> int:
+    if args.json:
+        print(json.dumps({"counters": counters, "connection_tables": events}, indent=2))
+    else:
+        from lb import listing
+
+        sys.stdout.write(listing.format_counters(counters, events, args.exact))
+    return 0
+
+
 def cmd_list(args) -> int:
     from lb.dataplane import reader
     from lb.dataplane.maps import PinnedMaps
@@ -662,7 +672,9 @@ def cmd_list(args) -> int:
     if args.daemon:
         return 0                 # XDP mode syncs in lb's own daemon (lb status), not the kernel's
     inst = _instance(args)
-    if inst is None:
+    if inst is None:              # no instance: nothing listed, in the layout asked for
+        if args.counters:
+            return _print_counters(args, {}, {})
         return _print_listing(args, [], [], DEFAULT_TIMEOUTS)
     try:
         maps = PinnedMaps(inst)
@@ -671,14 +683,7 @@ def cmd_list(args) -> int:
         return 1
     with maps:
         if args.counters:
-            counters, events = reader.read_counters(maps), reader.read_ct_events(maps)
-            if args.json:
-                print(json.dumps({"counters": counters, "connection_tables": events}, indent=2))
-            else:
-                from lb import listing
-
-                sys.stdout.write(listing.format_counters(counters, events, args.exact))
-            return 0
+            return _print_counters(args, reader.read_counters(maps), reader.read_ct_events(maps))
         if args.connection and not args.json:
             # the connection listing alone: streamed from C buffers (1M entries in about a second)
             sys.stdout.flush()

@@ -191,6 +191,7 @@ MAX_STRING: Final = 4096  # characters of one string value (a program line, a re
 MAX_KEY: Final = 128  # characters of one key
 MAX_NESTING: Final = 8  # tables and arrays inside each other (the schema needs 5)
 MAX_INT_DIGITS: Final = 19  # an integer fits 64 bits (and prints: Python bounds int <-> str)
+MIN_CHECK_INTERVAL: Final = 0.01  # seconds between a monitor's (or load monitor's) checks, at least
 
 
 def read_text(path: str | os.PathLike[str], display: str) -> str:
@@ -1063,6 +1064,9 @@ def _check_monitor(vs: _Table, user: str) -> Monitor | _Invalid:
     for key in ("interval", "connect_timeout"):
         if isinstance(times[key], float) and times[key] <= 0:
             keep(m.chk.error(m.at(key), "must be more than 0 seconds"))
+    if isinstance(times["interval"], float) and 0 < times["interval"] < MIN_CHECK_INTERVAL:
+        keep(m.chk.error(m.at("interval"), f"must be at least {MIN_CHECK_INTERVAL} seconds "
+                                           "(checks would run back to back)"))
     if keep.bad:
         return INVALID
     return Monitor(kind=kind, send=strings["send"] or "", expect=strings["expect"] or "", use_regex=use_regex,
@@ -1096,6 +1100,9 @@ def _check_load_monitor(vs: _Table, user: str) -> LoadMonitor | None | _Invalid:
         program = m.chk.error(m.at("program"), "a program load monitor needs `program` (argv with %h and %p)")
     if isinstance(interval, float) and interval <= 0:
         interval = m.chk.error(m.at("interval"), "must be more than 0 seconds")
+    elif isinstance(interval, float) and interval < MIN_CHECK_INTERVAL:
+        interval = m.chk.error(m.at("interval"), f"must be at least {MIN_CHECK_INTERVAL} seconds "
+                                                 "(polls would run back to back)")
     if isinstance(timeout, float) and timeout <= 0:
         timeout = m.chk.error(m.at("timeout"), "must be more than 0 seconds")
     values = (kind, port, program, interval, timeout, min_weight, script_user)
