@@ -83,6 +83,8 @@ class Undo:
     data: bytes                  # the file before the write
     prev: bytes | None           # <file>.prev before the write (None: there was none)
     mode: int
+    uid: int = -1                # the file's owner and group, kept as they were (-1: unchanged)
+    gid: int = -1
 
 
 def version_of(data: bytes) -> str:
@@ -182,8 +184,10 @@ def render(cfg: Config, snap: Snapshot) -> str:
 
 def write(snap: Snapshot, data: bytes) -> Undo:
     """Replace the file with ``data`` atomically (same mode), the current bytes kept as <file>.prev;
-    EditRefused (nothing written) when the file changed since ``snap`` was read."""
-    path = snap.path
+    EditRefused (nothing written) when the file changed since ``snap`` was read.  A symbolic link
+    stays one: its target is the file replaced (and <target>.prev kept beside it); the file keeps
+    its owner and group as well as its mode."""
+    path = Path(os.path.realpath(snap.path))
     st = os.stat(path)
     with open(path, "rb") as f:
         if version_of(f.read(_toml.MAX_FILE_BYTES + 1)) != snap.version:
@@ -193,29 +197,34 @@ def write(snap: Snapshot, data: bytes) -> Undo:
         old_prev = prev.read_bytes()
     except FileNotFoundError:
         old_prev = None
-    _atomic(prev, snap.data, st.st_mode)
-    _atomic(path, data, st.st_mode)
-    return Undo(path, snap.data, old_prev, st.st_mode)
+    _atomic(prev, snap.data, st.st_mode, st.st_uid, st.st_gid)
+    _atomic(path, data, st.st_mode, st.st_uid, st.st_gid)
+    return Undo(path, snap.data, old_prev, st.st_mode, st.st_uid, st.st_gid)
 
 
 def restore(undo: Undo) -> None:
     """The file (and <file>.prev) as they were before :func:`write`."""
-    _atomic(undo.path, undo.data, undo.mode)
+    _atomic(undo.path, undo.data, undo.mode, undo.uid, undo.gid)
     prev = prev_path(undo.path)
     if undo.prev is None:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(prev)
     else:
-        _atomic(prev, undo.prev, undo.mode)
+        _atomic(prev, undo.prev, undo.mode, undo.uid, undo.gid)
 
 
-def _atomic(path: Path, data: bytes, mode: int) -> None:
+def _atomic(path: Path, data: bytes, mode: int, uid: int = -1, gid: int = -1) -> None:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
+        if (uid, gid) != (-1, -1):
+            # the replaced file's owner and group (a group that may read it); a daemon that may not
+            # give them (not root) writes the file as its own, as before
+            with contextlib.suppress(PermissionError):
+                os.chown(tmp, uid, gid)
         os.chmod(tmp, mode & 0o7777)
         os.replace(tmp, path)
     except BaseException:

@@ -1229,7 +1229,7 @@ def _row(f: forms.Field, name: str, text: str, errors) -> str:
             opts.append(text)
         control = f'<select id="{ident}" name="{ident}">' + "".join(
             f'<option value="{h(c)}"{" selected" if c == text else ""}>{h(c)}</option>' for c in opts) + "</select>"
-    elif f.kind == "groups":
+    elif f.kind in ("groups", "lines"):
         control = f'<textarea id="{ident}" name="{ident}" rows=3>{h(text)}</textarea>'
     else:
         mode = ' inputmode="numeric"' if f.kind == "int" else ' inputmode="decimal"' if f.kind == "number" else ""

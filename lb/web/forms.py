@@ -26,11 +26,12 @@ _NUM = re.compile(r"[+-]?(?:[0-9]{1,19}(?:\.[0-9]{0,19})?|\.[0-9]{1,19})")
 class Field:
     key: str
     label: str
-    kind: str = "text"          # text | int | number | bool | select | list | status | groups | textarea
+    kind: str = "text"          # text | int | number | bool | select | list | lines | status | groups | textarea
     choices: tuple[str, ...] = ()
     help: str = ""
     keep_empty: bool = False    # an empty text is "" (kept), not "absent"
     default: Any = None         # shown when the document leaves the key out (the model's default)
+    escapes: bool = False       # the value's backslash escapes are decoded where it is used (monitor send)
 
     def name(self, prefix: str) -> str:
         return f"{prefix}.{self.key}"
@@ -97,7 +98,8 @@ HA = (
     Field("garp_refresh", "GARP refresh (s)", "number"),
     Field("sync", "Connection sync", "bool", default=True), Field("sync_interval", "Sync interval (s)", "number"),
     Field("sync_rate", "Sync rate (entries/s)", "int"), Field("max_skew", "Max clock skew (s)", "number"),
-    Field("notify", "Notify programs", "list", help="run on role changes, comma-separated"),
+    Field("notify", "Notify programs", "lines", help="run on role changes, one per line (a program's arguments may "
+                                                    "hold commas)"),
     Field("script_user", "Notify programs' user", help="default: [global] script_user"),
 )
 VIRTUAL = (
@@ -125,7 +127,7 @@ REAL = (
 )
 MONITOR = (
     Field("kind", "Monitor", "select", MONITOR_KINDS),
-    Field("send", "Send", keep_empty=True, help=r"escapes \n \r \t \\ \' \" are decoded"),
+    Field("send", "Send", keep_empty=True, escapes=True, help=r"escapes \n \r \t \\ \' \" are decoded"),
     Field("expect", "Expect", keep_empty=True), Field("use_regex", "Treat expect string as a regular expression", "bool"),
     Field("path", "HTTP path"), Field("host", "HTTP Host header"),
     Field("status", "HTTP status accepted", "status", help="LOW-HIGH, e.g. 200-399"),
@@ -161,6 +163,8 @@ def text_of(f: Field, value: Any) -> str:
         return "on" if value is True else ""
     if f.kind == "list":
         return ", ".join(str(v) for v in value) if isinstance(value, list) else str(value)
+    if f.kind == "lines":
+        return "\n".join(str(v) for v in value) if isinstance(value, list) else str(value)
     if f.kind == "status":
         return f"{value[0]}-{value[1]}" if isinstance(value, list) and len(value) == 2 else str(value)
     if f.kind == "groups":
@@ -170,6 +174,10 @@ def text_of(f: Field, value: Any) -> str:
                          for g in value if isinstance(g, dict))
     if isinstance(value, float) and value.is_integer():
         return str(int(value))
+    if f.escapes and isinstance(value, str):
+        # a one-line text input cannot hold a line break (browsers strip them from its value): the
+        # escapes the check decodes again (lb.health.decode_escapes) say the same thing
+        return value.replace("\r", "\\r").replace("\n", "\\n").replace("\t", "\\t")
     return str(value)
 
 
@@ -188,6 +196,8 @@ def value_of(f: Field, raw: str | None) -> tuple[bool, Any]:
         return True, float(text) if _NUM.fullmatch(text) else text
     if f.kind == "list":
         return True, [p.strip() for p in re.split(r"[,\n]", text) if p.strip()]
+    if f.kind == "lines":      # one item a line: an item may hold a comma (a program's arguments)
+        return True, [p.strip() for p in text.splitlines() if p.strip()]
     if f.kind == "status":
         m = re.fullmatch(r"([0-9]{1,3})\s*-\s*([0-9]{1,3})", text)
         return True, [int(m.group(1)), int(m.group(2))] if m else text
