@@ -8,7 +8,9 @@
  * addresses, written at attach time), and only from an address in lb_decap_src (the directors',
  * `lb decap attach --from`): a tunnel from anyone else is dropped, counted, since its inner packet
  * (any source, to the VIP) would otherwise reach the server's stack past every filter written
- * for a tunnel device.  Packets not for a tunnel to us pass untouched. */
+ * for a tunnel device.  Packets not for a tunnel to us pass untouched.  ECN as the kernel's
+ * ipip / ip6_tunnel (INET_ECN_decapsulate, RFC 6040 4.2): a Congestion Experienced mark a router
+ * put on the outer header goes on to the inner one (ECT), or the packet is dropped (not ECT). */
 #include <uapi/linux/bpf.h>
 #include <uapi/linux/if_ether.h>
 #include <uapi/linux/ip.h>
@@ -24,8 +26,9 @@ struct lb_decap_key {
 BPF_HASH(lb_decap_dst, struct lb_decap_key, __u32, 64);
 BPF_HASH(lb_decap_src, struct lb_decap_key, __u32, 64);
 /* 0: decapsulated, 1: passed (a tunnel not addressed to us), 2: dropped (not from a director),
- * 3: dropped (the inner header is not the tunnel's family) */
-BPF_PERCPU_ARRAY(lb_decap_count, __u64, 4);
+ * 3: dropped (the inner header is not the tunnel's family), 4: dropped (the outer header says
+ * Congestion Experienced, the inner packet is not ECN-capable: RFC 6040) */
+BPF_PERCPU_ARRAY(lb_decap_count, __u64, 5);
 
 static __always_inline void lb_decap_counted(__u32 i)
 {
@@ -41,6 +44,7 @@ int lb_xdp_decap(struct xdp_md *ctx)
     struct ethhdr *eth = data;
     struct lb_decap_key k = {}, src = {};
     int outer;
+    __u8 outer_ecn;
     __be16 inner_proto;
 
     if ((void *)(eth + 1) > data_end)
@@ -52,6 +56,7 @@ int lb_xdp_decap(struct xdp_md *ctx)
         if (ip->protocol != IPPROTO_IPIP || (ip->frag_off & bpf_htons(0x3fff)))
             return XDP_PASS;          /* not IPIP, or a fragment: the kernel's */
         outer = ip->ihl * 4;
+        outer_ecn = ip->tos & 3;
         *(__be32 *)k.addr = ip->daddr;
         k.family = 4;
         *(__be32 *)src.addr = ip->saddr;
@@ -62,6 +67,7 @@ int lb_xdp_decap(struct xdp_md *ctx)
         if ((void *)(ip6 + 1) > data_end || ip6->version != 6 || ip6->nexthdr != IPPROTO_IPV6)
             return XDP_PASS;
         outer = sizeof(*ip6);
+        outer_ecn = (ip6->flow_lbl[0] >> 4) & 3;
         __builtin_memcpy(k.addr, &ip6->daddr, 16);
         k.family = 6;
         __builtin_memcpy(src.addr, &ip6->saddr, 16);
@@ -84,6 +90,41 @@ int lb_xdp_decap(struct xdp_md *ctx)
         (*inner >> 4) != (inner_proto == bpf_htons(ETH_P_IP) ? 4 : 6)) {
         lb_decap_counted(3);
         return XDP_DROP;
+    }
+    /* RFC 6040 4.2: the outer Congestion Experienced onto the inner header (its ECN bits: IPv4's
+     * TOS byte, inner[1], with its header checksum; IPv6's traffic class, inner[0..1]) */
+    if (outer_ecn == 3) {
+        if (inner_proto == bpf_htons(ETH_P_IP)) {
+            struct iphdr *in = (void *)inner;
+            if ((void *)(in + 1) > data_end) {
+                lb_decap_counted(3);
+                return XDP_DROP;
+            }
+            if ((in->tos & 3) == 0) {
+                lb_decap_counted(4);
+                return XDP_DROP;
+            }
+            if ((in->tos & 3) != 3) {
+                __u16 old = *(__u16 *)in;
+                in->tos |= 3;
+                __u32 sum = (__u16)~in->check;
+                sum += (__u16)~old;
+                sum += *(__u16 *)in;
+                sum = (sum & 0xffff) + (sum >> 16);
+                sum = (sum & 0xffff) + (sum >> 16);
+                in->check = ~(__u16)sum;
+            }
+        } else {
+            if ((void *)(inner + 2) > data_end) {
+                lb_decap_counted(3);
+                return XDP_DROP;
+            }
+            if ((inner[1] & 0x30) == 0) {
+                lb_decap_counted(4);
+                return XDP_DROP;
+            }
+            inner[1] |= 0x30;
+        }
     }
     /* the Ethernet header moves forward over the outer IP header, which then goes */
     struct ethhdr copy;

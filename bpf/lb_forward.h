@@ -126,9 +126,16 @@ static __always_inline int lb_icmp_allow(void)
  * error (RFC 1122 3.2.2, RFC 4443 2.4(e); the tunnel carries ICMP only as relayed errors), not
  * when `may` is 0 (IPv4 without DF: IPVS would fragment, XDP cannot), and only within the rate
  * limit.  Either way the packet is dropped, counted. */
-static __always_inline int lb_too_big_answer(struct lb_pkt *pkt, int may)
+static __always_inline int lb_too_big_answer(struct xdp_md *ctx, struct lb_pkt *pkt, int may)
 {
     if (pkt->proto == IPPROTO_ICMP || pkt->proto == IPPROTO_ICMPV6) {
+        lb_count(LB_CNT_TOO_BIG_UNANSWERED);
+        return 0;
+    }
+    /* "too big" by an IP length past the frame: a packet the kernel's ip_rcv / ipv6_rcv drops,
+     * which IPVS never answers (else a 60-byte frame claiming 64 KiB draws an answer) */
+    void *l3 = pkt->ip4 ? (void *)pkt->ip4 : (void *)pkt->ip6;
+    if ((__u64)(l3 - (void *)(long)ctx->data) + pkt->len > (__u64)(ctx->data_end - ctx->data)) {
         lb_count(LB_CNT_TOO_BIG_UNANSWERED);
         return 0;
     }
@@ -159,35 +166,58 @@ static __always_inline int lb_csum_words(__u8 *p, __u32 len, void *data_end, __u
     return LB_CONTINUE;
 }
 
-/* Turn the frame into [Ethernet back to the client][an IP header of ip_hdr bytes][an 8-byte
- * ICMP header][the first quote bytes of the packet's IP header and what follows], in place:
- * the head grows, the tail is cut.  Returns where the new IP header goes (the Ethernet header
- * written, the IP and ICMP headers within the packet), or NULL. */
+/* Turn the frame into [Ethernet back to the client][its VLAN tag, if it came with one][an IP
+ * header of ip_hdr bytes][an 8-byte ICMP header][the first quote bytes of the packet's IP header
+ * and what follows], in place: the head grows, the tail is cut.  l2: where the packet's IP header
+ * is (14, or 18 behind a tag: the answer goes back on the client's VLAN, as the kernel's
+ * icmp_send would send it from the VLAN device).  Returns where the new IP header goes (the
+ * Ethernet header and tag written, the IP and ICMP headers within the packet), or NULL. */
 static __always_inline void *lb_reframe_reply(struct xdp_md *ctx, int l2, int ip_hdr, __u32 quote,
                                              const __u8 *cmac, const __u8 *lmac, __be16 proto)
 {
-    int hdrs = sizeof(struct ethhdr) + ip_hdr + 8;
-    if (bpf_xdp_adjust_head(ctx, l2 - hdrs))
-        return 0;
     void *data = (void *)(long)ctx->data;
     void *data_end = (void *)(long)ctx->data_end;
+    __be16 tpid = 0, tci = 0;
+    int tag = 0;
+    if (l2 > (int)sizeof(struct ethhdr)) {
+        struct lb_vlan_hdr *in = data + sizeof(struct ethhdr);
+        if ((void *)(in + 1) > data_end)
+            return 0;
+        tpid = ((struct ethhdr *)data)->h_proto;
+        tci = in->tci;
+        tag = sizeof(*in);
+    }
+    int hdrs = sizeof(struct ethhdr) + tag + ip_hdr + 8;
+    if (bpf_xdp_adjust_head(ctx, l2 - hdrs))
+        return 0;
+    data = (void *)(long)ctx->data;
+    data_end = (void *)(long)ctx->data_end;
     if (bpf_xdp_adjust_tail(ctx, (int)(hdrs + quote) - (int)(data_end - data)))
         return 0;
     data = (void *)(long)ctx->data;
     data_end = (void *)(long)ctx->data_end;
     struct ethhdr *eth = data;
-    if (data + hdrs > data_end)
+    if (data + sizeof(struct ethhdr) + ip_hdr + 8 > data_end)
         return 0;
     __builtin_memcpy(eth->h_dest, cmac, ETH_ALEN);
     __builtin_memcpy(eth->h_source, lmac, ETH_ALEN);
-    eth->h_proto = proto;
-    return eth + 1;
+    if (!tag) {
+        eth->h_proto = proto;
+        return eth + 1;
+    }
+    struct lb_vlan_hdr *vh = (void *)(eth + 1);
+    if (data + sizeof(struct ethhdr) + sizeof(*vh) + ip_hdr + 8 > data_end)
+        return 0;
+    eth->h_proto = tpid;
+    vh->tci = tci;
+    vh->proto = proto;
+    return vh + 1;
 }
 
 static __always_inline int lb_too_big4(struct xdp_md *ctx, struct lb_pkt *pkt, __u32 mtu)
 {
     struct iphdr *ip = pkt->ip4;
-    if (!lb_too_big_answer(pkt, ip->frag_off & bpf_htons(0x4000)))
+    if (!lb_too_big_answer(ctx, pkt, ip->frag_off & bpf_htons(0x4000)))
         return XDP_DROP;
     void *data = (void *)(long)ctx->data;
     int l2 = (void *)ip - data;
@@ -221,7 +251,7 @@ static __always_inline int lb_too_big4(struct xdp_md *ctx, struct lb_pkt *pkt, _
 static __always_inline int lb_too_big6(struct xdp_md *ctx, struct lb_pkt *pkt, __u32 mtu)
 {
     struct ipv6hdr *ip = pkt->ip6;
-    if (!lb_too_big_answer(pkt, 1))
+    if (!lb_too_big_answer(ctx, pkt, 1))
         return XDP_DROP;
     void *data = (void *)(long)ctx->data;
     int l2 = (void *)ip - data;

@@ -289,3 +289,65 @@ def test_too_big_answer_is_small_and_quotes_the_headers(dp):
     before = dp.counters()["too_big_unanswered"]
     assert run(dp, "lb_xdp_public", Ether(src=CLIENT_MAC, dst=PUB_MAC) / long_ext)[0] == XDP_DROP
     assert dp.counters()["too_big_unanswered"] == before + 1
+
+
+def test_too_big_answer_goes_back_on_the_clients_vlan(dp):
+    """A client behind an 802.1Q tag gets its "fragmentation needed" / Packet Too Big with the
+    tag it came with, as the kernel's icmp_send answers from the VLAN device: untagged, the
+    answer lands on another L2 segment and the client's path MTU discovery never hears of it."""
+    _reset_icmp_bucket(dp)
+    for vip, n in ((VIP, PRIV_MTU - 20 - 40 + 1), (VIP6, PRIV_MTU - 40 - 40 - 20 + 1)):
+        big = _big(_established(dp, vip), n)
+        rc, out = run(dp, "lb_xdp_public", Ether(src=CLIENT_MAC, dst=PUB_MAC) / Dot1Q(vlan=42, prio=3) / big)
+        assert rc == XDP_TX
+        if IP in big:
+            ans = IP(src=VIP, dst=big[IP].src, ttl=64, id=0, flags=0) / \
+                ICMP(type=3, code=4, nexthopmtu=PRIV_MTU - 20) / bytes(big)[:28]
+        else:
+            ans = IPv6(src=VIP6, dst=big[IPv6].src, hlim=64) / ICMPv6PacketTooBig(mtu=PRIV_MTU - 40) / bytes(big)[:48]
+        assert out == bytes(Ether(src=PUB_MAC, dst=CLIENT_MAC) / Dot1Q(vlan=42, prio=3) / ans)
+
+
+def test_no_answer_for_an_ip_length_past_the_frame(dp):
+    """A short frame whose IP header claims 64 KiB is no packet too big for the tunnel: the
+    kernel (ip_rcv, ipv6_rcv) drops it before IPVS, which never answers it.  Dropped unanswered
+    (counted), not an XDP_TX answer to a frame that claims what it does not carry."""
+    _reset_icmp_bucket(dp)
+    for vip in (VIP, VIP6):
+        ack = _big(_established(dp, vip), 10)
+        if IP in ack:
+            ack[IP].len = 65535
+            del ack[IP].chksum
+        else:
+            ack[IPv6].plen = 65535
+        before = dp.counters()
+        rc, _out = run(dp, "lb_xdp_public", Ether(src=CLIENT_MAC, dst=PUB_MAC) / ack)
+        assert rc == XDP_DROP
+        after = dp.counters()
+        assert after["too_big_unanswered"] == before["too_big_unanswered"] + 1
+        assert after["icmp_rate_limited"] == before["icmp_rate_limited"]
+
+
+def test_decap_carries_congestion_experienced_to_the_inner_header(decapper):
+    """ECN across the tunnel as the kernel's ipip / ip6_tunnel decapsulate it (RFC 6040 4.2): a
+    router's Congestion Experienced on the outer header goes onto an ECN-capable inner packet
+    (IPv4: its header checksum follows), and a not-ECN-capable one is dropped, counted.  Lost, the
+    real server never slows down for the congestion between director and real server."""
+    b, fn = decapper
+    for inner_ecn in (1, 2, 3):
+        for src, dst, vip in ((str(PRIV_ADDR[4]), REALS[0], VIP), (str(PRIV_ADDR[6]), REALS6[0], VIP6)):
+            inner = _inner(vip, tos=inner_ecn)
+            outer = IPv6(src=src, dst=dst, nh=41, tc=3) if ":" in dst else IP(src=src, dst=dst, proto=4, tos=3)
+            rc, out, _ = prog_test_run(fn.fd, bytes(Ether() / outer / inner))
+            ce = inner.copy()
+            if IP in ce:
+                ce[IP].tos |= 3
+                del ce[IP].chksum
+            else:
+                ce[IPv6].tc |= 3
+            assert rc == XDP_PASS and out[14:] == bytes(ce)
+    before = decap.counters(b)
+    for src, dst, vip in ((str(PRIV_ADDR[4]), REALS[0], VIP), (str(PRIV_ADDR[6]), REALS6[0], VIP6)):
+        outer = IPv6(src=src, dst=dst, nh=41, tc=3) if ":" in dst else IP(src=src, dst=dst, proto=4, tos=3)
+        assert prog_test_run(fn.fd, bytes(Ether() / outer / _inner(vip, tos=0)))[0] == XDP_DROP
+    assert decap.counters(b)["ce_not_ect"] == before["ce_not_ect"] + 2

@@ -57,7 +57,7 @@ def _key(addr) -> bytes:
 
 
 # lb_decap_count: what each index counts
-COUNTERS = ("decapsulated", "not_for_us", "not_from_a_director", "bad_inner_header")
+COUNTERS = ("decapsulated", "not_for_us", "not_from_a_director", "bad_inner_header", "ce_not_ect")
 
 
 def compile_object() -> bpfobj.Object:
