@@ -199,15 +199,17 @@ static __always_inline int lb_parse(struct xdp_md *ctx, struct lb_pkt *pkt, __u3
 }
 
 /* What the kernel drops before IPVS would see it, so that no connection is made for it: an IP
- * length past the frame or short of the L4 header (ip_rcv, ipv6_rcv), a martian source (0/8,
+ * length past the frame or short of the L4 header (ip_rcv, ipv6_rcv; IPVS for TCP's), a martian source (0/8,
  * 127/8, multicast, class E and broadcast; ::, ::1, ff00::/8: ip_route_input, ipv6_rcv).  Asked
  * only before a new connection (an established flow's packets never came from such a source,
  * and its entry's lookup is the hot path). */
 static __always_inline int lb_not_routable(struct xdp_md *ctx, struct lb_pkt *pkt)
 {
-    /* l4len: the IP length less the headers (wrapped past 64K when it is shorter than them) */
+    /* l4len: the IP length less the headers (wrapped past 64K when it is shorter than them);
+     * TCP's header is 20 bytes (IPVS's tcp_conn_schedule drops a segment without them), UDP's 8 */
     __u32 frame = ctx->data_end - ctx->data;
-    if (pkt->l4len < 8 || pkt->l4off + pkt->l4len > frame)
+    __u32 least = pkt->proto == IPPROTO_TCP ? 20 : 8;
+    if (pkt->l4len < least || pkt->l4off + pkt->l4len > frame)
         return 1;
     __be32 *s = pkt->saddr;
     if (pkt->family == LB_AF_INET) {

@@ -168,7 +168,7 @@ def _ethertype(b: bytes) -> tuple[int | None, int]:
 def not_routable(b: bytes, p: Parsed) -> bool:
     """lb_not_routable: what the kernel drops before IPVS, never a new connection."""
     l4len = (p.iplen - (p.l4 - p.l3)) & 0xFFFF
-    if l4len < 8 or p.l4 + l4len > len(b):
+    if l4len < (20 if p.proto == 6 else 8) or p.l4 + l4len > len(b):
         return True
     if p.fam == 4:
         return p.saddr[0] in (0, 127) or p.saddr[0] >= 224

@@ -10,7 +10,7 @@ import ipaddress
 import itertools
 
 import pytest
-from scapy.layers.inet import IP, UDP
+from scapy.layers.inet import IP, TCP, UDP
 from scapy.layers.inet6 import IPv6
 from scapy.layers.l2 import Ether
 
@@ -21,8 +21,8 @@ ip = ipaddress.ip_address
 CLIENT, V4, V6 = "198.18.0.2", "198.18.0.20", "2001:2::20"
 
 
-def svc(vip, reals, fwd, port=53, rport=5353):
-    return ServiceSpec("udp", ip(vip), port, "rr", tuple(RealSpec(ip(a), rport, 1, fwd) for a in reals))
+def svc(vip, reals, fwd, port=53, rport=5353, proto="udp"):
+    return ServiceSpec(proto, ip(vip), port, "rr", tuple(RealSpec(ip(a), rport, 1, fwd) for a in reals))
 
 
 def pub(l3, l4=None):
@@ -32,6 +32,10 @@ def pub(l3, l4=None):
 NOT_ROUTABLE = [
     ("IPv4 length past the frame", pub(IP(src=CLIENT, dst=V4, len=1500))),
     ("IPv4 length short of the UDP header", pub(IP(src=CLIENT, dst=V4, len=20))),
+    # a SYN whose IP length holds 12 of its TCP header's 20 bytes (the rest in the frame's
+    # padding): IPVS's tcp_conn_schedule drops it
+    ("IPv4 length short of the TCP header", pub(IP(src=CLIENT, dst=V4, len=32), TCP(dport=53, flags="S"))),
+    ("IPv6 payload short of the TCP header", pub(IPv6(src="2001:2::2", dst=V6, plen=12), TCP(dport=53, flags="S"))),
     ("source 0.0.0.0", pub(IP(src="0.0.0.0", dst=V4))),
     ("source 127.0.0.1", pub(IP(src="127.0.0.1", dst=V4))),
     ("source 224.0.0.1", pub(IP(src="224.0.0.1", dst=V4))),
@@ -46,8 +50,9 @@ NOT_ROUTABLE = [
 
 @pytest.fixture(scope="module")
 def nat_dp():
-    table = TableSpec((svc(V4, ["198.18.1.11", "198.18.1.12"], "nat"),
-                       svc(V6, ["2001:2:0:1::11", "2001:2:0:1::12"], "nat")))
+    table = TableSpec(tuple(svc(vip, reals, "nat", proto=proto) for proto in ("udp", "tcp")
+                            for vip, reals in ((V4, ["198.18.1.11", "198.18.1.12"]),
+                                               (V6, ["2001:2:0:1::11", "2001:2:0:1::12"]))))
     with loaded_dataplane("notroutable", table=table) as dp:
         yield dp
 
@@ -55,7 +60,7 @@ def nat_dp():
 def test_what_the_kernel_drops_is_passed_to_it_and_makes_nothing(nat_dp):
     ports = itertools.count(30000)
     for name, pkt in NOT_ROUTABLE:
-        pkt[UDP].sport = next(ports)
+        (pkt[UDP] if UDP in pkt else pkt[TCP]).sport = next(ports)
         before, counted = len(conn_items(nat_dp.maps)), nat_dp.counters().get("not_routable", 0)
         rc, _ = run(nat_dp, "lb_xdp_public", pkt)
         assert rc == XDP_PASS, name
@@ -64,6 +69,8 @@ def test_what_the_kernel_drops_is_passed_to_it_and_makes_nothing(nat_dp):
     # and the same flows from real sources are balanced (the checks refuse only the above)
     for pkt in (pub(IP(src=CLIENT, dst=V4), UDP(sport=next(ports), dport=53)),
                 pub(IPv6(src="2001:2::2", dst=V6), UDP(sport=next(ports), dport=53)),
+                pub(IP(src=CLIENT, dst=V4), TCP(sport=next(ports), dport=53, flags="S")),
+                pub(IPv6(src="2001:2::2", dst=V6), TCP(sport=next(ports), dport=53, flags="S")),
                 # a frame padded past the IP length (a short frame's Ethernet padding) is fine
                 pub(IP(src=CLIENT, dst=V4), UDP(sport=next(ports), dport=53)) / (b"\0" * 12)):
         rc, _ = run(nat_dp, "lb_xdp_public", pkt)
