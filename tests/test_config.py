@@ -1104,3 +1104,44 @@ def test_sorry_server_must_be_a_string() -> None:
     with pytest.raises(ConfigError) as ei:
         loads(text)
     assert ei.value.issues[0].field == "virtual_server[0].sorry_server"
+
+
+def test_keys_that_change_nothing_are_warned_about_with_their_line():
+    """A persistence netmask without persistence, or l_threshold without u_threshold, is
+    accepted (as ipvsadm takes -M without -p) but changes nothing: `lb check` says so, with the
+    line, as it does for lvs.cf's and keepalived.conf's keys without effect."""
+    cfg = loads(doc("""\
+        [global]
+        public_interface = "pub0"
+
+        [[virtual_server]]
+        name = "web"
+        address = "198.18.0.10"
+        port = 80
+        pmask = "/24"
+          [[virtual_server.real_server]]
+          address = "198.18.1.11"
+          l_threshold = 5
+        """), "w.toml")
+    assert [(w.path, w.line, w.field, w.message) for w in cfg.warnings] == [
+        ("w.toml", 8, "virtual_server[0].pmask", "no effect without persistent (the persistence timeout)"),
+        ("w.toml", 11, "virtual_server[0].real_server[0].l_threshold",
+         "no effect without u_threshold (the server is never overloaded)"),
+    ]
+    # with persistence and an upper threshold: no warning
+    fine = loads(doc("""\
+        [global]
+        public_interface = "pub0"
+
+        [[virtual_server]]
+        name = "web"
+        address = "198.18.0.10"
+        port = 80
+        persistent = 300
+        pmask = "/24"
+          [[virtual_server.real_server]]
+          address = "198.18.1.11"
+          u_threshold = 10
+          l_threshold = 5
+        """), "w.toml")
+    assert fine.warnings == ()

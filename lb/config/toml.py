@@ -435,11 +435,17 @@ class _Checker:
         self.display = display
         self.positions = positions
         self.issues: list[ConfigIssue] = []
+        self.warnings: list[ConfigIssue] = []
 
     def error(self, path: FieldPath, message: str) -> _Invalid:
         line, name = self.positions.where(path)
         self.issues.append(ConfigIssue(self.positions.file(path) or self.display, line, name, message))
         return INVALID
+
+    def warn(self, path: FieldPath, message: str) -> None:
+        """A key accepted that changes nothing (Config.warnings: `lb check` and the log say it)"""
+        line, name = self.positions.where(path)
+        self.warnings.append(ConfigIssue(self.positions.file(path) or self.display, line, name, message))
 
 
 class _Keep:
@@ -743,6 +749,8 @@ def _check_pmask(vs: _Table, version: int | None) -> str | int | None | _Invalid
     if value is _ABSENT:
         return None
     path = vs.at("pmask")
+    if not vs.data.get("persistent"):
+        vs.chk.warn(path, "no effect without persistent (the persistence timeout)")
     if version == 6:
         prefix = parse_prefix_length(value)
         if prefix is not None:
@@ -785,6 +793,8 @@ def _check_real(rs: _Table, vip: IPAddress | _Invalid, vs_name: str | None) -> _
     if isinstance(u_threshold, int) and isinstance(l_threshold, int) and u_threshold and l_threshold > u_threshold:
         l_threshold = rs.chk.error(rs.at("l_threshold"),
                                    f"must not be above u_threshold ({l_threshold} > {u_threshold})")
+    elif u_threshold == 0 and isinstance(l_threshold, int) and l_threshold:
+        rs.chk.warn(rs.at("l_threshold"), "no effect without u_threshold (the server is never overloaded)")
     return _RealDraft(
         path=rs.path,
         name=rs.name("name"),
@@ -1878,5 +1888,5 @@ def validate(doc: dict[str, Any], display: str, positions: Positions, path: Path
         control=_valid(control),
         bgp=_valid(bgp),
         serial_no=_valid_int(serial_no),
-        warnings=tuple(warnings),
+        warnings=tuple(warnings) + tuple(chk.warnings),
     )
