@@ -702,8 +702,9 @@ class Engine:
             added = []
             old_bgp = self.bgp.bgp if self.bgp is not None else None
             try:
-                if self.active:
-                    added = addresses.take([a for a in want if a not in self.owned])
+                with self._addr_lock:       # the role cannot change between the test and the take
+                    if self.active:
+                        added = addresses.take([a for a in want if a not in self.owned])
                 if self.bgp is not None:
                     self.bgp.bgp = new.bgp           # [[bgp.vip]]: _apply's update announces them
                 self._apply(table, new, planned=True, sorry=sorry)
@@ -720,10 +721,20 @@ class Engine:
                     raise ReloadFailed(f"reload failed: {e}; the {len(added)} addresses this reload added were "
                                        f"removed again", restored=False) from None
                 raise
-        if self.active:
-            addresses.release([a for a in self.owned if a not in want])
-            self.announce(True, added)           # the VIPs this reload added: neighbours learn them now
-        self.owned, self.cfg = want, new
+        with self._addr_lock:
+            # pulse may have changed the role while the table was applied: a step-down released
+            # only the addresses owned before this reload, a takeover took only those
+            if self.active:
+                addresses.release([a for a in self.owned if a not in want])
+                try:
+                    added += addresses.take([a for a in want if a not in self.owned and a not in added])
+                except addresses.AddressError as e:    # keep_ownership's restore tries again
+                    log.error("HA: taking the addresses this reload added: %s", e)
+            else:
+                addresses.release(added)
+                added = []
+            self.owned, self.cfg = want, new
+        self.announce(True, added)               # the VIPs this reload added: neighbours learn them now
         if new.ha is not None:              # the lease covers the new addresses (bpf/lb_lease.h)
             try:
                 self.dp.claim(self._claims(want))
