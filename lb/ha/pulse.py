@@ -682,7 +682,10 @@ class Pulse:
                               "fix the time (NTP)", self.peer_skew, self.ha.max_skew)
         if m.type == hb.T_STANDDOWN:
             self.counters["standdown_rx"] += 1
-            self._act(self.machine.standdown(now))
+            if m.state == ACTIVE:
+                self._act(self.machine.standdown(now))
+            else:                             # sent by a peer no longer active: only its state is news
+                self._act(self.machine.heard(now, m.state))
             return
         self._act(self.machine.heard(now, m.state))
 
@@ -737,8 +740,11 @@ class Pulse:
                     self._send_all(hb.T_HEARTBEAT)       # tell the peer at once
                     self._notify(NAMES[new], NAMES[old])
                 elif a[0] == "standdown":
-                    for _ in range(2):
-                        self._send_all(hb.T_STANDDOWN)
+                    # only while still active: the peer may have been heard active meanwhile (a
+                    # partition healed during the takeover's on_role) and this node stepped down
+                    if self.machine.state == ACTIVE:
+                        for _ in range(2):
+                            self._send_all(hb.T_STANDDOWN)
                 elif a[0] == "announce" and self.announce_fn is not None:
                     await loop.run_in_executor(None, self.announce_fn, False)
             await asyncio.sleep(tick)
