@@ -240,11 +240,16 @@ class ReplayGuard:
                 self._heard(st, m, now_wall_ns, my_boot)
                 return None
             self.streams[key] = st = back       # its window as it was: nothing it had is taken again
-        elif sync and m.ts_ns < st.floor_ns:
+        elif sync and m.ts_ns < min(st.floor_ns, self._sync_floor(m) or st.floor_ns):
             # inside the window, but made before its boot's first heartbeat we accepted: a
             # capture from before we started, refused as a new stream's first one would be
+            # (the floor follows the boot's heartbeats down when its clock was stepped back)
             return "replay"
         if m.seq > st.top:
+            if not sync and m.ts_ns < st.first_ts_ns:
+                # a newer message of the same boot made earlier by its clock: the sender's clock
+                # was stepped back (NTP).  Its sync messages are as early: their floor follows
+                st.first_ts_ns = m.ts_ns
             shift = m.seq - st.top
             st.bits = ((st.bits << shift) | 1) & ((1 << WINDOW) - 1) if shift < WINDOW else 1
             st.top = m.seq
