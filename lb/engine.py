@@ -38,8 +38,7 @@ from lb.ha import announce as ha_announce
 from lb.health import CheckSpec, LoadMonitorTask, LoadSpec, Monitor, NannyPolicy
 from lb.instance import AlreadyRunning, InstanceLock
 from lb.instance import pidfile as _pidfile
-from lb.tasks import RateLimitedLog
-from lb.tasks import spawn, supervise
+from lb.tasks import RateLimitedLog, spawn, supervise
 
 log = logging.getLogger("lb.engine")
 
@@ -411,6 +410,7 @@ class Engine:
         self._overrides_file: str | None = None      # where they are kept; set by start()
         self._apply_waiters: list[tuple] = []        # (future, reply) of `lb weight` callers: after the apply
         self._dirty = False                          # health changed: reconcile the data plane
+        self._apply_log = RateLimitedLog(log, 60.0)  # a failing apply_health, retried each turn
         self.on_sorry: set[tuple] = set()            # keys of the services sent to their sorry server
         # HA (lb.ha.pulse): without an [ha] table the one director is always active
         self.pulse = None
@@ -1446,9 +1446,12 @@ class Engine:
                                                 f"the table failed: {type(e).__name__}: {e}"})
                         if not isinstance(e, DataplaneError):
                             raise
-                        # the data plane kept (or wrote back) the previous table; the next
-                        # change tries again
-                        log.error("applying the table after a health, weight or override change: %s", e)
+                        # the data plane kept (or wrote back) the previous table: the change
+                        # (a health verdict is reported once, at its transition) is tried again
+                        # at the loop's next turn, until the data plane takes it
+                        self._dirty = True
+                        self._apply_log.log("apply", logging.ERROR, "applying the table after a health, weight "
+                                            "or override change (tried again each second): %s", e)
                     for fut, reply in applied:
                         if not fut.done():
                             fut.set_result(reply)
