@@ -552,6 +552,10 @@ class ServiceTable:
         real = self._own_real(rid)
         if revivable:
             self.retired[self._retired_key(real)] = rid
+        else:
+            # no service: its id may go to the next new service, and a restart's adopt() takes a
+            # retired server of a live service id as revivable (its counts would come back)
+            real.svc = L.LB_NONE
         real.family = 0
         real.weight = 0
         self.mh.last.pop(rid, None)         # a reused id starts with a new last weight
