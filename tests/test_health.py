@@ -894,3 +894,89 @@ def test_a_cancel_while_a_timed_out_program_is_reaped_is_not_swallowed():
         [res] = await asyncio.gather(task, return_exceptions=True)
         return res
     assert isinstance(run(go()), asyncio.CancelledError)
+
+
+def test_send_expect_regex_is_not_judged_on_a_reply_cut_short():
+    """A reply split across segments: "STATUS: UP" then "GRADING\r\n".  The regex must be
+    judged on the whole line, not on the first segment (where "UP$" and "UP\b" match)."""
+    async def main():
+        async def split(r, w):
+            try:
+                await r.read(100)
+                w.write(b"STATUS: UP")
+                await w.drain()
+                await asyncio.sleep(0.1)
+                w.write(b"GRADING\r\n")
+                await w.drain()
+                await asyncio.sleep(5)
+            except (asyncio.CancelledError, ConnectionError):
+                pass
+            finally:
+                w.close()
+
+        async def no_newline(r, w):          # a prompt without a line end, the connection kept
+            try:
+                await r.read(100)
+                w.write(b"STATUS: UP")
+                await w.drain()
+                await asyncio.sleep(5)
+            except (asyncio.CancelledError, ConnectionError):
+                pass
+            finally:
+                w.close()
+
+        srv = await asyncio.start_server(split, HOST, 0)
+        srv2 = await asyncio.start_server(no_newline, HOST, 0)
+        port, port2 = srv.sockets[0].getsockname()[1], srv2.sockets[0].getsockname()[1]
+        async with srv, srv2:
+            return await asyncio.gather(*[
+                run_check(CheckSpec("send_expect", HOST, port, send=r"STATUS\r\n", expect=rx,
+                                    use_regex=True, connect_timeout=1))
+                for rx in (r"STATUS: UP$", r"STATUS: UP\b", r"STATUS: UP(?!GRADING)", r"STATUS: UP\w*\r?$")
+            ], run_check(CheckSpec("send_expect", HOST, port2, send=r"STATUS\r\n", expect=r"STATUS: UP$", use_regex=True,
+                                   connect_timeout=0.5)))
+
+    dollar, boundary, lookahead, whole, prompt = run(main())
+    assert not dollar.ok, dollar
+    assert not boundary.ok, boundary
+    assert not lookahead.ok, lookahead
+    assert whole.ok, whole
+    assert prompt.ok, prompt          # judged at the deadline on what arrived
+
+
+def test_http_answers_with_bare_lf_line_ends():
+    """RFC 9112 2.2: a bare LF ends a line too.  A server that writes its answer with "\\n"
+    (printf | nc, a small embedded server) is alive; its chunked body is read whole."""
+    answers = {
+        "/lf": b"HTTP/1.0 200 OK\nContent-Type: text/plain\n\nOK ready\n",
+        "/lf-chunks": b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\nOK \n5\nready\n0\n\n",
+        "/lf-500": b"HTTP/1.0 500 Oops\n\nOK ready\n",
+        "/bad-chunk-end": b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nOK xx\r\n0\r\n\r\n",
+    }
+
+    async def main():
+        async def handle(r, w):
+            try:
+                request = await r.readuntil(b"\r\n\r\n")
+                w.write(answers[request.split()[1].decode()])
+                await w.drain()
+            finally:
+                w.close()
+
+        srv = await asyncio.start_server(handle, HOST, 0)
+        port = srv.sockets[0].getsockname()[1]
+        async with srv:
+            return await asyncio.gather(
+                run_check(CheckSpec("http", HOST, port, path="/lf", connect_timeout=2)),
+                run_check(CheckSpec("http", HOST, port, path="/lf", body_regex="OK ready", connect_timeout=2)),
+                run_check(CheckSpec("http", HOST, port, path="/lf-chunks", body_regex="OK ready", connect_timeout=2)),
+                run_check(CheckSpec("http", HOST, port, path="/lf-500", connect_timeout=2)),
+                run_check(CheckSpec("http", HOST, port, path="/bad-chunk-end", body_regex="OK", connect_timeout=2)),
+            )
+
+    status, body, chunks, error, bad = run(main())
+    assert status.ok and status.detail == "status 200", status
+    assert body.ok, body
+    assert chunks.ok, chunks
+    assert not error.ok and "500" in error.detail, error
+    assert not bad.ok and "malformed chunked body" in bad.detail, bad

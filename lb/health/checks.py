@@ -150,10 +150,19 @@ async def _check_send_expect(spec: CheckSpec) -> tuple[bool, str]:
                     if not chunk:
                         break
                     buf += chunk
-                    if _matches(spec.expect, spec.use_regex, buf.decode("utf-8", errors="replace")):
+                    # a regex is judged on whole lines only: against a reply cut short by a
+                    # segment boundary, "UP$" or "UP\b" would match the "UP" of "UPGRADING"
+                    if (not spec.use_regex or buf.endswith(b"\n")) and \
+                            _matches(spec.expect, spec.use_regex, buf.decode("utf-8", errors="replace")):
                         return True, f"matched {spec.expect!r}"
         except TimeoutError:
+            # the reply as it stands at the deadline (a regex waiting for the end of a line)
+            if spec.use_regex and buf and _matches(spec.expect, True, buf.decode("utf-8", errors="replace")):
+                return True, f"matched {spec.expect!r}"
             return False, f"timed out waiting for {spec.expect!r}; received {_snip(buf)}"
+        # closed, or READ_LIMIT read: the reply is complete as it is
+        if spec.use_regex and _matches(spec.expect, True, buf.decode("utf-8", errors="replace")):
+            return True, f"matched {spec.expect!r}"
         why = "connection closed" if len(buf) < READ_LIMIT else f"{READ_LIMIT} bytes read"
         return False, f"{why} without {spec.expect!r}; received {_snip(buf)}"
     finally:
@@ -246,10 +255,39 @@ async def _read_chunked(reader: asyncio.StreamReader, limit: int) -> bytes:
                 size -= len(part)
             if size:
                 break                   # the limit fell inside this chunk
-            await reader.readexactly(2)
+            end = await reader.readline()          # CRLF, or a bare LF (RFC 9112 2.2)
+            if not end:
+                break
+            if end.rstrip(b"\r\n"):
+                raise ValueError(f"chunk data followed by {_snip(end)}, not a line end")
     except asyncio.IncompleteReadError as e:
         body += e.partial[: max(0, limit - len(body))]
     return bytes(body[:limit])
+
+
+async def _read_head(reader: asyncio.StreamReader) -> list[str]:
+    """One response's status line and header lines, without their line ends.  A line ends with
+    CRLF or a bare LF (RFC 9112 2.2: a recipient may take a bare LF; curl, http.client and
+    keepalived read such answers).  IncompleteReadError when the connection closes first,
+    LimitOverrunError past BODY_LIMIT bytes."""
+    raw = bytearray()
+    lines: list[str] = []
+    while True:
+        try:
+            line = await reader.readline()
+        except ValueError:                  # one line past the reader's limit (BODY_LIMIT)
+            raise asyncio.LimitOverrunError("response headers too long", len(raw)) from None
+        raw += line
+        if len(raw) > BODY_LIMIT:
+            raise asyncio.LimitOverrunError("response headers too long", len(raw))
+        if not line.endswith(b"\n"):
+            raise asyncio.IncompleteReadError(bytes(raw), None)
+        text = line[:-1].removesuffix(b"\r").decode("latin-1")
+        if not text:
+            if lines:
+                return lines
+            continue                        # an empty line before the status line
+        lines.append(text)
 
 
 async def _read_body(reader: asyncio.StreamReader, headers: dict[str, str], limit: int) -> bytes:
@@ -326,12 +364,11 @@ async def _check_http(spec: CheckSpec) -> tuple[bool, str]:
             await writer.drain()
             for _ in range(INTERIM_MAX + 1):
                 try:
-                    head = await reader.readuntil(b"\r\n\r\n")
+                    lines = await _read_head(reader)
                 except asyncio.IncompleteReadError as e:
                     return False, f"connection closed before the response headers; received {_snip(e.partial)}"
                 except asyncio.LimitOverrunError:
                     return False, f"response headers longer than {BODY_LIMIT} bytes"
-                lines = head.decode("latin-1").split("\r\n")
                 parts = lines[0].split(None, 2)
                 if len(parts) < 2 or not parts[0].startswith("HTTP/") or not _STATUS_CODE.fullmatch(parts[1]):
                     return False, f"malformed status line {_snip(lines[0])}"
