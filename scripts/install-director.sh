@@ -29,6 +29,25 @@ DEPS_ONLY=0
 
 log() { printf 'install: %s\n' "$*"; }
 
+# the units name `lb` and /etc/lb: written with this install's BINDIR and CONFDIR (systemd looks a
+# bare command up in its own PATH only, /usr/local/sbin:...:/bin: a BINDIR elsewhere failed)
+install_units() {
+  local src=$1 unit
+  mkdir -p "$UNITDIR"
+  for unit in "$src"/*.service; do
+    [ -e "$unit" ] || continue
+    sed -e "s|^\(Exec[A-Za-z]*=[-@+!:]*\)lb |\1$BINDIR/lb |" -e "s|/etc/lb\b|$CONFDIR|g" "$unit" \
+      > "$UNITDIR/$(basename "$unit")"
+    chmod 0644 "$UNITDIR/$(basename "$unit")"
+    log "unit $UNITDIR/$(basename "$unit")"
+  done
+}
+# --units DIR: only the units of DIR into UNITDIR (tests; no root needed)
+if [ "${1:-}" = "--units" ]; then
+  install_units "${2:?--units DIR}"
+  exit 0
+fi
+
 # --venv DIR: a venv at DIR (made if missing) that sees Debian's bcc package and nothing else of
 # Debian's (bcc is not on PyPI); lb's own install and a developer's .venv (setup.sh) both use it
 if [ "${1:-}" = "--venv" ]; then
@@ -117,12 +136,7 @@ mkdir -p "$BINDIR"
 ln -sfn "$PREFIX/bin/lb" "$BINDIR/lb"
 
 UNITS=$("$PREFIX/bin/python" -c 'import lb, pathlib; print(pathlib.Path(lb.__file__).parent / "systemd")')
-mkdir -p "$UNITDIR"
-for unit in "$UNITS"/*.service; do
-  [ -e "$unit" ] || continue
-  install -m 0644 "$unit" "$UNITDIR/"
-  log "unit $UNITDIR/$(basename "$unit")"
-done
+install_units "$UNITS"
 install -d -m 0755 "$CONFDIR"
 install -d -m 0700 /var/cache/lb
 # the web console's unit (lb-web@.service) runs as this system user, never as root
