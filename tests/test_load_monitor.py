@@ -50,6 +50,8 @@ def test_parse_report_refuses_what_it_cannot_read(text):
     (("load", 4.0), 10, 1, 2),
     (("load", 99.0), 10, 1, 1),
     (("weight", 5), 2, 3, 2),            # min_weight above the configured weight: configured wins
+    (("percent", 1e308), 500, 1, 500),   # a percentage that overflows (inf): the configured weight
+    (("weight", 1e308), 500, 1, 500),
 ])
 def test_dynamic_weight_stays_within_bounds(report, configured, lo, want):
     assert dynamic_weight(report, configured, lo) == want

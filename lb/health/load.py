@@ -98,7 +98,8 @@ def dynamic_weight(report: tuple[str, float], configured: int, min_weight: int) 
         w = value
     else:
         w = configured / (1.0 + value)
-    return max(min(min_weight, configured), min(configured, int(w + 0.5)))
+    # min() first: a percentage of 1e308 overflows to inf, which int() refuses
+    return max(min(min_weight, configured), int(min(w, configured) + 0.5))
 
 
 async def _ask_agent(spec: LoadSpec) -> str:
