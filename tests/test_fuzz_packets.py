@@ -473,9 +473,29 @@ def decap_model(pkt: bytes) -> tuple[int, bytes | None]:
     inner = 14 + outer
     if inner + 1 > len(pkt) or pkt[inner] >> 4 != inner_v:
         return XDP_DROP, None
-    if len(pkt) - outer < 14:
-        return XDP_PASS, None                  # bpf_xdp_adjust_head refuses: untouched
-    return XDP_PASS, pkt[:12] + (b"\x08\x00" if inner_v == 4 else b"\x86\xdd") + pkt[inner:]
+    # RFC 6040: the outer header's Congestion Experienced onto an ECN-capable inner header
+    # (IPv4 with an incremental update of its checksum), a not-ECN-capable one dropped
+    outer_ecn = pkt[15] & 3 if fam == 4 else (pkt[15] >> 4) & 3
+    b = bytearray(pkt)
+    if outer_ecn == 3:
+        if inner_v == 4:
+            if inner + 20 > len(b) or b[inner + 1] & 3 == 0:
+                return XDP_DROP, None
+            if b[inner + 1] & 3 != 3:
+                old = struct.unpack_from("!H", b, inner)[0]
+                b[inner + 1] |= 3
+                new = struct.unpack_from("!H", b, inner)[0]
+                total = (~struct.unpack_from("!H", b, inner + 10)[0] & 0xFFFF) + (~old & 0xFFFF) + new
+                total = (total & 0xFFFF) + (total >> 16)
+                total = (total & 0xFFFF) + (total >> 16)
+                struct.pack_into("!H", b, inner + 10, ~total & 0xFFFF)
+        else:
+            if inner + 2 > len(b) or b[inner + 1] & 0x30 == 0:
+                return XDP_DROP, None
+            b[inner + 1] |= 0x30
+    if len(b) - outer < 14:                    # bpf_xdp_adjust_head refuses: not decapsulated
+        return XDP_PASS, None if b == pkt else bytes(b)
+    return XDP_PASS, bytes(b[:12]) + (b"\x08\x00" if inner_v == 4 else b"\x86\xdd") + bytes(b[inner:])
 
 
 # ---- the packets ------------------------------------------------------------------------------
@@ -588,6 +608,13 @@ class Gen:
                         outer = IP(src=src, dst=real, proto=4) if fam == 4 else IPv6(src=src, dst=real, nh=41)
                         out.append(bytes(Ether(src=PRIV_MAC, dst=real_mac(real)) / outer / inner))
                         out.append(bytes(Ether(src=PRIV_MAC, dst=real_mac(real)) / outer / outer / inner))
+                        # Congestion Experienced on the outer header, the inner ECN-capable or not
+                        ce = IP(src=src, dst=real, proto=4, tos=3) if fam == 4 else IPv6(src=src, dst=real, nh=41, tc=3)
+                        for ecn in (0, 2):
+                            l3 = IP(src=iv["client"], dst=iv["tun"], tos=ecn) if inner_fam == 4 else \
+                                IPv6(src=iv["client"], dst=iv["tun"], tc=ecn)
+                            out.append(bytes(Ether(src=PRIV_MAC, dst=real_mac(real)) / ce / l3 /
+                                             TCP(sport=40000, dport=80, flags="S")))
                 # a tunnel to a VIP (public side: not TCP/UDP, passes)
                 out.append(bytes(e / (IP(src=v["client"], dst=v["dr"], proto=4) if fam == 4 else
                                       IPv6(src=v["client"], dst=v["dr"], nh=41)) /
