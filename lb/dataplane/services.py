@@ -681,7 +681,7 @@ class ServiceTable:
             return
         sid = L.U32.pack(st.id)
         self.write_dests(st)
-        self._set_buckets(st)
+        self._set_buckets(st, spec.sloppy)
         self._set_mh(st, spec, new)
         mw, di = sched_model.wrr_params(self._weights(st))
         fwmark = key.fwmark if isinstance(key, L.FwmKey) else 0
@@ -703,7 +703,19 @@ class ServiceTable:
             else:
                 self.txn.set("lb_services", key.pack(), L.U32.pack(st.id))
 
-    def _set_buckets(self, st: _SvcState) -> None:
+    def _canonical(self, members: list[int], rid_of) -> list[int]:
+        """Active-active (sloppy): the hash tables are built from the real servers in one order
+        every director shares -- by address and port, highest first (a fresh start's list order
+        for servers written in ascending order) -- not from the list order, which a removal and
+        re-add (a health check that failed on one director only) changes on that director alone
+        and for good: its sh/dh buckets and mh slots then sent flows ECMP moved to it elsewhere."""
+        def key(m):
+            r = self.reals[rid_of(m)]
+            a = ipaddress.ip_address(r.addr)
+            return (a.version, int(a), r.port)
+        return sorted(members, key=key, reverse=True)
+
+    def _set_buckets(self, st: _SvcState, canonical: bool = False) -> None:
         """dh / sh: the 256-bucket table of list positions (a pure function of the list and
         its weights, as ip_vs_dh_reassign / ip_vs_sh_reassign rebuild it on every change),
         written before lb_svc names the scheduler.  Draining real servers are left out, as
@@ -716,6 +728,8 @@ class ServiceTable:
         if st.sched not in L.BUCKET_SCHEDULERS:
             return
         members = [p for p, (_, rid) in enumerate(st.dests) if not self.reals[rid].flags & L.REAL_F_DRAINING]
+        if canonical:
+            members = self._canonical(members, lambda p: st.dests[p][1])
         if st.sched == "dh":
             table = sched_model.dh_table(len(members))
         else:
@@ -739,6 +753,8 @@ class ServiceTable:
         if not new:
             self.txn.flush()
         members = [rid for rid in rids if not self.reals[rid].flags & L.REAL_F_DRAINING]
+        if spec.sloppy:
+            members = self._canonical(members, lambda rid: rid)
         table = sched_model.mh_table([(self.reals[r].addr, self.reals[r].port, last[r]) for r in members],
                                      spec.mh_size)
         before = self.mh.writes
