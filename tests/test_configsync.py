@@ -302,3 +302,15 @@ def test_a_renumbered_vip_drops_the_backups_bgp_attributes_for_the_old_one(tmp_p
     got = store.read(b.cfg.path).cfg
     assert str(got.virtual_servers[0].address) == "198.18.0.11" and got.bgp.vips == ()
     assert [str(n.address) for n in got.bgp.neighbors] == ["198.18.0.1"]       # its sessions kept
+
+
+def test_each_director_keeps_its_own_listen_addresses(tmp_path):
+    """[metrics] and [web] listen on each host's own address: the push carries the rest (the
+    active's address went to the backup, whose metrics endpoint then could not bind)."""
+    a, b, sa, sb = pair(tmp_path, a_extra='[metrics]\nenabled = true\nlisten = "198.18.1.1:9640"\n',
+                        b_extra='[metrics]\nenabled = true\nlisten = "198.18.1.3:9640"\n')
+    reply = run(sa, sb, sa.push)
+    assert reply["result"] == "applied", reply
+    got = store.read(b.cfg.path).cfg
+    assert got.metrics.listen == "198.18.1.3:9640" and got.metrics.enabled and b.cfg == got
+    assert sa.status()["same"] is True

@@ -247,7 +247,9 @@ def _atomic(path: Path, data: bytes, mode: int, uid: int = -1, gid: int = -1) ->
 # refused at every push (they change only with a restart), or, where the backup happened to
 # have an interface of that name, put the real servers' gateway on the wrong one.
 LOCAL_KEYS = (("global", "instance"), ("global", "serial_no"), ("global", "dataplane"),
-              ("global", "public_interface"), ("global", "private_interface"), ("global", "nat_router_device"))
+              ("global", "public_interface"), ("global", "private_interface"), ("global", "nat_router_device"),
+              # each host's own addresses: the active's would have the backup listen where it cannot
+              ("web", "listen"), ("metrics", "listen"))
 # Per-director tables, kept whole: [bgp] is this director's own sessions with its router (its
 # router_id, each neighbor's local_address), and a change of it needs a restart anyway, so the
 # active's [bgp] would either break the backup's sessions or be refused at every push.  Its
@@ -297,6 +299,14 @@ def localize(shared: dict[str, Any], cfg: Config | None) -> dict[str, Any]:
             glob.pop(key, None)
             if key in own["global"]:
                 glob[key] = own["global"][key]
+    for table, key in LOCAL_KEYS:
+        if table == "global" or not isinstance(doc.get(table, {}), dict):
+            continue
+        doc.get(table, {}).pop(key, None)
+        if key in own.get(table, {}):
+            doc.setdefault(table, {})[key] = own[table][key]
+        if doc.get(table) == {}:
+            del doc[table]
     for table in LOCAL_TABLES:
         if table in own:
             doc[table] = own[table]
