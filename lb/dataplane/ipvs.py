@@ -966,6 +966,14 @@ class IpvsDataplane(Dataplane):
 
     def _apply_service(self, k: Kernel, spec: ServiceSpec, ks: KService | None) -> None:
         name = _svc_name(spec.key)
+        if ks is not None and ks.af != (socket.AF_INET6 if _is_v6(spec) else socket.AF_INET):
+            # a firewall-mark service whose port groups moved to the other family: IPVS keys it by
+            # (family, mark), so no write of the new family finds the old one; it is replaced
+            k.del_service(_spec_of(ks))
+            self.writes += 1
+            self.draining = {d for d in self.draining if d[0] != spec.key}
+            log.info("removed virtual service %s of the other address family", name)
+            ks = None
         if ks is None:
             k.add_service(spec)
             self.writes += 1
