@@ -203,6 +203,7 @@ class KDest:
     stats: Stats | None = None
     rate: Stats | None = None
     tunnel: str = "n/a"                   # ipvsadm --tun-info's column (tunnel_info below)
+    tun_type: int = 0                     # IPVS_DEST_ATTR_TUN_TYPE (0: ipip, the only one lb writes)
 
     @property
     def key(self):
@@ -419,6 +420,7 @@ class Kernel:
                                       tunnel=tunnel_info((dg("IPVS_DEST_ATTR_FWD_METHOD") or 0) & 7,
                                                          dg("IPVS_DEST_ATTR_TUN_TYPE"), dg("IPVS_DEST_ATTR_TUN_PORT"),
                                                          dg("IPVS_DEST_ATTR_TUN_FLAGS")),
+                                      tun_type=dg("IPVS_DEST_ATTR_TUN_TYPE") or 0,
                                       stats=dstats, rate=drate))
             out.append(ks)
         return out
@@ -1019,8 +1021,10 @@ class IpvsDataplane(Dataplane):
             r = wanted.get(rkey)
             if r is None:
                 continue
-            if (d.weight, d.fwd, d.u_thresh, d.l_thresh) != (r.weight, FWD_METHODS[r.forward], r.u_threshold,
-                                                             _l_thresh(r)):
+            # a tunnel is ipip (_dest sends tun_type 0): one the kernel has as gue or gre is rewritten
+            tun_type = d.tun_type if d.fwd == IP_VS_CONN_F_TUNNEL else 0
+            if (d.weight, d.fwd, d.u_thresh, d.l_thresh, tun_type) != (r.weight, FWD_METHODS[r.forward], r.u_threshold,
+                                                                       _l_thresh(r), 0):
                 k.set_dest(spec, r)
                 self.writes += 1
                 log.info("real server %s:%d of %s: weight %d -> %d, %s", rkey[0], rkey[1], name, d.weight,
