@@ -156,10 +156,22 @@ static __always_inline void lb_conn_uncount(struct lb_conn *c)
  * much early (IPVS shows and syncs whole seconds), and an established flow's entry -- in NAT
  * shared by the CPUs of its two directions -- is written a few times a second, not once per
  * packet. */
+static __always_inline __u32 lb_timeout_of(__u32 state)
+{
+    __u32 *t = lb_timeouts.lookup(&state);
+    return t ? *t : 60;
+}
+
 static __always_inline void lb_conn_touch(struct lb_conn *c, __u64 now, __u8 old_state)
 {
-    if (c->state != old_state || (__s64)(now - c->last_ns) > (__s64)LB_TOUCH_NS)
+    if (c->state != old_state) {
+        c->last_ns = now;         /* lb_conn_next_state set the new state's timeout */
+    } else if ((__s64)(now - c->last_ns) > (__s64)LB_TOUCH_NS) {
         c->last_ns = now;
+        /* IPVS set_tcp_state re-reads the state's timeout at every packet, so a timeout changed
+         * since (ipvsadm --set, [timeouts] at a reload) applies from the connection's next packet */
+        c->timeout = lb_timeout_of(c->state);
+    }
 }
 
 /* Signed: a last_ns ahead of the coarse clock (an entry the control plane wrote from the
@@ -179,12 +191,6 @@ static __always_inline int lb_conn_reusable(struct lb_conn *c, struct lb_pkt *pk
            (pkt->tcp_flags & (LB_TCP_SYN | LB_TCP_ACK | LB_TCP_RST)) == LB_TCP_SYN &&
            (c->state == LB_TCP_S_TIME_WAIT || c->state == LB_TCP_S_CLOSE) &&
            !(c->flags & LB_CONN_F_PERSIST);
-}
-
-static __always_inline __u32 lb_timeout_of(__u32 state)
-{
-    __u32 *t = lb_timeouts.lookup(&state);
-    return t ? *t : 60;
 }
 
 /* IPVS tcp_state_idx(): RST before SYN before FIN before ACK */

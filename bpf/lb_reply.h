@@ -44,6 +44,8 @@ static __always_inline void lb_reply_touch(struct lb_conn *rev, struct lb_conn *
     if ((__s64)(now - rev->last_ns) > (__s64)LB_TOUCH_NS) {
         c->last_ns = now;
         rev->last_ns = now;
+        if (c->state == was)
+            c->timeout = lb_timeout_of(c->state);   /* as lb_conn_touch: a changed timeout applies */
     } else {
         lb_conn_touch(c, now, was);
     }

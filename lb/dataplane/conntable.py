@@ -178,7 +178,11 @@ class ConnTable:
                 if L.elapsed_ns(now, last) > timeout * 1_000_000_000:
                     expired_t[(name, k)] = (last, real, timeout)
         persistent = self._persistent_services() if expired_t else {}
-        controlling: set[tuple[bytes, int]] = set()         # (template key, real) of live connections
+        # (template key, real) -> the latest moment, in ns from now, one of its connections runs
+        # out (negative: already ran out).  A template is kept when a connection it controls was
+        # still there when the template ran out -- which may be before this sweep, not only when
+        # it is alive now (ip_vs_conn_expire checks n_control at the template's expiry)
+        controlling: dict[tuple[bytes, int], int] = {}
         n = 0
         marked = self.est_switch()       # the established filter's census: keys that stay
         census_keys: list[bytes] = []
@@ -193,9 +197,12 @@ class ConnTable:
                 cls = 1 if flags & L.CONN_F_INACTIVE else 0
                 if not out:
                     census.setdefault(real, [0, 0, 0])[cls] += 1
-                if L.elapsed_ns(now, last) <= timeout * 1_000_000_000:
-                    if persistent and flags & L.CONN_F_PERSIST and not out and svc in persistent:
-                        controlling.add((self._template_key(persistent[svc], k), real))
+                left = timeout * 1_000_000_000 - L.elapsed_ns(now, last)
+                if persistent and flags & L.CONN_F_PERSIST and not out and svc in persistent:
+                    tk = (self._template_key(persistent[svc], k), real)
+                    if left > controlling.get(tk, -(1 << 63)):
+                        controlling[tk] = left
+                if left >= 0:
                     if name == "lb_conns" and not out:
                         census_keys.append(k)
                     continue
@@ -217,11 +224,17 @@ class ConnTable:
             del entries
         for (name, k), (last, real, timeout) in expired_t.items():
             templates = self.maps[name]
-            if (k, real) in controlling:
-                # not expired: its timer restarts where it ran out, for 60 s (as often as needed)
-                while L.elapsed_ns(now, last) > timeout * 1_000_000_000:
-                    last = L.stamp_ago(last, -timeout * 1_000_000_000)
-                    timeout = TEMPLATE_LATER_S
+            # each time its timer runs out while a connection it controls is still there, it
+            # restarts where it ran out, for 60 s; the first time none is, it goes
+            conn_left = controlling.get((k, real))
+            t_left = timeout * 1_000_000_000 - L.elapsed_ns(now, last)
+            kept = False
+            while conn_left is not None and t_left < 0 and conn_left > t_left:
+                last = L.stamp_ago(last, -timeout * 1_000_000_000)
+                timeout = TEMPLATE_LATER_S
+                t_left += TEMPLATE_LATER_S * 1_000_000_000
+                kept = True
+            if kept and t_left >= 0:
                 templates.set(k, L.PERSIST.pack(last, real, timeout))
             elif templates.delete(k):
                 swept.setdefault(real, [0, 0, 0])[2] += 1
