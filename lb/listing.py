@@ -453,17 +453,21 @@ def _conn_sort_key(c: ConnRow) -> tuple:
     )
 
 
-def format_connections(conns: list[ConnRow], *, sort: bool = False) -> str:
+def format_connections(conns: list[ConnRow], *, sort: bool = False, pe: bool = False) -> str:
     """The ``ipvsadm -L -n -c`` listing.
 
     ipvsadm prints connections in kernel order; sort=True orders them by
     protocol, client, virtual, destination (this module's choice).
+    pe: ``--persistent-conn`` (ipvsadm's list_conn then titles two more columns, "pe name"
+    and "pe_data", filled only for entries with persistence-engine data: none here).
     """
     rows = sorted(conns, key=_conn_sort_key) if sort else list(conns)
-    out = [
-        "IPVS connection entries\n",
-        "pro expire %-11s %-18s %-18s %s\n" % ("state", "source", "virtual", "destination"),
-    ]
+    if pe:
+        title = "pro expire %-11s %-18s %-18s %-18s %-16s %s\n" % (
+            "state", "source", "virtual", "destination", "pe name", "pe_data")
+    else:
+        title = "pro expire %-11s %-18s %-18s %s\n" % ("state", "source", "virtual", "destination")
+    out = ["IPVS connection entries\n", title]
     for c in rows:
         expires = max(0, int(c.expire))
         expire_str = "%02d:%02d" % (expires // 60, expires % 60)
@@ -507,7 +511,7 @@ def _rule_service(svc: ServiceRow) -> str:
 def format_save(services: list[ServiceRow], *, sort: bool = True) -> str:
     """``ipvsadm -S -n`` as Debian's ipvsadm prints it (checked against it in the IPVS VM): one
     ``-A`` line per service (scheduler, ``-p`` timeout and ``-M`` mask when persistent, then
-    ``-b`` flags, ``-o``), then one ``-a`` line per real server (``-r``, its method, ``-w``);
+    ``-o``, then ``-b`` flags), then one ``-a`` line per real server (``-r``, its method, ``-w``);
     no header.  ipvsadm's save carries no thresholds (``-x``/``-y``), so neither does this one.
     ``ipvsadm -R`` reads it back: the way from lb to plain IPVS."""
     out: list[str] = []
@@ -519,10 +523,11 @@ def format_save(services: list[ServiceRow], *, sort: bool = True) -> str:
             mask = _mask_text(svc, _service_family(svc))
             if mask is not None:
                 line += " -M %s" % mask
-        if svc.sched_flags:
-            line += " -b %s" % ",".join(svc.sched_flags)
+        # ipvsadm 1.31 print_service_entry (FMT_RULE): -p, -M, --pe, then -o, then -b
         if svc.ops:
             line += " -o"
+        if svc.sched_flags:
+            line += " -b %s" % ",".join(svc.sched_flags)
         out.append(line + "\n")
         for real in _ordered_reals(svc, sort):
             out.append("-a %s -r %s %s -w %d%s\n" % (name, _addrport(real.address, real.port),

@@ -512,10 +512,12 @@ def _print_listing(args, services, conns, timeouts, **header) -> int:
     elif args.timeout:
         sys.stdout.write(listing.format_timeout(*timeouts))
     elif args.connection:
-        sys.stdout.write(listing.format_connections(conns))
+        sys.stdout.write(listing.format_connections(conns, pe=args.persistent_conn))
     else:
-        mode = ("stats" if args.stats else "rate" if args.rate else "persistent" if args.persistent_conn
-                else "thresholds" if args.thresholds else "tun" if args.tun_info else "default")
+        # ipvsadm's precedence (print_title, print_service_entry): stats, rate, thresholds,
+        # persistent-conn, tun-info
+        mode = ("stats" if args.stats else "rate" if args.rate else "thresholds" if args.thresholds
+                else "persistent" if args.persistent_conn else "tun" if args.tun_info else "default")
         # ipvsadm prints its version header only when listing the whole table
         sys.stdout.write(listing.format_services(services, mode=mode, exact=args.exact, sort=not args.nosort,
                                                  header=not args.service, **header))
@@ -541,7 +543,7 @@ def _list_ipvs(args) -> int:
     return _print_listing(args, services, conns, timeouts, size=size, version=version)
 
 
-def connection_listing(maps, now_ns: int | None = None, fast: bool | None = None):
+def connection_listing(maps, now_ns: int | None = None, fast: bool | None = None, pe: bool = False):
     """`lb list -c -n` (ipvsadm -L -c -n) of pinned maps as chunks of bytes, header included.
     fast (default: when lb._bpfbatch is built): the lines come formatted from C
     (reader.connection_lines); else lb.listing formats reader.read_connections' records, the
@@ -554,9 +556,9 @@ def connection_listing(maps, now_ns: int | None = None, fast: bool | None = None
     if fast is None:
         fast = have_batch()
     if not fast:
-        yield listing.format_connections(reader.read_connections(maps, now_ns=now)).encode()
+        yield listing.format_connections(reader.read_connections(maps, now_ns=now), pe=pe).encode()
         return
-    yield listing.format_connections([]).encode()
+    yield listing.format_connections([], pe=pe).encode()
     yield from reader.connection_lines(maps, now)
 
 
@@ -687,7 +689,7 @@ def cmd_list(args) -> int:
         if args.connection and not args.json:
             # the connection listing alone: streamed from C buffers (1M entries in about a second)
             sys.stdout.flush()
-            for chunk in connection_listing(maps):
+            for chunk in connection_listing(maps, pe=args.persistent_conn):
                 sys.stdout.buffer.write(chunk)
             sys.stdout.buffer.flush()
             return _zero(args) if args.zero else 0
