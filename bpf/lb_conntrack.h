@@ -151,17 +151,17 @@ static __always_inline void lb_conn_uncount(struct lb_conn *c)
     lb_overload_unbind(c->real);
 }
 
-/* A packet's refresh of its entry's timer: when the state changed (its new timeout runs from
- * now, as in IPVS), else once the timestamp is LB_TOUCH_NS old.  A timer runs out at most that
- * much early (IPVS shows and syncs whole seconds), and an established flow's entry -- in NAT
- * shared by the CPUs of its two directions -- is written a few times a second, not once per
- * packet. */
 static __always_inline __u32 lb_timeout_of(__u32 state)
 {
     __u32 *t = lb_timeouts.lookup(&state);
     return t ? *t : 60;
 }
 
+/* A packet's refresh of its entry's timer: when the state changed (its new timeout runs from
+ * now, as in IPVS), else once the timestamp is LB_TOUCH_NS old.  A timer runs out at most that
+ * much early (IPVS shows and syncs whole seconds), and an established flow's entry -- in NAT
+ * shared by the CPUs of its two directions -- is written a few times a second, not once per
+ * packet. */
 static __always_inline void lb_conn_touch(struct lb_conn *c, __u64 now, __u8 old_state)
 {
     if (c->state != old_state) {
