@@ -726,8 +726,9 @@ class Engine:
             # only the addresses owned before this reload, a takeover took only those
             if self.active:
                 addresses.release([a for a in self.owned if a not in want])
+                missing = [a for a in want if a not in self.owned and a not in added]
                 try:
-                    added += addresses.take([a for a in want if a not in self.owned and a not in added])
+                    added += addresses.take(missing) if missing else []
                 except addresses.AddressError as e:    # keep_ownership's restore tries again
                     log.error("HA: taking the addresses this reload added: %s", e)
             else:
