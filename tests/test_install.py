@@ -5,6 +5,7 @@ runs them) -- and `lb run` from that install forwarding through the lab's VIP.""
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -173,7 +174,12 @@ def test_the_install_outside_the_checkout(installed):
              "from lb.dataplane import layout, maps; print(layout.BPF_DIR); print(maps.have_batch())"], cwd=root)
     bpf_dir, batch = p.stdout.split()
     assert bpf_dir.startswith(str(root / "opt")) and batch == "True", p
-    assert (root / "units" / "lb@.service").read_text() == (REPO / "lb" / "systemd" / "lb@.service").read_text()
+    # the package's unit, with this install's BINDIR and CONFDIR written in (systemd looks a bare
+    # `lb` up only in its own PATH)
+    want = re.sub(r"^(Exec\w*=[-@+!:]*)lb ", rf"\g<1>{root / 'bin'}/lb ",
+                  (REPO / "lb" / "systemd" / "lb@.service").read_text(), flags=re.M)
+    want = re.sub(r"/etc/lb\b", str(root / "etc"), want)
+    assert (root / "units" / "lb@.service").read_text() == want
     assert (root / "etc").is_dir()
 
 
