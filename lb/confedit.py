@@ -176,7 +176,7 @@ class ConfigRequests:
                                     f"(save it for the next start, or keep the running values)")
         undo = await loop.run_in_executor(None, store.write, snap, new.data)
         log.info("configuration %s written by %s: serial_no %d, version %s (previous kept as %s)", path, who,
-                 new.cfg.serial_no, new.version, store.prev_path(path).name)
+                 new.cfg.serial_no, new.version, store.prev_path(undo.path))
         if needs:
             self.last_edit = {"by": who, "version": new.version, "serial_no": new.cfg.serial_no, "applied": False}
             return {"ok": True, "applied": False, "version": new.version, "serial_no": new.cfg.serial_no,

@@ -442,6 +442,16 @@ class _Handler(WSGIRequestHandler):
         super().setup()
         self.rfile = _HeadLimit(self.rfile, self._too_large)
 
+    def handle(self):
+        try:
+            super().handle()
+        except http.client.LineTooLong:
+            # the request line itself (parse_request answers 431 for a header): 414, as
+            # http.server answers a request line past its own bound, not a dropped connection
+            # counted "broken" as well as "bad_request"
+            self.requestline, self.request_version, self.command = "", "", ""
+            self.send_error(414)
+
     def _too_large(self):
         with self.server.lock:
             self.server.bad_request += 1

@@ -545,25 +545,28 @@ def test_a_client_cannot_make_the_endpoint_hold_megabytes_of_headers(capfd):
         server = await metrics.start(eng)
         loop = asyncio.get_running_loop()
 
-        def hit():
+        def hit(head: bytes, lines: int):
             with socket.create_connection(("127.0.0.1", server.port), timeout=5) as s:
-                s.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\n")
+                s.sendall(head)
                 try:
-                    for _ in range(99):
+                    for _ in range(lines):
                         s.sendall(b"X-A: " + b"a" * 1000 + b"\r\n")
                 except OSError:                 # refused before it was all sent
                     pass
                 return s.recv(100).split(b"\r\n")[0]
 
         try:
-            line = await loop.run_in_executor(None, hit)
+            line = await loop.run_in_executor(None, hit, b"GET /metrics HTTP/1.1\r\nHost: x\r\n", 99)
+            # the request line alone past MAX_HEAD: answered too (414), counted once
+            long = await loop.run_in_executor(None, hit, b"GET /metrics?" + b"a" * 20000 + b" HTTP/1.1\r\n", 0)
             text = await loop.run_in_executor(None, lambda: urllib.request.urlopen(
                 f"http://127.0.0.1:{server.port}/metrics", timeout=30).read().decode())
         finally:
             await loop.run_in_executor(None, server.stop)
-        return line, text
+        return line, long, text
 
-    line, text = asyncio.run(main())
+    line, long, text = asyncio.run(main())
     assert b" 431 " in line, line
-    assert value(parse(text), "lb_metrics_connections_dropped_total", reason="bad_request") == 1
+    assert b" 414 " in long, long
+    assert value(parse(text), "lb_metrics_connections_dropped_total", reason="bad_request") == 2
     assert "Traceback" not in capfd.readouterr().err

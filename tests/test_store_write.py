@@ -8,6 +8,7 @@ import os
 
 import pytest
 
+from lb import config as lbconfig
 from lb.config import store
 from test_web import write_config
 
@@ -28,6 +29,9 @@ def test_a_symlinked_file_is_written_through_the_link(tmp_path):
     assert link.is_symlink() and link.resolve() == target.resolve()
     assert "weight = 7" in target.read_text()
     assert store.prev_path(target).read_bytes() == snap.data
+    # the header written into the file names the .prev that exists: beside the target
+    assert f"the previous version is {store.prev_path(target).name}." in store.render(
+        lbconfig.load(target), store.read(link))
     store.restore(undo)
     assert link.is_symlink() and target.read_bytes() == snap.data
 

@@ -179,7 +179,7 @@ def render(cfg: Config, snap: Snapshot) -> str:
                 extras = lvscf._parse(snap.text, str(snap.path), snap.path)[1]
         return lvscf.dumps(cfg, extras)
     return totoml.dumps(cfg, header=[f"Written by lb (serial_no {cfg.serial_no}) on {stamp}; the previous version "
-                                     f"is {prev_path(snap.path).name}.", "Check a hand edit with `lb check`."])
+                                     f"is {prev_path(Path(os.path.realpath(snap.path))).name}.", "Check a hand edit with `lb check`."])
 
 
 def write(snap: Snapshot, data: bytes) -> Undo:
