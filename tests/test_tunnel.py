@@ -25,6 +25,9 @@ ip = ipaddress.ip_address
 VIP, VIP6 = "198.18.0.40", "2001:2::40"
 REALS = ["198.18.5.11", "198.18.5.12"]         # reached through a router in real life: any address
 REALS6 = ["2001:2:0:5::11", "2001:2:0:5::12"]
+# a tunnel packet as it reaches a real server: explicit MACs (an Ether() without them makes
+# scapy resolve a destination MAC with ARP / ND on the host's own network)
+TO_REAL = {"src": PRIV_MAC, "dst": real_mac(REALS[0])}
 _sport = itertools.count(50000)
 
 TABLE = TableSpec((
@@ -118,10 +121,10 @@ def test_decap_gives_back_the_clients_packet(dp, decapper):
 
 def test_decap_leaves_other_packets_alone(decapper):
     b, fn = decapper
-    not_ours = Ether() / IP(src="198.18.1.1", dst="198.18.5.99", proto=4) / _inner(VIP)
-    plain = Ether() / _inner(REALS[0])
-    v6_not_ours = Ether() / IPv6(src="2001:2:0:1::1", dst="2001:2:0:5::99", nh=41) / _inner(VIP6)
-    frag = Ether() / IP(src="198.18.1.1", dst=REALS[0], proto=4, flags="MF") / _inner(VIP)
+    not_ours = Ether(**TO_REAL) / IP(src="198.18.1.1", dst="198.18.5.99", proto=4) / _inner(VIP)
+    plain = Ether(**TO_REAL) / _inner(REALS[0])
+    v6_not_ours = Ether(**TO_REAL) / IPv6(src="2001:2:0:1::1", dst="2001:2:0:5::99", nh=41) / _inner(VIP6)
+    frag = Ether(**TO_REAL) / IP(src="198.18.1.1", dst=REALS[0], proto=4, flags="MF") / _inner(VIP)
     before = decap.counters(b)["not_for_us"]
     for pkt in (not_ours, plain, v6_not_ours, frag, bytes(not_ours)[:20]):
         rc, out, _ = prog_test_run(fn.fd, bytes(pkt))
@@ -134,10 +137,10 @@ def test_decap_drops_tunnels_not_from_a_director(decapper):
     source, to the VIP) past the filters written for a tunnel device: only the directors'
     addresses (--from) are tunnel sources; the rest is dropped and counted, both families."""
     b, fn = decapper
-    forged = [Ether() / IP(src="198.18.1.66", dst=REALS[0], proto=4) / _inner(VIP),
-              Ether() / IPv6(src="2001:2:0:1::66", dst=REALS6[0], nh=41) / _inner(VIP6),
+    forged = [Ether(**TO_REAL) / IP(src="198.18.1.66", dst=REALS[0], proto=4) / _inner(VIP),
+              Ether(**TO_REAL) / IPv6(src="2001:2:0:1::66", dst=REALS6[0], nh=41) / _inner(VIP6),
               # a director's IPv4 address in an IPv6 tunnel's source is still not a director's
-              Ether() / IPv6(src="::ffff:198.18.1.1", dst=REALS6[0], nh=41) / _inner(VIP6)]
+              Ether(**TO_REAL) / IPv6(src="::ffff:198.18.1.1", dst=REALS6[0], nh=41) / _inner(VIP6)]
     before = decap.counters(b)
     for pkt in forged:
         rc, _out, _ = prog_test_run(fn.fd, bytes(pkt))
@@ -148,9 +151,9 @@ def test_decap_drops_tunnels_not_from_a_director(decapper):
     # from a director: taken off; an IPIP header around an IPv6 packet is malformed: dropped
     for src, dst, inner in ((str(PRIV_ADDR[4]), REALS[0], _inner(VIP)), (str(PRIV_ADDR[6]), REALS6[0], _inner(VIP6))):
         outer = IPv6(src=src, dst=dst, nh=41) if ":" in dst else IP(src=src, dst=dst, proto=4)
-        rc, out, _ = prog_test_run(fn.fd, bytes(Ether() / outer / inner))
+        rc, out, _ = prog_test_run(fn.fd, bytes(Ether(**TO_REAL) / outer / inner))
         assert rc == XDP_PASS and out[14:] == bytes(inner)
-    bad = Ether() / IP(src=str(PRIV_ADDR[4]), dst=REALS[0], proto=4) / _inner(VIP6)
+    bad = Ether(**TO_REAL) / IP(src=str(PRIV_ADDR[4]), dst=REALS[0], proto=4) / _inner(VIP6)
     assert prog_test_run(fn.fd, bytes(bad))[0] == XDP_DROP
     assert decap.counters(b)["bad_inner_header"] == before["bad_inner_header"] + 1
     assert decap.counters(b)["decapsulated"] == before["decapsulated"] + 2
@@ -338,7 +341,7 @@ def test_decap_carries_congestion_experienced_to_the_inner_header(decapper):
         for src, dst, vip in ((str(PRIV_ADDR[4]), REALS[0], VIP), (str(PRIV_ADDR[6]), REALS6[0], VIP6)):
             inner = _inner(vip, tos=inner_ecn)
             outer = IPv6(src=src, dst=dst, nh=41, tc=3) if ":" in dst else IP(src=src, dst=dst, proto=4, tos=3)
-            rc, out, _ = prog_test_run(fn.fd, bytes(Ether() / outer / inner))
+            rc, out, _ = prog_test_run(fn.fd, bytes(Ether(**TO_REAL) / outer / inner))
             ce = inner.copy()
             if IP in ce:
                 ce[IP].tos |= 3
@@ -349,5 +352,5 @@ def test_decap_carries_congestion_experienced_to_the_inner_header(decapper):
     before = decap.counters(b)
     for src, dst, vip in ((str(PRIV_ADDR[4]), REALS[0], VIP), (str(PRIV_ADDR[6]), REALS6[0], VIP6)):
         outer = IPv6(src=src, dst=dst, nh=41, tc=3) if ":" in dst else IP(src=src, dst=dst, proto=4, tos=3)
-        assert prog_test_run(fn.fd, bytes(Ether() / outer / _inner(vip, tos=0)))[0] == XDP_DROP
+        assert prog_test_run(fn.fd, bytes(Ether(**TO_REAL) / outer / _inner(vip, tos=0)))[0] == XDP_DROP
     assert decap.counters(b)["ce_not_ect"] == before["ce_not_ect"] + 2
