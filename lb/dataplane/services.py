@@ -531,7 +531,13 @@ class ServiceTable:
         for _, rid in st.dests:
             self._retire_real(rid, revivable=False)
         # its id goes to the next new service: none of its removed servers is taken back there
-        self.retired = {k: r for k, r in self.retired.items() if k[0] != st.id}
+        for k, rid in [(k, r) for k, r in self.retired.items() if k[0] == st.id]:
+            # a server retired earlier (a failed health check) names the service too: no service
+            # now, or a restart's adopt() takes it back into the service that reuses the id
+            del self.retired[k]
+            real = self._own_real(rid)
+            real.svc = L.LB_NONE
+            self.txn.set("lb_reals", L.U32.pack(rid), real.pack())
         self.txn.set("lb_svc", L.U32.pack(st.id), L.Svc(key.addr, key.port, key.proto, 0).pack())
         self.lblc.flush(st.id)
         self._mh_drop(st.id)
