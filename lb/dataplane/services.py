@@ -528,16 +528,12 @@ class ServiceTable:
         else:
             self.txn.delete_now("lb_services", key.pack())
         self.txn.writes += 1
+        # its id goes to the next new service: none of its servers is taken back there, neither
+        # those it has nor those retired earlier (a failed health check) as revivable in it
         for _, rid in st.dests:
             self._retire_real(rid, revivable=False)
-        # its id goes to the next new service: none of its removed servers is taken back there
-        for k, rid in [(k, r) for k, r in self.retired.items() if k[0] == st.id]:
-            # a server retired earlier (a failed health check) names the service too: no service
-            # now, or a restart's adopt() takes it back into the service that reuses the id
-            del self.retired[k]
-            real = self._own_real(rid)
-            real.svc = L.LB_NONE
-            self.txn.set("lb_reals", L.U32.pack(rid), real.pack())
+        for k in [k for k in self.retired if k[0] == st.id]:
+            self._retire_real(self.retired.pop(k), revivable=False)
         self.txn.set("lb_svc", L.U32.pack(st.id), L.Svc(key.addr, key.port, key.proto, 0).pack())
         self.lblc.flush(st.id)
         self._mh_drop(st.id)
