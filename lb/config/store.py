@@ -91,8 +91,10 @@ def version_of(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()[:16]
 
 
-def prev_path(path: Path) -> Path:
-    return path.with_name(path.name + PREV_SUFFIX)
+def prev_path(path: str | os.PathLike) -> Path:
+    """<file>.prev, beside the file a symbolic link leads to (the file :func:`write` replaces)"""
+    target = Path(os.path.realpath(path))
+    return target.with_name(target.name + PREV_SUFFIX)
 
 
 def read(path: str | os.PathLike) -> Snapshot:
@@ -179,7 +181,7 @@ def render(cfg: Config, snap: Snapshot) -> str:
                 extras = lvscf._parse(snap.text, str(snap.path), snap.path)[1]
         return lvscf.dumps(cfg, extras)
     return totoml.dumps(cfg, header=[f"Written by lb (serial_no {cfg.serial_no}) on {stamp}; the previous version "
-                                     f"is {prev_path(Path(os.path.realpath(snap.path))).name}.", "Check a hand edit with `lb check`."])
+                                     f"is {prev_path(snap.path).name}.", "Check a hand edit with `lb check`."])
 
 
 def write(snap: Snapshot, data: bytes) -> Undo:
