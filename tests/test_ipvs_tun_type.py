@@ -5,6 +5,7 @@ server went on encapsulating in GRE/GUE that the real server may not decapsulate
 from __future__ import annotations
 
 import ipaddress
+import socket
 
 from lb.dataplane.ipvs import IP_VS_CONN_F_TUNNEL, IpvsDataplane, KDest
 from lb.dataplane.spec import RealSpec, ServiceSpec
@@ -25,3 +26,32 @@ def test_a_tunnel_of_another_type_is_rewritten_to_ipip(tmp_path):
     k = RecordingKernel()
     dp._apply_service(k, spec, ks)
     assert k.calls == []
+
+
+def test_scheduler_flag_names_are_ipvsadm_s(monkeypatch):
+    """ipvsadm's print_sched_flags names sh's and mh's third flag "flag-3", as for every other
+    scheduler; lb's IPVS-mode listing printed "sh-flag-3"."""
+    from lb import listing
+    from lb.dataplane import ipvs
+    kss = [ipvs.KService(socket.IPPROTO_TCP, ip("198.18.0.10"), 80, 0, socket.AF_INET, sched, flags, 0, None, [])
+           for sched, flags in (("sh", ipvs.IP_VS_SVC_F_SCHED1 | ipvs.IP_VS_SVC_F_SCHED3),
+                                ("mh", ipvs.IP_VS_SVC_F_SCHED2 | ipvs.IP_VS_SVC_F_SCHED3),
+                                ("rr", ipvs.IP_VS_SVC_F_SCHED1 | ipvs.IP_VS_SVC_F_SCHED3))]
+
+    class _Kernel:
+        def __init__(self, netns):
+            pass
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+        def services(self):
+            return kss
+    monkeypatch.setattr(ipvs, "Kernel", _Kernel)
+    out = listing.format_services(ipvs.read_services())
+    assert "TCP  198.18.0.10:80 sh (sh-fallback,flag-3)" in out
+    assert "TCP  198.18.0.10:80 mh (mh-port,flag-3)" in out
+    assert "TCP  198.18.0.10:80 rr (flag-1,flag-3)" in out

@@ -102,8 +102,8 @@ HOST_PLEN6 = 128
 
 # ipvsadm's names for the scheduler flags (print_sched_flags)
 _SCHED_FLAG_NAMES = {
-    "sh": ("sh-fallback", "sh-port", "sh-flag-3"),
-    "mh": ("mh-fallback", "mh-port", "mh-flag-3"),
+    "sh": ("sh-fallback", "sh-port", "flag-3"),
+    "mh": ("mh-fallback", "mh-port", "flag-3"),
 }
 
 
