@@ -1145,3 +1145,47 @@ def test_keys_that_change_nothing_are_warned_about_with_their_line():
           l_threshold = 5
         """), "w.toml")
     assert fine.warnings == ()
+
+
+def test_monitor_keys_its_kind_ignores_are_warned_about():
+    """A tcp monitor never sends `send`, an http one never runs `program`: a key set to other
+    than its default that the monitor's kind does not read is accepted but warned about, with
+    its line (as keepalived's unused keywords are); left at its default (example.toml lists
+    every key) it is not."""
+    cfg = loads(doc("""\
+        [global]
+        public_interface = "pub0"
+
+        [[virtual_server]]
+        name = "web"
+        address = "198.18.0.10"
+        port = 80
+          [virtual_server.monitor]
+          kind = "tcp"
+          send = "PING\\\\r\\\\n"
+          path = "/healthz"
+          tls_verify = true
+          [[virtual_server.real_server]]
+          address = "198.18.1.11"
+        """), "w.toml")
+    assert [(w.line, w.field, w.message) for w in cfg.warnings] == [
+        (10, "virtual_server[0].monitor.send", "no effect with a tcp monitor (used by: send_expect, udp)"),
+        (11, "virtual_server[0].monitor.path", "no effect with a tcp monitor (used by: http, https)"),
+    ]
+    assert cfg.virtual_servers[0].monitor.send == "PING\\r\\n"     # kept as written
+    https = loads(doc("""\
+        [global]
+        public_interface = "pub0"
+
+        [[virtual_server]]
+        name = "web"
+        address = "198.18.0.10"
+        port = 443
+          [virtual_server.monitor]
+          kind = "https"
+          path = "/healthz"
+          tls_verify = false
+          [[virtual_server.real_server]]
+          address = "198.18.1.11"
+        """), "w.toml")
+    assert https.warnings == ()

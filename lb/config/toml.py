@@ -139,6 +139,15 @@ VS_KEYS: Final = (
 )
 MONITOR_KEYS: Final = tuple(f.name for f in dataclasses.fields(Monitor))
 LOAD_MONITOR_KEYS: Final = tuple(f.name for f in dataclasses.fields(LoadMonitor))
+# A monitor's keys that only some kinds read (lb/health/checks.py); the rest (port, interval,
+# timeout, reentry, connect_timeout, quiesce) every kind but "none" uses.
+MONITOR_KIND_KEYS: Final = {
+    "send": ("send_expect", "udp"), "expect": ("send_expect", "udp", "program"),
+    "use_regex": ("send_expect", "udp", "program"),
+    "path": ("http", "https"), "host": ("http", "https"), "status": ("http", "https"),
+    "body_regex": ("http", "https"), "digest": ("http", "https"), "tls_verify": ("https",),
+    "program": ("program",), "script_user": ("program",),
+}
 RS_KEYS: Final = ("name", "address", "port", "weight", "active", "u_threshold", "l_threshold")
 PORT_GROUP_KEYS: Final = ("address", "protocol", "ports")
 FWMARK_RANGE: Final = (1, 0xFFFFFFFF)
@@ -1079,10 +1088,17 @@ def _check_monitor(vs: _Table, user: str) -> Monitor | _Invalid:
                                            "(checks would run back to back)"))
     if keep.bad:
         return INVALID
-    return Monitor(kind=kind, send=strings["send"] or "", expect=strings["expect"] or "", use_regex=use_regex,
+    mon = Monitor(kind=kind, send=strings["send"] or "", expect=strings["expect"] or "", use_regex=use_regex,
                    path=strings["path"] or d.path, host=host, status=status, body_regex=body_regex,
                    digest=strings["digest"] or "", tls_verify=tls_verify, program=strings["program"] or "",
                    port=port, quiesce=quiesce, script_user=script_user, **times)
+    # A key set to other than its default that this kind never reads is a mistake worth a word
+    # (example.toml's full list of defaults is not).
+    for key, kinds in MONITOR_KIND_KEYS.items():
+        default = user if key == "script_user" else getattr(d, key)
+        if key in m.data and kind not in kinds and getattr(mon, key) != default:
+            m.chk.warn(m.at(key), f"no effect with a {kind} monitor (used by: {', '.join(kinds)})")
+    return mon
 
 
 def _check_load_monitor(vs: _Table, user: str) -> LoadMonitor | None | _Invalid:
