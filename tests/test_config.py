@@ -1169,8 +1169,8 @@ def test_monitor_keys_its_kind_ignores_are_warned_about():
           address = "198.18.1.11"
         """), "w.toml")
     assert [(w.line, w.field, w.message) for w in cfg.warnings] == [
-        (10, "virtual_server[0].monitor.send", "no effect with a tcp monitor (used by: send_expect, udp)"),
-        (11, "virtual_server[0].monitor.path", "no effect with a tcp monitor (used by: http, https)"),
+        (10, "virtual_server[0].monitor.send", "no effect with kind \"tcp\" (used by: send_expect, udp)"),
+        (11, "virtual_server[0].monitor.path", "no effect with kind \"tcp\" (used by: http, https)"),
     ]
     assert cfg.virtual_servers[0].monitor.send == "PING\\r\\n"     # kept as written
     https = loads(doc("""\

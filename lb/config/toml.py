@@ -1097,7 +1097,7 @@ def _check_monitor(vs: _Table, user: str) -> Monitor | _Invalid:
     for key, kinds in MONITOR_KIND_KEYS.items():
         default = user if key == "script_user" else getattr(d, key)
         if key in m.data and kind not in kinds and getattr(mon, key) != default:
-            m.chk.warn(m.at(key), f"no effect with a {kind} monitor (used by: {', '.join(kinds)})")
+            m.chk.warn(m.at(key), f"no effect with kind \"{kind}\" (used by: {', '.join(kinds)})")
     return mon
 
 
