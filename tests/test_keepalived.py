@@ -534,3 +534,38 @@ def test_script_user_and_misc_check_user_run_programs_as_that_user() -> None:
     assert cfg.script_user == "nobody"
     assert (cfg.virtual_servers[0].monitor.kind, cfg.virtual_servers[0].monitor.script_user) == ("program", "root")
     assert not [w for w in warned(cfg) if "user" in w[1]]
+
+
+GROUP_OF_THREE = """\
+global_defs {
+  lb_public_interface pub0
+}
+virtual_server_group G {
+  198.18.0.10-12 80
+}
+virtual_server group G {
+  lb_algo rr
+  lb_kind DR
+  protocol TCP
+  real_server 198.18.1.12 PORT {
+    HTTP_GET {
+      url {
+        path /
+      }
+      url {
+        path /b
+      }
+    }
+  }
+}
+"""
+
+
+def test_a_group_s_statement_is_warned_about_or_refused_once() -> None:
+    """A virtual_server group's block is read once per member; what it says about one of its
+    lines (a second url, a port direct routing cannot use) is said once, not once per member."""
+    cfg = keepalived.loads(GROUP_OF_THREE.replace("PORT", "80"), "k.conf")
+    assert len(cfg.virtual_servers) == 3
+    assert [w.line for w in cfg.warnings if "lb checks one url" in w.message] == [16]
+    issues = error_of(GROUP_OF_THREE.replace("PORT", "8080"))
+    assert [(line, msg.split(" (")[0]) for line, _, msg in issues] == [(11, "direct routing cannot change the destination port")]

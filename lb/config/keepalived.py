@@ -1664,8 +1664,9 @@ def _positions(path: str | os.PathLike[str]) -> _toml.Positions:
 
 
 def _sorted(items: list[ConfigIssue], display: str) -> list[ConfigIssue]:
-    """The main file's issues first, then each included file's, each in line order."""
-    return sorted(items, key=lambda i: (i.path != display, i.path, i.line or 0))
+    """The main file's issues first, then each included file's, each in line order; each once
+    (a statement in a virtual_server group's block is read once per member of the group)."""
+    return sorted(dict.fromkeys(items), key=lambda i: (i.path != display, i.path, i.line or 0))
 
 
 def load(path: str | os.PathLike[str], config_id: str | None = None) -> Config:
