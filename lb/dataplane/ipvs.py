@@ -100,10 +100,11 @@ PROTO_NAMES = {socket.IPPROTO_TCP: "TCP", socket.IPPROTO_UDP: "UDP", 132: "SCTP"
 HOST_MASK = "255.255.255.255"
 HOST_PLEN6 = 128
 
-# ipvsadm's names for the scheduler flags (print_sched_flags)
+# ipvsadm's names for the scheduler flags (print_sched_flags); for sh and mh it names no third
+# flag (ipvsadm 1.31 leaves it out, and the parentheses with it when it is the only one)
 _SCHED_FLAG_NAMES = {
-    "sh": ("sh-fallback", "sh-port", "flag-3"),
-    "mh": ("mh-fallback", "mh-port", "flag-3"),
+    "sh": ("sh-fallback", "sh-port", None),
+    "mh": ("mh-fallback", "mh-port", None),
 }
 
 
@@ -170,7 +171,7 @@ def _netmask_value(text, af: int) -> str | int | None:
 def _sched_flag_names(sched: str, flags: int) -> tuple[str, ...]:
     names = _SCHED_FLAG_NAMES.get(sched, ("flag-1", "flag-2", "flag-3"))
     return tuple(n for bit, n in zip((IP_VS_SVC_F_SCHED1, IP_VS_SVC_F_SCHED2, IP_VS_SVC_F_SCHED3), names)
-                 if flags & bit)
+                 if flags & bit and n)
 
 
 # ---- the kernel's table as plain values ------------------------------------------------------
