@@ -38,6 +38,7 @@ from lb.ha import announce as ha_announce
 from lb.health import CheckSpec, LoadMonitorTask, LoadSpec, Monitor, NannyPolicy
 from lb.instance import AlreadyRunning, InstanceLock
 from lb.instance import pidfile as _pidfile
+from lb import tasks
 from lb.tasks import RateLimitedLog, spawn, supervise
 
 log = logging.getLogger("lb.engine")
@@ -1188,7 +1189,8 @@ class Engine:
                "role": self.pulse.role if self.pulse is not None else ("active" if self.active else "starting"),
                "config": str(self.cfg.path), "dataplane": self.dp.kind,
                "at": time.time(), "services": services, "reloads": dict(self.reloads),
-               "config_warnings": len(self.cfg.warnings), "ownership": dict(self.ownership)}
+               "config_warnings": len(self.cfg.warnings), "ownership": dict(self.ownership),
+               "task_restarts": dict(tasks.RESTARTS)}
         if self.pulse is not None:
             doc["ha"] = dict(self.pulse.status(), takeovers=self.takeovers)
             try:

@@ -333,6 +333,10 @@ class Collector:
         f.counter("lb_addresses_restored_total", "addresses of the active director added back after they were "
                   "gone from their interface (a link down and up drops IPv6 addresses)", (), (),
                   own.get("addresses_restored", 0))
+        for kind, n in sorted((doc.get("task_restarts") or {}).items()):
+            f.counter("lb_task_restarts_total", "background tasks restarted after an unexpected error (logged "
+                      "with its traceback), by kind (health, load, pulse-*, bgp-lease, configsync-push)",
+                      ("task",), (kind,), n)
         f.counter("lb_dataplane_xdp_attached_again_total", "XDP programs attached again after they were gone "
                   "from their interface (re-created, or the program taken off)", (), (), own.get("xdp_attached", 0))
 

@@ -7,6 +7,9 @@ cancellation) the exception is logged with the task's name, its context and the 
 ``spawn(name, coro)`` is the one-shot kind (a notify program): its exception is logged, and the
 task is referenced until it ends (asyncio keeps only weak references to tasks).
 
+Every supervised task's restarts are also counted by kind (its name up to the first space:
+"health", "load", "pulse-heartbeats", "bgp-lease", ...) in ``RESTARTS``, for the metrics.
+
 ``RateLimitedLog`` logs one line per key at most every ``interval`` seconds and says how many
 were held back, for events an outsider can trigger at packet rate (refused heartbeats).
 """
@@ -18,11 +21,12 @@ import time
 from dataclasses import dataclass
 from typing import Awaitable, Callable
 
-__all__ = ["TaskStats", "supervise", "spawn", "RateLimitedLog"]
+__all__ = ["TaskStats", "supervise", "spawn", "RateLimitedLog", "RESTARTS"]
 
 log = logging.getLogger("lb.tasks")
 
 _running: set[asyncio.Task] = set()      # spawned tasks, referenced until they end
+RESTARTS: dict[str, int] = {}             # task kind -> restarts in this process (0 once started)
 
 
 @dataclass
@@ -40,6 +44,8 @@ def supervise(name: str, run: Callable[[], Awaitable[None]], *, logger: logging.
               healthy_after: float = 60.0) -> asyncio.Task:
     """``run()`` as a task on the running loop, restarted after a backoff whenever it raises."""
     stats = stats if stats is not None else TaskStats()
+    kind = name.split(" ", 1)[0]
+    RESTARTS.setdefault(kind, 0)
 
     async def supervisor() -> None:
         backoff = min_backoff
@@ -54,6 +60,7 @@ def supervise(name: str, run: Callable[[], Awaitable[None]], *, logger: logging.
                 if time.monotonic() - started >= healthy_after:
                     backoff = min_backoff
                 stats.restarts += 1
+                RESTARTS[kind] += 1
                 stats.last_error = f"{type(e).__name__}: {e}"
                 stats.last_error_at = time.time()
                 where = context() if callable(context) else context

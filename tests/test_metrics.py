@@ -38,6 +38,7 @@ def status(ha=True):
         "instance": "lab", "dataplane": "xdp", "at": 1000.0, "config_warnings": 2,
         "ownership": {"addresses_restored": 3, "xdp_attached": 1, "last": "pub0: ...", "at": 990.0},
         "reloads": {"ok": 3, "refused": 1, "failed": 0, "last_ok": False, "loaded_at": 900.0},
+        "task_restarts": {"bgp-lease": 2, "health": 0},
         "services": [
             {"name": "web", "protocol": "tcp", "address": "198.18.0.10", "port": 80, "fwmark": 0,
              "on_sorry_server": False, "real_servers": [
@@ -178,6 +179,7 @@ def test_service_dataplane_reload_and_ha():
     assert value(s, "lb_config_last_reload_successful") == 0
     assert value(s, "lb_config_warnings") == 2
     assert value(s, "lb_addresses_restored_total") == 3 and value(s, "lb_dataplane_xdp_attached_again_total") == 1
+    assert value(s, "lb_task_restarts_total", task="bgp-lease") == 2 and value(s, "lb_task_restarts_total", task="health") == 0
     assert value(s, "lb_info", instance="lab", dataplane="xdp") == 1
     assert value(s, "lb_ha_role", role="backup") == 1 and value(s, "lb_ha_role", role="active") == 0
     assert value(s, "lb_ha_peer_state", state="active") == 1
@@ -570,3 +572,28 @@ def test_a_client_cannot_make_the_endpoint_hold_megabytes_of_headers(capfd):
     assert b" 414 " in long, long
     assert value(parse(text), "lb_metrics_connections_dropped_total", reason="bad_request") == 2
     assert "Traceback" not in capfd.readouterr().err
+
+
+def test_a_supervised_task_s_restarts_are_counted_by_kind():
+    """bgp-lease and configsync-push restarted after an error were only logged; every supervised
+    task's restarts now reach lb_task_restarts_total by kind (the name up to its first space)."""
+    import asyncio
+    from lb import tasks
+
+    runs = []
+
+    async def flaky():
+        runs.append(1)
+        if len(runs) < 3:
+            raise OSError("no route to the peer")
+
+    async def main():
+        before = dict(tasks.RESTARTS)
+        await tasks.supervise("test-kind 198.18.1.11:80", flaky, min_backoff=0.01)
+        return before
+    before = asyncio.run(main())
+    assert len(runs) == 3
+    assert tasks.RESTARTS["test-kind"] == before.get("test-kind", 0) + 2
+    doc = status()
+    doc["task_restarts"] = dict(tasks.RESTARTS)
+    assert value(scrape(Source(doc)), "lb_task_restarts_total", task="test-kind") == tasks.RESTARTS["test-kind"]
