@@ -240,10 +240,12 @@ class ReplayGuard:
                 self._heard(st, m, now_wall_ns, my_boot)
                 return None
             self.streams[key] = st = back       # its window as it was: nothing it had is taken again
-        elif sync and m.ts_ns < min(st.floor_ns, self._sync_floor(m) or st.floor_ns):
+        elif sync and m.seq <= st.top and m.ts_ns < min(st.floor_ns, self._sync_floor(m) or st.floor_ns):
             # inside the window, but made before its boot's first heartbeat we accepted: a
             # capture from before we started, refused as a new stream's first one would be
-            # (the floor follows the boot's heartbeats down when its clock was stepped back)
+            # (the floor follows the boot's heartbeats down when its clock was stepped back).
+            # One numbered above the stream's top was sent after a message already taken, so
+            # after we started, whatever its clock says: the clock stepped back since
             return "replay"
         if m.seq > st.top:
             if not sync and m.ts_ns < st.first_ts_ns:
