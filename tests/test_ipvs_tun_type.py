@@ -10,6 +10,7 @@ import socket
 from lb.dataplane.ipvs import IP_VS_CONN_F_TUNNEL, IpvsDataplane, KDest
 from lb.dataplane.spec import RealSpec, ServiceSpec
 from test_ipvs_ipv6 import RecordingKernel, kservice
+from test_ipvs_owned import FakeKernel
 
 ip = ipaddress.ip_address
 
@@ -40,20 +41,8 @@ def test_scheduler_flag_names_are_ipvsadm_s(monkeypatch):
                                 ("mh", ipvs.IP_VS_SVC_F_SCHED2 | ipvs.IP_VS_SVC_F_SCHED3),
                                 ("sh", ipvs.IP_VS_SVC_F_SCHED3),
                                 ("rr", ipvs.IP_VS_SVC_F_SCHED1 | ipvs.IP_VS_SVC_F_SCHED3))]
-
-    class _Kernel:
-        def __init__(self, netns):
-            pass
-
-        def __enter__(self):
-            return self
-
-        def __exit__(self, *exc):
-            return False
-
-        def services(self):
-            return kss
-    monkeypatch.setattr(ipvs, "Kernel", _Kernel)
+    monkeypatch.setattr(FakeKernel, "services_now", dict(enumerate(kss)))
+    monkeypatch.setattr(ipvs, "Kernel", FakeKernel)
     out = listing.format_services(ipvs.read_services())
     assert "TCP  198.18.0.10:80 sh (sh-fallback)" in out.splitlines()
     assert "TCP  198.18.0.10:80 mh (mh-port)" in out.splitlines()
