@@ -35,6 +35,12 @@ def cmd_run(args) -> int:
     except lbconfig.ConfigError as e:
         print(e, file=sys.stderr)
         return 2
+    if args.dataplane in ("ipvs", "auto") and cfg.bgp is not None and cfg.bgp.active_active:
+        # the file's own `dataplane` is checked by the loader; the command line's here, alike
+        print(f'lb: --dataplane {args.dataplane}: [bgp] mode = "active-active" needs the XDP data plane (it '
+              f"schedules mid-flow packets after an ECMP change, as IPVS's sloppy_tcp, which lb does not set "
+              f'for kernel IPVS); use --dataplane xdp, or mode = "announce"', file=sys.stderr)
+        return 2
     try:
         if (args.dataplane or cfg.dataplane) == "xdp":     # auto falls back to IPVS without them
             preflight.check_arch()
