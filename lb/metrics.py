@@ -219,7 +219,8 @@ class Collector:
                 name = r["name"] if r else ("sorry_server" if s and s.get("on_sorry_server") else "")
                 rl = labels + (name, str(rr.address), str(rr.port))
                 self._stats(f, "lb_real_server", "real server", REAL_LABELS, rl, rr)
-                f.gauge("lb_real_server_connections_active", "TCP connections in ESTABLISHED or a half-open state, as IPVS's ActiveConn",
+                f.gauge("lb_real_server_connections_active",
+                        "TCP connections in ESTABLISHED or a half-open state, as IPVS's ActiveConn",
                         REAL_LABELS, rl, rr.active)
                 f.gauge("lb_real_server_connections_inactive", "other connections (InActConn)", REAL_LABELS, rl,
                         rr.inactive)
