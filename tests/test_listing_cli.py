@@ -266,6 +266,15 @@ def test_list_counters_with_zero_is_refused(dp, capsys):
     assert stats(dp) == before
 
 
+def test_list_counters_of_kernel_ipvs_is_refused(capsys):
+    """--counters lists the XDP data path's counters; with --dataplane ipvs it printed the IPVS
+    service table (and {"services": []} with --json), exit 0, as though those were counters."""
+    for extra in ((), ("--json",)):
+        rc, out, err = cli(capsys, "list", "--counters", "--dataplane", "ipvs", *extra)
+        assert (rc, out) == (2, "") and err == ("lb: --counters lists the XDP data path's counters, not kernel "
+                                                "IPVS's: lb list --stats, or /proc/net/ip_vs_stats\n")
+
+
 # ---- 7. conflicting list options, refused as ipvsadm refuses them ----------------------------
 
 @pytest.mark.parametrize("argv, message", [

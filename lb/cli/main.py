@@ -675,7 +675,11 @@ def cmd_list(args) -> int:
     if conflict is not None:
         print(f"lb: {conflict}", file=sys.stderr)
         return 2
-    if _list_dataplane(args) == "ipvs":
+    if args.counters and args.dataplane == "ipvs":
+        print("lb: --counters lists the XDP data path's counters, not kernel IPVS's: lb list --stats, "
+              "or /proc/net/ip_vs_stats", file=sys.stderr)
+        return 2
+    if not args.counters and _list_dataplane(args) == "ipvs":
         return _list_ipvs(args)
     if args.daemon:
         return 0                 # XDP mode syncs in lb's own daemon (lb status), not the kernel's
