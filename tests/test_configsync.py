@@ -284,6 +284,34 @@ def test_each_director_keeps_its_own_interfaces(tmp_path):
     assert got.virtual_servers[0].real_servers[0].weight == 7 and b.cfg == got
 
 
+def test_each_director_keeps_its_own_virtual_server_devices(tmp_path):
+    """A virtual server's `device` is a host's interface name as public_interface is: the
+    backup keeps its own for the services it has (the active's eth0.100 was pushed to a backup
+    whose VLAN is ens3.100, and its reload refused at every push); a new service takes the
+    active's device, or the backup's public interface where the active used its own."""
+    from lb import config as lbconfig
+
+    svc2 = '\n[[virtual_server]]\nname = "api"\naddress = "198.18.0.12"\nport = 8080\nscheduler = "rr"\n' \
+           '{device}  [[virtual_server.real_server]]\n  address = "198.18.1.13"\n'
+    glob = 'public_interface = "eth0"\n'
+    b_text = write_config(tmp_path / "b.toml", weight="1").read_text().replace(
+        'instance = "webtest"', 'instance = "webtest2"').replace(glob, 'public_interface = "ens3"\n').replace(
+        'port = 80\n', 'port = 80\ndevice = "ens3.100"\n', 1)
+    a, b, sa, sb = pair(tmp_path, b_text=b_text)
+    a.cfg.path.write_text(a.cfg.path.read_text().replace('port = 80\n', 'port = 80\ndevice = "eth0.100"\n', 1)
+                          + svc2.format(device='device = "eth0"\n'))
+    a.cfg = lbconfig.load(a.cfg.path)
+
+    async def body():
+        return await sa.push(), await sa.push()
+    first, second = run(sa, sb, body)
+    assert first["result"] == "applied" and second["result"] == "same", (first, second)
+    got = store.read(b.cfg.path).cfg
+    assert [(vs.name, vs.device) for vs in got.virtual_servers] == [("web", "ens3.100"), ("api", None)]
+    assert got.virtual_servers[0].real_servers[0].weight == 7 and b.cfg == got
+    assert sa.status()["same"] is True
+
+
 def test_a_renumbered_vip_drops_the_backups_bgp_attributes_for_the_old_one(tmp_path):
     """[bgp] is each director's own (its sessions), but its [[bgp.vip]] attributes follow the
     virtual servers: a VIP the active renumbered loses its entry on the backup (every push was

@@ -267,8 +267,14 @@ def plain_document(cfg: Config) -> dict[str, Any]:
 
 
 def shared_document(cfg: Config) -> dict[str, Any]:
-    """The document of ``cfg`` without the per-director keys and tables."""
+    """The document of ``cfg`` without the per-director keys and tables.  A virtual server's
+    `device` is an interface name too: one that is this director's public interface is left out
+    (the peer's own is the default there); another stays, for a service the peer does not have
+    yet (localize keeps the peer's own device of a service it has)."""
     doc = plain_document(cfg)
+    for vs in doc.get("virtual_server", ()):
+        if vs.get("device") == cfg.public_interface:
+            del vs["device"]
     for table, key in LOCAL_KEYS:
         doc.get(table, {}).pop(key, None)
     for table in LOCAL_TABLES:
@@ -277,8 +283,12 @@ def shared_document(cfg: Config) -> dict[str, Any]:
 
 
 def identity(cfg: Config) -> str:
-    """A short hash of what ``cfg`` configures (not its instance, serial, file, format or [bgp])."""
-    canon = json.dumps(shared_document(cfg), sort_keys=True, separators=(",", ":"), default=str)
+    """A short hash of what ``cfg`` configures (not its instance, serial, file, format, [bgp] or
+    the virtual servers' interfaces)."""
+    doc = shared_document(cfg)
+    for vs in doc.get("virtual_server", ()):
+        vs.pop("device", None)
+    canon = json.dumps(doc, sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha256(canon.encode()).hexdigest()[:16]
 
 
@@ -312,6 +322,14 @@ def localize(shared: dict[str, Any], cfg: Config | None) -> dict[str, Any]:
     for table in LOCAL_TABLES:
         if table in own:
             doc[table] = own[table]
+    # each virtual server this director has keeps its own interface (eth0.100 here, ens3.100
+    # there), matched by name; a new one takes the peer's, or this director's public interface
+    devices = {vs["name"]: vs.get("device") for vs in own.get("virtual_server", ())}
+    for vs in doc.get("virtual_server", ()) if isinstance(doc.get("virtual_server"), list) else ():
+        if isinstance(vs, dict) and vs.get("name") in devices:
+            vs.pop("device", None)
+            if devices[vs["name"]] is not None:
+                vs["device"] = devices[vs["name"]]
     bgp = doc.get("bgp")
     if isinstance(bgp, dict) and isinstance(bgp.get("vip"), list):
         vips = _vips(doc)
