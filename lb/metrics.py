@@ -71,6 +71,9 @@ HA_ACCEPTED = {"rx", "standdown_rx", "sync_rx_records", "sync_tx_records", "sync
 HA_OTHER = {
     "unheard": ("lb_ha_heartbeats_unheard_total", "authentic pulse messages not taken in the first half "
                 "deadtime after a start (before the peer echoes this director's boot)"),
+    "late": ("lb_ha_heartbeats_late_total", "authentic heartbeats older, by the peer's monotonic clock, than one "
+             "already heard on another channel (no news: the two channels' order swapped, or a capture held "
+             "back and replayed)"),
     "kernel_drops": ("lb_ha_kernel_dropped_datagrams_total", "datagrams of the pulse sockets the kernel dropped "
                      "(receive buffer full)"),
     "offpath": ("lb_ha_offpath_datagrams_total", "datagrams to the pulse ports from other addresses than the peer's"),

@@ -4,11 +4,16 @@ authentication and the replay guard.
 Every datagram (heartbeat, stand-down, connection sync) is
 
     header (40 bytes, network order)         payload            HMAC-SHA256(key, header+payload)
-    magic "LBHA" | version | type | state | flags | node | channel | pad(2)
-    boot id (u64) | seq (u64) | sender wall clock ns (u64) | payload length (u16) | pad(2)
+    magic "LBHA" | version | type | state | flags | node | channel | mono (high u16)
+    boot id (u64) | seq (u64) | sender wall clock ns (u64) | payload length (u16) | mono (low u16)
 
 at most MAX_DATAGRAM bytes.  ``boot`` is random per `lb run` process, ``seq`` counts up per
 channel and socket (heartbeats and stand-downs on the heartbeat port, sync on the sync port).
+``mono`` (with flag F_MONO) is the sender's monotonic clock in milliseconds, modulo 2^32: it
+orders one boot's messages across channels whatever its wall clock does (lb.ha.pulse: a
+heartbeat older than one already heard on another channel is no news -- a capture held back on
+one segment and replayed once the sender is dead).  It sits where version 1 had padding, so a
+director without it ignores it.
 A heartbeat's or stand-down's payload is empty or ``echo`` (u64): the boot id of the last
 authentic message its sender heard from the receiver (0: none yet).  A sync payload is
 lb.ha.sync's.
@@ -46,7 +51,7 @@ from dataclasses import dataclass, field
 
 MAGIC = b"LBHA"
 VERSION = 1
-HEADER = struct.Struct("!4sBBBBBB2xQQQH2x")
+HEADER = struct.Struct("!4sBBBBBBHQQQHH")
 MAC_LEN = 32
 MAX_DATAGRAM = 1400          # stays below any sane MTU: no IP fragments
 
@@ -60,6 +65,8 @@ STATE_NAMES = {S_STARTING: "starting", S_BACKUP: "backup", S_ACTIVE: "active", S
                S_LEAVING: "leaving"}
 
 F_LINK_OK = 0x1
+F_MONO = 0x2                 # the header's mono field holds the sender's monotonic milliseconds
+MONO_MOD = 1 << 32
 
 NODE_PRIMARY, NODE_BACKUP = 0, 1
 CH_PUBLIC, CH_PRIVATE = 0, 1
@@ -93,6 +100,7 @@ class Message:
     ts_ns: int
     flags: int = 0
     payload: bytes = b""
+    mono: int = 0          # with F_MONO: the sender's monotonic clock, ms modulo 2^32
 
     @property
     def echo(self) -> int:
@@ -120,8 +128,9 @@ def new_boot_id() -> int:
 def encode(key: bytes, m: Message) -> bytes:
     if len(m.payload) > 0xFFFF:
         raise ValueError("payload too large")
-    head = HEADER.pack(MAGIC, VERSION, m.type, m.state, m.flags, m.node, m.channel, m.boot, m.seq,
-                       m.ts_ns, len(m.payload))
+    mono = m.mono % MONO_MOD
+    head = HEADER.pack(MAGIC, VERSION, m.type, m.state, m.flags, m.node, m.channel, mono >> 16, m.boot, m.seq,
+                       m.ts_ns, len(m.payload), mono & 0xFFFF)
     body = head + m.payload
     return body + hmac.new(key, body, hashlib.sha256).digest()
 
@@ -137,7 +146,7 @@ def decode(key: bytes, data: bytes, *, sender: int | None = None, channel: int |
     the header, before the MAC."""
     if not HEADER.size + MAC_LEN <= len(data) <= MAX_DATAGRAM:
         raise DecodeError("malformed", f"{len(data)} bytes")
-    magic, ver, typ, state, flags, node, chan, boot, seq, ts, plen = HEADER.unpack_from(data)
+    magic, ver, typ, state, flags, node, chan, mono_hi, boot, seq, ts, plen, mono_lo = HEADER.unpack_from(data)
     if magic != MAGIC or ver != VERSION:
         raise DecodeError("malformed", "magic/version")
     if plen != len(data) - HEADER.size - MAC_LEN:
@@ -155,7 +164,18 @@ def decode(key: bytes, data: bytes, *, sender: int | None = None, channel: int |
     body, mac = data[:-MAC_LEN], data[-MAC_LEN:]
     if not hmac.compare_digest(hmac.new(key, body, hashlib.sha256).digest(), mac):
         raise DecodeError("auth", "bad HMAC")
-    return Message(typ, state, node, chan, boot, seq, ts, flags, body[HEADER.size:])
+    return Message(typ, state, node, chan, boot, seq, ts, flags, body[HEADER.size:], mono_hi << 16 | mono_lo)
+
+
+def mono_ms(seconds: float) -> int:
+    """A monotonic clock's reading as the header's mono field carries it."""
+    return int(seconds * 1000) % MONO_MOD
+
+
+def mono_before(a: int, b: int) -> bool:
+    """Whether mono ``a`` is earlier than ``b`` (serial number arithmetic, RFC 1982: right for
+    readings less than 24 days apart)."""
+    return 0 < (b - a) % MONO_MOD < MONO_MOD // 2
 
 
 @dataclass
@@ -296,6 +316,12 @@ class ReplayGuard:
             elif any(k[0] == m.node and m.boot in r for k, r in self.retired.items()):
                 return "replay"
         return None
+
+    def live(self, node: int, boot: int, now_wall_ns: int) -> bool:
+        """Whether a heartbeat stream of ``node``'s ``boot`` is still heard: a message of it
+        accepted within quiet_ns, and it has not said it leaves."""
+        return any(k[0] == node and not k[2] and s.boot == boot and not s.leaving
+                   and 0 <= now_wall_ns - s.heard_ns < self.quiet_ns for k, s in self.streams.items())
 
     def _sync_floor(self, m: Message) -> int | None:
         """The oldest timestamp a sync message of m's boot may carry: the first heartbeat we

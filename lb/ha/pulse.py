@@ -63,6 +63,7 @@ _SO_RCVBUFFORCE = 33
 _SO_MEMINFO = 55                 # u32[9]: ..., [8] SK_MEMINFO_DROPS (Linux 4.12)
 _MEMINFO = struct.Struct("=9I")
 _CLOCK_MONOTONIC_COARSE = 6      # the clock BPF's bpf_ktime_get_coarse_ns reads
+ECHO_CANDIDATES = 4              # boots of the peer not proven fresh that we echo in turn
 
 STARTING, BACKUP, ACTIVE, FAULT, LEAVING = (hb.S_STARTING, hb.S_BACKUP, hb.S_ACTIVE, hb.S_FAULT,
                                            hb.S_LEAVING)
@@ -381,12 +382,18 @@ class Pulse:
         # of silence (or its "leaving"), before we would take it for dead
         self.guard = hb.ReplayGuard(int(ha.max_skew * 1e9), sync_grace_ns=int(ha.deadtime * 1e9),
                                     quiet_ns=int(ha.deadtime * 1e9 / 2))
-        self.peer_boot = 0                       # the peer's boot id as last authenticated: our echo
+        self.peer_boot = 0                       # the peer's boot id as last accepted: our echo
         self.peer_echoed = 0                     # the peer's boot id whose heartbeats echo ours
         self._peer_said = (0, 0)                 # (boot, ts_ns) of the newest heartbeat heard from the peer
+        self._peer_mono = (0, 0)                 # (boot, mono) of the newest heartbeat heard (F_MONO)
+        # boots of authentic heartbeats not proven fresh ("stale") -> when last seen: echoed in
+        # turn while no accepted boot of the peer is heard, so that a capture of an old boot
+        # cannot keep our echo off the live one (which needs it to accept us)
+        self._echo_candidates: dict[int, float] = {}
+        self._echo_turn = 0
         self._started = clock()                  # until half a deadtime after: only echoing messages are heard
         self.peer_skew: float | None = None      # peer's clock - ours (s), from its last heartbeat
-        self.counters = {"rx": 0, "bad_auth": 0, "replay": 0, "stale": 0, "unheard": 0, "malformed": 0,
+        self.counters = {"rx": 0, "bad_auth": 0, "replay": 0, "stale": 0, "unheard": 0, "late": 0, "malformed": 0,
                          "wrong_channel": 0, "offpath": 0, "kernel_drops": 0, "standdown_rx": 0,
                          "sync_rx_records": 0, "sync_tx_records": 0, "sync_skipped": 0, "sync_pending": 0,
                          "sync_rejected": 0, "sync_expired": 0}
@@ -513,7 +520,20 @@ class Pulse:
 
     # ---- sending ----
     def _flags(self) -> int:
-        return hb.F_LINK_OK if self.machine.link_ok else 0
+        return (hb.F_LINK_OK if self.machine.link_ok else 0) | hb.F_MONO
+
+    def _echo(self) -> int:
+        """The boot id our next heartbeat echoes: the peer's accepted one, or, while none is
+        heard, each boot that asked for it (stale) within a deadtime in turn."""
+        now = self.clock()
+        for boot, seen in list(self._echo_candidates.items()):
+            if now - seen >= self.ha.deadtime:
+                del self._echo_candidates[boot]
+        if not self._echo_candidates:
+            return self.peer_boot
+        boots = sorted(self._echo_candidates)
+        self._echo_turn += 1
+        return boots[self._echo_turn % len(boots)]
 
     def encode(self, c: Channel, typ: int, state: int | None = None, payload: bytes | None = None) -> bytes:
         """The next datagram of ``typ`` on channel ``c`` (heartbeats and stand-downs carry our echo
@@ -521,9 +541,9 @@ class Pulse:
         ep = c.sync if typ == hb.T_SYNC else c.hb
         ep.seq += 1
         if payload is None:
-            payload = hb.echo_payload(self.peer_boot)
+            payload = hb.echo_payload(self._echo())
         m = hb.Message(typ, self.machine.state if state is None else state, self.node, c.id, self.boot, ep.seq,
-                       self.wall_ns(), self._flags(), payload)
+                       self.wall_ns(), self._flags(), payload, hb.mono_ms(self.clock()))
         return hb.encode(self.key, m)
 
     def _send(self, c: Channel, typ: int, state: int | None = None, payload: bytes | None = None) -> None:
@@ -623,14 +643,21 @@ class Pulse:
             return
         wall = self.wall_ns()
         why = self.guard.check(m, wall, self.boot)
-        if m.type != hb.T_SYNC and why in (None, "stale"):
-            # authentic, and accepted, or a new boot not proven fresh (its clock beyond max_skew, or
-            # behind the peer's boot before it): echoed back, that boot's proof of freshness (it is
-            # accepted once it hears its own boot id echoed).  A replay -- a duplicate, or a
-            # boot the peer has left, whose clock may have been ahead of the new one's -- does not
-            # turn the echo back: the new boot would never be accepted, and would take over as if
-            # we were dead.
-            self.peer_boot = m.boot
+        if m.type != hb.T_SYNC and why is None and m.boot != self.peer_boot:
+            self.peer_boot = m.boot              # accepted: our echo from now on
+            self._echo_candidates.clear()
+        elif m.type != hb.T_SYNC and why == "stale" and m.boot != self.peer_boot \
+                and not self.guard.live(m.node, self.peer_boot, wall):
+            # authentic, but a new boot not proven fresh (its clock beyond max_skew, or behind the
+            # peer's boot before it): echoed back, that boot's proof of freshness (it is accepted
+            # once it hears its own boot id echoed) -- in turn with any other such boot, as one of
+            # them may be a capture of a boot the peer has left, and never while a boot of the
+            # peer we accepted is still heard.  A replay -- a duplicate, or a boot the peer has
+            # left -- is not echoed: the new boot would never be accepted, and would take over as
+            # if we were dead.
+            self._echo_candidates[m.boot] = self.clock()
+            while len(self._echo_candidates) > ECHO_CANDIDATES:
+                del self._echo_candidates[min(self._echo_candidates, key=self._echo_candidates.get)]
         if why is not None:
             detail = ""
             if why == "stale" and abs(m.ts_ns - wall) > self.ha.max_skew * 1e9:
@@ -657,6 +684,16 @@ class Pulse:
         if not heard and m.type != hb.T_SYNC:
             self.counters["unheard"] += 1
             return
+        if m.type != hb.T_SYNC and m.flags & hb.F_MONO:
+            # Older, by the peer's monotonic clock, than a message of its boot already heard on
+            # another channel: no news of the peer (each channel's window takes it, as it never
+            # came there).  A capture held back on one segment while the other carried the
+            # heartbeats, replayed once the peer is dead, would keep it "alive" for as long as
+            # the capture lasts.
+            if m.boot == self._peer_mono[0] and hb.mono_before(m.mono, self._peer_mono[1]):
+                self.counters["late"] += 1
+                return
+            self._peer_mono = (m.boot, m.mono)
         self.counters["rx"] += 1
         c.rx += 1
         now = self.clock()

@@ -1,0 +1,120 @@
+"""Authentic heartbeats an attacker on one segment holds back and replays later, and captures of
+a boot the peer has left: neither keeps a dead peer "alive" nor keeps our echo off its live boot.
+
+- Held back: the public channel's heartbeats withheld for two minutes while the private channel
+  carried them; once the primary is dead they are replayed, one per keepalive.  Each is new on
+  its channel (never delivered there), so the replay window takes it; by the primary's
+  monotonic clock (the header's mono field) it is older than what the private channel already
+  brought, so it is no news and the backup takes over within its deadtime.
+- Echo: the backup's clock is beyond max_skew, so the primary (restarted) proves each of the
+  backup's boots fresh only by echoing it.  Replayed captures of the backup's previous boot
+  made it echo that boot instead of the live one, which then never accepted the primary:
+  a role swap, or two active directors with preempt."""
+from __future__ import annotations
+
+import dataclasses
+
+from lb.config.model import HA
+from lb.ha import heartbeat as hb
+from test_ha_unit import A, Pair
+
+
+class HeldBack(Pair):
+    """Two channels; the primary's public heartbeats are kept by an attacker, not delivered."""
+
+    def __init__(self, tmp_path):
+        super().__init__(tmp_path)
+        self.ha = HA(primary=A("198.18.0.1"), backup=A("198.18.0.3"), primary_private=A("198.18.1.1"),
+                     backup_private=A("198.18.1.3"), key_file=self.ha.key_file, keepalive=0.2,
+                     deadtime=1.0, max_skew=30.0, sync=False)
+        self.withheld = []
+
+    def _deliver(self, p, c, typ, state, payload):
+        if p.node == hb.NODE_PRIMARY and c.id == hb.CH_PUBLIC and typ == hb.T_HEARTBEAT and p.node in self.nodes:
+            self.withheld.append(p.encode(c, typ, state, payload))
+            return
+        super()._deliver(p, c, typ, state, payload)
+
+
+def test_heartbeats_held_back_and_replayed_after_the_peers_death_are_no_news(tmp_path):
+    pair = HeldBack(tmp_path)
+    primary, backup = pair.start(hb.NODE_PRIMARY), pair.start(hb.NODE_BACKUP)
+    pair.run(120.0)
+    assert pair.roles() == {0: "active", 1: "backup"} and len(pair.withheld) > 400
+    del pair.nodes[hb.NODE_PRIMARY]                           # the primary dies
+    chan = backup.channels[hb.CH_PUBLIC]
+    rx = backup.counters["rx"]
+    for data in pair.withheld[:25]:                           # 5 s of replays, 2 minutes old
+        backup._receive(chan, "heartbeat", data)
+        pair.run(0.2)
+    assert backup.role == "active"
+    # none was news (the first few, from before the backup heard the primary, are not heard at all)
+    assert backup.counters["rx"] == rx and backup.counters["late"] >= 20, backup.counters
+    assert backup.status()["peer"]["alive"] is False
+
+
+def test_the_two_channels_in_either_order_keep_the_peer_alive(tmp_path):
+    """The same heartbeat round on both channels, the private one read first: the public one is
+    late (no news), and the peer stays alive and heard."""
+    pair = HeldBack(tmp_path)
+    pair._deliver = lambda p, c, typ, state, payload: Pair._deliver(pair, p, c, typ, state, payload)
+    primary, backup = pair.start(hb.NODE_PRIMARY), pair.start(hb.NODE_BACKUP)
+    pair.run(2.0)
+    assert pair.roles() == {0: "active", 1: "backup"}
+    for _ in range(20):
+        pair.t += 0.2
+        pub, priv = (primary.encode(c, hb.T_HEARTBEAT) for c in primary.channels)
+        pair.t += 0.001                                     # the private one made a moment later
+        priv = primary.encode(primary.channels[1], hb.T_HEARTBEAT)
+        backup._receive(backup.channels[1], "heartbeat", priv)
+        backup._receive(backup.channels[0], "heartbeat", pub)
+        for p in (primary, backup):
+            p.decide()
+    assert backup.role == "backup" and backup.status()["peer"]["alive"] is True
+    assert backup.counters["late"] >= 20
+
+
+def history(tmp_path, attack: bool, preempt: bool = False):
+    pair = Pair(tmp_path, skew_s=120.0)                     # the backup's clock 2 min ahead
+    pair.ha = dataclasses.replace(pair.ha, preempt=preempt)
+    pair.start(hb.NODE_PRIMARY)
+    pair.run(1.5)
+    old_backup = pair.start(hb.NODE_BACKUP)
+    pair.run(2.0)
+    captured = [old_backup.encode(c, hb.T_HEARTBEAT) for c in old_backup.channels]
+    backup = pair.start(hb.NODE_BACKUP)                     # the backup restarts (an upgrade)
+    pair.run(2.0)
+    primary = pair.start(hb.NODE_PRIMARY)                   # then the primary: never saw the first
+    deliver = pair._deliver
+
+    def with_replays(p, c, typ, state, payload):
+        if attack and p is primary:
+            for data, ch in zip(captured, primary.channels):
+                primary._receive(ch, "heartbeat", data)
+        deliver(p, c, typ, state, payload)
+    pair._deliver = with_replays
+    pair.run(10.0)
+    return pair.roles(), backup.status()["peer"]["alive"], primary.status()["peer"]["alive"]
+
+
+def test_captures_of_the_peers_left_boot_do_not_keep_our_echo_off_its_live_one(tmp_path):
+    for i, preempt in enumerate((False, True)):
+        (tmp_path / f"{i}a").mkdir()
+        (tmp_path / f"{i}b").mkdir()
+        quiet = history(tmp_path / f"{i}a", attack=False, preempt=preempt)
+        attacked = history(tmp_path / f"{i}b", attack=True, preempt=preempt)
+        assert quiet[1] and quiet[2], quiet
+        assert attacked == quiet, (preempt, attacked, quiet)
+        assert sorted(attacked[0].values()) == ["active", "backup"]
+
+
+def test_the_mono_field_round_trips_where_version_1_had_padding():
+    m = hb.Message(hb.T_HEARTBEAT, hb.S_ACTIVE, 0, 0, 7, 1, 10**18, hb.F_LINK_OK | hb.F_MONO,
+                   hb.echo_payload(3), 0xFFFFFFF0)
+    raw = hb.encode(b"k" * 32, m)
+    assert len(raw) == 40 + 8 + 32 and hb.decode(b"k" * 32, raw) == m
+    # a director without the field sent zeros there, and no F_MONO: its order is not judged
+    old = hb.encode(b"k" * 32, dataclasses.replace(m, flags=hb.F_LINK_OK, mono=0))
+    assert old[10:12] == old[38:40] == b"\0\0" and not hb.decode(b"k" * 32, old).flags & hb.F_MONO
+    assert hb.mono_before(0xFFFFFFF0, 5) and not hb.mono_before(5, 0xFFFFFFF0)      # across the wrap
+    assert not hb.mono_before(9, 9) and hb.mono_ms(4294967.297) == 1
