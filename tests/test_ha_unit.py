@@ -1,6 +1,7 @@
 """pulse without a network: heartbeat codec (HMAC, replay window), the role state machine on a
 fake clock, and the connection sync codec/exporter."""
 import ipaddress
+import os
 import random
 import time
 
@@ -66,6 +67,11 @@ def test_read_key(tmp_path):
     assert hb.read_key(p) == b"a-long-enough-secret"
     p.chmod(0o644)
     with pytest.raises(ValueError):
+        hb.read_key(p)
+    # mode 0600 but another user's: whoever owns it can rewrite the key (as OpenSSH's StrictModes)
+    p.chmod(0o600)
+    os.chown(p, 65534, -1)
+    with pytest.raises(ValueError, match="is owned by uid 65534"):
         hb.read_key(p)
 
 

@@ -110,12 +110,16 @@ class Message:
 
 def read_key(path) -> bytes:
     """The shared key: the file's bytes, surrounding whitespace removed.  At least 16 bytes; the
-    file must not be readable by group or others."""
-    st = os.stat(path)
-    if st.st_mode & 0o077:
-        raise ValueError(f"HA key file {path} is accessible by group or others (chmod 600 it)")
+    file must not be readable by group or others, and must be ours (root's): whoever owns it can
+    rewrite it, and the key lets its holder forge heartbeats and push configurations."""
     with open(path, "rb") as f:
-        key = f.read().strip()
+        st = os.fstat(f.fileno())
+        if st.st_uid != os.geteuid():
+            raise ValueError(f"HA key file {path} is owned by uid {st.st_uid}, not {os.geteuid()} "
+                             f"(chown it to the user lb runs as)")
+        if st.st_mode & 0o077:
+            raise ValueError(f"HA key file {path} is accessible by group or others (chmod 600 it)")
+        key = f.read(1 << 16).strip()
     if len(key) < 16:
         raise ValueError(f"HA key file {path} holds {len(key)} bytes; at least 16 are needed")
     return key
