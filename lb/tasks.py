@@ -21,7 +21,7 @@ import time
 from dataclasses import dataclass
 from typing import Awaitable, Callable
 
-__all__ = ["TaskStats", "supervise", "spawn", "RateLimitedLog", "RESTARTS"]
+__all__ = ["TaskStats", "supervise", "spawn", "cancel_and_wait", "RateLimitedLog", "RESTARTS"]
 
 log = logging.getLogger("lb.tasks")
 
@@ -70,6 +70,22 @@ def supervise(name: str, run: Callable[[], Awaitable[None]], *, logger: logging.
             backoff = min(backoff * 2, max_backoff)
 
     return asyncio.get_running_loop().create_task(supervisor(), name=name)
+
+
+async def cancel_and_wait(*tasks: asyncio.Task | None, retry: float = 0.5) -> None:
+    """Cancel ``tasks`` and wait until each has ended, cancelling again every ``retry`` seconds:
+    on Python 3.11, asyncio.wait_for drops a cancellation that arrives as the future it waits
+    for completes (gh-86296), and the task goes on as if never cancelled -- a stop that awaited
+    it once waited for ever.  The tasks' own errors are theirs (supervise logs them): taken
+    here, not raised."""
+    pending = {t for t in tasks if t is not None and not t.done()}
+    while pending:
+        for t in pending:
+            t.cancel()
+        done, pending = await asyncio.wait(pending, timeout=retry)
+        for t in done:
+            if not t.cancelled():
+                t.exception()
 
 
 def spawn(name: str, coro: Awaitable[None], *, logger: logging.Logger = log) -> asyncio.Task:

@@ -342,3 +342,32 @@ def test_each_director_keeps_its_own_listen_addresses(tmp_path):
     got = store.read(b.cfg.path).cfg
     assert got.metrics.listen == "198.18.1.3:9640" and got.metrics.enabled and b.cfg == got
     assert sa.status()["same"] is True
+
+
+def test_silent_connections_from_the_peers_address_do_not_hold_up_a_push(tmp_path):
+    """Connections from the peer's address that say nothing (an on-link host spoofing it) used to
+    queue for the answering lock without limit, a file descriptor each, and the active's push
+    waited behind them.  A few are read at once, the oldest dropped for a new one: the push is
+    applied at once and the silent ones are closed."""
+    a, b, sa, sb = pair(tmp_path)
+
+    async def body():
+        fds = len(os.listdir("/proc/self/fd"))
+        held = [(await asyncio.open_connection("127.0.0.2", sb.port, local_addr=("127.0.0.1", 0)))
+                for _ in range(40)]
+        await asyncio.sleep(0.2)
+        reply = await asyncio.wait_for(sa.push(), 5.0)
+        async def eof(r):
+            try:
+                return await asyncio.wait_for(r.read(1), 0.2) == b""
+            except asyncio.TimeoutError:
+                return False                                    # still being read (the newest few)
+        closed = sum([await eof(r) for r, _w in held])          # the server closed them
+        open_now = len(os.listdir("/proc/self/fd")) - fds
+        for _r, w in held:
+            w.close()
+        return reply, closed, open_now
+    reply, closed, open_now = run(sa, sb, body)
+    assert reply["result"] == "applied", reply
+    assert closed >= 40 - configsync.MAX_READING and sb.counters["busy"] >= 40 - configsync.MAX_READING
+    assert open_now < 40 + 2 * configsync.MAX_READING + 8      # our 40 ends, the server's few

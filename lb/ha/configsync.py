@@ -40,7 +40,7 @@ import struct
 import time
 
 from lb.config import store
-from lb.tasks import RateLimitedLog, supervise
+from lb.tasks import RateLimitedLog, cancel_and_wait, supervise
 
 log = logging.getLogger("lb.ha.configsync")
 
@@ -48,6 +48,8 @@ MAGIC = b"LBCF1"
 NONCE = 16
 MAX_MESSAGE = 2 * 1024 * 1024
 STEP_TIMEOUT = 10.0
+EXCHANGE_TIMEOUT = 20.0   # a push read whole within this, however it trickles
+MAX_READING = 4           # pushes read at once (the peer makes one at a time): a 5th drops the oldest
 PUSH_INTERVAL = 3.0
 LOG_EVERY = 60.0          # a repeated refusal is logged at most this often
 
@@ -97,7 +99,9 @@ class ConfigSync:
         self.last_exchange: float | None = None
         self.last_result: str | None = None
         self.last_error: str | None = None
-        self.counters = {"pushes": 0, "applied": 0, "refused": 0, "older": 0, "failed": 0, "bad_peer": 0}
+        self.counters = {"pushes": 0, "applied": 0, "refused": 0, "older": 0, "failed": 0, "bad_peer": 0,
+                         "busy": 0}
+        self._reading: dict = {}            # connection (writer) -> when its read began
         self._ratelog = RateLimitedLog(log, LOG_EVERY)
 
     # ---- status ----
@@ -145,9 +149,7 @@ class ConfigSync:
             self._listening.add(local)
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
+        await cancel_and_wait(self._task)
         for s in self.servers:
             s.close()
             await s.wait_closed()
@@ -228,20 +230,38 @@ class ConfigSync:
                 self.counters["bad_peer"] += 1
                 self._log("source", "configuration sync: refused a connection from %s (not the peer)", peername[0])
                 return
-            async with self._busy:
-                head = await asyncio.wait_for(reader.readexactly(len(MAGIC) + NONCE), STEP_TIMEOUT)
-                if head[: len(MAGIC)] != MAGIC:
-                    raise ValueError("not a configuration push")
-                cn, sn = head[len(MAGIC):], os.urandom(NONCE)
-                writer.write(sn)
-                await writer.drain()
-                msg = await _read_message(reader, self.key, b"push", cn + sn)
-                reply = await self._answer(msg, peername[0])
+            # Connections from the peer's address (or one spoofing it on the segment) are read
+            # outside the lock that serialises the answers, a few at a time, each within one
+            # deadline, the oldest read dropped for a new one: silent ones used to queue for the
+            # lock without limit, a file descriptor each, and the real push waited behind them.
+            if len(self._reading) >= MAX_READING:
+                oldest = min(self._reading, key=self._reading.get)
+                self._reading.pop(oldest)
+                oldest.transport.abort()
+                self.counters["busy"] += 1
+                self._log("busy", "configuration sync: dropped the oldest of %d pushes being read for a new "
+                          "connection from %s", MAX_READING, peername[0])
+            self._reading[writer] = time.monotonic()
+            try:
+                async with asyncio.timeout(EXCHANGE_TIMEOUT):
+                    head = await reader.readexactly(len(MAGIC) + NONCE)
+                    if head[: len(MAGIC)] != MAGIC:
+                        raise ValueError("not a configuration push")
+                    cn, sn = head[len(MAGIC):], os.urandom(NONCE)
+                    writer.write(sn)
+                    await writer.drain()
+                    msg = await _read_message(reader, self.key, b"push", cn + sn)
+                self._reading.pop(writer, None)
+                async with self._busy:
+                    reply = await self._answer(msg, peername[0])
                 writer.write(_message(self.key, b"reply", cn + sn, reply))
-                await writer.drain()
+                await asyncio.wait_for(writer.drain(), STEP_TIMEOUT)
+            finally:
+                self._reading.pop(writer, None)
         except (OSError, ValueError, PermissionError, asyncio.TimeoutError, asyncio.IncompleteReadError) as e:
             self.counters["bad_peer"] += 1
-            self._log("serve", "configuration sync: a push from %s failed: %s", peername[0], e)
+            self._log("serve", "configuration sync: a push from %s failed: %s", peername[0], repr(e) if
+                      isinstance(e, asyncio.TimeoutError) else e)
         finally:
             writer.close()
 

@@ -51,7 +51,7 @@ import struct
 import time
 
 from lb import programs
-from lb.tasks import RateLimitedLog, TaskStats, spawn, supervise
+from lb.tasks import RateLimitedLog, TaskStats, cancel_and_wait, spawn, supervise
 
 from . import heartbeat as hb
 from . import sync as hsync
@@ -508,9 +508,7 @@ class Pulse:
         """Tell the peer we leave (it takes over at once if we were active), close the sockets."""
         self._closing = True
         self._send_all(hb.T_HEARTBEAT, LEAVING)
-        for t in self._tasks:
-            t.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await cancel_and_wait(*self._tasks)
         loop = asyncio.get_running_loop()
         for c in self.channels:
             for ep in c.endpoints:
