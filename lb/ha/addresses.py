@@ -20,6 +20,7 @@ from pyroute2.netlink.exceptions import NetlinkError
 log = logging.getLogger("lb.ha")
 
 _IFA_F_NODAD = 0x02     # linux/if_addr.h
+_FOREVER = 0xFFFFFFFF   # INFINITY_LIFE_TIME: a valid lifetime without end
 _IFF_UP = 0x1           # linux/if.h
 
 
@@ -106,8 +107,19 @@ def check(addrs: list[OwnedAddress]) -> None:
 
 def _add(ipr: IPRoute, idx: int, a: OwnedAddress) -> None:
     # IPv6 without duplicate address detection: a VIP (or the real servers' gateway) taken over
-    # from a failed director must answer at once, not after DAD's second
-    kw = {"flags": _IFA_F_NODAD} if a.address.version == 6 else {}
+    # from a failed director must answer at once, not after DAD's second.  And deprecated
+    # (preferred_lft 0, valid forever, as keepalived and kube-vip add theirs): it still takes
+    # packets and answers neighbour solicitations, but is the source of the director's own
+    # traffic only when no other address will do (RFC 6724 rule 3).  Else a /128 VIP matches a
+    # destination of its /64 longer than the director's own /64 address (rule 8): health checks
+    # to real servers holding the VIP on lo would leave from it and be answered on the real
+    # server itself, a tunnel's outer header and BGP's local address would take it, and the
+    # floating gateway's own connections would end at a takeover.  pyroute2 0.7 reads the
+    # lifetimes from cacheinfo's keys, later ones from the arguments: both given.
+    kw = {}
+    if a.address.version == 6:
+        kw = {"flags": _IFA_F_NODAD, "preferred": 0, "valid": _FOREVER,
+              "cacheinfo": {"preferred": 0, "valid": _FOREVER}}
     ipr.addr("add", index=idx, address=str(a.address.ip), prefixlen=a.address.network.prefixlen, **kw)
 
 
