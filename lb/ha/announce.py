@@ -64,6 +64,21 @@ def _mac(ifname: str) -> str:
     return ":".join(f"{b:02x}" for b in info[18:24])
 
 
+_IPV6_CONF = "/proc/sys/net/ipv6/conf"
+
+
+def _router(ifname: str) -> int:
+    """The R flag of our neighbour advertisements on ifname: its IPv6 forwarding setting, read
+    at each announcement, as the kernel's own advertisements carry it (ndisc_recv_ns; keepalived's
+    vrrp_ndisc the same).  A flag that flips between theirs and ours makes neighbours drop the
+    director from their default router lists (RFC 4861 7.2.5).  0 when it cannot be read."""
+    try:
+        with open(f"{_IPV6_CONF}/{ifname}/forwarding") as f:
+            return 1 if int(f.read().strip()) else 0
+    except (OSError, ValueError):
+        return 0
+
+
 def frames(ifname: str, address, mac: str | None = None) -> list:
     """The frames announcing ``address`` (an ip address or interface) on ``ifname``."""
     sa = warm_up()
@@ -74,7 +89,7 @@ def frames(ifname: str, address, mac: str | None = None) -> list:
                 sa.ARP(op=1, hwsrc=mac, psrc=str(ip), hwdst="00:00:00:00:00:00", pdst=str(ip))]
     return [sa.Ether(src=mac, dst="33:33:00:00:00:01") /
             sa.IPv6(src=str(ip), dst="ff02::1", hlim=255) /
-            sa.ICMPv6ND_NA(tgt=str(ip), R=0, S=0, O=1) /
+            sa.ICMPv6ND_NA(tgt=str(ip), R=_router(ifname), S=0, O=1) /
             sa.ICMPv6NDOptDstLLAddr(lladdr=mac)]
 
 
