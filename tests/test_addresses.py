@@ -177,3 +177,24 @@ def test_ipv6_addresses_are_added_deprecated_so_the_director_never_sends_from_th
 
     addresses.release(owned)
     assert kernel.addrs == []
+
+
+def test_an_ipv6_address_already_there_with_another_prefix_is_held_not_added(kernel, caplog):
+    """The kernel keeps one copy of an IPv6 address on an interface whatever its prefix: the VIP
+    put on pub0 by hand as a /64 is there, so taking the /128 adds nothing (it was "File exists",
+    and the start or the takeover failed), a look for lost addresses finds nothing to add back
+    (it was "File exists" every second), and releasing leaves the hand's address where it was.
+    IPv4 is address and prefix, as before: a /32 beside the same address as a /24 is added."""
+    kernel.put("pub0", "2001:2::10/64")
+    kernel.put("pub0", "198.18.0.10/24")
+    owned = [OwnedAddress("pub0", ipaddress.ip_interface("2001:2::10/128")),
+             OwnedAddress("pub0", ipaddress.ip_interface("198.18.0.10/32"))]
+    caplog.set_level("INFO", logger="lb.ha")
+    assert addresses.take(owned) == owned[1:]
+    assert "address 2001:2::10/128 already on pub0 as /64" in caplog.text
+    assert addresses.present(owned) == owned
+    assert addresses.restore(owned) == ([], [])
+
+    addresses.release(owned)
+    assert [(a.get_attr("IFA_ADDRESS"), a["prefixlen"]) for a in kernel.addrs] == [("2001:2::10", 64),
+                                                                                  ("198.18.0.10", 24)]

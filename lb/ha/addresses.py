@@ -68,12 +68,26 @@ def interface_exists(ifname: str) -> bool:
         return bool(ipr.link_lookup(ifname=ifname))
 
 
-def _has(ipr: IPRoute, idx: int, addr) -> bool:
+def _key(address: str, prefixlen: int) -> tuple:
+    """What makes an address the same one on an interface: IPv4 the address and its prefix (one
+    address may be there under several), IPv6 the address alone -- the kernel keeps one copy of
+    it whatever the prefix (another is EEXIST), so one there with another prefix (put by hand)
+    is held already: not added, and not removed on release either (a delete names the prefix)."""
+    return (address,) if ":" in address else (address, prefixlen)
+
+
+def _there(ipr: IPRoute, idx: int, addr) -> int | None:
+    """The prefix length under which addr is on the interface (see _key), None if it is not."""
     fam = socket.AF_INET if addr.version == 4 else socket.AF_INET6
+    want = _key(str(addr.ip), addr.network.prefixlen)
     for a in ipr.get_addr(family=fam, index=idx):
-        if a.get_attr("IFA_ADDRESS") == str(addr.ip) and a["prefixlen"] == addr.network.prefixlen:
-            return True
-    return False
+        if _key(a.get_attr("IFA_ADDRESS"), a["prefixlen"]) == want:
+            return a["prefixlen"]
+    return None
+
+
+def _has(ipr: IPRoute, idx: int, addr) -> bool:
+    return _there(ipr, idx, addr) is not None
 
 
 def present(addrs: list[OwnedAddress]) -> list[OwnedAddress]:
@@ -132,8 +146,10 @@ def take(addrs: list[OwnedAddress]) -> list[OwnedAddress]:
         for a in addrs:
             try:
                 idx = _ifindex(ipr, a.ifname)
-                if _has(ipr, idx, a.address):
-                    log.info("address %s already on %s", a.address, a.ifname)
+                plen = _there(ipr, idx, a.address)
+                if plen is not None:
+                    log.info("address %s already on %s%s", a.address, a.ifname,
+                             "" if plen == a.address.network.prefixlen else f" as /{plen}")
                     continue
                 _add(ipr, idx, a)
             except (LookupError, NetlinkError) as e:
@@ -164,9 +180,9 @@ def restore(addrs: list[OwnedAddress]) -> tuple[list[OwnedAddress], list[str]]:
             links = ipr.get_links(idx[0]) if idx else []
             if not links or not links[0]["flags"] & _IFF_UP:
                 continue
-            there = {(x.get_attr("IFA_ADDRESS"), x["prefixlen"]) for x in ipr.get_addr(index=idx[0])}
+            there = {_key(x.get_attr("IFA_ADDRESS"), x["prefixlen"]) for x in ipr.get_addr(index=idx[0])}
             for a in mine:
-                if (str(a.address.ip), a.address.network.prefixlen) in there:
+                if _key(str(a.address.ip), a.address.network.prefixlen) in there:
                     continue
                 try:
                     _add(ipr, idx[0], a)
