@@ -239,6 +239,21 @@ def test_host_allow_list_stops_dns_rebinding(console):
     assert console.sessions == {}
 
 
+def test_allowed_hosts_match_ip_literals_as_addresses_and_names_in_any_case(tmp_path, pwfile):
+    """[web] allowed_hosts as the config takes them: an IPv6 literal with or without brackets, in
+    any spelling, matches the Host a browser sends ("[2001:2::7]:3636"); a name in any case."""
+    console = make_console(tmp_path, pwfile, listen_host="2001:2::1",
+                           allowed_hosts=("[2001:2::6]", "2001:2:0:0::7", "198.18.0.9", "lb.example.com"))
+
+    async def body(client):
+        for host in ("[2001:2::6]:3636", "[2001:2::6]", "[2001:2::7]:3636", "[2001:2:0::7]", "198.18.0.9:3636",
+                     "LB.Example.COM:3636", "lb.example.com.", "[2001:2:0:0:0:0:0:1]:3636", "[::1]:3636"):
+            assert (await client.get("/login", headers={"Host": host})).status == 200, host
+        for host in ("[2001:2::8]:3636", "198.18.0.90", "lb.example.org", "[2001:2::6", "[lb.example.com]x"):
+            assert (await client.get("/login", headers={"Host": host})).status == 421, host
+    run(console, body)
+
+
 def test_sessions_end_at_their_lifetime_however_busy(tmp_path, pwfile):
     console = make_console(tmp_path, pwfile, session_lifetime=3600.0)
     now = [1000.0]

@@ -183,17 +183,40 @@ class Settings:
         return any(ip in n for n in self.trusted_proxies)
 
     def host_allowed(self, host: str) -> bool:
-        name = host.strip().lower().rstrip(".")
-        if name.startswith("["):
-            name = name[1:].partition("]")[0]
-        elif name.count(":") == 1:
-            name = name.partition(":")[0]
-        if name in ("localhost", "127.0.0.1", "::1", self.listen_host.lower()) or name in self.allowed_hosts:
+        """Whether a request's Host (or X-Forwarded-Host) is the console's: localhost, the listen
+        address, [web] allowed_hosts; an IP literal compared as an address (with or without its
+        brackets, any spelling: "[2001:2:0:0::7]" is 2001:2::7), a name without regard to case."""
+        name = _host_key(host)
+        if name in ("localhost", ipaddress.ip_address("127.0.0.1"), ipaddress.ip_address("::1"),
+                    _host_key(self.listen_host)):
+            return True
+        if any(name == _host_key(allowed, port=False) for allowed in self.allowed_hosts):
             return True
         try:   # listening on every address: any literal address of this host reaches it by IP, not name
-            return ipaddress.ip_address(self.listen_host).is_unspecified and bool(ipaddress.ip_address(name))
+            return ipaddress.ip_address(self.listen_host).is_unspecified and not isinstance(name, str)
         except ValueError:
             return False
+
+
+def _host_key(host: str, port: bool = True) -> str | ipaddress.IPv4Address | ipaddress.IPv6Address:
+    """A Host as compared: an IP literal as its address, a name in lower case without its final
+    dot; without the port (``port``: a request's Host, which may have one; else an allowed_hosts
+    entry, whose IPv6 literal may come with or without brackets)."""
+    name = host.strip().lower()
+    if not port:
+        name = name.strip("[]")
+    elif name.startswith("["):
+        inside, closed, rest = name[1:].partition("]")
+        if not closed or rest and not (rest[0] == ":" and rest[1:].isdigit()):
+            return name             # "[2001:2::6", "[x]y": nothing's
+        name = inside
+    elif name.count(":") == 1:
+        name = name.partition(":")[0]
+    name = name.rstrip(".")
+    try:
+        return ipaddress.ip_address(name)
+    except ValueError:
+        return name
 
 
 @dataclass
