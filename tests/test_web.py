@@ -228,6 +228,28 @@ def test_behind_a_tls_reverse_proxy_login_works_and_the_cookie_is_secure(tmp_pat
     run(untrusted, body2)
 
 
+def test_strict_transport_security_only_over_https(tmp_path, pwfile):
+    """HSTS on every answer the browser gets over HTTPS (here through a trusted TLS proxy; the
+    console's own TLS in test_web_process), never over plain HTTP nor on an untrusted client's say."""
+    console = make_console(tmp_path, pwfile, allowed_hosts=("lb.example.com",),
+                           trusted_proxies=(webapp.ipaddress.ip_network("127.0.0.1/32"),))
+    https = {"X-Forwarded-For": "198.18.0.7", "X-Forwarded-Proto": "https", "X-Forwarded-Host": "lb.example.com"}
+
+    async def body(client):
+        for path in ("/login", "/status", "/static/console.css", "/nowhere"):
+            r = await client.get(path, headers=https, allow_redirects=False)
+            assert r.headers.get("Strict-Transport-Security") == "max-age=31536000", (path, r.status)
+            r = await client.get(path, headers={**https, "X-Forwarded-Proto": "http"}, allow_redirects=False)
+            assert "Strict-Transport-Security" not in r.headers, path
+    run(console, body)
+    untrusted = make_console(tmp_path, pwfile, allowed_hosts=("lb.example.com",))
+
+    async def body2(client):
+        r = await client.get("/login", headers=https)
+        assert r.status == 200 and "Strict-Transport-Security" not in r.headers
+    run(untrusted, body2)
+
+
 def test_host_allow_list_stops_dns_rebinding(console):
     async def body(client):
         r = await client.get("/login", headers={"Host": "attacker.example"})

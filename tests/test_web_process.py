@@ -83,6 +83,7 @@ def test_lb_web_serves_https_with_the_daemons_settings(tmp_path, cert):
                 except OSError:
                     await asyncio.sleep(0.1)
             assert r.status == 200 and "Log in" in await r.text()
+            assert r.headers["Strict-Transport-Security"] == "max-age=31536000"
             r = await s.post(base + "/login", data={"user": "admin", "password": PASSWORD}, ssl=ctx,
                              allow_redirects=False, headers={"Origin": base})
             assert r.status == 303 and "Secure" in r.headers["Set-Cookie"]

@@ -119,6 +119,9 @@ SECURITY_HEADERS = {
     "Referrer-Policy": "same-origin",   # no-referrer would make browsers send "Origin: null" with our own POSTs
     "Cache-Control": "no-store",
 }
+# over HTTPS (directly, or through a trusted TLS proxy): the browser asks no more by plain HTTP,
+# where a man in the middle could keep it from ever reaching the HTTPS console
+HSTS = {"Strict-Transport-Security": "max-age=31536000"}
 
 SESSION = web.RequestKey("session", object) if hasattr(web, "RequestKey") else "session"
 CLIENT = web.RequestKey("client", object) if hasattr(web, "RequestKey") else "client"
@@ -448,13 +451,14 @@ class Console:
     @web.middleware
     async def _guard(self, request: web.Request, handler):
         try:
-            return _finish(await self._guarded(request, handler))
+            resp = await self._guarded(request, handler)
         except web.HTTPException as e:   # 400, 404, 405 ... as plain responses with our headers
             keep = {k: v for k, v in e.headers.items() if k.lower() not in ("content-type", "content-length")}
             resp = web.Response(status=e.status, text=e.text, headers=keep)
             if e.status == 408:
                 resp.force_close()      # the rest of the body is not read
-            return _finish(resp)
+        client = request.get(CLIENT)
+        return _finish(resp, (client.scheme if client is not None else request.scheme) == "https")
 
     async def _guarded(self, request: web.Request, handler):
         client = self._client(request)
@@ -1173,8 +1177,8 @@ def _see_other(location: str) -> web.Response:
     return web.Response(status=303, headers={"Location": location})
 
 
-def _finish(resp: web.StreamResponse) -> web.StreamResponse:
-    for k, v in SECURITY_HEADERS.items():
+def _finish(resp: web.StreamResponse, https: bool = False) -> web.StreamResponse:
+    for k, v in (SECURITY_HEADERS | HSTS if https else SECURITY_HEADERS).items():
         if k == "Cache-Control" and k in resp.headers:
             continue
         resp.headers.setdefault(k, v)
