@@ -182,7 +182,7 @@ def test_user_name_and_password_both_count(console, caplog):
         assert "script-src 'self'" in r.headers["Content-Security-Policy"]
     with caplog.at_level(logging.WARNING, logger="lb.web"):
         run(console, body)
-    assert "failed login from 127.0.0.1 (user 'root')" in caplog.text
+    assert "failed login from 127.0.0.1 (user 'root';" in caplog.text
 
 
 def test_login_throttling_is_per_client_not_global(tmp_path, pwfile):

@@ -328,6 +328,46 @@ def test_fresh_addresses_do_not_clear_a_clients_wait(tmp_path, pwfile, monkeypat
     assert len(console.throttle.clients) == 8
 
 
+def test_what_a_client_without_a_session_can_cause_is_counted_not_a_line_each(tmp_path, pwfile, caplog):
+    """Foreign Hosts (4 KB each), cross-origin POSTs, throttled logins, failed logins from fresh
+    addresses: each kind counted and logged once (per LOG_EVERY), values cut at 100 characters."""
+    console = make_console(tmp_path, pwfile, trusted_proxies=(webapp.ipaddress.ip_network("127.0.0.1/32"),))
+    console.throttle.base = 30.0
+    counts = webapp.counts
+    before = collections.Counter(counts)
+    n = 300
+
+    async def body(client):
+        for _ in range(n):
+            r = await client.get("/login", headers={"Host": "h" * 4000})
+            assert r.status == 421
+        for _ in range(n):
+            r = await client.post("/" + "p" * 4000, data={"user": USER, "password": PASSWORD},
+                                  headers={"Origin": "https://" + "o" * 4000}, allow_redirects=False)
+            assert r.status == 403
+        assert (await login(client, "guess", user="u" * 1000, headers={"X-Forwarded-For": "198.18.0.66"})).status == 401
+        for _ in range(n):
+            r = await login(client, headers={"X-Forwarded-For": "198.18.0.66"})
+            assert r.status == 429
+        for i in range(10):
+            r = await login(client, "guess", headers={"X-Forwarded-For": f"198.18.1.{i}"})
+            assert r.status == 401
+
+    with caplog.at_level(logging.DEBUG, logger="lb.web"):
+        run(console, body)
+    got = {k: counts[k] - before[k] for k in ("refused hosts", "cross-origin posts", "logins not checked",
+                                              "failed logins")}
+    assert got == {"refused hosts": n, "cross-origin posts": n, "logins not checked": n, "failed logins": 11}
+    lines = [x.getMessage() for x in caplog.records]
+    assert len(lines) == 4 and len(caplog.text) < 4000, lines
+    assert "refused Host 'hhhh" in lines[0] and "h" * 101 not in lines[0]
+    assert lines[0].endswith(f"; {before['refused hosts'] + 1} since start)")
+    assert "POST '/ppp" in lines[1] and "Origin 'https://ooo" in lines[1]
+    assert "o" * 100 not in lines[1] and "p" * 100 not in lines[1]
+    assert lines[2].startswith("web console: failed login from 198.18.0.66 (user 'uuu") and "u" * 100 not in lines[2]
+    assert lines[3].startswith("web console: login from 198.18.0.66 not checked: too many failed logins")
+
+
 # ---- sessions and the password file -----------------------------------------------------------------
 
 def test_lb_passwd_ends_the_sessions_of_the_old_password(tmp_path, pwfile, monkeypatch, capsys):

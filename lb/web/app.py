@@ -33,7 +33,10 @@ the others waiting their turn, fewer failures first), never with a global lock; 
 ``session_lifetime`` after login however busy (and after an hour idle), and when the password
 file's line changes (`lb passwd`); the cookie is Secure whenever the browser reached the console
 over HTTPS; bad parameters are answered 400; a request body not received within BODY_TIMEOUT
-seconds 408, and one whose client left is not answered (counted in ``counts``).
+seconds 408, and one whose client left is not answered (counted in ``counts``).  What anyone who
+reaches the port can cause at will (a foreign Host, a cross-origin POST, failed or throttled
+logins) is counted in ``counts`` and logged at most once per LOG_EVERY seconds, header values cut
+at 100 characters: never a line per request.
 """
 from __future__ import annotations
 
@@ -130,7 +133,11 @@ NAV = (("/status", "Control/Monitoring"), ("/global", "Global settings"), ("/red
        ("/virtual", "Virtual servers"), ("/config", "Config file"), ("/password", "Password"))
 
 
-counts: collections.Counter = collections.Counter()   # "body timeouts", "clients left" (mid-request)
+# "body timeouts", "clients left" (mid-request); what anyone who reaches the port can make happen
+# at will, each logged at most once per LOG_EVERY (Console._log): "refused hosts", "cross-origin
+# posts", "failed logins", "logins not checked" (throttled or busy), "unreadable password file"
+counts: collections.Counter = collections.Counter()
+LOG_EVERY = 10.0
 _slow_log = RateLimitedLog(log, 10.0)
 
 
@@ -330,6 +337,7 @@ class Console:
         self.clock = clock
         self.sessions: dict[str, Session] = {}
         self.throttle = Throttle(base=fail_delay)
+        self._log = RateLimitedLog(log, LOG_EVERY)
         self._password: tuple[float, str | None] | None = None   # (read at, digest of the line)
 
     # ---- the application ----
@@ -464,8 +472,10 @@ class Console:
         client = self._client(request)
         request[CLIENT] = client
         if not self.settings.host_allowed(client.host):
-            log.warning("web console: refused Host %r from %s (not the listen address, localhost or [web] "
-                        "allowed_hosts)", client.host, client.address)
+            counts["refused hosts"] += 1
+            self._log.log("host", logging.WARNING, "web console: refused Host %.100r from %s (not the listen "
+                          "address, localhost or [web] allowed_hosts; %d since start)", client.host, client.address,
+                          counts["refused hosts"])
             return web.Response(status=421, text="this console does not answer to that host name\n")
         if request.method not in ("GET", "HEAD", "POST"):
             raise web.HTTPMethodNotAllowed(request.method, ["GET", "POST"])
@@ -474,8 +484,10 @@ class Console:
         sess = self._session(request)
         request[SESSION] = sess
         if request.method == "POST" and not _same_origin(request, client):
-            log.warning("web console: refused a cross-origin POST %s from %s (Origin %s)", request.path,
-                        client.address, request.headers.get("Origin"))
+            counts["cross-origin posts"] += 1
+            self._log.log("origin", logging.WARNING, "web console: refused a cross-origin POST %.100r from %s "
+                          "(Origin %.100r; %d since start)", request.path, client.address,
+                          request.headers.get("Origin"), counts["cross-origin posts"])
             return web.Response(status=403, text="cross-origin request refused\n")
         if request.path != "/login":
             if sess is None:
@@ -528,12 +540,18 @@ class Console:
         try:
             line, why, status = await self._verify(client.address, given, user)
         except password.PasswordFileError as e:
-            log.error("web console: login from %s refused: %s", client.address, e)
+            counts["unreadable password file"] += 1
+            self._log.log("pwfile", logging.ERROR, "web console: login from %s refused: %s (%d since start)",
+                          client.address, e, counts["unreadable password file"])
             return self._login_page("The password file cannot be read: see the console's log.", 503, user)
         if status == 401:
-            log.warning("web console: failed login from %s (user %r)", client.address, user)
+            counts["failed logins"] += 1
+            self._log.log("failed", logging.WARNING, "web console: failed login from %s (user %.100r; %d since "
+                          "start)", client.address, user, counts["failed logins"])
         elif why:
-            log.warning("web console: login from %s not checked: %s", client.address, why)
+            counts["logins not checked"] += 1
+            self._log.log("unchecked", logging.WARNING, "web console: login from %s not checked: %s (%d since "
+                          "start)", client.address, why, counts["logins not checked"])
         if why:
             return self._login_page(why, status, user)
         old = request[SESSION]
