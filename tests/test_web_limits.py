@@ -119,6 +119,40 @@ def test_a_login_cut_off_mid_body_is_not_an_error(tmp_path, caplog):
     assert counts["clients left"] == before + 1
 
 
+def test_listening_on_every_ipv6_address_is_every_ipv4_address_too(tmp_path, pwfile):
+    """[web] listen = "[::]:PORT" answers on 127.0.0.1 as on ::1 (asyncio's own socket for "::"
+    is IPv6 only); the IPv4 client is itself there, not ::ffff:127.0.0.1: as a trusted proxy its
+    X-Forwarded-Proto is believed (HSTS), the one of ::1 (not trusted) is not."""
+    console = make_console(tmp_path, pwfile, listen_host="::",
+                           trusted_proxies=(webapp.ipaddress.ip_network("127.0.0.1/32"),))
+
+    async def go():
+        run_ = webmain.runner(console)
+        await run_.setup()
+        try:
+            server, _ = await webmain.listen(run_, "::", 0, trusts=console.settings.trusts)
+        except OSError as e:
+            await run_.cleanup()
+            pytest.skip(f"no IPv6 here: {e}")
+        port = server.sockets[0].getsockname()[1]
+        try:
+            for host, name in (("127.0.0.1", b"127.0.0.1"), ("::1", b"[::1]")):
+                r, w = await asyncio.wait_for(asyncio.open_connection(host, port), 10)
+                w.write(b"GET /login HTTP/1.1\r\nHost: " + name + b"\r\nX-Forwarded-Proto: https\r\n"
+                        b"Connection: close\r\n\r\n")
+                reply = await asyncio.wait_for(r.read(), 10)
+                w.close()
+                assert reply.startswith(b"HTTP/1.1 200"), (host, reply[:200])
+                assert (b"Strict-Transport-Security" in reply) == (host == "127.0.0.1"), host
+        finally:
+            server.close()
+            await run_.cleanup()
+            await server.wait_closed()
+
+    asyncio.run(go())
+    assert console.settings.trusts("::ffff:127.0.0.1") and webapp.plain_address("::ffff:127.0.0.1") == "127.0.0.1"
+
+
 # `lb web` in a process of its own with few file descriptors; its log on stderr
 SERVER = r"""
 import asyncio, json, logging, resource, sys

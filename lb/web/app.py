@@ -141,6 +141,16 @@ LOG_EVERY = 10.0
 _slow_log = RateLimitedLog(log, 10.0)
 
 
+def plain_address(address: str) -> str:
+    """An IPv4 client's address as such, not as the IPv4-mapped IPv6 address ("::ffff:198.18.0.7")
+    that a socket listening on [::] (both families) gives."""
+    try:
+        mapped = ipaddress.IPv6Address(address.partition("%")[0]).ipv4_mapped
+    except ValueError:
+        return address
+    return address if mapped is None else str(mapped)
+
+
 def client_key(address: str) -> str:
     """Whom login throttling and the connection limits count as one client: an address, or an IPv6
     /64 (one site's, often one host's: anyone holds many of its addresses)."""
@@ -190,6 +200,8 @@ class Settings:
             ip = address if not isinstance(address, str) else ipaddress.ip_address(address.split("%", 1)[0])
         except ValueError:
             return False
+        if ip.version == 6 and ip.ipv4_mapped is not None:
+            ip = ip.ipv4_mapped             # an IPv4 proxy's connection to [::]
         return any(ip in n for n in self.trusted_proxies)
 
     def host_allowed(self, host: str) -> bool:
@@ -376,7 +388,7 @@ class Console:
 
     # ---- who asks ----
     def _client(self, request: web.Request) -> Client:
-        remote = request.remote or "?"
+        remote = plain_address(request.remote or "?")
         scheme, host = request.scheme, request.host
         if self.settings.trusts(remote):
             chain = [a.strip() for a in request.headers.get("X-Forwarded-For", "").split(",") if a.strip()]

@@ -1,8 +1,8 @@
 """`lb web`: the console as its own process (lb-web@<instance>.service, an unprivileged user).
 
 It asks the daemon for its [web] settings over the control socket (so it reads no configuration
-file), waits for the daemon when it is not up yet, and serves the console on [web] listen, with
-TLS when [web] has a certificate.  It exits when [web] enabled is false (status 0: nothing to do)
+file), waits for the daemon when it is not up yet, and serves the console on [web] listen ("[::]:PORT":
+every address of both families), with TLS when [web] has a certificate.  It exits when [web] enabled is false (status 0: nothing to do)
 and on SIGTERM/SIGINT.
 
 Whoever reaches the port cannot take the console down: at most MAX_CONNECTIONS connections at
@@ -15,9 +15,11 @@ logged at most once every ACCEPT_LOG_EVERY seconds, not a traceback each (asynci
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 import os
 import signal
+import socket
 import ssl
 import stat
 
@@ -36,6 +38,7 @@ MAX_PER_CLIENT = 16         # ... of them from one client: a browser opens 6
 HEADER_TIMEOUT = 15.0       # seconds for a request's line and headers, and a connection idle
 LINGER = 2.0                # seconds to read the rest of a body the console did not want
 TLS_HANDSHAKE_TIMEOUT = 15.0
+BACKLOG = 128
 ACCEPT_LOG_EVERY = 10.0
 
 
@@ -106,7 +109,7 @@ class _Counted(asyncio.Protocol):
 
     def connection_made(self, transport) -> None:
         peer = transport.get_extra_info("peername")
-        self.key = self.connections.take(str(peer[0]) if peer else "?")
+        self.key = self.connections.take(webapp.plain_address(str(peer[0])) if peer else "?")
         if self.key is None:
             transport.abort()
             return
@@ -172,10 +175,27 @@ async def listen(run: web.AppRunner, host: str, port: int, tls=None,
     """The console's listening socket over ``run`` (set up), with the connection limits
     (``trusts``: Settings.trusts, whose proxies only the total bounds)."""
     connections = Connections(run.server, trusts)
-    server = await asyncio.get_running_loop().create_server(
-        connections, host, port, ssl=tls, backlog=128, reuse_address=True,
-        ssl_handshake_timeout=TLS_HANDSHAKE_TIMEOUT if tls else None)
+    options = dict(ssl=tls, backlog=BACKLOG, ssl_handshake_timeout=TLS_HANDSHAKE_TIMEOUT if tls else None)
+    loop = asyncio.get_running_loop()
+    if _every_address(host):
+        # "[::]:PORT" is every address, IPv4's too (as the metrics endpoint's, and as Settings.host_allowed
+        # takes it): asyncio's own socket for "::" would be IPv6 only (IPV6_V6ONLY)
+        sock = socket.create_server(("::", port), family=socket.AF_INET6, backlog=BACKLOG, dualstack_ipv6=True)
+        try:
+            server = await loop.create_server(connections, sock=sock, **options)
+        except BaseException:
+            sock.close()
+            raise
+    else:
+        server = await loop.create_server(connections, host, port, reuse_address=True, **options)
     return server, connections
+
+
+def _every_address(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host) == ipaddress.IPv6Address("::")
+    except ValueError:
+        return False
 
 
 async def _settings(daemon: Daemon, stop: asyncio.Event) -> dict | None:
