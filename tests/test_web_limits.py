@@ -1,7 +1,9 @@
 """The web console against clients that would take it down or lock the operator out (lb.web):
-connection limits (in all and per client), header and body deadlines, out of file descriptors
-as one counted line, a client leaving mid-body as nothing to log; login checks queued rather
-than refused, throttling per IPv6 /64 that fresh addresses cannot clear; `lb passwd` ending the
+connection limits (in all, per client, per IPv6 /48; reserved slots a crowd without a session
+cannot use), header and body deadlines, out of file descriptors as one counted line, a client
+leaving mid-body as nothing to log, refusals anyone can cause counted rather than logged each;
+login checks queued rather than refused, throttling per IPv6 /64 and /48 that fresh addresses
+cannot clear; `lb passwd` ending the
 sessions of the old password.  `lb web` itself (lb.web.main.serve) where the listening socket is
 what is tested."""
 from __future__ import annotations
@@ -153,6 +155,92 @@ def test_listening_on_every_ipv6_address_is_every_ipv4_address_too(tmp_path, pwf
     assert console.settings.trusts("::ffff:127.0.0.1") and webapp.plain_address("::ffff:127.0.0.1") == "127.0.0.1"
 
 
+async def exchange(r, w, path: str, cookie: str | None = None) -> bytes:
+    """GET ``path`` (keep-alive) on a connection: the answer's status line, its body read."""
+    w.write(f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n".encode()
+            + (f"Cookie: lb_session={cookie}\r\n".encode() if cookie else b"") + b"\r\n")
+    head = await asyncio.wait_for(r.readuntil(b"\r\n\r\n"), 10)
+    length = int(next(x.split(b":")[1] for x in head.split(b"\r\n") if x.lower().startswith(b"content-length:")))
+    await asyncio.wait_for(r.readexactly(length), 10)
+    return head.split(b"\r\n")[0]
+
+
+def test_a_crowd_without_a_session_does_not_lock_out_a_logged_in_operator(tmp_path, pwfile, monkeypatch):
+    """The open slots all held by a crowd's keep-alive connections: a connection with a valid
+    session (and one from loopback) still gets a reserved slot; one without a session gets a
+    503 there, and a client holds at most MAX_ON_PROBATION reserved ones before it shows one."""
+    for name, value in (("MAX_CONNECTIONS", 8), ("MAX_PER_CLIENT", 4), ("RESERVED", 4), ("MAX_ON_PROBATION", 2)):
+        monkeypatch.setattr(webmain, name, value, raising=False)
+    monkeypatch.setattr(webmain.clients, "is_local", lambda address: address == "127.0.0.9", raising=False)
+    console = make_console(tmp_path, pwfile)
+
+    async def connect_from(port, source):
+        return await asyncio.wait_for(asyncio.open_connection("127.0.0.1", port, local_addr=(source, 0)), 10)
+
+    async def go():
+        run_ = webmain.runner(console)
+        await run_.setup()
+        server, connections = await webmain.listen(run_, "127.0.0.1", 0, console=console)
+        port = server.sockets[0].getsockname()[1]
+        held = []
+        try:
+            r, w = await connect_from(port, "127.0.0.3")     # the operator logs in while all is quiet
+            form = f"user={USER}&password={PASSWORD.replace(' ', '+')}".encode()
+            w.write(b"POST /login HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/x-www-form-urlencoded\r\n"
+                    b"Content-Length: %d\r\nConnection: close\r\n\r\n%s" % (len(form), form))
+            answer = await asyncio.wait_for(r.read(), 10)
+            w.close()
+            assert answer.startswith(b"HTTP/1.1 303"), answer[:300]
+            cookie = next(iter(console.sessions))
+            for source in ("127.0.0.1", "127.0.0.2"):          # the crowd: every open slot, kept alive
+                for _ in range(4):
+                    r, w = await connect_from(port, source)
+                    held.append(w)
+                    assert await exchange(r, w, "/login") == b"HTTP/1.1 200 OK"
+            r, w = await connect_from(port, "127.0.0.4")        # one more of it, on a reserved slot: 503
+            held.append(w)
+            assert (await exchange(r, w, "/login")).startswith(b"HTTP/1.1 503")
+            assert await asyncio.wait_for(r.read(), 10) == b""  # and closed
+            for _ in range(2):                                   # silent ones: on probation ...
+                held.append((await connect_from(port, "127.0.0.5"))[1])
+            r, w = await connect_from(port, "127.0.0.5")         # ... two at most
+            held.append(w)
+            assert await asyncio.wait_for(r.read(), 10) == b""
+            r, w = await connect_from(port, "127.0.0.3")         # the operator, with its session
+            held.append(w)
+            assert await exchange(r, w, "/status", cookie) == b"HTTP/1.1 200 OK"
+            assert await exchange(r, w, "/status?part=live", cookie) == b"HTTP/1.1 200 OK"
+            r, w = await connect_from(port, "127.0.0.9")         # loopback: no session needed
+            held.append(w)
+            assert await exchange(r, w, "/login") == b"HTTP/1.1 200 OK"
+            assert connections.sessionless == 1 and connections.refused == 1
+        finally:
+            for w in held:
+                w.close()
+            server.close()
+            await run_.cleanup()
+            await server.wait_closed()
+
+    asyncio.run(go())
+
+
+def test_an_ipv6_site_is_capped_per_48_as_well_as_per_64():
+    """16 /64s of one /48 (a host with a /56 has 256) do not take 16 x MAX_PER_CLIENT open slots:
+    MAX_PER_SITE, then MAX_ON_PROBATION reserved ones; another /48 is served."""
+    connections = webmain.Connections(lambda: None)
+    slots = [connections.take(f"2001:db8:1:{i:x}::{j + 1:x}") for i in range(16) for j in range(16)]
+    pools = collections.Counter(s.pool if s is not None else None for s in slots)
+    assert pools == {"open": webmain.MAX_PER_SITE, "probation": webmain.MAX_ON_PROBATION,
+                     None: 256 - webmain.MAX_PER_SITE - webmain.MAX_ON_PROBATION}
+    other = connections.take("2001:db8:2::1")
+    assert other is not None and other.pool == "open"
+    for s in slots:
+        if s is not None:
+            connections.give(s)
+    connections.give(other)
+    assert all(not slots.by_key for pool in connections.pools.values() for slots in pool)
+
+
 # `lb web` in a process of its own with few file descriptors; its log on stderr
 SERVER = r"""
 import asyncio, json, logging, resource, sys
@@ -211,8 +299,8 @@ def state(s: socket.socket) -> str:
 
 def test_one_client_cannot_take_the_console_nor_flood_its_log(tmp_path):
     """`lb web` with 128 file descriptors.  1) 300 stalled login POSTs from one address: the
-    console holds MAX_PER_CLIENT of them and closes the rest at once; the operator on another
-    address is answered.  2) 200 connections from as many addresses: accepts fail (EMFILE), which
+    console holds MAX_PER_CLIENT of them, and as many reserved ones (a loopback address's), and
+    closes the rest at once; the operator on another address is answered.  2) 200 connections from as many addresses: accepts fail (EMFILE), which
     is one log line, no traceback; once they are gone the operator is answered again."""
     web = settings(tmp_path)
     port = web["port"]
@@ -235,7 +323,7 @@ def test_one_client_cannot_take_the_console_nor_flood_its_log(tmp_path):
         attackers = [connect(port, "127.0.0.1", STALLED_LOGIN) for _ in range(300)]
         assert get_login(port, "127.0.0.2").startswith(b"HTTP/1.1 200")      # accepted after all 300
         states = [state(s) for s in attackers]
-        assert states.count("closed") == 300 - webmain.MAX_PER_CLIENT, states
+        assert states.count("closed") == 300 - 2 * webmain.MAX_PER_CLIENT, states
         for s in attackers:
             s.close()
         attackers = []
@@ -262,12 +350,13 @@ def test_one_client_cannot_take_the_console_nor_flood_its_log(tmp_path):
     assert "Traceback" not in text and "out of system resource" not in text, text[-3000:]
     told = [x for x in log_lines if "cannot accept connections" in x]
     assert 1 <= len(told) <= 4 and "Too many open files" in told[0], told
-    assert "closed a connection from 127.0.0.1: 16 connections of this client open" in text
+    assert ("closed a connection from 127.0.0.1: 16 connections of this client open, and 16 connections of "
+            "this client in the reserved slots") in text
 
 
 def test_the_unit_has_room_for_the_connection_limit():
     limit = [line.split("=", 1)[1] for line in UNIT.read_text().splitlines() if line.startswith("LimitNOFILE=")]
-    assert limit and int(limit[0]) >= 4 * webmain.MAX_CONNECTIONS, limit
+    assert limit and int(limit[0]) >= 4 * (webmain.MAX_CONNECTIONS + webmain.RESERVED), limit
 
 
 def test_accept_errors_are_counted_other_loop_errors_go_on_as_before(caplog):
@@ -323,19 +412,47 @@ def test_other_clients_failing_logins_queue_the_operator_not_refuse_it(tmp_path,
     run(console, body)
 
 
-def test_an_ipv6_client_is_throttled_per_64(tmp_path, pwfile):
+def test_an_ipv6_client_is_throttled_per_64_and_per_48(tmp_path, pwfile, monkeypatch):
+    """A failure makes its /64 and its /48 wait: a host with a /56, a site with a /48, does not get
+    a fresh try per /64; one attempt of a /48 is checked at a time."""
     console = make_console(tmp_path, pwfile, trusted_proxies=(webapp.ipaddress.ip_network("127.0.0.1/32"),))
     console.throttle.base = 30.0
+    gate = threading.Event()
+    verify = password.verify
+
+    def slow_verify(given, line, user=None):
+        if given == "slow":
+            gate.wait(30)
+        return verify(given, line, user)
+
+    monkeypatch.setattr(password, "verify", slow_verify)
 
     async def body(client):
         r = await login(client, "guess", headers={"X-Forwarded-For": "2001:db8:1:2::1"})
         assert r.status == 401
         r = await login(client, headers={"X-Forwarded-For": "2001:db8:1:2:ffff::99"})     # same /64
-        assert r.status == 429 and "try again in" in await r.text()
-        r = await login(client, headers={"X-Forwarded-For": "2001:db8:1:3::1"})           # another /64
+        assert r.status == 429 and "from your address: try again in 30 s" in await r.text()
+        r = await login(client, headers={"X-Forwarded-For": "2001:db8:1:3::1"})           # another /64, same /48
+        assert r.status == 429 and "from your network: try again in 30 s" in await r.text()
+        r = await login(client, headers={"X-Forwarded-For": "2001:db8:1:ff00::1"})        # another /56, same /48
+        assert r.status == 429
+        slow = asyncio.create_task(login(client, "slow", headers={"X-Forwarded-For": "2001:db8:2:1::1"}))
+        try:
+            for _ in range(500):
+                if "2001:db8:2::/48" in console.throttle.inflight:
+                    break
+                await asyncio.sleep(0.01)
+            r = await login(client, headers={"X-Forwarded-For": "2001:db8:2:2::1"})       # the same /48 at once
+            assert r.status == 429 and "a login from your network is being checked" in await r.text()
+        finally:
+            gate.set()
+        assert (await slow).status == 401
+        r = await login(client, headers={"X-Forwarded-For": "2001:db8:3::1"})             # another /48
         assert r.status == 303
 
     run(console, body)
+    assert set(console.throttle.clients) == {"2001:db8:1:2::/64", "2001:db8:1::/48", "2001:db8:2:1::/64",
+                                             "2001:db8:2::/48"}
 
 
 def test_fresh_addresses_do_not_clear_a_clients_wait(tmp_path, pwfile, monkeypatch):

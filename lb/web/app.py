@@ -27,9 +27,9 @@ its field.
 Hardening: a Host allow-list (the listen address, localhost and [web] allowed_hosts: no DNS
 rebinding), X-Forwarded-For/-Proto/-Host believed only from [web] trusted_proxies, every POST
 with the session's CSRF token and, when the browser sends one, an Origin of the console's own
-(forwarded) scheme and host; login attempts throttled per client (an address, an IPv6 /64: each
-failure doubles that client's wait, up to a minute; a bounded number of password checks at once,
-the others waiting their turn, fewer failures first), never with a global lock; sessions end
+(forwarded) scheme and host; login attempts throttled per client (an address; an IPv6 /64, and
+its /48 too: each failure doubles that client's wait, up to a minute; a bounded number of password
+checks at once, the others waiting their turn, fewer failures first), never with a global lock; sessions end
 ``session_lifetime`` after login however busy (and after an hour idle), and when the password
 file's line changes (`lb passwd`); the cookie is Secure whenever the browser reached the console
 over HTTPS; bad parameters are answered 400; a request body not received within BODY_TIMEOUT
@@ -64,6 +64,7 @@ from lb import weight as lbweight
 from lb.config.model import endpoint_text as _endpoint
 from lb.tasks import RateLimitedLog
 from lb.web import assets, forms, password
+from lb.web.clients import client_keys, plain_address
 
 log = logging.getLogger("lb.web")
 
@@ -139,30 +140,6 @@ NAV = (("/status", "Control/Monitoring"), ("/global", "Global settings"), ("/red
 counts: collections.Counter = collections.Counter()
 LOG_EVERY = 10.0
 _slow_log = RateLimitedLog(log, 10.0)
-
-
-def plain_address(address: str) -> str:
-    """An IPv4 client's address as such, not as the IPv4-mapped IPv6 address ("::ffff:198.18.0.7")
-    that a socket listening on [::] (both families) gives."""
-    try:
-        mapped = ipaddress.IPv6Address(address.partition("%")[0]).ipv4_mapped
-    except ValueError:
-        return address
-    return address if mapped is None else str(mapped)
-
-
-def client_key(address: str) -> str:
-    """Whom login throttling and the connection limits count as one client: an address, or an IPv6
-    /64 (one site's, often one host's: anyone holds many of its addresses)."""
-    try:
-        ip = ipaddress.ip_address(address.partition("%")[0])
-    except ValueError:
-        return address
-    if ip.version == 6:
-        if ip.ipv4_mapped is not None:
-            return str(ip.ipv4_mapped)
-        return str(ipaddress.ip_network(f"{ip}/64", strict=False))
-    return str(ip)
 
 
 def h(value) -> str:
@@ -267,50 +244,55 @@ def _digest(line: str) -> str:
 
 
 class Throttle:
-    """Per-client login throttling (a client: ``client_key``): each failure doubles the client's
-    wait (FAIL_DELAY up to FAIL_DELAY_MAX); one attempt per client at a time; at most
-    MAX_LOGIN_CHECKS password checks at once, the other clients waiting their turn (fewer failures
-    first, then first come) at most CHECK_WAIT seconds.  A busy attacker slows only itself: a
+    """Per-client login throttling (a client: ``client_keys``, an address, or an IPv6 /64 and its
+    /48 each): each failure doubles the wait of the client's every key (FAIL_DELAY up to
+    FAIL_DELAY_MAX), the longest of them the client's; one attempt per key at a time (so one per
+    IPv6 /48: its 65,536 /64s do not make 65,536 attempts at once); at most MAX_LOGIN_CHECKS
+    password checks at once, the other clients waiting their turn (fewer failures first, then
+    first come) at most CHECK_WAIT seconds.  A busy attacker slows only itself (and its /48): a
     client without failures waits behind the checks running, never behind an attacker's queue."""
 
     def __init__(self, base: float = FAIL_DELAY, cap: float = FAIL_DELAY_MAX, checks: int = MAX_LOGIN_CHECKS,
                  wait: float = CHECK_WAIT):
         self.base, self.cap, self.checks, self.wait = base, cap, checks, wait
-        self.clients: dict[str, tuple[int, float]] = {}   # client -> (failures, end of its wait)
-        self.inflight: set[str] = set()
+        self.clients: dict[str, tuple[int, float]] = {}   # key -> (failures, end of its wait)
+        self.inflight: set[str] = set()                    # keys with an attempt being checked
         self.running = 0                                   # checks running
         self.queue: list = []                              # heap of (failures, arrival, future) waiting
         self._arrivals = itertools.count()
 
-    def refuse(self, client: str, now: float) -> str | None:
-        if client in self.inflight:
-            return "a login from your address is being checked: wait for it"
-        until = self.clients.get(client, (0, 0.0))[1]
-        if now < until:
-            return f"too many failed logins from your address: try again in {until - now:.0f} s"
+    def refuse(self, keys: tuple[str, ...], now: float) -> str | None:
+        for i, key in enumerate(keys):
+            whose = "your address" if i == 0 else "your network"
+            if key in self.inflight:
+                return f"a login from {whose} is being checked: wait for it"
+            until = self.clients.get(key, (0, 0.0))[1]
+            if now < until:
+                return f"too many failed logins from {whose}: try again in {until - now:.0f} s"
         return None
 
-    async def take(self, client: str) -> bool:
+    async def take(self, keys: tuple[str, ...]) -> bool:
         """Wait for a check slot (``end`` gives it back); False when none came within ``wait``."""
-        self.inflight.add(client)
+        self.inflight.update(keys)
         if self.running < self.checks:      # then no one waits but clients that left
             self.queue.clear()
             self.running += 1
             return True
         turn = asyncio.get_running_loop().create_future()
-        heapq.heappush(self.queue, (self.clients.get(client, (0, 0.0))[0], next(self._arrivals), turn))
+        fails = max(self.clients.get(k, (0, 0.0))[0] for k in keys)
+        heapq.heappush(self.queue, (fails, next(self._arrivals), turn))
         try:
             await asyncio.wait((turn,), timeout=self.wait)
         except BaseException:
-            self._leave(client, turn)
+            self._leave(keys, turn)
             raise
         if turn.done():
             return True
-        self._leave(client, turn)
+        self._leave(keys, turn)
         return False
 
-    def _leave(self, client: str, turn: asyncio.Future) -> None:
-        self.inflight.discard(client)
+    def _leave(self, keys: tuple[str, ...], turn: asyncio.Future) -> None:
+        self.inflight.difference_update(keys)
         if turn.done() and not turn.cancelled():
             self._release()                 # given the slot as it left: the next one's
         turn.cancel()
@@ -323,18 +305,19 @@ class Throttle:
                 return
         self.running -= 1
 
-    def end(self, client: str, ok: bool, now: float) -> None:
-        self.inflight.discard(client)
+    def end(self, keys: tuple[str, ...], ok: bool, now: float) -> None:
+        self.inflight.difference_update(keys)
         self._release()
-        if ok:
-            self.clients.pop(client, None)
-            return
-        fails = self.clients.get(client, (0, 0.0))[0] + 1
-        self.clients[client] = (fails, now + min(self.base * 2 ** (fails - 1), self.cap))
-        if len(self.clients) > THROTTLE_CLIENTS:
+        for key in keys:
+            if ok:
+                self.clients.pop(key, None)
+                continue
+            fails = self.clients.get(key, (0, 0.0))[0] + 1
+            self.clients[key] = (fails, now + min(self.base * 2 ** (fails - 1), self.cap))
+        while len(self.clients) > THROTTLE_CLIENTS:
             # forget the one with the fewest failures, the soonest free: never a long wait for
             # the sake of fresh addresses (they would clear their owner's wait)
-            del self.clients[min((c for c in self.clients if c != client), key=self.clients.__getitem__)]
+            del self.clients[min((c for c in self.clients if c not in keys), key=self.clients.__getitem__)]
 
 
 class Console:
@@ -349,6 +332,9 @@ class Console:
         self.clock = clock
         self.sessions: dict[str, Session] = {}
         self.throttle = Throttle(base=fail_delay)
+        # lb.web.main's Connections.admit(transport, has a session): whether a request is served
+        # (one on a reserved slot needs a session); None: every one (no connection limits here)
+        self.admit = None
         self._log = RateLimitedLog(log, LOG_EVERY)
         self._password: tuple[float, str | None] | None = None   # (read at, digest of the line)
 
@@ -453,7 +439,7 @@ class Console:
     async def _verify(self, address: str, given: str, user: str) -> tuple[str | None, str | None, int]:
         """(the password line, None, 200) when ``user`` and ``given`` match it; else (None, why not,
         HTTP status): throttled per client, the check queued for a slot.  PasswordFileError."""
-        client = client_key(address)
+        client = client_keys(address)
         why = self.throttle.refuse(client, self.clock())
         if why:
             return None, why, 429
@@ -483,6 +469,13 @@ class Console:
     async def _guarded(self, request: web.Request, handler):
         client = self._client(request)
         request[CLIENT] = client
+        sess = self._session(request)
+        request[SESSION] = sess
+        if self.admit is not None and not self.admit(request.transport, sess is not None):
+            resp = web.Response(status=503, headers={"Retry-After": "10"},
+                                text="the console is busy: only a logged-in browser is served now\n")
+            resp.force_close()
+            return resp
         if not self.settings.host_allowed(client.host):
             counts["refused hosts"] += 1
             self._log.log("host", logging.WARNING, "web console: refused Host %.100r from %s (not the listen "
@@ -493,8 +486,6 @@ class Console:
             raise web.HTTPMethodNotAllowed(request.method, ["GET", "POST"])
         if request.path.startswith("/static/"):
             return await handler(request)
-        sess = self._session(request)
-        request[SESSION] = sess
         if request.method == "POST" and not _same_origin(request, client):
             counts["cross-origin posts"] += 1
             self._log.log("origin", logging.WARNING, "web console: refused a cross-origin POST %.100r from %s "

@@ -1,16 +1,18 @@
 """`lb web`: the console as its own process (lb-web@<instance>.service, an unprivileged user).
 
 It asks the daemon for its [web] settings over the control socket (so it reads no configuration
-file), waits for the daemon when it is not up yet, and serves the console on [web] listen ("[::]:PORT":
-every address of both families), with TLS when [web] has a certificate.  It exits when [web] enabled is false (status 0: nothing to do)
-and on SIGTERM/SIGINT.
+file), waits for the daemon when it is not up yet, and serves the console on [web] listen
+("[::]:PORT": every address of both families), with TLS when [web] has a certificate.  It exits
+when [web] enabled is false (status 0: nothing to do) and on SIGTERM/SIGINT.
 
-Whoever reaches the port cannot take the console down: at most MAX_CONNECTIONS connections at
-once, MAX_PER_CLIENT of them from one client (an address, an IPv6 /64; a trusted proxy's are not
-counted per client), the rest closed as they come (lb.metrics does the same); a request's line
-and headers must come within HEADER_TIMEOUT (the idle keep-alive too), its body within
-app.BODY_TIMEOUT; an accept that fails for want of file descriptors (EMFILE) is counted and
-logged at most once every ACCEPT_LOG_EVERY seconds, not a traceback each (asyncio's).
+Whoever reaches the port cannot take the console down, nor lock a logged-in operator out: at most
+MAX_CONNECTIONS connections at once, MAX_PER_CLIENT of them from one client (an address, an IPv6
+/64) and MAX_PER_SITE from one IPv6 /48 (a trusted proxy's are not counted per client); RESERVED
+more for connections whose requests show a valid session, or from loopback (Connections); the
+rest closed as they come (lb.metrics caps its own the same way); a request's line and headers
+must come within HEADER_TIMEOUT (the idle keep-alive too), its body within app.BODY_TIMEOUT; an
+accept that fails for want of file descriptors (EMFILE) is counted and logged at most once every
+ACCEPT_LOG_EVERY seconds, not a traceback each (asyncio's).
 """
 from __future__ import annotations
 
@@ -22,19 +24,23 @@ import signal
 import socket
 import ssl
 import stat
+from dataclasses import dataclass
 
 from aiohttp import web
 
 from lb import control
 from lb.tasks import RateLimitedLog, Slots
 from lb.web import app as webapp
-from lb.web import password
+from lb.web import clients, password
 
 log = logging.getLogger("lb.web")
 
 WAIT_LOG_EVERY = 30.0
-MAX_CONNECTIONS = 256       # connections served at once (lb-web@.service's LimitNOFILE holds them)
-MAX_PER_CLIENT = 16         # ... of them from one client: a browser opens 6
+MAX_CONNECTIONS = 256       # connections anyone may hold at once (lb-web@.service's LimitNOFILE holds them) ...
+MAX_PER_CLIENT = 16         # ... from one client (an address, an IPv6 /64): a browser opens 6
+MAX_PER_SITE = 64           # ... from one IPv6 /48 (a site's: it holds 65,536 /64s)
+RESERVED = 64               # more, for connections with a valid session (or from loopback) only
+MAX_ON_PROBATION = 2        # reserved ones a client (and a /48) holds before a request shows its session
 HEADER_TIMEOUT = 15.0       # seconds for a request's line and headers, and a connection idle
 LINGER = 2.0                # seconds to read the rest of a body the console did not want
 TLS_HANDSHAKE_TIMEOUT = 15.0
@@ -58,45 +64,115 @@ class Daemon:
             return {"ok": False, "error": f"control socket {self.path}: {getattr(e, 'strerror', None) or e or 'timeout'}"}
 
 
+@dataclass
+class Slot:
+    """A connection's slot: in the open pool, or a reserved one (``probation`` until its first
+    request shows a session)."""
+
+    pool: str                       # "open", "reserved" or "probation"
+    keys: tuple[str, ...]           # what it counts against: lb.web.clients.client_keys
+    address: str
+
+
 class Connections:
-    """The protocol factory of the console's listening socket: each connection counted against
-    MAX_CONNECTIONS and its client's MAX_PER_CLIENT, and closed at once past either; the others
-    go to aiohttp's handler (``runner.server``)."""
+    """The protocol factory of the console's listening socket.  Anyone's connection takes one of
+    the MAX_CONNECTIONS open slots, at most MAX_PER_CLIENT per client and MAX_PER_SITE per IPv6
+    /48 (lb.web.clients); past those, one of RESERVED more (as capped per client and /48), which
+    a connection from loopback holds as it comes and any other on probation -- MAX_ON_PROBATION
+    per client and per /48 at once -- until its first request shows a valid session (``admit``,
+    which the console asks; else it is answered 503 and closed): a crowd of clients without a
+    session that holds every open slot does not lock out a logged-in operator.  Past all that the
+    connection is closed at once.  The others go to aiohttp's handler (``runner.server``).  A
+    trusted proxy's connections are its clients': only the total bounds them in the open pool."""
 
     def __init__(self, factory, trusts=lambda address: False, total: int | None = None,
-                 per_client: int | None = None):
+                 per_client: int | None = None, reserved: int | None = None):
         self.factory = factory
         self.trusts = trusts            # a trusted proxy's address? (Settings.trusts)
         self.total = MAX_CONNECTIONS if total is None else total
         self.per_client_max = MAX_PER_CLIENT if per_client is None else per_client
-        self.slots = Slots(self.total, self.per_client_max)
+        self.reserved = RESERVED if reserved is None else reserved
+        caps = (self.per_client_max, MAX_PER_SITE)          # per client_keys level
+        self.caps = {"open": caps, "reserved": caps, "probation": (MAX_ON_PROBATION,) * 2}
+        # one Slots per pool and key level: the first level counts every connection (the total)
+        self.pools = {"open": [Slots(self.total, c) for c in caps],
+                      "reserved": [Slots(self.reserved, c) for c in caps],
+                      "probation": [Slots(self.reserved, c) for c in self.caps["probation"]]}
+        self.on_probation: dict = {}    # transport -> its Slot, until a request shows a session
         self.refused = 0                # connections closed for want of a slot
+        self.sessionless = 0            # ... on probation, their request without a session
         self._log = RateLimitedLog(log, 10.0)
 
     def __call__(self) -> asyncio.Protocol:
         return _Counted(self)
 
-    def take(self, address: str) -> str | None:
-        """The client's key once it has a slot; None (the connection to close) when it has none."""
-        key = webapp.client_key(address)
+    def take(self, address: str) -> Slot | None:
+        """The connection's slot; None (the connection to close) when it has none."""
+        keys = clients.client_keys(address)
         proxy = self.trusts(address)
-        if proxy:
-            key = ""                    # a proxy's connections are its clients': the total bounds them
-        full = self.slots.take(key, capped=not proxy)
-        if full == "key":
-            return self._refuse(address, f"{self.per_client_max} connections of this client")
-        if full == "total":
-            return self._refuse(address, f"{self.total} connections")
-        return key
+        if proxy:                       # a proxy's connections are its clients': the total bounds them
+            full = self._take("open", ("",), capped=False)
+            if full is None:
+                return Slot("open", ("",), address)
+        else:
+            full = self._take("open", keys)
+            if full is None:
+                return Slot("open", keys, address)
+        local = clients.is_local(address) and not proxy
+        why = self._take("reserved", keys)
+        if why is None:
+            if local:
+                return Slot("reserved", keys, address)
+            why = self._take("probation", keys)
+            if why is None:
+                return Slot("probation", keys, address)
+            self._give("reserved", keys)
+            why += " yet to show a session"
+        return self._refuse(address, f"{full} open, and {why} in the reserved slots")
+
+    def _take(self, pool: str, keys: tuple[str, ...], capped: bool = True) -> str | None:
+        """None once ``keys`` hold a slot of ``pool`` at every level; else why not."""
+        for level, key in enumerate(keys):
+            full = self.pools[pool][level].take(key, capped)
+            if full is not None:
+                for done in range(level):
+                    self.pools[pool][done].give(keys[done])
+                if full == "total":
+                    return f"{self.pools[pool][level].total} connections"
+                return f"{self.caps[pool][level]} connections of this client" + ("'s /48" if level else "")
+        return None
+
+    def _give(self, pool: str, keys: tuple[str, ...]) -> None:
+        for level, key in enumerate(keys):
+            self.pools[pool][level].give(key)
 
     def _refuse(self, address: str, why: str) -> None:
         self.refused += 1
-        self._log.log("refused", logging.WARNING, "web console: closed a connection from %s: %s open "
+        self._log.log("refused", logging.WARNING, "web console: closed a connection from %s: %s "
                       "(%d closed so since start)", address, why, self.refused)
         return None
 
-    def give(self, key: str) -> None:
-        self.slots.give(key)
+    def give(self, slot: Slot) -> None:
+        if slot.pool == "probation":
+            self._give("probation", slot.keys)
+        self._give("open" if slot.pool == "open" else "reserved", slot.keys)
+
+    def admit(self, transport, session: bool) -> bool:
+        """Whether a request on ``transport`` is served: always, but on probation without a
+        session; one with a session ends the connection's probation."""
+        slot = self.on_probation.get(transport)
+        if slot is None:
+            return True
+        if not session:
+            self.sessionless += 1
+            self._log.log("sessionless", logging.WARNING, "web console: answered 503 to %s and closed: no open "
+                          "slot was left for it, and a reserved one serves a logged-in session only (%d so "
+                          "since start)", slot.address, self.sessionless)
+            return False
+        del self.on_probation[transport]
+        self._give("probation", slot.keys)
+        slot.pool = "reserved"
+        return True
 
 
 class _Counted(asyncio.Protocol):
@@ -105,21 +181,26 @@ class _Counted(asyncio.Protocol):
     def __init__(self, connections: Connections):
         self.connections = connections
         self.inner: asyncio.Protocol | None = None
-        self.key: str | None = None
+        self.slot: Slot | None = None
+        self.transport = None
 
     def connection_made(self, transport) -> None:
         peer = transport.get_extra_info("peername")
-        self.key = self.connections.take(webapp.plain_address(str(peer[0])) if peer else "?")
-        if self.key is None:
+        self.slot = self.connections.take(clients.plain_address(str(peer[0])) if peer else "?")
+        if self.slot is None:
             transport.abort()
             return
+        self.transport = transport
+        if self.slot.pool == "probation":
+            self.connections.on_probation[transport] = self.slot
         self.inner = self.connections.factory()
         self.inner.connection_made(transport)
 
     def connection_lost(self, exc) -> None:
-        if self.key is not None:
-            self.connections.give(self.key)
-            self.key = None
+        if self.slot is not None:
+            self.connections.on_probation.pop(self.transport, None)
+            self.connections.give(self.slot)
+            self.slot = None
         if self.inner is not None:
             self.inner.connection_lost(exc)
 
@@ -170,11 +251,14 @@ def runner(console: webapp.Console) -> web.AppRunner:
                          lingering_time=LINGER)
 
 
-async def listen(run: web.AppRunner, host: str, port: int, tls=None,
-                 trusts=lambda address: False) -> tuple[asyncio.AbstractServer, Connections]:
+async def listen(run: web.AppRunner, host: str, port: int, tls=None, trusts=lambda address: False,
+                 console: webapp.Console | None = None) -> tuple[asyncio.AbstractServer, Connections]:
     """The console's listening socket over ``run`` (set up), with the connection limits
-    (``trusts``: Settings.trusts, whose proxies only the total bounds)."""
+    (``trusts``: Settings.trusts, whose proxies only the total bounds); ``console``, the one
+    ``run`` serves, asks them whether a request is served (Connections.admit)."""
     connections = Connections(run.server, trusts)
+    if console is not None:
+        console.admit = connections.admit
     options = dict(ssl=tls, backlog=BACKLOG, ssl_handshake_timeout=TLS_HANDSHAKE_TIMEOUT if tls else None)
     loop = asyncio.get_running_loop()
     if _every_address(host):
@@ -255,7 +339,7 @@ async def serve(instance: str, shared_dir: str = control.SHARED_DIR) -> int:
     run = runner(console)
     await run.setup()
     try:
-        server, _ = await listen(run, w["address"], w["port"], tls, settings.trusts)
+        server, _ = await listen(run, w["address"], w["port"], tls, settings.trusts, console)
     except OSError as e:
         await run.cleanup()
         log.error("web console not started: cannot listen on %s: %s", w["listen"], e.strerror or e)
