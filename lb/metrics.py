@@ -39,12 +39,14 @@ from lb import __version__
 from lb import weight as lbweight
 from lb.config.model import endpoint_text
 from lb.tasks import RateLimitedLog, Slots
+from lb.web.clients import client_keys
 
 log = logging.getLogger("lb.metrics")
 
 SNAPSHOT_TIMEOUT = 5.0          # the engine's loop answers in microseconds; this bounds a stuck one
 MAX_CONNECTIONS = 32            # connections served at once (Prometheus scrapes with one)
-MAX_PER_CLIENT = 4              # ... of them from one address: one client cannot take every slot
+MAX_PER_CLIENT = 4              # ... of them from one client (an address, an IPv6 /64: lb.web.clients) ...
+MAX_PER_SITE = 8                # ... and from one IPv6 /48: one client cannot take every slot
 IDLE_TIMEOUT = 10.0             # seconds a connection may say nothing
 REQUEST_DEADLINE = 60.0         # seconds a connection is served at most, however it trickles
 LOG_EVERY = 60.0                # a request refused (or a scrape failed) is logged at most this often
@@ -399,7 +401,7 @@ class Collector:
 
 class EndpointCollector:
     """The endpoint's own: scrapes it dropped, by why -- "busy" (no slot: MAX_CONNECTIONS, or
-    MAX_PER_CLIENT from one address), "broken" (timed out or broke off), "cut" (past
+    MAX_PER_CLIENT from one client, MAX_PER_SITE from one IPv6 /48), "broken" (timed out or broke off), "cut" (past
     REQUEST_DEADLINE), "bad_request" (a request the exposition cannot answer: an Accept header
     it cannot read, or a head longer than MAX_HEAD), "failed" (the scrape raised)."""
 
@@ -479,7 +481,9 @@ def _server_class(family: int):
         request_queue_size = 2 * MAX_CONNECTIONS    # the listen backlog (socketserver's is 5)
 
         def server_activate(self):
-            self.slots = Slots(MAX_CONNECTIONS, MAX_PER_CLIENT)   # connections being served, by client address
+            # connections being served, by client (each address of a /64 is the same client's) and by /48
+            self.slots = Slots(MAX_CONNECTIONS, MAX_PER_CLIENT)
+            self.sites = Slots(MAX_CONNECTIONS, MAX_PER_SITE)
             self.lock = threading.Lock()
             self.refused = 0            # connections closed for want of a slot
             self.broken = 0             # connections that timed out or broke off
@@ -490,12 +494,21 @@ def _server_class(family: int):
             super().server_activate()
 
         def _take(self, addr: str) -> bool:
+            client, *site = client_keys(addr)
             with self.lock:
-                return self.slots.take(addr) is None
+                if self.slots.take(client) is not None:
+                    return False
+                if site and self.sites.take(site[0]) is not None:
+                    self.slots.give(client)
+                    return False
+                return True
 
         def _give(self, addr: str) -> None:
+            client, *site = client_keys(addr)
             with self.lock:
-                self.slots.give(addr)
+                self.slots.give(client)
+                if site:
+                    self.sites.give(site[0])
 
         def process_request(self, request, client_address):
             if not self._take(client_address[0]):

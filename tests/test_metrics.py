@@ -501,6 +501,27 @@ def test_one_client_cannot_hold_the_endpoint_by_trickling_or_by_numbers(monkeypa
     assert "Traceback" not in err, err
 
 
+def test_a_client_is_an_ipv6_64_and_a_48_not_each_address():
+    """The per-client cap counts an IPv6 /64 as one client (32 of its addresses took every slot)
+    and a /48 at most MAX_PER_SITE; an IPv4 client reaching [::] is its IPv4 address."""
+    import socket
+
+    httpd = metrics._server_class(socket.AF_INET)(("127.0.0.1", 0), metrics._Handler)
+    try:
+        one_64 = [httpd._take(f"2001:db8:1:2::{i + 1:x}") for i in range(metrics.MAX_CONNECTIONS)]
+        assert one_64.count(True) == metrics.MAX_PER_CLIENT
+        one_48 = [httpd._take(f"2001:db8:1:{i + 16:x}::1") for i in range(metrics.MAX_CONNECTIONS)]
+        assert one_48.count(True) == metrics.MAX_PER_SITE - metrics.MAX_PER_CLIENT
+        assert httpd._take("2001:db8:2::1")                    # another site
+        mapped = [httpd._take("::ffff:198.18.0.1") for _ in range(metrics.MAX_PER_CLIENT)]
+        assert all(mapped) and not httpd._take("198.18.0.1")
+        for i in range(metrics.MAX_PER_CLIENT):
+            httpd._give(f"2001:db8:1:2::{i + 1:x}")
+        assert httpd._take("2001:db8:1:2::ffff")               # given back: the /64 has room again
+    finally:
+        httpd.server_close()
+
+
 def test_an_unreadable_accept_header_is_refused_and_counted_not_a_traceback(capfd):
     """`Accept: text/plain; version=x` (anyone who reaches the port can send it) made
     prometheus_client compare a str with an int: wsgiref printed a traceback on stderr for each
