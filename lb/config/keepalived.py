@@ -285,11 +285,28 @@ def default_config_id() -> str:
     return socket.gethostname().split(".", 1)[0]
 
 
+class Watched:
+    """What a read of keepalived.conf depended on (lb.config.store keeps the parsed file while
+    these stay as they were): each file read and each directory an include searched, with its
+    stamp (lb.config.toml.file_stamp) taken before it was read; ``complete`` is False when an
+    include's directory is itself a pattern (no fixed set of directories to watch for a new
+    file)."""
+
+    def __init__(self) -> None:
+        self.stamps: dict[str, tuple[int, ...] | None] = {}
+        self.complete = True
+
+    def add(self, path: str) -> None:
+        self.stamps.setdefault(path, _toml.file_stamp(path))
+
+
 class _Reader:
     """keepalived.conf and its includes, as lines of tokens (file, line)."""
 
-    def __init__(self, config_id: str, issues: list[ConfigIssue], warnings: list[ConfigIssue]) -> None:
+    def __init__(self, config_id: str, issues: list[ConfigIssue], warnings: list[ConfigIssue],
+                 watch: Watched | None = None) -> None:
         self.config_id = config_id
+        self.watch = watch
         self.issues = issues
         self.warnings = warnings
         self.params: dict[str, str] = {}
@@ -302,6 +319,8 @@ class _Reader:
 
     def read_file(self, path: str, display: str, depth: int, chain: tuple[str, ...], text: str | None = None) -> None:
         if text is None:
+            if self.watch is not None:
+                self.watch.add(path)
             text = _toml.read_text(path, display)  # ConfigError: unreadable, too large, not UTF-8
         self.files += 1
         self.total += len(text)
@@ -426,8 +445,14 @@ class _Reader:
         pattern = toks[1].text
         base = os.path.dirname(display)
         shown = pattern if os.path.isabs(pattern) else os.path.join(base, pattern)
-        names = sorted(glob.glob(os.path.join(os.path.dirname(path), pattern) if not os.path.isabs(pattern)
-                                 else pattern))
+        full = os.path.join(os.path.dirname(path), pattern) if not os.path.isabs(pattern) else pattern
+        if self.watch is not None:
+            # a file added to (or taken from) the directory changes what this include reads
+            if glob.has_magic(os.path.dirname(full)):
+                self.watch.complete = False
+            else:
+                self.watch.add(os.path.dirname(full) or ".")
+        names = sorted(glob.glob(full))
         if not names and not glob.has_magic(pattern):
             self.error(display, n, f"cannot read {shown}: no such file")
             return
@@ -1624,10 +1649,11 @@ CHECKER_KEYS = ("connect_ip", "connect_port", "connect_timeout", "retry", "nb_ge
 # --- public API -----------------------------------------------------------------------------------
 
 
-def _parse(text: str | None, display: str, path: Path | None, config_id: str | None) -> Config:
+def _parse(text: str | None, display: str, path: Path | None, config_id: str | None,
+           watch: Watched | None = None) -> Config:
     issues: list[ConfigIssue] = []
     warnings: list[ConfigIssue] = []
-    reader = _Reader(config_id if config_id is not None else default_config_id(), issues, warnings)
+    reader = _Reader(config_id if config_id is not None else default_config_id(), issues, warnings, watch)
     real = os.path.realpath(path) if path is not None else display
     reader.read_file(os.fspath(path) if path is not None else display, display, 0, (real,), text)
     if issues:
@@ -1669,10 +1695,11 @@ def _sorted(items: list[ConfigIssue], display: str) -> list[ConfigIssue]:
     return sorted(dict.fromkeys(items), key=lambda i: (i.path != display, i.path, i.line or 0))
 
 
-def load(path: str | os.PathLike[str], config_id: str | None = None) -> Config:
+def load(path: str | os.PathLike[str], config_id: str | None = None, watch: Watched | None = None) -> Config:
     """Read keepalived.conf at ``path`` (and its includes); ``config_id`` selects its @ID lines
-    (default: the host name's first label, as keepalived)."""
-    return _parse(None, os.fspath(path), Path(path), config_id)
+    (default: the host name's first label, as keepalived).  ``watch`` collects what was read
+    (even when it raises ConfigError)."""
+    return _parse(None, os.fspath(path), Path(path), config_id, watch)
 
 
 def loads(text: str, path: str = "<string>", config_id: str | None = None) -> Config:

@@ -1,6 +1,7 @@
 """The configuration file as the daemon edits it for the web console and the backup director.
 
-    snap = store.read(path)                 # text, format, version (a hash of the bytes), Config
+    snap = store.read(path)                 # text, format, version (a hash of the bytes), Config;
+                                            # the same Snapshot while the file is unchanged
     new = store.prepare(snap, document)     # validated as `lb check` validates, rendered, serial + 1
     undo = store.write(snap, new.text)      # atomic; the previous version kept as <file>.prev
     store.restore(undo)                     # a refused reload: the file as it was
@@ -25,6 +26,7 @@ import ipaddress
 import json
 import os
 import tempfile
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -97,22 +99,69 @@ def prev_path(path: str | os.PathLike) -> Path:
     return target.with_name(target.name + PREV_SUFFIX)
 
 
+# The last snapshots read, by path: (the stamps of what each read, the keepalived config id it
+# was read with, the snapshot).  Each status and config request of the control socket reads the
+# file (does it still hold the running configuration?), on the daemon's event loop: parsing a
+# large one every time (12k real servers: 0.35 s) held up the heartbeats that run there.
+_CACHE: dict[str, tuple[dict[str, tuple[int, ...] | None], str | None, Snapshot]] = {}
+_CACHE_MAX = 8
+_CACHE_LOCK = threading.Lock()      # read() runs on the event loop and in its executor
+# A file written twice within its file system's timestamp granularity may keep its stamp: one
+# changed this recently (ns) is not kept (git's "racy" entries); the next read parses it again.
+RACY_NS = 2_000_000_000
+
+
 def read(path: str | os.PathLike) -> Snapshot:
-    """The file now: its bytes, version and Config (or the reason it does not load)."""
+    """The file now: its bytes, version and Config (or the reason it does not load).  A file
+    unchanged since the last read (its stamp: lb.config.toml.file_stamp, and a keepalived.conf's
+    includes' and their directories') is not read again: the same Snapshot comes back."""
     path = Path(path)
+    key = os.fspath(path)
+    with _CACHE_LOCK:
+        hit = _CACHE.get(key)
+    if hit is not None:
+        stamps, config_id, snap = hit
+        if _config_id(snap.format) == config_id and all(_toml.file_stamp(p) == st for p, st in stamps.items()):
+            return snap
+    started = time.time_ns()
+    stamp = _toml.file_stamp(path)        # before the read: a change after it is a change next time
     fmt = format_of(path)
     with open(path, "rb") as f:
         data = f.read(_toml.MAX_FILE_BYTES + 1)
+    watch = keepalived.Watched() if fmt == "keepalived" else None
     try:
-        cfg = load_bytes(data, fmt, path)
+        cfg = load_bytes(data, fmt, path, watch)
         err = None
     except ConfigError as e:
         cfg, err = None, e
-    return Snapshot(path, fmt, data, version_of(data), cfg, err)
+    snap = Snapshot(path, fmt, data, version_of(data), cfg, err)
+    stamps: dict[str, tuple[int, ...] | None] | None = {key: stamp}
+    if watch is not None:
+        # keepalived.conf is read again by its own reader, with its includes: keep it only when
+        # it read what this stamp is of, and every directory its includes searched is known
+        if watch.complete and watch.stamps.get(key, stamp) == stamp:
+            stamps = {**watch.stamps, key: stamp}
+        else:
+            stamps = None
+    keep = stamps is not None and all(st is not None and st[3] < started - RACY_NS for st in stamps.values())
+    with _CACHE_LOCK:
+        _CACHE.pop(key, None)
+        if keep:
+            assert stamps is not None
+            _CACHE[key] = (stamps, _config_id(fmt), snap)
+            while len(_CACHE) > _CACHE_MAX:
+                del _CACHE[next(iter(_CACHE))]
+    return snap
 
 
-def load_bytes(data: bytes, fmt: str, path: Path) -> Config:
-    """The Config of ``data`` as if read from ``path`` (relative files relative to it)."""
+def _config_id(fmt: str) -> str | None:
+    """What a keepalived.conf's meaning depends on besides its files: its @ID lines' config id."""
+    return keepalived.default_config_id() if fmt == "keepalived" else None
+
+
+def load_bytes(data: bytes, fmt: str, path: Path, watch: keepalived.Watched | None = None) -> Config:
+    """The Config of ``data`` as if read from ``path`` (relative files relative to it); a
+    keepalived.conf is read from ``path`` itself, what it read collected in ``watch``."""
     display = str(path)
     _toml.check_size(data, display)
     try:
@@ -123,7 +172,7 @@ def load_bytes(data: bytes, fmt: str, path: Path) -> Config:
     if fmt == "lvscf":
         return lvscf._parse(text, display, path)[0]
     if fmt == "keepalived":
-        return keepalived.load(path)
+        return keepalived.load(path, watch=watch)
     return _toml._load_text(text, display, path)
 
 
@@ -282,14 +331,28 @@ def shared_document(cfg: Config) -> dict[str, Any]:
     return doc
 
 
+# The identities of the last configurations asked about, by object (a Config does not change):
+# the running one's is asked at every status request and every peer exchange.
+_IDENTITIES: list[tuple[Config, str]] = []
+_IDENTITIES_MAX = 8
+
+
 def identity(cfg: Config) -> str:
     """A short hash of what ``cfg`` configures (not its instance, serial, file, format, [bgp] or
     the virtual servers' interfaces)."""
+    with _CACHE_LOCK:
+        for known, ident in _IDENTITIES:
+            if known is cfg:
+                return ident
     doc = shared_document(cfg)
     for vs in doc.get("virtual_server", ()):
         vs.pop("device", None)
     canon = json.dumps(doc, sort_keys=True, separators=(",", ":"), default=str)
-    return hashlib.sha256(canon.encode()).hexdigest()[:16]
+    ident = hashlib.sha256(canon.encode()).hexdigest()[:16]
+    with _CACHE_LOCK:
+        _IDENTITIES.insert(0, (cfg, ident))
+        del _IDENTITIES[_IDENTITIES_MAX:]
+    return ident
 
 
 def localize(shared: dict[str, Any], cfg: Config | None) -> dict[str, Any]:

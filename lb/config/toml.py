@@ -220,6 +220,17 @@ def read_text(path: str | os.PathLike[str], display: str) -> str:
         raise ConfigError([ConfigIssue(display, line, "", "file is not valid UTF-8")]) from None
 
 
+def file_stamp(path: str | os.PathLike[str]) -> tuple[int, int, int, int, int] | None:
+    """What changes when the file (or directory) at ``path`` does: its device, inode, mtime,
+    ctime (a chmod, an in-place write) and size; None when it cannot be stat'ed.  lb.config.store
+    keeps a parsed file while the stamps of what it read stay the same."""
+    try:
+        st = os.stat(path)
+    except (OSError, ValueError):
+        return None
+    return (st.st_dev, st.st_ino, st.st_mtime_ns, st.st_ctime_ns, st.st_size)
+
+
 def check_size(data: str | bytes, display: str) -> None:
     if len(data) > MAX_FILE_BYTES:
         raise ConfigError([ConfigIssue(display, None, "", f"larger than {MAX_FILE_BYTES >> 10} KiB: "
