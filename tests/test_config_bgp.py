@@ -157,6 +157,19 @@ def test_a_vip_of_a_family_no_neighbor_has_is_refused() -> None:
     assert len(loads(both).bgp.neighbors) == 2
 
 
+def test_router_id_is_required_without_an_ipv4_neighbor() -> None:
+    """The router id defaults to our address toward an IPv4 neighbor: with IPv6 ones only, `lb
+    check` said ok and `lb run` stopped at start."""
+    v6 = BASE.format(network="direct", scheduler="mh").replace("198.18.10.10", "2001:2::10").replace(
+        "198.18.10.11", "2001:2::11").replace("198.18.1.1", "2001:2:0:1::1")
+    src = v6 + BGP.format(extra="").replace("198.18.0.254", "2001:2::fe")
+    [(line, field, message)] = issues(src)
+    assert field == "bgp.router_id" and src.splitlines()[line - 1] == "[bgp]"
+    assert message.startswith("required when no [[bgp.neighbor]] is IPv4")
+    assert loads(src.replace("local_as = 65001", 'local_as = 65001\nrouter_id = "198.18.0.1"')).bgp.router_id == \
+        IPv4Address("198.18.0.1")
+
+
 def test_neighbor_is_required() -> None:
     src = BASE.format(network="direct", scheduler="mh") + "\n[bgp]\nlocal_as = 65001\n"
     assert [(f, m) for _, f, m in issues(src)] == [

@@ -1634,6 +1634,12 @@ def _check_bgp(top: _Table, drafts: list[_VirtualDraft | _Invalid], network: str
     # each session carries its own address family (lb's ExaBGP configuration): a VIP of a family
     # no neighbor has would be "announced" and reach no router
     families = {n.address.version for n in neighbors}
+    if router_id is None and neighbors and 4 not in families:
+        # the default is our address toward an IPv4 neighbor (lb.bgp.announcer): with none, lb
+        # run would stop at start, after attaching its programs
+        keep(chk.error(b.at("router_id"), "required when no [[bgp.neighbor]] is IPv4 (a BGP router id is a "
+                                          "dotted IPv4 address, by default ours toward the first IPv4 "
+                                          "neighbor)"))
     if neighbors:
         for vs in vs_ok:
             addrs = [g.address for g in vs.groups if isinstance(g, PortGroup)] if vs.groups else [vs.address]
