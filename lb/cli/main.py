@@ -132,11 +132,39 @@ def cmd_export(args) -> int:
     return 0
 
 
+def _instance_of_file(path: str) -> str:
+    """The instance the config file names.  One with errors still names it (`lb stop -c`, `lb
+    status -c` must not need a valid file): its instance key read alone, with a note."""
+    try:
+        return lbconfig.load(path).instance
+    except lbconfig.ConfigError as e:
+        from lb.config import keepalived, lvscf
+        from lb.config import toml as tomlcfg
+
+        fmt = lbconfig.format_of(path)
+        try:
+            if fmt == "keepalived":
+                name = keepalived.instance_only(path)
+            else:
+                text = tomlcfg.read_text(path, path)
+                name = lvscf.instance_only(text) if fmt == "lvscf" else tomlcfg.instance_only(text)
+        except lbconfig.ConfigError:
+            name = None
+        key = {"lvscf": "lb_instance", "keepalived": "global_defs router_id"}.get(fmt, "[global] instance")
+        if name is None:
+            raise lbconfig.ConfigError(e.issues + [lbconfig.ConfigIssue(
+                path, None, "", f"has errors and its {key} cannot be read alone: name the instance with "
+                                f"--instance")]) from None
+        print(f"lb: note: {path} has errors (`lb check -c {path}`); instance {name!r} read from its {key} alone",
+              file=sys.stderr)
+        return name
+
+
 def _instance(args) -> str | None:
     if getattr(args, "instance", None):
         return args.instance
     if getattr(args, "config", None):
-        return lbconfig.load(args.config).instance
+        return _instance_of_file(args.config)
     from lb.dataplane.maps import instances
 
     found = instances()

@@ -1702,6 +1702,30 @@ def load(path: str | os.PathLike[str], config_id: str | None = None, watch: Watc
     return _parse(None, os.fspath(path), Path(path), config_id, watch)
 
 
+def instance_only(path: str | os.PathLike[str]) -> str | None:
+    """The instance the keepalived.conf at ``path`` names (its first global_defs router_id,
+    lower-cased, as load() reads it; "default" without one), read alone: for `lb stop` / `lb status
+    --config` of a file with errors elsewhere.  None when its blocks cannot be read."""
+    display = os.fspath(path)
+    issues: list[ConfigIssue] = []
+    reader = _Reader(default_config_id(), issues, [])
+    try:
+        reader.read_file(display, display, 0, (os.path.realpath(path),))
+        top = _tree(reader.lines, issues)
+    except ConfigError:
+        return None
+    for st in top:
+        if st.key != "global_defs":
+            continue
+        for g in st.block or ():
+            if g.key == "router_id":
+                if len(g.args) != 1 or g.block is not None:
+                    return None
+                name = g.args[0].lower()
+                return name if _toml.INSTANCE_RE.fullmatch(name) else "default"
+    return "default"
+
+
 def loads(text: str, path: str = "<string>", config_id: str | None = None) -> Config:
     """Parse keepalived.conf ``text`` (includes relative to the current directory)."""
     _toml.check_size(text, path)

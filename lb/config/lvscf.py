@@ -365,6 +365,17 @@ def _parse_blocks(text: str, issues: _Issues) -> _Block:
     return top
 
 
+def instance_only(text: str) -> str | None:
+    """The instance ``text`` names in lb_instance (default "default"), read alone: for `lb stop` /
+    `lb status --config` of a file with errors elsewhere.  None when the key is given twice or is not a
+    valid instance name."""
+    names = [e.value for e in _parse_blocks(text, _Issues("")).entries if e.key == "lb_instance"]
+    if len(names) > 1:
+        return None
+    name = names[0] if names else "default"
+    return name if _toml.INSTANCE_RE.fullmatch(name) else None
+
+
 # --- value checks -------------------------------------------------------------------------
 
 

@@ -231,6 +231,19 @@ def file_stamp(path: str | os.PathLike[str]) -> tuple[int, int, int, int, int] |
     return (st.st_dev, st.st_ino, st.st_mtime_ns, st.st_ctime_ns, st.st_size)
 
 
+def instance_only(text: str) -> str | None:
+    """The instance ``text`` names in [global] instance (default "default"), read alone: for `lb
+    stop` / `lb status --config` of a file with errors elsewhere.  None when TOML cannot parse the file
+    or the name is not a valid instance name."""
+    try:
+        doc = tomllib.loads(text)
+    except tomllib.TOMLDecodeError:
+        return None
+    glob = doc.get("global", {})
+    name = glob.get("instance", "default") if isinstance(glob, dict) else None
+    return name if isinstance(name, str) and INSTANCE_RE.fullmatch(name) else None
+
+
 def check_size(data: str | bytes, display: str) -> None:
     if len(data) > MAX_FILE_BYTES:
         raise ConfigError([ConfigIssue(display, None, "", f"larger than {MAX_FILE_BYTES >> 10} KiB: "
