@@ -321,6 +321,27 @@ def test_announcer_settles_writes_the_lease_and_removes_it(monkeypatch, tmp_path
     assert stopped == ["bgpunit"] and not os.path.exists(a.lease_path)
 
 
+def test_a_vip_removed_and_added_again_settles_again(monkeypatch, tmp_path, caplog) -> None:
+    """A VIP that left the table (a reload) is withdrawn, saying so; added back later it waits
+    its settle period again, as a new one (its old settling entry made it announced at once)."""
+    monkeypatch.setattr(announcer, "lease_path", lambda inst: str(tmp_path / f"{inst}.lease"))
+    monkeypatch.setattr(announcer, "status_path", lambda inst: str(tmp_path / f"{inst}.status"))
+    caplog.set_level("INFO", "lb.bgp")
+    a = announcer.Announcer(loads(CFG.replace("lease = 2", "lease = 2\nsettle = 30")))
+    route = Route("198.18.10.10/32", 20, ("65000:100", "no-export"))
+    a.update(TableSpec((svc("198.18.10.10", 80, 1, 1),)), attached=True, now=0.0)
+    a.update(now=31.0)
+    assert read_lease(a.lease_path).routes == (route,)
+    a.update(TableSpec((svc("198.18.10.11", 80, 1),)), now=100.0)
+    assert route not in read_lease(a.lease_path).routes
+    assert "BGP: withdrawing 198.18.10.10/32: no longer configured" in caplog.text
+    a.update(TableSpec((svc("198.18.10.10", 80, 1, 1), svc("198.18.10.11", 80, 1))), now=5000.0)
+    assert route not in read_lease(a.lease_path).routes
+    assert a.status()["vips"][0]["reason"].startswith("settling: ")
+    a.update(now=5031.0)
+    assert route in read_lease(a.lease_path).routes
+
+
 def test_the_next_run_takes_over_the_routes_an_upgrade_kept(monkeypatch, tmp_path) -> None:
     """`lb stop --keep-dataplane` leaves an ownerless lease with the routes; the next `lb run`
     (Engine.start's order: the first apply before the attach, then bgp.start, then the attach's

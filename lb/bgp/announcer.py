@@ -143,6 +143,9 @@ class Announcer:
         now = time.monotonic() if now is None else now
         reasons = {} if self.table is None else servable(self.table, self.attached, self.active)
         sets = {} if self.table is None else usable_sets(self.table)
+        # a VIP that left the table settles afresh when it comes back
+        for vip in [v for v in self._settling if v not in reasons]:
+            del self._settling[vip]
         for vip, why in reasons.items():
             if why is not None:
                 self._settling.pop(vip, None)
@@ -163,6 +166,9 @@ class Announcer:
                     log.info("BGP: announcing %s", route_of(self.bgp, vip).prefix)
                 elif was is None:
                     log.warning("BGP: withdrawing %s: %s", route_of(self.bgp, vip).prefix, why)
+        for vip in sorted(self.reasons, key=str):
+            if vip not in reasons and self.reasons[vip] is None:
+                log.warning("BGP: withdrawing %s: no longer configured", route_of(self.bgp, vip).prefix)
         self.reasons = reasons
         if routes != self.routes or not os.path.exists(self.lease_path):
             self.routes = routes
