@@ -165,6 +165,48 @@ def test_ipv6_nat_service_with_ports_and_sorry_server() -> None:
     assert vs.real_servers[0].effective_port(vs) == 5353
 
 
+def test_nat_services_of_the_family_nat_router_is_not_are_warned_about() -> None:
+    """One nat_router, one family: the other family's real servers have no gateway (lb check said
+    ok without a word)."""
+    text = doc("""\
+        [global]
+        public_interface = "pub0"
+        private_interface = "priv0"
+        network = "nat"
+        nat_router = "2001:2:0:1::fffe/64"
+        [[virtual_server]]
+        name = "web4"
+        address = "198.18.0.10"
+        port = 80
+        [[virtual_server.real_server]]
+        address = "198.18.1.11"
+        [[virtual_server]]
+        name = "web6"
+        address = "2001:2::10"
+        port = 80
+        [[virtual_server.real_server]]
+        address = "2001:2:0:1::11"
+        [[virtual_server]]
+        name = "mark4"
+        fwmark = 7
+        [[virtual_server.port_group]]
+        address = "198.18.0.11"
+        protocol = "tcp"
+        ports = "80"
+        [[virtual_server.real_server]]
+        address = "198.18.1.12"
+        """)
+    cfg = loads(text)
+    got = [(w.line, w.field, w.message) for w in cfg.warnings]
+    assert [(line, field) for line, field, _ in got] == [(8, "virtual_server[0].address"),
+                                                         (22, "virtual_server[2].port_group[0].address")]
+    assert got[0][2] == ("NAT: this IPv4 virtual server's real servers have no gateway on the director: nat_router "
+                         "(2001:2:0:1::fffe/64) is IPv6, and lb owns one nat_router (one address family); their "
+                         "replies must reach the director by a route of their own")
+    direct = text.replace('network = "nat"', 'network = "direct"')
+    assert loads(direct).warnings == ()
+
+
 @pytest.mark.parametrize("value", ["fe80::1/64", "2001:2:0:1::/127", "2001:2:0:1::1/128"])
 def test_ipv6_nat_router_forms(value: str) -> None:
     """A link-local gateway is usual in IPv6; /127 (RFC 6164) and /128 have no anycast address."""

@@ -274,6 +274,50 @@ def test_lb_nat_router_takes_lb_private_interface() -> None:
     assert (cfg.private_interface, cfg.nat_device, str(cfg.nat_router)) == ("eth1", "eth1", "10.0.0.254/24")
 
 
+DUAL_STACK_NAT = """\
+vrrp_instance VI_1 {
+    state MASTER
+    interface eth0
+    virtual_router_id 51
+    priority 100
+    unicast_src_ip 198.18.0.1
+    unicast_peer {
+        198.18.0.2
+    }
+    virtual_ipaddress {
+        198.18.0.10/32 dev eth0
+        2001:2::10/128 dev eth0
+        198.18.1.254/24 dev eth1
+        2001:2:0:1::fffe/64 dev eth1
+    }
+}
+virtual_server 198.18.0.10 80 {
+    lb_kind NAT
+    protocol TCP
+    real_server 198.18.1.11 80 { }
+}
+virtual_server 2001:2::10 80 {
+    lb_kind NAT
+    protocol TCP
+    real_server 2001:2:0:1::11 80 { }
+}
+"""
+
+
+def test_dual_stack_nat_keeps_one_gateway_and_says_so() -> None:
+    """lb owns one nat_router: the second family's gateway address is not added (the warning
+    said it was not a gateway at all), and that family's NAT service is warned about."""
+    cfg = keepalived.loads(DUAL_STACK_NAT, "k.conf")
+    assert str(cfg.nat_router) == "198.18.1.254/24"
+    said = {(w.line, w.field): w.message for w in cfg.warnings}
+    assert said[(14, "vrrp_instance[VI_1].virtual_ipaddress")] == (
+        "2001:2:0:1::fffe/64: lb owns only one real servers' gateway (nat_router, of one address family): "
+        "198.18.1.254/24 is it, this address is not added")
+    assert said[(22, "virtual_server[2001:2::10 80]")].startswith(
+        "NAT: this IPv6 virtual server's real servers have no gateway on the director")
+    assert not any(f.startswith("virtual_server[198.18.0.10") for _, f in said)
+
+
 def test_warnings_for_what_lb_does_not_do() -> None:
     text = HEAD + """\
 vrrp_script chk {

@@ -984,6 +984,10 @@ class _Builder:
                 gateway = d != pub and any(r in iface.network for r in reals if r.version == iface.version)
                 if gateway and chosen is None:
                     chosen = (st, iface, d, v)
+                elif gateway:
+                    self.warn(st, f"vrrp_instance[{' '.join(v.stmt.args)}].virtual_ipaddress",
+                              f"{iface}: lb owns only one real servers' gateway (nat_router, of one address "
+                              f"family): {chosen[1]} is it, this address is not added")
                 else:
                     self.warn(st, f"vrrp_instance[{' '.join(v.stmt.args)}].virtual_ipaddress",
                               f"{iface}: lb brings up only the virtual servers' addresses and the real servers' "

@@ -1165,6 +1165,27 @@ def _check_load_monitor(vs: _Table, user: str) -> LoadMonitor | None | _Invalid:
 # --- cross-field checks ----------------------------------------------------------
 
 
+def _check_nat_families(chk: _Checker, drafts: list[_VirtualDraft | _Invalid],
+                        nat_router: IPv4Interface | IPv6Interface) -> None:
+    """NAT: the real servers reply through nat_router, the one gateway lb owns, of one address
+    family; a virtual server of the other family has real servers without it (a warning: their
+    replies may reach the director another way, e.g. a route of their own)."""
+    for vs in drafts:
+        if isinstance(vs, _Invalid) or isinstance(vs.address, _Invalid):
+            continue
+        v = vs.address.version
+        if v == nat_router.version:
+            continue
+        if vs.groups:
+            first = next(i for i, g in enumerate(vs.groups) if isinstance(g, PortGroup))
+            where: FieldPath = vs.path + ("port_group", first, "address")
+        else:
+            where = vs.path + ("address",)
+        chk.warn(where, f"NAT: this IPv{v} virtual server's real servers have no gateway on the director: "
+                        f"nat_router ({nat_router}) is IPv{nat_router.version}, and lb owns one nat_router (one "
+                        f"address family); their replies must reach the director by a route of their own")
+
+
 def _check_reals_of(chk: _Checker, vs: _VirtualDraft, network: str | _Invalid) -> None:
     """Per-service checks: direct-routing ports, duplicate addresses and names."""
     vs_label = vs.name if isinstance(vs.name, str) else field_name(vs.path)
@@ -1888,6 +1909,8 @@ def validate(doc: dict[str, Any], display: str, positions: Positions, path: Path
     for vs in drafts:
         if not isinstance(vs, _Invalid):
             _check_reals_of(chk, vs, network)
+    if network == "nat" and isinstance(nat_router, (IPv4Interface, IPv6Interface)):
+        _check_nat_families(chk, drafts, nat_router)
     _check_services(chk, drafts)
     _check_counts(
         chk, drafts, table_values["services"], table_values["reals_per_service"], table_values["real_servers"]
