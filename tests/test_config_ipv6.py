@@ -428,6 +428,23 @@ def test_lvscf_head_is_good() -> None:
     assert lvscf.loads(CF_HEAD + CF_VIRTUAL).virtual_servers[0].pmask == 64
 
 
+@pytest.mark.parametrize("value", ["64", "/64"])
+def test_lvscf_ipv6_vip_nmask_is_a_prefix_length(value: str) -> None:
+    """vip_nmask has no effect (lb adds the VIP as a host address): an IPv6 virtual's is a prefix
+    length, as its pmask and nat_nmask; it was refused as "not a contiguous IPv4 netmask"."""
+    text = CF_HEAD + CF_VIRTUAL.replace("port = 80", f"port = 80\n     vip_nmask = {value}")
+    cfg = lvscf.loads(text, path="lvs.cf")
+    assert [(w.line, w.field, w.message) for w in cfg.warnings if w.field.endswith("vip_nmask")] == [
+        (7, "virtual[web6].vip_nmask", "no effect: lb adds the VIP as a host address (/128), not with prefix "
+                                       "length 64")]
+    assert "     vip_nmask = 64" in lvscf.dumps(cfg, lvscf.loads_with_extras(text)[1]).splitlines()
+    host = lvscf.loads(text.replace(f"vip_nmask = {value}", "vip_nmask = 128"))
+    assert not [w for w in host.warnings if w.field.endswith("vip_nmask")]
+    assert _cf_issue(text.replace(f"vip_nmask = {value}", "vip_nmask = 255.255.255.0")) == (
+        "lvs.cf:7: virtual[web6].vip_nmask: '255.255.255.0' is an IPv4 netmask but the virtual server is IPv6: "
+        "give a prefix length 1..128 (e.g. 64)")
+
+
 @pytest.mark.parametrize("text, expected", [
     (CF_HEAD.replace("nat_nmask = 64\n", "") + CF_VIRTUAL,
      "lvs.cf:2: nat_nmask: an IPv6 nat_router needs nat_nmask = PREFIX LENGTH (e.g. nat_nmask = 64): "

@@ -48,7 +48,8 @@ IPv6 (Piranha never had it; the syntax is lvs.cf's own): a virtual's ``address =
 a server's ``address``, ``sorry_server = [2001:2::99]:80`` and ``lb_port_groups`` entries may be
 IPv6, one family per virtual (the TOML loader's rules).  The value of ``pmask`` then is a prefix
 length (``pmask = 64`` or ``/64``), and so is ``nat_nmask`` of an IPv6 ``nat_router`` (required
-then: Piranha's default 255.255.255.0 is IPv4's).
+then: Piranha's default 255.255.255.0 is IPv4's) and an IPv6 virtual's ``vip_nmask`` (no effect,
+as IPv4's: a warning unless 128).
 
 ``sorry_server = ADDR`` (or ``ADDR:PORT``) is VirtualServer.sorry_server.
 ``quiesce_server`` is VirtualServer.quiesce_server (the schedulers' connection counts restart
@@ -408,6 +409,25 @@ def _seconds(scope: _Scope, key: str) -> int | float | None:
     if not _INT_RE.fullmatch(e.value):
         return float(e.value)
     return scope.integer(key)
+
+
+def _is_ipv6(text: str) -> bool:
+    try:
+        return ipaddress.ip_address(text).version == 6
+    except ValueError:
+        return False
+
+
+def _vip_prefix6(v: _Scope) -> str | None:
+    """vip_nmask of an IPv6 virtual: a prefix length (64 or /64), kept as its number."""
+    e = v.entries["vip_nmask"]
+    prefix = parse_prefix_length(e.value)
+    if prefix is None:
+        v.error(e, f"'{e.value}' is an IPv4 netmask but the virtual server is IPv6: give a prefix length "
+                   f"1..128 (e.g. 64)" if "." in e.value else
+                   f"expected an IPv6 prefix length 1..128 (64 or /64), got {e.value!r}")
+        return None
+    return str(prefix)
 
 
 def _port(scope: _Scope, key: str, protocol: str) -> int | None:
@@ -879,11 +899,19 @@ class _Builder:
         self.note(tf + ("name",), vb.line, label)
         out: dict[str, Any] = {"name": vb.name}
         vx: dict[str, Any] = {}
+        addr = v.entries.get("address")
+        v6 = addr is not None and _is_ipv6((addr.value.split() or [""])[0])
         for key, kind in VIRTUAL_EXTRAS.items():
-            val = v.extra(key, kind)
+            if key == "vip_nmask" and v6 and key in v.entries:
+                val = _vip_prefix6(v)   # an IPv6 VIP's is a prefix length, as pmask and nat_nmask
+            else:
+                val = v.extra(key, kind)
             if val is not None:
                 vx[key] = val
-        if vx.get("vip_nmask", "255.255.255.255") != "255.255.255.255":
+        if v6 and vx.get("vip_nmask", "128") != "128":
+            self.warn(v, "vip_nmask", f"no effect: lb adds the VIP as a host address (/128), not with "
+                                      f"prefix length {vx['vip_nmask']}")
+        elif not v6 and vx.get("vip_nmask", "255.255.255.255") != "255.255.255.255":
             self.warn(v, "vip_nmask", f"no effect: lb adds the VIP as a host address (/32), not with "
                                       f"netmask {vx['vip_nmask']}")
         # firewall-mark services: Piranha's fwmark (iptables marked the packets); lb matches the
