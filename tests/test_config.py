@@ -128,6 +128,43 @@ def test_example_sets_every_key_the_loader_takes() -> None:
             assert path[-1] in loader.SCHEMA[path[:-1]], path
 
 
+def test_example_marks_each_key_the_loader_requires() -> None:
+    """example.toml says keys not marked "required" may be left out: each one-line key whose
+    removal the loader refuses as a missing required key says "required" (in its comment or the
+    one just above it), where the example first sets it."""
+    lines = (CONFIGS / "example.toml").read_text().splitlines()
+    seen, unmarked = set(), []
+    for n, line in enumerate(lines):
+        m = re.match(r"\s*(\w+) = ", line)
+        if not m or line.rstrip().endswith(("[", "{")):
+            continue
+        try:
+            loads("\n".join(lines[:n] + [""] + lines[n + 1:]))
+            continue
+        except ConfigError as e:
+            missing = {re.sub(r"\[\d+\]", "", i.field) for i in e.issues
+                       if i.field.endswith(m.group(1)) and i.message == "required key is missing"} - seen
+        seen |= missing
+        above = n
+        while above > 0 and lines[above - 1].lstrip().startswith("#"):
+            above -= 1
+        said = [line.partition("#")[2]] + lines[above:n]
+        if missing and not any("required" in c.lower() for c in said):
+            unmarked.append((n + 1, line.strip()))
+    assert unmarked == []
+
+
+def test_example_control_names_the_group_and_socket_install_makes() -> None:
+    """[control]'s example admin_group is the web console's group `make install` creates, and its
+    comment names the socket the groups' members use (/run/lb stays root's)."""
+    from lb import control
+
+    script = (CONFIGS.parent / "scripts" / "install-director.sh").read_text()
+    made = re.search(r"useradd --system --user-group .* (\S+)$", script, re.M)
+    assert made and load(CONFIGS / "example.toml").control.admin_group == made.group(1)
+    assert control.shared_socket_path("<instance>") in (CONFIGS / "example.toml").read_text()
+
+
 def test_the_loader_takes_exactly_its_schema() -> None:
     """Every key of SCHEMA is accepted where it stands, and any other key is refused there."""
     text = (CONFIGS / "example.toml").read_text()
