@@ -249,6 +249,11 @@ def test_example_lvs_cf_is_lab_nat() -> None:
     # serial_no: the version number the lvs.cf carries (Piranha's count of saves)
     assert nopath(cf_cfg) == nopath(dataclasses.replace(toml_cfg, virtual_servers=unported,
                                                         serial_no=cf_cfg.serial_no))
+    # and the file's comment says these three differences
+    head = (CONFIGS / "example-lvs.cf").read_text().partition("# Equivalent to configs/lab-nat.toml")[2]
+    said = " ".join(line.lstrip("# ") for line in head.partition("\n#\n")[0].splitlines())
+    for words in ("port = 80", "send/expect", "timeout 6", "reentry 15", f"serial_no = {cf_cfg.serial_no}"):
+        assert words in said, words
 
 
 # --- CLI ---------------------------------------------------------------------------------------
