@@ -193,6 +193,36 @@ def test_metrics_table() -> None:
         'lb.toml:5: metrics.listen: port must be between 1 and 65535, got "99999"']
 
 
+def test_web_and_metrics_beyond_this_host_are_warned_about() -> None:
+    """The console's password and session cookie over plain HTTP, and the metrics endpoint (no
+    authentication), on an address beyond this host: warnings naming listen (lb check said ok)."""
+    base = '[global]\npublic_interface = "eth0"\n'
+    both = base + ('[web]\nenabled = true\nlisten = "198.18.0.1:3636"\n'
+                   '[metrics]\nenabled = true\nlisten = "[::]:9640"\n')
+    got = [(w.line, w.field, w.message) for w in loads(both, "lb.toml").warnings]
+    assert got == [
+        (5, "web.listen", "the console listens on 198.18.0.1:3636, beyond this host, over plain HTTP: its password "
+                          "and session cookie would cross the network in clear; set tls_cert and tls_key, or listen "
+                          "on 127.0.0.1 behind a TLS proxy (trusted_proxies)"),
+        (8, "metrics.listen", "the endpoint listens on [::]:9640, beyond this host, and has no authentication: open "
+                              "it only to the Prometheus server (a firewall rule), or listen on 127.0.0.1")]
+    tls = both.replace('listen = "198.18.0.1:3636"\n', 'listen = "198.18.0.1:3636"\ntls_cert = "w.crt"\n'
+                                                      'tls_key = "w.key"\n')
+    proxied = both.replace('listen = "198.18.0.1:3636"\n', 'listen = "198.18.0.1:3636"\n'
+                                                          'trusted_proxies = ["198.18.0.5"]\n')
+    for text in (tls, proxied):
+        assert [w.field for w in loads(text).warnings] == ["metrics.listen"]
+    local = base + '[web]\nenabled = true\nlisten = "[::1]:3636"\n[metrics]\nenabled = true\nlisten = "127.0.0.2:9640"\n'
+    assert loads(local).warnings == ()
+    assert loads(both.replace("enabled = true", "enabled = false")).warnings == ()
+    # lvs.cf says its own keys
+    from lb.config import lvscf
+
+    cf = lvscf.loads("network = direct\nlb_public_interface = eth0\nlb_metrics_enabled = 1\n"
+                     "lb_metrics_listen = 0.0.0.0:9640\n", "lvs.cf")
+    assert [(w.line, w.field) for w in cf.warnings] == [(4, "lb_metrics_listen")]
+
+
 def test_example_lists_every_scheduler() -> None:
     from lb.config.model import SCHEDULERS
 

@@ -1484,6 +1484,11 @@ def _check_web(top: _Table, base: Path | None) -> Web | _Invalid:
         keep(w.chk.error(w.at("session_lifetime"), f"must be between {lo:g} and {hi:g} seconds, got {lifetime:g}"))
     if keep.bad:
         return INVALID
+    if enabled is True and not address.is_loopback and files["tls_cert"] is None and not proxies:
+        w.chk.warn(w.at("listen" if "listen" in w.data else "enabled"),
+                   f"the console listens on {_endpoint(address, port)}, beyond this host, over plain HTTP: its "
+                   f"password and session cookie would cross the network in clear; set tls_cert and tls_key, "
+                   f"or listen on 127.0.0.1 behind a TLS proxy (trusted_proxies)")
     return Web(enabled=enabled, address=address, port=port, password_file=files["password_file"],
                tls_cert=files["tls_cert"], tls_key=files["tls_key"],
                allowed_hosts=tuple(h.lower().rstrip(".") for h in hosts),
@@ -1748,6 +1753,11 @@ def _check_metrics(top: _Table, web: Web | _Invalid) -> Metrics | _Invalid:
         m.chk.error(m.at("listen" if "listen" in m.data else "enabled"),
                     f"[web] listens on {_endpoint(web.address, web.port)} already: give [metrics] another port")
         return INVALID
+    if enabled is True and not address.is_loopback:
+        m.chk.warn(m.at("listen" if "listen" in m.data else "enabled"),
+                   f"the endpoint listens on {_endpoint(address, port)}, beyond this host, and has no "
+                   f"authentication: open it only to the Prometheus server (a firewall rule), or listen on "
+                   f"127.0.0.1")
     return Metrics(enabled=_valid(enabled), address=address, port=port)
 
 
