@@ -161,14 +161,23 @@ def test_check_bad_config(bad_config):
 
 @pytest.mark.parametrize("command", [["status"], ["stop"], ["reload"], ["weight", "web", "198.18.1.1", "2"],
                                      ["quiesce", "web", "198.18.1.1"]], ids=lambda c: c[0])
-def test_every_subcommand_names_file_line_field_of_a_bad_config(bad_config, command):
-    """`lb status --config BAD` and its siblings find the instance through the file: a bad file is
-    the same file:line: field error as `lb check`, not a traceback."""
+def test_every_subcommand_finds_the_instance_of_a_bad_config(bad_config, instance, command):
+    """`lb status --config BAD` and its siblings need only the instance the file names: a file with
+    errors elsewhere still names it, read alone, with a note (they refused to act, so a broken file
+    could not be stopped by it); a file that does not name it readably is the same file:line error
+    as `lb check`, not a traceback."""
     path, expected = bad_config
     p = lb(*command, "--config", str(path))
-    assert p.returncode == 2, p.stderr
     assert "Traceback" not in p.stderr, p.stderr
-    assert expected[1] in p.stderr.splitlines(), p.stderr
+    assert (f"lb: note: {path} has errors (`lb check -c {path}`); instance {instance!r} read from its "
+            f"[global] instance alone") in p.stderr.splitlines(), p.stderr
+    assert p.returncode == 1 and "not running" in p.stderr, p.stderr        # none runs
+    path.write_text(path.read_text().replace(f'instance = "{instance}"', f"instance = {instance}"))
+    p = lb(*command, "--config", str(path))
+    assert p.returncode == 2, p.stderr
+    assert "Traceback" not in p.stderr and "note:" not in p.stderr, p.stderr
+    assert any(line.startswith(f"{path}:2: TOML syntax error") for line in p.stderr.splitlines()), p.stderr
+    assert "cannot be read alone: name the instance with --instance" in p.stderr, p.stderr
 
 
 @pytest.mark.parametrize("command", [["check", "--config", str(REPO / "configs" / "example.toml")],
