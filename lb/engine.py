@@ -1540,6 +1540,36 @@ def run(cfg, *, xdp_mode: str = "native", dataplane: str | None = None, on_sigte
             eng.bgp.close(keep=False)
         eng.lock.release()
         return 2
-    asyncio.run(eng.run())
+    asyncio.run(_serve(eng))
     eng.stop(keep_dataplane=(eng._stop == "keep"))
     return 0
+
+
+# the signals that ask a running daemon to stop or reload
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR2)
+
+
+async def _serve(eng) -> None:
+    """eng.run(), then the signals held off until the process ends (hold_signals)."""
+    try:
+        await eng.run()
+    finally:
+        hold_signals(eng, asyncio.get_running_loop())
+
+
+def hold_signals(eng, loop=None) -> None:
+    """Once the run loop has ended, a signal -- a second Ctrl-C, a SIGTERM, a SIGHUP -- is said
+    once and ignored: the stop (XDP detached, addresses released, maps unpinned) completes.
+    The loop's own handlers go first: closing, it would put back the default actions (SIGTERM
+    and SIGHUP kill, SIGINT raises KeyboardInterrupt), half-way through stop()."""
+    said = []
+
+    def already_stopping(signum, _frame) -> None:
+        if not said:
+            said.append(signum)
+            log.warning("lb instance %r is stopping already: %s ignored (the stop completes first)",
+                        eng.cfg.instance, signal.Signals(signum).name)
+    for sig in STOP_SIGNALS:
+        if loop is not None:
+            loop.remove_signal_handler(sig)
+        signal.signal(sig, already_stopping)

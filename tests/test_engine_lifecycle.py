@@ -1,0 +1,143 @@
+"""`lb run` from start to stop (lb.engine.run) on a recording data plane, with this host's
+addresses and neighbours left alone: what a stop leaves behind whatever happens meanwhile -- a
+second signal during the teardown, a part of the start that fails once the data plane is
+attached, a start that fails with a VIP that was on the interface before lb -- and what the
+daemon answers while it stops."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from lb import config as lbconfig
+from lb import engine as lbengine
+from lb.ha import addresses
+from lb.ha import announce as ha_announce
+from test_override import RecordingDataplane, write
+
+TESTS = Path(__file__).resolve().parent
+REPO = TESTS.parent
+
+EVENTS: list[str] = []       # what the data plane and the addresses went through, in order
+
+
+class StartingDataplane(RecordingDataplane):
+    """A recording data plane that can also be started and stopped: load, attach, detach, unpin."""
+
+    adopted = False
+    created = True
+    displaced = ()
+
+    def __init__(self, *_a, **_kw):
+        super().__init__()
+        self.attached: dict = {}
+        self.services = ()
+
+    def load(self):
+        EVENTS.append("load")
+
+    def attach(self, ifname, side, mode):
+        EVENTS.append(f"attach {ifname}")
+        self.attached[ifname] = side
+
+    def detach_all(self):
+        EVENTS.append("detach_all")
+        self.attached = {}
+
+    def unpin(self):
+        EVENTS.append("unpin")
+
+    def close(self):
+        EVENTS.append("close")
+
+    def lease(self, seconds):
+        pass
+
+    def lease_left(self):
+        return None
+
+    def claim(self, addrs):
+        pass
+
+    def finish_resize(self):
+        return False
+
+    def finish_drains(self):
+        return 0
+
+    def sched_base_pending(self):
+        return False
+
+    def counters(self):
+        return {}
+
+
+def patch_host(setattr_, run_dir: str, dataplane=StartingDataplane) -> None:
+    """The engine's reach into this host, replaced (``setattr_``: monkeypatch.setattr, or the
+    builtin in a child process): its run directory, its data plane, the addresses it takes and
+    the neighbours it tells."""
+    EVENTS.clear()
+    setattr_(lbengine, "RUN_DIR", run_dir)
+    setattr_(lbengine, "SHARED_DIR", os.path.join(run_dir, "shared"))
+    setattr_(lbengine, "IpvsDataplane", dataplane)
+    setattr_(addresses, "check", lambda addrs: None)
+    setattr_(addresses, "take", lambda addrs: EVENTS.append(f"take {sorted(str(a.address) for a in addrs)}")
+             or list(addrs))
+    setattr_(addresses, "release", lambda addrs: EVENTS.append(
+        f"release {sorted(str(a.address) for a in addrs)}"))
+    setattr_(addresses, "restore", lambda addrs: ([], []))
+    setattr_(addresses, "present", lambda addrs: [])
+    setattr_(ha_announce, "warm_up_in_background", lambda: None)
+    setattr_(ha_announce, "warm_up", lambda: None)
+    setattr_(ha_announce, "announce", lambda *a, **kw: 0)
+
+
+# ---- a second signal while stopping ----------------------------------------------------------
+
+def second_signal_child(run_dir: str, config: str, signame: str) -> int:
+    """In a process of its own: `lb run` asked to stop (SIGINT) while it starts, and sent
+    ``signame`` again while the stop detaches the data plane."""
+    import logging
+    logging.basicConfig(level=logging.INFO, stream=sys.stdout, format="%(levelname)s %(message)s")
+    second = signal.Signals[signame]
+
+    class Dataplane(StartingDataplane):
+        def load(self):
+            super().load()
+            os.kill(os.getpid(), signal.SIGINT)     # Ctrl-C while starting: stop once started
+
+        def detach_all(self):
+            os.kill(os.getpid(), second)            # and again while stopping
+            time.sleep(0.1)                         # (its handler runs now)
+            super().detach_all()
+
+    patch_host(setattr, run_dir, Dataplane)
+    rc = lbengine.run(lbconfig.load(config), dataplane="ipvs")
+    print("EVENTS", EVENTS, flush=True)
+    return rc
+
+
+@pytest.mark.parametrize("second", ["SIGINT", "SIGHUP", "SIGTERM", "SIGUSR2"])
+def test_a_second_signal_during_the_stop_lets_it_complete(tmp_path, second):
+    """The first signal stops lb; a second one (Ctrl-C twice, a SIGHUP, systemd's SIGTERM) while
+    the data plane is being detached is said once in the log and the stop completes: XDP
+    detached, addresses released, maps unpinned, exit 0.  It used to kill lb half-way (asyncio,
+    closing its loop, had put back SIGTERM's and SIGHUP's default action, and SIGINT's
+    KeyboardInterrupt)."""
+    config = write(tmp_path / "lb.toml", instance=f"sig{os.getpid() % 10000}")
+    code = (f"import sys; sys.path[:0] = [{str(TESTS)!r}, {str(REPO)!r}]; import test_engine_lifecycle as t; "
+            f"sys.exit(t.second_signal_child({str(tmp_path)!r}, {str(config)!r}, {second!r}))")
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                       env=dict(os.environ, PYTHONPATH=f"{REPO}{os.pathsep}{TESTS}"))
+    out = p.stdout + p.stderr
+    assert p.returncode == 0, out
+    assert "Traceback" not in out, out
+    assert out.count("is stopping already") == 1, out
+    assert f"is stopping already: {second} ignored" in out, out
+    events = out.split("EVENTS ", 1)[1]
+    assert "'detach_all', \"release ['198.18.0.10/32', '198.18.1.254/24']\", 'unpin', 'close'" in events, out
