@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import errno
 import ipaddress
 import itertools
 import json
@@ -1357,6 +1358,10 @@ class Engine:
 
     # ---- the loop ----
     async def run(self) -> None:
+        """The daemon's loop, from the start of what runs in it (health checks, metrics, pulse,
+        the configuration sync, the control socket) to their stop.  When one of those cannot
+        start, those started are stopped again and StartupError says why: the caller (run())
+        stops the data plane cleanly."""
         loop = asyncio.get_running_loop()
         self._wake = asyncio.Event()
 
@@ -1380,37 +1385,21 @@ class Engine:
         # pyroute2's synchronous API runs its own event loop, so every step that may use netlink
         # runs in a worker thread, one at a time.
         blocking = lambda fn: loop.run_in_executor(None, fn)  # noqa: E731
-        self.sync_monitors()
-        self.sync_load_monitors()
-        from lb import metrics as lbmetrics
-        metrics = await lbmetrics.start(self)      # serves only when [metrics] enables it
-        if self.pulse is not None:
-            await blocking(ha_announce.warm_up)      # scapy loads now, not during a takeover
-            await self.pulse.start()
-            from lb.ha import configsync     # the active pushes its configuration to the backup
-            self.configsync = await configsync.start(self)
-        else:
-            # the one director: before READY its neighbours learn the VIPs' and the NAT
-            # gateway's MAC.  A client or real server whose entry is stale (another director's
-            # MAC, an earlier run's) or still unresolved from before the address was taken
-            # would otherwise lose its first packets: EHOSTUNREACH, or seconds of silence
-            await self._announce_before_ready()
-        # the control socket answers once the neighbours know the addresses too: `lb status
-        # --wait` (the demo's wait) returns when a first request is answered, as READY does
-        server = control.ControlServer(control.socket_path(self.cfg.instance, RUN_DIR), self.control,
-                                       access=lambda: self.cfg.control,
-                                       shared_path=control.shared_socket_path(self.cfg.instance, SHARED_DIR))
+        started = {}          # what the start got to: "metrics", "pulse", "server", "bgp_lease"
         try:
-            await server.start()
-        except OSError as e:         # forwarding goes on; only `lb status`/`lb reload` are missing
-            log.error("no control socket: %s", e)
-        # the BGP lease's renewal (lb.bgp, not the HA lease of bpf/lb_lease.h), restarted if it raises
-        # (a stopped renewal withdraws every route)
-        bgp_lease = supervise("bgp-lease", self.bgp.run, logger=log, context=f"instance {self.cfg.instance}") \
-            if self.bgp is not None else None
+            await self._start_running(blocking, started)
+        except Exception as e:
+            # the data plane is attached and pinned: the caller's clean stop takes it down, after
+            # what started here (a traceback would skip both)
+            self._stop = "clean"
+            await self._stop_running(blocking, started)
+            if isinstance(e, StartupError):
+                raise
+            log.debug("starting the daemon's loop", exc_info=e)
+            raise StartupError(f"{self.cfg.path or '<config>'}: starting: {type(e).__name__}: {e}") from None
+        metrics, server = started["metrics"], started["server"]
         if self._stop is None:
             self._ready()
-        self._address_watch.start()
         last_sweep = last_nh = last_est = last_def = last_own = loop.time()
         while self._stop is None:
             try:
@@ -1488,15 +1477,74 @@ class Engine:
         for fut in self._reload_waiters + [f for f, _ in self._apply_waiters]:   # before the server waits
             if not fut.done():                                                     # for its handlers
                 fut.set_result({"ok": False, "error": "the daemon is stopping"})
+        await self._stop_running(blocking, started)
+
+    async def _start_running(self, blocking, started: dict) -> None:
+        """What runs beside the data plane, each recorded in ``started`` once it runs."""
+        self.sync_monitors()
+        self.sync_load_monitors()
+        from lb import metrics as lbmetrics
+        started["metrics"] = await lbmetrics.start(self)      # serves only when [metrics] enables it
+        if self.pulse is not None:
+            await blocking(ha_announce.warm_up)      # scapy loads now, not during a takeover
+            started["pulse"] = True                  # (a partial start too: its sockets close)
+            await self._start_pulse()
+            from lb.ha import configsync     # the active pushes its configuration to the backup
+            self.configsync = await configsync.start(self)
+        else:
+            # the one director: before READY its neighbours learn the VIPs' and the NAT
+            # gateway's MAC.  A client or real server whose entry is stale (another director's
+            # MAC, an earlier run's) or still unresolved from before the address was taken
+            # would otherwise lose its first packets: EHOSTUNREACH, or seconds of silence
+            await self._announce_before_ready()
+        # the control socket answers once the neighbours know the addresses too: `lb status
+        # --wait` (the demo's wait) returns when a first request is answered, as READY does
+        server = started["server"] = control.ControlServer(
+            control.socket_path(self.cfg.instance, RUN_DIR), self.control, access=lambda: self.cfg.control,
+            shared_path=control.shared_socket_path(self.cfg.instance, SHARED_DIR))
+        try:
+            await server.start()
+        except OSError as e:         # forwarding goes on; only `lb status`/`lb reload` are missing
+            log.error("no control socket: %s", e)
+        # the BGP lease's renewal (lb.bgp, not the HA lease of bpf/lb_lease.h), restarted if it raises
+        # (a stopped renewal withdraws every route)
+        if self.bgp is not None:
+            started["bgp_lease"] = supervise("bgp-lease", self.bgp.run, logger=log,
+                                             context=f"instance {self.cfg.instance}")
+        self._address_watch.start()
+
+    async def _start_pulse(self) -> None:
+        """pulse.start(); a socket it cannot bind (another program on the port: Piranha's pulse
+        still running) is a StartupError naming the [ha] setting."""
+        try:
+            await self.pulse.start()
+        except OSError as e:
+            # the endpoints open in order: the first one without a socket is the one that failed
+            ep = next((ep for c in getattr(self.pulse, "channels", ()) for ep in c.endpoints if ep.sock is None),
+                      None)
+            what = "pulse's sockets" if ep is None else \
+                f"{'heartbeat_port' if ep.kind == 'heartbeat' else 'sync_port'} {ep.port}: " \
+                f"{_endpoint(ep.local, ep.port)}/udp"
+            why = e.strerror or str(e)
+            if e.errno == errno.EADDRINUSE:
+                why += " (another program holds the port: Piranha's pulse?)"
+            raise StartupError(f"{self.cfg.path or '<config>'}: [ha] {what}: cannot bind: {why}") from None
+
+    async def _stop_running(self, blocking, started: dict) -> None:
+        """What _start_running started (``started``), stopped: at the end of the loop, or after
+        a start that failed part-way."""
         await blocking(self._address_watch.stop)
-        if bgp_lease is not None:        # withdraw and drain before anything stops
-            bgp_lease.cancel()
+        if self.bgp is not None:        # withdraw and drain before anything stops
+            if started.get("bgp_lease") is not None:
+                started["bgp_lease"].cancel()
             await self.bgp.leave(keep=self._stop == "keep")
         if self.configsync is not None:
             await self.configsync.stop()
-        await blocking(metrics.stop)
-        await server.stop()
-        if self.pulse is not None:
+        if started.get("metrics") is not None:
+            await blocking(started["metrics"].stop)
+        if started.get("server") is not None:
+            await started["server"].stop()
+        if self.pulse is not None and started.get("pulse"):
             self._end_lease()
             await self.pulse.stop()
         for _spec, _policy, _mon, task in self.monitors.values():
@@ -1540,9 +1588,15 @@ def run(cfg, *, xdp_mode: str = "native", dataplane: str | None = None, on_sigte
             eng.bgp.close(keep=False)
         eng.lock.release()
         return 2
-    asyncio.run(_serve(eng))
-    eng.stop(keep_dataplane=(eng._stop == "keep"))
-    return 0
+    rc = 0
+    try:
+        asyncio.run(_serve(eng))
+    except StartupError as e:         # a part of the start made in the loop (pulse's sockets ...)
+        log.error("%s", e)
+        rc = 2
+    finally:                          # whatever happened: never a data plane left half-stopped
+        eng.stop(keep_dataplane=(eng._stop == "keep"))
+    return rc
 
 
 # the signals that ask a running daemon to stop or reload

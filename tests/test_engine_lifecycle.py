@@ -5,8 +5,11 @@ attached, a start that fails with a VIP that was on the interface before lb -- a
 daemon answers while it stops."""
 from __future__ import annotations
 
+import ipaddress
+import logging
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -141,3 +144,76 @@ def test_a_second_signal_during_the_stop_lets_it_complete(tmp_path, second):
     assert f"is stopping already: {second} ignored" in out, out
     events = out.split("EVENTS ", 1)[1]
     assert "'detach_all', \"release ['198.18.0.10/32', '198.18.1.254/24']\", 'unpin', 'close'" in events, out
+
+
+# ---- a part of the start made in the loop fails ----------------------------------------------
+
+@pytest.fixture
+def signals():
+    """lb.engine.run sets the process's signal handlers: the test's are put back after."""
+    saved = {sig: signal.getsignal(sig) for sig in lbengine.STOP_SIGNALS}
+    yield
+    for sig, handler in saved.items():
+        signal.signal(sig, handler)
+
+
+HA = """
+[ha]
+primary = "198.18.0.1"
+backup = "198.18.0.3"
+key_file = "{key}"
+heartbeat_port = {port}
+sync = false
+"""
+
+IP_FREEBIND = 15
+
+
+def assert_stopped_cleanly(caplog) -> None:
+    """The data plane detached, the addresses released, the maps unpinned; no traceback."""
+    assert EVENTS[-4:] == ["detach_all", "release ['198.18.0.10/32', '198.18.1.254/24']", "unpin", "close"], EVENTS
+    assert not [r for r in caplog.records if r.exc_info and r.levelno >= logging.INFO], caplog.text
+
+
+def test_a_heartbeat_port_held_by_another_program_stops_lb_cleanly(tmp_path, monkeypatch, signals, caplog):
+    """Piranha's pulse still holds the heartbeat port: `lb run` says so in one line naming
+    [ha] heartbeat_port, exits 2, and the data plane it had attached and pinned goes (it used
+    to die of the OSError's traceback, leaving it all behind)."""
+    from lb.ha import pulse
+    patch_host(monkeypatch.setattr, str(tmp_path))
+    monkeypatch.setattr(pulse, "local_addresses", lambda: {ipaddress.ip_address("198.18.0.1")})
+    key = tmp_path / "ha.key"
+    key.write_bytes(b"k" * 32)
+    key.chmod(0o600)
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as other:       # no SO_REUSEADDR: as pulse
+        other.setsockopt(socket.SOL_IP, IP_FREEBIND, 1)                    # (the address is not here)
+        other.bind(("198.18.0.1", 0))
+        port = other.getsockname()[1]
+        path = write(tmp_path / "lb.toml", instance="hbport", extra=HA.format(key=key, port=port))
+        with caplog.at_level(logging.INFO, logger="lb"):
+            rc = lbengine.run(lbconfig.load(path), dataplane="ipvs")
+    assert rc == 2
+    errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert errors == [f"{path}: [ha] heartbeat_port {port}: 198.18.0.1:{port}/udp: cannot bind: Address already "
+                      f"in use (another program holds the port: Piranha's pulse?)"], caplog.text
+    assert "attach lo" in EVENTS
+    assert_stopped_cleanly(caplog)
+    assert not os.path.exists(lbengine.pidfile("hbport"))        # the lock is released
+
+
+def test_any_part_of_the_loops_start_that_fails_stops_lb_cleanly(tmp_path, monkeypatch, signals, caplog):
+    """The metrics server (or the health checks, the configuration sync ...) failing at start:
+    one line, exit 2, the clean stop."""
+    from lb import metrics
+    patch_host(monkeypatch.setattr, str(tmp_path))
+
+    async def broken(engine):
+        raise RuntimeError("no metrics today")
+    monkeypatch.setattr(metrics, "start", broken)
+    path = write(tmp_path / "lb.toml", instance="loopfail")
+    with caplog.at_level(logging.INFO, logger="lb"):
+        rc = lbengine.run(lbconfig.load(path), dataplane="ipvs")
+    assert rc == 2
+    errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert errors == [f"{path}: starting: RuntimeError: no metrics today"], caplog.text
+    assert_stopped_cleanly(caplog)
