@@ -52,6 +52,20 @@ ESTIMATE_INTERVAL = 2.0       # IPVS's rate estimator period (ip_vs_est.c)
 DEFENSE_INTERVAL = 1.0        # IPVS's defense_work period (DEFENSE_TIMER_PERIOD)
 OWNERSHIP_INTERVAL = 1.0      # how often the held addresses and attached programs are checked
 
+# the run loop's housekeeping steps, as the log names them (`lb status`: housekeeping_errors)
+HOUSEKEEPING = {
+    "reload": "reloading the configuration",
+    "apply": "applying the table after a health, weight or override change",
+    "finish_drains": "finishing the drains of removed real servers",
+    "finish_resize": "finishing the move into the new [tables] sizes",
+    "sched_base": "refreshing the schedulers' base",
+    "sweep": "sweeping expired connections",
+    "defend": "the defense strategies' check",
+    "estimate": "the rate estimator",
+    "keep_ownership": "keeping the addresses and XDP programs in place",
+    "refresh_nexthops": "refreshing the next hops",
+}
+
 
 class StartupError(Exception):
     pass
@@ -412,7 +426,8 @@ class Engine:
         self._overrides_file: str | None = None      # where they are kept; set by start()
         self._apply_waiters: list[tuple] = []        # (future, reply) of `lb weight` callers: after the apply
         self._dirty = False                          # health changed: reconcile the data plane
-        self._apply_log = RateLimitedLog(log, 60.0)  # a failing apply_health, retried each turn
+        self._housekeeping_log = RateLimitedLog(log, 60.0)   # by step: a failing one is retried each turn
+        self.housekeeping_errors: dict[str, int] = {}       # the run loop's steps that failed, by step
         self.on_sorry: set[tuple] = set()            # keys of the services sent to their sorry server
         # HA (lb.ha.pulse): without an [ha] table the one director is always active
         self.pulse = None
@@ -1191,7 +1206,7 @@ class Engine:
                "config": str(self.cfg.path), "dataplane": self.dp.kind,
                "at": time.time(), "services": services, "reloads": dict(self.reloads),
                "config_warnings": len(self.cfg.warnings), "ownership": dict(self.ownership),
-               "task_restarts": dict(tasks.RESTARTS)}
+               "task_restarts": dict(tasks.RESTARTS), "housekeeping_errors": dict(self.housekeeping_errors)}
         if self.pulse is not None:
             doc["ha"] = dict(self.pulse.status(), takeovers=self.takeovers)
             try:
@@ -1401,6 +1416,38 @@ class Engine:
         if self._stop is None:
             self._ready()
         last_sweep = last_nh = last_est = last_def = last_own = loop.time()
+
+        async def do_reload():
+            nonlocal reload_pending
+            reload_pending = False
+            waiters, self._reload_waiters = self._reload_waiters, []
+            sdnotify.reloading()
+            reply = {"ok": False, "error": "reload failed (what was changed is not known: see the log)",
+                     "changed": None}
+            try:
+                try:
+                    reply = await blocking(self._reload_reply)
+                finally:
+                    self._ready()
+                if reply["ok"]:
+                    await self._after_reload(reply, blocking, metrics, server)
+            finally:              # the callers (a console save holds its lock) always hear
+                for fut in waiters:
+                    if not fut.done():
+                        fut.set_result(reply)
+
+        async def do_sweep():
+            n = await blocking(self.sweep)
+            if n:
+                log.debug("swept %d expired connections", n)
+
+        async def do_sched_base():
+            if self.dp.sched_base_pending():
+                await blocking(self.refresh_sched_base)
+
+        async def do_resize():
+            self._resizing = await blocking(self._finish_resize)
+
         while self._stop is None:
             try:
                 await asyncio.wait_for(self._wake.wait(), timeout=1.0)
@@ -1408,76 +1455,75 @@ class Engine:
                 pass
             self._wake.clear()
             now = loop.time()
-            try:
-                if reload_pending or self._reload_waiters:
-                    reload_pending = False
-                    waiters, self._reload_waiters = self._reload_waiters, []
-                    sdnotify.reloading()
-                    reply = {"ok": False, "error": "reload failed (what was changed is not known: see the log)",
-                             "changed": None}
-                    try:
-                        try:
-                            reply = await blocking(self._reload_reply)
-                        finally:
-                            self._ready()
-                        if reply["ok"]:
-                            await self._after_reload(reply, blocking, metrics, server)
-                    finally:              # the callers (a console save holds its lock) always hear
-                        for fut in waiters:
-                            if not fut.done():
-                                fut.set_result(reply)
-                if self._dirty or self._apply_waiters:
-                    self._dirty = False
-                    applied, self._apply_waiters = self._apply_waiters, []
-                    try:
-                        await blocking(self.apply_health)
-                    except Exception as e:
-                        for fut, _ in applied:
-                            if not fut.done():
-                                fut.set_result({"ok": False, "error": f"the override is recorded but applying "
-                                                f"the table failed: {type(e).__name__}: {e}"})
-                        if not isinstance(e, DataplaneError):
-                            raise
-                        # the data plane kept (or wrote back) the previous table: the change
-                        # (a health verdict is reported once, at its transition) is tried again
-                        # at the loop's next turn, until the data plane takes it
-                        self._dirty = True
-                        self._apply_log.log("apply", logging.ERROR, "applying the table after a health, weight "
-                                            "or override change (tried again each second): %s", e)
-                    for fut, reply in applied:
-                        if not fut.done():
-                            fut.set_result(reply)
-                if self.dp.draining:
-                    await blocking(self.finish_drains)
-                if self._resizing:
-                    self._resizing = await blocking(self._finish_resize)
-                if self.dp.sched_base_pending():
-                    await blocking(self.refresh_sched_base)
-                if now - last_sweep >= SWEEP_INTERVAL:
-                    last_sweep = now
-                    n = await blocking(self.sweep)
-                    if n:
-                        log.debug("swept %d expired connections", n)
-                if now - last_def >= DEFENSE_INTERVAL:
-                    last_def = now
-                    await blocking(self.defend)
-                if now - last_est >= ESTIMATE_INTERVAL:
-                    last_est = now
-                    await blocking(self.estimate)
-                if now - last_own >= OWNERSHIP_INTERVAL:
-                    last_own = now
-                    await blocking(lambda: self.keep_ownership(now))
-                if now - last_nh >= NEXTHOP_INTERVAL:
-                    last_nh = now
-                    await blocking(self.refresh_nexthops)
-            except Exception:  # the daemon keeps forwarding whatever a housekeeping step does
-                log.exception("housekeeping failed")
+            # each step on its own: one that fails (every second, say) is counted and logged, and
+            # the next ones -- the sweep, the addresses put back, XDP attached again -- still run
+            if reload_pending or self._reload_waiters:
+                await self._housekeep("reload", do_reload)
+            if self._dirty or self._apply_waiters:
+                await self._housekeep("apply", lambda: self._apply_changes(blocking))
+            if self.dp.draining:
+                await self._housekeep("finish_drains", lambda: blocking(self.finish_drains))
+            if self._resizing:
+                await self._housekeep("finish_resize", do_resize)
+            await self._housekeep("sched_base", do_sched_base)
+            if now - last_sweep >= SWEEP_INTERVAL:
+                last_sweep = now
+                await self._housekeep("sweep", do_sweep)
+            if now - last_def >= DEFENSE_INTERVAL:
+                last_def = now
+                await self._housekeep("defend", lambda: blocking(self.defend))
+            if now - last_est >= ESTIMATE_INTERVAL:
+                last_est = now
+                await self._housekeep("estimate", lambda: blocking(self.estimate))
+            if now - last_own >= OWNERSHIP_INTERVAL:
+                last_own = now
+                await self._housekeep("keep_ownership", lambda: blocking(lambda: self.keep_ownership(now)))
+            if now - last_nh >= NEXTHOP_INTERVAL:
+                last_nh = now
+                await self._housekeep("refresh_nexthops", lambda: blocking(self.refresh_nexthops))
         if self._stop.startswith("systemd:"):       # lb@.service's SIGTERM: stop or restart?
             self._stop = await blocking(self._systemd_stop_kind)
         for fut in self._reload_waiters + [f for f, _ in self._apply_waiters]:   # before the server waits
             if not fut.done():                                                     # for its handlers
                 fut.set_result({"ok": False, "error": "the daemon is stopping"})
         await self._stop_running(blocking, started)
+
+    async def _housekeep(self, step: str, fn):
+        """await fn(), one step of the run loop's housekeeping: the daemon keeps forwarding, and
+        the loop's other steps run, whatever it does.  A failure is counted by step (`lb status`'s
+        housekeeping_errors) and logged, a repeat at most once a minute; the traceback of an
+        unexpected one (a bug, not the data plane or the kernel refusing) with it."""
+        try:
+            return await fn()
+        except Exception as e:
+            n = self.housekeeping_errors[step] = self.housekeeping_errors.get(step, 0) + 1
+            expected = isinstance(e, (DataplaneError, OSError))
+            text = str(e) if expected and str(e) else f"{type(e).__name__}: {e}"
+            if self._housekeeping_log.log(step, logging.ERROR, "housekeeping: %s failed (tried again at its next "
+                                          "turn; %d failures so far): %s", HOUSEKEEPING[step], n, text) \
+                    and not expected:
+                log.error("housekeeping: %s: the %s's traceback", HOUSEKEEPING[step], type(e).__name__, exc_info=e)
+            return None
+
+    async def _apply_changes(self, blocking) -> None:
+        """A health, load weight or override change to the data plane; the `lb weight` callers
+        waiting on it hear how it went."""
+        self._dirty = False
+        applied, self._apply_waiters = self._apply_waiters, []
+        try:
+            await blocking(self.apply_health)
+        except BaseException as e:
+            # the change (a health verdict is reported once, at its transition) is tried again
+            # at the loop's next turn, until the data plane takes it
+            self._dirty = True
+            for fut, _ in applied:
+                if not fut.done():
+                    fut.set_result({"ok": False, "error": f"the override is recorded but applying "
+                                    f"the table failed: {type(e).__name__}: {e}"})
+            raise
+        for fut, reply in applied:
+            if not fut.done():
+                fut.set_result(reply)
 
     async def _start_running(self, blocking, started: dict) -> None:
         """What runs beside the data plane, each recorded in ``started`` once it runs."""

@@ -111,6 +111,12 @@ class RecordingDataplane:
     def keep_attached(self):
         return []
 
+    def finish_drains(self):
+        return 0
+
+    def sched_base_pending(self):
+        return False
+
 
 @pytest.fixture
 def no_addresses(monkeypatch):

@@ -1,0 +1,123 @@
+"""The run loop's housekeeping (lb.engine.Engine.run): each step on its own.  One that fails at
+every turn -- a map the kernel refuses, a bug -- is counted (`lb status`'s housekeeping_errors)
+and logged at most once a minute, and the steps after it still run: the sweep, the addresses
+put back, XDP attached again.  A table apply that fails, whatever the error, is tried again."""
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+
+import pytest
+
+from lb import control
+from lb import engine as lbengine
+from lb.ha import addresses
+from test_override import RecordingDataplane, drive, key, make_engine, table, write
+
+STEPS = ("sweep", "defend", "estimate", "keep_attached", "refresh_nexthops")
+
+
+class CountingDataplane(RecordingDataplane):
+    """Counts the loop's calls of each housekeeping step; ``fail`` (step -> exception) raises."""
+
+    def __init__(self, fail=None):
+        super().__init__()
+        self.fail = dict(fail or {})
+        self.calls = dict.fromkeys(STEPS + ("finish_drains",), 0)
+
+    def _step(self, name, result=None):
+        self.calls[name] += 1
+        if name in self.fail:
+            raise self.fail[name]
+        return result
+
+    def finish_drains(self):
+        return self._step("finish_drains", 0)
+
+    def sweep(self):
+        return self._step("sweep", 0)
+
+    def defend(self):
+        return self._step("defend")
+
+    def estimate(self):
+        return self._step("estimate", 0)
+
+    def keep_attached(self):
+        return self._step("keep_attached", [])
+
+    def refresh_nexthops(self):
+        return self._step("refresh_nexthops", 0)
+
+
+@pytest.fixture
+def run_dir(tmp_path, monkeypatch):
+    monkeypatch.setattr(lbengine, "RUN_DIR", str(tmp_path))
+    monkeypatch.setattr(addresses, "take", lambda addrs: list(addrs))
+    monkeypatch.setattr(addresses, "release", lambda addrs: None)
+    monkeypatch.setattr(control, "request", functools.partial(control.request, run_dir=str(tmp_path)))
+    for interval in ("SWEEP_INTERVAL", "NEXTHOP_INTERVAL", "ESTIMATE_INTERVAL", "DEFENSE_INTERVAL",
+                     "OWNERSHIP_INTERVAL"):
+        monkeypatch.setattr(lbengine, interval, 0.0)       # every step at every turn
+    return tmp_path
+
+
+TURNS = 6
+
+
+def turn(eng, n=TURNS):
+    """The loop's turns, woken one after the other (not a second apart)."""
+    async def body(call):
+        for _ in range(n):
+            eng._wake.set()
+            await asyncio.sleep(0.05)
+    return body
+
+
+@pytest.mark.parametrize("error, traceback", [(OSError(28, "No space left on device"), False),
+                                              (TypeError("a bug"), True)])
+def test_a_step_failing_at_every_turn_starves_none_of_the_others(run_dir, caplog, error, traceback):
+    """finish_drains fails at every turn: the steps after it run all the same, each failure is
+    counted, and the log says it once (in a minute), with the traceback only of a bug."""
+    eng = make_engine(write(run_dir / "lb.toml", instance="hk"))
+    eng.dp = CountingDataplane(fail={"finish_drains": error})
+    eng.dp.draining = True
+    with caplog.at_level(logging.ERROR, logger="lb.engine"):
+        drive(eng, str(run_dir), turn(eng))
+    turns = eng.dp.calls["finish_drains"]
+    assert turns >= TURNS
+    assert all(eng.dp.calls[s] >= turns for s in STEPS), eng.dp.calls
+    assert eng.housekeeping_errors == {"finish_drains": turns}
+    assert eng.status(counters=False)["housekeeping_errors"] == {"finish_drains": turns}
+    said = [r for r in caplog.records if "finishing the drains" in r.getMessage()]
+    text = f"{error}" if not traceback else f"TypeError: {error}"
+    assert said[0].getMessage() == ("housekeeping: finishing the drains of removed real servers failed (tried "
+                                    f"again at its next turn; 1 failures so far): {text}"), caplog.text
+    assert [bool(r.exc_info) for r in said] == ([False, True] if traceback else [False]), caplog.text
+
+
+def test_an_apply_that_fails_with_any_error_is_tried_again(run_dir):
+    """Not only the data plane's own errors: whatever apply_health raises, the change (a health
+    verdict is reported once) stays to be applied, at the next turn."""
+    class Once(RecordingDataplane):
+        fail_next = False
+
+        def apply(self, table):
+            if self.fail_next:
+                self.fail_next = False
+                raise OSError(12, "Cannot allocate memory")
+            super().apply(table)
+
+    eng = make_engine(write(run_dir / "lb.toml", instance="hkapply"))
+    eng.dp = Once()
+    eng.apply_health()
+
+    async def body(call):
+        eng.dp.fail_next = True
+        eng._health_changed(key(eng, "rs2"), False, "connection refused")
+        await turn(eng)(call)
+
+    drive(eng, str(run_dir), body)
+    assert table(eng) == {"rs1": 5, "rs3": 1}
+    assert eng.housekeeping_errors == {"apply": 1}
