@@ -1620,15 +1620,14 @@ def run(cfg, *, xdp_mode: str = "native", dataplane: str | None = None, on_sigte
     except (StartupError, DataplaneError, LookupError, addresses.AddressError) as e:
         log.error("%s", e)
         # nothing may stay attached or half-programmed after a failed start of a new instance;
-        # an adopted data plane serves on as the previous run left it, with its addresses (only
-        # those this start added go)
+        # an adopted data plane serves on as the previous run left it, with its addresses.  Only
+        # the addresses this start added go: a VIP that was on the interface before (take() left
+        # it) is the operator's
         if not eng.dp.adopted:
             eng.dp.detach_all()
-            addresses.release(eng.owned)
-            if eng.dp.created:
-                eng.dp.unpin()
-        else:
-            addresses.release(eng.added_at_start)
+        addresses.release(eng.added_at_start)
+        if not eng.dp.adopted and eng.dp.created:
+            eng.dp.unpin()
         eng.dp.close()
         if eng.bgp is not None:
             eng.bgp.close(keep=False)

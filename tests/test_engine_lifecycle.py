@@ -217,3 +217,29 @@ def test_any_part_of_the_loops_start_that_fails_stops_lb_cleanly(tmp_path, monke
     errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
     assert errors == [f"{path}: starting: RuntimeError: no metrics today"], caplog.text
     assert_stopped_cleanly(caplog)
+
+
+# ---- a failed start leaves the operator's addresses ------------------------------------------
+
+def test_a_failed_start_removes_only_the_addresses_it_added(tmp_path, monkeypatch, signals, caplog):
+    """The VIP was on the interface before lb started (take() left it): a start that fails
+    after taking the addresses (here: XDP cannot attach) removes the NAT router address it added,
+    not the operator's VIP."""
+    from lb.dataplane.errors import DataplaneError
+    patch_host(monkeypatch.setattr, str(tmp_path))
+
+    def take(addrs):      # 198.18.0.10 is there already
+        added = [a for a in addrs if str(a.address) != "198.18.0.10/32"]
+        EVENTS.append(f"take {sorted(str(a.address) for a in added)}")
+        return added
+    monkeypatch.setattr(addresses, "take", take)
+
+    def attach(self, ifname, side, mode):
+        raise DataplaneError(f"attaching to {ifname}: Device or resource busy")
+    monkeypatch.setattr(StartingDataplane, "attach", attach)
+    path = write(tmp_path / "lb.toml", instance="failstart")
+    with caplog.at_level(logging.INFO, logger="lb"):
+        assert lbengine.run(lbconfig.load(path), dataplane="ipvs") == 2
+    assert EVENTS == ["load", "take ['198.18.1.254/24']", "detach_all", "release ['198.18.1.254/24']", "unpin",
+                      "close"], EVENTS
+    assert "attaching to lo: Device or resource busy" in caplog.text
