@@ -243,3 +243,54 @@ def test_a_failed_start_removes_only_the_addresses_it_added(tmp_path, monkeypatc
     assert EVENTS == ["load", "take ['198.18.1.254/24']", "detach_all", "release ['198.18.1.254/24']", "unpin",
                       "close"], EVENTS
     assert "attaching to lo: Device or resource busy" in caplog.text
+
+
+# ---- control requests while the daemon stops -------------------------------------------------
+
+def test_a_request_that_would_change_something_is_refused_while_stopping(tmp_path, monkeypatch):
+    """Between the end of the loop and the control socket's close (the BGP drain alone is 2 s):
+    `lb weight` is refused before anything is done -- it used to save the override, never apply
+    it, and leave its caller without a reply --, as `lb reload` and `lb zero` are; `lb status`
+    still answers."""
+    import asyncio
+    import functools
+    import threading
+
+    from lb import control
+    from test_override import make_engine
+    patch_host(monkeypatch.setattr, str(tmp_path))
+    monkeypatch.setattr(control, "request", functools.partial(control.request, run_dir=str(tmp_path)))
+    eng = make_engine(write(tmp_path / "lb.toml", instance="stopwin"))
+    eng._overrides_file = lbengine.overrides_file("stopwin")
+    stopping, go_on = threading.Event(), threading.Event()
+
+    class SlowWatch:                          # the stop's first step, held until the requests are in
+        def start(self):
+            pass
+
+        def stop(self):
+            stopping.set()
+            go_on.wait(10)
+    eng._address_watch = SlowWatch()
+    replies = {}
+
+    async def main():
+        task = asyncio.create_task(eng.run())
+        sock = Path(control.socket_path("stopwin", str(tmp_path)))
+        while not sock.exists():
+            await asyncio.sleep(0.01)
+        eng._stop = "clean"
+        eng._wake.set()
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(None, stopping.wait, 10)
+        for name, args in (("weight", dict(service="web", server="rs1", weight=0)), ("reload", {}),
+                           ("zero", dict(service=None)), ("status", {})):
+            replies[name] = await loop.run_in_executor(
+                None, lambda: control.request("stopwin", name, timeout=10, **args))
+        go_on.set()
+        await task
+    asyncio.run(main())
+    for name in ("weight", "reload", "zero"):
+        assert replies[name] == {"ok": False, "error": "the daemon is stopping"}, replies
+    assert replies["status"]["ok"] is True
+    assert eng.overrides == {} and not os.path.exists(eng._overrides_file)
