@@ -1099,7 +1099,7 @@ class Engine:
         await asyncio.wait([first, burst], return_when=asyncio.FIRST_COMPLETED)
 
     async def on_role(self, new: int, old: int) -> None:
-        from lb.ha.pulse import ACTIVE
+        from lb.ha.pulse import ACTIVE, NAMES
         loop = asyncio.get_running_loop()
         if new == ACTIVE:
             self.active = True
@@ -1115,6 +1115,8 @@ class Engine:
         if self.bgp is not None:
             self.bgp.update(active=self.active)
         await loop.run_in_executor(None, self._kernel_sync, new == ACTIVE)
+        if self._stop is None:       # (a stop's STATUS= stays)
+            sdnotify.status(self._status_text(NAMES[new]))
 
     def _kernel_sync(self, active: bool) -> None:
         """The data plane's kernel sync daemon follows the role: master on the active director,
@@ -1334,8 +1336,12 @@ class Engine:
     def _ready(self) -> None:
         """READY=1 to the service manager: called once forwarding works (programs attached, table
         applied: start() is done) and the control socket answers; again after each reload."""
-        sdnotify.ready(f"running: {len(self.cfg.virtual_servers)} virtual services, "
-                       f"{self.dp.kind} data plane" + (f", {self.pulse.role}" if self.pulse is not None else ""))
+        sdnotify.ready(self._status_text(self.pulse.role if self.pulse is not None else None))
+
+    def _status_text(self, role: str | None) -> str:
+        """systemd's STATUS= line while running (`systemctl status`); ``role``: HA's."""
+        return (f"running: {len(self.cfg.virtual_servers)} virtual services, {self.dp.kind} data plane"
+                + (f", {role}" if role is not None else ""))
 
     async def _zero_reply(self, service) -> dict:
         """`lb zero`: the data plane's counters and rates of one service (["tcp", VIP, PORT] or

@@ -294,3 +294,40 @@ def test_a_request_that_would_change_something_is_refused_while_stopping(tmp_pat
         assert replies[name] == {"ok": False, "error": "the daemon is stopping"}, replies
     assert replies["status"]["ok"] is True
     assert eng.overrides == {} and not os.path.exists(eng._overrides_file)
+
+
+# ---- systemd's STATUS= follows the HA role ---------------------------------------------------
+
+HA_ROLE = """
+[ha]
+primary = "198.18.0.1"
+backup = "198.18.0.3"
+key_file = "{key}"
+sync = false
+"""
+
+
+def test_the_status_line_follows_the_ha_role(tmp_path, monkeypatch):
+    """`systemctl status` says the role pulse decided: it said "starting" from READY on, whatever
+    happened after."""
+    import asyncio
+
+    from lb import sdnotify
+    from lb.ha.pulse import ACTIVE, BACKUP
+    from test_override import make_engine
+    patch_host(monkeypatch.setattr, str(tmp_path))
+    said = []
+    monkeypatch.setattr(sdnotify, "status", said.append)
+    key = tmp_path / "ha.key"
+    key.write_bytes(b"k" * 32)
+    key.chmod(0o600)
+    eng = make_engine(write(tmp_path / "lb.toml", instance="role", extra=HA_ROLE.format(key=key)))
+    eng.dp = StartingDataplane()
+    eng.owned = addresses.wanted_addresses(eng.cfg)
+    asyncio.run(eng.on_role(ACTIVE, BACKUP))
+    assert said == ["running: 1 virtual services, recording data plane, active"]
+    asyncio.run(eng.on_role(BACKUP, ACTIVE))
+    assert said[-1] == "running: 1 virtual services, recording data plane, backup"
+    eng._stop = "clean"                       # stopping: the stop's own line stays
+    asyncio.run(eng.on_role(BACKUP, ACTIVE))
+    assert len(said) == 2
