@@ -443,6 +443,7 @@ class Engine:
         # role and the addresses follow it (lb/ha/pulse.py, bpf/lb_lease.h)
         self._lease_armed = False
         self._lease_log = RateLimitedLog(log, 10.0)
+        self._bgp_log = RateLimitedLog(log, 60.0)      # a BGP lease write that failed (_bgp_update)
         # what the director holds stays held (keep_ownership): addresses and XDP programs put
         # back after an interface lost them, and the last thing found or done
         self._addr_lock = threading.Lock()           # role changes vs keep_ownership's restore
@@ -511,7 +512,7 @@ class Engine:
                 self.bgp.start()
             except BgpError as e:
                 raise StartupError(f"{self.cfg.path or '<config>'}: {e}") from None
-            self.bgp.update(attached=self._attached(), active=self.active)
+            self._bgp_update(attached=self._attached(), active=self.active)
         log.info("lb instance %r running: %d virtual services", self.cfg.instance,
                  len(self.dp.services))
 
@@ -591,7 +592,18 @@ class Engine:
                          ", ".join(f"{a}:{p}" for a, p in sorted(joined, key=str)), svc.name, n)
         self._usable = usable
         if self.bgp is not None:
-            self.bgp.update(table, attached=self._attached(), active=self.active)
+            self._bgp_update(table, attached=self._attached(), active=self.active)
+
+    def _bgp_update(self, table=None, **kw) -> None:
+        """bgp.update, which writes the BGP lease when its routes change.  A write that fails (a
+        full /run) does not undo what is done -- the table applied, the role taken --: it is
+        said (at most once a minute) and the lease's renewal (Announcer.run) writes the routes
+        again each second."""
+        try:
+            self.bgp.update(table, **kw)
+        except OSError as e:
+            self._bgp_log.log("lease", logging.WARNING, "BGP: the lease's routes are not written yet (the "
+                              "renewal tries again each second): %s", e)
 
     def _attached(self) -> bool:
         """lb's program on the public interface, forwarding: announced over BGP only then"""
@@ -1068,7 +1080,7 @@ class Engine:
             self.announce(False, back)      # neighbours that dropped the address learn it again
         if self.bgp is not None:
             # a VIP stays announced only while lb's program forwards on the public interface
-            self.bgp.update(attached=self._attached())
+            self._bgp_update(attached=self._attached())
 
     def announce(self, burst: bool = True, addrs=None, first_sent=None) -> None:
         """Gratuitous ARP / unsolicited NA for the addresses this director holds (or ``addrs``),
@@ -1113,7 +1125,7 @@ class Engine:
                 await loop.run_in_executor(None, self._release_addresses)
             await loop.run_in_executor(None, self._renew_lease)     # after: no second claimant
         if self.bgp is not None:
-            self.bgp.update(active=self.active)
+            self._bgp_update(active=self.active)
         await loop.run_in_executor(None, self._kernel_sync, new == ACTIVE)
         if self._stop is None:       # (a stop's STATUS= stays)
             sdnotify.status(self._status_text(NAMES[new]))

@@ -331,3 +331,44 @@ def test_the_status_line_follows_the_ha_role(tmp_path, monkeypatch):
     eng._stop = "clean"                       # stopping: the stop's own line stays
     asyncio.run(eng.on_role(BACKUP, ACTIVE))
     assert len(said) == 2
+
+
+# ---- a BGP lease write that fails after the table is applied ---------------------------------
+
+def test_a_lease_write_failing_after_the_apply_does_not_fail_the_reload(tmp_path, monkeypatch, caplog):
+    """The reload's table is applied; writing the BGP lease then fails (/run is full): the reload
+    stands -- new table, new config, addresses kept -- and the failure is a warning, said once
+    a minute (the lease's renewal writes the routes again each second).  It used to be a failed
+    reload: the new addresses removed and the old config kept while the data plane ran the new
+    table."""
+    import errno
+
+    from test_override import OFF, make_engine, table
+    patch_host(monkeypatch.setattr, str(tmp_path))
+    updates = []
+
+    class Lease:                              # lb.bgp.Announcer's update, its lease write failing
+        bgp = None
+
+        def update(self, table=None, **kw):
+            updates.append(table)
+            if table is not None and len(table.services[0].reals) == 2:
+                raise OSError(errno.ENOSPC, "No space left on device", "/run/lb/lease.bgp-lease.json")
+
+    path = write(tmp_path / "lb.toml", instance="lease")
+    eng = make_engine(path)
+    eng.bgp = Lease()
+    eng.dp.attached = {"lo": "public"}
+    write(path, instance="lease", extra=OFF)               # the reload removes rs3
+    EVENTS.clear()
+    with caplog.at_level(logging.WARNING, logger="lb.engine"):
+        reply = eng._reload_reply()
+        eng.apply_health()                                  # and again at the next apply
+    assert reply["ok"] is True, reply
+    assert table(eng) == {"rs1": 5, "rs2": 1}
+    assert [rs.name for rs in eng.cfg.virtual_servers[0].real_servers] == ["rs1", "rs2", "off"]
+    assert not [e for e in EVENTS if e.startswith("release") and e != "release []"], EVENTS
+    assert len(updates) == 2
+    said = [r.getMessage() for r in caplog.records if "BGP" in r.getMessage()]
+    assert said == ["BGP: the lease's routes are not written yet (the renewal tries again each second): [Errno 28] "
+                    "No space left on device: '/run/lb/lease.bgp-lease.json'"], caplog.text
