@@ -1606,8 +1606,7 @@ class Engine:
         a start that failed part-way."""
         await blocking(self._address_watch.stop)
         if self.bgp is not None:        # withdraw and drain before anything stops
-            if started.get("bgp_lease") is not None:
-                started["bgp_lease"].cancel()
+            await tasks.cancel_and_wait(started.get("bgp_lease"))
             await self.bgp.leave(keep=self._stop == "keep")
         if self.configsync is not None:
             await self.configsync.stop()
@@ -1618,12 +1617,7 @@ class Engine:
         if self.pulse is not None and started.get("pulse"):
             self._end_lease()
             await self.pulse.stop()
-        for _spec, _policy, _mon, task in self.monitors.values():
-            task.cancel()
-        for entry in self.loads.values():
-            entry[3].cancel()
-        await asyncio.gather(*(m[3] for m in (*self.monitors.values(), *self.loads.values())),
-                             return_exceptions=True)
+        await tasks.cancel_and_wait(*(m[3] for m in (*self.monitors.values(), *self.loads.values())))
 
 
 def run(cfg, *, xdp_mode: str = "native", dataplane: str | None = None, on_sigterm: str = "clean",
