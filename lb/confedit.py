@@ -27,6 +27,7 @@ from dataclasses import replace
 from typing import Any
 
 from lb.bgp.announcer import reload_problem
+from lb import control
 from lb.config import store
 
 log = logging.getLogger("lb.confedit")
@@ -57,6 +58,35 @@ def restart_needed(old, new) -> list[str]:
             out.append("[ha]")
     if reload_problem(old.bgp, new.bgp):
         out.append("[bgp]")
+    return out
+
+
+def root_only_changes(old, new) -> list[str]:
+    """What differs between two configurations that only root may change over the control
+    socket: the programs the daemon (root) runs and the user they run as -- monitor and load
+    monitor programs, HA notify programs, every script_user -- and [control], which says who
+    may edit.  An editor in admin_group (the web console's user, not root) could otherwise make
+    the daemon run a command of its choosing as root."""
+    out = []
+    if old.script_user != new.script_user:
+        out.append("global.script_user")
+    if old.control != new.control:
+        out.append("[control]")
+    if old.ha is not None or new.ha is not None:
+        if (old.ha and (old.ha.notify, old.ha.script_user)) != (new.ha and (new.ha.notify, new.ha.script_user)):
+            out.append("[ha] notify / script_user")
+
+    def runs(vs):
+        mon, load = vs.monitor, vs.load_monitor
+        return ((mon.kind == "program" and (mon.program, mon.script_user)),
+                (load is not None and load.kind == "program" and (load.program, load.script_user)))
+    before = {vs.name: runs(vs) for vs in old.virtual_servers}
+    for vs in new.virtual_servers:
+        now = runs(vs)
+        was = before.get(vs.name, (False, False))
+        for what, a, b in (("monitor", was[0], now[0]), ("load_monitor", was[1], now[1])):
+            if b and a != b:
+                out.append(f"virtual_server '{vs.name}' {what}.program / script_user")
     return out
 
 
@@ -103,7 +133,8 @@ class ConfigRequests:
             return self.get()
         if cmd == "config-put":
             return await self.put(req.get("document"), req.get("version"), restart=req.get("restart") is True,
-                                  who=str(req.get("who") or "control socket")[:200])
+                                  who=str(req.get("who") or "control socket")[:200],
+                                  root=req.get(control.PEER_IS_ROOT, True) is not False)
         if cmd == "table":
             return await self.table()
         if cmd == "web":
@@ -144,18 +175,20 @@ class ConfigRequests:
 
     # ---- edits ----
     async def put(self, document, version, *, restart: bool = False, who: str = "control socket",
-                  serial: int | None = None, from_peer: bool = False) -> dict:
+                  serial: int | None = None, from_peer: bool = False, root: bool = True) -> dict:
+        """``root``: the editor is root (or the daemon's user); else ([control] admin_group, the web
+        console's user) the edit may not change what only root may (ROOT_ONLY)."""
         if self._lock is None:
             self._lock = asyncio.Lock()
         async with self._lock:
             try:
-                return await self._put(document, version, restart, who, serial, from_peer)
+                return await self._put(document, version, restart, who, serial, from_peer, root)
             except store.EditRefused as e:
                 reply = {"ok": False, "error": str(e), "issues": issues_json(e.issues), "conflict": e.conflict}
                 log.warning("configuration edit from %s refused: %s", who, e)
                 return reply
 
-    async def _put(self, document, version, restart, who, serial, from_peer) -> dict:
+    async def _put(self, document, version, restart, who, serial, from_peer, root=True) -> dict:
         eng = self.engine
         path = eng.cfg.path
         if path is None:
@@ -170,6 +203,12 @@ class ConfigRequests:
                                     f"saved from elsewhere or edited by hand); nothing was changed: reload the "
                                     f"page and edit again", conflict=True)
         new = store.prepare(snap, document, serial=serial)
+        if not root and snap.cfg is not None:
+            changed = root_only_changes(snap.cfg, new.cfg)
+            if changed:
+                raise store.EditRefused(f"{', '.join(changed)}: only root changes these (the daemon runs "
+                                        f"programs as root's choice of user): edit {path} on the director as "
+                                        f"root; nothing was changed")
         needs = restart_needed(eng.cfg, new.cfg)
         if needs and not restart:
             raise store.EditRefused(f"{', '.join(needs)} can change only when lb restarts; nothing was changed "

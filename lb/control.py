@@ -67,6 +67,7 @@ MAX_PER_UID = 8                  # ... of them from one uid on the shared socket
 READ_TIMEOUT = 10.0              # seconds a served connection has to send its request line
 REFUSED_LOG_EVERY = 10.0         # a refused peer can connect in a loop: one line per this many seconds
 READ_COMMANDS = frozenset({"status", "table", "web", "config"})
+PEER_IS_ROOT = "_peer_is_root"   # set on each request by the server from the peer's credentials
 SO_PEERGROUPS = getattr(socket, "SO_PEERGROUPS", 59)
 CLIENT_TIMEOUT = 60.0        # a reload may compile nothing but can resolve many next hops
 
@@ -291,6 +292,9 @@ class ControlServer:
         if level != "admin" and req["cmd"] not in READ_COMMANDS:
             return {"ok": False, "error": f"refused: {req['cmd']!r} needs [control] admin_group (uid {uid} may "
                                           f"read only: {', '.join(sorted(READ_COMMANDS))})", "refused": True}
+        # whether the peer is root (or the daemon's user): set here, whatever the request said,
+        # for what only root may change (lb.confedit: programs the daemon runs, [control])
+        req[PEER_IS_ROOT] = uid in (0, os.geteuid())
         try:
             return await self.handler(req)
         except Exception as e:  # the daemon goes on; the caller learns why

@@ -246,3 +246,27 @@ def test_unauthenticated_and_read_only_clients_are_refused(tmp_path, shared_dir,
         assert control.request("t", "reload", run_dir=str(tmp_path)) == {"ok": True, "did": "reload"}
     finally:
         stop(loop, t)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="switching to uid nobody needs root")
+def test_the_server_says_whether_the_peer_is_root_whatever_the_request_says(tmp_path, shared_dir):
+    """lb.confedit lets only root change the programs the daemon runs (a console user in
+    admin_group could make it run one as root): the server marks each request with whether
+    its peer is root, overwriting what the client wrote there."""
+    got = []
+
+    async def handler(req):
+        got.append(req.get(control.PEER_IS_ROOT))
+        return {"ok": True}
+    loop, t, _server = serve(str(tmp_path), shared_dir, Control(admin_group="nogroup"), handler)
+    try:
+        forged = json.dumps({"cmd": "reload", control.PEER_IS_ROOT: True})
+        client = CLIENT.replace('json.dumps({"cmd": sys.argv[2]}).encode()', "sys.argv[2].encode()")
+        p = subprocess.run(["/usr/bin/python3", "-c", client, control.shared_socket_path("t", shared_dir), forged],
+                           user=NOBODY, group=NOBODY, extra_groups=[65534], capture_output=True, text=True,
+                           timeout=30)
+        assert json.loads(p.stdout) == {"ok": True}, p.stderr
+        assert control.request("t", "reload", run_dir=str(tmp_path)) == {"ok": True}
+    finally:
+        stop(loop, t)
+    assert got == [False, True]

@@ -1,0 +1,53 @@
+"""What only root may change over the control socket: the programs the daemon runs (monitor,
+load monitor and HA notify programs, every script_user) and [control].  The web console's user
+(admin_group, not root) could set a monitor `program` with script_user = "root" and the daemon,
+root, ran it: root for whoever logged in to the console."""
+from __future__ import annotations
+
+import asyncio
+import copy
+
+from lb import control
+from lb.config import store
+from test_web import DaemonEngine, write_config
+
+
+def put(eng, edit, *, root):
+    async def go():
+        got = await eng("config")
+        doc = copy.deepcopy(got["document"])
+        edit(doc)
+        return await eng.control({"cmd": "config-put", "document": doc, "version": got["config"]["version"],
+                                  control.PEER_IS_ROOT: root})
+    return asyncio.run(go())
+
+
+def program_monitor(user):
+    def edit(doc):
+        doc["virtual_server"][0]["monitor"] = {"kind": "program", "program": "/bin/sh -c 'id > /tmp/x' %h",
+                                               "script_user": user}
+    return edit
+
+
+def test_an_editor_who_is_not_root_cannot_change_what_the_daemon_runs(tmp_path):
+    path = write_config(tmp_path / "c.toml", weight="3")
+    eng = DaemonEngine(path)
+    before = path.read_bytes()
+    for edit, field in ((program_monitor("root"), "virtual_server 'web' monitor.program / script_user"),
+                        (lambda d: d["global"].update(script_user="root"), "global.script_user"),
+                        (lambda d: d.update(control={"admin_group": "users"}), "[control]")):
+        reply = put(eng, edit, root=False)
+        assert reply["ok"] is False and reply["error"].startswith(f"{field}: only root changes these"), reply
+        assert path.read_bytes() == before
+    # the rest of the file is the console's to edit
+    reply = put(eng, lambda d: d["virtual_server"][0]["real_server"][0].update(weight=9), root=False)
+    assert reply["ok"] is True, reply
+    assert store.read(path).cfg.virtual_servers[0].real_servers[0].weight == 9
+    # root may
+    reply = put(eng, program_monitor("nobody"), root=True)
+    assert reply["ok"] is True, reply
+    assert eng.cfg.virtual_servers[0].monitor.program.startswith("/bin/sh")
+    # and the console may still edit around a program root set, or take it away
+    assert put(eng, lambda d: d["virtual_server"][0]["real_server"][0].update(weight=4), root=False)["ok"] is True
+    reply = put(eng, lambda d: d["virtual_server"][0].update(monitor={"kind": "tcp"}), root=False)
+    assert reply["ok"] is True, reply
