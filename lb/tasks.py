@@ -116,7 +116,7 @@ class RateLimitedLog:
         self.clock = clock
         self._last: dict = {}          # key -> (time logged, events held back since)
 
-    def log(self, key, level: int, msg: str, *args) -> bool:
+    def log(self, key, level: int, msg: str, *args, exc_info=False) -> bool:
         now = self.clock()
         last, held = self._last.get(key, (None, 0))
         if last is not None and now - last < self.interval:
@@ -125,7 +125,7 @@ class RateLimitedLog:
         self._last[key] = (now, 0)
         if held:
             msg += f" ({held} more like it in the last {now - last:.0f}s)"
-        self.logger.log(level, msg, *args)
+        self.logger.log(level, msg, *args, exc_info=exc_info)
         return True
 
 

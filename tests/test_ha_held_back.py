@@ -118,3 +118,34 @@ def test_the_mono_field_round_trips_where_version_1_had_padding():
     assert old[10:12] == old[38:40] == b"\0\0" and not hb.decode(b"k" * 32, old).flags & hb.F_MONO
     assert hb.mono_before(0xFFFFFFF0, 5) and not hb.mono_before(5, 0xFFFFFFF0)      # across the wrap
     assert not hb.mono_before(9, 9) and hb.mono_ms(4294967.297) == 1
+
+
+def test_a_sync_sink_that_fails_is_counted_and_logged_once_a_minute(tmp_path, caplog):
+    """The backup's data plane refusing synced records (its public interface re-created): each
+    batch logged a traceback (up to five a second) and the lost records were counted nowhere."""
+    import asyncio
+    import logging
+    import socket
+
+    from lb.ha import sync as hsync
+    from lb.ha.pulse import BACKUP
+    from test_ha_replay import REC
+    from test_ha_unit import _pulse
+
+    p = _pulse(tmp_path, ())
+    p.machine.state = BACKUP
+    p.sync_sink = lambda conns, temps: socket.if_nametoindex("pub-gone0")
+    [payload] = hsync.pack_batches([hsync.encode_conn(REC)])
+    p.coarse_ns = lambda: 1_000_000_000              # REC is alive then
+
+    async def main():
+        t = asyncio.create_task(p._sync_in())
+        for _ in range(50):
+            p._sync_queue.put_nowait(payload)
+            await asyncio.sleep(0.005)
+        t.cancel()
+    with caplog.at_level(logging.ERROR, "lb.ha"):
+        asyncio.run(main())
+    lines = [r for r in caplog.records if "installing" in r.getMessage()]
+    assert len(lines) == 1 and lines[0].exc_info, [r.getMessage() for r in caplog.records]
+    assert p.counters["sync_install_failed"] == 50

@@ -43,6 +43,7 @@ notify programs run through lb.programs (ha.script_user, minimal environment, bo
 from __future__ import annotations
 
 import asyncio
+import collections
 import fcntl
 import ipaddress
 import logging
@@ -396,11 +397,11 @@ class Pulse:
         self.counters = {"rx": 0, "bad_auth": 0, "replay": 0, "stale": 0, "unheard": 0, "late": 0, "malformed": 0,
                          "wrong_channel": 0, "offpath": 0, "kernel_drops": 0, "standdown_rx": 0,
                          "sync_rx_records": 0, "sync_tx_records": 0, "sync_skipped": 0, "sync_pending": 0,
-                         "sync_rejected": 0, "sync_expired": 0}
+                         "sync_rejected": 0, "sync_expired": 0, "sync_install_failed": 0, "sync_scan_failed": 0}
         self.exporter = hsync.Exporter(ha.sync_rate, ha.sync_interval)
         self.last_sync_rx: float | None = None
         self.last_sync_tx: float | None = None
-        self.role_log: list[tuple[float, str, str]] = []
+        self.role_log: collections.deque = collections.deque(maxlen=64)   # (time, old, new): the last changes
         self.task_stats: dict[str, TaskStats] = {}
         self._tasks: list[asyncio.Task] = []
         self._actions: asyncio.Queue = asyncio.Queue()
@@ -825,8 +826,10 @@ class Pulse:
                 # a second and more of a million-entry table that the loop's heartbeats (and
                 # the HA lease they refresh) must not wait for
                 records = await loop.run_in_executor(None, self._sync_scan)
-            except Exception:
-                log.exception("pulse: reading connections for sync failed")
+            except Exception as e:       # counted, logged once a minute with its traceback
+                self.counters["sync_scan_failed"] += 1
+                self._ratelog.log("sync-scan", logging.ERROR, "pulse: reading connections for sync failed: %s", e,
+                                  exc_info=True)
                 continue
             self.counters["sync_pending"] = self.exporter.pending
             if not records:
@@ -873,8 +876,10 @@ class Pulse:
                 continue
             try:
                 done, skipped = await loop.run_in_executor(None, self.sync_sink, conns, temps)
-            except Exception:
-                log.exception("pulse: installing synced connections failed")
+            except Exception as e:       # the records are lost: counted, logged once a minute
+                self.counters["sync_install_failed"] += len(conns) + len(temps)
+                self._ratelog.log("sync-install", logging.ERROR, "pulse: installing %d synced records failed: %s",
+                                  len(conns) + len(temps), e, exc_info=True)
                 continue
             self.counters["sync_rx_records"] += done
             self.counters["sync_skipped"] += skipped
