@@ -216,7 +216,10 @@ static __always_inline int lb_not_routable(struct xdp_md *ctx, struct lb_pkt *pk
         __u32 net = bpf_ntohl(s[0]) >> 24;
         return net == 0 || net == 127 || net >= 224;
     }
-    return ((__u8 *)s)[0] == 0xff || ((s[0] | s[1] | s[2]) == 0 && (s[3] == 0 || s[3] == bpf_htonl(1)));
+    /* IPv6: multicast, ::, ::1, and an IPv4-mapped ::ffff:0:0/96 (ip6_rcv_core drops it since
+     * Linux 5.3: RFC 4291 2.5.5.2, such an address never appears on the wire) */
+    return ((__u8 *)s)[0] == 0xff || ((s[0] | s[1] | s[2]) == 0 && (s[3] == 0 || s[3] == bpf_htonl(1))) ||
+           ((s[0] | s[1]) == 0 && s[2] == bpf_htonl(0xffff));
 }
 
 /* ---- ICMP and ICMPv6 errors (only on the branch that lb_parse left with an ICMP pkt->proto) ---- */

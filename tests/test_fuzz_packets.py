@@ -172,7 +172,8 @@ def not_routable(b: bytes, p: Parsed) -> bool:
         return True
     if p.fam == 4:
         return p.saddr[0] in (0, 127) or p.saddr[0] >= 224
-    return p.saddr[0] == 0xFF or (p.saddr[:15] == bytes(15) and p.saddr[15] in (0, 1))
+    return p.saddr[0] == 0xFF or (p.saddr[:15] == bytes(15) and p.saddr[15] in (0, 1)) or \
+        p.saddr[:12] == bytes(10) + b"\xff\xff"
 
 
 def parse(b: bytes) -> Parsed:
