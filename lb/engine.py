@@ -774,6 +774,10 @@ class Engine:
                 self._attach_guards()
             except (DataplaneError, OSError) as e:
                 log.error("HA: the lease's addresses after the reload: %s", e)
+        if self.pulse is not None and self.pulse.key_changed():
+            return (f"reloaded {path}; the HA key in {new.ha.key_file} changed, and the running daemon keeps "
+                    f"the key it started with: restart lb on both directors (while their keys differ, each "
+                    f"refuses the other's heartbeats)")
         return f"reloaded {path}"
 
     # ---- health (nanny) ----

@@ -358,6 +358,7 @@ class Pulse:
         # the data plane's clock (synced entries are stamped on it): BPF's coarse monotonic one
         self.coarse_ns = lambda: time.clock_gettime_ns(_CLOCK_MONOTONIC_COARSE)
         self.key = hb.read_key(ha.key_file)
+        self._key_on_file = False           # key_file changed since the start (seen by key_changed)
         self.boot = hb.new_boot_id()
         if node is None:
             mine = local_addresses()
@@ -418,11 +419,23 @@ class Pulse:
         one before it, so a director reported active holds its addresses"""
         return NAMES[self._switching_from if self._switching_from is not None else self.machine.state]
 
+    def key_changed(self) -> bool:
+        """Whether key_file now holds another key than the one this daemon runs with (read at
+        start only: both directors change keys together, at a restart)."""
+        try:
+            self._key_on_file = hb.read_key(self.ha.key_file) != self.key
+        except (OSError, ValueError):
+            self._key_on_file = True
+        return self._key_on_file
+
     def warnings(self) -> list[str]:
         """What an operator must look at: a peer heard but refused, a skewed clock, heartbeats
-        the kernel dropped."""
+        the kernel dropped, a key file changed since the start."""
         now = self.clock()
         out = []
+        if self._key_on_file:
+            out.append(f"{self.ha.key_file} no longer holds the key this daemon started with (seen at a reload): "
+                       f"restart lb on both directors to use it")
         for c in self.channels:
             if c.last_refused is None or now - c.last_refused[0] >= self.REFUSED_WARNING:
                 continue
