@@ -205,6 +205,18 @@ def prog_fd_by_id(prog_id: int) -> int:
     return _sys(BPF_PROG_GET_FD_BY_ID, _GetByIdAttr(id=prog_id))
 
 
+def prog_map_ids(prog_id: int, most: int = 64) -> list[int]:
+    """The ids of the maps the loaded program with this id uses (at most ``most``)."""
+    fd = prog_fd_by_id(prog_id)
+    try:
+        ids = (ctypes.c_uint32 * most)()
+        info = ProgInfo(nr_map_ids=most, map_ids=ctypes.addressof(ids))
+        _sys(BPF_OBJ_GET_INFO_BY_FD, _InfoAttr(bpf_fd=fd, info_len=ctypes.sizeof(info), info=ctypes.addressof(info)))
+        return list(ids[:min(info.nr_map_ids, most)])
+    finally:
+        os.close(fd)
+
+
 def prog_name(prog_id: int) -> str:
     """The name of the loaded program with this id (bpf_prog_info.name, 16 bytes at offset 64)."""
     fd = prog_fd_by_id(prog_id)

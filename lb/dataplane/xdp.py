@@ -288,6 +288,8 @@ class XdpDataplane(Dataplane):
         fn = self.fns[self._SIDES[side]]
         if self.resize is not None and side in L.PREV_SLOTS:
             self._keep_previous(ifname, side)
+        else:
+            self._refuse_foreign(ifname)
         name, flags = attach_xdp(ifname, fn, mode)
         self.attached[ifname] = flags
         self.displaced.discard(ifname)
@@ -295,6 +297,47 @@ class XdpDataplane(Dataplane):
         log.info("attached %s XDP program to %s (%s mode)", side, ifname, name)
         self.map_tx_port(ifname)
         return name
+
+    def _refuse_foreign(self, ifname: str) -> None:
+        """DataplaneError when ifname runs an XDP program that is not this instance's -- another
+        tool's, or another lb instance's -- rather than replace it without a word (and, at this
+        instance's stop, take the interface's program away from under the other).  This
+        instance's own, left by its previous process (an upgrade, a crash), uses maps pinned
+        under its pin directory, and is replaced as before."""
+        from .bpfsys import map_info, obj_get, prog_map_ids, prog_name
+
+        try:
+            have = attached_prog_id(ifname)
+        except DataplaneError:
+            return                      # attach_xdp says the interface is missing
+        if have is None:
+            return
+        try:
+            uses = set(prog_map_ids(have))
+        except OSError:
+            return                      # gone meanwhile
+        pinned = set()
+        for top, _dirs, files in os.walk(self.pin):
+            for f in files:
+                try:
+                    fd = obj_get(os.path.join(top, f))
+                except OSError:
+                    continue
+                try:
+                    pinned.add(map_info(fd).id)
+                except OSError:         # a pinned program, not a map
+                    pass
+                finally:
+                    os.close(fd)
+        if uses & pinned:
+            return
+        try:
+            other = prog_name(have)
+        except OSError:
+            other = "?"
+        raise DataplaneError(f"another XDP program is attached to {ifname} (id {have}, {other}), not this "
+                             f"instance's (another lb instance's, or another tool's): lb does not replace it; "
+                             f"`ip link set dev {ifname} xdp off` removes it")
 
     def map_tx_port(self, ifname: str, ifindex: int | None = None) -> None:
         """ifname into lb_tx_ports, its ifindex looked up here (a devmap entry names a device of
