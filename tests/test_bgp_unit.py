@@ -467,3 +467,26 @@ def test_scaleout_lab_configs_validate() -> None:
     assert "protocol bgp director3 from lbdirector { neighbor 198.18.0.4 as 65001; }" in conf
     with pytest.raises(ValueError):
         so.directors(9)
+
+
+def test_a_lease_that_cannot_be_renewed_is_logged_once_a_minute(monkeypatch, tmp_path, caplog) -> None:
+    """/run full: the renewal failed every second, each an ERROR line."""
+    import asyncio
+
+    monkeypatch.setattr(announcer, "lease_path", lambda inst: str(tmp_path / f"{inst}.lease"))
+    monkeypatch.setattr(announcer, "status_path", lambda inst: str(tmp_path / f"{inst}.status"))
+    a = announcer.Announcer(loads(CFG), renew_s=0.01)
+    a.speaker_text = None                              # no ExaBGP to keep here
+
+    def full():
+        raise OSError(28, "No space left on device")
+    a.renew = full
+
+    async def main():
+        t = asyncio.create_task(a.run())
+        await asyncio.sleep(0.3)
+        t.cancel()
+    caplog.set_level("ERROR", "lb.bgp")
+    asyncio.run(main())
+    lines = [r.getMessage() for r in caplog.records if "cannot renew the lease" in r.getMessage()]
+    assert a.renew_failures >= 5 and len(lines) == 1, (a.renew_failures, lines)

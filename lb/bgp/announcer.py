@@ -23,6 +23,7 @@ import time
 
 from lb.bgp import speaker
 from lb.bgp.lease import Route, lease_path, read_json, read_lease, status_path, write_lease
+from lb.tasks import RateLimitedLog
 
 log = logging.getLogger("lb.bgp")
 
@@ -120,6 +121,8 @@ class Announcer:
         self.speaker_pid: int | None = None
         self.speaker_text: str | None = None    # ExaBGP's configuration, once started
         self.speaker_restarts = 0
+        self.renew_failures = 0          # lease renewals that failed (a full /run)
+        self._renew_log = RateLimitedLog(log, 60.0)
         self._speaker_retry = (0.0, 1.0)        # (not before, next backoff) of a failed restart
         self.local: dict = {}
         self.router_id = None
@@ -186,8 +189,10 @@ class Announcer:
             try:
                 self.update()            # settled VIPs get announced
                 await loop.run_in_executor(None, self.renew)
-            except OSError as e:
-                log.error("BGP: cannot renew the lease %s: %s", self.lease_path, e)
+            except OSError as e:         # each second while /run is full: logged once a minute
+                self.renew_failures += 1
+                self._renew_log.log("renew", logging.ERROR, "BGP: cannot renew the lease %s: %s (%d failed so far)",
+                               self.lease_path, e, self.renew_failures)
             await self.keep_speaker()
             await asyncio.sleep(self.renew_s)
 
