@@ -52,8 +52,6 @@ ESTIMATE_INTERVAL = 2.0       # IPVS's rate estimator period (ip_vs_est.c)
 DEFENSE_INTERVAL = 1.0        # IPVS's defense_work period (DEFENSE_TIMER_PERIOD)
 OWNERSHIP_INTERVAL = 1.0      # how often the held addresses and attached programs are checked
 
-# the control requests that change nothing, still answered while the daemon stops
-READ_COMMANDS = ("status", "config", "table", "web")
 
 # the run loop's housekeeping steps, as the log names them (`lb status`: housekeeping_errors)
 HOUSEKEEPING = {
@@ -1323,7 +1321,7 @@ class Engine:
     async def control(self, req: dict) -> dict:
         """A control socket request (lb.control)."""
         cmd = req.get("cmd")
-        if self._stop is not None and cmd not in READ_COMMANDS:
+        if self._stop is not None and cmd not in control.READ_COMMANDS:   # (those change nothing)
             # the loop that would apply it has ended: refused before anything is done (an
             # override saved but never applied, a caller never answered)
             return {"ok": False, "error": "the daemon is stopping"}
