@@ -416,6 +416,7 @@ class Engine:
         self.lock = InstanceLock(cfg.instance, RUN_DIR)
         self.owned: list[addresses.OwnedAddress] = []
         self.added_at_start: list[addresses.OwnedAddress] = []   # what start() added (a failed start removes them)
+        self._role_added: list | None = []  # ... and what a takeover added before the start was done (the same)
         self._stop = None            # "clean" | "keep" | "systemd:UNIT" (decided as the loop ends)
         self._wake: asyncio.Event | None = None
         self.specs = SpecCache()                     # build_table's, kept current by the three below
@@ -686,6 +687,22 @@ class Engine:
             self.bgp.close(keep=keep_dataplane)
         self.lock.release()
         log.info("lb instance %r stopped", self.cfg.instance)
+
+    def stop_failed_start(self) -> None:
+        """After a start that failed (in start(), or in the run loop's own start: pulse's port
+        held by Piranha's pulse, say): nothing may stay attached or half-programmed of a new
+        instance; an adopted data plane serves on as the previous run left it, with its
+        addresses.  Only the addresses this start added go: a VIP that was on the interface
+        before (take() left it) is the operator's, or the other program's that still serves it."""
+        if not self.dp.adopted:
+            self.dp.detach_all()
+        addresses.release(self.added_at_start + (self._role_added or []))
+        if not self.dp.adopted and self.dp.created:
+            self.dp.unpin()
+        self.dp.close()
+        if self.bgp is not None:
+            self.bgp.close(keep=False)
+        self.lock.release()
 
     def reload(self) -> bool:
         """Validate the config file again and apply the difference; a bad file changes nothing."""
@@ -1046,7 +1063,9 @@ class Engine:
 
     def _take_addresses(self) -> None:
         with self._addr_lock:
-            addresses.take(self.owned)
+            added = addresses.take(self.owned)
+            if self._role_added is not None:         # the start is not done: a failure undoes them
+                self._role_added += added
 
     def _release_addresses(self) -> None:
         with self._addr_lock:         # after on_role cleared self.active: no restore adds them back
@@ -1440,6 +1459,7 @@ class Engine:
             log.debug("starting the daemon's loop", exc_info=e)
             raise StartupError(f"{self.cfg.path or '<config>'}: starting: {type(e).__name__}: {e}") from None
         metrics, server = started["metrics"], started["server"]
+        self._role_added = None              # started: a stop from now on is a stop, not an undo
         if self._stop is None:
             self._ready()
         last_sweep = last_nh = last_est = last_def = last_own = loop.time()
@@ -1640,29 +1660,20 @@ def run(cfg, *, xdp_mode: str = "native", dataplane: str | None = None, on_sigte
         return 0
     except (StartupError, DataplaneError, LookupError, addresses.AddressError) as e:
         log.error("%s", e)
-        # nothing may stay attached or half-programmed after a failed start of a new instance;
-        # an adopted data plane serves on as the previous run left it, with its addresses.  Only
-        # the addresses this start added go: a VIP that was on the interface before (take() left
-        # it) is the operator's
-        if not eng.dp.adopted:
-            eng.dp.detach_all()
-        addresses.release(eng.added_at_start)
-        if not eng.dp.adopted and eng.dp.created:
-            eng.dp.unpin()
-        eng.dp.close()
-        if eng.bgp is not None:
-            eng.bgp.close(keep=False)
-        eng.lock.release()
+        eng.stop_failed_start()
         return 2
-    rc = 0
+    failed = False
     try:
         asyncio.run(_serve(eng))
     except StartupError as e:         # a part of the start made in the loop (pulse's sockets ...)
         log.error("%s", e)
-        rc = 2
+        failed = True
     finally:                          # whatever happened: never a data plane left half-stopped
-        eng.stop(keep_dataplane=(eng._stop == "keep"))
-    return rc
+        if failed:
+            eng.stop_failed_start()
+        else:
+            eng.stop(keep_dataplane=(eng._stop == "keep"))
+    return 2 if failed else 0
 
 
 # the signals that ask a running daemon to stop or reload
