@@ -72,9 +72,11 @@ def root_only_changes(old, new) -> list[str]:
         out.append("global.script_user")
     if old.control != new.control:
         out.append("[control]")
-    if old.ha is not None or new.ha is not None:
-        if (old.ha and (old.ha.notify, old.ha.script_user)) != (new.ha and (new.ha.notify, new.ha.script_user)):
-            out.append("[ha] notify / script_user")
+
+    def notify(ha):           # what [ha] runs: nothing without notify programs
+        return (ha.notify, ha.script_user) if ha is not None and ha.notify else ()
+    if notify(new.ha) and notify(old.ha) != notify(new.ha):
+        out.append("[ha] notify / script_user")
 
     def runs(vs):
         mon, load = vs.monitor, vs.load_monitor
@@ -203,8 +205,9 @@ class ConfigRequests:
                                     f"saved from elsewhere or edited by hand); nothing was changed: reload the "
                                     f"page and edit again", conflict=True)
         new = store.prepare(snap, document, serial=serial)
-        if not root and snap.cfg is not None:
-            changed = root_only_changes(snap.cfg, new.cfg)
+        if not root:
+            # against the file, or, when it does not load (root's edit half done), what runs
+            changed = root_only_changes(snap.cfg if snap.cfg is not None else eng.cfg, new.cfg)
             if changed:
                 raise store.EditRefused(f"{', '.join(changed)}: only root changes these (the daemon runs "
                                         f"programs as root's choice of user): edit {path} on the director as "

@@ -51,3 +51,35 @@ def test_an_editor_who_is_not_root_cannot_change_what_the_daemon_runs(tmp_path):
     assert put(eng, lambda d: d["virtual_server"][0]["real_server"][0].update(weight=4), root=False)["ok"] is True
     reply = put(eng, lambda d: d["virtual_server"][0].update(monitor={"kind": "tcp"}), root=False)
     assert reply["ok"] is True, reply
+
+
+def test_a_file_that_does_not_load_is_no_way_around_it(tmp_path):
+    """Root's edit of the file half done (it does not load): the check was skipped, and the
+    console's user put a program run as root.  It is checked against what runs then."""
+    path = write_config(tmp_path / "c.toml", weight="3")
+    eng = DaemonEngine(path)
+
+    async def go():
+        got = await eng("config")
+        doc = copy.deepcopy(got["document"])
+        program_monitor("root")(doc)
+        path.write_text(path.read_text().replace('scheduler = "rr"', 'scheduler = "lottery"'))
+        got = await eng("config")
+        return await eng.control({"cmd": "config-put", "document": doc, "version": got["config"]["version"],
+                                  control.PEER_IS_ROOT: False})
+    reply = asyncio.run(go())
+    assert reply["ok"] is False and "only root changes these" in reply["error"], reply
+
+
+def test_ha_without_notify_programs_is_the_consoles_to_add(tmp_path):
+    """[ha] added or removed, with no notify program, runs nothing: not refused."""
+    path = write_config(tmp_path / "c.toml", weight="3")
+    key = tmp_path / "ha.key"
+    key.write_bytes(b"k" * 32)
+    key.chmod(0o600)
+    eng = DaemonEngine(path)
+    ha = {"primary": "198.18.0.1", "backup": "198.18.0.3", "key_file": str(key)}
+    reply = put(eng, lambda d: d.update(ha=ha), root=False)
+    assert "only root" not in str(reply.get("error")), reply
+    reply = put(eng, lambda d: d.update(ha={**ha, "notify": ["/usr/local/bin/tell %s"]}), root=False)
+    assert reply["ok"] is False and reply["error"].startswith("[ha] notify / script_user: only root"), reply

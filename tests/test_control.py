@@ -54,8 +54,10 @@ def served(tmp_path):
 def test_request_and_reply(served):
     run_dir, seen = served
     reply = control.request("t", "status", run_dir=run_dir, verbose=True)
-    assert reply == {"ok": True, "echo": {"cmd": "status", "verbose": True}}
-    assert seen == [{"cmd": "status", "verbose": True}]
+    # the server adds whether the peer is root (it is, here)
+    req = {"cmd": "status", "verbose": True, control.PEER_IS_ROOT: True}
+    assert reply == {"ok": True, "echo": req}
+    assert seen == [req]
 
 
 def test_socket_is_root_only_without_control_groups(served):
