@@ -161,3 +161,97 @@ def test_a_key_file_changed_under_a_running_daemon_is_said_not_kept_quiet(tmp_pa
     (tmp_path / "ha.key").write_bytes(b"another key, long enough 012345")
     assert p.key_changed() is True
     assert [w for w in p.warnings() if "no longer holds the key" in w]
+
+
+class PrivateDown(Pair):
+    """Two channels, the private link down; the backup's clock two minutes ahead."""
+
+    def __init__(self, tmp_path):
+        super().__init__(tmp_path, skew_s=120.0)
+        self.ha = HA(primary=A("198.18.0.1"), backup=A("198.18.0.3"), primary_private=A("198.18.1.1"),
+                     backup_private=A("198.18.1.3"), key_file=self.ha.key_file, keepalive=0.2,
+                     deadtime=1.0, max_skew=30.0, sync=False)
+
+    def _deliver(self, p, c, typ, state, payload):
+        if c.id == hb.CH_PRIVATE:
+            p.encode(c, typ, state, payload)              # sent into a dead link
+            return
+        super()._deliver(p, c, typ, state, payload)
+
+
+def test_the_echo_turns_per_round_so_every_channel_carries_every_stale_boot(tmp_path):
+    """Captures of both directors' left boots replayed to each after both restarted, with one
+    channel down: the echo turned once per datagram, so with two channels each channel echoed
+    the same boots for ever and the live one could be never echoed where it was heard (two
+    active directors in about one run of four).  It turns once per keepalive round."""
+    for run in range(6):
+        d = tmp_path / str(run)
+        d.mkdir()
+        pair = PrivateDown(d)
+        old_primary = pair.start(hb.NODE_PRIMARY)
+        pair.run(1.5)
+        old_backup = pair.start(hb.NODE_BACKUP)
+        pair.run(2.0 + 0.05 * run)                        # each run at another phase of the rounds
+        cap_b = old_backup.encode(old_backup.channels[0], hb.T_HEARTBEAT)
+        cap_p = old_primary.encode(old_primary.channels[0], hb.T_HEARTBEAT)
+        pair.start(hb.NODE_PRIMARY)
+        pair.run(200.0)                                   # the captures age past max_skew
+        backup = pair.start(hb.NODE_BACKUP)
+        pair.run(2.0 + 0.05 * run)
+        primary = pair.start(hb.NODE_PRIMARY)
+        deliver = pair._deliver
+
+        def with_replays(p, c, typ, state, payload):
+            primary._receive(primary.channels[0], "heartbeat", cap_b)
+            backup._receive(backup.channels[0], "heartbeat", cap_p)
+            deliver(p, c, typ, state, payload)
+        pair._deliver = with_replays
+        pair.run(60.0)
+        assert sorted(pair.roles().values()) == ["active", "backup"], (run, pair.roles())
+        assert primary.status()["peer"]["alive"] and backup.status()["peer"]["alive"], run
+
+
+def test_heartbeats_of_a_boot_another_channel_saw_leave_are_no_news(tmp_path):
+    """The primary's public heartbeats held back for a minute; it restarts (an upgrade: its new
+    boot takes over again, preempt) and then dies.  The first boot's held-back heartbeats,
+    replayed on the public channel, where the backup had no stream yet, were taken as a new
+    boot's and kept the dead primary alive: the private channel saw that boot leave."""
+    from lb.ha.pulse import LEAVING
+
+    pair = HeldBack(tmp_path)
+    pair.ha = dataclasses.replace(pair.ha, preempt=True)
+    pair._deliver = lambda p, c, typ, state, payload: (
+        pair.withheld.append(p.encode(c, typ, state, payload))
+        if p.node == hb.NODE_PRIMARY and c.id == hb.CH_PUBLIC and p.node in pair.nodes
+        else Pair._deliver(pair, p, c, typ, state, payload))
+    p0, backup = pair.start(hb.NODE_PRIMARY), pair.start(hb.NODE_BACKUP)
+    pair.run(60.0)
+    old = list(pair.withheld)
+    p0._send_all(hb.T_HEARTBEAT, LEAVING)
+    pair.start(hb.NODE_PRIMARY)
+    pair.run(10.0)
+    assert pair.roles() == {0: "active", 1: "backup"}
+    del pair.nodes[hb.NODE_PRIMARY]                      # the new boot dies
+    chan = backup.channels[hb.CH_PUBLIC]
+    for data in old[:25]:
+        backup._receive(chan, "heartbeat", data)
+        pair.run(0.2)
+    assert backup.role == "active" and backup.status()["peer"]["alive"] is False
+
+
+def test_a_partition_of_weeks_heals(tmp_path):
+    """After 26 days apart (past half the mono field's range) the peer's heartbeats were all
+    "late" for as long again: both stayed active once the link came back."""
+    pair = Pair(tmp_path)
+    primary, backup = pair.start(hb.NODE_PRIMARY), pair.start(hb.NODE_BACKUP)
+    pair.run(3.0)
+    pair.cut = {0, 1}
+    pair.run(3.0)
+    assert pair.roles() == {0: "active", 1: "active"}
+    pair.t += 26 * 86400
+    for n in pair.next_hb:
+        pair.next_hb[n] = pair.t
+    pair.run(1.0)
+    pair.cut = set()
+    pair.run(10.0)
+    assert sorted(pair.roles().values()) == ["active", "backup"] and backup.counters["late"] == 0

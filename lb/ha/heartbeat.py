@@ -67,6 +67,7 @@ STATE_NAMES = {S_STARTING: "starting", S_BACKUP: "backup", S_ACTIVE: "active", S
 F_LINK_OK = 0x1
 F_MONO = 0x2                 # the header's mono field holds the sender's monotonic milliseconds
 MONO_MOD = 1 << 32
+MONO_ORDERED_S = (1 << 30) / 1000   # two readings this close (s, a quarter of the range) are ordered
 
 NODE_PRIMARY, NODE_BACKUP = 0, 1
 CH_PUBLIC, CH_PRIVATE = 0, 1
@@ -303,6 +304,10 @@ class ReplayGuard:
         if not (echoed or abs(now_wall_ns - m.ts_ns) <= self.max_skew_ns):
             return "stale"
         if st is None:
+            # a channel's first stream: not a boot another channel has seen the peer leave (its
+            # heartbeats held back on this segment, replayed once its successor is dead too)
+            if any(k[0] == m.node and m.boot in r for k, r in self.retired.items()):
+                return "replay"
             return None
         if st.echoed and not echoed and not st.leaving and 0 <= now_wall_ns - st.heard_ns < self.quiet_ns:
             return "replay"      # the live boot knows us, this one does not (yet)

@@ -387,12 +387,11 @@ class Pulse:
         self.peer_boot = 0                       # the peer's boot id as last accepted: our echo
         self.peer_echoed = 0                     # the peer's boot id whose heartbeats echo ours
         self._peer_said = (0, 0)                 # (boot, ts_ns) of the newest heartbeat heard from the peer
-        self._peer_mono = (0, 0)                 # (boot, mono) of the newest heartbeat heard (F_MONO)
+        self._peer_mono = (0, 0, 0.0)            # (boot, mono, our clock) of the newest heartbeat heard (F_MONO)
         # boots of authentic heartbeats not proven fresh ("stale") -> when last seen: echoed in
         # turn while no accepted boot of the peer is heard, so that a capture of an old boot
         # cannot keep our echo off the live one (which needs it to accept us)
         self._echo_candidates: dict[int, float] = {}
-        self._echo_turn = 0
         self._started = clock()                  # until half a deadtime after: only echoing messages are heard
         self.peer_skew: float | None = None      # peer's clock - ours (s), from its last heartbeat
         self.counters = {"rx": 0, "bad_auth": 0, "replay": 0, "stale": 0, "unheard": 0, "late": 0, "malformed": 0,
@@ -544,8 +543,10 @@ class Pulse:
         if not self._echo_candidates:
             return self.peer_boot
         boots = sorted(self._echo_candidates)
-        self._echo_turn += 1
-        return boots[self._echo_turn % len(boots)]
+        # one boot a keepalive round, the same on every channel: a turn per datagram gave each
+        # channel the same boots for ever (two channels, an even count), and with one channel
+        # down the live boot could be never echoed where it would hear it
+        return boots[int(now / self.ha.keepalive) % len(boots)]
 
     def encode(self, c: Channel, typ: int, state: int | None = None, payload: bytes | None = None) -> bytes:
         """The next datagram of ``typ`` on channel ``c`` (heartbeats and stand-downs carry our echo
@@ -702,10 +703,13 @@ class Pulse:
             # came there).  A capture held back on one segment while the other carried the
             # heartbeats, replayed once the peer is dead, would keep it "alive" for as long as
             # the capture lasts.
-            if m.boot == self._peer_mono[0] and hb.mono_before(m.mono, self._peer_mono[1]):
+            # (compared only within half the field's range of what we last heard: after a silence
+            # that long -- weeks of partition -- the order is unknown, and the message is news)
+            boot, mono, heard_at = self._peer_mono
+            if m.boot == boot and self.clock() - heard_at < hb.MONO_ORDERED_S and hb.mono_before(m.mono, mono):
                 self.counters["late"] += 1
                 return
-            self._peer_mono = (m.boot, m.mono)
+            self._peer_mono = (m.boot, m.mono, self.clock())
         self.counters["rx"] += 1
         c.rx += 1
         now = self.clock()
