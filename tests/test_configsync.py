@@ -371,3 +371,34 @@ def test_silent_connections_from_the_peers_address_do_not_hold_up_a_push(tmp_pat
     assert reply["result"] == "applied", reply
     assert closed >= 40 - configsync.MAX_READING and sb.counters["busy"] >= 40 - configsync.MAX_READING
     assert open_now < 40 + 2 * configsync.MAX_READING + 8      # our 40 ends, the server's few
+
+
+def test_a_push_under_way_is_not_the_one_dropped_for_silent_ones(tmp_path):
+    """The active's push half on the wire while four silent connections from the peer's
+    address arrive: the oldest read was dropped -- the real push, counted as a bad peer.  The
+    one dropped is the read that got least far: a silent one, without its first bytes."""
+    from lb.config import store
+    a, b, sa, sb = pair(tmp_path)
+
+    async def body():
+        r, w = await asyncio.open_connection("127.0.0.2", sb.port, local_addr=("127.0.0.1", 0))
+        cn = os.urandom(configsync.NONCE)
+        w.write(configsync.MAGIC + cn)
+        await w.drain()
+        sn = await r.readexactly(configsync.NONCE)
+        msg = {"role": "active", "serial_no": a.cfg.serial_no, "identity": store.identity(a.cfg),
+               "document": store.shared_document(a.cfg)}
+        data = configsync._message(KEY, b"push", cn + sn, msg)
+        w.write(data[:10])
+        await w.drain()
+        held = [await asyncio.open_connection("127.0.0.2", sb.port, local_addr=("127.0.0.1", 0)) for _ in range(4)]
+        await asyncio.sleep(0.05)
+        w.write(data[10:])
+        await w.drain()
+        reply = await configsync._read_message(r, KEY, b"reply", cn + sn)
+        for _r, hw in held:
+            hw.close()
+        return reply
+    reply = run(sa, sb, body)
+    assert reply["result"] == "applied", reply
+    assert sb.counters["busy"] == 1, sb.counters           # one silent connection dropped, not the push

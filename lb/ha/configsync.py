@@ -49,6 +49,7 @@ NONCE = 16
 MAX_MESSAGE = 2 * 1024 * 1024
 STEP_TIMEOUT = 10.0
 EXCHANGE_TIMEOUT = 20.0   # a push read whole within this, however it trickles
+HEAD_TIMEOUT = 2.0        # ... its first bytes (magic and nonce) within this: the peer sends them at once
 MAX_READING = 4           # pushes read at once (the peer makes one at a time): a 5th drops the oldest
 PUSH_INTERVAL = 3.0
 LOG_EVERY = 60.0          # a repeated refusal is logged at most this often
@@ -101,7 +102,8 @@ class ConfigSync:
         self.last_error: str | None = None
         self.counters = {"pushes": 0, "applied": 0, "refused": 0, "older": 0, "failed": 0, "bad_peer": 0,
                          "busy": 0}
-        self._reading: dict = {}            # connection (writer) -> when its read began
+        self._reading: dict = {}            # connection (writer) -> (its head read, when its read began)
+        self._dropped: set = set()          # connections dropped for a newer one, not yet ended
         self._ratelog = RateLimitedLog(log, LOG_EVERY)
 
     # ---- status ----
@@ -232,21 +234,26 @@ class ConfigSync:
                 return
             # Connections from the peer's address (or one spoofing it on the segment) are read
             # outside the lock that serialises the answers, a few at a time, each within one
-            # deadline, the oldest read dropped for a new one: silent ones used to queue for the
-            # lock without limit, a file descriptor each, and the real push waited behind them.
+            # deadline (its head within HEAD_TIMEOUT: the peer sends it at once); for a new one
+            # the read that got least far is dropped -- one without its head first, then the
+            # oldest.  Silent ones used to queue for the lock without limit, a file descriptor
+            # each, and the real push waited behind them.
             if len(self._reading) >= MAX_READING:
-                oldest = min(self._reading, key=self._reading.get)
-                self._reading.pop(oldest)
-                oldest.transport.abort()
+                least = min(self._reading, key=self._reading.get)
+                self._reading.pop(least)
+                self._dropped.add(least)
+                least.transport.abort()
                 self.counters["busy"] += 1
-                self._log("busy", "configuration sync: dropped the oldest of %d pushes being read for a new "
-                          "connection from %s", MAX_READING, peername[0])
-            self._reading[writer] = time.monotonic()
+                self._log("busy", "configuration sync: dropped one of %d pushes being read (the one that got "
+                          "least far) for a new connection from %s", MAX_READING, peername[0])
+            self._reading[writer] = (False, time.monotonic())
             try:
                 async with asyncio.timeout(EXCHANGE_TIMEOUT):
-                    head = await reader.readexactly(len(MAGIC) + NONCE)
+                    head = await asyncio.wait_for(reader.readexactly(len(MAGIC) + NONCE), HEAD_TIMEOUT)
                     if head[: len(MAGIC)] != MAGIC:
                         raise ValueError("not a configuration push")
+                    if writer in self._reading:
+                        self._reading[writer] = (True, self._reading[writer][1])
                     cn, sn = head[len(MAGIC):], os.urandom(NONCE)
                     writer.write(sn)
                     await writer.drain()
@@ -259,10 +266,13 @@ class ConfigSync:
             finally:
                 self._reading.pop(writer, None)
         except (OSError, ValueError, PermissionError, asyncio.TimeoutError, asyncio.IncompleteReadError) as e:
+            if writer in self._dropped:          # counted as busy when it was dropped
+                return
             self.counters["bad_peer"] += 1
             self._log("serve", "configuration sync: a push from %s failed: %s", peername[0], repr(e) if
                       isinstance(e, asyncio.TimeoutError) else e)
         finally:
+            self._dropped.discard(writer)
             writer.close()
 
     async def _answer(self, msg: dict, source: str) -> dict:
