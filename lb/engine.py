@@ -1427,6 +1427,10 @@ class Engine:
         self._wake = asyncio.Event()
 
         def request(kind):
+            if self._stop is not None:        # the first stop asked for decides its kind
+                log.warning("lb instance %r is stopping already (%s): a second request (%s) is ignored",
+                            self.cfg.instance, self._stop, kind)
+                return
             self._stop = kind
             self._wake.set()
 
@@ -1648,7 +1652,7 @@ def run(cfg, *, xdp_mode: str = "native", dataplane: str | None = None, on_sigte
     # a stop asked for while starting (a cold start compiles for seconds) is kept, and carried
     # out once the start is done: never a half-started data plane, never a traceback
     for sig, kind in ((signal.SIGTERM, on_sigterm), (signal.SIGINT, "clean"), (signal.SIGUSR2, "keep")):
-        signal.signal(sig, lambda _s, _f, kind=kind: setattr(eng, "_stop", kind))
+        signal.signal(sig, lambda _s, _f, kind=kind: setattr(eng, "_stop", eng._stop or kind))   # the first wins
     # and a reload asked for then (SIGHUP: its default action would kill the starting daemon,
     # leaving half a data plane) once running
     signal.signal(signal.SIGHUP, lambda _s, _f: setattr(eng, "_reload_at_start", True))
@@ -1700,7 +1704,12 @@ def hold_signals(eng, loop=None) -> None:
             said.append(signum)
             log.warning("lb instance %r is stopping already: %s ignored (the stop completes first)",
                         eng.cfg.instance, signal.Signals(signum).name)
-    for sig in STOP_SIGNALS:
-        if loop is not None:
-            loop.remove_signal_handler(sig)
-        signal.signal(sig, already_stopping)
+    # blocked while handlers change hands: one arriving in between waits for ours, not the default
+    blocked = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+    try:
+        for sig in STOP_SIGNALS:
+            if loop is not None:
+                loop.remove_signal_handler(sig)
+            signal.signal(sig, already_stopping)
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, blocked)

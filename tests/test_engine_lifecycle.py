@@ -125,6 +125,48 @@ def second_signal_child(run_dir: str, config: str, signame: str) -> int:
     return rc
 
 
+def change_of_mind_child(run_dir: str, config: str, first: str, second: str) -> int:
+    """In a process of its own: `lb run` asked to stop (``first``) while it starts, and sent
+    ``second`` while the loop's own parts stop (the BGP drain, metrics, pulse ...)."""
+    import asyncio
+    import logging
+    logging.basicConfig(level=logging.INFO, stream=sys.stdout, format="%(levelname)s %(message)s")
+
+    class Dataplane(StartingDataplane):
+        def load(self):
+            super().load()
+            os.kill(os.getpid(), signal.Signals[first])
+
+    stop_running = lbengine.Engine._stop_running
+
+    async def late(self, blocking, started):
+        os.kill(os.getpid(), signal.Signals[second])
+        await asyncio.sleep(0.1)                    # (its handler runs now)
+        await stop_running(self, blocking, started)
+    lbengine.Engine._stop_running = late
+    patch_host(setattr, run_dir, Dataplane)
+    rc = lbengine.run(lbconfig.load(config), dataplane="ipvs")
+    print("EVENTS", EVENTS, flush=True)
+    return rc
+
+
+@pytest.mark.parametrize("first, second, kept", [("SIGINT", "SIGUSR2", False), ("SIGUSR2", "SIGINT", True)])
+def test_the_first_stop_asked_for_decides_its_kind(tmp_path, first, second, kept):
+    """`lb stop` then `lb stop --keep-dataplane` (or the other way) while the loop's parts stop:
+    the second changed the kind half-way -- a restart that was to keep every connection became
+    a clean stop, or a clean stop left XDP attached.  The first decides; the second is said."""
+    config = write(tmp_path / "lb.toml", instance=f"mind{os.getpid() % 10000}")
+    code = (f"import sys; sys.path[:0] = [{str(TESTS)!r}, {str(REPO)!r}]; import test_engine_lifecycle as t; "
+            f"sys.exit(t.change_of_mind_child({str(tmp_path)!r}, {str(config)!r}, {first!r}, {second!r}))")
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                       env=dict(os.environ, PYTHONPATH=f"{REPO}{os.pathsep}{TESTS}"))
+    out = p.stdout + p.stderr
+    assert p.returncode == 0 and "Traceback" not in out, out
+    assert "a second request" in out and "is ignored" in out, out
+    events = out.split("EVENTS ", 1)[1]
+    assert ("'detach_all'" in events) is not kept and ("'unpin'" in events) is not kept, out
+
+
 @pytest.mark.parametrize("second", ["SIGINT", "SIGHUP", "SIGTERM", "SIGUSR2"])
 def test_a_second_signal_during_the_stop_lets_it_complete(tmp_path, second):
     """The first signal stops lb; a second one (Ctrl-C twice, a SIGHUP, systemd's SIGTERM) while
