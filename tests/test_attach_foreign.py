@@ -17,7 +17,7 @@ from lb.dataplane.errors import DataplaneError
 
 @pytest.fixture
 def kernel(tmp_path, monkeypatch):
-    pin = tmp_path / "pins"
+    pin = tmp_path / "bpf" / "inst"          # a resize moves it aside to tmp_path / "lb-resized-inst"
     (pin / "sub").mkdir(parents=True)
     k = types.SimpleNamespace(attached=None, uses={}, pinned={"lb_services": 11, "sub/lb_conns": 12},
                               fds={})
@@ -43,6 +43,20 @@ def kernel(tmp_path, monkeypatch):
     monkeypatch.setattr(bpfsys, "prog_name", lambda pid: {7: "lb_xdp_public", 9: "xdp_dispatcher"}[pid])
     k.dp = types.SimpleNamespace(pin=str(pin))
     return k
+
+
+def test_the_previous_process_s_program_on_maps_a_resize_moved_aside_is_this_instance_s(kernel, tmp_path):
+    """A restart with bigger [tables]: the resize moves the instance's directory aside
+    (lb-resized-<instance>) and pins new maps; the previous process's guard program on another
+    interface uses only the old ones.  It was refused as another instance's, and every restart
+    failed the same way."""
+    from lb.dataplane.resize import old_dir
+    aside = old_dir(kernel.dp.pin)
+    os.makedirs(aside)
+    open(os.path.join(aside, "lb_services"), "w").close()
+    kernel.pinned[os.path.relpath(os.path.join(aside, "lb_services"), kernel.dp.pin)] = 31
+    kernel.attached, kernel.uses[7] = 7, [31, 32]
+    refuse(kernel)
 
 
 def refuse(k, ifname="pub0"):

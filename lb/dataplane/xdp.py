@@ -34,7 +34,7 @@ from .mhtable import MhTables
 from .nexthop import resolve
 from .program import Program, Sizes
 from .rates import RateEstimator
-from .resize import Resize, open_dir
+from .resize import Resize, old_dir, open_dir
 from .services import ServiceTable, key_of
 from .spec import ServiceSpec, TableSpec
 from .txn import MapTxn
@@ -317,7 +317,10 @@ class XdpDataplane(Dataplane):
         except OSError:
             return                      # gone meanwhile
         pinned = set()
-        for top, _dirs, files in os.walk(self.pin):
+        # ... and under the directory a resize moved the previous maps to: the previous
+        # process's programs on the other interfaces (the guards) use only those
+        places = [self.pin, old_dir(self.pin)]
+        for top, _dirs, files in (w for place in places for w in os.walk(place)):
             for f in files:
                 try:
                     fd = obj_get(os.path.join(top, f))
