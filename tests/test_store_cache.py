@@ -102,3 +102,23 @@ def test_keepalived_includes_with_a_pattern_for_a_directory_are_not_kept(tmp_pat
     assert store.read(conf).cfg is not None
     store.read(conf)
     assert len(parses) == 2
+
+
+def test_what_the_host_says_of_users_and_a_file_that_does_not_load_are_read_again(tmp_path, parses, monkeypatch):
+    """The loader checks script_user against the users: a file read before `useradd` kept its
+    "no such user" after it (the console refused edits of a file lb reload took); and a file
+    with an error is not kept at all (the operator is fixing it)."""
+    passwd = tmp_path / "passwd"
+    passwd.write_text("root:x:0:0::/root:/bin/sh\n")
+    monkeypatch.setattr(store, "HOST_FILES", (str(passwd),))
+    path = write_config(tmp_path / "lb.toml")
+    store.read(path)
+    store.read(path)
+    assert parses == [str(path)]
+    passwd.write_text("root:x:0:0::/root:/bin/sh\nlbcheck:x:999:999::/:/bin/false\n")
+    store.read(path)
+    assert parses == [str(path)] * 2
+    bad = tmp_path / "bad.toml"
+    bad.write_text(path.read_text().replace('scheduler = "rr"', 'scheduler = "lottery"'))
+    assert store.read(bad).cfg is None and store.read(bad).cfg is None
+    assert parses[2:] == [str(bad)] * 2

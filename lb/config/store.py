@@ -109,6 +109,7 @@ _CACHE_LOCK = threading.Lock()      # read() runs on the event loop and in its e
 # A file written twice within its file system's timestamp granularity may keep its stamp: one
 # changed this recently (ns) is not kept (git's "racy" entries); the next read parses it again.
 RACY_NS = 2_000_000_000
+HOST_FILES = ("/etc/passwd", "/etc/group")   # what a file's meaning depends on besides its own text
 
 
 def read(path: str | os.PathLike) -> Snapshot:
@@ -143,7 +144,11 @@ def read(path: str | os.PathLike) -> Snapshot:
             stamps = {**watch.stamps, key: stamp}
         else:
             stamps = None
-    keep = stamps is not None and all(st is not None and st[3] < started - RACY_NS for st in stamps.values())
+    if stamps is not None:
+        # the loader checks users too (script_user): a useradd changes what the file means
+        stamps.update({p: _toml.file_stamp(p) for p in HOST_FILES})
+    keep = err is None and stamps is not None and \
+        all(st is not None and st[3] < started - RACY_NS for k, st in stamps.items() if k not in HOST_FILES)
     with _CACHE_LOCK:
         _CACHE.pop(key, None)
         if keep:
