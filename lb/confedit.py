@@ -123,7 +123,11 @@ class ConfigRequests:
             out["file_differs"] = True
         else:
             out["file_serial_no"] = snap.cfg.serial_no
-            out["file_differs"] = store.identity(snap.cfg) != out["identity"]
+            # the identity leaves each director's own interfaces out (config sync): a hand edit of
+            # a virtual server's device is a difference here all the same
+            out["file_differs"] = store.identity(snap.cfg) != out["identity"] or \
+                [(vs.name, vs.device) for vs in snap.cfg.virtual_servers] != \
+                [(vs.name, vs.device) for vs in cfg.virtual_servers]
             out["restart_needed"] = restart_needed(cfg, snap.cfg)
         if self.last_edit is not None:
             out["last_edit"] = self.last_edit

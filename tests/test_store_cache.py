@@ -122,3 +122,13 @@ def test_what_the_host_says_of_users_and_a_file_that_does_not_load_are_read_agai
     bad.write_text(path.read_text().replace('scheduler = "rr"', 'scheduler = "lottery"'))
     assert store.read(bad).cfg is None and store.read(bad).cfg is None
     assert parses[2:] == [str(bad)] * 2
+
+
+def test_a_hand_edit_of_a_device_alone_is_a_difference(tmp_path):
+    """The configuration's identity leaves the interfaces out (each director keeps its own over
+    config sync); `lb status` and the console still say the file differs from what runs."""
+    path = write_config(tmp_path / "lb.toml")
+    eng = DaemonEngine(path)
+    assert eng.configs.info()["file_differs"] is False
+    path.write_text(path.read_text().replace('port = 80\n', 'port = 80\ndevice = "eth1"\n', 1))
+    assert eng.configs.info()["file_differs"] is True
