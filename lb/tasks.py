@@ -125,7 +125,7 @@ class RateLimitedLog:
         self._last[key] = (now, 0)
         if held:
             msg += f" ({held} more like it in the last {now - last:.0f}s)"
-        self.logger.log(level, msg, *args, exc_info=exc_info)
+        self.logger.log(level, msg, *args, exc_info=exc_info or None)
         return True
 
 
