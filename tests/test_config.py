@@ -1256,3 +1256,20 @@ def test_monitor_keys_its_kind_ignores_are_warned_about():
           address = "198.18.1.11"
         """), "w.toml")
     assert https.warnings == ()
+    # a UDP service's tcp monitor (the default) sends and expects in datagrams: nothing to warn of
+    udp = loads(doc("""\
+        [global]
+        public_interface = "pub0"
+
+        [[virtual_server]]
+        name = "dns"
+        address = "198.18.0.10"
+        port = 53
+        protocol = "udp"
+          [virtual_server.monitor]
+          send = "ping"
+          expect = "pong"
+          [[virtual_server.real_server]]
+          address = "198.18.1.11"
+        """), "w.toml")
+    assert udp.warnings == ()

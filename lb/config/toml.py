@@ -1118,9 +1118,12 @@ def _check_monitor(vs: _Table, user: str) -> Monitor | _Invalid:
                    port=port, quiesce=quiesce, script_user=script_user, **times)
     # A key set to other than its default that this kind never reads is a mistake worth a word
     # (example.toml's full list of defaults is not).
+    # the kind the checks run: a UDP service's tcp / send_expect monitor sends and expects in
+    # datagrams (lb.engine.check_spec)
+    runs = "udp" if kind in ("tcp", "send_expect") and vs.data.get("protocol") == "udp" else kind
     for key, kinds in MONITOR_KIND_KEYS.items():
         default = user if key == "script_user" else getattr(d, key)
-        if key in m.data and kind not in kinds and getattr(mon, key) != default:
+        if key in m.data and runs not in kinds and getattr(mon, key) != default:
             m.chk.warn(m.at(key), f"no effect with kind \"{kind}\" (used by: {', '.join(kinds)})")
     return mon
 
