@@ -440,9 +440,16 @@ def test_lvscf_ipv6_vip_nmask_is_a_prefix_length(value: str) -> None:
     assert "     vip_nmask = 64" in lvscf.dumps(cfg, lvscf.loads_with_extras(text)[1]).splitlines()
     host = lvscf.loads(text.replace(f"vip_nmask = {value}", "vip_nmask = 128"))
     assert not [w for w in host.warnings if w.field.endswith("vip_nmask")]
-    assert _cf_issue(text.replace(f"vip_nmask = {value}", "vip_nmask = 255.255.255.0")) == (
-        "lvs.cf:7: virtual[web6].vip_nmask: '255.255.255.0' is an IPv4 netmask but the virtual server is IPv6: "
-        "give a prefix length 1..128 (e.g. 64)")
+    # an IPv4 netmask (a block copied from an IPv4 one, as Piranha's files carry it in every
+    # virtual) has no effect either: warned about and kept, never a refusal of the file
+    ipv4 = text.replace(f"vip_nmask = {value}", "vip_nmask = 255.255.255.255")
+    cfg = lvscf.loads(ipv4, path="lvs.cf")
+    assert [(w.line, w.message) for w in cfg.warnings if w.field.endswith("vip_nmask")] == [
+        (7, "no effect: an IPv4 netmask (255.255.255.255) on an IPv6 virtual server; lb adds the VIP as a host "
+            "address (/128)")]
+    assert "     vip_nmask = 255.255.255.255" in lvscf.dumps(cfg, lvscf.loads_with_extras(ipv4)[1]).splitlines()
+    assert _cf_issue(text.replace(f"vip_nmask = {value}", "vip_nmask = 255.0.255.0")) == (
+        "lvs.cf:7: virtual[web6].vip_nmask: expected an IPv6 prefix length 1..128 (64 or /64), got '255.0.255.0'")
 
 
 @pytest.mark.parametrize("text, expected", [

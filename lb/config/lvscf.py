@@ -422,10 +422,14 @@ def _vip_prefix6(v: _Scope) -> str | None:
     """vip_nmask of an IPv6 virtual: a prefix length (64 or /64), kept as its number."""
     e = v.entries["vip_nmask"]
     prefix = parse_prefix_length(e.value)
+    if prefix is None and "." in e.value:
+        try:
+            ipaddress.IPv4Network(f"0.0.0.0/{e.value}")
+            return e.value      # an IPv4 netmask (a block copied from an IPv4 one): no effect, kept
+        except ValueError:
+            pass
     if prefix is None:
-        v.error(e, f"'{e.value}' is an IPv4 netmask but the virtual server is IPv6: give a prefix length "
-                   f"1..128 (e.g. 64)" if "." in e.value else
-                   f"expected an IPv6 prefix length 1..128 (64 or /64), got {e.value!r}")
+        v.error(e, f"expected an IPv6 prefix length 1..128 (64 or /64), got {e.value!r}")
         return None
     return str(prefix)
 
@@ -908,7 +912,10 @@ class _Builder:
                 val = v.extra(key, kind)
             if val is not None:
                 vx[key] = val
-        if v6 and vx.get("vip_nmask", "128") != "128":
+        if v6 and "." in str(vx.get("vip_nmask", "")):
+            self.warn(v, "vip_nmask", f"no effect: an IPv4 netmask ({vx['vip_nmask']}) on an IPv6 virtual "
+                                      f"server; lb adds the VIP as a host address (/128)")
+        elif v6 and vx.get("vip_nmask", "128") != "128":
             self.warn(v, "vip_nmask", f"no effect: lb adds the VIP as a host address (/128), not with "
                                       f"prefix length {vx['vip_nmask']}")
         elif not v6 and vx.get("vip_nmask", "255.255.255.255") != "255.255.255.255":
