@@ -194,8 +194,9 @@ def test_metrics_table() -> None:
 
 
 def test_web_and_metrics_beyond_this_host_are_warned_about() -> None:
-    """The console's password and session cookie over plain HTTP, and the metrics endpoint (no
-    authentication), on an address beyond this host: warnings naming listen (lb check said ok)."""
+    """The console's password and session cookie over plain HTTP on an address beyond this host,
+    and the metrics endpoint (no authentication) on every address: warnings naming listen (lb
+    check said ok)."""
     base = '[global]\npublic_interface = "eth0"\n'
     both = base + ('[web]\nenabled = true\nlisten = "198.18.0.1:3636"\n'
                    '[metrics]\nenabled = true\nlisten = "[::]:9640"\n')
@@ -204,8 +205,11 @@ def test_web_and_metrics_beyond_this_host_are_warned_about() -> None:
         (5, "web.listen", "the console listens on 198.18.0.1:3636, beyond this host, over plain HTTP: its password "
                           "and session cookie would cross the network in clear; set tls_cert and tls_key, or listen "
                           "on 127.0.0.1 behind a TLS proxy (trusted_proxies)"),
-        (8, "metrics.listen", "the endpoint listens on [::]:9640, beyond this host, and has no authentication: open "
-                              "it only to the Prometheus server (a firewall rule), or listen on 127.0.0.1")]
+        (8, "metrics.listen", "the endpoint listens on [::]:9640, every address of this host, and has no "
+                              "authentication: listen on the management address and open it only to the "
+                              "Prometheus server (a firewall rule), or on 127.0.0.1")]
+    # the metrics endpoint on a management address of its own: the documented setup, no warning
+    assert [w.field for w in loads(both.replace('"[::]:9640"', '"198.18.0.1:9640"')).warnings] == ["web.listen"]
     tls = both.replace('listen = "198.18.0.1:3636"\n', 'listen = "198.18.0.1:3636"\ntls_cert = "w.crt"\n'
                                                       'tls_key = "w.key"\n')
     proxied = both.replace('listen = "198.18.0.1:3636"\n', 'listen = "198.18.0.1:3636"\n'

@@ -1756,11 +1756,12 @@ def _check_metrics(top: _Table, web: Web | _Invalid) -> Metrics | _Invalid:
         m.chk.error(m.at("listen" if "listen" in m.data else "enabled"),
                     f"[web] listens on {_endpoint(web.address, web.port)} already: give [metrics] another port")
         return INVALID
-    if enabled is True and not address.is_loopback:
+    # every address at once (a management address of its own is the documented setup: not warned of)
+    if enabled is True and address.is_unspecified:
         m.chk.warn(m.at("listen" if "listen" in m.data else "enabled"),
-                   f"the endpoint listens on {_endpoint(address, port)}, beyond this host, and has no "
-                   f"authentication: open it only to the Prometheus server (a firewall rule), or listen on "
-                   f"127.0.0.1")
+                   f"the endpoint listens on {_endpoint(address, port)}, every address of this host, and has "
+                   f"no authentication: listen on the management address and open it only to the Prometheus "
+                   f"server (a firewall rule), or on 127.0.0.1")
     return Metrics(enabled=_valid(enabled), address=address, port=port)
 
 
