@@ -166,8 +166,8 @@ def test_ipv6_nat_service_with_ports_and_sorry_server() -> None:
 
 
 def test_nat_services_of_the_family_nat_router_is_not_are_warned_about() -> None:
-    """One nat_router, one family: the other family's real servers have no gateway (lb check said
-    ok without a word)."""
+    """One nat_router, one family: with [ha], the other family's real servers have no gateway
+    that moves with the active director (lb check said ok without a word)."""
     text = doc("""\
         [global]
         public_interface = "pub0"
@@ -196,15 +196,20 @@ def test_nat_services_of_the_family_nat_router_is_not_are_warned_about() -> None
         [[virtual_server.real_server]]
         address = "198.18.1.12"
         """)
-    cfg = loads(text)
+    # alone, the director's own private IPv4 address is the IPv4 real servers' gateway: no warning
+    assert loads(text).warnings == ()
+    # with [ha] the gateway must move with the active director: only nat_router does
+    key = "/tmp/lb-test-ha.key"
+    ha = text + f'[ha]\nprimary = "198.18.0.1"\nbackup = "198.18.0.3"\nkey_file = "{key}"\n'
+    cfg = loads(ha)
     got = [(w.line, w.field, w.message) for w in cfg.warnings]
     assert [(line, field) for line, field, _ in got] == [(8, "virtual_server[0].address"),
                                                          (22, "virtual_server[2].port_group[0].address")]
-    assert got[0][2] == ("NAT: this IPv4 virtual server's real servers have no gateway on the director: nat_router "
-                         "(2001:2:0:1::fffe/64) is IPv6, and lb owns one nat_router (one address family); their "
-                         "replies must reach the director by a route of their own")
-    direct = text.replace('network = "nat"', 'network = "direct"')
-    assert loads(direct).warnings == ()
+    assert got[0][2] == ("NAT: this IPv4 virtual server's real servers have no gateway that moves with the active "
+                         "director: nat_router (2001:2:0:1::fffe/64) is IPv6, and lb owns one nat_router (one "
+                         "address family); their replies must reach the active director by a route of their own")
+    direct = ha.replace('network = "nat"', 'network = "direct"')
+    assert not [w for w in loads(direct).warnings if "NAT" in w.message]
 
 
 @pytest.mark.parametrize("value", ["fe80::1/64", "2001:2:0:1::/127", "2001:2:0:1::1/128"])

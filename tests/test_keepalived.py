@@ -314,7 +314,7 @@ def test_dual_stack_nat_keeps_one_gateway_and_says_so() -> None:
         "2001:2:0:1::fffe/64: lb owns only one real servers' gateway (nat_router, of one address family): "
         "198.18.1.254/24 is it, this address is not added")
     assert said[(22, "virtual_server[2001:2::10 80]")].startswith(
-        "NAT: this IPv6 virtual server's real servers have no gateway on the director")
+        "NAT: this IPv6 virtual server's real servers have no gateway that moves with the active director")
     assert not any(f.startswith("virtual_server[198.18.0.10") for _, f in said)
 
 

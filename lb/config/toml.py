@@ -1170,9 +1170,10 @@ def _check_load_monitor(vs: _Table, user: str) -> LoadMonitor | None | _Invalid:
 
 def _check_nat_families(chk: _Checker, drafts: list[_VirtualDraft | _Invalid],
                         nat_router: IPv4Interface | IPv6Interface) -> None:
-    """NAT: the real servers reply through nat_router, the one gateway lb owns, of one address
-    family; a virtual server of the other family has real servers without it (a warning: their
-    replies may reach the director another way, e.g. a route of their own)."""
+    """NAT with [ha]: the real servers reply through nat_router, the one gateway lb moves with
+    the active role, of one address family; a virtual server of the other family has real
+    servers without it after a failover (a warning: their replies may reach the director
+    another way, e.g. a route of their own)."""
     for vs in drafts:
         if isinstance(vs, _Invalid) or isinstance(vs.address, _Invalid):
             continue
@@ -1184,9 +1185,10 @@ def _check_nat_families(chk: _Checker, drafts: list[_VirtualDraft | _Invalid],
             where: FieldPath = vs.path + ("port_group", first, "address")
         else:
             where = vs.path + ("address",)
-        chk.warn(where, f"NAT: this IPv{v} virtual server's real servers have no gateway on the director: "
-                        f"nat_router ({nat_router}) is IPv{nat_router.version}, and lb owns one nat_router (one "
-                        f"address family); their replies must reach the director by a route of their own")
+        chk.warn(where, f"NAT: this IPv{v} virtual server's real servers have no gateway that moves with the "
+                        f"active director: nat_router ({nat_router}) is IPv{nat_router.version}, and lb owns one "
+                        f"nat_router (one address family); their replies must reach the active director by a "
+                        f"route of their own")
 
 
 def _check_reals_of(chk: _Checker, vs: _VirtualDraft, network: str | _Invalid) -> None:
@@ -1923,7 +1925,9 @@ def validate(doc: dict[str, Any], display: str, positions: Positions, path: Path
     for vs in drafts:
         if not isinstance(vs, _Invalid):
             _check_reals_of(chk, vs, network)
-    if network == "nat" and isinstance(nat_router, (IPv4Interface, IPv6Interface)):
+    # with [ha] the real servers' gateway must float (nat_router); alone, the director's own
+    # private address of the other family is a gateway as good
+    if network == "nat" and isinstance(nat_router, (IPv4Interface, IPv6Interface)) and "ha" in top.data:
         _check_nat_families(chk, drafts, nat_router)
     _check_services(chk, drafts)
     _check_counts(
