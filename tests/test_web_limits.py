@@ -155,6 +155,34 @@ def test_listening_on_every_ipv6_address_is_every_ipv4_address_too(tmp_path, pwf
     assert console.settings.trusts("::ffff:127.0.0.1") and webapp.plain_address("::ffff:127.0.0.1") == "127.0.0.1"
 
 
+def test_every_address_on_a_host_without_ipv6_is_every_ipv4_address(tmp_path, pwfile, monkeypatch, caplog):
+    """[web] listen = "[::]:PORT" where the kernel has no IPv6 (socket.create_server's dual stack
+    raises ValueError there, which serve() did not catch: a traceback): 0.0.0.0, with a warning."""
+    monkeypatch.setattr(webmain.socket, "has_dualstack_ipv6", lambda: False)
+    console = make_console(tmp_path, pwfile, listen_host="::")
+
+    async def go():
+        run_ = webmain.runner(console)
+        await run_.setup()
+        server, _ = await webmain.listen(run_, "::", 0)
+        try:
+            assert server.sockets[0].family == socket.AF_INET
+            port = server.sockets[0].getsockname()[1]
+            r, w = await asyncio.wait_for(asyncio.open_connection("127.0.0.1", port), 10)
+            w.write(b"GET /login HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+            reply = await asyncio.wait_for(r.read(), 10)
+            w.close()
+            assert reply.startswith(b"HTTP/1.1 200"), reply[:200]
+        finally:
+            server.close()
+            await run_.cleanup()
+            await server.wait_closed()
+
+    with caplog.at_level(logging.WARNING, logger="lb.web"):
+        asyncio.run(go())
+    assert "no IPv6 on this host: listening on 0.0.0.0:0" in caplog.text
+
+
 async def exchange(r, w, path: str, cookie: str | None = None) -> bytes:
     """GET ``path`` (keep-alive) on a connection: the answer's status line, its body read."""
     w.write(f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n".encode()

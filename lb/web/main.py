@@ -2,7 +2,8 @@
 
 It asks the daemon for its [web] settings over the control socket (so it reads no configuration
 file), waits for the daemon when it is not up yet, and serves the console on [web] listen
-("[::]:PORT": every address of both families), with TLS when [web] has a certificate.  It exits
+("[::]:PORT": every address of both families; on a host without IPv6, with a warning, every IPv4
+address), with TLS when [web] has a certificate.  It exits
 when [web] enabled is false (status 0: nothing to do) and on SIGTERM/SIGINT.
 
 Whoever reaches the port cannot take the console down, nor lock a logged-in operator out: at most
@@ -261,6 +262,11 @@ async def listen(run: web.AppRunner, host: str, port: int, tls=None, trusts=lamb
         console.admit = connections.admit
     options = dict(ssl=tls, backlog=BACKLOG, ssl_handshake_timeout=TLS_HANDSHAKE_TIMEOUT if tls else None)
     loop = asyncio.get_running_loop()
+    if _every_address(host) and not socket.has_dualstack_ipv6():
+        # a kernel without IPv6 (ipv6.disable=1): "[::]:PORT" is then every address it has
+        log.warning("web console: no IPv6 on this host: listening on 0.0.0.0:%d (every IPv4 address) "
+                    "for [web] listen [::]:%d", port, port)
+        host = "0.0.0.0"
     if _every_address(host):
         # "[::]:PORT" is every address, IPv4's too (as the metrics endpoint's, and as Settings.host_allowed
         # takes it): asyncio's own socket for "::" would be IPv6 only (IPV6_V6ONLY)
