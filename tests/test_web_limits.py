@@ -508,8 +508,8 @@ def test_fresh_addresses_do_not_clear_a_clients_wait(tmp_path, pwfile, monkeypat
 
 
 def test_what_a_client_without_a_session_can_cause_is_counted_not_a_line_each(tmp_path, pwfile, caplog):
-    """Foreign Hosts (4 KB each), cross-origin POSTs, throttled logins, failed logins from fresh
-    addresses: each kind counted and logged once (per LOG_EVERY), values cut at 100 characters."""
+    """Foreign Hosts (4 KB each), cross-origin POSTs, throttled logins: each kind counted and
+    logged once (per LOG_EVERY), values cut at 100 characters; failed logins once per client."""
     console = make_console(tmp_path, pwfile, trusted_proxies=(webapp.ipaddress.ip_network("127.0.0.1/32"),))
     console.throttle.base = 30.0
     counts = webapp.counts
@@ -538,13 +538,37 @@ def test_what_a_client_without_a_session_can_cause_is_counted_not_a_line_each(tm
                                               "failed logins")}
     assert got == {"refused hosts": n, "cross-origin posts": n, "logins not checked": n, "failed logins": 11}
     lines = [x.getMessage() for x in caplog.records]
-    assert len(lines) == 4 and len(caplog.text) < 4000, lines
+    assert len(lines) == 14 and len(caplog.text) < 6000, lines
+    assert [x.split(" (")[0] for x in lines[4:]] == [f"web console: failed login from 198.18.1.{i}" for i in range(10)]
     assert "refused Host 'hhhh" in lines[0] and "h" * 101 not in lines[0]
     assert lines[0].endswith(f"; {before['refused hosts'] + 1} since start)")
     assert "POST '/ppp" in lines[1] and "Origin 'https://ooo" in lines[1]
     assert "o" * 100 not in lines[1] and "p" * 100 not in lines[1]
     assert lines[2].startswith("web console: failed login from 198.18.0.66 (user 'uuu") and "u" * 100 not in lines[2]
     assert lines[3].startswith("web console: login from 198.18.0.66 not checked: too many failed logins")
+
+
+def test_each_clients_failed_logins_are_logged_with_its_address(tmp_path, pwfile, caplog):
+    """The failed logins' trail: one line per client at most every LOG_EVERY seconds, with its
+    address (one shared key logged only the first client's in each 10 s); the clients it
+    remembers for that are bounded."""
+    console = make_console(tmp_path, pwfile, trusted_proxies=(webapp.ipaddress.ip_network("127.0.0.1/32"),))
+    console.throttle.base = 0.0                  # no waits: every attempt is checked
+    sources = ("203.0.113.5", "198.51.100.9", "2001:db8:1:2::1", "2001:db8:1:2::2", "2001:db8:1:3::1")
+
+    async def body(client):
+        for _ in range(3):
+            for a in sources:
+                assert (await login(client, "wrong", headers={"X-Forwarded-For": a})).status == 401
+
+    with caplog.at_level(logging.WARNING, logger="lb.web"):
+        run(console, body)
+    told = [x.getMessage().split(" (")[0] for x in caplog.records]
+    assert told == [f"web console: failed login from {a}" for a in sources if a != "2001:db8:1:2::2"], told
+    trail = webapp.ClientLog(logging.getLogger("lb.web.test"), 10.0, most=8, clock=lambda: 0.0)
+    for i in range(100):
+        assert trail.log(f"198.18.0.{i}", logging.DEBUG, "x")
+    assert len(trail._last) == 8 and "198.18.0.99" in trail._last
 
 
 # ---- sessions and the password file -----------------------------------------------------------------
