@@ -27,8 +27,8 @@ its field.
 Hardening: a Host allow-list (the listen address, localhost and [web] allowed_hosts: no DNS
 rebinding), X-Forwarded-For/-Proto/-Host believed only from [web] trusted_proxies, every POST
 with the session's CSRF token and, when the browser sends one, an Origin of the console's own
-(forwarded) scheme and host; login attempts throttled per client (an address; an IPv6 /64, and
-its /48 too: each failure doubles that client's wait, up to a minute; a bounded number of password
+(forwarded) scheme and host; login attempts throttled per client (an address; an IPv6 /64: each
+failure doubles that client's wait, up to a minute, never another's; a bounded number of password
 checks at once, the others waiting their turn, fewer failures first), never with a global lock; sessions end
 ``session_lifetime`` after login however busy (and after an hour idle), and when the password
 file's line changes (`lb passwd`); the cookie is Secure whenever the browser reached the console
@@ -65,7 +65,7 @@ from lb import weight as lbweight
 from lb.config.model import endpoint_text as _endpoint
 from lb.tasks import RateLimitedLog
 from lb.web import assets, forms, password
-from lb.web.clients import client_keys, plain_address
+from lb.web.clients import client_key, plain_address
 
 log = logging.getLogger("lb.web")
 
@@ -144,7 +144,7 @@ _slow_log = RateLimitedLog(log, 10.0)
 
 
 class ClientLog(RateLimitedLog):
-    """A RateLimitedLog keyed by client (``client_keys``' first): each client's events logged with
+    """A RateLimitedLog keyed by client (``client_key``): each client's events logged with
     its address, at most one per ``interval``; the clients remembered are bounded (``most``):
     past that, those not logged within ``interval`` go (their next event is logged anyway), then
     the oldest.  A client's lines come no faster than its events, failed logins no faster than the
@@ -267,55 +267,52 @@ def _digest(line: str) -> str:
 
 
 class Throttle:
-    """Per-client login throttling (a client: ``client_keys``, an address, or an IPv6 /64 and its
-    /48 each): each failure doubles the wait of the client's every key (FAIL_DELAY up to
-    FAIL_DELAY_MAX), the longest of them the client's; one attempt per key at a time (so one per
-    IPv6 /48: its 65,536 /64s do not make 65,536 attempts at once); at most MAX_LOGIN_CHECKS
-    password checks at once, the other clients waiting their turn (fewer failures first, then
-    first come) at most CHECK_WAIT seconds.  A busy attacker slows only itself (and its /48): a
-    client without failures waits behind the checks running, never behind an attacker's queue."""
+    """Per-client login throttling (a client: ``client_key``, an address or an IPv6 /64): each
+    failure doubles the client's wait (FAIL_DELAY up to FAIL_DELAY_MAX); one attempt per client at
+    a time; at most MAX_LOGIN_CHECKS password checks at once, the other clients waiting their turn
+    (fewer failures first, then first come) at most CHECK_WAIT seconds.  A busy attacker slows
+    only itself: a client without failures waits behind the checks running, never behind an
+    attacker's queue, and never waits for another client's failures (nor its IPv6 /48's: the
+    bound on checks at once bounds what a site's many /64s can guess)."""
 
     def __init__(self, base: float = FAIL_DELAY, cap: float = FAIL_DELAY_MAX, checks: int = MAX_LOGIN_CHECKS,
                  wait: float = CHECK_WAIT):
         self.base, self.cap, self.checks, self.wait = base, cap, checks, wait
-        self.clients: dict[str, tuple[int, float]] = {}   # key -> (failures, end of its wait)
-        self.inflight: set[str] = set()                    # keys with an attempt being checked
+        self.clients: dict[str, tuple[int, float]] = {}   # client -> (failures, end of its wait)
+        self.inflight: set[str] = set()                    # clients with an attempt being checked
         self.running = 0                                   # checks running
         self.queue: list = []                              # heap of (failures, arrival, future) waiting
         self._arrivals = itertools.count()
 
-    def refuse(self, keys: tuple[str, ...], now: float) -> str | None:
-        for i, key in enumerate(keys):
-            whose = "your address" if i == 0 else "your network"
-            if key in self.inflight:
-                return f"a login from {whose} is being checked: wait for it"
-            until = self.clients.get(key, (0, 0.0))[1]
-            if now < until:
-                return f"too many failed logins from {whose}: try again in {until - now:.0f} s"
+    def refuse(self, client: str, now: float) -> str | None:
+        if client in self.inflight:
+            return "a login from your address is being checked: wait for it"
+        until = self.clients.get(client, (0, 0.0))[1]
+        if now < until:
+            return f"too many failed logins from your address: try again in {until - now:.0f} s"
         return None
 
-    async def take(self, keys: tuple[str, ...]) -> bool:
+    async def take(self, client: str) -> bool:
         """Wait for a check slot (``end`` gives it back); False when none came within ``wait``."""
-        self.inflight.update(keys)
+        self.inflight.add(client)
         if self.running < self.checks:      # then no one waits but clients that left
             self.queue.clear()
             self.running += 1
             return True
         turn = asyncio.get_running_loop().create_future()
-        fails = max(self.clients.get(k, (0, 0.0))[0] for k in keys)
-        heapq.heappush(self.queue, (fails, next(self._arrivals), turn))
+        heapq.heappush(self.queue, (self.clients.get(client, (0, 0.0))[0], next(self._arrivals), turn))
         try:
             await asyncio.wait((turn,), timeout=self.wait)
         except BaseException:
-            self._leave(keys, turn)
+            self._leave(client, turn)
             raise
         if turn.done():
             return True
-        self._leave(keys, turn)
+        self._leave(client, turn)
         return False
 
-    def _leave(self, keys: tuple[str, ...], turn: asyncio.Future) -> None:
-        self.inflight.difference_update(keys)
+    def _leave(self, client: str, turn: asyncio.Future) -> None:
+        self.inflight.discard(client)
         if turn.done() and not turn.cancelled():
             self._release()                 # given the slot as it left: the next one's
         turn.cancel()
@@ -328,19 +325,18 @@ class Throttle:
                 return
         self.running -= 1
 
-    def end(self, keys: tuple[str, ...], ok: bool, now: float) -> None:
-        self.inflight.difference_update(keys)
+    def end(self, client: str, ok: bool, now: float) -> None:
+        self.inflight.discard(client)
         self._release()
-        for key in keys:
-            if ok:
-                self.clients.pop(key, None)
-                continue
-            fails = self.clients.get(key, (0, 0.0))[0] + 1
-            self.clients[key] = (fails, now + min(self.base * 2 ** (fails - 1), self.cap))
+        if ok:
+            self.clients.pop(client, None)
+            return
+        fails = self.clients.get(client, (0, 0.0))[0] + 1
+        self.clients[client] = (fails, now + min(self.base * 2 ** (fails - 1), self.cap))
         while len(self.clients) > THROTTLE_CLIENTS:
             # forget the one with the fewest failures, the soonest free: never a long wait for
             # the sake of fresh addresses (they would clear their owner's wait)
-            del self.clients[min((c for c in self.clients if c not in keys), key=self.clients.__getitem__)]
+            del self.clients[min((c for c in self.clients if c != client), key=self.clients.__getitem__)]
 
 
 class Console:
@@ -463,7 +459,7 @@ class Console:
     async def _verify(self, address: str, given: str, user: str) -> tuple[str | None, str | None, int]:
         """(the password line, None, 200) when ``user`` and ``given`` match it; else (None, why not,
         HTTP status): throttled per client, the check queued for a slot.  PasswordFileError."""
-        client = client_keys(address)
+        client = client_key(address)
         why = self.throttle.refuse(client, self.clock())
         if why:
             return None, why, 429
@@ -573,7 +569,7 @@ class Console:
             return self._login_page("The password file cannot be read: see the console's log.", 503, user)
         if status == 401:
             counts["failed logins"] += 1
-            self._failed_log.log(client_keys(client.address)[0], logging.WARNING, "web console: failed login "
+            self._failed_log.log(client_key(client.address), logging.WARNING, "web console: failed login "
                                  "from %s (user %.100r; %d since start)", client.address, user, counts["failed logins"])
         elif why:
             counts["logins not checked"] += 1

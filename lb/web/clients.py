@@ -2,9 +2,10 @@
 one client.  No aiohttp here: lb.metrics, in the daemon, imports it.
 
 An IPv4 client is its address.  An IPv6 client is its /64 (one site's, often one host's: anyone
-holds many of its addresses), and each /64 is also counted against its /48, a site's (one host
-commonly holds a /56, a site a /48: 256 or 65,536 /64s), so that handing out a cap per /64 does
-not hand out a cap per address of the site.
+holds many of its addresses), and for the connection caps each /64 is also counted against its
+/48, a site's (one host commonly holds a /56, a site a /48: 256 or 65,536 /64s), so that handing
+out a cap per /64 does not hand out a cap per address of the site.  Login throttling is per
+client only (``client_key``): a /48's would let one host lock its whole site out.
 """
 from __future__ import annotations
 
