@@ -252,6 +252,67 @@ def test_a_crowd_without_a_session_does_not_lock_out_a_logged_in_operator(tmp_pa
     asyncio.run(go())
 
 
+class FakeTransport:
+    """A connection as Connections sees it: its peer, and whether it was aborted (asyncio then
+    calls connection_lost soon after)."""
+
+    def __init__(self, address: str):
+        self.address = address
+        self.aborted = False
+        self.protocol = None
+
+    def get_extra_info(self, name, default=None):
+        return (self.address, 40000) if name == "peername" else default
+
+    def abort(self):
+        self.aborted = True
+
+
+class Inner(asyncio.Protocol):
+    lost = 0
+
+    def connection_lost(self, exc):
+        Inner.lost += 1
+
+
+def connect_fake(connections, address: str) -> FakeTransport:
+    t = FakeTransport(address)
+    t.protocol = connections()
+    t.protocol.connection_made(t)
+    return t
+
+
+def test_a_crowd_that_holds_the_reserved_slots_on_probation_gives_way_to_newer_connections():
+    """16 IPv4 addresses hold the open pool, 32 more every reserved slot with two silent
+    connections each (reconnecting within the keep-alive timeout, they held them for good): the
+    logged-in operator's connection takes the slot of the oldest one still on probation, which is
+    aborted; one that showed its session is not.  A trusted proxy's connections, its clients',
+    are not capped as one client's: only the totals bound them."""
+    connections = webmain.Connections(Inner, trusts=lambda address: address == "192.0.2.80")
+    crowd = [connect_fake(connections, f"203.0.113.{a + 1}") for a in range(16) for _ in range(16)]
+    assert all(t.protocol.slot.pool == "open" for t in crowd)
+    silent = [connect_fake(connections, f"198.51.100.{a + 1}") for a in range(32) for _ in range(2)]
+    assert [t.protocol.slot.pool for t in silent] == ["probation"] * webmain.RESERVED
+    operator = connect_fake(connections, "192.0.2.7")
+    assert operator.protocol.slot.pool == "probation" and not operator.aborted
+    assert [t.aborted for t in silent[:2]] == [True, False] and connections.evicted == 1
+    assert connections.admit(operator, True) and operator.protocol.slot.pool == "reserved"
+    silent[0].protocol.connection_lost(None)            # asyncio's, after the abort: given back once only
+    assert connections.pools["reserved"][0].open == webmain.RESERVED
+    newer = [connect_fake(connections, f"198.18.{i}.1") for i in range(webmain.RESERVED - 1)]
+    assert all(t.aborted for t in silent) and not any(t.aborted for t in newer + [operator])
+    last = [connect_fake(connections, "198.18.200.1") for _ in range(3)]
+    assert [t.aborted for t in last] == [False, False, True]        # its own cap: no one aborted for the third
+    assert [t.aborted for t in newer[:3]] == [True, True, False] and connections.evicted == webmain.RESERVED + 2
+    for t in crowd + silent + newer + last + [operator]:
+        t.protocol.connection_lost(None)
+    assert all(not slots.by_key and not slots.open for pool in connections.pools.values() for slots in pool)
+    assert not connections.on_probation
+    proxied = [connect_fake(connections, "192.0.2.80") for _ in range(webmain.MAX_CONNECTIONS + webmain.RESERVED)]
+    assert collections.Counter(t.protocol.slot.pool for t in proxied) == {"open": webmain.MAX_CONNECTIONS,
+                                                                          "probation": webmain.RESERVED}
+
+
 def test_an_ipv6_site_is_capped_per_48_as_well_as_per_64():
     """16 /64s of one /48 (a host with a /56 has 256) do not take 16 x MAX_PER_CLIENT open slots:
     MAX_PER_SITE, then MAX_ON_PROBATION reserved ones; another /48 is served."""

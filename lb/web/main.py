@@ -9,7 +9,8 @@ when [web] enabled is false (status 0: nothing to do) and on SIGTERM/SIGINT.
 Whoever reaches the port cannot take the console down, nor lock a logged-in operator out: at most
 MAX_CONNECTIONS connections at once, MAX_PER_CLIENT of them from one client (an address, an IPv6
 /64) and MAX_PER_SITE from one IPv6 /48 (a trusted proxy's are not counted per client); RESERVED
-more for connections whose requests show a valid session, or from loopback (Connections); the
+more for connections whose requests show a valid session, or from loopback (Connections: one
+without a session yet holds its reserved slot only until a newer connection needs it); the
 rest closed as they come (lb.metrics caps its own the same way); a request's line and headers
 must come within HEADER_TIMEOUT (the idle keep-alive too), its body within app.BODY_TIMEOUT; an
 accept that fails for want of file descriptors (EMFILE) is counted and logged at most once every
@@ -68,11 +69,12 @@ class Daemon:
 @dataclass
 class Slot:
     """A connection's slot: in the open pool, or a reserved one (``probation`` until its first
-    request shows a session)."""
+    request shows a session); None once given back."""
 
-    pool: str                       # "open", "reserved" or "probation"
+    pool: str | None                # "open", "reserved" or "probation"
     keys: tuple[str, ...]           # what it counts against: lb.web.clients.client_keys
     address: str
+    transport: object = None        # the connection's, while on probation (to abort it)
 
 
 class Connections:
@@ -81,10 +83,14 @@ class Connections:
     /48 (lb.web.clients); past those, one of RESERVED more (as capped per client and /48), which
     a connection from loopback holds as it comes and any other on probation -- MAX_ON_PROBATION
     per client and per /48 at once -- until its first request shows a valid session (``admit``,
-    which the console asks; else it is answered 503 and closed): a crowd of clients without a
-    session that holds every open slot does not lock out a logged-in operator.  Past all that the
+    which the console asks; else it is answered 503 and closed).  When every reserved slot is
+    taken, a newcomer that its caps let in takes the one of the oldest connection still on
+    probation, which is aborted: a silent connection holds a reserved slot only until a newer one
+    needs it, not for the keep-alive timeout, so a crowd of clients without a session that holds
+    every open slot and reconnects does not lock out a logged-in operator.  Past all that the
     connection is closed at once.  The others go to aiohttp's handler (``runner.server``).  A
-    trusted proxy's connections are its clients': only the total bounds them in the open pool."""
+    trusted proxy's connections carry its clients': they are not capped as one client's, only by
+    the totals, in every pool (on probation like anyone's until a request shows a session)."""
 
     def __init__(self, factory, trusts=lambda address: False, total: int | None = None,
                  per_client: int | None = None, reserved: int | None = None):
@@ -99,49 +105,74 @@ class Connections:
         self.pools = {"open": [Slots(self.total, c) for c in caps],
                       "reserved": [Slots(self.reserved, c) for c in caps],
                       "probation": [Slots(self.reserved, c) for c in self.caps["probation"]]}
-        self.on_probation: dict = {}    # transport -> its Slot, until a request shows a session
+        self.on_probation: dict = {}    # transport -> its Slot, oldest first, until a request shows a session
         self.refused = 0                # connections closed for want of a slot
         self.sessionless = 0            # ... on probation, their request without a session
+        self.evicted = 0                # ... on probation, aborted for a newer one
         self._log = RateLimitedLog(log, 10.0)
 
     def __call__(self) -> asyncio.Protocol:
         return _Counted(self)
 
-    def take(self, address: str) -> Slot | None:
-        """The connection's slot; None (the connection to close) when it has none."""
-        keys = clients.client_keys(address)
+    def take(self, address: str, transport=None) -> Slot | None:
+        """The connection's slot; None (the connection to close) when it has none.  ``transport``:
+        the connection's, which a newer one may abort while it is on probation."""
         proxy = self.trusts(address)
-        if proxy:                       # a proxy's connections are its clients': the total bounds them
-            full = self._take("open", ("",), capped=False)
-            if full is None:
-                return Slot("open", ("",), address)
-        else:
-            full = self._take("open", keys)
-            if full is None:
-                return Slot("open", keys, address)
+        # a proxy's connections are its clients': only the totals bound them
+        keys, capped = (("",), False) if proxy else (clients.client_keys(address), True)
+        full = self._take("open", keys, capped)
+        if full is None:
+            return Slot("open", keys, address)
         local = clients.is_local(address) and not proxy
-        why = self._take("reserved", keys)
+        why = self._take("reserved", keys, capped)
+        # every reserved slot taken: the oldest on probation makes way, if this one's caps let it in
+        if why == "total" and (local or not self._at_cap("probation", keys, capped)) and self._evict():
+            why = self._take("reserved", keys, capped)
         if why is None:
             if local:
                 return Slot("reserved", keys, address)
-            why = self._take("probation", keys)
+            why = self._take("probation", keys, capped)
             if why is None:
-                return Slot("probation", keys, address)
+                slot = Slot("probation", keys, address, transport)
+                if transport is not None:
+                    self.on_probation[transport] = slot
+                return slot
             self._give("reserved", keys)
             why += " yet to show a session"
+        full = f"{self.total} connections" if full == "total" else full
+        why = f"{self.reserved} connections" if why == "total" else why
         return self._refuse(address, f"{full} open, and {why} in the reserved slots")
 
     def _take(self, pool: str, keys: tuple[str, ...], capped: bool = True) -> str | None:
-        """None once ``keys`` hold a slot of ``pool`` at every level; else why not."""
+        """None once ``keys`` hold a slot of ``pool`` at every level; else why not: "total" (the
+        pool is full), or the client's cap met."""
         for level, key in enumerate(keys):
             full = self.pools[pool][level].take(key, capped)
             if full is not None:
                 for done in range(level):
                     self.pools[pool][done].give(keys[done])
                 if full == "total":
-                    return f"{self.pools[pool][level].total} connections"
+                    return "total"
                 return f"{self.caps[pool][level]} connections of this client" + ("'s /48" if level else "")
         return None
+
+    def _at_cap(self, pool: str, keys: tuple[str, ...], capped: bool = True) -> bool:
+        """Whether ``keys`` hold as many slots of ``pool`` as their caps allow, at some level."""
+        return capped and any(self.pools[pool][level].held(key) >= self.caps[pool][level]
+                              for level, key in enumerate(keys))
+
+    def _evict(self) -> bool:
+        """Abort the oldest connection on probation, giving its slot back at once; False: none is."""
+        if not self.on_probation:
+            return False
+        transport, slot = next(iter(self.on_probation.items()))
+        self.give(slot)
+        self.evicted += 1
+        self._log.log("evicted", logging.WARNING, "web console: closed a connection from %s that showed no session "
+                      "yet: every reserved slot was taken, and a newer connection needed one (%d closed so since "
+                      "start)", slot.address, self.evicted)
+        transport.abort()
+        return True
 
     def _give(self, pool: str, keys: tuple[str, ...]) -> None:
         for level, key in enumerate(keys):
@@ -154,9 +185,14 @@ class Connections:
         return None
 
     def give(self, slot: Slot) -> None:
+        """Give a connection's slot back (once: an aborted one's is given back already)."""
+        if slot.pool is None:
+            return
         if slot.pool == "probation":
+            self.on_probation.pop(slot.transport, None)
             self._give("probation", slot.keys)
         self._give("open" if slot.pool == "open" else "reserved", slot.keys)
+        slot.pool = None
 
     def admit(self, transport, session: bool) -> bool:
         """Whether a request on ``transport`` is served: always, but on probation without a
@@ -183,23 +219,18 @@ class _Counted(asyncio.Protocol):
         self.connections = connections
         self.inner: asyncio.Protocol | None = None
         self.slot: Slot | None = None
-        self.transport = None
 
     def connection_made(self, transport) -> None:
         peer = transport.get_extra_info("peername")
-        self.slot = self.connections.take(clients.plain_address(str(peer[0])) if peer else "?")
+        self.slot = self.connections.take(clients.plain_address(str(peer[0])) if peer else "?", transport)
         if self.slot is None:
             transport.abort()
             return
-        self.transport = transport
-        if self.slot.pool == "probation":
-            self.connections.on_probation[transport] = self.slot
         self.inner = self.connections.factory()
         self.inner.connection_made(transport)
 
     def connection_lost(self, exc) -> None:
         if self.slot is not None:
-            self.connections.on_probation.pop(self.transport, None)
             self.connections.give(self.slot)
             self.slot = None
         if self.inner is not None:
@@ -255,7 +286,7 @@ def runner(console: webapp.Console) -> web.AppRunner:
 async def listen(run: web.AppRunner, host: str, port: int, tls=None, trusts=lambda address: False,
                  console: webapp.Console | None = None) -> tuple[asyncio.AbstractServer, Connections]:
     """The console's listening socket over ``run`` (set up), with the connection limits
-    (``trusts``: Settings.trusts, whose proxies only the total bounds); ``console``, the one
+    (``trusts``: Settings.trusts, whose proxies only the totals bound); ``console``, the one
     ``run`` serves, asks them whether a request is served (Connections.admit)."""
     connections = Connections(run.server, trusts)
     if console is not None:
