@@ -313,14 +313,25 @@ def test_a_crowd_that_holds_the_reserved_slots_on_probation_gives_way_to_newer_c
                                                                           "probation": webmain.RESERVED}
 
 
-def test_an_ipv6_site_is_capped_per_48_as_well_as_per_64():
-    """16 /64s of one /48 (a host with a /56 has 256) do not take 16 x MAX_PER_CLIENT open slots:
-    MAX_PER_SITE, then MAX_ON_PROBATION reserved ones; another /48 is served."""
+def test_an_ipv6_site_is_capped_per_48_only_when_the_open_slots_run_short():
+    """A /48's /64s take open slots as any client while half the pool is free (a host elsewhere in
+    the operator's /48 holding MAX_PER_SITE locked out the operator's own /64, 190 slots free);
+    past half, 16 /64s of one /48 (a host with a /56 has 256) do not take 16 x MAX_PER_CLIENT:
+    the /48 gets no more open ones, each of its /64s holding nothing yet one slot on probation,
+    the others MAX_ON_PROBATION for the /48; another /48 is served."""
     connections = webmain.Connections(lambda: None)
+    neighbour = [connections.take(f"2001:db8:1:{n:x}::{i + 1:x}") for n in range(4) for i in range(16)]
+    neighbour += [connections.take("2001:db8:1:ff::1"), connections.take("2001:db8:1:ff::2")]
+    assert all(s.pool == "open" for s in neighbour)
+    operator = connections.take("2001:db8:1:100::10")
+    assert operator is not None and operator.pool == "open"
+    for s in neighbour + [operator]:
+        connections.give(s)
     slots = [connections.take(f"2001:db8:1:{i:x}::{j + 1:x}") for i in range(16) for j in range(16)]
     pools = collections.Counter(s.pool if s is not None else None for s in slots)
-    assert pools == {"open": webmain.MAX_PER_SITE, "probation": webmain.MAX_ON_PROBATION,
-                     None: 256 - webmain.MAX_PER_SITE - webmain.MAX_ON_PROBATION}
+    half = webmain.MAX_CONNECTIONS // 2
+    on_probation = 8 + webmain.MAX_ON_PROBATION - 1             # the 8 /64s past half: one each, and one more
+    assert pools == {"open": half, "probation": on_probation, None: 256 - half - on_probation}, pools
     other = connections.take("2001:db8:2::1")
     assert other is not None and other.pool == "open"
     for s in slots:

@@ -8,7 +8,8 @@ when [web] enabled is false (status 0: nothing to do) and on SIGTERM/SIGINT.
 
 Whoever reaches the port cannot take the console down, nor lock a logged-in operator out: at most
 MAX_CONNECTIONS connections at once, MAX_PER_CLIENT of them from one client (an address, an IPv6
-/64) and MAX_PER_SITE from one IPv6 /48 (a trusted proxy's are not counted per client); RESERVED
+/64) and, once half of them are taken, MAX_PER_SITE from one IPv6 /48 (a trusted proxy's are not
+counted per client); RESERVED
 more for connections whose requests show a valid session, or from loopback (Connections: one
 without a session yet holds its reserved slot only until a newer connection needs it); the
 rest closed as they come (lb.metrics caps its own the same way); a request's line and headers
@@ -40,9 +41,10 @@ log = logging.getLogger("lb.web")
 WAIT_LOG_EVERY = 30.0
 MAX_CONNECTIONS = 256       # connections anyone may hold at once (lb-web@.service's LimitNOFILE holds them) ...
 MAX_PER_CLIENT = 16         # ... from one client (an address, an IPv6 /64): a browser opens 6
-MAX_PER_SITE = 64           # ... from one IPv6 /48 (a site's: it holds 65,536 /64s)
+MAX_PER_SITE = 64           # ... from one IPv6 /48 (a site's: it holds 65,536 /64s), once half are taken
 RESERVED = 64               # more, for connections with a valid session (or from loopback) only
-MAX_ON_PROBATION = 2        # reserved ones a client (and a /48) holds before a request shows its session
+MAX_ON_PROBATION = 2        # reserved ones a client (and a /48's /64s that hold others) holds before a
+                            # request shows its session
 HEADER_TIMEOUT = 15.0       # seconds for a request's line and headers, and a connection idle
 LINGER = 2.0                # seconds to read the rest of a body the console did not want
 TLS_HANDSHAKE_TIMEOUT = 15.0
@@ -79,10 +81,12 @@ class Slot:
 
 class Connections:
     """The protocol factory of the console's listening socket.  Anyone's connection takes one of
-    the MAX_CONNECTIONS open slots, at most MAX_PER_CLIENT per client and MAX_PER_SITE per IPv6
-    /48 (lb.web.clients); past those, one of RESERVED more (as capped per client and /48), which
-    a connection from loopback holds as it comes and any other on probation -- MAX_ON_PROBATION
-    per client and per /48 at once -- until its first request shows a valid session (``admit``,
+    the MAX_CONNECTIONS open slots, at most MAX_PER_CLIENT per client and, once half the slots
+    are taken, MAX_PER_SITE per IPv6 /48 (lb.web.clients: one host of a site does not lock out
+    the site's other /64s while there is room); past those, one of RESERVED more (as capped per
+    client and /48), which a connection from loopback holds as it comes and any other on
+    probation -- MAX_ON_PROBATION per client, and per /48 but for a /64 that holds no slot yet
+    -- until its first request shows a valid session (``admit``,
     which the console asks; else it is answered 503 and closed).  When every reserved slot is
     taken, a newcomer that its caps let in takes the one of the oldest connection still on
     probation, which is aborted: a silent connection holds a reserved slot only until a newer one
@@ -120,18 +124,20 @@ class Connections:
         proxy = self.trusts(address)
         # a proxy's connections are its clients': only the totals bound them
         keys, capped = (("",), False) if proxy else (clients.client_keys(address), True)
+        # a /64 holding no slot yet: its /48's probation cap does not apply to it
+        fresh = not any(self.pools[pool][0].held(keys[0]) for pool in ("open", "reserved"))
         full = self._take("open", keys, capped)
         if full is None:
             return Slot("open", keys, address)
         local = clients.is_local(address) and not proxy
         why = self._take("reserved", keys, capped)
         # every reserved slot taken: the oldest on probation makes way, if this one's caps let it in
-        if why == "total" and (local or not self._at_cap("probation", keys, capped)) and self._evict():
+        if why == "total" and (local or not self._at_cap("probation", keys, capped, fresh)) and self._evict():
             why = self._take("reserved", keys, capped)
         if why is None:
             if local:
                 return Slot("reserved", keys, address)
-            why = self._take("probation", keys, capped)
+            why = self._take("probation", keys, capped, fresh)
             if why is None:
                 slot = Slot("probation", keys, address, transport)
                 if transport is not None:
@@ -143,11 +149,23 @@ class Connections:
         why = f"{self.reserved} connections" if why == "total" else why
         return self._refuse(address, f"{full} open, and {why} in the reserved slots")
 
-    def _take(self, pool: str, keys: tuple[str, ...], capped: bool = True) -> str | None:
+    def _capped(self, pool: str, capped: bool, fresh: bool) -> tuple[bool, bool]:
+        """Whether each key level's cap applies (before this connection takes a slot): a client's
+        always; an IPv6 /48's only once its pool is half full (a host of the site holding its cap
+        does not lock out another of its /64s while the pool has room), and on probation only for
+        a /64 that holds a slot already (``fresh``: none yet; a session, or the oldest-on-probation
+        rule, bounds those)."""
+        if pool == "probation":
+            return capped, capped and not fresh
+        slots = self.pools[pool][0]
+        return capped, capped and slots.open >= slots.total // 2
+
+    def _take(self, pool: str, keys: tuple[str, ...], capped: bool = True, fresh: bool = False) -> str | None:
         """None once ``keys`` hold a slot of ``pool`` at every level; else why not: "total" (the
         pool is full), or the client's cap met."""
+        caps = self._capped(pool, capped, fresh)
         for level, key in enumerate(keys):
-            full = self.pools[pool][level].take(key, capped)
+            full = self.pools[pool][level].take(key, caps[level])
             if full is not None:
                 for done in range(level):
                     self.pools[pool][done].give(keys[done])
@@ -156,10 +174,11 @@ class Connections:
                 return f"{self.caps[pool][level]} connections of this client" + ("'s /48" if level else "")
         return None
 
-    def _at_cap(self, pool: str, keys: tuple[str, ...], capped: bool = True) -> bool:
+    def _at_cap(self, pool: str, keys: tuple[str, ...], capped: bool = True, fresh: bool = False) -> bool:
         """Whether ``keys`` hold as many slots of ``pool`` as their caps allow, at some level."""
-        return capped and any(self.pools[pool][level].held(key) >= self.caps[pool][level]
-                              for level, key in enumerate(keys))
+        caps = self._capped(pool, capped, fresh)
+        return any(caps[level] and self.pools[pool][level].held(key) >= self.caps[pool][level]
+                   for level, key in enumerate(keys))
 
     def _evict(self) -> bool:
         """Abort the oldest connection on probation, giving its slot back at once; False: none is."""
