@@ -172,7 +172,7 @@ class ConfigRequests:
                         "tls_key": None if w.tls_key is None else str(w.tls_key),
                         "allowed_hosts": list(w.allowed_hosts),
                         "trusted_proxies": [str(n) for n in w.trusted_proxies],
-                        "session_lifetime": w.session_lifetime}}
+                        "session_lifetime": w.session_lifetime, "hsts": w.hsts}}
 
     async def table(self) -> dict:
         loop = asyncio.get_running_loop()

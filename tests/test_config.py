@@ -875,6 +875,7 @@ BAD = [
         5, "ha.backup", "must be of primary's address family (IPv4 198.18.0.1, IPv6 2001:2::3)"),
     bad("vip-is-a-heartbeat-address", G + HA_HEAD.replace('"198.18.0.3"', '"198.18.0.10"') + VS_AT_10,
         9, "virtual_server[0].address", "is [ha] backup, a director's own address"),
+    bad("web-hsts-not-a-boolean", G + '[web]\nhsts = "yes"\n', 4, "web.hsts", "expected a boolean"),
     bad("metrics-on-the-consoles-port", G + '[web]\nenabled = true\n[metrics]\nenabled = true\nlisten = "0.0.0.0:3636"\n',
         7, "metrics.listen", "[web] listens on 127.0.0.1:3636 already: give [metrics] another port"),
     bad("ha-private-ends-of-two-families", G + HA_HEAD + 'primary_private = "198.18.1.1"\nbackup_private = "2001:2:1::3"\n',

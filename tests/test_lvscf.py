@@ -712,7 +712,7 @@ def test_web_console_keys_round_trip(tmp_path: Path) -> None:
     web = dataclasses.replace(web, tls_cert=Path("/etc/lb/w.crt"), tls_key=Path("/etc/lb/w.key"),
                               allowed_hosts=("lb.example.com", "198.18.0.1"),
                               trusted_proxies=(IPv4Network("198.18.0.5/32"), IPv4Network("10.0.0.0/8")),
-                              session_lifetime=3600.0)
+                              session_lifetime=3600.0, hsts=True)
     cfg = Config(public_interface="eth0", web=web, serial_no=7,
                  control=Control(admin_group="lbweb", read_group="lbview"))
     text = lvscf.dumps(cfg)
@@ -720,6 +720,7 @@ def test_web_console_keys_round_trip(tmp_path: Path) -> None:
     assert "lb_web_allowed_hosts = lb.example.com, 198.18.0.1" in text
     assert "lb_web_trusted_proxies = 198.18.0.5, 10.0.0.0/8" in text and 'lb_web_tls_key = "/etc/lb/w.key"' in text
     assert "lb_control_admin_group = lbweb" in text and "lb_control_read_group = lbview" in text
+    assert "lb_web_hsts = 1" in text
     assert lvscf.loads(text) == cfg
     assert loads(lvscf.dumps_toml(cfg)) == cfg
     # a relative password file is relative to the lvs.cf, as in TOML

@@ -228,10 +228,12 @@ def test_behind_a_tls_reverse_proxy_login_works_and_the_cookie_is_secure(tmp_pat
     run(untrusted, body2)
 
 
-def test_strict_transport_security_only_over_https(tmp_path, pwfile):
-    """HSTS on every answer the browser gets over HTTPS (here through a trusted TLS proxy; the
-    console's own TLS in test_web_process), never over plain HTTP nor on an untrusted client's say."""
-    console = make_console(tmp_path, pwfile, allowed_hosts=("lb.example.com",),
+def test_strict_transport_security_only_over_https_and_when_asked(tmp_path, pwfile):
+    """With [web] hsts, HSTS on every answer the browser gets over HTTPS (here through a trusted
+    TLS proxy; the console's own TLS in test_web_process), never over plain HTTP nor on an
+    untrusted client's say; without it (the default), never: browsers apply it to every port of
+    the host name, the plain-HTTP metrics endpoint's too."""
+    console = make_console(tmp_path, pwfile, allowed_hosts=("lb.example.com",), hsts=True,
                            trusted_proxies=(webapp.ipaddress.ip_network("127.0.0.1/32"),))
     https = {"X-Forwarded-For": "198.18.0.7", "X-Forwarded-Proto": "https", "X-Forwarded-Host": "lb.example.com"}
 
@@ -242,12 +244,24 @@ def test_strict_transport_security_only_over_https(tmp_path, pwfile):
             r = await client.get(path, headers={**https, "X-Forwarded-Proto": "http"}, allow_redirects=False)
             assert "Strict-Transport-Security" not in r.headers, path
     run(console, body)
-    untrusted = make_console(tmp_path, pwfile, allowed_hosts=("lb.example.com",))
+    untrusted = make_console(tmp_path, pwfile, allowed_hosts=("lb.example.com",), hsts=True)
 
     async def body2(client):
         r = await client.get("/login", headers=https)
         assert r.status == 200 and "Strict-Transport-Security" not in r.headers
     run(untrusted, body2)
+    default = make_console(tmp_path, pwfile, allowed_hosts=("lb.example.com",),
+                           trusted_proxies=(webapp.ipaddress.ip_network("127.0.0.1/32"),))
+
+    async def body3(client):
+        for path in ("/login", "/status", "/static/console.css", "/nowhere"):
+            r = await client.get(path, headers=https, allow_redirects=False)
+            assert "Strict-Transport-Security" not in r.headers, path
+    run(default, body3)
+    # the daemon's [web] hsts reaches `lb web` in its "web" reply
+    for web, hsts in (("", False), ("[web]\nhsts = true\n", True)):
+        eng = DaemonEngine(write_config(tmp_path / "hsts.toml", web=web))
+        assert webapp.Settings.from_reply(asyncio.run(eng("web"))).hsts is hsts
 
 
 def test_host_allow_list_stops_dns_rebinding(console):

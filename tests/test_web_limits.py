@@ -125,7 +125,7 @@ def test_listening_on_every_ipv6_address_is_every_ipv4_address_too(tmp_path, pwf
     """[web] listen = "[::]:PORT" answers on 127.0.0.1 as on ::1 (asyncio's own socket for "::"
     is IPv6 only); the IPv4 client is itself there, not ::ffff:127.0.0.1: as a trusted proxy its
     X-Forwarded-Proto is believed (HSTS), the one of ::1 (not trusted) is not."""
-    console = make_console(tmp_path, pwfile, listen_host="::",
+    console = make_console(tmp_path, pwfile, listen_host="::", hsts=True,
                            trusted_proxies=(webapp.ipaddress.ip_network("127.0.0.1/32"),))
 
     async def go():

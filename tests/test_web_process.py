@@ -67,7 +67,7 @@ def settings(tmp_path, **over):
 
 def test_lb_web_serves_https_with_the_daemons_settings(tmp_path, cert):
     crt, key = cert
-    web = settings(tmp_path, tls_cert=str(crt), tls_key=str(key))
+    web = settings(tmp_path, tls_cert=str(crt), tls_key=str(key), hsts=True)
     loop, t = daemon(tmp_path, web)
 
     async def go():

@@ -94,7 +94,7 @@ up) and ``lb_ha_notify = "/path/a, /path/b"`` (quoted, comma-separated program p
 console's ``[web]``: ``lb_web_enabled = 0|1``, ``lb_web_listen = ADDRESS:PORT``,
 ``lb_web_password_file``, ``lb_web_tls_cert``, ``lb_web_tls_key`` (quoted paths, relative to the
 lvs.cf when relative), ``lb_web_allowed_hosts`` and ``lb_web_trusted_proxies`` (comma-separated),
-``lb_web_session_lifetime`` (seconds); the control socket's ``[control]``:
+``lb_web_session_lifetime`` (seconds), ``lb_web_hsts = 0|1``; the control socket's ``[control]``:
 ``lb_control_admin_group`` and ``lb_control_read_group``; the Prometheus endpoint's
 ``[metrics]``: ``lb_metrics_enabled = 0|1`` and ``lb_metrics_listen = ADDRESS:PORT``.
 
@@ -388,7 +388,7 @@ MAX_LINE = 2 * _toml.MAX_STRING
 
 def _web_value(g: _Scope, cf: str, key: str) -> Any:
     """An lb_web_* value as the [web] table holds it."""
-    if key == "enabled":
+    if key in ("enabled", "hsts"):
         return g.boolean(cf)
     if key == "session_lifetime":
         return _seconds(g, cf)

@@ -489,7 +489,9 @@ class Web:
     `lb passwd`); None means the instance's default, /etc/lb/<instance>.passwd.  A request is
     answered only for a Host of ``allowed_hosts`` (besides the listen address and localhost: no
     DNS rebinding); X-Forwarded-For/-Proto/-Host are believed only from ``trusted_proxies``.
-    A session ends ``session_lifetime`` seconds after its login, however busy."""
+    A session ends ``session_lifetime`` seconds after its login, however busy.  ``hsts``: answers
+    over HTTPS carry Strict-Transport-Security, which browsers apply to the whole host name (every
+    port: a plain-HTTP metrics endpoint or console on the same name too), hence off by default."""
 
     enabled: bool = False
     address: IPAddress = IPv4Address("127.0.0.1")
@@ -500,6 +502,7 @@ class Web:
     allowed_hosts: tuple[str, ...] = ()
     trusted_proxies: tuple[IPv4Network | IPv6Network, ...] = ()
     session_lifetime: float = 8 * 3600.0
+    hsts: bool = False
 
     @property
     def listen(self) -> str:

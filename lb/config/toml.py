@@ -155,7 +155,7 @@ THRESHOLD_RANGE: Final = (0, 0x7FFFFFFF)
 FWM_RANGES_PER_VIP: Final = 16  # lb_fwm_ranges holds 16 port ranges per (VIP, protocol)
 HA_KEYS: Final = tuple(f.name for f in dataclasses.fields(HA))
 WEB_KEYS: Final = ("enabled", "listen", "password_file", "tls_cert", "tls_key", "allowed_hosts", "trusted_proxies",
-                   "session_lifetime")
+                   "session_lifetime", "hsts")
 METRICS_KEYS: Final = ("enabled", "listen")
 CONTROL_KEYS: Final = ("admin_group", "read_group")
 SERIAL_RANGE: Final = (0, 2**63 - 1)
@@ -1484,6 +1484,7 @@ def _check_web(top: _Table, base: Path | None) -> Web | _Invalid:
     hosts = keep(_string_list(w, "allowed_hosts", _host_problem))
     proxies = keep(_string_list(w, "trusted_proxies", _network_problem))
     lifetime = keep(_seconds(w, "session_lifetime", d.session_lifetime))
+    hsts = keep(w.boolean("hsts", d.hsts))
     lo, hi = SESSION_LIFETIME_RANGE
     if isinstance(lifetime, float) and not lo <= lifetime <= hi:
         keep(w.chk.error(w.at("session_lifetime"), f"must be between {lo:g} and {hi:g} seconds, got {lifetime:g}"))
@@ -1498,7 +1499,7 @@ def _check_web(top: _Table, base: Path | None) -> Web | _Invalid:
                tls_cert=files["tls_cert"], tls_key=files["tls_key"],
                allowed_hosts=tuple(h.lower().rstrip(".") for h in hosts),
                trusted_proxies=tuple(ipaddress.ip_network(p, strict=False) for p in proxies),
-               session_lifetime=lifetime)
+               session_lifetime=lifetime, hsts=hsts)
 
 
 _HOST_RE: Final = re.compile(r"(?=.{1,253}$)([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.?)+")

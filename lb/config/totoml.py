@@ -134,6 +134,8 @@ def web_document(web: Web) -> dict[str, Any]:
     if web.session_lifetime != d.session_lifetime:
         v = web.session_lifetime
         out["session_lifetime"] = int(v) if float(v).is_integer() else v
+    if web.hsts != d.hsts:
+        out["hsts"] = web.hsts
     return out
 
 

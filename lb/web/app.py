@@ -124,8 +124,10 @@ SECURITY_HEADERS = {
     "Referrer-Policy": "same-origin",   # no-referrer would make browsers send "Origin: null" with our own POSTs
     "Cache-Control": "no-store",
 }
-# over HTTPS (directly, or through a trusted TLS proxy): the browser asks no more by plain HTTP,
-# where a man in the middle could keep it from ever reaching the HTTPS console
+# over HTTPS (directly, or through a trusted TLS proxy) with [web] hsts: the browser asks no more by
+# plain HTTP, where a man in the middle could keep it from ever reaching the HTTPS console.  Opt-in:
+# browsers apply it to the whole host name, every port (RFC 6797 8.3), so they would also take the
+# plain-HTTP metrics endpoint (or another instance's console) on the same name to HTTPS for a year.
 HSTS = {"Strict-Transport-Security": "max-age=31536000"}
 
 SESSION = web.RequestKey("session", object) if hasattr(web, "RequestKey") else "session"
@@ -185,6 +187,7 @@ class Settings:
     trusted_proxies: tuple = ()
     session_lifetime: float = 8 * 3600.0
     tls: bool = False
+    hsts: bool = False          # Strict-Transport-Security over HTTPS ([web] hsts)
 
     @classmethod
     def from_reply(cls, reply: dict) -> "Settings":
@@ -192,7 +195,8 @@ class Settings:
         return cls(instance=reply.get("instance", "default"), listen_host=w["address"],
                    allowed_hosts=tuple(w.get("allowed_hosts") or ()),
                    trusted_proxies=tuple(ipaddress.ip_network(p, strict=False) for p in w.get("trusted_proxies") or ()),
-                   session_lifetime=float(w.get("session_lifetime") or 8 * 3600.0), tls=bool(w.get("tls_cert")))
+                   session_lifetime=float(w.get("session_lifetime") or 8 * 3600.0), tls=bool(w.get("tls_cert")),
+                   hsts=bool(w.get("hsts")))
 
     def trusts(self, address) -> bool:
         """Whether ``address`` (text or an address) is one of [web] trusted_proxies."""
@@ -484,7 +488,8 @@ class Console:
             if e.status == 408:
                 resp.force_close()      # the rest of the body is not read
         client = request.get(CLIENT)
-        return _finish(resp, (client.scheme if client is not None else request.scheme) == "https")
+        https = (client.scheme if client is not None else request.scheme) == "https"
+        return _finish(resp, https and self.settings.hsts)
 
     async def _guarded(self, request: web.Request, handler):
         client = self._client(request)
@@ -1218,8 +1223,8 @@ def _see_other(location: str) -> web.Response:
     return web.Response(status=303, headers={"Location": location})
 
 
-def _finish(resp: web.StreamResponse, https: bool = False) -> web.StreamResponse:
-    for k, v in (SECURITY_HEADERS | HSTS if https else SECURITY_HEADERS).items():
+def _finish(resp: web.StreamResponse, hsts: bool = False) -> web.StreamResponse:
+    for k, v in (SECURITY_HEADERS | HSTS if hsts else SECURITY_HEADERS).items():
         if k == "Cache-Control" and k in resp.headers:
             continue
         resp.headers.setdefault(k, v)

@@ -80,6 +80,8 @@ WEB = (
     Field("allowed_hosts", "Allowed host names", "list", help="comma-separated"),
     Field("trusted_proxies", "Trusted proxies", "list", help="addresses or networks, comma-separated"),
     Field("session_lifetime", "Session lifetime (s)", "number"),
+    Field("hsts", "Strict-Transport-Security", "bool",
+          help="over HTTPS; browsers then use HTTPS for every port of the host name"),
 )
 CONTROL = (
     Field("admin_group", "Admin group", help="may edit through the control socket"),
