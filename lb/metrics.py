@@ -46,7 +46,7 @@ log = logging.getLogger("lb.metrics")
 SNAPSHOT_TIMEOUT = 5.0          # the engine's loop answers in microseconds; this bounds a stuck one
 MAX_CONNECTIONS = 32            # connections served at once (Prometheus scrapes with one)
 MAX_PER_CLIENT = 4              # ... of them from one client (an address, an IPv6 /64: lb.web.clients) ...
-MAX_PER_SITE = 8                # ... and from one IPv6 /48: one client cannot take every slot
+MAX_PER_SITE = 8                # ... and from one IPv6 /48 once half are taken: one client cannot take every slot
 IDLE_TIMEOUT = 10.0             # seconds a connection may say nothing
 REQUEST_DEADLINE = 60.0         # seconds a connection is served at most, however it trickles
 LOG_EVERY = 60.0                # a request refused (or a scrape failed) is logged at most this often
@@ -405,7 +405,7 @@ class Collector:
 
 class EndpointCollector:
     """The endpoint's own: scrapes it dropped, by why -- "busy" (no slot: MAX_CONNECTIONS, or
-    MAX_PER_CLIENT from one client, MAX_PER_SITE from one IPv6 /48), "broken" (timed out or broke off), "cut" (past
+    MAX_PER_CLIENT from one client, MAX_PER_SITE from one IPv6 /48 past half), "broken" (timed out or broke off), "cut" (past
     REQUEST_DEADLINE), "bad_request" (a request the exposition cannot answer: an Accept header
     it cannot read, or a head longer than MAX_HEAD), "failed" (the scrape raised)."""
 
@@ -500,9 +500,12 @@ def _server_class(family: int):
         def _take(self, addr: str) -> bool:
             client, *site = client_keys(addr)
             with self.lock:
+                # a /48's cap only once half the slots are taken: one host of a site holding it
+                # does not lock the site's Prometheus (another /64) out while there is room
+                pressed = self.slots.open >= MAX_CONNECTIONS // 2
                 if self.slots.take(client) is not None:
                     return False
-                if site and self.sites.take(site[0]) is not None:
+                if site and self.sites.take(site[0], capped=pressed) is not None:
                     self.slots.give(client)
                     return False
                 return True

@@ -503,7 +503,9 @@ def test_one_client_cannot_hold_the_endpoint_by_trickling_or_by_numbers(monkeypa
 
 def test_a_client_is_an_ipv6_64_and_a_48_not_each_address():
     """The per-client cap counts an IPv6 /64 as one client (32 of its addresses took every slot)
-    and a /48 at most MAX_PER_SITE; an IPv4 client reaching [::] is its IPv4 address."""
+    and a /48 at most MAX_PER_SITE once half the slots are taken (before, one host of a /48
+    holding MAX_PER_SITE locked the site's Prometheus out with 24 free); an IPv4 client reaching
+    [::] is its IPv4 address."""
     import socket
 
     httpd = metrics._server_class(socket.AF_INET)(("127.0.0.1", 0), metrics._Handler)
@@ -511,13 +513,23 @@ def test_a_client_is_an_ipv6_64_and_a_48_not_each_address():
         one_64 = [httpd._take(f"2001:db8:1:2::{i + 1:x}") for i in range(metrics.MAX_CONNECTIONS)]
         assert one_64.count(True) == metrics.MAX_PER_CLIENT
         one_48 = [httpd._take(f"2001:db8:1:{i + 16:x}::1") for i in range(metrics.MAX_CONNECTIONS)]
-        assert one_48.count(True) == metrics.MAX_PER_SITE - metrics.MAX_PER_CLIENT
+        assert one_48.count(True) == metrics.MAX_CONNECTIONS // 2 - metrics.MAX_PER_CLIENT
         assert httpd._take("2001:db8:2::1")                    # another site
         mapped = [httpd._take("::ffff:198.18.0.1") for _ in range(metrics.MAX_PER_CLIENT)]
         assert all(mapped) and not httpd._take("198.18.0.1")
         for i in range(metrics.MAX_PER_CLIENT):
             httpd._give(f"2001:db8:1:2::{i + 1:x}")
+        assert not httpd._take("2001:db8:1:2::ffff")           # the /48 holds more than its cap still
+        for i, took in enumerate(one_48):
+            if took:
+                httpd._give(f"2001:db8:1:{i + 16:x}::1")
         assert httpd._take("2001:db8:1:2::ffff")               # given back: the /64 has room again
+    finally:
+        httpd.server_close()
+    httpd = metrics._server_class(socket.AF_INET)(("127.0.0.1", 0), metrics._Handler)
+    try:
+        neighbour = [httpd._take(f"2001:db8:1:{i // 4:x}::{i % 4 + 1:x}") for i in range(metrics.MAX_PER_SITE)]
+        assert all(neighbour) and httpd._take("2001:db8:1:100::10")     # the site's Prometheus
     finally:
         httpd.server_close()
 
