@@ -779,7 +779,7 @@ def test_requests_aiohttp_cannot_parse_are_one_counted_line_not_a_traceback_each
     run(console, body)
     assert counted.count - before == 3
     lines = [r for r in caplog.records if r.name in ("lb.web", "aiohttp.server")]
-    assert len(lines) <= 1 and all(r.exc_info is None for r in lines), [r.getMessage() for r in lines]
+    assert len(lines) <= 1 and not any(r.exc_info for r in lines), [r.getMessage() for r in lines]
     assert "Traceback" not in caplog.text and "Error handling request" not in caplog.text
 
 # ---- lb passwd --------------------------------------------------------------------------------
