@@ -188,7 +188,7 @@ class Connections:
         self.give(slot)
         self.evicted += 1
         self._log.log("evicted", logging.WARNING, "web console: closed a connection from %s that showed no session "
-                      "yet: every reserved slot was taken, and a newer connection needed one (%d closed so since "
+                      "yet: every reserved slot was taken, and a newer connection needed one (%d closed since "
                       "start)", slot.address, self.evicted)
         transport.abort()
         return True
@@ -200,7 +200,7 @@ class Connections:
     def _refuse(self, address: str, why: str) -> None:
         self.refused += 1
         self._log.log("refused", logging.WARNING, "web console: closed a connection from %s: %s "
-                      "(%d closed so since start)", address, why, self.refused)
+                      "(%d closed since start)", address, why, self.refused)
         return None
 
     def give(self, slot: Slot) -> None:
@@ -222,7 +222,7 @@ class Connections:
         if not session:
             self.sessionless += 1
             self._log.log("sessionless", logging.WARNING, "web console: answered 503 to %s and closed: no open "
-                          "slot was left for it, and a reserved one serves a logged-in session only (%d so "
+                          "slot was left for it, and a reserved one serves a logged-in session only (%d since "
                           "since start)", slot.address, self.sessionless)
             return False
         del self.on_probation[transport]
