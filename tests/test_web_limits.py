@@ -317,8 +317,7 @@ def test_an_ipv6_site_is_capped_per_48_only_when_the_open_slots_run_short():
     """A /48's /64s take open slots as any client while half the pool is free (a host elsewhere in
     the operator's /48 holding MAX_PER_SITE locked out the operator's own /64, 190 slots free);
     past half, 16 /64s of one /48 (a host with a /56 has 256) do not take 16 x MAX_PER_CLIENT:
-    the /48 gets no more open ones, each of its /64s holding nothing yet one slot on probation,
-    the others MAX_ON_PROBATION for the /48; another /48 is served."""
+    the /48 gets no more open ones, and MAX_ON_PROBATION_SITE on probation; another /48 is served."""
     connections = webmain.Connections(lambda: None)
     neighbour = [connections.take(f"2001:db8:1:{n:x}::{i + 1:x}") for n in range(4) for i in range(16)]
     neighbour += [connections.take("2001:db8:1:ff::1"), connections.take("2001:db8:1:ff::2")]
@@ -330,7 +329,7 @@ def test_an_ipv6_site_is_capped_per_48_only_when_the_open_slots_run_short():
     slots = [connections.take(f"2001:db8:1:{i:x}::{j + 1:x}") for i in range(16) for j in range(16)]
     pools = collections.Counter(s.pool if s is not None else None for s in slots)
     half = webmain.MAX_CONNECTIONS // 2
-    on_probation = 8 + webmain.MAX_ON_PROBATION - 1             # the 8 /64s past half: one each, and one more
+    on_probation = webmain.MAX_ON_PROBATION_SITE
     assert pools == {"open": half, "probation": on_probation, None: 256 - half - on_probation}, pools
     other = connections.take("2001:db8:2::1")
     assert other is not None and other.pool == "open"
@@ -339,6 +338,27 @@ def test_an_ipv6_site_is_capped_per_48_only_when_the_open_slots_run_short():
             connections.give(s)
     connections.give(other)
     assert all(not slots.by_key for pool in connections.pools.values() for slots in pool)
+
+
+def test_one_site_cannot_take_every_probation_slot_and_evict_an_operator():
+    """The open slots full (16 IPv4 hosts x 16), a logged-in operator's new connection waits on
+    probation for its first request; 64 connections from 64 /64s of one other /48 each took a
+    probation slot (a /64 holding none yet was not capped per /48) and the last evicted the
+    operator's.  A /48 holds MAX_ON_PROBATION_SITE there."""
+    class Transport:
+        def __init__(self):
+            self.aborted = False
+
+        def abort(self):
+            self.aborted = True
+    connections = webmain.Connections(lambda: None)
+    crowd = [connections.take(f"198.18.{h}.{i + 1}", Transport()) for h in range(16) for i in range(16)]
+    assert all(s.pool == "open" for s in crowd)
+    operator = Transport()
+    assert connections.take("2001:db8:aaaa:1::5", operator).pool == "probation"
+    site = [connections.take(f"2001:db8:bbbb:{i:x}::1", Transport()) for i in range(64)]
+    assert sum(s is not None for s in site) == webmain.MAX_ON_PROBATION_SITE
+    assert not operator.aborted and connections.evicted == 0
 
 
 # `lb web` in a process of its own with few file descriptors; its log on stderr

@@ -43,8 +43,8 @@ MAX_CONNECTIONS = 256       # connections anyone may hold at once (lb-web@.servi
 MAX_PER_CLIENT = 16         # ... from one client (an address, an IPv6 /64): a browser opens 6
 MAX_PER_SITE = 64           # ... from one IPv6 /48 (a site's: it holds 65,536 /64s), once half are taken
 RESERVED = 64               # more, for connections with a valid session (or from loopback) only
-MAX_ON_PROBATION = 2        # reserved ones a client (and a /48's /64s that hold others) holds before a
-                            # request shows its session
+MAX_ON_PROBATION = 2        # reserved ones a client holds before a request shows its session ...
+MAX_ON_PROBATION_SITE = 8   # ... and an IPv6 /48 (its other /64s included): one site cannot hold them all
 HEADER_TIMEOUT = 15.0       # seconds for a request's line and headers, and a connection idle
 LINGER = 2.0                # seconds to read the rest of a body the console did not want
 TLS_HANDSHAKE_TIMEOUT = 15.0
@@ -85,8 +85,8 @@ class Connections:
     are taken, MAX_PER_SITE per IPv6 /48 (lb.web.clients: one host of a site does not lock out
     the site's other /64s while there is room); past those, one of RESERVED more (as capped per
     client and /48), which a connection from loopback holds as it comes and any other on
-    probation -- MAX_ON_PROBATION per client, and per /48 but for a /64 that holds no slot yet
-    -- until its first request shows a valid session (``admit``,
+    probation -- MAX_ON_PROBATION per client, MAX_ON_PROBATION_SITE per /48 -- until its first
+    request shows a valid session (``admit``,
     which the console asks; else it is answered 503 and closed).  When every reserved slot is
     taken, a newcomer that its caps let in takes the one of the oldest connection still on
     probation, which is aborted: a silent connection holds a reserved slot only until a newer one
@@ -104,7 +104,7 @@ class Connections:
         self.per_client_max = MAX_PER_CLIENT if per_client is None else per_client
         self.reserved = RESERVED if reserved is None else reserved
         caps = (self.per_client_max, MAX_PER_SITE)          # per client_keys level
-        self.caps = {"open": caps, "reserved": caps, "probation": (MAX_ON_PROBATION,) * 2}
+        self.caps = {"open": caps, "reserved": caps, "probation": (MAX_ON_PROBATION, MAX_ON_PROBATION_SITE)}
         # one Slots per pool and key level: the first level counts every connection (the total)
         self.pools = {"open": [Slots(self.total, c) for c in caps],
                       "reserved": [Slots(self.reserved, c) for c in caps],
@@ -124,20 +124,18 @@ class Connections:
         proxy = self.trusts(address)
         # a proxy's connections are its clients': only the totals bound them
         keys, capped = (("",), False) if proxy else (clients.client_keys(address), True)
-        # a /64 holding no slot yet: its /48's probation cap does not apply to it
-        fresh = not any(self.pools[pool][0].held(keys[0]) for pool in ("open", "reserved"))
         full = self._take("open", keys, capped)
         if full is None:
             return Slot("open", keys, address)
         local = clients.is_local(address) and not proxy
         why = self._take("reserved", keys, capped)
         # every reserved slot taken: the oldest on probation makes way, if this one's caps let it in
-        if why == "total" and (local or not self._at_cap("probation", keys, capped, fresh)) and self._evict():
+        if why == "total" and (local or not self._at_cap("probation", keys, capped)) and self._evict():
             why = self._take("reserved", keys, capped)
         if why is None:
             if local:
                 return Slot("reserved", keys, address)
-            why = self._take("probation", keys, capped, fresh)
+            why = self._take("probation", keys, capped)
             if why is None:
                 slot = Slot("probation", keys, address, transport)
                 if transport is not None:
@@ -149,21 +147,21 @@ class Connections:
         why = f"{self.reserved} connections" if why == "total" else why
         return self._refuse(address, f"{full} open, and {why} in the reserved slots")
 
-    def _capped(self, pool: str, capped: bool, fresh: bool) -> tuple[bool, bool]:
+    def _capped(self, pool: str, capped: bool) -> tuple[bool, bool]:
         """Whether each key level's cap applies (before this connection takes a slot): a client's
-        always; an IPv6 /48's only once its pool is half full (a host of the site holding its cap
-        does not lock out another of its /64s while the pool has room), and on probation only for
-        a /64 that holds a slot already (``fresh``: none yet; a session, or the oldest-on-probation
-        rule, bounds those)."""
+        always; an IPv6 /48's on probation always (MAX_ON_PROBATION_SITE: one site's /64s cannot
+        take every probation slot and evict a logged-in operator's new connection), elsewhere
+        only once the pool is half full (a host of the site holding its cap does not lock out
+        another of its /64s while the pool has room)."""
         if pool == "probation":
-            return capped, capped and not fresh
+            return capped, capped
         slots = self.pools[pool][0]
         return capped, capped and slots.open >= slots.total // 2
 
-    def _take(self, pool: str, keys: tuple[str, ...], capped: bool = True, fresh: bool = False) -> str | None:
+    def _take(self, pool: str, keys: tuple[str, ...], capped: bool = True) -> str | None:
         """None once ``keys`` hold a slot of ``pool`` at every level; else why not: "total" (the
         pool is full), or the client's cap met."""
-        caps = self._capped(pool, capped, fresh)
+        caps = self._capped(pool, capped)
         for level, key in enumerate(keys):
             full = self.pools[pool][level].take(key, caps[level])
             if full is not None:
@@ -174,9 +172,9 @@ class Connections:
                 return f"{self.caps[pool][level]} connections of this client" + ("'s /48" if level else "")
         return None
 
-    def _at_cap(self, pool: str, keys: tuple[str, ...], capped: bool = True, fresh: bool = False) -> bool:
+    def _at_cap(self, pool: str, keys: tuple[str, ...], capped: bool = True) -> bool:
         """Whether ``keys`` hold as many slots of ``pool`` as their caps allow, at some level."""
-        caps = self._capped(pool, capped, fresh)
+        caps = self._capped(pool, capped)
         return any(caps[level] and self.pools[pool][level].held(key) >= self.caps[pool][level]
                    for level, key in enumerate(keys))
 
