@@ -1704,12 +1704,15 @@ def hold_signals(eng, loop=None) -> None:
             said.append(signum)
             log.warning("lb instance %r is stopping already: %s ignored (the stop completes first)",
                         eng.cfg.instance, signal.Signals(signum).name)
-    # blocked while handlers change hands: one arriving in between waits for ours, not the default
-    blocked = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
-    try:
-        for sig in STOP_SIGNALS:
-            if loop is not None:
-                loop.remove_signal_handler(sig)
-            signal.signal(sig, already_stopping)
-    finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
+    # Ours first, then the loop forgets its own without putting back the default action (as
+    # remove_signal_handler would): no instant at SIG_DFL -- a signal may be taken by any thread,
+    # the executor's workers too, so blocking it in this one would not do.
+    handlers = getattr(loop, "_signal_handlers", None) if loop is not None else None
+    for sig in STOP_SIGNALS:
+        signal.signal(sig, already_stopping)
+        if handlers is not None:
+            handlers.pop(sig, None)
+        elif loop is not None:
+            loop.remove_signal_handler(sig)
+    if handlers is not None and not handlers:
+        signal.set_wakeup_fd(-1)         # the loop's wake-up socket goes with the loop

@@ -419,3 +419,42 @@ def test_a_lease_write_failing_after_the_apply_does_not_fail_the_reload(tmp_path
     said = [r.getMessage() for r in caplog.records if "BGP" in r.getMessage()]
     assert said == ["BGP: the lease's routes are not written yet (the renewal tries again each second): [Errno 28] "
                     "No space left on device: '/run/lb/lease.bgp-lease.json'"], caplog.text
+
+
+def test_the_stop_signals_never_pass_through_their_default_action():
+    """hold_signals took the loop's handlers off (remove_signal_handler puts back SIG_DFL) before
+    setting its own: a SIGTERM in between, taken by any thread (the executor's workers too),
+    killed lb half-way through its stop.  Its own handler now goes in first; after the loop has
+    closed, a stop signal is said and ignored."""
+    code = r"""
+import asyncio, os, signal, sys, time
+from lb import engine
+class E:
+    class cfg:
+        instance = "x"
+set_to = []
+real = signal.signal
+def recording(sig, handler):
+    set_to.append((signal.Signals(sig).name, handler))
+    return real(sig, handler)
+async def main():
+    loop = asyncio.get_running_loop()
+    for sig in engine.STOP_SIGNALS:
+        loop.add_signal_handler(sig, lambda: None)
+    await loop.run_in_executor(None, time.sleep, 0.01)
+    signal.signal = recording
+    try:
+        engine.hold_signals(E, loop)
+    finally:
+        signal.signal = real
+asyncio.run(main())
+assert set_to and all(h not in (signal.SIG_DFL, signal.default_int_handler) for _, h in set_to), set_to
+os.kill(os.getpid(), signal.SIGTERM)
+os.kill(os.getpid(), signal.SIGHUP)
+time.sleep(0.1)
+print("survived", flush=True)
+"""
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                       env=dict(os.environ, PYTHONPATH=f"{REPO}{os.pathsep}{TESTS}"))
+    assert p.returncode == 0 and "survived" in p.stdout, p.stdout + p.stderr
+    assert "Exception ignored" not in p.stderr, p.stderr            # no write to the closed wake-up socket
