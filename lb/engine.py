@@ -692,8 +692,11 @@ class Engine:
         """After a start that failed (in start(), or in the run loop's own start: pulse's port
         held by Piranha's pulse, say): nothing may stay attached or half-programmed of a new
         instance; an adopted data plane serves on as the previous run left it, with its
-        addresses.  Only the addresses this start added go: a VIP that was on the interface
-        before (take() left it) is the operator's, or the other program's that still serves it."""
+        addresses -- and, when the start got as far as applying the new table, with that table,
+        as after a kill -9 of a running daemon: no health checks until a start succeeds, and with
+        [ha] its lease runs out and the backup takes over.  Only the addresses this start added
+        go: a VIP that was on the interface before (take() left it) is the operator's, or the
+        other program's that still serves it."""
         if not self.dp.adopted:
             self.dp.detach_all()
         addresses.release(self.added_at_start + (self._role_added or []))

@@ -126,6 +126,7 @@ def read(path: str | os.PathLike) -> Snapshot:
             return snap
     started = time.time_ns()
     stamp = _toml.file_stamp(path)        # before the read: a change after it is a change next time
+    host = {p: _toml.file_stamp(p) for p in HOST_FILES}     # (the users the loader checks: the same)
     fmt = format_of(path)
     with open(path, "rb") as f:
         data = f.read(_toml.MAX_FILE_BYTES + 1)
@@ -144,11 +145,12 @@ def read(path: str | os.PathLike) -> Snapshot:
             stamps = {**watch.stamps, key: stamp}
         else:
             stamps = None
+    keep = err is None and stamps is not None and all(st is not None and st[3] < started - RACY_NS
+                                                      for st in stamps.values())
     if stamps is not None:
         # the loader checks users too (script_user): a useradd changes what the file means
-        stamps.update({p: _toml.file_stamp(p) for p in HOST_FILES})
-    keep = err is None and stamps is not None and \
-        all(st is not None and st[3] < started - RACY_NS for k, st in stamps.items() if k not in HOST_FILES)
+        stamps.update(host)
+        keep = keep and all(st is None or st[3] < started - RACY_NS for st in host.values())
     with _CACHE_LOCK:
         _CACHE.pop(key, None)
         if keep:
