@@ -82,9 +82,9 @@ HA_OTHER = {
     "sync_rejected": ("lb_ha_sync_rejected_datagrams_total", "sync datagrams refused whole (a bad record)"),
     "sync_expired": ("lb_ha_sync_expired_records_total", "synced records already expired when they came"),
     "sync_install_failed": ("lb_ha_sync_install_failed_records_total", "synced records the data plane could not "
-                            "install (lost; the log says why, once a minute)"),
+                            "install (lost; the log says why, at most once per 10 s)"),
     "sync_scan_failed": ("lb_ha_sync_scan_failures_total", "reads of the connection table for sync that failed "
-                         "(the log says why, once a minute)"),
+                         "(the log says why, at most once per 10 s)"),
 }
 # data-path counters whose names end so are levels (table fill), not counts of events
 LEVEL_SUFFIXES = ("_entries", "_max", "_capacity", "_fill", "_ratio")

@@ -702,9 +702,9 @@ class Pulse:
             # another channel: no news of the peer (each channel's window takes it, as it never
             # came there).  A capture held back on one segment while the other carried the
             # heartbeats, replayed once the peer is dead, would keep it "alive" for as long as
-            # the capture lasts.
-            # (compared only within half the field's range of what we last heard: after a silence
-            # that long -- weeks of partition -- the order is unknown, and the message is news)
+            # the capture lasts.  (Compared only within a quarter of the field's range of what
+            # we last heard: after a silence that long -- weeks of partition -- the order is
+            # unknown, and the message is news.)
             boot, mono, heard_at = self._peer_mono
             if m.boot == boot and self.clock() - heard_at < hb.MONO_ORDERED_S and hb.mono_before(m.mono, mono):
                 self.counters["late"] += 1
@@ -843,7 +843,7 @@ class Pulse:
                 # a second and more of a million-entry table that the loop's heartbeats (and
                 # the HA lease they refresh) must not wait for
                 records = await loop.run_in_executor(None, self._sync_scan)
-            except Exception as e:       # counted, logged once a minute with its traceback
+            except Exception as e:       # counted, logged at most once per 10 s with its traceback
                 self.counters["sync_scan_failed"] += 1
                 self._ratelog.log("sync-scan", logging.ERROR, "pulse: reading connections for sync failed: %s", e,
                                   exc_info=True)
@@ -893,7 +893,7 @@ class Pulse:
                 continue
             try:
                 done, skipped = await loop.run_in_executor(None, self.sync_sink, conns, temps)
-            except Exception as e:       # the records are lost: counted, logged once a minute
+            except Exception as e:       # the records are lost: counted, logged at most once per 10 s
                 self.counters["sync_install_failed"] += len(conns) + len(temps)
                 self._ratelog.log("sync-install", logging.ERROR, "pulse: installing %d synced records failed: %s",
                                   len(conns) + len(temps), e, exc_info=True)
