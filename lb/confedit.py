@@ -183,7 +183,7 @@ class ConfigRequests:
     async def put(self, document, version, *, restart: bool = False, who: str = "control socket",
                   serial: int | None = None, from_peer: bool = False, root: bool = True) -> dict:
         """``root``: the editor is root (or the daemon's user); else ([control] admin_group, the web
-        console's user) the edit may not change what only root may (ROOT_ONLY)."""
+        console's user) the edit may not change what only root may (root_only_changes)."""
         if self._lock is None:
             self._lock = asyncio.Lock()
         async with self._lock:
