@@ -107,13 +107,16 @@ def spawn(name: str, coro: Awaitable[None], *, logger: logging.Logger = log) -> 
 
 class RateLimitedLog:
     """``log(key, level, msg, *args)``: the first event of a key is logged, then at most one per
-    ``interval`` seconds, with the count of the events held back in between."""
+    ``interval`` seconds, with the count of the events held back in between.  ``most``: the keys
+    remembered at most, for keys an outsider chooses (a client's address): past that, those not
+    logged within ``interval`` go (their next event is logged anyway), then the oldest."""
 
     def __init__(self, logger: logging.Logger, interval: float = 10.0,
-                 clock: Callable[[], float] = time.monotonic):
+                 clock: Callable[[], float] = time.monotonic, most: int | None = None):
         self.logger = logger
         self.interval = interval
         self.clock = clock
+        self.most = most
         self._last: dict = {}          # key -> (time logged, events held back since)
 
     def log(self, key, level: int, msg: str, *args, exc_info=False) -> bool:
@@ -126,6 +129,11 @@ class RateLimitedLog:
         if held:
             msg += f" ({held} more like it in the last {now - last:.0f}s)"
         self.logger.log(level, msg, *args, exc_info=exc_info or None)
+        if self.most is not None and len(self._last) > self.most:
+            for k in [k for k, (t, _) in self._last.items() if now - t >= self.interval]:
+                del self._last[k]
+            while len(self._last) > self.most:
+                del self._last[next(iter(self._last))]
         return True
 
 

@@ -656,7 +656,7 @@ def test_each_clients_failed_logins_are_logged_with_its_address(tmp_path, pwfile
         run(console, body)
     told = [x.getMessage().split(" (")[0] for x in caplog.records]
     assert told == [f"web console: failed login from {a}" for a in sources if a != "2001:db8:1:2::2"], told
-    trail = webapp.ClientLog(logging.getLogger("lb.web.test"), 10.0, most=8, clock=lambda: 0.0)
+    trail = webapp.RateLimitedLog(logging.getLogger("lb.web.test"), 10.0, most=8, clock=lambda: 0.0)
     for i in range(100):
         assert trail.log(f"198.18.0.{i}", logging.DEBUG, "x")
     assert len(trail._last) == 8 and "198.18.0.99" in trail._last

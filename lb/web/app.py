@@ -36,7 +36,7 @@ over HTTPS; bad parameters are answered 400; a request body not received within 
 seconds 408, and one whose client left is not answered (counted in ``counts``).  What anyone who
 reaches the port can cause at will (a foreign Host, a cross-origin POST, failed or throttled
 logins) is counted in ``counts`` and logged at most once per LOG_EVERY seconds (failed logins
-once per LOG_EVERY per client, with its address: ClientLog), header values cut at 100
+once per LOG_EVERY per client, with its address), header values cut at 100
 characters: never a line per request.
 """
 from __future__ import annotations
@@ -142,29 +142,8 @@ NAV = (("/status", "Control/Monitoring"), ("/global", "Global settings"), ("/red
 # posts", "failed logins", "logins not checked" (throttled or busy), "unreadable password file"
 counts: collections.Counter = collections.Counter()
 LOG_EVERY = 10.0
+FAILED_LOG_CLIENTS = 4096      # clients whose failed logins the trail remembers (their lines rate-limited)
 _slow_log = RateLimitedLog(log, 10.0)
-
-
-class ClientLog(RateLimitedLog):
-    """A RateLimitedLog keyed by client (``client_key``): each client's events logged with
-    its address, at most one per ``interval``; the clients remembered are bounded (``most``):
-    past that, those not logged within ``interval`` go (their next event is logged anyway), then
-    the oldest.  A client's lines come no faster than its events, failed logins no faster than the
-    password checks (MAX_LOGIN_CHECKS at once)."""
-
-    def __init__(self, logger: logging.Logger, interval: float = 10.0, most: int = 4096, clock=time.monotonic):
-        super().__init__(logger, interval, clock)
-        self.most = most
-
-    def log(self, key, level: int, msg: str, *args, exc_info=False) -> bool:
-        logged = super().log(key, level, msg, *args, exc_info=exc_info)
-        if len(self._last) > self.most:
-            now = self.clock()
-            for k in [k for k, (last, _) in self._last.items() if now - last >= self.interval]:
-                del self._last[k]
-            while len(self._last) > self.most:
-                del self._last[next(iter(self._last))]
-        return logged
 
 
 def h(value) -> str:
@@ -359,7 +338,8 @@ class Console:
         # (one on a reserved slot needs a session); None: every one (no connection limits here)
         self.admit = None
         self._log = RateLimitedLog(log, LOG_EVERY)
-        self._failed_log = ClientLog(log, LOG_EVERY)     # the failed logins' trail: each client's address
+        # the failed logins' trail: each client's lines with its address; the clients remembered bounded
+        self._failed_log = RateLimitedLog(log, LOG_EVERY, most=FAILED_LOG_CLIENTS)
         self._password: tuple[float, str | None] | None = None   # (read at, digest of the line)
 
     # ---- the application ----
