@@ -309,7 +309,7 @@ class ReplayGuard:
             if any(k[0] == m.node and m.boot in r for k, r in self.retired.items()):
                 return "replay"
             return None
-        if st.echoed and not echoed and not st.leaving and 0 <= now_wall_ns - st.heard_ns < self.quiet_ns:
+        if st.echoed and not echoed and self._still_heard(st, now_wall_ns):
             return "replay"      # the live boot knows us, this one does not (yet)
         if m.ts_ns <= st.ts_ns:
             # older than the boot it would replace: an older boot's message replayed, or a restart
@@ -326,11 +326,14 @@ class ReplayGuard:
                 return "replay"
         return None
 
+    def _still_heard(self, st: _Stream, now_wall_ns: int) -> bool:
+        """A stream still heard: a message of it accepted within quiet_ns, and no "leaving"."""
+        return not st.leaving and 0 <= now_wall_ns - st.heard_ns < self.quiet_ns
+
     def live(self, node: int, boot: int, now_wall_ns: int) -> bool:
-        """Whether a heartbeat stream of ``node``'s ``boot`` is still heard: a message of it
-        accepted within quiet_ns, and it has not said it leaves."""
-        return any(k[0] == node and not k[2] and s.boot == boot and not s.leaving
-                   and 0 <= now_wall_ns - s.heard_ns < self.quiet_ns for k, s in self.streams.items())
+        """Whether a heartbeat stream of ``node``'s ``boot`` is still heard."""
+        return any(k[0] == node and not k[2] and s.boot == boot and self._still_heard(s, now_wall_ns)
+                   for k, s in self.streams.items())
 
     def _sync_floor(self, m: Message) -> int | None:
         """The oldest timestamp a sync message of m's boot may carry: the first heartbeat we
