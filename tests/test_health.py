@@ -900,33 +900,26 @@ def test_send_expect_regex_is_not_judged_on_a_reply_cut_short():
     """A reply split across segments: "STATUS: UP" then "GRADING\r\n".  The regex must be
     judged on the whole line, not on the first segment (where "UP$" and "UP\b" match)."""
     async def main():
-        async def split(r, w):
-            try:
-                await r.read(100)
-                w.write(b"STATUS: UP")
-                await w.drain()
-                await asyncio.sleep(0.1)
-                w.write(b"GRADING\r\n")
-                await w.drain()
-                await asyncio.sleep(5)
-            except (asyncio.CancelledError, ConnectionError):
-                pass
-            finally:
-                w.close()
+        def writing(*chunks):
+            """A server answering with ``chunks``, 0.1 s apart, then keeping the connection."""
+            async def serve(r, w):
+                try:
+                    await r.read(100)
+                    for i, chunk in enumerate(chunks):
+                        if i:
+                            await asyncio.sleep(0.1)
+                        w.write(chunk)
+                        await w.drain()
+                    await asyncio.sleep(5)
+                except (asyncio.CancelledError, ConnectionError):
+                    pass
+                finally:
+                    w.close()
+            return serve
 
-        async def no_newline(r, w):          # a prompt without a line end, the connection kept
-            try:
-                await r.read(100)
-                w.write(b"STATUS: UP")
-                await w.drain()
-                await asyncio.sleep(5)
-            except (asyncio.CancelledError, ConnectionError):
-                pass
-            finally:
-                w.close()
-
-        srv = await asyncio.start_server(split, HOST, 0)
-        srv2 = await asyncio.start_server(no_newline, HOST, 0)
+        srv = await asyncio.start_server(writing(b"STATUS: UP", b"GRADING\r\n"), HOST, 0)
+        # a prompt without a line end, the connection kept
+        srv2 = await asyncio.start_server(writing(b"STATUS: UP"), HOST, 0)
         port, port2 = srv.sockets[0].getsockname()[1], srv2.sockets[0].getsockname()[1]
         async with srv, srv2:
             return await asyncio.gather(*[
