@@ -35,6 +35,7 @@ from lb.dataplane.ipvs import IpvsDataplane
 from lb.dataplane.program import Sizes
 from lb.dataplane.xdp import XdpDataplane
 from lb.ha import addresses
+from lb.ha import heartbeat as hb
 from lb.ha import announce as ha_announce
 from lb.health import CheckSpec, LoadMonitorTask, LoadSpec, Monitor, NannyPolicy
 from lb.instance import AlreadyRunning, InstanceLock
@@ -731,6 +732,14 @@ class Engine:
             check_interfaces(new)
         except StartupError as e:
             raise ReloadRefused(f"reload refused: {e}") from None
+        keys = None
+        if self.pulse is not None:
+            # the HA keyring, read again: a new first key signs from now on (docs/architecture.md,
+            # "Changing the HA key"); a file that no longer holds a good keyring refuses the reload
+            try:
+                keys = hb.read_keys(new.ha.key_file)
+            except (OSError, ValueError) as e:
+                raise ReloadRefused(f"reload refused, nothing changed: {e}") from None
         log_warnings(new)
         # all or nothing: everything that can be checked is, before the first write (the data
         # plane's plan: every table's capacity, draining servers' slots included; the new
@@ -792,11 +801,8 @@ class Engine:
                 self._attach_guards()
             except (DataplaneError, OSError) as e:
                 log.error("HA: the lease's addresses after the reload: %s", e)
-        if self.pulse is not None and self.pulse.key_changed():
-            return (f"reloaded {path}; the HA key in {new.ha.key_file} changed, and the running daemon keeps "
-                    f"the key it started with: restart lb on both directors (while their keys differ, each "
-                    f"refuses the other's heartbeats)")
-        return f"reloaded {path}"
+        keys_changed = self.pulse.set_keys(keys) if keys is not None else None
+        return f"reloaded {path}" + (f"; {keys_changed}" if keys_changed else "")
 
     # ---- health (nanny) ----
     def sync_monitors(self) -> None:

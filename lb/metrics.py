@@ -365,6 +365,11 @@ class Collector:
         f.gauge("lb_ha_peer_last_heard_timestamp_seconds", "when the peer was last heard", (), (),
                 _ago(doc, peer.get("last_heard_s")))
         f.gauge("lb_ha_link_up", "0 while the public link is down (monitor_links)", (), (), ha.get("link_ok", True))
+        keys = ha.get("keys") or {}
+        f.gauge("lb_ha_keys", "keys in the HA key file (the first signs, any is accepted)", (), (), keys.get("count"))
+        f.gauge("lb_ha_peer_key", "which of them the peer's messages are signed with (1: the first, as ours; "
+                "0: not heard yet); another while a change of keys is under way", (), (),
+                keys.get("peer_signs_with") or 0 if keys else None)
         for name, ch in ha.get("channels", {}).items():
             f.counter("lb_ha_heartbeats_sent_total", "pulse messages sent (heartbeats and stand-downs)",
                       ("channel",), (name,), ch["tx"])

@@ -37,8 +37,8 @@ def pair(tmp_path, b_text=None, a_extra="", b_extra=""):
     a.role = lambda: "active"
     b.role = lambda: "backup"
     port = held_port()
-    sa = configsync.ConfigSync(a, KEY, [("127.0.0.1", "127.0.0.2")], port)
-    sb = configsync.ConfigSync(b, KEY, [("127.0.0.2", "127.0.0.1")], port)
+    sa = configsync.ConfigSync(a, lambda: (KEY,), [("127.0.0.1", "127.0.0.2")], port)
+    sb = configsync.ConfigSync(b, lambda: (KEY,), [("127.0.0.2", "127.0.0.1")], port)
     return a, b, sa, sb
 
 
@@ -151,7 +151,7 @@ def test_an_invalid_configuration_is_refused_with_the_reason(tmp_path):
 def test_another_key_or_another_address_is_never_read(tmp_path):
     a, b, sa, sb = pair(tmp_path)
     before = b.cfg.path.read_bytes()
-    sa.key = b"not the peer's key, same length!"
+    sa.keys = lambda: (b"not the peer's key, same length!",)
 
     async def body():
         with pytest.raises(asyncio.IncompleteReadError):
@@ -159,7 +159,7 @@ def test_another_key_or_another_address_is_never_read(tmp_path):
     run(sa, sb, body)
     assert b.cfg.path.read_bytes() == before and sb.counters["bad_peer"] == 1
     # a push from 127.0.0.3 (not the peer's heartbeat address)
-    sa.key = KEY
+    sa.keys = lambda: (KEY,)
     sa.channels = [("127.0.0.3", "127.0.0.2")]
 
     async def body2():

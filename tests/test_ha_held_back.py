@@ -151,18 +151,6 @@ def test_a_sync_sink_that_fails_is_counted_and_logged_once_a_minute(tmp_path, ca
     assert p.counters["sync_install_failed"] == 50
 
 
-def test_a_key_file_changed_under_a_running_daemon_is_said_not_kept_quiet(tmp_path):
-    """The key is read at start; a reload after the file changed said nothing and kept the old
-    key.  Now the reload's answer and `lb status` say a restart of both directors is needed."""
-    from test_ha_unit import _pulse
-
-    p = _pulse(tmp_path, ())
-    assert p.key_changed() is False and not [w for w in p.warnings() if "key" in w]
-    (tmp_path / "ha.key").write_bytes(b"another key, long enough 012345")
-    assert p.key_changed() is True
-    assert [w for w in p.warnings() if "no longer holds the key" in w]
-
-
 class PrivateDown(Pair):
     """Two channels, the private link down; the backup's clock two minutes ahead."""
 

@@ -57,22 +57,47 @@ def test_replay_window():
     assert g.check(msg(300, boot=1, ts=now), now) == "replay"
 
 
-def test_read_key(tmp_path):
+def test_read_keys(tmp_path):
     p = tmp_path / "k"
     p.write_bytes(b"short")
     p.chmod(0o600)
-    with pytest.raises(ValueError):
-        hb.read_key(p)
+    with pytest.raises(ValueError, match="holds 5 bytes; at least 16"):
+        hb.read_keys(p)
     p.write_bytes(b"a-long-enough-secret\n")
-    assert hb.read_key(p) == b"a-long-enough-secret"
+    assert hb.read_keys(p) == (b"a-long-enough-secret",)
+    # a text file is a keyring: a key per line, the first signs; blank lines and spaces ignored
+    p.write_bytes(b"  the-new-key-0123456789  \n\n\tthe-old-key-0123456789\r\n")
+    assert hb.read_keys(p) == (b"the-new-key-0123456789", b"the-old-key-0123456789")
+    p.write_bytes(b"the-new-key-0123456789\nshort\n")
+    with pytest.raises(ValueError, match=f"HA key file {p} line 2 holds 5 bytes"):
+        hb.read_keys(p)
+    p.write_bytes(b"".join(b"key-number-%d-0123456789\n" % i for i in range(hb.MAX_KEYS + 1)))
+    with pytest.raises(ValueError, match=f"holds {hb.MAX_KEYS + 1} keys"):
+        hb.read_keys(p)
+    p.write_bytes(b" \n\n")
+    with pytest.raises(ValueError, match="holds no key"):
+        hb.read_keys(p)
+    # any other file is one key, newlines and all (binary keys as read before keyrings)
+    binary = bytes(range(256))[:40] + b"\n" + bytes(range(200, 240))
+    p.write_bytes(binary)
+    assert hb.read_keys(p) == (binary.strip(),)
     p.chmod(0o644)
     with pytest.raises(ValueError):
-        hb.read_key(p)
+        hb.read_keys(p)
     # mode 0600 but another user's: whoever owns it can rewrite the key (as OpenSSH's StrictModes)
     p.chmod(0o600)
     os.chown(p, 65534, -1)
     with pytest.raises(ValueError, match="is owned by uid 65534"):
-        hb.read_key(p)
+        hb.read_keys(p)
+
+
+def test_any_key_of_the_keyring_verifies_and_says_which():
+    m = msg(5)
+    raw = hb.encode(b"the-old-key-0123456789", m)
+    assert hb.decode((b"the-new-key-0123456789", b"the-old-key-0123456789"), raw).keyno == 1
+    assert hb.decode((b"the-old-key-0123456789",), raw).keyno == 0
+    with pytest.raises(hb.DecodeError, match="auth"):
+        hb.decode((b"the-new-key-0123456789",), raw)
 
 
 def roles_of(acts):
@@ -658,7 +683,7 @@ def test_peer_with_another_key_is_reported_as_heard_but_refused(tmp_path, caplog
     pair = Pair(tmp_path)
     primary = pair.start(hb.NODE_PRIMARY)
     backup = pair.start(hb.NODE_BACKUP)
-    backup.key = b"another-key-entirely-0123456789"
+    backup.keys = (b"another-key-entirely-0123456789",)
     with caplog.at_level(logging.WARNING, logger="lb.ha"):
         pair.run(3.0)
     st = primary.status()

@@ -55,6 +55,7 @@ def status(ha=True):
     if ha:
         doc["ha"] = {
             "node": "backup", "role": "backup", "role_changes": 3, "takeovers": 1, "link_ok": True,
+            "keys": {"file": "/etc/lb/ha.key", "count": 2, "peer_signs_with": 2},
             "peer": {"state": "active", "alive": True, "last_heard_s": 0.25},
             "channels": {"public": {"rx": 40, "tx": 41, "tx_errors": 1, "icmp_errors": 3, "last_heartbeat_s": 0.25},
                          "private": {"rx": 39, "tx": 41, "tx_errors": 0, "last_heartbeat_s": None}},
@@ -184,6 +185,7 @@ def test_service_dataplane_reload_and_ha():
     assert value(s, "lb_ha_role", role="backup") == 1 and value(s, "lb_ha_role", role="active") == 0
     assert value(s, "lb_ha_peer_state", state="active") == 1
     assert value(s, "lb_ha_takeovers_total") == 1
+    assert value(s, "lb_ha_keys") == 2 and value(s, "lb_ha_peer_key") == 2     # a change of keys under way
     assert value(s, "lb_ha_heartbeats_sent_total", channel="public") == 41
     assert value(s, "lb_ha_heartbeat_send_errors_total", channel="public") == 1
     assert value(s, "lb_ha_heartbeat_icmp_errors_total", channel="public") == 3

@@ -934,7 +934,7 @@ def test_control_page_shows_bgp_sessions_and_pulse_warnings(tmp_path, pwfile):
     pair = Pair(tmp_path)
     primary = pair.start(hb.NODE_PRIMARY)
     backup = pair.start(hb.NODE_BACKUP)
-    backup.key = b"another-key-entirely-0123456789"
+    backup.keys = (b"another-key-entirely-0123456789",)
     pair.run(3.0)
     html = webapp._ha_summary(primary.status())
     assert "<th>WARNING</th><td>public channel: datagrams from the peer 198.18.0.3 are refused (bad MAC" in html, html

@@ -317,6 +317,11 @@ def cmd_status(args) -> int:
               f" ignored: forged {c['bad_auth']} replayed {c['replay']} stale {c['stale']}"
               f" malformed {c['malformed']} off-path {c.get('offpath', 0)}"
               f" not heard {c.get('unheard', 0)}")
+        keys = ha.get("keys")
+        if keys:              # the keyring (lb.ha.heartbeat.read_keys): the first key signs
+            peer_key = keys["peer_signs_with"]
+            print(f"  keys: {keys['count']} in {keys['file']}, signing with the first; the peer signs with "
+                  + ("(not heard yet)" if peer_key is None else f"key {peer_key}"))
         if "lease_s" in ha:   # the data plane's lease (bpf/lb_lease.h): claims the addresses while it runs
             left = ha["lease_s"]
             if left is None:

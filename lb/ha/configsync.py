@@ -6,7 +6,8 @@ every PUSH_INTERVAL seconds and at once after each change; the peer answers with
 so both show whether they run the same one (`lb status`, the console).
 
 Transport: TCP on the heartbeat addresses and port (each director listens on its own heartbeat
-addresses, and takes connections only from its peer's), authenticated with the heartbeat key.
+addresses, and takes connections only from its peer's), authenticated with the heartbeat keys
+(the first key of the key file signs, any of them verifies: lb.ha.heartbeat.read_keys).
 Pulse's heartbeats (and their catch-all socket) and its connection sync ([ha] sync_port) are UDP:
 a TCP port of the same number is another port.
 
@@ -40,6 +41,7 @@ import struct
 import time
 
 from lb.config import store
+from lb.ha import heartbeat as hb
 from lb.tasks import RateLimitedLog, cancel_and_wait, supervise
 
 log = logging.getLogger("lb.ha.configsync")
@@ -59,14 +61,14 @@ def _mac(key: bytes, label: bytes, nonces: bytes, body: bytes) -> bytes:
     return hmac.new(key, label + nonces + body, hashlib.sha256).digest()
 
 
-async def _read_message(reader, key: bytes, label: bytes, nonces: bytes) -> dict:
+async def _read_message(reader, keys: tuple[bytes, ...], label: bytes, nonces: bytes) -> dict:
     head = await asyncio.wait_for(reader.readexactly(4), STEP_TIMEOUT)
     (n,) = struct.unpack("!I", head)
     if n > MAX_MESSAGE:
         raise ValueError(f"message of {n} bytes (at most {MAX_MESSAGE})")
     body = await asyncio.wait_for(reader.readexactly(n), STEP_TIMEOUT)
     mac = await asyncio.wait_for(reader.readexactly(32), STEP_TIMEOUT)
-    if not hmac.compare_digest(mac, _mac(key, label, nonces, body)):
+    if hb.key_verifying(keys, body, mac, label + nonces) is None:     # any key of the keyring
         raise PermissionError("bad MAC (not our peer's key)")
     try:
         msg = json.loads(body)
@@ -85,9 +87,11 @@ def _message(key: bytes, label: bytes, nonces: bytes, msg: dict) -> bytes:
 class ConfigSync:
     """One per daemon with [ha]: the server (always) and the pusher (while active)."""
 
-    def __init__(self, engine, key: bytes, channels, port: int):
+    def __init__(self, engine, keys, channels, port: int):
+        """keys() -> the keyring (lb.ha.heartbeat.read_keys; pulse's, which a reload replaces):
+        the first key signs, any verifies."""
         self.engine = engine
-        self.key = key
+        self.keys = keys
         self.channels = channels            # [(local address, peer address)], private first
         self.port = port
         self.servers: list[asyncio.AbstractServer] = []
@@ -217,9 +221,10 @@ class ConfigSync:
                 writer.write(MAGIC + cn)
                 await writer.drain()
                 sn = await asyncio.wait_for(reader.readexactly(NONCE), STEP_TIMEOUT)
-                writer.write(_message(self.key, b"push", cn + sn, msg))
+                keys = self.keys()
+                writer.write(_message(keys[0], b"push", cn + sn, msg))
                 await writer.drain()
-                return await _read_message(reader, self.key, b"reply", cn + sn)
+                return await _read_message(reader, keys, b"reply", cn + sn)
             finally:
                 writer.close()
         raise ConnectionError(f"no channel reaches the peer ({last})")
@@ -257,11 +262,11 @@ class ConfigSync:
                     cn, sn = head[len(MAGIC):], os.urandom(NONCE)
                     writer.write(sn)
                     await writer.drain()
-                    msg = await _read_message(reader, self.key, b"push", cn + sn)
+                    msg = await _read_message(reader, self.keys(), b"push", cn + sn)
                 self._reading.pop(writer, None)
                 async with self._busy:
                     reply = await self._answer(msg, peername[0])
-                writer.write(_message(self.key, b"reply", cn + sn, reply))
+                writer.write(_message(self.keys()[0], b"reply", cn + sn, reply))
                 await asyncio.wait_for(writer.drain(), STEP_TIMEOUT)
             finally:
                 self._reading.pop(writer, None)
@@ -323,7 +328,7 @@ async def start(engine) -> ConfigSync | None:
     if pulse is None:
         return None
     chans = sorted(pulse.channels, key=lambda c: c.name != "private")
-    sync = ConfigSync(engine, pulse.key, [(c.local, c.peer) for c in chans], engine.cfg.ha.heartbeat_port)
+    sync = ConfigSync(engine, lambda: pulse.keys, [(c.local, c.peer) for c in chans], engine.cfg.ha.heartbeat_port)
     engine.configs.on_applied.append(sync.changed)
     await sync.start()
     return sync

@@ -35,6 +35,9 @@ the receiver and is still heard is not replaced by one that does not.  A sync me
 accepted only from a boot whose heartbeats were accepted, never from a boot its stream has left,
 and, for a new sync stream, not when older than the first heartbeat accepted from its boot (less
 a grace): a receiver just restarted would take an old capture of the active's current boot again.
+The key file is a keyring (:func:`read_keys`): the first key signs, any of them verifies, so
+the two directors change keys with reloads, one at a time, and never refuse each other
+(docs/architecture.md, "Changing the HA key").
 The receiver (lb.ha.pulse) acts on
 the peer's state only from its newest message, and in its first half deadtime only from one made
 after the peer heard from it (echoing its boot id).  Forged, replayed and malformed messages are
@@ -102,6 +105,7 @@ class Message:
     flags: int = 0
     payload: bytes = b""
     mono: int = 0          # with F_MONO: the sender's monotonic clock, ms modulo 2^32
+    keyno: int = 0         # decoded: the receiver's key (its place in the keyring) that verified it
 
     @property
     def echo(self) -> int:
@@ -109,10 +113,22 @@ class Message:
         return ECHO.unpack(self.payload)[0] if self.type != T_SYNC and len(self.payload) == ECHO.size else 0
 
 
-def read_key(path) -> bytes:
-    """The shared key: the file's bytes, surrounding whitespace removed.  At least 16 bytes; the
-    file must not be readable by group or others, and must be ours (root's): whoever owns it can
-    rewrite it, and the key lets its holder forge heartbeats and push configurations."""
+MAX_KEYS = 4                 # keys in a keyring: a forged datagram costs one MAC per key
+
+
+def _printable(data: bytes) -> bool:
+    return all(32 <= b < 127 or b in b"\t\r\n" for b in data)
+
+
+def read_keys(path) -> tuple[bytes, ...]:
+    """The shared keys, the first of which signs what this director sends; a message signed with
+    any of them is authentic.  A text file (printable ASCII, as `base64` or `openssl rand -hex`
+    write) holds one key per line, blank lines and surrounding whitespace ignored; any other
+    file is one key, its bytes with surrounding whitespace removed (a binary key, read as
+    before keyrings).  At most MAX_KEYS keys, each of 16 bytes or more.  The file must not be
+    readable by group or others, and must be ours (root's): whoever owns it can rewrite it, and
+    a key lets its holder forge heartbeats and push configurations.  ValueError names the file
+    (and the line) of what is wrong."""
     with open(path, "rb") as f:
         st = os.fstat(f.fileno())
         if st.st_uid != os.geteuid():
@@ -120,10 +136,21 @@ def read_key(path) -> bytes:
                              f"(chown it to the user lb runs as)")
         if st.st_mode & 0o077:
             raise ValueError(f"HA key file {path} is accessible by group or others (chmod 600 it)")
-        key = f.read(1 << 16).strip()
-    if len(key) < 16:
-        raise ValueError(f"HA key file {path} holds {len(key)} bytes; at least 16 are needed")
-    return key
+        data = f.read(1 << 16)
+    if not _printable(data):
+        lines = [(0, data.strip())]
+    else:
+        lines = [(n, line.strip()) for n, line in enumerate(data.split(b"\n"), 1) if line.strip()]
+    if not lines or not lines[0][1]:
+        raise ValueError(f"HA key file {path} holds no key; at least 16 bytes are needed")
+    if len(lines) > MAX_KEYS:
+        raise ValueError(f"HA key file {path} holds {len(lines)} keys (lines); at most {MAX_KEYS}: "
+                         f"the first signs, the others are accepted while the peer changes keys")
+    for n, key in lines:
+        if len(key) < 16:
+            where = f" line {n}" if n else ""
+            raise ValueError(f"HA key file {path}{where} holds {len(key)} bytes; at least 16 are needed")
+    return tuple(key for _n, key in lines)
 
 
 def new_boot_id() -> int:
@@ -144,11 +171,12 @@ def echo_payload(boot: int) -> bytes:
     return ECHO.pack(boot)
 
 
-def decode(key: bytes, data: bytes, *, sender: int | None = None, channel: int | None = None,
+def decode(keys: tuple[bytes, ...] | bytes, data: bytes, *, sender: int | None = None, channel: int | None = None,
            types: tuple[int, ...] | None = None) -> Message:
-    """The message in ``data``, or DecodeError.  ``sender``/``channel``/``types``: what this
-    socket takes (the peer's node id, its channel, the message types of its port); checked with
-    the header, before the MAC."""
+    """The message in ``data``, or DecodeError.  ``keys``: the keyring (read_keys), or one key;
+    the message's keyno says which of them verified it.  ``sender``/``channel``/``types``: what this socket
+    takes (the peer's node id, its channel, the message types of its port); checked with the
+    header, before the MAC."""
     if not HEADER.size + MAC_LEN <= len(data) <= MAX_DATAGRAM:
         raise DecodeError("malformed", f"{len(data)} bytes")
     magic, ver, typ, state, flags, node, chan, mono_hi, boot, seq, ts, plen, mono_lo = HEADER.unpack_from(data)
@@ -167,9 +195,19 @@ def decode(key: bytes, data: bytes, *, sender: int | None = None, channel: int |
     if types is not None and typ not in types:
         raise DecodeError("wrong_channel", f"{TYPE_NAMES[typ]} message on the wrong port")
     body, mac = data[:-MAC_LEN], data[-MAC_LEN:]
-    if not hmac.compare_digest(hmac.new(key, body, hashlib.sha256).digest(), mac):
+    keyno = key_verifying(keys, body, mac)
+    if keyno is None:
         raise DecodeError("auth", "bad HMAC")
-    return Message(typ, state, node, chan, boot, seq, ts, flags, body[HEADER.size:], mono_hi << 16 | mono_lo)
+    return Message(typ, state, node, chan, boot, seq, ts, flags, body[HEADER.size:], mono_hi << 16 | mono_lo, keyno)
+
+
+def key_verifying(keys: tuple[bytes, ...] | bytes, body: bytes, mac: bytes, label: bytes = b"") -> int | None:
+    """The place in ``keys`` (a keyring, or one key) of the key whose HMAC-SHA256 of label + body
+    is ``mac`` (None: none)."""
+    for n, key in enumerate((keys,) if isinstance(keys, bytes) else keys):
+        if hmac.compare_digest(hmac.new(key, label + body, hashlib.sha256).digest(), mac):
+            return n
+    return None
 
 
 def mono_ms(seconds: float) -> int:

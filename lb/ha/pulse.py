@@ -357,8 +357,8 @@ class Pulse:
         self.clock, self.wall_ns = clock, wall_ns
         # the data plane's clock (synced entries are stamped on it): BPF's coarse monotonic one
         self.coarse_ns = lambda: time.clock_gettime_ns(_CLOCK_MONOTONIC_COARSE)
-        self.key = hb.read_key(ha.key_file)
-        self._key_on_file = False           # key_file changed since the start (seen by key_changed)
+        self.keys = hb.read_keys(ha.key_file)    # the keyring: the first signs (set_keys at a reload)
+        self.peer_keyno: int | None = None       # which of them the peer's newest accepted message was signed with
         self.boot = hb.new_boot_id()
         if node is None:
             mine = local_addresses()
@@ -418,23 +418,34 @@ class Pulse:
         one before it, so a director reported active holds its addresses"""
         return NAMES[self._switching_from if self._switching_from is not None else self.machine.state]
 
-    def key_changed(self) -> bool:
-        """Whether key_file now holds another key than the one this daemon runs with (read at
-        start only: both directors change keys together, at a restart)."""
-        try:
-            self._key_on_file = hb.read_key(self.ha.key_file) != self.key
-        except (OSError, ValueError):
-            self._key_on_file = True
-        return self._key_on_file
+    def set_keys(self, keys: tuple[bytes, ...]) -> str | None:
+        """A reload's keyring (read_keys of key_file): signs from the next datagram on, heartbeats
+        and configuration pushes alike.  What changed, for the reload's answer (None: nothing)."""
+        if keys == self.keys:
+            return None
+        old, self.keys = self.keys, keys
+        if keys[0] != old[0]:
+            what = f"signing with a new key, the first of {len(keys)}"
+        else:
+            what = f"signing with the same key, {len(keys)} accepted"
+        if self.peer_keyno is not None:
+            # the peer's key, in the new keyring's order (None: no longer accepted)
+            peer_key = old[self.peer_keyno] if self.peer_keyno < len(old) else None
+            self.peer_keyno = keys.index(peer_key) if peer_key in keys else None
+            if self.peer_keyno is None:
+                what += "; the key the peer signs with is no longer among them: it is refused until it changes too"
+        log.info("pulse: the HA keys in %s changed: %s", self.ha.key_file, what)
+        return f"the HA keys in {self.ha.key_file} changed: {what}"
 
     def warnings(self) -> list[str]:
         """What an operator must look at: a peer heard but refused, a skewed clock, heartbeats
         the kernel dropped, a key file changed since the start."""
         now = self.clock()
         out = []
-        if self._key_on_file:
-            out.append(f"{self.ha.key_file} no longer holds the key this daemon started with (seen at a reload): "
-                       f"restart lb on both directors to use it")
+        if self.peer_keyno:
+            out.append(f"the peer signs with key {self.peer_keyno + 1} of the {len(self.keys)} in "
+                       f"{self.ha.key_file}, ours the first: a change of keys is under way (docs/architecture.md, "
+                       f"\"Changing the HA key\"); finish it on both directors")
         for c in self.channels:
             if c.last_refused is None or now - c.last_refused[0] >= self.REFUSED_WARNING:
                 continue
@@ -470,6 +481,9 @@ class Pulse:
                      "last_heard_s": None if m.peer_seen is None else round(now - m.peer_seen, 3),
                      "clock_skew_s": None if self.peer_skew is None else round(self.peer_skew, 3)},
             "link_ok": m.link_ok,
+            # the keyring (never a key): how many keys, and which the peer's messages are signed with
+            "keys": {"file": str(self.ha.key_file), "count": len(self.keys),
+                     "peer_signs_with": None if self.peer_keyno is None else self.peer_keyno + 1},
             "channels": {c.name: {"local": str(c.local), "peer": str(c.peer), "port": c.port,
                                   "sync_port": c.sync.port, "rx": c.rx, "tx": c.tx, "tx_errors": c.tx_errors,
                                   "icmp_errors": c.icmp_errors,
@@ -557,7 +571,7 @@ class Pulse:
             payload = hb.echo_payload(self._echo())
         m = hb.Message(typ, self.machine.state if state is None else state, self.node, c.id, self.boot, ep.seq,
                        self.wall_ns(), self._flags(), payload, hb.mono_ms(self.clock()))
-        return hb.encode(self.key, m)
+        return hb.encode(self.keys[0], m)
 
     def _send(self, c: Channel, typ: int, state: int | None = None, payload: bytes | None = None) -> None:
         ep = c.sync if typ == hb.T_SYNC else c.hb
@@ -650,7 +664,7 @@ class Pulse:
 
     def _receive(self, c: Channel, kind: str, data: bytes) -> None:
         try:
-            m = hb.decode(self.key, data, sender=self.peer_node, channel=c.id, types=hb.SOCKET_TYPES[kind])
+            m = hb.decode(self.keys, data, sender=self.peer_node, channel=c.id, types=hb.SOCKET_TYPES[kind])
         except hb.DecodeError as e:
             self._refuse(c, "bad_auth" if e.reason == "auth" else e.reason, e.detail)
             return
@@ -714,6 +728,11 @@ class Pulse:
         c.rx += 1
         now = self.clock()
         c.last_rx = now
+        if m.keyno != self.peer_keyno:
+            if self.peer_keyno is not None:      # the peer changed keys (it cannot be forged: authentic)
+                log.info("pulse: the peer now signs with key %d of the %d in %s", m.keyno + 1, len(self.keys),
+                         self.ha.key_file)
+            self.peer_keyno = m.keyno
         if m.type == hb.T_SYNC:
             self.last_sync_rx = now
             try:

@@ -1,0 +1,167 @@
+"""Changing the HA key with reloads, one director at a time, as docs/architecture.md ("Changing
+the HA key") tells: the key file is a keyring, its first key signs and any of its keys is
+accepted.  A key used to be read at start only: a new one needed a restart of both directors,
+and between the two restarts each refused the other's heartbeats -- the backup took over, and
+both were active.  Here the roles never move and no heartbeat is refused at any step; `lb
+status` says which key the peer signs with; a reload with a bad key file changes nothing."""
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from lb import config as lbconfig
+from lb.engine import ReloadRefused
+from lb.ha import heartbeat as hb
+from lb.ha.pulse import Pulse
+from test_engine_reload import no_addresses  # noqa: F401 - a fixture
+from test_ha_unit import Pair
+from test_override import make_engine
+
+OLD = b"the-old-key-0123456789abcdef"
+NEW = b"the-new-key-0123456789abcdef"
+
+
+class TwoFiles(Pair):
+    """The pair of test_ha_unit with a key file of its own on each director."""
+
+    def __init__(self, tmp_path):
+        super().__init__(tmp_path)
+        self.files = {}
+        for node in (hb.NODE_PRIMARY, hb.NODE_BACKUP):
+            f = tmp_path / f"ha-{node}.key"
+            f.write_bytes(OLD + b"\n")
+            f.chmod(0o600)
+            self.files[node] = f
+
+    def start(self, node):
+        shared = self.ha
+        self.ha = dataclasses.replace(shared, key_file=self.files[node])
+        try:
+            return super().start(node)
+        finally:
+            self.ha = shared
+
+    def reload(self, node, *keys):
+        """The operator's edit of one director's key file, then its reload (Engine.reload_or_raise
+        reads the file and hands the keyring to pulse)"""
+        self.files[node].write_bytes(b"".join(k + b"\n" for k in keys))
+        return self.nodes[node].set_keys(hb.read_keys(self.files[node]))
+
+
+def test_the_keys_change_with_reloads_one_director_at_a_time_and_no_heartbeat_is_refused(tmp_path):
+    pair = TwoFiles(tmp_path)
+    primary, backup = pair.start(hb.NODE_PRIMARY), pair.start(hb.NODE_BACKUP)
+    pair.run(3.0)
+    assert pair.roles() == {hb.NODE_PRIMARY: "active", hb.NODE_BACKUP: "backup"}
+    changes = {n: p.machine.changes for n, p in pair.nodes.items()}
+
+    def step(node, *keys, settle=1.0):
+        said = pair.reload(node, *keys)
+        pair.run(settle)
+        return said
+
+    # 1: the new key added after the old one, on each director in turn: both still sign with the old
+    assert step(hb.NODE_PRIMARY, OLD, NEW) == f"the HA keys in {pair.files[0]} changed: signing with the same key, 2 accepted"
+    step(hb.NODE_BACKUP, OLD, NEW)
+    assert primary.status()["keys"] == {"file": str(pair.files[0]), "count": 2, "peer_signs_with": 1}
+    # 2: the new key first: the primary signs with it while the backup still signs with the old
+    assert step(hb.NODE_PRIMARY, NEW, OLD) == \
+        f"the HA keys in {pair.files[0]} changed: signing with a new key, the first of 2"
+    assert primary.status()["keys"]["peer_signs_with"] == 2
+    assert backup.status()["keys"]["peer_signs_with"] == 2
+    assert any("the peer signs with key 2 of the 2" in w for w in primary.status()["warnings"])
+    assert f"  keys: 2 in {pair.files[0]}, signing with the first; the peer signs with key 2\n" in status_text(primary)
+    step(hb.NODE_BACKUP, NEW, OLD)
+    for p in (primary, backup):
+        assert p.status()["keys"]["peer_signs_with"] == 1
+        assert not [w for w in p.status()["warnings"] if "key" in w]
+    # 3: the old key gone
+    step(hb.NODE_PRIMARY, NEW)
+    step(hb.NODE_BACKUP, NEW)
+    assert {n: p.machine.changes for n, p in pair.nodes.items()} == changes
+    assert pair.roles() == {hb.NODE_PRIMARY: "active", hb.NODE_BACKUP: "backup"}
+    for p in (primary, backup):
+        assert p.counters["bad_auth"] == 0 and p.keys == (NEW,)
+        assert p.status()["peer"]["alive"]
+    # the old key no longer opens anything: a heartbeat signed with it is refused
+    old = hb.Message(hb.T_HEARTBEAT, hb.S_BACKUP, hb.NODE_BACKUP, 0, backup.boot, 10**6, pair.wall0)
+    primary._receive(primary.channels[0], "heartbeat", hb.encode(OLD, old))
+    assert primary.counters["bad_auth"] == 1
+
+
+def status_text(pulse) -> str:
+    """`lb status` of a daemon whose pulse is this one"""
+    import contextlib
+    import io
+    from types import SimpleNamespace
+
+    from lb.cli import main as cli
+
+    doc = {"instance": "lab", "pid": 1, "role": pulse.role, "dataplane": "xdp", "config": "lb.toml",
+           "ha": pulse.status(), "services": []}
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out), pytest.MonkeyPatch.context() as mp:
+        mp.setattr(cli, "_control", lambda args, cmd: {"ok": True, "status": doc})
+        assert cli.cmd_status(SimpleNamespace(wait=0, json=False)) == 0
+    return out.getvalue()
+
+
+def test_a_key_replaced_outright_is_refused_by_the_peer_and_said_at_the_reload(tmp_path):
+    """What the steps avoid: one director's old key dropped while the peer still signs with it"""
+    pair = TwoFiles(tmp_path)
+    primary, backup = pair.start(hb.NODE_PRIMARY), pair.start(hb.NODE_BACKUP)
+    pair.run(3.0)
+    said = pair.reload(hb.NODE_PRIMARY, NEW)
+    assert said == (f"the HA keys in {pair.files[0]} changed: signing with a new key, the first of 1; the key "
+                    f"the peer signs with is no longer among them: it is refused until it changes too")
+    pair.run(1.0)
+    assert primary.counters["bad_auth"] > 0 and backup.counters["bad_auth"] > 0
+    assert primary.status()["keys"]["peer_signs_with"] is None
+
+
+def test_a_reload_applies_a_new_keyring_and_refuses_a_bad_key_file(tmp_path, no_addresses):  # noqa: F811
+    key = tmp_path / "ha.key"
+    key.write_bytes(OLD + b"\n")
+    key.chmod(0o600)
+    path = tmp_path / "lb.toml"
+    path.write_text(f"""
+[global]
+instance = "keys"
+public_interface = "lo"
+network = "direct"
+
+[ha]
+primary = "198.18.0.1"
+backup = "198.18.0.3"
+key_file = "{key}"
+
+[[virtual_server]]
+name = "web"
+address = "198.18.0.10"
+port = 80
+  [[virtual_server.real_server]]
+  name = "rs1"
+  address = "198.18.1.11"
+""")
+    eng = make_engine(path)
+    eng.pulse = Pulse(eng.cfg.ha, eng.cfg.instance, None, node=hb.NODE_PRIMARY)
+    eng.dp.claim = lambda claims: None          # the recording data plane has no lease ...
+    eng.dp.attached = {}                        # ... and attaches nothing
+    assert eng.reload_or_raise() == f"reloaded {path}"
+    key.write_bytes(NEW + b"\n" + OLD + b"\n")
+    assert eng.reload_or_raise() == (f"reloaded {path}; the HA keys in {key} changed: signing with a new "
+                                      f"key, the first of 2")
+    assert eng.pulse.keys == (NEW, OLD)
+    assert eng.status()["ha"]["keys"]["count"] == 2
+    # a key too short: refused, the running keyring and table as they were
+    key.write_bytes(NEW + b"\nshort\n")
+    applied = len(eng.dp.applied)
+    with pytest.raises(ReloadRefused, match=f"reload refused, nothing changed: HA key file {key} line 2 holds 5 bytes"):
+        eng.reload_or_raise()
+    assert eng.pulse.keys == (NEW, OLD) and len(eng.dp.applied) == applied
+    key.chmod(0o640)
+    with pytest.raises(ReloadRefused, match="accessible by group or others"):
+        eng.reload_or_raise()
+    assert eng.pulse.keys == (NEW, OLD)
+    assert lbconfig.load(path).ha.key_file == key
