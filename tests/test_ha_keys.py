@@ -120,7 +120,7 @@ def test_a_key_replaced_outright_is_refused_by_the_peer_and_said_at_the_reload(t
     assert primary.status()["keys"]["peer_signs_with"] is None
 
 
-def test_a_reload_applies_a_new_keyring_and_refuses_a_bad_key_file(tmp_path, no_addresses):  # noqa: F811
+def ha_config(tmp_path):
     key = tmp_path / "ha.key"
     key.write_bytes(OLD + b"\n")
     key.chmod(0o600)
@@ -144,6 +144,27 @@ port = 80
   name = "rs1"
   address = "198.18.1.11"
 """)
+    return key, path
+
+
+def test_lb_check_says_what_the_daemon_would_refuse_of_the_key_file(tmp_path, capsys):
+    from lb.cli.main import main
+
+    key, path = ha_config(tmp_path)
+    assert main(["check", "--config", str(path)]) == 0
+    assert capsys.readouterr().err == ""
+    key.write_bytes(OLD + b"\nshort\n")
+    assert main(["check", "--config", str(path)]) == 0
+    err = capsys.readouterr().err
+    assert f"{path}: warning: [ha] key_file: HA key file {key} line 2 holds 5 bytes" in err, err
+    key.unlink()
+    assert main(["check", "--config", str(path)]) == 0
+    assert f"warning: [ha] key_file: No such file or directory: {key} (lb run and lb reload refuse it)" in \
+        capsys.readouterr().err
+
+
+def test_a_reload_applies_a_new_keyring_and_refuses_a_bad_key_file(tmp_path, no_addresses):  # noqa: F811
+    key, path = ha_config(tmp_path)
     eng = make_engine(path)
     eng.pulse = Pulse(eng.cfg.ha, eng.cfg.instance, None, node=hb.NODE_PRIMARY)
     eng.dp.claim = lambda claims: None          # the recording data plane has no lease ...

@@ -79,6 +79,15 @@ def cmd_check(args) -> int:
         print(w.as_warning(), file=sys.stderr)
     nv, nr = len(cfg.virtual_servers), sum(len(v.real_servers) for v in cfg.virtual_servers)
     nw = len(cfg.warnings)
+    if cfg.ha is not None and os.geteuid() == 0:
+        # the daemon (root) reads the key file at start and at each reload: say now what it would refuse
+        from lb.ha.heartbeat import read_keys
+        try:
+            read_keys(cfg.ha.key_file)
+        except (OSError, ValueError) as e:
+            why = f"{e.strerror}: {e.filename}" if isinstance(e, OSError) and e.strerror else str(e)
+            print(f"{args.config}: warning: [ha] key_file: {why} (lb run and lb reload refuse it)", file=sys.stderr)
+            nw += 1
     if args.instance and args.instance != cfg.instance:
         # lb@web runs /etc/lb/web.toml, lb-web@web and `lb status --instance web` ask for "web":
         # a file that names another instance (or none: "default") is a daemon they never find
