@@ -477,7 +477,7 @@ class Engine:
                                    sync_sink=self.sync_import, announce=self.announce,
                                    public_interface=self.cfg.public_interface, on_heartbeat=self.refresh_lease)
             except (OSError, ValueError) as e:
-                raise StartupError(f"{self.cfg.path or '<config>'}: ha: {e}") from None
+                raise StartupError(f"{self.cfg.path or '<config>'}: [ha] {e}") from None
         self._restore_overrides()
         if self.cfg.bgp is not None:
             from lb.bgp import Announcer

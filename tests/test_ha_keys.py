@@ -186,3 +186,16 @@ def test_a_reload_applies_a_new_keyring_and_refuses_a_bad_key_file(tmp_path, no_
         eng.reload_or_raise()
     assert eng.pulse.keys == (NEW, OLD)
     assert lbconfig.load(path).ha.key_file == key
+
+
+def test_lb_run_names_the_field_of_a_key_file_it_cannot_use(tmp_path):
+    from lb.engine import Engine, StartupError
+
+    key, path = ha_config(tmp_path)
+    key.unlink()
+    eng = Engine(lbconfig.load(path), dataplane="ipvs")
+    try:
+        with pytest.raises(StartupError, match=f"{path}: \\[ha\\] key_file: No such file or directory: {key}"):
+            eng.start()
+    finally:
+        eng.lock.release()        # all the start took before it failed (as lb run's stop_failed_start)

@@ -357,7 +357,12 @@ class Pulse:
         self.clock, self.wall_ns = clock, wall_ns
         # the data plane's clock (synced entries are stamped on it): BPF's coarse monotonic one
         self.coarse_ns = lambda: time.clock_gettime_ns(_CLOCK_MONOTONIC_COARSE)
-        self.keys = hb.read_keys(ha.key_file)    # the keyring: the first signs (set_keys at a reload)
+        try:
+            self.keys = hb.read_keys(ha.key_file)    # the keyring: the first signs (set_keys at a reload)
+        except OSError as e:
+            raise ValueError(f"key_file: {e.strerror or e}: {ha.key_file}") from None
+        except ValueError as e:
+            raise ValueError(f"key_file: {e}") from None
         self.peer_keyno: int | None = None       # which of them the peer's newest accepted message was signed with
         self.boot = hb.new_boot_id()
         if node is None:
