@@ -32,6 +32,7 @@
 #include "lb_icmp.h"
 #include "lb_lease.h"
 #include "lb_reply.h"
+#include "lb_frag.h"
 
 /* A port of a firewall-mark service's group: the (VIP, protocol)'s ranges, port 0 in the key */
 static __always_inline int lb_classify_fwm(struct lb_pkt *pkt, struct lb_svc_key *sk, __u32 *svc_id)
@@ -339,8 +340,11 @@ int lb_xdp_public(struct xdp_md *ctx)
     struct lb_pkt pkt = {};
     __u32 svc_id;
     int act = lb_parse_counted(ctx, &pkt);
-    if (act != LB_CONTINUE)
+    if (act != LB_CONTINUE) {
+        if (pkt.frag == LB_FRAG_LATER)
+            return lb_frag_public(ctx, &pkt);
         return lb_is_icmp(&pkt) ? lb_icmp_public(ctx, &pkt) : act;
+    }
 
     /* the connection first, as IPVS's ip_vs_in does: an established flow needs no service
      * lookup (its entry names the service), only a new one does */
@@ -601,8 +605,13 @@ int lb_xdp_private(struct xdp_md *ctx)
     struct lb_pkt pkt = {};
     __u32 counter = LB_CNT_MAX;
     int act = lb_parse(ctx, &pkt, &counter);
-    if (act != LB_CONTINUE)
+    if (act != LB_CONTINUE) {
+        if (pkt.frag == LB_FRAG_LATER)
+            return lb_frag_private(ctx, &pkt);
+        if (counter != LB_CNT_MAX)
+            lb_count(counter);        /* a fragment passed, as on the public side */
         return lb_is_icmp(&pkt) ? lb_icmp_private(ctx, &pkt) : act;
+    }
 
     struct lb_conn_key rk;
     lb_conn_key_in(&rk, &pkt);

@@ -191,6 +191,15 @@ enum lb_sched_id {
 #define LB_EV_RST 3
 #define LB_FSM_SIZE (3 * 4 * LB_TCP_S_LAST)
 
+/* IPv4 fragments (lb_frag.h): datagrams whose first fragment lb forwarded, remembered this long
+ * for the rest (the kernel's ipfrag_time is 30 s; a datagram's fragments come within ms) */
+#ifndef LB_FRAG_TABLE_SIZE
+#define LB_FRAG_TABLE_SIZE 8192
+#endif
+#define LB_FRAG_TIMEOUT_NS 2000000000ULL
+#define LB_FRAG_FIRST 1           /* lb_pkt.frag: offset 0, more fragments */
+#define LB_FRAG_LATER 2           /* ... an offset: no L4 header */
+
 /* A partial checksum's completion (lb_csum.h): bpf_csum_diff sums at most 512 bytes a call;
  * 8 of them, more than native XDP on a veth takes in one frame */
 #define LB_CSUM_CHUNK 512
@@ -200,7 +209,8 @@ enum lb_sched_id {
  * service and real server stats only, to keep the per-packet path short */
 #define LB_CNT_NO_REAL 0         /* new connection, no usable real server: to the local stack */
 #define LB_CNT_NOT_SYN 1         /* TCP packet without connection and without SYN: passed */
-#define LB_CNT_FRAGMENT 2        /* an IPv4 fragment or IPv6 fragment header: passed */
+#define LB_CNT_FRAGMENT 2        /* an IPv6 fragment header, an IPv4 fragment not TCP/UDP, or one
+                                  * after the first whose first was not forwarded: passed */
 #define LB_CNT_BAD_REAL 3        /* connection points at a real server that is gone: dropped */
 #define LB_CNT_CONN_FULL 4       /* a connection table insert failed: the packet dropped (or a
                                   * NAT reply entry not made or not promoted: replies reach the
@@ -227,7 +237,9 @@ enum lb_sched_id {
 #define LB_CNT_NOT_ROUTABLE 17   /* what the kernel drops before IPVS would see it (a length past
                                   * the frame or short of its headers, a martian source): passed
                                   * to it, nothing made, no real server sees it */
-#define LB_CNT_MAX 18
+#define LB_CNT_FRAG_FORWARDED 18 /* an IPv4 fragment after the first, forwarded as its first went
+                                  * (lb_frag.h); LB_CNT_FRAGMENT counts those passed */
+#define LB_CNT_MAX 19
 #define LB_COUNTERS 32           /* lb_counters' size: room to add counters without new pins */
 
 /* Per-CPU tallies of the embryonic table's entries (lb_ct_events; a NAT connection has two, its

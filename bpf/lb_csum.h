@@ -119,8 +119,9 @@ static __always_inline int lb_csum_add(struct xdp_md *ctx, __u8 *buf, __u32 off,
  * chunks (left as it is). */
 static __always_inline int lb_csum_complete(struct xdp_md *ctx, struct lb_pkt *pkt)
 {
-    if (!pkt->l4csum)
-        return 0;                 /* UDP without a checksum */
+    if (!pkt->l4csum || pkt->frag)
+        return 0;                 /* UDP without a checksum; a fragment (whose sum is whole: the
+                                   * offload never fragments, and l4len is its own length) */
     __u32 len = pkt->l4len;
     if (!lb_csum_is_partial(pkt, len))
         return 0;

@@ -8,6 +8,7 @@
 #include "lb_parse.h"
 #include "lb_csum.h"
 #include "lb_stats.h"
+#include "lb_clock.h"
 
 static __always_inline int lb_xmit(struct xdp_md *ctx, struct ethhdr *eth, const __u8 *dst,
                                    const __u8 *src, __u32 ifindex)
@@ -369,9 +370,32 @@ static __always_inline void lb_csum_finish(struct xdp_md *ctx, struct lb_pkt *pk
         lb_count(LB_CNT_CSUM_UNCOMPLETED);
 }
 
+/* lb_frags4's key of an IPv4 fragment (lb_frag.h) */
+static __always_inline void lb_frag_key_of(struct lb_frag_key4 *fk, struct lb_pkt *pkt, __u8 dir)
+{
+    fk->saddr = pkt->saddr[0];
+    fk->daddr = pkt->daddr[0];
+    fk->id = pkt->ip4 ? pkt->ip4->id : 0;
+    fk->proto = pkt->proto;
+    fk->dir = dir;
+}
+
+/* A first fragment on its way: its datagram's ports, for the fragments after it (lb_frag.h);
+ * before any rewrite, as those fragments say the addresses */
+static __always_inline void lb_frag_note(struct lb_pkt *pkt, __u8 dir)
+{
+    if (__builtin_expect(pkt->frag != LB_FRAG_FIRST, 1))
+        return;
+    struct lb_frag_key4 fk;
+    lb_frag_key_of(&fk, pkt, dir);
+    struct lb_frag f = { .sport = *pkt->sport_p, .dport = *pkt->dport_p, .ns = lb_now() };
+    lb_frags4.update(&fk, &f);
+}
+
 static __always_inline int lb_forward_to_real(struct xdp_md *ctx, struct lb_pkt *pkt,
                                               struct lb_real *r)
 {
+    lb_frag_note(pkt, 0);
     lb_csum_finish(ctx, pkt);     /* first: NAT's updates and a tunnel's outer header need it whole */
     if (r->fwd == LB_FWD_DR)      /* the common case first */
         return lb_xmit(ctx, pkt->eth, r->mac, r->src_mac, r->ifindex);
@@ -389,6 +413,7 @@ static __always_inline int lb_forward_to_real(struct xdp_md *ctx, struct lb_pkt 
 static __always_inline int lb_forward_to_client(struct xdp_md *ctx, struct lb_pkt *pkt,
                                                 struct lb_conn *c)
 {
+    lb_frag_note(pkt, 1);
     lb_csum_finish(ctx, pkt);
     lb_nat_saddr(pkt, c->vaddr, c->vport);
     return lb_xmit(ctx, pkt->eth, c->client_mac, c->local_mac, c->client_ifindex);

@@ -71,6 +71,8 @@ BPF_TABLE_PINNED("array", __u32, struct lb_est_word, lb_est_filter, LB_EST_FILTE
 /* the tunnel's too-big answers: one token bucket for the whole director (as the kernel's
  * icmp_global_allow) */
 BPF_TABLE_PINNED("array", __u32, struct lb_icmp_bucket, lb_icmp_bucket, 1, LB_PIN(lb_icmp_bucket));
+/* IPv4 datagrams in fragments whose first fragment was forwarded: its ports, for the rest (lb_frag.h) */
+BPF_TABLE_PINNED("lru_hash", struct lb_frag_key4, struct lb_frag, lb_frags4, LB_FRAG_TABLE_SIZE, LB_PIN(lb_frags4));
 /* a partial checksum's segment, a chunk at a time (lb_csum.h; per-CPU scratch, one packet at a time) */
 BPF_TABLE_PINNED("percpu_array", __u32, struct lb_csum_buf, lb_csum_buf, 1, LB_PIN(lb_csum_buf));
 

@@ -1,8 +1,9 @@
 /* Defensive parsing: Ethernet (+ one 802.1Q/802.1ad tag), IPv4 (with options) or IPv6 (with
  * hop-by-hop, routing and destination options headers), TCP/UDP.  Anything we do not understand
- * (ARP, ICMPv6 neighbour discovery, fragments, other extension headers) goes back to the kernel
- * untouched (XDP_PASS).  ICMP and ICMPv6 are XDP_PASS too, with pkt->proto and pkt->icmp set:
- * lb_icmp.h looks at them (lb_parse_icmp_err below) only on that branch. */
+ * (ARP, ICMPv6 neighbour discovery, IPv6 fragments, other extension headers) goes back to the
+ * kernel untouched (XDP_PASS); IPv4 TCP/UDP fragments follow their datagram (lb_frag.h).  ICMP
+ * and ICMPv6 are XDP_PASS too, with pkt->proto and pkt->icmp set: lb_icmp.h looks at them
+ * (lb_parse_icmp_err below) only on that branch. */
 #ifndef LB_PARSE_H
 #define LB_PARSE_H
 
@@ -44,6 +45,7 @@ struct lb_pkt {
     __u8 proto;
     __u8 tcp_flags;               /* TCP: the byte holding FIN SYN RST PSH ACK URG */
     __u8 family;                  /* LB_AF_INET or LB_AF_INET6 */
+    __u8 frag;                    /* IPv4: LB_FRAG_FIRST or LB_FRAG_LATER (lb_frag.h), else 0 */
 };
 
 /* IPv6 extension headers walked before the transport header; more is passed to the kernel */
@@ -191,9 +193,19 @@ static __always_inline int lb_parse(struct xdp_md *ctx, struct lb_pkt *pkt, __u3
     pkt->daddr[0] = ip->daddr;
     pkt->len = bpf_ntohs(ip->tot_len);   /* IPVS counts IP bytes, not frames */
     if (ip->frag_off & bpf_htons(0x3fff)) {
-        /* Fragments carry no (or partial) ports; leave them to the kernel. */
+        /* A TCP or UDP fragment follows its datagram (lb_frag.h): the first carries the ports and
+         * goes the way of any packet of its flow, the rest (no L4 header: XDP_PASS here, with
+         * pkt->frag set) the way the first went.  Other fragments are the kernel's. */
         *counter = LB_CNT_FRAGMENT;
-        return XDP_PASS;
+        if (ip->protocol != IPPROTO_TCP && ip->protocol != IPPROTO_UDP)
+            return XDP_PASS;
+        if (ip->frag_off & bpf_htons(0x1fff)) {
+            *counter = LB_CNT_MAX;        /* counted where it is forwarded or passed */
+            pkt->frag = LB_FRAG_LATER;
+            pkt->proto = ip->protocol;
+            return XDP_PASS;
+        }
+        pkt->frag = LB_FRAG_FIRST;
     }
     return lb_parse_l4(data, ip, cur + ihl, data_end, pkt, ip->protocol);
 }

@@ -259,6 +259,25 @@ struct lb_icmp_bucket {
     __u64 tat_ns;
 };
 
+/* lb_frags4 key: an IPv4 datagram in fragments, as its fragments all say it (dir 0: a client's
+ * packet, 1: a NAT reply; the addresses before any rewrite) */
+struct lb_frag_key4 {
+    __be32 saddr;
+    __be32 daddr;
+    __be16 id;
+    __u8 proto;
+    __u8 dir;
+};
+
+/* lb_frags4 value: the ports its first fragment carried (before any rewrite), and when it was
+ * forwarded (lb_frag.h) */
+struct lb_frag {
+    __be16 sport;
+    __be16 dport;
+    __u32 pad;
+    __u64 ns;
+};
+
 /* mh (lb_mh_walk, per-CPU): where an mh-fallback walk longer than one run goes on */
 struct lb_mh_walk {
     __u32 svc;                    /* service id + 1 while a walk is under way, else 0 */

@@ -36,7 +36,8 @@ import struct
 import time
 
 import pytest
-from scapy.layers.inet import ICMP, IP, TCP, UDP, IPOption_NOP, IPOption_RR, IPerror, TCPerror, UDPerror
+from scapy.layers.inet import (ICMP, IP, TCP, UDP, IPOption_NOP, IPOption_RR, IPerror, TCPerror, UDPerror,
+                               fragment)
 from scapy.layers.inet6 import (ICMPv6DestUnreach, ICMPv6EchoRequest, ICMPv6PacketTooBig, IPerror6, IPv6,
                                 IPv6ExtHdrDestOpt, IPv6ExtHdrFragment, IPv6ExtHdrHopByHop, IPv6ExtHdrRouting,
                                 PadN)
@@ -127,7 +128,7 @@ REAL_OF_MAC = {m: r.address.packed for s in SVCS for m, r in s.macs.items()}   #
 
 class Parsed:
     __slots__ = ("l3", "fam", "saddr", "daddr", "proto", "l4", "sport", "dport", "flags", "iplen", "ok",
-                 "icmp", "vlan")
+                 "icmp", "vlan", "frag")
 
     def __init__(self):
         self.ok = False
@@ -136,6 +137,7 @@ class Parsed:
         self.saddr = self.daddr = None
         self.proto = self.sport = self.dport = self.flags = self.iplen = None
         self.vlan = False
+        self.frag = None        # an IPv4 TCP/UDP fragment: ("first" | "later", its datagram's key)
 
 
 EXT = (0, 43, 60)       # hop-by-hop, routing, destination options: what lb_ipv6_skip_ext steps over
@@ -192,8 +194,16 @@ def parse(b: bytes) -> Parsed:
         if off + ihl > len(b):
             return p
         p.iplen = struct.unpack_from("!H", b, off + 2)[0]
-        if struct.unpack_from("!H", b, off + 6)[0] & 0x3FFF:
-            return p
+        frag_off = struct.unpack_from("!H", b, off + 6)[0]
+        if frag_off & 0x3FFF:
+            # lb_frag.h: a TCP/UDP fragment follows its datagram, the first parsed as any packet
+            if b[off + 9] not in (6, 17):
+                return p
+            key = (p.saddr, p.daddr, b[off + 4:off + 6], b[off + 9])
+            if frag_off & 0x1FFF:
+                p.frag, p.proto = ("later", key), b[off + 9]
+                return p
+            p.frag = ("first", key)
         nh, cur = b[off + 9], off + ihl
     elif et == 0x86DD:
         if len(b) < off + 40:
@@ -228,7 +238,7 @@ def completed(b: bytes, p: Parsed) -> bytes:
     """lb_csum.h: b as lb forwards it, a partial TCP/UDP checksum completed -- one whose field is
     the pseudo header's sum for the segment the IP header claims (a sender's tx offload), the
     segment within the frame and at most 4 KiB; any other packet as it is"""
-    if not p.ok:
+    if not p.ok or p.frag:      # a fragment's sum is whole (and its l4len its own)
         return b
     at = p.l4 + (16 if p.proto == 6 else 6)
     if at + 2 > len(b):
@@ -290,6 +300,9 @@ class Model:
         # model did not see, the flow's first packet having been answered or dropped as too big)
         self.flows: dict[tuple, tuple] = {}
         self.nat: dict[tuple, tuple] = {}       # (proto, real, rport, caddr, cport) -> (vaddr, vport)
+        # lb_frags4: (datagram key, direction) -> what its first fragment did: (service, real address)
+        # of a client's, (vaddr, vport) of a NAT reply's
+        self.frags: dict[tuple, tuple] = {}
         self.seen = {"pass": 0, "redirect": 0, "tx": 0, "drop": 0}
 
     def fail(self, prog: str, i: int, pkt: bytes, why: str):
@@ -309,12 +322,46 @@ class Model:
                 self.fail("public", i, pkt, f"XDP_PASS with changed bytes: {out.hex()}")
             return
         p = parse(pkt)
-        if rc == XDP_REDIRECT:
+        if p.frag and p.frag[0] == "first" and p.ok:
+            # noted on its way to a real server (lb_forward_to_real), whatever comes of it then
+            flow = (p.proto, p.saddr, p.sport, p.daddr, p.dport)
+            self.frags[(p.frag[1], 0)] = flow
+        if p.frag and p.frag[0] == "later" and rc != XDP_REDIRECT:
+            # too big for its datagram's tunnel: dropped, or (DF) answered as any packet is
+            flow = self.frags.get((p.frag[1], 0))
+            known = flow and self.flows.get(flow)
+            if rc not in (XDP_TX, XDP_DROP) or not known or known[0].fwd != "tunnel" \
+                    or p.iplen + 20 <= PRIV_MTU:
+                self.fail("public", i, pkt, f"verdict {rc} for a later fragment not too big for a tunnel")
+            if rc == XDP_TX and (ICMP not in Ether(out) or (Ether(out)[ICMP].type, Ether(out)[ICMP].code) != (3, 4)):
+                self.fail("public", i, pkt, f"a wrong fragmentation-needed answer: {out.hex()}")
+        elif rc == XDP_REDIRECT and p.frag and p.frag[0] == "later":
+            self._later_forwarded(i, pkt, p, out)
+        elif rc == XDP_REDIRECT:
             self._forwarded(i, pkt, p, out)
         elif rc in (XDP_TX, XDP_DROP):
             self._too_big(i, pkt, p, rc, out)
         else:
             self.fail("public", i, pkt, f"verdict {rc}")
+
+    def _later_forwarded(self, i, pkt, p: Parsed, out: bytes) -> None:
+        """A fragment after the first: where its datagram's first fragment's flow goes, its L4
+        bytes untouched (NAT: the address and the IP header's checksum only)"""
+        flow = self.frags.get((p.frag[1], 0))
+        known = flow and self.flows.get(flow)
+        addr = REAL_OF_MAC.get(out[:6])
+        if not known or addr is None or known[1] not in (None, addr):
+            self.fail("public", i, pkt, f"a later fragment forwarded to {addr and ip(addr)}, not where its "
+                      f"datagram's first went ({known and known[1] and ip(known[1])})")
+        svc = known[0]
+        if svc.fwd == "dr" and out[12:] != pkt[12:]:
+            self.fail("public", i, pkt, f"DR changed more than the MACs of a fragment: {out.hex()}")
+        if svc.fwd == "nat":
+            same = set(range(12, len(pkt))) - set(range(p.l3 + 16, p.l3 + 20)) - {p.l3 + 10, p.l3 + 11}
+            if len(out) != len(pkt) or out[p.l3 + 16:p.l3 + 20] != addr or any(out[k] != pkt[k] for k in same):
+                self.fail("public", i, pkt, f"NAT of a fragment: not only its address to {ip(addr)}: {out.hex()}")
+        if svc.fwd == "tunnel" and out[34:] != pkt[p.l3:]:
+            self.fail("public", i, pkt, f"tunnel: the inner fragment changed: {out.hex()}")
 
     def _service_flow(self, p: Parsed):
         svc = _lookup_service(p.proto, p.daddr, p.dport)
@@ -435,6 +482,13 @@ class Model:
         p = parse(pkt)
         if out[:6] != bytes.fromhex(CLIENT_MAC.replace(":", "")) or out[6:12] != bytes.fromhex(PUB_MAC.replace(":", "")):
             self.fail("private", i, pkt, f"a reply to MACs no client used: {out[:12].hex()}")
+        if p.frag and p.frag[0] == "later":
+            vip = self.frags.get((p.frag[1], 1))
+            same = set(range(12, len(pkt))) - set(range(p.l3 + 12, p.l3 + 16)) - {p.l3 + 10, p.l3 + 11}
+            if vip is None or out[p.l3 + 12:p.l3 + 16] != vip[0] or any(out[k] != pkt[k] for k in same):
+                self.fail("private", i, pkt, f"a later fragment of no NAT reply's datagram, or not from its "
+                          f"VIP: {out.hex()}")
+            return
         if p.ok:
             vip = self.nat.get((p.proto, p.saddr, p.sport, p.daddr, p.dport))
             if vip is None:
@@ -443,6 +497,8 @@ class Model:
             alen = 4 if p.fam == 4 else 16
             if out[a:a + alen] != vip[0] or struct.unpack_from("!H", out, p.l4)[0] != vip[1] or len(out) != len(pkt):
                 self.fail("private", i, pkt, f"the reply is not from the flow's VIP:port: {out.hex()}")
+            if p.frag:
+                self.frags[(p.frag[1], 1)] = vip
             return
         q = icmp_quote(pkt, p)
         # a real server's error about a packet the director sent it: quoted client -> real
@@ -550,6 +606,10 @@ class Gen:
                              TCP(sport=40000, dport=80, flags="S")))
             out.append(bytes(e / IP(src=V4["client"], dst=vip, flags="MF") / TCP(sport=40000, dport=80, flags="S")))
             out.append(bytes(e / IP(src=V4["client"], dst=vip, frag=8) / b"fragment"))
+            # a datagram in fragments (lb_frag.h): the rest follow the first where it came first
+            for l4 in (UDP(sport=40000, dport=53), TCP(sport=40000, dport=80, flags="PA")):
+                for f in fragment(IP(src=V4["client"], dst=vip, id=4242) / l4 / (b"f" * 3000), fragsize=1400):
+                    out.append(bytes(e / f))
             out.append(bytes(e / IP(src=V4["client"], dst=vip) / ICMP(type=8) / b"ping"))
         out.append(bytes(Ether(src=C_MAC, dst="ff:ff:ff:ff:ff:ff") / ARP(pdst=V4["dr"])))
         # IPv6 extension-header chains, loops (each header naming another hop-by-hop), fragments
@@ -596,6 +656,10 @@ class Gen:
                                              TCP(sport=8080, dport=sp, flags=f) / b"reply"))
                         out.append(bytes(Ether(src=real_mac(real), dst=PRIV_MAC) / self._l3(fam, real, c) /
                                          UDP(sport=5353, dport=sp) / b"reply"))
+                        if fam == 4 and sp == 40000:      # an answer in fragments
+                            for f in fragment(IP(src=real, dst=c, id=4343) / UDP(sport=5353, dport=sp) / (b"r" * 3000),
+                                              fragsize=1400):
+                                out.append(bytes(Ether(src=real_mac(real), dst=PRIV_MAC) / f))
                         quote = (IPerror(src=c, dst=real) / TCPerror(sport=sp, dport=8080)) if fam == 4 else \
                             (IPerror6(src=c, dst=real) / TCPerror(sport=sp, dport=8080))
                         icmp = ICMP(type=3, code=4) if fam == 4 else ICMPv6PacketTooBig()
@@ -761,4 +825,5 @@ def test_fuzz_every_program(programs):
     assert len(model.flows) > 50 and len(model.nat) > 10, SEED
     c = dp.counters()            # partial checksums completed, and sent as they were past the frame
     assert c["partial_checksum_completed"] > 0 and c["partial_checksum_uncompleted"] > 0, (SEED, c)
+    assert c["fragment_forwarded"] > 0, (SEED, c)       # later fragments followed their first
     print(f"fuzz seed {SEED}: {N} packets x 4 programs in {time.monotonic() - t0:.1f} s, {s}")

@@ -29,6 +29,8 @@ NOT_MIRRORED = {
     "lb_icmp_bucket": "BPF only (the too-big answers' token bucket)",
     "lb_clock": "BPF only (per-CPU cache of the coarse clock)",
     "lb_csum_buf": "BPF only (per-CPU buffer: a partial checksum's segment, a chunk at a time)",
+    "lb_frag_key4": "BPF only (lb_frags4: IPv4 datagrams in fragments)",
+    "lb_frag": "BPF only (lb_frags4: IPv4 datagrams in fragments)",
 }
 
 LAYOUTS = {name: v for name, v in vars(L).items() if isinstance(v, L.Layout)}

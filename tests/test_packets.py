@@ -7,6 +7,7 @@ import ipaddress
 import pytest
 from scapy.layers.inet import ICMP, IP, TCP, UDP
 from scapy.layers.l2 import ARP, Dot1Q, Ether
+from scapy.packet import Raw
 
 from lb.dataplane import RealSpec, ServiceSpec, TableSpec
 
@@ -157,8 +158,8 @@ def test_reply_of_unknown_flow_passes(dp):
                  id="truncated-ip"),
     pytest.param(bytes(Ether(src=CLIENT_MAC, dst=PUB_MAC) / IP(src=CLIENT, dst=VIP_DR) / TCP(dport=80))[:14 + 20 + 10],
                  id="truncated-tcp"),
-    pytest.param(Ether(src=CLIENT_MAC, dst=PUB_MAC) / IP(src=CLIENT, dst=VIP_DR, flags="MF") / TCP(dport=80),
-                 id="fragment"),
+    pytest.param(Ether(src=CLIENT_MAC, dst=PUB_MAC) / IP(src=CLIENT, dst=VIP_DR, frag=185) / Raw(b"x" * 64),
+                 id="fragment-whose-first-never-came"),
     pytest.param(Ether(src=CLIENT_MAC, dst=PUB_MAC) / IP(src=CLIENT, dst=VIP_DR) / TCP(sport=43000, dport=80, flags="A"),
                  id="tcp-ack-without-connection"),
 ])

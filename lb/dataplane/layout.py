@@ -164,7 +164,7 @@ _COUNTER_NAMES = {"NO_REAL": "no_real_server", "NOT_SYN": "tcp_not_syn", "FRAGME
                   "TOO_BIG_UNANSWERED": "too_big_unanswered", "XMIT_FAILED": "xmit_failed",
                   "LEASE_LAPSED": "lease_lapsed", "CSUM_COMPLETED": "partial_checksum_completed",
                   "CSUM_UNCOMPLETED": "partial_checksum_uncompleted", "TX_UNMAPPED": "redirect_unmapped",
-                  "NOT_ROUTABLE": "not_routable"}
+                  "NOT_ROUTABLE": "not_routable", "FRAG_FORWARDED": "fragment_forwarded"}
 _CNT = _prefixed("LB_CNT_", skip=("LB_CNT_MAX",))
 COUNTER_NAMES = [_COUNTER_NAMES.get(k, k.lower()) for k in _CNT]
 N_COUNTERS = C["LB_COUNTERS"]               # lb_counters entries (LB_CNT_MAX of them used)
@@ -292,8 +292,9 @@ MAPS: dict[str, tuple[struct.Struct, struct.Struct]] = {
 # maps whose value holds one entry per list position (LB_MAX_SVC_REALS of them, a -D size)
 LIST_MAPS: dict[str, struct.Struct] = {"lb_svc_dests": DEST, "lb_mh_last": U32}
 # maps only the BPF programs use (scratch space, the clock's cache, the mh inner map's type template,
-# the buffer a partial checksum is completed through)
-BPF_ONLY_MAPS = ("lb_scratch", "lb_clock", "lb_mh_walk", "lb_mh_inner", "lb_icmp_bucket", "lb_csum_buf")
+# the buffer a partial checksum is completed through, the IPv4 datagrams in fragments)
+BPF_ONLY_MAPS = ("lb_scratch", "lb_clock", "lb_mh_walk", "lb_mh_inner", "lb_icmp_bucket", "lb_csum_buf",
+                 "lb_frags4")
 
 
 def pack_addr(addr: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bytes:
