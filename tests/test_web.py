@@ -11,10 +11,12 @@ import asyncio
 import io
 import json
 import logging
+import os
 import random
 import re
 import stat
 import sys
+import types
 from pathlib import Path
 from urllib.parse import quote
 
@@ -792,6 +794,7 @@ def _passwd(monkeypatch, capsys, argv, stdin):
 
 def test_passwd_writes_user_and_salted_scrypt_line_0600(tmp_path, monkeypatch, capsys):
     target = tmp_path / "etc" / "console.passwd"
+    target.parent.mkdir()              # lb passwd makes no directory (a mistyped path is refused)
     rc, out = _passwd(monkeypatch, capsys, ["--file", str(target), "--stdin", "--user", "piranha"], PASSWORD + "\n")
     assert rc == 0 and f"{target}: password set for user piranha" in out.out
     assert stat.S_IMODE(target.stat().st_mode) == 0o600
@@ -803,6 +806,74 @@ def test_passwd_writes_user_and_salted_scrypt_line_0600(tmp_path, monkeypatch, c
     assert rc == 1 and "at least 8 characters" in out.err and target.read_text() == text
     rc, out = _passwd(monkeypatch, capsys, ["--file", str(target), "--stdin", "--user", "bad user"], PASSWORD + "\n")
     assert rc == 1 and "user name" in out.err and target.read_text() == text
+
+
+def _no_user(monkeypatch):
+    """pwd as on a host without the user "nosuchuser" (and with "lb-web", uid 4242)."""
+    import pwd
+
+    real = pwd.getpwnam
+
+    def getpwnam(name):
+        if name == "lb-web":
+            return types.SimpleNamespace(pw_uid=4242, pw_gid=4343)
+        if name == "nosuchuser":
+            raise KeyError(name)
+        return real(name)
+    monkeypatch.setattr(pwd, "getpwnam", getpwnam)
+
+
+def test_passwd_owner_unknown_is_refused_before_anything_is_written(tmp_path, monkeypatch, capsys):
+    """--owner that names no user: refused before the file is written (it was written, then
+    the user looked up, and the file left root's)."""
+    _no_user(monkeypatch)
+    target = tmp_path / "console.passwd"
+    rc, out = _passwd(monkeypatch, capsys, ["--file", str(target), "--stdin", "--owner", "nosuchuser"],
+                      PASSWORD + "\n")
+    assert (rc, out.out) == (1, "")
+    assert out.err == "lb: --owner nosuchuser: no such user; nothing changed\n"
+    assert not target.exists() and list(tmp_path.iterdir()) == []
+    # a file there already: left as it was
+    password.write(target, "the old password")
+    before = target.read_text()
+    rc, out = _passwd(monkeypatch, capsys, ["--file", str(target), "--stdin", "--owner", "nosuchuser"],
+                      PASSWORD + "\n")
+    assert rc == 1 and target.read_text() == before
+
+
+@pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() != 0, reason="chown needs root")
+def test_passwd_keeps_the_files_owner_and_gives_it_to_owner(tmp_path, monkeypatch, capsys):
+    """A password file the console's user owns stays its user's when root sets a new password
+    without --owner (the file is replaced by a new one: it became root's, and the console could
+    no longer change it); --owner gives it to that user from its creation."""
+    _no_user(monkeypatch)
+    target = tmp_path / "console.passwd"
+    rc, out = _passwd(monkeypatch, capsys, ["--file", str(target), "--stdin", "--owner", "lb-web"], PASSWORD + "\n")
+    assert rc == 0, out.err
+    st = target.stat()
+    assert (st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode)) == (4242, 4343, 0o600)
+    rc, out = _passwd(monkeypatch, capsys, ["--file", str(target), "--stdin"], PASSWORD + "2\n")
+    assert rc == 0, out.err
+    st = target.stat()
+    assert (st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode)) == (4242, 4343, 0o600)
+    assert password.verify(PASSWORD + "2", target.read_text())
+    # a new file without --owner: the writer's
+    other = tmp_path / "new.passwd"
+    assert _passwd(monkeypatch, capsys, ["--file", str(other), "--stdin"], PASSWORD + "\n")[0] == 0
+    assert (other.stat().st_uid, other.stat().st_gid) == (os.geteuid(), os.getegid())
+
+
+def test_passwd_refuses_a_directory_that_does_not_exist(tmp_path, monkeypatch, capsys):
+    """--file in a directory that does not exist (a typo): refused, nothing made (the
+    directories were created silently)."""
+    target = tmp_path / "no" / "such" / "x.passwd"
+    rc, out = _passwd(monkeypatch, capsys, ["--file", str(target), "--stdin"], PASSWORD + "\n")
+    assert (rc, out.out) == (1, "")
+    assert out.err == f"lb: {target}: no such directory: {target.parent} (create it first); nothing changed\n"
+    assert not (tmp_path / "no").exists()
+    with pytest.raises(FileNotFoundError, match="no such directory"):
+        password.write(target, PASSWORD)
+    assert not (tmp_path / "no").exists()
 
 
 def test_an_old_password_line_is_the_admin_users(tmp_path):

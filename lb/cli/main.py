@@ -455,6 +455,20 @@ def cmd_passwd(args) -> int:
         path = cfg.web.password_path(cfg.instance)
     else:
         path = default_password_file("default")
+    owner = None
+    if args.owner:           # resolved before anything is asked or written
+        import pwd
+
+        try:
+            pw = pwd.getpwnam(args.owner)
+        except KeyError:
+            print(f"lb: --owner {args.owner}: no such user; nothing changed", file=sys.stderr)
+            return 1
+        owner = (pw.pw_uid, pw.pw_gid)     # the console (lb web) reads it and changes it
+    parent = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(parent):       # a mistyped path: said before the password is asked
+        print(f"lb: {path}: no such directory: {parent} (create it first); nothing changed", file=sys.stderr)
+        return 1
     if args.stdin:
         secret = sys.stdin.readline().rstrip("\r\n")
     else:
@@ -467,15 +481,7 @@ def cmd_passwd(args) -> int:
             print("\nlb: nothing changed", file=sys.stderr)
             return 1
     try:
-        password.write(path, secret, args.user)
-        if args.owner:
-            import pwd
-
-            pw = pwd.getpwnam(args.owner)
-            os.chown(path, pw.pw_uid, pw.pw_gid)   # the console (lb web) reads it and changes it
-    except KeyError:
-        print(f"lb: --owner {args.owner}: no such user", file=sys.stderr)
-        return 1
+        password.write(path, secret, args.user, owner)
     except ValueError as e:
         print(f"lb: {e}; nothing changed", file=sys.stderr)
         return 1

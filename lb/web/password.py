@@ -8,6 +8,7 @@ read at every login, so a new password takes effect without a restart.  A line w
 from __future__ import annotations
 
 import base64
+import errno
 import hashlib
 import hmac
 import os
@@ -106,20 +107,32 @@ def verify(password: str, line: str, user: str | None = None) -> bool:
     return hmac.compare_digest(got, digest) and ok_user
 
 
-def write(path: str | os.PathLike, password: str, user: str = DEFAULT_USER) -> None:
+def write(path: str | os.PathLike, password: str, user: str = DEFAULT_USER,
+          owner: tuple[int, int] | None = None) -> None:
     """Replace ``path`` with ``user`` and the hash of ``password``, mode 0600 from its creation:
-    atomically when the directory is writable, else rewritten in place (the file's owner)."""
+    atomically when the directory is writable, else rewritten in place (the file's owner).
+    ``owner`` (uid, gid): whose the file is (`lb passwd --owner`); without it a file that exists
+    keeps its owner and group (the console's user's), a new one is the writer's.  Its directory
+    must exist (FileNotFoundError): a mistyped path is not made."""
     if len(password) < MIN_LENGTH:
         raise ValueError(f"the password must have at least {MIN_LENGTH} characters")
     if len(password) > MAX_PASSWORD:
         raise ValueError(f"the password must have at most {MAX_PASSWORD} characters")
     check_user(user)
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    if not path.parent.is_dir():
+        raise FileNotFoundError(errno.ENOENT, f"no such directory: {path.parent} (create it first)",
+                                str(path.parent))
     line = f"{user}:{hash_password(password)}\n"
-    if path.exists() and not os.access(path.parent, os.W_OK) and os.access(path, os.W_OK):
+    try:
+        old = os.stat(path)
+    except FileNotFoundError:
+        old = None
+    if old is not None and not os.access(path.parent, os.W_OK) and os.access(path, os.W_OK):
         fd = os.open(path, os.O_WRONLY | os.O_NOFOLLOW)
         with os.fdopen(fd, "w", encoding="ascii") as f:
+            if owner is not None and owner != (old.st_uid, old.st_gid):
+                os.fchown(f.fileno(), *owner)
             f.write(line)
             f.truncate()
             f.flush()
@@ -128,6 +141,14 @@ def write(path: str | os.PathLike, password: str, user: str = DEFAULT_USER) -> N
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)   # mkstemp: 0600
     try:
         with os.fdopen(fd, "w", encoding="ascii") as f:
+            # whose the file is, before it takes the name: no moment where it is another's
+            want = owner if owner is not None else (old.st_uid, old.st_gid) if old is not None else None
+            if want is not None and want != (os.geteuid(), os.getegid()):
+                try:
+                    os.fchown(f.fileno(), *want)
+                except PermissionError:
+                    if owner is not None:
+                        raise           # asked for: said; the old owner's, kept when this user may
             f.write(line)
             f.flush()
             os.fsync(f.fileno())
