@@ -18,7 +18,7 @@ must:
   or off, never strict (1), on DEV (the kernel uses the larger of "all" and DEV).
 
 `check` reports each point as ok or missing with the command that fixes it (exit status 1 when
-any is missing); `setup` makes the missing ones so and nothing else (run it again: nothing to
+any is missing, 2 when --dev names no interface); `setup` makes the missing ones so and nothing else (run it again: nothing to
 do), keeping what it changed in /run/lb/realserver-<netns>.json, so that `setup --undo` puts it
 back: the VIPs it added and their arptables rules, and once no VIP it set up is left, the sysctls'
 old values and the decap program (a rule or an interface gone since, or another XDP program in
@@ -48,6 +48,13 @@ RP_FILTER_LOOSE = 2
 
 class RealServerError(Exception):
     """What setup cannot do, in words (nothing further is changed)."""
+
+
+class NoSuchInterface(RealServerError):
+    """--dev names no interface: a usage error (`lb realserver` exits 2), not a missing point."""
+
+    def __init__(self, dev: str):
+        super().__init__(f"no such interface: {dev}")
 
 
 @dataclass
@@ -161,7 +168,10 @@ def _arptables(op: str, rule: list[str]) -> None:
 # ---- the points ------------------------------------------------------------------------------
 
 def points(mode: str, vips: list, arp: str = "sysctl", dev: str | None = None, sources=()) -> list[Point]:
-    """What a real server of `mode` for `vips` needs, each as it is now."""
+    """What a real server of `mode` for `vips` needs, each as it is now; NoSuchInterface when
+    ``dev`` is not an interface."""
+    if dev is not None and not addresses.interface_exists(dev):
+        raise NoSuchInterface(dev)
     out = []
     v4 = [v for v in vips if v.version == 4]
     if (mode == "tunnel" or (v4 and arp == "arptables")) and dev is None:
@@ -321,8 +331,8 @@ def report(pts: list[Point], write) -> int:
 
 
 def check(mode: str, vips: list, arp: str, dev: str | None, write, sources=()) -> int:
+    pts = points(mode, vips, arp, dev, sources)      # before the title: its errors alone
     write(_title(mode, vips, arp) + "\n")
-    pts = points(mode, vips, arp, dev, sources)
     rc = report(pts, write)
     missing = sum(not p.ok for p in pts)
     if missing:

@@ -96,3 +96,14 @@ def test_a_file_that_cannot_tell_its_instance_says_use_instance(tmp_path, asked,
     bad = tmp_path / "bad.toml"
     bad.write_text(TOML.replace('"edge1"', '"../edge1"'))
     assert main(["status", "--config", str(bad)]) == 2 and asked == []
+
+
+@pytest.mark.parametrize("wait", ["nan", "inf", "-1", "-inf", "soon"])
+def test_status_wait_takes_a_finite_number_of_seconds(asked, capsys, wait):
+    """`lb status --wait nan` waited for ever (no deadline compares true with nan): refused by
+    the command line, exit 2, before anything is asked."""
+    with pytest.raises(SystemExit) as e:
+        main(["status", "--instance", "edge1", f"--wait={wait}"])
+    assert e.value.code == 2 and asked == []
+    err = capsys.readouterr().err
+    assert f"argument --wait: '{wait}'" in err and "Traceback" not in err

@@ -75,6 +75,7 @@ def host(tmp_path, monkeypatch):
     monkeypatch.setattr(realserver, "_sysctl_path", lambda dev, key: str(h.root / dev / key))
     monkeypatch.setattr(realserver, "ipv4_devices", lambda: sorted(d for d in h.xdp))
     monkeypatch.setattr(realserver, "default_device", lambda: "eth1")
+    monkeypatch.setattr(addresses, "interface_exists", lambda dev: dev in h.xdp)
     monkeypatch.setattr(realserver, "device_address", lambda dev: RIP)
     monkeypatch.setattr(realserver, "lo_has", lambda vip: str(vip) in h.lo)
     monkeypatch.setattr(realserver.shutil, "which", lambda name: f"/usr/sbin/{name}")
@@ -262,3 +263,18 @@ def test_damaged_state_file_names_its_path(host, capsys):
     assert rc == 1
     assert err.startswith(f"lb: realserver: {host.state}:2:")
     assert "damaged" in err and f"remove {host.state}" in err and err.count("\n") == 1
+
+
+@pytest.mark.parametrize("argv", [
+    ("check", "--mode", "dr"),
+    ("check", "--mode", "tunnel", "--from", DIRECTOR),
+    ("setup", "--mode", "dr"),
+    ("setup", "--mode", "dr", "--arp", "arptables"),
+])
+def test_a_dev_that_is_no_interface_is_a_usage_error(host, capsys, argv):
+    """--dev nosuchdev: one line naming it, exit 2 (a raw "[Errno 2] ... /proc/sys/net/ipv4/conf/
+    nosuchdev/arp_ignore" and exit 1, the status of "points missing"), nothing printed or changed."""
+    before = (set(host.lo), list(host.rules), dict(host.xdp))
+    rc, out, err = lb(capsys, "realserver", *argv, "--dev", "nosuchdev", VIP)
+    assert (rc, out, err) == (2, "", "lb: realserver: --dev: no such interface: nosuchdev\n")
+    assert (host.lo, host.rules, host.xdp) == before and not host.state.exists()

@@ -5,6 +5,7 @@ import argparse
 import faulthandler
 import json
 import logging
+import math
 import os
 import signal
 import sys
@@ -268,6 +269,17 @@ def _control(args, cmd: str, **params) -> dict | None:
 
 def _fmt_time(t) -> str:
     return time.strftime("%H:%M:%S", time.localtime(t)) if t else "-"
+
+
+def _seconds_arg(text: str) -> float:
+    """A number of seconds for --wait: finite, not negative."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a number of seconds") from None
+    if not math.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(f"'{text}': a number of seconds, 0 or more") from None
+    return value
 
 
 def _wait_control(args) -> dict | None:
@@ -906,6 +918,9 @@ def cmd_realserver(args) -> int:
         if args.undo:
             return realserver.undo(args.vips, write)
         return realserver.setup(args.mode, args.vips, args.arp, args.dev, write, args.sources)
+    except realserver.NoSuchInterface as e:     # the command line's mistake, not a missing point
+        print(f"lb: realserver: --dev: {e}", file=sys.stderr)
+        return 2
     except PermissionError as e:
         print(f"lb: realserver: {e.filename or e}: permission denied (run it as root)", file=sys.stderr)
     except (realserver.RealServerError, OSError, ValueError) as e:
@@ -974,7 +989,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--instance")
     p.add_argument("--config")
     p.add_argument("--json", action="store_true")
-    p.add_argument("--wait", type=float, default=0, metavar="SECONDS",
+    p.add_argument("--wait", type=_seconds_arg, default=0, metavar="SECONDS",
                    help="wait until the daemon is ready (its control socket answers), at most SECONDS")
     p.add_argument("--pid", type=int, help="with --wait: give up as soon as this process has exited")
     p.set_defaults(func=cmd_status)
