@@ -278,3 +278,19 @@ def test_a_dev_that_is_no_interface_is_a_usage_error(host, capsys, argv):
     rc, out, err = lb(capsys, "realserver", *argv, "--dev", "nosuchdev", VIP)
     assert (rc, out, err) == (2, "", "lb: realserver: --dev: no such interface: nosuchdev\n")
     assert (host.lo, host.rules, host.xdp) == before and not host.state.exists()
+
+
+@pytest.mark.parametrize("argv", [("attach", "eth1", "--from", DIRECTOR), ("detach", "eth1")])
+def test_decap_without_root_says_it_needs_root(host, capsys, monkeypatch, argv):
+    """`lb decap attach|detach` as a user who may not look at the program on DEV (its name:
+    BPF_PROG_GET_FD_BY_ID needs CAP_SYS_ADMIN): one line, exit 1 (an EPERM BpfError traceback)."""
+    host.xdp["eth1"] = OTHER_XDP
+
+    def prog_name(prog_id):
+        raise bpfsys.BpfError(1, "Operation not permitted")
+    monkeypatch.setattr(bpfsys, "prog_name", prog_name)
+    rc, out, err = lb(capsys, "decap", *argv)
+    assert (rc, out) == (1, "")
+    assert err == ("lb: decap: eth1 has an XDP program (id 2); telling whether it is lb decap needs root "
+                   "(CAP_SYS_ADMIN/CAP_BPF)\n")
+    assert host.xdp["eth1"] == OTHER_XDP

@@ -14,8 +14,10 @@ compiles it again with bcc; tests/test_service.py holds the shipped file to a fr
 """
 from __future__ import annotations
 
+import errno
 import ipaddress
 import logging
+import os
 import sys
 from importlib import resources
 
@@ -36,6 +38,9 @@ SHIPPED = resources.files("lb.dataplane") / "objects" / "lb_decap.json"
 
 class DecapError(Exception):
     pass
+
+
+NEEDS_ROOT = "needs root (CAP_SYS_ADMIN/CAP_BPF)"     # what a user without them is told
 
 
 def local_addresses(ifname: str) -> list[ipaddress.IPv4Address | ipaddress.IPv6Address]:
@@ -79,8 +84,13 @@ def load(addresses, sources) -> tuple[bpfobj.Loaded, bpfobj.Prog]:
         raise DecapError(f"the package's compiled decap program {SHIPPED}: {e}") from None
     try:
         loaded = bpfobj.load(obj)
-    except (DataplaneError, OSError) as e:
+    except OSError as e:
+        if e.errno in (errno.EPERM, errno.EACCES):
+            raise DecapError(f"loading the decap program {NEEDS_ROOT}") from None
         raise DecapError(f"cannot load the decap program: {e}") from None
+    except DataplaneError as e:
+        hint = f" (loading it {NEEDS_ROOT})" if os.geteuid() != 0 else ""
+        raise DecapError(f"cannot load the decap program: {e}{hint}") from None
     for name, addrs in (("lb_decap_dst", addresses), ("lb_decap_src", sources)):
         table = BpfMap(loaded.map_fds[name], name, owned=False)
         for a in addrs:
@@ -127,14 +137,23 @@ def attach(ifname: str, addresses=(), mode: str = "native", sources=()) -> tuple
 
 def attached(ifname: str) -> str | None:
     """The name of the XDP program on ifname ("lb_xdp_decap" when `lb decap attach` put it
-    there), None without one; DecapError when ifname does not exist."""
-    from .bpfsys import prog_name
+    there), None without one; DecapError when ifname does not exist, or the program cannot be
+    looked at (its name needs root)."""
+    from .bpfsys import BpfError, prog_name
 
     try:
         prog_id = attached_prog_id(ifname)
     except DataplaneError:
         raise DecapError(f"interface {ifname} does not exist") from None
-    return prog_name(prog_id) if prog_id else None
+    if not prog_id:
+        return None
+    try:
+        return prog_name(prog_id)
+    except BpfError as e:
+        if e.errno in (errno.EPERM, errno.EACCES):
+            raise DecapError(f"{ifname} has an XDP program (id {prog_id}); telling whether it is lb decap "
+                             f"{NEEDS_ROOT}") from None
+        raise DecapError(f"{ifname}'s XDP program (id {prog_id}): {e.strerror or e}") from None
 
 
 def detach(ifname: str) -> bool:
