@@ -1096,9 +1096,52 @@ def build_parser() -> argparse.ArgumentParser:
     return ap
 
 
+class _StdoutError(BaseException):
+    """A write to stdout failed (other than EPIPE): the OSError is its cause.  A BaseException,
+    as KeyboardInterrupt: no command's `except Exception` takes it for one of its own errors."""
+
+
+class _Guarded:
+    """sys.stdout (and its .buffer) as main() runs a command: a failed write or flush raises
+    _StdoutError, told apart from the command's own OSErrors; EPIPE stays BrokenPipeError."""
+
+    def __init__(self, stream):
+        self._stream = stream
+
+    def _call(self, name, *args):
+        try:
+            return getattr(self._stream, name)(*args)
+        except BrokenPipeError:
+            raise
+        except OSError as e:
+            raise _StdoutError(e.strerror or str(e)) from e
+
+    def write(self, data):
+        return self._call("write", data)
+
+    def writelines(self, lines):
+        return self._call("writelines", lines)
+
+    def flush(self):
+        return self._call("flush")
+
+    @property
+    def buffer(self):
+        return _Guarded(self._stream.buffer)
+
+    def __getattr__(self, name):
+        return getattr(self._stream, name)
+
+
 def main(argv: list[str] | None = None) -> int:
+    stdout = sys.stdout
+    if stdout is not None:                 # None: fd 1 closed, print() writes nothing
+        sys.stdout = _Guarded(stdout)
     try:
-        return _main(argv)
+        rc = _main(argv)
+        if sys.stdout is not None:
+            sys.stdout.flush()     # a write error shows here, not in the interpreter's last flush
+        return rc
     except ModuleNotFoundError as e:
         # a host without a dependency gets a sentence, not a traceback
         name = (e.name or str(e)).split(".")[0]
@@ -1114,10 +1157,26 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:
         # the reader went away (`lb list -c | head`): quiet, as ipvsadm dies of SIGPIPE; stdout
         # goes to /dev/null so that the interpreter's last flush does not complain either
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
-        os.close(devnull)
+        _stdout_to_devnull(stdout)
         return 128 + signal.SIGPIPE
+    except _StdoutError as e:
+        # a full disk, a quota, /dev/full: one line, not a traceback
+        print(f"lb: stdout: {e}", file=sys.stderr)
+        _stdout_to_devnull(stdout)
+        return 1
+    finally:
+        sys.stdout = stdout
+
+
+def _stdout_to_devnull(stdout) -> None:
+    """What is left in stdout's buffer is dropped: the interpreter's last flush is quiet."""
+    try:
+        fd = stdout.fileno()
+    except (OSError, ValueError, AttributeError):     # not a file (a test's capture)
+        return
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, fd)
+    os.close(devnull)
 
 
 def _main(argv: list[str] | None = None) -> int:
