@@ -13,7 +13,9 @@ them for one uid; a connection past that is answered "busy" and closed, so no lo
 root's slots.  Refusals are counted and logged at most once per REFUSED_LOG_EVERY seconds.
 
 One JSON request per connection, one JSON reply, each a single line (a request of at most
-MAX_REQUEST bytes and MAX_DEPTH levels of nesting; anything else is answered "bad request"):
+MAX_REQUEST bytes and MAX_DEPTH levels of nesting; anything else is answered "bad request"; a
+reply of at most MAX_REPLY bytes, a JSON object whose "ok" is true or false, else the client
+raises BadReply):
 
     {"cmd": "status"}  -> {"ok": true, "status": {...}}        (what `lb status` prints)
     {"cmd": "reload"}  -> {"ok": true, "message": "..."} or
@@ -70,10 +72,23 @@ READ_COMMANDS = frozenset({"status", "table", "web", "config"})
 PEER_IS_ROOT = "_peer_is_root"   # set on each request by the server from the peer's credentials
 SO_PEERGROUPS = getattr(socket, "SO_PEERGROUPS", 59)
 CLIENT_TIMEOUT = 60.0        # a reload may compile nothing but can resolve many next hops
+# the longest reply :func:`request` reads: the largest is "status", about 1.4 KiB per real server
+# when every detail it carries is at its longest, and a configuration (at most 1 MiB) names at
+# most some 50000 real servers (20 bytes each at the least): some 70 MiB, with room to spare
+MAX_REPLY = 256 * 1024 * 1024
 
 
 class NotRunning(Exception):
     """No daemon answers on the instance's socket."""
+
+
+class BadReply(ValueError):
+    """The daemon's reply is not one: not JSON, not an object, cut short, too long, or without a
+    field the caller needs.  The message names the instance and the socket."""
+
+    def __init__(self, instance: str, path: str, why: str):
+        self.instance, self.path, self.why = instance, path, why
+        super().__init__(f"instance {instance!r}: bad reply from the daemon on {path}: {why}")
 
 
 _group_log = RateLimitedLog(log, 60.0)   # asked at every connection: one line a minute per group
@@ -322,11 +337,22 @@ async def arequest(path: str, cmd: str, timeout: float = CLIENT_TIMEOUT, **args)
     return json.loads(line)
 
 
+class Reply(dict):
+    """A reply (a dict), with the instance asked (.instance) and the socket it came on (.path)."""
+
+    instance = ""
+    path = ""
+
+
 def request(instance: str, cmd: str, timeout: float = CLIENT_TIMEOUT, run_dir: str = RUN_DIR,
-            shared_dir: str = SHARED_DIR, **args) -> dict:
+            shared_dir: str = SHARED_DIR, **args) -> Reply:
     """Send one request to a running daemon; raises NotRunning when nothing answers.  A user who may
     not open the root socket asks on the shared one, where [control]'s groups decide; PermissionError
-    when there is none (no [control] groups)."""
+    when there is none (no [control] groups).
+
+    The reply is checked here, for every caller: a JSON object of at most MAX_REPLY bytes with
+    "ok" true or false, else BadReply; :func:`checked` is the caller's look at the fields it
+    needs."""
     path = socket_path(instance, run_dir)
     try:
         return _request(path, instance, cmd, timeout, args)
@@ -338,7 +364,7 @@ def request(instance: str, cmd: str, timeout: float = CLIENT_TIMEOUT, run_dir: s
         raise
 
 
-def _request(path: str, instance: str, cmd: str, timeout: float, args: dict) -> dict:
+def _request(path: str, instance: str, cmd: str, timeout: float, args: dict) -> Reply:
     s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     s.settimeout(timeout)
     try:
@@ -351,14 +377,61 @@ def _request(path: str, instance: str, cmd: str, timeout: float, args: dict) -> 
             s.sendall(json.dumps({"cmd": cmd, **args}).encode() + b"\n")
         except (BrokenPipeError, ConnectionResetError):
             pass                # the daemon answered at once (refused, busy): its reply says why
-        buf = b""
-        while not buf.endswith(b"\n"):
-            chunk = s.recv(65536)
+        buf = bytearray()
+        while True:
+            chunk = s.recv(1 << 20)
             if not chunk:
                 break
             buf += chunk
+            if len(buf) > MAX_REPLY:
+                raise BadReply(instance, path, f"longer than {_size(MAX_REPLY)}")
+            if chunk.endswith(b"\n"):
+                break
     finally:
         s.close()
     if not buf:
         raise NotRunning(f"instance {instance!r}: the daemon closed {path} without a reply")
-    return json.loads(buf)
+    return parse_reply(bytes(buf), instance, path)
+
+
+def parse_reply(data: bytes, instance: str, path: str) -> Reply:
+    """A reply line as a dict (see :func:`request`); BadReply for anything else."""
+    if not data.endswith(b"\n"):
+        raise BadReply(instance, path, f"cut short (the connection closed after {len(data)} bytes, "
+                                       f"before the end of the reply)")
+    try:
+        reply = json.loads(data)
+    except RecursionError:
+        raise BadReply(instance, path, "nested too deeply") from None
+    except (ValueError, UnicodeDecodeError) as e:
+        raise BadReply(instance, path, f"not JSON ({e})") from None
+    if not isinstance(reply, dict):
+        raise BadReply(instance, path, f"a JSON {_json_type(reply)}, not an object")
+    if not isinstance(reply.get("ok"), bool):
+        raise BadReply(instance, path, '"ok" is not true or false' if "ok" in reply else 'no "ok" in it')
+    reply = Reply(reply)
+    reply.instance, reply.path = instance, path
+    return reply
+
+
+def checked(reply: dict, fn):
+    """``fn(reply)``: what a caller makes of the fields of a reply it needs (`lb status`'s
+    lines); a KeyError, TypeError, ValueError, AttributeError or IndexError out of it -- the
+    reply lacks a field, or holds another type -- is a BadReply naming the reply's instance and
+    socket."""
+    instance, path = getattr(reply, "instance", "") or "?", getattr(reply, "path", "") or "its control socket"
+    try:
+        return fn(reply)
+    except KeyError as e:
+        raise BadReply(instance, path, f"no {e.args[0]!r} in it") from None
+    except (TypeError, ValueError, AttributeError, IndexError) as e:
+        raise BadReply(instance, path, f"unexpected content ({e})") from None
+
+
+def _size(n: int) -> str:
+    return f"{n >> 20} MiB" if n >= 1 << 20 and not n % (1 << 20) else f"{n} bytes"
+
+
+def _json_type(value) -> str:
+    return {type(None): "null", bool: "boolean", int: "number", float: "number", str: "string",
+            list: "array"}.get(type(value), type(value).__name__)

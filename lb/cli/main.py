@@ -249,26 +249,46 @@ def cmd_stop(args) -> int:
     return _signal_instance(args, signal.SIGUSR2 if keep else signal.SIGINT, True, quiet_if_stopped=bool(args.unit))
 
 
+def _control_error(inst: str, e: Exception) -> str:
+    """The message for what control.request raised."""
+    from lb import control
+
+    if isinstance(e, (control.NotRunning, control.BadReply)):
+        return f"lb: {e}"
+    if isinstance(e, PermissionError):
+        return (f"lb: {control.socket_path(inst)}: permission denied (the control socket is root's; "
+                f"[control] read_group or admin_group lets a group in)")
+    return f"lb: instance {inst!r}: control socket: {e}"
+
+
 def _control(args, cmd: str, **params) -> dict | None:
-    """One request on the instance's control socket; None (after a message) when nothing answers."""
+    """One request on the instance's control socket; None (after a message) when nothing answers
+    or the reply is not one (control.request checks it: control.BadReply)."""
     from lb import control
 
     inst = _instance(args) or "default"
     try:
         return control.request(inst, cmd, **params)
-    except control.NotRunning as e:
-        print(f"lb: {e}", file=sys.stderr)
-    except PermissionError:
-        print(f"lb: {control.socket_path(inst)}: permission denied (the control socket is root's; "
-              f"[control] read_group or admin_group lets a group in)",
-              file=sys.stderr)
-    except (OSError, ValueError) as e:
-        print(f"lb: instance {inst!r}: control socket: {e}", file=sys.stderr)
+    except (control.NotRunning, OSError, ValueError) as e:
+        print(_control_error(inst, e), file=sys.stderr)
     return None
 
 
+def _refused(reply: dict, rc: int = 1) -> int:
+    """A reply of "ok": false: its error (the daemon's words) on stderr; rc."""
+    why = reply.get("error")
+    print(f"lb: {why}" if isinstance(why, str) and why.strip() else "lb: the daemon refused the request "
+          "(no reason given)", file=sys.stderr)
+    return rc
+
+
 def _fmt_time(t) -> str:
-    return time.strftime("%H:%M:%S", time.localtime(t)) if t else "-"
+    if not t:
+        return "-"
+    try:
+        return time.strftime("%H:%M:%S", time.localtime(t))
+    except (OverflowError, OSError, ValueError):
+        raise ValueError(f"{t!r} is not a time") from None
 
 
 def _seconds_arg(text: str) -> float:
@@ -284,7 +304,8 @@ def _seconds_arg(text: str) -> float:
 
 def _wait_control(args) -> dict | None:
     """`lb status --wait N`: the status once the daemon answers (it answers once ready), asking
-    every 0.1 s for at most N s; None (after a message) when it never does or --pid exits."""
+    every 0.1 s for at most N s; None (after a message) when it never does, --pid exits, or its
+    reply is not one."""
     from lb import control
 
     inst = _instance(args) or "default"
@@ -292,6 +313,9 @@ def _wait_control(args) -> dict | None:
     while True:
         try:
             return control.request(inst, "status")
+        except control.BadReply as e:       # it answers, with what is not a reply: no use asking again
+            print(_control_error(inst, e), file=sys.stderr)
+            return None
         except (control.NotRunning, OSError, ValueError) as e:
             why = e
         if args.pid and not _pid_running(args.pid):
@@ -304,45 +328,63 @@ def _wait_control(args) -> dict | None:
 
 
 def cmd_status(args) -> int:
+    from lb import control
+
     reply = _wait_control(args) if args.wait else _control(args, "status")
     if reply is None:
         return 1
-    if not reply.get("ok"):
-        print(f"lb: {reply.get('error')}", file=sys.stderr)
+    if not reply["ok"]:
+        return _refused(reply)
+    try:
+        # the fields it prints: one missing, or of another type, is a bad reply (nothing printed)
+        text = control.checked(reply, lambda r: _status_text(r["status"], args.json))
+    except control.BadReply as e:
+        print(f"lb: {e}", file=sys.stderr)
         return 1
-    doc = reply["status"]
-    if args.json:
-        print(json.dumps(doc, indent=2))
-        return 0
-    print(f"instance {doc['instance']}  pid {doc['pid']}  role {doc['role']}  data plane {doc.get('dataplane')}"
-          f"  config {doc['config']}")
+    print(text)
+    return 0
+
+
+def _status_text(doc, as_json: bool) -> str:
+    if not isinstance(doc, dict):
+        raise TypeError("its status is not an object")
+    return json.dumps(doc, indent=2) if as_json else "\n".join(_status_lines(doc))
+
+
+def _status_lines(doc: dict) -> list[str]:
+    """What `lb status` prints of the daemon's status document; KeyError, TypeError, ValueError
+    when the document lacks what it shows."""
+    lines: list[str] = []
+    out = lines.append
+    out(f"instance {doc['instance']}  pid {doc['pid']}  role {doc['role']}  data plane {doc.get('dataplane')}"
+        f"  config {doc['config']}")
     own = doc.get("ownership") or {}
     if own.get("last"):   # Engine.keep_ownership: what an interface lost, put back (or found)
-        print(f"ownership: {own['addresses_restored']} addresses added back, {own['xdp_attached']} XDP "
-              f"programs attached again; last {_fmt_time(own['at'])}: {own['last']}")
+        out(f"ownership: {own['addresses_restored']} addresses added back, {own['xdp_attached']} XDP "
+            f"programs attached again; last {_fmt_time(own['at'])}: {own['last']}")
     ha = doc.get("ha")
     if ha:  # pulse: peer, channels, sync (lb/ha/pulse.py Pulse.status)
         peer = ha["peer"]
-        print(f"ha {ha['node']} node, {ha['role']} for {ha['since_s']:.0f}s, {ha['role_changes']} role changes;"
-              f" peer {peer['state']} ({'alive' if peer['alive'] else 'not heard'}"
-              + (f", last heard {peer['last_heard_s']:.1f}s ago)" if peer["last_heard_s"] is not None else ")"))
+        out(f"ha {ha['node']} node, {ha['role']} for {ha['since_s']:.0f}s, {ha['role_changes']} role changes;"
+            f" peer {peer['state']} ({'alive' if peer['alive'] else 'not heard'}"
+            + (f", last heard {peer['last_heard_s']:.1f}s ago)" if peer["last_heard_s"] is not None else ")"))
         for name, ch in ha["channels"].items():
             last = ch["last_heartbeat_s"]
-            print(f"  channel {name:<8} {ch['local']} -> {ch['peer']}:{ch['port']}  last heartbeat "
-                  + ("never" if last is None else f"{last:.1f}s ago") + f"  rx {ch['rx']} tx {ch['tx']}")
+            out(f"  channel {name:<8} {ch['local']} -> {ch['peer']}:{ch['port']}  last heartbeat "
+                + ("never" if last is None else f"{last:.1f}s ago") + f"  rx {ch['rx']} tx {ch['tx']}")
         sy, c = ha["sync"], ha["counters"]
         lag = sy["last_tx_s"] if ha["role"] == "active" else sy["last_rx_s"]
-        print(f"  sync {'on' if sy['enabled'] else 'off'}: last batch "
-              + ("never" if lag is None else f"{lag:.1f}s ago") + f", pending {sy['pending']}, "
-              f"sent {c['sync_tx_records']} received {c['sync_rx_records']} skipped {c['sync_skipped']};"
-              f" ignored: forged {c['bad_auth']} replayed {c['replay']} stale {c['stale']}"
-              f" malformed {c['malformed']} off-path {c.get('offpath', 0)}"
-              f" not heard {c.get('unheard', 0)}")
+        out(f"  sync {'on' if sy['enabled'] else 'off'}: last batch "
+            + ("never" if lag is None else f"{lag:.1f}s ago") + f", pending {sy['pending']}, "
+            f"sent {c['sync_tx_records']} received {c['sync_rx_records']} skipped {c['sync_skipped']};"
+            f" ignored: forged {c['bad_auth']} replayed {c['replay']} stale {c['stale']}"
+            f" malformed {c['malformed']} off-path {c.get('offpath', 0)}"
+            f" not heard {c.get('unheard', 0)}")
         keys = ha.get("keys")
         if keys:              # the keyring (lb.ha.heartbeat.read_keys): the first key signs
             peer_key = keys["peer_signs_with"]
-            print(f"  keys: {keys['count']} in {keys['file']}, signing with the first; the peer signs with "
-                  + ("(not heard yet)" if peer_key is None else f"key {peer_key}"))
+            out(f"  keys: {keys['count']} in {keys['file']}, signing with the first; the peer signs with "
+                + ("(not heard yet)" if peer_key is None else f"key {peer_key}"))
         if "lease_s" in ha:   # the data plane's lease (bpf/lb_lease.h): claims the addresses while it runs
             left = ha["lease_s"]
             if left is None:
@@ -350,9 +392,9 @@ def cmd_status(args) -> int:
                     if ha.get("lease_armed") else "not yet renewed (pulse has not decided the role)"
             else:
                 text = f"{left:.1f}s left" if left >= 0 else f"ran out {-left:.1f}s ago: the addresses are not claimed"
-            print(f"  lease: {text}")
+            out(f"  lease: {text}")
         for warning in ha.get("warnings", ()):   # a peer heard but refused, a skewed clock (Pulse.warnings)
-            print(f"  WARNING: {warning}")
+            out(f"  WARNING: {warning}")
     conf = doc.get("configuration")
     if conf:   # the configuration's version, and the HA peer's (lb.ha.configsync)
         line = f"configuration serial_no {conf.get('serial_no')} ({conf.get('identity')})"
@@ -365,19 +407,19 @@ def cmd_status(args) -> int:
             line += f"; peer runs {same} configuration (serial_no {peer.get('peer_serial_no')})"
             if peer.get("last_result") in ("refused", "older"):
                 line += f": {peer['last_result']}: {peer.get('last_error')}"
-        print(line)
+        out(line)
     if doc.get("bgp"):   # lb.bgp: sessions and routes
         from lb.bgp import format_status
-        print("\n".join(format_status(doc["bgp"])))
+        out("\n".join(format_status(doc["bgp"])))
     if doc.get("counters"):
-        print("data path: " + ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in doc["counters"].items()))
+        out("data path: " + ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in doc["counters"].items()))
     d = doc.get("defense")
     if d:
         modes = " ".join(f"{k} {v}" for k, v in d["modes"].items())
-        print(f"defense: {modes}; engaged: {', '.join(d['engaged']) or 'none'}; embryonic table "
-              f"{d['embryonic_free']} of {d['embryonic_size']} free (amemthresh {d['amemthresh']})"
-              + (f"; dropping 1 in {d['drop_rate']} new connections" if d["drop_rate"] else "")
-              + (f"; drop_entry deleted {d['drop_entry_deleted']}" if d["drop_entry_deleted"] else ""))
+        out(f"defense: {modes}; engaged: {', '.join(d['engaged']) or 'none'}; embryonic table "
+            f"{d['embryonic_free']} of {d['embryonic_size']} free (amemthresh {d['amemthresh']})"
+            + (f"; dropping 1 in {d['drop_rate']} new connections" if d["drop_rate"] else "")
+            + (f"; drop_entry deleted {d['drop_entry_deleted']}" if d["drop_entry_deleted"] else ""))
     from lb.listing import addrport
 
     for s in doc["services"]:
@@ -388,7 +430,7 @@ def cmd_status(args) -> int:
         sorry = ""
         if s.get("sorry_server"):
             sorry = f"  sorry server {s['sorry_server']}" + (" (IN USE)" if s.get("on_sorry_server") else "")
-        print(f"{where} {s['scheduler']}  monitor {s['monitor']}{sorry}{state}")
+        out(f"{where} {s['scheduler']}  monitor {s['monitor']}{sorry}{state}")
         for r in s["real_servers"]:
             last = r.get("last_check")
             detail = "" if not last else f"  last check {'ok' if last['ok'] else 'FAIL'} {_fmt_time(last['at'])} {last['detail']}"
@@ -397,21 +439,21 @@ def cmd_status(args) -> int:
             # each connection keeps the port it came to (r["port"] is the health checks' port)
             port = 0 if s.get("fwmark") else r["port"]
             dest = addrport(r["address"], port)     # its port padded to 6 columns
-            print(f"  -> {r['name']:<12} {dest:<{len(dest) - len(str(port)) + 6}} weight {w.value:<5} "
-                  f"{r['health']:<11} changes {r['changes']:<3}{detail}")
+            out(f"  -> {r['name']:<12} {dest:<{len(dest) - len(str(port)) + 6}} weight {w.value:<5} "
+                f"{r['health']:<11} changes {r['changes']:<3}{detail}")
             if w.source != lbweight.CONFIGURED:
-                print(f"     {w.text()}")
+                out(f"     {w.text()}")
             if r.get("reason"):
-                print(f"     {'up' if r['health'] == 'up' else 'down'} since {_fmt_time(r['since'])}: {r['reason']}")
+                out(f"     {'up' if r['health'] == 'up' else 'down'} since {_fmt_time(r['since'])}: {r['reason']}")
             skipped = r.get("last_not_run")
             if r.get("not_run") and skipped:
-                print(f"     {r['not_run']} checks not run (the director's own resources), the last "
-                      f"{_fmt_time(skipped['at'])}: {skipped['detail']}")
+                out(f"     {r['not_run']} checks not run (the director's own resources), the last "
+                    f"{_fmt_time(skipped['at'])}: {skipped['detail']}")
             load = r.get("load")
             if load and load.get("at"):
-                print(f"     load monitor ({load['kind']}) {'ok' if load['ok'] else 'FAIL'} {_fmt_time(load['at'])}: "
-                      f"{load['detail']}")
-    return 0
+                out(f"     load monitor ({load['kind']}) {'ok' if load['ok'] else 'FAIL'} {_fmt_time(load['at'])}: "
+                    f"{load['detail']}")
+    return lines
 
 
 def cmd_reload(args) -> int:
@@ -421,11 +463,10 @@ def cmd_reload(args) -> int:
     reply = _control(args, "reload")
     if reply is None:
         return 1
-    if reply.get("ok"):
+    if reply["ok"]:
         print(reply.get("message", "reloaded"))
         return 0
-    print(f"lb: {reply.get('error')}", file=sys.stderr)
-    return 2 if reply.get("issues") else 1
+    return _refused(reply, 2 if reply.get("issues") else 1)
 
 
 def cmd_weight(args) -> int:
@@ -435,11 +476,10 @@ def cmd_weight(args) -> int:
     reply = _control(args, "weight", service=args.service, server=args.server, weight=weight)
     if reply is None:
         return 1
-    if reply.get("ok"):
+    if reply["ok"]:
         print(reply.get("message", "done"))
         return 0
-    print(f"lb: {reply.get('error')}", file=sys.stderr)
-    return 1
+    return _refused(reply)
 
 
 def _weight_arg(text: str) -> int:
@@ -690,10 +730,10 @@ def _zero(args) -> int:
 
             zero_pinned(inst, service)
             return 0
-        if not reply.get("ok"):
-            print(f"lb: {reply.get('error')}", file=sys.stderr)
+        except (control.BadReply, OSError) as e:       # it answers, but not with a reply; not ours to ask
+            print(_control_error(inst, e), file=sys.stderr)
             return 1
-        return 0
+        return 0 if reply["ok"] else _refused(reply)
     except LookupError:
         print("lb: no such service", file=sys.stderr)
         return 1
