@@ -76,6 +76,7 @@ CLIENT_TIMEOUT = 60.0        # a reload may compile nothing but can resolve many
 # when every detail it carries is at its longest, and a configuration (at most 1 MiB) names at
 # most some 50000 real servers (20 bytes each at the least): some 70 MiB, with room to spare
 MAX_REPLY = 256 * 1024 * 1024
+PROBE_TIMEOUT = 1.0          # seconds answering() waits for each socket to accept
 
 
 class NotRunning(Exception):
@@ -435,3 +436,30 @@ def _size(n: int) -> str:
 def _json_type(value) -> str:
     return {type(None): "null", bool: "boolean", int: "number", float: "number", str: "string",
             list: "array"}.get(type(value), type(value).__name__)
+
+
+def answering(shared_dir: str | None = None) -> list[str]:
+    """The instances whose daemon accepts a connection on its shared socket (SHARED_DIR: the
+    daemons whose [control] names groups), for a user who may not read /run/lb."""
+    from lb.config.toml import INSTANCE_RE
+
+    shared_dir = SHARED_DIR if shared_dir is None else shared_dir
+    try:
+        names = os.listdir(shared_dir)
+    except OSError:
+        return []
+    out = []
+    for name in sorted(names):
+        inst, dot, ext = name.rpartition(".")
+        if not (dot and ext == "sock" and INSTANCE_RE.fullmatch(inst)):
+            continue
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        s.settimeout(PROBE_TIMEOUT)
+        try:
+            s.connect(os.path.join(shared_dir, name))
+        except OSError:
+            continue            # a crashed daemon's socket file, or not ours to open
+        finally:
+            s.close()
+        out.append(inst)
+    return out

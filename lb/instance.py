@@ -115,6 +115,10 @@ class NotRunning(Exception):
 def running_pid(instance: str, run_dir: str = RUN_DIR) -> int:
     """The pid of the daemon of `instance`, checked: its pid file is locked, and by that pid.
     NotRunning (saying why) otherwise: nothing to signal."""
+    return _locked_pid(instance, run_dir)
+
+
+def _locked_pid(instance: str, run_dir: str) -> int:
     path = pidfile(instance, run_dir)
     try:
         fd = files.open_nofollow(path)
@@ -140,3 +144,28 @@ def running_pid(instance: str, run_dir: str = RUN_DIR) -> int:
         raise NotRunning(f"instance {instance!r}: {path} names pid {pid}, which is not the lb holding it "
                          f"(pid {', '.join(map(str, sorted(holders)))}); nothing signalled")
     return pid
+
+
+def running_instances(run_dir: str | None = None) -> list[str]:
+    """The instances whose daemon runs: each pid file of run_dir locked by the pid it names
+    (running_pid).  PermissionError when run_dir cannot be listed (/run/lb is root's, 0700);
+    none when it does not exist."""
+    from lb.config.toml import INSTANCE_RE
+
+    run_dir = RUN_DIR if run_dir is None else run_dir
+    try:
+        names = os.listdir(run_dir)
+    except FileNotFoundError:
+        return []
+    out = []
+    for name in sorted(names):
+        inst, dot, ext = name.rpartition(".")
+        # <instance>.pid only (not <instance>.exabgp.pid, the BGP speaker's)
+        if not (dot and ext == "pid" and INSTANCE_RE.fullmatch(inst)):
+            continue
+        try:
+            _locked_pid(inst, run_dir)
+        except NotRunning:
+            continue
+        out.append(inst)
+    return out

@@ -3,10 +3,24 @@ errors elsewhere (a typo in a real server's weight) still tells it, read alone, 
 that cannot tell it says to name it with --instance."""
 from __future__ import annotations
 
+import fcntl
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import types
+from pathlib import Path
+
 import pytest
 
 from lb import control, instance
 from lb.cli.main import main
+
+REPO = Path(__file__).resolve().parents[1]
 
 TOML = """\
 [global]
@@ -107,3 +121,196 @@ def test_status_wait_takes_a_finite_number_of_seconds(asked, capsys, wait):
     assert e.value.code == 2 and asked == []
     err = capsys.readouterr().err
     assert f"argument --wait: '{wait}'" in err and "Traceback" not in err
+
+
+# ---- which instance: the running daemons first ---------------------------------------------
+
+@pytest.fixture
+def host(tmp_path, monkeypatch, asked):
+    """/run/lb, /run/lb-control and /sys/fs/bpf/lb moved into tmp_path: ``run(name)`` makes a
+    daemon of that instance (its pid file locked by this process, as `lb run` holds it),
+    ``pin(name)`` a pin directory (an XDP data plane's, its daemon running or not)."""
+    from lb.dataplane import maps
+
+    d = types.SimpleNamespace(run_dir=tmp_path / "run", shared=tmp_path / "shared", pins=tmp_path / "bpf" / "lb",
+                              held=[])
+    for p in (d.run_dir, d.shared, d.pins):
+        p.mkdir(parents=True)
+    monkeypatch.setattr(instance, "RUN_DIR", str(d.run_dir))
+    monkeypatch.setattr(control, "SHARED_DIR", str(d.shared))
+    monkeypatch.setattr(maps, "PIN_ROOT", str(d.pins))
+
+    def run(name):
+        fd = os.open(d.run_dir / f"{name}.pid", os.O_RDWR | os.O_CREAT, 0o644)
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        d.held.append(fd)
+
+    d.run = run
+    d.pin = lambda name: (d.pins / name).mkdir()
+    d.asked = asked
+    yield d
+    for fd in d.held:
+        os.close(fd)
+
+
+def test_an_ipvs_daemon_is_found_without_pinned_maps(host, capsys):
+    """Discovery looked at /sys/fs/bpf/lb only: a daemon of the ipvs data plane (nothing pinned)
+    was "instance 'default' is not running" while instance "web" ran."""
+    host.run("web")
+    assert main(["status"]) == 1           # asked "web" (the stand-in says it is not running)
+    assert host.asked == [("status", "web")]
+    assert "instance 'web' is not running" in capsys.readouterr().err
+
+
+def test_a_pin_directory_without_its_daemon_is_not_running(host, capsys):
+    """A pin directory left by a crashed or --keep-dataplane instance counted as running:
+    "several instances are running (old, web)" beside the one daemon."""
+    host.run("web")
+    host.pin("web")
+    host.pin("old")
+    (host.run_dir / "gone.pid").write_text("999999\n")     # a pid file nobody holds: stale
+    (host.run_dir / "web.exabgp.pid").write_text("1\n")   # the BGP speaker's, not an instance
+    assert main(["status"]) == 1 and main(["stop"]) == 1
+    assert host.asked == [("status", "web"), ("stop", "web")]
+    # lb list reads the running daemon's maps
+    from lb.cli import main as cli
+
+    assert cli._map_instances() == (["web"], True)
+    assert cli._instance(types.SimpleNamespace(), maps=True) == "web"
+
+
+def test_several_daemons_say_pick_one(host):
+    host.run("a")
+    host.run("b")
+    with pytest.raises(SystemExit, match=r"several instances are running \(a, b\): pick one with --instance"):
+        main(["status"])
+    assert host.asked == []
+
+
+def test_no_daemon_status_asks_default_and_list_reads_the_pinned_maps(host, capsys):
+    """With no daemon, `lb status` asks "default" (not a pin directory's instance), and `lb
+    list` reads the maps a daemon left (the one reader of a data plane whose daemon is gone)."""
+    from lb.cli import main as cli
+
+    host.pin("kept")
+    assert main(["status"]) == 1 and host.asked == [("status", "default")]
+    assert cli._map_instances() == (["kept"], False)
+    assert cli._instance(types.SimpleNamespace(), maps=True) == "kept"
+    host.pin("other")
+    with pytest.raises(SystemExit, match=r"several instances have pinned maps, and no daemon runs \(kept, other\)"):
+        cli._instance(types.SimpleNamespace(), maps=True)
+
+
+def test_status_wait_finds_a_daemon_that_starts_meanwhile(host, capsys, monkeypatch):
+    """`lb status --wait` without --instance looks for the instance again while it waits: a
+    daemon started just before takes its pid file a moment later."""
+    seen = []
+
+    def request(inst, cmd, **k):
+        seen.append(inst)
+        if len(seen) == 2:
+            host.run("web")
+        if inst == "web":
+            return {"ok": True, "status": {"instance": "web", "pid": 1, "role": "active", "config": "x",
+                                           "services": []}}
+        raise control.NotRunning(f"instance {inst!r} is not running")
+    monkeypatch.setattr(control, "request", request)
+    assert main(["status", "--wait", "5"]) == 0
+    assert seen[:2] == ["default", "default"] and seen[-1] == "web"
+    assert capsys.readouterr().out.startswith("instance web  pid 1")
+
+
+def test_a_user_who_may_not_read_run_lb_finds_the_daemons_shared_socket(host, capsys, monkeypatch):
+    """/run/lb is root's (0700): a read_group member's `lb status` found nothing (a PermissionError
+    traceback from /sys/fs/bpf); the daemons' shared sockets that answer name the instance."""
+    def denied(run_dir=None):
+        raise PermissionError(13, "Permission denied", run_dir)
+    monkeypatch.setattr(instance, "running_instances", denied)
+    stale = socket.socket(socket.AF_UNIX)
+    stale.bind(str(host.shared / "dead.sock"))        # a crashed daemon's socket file
+    stale.close()
+    assert main(["status"]) == 1
+    err = capsys.readouterr().err
+    assert err == (f"lb: cannot tell which instance runs: {host.run_dir}: permission denied, and no daemon "
+                   f"answers in {host.shared} (where [control]'s groups reach it): run as root, or name the "
+                   f"instance with --instance\n")
+    live = socket.socket(socket.AF_UNIX)
+    live.bind(str(host.shared / "web.sock"))
+    live.listen(4)
+    try:
+        assert main(["status"]) == 1 and host.asked == [("status", "web")]
+    finally:
+        live.close()
+
+
+# ---- as a user who is not root ----------------------------------------------------------------
+
+NOBODY = ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups"]
+HARNESS = """
+import sys
+from lb import control, instance
+from lb.dataplane import maps
+run_dir, shared, pins = sys.argv[1:4]
+instance.RUN_DIR, control.SHARED_DIR, maps.PIN_ROOT = run_dir, shared, pins
+control.request.__defaults__ = (5.0, run_dir, shared)
+from lb.cli.main import main
+sys.exit(main(sys.argv[4:]))
+"""
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("setpriv"), reason="switching to uid nobody needs root")
+def test_not_root_one_line_and_the_shared_socket(tmp_path, request):
+    """As uid nobody, with /run/lb and /sys/fs/bpf root's (0700): `lb status` reaches the daemon
+    on its shared socket ([control] read_group), `lb list`/`lb zero` say that the pinned maps
+    need root, and with no daemon that answers every command says what it cannot tell: one line,
+    exit 1 (a PermissionError or BpfError EPERM traceback)."""
+    run_dir, bpf = tmp_path / "run", tmp_path / "bpf"       # tmp_path is root's, 0700
+    for p in (run_dir, bpf / "lb" / "web"):
+        p.mkdir(parents=True)
+    shared = Path(tempfile.mkdtemp(prefix="lb-control-"))     # /run/lb-control: 0755, nobody reaches it
+    os.chmod(shared, 0o755)
+    request.addfinalizer(lambda: shutil.rmtree(shared, ignore_errors=True))
+    pins = str(bpf / "lb")
+
+    def lb(*argv):
+        p = subprocess.run([*NOBODY, sys.executable, "-c", HARNESS, str(run_dir), str(shared), pins, *argv],
+                           capture_output=True, text=True, timeout=60, cwd=REPO, stdin=subprocess.DEVNULL)
+        assert "Traceback" not in p.stderr, p.stderr
+        return p.returncode, p.stdout, p.stderr
+
+    cannot_tell = (f"lb: cannot tell which instance runs: {run_dir}: permission denied, and no daemon answers in "
+                   f"{shared} (where [control]'s groups reach it): run as root, or name the instance with "
+                   f"--instance\n")
+    maps_need_root = f"lb: cannot read lb's pinned maps in {pins}: permission denied (run as root)\n"
+    for argv in (["status"], ["stop"], ["reload"], ["weight", "web", "rs1", "2"]):
+        assert lb(*argv) == (1, "", cannot_tell), argv
+    for argv in (["list", "-n"], ["list", "-c"], ["zero"], ["list", "--instance", "web"]):
+        assert lb(*argv) == (1, "", maps_need_root), argv
+
+    # a daemon whose [control] read_group lets the user in: its shared socket answers
+    status = {"instance": "web", "pid": 7, "role": "active", "config": "/etc/lb/web.toml", "services": []}
+    srv = socket.socket(socket.AF_UNIX)
+    srv.bind(str(shared / "web.sock"))
+    os.chmod(shared / "web.sock", 0o666)
+    srv.listen(8)
+
+    def serve():
+        while True:
+            try:
+                c, _ = srv.accept()
+            except OSError:
+                return
+            with c:
+                try:
+                    c.makefile("rb").readline()
+                    c.sendall(json.dumps({"ok": True, "status": status}).encode() + b"\n")
+                except OSError:
+                    pass         # the discovery's probe: connected, and gone
+    threading.Thread(target=serve, daemon=True).start()
+    try:
+        rc, out, err = lb("status")
+        assert (rc, err) == (0, "") and out.startswith("instance web  pid 7  role active"), err
+        assert lb("list", "-n") == (1, "", maps_need_root)
+    finally:
+        srv.close()

@@ -170,16 +170,64 @@ def _instance_of_file(path: str) -> str:
         return name
 
 
-def _instance(args) -> str | None:
+class _NoInstance(Exception):
+    """Instance discovery could not tell which instance is meant: the message says why."""
+
+
+def _running() -> list[str]:
+    """The instances whose daemon runs: the pid files of /run/lb that their daemon holds locked
+    (lb.instance); for a user who may not read /run/lb (root's, 0700), the shared control
+    sockets that answer (a daemon whose [control] names groups).  _NoInstance when neither
+    tells anything."""
+    from lb import control, instance
+
+    try:
+        return instance.running_instances(instance.RUN_DIR)
+    except PermissionError:
+        found = control.answering(control.SHARED_DIR)
+    if not found:
+        raise _NoInstance(f"cannot tell which instance runs: {instance.RUN_DIR}: permission denied, and no "
+                          f"daemon answers in {control.SHARED_DIR} (where [control]'s groups reach it): run as "
+                          f"root, or name the instance with --instance")
+    return found
+
+
+def _pinned(inst: str) -> bool:
+    """Whether the instance has pinned maps (its XDP data plane's, its daemon running or not);
+    maps.PinAccessError when /sys/fs/bpf cannot be read."""
+    from lb.dataplane import maps
+
+    return maps.is_pinned(inst)
+
+
+def _map_instances() -> tuple[list[str], bool]:
+    """The instances `lb list` and `lb zero` may read the maps of: those of the running daemons
+    that have pinned maps, and only when no daemon runs, any pinned maps (a data plane whose
+    daemon is gone: stopped with --keep-dataplane, or crashed); and whether a daemon runs.
+    maps.PinAccessError when /sys/fs/bpf cannot be read."""
+    from lb.dataplane import maps
+
+    try:
+        running = _running()
+    except _NoInstance:
+        running = []
+    if running:
+        return [i for i in running if _pinned(i)], True
+    return maps.instances(), False
+
+
+def _instance(args, maps: bool = False) -> str | None:
+    """The instance a command is about: --instance, else the --config's, else the one running
+    (maps: the one whose maps `lb list` reads, _map_instances); None when none is.  SystemExit
+    (a message) when several are, _NoInstance when this user cannot tell."""
     if getattr(args, "instance", None):
         return args.instance
     if getattr(args, "config", None):
         return _instance_of_file(args.config)
-    from lb.dataplane.maps import instances
-
-    found = instances()
+    found, running = _map_instances() if maps else (_running(), True)
     if len(found) > 1:
-        raise SystemExit(f"lb: several instances are running ({', '.join(found)}): pick one with --instance")
+        what = "are running" if running else "have pinned maps, and no daemon runs"
+        raise SystemExit(f"lb: several instances {what} ({', '.join(found)}): pick one with --instance")
     return found[0] if found else None
 
 
@@ -305,24 +353,32 @@ def _seconds_arg(text: str) -> float:
 def _wait_control(args) -> dict | None:
     """`lb status --wait N`: the status once the daemon answers (it answers once ready), asking
     every 0.1 s for at most N s; None (after a message) when it never does, --pid exits, or its
-    reply is not one."""
+    reply is not one.  Without --instance or --config, the instance is looked for again each
+    time (a daemon just started takes its pid file a moment later)."""
     from lb import control
 
-    inst = _instance(args) or "default"
     deadline = time.monotonic() + args.wait
     while True:
         try:
-            return control.request(inst, "status")
-        except control.BadReply as e:       # it answers, with what is not a reply: no use asking again
-            print(_control_error(inst, e), file=sys.stderr)
-            return None
-        except (control.NotRunning, OSError, ValueError) as e:
-            why = e
+            inst = _instance(args) or "default"
+        except _NoInstance as e:
+            inst, why = None, e
+        if inst is not None:
+            try:
+                return control.request(inst, "status")
+            except control.BadReply as e:       # it answers, with what is not a reply: no use asking again
+                print(_control_error(inst, e), file=sys.stderr)
+                return None
+            except (control.NotRunning, OSError, ValueError) as e:
+                why = e
         if args.pid and not _pid_running(args.pid):
-            print(f"lb: instance {inst!r}: process {args.pid} exited before it was ready", file=sys.stderr)
+            print(f"lb: instance {inst or 'default'!r}: process {args.pid} exited before it was ready", file=sys.stderr)
             return None
         if time.monotonic() > deadline:
-            print(f"lb: instance {inst!r} not ready within {args.wait:g} s: {why}", file=sys.stderr)
+            if inst is None:
+                print(f"lb: {why}", file=sys.stderr)
+            else:
+                print(f"lb: instance {inst!r} not ready within {args.wait:g} s: {why}", file=sys.stderr)
             return None
         time.sleep(0.1)
 
@@ -562,18 +618,19 @@ def cmd_web(args) -> int:
 def _list_dataplane(args) -> str:
     """Which table `lb list` reads: an instance's pinned maps (xdp) or the kernel's IPVS table
     (ipvs; in the current network namespace, as ipvsadm).  --dataplane decides; otherwise pinned
-    maps win, and without any the kernel's IPVS table is read when the kernel has IPVS loaded."""
+    maps win (those of a running daemon; without one, any: _map_instances), and without any the
+    kernel's IPVS table is read when the kernel has IPVS loaded.  maps.PinAccessError when this
+    user cannot tell."""
     from lb.dataplane import ipvs
-    from lb.dataplane.maps import instances, pin_dir
 
     if getattr(args, "dataplane", None):
         return args.dataplane
     if getattr(args, "instance", None) or getattr(args, "config", None):
         inst = _instance(args)
-        if os.path.isdir(pin_dir(inst)):
+        if _pinned(inst):
             return "xdp"
         return "ipvs" if ipvs.available() else "xdp"
-    return "xdp" if instances() or not ipvs.available() else "ipvs"
+    return "xdp" if _map_instances()[0] or not ipvs.available() else "ipvs"
 
 
 def _select_service(services, key):
@@ -694,6 +751,7 @@ def _zero(args) -> int:
     the pinned maps; the kernel's IPVS table over netlink, as ipvsadm."""
     from lb import control
     from lb.dataplane import ipvs
+    from lb.dataplane.maps import PinAccessError
 
     try:
         service = _service_key(args)
@@ -705,7 +763,7 @@ def _zero(args) -> int:
             ipvs.ensure_module()
             ipvs.zero(service)
             return 0
-        inst = _instance(args)
+        inst = _instance(args, maps=True)
         if inst is None:
             print("lb: no lb instance here (nothing under /sys/fs/bpf/lb)", file=sys.stderr)
             return 1
@@ -737,6 +795,9 @@ def _zero(args) -> int:
     except LookupError:
         print("lb: no such service", file=sys.stderr)
         return 1
+    except PinAccessError as e:
+        print(f"lb: {e}", file=sys.stderr)
+        return 1
     except (OSError, ipvs.IpvsError) as e:
         print(f"lb: {e}", file=sys.stderr)
         return 1
@@ -757,6 +818,16 @@ def _print_counters(args, counters: dict[str, int], events: dict[str, int]) -> i
 
 
 def cmd_list(args) -> int:
+    from lb.dataplane.maps import PinAccessError
+
+    try:
+        return _list(args)
+    except PinAccessError as e:        # another user's maps: one line
+        print(f"lb: {e}", file=sys.stderr)
+        return 1
+
+
+def _list(args) -> int:
     from lb.dataplane import reader
     from lb.dataplane.maps import PinnedMaps
 
@@ -783,7 +854,7 @@ def cmd_list(args) -> int:
         return _list_ipvs(args)
     if args.daemon:
         return 0                 # XDP mode syncs in lb's own daemon (lb status), not the kernel's
-    inst = _instance(args)
+    inst = _instance(args, maps=True)
     if inst is None:              # no instance: nothing listed, in the layout asked for
         if args.counters:
             return _print_counters(args, {}, {})
@@ -1194,6 +1265,9 @@ def main(argv: list[str] | None = None) -> int:
         # any subcommand given --config (status, stop, reload, list, ...) names file:line: field
         print(e, file=sys.stderr)
         return 2
+    except _NoInstance as e:
+        print(f"lb: {e}", file=sys.stderr)
+        return 1
     except BrokenPipeError:
         # the reader went away (`lb list -c | head`): quiet, as ipvsadm dies of SIGPIPE; stdout
         # goes to /dev/null so that the interpreter's last flush does not complain either

@@ -6,6 +6,7 @@ from __future__ import annotations
 import errno
 import mmap
 import os
+import stat
 
 from . import bpfsys
 from . import layout as _L
@@ -28,8 +29,28 @@ MAP_NAMES = ("lb_services", "lb_svc", "lb_sched_state", "lb_svc_dests", "lb_real
 OPTIONAL_MAPS = ("lb_svc_rates", "lb_real_rates", "lb_conns_embryo", "lb_persist_embryo", "lb_ct_events")
 
 
-def pin_dir(instance: str, root: str = PIN_ROOT) -> str:
-    return os.path.join(root, instance)
+def pin_dir(instance: str, root: str | None = None) -> str:
+    return os.path.join(PIN_ROOT if root is None else root, instance)
+
+
+class PinAccessError(PermissionError):
+    """The pinned maps cannot be read by this user (/sys/fs/bpf is root's, 0700; the maps need
+    CAP_BPF or root): the message says so."""
+
+    def __init__(self, where: str):
+        super().__init__(f"cannot read lb's pinned maps in {where}: permission denied (run as root)")
+
+
+def is_pinned(instance: str, root: str | None = None) -> bool:
+    """Whether the instance has a pin directory; PinAccessError when this user cannot tell."""
+    path = pin_dir(instance, root)
+    try:
+        st = os.stat(path)
+    except (FileNotFoundError, NotADirectoryError):
+        return False
+    except PermissionError:
+        raise PinAccessError(os.path.dirname(path)) from None
+    return stat.S_ISDIR(st.st_mode)
 
 
 def have_batch() -> bool:
@@ -67,7 +88,12 @@ class BpfMap:
 
     @classmethod
     def open_pinned(cls, path: str) -> "BpfMap":
-        return cls(bpfsys.obj_get(path), os.path.basename(path))
+        fd = bpfsys.obj_get(path)
+        try:
+            return cls(fd, os.path.basename(path))
+        except BaseException:
+            os.close(fd)
+            raise
 
     def close(self) -> None:
         if self._owned and self.fd >= 0:
@@ -384,28 +410,55 @@ class ArrayField:
 
 
 class PinnedMaps:
-    """All maps of an instance, opened from their pins (read-mostly users such as `lb list`)."""
+    """All maps of an instance, opened from their pins (read-mostly users such as `lb list`).
+    FileNotFoundError when the instance has none (or lacks some), PinAccessError when this user
+    may not open them."""
 
-    def __init__(self, instance: str, root: str = PIN_ROOT):
+    def __init__(self, instance: str, root: str | None = None):
         self.dir = pin_dir(instance, root)
-        if not os.path.isdir(self.dir):
+        if not is_pinned(instance, root):
             raise FileNotFoundError(f"no lb instance {instance!r}: {self.dir} does not exist")
         self.maps: dict[str, BpfMap] = {}
+        try:
+            self._open_all(instance)
+        except BaseException:
+            self.close()
+            raise
+
+    def _open_all(self, instance: str) -> None:
         for name in MAP_NAMES:
             path = os.path.join(self.dir, name)
             if os.path.exists(path) and name != "lb_progs":
-                self.maps[name] = BpfMap.open_pinned(path)
+                self.maps[name] = self.open(name)
         # the established connections: lb_conns4 and lb_conns6, or the one lb_conns of an instance
         # an older lb started (both families in it)
         four, six, one = (os.path.join(self.dir, n) for n in ("lb_conns4", "lb_conns6", "lb_conns"))
         if os.path.exists(four) and os.path.exists(six):
-            self.maps["lb_conns"] = ConnTables(BpfMap.open_pinned(four), BpfMap.open_pinned(six))
+            v4 = self.open("lb_conns4")
+            try:
+                v6 = self.open("lb_conns6")
+            except BaseException:
+                v4.close()
+                raise
+            self.maps["lb_conns"] = ConnTables(v4, v6)
         elif os.path.exists(one):
-            self.maps["lb_conns"] = BpfMap.open_pinned(one)
+            self.maps["lb_conns"] = self.open("lb_conns")
         missing = [n for n in MAP_NAMES + ("lb_conns",)
                    if n not in self.maps and n != "lb_progs" and n not in OPTIONAL_MAPS]
         if missing:
             raise FileNotFoundError(f"lb instance {instance!r} at {self.dir} lacks maps: {', '.join(missing)}")
+
+    def open(self, name: str) -> BpfMap:
+        """The pinned map ``name`` of this instance, opened (not kept: the caller closes it);
+        PinAccessError when this user may not."""
+        try:
+            return BpfMap.open_pinned(os.path.join(self.dir, name))
+        except PermissionError:
+            raise PinAccessError(self.dir) from None
+        except bpfsys.BpfError as e:
+            if e.errno in (errno.EPERM, errno.EACCES):
+                raise PinAccessError(self.dir) from None
+            raise
 
     def __getitem__(self, name: str) -> BpfMap:
         return self.maps[name]
@@ -421,8 +474,12 @@ class PinnedMaps:
         self.close()
 
 
-def instances(root: str = PIN_ROOT) -> list[str]:
+def instances(root: str | None = None) -> list[str]:
+    """The instances with a pin directory; PinAccessError when this user cannot list them."""
+    root = PIN_ROOT if root is None else root
     try:
         return sorted(d for d in os.listdir(root) if os.path.isdir(os.path.join(root, d)))
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):
         return []
+    except PermissionError:
+        raise PinAccessError(root) from None

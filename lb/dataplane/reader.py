@@ -28,7 +28,7 @@ def optional_map(maps: PinnedMaps | dict[str, BpfMap], name: str):
         path = os.path.join(maps.dir, name)
         if not os.path.exists(path):
             return None
-        maps.maps[name] = BpfMap.open_pinned(path)
+        maps.maps[name] = maps.open(name)     # PinAccessError for a user who may not
     return maps.maps[name]
 
 
