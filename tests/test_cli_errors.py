@@ -235,3 +235,169 @@ def test_the_reply_cap_holds_the_largest_status():
     # the shortest real server a file can name: {address="1.1.1.1"}, (TOML's inline tables)
     most_reals = MAX_FILE_BYTES // len('{address="1.1.1.1"},')
     assert per_real * most_reals < control.MAX_REPLY / 2, (per_real, most_reals)
+
+
+# ---- maps of another lb version ----------------------------------------------------------------
+
+class FakeMap:
+    """A pinned map as lb.dataplane.maps.BpfMap reads it, from a dict of entries."""
+
+    def __init__(self, name, key_size, value_size, percpu=False, entries=None):
+        self.name, self.key_size, self.value_size, self.percpu = name, key_size, value_size, percpu
+        self.entries = dict(entries or {})
+        self.max_entries = max(len(self.entries), 1)
+        self.type = 6 if percpu else 1
+        self.closed = False
+
+    def get(self, key):
+        return self.entries.get(key)
+
+    def get_percpu(self, key):
+        v = self.entries.get(key)
+        return [] if v is None else [v, v]
+
+    def items(self, batch=None):
+        return list(self.entries.items())
+
+    def dump(self):
+        from lb.dataplane.maps import _bpfbatch
+
+        ffi = _bpfbatch.ffi
+        keys = b"".join(self.entries) or b"\0"
+        values = b"".join(self.entries.values()) or b"\0"
+        return ffi.new("char[]", keys), ffi.new("char[]", values), len(self.entries)
+
+    def close(self):
+        self.closed = True
+
+
+PERCPU = ("lb_svc_stats", "lb_real_stats", "lb_counters", "lb_ct_events")
+
+
+def fake_maps(**override):
+    """Every map `lb list` opens, empty but for lb_timeouts, in this lb's layout; ``override``:
+    name -> (key size, value size) of another lb version, or a FakeMap."""
+    from lb.dataplane import layout as L
+    from lb.dataplane.maps import MAP_NAMES
+
+    out = {}
+    for name in (*MAP_NAMES, "lb_conns"):
+        if name in L.MAPS:
+            k, v = L.MAPS[name][0].size, L.MAPS[name][1].size
+        elif name in L.LIST_MAPS:
+            k, v = 4, L.LIST_MAPS[name].size * 64
+        else:
+            k, v = 4, 64
+        entries = {}
+        if name == "lb_timeouts":
+            entries = {L.U32.pack(i): L.U32.pack(900) for i in range(L.N_TIMEOUTS)}
+        m = override.get(name)
+        out[name] = m if isinstance(m, FakeMap) else FakeMap(name, *(m or (k, v)), name in PERCPU, entries)
+    return out
+
+
+@pytest.fixture
+def pinned(tmp_path, monkeypatch):
+    """Instance "web"'s pin directory in tmp_path, its maps FakeMaps: ``pinned(**override)``."""
+    from lb.dataplane import maps
+
+    root = tmp_path / "bpf" / "lb"
+    (root / "web").mkdir(parents=True)
+    monkeypatch.setattr(maps, "PIN_ROOT", str(root))
+    monkeypatch.setattr(control, "request", lambda inst, cmd, **k: (_ for _ in ()).throw(
+        control.NotRunning(f"instance {inst!r} is not running")))
+    held = {}
+
+    def setup(**override):
+        held.clear()
+        held.update(fake_maps(**override))
+        for name in held:
+            (root / "web" / name).touch()
+        return held
+    monkeypatch.setattr(maps.BpfMap, "open_pinned", classmethod(lambda cls, path: held[os.path.basename(path)]))
+    setup.dir = root / "web"
+    return setup
+
+
+LIST_COMMANDS = {
+    "list": ["list", "-n"], "list -c": ["list", "-c"], "list -c --json": ["list", "-c", "--json"],
+    "list --stats": ["list", "--stats"], "list --counters": ["list", "--counters"], "list --save": ["list", "--save"],
+    "list --timeout": ["list", "--timeout"], "zero": ["zero"], "zero -f": ["zero", "-f", "21"],
+}
+
+
+@pytest.mark.parametrize("command", LIST_COMMANDS)
+@pytest.mark.parametrize("override, differs", [
+    ({"lb_svc": (4, 80)}, "lb_svc: values of 80 bytes, not 68"),
+    ({"lb_services": (36, 4)}, "lb_services: keys of 36 bytes, not 20"),
+    ({"lb_conns": (40, 56)}, "lb_conns: values of 56 bytes, not 64"),
+    ({"lb_svc_dests": (4, 100)}, "lb_svc_dests: values of 100 bytes, not a multiple of 12"),
+    ({"lb_counters": (8, 4)}, "lb_counters: keys of 8 bytes, not 4 and values of 4 bytes, not 8"),
+], ids=["svc", "services-key", "conns", "dests", "counters"])
+def test_maps_of_another_lb_version_are_named_not_a_traceback(pinned, capsys, command, override, differs):
+    """`lb list` (and `lb zero`) on maps pinned by another lb version unpacked values without a
+    size check (struct.error), or raised RuntimeError("...layout differs...") from the C
+    listing: now one line naming the map and what differs, exit 1, nothing listed."""
+    held = pinned(**override)
+    rc = main(LIST_COMMANDS[command] + ["--instance", "web", "--dataplane", "xdp"])
+    out, err = capsys.readouterr()
+    assert (rc, out) == (1, "")
+    assert err == (f"lb: {pinned.dir}/{differs} as this lb reads it: the maps were pinned by another lb version "
+                   f"(list them with that version's lb, or restart the instance with this one)\n")
+    assert all(m.closed for name, m in held.items() if name != "lb_progs")      # (lb_progs is never opened)
+
+
+def test_maps_in_this_lb_layout_list(pinned, capsys):
+    pinned()
+    assert main(["list", "-n", "--instance", "web", "--dataplane", "xdp"]) == 0
+    out, err = capsys.readouterr()
+    assert err == "" and out.startswith("IP Virtual Server version")
+
+
+def _conn_to_real(real: int) -> tuple[bytes, bytes]:
+    import ipaddress
+    import time
+
+    from lb.dataplane import layout as L
+
+    key = L.ConnKey(ipaddress.ip_address("198.18.0.4"), ipaddress.ip_address("198.18.0.10"), 40000, 80, 6).pack()
+    value = L.Conn(time.monotonic_ns(), real, 0, 900, 0, 3, 0, bytes(6), bytes(6)).pack()
+    return key, value
+
+
+@pytest.mark.parametrize("fast", [False, True], ids=["python", "c"])
+def test_a_connection_to_a_real_server_outside_lb_reals_is_named(pinned, capsys, monkeypatch, fast):
+    """An out-of-range real server id in a connection: ValueError from the C listing, a
+    TypeError (None unpacked) from the Python one; now one line naming the map, exit 1."""
+    from lb.dataplane import layout as L
+    from lb.dataplane import maps
+
+    if fast and not maps.have_batch():
+        pytest.skip("lb._bpfbatch is not built")
+    monkeypatch.setattr(maps, "have_batch", lambda: fast)
+    reals = {L.U32.pack(i): bytes(L.REAL.size) for i in range(2)}
+    k, v = _conn_to_real(99)
+    pinned(lb_conns=FakeMap("lb_conns", 40, 64, entries={k: v}), lb_reals=FakeMap("lb_reals", 4, 76, entries=reals))
+    rc = main(["list", "-c", "--instance", "web", "--dataplane", "xdp"] + ([] if fast else ["--json"]))
+    out, err = capsys.readouterr()
+    assert rc == 1
+    if fast:     # the header was out before the entry was read
+        assert out == "IPVS connection entries\npro expire state       source             virtual            destination\n"
+        assert err == ("lb: lb_conns entry 0 names real server id 99, outside lb_reals (2 entries): the maps are "
+                       "not lb's as this version writes them\n")
+    else:
+        assert out == ""
+        assert err == ("lb: a connection names lb_reals entry 99, which lb_reals lacks: the maps are not lb's "
+                       "as this version writes them\n")
+
+
+def test_a_service_without_its_lb_svc_entry_is_named(pinned, capsys):
+    from lb.dataplane import layout as L
+
+    svc_key = bytes(L.SVC_KEY.size)
+    pinned(lb_services=FakeMap("lb_services", 20, 4, entries={svc_key: L.U32.pack(7)}))
+    rc = main(["list", "-n", "--instance", "web", "--dataplane", "xdp"])
+    out, err = capsys.readouterr()
+    assert (rc, out) == (1, "")
+    assert err == ("lb: lb_services names lb_svc entry 7, which lb_svc lacks: the maps are not lb's as this "
+                   "version writes them\n")

@@ -751,7 +751,7 @@ def _zero(args) -> int:
     the pinned maps; the kernel's IPVS table over netlink, as ipvsadm."""
     from lb import control
     from lb.dataplane import ipvs
-    from lb.dataplane.maps import PinAccessError
+    from lb.dataplane.maps import MapError, PinAccessError
 
     try:
         service = _service_key(args)
@@ -779,6 +779,7 @@ def _zero(args) -> int:
                 maps = None          # none pinned: no XDP table to check (nor to zero without a daemon)
             if maps is not None:
                 with maps:
+                    maps.check_layout()
                     reader.stat_ids(maps, service)
         wire = None if service is None else [service[0], str(service[1]), *service[2:]]
         try:
@@ -795,7 +796,7 @@ def _zero(args) -> int:
     except LookupError:
         print("lb: no such service", file=sys.stderr)
         return 1
-    except PinAccessError as e:
+    except (PinAccessError, MapError) as e:
         print(f"lb: {e}", file=sys.stderr)
         return 1
     except (OSError, ipvs.IpvsError) as e:
@@ -818,11 +819,12 @@ def _print_counters(args, counters: dict[str, int], events: dict[str, int]) -> i
 
 
 def cmd_list(args) -> int:
-    from lb.dataplane.maps import PinAccessError
+    from lb.dataplane.maps import MapError, PinAccessError
 
     try:
         return _list(args)
-    except PinAccessError as e:        # another user's maps: one line
+    except (PinAccessError, MapError) as e:
+        # another user's maps, or another lb version's: one line naming them
         print(f"lb: {e}", file=sys.stderr)
         return 1
 
@@ -865,6 +867,7 @@ def _list(args) -> int:
         print(f"lb: {e}", file=sys.stderr)
         return 1
     with maps:
+        maps.check_layout()     # another lb version's maps: said before anything is printed
         if args.counters:
             return _print_counters(args, reader.read_counters(maps), reader.read_ct_events(maps))
         if args.connection and not args.json:

@@ -41,6 +41,15 @@ class PinAccessError(PermissionError):
         super().__init__(f"cannot read lb's pinned maps in {where}: permission denied (run as root)")
 
 
+class MapError(Exception):
+    """Pinned maps this lb cannot read as it reads its own: another lb version's, or entries
+    that name what is not there.  The message names the map and what differs."""
+
+
+class LayoutError(MapError):
+    """A pinned map's key or value size is not the one this lb reads."""
+
+
 def is_pinned(instance: str, root: str | None = None) -> bool:
     """Whether the instance has a pin directory; PinAccessError when this user cannot tell."""
     path = pin_dir(instance, root)
@@ -51,6 +60,46 @@ def is_pinned(instance: str, root: str | None = None) -> bool:
     except PermissionError:
         raise PinAccessError(os.path.dirname(path)) from None
     return stat.S_ISDIR(st.st_mode)
+
+
+def expected_layout(name: str) -> tuple[int, int | None, int | None] | None:
+    """(key size, value size or None, value size's divisor or None) this lb reads a map of that
+    name with (layout.MAPS, LIST_MAPS: a list map's values are whole entries); None for a map
+    it does not read."""
+    if name in _L.MAPS:
+        key, value = _L.MAPS[name]
+        return key.size, value.size, None
+    if name in _L.LIST_MAPS:
+        return _L.U32.size, None, _L.LIST_MAPS[name].size
+    return None
+
+
+def check_layout(m, where: str) -> None:
+    """LayoutError when map ``m`` (a BpfMap; a ConnTables, each of its two) has other key or
+    value sizes than this lb reads its name with; ``where`` is its pin directory."""
+    if isinstance(m, ConnTables):
+        for part, name in ((m.v4, "lb_conns4"), (m.v6, "lb_conns6")):
+            _check_sizes(part, name, where)
+    else:
+        _check_sizes(m, m.name, where)
+
+
+def _check_sizes(m, name: str, where: str) -> None:
+    want = expected_layout(name)
+    if want is None:
+        return
+    key, value, per = want
+    differ = []
+    if m.key_size != key:
+        differ.append(f"keys of {m.key_size} bytes, not {key}")
+    if value is not None and m.value_size != value:
+        differ.append(f"values of {m.value_size} bytes, not {value}")
+    if per is not None and (m.value_size == 0 or m.value_size % per):
+        differ.append(f"values of {m.value_size} bytes, not a multiple of {per}")
+    if differ:
+        raise LayoutError(f"{os.path.join(where, name)}: {' and '.join(differ)} as this lb reads it: the maps "
+                          f"were pinned by another lb version (list them with that version's lb, or restart "
+                          f"the instance with this one)")
 
 
 def have_batch() -> bool:
@@ -459,6 +508,11 @@ class PinnedMaps:
             if e.errno in (errno.EPERM, errno.EACCES):
                 raise PinAccessError(self.dir) from None
             raise
+
+    def check_layout(self) -> None:
+        """LayoutError when a map opened has other key or value sizes than this lb reads."""
+        for m in self.maps.values():
+            check_layout(m, self.dir)
 
     def __getitem__(self, name: str) -> BpfMap:
         return self.maps[name]

@@ -7,7 +7,7 @@ import time
 from typing import Iterator
 
 from . import layout as L
-from .maps import BpfMap, PinnedMaps, _bpfbatch
+from .maps import BpfMap, LayoutError, MapError, PinnedMaps, _bpfbatch, check_layout
 from .records import ConnRow, RealRow, ServiceRow, Stats, names_service
 
 
@@ -28,8 +28,23 @@ def optional_map(maps: PinnedMaps | dict[str, BpfMap], name: str):
         path = os.path.join(maps.dir, name)
         if not os.path.exists(path):
             return None
-        maps.maps[name] = maps.open(name)     # PinAccessError for a user who may not
+        m = maps.open(name)
+        try:
+            check_layout(m, maps.dir)
+        except LayoutError:
+            m.close()
+            raise
+        maps.maps[name] = m
     return maps.maps[name]
+
+
+def _entry(maps, name: str, key: bytes, what: str) -> bytes:
+    """The value of ``key`` in map ``name``; MapError (saying ``what`` named it) when there is none."""
+    raw = maps[name].get(key)
+    if raw is None:
+        raise MapError(f"{what} names {name} entry {L.U32.unpack(key)[0] if len(key) == 4 else key.hex()}, "
+                       f"which {name} lacks: the maps are not lb's as this version writes them")
+    return raw
 
 
 def _rates(maps: PinnedMaps, name: str, key: bytes) -> Stats:
@@ -41,7 +56,7 @@ def _rates(maps: PinnedMaps, name: str, key: bytes) -> Stats:
 
 def _service_row(maps: PinnedMaps, sid: int, key) -> ServiceRow:
     skey = L.U32.pack(sid)
-    svc = L.Svc.unpack(maps["lb_svc"].get(skey))
+    svc = L.Svc.unpack(_entry(maps, "lb_svc", skey, "lb_services"))
     sched = L.SCHEDULER_NAMES.get(svc.sched, "?")
     if isinstance(key, L.FwmKey):
         row = ServiceRow(protocol="", address=None, port=0, fwmark=key.fwmark, family=svc.addr.version,
@@ -54,11 +69,13 @@ def _service_row(maps: PinnedMaps, sid: int, key) -> ServiceRow:
     row.netmask = L.unpack_mask(svc.persist_mask, L.family_of(svc.addr)) if svc.persist_timeout else None
     row.stats = _sum_stats(maps["lb_svc_stats"].get_percpu(skey))
     row.rate = _rates(maps, "lb_svc_rates", skey)
-    dests = L.unpack_dests(maps["lb_svc_dests"].get(skey), min(svc.nreals, maps["lb_svc_dests"].value_size // L.DEST.size))
+    dests = L.unpack_dests(_entry(maps, "lb_svc_dests", skey, "lb_services"),
+                           min(svc.nreals, maps["lb_svc_dests"].value_size // L.DEST.size))
     for rid, weight, _flags in dests:
         rkey = L.U32.pack(rid)
-        real = L.Real.unpack(maps["lb_reals"].get(rkey))
-        a, i, p = L.real_counts(maps["lb_real_conns"].get(rkey), maps["lb_real_swept"].get(rkey))
+        real = L.Real.unpack(_entry(maps, "lb_reals", rkey, "lb_svc_dests"))
+        a, i, p = L.real_counts(_entry(maps, "lb_real_conns", rkey, "lb_svc_dests"),
+                                _entry(maps, "lb_real_swept", rkey, "lb_svc_dests"))
         row.reals.append(RealRow(address=real.addr, port=real.port,
                                  forward=L.FORWARD_NAMES.get(real.fwd, "?"), weight=weight,
                                  active=a, inactive=i, persist=p,
@@ -98,12 +115,12 @@ def stat_ids(maps: PinnedMaps, service: tuple | None = None) -> set[tuple[str, i
     for key, v in found:
         sid = L.U32.unpack(v)[0]
         skey = L.U32.pack(sid)
-        svc = L.Svc.unpack(maps["lb_svc"].get(skey))
+        svc = L.Svc.unpack(_entry(maps, "lb_svc", skey, "lb_services"))
         # a firewall-mark service's family is its lb_svc entry's (its key has none)
         if service is not None and not is_service(key, svc.addr.version, service):
             continue
         ids.add(("lb_svc_stats", sid))
-        dests = L.unpack_dests(maps["lb_svc_dests"].get(skey),
+        dests = L.unpack_dests(_entry(maps, "lb_svc_dests", skey, "lb_services"),
                                min(svc.nreals, maps["lb_svc_dests"].value_size // L.DEST.size))
         ids |= {("lb_real_stats", rid) for rid, _w, _f in dests}
     if service is not None and not ids:
@@ -146,7 +163,7 @@ def read_connections(maps: PinnedMaps, batch: bool | None = None, now_ns: int | 
         left = c.timeout if age <= 0 else (c.timeout * 1_000_000_000 - age) // 1_000_000_000
         real = reals.get(c.real)
         if real is None:
-            real = reals[c.real] = L.Real.unpack(maps["lb_reals"].get(L.U32.pack(c.real)),
+            real = reals[c.real] = L.Real.unpack(_entry(maps, "lb_reals", L.U32.pack(c.real), "a connection"),
                                                  family=L.family_of(key.saddr))
         # a real server of port 0 (a firewall-mark service's) gets each connection on the port it
         # came to, as the data path forwards it (IPVS: dest->port ?: vport)
@@ -174,22 +191,24 @@ def connection_lines(maps: PinnedMaps, now_ns: int | None = None) -> Iterator[by
     for conns in conn_tables(maps):
         if (conns.key_size, conns.value_size, reals.value_size) != (
                 lib.bb_sizeof_conn_key(), lib.bb_sizeof_conn(), lib.bb_sizeof_real()):
-            raise RuntimeError(f"{conns.name}/lb_reals layout differs from cext/bpfbatch.c: rebuild (make setup)")
+            raise LayoutError(f"{conns.name}/lb_reals layout differs from cext/bpfbatch.c (lb._bpfbatch): "
+                              f"rebuild it (make setup)")
         keys, values, n = conns.dump()
         pos = ffi.new("unsigned long *", 0)
         while pos[0] < n:
             w = lib.bb_format_conns(keys, values, n, rvals, nreals, now, dests, pos, out, _CHUNK)
             if w < 0:
                 real = L.CONN.unpack(ffi.buffer(values + pos[0] * conns.value_size, conns.value_size))[1]
-                raise ValueError(f"{conns.name} entry {pos[0]} names real server id {real}, "
-                                 f"outside lb_reals ({nreals} entries)")
+                raise MapError(f"{conns.name} entry {pos[0]} names real server id {real}, "
+                               f"outside lb_reals ({nreals} entries): the maps are not lb's as this "
+                               f"version writes them")
             if w:
                 yield bytes(ffi.buffer(out, w))
 
 
 def read_timeouts(maps: PinnedMaps) -> tuple[int, int, int]:
     def t(i):
-        return L.U32.unpack(maps["lb_timeouts"].get(L.U32.pack(i)))[0]
+        return L.U32.unpack(_entry(maps, "lb_timeouts", L.U32.pack(i), "lb list"))[0]
     return t(L.TCP_S["ESTABLISHED"]), t(L.TCP_S["FIN_WAIT"]), t(L.UDP_S_NORMAL)
 
 

@@ -561,12 +561,14 @@ class XdpDataplane(Dataplane):
         pass
 
 
-def zero_pinned(instance: str, service: tuple | None = None, pin_root: str = PIN_ROOT) -> int:
+def zero_pinned(instance: str, service: tuple | None = None, pin_root: str | None = None) -> int:
     """`lb zero` of an instance whose daemon does not answer (stopped with --keep-dataplane):
-    the pinned maps' counters and rates; returns the services zeroed (LookupError)."""
+    the pinned maps' counters and rates; returns the services zeroed (LookupError; maps.MapError
+    for maps this lb cannot read)."""
     from .rates import zero_counters
 
     with PinnedMaps(instance, pin_root) as maps:
+        maps.check_layout()             # another lb version's maps: LayoutError, nothing written
         ids = reader.stat_ids(maps, service)
         zero_counters(maps, ids)
     return sum(1 for m, _ in ids if m == "lb_svc_stats")
