@@ -13,6 +13,7 @@ import contextlib
 import errno
 import fcntl
 import os
+import stat
 
 from lb import files
 
@@ -83,10 +84,10 @@ class InstanceLock:
         self.fd = None
 
 
-def _lock_holders(st: os.stat_result) -> set[int]:
-    """pids holding a flock on the file of `st`, from /proc/locks"""
-    major, minor = os.major(st.st_dev), os.minor(st.st_dev)
-    out = set()
+def _flock_holders() -> dict[tuple[int, int, int], set[int]] | None:
+    """(device major, minor, inode) -> the pids holding a flock on that file, from /proc/locks;
+    None when it cannot be read."""
+    out: dict[tuple[int, int, int], set[int]] = {}
     try:
         with open("/proc/locks") as f:
             for line in f:
@@ -99,13 +100,22 @@ def _lock_holders(st: os.stat_result) -> set[int]:
                 if len(dev_ino) != 3:
                     continue
                 try:
-                    if (int(dev_ino[0], 16), int(dev_ino[1], 16), int(dev_ino[2])) == (major, minor, st.st_ino):
-                        out.add(int(parts[4]))
+                    key = (int(dev_ino[0], 16), int(dev_ino[1], 16), int(dev_ino[2]))
+                    out.setdefault(key, set()).add(int(parts[4]))
                 except ValueError:
                     continue
     except OSError:
-        pass
+        return None
     return out
+
+
+def _file_key(st: os.stat_result) -> tuple[int, int, int]:
+    return os.major(st.st_dev), os.minor(st.st_dev), st.st_ino
+
+
+def _lock_holders(st: os.stat_result) -> set[int]:
+    """pids holding a flock on the file of `st`, from /proc/locks"""
+    return set((_flock_holders() or {}).get(_file_key(st), ()))
 
 
 class NotRunning(Exception):
@@ -147,9 +157,11 @@ def _locked_pid(instance: str, run_dir: str) -> int:
 
 
 def running_instances(run_dir: str | None = None) -> list[str]:
-    """The instances whose daemon runs: each pid file of run_dir locked by the pid it names
-    (running_pid).  PermissionError when run_dir cannot be listed (/run/lb is root's, 0700);
-    none when it does not exist."""
+    """The instances whose daemon runs: each <instance>.pid of run_dir that a process holds
+    locked.  /proc/locks says so, looked at and never locked here (a probe's lock, however
+    short, could make a daemon starting at that moment find its lock taken); without
+    /proc/locks, the lock itself is asked (running_pid).  PermissionError when run_dir cannot
+    be listed (/run/lb is root's, 0700); none when it does not exist."""
     from lb.config.toml import INSTANCE_RE
 
     run_dir = RUN_DIR if run_dir is None else run_dir
@@ -157,15 +169,24 @@ def running_instances(run_dir: str | None = None) -> list[str]:
         names = os.listdir(run_dir)
     except FileNotFoundError:
         return []
+    holders = _flock_holders()
     out = []
     for name in sorted(names):
         inst, dot, ext = name.rpartition(".")
         # <instance>.pid only (not <instance>.exabgp.pid, the BGP speaker's)
         if not (dot and ext == "pid" and INSTANCE_RE.fullmatch(inst)):
             continue
-        try:
-            _locked_pid(inst, run_dir)
-        except NotRunning:
-            continue
+        if holders is None:
+            try:
+                _locked_pid(inst, run_dir)
+            except NotRunning:
+                continue
+        else:
+            try:
+                st = os.lstat(os.path.join(run_dir, name))
+            except OSError:
+                continue
+            if not stat.S_ISREG(st.st_mode) or not holders.get(_file_key(st)):
+                continue
         out.append(inst)
     return out

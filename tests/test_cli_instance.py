@@ -163,6 +163,18 @@ def test_an_ipvs_daemon_is_found_without_pinned_maps(host, capsys):
     assert "instance 'web' is not running" in capsys.readouterr().err
 
 
+def test_discovery_never_locks_a_pid_file(host, monkeypatch):
+    """Discovery reads /proc/locks: a lock of its own on a pid file, however short, could make a
+    daemon starting at that moment (`lb run` then `lb status --wait`) find its lock taken."""
+    host.run("web")
+
+    def flock(fd, op):
+        raise AssertionError("discovery took a lock")
+    monkeypatch.setattr(instance.fcntl, "flock", flock)
+    assert instance.running_instances(str(host.run_dir)) == ["web"]
+    assert main(["status"]) == 1 and host.asked == [("status", "web")]
+
+
 def test_a_pin_directory_without_its_daemon_is_not_running(host, capsys):
     """A pin directory left by a crashed or --keep-dataplane instance counted as running:
     "several instances are running (old, web)" beside the one daemon."""
