@@ -253,7 +253,7 @@ class BpfMap:
         per entry."""
         if _bpfbatch is None or self.percpu:
             raise RuntimeError(f"{self.name}: batch dump needs lb._bpfbatch and a plain map")
-        ffi, lib = _bpfbatch.ffi, _bpfbatch.lib
+        lib = _bpfbatch.lib
         cap = self.max_entries
         # not zeroed: the kernel writes the first n entries, nothing reads past them (zeroing
         # 200 MB for a 2M-entry table costs more than the dump)
