@@ -326,3 +326,13 @@ def test_not_root_one_line_and_the_shared_socket(tmp_path, request):
         assert lb("list", "-n") == (1, "", maps_need_root)
     finally:
         srv.close()
+
+
+def test_status_wait_reads_a_config_once(tmp_path, asked, capsys):
+    """`lb status --wait -c FILE` with errors in FILE: its note once, not at every 0.1 s try."""
+    path = tmp_path / "lb.toml"
+    path.write_text(TOML)
+    assert main(["status", "--config", str(path), "--wait", "0.5"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("has errors") == 1 and "instance 'edge1' not ready within 0.5 s" in err, err
+    assert len(asked) > 1 and set(asked) == {("status", "edge1")}

@@ -358,11 +358,14 @@ def _wait_control(args) -> dict | None:
     from lb import control
 
     deadline = time.monotonic() + args.wait
+    named = getattr(args, "instance", None) or getattr(args, "config", None)
+    inst = _instance(args) if named else None        # a --config is read once (its note said once)
     while True:
-        try:
-            inst = _instance(args) or "default"
-        except _NoInstance as e:
-            inst, why = None, e
+        if not named:
+            try:
+                inst = _instance(args) or "default"
+            except _NoInstance as e:
+                inst, why = None, e
         if inst is not None:
             try:
                 return control.request(inst, "status")
