@@ -319,9 +319,12 @@ class ControlServer:
 
 
 async def arequest(path: str, cmd: str, timeout: float = CLIENT_TIMEOUT, **args) -> dict:
-    """The asyncio twin of :func:`request` on the socket at ``path`` (the web console's)."""
+    """The asyncio twin of :func:`request` on the socket at ``path`` (the web console's), its reply
+    checked as request's (BadReply).  A line of up to MAX_REPLY bytes: a status of a big table
+    (1000 services x 64 real servers) is tens of MiB, and a 4 MiB limit left the console without
+    its status page."""
     try:
-        reader, writer = await asyncio.wait_for(asyncio.open_unix_connection(path, limit=MAX_REQUEST * 2), timeout)
+        reader, writer = await asyncio.wait_for(asyncio.open_unix_connection(path, limit=MAX_REPLY), timeout)
     except (FileNotFoundError, ConnectionRefusedError) as e:
         raise NotRunning(f"the daemon is not running (nothing answers on {path}: {e.strerror})") from None
     try:
@@ -335,7 +338,7 @@ async def arequest(path: str, cmd: str, timeout: float = CLIENT_TIMEOUT, **args)
         writer.close()
     if not line:
         raise NotRunning(f"the daemon closed {path} without a reply")
-    return json.loads(line)
+    return parse_reply(line, os.path.basename(path).removesuffix(".sock"), path)
 
 
 class Reply(dict):

@@ -272,3 +272,30 @@ def test_the_server_says_whether_the_peer_is_root_whatever_the_request_says(tmp_
     finally:
         stop(loop, t)
     assert got == [False, True]
+
+
+def test_the_consoles_client_takes_a_big_tables_status_and_refuses_what_is_no_reply(tmp_path):
+    """control.arequest (the web console's): a status of tens of MiB (1000 x 64 real servers)
+    used to be over its 4 MiB line limit; a reply that is not one is BadReply, as request's."""
+    import asyncio
+
+    big = {"ok": True, "status": {"services": [{"reals": ["x" * 300] * 64}] * 400}}
+    replies = [json.dumps(big).encode() + b"\n", b"[]\n", b'{"ok": tr']
+
+    async def main():
+        sock = str(tmp_path / "t.sock")
+
+        async def serve(reader, writer):
+            await reader.readline()
+            writer.write(replies.pop(0))
+            await writer.drain()
+            writer.close()
+        server = await asyncio.start_unix_server(serve, sock)
+        async with server:
+            got = await control.arequest(sock, "status")
+            assert len(json.dumps(got)) > 6 * 1024 * 1024 and got == big
+            with pytest.raises(control.BadReply, match="a JSON array, not an object"):
+                await control.arequest(sock, "status")
+            with pytest.raises(control.BadReply, match="cut short"):
+                await control.arequest(sock, "status")
+    asyncio.run(main())
