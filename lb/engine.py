@@ -740,6 +740,9 @@ class Engine:
                 keys = hb.read_keys(new.ha.key_file)
             except (OSError, ValueError) as e:
                 raise ReloadRefused(f"reload refused, nothing changed: {e}") from None
+            refusal = self.pulse.keys_refusal(keys)
+            if refusal:
+                raise ReloadRefused(f"reload refused, nothing changed: {refusal}")
         log_warnings(new)
         # all or nothing: everything that can be checked is, before the first write (the data
         # plane's plan: every table's capacity, draining servers' slots included; the new

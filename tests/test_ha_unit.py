@@ -65,19 +65,25 @@ def test_read_keys(tmp_path):
         hb.read_keys(p)
     p.write_bytes(b"a-long-enough-secret\n")
     assert hb.read_keys(p) == (b"a-long-enough-secret",)
-    # a text file is a keyring: a key per line, the first signs; blank lines and spaces ignored
-    p.write_bytes(b"  the-new-key-0123456789  \n\n\tthe-old-key-0123456789\r\n")
+    # a key some tool wrapped over lines (openssl rand -base64 64) is one key, as it always was
+    wrapped = b"A" * 64 + b"\n" + b"B" * 24 + b"\n"
+    p.write_bytes(wrapped)
+    assert hb.read_keys(p) == (wrapped.strip(),)
+    # a keyring: its first line says so; a key per line after it, the first signs; blank lines,
+    # comments and surrounding spaces ignored
+    p.write_bytes(b"# lb keyring: the first signs\n  the-new-key-0123456789  \n\n# the old one:\n"
+                  b"\tthe-old-key-0123456789\r\n")
     assert hb.read_keys(p) == (b"the-new-key-0123456789", b"the-old-key-0123456789")
-    p.write_bytes(b"the-new-key-0123456789\nshort\n")
-    with pytest.raises(ValueError, match=f"HA key file {p} line 2 holds 5 bytes"):
+    p.write_bytes(b"# lb keyring\nthe-new-key-0123456789\nshort\n")
+    with pytest.raises(ValueError, match=f"HA key file {p} line 3 holds 5 bytes.*wrapped over two lines"):
         hb.read_keys(p)
-    p.write_bytes(b"".join(b"key-number-%d-0123456789\n" % i for i in range(hb.MAX_KEYS + 1)))
+    p.write_bytes(b"# lb keyring\n" + b"".join(b"key-number-%d-0123456789\n" % i for i in range(hb.MAX_KEYS + 1)))
     with pytest.raises(ValueError, match=f"holds {hb.MAX_KEYS + 1} keys"):
         hb.read_keys(p)
-    p.write_bytes(b" \n\n")
-    with pytest.raises(ValueError, match="holds no key"):
+    p.write_bytes(b"# lb keyring\n\n")
+    with pytest.raises(ValueError, match="a keyring without a key"):
         hb.read_keys(p)
-    # any other file is one key, newlines and all (binary keys as read before keyrings)
+    # a binary key, newlines and all
     binary = bytes(range(256))[:40] + b"\n" + bytes(range(200, 240))
     p.write_bytes(binary)
     assert hb.read_keys(p) == (binary.strip(),)

@@ -35,9 +35,9 @@ the receiver and is still heard is not replaced by one that does not.  A sync me
 accepted only from a boot whose heartbeats were accepted, never from a boot its stream has left,
 and, for a new sync stream, not when older than the first heartbeat accepted from its boot (less
 a grace): a receiver just restarted would take an old capture of the active's current boot again.
-The key file is a keyring (:func:`read_keys`): the first key signs, any of them verifies, so
-the two directors change keys with reloads, one at a time, and never refuse each other
-(docs/architecture.md, "Changing the HA key").
+The key file holds one key, or a keyring (:func:`read_keys`) whose first key signs and any of
+whose keys verifies, so the two directors change keys with reloads, one at a time, and never
+refuse each other (docs/architecture.md, "Changing the HA key").
 The receiver (lb.ha.pulse) acts on
 the peer's state only from its newest message, and in its first half deadtime only from one made
 after the peer heard from it (echoing its boot id).  Forged, replayed and malformed messages are
@@ -114,21 +114,19 @@ class Message:
 
 
 MAX_KEYS = 4                 # keys in a keyring: a forged datagram costs one MAC per key
-
-
-def _printable(data: bytes) -> bool:
-    return all(32 <= b < 127 or b in b"\t\r\n" for b in data)
+KEYRING = b"# lb keyring"    # a key file's first line that makes it a keyring (read_keys)
 
 
 def read_keys(path) -> tuple[bytes, ...]:
     """The shared keys, the first of which signs what this director sends; a message signed with
-    any of them is authentic.  A text file (printable ASCII, as `base64` or `openssl rand -hex`
-    write) holds one key per line, blank lines and surrounding whitespace ignored; any other
-    file is one key, its bytes with surrounding whitespace removed (a binary key, read as
-    before keyrings).  At most MAX_KEYS keys, each of 16 bytes or more.  The file must not be
-    readable by group or others, and must be ours (root's): whoever owns it can rewrite it, and
-    a key lets its holder forge heartbeats and push configurations.  ValueError names the file
-    (and the line) of what is wrong."""
+    any of them is authentic.  A file whose first line starts with KEYRING ("# lb keyring") is
+    a keyring: a key on each line after it (at most MAX_KEYS; blank lines, lines starting with
+    "#" and surrounding whitespace ignored), as `base64` or `openssl rand -hex` write them on
+    one line.  Any other file is one key, all its bytes with surrounding whitespace removed, as
+    before keyrings: a key that a tool wrapped over several lines means what it meant.  Each key
+    16 bytes or more.  The file must not be readable by group or others, and must be ours
+    (root's): whoever owns it can rewrite it, and a key lets its holder forge heartbeats and
+    push configurations.  ValueError names the file (and the line) of what is wrong."""
     with open(path, "rb") as f:
         st = os.fstat(f.fileno())
         if st.st_uid != os.geteuid():
@@ -137,20 +135,23 @@ def read_keys(path) -> tuple[bytes, ...]:
         if st.st_mode & 0o077:
             raise ValueError(f"HA key file {path} is accessible by group or others (chmod 600 it)")
         data = f.read(1 << 16)
-    if not _printable(data):
-        lines = [(0, data.strip())]
+    lines = data.split(b"\n")
+    if lines[0].startswith(KEYRING):
+        keys = [(n, line.strip()) for n, line in enumerate(lines[1:], 2)
+                if line.strip() and not line.strip().startswith(b"#")]
+        if not keys:
+            raise ValueError(f"HA key file {path} is a keyring without a key: a key on each line after the first")
     else:
-        lines = [(n, line.strip()) for n, line in enumerate(data.split(b"\n"), 1) if line.strip()]
-    if not lines or not lines[0][1]:
-        raise ValueError(f"HA key file {path} holds no key; at least 16 bytes are needed")
-    if len(lines) > MAX_KEYS:
-        raise ValueError(f"HA key file {path} holds {len(lines)} keys (lines); at most {MAX_KEYS}: "
-                         f"the first signs, the others are accepted while the peer changes keys")
-    for n, key in lines:
+        keys = [(0, data.strip())]
+    if len(keys) > MAX_KEYS:
+        raise ValueError(f"HA key file {path} holds {len(keys)} keys; at most {MAX_KEYS}: the first signs, "
+                         f"the others are accepted while the peer changes keys")
+    for n, key in keys:
         if len(key) < 16:
             where = f" line {n}" if n else ""
-            raise ValueError(f"HA key file {path}{where} holds {len(key)} bytes; at least 16 are needed")
-    return tuple(key for _n, key in lines)
+            raise ValueError(f"HA key file {path}{where} holds {len(key)} bytes; at least 16 are needed"
+                             + (" (a key wrapped over two lines?)" if n else ""))
+    return tuple(key for _n, key in keys)
 
 
 def new_boot_id() -> int:

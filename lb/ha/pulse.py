@@ -423,6 +423,21 @@ class Pulse:
         one before it, so a director reported active holds its addresses"""
         return NAMES[self._switching_from if self._switching_from is not None else self.machine.state]
 
+    def keys_refusal(self, keys: tuple[bytes, ...]) -> str | None:
+        """Why a reload must not take this keyring (None: it may): it no longer holds the key the
+        peer, alive, signs with -- its heartbeats would be refused from the next one on, it would
+        take us for dead, and both directors would be active.  A key replaced outright (the file
+        overwritten with the new one, or a binary key concatenated with a new one: one key) is
+        the usual way there."""
+        if self.peer_keyno is None or self.peer_keyno >= len(self.keys) or not self.machine.peer_alive(self.clock()):
+            return None
+        if self.keys[self.peer_keyno] in keys:
+            return None
+        return (f"{self.ha.key_file} no longer holds the key the peer signs with (key {self.peer_keyno + 1} of the "
+                f"file as this daemon read it last): the peer's heartbeats would be refused and both directors "
+                f"would be active; keep it in the file, after the new key, until the peer signs with the new one "
+                f"(docs/architecture.md, \"Changing the HA key\")")
+
     def set_keys(self, keys: tuple[bytes, ...]) -> str | None:
         """A reload's keyring (read_keys of key_file): signs from the next datagram on, heartbeats
         and configuration pushes alike.  What changed, for the reload's answer (None: nothing)."""
@@ -447,6 +462,10 @@ class Pulse:
         the kernel dropped, a key file changed since the start."""
         now = self.clock()
         out = []
+        if len(self.keys) > 1 and self.peer_keyno == 0:
+            out.append(f"{self.ha.key_file} holds {len(self.keys)} keys, each accepted, and both directors sign "
+                       f"with the first: a change of keys not finished? (the file's other keys still open the "
+                       f"HA channel; keep only the first once both directors sign with it)")
         if self.peer_keyno:
             out.append(f"the peer signs with key {self.peer_keyno + 1} of the {len(self.keys)} in "
                        f"{self.ha.key_file}, ours the first: a change of keys is under way (docs/architecture.md, "
