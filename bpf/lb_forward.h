@@ -337,8 +337,9 @@ static __always_inline int lb_tunnel_xmit(struct xdp_md *ctx, struct lb_pkt *pkt
     __u8 tos = pkt->ip4->tos;
     __be16 df = pkt->ip4->frag_off & bpf_htons(0x4000);               /* IP_DF, as IPVS copies it */
     /* without DF the outer packet may be fragmented on the way: it needs an id of its own
-     * (RFC 6864), where IPVS's ip_select_ident picks one; the inner packet's is one already */
-    __be16 id = df ? 0 : pkt->ip4->id;
+     * (RFC 6864), where IPVS's ip_select_ident picks one; the inner packet's is one already,
+     * told apart by the offset for each fragment of one datagram (lb_frag.h) */
+    __be16 id = df ? 0 : pkt->ip4->id ^ (pkt->ip4->frag_off & bpf_htons(0x1fff));
     __u16 len = pkt->len;
     if (bpf_xdp_adjust_head(ctx, l2 - (int)sizeof(struct ethhdr) - (int)sizeof(struct iphdr))) {
         lb_count(LB_CNT_XMIT_FAILED);

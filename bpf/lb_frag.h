@@ -31,7 +31,8 @@ static __always_inline struct lb_frag *lb_frag_first(struct lb_pkt *pkt, __u8 di
     struct lb_frag_key4 fk;
     lb_frag_key_of(&fk, pkt, dir);
     struct lb_frag *f = lb_frags4.lookup(&fk);
-    if (!f || lb_now() - f->ns > LB_FRAG_TIMEOUT_NS)
+    /* signed: a first fragment stamped on another CPU, whose cached clock was a tick ahead */
+    if (!f || (__s64)(lb_now() - f->ns) > (__s64)LB_FRAG_TIMEOUT_NS)
         return 0;
     return f;
 }
@@ -77,6 +78,10 @@ static __always_inline int lb_frag_public(struct xdp_md *ctx, struct lb_pkt *pkt
     struct lb_real *r = lb_reals.lookup(&real_id);
     if (!r || r->svc != svc_id || r->family == 0)
         return lb_frag_passed();
+    /* too big once encapsulated (a sender's fragments fill its path MTU): dropped, as any packet
+     * without DF (XDP cannot fragment), counted tunnel_too_big, not forwarded */
+    if (r->fwd == LB_FWD_TUNNEL && r->mtu && pkt->len + sizeof(struct iphdr) > r->mtu)
+        return lb_tunnel_xmit(ctx, pkt, r);
     lb_count(LB_CNT_FRAG_FORWARDED);
     lb_stats_in(svc_id, real_id, pkt->len, 0);
     if (r->fwd == LB_FWD_NAT) {

@@ -15,7 +15,7 @@ from scapy.layers.l2 import Ether
 from scapy.packet import Raw
 
 from lb.dataplane import RealSpec, ServiceSpec, TableSpec
-from packets_util import (CLIENT_MAC, PRIV_MAC, PUB_MAC, XDP_PASS, XDP_REDIRECT, XDP_TX, loaded_dataplane,
+from packets_util import (CLIENT_MAC, PRIV_MAC, PUB_MAC, XDP_DROP, XDP_PASS, XDP_REDIRECT, XDP_TX, loaded_dataplane,
                           real_mac, run)
 
 ip = ipaddress.ip_address
@@ -117,11 +117,29 @@ def test_dr_fragments_go_untouched_to_the_real_server(dp):
 
 def test_tunnel_fragments_go_inside_the_outer_header(dp):
     frames = fragments(CLIENT_MAC, PUB_MAC, (CLIENT, TUN_VIP), UDP(sport=40300, dport=53), 7004)
+    ids = set()
     for f in frames:
         rc, o = run(dp, "lb_xdp_public", f)
         assert rc == XDP_REDIRECT
         outer = IP(o[14:])
         assert outer.proto == 4 and outer.dst == TUN_REAL and o[34:] == bytes(f)[14:]
+        ids.add(outer.id)
+    # outer packets without DF may be fragmented on the way: one datagram's pieces, one id each
+    assert len(ids) == len(frames)
+
+
+def test_tunnel_fragments_too_big_for_the_outer_header_are_dropped_not_counted_forwarded(dp):
+    """A sender's fragments fill its path MTU (1500 here, the real servers' link's too): with the
+    outer header they no longer fit, and without DF they are dropped, as any such packet (XDP
+    cannot fragment), counted tunnel_too_big; only the short last one goes."""
+    before = dp.counters()
+    datagram = IP(src=CLIENT, dst=TUN_VIP, id=7010) / UDP(sport=40600, dport=53) / Raw(PAYLOAD)
+    frames = [Ether(src=CLIENT_MAC, dst=PUB_MAC) / f for f in fragment(datagram, fragsize=1480)]
+    assert [len(bytes(f)) - 14 for f in frames][:2] == [1500, 1500]
+    assert [run(dp, "lb_xdp_public", f)[0] for f in frames] == [XDP_DROP, XDP_DROP, XDP_REDIRECT]
+    after = dp.counters()
+    assert after["tunnel_too_big"] - before.get("tunnel_too_big", 0) == 2
+    assert after["fragment_forwarded"] - before.get("fragment_forwarded", 0) == 1
 
 
 def test_fragments_without_a_forwarded_first_are_passed_and_counted(dp):
