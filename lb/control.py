@@ -443,7 +443,10 @@ def _json_type(value) -> str:
 
 def answering(shared_dir: str | None = None) -> list[str]:
     """The instances whose daemon accepts a connection on its shared socket (SHARED_DIR: the
-    daemons whose [control] names groups), for a user who may not read /run/lb."""
+    daemons whose [control] names groups), for a user who may not read /run/lb.  A lone socket
+    is not probed: the request itself says whether its daemon runs and takes this user, and a
+    probe of a daemon whose groups this user is not in costs it a refusal and a warning in its
+    log.  Several are each connected to (which does cost that, once per command)."""
     from lb.config.toml import INSTANCE_RE
 
     shared_dir = SHARED_DIR if shared_dir is None else shared_dir
@@ -451,11 +454,15 @@ def answering(shared_dir: str | None = None) -> list[str]:
         names = os.listdir(shared_dir)
     except OSError:
         return []
-    out = []
+    insts = []
     for name in sorted(names):
         inst, dot, ext = name.rpartition(".")
-        if not (dot and ext == "sock" and INSTANCE_RE.fullmatch(inst)):
-            continue
+        if dot and ext == "sock" and INSTANCE_RE.fullmatch(inst):
+            insts.append((inst, name))
+    if len(insts) == 1:
+        return [insts[0][0]]
+    out = []
+    for inst, name in insts:
         s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         s.settimeout(PROBE_TIMEOUT)
         try:

@@ -242,11 +242,20 @@ def test_a_user_who_may_not_read_run_lb_finds_the_daemons_shared_socket(host, ca
     stale = socket.socket(socket.AF_UNIX)
     stale.bind(str(host.shared / "dead.sock"))        # a crashed daemon's socket file
     stale.close()
+    # alone, it is not probed (a probe costs a daemon that refuses this user a warning): the
+    # request says it
+    assert main(["status"]) == 1
+    assert capsys.readouterr().err.startswith("lb: instance 'dead' is not running")
+    (host.shared / "dead.sock").unlink()
     assert main(["status"]) == 1
     err = capsys.readouterr().err
     assert err == (f"lb: cannot tell which instance runs: {host.run_dir}: permission denied, and no daemon "
                    f"answers in {host.shared} (where [control]'s groups reach it): run as root, or name the "
                    f"instance with --instance\n")
+    stale = socket.socket(socket.AF_UNIX)
+    stale.bind(str(host.shared / "dead.sock"))        # beside a live one: probed, and left out
+    stale.close()
+    host.asked.clear()
     live = socket.socket(socket.AF_UNIX)
     live.bind(str(host.shared / "web.sock"))
     live.listen(4)
@@ -336,3 +345,26 @@ def test_status_wait_reads_a_config_once(tmp_path, asked, capsys):
     err = capsys.readouterr().err
     assert err.count("has errors") == 1 and "instance 'edge1' not ready within 0.5 s" in err, err
     assert len(asked) > 1 and set(asked) == {("status", "edge1")}
+
+
+def test_a_lone_shared_socket_is_not_probed_several_are(tmp_path):
+    """A probe of a daemon whose [control] groups the user is not in costs that daemon a refusal
+    and a warning in its log: with one shared socket the request itself tells, so none is made."""
+    import socket
+
+    from lb import control
+
+    lone = tmp_path / "lone"
+    lone.mkdir()
+    (lone / "web.sock").write_bytes(b"")            # not even a socket: never connected to
+    assert control.answering(str(lone)) == ["web"]
+    several = tmp_path / "several"
+    several.mkdir()
+    live = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    live.bind(str(several / "a.sock"))
+    live.listen(1)
+    (several / "b.sock").write_bytes(b"")           # a crashed daemon's leftover: refused
+    try:
+        assert control.answering(str(several)) == ["a"]
+    finally:
+        live.close()
