@@ -857,6 +857,15 @@ def test_passwd_keeps_the_files_owner_and_gives_it_to_owner(tmp_path, monkeypatc
     st = target.stat()
     assert (st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode)) == (4242, 4343, 0o600)
     assert password.verify(PASSWORD + "2", target.read_text())
+    # through a symlink: the target is written, the link kept (and 0600, as lb web wants it)
+    os.chmod(target, 0o644)
+    link = tmp_path / "link.passwd"
+    link.symlink_to(target)
+    rc, out = _passwd(monkeypatch, capsys, ["--file", str(link), "--stdin"], PASSWORD + "3\n")
+    assert rc == 0, out.err
+    assert link.is_symlink() and password.verify(PASSWORD + "3", target.read_text())
+    st = target.stat()
+    assert (st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode)) == (4242, 4343, 0o600)
     # a new file without --owner: the writer's
     other = tmp_path / "new.passwd"
     assert _passwd(monkeypatch, capsys, ["--file", str(other), "--stdin"], PASSWORD + "\n")[0] == 0

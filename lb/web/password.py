@@ -112,14 +112,15 @@ def write(path: str | os.PathLike, password: str, user: str = DEFAULT_USER,
     """Replace ``path`` with ``user`` and the hash of ``password``, mode 0600 from its creation:
     atomically when the directory is writable, else rewritten in place (the file's owner).
     ``owner`` (uid, gid): whose the file is (`lb passwd --owner`); without it a file that exists
-    keeps its owner and group (the console's user's), a new one is the writer's.  Its directory
-    must exist (FileNotFoundError): a mistyped path is not made."""
+    keeps its owner and group (the console's user's), a new one is the writer's; 0600 either way
+    (lb web warns of more).  A symlink's target is written, the link kept.  Its directory must exist
+    (FileNotFoundError): a mistyped path is not made."""
     if len(password) < MIN_LENGTH:
         raise ValueError(f"the password must have at least {MIN_LENGTH} characters")
     if len(password) > MAX_PASSWORD:
         raise ValueError(f"the password must have at most {MAX_PASSWORD} characters")
     check_user(user)
-    path = Path(path)
+    path = Path(os.path.realpath(path))       # a symlink: its target is the file
     if not path.parent.is_dir():
         raise FileNotFoundError(errno.ENOENT, f"no such directory: {path.parent} (create it first)",
                                 str(path.parent))
