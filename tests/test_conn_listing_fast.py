@@ -13,7 +13,7 @@ from conftest import LB_BIN
 from lb.cli.main import connection_listing
 from lb.dataplane import layout as L
 from lb.dataplane import reader
-from lb.dataplane.maps import PinnedMaps, have_batch
+from lb.dataplane.maps import MapError, PinnedMaps, have_batch
 from lb.dataplane.program import Sizes
 from lb.listing import format_connections
 from packets_util import loaded_dataplane
@@ -101,7 +101,7 @@ def test_c_listing_many_chunks_and_real_out_of_range(dp, monkeypatch):
         assert b"".join(chunks) == slow
         assert slow.count(b"\n") == 3002
         dp.maps["lb_conns"].set(_key("198.18.0.99", "198.18.0.100", 9, 80), _conn(60000, 1, 900, 0))
-        with pytest.raises(ValueError, match="real server id 60000"):
+        with pytest.raises(MapError, match="real server id 60000"):
             b"".join(connection_listing(maps, now_ns=NOW, fast=True))
 
 

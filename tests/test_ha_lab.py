@@ -503,3 +503,49 @@ def test_a_killed_actives_addresses_are_answered_by_the_backup_alone(lab, ha_run
     assert VIP not in addrs and ROUTER not in addrs
     assert "releasing its addresses until pulse decides the role" in d1b.log()
     assert status("lab")["ha"]["lease_s"] > 0           # refreshed again, as a backup
+
+
+def test_the_key_changes_with_lb_reload_and_no_role_moves(lab, ha_runner, tmp_path):
+    """Each director with a key file of its own; the README's three steps, each an edit of the
+    file and `lb reload` on one director, then the other.  No heartbeat is refused, no role
+    moves, and `lb status` follows which key the peer signs with; a reload that would drop the
+    key the peer still signs with is refused and changes nothing."""
+    new = b"lab-new-secret-0123456789abcdefgh"
+    files, cfgs = {}, {}
+    for node, inst in (("director", "lab"), ("director2", "lab2")):
+        files[inst] = tmp_path / f"{inst}.key"
+        files[inst].write_bytes(KEY + b"\n")
+        os.chmod(files[inst], 0o600)
+        cfgs[node] = tmp_path / f"{inst}.toml"
+        cfgs[node].write_text(ha_config(inst, files[inst], "nat", KEEPALIVE, DEADTIME))
+    start_pair(ha_runner, cfgs)
+    changes = {inst: status(inst)["ha"]["role_changes"] for inst in ("lab", "lab2")}
+
+    def reload(inst, *keys):
+        files[inst].write_bytes(b"# lb keyring\n" + b"".join(k + b"\n" for k in keys))
+        return control.request(inst, "reload", timeout=30)
+
+    def peer_key(inst):
+        return status(inst)["ha"]["keys"]["peer_signs_with"]
+
+    for keys in ((KEY, new), (new, KEY)):          # 1: the new key accepted; 2: it signs
+        for inst in ("lab", "lab2"):
+            reply = reload(inst, *keys)
+            assert reply["ok"], reply
+            if keys[0] == new and inst == "lab":
+                # the primary signs with the new key, the backup still with the old one
+                wait_for(lambda: peer_key("lab") == 2 and peer_key("lab2") == 2, 10, "each side hears the other's key")
+                refused = reload("lab", new)         # the old key dropped too early: refused
+                assert not refused["ok"] and "no longer holds the key the peer signs with" in refused["error"], refused
+                assert reload("lab", *keys)["ok"]    # the file as the step left it (nothing changed)
+    wait_for(lambda: peer_key("lab") == 1 and peer_key("lab2") == 1, 10, "both sign with the new key")
+    for inst in ("lab", "lab2"):                    # 3: the old key gone
+        files[inst].write_bytes(new + b"\n")
+        assert control.request(inst, "reload", timeout=30)["ok"]
+    time.sleep(3 * DEADTIME)
+    assert roles() == ("active", "backup")
+    for inst in ("lab", "lab2"):
+        s = status(inst)
+        assert s["ha"]["role_changes"] == changes[inst] and s["ha"]["counters"]["bad_auth"] == 0, s["ha"]
+        assert s["ha"]["keys"] == {"file": str(files[inst]), "count": 1, "peer_signs_with": 1}
+    assert http_get(lab, VIP)[0] == 200

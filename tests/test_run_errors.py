@@ -203,10 +203,12 @@ def test_check_missing_file(tmp_path):
 
 def lb_without_instances(*args):
     """`lb ARGS` where no instance exists: in a private mount namespace with a fresh, empty
-    bpffs on /sys/fs/bpf (other lb instances may be running on this host meanwhile)."""
+    bpffs on /sys/fs/bpf and an empty /run (other lb instances may be running on this host
+    meanwhile: their pinned maps, and their locked pid files in /run/lb, by which the CLI finds
+    a running daemon)."""
     if os.geteuid() != 0 or not shutil.which("unshare"):
         pytest.skip("needs root and unshare(1) for a private bpffs")
-    script = 'mount -t bpf bpf /sys/fs/bpf && test ! -e /sys/fs/bpf/lb && exec "$@"'
+    script = 'mount -t bpf bpf /sys/fs/bpf && mount -t tmpfs tmpfs /run && test ! -e /sys/fs/bpf/lb && exec "$@"'
     return subprocess.run(["unshare", "--mount", "--propagation", "private", "--", "sh", "-c", script,
                            "sh", LB, *args], capture_output=True, text=True, timeout=60,
                           stdin=subprocess.DEVNULL)
