@@ -401,3 +401,17 @@ def test_a_service_without_its_lb_svc_entry_is_named(pinned, capsys):
     assert (rc, out) == (1, "")
     assert err == ("lb: lb_services names lb_svc entry 7, which lb_svc lacks: the maps are not lb's as this "
                    "version writes them\n")
+
+
+def test_the_daemons_stdout_is_not_guarded(monkeypatch):
+    """lb run and lb web are event loops: a stdout error in one of their tasks must not become a
+    BaseException that stops the loop (they log to stderr); the commands that print and exit
+    are guarded."""
+    from lb.cli import main as cli
+
+    seen = []
+    monkeypatch.setattr(cli, "_main", lambda argv: seen.append(isinstance(sys.stdout, cli._Guarded)) or 0)
+    for argv in (["run", "--config", "x.toml"], ["web", "--instance", "web"], ["status", "--instance", "web"],
+                 ["list", "-n"]):
+        assert cli.main(argv) == 0
+    assert seen == [False, False, True, True]

@@ -1252,7 +1252,11 @@ class _Guarded:
 
 def main(argv: list[str] | None = None) -> int:
     stdout = sys.stdout
-    if stdout is not None:                 # None: fd 1 closed, print() writes nothing
+    # the daemons (lb run, lb web) log to stderr, and a stdout error inside one of their tasks
+    # must not be a BaseException that stops its event loop: only the commands that print and
+    # exit are guarded
+    words = [a for a in (sys.argv[1:] if argv is None else argv) if not a.startswith("-")]
+    if stdout is not None and (not words or words[0] not in ("run", "web")):   # None: fd 1 closed
         sys.stdout = _Guarded(stdout)
     try:
         rc = _main(argv)
