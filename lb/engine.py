@@ -35,7 +35,6 @@ from lb.dataplane.ipvs import IpvsDataplane
 from lb.dataplane.program import Sizes
 from lb.dataplane.xdp import XdpDataplane
 from lb.ha import addresses
-from lb.ha import heartbeat as hb
 from lb.ha import announce as ha_announce
 from lb.health import CheckSpec, LoadMonitorTask, LoadSpec, Monitor, NannyPolicy
 from lb.instance import AlreadyRunning, InstanceLock
@@ -737,12 +736,9 @@ class Engine:
             # the HA keyring, read again: a new first key signs from now on (docs/architecture.md,
             # "Changing the HA key"); a file that no longer holds a good keyring refuses the reload
             try:
-                keys = hb.read_keys(new.ha.key_file)
+                keys = self.pulse.reload_keys(new.ha.key_file)
             except (OSError, ValueError) as e:
                 raise ReloadRefused(f"reload refused, nothing changed: {e}") from None
-            refusal = self.pulse.keys_refusal(keys)
-            if refusal:
-                raise ReloadRefused(f"reload refused, nothing changed: {refusal}")
         log_warnings(new)
         # all or nothing: everything that can be checked is, before the first write (the data
         # plane's plan: every table's capacity, draining servers' slots included; the new

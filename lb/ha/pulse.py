@@ -423,20 +423,22 @@ class Pulse:
         one before it, so a director reported active holds its addresses"""
         return NAMES[self._switching_from if self._switching_from is not None else self.machine.state]
 
-    def keys_refusal(self, keys: tuple[bytes, ...]) -> str | None:
-        """Why a reload must not take this keyring (None: it may): it no longer holds the key the
-        peer, alive, signs with -- its heartbeats would be refused from the next one on, it would
-        take us for dead, and both directors would be active.  A key replaced outright (the file
-        overwritten with the new one, or a binary key concatenated with a new one: one key) is
-        the usual way there."""
+    def reload_keys(self, path) -> tuple[bytes, ...]:
+        """The keyring a reload would take from ``path`` (read_keys), for set_keys once the rest of
+        the reload is applied.  ValueError (OSError) when the file is not a good keyring, or no
+        longer holds the key the peer, alive, signs with: its heartbeats would be refused from the
+        next one on, it would take us for dead, and both directors would be active.  A key
+        replaced outright (the file overwritten with the new one, or a binary key concatenated
+        with a new one: one key) is the usual way there."""
+        keys = hb.read_keys(path)
         if self.peer_keyno is None or self.peer_keyno >= len(self.keys) or not self.machine.peer_alive(self.clock()):
-            return None
+            return keys
         if self.keys[self.peer_keyno] in keys:
-            return None
-        return (f"{self.ha.key_file} no longer holds the key the peer signs with (key {self.peer_keyno + 1} of the "
-                f"file as this daemon read it last): the peer's heartbeats would be refused and both directors "
-                f"would be active; keep it in the file, after the new key, until the peer signs with the new one "
-                f"(docs/architecture.md, \"Changing the HA key\")")
+            return keys
+        raise ValueError(f"{self.ha.key_file} no longer holds the key the peer signs with (key {self.peer_keyno + 1} "
+                         f"of the file as this daemon read it last): the peer's heartbeats would be refused and both "
+                         f"directors would be active; keep it in the file, after the new key, until the peer signs "
+                         f"with the new one (docs/architecture.md, \"Changing the HA key\")")
 
     def set_keys(self, keys: tuple[bytes, ...]) -> str | None:
         """A reload's keyring (read_keys of key_file): signs from the next datagram on, heartbeats
