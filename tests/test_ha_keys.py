@@ -15,6 +15,7 @@ from lb.engine import ReloadRefused
 from lb.ha import heartbeat as hb
 from lb.ha.pulse import Pulse
 from test_engine_reload import no_addresses  # noqa: F401 - a fixture
+from test_ha_reload_role import CONF, VS
 from test_ha_unit import Pair
 from test_override import make_engine
 
@@ -144,30 +145,15 @@ def test_a_reload_that_would_drop_the_key_the_live_peer_signs_with_is_refused(tm
 
 
 def ha_config(tmp_path, key=None):
+    """test_ha_reload_role's director with [ha] and one service, instance "keys", key file ``key``
+    (a new one with OLD when None)"""
     if key is None:
         key = tmp_path / "ha.key"
         key.write_bytes(OLD + b"\n")
         key.chmod(0o600)
     path = tmp_path / "lb.toml"
-    path.write_text(f"""
-[global]
-instance = "keys"
-public_interface = "lo"
-network = "direct"
-
-[ha]
-primary = "198.18.0.1"
-backup = "198.18.0.3"
-key_file = "{key}"
-
-[[virtual_server]]
-name = "web"
-address = "198.18.0.10"
-port = 80
-  [[virtual_server.real_server]]
-  name = "rs1"
-  address = "198.18.1.11"
-""")
+    path.write_text(CONF.format(key=key, vips=VS.format(name="web", addr="198.18.0.10"))
+                    .replace('instance = "race"', 'instance = "keys"'))
     return key, path
 
 
