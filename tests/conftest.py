@@ -10,6 +10,47 @@ import pytest
 from lb.dataplane.resize import old_dir, staging_dir
 
 
+# ---------------------------------------------------------------------------------------------
+# The suite's own network namespace.  The unit tests talk over loopback (health checks, the web
+# console, metrics, heartbeats between two in-memory directors); in the host's namespace that
+# traffic would share 127.0.0.1 with whatever the machine runs, and a test aiming at a config's
+# address could reach a real network.  So, as root, the pytest process (and the xdist workers and
+# every process it starts, which inherit it) moves at import into a new namespace holding only
+# `lo`: nothing a test sends can leave it.  The lab's lb-* namespaces are made from here as
+# before (named namespaces do not nest).  What must reach the host's network -- only
+# test_install's pip and apt, installing packages -- enters the host's namespace by
+# HOST_NETNS (an fd this process keeps open).
+
+HOST_NETNS_ENV = "LB_TESTS_HOST_NETNS"
+
+
+def _own_network_namespace() -> None:
+    import ctypes
+
+    if os.geteuid() != 0 or os.environ.get(HOST_NETNS_ENV):
+        return                    # not root (nothing to make it with), or a worker: inherited
+    host = os.open("/proc/self/ns/net", os.O_RDONLY)
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.unshare(0x40000000) != 0:        # CLONE_NEWNET
+        err = ctypes.get_errno()
+        raise RuntimeError(f"tests/conftest.py: unshare(CLONE_NEWNET): {os.strerror(err)}")
+    from pyroute2 import IPRoute
+
+    with IPRoute() as ipr:
+        ipr.link("set", index=ipr.link_lookup(ifname="lo")[0], state="up")
+    os.environ[HOST_NETNS_ENV] = f"/proc/{os.getpid()}/fd/{host}"
+
+
+_own_network_namespace()
+
+
+def in_host_network(argv: list[str]) -> list[str]:
+    """argv run in the host's network namespace (package installs only), or as it is when the
+    suite has none of its own (not root)."""
+    host = os.environ.get(HOST_NETNS_ENV)
+    return ["nsenter", f"--net={host}", "--", *argv] if host else argv
+
+
 LAB_TESTS_LOCK = "/run/lb-lab.tests.lock"
 LAB_TESTS_LOCK_WAIT_S = 3600.0   # other sessions (developers' worktrees) may hold the lab a while
 

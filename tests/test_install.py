@@ -13,6 +13,7 @@ import zipfile
 from pathlib import Path
 
 import pytest
+from conftest import in_host_network
 from lab_http import http_get
 
 from lb.lab import VIP
@@ -105,7 +106,8 @@ def dist(tmp_path_factory) -> Path:
     src = out / "src"
     shutil.copytree(REPO, src, ignore=shutil.ignore_patterns(
         ".git", ".venv", "build", "*.egg-info", "__pycache__", ".pytest_cache", ".hypothesis", "results", "*.so"))
-    p = run([sys.executable, "-m", "build", "--outdir", str(out), str(src)], cwd=out, timeout=900)
+    # the build's own environment comes from the package index: the host's network
+    p = run(in_host_network([sys.executable, "-m", "build", "--outdir", str(out), str(src)]), cwd=out, timeout=900)
     assert p.returncode == 0, p
     return out
 
@@ -141,7 +143,8 @@ def installed(tmp_path_factory, wheel, host_services):
            "BINDIR": str(root / "bin"), "UNITDIR": str(root / "units"), "CONFDIR": str(root / "etc"),
            "LB_SOURCE": str(wheel)}
     env.pop("VIRTUAL_ENV", None)
-    p = run(["bash", str(REPO / "scripts" / "install-director.sh")], env=env, cwd=root, timeout=900)
+    # pip and apt fetch packages: the host's network
+    p = run(in_host_network(["bash", str(REPO / "scripts" / "install-director.sh")]), env=env, cwd=root, timeout=900)
     assert p.returncode == 0, p
     return root, p, calls
 
