@@ -9,6 +9,9 @@
  *                   forwards the first packet
  *   lb_xdp_private  private side: NAT replies from real servers back to clients (an established
  *                   connection's ACKs from its reverse entry alone: lb_reply.h)
+ *   lb_xdp_frag6_public, lb_xdp_frag6_private
+ *                   an IPv6 TCP/UDP fragment: along its flow's connection, a later one the
+ *                   way its first went (lb_frag.h)
  *   lb_xdp_guard    [ha]: another interface holding a VIP or nat_router: only the lease's check
  * Both public and private relay ICMP/ICMPv6 errors about tracked connections (lb_icmp.h).
  * New connections start in the embryonic tables and move on once established; a pure SYN looks
@@ -341,7 +344,7 @@ int lb_xdp_public(struct xdp_md *ctx)
     __u32 svc_id;
     int act = lb_parse_counted(ctx, &pkt);
     if (act != LB_CONTINUE) {
-        if (pkt.frag == LB_FRAG_LATER)
+        if (pkt.frag == LB_FRAG_LATER || (pkt.frag == LB_FRAG_FIRST && pkt.ip6))
             return lb_frag_public(ctx, &pkt);
         return lb_is_icmp(&pkt) ? lb_icmp_public(ctx, &pkt) : act;
     }
@@ -606,7 +609,7 @@ int lb_xdp_private(struct xdp_md *ctx)
     __u32 counter = LB_CNT_MAX;
     int act = lb_parse(ctx, &pkt, &counter);
     if (act != LB_CONTINUE) {
-        if (pkt.frag == LB_FRAG_LATER)
+        if (pkt.frag == LB_FRAG_LATER || (pkt.frag == LB_FRAG_FIRST && pkt.ip6))
             return lb_frag_private(ctx, &pkt);
         if (counter != LB_CNT_MAX)
             lb_count(counter);        /* a fragment passed, as on the public side */
@@ -656,6 +659,30 @@ int lb_xdp_private(struct xdp_md *ctx)
     }
     lb_stats_out(svc_id, c->real, pkt.len);
     return lb_forward_to_client(ctx, &pkt, c);
+}
+
+/* ---- an IPv6 TCP/UDP fragment (lb_frag.h), tail-called from lb_xdp_public and lb_xdp_private ---- */
+
+int lb_xdp_frag6_public(struct xdp_md *ctx)
+{
+    struct lb_pkt pkt = {};
+    int act = lb_frag6_begin(ctx, &pkt);
+    if (act == LB_FRAG_LATER)
+        return lb_frag_later_public(ctx, &pkt);
+    if (act != LB_FRAG_FIRST)
+        return lb_frag_passed();
+    return lb_frag_first6_public(ctx, &pkt);
+}
+
+int lb_xdp_frag6_private(struct xdp_md *ctx)
+{
+    struct lb_pkt pkt = {};
+    int act = lb_frag6_begin(ctx, &pkt);
+    if (act == LB_FRAG_LATER)
+        return lb_frag_later_private(ctx, &pkt);
+    if (act != LB_FRAG_FIRST)
+        return lb_frag_passed();
+    return lb_frag_first6_private(ctx, &pkt);
 }
 
 /* ---- [ha]: an interface that holds a VIP or nat_router but no other program (nat_router on

@@ -98,7 +98,9 @@ enum lb_sched_id {
  * the paths the verifier must walk through the forwarding code). */
 #define LB_PROG_NEW_CONN 0
 #define LB_PROG_SCHED_BASE 1
-#define LB_PROG_MAX 16
+#define LB_PROG_MAX 18
+#define LB_PROG_FRAG6_PUBLIC (LB_PROG_MAX - 3)   /* an IPv6 fragment after the first (lb_frag.h) ... */
+#define LB_PROG_FRAG6_PRIVATE (LB_PROG_MAX - 2)  /* ... and a NAT reply's */
 #define LB_PROG_PERSIST (LB_PROG_MAX - 1)   /* persistent services: template lookup first */
 
 /* lb_progs_prev's slots: the replaced lb_xdp_public and lb_xdp_private during a resize */
@@ -191,8 +193,8 @@ enum lb_sched_id {
 #define LB_EV_RST 3
 #define LB_FSM_SIZE (3 * 4 * LB_TCP_S_LAST)
 
-/* IPv4 fragments (lb_frag.h): datagrams whose first fragment lb forwarded, remembered this long
- * for the rest (the kernel's ipfrag_time is 30 s; a datagram's fragments come within ms) */
+/* Fragments (lb_frag.h): datagrams whose first fragment lb forwarded, remembered this long for
+ * the rest (the kernel's ipfrag_time is 30 s; a datagram's fragments come within ms) */
 #ifndef LB_FRAG_TABLE_SIZE
 #define LB_FRAG_TABLE_SIZE 8192
 #endif
@@ -209,8 +211,9 @@ enum lb_sched_id {
  * service and real server stats only, to keep the per-packet path short */
 #define LB_CNT_NO_REAL 0         /* new connection, no usable real server: to the local stack */
 #define LB_CNT_NOT_SYN 1         /* TCP packet without connection and without SYN: passed */
-#define LB_CNT_FRAGMENT 2        /* an IPv6 fragment header, an IPv4 fragment not TCP/UDP, or one
-                                  * after the first whose first was not forwarded: passed */
+#define LB_CNT_FRAGMENT 2        /* a fragment not TCP/UDP (IPv6: an extension header after the
+                                  * fragment header), or one after the first whose first was not
+                                  * forwarded: passed */
 #define LB_CNT_BAD_REAL 3        /* connection points at a real server that is gone: dropped */
 #define LB_CNT_CONN_FULL 4       /* a connection table insert failed: the packet dropped (or a
                                   * NAT reply entry not made or not promoted: replies reach the
@@ -237,7 +240,7 @@ enum lb_sched_id {
 #define LB_CNT_NOT_ROUTABLE 17   /* what the kernel drops before IPVS would see it (a length past
                                   * the frame or short of its headers, a martian source): passed
                                   * to it, nothing made, no real server sees it */
-#define LB_CNT_FRAG_FORWARDED 18 /* an IPv4 fragment after the first, forwarded as its first went
+#define LB_CNT_FRAG_FORWARDED 18 /* a fragment after the first, forwarded as its first went
                                   * (lb_frag.h); LB_CNT_FRAGMENT counts those passed */
 #define LB_CNT_MAX 19
 #define LB_COUNTERS 32           /* lb_counters' size: room to add counters without new pins */

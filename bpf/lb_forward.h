@@ -257,8 +257,9 @@ static __always_inline int lb_too_big6(struct xdp_md *ctx, struct lb_pkt *pkt, _
     void *data = (void *)(long)ctx->data;
     int l2 = (void *)ip - data;
     /* the IPv6 header, its extension headers and 8 bytes of the transport header (a multiple
-     * of 8); longer extension headers than the quote holds: no answer */
-    __u32 quote = (void *)pkt->sport_p - (void *)ip + 8;
+     * of 8); longer extension headers than the quote holds: no answer (l4off, not sport_p: a
+     * later fragment's program reaches here on a path it never takes, without a sport_p) */
+    __u32 quote = pkt->l4off - l2 + 8;
     if (quote > LB_QUOTE_MAX) {
         lb_count(LB_CNT_TOO_BIG_UNANSWERED);
         return XDP_DROP;
@@ -381,11 +382,40 @@ static __always_inline void lb_frag_key_of(struct lb_frag_key4 *fk, struct lb_pk
     fk->dir = dir;
 }
 
+/* lb_frags6's key of an IPv6 fragment, in place (lb_frag6_scratch) */
+static __always_inline void lb_frag_key6_of(struct lb_frag_key6 *fk, struct lb_pkt *pkt, __u8 dir)
+{
+    __builtin_memcpy(fk->saddr, pkt->saddr, 16);
+    __builtin_memcpy(fk->daddr, pkt->daddr, 16);
+    fk->id = pkt->frag_id;
+    fk->proto = pkt->proto;
+    fk->dir = dir;
+    fk->pad = 0;
+}
+
+/* An IPv6 first fragment on its way (lb_xdp_frag6_*): its datagram's ports, for the fragments
+ * after it; the entry built in lb_frag6_scratch, off the stack */
+static __always_inline void lb_frag_note6(struct lb_pkt *pkt, __u8 dir)
+{
+    __u32 zero = 0;
+    struct lb_frag6_note *n = lb_frag6_scratch.lookup(&zero);
+    if (!n)
+        return;
+    lb_frag_key6_of(&n->key, pkt, dir);
+    n->frag.sport = *pkt->sport_p;
+    n->frag.dport = *pkt->dport_p;
+    n->frag.pad = 0;
+    n->frag.ns = lb_now();
+    lb_frags6.update(&n->key, &n->frag);
+}
+
 /* A first fragment on its way: its datagram's ports, for the fragments after it (lb_frag.h);
  * before any rewrite, as those fragments say the addresses */
 static __always_inline void lb_frag_note(struct lb_pkt *pkt, __u8 dir)
 {
-    if (__builtin_expect(pkt->frag != LB_FRAG_FIRST, 1))
+    /* IPv6's first fragments never come this way with frag set: lb_xdp_frag6_* note them
+     * (lb_frag_note6) before forwarding */
+    if (__builtin_expect(pkt->frag != LB_FRAG_FIRST, 1) || !pkt->ip4)
         return;
     struct lb_frag_key4 fk;
     lb_frag_key_of(&fk, pkt, dir);

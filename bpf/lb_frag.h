@@ -1,18 +1,28 @@
-/* IPv4 datagrams in fragments.  IPVS sees whole datagrams (the kernel reassembles them before
- * ip_vs_in; ip_vs_out gathers a NAT reply's), so a fragmented UDP datagram -- a large DNS answer
- * with EDNS, a SIP or RADIUS message -- or a TCP segment without DF is balanced whole.  XDP sees
- * each fragment, and only the first carries the ports.  Passed to the kernel as they were, the
- * fragments of a request were answered by the director's own stack (port unreachable, a RST)
- * and a NAT reply's went on with the real server's address as their source.
+/* Datagrams in fragments.  IPVS sees whole datagrams (the kernel reassembles them before
+ * ip_vs_in, IPv6's in nf_defrag_ipv6; ip_vs_out gathers a NAT reply's), so a fragmented UDP
+ * datagram -- a large DNS answer with EDNS, a SIP or RADIUS message -- or a TCP segment without
+ * DF is balanced whole.  XDP sees each fragment, and only the first carries the ports.  Passed
+ * to the kernel as they were, the fragments of a request were answered by the director's own
+ * stack (port unreachable, a RST) and a NAT reply's went on with the real server's address as
+ * their source.
  *
- * So, as Cilium's IPv4 fragment tracking does: the first fragment (offset 0, more to come) goes
- * the way of any packet of its flow, and when lb forwards it, the datagram (addresses, IP id,
- * protocol, direction) is remembered with its ports in lb_frags4; each later fragment finds its
- * flow's connection by those ports and goes the same way: the same real server (DR, NAT with
- * the address rewritten, tunnel), or the same client (a NAT reply).  It changes no state and no
- * timer (its first did), and counts in the stats as a packet of its own.  One that comes before
- * its first, or whose first was not forwarded, is passed as before (counted `fragment`).
- * IPv6 fragments are still the kernel's. */
+ * So, as Cilium's fragment tracking does: the first fragment (offset 0) goes the way of any
+ * packet of its flow, and when lb forwards it, the datagram (addresses, the IPv4 id or the IPv6
+ * fragment header's, protocol, direction) is remembered with its ports in lb_frags4 or
+ * lb_frags6; each later fragment finds its flow's connection by those ports and goes the same
+ * way: the same real server (DR, NAT with the address rewritten, tunnel), or the same client (a
+ * NAT reply).  It changes no state and no timer (its first did), and counts in the stats as a
+ * packet of its own.  One that comes before its first, or whose first was not forwarded, is
+ * passed as before (counted `fragment`).
+ *
+ * Every IPv6 fragment, the first too, goes on in programs of their own (lb_xdp_frag6_public /
+ * _private, tail-called): parsed inline, its path took lb_xdp_public past the verifier's million
+ * instructions, its 40-byte keys past the 512-byte stack (they are built in lb_frag6_scratch).
+ * There a first fragment follows only a connection its flow already has (a client's datagram
+ * after a whole one, a NAT reply): one that would make a new connection is the kernel's, as
+ * before, since a flow that opens in fragments is rare and scheduling there would duplicate
+ * lb_xdp_public's whole new-connection path.  It changes no connection state (a TCP segment in
+ * fragments is rare too: senders set DF). */
 #ifndef LB_FRAG_H
 #define LB_FRAG_H
 
@@ -24,17 +34,29 @@
 #include "lb_embryo.h"
 #include "lb_forward.h"
 
-/* The ports of a later fragment's datagram (its first fragment's, forwarded within
- * LB_FRAG_TIMEOUT_NS), or 0 */
-static __always_inline struct lb_frag *lb_frag_first(struct lb_pkt *pkt, __u8 dir)
+/* f, when its first fragment was forwarded within LB_FRAG_TIMEOUT_NS, or 0 */
+static __always_inline struct lb_frag *lb_frag_fresh(struct lb_frag *f)
 {
-    struct lb_frag_key4 fk;
-    lb_frag_key_of(&fk, pkt, dir);
-    struct lb_frag *f = lb_frags4.lookup(&fk);
     /* signed: a first fragment stamped on another CPU, whose cached clock was a tick ahead */
     if (!f || (__s64)(lb_now() - f->ns) > (__s64)LB_FRAG_TIMEOUT_NS)
         return 0;
     return f;
+}
+
+/* The ports of a later fragment's datagram (its first fragment's), or 0 */
+static __always_inline struct lb_frag *lb_frag_first(struct lb_pkt *pkt, __u8 dir)
+{
+    if (pkt->ip6) {
+        __u32 zero = 0;
+        struct lb_frag6_note *n = lb_frag6_scratch.lookup(&zero);
+        if (!n)
+            return 0;
+        lb_frag_key6_of(&n->key, pkt, dir);
+        return lb_frag_fresh(lb_frags6.lookup(&n->key));
+    }
+    struct lb_frag_key4 fk;
+    lb_frag_key_of(&fk, pkt, dir);
+    return lb_frag_fresh(lb_frags4.lookup(&fk));
 }
 
 /* The connection key of a later fragment's flow (dir 1: a NAT reply's reverse entry) */
@@ -69,7 +91,7 @@ static __always_inline int lb_frag_passed(void)
 }
 
 /* A later fragment from a client: to its connection's real server, as its first fragment went */
-static __always_inline int lb_frag_public(struct xdp_md *ctx, struct lb_pkt *pkt)
+static __always_inline int lb_frag_later_public(struct xdp_md *ctx, struct lb_pkt *pkt)
 {
     struct lb_conn *c = lb_frag_conn(pkt, 0);
     if (!c)
@@ -78,16 +100,28 @@ static __always_inline int lb_frag_public(struct xdp_md *ctx, struct lb_pkt *pkt
     struct lb_real *r = lb_reals.lookup(&real_id);
     if (!r || r->svc != svc_id || r->family == 0)
         return lb_frag_passed();
-    /* too big once encapsulated (a sender's fragments fill its path MTU): dropped, as any packet
-     * without DF (XDP cannot fragment), counted tunnel_too_big, not forwarded */
-    if (r->fwd == LB_FWD_TUNNEL && r->mtu && pkt->len + sizeof(struct iphdr) > r->mtu)
-        return lb_tunnel_xmit(ctx, pkt, r);
+    /* too big once encapsulated (a sender's fragments fill its path MTU): IPv4's dropped, as any
+     * packet without DF (XDP cannot fragment), counted tunnel_too_big, not forwarded; IPv6's
+     * too, unanswered (the datagram's first fragment, its largest, drew the Packet Too Big) */
+    if (r->fwd == LB_FWD_TUNNEL && r->mtu &&
+        pkt->len + (pkt->ip6 ? sizeof(struct ipv6hdr) : sizeof(struct iphdr)) > r->mtu) {
+        if (!pkt->ip6)
+            return lb_tunnel_xmit(ctx, pkt, r);
+        lb_count(LB_CNT_TOO_BIG);
+        lb_count(LB_CNT_TOO_BIG_UNANSWERED);
+        return XDP_DROP;
+    }
     lb_count(LB_CNT_FRAG_FORWARDED);
     lb_stats_in(svc_id, real_id, pkt->len, 0);
     if (r->fwd == LB_FWD_NAT) {
-        __be32 old = pkt->ip4->daddr, addr = *(__be32 *)r->addr;
-        pkt->ip4->daddr = addr;
-        lb_csum_replace4((__u16 *)&pkt->ip4->check, old, addr);
+        if (pkt->ip6) {
+            /* no header checksum; the transport checksum is in the first fragment */
+            __builtin_memcpy(&pkt->ip6->daddr, r->addr, 16);
+        } else if (pkt->ip4) {
+            __be32 old = pkt->ip4->daddr, addr = *(__be32 *)r->addr;
+            pkt->ip4->daddr = addr;
+            lb_csum_replace4((__u16 *)&pkt->ip4->check, old, addr);
+        }
         return lb_xmit(ctx, pkt->eth, r->mac, r->src_mac, r->ifindex);
     }
     if (r->fwd == LB_FWD_TUNNEL)
@@ -96,17 +130,93 @@ static __always_inline int lb_frag_public(struct xdp_md *ctx, struct lb_pkt *pkt
 }
 
 /* A later fragment of a NAT reply: back to the client from the VIP, as its first fragment went */
-static __always_inline int lb_frag_private(struct xdp_md *ctx, struct lb_pkt *pkt)
+static __always_inline int lb_frag_later_private(struct xdp_md *ctx, struct lb_pkt *pkt)
 {
     struct lb_conn *rev = lb_frag_conn(pkt, 1);
     if (!rev || !(rev->flags & LB_CONN_F_OUT))
         return lb_frag_passed();
     lb_count(LB_CNT_FRAG_FORWARDED);
     lb_stats_out(rev->svc, rev->real, pkt->len);
-    __be32 old = pkt->ip4->saddr, vip = *(__be32 *)rev->vaddr;
-    pkt->ip4->saddr = vip;
-    lb_csum_replace4((__u16 *)&pkt->ip4->check, old, vip);
+    if (pkt->ip6) {
+        __builtin_memcpy(&pkt->ip6->saddr, rev->vaddr, 16);
+    } else if (pkt->ip4) {
+        __be32 old = pkt->ip4->saddr, vip = *(__be32 *)rev->vaddr;
+        pkt->ip4->saddr = vip;
+        lb_csum_replace4((__u16 *)&pkt->ip4->check, old, vip);
+    }
     return lb_xmit(ctx, pkt->eth, rev->client_mac, rev->local_mac, rev->client_ifindex);
+}
+
+/* lb_xdp_public's and lb_xdp_private's way for a later fragment (IPv4) or any fragment (IPv6):
+ * IPv4's here, IPv6's in its program (a failed tail call: passed, as before) */
+static __always_inline int lb_frag_public(struct xdp_md *ctx, struct lb_pkt *pkt)
+{
+    if (pkt->ip6) {
+        lb_progs.call(ctx, LB_PROG_FRAG6_PUBLIC);
+        asm volatile("/* lb_xdp_frag6_public */");
+        lb_count(LB_CNT_TAIL_CALL);
+        return lb_frag_passed();
+    }
+    return lb_frag_later_public(ctx, pkt);
+}
+
+static __always_inline int lb_frag_private(struct xdp_md *ctx, struct lb_pkt *pkt)
+{
+    if (pkt->ip6) {
+        lb_progs.call(ctx, LB_PROG_FRAG6_PRIVATE);
+        asm volatile("/* lb_xdp_frag6_private */");
+        lb_count(LB_CNT_TAIL_CALL);
+        return lb_frag_passed();
+    }
+    return lb_frag_later_private(ctx, pkt);
+}
+
+/* An IPv6 fragment's program: the frame parsed again (a tail call keeps nothing else), a first
+ * fragment on to its ports.  LB_FRAG_FIRST (ports parsed), LB_FRAG_LATER, or 0: pass it. */
+static __always_inline int lb_frag6_begin(struct xdp_md *ctx, struct lb_pkt *pkt)
+{
+    __u32 counter = LB_CNT_MAX;
+    int act = lb_parse_frag(ctx, pkt, &counter, 1);
+    if (!pkt->ip6)
+        return 0;
+    if (pkt->frag == LB_FRAG_LATER)
+        return LB_FRAG_LATER;
+    return pkt->frag == LB_FRAG_FIRST && act == LB_CONTINUE ? LB_FRAG_FIRST : 0;
+}
+
+/* An IPv6 first fragment from a client: along its flow's connection, noted for the fragments
+ * after it.  A datagram that would make a new connection is the kernel's, as before (a first
+ * packet in fragments: rare; IPVS schedules it whole). */
+static __always_inline int lb_frag_first6_public(struct xdp_md *ctx, struct lb_pkt *pkt)
+{
+    struct lb_conn_key key;
+    lb_conn_key_in(&key, pkt);
+    int embryo;
+    struct lb_conn *c = lb_conn_find(&key, &embryo);
+    if (!c || lb_conn_expired(c, lb_now()))
+        return lb_frag_passed();
+    __u32 real_id = c->real, svc_id = c->svc;
+    struct lb_real *r = lb_reals.lookup(&real_id);
+    if (!r || r->svc != svc_id || r->family == 0)
+        return lb_frag_passed();
+    lb_frag_note6(pkt, 0);
+    lb_stats_in(svc_id, real_id, pkt->len, 0);
+    return lb_forward_to_real(ctx, pkt, r);
+}
+
+/* An IPv6 first fragment of a NAT reply: back to the client from the VIP, noted */
+static __always_inline int lb_frag_first6_private(struct xdp_md *ctx, struct lb_pkt *pkt)
+{
+    struct lb_conn_key rk;
+    lb_conn_key_in(&rk, pkt);
+    rk.dir = 1;
+    int embryo;
+    struct lb_conn *rev = lb_conn_find(&rk, &embryo);
+    if (!rev || !(rev->flags & LB_CONN_F_OUT))
+        return lb_frag_passed();
+    lb_frag_note6(pkt, 1);
+    lb_stats_out(rev->svc, rev->real, pkt->len);
+    return lb_forward_to_client(ctx, pkt, rev);
 }
 
 #endif

@@ -73,6 +73,9 @@ BPF_TABLE_PINNED("array", __u32, struct lb_est_word, lb_est_filter, LB_EST_FILTE
 BPF_TABLE_PINNED("array", __u32, struct lb_icmp_bucket, lb_icmp_bucket, 1, LB_PIN(lb_icmp_bucket));
 /* IPv4 datagrams in fragments whose first fragment was forwarded: its ports, for the rest (lb_frag.h) */
 BPF_TABLE_PINNED("lru_hash", struct lb_frag_key4, struct lb_frag, lb_frags4, LB_FRAG_TABLE_SIZE, LB_PIN(lb_frags4));
+/* ... IPv6's, and where their keys are built (per-CPU scratch) */
+BPF_TABLE_PINNED("lru_hash", struct lb_frag_key6, struct lb_frag, lb_frags6, LB_FRAG_TABLE_SIZE, LB_PIN(lb_frags6));
+BPF_TABLE_PINNED("percpu_array", __u32, struct lb_frag6_note, lb_frag6_scratch, 1, LB_PIN(lb_frag6_scratch));
 /* a partial checksum's segment, a chunk at a time (lb_csum.h; per-CPU scratch, one packet at a time) */
 BPF_TABLE_PINNED("percpu_array", __u32, struct lb_csum_buf, lb_csum_buf, 1, LB_PIN(lb_csum_buf));
 

@@ -1,7 +1,7 @@
 /* Defensive parsing: Ethernet (+ one 802.1Q/802.1ad tag), IPv4 (with options) or IPv6 (with
  * hop-by-hop, routing and destination options headers), TCP/UDP.  Anything we do not understand
- * (ARP, ICMPv6 neighbour discovery, IPv6 fragments, other extension headers) goes back to the
- * kernel untouched (XDP_PASS); IPv4 TCP/UDP fragments follow their datagram (lb_frag.h).  ICMP
+ * (ARP, ICMPv6 neighbour discovery, other extension headers) goes back to the kernel untouched
+ * (XDP_PASS); TCP/UDP fragments, IPv4 or IPv6, follow their datagram (lb_frag.h).  ICMP
  * and ICMPv6 are XDP_PASS too, with pkt->proto and pkt->icmp set: lb_icmp.h looks at them
  * (lb_parse_icmp_err below) only on that branch. */
 #ifndef LB_PARSE_H
@@ -45,7 +45,15 @@ struct lb_pkt {
     __u8 proto;
     __u8 tcp_flags;               /* TCP: the byte holding FIN SYN RST PSH ACK URG */
     __u8 family;                  /* LB_AF_INET or LB_AF_INET6 */
-    __u8 frag;                    /* IPv4: LB_FRAG_FIRST or LB_FRAG_LATER (lb_frag.h), else 0 */
+    __u8 frag;                    /* LB_FRAG_FIRST or LB_FRAG_LATER (lb_frag.h), else 0 */
+    __be32 frag_id;               /* IPv6 fragments: the fragment header's identification */
+};
+
+struct lb_ipv6_frag {             /* the IPv6 fragment header */
+    __u8 nexthdr;
+    __u8 reserved;
+    __be16 frag_off;              /* the offset in 8-byte units, 2 bits reserved, M */
+    __be32 id;
 };
 
 /* IPv6 extension headers walked before the transport header; more is passed to the kernel */
@@ -121,8 +129,11 @@ static __always_inline int lb_parse_l4(void *data, void *l3, void *cur, void *da
 
 
 /* IPv6 at cur: the fixed header, then up to LB_IPV6_EXT_MAX extension headers IPVS's own
- * ipv6_find_hdr would step over too.  A fragment header (or anything unknown) is the kernel's. */
-static __always_inline int lb_parse6(void *data, void *cur, void *data_end, struct lb_pkt *pkt, __u32 *counter)
+ * ipv6_find_hdr would step over too, then a fragment header whose datagram is TCP or UDP (as
+ * IPv4's, lb_frag.h: the first fragment parsed on to its ports, a later one XDP_PASS with
+ * pkt->frag set); anything else is the kernel's. */
+static __always_inline int lb_parse6(void *data, void *cur, void *data_end, struct lb_pkt *pkt, __u32 *counter,
+                                     int frag_deep)
 {
     struct ipv6hdr *ip6 = cur;
     if ((void *)(ip6 + 1) > data_end)
@@ -139,8 +150,23 @@ static __always_inline int lb_parse6(void *data, void *cur, void *data_end, stru
     if (lb_ipv6_skip_ext(&cur, data_end, &nh) != LB_CONTINUE)
         return XDP_PASS;
     if (nh == IPPROTO_FRAGMENT) {
+        struct lb_ipv6_frag *fh = cur;
         *counter = LB_CNT_FRAGMENT;
-        return XDP_PASS;
+        if ((void *)(fh + 1) > data_end)
+            return XDP_PASS;
+        nh = fh->nexthdr;
+        if (nh != IPPROTO_TCP && nh != IPPROTO_UDP)
+            return XDP_PASS;
+        /* every IPv6 fragment, the first too, goes on in lb_xdp_frag6_* (lb_frag.h), which
+         * parses it again, the first on to its ports (frag_deep): parsed here, its path through
+         * lb_xdp_public took the verifier past its million instructions */
+        *counter = LB_CNT_MAX;            /* counted where it is forwarded or passed */
+        pkt->frag_id = fh->id;
+        pkt->proto = nh;
+        pkt->frag = fh->frag_off & bpf_htons(0xfff8) ? LB_FRAG_LATER : LB_FRAG_FIRST;
+        if (!frag_deep || pkt->frag == LB_FRAG_LATER)
+            return XDP_PASS;
+        cur = fh + 1;                     /* (a first fragment, or an atomic one: M clear) */
     }
     return lb_parse_l4(data, ip6, cur, data_end, pkt, nh);
 }
@@ -161,8 +187,9 @@ static __always_inline __be16 lb_eth_proto(struct ethhdr *eth, void *data_end, v
     return proto;
 }
 
-/* Returns LB_CONTINUE with pkt filled, or XDP_PASS. */
-static __always_inline int lb_parse(struct xdp_md *ctx, struct lb_pkt *pkt, __u32 *counter)
+/* Returns LB_CONTINUE with pkt filled, or XDP_PASS (frag_deep: an IPv6 first fragment parsed
+ * on to its ports, for lb_xdp_frag6_* alone). */
+static __always_inline int lb_parse_frag(struct xdp_md *ctx, struct lb_pkt *pkt, __u32 *counter, int frag_deep)
 {
     void *data = (void *)(long)ctx->data;
     void *data_end = (void *)(long)ctx->data_end;
@@ -175,7 +202,7 @@ static __always_inline int lb_parse(struct xdp_md *ctx, struct lb_pkt *pkt, __u3
     pkt->eth = eth;
     proto = lb_eth_proto(eth, data_end, &cur);
     if (proto == bpf_htons(ETH_P_IPV6))
-        return lb_parse6(data, cur, data_end, pkt, counter);
+        return lb_parse6(data, cur, data_end, pkt, counter, frag_deep);
     if (proto != bpf_htons(ETH_P_IP))
         return XDP_PASS;            /* ARP, anything else */
 
@@ -208,6 +235,11 @@ static __always_inline int lb_parse(struct xdp_md *ctx, struct lb_pkt *pkt, __u3
         pkt->frag = LB_FRAG_FIRST;
     }
     return lb_parse_l4(data, ip, cur + ihl, data_end, pkt, ip->protocol);
+}
+
+static __always_inline int lb_parse(struct xdp_md *ctx, struct lb_pkt *pkt, __u32 *counter)
+{
+    return lb_parse_frag(ctx, pkt, counter, 0);
 }
 
 /* What the kernel drops before IPVS would see it, so that no connection is made for it: an IP

@@ -269,13 +269,30 @@ struct lb_frag_key4 {
     __u8 dir;
 };
 
-/* lb_frags4 value: the ports its first fragment carried (before any rewrite), and when it was
+/* lb_frags6 key: an IPv6 datagram in fragments (the fragment header's identification) */
+struct lb_frag_key6 {
+    __be32 saddr[4];
+    __be32 daddr[4];
+    __be32 id;
+    __u8 proto;
+    __u8 dir;
+    __u16 pad;
+};
+
+/* lb_frags4 / lb_frags6 value: the ports its first fragment carried (before any rewrite), and when it was
  * forwarded (lb_frag.h) */
 struct lb_frag {
     __be16 sport;
     __be16 dport;
     __u32 pad;
     __u64 ns;
+};
+
+/* lb_frag6_scratch (per-CPU): an IPv6 first fragment's entry, or a later one's key, built off
+ * the stack (lb_xdp_public's is near the verifier's 512 bytes) */
+struct lb_frag6_note {
+    struct lb_frag_key6 key;
+    struct lb_frag frag;
 };
 
 /* mh (lb_mh_walk, per-CPU): where an mh-fallback walk longer than one run goes on */

@@ -8,9 +8,11 @@ unreachable, a RST) and routed a NAT reply's on with the real server's address."
 from __future__ import annotations
 
 import ipaddress
+from typing import Callable, NamedTuple
 
 import pytest
 from scapy.layers.inet import IP, TCP, UDP, fragment
+from scapy.layers.inet6 import ICMPv6PacketTooBig, IPv6, IPv6ExtHdrFragment, fragment6
 from scapy.layers.l2 import Ether
 from scapy.packet import Raw
 
@@ -22,11 +24,18 @@ ip = ipaddress.ip_address
 CLIENT = "198.18.0.2"
 DR_VIP, NAT_VIP, TUN_VIP = "198.18.0.30", "198.18.0.31", "198.18.0.32"
 DR_REAL, NAT_REAL, TUN_REAL = "198.18.1.21", "198.18.1.22", "198.18.1.23"
+CLIENT6 = "2001:2::2"
+DR_VIP6, NAT_VIP6, TUN_VIP6 = "2001:2::30", "2001:2::31", "2001:2::32"
+DR_REAL6, NAT_REAL6, TUN_REAL6 = "2001:2:0:1::21", "2001:2:0:1::22", "2001:2:0:1::23"
 TABLE = TableSpec((
     ServiceSpec("udp", ip(DR_VIP), 53, "rr", (RealSpec(ip(DR_REAL), 53, 1, "dr"),)),
     ServiceSpec("udp", ip(NAT_VIP), 53, "rr", (RealSpec(ip(NAT_REAL), 5353, 1, "nat"),)),
     ServiceSpec("tcp", ip(NAT_VIP), 80, "rr", (RealSpec(ip(NAT_REAL), 8080, 1, "nat"),)),
     ServiceSpec("udp", ip(TUN_VIP), 53, "rr", (RealSpec(ip(TUN_REAL), 53, 1, "tunnel"),)),
+    ServiceSpec("udp", ip(DR_VIP6), 53, "rr", (RealSpec(ip(DR_REAL6), 53, 1, "dr"),)),
+    ServiceSpec("udp", ip(NAT_VIP6), 53, "rr", (RealSpec(ip(NAT_REAL6), 5353, 1, "nat"),)),
+    ServiceSpec("tcp", ip(NAT_VIP6), 80, "rr", (RealSpec(ip(NAT_REAL6), 8080, 1, "nat"),)),
+    ServiceSpec("udp", ip(TUN_VIP6), 53, "rr", (RealSpec(ip(TUN_REAL6), 53, 1, "tunnel"),)),
 ))
 PAYLOAD = bytes(range(256)) * 12            # 3,072 bytes: three fragments of 1,400
 
@@ -65,46 +74,6 @@ def l4_checksum_ok(p: IP) -> bool:
     got = l4.chksum
     l4.chksum = None
     return IP(bytes(p))[l4.__class__].chksum == got
-
-
-def test_nat_request_fragments_all_reach_the_real_server_and_its_reply_fragments_the_client(dp):
-    before = dp.counters()
-    out = []
-    for f in fragments(CLIENT_MAC, PUB_MAC, (CLIENT, NAT_VIP), UDP(sport=40000, dport=53), 7001):
-        rc, o = run(dp, "lb_xdp_public", f)
-        assert rc == XDP_REDIRECT
-        assert Ether(o).dst == real_mac(NAT_REAL) and IP(o[14:]).dst == NAT_REAL
-        out.append(o)
-    got = whole(out)
-    assert got[UDP].dport == 5353 and got[UDP].sport == 40000 and bytes(got[UDP].payload) == PAYLOAD
-    assert l4_checksum_ok(got)
-    after = dp.counters()
-    assert after["fragment_forwarded"] - before.get("fragment_forwarded", 0) == 2
-    assert after.get("fragment", 0) == before.get("fragment", 0)
-    # the real server's answer, in fragments: from the VIP, to the client
-    back = []
-    for f in fragments(real_mac(NAT_REAL), PRIV_MAC, (NAT_REAL, CLIENT), UDP(sport=5353, dport=40000), 9001):
-        rc, o = run(dp, "lb_xdp_private", f)
-        assert rc == XDP_TX, rc                      # the client is where the request came in
-        assert Ether(o).dst == CLIENT_MAC and IP(o[14:]).src == NAT_VIP
-        back.append(o)
-    got = whole(back)
-    assert got[UDP].sport == 53 and got[UDP].dport == 40000 and l4_checksum_ok(got)
-
-
-def test_a_tcp_segment_in_fragments_goes_whole_to_the_real_servers_port(dp):
-    # a connection first (SYN, ACK), then a segment sent without DF, in fragments
-    for flags in ("S", "A"):
-        pkt = Ether(src=CLIENT_MAC, dst=PUB_MAC) / IP(src=CLIENT, dst=NAT_VIP) / TCP(sport=40100, dport=80, flags=flags)
-        assert run(dp, "lb_xdp_public", pkt)[0] == XDP_REDIRECT
-    out = []
-    for f in fragments(CLIENT_MAC, PUB_MAC, (CLIENT, NAT_VIP), TCP(sport=40100, dport=80, flags="PA"), 7002):
-        rc, o = run(dp, "lb_xdp_public", f)
-        assert rc == XDP_REDIRECT
-        out.append(o)
-    got = whole(out)
-    assert got.dst == NAT_REAL and got[TCP].dport == 8080 and l4_checksum_ok(got)
-    assert bytes(got[TCP].payload) == PAYLOAD
 
 
 def test_dr_fragments_go_untouched_to_the_real_server(dp):
@@ -157,3 +126,159 @@ def test_fragments_without_a_forwarded_first_are_passed_and_counted(dp):
         assert run(dp, "lb_xdp_private", f)[0] == XDP_PASS
     # (the port-54 datagram's first fragment is passed as any packet for no service: not counted)
     assert dp.counters()["fragment"] - before == len(rest) + len(frames) - 1 + 2
+
+
+# ---- IPv6: a fragment header after the fixed one (and any hop-by-hop, routing, destination
+# options headers); the first fragment of a flow that has a connection, and every one after it,
+# go where the flow goes; a datagram that would make a new connection is the kernel's ----
+
+def fragments6(src_mac, dst_mac, l3, l4, ident, size=1400):
+    datagram = IPv6(src=l3[0], dst=l3[1]) / IPv6ExtHdrFragment(id=ident) / l4 / Raw(PAYLOAD)
+    return [Ether(src=src_mac, dst=dst_mac) / f for f in fragment6(datagram, size)]
+
+
+def whole6(frames: list[bytes], skip_l2: int = 14) -> IPv6:
+    """The datagram the receiver puts together: the fragments' data by offset behind the first's
+    addresses, its L4 checksum left as it came"""
+    parts, head = [], None
+    for fr in frames:
+        p = IPv6(fr[skip_l2:])
+        fh = p[IPv6ExtHdrFragment]
+        parts.append((fh.offset * 8, bytes(fh.payload)))
+        if fh.offset == 0:
+            head = p
+    data = b"".join(d for _off, d in sorted(parts))
+    return IPv6(bytes(IPv6(src=head.src, dst=head.dst, nh=head[IPv6ExtHdrFragment].nh) / Raw(data)))
+
+
+def l4_checksum_ok6(p: IPv6) -> bool:
+    l4 = p.payload
+    got = l4.chksum
+    l4.chksum = None
+    return IPv6(bytes(p))[l4.__class__].chksum == got
+
+
+def first_packet6(vip, l4):
+    """A flow's first datagram, whole: it makes the connection"""
+    return Ether(src=CLIENT_MAC, dst=PUB_MAC) / IPv6(src=CLIENT6, dst=vip) / l4 / Raw(b"q")
+
+
+class Family(NamedTuple):
+    l3: type
+    client: str
+    nat_vip: str
+    nat_real: str
+    cut: Callable          # a datagram into frames of fragments
+    join: Callable         # frames back into the datagram
+    csum_ok: Callable      # its L4 checksum right
+    sport: int
+
+
+FAMILIES = {4: Family(IP, CLIENT, NAT_VIP, NAT_REAL, fragments, whole, l4_checksum_ok, 40000),
+            6: Family(IPv6, CLIENT6, NAT_VIP6, NAT_REAL6, fragments6, whole6, l4_checksum_ok6, 41000)}
+
+
+@pytest.mark.parametrize("family", [4, 6])
+def test_nat_request_fragments_all_reach_the_real_server_and_its_reply_fragments_the_client(dp, family):
+    f = FAMILIES[family]
+    if family == 6:             # an IPv6 first fragment follows a connection, makes none
+        rc, o = run(dp, "lb_xdp_public", first_packet6(NAT_VIP6, UDP(sport=f.sport, dport=53)))
+        assert rc == XDP_REDIRECT and IPv6(o[14:]).dst == NAT_REAL6
+    before = dp.counters()
+    out = []
+    frames = f.cut(CLIENT_MAC, PUB_MAC, (f.client, f.nat_vip), UDP(sport=f.sport, dport=53), 7001)
+    assert len(frames) == 3
+    for fr in frames:
+        rc, o = run(dp, "lb_xdp_public", fr)
+        assert rc == XDP_REDIRECT, rc
+        assert Ether(o).dst == real_mac(f.nat_real) and f.l3(o[14:]).dst == f.nat_real
+        out.append(o)
+    got = f.join(out)
+    assert got[UDP].dport == 5353 and got[UDP].sport == f.sport and bytes(got[UDP].payload) == PAYLOAD
+    assert f.csum_ok(got)
+    after = dp.counters()
+    assert after["fragment_forwarded"] - before.get("fragment_forwarded", 0) == 2
+    assert after.get("fragment", 0) == before.get("fragment", 0)
+    assert after.get("tail_call_failed", 0) == before.get("tail_call_failed", 0)
+    # the real server's answer, in fragments: from the VIP, to the client
+    back = []
+    for fr in f.cut(real_mac(f.nat_real), PRIV_MAC, (f.nat_real, f.client), UDP(sport=5353, dport=f.sport), 9001):
+        rc, o = run(dp, "lb_xdp_private", fr)
+        assert rc == XDP_TX, rc                      # the client is where the request came in
+        assert Ether(o).dst == CLIENT_MAC and f.l3(o[14:]).src == f.nat_vip
+        back.append(o)
+    got = f.join(back)
+    assert got[UDP].sport == 53 and got[UDP].dport == f.sport and f.csum_ok(got)
+    assert bytes(got[UDP].payload) == PAYLOAD
+
+
+@pytest.mark.parametrize("family", [4, 6])
+def test_a_tcp_segment_in_fragments_goes_whole_to_the_real_servers_port(dp, family):
+    # a connection first (SYN, ACK), then a segment sent without DF, in fragments
+    f = FAMILIES[family]
+    sport = f.sport + 100
+    for flags in ("S", "A"):
+        pkt = Ether(src=CLIENT_MAC, dst=PUB_MAC) / f.l3(src=f.client, dst=f.nat_vip) / TCP(sport=sport, dport=80, flags=flags)
+        assert run(dp, "lb_xdp_public", pkt)[0] == XDP_REDIRECT
+    out = []
+    for fr in f.cut(CLIENT_MAC, PUB_MAC, (f.client, f.nat_vip), TCP(sport=sport, dport=80, flags="PA"), 7002):
+        rc, o = run(dp, "lb_xdp_public", fr)
+        assert rc == XDP_REDIRECT
+        out.append(o)
+    got = f.join(out)
+    assert got.dst == f.nat_real and got[TCP].dport == 8080 and f.csum_ok(got)
+    assert bytes(got[TCP].payload) == PAYLOAD
+
+
+def test_ipv6_dr_fragments_go_untouched_to_the_real_server(dp):
+    assert run(dp, "lb_xdp_public", first_packet6(DR_VIP6, UDP(sport=41200, dport=53)))[0] == XDP_REDIRECT
+    for f in fragments6(CLIENT_MAC, PUB_MAC, (CLIENT6, DR_VIP6), UDP(sport=41200, dport=53), 8003):
+        rc, o = run(dp, "lb_xdp_public", f)
+        assert rc == XDP_REDIRECT and Ether(o).dst == real_mac(DR_REAL6)
+        assert o[14:] == bytes(f)[14:]
+
+
+def test_ipv6_tunnel_fragments_go_inside_the_outer_header(dp):
+    assert run(dp, "lb_xdp_public", first_packet6(TUN_VIP6, UDP(sport=41300, dport=53)))[0] == XDP_REDIRECT
+    for f in fragments6(CLIENT_MAC, PUB_MAC, (CLIENT6, TUN_VIP6), UDP(sport=41300, dport=53), 8004, size=1300):
+        rc, o = run(dp, "lb_xdp_public", f)
+        assert rc == XDP_REDIRECT
+        outer = IPv6(o[14:])
+        assert outer.nh == 41 and outer.dst == TUN_REAL6 and o[54:] == bytes(f)[14:]
+
+
+def test_ipv6_tunnel_fragments_too_big_get_a_packet_too_big_for_the_first_and_drop_the_rest(dp):
+    """Fragments that fill the 1500-byte path do not fit with the outer header: the first draws
+    a Packet Too Big from the VIP (quoting the fragment header), the later ones are dropped
+    unanswered; the short last one goes."""
+    assert run(dp, "lb_xdp_public", first_packet6(TUN_VIP6, UDP(sport=41400, dport=53)))[0] == XDP_REDIRECT
+    before = dp.counters()
+    frames = fragments6(CLIENT_MAC, PUB_MAC, (CLIENT6, TUN_VIP6), UDP(sport=41400, dport=53), 8005, size=1500)
+    assert [len(bytes(f)) - 14 for f in frames][:2] == [1496, 1496]
+    results = [run(dp, "lb_xdp_public", f) for f in frames]
+    assert [rc for rc, _o in results] == [XDP_TX, XDP_DROP, XDP_REDIRECT]
+    answer = Ether(results[0][1])
+    assert answer[IPv6].src == TUN_VIP6 and answer[IPv6].dst == CLIENT6
+    assert answer[ICMPv6PacketTooBig].mtu == 1500 - 40
+    quoted = IPv6(bytes(answer[ICMPv6PacketTooBig].payload))
+    assert quoted[IPv6ExtHdrFragment].id == 8005
+    after = dp.counters()
+    assert after["tunnel_too_big"] - before.get("tunnel_too_big", 0) == 2
+    assert after["too_big_unanswered"] - before.get("too_big_unanswered", 0) == 1
+    assert after["fragment_forwarded"] - before.get("fragment_forwarded", 0) == 1
+
+
+def test_ipv6_fragments_of_no_connection_are_passed_and_counted(dp):
+    before = dp.counters().get("fragment", 0)
+    # a new flow whose first datagram comes in fragments: the kernel's, every fragment
+    new = fragments6(CLIENT_MAC, PUB_MAC, (CLIENT6, NAT_VIP6), UDP(sport=41500, dport=53), 8006)
+    # a connection's later fragments whose first never came
+    assert run(dp, "lb_xdp_public", first_packet6(NAT_VIP6, UDP(sport=41600, dport=53)))[0] == XDP_REDIRECT
+    _first, *rest = fragments6(CLIENT_MAC, PUB_MAC, (CLIENT6, NAT_VIP6), UDP(sport=41600, dport=53), 8007)
+    # a reply's fragments that no NAT connection knows
+    reply = fragments6(real_mac(NAT_REAL6), PRIV_MAC, (NAT_REAL6, CLIENT6), UDP(sport=5353, dport=41999), 9102)
+    for f in new + rest:
+        assert run(dp, "lb_xdp_public", f)[0] == XDP_PASS
+    for f in reply:
+        assert run(dp, "lb_xdp_private", f)[0] == XDP_PASS
+    assert dp.counters()["fragment"] - before == len(new) + len(rest) + len(reply)

@@ -40,7 +40,7 @@ from scapy.layers.inet import (ICMP, IP, TCP, UDP, IPOption_NOP, IPOption_RR, IP
                                fragment)
 from scapy.layers.inet6 import (ICMPv6DestUnreach, ICMPv6EchoRequest, ICMPv6PacketTooBig, IPerror6, IPv6,
                                 IPv6ExtHdrDestOpt, IPv6ExtHdrFragment, IPv6ExtHdrHopByHop, IPv6ExtHdrRouting,
-                                PadN)
+                                PadN, fragment6)
 from scapy.layers.l2 import ARP, Dot1Q, Ether
 
 from lb.dataplane import PortGroup, RealSpec, ServiceSpec, TableSpec
@@ -137,7 +137,7 @@ class Parsed:
         self.saddr = self.daddr = None
         self.proto = self.sport = self.dport = self.flags = self.iplen = None
         self.vlan = False
-        self.frag = None        # an IPv4 TCP/UDP fragment: ("first" | "later", its datagram's key)
+        self.frag = None        # a TCP/UDP fragment: ("first" | "later", its datagram's key)
 
 
 EXT = (0, 43, 60)       # hop-by-hop, routing, destination options: what lb_ipv6_skip_ext steps over
@@ -213,8 +213,19 @@ def parse(b: bytes) -> Parsed:
             return p
         p.iplen = struct.unpack_from("!H", b, off + 4)[0] + 40
         nh, cur = skip_ext(b, b[off + 6], off + 40)
-        if nh is None or nh == 44:
+        if nh is None:
             return p
+        if nh == 44:
+            # lb_frag.h: a TCP/UDP fragment follows its datagram; the first only along a flow's
+            # connection (Model.public), parsed past the fragment header
+            if cur + 8 > len(b) or b[cur] not in (6, 17):
+                return p
+            key = (p.saddr, p.daddr, b[cur + 4:cur + 8], b[cur])
+            if struct.unpack_from("!H", b, cur + 2)[0] & 0xFFF8:
+                p.frag, p.proto = ("later", key), b[cur]
+                return p
+            p.frag = ("first", key)
+            nh, cur = b[cur], cur + 8
     else:
         return p
     p.proto, p.l4 = nh, cur
@@ -304,6 +315,7 @@ class Model:
         # of a client's, (vaddr, vport) of a NAT reply's
         self.frags: dict[tuple, tuple] = {}
         self.seen = {"pass": 0, "redirect": 0, "tx": 0, "drop": 0}
+        self.later_forwarded = {4: 0, 6: 0}     # later fragments forwarded, by family
 
     def fail(self, prog: str, i: int, pkt: bytes, why: str):
         raise AssertionError(f"fuzz seed {self.seed} (LB_FUZZ_SEED={self.seed} to repeat), {prog}, "
@@ -331,8 +343,9 @@ class Model:
             flow = self.frags.get((p.frag[1], 0))
             known = flow and self.flows.get(flow)
             if rc not in (XDP_TX, XDP_DROP) or not known or known[0].fwd != "tunnel" \
-                    or p.iplen + 20 <= PRIV_MTU:
-                self.fail("public", i, pkt, f"verdict {rc} for a later fragment not too big for a tunnel")
+                    or p.iplen + (20 if p.fam == 4 else 40) <= PRIV_MTU or (rc == XDP_TX and p.fam == 6):
+                self.fail("public", i, pkt, f"verdict {rc} for a later fragment not too big for a tunnel "
+                          "(IPv6's: dropped, unanswered)")
             if rc == XDP_TX and (ICMP not in Ether(out) or (Ether(out)[ICMP].type, Ether(out)[ICMP].code) != (3, 4)):
                 self.fail("public", i, pkt, f"a wrong fragmentation-needed answer: {out.hex()}")
         elif rc == XDP_REDIRECT and p.frag and p.frag[0] == "later":
@@ -350,6 +363,7 @@ class Model:
         flow = self.frags.get((p.frag[1], 0))
         known = flow and self.flows.get(flow)
         addr = REAL_OF_MAC.get(out[:6])
+        self.later_forwarded[p.fam] += 1
         if not known or addr is None or known[1] not in (None, addr):
             self.fail("public", i, pkt, f"a later fragment forwarded to {addr and ip(addr)}, not where its "
                       f"datagram's first went ({known and known[1] and ip(known[1])})")
@@ -357,10 +371,11 @@ class Model:
         if svc.fwd == "dr" and out[12:] != pkt[12:]:
             self.fail("public", i, pkt, f"DR changed more than the MACs of a fragment: {out.hex()}")
         if svc.fwd == "nat":
-            same = set(range(12, len(pkt))) - set(range(p.l3 + 16, p.l3 + 20)) - {p.l3 + 10, p.l3 + 11}
-            if len(out) != len(pkt) or out[p.l3 + 16:p.l3 + 20] != addr or any(out[k] != pkt[k] for k in same):
+            a, alen = (p.l3 + 16, 4) if p.fam == 4 else (p.l3 + 24, 16)
+            same = set(range(12, len(pkt))) - set(range(a, a + alen)) - ({p.l3 + 10, p.l3 + 11} if p.fam == 4 else set())
+            if len(out) != len(pkt) or out[a:a + alen] != addr or any(out[k] != pkt[k] for k in same):
                 self.fail("public", i, pkt, f"NAT of a fragment: not only its address to {ip(addr)}: {out.hex()}")
-        if svc.fwd == "tunnel" and out[34:] != pkt[p.l3:]:
+        if svc.fwd == "tunnel" and out[14 + (20 if p.fam == 4 else 40):] != pkt[p.l3:]:
             self.fail("public", i, pkt, f"tunnel: the inner fragment changed: {out.hex()}")
 
     def _service_flow(self, p: Parsed):
@@ -375,6 +390,8 @@ class Model:
             svc, flow = self._service_flow(p)
             if svc is None:
                 self.fail("public", i, pkt, "forwarded, but no service has its proto/address/port")
+            if p.fam == 6 and p.frag and flow not in self.flows:
+                self.fail("public", i, pkt, "an IPv6 first fragment made a new connection (the kernel's)")
             real = svc.reals.get(addr)
             if real is None:
                 self.fail("public", i, pkt, f"forwarded to {ip(addr)}, not a real server of its service")
@@ -484,8 +501,9 @@ class Model:
             self.fail("private", i, pkt, f"a reply to MACs no client used: {out[:12].hex()}")
         if p.frag and p.frag[0] == "later":
             vip = self.frags.get((p.frag[1], 1))
-            same = set(range(12, len(pkt))) - set(range(p.l3 + 12, p.l3 + 16)) - {p.l3 + 10, p.l3 + 11}
-            if vip is None or out[p.l3 + 12:p.l3 + 16] != vip[0] or any(out[k] != pkt[k] for k in same):
+            a, alen = (p.l3 + 12, 4) if p.fam == 4 else (p.l3 + 8, 16)
+            same = set(range(12, len(pkt))) - set(range(a, a + alen)) - ({p.l3 + 10, p.l3 + 11} if p.fam == 4 else set())
+            if vip is None or out[a:a + alen] != vip[0] or any(out[k] != pkt[k] for k in same):
                 self.fail("private", i, pkt, f"a later fragment of no NAT reply's datagram, or not from its "
                           f"VIP: {out.hex()}")
             return
@@ -624,6 +642,16 @@ class Gen:
                     pkt = pkt / h
                 out.append(bytes(e / pkt / tcp))
             out.append(bytes(e / IPv6(src=V6["client"], dst=vip) / ICMPv6EchoRequest()))
+            # a datagram in fragments: a flow's first packet whole, then one in fragments (an IPv6
+            # first fragment follows only a connection), and one of a new flow in fragments
+            for l4 in (UDP(sport=40000, dport=53), TCP(sport=40000, dport=80, flags="PA")):
+                for sport, ident in ((40000, 5252), (40002, 5353)):
+                    l4.sport = sport
+                    if sport == 40000 and isinstance(l4, UDP):
+                        out.append(bytes(e / IPv6(src=V6["client"], dst=vip) / l4 / b"q"))
+                    for f in fragment6(IPv6(src=V6["client"], dst=vip) / IPv6ExtHdrFragment(id=ident) / l4 /
+                                       (b"f" * 3000), 1400):
+                        out.append(bytes(e / f))
         # ICMP errors about the flows above (quoted VIP:vport -> client:cport) and about anything
         for fam, v, clients in ((4, V4, clients4), (6, V6, clients6)):
             for key in ("dr", "nat", "tun"):
@@ -659,6 +687,10 @@ class Gen:
                         if fam == 4 and sp == 40000:      # an answer in fragments
                             for f in fragment(IP(src=real, dst=c, id=4343) / UDP(sport=5353, dport=sp) / (b"r" * 3000),
                                               fragsize=1400):
+                                out.append(bytes(Ether(src=real_mac(real), dst=PRIV_MAC) / f))
+                        if fam == 6 and sp == 40000:
+                            for f in fragment6(IPv6(src=real, dst=c) / IPv6ExtHdrFragment(id=4343) /
+                                               UDP(sport=5353, dport=sp) / (b"r" * 3000), 1400):
                                 out.append(bytes(Ether(src=real_mac(real), dst=PRIV_MAC) / f))
                         quote = (IPerror(src=c, dst=real) / TCPerror(sport=sp, dport=8080)) if fam == 4 else \
                             (IPerror6(src=c, dst=real) / TCPerror(sport=sp, dport=8080))
@@ -826,4 +858,5 @@ def test_fuzz_every_program(programs):
     c = dp.counters()            # partial checksums completed, and sent as they were past the frame
     assert c["partial_checksum_completed"] > 0 and c["partial_checksum_uncompleted"] > 0, (SEED, c)
     assert c["fragment_forwarded"] > 0, (SEED, c)       # later fragments followed their first
+    assert model.later_forwarded[4] > 0 and model.later_forwarded[6] > 0, (SEED, model.later_forwarded)
     print(f"fuzz seed {SEED}: {N} packets x 4 programs in {time.monotonic() - t0:.1f} s, {s}")

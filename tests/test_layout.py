@@ -30,7 +30,9 @@ NOT_MIRRORED = {
     "lb_clock": "BPF only (per-CPU cache of the coarse clock)",
     "lb_csum_buf": "BPF only (per-CPU buffer: a partial checksum's segment, a chunk at a time)",
     "lb_frag_key4": "BPF only (lb_frags4: IPv4 datagrams in fragments)",
-    "lb_frag": "BPF only (lb_frags4: IPv4 datagrams in fragments)",
+    "lb_frag": "BPF only (lb_frags4, lb_frags6: datagrams in fragments)",
+    "lb_frag_key6": "BPF only (lb_frags6: IPv6 datagrams in fragments)",
+    "lb_frag6_note": "BPF only (lb_frag6_scratch: an IPv6 fragment's key, built off the stack)",
 }
 
 LAYOUTS = {name: v for name, v in vars(L).items() if isinstance(v, L.Layout)}

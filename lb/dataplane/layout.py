@@ -145,6 +145,8 @@ PROG_NEW_CONN = C["LB_PROG_NEW_CONN"]
 PROG_SCHED_BASE = C["LB_PROG_SCHED_BASE"]
 PROG_MAX = C["LB_PROG_MAX"]
 PROG_PERSIST = C["LB_PROG_PERSIST"]
+PROG_FRAG6_PUBLIC = C["LB_PROG_FRAG6_PUBLIC"]     # an IPv6 fragment after the first (lb_frag.h)
+PROG_FRAG6_PRIVATE = C["LB_PROG_FRAG6_PRIVATE"]
 PREV_SLOTS = {"public": C["LB_PREV_PUBLIC"], "private": C["LB_PREV_PRIVATE"]}   # lb_progs_prev
 TX_PORTS = C["LB_TX_PORTS"]                 # lb_tx_ports' size: ifindexes below it
 
@@ -184,9 +186,10 @@ def _check_ids() -> None:
         problems.append(f"counters without a name in layout._COUNTER_NAMES (or gone): "
                         f"{sorted(set(_CNT) ^ set(_COUNTER_NAMES))}")
     if len(set(SCHEDULERS.values())) != len(SCHEDULERS) or min(SCHEDULERS.values()) < 0 or \
-            PROG_SCHED_BASE + max(SCHEDULERS.values()) >= PROG_PERSIST:
+            PROG_SCHED_BASE + max(SCHEDULERS.values()) >= min(PROG_PERSIST, PROG_FRAG6_PUBLIC, PROG_FRAG6_PRIVATE):
         problems.append("scheduler ids must be distinct, >= 0, and their tail-call slots "
-                        "(LB_PROG_SCHED_BASE + id) below LB_PROG_PERSIST")
+                        "(LB_PROG_SCHED_BASE + id) below LB_PROG_FRAG6_PUBLIC, LB_PROG_FRAG6_PRIVATE "
+                        "and LB_PROG_PERSIST")
     if problems:
         raise RuntimeError(f"{BPF_DIR / 'lb_consts.h'}: " + "; ".join(problems))
 
@@ -292,9 +295,9 @@ MAPS: dict[str, tuple[struct.Struct, struct.Struct]] = {
 # maps whose value holds one entry per list position (LB_MAX_SVC_REALS of them, a -D size)
 LIST_MAPS: dict[str, struct.Struct] = {"lb_svc_dests": DEST, "lb_mh_last": U32}
 # maps only the BPF programs use (scratch space, the clock's cache, the mh inner map's type template,
-# the buffer a partial checksum is completed through, the IPv4 datagrams in fragments)
+# the buffer a partial checksum is completed through, the datagrams in fragments)
 BPF_ONLY_MAPS = ("lb_scratch", "lb_clock", "lb_mh_walk", "lb_mh_inner", "lb_icmp_bucket", "lb_csum_buf",
-                 "lb_frags4")
+                 "lb_frags4", "lb_frags6", "lb_frag6_scratch")
 
 
 def pack_addr(addr: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bytes:

@@ -23,7 +23,8 @@ log = logging.getLogger("lb.dataplane")
 
 BPF_DIR = L.BPF_DIR      # one place says where bpf/ is
 
-BASE_PROGRAMS = ("lb_xdp_public", "lb_xdp_private", "lb_xdp_guard", "lb_xdp_new_conn", "lb_xdp_persist")
+BASE_PROGRAMS = ("lb_xdp_public", "lb_xdp_private", "lb_xdp_guard", "lb_xdp_new_conn", "lb_xdp_persist",
+                 "lb_xdp_frag6_public", "lb_xdp_frag6_private")
 PROGRAMS = (*BASE_PROGRAMS, *(f"lb_sched_{n}" for n in L.SCHEDULERS))
 
 
@@ -340,7 +341,8 @@ class Program:
         # the schedulers' offsets, which the control plane writes in place beside BPF's counts
         self.maps["lb_real_sched_off"] = ArrayField(self.maps["lb_real_conns"], "lb_real_sched_off",
                                                     L.REAL_SCHED_OFF, L.REAL_COUNTS.size)
-        self._wire({L.PROG_NEW_CONN: "lb_xdp_new_conn", L.PROG_PERSIST: "lb_xdp_persist"})
+        self._wire({L.PROG_NEW_CONN: "lb_xdp_new_conn", L.PROG_PERSIST: "lb_xdp_persist",
+                    L.PROG_FRAG6_PUBLIC: "lb_xdp_frag6_public", L.PROG_FRAG6_PRIVATE: "lb_xdp_frag6_private"})
         for mapname, table in (("lb_tcp_fsm", TCP_FSM), ("lb_tcp_fsm_secure", TCP_FSM_SECURE)):
             for i, v in enumerate(table):
                 self.maps[mapname].set(L.U32.pack(i), L.U32.pack(v))
