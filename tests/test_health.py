@@ -1,6 +1,7 @@
 """lb.health: checks against 127.0.0.1 servers started here, and the nanny state machine."""
 
 import asyncio
+import dataclasses
 import hashlib
 import shutil
 import socket
@@ -212,6 +213,31 @@ def test_udp():
     assert not wrong.ok and "PONG x" in wrong.detail
     # closed port: ICMP port unreachable (refused) on loopback, or at worst no reply
     assert not closed.ok and ("refused" in closed.detail or "no reply" in closed.detail)
+
+
+def test_udp_without_expect_is_down_on_an_icmp_error_only():
+    """keepalived's UDP_CHECK without require_reply: a server that never answers (a DNS server
+    drops the empty datagram a UDP service's default monitor sends) is up; a closed port (ICMP
+    port unreachable) is down.  example.toml's "dns" service, which has no monitor, gets it."""
+    from lb.config import load
+    from lb.engine import check_spec
+
+    dns = next(vs for vs in load(Path(__file__).resolve().parents[1] / "configs" / "example.toml").virtual_servers
+               if vs.name == "dns")
+    spec, _ = check_spec(dns, dns.real_servers[0])
+    assert (spec.kind, spec.send, spec.expect) == ("udp", "", "")
+    silent = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)   # reads nothing, answers nothing
+    silent.bind((HOST, 0))
+
+    async def main():
+        return await asyncio.gather(
+            run_check(dataclasses.replace(spec, host=HOST, port=silent.getsockname()[1], connect_timeout=0.3)),
+            run_check(dataclasses.replace(spec, host=HOST, port=free_port(socket.SOCK_DGRAM), connect_timeout=3)))
+
+    with silent:
+        quiet, closed = run(main())
+    assert quiet.ok and quiet.detail == "no ICMP error within 0.3s", quiet
+    assert not closed.ok and closed.detail == "connection refused", closed
 
 
 # --------------------------------------------------------------------------------------------

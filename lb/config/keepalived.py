@@ -1489,7 +1489,7 @@ class _Builder:
         if kind in ("TCP_CHECK", "SMTP_CHECK") and (vs.opts.get("protocol") and
                                                     (vs.opts["protocol"].args or [""])[0].upper() == "UDP"):
             self.warn(c.stmt, fld, "lb checks the real servers of a UDP service in datagrams (a UDP check: an "
-                                   "empty datagram, a reply expected), not with a TCP connection; use UDP_CHECK or "
+                                   "empty datagram, down on an ICMP error), not with a TCP connection; use UDP_CHECK or "
                                    "DNS_CHECK, or MISC_CHECK for a TCP probe")
         checks, m["timeout"] = _down_after(interval, retry, pause, m["connect_timeout"])
         if retry > 0:
@@ -1571,10 +1571,7 @@ class _Builder:
         else:
             self.warn(c.stmt, fld, "no payload: lb's UDP check sends an empty datagram (keepalived a random one)")
         rr = c.opts.get("require_reply")
-        if rr is None:
-            self.warn(c.stmt, fld, "without require_reply keepalived counts a server up unless an ICMP error "
-                                   "comes back; lb's UDP check needs a reply")
-        elif rr.args:
+        if rr is not None and rr.args:
             hx = _hex_bytes(rr.args)
             if hx is None:
                 self.error(rr, f"{fld}.require_reply", "expected hexadecimal digits, X for any nibble")

@@ -77,8 +77,9 @@ MONITOR_KINDS: tuple[str, ...] = ("tcp", "send_expect", "udp", "http", "https", 
 class Monitor:
     """How a virtual server's real servers are checked (Piranha's nanny), and what a failure does.
 
-    The default is nanny's: a TCP connect every 2 s; dead after 10 s without success; back after
-    180 s of success; removed from scheduling when dead (quiesce = weight 0 instead)."""
+    The default is nanny's: a TCP connect every 2 s (a UDP service: an empty datagram, failed by
+    an ICMP error only); dead after 10 s without success; back after 180 s of success; removed
+    from scheduling when dead (quiesce = weight 0 instead)."""
 
     kind: str = "tcp"  # one of MONITOR_KINDS; "none" = always up
     send: str = ""  # send_expect/udp: sent after connecting (escapes \n \r \t \\ \' \" decoded)

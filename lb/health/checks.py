@@ -25,6 +25,7 @@ import hashlib
 import os
 import re
 import shlex
+import socket
 import ssl
 import time
 from dataclasses import dataclass
@@ -190,15 +191,25 @@ async def _check_udp(spec: CheckSpec) -> tuple[bool, str]:
     deadline = _deadline(spec)
     loop = asyncio.get_running_loop()
     fut = loop.create_future()
-    async with asyncio.timeout_at(deadline):
-        transport, _ = await loop.create_datagram_endpoint(lambda: _UDPReply(fut),
-                                                           remote_addr=(spec.host, spec.port))
+    # a socket of our own: asyncio's sendto() drops an empty datagram without a word
+    sock = socket.socket(socket.AF_INET6 if _is_ipv6(spec.host) else socket.AF_INET, socket.SOCK_DGRAM)
     try:
-        transport.sendto(decode_escapes(spec.send).encode("utf-8"))
+        sock.setblocking(False)
+        sock.connect((spec.host, spec.port))      # sends nothing; the peer's ICMP errors come to it
+        transport, _ = await loop.create_datagram_endpoint(lambda: _UDPReply(fut), sock=sock)
+    except BaseException:
+        sock.close()
+        raise
+    try:
+        sock.send(decode_escapes(spec.send).encode("utf-8"))
         try:
             async with asyncio.timeout_at(deadline):
                 data = await fut
         except TimeoutError:
+            if not spec.expect:
+                # keepalived's UDP_CHECK without require_reply: only an ICMP error (raised by
+                # the connected socket, above) fails; a DNS server drops an empty datagram
+                return True, f"no ICMP error within {spec.connect_timeout:g}s"
             return False, f"no reply within {spec.connect_timeout:g}s"
     finally:
         transport.close()
