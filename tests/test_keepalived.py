@@ -580,6 +580,31 @@ def test_script_user_and_misc_check_user_run_programs_as_that_user() -> None:
     assert not [w for w in warned(cfg) if "user" in w[1]]
 
 
+def test_misc_dynamic_exit_2_to_255_keeps_the_real_server_up() -> None:
+    """keepalived's misc_dynamic reads exit 0 as up, 1 as down, 2-255 as up with weight status - 2:
+    the imported check passes on 2-255 (lb keeps the configured weight, and says so)."""
+    import asyncio
+
+    from lb.engine import check_spec
+    from lb.health import run_check
+
+    text = HEAD + VS.replace("80 {\n  }", "80 {\n    MISC_CHECK {\n      misc_path \"/bin/sh -c 'exit $0' %s\"\n"
+                             "      misc_dynamic\n    }\n  }")
+    results = {}
+    for status in (0, 1, 2, 102, 255):
+        cfg = keepalived.loads(text % status, "k.conf")
+        vs = cfg.virtual_servers[0]
+        spec = dataclasses.replace(check_spec(vs, vs.real_servers[0])[0], user=None)
+        results[status] = asyncio.run(run_check(spec))
+    assert [s for s, r in results.items() if r.ok] == [0, 2, 102, 255], results
+    assert results[102].detail.startswith("exit status 102 (misc_dynamic: up)"), results[102]
+    assert results[1].detail.startswith("exit status 1;"), results[1]
+    assert vs.monitor.misc_dynamic and loads(totoml.dumps(cfg)).virtual_servers[0].monitor.misc_dynamic
+    [w] = not_timing(cfg)
+    assert (w.line, w.field) == (9, "virtual_server[192.0.2.1 80].real_server[192.0.2.5 80].MISC_CHECK.misc_dynamic")
+    assert "exit 2-255 keeps the real server up at its configured weight" in w.message, w.message
+
+
 GROUP_OF_THREE = """\
 global_defs {
   lb_public_interface pub0

@@ -43,7 +43,8 @@ Mapping (keepalived.conf(5) -> lb):
   TCP_CHECK -> tcp; HTTP_GET / SSL_GET -> http / https (the first ``url``: path, ``digest``,
   ``status_code`` (one range; default 200-299), ``regex`` -> body_regex; SSL_GET does not verify
   the certificate, as keepalived); MISC_CHECK -> program (``misc_path``, the real server's address
-  written %h; ``misc_timeout`` -> connect_timeout); UDP_CHECK -> udp (``payload`` and
+  written %h; ``misc_timeout`` -> connect_timeout; ``misc_dynamic``: exit 2-255 up too, at the
+  configured weight); UDP_CHECK -> udp (``payload`` and
   ``require_reply`` hex strings); DNS_CHECK -> udp sending the query (``type``, ``name``) and
   expecting its id and question back; SMTP_CHECK -> send_expect reading the 220 greeting.
   Timing: interval = ``delay_loop`` (60), connect_timeout (5), back at the first success (reentry 0).
@@ -207,8 +208,6 @@ CHECKER_NO_EFFECT = {
     "enable_sni": "no effect: lb's https checks send the virtualhost (or the address) as SNI",
     "sni_name": "no effect: lb's https checks send the virtualhost (or the address) as SNI",
     "tls_compliant": "no effect",
-    "misc_dynamic": "not supported: lb does not read weights from a program's exit status; a load monitor "
-                    "([virtual_server.load_monitor] kind = \"program\") sets weights from its output",
     "helo_name": "no effect: lb's SMTP check reads the 220 greeting and sends no HELO",
     "min_reply_length": "no effect: lb's UDP check compares the reply's start with require_reply",
     "max_reply_length": "no effect: lb's UDP check compares the reply's start with require_reply",
@@ -1476,6 +1475,13 @@ class _Builder:
             mu = c.opts.get("user")
             if mu is not None and mu.args:       # MISC_CHECK's `user USER [GROUP]`
                 m["script_user"] = mu.args[0]
+            md = c.opts.get("misc_dynamic")
+            if md is not None:
+                m["misc_dynamic"] = True
+                self.warn(md, f"{fld}.misc_dynamic", "lb does not set weights from a program's exit status: exit "
+                                                     "2-255 keeps the real server up at its configured weight; a "
+                                                     "load monitor ([virtual_server.load_monitor] kind = \"program\") "
+                                                     "sets weights from its output")
         elif kind == "UDP_CHECK":
             m["kind"] = "udp"
             m.update(self._udp(c, fld))
@@ -1643,7 +1649,7 @@ VS_KEYS = ("lb_algo", "lvs_sched", "lb_kind", "lvs_method", "protocol", "persist
 RS_KEYS = ("weight", "lvs_method", "uthreshold", "lthreshold", "inhibit_on_failure", "virtualhost",
            "connect_timeout", "retry", "delay_before_retry", "delay_loop")
 CHECKER_KEYS = ("connect_ip", "connect_port", "connect_timeout", "retry", "nb_get_retry", "delay_before_retry",
-                "delay_loop", "misc_path", "misc_timeout", "user", "payload", "require_reply", "type", "name",
+                "delay_loop", "misc_path", "misc_timeout", "misc_dynamic", "user", "payload", "require_reply", "type", "name",
                 "virtualhost", "host")
 
 

@@ -92,6 +92,7 @@ class Monitor:
     digest: str = ""  # http(s): MD5 of the body in hex (keepalived's HTTP_GET digest, genhash's); "" = none
     tls_verify: bool = True
     program: str = ""  # program: argv with %h (address) and %p (port); never run by a shell
+    misc_dynamic: bool = False  # program: exit 2-255 is up too (keepalived's misc_dynamic; weight not set)
     port: int | None = None  # check this port instead of the real server's
     interval: float = 2.0
     timeout: float = 10.0  # dead after this long without a successful check

@@ -146,7 +146,7 @@ MONITOR_KIND_KEYS: Final = {
     "use_regex": ("send_expect", "udp", "program"),
     "path": ("http", "https"), "host": ("http", "https"), "status": ("http", "https"),
     "body_regex": ("http", "https"), "digest": ("http", "https"), "tls_verify": ("https",),
-    "program": ("program",), "script_user": ("program",),
+    "program": ("program",), "misc_dynamic": ("program",), "script_user": ("program",),
 }
 RS_KEYS: Final = ("name", "address", "port", "weight", "active", "u_threshold", "l_threshold")
 PORT_GROUP_KEYS: Final = ("address", "protocol", "ports")
@@ -1082,6 +1082,7 @@ def _check_monitor(vs: _Table, user: str) -> Monitor | _Invalid:
     body_regex = keep(m.string("body_regex"))
     use_regex = keep(m.boolean("use_regex", d.use_regex))
     tls_verify = keep(m.boolean("tls_verify", d.tls_verify))
+    misc_dynamic = keep(m.boolean("misc_dynamic", d.misc_dynamic))
     quiesce = keep(m.boolean("quiesce", d.quiesce))
     port = keep(m.integer("port", PORT_RANGE))
     times = {k: keep(_seconds(m, k, getattr(d, k))) for k in ("interval", "timeout", "reentry", "connect_timeout")}
@@ -1115,7 +1116,7 @@ def _check_monitor(vs: _Table, user: str) -> Monitor | _Invalid:
     mon = Monitor(kind=kind, send=strings["send"] or "", expect=strings["expect"] or "", use_regex=use_regex,
                    path=strings["path"] or d.path, host=host, status=status, body_regex=body_regex,
                    digest=strings["digest"] or "", tls_verify=tls_verify, program=strings["program"] or "",
-                   port=port, quiesce=quiesce, script_user=script_user, **times)
+                   misc_dynamic=misc_dynamic, port=port, quiesce=quiesce, script_user=script_user, **times)
     # A key set to other than its default that this kind never reads is a mistake worth a word
     # (example.toml's full list of defaults is not).
     # the kind the checks run: a UDP service's tcp / send_expect monitor sends and expects in

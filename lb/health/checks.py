@@ -63,6 +63,7 @@ class CheckSpec:
     digest: str = ""          # http(s): MD5 of the body, lowercase hex (keepalived's genhash); "" none
     tls_verify: bool = True
     program: str = ""         # argv template (shlex-split); %h -> host, %p -> port, %% -> %
+    misc_dynamic: bool = False   # program: exit 2-255 passes too (keepalived: up, weight status - 2)
     connect_timeout: float = 3.0   # budget for the whole check
     user: str | None = None   # program: run as this user (None: the daemon's own)
 
@@ -438,12 +439,13 @@ async def _check_program(spec: CheckSpec) -> tuple[bool, str]:
         return False, f"printed more than {programs.OUTPUT_LIMIT} bytes; killed; stdout {_snip(out)}"
     text = out.decode("utf-8", errors="replace")
     rc = res.returncode
-    if rc != 0:
+    # keepalived's misc_dynamic reads 2-255 as up with weight rc - 2: up here, at the configured weight
+    if rc != 0 and not (spec.misc_dynamic and rc >= 2):
         how = f"killed by signal {-rc}" if rc < 0 else f"exit status {rc}"
         return False, f"{how}; stdout {_snip(out)}, stderr {_snip(err)}"
     if spec.expect and not _matches(spec.expect, spec.use_regex, text):
-        return False, f"exit status 0 but stdout lacks {spec.expect!r}: {_snip(out)}"
-    return True, f"exit status 0; stdout {_snip(out)}"
+        return False, f"exit status {rc} but stdout lacks {spec.expect!r}: {_snip(out)}"
+    return True, f"exit status {rc}" + (" (misc_dynamic: up)" if rc else "") + f"; stdout {_snip(out)}"
 
 
 _CHECKS = {
