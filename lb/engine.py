@@ -364,8 +364,9 @@ def check_spec(vs, rs) -> tuple[CheckSpec, NannyPolicy]:
     if kind in ("tcp", "send_expect") and vs.protocol == "udp":
         kind = "udp"            # a UDP service cannot be connect-checked: send/expect goes in datagrams
     spec = CheckSpec(kind=kind, host=str(rs.address), port=m.port or rs.effective_port(vs), send=m.send,
-                     expect=m.expect, use_regex=m.use_regex, path=m.path, host_header=m.host,
-                     status=m.status, body_regex=m.body_regex, digest=m.digest, tls_verify=m.tls_verify,
+                     expect=m.expect, use_regex=m.use_regex, reply_encoding=m.reply_encoding, path=m.path,
+                     host_header=m.host, status=m.status, body_regex=m.body_regex, digest=m.digest,
+                     tls_verify=m.tls_verify,
                      program=m.program, misc_dynamic=m.misc_dynamic, connect_timeout=m.connect_timeout,
                      user=m.script_user)
     return spec, NannyPolicy(interval=m.interval, timeout=m.timeout, reentry=m.reentry)

@@ -201,6 +201,7 @@ def test_udp():
                 run_check(CheckSpec("udp", HOST, port, send=r"ping\n", expect="PONG ping\n")),
                 run_check(CheckSpec("udp", HOST, port, send="x", expect=r"^PONG \w$", use_regex=True)),
                 run_check(CheckSpec("udp", HOST, port, send="x")),        # any reply
+                run_check(CheckSpec("udp", HOST, port, send="é", expect="PONG é")),   # read as UTF-8
                 run_check(CheckSpec("udp", HOST, port, send="x", expect="NOPE")),
                 run_check(CheckSpec("udp", HOST, free_port(socket.SOCK_DGRAM), send="x",
                                     expect="PONG", connect_timeout=0.5)),
@@ -208,8 +209,8 @@ def test_udp():
         finally:
             transport.close()
 
-    ok, regex, anyreply, wrong, closed = run(main())
-    assert ok.ok and regex.ok and anyreply.ok, (ok, regex, anyreply)
+    ok, regex, anyreply, utf8, wrong, closed = run(main())
+    assert ok.ok and regex.ok and anyreply.ok and utf8.ok, (ok, regex, anyreply, utf8)
     assert not wrong.ok and "PONG x" in wrong.detail
     # closed port: ICMP port unreachable (refused) on loopback, or at worst no reply
     assert not closed.ok and ("refused" in closed.detail or "no reply" in closed.detail)

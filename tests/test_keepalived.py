@@ -404,6 +404,53 @@ virtual_server 192.0.2.1 5000 {
     assert w.message.endswith("this one differs in connect_timeout")
 
 
+def udp_check(vs, reply: bytes):
+    """The imported check of vs's first real server, run against a server on 127.0.0.1 that
+    answers each datagram with `reply`."""
+    import asyncio
+
+    from lb.engine import check_spec
+    from lb.health import run_check
+
+    class Answer(asyncio.DatagramProtocol):
+        def connection_made(self, transport):
+            self.transport = transport
+
+        def datagram_received(self, data, addr):
+            self.transport.sendto(reply, addr)
+
+    async def main():
+        transport, _ = await asyncio.get_running_loop().create_datagram_endpoint(Answer, local_addr=("127.0.0.1", 0))
+        try:
+            spec = check_spec(vs, vs.real_servers[0])[0]
+            return await run_check(dataclasses.replace(spec, host="127.0.0.1",
+                                                       port=transport.get_extra_info("sockname")[1]))
+        finally:
+            transport.close()
+    return asyncio.run(main())
+
+
+def test_udp_require_reply_is_matched_on_bytes() -> None:
+    """keepalived compares require_reply byte by byte, X a nibble of any value: so does the
+    imported check, whatever the reply's bytes are as UTF-8 (a two-byte sequence, a byte that
+    starts a sequence left unfinished, exact bytes 80-ff)."""
+    text = HEAD + VS.replace("lb_kind DR", "lb_kind DR\n  protocol UDP").replace(
+        "80 {\n  }", "80 {\n    UDP_CHECK {\n      payload 41\n      require_reply %s\n    }\n  }")
+    cases = [("XX XX 41", b"\xc3\xa9A", True),      # "é" in UTF-8: two bytes, one character
+             ("XX XX 41", b"\xc3\xa9B", False),
+             ("eX 41", b"\xe2A", True),            # the start of a 3-byte sequence, cut short
+             ("ff 4X", b"\xffC", True),             # exact bytes 80-ff are compared too
+             ("ff 4X", b"\xfeC", False)]
+    got, warnings = [], []
+    for rr, reply, _ in cases:
+        cfg = keepalived.loads(text % rr, "k.conf")
+        warnings += not_timing(cfg)
+        got.append(udp_check(cfg.virtual_servers[0], reply).ok)
+    assert got == [ok for _, _, ok in cases]
+    assert warnings == []
+    assert loads(totoml.dumps(cfg)).virtual_servers[0].monitor.reply_encoding == "latin-1"
+
+
 def test_tcp_check_of_a_udp_service_is_a_warning() -> None:
     cfg = keepalived.loads(HEAD + VS.replace("lb_kind DR", "lb_kind DR\n  protocol UDP").replace(
         "80 {\n  }", "80 {\n    TCP_CHECK {\n    }\n  }"), "k.conf")

@@ -45,7 +45,7 @@ Mapping (keepalived.conf(5) -> lb):
   the certificate, as keepalived); MISC_CHECK -> program (``misc_path``, the real server's address
   written %h; ``misc_timeout`` -> connect_timeout; ``misc_dynamic``: exit 2-255 up too, at the
   configured weight); UDP_CHECK -> udp (``payload`` and
-  ``require_reply`` hex strings); DNS_CHECK -> udp sending the query (``type``, ``name``) and
+  ``require_reply`` hex strings, the reply matched byte by byte: reply_encoding latin-1); DNS_CHECK -> udp sending the query (``type``, ``name``) and
   expecting its id and question back; SMTP_CHECK -> send_expect reading the 220 greeting.
   Timing: interval = ``delay_loop`` (60), connect_timeout (5), back at the first success (reentry 0).
   keepalived takes a real server down after ``retry`` + 1 failed checks (``retry`` or its old name
@@ -1581,21 +1581,16 @@ class _Builder:
             hx = _hex_bytes(rr.args)
             if hx is None:
                 self.error(rr, f"{fld}.require_reply", "expected hexadecimal digits, X for any nibble")
-            elif any(b is not None and b >= 0x80 and mk is None for b, mk in zip(hx[0], hx[1])):
-                self.warn(rr, f"{fld}.require_reply", "no effect: lb compares replies as text (bytes 00-7f); "
-                                                      "any reply counts")
             else:
                 parts = []
                 for b, mk in zip(hx[0], hx[1]):
                     assert b is not None
                     if mk is None:
-                        parts.append(re.escape(chr(b)))
-                    else:  # X nibbles: every byte they allow (bytes 80-ff read as U+FFFD)
-                        allowed = sorted({chr(v) if v < 0x80 else "\ufffd" for v in range(256) if v & ~mk == b & ~mk})
-                        parts.append("[" + "".join(f"\\x{ord(c):02x}" if ord(c) < 0x80 else "\\ufffd"
-                                                   for c in allowed) + "]")
-                m["expect"] = "\\A" + "".join(parts)
-                m["use_regex"] = True
+                        parts.append(re.escape(chr(b)) if b < 0x80 else f"\\x{b:02x}")
+                    else:  # X nibbles: every byte they allow
+                        parts.append("[" + "".join(f"\\x{v:02x}" for v in range(256) if v & ~mk == b & ~mk) + "]")
+                # matched on bytes: the check reads the reply one character a byte
+                m.update(expect="\\A" + "".join(parts), use_regex=True, reply_encoding="latin-1")
         return m
 
     def _dns(self, c: _Checker, fld: str) -> dict[str, Any]:
@@ -1649,8 +1644,8 @@ VS_KEYS = ("lb_algo", "lvs_sched", "lb_kind", "lvs_method", "protocol", "persist
 RS_KEYS = ("weight", "lvs_method", "uthreshold", "lthreshold", "inhibit_on_failure", "virtualhost",
            "connect_timeout", "retry", "delay_before_retry", "delay_loop")
 CHECKER_KEYS = ("connect_ip", "connect_port", "connect_timeout", "retry", "nb_get_retry", "delay_before_retry",
-                "delay_loop", "misc_path", "misc_timeout", "misc_dynamic", "user", "payload", "require_reply", "type", "name",
-                "virtualhost", "host")
+                "delay_loop", "misc_path", "misc_timeout", "misc_dynamic", "user", "payload", "require_reply", "type",
+                "name", "virtualhost", "host")
 
 
 # --- public API -----------------------------------------------------------------------------------

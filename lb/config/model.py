@@ -71,6 +71,7 @@ class RealServer:
 
 
 MONITOR_KINDS: tuple[str, ...] = ("tcp", "send_expect", "udp", "http", "https", "program", "none")
+REPLY_ENCODINGS: tuple[str, ...] = ("utf-8", "latin-1")
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,6 +86,7 @@ class Monitor:
     send: str = ""  # send_expect/udp: sent after connecting (escapes \n \r \t \\ \' \" decoded)
     expect: str = ""  # substring (or regex with use_regex) the reply must contain
     use_regex: bool = False
+    reply_encoding: str = "utf-8"  # udp: the reply as text; "latin-1": one character a byte (byte masks)
     path: str = "/"  # http(s)
     host: str | None = None  # http(s) Host header
     status: tuple[int, int] = (200, 399)  # http(s) accepted status range

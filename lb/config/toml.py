@@ -38,6 +38,7 @@ from .model import (
     DEFAULT_SCHEDULER,
     DEFAULT_SCRIPT_USER,
     MONITOR_KINDS,
+    REPLY_ENCODINGS,
     NETWORKS,
     PORT_RANGE,
     PROTOCOLS,
@@ -143,7 +144,7 @@ LOAD_MONITOR_KEYS: Final = tuple(f.name for f in dataclasses.fields(LoadMonitor)
 # timeout, reentry, connect_timeout, quiesce) every kind but "none" uses.
 MONITOR_KIND_KEYS: Final = {
     "send": ("send_expect", "udp"), "expect": ("send_expect", "udp", "program"),
-    "use_regex": ("send_expect", "udp", "program"),
+    "use_regex": ("send_expect", "udp", "program"), "reply_encoding": ("udp",),
     "path": ("http", "https"), "host": ("http", "https"), "status": ("http", "https"),
     "body_regex": ("http", "https"), "digest": ("http", "https"), "tls_verify": ("https",),
     "program": ("program",), "misc_dynamic": ("program",), "script_user": ("program",),
@@ -1081,6 +1082,7 @@ def _check_monitor(vs: _Table, user: str) -> Monitor | _Invalid:
     script_user = keep(_script_user(m, user))
     body_regex = keep(m.string("body_regex"))
     use_regex = keep(m.boolean("use_regex", d.use_regex))
+    reply_encoding = keep(m.choice("reply_encoding", REPLY_ENCODINGS, d.reply_encoding, "reply encoding"))
     tls_verify = keep(m.boolean("tls_verify", d.tls_verify))
     misc_dynamic = keep(m.boolean("misc_dynamic", d.misc_dynamic))
     quiesce = keep(m.boolean("quiesce", d.quiesce))
@@ -1114,6 +1116,7 @@ def _check_monitor(vs: _Table, user: str) -> Monitor | _Invalid:
     if keep.bad:
         return INVALID
     mon = Monitor(kind=kind, send=strings["send"] or "", expect=strings["expect"] or "", use_regex=use_regex,
+                   reply_encoding=reply_encoding,
                    path=strings["path"] or d.path, host=host, status=status, body_regex=body_regex,
                    digest=strings["digest"] or "", tls_verify=tls_verify, program=strings["program"] or "",
                    misc_dynamic=misc_dynamic, port=port, quiesce=quiesce, script_user=script_user, **times)

@@ -56,6 +56,7 @@ class CheckSpec:
     send: str = ""            # send_expect/udp payload; escapes decoded by decode_escapes()
     expect: str = ""          # plain substring, or a regex (re.search) when use_regex
     use_regex: bool = False
+    reply_encoding: str = "utf-8"   # udp: how a reply becomes text; "latin-1" keeps one character a byte
     path: str = "/"
     host_header: str | None = None   # default: host[:port]; also the TLS SNI/verify name for https
     status: tuple[int, int] = (200, 399)   # inclusive range of good HTTP status codes
@@ -216,7 +217,7 @@ async def _check_udp(spec: CheckSpec) -> tuple[bool, str]:
         transport.close()
     if not spec.expect:
         return True, f"reply {_snip(data)}"
-    if _matches(spec.expect, spec.use_regex, data.decode("utf-8", errors="replace")):
+    if _matches(spec.expect, spec.use_regex, data.decode(spec.reply_encoding, errors="replace")):
         return True, f"matched {spec.expect!r}"
     return False, f"reply without {spec.expect!r}: {_snip(data)}"
 
