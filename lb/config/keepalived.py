@@ -44,9 +44,10 @@ Mapping (keepalived.conf(5) -> lb):
   ``status_code`` (one range; default 200-299), ``regex`` -> body_regex; SSL_GET does not verify
   the certificate, as keepalived); MISC_CHECK -> program (``misc_path``, the real server's address
   written %h; ``misc_timeout`` -> connect_timeout; ``misc_dynamic``: exit 2-255 up too, at the
-  configured weight); UDP_CHECK -> udp (``payload`` and
-  ``require_reply`` hex strings, the reply matched byte by byte: reply_encoding latin-1); DNS_CHECK -> udp sending the query (``type``, ``name``) and
-  expecting its id and question back; SMTP_CHECK -> send_expect reading the 220 greeting.
+  configured weight); UDP_CHECK -> udp (``payload`` and ``require_reply`` hex strings, the reply
+  matched byte by byte: reply_encoding latin-1); DNS_CHECK -> udp sending the query (``type``,
+  ``name``) and expecting its id, QR set, RCODE 0 and its question back; SMTP_CHECK ->
+  send_expect reading the 220 greeting.
   Timing: interval = ``delay_loop`` (60), connect_timeout (5), back at the first success (reentry 0).
   keepalived takes a real server down after ``retry`` + 1 failed checks (``retry`` or its old name
   ``nb_get_retry``, of the checker, else the real server, else the virtual server; default 1,
@@ -1608,9 +1609,13 @@ class _Builder:
         question = b"".join(bytes([len(x)]) + x.encode() for x in labels) + b"\0" + \
             DNS_TYPES[qtype].to_bytes(2, "big") + b"\0\1"
         query = DNS_ID + b"\1\0\0\1\0\0\0\0\0\0" + question
-        # the reply: our id, flags and counts (10 bytes), then the question as asked
-        return {"send": query.decode("ascii"), "expect": "\\A" + re.escape(DNS_ID.decode()) + "[\\s\\S]{10}"
-                + re.escape(question.decode("ascii")), "use_regex": True}
+        # the reply, as keepalived's check_dns takes it: our id; QR set (a reply, not the query
+        # echoed); any opcode and flags but RCODE 0 (not SERVFAIL, REFUSED...); the counts; the
+        # question as asked.  Matched on bytes (latin-1: one character a byte)
+        rcode_0 = "".join(f"\\x{v:02x}" for v in range(0, 256, 16))
+        return {"send": query.decode("ascii"), "expect": "\\A" + re.escape(DNS_ID.decode()) + "[\\x80-\\xff]["
+                + rcode_0 + "][\\s\\S]{8}" + re.escape(question.decode("ascii")), "use_regex": True,
+                "reply_encoding": "latin-1"}
 
 
 def _down_after(interval: float, retry: int, pause: float, connect_timeout: float) -> tuple[int, float]:
