@@ -389,6 +389,50 @@ def test_https(cert, monkeypatch):
     assert not wrong_name.ok and "verif" in wrong_name.detail, wrong_name
 
 
+def test_https_check_that_times_out_aborts_its_connection(cert):
+    """A server that completes the TLS handshake, then answers nothing -- not the request, not
+    the close_notify of an orderly TLS close: the timed-out check aborts its connection, which
+    the server sees closed, instead of asyncio holding the socket 30 s (ssl_shutdown_timeout)
+    for a close_notify that never comes."""
+    import os
+    import ssl
+    import threading
+
+    crt, key = cert
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.load_cert_chain(crt, key)
+    listener = socket.create_server((HOST, 0))
+    seen = {}
+
+    def serve():
+        conn, _ = listener.accept()
+        with ctx.wrap_socket(conn, server_side=True) as tls:            # the handshake, done
+            with socket.socket(fileno=os.dup(tls.fileno())) as raw:     # the TCP stream under it
+                raw.settimeout(5)                                       # asyncio's TLS close: 30
+                try:
+                    while raw.recv(4096):       # the request, a close_notify: read, never answered
+                        pass
+                    seen["closed"] = "FIN"
+                except ConnectionResetError:
+                    seen["closed"] = "RST"
+                except TimeoutError:
+                    seen["closed"] = "still open after 5 s"
+
+    server = threading.Thread(target=serve, daemon=True)
+    server.start()
+
+    async def main():
+        res = await run_check(CheckSpec("https", HOST, listener.getsockname()[1], tls_verify=False,
+                                        connect_timeout=0.5))
+        await asyncio.to_thread(server.join, 8)   # the loop runs on meanwhile (a TLS close would)
+        return res
+
+    with listener:
+        res = run(main())
+    assert not res.ok and res.detail == "timed out after 0.5s", res
+    assert seen.get("closed") in ("FIN", "RST"), seen
+
+
 # --------------------------------------------------------------------------------------------
 # program
 

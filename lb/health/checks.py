@@ -117,9 +117,14 @@ def _matches(pattern: str, use_regex: bool, text: str) -> bool:
     return pattern in text
 
 
-def _close(writer: asyncio.StreamWriter) -> None:
+def _close(writer: asyncio.StreamWriter, abort: bool = False) -> None:
+    """Close the connection; ``abort``: at once, without TLS's close_notify exchange (a server
+    that never answers it would hold the socket for asyncio's ssl_shutdown_timeout, 30 s)."""
     try:
-        writer.close()
+        if abort:
+            writer.transport.abort()
+        else:
+            writer.close()
     except Exception:
         pass
 
@@ -368,10 +373,13 @@ async def _check_http(spec: CheckSpec) -> tuple[bool, str]:
         return False, problem
     request = (f"GET {path} HTTP/1.1\r\nHost: {host_header}\r\nUser-Agent: lb-health\r\n"
                f"Accept: */*\r\nConnection: close\r\n\r\n").encode("utf-8")
+    # a TLS close after a full answer waits for the server's close_notify no longer than a check
+    shutdown = {"ssl_shutdown_timeout": spec.connect_timeout} if tls else {}
     async with asyncio.timeout_at(_deadline(spec)):
         reader, writer = await asyncio.open_connection(spec.host, spec.port, ssl=ctx,
                                                        server_hostname=server_hostname,
-                                                       limit=BODY_LIMIT)
+                                                       limit=BODY_LIMIT, **shutdown)
+        answered = False        # else (a failure, the timeout) the connection is aborted
         try:
             writer.write(request)
             await writer.drain()
@@ -396,6 +404,7 @@ async def _check_http(spec: CheckSpec) -> tuple[bool, str]:
             if not lo <= code <= hi:
                 return False, f"status {code} not in {lo}-{hi}"
             if spec.body_regex is None and not spec.digest:
+                answered = True
                 return True, f"status {code}"
             headers = {}
             for line in lines[1:]:
@@ -406,8 +415,9 @@ async def _check_http(spec: CheckSpec) -> tuple[bool, str]:
                 body = b"" if code in (204, 304) else await _read_body(reader, headers, BODY_LIMIT)
             except ValueError as e:             # a chunk size that is none
                 return False, f"status {code}, malformed chunked body: {e}"
+            answered = True
         finally:
-            _close(writer)
+            _close(writer, abort=not answered)
     if spec.digest:
         if len(body) >= BODY_LIMIT:
             return False, f"status {code}, body of {BODY_LIMIT} bytes or more: no digest taken"
