@@ -334,6 +334,47 @@ def test_http_digest():
     assert not both.ok and "does not match 'goodbye'" in both.detail
 
 
+def test_http_digest_of_a_body_past_64_kib():
+    """keepalived's genhash digests a body of any size: lb's digest streams the body through
+    the MD5 up to DIGEST_LIMIT (16 MiB) bytes, with a Content-Length, chunked, or up to the close;
+    a longer body fails, saying why."""
+    from lb.health.checks import DIGEST_LIMIT
+
+    big = bytes(range(256)) * (1 << 12)           # 1 MiB
+    huge = b"x" * (DIGEST_LIMIT + 1)
+
+    async def handle(r, w):
+        path = (await r.readuntil(b"\r\n\r\n")).split()[1]
+        body = huge if path == b"/huge" else big
+        if path == b"/chunked":
+            w.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+            for i in range(0, len(body), 100_000):
+                part = body[i:i + 100_000]
+                w.write(b"%x\r\n%s\r\n" % (len(part), part))
+            w.write(b"0\r\n\r\n")
+        elif path == b"/close":
+            w.write(b"HTTP/1.1 200 OK\r\n\r\n" + body)
+        else:
+            w.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
+        await w.drain()
+        w.close()
+
+    async def main():
+        srv = await asyncio.start_server(handle, HOST, 0)
+        port = srv.sockets[0].getsockname()[1]
+        good = hashlib.md5(big).hexdigest()
+        async with srv:
+            return await asyncio.gather(*(run_check(CheckSpec("http", HOST, port, path=p, digest=good))
+                                          for p in ("/", "/chunked", "/close", "/huge")))
+
+    length, chunked, close, huge_res = run(main())
+    good = hashlib.md5(big).hexdigest()
+    for res in (length, chunked, close):
+        assert res.ok and res.detail == f"status 200, body digest {good}", res
+    assert not huge_res.ok and huge_res.detail == (f"status 200, body of more than {DIGEST_LIMIT} bytes: "
+                                                   f"no digest taken"), huge_res
+
+
 @pytest.fixture(scope="module")
 def cert(tmp_path_factory):
     if not shutil.which("openssl"):

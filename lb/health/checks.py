@@ -9,7 +9,8 @@ real server: its result is ``not_run``, which lb.health.monitor does not count a
 program's run time), not only the TCP handshake.  Reads are bounded in bytes too: send/expect
 reads READ_LIMIT bytes, HTTP(S) at most BODY_LIMIT bytes of headers and of body whatever a
 Content-Length or chunk size announces (a chunk of 2^40 bytes is read BODY_LIMIT bytes far, then
-the connection is closed), and a program at most lb.programs.OUTPUT_LIMIT bytes of output (it
+the connection is closed) -- with a digest, DIGEST_LIMIT bytes of body pass through the MD5,
+BODY_LIMIT of them kept for body_regex -- and a program at most lb.programs.OUTPUT_LIMIT bytes of output (it
 is killed when it prints more).
 
 A "program" check runs through lb.programs (no shell, as ``CheckSpec.user``, minimal
@@ -29,6 +30,7 @@ import socket
 import ssl
 import time
 from dataclasses import dataclass
+from typing import Callable
 
 from lb import programs
 
@@ -38,6 +40,7 @@ KINDS = ("tcp", "send_expect", "udp", "http", "https", "program")
 
 READ_LIMIT = 4096        # send_expect: bytes read while looking for `expect`
 BODY_LIMIT = 64 * 1024   # http(s): body bytes matched against body_regex; also the header limit
+DIGEST_LIMIT = 16 << 20  # http(s) digest: body bytes taken into the MD5 (streamed, not kept)
 SNIP = 120               # characters of a reply quoted in a detail
 
 # A check that fails with one of these never reached the real server: the director is out of
@@ -250,12 +253,13 @@ _STATUS_CODE = re.compile(r"[0-9]{3}")            # RFC 9112: exactly three ASCI
 _CONTENT_LENGTH = re.compile(r"[0-9]{1,19}")      # ASCII digits (str.isdigit() takes '²'), < 2^63
 
 
-async def _read_chunked(reader: asyncio.StreamReader, limit: int) -> bytes:
-    """A chunked body's first ``limit`` bytes; never more is read or kept, whatever the chunk
-    sizes say (the caller closes the connection on the rest)."""
-    body = bytearray()
+async def _read_chunked(reader: asyncio.StreamReader, limit: int, feed: Callable[[bytes], None]) -> int:
+    """Feed a chunked body's first ``limit`` bytes to ``feed``, piece by piece; never more is
+    read, whatever the chunk sizes say (the caller closes the connection on the rest).  Returns
+    the number of bytes fed."""
+    got = 0
     try:
-        while len(body) < limit:
+        while got < limit:
             line = await reader.readline()
             if not line:
                 break
@@ -265,11 +269,12 @@ async def _read_chunked(reader: asyncio.StreamReader, limit: int) -> bytes:
             size = int(token, 16)
             if size == 0:
                 break
-            while size and len(body) < limit:
-                part = await reader.read(min(size, limit - len(body)))
+            while size and got < limit:
+                part = await reader.read(min(size, limit - got, BODY_LIMIT))
                 if not part:
-                    return bytes(body)
-                body += part
+                    return got
+                feed(part)
+                got += len(part)
                 size -= len(part)
             if size:
                 break                   # the limit fell inside this chunk
@@ -279,8 +284,10 @@ async def _read_chunked(reader: asyncio.StreamReader, limit: int) -> bytes:
             if end.rstrip(b"\r\n"):
                 raise ValueError(f"chunk data followed by {_snip(end)}, not a line end")
     except asyncio.IncompleteReadError as e:
-        body += e.partial[: max(0, limit - len(body))]
-    return bytes(body[:limit])
+        part = e.partial[: max(0, limit - got)]
+        feed(part)
+        got += len(part)
+    return got
 
 
 async def _read_head(reader: asyncio.StreamReader) -> list[str]:
@@ -308,23 +315,23 @@ async def _read_head(reader: asyncio.StreamReader) -> list[str]:
         lines.append(text)
 
 
-async def _read_body(reader: asyncio.StreamReader, headers: dict[str, str], limit: int) -> bytes:
+async def _read_body(reader: asyncio.StreamReader, headers: dict[str, str], limit: int,
+                     feed: Callable[[bytes], None]) -> int:
+    """Feed the body's first ``limit`` bytes to ``feed`` as they come (BODY_LIMIT at most at a
+    time); the number of bytes fed."""
     if "chunked" in headers.get("transfer-encoding", "").lower():
-        return await _read_chunked(reader, limit)
+        return await _read_chunked(reader, limit, feed)
     length = headers.get("content-length", "")
     if _CONTENT_LENGTH.fullmatch(length):
-        n = min(int(length), limit)
-        try:
-            return await reader.readexactly(n)
-        except asyncio.IncompleteReadError as e:
-            return e.partial
-    body = b""
-    while len(body) < limit:
-        chunk = await reader.read(limit - len(body))
-        if not chunk:
+        limit = min(int(length), limit)
+    got = 0
+    while got < limit:
+        part = await reader.read(min(limit - got, BODY_LIMIT))
+        if not part:
             break
-        body += chunk
-    return body
+        feed(part)
+        got += len(part)
+    return got
 
 
 def _header_problem(what: str, value: str) -> str | None:
@@ -411,17 +418,28 @@ async def _check_http(spec: CheckSpec) -> tuple[bool, str]:
                 if ":" in line:
                     k, v = line.split(":", 1)
                     headers[k.strip().lower()] = v.strip()
+            # the digest is taken as the body streams by (keepalived's genhash digests any
+            # size: DIGEST_LIMIT bytes here, within the check's time); body_regex reads its start
+            kept = bytearray()
+            md5 = hashlib.md5(usedforsecurity=False)
+
+            def feed(part: bytes) -> None:
+                md5.update(part)
+                kept.extend(part[:BODY_LIMIT - len(kept)])
+
+            limit = DIGEST_LIMIT + 1 if spec.digest else BODY_LIMIT
             try:
-                body = b"" if code in (204, 304) else await _read_body(reader, headers, BODY_LIMIT)
+                size = 0 if code in (204, 304) else await _read_body(reader, headers, limit, feed)
             except ValueError as e:             # a chunk size that is none
                 return False, f"status {code}, malformed chunked body: {e}"
             answered = True
         finally:
             _close(writer, abort=not answered)
+    body = bytes(kept)
     if spec.digest:
-        if len(body) >= BODY_LIMIT:
-            return False, f"status {code}, body of {BODY_LIMIT} bytes or more: no digest taken"
-        got = hashlib.md5(body, usedforsecurity=False).hexdigest()
+        if size > DIGEST_LIMIT:
+            return False, f"status {code}, body of more than {DIGEST_LIMIT} bytes: no digest taken"
+        got = md5.hexdigest()
         if got != spec.digest:
             return False, f"status {code}, body digest {got}, expected {spec.digest}"
         if spec.body_regex is None:
