@@ -828,7 +828,9 @@ class Engine:
                 continue
             if old:
                 old[3].cancel()
-            mon = Monitor(key, spec, policy, self._health_changed, initial_up=self.health.get(key, True))
+            # _health_changed logs each transition: the monitor does not too
+            mon = Monitor(key, spec, policy, self._health_changed, initial_up=self.health.get(key, True),
+                          log_changes=False)
             self.monitors[key] = (spec, policy, mon, mon.start())
         if self._dirty and self._wake is not None:
             self._wake.set()

@@ -17,7 +17,8 @@ State machine (Piranha's nanny):
   counted (``not_run``) and logged at most once a minute for all monitors together.
 
 :meth:`Monitor.observe` is the state machine (no I/O: it takes the time explicitly); on a
-transition it logs (logger ``lb.health``), counts and calls ``on_change(key, up, reason)``.
+transition it logs (logger ``lb.health``; not with ``log_changes=False``: lb.engine's on_change
+logs it in service terms), counts and calls ``on_change(key, up, reason)``.
 :meth:`Monitor.run` drives it: a check every ``policy.interval`` seconds until cancelled;
 :meth:`Monitor.start` runs it under lb.tasks.supervise, so an unexpected error is logged with the
 monitor's key and check, and the monitor restarts instead of silently stopping.
@@ -53,13 +54,15 @@ class NannyPolicy:
 class Monitor:
     def __init__(self, key: Any, spec: CheckSpec, policy: NannyPolicy,
                  on_change: Callable[[Any, bool, str], None] | None,
-                 clock: Callable[[], float] = time.monotonic, *, initial_up: bool = True):
+                 clock: Callable[[], float] = time.monotonic, *, initial_up: bool = True,
+                 log_changes: bool = True):
         self.key = key
         self.spec = spec
         self.policy = policy
         self.on_change = on_change
         self.clock = clock
         self.up = bool(initial_up)
+        self.log_changes = log_changes
         self.last: CheckResult | None = None
         self.changes = 0                     # number of transitions so far
         self.downs = 0                       # ... of them to down
@@ -143,8 +146,9 @@ class Monitor:
         self.since = now
         self.since_wall = time.time()
         self.reason = reason
-        log.log(logging.INFO if up else logging.WARNING, "%s (%s %s:%s): %s -> %s: %s", self.key,
-                self.spec.kind, self.spec.host, self.spec.port, old, self.state, reason)
+        if self.log_changes:
+            log.log(logging.INFO if up else logging.WARNING, "%s (%s %s:%s): %s -> %s: %s", self.key,
+                    self.spec.kind, self.spec.host, self.spec.port, old, self.state, reason)
         if self.on_change is not None:
             try:
                 self.on_change(self.key, up, reason)
