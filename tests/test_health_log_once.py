@@ -19,12 +19,8 @@ network = "direct"
 name = "web"
 address = "198.18.0.10"
 port = 80
-  [virtual_server.monitor]
-  kind = "tcp"
-  timeout = 0
-  reentry = 0
-  [[virtual_server.real_server]]
-  address = "198.18.1.11"
+monitor = { kind = "tcp", timeout = 0, reentry = 0 }     # down at the first failure, up at the first success
+real_server = [{ address = "198.18.1.11" }]
 """
 
 
