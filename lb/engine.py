@@ -366,9 +366,8 @@ def check_spec(vs, rs) -> tuple[CheckSpec, NannyPolicy]:
     spec = CheckSpec(kind=kind, host=str(rs.address), port=m.port or rs.effective_port(vs), send=m.send,
                      expect=m.expect, use_regex=m.use_regex, reply_encoding=m.reply_encoding, path=m.path,
                      host_header=m.host, status=m.status, body_regex=m.body_regex, digest=m.digest,
-                     tls_verify=m.tls_verify,
-                     program=m.program, misc_dynamic=m.misc_dynamic, connect_timeout=m.connect_timeout,
-                     user=m.script_user)
+                     tls_verify=m.tls_verify, program=m.program, misc_dynamic=m.misc_dynamic,
+                     connect_timeout=m.connect_timeout, user=m.script_user)
     return spec, NannyPolicy(interval=m.interval, timeout=m.timeout, reentry=m.reentry)
 
 

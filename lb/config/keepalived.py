@@ -1496,8 +1496,8 @@ class _Builder:
         if kind in ("TCP_CHECK", "SMTP_CHECK") and (vs.opts.get("protocol") and
                                                     (vs.opts["protocol"].args or [""])[0].upper() == "UDP"):
             self.warn(c.stmt, fld, "lb checks the real servers of a UDP service in datagrams (a UDP check: an "
-                                   "empty datagram, down on an ICMP error), not with a TCP connection; use UDP_CHECK or "
-                                   "DNS_CHECK, or MISC_CHECK for a TCP probe")
+                                   "empty datagram, down on an ICMP error), not with a TCP connection; use "
+                                   "UDP_CHECK or DNS_CHECK, or MISC_CHECK for a TCP probe")
         checks, m["timeout"] = _down_after(interval, retry, pause, m["connect_timeout"])
         if retry > 0:
             st = rt or dbr or c.stmt

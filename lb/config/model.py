@@ -91,7 +91,7 @@ class Monitor:
     host: str | None = None  # http(s) Host header
     status: tuple[int, int] = (200, 399)  # http(s) accepted status range
     body_regex: str | None = None
-    digest: str = ""  # http(s): MD5 of the body (16 MiB at most) in hex (keepalived's HTTP_GET digest); "" = none
+    digest: str = ""  # http(s): MD5 of the body (16 MiB at most), hex (keepalived's HTTP_GET digest); "" = none
     tls_verify: bool = True
     program: str = ""  # program: argv with %h (address) and %p (port); never run by a shell
     misc_dynamic: bool = False  # program: exit 2-255 is up too (keepalived's misc_dynamic; weight not set)

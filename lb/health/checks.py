@@ -10,8 +10,8 @@ program's run time), not only the TCP handshake.  Reads are bounded in bytes too
 reads READ_LIMIT bytes, HTTP(S) at most BODY_LIMIT bytes of headers and of body whatever a
 Content-Length or chunk size announces (a chunk of 2^40 bytes is read BODY_LIMIT bytes far, then
 the connection is closed) -- with a digest, DIGEST_LIMIT bytes of body pass through the MD5,
-BODY_LIMIT of them kept for body_regex -- and a program at most lb.programs.OUTPUT_LIMIT bytes of output (it
-is killed when it prints more).
+BODY_LIMIT of them kept for body_regex -- and a program at most lb.programs.OUTPUT_LIMIT bytes
+of output (it is killed when it prints more).
 
 A "program" check runs through lb.programs (no shell, as ``CheckSpec.user``, minimal
 environment) with ``LB_HOST`` and ``LB_PORT`` set to the real server's address and port (what
