@@ -137,6 +137,7 @@ def udp_check(vs, reply: bytes):
                                                        port=transport.get_extra_info("sockname")[1]))
         finally:
             transport.close()
+
     return asyncio.run(main())
 
 
