@@ -79,15 +79,21 @@ def root_only_changes(old, new) -> list[str]:
         out.append("[ha] notify / script_user")
 
     def runs(vs):
+        # whatever the kind: a program kept under kind "tcp" is root's all the same, and comes back
+        # unchanged when the kind does
         mon, load = vs.monitor, vs.load_monitor
-        return ((mon.kind == "program" and (mon.program, mon.script_user)),
-                (load is not None and load.kind == "program" and (load.program, load.script_user)))
-    before = {vs.name: runs(vs) for vs in old.virtual_servers}
+        return ((mon.program, mon.script_user) if mon.program else None,
+                (load.program, load.script_user) if load is not None and load.program else None)
+
+    # a service is matched by its name or by its key (protocol, address, port or its fwmark: a
+    # rename keeps it); what it runs may stay as either had it
+    by_name = {vs.name: runs(vs) for vs in old.virtual_servers}
+    by_key = {vs.key: runs(vs) for vs in old.virtual_servers}
     for vs in new.virtual_servers:
         now = runs(vs)
-        was = before.get(vs.name, (False, False))
-        for what, a, b in (("monitor", was[0], now[0]), ("load_monitor", was[1], now[1])):
-            if b and a != b:
+        was = [by_name.get(vs.name, (None, None)), by_key.get(vs.key, (None, None))]
+        for i, what in enumerate(("monitor", "load_monitor")):
+            if now[i] and all(w[i] != now[i] for w in was):
                 out.append(f"virtual_server '{vs.name}' {what}.program / script_user")
     return out
 

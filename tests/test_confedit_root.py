@@ -83,3 +83,31 @@ def test_ha_without_notify_programs_is_the_consoles_to_add(tmp_path):
     assert "only root" not in str(reply.get("error")), reply
     reply = put(eng, lambda d: d.update(ha={**ha, "notify": ["/usr/local/bin/tell %s"]}), root=False)
     assert reply["ok"] is False and reply["error"].startswith("[ha] notify / script_user: only root"), reply
+
+
+def test_what_root_set_running_stays_the_consoles_to_edit_around(tmp_path):
+    """The check matched services by name and looked at a program only under kind "program":
+    renaming a service whose monitor runs root's program, or switching its kind to tcp and back
+    (the program and user as root set them), was refused.  A service is matched by its name or
+    its key (protocol, address, port), and the program compared whatever the kind."""
+    path = write_config(tmp_path / "c.toml", weight="3")
+    eng = DaemonEngine(path)
+    assert put(eng, program_monitor("root"), root=True)["ok"] is True
+    for edit in (lambda d: d["virtual_server"][0].update(name="renamed"),
+                 lambda d: d["virtual_server"][0]["monitor"].update(kind="tcp"),
+                 lambda d: d["virtual_server"][0]["monitor"].update(kind="program")):
+        reply = put(eng, edit, root=False)
+        assert reply["ok"] is True, reply
+    vs = store.read(path).cfg.virtual_servers[0]
+    assert (vs.name, vs.monitor.kind, vs.monitor.script_user) == ("renamed", "program", "root")
+    assert eng.cfg.virtual_servers[0].monitor.program.startswith("/bin/sh")
+    # what runs is still root's: another program, under any kind or name, is refused
+    before = path.read_bytes()
+    for edit in (lambda d: d["virtual_server"][0]["monitor"].update(program="/bin/sh -c 'id > /tmp/y' %h"),
+                 lambda d: d["virtual_server"][0]["monitor"].update(kind="tcp", program="/bin/true"),
+                 lambda d: d["virtual_server"][0].update(name="web", address="198.18.0.11",
+                                                         monitor={"kind": "program", "program": "/bin/true",
+                                                                  "script_user": "root"})):
+        reply = put(eng, edit, root=False)
+        assert reply["ok"] is False and "only root changes these" in reply["error"], reply
+        assert path.read_bytes() == before
