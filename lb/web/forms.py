@@ -31,7 +31,7 @@ class Field:
     help: str = ""
     keep_empty: bool = False    # an empty text is "" (kept), not "absent"
     default: Any = None         # shown when the document leaves the key out (the model's default)
-    escapes: bool = False       # the value's backslash escapes are decoded where it is used (monitor send)
+    escapes: bool = False       # shown and read with backslash escapes (escape, unescape: monitor send, expect)
 
     def name(self, prefix: str) -> str:
         return f"{prefix}.{self.key}"
@@ -127,10 +127,12 @@ REAL = (
     Field("u_threshold", "Upper connection threshold", "int", help="0: none"),
     Field("l_threshold", "Lower connection threshold", "int"),
 )
+ESCAPES_HELP = r"escapes \n \r \t \\ \' \" \uXXXX are decoded"
 MONITOR = (
     Field("kind", "Monitor", "select", MONITOR_KINDS),
-    Field("send", "Send", keep_empty=True, escapes=True, help=r"escapes \n \r \t \\ \' \" are decoded"),
-    Field("expect", "Expect", keep_empty=True), Field("use_regex", "Treat expect string as a regular expression", "bool"),
+    Field("send", "Send", keep_empty=True, escapes=True, help=ESCAPES_HELP + "; the check decodes the file's own again"),
+    Field("expect", "Expect", keep_empty=True, escapes=True, help=ESCAPES_HELP),
+    Field("use_regex", "Treat expect string as a regular expression", "bool"),
     Field("path", "HTTP path"), Field("host", "HTTP Host header"),
     Field("status", "HTTP status accepted", "status", help="LOW-HIGH, e.g. 200-399"),
     Field("body_regex", "Body regular expression"), Field("digest", "Body MD5 digest"),
@@ -177,10 +179,54 @@ def text_of(f: Field, value: Any) -> str:
     if isinstance(value, float) and value.is_integer():
         return str(int(value))
     if f.escapes and isinstance(value, str):
-        # a one-line text input cannot hold a line break (browsers strip them from its value): the
-        # escapes the check decodes again (lb.health.decode_escapes) say the same thing
-        return value.replace("\r", "\\r").replace("\n", "\\n").replace("\t", "\\t")
+        return escape(value)
     return str(value)
+
+
+# A one-line text input cannot hold every character: browsers strip CR and LF from its value and
+# make a NUL U+FFFD.  A monitor's send and expect are shown with escapes (lb.health.decode_escapes'
+# and \uXXXX) and read back through them, so that an untouched form saves them as they were.
+_SHOWN = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+_DECODED = {"n": "\n", "r": "\r", "t": "\t", "\\": "\\", "'": "'", '"': '"'}
+
+
+def _control(ch: str) -> bool:
+    return ord(ch) < 0x20 or 0x7F <= ord(ch) <= 0x9F
+
+
+def escape(value: str) -> str:
+    """``value`` as form text that :func:`unescape` reads back to it: control characters as
+    escapes; a backslash doubled only where it would start one (a regular expression's \\d or
+    \\. shows as written)."""
+    out = []
+    for i, ch in enumerate(value):
+        nxt = value[i + 1:i + 2]
+        if ch in _SHOWN:
+            out.append(_SHOWN[ch])
+        elif _control(ch):
+            out.append(f"\\u{ord(ch):04x}")
+        elif ch == "\\" and nxt and (nxt in _DECODED or nxt == "u" or _control(nxt)):
+            out.append("\\\\")
+        else:
+            out.append(ch)
+    return "".join(out)
+
+
+def unescape(text: str) -> str:
+    """Form text with its escapes decoded (\\n \\r \\t \\\\ \\' \\" \\uXXXX); any other backslash is kept."""
+    out, i = [], 0
+    while i < len(text):
+        ch, nxt, code = text[i], text[i + 1:i + 2], text[i + 2:i + 6]
+        if ch == "\\" and nxt and nxt in _DECODED:
+            out.append(_DECODED[nxt])
+            i += 2
+        elif ch == "\\" and nxt == "u" and re.fullmatch(r"[0-9A-Fa-f]{4}", code) and not 0xD800 <= int(code, 16) <= 0xDFFF:
+            out.append(chr(int(code, 16)))      # (not half a surrogate pair: no file could hold it)
+            i += 6
+        else:
+            out.append(ch)
+            i += 1
+    return "".join(out)
 
 
 def value_of(f: Field, raw: str | None) -> tuple[bool, Any]:
@@ -215,7 +261,7 @@ def value_of(f: Field, raw: str | None) -> tuple[bool, Any]:
             else:
                 out.append(line.strip())     # the validator says what a port group is
         return True, out
-    return True, text
+    return True, unescape(text) if f.escapes else text
 
 
 def apply(table: dict[str, Any], fields, form, prefix: str) -> None:
