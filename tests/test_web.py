@@ -1061,3 +1061,42 @@ def test_a_failed_reload_says_what_the_daemon_left_in_place(console, reply, says
         assert reply["error"] in text and says in text, text
         assert [q["cmd"] for q in eng.requests].count("reload") == 1
     run(console, body)
+
+
+def test_a_save_the_daemon_answers_too_late_is_not_shown_as_refused(console, tmp_path):
+    """The daemon's reply to a save comes after the console's timeout: the page said "control
+    socket X: " (asyncio.TimeoutError has no text on 3.11), as if refused, while the daemon went
+    on and applied it."""
+    from lb import control
+    from lb.web import main as webmain
+    eng = engine(console)
+    done = asyncio.Event()
+
+    async def slow(req):        # the daemon, over a real control socket; its saves take long
+        if req["cmd"] == "config-put":
+            await asyncio.sleep(0.5)
+        reply = json.loads(json.dumps(await eng.control(req)))
+        if req["cmd"] == "config-put":
+            done.set()
+        return reply
+    path = control.socket_path("slow", str(tmp_path / "run"))
+    console.daemon = webmain.Daemon(path, timeout=0.2)
+
+    async def body(client):
+        server = control.ControlServer(path, slow)
+        await server.start()
+        try:
+            await login(client)
+            r = await edit_rs1(client, "7")
+            page = r.status, await r.text()
+            await asyncio.wait_for(done.wait(), 5)
+            return page
+        finally:
+            await server.stop()
+    status, page = run(console, body)
+    assert status == 504, page
+    assert re.search(r'<div class="flash warn" id="flash"><b>the daemon did not answer within 0.2 s \(control socket '
+                     r'[^)]*\): the change was not refused and may have been applied all the same; reload the page to '
+                     r'see</b>', page), page
+    assert 'value="7"' in page                                   # the input is kept
+    assert eng.cfg.virtual_servers[0].real_servers[0].weight == 7     # the daemon applied it

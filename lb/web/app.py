@@ -689,6 +689,10 @@ class Console:
                                 restart=form.get("restart") == "on")
         if reply.get("ok"):
             log.info("web console: %s: %s", self._who(request), reply.get("message"))
+        elif reply.get("timeout"):
+            # the daemon goes on with the save: not refused, perhaps applied
+            reply = {**reply, "error": f"{reply.get('error')}: the change was not refused and may have been "
+                                       f"applied all the same; reload the page to see"}
         return reply
 
     async def _doc_or_404(self, request, title, here):
@@ -734,10 +738,11 @@ class Console:
 
     def _refused(self, request, title, here, action, sections, form, reply, fieldmap, hidden=(), extra="", note=""):
         errors, rest = forms.place(reply.get("issues") or [], fieldmap)
-        general = {"ok": False, "error": reply.get("error"), "issues": rest}
+        general = {"ok": False, "error": reply.get("error"), "issues": rest, "timeout": reply.get("timeout")}
         return self._form_page(request, title, here, action, sections, str(form.get("version", "")),
                                values={k: form.get(k) for k in form}, errors=errors, general=general, hidden=hidden,
-                               extra=extra, note=note, status=409 if reply.get("conflict") else 400)
+                               extra=extra, note=note,
+                               status=409 if reply.get("conflict") else 504 if reply.get("timeout") else 400)
 
     # ---- GLOBAL SETTINGS ----
     GLOBAL_SECTIONS = (("[global]", forms.GLOBAL, "global"), ("[timeouts]", forms.TIMEOUTS, "timeouts"),
@@ -1251,7 +1256,8 @@ def _flash(reply: dict) -> str:
         return f'<div class="{cls}" id="flash">{h(reply.get("message", "done"))}</div>'
     items = "".join(f"<li>{h(i.get('field') + ': ' if i.get('field') else '')}{h(i.get('message'))}</li>"
                     for i in reply.get("issues") or [])
-    return f'<div class="flash bad" id="flash"><b>{h(reply.get("error", "failed"))}</b>' \
+    cls = "flash warn" if reply.get("timeout") else "flash bad"      # no answer: not a refusal
+    return f'<div class="{cls}" id="flash"><b>{h(reply.get("error", "failed"))}</b>' \
            + (f"<ul>{items}</ul>" if items else "") + _left_in_place(reply) + "</div>"
 
 

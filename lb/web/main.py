@@ -64,7 +64,12 @@ class Daemon:
             return await control.arequest(self.path, cmd, timeout=self.timeout, **args)
         except control.NotRunning as e:
             return {"ok": False, "error": str(e)}
-        except (OSError, ValueError, asyncio.TimeoutError) as e:
+        except asyncio.TimeoutError:
+            # not a refusal: the daemon may yet do what was asked (on 3.11 this is an OSError
+            # without strerror or text, and was shown as an empty reason)
+            return {"ok": False, "timeout": True,
+                    "error": f"the daemon did not answer within {self.timeout:g} s (control socket {self.path})"}
+        except (OSError, ValueError) as e:
             return {"ok": False, "error": f"control socket {self.path}: {getattr(e, 'strerror', None) or e or 'timeout'}"}
 
 
