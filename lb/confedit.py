@@ -61,6 +61,35 @@ def restart_needed(old, new) -> list[str]:
     return out
 
 
+def keep_running(running, new):
+    """``new`` with what only a restart changes (restart_needed) as ``running`` has it: what a
+    reload applies while changes saved for the next start wait in the file (which keeps them).
+    Checked by the one validator: ConfigError when the rest of ``new`` is no configuration with
+    the running values (a virtual server that needs the new network, say)."""
+    needs = restart_needed(running, new)
+    doc, run = store.plain_document(new), store.plain_document(running)
+    for key in ("instance", "network", "dataplane", "public_interface", "private_interface", "nat_router_device"):
+        if key in needs:
+            doc["global"].pop(key, None)
+            if key in run["global"]:
+                doc["global"][key] = run["global"][key]
+    tables = {"tables": "tables" in needs, "ha": any(n.startswith("[ha]") for n in needs), "bgp": "[bgp]" in needs}
+    vips = (doc.get("bgp") or {}).get("vip")
+    for table in (t for t, changed in tables.items() if changed):
+        doc.pop(table, None)
+        if table in run:
+            doc[table] = run[table]
+    if tables["ha"] and running.ha is not None:
+        # its own user: else it follows [global] script_user, which a reload may change
+        doc["ha"]["script_user"] = running.ha.script_user
+    if tables["bgp"] and "bgp" in doc:
+        # but for the [[bgp.vip]] attributes, which a reload changes
+        doc["bgp"].pop("vip", None)
+        if vips:
+            doc["bgp"]["vip"] = vips
+    return store.validate(doc, new.path)
+
+
 def root_only_changes(old, new) -> list[str]:
     """What differs between two configurations that only root may change over the control
     socket: the programs the daemon (root) runs and the user they run as -- monitor and load
@@ -223,6 +252,11 @@ class ConfigRequests:
                                         f"programs as root's choice of user): edit {path} on the director as "
                                         f"root; nothing was changed")
         needs = restart_needed(eng.cfg, new.cfg)
+        # changes saved for the next start wait in the file: an edit that leaves them as they are
+        # (another page's) is applied, those keeping their running values (keep_running)
+        waiting = needs if needs and snap.cfg is not None and not restart_needed(snap.cfg, new.cfg) else []
+        if waiting:
+            needs = []
         if needs and not restart:
             raise store.EditRefused(f"{', '.join(needs)} can change only when lb restarts; nothing was changed "
                                     f"(save it for the next start, or keep the running values)")
@@ -234,7 +268,7 @@ class ConfigRequests:
             return {"ok": True, "applied": False, "version": new.version, "serial_no": new.cfg.serial_no,
                     "message": f"saved {path} (serial_no {new.cfg.serial_no}); {', '.join(needs)} take effect when "
                                f"lb restarts: the running configuration is unchanged until then"}
-        reply = await eng.control({"cmd": "reload"})
+        reply = await eng.control({"cmd": "reload", "keep_restart_only": True} if waiting else {"cmd": "reload"})
         if not reply.get("ok"):
             await loop.run_in_executor(None, store.restore, undo)
             log.error("configuration from %s: the reload refused it (%s); %s is back as it was", who,
@@ -249,8 +283,13 @@ class ConfigRequests:
         self.last_edit = {"by": who, "version": new.version, "serial_no": new.cfg.serial_no, "applied": True}
         for fn in self.on_applied:
             fn()
-        return {"ok": True, "applied": True, "version": new.version, "serial_no": new.cfg.serial_no,
-                "message": f"saved {path} (serial_no {new.cfg.serial_no}) and applied: {reply.get('message')}"}
+        out = {"ok": True, "applied": True, "version": new.version, "serial_no": new.cfg.serial_no,
+               "message": f"saved {path} (serial_no {new.cfg.serial_no}) and applied: {reply.get('message')}"}
+        if waiting:
+            out["waiting"] = waiting
+            out["message"] += (f"; {', '.join(waiting)}, saved earlier, still wait for lb to restart (they run "
+                               f"as before until then)")
+        return out
 
 
 def _row(r) -> dict:

@@ -22,7 +22,7 @@ import time
 
 from lb import config as lbconfig
 from lb import control, files, sdnotify
-from lb.confedit import ConfigRequests, restart_needed
+from lb.confedit import ConfigRequests, keep_running, restart_needed
 from lb import weight as lbweight
 from lb.config.model import FORWARD_OF_NETWORK
 from lb.config.model import endpoint_text as _endpoint
@@ -437,6 +437,7 @@ class Engine:
         self.active = cfg.ha is None
         self._dp_lock = threading.Lock()             # data plane writes from worker threads, one at a time
         self._reload_waiters: list[asyncio.Future] = []   # `lb reload` callers on the control socket
+        self._reload_keep = False     # one of them keeps the restart-only changes as they run (reload_config)
         self._usable: dict[tuple, set] = {}          # service key -> real servers taking new connections
         self._fell_back = False                      # auto: XDP gave way to kernel IPVS
         # [ha]: the data plane's lease is refreshed with every heartbeat once pulse has decided a
@@ -717,17 +718,35 @@ class Engine:
             log.error("%s", e)
             return False
 
-    def reload_or_raise(self) -> str:
-        """reload(), raising ReloadRefused (with the file's issues) instead of logging."""
+    def reload_config(self, keep_restart_only: bool = False):
+        """The configuration a reload applies: the file's, ReloadRefused when it does not load or
+        changes what only a restart can -- unless ``keep_restart_only`` (a console edit while
+        such changes wait in the file for the next start: lb.confedit), which keeps those as they
+        run (confedit.keep_running) and applies the rest."""
         path = self.cfg.path
         try:
             new = lbconfig.load(path)
         except lbconfig.ConfigError as e:
             raise ReloadRefused(f"reload refused, nothing changed:\n{e}", e.issues) from None
         needs = restart_needed(self.cfg, new)
+        if needs and keep_restart_only:
+            try:
+                new = keep_running(self.cfg, new)
+            except lbconfig.ConfigError as e:
+                raise ReloadRefused(f"reload refused, nothing changed: the file's other changes do not go with "
+                                    f"the running {', '.join(needs)} (saved for the next start):\n{e}",
+                                    e.issues) from None
+            log.info("reload: %s in %s wait for lb to restart; they run as before until then", ", ".join(needs), path)
+            needs = restart_needed(self.cfg, new)
         if needs:
             raise ReloadRefused(f"reload refused: {', '.join(needs)} changed, which needs a restart"
                                 + (" (a restart keeps the connections)" if "tables" in needs else ""))
+        return new
+
+    def reload_or_raise(self, keep_restart_only: bool = False) -> str:
+        """reload(), raising ReloadRefused (with the file's issues) instead of logging."""
+        path = self.cfg.path
+        new = self.reload_config(keep_restart_only)
         try:
             check_interfaces(new)
         except StartupError as e:
@@ -1282,12 +1301,12 @@ class Engine:
             log.warning("reading the data plane's counters: %s", e)
         return doc
 
-    def _reload_reply(self) -> dict:
+    def _reload_reply(self, keep_restart_only: bool = False) -> dict:
         """The control socket's reply to a reload: ``changed`` says what the caller may rely
         on: false (refused, or failed and undone: the running state is the previous one), true
         (failed and not fully undone), null (an unexpected error: see the log)."""
         try:
-            msg = self.reload_or_raise()
+            msg = self.reload_or_raise(keep_restart_only)
         except ReloadRefused as e:
             log.error("%s", e)
             self._count_reload("refused")
@@ -1360,6 +1379,8 @@ class Engine:
         if cmd == "reload":
             fut = asyncio.get_running_loop().create_future()
             self._reload_waiters.append(fut)
+            # a console edit's (lb.confedit); the reload it shares with others keeps them as well
+            self._reload_keep = self._reload_keep or req.get("keep_restart_only") is True
             self._wake.set()
             return await fut
         if cmd == "weight":
@@ -1483,12 +1504,13 @@ class Engine:
             nonlocal reload_pending
             reload_pending = False
             waiters, self._reload_waiters = self._reload_waiters, []
+            keep, self._reload_keep = self._reload_keep, False
             sdnotify.reloading()
             reply = {"ok": False, "error": "reload failed (what was changed is not known: see the log)",
                      "changed": None}
             try:
                 try:
-                    reply = await blocking(self._reload_reply)
+                    reply = await blocking(lambda: self._reload_reply(keep))
                 finally:
                     self._ready()
                 if reply["ok"]:

@@ -26,7 +26,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from lb import config as lbconfig
 from lb.cli.main import main as lb_main
 from lb.config import store
-from lb.engine import Engine
+from lb.engine import Engine, ReloadRefused
 from lb.web import app as webapp
 from lb.web import password
 from fuzzseed import SEED, named
@@ -62,8 +62,9 @@ def write_config(path: Path, name: str = "web", weight: str = "3", web: str = ""
 
 class DaemonEngine(Engine):
     """A real Engine answering the control requests (status, config, config-put, weight ...),
-    never started: its reload re-reads the file as the daemon does (a bad file is refused with
-    the daemon's own reply) but has no data plane to apply to; "table" gives fixed counts."""
+    never started: its reload takes the file's configuration as the daemon does (Engine.reload_config:
+    a bad file, or a change only a restart makes, is refused with the daemon's own reply) but has no
+    data plane to apply to; "table" gives fixed counts."""
 
     def __init__(self, cfg_path: Path):
         super().__init__(lbconfig.load(cfg_path))
@@ -73,10 +74,11 @@ class DaemonEngine(Engine):
         self.requests.append(req)
         cmd = req.get("cmd")
         if cmd == "reload":
+            keep = req.get("keep_restart_only") is True
             try:
-                new = lbconfig.load(self.cfg.path)
-            except lbconfig.ConfigError:
-                return self._reload_reply()
+                new = self.reload_config(keep)
+            except ReloadRefused:
+                return self._reload_reply(keep)
             self.cfg = new
             return {"ok": True, "message": f"reloaded {self.cfg.path}"}
         if cmd == "table":
@@ -489,6 +491,135 @@ def test_restart_only_changes_need_the_restart_box(console):
     assert "take effect when lb restarts" in page
     assert engine(console).cfg.tables.connections == 65536       # running: unchanged
     assert lbconfig.load(engine(console).cfg.path).tables.connections == 131072
+
+
+def test_a_change_saved_for_the_next_start_does_not_block_the_other_pages(console):
+    """After a "save for the next start" ([tables] here), every other page's save was refused
+    ("tables can change only when lb restarts") until lb restarted.  An edit that leaves the
+    waiting change as it is goes through: applied, the waiting values kept in the file and
+    running as before, and the page says that a change waits for a restart."""
+    eng = engine(console)
+    path = eng.cfg.path
+    waits = "tables, saved earlier, still wait for lb to restart (they run as before until then)"
+
+    async def flash(client, page):
+        text = await (await client.get(page)).text()
+        m = re.search(r'<div class="([^"]*)" id="flash">([^<]*)</div>', text)
+        assert m, text
+        return m.groups()
+
+    async def body(client):
+        await login(client)
+        f = await form_of(client, "/global")
+        r = await post_form(client, "/global", {**f, **GLOBAL_FORM, "tables.connections": "131072", "restart": "on"})
+        assert r.status == 303, await r.text()
+        seen = []
+        r = await edit_rs1(client, "7")                                             # real server
+        assert r.status == 303, await r.text()
+        seen.append(await flash(client, "/virtual"))
+        f = await form_of(client, "/virtual/edit?vs=web")
+        r = await post_form(client, "/virtual/edit", {**f, "vs": "web", "match": "address", "vs.name": "web",
+                                                      "vs.active": "on", "vs.address": "198.18.0.10", "vs.port": "80",
+                                                      "vs.protocol": "tcp", "vs.scheduler": "wlc"})   # virtual server
+        assert r.status == 303, await r.text()
+        seen.append(await flash(client, "/virtual"))
+        f = await form_of(client, "/virtual/monitor?vs=web")
+        r = await post_form(client, "/virtual/monitor", {**f, "vs": "web", "monitor.kind": "tcp", "monitor.interval": "4",
+                                                         "load.kind": "none"})                     # monitoring
+        assert r.status == 303, await r.text()
+        seen.append(await flash(client, "/virtual"))
+        f = await form_of(client, "/global")                    # [global] itself, tables as the file has them
+        r = await post_form(client, "/global", {**f, **GLOBAL_FORM, "tables.connections": "131072", "timeouts.tcp": "600"})
+        assert r.status == 303, await r.text()
+        seen.append(await flash(client, "/global"))
+        for action in ("deactivate", "delete"):                 # the buttons
+            f = await form_of(client, "/virtual/real?vs=web")
+            r = await post_form(client, "/virtual/real/action", {**f, "vs": "web", "rs": "rs2", "action": action})
+            assert r.status == 303
+            seen.append(await flash(client, "/virtual/real?vs=web"))
+            f = await form_of(client, "/virtual")
+            r = await post_form(client, "/virtual/action", {**f, "vs": "web", "action": action})
+            assert r.status == 303
+            seen.append(await flash(client, "/virtual"))
+        return seen
+    seen = run(console, body)
+    for cls, message in seen:
+        assert cls == "flash warn" and "and applied" in message and message.endswith(waits), (cls, message)
+    assert eng.cfg.tables.connections == 65536 and eng.cfg.virtual_servers == ()     # running: applied but tables
+    assert eng.cfg.timeouts.tcp == 600 and eng.cfg.serial_no == 9
+    saved = lbconfig.load(path)
+    assert saved.tables.connections == 131072 and saved.virtual_servers == () and saved.timeouts.tcp == 600
+
+
+def test_a_change_that_would_undo_the_waiting_one_still_needs_the_box(console):
+    """An edit of a restart-only value that waits in the file is no other page's: it needs the
+    box again; and a page shown again after a refusal keeps the user's tick."""
+    eng = engine(console)
+
+    async def body(client):
+        await login(client)
+        f = await form_of(client, "/global")
+        r = await post_form(client, "/global", {**f, **GLOBAL_FORM, "tables.connections": "131072", "restart": "on"})
+        assert r.status == 303
+        f = await form_of(client, "/global")
+        r = await post_form(client, "/global", {**f, **GLOBAL_FORM, "tables.connections": "262144"})
+        refused = r.status, await r.text()
+        r = await post_form(client, "/global", {**f, **GLOBAL_FORM, "tables.connections": "262144",
+                                                "timeouts.tcp": "soon", "restart": "on"})
+        ticked = r.status, await r.text()
+        f = await form_of(client, "/redundancy")
+        r = await post_form(client, "/redundancy", {**f, "ha_enabled": "on", "ha.primary": "198.18.0.1",
+                                                    "ha.backup": "nowhere", "ha.key_file": "/etc/lb/ha.key",
+                                                    "restart": "on"})
+        return refused, ticked, (r.status, await r.text())
+    refused, ticked, redundancy = run(console, body)
+    assert refused[0] == 400 and "tables can change only when lb restarts" in refused[1]
+    assert '<input type=checkbox id="restart" name="restart">' in refused[1]
+    for status, page in (ticked, redundancy):
+        assert status == 400 and '<input type=checkbox id="restart" name="restart" checked>' in page, page
+    assert lbconfig.load(eng.cfg.path).tables.connections == 131072 and eng.cfg.tables.connections == 65536
+
+
+def test_the_daemon_applies_the_rest_of_the_file_with_the_waiting_values_as_they_run(tmp_path):
+    """Engine.reload_config with keep_restart_only (a console edit's reload): the file's
+    restart-only changes keep their running values (instance, network, interfaces, [tables],
+    [ha], [bgp] but for its [[bgp.vip]]), the rest is the file's; without it, refused as
+    before; and a rest that does not go with the running values is refused."""
+    key = tmp_path / "ha.key"
+    key.write_bytes(b"k" * 32)
+    key.chmod(0o600)
+    path = tmp_path / "lb.toml"
+    path.write_text(CONFIG.format(name="web", weight="3", web=BGP))
+    eng = DaemonEngine(path)
+    running = eng.cfg
+    path.write_text(CONFIG.format(name="web", weight="5", web=BGP.replace("65001", "65002") + f"""
+[[bgp.vip]]
+address = "198.18.0.10"
+med = 7
+[tables]
+connections = 131072
+[ha]
+primary = "198.18.0.1"
+backup = "198.18.0.3"
+key_file = "{key}"
+""").replace('public_interface = "eth0"', 'public_interface = "eth1"\nscript_user = "daemon"'))
+    with pytest.raises(ReloadRefused, match="needs a restart"):
+        eng.reload_config()
+    new = eng.reload_config(keep_restart_only=True)
+    assert (new.public_interface, new.tables, new.ha, new.bgp.local_as) == (running.public_interface, running.tables,
+                                                                          None, 65001)
+    assert new.virtual_servers[0].real_servers[0].weight == 5 and new.script_user == "daemon"
+    assert [v.med for v in new.bgp.vips] == [7]
+    nat = CONFIG.format(name="web", weight="5", web="").replace(
+        'public_interface = "eth0"', 'public_interface = "eth0"\nnetwork = "nat"\nprivate_interface = "eth1"\n'
+                                     'nat_router = "198.18.1.254/24"')
+    path.write_text(nat)
+    new = eng.reload_config(keep_restart_only=True)
+    assert new.network == running.network and new.virtual_servers[0].real_servers[0].weight == 5
+    path.write_text(nat.replace('address = "198.18.1.11"', 'address = "198.18.1.11"\n  port = 8080'))
+    with pytest.raises(ReloadRefused, match=r"do not go with the running network.*\n.*direct routing cannot change the "
+                                            r"destination port"):
+        eng.reload_config(keep_restart_only=True)
 
 
 def test_delete_and_deactivate_virtual_server(console):

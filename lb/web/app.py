@@ -764,8 +764,12 @@ class Console:
                 f'to save them anyway.</p>')
 
     _RESTART = ('<div class="row"><label for="restart">Save for the next start</label><div><input type=checkbox '
-                'id="restart" name="restart"> <span class="help">when a change needs lb to restart (tables, network, '
-                'interfaces, [ha]): save the file now, apply at the next start</span></div></div>')
+                'id="restart" name="restart"{checked}> <span class="help">when a change needs lb to restart (tables, '
+                'network, interfaces, [ha]): save the file now, apply at the next start</span></div></div>')
+
+    def _restart_box(self, form=None) -> str:
+        """The "save for the next start" box: a page shown again keeps the user's tick."""
+        return self._RESTART.replace("{checked}", " checked" if form is not None and form.get("restart") == "on" else "")
 
     async def global_page(self, request: web.Request) -> web.StreamResponse:
         cur, err = await self._doc_or_404(request, "Global settings", "/global")
@@ -773,7 +777,7 @@ class Console:
             return err
         return self._form_page(request, "Global settings", "/global", "/global",
                                self._global_sections(cur["document"]), cur["config"]["version"],
-                               extra=self._RESTART, note=self._global_note(cur))
+                               extra=self._restart_box(), note=self._global_note(cur))
 
     async def global_save(self, request: web.Request) -> web.StreamResponse:
         form = await _form(request)
@@ -791,7 +795,7 @@ class Console:
         for _t, fields, prefix in self.GLOBAL_SECTIONS:
             fieldmap.update(forms.paths(fields, (prefix,), prefix))
         return self._refused(request, "Global settings", "/global", "/global", self._global_sections(None), form,
-                             reply, fieldmap, extra=self._RESTART)
+                             reply, fieldmap, extra=self._restart_box(form))
 
     # ---- REDUNDANCY ----
     _HA_ON = ('<div class="row"><label for="ha_enabled">Redundancy (a backup director)</label><div><input type=checkbox '
@@ -810,7 +814,7 @@ class Console:
             live = "<h2>Now</h2>" + (_ha_summary(doc["ha"]) if doc.get("ha") else
                                      "<p>This director runs alone (no [ha]): always active.</p>") + \
                 _versions(doc.get("configuration") or {})
-        extra = self._HA_ON.replace("{checked}", " checked" if ha is not None else "") + self._RESTART
+        extra = self._HA_ON.replace("{checked}", " checked" if ha is not None else "") + self._restart_box()
         page = self._form_page(request, "Redundancy", "/redundancy", "/redundancy", [(None, forms.HA, "ha", ha)],
                                cur["config"]["version"], extra=extra,
                                note='<p class="note">The [ha] settings take effect when lb restarts on both directors '
@@ -830,7 +834,8 @@ class Console:
         reply = await self._save(request, form, mutate)
         if reply.get("ok"):
             return self._after(request, reply, "/redundancy")
-        extra = self._HA_ON.replace("{checked}", " checked" if form.get("ha_enabled") == "on" else "") + self._RESTART
+        extra = self._HA_ON.replace("{checked}", " checked" if form.get("ha_enabled") == "on" else "") + \
+            self._restart_box(form)
         return self._refused(request, "Redundancy", "/redundancy", "/redundancy", [(None, forms.HA, "ha", None)], form,
                              reply, forms.paths(forms.HA, ("ha",), "ha"), extra=extra)
 
@@ -1252,7 +1257,8 @@ def _issue_text(i: dict) -> str:
 
 def _flash(reply: dict) -> str:
     if reply.get("ok"):
-        cls = "flash" if reply.get("applied", True) else "flash warn"
+        # saved, not applied; or applied with changes that wait for a restart
+        cls = "flash" if reply.get("applied", True) and not reply.get("waiting") else "flash warn"
         return f'<div class="{cls}" id="flash">{h(reply.get("message", "done"))}</div>'
     items = "".join(f"<li>{h(i.get('field') + ': ' if i.get('field') else '')}{h(i.get('message'))}</li>"
                     for i in reply.get("issues") or [])
