@@ -20,6 +20,8 @@ raises BadReply):
     {"cmd": "status"}  -> {"ok": true, "status": {...}}        (what `lb status` prints)
     {"cmd": "reload"}  -> {"ok": true, "message": "..."} or
                           {"ok": false, "error": "...", "issues": [{"path", "line", "field", "message"}]}
+                          ("keep_restart_only": true, a console edit's: what only a restart changes
+                          keeps its running value, the rest of the file applies: Engine.reload_config)
     {"cmd": "weight", "service": "web", "server": "rs1", "weight": 0}
                        -> {"ok": true, "message": "..."} once the table is applied, or
                           {"ok": false, "error": "..."} (unknown service or server, bad weight)
