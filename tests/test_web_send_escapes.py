@@ -33,6 +33,20 @@ def browser_value(page: str, name: str) -> str:
     return html.unescape(m.group(1)).replace("\r", "").replace("\n", "").replace("\0", "\ufffd")
 
 
+def save_as_a_browser(console, more=None):
+    """The Monitoring form of "web" posted as a browser would, send and expect untouched, interval 7."""
+    async def body(client):
+        await login(client)
+        page = await (await client.get("/virtual/monitor?vs=web")).text()
+        data = {**await form_of(client, "/virtual/monitor?vs=web"), "vs": "web", "monitor.kind": "send_expect",
+                "monitor.send": browser_value(page, "monitor.send"),
+                "monitor.expect": browser_value(page, "monitor.expect"), "monitor.interval": "7",
+                "load.kind": "none", **(more or {})}
+        r = await client.post("/virtual/monitor", data=data, allow_redirects=False)
+        assert r.status == 303, await r.text()
+    run(console, body)
+
+
 def test_send_is_shown_with_escapes_not_line_breaks():
     f = next(f for f in forms.MONITOR if f.key == "send")
     text = forms.text_of(f, SEND)
@@ -55,16 +69,7 @@ def test_a_browser_save_of_the_monitoring_form_keeps_the_send_strings_line_break
     path = console.daemon.cfg.path
     assert lbconfig.load(path).virtual_servers[0].monitor.send == SEND
 
-    async def body(client):
-        await login(client)
-        page = await (await client.get("/virtual/monitor?vs=web")).text()
-        data = {**await form_of(client, "/virtual/monitor?vs=web"), "vs": "web", "monitor.kind": "send_expect",
-                "monitor.send": browser_value(page, "monitor.send"),
-                "monitor.expect": browser_value(page, "monitor.expect"), "monitor.interval": "7",
-                "load.kind": "none"}
-        r = await client.post("/virtual/monitor", data=data, allow_redirects=False)
-        assert r.status == 303, await r.text()
-    run(console, body)
+    save_as_a_browser(console)
     m = lbconfig.load(path).virtual_servers[0].monitor
     assert m.interval == 7
     assert decode_escapes(m.send) == SEND
@@ -79,16 +84,7 @@ def test_an_untouched_monitoring_form_saves_send_and_expect_byte_for_byte(tmp_pa
     was = lbconfig.load(path).virtual_servers[0].monitor
     assert (was.send, was.expect) == ("PING\0\r\n\r\n", "^\\+OK\r\n")
 
-    async def body(client):
-        await login(client)
-        page = await (await client.get("/virtual/monitor?vs=web")).text()
-        data = {**await form_of(client, "/virtual/monitor?vs=web"), "vs": "web", "monitor.kind": "send_expect",
-                "monitor.send": browser_value(page, "monitor.send"),
-                "monitor.expect": browser_value(page, "monitor.expect"), "monitor.use_regex": "on",
-                "monitor.interval": "7", "load.kind": "none"}
-        r = await client.post("/virtual/monitor", data=data, allow_redirects=False)
-        assert r.status == 303, await r.text()
-    run(console, body)
+    save_as_a_browser(console, {"monitor.use_regex": "on"})
     saved = lbconfig.load(path).virtual_servers[0].monitor
     assert (saved.send, saved.expect, saved.interval) == (was.send, was.expect, 7)
     assert eng.cfg.virtual_servers[0].monitor == saved           # and the daemon runs that
