@@ -524,12 +524,13 @@ def test_a_change_saved_for_the_next_start_does_not_block_the_other_pages(consol
         assert r.status == 303, await r.text()
         seen.append(await flash(client, "/virtual"))
         f = await form_of(client, "/virtual/monitor?vs=web")
-        r = await post_form(client, "/virtual/monitor", {**f, "vs": "web", "monitor.kind": "tcp", "monitor.interval": "4",
-                                                         "load.kind": "none"})                     # monitoring
+        r = await post_form(client, "/virtual/monitor", {**f, "vs": "web", "monitor.kind": "tcp",
+                                                         "monitor.interval": "4", "load.kind": "none"})   # monitoring
         assert r.status == 303, await r.text()
         seen.append(await flash(client, "/virtual"))
         f = await form_of(client, "/global")                    # [global] itself, tables as the file has them
-        r = await post_form(client, "/global", {**f, **GLOBAL_FORM, "tables.connections": "131072", "timeouts.tcp": "600"})
+        r = await post_form(client, "/global", {**f, **GLOBAL_FORM, "tables.connections": "131072",
+                                                "timeouts.tcp": "600"})
         assert r.status == 303, await r.text()
         seen.append(await flash(client, "/global"))
         for action in ("deactivate", "delete"):                 # the buttons

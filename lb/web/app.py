@@ -769,7 +769,8 @@ class Console:
 
     def _restart_box(self, form=None) -> str:
         """The "save for the next start" box: a page shown again keeps the user's tick."""
-        return self._RESTART.replace("{checked}", " checked" if form is not None and form.get("restart") == "on" else "")
+        ticked = form is not None and form.get("restart") == "on"
+        return self._RESTART.replace("{checked}", " checked" if ticked else "")
 
     async def global_page(self, request: web.Request) -> web.StreamResponse:
         cur, err = await self._doc_or_404(request, "Global settings", "/global")

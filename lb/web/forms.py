@@ -130,7 +130,8 @@ REAL = (
 ESCAPES_HELP = r"escapes \n \r \t \\ \' \" \uXXXX are decoded"
 MONITOR = (
     Field("kind", "Monitor", "select", MONITOR_KINDS),
-    Field("send", "Send", keep_empty=True, escapes=True, help=ESCAPES_HELP + "; the check decodes the file's own again"),
+    Field("send", "Send", keep_empty=True, escapes=True,
+          help=ESCAPES_HELP + "; the check decodes the file's own again"),
     Field("expect", "Expect", keep_empty=True, escapes=True, help=ESCAPES_HELP),
     Field("use_regex", "Treat expect string as a regular expression", "bool"),
     Field("path", "HTTP path"), Field("host", "HTTP Host header"),
@@ -220,8 +221,9 @@ def unescape(text: str) -> str:
         if ch == "\\" and nxt and nxt in _DECODED:
             out.append(_DECODED[nxt])
             i += 2
-        elif ch == "\\" and nxt == "u" and re.fullmatch(r"[0-9A-Fa-f]{4}", code) and not 0xD800 <= int(code, 16) <= 0xDFFF:
-            out.append(chr(int(code, 16)))      # (not half a surrogate pair: no file could hold it)
+        elif ch == "\\" and nxt == "u" and re.fullmatch(r"[0-9A-Fa-f]{4}", code) \
+                and not 0xD800 <= int(code, 16) <= 0xDFFF:     # (half a surrogate pair: no file holds it)
+            out.append(chr(int(code, 16)))
             i += 6
         else:
             out.append(ch)
