@@ -155,6 +155,23 @@ def _status_key(s: dict) -> tuple:
     return ("fwmark", s["fwmark"]) if s.get("fwmark") else (s["protocol"], _ip(s["address"]), s["port"])
 
 
+def _sorry_endpoint(s: dict) -> tuple | None:
+    """The table entry (address, port) of a service's sorry server standing in (its status
+    text: ADDR, ADDR:PORT or [ADDR6]:PORT; no port: the service's, 0 in a firewall-mark service),
+    or None."""
+    text = s.get("sorry_server") if s.get("on_sorry_server") else None
+    if not text:
+        return None
+    port = None
+    if text.startswith("["):
+        text, _, port = text[1:].partition("]:")
+    elif text.count(":") == 1:
+        text, _, port = text.partition(":")
+    if s.get("fwmark"):
+        return _ip(text), 0
+    return _ip(text), int(port) if port else s["port"]
+
+
 def _service_labels(key: tuple, name: str) -> tuple:
     if key[0] == "fwmark":
         return (name, "", "", "", str(key[1]))
@@ -217,15 +234,20 @@ class Collector:
             f.info("lb_virtual_server", "a virtual service (the scheduler as a label)", SERVICE_LABELS, labels,
                    {"scheduler": row.scheduler})
             self._stats(f, "lb_virtual_server", "virtual service", SERVICE_LABELS, labels, row)
-            f.gauge("lb_virtual_server_usable_real_servers", "real servers taking new connections (weight > 0)",
-                    SERVICE_LABELS, labels, sum(1 for r in row.reals if r.weight > 0))
+            sorry = _sorry_endpoint(s) if s is not None else None
+            # the sorry server standing in is no usable real server: the pool is down (alert on 0)
+            f.gauge("lb_virtual_server_usable_real_servers",
+                    "real servers of the pool taking new connections (weight > 0; not the sorry server)",
+                    SERVICE_LABELS, labels,
+                    sum(1 for r in row.reals if r.weight > 0 and (r.address, r.port) != sorry))
             reals = {}
             if s is not None:
                 fw = bool(s.get("fwmark"))
                 reals = {(_ip(r["address"]), 0 if fw else r["port"]): r for r in s["real_servers"]}
             for rr in row.reals:
                 r = reals.pop((rr.address, rr.port), None)
-                name = r["name"] if r else ("sorry_server" if s and s.get("on_sorry_server") else "")
+                # a row of no configured server: the sorry server, or one draining after a reload
+                name = r["name"] if r else ("sorry_server" if (rr.address, rr.port) == sorry else "")
                 rl = labels + (name, str(rr.address), str(rr.port))
                 self._stats(f, "lb_real_server", "real server", REAL_LABELS, rl, rr)
                 f.gauge("lb_real_server_connections_active",

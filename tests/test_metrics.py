@@ -632,3 +632,23 @@ def test_a_supervised_task_s_restarts_are_counted_by_kind():
     doc = status()
     doc["task_restarts"] = dict(tasks.RESTARTS)
     assert value(scrape(Source(doc)), "lb_task_restarts_total", task="test-kind") == tasks.RESTARTS["test-kind"]
+
+
+def test_a_service_on_its_sorry_server_has_no_usable_real_server_and_a_draining_one_no_name():
+    """Every real server of web down, its sorry server standing in at weight 1 (lb.engine), rs1
+    and a server removed by a reload draining at weight 0: the documented alert (usable == 0)
+    fires, and only the sorry server's row is labelled sorry_server."""
+    doc = status(ha=False)
+    web = doc["services"][0]
+    web.update(on_sorry_server=True, sorry_server="198.18.1.99:8080")
+    rs1 = RealRow(IP("198.18.1.11"), 80, "Route", 0, active=2)
+    gone = RealRow(IP("198.18.1.50"), 80, "Route", 0, active=7)
+    sorry = RealRow(IP("198.18.1.99"), 8080, "Route", 1, active=1)
+    row = ServiceRow("TCP", IP("198.18.0.10"), 80, "wrr", reals=[rs1, gone, sorry])
+    s = scrape(Source(doc=doc, services=[row]))
+    assert value(s, "lb_virtual_server_usable_real_servers", **WEB) == 0
+    assert value(s, "lb_virtual_server_on_sorry_server", **WEB) == 1
+    assert value(s, "lb_real_server_connections_active", **WEB, rip="198.18.1.99", rport="8080",
+                 server="sorry_server") == 1
+    assert value(s, "lb_real_server_connections_active", **WEB, rip="198.18.1.50", rport="80", server="") == 7
+    assert value(s, "lb_real_server_connections_active", **WEB, rip="198.18.1.11", rport="80", server="rs1") == 2
