@@ -883,7 +883,22 @@ def _list(args) -> int:
         services = reader.read_services(maps)
         conns = reader.read_connections(maps) if args.connection else []
         timeouts = reader.read_timeouts(maps)
+    if args.rate:
+        _warn_stale_rates(inst)
     return _print_listing(args, services, conns, timeouts)
+
+
+def _warn_stale_rates(inst: str) -> None:
+    """The rates are the daemon's estimates (IPVS's kernel estimator runs on its own): with no
+    daemon they stay as it left them while the counters go on -- said on stderr, the listing
+    stays ipvsadm's."""
+    from lb import instance
+
+    try:
+        instance.running_pid(inst)
+    except instance.NotRunning:
+        print(f"lb: no daemon runs instance {inst!r}: the rates are its last estimates, frozen until "
+              f"one runs (the counters, --stats, are live)", file=sys.stderr)
 
 
 def _add_list_args(p: argparse.ArgumentParser) -> None:
