@@ -35,6 +35,7 @@
 #include "lb_icmp.h"
 #include "lb_lease.h"
 #include "lb_reply.h"
+#include "lb_flow.h"
 #include "lb_frag.h"
 
 /* A port of a firewall-mark service's group: the (VIP, protocol)'s ranges, port 0 in the key */
@@ -85,12 +86,6 @@ static __always_inline int lb_lookup_svc(struct lb_pkt *pkt, __u32 *svc_id)
     if (!nkeys || !*nkeys)
         return XDP_PASS;          /* not a virtual service: the director's own traffic */
     return lb_classify_fwm(pkt, &sk, svc_id);
-}
-
-static __always_inline __u32 lb_fsm_table(struct lb_real *r)
-{
-    /* DR (and tunnel) see only the client's half of the flow: IPVS's INPUT-ONLY table */
-    return r->fwd == LB_FWD_NAT ? LB_FSM_INPUT : LB_FSM_INPUT_ONLY;
 }
 
 /* The first test of lb_xdp_public: is the destination address one a virtual service listens
@@ -412,35 +407,7 @@ int lb_xdp_public(struct xdp_md *ctx)
         }
         return lb_conn_new(ctx, &pkt, svc_id, svc, real_id, from_template);
     }
-    /* a template is not refreshed by its connections' packets (IPVS re-arms it only for a new
-     * connection through it); the control plane's sweep keeps one that still controls live
-     * connections, as ip_vs_conn_expire does (lb/dataplane/conntable.py) */
-    svc_id = c->svc;
-
-    __u32 real_id = c->real;
-    struct lb_real *r = lb_reals.lookup(&real_id);
-    if (!r || r->svc != svc_id || r->family == 0) {
-        /* its real server has left the service: drop the packet (expire_nodest_conn = 0), or
-         * also expire the connection so the client's next SYN is scheduled afresh (= 1) */
-        lb_count(LB_CNT_BAD_REAL);
-        __u32 g = LB_G_EXPIRE_NODEST;
-        __u32 *expire = lb_globals.lookup(&g);
-        if (expire && *expire)
-            lb_conn_expire_in(&key, c, embryo);
-        return XDP_DROP;
-    }
-    __u8 was = c->state;
-    lb_conn_state(c, lb_fsm_table(r), &pkt);
-    lb_conn_touch(c, now, was);
-    if (was == LB_TCP_S_ESTABLISHED && c->state != was && r->fwd == LB_FWD_NAT)
-        lb_reply_fast_off(&key, r);       /* a FIN or RST: the replies' state moves again */
-    if (embryo && lb_embryo_grown(c, pkt.proto)) {
-        struct lb_conn_key rk;
-        lb_conn_key_reverse(&rk, &key, r);
-        lb_embryo_promote(&key, c, r->fwd == LB_FWD_NAT ? &rk : 0);
-    }
-    lb_stats_in(svc_id, real_id, pkt.len, 0);
-    return lb_forward_to_real(ctx, &pkt, r);
+    return lb_conn_packet_in(ctx, &pkt, &key, c, embryo, now, 0);
 }
 
 /* ---- schedulers: the service from the scratch, pick, hand the pick to lb_xdp_new_conn ---- */
@@ -616,49 +583,7 @@ int lb_xdp_private(struct xdp_md *ctx)
         return lb_is_icmp(&pkt) ? lb_icmp_private(ctx, &pkt) : act;
     }
 
-    struct lb_conn_key rk;
-    lb_conn_key_in(&rk, &pkt);
-    rk.dir = 1;
-    int rev_embryo, embryo;
-    struct lb_conn *rev = lb_conn_find(&rk, &rev_embryo);
-    if (!rev || !(rev->flags & LB_CONN_F_OUT)) {
-        lb_progs_prev.call(ctx, LB_PREV_PRIVATE);    /* a resize: the old maps may hold it */
-        return XDP_PASS;          /* not a NAT reply: the director's own traffic, DR replies */
-    }
-    __u64 now = lb_now();
-    if (lb_reply_fast(rev, &pkt, now)) {
-        lb_stats_out(rev->svc, rev->real, pkt.len);
-        return lb_forward_to_client(ctx, &pkt, rev);
-    }
-
-    __u32 svc_id = rev->svc;
-    struct lb_conn_key key = {};
-    __builtin_memcpy(key.saddr, pkt.daddr, 16);
-    __builtin_memcpy(key.daddr, rev->vaddr, 16);
-    key.sport = *pkt.dport_p;
-    key.dport = rev->vport;
-    key.proto = pkt.proto;
-    key.family = pkt.family;
-    struct lb_conn *c = lb_conn_find(&key, &embryo);
-    if (!c || c->real != rev->real)
-        return XDP_PASS;
-    if (lb_conn_expired(c, now)) {
-        lb_conn_expire_in(&key, c, embryo);
-        lb_conn_delete_in(&rk, rev_embryo);
-        return XDP_PASS;
-    }
-    __u8 was = c->state;
-    lb_conn_state(c, LB_FSM_OUTPUT, &pkt);
-    lb_reply_touch(rev, c, was, &pkt, now);
-    /* a UDP reply, or (secure_tcp) the real server's ACK after the handshake: established */
-    if (embryo && lb_embryo_grown(c, pkt.proto)) {
-        lb_embryo_promote(&key, c, &rk);
-        struct lb_conn *moved = lb_conns_lookup(&key);   /* the embryonic entry is gone */
-        if (moved)
-            c = moved;
-    }
-    lb_stats_out(svc_id, c->real, pkt.len);
-    return lb_forward_to_client(ctx, &pkt, c);
+    return lb_reply_packet(ctx, &pkt, 0);
 }
 
 /* ---- an IPv6 TCP/UDP fragment (lb_frag.h), tail-called from lb_xdp_public and lb_xdp_private ---- */
@@ -682,7 +607,7 @@ int lb_xdp_frag6_private(struct xdp_md *ctx)
         return lb_frag_later_private(ctx, &pkt);
     if (act != LB_FRAG_FIRST)
         return lb_frag_passed();
-    return lb_frag_first6_private(ctx, &pkt);
+    return lb_reply_packet(ctx, &pkt, 1);       /* a first fragment: as any reply, noted */
 }
 
 /* ---- [ha]: an interface that holds a VIP or nat_router but no other program (nat_router on

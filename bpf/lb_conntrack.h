@@ -279,4 +279,11 @@ static __always_inline void lb_conn_state(struct lb_conn *c, __u32 table, struct
         lb_real_conns_add(c->real, -1, 1);
 }
 
+/* The state table of a client's packet (lb_conn_state): DR (and tunnel) see only the client's
+ * half of the flow, IPVS's INPUT-ONLY table */
+static __always_inline __u32 lb_fsm_table(struct lb_real *r)
+{
+    return r->fwd == LB_FWD_NAT ? LB_FSM_INPUT : LB_FSM_INPUT_ONLY;
+}
+
 #endif

@@ -98,10 +98,14 @@ enum lb_sched_id {
  * the paths the verifier must walk through the forwarding code). */
 #define LB_PROG_NEW_CONN 0
 #define LB_PROG_SCHED_BASE 1
-#define LB_PROG_MAX 18
-#define LB_PROG_FRAG6_PUBLIC (LB_PROG_MAX - 3)   /* an IPv6 fragment after the first (lb_frag.h) ... */
-#define LB_PROG_FRAG6_PRIVATE (LB_PROG_MAX - 2)  /* ... and a NAT reply's */
+#define LB_PROG_MAX 16
 #define LB_PROG_PERSIST (LB_PROG_MAX - 1)   /* persistent services: template lookup first */
+
+/* lb_frag6_progs' slots: an IPv6 fragment's programs (lb_frag.h), a prog array of their own --
+ * lb_progs is full, and its size is pinned: a restart adopts a running lb's */
+#define LB_FRAG6_PUBLIC 0
+#define LB_FRAG6_PRIVATE 1
+#define LB_FRAG6_PROGS 2
 
 /* lb_progs_prev's slots: the replaced lb_xdp_public and lb_xdp_private during a resize */
 #define LB_PREV_PUBLIC 0
@@ -212,8 +216,8 @@ enum lb_sched_id {
 #define LB_CNT_NO_REAL 0         /* new connection, no usable real server: to the local stack */
 #define LB_CNT_NOT_SYN 1         /* TCP packet without connection and without SYN: passed */
 #define LB_CNT_FRAGMENT 2        /* a fragment not TCP/UDP (IPv6: an extension header after the
-                                  * fragment header), or one after the first whose first was not
-                                  * forwarded: passed */
+                                  * fragment header), one after the first whose first was not
+                                  * forwarded, or an IPv6 first one of no connection: passed */
 #define LB_CNT_BAD_REAL 3        /* connection points at a real server that is gone: dropped */
 #define LB_CNT_CONN_FULL 4       /* a connection table insert failed: the packet dropped (or a
                                   * NAT reply entry not made or not promoted: replies reach the

@@ -413,8 +413,8 @@ static __always_inline void lb_frag_note6(struct lb_pkt *pkt, __u8 dir)
  * before any rewrite, as those fragments say the addresses */
 static __always_inline void lb_frag_note(struct lb_pkt *pkt, __u8 dir)
 {
-    /* IPv6's first fragments never come this way with frag set: lb_xdp_frag6_* note them
-     * (lb_frag_note6) before forwarding */
+    /* IPv4's: an IPv6 first fragment comes this way from lb_xdp_frag6_*, noted there
+     * (lb_frag_note6, lb_flow.h) */
     if (__builtin_expect(pkt->frag != LB_FRAG_FIRST, 1) || !pkt->ip4)
         return;
     struct lb_frag_key4 fk;

@@ -11,18 +11,18 @@
  * fragment header's, protocol, direction) is remembered with its ports in lb_frags4 or
  * lb_frags6; each later fragment finds its flow's connection by those ports and goes the same
  * way: the same real server (DR, NAT with the address rewritten, tunnel), or the same client (a
- * NAT reply).  It changes no state and no timer (its first did), and counts in the stats as a
- * packet of its own.  One that comes before its first, or whose first was not forwarded, is
+ * NAT reply).  A later fragment changes no state and no timer (its first did), and counts in the
+ * stats as a packet of its own.  One that comes before its first, or whose first was not forwarded, is
  * passed as before (counted `fragment`).
  *
  * Every IPv6 fragment, the first too, goes on in programs of their own (lb_xdp_frag6_public /
  * _private, tail-called): parsed inline, its path took lb_xdp_public past the verifier's million
  * instructions, its 40-byte keys past the 512-byte stack (they are built in lb_frag6_scratch).
- * There a first fragment follows only a connection its flow already has (a client's datagram
- * after a whole one, a NAT reply): one that would make a new connection is the kernel's, as
- * before, since a flow that opens in fragments is rare and scheduling there would duplicate
- * lb_xdp_public's whole new-connection path.  It changes no connection state (a TCP segment in
- * fragments is rare too: senders set DF). */
+ * There a first fragment takes its flow's connection as a whole packet would (lb_flow.h: state,
+ * timer, promotion, a gone real server) -- a client's datagram after a whole one, a NAT reply --
+ * but one that would make a new connection is the kernel's, as before: a flow that opens in
+ * fragments is rare, and scheduling there would duplicate lb_xdp_public's new-connection path.
+ * An atomic fragment (offset 0, no more to come: a whole datagram) is a first fragment here. */
 #ifndef LB_FRAG_H
 #define LB_FRAG_H
 
@@ -33,6 +33,7 @@
 #include "lb_csum.h"
 #include "lb_embryo.h"
 #include "lb_forward.h"
+#include "lb_flow.h"
 
 /* f, when its first fragment was forwarded within LB_FRAG_TIMEOUT_NS, or 0 */
 static __always_inline struct lb_frag *lb_frag_fresh(struct lb_frag *f)
@@ -82,12 +83,6 @@ static __always_inline struct lb_conn *lb_frag_conn(struct lb_pkt *pkt, __u8 dir
     lb_frag_conn_key(&k, pkt, f, dir);
     int embryo;
     return lb_conn_find(&k, &embryo);
-}
-
-static __always_inline int lb_frag_passed(void)
-{
-    lb_count(LB_CNT_FRAGMENT);
-    return XDP_PASS;
 }
 
 /* A later fragment from a client: to its connection's real server, as its first fragment went */
@@ -152,7 +147,7 @@ static __always_inline int lb_frag_later_private(struct xdp_md *ctx, struct lb_p
 static __always_inline int lb_frag_public(struct xdp_md *ctx, struct lb_pkt *pkt)
 {
     if (pkt->ip6) {
-        lb_progs.call(ctx, LB_PROG_FRAG6_PUBLIC);
+        lb_frag6_progs.call(ctx, LB_FRAG6_PUBLIC);
         asm volatile("/* lb_xdp_frag6_public */");
         lb_count(LB_CNT_TAIL_CALL);
         return lb_frag_passed();
@@ -163,7 +158,7 @@ static __always_inline int lb_frag_public(struct xdp_md *ctx, struct lb_pkt *pkt
 static __always_inline int lb_frag_private(struct xdp_md *ctx, struct lb_pkt *pkt)
 {
     if (pkt->ip6) {
-        lb_progs.call(ctx, LB_PROG_FRAG6_PRIVATE);
+        lb_frag6_progs.call(ctx, LB_FRAG6_PRIVATE);
         asm volatile("/* lb_xdp_frag6_private */");
         lb_count(LB_CNT_TAIL_CALL);
         return lb_frag_passed();
@@ -184,39 +179,24 @@ static __always_inline int lb_frag6_begin(struct xdp_md *ctx, struct lb_pkt *pkt
     return pkt->frag == LB_FRAG_FIRST && act == LB_CONTINUE ? LB_FRAG_FIRST : 0;
 }
 
-/* An IPv6 first fragment from a client: along its flow's connection, noted for the fragments
- * after it.  A datagram that would make a new connection is the kernel's, as before (a first
- * packet in fragments: rare; IPVS schedules it whole). */
+/* An IPv6 first fragment from a client: along its flow's connection, as any packet of the flow
+ * (state, timer, promotion: lb_conn_packet_in), noted for the fragments after it.  A datagram
+ * that would make a new connection is the kernel's, as before (a flow that opens in fragments
+ * is rare; IPVS would schedule it whole). */
 static __always_inline int lb_frag_first6_public(struct xdp_md *ctx, struct lb_pkt *pkt)
 {
+    __u64 now = lb_now();
     struct lb_conn_key key;
     lb_conn_key_in(&key, pkt);
     int embryo;
     struct lb_conn *c = lb_conn_find(&key, &embryo);
-    if (!c || lb_conn_expired(c, lb_now()))
+    if (c && (lb_conn_expired(c, now) || lb_conn_reusable(c, pkt))) {
+        lb_conn_expire_in(&key, c, embryo);
+        c = 0;
+    }
+    if (!c)
         return lb_frag_passed();
-    __u32 real_id = c->real, svc_id = c->svc;
-    struct lb_real *r = lb_reals.lookup(&real_id);
-    if (!r || r->svc != svc_id || r->family == 0)
-        return lb_frag_passed();
-    lb_frag_note6(pkt, 0);
-    lb_stats_in(svc_id, real_id, pkt->len, 0);
-    return lb_forward_to_real(ctx, pkt, r);
-}
-
-/* An IPv6 first fragment of a NAT reply: back to the client from the VIP, noted */
-static __always_inline int lb_frag_first6_private(struct xdp_md *ctx, struct lb_pkt *pkt)
-{
-    struct lb_conn_key rk;
-    lb_conn_key_in(&rk, pkt);
-    rk.dir = 1;
-    int embryo;
-    struct lb_conn *rev = lb_conn_find(&rk, &embryo);
-    if (!rev || !(rev->flags & LB_CONN_F_OUT))
-        return lb_frag_passed();
-    lb_frag_note6(pkt, 1);
-    lb_stats_out(rev->svc, rev->real, pkt->len);
-    return lb_forward_to_client(ctx, pkt, rev);
+    return lb_conn_packet_in(ctx, pkt, &key, c, embryo, now, 1);
 }
 
 #endif

@@ -76,6 +76,8 @@ BPF_TABLE_PINNED("lru_hash", struct lb_frag_key4, struct lb_frag, lb_frags4, LB_
 /* ... IPv6's, and where their keys are built (per-CPU scratch) */
 BPF_TABLE_PINNED("lru_hash", struct lb_frag_key6, struct lb_frag, lb_frags6, LB_FRAG_TABLE_SIZE, LB_PIN(lb_frags6));
 BPF_TABLE_PINNED("percpu_array", __u32, struct lb_frag6_note, lb_frag6_scratch, 1, LB_PIN(lb_frag6_scratch));
+/* ... and their programs' (LB_FRAG6_*) */
+BPF_TABLE_PINNED("prog", __u32, __u32, lb_frag6_progs, LB_FRAG6_PROGS, LB_PIN(lb_frag6_progs));
 /* a partial checksum's segment, a chunk at a time (lb_csum.h; per-CPU scratch, one packet at a time) */
 BPF_TABLE_PINNED("percpu_array", __u32, struct lb_csum_buf, lb_csum_buf, 1, LB_PIN(lb_csum_buf));
 

@@ -282,3 +282,24 @@ def test_ipv6_fragments_of_no_connection_are_passed_and_counted(dp):
     for f in reply:
         assert run(dp, "lb_xdp_private", f)[0] == XDP_PASS
     assert dp.counters()["fragment"] - before == len(new) + len(rest) + len(reply)
+
+
+def test_an_ipv6_first_fragment_moves_its_connections_state_as_a_whole_segment_would(dp):
+    """A FIN in a TCP segment sent in fragments: its first fragment takes the connection's way
+    (lb_flow.h), so the connection leaves ESTABLISHED as `lb list -c` shows it, as IPVS's state
+    machine has it for the reassembled segment (it stayed ESTABLISHED when a first fragment only
+    followed the connection)."""
+    sport = 41700
+
+    def state():
+        rows = [r for r in dp.read_connections() if r.client == (ip(CLIENT6), sport) and r.protocol == "TCP"]
+        assert len(rows) == 1, rows
+        return rows[0].state
+
+    for flags in ("S", "A"):
+        pkt = Ether(src=CLIENT_MAC, dst=PUB_MAC) / IPv6(src=CLIENT6, dst=NAT_VIP6) / TCP(sport=sport, dport=80, flags=flags)
+        assert run(dp, "lb_xdp_public", pkt)[0] == XDP_REDIRECT
+    assert state() == "ESTABLISHED"
+    for fr in fragments6(CLIENT_MAC, PUB_MAC, (CLIENT6, NAT_VIP6), TCP(sport=sport, dport=80, flags="FA"), 8008):
+        assert run(dp, "lb_xdp_public", fr)[0] == XDP_REDIRECT
+    assert state() == "CLOSE_WAIT"          # IPVS's INPUT table: a client's FIN in ESTABLISHED

@@ -458,6 +458,8 @@ class Model:
         if p.ok:
             tunnel = svc is not None and svc.fwd == "tunnel"
             flow = (p.proto, p.saddr, p.sport, p.daddr, p.dport)
+            if p.fam == 6 and p.frag and flow not in self.flows:
+                self.fail("public", i, pkt, f"verdict {rc} for an IPv6 first fragment of no connection (the kernel's)")
             # a new connection was made (or an old one's port reused) before the answer: its real
             # server is one the model did not see
             if tunnel and (p.proto == 6 and p.flags & 0x17 == 0x02 or p.proto == 17 and flow not in self.flows):

@@ -145,8 +145,8 @@ PROG_NEW_CONN = C["LB_PROG_NEW_CONN"]
 PROG_SCHED_BASE = C["LB_PROG_SCHED_BASE"]
 PROG_MAX = C["LB_PROG_MAX"]
 PROG_PERSIST = C["LB_PROG_PERSIST"]
-PROG_FRAG6_PUBLIC = C["LB_PROG_FRAG6_PUBLIC"]     # an IPv6 fragment after the first (lb_frag.h)
-PROG_FRAG6_PRIVATE = C["LB_PROG_FRAG6_PRIVATE"]
+FRAG6_SLOTS = {"lb_xdp_frag6_public": C["LB_FRAG6_PUBLIC"],      # lb_frag6_progs: an IPv6 fragment's
+               "lb_xdp_frag6_private": C["LB_FRAG6_PRIVATE"]}   # programs (lb_frag.h)
 PREV_SLOTS = {"public": C["LB_PREV_PUBLIC"], "private": C["LB_PREV_PRIVATE"]}   # lb_progs_prev
 TX_PORTS = C["LB_TX_PORTS"]                 # lb_tx_ports' size: ifindexes below it
 
@@ -186,10 +186,9 @@ def _check_ids() -> None:
         problems.append(f"counters without a name in layout._COUNTER_NAMES (or gone): "
                         f"{sorted(set(_CNT) ^ set(_COUNTER_NAMES))}")
     if len(set(SCHEDULERS.values())) != len(SCHEDULERS) or min(SCHEDULERS.values()) < 0 or \
-            PROG_SCHED_BASE + max(SCHEDULERS.values()) >= min(PROG_PERSIST, PROG_FRAG6_PUBLIC, PROG_FRAG6_PRIVATE):
+            PROG_SCHED_BASE + max(SCHEDULERS.values()) >= PROG_PERSIST:
         problems.append("scheduler ids must be distinct, >= 0, and their tail-call slots "
-                        "(LB_PROG_SCHED_BASE + id) below LB_PROG_FRAG6_PUBLIC, LB_PROG_FRAG6_PRIVATE "
-                        "and LB_PROG_PERSIST")
+                        "(LB_PROG_SCHED_BASE + id) below LB_PROG_PERSIST")
     if problems:
         raise RuntimeError(f"{BPF_DIR / 'lb_consts.h'}: " + "; ".join(problems))
 
@@ -288,7 +287,7 @@ MAPS: dict[str, tuple[struct.Struct, struct.Struct]] = {
     "lb_est_filter": (U32, EST_WORD),
     "lb_svc_stats": (U32, STATS), "lb_real_stats": (U32, STATS), "lb_svc_rates": (U32, RATES),
     "lb_real_rates": (U32, RATES), "lb_counters": (U32, U64), "lb_progs": (U32, U32),
-    "lb_progs_prev": (U32, U32), "lb_tx_ports": (U32, U32),
+    "lb_progs_prev": (U32, U32), "lb_tx_ports": (U32, U32), "lb_frag6_progs": (U32, U32),
     "lb_lblc": (LBLC_KEY, LBLC), "lb_lblcr": (LBLC_KEY, LBLCR), "lb_sched_buckets": (U32, SCHED_BUCKETS),
     "lb_mh_tables": (U32, U32), "lb_lease": (U32, LEASE), "lb_lease_addrs": (ADDR_KEY, U32),
 }

@@ -341,8 +341,8 @@ class Program:
         # the schedulers' offsets, which the control plane writes in place beside BPF's counts
         self.maps["lb_real_sched_off"] = ArrayField(self.maps["lb_real_conns"], "lb_real_sched_off",
                                                     L.REAL_SCHED_OFF, L.REAL_COUNTS.size)
-        self._wire({L.PROG_NEW_CONN: "lb_xdp_new_conn", L.PROG_PERSIST: "lb_xdp_persist",
-                    L.PROG_FRAG6_PUBLIC: "lb_xdp_frag6_public", L.PROG_FRAG6_PRIVATE: "lb_xdp_frag6_private"})
+        self._wire({L.PROG_NEW_CONN: "lb_xdp_new_conn", L.PROG_PERSIST: "lb_xdp_persist"})
+        self._wire({slot: name for name, slot in L.FRAG6_SLOTS.items()}, "lb_frag6_progs")
         for mapname, table in (("lb_tcp_fsm", TCP_FSM), ("lb_tcp_fsm_secure", TCP_FSM_SECURE)):
             for i, v in enumerate(table):
                 self.maps[mapname].set(L.U32.pack(i), L.U32.pack(v))
@@ -375,10 +375,10 @@ class Program:
         log.info("loaded the scheduler program%s %s in %.2f s", "s" if len(names) > 1 else "",
                  ", ".join(names), time.monotonic() - t0)
 
-    def _wire(self, slots: dict[int, str]) -> None:
-        """lb_progs[slot] = program: the data path's tail calls."""
-        # the loaded programs' own lb_progs (a resize loads them against a staging directory)
-        progs = BpfMap(self.loaded.map_fds["lb_progs"], "lb_progs", owned=False)
+    def _wire(self, slots: dict[int, str], array: str = "lb_progs") -> None:
+        """array[slot] = program: the data path's tail calls (lb_progs, or lb_frag6_progs)."""
+        # the loaded programs' own array (a resize loads them against a staging directory)
+        progs = BpfMap(self.loaded.map_fds[array], array, owned=False)
         for slot, name in slots.items():
             progs.set(L.U32.pack(slot), L.U32.pack(self.fns[name].fd))
 
