@@ -1,6 +1,7 @@
 """pulse's replay guard over restarts and clock fixes, the heartbeat socket under ICMP errors, and
 the sync backlog's count: two in-memory directors (tests/test_ha_unit.py's Pair) and, for ICMP,
 real sockets on 127.0.0.x."""
+import errno
 import random
 import select
 import socket
@@ -240,3 +241,56 @@ def test_a_heartbeat_send_that_meets_an_icmp_error_goes_out_again(tmp_path):
     finally:
         for c in p.channels:
             c.close()
+
+
+# what an ICMP error spoofed from anywhere can leave pending on the heartbeat socket (port, host
+# and network unreachable, protocol unreachable, host unknown, ICMPv6 admin prohibited, ...)
+SPOOFABLE = (errno.ECONNREFUSED, errno.EHOSTUNREACH, errno.ENETUNREACH, errno.ENOPROTOOPT, errno.EHOSTDOWN,
+             errno.EACCES, errno.EPROTO, errno.EMSGSIZE)
+
+
+class IcmpBeforeEverySend:
+    """The active's heartbeat socket, connected to the peer, on which an off-path attacker gets
+    an ICMP error pending before each heartbeat (one spoofed ICMP error a keepalive, i.e. one
+    a tick of the pair's clock): a send takes it and sends nothing, as the kernel's does; what
+    goes out is delivered."""
+
+    def __init__(self, clock, deliver):
+        self.clock, self.deliver, self.errors, self.armed = clock, deliver, list(SPOOFABLE), None
+
+    def send(self, data):
+        if self.armed != self.clock():
+            self.armed = self.clock()
+            e = self.errors.pop(0)
+            self.errors.append(e)
+            raise OSError(e, errno.errorcode[e])
+        self.deliver(data)
+
+
+def test_an_icmp_error_spoofed_before_every_heartbeat_does_not_make_two_actives(tmp_path):
+    """An attacker spoofs an ICMP error quoting the active primary's heartbeat socket after each
+    heartbeat, of every kind the kernel reports on a connected UDP socket (host unreachable,
+    ICMPv6 admin prohibited, ...).  Each heartbeat is sent again at once and arrives: the backup
+    hears the primary all along and stays backup; every error is counted as icmp_errors, none as
+    a send error.  (Only a port unreachable was sent again: the others lost every heartbeat, the
+    backup took over a deadtime later and both were active.)"""
+    from lb.ha.pulse import Pulse
+
+    pair = Pair(tmp_path)
+    primary, backup = pair.start(hb.NODE_PRIMARY), pair.start(hb.NODE_BACKUP)
+    pair.run(2.0)
+    assert pair.roles() == {0: "active", 1: "backup"}
+    primary._send = Pulse._send.__get__(primary)                  # through the endpoint's socket
+    for c in primary.channels:
+        c.hb.sock = IcmpBeforeEverySend(lambda: pair.t, lambda data, c=c: backup._receive(
+            backup.channels[c.id], "heartbeat", data))
+        c.hb.connected = True
+    changes, rx = backup.machine.changes, backup.counters["rx"]
+    roles = set()
+    for _ in range(100):                                          # 20 s
+        pair.run(0.2)
+        roles.add(tuple(sorted(pair.roles().items())))
+    assert roles == {((0, "active"), (1, "backup"))} and backup.machine.changes == changes
+    st = primary.status()["channels"]["public"]
+    assert st["tx_errors"] == 0 and st["icmp_errors"] == st["tx"] >= 75     # a heartbeat every 4-5 steps
+    assert backup.counters["rx"] - rx == st["tx"]

@@ -33,8 +33,9 @@ Receive path (what an outsider can send cannot decide the role):
     max_skew is still heard (a fresh boot proves itself by the echo) and reported as skewed,
     instead of being taken for dead (which made both directors active); so is a peer restarted
     with its clock set back (right after being ahead), whose old boot's captures stay refused;
-  - an ICMP error quoting a connected socket's addresses (spoofed from anywhere) fails the next
-    send: it is sent again at once and counted (``icmp_errors`` per channel), not lost;
+  - an ICMP error quoting a connected socket's addresses (port, host or network unreachable,
+    admin prohibited, ...; spoofed from anywhere) fails the next send: it is sent again at once
+    and counted (``icmp_errors`` per channel), not lost;
   - a channel flooded with refused datagrams only loses that channel's heartbeats: the peer stays
     alive through the other channel, and the role does not change.
 Every background task runs under lb.tasks.supervise (logged and restarted, never lost), and
@@ -44,6 +45,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import errno
 import fcntl
 import ipaddress
 import logging
@@ -65,6 +67,11 @@ _SO_MEMINFO = 55                 # u32[9]: ..., [8] SK_MEMINFO_DROPS (Linux 4.12
 _MEMINFO = struct.Struct("=9I")
 _CLOCK_MONOTONIC_COARSE = 6      # the clock BPF's bpf_ktime_get_coarse_ns reads
 ECHO_CANDIDATES = 4              # boots of the peer not proven fresh that we echo in turn
+# what an ICMP error quoting a connected UDP socket leaves pending on it (the kernel's
+# icmp_err_convert / icmpv6_err_convert: unreachables, admin prohibited, parameter problem, too big)
+ICMP_ERRNOS = frozenset((errno.ECONNREFUSED, errno.EHOSTUNREACH, errno.ENETUNREACH, errno.ENOPROTOOPT,
+                         errno.EHOSTDOWN, errno.ENONET, errno.EACCES, errno.EPROTO, errno.EMSGSIZE,
+                         errno.EOPNOTSUPP))
 
 STARTING, BACKUP, ACTIVE, FAULT, LEAVING = (hb.S_STARTING, hb.S_BACKUP, hb.S_ACTIVE, hb.S_FAULT,
                                            hb.S_LEAVING)
@@ -246,10 +253,13 @@ class Endpoint:
             if self.connected:
                 try:
                     self.sock.send(data)
-                except ConnectionRefusedError:
+                except OSError as e:
                     # an ICMP error quoting our addresses (a port unreachable from the peer while
-                    # it restarts, or spoofed from anywhere) was pending on the connected socket:
-                    # the failed send took it and sent nothing; send again, once
+                    # it restarts, any unreachable or prohibited spoofed from anywhere) was pending
+                    # on the connected socket: the failed send took it and sent nothing; send
+                    # again, once (a second failure is a send error)
+                    if e.errno not in ICMP_ERRNOS:
+                        raise
                     self.icmp_errors += 1
                     self.sock.send(data)
             else:
