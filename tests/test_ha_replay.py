@@ -2,6 +2,7 @@
 the sync backlog's count: two in-memory directors (tests/test_ha_unit.py's Pair) and, for ICMP,
 real sockets on 127.0.0.x."""
 import errno
+import logging
 import random
 import select
 import socket
@@ -50,6 +51,49 @@ def test_a_primary_restarted_with_its_clock_set_back_is_heard_at_once(tmp_path):
     assert backup.counters["replay"] == replays + 5 * len(captured)
     assert pair.roles() == {0: "active", 1: "backup"} and backup.machine.changes == changes
     assert backup.status()["peer"]["state"] == "active"
+
+
+def test_a_dead_primarys_heartbeats_replayed_to_a_restarted_backup_do_not_hold_it_back(tmp_path, caplog):
+    """The active primary dies; the backup's lb restarts a second later (a new boot, a new replay
+    guard).  An attacker replays the primary's last 28 s of heartbeats ("active", rising sequence
+    numbers), one every 5 s (below deadtime), oldest first.  The first is within max_skew and
+    taken, but the stream never echoes the new boot: every later one must be within max_skew too,
+    falls behind it, and is refused as stale -- the backup takes over a deadtime after it started,
+    and no log line says they were accepted for echoing our boot id.  (It stayed BACKUP, with no
+    active director, for as long as the capture lasted: 66 s here.)"""
+    pair = Pair(tmp_path, keepalive=2.0, deadtime=6.0)
+    primary, backup = pair.start(hb.NODE_PRIMARY), pair.start(hb.NODE_BACKUP)
+    pair.run(10.0)
+    assert pair.roles() == {0: "active", 1: "backup"}
+    deliver, captured = pair._deliver, []
+
+    def tapped(p, c, typ, state, payload):
+        if p is not primary or typ != hb.T_HEARTBEAT:
+            return deliver(p, c, typ, state, payload)
+        captured.append(p.encode(c, typ, state, payload))           # what goes out is captured
+        backup._receive(backup.channels[c.id], "heartbeat", captured[-1])
+    pair._deliver = tapped
+    pair.run(28.0)
+    del pair.nodes[hb.NODE_PRIMARY]                                 # it dies: no "leaving"
+    del pair.nodes[hb.NODE_BACKUP]
+    pair.run(1.0)
+    backup = pair.start(hb.NODE_BACKUP)                             # lb restarts on the backup
+    replay = list(captured)
+    assert len(replay) == 14                                        # 2 s apart
+    started, roles = pair.t, []
+    with caplog.at_level(logging.WARNING, "lb.ha"):
+        for i in range(14 * 10):                                    # 70 s, a replayed heartbeat every 5 s
+            if i % 10 == 0 and replay:
+                backup._receive(backup.channels[0], "heartbeat", replay.pop(0))
+            pair.run(0.5)
+            roles.append((round(pair.t - started, 1), backup.role))
+    took_over = next((t for t, role in roles if role == "active"), None)
+    assert took_over is not None and took_over <= pair.ha.deadtime + 1.0, roles
+    assert all(role == "active" for t, role in roles if t >= took_over)
+    assert backup.counters["stale"] >= 10
+    logged = [r.getMessage() for r in caplog.records]
+    assert not [m for m in logged if "echo our boot id" in m], logged
+    assert [m for m in logged if "max_skew" in m and "refused" in m]
 
 
 def test_a_backup_restarted_with_its_clock_set_back_is_heard_by_the_primary(tmp_path):

@@ -395,7 +395,7 @@ class HA:
     sync: bool = True  # stream connection entries to the backup
     sync_interval: float = 0.2  # seconds between sync scans
     sync_rate: int = 20000  # entries per second at most (bounded bandwidth)
-    max_skew: float = 30.0  # accepted clock difference for a peer's first heartbeat (> 0)
+    max_skew: float = 30.0  # accepted clock difference for a peer's heartbeats until they echo us (> 0)
     notify: tuple[str, ...] = ()  # programs run (no shell) on role changes: PROG ROLE OLD INSTANCE
     script_user: str = DEFAULT_SCRIPT_USER  # notify programs run as this user (the loader's default: global)
 

@@ -33,6 +33,8 @@ Receive path (what an outsider can send cannot decide the role):
     max_skew is still heard (a fresh boot proves itself by the echo) and reported as skewed,
     instead of being taken for dead (which made both directors active); so is a peer restarted
     with its clock set back (right after being ahead), whose old boot's captures stay refused;
+    a boot that has not echoed ours is held to max_skew on every message, not only its first (a
+    capture of the dead active replayed to a backup just restarted stops holding it back there);
   - an ICMP error quoting a connected socket's addresses (port, host or network unreachable,
     admin prohibited, ...; spoofed from anywhere) fails the next send: it is sent again at once
     and counted (``icmp_errors`` per channel), not lost;
