@@ -490,3 +490,30 @@ def test_a_lease_that_cannot_be_renewed_is_logged_once_a_minute(monkeypatch, tmp
     asyncio.run(main())
     lines = [r.getMessage() for r in caplog.records if "cannot renew the lease" in r.getMessage()]
     assert a.renew_failures >= 5 and len(lines) == 1, (a.renew_failures, lines)
+
+
+def test_a_takeover_announces_at_once_and_health_coming_back_still_settles(monkeypatch, tmp_path, caplog) -> None:
+    """[ha] with mode = "announce": the backup's health checks run all along, so when it takes
+    over its VIP is announced at once -- settle is for real servers coming back, not for a role
+    change (a takeover waited settle seconds with no director announcing the VIP).  A real
+    server that came back 1 s before the takeover still waits out the rest of its settle."""
+    monkeypatch.setattr(announcer, "lease_path", lambda inst: str(tmp_path / f"{inst}.lease"))
+    monkeypatch.setattr(announcer, "status_path", lambda inst: str(tmp_path / f"{inst}.status"))
+    caplog.set_level("INFO", "lb.bgp")
+    a = announcer.Announcer(loads(CFG.replace("lease = 2", 'lease = 2\nsettle = 2\nmode = "announce"')))
+    route = Route("198.18.10.10/32", 20, ("65000:100", "no-export"))
+    a.update(TableSpec((svc("198.18.10.10", 80, 1, 1),)), attached=True, active=False, now=0.0)
+    a.update(now=50.0)
+    assert read_lease(a.lease_path).routes == ()
+    assert a.status()["vips"][0]["reason"] == "this director is not the active one ([ha])"
+    a.update(active=True, now=100.0)                                   # the takeover
+    assert read_lease(a.lease_path).routes == (route,)
+    assert "BGP: announcing 198.18.10.10/32" in caplog.text
+    a.update(active=False, now=110.0)                                  # it stands down: withdrawn
+    assert read_lease(a.lease_path).routes == ()
+    a.update(TableSpec((svc("198.18.10.10", 80, 1, 0),)), now=119.0)   # a real server changes
+    a.update(active=True, now=120.0)                                   # takeover 1 s later
+    assert read_lease(a.lease_path).routes == ()
+    assert a.status()["vips"][0]["reason"] == "settling: servable with these real servers for 1.0 of 2 s"
+    a.update(now=121.0)
+    assert read_lease(a.lease_path).routes == (route,)

@@ -6,7 +6,9 @@ director can serve it: the data plane attached on the public interface, the dire
 that address with a usable real server (weight > 0; the engine puts a service's sorry server
 in the table when none is usable).  A VIP several services share is withdrawn as soon as one
 of them cannot be served: the router cannot route by port, and a director that takes a VIP's
-packets must serve all of them.
+packets must serve all of them.  A VIP is announced once servable with the same usable real
+servers for [bgp] ``settle`` seconds -- health checks coming back, not a role change: an [ha]
+backup counts them too, so a takeover announces at once.
 
 The routes go into the lease (lb.bgp.lease) that the speaker's agent reads, renewed every
 second by ``run()``.  The speaker itself (ExaBGP) is started by ``start()``.
@@ -132,7 +134,8 @@ class Announcer:
                now: float | None = None) -> None:
         """After an apply (``table``), an attach or a role change, and every second: the lease's
         routes.  A VIP that becomes servable is announced once it has stayed servable with the same
-        usable real servers for [bgp] settle seconds; an announced one stays while servable."""
+        usable real servers for [bgp] settle seconds (counted on the backup too: a takeover alone
+        does not wait); an announced one stays while servable."""
         with self._lock:
             self._update(table, attached, active, now)
 
@@ -145,18 +148,21 @@ class Announcer:
             self.active = active
         now = time.monotonic() if now is None else now
         reasons = {} if self.table is None else servable(self.table, self.attached, self.active)
+        # settle is for health coming back, not for the role: a backup's VIPs settle as the
+        # active's would (its health checks run all along), so a takeover announces at once
+        ready = reasons if self.active or self.table is None else servable(self.table, self.attached, True)
         sets = {} if self.table is None else usable_sets(self.table)
         # a VIP that left the table settles afresh when it comes back
         for vip in [v for v in self._settling if v not in reasons]:
             del self._settling[vip]
-        for vip, why in reasons.items():
+        for vip, why in ready.items():
             if why is not None:
                 self._settling.pop(vip, None)
                 continue
             since = self._settling.get(vip)
             if since is None or since[0] != sets[vip]:
                 since = self._settling[vip] = (sets[vip], now)
-            if self.reasons.get(vip, "new") is not None and now - since[1] < self.bgp.settle:
+            if reasons[vip] is None and self.reasons.get(vip, "new") is not None and now - since[1] < self.bgp.settle:
                 reasons[vip] = (f"settling: servable with these real servers for {now - since[1]:.1f} "
                                 f"of {self.bgp.settle:g} s")
         if self.leaving:
