@@ -1083,8 +1083,9 @@ class Engine:
             self._lease_log.log("lease", logging.ERROR, "HA: cannot refresh the lease: %s", e)
 
     def _end_lease(self) -> None:
-        """Stopping with [ha]: pulse tells the peer, which takes over at once, so this director
-        stops claiming at once (the addresses too stay with --keep-dataplane)."""
+        """Stopping with [ha]: pulse told the peer, which took over at once, so this director
+        stops claiming now, after its [bgp] drain if any (the addresses too stay with
+        --keep-dataplane)."""
         self._lease_armed = False
         try:
             self.dp.lease(0)
@@ -1664,6 +1665,11 @@ class Engine:
         """What _start_running started (``started``), stopped: at the end of the loop, or after
         a start that failed part-way."""
         await blocking(self._address_watch.stop)
+        ha = self.pulse is not None and started.get("pulse")
+        if ha:
+            # "leaving" first: the peer takes over (and announces) while this one drains; our
+            # claim on the addresses (the lease) ends once the drain is done
+            await self.pulse.stop()
         if self.bgp is not None:        # withdraw and drain before anything stops
             await tasks.cancel_and_wait(started.get("bgp_lease"))
             await self.bgp.leave(keep=self._stop == "keep")
@@ -1673,9 +1679,8 @@ class Engine:
             await blocking(started["metrics"].stop)
         if started.get("server") is not None:
             await started["server"].stop()
-        if self.pulse is not None and started.get("pulse"):
+        if ha:
             self._end_lease()
-            await self.pulse.stop()
         await tasks.cancel_and_wait(*(m[3] for m in (*self.monitors.values(), *self.loads.values())))
 
 
