@@ -1137,8 +1137,8 @@ class Engine:
     def announce(self, burst: bool = True, addrs=None, first_sent=None) -> None:
         """Gratuitous ARP / unsolicited NA for the addresses this director holds (or ``addrs``),
         with or without [ha]: at start (its first round before READY), when a reload adds a VIP,
-        at a takeover (a burst) and every garp_refresh while active (one round).  ``first_sent``:
-        as lb.ha.announce.announce's."""
+        at a takeover (a burst, cut short by a step-down) and every garp_refresh while active
+        (one round).  ``first_sent``: as lb.ha.announce.announce's."""
         ha = self.cfg.ha
         addrs = self.owned if addrs is None else addrs
         if not self.active or not addrs:
@@ -1146,7 +1146,9 @@ class Engine:
                 first_sent()
             return
         count, interval = (ha.garp_count, ha.garp_interval) if ha else (ha_announce.COUNT, ha_announce.INTERVAL)
-        n = ha_announce.announce(addrs, count if burst else 1, interval, first_sent=first_sent)
+        # each round only while still active: a quick step-down ends the burst
+        n = ha_announce.announce(addrs, count if burst else 1, interval, first_sent=first_sent,
+                                 going=lambda: self.active)
         log.info("announced %d addresses (%d frames)", len(addrs), n)
 
     async def _announce_before_ready(self) -> None:

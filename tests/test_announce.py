@@ -29,3 +29,45 @@ def test_an_unsolicited_neighbour_advertisement_says_router_as_the_kernels_own_d
         (tmp_path / "pub0" / "forwarding").write_text("0\n" if r else "1\n")
         (na,) = announce.frames("pub0", "2001:2::10/128", mac=MAC)
         assert na[sa.ICMPv6ND_NA].R == 1 - r
+
+
+def test_a_takeover_burst_stops_when_the_director_steps_down(monkeypatch, caplog):
+    """[ha] garp_count = 5: the takeover's burst of gratuitous ARPs goes on round after round
+    only while the director is active; stepped down during the first interval (the peer was
+    active after all), it sends no more claims for an address the peer now holds.  (The burst
+    sent all its rounds whatever the role.)"""
+    import ipaddress
+    import types
+
+    from lb import engine as lbengine
+    from lb.ha.addresses import OwnedAddress
+
+    sent = []
+
+    class Socket:                         # the send-only packet socket: what goes on the wire
+        def __init__(self, **_kw):
+            pass
+
+        def send(self, frame):
+            sent.append(frame)
+
+        def close(self):
+            pass
+    sa = announce.warm_up()
+    monkeypatch.setattr(sa.conf, "L2socket", Socket)
+    monkeypatch.setattr(announce, "frames", lambda ifname, address, mac=None: [f"garp {address} on {ifname}"])
+    ha = types.SimpleNamespace(garp_count=5, garp_interval=0.5)
+    eng = types.SimpleNamespace(cfg=types.SimpleNamespace(ha=ha), active=True,
+                                owned=[OwnedAddress("pub0", ipaddress.ip_interface("198.18.0.10/32"))])
+    monkeypatch.setattr(announce.time, "sleep", lambda s: None)
+    caplog.set_level("INFO", "lb")
+    lbengine.Engine.announce(eng, True)
+    assert sent == ["garp 198.18.0.10/32 on pub0"] * 5          # active all along: the whole burst
+    sent.clear()
+
+    def step_down(s):                     # the peer's stand-down lands during the first interval
+        eng.active = False
+    monkeypatch.setattr(announce.time, "sleep", step_down)
+    lbengine.Engine.announce(eng, True)
+    assert sent == ["garp 198.18.0.10/32 on pub0"]
+    assert "announced 1 addresses (1 frames)" in caplog.text

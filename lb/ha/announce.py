@@ -101,11 +101,12 @@ def send_arp(ifname: str, address, count: int = 1, interval: float = 0.0) -> int
     return announce([OwnedAddress(ifname, ipaddress.ip_interface(str(address)))], count, interval)
 
 
-def announce(owned, count: int = 1, interval: float = 0.0, first_sent=None) -> int:
+def announce(owned, count: int = 1, interval: float = 0.0, first_sent=None, going=None) -> int:
     """Send ``count`` rounds of announcements for every OwnedAddress; returns frames sent.
     ``first_sent()`` is called once the first round is out (or nothing could be sent), so a
-    caller can go on while the repeats follow.  Errors are logged, never raised (an
-    announcement is best effort)."""
+    caller can go on while the repeats follow.  ``going()``, asked before each round, ends the
+    burst when false (the director stepped down meanwhile).  Errors are logged, never raised
+    (an announcement is best effort)."""
     called = False
 
     def first() -> None:
@@ -114,12 +115,12 @@ def announce(owned, count: int = 1, interval: float = 0.0, first_sent=None) -> i
             called = True
             first_sent()
     try:
-        return _announce(owned, count, interval, first)
+        return _announce(owned, count, interval, first, going)
     finally:
         first()
 
 
-def _announce(owned, count: int, interval: float, first_sent) -> int:
+def _announce(owned, count: int, interval: float, first_sent, going=None) -> int:
     sa = warm_up()
     by_dev: dict[str, list] = {}
     for a in owned:
@@ -142,6 +143,8 @@ def _announce(owned, count: int, interval: float, first_sent) -> int:
             if i:
                 first_sent()
                 time.sleep(interval)
+            if going is not None and not going():
+                break               # stepped down: no more claims for what the peer holds now
             for dev, fs in by_dev.items():
                 s = socks.get(dev)
                 if s is None:
