@@ -338,3 +338,29 @@ def test_an_icmp_error_spoofed_before_every_heartbeat_does_not_make_two_actives(
     st = primary.status()["channels"]["public"]
     assert st["tx_errors"] == 0 and st["icmp_errors"] == st["tx"] >= 75     # a heartbeat every 4-5 steps
     assert backup.counters["rx"] - rx == st["tx"]
+
+
+def test_a_send_that_fails_again_or_not_for_icmp_is_a_send_error():
+    """Sent again once only: a second failure is a send error (tx_errors), and an error no ICMP
+    message leaves (ENOBUFS: the queue full) is one at once, not sent again."""
+    import ipaddress
+
+    from lb.ha.pulse import Endpoint
+
+    class Failing:
+        def __init__(self, *errs):
+            self.errs, self.sent = list(errs), []
+
+        def send(self, data):
+            if self.errs:
+                e = self.errs.pop(0)
+                raise OSError(e, errno.errorcode[e])
+            self.sent.append(data)
+
+    for errs, sent, icmp, tx_errors in (((errno.EHOSTUNREACH, errno.EHOSTUNREACH), 0, 1, 1),
+                                        ((errno.ENOBUFS,), 0, 0, 1),
+                                        ((errno.EACCES,), 1, 1, 0)):
+        ep = Endpoint("heartbeat", ipaddress.ip_address("192.0.2.1"), ipaddress.ip_address("192.0.2.2"), 539, 1 << 20)
+        ep.sock, ep.connected = Failing(*errs), True
+        ep.send(b"heartbeat")
+        assert (len(ep.sock.sent), ep.icmp_errors, ep.tx_errors, ep.tx) == (sent, icmp, tx_errors, sent), errs
