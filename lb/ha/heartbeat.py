@@ -26,14 +26,16 @@ above the highest seen, or inside the 64-message window and not seen yet.  A hea
 new boot needs either a timestamp within ``max_skew`` of the receiver's clock, or the receiver's
 own current boot id as its echo -- proof that it was made after the receiver started, whatever
 the two clocks say, so a peer with a wrong clock is still heard (and reported) instead of being
-taken for dead.  So does every later heartbeat of a boot that has not echoed it yet: a capture
-of a dead boot, replayed a message at a time to a receiver just restarted, is refused once it
-falls max_skew behind (it kept the receiver in BACKUP for as long as the capture lasted).  It also needs a timestamp later than the last accepted one of that stream (a
+taken for dead.  It also needs a timestamp later than the last accepted one of that stream (a
 replay of an older boot's traffic is refused), unless it echoes the receiver's boot id and is no
 boot a stream of the peer has left: a peer whose clock was ahead, set right and restarted, is
 heard at once, not only once its clock has passed the old one.  A boot a stream has left is
 refused (up to the last message taken from it, whatever its timestamp), and a boot that echoes
-the receiver and is still heard is not replaced by one that does not.  A sync message is
+the receiver and is still heard is not replaced by one that does not.  Until a boot echoes the
+receiver's boot id, every heartbeat of it needs a timestamp within ``max_skew``, not only its
+first: a capture of a dead boot, replayed a message at a time to a receiver just restarted, is
+refused once it falls max_skew behind (it held the receiver in BACKUP for as long as the
+capture lasted).  A sync message is
 accepted only from a boot whose heartbeats were accepted, never from a boot its stream has left,
 and, for a new sync stream, not when older than the first heartbeat accepted from its boot (less
 a grace): a receiver just restarted would take an old capture of the active's current boot again.
@@ -306,11 +308,12 @@ class ReplayGuard:
                 self._heard(st, m, now_wall_ns, my_boot)
                 return None
             self.streams[key] = st = back       # its window as it was: nothing it had is taken again
-        elif not sync and not st.echoed and not (my_boot and m.echo == my_boot) \
-                and abs(now_wall_ns - m.ts_ns) > self.max_skew_ns:
+        elif not sync and not st.echoed and len(m.payload) == ECHO.size \
+                and not (my_boot and m.echo == my_boot) and abs(now_wall_ns - m.ts_ns) > self.max_skew_ns:
             # a boot that never echoed us is fresh by its clock alone, so on every message, not
             # only its first: a capture of a dead boot's heartbeats replayed one at a time to a
-            # receiver just restarted (each within deadtime) falls behind max_skew and stops there
+            # receiver just restarted (each within deadtime) falls behind max_skew and stops there.
+            # (A peer too old to echo is taken as before.)
             return "stale"
         elif sync and m.seq <= st.top and m.ts_ns < min(st.floor_ns, self._sync_floor(m) or st.floor_ns):
             # inside the window, but made before its boot's first heartbeat we accepted: a
