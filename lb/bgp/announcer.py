@@ -162,7 +162,8 @@ class Announcer:
             since = self._settling.get(vip)
             if since is None or since[0] != sets[vip]:
                 since = self._settling[vip] = (sets[vip], now)
-            if reasons[vip] is None and self.reasons.get(vip, "new") is not None and now - since[1] < self.bgp.settle:
+            if reasons[vip] is None and self.reasons.get(vip, "new") is not None \
+                    and now - since[1] < self.bgp.settle:
                 reasons[vip] = (f"settling: servable with these real servers for {now - since[1]:.1f} "
                                 f"of {self.bgp.settle:g} s")
         if self.leaving:
