@@ -31,6 +31,7 @@ PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 OUTPUT_LIMIT = 64 * 1024     # bytes read from each of stdout and stderr
 _READ = 16 * 1024
 DRAIN = 1.0                  # seconds to read what an exited program printed, once its group is killed
+SPAWN_WAIT = 5.0             # seconds a cancelled start may take to finish, so that its group is killed
 
 
 class ProgramError(Exception):
@@ -79,6 +80,21 @@ def _kill_group(proc: asyncio.subprocess.Process) -> None:
             pass
 
 
+async def _kill_cancelled_start(spawn: asyncio.Future) -> None:
+    """A start cancelled while asyncio set the program's pipes up: the program may run already,
+    and asyncio's own clean-up would kill it alone, not what it started in the background (its
+    process group) -- so let the start finish (bounded), then kill the group."""
+    try:
+        transport, _ = await asyncio.wait_for(spawn, SPAWN_WAIT)
+    except BaseException:         # it failed, or did not finish: asyncio cleaned up what it could
+        return
+    try:
+        os.killpg(transport.get_pid(), signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+    transport.close()
+
+
 class _Protocol(asyncio.subprocess.SubprocessStreamProtocol):
     """asyncio's, and ``exited``: done once the program itself has exited.  (proc.wait() (3.11)
     returns only once every pipe is closed too: never while a child it left behind holds one.)"""
@@ -114,12 +130,17 @@ async def run(argv: list[str], *, user: str | None = None, env: dict[str, str] |
     started as ``user``, OSError when it cannot be executed (missing, not executable)."""
     creds = _credentials(user)
     loop = asyncio.get_running_loop()
+    # asyncio.create_subprocess_exec with a protocol that says when the program exits
+    spawn = asyncio.ensure_future(loop.subprocess_exec(
+        lambda: _Protocol(2 ** 16, loop), *argv, stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, start_new_session=True, cwd="/",
+        env=environment(env), **creds))
     try:
-        # asyncio.create_subprocess_exec with a protocol that says when the program exits
-        transport, protocol = await loop.subprocess_exec(
-            lambda: _Protocol(2 ** 16, loop), *argv, stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, start_new_session=True, cwd="/",
-            env=environment(env), **creds)
+        try:
+            transport, protocol = await asyncio.shield(spawn)
+        except asyncio.CancelledError:
+            await _kill_cancelled_start(spawn)
+            raise
     except PermissionError as e:
         if creds and e.filename is None:          # setuid/setgid refused, not the program's mode
             raise ProgramError(f"cannot run as {user!r}: {e.strerror}") from None

@@ -519,13 +519,27 @@ def _gone(pid: int, within: float = 5.0) -> bool:
     return False
 
 
-def test_program_cancel_kills(tmp_path):
+@pytest.mark.parametrize("slow_start", [False, True])
+def test_program_cancel_kills(tmp_path, monkeypatch, slow_start):
+    """A check cancelled (a reload, a stop) kills its program and what the program started in
+    the background.  slow_start: asyncio's setting up of the pipes takes a second, as on a
+    loaded machine, and the cancel comes meanwhile -- it used to leave `sleep 30` running
+    (asyncio's own clean-up kills the program alone), which a loaded CI run caught."""
     pidfile = tmp_path / "pid"
     script = tmp_path / "slow.sh"
     script.write_text(f"#!/bin/sh\nsleep 30 &\necho $! > {pidfile}\nwait\n")
     script.chmod(0o755)
 
     async def main():
+        if slow_start:
+            loop = asyncio.get_running_loop()
+            started = loop.subprocess_exec
+
+            async def slow(*a, **kw):
+                out = await started(*a, **kw)
+                await asyncio.sleep(1.0)
+                return out
+            monkeypatch.setattr(loop, "subprocess_exec", slow)
         task = asyncio.ensure_future(run_check(CheckSpec("program", HOST, 1, program=str(script),
                                                          connect_timeout=5)))
         # a loaded 2-core CI machine can take seconds to start the script: wait for it, bounded
