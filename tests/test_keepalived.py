@@ -688,3 +688,80 @@ def test_a_group_s_statement_is_warned_about_or_refused_once() -> None:
     assert [w.line for w in cfg.warnings if "lb checks one url" in w.message] == [16]
     issues = error_of(GROUP_OF_THREE.replace("PORT", "8080"))
     assert [(line, msg.split(" (")[0]) for line, _, msg in issues] == [(11, "direct routing cannot change the destination port")]
+
+
+FWM_NAT = """global_defs {
+  lb_public_interface eth0
+  lb_private_interface eth1
+  lb_nat_router 10.0.1.254/24
+}
+virtual_server fwmark 5 {
+  lb_kind NAT
+  lb_port_group tcp 10.0.0.1 80
+  real_server 10.0.1.1 8080 {
+  }
+}
+"""
+
+
+def test_a_fwmark_real_servers_port_is_refused_in_nat_and_a_warning_in_dr() -> None:
+    """IPVS NATs a firewall-mark service's connections to its real server's port; lb's take
+    each connection's own port: refused, not silently sent to :80.  DR ignores it in both."""
+    assert error_of(FWM_NAT) == [
+        (9, "virtual_server[fwmark 5].real_server[10.0.1.1 8080]",
+         "keepalived NATs this firewall-mark service's connections to port 8080; lb sends each to the port it "
+         "came to (the lb_port_group ports): omit the port if the real server listens on those, else write a "
+         "virtual_server ADDRESS PORT for it")]
+    [vs] = keepalived.loads(FWM_NAT.replace(" 8080 {", " {"), "k.conf").virtual_servers
+    assert vs.real_servers[0].port is None
+    cfg = keepalived.loads(FWM_NAT.replace("NAT", "DR"), "k.conf")
+    assert cfg.virtual_servers[0].real_servers[0].port is None
+    assert [(w.line, w.field, w.message) for w in cfg.warnings] == [
+        (9, "virtual_server[fwmark 5].real_server[10.0.1.1 8080]",
+         "port 8080: no effect: DR keeps each connection's own port (in keepalived too)")]
+
+
+DNS_PAIR = """global_defs {
+  lb_public_interface eth0
+}
+virtual_server 10.0.0.1 53 {
+  lb_kind DR
+  protocol TCP
+  real_server 10.0.1.1 53 {
+  }
+}
+virtual_server 10.0.0.1 53 {
+  lb_kind DR
+  protocol UDP
+  real_server 10.0.1.1 53 {
+  }
+}
+virtual_server 10.0.0.1 80 {
+  lb_kind DR
+  real_server 10.0.1.1 80 {
+  }
+}
+"""
+
+
+def test_tcp_and_udp_on_one_address_and_port_are_two_services() -> None:
+    cfg = keepalived.loads(DNS_PAIR, "k.conf")
+    assert [(vs.name, vs.protocol, vs.port) for vs in cfg.virtual_servers] == [
+        ("tcp/10.0.0.1:53", "tcp", 53), ("udp/10.0.0.1:53", "udp", 53), ("10.0.0.1:80", "tcp", 80)]
+    assert loads(totoml.dumps(cfg)) == dataclasses.replace(cfg, path=None)
+    # the same protocol twice is still one service defined twice
+    issues = error_of(DNS_PAIR.replace("protocol UDP", "protocol TCP"))
+    assert [(line, msg) for line, _, msg in issues] == [
+        (10, "duplicate virtual server tcp 10.0.0.1:53 (already defined by virtual_server[0])"),
+        (10, "duplicate virtual server name '10.0.0.1:53' (already used by virtual_server[0])")]
+
+
+def test_persistence_granularity_alone_is_persistent_for_360_seconds() -> None:
+    """keepalived's pgr_handler sets persistence_timeout 360 when none is given."""
+    text = DNS_PAIR.replace("protocol TCP", "persistence_granularity 255.255.255.0").replace(
+        "10.0.0.1 53 {\n  lb_kind DR\n  protocol UDP",
+        "10.0.0.2 53 {\n  lb_kind DR\n  persistence_timeout 60\n  persistence_granularity 255.255.255.0")
+    cfg = keepalived.loads(text, "k.conf")
+    assert [(vs.name, vs.persistent, vs.pmask) for vs in cfg.virtual_servers] == [
+        ("10.0.0.1:53", 360, "255.255.255.0"), ("10.0.0.2:53", 60, "255.255.255.0"), ("10.0.0.1:80", 0, None)]
+    assert cfg.warnings == ()

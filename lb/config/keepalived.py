@@ -28,16 +28,19 @@ Mapping (keepalived.conf(5) -> lb):
   lb's own keywords (keepalived logs them as unknown and goes on): ``lb_public_interface IF``,
   ``lb_private_interface IF``, ``lb_nat_router ADDR/PREFIX [IF]``, ``lb_ha_key_file PATH``.
 * ``virtual_server IP PORT`` / ``fwmark N`` / ``group NAME`` (``virtual_server_group``: one lb
-  virtual server per address, address range and port of the group) -> [[virtual_server]]:
+  virtual server per address, address range and port of the group) -> [[virtual_server]] named
+  ``ADDRESS:PORT`` (``tcp/`` and ``udp/ADDRESS:PORT`` where both protocols use it) or ``fwmarkN``:
   ``lb_algo``/``lvs_sched`` -> scheduler, ``sh-port``/``sh-fallback``/``mh-*``/``flag-1``/``flag-2``
   -> scheduler_flags, ``lb_kind``/``lvs_method`` NAT|DR|TUN -> [global] network (one for every
   virtual server: lb forwards all the same way; TUN: ipip only), ``protocol`` TCP|UDP,
-  ``persistence_timeout`` [N] (360 without N) -> persistent, ``persistence_granularity`` -> pmask,
+  ``persistence_timeout`` [N] (360 without N) -> persistent, ``persistence_granularity`` -> pmask
+  (alone: persistent 360 too, as keepalived),
   ``sorry_server IP [PORT]`` -> sorry_server, ``virtualhost`` -> the HTTP checks' Host.  A
   firewall-mark service needs lb's ``lb_port_group PROTO VIP PORT[-PORT]`` lines (lb matches the
   ports itself; an iptables rule set keepalived's marks).
 * ``real_server IP [PORT]``: ``weight``, ``uthreshold``/``lthreshold`` -> u_/l_threshold,
-  ``inhibit_on_failure`` -> monitor.quiesce.
+  ``inhibit_on_failure`` -> monitor.quiesce.  A firewall-mark service's real servers take each
+  connection's own port: a PORT is an error in NAT (IPVS sends there), a warning in DR and TUN.
 * Checkers -> the virtual server's one monitor (lb checks every real server of a service the
   same way: the first real server's first checker, a warning where another differs):
   TCP_CHECK -> tcp; HTTP_GET / SSL_GET -> http / https (the first ``url``: path, ``digest``,
@@ -1137,6 +1140,14 @@ class _Builder:
                 d = self._one_virtual(vs, len(out), label, key, addr, port, fwmark)
                 if d is not None:
                     out.append(d)
+        # TCP and UDP on one ADDRESS PORT (DNS) are two services: their names say which (the
+        # others keep ADDRESS:PORT)
+        protocols: dict[str, set[str]] = {}
+        for d in out:
+            protocols.setdefault(d["name"], set()).add(d.get("protocol", "tcp"))
+        for d in out:
+            if len(protocols[d["name"]]) > 1:
+                d["name"] = f"{d.get('protocol', 'tcp')}/{d['name']}"
         return out
 
     def _endpoints(self, vs: _Virtual) -> list[tuple[str, str | None, int | None, int | None]]:
@@ -1299,6 +1310,9 @@ class _Builder:
                 d["persistent"] = value
             self.note(tf + ("persistent",), pt, f"{label}.persistence_timeout")
         pg = o.get("persistence_granularity")
+        if pg is not None and pt is None:  # keepalived's pgr_handler turns persistence on: 360 s
+            d["persistent"] = PERSISTENCE_TIMEOUT
+            self.note(tf + ("persistent",), pg, f"{label}.persistence_granularity")
         if pg is not None:
             mask = self.one(pg, f"{label}.persistence_granularity")
             if mask is not None:
@@ -1327,6 +1341,8 @@ class _Builder:
                 r["name"] = f"{rs.address}:{rs.port}" if ":" not in rs.address else f"[{rs.address}]:{rs.port}"
             if rs.port is not None and fwmark is None and rs.port != port:
                 r["port"] = rs.port
+            elif rs.port and fwmark is not None:
+                self._fwmark_real_port(vs, rs)
             w = rs.opts.get("weight")
             if w is not None:
                 wv = self.integer(w, f"{rs.label}.weight", 0, 65535)
@@ -1347,6 +1363,20 @@ class _Builder:
         if monitor is not None:
             d["monitor"] = monitor
         return d
+
+    def _fwmark_real_port(self, vs: _Virtual, rs: _Real) -> None:
+        """A port on a firewall-mark service's real server: IPVS NATs to it, lb has no such port
+        (each connection keeps its own); DR and TUN ignore it in IPVS too."""
+        st = vs.opts.get("lb_kind") or vs.opts.get("lvs_method")
+        method = "nat" if st is None else METHODS.get(st.args[0].upper()) if st.args else None
+        if method == "nat":
+            self.error(rs.stmt, rs.label, f"keepalived NATs this firewall-mark service's connections to port "
+                                          f"{rs.port}; lb sends each to the port it came to (the lb_port_group "
+                                          f"ports): omit the port if the real server listens on those, else "
+                                          f"write a virtual_server ADDRESS PORT for it")
+        elif method is not None:  # a wrong lb_kind: reported by _network
+            self.warn(rs.stmt, rs.label, f"port {rs.port}: no effect: {_METHOD_NAMES[method]} keeps each "
+                                         f"connection's own port (in keepalived too)")
 
     # -- checkers -> monitor
     def _setting(self, key: str, *stmts_opts: dict[str, Stmt]) -> Stmt | None:
