@@ -1277,6 +1277,26 @@ def _check_services(chk: _Checker, drafts: list[_VirtualDraft | _Invalid]) -> No
     _check_fwmarks(chk, drafts, seen_key)
 
 
+def _check_vip_devices(chk: _Checker, drafts: list[_VirtualDraft | _Invalid], public: str | None | _Invalid) -> None:
+    """One interface per VIP: the director adds and announces a VIP on each device a service
+    gives it (device, else public_interface)."""
+    if not isinstance(public, str):
+        return
+    seen: dict[IPAddress, tuple[str, FieldPath]] = {}
+    for vs in drafts:
+        if isinstance(vs, _Invalid) or isinstance(vs.device, _Invalid):
+            continue
+        dev = vs.device or f"{public} (public_interface)"
+        vips = [g.address for g in vs.groups if isinstance(g, PortGroup)] if vs.groups else [vs.address]
+        for vip in dict.fromkeys(v for v in vips if not isinstance(v, _Invalid)):
+            first_dev, first = seen.setdefault(vip, (dev, vs.path))
+            if first_dev.split()[0] != dev.split()[0]:
+                chk.error(vs.path + ("device",), f"VIP {vip} on {dev}, but {field_name(first)} puts it on "
+                                                 f"{first_dev}: a VIP is on one interface (lb would add and "
+                                                 f"announce it on both)")
+                break
+
+
 def _check_fwmarks(chk: _Checker, drafts: list[_VirtualDraft | _Invalid], services: dict) -> None:
     """Firewall-mark services: distinct marks; no port in two groups, nor in a group and an
     address/port service; at most FWM_RANGES_PER_VIP groups per VIP and protocol."""
@@ -1935,6 +1955,7 @@ def validate(doc: dict[str, Any], display: str, positions: Positions, path: Path
     if network == "nat" and isinstance(nat_router, (IPv4Interface, IPv6Interface)) and "ha" in top.data:
         _check_nat_families(chk, drafts, nat_router)
     _check_services(chk, drafts)
+    _check_vip_devices(chk, drafts, public_interface)
     _check_counts(
         chk, drafts, table_values["services"], table_values["reals_per_service"], table_values["real_servers"]
     )
