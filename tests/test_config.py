@@ -295,6 +295,12 @@ def test_real_server_defaults_and_nat_port() -> None:
     assert cfg.nat_device == "priv0"  # nat_router_device defaults to private_interface
 
 
+def test_nat_router_prefixes_down_to_8_and_16_load() -> None:
+    """Shorter ones are refused (BAD): the prefix is a connected route on the private interface."""
+    for value in ("10.0.1.254/8", "2001:db8::1/16"):
+        assert str(loads(G + f'nat_router = "{value}"\n').nat_router) == value
+
+
 def test_model_is_frozen() -> None:
     cfg = loads('[global]\npublic_interface = "eth0"\n')
     with pytest.raises(dataclasses.FrozenInstanceError):
@@ -505,6 +511,20 @@ BAD = [
         network = "nat"
         nat_router = "198.18.1.0/24"
         """, 5, "global.nat_router", "198.18.1.0 is the network address of 198.18.1.0/24"),
+    # a connected route to 0.0.0.0/0 on the private interface would take the default route
+    bad("nat-router-prefix-0", """\
+        [global]
+        public_interface = "pub0"
+        private_interface = "priv0"
+        network = "nat"
+        nat_router = "10.0.1.254/0"
+        """, 5, "global.nat_router", "prefix length 0 (netmask 0.0.0.0) is shorter than /8: lb would route "
+        "0.0.0.0/0 to the private interface; give the real servers' subnet, e.g. '10.0.1.254/24'"),
+    bad("nat-router-prefix-7", G + 'nat_router = "10.0.1.254/7"\n', 3, "global.nat_router",
+        "prefix length 7 (netmask 254.0.0.0) is shorter than /8"),
+    bad("nat-router-ipv6-prefix-15", G + 'nat_router = "2001:db8::1/15"\n', 3, "global.nat_router",
+        "prefix length 15 is shorter than /16: lb would route 2000::/15 to the private interface; "
+        "give the real servers' subnet, e.g. '2001:db8::1/64'"),
     bad("tunnel-port-change", """\
         [global]
         public_interface = "pub0"

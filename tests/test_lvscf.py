@@ -414,6 +414,13 @@ def test_nat_without_nat_router() -> None:
         1, "nat_router", "network = nat requires nat_router = IP DEVICE (e.g. nat_router = 10.0.0.254 eth1)")
 
 
+def test_nat_nmask_shorter_than_8_is_refused() -> None:
+    nat = GOOD_HEAD.replace("network = direct", "network = nat\nnat_router = 10.0.0.254 eth1\nnat_nmask = 0.0.0.0")
+    line, fld, msg = one(nat)
+    assert (line, fld) == (2, "nat_router") and msg.startswith("prefix length 0 (netmask 0.0.0.0) is shorter than /8")
+    assert lvscf.loads(nat.replace("0.0.0.0", "255.0.0.0")).nat_router == IPv4Interface("10.0.0.254/8")
+
+
 def test_not_supported_yet() -> None:
     assert one(GOOD_HEAD.replace("network = direct", "network = masq")) == (
         1, "network", "unknown network 'masq' (expected direct, nat or tunnel)")

@@ -22,7 +22,7 @@ Mapping onto :class:`~lb.config.model.Config`:
   table of the well-known names where the host has no /etc/services); absent, Piranha's 80.
 * ``private_interface`` and ``nat_router_device``: the device of ``nat_router = IP DEV[:N]``.
 * ``nat_router``: its IP with the prefix of ``nat_nmask``; **/24 when nat_nmask
-  is absent** (Piranha's own default, 255.255.255.0).
+  is absent** (Piranha's own default, 255.255.255.0); shorter than /8 (IPv6 /16) is refused.
 * ``instance``: ``"default"``.
 * ``virtual`` -> VirtualServer (``device`` is None when it is the public interface),
   ``server`` -> RealServer; ``active = 1|0``; ``tcp_timeout``/``tcpfin_timeout``/

@@ -742,6 +742,15 @@ def _check_nat_router(g: _Table) -> IPv4Interface | IPv6Interface | None | _Inva
     if problem:
         return g.chk.error(path, problem)
     net = iface.network
+    # its prefix becomes a connected route on the private interface: /0 there would take over
+    # the director's default route
+    shortest = 8 if iface.version == 4 else 16
+    if net.prefixlen < shortest:
+        mask = f" (netmask {iface.netmask})" if iface.version == 4 else ""
+        example = f"{iface.ip}/24" if iface.version == 4 else f"{iface.ip}/64"
+        return g.chk.error(path, f"prefix length {net.prefixlen}{mask} is shorter than /{shortest}: lb would "
+                                 f"route {net} to the private interface; give the real servers' subnet, "
+                                 f"e.g. '{example}'")
     if isinstance(iface, IPv6Interface):
         # No broadcast in IPv6; the all-zero host address is the Subnet-Router anycast address
         # (RFC 4291 2.6.1), which routers of the prefix answer: not a gateway one director owns.
