@@ -421,6 +421,12 @@ def test_nat_nmask_shorter_than_8_is_refused() -> None:
     assert lvscf.loads(nat.replace("0.0.0.0", "255.0.0.0")).nat_router == IPv4Interface("10.0.0.254/8")
 
 
+def test_a_wrong_fwmark_is_the_one_error() -> None:
+    ftp = GOOD_HEAD.replace("port = 80", "fwmark = abc\n     lb_port_groups = tcp 192.168.1.10 21")
+    assert one(ftp) == (4, "virtual[web].fwmark", "expected an integer, got 'abc'")
+    assert one(ftp.replace("abc", "0"))[:2] == (4, "virtual[web].fwmark")
+
+
 def test_not_supported_yet() -> None:
     assert one(GOOD_HEAD.replace("network = direct", "network = masq")) == (
         1, "network", "unknown network 'masq' (expected direct, nat or tunnel)")

@@ -925,8 +925,9 @@ class _Builder:
         # ports itself, listed in lb_port_groups = "tcp 198.18.0.11 21, tcp 198.18.0.11 10000-10100"
         if "fwmark" in v.entries:
             fwm = v.integer("fwmark")
-            if fwm is not None:
-                out["fwmark"] = fwm
+            # refused, still a firewall-mark service: as written, so that the validator's error is
+            # the fwmark's (dropped as said already), not address, port or lb_port_groups ones
+            out["fwmark"] = fwm if fwm is not None else v.entries["fwmark"].value
             self.note(tf + ("fwmark",), v.line("fwmark"), v.fld("fwmark"))
             groups = []
             for item in (v.entries["lb_port_groups"].value.split(",") if "lb_port_groups" in v.entries else []):
