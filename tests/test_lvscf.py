@@ -592,6 +592,13 @@ def test_ha_keys_make_the_ha_model_and_round_trip() -> None:
     assert loads(lvscf.dumps_toml(cfg)) == cfg
 
 
+def test_ha_piranha_keepalive_is_checked_where_lb_ha_keepalive_wins() -> None:
+    assert one(HA_CF.replace("keepalive = 1\n", "keepalive = abc\n")) == (
+        8, "keepalive", "expected a number of seconds, got 'abc'")
+    assert one(HA_CF.replace("deadtime = 3\n", "deadtime = 3s\n")) == (
+        9, "deadtime", "expected a number of seconds, got '3s'")
+
+
 def test_ha_piranha_defaults_and_toml_round_trip() -> None:
     plain = HA_CF.split("lb_ha_preempt")[0] + GOOD_HEAD   # Piranha's keys plus only the key file
     ha = lvscf.loads(plain).ha

@@ -844,8 +844,8 @@ class _Builder:
         take("heartbeat_port", "heartbeat_port", g.integer("heartbeat_port"))
         for key in ("keepalive", "deadtime"):
             exact = _seconds(g, f"lb_ha_{key}")
-            take(key, f"lb_ha_{key}" if exact is not None else key,
-                 exact if exact is not None else _seconds(g, key))
+            piranha = _seconds(g, key)  # type-checked even where lb_ha_* wins
+            take(key, f"lb_ha_{key}" if exact is not None else key, exact if exact is not None else piranha)
         take("monitor_links", "monitor_links", g.boolean("monitor_links"))
         kf = g.entries.get("lb_ha_key_file")
         take("key_file", "lb_ha_key_file", kf.value if kf is not None else str(DEFAULT_HA_KEY_FILE))
