@@ -427,6 +427,14 @@ def test_a_wrong_fwmark_is_the_one_error() -> None:
     assert one(ftp.replace("abc", "0"))[:2] == (4, "virtual[web].fwmark")
 
 
+def test_unterminated_quoted_value() -> None:
+    assert one(GOOD_HEAD.replace("port = 80", 'port = 80\n     send = "abc')) == (
+        5, "virtual[web].send", "unterminated quoted value (no closing '\"' at the end of the line)")
+    assert one('lb_ha_notify = "\n' + GOOD_HEAD)[:2] == (1, "lb_ha_notify")
+    cfg = lvscf.loads(GOOD_HEAD.replace("port = 80", 'port = 80\n     send = "a "b" c"'))
+    assert cfg.virtual_servers[0].monitor.send == 'a "b" c'
+
+
 def test_not_supported_yet() -> None:
     assert one(GOOD_HEAD.replace("network = direct", "network = masq")) == (
         1, "network", "unknown network 'masq' (expected direct, nat or tunnel)")

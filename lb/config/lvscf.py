@@ -11,7 +11,8 @@ An lvs.cf written for Piranha's ``lvs``/``pulse`` runs unchanged::
 Format: ``key = value`` lines, full-line ``#`` comments, ``virtual NAME {`` (or Piranha's other
 form, ``virtual server NAME {``) ... ``}`` blocks holding ``server NAME {`` ... ``}`` blocks.  A value may be
 wrapped in double quotes (they are removed; nothing inside is unescaped, as
-in Piranha: ``send = "GET / HTTP/1.0\\r\\n\\r\\n"`` keeps its backslashes).
+in Piranha: ``send = "GET / HTTP/1.0\\r\\n\\r\\n"`` keeps its backslashes); an opening quote
+without its closing one at the end of the line is an error.
 
 Mapping onto :class:`~lb.config.model.Config`:
 
@@ -351,7 +352,13 @@ def _parse_blocks(text: str, issues: _Issues) -> _Block:
             continue
         m = _KEY_RE.fullmatch(s)
         if m:
-            cur.entries.append(_Entry(m.group(1), _unquote(m.group(2).strip()), n))
+            value = m.group(2).strip()
+            if value.startswith('"') and (len(value) == 1 or not value.endswith('"')):
+                # kept, the quote would be sent or run as part of the value
+                issues.add(n, ".".join([_label(b) for b in stack[1:]] + [m.group(1)]),
+                           "unterminated quoted value (no closing '\"' at the end of the line)")
+                continue
+            cur.entries.append(_Entry(m.group(1), _unquote(value), n))
             continue
         if s.startswith(("virtual", "server")) and not s.endswith("{"):
             issues.add(n, "", f"expected '{{' at the end of the line: {s!r}")
