@@ -765,3 +765,14 @@ def test_persistence_granularity_alone_is_persistent_for_360_seconds() -> None:
     assert [(vs.name, vs.persistent, vs.pmask) for vs in cfg.virtual_servers] == [
         ("10.0.0.1:53", 360, "255.255.255.0"), ("10.0.0.2:53", 60, "255.255.255.0"), ("10.0.0.1:80", 0, None)]
     assert cfg.warnings == ()
+
+
+def test_lb_import_escapes_line_breaks_in_its_comment_lines(tmp_path: Path,
+                                                            capsys: pytest.CaptureFixture[str]) -> None:
+    """A quoted word's \\n in a warning's field would end the comment line: the TOML did not load."""
+    conf = tmp_path / "k.conf"
+    conf.write_text(DNS_PAIR.replace("protocol UDP", 'protocol UDP\n  "x\\ny\\x01" 1'))
+    assert main(["import", str(conf)]) == 0
+    toml = capsys.readouterr().out
+    assert f"#   {conf}:13: warning: virtual_server[10.0.0.1 53].x\\ny\\x01: unknown keyword" in toml
+    assert loads(toml) == dataclasses.replace(keepalived.load(conf), path=None)

@@ -272,9 +272,16 @@ def document(cfg: Config) -> dict[str, Any]:
     return doc
 
 
+def _comment(line: str) -> str:
+    """``line`` as one comment line: TOML allows no control character but tab in a comment (a
+    source file's quoted word may hold a line break), so they are escaped as Python does."""
+    return "".join(ch.encode("unicode_escape").decode() if (ord(ch) < 0x20 and ch != "\t") or ch == "\x7f"
+                   else ch for ch in line)
+
+
 def dumps(cfg: Config, header: list[str] | None = None) -> str:
     """``cfg`` as TOML text, after ``header`` lines written as comments."""
-    head = "".join(f"# {line}\n" if line else "#\n" for line in header or [])
+    head = "".join(f"# {_comment(line)}\n" if line else "#\n" for line in header or [])
     return (head + "\n" if head else "") + emit(document(cfg))
 
 
