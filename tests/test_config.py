@@ -906,6 +906,12 @@ BAD = [
     bad("ha-sync-interval-zero", G + HA_HEAD + "sync_interval = 0\n",
         7, "ha.sync_interval", "must be more than 0 seconds"),
     bad("ha-max-skew-zero", G + HA_HEAD + "max_skew = 0\n", 7, "ha.max_skew", "must be more than 0 seconds"),
+    # pulse runs a notify entry as argv[0] in /: arguments or a relative path failed at every role change
+    bad("ha-notify-with-arguments", G + HA_HEAD + 'notify = ["/usr/local/bin/a", "/usr/bin/x --flag"]\n', 7,
+        "ha.notify", "'/usr/bin/x --flag': expected a program's absolute path without spaces (it runs as PROG "
+        "NEW_ROLE OLD_ROLE INSTANCE, no shell): put arguments in a script"),
+    bad("ha-notify-relative", G + HA_HEAD + 'notify = "hooks/role"\n', 7, "ha.notify",
+        "'hooks/role': expected a program's absolute path"),
     bad("ha-sync-port-is-heartbeat-port", G + HA_HEAD + "sync_port = 539\n",
         7, "ha.sync_port", "must differ from heartbeat_port (539)"),
     bad("ha-sync-port-past-65535", G + HA_HEAD + "heartbeat_port = 65535\n",

@@ -1471,6 +1471,12 @@ def _check_ha(top: _Table, base: Path | None, user: str) -> HA | None | _Invalid
     if not isinstance(notify, list) or not all(isinstance(n, str) and n for n in notify):
         keep(h.chk.error(h.at("notify"), "expected a program path or a list of them"))
         notify = []
+    for n in notify:  # pulse runs each as argv [PROG, NEW, OLD, INSTANCE] in /: no arguments of its own
+        if not n.startswith("/") or any(ch.isspace() or not ch.isprintable() for ch in n):
+            keep(h.chk.error(h.at("notify"), f"{n!r}: expected a program's absolute path without spaces (it runs "
+                                             f"as PROG NEW_ROLE OLD_ROLE INSTANCE, no shell): put arguments "
+                                             f"in a script"))
+            break
     if keep.bad:
         return INVALID
     return HA(primary=primary, backup=backup, key_file=key_file, primary_private=primary_private,
