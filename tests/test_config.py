@@ -554,26 +554,11 @@ BAD = [
         """, 9, "virtual_server[1].address",
         "duplicate virtual server tcp 198.18.0.10:80 (already defined by virtual_server[0])"),
     # one VIP, two interfaces: the director would add and announce it on both links
-    bad("vip-on-two-devices", G + """\
-        [[virtual_server]]
-        name = "web"
-        address = "198.18.0.10"
-        port = 80
-        [[virtual_server]]
-        name = "dns"
-        address = "198.18.0.10"
-        port = 53
-        device = "pub1"
-        """, 11, "virtual_server[1].device",
+    bad("vip-on-two-devices", G + VS_AT_10 + '[[virtual_server]]\nname = "dns"\naddress = "198.18.0.10"\n'
+        'port = 53\ndevice = "pub1"\n', 11, "virtual_server[1].device",
         "VIP 198.18.0.10 on pub1, but virtual_server[0] puts it on pub0 (public_interface): a VIP is on one "
         "interface (lb would add and announce it on both)"),
-    bad("fwmark-vip-on-two-devices", G + """\
-        [[virtual_server]]
-        name = "web"
-        address = "198.18.0.10"
-        port = 80
-        device = "pub1"
-        """ + FWM, 8, "virtual_server[1].device", "VIP 198.18.0.10 on pub0 (public_interface), but "
+    bad("fwmark-vip-on-two-devices", G + VS_AT_10 + 'device = "pub1"\n' + FWM, 8, "virtual_server[1].device", "VIP 198.18.0.10 on pub0 (public_interface), but "
         "virtual_server[0] puts it on pub1"),
     bad("duplicate-vs-name", G + """\
         [[virtual_server]]
