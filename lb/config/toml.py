@@ -1291,17 +1291,18 @@ def _check_vip_devices(chk: _Checker, drafts: list[_VirtualDraft | _Invalid], pu
     gives it (device, else public_interface)."""
     if not isinstance(public, str):
         return
-    seen: dict[IPAddress, tuple[str, FieldPath]] = {}
+    seen: dict[IPAddress, tuple[str, FieldPath, str]] = {}
     for vs in drafts:
         if isinstance(vs, _Invalid) or isinstance(vs.device, _Invalid):
             continue
-        dev = vs.device or f"{public} (public_interface)"
+        dev = vs.device or public
+        said = vs.device or f"{public} (public_interface)"
         vips = [g.address for g in vs.groups if isinstance(g, PortGroup)] if vs.groups else [vs.address]
         for vip in dict.fromkeys(v for v in vips if not isinstance(v, _Invalid)):
-            first_dev, first = seen.setdefault(vip, (dev, vs.path))
-            if first_dev.split()[0] != dev.split()[0]:
-                chk.error(vs.path + ("device",), f"VIP {vip} on {dev}, but {field_name(first)} puts it on "
-                                                 f"{first_dev}: a VIP is on one interface (lb would add and "
+            first_dev, first, first_said = seen.setdefault(vip, (dev, vs.path, said))
+            if first_dev != dev:
+                chk.error(vs.path + ("device",), f"VIP {vip} on {said}, but {field_name(first)} puts it on "
+                                                 f"{first_said}: a VIP is on one interface (lb would add and "
                                                  f"announce it on both)")
                 break
 
