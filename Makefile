@@ -12,7 +12,8 @@ setup:
 	bash scripts/setup.sh
 
 # a director: bcc, kernel headers for it, bpffs, lb in PREFIX (/opt/lb), `lb` in BINDIR
-# (/usr/local/sbin), every unit of lb/systemd/ in UNITDIR (/etc/systemd/system); stops nothing
+# (/usr/local/sbin), every unit of lb/systemd/ in UNITDIR
+# (/usr/local/lib/systemd/system); stops nothing
 install:
 	bash scripts/install-director.sh
 

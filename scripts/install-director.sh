@@ -8,7 +8,9 @@
 #   3. bpffs on /sys/fs/bpf (systemd mounts it at boot; mounted here when it is not);
 #   4. lb in its own venv (PREFIX, default /opt/lb) with Debian's bcc exposed to it, the command
 #      linked into BINDIR (/usr/local/sbin) and every systemd unit lb ships into UNITDIR
-#      (/etc/systemd/system), followed by `systemctl daemon-reload` when systemd runs.
+#      (/usr/local/lib/systemd/system: the local admin's package directory, so an edit's copy in
+#      /etc/systemd/system, `systemctl edit --full`, survives the next install), followed by
+#      `systemctl daemon-reload` when systemd runs.
 # It never stops, disables, restarts, masks or kills anything: a director that also runs nginx
 # or HAProxy keeps them running.  Lab, test and benchmark tools are scripts/setup.sh's.
 #
@@ -17,10 +19,13 @@
 #   scripts/install-director.sh --venv DIR a venv with Debian's bcc visible (4's first step)
 # LB_SOURCE: what pip installs as lb (default: this checkout; a wheel or sdist path works too).
 set -euo pipefail
+# what it makes is for everyone to read and run whatever root's umask (027, 077): lb-web@'s user
+# (lb-web) execs /opt/lb's lb, and a 0750 venv was a 203/EXEC restart loop
+umask 022
 cd "$(dirname "$0")/.."
 PREFIX=${PREFIX:-/opt/lb}
 BINDIR=${BINDIR:-/usr/local/sbin}
-UNITDIR=${UNITDIR:-/etc/systemd/system}
+UNITDIR=${UNITDIR:-/usr/local/lib/systemd/system}
 CONFDIR=${CONFDIR:-/etc/lb}
 LB_SOURCE=${LB_SOURCE:-.}
 PY=${PYTHON:-python3}
@@ -28,6 +33,7 @@ DEPS_ONLY=0
 [ "${1:-}" = "--deps" ] && DEPS_ONLY=1
 
 log() { printf 'install: %s\n' "$*"; }
+warn() { printf 'install: WARNING: %s\n' "$*" >&2; }
 
 # the units name `lb` and /etc/lb: written with this install's BINDIR and CONFDIR (systemd looks a
 # bare command up in its own PATH only, /usr/local/sbin:...:/bin: a BINDIR elsewhere failed)
@@ -40,6 +46,9 @@ install_units() {
       > "$UNITDIR/$(basename "$unit")"
     chmod 0644 "$UNITDIR/$(basename "$unit")"
     log "unit $UNITDIR/$(basename "$unit")"
+    # an install before UNITDIR's move wrote /etc/systemd/system's copy: it overrides this one
+    [ "$UNITDIR" = /etc/systemd/system ] || [ ! -e "/etc/systemd/system/$(basename "$unit")" ] \
+      || warn "/etc/systemd/system/$(basename "$unit") (an earlier install's, or a \`systemctl edit --full\`) overrides $UNITDIR's: remove it to run the new one"
   done
 }
 # --units DIR: only the units of DIR into UNITDIR (tests; no root needed)
@@ -62,7 +71,6 @@ if [ "${1:-}" = "--venv" ]; then
   echo "$(cd "$VENV/debian-bcc" && pwd)" > "$SITE/debian-bcc.pth"
   exit 0
 fi
-warn() { printf 'install: WARNING: %s\n' "$*" >&2; }
 
 [ "$(id -u)" = 0 ] || { echo "install: must run as root (packages, bpffs, /opt, units)" >&2; exit 1; }
 
@@ -95,7 +103,8 @@ else
   ARCH=$(dpkg --print-architecture)
   HDR=$(ls -d /usr/src/linux-headers-*-"$ARCH" 2>/dev/null | sort -V | tail -n1 || true)
   if [ -z "$HDR" ]; then
-    CAND=$(apt-cache depends "linux-headers-$ARCH" 2>/dev/null | sed -n 's/.*Depends: linux-headers-\([0-9][^ ]*\)/\1/p' | head -n1)
+    # a package apt does not know (status 100) is no candidate: the warning below, not set -e's exit
+    CAND=$(apt-cache depends "linux-headers-$ARCH" 2>/dev/null | sed -n 's/.*Depends: linux-headers-\([0-9][^ ]*\)/\1/p' | head -n1 || true)
     if [ -n "$CAND" ] && { [ "$(series "$CAND")" = "$(series "$KREL")" ] || [ "${LB_WIRE_HEADERS:-0}" = 1 ]; }; then
       apt_install "linux-headers-$ARCH"
       HDR=$(ls -d /usr/src/linux-headers-*-"$ARCH" 2>/dev/null | sort -V | tail -n1 || true)
@@ -137,7 +146,8 @@ ln -sfn "$PREFIX/bin/lb" "$BINDIR/lb"
 
 UNITS=$("$PREFIX/bin/python" -c 'import lb, pathlib; print(pathlib.Path(lb.__file__).parent / "systemd")')
 install_units "$UNITS"
-install -d -m 0755 "$CONFDIR"
+# made when missing, never reset: a mode the operator tightened (0750) stays
+[ -d "$CONFDIR" ] || install -d -m 0755 "$CONFDIR"
 install -d -m 0700 /var/cache/lb
 # the web console's unit (lb-web@.service) runs as this system user, never as root
 if ! getent passwd lb-web >/dev/null; then

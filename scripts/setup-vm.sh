@@ -42,7 +42,9 @@ fi
 #    so none is pinned here) -- linux-image-amd64, Debian's distribution kernel, the oracle of
 #    tests/vm/; and linux-image-6.12-amd64 (bookworm's newer LTS), whose IPVS has the twos
 #    scheduler (Linux 6.2+) that 6.1 lacks: tests/vm/test_ipvs_twos_vm.py boots it.
-abi() { apt-cache depends "$1" 2>/dev/null | sed -n 's/^ *Depends: \(linux-image-[0-9].*\)$/\1/p' | head -n1; }
+# a package apt does not know yet (status 100) prints nothing and succeeds: fetch_kernel then
+# updates the lists and asks again, and says so when it still cannot resolve it
+abi() { apt-cache depends "$1" 2>/dev/null | sed -n 's/^ *Depends: \(linux-image-[0-9].*\)$/\1/p' | head -n1 || true; }
 fetch_kernel() {  # META LINK [MODULE]: unpack META's kernel, link $CACHE/LINK to its vmlinuz
   local meta=$1 link=$2 module=${3:-ip_vs} pkg ver tmp src d f
   pkg=$(abi "$meta")
@@ -73,7 +75,7 @@ fetch_kernel() {  # META LINK [MODULE]: unpack META's kernel, link $CACHE/LINK t
     # modules may be compressed (.ko.xz) in newer packages: record what the check above needs
     for m in ip_vs "$module"; do
       if [ ! -e "/lib/modules/$ver/kernel/net/netfilter/ipvs/$m.ko" ]; then
-        f=$(ls "/lib/modules/$ver/kernel/net/netfilter/ipvs/"$m.ko* 2>/dev/null | head -n1)
+        f=$(ls "/lib/modules/$ver/kernel/net/netfilter/ipvs/"$m.ko* 2>/dev/null | head -n1 || true)
         [ -n "$f" ] || { echo "setup-vm: $pkg carries no $m module" >&2; rm -rf "$tmp"; exit 1; }
         ln -sfn "$(basename "$f")" "/lib/modules/$ver/kernel/net/netfilter/ipvs/$m.ko"
       fi
