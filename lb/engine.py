@@ -1437,17 +1437,18 @@ class Engine:
 
     def _systemd_stop_kind(self) -> str:
         """SIGTERM under lb@.service (--on-sigterm systemd): the job systemd runs on the unit says
-        which stop -- "restart" (an upgrade) keeps the data plane for the next daemon to adopt,
-        "stop" (or a shutdown's) is the clean stop; no job (`systemctl kill`) keeps it, as a crash
-        would.  Asked here rather than in an ExecStop, which systemd skips for a unit still
+        which stop -- "restart" (an upgrade) or a reload keeps the data plane for the next daemon
+        to adopt (sdnotify.KEEP_JOBS); any other ("stop", a shutdown's, or "start" when
+        TimeoutStartSec= runs out) is the clean stop; no job (`systemctl kill`) keeps it, as a
+        crash would.  Asked here rather than in an ExecStop, which systemd skips for a unit still
         starting or reloading."""
         unit = self._stop.split(":", 1)[1]
         job = sdnotify.systemd_job(unit)
         if job is None:
             log.info("no systemd job on %s (systemctl kill?): keeping the data plane, as a crash would", unit)
             return "keep"
-        if job == "stop":
-            log.info("systemd job on %s: stop: a clean stop", unit)
+        if job not in sdnotify.KEEP_JOBS:
+            log.info("systemd job on %s: %s: a clean stop", unit, job)
             return "clean"
         log.info("systemd job on %s: %s: keeping the data plane for the next start", unit, job)
         return "keep"

@@ -134,6 +134,12 @@ def own_unit(cgroup_file: str = "/proc/self/cgroup") -> str | None:
     return None
 
 
+# the jobs after which the unit runs again: a SIGTERM during one keeps the data plane for the next
+# daemon.  Any other -- "stop" (a shutdown's too), "start" (TimeoutStartSec= ran out on a start
+# that never got ready) -- is the clean stop: a unit that ends stopped or failed leaves no VIPs.
+KEEP_JOBS = ("restart", "try-restart", "reload", "try-reload", "reload-or-start")
+
+
 def systemd_job(unit: str, timeout: float = 10.0) -> str | None:
     """The type of the job systemd runs on `unit` now ("stop", "restart", ...), from
     `systemctl list-jobs`; None when it has none or cannot say.  During ExecStop of

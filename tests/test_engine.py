@@ -280,12 +280,14 @@ def test_an_address_that_could_not_be_put_back_is_tried_again_at_the_next_check(
     assert eng.ownership["addresses_restored"] == 1
 
 
-@pytest.mark.parametrize("job, kind", [("stop", "clean"), ("restart", "keep"), (None, "keep")])
+@pytest.mark.parametrize("job, kind", [("stop", "clean"), ("start", "clean"), ("restart", "keep"),
+                                       ("try-restart", "keep"), ("reload", "keep"), (None, "keep")])
 def test_a_sigterm_under_the_unit_stops_as_systemds_job_says(monkeypatch, job, kind) -> None:
     """lb@.service runs `lb run --on-sigterm systemd --unit %n`: at SIGTERM the daemon asks which
     job systemd runs on its unit -- a stop (also of a unit still starting, when systemd sends
-    SIGTERM without any ExecStop) is clean, a restart keeps the data plane for the next daemon,
-    and a SIGTERM with no job (systemctl kill) keeps it, as a crash does."""
+    SIGTERM without any ExecStop) is clean, and so is a start whose TimeoutStartSec= ran out (the
+    unit fails: no VIPs left behind it); a restart or reload keeps the data plane for the next
+    daemon, and a SIGTERM with no job (systemctl kill) keeps it, as a crash does."""
     import lb.engine
 
     eng = _engine(_cfg())

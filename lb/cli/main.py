@@ -284,14 +284,15 @@ def _signal_instance(args, sig: int, wait: bool, quiet_if_stopped: bool = False)
 def cmd_stop(args) -> int:
     """SIGINT: the clean stop (everything goes); SIGUSR2: the data plane stays for the next start.
     --unit (an ExecStop= of a unit of one's own; lb@.service lets the daemon decide at SIGTERM,
-    `lb run --on-sigterm systemd`): keep it unless systemd is stopping the unit -- a restart
-    keeps every connection, a stop releases the VIPs and detaches, as pulse's stop did."""
+    `lb run --on-sigterm systemd`): keep it for a restart or reload job (sdnotify.KEEP_JOBS) or
+    none -- a restart keeps every connection; a stop, or a start that timed out, releases the VIPs
+    and detaches, as pulse's stop did."""
     keep = args.keep_dataplane
     if args.unit:
         from lb import sdnotify
 
         job = sdnotify.systemd_job(args.unit)
-        keep = keep or (job is not None and job != "stop")
+        keep = keep or job is None or job in sdnotify.KEEP_JOBS
         print(f"lb: systemd job on {args.unit}: {job or 'none known'}: "
               f"{'keeping the data plane for the next start' if keep else 'clean stop'}", file=sys.stderr)
     return _signal_instance(args, signal.SIGUSR2 if keep else signal.SIGINT, True, quiet_if_stopped=bool(args.unit))
