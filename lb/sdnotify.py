@@ -16,6 +16,11 @@ import sys
 _UNSET = object()
 _address: object = _UNSET
 _dropped = 0          # messages the manager's full queue refused
+# READY=1, RELOADING=1, STOPPING=1 and MAINPID= change the unit's state: lost, it would stay
+# "activating" or "reloading" until its timeout.  Those wait this long for room in a full queue
+# (PID 1 busy at boot); a STATUS= alone is dropped at once.
+MUST_ARRIVE = ("READY=", "RELOADING=", "STOPPING=", "MAINPID=")
+RETRY_SECONDS = 5.0
 
 
 def _socket_address() -> str | None:
@@ -35,13 +40,22 @@ def notify(*fields: str) -> bool:
     if addr is None:
         return False
     global _dropped
+    must = any(f.startswith(MUST_ARRIVE) for f in fields)
     try:
-        # non-blocking: a manager that does not read (its queue holds net.unix.max_dgram_qlen
-        # datagrams, 10 by default) must not stop the daemon's event loop in a send
+        # a manager that does not read (its queue holds net.unix.max_dgram_qlen datagrams, 10 by
+        # default) must not stop the daemon's event loop in a send: STATUS= alone is sent
+        # non-blocking, a state change waits RETRY_SECONDS at most (woken as soon as there is room)
         with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC | socket.SOCK_NONBLOCK) as s:
             s.connect(addr)
+            if must:
+                s.settimeout(RETRY_SECONDS)
             s.sendall("\n".join(fields).encode())
         return True
+    except TimeoutError:
+        logging.getLogger("lb").warning("sd_notify: the service manager took no message for %g s: %s lost "
+                                        "(systemd goes by the unit's timeouts instead)", RETRY_SECONDS,
+                                        ", ".join(fields))
+        return False
     except BlockingIOError:
         _dropped += 1
         if _dropped == 1 or _dropped % 100 == 0:

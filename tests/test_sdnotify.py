@@ -32,6 +32,60 @@ def test_a_manager_that_does_not_read_drops_messages_instead_of_blocking(monkeyp
         assert got == [f"STATUS=step {i}" for i in range(sent.count(True))]
 
 
+def _fill(manager_path) -> int:
+    """STATUS= lines until the manager's queue (net.unix.max_dgram_qlen) is full: how many went."""
+    n = 0
+    while sdnotify.status(f"step {n}"):
+        n += 1
+        assert n < 10000
+    return n
+
+
+def test_ready_waits_for_room_in_a_full_queue_and_arrives(monkeypatch, tmp_path):
+    """PID 1 busy at boot, its queue full of STATUS= lines: READY=1 is not dropped with them (the
+    unit would stay "activating" until TimeoutStartSec=), it goes as soon as the manager reads."""
+    import threading
+
+    path = tmp_path / "notify"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as manager:
+        manager.bind(str(path))
+        _fresh_address(monkeypatch, path)
+        queued = _fill(path)
+        assert queued > 0 and sdnotify._dropped == 1          # a STATUS= alone: dropped at once
+        reader = threading.Timer(0.5, lambda: [manager.recv(1024) for _ in range(3)])
+        reader.start()
+        t0 = time.monotonic()
+        assert sdnotify.ready("running") is True
+        assert 0.3 < time.monotonic() - t0 < sdnotify.RETRY_SECONDS
+        reader.join()
+        manager.setblocking(False)
+        got = []
+        try:
+            while True:
+                got.append(manager.recv(1024).decode())
+        except BlockingIOError:
+            pass
+        assert got[-1].startswith("READY=1\nSTATUS=running\nMAINPID=")
+        assert len(got) == queued - 3 + 1
+
+
+def test_a_state_change_the_manager_never_takes_is_given_up_with_a_log_line(monkeypatch, tmp_path, caplog):
+    """Bounded: a manager that never reads has RELOADING=1 and STOPPING=1 given up after
+    RETRY_SECONDS, said in the log, and lb goes on."""
+    path = tmp_path / "notify"
+    monkeypatch.setattr(sdnotify, "RETRY_SECONDS", 0.3)
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as manager:
+        manager.bind(str(path))
+        _fresh_address(monkeypatch, path)
+        _fill(path)
+        for send in (sdnotify.reloading, lambda: sdnotify.stopping("stopping")):
+            t0 = time.monotonic()
+            assert send() is False
+            assert 0.25 < time.monotonic() - t0 < 2.0
+        assert "the service manager took no message for 0.3 s: RELOADING=1" in caplog.text
+        assert "STOPPING=1, STATUS=stopping lost" in caplog.text
+
+
 def test_listener_reads_more_than_the_queue_holds(monkeypatch):
     listener = sdnotify.Listener()
     try:
