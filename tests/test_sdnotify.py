@@ -13,6 +13,17 @@ def _fresh_address(monkeypatch, path):
     monkeypatch.setattr(sdnotify, "_dropped", 0)
 
 
+def _drain(manager) -> list[str]:
+    """What the manager's queue holds, read without waiting."""
+    manager.setblocking(False)
+    got = []
+    try:
+        while True:
+            got.append(manager.recv(1024).decode())
+    except BlockingIOError:
+        return got
+
+
 def test_a_manager_that_does_not_read_drops_messages_instead_of_blocking(monkeypatch, tmp_path, caplog):
     path = tmp_path / "notify"
     with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as manager:
@@ -22,17 +33,11 @@ def test_a_manager_that_does_not_read_drops_messages_instead_of_blocking(monkeyp
         assert sent[0] is True and sent[-1] is False
         assert sdnotify._dropped == sent.count(False) > 0
         assert "the service manager's queue is full" in caplog.text
-        manager.setblocking(False)
-        got = []
-        try:
-            while True:
-                got.append(manager.recv(1024).decode())
-        except BlockingIOError:
-            pass
+        got = _drain(manager)
         assert got == [f"STATUS=step {i}" for i in range(sent.count(True))]
 
 
-def _fill(manager_path) -> int:
+def _fill() -> int:
     """STATUS= lines until the manager's queue (net.unix.max_dgram_qlen) is full: how many went."""
     n = 0
     while sdnotify.status(f"step {n}"):
@@ -50,7 +55,7 @@ def test_ready_waits_for_room_in_a_full_queue_and_arrives(monkeypatch, tmp_path)
     with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as manager:
         manager.bind(str(path))
         _fresh_address(monkeypatch, path)
-        queued = _fill(path)
+        queued = _fill()
         assert queued > 0 and sdnotify._dropped == 1          # a STATUS= alone: dropped at once
         reader = threading.Timer(0.5, lambda: [manager.recv(1024) for _ in range(3)])
         reader.start()
@@ -58,13 +63,7 @@ def test_ready_waits_for_room_in_a_full_queue_and_arrives(monkeypatch, tmp_path)
         assert sdnotify.ready("running") is True
         assert 0.3 < time.monotonic() - t0 < sdnotify.RETRY_SECONDS
         reader.join()
-        manager.setblocking(False)
-        got = []
-        try:
-            while True:
-                got.append(manager.recv(1024).decode())
-        except BlockingIOError:
-            pass
+        got = _drain(manager)
         assert got[-1].startswith("READY=1\nSTATUS=running\nMAINPID=")
         assert len(got) == queued - 3 + 1
 
@@ -77,7 +76,7 @@ def test_a_state_change_the_manager_never_takes_is_given_up_with_a_log_line(monk
     with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as manager:
         manager.bind(str(path))
         _fresh_address(monkeypatch, path)
-        _fill(path)
+        _fill()
         for send in (sdnotify.reloading, lambda: sdnotify.stopping("stopping")):
             t0 = time.monotonic()
             assert send() is False
