@@ -81,7 +81,7 @@ def test_ha_without_notify_programs_is_the_consoles_to_add(tmp_path):
     ha = {"primary": "198.18.0.1", "backup": "198.18.0.3", "key_file": str(key)}
     reply = put(eng, lambda d: d.update(ha=ha), root=False)
     assert "only root" not in str(reply.get("error")), reply
-    reply = put(eng, lambda d: d.update(ha={**ha, "notify": ["/usr/local/bin/tell %s"]}), root=False)
+    reply = put(eng, lambda d: d.update(ha={**ha, "notify": ["/usr/local/bin/tell"]}), root=False)
     assert reply["ok"] is False and reply["error"].startswith("[ha] notify / script_user: only root"), reply
 
 

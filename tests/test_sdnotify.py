@@ -61,7 +61,7 @@ def test_ready_waits_for_room_in_a_full_queue_and_arrives(monkeypatch, tmp_path)
         reader.start()
         t0 = time.monotonic()
         assert sdnotify.ready("running") is True
-        assert 0.3 < time.monotonic() - t0 < sdnotify.RETRY_SECONDS
+        assert time.monotonic() - t0 > 0.3          # it waited for the manager (a lower bound only)
         reader.join()
         got = _drain(manager)
         assert got[-1].startswith("READY=1\nSTATUS=running\nMAINPID=")
@@ -80,7 +80,7 @@ def test_a_state_change_the_manager_never_takes_is_given_up_with_a_log_line(monk
         for send in (sdnotify.reloading, lambda: sdnotify.stopping("stopping")):
             t0 = time.monotonic()
             assert send() is False
-            assert 0.25 < time.monotonic() - t0 < 2.0
+            assert time.monotonic() - t0 >= 0.25    # it waited its RETRY_SECONDS (a lower bound only)
         assert "the service manager took no message for 0.3 s: RELOADING=1" in caplog.text
         assert "STOPPING=1, STATUS=stopping lost" in caplog.text
 
