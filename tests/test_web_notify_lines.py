@@ -1,5 +1,7 @@
-"""[ha] notify programs whose arguments hold a comma survive a save of the Redundancy form: the
-form gives one program a line (a textarea), not a comma-separated list that split them."""
+"""[ha] notify programs whose paths hold a comma survive a save of the Redundancy form: the form
+gives one program a line (a textarea), not a comma-separated list that split them.  (A notify
+entry is a program's absolute path, run with no shell and no arguments of its own: the loader
+refuses one with spaces.)"""
 from __future__ import annotations
 
 import html
@@ -9,7 +11,7 @@ import re
 from lb import config as lbconfig
 from test_web import CONFIG, form_of, login, make_console, pwfile, run  # noqa: F401 (pwfile: the fixture)
 
-NOTIFY = ("/usr/local/bin/page --to ops,noc %s", "/usr/bin/logger -t lb")
+NOTIFY = ("/usr/local/lib/lb/page-ops,noc", "/usr/local/sbin/lb-role-changed")
 
 
 def test_saving_the_redundancy_form_unchanged_keeps_notify_programs_with_commas(tmp_path, pwfile):
