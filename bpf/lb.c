@@ -340,7 +340,7 @@ int lb_xdp_public(struct xdp_md *ctx)
     int act = lb_parse_counted(ctx, &pkt);
     if (act != LB_CONTINUE) {
         if (pkt.frag == LB_FRAG_LATER || (pkt.frag == LB_FRAG_FIRST && pkt.ip6))
-            return lb_frag_public(ctx, &pkt);
+            return lb_frag_packet(ctx, &pkt, 0);
         return lb_is_icmp(&pkt) ? lb_icmp_public(ctx, &pkt) : act;
     }
 
@@ -577,7 +577,7 @@ int lb_xdp_private(struct xdp_md *ctx)
     int act = lb_parse(ctx, &pkt, &counter);
     if (act != LB_CONTINUE) {
         if (pkt.frag == LB_FRAG_LATER || (pkt.frag == LB_FRAG_FIRST && pkt.ip6))
-            return lb_frag_private(ctx, &pkt);
+            return lb_frag_packet(ctx, &pkt, 1);
         if (counter != LB_CNT_MAX)
             lb_count(counter);        /* a fragment passed, as on the public side */
         return lb_is_icmp(&pkt) ? lb_icmp_private(ctx, &pkt) : act;
@@ -590,24 +590,12 @@ int lb_xdp_private(struct xdp_md *ctx)
 
 int lb_xdp_frag6_public(struct xdp_md *ctx)
 {
-    struct lb_pkt pkt = {};
-    int act = lb_frag6_begin(ctx, &pkt);
-    if (act == LB_FRAG_LATER)
-        return lb_frag_later_public(ctx, &pkt);
-    if (act != LB_FRAG_FIRST)
-        return lb_frag_passed();
-    return lb_frag_first6_public(ctx, &pkt);
+    return lb_frag6_program(ctx, 0);
 }
 
 int lb_xdp_frag6_private(struct xdp_md *ctx)
 {
-    struct lb_pkt pkt = {};
-    int act = lb_frag6_begin(ctx, &pkt);
-    if (act == LB_FRAG_LATER)
-        return lb_frag_later_private(ctx, &pkt);
-    if (act != LB_FRAG_FIRST)
-        return lb_frag_passed();
-    return lb_reply_packet(ctx, &pkt, 1);       /* a first fragment: as any reply, noted */
+    return lb_frag6_program(ctx, 1);
 }
 
 /* ---- [ha]: an interface that holds a VIP or nat_router but no other program (nat_router on

@@ -382,26 +382,30 @@ static __always_inline void lb_frag_key_of(struct lb_frag_key4 *fk, struct lb_pk
     fk->dir = dir;
 }
 
-/* lb_frags6's key of an IPv6 fragment, in place (lb_frag6_scratch) */
-static __always_inline void lb_frag_key6_of(struct lb_frag_key6 *fk, struct lb_pkt *pkt, __u8 dir)
+/* lb_frags6's key of an IPv6 fragment, built in this CPU's lb_frag6_scratch (off the stack:
+ * lb_xdp_public's is near the verifier's 512 bytes); 0 if the scratch is missing */
+static __always_inline struct lb_frag6_note *lb_frag6_key(struct lb_pkt *pkt, __u8 dir)
 {
-    __builtin_memcpy(fk->saddr, pkt->saddr, 16);
-    __builtin_memcpy(fk->daddr, pkt->daddr, 16);
-    fk->id = pkt->frag_id;
-    fk->proto = pkt->proto;
-    fk->dir = dir;
-    fk->pad = 0;
+    __u32 zero = 0;
+    struct lb_frag6_note *n = lb_frag6_scratch.lookup(&zero);
+    if (!n)
+        return 0;
+    __builtin_memcpy(n->key.saddr, pkt->saddr, 16);
+    __builtin_memcpy(n->key.daddr, pkt->daddr, 16);
+    n->key.id = pkt->frag_id;
+    n->key.proto = pkt->proto;
+    n->key.dir = dir;
+    n->key.pad = 0;
+    return n;
 }
 
 /* An IPv6 first fragment on its way (lb_xdp_frag6_*): its datagram's ports, for the fragments
  * after it; the entry built in lb_frag6_scratch, off the stack */
 static __always_inline void lb_frag_note6(struct lb_pkt *pkt, __u8 dir)
 {
-    __u32 zero = 0;
-    struct lb_frag6_note *n = lb_frag6_scratch.lookup(&zero);
+    struct lb_frag6_note *n = lb_frag6_key(pkt, dir);
     if (!n)
         return;
-    lb_frag_key6_of(&n->key, pkt, dir);
     n->frag.sport = *pkt->sport_p;
     n->frag.dport = *pkt->dport_p;
     n->frag.pad = 0;

@@ -48,12 +48,8 @@ static __always_inline struct lb_frag *lb_frag_fresh(struct lb_frag *f)
 static __always_inline struct lb_frag *lb_frag_first(struct lb_pkt *pkt, __u8 dir)
 {
     if (pkt->ip6) {
-        __u32 zero = 0;
-        struct lb_frag6_note *n = lb_frag6_scratch.lookup(&zero);
-        if (!n)
-            return 0;
-        lb_frag_key6_of(&n->key, pkt, dir);
-        return lb_frag_fresh(lb_frags6.lookup(&n->key));
+        struct lb_frag6_note *n = lb_frag6_key(pkt, dir);
+        return n ? lb_frag_fresh(lb_frags6.lookup(&n->key)) : 0;
     }
     struct lb_frag_key4 fk;
     lb_frag_key_of(&fk, pkt, dir);
@@ -142,28 +138,23 @@ static __always_inline int lb_frag_later_private(struct xdp_md *ctx, struct lb_p
     return lb_xmit(ctx, pkt->eth, rev->client_mac, rev->local_mac, rev->client_ifindex);
 }
 
-/* lb_xdp_public's and lb_xdp_private's way for a later fragment (IPv4) or any fragment (IPv6):
- * IPv4's here, IPv6's in its program (a failed tail call: passed, as before) */
-static __always_inline int lb_frag_public(struct xdp_md *ctx, struct lb_pkt *pkt)
+/* A later fragment from a client (dir 0) or of a NAT reply (dir 1) */
+static __always_inline int lb_frag_later(struct xdp_md *ctx, struct lb_pkt *pkt, __u8 dir)
 {
-    if (pkt->ip6) {
-        lb_frag6_progs.call(ctx, LB_FRAG6_PUBLIC);
-        asm volatile("/* lb_xdp_frag6_public */");
-        lb_count(LB_CNT_TAIL_CALL);
-        return lb_frag_passed();
-    }
-    return lb_frag_later_public(ctx, pkt);
+    return dir ? lb_frag_later_private(ctx, pkt) : lb_frag_later_public(ctx, pkt);
 }
 
-static __always_inline int lb_frag_private(struct xdp_md *ctx, struct lb_pkt *pkt)
+/* lb_xdp_public's (dir 0) and lb_xdp_private's (dir 1) way for a later fragment (IPv4) or any
+ * fragment (IPv6): IPv4's here, IPv6's in its program (a failed tail call: passed, as before).
+ * dir is a constant at each call: one slot, a direct jump. */
+static __always_inline int lb_frag_packet(struct xdp_md *ctx, struct lb_pkt *pkt, __u8 dir)
 {
     if (pkt->ip6) {
-        lb_frag6_progs.call(ctx, LB_FRAG6_PRIVATE);
-        asm volatile("/* lb_xdp_frag6_private */");
+        lb_frag6_progs.call(ctx, dir ? LB_FRAG6_PRIVATE : LB_FRAG6_PUBLIC);
         lb_count(LB_CNT_TAIL_CALL);
         return lb_frag_passed();
     }
-    return lb_frag_later_private(ctx, pkt);
+    return lb_frag_later(ctx, pkt, dir);
 }
 
 /* An IPv6 fragment's program: the frame parsed again (a tail call keeps nothing else), a first
@@ -197,6 +188,20 @@ static __always_inline int lb_frag_first6_public(struct xdp_md *ctx, struct lb_p
     if (!c)
         return lb_frag_passed();
     return lb_conn_packet_in(ctx, pkt, &key, c, embryo, now, 1);
+}
+
+/* lb_xdp_frag6_public's (dir 0) and lb_xdp_frag6_private's (dir 1) whole work: a later
+ * fragment the way its first went, a first one its connection's way (a client's, or as any NAT
+ * reply), noted; anything else passed */
+static __always_inline int lb_frag6_program(struct xdp_md *ctx, __u8 dir)
+{
+    struct lb_pkt pkt = {};
+    int act = lb_frag6_begin(ctx, &pkt);
+    if (act == LB_FRAG_LATER)
+        return lb_frag_later(ctx, &pkt, dir);
+    if (act != LB_FRAG_FIRST)
+        return lb_frag_passed();
+    return dir ? lb_reply_packet(ctx, &pkt, 1) : lb_frag_first6_public(ctx, &pkt);
 }
 
 #endif
