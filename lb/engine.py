@@ -179,6 +179,18 @@ class RealStates:
         obj.specs.reset()
 
 
+def sorry_endpoint(vs) -> tuple:
+    """The table entry (address, port) of vs's sorry server: its port, else the service's (0 in a
+    firewall-mark service, whose connections keep the port they came to)."""
+    addr, port = vs.sorry_server
+    return addr, 0 if vs.fwmark else vs.port if port is None else port
+
+
+def _endpoint_doc(endpoint: tuple) -> list:
+    addr, port = endpoint
+    return [str(addr), port]
+
+
 def build_table(cfg, health: dict | None = None, sorry: set | None = None,
                 weights: dict | None = None, overrides: dict | None = None,
                 cache: SpecCache | None = None) -> TableSpec:
@@ -228,12 +240,11 @@ def build_table(cfg, health: dict | None = None, sorry: set | None = None,
                 dead.append((rs.address, port))
         on_sorry = False
         if vs.sorry_server is not None and not any(r.weight > 0 for r in reals):
-            addr, port = vs.sorry_server
+            addr, port = sorry_endpoint(vs)
             w = lbweight.sorry_server()
             # the pool's entries leave the table (the data plane drains them); the sorry server
             # has no thresholds of its own
-            reals = [RealSpec(addr, 0 if vs.fwmark else vs.port if port is None else port, w.value, forward,
-                              weight_source=w.source)]
+            reals = [RealSpec(addr, port, w.value, forward, weight_source=w.source)]
             on_sorry = True
             if sorry is not None:
                 sorry.add(vs.key)
@@ -1271,7 +1282,10 @@ class Engine:
                              "fwmark": vs.fwmark,
                              "monitor": vs.monitor.kind, "real_servers": reals,
                              "sorry_server": None if vs.sorry_server is None else sorry_text(vs.sorry_server),
-                             "on_sorry_server": vs.key in self.on_sorry})
+                             "on_sorry_server": vs.key in self.on_sorry,
+                             # its table entry while it stands in (lb.metrics labels that row)
+                             "sorry_real": _endpoint_doc(sorry_endpoint(vs)) if vs.key in self.on_sorry
+                             else None})
         doc = {"instance": self.cfg.instance, "pid": os.getpid(),
                "role": self.pulse.role if self.pulse is not None else ("active" if self.active else "starting"),
                "config": str(self.cfg.path), "dataplane": self.dp.kind,

@@ -156,20 +156,10 @@ def _status_key(s: dict) -> tuple:
 
 
 def _sorry_endpoint(s: dict) -> tuple | None:
-    """The table entry (address, port) of a service's sorry server standing in (its status
-    text: ADDR, ADDR:PORT or [ADDR6]:PORT; no port: the service's, 0 in a firewall-mark service),
-    or None."""
-    text = s.get("sorry_server") if s.get("on_sorry_server") else None
-    if not text:
-        return None
-    port = None
-    if text.startswith("["):
-        text, _, port = text[1:].partition("]:")
-    elif text.count(":") == 1:
-        text, _, port = text.partition(":")
-    if s.get("fwmark"):
-        return _ip(text), 0
-    return _ip(text), int(port) if port else s["port"]
+    """The table entry (address, port) of a service's sorry server while it stands in (the
+    status's sorry_real, lb.engine.sorry_endpoint), or None."""
+    real = s.get("sorry_real")
+    return (_ip(real[0]), real[1]) if real else None
 
 
 def _service_labels(key: tuple, name: str) -> tuple:

@@ -640,7 +640,7 @@ def test_a_service_on_its_sorry_server_has_no_usable_real_server_and_a_draining_
     fires, and only the sorry server's row is labelled sorry_server."""
     doc = status(ha=False)
     web = doc["services"][0]
-    web.update(on_sorry_server=True, sorry_server="198.18.1.99:8080")
+    web.update(on_sorry_server=True, sorry_server="198.18.1.99:8080", sorry_real=["198.18.1.99", 8080])
     rs1 = RealRow(IP("198.18.1.11"), 80, "Route", 0, active=2)
     gone = RealRow(IP("198.18.1.50"), 80, "Route", 0, active=7)
     sorry = RealRow(IP("198.18.1.99"), 8080, "Route", 1, active=1)
