@@ -60,6 +60,9 @@ log = logging.getLogger("lb.dataplane.ipvs")
 
 RUN_DIR = "/run/lb"
 SYSCTL_DIR = "/proc/sys/net/ipv4/vs"      # IPVS's sysctls (of the reader's network namespace)
+# the forwarding switch of each family that IPVS NAT needs for the replies: (path, sysctl name)
+IP_FORWARD = {4: ("/proc/sys/net/ipv4/ip_forward", "net.ipv4.ip_forward"),
+              6: ("/proc/sys/net/ipv6/conf/all/forwarding", "net.ipv6.conf.all.forwarding")}
 
 
 def _proc_net(name: str) -> str:
@@ -729,20 +732,31 @@ class IpvsDataplane(Dataplane):
     def attach(self, ifname: str, side: str = "public", mode: str = "native") -> str:
         if side == "guard":              # the lease needs XDP (lease() below)
             return "none"
+        self.attached[ifname] = side
         if side == "private":
-            path = "/proc/sys/net/ipv4/ip_forward"
+            self._nat_forwarding()
+        log.info("IPVS data plane serves %s (%s side)", ifname, side)
+        return "ipvs"
+
+    def _nat_forwarding(self) -> None:
+        """IPVS NAT: the real servers' replies are addressed to the clients, so the kernel forwards
+        them (IPVS rewrites them at its FORWARD hook): IPv4 forwarding on, and IPv6 forwarding too
+        once an IPv6 service is in the table (ip6_forward drops every packet without it, so its
+        replies never reached IPVS).  Only with a private side attached (network = "nat")."""
+        if "private" not in self.attached.values():
+            return
+        families = [4] + ([6] if any(_is_v6(s) for s in self.services.values()) else [])
+        for family in families:
+            path, name = IP_FORWARD[family]
             try:
                 with open(path) as f:
                     on = f.read().strip() == "1"
                 if not on:
                     with open(path, "w") as f:
                         f.write("1\n")
-                    log.info("IPVS NAT: enabled net.ipv4.ip_forward (replies are forwarded)")
+                    log.info("IPVS NAT: enabled %s (replies are forwarded)", name)
             except OSError as e:
-                log.warning("IPVS NAT needs net.ipv4.ip_forward = 1: %s", e)
-        self.attached[ifname] = side
-        log.info("IPVS data plane serves %s (%s side)", ifname, side)
-        return "ipvs"
+                log.warning("IPVS NAT needs %s = 1: %s", name, e)
 
     def detach_all(self) -> None:
         """Stop forwarding: remove this instance's services from the kernel (the XDP data plane
@@ -962,6 +976,7 @@ class IpvsDataplane(Dataplane):
             self._apply_defense(table.defense)
             self._apply_lblc_expiration(table, every=marks is not None)
         self._apply_marks(table.services, marks)
+        self._nat_forwarding()           # a reload's first IPv6 service, in NAT
         self._write_state()
         n = self.writes - before
         log.info("applied %d services: %d netlink changes", len(want), n)
