@@ -134,6 +134,10 @@ def _is_v6(spec: ServiceSpec) -> bool:
     return any(g.address.version == 6 for g in spec.groups)
 
 
+def _af(spec: ServiceSpec) -> int:
+    return socket.AF_INET6 if _is_v6(spec) else socket.AF_INET
+
+
 def _mask(pmask, v6: bool) -> str | int:
     """The persistence netmask as lb compares it: a dotted IPv4 netmask, or an IPv6 prefix
     length (int); None (or a bare prefix length for IPv4) normalised, so that equal masks
@@ -645,13 +649,15 @@ class IpvsDataplane(Dataplane):
         self.attached: dict[str, str] = {}
         self.marks = MarkRules(instance, netns)         # nftables rules of the fwmark services
         self.syncing: dict[str, SyncDaemon] = {}         # sync daemons this instance started
+        # the address family of each firewall-mark service the state file names (an adoption's)
+        self.fwmark_af: dict[tuple, int] = {}
 
     # ---- loading ----
     def load(self) -> None:
         ensure_module()
         owned = self._read_state()
         with Kernel(self.netns) as k:
-            present = {ks.key: ks for ks in k.services()}
+            present = self._present(k.services())
             timeouts = k.timeouts() if owned else None     # only an adoption needs them
         self.owned = {key for key in owned if key in present}
         self.adopted = bool(self.owned)
@@ -717,7 +723,30 @@ class IpvsDataplane(Dataplane):
             return set()
         out = set()
         for k in doc.get("services", []):
-            out.add(("fwmark", int(k[1])) if k[0] == "fwmark" else (k[0], ipaddress.ip_address(k[1]), int(k[2])))
+            if k[0] == "fwmark":
+                out.add(("fwmark", int(k[1])))
+                if len(k) > 2:           # its family (the kernel may have the mark in both)
+                    self.fwmark_af[("fwmark", int(k[1]))] = int(k[2])
+            else:
+                out.add((k[0], ipaddress.ip_address(k[1]), int(k[2])))
+        return out
+
+    def _family(self, key, want: dict | None = None) -> int | None:
+        """The address family of this instance's service `key`: of the one it applied or
+        adopted, else of the wanted one (`want`), else the state file's; None: not known."""
+        spec = self.services.get(key) or (want or {}).get(key)
+        return _af(spec) if spec is not None else self.fwmark_af.get(key)
+
+    def _present(self, kservices, want: dict | None = None) -> dict:
+        """The kernel's services by key.  A firewall mark may name two, an IPv4 and an IPv6 one
+        (IPVS keys them by family and mark; KService.key leaves the family out): the key then
+        stands for the one of this instance's family (_family): one of the other family is
+        somebody else's, never taken for this instance's, written or removed."""
+        out: dict = {}
+        for ks in kservices:
+            family = self._family(ks.key, want) if ks.fwmark else None
+            if family is None or ks.af == family:
+                out[ks.key] = ks
         return out
 
     def _write_state(self) -> None:
@@ -726,7 +755,8 @@ class IpvsDataplane(Dataplane):
         files.ensure_private_dir(os.path.dirname(self.state_path))
         files.write_private(self.state_path, json.dumps({
             "instance": self.instance, "dataplane": "ipvs",
-            "services": sorted([str(x) for x in k] for k in self.owned)}))
+            "services": sorted([str(x) for x in k] + ([str(self._family(k))] if k[0] == "fwmark" and self._family(k)
+                                                      else []) for k in self.owned)}))
 
     # ---- attach: IPVS hooks netfilter by itself; NAT needs forwarding for the replies ----
     def attach(self, ifname: str, side: str = "public", mode: str = "native") -> str:
@@ -765,7 +795,7 @@ class IpvsDataplane(Dataplane):
         if self.owned:
             try:
                 with Kernel(self.netns) as k:
-                    present = {ks.key: ks for ks in k.services()}
+                    present = self._present(k.services())
                     for key in sorted(self.owned, key=str):
                         if key not in present:
                             continue
@@ -906,12 +936,16 @@ class IpvsDataplane(Dataplane):
         problems = []
         try:
             with Kernel(self.netns) as k:
-                foreign = {ks.key for ks in k.services()} - set(self.owned)
+                kservices = k.services()
+            mine = self._present(kservices)
+            # (key, family) of somebody else's services (a mark's service of the other family too)
+            foreign = {(ks.key, ks.af) for ks in kservices if not (ks.key in self.owned and mine.get(ks.key) is ks)}
         except IpvsError:
             foreign = set()             # apply says what the kernel refuses
         for spec in table.services:
-            if spec.key in foreign:
-                problems.append(f"virtual service {_svc_name(spec.key)} exists in kernel IPVS and is not "
+            if (spec.key, _af(spec)) in foreign:
+                name = _svc_name(spec.key) + (" IPv6" if spec.fwmark and _is_v6(spec) else "")
+                problems.append(f"virtual service {name} exists in kernel IPVS and is not "
                                 f"instance {self.instance}'s (ipvsadm's, or another lb's): it is left alone; "
                                 f"remove it (ipvsadm -D) or choose another address")
         for spec in table.services:
@@ -956,7 +990,7 @@ class IpvsDataplane(Dataplane):
         self.last_table, self.last_marks = table, marks
         want = {s.key: s for s in table.services}
         with Kernel(self.netns) as k:
-            present = {ks.key: ks for ks in k.services()}
+            present = self._present(k.services(), want)
             for key in sorted(self.owned - want.keys(), key=str):
                 if key in present:
                     k.del_service(_spec_of(present[key]))
@@ -1120,7 +1154,7 @@ class IpvsDataplane(Dataplane):
             return 0
         done = 0
         with Kernel(self.netns) as k:
-            present = {ks.key: ks for ks in k.services()}
+            present = self._present(k.services())
             for skey, rkey in list(self.draining):
                 ks = present.get(skey)
                 d = next((d for d in ks.dests if d.key == rkey), None) if ks else None
