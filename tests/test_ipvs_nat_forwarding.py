@@ -65,3 +65,19 @@ def test_no_private_side_no_forwarding(tmp_path, forwarding):
     dp.attach("pub0", "public")
     dp.apply(TableSpec((V6,)))
     assert forwarding() == {4: "0", 6: "0"}
+
+
+def test_ipv6_forwarding_warns_of_interfaces_that_stop_taking_router_advertisements(tmp_path, forwarding, caplog,
+                                                                                  monkeypatch):
+    conf = tmp_path / "conf"
+    for dev, ra in (("all", "1"), ("default", "1"), ("eth0", "1"), ("eth1", "2"), ("lo", "0")):
+        (conf / dev).mkdir(parents=True)
+        (conf / dev / "accept_ra").write_text(ra + "\n")
+    monkeypatch.setattr(ipvs._warn_accept_ra, "__defaults__", (str(conf),))
+    dp = dataplane(tmp_path)
+    dp.apply(TableSpec((V6,)))
+    with caplog.at_level("WARNING", logger="lb.dataplane.ipvs"):
+        dp.attach("priv0", "private")
+    assert forwarding()[6] == "1"
+    warned = [r.getMessage() for r in caplog.records if "router advertisements" in r.getMessage()]
+    assert len(warned) == 1 and "ignored on eth0 " in warned[0] and "eth1" not in warned[0]

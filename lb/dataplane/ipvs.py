@@ -126,6 +126,34 @@ def _svc_flags(spec: ServiceSpec) -> int:
     return flags
 
 
+IPV6_CONF = "/proc/sys/net/ipv6/conf"
+
+
+def _warn_accept_ra(conf_dir: str = IPV6_CONF) -> list[str]:
+    """With IPv6 forwarding on, Linux ignores router advertisements where accept_ra is 1: a
+    director that takes its IPv6 default route or address from them would lose it when they
+    expire.  Warn, naming each such interface (accept_ra = 2 keeps them); returns their names."""
+    names = []
+    try:
+        devs = sorted(os.listdir(conf_dir))
+    except OSError:
+        return names
+    for dev in devs:
+        if dev in ("all", "default"):
+            continue
+        try:
+            with open(os.path.join(conf_dir, dev, "accept_ra")) as f:
+                if f.read().strip() == "1":
+                    names.append(dev)
+        except OSError:
+            continue
+    if names:
+        log.warning("IPVS NAT: with IPv6 forwarding on, router advertisements are ignored on %s "
+                    "(accept_ra = 1); set net.ipv6.conf.<interface>.accept_ra = 2 where the director "
+                    "takes its IPv6 route or address from them", ", ".join(names))
+    return names
+
+
 def _is_v6(spec: ServiceSpec) -> bool:
     """An IPv6 service: its VIP is IPv6 (a firewall-mark service without one: its port
     groups' addresses are)."""
@@ -785,6 +813,8 @@ class IpvsDataplane(Dataplane):
                     with open(path, "w") as f:
                         f.write("1\n")
                     log.info("IPVS NAT: enabled %s (replies are forwarded)", name)
+                    if family == 6:
+                        _warn_accept_ra()
             except OSError as e:
                 log.warning("IPVS NAT needs %s = 1: %s", name, e)
 
