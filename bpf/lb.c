@@ -222,6 +222,16 @@ static __always_inline void lb_tail_sched(struct xdp_md *ctx, __u32 sched)
     }
 }
 
+/* A packet from the VIP it is sent to (a LAND attack's): the kernel drops one from its own
+ * address (fib_validate_source: a martian source) before IPVS would see it.  Scheduled, a NAT
+ * reply to it goes out from the VIP to the VIP and comes back through the upstream router as a
+ * packet of the same connection, to the real server again. */
+static __always_inline int lb_from_itself(struct lb_pkt *pkt)
+{
+    __be32 *s = pkt->saddr, *d = pkt->daddr;
+    return ((s[0] ^ d[0]) | (s[1] ^ d[1]) | (s[2] ^ d[2]) | (s[3] ^ d[3])) == 0;
+}
+
 /* ---- a new connection: its first state transition (IPVS starts every connection inactive;
  * a SYN's SYN_RECV makes it active), counted once where it lands (one atomic on the real
  * server's shared counters, not three), insert into the embryonic table (plus the NAT reverse
@@ -369,7 +379,7 @@ int lb_xdp_public(struct xdp_md *ctx)
             lb_progs_prev.call(ctx, LB_PREV_PUBLIC);     /* a resize: the old maps may hold it */
             return XDP_PASS;
         }
-        if (lb_not_routable(ctx, &pkt)) {
+        if (lb_not_routable(ctx, &pkt) || lb_from_itself(&pkt)) {
             lb_count(LB_CNT_NOT_ROUTABLE);
             return XDP_PASS;
         }

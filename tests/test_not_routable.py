@@ -1,6 +1,6 @@
 """What the kernel drops before IPVS would see it is not balanced: a length past the frame or
 short of its headers, a martian source (0/8, 127/8, multicast, class E, broadcast; IPv6 ::,
-::1, ff00::/8, ::ffff:0:0/96).  lb passes it to the kernel, makes no connection and counts `not_routable`
+::1, ff00::/8, ::ffff:0:0/96; the VIP the packet is sent to).  lb passes it to the kernel, makes no connection and counts `not_routable`
 (they went to real servers, two entries a NAT flow, inflating Conns).  And a tunnel's outer
 IPv4 header carries an id of its own when DF is clear (RFC 6864: it may be fragmented on the
 way; every outer header had id 0)."""
@@ -47,6 +47,11 @@ NOT_ROUTABLE = [
     ("source ff02::1", pub(IPv6(src="ff02::1", dst=V6))),
     ("source ::ffff:127.0.0.1 (IPv4-mapped)", pub(IPv6(src="::ffff:127.0.0.1", dst=V6))),
     ("source ::ffff:198.18.0.2 (IPv4-mapped)", pub(IPv6(src="::ffff:198.18.0.2", dst=V6))),
+    # the VIP itself (a LAND attack's packet): scheduled, its NAT reply left from the VIP to the
+    # VIP and came back through the router as a packet of the same connection
+    ("source the VIP itself", pub(IP(src=V4, dst=V4))),
+    ("source the VIP itself, TCP", pub(IP(src=V4, dst=V4), TCP(dport=53, flags="S"))),
+    ("source the IPv6 VIP itself", pub(IPv6(src=V6, dst=V6))),
 ]
 
 
