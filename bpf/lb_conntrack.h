@@ -184,11 +184,13 @@ static __always_inline int lb_conn_expired(struct lb_conn *c, __u64 now)
 /* IPVS conn_reuse_mode 1 (is_new_conn_expected): a client reusing its port sends a SYN (no
  * ACK) into an entry left in TIME_WAIT or CLOSE; that entry is expired and the SYN scheduled
  * afresh, unless persistence controls the connection.  Otherwise busy clients with short
- * connections keep landing on a stale entry (and its real server's TIME_WAIT). */
+ * connections keep landing on a stale entry (and its real server's TIME_WAIT).  A pure SYN
+ * only (no FIN either, as lb_tcp_pure_syn): a SYN|FIN, which makes no connection here, would
+ * remove the entry and be passed to the kernel. */
 static __always_inline int lb_conn_reusable(struct lb_conn *c, struct lb_pkt *pkt)
 {
     return pkt->proto == IPPROTO_TCP &&
-           (pkt->tcp_flags & (LB_TCP_SYN | LB_TCP_ACK | LB_TCP_RST)) == LB_TCP_SYN &&
+           (pkt->tcp_flags & (LB_TCP_SYN | LB_TCP_ACK | LB_TCP_RST | LB_TCP_FIN)) == LB_TCP_SYN &&
            (c->state == LB_TCP_S_TIME_WAIT || c->state == LB_TCP_S_CLOSE) &&
            !(c->flags & LB_CONN_F_PERSIST);
 }

@@ -71,6 +71,11 @@ def test_syn_into_time_wait_is_scheduled_afresh(dp):
     m.set(key, dataclasses.replace(L.Conn.unpack(m.get(key)), state=L.TCP_S["TIME_WAIT"]).pack())
     assert send(dp, 42000, "SA")[1] == first               # not a new connection's SYN: no reuse
     m.set(key, dataclasses.replace(L.Conn.unpack(m.get(key)), state=L.TCP_S["TIME_WAIT"]).pack())
+    # nor a SYN|FIN, which makes no connection: it goes along the old one, whose entry stays
+    # (it was removed, and the SYN|FIN passed to the director's kernel)
+    assert send(dp, 42000, "SF") == (XDP_REDIRECT, first)
+    assert m.get(key) is not None
+    m.set(key, dataclasses.replace(L.Conn.unpack(m.get(key)), state=L.TCP_S["TIME_WAIT"]).pack())
     _, second = send(dp, 42000, "S")
     assert second != first and state_of(dp, 42000) == "SYN_RECV"
     assert sum(a + i for a, i in counts(dp).values()) == 1
