@@ -23,8 +23,9 @@ static long bb_sys(int cmd, union bpf_attr *attr)
     return syscall(__NR_bpf, cmd, attr, sizeof(*attr));
 }
 
-/* Dump up to max_entries (key, value) pairs into keys/values.  Returns the count, or -errno.
- * chunk is the number of entries asked for per syscall. */
+/* Dump up to max_entries (key, value) pairs into keys/values (a table holding more: what
+ * fits, whole buckets).  Returns the count, or -errno.  chunk is the number of entries asked
+ * for per syscall. */
 long bb_dump(int fd, unsigned key_size, unsigned value_size,
              void *keys, void *values, unsigned long max_entries, unsigned chunk)
 {
@@ -51,6 +52,11 @@ long bb_dump(int fd, unsigned key_size, unsigned value_size,
         total += attr.batch.count;
         if (err == ENOENT)
             break;              /* end of map: count holds the last partial batch */
+        /* the next bucket holds more entries than the room left (a hash the data path filled
+         * behind the walk while it emptied the buckets already read: more entries than
+         * max_entries come by): the buffer is full, the dump is what fits */
+        if (err == ENOSPC && want < chunk)
+            break;
         if (err)
             return -err;
         in_batch = out_batch;
