@@ -184,3 +184,41 @@ def test_a_synced_nat_connection_of_a_firewall_mark_service_is_answered_through_
         rc, out = reply(b)
         assert rc == XDP_TX, rc
         assert (Ether(out)[IP].src, Ether(out)[IP].dst, Ether(out)[TCP].sport) == (vip, client, 30042)
+
+
+def test_a_full_template_table_on_the_backup_skips_the_template_and_keeps_the_rest_of_the_batch(pair):
+    """lb_persist has no eviction: full on the backup (as full as the primary's), a synced
+    template does not fit.  It is skipped, counted; the batch's connections are installed and
+    counted on their real server, and the records after it are installed too (the full table
+    raised out of the import: the rest of the batch was lost, and the counts of the connections
+    already written, so ActiveConn was short until the next sweep)."""
+    import time
+
+    _a, b = pair
+    pm = b.maps["lb_persist"]
+    vip, port = ip("2001:2::20"), 443
+    raddr = ip(REALS6[1])
+    st, rid = b.conns.rid_of(6, vip, port, raddr, port)
+    filler = [L.PERSIST_KEY.pack(bytes((0x20, 1, 0, 0x0f)) + i.to_bytes(12, "big"), L.pack_addr(vip),
+                                 L.pack_port(port), 6, L.AF_INET6, 0) for i in range(pm.max_entries)]
+    value = L.PERSIST.pack(time.clock_gettime_ns(6), rid, 300)
+    before = b.table.real_conns(rid)
+    try:
+        for k in filler:
+            try:
+                pm.set(k, value)
+            except OSError:
+                break                        # full (the map's own count)
+        conn = (6, ip("2001:2:0:8::1"), 44000, vip, port, raddr, port, L.TCP_S["ESTABLISHED"], L.CONN_F_PERSIST,
+                0, 900, bytes(6))
+        conn2 = conn[:2] + (44001,) + conn[3:]
+        temp = (6, ip("2001:2:0:8::"), vip, port, 0, raddr, port, 0, 300)
+        temp2 = (6, ip("2001:2:0:6::"), vip, port, 0, raddr, port, 0, 300)
+        assert b.import_conns([conn, conn2], [temp, temp2], ifindex=1, local_mac=bytes(6)) == (2, 2)
+        for c in (conn, conn2):
+            assert b.maps["lb_conns"].get(L.ConnKey(c[1], vip, c[2], port, 6).pack()) is not None
+        # (active, inactive, persist): the two connections counted, the templates left out not
+        assert tuple(b.table.real_conns(rid)) == (before[0] + 2, before[1], before[2])
+    finally:
+        pm.delete_many(filler)
+        b.maps["lb_conns"].delete_many([L.ConnKey(ip("2001:2:0:8::1"), vip, p, port, 6).pack() for p in (44000, 44001)])

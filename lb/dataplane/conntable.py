@@ -4,6 +4,7 @@ and import of connections and templates (lb/ha/sync.py carries them), and quiesc
 baseline of connections the schedulers leave out."""
 from __future__ import annotations
 
+import errno
 import ipaddress
 import mmap
 import struct
@@ -11,6 +12,7 @@ import time
 from array import array
 
 from . import layout as L
+from .bpfsys import BpfError
 from .maps import map_shared
 from .reader import read_ct_events as ct_events
 from .services import ServiceTable
@@ -462,9 +464,17 @@ class ConnTable:
             key = L.PERSIST_KEY.pack(L.pack_addr(caddr), L.pack_addr(vaddr), L.pack_port(vport), proto,
                                      L.family_of(caddr), fwmark)
             old = pm.get(key)
+            try:
+                pm.set(key, L.PERSIST.pack(L.stamp_ago(now, age), rid, timeout))
+            except BpfError as e:
+                # lb_persist has no eviction: full, the template stays out (as the data path's
+                # persist_table_full), and the rest of the batch goes on
+                if e.errno not in (errno.E2BIG, errno.ENOMEM):
+                    raise
+                skipped += 1
+                continue
             if old is not None:
                 count(L.PERSIST.unpack(old)[1], 2, -1)
-            pm.set(key, L.PERSIST.pack(L.stamp_ago(now, age), rid, timeout))
             count(rid, 2, 1)
             done += 1
         m = 0xFFFFFFFF
