@@ -86,3 +86,29 @@ def test_sweep_reconciles_counters_after_lru_eviction(dp):
     assert send(dp, "198.18.9.1", 40000, "S") == XDP_REDIRECT
     dp.sweep()
     assert lb_list_counts(dp) == table_census(dp)
+
+
+def test_sweep_leaves_an_entry_made_again_after_its_dump_read_the_old_one(dp, monkeypatch):
+    """The sweep decides from its dump, taken a while before it deletes (the walk of a big table
+    takes seconds): an entry it read expired -- a client port's old connection in TIME_WAIT --
+    may since have been expired by the data path and made again by the client reusing the port
+    (a new SYN and ACK, the same key, established).  That new connection stays: the sweep
+    deleted it, and its next packet went to the director's own stack (a reset)."""
+    client, sport = "198.18.5.1", 30000
+    assert send(dp, client, sport, "S") == XDP_REDIRECT
+    assert send(dp, client, sport, "A") == XDP_REDIRECT
+    conns = dp.maps["lb_conns"]
+    key = L.ConnKey(ip(client), ip(VIP), sport, 80, 6).pack()
+    live = conns.get(key)
+    old = L.Conn.unpack(live)
+    # what the dump read: the port's previous connection, in TIME_WAIT, its timer run out
+    old.last_ns = L.stamp_ago(old.last_ns, 600 * 10**9)
+    old.state, old.timeout, old.flags = L.TCP_S["TIME_WAIT"], 120, old.flags | L.CONN_F_INACTIVE
+    dumped = [(k, old.pack() if k == key else v) for k, v in conns.items()]
+    monkeypatch.setattr(conns, "items", lambda batch=None: dumped)
+    dp.sweep()
+    monkeypatch.undo()
+    assert conns.get(key) == live
+    assert send(dp, client, sport, "A") == XDP_REDIRECT
+    dp.sweep()
+    assert lb_list_counts(dp) == table_census(dp)

@@ -208,6 +208,11 @@ class ConnTable:
                     if name == "lb_conns" and not out:
                         census_keys.append(k)
                     continue
+                if conns.get(k) != v:
+                    # changed since the dump read it (seconds ago, in a big table): used again, or
+                    # expired by the data path and made again under the same key (a client reusing
+                    # its port) -- live, not ours to remove
+                    continue
                 if out:
                     kept = self._reply_entry_kept(k, v, now)
                     if kept is not None:
@@ -226,6 +231,8 @@ class ConnTable:
             del entries
         for (name, k), (last, real, timeout) in expired_t.items():
             templates = self.maps[name]
+            if templates.get(k) != L.PERSIST.pack(last, real, timeout):
+                continue                 # used or made again since the dump (as connections above)
             # each time its timer runs out while a connection it controls is still there, it
             # restarts where it ran out, for 60 s; the first time none is, it goes
             conn_left = controlling.get((k, real))
