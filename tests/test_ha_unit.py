@@ -944,3 +944,19 @@ def test_lost_addresses_are_looked_for_when_rtnetlink_tells(tmp_path):
         assert p.returncode == 0 and p.stdout.strip() == "ok", p.stderr
     finally:
         subprocess.run(["ip", "netns", "del", name], timeout=10)
+
+
+def test_exporter_refreshes_an_entry_stamped_below_the_clocks_zero():
+    """A connection synced to this node when it had been up less long than the connection
+    (a backup just booted) has a stamp that wrapped below zero as a u64.  Active since, this
+    node sends it at the full resync with that stamp, and its packets then stamp it with the
+    clock's small values: the refresh is still due every half timeout (it was never due again:
+    the peer's copy expired while the connection lived, and the next failover lost it)."""
+    A = ipaddress.ip_address
+    rec = (6, A("198.18.0.2"), 40000, A("198.18.0.10"), 80, A("198.18.1.11"), 80, 1, 0, 5_000_000, 900,
+           b"\x02" * 6)
+    e = sync.Exporter(rate=1000, interval=0.1)
+    wrapped = (1 << 64) - 30 * 10**9                 # 30 s before the clock's zero
+    assert len(e.select([(b"k", wrapped, rec)], [])) == 1
+    assert e.select([(b"k", 10 * 10**9, rec)], []) == []          # 40 s on: not yet
+    assert len(e.select([(b"k", 70 * 10**9, rec)], [])) == 1      # 100 s on: refreshed

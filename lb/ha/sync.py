@@ -45,7 +45,7 @@ from __future__ import annotations
 import ipaddress
 import struct
 
-from lb.dataplane.layout import CONN_F_INACTIVE, CONN_F_PERSIST, N_TIMEOUTS
+from lb.dataplane.layout import CONN_F_INACTIVE, CONN_F_PERSIST, N_TIMEOUTS, elapsed_ns
 
 from .heartbeat import HEADER, MAC_LEN, MAX_DATAGRAM
 
@@ -218,7 +218,9 @@ class Exporter:
                     urgent.append((tag, digest, last_ns, kind, rec))
                 else:
                     period = min(max(timeout / 2, REFRESH_MIN_S), REFRESH_MAX_S) * 1e9
-                    if last_ns - prev[1] >= period:
+                    # the data path's stamps, modulo 2^64: a synced entry older than this node's
+                    # uptime was stamped below the clock's zero (layout.elapsed_ns)
+                    if elapsed_ns(last_ns, prev[1]) >= period:
                         refresh.append((tag, digest, last_ns, kind, rec))
         for tag in [t for t in self.sent if t not in live]:
             del self.sent[tag]
