@@ -426,7 +426,8 @@ class ConnTable:
         makes them).  Each is counted on its real server as the data path would have counted it
         (through lb_real_swept, the control plane's side of the counters), so ActiveConn/InActConn
         are right on the backup and stay right when the entry later expires either way.  Entries
-        whose service or real server this director does not have are skipped.  Returns
+        whose service or real server this director does not have are skipped, and so are
+        templates a full lb_persist (no eviction) cannot take.  Returns
         (installed, skipped)."""
         # the coarse clock BPF reads (bpf_ktime_get_coarse_ns): a timestamp from the precise one
         # can lie a tick ahead of it
