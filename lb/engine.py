@@ -21,7 +21,7 @@ import threading
 import time
 
 from lb import config as lbconfig
-from lb import control, files, sdnotify
+from lb import control, files, held, sdnotify
 from lb.confedit import ConfigRequests, keep_running, restart_needed
 from lb import weight as lbweight
 from lb.config.model import FORWARD_OF_NETWORK
@@ -30,6 +30,7 @@ from lb.config.model import parse_endpoint as _parse_endpoint
 from lb.config.model import sorry_text
 from lb.config.toml import WEIGHT_RANGE
 from lb.dataplane import RealSpec, ServiceSpec, TableSpec
+from lb.dataplane import attach as dpattach
 from lb.dataplane.errors import ApplyFailed, DataplaneError, ProgramLoadFailed, TableDoesNotFit
 from lb.dataplane.ipvs import IpvsDataplane
 from lb.dataplane.program import Sizes
@@ -463,6 +464,13 @@ class Engine:
         self._resizing = False       # a move into new [tables] sizes has more to do (finish_resize)
         self._ownership_log = RateLimitedLog(log, 60.0)
         self._address_watch = addresses.Watch()      # when to look for lost addresses
+        # what this run holds, recorded across runs (lb/held.py): what the earlier run's record
+        # names and this run has not released yet, and the earlier run's addresses this config
+        # names still, held before pulse decides a role
+        self._held_lock = threading.Lock()
+        self._held_log = RateLimitedLog(log, 60.0)
+        self._stale = held.Held()
+        self._carried: list[addresses.OwnedAddress] = []
         # reloads by result (ok, refused, failed), the last one's, and when the running config was loaded
         self.reloads: dict = {"ok": 0, "refused": 0, "failed": 0, "last_ok": True, "loaded_at": time.time()}
         self.takeovers = 0                           # HA: times this director became active
@@ -480,6 +488,7 @@ class Engine:
             raise StartupError(f"{RUN_DIR}: {e.strerror or e}") from None
         log.info("lb instance %r starting (config %s, %s data plane)", self.cfg.instance,
                  self.cfg.path or "<config>", self.dataplane)
+        self._stale = held.read(self._held_path())     # what an earlier run left (a kept data plane)
         self._wait_for_interfaces()
         ha_announce.warm_up_in_background()     # beside the data plane's load: READY waits for both
         if self.cfg.ha is not None:
@@ -497,6 +506,8 @@ class Engine:
         sdnotify.status("loading the data plane")
         self._load_dataplane()
         self.owned = addresses.wanted_addresses(self.cfg)
+        recorded = {(a.ifname, a.address) for a in self._stale.addresses}
+        self._carried = [a for a in self.owned if (a.ifname, a.address) in recorded]
         self._start_lease()
         sorry: set[tuple] = set()
         table = self._table(self.cfg, sorry)
@@ -517,6 +528,8 @@ class Engine:
             self._apply_on_fallback()
         sdnotify.status("attaching XDP" if self.dp.kind == "xdp" else "attaching")
         self._attach_dataplane()
+        self._release_held(self.owned, sync=self.cfg.ha is not None and self.cfg.ha.sync)
+        self._write_held()
         self._resizing = self._finish_resize()
         if self.bgp is not None:
             from lb.bgp import BgpError
@@ -675,6 +688,91 @@ class Engine:
         self.dp = IpvsDataplane(self.cfg.instance)
         return True
 
+    # ---- what this run holds, recorded across runs (lb/held.py) ----
+    def _held_path(self) -> str:
+        return held.path(self.lock.run_dir, self.cfg.instance)
+
+    def _held_addresses(self) -> list[addresses.OwnedAddress]:
+        """The addresses this run holds as its own: the active director's; before pulse has
+        decided a role, those of the earlier run's that this config names still (left up)."""
+        if self.active:
+            return list(self.owned)
+        return [a for a in self._carried if a in self.owned]
+
+    def _held_now(self, addrs: list[addresses.OwnedAddress]) -> held.Held:
+        """What this run holds (its XDP programs, ``addrs``, its kernel sync daemons), and what
+        the earlier run's record names that is not released yet."""
+        programs = tuple(getattr(self.dp, "held_programs", list)())
+        sync = tuple(held.HeldSync(*d) for d in getattr(self.dp, "held_sync", list)())
+        return held.Held(programs, tuple(held.HeldAddress(a.ifname, a.address) for a in addrs),
+                         sync).merged(self._stale)
+
+    def _write_held(self, what: held.Held | None = None) -> None:
+        """The record made current (``what``, else _held_now of the held addresses): after the
+        start, each reload and role change, and at a stop that keeps the data plane -- so that a
+        daemon killed meanwhile leaves it current too.  Only a daemon that holds its instance's
+        lock writes it; a write that fails is said (at most once a minute) and changes nothing
+        else."""
+        if self.lock.fd is None:
+            return
+        path = self._held_path()
+        with self._held_lock:
+            try:
+                held.write(path, self._held_now(self._held_addresses()) if what is None else what,
+                           self.cfg.instance)
+            except OSError as e:
+                self._held_log.log("write", logging.ERROR, "%s: cannot record what this run holds (%s): a "
+                                   "restart whose configuration no longer names an interface or an address may "
+                                   "leave it behind", path, e.strerror or e)
+
+    def _release_held(self, want: list[addresses.OwnedAddress], sync: bool) -> None:
+        """What the earlier run's record names (self._stale) and this run does not use, released
+        once this start's own attach and addresses are done (and at a clean stop, what could not
+        be then): an XDP program on an interface this run has no program on, detached if the
+        one there is still the recorded one; an address not in ``want``, removed if it is on its
+        interface; a kernel sync daemon, stopped unless this run syncs in kernel IPVS too
+        (``sync``: it takes it over).  A program whose detach the kernel refused, and a sync
+        daemon it would not stop, stay in self._stale (the record keeps them)."""
+        stale = self._stale
+        if not stale:
+            return
+        ours = getattr(self.dp, "held_programs", list)()
+        in_use = {p.ifname for p in ours} | {p.ifindex for p in ours if p.ifindex}
+        programs_left, detached = [], []
+        for p in stale.programs:
+            if p.ifname in in_use or (p.ifindex and p.ifindex in in_use):
+                continue                    # this run's own program took its place there
+            try:
+                what, text = dpattach.detach_held(p)
+            except Exception as e:  # noqa: BLE001 - netlink unusable: tried again at the next start
+                what, text = "failed", f"detaching the {p.program} XDP program from {p.ifname}: {e}"
+            if what == "detached":
+                detached.append(p.ifname)
+                log.info("%s: this configuration no longer uses it", text)
+            elif what == "failed":
+                programs_left.append(p)
+                log.error("%s", text)
+            elif what == "other":
+                log.warning("%s", text)
+            else:
+                log.info("%s", text)
+        keep = {(a.ifname, a.address) for a in want}
+        drop = [addresses.OwnedAddress(a.ifname, a.address) for a in stale.addresses
+                if (a.ifname, a.address) not in keep]
+        there = addresses.present(drop) if drop else []
+        if there:
+            addresses.release(there)        # (each removal logged)
+        sync_left = []
+        if stale.sync:
+            sync_left = self.dp.release_sync([(d.state, d.ifname, d.syncid) for d in stale.sync], sync)
+        self._stale = held.Held(tuple(programs_left), (), tuple(held.HeldSync(*d) for d in sync_left))
+        if detached or there:
+            log.info("%s: released what the earlier run held and this configuration no longer names: %s",
+                     self._held_path(), "; ".join(
+                         ([f"XDP on {', '.join(detached)}"] if detached else [])
+                         + ([f"address{'es' if len(there) > 1 else ''} "
+                             f"{', '.join(f'{a.address} on {a.ifname}' for a in there)}"] if there else [])))
+
     def stop(self, keep_dataplane: bool = False) -> None:
         """keep_dataplane: the programs stay attached, the maps pinned and the addresses up, for
         the next `lb run` to adopt (an upgrade, `systemctl restart`); otherwise everything goes
@@ -690,10 +788,13 @@ class Engine:
                 except Exception as e:  # noqa: BLE001 - the stop goes on; the next start catches up
                     log.error("finishing the resize before the stop failed (%s): the next start catches "
                               "up what the old maps hold", e)
+            self._write_held()              # for the next start: what it must release if unnamed
             self.dp.close()
         else:
             self.dp.detach_all()
             addresses.release(self.owned)
+            self._release_held([], sync=False)       # what the earlier run left and could not go then
+            self._write_held(self._stale)            # (nothing, as a rule: the record goes)
             self.dp.unpin()
             self.dp.close()
         if self.bgp is not None:
@@ -712,7 +813,11 @@ class Engine:
         other program's that still serves it."""
         if not self.dp.adopted:
             self.dp.detach_all()
-        addresses.release(self.added_at_start + (self._role_added or []))
+        gone = self.added_at_start + (self._role_added or [])
+        addresses.release(gone)
+        # what stays: an adopted data plane's programs, the earlier run's addresses this start
+        # found up, and what of the earlier run's record was not released yet
+        self._write_held(self._held_now([a for a in self._carried if a in self.owned and a not in gone]))
         if not self.dp.adopted and self.dp.created:
             self.dp.unpin()
         self.dp.close()
@@ -831,6 +936,7 @@ class Engine:
                 self._attach_guards()
             except (DataplaneError, OSError) as e:
                 log.error("HA: the lease's addresses after the reload: %s", e)
+        self._write_held()
         keys_changed = self.pulse.set_keys(keys) if keys is not None else None
         return f"reloaded {path}" + (f"; {keys_changed}" if keys_changed else "")
 
@@ -1066,6 +1172,7 @@ class Engine:
             log.warning("HA: the lease of an earlier run of this instance ran out %.1f s ago (its daemon died): "
                         "releasing its addresses until pulse decides the role", -left)
             addresses.release(addresses.present(self.owned))
+            self._carried = []
 
     def _attach_guards(self) -> None:
         """[ha]: every other interface holding one of the addresses (nat_router on the private
@@ -1105,13 +1212,19 @@ class Engine:
 
     def _take_addresses(self) -> None:
         with self._addr_lock:
-            added = addresses.take(self.owned)
-            if self._role_added is not None:         # the start is not done: a failure undoes them
-                self._role_added += added
+            try:
+                added = addresses.take(self.owned)
+                if self._role_added is not None:         # the start is not done: a failure undoes them
+                    self._role_added += added
+            finally:
+                self._carried = []          # the role decides from now on
+                self._write_held()
 
     def _release_addresses(self) -> None:
         with self._addr_lock:         # after on_role cleared self.active: no restore adds them back
             addresses.release(self.owned)
+            self._carried = []
+            self._write_held()
 
     def keep_ownership(self, now: float | None = None) -> None:
         """What the director holds stays held, checked every OWNERSHIP_INTERVAL: an address of
@@ -1141,6 +1254,8 @@ class Engine:
             self._ownership_log.log((what, where, text), level, "%s", text)
         if back:
             self.announce(False, back)      # neighbours that dropped the address learn it again
+        if any(what == "attached" for what, _, _ in notes):
+            self._write_held()              # a re-created interface: another ifindex
         if self.bgp is not None:
             # a VIP stays announced only while lb's program forwards on the public interface
             self._bgp_update(attached=self._attached())

@@ -5,6 +5,7 @@ shipped instructions attaches without it."""
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 
 from .errors import DataplaneError
 
@@ -70,3 +71,63 @@ def attached_prog_id(ifname: str) -> int | None:
         raise DataplaneError(f"interface {ifname} does not exist")
     xdp = links[0].get_attr("IFLA_XDP")
     return (xdp.get_attr("IFLA_XDP_PROG_ID") or None) if xdp is not None else None
+
+
+@dataclass(frozen=True)
+class HeldProgram:
+    """An XDP program an instance left attached on purpose (a stop that keeps the data plane):
+    the interface (its name and index then), the program's name and id, the attach flags (the
+    mode: a detach must name it)."""
+    ifname: str
+    ifindex: int
+    program: str
+    prog_id: int
+    flags: int
+
+
+def _xdp_prog_id(link) -> int | None:
+    xdp = link.get_attr("IFLA_XDP")
+    return (xdp.get_attr("IFLA_XDP_PROG_ID") or None) if xdp is not None else None
+
+
+def detach_held(held: HeldProgram) -> tuple[str, str]:
+    """Detach a program an earlier run of the instance left attached, only if it is still that
+    one: the interface of that index (else, made again, of that name) carries the program of
+    that id.  Returns (what, text): "detached", "gone" (no such interface, or no program on it
+    any more: nothing to do), "other" (another program is attached there: left alone), or
+    "failed" (the kernel refused the detach)."""
+    from pyroute2 import IPRoute
+    from pyroute2.netlink.exceptions import NetlinkError
+
+    where = f"{held.ifname} (ifindex {held.ifindex})"
+    others = []
+    with IPRoute() as ipr:
+        links = []
+        if held.ifindex > 0:
+            try:
+                links += ipr.get_links(held.ifindex)
+            except NetlinkError:            # no interface of that index now
+                pass
+        idx = ipr.link_lookup(ifname=held.ifname)       # made again since: another index
+        if idx and idx[0] != held.ifindex:
+            links += ipr.get_links(idx[0])
+        for link in links:
+            name = link.get_attr("IFLA_IFNAME") or held.ifname
+            have = _xdp_prog_id(link)
+            if have is None:
+                continue
+            if have != held.prog_id:
+                others.append(f"{name} carries another XDP program (id {have}) than the {held.program} "
+                              f"(id {held.prog_id}) lb left there: left alone")
+                continue
+            try:
+                ipr.link("set", index=link["index"],
+                         xdp={"attrs": [("IFLA_XDP_FD", -1), ("IFLA_XDP_FLAGS", held.flags)]})
+            except NetlinkError as e:
+                return "failed", f"detaching the {held.program} XDP program (id {held.prog_id}) from {name}: {_reason(e)}"
+            return "detached", f"detached the {held.program} XDP program (id {held.prog_id}) from {name}"
+    if others:
+        return "other", others[0]
+    if not links:
+        return "gone", f"{where} no longer exists: its {held.program} XDP program went with it"
+    return "gone", f"the {held.program} XDP program (id {held.prog_id}) is no longer on {where}"

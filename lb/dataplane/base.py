@@ -51,6 +51,28 @@ class Dataplane(abc.ABC):
         backend the kernel hooks by itself."""
         return []
 
+    def held_programs(self) -> list:
+        """The XDP programs this instance has attached (attach.HeldProgram each: interface and
+        index, program name and id, flags), which a stop that keeps the data plane leaves
+        behind: the engine records them (lb/held.py) so that the next start can detach those its
+        configuration no longer names.  None for a backend without programs."""
+        return []
+
+    def held_sync(self) -> list[tuple[str, str, int]]:
+        """(state, interface, SyncID) of each kernel IPVS sync daemon this instance runs, which
+        a stop that keeps the data plane leaves running (recorded as held_programs are)."""
+        return []
+
+    def release_sync(self, daemons: list[tuple[str, str, int]], keep: bool) -> list[tuple[str, str, int]]:
+        """The sync daemons an earlier run left running (held_sync's, from its record): with
+        ``keep`` (this run syncs in kernel IPVS too) the backend takes those still running as
+        recorded as its own (its role's own start_sync, and its clean stop, stop them); else
+        they are stopped -- each only while the kernel runs it as recorded.  Returns those that
+        could not be stopped."""
+        from .ipvs import stop_recorded_sync
+
+        return stop_recorded_sync(daemons)
+
     def finish_resize(self) -> bool:
         """Once the programs are attached: what the old maps of a resized instance (new
         [tables]) got since they were copied, copied too, and the old programs and maps let

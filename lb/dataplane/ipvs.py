@@ -621,6 +621,34 @@ def sync_id(ha) -> int:
     return zlib.crc32(f"{ha.primary} {ha.backup}".encode()) % 255 + 1
 
 
+def stop_recorded_sync(daemons: list[tuple[str, str, int]], netns: str | None = None) -> list[tuple[str, str, int]]:
+    """The sync daemons an earlier run of the instance started ((state, interface, SyncID), from
+    its record: lb/held.py) stopped, each only while the kernel runs it as recorded (one of
+    another interface or SyncID is someone else's now).  Returns those that could not be."""
+    if not daemons or (netns is None and not os.path.exists(_proc_net("ip_vs"))):
+        return []                       # no IPVS in this kernel now: no daemon of it runs
+    left = []
+    try:
+        with Kernel(netns) as k:
+            running = {d.state: d for d in k.daemons()}
+            for state, ifname, syncid in daemons:
+                want = SyncDaemon(state, ifname, syncid)
+                cur = running.get(state)
+                if cur is None or not cur.same(want):
+                    continue
+                try:
+                    k.stop_daemon(state)
+                except IpvsError as e:
+                    log.warning("stopping the %s an earlier run left: %s", want.line(), e)
+                    left.append((state, ifname, syncid))
+                    continue
+                log.info("stopped the %s an earlier run left (this configuration runs none)", want.line())
+    except IpvsError as e:
+        log.warning("stopping the IPVS sync daemons an earlier run left: %s", e)
+        return list(daemons)
+    return left
+
+
 def ensure_module() -> None:
     """Load ip_vs if its generic netlink family is missing (a no-op where it is built in or
     loaded); raises IpvsError with the reason when the kernel cannot do IPVS."""
@@ -940,6 +968,27 @@ class IpvsDataplane(Dataplane):
         except IpvsError as e:
             log.warning("stopping the IPVS sync daemons: %s", e)
         self.syncing.clear()
+
+    def held_sync(self) -> list[tuple[str, str, int]]:
+        return [(d.state, d.ifname, d.syncid) for _, d in sorted(self.syncing.items())]
+
+    def release_sync(self, daemons: list[tuple[str, str, int]], keep: bool) -> list[tuple[str, str, int]]:
+        if not keep:
+            return stop_recorded_sync(daemons, self.netns)
+        if not daemons:
+            return []
+        try:
+            with Kernel(self.netns) as k:
+                running = {d.state: d for d in k.daemons()}
+        except IpvsError as e:
+            log.warning("reading the IPVS sync daemons an earlier run left: %s", e)
+            return []
+        for state, ifname, syncid in daemons:
+            want = SyncDaemon(state, ifname, syncid)
+            cur = running.get(state)
+            if cur is not None and cur.same(want) and state not in self.syncing:
+                self.syncing[state] = want
+        return []
 
     def lease(self, seconds: float | None) -> None:
         """No lease: kernel IPVS cannot check one (a crashed daemon's addresses stay claimed)."""

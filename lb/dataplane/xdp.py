@@ -23,7 +23,7 @@ import time
 
 from . import layout as L
 from . import reader
-from .attach import XDP_FLAGS_SKB_MODE, attach_xdp, attached_prog_id, detach_xdp
+from .attach import XDP_FLAGS_SKB_MODE, HeldProgram, attach_xdp, attached_prog_id, detach_xdp
 from .base import Dataplane
 from .conntable import CLOCK_MONOTONIC_COARSE, ConnTable, SchedBaseline
 from .defense import Defender
@@ -422,6 +422,19 @@ class XdpDataplane(Dataplane):
             notes.append(("attached", ifname, f"the {self.sides[ifname]} XDP program was gone from {ifname}: "
                           f"attached again ({name} mode)"))
         return notes
+
+    def held_programs(self) -> list[HeldProgram]:
+        from .bpfsys import prog_info
+
+        out = []
+        for ifname, flags in sorted(self.attached.items()):
+            name = self._SIDES[self.sides[ifname]]
+            try:
+                ifindex = socket.if_nametoindex(ifname)
+            except OSError:               # gone: recorded by name (detach_held looks it up again)
+                ifindex = 0
+            out.append(HeldProgram(ifname, ifindex, name, prog_info(self.fns[name].fd).id, flags))
+        return out
 
     def detach_all(self) -> None:
         for ifname, flags in list(self.attached.items()):
