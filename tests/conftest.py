@@ -241,6 +241,7 @@ def displace_xdp(lab, node: str, dev: str, source: str) -> None:
 LAB_INSTANCE = "lab"
 LAB_PIN_DIR = f"/sys/fs/bpf/lb/{LAB_INSTANCE}"
 LAB_PIDFILE = f"/run/lb/{LAB_INSTANCE}.pid"
+LAB_HELD = f"/run/lb/{LAB_INSTANCE}.held"
 
 
 class LbProcess:
@@ -324,10 +325,11 @@ def remove_lab_dataplane(lab) -> None:
     shutil.rmtree(LAB_PIN_DIR, ignore_errors=True)
     for d in (staging_dir(LAB_PIN_DIR), old_dir(LAB_PIN_DIR)):     # a resize's, left by a failure
         shutil.rmtree(d, ignore_errors=True)
-    try:
-        os.unlink(LAB_PIDFILE)
-    except FileNotFoundError:
-        pass
+    for f in (LAB_PIDFILE, LAB_HELD):          # the pid file; what a kept stop recorded (lb/held.py)
+        try:
+            os.unlink(f)
+        except FileNotFoundError:
+            pass
 
 
 class LbRunner:
@@ -395,7 +397,7 @@ def remove_ha_dataplane(lab) -> None:
         lab.run(node, ["ip", "addr", "del", "198.18.1.254/24", "dev", "priv0"], check=False, timeout=10)
         lab.run(node, ["ip", "route", "flush", "type", "blackhole"], check=False, timeout=10)
         shutil.rmtree(f"/sys/fs/bpf/lb/{inst}", ignore_errors=True)
-        for f in (f"/run/lb/{inst}.pid", f"/run/lb/{inst}.sock"):
+        for f in (f"/run/lb/{inst}.pid", f"/run/lb/{inst}.sock", f"/run/lb/{inst}.held"):
             try:
                 os.unlink(f)
             except FileNotFoundError:
