@@ -707,10 +707,10 @@ class Engine:
         return held.Held(programs, tuple(held.HeldAddress(a.ifname, a.address) for a in addrs),
                          sync).merged(self._stale)
 
-    def _write_held(self, what: held.Held | None = None) -> None:
-        """The record made current (``what``, else _held_now of the held addresses): after the
-        start, each reload and role change, and at a stop that keeps the data plane -- so that a
-        daemon killed meanwhile leaves it current too.  Only a daemon that holds its instance's
+    def _write_held(self, what: held.Held | None = None, addrs: list | None = None) -> None:
+        """The record made current (``what``, else _held_now of ``addrs`` or of the addresses
+        held): after the start, each reload and role change, and at a stop that keeps the data
+        plane -- so that a daemon killed meanwhile leaves it current too.  Only a daemon that holds its instance's
         lock writes it; a write that fails is said (at most once a minute) and changes nothing
         else."""
         if self.lock.fd is None:
@@ -718,8 +718,9 @@ class Engine:
         path = self._held_path()
         with self._held_lock:
             try:
-                held.write(path, self._held_now(self._held_addresses()) if what is None else what,
-                           self.cfg.instance)
+                if what is None:
+                    what = self._held_now(self._held_addresses() if addrs is None else addrs)
+                held.write(path, what, self.cfg.instance)
             except OSError as e:
                 self._held_log.log("write", logging.ERROR, "%s: cannot record what this run holds (%s): a "
                                    "restart whose configuration no longer names an interface or an address may "
@@ -817,7 +818,7 @@ class Engine:
         addresses.release(gone)
         # what stays: an adopted data plane's programs, the earlier run's addresses this start
         # found up, and what of the earlier run's record was not released yet
-        self._write_held(self._held_now([a for a in self._carried if a in self.owned and a not in gone]))
+        self._write_held(addrs=[a for a in self._carried if a in self.owned and a not in gone])
         if not self.dp.adopted and self.dp.created:
             self.dp.unpin()
         self.dp.close()

@@ -364,3 +364,23 @@ def test_ipvs_takes_over_an_earlier_runs_sync_daemon_when_it_syncs_too(kernel_sy
     assert kernel_sync.stopped == ["master"] and set(kernel_sync.running) == {"backup"}
     dp.stop_sync()
     assert kernel_sync.running == {}
+
+
+def test_a_failed_start_records_what_it_leaves(host):
+    """A start of an adopted data plane that fails once running (pulse's port taken, say): its
+    programs serve on, so the record names them, and the VIP it found up; the next start
+    releases what its config does not name, as after any kept stop."""
+    first = engine(host, NAT, "nat.toml")
+    first.start()
+    first.stop(keep_dataplane=True)
+    second = engine(host, NAT.replace('network = "nat"', 'network = "nat"\n'), "nat2.toml")
+    second.start()
+    second.stop_failed_start()                          # as lb.engine.run after such a failure
+    rec = record(host)
+    assert {(p["ifname"], p["prog_id"]) for p in rec["xdp"]} == {(PUB, xdp_id(PUB)), (PRIV, xdp_id(PRIV))}
+    assert {a["address"] for a in rec["addresses"]} == {"198.18.0.10/32", "198.18.0.20/32", "10.99.1.254/24"}
+    third = engine(host, DIRECT, "dr.toml")
+    third.start()
+    assert xdp_id(PRIV) is None and addrs(PUB) == {"198.18.0.10/32"} and addrs(PRIV) == set()
+    third.stop()
+    assert record(host) is None and xdp_id(PUB) is None
