@@ -60,6 +60,26 @@ def test_dev_full_from_a_shell(tmp_path):
         assert "Traceback" not in p.stderr and "Exception ignored" not in p.stderr
 
 
+def test_ctrl_c_while_waiting_is_quiet_exit_130(monkeypatch, capsys):
+    """Ctrl-C during `lb status --wait 60` (a daemon that does not come up; `lb stop` waiting
+    for one to exit alike): a KeyboardInterrupt traceback; now nothing said and 130, the
+    status of a command SIGINT ended, as ipvsadm's."""
+    import types
+
+    import lb.cli.main as cli_main
+
+    def interrupted(_seconds):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli_main, "time", types.SimpleNamespace(monotonic=cli_main.time.monotonic,
+                                                                sleep=interrupted))
+    monkeypatch.setattr(control, "request", lambda inst, cmd, **k: (_ for _ in ()).throw(
+        control.NotRunning(f"instance {inst!r} is not running")))
+    rc = main(["status", "--wait", "60", "--instance", "nowhere"])
+    out, err = capsys.readouterr()
+    assert (rc, out, err) == (130, "", "")
+
+
 # ---- the daemon's reply ----------------------------------------------------------------------
 
 class FakeDaemon:

@@ -1304,6 +1304,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"lb: stdout: {e}", file=sys.stderr)
         _stdout_to_devnull(stdout)
         return 1
+    except KeyboardInterrupt:
+        # Ctrl-C while a command waits (`lb status --wait`, `lb stop`) or prints (`lb list -c`):
+        # quiet, as ipvsadm dies of SIGINT (`lb run` handles SIGINT itself: a clean stop)
+        return 128 + signal.SIGINT
     finally:
         sys.stdout = stdout
 
