@@ -294,6 +294,21 @@ def test_conflicting_list_options_exit_2(dp, argv, message, capsys):
     assert cli(capsys, "-L", "-n", *argv, *xdp(dp)) == (2, "", f"lb: {message}\n")
 
 
+@pytest.mark.parametrize("opt, name", [
+    ("-c", "connection"), ("--timeout", "timeout"), ("--stats", "stats"), ("--rate", "rate"),
+    ("--persistent-conn", "persistent-conn"), ("--exact", "exact"), ("--json", "json"), ("--counters", "counters"),
+])
+def test_save_with_a_listing_option_is_refused(dp, opt, name, capsys):
+    """ipvsadm -S takes -n alone.  `lb -S -c` printed the connection listing from pinned maps
+    (but the rules from kernel IPVS), `-S --counters` the counters, `-S --stats` or `--json`
+    the rules, all exit 0: `lb -S -c > rules` then fed `ipvsadm -R` connection entries."""
+    connect(dp, WEB_VIP, 443, 40031)
+    for argv in (["list", "--save", opt], ["-S", opt], ["-Sn", opt]):
+        assert cli(capsys, *argv, *xdp(dp)) == (2, "", f"lb: Illegal '{name}' option with the 'save' command\n")
+    rc, out, _ = cli(capsys, "-S", "-n", "--nosort", "-t", f"{WEB_VIP}:443", *xdp(dp))
+    assert rc == 0 and out.startswith(f"-A -t {WEB_VIP}:443 -s rr\n")
+
+
 def test_options_ipvsadm_combines_still_list(dp, capsys):
     connect(dp, WEB_VIP, 443, 40030)
     rc, out, _ = cli(capsys, "list", "-c", "--persistent-conn", *xdp(dp))     # ipvsadm -Lc --persistent-conn

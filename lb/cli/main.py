@@ -651,9 +651,20 @@ _LIST_EXCLUSIVE = (("connection", "connection"), ("service-address", "service"),
                    ("daemon", "daemon"))
 
 
+# what ipvsadm -S refuses (its commands_v_options: -n alone; lb adds -t/-u/-f), and lb's own
+# --json and --counters: each would print something else than the rules, as its name, in order
+_SAVE_ILLEGAL = (("connection", "connection"), ("timeout", "timeout"), ("daemon", "daemon"), ("stats", "stats"),
+                 ("rate", "rate"), ("thresholds", "thresholds"), ("persistent-conn", "persistent_conn"),
+                 ("exact", "exact"), ("tun-info", "tun_info"), ("json", "json"), ("counters", "counters"))
+
+
 def _list_conflict(args) -> str | None:
     """ipvsadm's refusal of list options that conflict (generic_opt_check names the later one
     first, then process_options' own rule), or None."""
+    if args.save:
+        for name, attr in _SAVE_ILLEGAL:
+            if getattr(args, attr):
+                return f"Illegal '{name}' option with the 'save' command"
     given = [name for name, attr in _LIST_EXCLUSIVE if getattr(args, attr)]
     if len(given) > 1:
         return f"The option '{given[1]}' conflicts with the '{given[0]}' option in the 'list' command"
