@@ -275,6 +275,21 @@ def test_list_counters_of_kernel_ipvs_is_refused(capsys):
                                                 "IPVS's: lb list --stats, or /proc/net/ip_vs_stats\n")
 
 
+@pytest.mark.parametrize("argv, message", [
+    (["--counters", "-c"], "--counters lists the data path's counters alone, not with -c"),
+    (["--counters", "-t", f"{WEB_VIP}:443"], "--counters lists the data path's counters alone, not with -t/-u/-f"),
+    (["--counters", "--stats"], "--counters lists the data path's counters alone, not with --stats"),
+    (["--json", "--timeout"], "--json lists the services (with -c, the connections), not with --timeout"),
+    (["--daemon", "--json"], "--json lists the services (with -c, the connections), not with --daemon"),
+])
+def test_an_option_a_listing_has_no_place_for_is_refused(dp, argv, message, capsys):
+    """`--counters -t VIP:PORT` printed every counter, `--counters -c` no connection, `--json
+    --timeout` the services and no timeout: exit 0, the option ignored."""
+    assert cli(capsys, "list", *argv, *xdp(dp)) == (2, "", f"lb: {message}\n")
+    rc, out, _ = cli(capsys, "list", "--counters", "--json", "--exact", *xdp(dp))
+    assert rc == 0 and "counters" in json.loads(out)
+
+
 # ---- 7. conflicting list options, refused as ipvsadm refuses them ----------------------------
 
 @pytest.mark.parametrize("argv, message", [

@@ -658,6 +658,12 @@ _SAVE_ILLEGAL = (("connection", "connection"), ("timeout", "timeout"), ("daemon"
                  ("exact", "exact"), ("tun-info", "tun_info"), ("json", "json"), ("counters", "counters"))
 
 
+# what `lb list` prints instead of the service table, and its selection and columns
+_LIST_VIEWS = (("-c", "connection"), ("-t/-u/-f", "service"), ("--timeout", "timeout"), ("--daemon", "daemon"),
+               ("--stats", "stats"), ("--rate", "rate"), ("--thresholds", "thresholds"),
+               ("--persistent-conn", "persistent_conn"), ("--tun-info", "tun_info"))
+
+
 def _list_conflict(args) -> str | None:
     """ipvsadm's refusal of list options that conflict (generic_opt_check names the later one
     first, then process_options' own rule), or None."""
@@ -860,6 +866,14 @@ def _list(args) -> int:
         # nothing zeroes the data path's counters: -Z here would zero what was not listed
         conflict = ("-Z zeroes the services' counters (as `lb zero`), not the data path's that "
                     "--counters lists: give one or the other")
+    if conflict is None:
+        # lb's own listings print one thing: an option they have no place for is refused, not ignored
+        for what, whose, options in (("counters", "the data path's counters alone", _LIST_VIEWS),
+                                     ("json", "the services (with -c, the connections)", _LIST_VIEWS[2:4])):
+            given = [opt for opt, attr in options if getattr(args, attr)]
+            if getattr(args, what) and given:
+                conflict = f"--{what} lists {whose}, not with {given[0]}"
+                break
     if conflict is not None:
         print(f"lb: {conflict}", file=sys.stderr)
         return 2
