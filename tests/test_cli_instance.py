@@ -112,6 +112,18 @@ def test_a_file_that_cannot_tell_its_instance_says_use_instance(tmp_path, asked,
     assert main(["status", "--config", str(bad)]) == 2 and asked == []
 
 
+@pytest.mark.parametrize("command", ["stop", "status", "reload", "weight"])
+def test_help_says_config_only_names_the_instance(command, capsys):
+    """`lb reload --config new.toml` re-reads the daemon's own file, not new.toml; the help said
+    nothing of --config (nor --instance), so an operator could take it for the file to load."""
+    with pytest.raises(SystemExit):
+        main([command, "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "--config CONFIG a config file, read only for the instance it names; the daemon keeps the file it " \
+           "was started with (lb reload re-reads that one)" in text
+    assert "--instance INSTANCE the daemon's instance (default: the one running, else default)" in text
+
+
 @pytest.mark.parametrize("wait", ["nan", "inf", "-1", "-inf", "soon"])
 def test_status_wait_takes_a_finite_number_of_seconds(asked, capsys, wait):
     """`lb status --wait nan` waited for ever (no deadline compares true with nan): refused by

@@ -1088,6 +1088,12 @@ def cmd_realserver(args) -> int:
     return 1
 
 
+# --instance and --config of the commands that ask a running daemon (stop, status, reload, weight)
+_INSTANCE_HELP = "the daemon's instance (default: the one running, else default)"
+_CONFIG_HELP = ("a config file, read only for the instance it names; the daemon keeps the file it was "
+                "started with (lb reload re-reads that one)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="lb", description="Linux Virtual Server director with an XDP data plane")
     ap.add_argument("--version", action="version", version=f"lb {lb.__version__} (lvs-director)")
@@ -1133,8 +1139,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("stop", help="stop a running instance")
-    p.add_argument("--instance")
-    p.add_argument("--config")
+    p.add_argument("--instance", help=_INSTANCE_HELP)
+    p.add_argument("--config", help=_CONFIG_HELP)
     p.add_argument("--keep-dataplane", action="store_true",
                    help="leave XDP attached, maps pinned and addresses up (for an upgrade: the next "
                         "`lb run` adopts them without dropping a packet)")
@@ -1144,8 +1150,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_stop)
 
     p = sub.add_parser("status", help="services, real servers and their health checks")
-    p.add_argument("--instance")
-    p.add_argument("--config")
+    p.add_argument("--instance", help=_INSTANCE_HELP)
+    p.add_argument("--config", help=_CONFIG_HELP)
     p.add_argument("--json", action="store_true")
     p.add_argument("--wait", type=_seconds_arg, default=0, metavar="SECONDS",
                    help="wait until the daemon is ready (its control socket answers), at most SECONDS")
@@ -1154,8 +1160,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("reload", help="re-read the config of a running instance; a bad file is refused "
                                       "with its errors and changes nothing")
-    p.add_argument("--instance")
-    p.add_argument("--config")
+    p.add_argument("--instance", help=_INSTANCE_HELP)
+    p.add_argument("--config", help=_CONFIG_HELP)
     p.add_argument("--signal", action="store_true",
                    help="send SIGHUP instead of asking on the control socket (errors go to the daemon's log)")
     p.set_defaults(func=cmd_reload)
@@ -1171,8 +1177,8 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("server", metavar="SERVER", help="real server name, ADDR or ADDR:PORT")
         if name == "weight":
             p.add_argument("weight", metavar="N", type=_weight_arg, help="0..65535; 0 quiesces")
-        p.add_argument("--instance")
-        p.add_argument("--config")
+        p.add_argument("--instance", help=_INSTANCE_HELP)
+        p.add_argument("--config", help=_CONFIG_HELP)
         p.set_defaults(func=cmd_weight)
 
     _add_list_args(sub.add_parser("list", help="list the table like ipvsadm -L"))
