@@ -243,6 +243,15 @@ def test_malformed_service_is_a_usage_error_in_list_and_zero(dp, opt, text, mess
         assert cli(capsys, cmd, opt, text, *xdp(dp)) == (2, "", message), cmd
 
 
+@pytest.mark.parametrize("argv", [["-6"], ["-t", f"{WEB_VIP}:443", "-6"], ["-u", "[2001:2::10]:53", "-6"]])
+def test_minus_6_without_f_is_a_usage_error(argv, capsys):
+    """ipvsadm refuses -6 but after -f ("-6 used before -f"); lb ignored it: `lb list -6` listed
+    every service, `lb zero -t VIP:PORT -6` zeroed the IPv4 one."""
+    for cmd in ("list", "zero"):
+        assert cli(capsys, cmd, *argv, "--dataplane", "xdp", "--instance", "nowhere") == (
+            2, "", "lb: -6 goes with -f MARK (the IPv6 service of that mark), as ipvsadm's\n"), cmd
+
+
 # ---- 6. -Z after every listing of the XDP data plane -----------------------------------------
 
 def test_list_c_then_zero(dp, capsys):

@@ -750,6 +750,8 @@ def _service_key(args) -> tuple | None:
     """-t/-u VIP:PORT or -f MARK [-6] as the data plane names a service: ("tcp", VIP, PORT) or
     ("fwmark", MARK, 4 or 6: IPv6 with -6, as ipvsadm); None without one; ValueError when the
     text is not one."""
+    if getattr(args, "ipv6", False) and (not args.service or args.service[0] != "FWM"):
+        raise ValueError("-6 goes with -f MARK (the IPv6 service of that mark), as ipvsadm's")
     if not args.service:
         return None
     proto, text = args.service
