@@ -957,7 +957,8 @@ def _add_list_args(p: argparse.ArgumentParser) -> None:
 
 def _add_service_args(p: argparse.ArgumentParser) -> None:
     """--instance, --dataplane and ipvsadm's one-service selection (-t/-u/-f)."""
-    p.add_argument("--instance", help="instance name (default: the only one running)")
+    p.add_argument("--instance", help="instance name (default: the one whose daemon runs; with no daemon, "
+                                        "the only one with pinned maps)")
     p.add_argument("--dataplane", choices=["xdp", "ipvs"], default=None,
                    help="read an instance's pinned maps (xdp) or the kernel's IPVS table (ipvs); "
                         "default: pinned maps if any, else the kernel's IPVS table if loaded")
