@@ -5,7 +5,7 @@ PYTEST_ARGS ?=
 
 BENCH_SUITE ?= all
 
-.PHONY: setup setup-vm install demo test test-fast bench bench-quick bench-smoke bench-report clean
+.PHONY: setup setup-vm install demo test bench bench-quick bench-smoke bench-report clean
 
 # a developer's machine: the director's dependencies, the lab/test/bench tools, .venv (editable)
 setup:
