@@ -44,6 +44,26 @@ def _own_network_namespace() -> None:
 _own_network_namespace()
 
 
+def _terminate_as_interrupt() -> None:
+    """SIGTERM (a cancelled CI job, `timeout`, systemd stopping the session, a worker killed)
+    ends pytest as Ctrl-C does: a KeyboardInterrupt, so the fixtures' teardowns still run --
+    lab.down(), the lb runs' pins and run files -- where the default action killed the process
+    with them all left behind.  A second SIGTERM meanwhile does not cut that cleanup short."""
+    if signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
+        return
+    seen = []
+
+    def handler(signum, _frame) -> None:
+        if not seen:
+            seen.append(signum)
+            raise KeyboardInterrupt("SIGTERM")
+
+    signal.signal(signal.SIGTERM, handler)
+
+
+_terminate_as_interrupt()
+
+
 def in_host_network(argv: list[str]) -> list[str]:
     """argv run in the host's network namespace (package installs only), or as it is when the
     suite has none of its own (not root)."""
@@ -240,8 +260,6 @@ def displace_xdp(lab, node: str, dev: str, source: str) -> None:
     lab.run(node, [str(REPO / ".venv" / "bin" / "python"), "-c", _DISPLACE, dev, source], timeout=60)
 LAB_INSTANCE = "lab"
 LAB_PIN_DIR = f"/sys/fs/bpf/lb/{LAB_INSTANCE}"
-LAB_PIDFILE = f"/run/lb/{LAB_INSTANCE}.pid"
-LAB_HELD = f"/run/lb/{LAB_INSTANCE}.held"
 
 
 class LbProcess:
@@ -259,11 +277,19 @@ class LbProcess:
         self.instance = instance
         self.log_path = Path(log_path)
         self.notify = Listener()
-        self._log = open(self.log_path, "wb")
-        self.proc = lab.popen(node, [lb_bin or LB_BIN, "run", "--config", self.config, *extra],
-                              stdin=subprocess.DEVNULL, stdout=self._log, stderr=subprocess.STDOUT,
-                              start_new_session=True, env={**os.environ, **(env or {}), **self.notify.env()},
-                              preexec_fn=preexec_fn)
+        try:
+            self._log = open(self.log_path, "wb")
+            try:
+                self.proc = lab.popen(node, [lb_bin or LB_BIN, "run", "--config", self.config, *extra],
+                                      stdin=subprocess.DEVNULL, stdout=self._log, stderr=subprocess.STDOUT,
+                                      start_new_session=True,
+                                      env={**os.environ, **(env or {}), **self.notify.env()}, preexec_fn=preexec_fn)
+            except BaseException:
+                self._log.close()
+                raise
+        except BaseException:
+            self.notify.close()
+            raise
         self.pid = self.proc.pid
         self.ready_at: float | None = None
 
@@ -305,31 +331,44 @@ class LbProcess:
 
     def close(self) -> None:
         """SIGINT (the clean stop, whatever --on-sigterm says), then SIGKILL; always reaps."""
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGINT)
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
-        self._log.close()
-        self.notify.close()
+        try:
+            if self.proc.poll() is None:
+                self.proc.send_signal(signal.SIGINT)
+                try:
+                    self.proc.wait(30)
+                except subprocess.TimeoutExpired:
+                    self.proc.kill()
+                    self.proc.wait(5)
+        finally:
+            self._log.close()
+            self.notify.close()
+
+
+def remove_instance_files(instance: str, bpffs: str = "/sys/fs/bpf", run_dir: str = "/run/lb",
+                          shared_dir: str = "/run/lb-control") -> None:
+    """What a killed or failed `lb run` of ``instance`` leaves on the host: its pins (and a
+    resize's staging and old directories, a dead compile's scratch pins) and its run files --
+    <run_dir>/<instance>.* (pid file, control socket, held record, overrides, IPVS state, BGP
+    lease ...) and the shared control socket <shared_dir>/<instance>.sock."""
+    pin = os.path.join(bpffs, "lb", instance)
+    for d in (pin, staging_dir(pin), old_dir(pin)):
+        shutil.rmtree(d, ignore_errors=True)
+    prefix = f"lb-compile-{instance}-"
+    for name in os.listdir(bpffs) if os.path.isdir(bpffs) else ():
+        pid = name[len(prefix):]
+        if name.startswith(prefix) and pid.isdigit() and not os.path.exists(f"/proc/{pid}"):
+            shutil.rmtree(os.path.join(bpffs, name), ignore_errors=True)
+    for f in [*Path(run_dir).glob(f"{instance}.*"), Path(shared_dir) / f"{instance}.sock"]:
+        f.unlink(missing_ok=True)
 
 
 def remove_lab_dataplane(lab) -> None:
-    """Whatever an `lb run` of the lab may have left: XDP on pub0/priv0, pins, pid file."""
+    """Whatever an `lb run` of the lab may have left: XDP on pub0/priv0, pins, run files."""
     if os.path.exists(lab.netns_path("director")):
         for dev in ("pub0", "priv0"):
             for mode in ("xdp", "xdpgeneric", "xdpdrv"):
                 lab.run("director", ["ip", "link", "set", "dev", dev, mode, "off"], check=False, timeout=10)
-    shutil.rmtree(LAB_PIN_DIR, ignore_errors=True)
-    for d in (staging_dir(LAB_PIN_DIR), old_dir(LAB_PIN_DIR)):     # a resize's, left by a failure
-        shutil.rmtree(d, ignore_errors=True)
-    for f in (LAB_PIDFILE, LAB_HELD):          # the pid file; what a kept stop recorded (lb/held.py)
-        try:
-            os.unlink(f)
-        except FileNotFoundError:
-            pass
+    remove_instance_files(LAB_INSTANCE)
 
 
 class LbRunner:
@@ -348,11 +387,19 @@ class LbRunner:
         return p.wait_running() if wait else p
 
     def cleanup(self) -> None:
-        try:
-            for p in self.procs:
+        """Every process stopped (one that fails to stop does not leave the others running),
+        then what they may have left removed; the first error is raised after."""
+        errors = []
+        for p in self.procs:
+            try:
                 p.close()
-        finally:
+            except BaseException as e:      # noqa: BLE001 - raised below, once all are stopped
+                errors.append(e)
+        try:
             self._remove(self.lab)
+        finally:
+            if errors:
+                raise errors[0]
 
 
 @pytest.fixture
@@ -384,24 +431,18 @@ HA_INSTANCES = {"director": "lab", "director2": "lab2"}
 
 
 def remove_ha_dataplane(lab) -> None:
-    """What HA runs may leave on either director: XDP, pins, pid files, moved addresses, links down."""
+    """What HA runs may leave on either director: XDP, pins, run files, moved addresses, links down."""
     for node, inst in HA_INSTANCES.items():
-        if not os.path.exists(lab.netns_path(node)):
-            continue
-        for dev in ("pub0", "priv0"):
-            lab.run(node, ["ip", "link", "set", "dev", dev, "up"], check=False, timeout=10)
-            for mode in ("xdp", "xdpgeneric", "xdpdrv"):
-                lab.run(node, ["ip", "link", "set", "dev", dev, mode, "off"], check=False, timeout=10)
-        lab.restore_addresses(node)     # its IPv6 addresses went with a link taken down
-        lab.run(node, ["ip", "addr", "del", "198.18.0.10/32", "dev", "pub0"], check=False, timeout=10)
-        lab.run(node, ["ip", "addr", "del", "198.18.1.254/24", "dev", "priv0"], check=False, timeout=10)
-        lab.run(node, ["ip", "route", "flush", "type", "blackhole"], check=False, timeout=10)
-        shutil.rmtree(f"/sys/fs/bpf/lb/{inst}", ignore_errors=True)
-        for f in (f"/run/lb/{inst}.pid", f"/run/lb/{inst}.sock", f"/run/lb/{inst}.held"):
-            try:
-                os.unlink(f)
-            except FileNotFoundError:
-                pass
+        if os.path.exists(lab.netns_path(node)):
+            for dev in ("pub0", "priv0"):
+                lab.run(node, ["ip", "link", "set", "dev", dev, "up"], check=False, timeout=10)
+                for mode in ("xdp", "xdpgeneric", "xdpdrv"):
+                    lab.run(node, ["ip", "link", "set", "dev", dev, mode, "off"], check=False, timeout=10)
+            lab.restore_addresses(node)     # its IPv6 addresses went with a link taken down
+            lab.run(node, ["ip", "addr", "del", "198.18.0.10/32", "dev", "pub0"], check=False, timeout=10)
+            lab.run(node, ["ip", "addr", "del", "198.18.1.254/24", "dev", "priv0"], check=False, timeout=10)
+            lab.run(node, ["ip", "route", "flush", "type", "blackhole"], check=False, timeout=10)
+        remove_instance_files(inst)
 
 
 class HaRunner(LbRunner):

@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import remove_instance_files
 from lab_http import connect, errors, http_get, request, stop_wrk, wait_until, wrk
 
 import lb
@@ -197,11 +198,7 @@ def test_overrides_of_the_wrong_shape_are_ignored(tmp_path, monkeypatch, caplog)
 def test_instance():
     name = f"lbsvc{os.getpid()}"
     yield name
-    for suffix in (".pid", ".sock"):
-        try:
-            os.unlink(f"/run/lb/{name}{suffix}")
-        except FileNotFoundError:
-            pass
+    remove_instance_files(name)
 
 
 def test_lb_stop_signals_only_the_lock_holder(test_instance, tmp_path):
@@ -249,7 +246,9 @@ def test_a_second_lock_of_an_instance_is_refused(tmp_path):
 
 @pytest.fixture
 def scratch_netns():
-    """A network namespace of this test's own with a veth pair svc0/svc1 (nothing to forward)."""
+    """A network namespace of this test's own with a veth pair svc0/svc1 (nothing to forward);
+    the `lb run` of instance <name> a test starts there leaves no pins or run files, also when
+    the test fails with it killed."""
     name = f"lbsvc{os.getpid()}"
     subprocess.run(["ip", "netns", "add", name], check=True, timeout=10)
     try:
@@ -259,7 +258,10 @@ def scratch_netns():
             subprocess.run(["ip", "-n", name, "link", "set", dev, "up"], check=True, timeout=10)
         yield name
     finally:
-        subprocess.run(["ip", "netns", "del", name], timeout=10)
+        try:
+            subprocess.run(["ip", "netns", "del", name], timeout=10)
+        finally:
+            remove_instance_files(name)
 
 
 def _scratch_config(tmp_path, name: str) -> Path:
