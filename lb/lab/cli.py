@@ -6,7 +6,9 @@ Wire-up (argparse):  from lb.lab.cli import add_cli; add_cli(subparsers); args.f
 from __future__ import annotations
 
 import argparse
+import fcntl
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -14,12 +16,33 @@ import sys
 from . import nsutil, topology
 
 
+def _take_tests_lock(cmd: str) -> int | None:
+    """The lock a test session or a bench run holds while it uses the lab (topology.TESTS_LOCK):
+    its fd, held while `lb lab up`/`down` change the lab, or None (said on stderr) when another
+    holds it -- so that an operator's command never tears down a lab under test."""
+    fd = os.open(topology.TESTS_LOCK, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        print(f"lb lab {cmd}: the lab is in use by a test session or a bench run (it holds "
+              f"{topology.TESTS_LOCK}): nothing changed; try again once it has ended", file=sys.stderr)
+        return None
+    return fd
+
+
 def _cmd_up(args: argparse.Namespace) -> int:
     if args.scale_out and args.network == "nat":
         print("lb lab up: --scale-out takes --network direct or tunnel (NAT replies would not come back "
               "through the director that has the connection)", file=sys.stderr)
         return 2
-    topology.up(args.network, scale_out=args.scale_out)
+    fd = _take_tests_lock("up")
+    if fd is None:
+        return 1
+    try:
+        topology.up(args.network, scale_out=args.scale_out)
+    finally:
+        os.close(fd)
     print(f"lab up ({args.network}" + (f", scale-out: {args.scale_out} directors behind a router)" if args.scale_out
                                        else ")"))
     _print_status(topology.status())
@@ -27,7 +50,13 @@ def _cmd_up(args: argparse.Namespace) -> int:
 
 
 def _cmd_down(args: argparse.Namespace) -> int:
-    topology.down()
+    fd = _take_tests_lock("down")
+    if fd is None:
+        return 1
+    try:
+        topology.down()
+    finally:
+        os.close(fd)
     print("lab down")
     return 0
 

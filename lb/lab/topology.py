@@ -95,6 +95,9 @@ _options: dict[str, bool] = {"ipv6": False, "tx_csum": False}
 RUN_DIR = "/run/lb-lab"
 STATE_FILE = f"{RUN_DIR}/state.json"
 LOCK_FILE = "/run/lb-lab.lock"  # outside RUN_DIR: down() removes RUN_DIR
+# held by a test session (tests/conftest.py lab_exclusive) or a bench run (bench/common.py
+# lab_lock) for as long as it uses the lab; `lb lab up`/`down` take it too (lb/lab/cli.py)
+TESTS_LOCK = "/run/lb-lab.tests.lock"
 NGINX_BIN = "/usr/sbin/nginx"
 NGINX_WORKERS = 1
 
