@@ -35,7 +35,7 @@ instance = "{instance}"
 public_interface = "{pub}"
 private_interface = "{priv}"
 network = "nat"
-nat_router = "10.99.1.254/24"
+nat_router = "198.19.99.254/24"
 
 [[virtual_server]]
 name = "web"
@@ -43,7 +43,7 @@ address = "198.18.0.10"
 port = 80
   [[virtual_server.real_server]]
   name = "rs1"
-  address = "10.99.1.11"
+  address = "198.19.99.11"
 
 [[virtual_server]]
 name = "old"
@@ -51,7 +51,7 @@ address = "198.18.0.20"
 port = 80
   [[virtual_server.real_server]]
   name = "rs1"
-  address = "10.99.1.11"
+  address = "198.19.99.11"
 """
 
 DIRECT = """
@@ -66,7 +66,7 @@ address = "198.18.0.10"
 port = 80
   [[virtual_server.real_server]]
   name = "rs1"
-  address = "10.99.1.11"
+  address = "198.19.99.11"
 """
 
 
@@ -99,7 +99,7 @@ def links():
 
 def load_program():
     """A real XDP program (lb decap's, loaded from its shipped instructions): (loaded, prog)."""
-    return decap.load([ipaddress.ip_address("10.99.1.1")], [ipaddress.ip_address("10.99.1.2")])
+    return decap.load([ipaddress.ip_address("198.19.99.1")], [ipaddress.ip_address("198.19.99.2")])
 
 
 class XdpStandIn(StartingDataplane):
@@ -164,15 +164,15 @@ def test_a_kept_restart_releases_the_interface_and_the_addresses_the_new_config_
     first = engine(host, NAT, "nat.toml")
     first.start()
     assert addrs(PUB) == {"198.18.0.10/32", "198.18.0.20/32"}
-    assert "10.99.1.254/24" in addrs(PRIV)
+    assert "198.19.99.254/24" in addrs(PRIV)
     assert xdp_id(PUB) is not None and xdp_id(PRIV) is not None
     rec = record(host)                                     # current while it runs (a kill -9 leaves it)
     assert {(p["ifname"], p["prog_id"]) for p in rec["xdp"]} == {(PUB, xdp_id(PUB)), (PRIV, xdp_id(PRIV))}
     assert {(a["ifname"], a["address"]) for a in rec["addresses"]} == {
-        (PUB, "198.18.0.10/32"), (PUB, "198.18.0.20/32"), (PRIV, "10.99.1.254/24")}
+        (PUB, "198.18.0.10/32"), (PUB, "198.18.0.20/32"), (PRIV, "198.19.99.254/24")}
     old = xdp_id(PRIV)
     first.stop(keep_dataplane=True)
-    assert xdp_id(PRIV) == old and "10.99.1.254/24" in addrs(PRIV)      # kept for the next run
+    assert xdp_id(PRIV) == old and "198.19.99.254/24" in addrs(PRIV)      # kept for the next run
     assert record(host) == rec | {"pid": os.getpid()}
 
     XdpStandIn.adopted = adopted
@@ -188,7 +188,7 @@ def test_a_kept_restart_releases_the_interface_and_the_addresses_the_new_config_
     assert addrs(PRIV) == set()
     assert "added address 198.18.0.10/32" not in caplog.text
     assert "released what the earlier run held and this configuration no longer names: XDP on hld1; " \
-           "addresses 198.18.0.20/32 on hld0, 10.99.1.254/24 on hld1" in caplog.text, caplog.text
+           "addresses 198.18.0.20/32 on hld0, 198.19.99.254/24 on hld1" in caplog.text, caplog.text
     rec = record(host)
     assert [(p["ifname"], p["prog_id"]) for p in rec["xdp"]] == [(PUB, xdp_id(PUB))]
     assert [(a["ifname"], a["address"]) for a in rec["addresses"]] == [(PUB, "198.18.0.10/32")]
@@ -378,7 +378,7 @@ def test_a_failed_start_records_what_it_leaves(host):
     second.stop_failed_start()                          # as lb.engine.run after such a failure
     rec = record(host)
     assert {(p["ifname"], p["prog_id"]) for p in rec["xdp"]} == {(PUB, xdp_id(PUB)), (PRIV, xdp_id(PRIV))}
-    assert {a["address"] for a in rec["addresses"]} == {"198.18.0.10/32", "198.18.0.20/32", "10.99.1.254/24"}
+    assert {a["address"] for a in rec["addresses"]} == {"198.18.0.10/32", "198.18.0.20/32", "198.19.99.254/24"}
     third = engine(host, DIRECT, "dr.toml")
     third.start()
     assert xdp_id(PRIV) is None and addrs(PUB) == {"198.18.0.10/32"} and addrs(PRIV) == set()
