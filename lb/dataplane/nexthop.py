@@ -85,7 +85,13 @@ def resolve(addr: ipaddress.IPv4Address | ipaddress.IPv6Address, timeout: float 
         kicked = False
         while mac is None and time.monotonic() < deadline:
             if not kicked:
-                _kick_resolution(hop, ifname)
+                try:
+                    _kick_resolution(hop, ifname)
+                except OSError as e:
+                    # an output filter that drops it (EPERM), say: this server gets no new
+                    # connections until it answers, as when nothing answers -- not a failed apply
+                    raise NextHopError(f"real server {addr}: cannot make the kernel ask for {hop}'s MAC on "
+                                       f"{ifname}: {e.strerror or e}") from None
                 kicked = True
             time.sleep(0.05)
             mac = _lookup_neigh(ipr, oif, hop)
