@@ -611,7 +611,14 @@ class Engine:
             old = self._usable.get(svc.key)
             joined = usable[svc.key] - old if old is not None else set()
             if svc.name in quiesce and joined:
-                n = self.dp.restart_sched_counts(svc)
+                try:
+                    n = self.dp.restart_sched_counts(svc)
+                except (DataplaneError, OSError) as e:
+                    # the table is in place: failing here would undo the reload's addresses and
+                    # keep the old config beside a data plane that forwards the new one
+                    log.error("quiesce_server: restarting the schedulers' connection counts of virtual "
+                              "service %s failed (%s): they count its existing connections too", svc.name, e)
+                    continue
                 log.info("quiesce_server: %s joined virtual service %s: the schedulers' connection counts "
                          "restart from zero (%d existing connections left out)",
                          ", ".join(f"{a}:{p}" for a, p in sorted(joined, key=str)), svc.name, n)

@@ -252,3 +252,64 @@ def test_a_global_script_user_change_names_why_ha_needs_a_restart() -> None:
     # [ha]'s own user named: the global one is not its, and a change of [ha]'s own is plain [ha]
     assert restart_needed(old, loads(base.format(user='script_user = "daemon"\n', ha_user='script_user = "nobody"\n'))) == []
     assert restart_needed(old, loads(base.format(user="", ha_user='script_user = "daemon"\n'))) == ["[ha]"]
+
+
+# ---- quiesce_server's restart of the counts fails after the table is in place -------------------
+
+API = """
+[[virtual_server]]
+name = "api"
+address = "198.18.0.20"
+port = 443
+  [virtual_server.monitor]
+  kind = "none"
+  [[virtual_server.real_server]]
+  name = "a1"
+  address = "198.18.1.31"
+"""
+
+RS3 = """  [[virtual_server.real_server]]
+  name = "rs3"
+  address = "198.18.1.13"
+"""
+
+
+def test_a_failed_restart_of_the_counts_does_not_undo_a_reload_the_data_plane_applied(tmp_path, monkeypatch,
+                                                                                      caplog):
+    """web restarts its schedulers' counts when a server joins (quiesce_server); that write fails
+    (injected) after the data plane has taken the new table (rs3 and the api service).  The
+    table is in place, so the reload is: its new VIP stays on the interface, `lb status` shows
+    the new configuration, and the next health change keeps rs3 and api in the table -- not a
+    reply that says the reload failed while the data plane forwards the new table to a VIP that
+    was just removed, and the next apply silently going back to the old file."""
+    from lb.dataplane.errors import DataplaneError
+    from test_override import RecordingDataplane
+
+    class RefusingRestart(RecordingDataplane):
+        def restart_sched_counts(self, spec):
+            raise DataplaneError("writing lb_real_base: [Errno 12] Cannot allocate memory")
+
+    on = set()
+    monkeypatch.setattr(addresses, "take", lambda addrs: [a for a in addrs if a not in on and not on.add(a)])
+    monkeypatch.setattr(addresses, "release", lambda addrs: on.difference_update(addrs))
+    path = write(tmp_path / "lb.toml", instance="rldq")
+    path.write_text(path.read_text().replace('scheduler = "wrr"', 'scheduler = "wrr"\nquiesce_server = true'))
+    eng = make_engine(path)
+    eng.dp = RefusingRestart()
+    eng.owned = addresses.wanted_addresses(eng.cfg)
+    addresses.take(eng.owned)
+    eng.apply_health()
+    path.write_text(path.read_text().replace('  weight = 1\n\n', f'  weight = 1\n{RS3}\n', 1)
+                    .rstrip() + "\n" + API)
+    assert "rs3" in path.read_text().split("api")[0]
+
+    with caplog.at_level(logging.ERROR, logger="lb.engine"):
+        reply = eng._reload_reply()
+    assert reply["ok"] is True, reply
+    assert "writing lb_real_base: [Errno 12] Cannot allocate memory" in caplog.text
+    assert "198.18.0.20" in {str(a.address.ip) for a in on}
+    assert [vs.name for vs in eng.cfg.virtual_servers] == ["web", "api"]
+    eng.health[lbengine.real_key(eng.cfg.virtual_servers[0], eng.cfg.virtual_servers[0].real_servers[1])] = False
+    eng.apply_health()
+    assert {s.name: sorted(str(r.address) for r in s.reals) for s in eng.dp.applied[-1].services} == \
+        {"web": ["198.18.1.11", "198.18.1.13"], "api": ["198.18.1.31"]}
