@@ -1559,7 +1559,7 @@ class Engine:
                 else (str(service[0]), ipaddress.ip_address(service[1]), int(service[2])))
             if key is not None and len(key) == 3 and key[0] == "fwmark" and key[2] not in (4, 6):
                 raise ValueError(key)
-        except (TypeError, ValueError, IndexError, KeyError):
+        except (TypeError, ValueError, IndexError, KeyError, OverflowError):   # (JSON 1e400: inf)
             return {"ok": False, "error": f"service: {service!r} is not [protocol, address, port] or "
                                           f"[\"fwmark\", mark] or [\"fwmark\", mark, 4 or 6]"}
 

@@ -137,3 +137,25 @@ def test_fuzzed_control_requests_are_answered_and_refusals_change_nothing(runnin
         assert "Traceback" not in caplog.text
     # what the fuzzer saved is a valid file, its previous version kept
     assert store.read(eng.cfg.path).cfg is not None and store.prev_path(eng.cfg.path).exists()
+
+
+def test_a_zero_request_with_an_infinite_number_is_refused_naming_the_service(running, caplog):
+    """`{"cmd": "zero", "service": ["fwmark", 1e400]}` (JSON's 1e400 is infinity) is refused as
+    any other bad service is -- the reply says what a service is -- not answered with Python's
+    OverflowError and a traceback in the daemon's log."""
+    eng, drive = running
+    eng.dp = TableDataplane()
+
+    async def body(call):
+        replies = []
+        for service in (["fwmark", float("inf")], ["tcp", "198.18.0.10", float("inf")],
+                        ["fwmark", 21, float("-inf")]):
+            replies.append(await call(lambda: control.request(eng.cfg.instance, "zero", service=service)))
+        return replies
+
+    with caplog.at_level(logging.WARNING):
+        replies = drive(body)
+    for reply in replies:
+        assert reply["ok"] is False and reply["error"].startswith("service: ["), reply
+        assert "is not [protocol, address, port]" in reply["error"], reply
+    assert "Traceback" not in caplog.text and "OverflowError" not in caplog.text
