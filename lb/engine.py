@@ -1143,10 +1143,14 @@ class Engine:
         if "weight" not in req:
             return {"ok": False, "error": f"weight: missing ({WEIGHT_RANGE[0]}..{WEIGHT_RANGE[1]}, or null to "
                                           f"clear the override)"}
+        before = dict(self.overrides)
         try:
             message = self.set_override(req.get("service"), req.get("server"), req["weight"])
         except OverrideError as e:
             return {"ok": False, "error": str(e)}
+        refused = await self._plan_overrides(before)
+        if refused is not None:
+            return {"ok": False, "error": refused}
         reply = {"ok": True, "message": message}
         if self._wake is None:           # not running the loop (tests): apply here
             self.apply_health()
@@ -1155,6 +1159,31 @@ class Engine:
         self._apply_waiters.append((fut, reply))
         self._wake.set()
         return await fut
+
+    async def _plan_overrides(self, before: dict) -> str | None:
+        """The data plane's plan of the table with the overrides as set now: when it cannot hold
+        it (a sorry server taking over while every server of the pool drains, say), those that
+        differ from ``before`` are put back -- recorded, the change would keep every later one
+        from applying -- and the refusal is returned."""
+        def plan():
+            with self._dp_lock:
+                self.dp.plan(self._table(self.cfg))
+        try:
+            if self._wake is None:
+                plan()
+            else:
+                await asyncio.get_running_loop().run_in_executor(None, plan)
+        except TableDoesNotFit as e:
+            for key in [k for k in before.keys() | self.overrides.keys() if before.get(k) != self.overrides.get(k)]:
+                if key in before:
+                    self.overrides[key] = before[key]
+                else:
+                    self.overrides.pop(key, None)
+            self._save_overrides()
+            lines = "".join(f"\n  {p}" for p in str(e).splitlines())
+            log.error("operator override refused, put back: the data plane cannot hold the table with it:%s", lines)
+            return f"the data plane cannot hold the table with this override; nothing changed:{lines}"
+        return None
 
     # ---- HA (pulse) ----
     # ---- HA lease (bpf/lb_lease.h): a director whose daemon is gone stops claiming its
