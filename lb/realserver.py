@@ -220,16 +220,27 @@ def points(mode: str, vips: list, arp: str = "sysctl", dev: str | None = None, s
         elif prog is None and not sources:
             refuse = ("tunnel: give the directors' addresses with --from ADDR (lb decap accepts "
                       "tunnels from them only)")
-        out.append(Point(prog == decap.PROGRAM, f"lb decap on {dev}" + (f" (now {prog})" if prog else ""),
+        # lb decap there already, from other directors than --from names (one added or moved):
+        # the tunnels of those missing would be dropped
+        have = decap.attached_sources(dev) if prog == decap.PROGRAM and sources else None
+        stale = have is not None and have != set(sources)
+        now = f" (now from {', '.join(map(str, sorted(have, key=_addr_order)))})" if stale else \
+            f" (now {prog})" if prog and prog != decap.PROGRAM else ""
+        out.append(Point(prog == decap.PROGRAM and not stale,
+                         f"lb decap on {dev}" + (f" from {', '.join(map(str, sources))}" if sources else "") + now,
                          "the director's tunnel headers come off before the stack sees the packet",
                          f"lb decap attach {dev} " + (" ".join(f"--from {a}" for a in sources) or "--from DIRECTOR"),
-                         _attach_decap(dev, sources), refuse))
+                         _attach_decap(dev, sources, prog is None), refuse))
         if v4:
             rp = max(sysctl("all", "rp_filter"), sysctl(dev, "rp_filter"))
             out.append(Point(rp != 1, f"rp_filter not strict on {dev} (now {rp})",
                              "a client's packet is kept although the route back to the client may be another "
                              "interface's", _sysctl_fix(dev, "rp_filter", RP_FILTER_LOOSE), _loosen_rp_filter(dev)))
     return out
+
+
+def _addr_order(a) -> tuple:
+    return (a.version, a)
 
 
 def _sysctl_fix(dev: str, key: str, value: int) -> str:
@@ -260,13 +271,15 @@ def _add_rule(vip, rule: list[str]):
     return make
 
 
-def _attach_decap(dev: str, sources=()):
-    # run only where setup found no program on dev and --from given (points() refuses the rest)
+def _attach_decap(dev: str, sources=(), new: bool = True):
+    # run only where setup found no program on dev, or lb decap from other directors, and --from
+    # given (points() refuses the rest); undo detaches only one setup attached (new)
     def make(state):
         from lb.dataplane import decap
 
         mode, addrs = decap.attach(dev, sources=sources)
-        state["decap"].append(dev)
+        if new and dev not in state["decap"]:
+            state["decap"].append(dev)
         return f"lb decap attached to {dev} ({mode} mode) for {', '.join(map(str, addrs))}"
     return make
 

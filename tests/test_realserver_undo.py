@@ -30,6 +30,8 @@ class Host:
         self.xdp: dict[str, str | None] = {"eth1": None}
         self.attach_flags: list[bool] = []
         self.state = tmp_path / "realserver.json"
+        self.decap_from: dict[str, set] = {}             # dev -> the --from of its lb decap
+        self.loading: set = set()
         for dev in ("all", "lo", "eth1"):
             self.add_dev(dev)
 
@@ -102,6 +104,7 @@ def host(tmp_path, monkeypatch):
             raise decap.DataplaneError(f"cannot attach XDP to {dev}: Device or resource busy (errno 16)")
         h.attach_flags.append(only_if_none)
         h.xdp[dev] = decap.PROGRAM
+        h.decap_from[dev] = h.loading
         return "native", 4
 
     def detach_xdp(dev, flags):
@@ -111,7 +114,13 @@ def host(tmp_path, monkeypatch):
     monkeypatch.setattr(bpfsys, "prog_name", lambda i: names[i])
     monkeypatch.setattr(decap, "attach_xdp", attach_xdp)
     monkeypatch.setattr(decap, "detach_xdp", detach_xdp)
-    monkeypatch.setattr(decap, "load", lambda addrs, sources: (types.SimpleNamespace(close=lambda: None), None))
+    def load(addrs, sources):
+        h.loading = {ipaddress.ip_address(a) for a in sources}
+        return types.SimpleNamespace(close=lambda: None), None
+
+    monkeypatch.setattr(decap, "load", load)
+    monkeypatch.setattr(decap, "attached_sources",
+                        lambda dev: h.decap_from[dev] if decap.attached(dev) == decap.PROGRAM else None)
     monkeypatch.setattr(decap, "local_addresses", lambda dev: [ipaddress.ip_address(RIP)])
     return h
 
@@ -294,3 +303,34 @@ def test_decap_without_root_says_it_needs_root(host, capsys, monkeypatch, argv):
     assert err == ("lb: decap: eth1 has an XDP program (id 2); telling whether it is lb decap needs root "
                    "(CAP_SYS_ADMIN/CAP_BPF)\n")
     assert host.xdp["eth1"] == OTHER_XDP
+
+
+def test_tunnel_setup_takes_a_new_director(host, capsys):
+    """Defect: with lb decap already on DEV, setup and check said it was there whatever --from
+    named: a director added (or moved) got "nothing to do", and its tunnels were dropped."""
+    argv = ["--mode", "tunnel", "--dev", "eth1", "--from", DIRECTOR]
+    assert lb(capsys, "realserver", "setup", *argv, VIP)[0] == 0
+    assert host.decap_from["eth1"] == {ipaddress.ip_address(DIRECTOR)}
+    two = [*argv, "--from", "198.18.1.3"]
+    rc, out, err = lb(capsys, "realserver", "check", *two, VIP)
+    assert rc == 1
+    assert f"  missing  lb decap on eth1 from {DIRECTOR}, 198.18.1.3 (now from {DIRECTOR}): " in out
+    rc, out, err = lb(capsys, "realserver", "setup", *two, VIP)
+    assert rc == 0, err
+    assert f"  lb decap attached to eth1 (native mode) for {RIP}" in out and "nothing to do" not in out
+    assert host.decap_from["eth1"] == {ipaddress.ip_address(a) for a in (DIRECTOR, "198.18.1.3")}
+    assert lb(capsys, "realserver", "setup", *two, VIP)[1].startswith("nothing to do\n")
+    assert lb(capsys, "realserver", "check", *two, VIP)[0] == 0
+    rc, out, err = lb(capsys, "realserver", "setup", "--undo", "--mode", "tunnel", VIP)
+    assert rc == 0 and "  lb decap detached from eth1\n" in out
+    assert host.xdp["eth1"] is None and not host.state.exists()
+
+
+def test_tunnel_setup_leaves_a_decap_it_did_not_attach_at_undo(host, capsys):
+    """lb decap attached by hand, setup giving it the directors --from names: undo leaves it."""
+    assert lb(capsys, "decap", "attach", "eth1", "--from", "198.18.1.9")[0] == 0
+    assert lb(capsys, "realserver", "setup", "--mode", "tunnel", "--dev", "eth1", "--from", DIRECTOR, VIP)[0] == 0
+    assert host.decap_from["eth1"] == {ipaddress.ip_address(DIRECTOR)}
+    rc, out, err = lb(capsys, "realserver", "setup", "--undo", "--mode", "tunnel", VIP)
+    assert rc == 0 and "decap" not in out
+    assert host.xdp["eth1"] == decap.PROGRAM

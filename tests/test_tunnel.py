@@ -354,3 +354,25 @@ def test_decap_carries_congestion_experienced_to_the_inner_header(decapper):
         outer = IPv6(src=src, dst=dst, nh=41, tc=3) if ":" in dst else IP(src=src, dst=dst, proto=4, tos=3)
         assert prog_test_run(fn.fd, bytes(Ether(**TO_REAL) / outer / _inner(vip, tos=0)))[0] == XDP_DROP
     assert decap.counters(b)["ce_not_ect"] == before["ce_not_ect"] + 2
+
+
+def test_attached_decap_says_its_directors():
+    """`lb realserver check|setup --from` compare the directors with those the lb decap on DEV
+    takes tunnels from, read back from the attached program (a veth in the suite's namespace)."""
+    from pyroute2 import IPRoute
+
+    dev = "lbdecap0"
+    with IPRoute() as ipr:
+        ipr.link("add", ifname=dev, kind="veth", peer="lbdecap1")
+    try:
+        with IPRoute() as ipr:
+            ipr.link("set", index=ipr.link_lookup(ifname=dev)[0], state="up")
+        assert decap.attached_sources(dev) is None
+        decap.attach(dev, [ip(REALS[0])], "generic", sources=DIRECTORS)
+        assert decap.attached_sources(dev) == set(DIRECTORS)
+        decap.attach(dev, [ip(REALS[0])], "generic", sources=[ip("198.18.1.3")])     # replaced
+        assert decap.attached_sources(dev) == {ip("198.18.1.3")}
+        assert decap.detach(dev) and decap.attached_sources(dev) is None
+    finally:
+        with IPRoute() as ipr:
+            ipr.link("del", index=ipr.link_lookup(ifname=dev)[0])

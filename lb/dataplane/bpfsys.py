@@ -45,6 +45,7 @@ BPF_PROG_LOAD = 5
 BPF_OBJ_PIN = 6
 BPF_OBJ_GET = 7
 BPF_PROG_GET_FD_BY_ID = 13
+BPF_MAP_GET_FD_BY_ID = 14
 BPF_OBJ_GET_INFO_BY_FD = 15
 BPF_PROG_TEST_RUN = 10
 
@@ -203,6 +204,11 @@ class _GetByIdAttr(ctypes.Structure):
 def prog_fd_by_id(prog_id: int) -> int:
     """A new fd of the loaded program with this id (the caller closes it)."""
     return _sys(BPF_PROG_GET_FD_BY_ID, _GetByIdAttr(id=prog_id))
+
+
+def map_fd_by_id(map_id: int) -> int:
+    """A new fd of the map with this id (the caller closes it)."""
+    return _sys(BPF_MAP_GET_FD_BY_ID, _GetByIdAttr(id=map_id))
 
 
 def prog_map_ids(prog_id: int, most: int = 64) -> list[int]:

@@ -156,6 +156,31 @@ def attached(ifname: str) -> str | None:
         raise DecapError(f"{ifname}'s XDP program (id {prog_id}): {e.strerror or e}") from None
 
 
+def _address(key: bytes):
+    return ipaddress.ip_address(key[:4] if key[16] == 4 else key[:16])
+
+
+def attached_sources(ifname: str) -> set | None:
+    """The directors' addresses (--from) the lb decap on ifname accepts tunnels from; None when
+    ifname runs no lb decap.  DecapError as attached(), or when its map cannot be read."""
+    from .bpfsys import map_fd_by_id, map_info, prog_map_ids
+
+    if attached(ifname) != PROGRAM:
+        return None
+    try:
+        for map_id in prog_map_ids(attached_prog_id(ifname)):
+            fd = map_fd_by_id(map_id)
+            try:
+                if map_info(fd).name == b"lb_decap_src":
+                    table = BpfMap(fd, "lb_decap_src", owned=False)
+                    return {_address(k) for k, _v in table.items()}
+            finally:
+                os.close(fd)
+    except OSError as e:
+        raise DecapError(f"{ifname}'s lb decap: reading its --from addresses: {e.strerror or e}") from None
+    raise DecapError(f"{ifname}'s lb decap has no lb_decap_src map: detach it and attach it again")
+
+
 def detach(ifname: str) -> bool:
     """Remove lb decap from ifname: True when it was there, False when no program is;
     DecapError when ifname does not exist or runs another XDP program (left in place)."""
