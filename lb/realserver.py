@@ -130,6 +130,15 @@ def lo_has(vip) -> bool:
         return addresses._has(ipr, ipr.link_lookup(ifname="lo")[0], a.address)
 
 
+def lo_wider(vip) -> list[int]:
+    """The prefix lengths shorter than a host's (/24, /8, an IPv6 /64) under which vip is on lo."""
+    host = 32 if vip.version == 4 else 128
+    with IPRoute() as ipr:
+        idx = ipr.link_lookup(ifname="lo")[0]
+        return sorted({a["prefixlen"] for a in ipr.get_addr(family=2 if vip.version == 4 else 10, index=idx)
+                       if ipaddress.ip_address(a.get_attr("IFA_ADDRESS")) == vip and a["prefixlen"] < host})
+
+
 def arptables_rules() -> dict[str, list[list[str]]]:
     """Chain -> its rules as tokens (`arptables -L -n`, legacy and nft variants alike)."""
     p = subprocess.run(["arptables", "-L", "-n"], capture_output=True, text=True, timeout=30)
@@ -178,6 +187,14 @@ def points(mode: str, vips: list, arp: str = "sysctl", dev: str | None = None, s
         dev = default_device()
     for vip in vips:
         a = _on_lo(vip)
+        for plen in lo_wider(vip):
+            # `ifconfig lo:0 VIP` without a netmask, say: all of the VIP's network is this host's own
+            net = ipaddress.ip_interface(f"{vip}/{plen}").network
+            out.append(Point(False, f"{vip}/{plen} on lo", f"every address of {net} is taken as this host's own: "
+                             f"the real server cannot reach them (clients among them get no answer); the VIP "
+                             f"belongs on lo as {a.address} alone", f"ip addr del {vip}/{plen} dev lo",
+                             refuse=f"{vip}/{plen} on lo makes every address of {net} this host's own: "
+                                    f"remove it (ip addr del {vip}/{plen} dev lo) and run setup again"))
         out.append(Point(lo_has(vip), f"{a.address} on lo", "the real server takes the VIP's packets as its own "
                          "and answers from the VIP", f"ip addr add {a.address} dev lo", _add_vip(vip)))
     if v4 and arp == "sysctl":

@@ -30,6 +30,7 @@ class Host:
         self.xdp: dict[str, str | None] = {"eth1": None}
         self.attach_flags: list[bool] = []
         self.state = tmp_path / "realserver.json"
+        self.lo_wide: dict[str, list[int]] = {}          # VIP -> the wider prefixes it is on lo under
         self.decap_from: dict[str, set] = {}             # dev -> the --from of its lb decap
         self.loading: set = set()
         for dev in ("all", "lo", "eth1"):
@@ -80,6 +81,7 @@ def host(tmp_path, monkeypatch):
     monkeypatch.setattr(addresses, "interface_exists", lambda dev: dev in h.xdp)
     monkeypatch.setattr(realserver, "device_address", lambda dev: RIP)
     monkeypatch.setattr(realserver, "lo_has", lambda vip: str(vip) in h.lo)
+    monkeypatch.setattr(realserver, "lo_wider", lambda vip: h.lo_wide.get(str(vip), []))
     monkeypatch.setattr(realserver.shutil, "which", lambda name: f"/usr/sbin/{name}")
     monkeypatch.setattr(realserver.subprocess, "run", h.arptables)
 
@@ -334,3 +336,43 @@ def test_tunnel_setup_leaves_a_decap_it_did_not_attach_at_undo(host, capsys):
     rc, out, err = lb(capsys, "realserver", "setup", "--undo", "--mode", "tunnel", VIP)
     assert rc == 0 and "decap" not in out
     assert host.xdp["eth1"] == decap.PROGRAM
+
+
+@pytest.mark.parametrize("plen", [24, 8])
+def test_vip_on_lo_under_a_network_prefix_is_reported(host, capsys, plen):
+    """Defect: the VIP on lo as /24 (or the /8 of `ifconfig lo:0 10.x.y.z` without a netmask)
+    makes the whole network local to the real server -- its replies to clients there go to
+    itself --; check said only that the /32 was missing, and setup added it beside the /24."""
+    host.lo_wide[VIP] = [plen]
+    net = ipaddress.ip_interface(f"{VIP}/{plen}").network
+    rc, out, err = lb(capsys, "realserver", "check", "--mode", "dr", VIP)
+    assert rc == 1
+    assert f"  missing  {VIP}/{plen} on lo: every address of {net} is taken as this host's own" in out
+    assert f"           fix: ip addr del {VIP}/{plen} dev lo\n" in out
+    rc, out, err = lb(capsys, "realserver", "setup", "--mode", "dr", VIP)
+    assert (rc, out) == (1, "")
+    assert err == (f"lb: realserver: {VIP}/{plen} on lo makes every address of {net} this host's own: "
+                   f"remove it (ip addr del {VIP}/{plen} dev lo) and run setup again\n")
+    assert host.lo == set() and host.sysctl("all", "arp_ignore") == 0 and not host.state.exists()
+    del host.lo_wide[VIP]                      # removed by hand: setup goes ahead
+    assert lb(capsys, "realserver", "setup", "--mode", "dr", VIP)[0] == 0 and VIP in host.lo
+
+
+def test_lo_wider_finds_the_vip_under_a_network_prefix():
+    """lo_wider on the real lo (the suite's own network namespace): the prefixes wider than a
+    host's under which the VIP is there, none for the /32 and /128 setup adds."""
+    from pyroute2 import IPRoute
+
+    vip6 = "2001:2::20"
+    with IPRoute() as ipr:
+        lo = ipr.link_lookup(ifname="lo")[0]
+        for a, plen in ((VIP, 24), (VIP, 32), (vip6, 64)):
+            ipr.addr("add", index=lo, address=a, prefixlen=plen)
+    try:
+        assert realserver.lo_wider(ipaddress.ip_address(VIP)) == [24]
+        assert realserver.lo_wider(ipaddress.ip_address(vip6)) == [64]
+        assert realserver.lo_wider(ipaddress.ip_address("198.18.0.21")) == []
+    finally:
+        with IPRoute() as ipr:
+            for a, plen in ((VIP, 24), (VIP, 32), (vip6, 64)):
+                ipr.addr("del", index=lo, address=a, prefixlen=plen)
