@@ -65,6 +65,7 @@ class Point:
     fix: str                           # the command that makes it so
     make: Callable[[dict], str] | None = None   # setup's action: returns what it did
     refuse: str | None = None          # why setup cannot make it so (refused before any change)
+    late: bool = False                 # made after the rest: the VIP goes on lo once ARP for it is off
 
 
 # ---- the host as it is ---------------------------------------------------------------------
@@ -196,7 +197,7 @@ def points(mode: str, vips: list, arp: str = "sysctl", dev: str | None = None, s
                              refuse=f"{vip}/{plen} on lo makes every address of {net} this host's own: "
                                     f"remove it (ip addr del {vip}/{plen} dev lo) and run setup again"))
         out.append(Point(lo_has(vip), f"{a.address} on lo", "the real server takes the VIP's packets as its own "
-                         "and answers from the VIP", f"ip addr add {a.address} dev lo", _add_vip(vip)))
+                         "and answers from the VIP", f"ip addr add {a.address} dev lo", _add_vip(vip), late=True))
     if v4 and arp == "sysctl":
         # every interface ARP may arrive on ("all" alone when there is none yet)
         for d in sorted(set(ipv4_devices()) | ({dev} if dev else set())) or ["all"]:
@@ -385,7 +386,7 @@ def setup(mode: str, vips: list, arp: str, dev: str | None, write, sources=()) -
         state["vips"].setdefault(str(v), {"added_address": False, "arptables": []})
     done = []
     try:
-        for p in pts:
+        for p in sorted(pts, key=lambda p: p.late):    # the VIP last: never on lo while ARP answers it
             if not p.ok:
                 done.append(p.make(state))
                 write(f"  {done[-1]}\n")
@@ -415,6 +416,11 @@ def undo(vips: list, write) -> int:
             if entry is None:
                 write(f"  {vip}: not set up by `lb realserver setup`: left as it is\n")
                 continue
+            # the VIP off lo first: its ARP rules go only once nothing is left to answer ARP for
+            if entry.get("added_address"):
+                addresses.release([_on_lo(vip)])
+                entry["added_address"] = False
+                write(f"  removed {_on_lo(vip).address} from lo\n")
             rules = entry.setdefault("arptables", [])
             while rules:
                 rule = rules[0]
@@ -426,10 +432,6 @@ def undo(vips: list, write) -> int:
                         raise
                     write(f"  arptables {' '.join(rule)}: already gone\n")
                 rules.pop(0)
-            if entry.get("added_address"):
-                addresses.release([_on_lo(vip)])
-                entry["added_address"] = False
-                write(f"  removed {_on_lo(vip).address} from lo\n")
             del state["vips"][str(vip)]
         if not state["vips"]:
             for path, old in sorted(state["sysctl"].items()):

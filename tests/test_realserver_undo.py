@@ -376,3 +376,25 @@ def test_lo_wider_finds_the_vip_under_a_network_prefix():
         with IPRoute() as ipr:
             for a, plen in ((VIP, 24), (VIP, 32), (vip6, 64)):
                 ipr.addr("del", index=lo, address=a, prefixlen=plen)
+
+
+@pytest.mark.parametrize("arp", ["sysctl", "arptables"])
+def test_the_vip_is_on_lo_only_while_arp_for_it_is_off(host, capsys, monkeypatch, arp):
+    """Defect: setup put the VIP on lo before setting arp_ignore/arp_announce (or adding the
+    arptables rules), and undo deleted the rules before taking the VIP off: in between, the real
+    server answered ARP for the VIP, and a router caching that answer sent the clients' traffic
+    to it instead of the director.  What ARP sees each time the VIP comes and goes:"""
+    def arp_off():
+        if arp == "sysctl":
+            return host.sysctl("all", "arp_ignore") == 1 and host.sysctl("eth1", "arp_announce") == 2
+        return len(host.rules) == 2
+    seen = []
+    take, release = addresses.take, addresses.release
+    monkeypatch.setattr(addresses, "take", lambda addrs: (seen.append(("add", arp_off())), take(addrs))[1])
+    monkeypatch.setattr(addresses, "release", lambda addrs: (seen.append(("del", arp_off())), release(addrs))[1])
+    rc, out, err = lb(capsys, "realserver", "setup", "--mode", "dr", "--arp", arp, VIP)
+    assert rc == 0, err
+    rc, out, err = lb(capsys, "realserver", "setup", "--undo", "--mode", "dr", VIP)
+    assert rc == 0, err
+    assert seen == [("add", True), ("del", True)]
+    assert VIP not in host.lo and host.rules == [] and host.sysctl("all", "arp_ignore") == 0
