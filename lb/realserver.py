@@ -238,6 +238,10 @@ def points(mode: str, vips: list, arp: str = "sysctl", dev: str | None = None, s
         elif prog is None and not sources:
             refuse = ("tunnel: give the directors' addresses with --from ADDR (lb decap accepts "
                       "tunnels from them only)")
+        elif prog is None and not decap.local_addresses(dev):
+            # else found by decap.attach, after the VIP and the sysctls, naming an option setup lacks
+            refuse = (f"{dev} has no address to receive tunnels on: attach lb decap yourself "
+                      f"(lb decap attach {dev} --address ADDR --from DIRECTOR), then run setup again")
         # lb decap there already, from other directors than --from names (one added or moved):
         # the tunnels of those missing would be dropped
         have = decap.attached_sources(dev) if prog == decap.PROGRAM and sources else None

@@ -398,3 +398,14 @@ def test_the_vip_is_on_lo_only_while_arp_for_it_is_off(host, capsys, monkeypatch
     assert rc == 0, err
     assert seen == [("add", True), ("del", True)]
     assert VIP not in host.lo and host.rules == [] and host.sysctl("all", "arp_ignore") == 0
+
+
+def test_tunnel_setup_on_a_dev_without_address_refuses_before_changing_anything(host, capsys, monkeypatch):
+    """Defect: decap found DEV without an address only once the VIP was on lo and the sysctls
+    changed, and said "give --address", an option `lb realserver` does not have."""
+    monkeypatch.setattr(decap, "local_addresses", lambda dev: [])
+    rc, out, err = lb(capsys, "realserver", "setup", "--mode", "tunnel", "--dev", "eth1", "--from", DIRECTOR, VIP)
+    assert (rc, out) == (1, "")
+    assert err == ("lb: realserver: eth1 has no address to receive tunnels on: attach lb decap yourself "
+                   "(lb decap attach eth1 --address ADDR --from DIRECTOR), then run setup again\n")
+    assert host.lo == set() and host.sysctl("all", "rp_filter") == 1 and not host.state.exists()
