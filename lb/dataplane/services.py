@@ -684,7 +684,14 @@ class ServiceTable:
         sid = L.U32.pack(st.id)
         self.write_dests(st)
         self._set_buckets(st, spec.sloppy)
-        self._set_mh(st, spec, new)
+        # the mh table before lb_svc only when lb_svc is to name one that is not there yet (a
+        # new mh service, a change to mh or to another size); else after it: _set_mh's flush
+        # then writes this service's lb_svc with its list, so the rest of the apply (seconds,
+        # when a later real server does not answer ARP) never runs with the new list and the
+        # old lb_svc (the list's last servers out of reach, or lb_svc naming a dropped table)
+        table_first = st.sched == "mh" and (new or sched_changed or cur.mh_size != spec.mh_size)
+        if table_first:
+            self._set_mh(st, spec, new)
         mw, di = sched_model.wrr_params(self._weights(st))
         fwmark = key.fwmark if isinstance(key, L.FwmKey) else 0
         svc = L.Svc(key.addr, key.port, key.proto, L.SCHEDULERS[st.sched], len(st.dests), flags, mw, di,
@@ -696,6 +703,10 @@ class ServiceTable:
         elif st.sched == "wrr" and cursor is not None and not (dests_touched or sched_changed):
             cl = cursor             # a service-only edit (persistence): IPVS's wrr keeps its place
         self.txn.set("lb_sched_state", sid, L.SCHED_STATE.pack(cl, mark.cw))
+        if not table_first:
+            self._set_mh(st, spec, new)
+        elif not new:
+            self.txn.flush()        # lb_svc right after the table it names
         if new:
             self.txn.set("lb_svc_stats", sid, L.STATS.pack(0, 0, 0, 0, 0))
             self.txn.set("lb_svc_rates", sid, L.RATES.pack(0, 0, 0, 0, 0))
@@ -744,7 +755,8 @@ class ServiceTable:
         """ip_vs_mh_dest_changed: rebuild the table from the list (draining real servers left
         out: IPVS has deleted them) and each server's last non-zero weight; write what changed.
         mhtable writes at once: for a service the data path can see (not new), apply's pending
-        writes (its lb_reals and lb_svc_dests) go first."""
+        writes (its lb_reals and lb_svc_dests, and its lb_svc when staged: _apply_service) go
+        first."""
         rids = [rid for _, rid in st.dests]
         last = {rid: self.mh.last_weight(rid, self.reals[rid].weight) for rid in rids}
         if st.sched != "mh":

@@ -24,7 +24,9 @@ tables after that (also at once: nothing leads to them any more), and then their
 flushed in reverse stage order, before any addition is flushed (a freed service or real id
 can be reused by the additions).  An mh table is written by lb/dataplane/mhtable.py straight
 away: for a service the data path can already see, whatever is pending is flushed first, so
-its slots never name a real server that is not yet in lb_reals.  A write to a map outside
+its slots never name a real server that is not yet in lb_reals -- and, unless lb_svc is to name
+a table that is not there yet (a change to mh, or to another size), that includes the service's
+own lb_svc: the rest of the apply never runs with a new list under the old lb_svc.  A write to a map outside
 these stages flushes what is pending and goes straight through.  Reads in apply go through
 MapTxn.get, which sees the pending writes.  MapTxn.writes counts the same logical writes as
 the entry-by-entry code did (a key written twice in one apply counts twice although the batch
