@@ -12,7 +12,7 @@ from scapy.layers.inet import IP, TCP
 from scapy.layers.l2 import Ether
 
 from lb.dataplane import RealSpec, ServiceSpec, TableSpec
-from packets_util import CLIENT_MAC, PUB_MAC, XDP_REDIRECT, loaded_dataplane, real_mac, run
+from packets_util import CLIENT_MAC, PUB_MAC, XDP_REDIRECT, age, loaded_dataplane, real_mac, run
 
 ip = ipaddress.ip_address
 CLIENTS = [f"198.18.{4 + i // 250}.{1 + i % 250}" for i in range(200)]
@@ -79,3 +79,45 @@ def test_an_mh_service_keeps_forwarding_while_the_rest_of_the_apply_runs(dp):
     assert set(during.values()) <= {"198.18.1.11", "198.18.1.12", "198.18.1.13"}, \
         sorted(c for c, p in during.items() if not isinstance(p, str))
     assert set(picks(dp).values()) == {"198.18.1.11", "198.18.1.12", "198.18.1.13"}
+
+
+def conn(dp, vip: str, sport: int, flags: str) -> tuple[int, str | None]:
+    pkt = Ether(src=CLIENT_MAC, dst=PUB_MAC) / IP(src="198.18.0.2", dst=vip) / TCP(sport=sport, dport=80, flags=flags)
+    rc, raw = run(dp, "lb_xdp_public", pkt)
+    macs = {real_mac(ip(f"198.18.1.{o}")): f"198.18.1.{o}" for o in range(1, 40)}
+    return rc, macs.get(Ether(raw).dst) if rc == XDP_REDIRECT else None
+
+
+def test_a_server_whose_overload_ends_during_an_apply_gets_connections_again(dp):
+    """u_threshold 2: two connections overload 198.18.1.31 (the data path sets OVERLOAD in the
+    service's list); one of them ends while the apply that adds a server to its service runs.
+    The list that apply writes must not bring OVERLOAD back (read before the connection ended):
+    the data path clears it only once, so the server would get no new connection until the next
+    change of its service -- idle, weight 1 in `lb list`."""
+    def t(a_reals, b_reals):
+        a = tuple(RealSpec(ip(f"198.18.1.{o}"), 80, 1, "dr", u_threshold=2 if o == 31 else 0) for o in a_reals)
+        return TableSpec((ServiceSpec("tcp", ip("198.18.0.12"), 80, "rr", a, "c"),
+                          ServiceSpec("tcp", ip("198.18.0.13"), 80, "rr", rs(*b_reals), "d")))
+
+    dp.apply(t((31,), (36,)))
+    for sport in (41000, 41001):
+        assert conn(dp, "198.18.0.12", sport, "S") == (XDP_REDIRECT, "198.18.1.31")
+        assert conn(dp, "198.18.0.12", sport, "A") == (XDP_REDIRECT, "198.18.1.31")
+    assert conn(dp, "198.18.0.12", 41002, "S")[0] != XDP_REDIRECT        # overloaded: no server
+
+    resolver = dp.table.resolver
+
+    def hooked(addr, need_onlink=False):
+        if str(addr) == "198.18.1.37":
+            age(dp, 1000)                     # both connections' time is up; one packet ends one:
+            conn(dp, "198.18.0.12", 41000, "A")   # 1 left, below 3/4 of 2: OVERLOAD cleared
+        return resolver(addr, need_onlink=need_onlink)
+
+    dp.table.resolver = hooked
+    try:
+        dp.apply(t((31, 32), (36, 37)))
+    finally:
+        dp.table.resolver = resolver
+    dp.sweep()                                # the other one goes too: 198.18.1.31 is idle
+    got = {conn(dp, "198.18.0.12", sport, "S")[1] for sport in range(41010, 41016)}
+    assert got == {"198.18.1.31", "198.18.1.32"}

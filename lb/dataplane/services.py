@@ -822,6 +822,24 @@ class ServiceTable:
             dests.append((rid, real.weight, flags))
         self.txn.set("lb_svc_dests", L.U32.pack(st.id), L.pack_dests(dests, self.sizes.svc_reals))
 
+    def sync_overload(self) -> int:
+        """OVERLOAD in each service's list as lb_real_overload has it now (the sweep's): a list
+        written from lb_real_overload read before BPF set or cleared it (the rest of an apply
+        runs between the two) keeps the old flag, and BPF changes the flag only along with
+        lb_real_overload -- a server kept from new connections for good, or scheduled past its
+        u_threshold.  Returns the lists written again."""
+        zero, n = L.U32.pack(0), 0
+        for st in self.services.values():
+            if not any(self.reals[rid].u_threshold for _, rid in st.dests):
+                continue
+            for rid, _w, flags in L.unpack_dests(self.txn.get("lb_svc_dests", L.U32.pack(st.id)), len(st.dests)):
+                if self.reals[rid].u_threshold and bool(flags & L.REAL_F_OVERLOAD) != \
+                        (self.txn.get("lb_real_overload", L.U32.pack(rid)) != zero):
+                    self.write_dests(st)
+                    n += 1
+                    break
+        return n
+
     def _thresholds_changed(self, rid: int, real: L.Real) -> None:
         """IPVS __ip_vs_update_dest: OVERLOAD goes when u_threshold is now 0 or above the total."""
         key = L.U32.pack(rid)

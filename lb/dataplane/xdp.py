@@ -483,6 +483,7 @@ class XdpDataplane(Dataplane):
     # ---- housekeeping ----
     def sweep(self, now_ns: int | None = None) -> int:
         n = self.conns.sweep(now_ns)
+        self.table.sync_overload()
         self.lblc_check_expire(now_ns)
         return n
 
