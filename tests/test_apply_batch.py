@@ -234,16 +234,22 @@ def test_flush_order_keeps_services_whole(plain, monkeypatch):
     seq = [(op, n) for op, n, _ in log]
     assert seq.index(("del", "lb_services")) < seq.index(("set", "lb_reals"))
     assert seq.index(("del", "lb_services")) < seq.index(("set", "lb_svc"))
-    # an mh service the data path sees: its table's slots are written in place, after the
-    # lb_reals entry of the server they name and before lb_svc
+    # an mh service the data path sees: its table's slots are written in place after the
+    # lb_reals entry of the server they name, and after the service's list and lb_svc (the old
+    # slots are checked against both: a list under an old lb_svc leaves its last servers out)
     mh = ServiceSpec("tcp", ip("198.18.0.61"), 80, "mh", _reals("198.18.3.10", 3), mh_size=251)
     plain.apply(TableSpec((mh,)))
     log.clear()
     plain.apply(TableSpec((dataclasses.replace(mh, reals=_reals("198.18.3.10", 4)),)))
     seq = [(op, n) for op, n, _ in log]
     assert ("set", "lb_mh_table") in seq
-    assert seq.index(("set", "lb_reals")) < seq.index(("set", "lb_svc_dests")) < seq.index(("set", "lb_mh_table"))
-    assert seq.index(("set", "lb_mh_table")) < seq.index(("set", "lb_svc"))
+    assert seq.index(("set", "lb_reals")) < seq.index(("set", "lb_svc_dests")) < seq.index(("set", "lb_svc")) \
+        < seq.index(("set", "lb_mh_table"))
+    # another size: the new table, whole, before lb_svc names it
+    log.clear()
+    plain.apply(TableSpec((dataclasses.replace(mh, reals=_reals("198.18.3.10", 4), mh_size=257),)))
+    seq = [(op, n) for op, n, _ in log]
+    assert seq.index(("set", "lb_mh_table")) < seq.index(("set", "lb_mh_tables")) < seq.index(("set", "lb_svc"))
 
 
 def test_batched_reads_see_pending_writes(plain):
