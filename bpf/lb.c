@@ -278,7 +278,10 @@ static __always_inline int lb_conn_new(struct xdp_md *ctx, struct lb_pkt *pkt, _
                                        struct lb_svc *svc, __u32 real_id, int from_template)
 {
     struct lb_real *r = lb_reals.lookup(&real_id);
-    if (!r || r->svc != svc_id)
+    /* family 0: a real server retired while its service's list, written after it (txn.py's
+     * order), still names it: the SYN goes to the local stack (a RST), not to a connection whose
+     * next packets would drop */
+    if (!r || r->svc != svc_id || !r->family)
         return XDP_PASS;
 
     struct lb_conn_key key;

@@ -5,6 +5,7 @@ runs while the control plane writes; the test runs packets from inside the apply
 of a later service's new real server) and looks at every client's pick."""
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 
 import pytest
@@ -12,7 +13,8 @@ from scapy.layers.inet import IP, TCP
 from scapy.layers.l2 import Ether
 
 from lb.dataplane import RealSpec, ServiceSpec, TableSpec
-from packets_util import CLIENT_MAC, PUB_MAC, XDP_REDIRECT, age, loaded_dataplane, real_mac, run
+from lb.dataplane import layout as L
+from packets_util import CLIENT_MAC, PUB_MAC, XDP_PASS, XDP_REDIRECT, age, loaded_dataplane, real_mac, run
 
 ip = ipaddress.ip_address
 CLIENTS = [f"198.18.{4 + i // 250}.{1 + i % 250}" for i in range(200)]
@@ -121,3 +123,21 @@ def test_a_server_whose_overload_ends_during_an_apply_gets_connections_again(dp)
     dp.sweep()                                # the other one goes too: 198.18.1.31 is idle
     got = {conn(dp, "198.18.0.12", sport, "S")[1] for sport in range(41010, 41016)}
     assert got == {"198.18.1.31", "198.18.1.32"}
+
+
+def test_a_retired_real_server_still_in_the_list_gets_no_new_connection(dp):
+    """An apply retires a leaving real server in lb_reals (family 0) before it writes the list
+    without it (txn.py's order): in between, a pick of that server makes no connection -- the SYN
+    goes to the director's stack (which answers it), not to a server whose packets would drop."""
+    dp.apply(TableSpec((ServiceSpec("tcp", ip("198.18.0.14"), 80, "rr", rs(38, 39), "e"),)))
+    rid = next(r for r, real in dp.table.reals.items()
+               if str(real.addr) == "198.18.1.39" and real.family and real.svc != L.LB_NONE)
+    seen = {conn(dp, "198.18.0.14", sport, "S") for sport in range(42000, 42004)}
+    assert {p for _, p in seen} == {"198.18.1.38", "198.18.1.39"}
+    retired = dataclasses.replace(dp.table.reals[rid], family=0, weight=0)
+    dp.maps["lb_reals"].set(L.U32.pack(rid), retired.pack())    # the list still names it
+    seen = [conn(dp, "198.18.0.14", sport, "S") for sport in range(42010, 42014)]
+    assert (XDP_REDIRECT, "198.18.1.38") in seen and (XDP_PASS, None) in seen, seen
+    assert all(p != "198.18.1.39" for _, p in seen), seen
+    made = [c for c in dp.read_connections() if c.virtual[0] == ip("198.18.0.14") and c.client[1] in range(42010, 42014)]
+    assert [c.dest[0] for c in made] == [ip("198.18.1.38")] * len(made), made

@@ -17,8 +17,8 @@ per-entry code has always written one service in:
 So a service's real servers, its dest list and its scheduler tables are in place before the
 entry that makes it visible, and a changed service gets each map's new content in the same
 order as before (so a real server leaving a service that stays is retired in lb_reals before
-the dest list without it is written, as it always was: BPF skips a dest whose lb_reals entry
-has family 0).  Removed services go the other way: their lb_fwm_ranges and then their
+the dest list without it is written, as it always was: BPF makes no connection to a real
+server whose lb_reals entry has family 0, lb_conn_new, and passes that SYN to the stack).  Removed services go the other way: their lb_fwm_ranges and then their
 lb_services / lb_fwm_services entries go first, at once and unbuffered; their lblc and mh
 tables after that (also at once: nothing leads to them any more), and then their parts,
 flushed in reverse stage order, before any addition is flushed (a freed service or real id
