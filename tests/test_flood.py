@@ -51,7 +51,10 @@ def dp():
 
 
 def _client(i: int) -> str:
-    return str(ip(CLIENTS) + 2 + i % 250)
+    """client i (of 250): 198.18.0.x but for the VIPs (a packet from the VIP it is sent to is
+    not balanced: bpf/lb.c lb_from_itself)"""
+    addrs = [a for a in (ip(CLIENTS) + 2 + n for n in range(256)) if str(a) not in (VIP_DR, VIP_NAT, VIP_P)]
+    return str(addrs[i % 250])
 
 
 def _pkt(src, dst, sport, dport, flags="A", proto="tcp"):

@@ -174,11 +174,11 @@ def model_next(table, flags, state):
 
 def model_client(flags, state):
     """(the connection's state after a client packet, lb_xdp_public's action)"""
-    syn_only = "S" in flags and "A" not in flags and "R" not in flags
+    syn_only = "S" in flags and "A" not in flags and "R" not in flags and "F" not in flags   # a pure SYN
     if state is not None and syn_only and state in (L.TCP_S["TIME_WAIT"], L.TCP_S["CLOSE"]):
         state = None                                  # reused: expired, scheduled afresh
     if state is None:
-        if syn_only and "F" not in flags:
+        if syn_only:
             return model_next(INPUT, flags, L.TCP_S["NONE"]), XDP_REDIRECT
         return None, XDP_PASS                         # the kernel answers
     return model_next(INPUT, flags, state), XDP_REDIRECT

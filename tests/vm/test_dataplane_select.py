@@ -2,6 +2,7 @@
 auto's fallback from XDP to kernel IPVS with a log line, leaving nothing of XDP behind."""
 from __future__ import annotations
 
+import ipaddress
 import logging
 import os
 import subprocess
@@ -192,7 +193,8 @@ def test_a_failed_start_of_an_adopted_data_plane_leaves_it_with_only_the_previou
     """`lb run` adopts the previous run's data plane, takes the config's addresses (one of them
     new) and fails to apply: the adopted data plane serves on, untouched, and the address this
     start added is removed again (the others were the previous run's)."""
-    kept, new = object(), object()
+    kept, new = (engine.addresses.OwnedAddress("pub0", ipaddress.ip_interface(a))
+                 for a in ("198.18.0.10/32", "198.18.0.11/32"))
     released, undone = [], []
     monkeypatch.setattr(engine, "RUN_DIR", str(tmp_path))
     monkeypatch.setattr(engine.signal, "signal", lambda *a: None)      # pytest's own handlers stay
