@@ -124,6 +124,18 @@ def test_help_says_config_only_names_the_instance(command, capsys):
     assert "--instance INSTANCE the daemon's instance (default: the one running, else default)" in text
 
 
+@pytest.mark.parametrize("argv", [["status"], ["stop"], ["reload"], ["list"], ["zero"], ["check", "--config", "x.toml"]])
+@pytest.mark.parametrize("name", ["../x", "Edge1", "a b", "x" * 33])
+def test_an_instance_that_is_no_instance_name_is_refused(asked, capsys, argv, name):
+    """--instance names a path (/run/lb/NAME.sock, /sys/fs/bpf/lb/NAME): `lb status --instance
+    ../x` asked /run/lb/../x.sock.  A name [global] instance would refuse is a usage error."""
+    with pytest.raises(SystemExit) as e:
+        main([*argv, "--instance", name])
+    assert e.value.code == 2 and asked == []
+    err = capsys.readouterr().err
+    assert f"argument --instance: {name!r} is not an instance name" in err and "Traceback" not in err
+
+
 @pytest.mark.parametrize("wait", ["nan", "inf", "-1", "-inf", "soon"])
 def test_status_wait_takes_a_finite_number_of_seconds(asked, capsys, wait):
     """`lb status --wait nan` waited for ever (no deadline compares true with nan): refused by

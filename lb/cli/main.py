@@ -142,6 +142,16 @@ def cmd_export(args) -> int:
     return 0
 
 
+def _instance_name(text: str) -> str:
+    """--instance: an instance name as [global] instance takes it (a path is built of it:
+    /run/lb/NAME.sock, /sys/fs/bpf/lb/NAME)"""
+    from lb.config.toml import INSTANCE_RE
+
+    if not INSTANCE_RE.fullmatch(text):
+        raise argparse.ArgumentTypeError(f"{text!r} is not an instance name ({INSTANCE_RE.pattern})")
+    return text
+
+
 def _instance_of_file(path: str) -> str:
     """The instance the config file names.  One with errors still names it (`lb stop -c`, `lb
     status -c` must not need a valid file): its instance key read alone, with a note."""
@@ -957,7 +967,7 @@ def _add_list_args(p: argparse.ArgumentParser) -> None:
 
 def _add_service_args(p: argparse.ArgumentParser) -> None:
     """--instance, --dataplane and ipvsadm's one-service selection (-t/-u/-f)."""
-    p.add_argument("--instance", help="instance name (default: the one whose daemon runs; with no daemon, "
+    p.add_argument("--instance", type=_instance_name, help="instance name (default: the one whose daemon runs; with no daemon, "
                                         "the only one with pinned maps)")
     p.add_argument("--dataplane", choices=["xdp", "ipvs"], default=None,
                    help="read an instance's pinned maps (xdp) or the kernel's IPVS table (ipvs); "
@@ -1126,7 +1136,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("check", help="validate a config file")
     p.add_argument("--config", "-c", required=True)
-    p.add_argument("--instance", metavar="NAME",
+    p.add_argument("--instance", type=_instance_name, metavar="NAME",
                    help="warn unless the file's [global] instance is NAME (lb@.service passes its own)")
     p.set_defaults(func=cmd_check)
 
@@ -1142,7 +1152,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("stop", help="stop a running instance")
-    p.add_argument("--instance", help=_INSTANCE_HELP)
+    p.add_argument("--instance", type=_instance_name, help=_INSTANCE_HELP)
     p.add_argument("--config", help=_CONFIG_HELP)
     p.add_argument("--keep-dataplane", action="store_true",
                    help="leave XDP attached, maps pinned and addresses up (for an upgrade: the next "
@@ -1153,7 +1163,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_stop)
 
     p = sub.add_parser("status", help="services, real servers and their health checks")
-    p.add_argument("--instance", help=_INSTANCE_HELP)
+    p.add_argument("--instance", type=_instance_name, help=_INSTANCE_HELP)
     p.add_argument("--config", help=_CONFIG_HELP)
     p.add_argument("--json", action="store_true")
     p.add_argument("--wait", type=_seconds_arg, default=0, metavar="SECONDS",
@@ -1163,7 +1173,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("reload", help="re-read the config of a running instance; a bad file is refused "
                                       "with its errors and changes nothing")
-    p.add_argument("--instance", help=_INSTANCE_HELP)
+    p.add_argument("--instance", type=_instance_name, help=_INSTANCE_HELP)
     p.add_argument("--config", help=_CONFIG_HELP)
     p.add_argument("--signal", action="store_true",
                    help="send SIGHUP instead of asking on the control socket (errors go to the daemon's log)")
@@ -1180,7 +1190,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("server", metavar="SERVER", help="real server name, ADDR or ADDR:PORT")
         if name == "weight":
             p.add_argument("weight", metavar="N", type=_weight_arg, help="0..65535; 0 quiesces")
-        p.add_argument("--instance", help=_INSTANCE_HELP)
+        p.add_argument("--instance", type=_instance_name, help=_INSTANCE_HELP)
         p.add_argument("--config", help=_CONFIG_HELP)
         p.set_defaults(func=cmd_weight)
 
@@ -1251,7 +1261,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("web", help="run the web console (the Piranha Configuration Tool's successor) as its own "
                                    "process; it talks to the daemon over its control socket only")
-    p.add_argument("--instance", help="the daemon's instance (default: the --config's, else default)")
+    p.add_argument("--instance", type=_instance_name, help="the daemon's instance (default: the --config's, else default)")
     p.add_argument("--config", "-c", help="a config file, only to tell the instance")
     p.add_argument("--socket-dir", default="/run/lb-control", help=argparse.SUPPRESS)
     p.add_argument("-v", "--verbose", action="store_true")
