@@ -48,12 +48,20 @@ def _terminate_as_interrupt() -> None:
     """SIGTERM (a cancelled CI job, `timeout`, systemd stopping the session, a worker killed)
     ends pytest as Ctrl-C does: a KeyboardInterrupt, so the fixtures' teardowns still run --
     lab.down(), the lb runs' pins and run files -- where the default action killed the process
-    with them all left behind.  A second SIGTERM meanwhile does not cut that cleanup short."""
+    with them all left behind.  A second SIGTERM meanwhile does not cut that cleanup short.
+    Only in this process: a child forked from it without exec (pyroute2's netns helper, which
+    its parent stops with SIGTERM) dies of SIGTERM as before -- raised there, the interrupt
+    unwound into a copy of the test session that ran on while its parent waited for it."""
     if signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
         return
     seen = []
+    owner = os.getpid()
 
     def handler(signum, _frame) -> None:
+        if os.getpid() != owner:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            os.kill(os.getpid(), signal.SIGTERM)
+            return
         if not seen:
             seen.append(signum)
             raise KeyboardInterrupt("SIGTERM")

@@ -136,3 +136,32 @@ def test_one_lb_run_that_will_not_stop_leaves_no_other_running(tmp_path):
     else:
         raise AssertionError("the failed close was not raised")
     assert closed == ["first", "second"] and removed == [None]
+
+
+def test_a_child_forked_without_exec_still_dies_of_sigterm():
+    """pyroute2 runs its netns helper in a child forked from pytest and stops it with SIGTERM.
+    With the suite's handler inherited, the child raised KeyboardInterrupt instead, unwound into
+    its copy of the test session and ran on, while pytest waited for it for ever (a whole CI run
+    hung).  The handler is the pytest process's own: a forked child dies of SIGTERM."""
+    pid = os.fork()
+    if pid == 0:                                  # the child: nothing but a sleep, then out
+        try:
+            time.sleep(30)
+        finally:
+            os._exit(0)
+    done = 0
+    try:
+        time.sleep(0.2)
+        os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + 20
+        while True:
+            done, status = os.waitpid(pid, os.WNOHANG)
+            if done:
+                break
+            assert time.monotonic() < deadline, "the forked child outlived SIGTERM"
+            time.sleep(0.05)
+    finally:
+        if not done:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+    assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGTERM, status

@@ -10,11 +10,13 @@ qemu opens the same fd several times), the command's exit status comes back.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import shlex
 import shutil
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -87,6 +89,17 @@ def _run_once(command: str, rwdir: str | None, timeout: float, log_path: str | N
                             stderr=subprocess.STDOUT, env=env, cwd=str(REPO), start_new_session=True)
     out: list[str] = []
     log = open(log_path, "w") if log_path else None
+    # the deadline holds also for a guest that prints nothing more (hung): reading the console
+    # blocks until a line comes, so a timer kills the VM, which ends the read
+    overdue = threading.Event()
+
+    def kill_overdue() -> None:
+        overdue.set()
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, 9)
+    watchdog = threading.Timer(timeout, kill_overdue)
+    watchdog.daemon = True
+    watchdog.start()
     try:
         deadline = t0 + timeout
         assert proc.stdout is not None
@@ -105,12 +118,14 @@ def _run_once(command: str, rwdir: str | None, timeout: float, log_path: str | N
             rc = proc.wait(max(1.0, deadline - time.monotonic()))
         except subprocess.TimeoutExpired:
             rc = None
-        if rc is None or time.monotonic() > deadline:
-            os.killpg(proc.pid, 9)
+        if rc is None or time.monotonic() > deadline or overdue.is_set():
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, 9)
             proc.wait()
             out.append(f"\n[harness] the VM did not finish within {timeout:.0f}s: killed\n")
             rc = 124
     finally:
+        watchdog.cancel()
         if log:
             log.close()
         if proc.poll() is None:
