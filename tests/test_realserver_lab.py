@@ -103,10 +103,10 @@ def test_direct_routing_with_sysctls(lab, fresh, lb_runner, tmp_path):
     ]
     p = realserver(lab, "rs1", "setup", "--mode", "dr", VIP)
     assert p.returncode == 0, p.stdout + p.stderr
-    assert p.stdout.splitlines()[:3] == [
-        f"  added {VIP}/32 to lo",
+    assert p.stdout.splitlines()[:3] == [      # the VIP last: until ARP for it is off, rs1 would answer
         "  net.ipv4.conf.all.arp_ignore: 0 -> 1; net.ipv4.conf.eth0.arp_ignore: 0 -> 1",
-        "  net.ipv4.conf.all.arp_announce: 0 -> 2; net.ipv4.conf.eth0.arp_announce: 0 -> 2"]
+        "  net.ipv4.conf.all.arp_announce: 0 -> 2; net.ipv4.conf.eth0.arp_announce: 0 -> 2",
+        f"  added {VIP}/32 to lo"]
     assert realserver(lab, "rs1", "check", "--mode", "dr", VIP).returncode == 0
     assert realserver(lab, "rs1", "setup", "--mode", "dr", VIP).stdout.startswith("nothing to do\n")
     assert arp_answers(lab, VIP) == set()            # the VIP is rs1's, yet nobody answers ARP for it
@@ -133,10 +133,10 @@ def test_direct_routing_with_arptables(lab, fresh):
     rip = "198.18.1.12"
     p = realserver(lab, "rs2", "setup", "--mode", "dr", "--arp", "arptables", VIP)
     assert p.returncode == 0, p.stdout + p.stderr
-    assert p.stdout.splitlines()[:3] == [
-        f"  added {VIP}/32 to lo",
+    assert p.stdout.splitlines()[:3] == [      # the VIP last, once its ARP is dropped
         f"  arptables -A INPUT -d {VIP} -j DROP",
-        f"  arptables -A OUTPUT -s {VIP} -j mangle --mangle-ip-s {rip}"]
+        f"  arptables -A OUTPUT -s {VIP} -j mangle --mangle-ip-s {rip}",
+        f"  added {VIP}/32 to lo"]
     assert sysctl(lab, "rs2", "all", "arp_ignore") == 0          # this method leaves the sysctls alone
     assert arp_answers(lab, VIP) == set()
     assert realserver(lab, "rs2", "check", "--mode", "dr", "--arp", "arptables", VIP).returncode == 0
