@@ -170,3 +170,12 @@ def switch_port(director_if: str, node: str = "director") -> tuple[str, str]:
         if (b, ib) == (node, director_if):
             return a, ia
     raise RuntimeError(f"lab: no veth {node}/{director_if}")
+
+
+def remove_run_files(instance: str, run_dir: str = "/run/lb", shared_dir: str = "/run/lb-control") -> None:
+    """What a bench's `lb run` of ``instance`` leaves when it is killed (the failover bench kills
+    the active): <run_dir>/<instance>.* (pid file, control socket, the record of what it held,
+    overrides ...) and its shared control socket; a later `lb run` of the name would take the
+    record for an earlier run's."""
+    for f in [*Path(run_dir).glob(f"{instance}.*"), Path(shared_dir) / f"{instance}.sock"]:
+        f.unlink(missing_ok=True)

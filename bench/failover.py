@@ -20,7 +20,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench.common import LB_BIN, lab_up, ratio, summary
+from bench.common import LB_BIN, lab_up, ratio, remove_run_files, summary
 from lb.lab.haconfig import ha_config
 
 RUNS = {"smoke": 1, "quick": 1, "full": 3}
@@ -70,8 +70,7 @@ def _request(sock) -> str:
 def _cleanup(lab) -> None:
     for inst in INSTANCES.values():
         shutil.rmtree(f"/sys/fs/bpf/lb/{inst}", ignore_errors=True)
-        for f in (f"/run/lb/{inst}.pid", f"/run/lb/{inst}.sock"):
-            Path(f).unlink(missing_ok=True)
+        remove_run_files(inst)
 
 
 def one_run() -> dict:

@@ -39,7 +39,7 @@ import subprocess
 import tempfile
 import time
 
-from bench.common import LB_BIN, estimate, lab_up, ratio, stop_process, summary, verdict
+from bench.common import LB_BIN, estimate, lab_up, ratio, remove_run_files, stop_process, summary, verdict
 from lb.sdnotify import Listener
 
 INSTANCE = "benchhttp"
@@ -274,11 +274,7 @@ class Http:
             for dev in ("pub0", "priv0"):
                 self.lab.run("director", ["ip", "link", "set", "dev", dev, "xdp", "off"], check=False, timeout=10)
         shutil.rmtree(f"/sys/fs/bpf/lb/{INSTANCE}", ignore_errors=True)
-        for f in (f"/run/lb/{INSTANCE}.pid", f"/run/lb/{INSTANCE}.sock"):
-            try:
-                os.unlink(f)
-            except FileNotFoundError:
-                pass
+        remove_run_files(INSTANCE)
         shutil.rmtree(self.tmp, ignore_errors=True)
 
     def offloads(self, variant: str) -> None:

@@ -165,3 +165,22 @@ def test_a_child_forked_without_exec_still_dies_of_sigterm():
             os.kill(pid, signal.SIGKILL)
             os.waitpid(pid, 0)
     assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGTERM, status
+
+
+def test_a_bench_removes_what_its_killed_lb_run_leaves(tmp_path):
+    """The failover bench kills its active director: its /run/lb/<instance>.held (what the run
+    held) stayed behind after every bench run, for a later `lb run` of the name to take as an
+    earlier run's.  The benches' cleanup removes every run file of their instances, no other's."""
+    from bench.common import remove_run_files
+
+    run, shared = tmp_path / "run", tmp_path / "shared"
+    run.mkdir()
+    shared.mkdir()
+    for name in ("benchfo1.pid", "benchfo1.sock", "benchfo1.held", "benchfo1.overrides", "benchfo10.held",
+                 "other.held"):
+        (run / name).write_text("x")
+    for name in ("benchfo1.sock", "other.sock"):
+        (shared / name).write_text("x")
+    remove_run_files("benchfo1", str(run), str(shared))
+    assert sorted(p.name for p in run.iterdir()) == ["benchfo10.held", "other.held"]
+    assert sorted(p.name for p in shared.iterdir()) == ["other.sock"]
