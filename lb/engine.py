@@ -496,7 +496,8 @@ class Engine:
             try:
                 self.pulse = Pulse(self.cfg.ha, self.cfg.instance, self.on_role, sync_source=self.sync_export,
                                    sync_sink=self.sync_import, announce=self.announce,
-                                   public_interface=self.cfg.public_interface, on_heartbeat=self.refresh_lease)
+                                   public_interface=self.cfg.public_interface, on_heartbeat=self.refresh_lease,
+                                   guard_file=os.path.join(self.lock.run_dir, f"{self.cfg.instance}.ha-guard"))
             except (OSError, ValueError) as e:
                 raise StartupError(f"{self.cfg.path or '<config>'}: [ha] {e}") from None
         self._restore_overrides()

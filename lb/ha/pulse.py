@@ -50,12 +50,13 @@ import collections
 import errno
 import fcntl
 import ipaddress
+import json
 import logging
 import socket
 import struct
 import time
 
-from lb import programs
+from lb import files, programs
 from lb.tasks import RateLimitedLog, TaskStats, cancel_and_wait, spawn, supervise
 
 from . import heartbeat as hb
@@ -352,12 +353,14 @@ class Pulse:
 
     def __init__(self, ha, instance: str, on_role, *, sync_source=None, sync_sink=None,
                  announce=None, public_interface: str | None = None, node: int | None = None,
-                 clock=time.monotonic, wall_ns=time.time_ns, on_heartbeat=None):
+                 clock=time.monotonic, wall_ns=time.time_ns, on_heartbeat=None, guard_file: str | None = None):
         """on_role(new, old) -> awaitable; sync_source() -> (conns, temps) (blocking, the
         active's data plane); sync_sink(conns, temps) (blocking, the backup's); announce()
         (blocking); on_heartbeat() (quick, on the loop) just before each heartbeat goes out:
         the engine's lease, which so never outlives the last heartbeat by more than deadtime.
-        ``clock`` (monotonic seconds) and ``wall_ns`` (the wall clock) are the tests' to replace."""
+        ``clock`` (monotonic seconds) and ``wall_ns`` (the wall clock) are the tests' to replace.
+        ``guard_file``: where the replay guard's windows of the peer's heartbeats are kept over
+        a restart (save_guard; the engine's /run/lb/<instance>.ha-guard)."""
         self.ha = ha
         self.on_heartbeat = on_heartbeat
         self.instance = instance
@@ -401,6 +404,10 @@ class Pulse:
         # of silence (or its "leaving"), before we would take it for dead
         self.guard = hb.ReplayGuard(int(ha.max_skew * 1e9), sync_grace_ns=int(ha.deadtime * 1e9),
                                     quiet_ns=int(ha.deadtime * 1e9 / 2))
+        self.guard_file = guard_file
+        self._guard_saved: str | None = None     # what save_guard wrote last
+        if guard_file is not None:
+            self._load_guard()
         self.peer_boot = 0                       # the peer's boot id as last accepted: our echo
         self.peer_echoed = 0                     # the peer's boot id whose heartbeats echo ours
         self._peer_said = (0, 0)                 # (boot, ts_ns) of the newest heartbeat heard from the peer
@@ -427,6 +434,34 @@ class Pulse:
         self._peer_was_alive = False
         self._sync_queue: asyncio.Queue = asyncio.Queue(maxsize=256)   # bounded backup-side backlog
         self._ratelog = RateLimitedLog(log, self.LOG_INTERVAL, clock)
+
+    # ---- the replay guard over a restart ----
+    def _load_guard(self) -> None:
+        """The windows an earlier `lb run` of ours saved: the peer's heartbeats it took stay
+        refused (a capture of them, replayed to this process, would pass for a live peer for up
+        to max_skew -- a dead active's, a backup held back from taking over).  A missing file is
+        a first start; an unreadable one is logged and left (the guard starts empty, as before)."""
+        try:
+            self.guard.restore(json.loads(files.read_private(self.guard_file, 1 << 20)))
+        except FileNotFoundError:
+            return
+        except (OSError, ValueError, RecursionError) as e:
+            log.warning("pulse: %s not read (%s): heartbeats the previous run took are not known", self.guard_file, e)
+
+    def save_guard(self) -> None:
+        """Write the replay guard's windows to guard_file when they changed (each keepalive, and
+        at stop); a failure is logged at a bounded rate and tried again next time."""
+        if self.guard_file is None:
+            return
+        text = json.dumps(self.guard.snapshot(), separators=(",", ":"))
+        if text == self._guard_saved:
+            return
+        try:
+            files.write_private(self.guard_file, text)
+        except OSError as e:
+            self._ratelog.log("guard-file", logging.WARNING, "pulse: cannot write %s: %s", self.guard_file, e)
+            return
+        self._guard_saved = text
 
     # ---- status ----
     @property
@@ -573,6 +608,7 @@ class Pulse:
         """Tell the peer we leave (it takes over at once if we were active), close the sockets."""
         self._closing = True
         self._send_all(hb.T_HEARTBEAT, LEAVING)
+        self.save_guard()
         await cancel_and_wait(*self._tasks)
         loop = asyncio.get_running_loop()
         for c in self.channels:
@@ -636,6 +672,7 @@ class Pulse:
             if self.on_heartbeat is not None:
                 self.on_heartbeat()
             self._send_all(hb.T_HEARTBEAT)
+            self.save_guard()
             await asyncio.sleep(self.ha.keepalive)
 
     # ---- receiving ----
