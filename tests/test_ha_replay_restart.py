@@ -99,3 +99,33 @@ def test_snapshot_windows_survive_a_restore():
         assert again.check(msg(boot, seq, now + 3), now + 3) == "replay", (boot, seq)
     assert again.check(msg(7, 3, now + 3), now + 3) is None          # never taken: a hole
     assert again.check(msg(8, 3, now + 4), now + 4) is None          # the live boot goes on
+
+
+def test_the_windows_are_written_each_keepalive_and_at_stop(tmp_path):
+    """The daemon's own paths, without sockets: the heartbeat loop writes the file once the
+    peer's heartbeats were taken (so a crash loses at most a keepalive of them), stop() writes
+    it with all it read; a new process reads it and refuses the peer's heartbeats taken."""
+    import asyncio
+
+    path = tmp_path / "lab.ha-guard"
+    pair = Pair(tmp_path)
+    pair.Pulse = functools.partial(pair.Pulse, guard_file=str(path))
+    primary, backup = pair.start(hb.NODE_PRIMARY), pair.start(hb.NODE_BACKUP)
+    sent = [primary.encode(primary.channels[0], hb.T_HEARTBEAT) for _ in range(3)]
+    backup._receive(backup.channels[0], "heartbeat", sent[0])
+
+    async def beat_once():
+        try:
+            await asyncio.wait_for(backup._heartbeats(), 0.05)
+        except asyncio.TimeoutError:
+            pass
+    asyncio.run(beat_once())
+    assert json.loads(path.read_text())["heartbeat"]["0/0"] == [[primary.boot, 1, 1]]
+    backup._receive(backup.channels[0], "heartbeat", sent[2])
+    asyncio.run(backup.stop())
+    after = pair.start(hb.NODE_BACKUP)
+    for data in sent[0], sent[2]:
+        after._receive(after.channels[0], "heartbeat", data)
+    assert after.counters["replay"] == 2
+    after._receive(after.channels[0], "heartbeat", sent[1])           # lost before: taken
+    assert after.counters["replay"] == 2 and after.counters["rx"] + after.counters["unheard"] == 1

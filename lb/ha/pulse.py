@@ -608,7 +608,6 @@ class Pulse:
         """Tell the peer we leave (it takes over at once if we were active), close the sockets."""
         self._closing = True
         self._send_all(hb.T_HEARTBEAT, LEAVING)
-        self.save_guard()
         await cancel_and_wait(*self._tasks)
         loop = asyncio.get_running_loop()
         for c in self.channels:
@@ -616,6 +615,7 @@ class Pulse:
                 if ep.sock is not None:
                     loop.remove_reader(ep.sock.fileno())
             c.close()
+        self.save_guard()                        # with every heartbeat read until the sockets closed
 
     # ---- sending ----
     def _flags(self) -> int:
