@@ -389,8 +389,9 @@ class Collector:
                       ("channel",), (name,), ch["rx"])
             f.counter("lb_ha_heartbeat_send_errors_total", "pulse messages the socket refused",
                       ("channel",), (name,), ch.get("tx_errors"))
-            f.counter("lb_ha_heartbeat_icmp_errors_total", "sends that met an ICMP error pending on the socket "
-                      "(a spoofed unreachable or prohibited, or the peer's port closed a moment): sent again at once",
+            f.counter("lb_ha_heartbeat_icmp_errors_total", "ICMP errors pending on the socket (a spoofed "
+                      "unreachable or prohibited, or the peer's port closed a moment), met by a send (sent again at "
+                      "once) or a read",
                       ("channel",), (name,), ch.get("icmp_errors"))
             f.gauge("lb_ha_last_heartbeat_timestamp_seconds", "when the peer's last message came on this channel",
                     ("channel",), (name,), _ago(doc, ch.get("last_heartbeat_s")))

@@ -129,3 +129,31 @@ def test_the_windows_are_written_each_keepalive_and_at_stop(tmp_path):
     assert after.counters["replay"] == 2
     after._receive(after.channels[0], "heartbeat", sent[1])           # lost before: taken
     assert after.counters["replay"] == 2 and after.counters["rx"] + after.counters["unheard"] == 1
+
+
+def test_an_icmp_error_taken_by_the_reader_is_counted(tmp_path, monkeypatch):
+    """An ICMP error pending on the connected heartbeat socket wakes the reader, whose read takes
+    it -- usually before any send does.  It is counted as icmp_errors there too (it went
+    uncounted: a flood of spoofed unreachables showed nowhere) and the reader goes on to the
+    datagrams behind it."""
+    import errno
+
+    from lb.ha import pulse as pulse_mod
+
+    pair = Pair(tmp_path)
+    primary, backup = pair.start(hb.NODE_PRIMARY), pair.start(hb.NODE_BACKUP)
+    c = backup.channels[0]
+    good = primary.encode(primary.channels[0], hb.T_HEARTBEAT)
+    queue = [OSError(errno.ECONNREFUSED, "refused"), OSError(errno.EHOSTUNREACH, "unreachable"),
+             (good, ("198.18.0.1", c.port)), BlockingIOError()]
+
+    def recv(sock):
+        item = queue.pop(0)
+        if isinstance(item, BaseException):
+            raise item
+        return item
+    monkeypatch.setattr(pulse_mod, "_recv", recv)
+    c.hb.connected = True
+    backup._readable(c, c.hb)
+    assert backup.status()["channels"]["public"]["icmp_errors"] == 2
+    assert backup.counters["rx"] + backup.counters["unheard"] == 1 and not queue

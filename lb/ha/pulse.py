@@ -37,7 +37,7 @@ Receive path (what an outsider can send cannot decide the role):
     capture of the dead active replayed to a backup just restarted stops holding it back there);
   - an ICMP error quoting a connected socket's addresses (port, host or network unreachable,
     admin prohibited, ...; spoofed from anywhere) fails the next send: it is sent again at once
-    and counted (``icmp_errors`` per channel), not lost;
+    and counted (``icmp_errors`` per channel), not lost; one a read takes first is counted there;
   - a channel flooded with refused datagrams only loses that channel's heartbeats: the peer stays
     alive through the other channel, and the role does not change.
 Every background task runs under lb.tasks.supervise (logged and restarted, never lost), and
@@ -202,7 +202,7 @@ class Endpoint:
         self.connected = False
         self.seq = 0
         self.tx = self.tx_errors = 0
-        self.icmp_errors = 0             # sends that met an ICMP error pending on the socket (then sent again)
+        self.icmp_errors = 0             # ICMP errors pending on the socket: met by a send (then sent again) or a read
         self.kernel_drops = 0            # datagrams the kernel dropped: the buffer was full ...
         self.last_drop: float | None = None   # ... the last time that count grew (clock())
         self.stray_drops = 0
@@ -682,8 +682,12 @@ class Pulse:
                 data, addr = _recv(ep.sock)
             except (BlockingIOError, InterruptedError):
                 return
-            except OSError:
-                continue                          # a connected socket's ICMP error: consumed, go on
+            except OSError as e:
+                # a connected socket's ICMP error (the peer's port closed for a moment, or one
+                # spoofed from anywhere): taken here instead of by the next send; counted as that
+                if e.errno in ICMP_ERRNOS:
+                    ep.icmp_errors += 1
+                continue
             if not ep.connected and (ipaddress.ip_address(addr[0].split("%")[0]) != ep.peer or addr[1] != ep.port):
                 self._offpath(c, 1)
                 continue
