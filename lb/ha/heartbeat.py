@@ -35,9 +35,9 @@ the receiver and is still heard is not replaced by one that does not.  Until a b
 receiver's boot id, every heartbeat of it needs a timestamp within ``max_skew``, not only its
 first: a capture of a dead boot, replayed a message at a time to a receiver just restarted, is
 refused once it falls max_skew behind (it held the receiver in BACKUP for as long as the
-capture lasted).  And the windows survive the receiver's restart (:meth:`ReplayGuard.snapshot`,
-kept in a file by lb.ha.pulse): what its previous process took is refused as a replay, not taken
-again for up to max_skew.  A sync message is
+capture lasted).  And the highest sequence number taken of each of the peer's boots survives the
+receiver's restart (:meth:`ReplayGuard.snapshot`, kept in a file by lb.ha.pulse): nothing up to
+it is taken after the restart (a capture, replayed, passed for a live peer for up to max_skew).  A sync message is
 accepted only from a boot whose heartbeats were accepted, never from a boot its stream has left,
 and, for a new sync stream, not when older than the first heartbeat accepted from its boot (less
 a grace): a receiver just restarted would take an old capture of the active's current boot again.
@@ -241,26 +241,9 @@ class _Stream:
     floor_ns: int = 0      # a sync stream: no message of it older than this (its boot's first heartbeat, less a grace)
 
 
-PRIOR_BOOTS = 16             # boots of a heartbeat stream whose windows a restart keeps (snapshot)
+PRIOR_BOOTS = 16             # boots of a heartbeat stream whose last sequence number a restart keeps (snapshot)
 RETIRED_BOOTS = 16           # boots a sync stream remembers having left
 LEFT_BOOTS = 1024            # boots a heartbeat stream remembers having left (a restart each)
-
-
-def _seen(win: tuple[int, int] | None, seq: int) -> bool:
-    """Whether a window (top, bits) holds ``seq``: at or below its top, and taken or below the window."""
-    if win is None or seq > win[0]:
-        return False
-    off = win[0] - seq
-    return off >= WINDOW or bool(win[1] & (1 << off))
-
-
-def _merge(a: tuple[int, int] | None, b: tuple[int, int]) -> tuple[int, int]:
-    """Two windows of one boot as one: the higher top, what either holds below it."""
-    if a is None:
-        return b
-    (ta, ba), (tb, bb) = sorted((a, b))
-    shift = tb - ta                    # bit i of the lower window is seq ta - i: bit i + shift of the higher
-    return tb, bb | ((ba << shift) & ((1 << WINDOW) - 1) if shift < WINDOW else 0)
 
 
 @dataclass
@@ -295,8 +278,8 @@ class ReplayGuard:
     streams: dict = field(default_factory=dict)
     left: dict = field(default_factory=dict)      # sync stream key -> the boots it left, oldest first
     retired: dict = field(default_factory=dict)   # heartbeat stream key -> {boot: its _Stream}, oldest first
-    # heartbeat stream key -> {boot: (top, bits)}: the windows an earlier process of ours had
-    # (restore()), so what it took stays refused after a restart
+    # heartbeat stream key -> {boot: the highest sequence number taken}: what an earlier process
+    # of ours had (restore()); nothing up to it is news after a restart
     prior: dict = field(default_factory=dict)
 
     def check(self, m: Message, now_wall_ns: int, my_boot: int = 0) -> str | None:
@@ -305,9 +288,10 @@ class ReplayGuard:
         stream's boot's -- that does not echo ``my_boot``: echoed, it would be taken)."""
         sync = m.type == T_SYNC
         key = (m.node, m.channel, sync)
-        if not sync and _seen(self.prior.get(key, {}).get(m.boot), m.seq):
-            # taken by our process before a restart: a capture of what it heard, replayed to
-            # the new one (the peer's own messages go on above that window)
+        if not sync and m.seq <= self.prior.get(key, {}).get(m.boot, -1):
+            # made before the last one our process took before a restart: a capture of what it
+            # heard (or missed: old news either way), replayed to the new one.  The peer's own
+            # messages go on above it
             return "replay"
         st = self.streams.get(key)
         if st is None or st.boot != m.boot:
@@ -429,33 +413,34 @@ class ReplayGuard:
         return None
 
     def snapshot(self) -> dict:
-        """What restore() takes, JSON-able: per heartbeat stream, the windows of its boot and
-        of the last PRIOR_BOOTS boots it left (and of those an earlier process had)."""
+        """What restore() takes, JSON-able: per heartbeat stream, the highest sequence number
+        taken of its boot and of the last PRIOR_BOOTS boots it left (and of those an earlier
+        process had)."""
         out = {}
         for key in {k for k in self.streams if not k[2]} | set(self.retired) | set(self.prior):
-            wins = dict(self.prior.get(key, {}))
+            tops = dict(self.prior.get(key, {}))
             streams = list(self.retired.get(key, {}).values())[-PRIOR_BOOTS:]
             if key in self.streams:
                 streams.append(self.streams[key])
             for st in streams:
-                wins.pop(st.boot, None)          # re-added last: the newest go last
-                wins[st.boot] = _merge(self.prior.get(key, {}).get(st.boot), (st.top, st.bits))
-            out[f"{key[0]}/{key[1]}"] = [[boot, top, bits] for boot, (top, bits) in list(wins.items())[-PRIOR_BOOTS:]]
+                top = max(st.top, tops.pop(st.boot, -1))
+                tops[st.boot] = top              # the newest go last
+            out[f"{key[0]}/{key[1]}"] = [[boot, top] for boot, top in list(tops.items())[-PRIOR_BOOTS:]]
         return {"version": 1, "heartbeat": out}
 
     def restore(self, data: dict) -> None:
-        """The windows of snapshot(), from an earlier process of ours: messages they hold stay
-        refused as replays.  ValueError for what is not a snapshot."""
+        """The sequence numbers of snapshot(), from an earlier process of ours: a heartbeat of
+        one of those boots numbered up to it is refused as a replay.  ValueError for what is
+        not a snapshot."""
         try:
             if data.get("version") != 1:
                 raise ValueError(f"version {data.get('version')!r}")
             prior = {}
-            for name, wins in data["heartbeat"].items():
+            for name, tops in data["heartbeat"].items():
                 node, chan = (int(x) for x in name.split("/"))
                 if node not in (0, 1) or chan not in (0, 1):
                     raise ValueError(f"stream {name}")
-                prior[(node, chan, False)] = {int(b): (int(t), int(bits) & ((1 << WINDOW) - 1))
-                                              for b, t, bits in wins[-PRIOR_BOOTS:]}
+                prior[(node, chan, False)] = {int(boot): int(top) for boot, top in tops[-PRIOR_BOOTS:]}
         except (AttributeError, KeyError, TypeError, ValueError) as e:
             raise ValueError(f"not a replay guard snapshot: {e}") from None
         self.prior = prior

@@ -359,7 +359,7 @@ class Pulse:
         (blocking); on_heartbeat() (quick, on the loop) just before each heartbeat goes out:
         the engine's lease, which so never outlives the last heartbeat by more than deadtime.
         ``clock`` (monotonic seconds) and ``wall_ns`` (the wall clock) are the tests' to replace.
-        ``guard_file``: where the replay guard's windows of the peer's heartbeats are kept over
+        ``guard_file``: where the replay guard's last sequence numbers of the peer's heartbeats are kept over
         a restart (save_guard; the engine's /run/lb/<instance>.ha-guard)."""
         self.ha = ha
         self.on_heartbeat = on_heartbeat
@@ -437,7 +437,7 @@ class Pulse:
 
     # ---- the replay guard over a restart ----
     def _load_guard(self) -> None:
-        """The windows an earlier `lb run` of ours saved: the peer's heartbeats it took stay
+        """What an earlier `lb run` of ours saved: the peer's heartbeats up to the last it took stay
         refused (a capture of them, replayed to this process, would pass for a live peer for up
         to max_skew -- a dead active's, a backup held back from taking over).  A missing file is
         a first start; an unreadable one is logged and left (the guard starts empty, as before)."""
@@ -449,7 +449,7 @@ class Pulse:
             log.warning("pulse: %s not read (%s): heartbeats the previous run took are not known", self.guard_file, e)
 
     def save_guard(self) -> None:
-        """Write the replay guard's windows to guard_file when they changed (each keepalive, and
+        """Write the replay guard's snapshot to guard_file when it changed (each keepalive, and
         at stop); a failure is logged at a bounded rate and tried again next time."""
         if self.guard_file is None:
             return
