@@ -710,8 +710,8 @@ class Engine:
     def _held_now(self, addrs: list[addresses.OwnedAddress]) -> held.Held:
         """What this run holds (its XDP programs, ``addrs``, its kernel sync daemons), and what
         the earlier run's record names that is not released yet."""
-        programs = tuple(getattr(self.dp, "held_programs", list)())
-        sync = tuple(held.HeldSync(*d) for d in getattr(self.dp, "held_sync", list)())
+        programs = tuple(self.dp.held_programs())
+        sync = tuple(held.HeldSync(*d) for d in self.dp.held_sync())
         return held.Held(programs, tuple(held.HeldAddress(a.ifname, a.address) for a in addrs),
                          sync).merged(self._stale)
 
@@ -745,7 +745,7 @@ class Engine:
         stale = self._stale
         if not stale:
             return
-        ours = getattr(self.dp, "held_programs", list)()
+        ours = self.dp.held_programs()
         in_use = {p.ifname for p in ours} | {p.ifindex for p in ours if p.ifindex}
         programs_left, detached = [], []
         for p in stale.programs:

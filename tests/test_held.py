@@ -384,3 +384,30 @@ def test_a_failed_start_records_what_it_leaves(host):
     assert xdp_id(PRIV) is None and addrs(PUB) == {"198.18.0.10/32"} and addrs(PRIV) == set()
     third.stop()
     assert record(host) is None and xdp_id(PUB) is None
+
+
+def test_an_xdp_data_plane_forgets_an_earlier_runs_sync_daemons_quietly_without_ipvs(monkeypatch, tmp_path, caplog):
+    """The record names kernel IPVS sync daemons (an earlier run fell back to IPVS) and this
+    kernel has no ip_vs (module not loaded): the XDP data plane's release (base.py's) neither
+    loads nor opens IPVS nor logs -- no daemon of it can run -- and nothing stays recorded."""
+    from lb.dataplane.xdp import XdpDataplane
+
+    class NoKernel:
+        def __init__(self, *_a):
+            raise AssertionError("IPVS opened on a kernel without it")
+
+    monkeypatch.setattr(ipvs, "Kernel", NoKernel)
+    monkeypatch.setattr(ipvs, "_proc_net", lambda name: str(tmp_path / "no-such" / name))
+    caplog.set_level(logging.DEBUG)
+    assert XdpDataplane.release_sync(object(), [("master", "pub0", 9)], keep=False) == []
+    assert XdpDataplane.release_sync(object(), [("backup", "pub0", 9)], keep=True) == []
+    assert caplog.records == []
+
+
+def test_an_xdp_data_plane_stops_an_earlier_runs_kernel_sync_daemon_even_when_it_syncs(kernel_sync):
+    """XDP's connection sync is its own (not the kernel's): a kernel daemon the record names is
+    stopped whatever ``keep`` says, and one of another SyncID (someone else's) is left."""
+    from lb.dataplane.xdp import XdpDataplane
+
+    assert XdpDataplane.release_sync(object(), [("master", "pub0", 9), ("backup", "pub0", 9)], keep=True) == []
+    assert kernel_sync.stopped == ["master"] and set(kernel_sync.running) == {"backup"}

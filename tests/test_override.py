@@ -117,6 +117,12 @@ class RecordingDataplane:
     def sched_base_pending(self):
         return False
 
+    def held_programs(self):         # (lb/dataplane/base.py's defaults: the engine calls them)
+        return []
+
+    def held_sync(self):
+        return []
+
 
 @pytest.fixture
 def no_addresses(monkeypatch):
