@@ -18,7 +18,9 @@ refused run):
   not a pure SYN (and an ICMP error, through its quote) only along a flow an earlier forwarded
   packet opened, to that flow's real server; XDP_TX only as a "fragmentation needed" / Packet Too
   Big answer (never about ICMP, at most 576 / 1280 bytes) to a packet too big for a tunnel;
-  XDP_DROP only for such packets.
+  XDP_DROP only for such packets.  A new connection is never made (nor answered) for what the
+  kernel drops before IPVS: a length past the frame or short of the L4 header, a martian
+  source, a source that is its destination (a LAND attack's: lb_from_itself).
 - private: XDP_PASS unchanged, or XDP_TX of a NAT flow's reply (from a real server the flow
   went to) rewritten to come from its VIP:port, to the MACs the flow's client used.
 - guard (lb_xdp_guard, on other interfaces holding an address under [ha]): with the lease live
@@ -178,6 +180,12 @@ def not_routable(b: bytes, p: Parsed) -> bool:
         p.saddr[:12] == bytes(10) + b"\xff\xff"
 
 
+def from_itself(p: Parsed) -> bool:
+    """lb_from_itself: a packet from the address it is sent to (a LAND attack's), which the
+    kernel drops as a martian before IPVS: never a new connection (passed, counted not_routable)"""
+    return p.saddr == p.daddr
+
+
 def parse(b: bytes) -> Parsed:
     """lb_parse's reading of b: ok when it would go on to the connection lookup (TCP or UDP,
     no fragment); icmp set to the ICMP header's offset when it stopped at an ICMP packet."""
@@ -315,6 +323,7 @@ class Model:
         # of a client's, (vaddr, vport) of a NAT reply's
         self.frags: dict[tuple, tuple] = {}
         self.seen = {"pass": 0, "redirect": 0, "tx": 0, "drop": 0}
+        self.land_passed = 0                    # new connections' packets from their destination, passed
         self.later_forwarded = {4: 0, 6: 0}     # later fragments forwarded, by family
 
     def fail(self, prog: str, i: int, pkt: bytes, why: str):
@@ -332,6 +341,9 @@ class Model:
         if rc == XDP_PASS:
             if out != pkt:
                 self.fail("public", i, pkt, f"XDP_PASS with changed bytes: {out.hex()}")
+            p = parse(pkt)
+            if p.ok and not p.frag and from_itself(p) and (p.proto, p.saddr, p.sport, p.daddr, p.dport) not in self.flows:
+                self.land_passed += 1
             return
         p = parse(pkt)
         if p.frag and p.frag[0] == "first" and p.ok:
@@ -396,9 +408,10 @@ class Model:
             if real is None:
                 self.fail("public", i, pkt, f"forwarded to {ip(addr)}, not a real server of its service")
             pure_syn = p.proto == 6 and p.flags & 0x17 == 0x02
-            if flow not in self.flows and not_routable(pkt, p):
+            if flow not in self.flows and (not_routable(pkt, p) or from_itself(p)):
                 self.fail("public", i, pkt, "a new connection made for what the kernel drops before IPVS "
-                          "(a length past the frame or short of the L4 header, a martian source)")
+                          "(a length past the frame or short of the L4 header, a martian source, a "
+                          "source that is its destination)")
             if p.proto == 6 and not pure_syn:
                 known = self.flows.get(flow)
                 if known is None or known[1] not in (None, real.address.packed):
@@ -460,6 +473,9 @@ class Model:
             flow = (p.proto, p.saddr, p.sport, p.daddr, p.dport)
             if p.fam == 6 and p.frag and flow not in self.flows:
                 self.fail("public", i, pkt, f"verdict {rc} for an IPv6 first fragment of no connection (the kernel's)")
+            if flow not in self.flows and from_itself(p):
+                self.fail("public", i, pkt, f"verdict {rc} for a packet from its own destination of no connection "
+                          "(lb_from_itself: the kernel's, untouched)")
             # a new connection was made (or an old one's port reused) before the answer: its real
             # server is one the model did not see
             if tunnel and (p.proto == 6 and p.flags & 0x17 == 0x02 or p.proto == 17 and flow not in self.flows):
@@ -616,6 +632,18 @@ class Gen:
                     out.append(bytes(e / self._l3(fam, c, vip, **({"flags": "DF"} if fam == 4 else {})) / big))
                     out.append(bytes(e / self._l3(fam, c, vip) / big))
                     out.append(bytes(e / self._l3(fam, c, vip) / UDP(sport=40000, dport=53) / (b"z" * 1490)))
+        # from the VIP to itself (a LAND attack's: lb_from_itself), TCP SYNs and UDP, and too big
+        # for a tunnel
+        for fam, v in ((4, V4), (6, V6)):
+            for key in ("dr", "nat", "tun", "per", "fwm"):
+                if key not in v:
+                    continue
+                vip = v[key]
+                for port in (80, 53, 21, 30005):
+                    out.append(bytes(e / self._l3(fam, vip, vip) / TCP(sport=port, dport=port, flags="S") / b"x"))
+                    out.append(bytes(e / self._l3(fam, vip, vip) / UDP(sport=40000, dport=port) / b"q"))
+            out.append(bytes(e / self._l3(fam, v["tun"], v["tun"], **({"flags": "DF"} if fam == 4 else {})) /
+                             TCP(sport=40000, dport=80, flags="S") / (b"z" * 1490)))
         # IPv4 options, VLAN tags, fragments, ARP, echo
         for vip in (V4["dr"], V4["nat"], V4["tun"]):
             out.append(bytes(e / IP(src=V4["client"], dst=vip, options=[IPOption_NOP()] * 4 + [IPOption_RR()]) /
@@ -861,4 +889,5 @@ def test_fuzz_every_program(programs):
     assert c["partial_checksum_completed"] > 0 and c["partial_checksum_uncompleted"] > 0, (SEED, c)
     assert c["fragment_forwarded"] > 0, (SEED, c)       # later fragments followed their first
     assert model.later_forwarded[4] > 0 and model.later_forwarded[6] > 0, (SEED, model.later_forwarded)
+    assert model.land_passed > 0 and c["not_routable"] > 0, (SEED, model.land_passed, c)   # lb_from_itself's
     print(f"fuzz seed {SEED}: {N} packets x 4 programs in {time.monotonic() - t0:.1f} s, {s}")
