@@ -147,6 +147,34 @@ def test_status_wait_takes_a_finite_number_of_seconds(asked, capsys, wait):
     assert f"argument --wait: '{wait}'" in err and "Traceback" not in err
 
 
+def test_status_pid_without_wait_is_a_usage_error(asked, capsys):
+    """`lb status --pid PID` (no --wait) asked once and ignored --pid without a word: refused by
+    the command line, exit 2, before anything is asked."""
+    with pytest.raises(SystemExit) as e:
+        main(["status", "--instance", "edge1", "--pid", str(os.getpid())])
+    assert e.value.code == 2 and asked == []
+    err = capsys.readouterr().err
+    assert "usage: lb status" in err and "argument --pid: only with --wait" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("pid", ["0", "-1", "me"])
+def test_status_pid_is_a_process_id(asked, capsys, pid):
+    """--pid 0 was taken as no --pid (and -1 as a process that always runs)."""
+    with pytest.raises(SystemExit) as e:
+        main(["status", "--instance", "edge1", "--wait", "5", f"--pid={pid}"])
+    assert e.value.code == 2 and asked == []
+    assert f"argument --pid: '{pid}'" in capsys.readouterr().err
+
+
+def test_status_wait_0_with_pid_says_the_process_exited(asked, capsys):
+    """`--wait 0 --pid PID`: one ask, and --pid honoured (it was ignored with --wait 0)."""
+    p = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    gone = int(p.stdout)
+    assert main(["status", "--instance", "edge1", "--wait", "0", "--pid", str(gone)]) == 1
+    assert asked == [("status", "edge1")]
+    assert f"process {gone} exited before it was ready" in capsys.readouterr().err
+
+
 # ---- which instance: the running daemons first ---------------------------------------------
 
 @pytest.fixture

@@ -361,6 +361,17 @@ def _seconds_arg(text: str) -> float:
     return value
 
 
+def _pid_arg(text: str) -> int:
+    """A process id for --pid: a positive number (0 and negative ones name process groups)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a process id") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"'{text}': a process id, 1 or more") from None
+    return value
+
+
 def _wait_control(args) -> dict | None:
     """`lb status --wait N`: the status once the daemon answers (it answers once ready), asking
     every 0.1 s for at most N s; None (after a message) when it never does, --pid exits, or its
@@ -400,7 +411,10 @@ def _wait_control(args) -> dict | None:
 def cmd_status(args) -> int:
     from lb import control
 
-    reply = _wait_control(args) if args.wait else _control(args, "status")
+    if args.pid is not None and args.wait is None:
+        # it used to be ignored: the status asked once, whatever became of the process
+        args.usage_error("argument --pid: only with --wait (the process to watch while waiting)")
+    reply = _wait_control(args) if args.wait or args.pid else _control(args, "status")
     if reply is None:
         return 1
     if not reply["ok"]:
@@ -1166,10 +1180,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--instance", type=_instance_name, help=_INSTANCE_HELP)
     p.add_argument("--config", help=_CONFIG_HELP)
     p.add_argument("--json", action="store_true")
-    p.add_argument("--wait", type=_seconds_arg, default=0, metavar="SECONDS",
+    p.add_argument("--wait", type=_seconds_arg, metavar="SECONDS",
                    help="wait until the daemon is ready (its control socket answers), at most SECONDS")
-    p.add_argument("--pid", type=int, help="with --wait: give up as soon as this process has exited")
-    p.set_defaults(func=cmd_status)
+    p.add_argument("--pid", type=_pid_arg, help="only with --wait: give up as soon as this process has exited")
+    p.set_defaults(func=cmd_status, usage_error=p.error)
 
     p = sub.add_parser("reload", help="re-read the config of a running instance; a bad file is refused "
                                       "with its errors and changes nothing")
