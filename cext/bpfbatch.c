@@ -140,13 +140,18 @@ long bb_lookup(int fd, unsigned key_size, unsigned value_size, const void *keys,
 /* Run prog once per packet: packets are count frames of pkt_len bytes, back to back, used in
  * turn for iterations runs.  BPF_PROG_TEST_RUN does not reset a packet between repeats, so
  * every run is its own syscall with repeat=1 and a fresh copy.  Returns the summed in-kernel
- * duration (ns) of all runs, or -errno; *last_retval gets the last XDP action. */
+ * duration (ns) of all runs, or -errno; *last_retval gets the last XDP action (0 before any).
+ * No packets (count or pkt_len 0) is -EINVAL, before any run (i % count divided by zero). */
 long long bb_test_run_loop(int prog_fd, const void *packets, unsigned pkt_len, unsigned count,
                            unsigned long iterations, unsigned *last_retval)
 {
     union bpf_attr attr;
     unsigned char out[4096];
     long long total = 0;
+
+    *last_retval = 0;
+    if (count == 0 || pkt_len == 0)
+        return -EINVAL;
 
     for (unsigned long i = 0; i < iterations; i++) {
         memset(&attr, 0, sizeof(attr));

@@ -112,3 +112,22 @@ def test_dump_of_a_table_holding_more_than_the_buffer_returns_what_fits():
             assert len(got) == n and all(entries[k] == v for k, v in got.items())
     finally:
         os.close(fd)
+
+
+def test_test_run_loop_refuses_no_packets():
+    """bb_test_run_loop (the bench's and lb/lab/flood.py's loop) asked to run over 0 packets
+    took i % 0: SIGFPE, the whole Python process gone without a word.  Now -EINVAL, before any
+    run (no program needed: the fd is never used).  In a child process, so that a module built
+    without the fix fails this test rather than killing pytest."""
+    import errno
+    import os
+    import subprocess
+    import sys
+
+    code = ("from lb import _bpfbatch as b\n"
+            "rc = b.ffi.new('unsigned *')\n"
+            "print(b.lib.bb_test_run_loop(-1, b.ffi.NULL, 64, 0, 5, rc),"
+            " b.lib.bb_test_run_loop(-1, b.ffi.NULL, 0, 3, 5, rc), rc[0])\n")
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, env=os.environ)
+    assert p.returncode == 0, (p.returncode, p.stderr)
+    assert p.stdout.split() == [str(-errno.EINVAL), str(-errno.EINVAL), "0"]

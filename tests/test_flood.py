@@ -295,3 +295,11 @@ def test_lb_list_counters(dp):
     assert int(lines["tcp_syn_invalid"]) == dp.counters()["tcp_syn_invalid"] > 0
     assert int(lines["embryonic entries made"]) > 0
     assert "drop_packet" in lines and "persist_table_full" in lines
+
+
+@pytest.mark.parametrize("blob,size", [(b"", 64), (b"x" * 64, 0), (b"x" * 10, 64)])
+def test_run_frames_refuses_no_frames(blob, size):
+    """flood.run_frames over no frames: said (ValueError), not a ZeroDivisionError, nor the
+    cffi loop's SIGFPE of a module built before it refused 0 packets."""
+    with pytest.raises(ValueError, match="no frames to run"):
+        flood.run_frames(-1, blob, size)

@@ -68,6 +68,9 @@ def run_frames(prog_fd: int, blob: bytes, size: int) -> float:
     from lb import _bpfbatch
 
     ffi, lib = _bpfbatch.ffi, _bpfbatch.lib
+    if size <= 0 or len(blob) < size:
+        # (a module built before bb_test_run_loop refused 0 packets died of SIGFPE on them)
+        raise ValueError(f"no frames to run ({len(blob)} bytes of {size}-byte frames)")
     n = len(blob) // size
     rc = ffi.new("unsigned *")
     total = lib.bb_test_run_loop(prog_fd, ffi.from_buffer(blob), size, n, n, rc)
