@@ -8,7 +8,11 @@
  * addresses, written at attach time), and only from an address in lb_decap_src (the directors',
  * `lb decap attach --from`): a tunnel from anyone else is dropped, counted, since its inner packet
  * (any source, to the VIP) would otherwise reach the server's stack past every filter written
- * for a tunnel device.  Packets not for a tunnel to us pass untouched.  ECN as the kernel's
+ * for a tunnel device.  The inner packet must be to one of the real server's VIPs (lb_decap_vip,
+ * `--vip`; a key of family 0 there: any): a director only ever tunnels packets to a VIP, and one
+ * to any other address (a forged director source: the server's other addresses, or, with
+ * ip_forward on, any host behind it) would use the real server as a relay past the network's
+ * filters; dropped, counted.  Packets not for a tunnel to us pass untouched.  ECN as the kernel's
  * ipip / ip6_tunnel (INET_ECN_decapsulate, RFC 6040 4.2): a Congestion Experienced mark a router
  * put on the outer header goes on to the inner one (ECT), or the packet is dropped (not ECT). */
 #include <uapi/linux/bpf.h>
@@ -25,10 +29,12 @@ struct lb_decap_key {
 
 BPF_HASH(lb_decap_dst, struct lb_decap_key, __u32, 64);
 BPF_HASH(lb_decap_src, struct lb_decap_key, __u32, 64);
+BPF_HASH(lb_decap_vip, struct lb_decap_key, __u32, 256);
 /* 0: decapsulated, 1: passed (a tunnel not addressed to us), 2: dropped (not from a director),
- * 3: dropped (the inner header is not the tunnel's family), 4: dropped (the outer header says
- * Congestion Experienced, the inner packet is not ECN-capable: RFC 6040) */
-BPF_PERCPU_ARRAY(lb_decap_count, __u64, 5);
+ * 3: dropped (the inner header is not the tunnel's family, or shorter than its fixed header),
+ * 4: dropped (the outer header says Congestion Experienced, the inner packet is not
+ * ECN-capable: RFC 6040), 5: dropped (the inner packet is not to a VIP of lb_decap_vip) */
+BPF_PERCPU_ARRAY(lb_decap_count, __u64, 6);
 
 static __always_inline void lb_decap_counted(__u32 i)
 {
@@ -84,22 +90,41 @@ int lb_xdp_decap(struct xdp_md *ctx)
         lb_decap_counted(2);
         return XDP_DROP;
     }
-    /* the inner header is the tunnel's family (IPIP: IPv4; IPv6-in-IPv6: IPv6) */
+    /* the inner header is the tunnel's family (IPIP: IPv4; IPv6-in-IPv6: IPv6), whole */
     __u8 *inner = (__u8 *)(eth + 1) + outer;
-    if ((void *)(inner + 1) > data_end ||
-        (*inner >> 4) != (inner_proto == bpf_htons(ETH_P_IP) ? 4 : 6)) {
-        lb_decap_counted(3);
-        return XDP_DROP;
+    struct lb_decap_key vip = {};
+    if (inner_proto == bpf_htons(ETH_P_IP)) {
+        struct iphdr *in4 = (void *)inner;
+        if ((void *)(in4 + 1) > data_end || in4->version != 4) {
+            lb_decap_counted(3);
+            return XDP_DROP;
+        }
+        *(__be32 *)vip.addr = in4->daddr;
+        vip.family = 4;
+    } else {
+        struct ipv6hdr *in6 = (void *)inner;
+        if ((void *)(in6 + 1) > data_end || in6->version != 6) {
+            lb_decap_counted(3);
+            return XDP_DROP;
+        }
+        __builtin_memcpy(vip.addr, &in6->daddr, 16);
+        vip.family = 6;
+    }
+    /* to a VIP of this real server (or lb_decap_vip's key of family 0: any address) */
+    if (!lb_decap_vip.lookup(&vip)) {
+        struct lb_decap_key any = {};
+        if (!lb_decap_vip.lookup(&any)) {
+            lb_decap_counted(5);
+            return XDP_DROP;
+        }
     }
     /* RFC 6040 4.2: the outer Congestion Experienced onto the inner header (its ECN bits: IPv4's
      * TOS byte, inner[1], with its header checksum; IPv6's traffic class, inner[0..1]) */
     if (outer_ecn == 3) {
         if (inner_proto == bpf_htons(ETH_P_IP)) {
             struct iphdr *in = (void *)inner;
-            if ((void *)(in + 1) > data_end) {
-                lb_decap_counted(3);
+            if ((void *)(in + 1) > data_end)        /* (checked above: for the verifier) */
                 return XDP_DROP;
-            }
             if ((in->tos & 3) == 0) {
                 lb_decap_counted(4);
                 return XDP_DROP;
@@ -115,10 +140,8 @@ int lb_xdp_decap(struct xdp_md *ctx)
                 in->check = ~(__u16)sum;
             }
         } else {
-            if ((void *)(inner + 2) > data_end) {
-                lb_decap_counted(3);
+            if ((void *)(inner + 2) > data_end)
                 return XDP_DROP;
-            }
             if ((inner[1] & 0x30) == 0) {
                 lb_decap_counted(4);
                 return XDP_DROP;

@@ -13,7 +13,8 @@ must:
   way -- arptables rules that drop ARP requests for the VIP and rewrite it out of outgoing ones.
   IPv6 needs neither: a neighbour solicitation is answered only for the interface's own
   addresses;
-- tunneling: take the director's IPIP / IPv6-in-IPv6 header off (`lb decap attach DEV`), and let
+- tunneling: take the director's IPIP / IPv6-in-IPv6 header off (`lb decap attach DEV`, only for
+  inner packets to the VIPs: `--vip`), and let
   the inner packet in although DEV may not be the route back to its client: rp_filter loose (2)
   or off, never strict (1), on DEV (the kernel uses the larger of "all" and DEV).
 
@@ -243,16 +244,27 @@ def points(mode: str, vips: list, arp: str = "sysctl", dev: str | None = None, s
             refuse = (f"{dev} has no address to receive tunnels on: attach lb decap yourself "
                       f"(lb decap attach {dev} --address ADDR --from DIRECTOR), then run setup again")
         # lb decap there already, from other directors than --from names (one added or moved):
-        # the tunnels of those missing would be dropped
+        # the tunnels of those missing would be dropped; or to other VIPs than these (a VIP's
+        # packets dropped), or to any address (an lb decap of before --vip)
         have = decap.attached_sources(dev) if prog == decap.PROGRAM and sources else None
         stale = have is not None and have != set(sources)
+        have_vips = decap.attached_vips(dev) if prog == decap.PROGRAM else None
+        stale_vips = have_vips is not None and have_vips != set(vips)
         now = f" (now from {', '.join(map(str, sorted(have, key=_addr_order)))})" if stale else \
             f" (now {prog})" if prog and prog != decap.PROGRAM else ""
-        out.append(Point(prog == decap.PROGRAM and not stale,
-                         f"lb decap on {dev}" + (f" from {', '.join(map(str, sources))}" if sources else "") + now,
-                         "the director's tunnel headers come off before the stack sees the packet",
-                         f"lb decap attach {dev} " + (" ".join(f"--from {a}" for a in sources) or "--from DIRECTOR"),
-                         _attach_decap(dev, sources, prog is None), refuse))
+        if stale_vips:
+            now += " (now to any address)" if decap.ANY in have_vips else \
+                f" (now to {', '.join(map(str, sorted(have_vips, key=_addr_order)))})"
+        # attached again for these VIPs: from the directors it accepts now when --from names none
+        froms = list(sources) or (sorted(decap.attached_sources(dev) or (), key=_addr_order) if stale_vips else [])
+        out.append(Point(prog == decap.PROGRAM and not stale and not stale_vips,
+                         f"lb decap on {dev}" + (f" from {', '.join(map(str, sources))}" if sources else "") +
+                         f" to {', '.join(map(str, vips))}" + now,
+                         "the director's tunnel headers come off before the stack sees the packet, for "
+                         "packets to these VIPs only",
+                         f"lb decap attach {dev} " + (" ".join(f"--from {a}" for a in froms) or "--from DIRECTOR")
+                         + "".join(f" --vip {v}" for v in vips),
+                         _attach_decap(dev, froms, prog is None, vips), refuse))
         if v4:
             rp = max(sysctl("all", "rp_filter"), sysctl(dev, "rp_filter"))
             out.append(Point(rp != 1, f"rp_filter not strict on {dev} (now {rp})",
@@ -293,13 +305,13 @@ def _add_rule(vip, rule: list[str]):
     return make
 
 
-def _attach_decap(dev: str, sources=(), new: bool = True):
-    # run only where setup found no program on dev, or lb decap from other directors, and --from
-    # given (points() refuses the rest); undo detaches only one setup attached (new)
+def _attach_decap(dev: str, sources=(), new: bool = True, vips=()):
+    # run only where setup found no program on dev, or lb decap from other directors or to other
+    # VIPs, and --from given (points() refuses the rest); undo detaches only one setup attached (new)
     def make(state):
         from lb.dataplane import decap
 
-        mode, addrs = decap.attach(dev, sources=sources)
+        mode, addrs = decap.attach(dev, sources=sources, vips=vips)
         if new and dev not in state["decap"]:
             state["decap"].append(dev)
         return f"lb decap attached to {dev} ({mode} mode) for {', '.join(map(str, addrs))}"

@@ -25,8 +25,9 @@ refused run):
   went to) rewritten to come from its VIP:port, to the MACs the flow's client used.
 - guard (lb_xdp_guard, on other interfaces holding an address under [ha]): with the lease live
   (here: none armed, as without [ha]) XDP_PASS, the same bytes, whatever the packet.
-- decap: exactly lb_decap.c's rule (a tunnel to a real server from a director: inner packet
-  out; from anyone else, or a bad inner header: dropped; anything else: unchanged).
+- decap: exactly lb_decap.c's rule (a tunnel to a real server from a director, its inner packet
+  to a VIP (--vip): inner packet out; from anyone else, to another address, or a bad inner
+  header: dropped; anything else: unchanged).
 
 Seeded: LB_FUZZ_SEED sets the seed (a random one otherwise); every failure names it."""
 from __future__ import annotations
@@ -68,6 +69,8 @@ V6 = dict(dr="2001:2::10", nat="2001:2::20", tun="2001:2::40",
           tun_r=["2001:2:0:5::81", "2001:2:0:5::82"], client="2001:2:0:9::2", other="2001:2::1")
 DIRECTORS = [PRIV_ADDR[4], PRIV_ADDR[6]]
 DECAP_DSTS = sorted({ip(a) for a in V4["tun_r"] + V6["tun_r"] + V4["dr_r"][:1]}, key=str)   # decap's own addresses
+DECAP_VIPS = [ip(V4["tun"]), ip(V6["tun"])]         # its --vip: the inner destinations let in
+DECAP_SEEN = {"not_to_a_vip": 0}                   # what the model said of the decap side
 
 
 def _svc(proto, vip, port, reals, fwd, rport=None, sched="rr", **kw):
@@ -564,7 +567,12 @@ def decap_model(pkt: bytes) -> tuple[int, bytes | None]:
     if src not in {d.packed for d in DIRECTORS if d.version == fam}:
         return XDP_DROP, None
     inner = 14 + outer
-    if inner + 1 > len(pkt) or pkt[inner] >> 4 != inner_v:
+    if inner + (20 if inner_v == 4 else 40) > len(pkt) or pkt[inner] >> 4 != inner_v:
+        return XDP_DROP, None
+    # to a VIP (--vip) only: a tunnel from a forged director source to any other address is dropped
+    vip = pkt[inner + 16:inner + 20] if inner_v == 4 else pkt[inner + 24:inner + 40]
+    if vip not in {v.packed for v in DECAP_VIPS}:
+        DECAP_SEEN["not_to_a_vip"] += 1
         return XDP_DROP, None
     # RFC 6040: the outer header's Congestion Experienced onto an ECN-capable inner header
     # (IPv4 with an incremental update of its checksum), a not-ECN-capable one dropped
@@ -735,6 +743,10 @@ class Gen:
                         outer = IP(src=src, dst=real, proto=4) if fam == 4 else IPv6(src=src, dst=real, nh=41)
                         out.append(bytes(Ether(src=PRIV_MAC, dst=real_mac(real)) / outer / inner))
                         out.append(bytes(Ether(src=PRIV_MAC, dst=real_mac(real)) / outer / outer / inner))
+                        # to another address than a VIP (the real server's own, another host's)
+                        for elsewhere in (iv["other"], iv["tun_r"][0]):
+                            stray = self._l3(inner_fam, iv["client"], elsewhere) / TCP(sport=40000, dport=80, flags="S")
+                            out.append(bytes(Ether(src=PRIV_MAC, dst=real_mac(real)) / outer / stray))
                         # Congestion Experienced on the outer header, the inner ECN-capable or not
                         ce = IP(src=src, dst=real, proto=4, tos=3) if fam == 4 else IPv6(src=src, dst=real, nh=41, tc=3)
                         for ecn in (0, 2):
@@ -840,7 +852,7 @@ def run_each(prog_fd: int, pkts: list[bytes]) -> list[tuple[int, int, bytes]]:
 @pytest.fixture(scope="module")
 def programs():
     with loaded_dataplane("fuzz", sizes=Sizes(16, 256, 16, 65536, 65536), table=TABLE) as dp:
-        b, fn = decap.load(DECAP_DSTS, DIRECTORS)
+        b, fn = decap.load(DECAP_DSTS, DIRECTORS, DECAP_VIPS)
         try:
             yield dp, fn
         finally:
@@ -889,5 +901,6 @@ def test_fuzz_every_program(programs):
     assert c["partial_checksum_completed"] > 0 and c["partial_checksum_uncompleted"] > 0, (SEED, c)
     assert c["fragment_forwarded"] > 0, (SEED, c)       # later fragments followed their first
     assert model.later_forwarded[4] > 0 and model.later_forwarded[6] > 0, (SEED, model.later_forwarded)
+    assert DECAP_SEEN["not_to_a_vip"] > 0, SEED
     assert model.land_passed > 0 and c["not_routable"] > 0, (SEED, model.land_passed, c)   # lb_from_itself's
     print(f"fuzz seed {SEED}: {N} packets x 4 programs in {time.monotonic() - t0:.1f} s, {s}")

@@ -32,7 +32,9 @@ class Host:
         self.state = tmp_path / "realserver.json"
         self.lo_wide: dict[str, list[int]] = {}          # VIP -> the wider prefixes it is on lo under
         self.decap_from: dict[str, set] = {}             # dev -> the --from of its lb decap
+        self.decap_vips: dict[str, set] = {}             # dev -> its --vip (decap.ANY: any address)
         self.loading: set = set()
+        self.loading_vips: set = set()
         for dev in ("all", "lo", "eth1"):
             self.add_dev(dev)
 
@@ -107,6 +109,7 @@ def host(tmp_path, monkeypatch):
         h.attach_flags.append(only_if_none)
         h.xdp[dev] = decap.PROGRAM
         h.decap_from[dev] = h.loading
+        h.decap_vips[dev] = h.loading_vips
         return "native", 4
 
     def detach_xdp(dev, flags):
@@ -116,13 +119,16 @@ def host(tmp_path, monkeypatch):
     monkeypatch.setattr(bpfsys, "prog_name", lambda i: names[i])
     monkeypatch.setattr(decap, "attach_xdp", attach_xdp)
     monkeypatch.setattr(decap, "detach_xdp", detach_xdp)
-    def load(addrs, sources):
+    def load(addrs, sources, vips=()):
         h.loading = {ipaddress.ip_address(a) for a in sources}
+        h.loading_vips = {ipaddress.ip_address(a) for a in vips} or {decap.ANY}
         return types.SimpleNamespace(close=lambda: None), None
 
     monkeypatch.setattr(decap, "load", load)
     monkeypatch.setattr(decap, "attached_sources",
                         lambda dev: h.decap_from[dev] if decap.attached(dev) == decap.PROGRAM else None)
+    monkeypatch.setattr(decap, "attached_vips",
+                        lambda dev: h.decap_vips[dev] if decap.attached(dev) == decap.PROGRAM else None)
     monkeypatch.setattr(decap, "local_addresses", lambda dev: [ipaddress.ip_address(RIP)])
     return h
 
@@ -316,7 +322,7 @@ def test_tunnel_setup_takes_a_new_director(host, capsys):
     two = [*argv, "--from", "198.18.1.3"]
     rc, out, err = lb(capsys, "realserver", "check", *two, VIP)
     assert rc == 1
-    assert f"  missing  lb decap on eth1 from {DIRECTOR}, 198.18.1.3 (now from {DIRECTOR}): " in out
+    assert f"  missing  lb decap on eth1 from {DIRECTOR}, 198.18.1.3 to {VIP} (now from {DIRECTOR}): " in out
     rc, out, err = lb(capsys, "realserver", "setup", *two, VIP)
     assert rc == 0, err
     assert f"  lb decap attached to eth1 (native mode) for {RIP}" in out and "nothing to do" not in out
@@ -336,6 +342,31 @@ def test_tunnel_setup_leaves_a_decap_it_did_not_attach_at_undo(host, capsys):
     rc, out, err = lb(capsys, "realserver", "setup", "--undo", "--mode", "tunnel", VIP)
     assert rc == 0 and "decap" not in out
     assert host.xdp["eth1"] == decap.PROGRAM
+
+
+def test_tunnel_setup_restricts_decap_to_the_vips(host, capsys):
+    """An lb decap that lets an inner packet in to any address (attached without --vip, or by an
+    lb of before --vip): a forged director source could have the real server relay packets to
+    any address.  check says so; setup attaches it again for the VIPs alone, from the directors
+    it accepts now (no --from needed); a VIP added later is caught the same way."""
+    rc, out, err = lb(capsys, "decap", "attach", "eth1", "--from", DIRECTOR)
+    assert rc == 0 and out.endswith(f"from {DIRECTOR}, to any address (no --vip)\n"), err
+    assert host.decap_vips["eth1"] == {decap.ANY}
+    argv = ["--mode", "tunnel", "--dev", "eth1"]
+    rc, out, err = lb(capsys, "realserver", "check", *argv, VIP)
+    assert rc == 1
+    assert f"  missing  lb decap on eth1 to {VIP} (now to any address): " in out
+    assert f"fix: lb decap attach eth1 --from {DIRECTOR} --vip {VIP}\n" in out
+    rc, out, err = lb(capsys, "realserver", "setup", *argv, VIP)
+    assert rc == 0, err
+    assert host.decap_vips["eth1"] == {ipaddress.ip_address(VIP)}
+    assert host.decap_from["eth1"] == {ipaddress.ip_address(DIRECTOR)}
+    assert lb(capsys, "realserver", "check", *argv, VIP)[0] == 0
+    rc, out, err = lb(capsys, "realserver", "setup", *argv, VIP, "198.18.0.11")
+    assert rc == 0, err
+    assert host.decap_vips["eth1"] == {ipaddress.ip_address(a) for a in (VIP, "198.18.0.11")}
+    rc, out, err = lb(capsys, "decap", "attach", "eth1", "--from", DIRECTOR, "--vip", VIP, "--vip", VIP)
+    assert rc == 0 and out.endswith(f"from {DIRECTOR}, to {VIP}\n") and host.decap_vips["eth1"] == {ipaddress.ip_address(VIP)}
 
 
 @pytest.mark.parametrize("plen", [24, 8])

@@ -367,12 +367,57 @@ def test_attached_decap_says_its_directors():
     try:
         with IPRoute() as ipr:
             ipr.link("set", index=ipr.link_lookup(ifname=dev)[0], state="up")
-        assert decap.attached_sources(dev) is None
+        assert decap.attached_sources(dev) is None and decap.attached_vips(dev) is None
         decap.attach(dev, [ip(REALS[0])], "generic", sources=DIRECTORS)
         assert decap.attached_sources(dev) == set(DIRECTORS)
-        decap.attach(dev, [ip(REALS[0])], "generic", sources=[ip("198.18.1.3")])     # replaced
-        assert decap.attached_sources(dev) == {ip("198.18.1.3")}
+        assert decap.attached_vips(dev) == {decap.ANY}                               # no --vip
+        decap.attach(dev, [ip(REALS[0])], "generic", sources=[ip("198.18.1.3")], vips=[ip(VIP), ip(VIP6)])
+        assert decap.attached_sources(dev) == {ip("198.18.1.3")}                     # replaced
+        assert decap.attached_vips(dev) == {ip(VIP), ip(VIP6)}
         assert decap.detach(dev) and decap.attached_sources(dev) is None
     finally:
         with IPRoute() as ipr:
             ipr.link("del", index=ipr.link_lookup(ifname=dev)[0])
+
+
+@pytest.fixture(scope="module")
+def vip_decapper():
+    """lb decap as `lb realserver setup` attaches it: for the VIPs alone (--vip)"""
+    loaded, fn = decap.load([ip(a) for a in REALS + REALS6], DIRECTORS, [ip(VIP), ip(VIP6)])
+    try:
+        yield loaded, fn
+    finally:
+        loaded.close()
+
+
+def test_decap_lets_in_only_packets_to_a_vip(vip_decapper, decapper):
+    """A director tunnels only packets to a VIP.  One from a forged director source (anyone on
+    the path can write the outer source) to any other address -- the real server's own, a host
+    behind it (with ip_forward on: a relay past the network's filters) -- is dropped, counted,
+    with --vip; without it (the decapper fixture, as before --vip) any address is let in."""
+    b, fn = vip_decapper
+    outer4 = IP(src=str(PRIV_ADDR[4]), dst=REALS[0], proto=4)
+    outer6 = IPv6(src=str(PRIV_ADDR[6]), dst=REALS6[0], nh=41)
+    before = decap.counters(b)
+    for outer, inner in ((outer4, _inner(VIP)), (outer6, _inner(VIP6))):
+        rc, out, _ = prog_test_run(fn.fd, bytes(Ether(**TO_REAL) / outer / inner))
+        assert rc == XDP_PASS and out == bytes(Ether(**TO_REAL) / inner)
+    elsewhere = [(outer4, _inner(REALS[0])), (outer4, _inner("198.18.7.7")), (outer4, _inner("127.0.0.1")),
+                 (outer6, _inner(REALS6[0])), (outer6, _inner("2001:2:0:7::7")),
+                 (outer4, _inner("198.18.0.41", dport=53, proto="udp"))]       # a neighbour of the VIP
+    for outer, inner in elsewhere:
+        pkt = bytes(Ether(**TO_REAL) / outer / inner)
+        rc, out, _ = prog_test_run(fn.fd, pkt)
+        assert (rc, out) == (XDP_DROP, pkt), inner.dst
+    after = decap.counters(b)
+    assert after["not_to_a_vip"] == before["not_to_a_vip"] + len(elsewhere)
+    assert after["decapsulated"] == before["decapsulated"] + 2
+    # an inner header too short to say where it goes: dropped as a bad inner header
+    short = bytes(Ether(**TO_REAL) / outer4) + bytes(_inner(VIP))[:19]
+    assert prog_test_run(fn.fd, short)[0] == XDP_DROP
+    assert decap.counters(b)["bad_inner_header"] == after["bad_inner_header"] + 1
+    # lb decap without --vip: any inner destination, as before
+    any_b, any_fn = decapper
+    inner = _inner("198.18.7.7")
+    rc, out, _ = prog_test_run(any_fn.fd, bytes(Ether(**TO_REAL) / outer4 / inner))
+    assert rc == XDP_PASS and out == bytes(Ether(**TO_REAL) / inner)

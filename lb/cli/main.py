@@ -1045,12 +1045,13 @@ def cmd_decap_attach(args) -> int:
     from lb.dataplane import decap
 
     try:
-        mode, addrs = decap.attach(args.dev, args.address, args.mode, args.sources)
+        mode, addrs = decap.attach(args.dev, args.address, args.mode, args.sources, args.vips)
     except decap.DecapError as e:
         print(f"lb: decap: {e}", file=sys.stderr)
         return 1
     print(f"decap attached to {args.dev} ({mode} mode) for {', '.join(map(str, addrs))} "
-          f"from {', '.join(map(str, args.sources))}")
+          f"from {', '.join(map(str, args.sources))}, to "
+          f"{', '.join(map(str, dict.fromkeys(args.vips))) or 'any address (no --vip)'}")
     return 0
 
 
@@ -1225,6 +1226,10 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--from", dest="sources", action="append", required=True, type=_ip_arg, metavar="ADDR",
                    help="a director's address, the tunnels' outer source (repeatable, IPv4 and IPv6; "
                         "tunnels from any other source are dropped)")
+    d.add_argument("--vip", dest="vips", action="append", default=[], type=_ip_arg, metavar="ADDR",
+                   help="a VIP of this real server: only inner packets to one are let in (repeatable; "
+                        "without it, to any address -- a forged director source could then relay "
+                        "packets to any address through this host)")
     d.add_argument("--mode", choices=["native", "generic"], default="native")
     d.set_defaults(func=cmd_decap_attach)
     d = dsub.add_parser("detach", help="remove the decap program from DEV")

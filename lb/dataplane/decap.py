@@ -2,13 +2,17 @@
 it to DEV, so that the packets the director sends inside IPIP / IPv6-in-IPv6 reach the real
 server's stack as the client sent them (the kernel's ipip module would do the same; this kernel
 has none).  Only tunnels from the directors' addresses (`--from`, each director's source toward
-the real server) are taken off; any other tunnel to us is dropped and counted.  The program
-stays attached after the command exits; `lb decap detach DEV` removes it.
+the real server) are taken off; any other tunnel to us is dropped and counted.  With `--vip`
+(`lb realserver setup` gives its VIPs), only an inner packet to one of those VIPs is let in: a
+director tunnels nothing else, and a forged director source could otherwise hand the stack a
+packet to any address (the server's other addresses, or with ip_forward on, any host behind it:
+the real server as a relay past the network's filters); dropped, counted.  The program stays
+attached after the command exits; `lb decap detach DEV` removes it.
 
 A real server needs no compiler, no kernel headers and no bcc for it: the package ships
 lb_decap's compiled instructions (lb/dataplane/objects/lb_decap.json, a bpfobj.Object), loaded
 with bpf(2).  They do not depend on the kernel's headers: the program reads only packet bytes
-(the UAPI Ethernet/IP/IPv6 headers, fixed by the wire) and its own three maps, and calls only
+(the UAPI Ethernet/IP/IPv6 headers, fixed by the wire) and its own four maps, and calls only
 helpers whose numbers the kernel never changes.  `python -m lb.dataplane.decap --build`
 compiles it again with bcc; tests/test_service.py holds the shipped file to a fresh compile.
 """
@@ -61,8 +65,12 @@ def _key(addr) -> bytes:
     return addr.packed.ljust(16, b"\0") + bytes([4 if addr.version == 4 else 6, 0, 0, 0])
 
 
+ANY_KEY = bytes(20)          # lb_decap_vip's key of family 0: an inner packet to any address
+ANY = "any"                  # attached_vips' word for it
+
 # lb_decap_count: what each index counts
-COUNTERS = ("decapsulated", "not_for_us", "not_from_a_director", "bad_inner_header", "ce_not_ect")
+COUNTERS = ("decapsulated", "not_for_us", "not_from_a_director", "bad_inner_header", "ce_not_ect",
+            "not_to_a_vip")
 
 
 def compile_object() -> bpfobj.Object:
@@ -74,10 +82,11 @@ def shipped_object() -> bpfobj.Object:
     return bpfobj.Object.from_json(SHIPPED.read_text())
 
 
-def load(addresses, sources) -> tuple[bpfobj.Loaded, bpfobj.Prog]:
+def load(addresses, sources, vips=()) -> tuple[bpfobj.Loaded, bpfobj.Prog]:
     """The decap program, loaded from the shipped instructions, decapsulating tunnels to
-    `addresses` from `sources` (the directors): (the loaded object -- close() it to drop this
-    process's references --, the program)."""
+    `addresses` from `sources` (the directors) whose inner packet is to one of `vips` (none:
+    any address): (the loaded object -- close() it to drop this process's references --, the
+    program)."""
     try:
         obj = shipped_object()
     except (OSError, ValueError) as e:
@@ -95,6 +104,9 @@ def load(addresses, sources) -> tuple[bpfobj.Loaded, bpfobj.Prog]:
         table = BpfMap(loaded.map_fds[name], name, owned=False)
         for a in addrs:
             table.set(_key(a), (1).to_bytes(4, sys.byteorder))
+    table = BpfMap(loaded.map_fds["lb_decap_vip"], "lb_decap_vip", owned=False)
+    for key in [_key(v) for v in vips] or [ANY_KEY]:
+        table.set(key, (1).to_bytes(4, sys.byteorder))
     return loaded, loaded.progs[PROGRAM]
 
 
@@ -105,11 +117,12 @@ def counters(loaded: bpfobj.Loaded) -> dict[str, int]:
             for i, name in enumerate(COUNTERS)}
 
 
-def attach(ifname: str, addresses=(), mode: str = "native", sources=()) -> tuple[str, list]:
+def attach(ifname: str, addresses=(), mode: str = "native", sources=(), vips=()) -> tuple[str, list]:
     """Load and attach; returns (mode used, the addresses it decapsulates for).  The attachment
     outlives this process (the kernel holds the program).  `sources`: the directors' addresses,
-    the only tunnel sources accepted (at least one)."""
-    sources = list(sources)
+    the only tunnel sources accepted (at least one); `vips`: the only inner destinations let in
+    (none: any)."""
+    sources, vips = list(sources), list(dict.fromkeys(vips))
     if not sources:
         raise DecapError("give the directors' addresses with --from ADDR (tunnels from any other "
                          "source are dropped)")
@@ -120,9 +133,9 @@ def attach(ifname: str, addresses=(), mode: str = "native", sources=()) -> tuple
     addrs = list(addresses) or local_addresses(ifname)
     if not addrs:
         raise DecapError(f"{ifname} has no address to receive tunnels on: give --address")
-    if len(addrs) > 64 or len(sources) > 64:
-        raise DecapError("at most 64 --address and 64 --from addresses")
-    loaded, fn = load(addrs, sources)
+    if len(addrs) > 64 or len(sources) > 64 or len(vips) > 256:
+        raise DecapError("at most 64 --address, 64 --from and 256 --vip addresses")
+    loaded, fn = load(addrs, sources, vips)
     try:
         # in place of an earlier lb decap (new addresses), else only where none is attached
         name, _flags = attach_xdp(ifname, fn, mode, only_if_none=prog is None)
@@ -130,8 +143,8 @@ def attach(ifname: str, addresses=(), mode: str = "native", sources=()) -> tuple
         raise DecapError(f"the decap program: {e}") from None
     finally:
         loaded.close()             # attached, the kernel holds the program and its maps
-    log.info("attached decap to %s (%s mode) for %s from %s", ifname, name, ", ".join(map(str, addrs)),
-             ", ".join(map(str, sources)))
+    log.info("attached decap to %s (%s mode) for %s from %s, to %s", ifname, name, ", ".join(map(str, addrs)),
+             ", ".join(map(str, sources)), ", ".join(map(str, vips)) or "any address")
     return name, addrs
 
 
@@ -160,9 +173,9 @@ def _address(key: bytes):
     return ipaddress.ip_address(key[:4] if key[16] == 4 else key[:16])
 
 
-def attached_sources(ifname: str) -> set | None:
-    """The directors' addresses (--from) the lb decap on ifname accepts tunnels from; None when
-    ifname runs no lb decap.  DecapError as attached(), or when its map cannot be read."""
+def _attached_keys(ifname: str, name: str, what: str) -> set | None:
+    """The keys of the map `name` of the lb decap on ifname; None when ifname runs no lb decap,
+    KeyError when its program has no such map (an older lb's)."""
     from .bpfsys import map_fd_by_id, map_info, prog_map_ids
 
     if attached(ifname) != PROGRAM:
@@ -171,14 +184,34 @@ def attached_sources(ifname: str) -> set | None:
         for map_id in prog_map_ids(attached_prog_id(ifname)):
             fd = map_fd_by_id(map_id)
             try:
-                if map_info(fd).name == b"lb_decap_src":
-                    table = BpfMap(fd, "lb_decap_src", owned=False)
-                    return {_address(k) for k, _v in table.items()}
+                if map_info(fd).name == name.encode():
+                    return {k for k, _v in BpfMap(fd, name, owned=False).items()}
             finally:
                 os.close(fd)
     except OSError as e:
-        raise DecapError(f"{ifname}'s lb decap: reading its --from addresses: {e.strerror or e}") from None
-    raise DecapError(f"{ifname}'s lb decap has no lb_decap_src map: detach it and attach it again")
+        raise DecapError(f"{ifname}'s lb decap: reading its {what}: {e.strerror or e}") from None
+    raise KeyError(name)
+
+
+def attached_sources(ifname: str) -> set | None:
+    """The directors' addresses (--from) the lb decap on ifname accepts tunnels from; None when
+    ifname runs no lb decap.  DecapError as attached(), or when its map cannot be read."""
+    try:
+        keys = _attached_keys(ifname, "lb_decap_src", "--from addresses")
+    except KeyError:
+        raise DecapError(f"{ifname}'s lb decap has no lb_decap_src map: detach it and attach it again") from None
+    return None if keys is None else {_address(k) for k in keys}
+
+
+def attached_vips(ifname: str) -> set | None:
+    """The VIPs (--vip) the lb decap on ifname lets inner packets in to, ANY among them when it
+    lets in any address (no --vip, or an lb decap of before --vip); None when ifname runs no lb
+    decap.  DecapError as attached()."""
+    try:
+        keys = _attached_keys(ifname, "lb_decap_vip", "--vip addresses")
+    except KeyError:
+        return {ANY}
+    return None if keys is None else {ANY if k == ANY_KEY else _address(k) for k in keys}
 
 
 def detach(ifname: str) -> bool:
