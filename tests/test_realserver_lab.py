@@ -159,8 +159,8 @@ def test_tunneling_with_decap(lab, lb_runner, tmp_path):
         assert p.returncode == 1
         missing = [ln for ln in p.stdout.splitlines() if ln.startswith("  missing")]
         assert [m.split(":")[0] for m in missing] == [
-            f"  missing  {VIP}/32 on lo", "  missing  lb decap on eth0", "  missing  rp_filter not strict on eth0 (now 1)"]
-        assert "           fix: lb decap attach eth0 --from DIRECTOR" in p.stdout.splitlines()
+            f"  missing  {VIP}/32 on lo", f"  missing  lb decap on eth0 to {VIP}", "  missing  rp_filter not strict on eth0 (now 1)"]
+        assert f"           fix: lb decap attach eth0 --from DIRECTOR --vip {VIP}" in p.stdout.splitlines()
         p = realserver(lab, "rs1", "setup", "--mode", "tunnel", VIP)       # decap needs the directors
         assert p.returncode == 1 and "give the directors' addresses with --from" in p.stderr, p.stdout + p.stderr
         p = realserver(lab, "rs1", "setup", "--mode", "tunnel", "--from", lab.topology.DIRECTOR_PRIV, VIP)
@@ -175,7 +175,7 @@ def test_tunneling_with_decap(lab, lb_runner, tmp_path):
         assert p.returncode == 0 and "  lb decap detached from eth0" in p.stdout.splitlines()
         assert sysctl(lab, "rs1", "all", "rp_filter") == 1
         p = realserver(lab, "rs1", "check", "--mode", "tunnel", VIP)
-        assert p.returncode == 1 and "  missing  lb decap on eth0: " in p.stdout
+        assert p.returncode == 1 and f"  missing  lb decap on eth0 to {VIP}: " in p.stdout
     finally:
         realserver(lab, "rs1", "setup", "--undo", "--mode", "tunnel", VIP)
         sysctl(lab, "rs1", "all", "rp_filter", rp)
