@@ -55,7 +55,7 @@ class Dataplane(abc.ABC):
         """The XDP programs this instance has attached (attach.HeldProgram each: interface and
         index, program name and id, flags), which a stop that keeps the data plane leaves
         behind: the engine records them (lb/held.py) so that the next start can detach those its
-        configuration no longer names.  None for a backend without programs."""
+        configuration no longer names.  [] for a backend without programs."""
         return []
 
     def held_sync(self) -> list[tuple[str, str, int]]:
