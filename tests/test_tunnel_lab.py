@@ -5,6 +5,7 @@ nothing: that proves the packets really travel encapsulated."""
 from __future__ import annotations
 
 import shutil
+import sys
 import subprocess
 from pathlib import Path
 
@@ -22,9 +23,12 @@ REALS = {"rs1": "198.18.1.11", "rs2": "198.18.1.12", "rs3": "198.18.1.13"}
 def director(lab, lb_module_runner, tmp_path_factory):
     config = tmp_path_factory.mktemp("config") / "lab-tunnel.toml"
     shutil.copyfile(REPO / "configs" / "lab-tunnel.toml", config)
-    for rs in REALS:          # the lab attached the decap program (XDP on eth0)
+    for rs in REALS:          # the lab attached the decap program (XDP on eth0), to its VIPs only
         p = lab.run(rs, ["ip", "-d", "link", "show", "dev", "eth0"], timeout=10)
         assert "prog/xdp" in p.stdout, p.stdout
+        p = lab.run(rs, [sys.executable, "-c", "from lb.dataplane import decap; "
+                         "print(sorted(map(str, decap.attached_vips('eth0'))))"], timeout=30)
+        assert p.stdout.strip() == str(sorted([VIP, "2001:2::10"])), p.stdout + p.stderr
     return lb_module_runner.start(config)
 
 
@@ -66,7 +70,8 @@ def test_without_decap_a_real_server_gets_nothing(lab, director):
         assert ok == ["rs1", "rs3"] and sum(r.returncode != 0 for r in results) == 1
     finally:
         p = lab.run("rs2", [LB, "decap", "attach", "eth0",
-                            *[a for src in lab.topology.decap_sources() for a in ("--from", src)]],
+                            *[a for src in lab.topology.decap_sources() for a in ("--from", src)],
+                            *[a for vip in lab.topology.decap_vips() for a in ("--vip", vip)]],
                     check=False, timeout=60)
         assert p.returncode == 0, p.stderr
         assert "decap attached to eth0" in p.stdout and REALS["rs2"] in p.stdout

@@ -632,15 +632,25 @@ def decap_sources(scale_out: int = 0) -> list[str]:
     return [DIRECTOR_PRIV, DIRECTOR2_PRIV, DIRECTOR_PRIV6, DIRECTOR2_PRIV6]
 
 
+def decap_vips(scale_out: int = 0) -> list[str]:
+    """The inner destinations the real servers let in: the VIPs they hold on lo."""
+    if scale_out:
+        from . import scaleout
+
+        return list(scaleout.VIPS)
+    return [VIP, VIP6]
+
+
 def _attach_decap(network: str, scale_out: int = 0) -> None:
     """tunnel: the real servers take the director's IPIP header off with lb's XDP decap program
     (this kernel has no ipip module), accepting tunnels from the directors' private addresses
-    only; it goes with their namespaces at down()."""
+    only, to the VIPs they hold; it goes with their namespaces at down()."""
     if network != "tunnel":
         return
     sources = [a for src in decap_sources(scale_out) for a in ("--from", src)]
+    vips = [a for vip in decap_vips(scale_out) for a in ("--vip", vip)]
     for rs in REALS:
-        run(rs, [sys.executable, "-m", "lb.cli.main", "decap", "attach", "eth0", *sources], timeout=120)
+        run(rs, [sys.executable, "-m", "lb.cli.main", "decap", "attach", "eth0", *sources, *vips], timeout=120)
 
 
 def _write_state(network: str, complete: bool = True, scale_out: int = 0) -> None:
