@@ -444,6 +444,7 @@ class Engine:
         self._housekeeping_log = RateLimitedLog(log, 60.0)   # by step: a failing one is retried each turn
         self.housekeeping_errors: dict[str, int] = {}       # the run loop's steps that failed, by step
         self.on_sorry: set[tuple] = set()            # keys of the services sent to their sorry server
+        self._applied_table: TableSpec | None = None  # the last table the data plane took
         # HA (lb.ha.pulse): without an [ha] table the one director is always active
         self.pulse = None
         self.active = cfg.ha is None
@@ -604,6 +605,7 @@ class Engine:
         if not planned:
             self.dp.plan(table)
         self.dp.apply(table)
+        self._applied_table = table
         if sorry is not None:
             self._sorry_switch(cfg, sorry)
         usable = {s.key: {r.key for r in s.reals if r.weight > 0} for s in table.services}
@@ -1032,9 +1034,63 @@ class Engine:
             self._wake.set()
 
     def apply_health(self) -> None:
+        """The table for the current health, load weights and overrides.  When the data plane
+        cannot hold it (TableDoesNotFit: a sorry server taking over while every server of a full
+        pool drains, say), the services whose change fits are applied and those whose change does
+        not keep what was applied last: TableDoesNotFit then names them, and the run loop tries
+        them again at its next turns.  (All or nothing, one service's verdict that did not fit
+        kept every other real server's health, weight and override out of the table.)"""
         sorry: set[tuple] = set()
         with self._dp_lock:
-            self._apply(self._table(self.cfg, sorry), self.cfg, sorry=sorry)
+            table = self._table(self.cfg, sorry)
+            try:
+                self.dp.plan(table)
+            except TableDoesNotFit as e:
+                table, sorry, held = self._fitting_part(table, sorry, e)
+                self._apply(table, self.cfg, planned=True, sorry=sorry)
+                lines = "".join(f"\n  {p}" for p in str(e).splitlines())
+                raise TableDoesNotFit(f"the change of virtual service(s) {', '.join(held)} does not fit the "
+                                      f"data plane and waits (the other services' changes are applied):"
+                                      f"{lines}") from None
+            self._apply(table, self.cfg, planned=True, sorry=sorry)
+
+    def _fitting_part(self, table: TableSpec, sorry: set, err: TableDoesNotFit) -> tuple[TableSpec, set, list]:
+        """``table`` with the services whose change since the last applied table does not fit put
+        back as they were applied: (that table, its sorry set, the names of those held back).
+        Raises ``err`` when nothing of the change fits."""
+        last = self._applied_table
+        if last is None:
+            raise err
+        old = {s.key: s for s in last.services}
+        new = list(table.services)
+        changed = [i for i, s in enumerate(new) if s.key in old and old[s.key] != s]
+        if not changed:
+            raise err
+        mixed = [old[s.key] if i in changed else s for i, s in enumerate(new)]
+
+        def fits(services) -> bool:
+            try:
+                self.dp.plan(dataclasses.replace(table, services=tuple(services)))
+            except TableDoesNotFit:
+                return False
+            return True
+
+        if not fits(mixed):
+            raise err
+        taken = []
+        for i in changed:
+            trial = list(mixed)
+            trial[i] = new[i]
+            if fits(trial):
+                mixed, taken = trial, taken + [i]
+        if not taken:
+            raise err
+        held = [i for i in changed if i not in taken]
+        vs_key = {s.key: ("fwm", s.fwmark, 0) if s.fwmark else s.key for s in new}
+        held_keys = {vs_key[new[i].key] for i in held}
+        sorry = {k for k in sorry if k not in held_keys} | (self.on_sorry & held_keys)
+        return (dataclasses.replace(table, services=tuple(mixed)), sorry,
+                [new[i].name or str(new[i].key) for i in held])
 
     # ---- the operator's weight overrides (`lb weight`, `lb quiesce`, `lb activate`) ----
     def set_override(self, service, server, weight) -> str:

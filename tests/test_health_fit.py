@@ -1,0 +1,75 @@
+"""A health verdict the data plane cannot hold keeps no other service's verdicts out of the table.
+
+web has a sorry server, quiesces its dead servers and has tables.reals_per_service (4) real
+servers, each holding a connection.  The last of them dying sends web to its sorry server while
+the four drain at weight 0: five slots, which the table does not have.  That verdict cannot be
+refused (the server is dead), and the whole table was applied or nothing: every later health
+change -- cache's server dying -- failed with it, at every turn of the loop, and cache's dead
+server kept taking new connections until one of web's came back.  Now the services whose change
+fits are applied; web's waits (TableDoesNotFit names it) and is applied once it fits.  On a
+loaded XDP data plane (fake next hops) with a fake address layer."""
+from __future__ import annotations
+
+import pytest
+
+from lb import config as lbconfig
+from lb.dataplane.errors import TableDoesNotFit
+from lb.dataplane.xdp import Sizes
+from lb.engine import Engine, real_key
+from lb.ha import addresses
+from packets_util import connect, lb_list, loaded_dataplane
+from test_reload_rollback import PER_SERVICE, fake_addresses, write  # noqa: F401  (fixture)
+
+
+def _key(eng, service, last_octet):
+    vs = next(v for v in eng.cfg.virtual_servers if v.name == service)
+    return real_key(vs, next(rs for rs in vs.real_servers if str(rs.address) == f"198.18.1.{last_octet}"))
+
+
+def _rows(listing: str) -> dict:
+    """{real server address: weight} of `lb list -n`'s real server lines."""
+    out = {}
+    for ln in listing.splitlines():
+        parts = ln.split()
+        if len(parts) > 3 and parts[0] == "->" and parts[1][0].isdigit():
+            out[parts[1].rsplit(":", 1)[0]] = int(parts[3])
+    return out
+
+
+def test_a_health_verdict_that_does_not_fit_holds_back_only_its_own_service(tmp_path, fake_addresses):
+    with loaded_dataplane("hfit", Sizes(16, 64, PER_SERVICE, 4096)) as dp:
+        path = write(tmp_path / "lb.toml", dp.instance)
+        text = path.read_text().replace('scheduler = "rr"', 'scheduler = "rr"\nsorry_server = "198.18.1.99"')
+        path.write_text(text.replace('kind = "none"', 'kind = "none"\n  quiesce = true', 1))
+        eng = Engine(lbconfig.load(path))
+        eng.dp.close()
+        eng.dp = dp
+        eng.owned = addresses.wanted_addresses(eng.cfg)
+        addresses.take(eng.owned)
+        eng.apply_health()
+        assert sorted(connect(dp, sport=40000 + i) for i in range(4)) == [f"198.18.1.{n}" for n in (11, 12, 13, 14)]
+        for n in (11, 12, 13):
+            eng._health_changed(_key(eng, "web", n), False, "connection refused")
+        eng.apply_health()
+        assert {a: w for a, w in _rows(lb_list(dp)).items() if a.endswith((".11", ".12", ".13", ".14"))} == \
+            {"198.18.1.11": 0, "198.18.1.12": 0, "198.18.1.13": 0, "198.18.1.14": 1}
+
+        # web's last server dies: sorry server + 4 draining > 4 slots
+        eng._health_changed(_key(eng, "web", 14), False, "connection refused")
+        with pytest.raises(TableDoesNotFit):
+            eng.apply_health()
+        # ... and then cache's 198.18.1.21: applied all the same
+        eng._health_changed(_key(eng, "cache", 21), False, "connection refused")
+        with pytest.raises(TableDoesNotFit) as err:
+            eng.apply_health()
+        assert "web" in str(err.value) and "tables.reals_per_service = 4" in str(err.value)
+        rows = _rows(lb_list(dp))
+        assert "198.18.1.21" not in rows and rows["198.18.1.22"] == 1, lb_list(dp)
+        assert rows["198.18.1.14"] == 1 and "198.18.1.99" not in rows    # web: as it was
+        assert eng.on_sorry == set()
+
+        # web's change fits once a server of it is back: applied, with cache's state kept
+        eng._health_changed(_key(eng, "web", 11), True, "connected")
+        eng.apply_health()
+        rows = _rows(lb_list(dp))
+        assert rows["198.18.1.11"] == 1 and rows["198.18.1.14"] == 0 and "198.18.1.21" not in rows, lb_list(dp)
