@@ -273,3 +273,29 @@ def test_load_program_runs_as_script_user_with_a_minimal_environment(monkeypatch
     assert lines[:2] == [str(nobody.pw_uid), str(nobody.pw_gid)], out
     env = dict(line.split("=", 1) for line in lines[2:] if "=" in line)
     assert (env.get("LB_HOST"), env.get("LB_PORT")) == (HOST, "8080") and "LB_SECRET_OF_THE_DAEMON" not in env, out
+
+
+def test_an_agents_escape_sequences_reach_lb_status_escaped():
+    """A real server's agent answering its weight with terminal escape sequences (clear the
+    screen, set the window title): `lb status` printed them raw to the operator's terminal
+    (the load monitor's detail); now they are written escaped, and the weight is still set."""
+    reply = b"weight 3 \x1b]0;owned\x07\x1b[2J\xc2\x9b31m\r\n"     # \xc2\x9b: U+009B, the C1 CSI
+
+    async def main():
+        async def agent(reader, writer):
+            writer.write(reply)
+            await writer.drain()
+            writer.close()
+        server = await asyncio.start_server(agent, HOST, 0)
+        port = server.sockets[0].getsockname()[1]
+        seen = []
+        task = LoadMonitorTask("k", LoadSpec("agent", HOST, port), 1.0, 4, 1, lambda k, w, d: seen.append((w, d)))
+        await task.poll()
+        server.close()
+        await server.wait_closed()
+        return task, seen
+
+    task, seen = asyncio.run(asyncio.wait_for(main(), 10))
+    assert seen == [(3, task.detail)] and task.ok is True
+    assert task.detail == "weight 3 \\x1b]0;owned\\x07\\x1b[2J\\x9b31m", task.detail
+    assert all(c.isprintable() for c in task.detail)

@@ -15,9 +15,10 @@ The reply sets the real server's weight within [min_weight, its configured weigh
 * ``weight 3``    -> 3
 * ``load 0.7``, or uptime's / rup's ``load average: 0.70, 0.50, 0.40`` -> configured / (1 + load)
 
-Words HAProxy agents add (``up``, ``ready``...) are ignored.  A reply that cannot be read, an
-agent that does not answer or a program that fails keeps the last weight: deciding that a server
-is dead is the health monitors' job.  So does a number that is not one (``load nan``, ``inf``).
+Words HAProxy agents add (``up``, ``ready``...) are ignored.  The reply's first line is kept as
+the monitor's detail (``lb status``), its unprintable characters escaped (``\\x1b``).  A reply
+that cannot be read, an agent that does not answer or a program that fails keeps the last
+weight: deciding that a server is dead is the health monitors' job.  So does a number that is not one (``load nan``, ``inf``).
 
 ``LoadMonitorTask.start`` runs it under lb.tasks.supervise: whatever escapes a poll is logged
 with the real server's key and the task restarts (it cannot silently stop asking).
@@ -171,7 +172,10 @@ class LoadMonitorTask:
             why = "connection refused" if isinstance(e, ConnectionRefusedError) else str(e) or type(e).__name__
             self.ok, self.detail = False, f"{why}; weight kept"
         else:
-            self.ok, self.detail = True, text.strip().splitlines()[0][:120] if text.strip() else ""
+            # the agent's words, as `lb status` prints them to the operator's terminal: what is not
+            # printable (an escape sequence that would clear it or retitle it) is written escaped
+            line = text.strip().splitlines()[0][:120] if text.strip() else ""
+            self.ok, self.detail = True, "".join(c if c.isprintable() else repr(c)[1:-1] for c in line)
             if weight != self.weight:
                 self.weight = weight
                 if self.on_weight is not None:
