@@ -1047,17 +1047,22 @@ class Engine:
                 self.dp.plan(table)
             except TableDoesNotFit as e:
                 table, sorry, held = self._fitting_part(table, sorry, e)
-                self._apply(table, self.cfg, planned=True, sorry=sorry)
+                if table is not None:
+                    self._apply(table, self.cfg, planned=True, sorry=sorry)
+                if not held:             # (the data plane's state moved between the plans)
+                    return
                 lines = "".join(f"\n  {p}" for p in str(e).splitlines())
                 raise TableDoesNotFit(f"the change of virtual service(s) {', '.join(held)} does not fit the "
                                       f"data plane and waits (the other services' changes are applied):"
                                       f"{lines}") from None
             self._apply(table, self.cfg, planned=True, sorry=sorry)
 
-    def _fitting_part(self, table: TableSpec, sorry: set, err: TableDoesNotFit) -> tuple[TableSpec, set, list]:
+    def _fitting_part(self, table: TableSpec, sorry: set,
+                      err: TableDoesNotFit) -> tuple[TableSpec | None, set, list]:
         """``table`` with the services whose change since the last applied table does not fit put
-        back as they were applied: (that table, its sorry set, the names of those held back).
-        Raises ``err`` when nothing of the change fits."""
+        back as they were applied: (that table -- None when no change fits, nothing to apply
+        then --, its sorry set, the names of those held back).  Raises ``err`` when the table
+        as last applied does not fit either, or no service changed."""
         last = self._applied_table
         if last is None:
             raise err
@@ -1083,14 +1088,14 @@ class Engine:
             trial[i] = new[i]
             if fits(trial):
                 mixed, taken = trial, taken + [i]
-        if not taken:
-            raise err
         held = [i for i in changed if i not in taken]
+        names = [new[i].name or str(new[i].key) for i in held]
+        if not taken:
+            return None, sorry, names
         vs_key = {s.key: ("fwm", s.fwmark, 0) if s.fwmark else s.key for s in new}
         held_keys = {vs_key[new[i].key] for i in held}
         sorry = {k for k in sorry if k not in held_keys} | (self.on_sorry & held_keys)
-        return (dataclasses.replace(table, services=tuple(mixed)), sorry,
-                [new[i].name or str(new[i].key) for i in held])
+        return dataclasses.replace(table, services=tuple(mixed)), sorry, names
 
     # ---- the operator's weight overrides (`lb weight`, `lb quiesce`, `lb activate`) ----
     def set_override(self, service, server, weight) -> str:

@@ -67,6 +67,11 @@ def test_a_health_verdict_that_does_not_fit_holds_back_only_its_own_service(tmp_
         assert "198.18.1.21" not in rows and rows["198.18.1.22"] == 1, lb_list(dp)
         assert rows["198.18.1.14"] == 1 and "198.18.1.99" not in rows    # web: as it was
         assert eng.on_sorry == set()
+        # the run loop's next turns: nothing new fits, nothing is written, web is still named
+        writes = dp.txn.writes
+        with pytest.raises(TableDoesNotFit, match="virtual service.s. web does not fit"):
+            eng.apply_health()
+        assert dp.txn.writes == writes and _rows(lb_list(dp)) == rows
 
         # web's change fits once a server of it is back: applied, with cache's state kept
         eng._health_changed(_key(eng, "web", 11), True, "connected")
