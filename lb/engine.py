@@ -894,9 +894,16 @@ class Engine:
         want = addresses.wanted_addresses(new)
         sorry: set[tuple] = set()
         table = self._table(new, sorry)
+        held: list[str] = []
         with self._dp_lock:
             try:
-                self.dp.plan(table)
+                try:
+                    self.dp.plan(table)
+                except TableDoesNotFit as e:
+                    # a health, weight or override change waiting since it does not fit
+                    # (apply_health), of a service this reload leaves as it runs, keeps waiting:
+                    # it does not refuse the reload.  The reload's own changes must fit.
+                    table, sorry, held, _ = self._fitting_part(table, sorry, e, only=self._same_services(new))
                 addresses.check(want)
             except TableDoesNotFit as e:
                 lines = "".join(f"\n  {p}" for p in str(e).splitlines())
@@ -949,7 +956,13 @@ class Engine:
                 log.error("HA: the lease's addresses after the reload: %s", e)
         self._write_held()
         keys_changed = self.pulse.set_keys(keys) if keys is not None else None
-        return f"reloaded {path}" + (f"; {keys_changed}" if keys_changed else "")
+        waits = ""
+        if held:
+            self._dirty = True           # the run loop tries them again at its next turns
+            waits = (f"; the health, weight or override change of virtual service(s) {', '.join(held)} "
+                     f"still does not fit the data plane and waits")
+            log.warning("reload: %s", waits[2:])
+        return f"reloaded {path}" + (f"; {keys_changed}" if keys_changed else "") + waits
 
     # ---- health (nanny) ----
     def sync_monitors(self) -> None:
@@ -1046,8 +1059,8 @@ class Engine:
             try:
                 self.dp.plan(table)
             except TableDoesNotFit as e:
-                table, sorry, held = self._fitting_part(table, sorry, e)
-                if table is not None:
+                table, sorry, held, taken = self._fitting_part(table, sorry, e)
+                if taken:
                     self._apply(table, self.cfg, planned=True, sorry=sorry)
                 if not held:             # (the data plane's state moved between the plans)
                     return
@@ -1057,18 +1070,20 @@ class Engine:
                                       f"{lines}") from None
             self._apply(table, self.cfg, planned=True, sorry=sorry)
 
-    def _fitting_part(self, table: TableSpec, sorry: set,
-                      err: TableDoesNotFit) -> tuple[TableSpec | None, set, list]:
+    def _fitting_part(self, table: TableSpec, sorry: set, err: TableDoesNotFit,
+                      only: set | None = None) -> tuple[TableSpec, set, list, bool]:
         """``table`` with the services whose change since the last applied table does not fit put
-        back as they were applied: (that table -- None when no change fits, nothing to apply
-        then --, its sorry set, the names of those held back).  Raises ``err`` when the table
-        as last applied does not fit either, or no service changed."""
+        back as they were applied (``only``: of those services (ServiceSpec keys) only; the
+        others' changes must fit): (that table, its sorry set, the names of those held back,
+        whether any of those changes was taken).  Raises ``err`` when that table does not fit
+        either, or no such service changed."""
         last = self._applied_table
         if last is None:
             raise err
         old = {s.key: s for s in last.services}
         new = list(table.services)
-        changed = [i for i, s in enumerate(new) if s.key in old and old[s.key] != s]
+        changed = [i for i, s in enumerate(new) if s.key in old and old[s.key] != s
+                   and (only is None or s.key in only)]
         if not changed:
             raise err
         mixed = [old[s.key] if i in changed else s for i, s in enumerate(new)]
@@ -1089,13 +1104,22 @@ class Engine:
             if fits(trial):
                 mixed, taken = trial, taken + [i]
         held = [i for i in changed if i not in taken]
-        names = [new[i].name or str(new[i].key) for i in held]
-        if not taken:
-            return None, sorry, names
         vs_key = {s.key: ("fwm", s.fwmark, 0) if s.fwmark else s.key for s in new}
         held_keys = {vs_key[new[i].key] for i in held}
         sorry = {k for k in sorry if k not in held_keys} | (self.on_sorry & held_keys)
-        return dataclasses.replace(table, services=tuple(mixed)), sorry, names
+        return (dataclasses.replace(table, services=tuple(mixed)), sorry,
+                [new[i].name or str(new[i].key) for i in held], bool(taken))
+
+    def _same_services(self, new) -> set:
+        """The ServiceSpec keys of the services ``new`` (a reloaded config) leaves as they run:
+        what differs in their specs is their real servers' health, weights and overrides."""
+        if FORWARD_OF_NETWORK[new.network] != FORWARD_OF_NETWORK[self.cfg.network] or \
+                (new.bgp is not None and new.bgp.active_active) != \
+                (self.cfg.bgp is not None and self.cfg.bgp.active_active):
+            return set()
+        running = {vs.key: vs for vs in self.cfg.virtual_servers}
+        return {("fwmark", vs.fwmark) if vs.fwmark else vs.key for vs in new.virtual_servers
+                if running.get(vs.key) == vs}
 
     # ---- the operator's weight overrides (`lb weight`, `lb quiesce`, `lb activate`) ----
     def set_override(self, service, server, weight) -> str:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import pytest
 
 from lb import config as lbconfig
+from lb import engine as lbengine
 from lb.dataplane.errors import TableDoesNotFit
 from lb.dataplane.xdp import Sizes
 from lb.engine import Engine, real_key
@@ -36,11 +37,18 @@ def _rows(listing: str) -> dict:
     return out
 
 
-def test_a_health_verdict_that_does_not_fit_holds_back_only_its_own_service(tmp_path, fake_addresses):
+def _write(path, instance, **kw):
+    """test_reload_rollback's config; web with a sorry server, quiescing its dead servers."""
+    text = write(path, instance, **kw).read_text()
+    text = text.replace('scheduler = "rr"', 'scheduler = "rr"\nsorry_server = "198.18.1.99"')
+    path.write_text(text.replace('kind = "none"', 'kind = "none"\n  quiesce = true', 1))
+    return path
+
+
+def test_a_health_verdict_that_does_not_fit_holds_back_only_its_own_service(tmp_path, fake_addresses, monkeypatch):
+    monkeypatch.setattr(lbengine, "RUN_DIR", str(tmp_path))
     with loaded_dataplane("hfit", Sizes(16, 64, PER_SERVICE, 4096)) as dp:
-        path = write(tmp_path / "lb.toml", dp.instance)
-        text = path.read_text().replace('scheduler = "rr"', 'scheduler = "rr"\nsorry_server = "198.18.1.99"')
-        path.write_text(text.replace('kind = "none"', 'kind = "none"\n  quiesce = true', 1))
+        path = _write(tmp_path / "lb.toml", dp.instance)
         eng = Engine(lbconfig.load(path))
         eng.dp.close()
         eng.dp = dp
@@ -72,6 +80,22 @@ def test_a_health_verdict_that_does_not_fit_holds_back_only_its_own_service(tmp_
         with pytest.raises(TableDoesNotFit, match="virtual service.s. web does not fit"):
             eng.apply_health()
         assert dp.txn.writes == writes and _rows(lb_list(dp)) == rows
+
+        # a reload of another service's weight: the waiting change of web (whose config it leaves
+        # as it is) does not refuse it (it did: "the data plane cannot hold the new table")
+        _write(path, dp.instance, cache_weight=2)
+        eng._dirty = False
+        reply = eng._reload_reply()
+        assert reply["ok"] is True, reply
+        assert "virtual service(s) web still does not fit the data plane and waits" in reply["message"], reply
+        rows = _rows(lb_list(dp))
+        assert rows["198.18.1.22"] == 2 and "198.18.1.21" not in rows and rows["198.18.1.14"] == 1, lb_list(dp)
+        assert eng._dirty is True           # the run loop tries web's change again
+        # a reload whose own change does not fit is still refused
+        _write(path, dp.instance, web=(11, 12, 13, 14, 15), cache_weight=2)
+        reply = eng._reload_reply()
+        assert reply["ok"] is False and "nothing changed" in reply["error"], reply
+        _write(path, dp.instance, cache_weight=2)
 
         # web's change fits once a server of it is back: applied, with cache's state kept
         eng._health_changed(_key(eng, "web", 11), True, "connected")
