@@ -441,6 +441,7 @@ class Engine:
         self._overrides_file: str | None = None      # where they are kept; set by start()
         self._apply_waiters: list[tuple] = []        # (future, reply) of `lb weight` callers: after the apply
         self._dirty = False                          # health changed: reconcile the data plane
+        self._weight_log = RateLimitedLog(log, 60.0)  # by real server: its load monitor's weight changes
         self._housekeeping_log = RateLimitedLog(log, 60.0)   # by step: a failing one is retried each turn
         self.housekeeping_errors: dict[str, int] = {}       # the run loop's steps that failed, by step
         self.on_sorry: set[tuple] = set()            # keys of the services sent to their sorry server
@@ -1030,8 +1031,11 @@ class Engine:
         old = self.weights.get(key)
         if old == weight:
             return
-        log.info("real server %s:%d of %s %s:%d: load monitor sets weight %d (was %s): %r", addr, port,
-                 proto.upper(), vip, vport, weight, "configured" if old is None else old, detail)
+        # a load that moves with every poll (or an agent that answers 1% and 100% by turns) would
+        # write a line per real server every interval: one a minute each, counting the others
+        self._weight_log.log(key, logging.INFO, "real server %s:%d of %s %s:%d: load monitor sets weight %d "
+                             "(was %s): %r", addr, port, proto.upper(), vip, vport, weight,
+                             "configured" if old is None else old, detail)
         self.weights[key] = weight
         self._dirty = True
         if self._wake is not None:

@@ -639,3 +639,20 @@ def test_overrides_file_restores_them_into_a_new_engine(tmp_path, monkeypatch, c
     fifth = make_engine(cfg_path)
     fifth._restore_overrides()               # a damaged file is ignored, with a warning
     assert fifth.overrides == {}
+
+
+def test_a_load_that_moves_at_every_poll_logs_a_line_a_minute(eng, caplog):
+    """An agent whose answer changes at every poll (a busy server's load average, or one that
+    answers 1% and 100% by turns) wrote a line per real server every interval; now the first
+    change is logged, then one a minute per real server with the count of the others (the
+    weight itself follows every answer)."""
+    k1, k2 = key(eng, "rs1"), key(eng, "rs2")
+    with caplog.at_level(logging.INFO, logger="lb.engine"):
+        for i in range(20):
+            eng._weight_changed(k1, 1 + i % 5, f"load {i}")
+            eng._weight_changed(k2, 1 + i % 3, f"load {i}")
+    lines = [r.getMessage() for r in caplog.records if "load monitor sets weight" in r.getMessage()]
+    assert len(lines) == 2 and "198.18.1.11:80" in lines[0] and "198.18.1.12:80" in lines[1], lines
+    assert eng.weights[k1] == 5 and eng.weights[k2] == 2
+    eng.apply_health()
+    assert table(eng)["rs1"] == 5
