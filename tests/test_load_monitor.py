@@ -299,3 +299,23 @@ def test_an_agents_escape_sequences_reach_lb_status_escaped():
     assert seen == [(3, task.detail)] and task.ok is True
     assert task.detail == "weight 3 \\x1b]0;owned\\x07\\x1b[2J\\x9b31m", task.detail
     assert all(c.isprintable() for c in task.detail)
+
+
+@pytest.mark.parametrize("program, words", [
+    ("/usr/local/bin/check %h | grep OK", "'|'"),
+    ("/usr/bin/curl -sf http://%h:%p/ >/dev/null 2>&1", "'>/dev/null', '2>&1'"),
+    ("/usr/bin/rup %h && echo up", "'&&'"),
+])
+def test_a_program_written_for_a_shell_is_a_warning(program, words):
+    """lb runs check and load programs without a shell: a pipe or a redirection written in one
+    reached the program as arguments without a word (the check was its first command's exit
+    status alone).  Now the config says so, at the monitor's and the load monitor's program."""
+    cfg = loads(TOML.format(load=f'  [virtual_server.monitor]\n  kind = "program"\n  program = "{program}"\n'
+                                 f'  [virtual_server.load_monitor]\n  kind = "program"\n  program = "{program}"\n'))
+    msgs = {w.field: w.message for w in cfg.warnings}
+    for field in ("virtual_server[0].monitor.program", "virtual_server[0].load_monitor.program"):
+        assert field in msgs, msgs
+        assert msgs[field].startswith(f"{words} reach the program as arguments: lb runs programs without a shell")
+    plain = loads(TOML.format(load='  [virtual_server.monitor]\n  kind = "program"\n'
+                                   '  program = "/bin/sh -c \'check %h | grep OK\'"\n'))
+    assert [w for w in plain.warnings if "shell" in w.message] == []

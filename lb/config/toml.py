@@ -424,6 +424,29 @@ def _program_problem(value: str) -> str | None:
     return None
 
 
+_SHELL_WORD = re.compile(r"\|\|?|&&?|;|<<?|[0-9]?>>?(&[0-9]|\S+)?|2>&1")
+
+
+def _shell_words(value: str) -> list[str]:
+    """The arguments of a program's argv that only a shell reads (a pipe, a redirection, ``&&``):
+    lb runs programs without one, so they reach the program as arguments -- the check of
+    ``check %h | grep OK`` is check's exit status, with "|", "grep" and "OK" for arguments."""
+    try:
+        argv = shlex.split(value)
+    except ValueError:
+        return []
+    return [a for a in argv[1:] if _SHELL_WORD.fullmatch(a)]
+
+
+def _warn_shell_words(tbl, key: str, value) -> None:
+    if isinstance(value, str) and value:
+        words = _shell_words(value)
+        if words:
+            tbl.chk.warn(tbl.at(key), f"{', '.join(repr(w) for w in dict.fromkeys(words))} reach the program as "
+                                      f"arguments: lb runs programs without a shell (for a pipe or a "
+                                      f"redirection, run one: \"/bin/sh -c '...'\", with %h and %p inside)")
+
+
 def _is_ipv4(text: str) -> bool:
     try:
         IPv4Address(text)
@@ -1080,6 +1103,7 @@ def _check_monitor(vs: _Table, user: str) -> Monitor | _Invalid:
     kind = keep(m.choice("kind", MONITOR_KINDS, d.kind, "monitor kind"))
     strings = {k: keep(m.string(k)) for k in ("send", "expect", "digest")}
     strings["program"] = keep(m._text("program", _program_problem, False))
+    _warn_shell_words(m, "program", strings["program"])
     if isinstance(strings["digest"], str) and strings["digest"]:
         if not re.fullmatch(r"[0-9A-Fa-f]{32}", strings["digest"]):
             strings["digest"] = keep(m.chk.error(m.at("digest"), "expected the body's MD5 digest: 32 hexadecimal "
@@ -1155,6 +1179,7 @@ def _check_load_monitor(vs: _Table, user: str) -> LoadMonitor | None | _Invalid:
                                          f"{', '.join(LOAD_MONITOR_KINDS)})")
     port = m.integer("port", PORT_RANGE)
     program = m._text("program", _program_problem, False)
+    _warn_shell_words(m, "program", program)
     interval = _seconds(m, "interval", d.interval)
     timeout = _seconds(m, "timeout", d.timeout)
     min_weight = m.integer("min_weight", WEIGHT_RANGE, default=d.min_weight)
