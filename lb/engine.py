@@ -370,6 +370,24 @@ class ReloadFailed(Exception):
         self.restored = restored
 
 
+class HeldBack(TableDoesNotFit):
+    """apply_health: the services whose change fits are applied; the changes of ``held``
+    (their ServiceSpec keys) do not fit the data plane and wait."""
+
+    def __init__(self, message: str, held=()):
+        super().__init__(message)
+        self.held = set(held)
+
+
+def _spec_key(vs) -> tuple:
+    """The ServiceSpec key of a configured virtual server."""
+    return ("fwmark", vs.fwmark) if vs.fwmark else vs.key
+
+
+def _names(specs) -> str:
+    return ", ".join(s.name or str(s.key) for s in specs)
+
+
 def check_spec(vs, rs) -> tuple[CheckSpec, NannyPolicy]:
     m = vs.monitor
     kind = m.kind
@@ -960,7 +978,7 @@ class Engine:
         waits = ""
         if held:
             self._dirty = True           # the run loop tries them again at its next turns
-            waits = (f"; the health, weight or override change of virtual service(s) {', '.join(held)} "
+            waits = (f"; the health, weight or override change of virtual service(s) {_names(held)} "
                      f"still does not fit the data plane and waits")
             log.warning("reload: %s", waits[2:])
         return f"reloaded {path}" + (f"; {keys_changed}" if keys_changed else "") + waits
@@ -1069,16 +1087,16 @@ class Engine:
                 if not held:             # (the data plane's state moved between the plans)
                     return
                 lines = "".join(f"\n  {p}" for p in str(e).splitlines())
-                raise TableDoesNotFit(f"the change of virtual service(s) {', '.join(held)} does not fit the "
-                                      f"data plane and waits (the other services' changes are applied):"
-                                      f"{lines}") from None
+                raise HeldBack(f"the change of virtual service(s) {_names(held)} does not fit the data plane "
+                               f"and waits (the other services' changes are applied):{lines}",
+                               {h.key for h in held}) from None
             self._apply(table, self.cfg, planned=True, sorry=sorry)
 
     def _fitting_part(self, table: TableSpec, sorry: set, err: TableDoesNotFit,
                       only: set | None = None) -> tuple[TableSpec, set, list, bool]:
         """``table`` with the services whose change since the last applied table does not fit put
         back as they were applied (``only``: of those services (ServiceSpec keys) only; the
-        others' changes must fit): (that table, its sorry set, the names of those held back,
+        others' changes must fit): (that table, its sorry set, the ServiceSpecs held back,
         whether any of those changes was taken).  Raises ``err`` when that table does not fit
         either, or no such service changed."""
         last = self._applied_table
@@ -1111,8 +1129,7 @@ class Engine:
         vs_key = {s.key: ("fwm", s.fwmark, 0) if s.fwmark else s.key for s in new}
         held_keys = {vs_key[new[i].key] for i in held}
         sorry = {k for k in sorry if k not in held_keys} | (self.on_sorry & held_keys)
-        return (dataclasses.replace(table, services=tuple(mixed)), sorry,
-                [new[i].name or str(new[i].key) for i in held], bool(taken))
+        return dataclasses.replace(table, services=tuple(mixed)), sorry, [new[i] for i in held], bool(taken)
 
     def _same_services(self, new) -> set:
         """The ServiceSpec keys of the services ``new`` (a reloaded config) leaves as they run:
@@ -1122,8 +1139,7 @@ class Engine:
                 (self.cfg.bgp is not None and self.cfg.bgp.active_active):
             return set()
         running = {vs.key: vs for vs in self.cfg.virtual_servers}
-        return {("fwmark", vs.fwmark) if vs.fwmark else vs.key for vs in new.virtual_servers
-                if running.get(vs.key) == vs}
+        return {_spec_key(vs) for vs in new.virtual_servers if running.get(vs.key) == vs}
 
     # ---- the operator's weight overrides (`lb weight`, `lb quiesce`, `lb activate`) ----
     def set_override(self, service, server, weight) -> str:
@@ -1243,7 +1259,10 @@ class Engine:
             return {"ok": False, "error": refused}
         reply = {"ok": True, "message": message}
         if self._wake is None:           # not running the loop (tests): apply here
-            self.apply_health()
+            try:
+                self.apply_health()
+            except HeldBack:             # another service's change waits; this one is applied
+                self._dirty = True
             return reply
         fut = asyncio.get_running_loop().create_future()
         self._apply_waiters.append((fut, reply))
@@ -1257,7 +1276,19 @@ class Engine:
         from applying -- and the refusal is returned."""
         def plan():
             with self._dp_lock:
-                self.dp.plan(self._table(self.cfg))
+                table = self._table(self.cfg)
+                try:
+                    self.dp.plan(table)
+                except TableDoesNotFit as e:
+                    # another service's change that waits (apply_health) refuses no override: only
+                    # one whose own service's change does not fit
+                    services = {_spec_key(vs) for vs in self.cfg.virtual_servers
+                                if any(real_key(vs, rs) in changed for rs in vs.real_servers)}
+                    _, _, held, _ = self._fitting_part(table, set(), e)
+                    if services & {h.key for h in held}:
+                        raise e from None
+
+        changed = {k for k in before.keys() | self.overrides.keys() if before.get(k) != self.overrides.get(k)}
         try:
             if self._wake is None:
                 plan()
@@ -1856,6 +1887,14 @@ class Engine:
         applied, self._apply_waiters = self._apply_waiters, []
         try:
             await blocking(self.apply_health)
+        except HeldBack:
+            # what fits is applied (the overrides waiting here were planned to fit); what does
+            # not is tried again at the loop's next turns
+            self._dirty = True
+            for fut, reply in applied:
+                if not fut.done():
+                    fut.set_result(reply)
+            raise
         except BaseException as e:
             # the change (a health verdict is reported once, at its transition) is tried again
             # at the loop's next turn, until the data plane takes it

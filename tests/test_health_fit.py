@@ -10,6 +10,8 @@ fits are applied; web's waits (TableDoesNotFit names it) and is applied once it 
 loaded XDP data plane (fake next hops) with a fake address layer."""
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 
 from lb import config as lbconfig
@@ -97,8 +99,17 @@ def test_a_health_verdict_that_does_not_fit_holds_back_only_its_own_service(tmp_
         assert reply["ok"] is False and "nothing changed" in reply["error"], reply
         _write(path, dp.instance, cache_weight=2)
 
+        # `lb weight` on cache's server: applied (it was refused, "the data plane cannot hold the
+        # table with this override", for web's waiting change); one on web's is still refused
+        reply = asyncio.run(eng.control({"cmd": "weight", "service": "cache", "server": "198.18.1.22", "weight": 3}))
+        assert reply["ok"] is True, reply
+        assert _rows(lb_list(dp))["198.18.1.22"] == 3, lb_list(dp)
+        reply = asyncio.run(eng.control({"cmd": "weight", "service": "web", "server": "198.18.1.12", "weight": 5}))
+        assert reply["ok"] is False and "nothing changed" in reply["error"], reply
+
         # web's change fits once a server of it is back: applied, with cache's state kept
         eng._health_changed(_key(eng, "web", 11), True, "connected")
         eng.apply_health()
         rows = _rows(lb_list(dp))
         assert rows["198.18.1.11"] == 1 and rows["198.18.1.14"] == 0 and "198.18.1.21" not in rows, lb_list(dp)
+        assert rows["198.18.1.22"] == 3
