@@ -1099,3 +1099,19 @@ def test_http_answers_with_bare_lf_line_ends():
     assert chunks.ok, chunks
     assert not error.ok and "500" in error.detail, error
     assert not bad.ok and "malformed chunked body" in bad.detail, bad
+
+
+@pytest.mark.parametrize("misc_dynamic", [False, True])
+def test_a_program_that_does_not_end_when_killed_is_a_failure_that_says_so(monkeypatch, misc_dynamic):
+    """A check program stuck in the kernel (a hung NFS mount) outlives its SIGKILL: lb.programs
+    gives no exit status (None).  The check failed as "TypeError: '<' not supported between
+    instances of 'NoneType' and 'int'"; now it says what happened."""
+    from lb import programs
+
+    async def stuck(argv, **kw):
+        return programs.ProgramResult(None, bytearray(b"half"), bytearray())
+
+    monkeypatch.setattr(programs, "run", stuck)
+    spec = CheckSpec(kind="program", host="127.0.0.1", port=80, program="/bin/check %h", misc_dynamic=misc_dynamic)
+    res = asyncio.run(run_check(spec))
+    assert res.ok is False and res.detail == "did not end when killed (stuck in the kernel?); stdout 'half'", res.detail

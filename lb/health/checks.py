@@ -468,6 +468,8 @@ async def _check_program(spec: CheckSpec) -> tuple[bool, str]:
         return False, f"printed more than {programs.OUTPUT_LIMIT} bytes; killed; stdout {_snip(out)}"
     text = out.decode("utf-8", errors="replace")
     rc = res.returncode
+    if rc is None:          # SIGKILL did not end it: uninterruptible (a hung NFS mount, say)
+        return False, f"did not end when killed (stuck in the kernel?); stdout {_snip(out)}"
     # keepalived's misc_dynamic reads 2-255 as up with weight rc - 2: up here, at the configured weight
     if rc != 0 and not (spec.misc_dynamic and rc >= 2):
         how = f"killed by signal {-rc}" if rc < 0 else f"exit status {rc}"

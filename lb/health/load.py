@@ -131,6 +131,8 @@ async def _ask_program(spec: LoadSpec) -> str:
         raise TimeoutError
     if res.killed == "output":
         raise RuntimeError(f"{argv[0]} printed more than {REPLY_LIMIT} bytes; killed")
+    if res.returncode is None:     # SIGKILL did not end it: uninterruptible (a hung NFS mount, say)
+        raise RuntimeError(f"{argv[0]} did not end when killed (stuck in the kernel?)")
     if res.returncode != 0:
         raise RuntimeError(f"{argv[0]} exited with status {res.returncode}; stdout {_snip(out)}")
     return out.decode("utf-8", errors="replace")
