@@ -913,7 +913,7 @@ class Engine:
         want = addresses.wanted_addresses(new)
         sorry: set[tuple] = set()
         table = self._table(new, sorry)
-        held: list[str] = []
+        held: list = []                  # ServiceSpecs whose waiting change still does not fit
         with self._dp_lock:
             try:
                 try:
@@ -1072,7 +1072,7 @@ class Engine:
         """The table for the current health, load weights and overrides.  When the data plane
         cannot hold it (TableDoesNotFit: a sorry server taking over while every server of a full
         pool drains, say), the services whose change fits are applied and those whose change does
-        not keep what was applied last: TableDoesNotFit then names them, and the run loop tries
+        not keep what was applied last: HeldBack (a TableDoesNotFit) names them; the run loop tries
         them again at its next turns.  (All or nothing, one service's verdict that did not fit
         kept every other real server's health, weight and override out of the table.)"""
         sorry: set[tuple] = set()
