@@ -11,17 +11,23 @@ loaded XDP data plane (fake next hops) with a fake address layer."""
 from __future__ import annotations
 
 import asyncio
+import functools
 
 import pytest
 
 from lb import config as lbconfig
+from lb import control
 from lb import engine as lbengine
 from lb.dataplane.errors import TableDoesNotFit
 from lb.dataplane.xdp import Sizes
 from lb.engine import Engine, real_key
 from lb.ha import addresses
 from packets_util import connect, lb_list, loaded_dataplane
-from test_reload_rollback import PER_SERVICE, fake_addresses, write  # noqa: F401  (fixture)
+from test_override import drive
+import test_reload_rollback
+from test_reload_rollback import PER_SERVICE, write
+
+fake_addresses = test_reload_rollback.fake_addresses      # the fixture
 
 
 def _key(eng, service, last_octet):
@@ -113,3 +119,33 @@ def test_a_health_verdict_that_does_not_fit_holds_back_only_its_own_service(tmp_
         rows = _rows(lb_list(dp))
         assert rows["198.18.1.11"] == 1 and rows["198.18.1.14"] == 0 and "198.18.1.21" not in rows, lb_list(dp)
         assert rows["198.18.1.22"] == 3
+
+
+def test_lb_weight_through_the_run_loop_while_a_change_waits(tmp_path, fake_addresses, monkeypatch):
+    """The same wait, with the daemon's run loop and control socket: `lb weight` on cache's
+    server is applied and its caller told so -- not "the override is recorded but applying the
+    table failed" for web's change, which keeps waiting."""
+    monkeypatch.setattr(lbengine, "RUN_DIR", str(tmp_path))
+    monkeypatch.setattr(control, "request", functools.partial(control.request, run_dir=str(tmp_path)))
+    with loaded_dataplane("hfitrun", Sizes(16, 64, PER_SERVICE, 4096)) as dp:
+        eng = Engine(lbconfig.load(_write(tmp_path / "lb.toml", dp.instance)))
+        eng.dp.close()
+        eng.dp = dp
+        eng.owned = addresses.wanted_addresses(eng.cfg)
+        addresses.take(eng.owned)
+        eng.apply_health()
+        for i in range(4):
+            connect(dp, sport=40000 + i)
+        for n in (11, 12, 13, 14):
+            eng._health_changed(_key(eng, "web", n), False, "connection refused")
+
+        async def body(call):
+            reply = await call(lambda: control.request(dp.instance, "weight", service="cache",
+                                                       server="198.18.1.22", weight=3))
+            return reply, lb_list(dp), dict(eng.housekeeping_errors)
+
+        reply, listing, errors = drive(eng, str(tmp_path), body)
+        assert reply["ok"] is True, reply
+        rows = _rows(listing)
+        assert rows["198.18.1.22"] == 3 and rows["198.18.1.14"] == 1 and "198.18.1.99" not in rows, listing
+        assert errors.get("apply", 0) >= 1          # web's change: tried at each turn, counted
