@@ -916,6 +916,41 @@ def test_requests_aiohttp_cannot_parse_are_one_counted_line_not_a_traceback_each
     assert len(lines) <= 1 and not any(r.exc_info for r in lines), [r.getMessage() for r in lines]
     assert "Traceback" not in caplog.text and "Error handling request" not in caplog.text
 
+def test_bodies_aiohttp_cannot_decode_are_400_and_one_counted_line(console, caplog):
+    """Before any login, a POST whose body aiohttp cannot decode -- a multipart part with a bad
+    header line, a Content-Encoding: gzip body that is no gzip, a chunked body with a bad chunk --
+    was answered 500 "Internal Server Error" with a traceback logged at ERROR each time (the gzip
+    one twice: aiohttp read the broken body again after the answer, "Unhandled exception").  Now
+    400 saying why, the connection closed, at most one warning line, the rest counted."""
+    caplog.set_level(logging.WARNING)
+    counted = webapp.filter_malformed_requests()
+    bodies = [({"Content-Type": "multipart/form-data; boundary=x"}, b"--x\r\nfoo\r\n\r\nuser\r\n--x--\r\n"),
+              ({"Content-Type": "application/x-www-form-urlencoded", "Content-Encoding": "gzip"}, b"user=a&password=b"),
+              ({"Content-Type": "application/x-www-form-urlencoded", "Content-Encoding": "deflate"}, b"not deflate")]
+
+    async def body(client):
+        for headers, data in bodies * 2:
+            r = await client.post("/login", data=data, headers=headers, allow_redirects=False)
+            text = await r.text()
+            assert r.status == 400 and "unreadable request body" in text, (headers, r.status, text)
+            assert r.headers.get("Connection", "").lower() == "close"
+        # a bad chunk size, as raw bytes
+        reader, writer = await asyncio.open_connection(client.host, client.port)
+        writer.write(b"POST /login HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/x-www-form-urlencoded\r\n"
+                     b"Transfer-Encoding: chunked\r\n\r\n5\r\nuser=\r\nzz\r\nabc\r\n0\r\n\r\n")
+        head = await asyncio.wait_for(reader.read(200), 10)
+        writer.close()
+        assert head.split(b" ")[1] == b"400", head
+        assert (await client.get("/login")).status == 200        # the console still answers
+        await asyncio.sleep(0.1)
+    run(console, body)
+    assert counted.count >= 1
+    lines = [r for r in caplog.records if r.name in ("lb.web", "aiohttp.server")]
+    assert len(lines) <= 1 and not any(r.exc_info for r in lines), [r.getMessage() for r in lines]
+    assert "Traceback" not in caplog.text and "Error handling request" not in caplog.text
+    assert "Unhandled exception" not in caplog.text
+
+
 # ---- lb passwd --------------------------------------------------------------------------------
 
 def _passwd(monkeypatch, capsys, argv, stdin):

@@ -32,8 +32,9 @@ failure doubles that client's wait, up to a minute, never another's; a bounded n
 checks at once, the others waiting their turn, fewer failures first), never with a global lock; sessions end
 ``session_lifetime`` after login however busy (and after an hour idle), and when the password
 file's line changes (`lb passwd`); the cookie is Secure whenever the browser reached the console
-over HTTPS; bad parameters are answered 400; a request body not received within BODY_TIMEOUT
-seconds 408, and one whose client left is not answered (counted in ``counts``).  What anyone who
+over HTTPS; bad parameters are answered 400, and a body that does not decode (then the connection
+is closed); a request body not received within BODY_TIMEOUT seconds 408, and one whose client
+left is not answered (counted in ``counts``).  What anyone who
 reaches the port can cause at will (a foreign Host, a cross-origin POST, failed or throttled
 logins) is counted in ``counts`` and logged at most once per LOG_EVERY seconds (failed logins
 once per LOG_EVERY per client, with its address), header values cut at 100
@@ -82,7 +83,9 @@ class MalformedRequests(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         exc = record.exc_info[1] if record.exc_info else None
-        if not isinstance(exc, HttpProcessingError):
+        # RequestPayloadError: a body that does not decode (Content-Encoding, chunked), which
+        # aiohttp reads again after the console's 400 and logs as "Unhandled exception"
+        if not isinstance(exc, (HttpProcessingError, web.RequestPayloadError)):
             return True
         self.count += 1
         peer = record.args[0] if isinstance(record.args, tuple) and record.args else "?"
@@ -465,7 +468,7 @@ class Console:
         except web.HTTPException as e:   # 400, 404, 405 ... as plain responses with our headers
             keep = {k: v for k, v in e.headers.items() if k.lower() not in ("content-type", "content-length")}
             resp = web.Response(status=e.status, text=e.text, headers=keep)
-            if e.status == 408:
+            if e.status == 408 or isinstance(e, UnreadableBody):
                 resp.force_close()      # the rest of the body is not read
         client = request.get(CLIENT)
         https = (client.scheme if client is not None else request.scheme) == "https"
@@ -1174,6 +1177,20 @@ async def _form(request: web.Request):
         # aiohttp's own errors for a body it cannot read: ValueError (UnicodeDecodeError is one),
         # LookupError for an unknown charset, RuntimeError for an unknown transfer encoding
         raise BadRequest(f"unreadable form: {e}") from None
+    except (HttpProcessingError, web.RequestPayloadError) as e:
+        # a multipart part with a bad header line, a body its Content-Encoding (gzip, deflate ...)
+        # or chunked encoding does not decode: anyone's, before a login.  Not a 500 with a
+        # traceback; the connection is closed (the rest of the body is not read: aiohttp would
+        # read it again after the answer, and log the same error as "Unhandled exception")
+        why = " ".join(str(e).split())
+        raise UnreadableBody(why.removeprefix(f"{getattr(e, 'code', 400)}, message: ")[:200]) from None
+
+
+class UnreadableBody(BadRequest):
+    """A request body aiohttp cannot decode (answered 400, the connection closed)."""
+
+    def __init__(self, why: str):
+        super().__init__(f"unreadable request body: {why}")
 
 
 def _choice(request: web.Request, key: str, choices, default):
