@@ -1091,6 +1091,7 @@ def test_web_config_defaults_and_forms(tmp_path):
     ('listen = "localhost:8080"', 5, "web.listen: 'localhost' is not an IP address"),
     ('listen = "127.0.0.1"', 5, 'web.listen: expected ADDRESS:PORT'),
     ('password_file = ""', 5, "web.password_file: must name the file"),
+    ('password_file = "/etc/lb/a\\u0000b"', 5, r"web.password_file: '/etc/lb/a\x00b': a file name cannot hold a NUL"),
     ('tls_cert = "c.pem"', 5, "web.tls_cert: tls_cert and tls_key go together"),
     ('allowed_hosts = ["bad host"]', 5, "web.allowed_hosts[0]: 'bad host' is not a host name"),
     ('trusted_proxies = ["10.0.0.300"]', 5, "web.trusted_proxies[0]: '10.0.0.300' is not an IP address or network"),
@@ -1103,6 +1104,29 @@ def test_web_config_errors_name_file_line_field(tmp_path, web, line, message):
     with pytest.raises(lbconfig.ConfigError) as e:
         lbconfig.load(f)
     assert f"{f}:{line}: {message}" in str(e.value)
+
+
+def test_a_file_name_with_a_nul_is_refused_next_to_its_field_and_the_file_kept(console):
+    """[web] password_file (or a TLS file) holding a NUL was taken by `lb check` and saved by the
+    console; lb web then stopped at start with a ValueError traceback (embedded null byte), the
+    console locked out until the file was fixed by hand.  Now refused as `lb check` refuses it."""
+    path = engine(console).cfg.path
+    before = path.read_bytes()
+
+    async def body(client):
+        await login(client)
+        f = await form_of(client, "/global")
+        r = await post_form(client, "/global", {**f, **GLOBAL_FORM, "web.enabled": "on",
+                                                "web.password_file": "/etc/lb/web\x00.passwd"})
+        return r.status, await r.text()
+    status, page = run(console, body)
+    assert status == 400
+    assert re.search(r'data-for="web.password_file">[^<]*a file name cannot hold a NUL character', page), page
+    assert path.read_bytes() == before
+    # the Redundancy screen's key file: the same (no file has that name)
+    ha = '[ha]\nprimary = "198.18.0.1"\nbackup = "198.18.0.2"\nkey_file = "/etc/lb/ha\\u0000.key"\n'
+    with pytest.raises(lbconfig.ConfigError, match=r"ha.key_file: '/etc/lb/ha\\x00.key': a file name cannot hold a NUL"):
+        lbconfig.loads(BASE + ha)
 
 
 def test_control_config_errors(tmp_path):

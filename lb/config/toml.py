@@ -1459,6 +1459,8 @@ def _check_ha(top: _Table, base: Path | None, user: str) -> HA | None | _Invalid
     if isinstance(key_file, str):
         if not key_file:
             key_file = keep(h.chk.error(h.at("key_file"), "must name the file holding the shared key"))
+        elif "\0" in key_file:
+            key_file = keep(h.chk.error(h.at("key_file"), f"{key_file!r}: a file name cannot hold a NUL character"))
         else:
             kf = Path(key_file)
             if not kf.is_absolute() and base is not None:
@@ -1540,6 +1542,8 @@ def _check_web(top: _Table, base: Path | None) -> Web | _Invalid:
         if isinstance(value, str):
             if not value:
                 keep(w.chk.error(w.at(key), f"must name the file holding {what}"))
+            elif "\0" in value:     # no file's name: lb web would stop at start on the open's ValueError
+                keep(w.chk.error(w.at(key), f"{value!r}: a file name cannot hold a NUL character"))
             else:
                 f = Path(value)
                 files[key] = base.parent / f if not f.is_absolute() and base is not None else f

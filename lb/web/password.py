@@ -86,7 +86,7 @@ def read(path: str | os.PathLike) -> str:
         text = Path(path).read_text(encoding="ascii")
     except FileNotFoundError:
         raise PasswordFileError(f"{path}: no such file (create it with `lb passwd`)") from None
-    except (OSError, UnicodeDecodeError) as e:
+    except (OSError, ValueError) as e:        # ValueError: not ASCII, or a NUL in the name
         raise PasswordFileError(f"{path}: cannot read: {getattr(e, 'strerror', None) or e}") from None
     line = text.strip()
     parse(line, str(path))
