@@ -83,16 +83,21 @@ class MalformedRequests(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         exc = record.exc_info[1] if record.exc_info else None
-        # RequestPayloadError: a body that does not decode (Content-Encoding, chunked), which
-        # aiohttp reads again after the console's 400 and logs as "Unhandled exception"
-        if not isinstance(exc, (HttpProcessingError, web.RequestPayloadError)):
+        if isinstance(exc, web.RequestPayloadError):
+            # a body that does not decode (its Content-Encoding), which aiohttp reads again after
+            # the answer and logs as "Unhandled exception": counted as the console read it (_form)
+            return False
+        if not isinstance(exc, HttpProcessingError):
             return True
+        self.note(record.args[0] if isinstance(record.args, tuple) and record.args else "?", str(exc))
+        return False
+
+    def note(self, peer, what: str) -> None:
+        """Count one malformed request from ``peer``; a line at most every 10 s."""
         self.count += 1
-        peer = record.args[0] if isinstance(record.args, tuple) and record.args else "?"
-        what = " ".join(str(exc).split())
+        what = " ".join(what.split())
         self.limit.log("malformed", logging.WARNING, "web: refused a malformed HTTP request from %s: %s",
                        peer, what if len(what) <= 200 else what[:200] + "...")
-        return False
 
 
 def filter_malformed_requests() -> MalformedRequests:
@@ -1182,8 +1187,9 @@ async def _form(request: web.Request):
         # or chunked encoding does not decode: anyone's, before a login.  Not a 500 with a
         # traceback; the connection is closed (the rest of the body is not read: aiohttp would
         # read it again after the answer, and log the same error as "Unhandled exception")
-        why = " ".join(str(e).split())
-        raise UnreadableBody(why.removeprefix(f"{getattr(e, 'code', 400)}, message: ")[:200]) from None
+        why = " ".join(str(e).split()).removeprefix(f"{getattr(e, 'code', 400)}, message: ")[:200]
+        filter_malformed_requests().note(request.remote, why)
+        raise UnreadableBody(why) from None
 
 
 class UnreadableBody(BadRequest):
