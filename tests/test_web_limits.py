@@ -18,6 +18,7 @@ import logging
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import threading
@@ -31,7 +32,7 @@ from lb.web import app as webapp
 from lb.web import main as webmain
 from lb.web import password
 from test_web import PASSWORD, USER, login, make_console, run
-from test_web_process import daemon, settings
+from test_web_process import daemon, make_cert, settings
 
 REPO = Path(__file__).resolve().parent.parent
 UNIT = REPO / "lb" / "systemd" / "lb-web@.service"
@@ -242,6 +243,76 @@ def test_a_crowd_without_a_session_does_not_lock_out_a_logged_in_operator(tmp_pa
             held.append(w)
             assert await exchange(r, w, "/login") == b"HTTP/1.1 200 OK"
             assert connections.sessionless == 1 and connections.refused == 1
+        finally:
+            for w in held:
+                w.close()
+            server.close()
+            await run_.cleanup()
+            await server.wait_closed()
+
+    asyncio.run(go())
+
+
+def test_over_https_connections_are_capped_before_their_tls_handshake(tmp_path, pwfile, monkeypatch):
+    """With [web] tls_cert, asyncio made the handshake before the connection reached the caps:
+    connections still in it -- a client that connects and sends nothing, for 15 s each -- were
+    neither counted nor capped, so one client could hold thousands, until no file descriptor was
+    left for the operator.  Now a connection takes its slot first: past its client's caps it is
+    closed at once, and HTTPS, a login and the reserved slots work as over plain HTTP."""
+    crt, key = make_cert(tmp_path)
+    for name, value in (("MAX_CONNECTIONS", 8), ("MAX_PER_CLIENT", 4), ("RESERVED", 4), ("MAX_ON_PROBATION", 2)):
+        monkeypatch.setattr(webmain, name, value, raising=False)
+    monkeypatch.setattr(webmain.clients, "is_local", lambda address: False, raising=False)
+    console = make_console(tmp_path, pwfile)
+    tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    tls.load_cert_chain(str(crt), str(key))
+    client_tls = ssl.create_default_context(cafile=str(crt))
+    client_tls.check_hostname = False
+
+    async def go():
+        run_ = webmain.runner(console)
+        await run_.setup()
+        server, connections = await webmain.listen(run_, "127.0.0.1", 0, tls, console=console)
+        port = server.sockets[0].getsockname()[1]
+        held = []
+        try:
+            r, w = await asyncio.wait_for(asyncio.open_connection("127.0.0.1", port, local_addr=("127.0.0.3", 0),
+                                                                  ssl=client_tls), 10)
+            form = f"user={USER}&password={PASSWORD.replace(' ', '+')}".encode()
+            w.write(b"POST /login HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/x-www-form-urlencoded\r\n"
+                    b"Content-Length: %d\r\nConnection: close\r\n\r\n%s" % (len(form), form))
+            answer = await asyncio.wait_for(r.read(), 10)
+            w.close()
+            assert answer.startswith(b"HTTP/1.1 303"), answer[:300]
+            cookie = next(iter(console.sessions))
+            silent = []
+            for _ in range(40):             # one client's silent connections: no TLS hello
+                silent.append(await asyncio.wait_for(asyncio.open_connection("127.0.0.1", port,
+                                                                             local_addr=("127.0.0.2", 0)), 10))
+            held += [w for _, w in silent]
+            await asyncio.sleep(0.5)
+            still = 0
+            for r, _ in silent:
+                try:
+                    still += await asyncio.wait_for(r.read(1), 0.05) != b""
+                except asyncio.TimeoutError:
+                    still += 1
+            assert still == 4 + 2, still            # its open slots, and two on probation
+            assert connections.refused == 40 - still
+            for _ in range(6):                      # another's: every open slot taken, all reserved on probation
+                held.append((await asyncio.wait_for(asyncio.open_connection("127.0.0.1", port,
+                                                                            local_addr=("127.0.0.5", 0)), 10))[1])
+
+            async def https(source):                # the oldest silent one makes way for it
+                return await asyncio.wait_for(asyncio.open_connection("127.0.0.1", port, local_addr=(source, 0),
+                                                                      ssl=client_tls), 10)
+            r, w = await https("127.0.0.6")         # on probation without a session: 503, as over HTTP
+            held.append(w)
+            assert (await exchange(r, w, "/login")).startswith(b"HTTP/1.1 503")
+            r, w = await https("127.0.0.4")         # the operator, with its session: served
+            held.append(w)
+            assert await exchange(r, w, "/status", cookie) == b"HTTP/1.1 200 OK"
+            assert connections.sessionless == 1 and connections.evicted >= 1
         finally:
             for w in held:
                 w.close()

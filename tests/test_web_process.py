@@ -22,6 +22,11 @@ PASSWORD = "a password for tls"
 
 @pytest.fixture
 def cert(tmp_path):
+    return make_cert(tmp_path)
+
+
+def make_cert(tmp_path):
+    """A self-signed certificate and its key for 127.0.0.1 (skips the test without openssl)."""
     if not shutil.which("openssl"):
         pytest.skip("openssl makes the test certificate")
     crt, key = tmp_path / "web.crt", tmp_path / "web.key"

@@ -12,7 +12,8 @@ MAX_CONNECTIONS connections at once, MAX_PER_CLIENT of them from one client (an 
 counted per client); RESERVED
 more for connections whose requests show a valid session, or from loopback (Connections: one
 without a session yet holds its reserved slot only until a newer connection needs it); the
-rest closed as they come (lb.metrics caps its own the same way); a request's line and headers
+rest closed as they come (lb.metrics caps its own the same way); over HTTPS the TLS handshake
+is made on the connection's slot, within TLS_HANDSHAKE_TIMEOUT; a request's line and headers
 must come within HEADER_TIMEOUT (the idle keep-alive too), its body within app.BODY_TIMEOUT; an
 accept that fails for want of file descriptors (EMFILE) is counted and logged at most once every
 ACCEPT_LOG_EVERY seconds, not a traceback each (asyncio's).
@@ -102,8 +103,13 @@ class Connections:
     the totals, in every pool (on probation like anyone's until a request shows a session)."""
 
     def __init__(self, factory, trusts=lambda address: False, total: int | None = None,
-                 per_client: int | None = None, reserved: int | None = None):
+                 per_client: int | None = None, reserved: int | None = None, tls: ssl.SSLContext | None = None):
         self.factory = factory
+        # HTTPS: the TLS handshake is made here, after a connection took its slot (asyncio's own,
+        # create_server(ssl=...), makes the protocol's connection_made wait for the handshake:
+        # connections still in it were neither counted nor capped, one client could hold
+        # thousands, each TLS_HANDSHAKE_TIMEOUT, until no file descriptor was left)
+        self.tls = tls
         self.trusts = trusts            # a trusted proxy's address? (Settings.trusts)
         self.total = MAX_CONNECTIONS if total is None else total
         self.per_client_max = MAX_PER_CLIENT if per_client is None else per_client
@@ -216,6 +222,14 @@ class Connections:
         self._give("open" if slot.pool == "open" else "reserved", slot.keys)
         slot.pool = None
 
+    def retransport(self, slot: Slot, transport) -> None:
+        """The connection of ``slot`` now goes on over ``transport`` (its TLS one): the one a
+        request shows (``admit``) and an eviction aborts; its place among the oldest kept."""
+        if slot.pool == "probation" and slot.transport in self.on_probation:
+            old = slot.transport
+            self.on_probation = {(transport if t is old else t): sl for t, sl in self.on_probation.items()}
+        slot.transport = transport
+
     def admit(self, transport, session: bool) -> bool:
         """Whether a request on ``transport`` is served: always, but on probation without a
         session; one with a session ends the connection's probation."""
@@ -241,29 +255,70 @@ class _Counted(asyncio.Protocol):
         self.connections = connections
         self.inner: asyncio.Protocol | None = None
         self.slot: Slot | None = None
+        self.early: list[bytes] | None = None   # HTTPS: what came with the handshake, before inner
+        self.early_eof = False
+        self.handshake: asyncio.Task | None = None
+        self.slot_address = "?"
 
     def connection_made(self, transport) -> None:
         peer = transport.get_extra_info("peername")
-        self.slot = self.connections.take(clients.plain_address(str(peer[0])) if peer else "?", transport)
+        self.slot_address = clients.plain_address(str(peer[0])) if peer else "?"
+        self.slot = self.connections.take(self.slot_address, transport)
         if self.slot is None:
             transport.abort()
+            return
+        if self.connections.tls is not None:
+            self.early = []
+            self.handshake = asyncio.get_running_loop().create_task(self._start_tls(transport))
             return
         self.inner = self.connections.factory()
         self.inner.connection_made(transport)
 
-    def connection_lost(self, exc) -> None:
+    async def _start_tls(self, transport) -> None:
+        """The TLS handshake on the connection's slot; then aiohttp's protocol on the TLS transport."""
+        loop = asyncio.get_running_loop()
+        try:
+            tls = await loop.start_tls(transport, self, self.connections.tls, server_side=True,
+                                       ssl_handshake_timeout=TLS_HANDSHAKE_TIMEOUT)
+        except BaseException as e:
+            # no handshake (a silent client, a bad hello, evicted, gone): start_tls closed it
+            self._give()
+            if not isinstance(e, Exception):
+                raise
+            log.debug("web console: no TLS handshake with %s: %s", self.slot_address, e)
+            return
+        if self.slot is None or tls is None:    # lost as the handshake ended
+            return
+        self.connections.retransport(self.slot, tls)
+        self.inner = self.connections.factory()
+        self.inner.connection_made(tls)
+        early, self.early = self.early or [], None
+        for data in early:
+            self.inner.data_received(data)
+        if self.early_eof:
+            self.inner.eof_received()
+
+    def _give(self) -> None:
         if self.slot is not None:
             self.connections.give(self.slot)
             self.slot = None
+
+    def connection_lost(self, exc) -> None:
+        self._give()
         if self.inner is not None:
             self.inner.connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
         if self.inner is not None:
             self.inner.data_received(data)
+        elif self.early is not None:
+            self.early.append(data)
 
     def eof_received(self):
-        return self.inner.eof_received() if self.inner is not None else None
+        if self.inner is None:
+            self.early_eof = True
+            return None
+        return self.inner.eof_received()
 
     def pause_writing(self) -> None:
         if self.inner is not None:
@@ -310,10 +365,10 @@ async def listen(run: web.AppRunner, host: str, port: int, tls=None, trusts=lamb
     """The console's listening socket over ``run`` (set up), with the connection limits
     (``trusts``: Settings.trusts, whose proxies only the totals bound); ``console``, the one
     ``run`` serves, asks them whether a request is served (Connections.admit)."""
-    connections = Connections(run.server, trusts)
+    connections = Connections(run.server, trusts, tls=tls)      # which makes the TLS handshakes
     if console is not None:
         console.admit = connections.admit
-    options = dict(ssl=tls, backlog=BACKLOG, ssl_handshake_timeout=TLS_HANDSHAKE_TIMEOUT if tls else None)
+    options = dict(backlog=BACKLOG)
     loop = asyncio.get_running_loop()
     if _every_address(host) and not socket.has_dualstack_ipv6():
         # a kernel without IPv6 (ipv6.disable=1): "[::]:PORT" is then every address it has
