@@ -88,3 +88,14 @@ def test_an_untouched_monitoring_form_saves_send_and_expect_byte_for_byte(tmp_pa
     saved = lbconfig.load(path).virtual_servers[0].monitor
     assert (saved.send, saved.expect, saved.interval) == (was.send, was.expect, 7)
     assert eng.cfg.virtual_servers[0].monitor == saved           # and the daemon runs that
+
+
+@pytest.mark.parametrize("value", [5e-05, 1e-05, 0.0001, 2.5, 0.1 + 0.2, 86399.99999, 1e-10])
+def test_a_number_field_reads_back_what_it_shows(value):
+    """A float of the file that Python writes with an exponent (reentry = 0.00005 is "5e-05") was
+    shown so, and the form read "5e-05" back as text, not a number: the untouched Monitoring
+    form was refused ("expected a number of seconds").  Shown without an exponent now."""
+    f = next(f for f in forms.MONITOR if f.key == "reentry")
+    text = forms.text_of(f, value)
+    assert "e" not in text
+    assert forms.value_of(f, text) == (True, value)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from decimal import Decimal
 from typing import Any
 
 from lb.config import toml as _toml
@@ -179,6 +180,10 @@ def text_of(f: Field, value: Any) -> str:
                          for g in value if isinstance(g, dict))
     if isinstance(value, float) and value.is_integer():
         return str(int(value))
+    if isinstance(value, float) and "e" in repr(value):
+        # 5e-05 as 0.00005: the form reads back no exponent (a number field's text "5e-05" was
+        # refused as no number, an untouched form with it could not be saved)
+        return format(Decimal(repr(value)), "f")
     if f.escapes and isinstance(value, str):
         return escape(value)
     return str(value)
