@@ -440,6 +440,30 @@ def test_concurrent_edit_is_detected_not_overwritten(console):
     assert path.read_text() == hand
 
 
+def test_a_stale_lists_button_says_the_list_is_current_not_your_input_is_below(console):
+    """Delete on a Virtual servers or Real servers list loaded before a hand edit: refused, and
+    the list it goes back to (the current configuration) said "Your input is below: reload the
+    page", the edit forms' words, though there was no input and the page was the current one."""
+    path = engine(console).cfg.path
+
+    async def body(client):
+        await login(client)
+        pages = []
+        for lst, action, fields in (("/virtual", "/virtual/action", {"vs": "web"}),
+                                    ("/virtual/real?vs=web", "/virtual/real/action", {"vs": "web", "rs": "rs2"})):
+            f = await form_of(client, lst)
+            path.write_text(path.read_text() + "\n# a hand edit\n")
+            r = await post_form(client, action, {**f, **fields, "action": "delete"})
+            assert r.status == 303
+            pages.append(await (await client.get(r.headers["Location"])).text())
+        return pages
+    for page in run(console, body):
+        flash = re.search(r'<div class="flash bad" id="flash">(.*?)</div>', page).group(1)
+        assert "changed since this page was loaded" in flash and "nothing was changed" in flash
+        assert "The list below is the current configuration" in flash and "input" not in flash
+    assert 'name = "rs2"' in path.read_text()
+
+
 def test_add_virtual_server_with_real_servers_and_http_monitor(console):
     eng = engine(console)
 

@@ -895,7 +895,7 @@ class Console:
             else:
                 vss[i]["active"] = action == "activate"
         reply = await self._save(request, form, mutate)
-        request[SESSION].flash = reply
+        request[SESSION].flash = _listed(reply)
         return _see_other("/virtual")
 
     VS_MATCH = ('<div class="row"><label for="vs.match">Match packets by</label><select id="vs.match" name="match">'
@@ -995,7 +995,7 @@ class Console:
             else:
                 reals[j]["active"] = action == "activate"
         reply = await self._save(request, form, mutate)
-        request[SESSION].flash = reply
+        request[SESSION].flash = _listed(reply)
         return _see_other(f"/virtual/real?vs={quote(name)}")
 
     async def real_edit(self, request: web.Request) -> web.StreamResponse:
@@ -1289,6 +1289,16 @@ def _flash(reply: dict) -> str:
     cls = "flash warn" if reply.get("timeout") else "flash bad"      # no answer: not a refusal
     return f'<div class="{cls}" id="flash"><b>{h(reply.get("error", "failed"))}</b>' \
            + (f"<ul>{items}</ul>" if items else "") + _left_in_place(reply) + "</div>"
+
+
+def _listed(reply: dict) -> dict:
+    """A list's button (activate, deactivate, delete) refused for a stale page: the page it goes
+    back to shows the current configuration, not "your input" (the edit forms' conflict message)."""
+    if not reply.get("conflict"):
+        return reply
+    return {**reply, "error": "the configuration file changed since this page was loaded (saved from another "
+                              "browser, or edited by hand); nothing was changed. The list below is the current "
+                              "configuration: check it and try again."}
 
 
 def _left_in_place(reply: dict) -> str:
