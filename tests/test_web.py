@@ -179,7 +179,7 @@ def test_user_name_and_password_both_count(console, caplog):
         r = await login(client)
         assert (r.status, r.headers["Location"]) == (303, "/status")
         cookie = r.headers["Set-Cookie"]
-        assert cookie.startswith("lb_session=") and "HttpOnly" in cookie and "SameSite=Strict" in cookie
+        assert cookie.startswith("lb_session_webtest=") and "HttpOnly" in cookie and "SameSite=Strict" in cookie
         assert "Secure" not in cookie      # plain HTTP
         r = await client.get("/status", allow_redirects=False)
         assert r.status == 200 and "Control/Monitoring" in await r.text()
@@ -187,6 +187,35 @@ def test_user_name_and_password_both_count(console, caplog):
     with caplog.at_level(logging.WARNING, logger="lb.web"):
         run(console, body)
     assert "failed login from 127.0.0.1 (user 'root';" in caplog.text
+
+
+def test_two_instances_consoles_on_one_host_keep_their_own_sessions(tmp_path, pwfile):
+    """A browser sends a host's cookies to every port of it: with both consoles' cookie named
+    lb_session, logging in to instance b's console (port 3637) replaced instance a's (3636)
+    cookie, and a's next page was the login page.  Each instance has its own cookie now."""
+    import aiohttp
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    consoles = {name: webapp.Console(DaemonEngine(write_config(tmp_path / name / "lb.toml")), pwfile,
+                                     webapp.Settings(instance=name), fail_delay=0.05) for name in ("a", "b")}
+
+    async def go():
+        servers = {name: TestServer(c.app(), host="127.0.0.1") for name, c in consoles.items()}
+        for server in servers.values():
+            await server.start_server()
+        try:
+            async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as browser:
+                for name in ("a", "b"):
+                    r = await browser.post(servers[name].make_url("/login"), data={"user": USER, "password": PASSWORD},
+                                           allow_redirects=False)
+                    assert r.status == 303, await r.text()
+                    await asyncio.sleep(0.1)
+                return {name: (await browser.get(servers[name].make_url("/status"), allow_redirects=False)).status
+                        for name in ("a", "b")}
+        finally:
+            for server in servers.values():
+                await server.close()
+    assert asyncio.run(go()) == {"a": 200, "b": 200}
 
 
 def test_login_throttling_is_per_client_not_global(tmp_path, pwfile):
@@ -216,7 +245,7 @@ def test_behind_a_tls_reverse_proxy_login_works_and_the_cookie_is_secure(tmp_pat
         r = await login(client, headers=proxy)
         assert r.status == 303, await r.text()
         assert "Secure" in r.headers["Set-Cookie"]        # so the test client (plain HTTP) keeps it back:
-        cookie = {**proxy, "Cookie": f"lb_session={next(iter(console.sessions))}"}   # the browser's, by hand
+        cookie = {**proxy, "Cookie": f"lb_session_webtest={next(iter(console.sessions))}"}   # the browser's, by hand
         page = await (await client.get("/global", headers=cookie)).text()
         token = re.search(r'name=csrf value="([^"]*)"', page).group(1)
         r = await client.post("/reload", data={"csrf": token}, headers=cookie, allow_redirects=False)

@@ -187,7 +187,7 @@ def test_every_address_on_a_host_without_ipv6_is_every_ipv4_address(tmp_path, pw
 async def exchange(r, w, path: str, cookie: str | None = None) -> bytes:
     """GET ``path`` (keep-alive) on a connection: the answer's status line, its body read."""
     w.write(f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n".encode()
-            + (f"Cookie: lb_session={cookie}\r\n".encode() if cookie else b"") + b"\r\n")
+            + (f"Cookie: lb_session_webtest={cookie}\r\n".encode() if cookie else b"") + b"\r\n")
     head = await asyncio.wait_for(r.readuntil(b"\r\n\r\n"), 10)
     length = int(next(x.split(b":")[1] for x in head.split(b"\r\n") if x.lower().startswith(b"content-length:")))
     await asyncio.wait_for(r.readexactly(length), 10)

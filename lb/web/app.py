@@ -111,7 +111,7 @@ def filter_malformed_requests() -> MalformedRequests:
     return f
 
 
-COOKIE = "lb_session"
+COOKIE = "lb_session"       # + "_" + the instance: a browser sends a host's cookies to every port of it
 IDLE_TIMEOUT = 3600.0
 MAX_SESSIONS = 32
 REFRESH_CHOICES = (0, 5, 10, 30, 60)
@@ -338,6 +338,9 @@ class Console:
         self.daemon = daemon
         self.password_file = Path(password_file)
         self.settings = settings or Settings()
+        # one cookie per instance: two instances' consoles on one host (ports 3636, 3637) are one
+        # cookie host to a browser, and a login to one replaced the other's session cookie
+        self.cookie = f"{COOKIE}_{self.settings.instance}"
         self.idle_timeout = idle_timeout
         self.clock = clock
         self.sessions: dict[str, Session] = {}
@@ -431,7 +434,7 @@ class Console:
                 continue
             log.info("web console: session of %s from %s ended (%s)", s.user, s.remote, why)
             del self.sessions[token]
-        token = request.cookies.get(COOKIE, "")
+        token = request.cookies.get(self.cookie, "")
         for known, sess in self.sessions.items():
             if hmac.compare_digest(known.encode(), token.encode("utf-8", "replace")):
                 return sess
@@ -576,7 +579,7 @@ class Console:
         sess = self._new_session(user, client.address, line)
         log.info("web console: login of %s from %s", user, client.address)
         resp = _see_other("/status")
-        resp.set_cookie(COOKIE, sess.token, httponly=True, samesite="Strict", path="/",
+        resp.set_cookie(self.cookie, sess.token, httponly=True, samesite="Strict", path="/",
                         secure=client.scheme == "https")
         return resp
 
@@ -585,7 +588,7 @@ class Console:
         self.sessions.pop(sess.token, None)
         log.info("web console: logout of %s from %s", sess.user, request[CLIENT].address)
         resp = _see_other("/login")
-        resp.del_cookie(COOKIE, path="/")
+        resp.del_cookie(self.cookie, path="/")
         return resp
 
     # ---- talking to the daemon ----
