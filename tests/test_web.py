@@ -1005,6 +1005,41 @@ def test_bodies_aiohttp_cannot_decode_are_400_and_one_counted_line(console, capl
     assert "Unhandled exception" not in caplog.text
 
 
+def test_a_form_value_that_is_half_a_surrogate_pair_is_400_not_a_500(console, caplog):
+    """A form in a charset that decodes "\\ud800" to half a surrogate pair (raw_unicode_escape, for
+    the body or one multipart part): the login page that shows the user name again could not be
+    encoded, a 500 and a traceback for each, before any login and past the throttling (the
+    "try again in" page shows it too).  Now 400, and an edit form's the same, the file as it was."""
+    path = engine(console).cfg.path
+    before = path.read_bytes()
+    odd = {"Content-Type": "application/x-www-form-urlencoded; charset=raw_unicode_escape"}
+    part = (b'--x\r\nContent-Disposition: form-data; name="user"\r\nContent-Type: text/plain; '
+            b'charset=raw_unicode_escape\r\n\r\n\\ud800\r\n--x\r\nContent-Disposition: form-data; '
+            b'name="password"\r\n\r\nx\r\n--x--\r\n')
+
+    async def body(client):
+        out = []
+        for _ in range(2):
+            r = await client.post("/login", data=b"user=\\ud800&password=x", headers=odd, allow_redirects=False)
+            out.append((r.status, await r.text()))
+            r = await client.post("/login", data=part, headers={"Content-Type": "multipart/form-data; boundary=x"},
+                                  allow_redirects=False)
+            out.append((r.status, await r.text()))
+        await asyncio.sleep(1.0)            # (without the check they were failed logins: throttled)
+        assert (await login(client)).status == 303
+        f = await form_of(client, "/virtual/edit?vs=web")
+        form = (f"csrf={f['csrf']}&version={f['version']}&vs=web&match=address&vs.name=web\\ud800&"
+                f"vs.address=198.18.0.10&vs.port=80&vs.protocol=tcp&vs.scheduler=rr&vs.active=on")
+        r = await client.post("/virtual/edit", data=form.encode(), headers=odd, allow_redirects=False)
+        out.append((r.status, await r.text()))
+        return out
+    with caplog.at_level(logging.WARNING):
+        for status, text in run(console, body):
+            assert status == 400 and "not Unicode text" in text, (status, text[:300])
+    assert "Traceback" not in caplog.text and "Error handling request" not in caplog.text
+    assert path.read_bytes() == before
+
+
 # ---- lb passwd --------------------------------------------------------------------------------
 
 def _passwd(monkeypatch, capsys, argv, stdin):

@@ -1170,6 +1170,25 @@ class ClientLeft(web.HTTPBadRequest):
 
 
 async def _form(request: web.Request):
+    form = await _read_form(request)
+    for key, value in form.items():
+        # a charset such as raw_unicode_escape (the body's, or a multipart part's) decodes "\ud800"
+        # to half a surrogate pair, which no page can be encoded with: the page that shows the
+        # input again (the login page, before any login) was a 500 and a traceback each time
+        if any(isinstance(t, str) and not _utf8(t) for t in (key, value)):
+            raise BadRequest("unreadable form: a value is not Unicode text (half a surrogate pair)")
+    return form
+
+
+def _utf8(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+async def _read_form(request: web.Request):
     try:
         return await asyncio.wait_for(request.post(), BODY_TIMEOUT)
     except asyncio.TimeoutError:    # a body that never comes would hold the connection for ever
