@@ -1311,3 +1311,28 @@ def test_monitor_keys_its_kind_ignores_are_warned_about():
           address = "198.18.1.11"
         """), "w.toml")
     assert udp.warnings == ()
+
+
+def test_a_sorry_server_with_a_full_list_of_real_servers_is_warned_about():
+    """The sorry server takes a slot of the service's list while its dead real servers drain: a
+    list already at tables.reals_per_service cannot switch to it (the data plane refuses the
+    table until one has drained), so lb check says so, on the sorry_server line."""
+    text = G + """\
+[tables]
+reals_per_service = 2
+[[virtual_server]]
+name = "web"
+address = "198.18.0.10"
+port = 80
+sorry_server = "198.18.1.99"
+[[virtual_server.real_server]]
+address = "198.18.1.11"
+[[virtual_server.real_server]]
+address = "198.18.1.12"
+"""
+    cfg = loads(text, "s.toml")
+    assert [(w.line, w.field) for w in cfg.warnings] == [(9, "virtual_server[0].sorry_server")]
+    assert "needs a slot more" in cfg.warnings[0].message
+    # a slot to spare, or no sorry server: no warning
+    assert loads(text.replace("reals_per_service = 2", "reals_per_service = 3")).warnings == ()
+    assert loads(text.replace('sorry_server = "198.18.1.99"\n', "")).warnings == ()

@@ -1394,6 +1394,14 @@ def _check_counts(
                 f"too many real servers in virtual server '{label}': {n} defined "
                 f"but tables.reals_per_service is {per_service}",
             )
+        elif isinstance(per_service, int) and n == per_service and isinstance(vs.sorry, tuple):
+            # the sorry server takes a slot of the list while the dead servers drain (their
+            # connections end): a full list cannot switch to it until one has drained
+            chk.warn(
+                vs.path + ("sorry_server",),
+                f"virtual server '{label}' has {n} real servers, tables.reals_per_service: its sorry "
+                f"server needs a slot more to take over while they drain (raise tables.reals_per_service)",
+            )
         if isinstance(total_limit, int) and running <= total_limit < running + n:
             chk.error(
                 ("virtual_server", i, "real_server", total_limit - running),
