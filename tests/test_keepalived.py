@@ -258,6 +258,19 @@ VS = "virtual_server 192.0.2.1 80 {\n  lb_kind DR\n  real_server 192.0.2.5 80 {\
                                                      "supported)")]),
     (HEAD + VS.replace("lb_kind DR", "lb_kind DR\n  lb_algo wlc\n  lb_algo rr"),
      [(7, "virtual_server[192.0.2.1 80].lb_algo", "lb_algo given twice (first at k.conf:6)")]),
+    # keepalived takes a repeated keyword's last value, lb took the first: a weight or a timeout
+    # other than keepalived's without a word
+    (HEAD + VS.replace("80 {\n  }", "80 {\n    weight 1\n    weight 5\n  }"),
+     [(8, "virtual_server[192.0.2.1 80].real_server[192.0.2.5 80].weight", "weight given twice (first at k.conf:7)")]),
+    (HEAD + VS.replace("80 {\n  }", "80 {\n    TCP_CHECK {\n      connect_timeout 3\n      connect_timeout 9\n"
+                                    "    }\n  }"),
+     [(9, "virtual_server[192.0.2.1 80].real_server[192.0.2.5 80].TCP_CHECK.connect_timeout",
+       "connect_timeout given twice (first at k.conf:8)")]),
+    (HEAD + VS.replace("80 {\n  }", "80 {\n    HTTP_GET {\n      url {\n        path /a\n        path /b\n"
+                                    "      }\n    }\n  }"),
+     [(10, "virtual_server[192.0.2.1 80].real_server[192.0.2.5 80].HTTP_GET.url.path", "path given twice (first at k.conf:9)")]),
+    ("global_defs {\n  lb_public_interface eth0\n  lb_public_interface eth1\n}\n" + VS,
+     [(3, "global_defs.lb_public_interface", "lb_public_interface given twice (first at k.conf:2)")]),
     (HEAD + VS.replace("lb_kind DR", "lb_kind DR\n  lb_algo fastest"),
      [(6, "virtual_server[192.0.2.1 80].lb_algo", "unknown scheduler 'fastest' (valid: rr, wrr, lc, wlc, sed, nq, "
                                                   "dh, sh, mh, fo, ovf, lblc, lblcr, twos)")]),
@@ -776,3 +789,13 @@ def test_lb_import_escapes_line_breaks_in_its_comment_lines(tmp_path: Path,
     toml = capsys.readouterr().out
     assert f"#   {conf}:13: warning: virtual_server[10.0.0.1 53].x\\ny\\x01: unknown keyword" in toml
     assert loads(toml) == dataclasses.replace(keepalived.load(conf), path=None)
+
+
+def test_every_smtp_check_host_block_is_warned_about_not_only_the_first() -> None:
+    """SMTP_CHECK takes several host blocks; lb checks the real server itself, and says so for
+    each host (the second block was passed over in silence)."""
+    cfg = keepalived.loads(HEAD + VS.replace("80 {\n  }", "80 {\n    SMTP_CHECK {\n      host {\n"
+                                             "        connect_ip 192.0.2.9\n      }\n      host {\n"
+                                             "        connect_ip 192.0.2.10\n      }\n    }\n  }"), "k.conf")
+    fld = "virtual_server[192.0.2.1 80].real_server[192.0.2.5 80].SMTP_CHECK.host"
+    assert [w.line for w in cfg.warnings if w.field == fld] == [9, 12]

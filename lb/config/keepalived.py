@@ -597,6 +597,7 @@ class _Checker:
     stmt: Stmt
     opts: dict[str, Stmt] = field(default_factory=dict)
     urls: list[Stmt] = field(default_factory=list)
+    hosts: list[Stmt] = field(default_factory=list)  # SMTP_CHECK's host blocks (one or more)
 
 
 @dataclass
@@ -687,6 +688,8 @@ class _Builder:
         for st in top:
             if st.key == "global_defs" and st.block is not None:
                 for g in st.block:
+                    if g.key in GLOBAL_MAPPED and g.key in self.globals:
+                        self._twice(g, f"global_defs.{g.key}", self.globals[g.key])
                     self.globals.setdefault(g.key, g)
                     if g.key in GLOBAL_NO_EFFECT:
                         self.warn(g, f"global_defs.{g.key}", GLOBAL_NO_EFFECT[g.key])
@@ -737,6 +740,8 @@ class _Builder:
                 self.warn(o, fld, VRRP_NO_EFFECT[o.key])
             elif o.key not in VRRP_MAPPED:
                 self.warn(o, fld, "no effect: lb's heartbeat is not VRRP")
+            elif o.key in v.opts:
+                self._twice(o, fld, v.opts[o.key])
             v.opts.setdefault(o.key, o)
         self.vrrps.append(v)
 
@@ -753,13 +758,18 @@ class _Builder:
                 vs.groups.append(o)
             elif o.key in VS_KEYS:
                 if o.key in vs.opts:
-                    self.error(o, f"{label}.{o.key}", f"{o.key} given twice (first at {vs.opts[o.key].where()})")
+                    self._twice(o, f"{label}.{o.key}", vs.opts[o.key])
                 vs.opts.setdefault(o.key, o)
             elif o.key in VS_NO_EFFECT:
                 self.warn(o, f"{label}.{o.key}", VS_NO_EFFECT[o.key])
             else:
                 self.warn(o, f"{label}.{o.key}", "unknown keyword (keepalived would report it too): ignored")
         self.virtuals.append(vs)
+
+    def _twice(self, st: Stmt, fld: str, first: Stmt) -> None:
+        """A keyword given twice in one block: keepalived takes the last, lb's first was taken
+        before (a silently other weight or timeout); which one was meant is the file's to say."""
+        self.error(st, fld, f"{st.key} given twice (first at {first.where()})")
 
     def _real(self, vs: _Virtual, st: Stmt) -> None:
         label = f"{vs.label}.real_server[{' '.join(st.args)}]"
@@ -777,6 +787,8 @@ class _Builder:
             if o.key in CHECKERS:
                 rs.checkers.append(self._checker(label, o))
             elif o.key in RS_KEYS:
+                if o.key in rs.opts:
+                    self._twice(o, f"{label}.{o.key}", rs.opts[o.key])
                 rs.opts.setdefault(o.key, o)
             elif o.key in RS_NO_EFFECT:
                 self.warn(o, f"{label}.{o.key}", RS_NO_EFFECT[o.key])
@@ -790,7 +802,11 @@ class _Builder:
             fld = f"{label}.{st.key}.{o.key}"
             if o.key == "url":
                 c.urls.append(o)
+            elif o.key == "host":
+                c.hosts.append(o)
             elif o.key in CHECKER_KEYS:
+                if o.key in c.opts:
+                    self._twice(o, fld, c.opts[o.key])
                 c.opts.setdefault(o.key, o)
             elif o.key in CHECKER_NO_EFFECT:
                 self.warn(o, fld, CHECKER_NO_EFFECT[o.key])
@@ -1521,7 +1537,7 @@ class _Builder:
             m.update(self._dns(c, fld))
         elif kind == "SMTP_CHECK":
             m.update(kind="send_expect", expect="^220", use_regex=True)
-            for h in c.opts.get("host", Stmt("", [], "", 0)).block or []:
+            for h in (h for hb in c.hosts for h in hb.block or []):
                 self.warn(h, f"{fld}.host", "not supported: lb checks the real server's own address")
         if kind in ("TCP_CHECK", "SMTP_CHECK") and (vs.opts.get("protocol") and
                                                     (vs.opts["protocol"].args or [""])[0].upper() == "UDP"):
@@ -1563,6 +1579,8 @@ class _Builder:
             if o.key in URL_NO_EFFECT:
                 self.warn(o, f"{fld}.url.{o.key}", URL_NO_EFFECT[o.key])
             elif o.key in ("path", "digest", "status_code", "virtualhost", "regex"):
+                if o.key in opts:
+                    self._twice(o, f"{fld}.url.{o.key}", opts[o.key])
                 opts.setdefault(o.key, o)
             else:
                 self.warn(o, f"{fld}.url.{o.key}", "unknown keyword (keepalived would report it too): ignored")
