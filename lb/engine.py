@@ -1009,6 +1009,8 @@ class Engine:
             # _health_changed logs each transition: the monitor does not too
             mon = Monitor(key, spec, policy, self._health_changed, initial_up=self.health.get(key, True),
                           log_changes=False)
+            if old:                     # the same server, checked another way: its counts go on
+                mon.carry(old[2])
             self.monitors[key] = (spec, policy, mon, mon.start())
         if self._dirty and self._wake is not None:
             self._wake.set()

@@ -79,6 +79,17 @@ class Monitor:
         self.last_not_run: CheckResult | None = None
         self.supervision = TaskStats()       # restarts after an unexpected error
 
+    # what a monitor has counted and last said: a reload that changes the check hands it on
+    TALLIES = ("changes", "downs", "ups", "checks", "failures", "not_run", "last_not_run", "since", "since_wall",
+               "reason", "last")
+
+    def carry(self, old: Monitor) -> None:
+        """Take over ``old``'s tallies (a reload changed its check): `lb status`'s counts and the
+        metrics' counters (lb_real_server_health_checks_total, ...) go on from where they were
+        instead of falling back to 0, and the last transition keeps its time and reason."""
+        for name in self.TALLIES:
+            setattr(self, name, getattr(old, name))
+
     @property
     def state(self) -> str:
         return "up" if self.up else "down"
