@@ -269,6 +269,12 @@ VS = "virtual_server 192.0.2.1 80 {\n  lb_kind DR\n  real_server 192.0.2.5 80 {\
     (HEAD + VS.replace("80 {\n  }", "80 {\n    HTTP_GET {\n      url {\n        path /a\n        path /b\n"
                                     "      }\n    }\n  }"),
      [(10, "virtual_server[192.0.2.1 80].real_server[192.0.2.5 80].HTTP_GET.url.path", "path given twice (first at k.conf:9)")]),
+    # lb_algo and lvs_sched (lb_kind and lvs_method) are one keyword's two names: keepalived ran rr
+    # here, lb wlc
+    (HEAD + VS.replace("lb_kind DR", "lb_kind DR\n  lb_algo wlc\n  lvs_sched rr"),
+     [(7, "virtual_server[192.0.2.1 80].lvs_sched", "lvs_sched given twice (as lb_algo, first at k.conf:6)")]),
+    (HEAD + VS.replace("lb_kind DR", "lb_kind DR\n  lvs_method NAT"),
+     [(6, "virtual_server[192.0.2.1 80].lvs_method", "lvs_method given twice (as lb_kind, first at k.conf:5)")]),
     ("global_defs {\n  lb_public_interface eth0\n  lb_public_interface eth1\n}\n" + VS,
      [(3, "global_defs.lb_public_interface", "lb_public_interface given twice (first at k.conf:2)")]),
     (HEAD + VS.replace("lb_kind DR", "lb_kind DR\n  lb_algo fastest"),

@@ -759,6 +759,9 @@ class _Builder:
             elif o.key in VS_KEYS:
                 if o.key in vs.opts:
                     self._twice(o, f"{label}.{o.key}", vs.opts[o.key])
+                elif VS_ALIASES.get(o.key) in vs.opts:     # keepalived's two names of one keyword
+                    first = vs.opts[VS_ALIASES[o.key]]
+                    self.error(o, f"{label}.{o.key}", f"{o.key} given twice (as {first.key}, first at {first.where()})")
                 vs.opts.setdefault(o.key, o)
             elif o.key in VS_NO_EFFECT:
                 self.warn(o, f"{label}.{o.key}", VS_NO_EFFECT[o.key])
@@ -1694,6 +1697,8 @@ VS_KEYS = ("lb_algo", "lvs_sched", "lb_kind", "lvs_method", "protocol", "persist
            "persistence_granularity", "sorry_server", "sorry_server_lvs_method", "virtualhost", "delay_loop",
            "connect_timeout", "retry", "delay_before_retry", "inhibit_on_failure", "ip_family", "sh-port",
            "sh-fallback", "mh-port", "mh-fallback", "flag-1", "flag-2", "flag-3")
+# keepalived's old and new names of one keyword (one handler: the later one written wins there)
+VS_ALIASES = {"lb_algo": "lvs_sched", "lvs_sched": "lb_algo", "lb_kind": "lvs_method", "lvs_method": "lb_kind"}
 RS_KEYS = ("weight", "lvs_method", "uthreshold", "lthreshold", "inhibit_on_failure", "virtualhost",
            "connect_timeout", "retry", "delay_before_retry", "delay_loop")
 CHECKER_KEYS = ("connect_ip", "connect_port", "connect_timeout", "retry", "nb_get_retry", "delay_before_retry",
