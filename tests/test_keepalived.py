@@ -275,6 +275,9 @@ VS = "virtual_server 192.0.2.1 80 {\n  lb_kind DR\n  real_server 192.0.2.5 80 {\
      [(7, "virtual_server[192.0.2.1 80].lvs_sched", "lvs_sched given twice (as lb_algo, first at k.conf:6)")]),
     (HEAD + VS.replace("lb_kind DR", "lb_kind DR\n  lvs_method NAT"),
      [(6, "virtual_server[192.0.2.1 80].lvs_method", "lvs_method given twice (as lb_kind, first at k.conf:5)")]),
+    ("vrrp_instance VI_1 {\n  interface eth0\n  mcast_src_ip 192.0.2.2\n  unicast_src_ip 192.0.2.3\n"
+     "  unicast_peer {\n    192.0.2.4\n  }\n}\n",
+     [(4, "vrrp_instance[VI_1].unicast_src_ip", "unicast_src_ip given twice (as mcast_src_ip, first at k.conf:3)")]),
     ("global_defs {\n  lb_public_interface eth0\n  lb_public_interface eth1\n}\n" + VS,
      [(3, "global_defs.lb_public_interface", "lb_public_interface given twice (first at k.conf:2)")]),
     (HEAD + VS.replace("lb_kind DR", "lb_kind DR\n  lb_algo fastest"),

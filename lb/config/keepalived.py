@@ -742,6 +742,9 @@ class _Builder:
                 self.warn(o, fld, "no effect: lb's heartbeat is not VRRP")
             elif o.key in v.opts:
                 self._twice(o, fld, v.opts[o.key])
+            elif VRRP_ALIASES.get(o.key) in v.opts:
+                first = v.opts[VRRP_ALIASES[o.key]]
+                self.error(o, fld, f"{o.key} given twice (as {first.key}, first at {first.where()})")
             v.opts.setdefault(o.key, o)
         self.vrrps.append(v)
 
@@ -1699,6 +1702,7 @@ VS_KEYS = ("lb_algo", "lvs_sched", "lb_kind", "lvs_method", "protocol", "persist
            "sh-fallback", "mh-port", "mh-fallback", "flag-1", "flag-2", "flag-3")
 # keepalived's old and new names of one keyword (one handler: the later one written wins there)
 VS_ALIASES = {"lb_algo": "lvs_sched", "lvs_sched": "lb_algo", "lb_kind": "lvs_method", "lvs_method": "lb_kind"}
+VRRP_ALIASES = {"unicast_src_ip": "mcast_src_ip", "mcast_src_ip": "unicast_src_ip"}
 RS_KEYS = ("weight", "lvs_method", "uthreshold", "lthreshold", "inhibit_on_failure", "virtualhost",
            "connect_timeout", "retry", "delay_before_retry", "delay_loop")
 CHECKER_KEYS = ("connect_ip", "connect_port", "connect_timeout", "retry", "nb_get_retry", "delay_before_retry",
