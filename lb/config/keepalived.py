@@ -17,7 +17,10 @@ What it becomes is the document the TOML loader validates (lb.config.toml.valida
 keepalived.conf file, line and keyword of each field, so every rule is the TOML loader's and its
 messages name keepalived.conf's lines (``virtual_server[198.18.0.10 80].real_server[...].weight``).
 Everything accepted without being carried out exactly is a warning (Config.warnings) naming its
-line and why; what lb cannot do at all is an error.
+line and why; what lb cannot do at all is an error.  So is a keyword that lb reads given twice
+in one block, also under its other name (``lb_algo``/``lvs_sched``, ``lb_kind``/``lvs_method``,
+``unicast_src_ip``/``mcast_src_ip``): keepalived takes the last one, which may not be what was
+meant; the error names both lines.
 
 Mapping (keepalived.conf(5) -> lb):
 
