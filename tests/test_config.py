@@ -1106,6 +1106,20 @@ def test_locate(path: tuple[str | int, ...], line: int | None) -> None:
     assert locate(LOCATOR_DOC, path) == line
 
 
+def test_an_issue_in_a_multi_line_array_names_its_elements_line() -> None:
+    """real_server = [ {...},\n {...} ]: each element's issue names the element's own line (all of
+    them named the array's first line), a key of a nested inline table its own line."""
+    text = ('[global]\npublic_interface = "eth0"\n\n[[virtual_server]]\nname = "a"\naddress = "198.18.0.1"\n'
+            'port = 80\nreal_server = [\n  { address = "198.18.1.1", weight = 70000 },\n'
+            '  # a comment\n\n  { address = "198.18.1.2", port = 0 },\n]\n'
+            'monitor = { kind = "http", status = [200, 999] }\n')
+    with pytest.raises(ConfigError) as ei:
+        loads(text)
+    assert sorted((i.line, i.field) for i in ei.value.issues) == [
+        (9, "virtual_server[0].real_server[0].weight"), (12, "virtual_server[0].real_server[1].port"),
+        (14, "virtual_server[0].monitor.status")]
+
+
 def test_locate_tolerates_malformed_text() -> None:
     # Invalid TOML never reaches the locator in practice, but it must not crash.
     assert locate("[[a.b]]\nx = 1\n[broken\ny = 2\n", ("a", "b", 0, "x")) == 2

@@ -10,8 +10,8 @@ A path mirrors how the parsed document is indexed, e.g.
 keys fall back to the closest enclosing entry that exists (usually the table
 header), which is where a "missing key" error should point.
 
-Not handled precisely (they fall back to the enclosing line): keys inside
-inline tables and elements of (multi-line) arrays.
+Elements of arrays and keys of inline tables are found too (an issue in the
+second element of a multi-line ``real_server = [ {...}, {...} ]`` names its line).
 """
 
 from __future__ import annotations
@@ -25,6 +25,9 @@ PathElem = str | int
 
 _BARE_DOTTED = re.compile(r"\s*[A-Za-z0-9_-]+(\s*\.\s*[A-Za-z0-9_-]+)*\s*")
 FieldPath = tuple[PathElem, ...]
+# arrays and inline tables nested deeper than this inside one value: their elements' lines are not
+# recorded (the configuration's deepest is 2, real_server = [{ ... }])
+MAX_RECORD_DEPTH = 4
 
 
 def _split_key(raw: str) -> tuple[str, ...] | None:
@@ -141,7 +144,7 @@ class Locator:
                 parts = _split_key(text[i:eq])
                 if parts is not None:
                     self._record(table + parts, line)
-                i, line = self._skip_value(eq + 1, line)
+                i, line = self._skip_value(eq + 1, line, table + parts if parts is not None else None)
 
     def _header(self, parts: tuple[str, ...], array: bool, line: int) -> FieldPath:
         if array:
@@ -194,8 +197,11 @@ class Locator:
             i += 1
         return n
 
-    def _skip_value(self, i: int, line: int) -> tuple[int, int]:
-        """Skip a value (with nested arrays, inline tables and multi-line strings).
+    def _skip_value(self, i: int, line: int, path: FieldPath | None = None) -> tuple[int, int]:
+        """Skip a value (with nested arrays, inline tables and multi-line strings), recording the
+        line of each element of its arrays and each key of its inline tables under ``path`` (the
+        value's own path; None: not recorded), so that an issue in the second of
+        ``real_server = [ {...},\n {...} ]`` names the second element's line.
 
         Returns the index of the newline ending the value and the line
         number at that point.
@@ -204,8 +210,29 @@ class Locator:
         n = len(text)
         depth = 0
         word = 0  # length of the unquoted word that ends at i
+        # the open arrays and inline tables: [kind ("a" or "t"), path or None, element index,
+        # an element (array) or a key (inline table) comes next]
+        stack: list[list[Any]] = []
+        expect = path  # the path of the value that starts at the next token
         while i < n:
             c = text[i]
+            if stack and stack[-1][3] and c not in " \t\r\n#,]}":
+                top = stack[-1]
+                top[3] = False
+                if top[0] == "a":
+                    expect = top[1] + (top[2],) if top[1] is not None else None
+                    if expect is not None:
+                        self._record(expect, line)
+                else:
+                    eq = self._find_unquoted(i, "=")
+                    if eq >= 0:
+                        parts = _split_key(text[i:eq])
+                        expect = top[1] + parts if top[1] is not None and parts is not None else None
+                        if expect is not None:
+                            self._record(expect, line)
+                        word = 0
+                        i = eq + 1
+                        continue
             if c.isalnum() or c in "_+-.:":
                 word += 1
                 if word > self._longest_word[0]:
@@ -247,9 +274,18 @@ class Locator:
                 depth += 1
                 if depth > self._deepest[0]:
                     self._deepest = (depth, line)
+                # (bounded: a value nested thousands deep records nothing below MAX_RECORD_DEPTH)
+                stack.append(["a" if c == "[" else "t", expect if len(stack) < MAX_RECORD_DEPTH else None, 0, True])
+                expect = None
                 i += 1
             elif c in "]}":
                 depth = max(0, depth - 1)
+                if stack:
+                    stack.pop()
+                i += 1
+            elif c == "," and stack:
+                stack[-1][2] += 1
+                stack[-1][3] = True
                 i += 1
             else:
                 i += 1
