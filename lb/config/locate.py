@@ -200,8 +200,8 @@ class Locator:
     def _skip_value(self, i: int, line: int, path: FieldPath | None = None) -> tuple[int, int]:
         """Skip a value (with nested arrays, inline tables and multi-line strings), recording the
         line of each element of its arrays and each key of its inline tables under ``path`` (the
-        value's own path; None: not recorded), so that an issue in the second of
-        ``real_server = [ {...},\n {...} ]`` names the second element's line.
+        value's own path; None: not recorded), so that an issue in the second element of a
+        multi-line ``real_server = [ {...}, {...} ]`` names that element's line.
 
         Returns the index of the newline ending the value and the line
         number at that point.
