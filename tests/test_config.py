@@ -1266,6 +1266,40 @@ def test_keys_that_change_nothing_are_warned_about_with_their_line():
     assert fine.warnings == ()
 
 
+def test_load_monitor_keys_its_kind_ignores_are_warned_about():
+    """An agent load monitor never runs `program`, a program one never asks `port`: accepted in
+    silence, the weights an operator meant to come from the program stayed the agent's."""
+    cfg = loads(doc("""\
+        [global]
+        public_interface = "pub0"
+
+        [[virtual_server]]
+        name = "web"
+        address = "198.18.0.10"
+        port = 80
+          [virtual_server.load_monitor]
+          kind = "agent"
+          port = 10000
+          program = "/usr/local/bin/load-of %h"
+        [[virtual_server]]
+        name = "web2"
+        address = "198.18.0.10"
+        port = 81
+          [virtual_server.load_monitor]
+          kind = "program"
+          port = 10000
+          program = "/usr/local/bin/load-of %h"
+          script_user = "nobody"
+        """), "w.toml")
+    assert [(w.line, w.field, w.message) for w in cfg.warnings] == [
+        (11, "virtual_server[0].load_monitor.program", "no effect with kind \"agent\" (used by: program)"),
+        (18, "virtual_server[1].load_monitor.port", "no effect with kind \"program\" (used by: agent)"),
+    ]
+    # left at their defaults (example.toml lists every key), they are not
+    assert load(CONFIGS / "example.toml").virtual_servers[0].load_monitor.kind == "agent"
+    assert not [w for w in load(CONFIGS / "example.toml").warnings if "load_monitor" in w.field]
+
+
 def test_monitor_keys_its_kind_ignores_are_warned_about():
     """A tcp monitor never sends `send`, an http one never runs `program`: a key set to other
     than its default that the monitor's kind does not read is accepted but warned about, with

@@ -149,6 +149,8 @@ MONITOR_KIND_KEYS: Final = {
     "body_regex": ("http", "https"), "digest": ("http", "https"), "tls_verify": ("https",),
     "program": ("program",), "misc_dynamic": ("program",), "script_user": ("program",),
 }
+# ... and a load monitor's (lb.engine: an agent's port; a program's argv and user)
+LOAD_MONITOR_KIND_KEYS: Final = {"port": ("agent",), "program": ("program",), "script_user": ("program",)}
 RS_KEYS: Final = ("name", "address", "port", "weight", "active", "u_threshold", "l_threshold")
 PORT_GROUP_KEYS: Final = ("address", "protocol", "ports")
 FWMARK_RANGE: Final = (1, 0xFFFFFFFF)
@@ -1199,8 +1201,15 @@ def _check_load_monitor(vs: _Table, user: str) -> LoadMonitor | None | _Invalid:
     values = (kind, port, program, interval, timeout, min_weight, script_user)
     if any(isinstance(v, _Invalid) for v in values):
         return INVALID
-    return LoadMonitor(kind=kind, port=port, program=program or "", interval=interval, timeout=timeout,
-                       min_weight=min_weight, script_user=script_user)
+    lm = LoadMonitor(kind=kind, port=port, program=program or "", interval=interval, timeout=timeout,
+                     min_weight=min_weight, script_user=script_user)
+    # a key this kind never reads, set to other than its default, is a mistake worth a word (as
+    # the monitor's): an agent's program is not run, a program's port not asked
+    for key, kinds in LOAD_MONITOR_KIND_KEYS.items():
+        default = user if key == "script_user" else getattr(d, key)
+        if key in m.data and kind not in kinds and getattr(lm, key) != default:
+            m.chk.warn(m.at(key), f"no effect with kind \"{kind}\" (used by: {', '.join(kinds)})")
+    return lm
 
 
 # --- cross-field checks ----------------------------------------------------------
