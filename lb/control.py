@@ -10,7 +10,9 @@ and so does :func:`request` (`lb status` ...) for a user who may not open the ro
 
 Each socket serves at most MAX_CLIENTS connections at once, the shared one at most MAX_PER_UID of
 them for one uid; a connection past that is answered "busy" and closed, so no local user can take
-root's slots.  Refusals are counted and logged at most once per REFUSED_LOG_EVERY seconds.
+root's slots.  A client that has not taken its reply within WRITE_TIMEOUT is cut (it would hold its
+slot for as long as it stays connected), and stop() cuts what is still open STOP_GRACE after the
+sockets close (since Python 3.12 wait_closed() waits for every connection).  Refusals are counted and logged at most once per REFUSED_LOG_EVERY seconds.
 
 One JSON request per connection, one JSON reply, each a single line (a request of at most
 MAX_REQUEST bytes and MAX_DEPTH levels of nesting; anything else is answered "bad request"; a
@@ -69,6 +71,8 @@ MAX_DEPTH = 32                   # the deepest configuration document needs 6
 MAX_CLIENTS = 32                 # connections served at once on each socket; more are answered "busy"
 MAX_PER_UID = 8                  # ... of them from one uid on the shared socket
 READ_TIMEOUT = 10.0              # seconds a served connection has to send its request line
+WRITE_TIMEOUT = 60.0             # seconds a client has to take its reply (tens of MiB: a big status)
+STOP_GRACE = 2.0                 # seconds stop() lets the replies under way go out, then cuts them
 REFUSED_LOG_EVERY = 10.0         # a refused peer can connect in a loop: one line per this many seconds
 READ_COMMANDS = frozenset({"status", "table", "web", "config"})
 PEER_IS_ROOT = "_peer_is_root"   # set on each request by the server from the peer's credentials
@@ -201,6 +205,8 @@ class ControlServer:
         self.refused = 0                        # connections refused for their credentials
         self.busy = 0                           # connections answered "busy" (no slot)
         self._ratelog = RateLimitedLog(log, REFUSED_LOG_EVERY)
+        self._writers = {False: set(), True: set()}   # the connections being served, by socket
+        self.unread = 0                         # replies cut: the client took none within WRITE_TIMEOUT
 
     async def start(self) -> None:
         files.ensure_private_dir(os.path.dirname(self.path))     # root's, 0700: no one plants a link
@@ -235,20 +241,31 @@ class ControlServer:
             await self._close_shared()
 
     async def _close_shared(self) -> None:
-        self.shared.close()
-        await self.shared.wait_closed()
+        await self._close_server(self.shared, True)
         self.shared = None
         try:
             os.unlink(self.shared_path)
         except FileNotFoundError:
             pass
 
+    async def _close_server(self, server, shared: bool) -> None:
+        """Close ``server`` and the connections it serves: those still open after STOP_GRACE (a
+        client that never reads its reply, one that sends nothing) are cut.  A stop never waits
+        on a client (since Python 3.12, wait_closed() waits for every connection)."""
+        server.close()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + STOP_GRACE
+        while self._writers[shared] and loop.time() < deadline:
+            await asyncio.sleep(0.05)
+        for w in list(self._writers[shared]):
+            w.transport.abort()
+        await server.wait_closed()
+
     async def stop(self) -> None:
         if self.shared is not None:
             await self._close_shared()
         if self.server is not None:
-            self.server.close()
-            await self.server.wait_closed()
+            await self._close_server(self.server, False)
             self.server = None
         try:
             os.unlink(self.path)
@@ -280,13 +297,23 @@ class ControlServer:
             self._close(writer, {"ok": False, "error": f"busy: {slots.open} requests are being served "
                                                        f"(uid {uid}: {slots.held(uid)}): try again"})
             return
+        self._writers[shared].add(writer)
         try:
             reply = await self._answer(reader, uid, level)
             writer.write(json.dumps(reply).encode() + b"\n")
-            await writer.drain()
+            # a client that never reads its reply would hold its slot, and the reply's memory, for
+            # as long as it is connected: WRITE_TIMEOUT, then the connection is cut
+            await asyncio.wait_for(writer.drain(), WRITE_TIMEOUT)
+        except asyncio.TimeoutError:
+            self.unread += 1
+            self._ratelog.log(("unread", shared), logging.WARNING, "control socket %s: uid %d (pid %d) took "
+                              "no reply within %.0f s: connection cut (%d since start)",
+                              self.shared_path if shared else self.path, uid, pid, WRITE_TIMEOUT, self.unread)
+            writer.transport.abort()
         except (ConnectionError, asyncio.CancelledError):
             pass
         finally:
+            self._writers[shared].discard(writer)
             slots.give(uid)
             writer.close()
 

@@ -11,6 +11,7 @@ import stat
 import subprocess
 import tempfile
 import threading
+import time
 
 import pytest
 
@@ -298,4 +299,83 @@ def test_the_consoles_client_takes_a_big_tables_status_and_refuses_what_is_no_re
                 await control.arequest(sock, "status")
             with pytest.raises(control.BadReply, match="cut short"):
                 await control.arequest(sock, "status")
+    asyncio.run(main())
+
+
+# ---- a client that never reads its reply --------------------------------------------------
+
+def never_reading(path: str) -> socket.socket:
+    """A client that asks for a big reply and never reads it."""
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    s.connect(path)
+    s.sendall(b'{"cmd": "status"}\n')
+    return s
+
+
+def test_a_client_that_never_reads_its_reply_loses_its_slot(tmp_path, monkeypatch):
+    """A client that asked for a status (megabytes on a big table) and never read it held its
+    slot, and the reply's memory, for as long as it stayed connected: MAX_CLIENTS of them and
+    every later request, root's too, was answered "busy" for good.  Now the connection is cut
+    once WRITE_TIMEOUT has passed and the slot serves the next request."""
+    monkeypatch.setattr(control, "MAX_CLIENTS", 2)
+    monkeypatch.setattr(control, "WRITE_TIMEOUT", 0.5, raising=False)
+    big = "x" * (8 << 20)
+
+    async def handler(req):
+        return {"ok": True, "status": big}
+    loop, t, server = serve(str(tmp_path), "/nonexistent", None, handler)
+    path = control.socket_path("t", str(tmp_path))
+    holders = [never_reading(path) for _ in range(2)]
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            reply = control.request("t", "status", run_dir=str(tmp_path))
+            if reply["ok"] or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+        assert reply == {"ok": True, "status": big}
+        assert server.unread == 2
+    finally:
+        for s in holders:
+            s.close()
+        stop(loop, t)
+
+
+def test_stop_does_not_wait_for_a_client_that_never_reads(tmp_path):
+    """Since Python 3.12 a server's wait_closed() waits for every connection it serves: the
+    daemon's stop (SIGTERM, `systemctl stop`) hung on a client that never read its reply until
+    systemd's TimeoutStopSec killed it, the data plane never taken down.  Now the connections
+    still open STOP_GRACE after the socket closes are cut."""
+    big = "x" * (8 << 20)
+
+    async def handler(req):
+        return {"ok": True, "status": big}
+
+    async def main():
+        path = control.socket_path("t", str(tmp_path))
+        server = control.ControlServer(path, handler)
+        await server.start()
+        s = await asyncio.get_running_loop().run_in_executor(None, never_reading, path)
+        try:
+            while not server._slots[False].open:
+                await asyncio.sleep(0.05)
+            await asyncio.sleep(0.2)                     # its reply is being written
+            await asyncio.wait_for(server.stop(), 60)
+            s.setblocking(False)
+            got, ended = b"", False
+            deadline = time.monotonic() + 30
+            while not ended and time.monotonic() < deadline:    # the connection is cut: what the
+                try:                                            # client reads ends, short
+                    chunk = s.recv(1 << 20)
+                except BlockingIOError:
+                    await asyncio.sleep(0.05)
+                    continue
+                except ConnectionResetError:
+                    chunk = b""
+                ended = not chunk
+                got += chunk
+            assert ended and len(got) < len(big)
+        finally:
+            s.close()
     asyncio.run(main())
