@@ -458,6 +458,7 @@ class Engine:
         self.overrides: dict[tuple, int] = {}        # real_key -> the operator's weight (lb weight/quiesce)
         self._overrides_file: str | None = None      # where they are kept; set by start()
         self._apply_waiters: list[tuple] = []        # (future, reply) of `lb weight` callers: after the apply
+        self._weight_lock: asyncio.Lock | None = None   # `lb weight` requests, one at a time to their plan
         self._dirty = False                          # health changed: reconcile the data plane
         self._weight_log = RateLimitedLog(log, 60.0)  # by real server: its load monitor's weight changes
         self._housekeeping_log = RateLimitedLog(log, 60.0)   # by step: a failing one is retried each turn
@@ -1251,12 +1252,18 @@ class Engine:
         if "weight" not in req:
             return {"ok": False, "error": f"weight: missing ({WEIGHT_RANGE[0]}..{WEIGHT_RANGE[1]}, or null to "
                                           f"clear the override)"}
-        before = dict(self.overrides)
-        try:
-            message = self.set_override(req.get("service"), req.get("server"), req["weight"])
-        except OverrideError as e:
-            return {"ok": False, "error": str(e)}
-        refused = await self._plan_overrides(before)
+        # one at a time from the change to its plan: a refused plan puts back what differs from
+        # the overrides it started from, and two under way at once put back each other's changes
+        # (an override answered "ok" gone, one answered "nothing changed" kept)
+        if self._weight_lock is None:
+            self._weight_lock = asyncio.Lock()
+        async with self._weight_lock:
+            before = dict(self.overrides)
+            try:
+                message = self.set_override(req.get("service"), req.get("server"), req["weight"])
+            except OverrideError as e:
+                return {"ok": False, "error": str(e)}
+            refused = await self._plan_overrides(before)
         if refused is not None:
             return {"ok": False, "error": refused}
         reply = {"ok": True, "message": message}

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import functools
+import ipaddress
 import json
 import logging
 import re
@@ -393,6 +394,41 @@ def test_control_socket_round_trip_through_the_run_loop(running):
                                          "config, config-put)"}
 
     drive(body)
+
+
+def test_concurrent_overrides_never_undo_each_other(running):
+    """Two `lb quiesce` at once (a script quiescing a pool in parallel) when the data plane cannot
+    hold the first (here: the table never fits with rs1 quiesced): the refused one put back every
+    override that differed from the ones it started from -- the other's too -- and the other,
+    planned with the first's change in its table, was refused as well and put the first's back:
+    rs1 ended quiesced though its caller was told nothing changed, and rs2 was not though it was
+    fine.  Now each request is planned in turn: rs1 refused, rs2 quiesced."""
+    from lb.dataplane.errors import TableDoesNotFit
+    eng, drive = running
+    inst = eng.cfg.instance
+    planning = threading.Event()
+
+    class Tight(RecordingDataplane):
+        def plan(self, table):
+            planning.set()
+            threading.Event().wait(0.5)              # the second request comes in meanwhile
+            (svc,) = table.services
+            if any(r.address == ipaddress.ip_address("198.18.1.11") and r.weight == 0 for r in svc.reals):
+                raise TableDoesNotFit("no room for the sorry server")
+    eng.dp = Tight()
+    eng.apply_health()
+
+    async def body(call):
+        first = call(lambda: control.request(inst, "weight", service="web", server="rs1", weight=0))
+        await call(lambda: planning.wait(10))
+        second = call(lambda: control.request(inst, "weight", service="web", server="rs2", weight=0))
+        return await first, await second
+
+    first, second = drive(body)
+    assert first["ok"] is False and "nothing changed" in first["error"], first
+    assert second["ok"] is True, second
+    assert eng.overrides == {key(eng, "rs2"): 0}
+    assert table(eng) == {"rs1": 5, "rs2": 0, "rs3": 1}
 
 
 def cli(capsys, *argv):
