@@ -1264,6 +1264,12 @@ class Engine:
             except OverrideError as e:
                 return {"ok": False, "error": str(e)}
             refused = await self._plan_overrides(before)
+            if refused is None and self._stop is not None:
+                # a stop asked for during the plan: the loop that would apply it ends (it may
+                # have ended already, and its caller would wait for ever) -- put back, as a
+                # request that comes during the stop is refused
+                self._put_back_overrides(before)
+                return {"ok": False, "error": "the daemon is stopping"}
         if refused is not None:
             return {"ok": False, "error": refused}
         reply = {"ok": True, "message": message}
@@ -1277,6 +1283,15 @@ class Engine:
         self._apply_waiters.append((fut, reply))
         self._wake.set()
         return await fut
+
+    def _put_back_overrides(self, before: dict) -> None:
+        """The overrides as they were (``before``), saved."""
+        for key in [k for k in before.keys() | self.overrides.keys() if before.get(k) != self.overrides.get(k)]:
+            if key in before:
+                self.overrides[key] = before[key]
+            else:
+                self.overrides.pop(key, None)
+        self._save_overrides()
 
     async def _plan_overrides(self, before: dict) -> str | None:
         """The data plane's plan of the table with the overrides as set now: when it cannot hold
@@ -1304,12 +1319,7 @@ class Engine:
             else:
                 await asyncio.get_running_loop().run_in_executor(None, plan)
         except TableDoesNotFit as e:
-            for key in [k for k in before.keys() | self.overrides.keys() if before.get(k) != self.overrides.get(k)]:
-                if key in before:
-                    self.overrides[key] = before[key]
-                else:
-                    self.overrides.pop(key, None)
-            self._save_overrides()
+            self._put_back_overrides(before)
             lines = "".join(f"\n  {p}" for p in str(e).splitlines())
             log.error("operator override refused, put back: the data plane cannot hold the table with it:%s", lines)
             return f"the data plane cannot hold the table with this override; nothing changed:{lines}"
@@ -1867,9 +1877,13 @@ class Engine:
                 await self._housekeep("refresh_nexthops", lambda: blocking(self.refresh_nexthops))
         if self._stop.startswith("systemd:"):       # lb@.service's SIGTERM: stop or restart?
             self._stop = await blocking(self._systemd_stop_kind)
-        for fut in self._reload_waiters + [f for f, _ in self._apply_waiters]:   # before the server waits
-            if not fut.done():                                                     # for its handlers
+        for fut in self._reload_waiters:                  # before the server waits for its handlers
+            if not fut.done():
                 fut.set_result({"ok": False, "error": "the daemon is stopping"})
+        for fut, _ in self._apply_waiters:       # (an override set as the stop came: kept in its file)
+            if not fut.done():
+                fut.set_result({"ok": False, "error": "the daemon is stopping: the override is recorded, for "
+                                                      "its next start, but not applied now"})
         await self._stop_running(blocking, started)
 
     async def _housekeep(self, step: str, fn):

@@ -343,6 +343,65 @@ def test_a_request_that_would_change_something_is_refused_while_stopping(tmp_pat
     assert eng.overrides == {} and not os.path.exists(eng._overrides_file)
 
 
+def test_a_weight_request_planned_as_the_stop_comes_is_answered_and_put_back(tmp_path, monkeypatch):
+    """`lb quiesce` whose plan (the data plane's, in a worker) was under way when the stop came:
+    the loop ended without applying it, the request waited for an apply that never came -- its
+    caller without a reply until the socket closed, the override saved all the same for the next
+    start.  Now it is answered "the daemon is stopping" and put back, as one that comes later."""
+    import asyncio
+    import functools
+    import threading
+
+    from lb import control
+    from test_override import make_engine
+    patch_host(monkeypatch.setattr, str(tmp_path))
+    monkeypatch.setattr(control, "request", functools.partial(control.request, run_dir=str(tmp_path)))
+    eng = make_engine(write(tmp_path / "lb.toml", instance="stopplan"))
+    eng._overrides_file = lbengine.overrides_file("stopplan")
+    planning, planned, stopping, go_on = (threading.Event() for _ in range(4))
+
+    class SlowPlan(type(eng.dp)):
+        def plan(self, table):
+            planning.set()
+            planned.wait(10)
+    eng.dp = SlowPlan()
+
+    class SlowWatch:                          # the stop's first step, held until the reply is in
+        def start(self):
+            pass
+
+        def stop(self):
+            stopping.set()
+            go_on.wait(10)
+    eng._address_watch = SlowWatch()
+
+    def ask():
+        try:
+            return control.request("stopplan", "weight", timeout=10, service="web", server="rs1", weight=0)
+        except (control.NotRunning, OSError) as e:
+            return repr(e)
+
+    async def main():
+        task = asyncio.create_task(eng.run())
+        sock = Path(control.socket_path("stopplan", str(tmp_path)))
+        while not sock.exists():
+            await asyncio.sleep(0.01)
+        loop = asyncio.get_running_loop()
+        reply = loop.run_in_executor(None, ask)
+        await loop.run_in_executor(None, planning.wait, 10)
+        eng._stop = "clean"
+        eng._wake.set()
+        await loop.run_in_executor(None, stopping.wait, 10)     # the loop has ended
+        planned.set()
+        got = await reply
+        go_on.set()
+        await task
+        return got
+    reply = asyncio.run(main())
+    assert reply == {"ok": False, "error": "the daemon is stopping"}
+    assert eng.overrides == {} and not os.path.exists(eng._overrides_file)
+
+
 # ---- systemd's STATUS= follows the HA role ---------------------------------------------------
 
 HA_ROLE = """
