@@ -159,3 +159,77 @@ def test_a_zero_request_with_an_infinite_number_is_refused_naming_the_service(ru
         assert reply["ok"] is False and reply["error"].startswith("service: ["), reply
         assert "is not [protocol, address, port]" in reply["error"], reply
     assert "Traceback" not in caplog.text and "OverflowError" not in caplog.text
+
+
+def test_many_clients_at_once_some_misbehaving_never_wedge_the_daemon(running, caplog):
+    """300 clients, 40 at a time, of six kinds: well-behaved ones, ones that send half a line and
+    shut their side, ones that connect and close, that ask and leave without reading, that send
+    random bytes, that dribble their request in pieces.  Every client that reads gets one JSON
+    object ("busy" past the slots is one), the daemon answers a status afterwards, and nothing in
+    the log is a traceback."""
+    import concurrent.futures
+    import threading
+    import time
+
+    eng, drive = running
+    eng.dp = TableDataplane()
+    inst = eng.cfg.instance
+    path = control.socket_path(inst, str(eng.cfg.path.parent))
+    rng = random.Random(SEED)
+    good = [b'{"cmd": "status"}', b'{"cmd": "table"}', b'{"cmd": "web"}', b'{"cmd": "config"}',
+            b'{"cmd": "weight", "service": "web", "server": "rs1", "weight": 3}',
+            b'{"cmd": "weight", "service": "web", "server": "rs1", "weight": null}']
+    plans = [(rng.choice(["good", "half", "close", "noread", "garbage", "dribble"]), rng.choice(good),
+              bytes(rng.randrange(256) for _ in range(rng.randrange(1, 300))), rng.randrange(1, 6))
+             for _ in range(300)]
+    lock = threading.Lock()
+    kinds: dict = {}
+
+    def client(plan):
+        kind, line, junk, pieces = plan
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        s.settimeout(30)
+        try:
+            s.connect(path)
+            if kind == "close":
+                return None
+            if kind == "half":
+                s.sendall(line[: len(line) // 2])
+                s.shutdown(socket.SHUT_WR)
+            elif kind == "garbage":
+                s.sendall(junk.replace(b"\n", b" ") + b"\n")
+            elif kind == "dribble":
+                step = max(1, len(line) // pieces)
+                for i in range(0, len(line), step):
+                    s.sendall(line[i:i + step])
+                    time.sleep(0.01)
+                s.sendall(b"\n")
+            else:
+                s.sendall(line + b"\n")
+            if kind == "noread":
+                return None
+            reply = s.makefile("rb").readline()
+        except (BrokenPipeError, ConnectionResetError):     # answered "busy" and closed at once
+            reply = s.makefile("rb").readline()
+        finally:
+            s.close()
+        doc = json.loads(reply)
+        assert isinstance(doc, dict) and isinstance(doc.get("ok"), bool), (kind, reply[:300])
+        with lock:
+            key = (kind, "busy" if not doc["ok"] and doc["error"].startswith("busy") else doc["ok"])
+            kinds[key] = kinds.get(key, 0) + 1
+        return doc
+
+    async def body(call):
+        def storm():
+            with concurrent.futures.ThreadPoolExecutor(40) as pool:
+                return list(pool.map(client, plans))
+        await call(storm)
+        status = await call(lambda: control.request(inst, "status"))
+        return status
+
+    with named(), caplog.at_level(logging.WARNING):
+        status = drive(body)
+        assert status["ok"] is True
+        assert ("good", True) in kinds and ("garbage", False) in kinds, kinds
+        assert "Traceback" not in caplog.text and not [r for r in caplog.records if r.exc_info], caplog.text
