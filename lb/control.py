@@ -241,31 +241,33 @@ class ControlServer:
             await self._close_shared()
 
     async def _close_shared(self) -> None:
-        await self._close_server(self.shared, True)
+        """The shared socket goes (a reload took [control]'s groups away): no new connection; those
+        being served are answered (the request that made the reload is one of them: waiting for
+        it here, as wait_closed() does since Python 3.12, would wait for ever)."""
+        self.shared.close()
         self.shared = None
         try:
             os.unlink(self.shared_path)
         except FileNotFoundError:
             pass
 
-    async def _close_server(self, server, shared: bool) -> None:
-        """Close ``server`` and the connections it serves: those still open after STOP_GRACE (a
-        client that never reads its reply, one that sends nothing) are cut.  A stop never waits
-        on a client (since Python 3.12, wait_closed() waits for every connection)."""
-        server.close()
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + STOP_GRACE
-        while self._writers[shared] and loop.time() < deadline:
-            await asyncio.sleep(0.05)
-        for w in list(self._writers[shared]):
-            w.transport.abort()
-        await server.wait_closed()
-
     async def stop(self) -> None:
+        """Both sockets closed, and the connections they serve: those still open STOP_GRACE
+        later (a client that never reads its reply, one that sends nothing) are cut.  A stop
+        never waits on a client (since Python 3.12, wait_closed() waits for every connection)."""
+        server = self.server
         if self.shared is not None:
             await self._close_shared()
-        if self.server is not None:
-            await self._close_server(self.server, False)
+        if server is not None:
+            server.close()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + STOP_GRACE
+        while (self._writers[False] or self._writers[True]) and loop.time() < deadline:
+            await asyncio.sleep(0.05)
+        for w in [*self._writers[False], *self._writers[True]]:
+            w.transport.abort()
+        if server is not None:
+            await server.wait_closed()
             self.server = None
         try:
             os.unlink(self.path)

@@ -379,3 +379,50 @@ def test_stop_does_not_wait_for_a_client_that_never_reads(tmp_path):
         finally:
             s.close()
     asyncio.run(main())
+
+
+def test_a_reload_that_takes_controls_groups_away_answers_the_request_that_made_it(tmp_path, shared_dir):
+    """A reload asked for on the shared socket (an admin_group member's `lb reload`, the web
+    console's save) whose new file names no [control] groups: the shared socket is closed
+    while that very request waits for the reload's end.  Closing it waited for its
+    connections (Server.wait_closed() does since Python 3.12), the reload for the close: the
+    daemon's loop hung for good.  Now the socket goes at once and the request is answered."""
+    settings = {"now": Control(admin_group="nogroup")}
+    holder = {}
+
+    async def handler(req):
+        if req["cmd"] == "reload":
+            settings["now"] = None
+            await holder["server"].refresh()
+        return {"ok": True, "did": req["cmd"]}
+
+    loop = asyncio.new_event_loop()
+    server = holder["server"] = control.ControlServer(
+        control.socket_path("t", str(tmp_path)), handler, access=lambda: settings["now"],
+        shared_path=control.shared_socket_path("t", shared_dir))
+    asyncio.set_event_loop(None)
+    ready = threading.Event()
+
+    def run():
+        asyncio.set_event_loop(loop)
+        loop.run_until_complete(server.start())
+        ready.set()
+        loop.run_forever()
+        loop.run_until_complete(server.stop())
+
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    assert ready.wait(10)
+    try:
+        shared = control.shared_socket_path("t", shared_dir)
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        s.settimeout(30)
+        s.connect(shared)
+        s.sendall(b'{"cmd": "reload"}\n')
+        reply = s.makefile("rb").readline()
+        s.close()
+        assert json.loads(reply) == {"ok": True, "did": "reload"}
+        assert not os.path.exists(shared)
+        assert control.request("t", "status", run_dir=str(tmp_path)) == {"ok": True, "did": "status"}
+    finally:
+        stop(loop, t)
