@@ -5,7 +5,9 @@ also listens on /run/lb-control/<instance>.sock (the directory 0755, the socket 
 connection's peer credentials (SO_PEERCRED, SO_PEERGROUPS) decide what it may ask: root and the
 daemon's own user everything, members of ``admin_group`` everything (the web console's user),
 members of ``read_group`` the read requests (READ_COMMANDS), anyone else nothing (refused with a
-reply that says why, and closed at once: a refused peer holds no slot).  `lb web` connects there,
+reply that says why, and closed at once: a refused peer holds no slot).  The groups' gids are looked
+up by name in a thread, one lookup for every peer waiting, and kept GROUP_TTL seconds: an NSS
+lookup that hangs (LDAP, sssd) must not stop the daemon's loop.  `lb web` connects there,
 and so does :func:`request` (`lb status` ...) for a user who may not open the root socket.
 
 Each socket serves at most MAX_CLIENTS connections at once, the shared one at most MAX_PER_UID of
@@ -58,6 +60,8 @@ import logging
 import os
 import socket
 import struct
+import threading
+import time
 
 from lb import files
 from lb.tasks import RateLimitedLog, Slots
@@ -70,6 +74,7 @@ MAX_REQUEST = 2 * 1024 * 1024   # a configuration document (the file is at most 
 MAX_DEPTH = 32                   # the deepest configuration document needs 6
 MAX_CLIENTS = 32                 # connections served at once on each socket; more are answered "busy"
 MAX_PER_UID = 8                  # ... of them from one uid on the shared socket
+MAX_LOOKUP_WAITING = 256         # connections waiting for a lookup of [control]'s groups; more: "busy"
 READ_TIMEOUT = 10.0              # seconds a served connection has to send its request line
 WRITE_TIMEOUT = 60.0             # seconds a client has to take its reply (tens of MiB: a big status)
 STOP_GRACE = 2.0                 # seconds stop() lets the replies under way go out, then cuts them
@@ -156,6 +161,35 @@ def peer_credentials(sock: socket.socket) -> tuple[int, int, set[int]]:
     return pid, uid, groups
 
 
+GROUP_TTL = 10.0    # seconds a [control] group's gid, looked up by name, is used before it is looked up again
+_gids: dict[str, tuple[float, int | None]] = {}     # group name -> (time.monotonic() looked up, gid or None)
+
+
+def group_gid(name: str) -> int | None:
+    """The gid of group ``name`` (None: no such group), looked up at most once per GROUP_TTL
+    (NSS: each getgrnam reads /etc/group, or asks LDAP or sssd)."""
+    hit = _gids.get(name)
+    now = time.monotonic()
+    if hit is not None and now - hit[0] < GROUP_TTL:
+        return hit[1]
+    try:
+        gid = grp.getgrnam(name).gr_gid
+    except KeyError:
+        gid = None
+    _gids[name] = (now, gid)
+    return gid
+
+
+def _known(names) -> bool:
+    """Every group of ``names`` looked up within GROUP_TTL: group_gid answers without NSS."""
+    now = time.monotonic()
+    return all(name in _gids and now - _gids[name][0] < GROUP_TTL for name in names)
+
+
+def _group_names(settings) -> list[str]:
+    return [n for n in (getattr(settings, "admin_group", None), getattr(settings, "read_group", None)) if n]
+
+
 def access_level(uid: int, groups: set[int], settings) -> str | None:
     """"admin", "read" or None for a peer, by [control] (lb.config.model.Control)."""
     if uid in (0, os.geteuid()):
@@ -164,12 +198,12 @@ def access_level(uid: int, groups: set[int], settings) -> str | None:
                         ("read", getattr(settings, "read_group", None))):
         if not name:
             continue
-        try:
-            if grp.getgrnam(name).gr_gid in groups:
-                return level
-        except KeyError:
+        gid = group_gid(name)
+        if gid is None:
             _group_log.log((level, name), logging.WARNING,
                            "control socket: [control] %s_group %r is not a group on this host", level, name)
+        elif gid in groups:
+            return level
     return None
 
 
@@ -187,6 +221,30 @@ def _unlink_stale(path: str) -> None:
     finally:
         probe.close()
     raise OSError(f"{path}: another lb daemon answers on this control socket")
+
+
+def _in_thread(fn, *args) -> asyncio.Future:
+    """fn(*args) in a daemon thread of its own: one that never returns (an NSS lookup hung on its
+    directory server) holds up neither the loop nor the process's exit, as an executor's would."""
+    loop = asyncio.get_running_loop()
+    fut = loop.create_future()
+
+    def settle(ok: bool, value) -> None:
+        if not fut.done():
+            fut.set_result(value) if ok else fut.set_exception(value)
+
+    def work() -> None:
+        try:
+            ok, value = True, fn(*args)
+        except Exception as e:  # noqa: BLE001 - the awaiting coroutine gets it
+            ok, value = False, e
+        try:
+            loop.call_soon_threadsafe(settle, ok, value)
+        except RuntimeError:     # the loop is closed: the daemon has stopped
+            pass
+
+    threading.Thread(target=work, name="lb-control-groups", daemon=True).start()
+    return fut
 
 
 class ControlServer:
@@ -207,6 +265,8 @@ class ControlServer:
         self._ratelog = RateLimitedLog(log, REFUSED_LOG_EVERY)
         self._writers = {False: set(), True: set()}   # the connections being served, by socket
         self.unread = 0                         # replies cut: the client took none within WRITE_TIMEOUT
+        self._looking = 0                       # connections waiting for their peer's group lookup
+        self._lookup: asyncio.Future | None = None   # the lookup of [control]'s groups under way
 
     async def start(self) -> None:
         files.ensure_private_dir(os.path.dirname(self.path))     # root's, 0700: no one plants a link
@@ -281,7 +341,27 @@ class ControlServer:
         except (OSError, AttributeError, struct.error) as e:
             self._close(writer, {"ok": False, "error": f"refused: no peer credentials ({e})"})
             return
-        level = access_level(uid, groups, self.access())
+        settings = self.access()
+        names = _group_names(settings) if uid not in (0, os.geteuid()) else []
+        if not _known(names):
+            # the groups' names looked up (NSS: LDAP, sssd ...) in a thread of their own, one lookup
+            # for every connection waiting: one that hangs must not stop the daemon's loop --
+            # health checks, heartbeats, root's requests -- for as long as it hangs
+            if self._looking >= MAX_LOOKUP_WAITING:     # held up by it: no queue without bound
+                self.busy += 1
+                self._close(writer, {"ok": False, "error": "busy: the daemon is looking up [control]'s groups: "
+                                                           "try again"})
+                return
+            if self._lookup is None or self._lookup.done():
+                self._lookup = _in_thread(lambda: [group_gid(n) for n in names])
+            self._looking += 1
+            try:
+                await asyncio.shield(self._lookup)
+            except Exception:       # noqa: BLE001 - access_level looks up (and says) what is missing
+                pass
+            finally:
+                self._looking -= 1
+        level = access_level(uid, groups, settings)
         if level is None:
             self.refused += 1
             self._ratelog.log("refused", logging.WARNING, "control socket: refused uid %d (pid %d): neither root nor "

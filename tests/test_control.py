@@ -426,3 +426,40 @@ def test_a_reload_that_takes_controls_groups_away_answers_the_request_that_made_
         assert control.request("t", "status", run_dir=str(tmp_path)) == {"ok": True, "did": "status"}
     finally:
         stop(loop, t)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="switching to uid nobody needs root")
+def test_a_group_lookup_that_hangs_does_not_stop_the_daemon_answering(tmp_path, shared_dir, monkeypatch):
+    """[control]'s groups are looked up by name at each connection of a user who is not root
+    (NSS: with LDAP or sssd, a directory server that does not answer holds the call for its
+    timeout).  That ran on the daemon's loop: any local user connecting to the shared socket
+    (0666) stopped everything the loop does -- health checks, HA heartbeats, root's requests --
+    for as long as the lookup hung.  Now it runs in a thread of its own (one for all the
+    connections waiting), and its answer is kept for GROUP_TTL."""
+    import grp
+
+    asked, release = threading.Event(), threading.Event()
+    real = grp.getgrnam
+
+    def hung(name):
+        asked.set()
+        release.wait(60)
+        return real(name)
+    monkeypatch.setattr(grp, "getgrnam", hung)
+    monkeypatch.setattr(control, "_gids", {}, raising=False)     # nothing looked up yet
+    loop, t, seen = serve_with(str(tmp_path), shared_dir, Control(admin_group="nogroup"))
+    p = subprocess.Popen(["/usr/bin/python3", "-c", CLIENT, control.shared_socket_path("t", shared_dir), "status"],
+                         user=NOBODY, group=NOBODY, extra_groups=[], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                         text=True)
+    try:
+        assert asked.wait(30)                           # nobody's connection: its lookup hangs
+        try:                                            # root asks meanwhile
+            reply = control.request("t", "status", run_dir=str(tmp_path), timeout=10)
+        except OSError as e:
+            reply = repr(e)
+    finally:
+        release.set()
+        out, err = p.communicate(timeout=30)
+        stop(loop, t)
+    assert reply == {"ok": True, "did": "status"}
+    assert json.loads(out) == {"ok": True, "did": "status"}, err     # and nobody's is answered once it returns
