@@ -54,6 +54,7 @@ blocking client `lb status`, `lb reload` and `lb weight` use.
 from __future__ import annotations
 
 import asyncio
+import errno
 import grp
 import json
 import logging
@@ -155,10 +156,28 @@ def peer_credentials(sock: socket.socket) -> tuple[int, int, set[int]]:
     groups = {gid}
     try:
         raw = sock.getsockopt(socket.SOL_SOCKET, SO_PEERGROUPS, 4 * 256)
-        groups.update(struct.unpack(f"{len(raw) // 4}I", raw[: len(raw) // 4 * 4]))
-    except OSError:   # a kernel before 4.13: the groups it had when it connected are not kept
-        pass
+    except OSError as e:
+        # more than 256 groups (ERANGE: a user of a directory with hundreds of groups): Python's
+        # getsockopt takes at most 1024 bytes, libc's as many as the kernel has (NGROUPS_MAX)
+        raw = _peer_groups_libc(sock.fileno()) if e.errno == errno.ERANGE else b""
+        # (else a kernel before 4.13: the groups it had when it connected are not kept)
+    groups.update(struct.unpack(f"{len(raw) // 4}I", raw[: len(raw) // 4 * 4]))
     return pid, uid, groups
+
+
+def _peer_groups_libc(fd: int) -> bytes:
+    """SO_PEERGROUPS through libc, with room for NGROUPS_MAX (65536) groups; b"" if that fails."""
+    import ctypes
+
+    size = ctypes.c_uint32(4 * 65536)
+    buf = ctypes.create_string_buffer(size.value)
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.getsockopt(fd, socket.SOL_SOCKET, SO_PEERGROUPS, buf, ctypes.byref(size)) != 0:
+            return b""
+    except (OSError, AttributeError):
+        return b""
+    return buf.raw[: size.value]
 
 
 GROUP_TTL = 10.0    # seconds a [control] group's gid, looked up by name, is used before it is looked up again

@@ -463,3 +463,23 @@ def test_a_group_lookup_that_hangs_does_not_stop_the_daemon_answering(tmp_path, 
         stop(loop, t)
     assert reply == {"ok": True, "did": "status"}
     assert json.loads(out) == {"ok": True, "did": "status"}, err     # and nobody's is answered once it returns
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="switching to uid nobody needs root")
+def test_a_member_of_hundreds_of_groups_is_let_in_by_its_group(tmp_path, shared_dir):
+    """A user of a directory (Active Directory, LDAP) is often in hundreds of groups: with more
+    than 256, the peer's groups did not fit the 1024 bytes Python's getsockopt reads (ERANGE),
+    only its primary group counted, and a member of [control] read_group was refused.  All of
+    them count now (read through libc)."""
+    import grp
+
+    group = grp.getgrgid(3).gr_name                     # "sys", in none of nobody's own groups
+    loop, t, seen = serve_with(str(tmp_path), shared_dir, Control(read_group=group))
+    try:
+        p = subprocess.run(["/usr/bin/python3", "-c", CLIENT, control.shared_socket_path("t", shared_dir), "status"],
+                           user=NOBODY, group=NOBODY, extra_groups=[*range(50000, 50299), 3], capture_output=True,
+                           text=True, timeout=30)
+    finally:
+        stop(loop, t)
+    assert p.returncode == 0, p.stderr
+    assert json.loads(p.stdout) == {"ok": True, "did": "status"}
