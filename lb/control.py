@@ -6,8 +6,9 @@ connection's peer credentials (SO_PEERCRED, SO_PEERGROUPS) decide what it may as
 daemon's own user everything, members of ``admin_group`` everything (the web console's user),
 members of ``read_group`` the read requests (READ_COMMANDS), anyone else nothing (refused with a
 reply that says why, and closed at once: a refused peer holds no slot).  The groups' gids are looked
-up by name in a thread, one lookup for every peer waiting, and kept GROUP_TTL seconds: an NSS
-lookup that hangs (LDAP, sssd) must not stop the daemon's loop.  `lb web` connects there,
+up by name in a thread (at start, at each reload, and again GROUP_TTL seconds after the last
+lookup, peers judged by the last one found meanwhile): an NSS lookup that hangs (LDAP, sssd)
+must not stop the daemon's loop.  `lb web` connects there,
 and so does :func:`request` (`lb status` ...) for a user who may not open the root socket.
 
 Each socket serves at most MAX_CLIENTS connections at once, the shared one at most MAX_PER_UID of
@@ -199,25 +200,26 @@ def group_gid(name: str) -> int | None:
     return gid
 
 
-def _known(names) -> bool:
-    """Every group of ``names`` looked up within GROUP_TTL: group_gid answers without NSS."""
-    now = time.monotonic()
-    return all(name in _gids and now - _gids[name][0] < GROUP_TTL for name in names)
+def _fresh(name: str) -> bool:
+    """``name`` looked up within GROUP_TTL."""
+    hit = _gids.get(name)
+    return hit is not None and time.monotonic() - hit[0] < GROUP_TTL
 
 
 def _group_names(settings) -> list[str]:
     return [n for n in (getattr(settings, "admin_group", None), getattr(settings, "read_group", None)) if n]
 
 
-def access_level(uid: int, groups: set[int], settings) -> str | None:
-    """"admin", "read" or None for a peer, by [control] (lb.config.model.Control)."""
+def access_level(uid: int, groups: set[int], settings, cached: bool = False) -> str | None:
+    """"admin", "read" or None for a peer, by [control] (lb.config.model.Control).  cached: the
+    groups' gids as last looked up, however long ago (the caller has them looked up again)."""
     if uid in (0, os.geteuid()):
         return "admin"
     for level, name in (("admin", getattr(settings, "admin_group", None)),
                         ("read", getattr(settings, "read_group", None))):
         if not name:
             continue
-        gid = group_gid(name)
+        gid = _gids[name][1] if cached and name in _gids else group_gid(name)
         if gid is None:
             _group_log.log((level, name), logging.WARNING,
                            "control socket: [control] %s_group %r is not a group on this host", level, name)
@@ -287,6 +289,15 @@ class ControlServer:
         self._looking = 0                       # connections waiting for their peer's group lookup
         self._lookup: asyncio.Future | None = None   # the lookup of [control]'s groups under way
 
+    def _look_up(self, names) -> None:
+        """[control]'s groups ``names`` looked up again, once GROUP_TTL has passed, in a thread
+        (NSS: with LDAP or sssd, a directory server that does not answer holds the call for its
+        timeout): the peers are let in or refused by what the last lookup found meanwhile."""
+        stale = [n for n in names if not _fresh(n)]
+        if stale and (self._lookup is None or self._lookup.done()):
+            self._lookup = _in_thread(lambda: [group_gid(n) for n in stale])
+            self._lookup.add_done_callback(lambda f: f.cancelled() or f.exception())   # (its errors: none)
+
     async def start(self) -> None:
         files.ensure_private_dir(os.path.dirname(self.path))     # root's, 0700: no one plants a link
         self.server = await self._listen(self.path, 0o600, shared=False)
@@ -312,6 +323,7 @@ class ControlServer:
         """The shared socket (0666, each peer's credentials decide) while [control] names groups."""
         if self.shared_path is None:
             return
+        self._look_up(_group_names(self.access()))      # before the first peer comes
         if self.grouped() and self.shared is None:
             files.ensure_private_dir(os.path.dirname(self.shared_path), 0o755)   # root's, no link
             self.shared = await self._listen(self.shared_path, 0o666, shared=True)
@@ -362,17 +374,15 @@ class ControlServer:
             return
         settings = self.access()
         names = _group_names(settings) if uid not in (0, os.geteuid()) else []
-        if not _known(names):
-            # the groups' names looked up (NSS: LDAP, sssd ...) in a thread of their own, one lookup
-            # for every connection waiting: one that hangs must not stop the daemon's loop --
-            # health checks, heartbeats, root's requests -- for as long as it hangs
+        self._look_up(names)
+        if not all(n in _gids for n in names):
+            # a group never looked up yet (the first peer since [control] named it): its lookup
+            # is waited for -- in its thread: the daemon's loop goes on however long it takes
             if self._looking >= MAX_LOOKUP_WAITING:     # held up by it: no queue without bound
                 self.busy += 1
                 self._close(writer, {"ok": False, "error": "busy: the daemon is looking up [control]'s groups: "
                                                            "try again"})
                 return
-            if self._lookup is None or self._lookup.done():
-                self._lookup = _in_thread(lambda: [group_gid(n) for n in names])
             self._looking += 1
             try:
                 await asyncio.shield(self._lookup)
@@ -380,7 +390,7 @@ class ControlServer:
                 pass
             finally:
                 self._looking -= 1
-        level = access_level(uid, groups, settings)
+        level = access_level(uid, groups, settings, cached=True)
         if level is None:
             self.refused += 1
             self._ratelog.log("refused", logging.WARNING, "control socket: refused uid %d (pid %d): neither root nor "
