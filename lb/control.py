@@ -5,17 +5,18 @@ also listens on /run/lb-control/<instance>.sock (the directory 0755, the socket 
 connection's peer credentials (SO_PEERCRED, SO_PEERGROUPS) decide what it may ask: root and the
 daemon's own user everything, members of ``admin_group`` everything (the web console's user),
 members of ``read_group`` the read requests (READ_COMMANDS), anyone else nothing (refused with a
-reply that says why, and closed at once: a refused peer holds no slot).  The groups' gids are looked
-up by name in a thread (at start, at each reload, and again GROUP_TTL seconds after the last
-lookup, peers judged by the last one found meanwhile): an NSS lookup that hangs (LDAP, sssd)
-must not stop the daemon's loop.  `lb web` connects there,
-and so does :func:`request` (`lb status` ...) for a user who may not open the root socket.
+reply that says why, and closed at once: a refused peer holds no slot).  The groups' gids are
+looked up by name in a thread (at start, at each reload, and again GROUP_TTL seconds after the
+last lookup, peers judged by the last one found meanwhile): an NSS lookup that hangs (LDAP,
+sssd) must not stop the daemon's loop.  `lb web` connects there, and so does :func:`request`
+(`lb status` ...) for a user who may not open the root socket.
 
 Each socket serves at most MAX_CLIENTS connections at once, the shared one at most MAX_PER_UID of
 them for one uid; a connection past that is answered "busy" and closed, so no local user can take
 root's slots.  A client that has not taken its reply within WRITE_TIMEOUT is cut (it would hold its
 slot for as long as it stays connected), and stop() cuts what is still open STOP_GRACE after the
-sockets close (since Python 3.12 wait_closed() waits for every connection).  Refusals are counted and logged at most once per REFUSED_LOG_EVERY seconds.
+sockets close (since Python 3.12 wait_closed() waits for every connection).  Refusals are counted
+and logged at most once per REFUSED_LOG_EVERY seconds.
 
 One JSON request per connection, one JSON reply, each a single line (a request of at most
 MAX_REQUEST bytes and MAX_DEPTH levels of nesting; anything else is answered "bad request"; a
