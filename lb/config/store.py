@@ -203,6 +203,12 @@ def prepare(snap: Snapshot, document: dict[str, Any], *, serial: int | None = No
                           f"with `lb import` and run lb from the TOML file to edit it here")
     if not isinstance(document, dict):
         raise EditRefused("the configuration must be a document (a JSON object)")
+    bad = _not_utf8(document, ())
+    if bad is not None:
+        # a lone surrogate ("\ud800" in JSON) is no text a file can hold: the checks and the
+        # writer would fail on it (UnicodeEncodeError) instead of refusing the edit
+        raise EditRefused(f"{_toml.field_name(bad) or 'a key'}: not valid Unicode text (a lone surrogate "
+                          f"such as \\ud800); nothing was changed")
     doc = copy.deepcopy(document)
     glob = doc.get("global")
     if isinstance(glob, dict):
@@ -221,6 +227,33 @@ def prepare(snap: Snapshot, document: dict[str, Any], *, serial: int | None = No
     if _plain(again) != _plain(cfg):
         raise EditRefused(f"{snap.format} cannot hold this configuration exactly (it would read back otherwise)")
     return Prepared(cfg, text, data, version_of(data))
+
+
+def _not_utf8(value: Any, path: tuple) -> tuple | None:
+    """The path of the first key or string in ``value`` that UTF-8 cannot encode (a lone
+    surrogate), else None.  Iterative: a document nested deep stays no recursion."""
+    stack: list[tuple[Any, tuple]] = [(value, path)]
+    while stack:
+        v, at = stack.pop()
+        if isinstance(v, str):
+            if not _utf8(v):
+                return at
+        elif isinstance(v, dict):
+            for k, item in v.items():
+                if isinstance(k, str) and not _utf8(k):
+                    return at + (k.encode("utf-8", "backslashreplace").decode("ascii"),)
+                stack.append((item, at + (k,)))
+        elif isinstance(v, (list, tuple)):
+            stack.extend((item, at + (i,)) for i, item in enumerate(v))
+    return None
+
+
+def _utf8(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _plain(cfg: Config) -> Config:
