@@ -38,7 +38,8 @@ Mapping (keepalived.conf(5) -> lb):
   virtual server: lb forwards all the same way; TUN: ipip only), ``protocol`` TCP|UDP,
   ``persistence_timeout`` [N] (360 without N) -> persistent, ``persistence_granularity`` -> pmask
   (alone: persistent 360 too, as keepalived),
-  ``sorry_server IP [PORT]`` -> sorry_server, ``virtualhost`` -> the HTTP checks' Host.  A
+  ``sorry_server IP [PORT]`` -> sorry_server, ``ip_family`` checked against the address (an
+  error where it differs: keepalived ignores it there, or drops the other family's real servers), ``virtualhost`` -> the HTTP checks' Host.  A
   firewall-mark service needs lb's ``lb_port_group PROTO VIP PORT[-PORT]`` lines (lb matches the
   ports itself; an iptables rule set keepalived's marks).
 * ``real_server IP [PORT]``: ``weight``, ``uthreshold``/``lthreshold`` -> u_/l_threshold,
@@ -1204,6 +1205,38 @@ class _Builder:
         self.error(vs.stmt, vs.label, "expected 'virtual_server ADDRESS PORT {' (or fwmark N, group NAME)")
         return []
 
+    def _ip_family(self, vs: _Virtual, label: str, addr: str | None) -> None:
+        """``ip_family inet|inet6`` against the virtual server's address or its lb_port_group
+        addresses: keepalived ignores one that conflicts with the address (a log line), and a
+        firewall-mark service of one family leaves out the real servers of the other; which
+        family was meant is the file's to say."""
+        st = vs.opts.get("ip_family")
+        if st is None:
+            return
+        fld = f"{label}.ip_family"
+        fam = self.one(st, fld)
+        if fam is None:
+            return
+        version = {"inet": 4, "inet6": 6}.get(fam)
+        if version is None:
+            self.error(st, fld, f"'{fam}' is not an address family: inet or inet6")
+            return
+        given: list[tuple[Stmt, str]] = []
+        if addr is not None:
+            given.append((vs.stmt, addr))
+        else:
+            given.extend((g, g.args[1]) for g in vs.groups if len(g.args) == 3)
+        for where, text in given:
+            try:
+                other = ipaddress.ip_address(text)
+            except ValueError:
+                continue  # the address's own check says so
+            if other.version != version:
+                what = "the virtual server's address" if addr is not None else "the lb_port_group address"
+                self.error(st, fld, f"ip_family {fam}, but {what} {text} ({where.where()}) is IPv{other.version}"
+                                    f": make them agree")
+                return
+
     def _port(self, st: Stmt, text: str, label: str) -> int | None:
         if not _digits(text) or not 1 <= int(text) <= 65535:
             self.error(st, label, f"'{text}' is not a port (1..65535)")
@@ -1293,6 +1326,7 @@ class _Builder:
                 self.note(tf + (k,), vs.stmt, label)
             if vs.groups:
                 self.error(vs.groups[0], f"{label}.lb_port_group", "lb_port_group belongs to a virtual_server fwmark N")
+        self._ip_family(vs, label, addr)
         o = vs.opts
         proto = o.get("protocol")
         if proto is not None:
