@@ -9,9 +9,11 @@ The file is read as keepalived reads it: blocks in ``{ }`` (a ``{`` may also ope
 line), comments from an unquoted ``#`` or ``!`` to the end of the line, strings in ``"`` or ``'``
 with keepalived's escapes, ``include`` (globs, relative to the including file), conditional lines
 (``@ID`` / ``@^ID`` against the config id: by default the host name's first label, as keepalived's
-``-i``) and ``$NAME=VALUE`` parameters (``$NAME`` / ``${NAME}``, multi-line definitions ending in
-``\\``).  Bounded: file sizes, include depth and count, block nesting, line length and parameter
-expansion; any input gives a Config or a ConfigError whose issues name file:line and field.
+``-i``), ``$NAME=VALUE`` parameters (``$NAME`` / ``${NAME}``, multi-line definitions ending in
+``\\``) and ``~SEQ(VAR, [START,] [STEP,] END) TEXT`` lines (``~SEQx``: the values in hex), TEXT
+once per value with $VAR set, as keepalived's read_line (one that keepalived refuses is an
+error).  Bounded: file sizes, include depth and count, block nesting, line length, parameter
+and ~SEQ expansion; any input gives a Config or a ConfigError whose issues name file:line and field.
 
 What it becomes is the document the TOML loader validates (lb.config.toml.validate), with the
 keepalived.conf file, line and keyword of each field, so every rule is the TOML loader's and its
@@ -109,6 +111,8 @@ MAX_NESTING = 16  # blocks inside blocks (keepalived's deepest is 4: virtual_ser
 MAX_LINE = 8192
 MAX_PARAM_ROUNDS = 32  # substitutions of $NAME in one line
 MAX_GROUP_ADDRESSES = 256  # addresses one virtual_server_group range may expand to
+MAX_SEQ_LINES = 65536  # lines all ~SEQ lines of keepalived.conf and its includes may make
+MAX_SEQ_DEPTH = 4  # ~SEQ lines whose text is a ~SEQ line
 
 INCLUDES = ("include", "includer", "includem", "includew", "includeb", "includea")
 
@@ -284,7 +288,28 @@ class Stmt:
 
 _ESCAPES = {"a": "\a", "b": "\b", "E": "\x1b", "f": "\f", "n": "\n", "r": "\r", "t": "\t", "v": "\v"}
 _PARAM_DEF = re.compile(r"\$([A-Za-z_][A-Za-z0-9_]*)=(.*)")
-_PARAM_USE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}|\$([A-Za-z_][A-Za-z0-9_]*)(?=\s|$)")
+# $NAME ends at a blank, ',' or ')' (keepalived's find_definition), ${NAME} anywhere
+_PARAM_USE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}|\$([A-Za-z_][A-Za-z0-9_]*)(?=[\s,)]|$)")
+# ~SEQ(VAR, numbers) TEXT, as keepalived's add_seq: the name ends at a blank, ',' or ')'
+_SEQ = re.compile(r"~SEQ(x?)[ \t]*\([ \t]*([^ \t,)]+)[ \t]*,([^)]*)\)(.*)", re.S)
+_STRTOL = re.compile(r"[ \t\n\v\f\r]*([+-]?)(0[xX][0-9A-Fa-f]+|0[0-7]*|[1-9][0-9]*)[ \t]*")
+LONG_MAX = 2**63 - 1
+
+
+def _strtol(text: str) -> int | None:
+    """C's strtol(text, &end, 0) where all of ``text`` (but blanks) must be the number, clamped to
+    a long as strtol; None when it is not one (keepalived: 'Invalid ~SEQ definition')."""
+    if not text.strip(" \t\n\v\f\r"):
+        return 0  # no number: strtol's 0 (keepalived takes "~SEQ(i, , 3)" as 0, 1, 2, 3)
+    m = _STRTOL.fullmatch(text)
+    if m is None:
+        return None
+    digits = m.group(2)
+    if len(digits) > 64:  # beyond a long whatever its base: strtol's LONG_MAX (int() reads no more than 4300)
+        digits = str(LONG_MAX + 1)
+    v = int(digits, 16) if digits[:2] in ("0x", "0X") else int(digits, 8) if digits.startswith("0") else int(digits)
+    v = -v if m.group(1) == "-" else v
+    return max(-LONG_MAX - 1, min(LONG_MAX, v))
 
 
 def default_config_id() -> str:
@@ -319,6 +344,8 @@ class _Reader:
         self.params: dict[str, str] = {}
         self.files = 0
         self.total = 0
+        self.seq_lines = 0  # lines ~SEQ made (MAX_SEQ_LINES)
+        self.seq_chars = 0  # and their characters (MAX_TOTAL_BYTES)
         self.lines: list[_Line] = []
 
     def error(self, file: str, line: int | None, message: str) -> None:
@@ -350,38 +377,112 @@ class _Reader:
                     self.params[pending[0]] = "\n".join(pending[1])
                     pending = None
                 continue
-            s = line.strip()
-            if not s:
-                continue
-            if s[0] == "@":  # conditional configuration: @ID or @^ID
-                word, _, rest = s.partition(" ")
-                negate = word.startswith("@^")
-                wanted = word[2:] if negate else word[1:]
-                if (wanted == self.config_id) == negate:
-                    continue
-                s = rest.strip()
-                if not s:
-                    continue
-            m = _PARAM_DEF.fullmatch(s)
-            if m:
-                if m.group(2).endswith("\\"):
-                    pending = (m.group(1), [m.group(2)[:-1]] if m.group(2)[:-1].strip() else [])
-                else:
-                    self.params[m.group(1)] = m.group(2)
-                continue
-            if s.startswith("~SEQ"):
-                self.warnings.append(ConfigIssue(display, n, "", "not supported: ~SEQ lines are skipped"))
-                continue
-            for piece in self._substitute(s, display, n, os.path.dirname(path)).split("\n"):
-                toks = self._tokens(piece, display, n)
-                if not toks:
-                    continue
-                if toks[0].text in INCLUDES and not toks[0].brace:
-                    self._include(toks, path, display, n, depth, chain)
-                else:
-                    self.lines.append(_Line(display, n, toks))
+            pending = self._line(line.strip(), path, display, n, depth, chain, 0)
         if pending is not None:
             self.error(display, n, f"multi-line parameter ${pending[0]} not finished at the end of the file")
+
+    def _line(self, s: str, path: str, display: str, n: int, depth: int, chain: tuple[str, ...],
+              seq: int) -> tuple[str, list[str]] | None:
+        """One line of the file (or of a ~SEQ's expansion, ``seq`` deep): a multi-line $NAME=
+        definition it begins, else None."""
+        if not s:
+            return None
+        if s[0] == "@":  # conditional configuration: @ID or @^ID
+            word, *rest = s.split(None, 1)
+            negate = word.startswith("@^")
+            wanted = word[2:] if negate else word[1:]
+            if not rest or (wanted == self.config_id) == negate:
+                return None
+            s = rest[0].strip()
+        m = _PARAM_DEF.fullmatch(s)
+        if m:
+            if m.group(2).endswith("\\"):
+                return (m.group(1), [m.group(2)[:-1]] if m.group(2)[:-1].strip() else [])
+            self.params[m.group(1)] = m.group(2)
+            return None
+        if s.startswith("~SEQ"):
+            self._seq(s, path, display, n, depth, chain, seq)
+            return None
+        text = self._substitute(s, display, n, os.path.dirname(path))
+        if seq:
+            self.seq_chars += len(text)
+            if self.seq_chars > MAX_TOTAL_BYTES:
+                if self.seq_chars - len(text) <= MAX_TOTAL_BYTES:
+                    self.error(display, n, f"~SEQ lines expand to more than {MAX_TOTAL_BYTES >> 20} MiB")
+                return None
+        for piece in text.split("\n"):
+            if piece.lstrip().startswith("~SEQ"):
+                self.error(display, n, "a ~SEQ line made by a parameter's value is not supported: write the ~SEQ "
+                                       "line itself")
+                continue
+            toks = self._tokens(piece, display, n)
+            if not toks:
+                continue
+            if toks[0].text in INCLUDES and not toks[0].brace:
+                self._include(toks, path, display, n, depth, chain)
+            else:
+                self.lines.append(_Line(display, n, toks))
+        return None
+
+    def _seq(self, s: str, path: str, display: str, n: int, depth: int, chain: tuple[str, ...], seq: int) -> None:
+        """keepalived's ``~SEQ(VAR, [START,] [STEP,] END) TEXT`` (``~SEQx``: the values in hex): TEXT
+        once for each value, with $VAR (a parameter, left set) that value, as keepalived's
+        read_line/add_seq: one number END (1..END, or -1..END when END < 0, 1, 0 when END is 0),
+        two START, END (step 1 or -1), three START, STEP, END (STEP not 0, towards END); the
+        numbers as C's strtol base 0 (0x.. hex, 0.. octal), $NAME parameters in them replaced."""
+        if seq >= MAX_SEQ_DEPTH:
+            self.error(display, n, f"~SEQ nested deeper than {MAX_SEQ_DEPTH}")
+            return
+        m = _SEQ.match(s)
+        if m is None:
+            self.error(display, n, "invalid ~SEQ line: expected '~SEQ(VARIABLE, [START,] [STEP,] END) TEXT'")
+            return
+        hexa, var, args, text = m.group(1) == "x", m.group(2), m.group(3), m.group(4).lstrip(" \t")
+        known = {**self.params, "_PWD": os.path.dirname(path) or ".", "_INSTANCE": self.config_id}
+        missing: list[str] = []
+
+        def value(p: re.Match[str]) -> str:
+            name = p.group(1) or p.group(2)
+            if name not in known:
+                missing.append(name)
+                return p.group(0)
+            return known[name]
+        args = _PARAM_USE.sub(value, args)
+        if "\n" in args:
+            self.error(display, n, "a ~SEQ number is a multi-line parameter")
+            return
+        nums = [_strtol(a) for a in args.split(",")]
+        if missing or len(nums) > 3 or None in nums:
+            why = f"${missing[0]} is not defined" if missing else f"'{args}' is not 1 to 3 numbers"
+            self.error(display, n, f"invalid ~SEQ line: {why}")
+            return
+        if len(nums) == 1:
+            end = nums[0]
+            start, step = (-1 if end < 0 else 1), (-1 if end < 1 else 1)
+        elif len(nums) == 2:
+            start, end = nums
+            step = 1 if start <= end else -1
+        else:
+            start, step, end = nums
+            if step == 0 or (start < end and step < 0) or (start > end and step > 0):
+                self.error(display, n, f"invalid ~SEQ values: {start}, {step}, {end} (the step must go from "
+                                       f"the start towards the end)")
+                return
+        if hexa and (start < 0 or end < 0):
+            self.error(display, n, "~SEQx is only for numbers not below 0")
+            return
+        count = (end - start) // step + 1
+        if count > MAX_SEQ_LINES - self.seq_lines:
+            self.error(display, n, f"~SEQ lines expand to more than {MAX_SEQ_LINES} lines")
+            self.seq_lines = MAX_SEQ_LINES
+            return
+        self.seq_lines += count
+        for k in range(count):
+            v = start + k * step
+            self.params[var] = format(v, "x") if hexa else str(v)
+            if self._line(text, path, display, n, depth, chain, seq + 1) is not None:
+                self.error(display, n, "a ~SEQ line cannot begin a multi-line parameter")
+                return
 
     def _substitute(self, s: str, display: str, n: int, pwd: str) -> str:
         if "$" not in s:
