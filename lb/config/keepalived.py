@@ -7,9 +7,9 @@ instances that move its addresses, as lb's configuration.
 
 The file is read as keepalived reads it: blocks in ``{ }`` (a ``{`` may also open the next
 line), comments from an unquoted ``#`` or ``!`` to the end of the line, strings in ``"`` or ``'``
-with keepalived's escapes, ``include`` (globs, relative to the including file), conditional lines
-(``@ID`` / ``@^ID`` against the config id: by default the host name's first label, as keepalived's
-``-i``), ``$NAME=VALUE`` parameters (``$NAME`` / ``${NAME}``, multi-line definitions ending in
+with keepalived's escapes, ``include`` (globs with csh-style {a,b} groups, relative to the
+including file), conditional lines (``@ID`` / ``@^ID`` against the config id: by default the
+host name's first label, as keepalived's ``-i``), ``$NAME=VALUE`` parameters (``$NAME`` / ``${NAME}``, multi-line definitions ending in
 ``\\``) and ``~SEQ(VAR, [START,] [STEP,] END) TEXT`` lines (``~SEQx``: the values in hex), TEXT
 once per value with $VAR set, as keepalived's read_line (one that keepalived refuses is an
 error).  Bounded: file sizes, include depth and count, block nesting, line length, parameter
@@ -113,6 +113,7 @@ MAX_PARAM_ROUNDS = 32  # substitutions of $NAME in one line
 MAX_GROUP_ADDRESSES = 256  # addresses one virtual_server_group range may expand to
 MAX_SEQ_LINES = 65536  # lines all ~SEQ lines of keepalived.conf and its includes may make
 MAX_SEQ_DEPTH = 4  # ~SEQ lines whose text is a ~SEQ line
+MAX_BRACE_PATTERNS = 64  # patterns an include's {a,b} groups may expand to
 
 INCLUDES = ("include", "includer", "includem", "includew", "includeb", "includea")
 
@@ -419,7 +420,8 @@ class _Reader:
             if not toks:
                 continue
             if toks[0].text in INCLUDES and not toks[0].brace:
-                self._include(toks, path, display, n, depth, chain)
+                # keepalived reads an include line before it splits braces off: {a,b} is a glob's
+                self._include(self._tokens(piece, display, n, braces=False), path, display, n, depth, chain)
             else:
                 self.lines.append(_Line(display, n, toks))
         return None
@@ -499,9 +501,11 @@ class _Reader:
                                f"{MAX_LINE * 4} characters)")
         return ""
 
-    def _tokens(self, s: str, display: str, n: int) -> list[_Tok]:
+    def _tokens(self, s: str, display: str, n: int, braces: bool = True) -> list[_Tok]:
         """Split a line as keepalived does: whitespace, quotes (" or ') joined to their word, escapes
-        in quotes, an unquoted # or ! starts a comment, unquoted braces are tokens of their own."""
+        in quotes, an unquoted # or ! starts a comment, unquoted braces are tokens of their own
+        (but for ``braces`` False: an include's pattern)."""
+        brace = "{}" if braces else ""
         toks: list[_Tok] = []
         cur: list[str] = []
         in_word = False
@@ -525,13 +529,13 @@ class _Reader:
                 in_word = True
                 i = end + 1
                 continue
-            if ch.isspace() or ch in "{}#!":
+            if ch.isspace() or ch in "#!" or ch in brace:
                 if in_word:
                     toks.append(_Tok("".join(cur)))
                     cur, in_word = [], False
                 if ch in "#!":
                     break
-                if ch in "{}":
+                if ch in brace:
                     toks.append(_Tok(ch, ch))
                 i += 1
                 continue
@@ -550,20 +554,27 @@ class _Reader:
         if depth >= MAX_INCLUDE_DEPTH:
             self.error(display, n, f"includes nested deeper than {MAX_INCLUDE_DEPTH}")
             return
-        pattern = toks[1].text
         base = os.path.dirname(display)
-        shown = pattern if os.path.isabs(pattern) else os.path.join(base, pattern)
-        full = os.path.join(os.path.dirname(path), pattern) if not os.path.isabs(pattern) else pattern
-        if self.watch is not None:
-            # a file added to (or taken from) the directory changes what this include reads
-            if glob.has_magic(os.path.dirname(full)):
-                self.watch.complete = False
-            else:
-                self.watch.add(os.path.dirname(full) or ".")
-        names = sorted(glob.glob(full))
-        if not names and not glob.has_magic(pattern):
-            self.error(display, n, f"cannot read {shown}: no such file")
+        patterns = _braces(toks[1].text)
+        if patterns is None:
+            self.error(display, n, f"{toks[1].text}: a '{{' without its '}}', or more than {MAX_BRACE_PATTERNS} "
+                                   f"patterns in its {{a,b}} groups")
             return
+        names: list[str] = []
+        for pattern in patterns:
+            shown = pattern if os.path.isabs(pattern) else os.path.join(base, pattern)
+            full = os.path.join(os.path.dirname(path), pattern) if not os.path.isabs(pattern) else pattern
+            if self.watch is not None:
+                # a file added to (or taken from) the directory changes what this include reads
+                if glob.has_magic(os.path.dirname(full)):
+                    self.watch.complete = False
+                else:
+                    self.watch.add(os.path.dirname(full) or ".")
+            found = sorted(glob.glob(full))  # each {a,b} alternative's sorted, in order (glibc's GLOB_BRACE)
+            if not found and not glob.has_magic(pattern):
+                self.error(display, n, f"cannot read {shown}: no such file")
+                return
+            names.extend(found)
         for name in names:
             if os.path.isdir(name):
                 continue
@@ -576,6 +587,40 @@ class _Reader:
                 return
             rel = name if os.path.isabs(pattern) else os.path.join(base, os.path.relpath(name, os.path.dirname(path)))
             self.read_file(name, rel, depth + 1, chain + (real,))
+
+
+def _braces(pattern: str) -> list[str] | None:
+    """An include pattern's csh-style {a,b} groups expanded, as glibc's glob(GLOB_BRACE), which
+    keepalived uses: "{a,b/{c,d}}.conf" -> a.conf, b/c.conf, b/d.conf (a group without a comma is
+    its text); None for a '{' without its '}' or more than MAX_BRACE_PATTERNS patterns."""
+    out: list[str] = []
+    todo = [pattern]
+    while todo:
+        p = todo.pop(0)
+        start = p.find("{")
+        if start < 0:
+            out.append(p)
+            if len(out) > MAX_BRACE_PATTERNS:
+                return None
+            continue
+        level, parts, last = 0, [], start + 1
+        for i in range(start, len(p)):
+            if p[i] == "{":
+                level += 1
+            elif p[i] == "}":
+                level -= 1
+                if level == 0:
+                    parts.append(p[last:i])
+                    break
+            elif p[i] == "," and level == 1:
+                parts.append(p[last:i])
+                last = i + 1
+        else:
+            return None
+        if len(out) + len(todo) + len(parts) > MAX_BRACE_PATTERNS:
+            return None
+        todo[:0] = [p[:start] + part + p[i + 1:] for part in parts]
+    return out
 
 
 def _escape(s: str, i: int) -> tuple[int, str]:
