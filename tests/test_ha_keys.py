@@ -109,7 +109,7 @@ def status_text(pulse) -> str:
     out = io.StringIO()
     with contextlib.redirect_stdout(out), pytest.MonkeyPatch.context() as mp:
         mp.setattr(cli, "_control", lambda args, cmd: {"ok": True, "status": doc})
-        assert cli.cmd_status(SimpleNamespace(wait=0, json=False)) == 0
+        assert cli.cmd_status(SimpleNamespace(wait=0, json=False, pid=None)) == 0
     return out.getvalue()
 
 

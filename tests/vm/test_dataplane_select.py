@@ -67,6 +67,12 @@ class FakeIpvs:
     def finish_resize(self):
         return False
 
+    def held_programs(self):         # (base.Dataplane's: kernel IPVS attaches no program)
+        return []
+
+    def held_sync(self):
+        return []
+
 
 @pytest.mark.parametrize("fail_at", ["load", "attach", "apply"])
 def test_auto_falls_back_to_ipvs_with_a_log_line(monkeypatch, caplog, tmp_path, fail_at):
