@@ -640,15 +640,18 @@ def test_single_failure_stays_up():
 
 def test_down_after_timeout(caplog):
     m, clock, calls = make()
-    for t in range(0, 10, 2):          # all failures from the start: the start is the reference
+    # all failures from the start: the check before the first counts as passed (at -2), so the
+    # server goes down at the 5th failed check, as one that passed once and then failed 5 times
+    # (test_down_counts_from_last_success); counted from the first check it took a 6th
+    for t in range(0, 8, 2):
         assert feed(m, clock, t, FAIL) is None
     with caplog.at_level("INFO", logger="lb.health"):
-        assert feed(m, clock, 10, FAIL) is False
-    assert m.state == "down" and m.changes == 1 and m.since == 10
-    assert len(calls) == 1 and calls[0][:3] == (10, ("vs", "rs"), False)
+        assert feed(m, clock, 8, FAIL) is False
+    assert m.state == "down" and m.changes == 1 and m.since == 8 and m.failures == 5
+    assert len(calls) == 1 and calls[0][:3] == (8, ("vs", "rs"), False)
     assert "no successful check for 10.0s" in calls[0][3] and "connection refused" in calls[0][3]
     assert any("up -> down" in r.getMessage() and r.levelname == "WARNING" for r in caplog.records)
-    assert feed(m, clock, 12, FAIL) is None and len(calls) == 1      # no repeat
+    assert feed(m, clock, 10, FAIL) is None and len(calls) == 1      # no repeat
 
 
 def test_down_counts_from_last_success():
@@ -824,7 +827,8 @@ def test_monitor_run():
             try:
                 t0 = time.monotonic()
                 key, up, t_down = await asyncio.wait_for(events.get(), 2)
-                assert (key, up) == ("rs1", False) and t_down - t0 >= 0.09
+                # the 5th failed check (the one before the first counting as passed), at 0.08 s
+                assert (key, up) == ("rs1", False) and t_down - t0 >= 0.07
                 healthy["v"] = True
                 t1 = time.monotonic()
                 key, up, t_up = await asyncio.wait_for(events.get(), 2)

@@ -538,6 +538,30 @@ def test_keepalived_retries_never_detect_later_in_lb(text: str, retry: int, paus
         + ", never later than keepalived")
 
 
+@pytest.mark.parametrize("text, checks", [
+    (RETRYING, 2),
+    (RETRYING.replace("  delay_loop 2\n", "  delay_loop 2\n  delay_before_retry 3\n"), 5),
+    (RETRYING.replace("      retry 3\n", ""), 1),
+], ids=["retry-3", "delay-before-retry-3", "default-retry"])
+def test_a_server_dead_from_the_start_goes_down_at_the_same_failed_check(text: str, checks: int) -> None:
+    """The warning promises the n-th failed check in a row, never later than keepalived (which
+    counts failed checks, not time): a real server that never answered from lb's start went down
+    at the (n + 1)-th, the silence being counted from its first check."""
+    from lb.health.checks import CheckResult, CheckSpec
+    from lb.health.monitor import Monitor, NannyPolicy
+
+    m = keepalived.loads(text, "k.conf").virtual_servers[0].monitor
+    mon = Monitor("rs", CheckSpec(kind="tcp", host="192.0.2.5", port=80), NannyPolicy(m.interval, m.timeout, m.reentry),
+                  None, clock=lambda: 0.0)
+    k = 0
+    while True:
+        k += 1
+        started = (k - 1) * m.interval            # the first check at 0, one each interval
+        if mon.observe(CheckResult(False, "refused", 0.5, 0.0), now=started + 0.5) is not None:
+            break
+    assert (k, mon.state) == (checks, "down")
+
+
 def test_no_retry_no_warning_and_the_first_failure_takes_it_down() -> None:
     cfg = keepalived.loads(RETRYING.replace("retry 3", "retry 0"), "k.conf")
     assert cfg.virtual_servers[0].monitor.timeout == 0 and cfg.warnings == ()

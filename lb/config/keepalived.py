@@ -1861,7 +1861,8 @@ def _down_after(interval: float, retry: int, pause: float, connect_timeout: floa
     check's own time).  lb checks every ``interval`` and goes down once no check has succeeded for
     ``timeout`` s: the checks that fit into keepalived's soonest (interval + retry x pause), the
     last of them failing takes it down.  The nanny counts the silence from the start of the last
-    successful check, and checks start every interval: at the end of the n-th failed one it is
+    successful check (before any, one interval before the first check: a server dead from the
+    start goes down at the same n-th failed check), and checks start every interval: at the end of the n-th failed one it is
     n x interval plus that check's own time, at the end of the one before less than n x interval
     (a check's time, connect_timeout at most, being shorter than the interval): that is the
     timeout; one check needs none (0: the first failure)."""

@@ -5,9 +5,12 @@ State machine (Piranha's nanny):
 * A server starts "up" (optimistic) unless ``initial_up=False``.
 * While up it goes down once no check has succeeded for ``policy.timeout`` seconds, counted from
   the start of the last successful check (its end less its duration: a slow success must not
-  put the down one check later), or from the start of the first observation if there was none.
-  With timeout > interval a single failed check therefore does not take it down; timeout <= 0
-  means the first failure does.
+  put the down one check later).  Before any success, a check is taken to have passed one
+  interval before the first observation: a server dead from the start goes down at the same
+  failed check in a row, the ceil(timeout / interval)-th, as one that was up and died (counted
+  from the first observation itself it went down one check later than that, later than the
+  keepalived import's promise).  With timeout > interval a single failed check therefore does
+  not take it down; timeout <= 0 means the first failure does.
 * While down it comes back up only after checks have succeeded continuously for
   ``policy.reentry`` seconds, counted from the first success of the current run; any failure
   restarts that clock.  reentry <= 0 means the first success brings it back.
@@ -72,7 +75,7 @@ class Monitor:
         self.reason: str | None = None       # why the last transition happened
         self.checks = 0                      # number of results observed
         self.failures = 0                    # ... of them failed
-        self._ref: float | None = None       # last success's start (or first observation): timeout base
+        self._ref: float | None = None       # last success's start (or one interval before the first observation): timeout base
         self._ok_since: float | None = None  # first success of the current run of successes
         self._seen: float | None = None      # the last result, run or not
         self.not_run = 0                     # checks the director could not run (no observation)
@@ -109,8 +112,8 @@ class Monitor:
         # the silence runs from the start of a check (checks start every interval; their ends
         # drift with each one's duration): a slow success must not put the down a check later
         started = now - max(0.0, result.duration)
-        if self._ref is None:
-            self._ref = started
+        if self._ref is None:       # the check before the first: as if it had passed (docstring)
+            self._ref = started - max(0.0, self.policy.interval)
         if result.ok:
             self._ref = started
             if self._ok_since is None:
