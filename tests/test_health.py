@@ -649,7 +649,8 @@ def test_down_after_timeout(caplog):
         assert feed(m, clock, 8, FAIL) is False
     assert m.state == "down" and m.changes == 1 and m.since == 8 and m.failures == 5
     assert len(calls) == 1 and calls[0][:3] == (8, ("vs", "rs"), False)
-    assert "no successful check for 10.0s" in calls[0][3] and "connection refused" in calls[0][3]
+    assert calls[0][3] == ("no successful check since the first, 5 failed checks in a row (timeout 10s): "
+                           "connection refused")
     assert any("up -> down" in r.getMessage() and r.levelname == "WARNING" for r in caplog.records)
     assert feed(m, clock, 10, FAIL) is None and len(calls) == 1      # no repeat
 
@@ -758,6 +759,8 @@ async def main():
     downs = []
     ms = [Monitor(i, CheckSpec("tcp", "127.0.0.1", port, connect_timeout=2), NannyPolicy(interval=0.2, timeout=0,
                   reentry=0), lambda k, up, why: downs.append(why)) for i in range(n)]
+    for m in ms:
+        m.offset = 0.0      # all at once (their first checks spread otherwise): out of descriptors
     tasks = [m.start() for m in ms]
     await asyncio.sleep(2)
     for t in tasks:
@@ -1119,3 +1122,78 @@ def test_a_program_that_does_not_end_when_killed_is_a_failure_that_says_so(monke
     spec = CheckSpec(kind="program", host="127.0.0.1", port=80, program="/bin/check %h", misc_dynamic=misc_dynamic)
     res = asyncio.run(run_check(spec))
     assert res.ok is False and res.detail == "did not end when killed (stuck in the kernel?); stdout 'half'", res.detail
+
+
+# --------------------------------------------------------------------------------------------
+# the first checks spread over the interval (no thundering herd at start)
+
+def _keys(n):
+    return [(("tcp", "198.18.0.10", 80), f"198.18.{1 + i // 250}.{1 + i % 250}", 80) for i in range(n)]
+
+
+def test_first_checks_of_a_thousand_monitors_spread_over_the_interval():
+    """1,000 real servers' monitors started together all checked (a program check: forked) at the
+    same moment, every interval.  Their first checks now fall across the interval, about as
+    many in each tenth of it, each server at the same place at every start."""
+    from lb.health.load import LoadMonitorTask, LoadSpec
+    policy = NannyPolicy(interval=2, timeout=10, reentry=30)
+    mons = [Monitor(k, CheckSpec("program", k[1], 80, program="/bin/true"), policy, None) for k in _keys(1000)]
+    offsets = [m.offset for m in mons]
+    assert all(0 <= o < 2 for o in offsets)
+    tenths = [0] * 10
+    for o in offsets:
+        tenths[int(o / 0.2)] += 1
+    assert min(tenths) >= 50 and max(tenths) <= 150, tenths
+    assert len(set(offsets)) == 1000
+    again = Monitor(mons[7].key, mons[7].spec, policy, None)
+    assert again.offset == mons[7].offset                       # stable per real server
+    loads = [LoadMonitorTask(k, LoadSpec("program", k[1], 80, "/bin/true"), 5.0, 1, 1, None) for k in _keys(1000)]
+    assert all(0 <= t.offset < 5 for t in loads) and len({int(t.offset) for t in loads}) == 5
+
+
+def test_monitor_and_load_monitor_wait_their_offset_before_the_first_check_only(monkeypatch):
+    """The order of events with asyncio.sleep recorded (no timing): the offset, then a check, then
+    the interval's rest between checks; a restart after an error does not wait again."""
+    from lb.health import load as load_mod
+    from lb.health import monitor as monitor_mod
+    from lb.health.load import LoadMonitorTask, LoadSpec
+    events = []
+    real_sleep = asyncio.sleep
+
+    async def sleep(d):
+        events.append(("sleep", round(d, 3)))
+        await real_sleep(0)
+
+    async def check(spec):
+        events.append(("check",))
+        return OK
+
+    async def ask(spec):
+        events.append(("ask",))
+        return "50%"
+
+    monkeypatch.setattr(monitor_mod, "run_check", check)
+    monkeypatch.setattr(load_mod, "ask", ask)
+    key = _keys(1)[0]
+    m = Monitor(key, CheckSpec("tcp", key[1], 80), NannyPolicy(interval=100, timeout=10, reentry=30), None)
+    lm = LoadMonitorTask(key, LoadSpec("agent", key[1], 10000), 100.0, 4, 1, None)
+    assert 0 < m.offset < 100 and m.offset == lm.offset
+
+    async def main(run, n):
+        monkeypatch.setattr(asyncio, "sleep", sleep)
+        task = asyncio.ensure_future(run())
+        while sum(e[0] != "sleep" for e in events) < n:
+            await real_sleep(0)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        monkeypatch.setattr(asyncio, "sleep", real_sleep)
+
+    for obj, what in ((m, "check"), (lm, "ask")):
+        events.clear()
+        asyncio.run(main(obj.run, 2))
+        assert events[0] == ("sleep", round(obj.offset, 3)) and events[1] == (what,)
+        assert events[2][0] == "sleep" and events[2][1] > 99 and events[3] == (what,)
+        events.clear()
+        asyncio.run(main(obj.run, 1))               # run again (a supervised restart): no offset
+        assert events[0] == (what,)

@@ -39,7 +39,7 @@ def test_each_transition_is_logged_once(caplog) -> None:
 
     asyncio.run(main())
     said = [r.getMessage() for r in caplog.records if "198.18.1.11" in r.getMessage()]
-    assert said == ["real server 198.18.1.11:80 of TCP 198.18.0.10:80 is down: no successful check for 0.0s "
-                    "(timeout 0s): connection refused",
+    assert said == ["real server 198.18.1.11:80 of TCP 198.18.0.10:80 is down: no successful check since the "
+                    "first, 1 failed check in a row (timeout 0s): connection refused",
                     "real server 198.18.1.11:80 of TCP 198.18.0.10:80 is up: checks succeeded for 0.0s "
                     "(reentry 0s): connected"], said

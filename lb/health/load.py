@@ -37,6 +37,7 @@ from lb import programs
 from lb.tasks import TaskStats, supervise
 
 from .checks import CheckSpec, _snip, program_argv
+from .monitor import first_offset
 
 __all__ = ["LoadSpec", "LoadMonitorTask", "parse_report", "dynamic_weight", "ask"]
 
@@ -161,6 +162,8 @@ class LoadMonitorTask:
         self.ok: bool | None = None
         self.at: float | None = None        # time.time() of the last ask
         self.supervision = TaskStats()      # restarts after an unexpected error
+        self.offset = first_offset(key, interval)  # run(): the first ask's delay (monitor.first_offset)
+        self._waited = False
 
     async def poll(self) -> None:
         """One ask (never raises other than CancelledError)."""
@@ -188,7 +191,11 @@ class LoadMonitorTask:
         self.at = time.time()
 
     async def run(self) -> None:
+        """Ask every interval, the first after ``offset`` (spread over the real servers)."""
         loop = asyncio.get_running_loop()
+        if not self._waited:
+            self._waited = True
+            await asyncio.sleep(self.offset)
         while True:
             started = loop.time()
             await self.poll()

@@ -22,7 +22,12 @@ State machine (Piranha's nanny):
 :meth:`Monitor.observe` is the state machine (no I/O: it takes the time explicitly); on a
 transition it logs (logger ``lb.health``; not with ``log_changes=False``: lb.engine's on_change
 logs it in service terms), counts and calls ``on_change(key, up, reason)``.
-:meth:`Monitor.run` drives it: a check every ``policy.interval`` seconds until cancelled;
+:meth:`Monitor.run` drives it: a check every ``policy.interval`` seconds until cancelled, the
+first at ``first_offset(key, interval)`` (the real server's place in [0, interval), the same at
+every start: a thousand monitors started together spread their checks over the interval instead
+of connecting or forking all at once every interval, as keepalived's checkers spread theirs over
+``warmup``; a server's first verdict comes no later for it, the check before the first counting
+as passed);
 :meth:`Monitor.start` runs it under lb.tasks.supervise, so an unexpected error is logged with the
 monitor's key and check, and the monitor restarts instead of silently stopping.
 """
@@ -30,6 +35,7 @@ monitor's key and check, and the monitor restarts instead of silently stopping.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import time
 from dataclasses import dataclass
@@ -39,12 +45,21 @@ from lb.tasks import RateLimitedLog, TaskStats, supervise
 
 from .checks import CheckResult, CheckSpec, run_check
 
-__all__ = ["NannyPolicy", "Monitor"]
+__all__ = ["NannyPolicy", "Monitor", "first_offset"]
 
 log = logging.getLogger("lb.health")
 # one line a minute for every monitor's checks that could not run (a director out of file
 # descriptors has them all fail at once)
 _not_run_log = RateLimitedLog(log, 60.0)
+
+
+def first_offset(key: Any, interval: float) -> float:
+    """When in [0, interval) the first check (or ask) of ``key``'s monitor comes: spread evenly
+    over the real servers by a hash of the key, and the same at every start and reload."""
+    if not interval > 0:
+        return 0.0
+    h = int.from_bytes(hashlib.blake2b(repr(key).encode(), digest_size=8).digest(), "big")
+    return interval * h / 2.0 ** 64
 
 
 @dataclass(frozen=True)
@@ -78,9 +93,13 @@ class Monitor:
         self._ref: float | None = None       # last success's start (or one interval before the first observation): timeout base
         self._ok_since: float | None = None  # first success of the current run of successes
         self._seen: float | None = None      # the last result, run or not
+        self._passed = False                 # a check of this monitor has succeeded
+        self._failed_run = 0                 # failed checks in a row
         self.not_run = 0                     # checks the director could not run (no observation)
         self.last_not_run: CheckResult | None = None
         self.supervision = TaskStats()       # restarts after an unexpected error
+        self.offset = first_offset(key, policy.interval)  # run(): the first check's delay
+        self._waited = False                 # ... waited already (a restart does not wait again)
 
     # what a monitor has counted and last said: a reload that changes the check hands it on
     TALLIES = ("changes", "downs", "ups", "checks", "failures", "not_run", "last_not_run", "since", "since_wall",
@@ -116,17 +135,24 @@ class Monitor:
             self._ref = started - max(0.0, self.policy.interval)
         if result.ok:
             self._ref = started
+            self._passed = True
+            self._failed_run = 0
             if self._ok_since is None:
                 self._ok_since = now
         else:
             self._ok_since = None
             self.failures += 1
+            self._failed_run += 1
 
         if self.up and not result.ok:
             silent = now - self._ref
             if silent >= self.policy.timeout:
-                return self._transition(False, now, f"no successful check for {silent:.1f}s "
-                                        f"(timeout {self.policy.timeout:g}s): {result.detail}")
+                if self._passed:
+                    why = f"no successful check for {silent:.1f}s"
+                else:               # the silence counts a check that did not run: say what did
+                    n = self._failed_run
+                    why = f"no successful check since the first, {n} failed check{'s' * (n != 1)} in a row"
+                return self._transition(False, now, f"{why} (timeout {self.policy.timeout:g}s): {result.detail}")
         elif not self.up and result.ok:
             alive = now - self._ok_since
             if alive >= self.policy.reentry:
@@ -171,8 +197,12 @@ class Monitor:
         return up
 
     async def run(self) -> None:
-        """Check every policy.interval seconds, forever; cancel the task to stop."""
+        """Check every policy.interval seconds, forever, the first after ``offset``; cancel the
+        task to stop."""
         loop = asyncio.get_running_loop()
+        if not self._waited:
+            self._waited = True
+            await asyncio.sleep(self.offset)
         while True:
             started = loop.time()
             result = await run_check(self.spec)
