@@ -1300,6 +1300,38 @@ def test_load_monitor_keys_its_kind_ignores_are_warned_about():
     assert not [w for w in load(CONFIGS / "example.toml").warnings if "load_monitor" in w.field]
 
 
+@pytest.mark.parametrize("keys, line, field", [
+    ('timeout = 5\n  connect_timeout = 8', 11, "connect_timeout"),
+    ('timeout = 2', 10, "timeout"),                        # connect_timeout's default 3
+])
+def test_a_check_that_may_outlast_the_timeout_is_a_warning(keys, line, field):
+    """A check's verdict comes at its end: with connect_timeout 8 and timeout 5, a real server
+    that hangs went down 8 s after its check began, and nothing said so."""
+    text = doc("""\
+        [global]
+        public_interface = "pub0"
+
+        [[virtual_server]]
+        name = "web"
+        address = "198.18.0.10"
+        port = 80
+          [virtual_server.monitor]
+          kind = "tcp"
+          KEYS
+          [[virtual_server.real_server]]
+          address = "198.18.1.11"
+        """).replace("KEYS", keys)
+    cfg = loads(text, "w.toml")
+    [w] = cfg.warnings
+    assert (w.path, w.line, w.field) == ("w.toml", line, f"virtual_server[0].monitor.{field}")
+    assert "longer than timeout" in w.message and "make connect_timeout at most timeout" in w.message
+    m = cfg.virtual_servers[0].monitor
+    assert w.message.startswith(f"connect_timeout {m.connect_timeout:g} s is longer than timeout {m.timeout:g} s")
+    assert loads(text.replace(keys, "timeout = 3\n  connect_timeout = 3"), "w.toml").warnings == ()
+    # timeout 0: down at the first failed check, which ends at connect_timeout by definition
+    assert loads(text.replace(keys, "timeout = 0\n  connect_timeout = 8"), "w.toml").warnings == ()
+
+
 def test_monitor_keys_its_kind_ignores_are_warned_about():
     """A tcp monitor never sends `send`, an http one never runs `program`: a key set to other
     than its default that the monitor's kind does not read is accepted but warned about, with

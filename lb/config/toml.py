@@ -1164,6 +1164,15 @@ def _check_monitor(vs: _Table, user: str) -> Monitor | _Invalid:
         default = user if key == "script_user" else getattr(d, key)
         if key in m.data and runs not in kinds and getattr(mon, key) != default:
             m.chk.warn(m.at(key), f"no effect with kind \"{kind}\" (used by: {', '.join(kinds)})")
+    # a check ends at connect_timeout at the latest, and the verdict comes at a check's end: a
+    # server that hangs is taken down connect_timeout after the check began, past `timeout`
+    # (timeout 0, the first failure, waits for the check's end by definition)
+    if kind != "none" and 0 < mon.timeout < mon.connect_timeout:
+        key = "connect_timeout" if "connect_timeout" in m.data or "timeout" not in m.data else "timeout"
+        m.chk.warn(m.at(key), f"connect_timeout {mon.connect_timeout:g} s is longer than timeout "
+                              f"{mon.timeout:g} s: a real server that hangs is taken down when its check "
+                              f"gives up, up to {mon.connect_timeout:g} s after the check began, not after "
+                              f"{mon.timeout:g} s (make connect_timeout at most timeout)")
     return mon
 
 
