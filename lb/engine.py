@@ -384,6 +384,11 @@ def _spec_key(vs) -> tuple:
     return ("fwmark", vs.fwmark) if vs.fwmark else vs.key
 
 
+def _why_waits(err: TableDoesNotFit) -> str:
+    """`lb status`'s note on a service whose change waits: the data plane's refusal, one line."""
+    return "does not fit the data plane: " + "; ".join(ln.strip() for ln in str(err).splitlines() if ln.strip())
+
+
 def _names(specs) -> str:
     return ", ".join(s.name or str(s.key) for s in specs)
 
@@ -465,6 +470,9 @@ class Engine:
         self.housekeeping_errors: dict[str, int] = {}       # the run loop's steps that failed, by step
         self.on_sorry: set[tuple] = set()            # keys of the services sent to their sorry server
         self._applied_table: TableSpec | None = None  # the last table the data plane took
+        # ServiceSpec key -> why its health, weight or override change waits (HeldBack): `lb status`
+        # says so, with the weights the data plane still has
+        self.waiting: dict[tuple, str] = {}
         # HA (lb.ha.pulse): without an [ha] table the one director is always active
         self.pulse = None
         self.active = cfg.ha is None
@@ -915,6 +923,7 @@ class Engine:
         sorry: set[tuple] = set()
         table = self._table(new, sorry)
         held: list = []                  # ServiceSpecs whose waiting change still does not fit
+        why = ""                         # ... and why (`lb status`)
         with self._dp_lock:
             try:
                 try:
@@ -924,6 +933,7 @@ class Engine:
                     # (apply_health), of a service this reload leaves as it runs, keeps waiting:
                     # it does not refuse the reload.  The reload's own changes must fit.
                     table, sorry, held, _ = self._fitting_part(table, sorry, e, only=self._same_services(new))
+                    why = _why_waits(e)
                 addresses.check(want)
             except TableDoesNotFit as e:
                 lines = "".join(f"\n  {p}" for p in str(e).splitlines())
@@ -977,6 +987,7 @@ class Engine:
         self._write_held()
         keys_changed = self.pulse.set_keys(keys) if keys is not None else None
         waits = ""
+        self.waiting = {h.key: why for h in held}
         if held:
             self._dirty = True           # the run loop tries them again at its next turns
             waits = (f"; the health, weight or override change of virtual service(s) {_names(held)} "
@@ -1088,12 +1099,15 @@ class Engine:
                 if taken:
                     self._apply(table, self.cfg, planned=True, sorry=sorry)
                 if not held:             # (the data plane's state moved between the plans)
+                    self.waiting = {}
                     return
+                self.waiting = {h.key: _why_waits(e) for h in held}
                 lines = "".join(f"\n  {p}" for p in str(e).splitlines())
                 raise HeldBack(f"the change of virtual service(s) {_names(held)} does not fit the data plane "
                                f"and waits (the other services' changes are applied):{lines}",
                                {h.key for h in held}) from None
             self._apply(table, self.cfg, planned=True, sorry=sorry)
+            self.waiting = {}
 
     def _fitting_part(self, table: TableSpec, sorry: set, err: TableDoesNotFit,
                       only: set | None = None) -> tuple[TableSpec, set, list, bool]:
@@ -1542,8 +1556,13 @@ class Engine:
         """What `lb status` shows (the control socket's "status" reply); without the data path's
         counters when ``counters`` is false (lb.metrics reads them in its own thread)."""
         services = []
+        applied = {s.key: s for s in self._applied_table.services} if self._applied_table is not None else {}
         for vs in self.cfg.virtual_servers:
             reals = []
+            waits = self.waiting.get(_spec_key(vs))
+            # a change that waits: the weights the data plane still has (None: not in its table)
+            in_dp = {r.key: r.weight for r in applied[_spec_key(vs)].reals} \
+                if waits is not None and _spec_key(vs) in applied else None
             for rs in vs.real_servers:
                 key = real_key(vs, rs)
                 entry = self.monitors.get(key)
@@ -1566,6 +1585,8 @@ class Engine:
                               "override": self.overrides.get(key),
                               "load": self._load_status(key),
                               "since": mon.since_wall if mon else None,
+                              **({} if in_dp is None else {"dataplane_weight": in_dp.get(
+                                  (rs.address, 0 if vs.fwmark else rs.effective_port(vs)))}),
                               "last_check": None if last is None else
                               {"ok": last.ok, "detail": last.detail, "at": last.at,
                                "duration": round(last.duration, 6)}})
@@ -1575,6 +1596,7 @@ class Engine:
                              "monitor": vs.monitor.kind, "real_servers": reals,
                              "sorry_server": None if vs.sorry_server is None else sorry_text(vs.sorry_server),
                              "on_sorry_server": vs.key in self.on_sorry,
+                             "waiting": waits,
                              # its table entry while it stands in (lb.metrics labels that row)
                              "sorry_real": _endpoint_doc(sorry_endpoint(vs)) if vs.key in self.on_sorry
                              else None})

@@ -149,3 +149,52 @@ def test_lb_weight_through_the_run_loop_while_a_change_waits(tmp_path, fake_addr
         rows = _rows(listing)
         assert rows["198.18.1.22"] == 3 and rows["198.18.1.14"] == 1 and "198.18.1.99" not in rows, listing
         assert errors.get("apply", 0) >= 1          # web's change: tried at each turn, counted
+
+
+def test_lb_status_says_which_change_waits_and_the_weights_the_data_plane_keeps(tmp_path, fake_addresses,
+                                                                                 monkeypatch):
+    """While web's verdict waits, `lb status` showed web's last server down at weight 0 (the
+    wanted table) though the data plane still forwarded to it at weight 1, and nothing on it
+    said a change waits: only the log did.  Now the service says WAITING and why, and each
+    server the data plane holds otherwise says what the data plane has; both go once it fits."""
+    from lb.cli.main import _status_lines
+    monkeypatch.setattr(lbengine, "RUN_DIR", str(tmp_path))
+    with loaded_dataplane("hfits", Sizes(16, 64, PER_SERVICE, 4096)) as dp:
+        path = _write(tmp_path / "lb.toml", dp.instance)
+        eng = Engine(lbconfig.load(path))
+        eng.dp.close()
+        eng.dp = dp
+        eng.owned = addresses.wanted_addresses(eng.cfg)
+        addresses.take(eng.owned)
+        eng.apply_health()
+        assert sorted(connect(dp, sport=40000 + i) for i in range(4)) == [f"198.18.1.{n}" for n in (11, 12, 13, 14)]
+        for n in (11, 12, 13):
+            eng._health_changed(_key(eng, "web", n), False, "connection refused")
+        eng.apply_health()
+        st = eng.status(counters=False)
+        assert all(s["waiting"] is None for s in st["services"])
+        assert not any("dataplane_weight" in r for s in st["services"] for r in s["real_servers"])
+        assert not any("WAITING" in ln or "waiting:" in ln for ln in _status_lines(st))
+
+        eng._health_changed(_key(eng, "web", 14), False, "connection refused")   # does not fit
+        with pytest.raises(TableDoesNotFit):
+            eng.apply_health()
+        st = eng.status(counters=False)
+        web = next(s for s in st["services"] if s["name"] == "web")
+        cache = next(s for s in st["services"] if s["name"] == "cache")
+        assert web["waiting"].startswith("does not fit the data plane: ") and "reals_per_service" in web["waiting"]
+        assert cache["waiting"] is None
+        r14 = next(r for r in web["real_servers"] if r["address"] == "198.18.1.14")
+        assert (r14["weight"], r14["weight_source"], r14["dataplane_weight"]) == (0, "down_quiesced", 1)
+        lines = _status_lines(st)
+        i = next(i for i, ln in enumerate(lines) if ln.startswith("  -> 198.18.1.14"))
+        assert any(ln.startswith("  WAITING: a health, weight or override change does not fit the data plane")
+                   for ln in lines)
+        assert "waiting: the data plane still has weight 1" in "\n".join(lines[i:i + 4])
+        assert sum("waiting:" in ln for ln in lines) == 1           # web's others: as in the data plane
+
+        eng._health_changed(_key(eng, "web", 11), True, "connected")               # fits now
+        eng.apply_health()
+        st = eng.status(counters=False)
+        assert all(s["waiting"] is None for s in st["services"])
+        assert not any("WAITING" in ln or "waiting:" in ln for ln in _status_lines(st))

@@ -515,6 +515,9 @@ def _status_lines(doc: dict) -> list[str]:
         if s.get("sorry_server"):
             sorry = f"  sorry server {s['sorry_server']}" + (" (IN USE)" if s.get("on_sorry_server") else "")
         out(f"{where} {s['scheduler']}  monitor {s['monitor']}{sorry}{state}")
+        if s.get("waiting"):     # engine.HeldBack: the weights below are wanted, not yet forwarded
+            out(f"  WAITING: a health, weight or override change {s['waiting']}; tried again at each "
+                f"turn of the loop")
         for r in s["real_servers"]:
             last = r.get("last_check")
             detail = "" if not last else f"  last check {'ok' if last['ok'] else 'FAIL'} {_fmt_time(last['at'])} {last['detail']}"
@@ -527,6 +530,10 @@ def _status_lines(doc: dict) -> list[str]:
                 f"{r['health']:<11} changes {r['changes']:<3}{detail}")
             if w.source != lbweight.CONFIGURED:
                 out(f"     {w.text()}")
+            if "dataplane_weight" in r and r["dataplane_weight"] != (w.value if w.in_table else None):
+                dw = r["dataplane_weight"]
+                out("     waiting: " + ("not in the data plane's table yet" if dw is None
+                                       else f"the data plane still has weight {dw}"))
             if r.get("reason"):
                 out(f"     {'up' if r['health'] == 'up' else 'down'} since {_fmt_time(r['since'])}: {r['reason']}")
             skipped = r.get("last_not_run")

@@ -1460,6 +1460,8 @@ def _live(doc: dict, table: dict, csrf: str) -> str:
             notes.append("INACTIVE")
         if s.get("sorry_server"):
             notes.append(f"sorry server {s['sorry_server']}" + (" (IN USE)" if s.get("on_sorry_server") else ""))
+        if s.get("waiting"):     # engine.HeldBack: the weights shown are wanted, not yet forwarded
+            notes.append(f"WAITING: a health, weight or override change {s['waiting']}")
         rate = srow.get("rate") or {}
         if rate:
             notes.append(f"{_rate(rate.get('conns'))} conn/s · {_rate(rate.get('inpkts'))} pkt/s in · "
