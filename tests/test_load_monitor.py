@@ -29,7 +29,7 @@ def test_parse_report(text, want):
     assert parse_report(text) == want
 
 
-@pytest.mark.parametrize("text", ["", "drain", "weight x", "weight 2.5", "load -1", "hello 75",
+@pytest.mark.parametrize("text", ["", "up weight x", "weight x", "weight 2.5", "load -1", "hello 75",
                                   "load nan", "load NaN", "load inf", "load -inf", "weight inf", "load 1e999"])
 def test_parse_report_refuses_what_it_cannot_read(text):
     with pytest.raises(ValueError, match="no load or weight"):
@@ -55,6 +55,43 @@ def test_parse_report_refuses_what_it_cannot_read(text):
 ])
 def test_dynamic_weight_stays_within_bounds(report, configured, lo, want):
     assert dynamic_weight(report, configured, lo) == want
+
+
+@pytest.mark.parametrize("text, weight", [
+    ("drain\n", 0), ("DRAIN 99%\n", 0), ("maint\n", 0), ("down#upgrading to 2.4\n", 0),
+    ("fail\n", 0), ("stopped\n", 0), ("75% drain", 0), ("up 50%\n", 2), ("ready\n", 4),
+    ("UP\r\n", 4), ("READY 100%\n", 4), ("maxconn:30 up", 4), ("ready,12.5%", 1),
+])
+def test_haproxy_agent_words_set_the_weight(text, weight):
+    """HAProxy's agent-check words were ignored and the weight kept: an agent answering
+    'drain' (or down, maint, fail, stopped) left its server taking new connections at the last
+    weight, 'ready' after a drain did not bring back the configured one.  Now the stop words
+    quiesce it (weight 0, below min_weight too: the agent asked for it), up/ready alone restore
+    the configured weight, and a number with up/ready is read as before."""
+    assert dynamic_weight(parse_report(text), 4, 1) == weight
+
+
+def test_an_agent_that_drains_then_is_ready_again():
+    replies = [b"up 75%\n", b"drain\n", b"drain 75%\n", b"ready\n"]
+
+    async def main():
+        async def agent(reader, writer):
+            writer.write(replies.pop(0))
+            await writer.drain()
+            writer.close()
+        server = await asyncio.start_server(agent, HOST, 0)
+        port = server.sockets[0].getsockname()[1]
+        seen = []
+        task = LoadMonitorTask("k", LoadSpec("agent", HOST, port), 1.0, 4, 1, lambda k, w, d: seen.append((w, d)))
+        for _ in range(4):
+            await task.poll()
+        server.close()
+        await server.wait_closed()
+        return task, seen
+
+    task, seen = asyncio.run(asyncio.wait_for(main(), 10))
+    assert seen == [(3, "up 75%"), (0, "drain"), (4, "ready")]
+    assert task.weight == 4 and task.ok is True
 
 
 def _poll(spec, configured=4, min_weight=1):

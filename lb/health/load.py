@@ -15,7 +15,15 @@ The reply sets the real server's weight within [min_weight, its configured weigh
 * ``weight 3``    -> 3
 * ``load 0.7``, or uptime's / rup's ``load average: 0.70, 0.50, 0.40`` -> configured / (1 + load)
 
-Words HAProxy agents add (``up``, ``ready``...) are ignored.  The reply's first line is kept as
+* HAProxy's agent-check state words, each reply read by itself (lb keeps no state between
+  replies; agents repeat theirs, ``drain 99%``): ``drain``, ``maint``, ``down``, ``fail`` or
+  ``stopped`` (a ``#description`` after it allowed) -> weight 0, whatever else the line says and
+  below ``min_weight`` too: the server is quiesced (no new connections, its connections go on).
+  Dead or alive stays the health monitor's call: lb does not take a server out of the table on
+  an agent's word.  ``up`` or ``ready`` -> its percentage if the line has one, else the
+  configured weight (HAProxy's ready ends a drain or maint).  ``maxconn:N`` is ignored.
+
+The reply's first line is kept as
 the monitor's detail (``lb status``), its unprintable characters escaped (``\\x1b``).  A reply
 that cannot be read, an agent that does not answer or a program that fails keeps the last
 weight: deciding that a server is dead is the health monitors' job.  So does a number that is not one (``load nan``, ``inf``).
@@ -46,6 +54,10 @@ log = logging.getLogger("lb.health.load")
 REPLY_LIMIT = 4096
 
 _PERCENT = re.compile(r"^(\d+(?:\.\d+)?)%$")
+# HAProxy agent-check words (its "agent-check" reply): these quiesce the server (weight 0) ...
+STOP_WORDS = ("drain", "maint", "down", "fail", "stopped")
+# ... these bring it back to its configured weight when the line names no other
+READY_WORDS = ("up", "ready")
 _LOAD_AVERAGE = re.compile(r"load averages?:\s*(\d+(?:[.,]\d+)?)", re.I)
 
 
@@ -67,13 +79,28 @@ def _finite(value: float, word: str) -> float:
 
 
 def parse_report(text: str) -> tuple[str, float]:
-    """("percent", p) | ("weight", n) | ("load", l) from an agent's line or a program's output;
-    ValueError when none is found."""
+    """("percent", p) | ("weight", n) | ("load", l) from an agent's line or a program's output,
+    or (word, 0.0) for one of HAProxy's STOP_WORDS (weight 0); ValueError when none is found."""
     m = _LOAD_AVERAGE.search(text)
     if m:
         return "load", _finite(float(m.group(1).replace(",", ".")), m.group(1))
     line = next((ln for ln in text.splitlines() if ln.strip()), "")
-    words = [w for w in re.split(r"[\s,;]+", line.strip().lower()) if w]
+    # HAProxy: "down#the reason" -- what follows a # is a description
+    words = [w for w in re.split(r"[\s,;]+", line.split("#", 1)[0].strip().lower()) if w]
+    stop = next((w for w in words if w in STOP_WORDS), None)
+    if stop is not None:                 # drain wins over a percentage given with it ("drain 99%")
+        return stop, 0.0
+    number = _number(words)
+    if number is not None:
+        return number
+    if any(w in READY_WORDS for w in words) and not any(w in ("weight", "load") or w.endswith("%") for w in words):
+        return "percent", 100.0          # "up" / "ready" alone (no unreadable number): configured weight
+    raise ValueError(f"no load or weight in {_snip(text)} (expected e.g. '75%', 'weight 3', 'load 0.7', "
+                     f"'load average: 0.70, ...' or an agent's drain / down / ready)")
+
+
+def _number(words: list[str]) -> tuple[str, float] | None:
+    """The line's first percentage, `weight N` or `load L`; None when it has none."""
     for i, w in enumerate(words):
         pm = _PERCENT.match(w)
         if pm:
@@ -86,14 +113,15 @@ def parse_report(text: str) -> tuple[str, float]:
             if not math.isfinite(value) or value < 0 or (w == "weight" and not value.is_integer()):
                 break
             return w, value
-    raise ValueError(f"no load or weight in {_snip(text)} (expected e.g. '75%', 'weight 3', 'load 0.7' "
-                     f"or 'load average: 0.70, ...')")
+    return None
 
 
 def dynamic_weight(report: tuple[str, float], configured: int, min_weight: int) -> int:
     """The weight a report asks for, within [min_weight, configured] (configured wins when
-    min_weight is above it)."""
+    min_weight is above it); 0 for an agent's drain, maint, down, fail or stopped."""
     kind, value = report
+    if kind in STOP_WORDS:
+        return 0
     if kind == "percent":
         w = configured * value / 100.0
     elif kind == "weight":
