@@ -198,7 +198,8 @@ VS_NO_EFFECT = {
     "persistence_engine": "not supported: lb has no persistence engines (sip); persistence is by client address",
     "sorry_server_inhibit": "no effect: lb's sorry server is used only while no real server is usable",
     "nat_mask": "no effect: an obsolete keyword",
-    "warmup": "no effect: lb starts the checks at once",
+    "warmup": "no effect: lb starts each real server's checks at its own offset within delay_loop "
+              "(keepalived's default warmup), whatever warmup says",
 }
 RS_NO_EFFECT = {
     "notify_up": "no effect: lb runs no per-server scripts; each transition is logged and shown by `lb status`",

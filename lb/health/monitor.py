@@ -26,8 +26,9 @@ logs it in service terms), counts and calls ``on_change(key, up, reason)``.
 first at ``first_offset(key, interval)`` (the real server's place in [0, interval), the same at
 every start: a thousand monitors started together spread their checks over the interval instead
 of connecting or forking all at once every interval, as keepalived's checkers spread theirs over
-``warmup``; a server's first verdict comes no later for it, the check before the first counting
-as passed);
+``warmup`` (by default over delay_loop); with timeout > 0 a server's first verdict comes no
+later for it, the check before the first counting as passed; with timeout 0 up to one interval
+later, at its offset);
 :meth:`Monitor.start` runs it under lb.tasks.supervise, so an unexpected error is logged with the
 monitor's key and check, and the monitor restarts instead of silently stopping.
 """
