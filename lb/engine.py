@@ -2041,6 +2041,7 @@ def run(cfg, *, xdp_mode: str = "native", dataplane: str | None = None, on_sigte
         eng.start()
     except StartCancelled as e:       # nothing was touched but the lock
         log.info("%s", e)
+        sdnotify.stopping("stopping (asked to while starting)")    # a stop, not a failed start
         eng.lock.release()
         return 0
     except (StartupError, DataplaneError, LookupError, addresses.AddressError) as e:

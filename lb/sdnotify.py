@@ -16,6 +16,7 @@ import sys
 _UNSET = object()
 _address: object = _UNSET
 _dropped = 0          # messages the manager's full queue refused
+_ready_sent = False   # READY=1 went out (stopping() owes one before STOPPING=1 otherwise)
 # READY=1, RELOADING=1, STOPPING=1 and MAINPID= change the unit's state: lost, it would stay
 # "activating" or "reloading" until its timeout.  Those wait this long for room in a full queue
 # (PID 1 busy at boot); a STATUS= alone is dropped at once.
@@ -72,6 +73,8 @@ def status(text: str) -> bool:
 
 
 def ready(text: str) -> bool:
+    global _ready_sent
+    _ready_sent = True
     return notify("READY=1", f"STATUS={text}", f"MAINPID={os.getpid()}")
 
 
@@ -80,6 +83,15 @@ def reloading() -> bool:
 
 
 def stopping(text: str) -> bool:
+    """STOPPING=1: a stop asked for (`lb stop`, a signal), not a failure.  Asked while the unit
+    still starts, READY=1 goes first, in a datagram of its own: systemd takes a Type=notify
+    service whose main process exits without READY=1 -- exit status 0 or not -- as a failure
+    (result "protocol") and Restart=on-failure starts it again; a STOPPING=1 alone is not
+    acted on before READY=1 (it is, after: the unit goes "deactivating", the exit that follows
+    is the stop's).  Where systemd is stopping the unit itself (`systemctl stop` while it
+    starts) the READY=1 is ignored."""
+    if not _ready_sent and _socket_address() is not None:
+        ready(text)
     return notify("STOPPING=1", f"STATUS={text}")
 
 

@@ -564,3 +564,54 @@ def test_a_reload_asked_for_as_the_loop_takes_over_is_done(tmp_path):
     assert p.returncode == 0 and "Traceback" not in out, out
     events = out.split("EVENTS ", 1)[1]
     assert "'reload'" in events, out
+
+
+# ---- a stop asked for while the unit starts, as systemd sees it --------------------------------
+
+def stop_while_starting_child(run_dir: str, config: str, wait_interfaces: float) -> int:
+    """In a process of its own, under a NOTIFY_SOCKET: `lb stop` (SIGINT) while the start loads
+    the data plane, or (wait_interfaces) while it waits for a missing interface."""
+    import logging
+    import threading
+    logging.basicConfig(level=logging.INFO, stream=sys.stdout, format="%(levelname)s %(message)s")
+
+    class Dataplane(StartingDataplane):
+        def load(self):
+            super().load()
+            os.kill(os.getpid(), signal.SIGINT)
+
+    if wait_interfaces:
+        threading.Timer(0.5, os.kill, (os.getpid(), signal.SIGINT)).start()
+    patch_host(setattr, run_dir, Dataplane)
+    return lbengine.run(lbconfig.load(config), dataplane="ipvs", wait_interfaces=wait_interfaces)
+
+
+@pytest.mark.parametrize("where", ["loading", "waiting for an interface"])
+def test_a_stop_while_starting_is_a_stop_to_systemd(tmp_path, where):
+    """`lb stop` while lb@.service still starts: lb stopped cleanly and exited 0 without ever
+    sending READY=1 -- systemd takes a Type=notify service that exits before READY=1 as failed
+    (result "protocol", whatever the exit status) and Restart=on-failure started it again: the
+    stop asked for did not hold.  Now READY=1, then STOPPING=1 (in datagrams of their own:
+    systemd acts on STOPPING=1 only once running): the unit goes deactivating, then inactive."""
+    from lb.sdnotify import Listener
+    config = write(tmp_path / "lb.toml", instance=f"sws{os.getpid() % 10000}")
+    wait = 0.0
+    if where != "loading":
+        config.write_text(config.read_text().replace('public_interface = "lo"', 'public_interface = "lbnosuch0"'))
+        wait = 30.0
+    code = (f"import sys; sys.path[:0] = [{str(TESTS)!r}, {str(REPO)!r}]; import test_engine_lifecycle as t; "
+            f"sys.exit(t.stop_while_starting_child({str(tmp_path)!r}, {str(config)!r}, {wait!r}))")
+    listener = Listener()
+    try:
+        p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                           env=dict(os.environ, PYTHONPATH=f"{REPO}{os.pathsep}{TESTS}", **listener.env()))
+        listener.poll(0.5)
+        messages = [f for _, f in listener.messages]
+    finally:
+        listener.close()
+    out = p.stdout + p.stderr
+    assert p.returncode == 0 and "Traceback" not in out, out
+    ready = [i for i, f in enumerate(messages) if f.get("READY") == "1"]
+    stopping = [i for i, f in enumerate(messages) if f.get("STOPPING") == "1"]
+    assert ready and stopping and ready[0] < stopping[0], messages
+    assert "STOPPING" not in messages[ready[0]], messages
