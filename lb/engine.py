@@ -1830,7 +1830,13 @@ class Engine:
         self._role_added = None              # started: a stop from now on is a stop, not an undo
         if self._stop is None:
             self._ready()
-        last_sweep = last_nh = last_est = last_def = last_own = loop.time()
+        last_sweep = last_nh = last_est = last_def = last_own = last_ping = loop.time()
+        # WatchdogSec= (lb@.service): WATCHDOG=1 from this loop only, once per turn at most, a
+        # quarter of the interval apart -- a step that hangs (a netlink call that never returns,
+        # in the executor) holds the loop, the pings stop and systemd aborts lb (SIGABRT: every
+        # thread's stack to the journal) and starts it again; the data plane forwards meanwhile
+        # and is adopted, as after a crash.  Never from a thread of its own, which would ping on.
+        watchdog = sdnotify.watchdog_interval()
 
         async def do_reload():
             nonlocal reload_pending
@@ -1871,6 +1877,9 @@ class Engine:
                 pass
             self._wake.clear()
             now = loop.time()
+            if watchdog is not None and now - last_ping >= watchdog / 4:
+                last_ping = now
+                sdnotify.watchdog()
             # each step on its own: one that fails (every second, say) is counted and logged, and
             # the next ones -- the sweep, the addresses put back, XDP attached again -- still run
             if reload_pending or self._reload_waiters:
@@ -1897,6 +1906,10 @@ class Engine:
             if now - last_nh >= NEXTHOP_INTERVAL:
                 last_nh = now
                 await self._housekeep("refresh_nexthops", lambda: blocking(self.refresh_nexthops))
+        # the pings end with the loop: STOPPING=1 now, not after the loop's parts have stopped
+        # (a BGP drain: seconds), so that systemd's watchdog, on while the unit runs, is off
+        # for the stop (TimeoutStopSec= bounds it instead)
+        sdnotify.stopping("stopping")
         if self._stop.startswith("systemd:"):       # lb@.service's SIGTERM: stop or restart?
             self._stop = await blocking(self._systemd_stop_kind)
         for fut in self._reload_waiters:                  # before the server waits for its handlers

@@ -16,6 +16,7 @@ import sys
 _UNSET = object()
 _address: object = _UNSET
 _dropped = 0          # messages the manager's full queue refused
+_watchdog: object = _UNSET    # WatchdogSec= in seconds, or None: watchdog_interval()
 _ready_sent = False   # READY=1 went out (stopping() owes one before STOPPING=1 otherwise)
 # READY=1, RELOADING=1, STOPPING=1 and MAINPID= change the unit's state: lost, it would stay
 # "activating" or "reloading" until its timeout.  Those wait this long for room in a full queue
@@ -27,6 +28,7 @@ RETRY_SECONDS = 5.0
 def _socket_address() -> str | None:
     global _address
     if _address is _UNSET:
+        watchdog_interval()                          # its variables leave the environment too
         addr = os.environ.pop("NOTIFY_SOCKET", None)
         if addr and addr.startswith("@"):            # abstract namespace
             addr = "\0" + addr[1:]
@@ -66,6 +68,28 @@ def notify(*fields: str) -> bool:
     except OSError as e:
         logging.getLogger("lb").debug("sd_notify %s: %s", fields, e)
         return False
+
+
+def watchdog_interval() -> float | None:
+    """WatchdogSec= of the unit, in seconds, as systemd passes it (WATCHDOG_USEC, meant for the
+    process WATCHDOG_PID names); None without one.  Taken out of the environment at the first
+    call, as NOTIFY_SOCKET, so that the programs lb starts do not inherit it."""
+    global _watchdog
+    if _watchdog is _UNSET:
+        usec = os.environ.pop("WATCHDOG_USEC", None)
+        pid = os.environ.pop("WATCHDOG_PID", None)
+        try:
+            _watchdog = int(usec) / 1e6 if usec and int(usec) > 0 and (not pid or int(pid) == os.getpid()) \
+                else None
+        except ValueError:
+            _watchdog = None
+    return _watchdog  # type: ignore[return-value]
+
+
+def watchdog() -> bool:
+    """WATCHDOG=1: the daemon's loop made a turn.  Sent non-blocking, as STATUS=: a ping the
+    manager's full queue refuses is followed by the next."""
+    return notify("WATCHDOG=1")
 
 
 def status(text: str) -> bool:

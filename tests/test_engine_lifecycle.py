@@ -615,3 +615,105 @@ def test_a_stop_while_starting_is_a_stop_to_systemd(tmp_path, where):
     stopping = [i for i, f in enumerate(messages) if f.get("STOPPING") == "1"]
     assert ready and stopping and ready[0] < stopping[0], messages
     assert "STOPPING" not in messages[ready[0]], messages
+
+
+# ---- systemd's watchdog: pinged by a loop that makes turns, only --------------------------------
+
+def hung_step_child(run_dir: str, config: str) -> int:
+    """In a process of its own, under a NOTIFY_SOCKET and WATCHDOG_USEC: lb running, until a
+    housekeeping step in the executor hangs (a netlink call that never returns) -- said first
+    with a STATUS= line, "test: hung"."""
+    import logging
+    import threading
+    logging.basicConfig(level=logging.INFO, stream=sys.stdout, format="%(levelname)s %(message)s")
+    from lb import sdnotify
+    turns = []
+
+    class Dataplane(StartingDataplane):
+        def sched_base_pending(self):
+            turns.append(1)
+            return len(turns) > 4                   # a few turns of the loop, then the step
+
+    def refresh_sched_base(self):
+        sdnotify.status("test: hung")
+        threading.Event().wait()                    # never returns
+    lbengine.Engine.refresh_sched_base = refresh_sched_base
+    patch_host(setattr, run_dir, Dataplane)
+    return lbengine.run(lbconfig.load(config), dataplane="ipvs")
+
+
+def test_watchdog_pings_stop_when_a_step_hangs(tmp_path):
+    """lb@.service has WatchdogSec=: the run loop sends WATCHDOG=1 as it makes its turns, and
+    a step that hangs in the executor -- the loop awaiting it, SIGTERM's handling too, until
+    systemd's SIGKILL, with nothing noticing -- ends the pings, so that systemd aborts lb and
+    starts it again.  (Before, no WATCHDOG=1 at all.)"""
+    from lb.sdnotify import Listener
+    config = write(tmp_path / "lb.toml", instance=f"wd{os.getpid() % 10000}")
+    code = (f"import sys; sys.path[:0] = [{str(TESTS)!r}, {str(REPO)!r}]; import test_engine_lifecycle as t; "
+            f"sys.exit(t.hung_step_child({str(tmp_path)!r}, {str(config)!r}))")
+    listener = Listener()
+    log = open(tmp_path / "child.log", "wb")
+    child = subprocess.Popen([sys.executable, "-c", code], stdout=log, stderr=subprocess.STDOUT,
+                             env=dict(os.environ, PYTHONPATH=f"{REPO}{os.pathsep}{TESTS}",
+                                      WATCHDOG_USEC="200000", **listener.env()))
+    try:
+        listener.wait_for("STATUS", "test: hung", 60, alive=lambda: child.poll() is None)
+        # the watchdog's interval (0.2 s) many times over: a ping now would be a thread's
+        time.sleep(1.5)
+        messages = [f for _, f in listener.messages]
+        assert child.poll() is None
+    finally:
+        child.kill()
+        child.wait(10)
+        log.close()
+        listener.close()
+    out = (tmp_path / "child.log").read_text()
+    ready = next(i for i, f in enumerate(messages) if f.get("READY") == "1")
+    hung = next(i for i, f in enumerate(messages) if f.get("STATUS") == "test: hung")
+    pings = [i for i, f in enumerate(messages) if f.get("WATCHDOG") == "1"]
+    assert [i for i in pings if ready < i < hung], (messages, out)      # the loop's turns pinged
+    assert not [i for i in pings if i > hung], (messages, out)          # the hung loop does not
+
+
+def stop_after_ready_child(run_dir: str, config: str) -> int:
+    """In a process of its own, under a NOTIFY_SOCKET: `lb stop` once running; the loop's parts
+    (the BGP drain, metrics, pulse ...) say "test: parts stopping" as they stop."""
+    import logging
+    logging.basicConfig(level=logging.INFO, stream=sys.stdout, format="%(levelname)s %(message)s")
+    from lb import sdnotify
+    ready = sdnotify.ready
+    stop_running = lbengine.Engine._stop_running
+
+    def ready_then_stop(text):
+        ready(text)
+        os.kill(os.getpid(), signal.SIGINT)
+    sdnotify.ready = ready_then_stop
+
+    async def late(self, blocking, started):
+        sdnotify.status("test: parts stopping")
+        await stop_running(self, blocking, started)
+    lbengine.Engine._stop_running = late
+    patch_host(setattr, run_dir, StartingDataplane)
+    return lbengine.run(lbconfig.load(config), dataplane="ipvs")
+
+
+def test_stopping_is_said_as_the_loop_ends(tmp_path):
+    """STOPPING=1 went out only once the loop's parts had stopped (a BGP drain takes seconds):
+    until then systemd had the unit running, its watchdog on and no pings coming -- a long
+    drain after `lb stop` was aborted as a hung daemon.  Now it goes as the loop ends."""
+    from lb.sdnotify import Listener
+    config = write(tmp_path / "lb.toml", instance=f"sal{os.getpid() % 10000}")
+    code = (f"import sys; sys.path[:0] = [{str(TESTS)!r}, {str(REPO)!r}]; import test_engine_lifecycle as t; "
+            f"sys.exit(t.stop_after_ready_child({str(tmp_path)!r}, {str(config)!r}))")
+    listener = Listener()
+    try:
+        p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                           env=dict(os.environ, PYTHONPATH=f"{REPO}{os.pathsep}{TESTS}", **listener.env()))
+        listener.poll(0.5)
+        messages = [f for _, f in listener.messages]
+    finally:
+        listener.close()
+    out = p.stdout + p.stderr
+    assert p.returncode == 0 and "Traceback" not in out, out
+    parts = next(i for i, f in enumerate(messages) if f.get("STATUS") == "test: parts stopping")
+    assert [f for f in messages[:parts] if f.get("STOPPING") == "1"], messages

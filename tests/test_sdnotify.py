@@ -11,6 +11,7 @@ def _fresh_address(monkeypatch, path):
     monkeypatch.setenv("NOTIFY_SOCKET", str(path))
     monkeypatch.setattr(sdnotify, "_address", sdnotify._UNSET)
     monkeypatch.setattr(sdnotify, "_dropped", 0)
+    monkeypatch.setattr(sdnotify, "_watchdog", sdnotify._UNSET)
 
 
 def _drain(manager) -> list[str]:
@@ -113,3 +114,21 @@ def test_own_unit_is_the_service_of_this_process_cgroup(tmp_path):
     f.write_text("0::/user.slice/user-0.slice/session-3.scope\n")
     assert sdnotify.own_unit(str(f)) is None
     assert sdnotify.own_unit(str(tmp_path / "missing")) is None
+
+
+def test_watchdog_interval_is_this_process_and_leaves_the_environment(monkeypatch, tmp_path):
+    """WatchdogSec= as systemd passes it: WATCHDOG_USEC for the process WATCHDOG_PID names
+    (another's -- a parent's, inherited -- is not ours to ping); both variables leave the
+    environment with NOTIFY_SOCKET at the first message, so health-check programs do not get
+    them."""
+    import os
+    for pid, want in ((os.getpid(), 3.0), (None, 3.0), (1, None)):
+        _fresh_address(monkeypatch, tmp_path / "notify")
+        monkeypatch.setenv("WATCHDOG_USEC", "3000000")
+        if pid is None:
+            monkeypatch.delenv("WATCHDOG_PID", raising=False)
+        else:
+            monkeypatch.setenv("WATCHDOG_PID", str(pid))
+        sdnotify.status("x")
+        assert "WATCHDOG_USEC" not in os.environ and "WATCHDOG_PID" not in os.environ
+        assert sdnotify.watchdog_interval() == want

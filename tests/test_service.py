@@ -99,6 +99,14 @@ def test_unit_passes_systemd_analyze_verify(tmp_path):
     assert "Command lb is not executable" in p.stderr, p
 
 
+def test_the_unit_has_a_watchdog_the_run_loop_keeps():
+    """WatchdogSec=: the run loop's pings (a quarter of it apart, a turn a second at least) end
+    when a step hangs -- without it a hung netlink call held lb, SIGTERM's handling included,
+    until systemd's SIGKILL and nothing noticed.  Far above a reload's longest step."""
+    m = re.search(r"^WatchdogSec=(\d+)s$", UNIT.read_text(), re.M)
+    assert m and int(m.group(1)) >= 60, "lb@.service has no WatchdogSec= (or a short one)"
+
+
 # ---- /run/lb and its files ---------------------------------------------------------------------
 
 def test_run_dir_is_made_0700_and_checked(tmp_path):

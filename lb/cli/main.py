@@ -23,6 +23,8 @@ def cmd_run(args) -> int:
     sdnotify.setup_logging("debug" if args.verbose else args.log_level)
     # kill -QUIT: every thread's Python stack to the log, and lb goes on (a hung daemon says where)
     faulthandler.register(signal.SIGQUIT, all_threads=True, chain=False)
+    # and at systemd's SIGABRT (WatchdogSec=: the loop stopped making turns) before lb ends
+    faulthandler.enable(all_threads=True)
     try:
         preflight.check_root()
     except preflight.HostError as e:
