@@ -100,7 +100,7 @@ class EngineSource:
 
     def status(self) -> dict:
         async def take():
-            return self.engine.status(counters=False)
+            return await self.engine.status_off_the_loop(counters=False)
         return asyncio.run_coroutine_threadsafe(take(), self.loop).result(SNAPSHOT_TIMEOUT)
 
     def services(self) -> list:

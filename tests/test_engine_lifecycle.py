@@ -717,3 +717,45 @@ def test_stopping_is_said_as_the_loop_ends(tmp_path):
     assert p.returncode == 0 and "Traceback" not in out, out
     parts = next(i for i, f in enumerate(messages) if f.get("STATUS") == "test: parts stopping")
     assert [f for f in messages[:parts] if f.get("STOPPING") == "1"], messages
+
+
+# ---- read requests on a large table: off the loop ----------------------------------------------
+
+def test_status_and_config_requests_read_the_file_off_the_loop(tmp_path, monkeypatch):
+    """`lb status` and `lb config` (a [control] read_group member may ask again and again) read
+    and parse the configuration file -- ~0.3 s each for 200 services x 20 real servers on a busy
+    2-CPU host -- and the status the data plane's counters: they did it on the event loop, where
+    the health checks, pulse's heartbeats and the run loop wait meanwhile.  Now in a worker
+    thread; the replies are the same."""
+    import asyncio
+    import threading
+
+    from lb.config import store
+    from test_override import make_engine
+    patch_host(monkeypatch.setattr, str(tmp_path))
+    services = "".join(
+        f'\n[[virtual_server]]\nname = "vs{v}"\naddress = "198.18.0.{v % 250 + 1}"\nport = {1000 + v}\n'
+        f'scheduler = "wrr"\n' + "".join(f'  [[virtual_server.real_server]]\n  name = "rs{r}"\n'
+                                        f'  address = "198.19.0.{r + 1}"\n  port = {2000 + r}\n' for r in range(20))
+        for v in range(200))
+    eng = make_engine(write(tmp_path / "lb.toml", instance="bigread", extra=services))
+    eng.dp = StartingDataplane()
+    eng.dp.counters = lambda: (where.append(("counters", threading.current_thread())), {"rx": 1})[1]
+    where = []
+    read = store.read
+
+    def recorded_read(path):
+        where.append(("read", threading.current_thread()))
+        return read(path)
+    monkeypatch.setattr(store, "read", recorded_read)
+    monkeypatch.setattr(lbengine.time, "time", lambda: 1.0)       # status's "at"
+
+    async def ask():
+        return await eng.control({"cmd": "status"}), await eng.control({"cmd": "config"})
+    status, config = asyncio.run(ask())
+    assert len(status["status"]["services"]) == 201
+    assert where and all(t is not threading.main_thread() for _, t in where), where
+    assert {w for w, _ in where} == {"read", "counters"}
+    assert status == {"ok": True, "status": eng.status()}       # the reply as it was, on the loop
+    assert config == eng.configs.get()
+

@@ -310,6 +310,9 @@ class FakeEngine:
         self.status_calls.append(threading.current_thread())
         return status(ha=False)
 
+    async def status_off_the_loop(self, counters=True):    # (Engine's: the file's part in a worker)
+        return self.status(counters)
+
 
 def test_endpoint_serves_while_the_loop_runs():
     """A scrape whose data-plane read blocks holds only its own thread: the engine's loop goes on
