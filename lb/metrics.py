@@ -43,7 +43,7 @@ from lb.web.clients import client_keys
 
 log = logging.getLogger("lb.metrics")
 
-SNAPSHOT_TIMEOUT = 5.0          # the engine's loop answers in microseconds; this bounds a stuck one
+SNAPSHOT_TIMEOUT = 5.0          # the loop answers at once, the file is read in a worker: this bounds a stuck one
 MAX_CONNECTIONS = 32            # connections served at once (Prometheus scrapes with one)
 MAX_PER_CLIENT = 4              # ... of them from one client (an address, an IPv6 /64: lb.web.clients) ...
 MAX_PER_SITE = 8                # ... and from one IPv6 /48 once half are taken: one client cannot take every slot
