@@ -61,6 +61,12 @@ def test_metrics_equal_lb_list_and_follow_health(lab, lb_runner, tmp_path):
     proc = lb_runner.start(config, wait=False).wait_running(timeout=180)   # bcc compiles: slow under load
     proc.wait_log(f"metrics on http://{LISTEN}/metrics")
 
+    # each real server's first check comes at its own point of the first interval (2 s: the
+    # checks spread, lb.health.monitor.first_offset); bounded wait for all three
+    deadline = time.monotonic() + 30
+    while not all(one(scrape(lab), "lb_real_server_health_checks_total", server=n) >= 1 for n in REALS):
+        assert time.monotonic() < deadline, "a real server's first health check never came"
+        time.sleep(0.25)
     assert len(get(lab, 12)) == 12
     listed, samples = stable_pair(lab)
     assert len(listed) == 4 and listed[("TCP 198.18.0.10:80", None)][0] == 12
