@@ -12,7 +12,7 @@ attached after the command exits; `lb decap detach DEV` removes it.
 A real server needs no compiler, no kernel headers and no bcc for it: the package ships
 lb_decap's compiled instructions (lb/dataplane/objects/lb_decap.json, a bpfobj.Object), loaded
 with bpf(2).  They do not depend on the kernel's headers: the program reads only packet bytes
-(the UAPI Ethernet/IP/IPv6 headers, fixed by the wire) and its own four maps, and calls only
+(the UAPI Ethernet/IP/IPv6 headers, fixed by the wire) and its own five maps, and calls only
 helpers whose numbers the kernel never changes.  `python -m lb.dataplane.decap --build`
 compiles it again with bcc; tests/test_service.py holds the shipped file to a fresh compile.
 """
@@ -107,6 +107,9 @@ def load(addresses, sources, vips=()) -> tuple[bpfobj.Loaded, bpfobj.Prog]:
     table = BpfMap(loaded.map_fds["lb_decap_vip"], "lb_decap_vip", owned=False)
     for key in [_key(v) for v in vips] or [ANY_KEY]:
         table.set(key, (1).to_bytes(4, sys.byteorder))
+    if not vips:                   # the data path's own test of "any" (lb_decap_vip's key: the report)
+        BpfMap(loaded.map_fds["lb_decap_any"], "lb_decap_any", owned=False).set(
+            bytes(4), (1).to_bytes(4, sys.byteorder))
     return loaded, loaded.progs[PROGRAM]
 
 
