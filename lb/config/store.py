@@ -236,11 +236,11 @@ def _not_utf8(value: Any, path: tuple) -> tuple | None:
     while stack:
         v, at = stack.pop()
         if isinstance(v, str):
-            if not _utf8(v):
+            if not utf8_text(v):
                 return at
         elif isinstance(v, dict):
             for k, item in v.items():
-                if isinstance(k, str) and not _utf8(k):
+                if isinstance(k, str) and not utf8_text(k):
                     return at + (k.encode("utf-8", "backslashreplace").decode("ascii"),)
                 stack.append((item, at + (k,)))
         elif isinstance(v, (list, tuple)):
@@ -248,7 +248,9 @@ def _not_utf8(value: Any, path: tuple) -> tuple | None:
     return None
 
 
-def _utf8(text: str) -> bool:
+def utf8_text(text: str) -> bool:
+    """Whether ``text`` encodes as UTF-8 (no lone surrogate, as a JSON "\\ud800" or an odd charset
+    makes)."""
     try:
         text.encode("utf-8")
     except UnicodeEncodeError:

@@ -64,6 +64,7 @@ from aiohttp.http_exceptions import HttpProcessingError
 
 from lb import weight as lbweight
 from lb.config.model import endpoint_text as _endpoint
+from lb.config.store import utf8_text
 from lb.tasks import RateLimitedLog
 from lb.web import assets, forms, password
 from lb.web.clients import client_key, plain_address
@@ -1175,17 +1176,9 @@ async def _form(request: web.Request):
         # a charset such as raw_unicode_escape (the body's, or a multipart part's) decodes "\ud800"
         # to half a surrogate pair, which no page can be encoded with: the page that shows the
         # input again (the login page, before any login) was a 500 and a traceback each time
-        if any(isinstance(t, str) and not _utf8(t) for t in (key, value)):
+        if any(isinstance(t, str) and not utf8_text(t) for t in (key, value)):
             raise BadRequest("unreadable form: a value is not Unicode text (half a surrogate pair)")
     return form
-
-
-def _utf8(text: str) -> bool:
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
 
 
 async def _read_form(request: web.Request):
