@@ -159,3 +159,10 @@ def age(dp: XdpDataplane, seconds: float) -> None:
             (last,) = struct.unpack_from("=Q", v)
             # on a machine up for less than `seconds` the stamp wraps, and is still that old
             m.set(k, struct.pack("=Q", L.stamp_ago(last, ns)) + v[8:])
+
+
+def client6(n: int) -> str:
+    """An IPv6 client address from an integer in [2, ff00::): not a martian -- ::, ::1, ff00::/8
+    are out of that range, and one in the IPv4-mapped ::ffff:0:0/96 moves to ::1:ffff:0:0/96 --
+    which lb_not_routable (bpf/lb_parse.h) passes to the kernel, as ip6_rcv_core drops it."""
+    return str(ipaddress.IPv6Address(n + (1 << 48) if n >> 32 == 0xFFFF else n))

@@ -19,7 +19,8 @@ from lb.dataplane import layout as L
 from lb.dataplane.mhtable import open_table
 from lb.dataplane.xdp import XdpDataplane
 from lb.sched import model
-from packets_util import CLIENT_MAC, PUB_MAC, XDP_PASS, XDP_REDIRECT, fake_resolver, loaded_dataplane, real_mac, run
+from packets_util import (CLIENT_MAC, PUB_MAC, XDP_PASS, XDP_REDIRECT, client6, fake_resolver, loaded_dataplane,
+                          real_mac, run)
 
 VIP = ipaddress.ip_address("198.18.0.40")
 _ports = itertools.count(2000)
@@ -132,7 +133,7 @@ def test_bpf_matches_model(dp, weights, flags, size, clients, quiesce, threshold
 @settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(weights=st.lists(st.integers(0, 70), min_size=1, max_size=10),
        flags=st.sampled_from([(), ("mh-port",), ("mh-fallback",), ("mh-fallback", "mh-port")]),
-       clients=st.lists(st.integers(2, (0xFF << 120) - 1).map(lambda n: str(ipaddress.IPv6Address(n))),
+       clients=st.lists(st.integers(2, (0xFF << 120) - 1).map(client6),
                         min_size=1, max_size=16))
 def test_bpf_matches_model_ipv6(dp, weights, flags, clients):
     """IPv6: the table's permutations hash the real servers' folded IPv6 addresses, the pick the
