@@ -189,10 +189,9 @@ _gids: dict[str, tuple[float, int | None]] = {}     # group name -> (time.monoto
 def group_gid(name: str) -> int | None:
     """The gid of group ``name`` (None: no such group), looked up at most once per GROUP_TTL
     (NSS: each getgrnam reads /etc/group, or asks LDAP or sssd)."""
-    hit = _gids.get(name)
+    if _fresh(name):
+        return _gids[name][1]
     now = time.monotonic()
-    if hit is not None and now - hit[0] < GROUP_TTL:
-        return hit[1]
     try:
         gid = grp.getgrnam(name).gr_gid
     except KeyError:

@@ -371,17 +371,14 @@ class ReloadFailed(Exception):
 
 
 class HeldBack(TableDoesNotFit):
-    """apply_health: the services whose change fits are applied; the changes of ``held``
-    (their ServiceSpec keys) do not fit the data plane and wait."""
-
-    def __init__(self, message: str, held=()):
-        super().__init__(message)
-        self.held = set(held)
+    """apply_health: the services whose change fits are applied; the others' changes do not fit
+    the data plane and wait (Engine.waiting names them)."""
 
 
-def _spec_key(vs) -> tuple:
-    """The ServiceSpec key of a configured virtual server."""
-    return ("fwmark", vs.fwmark) if vs.fwmark else vs.key
+def _config_key(spec) -> tuple:
+    """The configured virtual server's key (VirtualServer.key) of a ServiceSpec: the engine's
+    bookkeeping (on_sorry, waiting) is by configured service."""
+    return ("fwm", spec.fwmark, 0) if spec.fwmark else spec.key
 
 
 def _why_waits(err: TableDoesNotFit) -> str:
@@ -470,7 +467,7 @@ class Engine:
         self.housekeeping_errors: dict[str, int] = {}       # the run loop's steps that failed, by step
         self.on_sorry: set[tuple] = set()            # keys of the services sent to their sorry server
         self._applied_table: TableSpec | None = None  # the last table the data plane took
-        # ServiceSpec key -> why its health, weight or override change waits (HeldBack): `lb status`
+        # virtual server key -> why its health, weight or override change waits (HeldBack): `lb status`
         # says so, with the weights the data plane still has
         self.waiting: dict[tuple, str] = {}
         # HA (lb.ha.pulse): without an [ha] table the one director is always active
@@ -987,7 +984,7 @@ class Engine:
         self._write_held()
         keys_changed = self.pulse.set_keys(keys) if keys is not None else None
         waits = ""
-        self.waiting = {h.key: why for h in held}
+        self.waiting = {_config_key(h): why for h in held}
         if held:
             self._dirty = True           # the run loop tries them again at its next turns
             waits = (f"; the health, weight or override change of virtual service(s) {_names(held)} "
@@ -1101,18 +1098,17 @@ class Engine:
                 if not held:             # (the data plane's state moved between the plans)
                     self.waiting = {}
                     return
-                self.waiting = {h.key: _why_waits(e) for h in held}
+                self.waiting = {_config_key(h): _why_waits(e) for h in held}
                 lines = "".join(f"\n  {p}" for p in str(e).splitlines())
                 raise HeldBack(f"the change of virtual service(s) {_names(held)} does not fit the data plane "
-                               f"and waits (the other services' changes are applied):{lines}",
-                               {h.key for h in held}) from None
+                               f"and waits (the other services' changes are applied):{lines}") from None
             self._apply(table, self.cfg, planned=True, sorry=sorry)
             self.waiting = {}
 
     def _fitting_part(self, table: TableSpec, sorry: set, err: TableDoesNotFit,
                       only: set | None = None) -> tuple[TableSpec, set, list, bool]:
         """``table`` with the services whose change since the last applied table does not fit put
-        back as they were applied (``only``: of those services (ServiceSpec keys) only; the
+        back as they were applied (``only``: of those services (virtual server keys) only; the
         others' changes must fit): (that table, its sorry set, the ServiceSpecs held back,
         whether any of those changes was taken).  Raises ``err`` when that table does not fit
         either, or no such service changed."""
@@ -1122,7 +1118,7 @@ class Engine:
         old = {s.key: s for s in last.services}
         new = list(table.services)
         changed = [i for i, s in enumerate(new) if s.key in old and old[s.key] != s
-                   and (only is None or s.key in only)]
+                   and (only is None or _config_key(s) in only)]
         if not changed:
             raise err
         mixed = [old[s.key] if i in changed else s for i, s in enumerate(new)]
@@ -1143,20 +1139,19 @@ class Engine:
             if fits(trial):
                 mixed, taken = trial, taken + [i]
         held = [i for i in changed if i not in taken]
-        vs_key = {s.key: ("fwm", s.fwmark, 0) if s.fwmark else s.key for s in new}
-        held_keys = {vs_key[new[i].key] for i in held}
+        held_keys = {_config_key(new[i]) for i in held}
         sorry = {k for k in sorry if k not in held_keys} | (self.on_sorry & held_keys)
         return dataclasses.replace(table, services=tuple(mixed)), sorry, [new[i] for i in held], bool(taken)
 
     def _same_services(self, new) -> set:
-        """The ServiceSpec keys of the services ``new`` (a reloaded config) leaves as they run:
+        """The keys of the virtual servers ``new`` (a reloaded config) leaves as they run:
         what differs in their specs is their real servers' health, weights and overrides."""
         if FORWARD_OF_NETWORK[new.network] != FORWARD_OF_NETWORK[self.cfg.network] or \
                 (new.bgp is not None and new.bgp.active_active) != \
                 (self.cfg.bgp is not None and self.cfg.bgp.active_active):
             return set()
         running = {vs.key: vs for vs in self.cfg.virtual_servers}
-        return {_spec_key(vs) for vs in new.virtual_servers if running.get(vs.key) == vs}
+        return {vs.key for vs in new.virtual_servers if running.get(vs.key) == vs}
 
     # ---- the operator's weight overrides (`lb weight`, `lb quiesce`, `lb activate`) ----
     def set_override(self, service, server, weight) -> str:
@@ -1320,10 +1315,10 @@ class Engine:
                 except TableDoesNotFit as e:
                     # another service's change that waits (apply_health) refuses no override: only
                     # one whose own service's change does not fit
-                    services = {_spec_key(vs) for vs in self.cfg.virtual_servers
+                    services = {vs.key for vs in self.cfg.virtual_servers
                                 if any(real_key(vs, rs) in changed for rs in vs.real_servers)}
                     _, _, held, _ = self._fitting_part(table, set(), e)
-                    if services & {h.key for h in held}:
+                    if services & {_config_key(h) for h in held}:
                         raise e from None
 
         changed = {k for k in before.keys() | self.overrides.keys() if before.get(k) != self.overrides.get(k)}
@@ -1596,13 +1591,12 @@ class Engine:
     def _status_of_the_loop(self) -> dict:
         """status() up to its "configuration": what the run loop's tasks change."""
         services = []
-        applied = {s.key: s for s in self._applied_table.services} if self._applied_table is not None else {}
+        applied = {_config_key(s): s for s in self._applied_table.services} if self._applied_table is not None else {}
         for vs in self.cfg.virtual_servers:
             reals = []
-            waits = self.waiting.get(_spec_key(vs))
+            waits = self.waiting.get(vs.key)
             # a change that waits: the weights the data plane still has (None: not in its table)
-            in_dp = {r.key: r.weight for r in applied[_spec_key(vs)].reals} \
-                if waits is not None and _spec_key(vs) in applied else None
+            in_dp = {r.key: r.weight for r in applied[vs.key].reals} if waits is not None and vs.key in applied else None
             for rs in vs.real_servers:
                 key = real_key(vs, rs)
                 entry = self.monitors.get(key)
