@@ -11,6 +11,7 @@ loaded XDP data plane (fake next hops) with a fake address layer."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 
 import pytest
@@ -53,16 +54,23 @@ def _write(path, instance, **kw):
     return path
 
 
-def test_a_health_verdict_that_does_not_fit_holds_back_only_its_own_service(tmp_path, fake_addresses, monkeypatch):
-    monkeypatch.setattr(lbengine, "RUN_DIR", str(tmp_path))
-    with loaded_dataplane("hfit", Sizes(16, 64, PER_SERVICE, 4096)) as dp:
-        path = _write(tmp_path / "lb.toml", dp.instance)
-        eng = Engine(lbconfig.load(path))
+@contextlib.contextmanager
+def _engine(tmp_path, name):
+    """An engine running _write's config on a loaded XDP data plane named ``name``, its
+    addresses taken and its table applied."""
+    with loaded_dataplane(name, Sizes(16, 64, PER_SERVICE, 4096)) as dp:
+        eng = Engine(lbconfig.load(_write(tmp_path / "lb.toml", dp.instance)))
         eng.dp.close()
         eng.dp = dp
         eng.owned = addresses.wanted_addresses(eng.cfg)
         addresses.take(eng.owned)
         eng.apply_health()
+        yield eng, dp
+
+
+def test_a_health_verdict_that_does_not_fit_holds_back_only_its_own_service(tmp_path, fake_addresses, monkeypatch):
+    monkeypatch.setattr(lbengine, "RUN_DIR", str(tmp_path))
+    with _engine(tmp_path, "hfit") as (eng, dp):
         assert sorted(connect(dp, sport=40000 + i) for i in range(4)) == [f"198.18.1.{n}" for n in (11, 12, 13, 14)]
         for n in (11, 12, 13):
             eng._health_changed(_key(eng, "web", n), False, "connection refused")
@@ -91,7 +99,7 @@ def test_a_health_verdict_that_does_not_fit_holds_back_only_its_own_service(tmp_
 
         # a reload of another service's weight: the waiting change of web (whose config it leaves
         # as it is) does not refuse it (it did: "the data plane cannot hold the new table")
-        _write(path, dp.instance, cache_weight=2)
+        _write(tmp_path / "lb.toml", dp.instance, cache_weight=2)
         eng._dirty = False
         reply = eng._reload_reply()
         assert reply["ok"] is True, reply
@@ -100,10 +108,10 @@ def test_a_health_verdict_that_does_not_fit_holds_back_only_its_own_service(tmp_
         assert rows["198.18.1.22"] == 2 and "198.18.1.21" not in rows and rows["198.18.1.14"] == 1, lb_list(dp)
         assert eng._dirty is True           # the run loop tries web's change again
         # a reload whose own change does not fit is still refused
-        _write(path, dp.instance, web=(11, 12, 13, 14, 15), cache_weight=2)
+        _write(tmp_path / "lb.toml", dp.instance, web=(11, 12, 13, 14, 15), cache_weight=2)
         reply = eng._reload_reply()
         assert reply["ok"] is False and "nothing changed" in reply["error"], reply
-        _write(path, dp.instance, cache_weight=2)
+        _write(tmp_path / "lb.toml", dp.instance, cache_weight=2)
 
         # `lb weight` on cache's server: applied (it was refused, "the data plane cannot hold the
         # table with this override", for web's waiting change); one on web's is still refused
@@ -127,13 +135,7 @@ def test_lb_weight_through_the_run_loop_while_a_change_waits(tmp_path, fake_addr
     table failed" for web's change, which keeps waiting."""
     monkeypatch.setattr(lbengine, "RUN_DIR", str(tmp_path))
     monkeypatch.setattr(control, "request", functools.partial(control.request, run_dir=str(tmp_path)))
-    with loaded_dataplane("hfitrun", Sizes(16, 64, PER_SERVICE, 4096)) as dp:
-        eng = Engine(lbconfig.load(_write(tmp_path / "lb.toml", dp.instance)))
-        eng.dp.close()
-        eng.dp = dp
-        eng.owned = addresses.wanted_addresses(eng.cfg)
-        addresses.take(eng.owned)
-        eng.apply_health()
+    with _engine(tmp_path, "hfitrun") as (eng, dp):
         for i in range(4):
             connect(dp, sport=40000 + i)
         for n in (11, 12, 13, 14):
@@ -159,14 +161,7 @@ def test_lb_status_says_which_change_waits_and_the_weights_the_data_plane_keeps(
     server the data plane holds otherwise says what the data plane has; both go once it fits."""
     from lb.cli.main import _status_lines
     monkeypatch.setattr(lbengine, "RUN_DIR", str(tmp_path))
-    with loaded_dataplane("hfits", Sizes(16, 64, PER_SERVICE, 4096)) as dp:
-        path = _write(tmp_path / "lb.toml", dp.instance)
-        eng = Engine(lbconfig.load(path))
-        eng.dp.close()
-        eng.dp = dp
-        eng.owned = addresses.wanted_addresses(eng.cfg)
-        addresses.take(eng.owned)
-        eng.apply_health()
+    with _engine(tmp_path, "hfits") as (eng, dp):
         assert sorted(connect(dp, sport=40000 + i) for i in range(4)) == [f"198.18.1.{n}" for n in (11, 12, 13, 14)]
         for n in (11, 12, 13):
             eng._health_changed(_key(eng, "web", n), False, "connection refused")
