@@ -786,6 +786,7 @@ class _Builder:
         self.warnings = warnings
         self.positions = _Positions()
         self.globals: dict[str, Stmt] = {}
+        self.global_defs: Stmt | None = None    # the first global_defs: where a missing global goes
         self.vrrps: list[_Vrrp] = []
         self.groups: dict[str, Stmt] = {}
         self.virtuals: list[_Virtual] = []
@@ -837,6 +838,8 @@ class _Builder:
     # -- pass 1: collect
     def collect(self, top: list[Stmt]) -> None:
         for st in top:
+            if st.key == "global_defs":
+                self.global_defs = self.global_defs or st
             if st.key == "global_defs" and st.block is not None:
                 for g in st.block:
                     if g.key in GLOBAL_MAPPED and g.key in self.globals:
@@ -1105,7 +1108,8 @@ class _Builder:
             self.note(("global", "public_interface"), v.opts["interface"],
                       f"vrrp_instance[{' '.join(v.stmt.args)}].interface")
         if "public_interface" not in glob_:
-            st = self.virtuals[0].stmt if self.virtuals else None
+            # the first virtual server's line (what needs the interface), else global_defs' (where it goes)
+            st = self.virtuals[0].stmt if self.virtuals else self.global_defs
             self.note(("global", "public_interface"), st, "global_defs.public_interface")
             self.issues.append(ConfigIssue(st.file if st else self.display, st.line if st else None,
                                "global_defs.public_interface",
