@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from lb.config import ConfigError, load, lvscf, toml
+from lb.config import ConfigError, keepalived, load, lvscf, toml
 
 from fuzzseed import SEED, named
 
@@ -23,6 +23,9 @@ HERE = Path(__file__).resolve().parent
 CONFIGS = HERE.parent / "configs"
 TOML_SEEDS = sorted(CONFIGS.glob("*.toml"))
 CF_SEEDS = [CONFIGS / "example-lvs.cf", HERE / "lvscf" / "full.cf", HERE / "lvscf" / "ipv6.cf"]
+# keepalived.conf (`lb import`, `lb run --config`): the fixtures that include nothing
+KA_SEEDS = [HERE / "keepalived" / n for n in ("dr-checkers.conf", "fwmark-ftp.conf", "nat-persistence.conf",
+                                              "tun-group.conf", "vrrp-primary.conf")]
 # at least 1,000 mutated files of each format per run (issue 15), spread over the seeds
 MUTANTS_PER_FORMAT = 1050
 
@@ -33,6 +36,12 @@ TOML_HUGE = ["9" * 5000, "0x" + "f" * 5000, '"' + "s" * 20000 + '"', "[" * 3000 
 CF_VALUES = ["x", "1", "0", "-1", "yes", "1.5", "198.18.0.300", "2001:2::1 eth0", "10.0.0.1 eth0:",
              '"quoted', "255.0.255.0", "/64", "tcp 10.0.0.1 1-99999, udp", "a,,b", "sh-port,mh-port",
              "200-999", "[2001:2::1]:80"]
+# keepalived's keyword lines: a value after the keyword, its macros and ~SEQ lines among them
+KA_VALUES = ["x", "1", "0", "-1", "1.5", "198.18.0.300", "2001:2::1 80", "{", "}", "$X", "$X=1", "@ID weight 2",
+             "~SEQ(i, 1, 3) real_server 198.18.1.$i 80 { }", "~SEQ(i, 0, 1, 3) x", "~SEQ(i, 1, 99999999) x",
+             "~SEQx(i, -1) x", "~SEQ(", "~SEQ(i, 1, 3) ~SEQ(j, 1, 3) ~SEQ(k, 1, 3) ~SEQ(l, 1, 3) ~SEQ(m, 1, 3) x",
+             "include /nonexistent/{a,b}.conf", "include {", "lb_algo rr", "weight 5"]
+KA_HUGE = ["9" * 5000, "s" * 20000, "{ " * 3000, "~SEQ(i, 1, " + "9" * 400 + ") x", "$" + "X" * 5000]
 CF_HUGE = ["9" * 5000, "9" * 400 + ".5", "s" * 20000, '"' + "s" * 5000 + '"', "[" * 3000, "1" * 30 + "-2"]
 
 
@@ -68,19 +77,19 @@ def _line_mutants(text: str, rng: random.Random, values: list[str], huge: list[s
     return "\n".join(lines)
 
 
-def _mutants(seed: Path, values: list[str], huge: list[str], count: int) -> list[str]:
+def _mutants(seed: Path, values: list[str], huge: list[str], count: int, sep: str = "=") -> list[str]:
     rng = random.Random(f"{seed.name}-lb-{SEED}")
     text = seed.read_text()
     out = []
     for _ in range(count):
         t = text
         for _ in range(rng.randrange(1, 4)):
-            t = _line_mutants(t, rng, values, huge, "=")
+            t = _line_mutants(t, rng, values, huge, sep)
         out.append(t)
     return out
 
 
-def _check(path: Path, text: str, loader) -> None:
+def _check(path: Path, text: str, loader, lineless_if_nested: bool = False) -> None:
     path.write_text(text, encoding="utf-8", errors="surrogateescape")
     try:
         loader(path)
@@ -91,7 +100,10 @@ def _check(path: Path, text: str, loader) -> None:
             assert issue.message and "\n" not in issue.message, issue
             if issue.line is None:  # only a field of a table (or block) the file lacks has no line
                 head = re.split(r"[.\[]", issue.field)[0]
-                assert head and not re.search(rf"^\s*\[*\s*{re.escape(head)}\b", text, re.M), issue
+                # (keepalived.conf: a block left open earlier swallows the keyword's own block, which
+                # the file then lacks at the top though its text is there)
+                assert head and (lineless_if_nested or
+                                 not re.search(rf"^\s*\[*\s*{re.escape(head)}\b", text, re.M)), issue
             else:
                 assert 1 <= issue.line <= len(text.splitlines()) + 1, issue
 
@@ -108,6 +120,15 @@ def test_mutated_lvscf_loads_or_names_file_and_line(seed: Path, tmp_path: Path) 
     with named():
         for n, text in enumerate(_mutants(seed, CF_VALUES, CF_HUGE, -(-MUTANTS_PER_FORMAT // len(CF_SEEDS)))):
             _check(tmp_path / f"{n}.cf", text, lvscf.load)
+
+
+@pytest.mark.parametrize("seed", KA_SEEDS, ids=lambda p: p.name)
+def test_mutated_keepalived_loads_or_names_file_and_line(seed: Path, tmp_path: Path) -> None:
+    """keepalived.conf the same way (a keyword's value retyped: the line's first word kept), with
+    its macros among the values: $NAME, @ID lines, ~SEQ expansions (nested, endless, malformed)."""
+    with named():
+        for n, text in enumerate(_mutants(seed, KA_VALUES, KA_HUGE, -(-MUTANTS_PER_FORMAT // len(KA_SEEDS)), " ")):
+            _check(tmp_path / f"{n}.conf", text, keepalived.load, lineless_if_nested=True)
 
 
 @pytest.mark.parametrize("text, line, message", [
