@@ -962,6 +962,24 @@ def test_check_refuses_a_program_the_checks_cannot_split(tmp_path: Path, capsys:
                    f"No closing quotation\n")
 
 
+def test_check_takes_the_file_as_an_argument_too(capsys: pytest.CaptureFixture[str]) -> None:
+    """`lb check FILE` (as nginx -t / keepalived -t habits type it) was a usage error: only
+    --config was taken.  Either works; both naming different files, or none, is refused."""
+    from lb.cli.main import main
+
+    path = str(CONFIGS / "lab-nat.toml")
+    assert main(["check", path]) == 0
+    assert main(["check", "--config", path]) == 0
+    assert main(["check", path, "--config", path]) == 0
+    assert capsys.readouterr().out == f"{path}: ok (1 virtual server, 3 real servers)\n" * 3
+    other = str(CONFIGS / "lab-dr.toml")
+    assert main(["check", path, "-c", other]) == 2
+    assert capsys.readouterr().err == (f"lb check: two files given ({path}, --config {other}): "
+                                       f"check one at a time\n")
+    assert main(["check"]) == 2
+    assert capsys.readouterr().err == "lb check: which file? lb check FILE (or --config FILE)\n"
+
+
 def test_many_bad_configs() -> None:
     assert len(BAD) >= 20
 

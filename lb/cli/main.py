@@ -73,6 +73,15 @@ def cmd_run(args) -> int:
 
 
 def cmd_check(args) -> int:
+    # `lb check FILE` as `nginx -t`-style habits type it, or `--config FILE` as `lb run` takes it
+    if args.file and args.config and args.file != args.config:
+        print(f"lb check: two files given ({args.file}, --config {args.config}): check one at a time",
+              file=sys.stderr)
+        return 2
+    args.config = args.config or args.file
+    if not args.config:
+        print("lb check: which file? lb check FILE (or --config FILE)", file=sys.stderr)
+        return 2
     try:
         cfg = lbconfig.load(args.config)
     except lbconfig.ConfigError as e:
@@ -1159,7 +1168,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("check", help="validate a config file")
-    p.add_argument("--config", "-c", required=True)
+    p.add_argument("file", nargs="?", metavar="FILE", help="the config file (or --config)")
+    p.add_argument("--config", "-c")
     p.add_argument("--instance", type=_instance_name, metavar="NAME",
                    help="warn unless the file's [global] instance is NAME (lb@.service passes its own)")
     p.set_defaults(func=cmd_check)
