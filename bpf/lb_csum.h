@@ -93,13 +93,20 @@ static __always_inline __u16 lb_csum_fold64(__u64 s)
     return lb_csum_fold((__u32)s);
 }
 
-/* Is the L4 checksum field the pseudo header's sum, as a sender with tx offload leaves it? */
-static __always_inline int lb_csum_is_partial(struct lb_pkt *pkt, __u32 l4len)
+/* The pseudo header's sum, folded and not complemented: what a sender with tx offload leaves in
+ * the L4 checksum field */
+static __always_inline __u16 lb_csum_pseudo(struct lb_pkt *pkt, __u32 l4len)
 {
     __u64 s = (__u64)pkt->saddr[0] + pkt->daddr[0] + bpf_htons((__u16)pkt->proto) + bpf_htons((__u16)l4len);
     if (pkt->family != LB_AF_INET)
         s += (__u64)pkt->saddr[1] + pkt->saddr[2] + pkt->saddr[3] + pkt->daddr[1] + pkt->daddr[2] + pkt->daddr[3];
-    return *pkt->l4csum == lb_csum_fold64(s);
+    return lb_csum_fold64(s);
+}
+
+/* Is the L4 checksum field the pseudo header's sum, as a sender with tx offload leaves it? */
+static __always_inline int lb_csum_is_partial(struct lb_pkt *pkt, __u32 l4len)
+{
+    return *pkt->l4csum == lb_csum_pseudo(pkt, l4len);
 }
 
 /* n bytes of the frame at off into the sum, through the per-CPU buffer: offsets the verifier

@@ -23,11 +23,14 @@ VIP_DR, VIP_NAT, VIP6_DR = "198.18.0.10", "198.18.0.20", "2001:2::10"
 REAL, REAL6 = "198.18.1.11", "2001:2:0:1::11"
 ip = ipaddress.ip_address
 
+VIP6_NAT = "2001:2::20"
 TABLE = TableSpec((
     ServiceSpec("tcp", ip(VIP_DR), 80, "rr", (RealSpec(ip(REAL), 80, 1, "dr"),)),
     ServiceSpec("tcp", ip(VIP_NAT), 80, "rr", (RealSpec(ip(REAL), 8080, 1, "nat"),)),
     ServiceSpec("udp", ip(VIP_NAT), 53, "rr", (RealSpec(ip(REAL), 5353, 1, "nat"),)),
     ServiceSpec("tcp", ip(VIP6_DR), 80, "rr", (RealSpec(ip(REAL6), 80, 1, "dr"),)),
+    ServiceSpec("udp", ip(VIP6_NAT), 53, "rr", (RealSpec(ip(REAL6), 5353, 1, "nat"),)),
+    ServiceSpec("udp", ip(VIP6_DR), 53, "rr", (RealSpec(ip(REAL6), 53, 1, "dr"),)),
 ))
 
 # segment lengths that reach every part of the completion: none, the odd tail bytes, the
@@ -178,3 +181,42 @@ def test_a_segment_past_the_frame_is_counted_and_sent_as_it_is(dp):
     assert rc == XDP_REDIRECT
     assert out[14:] == bytes(raw[14:])
     assert counters(dp) == (before[0], before[1] + 1)
+
+
+def zero_checksum(pkt) -> bytes:
+    p = Ether(bytes(pkt))
+    p[UDP].chksum = 0
+    return bytes(p)
+
+
+@pytest.mark.parametrize("n", (0, 1, 45, 513))
+def test_nat_gives_an_ipv6_udp_datagram_without_a_checksum_a_whole_one(dp, n):
+    """An IPv6 UDP datagram with checksum 0 (which its receiver discards, RFC 8200) went through
+    NAT with 0 -- or, rewritten, with a sum of nothing -- and the real server dropped it.  IPVS's
+    NAT computes a whole checksum when the field is 0 (udp_dnat_handler, udp_snat_handler): lb
+    does, both ways, and counts it.  Direct routing sends it as it is, as IPVS does."""
+    sport = 32000 + n
+    req = client(VIP6_NAT, 53, sport, proto="udp", n=n, src=CLIENT6)
+    before = dp.counters()["udp6_checksum_filled"]
+    rc, out = run(dp, "lb_xdp_public", zero_checksum(req))
+    assert rc == XDP_REDIRECT
+    p = Ether(out)
+    assert (p[IPv6].dst, p[UDP].dport, bytes(p[UDP].payload)) == (REAL6, 5353, payload(n))
+    assert p[UDP].chksum != 0 and checksum_ok(out)
+    # the real server's answer, without a checksum too: back from the VIP with a whole one
+    reply = Ether(src=real_mac(REAL6), dst=PRIV_MAC) / IPv6(src=REAL6, dst=CLIENT6) / \
+        UDP(sport=5353, dport=sport) / payload(n + 7)
+    rc, out = run(dp, "lb_xdp_private", zero_checksum(reply))
+    assert rc == XDP_TX
+    p = Ether(out)
+    assert (p[IPv6].src, p[UDP].sport, bytes(p[UDP].payload)) == (VIP6_NAT, 53, payload(n + 7))
+    assert p[UDP].chksum != 0 and checksum_ok(out)
+    assert dp.counters()["udp6_checksum_filled"] == before + 2
+    # IPv4 keeps "no checksum" (0 is valid there), and DR forwards the bytes as they are
+    req4 = zero_checksum(client(VIP_NAT, 53, sport, proto="udp", n=n))
+    rc, out = run(dp, "lb_xdp_public", req4)
+    assert rc == XDP_REDIRECT and Ether(out)[UDP].chksum == 0
+    dr = zero_checksum(client(VIP6_DR, 53, sport, proto="udp", n=n, src=CLIENT6))
+    rc, out = run(dp, "lb_xdp_public", dr)
+    assert rc == XDP_REDIRECT and out[14:] == dr[14:]
+    assert dp.counters()["udp6_checksum_filled"] == before + 2

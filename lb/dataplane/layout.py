@@ -166,7 +166,8 @@ _COUNTER_NAMES = {"NO_REAL": "no_real_server", "NOT_SYN": "tcp_not_syn", "FRAGME
                   "TOO_BIG_UNANSWERED": "too_big_unanswered", "XMIT_FAILED": "xmit_failed",
                   "LEASE_LAPSED": "lease_lapsed", "CSUM_COMPLETED": "partial_checksum_completed",
                   "CSUM_UNCOMPLETED": "partial_checksum_uncompleted", "TX_UNMAPPED": "redirect_unmapped",
-                  "NOT_ROUTABLE": "not_routable", "FRAG_FORWARDED": "fragment_forwarded"}
+                  "NOT_ROUTABLE": "not_routable", "FRAG_FORWARDED": "fragment_forwarded",
+                  "UDP6_CSUM_FILLED": "udp6_checksum_filled"}
 _CNT = _prefixed("LB_CNT_", skip=("LB_CNT_MAX",))
 COUNTER_NAMES = [_COUNTER_NAMES.get(k, k.lower()) for k in _CNT]
 N_COUNTERS = C["LB_COUNTERS"]               # lb_counters entries (LB_CNT_MAX of them used)
