@@ -218,6 +218,60 @@ def test_fuzzed_exabgp_lines_leave_the_agent_running_and_its_status_readable(fil
             assert isinstance(peer, str) and isinstance(n["state"], str) and isinstance(n.get("ups", 0), int), n
             assert isinstance(n.get("reason", ""), str) and len(n.get("reason", "")) <= 200, n
 
+# ExaBGP 4.2.21's "down" events, as its JSON encoder writes them, for a session the router closed
+# with a NOTIFICATION carrying data: the data goes into "reason" decoded, not escaped.
+EXABGP_DOWN = ('{ "exabgp": "4.0.1", "time": 1796521169.51, "host" : "vm", "pid" : 4247, "ppid" : 4244, '
+               '"counter": %d, "type": "state", "neighbor": { "address": { "local": "198.18.0.1", "peer": '
+               '"198.18.0.254" }, "asn": { "local": 65001, "peer": 65000 } , "state": "down", "reason": '
+               '"peer reset, message (notification received (%s)) error(%s)" } }')
+
+
+@pytest.mark.parametrize("code,error,shown", [
+    # Cease / Maximum prefixes: the router's limit on the session (AFI, SAFI, limit: binary), and
+    # an escape sequence that would clear the operator's screen
+    ("6,1", "Cease / Maximum Number of Prefixes Reached / \x00\x01\x01\x00\x00\x00\x05\x1b[2J",
+     "Cease / Maximum Number of Prefixes Reached / ????????[2J)"),
+    ("2,7", "OPEN message error / Unsupported Capability / \x02\x00", "OPEN message error / Unsupported Capability / ??)"),
+    ("6,5", "Cease / Connection Rejected / C:\\ops", "Cease / Connection Rejected / C:\\ops)"),
+    ("6,3", "Cease / Peer De-configured / bye\nnow", "Cease / Peer De-configured / bye"),    # two lines
+])
+def test_a_session_closed_with_odd_notification_data_is_down_in_the_status(files, monkeypatch, caplog,
+                                                                          code, error, shown) -> None:
+    """The router closes the session with a NOTIFICATION whose data has control characters, a
+    backslash or a newline: ExaBGP's "down" line is no JSON.  The agent dropped it without a word,
+    and `lb status` showed the session up until it came up again.  Now the session is down with
+    the reason (control characters replaced: a peer's bytes never reach the operator's terminal),
+    a line that cannot be read at all is counted, and lb logs the count at most once a minute."""
+    lease_file, status_file = files
+    write_lease(lease_file, [Route("198.18.10.10/32")], os.getpid(), 60.0)
+    a = Agent(lease_file, status_file, speaker_pid=4242)
+    a.step()
+    a.on_line(json.dumps({"type": "state", "neighbor": {"address": {"local": "198.18.0.1", "peer": "198.18.0.254"},
+                                                        "asn": {"local": 65001, "peer": 65000}, "state": "up"}}))
+    for line in (EXABGP_DOWN % (2, code, error)).split("\n"):     # ExaBGP writes it as it is
+        a.on_line(line)
+    a.write_status(force=True)
+    doc = json.load(open(status_file))
+    assert doc["neighbors"]["198.18.0.254"]["state"] == "down"
+    assert doc["neighbors"]["198.18.0.254"]["reason"] == f"peer reset, message (notification received ({code})) " \
+                                                          f"error({shown}"
+    bad = 1 if "\n" in error else 0               # the second half of a line cut in two
+    assert doc["bad_lines"] == bad
+    monkeypatch.setattr(announcer, "status_path", lambda inst: status_file)
+    monkeypatch.setattr(announcer, "lease_path", lambda inst: lease_file)
+    lb = announcer.Announcer(loads(CFG))
+    caplog.set_level("WARNING", "lb.bgp")
+    lb.check_agent()
+    for _ in range(3):
+        a.on_line("\x1b]0;garbage")
+        a.write_status(force=True)
+        lb.check_agent()
+    logged = [r.getMessage() for r in caplog.records if "could not read" in r.getMessage()]
+    last = 'now)" } }' if bad else "?]0;garbage"
+    assert logged == [f"BGP: 1 lines from ExaBGP its agent could not read so far (the last: {last!r})"]
+    assert lb.status()["speaker"]["bad_lines"] == bad + 3
+
+
 def test_agent_process_talks_exabgp_api(tmp_path) -> None:
     """`python -m lb.bgp.agent` as ExaBGP runs it: commands on stdout, events on stdin, exits at EOF."""
     lease_file, status_file = str(tmp_path / "l.json"), str(tmp_path / "s.json")

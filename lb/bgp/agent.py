@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import select
 import signal
 import sys
@@ -28,6 +29,35 @@ from lb.bgp.lease import Route, lease_holds, process_start, read_json, read_leas
 POLL_S = 0.2          # how often the lease is read: the watchdog's reaction time
 STATUS_EVERY_S = 1.0  # the status file is rewritten at least this often (lb sees the agent alive)
 MAX_LINE = 1 << 20    # ExaBGP's JSON lines are small; anything longer is dropped
+# ExaBGP 4.2 writes a session's "down" event by hand, with the reason as it is: a NOTIFICATION's
+# data from the peer (decoded, not escaped) puts control characters, a backslash or a newline in
+# it, and the line is no JSON.  The event's peer and state come before the reason.
+_STATE_EVENT = re.compile(r'"type"\s*:\s*"state"')
+_PEER = re.compile(r'"peer"\s*:\s*"([0-9A-Fa-f.:]{2,45})"')
+_STATE = re.compile(r'"state"\s*:\s*"([a-z]{1,20})"')
+_REASON = re.compile(r'"reason"\s*:\s*"(.*)')
+
+
+def printable(text: str, most: int = 200) -> str:
+    """``text`` as `lb status` may print it: no control character (a peer's, or ExaBGP's, could
+    drive the operator's terminal), at most ``most`` characters."""
+    return "".join(c if c.isprintable() else "?" for c in text[:most])
+
+
+def salvage_state(line: str) -> dict | None:
+    """The neighbor, state and reason of a state event ExaBGP wrote as no valid JSON; None when
+    ``line`` is not one."""
+    if not _STATE_EVENT.search(line):
+        return None
+    peer, state = _PEER.search(line), _STATE.search(line)
+    if peer is None or state is None:
+        return None
+    n: dict = {"address": {"peer": peer.group(1)}, "state": state.group(1)}
+    reason = _REASON.search(line)
+    if reason is not None:
+        n["reason"] = reason.group(1).rstrip().removesuffix("}").rstrip().removesuffix("}").rstrip() \
+            .removesuffix('"')
+    return {"type": "state", "neighbor": n}
 
 
 class Agent:
@@ -43,6 +73,8 @@ class Agent:
         self.neighbors: dict[str, dict] = {}
         self.withdrawn_because: str | None = None
         self.errors = 0
+        self.bad_lines = 0          # lines from ExaBGP that were neither JSON nor an answer
+        self.last_bad: str | None = None
         self.dirty = True
         self._last_status = 0.0
         # a respawned agent under the same ExaBGP: what that ExaBGP announces is in the status
@@ -80,9 +112,16 @@ class Agent:
             self.dirty = True
             return
         try:
-            msg = json.loads(line)
+            # strict=False: a control character in a string (a peer's NOTIFICATION data in a
+            # "down" event's reason) does not lose the event
+            msg = json.loads(line, strict=False)
         except (ValueError, RecursionError):     # not JSON, or nested deeper than the parser goes
-            return
+            msg = salvage_state(line)
+            if msg is None:
+                self.bad_lines += 1
+                self.last_bad = printable(line)
+                self.dirty = True
+                return
         if not isinstance(msg, dict) or msg.get("type") != "state":
             return
         n = msg.get("neighbor")
@@ -99,7 +138,7 @@ class Agent:
                 entry["ups"] = entry.get("ups", 0) + 1
         entry.update(state=state, local=addr.get("local"), peer_as=asn.get("peer"), local_as=asn.get("local"))
         if "reason" in n:
-            entry["reason"] = str(n["reason"])[:200]
+            entry["reason"] = printable(str(n["reason"]))
         elif state == "up":
             entry.pop("reason", None)
         self.dirty = True
@@ -111,7 +150,8 @@ class Agent:
         write_json(self.status_path, {
             "agent_pid": os.getpid(), "speaker_pid": self.speaker_pid, "updated": self.wall(), "updated_mono": now,
             "neighbors": self.neighbors, "announced": [r.to_json() for _, r in sorted(self.announced.items())],
-            "withdrawn_because": self.withdrawn_because, "errors": self.errors})
+            "withdrawn_because": self.withdrawn_because, "errors": self.errors,
+            "bad_lines": self.bad_lines, "last_bad": self.last_bad})
         self._last_status = now
         self.dirty = False
 

@@ -125,6 +125,8 @@ class Announcer:
         self.speaker_restarts = 0
         self.renew_failures = 0          # lease renewals that failed (a full /run)
         self._renew_log = RateLimitedLog(log, 60.0)
+        self._agent_log = RateLimitedLog(log, 60.0)
+        self._agent_seen = {"errors": 0, "bad_lines": 0}    # the agent's counts last looked at
         self._speaker_retry = (0.0, 1.0)        # (not before, next backoff) of a failed restart
         self.local: dict = {}
         self.router_id = None
@@ -201,7 +203,24 @@ class Announcer:
                 self._renew_log.log("renew", logging.ERROR, "BGP: cannot renew the lease %s: %s (%d failed so far)",
                                self.lease_path, e, self.renew_failures)
             await self.keep_speaker()
+            self.check_agent()
             await asyncio.sleep(self.renew_s)
+
+    def check_agent(self) -> None:
+        """What the agent counted that only its status file holds (ExaBGP's children write to
+        /dev/null): lines from ExaBGP it could not read, commands ExaBGP refused.  Each a warning,
+        at most once a minute."""
+        agent = read_json(self.status_path) or {}
+        for key, what in (("bad_lines", "lines from ExaBGP its agent could not read"),
+                          ("errors", "commands ExaBGP refused")):
+            n = agent.get(key)
+            if not isinstance(n, int) or isinstance(n, bool):
+                continue
+            seen, self._agent_seen[key] = self._agent_seen[key], n
+            if n > seen:            # (fewer: a new agent, counting from 0)
+                last = agent.get("last_bad") if key == "bad_lines" else None
+                self._agent_log.log(key, logging.WARNING, "BGP: %d %s so far%s", n, what,
+                                    f" (the last: {last!r})" if isinstance(last, str) else "")
 
     async def keep_speaker(self, now: float | None = None) -> None:
         """ExaBGP gone (killed, or it gave up on its API process) is started again, with a
@@ -328,7 +347,7 @@ class Announcer:
                 "hold_time": self.bgp.hold_time, "lease": self.bgp.lease, "drain": self.bgp.drain,
                 "speaker": {"name": "exabgp", "pid": pid, "agent": fresh, "restarts": self.speaker_restarts,
                             "withdrawn_because": agent.get("withdrawn_because") if fresh else None,
-                            "errors": agent.get("errors", 0)},
+                            "errors": agent.get("errors", 0), "bad_lines": agent.get("bad_lines", 0)},
                 "neighbors": neighbors,
                 "announced": sorted(r["prefix"] for r in agent.get("announced", [])) if fresh else [],
                 "vips": [{"prefix": route_of(self.bgp, vip).prefix, "servable": why is None, "reason": why,
