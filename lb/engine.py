@@ -516,6 +516,12 @@ class Engine:
                  self.cfg.path or "<config>", self.dataplane)
         self._stale = held.read(self._held_path())     # what an earlier run left (a kept data plane)
         self._wait_for_interfaces()
+        if self.cfg.bgp is not None:
+            from lb.bgp import Announcer
+            self.bgp = Announcer(self.cfg)
+            # an upgrade's kept routes are this start's from now on: the data plane's load can
+            # outlast their lease (a cold start compiles), and a start that dies withdraws them
+            self.bgp.claim_kept()
         ha_announce.warm_up_in_background()     # beside the data plane's load: READY waits for both
         if self.cfg.ha is not None:
             from lb.ha.pulse import Pulse
@@ -527,9 +533,6 @@ class Engine:
             except (OSError, ValueError) as e:
                 raise StartupError(f"{self.cfg.path or '<config>'}: [ha] {e}") from None
         self._restore_overrides()
-        if self.cfg.bgp is not None:
-            from lb.bgp import Announcer
-            self.bgp = Announcer(self.cfg)
         sdnotify.status("loading the data plane")
         self._load_dataplane()
         self.owned = addresses.wanted_addresses(self.cfg)

@@ -435,6 +435,52 @@ def test_the_next_run_takes_over_the_routes_an_upgrade_kept(monkeypatch, tmp_pat
     assert new.status()["vips"][0]["reason"] is None
 
 
+def test_an_upgrade_keeps_its_routes_through_a_start_longer_than_the_lease(monkeypatch, tmp_path) -> None:
+    """`lb stop --keep-dataplane`, then the new version's `lb run`: the kept lease lasted [bgp]
+    lease (3 s by default) from the old run's stop, and the new run took it over only after
+    loading the data plane -- a cold start (an upgrade: new programs to compile) takes 5.5 s, a
+    start with new [tables] 6 s --, so the agent withdrew every route meanwhile and the new run
+    announced them again only after settle.  Now the kept routes hold KEEP_S longer, and the new
+    run owns them from its first moment: held through a 10 s start, withdrawn at once if that
+    start dies."""
+    import asyncio
+
+    monkeypatch.setattr(announcer, "lease_path", lambda inst: str(tmp_path / f"{inst}.lease"))
+    monkeypatch.setattr(announcer, "status_path", lambda inst: str(tmp_path / f"{inst}.status"))
+    monkeypatch.setattr(speaker, "start", lambda inst, text: (os.getpid(), True))      # adopted ExaBGP
+    monkeypatch.setattr(announcer, "local_address_toward", lambda a: IP("198.18.0.1"))
+    cfg = loads(CFG.replace("lease = 2", "lease = 3\nsettle = 5"))
+    table = TableSpec((svc("198.18.10.10", 80, 1, 1),))
+    old = announcer.Announcer(cfg)
+    old.update(table, attached=True, active=True, now=0.0)
+    old.update(now=6.0)
+    asyncio.run(old.leave(keep=True))
+    route = Route("198.18.10.10/32", 20, ("65000:100", "no-export"))
+    clock = Clock()
+    clock.t = time.monotonic()
+    alive = {"new": True}
+    agent = Agent(old.lease_path, old.status_path, 4242, clock=clock,
+                  start_of=lambda pid: process_start(pid) if alive["new"] else None)
+    assert agent.step() == [route.announce()]
+    new = announcer.Announcer(cfg)           # Engine.start, first thing after the interfaces
+    new.claim_kept()
+    assert read_lease(new.lease_path).owner_pid == os.getpid()
+    clock.t += 10.0                          # the data plane's load: a cold start
+    assert agent.step() == [] and agent.withdrawn_because is None
+    new.update(table, attached=False, active=True)
+    new.start()
+    new.update(attached=True, active=True)
+    assert read_lease(new.lease_path).routes == (route,) and new.status()["vips"][0]["reason"] is None
+    clock.t = time.monotonic()               # (the clock of the renewals from here on)
+    assert agent.step() == []
+    # the same, but the new run dies while starting: withdrawn at once, not at the term
+    asyncio.run(new.leave(keep=True))
+    again = announcer.Announcer(cfg)
+    again.claim_kept()
+    alive["new"] = False
+    assert agent.step() == [route.withdraw()] and agent.withdrawn_because.endswith("is gone")
+
+
 def test_a_speaker_that_died_is_started_again_with_a_backoff(monkeypatch, tmp_path, caplog) -> None:
     """ExaBGP gone (killed; or it gave up its API process after repeated deaths): the lease's
     loop starts it again, says so at ERROR, counts it in `lb status`, and while starting fails

@@ -31,6 +31,10 @@ log = logging.getLogger("lb.bgp")
 
 RENEW_S = 1.0
 AGENT_STALE_S = 5.0   # the agent rewrites its status every second: older means it is not running
+# an upgrade's kept routes (`lb stop --keep-dataplane`) hold this long beyond [bgp] lease: the
+# next `lb run` must get through its start -- a cold one compiles the programs for seconds, one
+# with new [tables] moves the connections -- and it owns them from its first moment (claim_kept)
+KEEP_S = 30.0
 
 
 class BgpError(Exception):
@@ -275,15 +279,33 @@ class Announcer:
                  else "started", self.speaker_pid, self.bgp.mode, self.bgp.local_as, self.router_id,
                  ", ".join(f"{n.address} (AS {n.peer_as}) from {self.local[n.address]}" for n in self.bgp.neighbors))
 
+    def claim_kept(self) -> None:
+        """First thing at start: the routes an upgrade kept (an ownerless lease that still holds)
+        become this process's, with the term they have -- gone at once if this start dies, held
+        while it loads the data plane, taken over as announced by start()."""
+        with self._lock:
+            old = read_lease(self.lease_path)
+            now = time.monotonic()
+            if old is None or old.owner_pid or now > old.expires or not old.routes:
+                return
+            try:
+                write_lease(self.lease_path, old.routes, os.getpid(), old.expires - now, now=now)
+            except OSError as e:         # the ownerless lease holds them until its term all the same
+                log.warning("BGP: cannot take over the lease %s: %s", self.lease_path, e)
+                return
+            log.info("BGP: holding the %d routes the previous lb run kept while this one starts "
+                     "(%.0f s left of their term)", len(old.routes), old.expires - now)
+
     def _adopt_kept_routes(self) -> None:
         """An upgrade (`lb stop --keep-dataplane`, then this start) left a lease without owner
-        whose routes still hold: they are taken over as announced -- no settle period, no
+        (or claim_kept made it ours) whose routes still hold: they are taken over as announced -- no settle period, no
         withdrawal -- and the first update with the table keeps each VIP that is still servable
         (the data plane forwarded all along).  Started afresh, this start wrote an empty lease:
         the agent withdrew every route for [bgp] settle seconds, an outage with one director."""
         with self._lock:
             old = read_lease(self.lease_path)
-            if old is None or old.owner_pid or time.monotonic() > old.expires or not old.routes:
+            if old is None or old.owner_pid not in (0, os.getpid()) or time.monotonic() > old.expires \
+                    or not old.routes:
                 return
             wanted = {route_of(self.bgp, vip).prefix: vip for vip in self.reasons}
             kept = {r for r in old.routes if r.prefix in wanted}
@@ -301,8 +323,9 @@ class Announcer:
         lease without owner: the routes stay for its term, for the next `lb run` to take over."""
         if keep:
             with self._lock:             # after a renew the cancelled run() may still be making
-                write_lease(self.lease_path, self.routes, 0, self.bgp.lease)
-            log.info("BGP: routes kept for %g s (the lease) for the next lb run", self.bgp.lease)
+                write_lease(self.lease_path, self.routes, 0, self.bgp.lease + KEEP_S)
+            log.info("BGP: routes kept for %g s (the lease and %g s for a start) for the next lb run",
+                     self.bgp.lease + KEEP_S, KEEP_S)
             return
         self.leaving = True
         had = len(self.routes)

@@ -6,7 +6,8 @@ who asked (lb's pid and its start time, so a reused pid does not count) and unti
 second.  The agent (lb.bgp.agent, a child of ExaBGP) announces the lease's routes while it
 holds: once lb's process is gone, or lb has not renewed it in time (hung), it withdraws them.
 A lease without an owner (pid 0) holds only until it expires: `lb stop --keep-dataplane` leaves
-one so that an upgrade does not withdraw the routes while the next `lb run` starts.
+one ([bgp] lease + 30 s) so that an upgrade does not withdraw the routes while the next `lb run`
+starts, which makes it its own at once (lb.bgp.announcer.Announcer.claim_kept).
 
 The agent writes its status, ``/run/lb/<instance>.bgp-status.json``: its BGP sessions, what it
 has announced, and why it withdrew (what `lb status` shows).  Both files are written whole
