@@ -481,6 +481,40 @@ def test_an_upgrade_keeps_its_routes_through_a_start_longer_than_the_lease(monke
     assert agent.step() == [route.withdraw()] and agent.withdrawn_because.endswith("is gone")
 
 
+def test_a_stop_that_cannot_write_the_lease_still_withdraws_then_drains(monkeypatch, tmp_path, caplog) -> None:
+    """`lb stop` with /run full: the lease that withdraws the routes could not be written, leave()
+    raised OSError out of the daemon's stop (a traceback; the drain, the control socket's and the
+    monitors' stops skipped), and the agent went on announcing the routes until the lease's term,
+    after the data plane had gone.  Now ExaBGP is stopped at once (its sessions closing withdraw
+    the routes), then the drain; --keep-dataplane says the routes are not kept."""
+    import asyncio
+
+    monkeypatch.setattr(announcer, "lease_path", lambda inst: str(tmp_path / f"{inst}.lease"))
+    monkeypatch.setattr(announcer, "status_path", lambda inst: str(tmp_path / f"{inst}.status"))
+    a = announcer.Announcer(loads(CFG.replace("lease = 2", "lease = 2\nsettle = 0\ndrain = 0.1")))
+    a.update(TableSpec((svc("198.18.10.10", 80, 1, 1),)), attached=True, active=True)
+    assert read_lease(a.lease_path).routes
+    events = []
+    monkeypatch.setattr(speaker, "stop", lambda inst: events.append(("stop", inst)))
+    real_sleep = asyncio.sleep
+
+    async def sleep(s):
+        events.append(("drain", s))
+        await real_sleep(0)
+    monkeypatch.setattr(announcer.asyncio, "sleep", sleep)
+
+    def full(*args, **kw):
+        raise OSError(28, "No space left on device")
+    monkeypatch.setattr(announcer, "write_lease", full)
+    caplog.set_level("ERROR", "lb.bgp")
+    asyncio.run(a.leave(keep=True))
+    assert "cannot keep the routes for the next lb run (" in caplog.text and events == []
+    asyncio.run(a.leave(keep=False))
+    assert events == [("stop", "bgpunit"), ("drain", 0.1)]
+    assert "cannot write the lease that withdraws the routes ([Errno 28] No space left on device): " \
+           "stopping ExaBGP" in caplog.text
+
+
 def test_a_speaker_that_died_is_started_again_with_a_backoff(monkeypatch, tmp_path, caplog) -> None:
     """ExaBGP gone (killed; or it gave up its API process after repeated deaths): the lease's
     loop starts it again, says so at ERROR, counts it in `lb status`, and while starting fails

@@ -322,14 +322,27 @@ class Announcer:
         directors before this one's data plane goes.  An upgrade (--keep-dataplane) leaves a
         lease without owner: the routes stay for its term, for the next `lb run` to take over."""
         if keep:
-            with self._lock:             # after a renew the cancelled run() may still be making
-                write_lease(self.lease_path, self.routes, 0, self.bgp.lease + KEEP_S)
+            try:
+                with self._lock:         # after a renew the cancelled run() may still be making
+                    write_lease(self.lease_path, self.routes, 0, self.bgp.lease + KEEP_S)
+            except OSError as e:
+                log.error("BGP: cannot keep the routes for the next lb run (%s): ExaBGP's agent "
+                          "withdraws them once this process has exited", e)
+                return
             log.info("BGP: routes kept for %g s (the lease and %g s for a start) for the next lb run",
                      self.bgp.lease + KEEP_S, KEEP_S)
             return
         self.leaving = True
         had = len(self.routes)
-        self.update()
+        try:
+            self.update()
+        except OSError as e:
+            # (a full /run) the agent would announce the routes until the lease's term, after
+            # the data plane has gone: ExaBGP stopped now closes its sessions, which withdraws
+            # them, and the drain still comes before the data plane goes
+            log.error("BGP: cannot write the lease that withdraws the routes (%s): stopping ExaBGP, "
+                      "whose sessions closing withdraw them", e)
+            await asyncio.get_running_loop().run_in_executor(None, speaker.stop, self.instance)
         if had and self.bgp.drain:
             log.info("BGP: withdrew %d routes; forwarding %g s (drain) before stopping", had, self.bgp.drain)
             await asyncio.sleep(self.bgp.drain)
