@@ -626,6 +626,36 @@ def test_a_lease_that_cannot_be_renewed_is_logged_once_a_minute(monkeypatch, tmp
     assert a.renew_failures >= 5 and len(lines) == 1, (a.renew_failures, lines)
 
 
+def test_the_lease_is_renewed_while_the_loops_worker_threads_are_busy(monkeypatch, tmp_path) -> None:
+    """The renewal ran in the event loop's default executor (6 threads on 2 CPUs), behind the
+    status requests (~0.3 s each for a large config), `lb list` and reload applies queued there:
+    a read-only user asking for `lb status` in a loop could hold it past [bgp] lease, and the
+    agent withdrew every route of a director that was not hung.  Now it has its own thread."""
+    import asyncio
+    import concurrent.futures
+    import threading
+
+    monkeypatch.setattr(announcer, "lease_path", lambda inst: str(tmp_path / f"{inst}.lease"))
+    monkeypatch.setattr(announcer, "status_path", lambda inst: str(tmp_path / f"{inst}.status"))
+    a = announcer.Announcer(loads(CFG), renew_s=0.01)
+    renewed = []
+    a.renew = lambda: renewed.append(time.monotonic())
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        loop.set_default_executor(concurrent.futures.ThreadPoolExecutor(1))
+        release = threading.Event()
+        busy = loop.run_in_executor(None, release.wait)          # every worker taken
+        t = asyncio.create_task(a.run())
+        await asyncio.sleep(0.3)
+        release.set()
+        await busy
+        t.cancel()
+    asyncio.run(main())
+    a.close(keep=True)
+    assert len(renewed) >= 5, renewed
+
+
 def test_a_takeover_announces_at_once_and_health_coming_back_still_settles(monkeypatch, tmp_path, caplog) -> None:
     """[ha] with mode = "announce": the backup's health checks run all along, so when it takes
     over its VIP is announced at once -- settle is for real servers coming back, not for a role

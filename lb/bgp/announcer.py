@@ -16,6 +16,7 @@ second by ``run()``.  The speaker itself (ExaBGP) is started by ``start()``.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import dataclasses
 import ipaddress
 import logging
@@ -128,6 +129,10 @@ class Announcer:
         self.speaker_text: str | None = None    # ExaBGP's configuration, once started
         self.speaker_restarts = 0
         self.renew_failures = 0          # lease renewals that failed (a full /run)
+        # the renewals' own thread: in the loop's default executor they waited behind whatever
+        # else runs there (status requests, `lb list`, a reload's apply), and a renewal late by
+        # [bgp] lease had the agent withdraw every route of a director that was not hung
+        self._renewer: concurrent.futures.ThreadPoolExecutor | None = None
         self._renew_log = RateLimitedLog(log, 60.0)
         self._agent_log = RateLimitedLog(log, 60.0)
         self._agent_seen = {"errors": 0, "bad_lines": 0}    # the agent's counts last looked at
@@ -198,10 +203,12 @@ class Announcer:
         """Renew the lease every second while the daemon's loop runs (the speaker's agent
         withdraws everything when this stops: lb hung, killed or gone)."""
         loop = asyncio.get_running_loop()
+        if self._renewer is None:
+            self._renewer = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="bgp-lease")
         while True:
             try:
                 self.update()            # settled VIPs get announced
-                await loop.run_in_executor(None, self.renew)
+                await loop.run_in_executor(self._renewer, self.renew)
             except OSError as e:         # each second while /run is full: logged once a minute
                 self.renew_failures += 1
                 self._renew_log.log("renew", logging.ERROR, "BGP: cannot renew the lease %s: %s (%d failed so far)",
@@ -351,6 +358,9 @@ class Announcer:
         """After the data plane stopped: stop ExaBGP (it closes its sessions) and remove the
         lease, the status and its configuration (its log stays), unless keeping them for an
         upgrade."""
+        if self._renewer is not None:
+            self._renewer.shutdown(wait=False)
+            self._renewer = None
         if keep:
             return
         self.leaving = True
