@@ -270,6 +270,7 @@ def test_a_session_closed_with_odd_notification_data_is_down_in_the_status(files
     last = 'now)" } }' if bad else "?]0;garbage"
     assert logged == [f"BGP: 1 lines from ExaBGP its agent could not read so far (the last: {last!r})"]
     assert lb.status()["speaker"]["bad_lines"] == bad + 3
+    assert announcer.format_status(lb.status())[0].endswith(f" ({bad + 3} unreadable lines from ExaBGP)")
 
 
 def test_agent_process_talks_exabgp_api(tmp_path) -> None:

@@ -407,7 +407,9 @@ def format_status(doc: dict) -> list[str]:
     head = (f"bgp {doc['mode']}  AS {doc['local_as']}  router id {doc['router_id']}  hold {doc['hold_time']}s"
             f"  speaker exabgp " + (f"pid {sp['pid']}" if sp["pid"] else "NOT RUNNING")
             + ("" if sp["agent"] or not sp["pid"] else " (agent not reporting)")
-            + (f" (started again {sp['restarts']} times)" if sp.get("restarts") else ""))
+            + (f" (started again {sp['restarts']} times)" if sp.get("restarts") else "")
+            + (f" ({sp['errors']} commands refused)" if sp.get("errors") else "")
+            + (f" ({sp['bad_lines']} unreadable lines from ExaBGP)" if sp.get("bad_lines") else ""))
     lines = [head]
     for n in doc["neighbors"]:
         since = "" if not n["since"] else f" since {time.strftime('%H:%M:%S', time.localtime(n['since']))}"
