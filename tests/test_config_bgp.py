@@ -115,6 +115,12 @@ def test_announce_mode_keeps_the_rest_as_it_is() -> None:
     ("lease = 1", "", "bgp.lease", "must be between 2 and 3600 seconds, got 1"),
     ("drain = 30", "", "bgp.drain", "must be between 0 and 20 seconds, got 30"),
     ("settle = 601", "", "bgp.settle", "must be between 0 and 600 seconds, got 601"),
+    # beyond any number of seconds lb takes, or not a number: still the key's own range
+    ("lease = 100000", "", "bgp.lease", "must be between 2 and 3600 seconds, got 100000"),
+    ("lease = nan", "", "bgp.lease", "must be between 2 and 3600 seconds, got nan"),
+    ("drain = -inf", "", "bgp.drain", "must be between 0 and 20 seconds, got -inf"),
+    ("settle = 1e9", "", "bgp.settle", "must be between 0 and 600 seconds, got 1e+09"),
+    ('lease = "3s"', "", "bgp.lease", 'expected a number of seconds, got string "3s"'),
     ('router_id = "2001:2::1"', "", "bgp.router_id", "a BGP router id is a dotted IPv4 address, got 2001:2::1"),
     ("", '  [[bgp.neighbor]]\n  address = "198.18.0.254"\n  peer_as = 65000\n', "bgp.neighbor[1].address",
      "neighbor 198.18.0.254 is listed twice (also neighbor[0])"),

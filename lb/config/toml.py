@@ -1742,13 +1742,17 @@ def _check_bgp(top: _Table, drafts: list[_VirtualDraft | _Invalid], network: str
             router_id = keep(chk.error(b.at("router_id"), f"a BGP router id is a dotted IPv4 address, got {router_id}"))
     d = Bgp(local_as=1, neighbors=())
     hold_time = keep(b.integer("hold_time", HOLD_TIME_RANGE, default=d.hold_time))
-    lease = keep(_seconds(b, "lease", d.lease))
-    drain = keep(_seconds(b, "drain", d.drain))
-    settle = keep(_seconds(b, "settle", d.settle))
-    for key, value, (lo, hi) in (("lease", lease, LEASE_RANGE), ("drain", drain, DRAIN_RANGE),
-                                 ("settle", settle, SETTLE_RANGE)):
-        if isinstance(value, float) and not lo <= value <= hi:
-            keep(chk.error(b.at(key), f"must be between {lo:g} and {hi:g} seconds, got {value:g}"))
+    def seconds(key: str, default: float, rng: tuple[float, float]) -> float | _Invalid:
+        """_seconds, with this key's own range in the message (beyond _seconds' 0..86400, or NaN,
+        it named that range instead: a lease of 100000 s was told 0..86400, 5000 then 2..3600)"""
+        value, (lo, hi) = b.data.get(key), rng
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and not lo <= value <= hi:
+            return chk.error(b.at(key), f"must be between {lo:g} and {hi:g} seconds, got {value:g}")
+        return _seconds(b, key, default)
+
+    lease = keep(seconds("lease", d.lease, LEASE_RANGE))
+    drain = keep(seconds("drain", d.drain, DRAIN_RANGE))
+    settle = keep(seconds("settle", d.settle, SETTLE_RANGE))
     if not b.data.get("neighbor"):
         keep(chk.error(b.at("neighbor"), "at least one [[bgp.neighbor]] is required (the router: address, peer_as)"))
     vs_ok = [vs for vs in drafts if not isinstance(vs, _Invalid)]
