@@ -305,10 +305,11 @@ class Announcer:
 
     def _adopt_kept_routes(self) -> None:
         """An upgrade (`lb stop --keep-dataplane`, then this start) left a lease without owner
-        (or claim_kept made it ours) whose routes still hold: they are taken over as announced -- no settle period, no
-        withdrawal -- and the first update with the table keeps each VIP that is still servable
-        (the data plane forwarded all along).  Started afresh, this start wrote an empty lease:
-        the agent withdrew every route for [bgp] settle seconds, an outage with one director."""
+        (or claim_kept made it ours) whose routes still hold: they are taken over as announced --
+        no settle period, no withdrawal -- and the first update with the table keeps each VIP
+        that is still servable (the data plane forwarded all along).  Started afresh, this start
+        wrote an empty lease: the agent withdrew every route for [bgp] settle seconds, an outage
+        with one director."""
         with self._lock:
             old = read_lease(self.lease_path)
             if old is None or old.owner_pid not in (0, os.getpid()) or time.monotonic() > old.expires \

@@ -1742,6 +1742,7 @@ def _check_bgp(top: _Table, drafts: list[_VirtualDraft | _Invalid], network: str
             router_id = keep(chk.error(b.at("router_id"), f"a BGP router id is a dotted IPv4 address, got {router_id}"))
     d = Bgp(local_as=1, neighbors=())
     hold_time = keep(b.integer("hold_time", HOLD_TIME_RANGE, default=d.hold_time))
+
     def seconds(key: str, default: float, rng: tuple[float, float]) -> float | _Invalid:
         """_seconds, with this key's own range in the message (beyond _seconds' 0..86400, or NaN,
         it named that range instead: a lease of 100000 s was told 0..86400, 5000 then 2..3600)"""
