@@ -482,6 +482,24 @@ def test_an_upgrade_keeps_its_routes_through_a_start_longer_than_the_lease(monke
     assert agent.step() == [route.withdraw()] and agent.withdrawn_because.endswith("is gone")
 
 
+def test_a_renewal_under_way_at_an_upgrade_stop_leaves_the_kept_lease_ownerless(monkeypatch, tmp_path) -> None:
+    """The stop cancels the renewal loop, but a renewal it had handed to a worker thread still
+    runs: done after leave(keep=True) it wrote the lease back with this process as its owner, and
+    the agent withdrew every route the moment the process exited -- the upgrade it was kept for
+    began with an outage.  A renewal after the kept lease is written now leaves it as it is."""
+    import asyncio
+
+    monkeypatch.setattr(announcer, "lease_path", lambda inst: str(tmp_path / f"{inst}.lease"))
+    monkeypatch.setattr(announcer, "status_path", lambda inst: str(tmp_path / f"{inst}.status"))
+    a = announcer.Announcer(loads(CFG.replace("lease = 2", "lease = 2\nsettle = 0")))
+    a.update(TableSpec((svc("198.18.10.10", 80, 1, 1),)), attached=True, active=True)
+    asyncio.run(a.leave(keep=True))
+    a.renew()                                   # the late one
+    kept = read_lease(a.lease_path)
+    assert kept.owner_pid == 0 and kept.routes
+    assert lease_holds(kept, time.monotonic() + 2 + 10, start_of=lambda pid: None) is None
+
+
 def test_a_stop_that_cannot_write_the_lease_still_withdraws_then_drains(monkeypatch, tmp_path, caplog) -> None:
     """`lb stop` with /run full: the lease that withdraws the routes could not be written, leave()
     raised OSError out of the daemon's stop (a traceback; the drain, the control socket's and the

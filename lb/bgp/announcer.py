@@ -119,6 +119,7 @@ class Announcer:
         self.attached = False
         self.active = True
         self.leaving = False
+        self.kept = False               # leave(keep=True) wrote the lease for the next lb run
         self.reasons: dict = {}         # VIP -> None (announced) or why it is not
         self.routes: set[Route] = set()
         self._settling: dict = {}       # VIP -> (its usable real servers, servable with them since)
@@ -197,6 +198,8 @@ class Announcer:
 
     def renew(self) -> None:
         with self._lock:
+            if self.kept:   # a renewal the cancelled run() had under way: the kept lease stays ownerless
+                return
             write_lease(self.lease_path, self.routes, os.getpid(), self.bgp.lease)
 
     async def run(self) -> None:
@@ -333,6 +336,7 @@ class Announcer:
             try:
                 with self._lock:         # after a renew the cancelled run() may still be making
                     write_lease(self.lease_path, self.routes, 0, self.bgp.lease + KEEP_S)
+                    self.kept = True     # ... and not before it
             except OSError as e:
                 log.error("BGP: cannot keep the routes for the next lb run (%s): ExaBGP's agent "
                           "withdraws them once this process has exited", e)
