@@ -210,7 +210,35 @@ class Collector:
         self._defense(f, defense)
         if doc is not None and doc.get("ha"):
             self._ha(f, doc, doc["ha"])
+        if doc is not None and doc.get("bgp"):
+            self._bgp(f, doc["bgp"])
         return list(f)
+
+    @staticmethod
+    def _bgp(f: _Families, bgp: dict) -> None:
+        """[bgp]: the sessions and routes `lb status` shows (lb.bgp.announcer.Announcer.status)."""
+        sp = bgp.get("speaker") or {}
+        f.gauge("lb_bgp_speaker_up", "1 while ExaBGP runs and its agent reports (lb status: speaker exabgp pid N)",
+                (), (), bool(sp.get("pid")) and bool(sp.get("agent")))
+        f.counter("lb_bgp_speaker_restarts_total", "times lb started ExaBGP again after it was gone", (), (),
+                  sp.get("restarts", 0))
+        f.counter("lb_bgp_speaker_refused_commands_total", "route commands ExaBGP answered with an error "
+                  "(counted by the current agent)", (), (), sp.get("errors", 0))
+        f.counter("lb_bgp_speaker_unreadable_lines_total", "lines from ExaBGP its agent could not read "
+                  "(counted by the current agent)", (), (), sp.get("bad_lines", 0))
+        f.counter("lb_bgp_lease_renew_failures_total", "renewals of the BGP lease that failed (a full /run)",
+                  (), (), bgp.get("renew_failures", 0))
+        for n in bgp.get("neighbors") or []:
+            f.gauge("lb_bgp_session_up", "1 while the BGP session with the neighbor is established",
+                    ("neighbor",), (n["address"],), n.get("state") == "up")
+            f.counter("lb_bgp_session_ups_total", "times the session came up (since its ExaBGP started)",
+                      ("neighbor",), (n["address"],), n.get("ups", 0))
+        announced = set(bgp.get("announced") or ())
+        for v in bgp.get("vips") or []:
+            f.gauge("lb_bgp_route_servable", "1 while this director can serve the VIP (lb announces it)",
+                    ("prefix",), (v["prefix"],), v.get("servable"))
+            f.gauge("lb_bgp_route_announced", "1 while the speaker announces the VIP's route",
+                    ("prefix",), (v["prefix"],), v["prefix"] in announced)
 
     # ---- virtual and real servers ----
     def _services(self, f: _Families, doc: dict | None, rows: list) -> None:

@@ -237,6 +237,43 @@ def test_ipvs_dataplane_has_no_defense_metrics():
     assert value(s, "lb_dataplane_up") == 1
 
 
+def test_bgp_sessions_and_routes():
+    """[bgp]: the sessions and routes `lb status` shows, and the counters of what went wrong on
+    the way to the router (none were exported: a director out of the ECMP group was seen only by
+    someone running `lb status`)."""
+    from lb.bgp.announcer import format_status
+
+    doc = status(ha=False)
+    doc["bgp"] = {
+        "mode": "active-active", "local_as": 65001, "router_id": "198.18.0.1", "hold_time": 3, "lease": 3,
+        "drain": 2, "renew_failures": 4,
+        "speaker": {"name": "exabgp", "pid": 123, "agent": True, "restarts": 1, "withdrawn_because": None,
+                    "errors": 2, "bad_lines": 5},
+        "neighbors": [{"address": "198.18.0.254", "peer_as": 65000, "local_address": "198.18.0.1", "state": "up",
+                       "since": None, "reason": None, "ups": 3},
+                      {"address": "198.18.0.253", "peer_as": 65000, "local_address": "198.18.0.1",
+                       "state": "down", "since": None, "reason": "peer reset", "ups": 0}],
+        "announced": ["198.18.0.10/32"],
+        "vips": [{"prefix": "198.18.0.10/32", "servable": True, "reason": None, "med": None, "communities": []},
+                 {"prefix": "198.18.0.11/32", "servable": False, "reason": "settling", "med": None,
+                  "communities": []}]}
+    format_status(doc["bgp"])                  # the document is one `lb status` prints
+    s = scrape(Source(doc=doc))
+    assert value(s, "lb_bgp_speaker_up") == 1 and value(s, "lb_bgp_speaker_restarts_total") == 1
+    assert value(s, "lb_bgp_speaker_refused_commands_total") == 2
+    assert value(s, "lb_bgp_speaker_unreadable_lines_total") == 5
+    assert value(s, "lb_bgp_lease_renew_failures_total") == 4
+    assert value(s, "lb_bgp_session_up", neighbor="198.18.0.254") == 1
+    assert value(s, "lb_bgp_session_up", neighbor="198.18.0.253") == 0
+    assert value(s, "lb_bgp_session_ups_total", neighbor="198.18.0.254") == 3
+    assert value(s, "lb_bgp_route_announced", prefix="198.18.0.10/32") == 1
+    assert value(s, "lb_bgp_route_servable", prefix="198.18.0.11/32") == 0
+    assert value(s, "lb_bgp_route_announced", prefix="198.18.0.11/32") == 0
+    doc["bgp"]["speaker"].update(pid=None, agent=False)
+    assert value(scrape(Source(doc=doc)), "lb_bgp_speaker_up") == 0
+    assert not [k for k in scrape(Source()) if k[0].startswith("lb_bgp_")]     # no [bgp], no series
+
+
 def documented() -> set[str]:
     """The metric names docs/metrics.md lists."""
     text = DOCS.read_text()

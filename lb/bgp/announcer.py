@@ -396,6 +396,7 @@ class Announcer:
         return {"mode": self.bgp.mode, "local_as": self.bgp.local_as,
                 "router_id": None if self.router_id is None else str(self.router_id),
                 "hold_time": self.bgp.hold_time, "lease": self.bgp.lease, "drain": self.bgp.drain,
+                "renew_failures": self.renew_failures,
                 "speaker": {"name": "exabgp", "pid": pid, "agent": fresh, "restarts": self.speaker_restarts,
                             "withdrawn_because": agent.get("withdrawn_because") if fresh else None,
                             "errors": agent.get("errors", 0), "bad_lines": agent.get("bad_lines", 0)},
