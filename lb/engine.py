@@ -522,6 +522,9 @@ class Engine:
             # an upgrade's kept routes are this start's from now on: the data plane's load can
             # outlast their lease (a cold start compiles), and a start that dies withdraws them
             self.bgp.claim_kept()
+        else:
+            from lb.bgp.announcer import stop_leftover
+            stop_leftover(self.cfg.instance)      # [bgp] gone: the ExaBGP a restart kept goes too
         ha_announce.warm_up_in_background()     # beside the data plane's load: READY waits for both
         if self.cfg.ha is not None:
             from lb.ha.pulse import Pulse

@@ -534,6 +534,33 @@ def test_a_stop_that_cannot_write_the_lease_still_withdraws_then_drains(monkeypa
            "stopping ExaBGP" in caplog.text
 
 
+def test_a_run_without_bgp_stops_the_exabgp_an_earlier_run_left(monkeypatch, tmp_path, caplog) -> None:
+    """[bgp] removed, then `systemctl restart` (the data plane and ExaBGP kept): nothing stopped
+    that ExaBGP -- its sessions stayed up, a kept lease's routes stayed announced until their term,
+    and `lb status` no longer showed any of it.  The next run without [bgp] stops it now (Engine.start
+    calls stop_leftover) and removes its files; an ExaBGP pid file naming another program's process
+    is left alone."""
+    monkeypatch.setattr(announcer, "lease_path", lambda inst: str(tmp_path / f"{inst}.lease"))
+    monkeypatch.setattr(announcer, "status_path", lambda inst: str(tmp_path / f"{inst}.status"))
+    monkeypatch.setattr(speaker, "conf_path", lambda inst: str(tmp_path / f"{inst}.exabgp.conf"))
+    for name in ("bgpunit.lease", "bgpunit.status", "bgpunit.exabgp.conf"):
+        (tmp_path / name).write_text("{}")
+    running = {"bgpunit": 4321}
+    stopped = []
+    monkeypatch.setattr(speaker, "running_pid", lambda inst: running.get(inst))
+    monkeypatch.setattr(speaker, "stop", stopped.append)
+    caplog.set_level("WARNING", "lb.bgp")
+    assert announcer.stop_leftover("other") is False and stopped == []
+    assert announcer.stop_leftover("bgpunit") is True and stopped == ["bgpunit"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+    assert "[bgp] is no longer configured: stopping the ExaBGP (pid 4321)" in caplog.text
+    import inspect
+
+    from lb import engine
+    src = inspect.getsource(engine.Engine.start)
+    assert src.index("stop_leftover(self.cfg.instance)") < src.index("self._load_dataplane()")
+
+
 def test_a_speaker_that_died_is_started_again_with_a_backoff(monkeypatch, tmp_path, caplog) -> None:
     """ExaBGP gone (killed; or it gave up its API process after repeated deaths): the lease's
     loop starts it again, says so at ERROR, counts it in `lb status`, and while starting fails

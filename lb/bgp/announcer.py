@@ -42,6 +42,26 @@ class BgpError(Exception):
     pass
 
 
+def stop_leftover(instance: str) -> bool:
+    """At the start of a run without [bgp]: an ExaBGP an earlier run of this instance left
+    (`lb stop --keep-dataplane`, a restart, a crash) is stopped -- its sessions closing withdraw
+    whatever it still announced -- and its lease, status and configuration go.  Nothing else would
+    ever stop it: it kept its sessions with the router up, `lb status` no longer showed it, and a
+    kept lease's routes stayed announced until their term.  True when there was one."""
+    pid = speaker.running_pid(instance)
+    if pid is None:
+        return False
+    log.warning("BGP: [bgp] is no longer configured: stopping the ExaBGP (pid %d) an earlier run left "
+                "(its sessions close, which withdraws its routes)", pid)
+    speaker.stop(instance)
+    for path in (lease_path(instance), status_path(instance), speaker.conf_path(instance)):
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            pass
+    return True
+
+
 def reload_problem(old, new) -> str | None:
     """Why a reload from [bgp] ``old`` to ``new`` needs a restart (None: it does not; only the
     [[bgp.vip]] attributes may change live)."""
