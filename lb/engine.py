@@ -1553,11 +1553,15 @@ class Engine:
         with self._dp_lock:
             self.dp.defend()
 
-    def status(self, counters: bool = True) -> dict:
+    def status(self, counters: bool = True, configuration: bool = True) -> dict:
         """What `lb status` shows (the control socket's "status" reply); without the data path's
-        counters when ``counters`` is false (lb.metrics reads them in its own thread)."""
+        counters when ``counters`` is false (lb.metrics reads them in its own thread), and
+        without what the configuration file says (configs.info: the file read and parsed again)
+        when ``configuration`` is false (lb.metrics exports none of it): then it only copies
+        Python state, fit for the loop."""
         doc = self._status_of_the_loop()
-        return self._status_completed(doc, self.configs.info(), self._status_counters() if counters else {})
+        return self._status_completed(doc, self.configs.info() if configuration else {},
+                                      self._status_counters() if counters else {})
 
     async def status_off_the_loop(self, counters: bool = True) -> dict:
         """status(), its slow parts in a worker thread: the configuration file read and parsed

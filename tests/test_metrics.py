@@ -342,13 +342,11 @@ class FakeEngine:
         self.dp = BlockingDataplane()
         self.status_calls = []
 
-    def status(self, counters=True):
+    def status(self, counters=True, configuration=True):
         assert not counters, "the scrape reads the data path's counters in its own thread"
+        assert not configuration, "no metric reads the configuration file's part"
         self.status_calls.append(threading.current_thread())
         return status(ha=False)
-
-    async def status_off_the_loop(self, counters=True):    # (Engine's: the file's part in a worker)
-        return self.status(counters)
 
 
 def test_endpoint_serves_while_the_loop_runs():
@@ -692,3 +690,75 @@ def test_a_service_on_its_sorry_server_has_no_usable_real_server_and_a_draining_
                  server="sorry_server") == 1
     assert value(s, "lb_real_server_connections_active", **WEB, rip="198.18.1.50", rport="80", server="") == 7
     assert value(s, "lb_real_server_connections_active", **WEB, rip="198.18.1.11", rport="80", server="rs1") == 2
+
+
+CONFIG = """
+[global]
+instance = "scrape"
+public_interface = "lo"
+network = "direct"
+
+[[virtual_server]]
+name = "web"
+address = "198.18.0.10"
+port = 80
+real_server = [{ name = "rs1", address = "198.18.1.11" }]
+"""
+
+
+def test_a_scrape_does_not_read_the_config_file_nor_queue_work_in_the_engine_s_executor(tmp_path, monkeypatch):
+    """Each scrape had the engine read and parse its configuration file again
+    (Engine.status_off_the_loop's configs.info, ~0.1 s of CPU for 4,000 real servers) in the
+    loop's default executor -- the one a takeover's address claims and HA sync run in -- for a
+    "configuration" section no metric reads; each of many connections scraping at once queued
+    its own, and one that gave up after SNAPSHOT_TIMEOUT left its job queued: whoever reaches
+    the port could hold up a failover.  Now the status is taken on the loop alone, and scrapes
+    that come while it is asked for share it."""
+    import concurrent.futures
+    import sys
+
+    from lb import config as lbconfig
+    from lb.engine import Engine
+
+    path = tmp_path / "lb.toml"
+    path.write_text(CONFIG)
+    eng = Engine(lbconfig.load(path), dataplane="ipvs")       # the constructor touches nothing in the kernel
+    eng.dp = SimpleNamespace(kind="ipvs", read_services=lambda: [], counters=lambda: {},
+                             defense_status=lambda: None)
+    read = []
+    monkeypatch.setattr(eng.configs, "info", lambda *a: read.append(1) or {})
+    built = []
+    status = eng.status
+    monkeypatch.setattr(eng, "status", lambda *a, **kw: built.append(1) or status(*a, **kw))
+
+    class Executor(concurrent.futures.ThreadPoolExecutor):
+        submitted = 0
+
+        def submit(self, *a, **kw):
+            Executor.submitted += 1
+            return super().submit(*a, **kw)
+
+    scrapes = 8
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        loop.set_default_executor(Executor(max_workers=2))
+        source = metrics.EngineSource(eng, loop)
+        out = []
+        threads = [threading.Thread(target=lambda: out.append(scrape(source))) for _ in range(scrapes)]
+        for t in threads:
+            t.start()
+        # the loop held (nothing runs on it) until every scrape waits for the status
+        waiting = lambda t: (f := sys._current_frames().get(t.ident)) is not None and \
+            f.f_code.co_name == "wait" and f.f_code.co_filename == threading.__file__   # noqa: E731
+        while not all(waiting(t) for t in threads):
+            threading.Event().wait(0.01)
+        while any(t.is_alive() for t in threads):
+            await asyncio.sleep(0.01)
+        return out
+
+    out = asyncio.run(main())
+    assert [value(s, "lb_up") for s in out] == [1] * scrapes
+    assert [value(s, "lb_real_server_weight", server="rs1") for s in out] == [1] * scrapes
+    assert read == [] and Executor.submitted == 0, (read, Executor.submitted)
+    assert built == [1]             # one status for the scrapes that came while it was asked for
