@@ -10,7 +10,9 @@ scrapes.  Two sources:
   (the pinned maps, or the kernel's IPVS table).
 
 The HTTP server is prometheus_client's WSGI application in a threaded server, so a scrape runs in
-its own thread and the engine's loop never waits for one; at most MAX_CONNECTIONS connections are
+its own thread and the engine's loop never waits for one; one scrape is generated at a time
+(MAX_SCRAPES: the others wait their turn, so many connections do not crowd the loop's thread out
+of the interpreter); at most MAX_CONNECTIONS connections are
 served at once (more are closed as they come), one that says nothing for IDLE_TIMEOUT seconds is
 closed, and a connection that breaks off is counted, not logged with a traceback: whoever
 reaches the port cannot pile up the daemon's threads and file descriptors.  docs/metrics.md lists every metric
@@ -48,6 +50,7 @@ MAX_CONNECTIONS = 32            # connections served at once (Prometheus scrapes
 MAX_PER_CLIENT = 4              # ... of them from one client (an address, an IPv6 /64: lb.web.clients) ...
 MAX_PER_SITE = 8                # ... and from one IPv6 /48 once half are taken: one client cannot take every slot
 IDLE_TIMEOUT = 10.0             # seconds a connection may say nothing
+MAX_SCRAPES = 1                 # scrapes generated at once (the others wait): each is CPU under the GIL
 REQUEST_DEADLINE = 60.0         # seconds a connection is served at most, however it trickles
 LOG_EVERY = 60.0                # a request refused (or a scrape failed) is logged at most this often
 MAX_HEAD = 16 * 1024            # bytes of request line and headers read (http.server's own bound: 100 x 64 KiB)
@@ -617,8 +620,13 @@ def _guarded(app, server):
     """``app`` (prometheus_client's WSGI application), whose exceptions are answered, counted and
     logged at a bounded rate here: wsgiref would print each one's traceback to stderr, at the rate
     anyone who reaches the port likes (``Accept: text/plain; version=x`` makes prometheus_client's
-    choose_encoder compare a str with an int)."""
+    choose_encoder compare a str with an int).  At most MAX_SCRAPES are generated at once, the
+    others wait their turn: a scrape is CPU under the GIL (~1.5 s for 4,000 real servers), and
+    each connection generating its own shared the interpreter out among as many threads as
+    connections, the engine's loop -- heartbeats, health checks -- one among them."""
     from prometheus_client.exposition import choose_encoder
+
+    turn = threading.BoundedSemaphore(MAX_SCRAPES)
 
     def guarded(environ, start_response):
         httpd = server()
@@ -632,6 +640,9 @@ def _guarded(app, server):
                                   environ.get("HTTP_ACCEPT"), e)
             start_response("400 Bad Request", [("Content-Type", "text/plain; charset=utf-8")])
             return [b"unreadable Accept header\n"]
+        if not turn.acquire(timeout=REQUEST_DEADLINE):    # its connection was cut meanwhile
+            start_response("503 Service Unavailable", [("Content-Type", "text/plain; charset=utf-8")])
+            return [b"busy\n"]
         try:
             return app(environ, start_response)
         except Exception as e:
@@ -641,6 +652,8 @@ def _guarded(app, server):
             start_response("500 Internal Server Error", [("Content-Type", "text/plain; charset=utf-8")],
                            sys.exc_info())
             return [b"scrape failed\n"]
+        finally:
+            turn.release()
 
     return guarded
 
