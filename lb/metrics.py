@@ -219,7 +219,10 @@ class Collector:
         f.gauge("lb_dataplane_up", "1 when the data plane's table and counters were read for this scrape",
                 (), (), dp_ok)
         if doc is not None:
-            f.info("lb", "the instance, its data plane and lb's version", ("instance", "dataplane", "version"),
+            # lb_instance, not instance: Prometheus gives every series of a target its own
+            # "instance" (host:port), and renames a scraped one exported_instance (or, under
+            # honor_labels, lets it replace the target's, and lb_info no longer joins the rest)
+            f.info("lb", "the instance, its data plane and lb's version", ("lb_instance", "dataplane", "version"),
                    (doc["instance"], doc.get("dataplane", ""), __version__), {})
             self._reloads(f, doc)
         self._services(f, doc, rows)

@@ -181,7 +181,7 @@ def test_service_dataplane_reload_and_ha():
     assert value(s, "lb_config_warnings") == 2
     assert value(s, "lb_addresses_restored_total") == 3 and value(s, "lb_dataplane_xdp_attached_again_total") == 1
     assert value(s, "lb_task_restarts_total", task="bgp-lease") == 2 and value(s, "lb_task_restarts_total", task="health") == 0
-    assert value(s, "lb_info", instance="lab", dataplane="xdp") == 1
+    assert value(s, "lb_info", lb_instance="lab", dataplane="xdp") == 1
     assert value(s, "lb_ha_role", role="backup") == 1 and value(s, "lb_ha_role", role="active") == 0
     assert value(s, "lb_ha_peer_state", state="active") == 1
     assert value(s, "lb_ha_takeovers_total") == 1
@@ -301,6 +301,21 @@ def test_names_follow_prometheus_conventions_and_are_documented():
         if fam.type == "info":
             name = fam.name + "_info"
         assert name in docs or fam.name in docs, name
+
+
+def test_no_label_is_one_prometheus_gives_every_target():
+    """lb_info's label "instance" (lb's instance name) is the one Prometheus sets on every series
+    of a target (host:port): scraped, it became exported_instance, not the documented
+    instance -- and under honor_labels it replaced the target's, so that lb_info (the
+    dashboard's $instance variable) no longer matched any other series of the director."""
+    reg = CollectorRegistry(auto_describe=False)
+    reg.register(metrics.Collector(Source()))
+    reg.register(metrics.EndpointCollector(lambda: None))
+    labels = {k for fam in text_string_to_metric_families(generate_latest(reg).decode())
+              for smp in fam.samples for k in smp.labels}
+    assert "lb_instance" in labels
+    assert not labels & {"instance", "job"}, labels & {"instance", "job"}
+    assert "`lb_instance`" in DOCS.read_text()
 
 
 def test_the_grafana_dashboard_uses_only_documented_metrics():

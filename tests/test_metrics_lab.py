@@ -85,7 +85,7 @@ def test_metrics_equal_lb_list_and_follow_health(lab, lb_runner, tmp_path):
         assert one(samples, "lb_real_server_weight", server=name) == 1
         assert one(samples, "lb_real_server_weight_source", server=name, source="configured") == 1
         assert one(samples, "lb_real_server_health_checks_total", server=name) >= 1
-    assert one(samples, "lb_info", instance="lab", dataplane="xdp") == 1
+    assert one(samples, "lb_info", lb_instance="lab", dataplane="xdp") == 1
     assert one(samples, "lb_dataplane_up") == 1 and one(samples, "lb_up") == 1
     assert one(samples, "lb_dataplane_events_total", event="no_real_server") == 0
 
