@@ -114,7 +114,12 @@ class EngineSource:
         with self.lock:
             fut = self.pending
             if fut is None or fut.done():
-                fut = self.pending = asyncio.run_coroutine_threadsafe(self._take(), self.loop)
+                take = self._take()
+                try:
+                    fut = self.pending = asyncio.run_coroutine_threadsafe(take, self.loop)
+                except RuntimeError:        # the loop is closed: no "never awaited" warning
+                    take.close()
+                    raise
         return fut.result(SNAPSHOT_TIMEOUT)
 
     async def _take(self) -> dict:
@@ -560,6 +565,7 @@ def _server_class(family: int):
             self.cut = 0                # connections cut at REQUEST_DEADLINE
             self.bad_request = 0        # requests the exposition could not read (an Accept header)
             self.failed = 0             # scrapes that raised
+            self.stopping = False       # MetricsServer.stop: scrapes waiting their turn are not generated
             self.ratelog = RateLimitedLog(log, LOG_EVERY)
             super().server_activate()
 
@@ -646,6 +652,12 @@ def _guarded(app, server):
         if not turn.acquire(timeout=REQUEST_DEADLINE):    # its connection was cut meanwhile
             start_response("503 Service Unavailable", [("Content-Type", "text/plain; charset=utf-8")])
             return [b"busy\n"]
+        if httpd is None or httpd.stopping:
+            # stopped while it waited its turn: the data plane may be closing (Engine.run stops
+            # the endpoint first), the engine's loop gone
+            turn.release()
+            start_response("503 Service Unavailable", [("Content-Type", "text/plain; charset=utf-8")])
+            return [b"stopped\n"]
         try:
             return app(environ, start_response)
         except Exception as e:
@@ -707,6 +719,7 @@ class MetricsServer:
 
     def stop(self) -> None:
         if self.httpd is not None:
+            self.httpd.stopping = True
             self.httpd.shutdown()
             self.httpd.server_close()
             self.thread.join(5)

@@ -337,7 +337,10 @@ class BlockingDataplane:
         self.entered = threading.Event()
         self.release = threading.Event()
 
+    reads = 0
+
     def read_services(self):
+        self.reads += 1
         self.entered.set()
         assert self.release.wait(30)
         return rows()
@@ -838,3 +841,38 @@ def test_many_connections_generate_one_scrape_at_a_time():
     states, texts = asyncio.run(main())
     assert sorted(states) == ["reading"] + ["waiting"] * (scrapes - 1), states
     assert [value(parse(t), "lb_up") for t in texts] == [1] * scrapes
+
+
+def test_a_scrape_waiting_its_turn_when_the_endpoint_stops_is_not_generated():
+    """Engine.run stops the endpoint before it closes the data plane and leaves its loop; a
+    scrape that waited its turn meanwhile went on after stop() returned: reading the closed
+    data plane and asking a loop that is gone.  It is answered 503 instead."""
+    async def main():
+        eng = FakeEngine()
+        server = await metrics.start(eng)
+        loop = asyncio.get_running_loop()
+
+        def get(i):
+            import socket
+
+            with socket.create_connection(("127.0.0.1", server.port), timeout=30,
+                                          source_address=(f"127.0.4.{i + 1}", 0)) as s:
+                s.sendall(b"GET /metrics HTTP/1.0\r\n\r\n")
+                data = b""
+                while chunk := s.recv(65536):
+                    data += chunk
+            return data.split(b"\r\n")[0]
+
+        fetches = [loop.run_in_executor(None, get, i) for i in range(2)]
+        while True:
+            states = await loop.run_in_executor(None, _handler_states)
+            if sorted(states) == ["reading", "waiting"]:
+                break
+            await asyncio.sleep(0.02)
+        await loop.run_in_executor(None, server.stop)
+        eng.dp.release.set()
+        return sorted(await asyncio.gather(*fetches)), eng.dp.reads, eng.status_calls
+
+    lines, reads, calls = asyncio.run(main())
+    assert [line.split(b" ")[1] for line in lines] == [b"200", b"503"], lines
+    assert reads == 1 and len(calls) == 1, (reads, calls)
