@@ -876,3 +876,50 @@ def test_a_scrape_waiting_its_turn_when_the_endpoint_stops_is_not_generated():
     lines, reads, calls = asyncio.run(main())
     assert [line.split(b" ")[1] for line in lines] == [b"200", b"503"], lines
     assert reads == 1 and len(calls) == 1, (reads, calls)
+
+
+def _alerts() -> dict[str, str]:
+    """The alerts docs/metrics.md suggests: name -> expr."""
+    text = DOCS.read_text().split("## Alerts worth having", 1)[1]
+    return {name: re.sub(r"\s+#.*", "", expr) for name, expr in re.findall(r"- alert: (\w+).*\n\s+expr: (.+)", text)}
+
+
+def _promql(expr: str, samples: dict) -> list[float]:
+    """The values an instant PromQL expression of the documented alerts' kind gives over one
+    scrape: a selector, an aggregation (by labels) of one, and a comparison with a number."""
+    expr = expr.strip()
+    m = re.fullmatch(r"(.+?)\s*(==|!=|>|<)\s*([0-9.]+)", expr)
+    if m:
+        ops = {"==": float.__eq__, "!=": float.__ne__, ">": float.__gt__, "<": float.__lt__}
+        return [v for v in _promql(m[1], samples) if ops[m[2]](float(v), float(m[3]))]
+    m = re.fullmatch(r"(max|min|sum|count)(?:\s+by\s*\(([^)]*)\))?\s*\((.+)\)", expr)
+    if m:
+        groups: dict = {}
+        for labels, v in _vector(m[3], samples):
+            key = tuple(labels.get(k.strip(), "") for k in (m[2] or "").split(",") if k.strip())
+            groups.setdefault(key, []).append(v)
+        agg = {"max": max, "min": min, "sum": sum, "count": len}[m[1]]
+        return [float(agg(vs)) for vs in groups.values()]
+    return [v for _, v in _vector(expr, samples)]
+
+
+def _vector(expr: str, samples: dict) -> list[tuple[dict, float]]:
+    m = re.fullmatch(r"(\w+)(?:\{(.*)\})?", expr.strip())
+    assert m, f"not a selector: {expr}"
+    want = dict(re.findall(r'(\w+)="([^"]*)"', m[2] or ""))
+    return [(dict(ls), v) for (n, ls), v in samples.items() if n == m[1] and set(want.items()) <= ls]
+
+
+def test_the_documented_alerts_fire_when_they_say():
+    """LbFloodDefenseEngaged was `max by (instance) (lb_dataplane_defense_mode) == 2`: with one
+    strategy always on (mode 3, secure_tcp = 3) the maximum is 3 whatever the others do, and
+    drop_packet engaged by a flood (mode 2) raised no alert."""
+    alerts = {name: expr for name, expr in _alerts().items() if "[" not in expr}    # instant ones
+    flood = scrape(Source())
+    fired = {name for name, expr in alerts.items() if _promql(expr, flood)}
+    # drop_packet engaged automatically, secure_tcp always on; rs2 down; the last reload refused
+    assert {"LbFloodDefenseEngaged", "LbRealServerDown", "LbReloadFailed"} <= fired, fired
+    assert "LbPeerLost" not in fired and "LbNoUsableRealServer" not in fired, fired
+    calm = dict(defense(), modes={"drop_entry": 1, "drop_packet": 1, "secure_tcp": 3}, engaged=["secure_tcp"],
+                drop_rate=0)
+    assert not _promql(alerts["LbFloodDefenseEngaged"], scrape(Source(defense=calm)))
