@@ -8,6 +8,7 @@ import ipaddress
 import logging
 import re
 import threading
+import time
 import urllib.request
 from pathlib import Path
 from types import SimpleNamespace
@@ -785,7 +786,8 @@ def test_a_scrape_does_not_read_the_config_file_nor_queue_work_in_the_engine_s_e
         # the loop held (nothing runs on it) until every scrape waits for the status
         waiting = lambda t: (f := sys._current_frames().get(t.ident)) is not None and \
             f.f_code.co_name == "wait" and f.f_code.co_filename == threading.__file__   # noqa: E731
-        while not all(waiting(t) for t in threads):
+        deadline = time.monotonic() + 30             # (a stuck wait fails below, not hangs)
+        while not all(waiting(t) for t in threads) and time.monotonic() < deadline:
             threading.Event().wait(0.01)
         while any(t.is_alive() for t in threads):
             await asyncio.sleep(0.01)
@@ -843,7 +845,8 @@ def test_many_connections_generate_one_scrape_at_a_time():
 
         try:
             fetches = [loop.run_in_executor(None, get, i) for i in range(scrapes)]
-            while True:                   # every connection reads the data plane or waits
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline:    # every connection reads the data plane or waits
                 states = await loop.run_in_executor(None, _handler_states)
                 if len(states) == scrapes and "other" not in states:
                     break
@@ -880,11 +883,13 @@ def test_a_scrape_waiting_its_turn_when_the_endpoint_stops_is_not_generated():
             return data.split(b"\r\n")[0]
 
         fetches = [loop.run_in_executor(None, get, i) for i in range(2)]
-        while True:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
             states = await loop.run_in_executor(None, _handler_states)
             if sorted(states) == ["reading", "waiting"]:
                 break
             await asyncio.sleep(0.02)
+        assert sorted(states) == ["reading", "waiting"], states
         await loop.run_in_executor(None, server.stop)
         eng.dp.release.set()
         return sorted(await asyncio.gather(*fetches)), eng.dp.reads, eng.status_calls
