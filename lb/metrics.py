@@ -478,23 +478,32 @@ class EndpointCollector:
     """The endpoint's own: scrapes it dropped, by why -- "busy" (no slot: MAX_CONNECTIONS, or
     MAX_PER_CLIENT from one client, MAX_PER_SITE from one IPv6 /48 past half), "broken" (timed out or broke off), "cut" (past
     REQUEST_DEADLINE), "bad_request" (a request the exposition cannot answer: an Accept header
-    it cannot read, or a head longer than MAX_HEAD), "failed" (the scrape raised)."""
+    it cannot read, or a head longer than MAX_HEAD), "failed" (the scrape raised).  ``before``:
+    what the servers a reload of [metrics] stopped dropped, by attribute (MetricsServer.dropped),
+    so that the counter goes on rather than back to 0."""
 
-    def __init__(self, server):
+    REASONS = (("busy", "refused"), ("broken", "broken"), ("cut", "cut"), ("bad_request", "bad_request"),
+               ("failed", "failed"))
+
+    def __init__(self, server, before: dict | None = None, lock: threading.Lock | None = None):
         self.server = server                # a callable: the serving httpd, or None
+        self.before = before if before is not None else {}
+        self.lock = lock or threading.Lock()    # MetricsServer.stop moves a server's counts to before
 
     def describe(self):
         return []
 
     def collect(self):
         f = _Families()
-        httpd = self.server()
-        for reason, attr in (("busy", "refused"), ("broken", "broken"), ("cut", "cut"),
-                             ("bad_request", "bad_request"), ("failed", "failed")):
+        with self.lock:
+            httpd = self.server()
+            counts = {attr: self.before.get(attr, 0) + (getattr(httpd, attr, 0) if httpd is not None else 0)
+                      for _reason, attr in self.REASONS}
+        for reason, attr in self.REASONS:
             f.counter("lb_metrics_connections_dropped_total", "connections to this endpoint dropped, by "
                       "reason (busy: no slot; broken: timed out or broke off; cut: past the request deadline; "
                       "bad_request: an Accept header it cannot read; failed: the scrape raised)",
-                      ("reason",), (reason,), getattr(httpd, attr, 0) if httpd is not None else 0)
+                      ("reason",), (reason,), counts[attr])
         return list(f)
 
 
@@ -683,6 +692,8 @@ class MetricsServer:
         self.settings = None
         self.httpd = None
         self.thread = None
+        self.dropped: dict[str, int] = {}   # what the servers stop() ended dropped (EndpointCollector)
+        self.lock = threading.Lock()        # ... moved there with self.httpd set to None at once
 
     def start(self, settings) -> bool:
         """Serve on settings.listen; False (after an error line) when the address cannot be bound."""
@@ -696,7 +707,7 @@ class MetricsServer:
             return True
         registry = CollectorRegistry(auto_describe=False)
         registry.register(Collector(EngineSource(self.engine, self.loop)))
-        registry.register(EndpointCollector(lambda: self.httpd))
+        registry.register(EndpointCollector(lambda: self.httpd, self.dropped, self.lock))
         for extra in (ProcessCollector, PlatformCollector, GCCollector):
             extra(registry=registry)
         try:
@@ -723,7 +734,10 @@ class MetricsServer:
             self.httpd.shutdown()
             self.httpd.server_close()
             self.thread.join(5)
-            self.httpd = self.thread = None
+            with self.lock:
+                for _reason, attr in EndpointCollector.REASONS:
+                    self.dropped[attr] = self.dropped.get(attr, 0) + getattr(self.httpd, attr)
+                self.httpd = self.thread = None
 
     def reconfigure(self, settings) -> None:
         """After a reload: restart on new settings, nothing when they are the same."""

@@ -944,3 +944,39 @@ def test_the_documented_alerts_fire_when_they_say():
     calm = dict(defense(), modes={"drop_entry": 1, "drop_packet": 1, "secure_tcp": 3}, engaged=["secure_tcp"],
                 drop_rate=0)
     assert not _promql(alerts["LbFloodDefenseEngaged"], scrape(Source(defense=calm)))
+
+
+def test_the_endpoint_s_dropped_counts_go_on_when_a_reload_restarts_it():
+    """A reload that changes [metrics] restarts the endpoint: lb_metrics_connections_dropped_total
+    fell back to 0 with it (a counter going backwards, for the same target when only the bind
+    address changed); the stopped server's counts are carried over."""
+    import socket
+
+    async def main():
+        eng = FakeEngine()
+        eng.dp.release.set()
+        server = await metrics.start(eng)
+        loop = asyncio.get_running_loop()
+
+        def bad_request(port, host):
+            with socket.create_connection((host, port), timeout=5) as s:
+                s.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\nAccept: text/plain; version=x\r\n\r\n")
+                return s.recv(100).split(b"\r\n")[0]
+
+        def scrape_at(port, host):
+            return parse(urllib.request.urlopen(f"http://{host}:{port}/metrics", timeout=30).read().decode())
+
+        try:
+            first = await loop.run_in_executor(None, bad_request, server.port, "127.0.0.1")
+            # another bind address: the endpoint restarts
+            await loop.run_in_executor(None, server.reconfigure, Metrics(enabled=True, address=IP("127.0.0.2"),
+                                                                          port=0))
+            second = await loop.run_in_executor(None, bad_request, server.port, "127.0.0.2")
+            s = await loop.run_in_executor(None, scrape_at, server.port, "127.0.0.2")
+        finally:
+            await loop.run_in_executor(None, server.stop)
+        return first, second, s
+
+    first, second, s = asyncio.run(main())
+    assert b" 400 " in first and b" 400 " in second, (first, second)
+    assert value(s, "lb_metrics_connections_dropped_total", reason="bad_request") == 2
