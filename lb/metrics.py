@@ -5,9 +5,9 @@ scrapes.  Two sources:
 
 - the engine's status, the document `lb status --json` prints (health, weights and their source,
   HA, reloads), taken on the engine's loop, where building it only copies Python state;
-- the data plane's rows, counters and flood defenses (``Dataplane.read_services`` / ``counters`` /
-  ``defense_status``), read in the scrape's own thread the way `lb list` and `lb status` read them
-  (the pinned maps, or the kernel's IPVS table).
+- the data plane's rows, counters and flood defenses (``Dataplane.read_own_services`` /
+  ``counters`` / ``defense_status``), read in the scrape's own thread the way `lb list` and `lb
+  status` read them (the pinned maps, or the kernel's IPVS table: the instance's services only).
 
 The HTTP server is prometheus_client's WSGI application in a threaded server, so a scrape runs in
 its own thread and the engine's loop never waits for one; one scrape is generated at a time
@@ -126,7 +126,7 @@ class EngineSource:
         return self.engine.status(counters=False, configuration=False)
 
     def services(self) -> list:
-        return self.engine.dp.read_services()
+        return self.engine.dp.read_own_services()     # (not kernel IPVS's services of others)
 
     def counters(self) -> dict:
         return self.engine.dp.counters()

@@ -362,6 +362,9 @@ class BlockingDataplane:
         assert self.release.wait(30)
         return rows()
 
+    def read_own_services(self):
+        return self.read_services()
+
     def counters(self):
         return {"no_real_server": 1}
 
@@ -758,7 +761,7 @@ def test_a_scrape_does_not_read_the_config_file_nor_queue_work_in_the_engine_s_e
     path = tmp_path / "lb.toml"
     path.write_text(CONFIG)
     eng = Engine(lbconfig.load(path), dataplane="ipvs")       # the constructor touches nothing in the kernel
-    eng.dp = SimpleNamespace(kind="ipvs", read_services=lambda: [], counters=lambda: {},
+    eng.dp = SimpleNamespace(kind="ipvs", read_own_services=lambda: [], counters=lambda: {},
                              defense_status=lambda: None)
     read = []
     monkeypatch.setattr(eng.configs, "info", lambda *a: read.append(1) or {})
@@ -980,3 +983,32 @@ def test_the_endpoint_s_dropped_counts_go_on_when_a_reload_restarts_it():
     first, second, s = asyncio.run(main())
     assert b" 400 " in first and b" 400 " in second, (first, second)
     assert value(s, "lb_metrics_connections_dropped_total", reason="bad_request") == 2
+
+
+def test_the_ipvs_data_plane_exports_the_instance_s_services_not_others_in_kernel_ipvs(tmp_path, monkeypatch):
+    """Kernel IPVS holds somebody else's services beside the instance's (ipvsadm's, another lb
+    instance's: plan leaves them alone): the scrape exported them all, unnamed -- another
+    instance's traffic counted twice on a dashboard, and LbNoUsableRealServer firing for a
+    service lb does not run.  A firewall mark's service of the other family is not ours either."""
+    import socket
+
+    from lb.dataplane import ipvs
+    from lb.dataplane.spec import ServiceSpec
+
+    dp = ipvs.IpvsDataplane("lab", run_dir=str(tmp_path))
+    web, ftp = ("tcp", IP("198.18.0.10"), 80), ("fwmark", 21)
+    dp.owned = {web, ftp}
+    dp.services[ftp] = ServiceSpec("tcp", IP("198.18.0.0"), 0, "rr", fwmark=21)    # an IPv4 mark service
+    own_web, own_ftp = rows()
+    others = [ServiceRow("TCP", IP("198.18.0.99"), 80, "rr", reals=[RealRow(IP("198.18.1.50"), 80, "Route", 0)],
+                         stats=Stats(5, 5, 5, 5, 5)),
+              ServiceRow("", None, 0, "rr", fwmark=21, family=6, stats=Stats(9, 9, 9, 9, 9),
+                         reals=[RealRow(IP("2001:2::50"), 0, "Route", 1)])]
+    monkeypatch.setattr(ipvs, "read_services", lambda netns=None: [own_web, others[0], own_ftp, others[1]])
+    assert socket.AF_INET == dp._family(ftp)
+    source = metrics.EngineSource(SimpleNamespace(dp=dp), None)
+    s = scrape(Source(doc=status(ha=False), services=source.services(), defense=None))
+    assert value(s, "lb_virtual_server_connections_total", **WEB) == 8
+    assert value(s, "lb_virtual_server_connections_total", service="ftp") == 1
+    assert {dict(ls)["service"] for (n, ls) in s if n == "lb_virtual_server_info"} == {"web", "ftp"}
+    assert not [k for k in s if ("vip", "198.18.0.99") in k[1] or ("rip", "2001:2::50") in k[1]]

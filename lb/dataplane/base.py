@@ -137,6 +137,11 @@ class Dataplane(abc.ABC):
     def read_services(self) -> list:
         """The services as the data plane holds them: lb.dataplane.records.ServiceRow."""
 
+    def read_own_services(self) -> list:
+        """read_services() of this instance's services alone (lb.metrics, which names them by
+        the configuration): the XDP data plane's table is the instance's own."""
+        return self.read_services()
+
     @abc.abstractmethod
     def read_connections(self) -> list:
         """The connection entries: lb.dataplane.records.ConnRow."""

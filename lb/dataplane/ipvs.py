@@ -923,6 +923,19 @@ class IpvsDataplane(Dataplane):
     def read_services(self) -> list:
         return read_services(self.netns)
 
+    def read_own_services(self) -> list:
+        """Kernel IPVS holds somebody else's services too (ipvsadm's, another lb instance's):
+        only those this instance made or adopted (a mark's of its own family)."""
+        out = []
+        for row in self.read_services():
+            key = ("fwmark", row.fwmark) if row.fwmark else (row.protocol.lower(), row.address, row.port)
+            if key not in self.owned:
+                continue
+            family = self._family(key) if row.fwmark else None
+            if family is None or row.family == (6 if family == socket.AF_INET6 else 4):
+                out.append(row)
+        return out
+
     def read_connections(self) -> list:
         return read_connections()
 
