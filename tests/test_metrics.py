@@ -238,14 +238,10 @@ def test_ipvs_dataplane_has_no_defense_metrics():
     assert value(s, "lb_dataplane_up") == 1
 
 
-def test_bgp_sessions_and_routes():
-    """[bgp]: the sessions and routes `lb status` shows, and the counters of what went wrong on
-    the way to the router (none were exported: a director out of the ECMP group was seen only by
-    someone running `lb status`)."""
-    from lb.bgp.announcer import format_status
-
-    doc = status(ha=False)
-    doc["bgp"] = {
+def bgp_status() -> dict:
+    """[bgp]'s part of `lb status --json`: one session up, one down; one VIP announced, one
+    settling, one servable and not announced"""
+    return {
         "mode": "active-active", "local_as": 65001, "router_id": "198.18.0.1", "hold_time": 3, "lease": 3,
         "drain": 2, "renew_failures": 4,
         "speaker": {"name": "exabgp", "pid": 123, "agent": True, "restarts": 1, "withdrawn_because": None,
@@ -257,7 +253,19 @@ def test_bgp_sessions_and_routes():
         "announced": ["198.18.0.10/32"],
         "vips": [{"prefix": "198.18.0.10/32", "servable": True, "reason": None, "med": None, "communities": []},
                  {"prefix": "198.18.0.11/32", "servable": False, "reason": "settling", "med": None,
-                  "communities": []}]}
+                  "communities": []},
+                 # servable, and the speaker has not announced it (yet, or a refused command)
+                 {"prefix": "198.18.0.12/32", "servable": True, "reason": None, "med": None, "communities": []}]}
+
+
+def test_bgp_sessions_and_routes():
+    """[bgp]: the sessions and routes `lb status` shows, and the counters of what went wrong on
+    the way to the router (none were exported: a director out of the ECMP group was seen only by
+    someone running `lb status`)."""
+    from lb.bgp.announcer import format_status
+
+    doc = status(ha=False)
+    doc["bgp"] = bgp_status()
     format_status(doc["bgp"])                  # the document is one `lb status` prints
     s = scrape(Source(doc=doc))
     assert value(s, "lb_bgp_speaker_up") == 1 and value(s, "lb_bgp_speaker_restarts_total") == 1
@@ -310,6 +318,7 @@ def test_every_documented_metric_is_exported():
     doc = status()
     doc["ha"]["sync"]["last_tx_s"] = 2.0
     doc["ha"]["counters"].update({key: 0 for key in metrics.HA_OTHER})
+    doc["bgp"] = bgp_status()
     reg = CollectorRegistry(auto_describe=False)
     reg.register(metrics.Collector(Source(doc=doc)))
     reg.register(metrics.EndpointCollector(lambda: None))
@@ -916,6 +925,11 @@ def _promql(expr: str, samples: dict) -> list[float]:
     if m:
         ops = {"==": float.__eq__, "!=": float.__ne__, ">": float.__gt__, "<": float.__lt__}
         return [v for v in _promql(m[1], samples) if ops[m[2]](float(v), float(m[3]))]
+    m = re.fullmatch(r"(\w+(?:\{[^}]*\})?)\s*-\s*(\w+(?:\{[^}]*\})?)", expr)
+    if m:       # one vector less another: the samples whose label sets match
+        right = {frozenset(labels.items()): v for labels, v in _vector(m[2], samples)}
+        return [v - right[frozenset(labels.items())] for labels, v in _vector(m[1], samples)
+                if frozenset(labels.items()) in right]
     m = re.fullmatch(r"(max|min|sum|count)(?:\s+by\s*\(([^)]*)\))?\s*\((.+)\)", expr)
     if m:
         groups: dict = {}
@@ -939,10 +953,14 @@ def test_the_documented_alerts_fire_when_they_say():
     strategy always on (mode 3, secure_tcp = 3) the maximum is 3 whatever the others do, and
     drop_packet engaged by a flood (mode 2) raised no alert."""
     alerts = {name: expr for name, expr in _alerts().items() if "[" not in expr}    # instant ones
-    flood = scrape(Source())
+    doc = status()
+    doc["bgp"] = bgp_status()
+    flood = scrape(Source(doc=doc))
     fired = {name for name, expr in alerts.items() if _promql(expr, flood)}
-    # drop_packet engaged automatically, secure_tcp always on; rs2 down; the last reload refused
-    assert {"LbFloodDefenseEngaged", "LbRealServerDown", "LbReloadFailed"} <= fired, fired
+    # drop_packet engaged automatically, secure_tcp always on; rs2 down; the last reload refused;
+    # [bgp]: a session down, a VIP servable and not announced
+    assert {"LbFloodDefenseEngaged", "LbRealServerDown", "LbReloadFailed", "LbBgpSessionDown",
+            "LbBgpRouteNotAnnounced"} <= fired, fired
     assert "LbPeerLost" not in fired and "LbNoUsableRealServer" not in fired, fired
     calm = dict(defense(), modes={"drop_entry": 1, "drop_packet": 1, "secure_tcp": 3}, engaged=["secure_tcp"],
                 drop_rate=0)
