@@ -7,7 +7,8 @@
  * Entered only from the branch where lb_parse said XDP_PASS for an ICMP packet, so TCP and UDP
  * pay nothing.  Each helper returns an XDP action; everything it does not relay is XDP_PASS,
  * untouched (echo, neighbour discovery, errors about unknown or expired flows, errors quoting
- * fragments, truncated quotes).
+ * a later fragment, truncated quotes).  An error quoting a first fragment (whose ports are there)
+ * is relayed as one quoting a whole packet, as IPVS does.
  *
  * As IPVS: the error counts in the connection's stats (inpkts/inbytes toward the real server,
  * outpkts/outbytes toward the client) and changes neither its state nor its timer.  NAT rewrites

@@ -69,26 +69,46 @@ struct lb_ipv6_opt {              /* hop-by-hop, routing and destination options
 };
 
 /* Step *cur over up to LB_IPV6_EXT_MAX hop-by-hop / routing / destination options headers
- * (those IPVS's ipv6_find_hdr steps over too), *nh following.  LB_CONTINUE, or XDP_PASS when a
- * header runs past the packet, or when a routing header has segments left: the destination
- * address is a hop on the packet's way, not the final one its checksum covers, and the kernel
- * routes it on.  (Gathered as data and tested once after the loop: a branch in it takes the
- * verifier past its budget.) */
-static __always_inline int lb_ipv6_skip_ext(void **cur, void *data_end, __u8 *nh)
+ * (those IPVS's ipv6_find_hdr steps over too), *nh following; with frag (a constant at each
+ * call: an ICMP error's quote) also over the fragment header of a first fragment (offset 0: its
+ * ports follow), as ipv6_find_hdr does.  LB_CONTINUE, or XDP_PASS when a header runs past the
+ * packet, when a routing header has segments left (the destination address is a hop on the
+ * packet's way, not the final one its checksum covers, and the kernel routes it on), or (frag)
+ * when a fragment header is a later fragment's.  (Gathered as data and tested once after the
+ * loop: a branch in it takes the verifier past its budget.) */
+static __always_inline int lb_ipv6_skip_ext_frag(void **cur, void *data_end, __u8 *nh, int frag)
 {
     __u8 hops_left = 0;
 #pragma unroll
     for (int i = 0; i < LB_IPV6_EXT_MAX; i++) {
-        if (*nh != IPPROTO_HOPOPTS && *nh != IPPROTO_ROUTING && *nh != IPPROTO_DSTOPTS)
+        if (*nh != IPPROTO_HOPOPTS && *nh != IPPROTO_ROUTING && *nh != IPPROTO_DSTOPTS &&
+            (!frag || *nh != IPPROTO_FRAGMENT))
             break;
         struct lb_ipv6_opt *oh = *cur;
         if ((void *)(oh + 1) > data_end)
             return XDP_PASS;
         hops_left |= oh->segments_left & -(__u8)(*nh == IPPROTO_ROUTING);
+        __u32 units = oh->hdrlen;
+        if (frag) {
+            /* a fragment header is 8 bytes (its second byte is reserved), and its offset
+             * (bytes 2-3 but for the 2 reserved bits and M) must be 0.  Its test as data too
+             * (x ^ 44 is 0 only for it): a compare would split the verifier's walk in two at
+             * each header, through everything after. */
+            __u32 x = *nh ^ IPPROTO_FRAGMENT;
+            asm volatile("" : "+r"(x));
+            __u32 is_frag = -((x - 1) >> 31);   /* all ones for a fragment header, else 0 */
+            hops_left |= (oh->type | (oh->segments_left & 0xf8)) & is_frag;
+            units &= ~is_frag;
+        }
         *nh = oh->nexthdr;
-        *cur += ((__u32)oh->hdrlen + 1) * 8;
+        *cur += (units + 1) * 8;
     }
     return hops_left ? XDP_PASS : LB_CONTINUE;
+}
+
+static __always_inline int lb_ipv6_skip_ext(void **cur, void *data_end, __u8 *nh)
+{
+    return lb_ipv6_skip_ext_frag(cur, data_end, nh, 0);
 }
 
 #define LB_TCP_FIN 0x01
@@ -294,8 +314,11 @@ struct lb_icmp_err {
 
 /* The error types IPVS relays (ip_vs_in_icmp / ip_vs_out_icmp: destination unreachable, source
  * quench, time exceeded; ICMPv6: every error, types below 128), quoting a TCP or UDP packet of
- * the same family that is no fragment (IPv6: no fragment header), with its ports.  LB_CONTINUE
- * with *e filled, or XDP_PASS. */
+ * the same family, whole or the first fragment of a datagram (IPv6: a fragment header of offset
+ * 0 after the extension headers), with its ports: IPVS reads a first fragment's ports too, and
+ * a Packet Too Big about a real server's reply in fragments (a large DNS answer over IPv6) must
+ * reach that real server.  A later fragment has no ports.  LB_CONTINUE with *e filled, or
+ * XDP_PASS. */
 static __always_inline int lb_parse_icmp_err(struct xdp_md *ctx, struct lb_pkt *pkt, struct lb_icmp_err *e)
 {
     void *data_end = (void *)(long)ctx->data_end;
@@ -316,8 +339,8 @@ static __always_inline int lb_parse_icmp_err(struct xdp_md *ctx, struct lb_pkt *
         struct iphdr *ip = cur;
         if ((void *)(ip + 1) > data_end)
             return XDP_PASS;
-        if (ip->version != 4 || ip->ihl < 5 || (ip->frag_off & bpf_htons(0x3fff)))
-            return XDP_PASS;
+        if (ip->version != 4 || ip->ihl < 5 || (ip->frag_off & bpf_htons(0x1fff)))
+            return XDP_PASS;      /* a later fragment (a first one, MF alone, has its ports) */
         e->ip4 = ip;
         e->saddr[0] = ip->saddr;
         e->daddr[0] = ip->daddr;
@@ -336,13 +359,13 @@ static __always_inline int lb_parse_icmp_err(struct xdp_md *ctx, struct lb_pkt *
         __builtin_memcpy(e->daddr, &ip6->daddr, 16);
         nh = ip6->nexthdr;
         cur = ip6 + 1;
-        if (lb_ipv6_skip_ext(&cur, data_end, &nh) != LB_CONTINUE)
-            return XDP_PASS;
+        if (lb_ipv6_skip_ext_frag(&cur, data_end, &nh, 1) != LB_CONTINUE)
+            return XDP_PASS;      /* also a later fragment's quote */
     } else {
         return XDP_PASS;
     }
     if (nh != IPPROTO_TCP && nh != IPPROTO_UDP)
-        return XDP_PASS;          /* also a fragment header, or more extension headers */
+        return XDP_PASS;          /* also more extension headers */
     __be16 *ports = cur;
     if (cur + 8 > data_end)
         return XDP_PASS;

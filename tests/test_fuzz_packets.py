@@ -148,14 +148,20 @@ class Parsed:
 EXT = (0, 43, 60)       # hop-by-hop, routing, destination options: what lb_ipv6_skip_ext steps over
 
 
-def skip_ext(b: bytes, nh: int, cur: int) -> tuple[int | None, int]:
-    """lb_ipv6_skip_ext: up to 4 hop-by-hop / routing / destination options headers; (next
-    header, its offset), or (None, 0) when one runs past the packet"""
+def skip_ext(b: bytes, nh: int, cur: int, frag: bool = False) -> tuple[int | None, int]:
+    """lb_ipv6_skip_ext: up to 4 hop-by-hop / routing / destination options headers (frag: an
+    ICMP error's quote, also a first fragment's fragment header, 8 bytes); (next header, its
+    offset), or (None, 0) when one runs past the packet or (frag) is a later fragment's"""
     for _ in range(4):
-        if nh not in EXT:
+        if nh not in EXT and not (frag and nh == 44):
             break
-        if cur + 2 > len(b):
+        if cur + 4 > len(b):
             return None, 0
+        if nh == 44:
+            if struct.unpack_from("!H", b, cur + 2)[0] & 0xFFF8:
+                return None, 0
+            nh, cur = b[cur], cur + 8
+            continue
         nh, cur = b[cur], cur + (b[cur + 1] + 1) * 8
     return nh, cur
 
@@ -299,14 +305,14 @@ def icmp_quote(b: bytes, p: Parsed):
         if p.proto != 1 or t not in (3, 4, 11) or cur + 20 > len(b):
             return None
         v = b[cur]
-        if v >> 4 != 4 or v & 15 < 5 or struct.unpack_from("!H", b, cur + 6)[0] & 0x3FFF:
-            return None
+        if v >> 4 != 4 or v & 15 < 5 or struct.unpack_from("!H", b, cur + 6)[0] & 0x1FFF:
+            return None         # a later fragment (a first one, MF alone, has its ports)
         s, d, nh, cur = b[cur + 12:cur + 16], b[cur + 16:cur + 20], b[cur + 9], cur + (v & 15) * 4
     else:
         if p.proto != 58 or t & 0x80 or cur + 40 > len(b) or b[cur] >> 4 != 6:
             return None
         s, d = b[cur + 8:cur + 24], b[cur + 24:cur + 40]
-        nh, cur = skip_ext(b, b[cur + 6], cur + 40)
+        nh, cur = skip_ext(b, b[cur + 6], cur + 40, frag=True)
     if nh not in (6, 17) or cur + 8 > len(b):
         return None
     sport, dport = struct.unpack_from("!HH", b, cur)
@@ -712,6 +718,22 @@ class Gen:
                                 out.append(bytes(e / IPv6(src="2001:2:0:9::fe", dst=vip) / ICMPv6DestUnreach() / q))
                                 out.append(bytes(e / IPv6(src="2001:2:0:9::fe", dst=vip) / ICMPv6PacketTooBig() / q /
                                                  (b"t" * 1400)))
+                            # errors quoting a datagram's first fragment (relayed) and a later one (not)
+                            l4q = TCPerror(sport=port, dport=sp) if qproto == "tcp" else UDPerror(sport=port, dport=sp)
+                            if fam == 4:
+                                for fr in (dict(flags="MF"), dict(frag=185)):
+                                    out.append(bytes(e / IP(src="198.18.0.254", dst=vip) / ICMP(type=3, code=1) /
+                                                     IPerror(src=vip, dst=c, **fr) / l4q))
+                            else:
+                                nh = 6 if qproto == "tcp" else 17
+                                for fo in (0, 185):
+                                    for pre in ([], [IPv6ExtHdrDestOpt(nh=44)]):
+                                        hdrs = IPerror6(src=vip, dst=c)
+                                        for h in pre:
+                                            hdrs = hdrs / h
+                                        out.append(bytes(e / IPv6(src="2001:2:0:9::fe", dst=vip) /
+                                                         ICMPv6PacketTooBig() / hdrs /
+                                                         IPv6ExtHdrFragment(nh=nh, m=1, offset=fo, id=99) / l4q))
         # NAT replies (real -> client) and real servers' errors, for the private side
         for fam, v, clients in ((4, V4, clients4), (6, V6, clients6)):
             for real in v["nat_r"] + v["dr_r"]:

@@ -309,14 +309,85 @@ def test_truncated_errors_pass_untouched(dp, f):
     assert run(dp, "lb_xdp_public", _cut(raw, quote_l4 + 8))[0] == XDP_REDIRECT   # 8 bytes are enough
 
 
-def test_errors_quoting_fragments_pass_untouched(dp):
+def test_errors_quoting_a_later_fragment_pass_untouched(dp):
+    """A later fragment has no ports: nothing names the flow."""
     sport, _ = _connect(dp, V4, V4["dr"])
-    for frag in (dict(flags="MF"), dict(frag=185)):
-        q = IPerror(src=V4["dr"], dst=V4["client"], len=1500, **frag) / _tcp_q(80, sport)
-        _passes(dp, "lb_xdp_public", _error_to_vip(V4, V4["dr"], q))
+    q = IPerror(src=V4["dr"], dst=V4["client"], len=1500, frag=185) / _tcp_q(80, sport)
+    _passes(dp, "lb_xdp_public", _error_to_vip(V4, V4["dr"], q))
     sport, _ = _connect(dp, V6, V6["dr"])
-    q = IPerror6(src=V6["dr"], dst=V6["client"]) / IPv6ExtHdrFragment(nh=6, m=1, id=9) / _tcp_q(80, sport)
+    q = IPerror6(src=V6["dr"], dst=V6["client"]) / IPv6ExtHdrFragment(nh=6, m=1, offset=185, id=9) / \
+        _tcp_q(80, sport)
     _passes(dp, "lb_xdp_public", _error_to_vip(V6, V6["dr"], q))
+
+
+def _first_fragment_q(f, src, dst, nh=17):
+    """The quoted first fragment of a datagram in fragments (IPv4: MF, offset 0; IPv6: a
+    fragment header, offset 0, M set), as a real server's large UDP reply is sent."""
+    if ":" in f["client"]:
+        return IPerror6(src=src, dst=dst, hlim=63, plen=1240) / IPv6ExtHdrFragment(nh=nh, m=1, id=0x1234)
+    return IPerror(src=src, dst=dst, id=77, ttl=63, flags="MF", len=1500)
+
+
+@pytest.mark.parametrize("f", FAMILIES)
+def test_dr_error_quoting_a_first_fragment_goes_to_the_real_server(dp, f):
+    """A Packet Too Big (or an unreachable) about the first fragment of a real server's reply in
+    fragments -- a large DNS answer over a path with a smaller MTU -- reaches that real server,
+    as IPVS relays it (it reads a first fragment's ports): passed to the director's own kernel,
+    the real server never learnt the path MTU and every large answer to that client was lost."""
+    sport, rs = _connect(dp, f, f["dr"])
+    for _ in range(2):                      # other connections move rr on: the error follows its flow
+        _connect(dp, f, f["dr"])
+    icmp = ICMPv6PacketTooBig(mtu=1280) if ":" in f["client"] else ICMP(type=3, code=1)
+    err = _error_to_vip(f, f["dr"], _first_fragment_q(f, f["dr"], f["client"], nh=6) / _tcp_q(80, sport) /
+                        (b"a" * 24), icmp=icmp)
+    rc, out = run(dp, "lb_xdp_public", err)
+    assert rc == XDP_REDIRECT
+    expected = err.copy()
+    expected[Ether].src, expected[Ether].dst = PRIV_MAC, real_mac(rs)
+    assert out == bytes(expected)
+
+
+def test_ipv6_quote_with_options_before_the_fragment_header(dp):
+    """The fragment header may follow other extension headers in the quote (ipv6_find_hdr steps
+    over them all): a first fragment's error is relayed, a later one's passes."""
+    sport, rs = _connect(dp, V6, V6["dr"])
+    for offset, relayed in ((0, True), (185, False)):
+        q = IPerror6(src=V6["dr"], dst=V6["client"]) / IPv6ExtHdrDestOpt(nh=44) / \
+            IPv6ExtHdrFragment(nh=6, m=1, offset=offset, id=7) / _tcp_q(80, sport)
+        err = _error_to_vip(V6, V6["dr"], q)
+        if relayed:
+            rc, out = run(dp, "lb_xdp_public", err)
+            assert rc == XDP_REDIRECT and Ether(out).dst == real_mac(rs)
+        else:
+            _passes(dp, "lb_xdp_public", err)
+
+
+@pytest.mark.parametrize("f", FAMILIES)
+def test_nat_error_quoting_a_first_fragment_is_rewritten_both_ways(dp, f):
+    """NAT, both sides: an error about a reply's first fragment goes to the real server with the
+    quoted source VIP:53 -> real:5353; one about a request's first fragment (from a router on the
+    real servers' side) goes to the client with the quoted destination real:5353 -> VIP:53;
+    every checksum right."""
+    sport, rs = _connect(dp, f, f["nat"], 53, proto="udp")
+    icmp = ICMPv6PacketTooBig(mtu=1280) if ":" in f["client"] else ICMP(type=3, code=1)
+    udp_q = dict(len=3000, chksum=0x4321)
+    err = _error_to_vip(f, f["nat"], _first_fragment_q(f, f["nat"], f["client"]) /
+                        UDPerror(sport=53, dport=sport, **udp_q) / (b"b" * 24), icmp=icmp)
+    rc, out = run(dp, "lb_xdp_public", err)
+    assert rc == XDP_REDIRECT
+    expected = Ether(src=PRIV_MAC, dst=real_mac(rs)) / _ip(f, src=f["router"], dst=rs, ttl=250) / icmp / \
+        _first_fragment_q(f, rs, f["client"]) / UDPerror(sport=5353, dport=sport, **udp_q) / (b"b" * 24)
+    assert out == bytes(expected)
+    _checksums_ok(out)
+
+    err = Ether(src=real_mac(rs), dst=PRIV_MAC) / _ip(f, src=f["priv_router"], dst=f["client"]) / icmp / \
+        _first_fragment_q(f, f["client"], rs) / UDPerror(sport=sport, dport=5353, **udp_q) / (b"c" * 24)
+    rc, out = run(dp, "lb_xdp_private", err)
+    assert rc == XDP_TX
+    expected = Ether(src=PUB_MAC, dst=CLIENT_MAC) / _ip(f, src=f["nat"], dst=f["client"]) / icmp / \
+        _first_fragment_q(f, f["client"], f["nat"]) / UDPerror(sport=sport, dport=53, **udp_q) / (b"c" * 24)
+    assert out == bytes(expected)
+    _checksums_ok(out)
 
 
 def test_fragmented_icmp_passes_and_is_counted(dp):
