@@ -756,6 +756,12 @@ class Gen:
                             (IPerror6(src=c, dst=real) / TCPerror(sport=sp, dport=8080))
                         icmp = ICMP(type=3, code=4) if fam == 4 else ICMPv6PacketTooBig()
                         out.append(bytes(Ether(src=real_mac(real), dst=PRIV_MAC) / self._l3(fam, real, c) / icmp / quote))
+                        # about a request's first fragment (relayed as a whole one's) and a later one's (not)
+                        for first in (True, False):
+                            fq = (IPerror(src=c, dst=real, flags="MF", frag=0 if first else 185) if fam == 4 else
+                                  IPerror6(src=c, dst=real) / IPv6ExtHdrFragment(nh=17, m=1, offset=0 if first else 185))
+                            out.append(bytes(Ether(src=real_mac(real), dst=PRIV_MAC) / self._l3(fam, real, c) / icmp /
+                                             fq / UDPerror(sport=sp, dport=5353)))
         # tunnels to the real servers (the decap side), from directors and from others, and nests
         for fam, v in ((4, V4), (6, V6)):
             for real in v["tun_r"] + v["dr_r"][:1]:
