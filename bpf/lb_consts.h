@@ -246,8 +246,8 @@ enum lb_sched_id {
                                   * to it, nothing made, no real server sees it */
 #define LB_CNT_FRAG_FORWARDED 18 /* a fragment after the first, forwarded as its first went
                                   * (lb_frag.h); LB_CNT_FRAGMENT counts those passed */
-#define LB_CNT_UDP6_CSUM_FILLED 19 /* NAT: an IPv6 UDP datagram without a checksum (0) given a whole
-                                  * one before its rewrite, as IPVS does (lb_forward.h) */
+#define LB_CNT_UDP6_CSUM_FILLED 19 /* an IPv6 UDP datagram without a checksum (0) given a whole one
+                                  * before it is forwarded, as IPVS's NAT does (lb_csum.h) */
 #define LB_CNT_MAX 20
 #define LB_COUNTERS 32           /* lb_counters' size: room to add counters without new pins */
 

@@ -103,11 +103,6 @@ static __always_inline __u16 lb_csum_pseudo(struct lb_pkt *pkt, __u32 l4len)
     return lb_csum_fold64(s);
 }
 
-/* Is the L4 checksum field the pseudo header's sum, as a sender with tx offload leaves it? */
-static __always_inline int lb_csum_is_partial(struct lb_pkt *pkt, __u32 l4len)
-{
-    return *pkt->l4csum == lb_csum_pseudo(pkt, l4len);
-}
 
 /* n bytes of the frame at off into the sum, through the per-CPU buffer: offsets the verifier
  * need not bound (a helper's argument), so every length is one walk of this code, where
@@ -123,35 +118,44 @@ static __always_inline int lb_csum_add(struct xdp_md *ctx, __u8 *buf, __u32 off,
 
 /* Complete a partial checksum.  1 if it was one and is now whole, 0 if it was not (or was a
  * whole one that looked partial), -1 if the segment runs past the frame or over LB_CSUM_CHUNKS
- * chunks (left as it is). */
+ * chunks (left as it is).
+ *
+ * An IPv6 UDP datagram without a checksum (0, which RFC 8200 has its receiver discard; Linux
+ * does unless a tunnel's socket allows it) is given a whole one the same way, the pseudo
+ * header's sum added to the segment's: 2, or -2 when it cannot be (left 0).  IPVS's NAT gives
+ * it one (udp_dnat_handler and udp_snat_handler compute the sum in full when the field is 0),
+ * and a datagram lb forwards by any method gets one here.  lb_parse_l4 points l4csum at such a
+ * field (an IPv4 datagram's 0, valid there, it leaves alone). */
 static __always_inline int lb_csum_complete(struct xdp_md *ctx, struct lb_pkt *pkt)
 {
     if (!pkt->l4csum || pkt->frag)
         return 0;                 /* UDP without a checksum; a fragment (whose sum is whole: the
                                    * offload never fragments, and l4len is its own length) */
     __u32 len = pkt->l4len;
-    if (!lb_csum_is_partial(pkt, len))
+    __u16 pseudo = lb_csum_pseudo(pkt, len);
+    int none = *pkt->l4csum == 0 && pkt->proto == IPPROTO_UDP;
+    if (*pkt->l4csum != pseudo && !none)
         return 0;
     __u32 zero = 0;
     struct lb_csum_buf *cb = lb_csum_buf.lookup(&zero);
     if (!cb || len > LB_CSUM_CHUNK * LB_CSUM_CHUNKS)
-        return -1;
+        return none ? -2 : -1;
     __u8 *buf = cb->b;
     __u32 at = pkt->l4off;        /* the segment's first byte */
-    __u64 sum = 0;
+    __u64 sum = none ? pseudo : 0;
     __u32 done = 0;
     for (int i = 0; i < LB_CSUM_CHUNKS; i++) {
         if (done + LB_CSUM_CHUNK > len)   /* not len - done: the verifier must see it cannot wrap */
             break;
         if (!lb_csum_add(ctx, buf, at + done, LB_CSUM_CHUNK, &sum))
-            return -1;
+            return none ? -2 : -1;
         done += LB_CSUM_CHUNK;
     }
 #pragma unroll
     for (__u32 n = LB_CSUM_CHUNK / 2; n >= 4; n /= 2) {
         if (done + n <= len) {
             if (!lb_csum_add(ctx, buf, at + done, n, &sum))
-                return -1;
+                return none ? -2 : -1;
             done += n;
         }
     }
@@ -160,22 +164,22 @@ static __always_inline int lb_csum_complete(struct xdp_md *ctx, struct lb_pkt *p
      * know exactly would make it tell every length apart. */
     if (done + 2 <= len) {
         if (bpf_xdp_load_bytes(ctx, at + done, buf, 2))
-            return -1;
+            return none ? -2 : -1;
         sum += *(__u16 *)buf;
         done += 2;
     }
     if (done < len) {
         if (bpf_xdp_load_bytes(ctx, at + done, buf, 1))
-            return -1;
+            return none ? -2 : -1;
         sum += buf[0];
     }
     __u16 full = ~lb_csum_fold64(sum);
     if (pkt->proto == IPPROTO_UDP && full == 0)
         full = 0xffff;            /* RFC 768: 0 means "no checksum" */
     if (full == *pkt->l4csum)
-        return 0;                 /* it was whole: one that only looked partial */
+        return 0;                 /* it was whole: one that only looked partial (never 0) */
     *pkt->l4csum = full;
-    return 1;
+    return none ? 2 : 1;
 }
 
 /* Write a 16-byte (IPv6) address into the packet, folding the change into one checksum (an

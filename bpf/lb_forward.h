@@ -362,36 +362,19 @@ static __always_inline int lb_tunnel_xmit(struct xdp_md *ctx, struct lb_pkt *pkt
 /* A partial checksum (tx offload on a veth: lb_csum.h) completed before the frame leaves its
  * skb behind, and before NAT's incremental updates or a tunnel's header: counted, and one too
  * long to complete counted apart (sent as it is).  Only in the packets lb forwards: one it
- * passes keeps its skb, and the kernel, which may route it on, completes the sum itself. */
+ * passes keeps its skb, and the kernel, which may route it on, completes the sum itself.  An
+ * IPv6 UDP datagram without a checksum gets one too (lb_csum_complete), counted apart. */
 static __always_inline void lb_csum_finish(struct xdp_md *ctx, struct lb_pkt *pkt)
 {
     int done = lb_csum_complete(ctx, pkt);
-    if (done > 0)
+    if (done == 1)
         lb_count(LB_CNT_CSUM_COMPLETED);
-    else if (done < 0)
+    else if (done == 2)
+        lb_count(LB_CNT_UDP6_CSUM_FILLED);
+    else if (done == -1)
         lb_count(LB_CNT_CSUM_UNCOMPLETED);
-}
-
-/* NAT, an IPv6 UDP datagram without a checksum (0, which RFC 8200 has receivers discard: Linux
- * drops it unless a tunnel's socket allows it): IPVS's NAT gives it a whole one
- * (udp_dnat_handler / udp_snat_handler compute it in full when the field is 0), so lb does too,
- * before the address and port rewrite updates it -- the pseudo header's sum put in the field and
- * completed as a partial checksum is.  Counted; one past the frame or over 4 KiB is left 0. */
-static __always_inline void lb_csum_fill_udp6(struct xdp_md *ctx, struct lb_pkt *pkt)
-{
-    if (pkt->l4csum || pkt->proto != IPPROTO_UDP || pkt->family != LB_AF_INET6 || pkt->frag)
-        return;
-    struct udphdr *uh = (void *)pkt->sport_p;
-    if ((void *)(uh + 1) > (void *)(long)ctx->data_end)
-        return;
-    uh->check = lb_csum_pseudo(pkt, pkt->l4len);
-    pkt->l4csum = &uh->check;
-    if (lb_csum_complete(ctx, pkt) < 0) {
-        uh->check = 0;
-        pkt->l4csum = 0;
-        return;
-    }
-    lb_count(LB_CNT_UDP6_CSUM_FILLED);
+    else if (done == -2)
+        pkt->l4csum = 0;          /* no checksum still: NAT's updates leave its 0 alone */
 }
 
 /* lb_frags4's key of an IPv4 fragment (lb_frag.h) */
@@ -457,7 +440,6 @@ static __always_inline int lb_forward_to_real(struct xdp_md *ctx, struct lb_pkt 
     if (r->fwd == LB_FWD_DR)      /* the common case first */
         return lb_xmit(ctx, pkt->eth, r->mac, r->src_mac, r->ifindex);
     if (r->fwd == LB_FWD_NAT) {
-        lb_csum_fill_udp6(ctx, pkt);
         lb_nat_daddr(pkt, r->addr, r->port ? r->port : *pkt->dport_p);   /* port 0 keeps the packet's */
         return lb_xmit(ctx, pkt->eth, r->mac, r->src_mac, r->ifindex);
     }
@@ -473,7 +455,6 @@ static __always_inline int lb_forward_to_client(struct xdp_md *ctx, struct lb_pk
 {
     lb_frag_note(pkt, 1);
     lb_csum_finish(ctx, pkt);
-    lb_csum_fill_udp6(ctx, pkt);
     lb_nat_saddr(pkt, c->vaddr, c->vport);
     return lb_xmit(ctx, pkt->eth, c->client_mac, c->local_mac, c->client_ifindex);
 }

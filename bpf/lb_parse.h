@@ -138,7 +138,9 @@ static __always_inline int lb_parse_l4(void *data, void *l3, void *cur, void *da
             return XDP_PASS;
         pkt->sport_p = &uh->source;
         pkt->dport_p = &uh->dest;
-        pkt->l4csum = uh->check ? &uh->check : 0;
+        /* 0: no checksum, valid in IPv4; in IPv6 (a datagram, not a fragment) lb_csum_complete
+         * gives it one before it is forwarded */
+        pkt->l4csum = uh->check || (pkt->family == LB_AF_INET6 && !pkt->frag) ? &uh->check : 0;
     } else {
         if (l4proto == IPPROTO_ICMP || l4proto == IPPROTO_ICMPV6)
             pkt->icmp = cur;      /* for lb_icmp.h; the caller sees XDP_PASS as before */

@@ -190,11 +190,12 @@ def zero_checksum(pkt) -> bytes:
 
 
 @pytest.mark.parametrize("n", (0, 1, 45, 513))
-def test_nat_gives_an_ipv6_udp_datagram_without_a_checksum_a_whole_one(dp, n):
+def test_an_ipv6_udp_datagram_without_a_checksum_is_forwarded_with_a_whole_one(dp, n):
     """An IPv6 UDP datagram with checksum 0 (which its receiver discards, RFC 8200) went through
-    NAT with 0 -- or, rewritten, with a sum of nothing -- and the real server dropped it.  IPVS's
-    NAT computes a whole checksum when the field is 0 (udp_dnat_handler, udp_snat_handler): lb
-    does, both ways, and counts it.  Direct routing sends it as it is, as IPVS does."""
+    NAT with 0 -- rewritten, the field untouched -- and the real server dropped it.  IPVS's NAT
+    computes a whole checksum when the field is 0 (udp_dnat_handler, udp_snat_handler): lb does,
+    both ways, and by direct routing too (where IPVS sends the 0 on, for the real server to drop);
+    counted.  IPv4's 0 (valid there: no checksum) is kept."""
     sport = 32000 + n
     req = client(VIP6_NAT, 53, sport, proto="udp", n=n, src=CLIENT6)
     before = dp.counters()["udp6_checksum_filled"]
@@ -211,12 +212,13 @@ def test_nat_gives_an_ipv6_udp_datagram_without_a_checksum_a_whole_one(dp, n):
     p = Ether(out)
     assert (p[IPv6].src, p[UDP].sport, bytes(p[UDP].payload)) == (VIP6_NAT, 53, payload(n + 7))
     assert p[UDP].chksum != 0 and checksum_ok(out)
-    assert dp.counters()["udp6_checksum_filled"] == before + 2
-    # IPv4 keeps "no checksum" (0 is valid there), and DR forwards the bytes as they are
+    # direct routing: the same bytes, with the whole checksum scapy computes
+    dr = client(VIP6_DR, 53, sport, proto="udp", n=n, src=CLIENT6)
+    rc, out = run(dp, "lb_xdp_public", zero_checksum(dr))
+    assert rc == XDP_REDIRECT and out[14:] == bytes(dr)[14:]
+    assert dp.counters()["udp6_checksum_filled"] == before + 3
+    # IPv4 keeps "no checksum"
     req4 = zero_checksum(client(VIP_NAT, 53, sport, proto="udp", n=n))
     rc, out = run(dp, "lb_xdp_public", req4)
     assert rc == XDP_REDIRECT and Ether(out)[UDP].chksum == 0
-    dr = zero_checksum(client(VIP6_DR, 53, sport, proto="udp", n=n, src=CLIENT6))
-    rc, out = run(dp, "lb_xdp_public", dr)
-    assert rc == XDP_REDIRECT and out[14:] == dr[14:]
-    assert dp.counters()["udp6_checksum_filled"] == before + 2
+    assert dp.counters()["udp6_checksum_filled"] == before + 3
