@@ -497,6 +497,10 @@ class Engine:
         self._held_log = RateLimitedLog(log, 60.0)
         self._stale = held.Held()
         self._carried: list[addresses.OwnedAddress] = []
+        # addresses take() found on their interface already and no earlier run of this instance
+        # recorded: the operator's (or another program's), left where they are at a stop or a
+        # reload that drops them, and not in the record (_found_there, _ours)
+        self._found: set[addresses.OwnedAddress] = set()
         # reloads by result (ok, refused, failed), the last one's, and when the running config was loaded
         self.reloads: dict = {"ok": 0, "refused": 0, "failed": 0, "last_ok": True, "loaded_at": time.time()}
         self.takeovers = 0                           # HA: times this director became active
@@ -548,6 +552,7 @@ class Engine:
         addresses.check(self.owned)
         if self.active:
             self.added_at_start = addresses.take(self.owned)
+            self._found_there(self.owned, self.added_at_start)
         else:
             # HA: the addresses come with the active role (pulse decides); the data plane is
             # loaded and attached anyway so that a takeover only adds addresses
@@ -737,8 +742,30 @@ class Engine:
         """The addresses this run holds as its own: the active director's; before pulse has
         decided a role, those of the earlier run's that this config names still (left up)."""
         if self.active:
-            return list(self.owned)
+            return self._ours(self.owned)
         return [a for a in self._carried if a in self.owned]
+
+    def _found_there(self, wanted: list[addresses.OwnedAddress], added: list[addresses.OwnedAddress]) -> None:
+        """After take(wanted) added ``added``: the others were there already -- an earlier run's
+        (the record names them: this instance's) or someone else's, put by hand (self._found)."""
+        carried = set(self._carried)
+        for a in wanted:
+            if a in added:
+                self._found.discard(a)
+            elif a not in carried:
+                self._found.add(a)
+
+    def _ours(self, addrs: list[addresses.OwnedAddress]) -> list[addresses.OwnedAddress]:
+        """Those of addrs this instance put on their interfaces (not found there: self._found)."""
+        return [a for a in addrs if a not in self._found]
+
+    def _release_ours(self, addrs: list[addresses.OwnedAddress]) -> None:
+        """Remove those of addrs this instance put there; one found there is left (said)."""
+        for a in addrs:
+            if a in self._found:
+                log.info("address %s left on %s: it was there before lb took it", a.address, a.ifname)
+        addresses.release(self._ours(addrs))
+        self._found.difference_update(addrs)
 
     def _held_now(self, addrs: list[addresses.OwnedAddress]) -> held.Held:
         """What this run holds (its XDP programs, ``addrs``, its kernel sync daemons), and what
@@ -834,7 +861,7 @@ class Engine:
             self.dp.close()
         else:
             self.dp.detach_all()
-            addresses.release(self.owned)
+            self._release_ours(self.owned)       # not one that was there before lb took it
             self._release_held([], sync=False)       # what the earlier run left and could not go then
             self._write_held(self._stale)            # (nothing, as a rule: the record goes)
             self.dp.unpin()
@@ -949,7 +976,9 @@ class Engine:
             try:
                 with self._addr_lock:       # the role cannot change between the test and the take
                     if self.active:
-                        added = addresses.take([a for a in want if a not in self.owned])
+                        new_ones = [a for a in want if a not in self.owned]
+                        added = addresses.take(new_ones)
+                        self._found_there(new_ones, added)
                 if self.bgp is not None:
                     self.bgp.bgp = new.bgp           # [[bgp.vip]]: _apply's update announces them
                 self._apply(table, new, planned=True, sorry=sorry)
@@ -970,10 +999,12 @@ class Engine:
             # pulse may have changed the role while the table was applied: a step-down released
             # only the addresses owned before this reload, a takeover took only those
             if self.active:
-                addresses.release([a for a in self.owned if a not in want])
+                self._release_ours([a for a in self.owned if a not in want])
                 missing = [a for a in want if a not in self.owned and a not in added]
                 try:
-                    added += addresses.take(missing) if missing else []
+                    more = addresses.take(missing) if missing else []
+                    self._found_there(missing, more)
+                    added += more
                 except addresses.AddressError as e:    # keep_ownership's restore tries again
                     log.error("HA: taking the addresses this reload added: %s", e)
             else:
@@ -1406,6 +1437,7 @@ class Engine:
         with self._addr_lock:
             try:
                 added = addresses.take(self.owned)
+                self._found_there(self.owned, added)
                 if self._role_added is not None:         # the start is not done: a failure undoes them
                     self._role_added += added
             finally:
@@ -1414,7 +1446,9 @@ class Engine:
 
     def _release_addresses(self) -> None:
         with self._addr_lock:         # after on_role cleared self.active: no restore adds them back
+            # all of them, also one found there (put by hand): the peer holds them now
             addresses.release(self.owned)
+            self._found.clear()
             self._carried = []
             self._write_held()
 
@@ -1431,6 +1465,7 @@ class Engine:
         with self._addr_lock:
             if self.active and self.owned and self._address_watch.due(time.monotonic() if now is None else now):
                 back, errors = addresses.restore(self.owned)
+                self._found.difference_update(back)     # gone, and added again: lb's now
                 notes += [("failed", "addresses", e) for e in errors]
                 if errors:
                     self._address_watch.again()

@@ -221,6 +221,41 @@ def test_another_program_in_lbs_place_is_left_alone(host, caplog):
         dpattach.detach_xdp(PRIV, dpattach.XDP_FLAGS_SKB_MODE)
 
 
+def test_an_address_put_there_by_hand_stays_at_a_stop_and_a_reload_that_drops_it(host, caplog):
+    """A single NAT director whose private side already carries the real servers' gateway
+    (198.19.99.254/24, hld1's own address, configured by the operator) and a VIP put on hld0 by
+    hand: lb finds them there ("already on") and adds only 198.18.0.10.  A reload dropping the
+    second VIP, a kept restart and the clean stop remove only what lb added: the gateway and the
+    hand's VIP stay (a clean stop took hld1's address away with the rest, and the real servers'
+    replies with it), and the record never names them."""
+    ip("addr", "add", "198.19.99.254/24", "dev", PRIV)
+    ip("addr", "add", "198.18.0.20/32", "dev", PUB)
+    first = engine(host, NAT, "nat.toml")
+    with caplog.at_level(logging.INFO, logger="lb"):
+        first.start()
+    assert "address 198.19.99.254/24 already on hld1" in caplog.text
+    assert addrs(PUB) == {"198.18.0.10/32", "198.18.0.20/32"}
+    assert {a["address"] for a in record(host)["addresses"]} == {"198.18.0.10/32"}
+    first.stop(keep_dataplane=True)
+
+    second = engine(host, NAT, "nat.toml")
+    second.start()
+    assert {a["address"] for a in record(host)["addresses"]} == {"198.18.0.10/32"}
+    (host / "nat.toml").write_text(NAT.split("[[virtual_server]]\nname = \"old\"")[0].format(
+        instance="held", pub=PUB, priv=PRIV))
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="lb"):
+        second.reload_or_raise()
+    assert addrs(PUB) == {"198.18.0.10/32", "198.18.0.20/32"}
+    assert "address 198.18.0.20/32 left on hld0: it was there before lb took it" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="lb"):
+        second.stop()
+    assert addrs(PUB) == {"198.18.0.20/32"} and addrs(PRIV) == {"198.19.99.254/24"}
+    assert "address 198.19.99.254/24 left on hld1: it was there before lb took it" in caplog.text
+    assert record(host) is None
+
+
 def test_an_interface_gone_since_is_nothing_to_detach(host, caplog):
     """hld1 deleted since the kept stop: its program went with it; said, nothing fails."""
     first = engine(host, NAT, "nat.toml")
