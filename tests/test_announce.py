@@ -1,6 +1,9 @@
 """lb.ha.announce's frames, built and looked at; nothing is sent."""
 from __future__ import annotations
 
+import errno
+import os
+
 import pytest
 
 from lb.ha import announce
@@ -56,6 +59,7 @@ def test_a_takeover_burst_stops_when_the_director_steps_down(monkeypatch, caplog
     sa = announce.warm_up()
     monkeypatch.setattr(sa.conf, "L2socket", Socket)
     monkeypatch.setattr(announce, "frames", lambda ifname, address, mac=None: [f"garp {address} on {ifname}"])
+    monkeypatch.setattr(announce, "_mac", lambda ifname: MAC)
     ha = types.SimpleNamespace(garp_count=5, garp_interval=0.5)
     eng = types.SimpleNamespace(cfg=types.SimpleNamespace(ha=ha), active=True,
                                 owned=[OwnedAddress("pub0", ipaddress.ip_interface("198.18.0.10/32"))])
@@ -71,3 +75,49 @@ def test_a_takeover_burst_stops_when_the_director_steps_down(monkeypatch, caplog
     lbengine.Engine.announce(eng, True)
     assert sent == ["garp 198.18.0.10/32 on pub0"]
     assert "announced 1 addresses (1 frames)" in caplog.text
+
+
+@pytest.mark.parametrize("err, tries", [(errno.ENETDOWN, 1), (errno.ENOBUFS, 3 * 200)], ids=["down", "queue-full"])
+def test_a_device_that_refuses_the_frames_is_one_line_per_announcement(monkeypatch, caplog, err, tries):
+    """200 VIPs on a link that is down (or whose queue is full): one round used to log a warning
+    per frame -- 200 lines at every garp_refresh, 600 for a takeover's burst.  Now one line per
+    device and announcement saying how many frames were not sent; a link that is down gets no
+    more tries in that announcement, a full queue each frame still.  The other device's
+    addresses go out all the same, and a device that does not exist is one line too."""
+    import ipaddress
+
+    from lb.ha.addresses import OwnedAddress
+
+    tried = []
+
+    class Socket:
+        def __init__(self, iface, **_kw):
+            self.iface = iface
+
+        def send(self, frame):
+            tried.append((self.iface, frame))
+            if self.iface == "pub0":
+                raise OSError(err, os.strerror(err))
+
+        def close(self):
+            pass
+    sa = announce.warm_up()
+    monkeypatch.setattr(sa.conf, "L2socket", Socket)
+    monkeypatch.setattr(announce, "frames",
+                        lambda ifname, address, mac=None: [f"garp {address} from {mac or announce._mac(ifname)}"])
+
+    def mac(ifname):
+        if ifname == "gone0":
+            raise OSError(errno.ENODEV, "No such device")
+        return MAC
+    monkeypatch.setattr(announce, "_mac", mac)
+    monkeypatch.setattr(announce.time, "sleep", lambda s: None)
+    owned = [OwnedAddress(dev, ipaddress.ip_interface(f"198.18.{n}.{i}/32"))
+             for n, dev in enumerate(("pub0", "priv0", "gone0")) for i in range(1, 201)]
+    caplog.set_level("WARNING", "lb")
+    sent = announce.announce(owned, count=3)
+    assert [r.getMessage() for r in caplog.records] == [
+        "cannot announce 200 addresses on gone0: [Errno 19] No such device",
+        f"announce on pub0: {200 if err == errno.ENETDOWN else 600} frames not sent: [Errno {err}] {os.strerror(err)}"]
+    assert sent == 3 * 200                                          # priv0's, each round
+    assert sum(1 for dev, _ in tried if dev == "pub0") == tries

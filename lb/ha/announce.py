@@ -7,6 +7,7 @@ active director's MAC.  scapy is imported once, ahead of any takeover (``warm_up
 """
 from __future__ import annotations
 
+import errno
 import ipaddress
 import logging
 import time
@@ -65,6 +66,7 @@ def _mac(ifname: str) -> str:
 
 
 _IPV6_CONF = "/proc/sys/net/ipv6/conf"
+_GONE = (errno.ENETDOWN, errno.ENXIO, errno.ENODEV)     # the device refuses every frame: no more tries
 
 
 def _router(ifname: str) -> int:
@@ -123,13 +125,21 @@ def announce(owned, count: int = 1, interval: float = 0.0, first_sent=None, goin
 def _announce(owned, count: int, interval: float, first_sent, going=None) -> int:
     sa = warm_up()
     by_dev: dict[str, list] = {}
+    macs: dict[str, str | OSError] = {}
     for a in owned:
-        try:
-            by_dev.setdefault(a.ifname, []).extend(frames(a.ifname, a.address))
-        except OSError as e:
-            log.warning("cannot announce %s on %s: %s", a.address, a.ifname, e)
+        if a.ifname not in macs:        # one look (and one line when it fails) per device
+            try:
+                macs[a.ifname] = _mac(a.ifname)
+            except OSError as e:
+                macs[a.ifname] = e
+                n = sum(1 for b in owned if b.ifname == a.ifname)
+                log.warning("cannot announce %d address%s on %s: %s", n, "" if n == 1 else "es", a.ifname, e)
+        if isinstance(macs[a.ifname], OSError):
+            continue
+        by_dev.setdefault(a.ifname, []).extend(frames(a.ifname, a.address, macs[a.ifname]))
     sent = 0
     socks = {}
+    failed: dict[str, tuple[int, OSError]] = {}     # device -> (frames not sent, the last error)
     try:
         for dev in by_dev:
             try:
@@ -149,13 +159,23 @@ def _announce(owned, count: int, interval: float, first_sent, going=None) -> int
                 s = socks.get(dev)
                 if s is None:
                     continue
-                for f in fs:
+                for j, f in enumerate(fs):
                     try:
                         s.send(f)
                         sent += 1
                     except OSError as e:
-                        log.warning("announce on %s: %s", dev, e)
+                        # one line per device and call, said at the end: a link that is down
+                        # refuses every frame (and gets no more tries), and a thousand VIPs were
+                        # a thousand lines at each garp_refresh
+                        n, _ = failed.get(dev, (0, e))
+                        failed[dev] = (n + 1, e)
+                        if e.errno in _GONE:
+                            socks.pop(dev).close()
+                            failed[dev] = (n + len(fs) - j, e)
+                            break
     finally:
         for s in socks.values():
             s.close()
+        for dev, (n, e) in failed.items():
+            log.warning("announce on %s: %d frame%s not sent: %s", dev, n, "" if n == 1 else "s", e)
     return sent
