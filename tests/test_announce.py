@@ -77,6 +77,38 @@ def test_a_takeover_burst_stops_when_the_director_steps_down(monkeypatch, caplog
     assert "announced 1 addresses (1 frames)" in caplog.text
 
 
+def test_a_step_down_during_a_long_interval_ends_the_burst_at_once(monkeypatch):
+    """garp_interval = 30: the burst's worker thread used to sleep the whole 30 s before it asked
+    whether the director was still active, holding one of the event loop's few executor threads
+    long after a step-down (a few role changes filled them).  It now asks every PAUSE_STEP."""
+    import ipaddress
+
+    from lb.ha.addresses import OwnedAddress
+
+    class Socket:
+        def __init__(self, **_kw):
+            pass
+
+        def send(self, frame):
+            pass
+
+        def close(self):
+            pass
+    sa = announce.warm_up()
+    monkeypatch.setattr(sa.conf, "L2socket", Socket)
+    monkeypatch.setattr(announce, "frames", lambda ifname, address, mac=None: ["garp"])
+    monkeypatch.setattr(announce, "_mac", lambda ifname: MAC)
+    slept, active = [], [True]
+
+    def sleep(s):                         # the step-down lands during the first pause
+        slept.append(s)
+        active[0] = False
+    monkeypatch.setattr(announce.time, "sleep", sleep)
+    owned = [OwnedAddress("pub0", ipaddress.ip_interface("198.18.0.10/32"))]
+    assert announce.announce(owned, count=5, interval=30.0, going=lambda: active[0]) == 1
+    assert sum(slept) <= 0.1                   # one PAUSE_STEP, not 30 s
+
+
 @pytest.mark.parametrize("err, tries", [(errno.ENETDOWN, 1), (errno.ENOBUFS, 3 * 200)], ids=["down", "queue-full"])
 def test_a_device_that_refuses_the_frames_is_one_line_per_announcement(monkeypatch, caplog, err, tries):
     """200 VIPs on a link that is down (or whose queue is full): one round used to log a warning

@@ -122,6 +122,21 @@ def announce(owned, count: int = 1, interval: float = 0.0, first_sent=None, goin
         first()
 
 
+PAUSE_STEP = 0.1    # a burst's pause asks going() this often
+
+
+def _pause(seconds: float, going) -> None:
+    """A burst's garp_interval, cut short once going() is false: the burst runs in a worker
+    thread of the event loop's executor, which a step-down should give back at once -- with
+    garp_interval = 10 and garp_count = 10, each takeover held a thread 90 s after a step-down,
+    and a few role changes filled the executor the next takeover's own steps wait for."""
+    left = seconds
+    while left > 0 and (going is None or going()):
+        step = min(left, PAUSE_STEP)
+        time.sleep(step)
+        left -= step
+
+
 def _announce(owned, count: int, interval: float, first_sent, going=None) -> int:
     sa = warm_up()
     by_dev: dict[str, list] = {}
@@ -152,7 +167,7 @@ def _announce(owned, count: int, interval: float, first_sent, going=None) -> int
         for i in range(max(1, count)):
             if i:
                 first_sent()
-                time.sleep(interval)
+                _pause(interval, going)
             if going is not None and not going():
                 break               # stepped down: no more claims for what the peer holds now
             for dev, fs in by_dev.items():
