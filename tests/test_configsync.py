@@ -148,6 +148,47 @@ def test_an_invalid_configuration_is_refused_with_the_reason(tmp_path):
     assert b.cfg.path.read_bytes() == before
 
 
+def test_a_refused_push_repeated_every_interval_is_refused_without_the_edit_path_each_time(tmp_path, monkeypatch,
+                                                                                           caplog):
+    """The active pushes again every PUSH_INTERVAL (3 s) while the two differ.  A document the
+    backup refuses went through its edit path at each push: a WARNING line every 3 s for good (and,
+    for one the reload refuses, the file written, reloaded and put back every 3 s).  Now the same
+    push is answered with the same refusal for LOG_EVERY seconds, without a line or a look at the
+    file; after that, or once the push changes, the edit path has it again."""
+    a, b, sa, sb = pair(tmp_path)
+    before = b.cfg.path.read_bytes()
+    bad = store.shared_document(a.cfg)
+    bad["virtual_server"][0]["real_server"][0]["weight"] = "heavy"
+    reads = []
+    real_read = store.read
+    monkeypatch.setattr(store, "read", lambda path: reads.append(path) or real_read(path))
+    push = {"role": "active", "serial_no": 1, "identity": "0" * 16, "document": bad}
+
+    async def body():
+        replies = []
+        for _ in range(20):                 # a minute of pushes (3 s apart, here at once)
+            replies.append(await sa._exchange(push))
+        return replies
+    with caplog.at_level(logging.WARNING, logger="lb"):
+        replies = run(sa, sb, body)
+    assert [r["result"] for r in replies] == ["refused"] * 20
+    assert all('real_server[0].weight: expected an integer, got string "heavy"' in r["error"] for r in replies)
+    assert sb.counters["refused"] == 20
+    edits = [r for r in caplog.records if "configuration edit from the active peer" in r.getMessage()]
+    assert len(edits) == 1 and len(reads) == 1, [r.getMessage() for r in caplog.records]
+    assert b.cfg.path.read_bytes() == before
+
+    what, when, why = sb._refusal           # a minute on: tried again
+    sb._refusal = (what, when - configsync.LOG_EVERY, why)
+    reply = run(sa, sb, lambda: sa._exchange(push))
+    assert 'got string "heavy"' in reply["error"] and len(reads) == 2
+    bad["virtual_server"][0]["real_server"][0]["weight"] = "heavier"
+    reply = run(sa, sb, lambda: sa._exchange(push))
+    assert 'got string "heavier"' in reply["error"] and len(reads) == 3
+    reply = run(sa, sb, lambda: sa._exchange(push | {"document": store.shared_document(a.cfg)}))
+    assert reply["result"] == "applied"
+
+
 def test_another_key_or_another_address_is_never_read(tmp_path):
     a, b, sa, sb = pair(tmp_path)
     before = b.cfg.path.read_bytes()

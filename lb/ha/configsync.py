@@ -28,6 +28,8 @@ when not active itself:
   in its own file's format with the previous version kept, reloaded, put back if the reload
   refuses), with its own instance name, its own [bgp] and the pushed serial ("applied"), or
   refused with the validator's or the reload's reason ("refused"), which both directors show.
+  The same push again within LOG_EVERY seconds (the active repeats it every PUSH_INTERVAL) gets
+  the same refusal without going through the edit path again.
 """
 from __future__ import annotations
 
@@ -109,6 +111,9 @@ class ConfigSync:
         self._reading: dict = {}            # connection (writer) -> (its head read, when its read began)
         self._dropped: set = set()          # connections dropped for a newer one, not yet ended
         self._ratelog = RateLimitedLog(log, LOG_EVERY)
+        # the last push refused by the edit path: (what it was, when, why), answered again from
+        # here for LOG_EVERY seconds (_answer)
+        self._refusal: tuple | None = None
 
     # ---- status ----
     def status(self) -> dict:
@@ -309,6 +314,21 @@ class ConfigSync:
             return answer("need")
         if not isinstance(doc, dict):
             return answer("refused", "malformed push (document)")
+        # The active pushes again every PUSH_INTERVAL while the two differ: the same document,
+        # refused a moment ago, is refused again from here for LOG_EVERY seconds instead of
+        # going through the edit path each time (a WARNING every 3 s, and for one the reload
+        # refuses the file written, reloaded and put back every 3 s).  Tried again after that,
+        # or at once when this director's configuration or the push changes.
+        try:
+            what = (serial, ident, mine, cfg.serial_no,
+                    hashlib.sha256(json.dumps(doc, sort_keys=True, default=str).encode()).digest())
+        except (ValueError, TypeError, RecursionError):
+            what = None                          # not remembered: the edit path says what is wrong
+        now = time.monotonic()
+        if what is not None and self._refusal is not None and self._refusal[0] == what \
+                and now - self._refusal[1] < LOG_EVERY:
+            return answer("refused", self._refusal[2])
+        self._refusal = None
         reply = await self.engine.configs.put(store.localize(doc, cfg), None, serial=serial, from_peer=True,
                                               who=f"the active peer {source}")
         if reply.get("ok") and reply.get("applied"):
@@ -319,6 +339,7 @@ class ConfigSync:
         if issues:
             error = f"{error}: {issues}"
         self._log("refused", "configuration from the active peer %s refused: %s", source, error)
+        self._refusal = (what, now, error)
         return answer("refused", error)
 
 
