@@ -189,6 +189,26 @@ def test_a_refused_push_repeated_every_interval_is_refused_without_the_edit_path
     assert reply["result"] == "applied"
 
 
+def test_a_malformed_push_is_counted_and_said_once_a_minute(tmp_path, caplog):
+    """A push signed with the key whose fields are not what they must be (serial_no not a number,
+    the document not an object): refused and counted, as before, and now said on the backup too,
+    at most once a minute however often it comes (it was said nowhere there)."""
+    a, b, sa, sb = pair(tmp_path)
+    before = b.cfg.path.read_bytes()
+
+    async def body():
+        return [await sa._exchange(m) for m in
+                [{"serial_no": "7", "identity": "0" * 16}] * 3 + [{"serial_no": 9, "identity": "0" * 16,
+                                                                    "document": ["not", "a", "document"]}] * 3]
+    with caplog.at_level(logging.WARNING, logger="lb"):
+        replies = run(sa, sb, body)
+    assert [r["error"] for r in replies] == ["malformed push (serial_no, identity)"] * 3 + [
+        "malformed push (document)"] * 3
+    assert sb.counters["refused"] == 6 and b.cfg.path.read_bytes() == before
+    said = [r.getMessage() for r in caplog.records if "malformed push" in r.getMessage()]
+    assert said == ["configuration sync: a malformed push from 127.0.0.1 (serial_no, identity) refused"], said
+
+
 def test_another_key_or_another_address_is_never_read(tmp_path):
     a, b, sa, sb = pair(tmp_path)
     before = b.cfg.path.read_bytes()

@@ -301,6 +301,8 @@ class ConfigSync:
                     "identity": store.identity(cfg_now), "role": self.engine.role()}
 
         if not isinstance(serial, int) or isinstance(serial, bool) or not isinstance(ident, str):
+            self._log("malformed", "configuration sync: a malformed push from %s (serial_no, identity) refused",
+                      source)
             return answer("refused", "malformed push (serial_no, identity)")
         if ident == mine:
             return answer("same")
@@ -313,6 +315,7 @@ class ConfigSync:
         if doc is None:
             return answer("need")
         if not isinstance(doc, dict):
+            self._log("malformed", "configuration sync: a malformed push from %s (document) refused", source)
             return answer("refused", "malformed push (document)")
         # The active pushes again every PUSH_INTERVAL while the two differ: the same document,
         # refused a moment ago, is refused again from here for LOG_EVERY seconds instead of
