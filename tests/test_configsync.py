@@ -209,6 +209,38 @@ def test_a_malformed_push_is_counted_and_said_once_a_minute(tmp_path, caplog):
     assert said == ["configuration sync: a malformed push from 127.0.0.1 (serial_no, identity) refused"], said
 
 
+def test_a_document_the_edit_path_cannot_read_is_refused_not_a_traceback(tmp_path, caplog):
+    """Found by the fuzz test above (LB_FUZZ_SEED=3069693235): a virtual server whose name is a
+    list made the backup's localize raise TypeError (unhashable) -- out of the server, an asyncio
+    "Unhandled exception" traceback, no answer, no counter; so did a document nested deeper than
+    copy.deepcopy goes (RecursionError).  Now the validator refuses the first with its reason,
+    the second is a malformed push, and the backup's file and configuration stay as they were."""
+    a, b, sa, sb = pair(tmp_path)
+    before = (b.cfg.path.read_bytes(), b.cfg)
+    listed = store.shared_document(a.cfg)
+    listed["virtual_server"][0]["name"] = ["web"]
+    deep = store.shared_document(a.cfg) | {"deep": json.loads("[" * 600 + "]" * 600)}
+
+    async def body():
+        return [await sa._exchange({"serial_no": 9, "identity": "0" * 16, "document": d}) for d in (listed, deep)]
+    with caplog.at_level(logging.WARNING):
+        first, second = run(sa, sb, body)
+    assert first["result"] == "refused" and "virtual_server[0].name" in first["error"], first
+    assert second == second | {"result": "refused", "error": "malformed push (document: RecursionError)"}
+    assert (b.cfg.path.read_bytes(), b.cfg) == before and sb.counters["refused"] == 2
+    assert "Unhandled exception" not in caplog.text and "Traceback" not in caplog.text, caplog.text
+
+    # a backup with [[bgp.vip]] entries looks the pushed virtual servers' addresses up in a set:
+    # a list there was TypeError too
+    bgp = BGP.format(rid="198.18.0.3") + '  [[bgp.vip]]\n  address = "198.18.0.10"\n  med = 10\n'
+    a, b, sa, sb = pair(tmp_path, b_extra=bgp)
+    assert b.cfg.bgp.vips
+    listed = store.shared_document(a.cfg)
+    listed["virtual_server"][0]["address"] = ["198.18.0.10"]
+    reply = run(sa, sb, lambda: sa._exchange({"serial_no": 9, "identity": "0" * 16, "document": listed}))
+    assert reply["result"] == "refused" and "virtual_server[0].address" in reply["error"], reply
+
+
 def test_another_key_or_another_address_is_never_read(tmp_path):
     a, b, sa, sb = pair(tmp_path)
     before = b.cfg.path.read_bytes()

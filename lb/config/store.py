@@ -431,7 +431,7 @@ def localize(shared: dict[str, Any], cfg: Config | None) -> dict[str, Any]:
     # there), matched by name; a new one takes the peer's, or this director's public interface
     devices = {vs["name"]: vs.get("device") for vs in own.get("virtual_server", ())}
     for vs in doc.get("virtual_server", ()) if isinstance(doc.get("virtual_server"), list) else ():
-        if isinstance(vs, dict) and vs.get("name") in devices:
+        if isinstance(vs, dict) and isinstance(vs.get("name"), str) and vs["name"] in devices:
             vs.pop("device", None)
             if devices[vs["name"]] is not None:
                 vs["device"] = devices[vs["name"]]
@@ -448,7 +448,9 @@ def _addr(text):
     try:
         return ipaddress.ip_address(str(text))
     except ValueError:
-        return text
+        # a list or an object where an address goes (a peer's push): no address, and no
+        # unhashable value for the set it is looked up in
+        return repr(text) if isinstance(text, (list, dict)) else text
 
 
 def _vips(doc: dict) -> set:

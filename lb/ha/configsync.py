@@ -332,8 +332,16 @@ class ConfigSync:
                 and now - self._refusal[1] < LOG_EVERY:
             return answer("refused", self._refusal[2])
         self._refusal = None
-        reply = await self.engine.configs.put(store.localize(doc, cfg), None, serial=serial, from_peer=True,
-                                              who=f"the active peer {source}")
+        try:
+            reply = await self.engine.configs.put(store.localize(doc, cfg), None, serial=serial, from_peer=True,
+                                                  who=f"the active peer {source}")
+        except (TypeError, ValueError, AttributeError, RecursionError) as e:
+            # a document the edit path could not even read (nested deeper than its copies go, a
+            # value of a type nothing expects there): refused, counted and said like any other
+            # malformed push -- it escaped the server, an asyncio traceback and no answer
+            self._log("malformed", "configuration sync: a malformed push from %s (document: %s) refused", source,
+                      type(e).__name__)
+            return answer("refused", f"malformed push (document: {type(e).__name__})")
         if reply.get("ok") and reply.get("applied"):
             log.info("configuration from the active peer %s applied: serial_no %d", source, serial)
             return answer("applied")
