@@ -153,3 +153,22 @@ def test_a_device_that_refuses_the_frames_is_one_line_per_announcement(monkeypat
         f"announce on pub0: {200 if err == errno.ENETDOWN else 600} frames not sent: [Errno {err}] {os.strerror(err)}"]
     assert sent == 3 * 200                                          # priv0's, each round
     assert sum(1 for dev, _ in tried if dev == "pub0") == tries
+
+
+@pytest.mark.parametrize("refresh, ok", [(0, True), (1, True), (10.5, True), (0.5, False), (0.001, False)])
+def test_garp_refresh_is_never_or_at_least_a_second(tmp_path, refresh, ok):
+    """garp_refresh = 0.001 was taken: one broadcast frame per address a millisecond, the
+    announcements back to back for as long as the director is active (0.5 meant for
+    garp_interval, the same).  Now 0 (never) or at least 1 second, as keepalived's."""
+    from lb.config import ConfigError, load
+
+    text = open("configs/example.toml").read()
+    assert "garp_refresh = 10 " in text
+    path = tmp_path / "lb.toml"
+    path.write_text(text.replace("garp_refresh = 10 ", f"garp_refresh = {refresh} ", 1))
+    if ok:
+        assert load(str(path)).ha.garp_refresh == refresh
+        return
+    with pytest.raises(ConfigError) as e:
+        load(str(path))
+    assert f"ha.garp_refresh: must be 0 (never) or at least 1 second, got {refresh:g}" in str(e.value)

@@ -1518,6 +1518,12 @@ def _check_ha(top: _Table, base: Path | None, user: str) -> HA | None | _Invalid
     for key in ("sync_interval", "max_skew"):
         if isinstance(values[key], float) and values[key] <= 0:
             values[key] = keep(h.chk.error(h.at(key), "must be more than 0 seconds"))
+    refresh = values["garp_refresh"]
+    if isinstance(refresh, float) and 0 < refresh < 1:
+        # each refresh is a broadcast frame per address on the LAN, sent back to back at 0.01
+        # (keepalived's garp_master_refresh is whole seconds too)
+        values["garp_refresh"] = keep(h.chk.error(h.at("garp_refresh"), f"must be 0 (never) or at least 1 second, "
+                                                                          f"got {refresh:g}"))
     script_user = keep(_script_user(h, user))
     notify = h.data.get("notify", [])
     if isinstance(notify, str):
