@@ -256,6 +256,28 @@ def test_an_address_put_there_by_hand_stays_at_a_stop_and_a_reload_that_drops_it
     assert record(host) is None
 
 
+def test_a_step_down_releases_an_address_found_there_and_the_next_takeover_makes_it_lbs(host):
+    """With [ha] the role decides: a takeover that finds the VIP put there by hand leaves it the
+    operator's, but a step-down releases it all the same (the peer holds the addresses now), and
+    the next takeover adds it: lb's from then on, removed at a stop."""
+    from lb.ha import addresses
+
+    ip("addr", "add", "198.18.0.10/32", "dev", PUB)
+    eng = engine(host, DIRECT, "dr.toml")
+    eng.owned = addresses.wanted_addresses(eng.cfg)
+    eng.active = True
+    eng._take_addresses()
+    assert eng._ours(eng.owned) == []
+    eng.active = False
+    eng._release_addresses()
+    assert addrs(PUB) == set()
+    eng.active = True
+    eng._take_addresses()
+    assert addrs(PUB) == {"198.18.0.10/32"} and eng._ours(eng.owned) == eng.owned
+    eng._release_ours(eng.owned)
+    assert addrs(PUB) == set()
+
+
 def test_an_interface_gone_since_is_nothing_to_detach(host, caplog):
     """hld1 deleted since the kept stop: its program went with it; said, nothing fails."""
     first = engine(host, NAT, "nat.toml")
