@@ -614,6 +614,16 @@ BAD = [
         """, 13, "virtual_server[0].real_server[1].name",
         "duplicate real server name '10.1.2.3' in virtual server 'web' (already used by "
         "virtual_server[0].real_server[0]); the name defaults to the address"),
+    # a firewall-mark service's real servers take each connection's port: the message names the
+    # address, not the first port group's port (which read as if the server had one)
+    bad("duplicate-real-fwmark", G + FWM + """\
+          [[virtual_server.real_server]]
+          address = "198.18.1.11"
+          [[virtual_server.real_server]]
+          address = "198.18.1.11"
+        """, 15, "virtual_server[0].real_server[1].address",
+        "duplicate real server 198.18.1.11 in virtual server 'ftp' "
+        "(already defined by virtual_server[0].real_server[0])"),
     bad("family-mismatch", G + """\
         [[virtual_server]]
         name = "web"

@@ -1277,9 +1277,12 @@ def _check_reals_of(chk: _Checker, vs: _VirtualDraft, network: str | _Invalid) -
         if not isinstance(rs.address, _Invalid) and port_ok and eff_port is not None:
             key = (rs.address, eff_port)
             if key in seen_addr:
+                # a firewall-mark service's real servers have no port of their own (each
+                # connection keeps its own): the address is the real server
+                what = str(rs.address) if vs.fwmark else _endpoint(rs.address, eff_port)
                 chk.error(
                     rs.path + ("address",),
-                    f"duplicate real server {_endpoint(rs.address, eff_port)} in virtual server "
+                    f"duplicate real server {what} in virtual server "
                     f"'{vs_label}' (already defined by {field_name(seen_addr[key])})",
                 )
                 if rs.name is None:
