@@ -624,6 +624,44 @@ BAD = [
         """, 15, "virtual_server[0].real_server[1].address",
         "duplicate real server 198.18.1.11 in virtual server 'ftp' "
         "(already defined by virtual_server[0].real_server[0])"),
+    # the director's own addresses are nobody else's: a real server or sorry server at a VIP
+    # would have lb send the connections back to itself, a nat_router at a VIP or a real server's
+    # address puts one address on two interfaces or two hosts
+    bad("real-server-is-a-vip", G + VS_AT_10 + '[[virtual_server]]\nname = "dns"\naddress = "198.18.0.11"\n'
+        'port = 53\n[[virtual_server.real_server]]\naddress = "198.18.0.10"\n', 12,
+        "virtual_server[1].real_server[0].address", "198.18.0.10 is the VIP of virtual_server[0], an address "
+        "of this director: a real server must be another host"),
+    bad("sorry-server-is-a-vip", G + VS_AT_10 + 'sorry_server = "198.18.0.10"\n', 7,
+        "virtual_server[0].sorry_server", "198.18.0.10 is the VIP of virtual_server[0], an address of this "
+        "director: the sorry server must be another host"),
+    bad("fwmark-real-server-is-a-vip", G + FWM + '[[virtual_server.real_server]]\naddress = "198.18.0.10"\n', 13,
+        "virtual_server[0].real_server[0].address", "198.18.0.10 is the VIP of virtual_server[0]"),
+    bad("nat-router-is-a-vip", """\
+        [global]
+        public_interface = "pub0"
+        private_interface = "priv0"
+        network = "nat"
+        nat_router = "198.18.0.10/24"
+        [[virtual_server]]
+        name = "web"
+        address = "198.18.0.10"
+        port = 80
+        """, 5, "global.nat_router", "198.18.0.10 is the VIP of virtual_server[0]: the real servers' gateway "
+        "needs an address of its own"),
+    bad("nat-router-is-a-real-server", """\
+        [global]
+        public_interface = "pub0"
+        private_interface = "priv0"
+        network = "nat"
+        nat_router = "198.18.1.11/24"
+        [[virtual_server]]
+        name = "web"
+        address = "198.18.0.10"
+        port = 80
+        [[virtual_server.real_server]]
+        address = "198.18.1.11"
+        """, 5, "global.nat_router", "198.18.1.11 is the address of virtual_server[0].real_server[0]: the "
+        "real servers' gateway is the director's"),
     bad("family-mismatch", G + """\
         [[virtual_server]]
         name = "web"
@@ -924,6 +962,14 @@ BAD = [
     bad("ha-private-ends-of-two-families", G + HA_HEAD + 'primary_private = "198.18.1.1"\nbackup_private = "2001:2:1::3"\n',
         8, "ha.backup_private", "must be of primary_private's address family"),
 ]
+
+
+def test_nat_router_of_direct_routing_without_ha_is_not_checked() -> None:
+    """Direct routing without [ha] ignores nat_router (lb.ha.addresses owns it only for NAT or
+    [ha]): an address it shares with a real server is no conflict there."""
+    cfg = loads(G + 'nat_router = "198.18.1.11/24"\n' + VS_AT_10 + '[[virtual_server.real_server]]\n'
+                'address = "198.18.1.11"\n')
+    assert str(cfg.nat_router) == "198.18.1.11/24"
 
 
 def test_fwmark_group_may_not_take_a_service_port() -> None:

@@ -1353,6 +1353,50 @@ def _check_vip_devices(chk: _Checker, drafts: list[_VirtualDraft | _Invalid], pu
                 break
 
 
+def _check_own_addresses(chk: _Checker, drafts: list[_VirtualDraft | _Invalid],
+                         nat_router: IPv4Interface | IPv6Interface | None) -> None:
+    """The addresses the director holds (the VIPs, and nat_router where it is owned) are nobody
+    else's: a real server or a sorry server at a VIP would have the director send the
+    connections back to itself (IPVS's local node, which lb does not do), and a nat_router at a
+    VIP or at a real server's address would put one address on two hosts or two interfaces.
+    ``nat_router``: None when it is absent or not owned (direct routing without [ha])."""
+    vips: dict[IPAddress, FieldPath] = {}
+    for vs in drafts:
+        if isinstance(vs, _Invalid):
+            continue
+        addrs = [g.address for g in vs.groups if isinstance(g, PortGroup)] if vs.groups else [vs.address]
+        for a in addrs:
+            if not isinstance(a, _Invalid):
+                vips.setdefault(a, vs.path)
+    reals: dict[IPAddress, FieldPath] = {}
+    for vs in drafts:
+        if isinstance(vs, _Invalid):
+            continue
+        if isinstance(vs.sorry, tuple) and vs.sorry[0] in vips:
+            chk.error(vs.path + ("sorry_server",),
+                      f"{vs.sorry[0]} is the VIP of {field_name(vips[vs.sorry[0]])}, an address of this "
+                      f"director: the sorry server must be another host")
+        for rs in vs.reals:
+            if isinstance(rs, _Invalid) or isinstance(rs.address, _Invalid):
+                continue
+            if rs.address in vips:
+                chk.error(rs.path + ("address",),
+                          f"{rs.address} is the VIP of {field_name(vips[rs.address])}, an address of this "
+                          f"director: a real server must be another host (lb would send the connections "
+                          f"back to itself; IPVS's local node is not supported)")
+                continue
+            reals.setdefault(rs.address, rs.path)
+    if nat_router is None:
+        return
+    gw = nat_router.ip
+    if gw in vips:
+        chk.error(("global", "nat_router"), f"{gw} is the VIP of {field_name(vips[gw])}: the real servers' "
+                                            f"gateway needs an address of its own")
+    elif gw in reals:
+        chk.error(("global", "nat_router"), f"{gw} is the address of {field_name(reals[gw])}: the real "
+                                            f"servers' gateway is the director's, not a real server's")
+
+
 def _check_fwmarks(chk: _Checker, drafts: list[_VirtualDraft | _Invalid], services: dict) -> None:
     """Firewall-mark services: distinct marks; no port in two groups, nor in a group and an
     address/port service; at most FWM_RANGES_PER_VIP groups per VIP and protocol."""
@@ -2041,6 +2085,10 @@ def validate(doc: dict[str, Any], display: str, positions: Positions, path: Path
         _check_nat_families(chk, drafts, nat_router)
     _check_services(chk, drafts)
     _check_vip_devices(chk, drafts, public_interface)
+    # nat_router is the director's where it is owned (lb.ha.addresses): NAT, or any network with [ha]
+    owned_router = nat_router if isinstance(nat_router, (IPv4Interface, IPv6Interface)) and (
+        network == "nat" or "ha" in top.data) else None
+    _check_own_addresses(chk, drafts, owned_router)
     _check_counts(
         chk, drafts, table_values["services"], table_values["reals_per_service"], table_values["real_servers"]
     )
