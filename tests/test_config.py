@@ -447,7 +447,7 @@ BAD = [
         name = "web"
         address = "198.18.0.10"
         port = 0
-        """, 6, "virtual_server[0].port", "must be between 1 and 65535, got 0"),
+        """, 6, "virtual_server[0].port", "port 0 (IPVS's persistent service of every port) is not supported"),
     bad("port-70000", G + """\
         [[virtual_server]]
         name = "web"
@@ -662,6 +662,12 @@ BAD = [
         address = "198.18.1.11"
         """, 5, "global.nat_router", "198.18.1.11 is the address of virtual_server[0].real_server[0]: the "
         "real servers' gateway is the director's"),
+    # ipvsadm's port 0 (every port, with persistence) is a firewall-mark service in lb: say so
+    bad("port-0-persistent", G + '[[virtual_server]]\nname = "all"\naddress = "198.18.0.10"\nport = 0\npersistent = 300\n',
+        6, "virtual_server[0].port", "port 0 (IPVS's persistent service of every port) is not supported: make it "
+        "a firewall-mark service"),
+    bad("port-false", G + '[[virtual_server]]\nname = "all"\naddress = "198.18.0.10"\nport = false\n',
+        6, "virtual_server[0].port", "expected an integer, got boolean false"),
     bad("family-mismatch", G + """\
         [[virtual_server]]
         name = "web"

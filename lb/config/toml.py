@@ -1052,11 +1052,20 @@ def _check_virtual(vs: _Table, user: str) -> _VirtualDraft:
         vs.chk.error(vs.at("port_group"), "port groups belong to a firewall-mark service: set fwmark")
     address = vs.address("address")
     vip = address  # its family is the service's: real servers and sorry server are checked against it
+    port: int | None | _Invalid
+    if type(vs.data.get("port")) is int and vs.data["port"] == 0:
+        # ipvsadm's port 0 is a persistent service of every port of the VIP (-p required)
+        port = vs.chk.error(vs.at("port"), "port 0 (IPVS's persistent service of every port) is not supported: "
+                                           "make it a firewall-mark service (fwmark, persistent, and a port "
+                                           "group of this address with ports 1-65535; its health checks then "
+                                           "need the monitor's port) or give the port")
+    else:
+        port = vs.integer("port", PORT_RANGE, required=True)
     draft = _VirtualDraft(
         path=vs.path,
         name=name,
         address=address,
-        port=vs.integer("port", PORT_RANGE, required=True),
+        port=port,
         protocol=_check_protocol(vs),
         scheduler=_check_scheduler(vs),
         persistent=vs.integer("persistent", PERSISTENT_RANGE, default=0),
