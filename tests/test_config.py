@@ -668,6 +668,10 @@ BAD = [
         "a firewall-mark service"),
     bad("port-false", G + '[[virtual_server]]\nname = "all"\naddress = "198.18.0.10"\nport = false\n',
         6, "virtual_server[0].port", "expected an integer, got boolean false"),
+    # ipvsadm takes one fwmark service per family; lb one per mark: the message says why
+    bad("fwmark-twice-across-families", G + FWM + FWM.replace('"ftp"', '"ftp6"').replace('198.18.0.10', '2001:2::10'),
+        14, "virtual_server[1].fwmark", "duplicate fwmark 21 (already used by virtual_server[0]): IPVS keeps one "
+        "service per mark and address family, lb one per mark (the IPv4 and IPv6 services need marks of their own)"),
     bad("family-mismatch", G + """\
         [[virtual_server]]
         name = "web"

@@ -1409,17 +1409,24 @@ def _check_own_addresses(chk: _Checker, drafts: list[_VirtualDraft | _Invalid],
 def _check_fwmarks(chk: _Checker, drafts: list[_VirtualDraft | _Invalid], services: dict) -> None:
     """Firewall-mark services: distinct marks; no port in two groups, nor in a group and an
     address/port service; at most FWM_RANGES_PER_VIP groups per VIP and protocol."""
-    seen_mark: dict[int, FieldPath] = {}
+    seen_mark: dict[int, tuple[FieldPath, IPAddress | _Invalid]] = {}
     ranges: dict[tuple[str, IPAddress], list[tuple[int, int, FieldPath]]] = {}
     for vs in drafts:
         if isinstance(vs, _Invalid) or not vs.fwmark:
             continue
         if isinstance(vs.fwmark, int):
             if vs.fwmark in seen_mark:
+                first, addr = seen_mark[vs.fwmark]
+                why = ""
+                if not isinstance(addr, _Invalid) and not isinstance(vs.address, _Invalid) \
+                        and addr.version != vs.address.version:
+                    # ipvsadm -A -f 1 and -A -f 1 -6 are two services; lb keys a service by its mark
+                    why = (f": IPVS keeps one service per mark and address family, lb one per mark "
+                           f"(the IPv{addr.version} and IPv{vs.address.version} services need marks of their own)")
                 chk.error(vs.path + ("fwmark",), f"duplicate fwmark {vs.fwmark} (already used by "
-                                                 f"{field_name(seen_mark[vs.fwmark])})")
+                                                 f"{field_name(first)}){why}")
             else:
-                seen_mark[vs.fwmark] = vs.path
+                seen_mark[vs.fwmark] = (vs.path, vs.address)
         for i, g in enumerate(vs.groups):
             if isinstance(g, _Invalid):
                 continue
