@@ -1500,3 +1500,49 @@ address = "198.18.1.12"
     # a slot to spare, or no sorry server: no warning
     assert loads(text.replace("reals_per_service = 2", "reals_per_service = 3")).warnings == ()
     assert loads(text.replace('sorry_server = "198.18.1.99"\n', "")).warnings == ()
+
+
+# --- [tables] against this machine's memory ------------------------------------------
+
+
+def test_tables_that_do_not_fit_memory_are_an_error_at_their_line(monkeypatch) -> None:
+    """The XDP data plane preallocates its connection tables (144 bytes an IPv4 entry, 168 an IPv6
+    or embryonic one, 120 an embryonic template): sizes beyond this machine's memory stopped
+    `lb run` at map creation, after the compile, naming no line; `lb check` now says it."""
+    from lb.config import toml as tomlcfg
+
+    monkeypatch.setattr(tomlcfg, "mem_total", lambda: 8 << 30)
+    text = G + "[tables]\nconnections = 67108864\n"
+    with pytest.raises(ConfigError) as ei:
+        loads(text, path="big.toml")
+    (issue,) = ei.value.issues
+    assert (issue.line, issue.field) == (4, "tables.connections")
+    # 64M x 144 + 16M x 168 (IPv6) + 16M x (168 + 120) (embryos) + the arrays
+    assert issue.message.startswith("the [tables] sizes need about 16.1 GiB of memory for the data plane's "
+                                    "tables, more than this machine has (8.0 GiB): lower connections")
+    # the key that asks for the most is the one named
+    with pytest.raises(ConfigError) as ei:
+        loads(G + "[tables]\nconnections = 1048576\nembryonic = 67108864\n")
+    assert [(i.line, i.field) for i in ei.value.issues] == [(5, "tables.embryonic")]
+    # kernel IPVS has no such tables
+    assert loads(G + 'dataplane = "ipvs"\n' + "[tables]\nconnections = 67108864\n").warnings == ()
+
+
+def test_tables_past_half_of_memory_are_a_warning(monkeypatch) -> None:
+    from lb.config import toml as tomlcfg
+
+    monkeypatch.setattr(tomlcfg, "mem_total", lambda: 24 << 30)
+    (w,) = loads(G + "[tables]\nconnections = 67108864\n").warnings
+    assert (w.line, w.field) == (4, "tables.connections")
+    assert "more than half of this machine's 24.0 GiB: a restart that changes [tables] holds the old" in w.message
+    assert loads(G + "[tables]\nconnections = 16777216\n").warnings == ()
+    monkeypatch.setattr(tomlcfg, "mem_total", lambda: None)   # /proc/meminfo unreadable: no check
+    assert loads(G + "[tables]\nconnections = 67108864\n").warnings == ()
+
+
+def test_tables_memory_estimate_matches_the_kernels_entries() -> None:
+    from lb.config.model import tables_memory
+
+    # the defaults: 64K IPv4, 16K IPv6, 16K embryos, 256 services of 64, 4096 reals
+    assert tables_memory(65536, 0, 0, 256, 4096, 64) == (65536 * 144 + 16384 * 168 + 16384 * 288
+                                                         + 256 * (1400 + 12 * 64) + 4096 * 260)

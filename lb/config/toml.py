@@ -69,6 +69,11 @@ from .model import (
     VirtualServer,
     Web,
     embryonic_size,
+    ipv6_connections_size,
+    tables_memory,
+    CONN4_ENTRY_BYTES,
+    CONN6_ENTRY_BYTES,
+    PERSIST_EMBRYO_ENTRY_BYTES,
     parse_netmask,
     parse_port,
     parse_prefix_length,
@@ -1505,6 +1510,54 @@ def _check_amemthresh(chk: _Checker, de: _Table | _Invalid, amemthresh: int | No
                   f"tables.embryonic, or a quarter of tables.connections), got {amemthresh}")
 
 
+MEMINFO: Final = "/proc/meminfo"
+
+
+def mem_total() -> int | None:
+    """This machine's memory in bytes (MemTotal), None when /proc/meminfo does not say."""
+    try:
+        with open(MEMINFO) as f:
+            for line in f:
+                if line.startswith("MemTotal:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def _gib(n: int) -> str:
+    return f"{n / (1 << 30):.1f} GiB"
+
+
+def _check_tables_memory(chk: _Checker, t: _Table | _Invalid, tables: dict[str, int | None | _Invalid],
+                         dataplane: str | None | _Invalid) -> None:
+    """The XDP data plane preallocates its tables: sizes this machine's memory cannot hold would
+    stop `lb run` at its map creation, after the compile, with no line of the file to fix; past
+    half of it, a restart that changes [tables] (the old maps kept beside the new ones while their
+    entries move) may not find room.  Kernel IPVS (dataplane = "ipvs") has no such tables."""
+    sizes = {k: v for k, v in tables.items() if isinstance(v, int)}
+    if isinstance(t, _Invalid) or dataplane == "ipvs" or len(sizes) != len(tables):
+        return
+    need = tables_memory(**sizes)
+    total = mem_total()
+    if total is None or need <= total // 2:
+        return
+    # name the key that asks for the most (the connections, unless set apart)
+    conns = sizes["connections"]
+    parts = {"connections": conns * CONN4_ENTRY_BYTES,
+             "connections_ipv6": ipv6_connections_size(conns, sizes["connections_ipv6"]) * CONN6_ENTRY_BYTES,
+             "embryonic": embryonic_size(conns, sizes["embryonic"]) * (CONN6_ENTRY_BYTES + PERSIST_EMBRYO_ENTRY_BYTES)}
+    given = [k for k in parts if k in t.data] or ["connections"]
+    key = max(given, key=lambda k: parts[k])
+    said = f"the [tables] sizes need about {_gib(need)} of memory for the data plane's tables"
+    if need > total:
+        chk.error(t.at(key), f"{said}, more than this machine has ({_gib(total)}): lower {key} (connections_ipv6 "
+                             f"and embryonic default to a quarter of connections)")
+    else:
+        chk.warn(t.at(key), f"{said}, more than half of this machine's {_gib(total)}: a restart that changes "
+                            f"[tables] holds the old tables beside the new ones while it moves their entries")
+
+
 # --- driver ------------------------------------------------------------------------
 
 
@@ -2087,6 +2140,7 @@ def validate(doc: dict[str, Any], display: str, positions: Positions, path: Path
             key, bounds, default=getattr(_DEFAULT_DEFENSE, key)
         )
     _check_amemthresh(chk, de, defense_values["amemthresh"], table_values)
+    _check_tables_memory(chk, t, table_values, dataplane)
 
     drafts: list[_VirtualDraft | _Invalid] = [
         vs if isinstance(vs, _Invalid) else _check_virtual(vs, user)
