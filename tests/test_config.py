@@ -1543,6 +1543,8 @@ def test_tables_past_half_of_memory_are_a_warning(monkeypatch) -> None:
 def test_tables_memory_estimate_matches_the_kernels_entries() -> None:
     from lb.config.model import tables_memory
 
-    # the defaults: 64K IPv4, 16K IPv6, 16K embryos, 256 services of 64, 4096 reals
-    assert tables_memory(65536, 0, 0, 256, 4096, 64) == (65536 * 144 + 16384 * 168 + 16384 * 288
-                                                         + 256 * (1400 + 12 * 64) + 4096 * 260)
+    # the defaults: 64K IPv4, 16K IPv6, 16K embryos, 256 services of 64, 4096 reals; 4 CPUs
+    assert tables_memory(65536, 0, 0, 256, 4096, 64, 4) == (65536 * 144 + 16384 * 168 + 16384 * 288
+                                                            + 256 * (1250 + 12 * 64 + 4 * 40) + 4096 * (200 + 4 * 40))
+    # a million real servers' statistics, per CPU, are no small part on a large machine
+    assert tables_memory(1024, 0, 0, 1, 1 << 20, 1, 128) > 5 << 30

@@ -318,23 +318,26 @@ def embryonic_size(connections: int, embryonic: int = 0) -> int:
 # element: the kernel's 48-byte header, the key and the value rounded to 8, and its bucket's 16;
 # docs/architecture.md, lb_conns): the IPv4 connections (16-byte key), the IPv6 and embryonic
 # ones (40), the embryonic persistence templates (40 + 16); and, roughly, a service's arrays (its
-# scheduler buckets, stats, list of reals at 12 bytes each) and a real server's.
+# scheduler buckets, rates, list of reals at 12 bytes each) and a real server's, besides the
+# statistics each keeps per CPU (40 bytes).
 CONN4_ENTRY_BYTES = 144
 CONN6_ENTRY_BYTES = 168
 PERSIST_EMBRYO_ENTRY_BYTES = 120
-SERVICE_BYTES = 1400
-REAL_BYTES = 260
+SERVICE_BYTES = 1250
+REAL_BYTES = 200
+STATS_BYTES = 40
 
 
 def tables_memory(connections: int, connections_ipv6: int, embryonic: int, services: int,
-                  real_servers: int, reals_per_service: int) -> int:
-    """About how many bytes the XDP data plane's tables of these sizes ([tables]) take at start:
-    the tables it preallocates (the connection tables, their embryos, the arrays); persistence and
-    lblc entries come as used, on top."""
+                  real_servers: int, reals_per_service: int, cpus: int = 1) -> int:
+    """About how many bytes the XDP data plane's tables of these sizes ([tables]) take at start
+    on a machine of ``cpus`` CPUs: the tables it preallocates (the connection tables, their
+    embryos, the arrays); persistence and lblc entries come as used, on top."""
     emb = embryonic_size(connections, embryonic)
     return (connections * CONN4_ENTRY_BYTES + ipv6_connections_size(connections, connections_ipv6) * CONN6_ENTRY_BYTES
             + emb * (CONN6_ENTRY_BYTES + PERSIST_EMBRYO_ENTRY_BYTES)
-            + services * (SERVICE_BYTES + 12 * reals_per_service) + real_servers * REAL_BYTES)
+            + services * (SERVICE_BYTES + 12 * reals_per_service + STATS_BYTES * cpus)
+            + real_servers * (REAL_BYTES + STATS_BYTES * cpus))
 
 
 @dataclass(frozen=True, slots=True)

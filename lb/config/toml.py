@@ -1538,7 +1538,7 @@ def _check_tables_memory(chk: _Checker, t: _Table | _Invalid, tables: dict[str, 
     sizes = {k: v for k, v in tables.items() if isinstance(v, int)}
     if isinstance(t, _Invalid) or dataplane == "ipvs" or len(sizes) != len(tables):
         return
-    need = tables_memory(**sizes)
+    need = tables_memory(**sizes, cpus=os.cpu_count() or 1)
     total = mem_total()
     if total is None or need <= total // 2:
         return
