@@ -410,6 +410,22 @@ def log_warnings(cfg) -> None:
         log.warning("config: %s", w.as_warning())
 
 
+def interface_field(cfg, name: str) -> tuple:
+    """The configuration's field (its path in the TOML document) that names interface ``name``:
+    the first of public_interface, private_interface, nat_router_device and the virtual servers'
+    devices that does."""
+    if name == cfg.public_interface:
+        return ("global", "public_interface")
+    if name == cfg.nat_router_device:
+        return ("global", "nat_router_device")
+    if name == cfg.private_interface:
+        return ("global", "private_interface")
+    for i, vs in enumerate(cfg.virtual_servers):
+        if vs.device == name:
+            return ("virtual_server", i, "device")
+    return ("global", "public_interface")
+
+
 def missing_interfaces(cfg) -> list[str]:
     names = {cfg.public_interface}
     if cfg.network == "nat":
@@ -423,9 +439,10 @@ def missing_interfaces(cfg) -> list[str]:
 def check_interfaces(cfg, missing: list[str] | None = None, waited: float = 0.0) -> None:
     missing = missing_interfaces(cfg) if missing is None else missing
     if missing:
-        where = cfg.path or "<config>"
-        raise StartupError(f"{where}: interface(s) not found: {', '.join(missing)}"
-                           + (f" (waited {waited:g} s for them)" if waited else ""))
+        # the line and field of the first (file:line: field: ..., as the loader's issues)
+        raise StartupError(str(lbconfig.issue_at(cfg.path, interface_field(cfg, missing[0]),
+                                                 f"interface(s) not found: {', '.join(missing)}"
+                                                 + (f" (waited {waited:g} s for them)" if waited else ""))))
 
 
 class Engine:
@@ -531,12 +548,14 @@ class Engine:
             stop_leftover(self.cfg.instance)      # [bgp] gone: the ExaBGP a restart kept goes too
         ha_announce.warm_up_in_background()     # beside the data plane's load: READY waits for both
         if self.cfg.ha is not None:
-            from lb.ha.pulse import Pulse
+            from lb.ha.pulse import KeyFileError, Pulse
             try:
                 self.pulse = Pulse(self.cfg.ha, self.cfg.instance, self.on_role, sync_source=self.sync_export,
                                    sync_sink=self.sync_import, announce=self.announce,
                                    public_interface=self.cfg.public_interface, on_heartbeat=self.refresh_lease,
                                    guard_file=os.path.join(self.lock.run_dir, f"{self.cfg.instance}.ha-guard"))
+            except KeyFileError as e:
+                raise StartupError(str(lbconfig.issue_at(self.cfg.path, ("ha", "key_file"), e.reason))) from None
             except (OSError, ValueError) as e:
                 raise StartupError(f"{self.cfg.path or '<config>'}: [ha] {e}") from None
         self._restore_overrides()

@@ -166,11 +166,13 @@ def test_lb_check_says_what_the_daemon_would_refuse_of_the_key_file(tmp_path, ca
     key.write_bytes(b"# lb keyring\n" + OLD + b"\nshort\n")
     assert main(["check", "--config", str(path)]) == 0
     err = capsys.readouterr().err
-    assert f"{path}: warning: [ha] key_file: HA key file {key} line 3 holds 5 bytes" in err, err
+    # the warning names the file's line and field, as the loader's do
+    line = path.read_text().splitlines().index(f'key_file = "{key}"') + 1
+    assert f"{path}:{line}: warning: ha.key_file: HA key file {key} line 3 holds 5 bytes" in err, err
     key.unlink()
     assert main(["check", "--config", str(path)]) == 0
-    assert f"warning: [ha] key_file: No such file or directory: {key} (lb run and lb reload refuse it)" in \
-        capsys.readouterr().err
+    assert f"{path}:{line}: warning: ha.key_file: HA key file {key}: No such file or directory (lb run and lb " \
+           f"reload refuse it)" in capsys.readouterr().err
 
 
 def test_a_reload_applies_a_new_keyring_and_refuses_a_bad_key_file(tmp_path, no_addresses):  # noqa: F811
@@ -205,7 +207,8 @@ def test_lb_run_names_the_field_of_a_key_file_it_cannot_use(tmp_path):
     key.unlink()
     eng = Engine(lbconfig.load(path), dataplane="ipvs")
     try:
-        with pytest.raises(StartupError, match=f"{path}: \\[ha\\] key_file: No such file or directory: {key}"):
+        line = path.read_text().splitlines().index(f'key_file = "{key}"') + 1
+        with pytest.raises(StartupError, match=f"^{path}:{line}: ha.key_file: No such file or directory: {key}$"):
             eng.start()
     finally:
         eng.lock.release()        # all the start took before it failed (as lb run's stop_failed_start)

@@ -101,7 +101,8 @@ def test_run_with_missing_interface_exits_2_and_names_it(tmp_path, instance):
     attached = xdp_links()
     p = lb("run", "--config", str(path))
     assert p.returncode == 2, p.stderr
-    assert f"{path}: interface(s) not found: nosuch0" in p.stderr
+    # file:line: field, as the loader's issues: the line that names the interface
+    assert f"{path}:3: global.public_interface: interface(s) not found: nosuch0" in p.stderr
     assert "Traceback" not in p.stderr
     assert not os.path.exists(f"{PIN_ROOT}/{instance}")
     assert not os.path.exists(f"/run/lb/{instance}.pid")
@@ -142,8 +143,11 @@ def test_check_warns_when_the_file_names_another_instance_than_the_units(tmp_pat
     path.write_text(GOOD.format(instance="default").replace('instance = "default"\n', ""))
     p = lb("check", "--config", str(path), "--instance", "web")
     assert p.returncode == 0, p.stderr
-    assert f"{path}: warning: [global] instance is 'default', not 'web' (the unit's)" in p.stderr
+    assert f"{path}:1: warning: global.instance: is 'default', not 'web' (the unit's)" in p.stderr  # [global]
     assert p.stdout.endswith(", 1 warning)\n"), p.stdout
+    path.write_text(GOOD.format(instance="other"))     # written: its line
+    p = lb("check", "--config", str(path), "--instance", "web")
+    assert f"{path}:2: warning: global.instance: is 'other', not 'web' (the unit's)" in p.stderr
     path.write_text(GOOD.format(instance="web"))
     p = lb("check", "--config", str(path), "--instance", "web")
     assert p.returncode == 0 and "warning" not in p.stderr and p.stdout.endswith("real servers)\n"), (p.stdout, p.stderr)

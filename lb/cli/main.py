@@ -97,15 +97,17 @@ def cmd_check(args) -> int:
         try:
             read_keys(cfg.ha.key_file)
         except (OSError, ValueError) as e:
-            why = f"{e.strerror}: {e.filename}" if isinstance(e, OSError) and e.strerror else str(e)
-            print(f"{args.config}: warning: [ha] key_file: {why} (lb run and lb reload refuse it)", file=sys.stderr)
+            why = f"HA key file {e.filename}: {e.strerror}" if isinstance(e, OSError) and e.strerror else str(e)
+            print(lbconfig.issue_at(args.config, ("ha", "key_file"), f"{why} (lb run and lb reload refuse it)")
+                  .as_warning(), file=sys.stderr)
             nw += 1
     if args.instance and args.instance != cfg.instance:
         # lb@web runs /etc/lb/web.toml, lb-web@web and `lb status --instance web` ask for "web":
         # a file that names another instance (or none: "default") is a daemon they never find
-        print(f"{args.config}: warning: [global] instance is {cfg.instance!r}, not {args.instance!r} (the unit's): "
-              f"lb-web@{args.instance} and `lb status --instance {args.instance}` will not find this daemon; "
-              f"set instance = {args.instance!r}", file=sys.stderr)
+        print(lbconfig.issue_at(args.config, ("global", "instance"),
+                                f"is {cfg.instance!r}, not {args.instance!r} (the unit's): lb-web@{args.instance} "
+                                f"and `lb status --instance {args.instance}` will not find this daemon; set it "
+                                f"to {args.instance!r}").as_warning(), file=sys.stderr)
         nw += 1
     print(f"{args.config}: ok ({nv} virtual server{'' if nv == 1 else 's'}, "
           f"{nr} real server{'' if nr == 1 else 's'}" + (f", {nw} warning{'' if nw == 1 else 's'})" if nw else ")"))

@@ -43,6 +43,22 @@ def format_of(path: str | os.PathLike[str]) -> str:
     return "toml"
 
 
+def issue_at(path: str | os.PathLike[str] | None, field: tuple, message: str) -> ConfigIssue:
+    """An issue about ``field`` (its path in the TOML document, e.g. ("ha", "key_file")) of the
+    configuration loaded from ``path``, found after loading (a key file, an interface, a port):
+    the line and the name it has in the file's own format (lvs.cf's key, keepalived.conf's block);
+    the field's TOML name alone when the file cannot tell (no file, or changed since)."""
+    from pathlib import Path
+
+    display = "<config>" if path is None else os.fspath(path)
+    try:
+        positions = lvscf._source_positions(None if path is None else Path(path))
+        line, name = positions.where(field)
+        return ConfigIssue(positions.file(field) or display, line, name, message)
+    except (ConfigError, OSError, ValueError):
+        return ConfigIssue(display, None, _toml.field_name(field), message)
+
+
 def load(path: str | os.PathLike[str]) -> Config:
     """Load a config file in any of the formats format_of() tells apart."""
     fmt = format_of(path)
@@ -66,6 +82,7 @@ __all__ = [
     "Timeouts",
     "VirtualServer",
     "format_of",
+    "issue_at",
     "keepalived",
     "load",
     "loads",

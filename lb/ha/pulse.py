@@ -343,6 +343,14 @@ REFUSED_TEXT = {
 }
 
 
+class KeyFileError(ValueError):
+    """[ha] key_file cannot be used: ``reason`` says why (the message: "key_file: REASON")."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(f"key_file: {reason}")
+        self.reason = reason
+
+
 class Pulse:
     NOTIFY_TIMEOUT = 30.0    # seconds a notify hook may run before it is killed
     READ_BUDGET = 64         # datagrams read per socket and wake-up: other sockets get their turn
@@ -375,9 +383,9 @@ class Pulse:
         try:
             self.keys = hb.read_keys(ha.key_file)    # the keyring: the first signs (set_keys at a reload)
         except OSError as e:
-            raise ValueError(f"key_file: {e.strerror or e}: {ha.key_file}") from None
+            raise KeyFileError(f"{e.strerror or e}: {ha.key_file}") from None
         except ValueError as e:
-            raise ValueError(f"key_file: {e}") from None
+            raise KeyFileError(str(e)) from None
         self.peer_keyno: int | None = None       # which of them the peer's newest accepted message was signed with
         self.boot = hb.new_boot_id()
         if node is None:
