@@ -2091,13 +2091,15 @@ class Engine:
             # the endpoints open in order: the first one without a socket is the one that failed
             ep = next((ep for c in getattr(self.pulse, "channels", ()) for ep in c.endpoints if ep.sock is None),
                       None)
-            what = "pulse's sockets" if ep is None else \
-                f"{'heartbeat_port' if ep.kind == 'heartbeat' else 'sync_port'} {ep.port}: " \
-                f"{_endpoint(ep.local, ep.port)}/udp"
             why = e.strerror or str(e)
             if e.errno == errno.EADDRINUSE:
                 why += " (another program holds the port: Piranha's pulse?)"
-            raise StartupError(f"{self.cfg.path or '<config>'}: [ha] {what}: cannot bind: {why}") from None
+            if ep is None:
+                raise StartupError(f"{self.cfg.path or '<config>'}: [ha] pulse's sockets: cannot bind: {why}") from None
+            # file:line: field of the port, as the loader's issues
+            key = "heartbeat_port" if ep.kind == "heartbeat" else "sync_port"
+            raise StartupError(str(lbconfig.issue_at(self.cfg.path, ("ha", key), f"{ep.port}: "
+                                                     f"{_endpoint(ep.local, ep.port)}/udp: cannot bind: {why}"))) from None
 
     async def _stop_running(self, blocking, started: dict) -> None:
         """What _start_running started (``started``), stopped: at the end of the loop, or after

@@ -238,8 +238,9 @@ def test_a_heartbeat_port_held_by_another_program_stops_lb_cleanly(tmp_path, mon
             rc = lbengine.run(lbconfig.load(path), dataplane="ipvs")
     assert rc == 2
     errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
-    assert errors == [f"{path}: [ha] heartbeat_port {port}: 198.18.0.1:{port}/udp: cannot bind: Address already "
-                      f"in use (another program holds the port: Piranha's pulse?)"], caplog.text
+    line = path.read_text().splitlines().index(f"heartbeat_port = {port}") + 1     # file:line: field
+    assert errors == [f"{path}:{line}: ha.heartbeat_port: {port}: 198.18.0.1:{port}/udp: cannot bind: Address "
+                      f"already in use (another program holds the port: Piranha's pulse?)"], caplog.text
     assert "attach lo" in EVENTS
     # with [ha] the start takes no address (the role does): none is removed -- the VIPs Piranha's
     # pulse may still hold, as the active director, stay where they are
