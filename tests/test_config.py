@@ -672,6 +672,18 @@ BAD = [
     bad("fwmark-twice-across-families", G + FWM + FWM.replace('"ftp"', '"ftp6"').replace('198.18.0.10', '2001:2::10'),
         14, "virtual_server[1].fwmark", "duplicate fwmark 21 (already used by virtual_server[0]): IPVS keeps one "
         "service per mark and address family, lb one per mark (the IPv4 and IPv6 services need marks of their own)"),
+    # lb_fwm_ranges has tables.services entries, one per (address, protocol) of the port groups:
+    # the data plane's plan refused the table at start ("3 (address, protocol) pairs ...") with no line
+    bad("fwmark-pairs-beyond-services", G + '[tables]\nservices = 2\n' + FWM + """\
+          [[virtual_server.port_group]]
+          address = "198.18.0.11"
+          ports = "21"
+          [[virtual_server.port_group]]
+          address = "198.18.0.11"
+          protocol = "udp"
+          ports = "21"
+        """, 18, "virtual_server[0].port_group[3].address", "too many (address, protocol) pairs in the port "
+        "groups of firewall-mark services: more than tables.services (2)"),
     bad("family-mismatch", G + """\
         [[virtual_server]]
         name = "web"

@@ -1467,6 +1467,21 @@ def _check_counts(
             ("virtual_server", services),
             f"too many virtual servers: {len(drafts)} defined but tables.services is {services}",
         )
+    elif isinstance(services, int):
+        # the firewall-mark services' port ranges are kept per (address, protocol), in a table of
+        # tables.services entries too (lb_fwm_ranges): groups on many VIPs can outgrow it
+        pairs: dict[tuple[str, IPAddress], FieldPath] = {}
+        for vs in drafts:
+            if isinstance(vs, _Invalid) or not vs.fwmark:
+                continue
+            for i, g in enumerate(vs.groups):
+                if isinstance(g, PortGroup) and (g.protocol, g.address) not in pairs:
+                    pairs[(g.protocol, g.address)] = vs.path + ("port_group", i)
+                    if len(pairs) == services + 1:
+                        chk.error(vs.path + ("port_group", i, "address"),
+                                  f"too many (address, protocol) pairs in the port groups of firewall-mark "
+                                  f"services: more than tables.services ({services}), which also sizes their "
+                                  f"table of port ranges")
     total = sum(len(vs.reals) for vs in drafts if not isinstance(vs, _Invalid))
     running = 0
     for i, vs in enumerate(drafts):
