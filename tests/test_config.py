@@ -684,6 +684,8 @@ BAD = [
           ports = "21"
         """, 18, "virtual_server[0].port_group[3].address", "too many (address, protocol) pairs in the port "
         "groups of firewall-mark services: more than tables.services (2)"),
+    bad("pmask-prefix-beyond-32", G + VS_AT_10 + 'persistent = 300\npmask = "/33"\n', 8, "virtual_server[0].pmask",
+        "an IPv4 prefix length must be between 0 and 32, got 33"),
     bad("family-mismatch", G + """\
         [[virtual_server]]
         name = "web"

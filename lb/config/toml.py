@@ -849,6 +849,8 @@ def _check_pmask(vs: _Table, version: int | None) -> str | int | None | _Invalid
                                   f"got {_describe(value)}")
     mask = parse_netmask(value)
     if mask is None:
+        if value.startswith("/") and value[1:].isascii() and value[1:].isdigit():
+            return vs.chk.error(path, f"an IPv4 prefix length must be between 0 and 32, got {value[1:]}")
         return vs.chk.error(path, f"'{value}' is not a contiguous IPv4 netmask (e.g. '255.255.255.0')")
     return mask
 
