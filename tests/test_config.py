@@ -996,6 +996,19 @@ def test_nat_router_of_direct_routing_without_ha_is_not_checked() -> None:
     assert str(cfg.nat_router) == "198.18.1.11/24"
 
 
+def test_a_real_server_at_a_vip_is_kernel_ipvs_local_node() -> None:
+    """Kernel IPVS serves a real server at one of the director's addresses itself (its local
+    node): with dataplane = "ipvs" a real server or sorry server at a VIP is taken."""
+    text = (G + 'dataplane = "ipvs"\n' + VS_AT_10 + 'sorry_server = "198.18.0.10"\n'
+            '[[virtual_server.real_server]]\naddress = "198.18.0.10"\n')
+    (vs,) = loads(text).virtual_servers
+    assert [str(r.address) for r in vs.real_servers] == ["198.18.0.10"]
+    with pytest.raises(ConfigError) as ei:
+        loads(text.replace('dataplane = "ipvs"', 'dataplane = "auto"'))    # xdp first
+    assert [i.field for i in ei.value.issues] == ["virtual_server[0].sorry_server",
+                                                  "virtual_server[0].real_server[0].address"]
+
+
 def test_fwmark_group_may_not_take_a_service_port() -> None:
     with pytest.raises(ConfigError) as ei:
         loads(G + """

@@ -1370,12 +1370,13 @@ def _check_vip_devices(chk: _Checker, drafts: list[_VirtualDraft | _Invalid], pu
 
 
 def _check_own_addresses(chk: _Checker, drafts: list[_VirtualDraft | _Invalid],
-                         nat_router: IPv4Interface | IPv6Interface | None) -> None:
+                         nat_router: IPv4Interface | IPv6Interface | None, local_node: bool) -> None:
     """The addresses the director holds (the VIPs, and nat_router where it is owned) are nobody
-    else's: a real server or a sorry server at a VIP would have the director send the
-    connections back to itself (IPVS's local node, which lb does not do), and a nat_router at a
-    VIP or at a real server's address would put one address on two hosts or two interfaces.
-    ``nat_router``: None when it is absent or not owned (direct routing without [ha])."""
+    else's: with the XDP data plane a real server or a sorry server at a VIP would have the
+    director send the connections back to itself (kernel IPVS serves them locally, its local
+    node: ``local_node``), and a nat_router at a VIP or at a real server's address would put one
+    address on two hosts or two interfaces.  ``nat_router``: None when it is absent or not owned
+    (direct routing without [ha])."""
     vips: dict[IPAddress, FieldPath] = {}
     for vs in drafts:
         if isinstance(vs, _Invalid):
@@ -1388,18 +1389,21 @@ def _check_own_addresses(chk: _Checker, drafts: list[_VirtualDraft | _Invalid],
     for vs in drafts:
         if isinstance(vs, _Invalid):
             continue
-        if isinstance(vs.sorry, tuple) and vs.sorry[0] in vips:
+        local = "kernel IPVS's local node: dataplane = \"ipvs\" only"
+        if isinstance(vs.sorry, tuple) and vs.sorry[0] in vips and not local_node:
             chk.error(vs.path + ("sorry_server",),
                       f"{vs.sorry[0]} is the VIP of {field_name(vips[vs.sorry[0]])}, an address of this "
-                      f"director: the sorry server must be another host")
+                      f"director: the sorry server must be another host (the XDP data plane would send "
+                      f"the connections back to itself; {local})")
         for rs in vs.reals:
             if isinstance(rs, _Invalid) or isinstance(rs.address, _Invalid):
                 continue
             if rs.address in vips:
-                chk.error(rs.path + ("address",),
-                          f"{rs.address} is the VIP of {field_name(vips[rs.address])}, an address of this "
-                          f"director: a real server must be another host (lb would send the connections "
-                          f"back to itself; IPVS's local node is not supported)")
+                if not local_node:
+                    chk.error(rs.path + ("address",),
+                              f"{rs.address} is the VIP of {field_name(vips[rs.address])}, an address of this "
+                              f"director: a real server must be another host (the XDP data plane would send "
+                              f"the connections back to itself; {local})")
                 continue
             reals.setdefault(rs.address, rs.path)
     if nat_router is None:
@@ -2175,7 +2179,7 @@ def validate(doc: dict[str, Any], display: str, positions: Positions, path: Path
     # nat_router is the director's where it is owned (lb.ha.addresses): NAT, or any network with [ha]
     owned_router = nat_router if isinstance(nat_router, (IPv4Interface, IPv6Interface)) and (
         network == "nat" or "ha" in top.data) else None
-    _check_own_addresses(chk, drafts, owned_router)
+    _check_own_addresses(chk, drafts, owned_router, dataplane == "ipvs")
     _check_counts(
         chk, drafts, table_values["services"], table_values["reals_per_service"], table_values["real_servers"]
     )
