@@ -962,7 +962,10 @@ class Engine:
             try:
                 keys = self.pulse.reload_keys(new.ha.key_file)
             except (OSError, ValueError) as e:
-                raise ReloadRefused(f"reload refused, nothing changed: {e}") from None
+                why = f"HA key file {e.filename}: {e.strerror}" if isinstance(e, OSError) and e.strerror else str(e)
+                # file:line: field, as the loader's issues
+                raise ReloadRefused(f"reload refused, nothing changed: "
+                                    f"{lbconfig.issue_at(path, ('ha', 'key_file'), why)}") from None
         log_warnings(new)
         # all or nothing: everything that can be checked is, before the first write (the data
         # plane's plan: every table's capacity, draining servers' slots included; the new

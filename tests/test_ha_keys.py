@@ -128,7 +128,8 @@ def test_a_reload_that_would_drop_the_key_the_live_peer_signs_with_is_refused(tm
     eng.dp.attached = {}
     for bad in (NEW + b"\n", OLD + b"\x00" + NEW):
         pair.files[hb.NODE_PRIMARY].write_bytes(bad)
-        with pytest.raises(ReloadRefused, match=f"reload refused, nothing changed: {pair.files[0]} no longer holds "
+        with pytest.raises(ReloadRefused, match=f"reload refused, nothing changed: {path}:[0-9]+: ha.key_file: "
+                                                f"{pair.files[0]} no longer holds "
                                                 f"the key the peer signs with .* both directors would be active"):
             eng.reload_or_raise()
         assert primary.keys == (OLD,)
@@ -190,12 +191,18 @@ def test_a_reload_applies_a_new_keyring_and_refuses_a_bad_key_file(tmp_path, no_
     # a key too short: refused, the running keyring and table as they were
     key.write_bytes(b"# lb keyring\n" + NEW + b"\nshort\n")
     applied = len(eng.dp.applied)
-    with pytest.raises(ReloadRefused, match=f"reload refused, nothing changed: HA key file {key} line 3 holds 5 bytes"):
+    line = path.read_text().splitlines().index(f'key_file = "{key}"') + 1     # file:line: field
+    with pytest.raises(ReloadRefused, match=f"reload refused, nothing changed: {path}:{line}: ha.key_file: HA key "
+                                            f"file {key} line 3 holds 5 bytes"):
         eng.reload_or_raise()
     assert eng.pulse.keys == (NEW, OLD) and len(eng.dp.applied) == applied
     key.chmod(0o640)
-    with pytest.raises(ReloadRefused, match="accessible by group or others"):
+    with pytest.raises(ReloadRefused, match=f"{path}:{line}: ha.key_file: .*accessible by group or others"):
         eng.reload_or_raise()
+    key.rename(key.with_suffix(".gone"))
+    with pytest.raises(ReloadRefused, match=f"{path}:{line}: ha.key_file: HA key file {key}: No such file"):
+        eng.reload_or_raise()
+    key.with_suffix(".gone").rename(key)
     assert eng.pulse.keys == (NEW, OLD)
     assert lbconfig.load(path).ha.key_file == key
 
