@@ -686,6 +686,11 @@ BAD = [
         "groups of firewall-mark services: more than tables.services (2)"),
     bad("pmask-prefix-beyond-32", G + VS_AT_10 + 'persistent = 300\npmask = "/33"\n', 8, "virtual_server[0].pmask",
         "an IPv4 prefix length must be between 0 and 32, got 33"),
+    # the header to write has no index: [[virtual_server[0].real_server]] is no TOML
+    bad("real-server-as-a-table", G + VS_AT_10 + '[virtual_server.real_server]\naddress = "198.18.1.11"\n', 7,
+        "virtual_server[0].real_server", "expected an array of tables ([[virtual_server.real_server]]), got a table"),
+    bad("monitor-not-a-table", G + VS_AT_10 + 'monitor = 5\n', 7,
+        "virtual_server[0].monitor", "expected a table ([virtual_server.monitor]), got integer 5"),
     bad("family-mismatch", G + """\
         [[virtual_server]]
         name = "web"

@@ -299,6 +299,12 @@ def field_name(path: FieldPath) -> str:
     return out
 
 
+def _header(path: FieldPath) -> str:
+    """The TOML table header of ``path``: ("virtual_server", 0, "real_server") is written
+    [[virtual_server.real_server]] (under the latest [[virtual_server]]), without the index."""
+    return ".".join(p for p in path if isinstance(p, str))
+
+
 def _describe(value: Any) -> str:
     """A TOML-flavoured description of a value for type errors."""
     if isinstance(value, bool):
@@ -644,7 +650,8 @@ class _Table:
         if value is _ABSENT:
             return _Table(self.chk, self.at(key), {})
         if not isinstance(value, dict):
-            return self.chk.error(self.at(key), f"expected a table ([{key}]), got {_describe(value)}")
+            return self.chk.error(self.at(key), f"expected a table ([{_header(self.at(key))}]), "
+                                                f"got {_describe(value)}")
         return _Table(self.chk, self.at(key), value)
 
     def tables(self, key: str) -> list[_Table | _Invalid]:
@@ -652,7 +659,7 @@ class _Table:
         value = self.data.get(key, _ABSENT)
         if value is _ABSENT:
             return []
-        header = field_name(self.at(key))
+        header = _header(self.at(key))
         if not isinstance(value, list):
             self.chk.error(
                 self.at(key),
