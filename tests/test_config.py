@@ -691,6 +691,9 @@ BAD = [
         "virtual_server[0].real_server", "expected an array of tables ([[virtual_server.real_server]]), got a table"),
     bad("monitor-not-a-table", G + VS_AT_10 + 'monitor = 5\n', 7,
         "virtual_server[0].monitor", "expected a table ([virtual_server.monitor]), got integer 5"),
+    # nat_router floats with the active role: a heartbeat address is a director's own
+    bad("nat-router-is-a-heartbeat-address", G + 'nat_router = "198.18.0.3/24"\n' + HA_HEAD, 3, "global.nat_router",
+        "198.18.0.3 is [ha] backup, a director's own address: nat_router moves to the active director"),
     bad("family-mismatch", G + """\
         [[virtual_server]]
         name = "web"

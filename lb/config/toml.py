@@ -1689,10 +1689,16 @@ def _check_ha(top: _Table, base: Path | None, user: str) -> HA | None | _Invalid
               script_user=script_user, **values)
 
 
-def _check_vips_not_heartbeat_addresses(chk: _Checker, drafts: list[_VirtualDraft | _Invalid], ha: HA) -> None:
-    """A VIP moves to whichever director is active; a heartbeat address is a director's own."""
+def _check_vips_not_heartbeat_addresses(chk: _Checker, drafts: list[_VirtualDraft | _Invalid], ha: HA,
+                                        nat_router: IPv4Interface | IPv6Interface | None = None) -> None:
+    """A VIP moves to whichever director is active, and so does nat_router (with [ha] it is
+    owned whatever the network); a heartbeat address is a director's own."""
     own = {ha.primary: "primary", ha.backup: "backup", ha.primary_private: "primary_private",
            ha.backup_private: "backup_private"}
+    if nat_router is not None and nat_router.ip in own:
+        chk.error(("global", "nat_router"), f"{nat_router.ip} is [ha] {own[nat_router.ip]}, a director's own "
+                                            f"address: nat_router moves to the active director, so it cannot be "
+                                            f"one of theirs")
     for vs in drafts:
         if not isinstance(vs, _Invalid) and isinstance(vs.address, (IPv4Address, IPv6Address)) and vs.address in own:
             chk.error(vs.path + ("address",), f"is [ha] {own[vs.address]}, a director's own address: a VIP "
@@ -2199,7 +2205,8 @@ def validate(doc: dict[str, Any], display: str, positions: Positions, path: Path
     web = _check_web(top, base)
     metrics = _check_metrics(top, web)
     if isinstance(ha, HA):
-        _check_vips_not_heartbeat_addresses(chk, drafts, ha)
+        _check_vips_not_heartbeat_addresses(chk, drafts, ha, nat_router if isinstance(
+            nat_router, (IPv4Interface, IPv6Interface)) else None)
     control = _check_control(top)
     bgp = _check_bgp(top, drafts, network, dataplane)
 
