@@ -1559,8 +1559,9 @@ def test_tables_that_do_not_fit_memory_are_an_error_at_their_line(monkeypatch) -
     with pytest.raises(ConfigError) as ei:
         loads(G + "[tables]\nconnections = 1048576\nembryonic = 67108864\n")
     assert [(i.line, i.field) for i in ei.value.issues] == [(5, "tables.embryonic")]
-    # kernel IPVS has no such tables
-    assert loads(G + 'dataplane = "ipvs"\n' + "[tables]\nconnections = 67108864\n").warnings == ()
+    # kernel IPVS has no such tables (the key is only said to have no effect)
+    (w,) = loads(G + 'dataplane = "ipvs"\n' + "[tables]\nconnections = 67108864\n").warnings
+    assert w.message.startswith('no effect with dataplane = "ipvs"')
 
 
 def test_tables_past_half_of_memory_are_a_warning(monkeypatch) -> None:
@@ -1583,3 +1584,33 @@ def test_tables_memory_estimate_matches_the_kernels_entries() -> None:
                                                             + 256 * (1250 + 12 * 64 + 4 * 40) + 4096 * (200 + 4 * 40))
     # a million real servers' statistics, per CPU, are no small part on a large machine
     assert tables_memory(1024, 0, 0, 1, 1 << 20, 1, 128) > 5 << 30
+
+
+def test_keys_only_the_xdp_data_plane_reads_are_warned_of_with_kernel_ipvs() -> None:
+    """dataplane = "ipvs": [tables], amemthresh, the too-big answers' rate, mh_size and
+    quiesce_server change nothing (kernel IPVS has its own); each written one is a warning with
+    its line, as other keys without effect are.  "auto" may run XDP: nothing is said."""
+    text = G + """dataplane = "ipvs"
+[tables]
+connections = 131072
+[defense]
+drop_entry = 1
+amemthresh = 100
+icmp_msgs_burst = 5
+[[virtual_server]]
+name = "dns"
+address = "198.18.0.10"
+port = 53
+scheduler = "mh"
+mh_size = 251
+quiesce_server = true
+"""
+    cfg = loads(text)
+    assert [(w.line, w.field, w.message.split(":")[0]) for w in cfg.warnings] == [
+        (5, "tables.connections", 'no effect with dataplane = "ipvs"'),
+        (8, "defense.amemthresh", 'no effect with dataplane = "ipvs"'),
+        (9, "defense.icmp_msgs_burst", 'no effect with dataplane = "ipvs"'),
+        (15, "virtual_server[0].mh_size", 'no effect with dataplane = "ipvs"'),
+        (16, "virtual_server[0].quiesce_server", 'no effect with dataplane = "ipvs"'),
+    ]
+    assert loads(text.replace('"ipvs"', '"auto"')).warnings == ()

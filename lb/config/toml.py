@@ -1538,6 +1538,33 @@ def _check_amemthresh(chk: _Checker, de: _Table | _Invalid, amemthresh: int | No
                   f"tables.embryonic, or a quarter of tables.connections), got {amemthresh}")
 
 
+def _warn_ipvs_no_effect(chk: _Checker, top: _Table, drafts: list[_VirtualDraft | _Invalid]) -> None:
+    """dataplane = "ipvs": the keys only the XDP data plane reads, written in the file, are
+    warned of (kernel IPVS has its own sizes, limits and table sizes, and no way to restart a
+    server's counts); "auto" may run either, so it is not."""
+    said = 'no effect with dataplane = "ipvs"'
+    for table, keys, why in (
+            ("tables", TABLES_KEYS, "kernel IPVS sizes its own connection table (the ip_vs module's conn_tab_bits)"),
+            ("defense", ("amemthresh",), "kernel IPVS engages its defenses by its own free memory (its "
+                                         "amemthresh sysctl)"),
+            ("defense", ("icmp_msgs_per_sec", "icmp_msgs_burst"), "the kernel's own ICMP rate limit "
+                                                                   "(net.ipv4.icmp_msgs_per_sec) applies")):
+        t = top.data.get(table)
+        for key in keys:
+            if isinstance(t, dict) and key in t:
+                chk.warn((table, key), f"{said}: {why}")
+    for vs in drafts:
+        if isinstance(vs, _Invalid):
+            continue
+        data = top.data["virtual_server"][vs.path[1]]
+        if "mh_size" in data and isinstance(vs.mh_size, int) and vs.mh_size != DEFAULT_MH_SIZE:
+            chk.warn(vs.path + ("mh_size",), f"{said}: kernel IPVS's mh uses its compiled-in table size "
+                                             f"(CONFIG_IP_VS_MH_TAB_INDEX, {DEFAULT_MH_SIZE} on most kernels)")
+        if vs.quiesce_server is True:
+            chk.warn(vs.path + ("quiesce_server",), f"{said}: kernel IPVS cannot restart a server's "
+                                                    f"connection counts")
+
+
 MEMINFO: Final = "/proc/meminfo"
 
 
@@ -2193,6 +2220,8 @@ def validate(doc: dict[str, Any], display: str, positions: Positions, path: Path
     owned_router = nat_router if isinstance(nat_router, (IPv4Interface, IPv6Interface)) and (
         network == "nat" or "ha" in top.data) else None
     _check_own_addresses(chk, drafts, owned_router, dataplane == "ipvs")
+    if dataplane == "ipvs":
+        _warn_ipvs_no_effect(chk, top, drafts)
     _check_counts(
         chk, drafts, table_values["services"], table_values["reals_per_service"], table_values["real_servers"]
     )
