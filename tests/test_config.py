@@ -1614,3 +1614,16 @@ quiesce_server = true
         (16, "virtual_server[0].quiesce_server", 'no effect with dataplane = "ipvs"'),
     ]
     assert loads(text.replace('"ipvs"', '"auto"')).warnings == ()
+
+
+def test_a_nat_router_that_is_never_added_is_warned_of() -> None:
+    """lb adds nat_router for NAT, or with [ha] (lb.ha.addresses): direct routing or tunneling
+    alone ignore it, and nat_router_device without nat_router names nothing -- said, with the
+    line, as other keys without effect are."""
+    (w,) = loads(G + 'nat_router = "198.18.1.254/24"\n').warnings
+    assert (w.line, w.field) == (3, "global.nat_router")
+    assert w.message.startswith('no effect with network = "direct" without [ha]')
+    (w,) = loads(G + 'network = "tunnel"\nnat_router_device = "priv0"\n').warnings
+    assert (w.line, w.field, w.message) == (4, "global.nat_router_device", "no effect without nat_router")
+    # with [ha] it is the real servers' gateway through the active director: no warning
+    assert loads(G + 'nat_router = "198.18.1.254/24"\n' + HA_HEAD).warnings == ()

@@ -2220,6 +2220,14 @@ def validate(doc: dict[str, Any], display: str, positions: Positions, path: Path
     owned_router = nat_router if isinstance(nat_router, (IPv4Interface, IPv6Interface)) and (
         network == "nat" or "ha" in top.data) else None
     _check_own_addresses(chk, drafts, owned_router, dataplane == "ipvs")
+    # lb.ha.addresses adds nat_router only for NAT or with [ha] (NAT without one is an error above)
+    if isinstance(network, str) and network != "nat":
+        if isinstance(nat_router, (IPv4Interface, IPv6Interface)) and "ha" not in top.data:
+            chk.warn(g.at("nat_router"), f'no effect with network = "{network}" without [ha] (lb adds the '
+                                         f'real servers\' gateway for NAT, or with [ha] for replies routed '
+                                         f'through the active director)')
+        elif nat_router is None and "nat_router_device" in g.data:
+            chk.warn(g.at("nat_router_device"), "no effect without nat_router")
     if dataplane == "ipvs":
         _warn_ipvs_no_effect(chk, top, drafts)
     _check_counts(
