@@ -694,6 +694,12 @@ BAD = [
     # nat_router floats with the active role: a heartbeat address is a director's own
     bad("nat-router-is-a-heartbeat-address", G + 'nat_router = "198.18.0.3/24"\n' + HA_HEAD, 3, "global.nat_router",
         "198.18.0.3 is [ha] backup, a director's own address: nat_router moves to the active director"),
+    # a private end at a public address: a director holding primary and backup_private is both
+    # roles (pulse finds its role from its addresses), or one address is bound twice
+    bad("ha-private-is-a-public-address", G + HA_HEAD + 'primary_private = "198.18.1.1"\nbackup_private = "198.18.0.1"\n',
+        8, "ha.backup_private", "198.18.0.1 is already primary: the private channel's ends are other addresses"),
+    bad("ha-private-ends-the-same", G + HA_HEAD + 'primary_private = "198.18.1.1"\nbackup_private = "198.18.1.1"\n',
+        8, "ha.backup_private", "must differ from primary_private"),
     bad("family-mismatch", G + """\
         [[virtual_server]]
         name = "web"

@@ -1652,6 +1652,16 @@ def _check_ha(top: _Table, base: Path | None, user: str) -> HA | None | _Invalid
                 and a.version != b.version:
             keep(h.chk.error(h.at(far), f"must be of {near}'s address family (IPv{a.version} {a}, IPv{b.version} {b}): "
                                         f"the two ends of one channel"))
+    # four addresses, each one director's on one channel: a private end that is a public one
+    # makes a director hold both roles' addresses (which node it is comes from them) or binds
+    # one address twice
+    publics = {primary: "primary", backup: "backup"}
+    for key, addr in (("primary_private", primary_private), ("backup_private", backup_private)):
+        if isinstance(addr, (IPv4Address, IPv6Address)) and addr in publics:
+            keep(h.chk.error(h.at(key), f"{addr} is already {publics[addr]}: the private channel's ends are "
+                                        f"other addresses of the directors (those of the private network)"))
+    if primary_private is not None and primary_private == backup_private:
+        keep(h.chk.error(h.at("backup_private"), "must differ from primary_private"))
     key_file = keep(h.string("key_file", required=True))
     if isinstance(key_file, str):
         if not key_file:
