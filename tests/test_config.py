@@ -1565,6 +1565,10 @@ def test_tables_that_do_not_fit_memory_are_an_error_at_their_line(monkeypatch) -
     with pytest.raises(ConfigError) as ei:
         loads(G + "[tables]\nconnections = 1048576\nembryonic = 67108864\n")
     assert [(i.line, i.field) for i in ei.value.issues] == [(5, "tables.embryonic")]
+    # "auto" falls back to kernel IPVS when XDP cannot start: a warning
+    (w,) = loads(G + 'dataplane = "auto"\n' + "[tables]\nconnections = 67108864\n").warnings
+    assert (w.line, w.field) == (5, "tables.connections")
+    assert 'more than this machine has (8.0 GiB): dataplane "auto" will run kernel IPVS' in w.message
     # kernel IPVS has no such tables (the key is only said to have no effect)
     (w,) = loads(G + 'dataplane = "ipvs"\n' + "[tables]\nconnections = 67108864\n").warnings
     assert w.message.startswith('no effect with dataplane = "ipvs"')

@@ -1605,9 +1605,13 @@ def _check_tables_memory(chk: _Checker, t: _Table | _Invalid, tables: dict[str, 
     given = [k for k in parts if k in t.data] or ["connections"]
     key = max(given, key=lambda k: parts[k])
     said = f"the [tables] sizes need about {_gib(need)} of memory for the data plane's tables"
-    if need > total:
-        chk.error(t.at(key), f"{said}, more than this machine has ({_gib(total)}): lower {key} (connections_ipv6 "
-                             f"and embryonic default to a quarter of connections)")
+    lower = f"lower {key} (connections_ipv6 and embryonic default to a quarter of connections)"
+    if need > total and dataplane == "auto":
+        # auto gives way to kernel IPVS when the XDP data plane cannot start (Engine._fall_back)
+        chk.warn(t.at(key), f"{said}, more than this machine has ({_gib(total)}): dataplane \"auto\" will run "
+                            f"kernel IPVS; {lower}")
+    elif need > total:
+        chk.error(t.at(key), f"{said}, more than this machine has ({_gib(total)}): {lower}")
     else:
         chk.warn(t.at(key), f"{said}, more than half of this machine's {_gib(total)}: a restart that changes "
                             f"[tables] holds the old tables beside the new ones while it moves their entries")
