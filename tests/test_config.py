@@ -1637,3 +1637,16 @@ def test_a_nat_router_that_is_never_added_is_warned_of() -> None:
     assert (w.line, w.field, w.message) == (4, "global.nat_router_device", "no effect without nat_router")
     # with [ha] it is the real servers' gateway through the active director: no warning
     assert loads(G + 'nat_router = "198.18.1.254/24"\n' + HA_HEAD).warnings == ()
+
+
+def test_sh_weights_beyond_its_buckets_are_warned_of() -> None:
+    """sh's 256 buckets go to the real servers in turn, `weight` each (ip_vs_sh_reassign): weights
+    of 200 and 100 give the second 56 buckets, not a third of them -- said, at the scheduler."""
+    text = G + VS_AT_10 + 'scheduler = "sh"\n' + "".join(
+        f'[[virtual_server.real_server]]\naddress = "198.18.1.{i}"\nweight = {w}\n' for i, w in ((11, 200), (12, 100)))
+    (w,) = loads(text).warnings
+    assert (w.line, w.field) == (7, "virtual_server[0].scheduler")
+    assert "the weights sum to 300, so the servers last in its list get fewer buckets" in w.message
+    assert loads(text.replace("weight = 200", "weight = 2").replace("weight = 100", "weight = 1")).warnings == ()
+    # a server out of the list (active = false) takes no bucket
+    assert loads(text.replace("weight = 100", "weight = 100\nactive = false")).warnings == ()

@@ -1327,6 +1327,24 @@ def _check_reals_of(chk: _Checker, vs: _VirtualDraft, network: str | _Invalid) -
                 seen_name[name] = rs.path
 
 
+SH_BUCKETS: Final = 256  # IP_VS_SH_TAB_SIZE
+
+
+def _warn_sh_weights(chk: _Checker, vs: _VirtualDraft) -> None:
+    """sh fills its 256 buckets walking the list of real servers, each taking `weight`
+    consecutive ones (ip_vs_sh_reassign; weight 0 takes one): weights that sum beyond 256 leave
+    the servers last in the list fewer buckets than their share, or none."""
+    if vs.scheduler != "sh":
+        return
+    reals = [r for r in vs.reals if isinstance(r, _RealDraft) and r.active is True and isinstance(r.weight, int)]
+    total = sum(max(1, r.weight) for r in reals if isinstance(r.weight, int))
+    if total > SH_BUCKETS:
+        chk.warn(vs.path + ("scheduler",), f"sh fills its {SH_BUCKETS} buckets with each real server's weight in "
+                                           f"turn (as IPVS): the weights sum to {total}, so the servers last in its "
+                                           f"list get fewer buckets than their weight's share, or none; scale the "
+                                           f"weights down (their ratios are what count)")
+
+
 def _check_services(chk: _Checker, drafts: list[_VirtualDraft | _Invalid]) -> None:
     """Duplicate virtual server keys and names."""
     seen_key: dict[tuple[str, IPAddress, int], FieldPath] = {}
@@ -2224,6 +2242,7 @@ def validate(doc: dict[str, Any], display: str, positions: Positions, path: Path
     for vs in drafts:
         if not isinstance(vs, _Invalid):
             _check_reals_of(chk, vs, network)
+            _warn_sh_weights(chk, vs)
     # with [ha] the real servers' gateway must float (nat_router); alone, the director's own
     # private address of the other family is a gateway as good
     if network == "nat" and isinstance(nat_router, (IPv4Interface, IPv6Interface)) and "ha" in top.data:
