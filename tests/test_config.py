@@ -1650,3 +1650,19 @@ def test_sh_weights_beyond_its_buckets_are_warned_of() -> None:
     assert loads(text.replace("weight = 200", "weight = 2").replace("weight = 100", "weight = 1")).warnings == ()
     # a server out of the list (active = false) takes no bucket
     assert loads(text.replace("weight = 100", "weight = 100\nactive = false")).warnings == ()
+
+
+def test_every_shipped_config_passes_lb_check(capsys) -> None:
+    """Every file in configs/ -- TOML, lvs.cf and keepalived.conf -- is one `lb check` takes
+    (exit 0, "ok"); its warnings, if any, name a line."""
+    from lb.cli.main import main
+
+    files = sorted(p for p in CONFIGS.iterdir() if p.suffix in (".toml", ".cf", ".conf"))
+    assert {p.suffix for p in files} == {".toml", ".cf", ".conf"}
+    for f in files:
+        assert main(["check", "--config", str(f)]) == 0, capsys.readouterr().err
+        out, err = capsys.readouterr()
+        assert out.startswith(f"{f}: ok ("), out
+        for line in err.splitlines():
+            # the key file's warning is the machine's (no /etc/lb/ha.key here), not the file's
+            assert re.match(rf"{re.escape(str(f))}:\d+: warning: ", line) or "key_file" in line, line
