@@ -1666,3 +1666,24 @@ def test_every_shipped_config_passes_lb_check(capsys) -> None:
         for line in err.splitlines():
             # the key file's warning is the machine's (no /etc/lb/ha.key here), not the file's
             assert re.match(rf"{re.escape(str(f))}:\d+: warning: ", line) or "key_file" in line, line
+
+
+@pytest.mark.parametrize("name", ["lab-nat.toml", "example-lvs.cf", "keepalived-lab-dr.conf"])
+def test_a_byte_order_mark_first_is_not_part_of_the_file(tmp_path, name) -> None:
+    """Windows Notepad saves UTF-8 with a BOM first: every format took it for part of the first
+    line (TOML: "Invalid statement (at line 1, column 1)"; a keepalived.conf was not even
+    recognised).  It is dropped; the file loads as without it, and lines count as before."""
+    from lb.config import format_of, store
+
+    src = CONFIGS / name
+    path = tmp_path / name
+    path.write_bytes(b"\xef\xbb\xbf" + src.read_bytes())
+    assert format_of(path) == format_of(src)
+    assert dataclasses.replace(load(path), path=None) == dataclasses.replace(load(src), path=None)
+    assert [w.line for w in load(path).warnings] == [w.line for w in load(src).warnings]
+    assert store.read(path).cfg is not None
+    bad = tmp_path / "bad.toml"                 # and a mistake's line is its own
+    bad.write_bytes(b'\xef\xbb\xbf[global]\npublic_interface = "pub0"\nnetwork = "masq"\n')
+    with pytest.raises(ConfigError) as ei:
+        load(bad)
+    assert [(i.line, i.field) for i in ei.value.issues] == [(3, "global.network")]

@@ -33,7 +33,7 @@ def format_of(path: str | os.PathLike[str]) -> str:
         return "lvscf"
     try:
         with open(path, "rb") as f:
-            head = f.read(65536).decode("utf-8", "replace")
+            head = _toml.without_bom(f.read(65536).decode("utf-8", "replace"))
     except OSError:
         head = ""
     if lvscf.looks_like_lvscf(head):

@@ -172,7 +172,7 @@ def load_bytes(data: bytes, fmt: str, path: Path, watch: keepalived.Watched | No
     display = str(path)
     _toml.check_size(data, display)
     try:
-        text = data.decode("utf-8")
+        text = _toml.without_bom(data.decode("utf-8"))
     except UnicodeDecodeError as e:
         raise ConfigError([ConfigIssue(display, data[: e.start].count(b"\n") + 1, "", "file is not valid UTF-8")]) \
             from None

@@ -222,10 +222,16 @@ def read_text(path: str | os.PathLike[str], display: str) -> str:
         raise ConfigError([ConfigIssue(display, None, "", f"cannot read file: {reason}")]) from None
     check_size(data, display)
     try:
-        return data.decode("utf-8")
+        return without_bom(data.decode("utf-8"))
     except UnicodeDecodeError as e:
         line = data[: e.start].count(b"\n") + 1
         raise ConfigError([ConfigIssue(display, line, "", "file is not valid UTF-8")]) from None
+
+
+def without_bom(text: str) -> str:
+    """``text`` without the byte order mark an editor (Windows Notepad) may put first: every
+    format read it as part of the first line ("TOML syntax error: Invalid statement")."""
+    return text[1:] if text.startswith("\ufeff") else text
 
 
 def file_stamp(path: str | os.PathLike[str]) -> tuple[int, int, int, int, int] | None:
