@@ -700,6 +700,13 @@ BAD = [
         8, "ha.backup_private", "198.18.0.1 is already primary: the private channel's ends are other addresses"),
     bad("ha-private-ends-the-same", G + HA_HEAD + 'primary_private = "198.18.1.1"\nbackup_private = "198.18.1.1"\n',
         8, "ha.backup_private", "must differ from primary_private"),
+    # ipvsadm's ADDR:PORT habit: the port has its own key
+    bad("address-with-port", G + '[[virtual_server]]\nname = "web"\naddress = "198.18.0.10:80"\nport = 80\n', 5,
+        "virtual_server[0].address", "'198.18.0.10:80' is not a valid IP address: write the port in its own key "
+        "(address = \"198.18.0.10\", port = 80)"),
+    bad("real-address-with-port", G + VS_AT_10 + '[[virtual_server.real_server]]\naddress = "[2001:2::1]:8080"\n', 8,
+        "virtual_server[0].real_server[0].address", "write the port in its own key (address = \"2001:2::1\", "
+        "port = 8080)"),
     bad("family-mismatch", G + """\
         [[virtual_server]]
         name = "web"

@@ -74,6 +74,7 @@ from .model import (
     CONN4_ENTRY_BYTES,
     CONN6_ENTRY_BYTES,
     PERSIST_EMBRYO_ENTRY_BYTES,
+    parse_endpoint,
     parse_netmask,
     parse_port,
     parse_prefix_length,
@@ -644,6 +645,11 @@ class _Table:
         try:
             addr = ipaddress.ip_address(value)
         except ValueError:
+            endpoint = parse_endpoint(value)
+            if endpoint is not None and endpoint[1] is not None and "port" in schema_of(self.path):
+                # ipvsadm's -t ADDR:PORT / -r ADDR:PORT habit: the port has a key of its own here
+                return self.chk.error(self.at(key), f"'{value}' is not a valid IP address: write the port in its "
+                                                    f"own key (address = \"{endpoint[0]}\", port = {endpoint[1]})")
             return self.chk.error(self.at(key), f"'{value}' is not a valid IP address")
         problem = _unicast_problem(addr)
         if problem:
