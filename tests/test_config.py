@@ -707,6 +707,9 @@ BAD = [
     bad("real-address-with-port", G + VS_AT_10 + '[[virtual_server.real_server]]\naddress = "[2001:2::1]:8080"\n', 8,
         "virtual_server[0].real_server[0].address", "write the port in its own key (address = \"2001:2::1\", "
         "port = 8080)"),
+    bad("address-host-name", G + VS_AT_10 + '[[virtual_server.real_server]]\naddress = "web1.example.com"\n', 8,
+        "virtual_server[0].real_server[0].address", "'web1.example.com' is a host name, not an IP address: lb "
+        "takes addresses"),
     bad("family-mismatch", G + """\
         [[virtual_server]]
         name = "web"

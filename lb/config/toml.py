@@ -650,6 +650,10 @@ class _Table:
                 # ipvsadm's -t ADDR:PORT / -r ADDR:PORT habit: the port has a key of its own here
                 return self.chk.error(self.at(key), f"'{value}' is not a valid IP address: write the port in its "
                                                     f"own key (address = \"{endpoint[0]}\", port = {endpoint[1]})")
+            if any(c.isalpha() for c in value) and _HOST_RE.fullmatch(value) and ":" not in value:
+                # a host name: resolved when? (at each start, to what?) -- lb takes the address
+                return self.chk.error(self.at(key), f"'{value}' is a host name, not an IP address: lb takes "
+                                                    f"addresses (write the one it resolves to)")
             return self.chk.error(self.at(key), f"'{value}' is not a valid IP address")
         problem = _unicast_problem(addr)
         if problem:
