@@ -799,8 +799,8 @@ def test_tcp_and_udp_on_one_address_and_port_are_two_services() -> None:
     # the same protocol twice is still one service defined twice
     issues = error_of(DNS_PAIR.replace("protocol UDP", "protocol TCP"))
     assert [(line, msg) for line, _, msg in issues] == [
-        (10, "duplicate virtual server tcp 10.0.0.1:53 (already defined by virtual_server[0])"),
-        (10, "duplicate virtual server name '10.0.0.1:53' (already used by virtual_server[0])")]
+        (10, "duplicate virtual server tcp 10.0.0.1:53 (already defined by virtual_server[10.0.0.1 53])"),
+        (10, "duplicate virtual server name '10.0.0.1:53' (already used by virtual_server[10.0.0.1 53])")]
 
 
 def test_persistence_granularity_alone_is_persistent_for_360_seconds() -> None:

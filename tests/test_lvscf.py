@@ -448,7 +448,7 @@ def test_not_supported_yet() -> None:
 def test_one_vip_on_two_devices() -> None:
     """The director would add and announce the VIP on both links; eth0:1 and eth0:2 are one device."""
     two = GOOD_HEAD + "virtual dns {\n     address = 192.168.1.10 eth1\n     port = 53\n}\n"
-    assert one(two) == (11, "virtual[dns].address", "VIP 192.168.1.10 on eth1, but virtual_server[0] puts it on eth0 "
+    assert one(two) == (11, "virtual[dns].address", "VIP 192.168.1.10 on eth1, but virtual[web] puts it on eth0 "
                                                     "(public_interface): a VIP is on one interface (lb would add "
                                                     "and announce it on both)")
     assert len(lvscf.loads(two.replace("eth1", "eth0:2")).virtual_servers) == 2

@@ -519,6 +519,12 @@ class _Checker:
         self.issues.append(ConfigIssue(self.positions.file(path) or self.display, line, name, message))
         return INVALID
 
+    def name(self, path: FieldPath) -> str:
+        """The field at ``path`` as the file names it (virtual_server[0] in TOML, virtual[web] in an
+        lvs.cf, virtual_server[198.18.0.10 80] in a keepalived.conf): for messages that refer to
+        another field than their own."""
+        return self.positions.where(path)[1]
+
     def warn(self, path: FieldPath, message: str) -> None:
         """A key accepted that changes nothing (Config.warnings: `lb check` and the log say it)"""
         line, name = self.positions.where(path)
@@ -1288,7 +1294,7 @@ def _check_nat_families(chk: _Checker, drafts: list[_VirtualDraft | _Invalid],
 
 def _check_reals_of(chk: _Checker, vs: _VirtualDraft, network: str | _Invalid) -> None:
     """Per-service checks: direct-routing ports, duplicate addresses and names."""
-    vs_label = vs.name if isinstance(vs.name, str) else field_name(vs.path)
+    vs_label = vs.name if isinstance(vs.name, str) else chk.name(vs.path)
     seen_addr: dict[tuple[IPAddress, int], FieldPath] = {}
     seen_name: dict[str, FieldPath] = {}
     vs_port = vs.port if isinstance(vs.port, int) else None
@@ -1322,7 +1328,7 @@ def _check_reals_of(chk: _Checker, vs: _VirtualDraft, network: str | _Invalid) -
                 chk.error(
                     rs.path + ("address",),
                     f"duplicate real server {what} in virtual server "
-                    f"'{vs_label}' (already defined by {field_name(seen_addr[key])})",
+                    f"'{vs_label}' (already defined by {chk.name(seen_addr[key])})",
                 )
                 if rs.name is None:
                     continue  # its defaulted name clashes too: don't report the same mistake twice
@@ -1337,7 +1343,7 @@ def _check_reals_of(chk: _Checker, vs: _VirtualDraft, network: str | _Invalid) -
                 chk.error(
                     rs.path + ("name",),
                     f"duplicate real server name '{name}' in virtual server '{vs_label}' "
-                    f"(already used by {field_name(seen_name[name])}){hint}",
+                    f"(already used by {chk.name(seen_name[name])}){hint}",
                 )
             else:
                 seen_name[name] = rs.path
@@ -1374,7 +1380,7 @@ def _check_services(chk: _Checker, drafts: list[_VirtualDraft | _Invalid]) -> No
                 chk.error(
                     vs.path + ("address",),
                     f"duplicate virtual server {vs.protocol} {_endpoint(vs.address, vs.port)} "
-                    f"(already defined by {field_name(seen_key[key])})",
+                    f"(already defined by {chk.name(seen_key[key])})",
                 )
             else:
                 seen_key[key] = vs.path
@@ -1382,7 +1388,7 @@ def _check_services(chk: _Checker, drafts: list[_VirtualDraft | _Invalid]) -> No
             if vs.name in seen_name:
                 chk.error(
                     vs.path + ("name",),
-                    f"duplicate virtual server name '{vs.name}' (already used by {field_name(seen_name[vs.name])})",
+                    f"duplicate virtual server name '{vs.name}' (already used by {chk.name(seen_name[vs.name])})",
                 )
             else:
                 seen_name[vs.name] = vs.path
@@ -1404,7 +1410,7 @@ def _check_vip_devices(chk: _Checker, drafts: list[_VirtualDraft | _Invalid], pu
         for vip in dict.fromkeys(v for v in vips if not isinstance(v, _Invalid)):
             first_dev, first, first_said = seen.setdefault(vip, (dev, vs.path, said))
             if first_dev != dev:
-                chk.error(vs.path + ("device",), f"VIP {vip} on {said}, but {field_name(first)} puts it on "
+                chk.error(vs.path + ("device",), f"VIP {vip} on {said}, but {chk.name(first)} puts it on "
                                                  f"{first_said}: a VIP is on one interface (lb would add and "
                                                  f"announce it on both)")
                 break
@@ -1433,7 +1439,7 @@ def _check_own_addresses(chk: _Checker, drafts: list[_VirtualDraft | _Invalid],
         local = "kernel IPVS's local node: dataplane = \"ipvs\" only"
         if isinstance(vs.sorry, tuple) and vs.sorry[0] in vips and not local_node:
             chk.error(vs.path + ("sorry_server",),
-                      f"{vs.sorry[0]} is the VIP of {field_name(vips[vs.sorry[0]])}, an address of this "
+                      f"{vs.sorry[0]} is the VIP of {chk.name(vips[vs.sorry[0]])}, an address of this "
                       f"director: the sorry server must be another host (the XDP data plane would send "
                       f"the connections back to itself; {local})")
         for rs in vs.reals:
@@ -1442,7 +1448,7 @@ def _check_own_addresses(chk: _Checker, drafts: list[_VirtualDraft | _Invalid],
             if rs.address in vips:
                 if not local_node:
                     chk.error(rs.path + ("address",),
-                              f"{rs.address} is the VIP of {field_name(vips[rs.address])}, an address of this "
+                              f"{rs.address} is the VIP of {chk.name(vips[rs.address])}, an address of this "
                               f"director: a real server must be another host (the XDP data plane would send "
                               f"the connections back to itself; {local})")
                 continue
@@ -1451,10 +1457,10 @@ def _check_own_addresses(chk: _Checker, drafts: list[_VirtualDraft | _Invalid],
         return
     gw = nat_router.ip
     if gw in vips:
-        chk.error(("global", "nat_router"), f"{gw} is the VIP of {field_name(vips[gw])}: the real servers' "
+        chk.error(("global", "nat_router"), f"{gw} is the VIP of {chk.name(vips[gw])}: the real servers' "
                                             f"gateway needs an address of its own")
     elif gw in reals:
-        chk.error(("global", "nat_router"), f"{gw} is the address of {field_name(reals[gw])}: the real "
+        chk.error(("global", "nat_router"), f"{gw} is the address of {chk.name(reals[gw])}: the real "
                                             f"servers' gateway is the director's, not a real server's")
 
 
@@ -1476,7 +1482,7 @@ def _check_fwmarks(chk: _Checker, drafts: list[_VirtualDraft | _Invalid], servic
                     why = (f": IPVS keeps one service per mark and address family, lb one per mark "
                            f"(the IPv{addr.version} and IPv{vs.address.version} services need marks of their own)")
                 chk.error(vs.path + ("fwmark",), f"duplicate fwmark {vs.fwmark} (already used by "
-                                                 f"{field_name(first)}){why}")
+                                                 f"{chk.name(first)}){why}")
             else:
                 seen_mark[vs.fwmark] = (vs.path, vs.address)
         for i, g in enumerate(vs.groups):
@@ -1487,13 +1493,13 @@ def _check_fwmarks(chk: _Checker, drafts: list[_VirtualDraft | _Invalid], servic
             clash = next((p for lo, hi, p in here if lo <= g.high and g.low <= hi), None)
             if clash is not None:
                 chk.error(path + ("ports",), f"ports {g.low}-{g.high} of {g.protocol} {g.address} overlap "
-                                             f"{field_name(clash)}")
+                                             f"{chk.name(clash)}")
                 continue
             taken = next((port for (proto, addr, port) in services
                           if proto == g.protocol and addr == g.address and g.low <= port <= g.high), None)
             if taken is not None:
                 chk.error(path + ("ports",), f"port {taken} of {g.protocol} {g.address} is already a virtual "
-                                             f"server of its own ({field_name(services[(g.protocol, g.address, taken)])})")
+                                             f"server of its own ({chk.name(services[(g.protocol, g.address, taken)])})")
                 continue
             if len(here) >= FWM_RANGES_PER_VIP:
                 chk.error(path, f"more than {FWM_RANGES_PER_VIP} port groups for {g.protocol} {g.address}")
@@ -1535,7 +1541,7 @@ def _check_counts(
         if isinstance(vs, _Invalid):
             continue
         n = len(vs.reals)
-        label = vs.name if isinstance(vs.name, str) else field_name(vs.path)
+        label = vs.name if isinstance(vs.name, str) else chk.name(vs.path)
         if isinstance(per_service, int) and n > per_service:
             chk.error(
                 ("virtual_server", i, "real_server", per_service),
