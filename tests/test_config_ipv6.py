@@ -319,7 +319,7 @@ BAD6 = [
           address = "198.18.0.11"
           ports = "30000-30099"
         """), 10, "virtual_server[0].port_group[1].address",
-        "port group address 198.18.0.11 is IPv4 but port_group[0] (2001:2::11) is IPv6: "
+        "port group address 198.18.0.11 is IPv4 but virtual_server[0].port_group[0] (2001:2::11) is IPv6: "
         "the port groups of a firewall-mark service are all one address family"),
     bad("ipv4-real-under-ipv6-port-groups", FWM6 + doc("""\
           [[virtual_server.real_server]]

@@ -1040,7 +1040,7 @@ def _check_fwmark_virtual(vs: _Table, name: str | None | _Invalid, user: str) ->
             groups[i] = vs.chk.error(
                 vs.at("port_group") + (i, "address"),
                 f"port group address {g.address} is IPv{g.address.version} but "
-                f"port_group[{groups.index(ref)}] ({ref.address}) is IPv{ref.address.version}: "
+                f"{vs.chk.name(vs.at('port_group') + (groups.index(ref),))} ({ref.address}) is IPv{ref.address.version}: "
                 f"the port groups of a firewall-mark service are all one address family")
     ref_addr: IPAddress | _Invalid = ref.address if ref is not None else INVALID
     scheduler = _check_scheduler(vs)
