@@ -105,7 +105,7 @@ def test_generic_load_dispatches_on_suffix_and_content(tmp_path: Path) -> None:
     no_suffix.write_text(FULL.read_text())
     assert nopath(load(no_suffix)) == EXPECTED_FULL
     starts_primary = tmp_path / "lvs.conf"
-    starts_primary.write_text("# c\n\nprimary = 1.2.3.4\n" + "virtual v {\n address = 10.1.1.1 eth0\n port = 80\n}\n")
+    starts_primary.write_text("# c\n\nprimary = 1.2.3.4\nnetwork = direct\n" + "virtual v {\n address = 10.1.1.1 eth0\n port = 80\n}\n")
     assert load(starts_primary).public_interface == "eth0"
     # TOML files still take the TOML path
     assert load(CONFIGS / "lab-dr.toml").instance == "lab"
@@ -734,6 +734,20 @@ def test_network_tunnel_reads_and_writes_back() -> None:
     line, fld, msg = one(GOOD_HEAD.replace("network = direct", "network = tunnel")
                          .replace("weight = 1", "weight = 1\n         port = 8080"))
     assert "tunneling cannot change the destination port" in msg
+
+
+def test_no_network_line_is_piranhas_nat_never_direct_routing() -> None:
+    # Piranha's lvs forwards by NAT when the file has no network line (lvsconfig.c's default; its
+    # console leaves the line out for NAT): lb must not take it as direct routing
+    nat = GOOD_HEAD.replace("network = direct\n", "nat_router = 10.0.0.254 eth1:1\n")
+    cfg = lvscf.loads(nat)
+    assert (cfg.network, cfg.private_interface) == ("nat", "eth1")
+    assert "network = nat" in lvscf.dumps(cfg)
+    # without nat_router lb cannot run it as NAT: refused, naming the key, not quietly DR
+    assert one(GOOD_HEAD.replace("network = direct\n", "")) == (
+        1, "network", "no 'network' line: Piranha forwards by NAT then (its default), and lb's NAT needs "
+                      "nat_router = IP DEVICE[:N]; add network = nat with nat_router, or network = direct or "
+                      "network = tunnel, as the real servers are set up")
 
 
 def test_web_console_keys_round_trip(tmp_path: Path) -> None:

@@ -21,6 +21,8 @@ Mapping onto :class:`~lb.config.model.Config`:
   without a device uses it.
 * ``port``: a number or a service name as /etc/services gives it (``port = http``; a built-in
   table of the well-known names where the host has no /etc/services); absent, Piranha's 80.
+* ``network``: as written; **absent, Piranha's default nat** (its console writes the line only for
+  direct and tunnel), so without ``nat_router`` the file is refused (never read as direct routing).
 * ``private_interface`` and ``nat_router_device``: the device of ``nat_router = IP DEV[:N]``.
 * ``nat_router``: its IP with the prefix of ``nat_nmask``; **/24 when nat_nmask
   is absent** (Piranha's own default, 255.255.255.0); shorter than /8 (IPv6 /16) is refused.
@@ -704,6 +706,18 @@ class _Builder:
                             "network = nat requires nat_router = IP DEVICE (e.g. nat_router = 10.0.0.254 eth1)")
             self.note(("global", "nat_router"), network.line, "nat_router")
             self.note(("global", "private_interface"), network.line, "nat_router")
+        elif network is None:
+            # Piranha's lvs forwards by NAT when the file names no network (lvsconfig.c's default;
+            # its console writes the line only for direct and tunnel): never lb's own default
+            if nat is not None:
+                glob["network"] = "nat"
+                self.note(("global", "network"), nat_line, "nat_router")
+            else:
+                first = top.entries[0].line if top.entries else top.children[0].line if top.children else None
+                self.issues.add(first, "network",
+                                "no 'network' line: Piranha forwards by NAT then (its default), and lb's NAT "
+                                "needs nat_router = IP DEVICE[:N]; add network = nat with nat_router, or "
+                                "network = direct or network = tunnel, as the real servers are set up")
 
         instance = g.entries.get("lb_instance")
         glob["instance"] = instance.value if instance else "default"
