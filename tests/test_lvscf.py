@@ -643,7 +643,7 @@ def test_ha_errors() -> None:
     no_key = HA_CF.split("lb_ha_key_file")[0] + GOOD_HEAD
     cfg = lvscf.loads(no_key)  # Piranha's files name no key: lb's default, with a warning
     assert cfg.ha is not None and cfg.ha.key_file == Path("/etc/lb/ha.key")
-    [w] = cfg.warnings
+    [w] = [w for w in cfg.warnings if not w.field.endswith(".active")]  # GOOD_HEAD has no active lines
     assert (w.line, w.field) == (3, "backup_active") and w.message.startswith(
         "lb_ha_key_file not given: the heartbeat key is /etc/lb/ha.key")
     assert one(no_key.replace("heartbeat = 1", "heartbeat = 0") .replace(
@@ -748,6 +748,28 @@ def test_no_network_line_is_piranhas_nat_never_direct_routing() -> None:
         1, "network", "no 'network' line: Piranha forwards by NAT then (its default), and lb's NAT needs "
                       "nat_router = IP DEVICE[:N]; add network = nat with nat_router, or network = direct or "
                       "network = tunnel, as the real servers are set up")
+
+
+def test_no_active_line_is_off_as_in_piranha() -> None:
+    # lvsconfig.c zeroes a new virtual or server block and lvs skips those whose isActive is 0:
+    # without active = 1 Piranha never ran them, so lb must not send traffic there either
+    text = GOOD_HEAD.replace("     port = 80\n", "     port = 80\n     active = 1\n").replace(
+        "     }\n}", "     }\n     server web2 {\n         address = 10.0.0.12\n         active = 1\n     }\n}")
+    cfg = lvscf.loads(text, "lvs.cf")
+    vs = cfg.virtual_servers[0]
+    assert vs.active and [(rs.name, rs.active) for rs in vs.real_servers] == [("web1", False), ("web2", True)]
+    assert [(w.line, w.field, w.message) for w in cfg.warnings] == [
+        (6, "virtual[web].server[web1].active", "no 'active' line: off, as in Piranha (lvs does not add a real "
+                                                "server without active = 1); add active = 1 to run it")]
+    off = lvscf.loads(GOOD_HEAD, "lvs.cf")
+    assert not off.virtual_servers[0].active
+    assert [(w.line, w.field) for w in off.warnings] == [(2, "virtual[web].active"),
+                                                         (5, "virtual[web].server[web1].active")]
+    # written back with the lines: read again, the same and no warning
+    again = lvscf.loads(lvscf.dumps(cfg), "lvs.cf")
+    assert again.virtual_servers == cfg.virtual_servers and again.warnings == ()
+    # lb import keeps them off
+    assert "active = false" in lvscf.dumps_toml(off)
 
 
 def test_web_console_keys_round_trip(tmp_path: Path) -> None:

@@ -46,7 +46,9 @@ def test_virtual_server_form_default_port_and_device() -> None:
     assert (www.name, www.port, www.protocol, www.device) == ("www", 80, "tcp", None)
     assert (secure.name, secure.port) == ("secure", 443)
     assert (dns.name, dns.port, dns.protocol) == ("dns", 53, "udp")
-    assert warnings_of(cfg) == [(4, "primary")]
+    # dns has no active line: Piranha's lvs never started it (active defaults to 0), nor does lb
+    assert (www.active, secure.active, dns.active) == (True, True, False)
+    assert warnings_of(cfg) == [(4, "primary"), (41, "virtual[dns].active")]
     assert cfg.warnings[0].message.startswith("no effect without backup_active = 1: this director runs alone")
 
 

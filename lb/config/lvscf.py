@@ -28,7 +28,8 @@ Mapping onto :class:`~lb.config.model.Config`:
   is absent** (Piranha's own default, 255.255.255.0); shorter than /8 (IPv6 /16) is refused.
 * ``instance``: ``"default"``.
 * ``virtual`` -> VirtualServer (``device`` is None when it is the public interface),
-  ``server`` -> RealServer; ``active = 1|0``; ``tcp_timeout``/``tcpfin_timeout``/
+  ``server`` -> RealServer; ``active = 1|0``, **absent 0 as in Piranha** (its lvs starts neither a
+  virtual nor a server without ``active = 1``; a warning names the block); ``tcp_timeout``/``tcpfin_timeout``/
   ``udp_timeout`` -> Timeouts.
 
 * Health checks -> VirtualServer.monitor (:class:`~lb.config.model.Monitor`):
@@ -999,6 +1000,7 @@ class _Builder:
             if val is not None:
                 out[key] = val
             self.note(tf + (key,), v.line(key), v.fld(key))
+        self._active_default(out, v, "virtual")
         for key in ("protocol", "scheduler", "pmask", "sorry_server"):
             if key in v.entries and not (fwm and key == "protocol"):
                 out[key] = v.entries[key].value
@@ -1021,6 +1023,18 @@ class _Builder:
         if vx:
             self.extras["virtual"][vb.name] = vx
         return out, dev_info
+
+    def _active_default(self, out: dict[str, Any], scope: _Scope, kind: str) -> None:
+        """No ``active`` line: Piranha's default, 0 (lvsconfig.c zeroes the block; lvs starts neither a
+        virtual nor a real server without active = 1), said with the block's line."""
+        if "active" in scope.entries:
+            return
+        out["active"] = False
+        what = ("lvs does not start a virtual server" if kind == "virtual" else
+                "lvs does not add a real server")
+        self.warnings.append(ConfigIssue(self.issues.display, scope.block.line, scope.fld("active"),
+                                         f"no 'active' line: off, as in Piranha ({what} without active = 1); "
+                                         f"add active = 1 to run it"))
 
     def _monitor(self, mf: FieldPath, v: _Scope) -> dict[str, Any]:
         """The ``[virtual_server.monitor]`` table of one virtual block (empty: the default monitor)."""
@@ -1149,6 +1163,7 @@ class _Builder:
             if val is not None:
                 out[key] = val
             self.note(tf + (key,), s.line(key), s.fld(key))
+        self._active_default(out, s, "server")
         for key in ("u_threshold", "l_threshold"):
             val = s.integer(f"lb_{key}")
             if val is not None:
