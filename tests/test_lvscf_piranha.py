@@ -103,6 +103,27 @@ def test_fwmark_without_port_groups_is_refused_with_the_reason(tmp_path: Path) -
         cfg.warnings[-1].message
     again = lvscf.loads(lvscf.dumps(cfg, extras))
     assert again == cfg and again.virtual_servers[0].device == "eth2"
+    assert ftp.monitor.port is None  # port = 21 is the first group's: lb's checks take it anyway
+
+
+def test_fwmark_port_is_where_the_checks_go(tmp_path: Path) -> None:
+    # Piranha's lvs runs nanny -p PORT on a firewall-mark virtual: its checks went to `port`, whatever
+    # order the operator lists lb_port_groups in (lb's checks take the first group's port otherwise,
+    # here the passive range, where no FTP server listens)
+    text = (DIR / "ftp-fwmark.cf").read_text().replace(
+        "     protocol = tcp\n", "     protocol = tcp\n     lb_port_groups = tcp 192.0.2.60 10000-10100, tcp 192.0.2.60 21\n")
+    cfg, extras = lvscf.loads_with_extras(text, "lvs.cf")
+    ftp = cfg.virtual_servers[0]
+    assert (ftp.port, ftp.monitor.port) == (10000, 21)
+    assert [(w.field, w.message.split(":")[0]) for w in cfg.warnings if "firewall-mark" in w.message] == [
+        ("virtual[FTP].address", "address, protocol")]
+    # lb_monitor_port still wins; lb export / lb import keep the port
+    assert lvscf.loads(text.replace("port = 21\n", "port = 21\n     lb_monitor_port = 2121\n")
+                       ).virtual_servers[0].monitor.port == 2121
+    assert lvscf.loads(lvscf.dumps(cfg, extras)).virtual_servers == cfg.virtual_servers
+    toml = tmp_path / "lb.toml"
+    toml.write_text(lvscf.dumps_toml(cfg, extras))
+    assert load(toml).virtual_servers[0].monitor.port == 21
 
 
 @pytest.mark.parametrize("name", LOADABLE)

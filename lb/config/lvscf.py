@@ -69,6 +69,8 @@ port and protocol) are type-checked and returned in ``extras`` (see :func:`load_
 :func:`dumps` writes them back; each that has no effect is a warning (Config.warnings) naming its
 line: they did something in Piranha.  A firewall-mark virtual needs ``lb_port_groups`` (lb matches
 the ports itself; Piranha's iptables rule did): without it the file is refused with an example.
+Its ``port`` is where Piranha's nanny checked the real servers: when it is not the first port group's
+port (which lb's checks take otherwise) it becomes Monitor.port, unless ``lb_monitor_port`` is given.
 ``service = fos`` is rejected as not supported yet.
 
 lb extensions (written by :func:`dumps` only when the model needs them to
@@ -989,8 +991,9 @@ class _Builder:
                 if raw != dev:
                     vx["address_alias"] = raw
         proto = v.entries["protocol"].value if "protocol" in v.entries else "tcp"
+        check_port = None
         if fwm:
-            self._fwmark_piranha_keys(v, vx, proto)
+            check_port = self._fwmark_piranha_keys(v, vx, proto, out.get("port_group", []))
         elif "port" not in v.entries:
             out["port"] = DEFAULT_PORT  # Piranha's when a virtual names no port
         for key, getter in (("port", lambda: None if fwm else _port(v, "port", proto)),
@@ -1010,6 +1013,9 @@ class _Builder:
             out["quiesce_server"] = qs
         self.note(tf + ("quiesce_server",), v.line("quiesce_server"), v.fld("quiesce_server"))
         monitor = self._monitor(tf + ("monitor",), v)
+        if check_port is not None:
+            monitor["port"] = check_port
+            self.note(tf + ("monitor", "port"), v.line("port"), v.fld("port"))
         if monitor:
             out["monitor"] = monitor
         lm = self._load_monitor(tf + ("load_monitor",), v, vx)
@@ -1091,11 +1097,21 @@ class _Builder:
         take("status", "lb_monitor_status", pair)
         return m
 
-    def _fwmark_piranha_keys(self, v: _Scope, vx: dict[str, Any], proto: str) -> None:
+    def _fwmark_piranha_keys(self, v: _Scope, vx: dict[str, Any], proto: str,
+                             groups: list[dict[str, Any]]) -> int | None:
         """A firewall-mark virtual as Piranha wrote it: address, port and protocol beside fwmark (an
         iptables rule marked the packets).  lb matches the ports of lb_port_groups itself: the three
-        are kept for writing back; without lb_port_groups the file is refused with an example."""
+        are kept for writing back; without lb_port_groups the file is refused with an example.
+        Piranha's nanny checked the real servers on ``port``: when it is not the first port group's
+        (the port lb's checks take), it is returned, the monitor's port (unless lb_monitor_port)."""
         keys = [k for k in ("address", "port", "protocol") if k in v.entries]
+        check = None
+        if "port" in v.entries and "lb_monitor_port" not in v.entries and groups:
+            low = str(groups[0]["ports"]).split("-")[0].strip()
+            port = _port(v, "port", proto)
+            if port is not None and low.isdigit() and int(low) != port:
+                check = port
+                keys.remove("port")
         for k in ("port", "protocol"):
             if k in v.entries:
                 vx[k] = v.entries[k].value
@@ -1111,6 +1127,7 @@ class _Builder:
             self.warn(v, keys[0], f"{', '.join(keys)}: no effect on a firewall-mark service: lb matches the "
                                   f"ports of lb_port_groups" + ("; the address's device carries the VIPs"
                                                                 if "address" in keys else ""))
+        return check
 
     def _load_monitor(self, lf: FieldPath, v: _Scope, vx: dict[str, Any]) -> dict[str, Any]:
         """``[virtual_server.load_monitor]`` from load_monitor = uptime|rup and lb_load_monitor_*."""
