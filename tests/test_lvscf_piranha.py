@@ -124,6 +124,13 @@ def test_fwmark_port_is_where_the_checks_go(tmp_path: Path) -> None:
     toml = tmp_path / "lb.toml"
     toml.write_text(lvscf.dumps_toml(cfg, extras))
     assert load(toml).virtual_servers[0].monitor.port == 21
+    # the console clears the monitor's port: the file written must not bring it back through port
+    cleared = dataclasses.replace(cfg, virtual_servers=(dataclasses.replace(
+        ftp, monitor=dataclasses.replace(ftp.monitor, port=None)),))
+    assert lvscf.loads(lvscf.dumps(cleared, extras)).virtual_servers[0].monitor.port is None
+    named = text.replace("port = 21\n", "port = ftp\n")  # a service name, the first group's port
+    cfg, extras = lvscf.loads_with_extras(named.replace("10000-10100, tcp 192.0.2.60 21", "21, tcp 192.0.2.60 10000-10100"))
+    assert cfg.virtual_servers[0].monitor.port is None and "port = ftp" in lvscf.dumps(cfg, extras)
 
 
 @pytest.mark.parametrize("name", LOADABLE)

@@ -457,6 +457,13 @@ def _port(scope: _Scope, key: str, protocol: str) -> int | None:
     return port
 
 
+def _port_number(text: str, protocol: str) -> int | None:
+    """A port as :func:`_port` reads it, without reporting (None: not one)."""
+    if _INT_RE.fullmatch(text):
+        return int(text) if len(text) <= 6 else None
+    return service_port(text, protocol if protocol in ("tcp", "udp") else "tcp")
+
+
 def _fmt_seconds(x: float) -> str:
     return str(int(x)) if float(x).is_integer() else repr(float(x))
 
@@ -1504,7 +1511,10 @@ def dumps(cfg: Config, extras: dict[str, Any] | None = None) -> str:
             if "address" in vx or vs.device is not None:  # Piranha's VIP line, for its device
                 put(ind, "address", f"{vx.get('address', vs.address)} {dev_text(dev, vx.get('address_alias'))}")
             for key in ("port", "protocol"):
-                if key in vx:
+                # Piranha's port is the checks' port unless lb_monitor_port is written or it is the
+                # first group's (the loader's rule): left out where it would read back as another
+                if key in vx and not (key == "port" and vs.monitor.port is None and vs.port_groups and
+                                      _port_number(vx[key], vs.protocol) != vs.port_groups[0].low):
                     put(ind, key, vx[key])
             put(ind, "fwmark", vs.fwmark)
             put(ind, "lb_port_groups", ", ".join(
