@@ -107,7 +107,8 @@ lvs.cf when relative), ``lb_web_allowed_hosts`` and ``lb_web_trusted_proxies`` (
 Validation is the TOML loader's: the lvs.cf is turned into the document tomllib would give for
 the same configuration, with the lvs.cf line and key of each of its fields, and handed to
 :func:`lb.config.toml.validate`, whose issues then name the lvs.cf's line and key
-(``virtual[web].server[web1].weight``).  Comments and key order are not preserved by :func:`dumps`.
+(``virtual[web].server[web1].weight``).  Comments and key order are not preserved by :func:`dumps`;
+:func:`keep_comments` puts an old file's comments back into what it wrote (the console's saves).
 """
 
 from __future__ import annotations
@@ -1571,6 +1572,68 @@ def dumps(cfg: Config, extras: dict[str, Any] | None = None) -> str:
                 put(ind2, "lb_l_threshold", rs.l_threshold)
             out.append(f"{ind}}}")
         out.append("}")
+    return "\n".join(out) + "\n"
+
+
+def _anchors(lines: list[str]) -> list[tuple | None]:
+    """What each line of an lvs.cf is, for :func:`keep_comments`: ("key", blocks, key), ("block",
+    blocks), ("close", blocks) (blocks: the (kind, name) path of the block it is in or opens), None
+    for a comment or blank line, ("other",) for what does not parse."""
+    out: list[tuple | None] = []
+    path: list[tuple[str, str]] = []
+    for raw in lines:
+        s = raw.strip()
+        if not s or s.startswith("#"):
+            out.append(None)
+            continue
+        m = _BLOCK_RE.fullmatch(s)
+        if m:
+            path.append((m.group(1), m.group(3) or m.group(2)))
+            out.append(("block", tuple(path)))
+        elif s == "}":
+            out.append(("close", tuple(path)))
+            if path:
+                path.pop()
+        else:
+            k = _KEY_RE.fullmatch(s)
+            out.append(("key", tuple(path), k.group(1)) if k else ("other",))
+    return out
+
+
+def keep_comments(old: str, new: str) -> str:
+    """``new`` (an lvs.cf :func:`dumps` wrote for the file that held ``old``) with the comment lines
+    of ``old`` put back, each run before the line it preceded there: the same key of the same block,
+    the same block or its closing brace (a key gone: before its block's closing brace; a block
+    gone: its comments too); the comments after the last line at the end.  Piranha's console kept
+    an lvs.cf's comments when it saved (lvsMergeConfig); so does lb's."""
+    old_lines, new_lines = old.splitlines(), new.splitlines()
+    old_ids, new_ids = _anchors(old_lines), _anchors(new_lines)
+    before: dict[tuple, list[str]] = {}  # a new line's anchor -> the comment lines to put before it
+    head: list[str] = []  # the comments above the first line: the file's own, kept on top
+    run: list[str] = []
+    seen = False
+    where = {a: i for i, a in enumerate(new_ids) if a is not None}
+    for raw, a in zip(old_lines, old_ids):
+        if a is None:
+            if raw.strip():
+                run.append(raw)
+            continue
+        if run and not seen:
+            head = run
+        elif run:
+            target = a if a in where else ("close", a[1]) if a[0] == "key" and ("close", a[1]) in where else None
+            if target is not None:
+                before.setdefault(target, []).extend(run)
+        run, seen = [], True
+    tail = run
+    if not before and not head and not tail:
+        return new
+    out: list[str] = list(head)
+    for raw, a in zip(new_lines, new_ids):
+        if a is not None and a in before:
+            out.extend(before.pop(a))
+        out.append(raw)
+    out.extend(tail)
     return "\n".join(out) + "\n"
 
 

@@ -263,14 +263,14 @@ def _plain(cfg: Config) -> Config:
 
 
 def render(cfg: Config, snap: Snapshot) -> str:
-    """``cfg`` in the snapshot's format (lvs.cf keeps the current file's extras)."""
+    """``cfg`` in the snapshot's format (lvs.cf keeps the current file's extras and comments)."""
     stamp = time.strftime("%Y-%m-%d %H:%M:%S %z")
     if snap.format == "lvscf":
         extras = None
         if snap.cfg is not None:
             with contextlib.suppress(ConfigError):
                 extras = lvscf._parse(snap.text, str(snap.path), snap.path)[1]
-        return lvscf.dumps(cfg, extras)
+        return lvscf.keep_comments(snap.text, lvscf.dumps(cfg, extras))  # the operator's comments stay
     return totoml.dumps(cfg, header=[f"Written by lb (serial_no {cfg.serial_no}) on {stamp}; the previous version "
                                      f"is {prev_path(snap.path).name}.", "Check a hand edit with `lb check`."])
 
