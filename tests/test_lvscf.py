@@ -654,6 +654,15 @@ def test_ha_errors() -> None:
     assert one(HA_CF.replace("heartbeat_port = 1539", "heartbeat_port = 70000"))[:2] == (7, "heartbeat_port")
 
 
+def test_ha_without_timing_lines_has_pulses_defaults() -> None:
+    # pulse's defaults (lvsconfig.c): keepalive 2, deadtime 5 -- not lb's [ha] deadtime of 6 s
+    bare = "primary = 198.18.0.1\nbackup_active = 1\nbackup = 198.18.0.3\nlb_ha_key_file = \"/k\"\n" + GOOD_HEAD
+    ha = lvscf.loads(bare).ha
+    assert ha is not None and (ha.keepalive, ha.deadtime, ha.heartbeat_port) == (2, 5, 539)
+    assert lvscf.loads(bare.replace("backup = ", "deadtime = 9\nbackup = ")).ha.deadtime == 9
+    assert lvscf.loads(bare.replace("backup = ", "lb_ha_deadtime = 4.5\nbackup = ")).ha.deadtime == 4.5
+
+
 def test_ha_timing_and_users_are_checked_and_round_trip() -> None:
     assert one(HA_CF.replace("lb_ha_max_skew = 5", "lb_ha_max_skew = 0")) == (
         19, "lb_ha_max_skew", "must be more than 0 seconds")

@@ -42,7 +42,8 @@ Mapping onto :class:`~lb.config.model.Config`:
 
 * HA (pulse): ``backup_active = 1`` (there is a backup director) makes the ``[ha]`` model
   (:class:`~lb.config.model.HA`) from ``primary``, ``primary_private``, ``backup``,
-  ``backup_private``, ``heartbeat_port``, ``keepalive``, ``deadtime`` and ``monitor_links``;
+  ``backup_private``, ``heartbeat_port``, ``keepalive``, ``deadtime`` (absent: pulse's 5 s, not lb's
+  6) and ``monitor_links``;
   ``heartbeat`` must then be 1 (or absent); ``lb_ha_key_file`` names the shared key of lb's signed
   heartbeats (a relative path is relative to the lvs.cf; absent: /etc/lb/ha.key, with a warning).  :func:`dumps` writes all of
   Piranha's HA keys back (``backup_active = 1``, ``heartbeat = 1``).  With ``backup_active = 0``
@@ -246,6 +247,7 @@ TABLE_KEYS = {f"lb_table_{k}": k for k in ("connections", "services", "real_serv
                                             "embryonic", "connections_ipv6")}
 DEFAULT_NAT_NMASK = "255.255.255.0"
 DEFAULT_PORT = 80  # Piranha's port for a virtual that names none
+PULSE_DEADTIME = 5  # pulse's deadtime when the file names none (lvsconfig.c; keepalive's 2 is lb's too)
 
 # TOML key -> lvs.cf key, for messages about keys that were not written
 _TOML_TO_CF = {
@@ -877,6 +879,8 @@ class _Builder:
         for key in ("keepalive", "deadtime"):
             exact = _seconds(g, f"lb_ha_{key}")
             piranha = _seconds(g, key)  # type-checked even where lb_ha_* wins
+            if exact is None and piranha is None and key == "deadtime" and key not in g.entries:
+                piranha = PULSE_DEADTIME  # pulse's own default, not lb's [ha] one
             take(key, f"lb_ha_{key}" if exact is not None else key, exact if exact is not None else piranha)
         take("monitor_links", "monitor_links", g.boolean("monitor_links"))
         kf = g.entries.get("lb_ha_key_file")
