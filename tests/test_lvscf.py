@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 import textwrap
 from ipaddress import IPv4Address, IPv4Interface, IPv4Network, IPv6Address
 from pathlib import Path
@@ -779,6 +780,20 @@ def test_no_active_line_is_off_as_in_piranha() -> None:
     assert again.virtual_servers == cfg.virtual_servers and again.warnings == ()
     # lb import keeps them off
     assert "active = false" in lvscf.dumps_toml(off)
+
+
+def test_use_regex_posix_classes_match_as_nanny_matched_them() -> None:
+    # Piranha's nanny compiled expect with regcomp: [[:digit:]] is a digit there; Python's re would
+    # read a set of "[:digt" then a literal "]", and the check would never pass
+    text = GOOD_HEAD.replace("     port = 80\n", '     port = 80\n     send = "GET / HTTP/1.0\\r\\n\\r\\n"\n'
+                             '     expect = "HTTP/1\\.[01] [[:digit:]]{3} [^[:space:]]+"\n     use_regex = 1\n')
+    mon = lvscf.loads(text).virtual_servers[0].monitor
+    assert mon.expect == r"HTTP/1\.[01] [0-9]{3} [^ \t\n\r\f\v]+"
+    assert re.search(mon.expect, "HTTP/1.1 200 OK\r\n") and not re.search(mon.expect, "HTTP/1.1 2x0 OK")
+    # only with use_regex; and what is written back reads back the same
+    assert lvscf.loads(text.replace("use_regex = 1", "use_regex = 0")).virtual_servers[0].monitor.expect == \
+        "HTTP/1\\.[01] [[:digit:]]{3} [^[:space:]]+"
+    assert lvscf.loads(lvscf.dumps(lvscf.loads(text))).virtual_servers[0].monitor == mon
 
 
 def test_web_console_keys_round_trip(tmp_path: Path) -> None:

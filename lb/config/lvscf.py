@@ -38,7 +38,7 @@ Mapping onto :class:`~lb.config.model.Config`:
   else kind "tcp".  send/expect/use_regex/timeout/reentry map to the fields of the
   same name (``send_program`` -> ``program``); send/expect are kept raw (the checker
   decodes send's escapes; expect is matched as written, a regular expression's own escapes
-  with use_regex); the interval is Piranha's 2 s.
+  with use_regex, whose POSIX classes ``[[:digit:]]`` -- nanny's regcomp -- become Python's ``[0-9]``); the interval is Piranha's 2 s.
 
 * HA (pulse): ``backup_active = 1`` (there is a backup director) makes the ``[ha]`` model
   (:class:`~lb.config.model.HA`) from ``primary``, ``primary_private``, ``backup``,
@@ -465,6 +465,53 @@ def _port_number(text: str, protocol: str) -> int | None:
     if _INT_RE.fullmatch(text):
         return int(text) if len(text) <= 6 else None
     return service_port(text, protocol if protocol in ("tcp", "udp") else "tcp")
+
+
+# POSIX character classes (regcomp, as Piranha's nanny matched expect with use_regex) as the
+# ranges Python's re takes inside a bracket expression
+_POSIX_CLASSES = {
+    "alpha": "a-zA-Z", "digit": "0-9", "alnum": "a-zA-Z0-9", "upper": "A-Z", "lower": "a-z",
+    "xdigit": "0-9A-Fa-f", "space": r" \t\n\r\f\v", "blank": r" \t", "cntrl": r"\x00-\x1f\x7f",
+    "print": r"\x20-\x7e", "graph": r"\x21-\x7e", "punct": r"!-/:-@\[-`{-~",
+}
+
+
+def posix_classes(rx: str) -> str:
+    """``rx`` with the POSIX classes of its bracket expressions (``[[:digit:]]``, ``[^[:space:]]``)
+    written as Python's re reads them (``[0-9]``); re would take ``[[:digit:]]`` as a set of the
+    characters ``[:digt`` and a literal ``]``.  Anything else is left as it is."""
+    out: list[str] = []
+    i, n, inside = 0, len(rx), False
+    while i < n:
+        ch = rx[i]
+        if not inside:
+            if ch == "\\":
+                out.append(rx[i:i + 2])
+                i += 2
+                continue
+            out.append(ch)
+            i += 1
+            if ch == "[":
+                inside = True
+                if rx.startswith("^", i):        # [^ ... ]
+                    out.append("^")
+                    i += 1
+                if rx.startswith("]", i):        # a leading ] is a member
+                    out.append("]")
+                    i += 1
+            continue
+        m = re.match(r"\[:([a-z]+):\]", rx[i:])
+        if m and m.group(1) in _POSIX_CLASSES:
+            out.append(_POSIX_CLASSES[m.group(1)])
+            i += m.end()
+        elif ch == "\\":
+            out.append(rx[i:i + 2])
+            i += 2
+        else:
+            out.append(ch)
+            inside = ch != "]"
+            i += 1
+    return "".join(out)
 
 
 def _fmt_seconds(x: float) -> str:
@@ -1073,10 +1120,13 @@ class _Builder:
                 m[fld] = value
 
         program, send, expect = text("send_program"), text("send"), text("expect")
+        use_regex = v.boolean("use_regex")
+        if use_regex and expect:
+            expect = posix_classes(expect)  # nanny's regcomp took [[:digit:]]; Python's re does not
         take("program", "send_program", program)
         take("send", "send", send)
         take("expect", "expect", expect)
-        take("use_regex", "use_regex", v.boolean("use_regex"))
+        take("use_regex", "use_regex", use_regex)
         implied = "program" if program else "send_expect" if send or expect else "tcp"
         kind = v.entries.get("lb_monitor_kind")
         take("kind", "lb_monitor_kind", kind.value if kind is not None else None if implied == "tcp" else implied)
