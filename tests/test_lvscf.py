@@ -796,6 +796,13 @@ def test_use_regex_posix_classes_match_as_nanny_matched_them() -> None:
     assert lvscf.loads(lvscf.dumps(lvscf.loads(text))).virtual_servers[0].monitor == mon
 
 
+def test_timeout_zero_is_ipvsadms_unchanged() -> None:
+    # Piranha passes the three to ipvsadm --set, where 0 leaves the kernel's timeout: IPVS's default
+    cfg = lvscf.loads("tcp_timeout = 0\ntcpfin_timeout = 0\nudp_timeout = 60\n" + GOOD_HEAD)
+    assert (cfg.timeouts.tcp, cfg.timeouts.tcpfin, cfg.timeouts.udp) == (900, 120, 60)
+    assert one("tcp_timeout = -1\n" + GOOD_HEAD)[:2] == (1, "tcp_timeout")
+
+
 def test_web_console_keys_round_trip(tmp_path: Path) -> None:
     web = Web(enabled=True, address=IPv4Address("198.18.0.1"), port=8443, password_file=Path("/etc/lb/x.passwd"))
     cfg = Config(public_interface="eth0", web=web)

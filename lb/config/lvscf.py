@@ -30,7 +30,7 @@ Mapping onto :class:`~lb.config.model.Config`:
 * ``virtual`` -> VirtualServer (``device`` is None when it is the public interface),
   ``server`` -> RealServer; ``active = 1|0``, **absent 0 as in Piranha** (its lvs starts neither a
   virtual nor a server without ``active = 1``; a warning names the block); ``tcp_timeout``/``tcpfin_timeout``/
-  ``udp_timeout`` -> Timeouts.
+  ``udp_timeout`` -> Timeouts (0, ipvsadm --set's "unchanged": IPVS's default, 900/120/300).
 
 * Health checks -> VirtualServer.monitor (:class:`~lb.config.model.Monitor`):
   ``send_program`` (non-empty) -> kind "program" with program = its value (``%h``
@@ -805,7 +805,8 @@ class _Builder:
             self.note(("global", "private_interface"), priv.line, "lb_private_interface")
 
         self._table(doc, "tables", g, TABLE_KEYS, lambda cf, _: g.integer(cf))
-        self._table(doc, "timeouts", g, TIMEOUT_KEYS, lambda cf, _: g.integer(cf))
+        # 0 is Piranha's "leave the kernel's timeout" (ipvsadm --set takes 0 as unchanged): IPVS's default
+        self._table(doc, "timeouts", g, TIMEOUT_KEYS, lambda cf, _: g.integer(cf) or None)
         self._table(doc, "defense", g, DEFENSE_CF, lambda cf, _: g.integer(cf))
         if with_ha:
             doc["ha"] = self._ha(g)
