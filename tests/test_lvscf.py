@@ -116,6 +116,9 @@ def test_looks_like_lvscf() -> None:
     assert lvscf.looks_like_lvscf("# x\nserial_no = 3\n")
     assert lvscf.looks_like_lvscf("virtual web {\n}\n")
     assert not lvscf.looks_like_lvscf("# x\n[global]\n")
+    # Piranha's own keys lb does not take: still an lvs.cf, refused naming the key (not a TOML error)
+    assert lvscf.looks_like_lvscf("hard_shutdown = 0\nnetwork = direct\n")
+    assert lvscf.looks_like_lvscf("failover ftp {\n}\n")
     assert not lvscf.looks_like_lvscf("")
 
 

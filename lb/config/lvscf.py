@@ -1305,7 +1305,12 @@ def load(path: str | os.PathLike[str]) -> Config:
     return load_with_extras(path)[0]
 
 
-_CF_FIRST = re.compile(r"(?:%s)\s*=|virtual\s+(?:server\s+)?\S+\s*\{" % "|".join(GLOBAL_KEYS))
+# the global keys of Piranha's lvsconfig.c that lb does not take: a file starting with one is still
+# an lvs.cf (refused naming the key), not TOML with a syntax error two lines down
+PIRANHA_ONLY_KEYS = ("hard_shutdown", "ipvsadm", "active_cmd", "inactive_cmd", "primary_shared", "backup_shared",
+                     "sync")
+_CF_FIRST = re.compile(r"(?:%s)\s*=|(?:virtual|failover)\s+(?:server\s+)?\S+\s*\{"
+                       % "|".join((*GLOBAL_KEYS, *PIRANHA_ONLY_KEYS)))
 
 
 def looks_like_lvscf(text: str) -> bool:
