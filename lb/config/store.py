@@ -263,7 +263,7 @@ def _plain(cfg: Config) -> Config:
 
 
 def render(cfg: Config, snap: Snapshot) -> str:
-    """``cfg`` in the snapshot's format (lvs.cf keeps the current file's extras and comments)."""
+    """``cfg`` in the snapshot's format, the current file's comments kept (lvs.cf: its extras too)."""
     stamp = time.strftime("%Y-%m-%d %H:%M:%S %z")
     if snap.format == "lvscf":
         extras = None
@@ -271,8 +271,9 @@ def render(cfg: Config, snap: Snapshot) -> str:
             with contextlib.suppress(ConfigError):
                 extras = lvscf._parse(snap.text, str(snap.path), snap.path)[1]
         return lvscf.keep_comments(snap.text, lvscf.dumps(cfg, extras))  # the operator's comments stay
-    return totoml.dumps(cfg, header=[f"Written by lb (serial_no {cfg.serial_no}) on {stamp}; the previous version "
-                                     f"is {prev_path(snap.path).name}.", "Check a hand edit with `lb check`."])
+    return totoml.keep_comments(snap.text, totoml.dumps(cfg, header=[
+        f"Written by lb (serial_no {cfg.serial_no}) on {stamp}; the previous version is {prev_path(snap.path).name}.",
+        "Check a hand edit with `lb check`."]))  # the operator's comments stay
 
 
 def write(snap: Snapshot, data: bytes) -> Undo:

@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 from typing import Any
 
 from .model import (DEFAULT_MH_SIZE, DEFAULT_SCRIPT_USER, HA, Bgp, Config, Control, Defense, LoadMonitor, Metrics,
                     Monitor, Tables, Timeouts, Web, sorry_text)
 
-__all__ = ["dumps", "document", "web_document", "metrics_document", "control_document", "emit"]
+__all__ = ["dumps", "document", "web_document", "metrics_document", "control_document", "emit", "keep_comments"]
 
 # Monitor fields in seconds: written as integers when whole
 MONITOR_SECONDS = ("interval", "timeout", "reentry", "connect_timeout")
@@ -291,3 +292,186 @@ def warning_lines(cfg: Config) -> list[str]:
     if not cfg.warnings:
         return []
     return ["", "lb check warned (the source file's line):"] + [f"  {w.as_warning()}" for w in cfg.warnings]
+
+
+# --- a console save keeps the file's comments ---------------------------------------------------
+
+_HEADER_RE = re.compile(r"\s*(\[\[?)\s*([A-Za-z0-9_.\-]+)\s*(\]\]?)\s*(#.*)?")
+_KEY_RE = re.compile(r"\s*([A-Za-z0-9_\-]+(?:\s*\.\s*[A-Za-z0-9_\-]+)*)\s*=\s*(.*)")
+_OWN_HEADER = ("# Written by lb (serial_no ", "# Check a hand edit with `lb check`.")
+
+
+def _trailing_comment(value: str) -> tuple[str, str | None]:
+    """(the value, its trailing ``# comment`` or None) of a one-line TOML value; None for the
+    comment too when the value's quotes or brackets do not close on the line."""
+    quote, depth, i = "", 0, 0
+    while i < len(value):
+        ch = value[i]
+        if quote:
+            if ch == "\\" and quote == '"':
+                i += 2
+                continue
+            if ch == quote:
+                quote = ""
+        elif value.startswith(('"""', "'''"), i):
+            return value, None            # a multi-line string: not handled, left alone
+        elif ch in "\"'":
+            quote = ch
+        elif ch in "[{":
+            depth += 1
+        elif ch in "]}":
+            depth -= 1
+        elif ch == "#":
+            return value[:i].rstrip(), value[i:] if depth == 0 else None
+        i += 1
+    return value, None
+
+
+def _toml_lines(lines: list[str]) -> list[tuple]:
+    """What each line is: ("comment",), ("blank",), ("header", path, is_array), ("key", key,
+    trailing comment or None), ("other",) (inside a multi-line value: left alone)."""
+    out: list[tuple] = []
+    open_value = 0   # brackets still open (a multi-line array or inline table)
+    ml: str | None = None
+    for raw in lines:
+        s = raw.strip()
+        if ml is not None:
+            out.append(("other",))
+            if raw.count(ml) % 2 == 1:
+                ml = None
+            continue
+        if open_value > 0:
+            out.append(("other",))
+            open_value += raw.count("[") + raw.count("{") - raw.count("]") - raw.count("}")
+            continue
+        if not s:
+            out.append(("blank",))
+        elif s.startswith("#"):
+            out.append(("comment",))
+        elif (h := _HEADER_RE.fullmatch(raw)) and len(h.group(1)) == len(h.group(3)):
+            out.append(("header", h.group(2), h.group(1) == "[["))
+        elif k := _KEY_RE.fullmatch(raw):
+            value = k.group(2)
+            for q in ('"""', "'''"):
+                if value.count(q) % 2 == 1:
+                    ml = q
+            if ml is None:
+                value, comment = _trailing_comment(value)
+                open_value = max(value.count("[") + value.count("{") - value.count("]") - value.count("}"), 0)
+            else:
+                comment = None
+            out.append(("key", re.sub(r"\s+", "", k.group(1)), comment))
+        else:
+            out.append(("other",))
+    return out
+
+
+def _anchored(lines: list[str], kinds: list[tuple]) -> list[tuple | None]:
+    """Each line's anchor: a header's (section identity, None), a key's (section identity, key);
+    None for the rest.  A section is identified by its path with, for an array of tables, the
+    entry's ``name`` (else its ordinal), under its parent entry: a virtual server's real servers
+    are told apart by name whatever their order."""
+    # the name of each array-of-tables entry (its own `name = "..."` key)
+    names: dict[int, str] = {}
+    start = None
+    for i, (raw, kind) in enumerate(zip(lines, kinds)):
+        if kind[0] == "header":
+            start = i
+        elif kind[0] == "key" and kind[1] == "name" and start is not None and start not in names:
+            m = re.fullmatch(r'\s*name\s*=\s*"([^"\\]*)"\s*(#.*)?', raw)
+            names[start] = m.group(1) if m else f"#{i}"
+    current: dict[str, tuple] = {}   # array-of-tables path -> the identity of its latest entry
+    count: dict[tuple, int] = {}
+    section: tuple = ("",)
+    out: list[tuple | None] = []
+    for i, kind in enumerate(kinds):
+        if kind[0] == "header":
+            path = kind[1]
+            parts = path.split(".")
+            parent: tuple = ()
+            for j in range(len(parts) - 1, 0, -1):
+                if ".".join(parts[:j]) in current:
+                    parent = current[".".join(parts[:j])]
+                    break
+            if kind[2]:
+                n = count.get((parent, path), 0)
+                count[(parent, path)] = n + 1
+                section = (parent, path, names.get(i, n))
+                current[path] = section
+                for p in [p for p in current if p.startswith(path + ".")]:
+                    del current[p]
+            else:
+                section = (parent, path)
+            out.append((section, None))
+        elif kind[0] == "key":
+            out.append((section, kind[1]))
+        else:
+            out.append(None)
+    return out
+
+
+def keep_comments(old: str, new: str) -> str:
+    """``new`` (TOML :func:`dumps` wrote for the file that held ``old``) with the comments of
+    ``old`` put back: each run of comment lines before the line it preceded (the same key of the
+    same table, or the same table's header; a key gone: at the end of its table; a table gone: its
+    comments too), a key's trailing comment after the same key, the file's own header below the
+    one lb writes and the comments after the last line at the end.  Only where the result is the
+    same TOML as ``new``; otherwise ``new`` as it is."""
+    import tomllib
+
+    old_lines, new_lines = old.splitlines(), new.splitlines()
+    old_kinds, new_kinds = _toml_lines(old_lines), _toml_lines(new_lines)
+    old_at, new_at = _anchored(old_lines, old_kinds), _anchored(new_lines, new_kinds)
+    where = {a: i for i, a in enumerate(new_at) if a is not None}
+    section_end: dict[tuple, int] = {}  # a section's last line in new
+    for i, a in enumerate(new_at):
+        if a is not None:
+            section_end[a[0]] = i
+    before: dict[int, list[str]] = {}
+    after: dict[int, list[str]] = {}    # a key gone: its comments after its section's last line
+    trailing: dict[int, str] = {}
+    head: list[str] = []
+    run: list[str] = []
+    seen = False
+    for raw, kind, a in zip(old_lines, old_kinds, old_at):
+        if kind[0] == "comment":
+            run.append(raw)
+            continue
+        if a is None:
+            continue
+        if kind[0] == "key" and kind[2] and a in where:
+            trailing[where[a]] = kind[2]
+        if run and not seen:
+            head = [line for line in run if not line.strip().startswith(_OWN_HEADER)]
+        elif run and a in where:
+            before.setdefault(where[a], []).extend(run)
+        elif run and a[0] in section_end:
+            after.setdefault(section_end[a[0]], []).extend(run)
+        run, seen = [], True
+    tail = run
+    if not (before or after or trailing or head or tail):
+        return new
+    out: list[str] = []
+    i = 0
+    if head:   # below lb's own header comment (and its blank line), above the first table
+        while i < len(new_lines) and new_kinds[i][0] in ("comment", "blank"):
+            out.append(new_lines[i])
+            i += 1
+        out.extend(head)
+        if out and out[-1].strip():
+            out.append("")
+    for j in range(i, len(new_lines)):
+        out.extend(before.get(j, ()))
+        line = new_lines[j]
+        if j in trailing and new_kinds[j][0] == "key" and new_kinds[j][2] is None:
+            line = f"{line}  {trailing[j]}"
+        out.append(line)
+        out.extend(after.get(j, ()))
+    out.extend(tail)
+    text = "\n".join(out) + "\n"
+    try:
+        if tomllib.loads(text) == tomllib.loads(new):
+            return text
+    except tomllib.TOMLDecodeError:
+        pass
+    return new
