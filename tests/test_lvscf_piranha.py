@@ -133,6 +133,21 @@ def test_fwmark_port_is_where_the_checks_go(tmp_path: Path) -> None:
     assert cfg.virtual_servers[0].monitor.port is None and "port = ftp" in lvscf.dumps(cfg, extras)
 
 
+def test_two_virtual_blocks_of_one_fwmark_are_refused_with_the_way_out() -> None:
+    # Piranha's way to persist a client across 80 and 443: two virtual blocks with one fwmark (one
+    # IPVS service); lb has one block per service and says so, naming both blocks
+    block = (DIR / "ftp-fwmark.cf").read_text().split("virtual FTP {")[1]
+    one = block.replace("     protocol = tcp\n", "     protocol = tcp\n     lb_port_groups = tcp 192.0.2.60 21\n")
+    text = "network = direct\nvirtual FTP {" + one + "virtual FTPS {" + one.replace("port = 21", "port = 990").replace(
+        "192.0.2.60 21\n", "192.0.2.60 990\n")
+    with pytest.raises(ConfigError) as ei:
+        lvscf.loads(text, "lvs.cf")
+    assert [(i.line, i.field, i.message) for i in ei.value.issues] == [
+        (21, "virtual[FTPS].fwmark", "fwmark 21 is also virtual[FTP]'s (line 2): Piranha ran one IPVS service for "
+                                     "a mark, whatever the blocks; in lb write one virtual block for it with every "
+                                     "port in its lb_port_groups (e.g. tcp 192.0.2.60 80, tcp 192.0.2.60 443)")]
+
+
 @pytest.mark.parametrize("name", LOADABLE)
 def test_each_shape_round_trips_through_lvscf_and_toml(name: str) -> None:
     cfg, extras = lvscf.load_with_extras(DIR / name)

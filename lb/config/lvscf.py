@@ -827,11 +827,26 @@ class _Builder:
 
         vss = []
         first_dev: tuple[str, int, str] | None = None  # the public interface: the first device named
+        marks: dict[int, _Block] = {}  # Piranha's pattern: one fwmark, a virtual block per port
         for i, vb in enumerate(top.children):
             vs, dev = self._virtual(i, vb)
             vss.append(vs)
             if first_dev is None and dev is not None:
                 first_dev = dev
+            mark = vs.get("fwmark")
+            if isinstance(mark, int) and mark:
+                if mark in marks:
+                    first = marks[mark]
+                    line = next((e.line for e in vb.entries if e.key == "fwmark"), vb.line)
+                    vip = next((e.value.split()[0] for e in vb.entries if e.key == "address" and e.value.split()),
+                               "VIP")
+                    self.issues.add(line, f"{_label(vb)}.fwmark",
+                                    f"fwmark {mark} is also {_label(first)}'s (line {first.line}): Piranha ran one "
+                                    f"IPVS service for a mark, whatever the blocks; in lb write one virtual "
+                                    f"block for it with every port in its lb_port_groups (e.g. tcp {vip} 80, "
+                                    f"tcp {vip} 443)")
+                else:
+                    marks[mark] = vb
         pub = g.entries.get("lb_public_interface")
         if pub is not None:
             glob["public_interface"] = pub.value
