@@ -1796,11 +1796,13 @@ def dumps_toml(cfg: Config, extras: dict[str, Any] | None = None, *, source: str
     head = []
     if source:
         head.append(f"Converted from {source} by `lb import`.")
-    if extras and (extras.get("global") or extras.get("virtual")):
+    # not the *_alias entries: those are the device labels (eth0:1) of keys lb did take, and lb adds
+    # its addresses without a label
+    unused = [f"  {k} = {_fmt(k, v)}" for k, v in (extras or {}).get("global", {}).items()
+              if not k.endswith("_alias")]
+    unused += [f"  virtual {name}: {k} = {_fmt(k, v)}" for name, vx in (extras or {}).get("virtual", {}).items()
+               for k, v in vx.items() if not k.endswith("_alias")]
+    if unused:
         head.append("lvs.cf keys lb cannot use yet (kept here for reference only):")
-        for k, v in extras.get("global", {}).items():
-            head.append(f"  {k} = {_fmt(k, v)}")
-        for name, vx in extras.get("virtual", {}).items():
-            for k, v in vx.items():
-                head.append(f"  virtual {name}: {k} = {_fmt(k, v)}")
+        head += unused
     return totoml.dumps(cfg, head + totoml.warning_lines(cfg))
