@@ -816,6 +816,18 @@ def test_import_lists_no_alias_labels_as_unused_keys() -> None:
         lvscf.dumps_toml(cfg, extras)
 
 
+def test_expect_star_is_nannys_any_reply() -> None:
+    # nanny reads one byte when expect is "*" and takes any: not a literal '*' to find in the reply
+    text = GOOD_HEAD.replace("     port = 80\n", '     port = 80\n     send = "quit\\r\\n"\n     expect = "*"\n')
+    mon = lvscf.loads(text).virtual_servers[0].monitor
+    assert (mon.kind, mon.use_regex) == ("send_expect", True)
+    assert re.search(mon.expect, "220 ftp ready\r\n") and re.search(mon.expect, "\n")
+    assert lvscf.loads(lvscf.dumps(lvscf.loads(text))).virtual_servers[0].monitor == mon
+    # a program's expect is compared with its output as it is (no wildcard there)
+    prog = lvscf.loads(text.replace('send = "quit\\r\\n"', 'send_program = "/bin/check %h"'))
+    assert (prog.virtual_servers[0].monitor.expect, prog.virtual_servers[0].monitor.use_regex) == ("*", False)
+
+
 def test_web_console_keys_round_trip(tmp_path: Path) -> None:
     web = Web(enabled=True, address=IPv4Address("198.18.0.1"), port=8443, password_file=Path("/etc/lb/x.passwd"))
     cfg = Config(public_interface="eth0", web=web)

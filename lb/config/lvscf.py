@@ -38,7 +38,8 @@ Mapping onto :class:`~lb.config.model.Config`:
   else kind "tcp".  send/expect/use_regex/timeout/reentry map to the fields of the
   same name (``send_program`` -> ``program``); send/expect are kept raw (the checker
   decodes send's escapes; expect is matched as written, a regular expression's own escapes
-  with use_regex, whose POSIX classes ``[[:digit:]]`` -- nanny's regcomp -- become Python's ``[0-9]``); the interval is Piranha's 2 s.
+  with use_regex, whose POSIX classes ``[[:digit:]]`` -- nanny's regcomp -- become Python's ``[0-9]``;
+  ``expect = "*"``, nanny's wildcard for any reply, becomes the regular expression ``(?s).``); the interval is Piranha's 2 s.
 
 * HA (pulse): ``backup_active = 1`` (there is a backup director) makes the ``[ha]`` model
   (:class:`~lb.config.model.HA`) from ``primary``, ``primary_private``, ``backup``,
@@ -247,6 +248,7 @@ TABLE_KEYS = {f"lb_table_{k}": k for k in ("connections", "services", "real_serv
                                             "embryonic", "connections_ipv6")}
 DEFAULT_NAT_NMASK = "255.255.255.0"
 DEFAULT_PORT = 80  # Piranha's port for a virtual that names none
+ANY_REPLY = "(?s)."  # expect = "*" (nanny's wildcard) as the regular expression lb matches
 PULSE_DEADTIME = 5  # pulse's deadtime when the file names none (lvsconfig.c; keepalive's 2 is lb's too)
 
 # TOML key -> lvs.cf key, for messages about keys that were not written
@@ -1139,6 +1141,10 @@ class _Builder:
         use_regex = v.boolean("use_regex")
         if use_regex and expect:
             expect = posix_classes(expect)  # nanny's regcomp took [[:digit:]]; Python's re does not
+        elif expect == "*" and not program:
+            # nanny's wildcard: any reply at all (it reads one byte and takes it); as a literal '*'
+            # no real server would ever pass
+            expect, use_regex = ANY_REPLY, True
         take("program", "send_program", program)
         take("send", "send", send)
         take("expect", "expect", expect)
