@@ -60,8 +60,10 @@ EXPECTED_FULL = Config(
             ),
             # send_program wins over send/expect (as in Piranha's nanny); send/expect are kept raw
             monitor=Monitor(kind="program", send="GET / HTTP/1.0\\r\\n\\r\\n", expect="HTTP", use_regex=False,
-                            program="/usr/local/bin/check %h", timeout=6, reentry=15),
-            # quiesce_server = 1; load_monitor = uptime runs uptime over rsh_command (ssh here)
+                            program="/usr/local/bin/check %h", timeout=6, reentry=15, quiesce=True),
+            # quiesce_server = 1 (nanny -q: a failed server gets weight 0, Monitor.quiesce, and the
+            # connection counts restart when one joins); load_monitor = uptime runs uptime over
+            # rsh_command (ssh here)
             quiesce_server=True, load_monitor=LoadMonitor(kind="program", program="ssh %h uptime"),
         ),
         VirtualServer(
@@ -826,6 +828,22 @@ def test_expect_star_is_nannys_any_reply() -> None:
     # a program's expect is compared with its output as it is (no wildcard there)
     prog = lvscf.loads(text.replace('send = "quit\\r\\n"', 'send_program = "/bin/check %h"'))
     assert (prog.virtual_servers[0].monitor.expect, prog.virtual_servers[0].monitor.use_regex) == ("*", False)
+
+
+def test_quiesce_server_quiesces_a_failed_server_as_nanny_did() -> None:
+    # nanny -q (lvs passes it for quiesce_server = 1): a server failing its check gets weight 0
+    # instead of being removed from the table -- lb's Monitor.quiesce
+    text = GOOD_HEAD.replace("     port = 80\n", "     port = 80\n     quiesce_server = 1\n")
+    vs = lvscf.loads(text).virtual_servers[0]
+    assert vs.quiesce_server and vs.monitor.quiesce
+    assert not lvscf.loads(GOOD_HEAD).virtual_servers[0].monitor.quiesce
+    off = lvscf.loads(text.replace("quiesce_server = 1", "quiesce_server = 1\n     lb_monitor_quiesce = 0"))
+    assert off.virtual_servers[0].quiesce_server and not off.virtual_servers[0].monitor.quiesce
+    # both read back as they are: lvs.cf written by export / the console, and TOML by lb import
+    for cfg in (lvscf.loads(text), off):
+        assert lvscf.loads(lvscf.dumps(cfg)).virtual_servers == cfg.virtual_servers
+        assert loads(lvscf.dumps_toml(cfg)).virtual_servers == cfg.virtual_servers
+    assert "lb_monitor_quiesce" not in lvscf.dumps(lvscf.loads(text))
 
 
 def test_web_console_keys_round_trip(tmp_path: Path) -> None:

@@ -59,7 +59,9 @@ as IPv4's: a warning unless 128).
 
 ``sorry_server = ADDR`` (or ``ADDR:PORT``) is VirtualServer.sorry_server.
 ``quiesce_server`` is VirtualServer.quiesce_server (the schedulers' connection counts restart
-when a server joins; it is not Monitor.quiesce).  ``load_monitor = uptime`` becomes a program
+when a server joins, as Red Hat's documentation describes it) and, unless ``lb_monitor_quiesce``
+says otherwise, Monitor.quiesce: Piranha's nanny (-q) gave a server that failed its check weight 0
+instead of removing it.  ``load_monitor = uptime`` becomes a program
 load monitor running ``RSH_COMMAND %h uptime`` (rsh_command, default rsh), ``rup`` one running
 ``rup %h``; ``ruptime`` is accepted with a warning and no load monitor (rwhod names hosts, not
 addresses: the weights stay as configured); ``none`` is no load monitor.  lb extensions ``lb_load_monitor_kind`` (agent | program), ``_port``, ``_program``
@@ -1168,7 +1170,14 @@ class _Builder:
             take(k, f"lb_monitor_{k}", _seconds(v, f"lb_monitor_{k}"))
         take("port", "lb_monitor_port", v.integer("lb_monitor_port"))
         take("tls_verify", "lb_monitor_tls_verify", v.boolean("lb_monitor_tls_verify"))
-        take("quiesce", "lb_monitor_quiesce", v.boolean("lb_monitor_quiesce"))
+        quiesce = v.boolean("lb_monitor_quiesce")
+        if quiesce is None and v.boolean("quiesce_server"):
+            # nanny -q: a server that fails its check gets weight 0 (its connections stay) instead of
+            # being removed -- lb's Monitor.quiesce; lb_monitor_quiesce = 0 says otherwise
+            m["quiesce"] = True
+            self.note(mf + ("quiesce",), v.line("quiesce_server"), v.fld("quiesce_server"))
+        else:
+            take("quiesce", "lb_monitor_quiesce", quiesce)
         take("script_user", "lb_monitor_script_user", v.text("lb_monitor_script_user"))
         status = v.entries.get("lb_monitor_status")
         pair = None
@@ -1400,10 +1409,11 @@ def _fmt(key: str, value: Any) -> str:
     return str(value)
 
 
-def _monitor_cf(m: Monitor, user: str) -> dict[str, Any]:
+def _monitor_cf(m: Monitor, user: str, quiesce_server: bool = False) -> dict[str, Any]:
     """lvs.cf keys (formatted values) that read back as ``m``: Piranha's, then lb_monitor_* as needed
-    (``user``: the global script_user the monitor's defaults to)."""
-    d = Monitor(script_user=user)
+    (``user``: the global script_user the monitor's defaults to; ``quiesce_server``: the virtual's,
+    which makes quiesce the default, as nanny -q)."""
+    d = Monitor(script_user=user, quiesce=quiesce_server)
     strings = {"send_program": m.program, "send": m.send, "expect": m.expect,
                "lb_monitor_path": m.path if m.path != d.path else "",
                "lb_monitor_host": m.host, "lb_monitor_body_regex": m.body_regex,
@@ -1583,7 +1593,7 @@ def dumps(cfg: Config, extras: dict[str, Any] | None = None) -> str:
 
     for vs in cfg.virtual_servers:
         vx = vxs.get(vs.name, {})
-        mon = _monitor_cf(vs.monitor, cfg.script_user)
+        mon = _monitor_cf(vs.monitor, cfg.script_user, vs.quiesce_server)
         out.append("")
         out.append(f"virtual {vs.name} {{")
         ind = "     "
