@@ -193,7 +193,8 @@ def monitored(m: Monitor) -> Config:
 
 
 @pytest.mark.parametrize(("m", "lb_keys"), [
-    (Monitor(), set()),
+    # a TCP connect on port 80: said, since no check there reads as nanny's HTTP request
+    (Monitor(), {"kind"}),
     (Monitor(kind="send_expect", send="GET / HTTP/1.0\\r\\n\\r\\n", expect="HTTP"), set()),
     (Monitor(kind="send_expect", expect="^2[0-9]{2}", use_regex=True, timeout=3, reentry=0), set()),
     (Monitor(kind="program", program="/bin/check %h %p", send="x"), set()),
@@ -232,10 +233,16 @@ def test_send_program_gives_a_program_monitor() -> None:
     out = lvscf.dumps(cfg, extras)
     assert 'send_program = "/usr/local/bin/check-web %h %p"' in out
     assert "timeout = 4" in out and "reentry = 30" in out and "lb_monitor" not in out
-    # send/expect alone: Piranha's send/expect check; neither: a TCP connect
+    # send/expect alone: Piranha's send/expect check; neither: nanny's HTTP request on port 80
+    # (nanny.c's http_send_str / http_recv_str), a TCP connect on any other port
     se = lvscf.loads(GOOD_HEAD.replace("port = 80", 'port = 80\n     expect = "OK"\n     use_regex = 1'))
     assert se.virtual_servers[0].monitor == Monitor(kind="send_expect", expect="OK", use_regex=True)
-    assert lvscf.loads(GOOD_HEAD).virtual_servers[0].monitor == Monitor()
+    assert lvscf.loads(GOOD_HEAD).virtual_servers[0].monitor == Monitor(
+        kind="send_expect", send="GET / HTTP/1.0\\r\\n\\r\\n", expect="HTTP")
+    assert lvscf.loads(GOOD_HEAD.replace("port = 80", "port = 8080")).virtual_servers[0].monitor == Monitor()
+    assert lvscf.loads(GOOD_HEAD.replace("port = 80", "port = 80\n     lb_monitor_kind = tcp")
+                       ).virtual_servers[0].monitor == Monitor()
+    assert lvscf.loads(GOOD_HEAD.replace("port = 80\n", "")).virtual_servers[0].monitor.expect == "HTTP"
 
 
 def test_example_lvs_cf_is_lab_nat() -> None:

@@ -35,7 +35,8 @@ Mapping onto :class:`~lb.config.model.Config`:
 * Health checks -> VirtualServer.monitor (:class:`~lb.config.model.Monitor`):
   ``send_program`` (non-empty) -> kind "program" with program = its value (``%h``
   and ``%p`` kept); else ``send`` or ``expect`` (non-empty) -> kind "send_expect";
-  else kind "tcp".  send/expect/use_regex/timeout/reentry map to the fields of the
+  else, on a TCP virtual on port 80, nanny's own HTTP check (send ``GET / HTTP/1.0\\r\\n\\r\\n``,
+  expect ``HTTP``; ``lb_monitor_kind = tcp`` keeps a TCP connect); else kind "tcp".  send/expect/use_regex/timeout/reentry map to the fields of the
   same name (``send_program`` -> ``program``); send/expect are kept raw (the checker
   decodes send's escapes; expect is matched as written, a regular expression's own escapes
   with use_regex, whose POSIX classes ``[[:digit:]]`` -- nanny's regcomp -- become Python's ``[0-9]``;
@@ -250,6 +251,10 @@ TABLE_KEYS = {f"lb_table_{k}": k for k in ("connections", "services", "real_serv
                                             "embryonic", "connections_ipv6")}
 DEFAULT_NAT_NMASK = "255.255.255.0"
 DEFAULT_PORT = 80  # Piranha's port for a virtual that names none
+# nanny's check of a port-80 virtual without send, expect or send_program (nanny.c's http_send_str,
+# http_recv_str); send as lvs.cf writes it, its escapes decoded by the checker
+NANNY_HTTP_SEND = "GET / HTTP/1.0\\r\\n\\r\\n"
+NANNY_HTTP_EXPECT = "HTTP"
 ANY_REPLY = "(?s)."  # expect = "*" (nanny's wildcard) as the regular expression lb matches
 PULSE_DEADTIME = 5  # pulse's deadtime when the file names none (lvsconfig.c; keepalive's 2 is lb's too)
 
@@ -1091,7 +1096,13 @@ class _Builder:
         if qs is not None:
             out["quiesce_server"] = qs
         self.note(tf + ("quiesce_server",), v.line("quiesce_server"), v.fld("quiesce_server"))
-        monitor = self._monitor(tf + ("monitor",), v)
+        # nanny's own check for a port-80 virtual that names none: its HTTP request (lvs passes the
+        # virtual's port; a firewall-mark virtual's only where it names port 80: without a port line
+        # its checks go to the first port group's port, see _fwmark_piranha_keys)
+        port_e = v.entries.get("port")
+        check80 = proto == "tcp" and (_port_number(port_e.value, proto) if port_e is not None
+                                      else None if fwm else DEFAULT_PORT) == 80
+        monitor = self._monitor(tf + ("monitor",), v, check80)
         if check_port is not None:
             monitor["port"] = check_port
             self.note(tf + ("monitor", "port"), v.line("port"), v.fld("port"))
@@ -1121,8 +1132,10 @@ class _Builder:
                                          f"no 'active' line: off, as in Piranha ({what} without active = 1); "
                                          f"add active = 1 to run it"))
 
-    def _monitor(self, mf: FieldPath, v: _Scope) -> dict[str, Any]:
-        """The ``[virtual_server.monitor]`` table of one virtual block (empty: the default monitor)."""
+    def _monitor(self, mf: FieldPath, v: _Scope, port80: bool = False) -> dict[str, Any]:
+        """The ``[virtual_server.monitor]`` table of one virtual block (empty: the default monitor);
+        ``port80``: a TCP virtual on port 80, which nanny checks with an HTTP request when the block
+        names no check of its own."""
         self.note(mf, v.block.line, v.prefix)
         escaped = bool(v.boolean("lb_monitor_escaped"))
 
@@ -1140,6 +1153,10 @@ class _Builder:
                 m[fld] = value
 
         program, send, expect = text("send_program"), text("send"), text("expect")
+        if port80 and not (program or send or expect) and "lb_monitor_kind" not in v.entries:
+            send, expect = NANNY_HTTP_SEND, NANNY_HTTP_EXPECT
+            for key in ("send", "expect", "kind"):
+                self.note(mf + (key,), v.line("port") or v.block.line, v.fld("port"))
         use_regex = v.boolean("use_regex")
         if use_regex and expect:
             expect = posix_classes(expect)  # nanny's regcomp took [[:digit:]]; Python's re does not
@@ -1409,10 +1426,11 @@ def _fmt(key: str, value: Any) -> str:
     return str(value)
 
 
-def _monitor_cf(m: Monitor, user: str, quiesce_server: bool = False) -> dict[str, Any]:
+def _monitor_cf(m: Monitor, user: str, quiesce_server: bool = False, port80: bool = False) -> dict[str, Any]:
     """lvs.cf keys (formatted values) that read back as ``m``: Piranha's, then lb_monitor_* as needed
     (``user``: the global script_user the monitor's defaults to; ``quiesce_server``: the virtual's,
-    which makes quiesce the default, as nanny -q)."""
+    which makes quiesce the default, as nanny -q; ``port80``: the block reads as a TCP port-80
+    virtual, whose check without send/expect is nanny's HTTP request)."""
     d = Monitor(script_user=user, quiesce=quiesce_server)
     strings = {"send_program": m.program, "send": m.send, "expect": m.expect,
                "lb_monitor_path": m.path if m.path != d.path else "",
@@ -1435,7 +1453,7 @@ def _monitor_cf(m: Monitor, user: str, quiesce_server: bool = False) -> dict[str
             if out[key] != value:  # a fraction, or timeout 0 (the first failed check: Piranha's least is 1)
                 lb[f"lb_monitor_{key}"] = _fmt_seconds(value)
     implied = "program" if m.program else "send_expect" if m.send or m.expect else "tcp"
-    if m.kind != implied:
+    if m.kind != implied or (port80 and implied == "tcp"):  # else read back as nanny's HTTP check
         lb["lb_monitor_kind"] = m.kind
     for key in LB_MONITOR_STRINGS:
         v = strings[f"lb_monitor_{key}"]
@@ -1593,7 +1611,14 @@ def dumps(cfg: Config, extras: dict[str, Any] | None = None) -> str:
 
     for vs in cfg.virtual_servers:
         vx = vxs.get(vs.name, {})
-        mon = _monitor_cf(vs.monitor, cfg.script_user, vs.quiesce_server)
+        # Piranha's port line of a firewall-mark virtual, where it is written (see below)
+        fw_port = vx.get("port") if vs.fwmark and "port" in vx and not (
+            vs.monitor.port is None and vs.port_groups and
+            _port_number(vx["port"], vs.protocol) != vs.port_groups[0].low) else None
+        proto = vx.get("protocol", "tcp") if vs.fwmark else vs.protocol
+        port80 = proto == "tcp" and ((_port_number(fw_port, proto) if fw_port is not None else None)
+                                     if vs.fwmark else vs.port) == 80
+        mon = _monitor_cf(vs.monitor, cfg.script_user, vs.quiesce_server, port80)
         out.append("")
         out.append(f"virtual {vs.name} {{")
         ind = "     "
@@ -1602,12 +1627,12 @@ def dumps(cfg: Config, extras: dict[str, Any] | None = None) -> str:
         if vs.fwmark:
             if "address" in vx or vs.device is not None:  # Piranha's VIP line, for its device
                 put(ind, "address", f"{vx.get('address', vs.address)} {dev_text(dev, vx.get('address_alias'))}")
-            for key in ("port", "protocol"):
-                # Piranha's port is the checks' port unless lb_monitor_port is written or it is the
-                # first group's (the loader's rule): left out where it would read back as another
-                if key in vx and not (key == "port" and vs.monitor.port is None and vs.port_groups and
-                                      _port_number(vx[key], vs.protocol) != vs.port_groups[0].low):
-                    put(ind, key, vx[key])
+            # Piranha's port is the checks' port unless lb_monitor_port is written or it is the
+            # first group's (the loader's rule): left out where it would read back as another
+            if fw_port is not None:
+                put(ind, "port", fw_port)
+            if "protocol" in vx:
+                put(ind, "protocol", vx["protocol"])
             put(ind, "fwmark", vs.fwmark)
             put(ind, "lb_port_groups", ", ".join(
                 f"{g.protocol} {g.address} {g.low if g.low == g.high else f'{g.low}-{g.high}'}"
