@@ -196,7 +196,8 @@ def monitored(m: Monitor) -> Config:
     # a TCP connect on port 80: said, since no check there reads as nanny's HTTP request
     (Monitor(), {"kind"}),
     (Monitor(kind="send_expect", send="GET / HTTP/1.0\\r\\n\\r\\n", expect="HTTP"), set()),
-    (Monitor(kind="send_expect", expect="^2[0-9]{2}", use_regex=True, timeout=3, reentry=0), set()),
+    # reentry 0 (at once): lb_monitor_reentry, since Piranha's reentry = 0 reads as 180 s
+    (Monitor(kind="send_expect", expect="^2[0-9]{2}", use_regex=True, timeout=3, reentry=0), {"reentry"}),
     (Monitor(kind="program", program="/bin/check %h %p", send="x"), set()),
     (Monitor(kind="send_expect"), {"kind"}),  # nothing sent, nothing expected
     (Monitor(kind="tcp", program="/bin/check %h", expect="x"), {"kind"}),
@@ -851,6 +852,17 @@ def test_quiesce_server_quiesces_a_failed_server_as_nanny_did() -> None:
         assert lvscf.loads(lvscf.dumps(cfg)).virtual_servers == cfg.virtual_servers
         assert loads(lvscf.dumps_toml(cfg)).virtual_servers == cfg.virtual_servers
     assert "lb_monitor_quiesce" not in lvscf.dumps(lvscf.loads(text))
+
+
+def test_reentry_zero_is_nannys_180_seconds() -> None:
+    # lvs passes -a 0 and nanny takes 0 as its default, 180 s: not a server back at once
+    cfg = lvscf.loads(GOOD_HEAD.replace("port = 80", "port = 80\n     reentry = 0"), "lvs.cf")
+    assert cfg.virtual_servers[0].monitor.reentry == 180
+    [w] = [w for w in cfg.warnings if w.field == "virtual[web].reentry"]
+    assert (w.line, w.message) == (5, "reentry = 0 is 180 s, as in Piranha (nanny took 0 as its default); "
+                                      "lb_monitor_reentry = 0 takes a server back at its first successful check")
+    now = lvscf.loads(GOOD_HEAD.replace("port = 80", "port = 80\n     reentry = 0\n     lb_monitor_reentry = 0"))
+    assert now.virtual_servers[0].monitor.reentry == 0 and lvscf.loads(lvscf.dumps(now)) == now
 
 
 def test_web_console_keys_round_trip(tmp_path: Path) -> None:

@@ -37,7 +37,8 @@ Mapping onto :class:`~lb.config.model.Config`:
   and ``%p`` kept); else ``send`` or ``expect`` (non-empty) -> kind "send_expect";
   else, on a TCP virtual on port 80, nanny's own HTTP check (send ``GET / HTTP/1.0\\r\\n\\r\\n``,
   expect ``HTTP``; ``lb_monitor_kind = tcp`` keeps a TCP connect); else kind "tcp".  send/expect/use_regex/timeout/reentry map to the fields of the
-  same name (``send_program`` -> ``program``); send/expect are kept raw (the checker
+  same name (``send_program`` -> ``program``; ``reentry = 0`` is nanny's 180 s, with a warning);
+  send/expect are kept raw (the checker
   decodes send's escapes; expect is matched as written, a regular expression's own escapes
   with use_regex, whose POSIX classes ``[[:digit:]]`` -- nanny's regcomp -- become Python's ``[0-9]``;
   ``expect = "*"``, nanny's wildcard for any reply, becomes the regular expression ``(?s).``); the interval is Piranha's 2 s.
@@ -255,6 +256,7 @@ DEFAULT_PORT = 80  # Piranha's port for a virtual that names none
 # http_recv_str); send as lvs.cf writes it, its escapes decoded by the checker
 NANNY_HTTP_SEND = "GET / HTTP/1.0\\r\\n\\r\\n"
 NANNY_HTTP_EXPECT = "HTTP"
+DEFAULT_REENTRY = Monitor().reentry  # 180 s: nanny's default, and what it made of reentry = 0
 ANY_REPLY = "(?s)."  # expect = "*" (nanny's wildcard) as the regular expression lb matches
 PULSE_DEADTIME = 5  # pulse's deadtime when the file names none (lvsconfig.c; keepalive's 2 is lb's too)
 
@@ -1181,6 +1183,12 @@ class _Builder:
             if f"lb_monitor_{k}" in v.entries:
                 take(k, f"lb_monitor_{k}", lb_value)
                 v.integer(k)  # still type-check the Piranha key
+            elif k == "reentry" and v.integer(k) == 0:
+                # nanny takes -a 0 as its default, 180 s: a server came back after 180 s, not at once
+                take(k, k, DEFAULT_REENTRY)
+                self.warn(v, k, f"reentry = 0 is {DEFAULT_REENTRY:g} s, as in Piranha (nanny took 0 as its "
+                                f"default); lb_monitor_reentry = 0 takes a server back at its first "
+                                f"successful check")
             else:
                 take(k, k, v.integer(k))
         for k in ("interval", "connect_timeout"):
@@ -1450,7 +1458,9 @@ def _monitor_cf(m: Monitor, user: str, quiesce_server: bool = False, port80: boo
         value = getattr(m, key)
         if value != getattr(d, key):
             out[key] = max(math.ceil(value), 1 if key == "timeout" else 0)  # Piranha wants integers
-            if out[key] != value:  # a fraction, or timeout 0 (the first failed check: Piranha's least is 1)
+            # a fraction, timeout 0 (the first failed check: Piranha's least is 1) or reentry 0 (which
+            # Piranha's key reads as 180 s)
+            if out[key] != value or value == 0:
                 lb[f"lb_monitor_{key}"] = _fmt_seconds(value)
     implied = "program" if m.program else "send_expect" if m.send or m.expect else "tcp"
     if m.kind != implied or (port80 and implied == "tcp"):  # else read back as nanny's HTTP check
