@@ -236,7 +236,11 @@ def test_status_and_weight_of_an_ipv4_fwmark_real_server(monkeypatch, capsys):
     ("-f", "0", "lb: -f 0: a firewall mark is 1..4294967295\n"),
     ("-t", "198.18.0.22", "lb: 198.18.0.22: expected VIP:PORT ([VIP]:PORT for IPv6)\n"),
     ("-u", "2001:2::10:53", "lb: 2001:2::10:53: expected VIP:PORT ([VIP]:PORT for IPv6)\n"),
-    ("-t", "www:80", "lb: www:80: expected VIP:PORT ([VIP]:PORT for IPv6)\n"),
+    # a host name ipvsadm resolves (host_to_addr): refused only when it does not resolve
+    ("-t", "www.invalid:80", "lb: www.invalid:80: 'www.invalid' is neither an address nor a host name this host "
+                             "resolves\n"),
+    ("-t", "198.18.0.22:nosuchsvc", "lb: 198.18.0.22:nosuchsvc: no tcp service 'nosuchsvc' (/etc/services): give "
+                                    "the port number\n"),
 ])
 def test_malformed_service_is_a_usage_error_in_list_and_zero(dp, opt, text, message, capsys):
     for cmd in ("list", "zero"):

@@ -809,8 +809,43 @@ def _service_key(args) -> tuple | None:
 
     where = parse_endpoint(text)
     if where is None or where[1] is None:
-        raise ValueError(f"{text}: expected VIP:PORT ([VIP]:PORT for IPv6)")
+        where = _named_endpoint(text, proto.lower())
     return (proto.lower(), where[0], where[1])
+
+
+def _named_endpoint(text: str, proto: str) -> tuple:
+    """ipvsadm's parse_service beyond numbers: the port a service name (``VIP:http``, as
+    /etc/services has it for ``proto``), the address a host name (IPv4, as its host_to_addr);
+    ValueError saying which part is not one."""
+    import ipaddress
+    import socket
+
+    from lb.config.model import parse_port, service_port, split_endpoint
+
+    bad = ValueError(f"{text}: expected VIP:PORT ([VIP]:PORT for IPv6)")
+    parts = split_endpoint(text)
+    if parts is None or parts[1] is None or not parts[0] or not parts[1]:
+        raise bad
+    host, port_text, bracketed = parts
+    port = parse_port(port_text)
+    if port is None:
+        if port_text.isdigit():
+            raise bad
+        port = service_port(port_text, proto)
+        if port is None:
+            raise ValueError(f"{text}: no {proto} service {port_text!r} (/etc/services): give the port number")
+    try:
+        return ipaddress.ip_address(host), port
+    except ValueError:
+        if bracketed:
+            raise bad from None
+    try:
+        infos = socket.getaddrinfo(host, None, socket.AF_INET, socket.SOCK_STREAM)
+    except (OSError, UnicodeError):
+        infos = []
+    if not infos:
+        raise ValueError(f"{text}: {host!r} is neither an address nor a host name this host resolves")
+    return ipaddress.ip_address(infos[0][4][0]), port
 
 
 def _zero(args) -> int:
