@@ -20,6 +20,7 @@ Public API
 - :func:`largenum`         -- ipvsadm's number formatter for stats columns
 - :func:`addrport`         -- one ``ADDR:PORT`` as the listings print it (``[v6]:port``)
 - :func:`to_json`          -- the ``lb list --json`` document (shape below)
+- :func:`json_chunks`      -- that document as ``json.dumps(..., indent=2)`` text, in pieces
 - :data:`MODES`, :data:`JSON_SCHEMA_VERSION`
 
 Where ipvsadm's behaviour is accidental, this module documents its choice:
@@ -78,8 +79,10 @@ new keys may be added.
 
 from __future__ import annotations
 
+import itertools
+import json
 from ipaddress import IPv4Address, IPv6Address, ip_address
-from typing import Any, Iterable
+from typing import Any, Iterable, Iterator
 
 from lb.dataplane.records import ConnRow, IPAddress, RealRow, ServiceRow, Stats
 
@@ -98,6 +101,7 @@ __all__ = [
     "largenum",
     "addrport",
     "to_json",
+    "json_chunks",
 ]
 
 MODES = ("default", "stats", "rate", "thresholds", "persistent", "tun")
@@ -647,6 +651,55 @@ def _service_json(svc: ServiceRow, sort: bool) -> dict[str, Any]:
         "rate": _rate_json(svc.rate),
         "reals": [_real_json(r) for r in _ordered_reals(svc, sort)],
     }
+
+
+def _conn_json_text(c: ConnRow) -> str:
+    """One connection of to_json's "connections" as json.dumps(indent=2) lays it out inside the
+    document (4 spaces in): addresses and numbers need no escaping, the two names are dumped."""
+    return _CONN_JSON % (
+        json.dumps(c.protocol), int(c.expire), json.dumps(c.state),
+        _addr_str(c.client[0]), int(c.client[1]), _addr_str(c.virtual[0]), int(c.virtual[1]),
+        _addr_str(c.dest[0]), int(c.dest[1]))
+
+
+_CONN_JSON = "\n".join((
+    "    {",
+    '      "protocol": %s,',
+    '      "expire": %d,',
+    '      "state": %s,',
+    '      "client": {', '        "address": "%s",', '        "port": %d', "      },",
+    '      "virtual": {', '        "address": "%s",', '        "port": %d', "      },",
+    '      "dest": {', '        "address": "%s",', '        "port": %d', "      }",
+    "    }"))
+
+
+def json_chunks(
+    services: list[ServiceRow],
+    conns: Iterable[ConnRow] | None = None,
+    *,
+    sort: bool = True,
+) -> Iterator[str]:
+    """``json.dumps(to_json(services, conns, sort=sort), indent=2)`` in pieces, the connections
+    formatted as they come (``conns`` may be a generator): `lb list -c --json` of a million
+    connections neither holds their dicts nor one text of them all."""
+    head = json.dumps(to_json(services, sort=sort), indent=2)
+    if conns is None:
+        yield head
+        return
+    assert head.endswith("\n}")
+    # the first connection read before anything is given out: a table that cannot be read at
+    # once (maps of another lb version) is said with nothing printed, as without streaming
+    it = iter(conns)
+    first = next(it, None)
+    yield head[:-2] + ',\n  "connections": ['
+    sep, buf = "\n", []
+    for c in it if first is None else itertools.chain((first,), it):
+        buf.append(sep + _conn_json_text(c))
+        sep = ",\n"
+        if len(buf) >= 4096:
+            yield "".join(buf)
+            buf.clear()
+    yield "".join(buf) + ("]\n}" if sep == "\n" else "\n  ]\n}")
 
 
 def to_json(

@@ -736,7 +736,9 @@ def _print_listing(args, services, conns, timeouts, **header) -> int:
     if args.save:
         sys.stdout.write(listing.format_save(services, sort=not args.nosort))
     elif args.json:
-        print(json.dumps(listing.to_json(services, conns if args.connection else None, sort=not args.nosort), indent=2))
+        for chunk in listing.json_chunks(services, conns if args.connection else None, sort=not args.nosort):
+            sys.stdout.write(chunk)
+        sys.stdout.write("\n")
     elif args.timeout:
         sys.stdout.write(listing.format_timeout(*timeouts))
     elif args.connection:
@@ -988,7 +990,11 @@ def _list(args) -> int:
             sys.stdout.buffer.flush()
             return _zero(args) if args.zero else 0
         services = reader.read_services(maps)
-        conns = reader.read_connections(maps) if args.connection else []
+        if args.connection:
+            # --json: each connection written as it is read (a million of them neither held as
+            # records nor as one text), while the maps are open
+            return _print_listing(args, services, reader.iter_connections(maps), DEFAULT_TIMEOUTS)
+        conns: list = []
         timeouts = reader.read_timeouts(maps)
     if args.rate:
         _warn_stale_rates(inst)

@@ -147,9 +147,13 @@ def conn_tables(maps: PinnedMaps) -> list:
 
 
 def read_connections(maps: PinnedMaps, batch: bool | None = None, now_ns: int | None = None) -> list[ConnRow]:
+    return list(iter_connections(maps, batch, now_ns))
+
+
+def iter_connections(maps: PinnedMaps, batch: bool | None = None, now_ns: int | None = None) -> Iterator[ConnRow]:
+    """read_connections' records one by one (`lb list -c --json` writes each as it comes)."""
     now = time.monotonic_ns() if now_ns is None else now_ns
     reals: dict[int, L.Real] = {}
-    out = []
     for k, v in (kv for m in conn_tables(maps) for kv in m.items(batch=batch)):
         key = L.ConnKey.unpack(k)
         if key.dir != 0:
@@ -167,10 +171,9 @@ def read_connections(maps: PinnedMaps, batch: bool | None = None, now_ns: int | 
                                                  family=L.family_of(key.saddr))
         # a real server of port 0 (a firewall-mark service's) gets each connection on the port it
         # came to, as the data path forwards it (IPVS: dest->port ?: vport)
-        out.append(ConnRow(protocol=L.PROTO_NAMES.get(key.proto, "?"), expire=int(left),
-                           state=c.state_name(key.proto), client=(key.saddr, key.sport),
-                           virtual=(key.daddr, key.dport), dest=(real.addr, real.port or key.dport)))
-    return out
+        yield ConnRow(protocol=L.PROTO_NAMES.get(key.proto, "?"), expire=int(left),
+                      state=c.state_name(key.proto), client=(key.saddr, key.sport),
+                      virtual=(key.daddr, key.dport), dest=(real.addr, real.port or key.dport))
 
 
 _CHUNK = 1 << 20
