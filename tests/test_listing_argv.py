@@ -91,3 +91,13 @@ def test_bad_service_names(capsys, monkeypatch, text, err):
     monkeypatch.setattr(socket, "getaddrinfo", lambda *a, **k: (_ for _ in ()).throw(socket.gaierror(-2, "unknown")))
     assert lb_main(["-Ln", "-t", text, "--dataplane", "xdp"]) == 2
     assert capsys.readouterr().err == f"lb: {err}\n"
+
+
+def test_sctp_service(capsys):
+    """ipvsadm 1.31's --sctp-service VIP:PORT selects an SCTP service (kernel IPVS may hold one,
+    `--dataplane ipvs`); lb said "unrecognized arguments"."""
+    sctp = ServiceRow("SCTP", ip("198.18.0.22"), 443, "rr", reals=[RealRow(ip("198.18.1.16"), 443, "Masq", 1)])
+    args = cli_main.build_parser().parse_args(["list", "-n", "--sctp-service", "198.18.0.22:443"])
+    assert cli_main._print_listing(args, SERVICES + [sctp], [], (900, 120, 300)) == 0
+    assert capsys.readouterr().out.splitlines()[2:] == [
+        "SCTP 198.18.0.22:443 rr", "  -> 198.18.1.16:443              Masq    1      0          0         "]

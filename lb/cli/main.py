@@ -1051,6 +1051,8 @@ def _add_service_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("-t", "--tcp-service", dest="service", type=lambda s: ("TCP", s), metavar="VIP:PORT")
     g.add_argument("-u", "--udp-service", dest="service", type=lambda s: ("UDP", s), metavar="VIP:PORT")
     g.add_argument("-f", "--fwmark-service", dest="service", type=lambda s: ("FWM", s), metavar="MARK")
+    # ipvsadm's third protocol: lb's XDP table has none, kernel IPVS's may (--dataplane ipvs)
+    g.add_argument("--sctp-service", dest="service", type=lambda s: ("SCTP", s), metavar="VIP:PORT")
     p.add_argument("-6", "--ipv6", action="store_true", help="with -f: the IPv6 service of that mark (as ipvsadm)")
 
 
