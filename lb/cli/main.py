@@ -1450,39 +1450,12 @@ def _stdout_to_devnull(stdout) -> None:
     os.close(devnull)
 
 
-def _command_first(argv: list[str]) -> list[str]:
-    """ipvsadm takes its command anywhere among its options (popt): `ipvsadm -nL`, `-n -L`,
-    `-cnL`, `-n -S`, `-n -Z` are `-Ln`, `-Lc -n`, `-Sn`, `-Zn`.  The command (-L/-l/--list,
-    -S/--save, -Z/--zero; a list wins, as its -Z zeroes after listing) is moved first, its
-    cluster's other letters kept where they were, for _main's rewriting to find it.  An argv
-    that starts with a subcommand, or has no such command, is returned as it is."""
-    if not argv or not argv[0].startswith("-") or argv[0] in ("-h", "--help", "--version"):
-        return argv
-    head = argv[:argv.index("--")] if "--" in argv else argv
-
-    def cluster(a: str) -> bool:         # -nL, -cnL: one dash and letters only
-        return len(a) > 1 and a[0] == "-" and a[1] != "-" and a[1:].isascii() and a[1:].isalpha()
-
-    for letters, longs in (("Ll", ("--list",)), ("S", ("--save",)), ("Z", ("--zero",))):
-        for i, a in enumerate(head):
-            if i == 0 and (a in longs or cluster(a) and a[1] in letters):
-                return argv                   # already first
-            if a in longs:
-                return [a] + argv[:i] + argv[i + 1:]
-            if cluster(a) and any(c in letters for c in a[1:]):
-                cmd = next(c for c in a[1:] if c in letters)
-                rest = a[1:].replace(cmd, "", 1)
-                return [f"-{cmd}"] + argv[:i] + ([f"-{rest}"] if rest else []) + argv[i + 1:]
-    return argv
-
-
 def _main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     edit = ipvsadm_edit(argv)
     if edit is not None:
         print(edit, file=sys.stderr)
         return 2
-    argv = _command_first(argv)
     # ipvsadm habits: `lb -L -n`, `lb -Ln`, `lb -Lnc`, `lb -S -n`, `lb -Z`
     if argv and argv[0][:2] in ("-L", "-l") and argv[0] not in ("--list",):
         argv = ["list"] + [f"-{c}" for c in argv[0][2:]] + argv[1:]
