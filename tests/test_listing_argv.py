@@ -23,9 +23,11 @@ SERVICES = [ServiceRow("TCP", ip("198.18.0.22"), 443, "wlc", reals=[RealRow(ip("
     (["-t", "lb-test-vip:443"], "TCP  198.18.0.22:443 wlc\n"),
 ])
 def test_service_by_name(capsys, monkeypatch, argv, line):
-    real = socket.getaddrinfo
-    monkeypatch.setattr(socket, "getaddrinfo", lambda host, *a, **k: [
-        (socket.AF_INET, socket.SOCK_STREAM, 6, "", ("198.18.0.22", 0))] if host == "lb-test-vip" else real(host, *a, **k))
+    def resolve(host, *a, **k):     # (no query leaves this host)
+        if host != "lb-test-vip":
+            raise socket.gaierror(-2, "unknown")
+        return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", ("198.18.0.22", 0))]
+    monkeypatch.setattr(socket, "getaddrinfo", resolve)
     args = cli_main.build_parser().parse_args(["list", "-n", *argv])
     assert cli_main._print_listing(args, SERVICES, [], (900, 120, 300)) == 0
     out = capsys.readouterr().out

@@ -242,7 +242,9 @@ def test_status_and_weight_of_an_ipv4_fwmark_real_server(monkeypatch, capsys):
     ("-t", "198.18.0.22:nosuchsvc", "lb: 198.18.0.22:nosuchsvc: no tcp service 'nosuchsvc' (/etc/services): give "
                                     "the port number\n"),
 ])
-def test_malformed_service_is_a_usage_error_in_list_and_zero(dp, opt, text, message, capsys):
+def test_malformed_service_is_a_usage_error_in_list_and_zero(dp, opt, text, message, capsys, monkeypatch):
+    # a host name that does not resolve: answered here, not by a DNS server (no query leaves)
+    monkeypatch.setattr(socket, "getaddrinfo", lambda *a, **k: (_ for _ in ()).throw(socket.gaierror(-2, "unknown")))
     for cmd in ("list", "zero"):
         assert cli(capsys, cmd, opt, text, *xdp(dp)) == (2, "", message), cmd
 
