@@ -169,7 +169,11 @@ def test_link_loss_steps_down_and_peer_fault_or_leaving_hands_over():
     c = RoleMachine(False, 0.2, 1.0, now=0.0)
     c.heard(0.1, ACTIVE)
     assert roles_of(c.heard(0.3, LEAVING)) == [ACTIVE]
-    assert roles_of(p.link(6.0, True)) == [BACKUP, ACTIVE]      # back, and nobody else is there
+    # back: nobody heard while the link was down, so a deadtime of listening first (the peer may
+    # have taken over meanwhile), then active: nobody else is there
+    assert roles_of(p.link(6.0, True)) == [BACKUP]
+    assert p.tick(6.9) == []
+    assert roles_of(p.tick(7.0)) == [ACTIVE]
 
 
 def test_sync_codec_and_exporter():

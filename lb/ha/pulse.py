@@ -16,7 +16,9 @@ Rules (this node = "me", the other director = "peer"; the primary is the preferr
     heartbeat it hears, i.e. within one keepalive; the primary announces again.
   - a stand-down from the peer makes an ACTIVE step down (not a preempting primary: the peer
     steps down instead when it hears it).
-  - monitor_links: public link down -> FAULT (step down, never take over) until it is back.
+  - monitor_links: public link down -> FAULT (step down, never take over) until it is back; then
+    BACKUP, and a peer not heard during the fault (its heartbeats came on that link) is taken for
+    dead only after a deadtime of listening, as at the start (it may have taken over meanwhile).
 
 Receive path (what an outsider can send cannot decide the role):
   - each channel has a heartbeat port and a sync port; on each, one socket connected to the peer's
@@ -93,6 +95,10 @@ class RoleMachine:
         self.preempt = preempt
         self.state = STARTING
         self.since = now
+        # since when the peer could be heard: the start, or the end of a FAULT in which it was not
+        # heard (our link down: its heartbeats did not reach us); a peer not heard since then is
+        # taken for dead only a deadtime after it
+        self.listen_from = now
         self.peer_state: int | None = None
         self.peer_seen: float | None = None
         self.link_ok = True
@@ -141,12 +147,22 @@ class RoleMachine:
             self._go(FAULT, now, acts)
             return acts
         if self.state == FAULT:
+            if self.peer_seen is None or self.peer_seen <= self.since:
+                # nothing heard from the peer while the link was down (one channel, on that
+                # link): the peer may have taken over meanwhile; listen a deadtime before
+                # taking it for dead, as at the start (keepalived's FAULT -> BACKUP, then the
+                # master-down timer).  Taking over at once made a backup whose link came back
+                # grab the VIPs from the active peer and give them back a heartbeat later, and
+                # a returning primary take them back without preempt
+                self.listen_from = now
             self._go(BACKUP, now, acts)
         alive = self.peer_alive(now)
         ps = self.peer_state if alive else None
         if self.state in (STARTING, BACKUP):
             if not alive:
-                if self.state == BACKUP or now - self.since >= self.deadtime:
+                listened = (now - self.listen_from >= self.deadtime
+                            or (self.peer_seen is not None and self.peer_seen >= self.listen_from))
+                if listened and (self.state == BACKUP or now - self.since >= self.deadtime):
                     self._go(ACTIVE, now, acts)
             elif ps == ACTIVE:
                 if self.state == BACKUP and self.preempt and self.primary:
@@ -590,7 +606,7 @@ class Pulse:
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
-        self.machine.since = self._started = self.clock()     # listen a full deadtime from now
+        self.machine.since = self.machine.listen_from = self._started = self.clock()   # listen a full deadtime from now
         for c in self.channels:
             c.open()
             for ep in c.endpoints:
