@@ -16,6 +16,9 @@ Rules (this node = "me", the other director = "peer"; the primary is the preferr
     heartbeat it hears, i.e. within one keepalive; the primary announces again.
   - a stand-down from the peer makes an ACTIVE step down (not a preempting primary: the peer
     steps down instead when it hears it).
+  - two ACTIVEs for longer than a deadtime (the peer does not hear us: heartbeats lost one way,
+    with preempt or the stand-downs lost): an error in the log every LOG_INTERVAL and a warning
+    in status() while it lasts; it ends when the link heals (the backup hears the primary).
   - monitor_links: public link down -> FAULT (step down, never take over) until it is back; then
     BACKUP, and a peer not heard during the fault (its heartbeats came on that link) is taken for
     dead only after a deadtime of listening, as at the start (it may have taken over meanwhile).
@@ -103,6 +106,10 @@ class RoleMachine:
         self.peer_seen: float | None = None
         self.link_ok = True
         self.changes = 0
+        # since when this director and the peer are both active (None: they are not).  Left
+        # alone, two actives last no longer than a keepalive (the backup steps down on the first
+        # heartbeat it hears, on a stand-down the primary); longer, the peer does not hear us
+        self.both_active_since: float | None = None
 
     def peer_alive(self, now: float) -> bool:
         return (self.peer_seen is not None and now - self.peer_seen < self.deadtime
@@ -142,6 +149,15 @@ class RoleMachine:
         return self.tick(now)
 
     def tick(self, now: float) -> list:
+        acts = self._tick(now)
+        if self.state == ACTIVE and self.peer_alive(now) and self.peer_state == ACTIVE:
+            if self.both_active_since is None:
+                self.both_active_since = now
+        else:
+            self.both_active_since = None
+        return acts
+
+    def _tick(self, now: float) -> list:
         acts: list = []
         if not self.link_ok:
             self._go(FAULT, now, acts)
@@ -556,6 +572,11 @@ class Pulse:
                 out.append(f"{c.name} channel: datagrams with the peer {c.peer}'s address were refused "
                            f"{now - at:.0f}s ago ({why}) while its own are accepted: forged or corrupted; "
                            f"refused so far: {so_far}")
+        both = self.both_active_for(now)
+        if both is not None:
+            out.append(f"both directors have been active for {both:.0f}s: the peer does not hear this "
+                       f"director's heartbeats (a link or firewall that drops them one way?), or does not "
+                       f"step down; both hold the virtual addresses")
         if self.peer_skew is not None and abs(self.peer_skew) > self.ha.max_skew:
             out.append(f"the peer's clock differs from ours by {self.peer_skew:+.1f}s (max_skew "
                        f"{self.ha.max_skew:g}s): heard anyway (its heartbeats echo our boot id); fix the time (NTP)")
@@ -885,12 +906,41 @@ class Pulse:
         if alive and not self._peer_was_alive:
             self.exporter.reset()             # the peer (re)appeared: send it everything
         self._peer_was_alive = alive
+        self._both_active(now)
         acts = []
         while not self._actions.empty():
             acts.append(self._actions.get_nowait())
         return acts
 
     _last_link = float("-inf")
+
+    def both_active_for(self, now: float) -> float | None:
+        """Seconds both directors have been active, once it is more than a deadtime (None
+        before, or when they are not): the peer does not hear us -- a one-way link, a firewall
+        dropping our heartbeats one way --, or does not step down (preempt, a stand-down lost)."""
+        since = self.machine.both_active_since
+        if since is None or now - since < self.ha.deadtime:
+            return None
+        return now - since
+
+    def _both_active(self, now: float) -> None:
+        """Two actives lasting past a deadtime: an error in the log, again every LOG_INTERVAL
+        while it lasts, and a line when it ends (and a warning in status() meanwhile)."""
+        both = self.both_active_for(now)
+        if both is not None:
+            if self._both_logged is None or now - self._both_logged >= self.LOG_INTERVAL:
+                log.error("pulse: both directors have been active for %.0fs: the peer's heartbeats say "
+                          "\"active\" and it does not step down -- it does not hear this director's "
+                          "heartbeats (a link or firewall that drops them one way?); both hold the "
+                          "virtual addresses until it does", both)
+                self._both_logged = now
+        elif self._both_logged is not None:
+            self._both_logged = None
+            log.warning("pulse: one director active again (this one %s, the peer %s)", self.role,
+                        NAMES.get(self.machine.peer_state, "unknown") if self.machine.peer_alive(now)
+                        else "not heard")
+
+    _both_logged: float | None = None
 
     async def _decide(self) -> None:
         tick = min(self.ha.keepalive / 2, 0.05)
