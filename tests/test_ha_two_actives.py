@@ -17,7 +17,8 @@ SAYS = "both directors have been active"
 def test_a_one_way_link_with_preempt_is_reported_and_heals(tmp_path, caplog):
     pair = Pair(tmp_path)                                  # keepalive 0.2 s, deadtime 1 s
     pair.ha = dataclasses.replace(pair.ha, preempt=True)
-    primary, backup = pair.start(hb.NODE_PRIMARY), pair.start(hb.NODE_BACKUP)
+    primary = pair.start(hb.NODE_PRIMARY)
+    pair.start(hb.NODE_BACKUP)
     pair.run(2.0)
     assert pair.roles() == {0: "active", 1: "backup"}
     with caplog.at_level(logging.WARNING, logger="lb.ha"):
