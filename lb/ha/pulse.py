@@ -471,6 +471,7 @@ class Pulse:
         self._actions: asyncio.Queue = asyncio.Queue()
         self._closing = False
         self._switching_from: int | None = None   # the old role while on_role applies a change
+        self._notify_last: dict[str, asyncio.Task] = {}   # notify program -> its latest run (_notify)
         self._peer_was_alive = False
         self._sync_queue: asyncio.Queue = asyncio.Queue(maxsize=256)   # bounded backup-side backlog
         self._ratelog = RateLimitedLog(log, self.LOG_INTERVAL, clock)
@@ -982,8 +983,18 @@ class Pulse:
                 await loop.run_in_executor(None, self.announce_fn, False)
 
     def _notify(self, new: str, old: str) -> None:
+        """Each notify program, for this role change, once its run for the change before is
+        done: one at a time and in order, so what the last run did is what the role is now.
+        (Started at once, a slow "active" run of a takeover undone a moment later could finish
+        after the "backup" run and leave its work -- a service started, a route -- on the backup.)"""
         for prog in self.ha.notify:
-            spawn(f"notify {prog}", self._run_hook(prog, new, old), logger=log)
+            prev = self._notify_last.get(prog)
+            self._notify_last[prog] = spawn(f"notify {prog}", self._run_hook_after(prev, prog, new, old), logger=log)
+
+    async def _run_hook_after(self, prev: asyncio.Task | None, prog: str, new: str, old: str) -> None:
+        if prev is not None and not prev.done():
+            await asyncio.wait([prev])
+        await self._run_hook(prog, new, old)
 
     async def _run_hook(self, prog: str, new: str, old: str) -> None:
         """One notify program: PROG NEW OLD INSTANCE, as ha.script_user, with LB_ROLE, LB_OLD_ROLE and
