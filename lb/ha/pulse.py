@@ -798,6 +798,10 @@ class Pulse:
         if m.type != hb.T_SYNC and why is None and m.boot != self.peer_boot:
             self.peer_boot = m.boot              # accepted: our echo from now on
             self._echo_candidates.clear()
+            # a new lb process of the peer: it missed what was sent while it was down (refused,
+            # port unreachable), or starts on a new data plane -- send it everything again, as
+            # when it comes back after a deadtime (a restart within one went unnoticed there)
+            self.exporter.reset()
         elif m.type != hb.T_SYNC and why == "stale" and m.boot != self.peer_boot \
                 and not self.guard.live(m.node, self.peer_boot, wall):
             # authentic, but a new boot not proven fresh (its clock beyond max_skew, or behind the

@@ -10,7 +10,8 @@ When an entry is sent (Exporter):
   - it is new, or its real server, state or flags changed since it was last sent;
   - or it has been used again and half its timeout (capped at REFRESH_MAX_S) has passed since it
     was last sent, so the backup's copy does not expire while the flow lives;
-  - everything again when the peer (re)appears or this node becomes active (full resync).
+  - everything again when the peer (re)appears, restarts (a new boot id, even within a
+    deadtime: lb.ha.pulse) or this node becomes active (full resync).
 
 Bounds: at most ``sync_rate`` records per second (what does not fit waits for the next scan,
 new and changed entries first); the exporter remembers one small tuple per live entry (bounded
