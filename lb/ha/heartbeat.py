@@ -196,7 +196,12 @@ def decode(keys: tuple[bytes, ...] | bytes, data: bytes, *, sender: int | None =
     if typ != T_SYNC and plen not in (0, ECHO.size):
         raise DecodeError("malformed", "heartbeat payload")
     if sender is not None and node != sender:
-        raise DecodeError("wrong_channel", "sender is not the peer")
+        # (node is 0 or 1: the receiver's own) two directors that each take themselves for the
+        # same node -- [ha] primary/backup not the same in their files -- refuse each other and
+        # both go active: say so (not authenticated yet: a forgery reads the same)
+        me = "primary" if node == NODE_PRIMARY else "backup"
+        raise DecodeError("wrong_channel", f"it says it is the {me} node, as this director is: do both "
+                                           f"directors' [ha] tables name the same primary and backup?")
     if channel is not None and chan != channel:
         raise DecodeError("wrong_channel", f"{CHANNEL_NAMES[chan]} message on the {CHANNEL_NAMES[channel]} channel")
     if types is not None and typ not in types:
