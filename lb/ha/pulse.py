@@ -573,6 +573,11 @@ class Pulse:
                 out.append(f"{c.name} channel: datagrams with the peer {c.peer}'s address were refused "
                            f"{now - at:.0f}s ago ({why}) while its own are accepted: forged or corrupted; "
                            f"refused so far: {so_far}")
+        for c in self.silent_channels(now):
+            out.append(f"{c.name} channel: no heartbeat from the peer {c.peer} "
+                       + ("yet" if c.last_rx is None else f"for {now - c.last_rx:.0f}s")
+                       + " while the other channel carries them: one channel left, whose failure makes "
+                         "both directors active (a link, route or firewall on this one?)")
         both = self.both_active_for(now)
         if both is not None:
             out.append(f"both directors have been active for {both:.0f}s: the peer does not hear this "
@@ -912,12 +917,27 @@ class Pulse:
             self.exporter.reset()             # the peer (re)appeared: send it everything
         self._peer_was_alive = alive
         self._both_active(now)
+        silent = {c.name for c in self.silent_channels(now)}
+        for name in silent - self._silent:
+            log.warning("pulse: %s channel: no heartbeat from the peer for %gs while the other channel carries "
+                        "them: one channel left", name, self.ha.deadtime)
+        if alive:
+            for name in self._silent - silent:
+                log.info("pulse: %s channel: heartbeats from the peer again", name)
+        self._silent = silent
         acts = []
         while not self._actions.empty():
             acts.append(self._actions.get_nowait())
         return acts
 
     _last_link = float("-inf")
+
+    def silent_channels(self, now: float) -> list:
+        """Channels the peer has not been heard on for a deadtime while it is heard on another
+        (after our first deadtime): the redundancy a second channel gives is gone."""
+        if len(self.channels) < 2 or now - self._started < self.ha.deadtime or not self.machine.peer_alive(now):
+            return []
+        return [c for c in self.channels if c.last_rx is None or now - c.last_rx >= self.ha.deadtime]
 
     def both_active_for(self, now: float) -> float | None:
         """Seconds both directors have been active, once it is more than a deadtime (None
@@ -946,6 +966,7 @@ class Pulse:
                         else "not heard")
 
     _both_logged: float | None = None
+    _silent: set = frozenset()                # names of the channels silent_channels() gave last
 
     async def _decide(self) -> None:
         tick = min(self.ha.keepalive / 2, 0.05)
