@@ -47,3 +47,34 @@ def test_a_silent_channel_is_reported_while_the_other_carries_the_heartbeats(tmp
     for p in (primary, backup):
         assert not [w for w in p.status()["warnings"] if "channel" in w]
     assert caplog.text.count("private channel: heartbeats from the peer again") == 2
+
+
+def test_a_channel_whose_heartbeats_come_late_is_not_silent(tmp_path, caplog):
+    """Each of the private channel's heartbeats comes after a newer one on the public channel
+    (held back on the way: 'late', no news of the peer's state): the channel still carries the
+    peer's heartbeats, so no warning."""
+    pair = Pair(tmp_path)
+    pair.ha = dataclasses.replace(pair.ha, primary_private=ipaddress.ip_address("198.18.1.1"),
+                                  backup_private=ipaddress.ip_address("198.18.1.3"))
+    deliver = pair._deliver
+    held = []
+
+    def late(p, c, typ, state, payload):
+        if c.id == hb.CH_PRIVATE:                          # held back ...
+            held.append((p, p.encode(c, typ, state, payload)))
+            return
+        deliver(p, c, typ, state, payload)
+        other = pair.nodes.get(1 - p.node)
+        for q, data in [h for h in held if h[0] is p]:     # ... until a newer public one came
+            if other is not None:
+                other._receive(other.channels[hb.CH_PRIVATE], "heartbeat", data)
+        held[:] = [h for h in held if h[0] is not p]
+    pair._deliver = late
+    primary, backup = pair.start(hb.NODE_PRIMARY), pair.start(hb.NODE_BACKUP)
+    with caplog.at_level(logging.INFO, logger="lb.ha"):
+        pair.run(4.0)
+    assert pair.roles() == {0: "active", 1: "backup"}
+    assert primary.counters["late"] > 5
+    for p in (primary, backup):
+        assert not [w for w in p.status()["warnings"] if "channel" in w], p.status()["warnings"]
+    assert SAYS not in caplog.text

@@ -340,6 +340,7 @@ class Channel:
         self.sync = Endpoint("sync", local, peer, port + 1 if sync_port is None else sync_port, self.SYNC_RCVBUF)
         self.endpoints = (self.hb, self.sync)
         self.last_rx: float | None = None        # monotonic: the last accepted message
+        self.last_fresh: float | None = None     # ... the last the replay guard took (heard, or late news)
         self.rx = 0
         self.offpath = 0                         # datagrams from other senders, dropped before crypto
         self.refused: dict[str, int] = {}        # the peer's datagrams refused, by reason
@@ -575,7 +576,7 @@ class Pulse:
                            f"refused so far: {so_far}")
         for c in self.silent_channels(now):
             out.append(f"{c.name} channel: no heartbeat from the peer {c.peer} "
-                       + ("yet" if c.last_rx is None else f"for {now - c.last_rx:.0f}s")
+                       + ("yet" if c.last_fresh is None else f"for {now - c.last_fresh:.0f}s")
                        + " while the other channel carries them: one channel left, whose failure makes "
                          "both directors active (a link, route or firewall on this one?)")
         both = self.both_active_for(now)
@@ -827,6 +828,7 @@ class Pulse:
                 detail = "a new boot whose clock is behind its previous boot's (set back?), taken once it echoes ours"
             self._refuse(c, why, detail)
             return
+        c.last_fresh = self.clock()              # the channel carries the peer's messages (silent_channels)
         # What the peer is now, the role machine hears only from its newest message: one that
         # moved its stream's sequence number up (a late one, inside the window, is older news --
         # or a capture of what we missed, replayed).  And a director that just started has no
@@ -937,7 +939,7 @@ class Pulse:
         (after our first deadtime): the redundancy a second channel gives is gone."""
         if len(self.channels) < 2 or now - self._started < self.ha.deadtime or not self.machine.peer_alive(now):
             return []
-        return [c for c in self.channels if c.last_rx is None or now - c.last_rx >= self.ha.deadtime]
+        return [c for c in self.channels if c.last_fresh is None or now - c.last_fresh >= self.ha.deadtime]
 
     def both_active_for(self, now: float) -> float | None:
         """Seconds both directors have been active, once it is more than a deadtime (None
