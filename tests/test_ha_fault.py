@@ -77,7 +77,7 @@ def test_a_primary_whose_link_comes_up_after_its_start_does_not_preempt(tmp_path
     links["p0"] = False
     primary = pair.start(hb.NODE_PRIMARY)
     primary.public_interface = "p0"
-    pair.cut.add(hb.NODE_PRIMARY)                         # its link down: its heartbeats go nowhere
+    pair.cut.update({0, 1})                               # its link down: no heartbeat either way
     pair.run(0.3)
     assert primary.role == "fault"
     links["p0"] = True
