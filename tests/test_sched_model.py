@@ -662,8 +662,10 @@ ops = st.lists(
         st.tuples(st.just("remove"), st.integers(0, 5), st.just(0)),
         st.tuples(st.just("weight"), st.integers(0, 5), st.integers(0, 6)),
         st.tuples(st.just("overload"), st.integers(0, 5), st.integers(0, 1)),
-        st.tuples(st.just("schedule"), st.just(0), st.just(0)),
+        # v = 1: a UDP connection, counted inactive from the start (a TCP one is active)
+        st.tuples(st.just("schedule"), st.just(0), st.integers(0, 1)),
         st.tuples(st.just("establish"), st.integers(0, 5), st.just(0)),
+        st.tuples(st.just("deactivate"), st.integers(0, 5), st.just(0)),     # a FIN: active -> inactive
     ),
     max_size=40,
 )
@@ -684,13 +686,28 @@ def test_random_operations_keep_invariants(sched, program):
             s.set_weight(name, v)
         elif op == "overload" and present:
             s.set_overloaded(name, bool(v))
-        elif op == "establish" and present and s.dest(name).inactive:
-            s.establish(name)
+        elif op in ("establish", "deactivate"):
+            # one of the servers holding a connection it can move (r{k} alone would seldom be one)
+            holding = [d.name for d in s.dests if (d.inactive if op == "establish" else d.active)]
+            if holding:
+                name = holding[k % len(holding)]
+                a, i = s.dest(name).active, s.dest(name).inactive
+                if op == "establish":
+                    s.establish(name)
+                    assert (s.dest(name).active, s.dest(name).inactive) == (a + 1, i - 1)
+                else:
+                    s.deactivate(name)
+                    assert (s.dest(name).active, s.dest(name).inactive) == (a - 1, i + 1)
         elif op == "schedule":
             usable = [d.name for d in s.dests if d.weight > 0 and not d.overloaded]
-            got = s.schedule()
+            counts = {d.name: (d.active, d.inactive) for d in s.dests}
+            got = s.schedule(active=not v)
             assert (got is None) == (not usable)
             assert got is None or got in usable
+            if got is not None:         # the new connection is counted on its server, and only there
+                a, i = counts[got]
+                counts[got] = (a + 1, i) if not v else (a, i + 1)
+            assert {d.name: (d.active, d.inactive) for d in s.dests} == counts
         # scheduler state stays within the list
         n = len(s.dests)
         assert s.cursor is None or 0 <= s.cursor < n
