@@ -161,6 +161,17 @@ def age(dp: XdpDataplane, seconds: float) -> None:
             m.set(k, struct.pack("=Q", L.stamp_ago(last, ns)) + v[8:])
 
 
+def seconds_since(t0: float) -> int:
+    """Whole seconds (rounded up) since time.monotonic() read t0: how much further a
+    connection's timer stamped after t0 may have run by now on a loaded machine.  A timer
+    check asserts `left <= T - 1 and left + seconds_since(t0) >= T - 1` (`lb list -c` prints
+    T - 1 a moment after the packet), not that the machine was quick."""
+    import math
+    import time
+
+    return math.ceil(time.monotonic() - t0)
+
+
 def client6(n: int) -> str:
     """An IPv6 client address from an integer in [2, ff00::): not a martian -- ::, ::1, ff00::/8
     are out of that range, and one in the IPv4-mapped ::ffff:0:0/96 moves to ::1:ffff:0:0/96 --
