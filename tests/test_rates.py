@@ -13,8 +13,10 @@ from lb import listing
 from lb.cli.main import main as lb_main
 from lb.dataplane import RealSpec, ServiceSpec, TableSpec, reader
 from lb.dataplane.maps import PinnedMaps
+from lb.dataplane.xdp import XdpDataplane
 
-from packets_util import CLIENT_MAC, PRIV_MAC, PUB_MAC, XDP_REDIRECT, XDP_TX, loaded_dataplane, real_mac, run
+from packets_util import (CLIENT_MAC, PRIV_MAC, PUB_MAC, XDP_REDIRECT, XDP_TX, fake_resolver, loaded_dataplane, real_mac,
+                          run)
 
 CLIENT = "198.18.0.2"
 VIP = "198.18.0.20"
@@ -136,3 +138,32 @@ def test_measured_interval_and_ids_leaving(dp):
     dp.estimate(now=6.0)
     assert _rows(dp) == []
     assert not dp.rates.est
+
+
+def test_a_restart_keeping_the_data_plane_carries_on_from_the_pinned_rates(dp):
+    """`lb stop --keep-dataplane` then `lb run` (an upgrade): the new daemon's estimator starts
+    from the rates the old one left pinned, as `lb list --rate` showed them, so they decay
+    from there -- not from zero, which read as a service gone idle at every restart."""
+    dp.estimate(now=1000.0)
+    _traffic(dp, 54000, conns=20, per_conn=10)
+    dp.estimate(now=1002.0)
+    (row,) = _rows(dp)
+    assert row.rate.inpkts == 25
+    shown = row.rate
+    again = XdpDataplane(dp.instance, dp.sizes, resolver=fake_resolver)
+    again.load()
+    try:
+        assert again.adopted
+        again.apply(TABLE)
+        again.estimate(now=5000.0)          # its first pass: the counters taken, the rates left
+        (row,) = _rows(again)
+        assert row.rate == shown and row.reals[0].rate == shown
+        again.estimate(now=5002.0)          # an idle period: a quarter off what was shown
+        (row,) = _rows(again)
+        ref = IpvsEstimator(_counters(row))
+        ref.avg = [shown.conns << 10, shown.inpkts << 10, shown.outpkts << 10, shown.inbytes << 5,
+                   shown.outbytes << 5]
+        expected = ref.tick(_counters(row))
+        assert expected.inpkts == 19 and row.rate == expected == row.reals[0].rate
+    finally:
+        again.close()
