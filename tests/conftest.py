@@ -171,10 +171,13 @@ def _timeline(item, phase: str, t0: float) -> None:
 # ---------------------------------------------------------------------------------------------
 # Skips are counted, and under `make test` (LB_NO_SKIPS=1) any skip fails the run: on the CI
 # machine every capability the suite needs is installed by the project, so a skip hides a test.
+# A test that failed under an xfail mark is counted with them: it hides a failure as well.
 
 def _skipped(config) -> list:
     reporter = config.pluginmanager.get_plugin("terminalreporter")
-    return list(reporter.stats.get("skipped", [])) if reporter is not None else []
+    if reporter is None:
+        return []
+    return list(reporter.stats.get("skipped", [])) + list(reporter.stats.get("xfailed", []))
 
 
 def pytest_terminal_summary(terminalreporter, exitstatus, config):
@@ -185,7 +188,10 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
     if skipped and os.environ.get("LB_NO_SKIPS") == "1":
         terminalreporter.write_line("lb: LB_NO_SKIPS=1 (make test): a skipped test fails the run; skipped:", red=True)
         for rep in skipped:
-            reason = rep.longrepr[2] if isinstance(rep.longrepr, tuple) else str(rep.longrepr)
+            if getattr(rep, "wasxfail", None) is not None:
+                reason = f"xfail, and it failed: {rep.wasxfail or '(no reason given)'}"
+            else:
+                reason = rep.longrepr[2] if isinstance(rep.longrepr, tuple) else str(rep.longrepr)
             terminalreporter.write_line(f"  {rep.nodeid}: {reason}", red=True)
 
 

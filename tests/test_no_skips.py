@@ -23,10 +23,18 @@ def _suite(tmp_path: Path) -> Path:
     return tmp_path
 
 
+@pytest.mark.parametrize("hidden", ["skip", "xfail"])
 @pytest.mark.parametrize("workers", [[], ["-n", "2"]], ids=["one-process", "xdist"])
 @pytest.mark.parametrize("no_skips", ["1", ""], ids=["make-test", "by-hand"])
-def test_a_skip_fails_make_test_and_is_counted(tmp_path, workers, no_skips):
+def test_a_skip_fails_make_test_and_is_counted(tmp_path, workers, no_skips, hidden):
+    """A failing test marked xfail hides its failure as a skip does: counted and refused alike."""
     suite = _suite(tmp_path)
+    if hidden == "xfail":
+        (suite / "test_one.py").write_text(
+            "import pytest\n\n"
+            "def test_runs():\n    assert 1 + 1 == 2\n\n"
+            "@pytest.mark.xfail(reason='this host lacks the thing')\n"
+            "def test_skips():\n    assert 1 + 1 == 3\n")
     env = {k: v for k, v in os.environ.items() if not k.startswith(("LB_", "PYTEST_"))}
     env["LB_NO_SKIPS"] = no_skips
     p = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *workers, str(suite)],
