@@ -627,20 +627,22 @@ def test_a_peer_that_cannot_hear_us_is_still_heard(tmp_path):
     assert backup.counters["unheard"] > 0 and backup.status()["peer"]["alive"]
 
 def eavesdrop(pair, rng, attack: bool) -> None:
-    """Every datagram delivered, and kept by sender; with ``attack``, now and then, up to three
-    of those captured from a director's peer sent to it again first (the peer's address and
-    port spoofed), as an eavesdropper on the wire would."""
+    """Every datagram delivered, and kept by sender; with ``attack``, now and then (at each
+    datagram a director sends), up to three of those captured from its peer sent to it (the
+    peer's address and port spoofed), as an eavesdropper on the wire would -- also while that
+    peer is gone or cut off, when the replays alone speak for it."""
     captured = {hb.NODE_PRIMARY: [], hb.NODE_BACKUP: []}
 
     def tapped(p, c, typ, state, payload):
+        peer = 1 - p.node
+        if attack and captured[peer] and rng.random() < 0.5:
+            for ch, k, old in rng.sample(captured[peer], min(3, len(captured[peer]))):
+                p._receive(p.channels[ch], k, old)
         data = p.encode(c, typ, state, payload)
-        other = pair.nodes.get(1 - p.node)
+        other = pair.nodes.get(peer)
         if other is None or p.node in pair.cut:
             return
         kind = "sync" if typ == hb.T_SYNC else "heartbeat"
-        if attack and captured[p.node] and rng.random() < 0.5:
-            for ch, k, old in rng.sample(captured[p.node], min(3, len(captured[p.node]))):
-                other._receive(other.channels[ch], k, old)
         other._receive(other.channels[c.id], kind, data)
         captured[p.node].append((c.id, kind, data))
     pair._deliver = tapped
