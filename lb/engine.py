@@ -2148,6 +2148,14 @@ def run(cfg, *, xdp_mode: str = "native", dataplane: str | None = None, on_sigte
         log.error("%s", e)
         eng.stop_failed_start()
         return 2
+    except Exception as e:  # noqa: BLE001 - a full /run (ENOSPC), netlink, a bug: the same clean undo
+        # one line (the traceback at debug level, as the loop's own start), and what this start
+        # attached, pinned and added goes: a traceback skipped that, leaving the VIPs up with no daemon
+        log.debug("starting", exc_info=e)
+        why = str(e) if isinstance(e, OSError) and str(e) else f"{type(e).__name__}: {e}"
+        log.error("%s: starting: %s", cfg.path or "<config>", why)
+        eng.stop_failed_start()
+        return 2
     failed = False
     try:
         asyncio.run(_serve(eng))

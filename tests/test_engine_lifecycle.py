@@ -293,6 +293,31 @@ def test_a_failed_start_removes_only_the_addresses_it_added(tmp_path, monkeypatc
     assert "attaching to lo: Device or resource busy" in caplog.text
 
 
+@pytest.mark.parametrize("error", [OSError(28, "No space left on device", "/run/lb/full.ipvs.json"),
+                                   RuntimeError("a bug")])
+def test_any_error_of_the_start_after_the_addresses_undoes_it(tmp_path, monkeypatch, signals, caplog, error):
+    """/run full as the data plane records its state (ENOSPC), or any error start() did not
+    expect, once the addresses are taken: one line, exit 2, and what the start added goes.  It
+    used to be a traceback out of `lb run`, leaving the VIPs up and the pid file behind, with no
+    daemon."""
+    patch_host(monkeypatch.setattr, str(tmp_path))
+
+    def apply(self, table):
+        raise error
+    monkeypatch.setattr(StartingDataplane, "apply", apply)
+    path = write(tmp_path / "lb.toml", instance="full")
+    with caplog.at_level(logging.INFO, logger="lb"):
+        assert lbengine.run(lbconfig.load(path), dataplane="ipvs") == 2
+    errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    what = "[Errno 28] No space left on device: '/run/lb/full.ipvs.json'" if isinstance(error, OSError) \
+        else "RuntimeError: a bug"
+    assert errors == [f"{path}: starting: {what}"], caplog.text
+    assert EVENTS == ["load", "take ['198.18.0.10/32', '198.18.1.254/24']", "detach_all",
+                      "release ['198.18.0.10/32', '198.18.1.254/24']", "unpin", "close"], EVENTS
+    assert_stopped_cleanly(caplog)
+    assert not os.path.exists(lbengine.pidfile("full"))
+
+
 # ---- control requests while the daemon stops -------------------------------------------------
 
 def test_a_request_that_would_change_something_is_refused_while_stopping(tmp_path, monkeypatch):
