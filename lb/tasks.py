@@ -4,6 +4,9 @@
 cancellation) the exception is logged with the task's name, its context and the traceback, and
 ``run`` is started again after a backoff (``min_backoff`` doubling up to ``max_backoff``; back to
 ``min_backoff`` once a run has lasted ``healthy_after`` seconds).  A run that returns ends the task.
+A task that fails the same way again and again (a bug hit at every run: a restart every
+``max_backoff`` seconds, for months) is logged with its traceback the first time, then at most
+once every ``repeat_every`` seconds, in one line saying how many failures were held back.
 ``spawn(name, coro)`` is the one-shot kind (a notify program): its exception is logged, and the
 task is referenced until it ends (asyncio keeps only weak references to tasks).
 
@@ -41,31 +44,45 @@ class TaskStats:
 def supervise(name: str, run: Callable[[], Awaitable[None]], *, logger: logging.Logger = log,
               context: str | Callable[[], str] = "", stats: TaskStats | None = None,
               min_backoff: float = 0.5, max_backoff: float = 30.0,
-              healthy_after: float = 60.0) -> asyncio.Task:
+              healthy_after: float = 60.0, repeat_every: float = 600.0,
+              clock: Callable[[], float] = time.monotonic) -> asyncio.Task:
     """``run()`` as a task on the running loop, restarted after a backoff whenever it raises."""
     stats = stats if stats is not None else TaskStats()
     kind = name.split(" ", 1)[0]
     RESTARTS.setdefault(kind, 0)
+    said: dict[str, tuple[float, int]] = {}    # error text -> (when last logged, failures held back since)
 
     async def supervisor() -> None:
         backoff = min_backoff
         while True:
-            started = time.monotonic()
+            started = clock()
             try:
                 await run()
                 return
             except asyncio.CancelledError:
                 raise
             except Exception as e:
-                if time.monotonic() - started >= healthy_after:
+                if clock() - started >= healthy_after:
                     backoff = min_backoff
                 stats.restarts += 1
                 RESTARTS[kind] += 1
                 stats.last_error = f"{type(e).__name__}: {e}"
                 stats.last_error_at = time.time()
-                where = context() if callable(context) else context
-                logger.error("task %s%s failed (%s); restart %d in %.1fs", name, f" ({where})" if where else "",
-                             stats.last_error, stats.restarts, backoff, exc_info=True)
+                now = clock()
+                last, held = said.get(stats.last_error, (None, 0))
+                if last is not None and now - last < repeat_every:
+                    said[stats.last_error] = (last, held + 1)       # said already: counted, not logged
+                else:
+                    said.pop(stats.last_error, None)
+                    said[stats.last_error] = (now, 0)
+                    while len(said) > 32:                    # errors whose text changes at each run
+                        del said[next(iter(said))]
+                    where = context() if callable(context) else context
+                    more = f" ({held} more like it in the last {now - last:.0f}s)" if held else ""
+                    # the traceback once: a repeat says only that it goes on
+                    logger.error("task %s%s failed (%s); restart %d in %.1fs%s", name,
+                                 f" ({where})" if where else "", stats.last_error, stats.restarts, backoff, more,
+                                 exc_info=True if last is None else None)
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, max_backoff)
 

@@ -34,6 +34,42 @@ def test_a_failing_task_is_logged_with_its_context_and_restarted(caplog):
     assert all(r.exc_info is not None for r in lines)      # with the traceback
 
 
+def test_a_task_failing_the_same_way_at_every_run_is_logged_once_then_rarely(caplog):
+    """A bug hit at every run restarts the task every max_backoff seconds for as long as lb runs:
+    each restart used to log its traceback (two a minute, per task: a thousand health monitors
+    hitting one bug filled the journal).  The first is logged with its traceback; the same
+    failure again is counted, and said once every repeat_every seconds with the count held back;
+    another failure is logged at once."""
+    clock = [1000.0]
+    runs = []
+
+    async def work():
+        runs.append(1)
+        clock[0] += 100.0                            # each run (and its backoff) takes 100 s
+        if len(runs) == 9:
+            raise KeyError("another bug")
+        if len(runs) <= 10:
+            raise RuntimeError("the same bug")
+
+    async def main():
+        stats = TaskStats()
+        task = supervise("health 'rs1'", work, logger=log, stats=stats, min_backoff=0.001, max_backoff=0.001,
+                         repeat_every=600.0, clock=lambda: clock[0])
+        await asyncio.wait_for(task, 5)
+        return stats
+
+    with caplog.at_level(logging.ERROR, logger="lb.test"):
+        stats = asyncio.run(main())
+    assert len(runs) == 11 and stats.restarts == 10
+    lines = [r for r in caplog.records if r.name == "lb.test"]
+    assert [r.getMessage() for r in lines] == [
+        "task health 'rs1' failed (RuntimeError: the same bug); restart 1 in 0.0s",
+        "task health 'rs1' failed (RuntimeError: the same bug); restart 7 in 0.0s (5 more like it in the last 600s)",
+        "task health 'rs1' failed (KeyError: 'another bug'); restart 9 in 0.0s",
+    ], caplog.text
+    assert [r.exc_info is not None for r in lines] == [True, False, True]
+
+
 def test_cancelling_a_supervised_task_stops_it():
     async def forever():
         await asyncio.sleep(3600)
