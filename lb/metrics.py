@@ -412,6 +412,13 @@ class Collector:
             f.counter("lb_task_restarts_total", "background tasks restarted after an unexpected error (logged "
                       "with its traceback), by kind (health, load, pulse-*, bgp-lease, configsync-push)",
                       ("task",), (kind,), n)
+        if "housekeeping_errors" in doc:       # every step, at 0 until it fails (`lb status --json`)
+            from lb.engine import HOUSEKEEPING
+            errors = doc["housekeeping_errors"] or {}
+            for step in sorted(set(HOUSEKEEPING) | set(errors)):
+                f.counter("lb_housekeeping_errors_total", "the run loop's housekeeping steps that failed (each "
+                          "tried again at its next turn; logged at most once a minute), by step", ("step",),
+                          (step,), errors.get(step, 0))
         f.counter("lb_dataplane_xdp_attached_again_total", "XDP programs attached again after they were gone "
                   "from their interface (re-created, or the program taken off)", (), (), own.get("xdp_attached", 0))
 

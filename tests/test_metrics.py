@@ -39,7 +39,7 @@ def status(ha=True):
         "instance": "lab", "dataplane": "xdp", "at": 1000.0, "config_warnings": 2,
         "ownership": {"addresses_restored": 3, "xdp_attached": 1, "last": "pub0: ...", "at": 990.0},
         "reloads": {"ok": 3, "refused": 1, "failed": 0, "last_ok": False, "loaded_at": 900.0},
-        "task_restarts": {"bgp-lease": 2, "health": 0},
+        "task_restarts": {"bgp-lease": 2, "health": 0}, "housekeeping_errors": {"sweep": 7},
         "services": [
             {"name": "web", "protocol": "tcp", "address": "198.18.0.10", "port": 80, "fwmark": 0,
              "on_sorry_server": False, "real_servers": [
@@ -182,6 +182,9 @@ def test_service_dataplane_reload_and_ha():
     assert value(s, "lb_config_warnings") == 2
     assert value(s, "lb_addresses_restored_total") == 3 and value(s, "lb_dataplane_xdp_attached_again_total") == 1
     assert value(s, "lb_task_restarts_total", task="bgp-lease") == 2 and value(s, "lb_task_restarts_total", task="health") == 0
+    # a step failing at every turn (the sweep, say) was only in the log and `lb status --json`
+    assert value(s, "lb_housekeeping_errors_total", step="sweep") == 7
+    assert value(s, "lb_housekeeping_errors_total", step="refresh_nexthops") == 0
     assert value(s, "lb_info", lb_instance="lab", dataplane="xdp") == 1
     assert value(s, "lb_ha_role", role="backup") == 1 and value(s, "lb_ha_role", role="active") == 0
     assert value(s, "lb_ha_peer_state", state="active") == 1
