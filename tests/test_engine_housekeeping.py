@@ -90,6 +90,13 @@ def test_a_step_failing_at_every_turn_starves_none_of_the_others(run_dir, caplog
     assert all(eng.dp.calls[s] >= turns for s in STEPS), eng.dp.calls
     assert eng.housekeeping_errors == {"finish_drains": turns}
     assert eng.status(counters=False)["housekeeping_errors"] == {"finish_drains": turns}
+    # and `lb status` says so (it was only in --json and the log, once a minute)
+    from lb.cli.main import _status_lines
+    doc = eng.status(counters=False)
+    doc["task_restarts"] = {"health": 2, "pulse-decide": 0}     # (the process's: other tests' too)
+    lines = _status_lines(doc)
+    assert [s for s in lines if s.startswith("errors")] == [f"errors (see the log): finish_drains failed {turns} "
+                                                            f"times, health restarted 2 times"], lines
     said = [r for r in caplog.records if "finishing the drains" in r.getMessage()]
     text = f"{error}" if not traceback else f"TypeError: {error}"
     assert said[0].getMessage() == ("housekeeping: finishing the drains of removed real servers failed (tried "

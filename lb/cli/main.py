@@ -459,6 +459,12 @@ def _status_lines(doc: dict) -> list[str]:
     if own.get("last"):   # Engine.keep_ownership: what an interface lost, put back (or found)
         out(f"ownership: {own['addresses_restored']} addresses added back, {own['xdp_attached']} XDP "
             f"programs attached again; last {_fmt_time(own['at'])}: {own['last']}")
+    # what failed and goes on (a run-loop step tried again at each turn, a background task restarted):
+    # the log says why, once in a while; here, that it does
+    failed = [f"{step} failed {n} times" for step, n in sorted((doc.get("housekeeping_errors") or {}).items()) if n]
+    failed += [f"{kind} restarted {n} times" for kind, n in sorted((doc.get("task_restarts") or {}).items()) if n]
+    if failed:
+        out(f"errors (see the log): {', '.join(failed)}")
     ha = doc.get("ha")
     if ha:  # pulse: peer, channels, sync (lb/ha/pulse.py Pulse.status)
         peer = ha["peer"]
