@@ -445,6 +445,23 @@ def check_interfaces(cfg, missing: list[str] | None = None, waited: float = 0.0)
                                                  + (f" (waited {waited:g} s for them)" if waited else ""))))
 
 
+def _stop_step(what: str, fn, *args, **kw) -> bool:
+    """One step of a stop: False, said in one line (the traceback at debug level), when it
+    raises -- the stop goes on with its next steps."""
+    try:
+        fn(*args, **kw)
+        return True
+    except Exception as e:  # noqa: BLE001 - whatever it is, the other steps still run
+        _stop_failed(what, e)
+        return False
+
+
+def _stop_failed(what: str, e: Exception) -> None:
+    log.debug("stopping: %s", what, exc_info=e)
+    log.error("stopping: %s failed: %s", what, str(e) if isinstance(e, OSError) and str(e)
+              else f"{type(e).__name__}: {e}")
+
+
 class Engine:
     # real_key -> up / the load monitor's weight / the operator's weight: RealStates of specs
     health = RealStates()
@@ -877,16 +894,21 @@ class Engine:
                     log.error("finishing the resize before the stop failed (%s): the next start catches "
                               "up what the old maps hold", e)
             self._write_held()              # for the next start: what it must release if unnamed
-            self.dp.close()
+            _stop_step("closing the data plane", self.dp.close)
         else:
-            self.dp.detach_all()
-            self._release_ours(self.owned)       # not one that was there before lb took it
-            self._release_held([], sync=False)       # what the earlier run left and could not go then
-            self._write_held(self._stale)            # (nothing, as a rule: the record goes)
-            self.dp.unpin()
-            self.dp.close()
+            # each step on its own: one that fails (netlink out of file descriptors, say) is said,
+            # and the others -- the maps unpinned, ExaBGP stopped, the lock freed -- are done
+            _stop_step("detaching the data plane", self.dp.detach_all)
+            released = _stop_step("removing the virtual addresses", self._release_ours, self.owned)
+            _stop_step("releasing what the earlier run left", self._release_held, [], sync=False)
+            if released:
+                self._write_held(self._stale)        # (nothing, as a rule: the record goes)
+            else:                                    # still up: the next start knows them for ours
+                self._write_held(addrs=self._ours(self.owned))
+            _stop_step("removing the pinned maps", self.dp.unpin)
+            _stop_step("closing the data plane", self.dp.close)
         if self.bgp is not None:
-            self.bgp.close(keep=keep_dataplane)
+            _stop_step("stopping the BGP speaker", self.bgp.close, keep=keep_dataplane)
         self.lock.release()
         log.info("lb instance %r stopped", self.cfg.instance)
 
@@ -900,17 +922,19 @@ class Engine:
         go: a VIP that was on the interface before (take() left it) is the operator's, or the
         other program's that still serves it."""
         if not self.dp.adopted:
-            self.dp.detach_all()
+            _stop_step("detaching the data plane", self.dp.detach_all)
         gone = self.added_at_start + (self._role_added or [])
-        addresses.release(gone)
+        if not _stop_step("removing the addresses this start added", addresses.release, gone):
+            gone = []                               # still up: recorded as this instance's
         # what stays: an adopted data plane's programs, the earlier run's addresses this start
         # found up, and what of the earlier run's record was not released yet
-        self._write_held(addrs=[a for a in self._carried if a in self.owned and a not in gone])
+        self._write_held(addrs=[a for a in self._carried if a in self.owned and a not in gone]
+                         + [a for a in self.added_at_start + (self._role_added or []) if a not in gone])
         if not self.dp.adopted and self.dp.created:
-            self.dp.unpin()
-        self.dp.close()
+            _stop_step("removing the pinned maps", self.dp.unpin)
+        _stop_step("closing the data plane", self.dp.close)
         if self.bgp is not None:
-            self.bgp.close(keep=False)
+            _stop_step("stopping the BGP speaker", self.bgp.close, keep=False)
         self.lock.release()
 
     def reload(self) -> bool:
@@ -2106,22 +2130,30 @@ class Engine:
 
     async def _stop_running(self, blocking, started: dict) -> None:
         """What _start_running started (``started``), stopped: at the end of the loop, or after
-        a start that failed part-way."""
-        await blocking(self._address_watch.stop)
+        a start that failed part-way.  Each on its own: one that raises is said, and the others
+        still stop (a pulse that would not stop left the control socket and the metrics serving
+        a stopping daemon, and the error's traceback ended `lb run`)."""
+        async def step(what, aw) -> None:
+            try:
+                await aw
+            except Exception as e:  # noqa: BLE001 - the next steps still run
+                _stop_failed(what, e)
+
+        await step("stopping the address watch", blocking(self._address_watch.stop))
         ha = self.pulse is not None and started.get("pulse")
         if ha:
             # "leaving" first: the peer takes over (and announces) while this one drains; our
             # claim on the addresses (the lease) ends once the drain is done
-            await self.pulse.stop()
+            await step("stopping pulse", self.pulse.stop())
         if self.bgp is not None:        # withdraw and drain before anything stops
             await tasks.cancel_and_wait(started.get("bgp_lease"))
-            await self.bgp.leave(keep=self._stop == "keep")
+            await step("the BGP withdrawal", self.bgp.leave(keep=self._stop == "keep"))
         if self.configsync is not None:
-            await self.configsync.stop()
+            await step("stopping the configuration sync", self.configsync.stop())
         if started.get("metrics") is not None:
-            await blocking(started["metrics"].stop)
+            await step("stopping the metrics endpoint", blocking(started["metrics"].stop))
         if started.get("server") is not None:
-            await started["server"].stop()
+            await step("closing the control socket", started["server"].stop())
         if ha:
             self._end_lease()
         await tasks.cancel_and_wait(*(m[3] for m in (*self.monitors.values(), *self.loads.values())))

@@ -318,6 +318,50 @@ def test_any_error_of_the_start_after_the_addresses_undoes_it(tmp_path, monkeypa
     assert not os.path.exists(lbengine.pidfile("full"))
 
 
+class StopOnceStarted(StartingDataplane):
+    """`lb stop` (SIGINT) while the start loads: the daemon stops as soon as it has started."""
+
+    def load(self):
+        super().load()
+        os.kill(os.getpid(), signal.SIGINT)
+
+
+def test_a_step_of_the_stop_that_fails_leaves_the_others_done(tmp_path, monkeypatch, signals, caplog):
+    """The addresses cannot be removed at the stop (netlink: out of file descriptors), and the
+    metrics endpoint fails to stop: each is said in one line, and the rest of the stop is done --
+    the control socket closed, the maps unpinned, the lock freed, exit 0 -- and the addresses
+    left up are in the record, for the next start to know them for this instance's.  The first
+    error used to end the stop there, with a traceback: the maps stayed pinned, the rest not done."""
+    from lb import held, metrics
+    patch_host(monkeypatch.setattr, str(tmp_path), StopOnceStarted)
+
+    def release(addrs):
+        if "detach_all" in EVENTS:
+            raise OSError(24, "Too many open files")
+        EVENTS.append(f"release {sorted(str(a.address) for a in addrs)}")
+    monkeypatch.setattr(addresses, "release", release)
+
+    class Metrics:
+        def stop(self):
+            raise RuntimeError("a bug in its stop")
+
+    async def start(engine):
+        return Metrics()
+    monkeypatch.setattr(metrics, "start", start)
+    path = write(tmp_path / "lb.toml", instance="stopfail")
+    with caplog.at_level(logging.INFO, logger="lb"):
+        assert lbengine.run(lbconfig.load(path), dataplane="ipvs") == 0
+    errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert errors == ["stopping: stopping the metrics endpoint failed: RuntimeError: a bug in its stop",
+                      "stopping: removing the virtual addresses failed: [Errno 24] Too many open files"], caplog.text
+    assert EVENTS[-3:] == ["detach_all", "unpin", "close"], EVENTS
+    assert not [r for r in caplog.records if r.exc_info and r.levelno >= logging.INFO], caplog.text
+    assert not os.path.exists(lbengine.pidfile("stopfail"))
+    assert not os.path.exists(os.path.join(tmp_path, "stopfail.sock"))         # the control socket closed
+    record = held.read(held.path(str(tmp_path), "stopfail"))
+    assert sorted(str(a.address) for a in record.addresses) == ["198.18.0.10/32", "198.18.1.254/24"]
+
+
 # ---- control requests while the daemon stops -------------------------------------------------
 
 def test_a_request_that_would_change_something_is_refused_while_stopping(tmp_path, monkeypatch):
