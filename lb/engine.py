@@ -499,6 +499,7 @@ class Engine:
         self._weight_log = RateLimitedLog(log, 60.0)  # by real server: its load monitor's weight changes
         self._housekeeping_log = RateLimitedLog(log, 60.0)   # by step: a failing one is retried each turn
         self.housekeeping_errors: dict[str, int] = {}       # the run loop's steps that failed, by step
+        self._housekeeping_traced: set[tuple[str, str]] = set()   # (step, error type) whose traceback is logged
         self.on_sorry: set[tuple] = set()            # keys of the services sent to their sorry server
         self._applied_table: TableSpec | None = None  # the last table the data plane took
         # virtual server key -> why its health, weight or override change waits (HeldBack): `lb status`
@@ -2034,7 +2035,8 @@ class Engine:
         """await fn(), one step of the run loop's housekeeping: the daemon keeps forwarding, and
         the loop's other steps run, whatever it does.  A failure is counted by step (`lb status`'s
         housekeeping_errors) and logged, a repeat at most once a minute; the traceback of an
-        unexpected one (a bug, not the data plane or the kernel refusing) with it."""
+        unexpected one (a bug, not the data plane or the kernel refusing) with it, once for each
+        step and type of error (a bug hit at every turn: one traceback, not one a minute)."""
         try:
             return await fn()
         except Exception as e:
@@ -2043,7 +2045,8 @@ class Engine:
             text = str(e) if expected and str(e) else f"{type(e).__name__}: {e}"
             if self._housekeeping_log.log(step, logging.ERROR, "housekeeping: %s failed (tried again at its next "
                                           "turn; %d failures so far): %s", HOUSEKEEPING[step], n, text) \
-                    and not expected:
+                    and not expected and (step, type(e).__name__) not in self._housekeeping_traced:
+                self._housekeeping_traced.add((step, type(e).__name__))
                 log.error("housekeeping: %s: the %s's traceback", HOUSEKEEPING[step], type(e).__name__, exc_info=e)
             return None
 

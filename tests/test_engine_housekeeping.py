@@ -104,6 +104,30 @@ def test_a_step_failing_at_every_turn_starves_none_of_the_others(run_dir, caplog
     assert [bool(r.exc_info) for r in said] == ([False, True] if traceback else [False]), caplog.text
 
 
+def test_a_bug_at_every_turn_logs_its_traceback_once(run_dir, caplog):
+    """A bug in a step, hit at every turn for months: its line once a minute (with the count),
+    and its traceback once -- it came with every one of those lines, a traceback a minute."""
+    from lb.tasks import RateLimitedLog
+    eng = make_engine(write(run_dir / "lb.toml", instance="hkbug"))
+    eng.dp = CountingDataplane(fail={"sweep": TypeError("a bug")})
+    clock = [0.0]
+    eng._housekeeping_log = RateLimitedLog(lbengine.log, 60.0, clock=lambda: clock[0])
+
+    def minutes(n):
+        async def body(call):
+            for _ in range(n):
+                clock[0] += 61.0             # each turn a minute after the last
+                eng._wake.set()
+                await asyncio.sleep(0.05)
+        return body
+
+    with caplog.at_level(logging.ERROR, logger="lb.engine"):
+        drive(eng, str(run_dir), minutes(4))
+    said = [r for r in caplog.records if "sweeping expired" in r.getMessage()]
+    assert len(said) >= 4 + 1, caplog.text          # a line a minute, and one traceback
+    assert sum(bool(r.exc_info) for r in said) == 1, caplog.text
+
+
 def test_an_apply_that_fails_with_any_error_is_tried_again(run_dir):
     """Not only the data plane's own errors: whatever apply_health raises, the change (a health
     verdict is reported once) stays to be applied, at the next turn."""
