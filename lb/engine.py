@@ -1707,6 +1707,9 @@ class Engine:
                               "last_not_run": None if mon is None or mon.last_not_run is None else
                               {"detail": mon.last_not_run.detail, "at": mon.last_not_run.at},
                               "reason": mon.reason if mon else None,
+                              # its health monitor restarted after an error: its verdict may be stale
+                              "monitor_restarts": mon.supervision.restarts if mon else 0,
+                              "monitor_error": mon.supervision.last_error if mon else None,
                               "dynamic_weight": self.weights.get(key),
                               "override": self.overrides.get(key),
                               "load": self._load_status(key),
@@ -1806,7 +1809,8 @@ class Engine:
         if entry is None:
             return None
         t = entry[2]
-        return {"kind": t.spec.kind, "ok": t.ok, "detail": t.detail, "at": t.at, "weight": t.weight}
+        return {"kind": t.spec.kind, "ok": t.ok, "detail": t.detail, "at": t.at, "weight": t.weight,
+                "restarts": t.supervision.restarts, "error": t.supervision.last_error}
 
     async def control(self, req: dict) -> dict:
         """A control socket request (lb.control)."""

@@ -152,3 +152,33 @@ def test_an_apply_that_fails_with_any_error_is_tried_again(run_dir):
     drive(eng, str(run_dir), body)
     assert table(eng) == {"rs1": 5, "rs3": 1}
     assert eng.housekeeping_errors == {"apply": 1}
+
+
+def test_a_health_monitor_that_keeps_failing_is_named_in_lb_status(run_dir, monkeypatch):
+    """A bug in rs1's check: its monitor is restarted after each failure, and its verdict is
+    whatever it was before -- `lb status` showed the server "up" as if checked, the restarts
+    counted only by kind in --json.  Now its line says the monitor keeps being restarted, and why."""
+    from lb.cli.main import _status_lines
+    from lb.health import monitor as monitor_mod
+
+    async def broken(spec):
+        raise KeyError("a bug in a check")
+    monkeypatch.setattr(monitor_mod, "run_check", broken)
+    eng = make_engine(write(run_dir / "lb.toml", instance="hkmon", monitor="tcp"))
+
+    async def body(call):
+        mon = eng.monitors[key(eng, "rs1")][2]
+        for _ in range(300):
+            if mon.supervision.restarts >= 2:
+                break
+            await asyncio.sleep(0.01)
+        return eng.status(counters=False)
+
+    doc = drive(eng, str(run_dir), body)
+    rs1 = doc["services"][0]["real_servers"][0]
+    assert rs1["monitor_restarts"] >= 2 and rs1["monitor_error"] == "KeyError: 'a bug in a check'", rs1
+    lines = _status_lines(doc)
+    i = next(i for i, line in enumerate(lines) if line.startswith("  -> rs1 "))
+    said = [line for line in lines[i + 1:] if line.startswith("     health monitor restarted")]
+    assert said and said[0].endswith("times after an error (see the log), the last: "
+                                     "KeyError: 'a bug in a check'"), lines

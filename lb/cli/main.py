@@ -559,10 +559,16 @@ def _status_lines(doc: dict) -> list[str]:
             if r.get("not_run") and skipped:
                 out(f"     {r['not_run']} checks not run (the director's own resources), the last "
                     f"{_fmt_time(skipped['at'])}: {skipped['detail']}")
+            if r.get("monitor_restarts"):   # a bug in its check: the verdict above may be stale
+                out(f"     health monitor restarted {r['monitor_restarts']} times after an error (see the log), "
+                    f"the last: {r.get('monitor_error')}")
             load = r.get("load")
             if load and load.get("at"):
                 out(f"     load monitor ({load['kind']}) {'ok' if load['ok'] else 'FAIL'} {_fmt_time(load['at'])}: "
                     f"{load['detail']}")
+            if load and load.get("restarts"):
+                out(f"     load monitor restarted {load['restarts']} times after an error (see the log), "
+                    f"the last: {load.get('error')}")
     return lines
 
 
