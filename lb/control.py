@@ -283,9 +283,11 @@ class ControlServer:
         self._slots = {False: Slots(MAX_CLIENTS), True: Slots(MAX_CLIENTS, MAX_PER_UID)}
         self.refused = 0                        # connections refused for their credentials
         self.busy = 0                           # connections answered "busy" (no slot)
-        self._ratelog = RateLimitedLog(log, REFUSED_LOG_EVERY)
+        self._ratelog = RateLimitedLog(log, REFUSED_LOG_EVERY, most=256)   # (keys a client's request names)
         self._writers = {False: set(), True: set()}   # the connections being served, by socket
         self.unread = 0                         # replies cut: the client took none within WRITE_TIMEOUT
+        self.failed = 0                         # requests whose handler raised (a bug)
+        self._traced: set[tuple] = set()        # (command, error type) whose traceback is logged
         self._looking = 0                       # connections waiting for their peer's group lookup
         self._lookup: asyncio.Future | None = None   # the lookup of [control]'s groups under way
 
@@ -454,7 +456,15 @@ class ControlServer:
         try:
             return await self.handler(req)
         except Exception as e:  # the daemon goes on; the caller learns why
-            log.exception("control request %r failed", req.get("cmd"))
+            # a bug every request hits (the console asks for the status every few seconds): its
+            # traceback once, then a line at most every REFUSED_LOG_EVERY seconds with the count
+            self.failed += 1
+            what = (str(req.get("cmd"))[:32], type(e).__name__)
+            first = what not in self._traced and len(self._traced) < 64
+            if first:
+                self._traced.add(what)
+            self._ratelog.log(("failed", *what), logging.ERROR, "control request %r failed (%d so far): %s: %s",
+                              req.get("cmd"), self.failed, type(e).__name__, e, exc_info=first)
             return {"ok": False, "error": f"{type(e).__name__}: {e}"}
 
 

@@ -79,6 +79,19 @@ def test_handler_error_and_bad_request_are_replies(served):
     assert '"ok": false' in reply and "bad request" in reply
 
 
+def test_a_request_that_fails_at_every_call_logs_its_traceback_once(served, caplog):
+    """A bug the status request hits: the web console asks every few seconds, and each request
+    logged its traceback.  Each caller still hears the error; the log says it once (with the
+    traceback), then at most once every REFUSED_LOG_EVERY seconds."""
+    run_dir, _ = served
+    with caplog.at_level(logging.ERROR, logger="lb.control"):
+        for _ in range(5):
+            assert control.request("t", "boom", run_dir=run_dir) == {"ok": False, "error": "RuntimeError: kaput"}
+    said = [r for r in caplog.records if "control request 'boom' failed" in r.getMessage()]
+    assert [r.getMessage() for r in said] == ["control request 'boom' failed (1 so far): RuntimeError: kaput"]
+    assert said[0].exc_info
+
+
 def test_not_running(tmp_path):
     with pytest.raises(control.NotRunning, match=r"instance 'nope' is not running"):
         control.request("nope", "status", run_dir=str(tmp_path))
