@@ -952,6 +952,58 @@ def test_lost_addresses_are_looked_for_when_rtnetlink_tells(tmp_path):
         subprocess.run(["ip", "netns", "del", name], timeout=10)
 
 
+_WATCH_HIGH_FD = """
+import os, resource, subprocess, threading, time
+from lb.ha import addresses
+died = []
+threading.excepthook = lambda args: died.append(args.exc_value)
+soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, 4096), hard))
+# the health checks' sockets hold the low descriptors: the watch's socket gets one past 1023
+held = [os.open(os.devnull, os.O_RDONLY) for _ in range(1100)]
+w = addresses.Watch()
+w.start()
+time.sleep(0.5)
+for fd in held:
+    os.close(fd)
+try:
+    assert w.due(0.0), "the first look"
+    subprocess.run(["ip", "addr", "add", "198.18.0.77/32", "dev", "w0"], check=True)
+    subprocess.run(["ip", "addr", "del", "198.18.0.77/32", "dev", "w0"], check=True)
+    deadline = time.monotonic() + 10
+    while not w.due(1.0):
+        assert not died, died
+        assert time.monotonic() < deadline, "rtnetlink told nothing of the address removed"
+        time.sleep(0.05)
+finally:
+    w.stop()
+assert not died, died
+print("ok")
+"""
+
+
+def test_the_address_watch_hears_removals_with_a_descriptor_past_1023():
+    """lb raises its open-file limit (a descriptor per health check in flight): the watch's
+    netlink socket, opened once the checks run, could be past 1023, where select() refuses it
+    (ValueError): the watch's thread died with a traceback, and a VIP a link flap took away was
+    looked for only every 30 s.  In a namespace of the test's own."""
+    import os
+    import subprocess
+    import sys
+
+    name = f"lbwatchfd{os.getpid()}"
+    subprocess.run(["ip", "netns", "add", name], check=True, timeout=10)
+    try:
+        subprocess.run(["ip", "-n", name, "link", "add", "w0", "type", "veth", "peer", "name", "w1"], check=True,
+                       timeout=10)
+        subprocess.run(["ip", "-n", name, "link", "set", "w0", "up"], check=True, timeout=10)
+        p = subprocess.run(["nsenter", f"--net=/run/netns/{name}", "--", sys.executable, "-c", _WATCH_HIGH_FD],
+                           capture_output=True, text=True, timeout=60)
+        assert p.returncode == 0 and p.stdout.strip() == "ok", p.stdout + p.stderr
+    finally:
+        subprocess.run(["ip", "netns", "del", name], timeout=10)
+
+
 def test_exporter_refreshes_an_entry_stamped_below_the_clocks_zero():
     """A connection synced to this node when it had been up less long than the connection
     (a backup just booted) has a stamp that wrapped below zero as a u64.  Active since, this

@@ -230,10 +230,14 @@ class Watch:
                         e, self.FULL_CHECK)
             return
         marshal = MarshalRtnl()
+        # poll(), not select(): lb raises its open-file limit for its health checks, and select()
+        # refuses a descriptor past 1023 (ValueError) -- the thread died with a traceback, lost
+        # addresses looked for only every FULL_CHECK seconds from then on
+        poller = select.poll()
+        poller.register(sock, select.POLLIN)
         try:
             while not self._stop.is_set():
-                ready, _, _ = select.select([sock], [], [], 0.5)
-                if not ready:
+                if not poller.poll(500):
                     continue
                 try:
                     while True:             # every datagram there, not one a wake
