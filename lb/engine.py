@@ -1546,9 +1546,12 @@ class Engine:
                 first_sent()
             return
         count, interval = (ha.garp_count, ha.garp_interval) if ha else (ha_announce.COUNT, ha_announce.INTERVAL)
-        # each round only while still active: a quick step-down ends the burst
+        # each round only while still active and no stop is asked for: a quick step-down ends the
+        # burst, and so does a stop (the peer, told "leaving", takes the addresses over: a
+        # takeover's burst, garp_count x garp_interval, went on claiming them for the stopping
+        # director, and the stop waited for its end before it released them)
         n = ha_announce.announce(addrs, count if burst else 1, interval, first_sent=first_sent,
-                                 going=lambda: self.active)
+                                 going=lambda: self.active and self._stop is None)
         log.info("announced %d addresses (%d frames)", len(addrs), n)
 
     async def _announce_before_ready(self) -> None:

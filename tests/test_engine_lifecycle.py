@@ -362,6 +362,42 @@ def test_a_step_of_the_stop_that_fails_leaves_the_others_done(tmp_path, monkeypa
     assert sorted(str(a.address) for a in record.addresses) == ["198.18.0.10/32", "198.18.1.254/24"]
 
 
+def test_a_stop_ends_the_announcement_burst(tmp_path, monkeypatch):
+    """A takeover's burst (garp_count rounds, garp_interval apart: up to 100 x 10 s) went on in
+    its worker thread after `lb stop`: the stopping director kept claiming the addresses the
+    peer, told "leaving", had taken over, and the stop waited for the burst's end (the loop's
+    executor) before it released them.  A stop asked for ends it within a pause step."""
+    import threading
+    from test_override import make_engine
+    sent = []
+
+    class Sock:
+        def __init__(self, **_kw):
+            pass
+
+        def send(self, frame):
+            sent.append(time.monotonic())
+
+        def close(self):
+            pass
+    monkeypatch.setattr(ha_announce, "warm_up", lambda: type("sa", (), {"conf": type("c", (), {"L2socket": Sock})}))
+    monkeypatch.setattr(ha_announce, "_mac", lambda ifname: "02:00:00:00:00:01")
+    monkeypatch.setattr(ha_announce, "frames", lambda ifname, address, mac=None: [b"garp"])
+    monkeypatch.setattr(ha_announce, "COUNT", 50)
+    monkeypatch.setattr(ha_announce, "INTERVAL", 0.1)              # a 5 s burst
+    eng = make_engine(write(tmp_path / "lb.toml", instance="garpstop"))
+    eng.owned = [addresses.OwnedAddress("lo", ipaddress.ip_interface("198.18.0.10/32"))]
+    burst = threading.Thread(target=eng.announce, args=(True,))
+    start = time.monotonic()
+    burst.start()
+    time.sleep(0.35)
+    eng._stop = "clean"                       # `lb stop`
+    asked = time.monotonic()
+    burst.join(10)
+    assert time.monotonic() - asked < 0.5, time.monotonic() - start
+    assert sent and max(sent) <= asked + 0.01 and len(sent) <= 5, len(sent)
+
+
 # ---- control requests while the daemon stops -------------------------------------------------
 
 def test_a_request_that_would_change_something_is_refused_while_stopping(tmp_path, monkeypatch):
