@@ -1933,7 +1933,14 @@ class Engine:
         blocking = lambda fn: loop.run_in_executor(None, fn)  # noqa: E731
         started = {}          # what the start got to: "metrics", "pulse", "server", "bgp_lease"
         try:
-            await self._start_running(blocking, started)
+            if self._stop is None:
+                await self._start_running(blocking, started)
+            else:
+                # asked to stop while starting (a cold start compiles for seconds): nothing more is
+                # started to be stopped at once -- no health checks, no pulse (which could take the
+                # active role, and the VIPs, from the peer for a moment), no announcement of VIPs
+                # about to go, no metrics or control socket
+                log.info("lb instance %r: asked to stop while starting: stopping", self.cfg.instance)
         except Exception as e:
             # the data plane is attached and pinned: the caller's clean stop takes it down, after
             # what started here (a traceback would skip both)
@@ -1943,7 +1950,7 @@ class Engine:
                 raise
             log.debug("starting the daemon's loop", exc_info=e)
             raise StartupError(f"{self.cfg.path or '<config>'}: starting: {type(e).__name__}: {e}") from None
-        metrics, server = started["metrics"], started["server"]
+        metrics, server = started.get("metrics"), started.get("server")
         self._role_added = None              # started: a stop from now on is a stop, not an undo
         if self._stop is None:
             self._ready()

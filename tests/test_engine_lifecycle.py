@@ -326,14 +326,41 @@ class StopOnceStarted(StartingDataplane):
         os.kill(os.getpid(), signal.SIGINT)
 
 
+def test_a_stop_asked_for_while_starting_starts_nothing_more(tmp_path, monkeypatch, signals, caplog):
+    """`lb stop` while the data plane loads (a cold start compiles for seconds): once the start
+    is done the daemon stops -- it used to start its health checks, metrics, pulse and control
+    socket and announce the VIPs to its neighbours first, only to stop them and take the VIPs
+    away at once (with [ha], pulse could even take the active role from the peer meanwhile)."""
+    from lb import metrics
+    patch_host(monkeypatch.setattr, str(tmp_path), StopOnceStarted)
+    called = []
+
+    async def start(engine):
+        called.append("metrics")
+    monkeypatch.setattr(metrics, "start", start)
+
+    async def announce(self):
+        called.append("announce")
+    monkeypatch.setattr(lbengine.Engine, "_announce_before_ready", announce)
+    monkeypatch.setattr(lbengine.Engine, "sync_monitors", lambda self: called.append("health checks"))
+    path = write(tmp_path / "lb.toml", instance="stopstart")
+    with caplog.at_level(logging.INFO, logger="lb"):
+        assert lbengine.run(lbconfig.load(path), dataplane="ipvs") == 0
+    assert called == [], called
+    assert "asked to stop while starting" in caplog.text
+    assert_stopped_cleanly(caplog)
+    assert not os.path.exists(lbengine.pidfile("stopstart"))
+
+
 def test_a_step_of_the_stop_that_fails_leaves_the_others_done(tmp_path, monkeypatch, signals, caplog):
     """The addresses cannot be removed at the stop (netlink: out of file descriptors), and the
     metrics endpoint fails to stop: each is said in one line, and the rest of the stop is done --
     the control socket closed, the maps unpinned, the lock freed, exit 0 -- and the addresses
     left up are in the record, for the next start to know them for this instance's.  The first
     error used to end the stop there, with a traceback: the maps stayed pinned, the rest not done."""
+    import asyncio
     from lb import held, metrics
-    patch_host(monkeypatch.setattr, str(tmp_path), StopOnceStarted)
+    patch_host(monkeypatch.setattr, str(tmp_path))
 
     def release(addrs):
         if "detach_all" in EVENTS:
@@ -346,6 +373,7 @@ def test_a_step_of_the_stop_that_fails_leaves_the_others_done(tmp_path, monkeypa
             raise RuntimeError("a bug in its stop")
 
     async def start(engine):
+        asyncio.get_running_loop().call_later(0.2, os.kill, os.getpid(), signal.SIGINT)     # `lb stop`, running
         return Metrics()
     monkeypatch.setattr(metrics, "start", start)
     path = write(tmp_path / "lb.toml", instance="stopfail")
