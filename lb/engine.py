@@ -52,6 +52,7 @@ NEXTHOP_INTERVAL = 10.0
 ESTIMATE_INTERVAL = 2.0       # IPVS's rate estimator period (ip_vs_est.c)
 DEFENSE_INTERVAL = 1.0        # IPVS's defense_work period (DEFENSE_TIMER_PERIOD)
 OWNERSHIP_INTERVAL = 1.0      # how often the held addresses and attached programs are checked
+HOUSEKEEPING_SLOW = 30.0      # a step still running this long is said (again at 2x, 4x ... as long)
 
 
 # the run loop's housekeeping steps, as the log names them (`lb status`: housekeeping_errors)
@@ -2052,7 +2053,24 @@ class Engine:
         unexpected one (a bug, not the data plane or the kernel refusing) with it, once for each
         step and type of error (a bug hit at every turn: one traceback, not one a minute)."""
         try:
-            return await fn()
+            # a step that does not end (a netlink call that never returns, in the executor) holds
+            # the loop: every other step, health changes, reloads wait behind it.  Under
+            # lb@.service the watchdog's pings stop and systemd aborts lb; elsewhere nothing said
+            # so -- now the log does, while it lasts
+            work = asyncio.ensure_future(fn())
+            started, wait = time.monotonic(), HOUSEKEEPING_SLOW
+            try:
+                while not (await asyncio.wait({work}, timeout=wait))[0]:
+                    log.warning("housekeeping: %s still running after %.0f s: the daemon's other steps (health "
+                                "changes, reloads, the sweep) wait for it", HOUSEKEEPING[step],
+                                time.monotonic() - started)
+                    wait *= 2
+            except asyncio.CancelledError:
+                work.cancel()
+                raise
+            if wait > HOUSEKEEPING_SLOW:
+                log.warning("housekeeping: %s done after %.0f s", HOUSEKEEPING[step], time.monotonic() - started)
+            return work.result()
         except Exception as e:
             n = self.housekeeping_errors[step] = self.housekeeping_errors.get(step, 0) + 1
             expected = isinstance(e, (DataplaneError, OSError))

@@ -182,3 +182,26 @@ def test_a_health_monitor_that_keeps_failing_is_named_in_lb_status(run_dir, monk
     said = [line for line in lines[i + 1:] if line.startswith("     health monitor restarted")]
     assert said and said[0].endswith("times after an error (see the log), the last: "
                                      "KeyError: 'a bug in a check'"), lines
+
+
+def test_a_step_that_does_not_end_is_said_while_it_lasts(run_dir, caplog, monkeypatch):
+    """A step that hangs (a netlink call that never returns, in the executor) holds the loop:
+    health changes, reloads, the sweep wait behind it.  Under lb@.service the watchdog aborts
+    lb; run any other way nothing said so.  The log says it while it lasts, and when it ends."""
+    import time
+    monkeypatch.setattr(lbengine, "HOUSEKEEPING_SLOW", 0.1)
+
+    class Slow(CountingDataplane):
+        def sweep(self):
+            if self.calls["sweep"] == 0:
+                time.sleep(0.5)
+            return super().sweep()
+
+    eng = make_engine(write(run_dir / "lb.toml", instance="hkslow"))
+    eng.dp = Slow()
+    with caplog.at_level(logging.WARNING, logger="lb.engine"):
+        drive(eng, str(run_dir), turn(eng, 3))
+    said = [r.getMessage() for r in caplog.records if "sweeping expired connections" in r.getMessage()]
+    assert len(said) >= 3 and "still running after 0 s" in said[0] and "still running" in said[1], said
+    assert said[-1].startswith("housekeeping: sweeping expired connections done after"), said
+    assert eng.dp.calls["sweep"] >= 1 and not eng.housekeeping_errors
