@@ -138,14 +138,24 @@ def _locked_pid(instance: str, run_dir: str) -> int:
         raise NotRunning(f"instance {instance!r}: {path}: {e.strerror}") from None
     try:
         pid = _read_pid(fd)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-        except BlockingIOError:
-            pass                        # locked: a daemon holds it
+        # /proc/locks says who holds it, looked at and not locked: a probe's lock of its own,
+        # however short, made a daemon starting at that moment (a restart while `lb list --rate`
+        # or `lb stop` runs) find its lock taken and refuse to start ("already running");
+        # without /proc/locks, the lock itself is asked
+        found = _flock_holders()
+        if found is not None:
+            holders = set(found.get(_file_key(os.fstat(fd)), ()))
+            locked = bool(holders)
         else:
+            holders = set()
+            try:
+                fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+                locked = False
+            except BlockingIOError:
+                locked = True               # a daemon holds it
+        if not locked:
             raise NotRunning(f"instance {instance!r} is not running ({path} names pid {pid}, but no lb "
                              f"holds it: a stale file, nothing signalled)")
-        holders = _lock_holders(os.fstat(fd))
     finally:
         os.close(fd)
     if pid is None:

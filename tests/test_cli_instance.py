@@ -227,6 +227,37 @@ def test_discovery_never_locks_a_pid_file(host, monkeypatch):
     assert main(["status"]) == 1 and host.asked == [("status", "web")]
 
 
+def test_the_running_pid_is_found_without_locking_its_file(tmp_path, monkeypatch):
+    """`lb stop`, `lb reload --signal` and `lb list --rate` asked the pid file's lock itself (a
+    shared lock, taken if free): a daemon starting at that instant -- systemd's restart while a
+    monitoring script runs `lb list --rate` -- found its lock taken, refused to start
+    ("already running") and the unit failed.  /proc/locks says who holds it instead."""
+    run_dir = str(tmp_path / "run")
+    lock = instance.InstanceLock("t", run_dir).acquire()
+
+    def flock(fd, op):
+        raise AssertionError("running_pid took a lock")
+    try:
+        monkeypatch.setattr(instance.fcntl, "flock", flock)
+        assert instance.running_pid("t", run_dir) == os.getpid()
+    finally:
+        monkeypatch.undo()
+        lock.release(unlink=False)
+    monkeypatch.setattr(instance.fcntl, "flock", flock)
+    with pytest.raises(instance.NotRunning, match="no lb holds it: a stale file"):
+        instance.running_pid("t", run_dir)               # the file left, its lock not held
+    # no /proc/locks: the lock is asked, as before
+    monkeypatch.undo()
+    monkeypatch.setattr(instance, "_flock_holders", lambda: None)
+    with pytest.raises(instance.NotRunning, match="no lb holds it: a stale file"):
+        instance.running_pid("t", run_dir)
+    lock = instance.InstanceLock("t", run_dir).acquire()
+    try:
+        assert instance.running_pid("t", run_dir) == os.getpid()
+    finally:
+        lock.release()
+
+
 def test_a_pin_directory_without_its_daemon_is_not_running(host, capsys):
     """A pin directory left by a crashed or --keep-dataplane instance counted as running:
     "several instances are running (old, web)" beside the one daemon."""
