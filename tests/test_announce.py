@@ -61,7 +61,7 @@ def test_a_takeover_burst_stops_when_the_director_steps_down(monkeypatch, caplog
     monkeypatch.setattr(announce, "frames", lambda ifname, address, mac=None: [f"garp {address} on {ifname}"])
     monkeypatch.setattr(announce, "_mac", lambda ifname: MAC)
     ha = types.SimpleNamespace(garp_count=5, garp_interval=0.5)
-    eng = types.SimpleNamespace(cfg=types.SimpleNamespace(ha=ha), active=True,
+    eng = types.SimpleNamespace(cfg=types.SimpleNamespace(ha=ha), active=True, _stop=None,
                                 owned=[OwnedAddress("pub0", ipaddress.ip_interface("198.18.0.10/32"))])
     monkeypatch.setattr(announce.time, "sleep", lambda s: None)
     caplog.set_level("INFO", "lb")
