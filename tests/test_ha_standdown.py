@@ -38,3 +38,28 @@ def test_a_takeover_undone_during_its_on_role_sends_no_standdown(tmp_path):
     assert seen == [("backup", "active"), ("active", "backup")]
     assert [a for a in primary.decide() if a[0] == "role"] == []
     assert pair.roles() == {0: "active", 1: "backup"}
+
+
+def test_a_lost_leaving_datagram_does_not_leave_the_backup_waiting_a_deadtime(tmp_path):
+    """The active primary's lb stops: its "leaving" tells the backup to take over at once.  It
+    is sent as many times as a stand-down, so one copy lost on the way (each channel's first)
+    still hands over at once; sent once, the backup waited a whole deadtime with no director
+    active."""
+    pair = Pair(tmp_path, keepalive=0.2, deadtime=3.0)
+    primary, backup = pair.start(hb.NODE_PRIMARY), pair.start(hb.NODE_BACKUP)
+    pair.run(4.0)
+    assert pair.roles() == {0: "active", 1: "backup"}
+    deliver, lost = pair._deliver, set()
+
+    def lossy(p, c, typ, state, payload):
+        if p is primary and state == hb.S_LEAVING and c.id not in lost:
+            lost.add(c.id)                                   # the first "leaving" of each channel
+            return None
+        return deliver(p, c, typ, state, payload)
+    pair._deliver = lossy
+    asyncio.run(primary.stop())
+    del pair.nodes[hb.NODE_PRIMARY]
+    assert lost == {c.id for c in primary.channels}
+    pair.run(0.1)
+    assert backup.role == "active"
+    assert backup.status()["peer"]["state"] == "leaving"

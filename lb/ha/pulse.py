@@ -391,6 +391,9 @@ class Pulse:
     STRAY_BUDGET = 256       # ... of at most this many datagrams each (the kernel drops the rest)
     LOG_INTERVAL = 10.0      # seconds between two log lines of one kind of refusal
     REFUSED_WARNING = 60.0   # seconds a refusal stays in status()["warnings"]
+    # copies sent of a datagram the peer must not miss (a stand-down, our "leaving"): one lost
+    # would leave two actives, or the peer waiting a deadtime, until the next heartbeat or deadtime
+    URGENT_REPEAT = 2
 
     def __init__(self, ha, instance: str, on_role, *, sync_source=None, sync_sink=None,
                  announce=None, public_interface: str | None = None, node: int | None = None,
@@ -657,9 +660,12 @@ class Pulse:
         return "primary" if self.node == hb.NODE_PRIMARY else "backup"
 
     async def stop(self) -> None:
-        """Tell the peer we leave (it takes over at once if we were active), close the sockets."""
+        """Tell the peer we leave (it takes over at once if we were active), close the sockets.
+        "leaving" is sent URGENT_REPEAT times on each channel, as a stand-down is: it is the last
+        datagram, and one lost left the backup waiting a whole deadtime with no director active."""
         self._closing = True
-        self._send_all(hb.T_HEARTBEAT, LEAVING)
+        for _ in range(self.URGENT_REPEAT):
+            self._send_all(hb.T_HEARTBEAT, LEAVING)
         await cancel_and_wait(*self._tasks)
         loop = asyncio.get_running_loop()
         for c in self.channels:
@@ -996,7 +1002,7 @@ class Pulse:
                     # only while still active: the peer may have been heard active meanwhile (a
                     # partition healed during the takeover's on_role) and this node stepped down
                     if self.machine.state == ACTIVE:
-                        for _ in range(2):
+                        for _ in range(self.URGENT_REPEAT):
                             self._send_all(hb.T_STANDDOWN)
                 elif a[0] == "announce" and self.announce_fn is not None:
                     await loop.run_in_executor(None, self.announce_fn, False)
