@@ -1699,3 +1699,28 @@ def test_a_byte_order_mark_first_is_not_part_of_the_file(tmp_path, name) -> None
     with pytest.raises(ConfigError) as ei:
         load(bad)
     assert [(i.line, i.field) for i in ei.value.issues] == [(3, "global.network")]
+
+
+def test_a_deadtime_under_three_keepalives_is_a_warning(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """deadtime = 2 x keepalive was taken silently: one heartbeat lost plus a little jitter and
+    the backup takes over from a live active (keepalived waits 3 advert intervals).  Still
+    accepted (a fast failover on a quiet link), but `lb check` warns at deadtime's line; 3 x
+    keepalive (the default 2 and 6, keepalived's import, 0.1 and 0.3) or more says nothing."""
+    from lb.cli.main import main
+
+    key = tmp_path / "ha.key"
+    key.write_bytes(b"k" * 32)
+    key.chmod(0o600)
+    head = G + HA_HEAD.replace("/etc/lb/ha.key", str(key))
+    p = tmp_path / "ha.toml"
+    p.write_text(head + "keepalive = 2\ndeadtime = 4\n")
+    cfg = load(p)
+    assert cfg.ha is not None and (cfg.ha.keepalive, cfg.ha.deadtime) == (2, 4)
+    assert [(w.line, w.field) for w in cfg.warnings] == [(8, "ha.deadtime")]
+    assert cfg.warnings[0].message.startswith("4 s is less than 3 x keepalive (6 s)")
+    assert main(["check", str(p)]) == 0
+    err = capsys.readouterr().err
+    assert err.startswith(f"{p}:8: warning: ha.deadtime: 4 s is less than 3 x keepalive (6 s): ")
+    for timing in ("", "keepalive = 2\ndeadtime = 6\n", "keepalive = 0.1\ndeadtime = 0.3\n",
+                   "keepalive = 1\ndeadtime = 10\n"):
+        assert loads(head + timing).warnings == (), timing

@@ -1735,6 +1735,14 @@ def _check_ha(top: _Table, base: Path | None, user: str) -> HA | None | _Invalid
         keepalive = keep(h.chk.error(h.at("keepalive"), "must be at least 0.01 seconds"))
     if isinstance(keepalive, float) and isinstance(deadtime, float) and deadtime < 2 * keepalive:
         keep(h.chk.error(h.at("deadtime"), f"must be at least twice keepalive ({2 * keepalive:g} s), got {deadtime:g}"))
+    elif isinstance(keepalive, float) and isinstance(deadtime, float) and deadtime < 3 * keepalive * (1 - 1e-9):
+        # allowed (a fast failover on a quiet link), but one heartbeat lost plus a little jitter
+        # is then a failover with the peer alive: two actives for a keepalive, the VIPs moved
+        # twice (keepalived's master-down interval is 3 x advert_int plus skew)
+        h.chk.warn(h.at("deadtime"), f"{deadtime:g} s is less than 3 x keepalive ({3 * keepalive:g} s): one lost "
+                                     f"heartbeat and a little delay make the backup take over from a live "
+                                     f"active (keepalived waits 3 advert intervals); {3 * keepalive:g} or more "
+                                     f"is safer")
     garp_count = keep(h.integer("garp_count", (0, 100), default=d["garp_count"]))
     sync_rate = keep(h.integer("sync_rate", (100, 10_000_000), default=d["sync_rate"]))
     values = {key: keep(h.boolean(key, d[key])) for key in ("preempt", "monitor_links", "sync")}
