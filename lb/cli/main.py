@@ -471,6 +471,8 @@ def _status_lines(doc: dict) -> list[str]:
         out(f"ha {ha['node']} node, {ha['role']} for {ha['since_s']:.0f}s, {ha['role_changes']} role changes;"
             f" peer {peer['state']} ({'alive' if peer['alive'] else 'not heard'}"
             + (f", last heard {peer['last_heard_s']:.1f}s ago)" if peer["last_heard_s"] is not None else ")"))
+        if ha.get("preempt_in_s") is not None:    # a returning primary waiting out preempt_delay
+            out(f"  takes the addresses back in {ha['preempt_in_s']:.0f}s (preempt_delay)")
         for name, ch in ha["channels"].items():
             last = ch["last_heartbeat_s"]
             out(f"  channel {name:<8} {ch['local']} -> {ch['peer']}:{ch['port']}  last heartbeat "

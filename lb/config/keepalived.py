@@ -70,7 +70,8 @@ Mapping (keepalived.conf(5) -> lb):
   router id, no priorities, no multicast): both directors move to lb together.  The instance that
   carries the virtual servers' VIPs gives primary and backup from ``unicast_src_ip`` and its one
   ``unicast_peer`` (the lower address is the primary, the same on both directors), keepalive =
-  ``advert_int``, deadtime = 3 x advert_int, monitor_links from ``track_interface``; a second
+  ``advert_int``, deadtime = 3 x advert_int, monitor_links from ``track_interface``,
+  preempt_delay from ``preempt_delay`` (preempt stays off: lb's pair does not preempt); a second
   instance on another interface with unicast addresses gives the private channel.  Its
   ``virtual_ipaddress`` entries give the VIPs' devices and, on another interface, the real servers'
   gateway (nat_router).  VRRP over multicast (no unicast_peer) is an error: lb must know the peer.
@@ -243,7 +244,6 @@ VRRP_NO_EFFECT = {
     "track_bfd": "no effect: lb has no BFD",
     "authentication": "no effect: lb's heartbeats are signed (HMAC-SHA256) with the key in [ha] key_file; "
                       "VRRP's auth_type and auth_pass are not used",
-    "preempt_delay": "no effect: a returning primary takes over at once when [ha] preempt is set",
     "garp_master_delay": GLOBAL_NO_EFFECT["vrrp_garp_master_delay"],
     "garp_master_refresh_repeat": GLOBAL_NO_EFFECT["vrrp_garp_master_refresh_repeat"],
     "smtp_alert": NO_MAIL,
@@ -254,8 +254,8 @@ VRRP_NO_EFFECT = {
 }
 VRRP_MAPPED = ("interface", "state", "priority", "virtual_router_id", "advert_int", "unicast_src_ip",
                "unicast_peer", "mcast_src_ip", "virtual_ipaddress", "virtual_ipaddress_excluded",
-               "nopreempt", "track_interface", "garp_master_repeat", "garp_interval", "gna_interval",
-               "garp_master_refresh", "version")
+               "nopreempt", "preempt_delay", "track_interface", "garp_master_repeat", "garp_interval",
+               "gna_interval", "garp_master_refresh", "version")
 
 
 # --- reading: text -> lines of tokens ------------------------------------------------------------
@@ -1246,6 +1246,15 @@ class _Builder:
                 self.warn(t, f"{label}.track_interface", f"no effect: lb watches only the public link "
                                                          f"({pub}, [ha] monitor_links)")
         self._garp(ha, main, label)
+        pd = main.opts.get("preempt_delay")
+        if pd is not None:
+            # [ha] preempt_delay, keepalived's meaning (a returning primary waits that long as
+            # backup); preempt itself stays off (below), so the loader says it has no effect
+            # until [ha] preempt is set
+            delay = self.timer(pd, f"{label}.preempt_delay")
+            if delay is not None:
+                ha["preempt_delay"] = delay
+                self.note(("ha", "preempt_delay"), pd, f"{label}.preempt_delay")
         kf = self.globals.get("lb_ha_key_file")
         if kf is not None:
             ha["key_file"] = self.one(kf, "global_defs.lb_ha_key_file") or ""

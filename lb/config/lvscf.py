@@ -99,7 +99,7 @@ over Piranha's integer ``timeout``/``reentry``, which are written rounded up, ti
 ``\\\\ \\n \\r \\t \\" \\' \\uXXXX`` (written when a string holds a line break,
 e.g. a TOML ``send = "...\\r\\n"``); with ``backup_active = 1`` the HA fields Piranha lacks:
 ``lb_ha_key_file`` (quoted path, always written), ``lb_ha_preempt``/``_sync = 0|1``,
-``lb_ha_garp_count``, ``lb_ha_sync_rate``, ``lb_ha_sync_port``, ``lb_ha_script_user``, ``lb_ha_garp_interval``/``_garp_refresh``/
+``lb_ha_garp_count``, ``lb_ha_sync_rate``, ``lb_ha_sync_port``, ``lb_ha_script_user``, ``lb_ha_preempt_delay``/``_garp_interval``/``_garp_refresh``/
 ``_sync_interval``/``_max_skew`` (decimal seconds), ``lb_ha_keepalive``/``_deadtime`` (decimal
 seconds; they win over Piranha's integer ``keepalive``/``deadtime``, which are written rounded
 up) and ``lb_ha_notify = "/path/a, /path/b"`` (quoted, comma-separated program paths); the web
@@ -192,7 +192,8 @@ HA_CF = ("primary", "primary_private", "backup_active", "backup", "backup_privat
          "heartbeat_port", "keepalive", "deadtime", "monitor_links")
 # lb-only HA keys (the HA fields Piranha lacks); lb_ha_keepalive/_deadtime: decimal seconds, they
 # win over Piranha's integer keepalive/deadtime (written rounded up)
-LB_HA_SECONDS = ("keepalive", "deadtime", "garp_interval", "garp_refresh", "sync_interval", "max_skew")
+LB_HA_SECONDS = ("keepalive", "deadtime", "preempt_delay", "garp_interval", "garp_refresh", "sync_interval",
+                 "max_skew")
 LB_HA_KEYS = tuple(f"lb_ha_{k}" for k in (
     "key_file", "preempt", "garp_count", *LB_HA_SECONDS, "sync", "sync_rate", "sync_port", "notify",
     "script_user"))

@@ -414,6 +414,7 @@ class HA:
     keepalive: float = 2.0  # seconds between heartbeats
     deadtime: float = 6.0  # the peer is dead after this long without an authentic heartbeat
     preempt: bool = False  # a returning primary takes the VIPs back
+    preempt_delay: float = 0.0  # ... once it has been backup this long (keepalived's preempt_delay)
     monitor_links: bool = False  # losing the public link makes the active step down
     garp_count: int = 3  # gratuitous ARPs (unsolicited NAs) per address at takeover
     garp_interval: float = 0.1  # seconds between those

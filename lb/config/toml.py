@@ -1747,7 +1747,10 @@ def _check_ha(top: _Table, base: Path | None, user: str) -> HA | None | _Invalid
     sync_rate = keep(h.integer("sync_rate", (100, 10_000_000), default=d["sync_rate"]))
     values = {key: keep(h.boolean(key, d[key])) for key in ("preempt", "monitor_links", "sync")}
     values.update({key: keep(_seconds(h, key, d[key]))
-                   for key in ("garp_interval", "garp_refresh", "sync_interval", "max_skew")})
+                   for key in ("preempt_delay", "garp_interval", "garp_refresh", "sync_interval", "max_skew")})
+    if values["preempt"] is False and isinstance(values["preempt_delay"], float) and values["preempt_delay"] > 0:
+        h.chk.warn(h.at("preempt_delay"), "no effect without preempt (the primary never takes the addresses back "
+                                          "from a live active)")
     for key in ("sync_interval", "max_skew"):
         if isinstance(values[key], float) and values[key] <= 0:
             values[key] = keep(h.chk.error(h.at(key), "must be more than 0 seconds"))

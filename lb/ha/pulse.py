@@ -11,7 +11,10 @@ Rules (this node = "me", the other director = "peer"; the primary is the preferr
   - BACKUP: no authentic heartbeat for deadtime (on any channel), or a peer in FAULT or LEAVING:
     take over (ACTIVE) and send a stand-down on every channel.
   - a returning primary does not fight: it sees the peer ACTIVE and stays BACKUP, unless
-    ``preempt``, then it takes over and sends a stand-down.
+    ``preempt``, then it takes over and sends a stand-down -- once it has been BACKUP for
+    ``preempt_delay`` seconds (keepalived's): meanwhile the active peer's connection table is
+    synced to it and its own health checks have run, and a primary crash-looping never gets
+    there.  The peer going silent, stopping or in FAULT is a takeover as ever, without waiting.
   - two ACTIVEs (a healed partition): the primary stays, the backup steps down on the first
     heartbeat it hears, i.e. within one keepalive; the primary announces again.
   - a stand-down from the peer makes an ACTIVE step down (not a preempting primary: the peer
@@ -91,11 +94,12 @@ class RoleMachine:
     actions: ("role", new, old), ("standdown",), ("announce",)."""
 
     def __init__(self, primary: bool, keepalive: float, deadtime: float, preempt: bool = False,
-                 now: float = 0.0):
+                 now: float = 0.0, preempt_delay: float = 0.0):
         self.primary = primary
         self.keepalive = keepalive
         self.deadtime = deadtime
         self.preempt = preempt
+        self.preempt_delay = preempt_delay
         self.state = STARTING
         self.since = now
         # since when the peer could be heard: the start, or the end of a FAULT in which it was not
@@ -114,6 +118,14 @@ class RoleMachine:
     def peer_alive(self, now: float) -> bool:
         return (self.peer_seen is not None and now - self.peer_seen < self.deadtime
                 and self.peer_state != LEAVING)
+
+    def preempt_at(self, now: float) -> float | None:
+        """When this primary, backup with the peer heard active, takes over (preempt after
+        preempt_delay as backup); None when it does not wait for that."""
+        if not (self.preempt and self.primary and self.state == BACKUP and self.link_ok
+                and self.peer_alive(now) and self.peer_state == ACTIVE):
+            return None
+        return self.since + self.preempt_delay
 
     def _go(self, new: int, now: float, acts: list) -> None:
         if new == self.state:
@@ -182,7 +194,8 @@ class RoleMachine:
                     self._go(ACTIVE, now, acts)
             elif ps == ACTIVE:
                 if self.state == BACKUP and self.preempt and self.primary:
-                    self._go(ACTIVE, now, acts)
+                    if now - self.since >= self.preempt_delay:
+                        self._go(ACTIVE, now, acts)
                 else:
                     self._go(BACKUP, now, acts)
             elif ps == FAULT or self.primary:
@@ -441,7 +454,8 @@ class Pulse:
         if ha.primary_private is not None:
             self.channels.append(Channel(hb.CH_PRIVATE, *pick(ha.primary_private, ha.backup_private),
                                          ha.heartbeat_port, ha.sync_port))
-        self.machine = RoleMachine(me_primary, ha.keepalive, ha.deadtime, ha.preempt, clock())
+        self.machine = RoleMachine(me_primary, ha.keepalive, ha.deadtime, ha.preempt, clock(),
+                                   preempt_delay=ha.preempt_delay)
         # a sync datagram may be made up to a deadtime before the first heartbeat we take from its
         # boot (lost heartbeats; the active sends to a peer heard within deadtime), not earlier; a
         # peer's boot that echoes us is replaced by one that does not only after half a deadtime
@@ -609,6 +623,8 @@ class Pulse:
                      "last_heard_s": None if m.peer_seen is None else round(now - m.peer_seen, 3),
                      "clock_skew_s": None if self.peer_skew is None else round(self.peer_skew, 3)},
             "link_ok": m.link_ok,
+            # a primary back as backup with preempt: seconds left of preempt_delay (None: not waiting)
+            "preempt_in_s": (None if (at := m.preempt_at(now)) is None else round(max(at - now, 0.0), 3)),
             # the keyring (never a key): how many keys, and which the peer's messages are signed with
             "keys": {"file": str(self.ha.key_file), "count": len(self.keys),
                      "peer_signs_with": None if self.peer_keyno is None else self.peer_keyno + 1},
@@ -998,6 +1014,10 @@ class Pulse:
                         self._switching_from = None
                     self._send_all(hb.T_HEARTBEAT)       # tell the peer at once
                     self._notify(NAMES[new], NAMES[old])
+                    at = self.machine.preempt_at(self.clock())
+                    if at is not None and self.machine.preempt_delay > 0:
+                        log.info("pulse: the peer is active; this primary takes the addresses back in %.0fs "
+                                 "(preempt_delay)", max(at - self.clock(), 0.0))
                 elif a[0] == "standdown":
                     # only while still active: the peer may have been heard active meanwhile (a
                     # partition healed during the takeover's on_role) and this node stepped down
