@@ -286,6 +286,35 @@ def test_defenses_engage_under_a_flood_and_end_after_it(dp, caplog):
         dp.defend()
 
 
+def test_the_free_estimate_counts_what_the_control_plane_deleted(dp):
+    """The embryonic table's free entries (the defenses' "available memory") after the sweep
+    and drop_entry delete embryos themselves: the census a sweep takes is of its dump, before
+    its own deletions, and BPF's tallies count only the data path's -- both were left out, so a
+    flood's embryos swept at their timeout (or thinned by drop_entry) still read as a full
+    table, and drop_packet went on dropping new clients until the next sweep, 5 s on."""
+    def exact():
+        return EMBRYO - len(dp.maps["lb_conns_embryo"].items())
+
+    d = Defense(drop_entry=1, drop_packet=1, amemthresh=EMBRYO // 4)
+    dp.apply(TableSpec(TABLE.services, defense=d))
+    try:
+        _flood(dp, VIP_DR, 2 * EMBRYO, seed=5)
+        dp.sweep()
+        dp.defend()                          # drop_entry engaged: it deletes a 32nd of the flood
+        assert "drop_entry" in dp.defense_status()["engaged"] and dp.defense_status()["drop_entry_deleted"] > 0
+        assert dp.defense_status()["embryonic_free"] == exact()
+        # the flood's SYN_RECV embryos run out (60 s): the sweep deletes them
+        swept = dp.sweep(time.monotonic_ns() + 120 * 10**9)
+        assert swept > 0 and exact() > EMBRYO // 2
+        assert dp.defense_status()["embryonic_free"] == exact()
+        dp.defend()
+        assert dp.defense_status()["engaged"] == []
+        assert L.U32.unpack(dp.maps["lb_globals"].get(L.U32.pack(L.G_DROP_RATE)))[0] == 0
+    finally:
+        dp.apply(TABLE)
+        dp.defend()
+
+
 def test_lb_list_counters(dp):
     _send(dp, _client(8), VIP_DR, 27000, 80, "SA")
     r = subprocess.run([sys.executable, "-m", "lb.cli.main", "list", "--counters", "--instance", dp.instance],

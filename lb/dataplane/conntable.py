@@ -69,8 +69,12 @@ class ConnTable:
         self.maps = maps
         self.txn = txn
         self.table = table
-        # the last census of the embryonic table: (entries, lb_ct_events before its dump, when)
-        self.embryo_census: tuple[int, dict[str, int], int] | None = None
+        # the last census of the embryonic table: (entries, lb_ct_events before its dump, when,
+        # embryo_deleted before its dump)
+        self.embryo_census: tuple[int, dict[str, int], int, int] | None = None
+        # entries the control plane deleted from lb_conns_embryo (the sweep, drop_entry): BPF's
+        # tallies (lb_ct_events) count only the data path's own deletions
+        self.embryo_deleted = 0
         self._est_mmap: mmap.mmap | None = None
         self._est_view: memoryview | None = None
 
@@ -163,8 +167,9 @@ class ConnTable:
         error is not carried over: the next sweep measures afresh, so it never accumulates
         the way eviction leaks did, and on a quiet table the counters are exact.
 
-        The embryonic table's census (its entries, and lb_ct_events just before its dump) is
-        kept in ``embryo_census`` for the defenses' fill estimate."""
+        The embryonic table's census (its entries, and lb_ct_events and embryo_deleted just before
+        its dump) is kept in ``embryo_census`` for the defenses' fill estimate: what this sweep
+        deletes from the table after the dump is in embryo_deleted."""
         now = time.monotonic_ns() if now_ns is None else now_ns
         rids = list(self.table.reals)
         before = self.counts_snapshot(rids)                 # S0, read before the dumps
@@ -192,6 +197,7 @@ class ConnTable:
             conns = self.maps[name]
             if name == "lb_conns_embryo":
                 events = ct_events(self.maps)
+                deleted = self.embryo_deleted
             entries = conns.items()
             for k, v in entries:
                 last, real, svc, timeout, _ifx, _state, flags = CONN_HEAD.unpack_from(v)
@@ -218,13 +224,17 @@ class ConnTable:
                     if kept is not None:
                         conns.set(k, kept)
                         continue
-                if not conns.delete(k) or out:
+                if not conns.delete(k):
+                    continue
+                if name == "lb_conns_embryo":
+                    self.embryo_deleted += 1
+                if out:
                     continue
                 self._drop_reply_entry(k, real)
                 n += 1
                 swept.setdefault(real, [0, 0, 0])[cls] += 1
             if name == "lb_conns_embryo":
-                self.embryo_census = (len(entries), events, now)
+                self.embryo_census = (len(entries), events, now, deleted)
             else:
                 self.est_census(census_keys, marked)
                 del census_keys
@@ -290,7 +300,8 @@ class ConnTable:
         if rv is not None:
             rev = L.Conn.unpack(rv)
             if (rev.real, rev.vaddr, rev.vport) == (rid, L.pack_addr(key.daddr), key.dport):
-                self.maps[name].delete(rk)
+                if self.maps[name].delete(rk) and name == "lb_conns_embryo":
+                    self.embryo_deleted += 1
 
     def _find(self, k: bytes) -> tuple[str | None, bytes | None]:
         """(table, value) of a connection key in lb_conns or lb_conns_embryo (as BPF's lb_conn_find)"""

@@ -6,8 +6,9 @@ the embryonic connection table (bpf/lb_embryo.h): established connections live a
 cannot evict them, but a flood fast enough to evict embryos within a round trip costs new
 clients their handshakes.  So "available memory" is the embryonic table's free entries: the
 last census the sweep took (its entries, and lb_ct_events just before its dump) moved on by
-what BPF counted since (made - promoted - deleted; LRU evictions are not counted, so the
-estimate is capped at the table's size and corrected by the next census, at most 5 s later).
+what BPF counted since (made - promoted - deleted) and by what the control plane deleted
+since (the sweep's expiries after its dump, drop_entry's); LRU evictions are not counted, so
+the estimate is capped at the table's size and corrected by the next census, at most 5 s later.
 
 Each strategy's mode is IPVS's: 0 never, 1 automatic (becomes 2 while engaged), 3 always.
 - drop_packet: lb_globals[LB_G_DROP_RATE] = amemthresh / (amemthresh - free) while engaged
@@ -57,7 +58,7 @@ class Defender:
         self.pressure = False                   # free < amemthresh at the last tick
         self.drop_rate = 0
         self.dropped = 0                        # entries drop_entry deleted (lb status)
-        self._base: tuple[int, dict[str, int]] | None = None   # (entries, events) without a census
+        self._base: tuple[int, dict[str, int], int] | None = None   # (entries, events, deleted) without a census
         self._counts: dict[str, int] | None = None
         self._logged: dict[str, tuple[float, int]] = {}       # counter -> (when, value) last logged
         self._rng = random.Random()
@@ -77,13 +78,13 @@ class Defender:
         ev = ct_events(self.maps)
         census = self.conns.embryo_census
         if census is not None:
-            entries, ev0 = census[0], census[1]
+            entries, ev0, deleted = census[0], census[1], census[3]
         else:
             if self._base is None:          # a fresh start: count once, then follow the tallies
-                self._base = (len(self.maps["lb_conns_embryo"].items()), ev)
-            entries, ev0 = self._base
+                self._base = (len(self.maps["lb_conns_embryo"].items()), ev, self.conns.embryo_deleted)
+            entries, ev0, deleted = self._base
         live = entries + (ev["embryo_new"] - ev0["embryo_new"]) - (ev["embryo_promoted"] - ev0["embryo_promoted"]) \
-            - (ev["embryo_gone"] - ev0["embryo_gone"])
+            - (ev["embryo_gone"] - ev0["embryo_gone"]) - (self.conns.embryo_deleted - deleted)
         return self.size - max(0, min(self.size, live))
 
     def tick(self, now: float | None = None) -> None:
@@ -154,10 +155,11 @@ class Defender:
             if not m.delete(k):
                 continue                        # the data path took it first
             n += 1
+            self.conns.embryo_deleted += 1
             swept.setdefault(c.real, [0, 0, 0])[1 if c.flags & L.CONN_F_INACTIVE else 0] += 1
             real = self.conns.table.reals.get(c.real)
-            if real is not None and real.fwd == L.FWD_NAT:
-                m.delete(key.reverse(real).pack())
+            if real is not None and real.fwd == L.FWD_NAT and m.delete(key.reverse(real).pack()):
+                self.conns.embryo_deleted += 1
         self.conns.add_swept(swept)
         self.dropped += n
         return n
