@@ -537,6 +537,11 @@ class Engine:
         # recorded: the operator's (or another program's), left where they are at a stop or a
         # reload that drops them, and not in the record (_found_there, _ours)
         self._found: set[addresses.OwnedAddress] = set()
+        # the active role's addresses are taken (at the start, or by a takeover's take): only then
+        # does keep_ownership put back one that went.  Between on_role's `active = True` and its
+        # take, a restore added them first, take found them there, and _found_there took lb's own
+        # addresses for the operator's (left out of the record: a kept restart never released them)
+        self._taken = False
         # reloads by result (ok, refused, failed), the last one's, and when the running config was loaded
         self.reloads: dict = {"ok": 0, "refused": 0, "failed": 0, "last_ok": True, "loaded_at": time.time()}
         self.takeovers = 0                           # HA: times this director became active
@@ -591,6 +596,7 @@ class Engine:
         if self.active:
             self.added_at_start = addresses.take(self.owned)
             self._found_there(self.owned, self.added_at_start)
+            self._taken = True
         else:
             # HA: the addresses come with the active role (pulse decides); the data plane is
             # loaded and attached anyway so that a takeover only adds addresses
@@ -1486,6 +1492,7 @@ class Engine:
             try:
                 added = addresses.take(self.owned)
                 self._found_there(self.owned, added)
+                self._taken = True
                 if self._role_added is not None:         # the start is not done: a failure undoes them
                     self._role_added += added
             finally:
@@ -1497,6 +1504,7 @@ class Engine:
             # all of them, also one found there (put by hand): the peer holds them now
             addresses.release(self.owned)
             self._found.clear()
+            self._taken = False
             self._carried = []
             self._write_held()
 
@@ -1511,7 +1519,8 @@ class Engine:
             notes = self.dp.keep_attached()
         back: list = []
         with self._addr_lock:
-            if self.active and self.owned and self._address_watch.due(time.monotonic() if now is None else now):
+            if self.active and self._taken and self.owned and \
+                    self._address_watch.due(time.monotonic() if now is None else now):
                 back, errors = addresses.restore(self.owned)
                 self._found.difference_update(back)     # gone, and added again: lb's now
                 notes += [("failed", "addresses", e) for e in errors]

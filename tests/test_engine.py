@@ -262,7 +262,7 @@ def test_an_address_that_could_not_be_put_back_is_tried_again_at_the_next_check(
 
     eng = _engine(_cfg())
     eng.dp.keep_attached = lambda: []
-    eng.active = True
+    eng.active = eng._taken = True
     eng.owned = [addresses.OwnedAddress("eth0", ipaddress.ip_interface("198.18.0.9/32"))]
     tries = []
 
@@ -278,6 +278,37 @@ def test_an_address_that_could_not_be_put_back_is_tried_again_at_the_next_check(
     eng.keep_ownership(102.0)            # put back: nothing more to look for
     assert tries == [0, 1]
     assert eng.ownership["addresses_restored"] == 1
+
+
+def test_a_takeover_s_addresses_are_lb_s_even_when_the_ownership_check_runs_first(monkeypatch) -> None:
+    """on_role sets `active` and then takes the addresses in a worker; the ownership check, run
+    in between, put them back as "gone" first, take() then found them there, and the engine took
+    its own addresses for the operator's: left out of the held record, so a kept restart whose
+    config dropped them never released them (test_restart_held_lab, in CI).  The check now puts
+    back only addresses the role has taken."""
+    import ipaddress
+
+    import lb.engine
+    from lb.ha import addresses
+
+    eng = _engine(_cfg())
+    eng.dp.keep_attached = lambda: []
+    eng.owned = [addresses.OwnedAddress("eth0", ipaddress.ip_interface("198.18.0.9/32"))]
+    on_link: list = []
+    monkeypatch.setattr(lb.engine.addresses, "restore",
+                        lambda owned: ([a for a in owned if a not in on_link and not on_link.append(a)], []))
+    monkeypatch.setattr(lb.engine.addresses, "take",
+                        lambda owned: [a for a in owned if a not in on_link and not on_link.append(a)])
+    monkeypatch.setattr(eng, "announce", lambda *a, **kw: None)
+    monkeypatch.setattr(eng, "_write_held", lambda *a, **kw: None)
+    eng.active = True                    # on_role, before its take
+    eng.keep_ownership(100.0)
+    assert on_link == [] and eng.ownership["addresses_restored"] == 0
+    eng._take_addresses()
+    assert on_link == eng.owned and eng._ours(eng.owned) == eng.owned     # lb's: recorded, released
+    on_link.clear()                      # `ip addr del`: put back now
+    eng.keep_ownership(101.0)
+    assert on_link == eng.owned and eng.ownership["addresses_restored"] == 1
 
 
 @pytest.mark.parametrize("job, kind", [("stop", "clean"), ("start", "clean"), ("restart", "keep"),
