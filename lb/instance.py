@@ -113,11 +113,6 @@ def _file_key(st: os.stat_result) -> tuple[int, int, int]:
     return os.major(st.st_dev), os.minor(st.st_dev), st.st_ino
 
 
-def _lock_holders(st: os.stat_result) -> set[int]:
-    """pids holding a flock on the file of `st`, from /proc/locks"""
-    return set((_flock_holders() or {}).get(_file_key(st), ()))
-
-
 class NotRunning(Exception):
     pass
 
