@@ -12,6 +12,9 @@
  *   lb_xdp_frag6_public, lb_xdp_frag6_private
  *                   an IPv6 TCP/UDP fragment: along its flow's connection, a later one the
  *                   way its first went (lb_frag.h)
+ *   lb_xdp_icmp_tunnel
+ *                   an ICMP error about a packet tunneled to a real server: on to its client
+ *                   (lb_icmp.h)
  *   lb_xdp_guard    [ha]: another interface holding a VIP or nat_router: only the lease's check
  * Both public and private relay ICMP/ICMPv6 errors about tracked connections (lb_icmp.h).
  * New connections start in the embryonic tables and move on once established; a pure SYN looks
@@ -91,7 +94,8 @@ static __always_inline int lb_lookup_svc(struct lb_pkt *pkt, __u32 *svc_id)
 /* The first test of lb_xdp_public: is the destination address one a virtual service listens
  * on?  One hashed bit of lb_vip_filter (set by the control plane for every VIP and port-group
  * address), read before anything else is parsed, so the director's own traffic and whatever
- * else crosses the interface pays only this.  0: certainly not (XDP_PASS, untouched). */
+ * else crosses the interface pays only this (ICMP excepted).  0: certainly not (XDP_PASS,
+ * untouched). */
 static __always_inline int lb_vip_maybe(struct xdp_md *ctx)
 {
     void *data = (void *)(long)ctx->data;
@@ -109,17 +113,20 @@ static __always_inline int lb_vip_maybe(struct xdp_md *ctx)
         cur = vh + 1;
     }
     __u32 fold;
+    __u8 l4;
     if (proto == bpf_htons(ETH_P_IP)) {
         struct iphdr *ip = cur;
         if ((void *)(ip + 1) > data_end)
             return 0;
         fold = ip->daddr;
+        l4 = ip->protocol;
     } else if (proto == bpf_htons(ETH_P_IPV6)) {
         struct ipv6hdr *ip6 = cur;
         if ((void *)(ip6 + 1) > data_end)
             return 0;
         __u32 *d = ip6->daddr.in6_u.u6_addr32;
         fold = d[0] ^ d[1] ^ d[2] ^ d[3];   /* lb_addr_fold of the 16-byte copy */
+        l4 = ip6->nexthdr;
     } else {
         return 0;
     }
@@ -127,7 +134,10 @@ static __always_inline int lb_vip_maybe(struct xdp_md *ctx)
     struct lb_vip_filter *f = lb_vip_filter.lookup(&zero);
     if (!f)
         return 1;
-    return (f->bits[(idx >> 6) & (LB_VIP_FILTER_WORDS - 1)] >> (idx & 63)) & 1;
+    /* ICMP to any address: an error about a packet lb tunneled comes to the tunnel's source, an
+     * address of the director's (lb_icmp_tunnel) */
+    return ((f->bits[(idx >> 6) & (LB_VIP_FILTER_WORDS - 1)] >> (idx & 63)) & 1) ||
+           l4 == IPPROTO_ICMP || l4 == IPPROTO_ICMPV6;
 }
 
 /* What the scheduler programs need of a new connection's packet, into the per-CPU scratch
@@ -609,6 +619,14 @@ int lb_xdp_frag6_public(struct xdp_md *ctx)
 int lb_xdp_frag6_private(struct xdp_md *ctx)
 {
     return lb_frag6_program(ctx, 1);
+}
+
+/* ---- an ICMP error quoting a packet lb tunneled (lb_icmp.h), tail-called from lb_xdp_public and
+ * lb_xdp_private ---- */
+
+int lb_xdp_icmp_tunnel(struct xdp_md *ctx)
+{
+    return lb_icmp_tunnel(ctx);
 }
 
 /* ---- [ha]: an interface that holds a VIP or nat_router but no other program (nat_router on

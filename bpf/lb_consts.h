@@ -107,6 +107,11 @@ enum lb_sched_id {
 #define LB_FRAG6_PRIVATE 1
 #define LB_FRAG6_PROGS 2
 
+/* lb_icmp_progs' slot: an ICMP error quoting a tunnel packet (lb_icmp.h), a prog array of its
+ * own as lb_frag6_progs (a restart adopts a running lb's pinned arrays as they are) */
+#define LB_ICMP_TUNNEL 0
+#define LB_ICMP_PROGS 1
+
 /* lb_progs_prev's slots: the replaced lb_xdp_public and lb_xdp_private during a resize */
 #define LB_PREV_PUBLIC 0
 #define LB_PREV_PRIVATE 1
@@ -248,7 +253,9 @@ enum lb_sched_id {
                                   * (lb_frag.h); LB_CNT_FRAGMENT counts those passed */
 #define LB_CNT_UDP6_CSUM_FILLED 19 /* an IPv6 UDP datagram without a checksum (0) given a whole one
                                   * before it is forwarded, as IPVS's NAT does (lb_csum.h) */
-#define LB_CNT_MAX 20
+#define LB_CNT_TUNNEL_ERROR 20  /* an ICMP error about a packet lb tunneled to a real server
+                                  * relayed to its client (lb_icmp.h: lb_icmp_tunnel) */
+#define LB_CNT_MAX 21
 #define LB_COUNTERS 32           /* lb_counters' size: room to add counters without new pins */
 
 /* Per-CPU tallies of the embryonic table's entries (lb_ct_events; a NAT connection has two, its

@@ -37,6 +37,24 @@ static __always_inline int lb_addr_eq(const __be32 *a, const __be32 *b)
     return ((a[0] ^ b[0]) | (a[1] ^ b[1]) | (a[2] ^ b[2]) | (a[3] ^ b[3])) == 0;
 }
 
+/* An error whose quote is an IPIP or IPv6-in-IPv6 header (a packet lb tunneled, maybe) goes on
+ * in lb_xdp_icmp_tunnel (lb_icmp_tunnel below), a program of its own: lb_xdp_private has no
+ * verifier budget left for it.  XDP_PASS when it is not (or the slot is empty, counted). */
+static __always_inline int lb_icmp_tunnel_call(struct xdp_md *ctx, struct lb_pkt *pkt)
+{
+    void *data_end = (void *)(long)ctx->data_end;
+    struct lb_icmphdr *ic = pkt->icmp;
+    /* an IPv4 quote of an IPIP packet with the inner ports is 48 bytes or more: 40 are there */
+    if (!ic || (void *)(ic + 1) + sizeof(struct ipv6hdr) > data_end)
+        return XDP_PASS;
+    __u8 nh = pkt->ip4 ? ((struct iphdr *)(ic + 1))->protocol : ((struct ipv6hdr *)(ic + 1))->nexthdr;
+    if (nh == IPPROTO_IPIP || nh == IPPROTO_IPV6) {
+        lb_icmp_progs.call(ctx, LB_ICMP_TUNNEL);
+        lb_count(LB_CNT_TAIL_CALL);
+    }
+    return XDP_PASS;
+}
+
 /* NAT toward the real server (IPVS ip_vs_nat_icmp, inout 0): outer destination VIP -> real,
  * quoted source VIP:vport -> real:rport */
 static __always_inline void lb_icmp_nat_in(struct lb_pkt *pkt, struct lb_icmp_err *e, const __u8 *addr,
@@ -86,7 +104,9 @@ static __always_inline void lb_icmp_nat_out(struct lb_pkt *pkt, struct lb_icmp_e
 static __always_inline int lb_icmp_public(struct xdp_md *ctx, struct lb_pkt *pkt)
 {
     struct lb_icmp_err e = {};
-    if (lb_parse_icmp_err(ctx, pkt, &e) != LB_CONTINUE || !lb_addr_eq(e.saddr, pkt->daddr))
+    if (lb_parse_icmp_err(ctx, pkt, &e) != LB_CONTINUE)
+        return lb_icmp_tunnel_call(ctx, pkt);
+    if (!lb_addr_eq(e.saddr, pkt->daddr))
         return XDP_PASS;
     struct lb_conn_key key = {};
     __builtin_memcpy(key.saddr, e.daddr, 16);
@@ -121,7 +141,9 @@ static __always_inline int lb_icmp_public(struct xdp_md *ctx, struct lb_pkt *pkt
 static __always_inline int lb_icmp_private(struct xdp_md *ctx, struct lb_pkt *pkt)
 {
     struct lb_icmp_err e = {};
-    if (lb_parse_icmp_err(ctx, pkt, &e) != LB_CONTINUE || !lb_addr_eq(e.saddr, pkt->daddr))
+    if (lb_parse_icmp_err(ctx, pkt, &e) != LB_CONTINUE)
+        return lb_icmp_tunnel_call(ctx, pkt);
+    if (!lb_addr_eq(e.saddr, pkt->daddr))
         return XDP_PASS;
     struct lb_conn_key rk = {};
     __builtin_memcpy(rk.saddr, e.daddr, 16);
@@ -148,6 +170,166 @@ static __always_inline int lb_icmp_private(struct xdp_md *ctx, struct lb_pkt *pk
     lb_stats_out(rev->svc, c->real, pkt->len);
     lb_icmp_nat_out(pkt, &e, c->vaddr, c->vport);
     return lb_xmit(ctx, pkt->eth, c->client_mac, c->local_mac, c->client_ifindex);
+}
+
+/* An ICMP error about a packet lb tunneled to a real server (the quote: our outer header, from
+ * our tunnel source to the real server, then the client's packet), from a router on the way or
+ * the real server, relayed to the client as IPVS's ip_vs_in_icmp relays one about its IPIP
+ * packets: the same type and code, from the VIP, quoting the client's packet (its IP header, and
+ * IPv6's extension headers, and 8 bytes); a "fragmentation needed" or Packet Too Big carries the
+ * MTU less the outer header (the reported MTU, or the egress link's when none or a larger one is
+ * reported), so the client's path MTU discovery learns what fits through the tunnel; without
+ * that the client keeps sending what the tunnel drops.  IPVS relays IPv4's only; IPv6's is
+ * relayed the same way (an MTU not below 1280, as the kernel's ip6_tunnel reports), but not a
+ * parameter problem (its pointer is into the outer header).  Not relayed, passed untouched to
+ * the director's kernel: a "fragmentation needed" about a client's packet without DF (IPVS
+ * ignores it: the client does no path MTU discovery), an error about an unknown or expired
+ * connection, a real server that is not this connection's tunnel end, an error not addressed to
+ * the tunnel's source.  Unlike IPVS the director's own route to the real server does not learn
+ * the MTU (lb's tunnel checks the egress link's): each client is told in turn.  Answers share
+ * the too-big answers' rate limit.  Counted in the connection's outgoing stats, as IPVS does. */
+static __always_inline int lb_icmp_tunnel(struct xdp_md *ctx)
+{
+    struct lb_pkt pkt = {};
+    __u32 counter = LB_CNT_MAX;
+    if (lb_parse(ctx, &pkt, &counter) == LB_CONTINUE)
+        return XDP_PASS;
+    void *data = (void *)(long)ctx->data;
+    void *data_end = (void *)(long)ctx->data_end;
+    struct lb_icmphdr *ic = pkt.icmp;
+    if (!ic || (void *)(ic + 1) > data_end || lb_icmp_err_type(&pkt, ic) != LB_CONTINUE)
+        return XDP_PASS;
+    __u8 type = ic->type, code = ic->code;
+    __be32 rest = ic->rest;
+    __be32 osrc[4] = {}, odst[4] = {};
+    void *inner;
+    if (pkt.ip4) {
+        struct iphdr *o = (void *)(ic + 1);
+        if ((void *)(o + 1) > data_end || o->version != 4 || o->ihl < 5 || o->protocol != IPPROTO_IPIP ||
+            (o->frag_off & bpf_htons(0x1fff)))
+            return XDP_PASS;
+        osrc[0] = o->saddr;
+        odst[0] = o->daddr;
+        inner = (void *)o + o->ihl * 4;
+    } else {
+        struct ipv6hdr *o = (void *)(ic + 1);
+        if ((void *)(o + 1) > data_end || o->version != 6 || o->nexthdr != IPPROTO_IPV6 ||
+            type == 4)            /* parameter problem */
+            return XDP_PASS;
+        __builtin_memcpy(osrc, &o->saddr, 16);
+        __builtin_memcpy(odst, &o->daddr, 16);
+        inner = o + 1;
+    }
+    struct lb_icmp_err e = {};
+    if (lb_parse_quote(inner, data_end, pkt.ip6 != 0, &e) != LB_CONTINUE || !lb_addr_eq(osrc, pkt.daddr))
+        return XDP_PASS;
+    struct lb_conn_key key = {};
+    __builtin_memcpy(key.saddr, e.saddr, 16);
+    __builtin_memcpy(key.daddr, e.daddr, 16);
+    key.sport = *e.sport_p;
+    key.dport = *e.dport_p;
+    key.proto = e.proto;
+    key.family = pkt.family;
+    int embryo;
+    struct lb_conn *c = lb_conn_find(&key, &embryo);
+    if (!c || lb_conn_expired(c, lb_now()))
+        return XDP_PASS;
+    __u32 svc_id = c->svc, real_id = c->real, ifindex = c->client_ifindex;
+    struct lb_real *r = lb_reals.lookup(&real_id);
+    if (!r || r->svc != svc_id || !r->family || r->fwd != LB_FWD_TUNNEL ||
+        !lb_addr_eq((const __be32 *)r->addr, odst) || !lb_addr_eq((const __be32 *)r->tun_src, osrc))
+        return XDP_PASS;
+    __u32 mtu = 0, q;
+    if (pkt.ip4) {
+        if (type == LB_ICMP_DEST_UNREACH && code == 4) {          /* fragmentation needed */
+            if (!e.ip4 || !(e.ip4->frag_off & bpf_htons(0x4000)))
+                return XDP_PASS;
+            mtu = bpf_ntohl(rest) & 0xffff;
+            if (!mtu || (r->mtu && mtu > r->mtu))
+                mtu = r->mtu;
+            if (mtu > 68 + sizeof(struct iphdr))
+                mtu -= sizeof(struct iphdr);
+            rest = bpf_htonl(mtu);
+        }
+        if (!e.ip4)
+            return XDP_PASS;
+        q = (e.ip4->ihl * 4 + 8) & (LB_QUOTE_MAX - 4);           /* a multiple of 4, <= 68 */
+    } else {
+        if (type == 2) {                                          /* Packet Too Big */
+            mtu = bpf_ntohl(rest);
+            if (!mtu || (r->mtu && mtu > r->mtu))
+                mtu = r->mtu;
+            mtu = mtu > 1280 + sizeof(struct ipv6hdr) ? mtu - sizeof(struct ipv6hdr) : 1280;
+            rest = bpf_htonl(mtu);
+        }
+        q = (void *)e.sport_p - inner;    /* the quote's headers; + 8 below (a multiple of 8) */
+        asm volatile("" : "+r"(q));       /* a scalar before any arithmetic: else clang may
+                                           * subtract the pointer from a scalar, refused */
+        q += 8;
+        if (q > LB_QUOTE_MAX)
+            return XDP_PASS;
+        q &= 2 * LB_QUOTE_MAX - 4;
+    }
+    if (!lb_icmp_allow()) {
+        lb_count(LB_CNT_ICMP_LIMITED);
+        return XDP_DROP;
+    }
+    __u8 cmac[ETH_ALEN], lmac[ETH_ALEN];
+    __builtin_memcpy(cmac, c->client_mac, ETH_ALEN);
+    __builtin_memcpy(lmac, c->local_mac, ETH_ALEN);
+    __be32 client[4], vip[4];
+    __builtin_memcpy(client, e.saddr, 16);
+    __builtin_memcpy(vip, e.daddr, 16);
+    /* the frame in place: [Ethernet][IP][ICMP][the quote], the head cut to the quote's start, the
+     * tail to its end */
+    int ip_hdr = pkt.ip4 ? sizeof(struct iphdr) : sizeof(struct ipv6hdr);
+    int hdrs = sizeof(struct ethhdr) + ip_hdr + 8;
+    int at = inner - data;                /* where the quote starts */
+    asm volatile("" : "+r"(at));
+    if (bpf_xdp_adjust_head(ctx, at - hdrs))
+        goto fail;
+    data = (void *)(long)ctx->data;
+    data_end = (void *)(long)ctx->data_end;
+    if (bpf_xdp_adjust_tail(ctx, (int)(hdrs + q) - (int)(data_end - data)))
+        goto fail;
+    data = (void *)(long)ctx->data;
+    data_end = (void *)(long)ctx->data_end;
+    struct ethhdr *eth = data;
+    __u8 *icmp = data + hdrs - 8;
+    if ((void *)(icmp + 8) > data_end)
+        goto fail;
+    icmp[0] = type;
+    icmp[1] = code;
+    *(__u16 *)(icmp + 2) = 0;
+    *(__be32 *)(icmp + 4) = rest;
+    __u32 sum = 0;
+    if (lb_csum_words(icmp, 8 + q, data_end, &sum) != LB_CONTINUE)
+        goto fail;
+    if (pkt.ip4) {
+        struct iphdr *o = (void *)(eth + 1);
+        if ((void *)(o + 1) > data_end)
+            goto fail;
+        eth->h_proto = bpf_htons(ETH_P_IP);
+        lb_ip4_hdr(o, 0, sizeof(*o) + 8 + q, 0, 0, IPPROTO_ICMP, vip[0], client[0]);
+    } else {
+        struct ipv6hdr *o = (void *)(eth + 1);
+        if ((void *)(o + 1) > data_end)
+            goto fail;
+        eth->h_proto = bpf_htons(ETH_P_IPV6);
+        lb_ip6_hdr(o, bpf_htonl(0x60000000), 8 + q, IPPROTO_ICMPV6, vip, client);
+        __u16 *a = (__u16 *)&o->saddr;   /* the pseudo header: both addresses, length, next header */
+#pragma unroll
+        for (int i = 0; i < 16; i++)
+            sum += a[i];
+        sum += bpf_htons(8 + q) + bpf_htons(IPPROTO_ICMPV6);
+    }
+    *(__u16 *)(icmp + 2) = ~lb_csum_fold(sum);
+    lb_count(LB_CNT_TUNNEL_ERROR);
+    lb_stats_out(svc_id, real_id, ip_hdr + 8 + q);
+    return lb_xmit(ctx, eth, cmac, lmac, ifindex);
+fail:
+    lb_count(LB_CNT_XMIT_FAILED);
+    return XDP_DROP;
 }
 
 #endif

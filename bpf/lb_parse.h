@@ -314,30 +314,13 @@ struct lb_icmp_err {
     __u8 proto;                   /* IPPROTO_TCP or IPPROTO_UDP */
 };
 
-/* The error types IPVS relays (ip_vs_in_icmp / ip_vs_out_icmp: destination unreachable, source
- * quench, time exceeded; ICMPv6: every error, types below 128), quoting a TCP or UDP packet of
- * the same family, whole or the first fragment of a datagram (IPv6: a fragment header of offset
- * 0 after the extension headers), with its ports: IPVS reads a first fragment's ports too, and
- * a Packet Too Big about a real server's reply in fragments (a large DNS answer over IPv6) must
- * reach that real server.  A later fragment has no ports.  LB_CONTINUE with *e filled, or
- * XDP_PASS. */
-static __always_inline int lb_parse_icmp_err(struct xdp_md *ctx, struct lb_pkt *pkt, struct lb_icmp_err *e)
+/* The quoted packet at cur (an IPv4 header, or IPv6 when v6) on to its ports: *e filled
+ * (its icmp left as it was) and LB_CONTINUE, or XDP_PASS.  Also an IPIP quote's inner packet
+ * (lb_icmp_tunnel). */
+static __always_inline int lb_parse_quote(void *cur, void *data_end, int v6, struct lb_icmp_err *e)
 {
-    void *data_end = (void *)(long)ctx->data_end;
-    struct lb_icmphdr *ic = pkt->icmp;
-    if (!ic)                      /* another protocol (the verifier cannot tell from proto) */
-        return XDP_PASS;
-    if ((void *)(ic + 1) > data_end)
-        return XDP_PASS;
-    e->icmp = ic;
-    void *cur = ic + 1;
     __u8 nh;
-    if (pkt->ip4) {
-        if (pkt->proto != IPPROTO_ICMP)
-            return XDP_PASS;
-        if (ic->type != LB_ICMP_DEST_UNREACH && ic->type != LB_ICMP_SOURCE_QUENCH &&
-            ic->type != LB_ICMP_TIME_EXCEEDED)
-            return XDP_PASS;
+    if (!v6) {
         struct iphdr *ip = cur;
         if ((void *)(ip + 1) > data_end)
             return XDP_PASS;
@@ -348,9 +331,7 @@ static __always_inline int lb_parse_icmp_err(struct xdp_md *ctx, struct lb_pkt *
         e->daddr[0] = ip->daddr;
         nh = ip->protocol;
         cur += ip->ihl * 4;
-    } else if (pkt->ip6) {
-        if (pkt->proto != IPPROTO_ICMPV6 || (ic->type & LB_ICMPV6_INFOMSG_MASK))
-            return XDP_PASS;
+    } else {
         struct ipv6hdr *ip6 = cur;
         if ((void *)(ip6 + 1) > data_end)
             return XDP_PASS;
@@ -363,8 +344,6 @@ static __always_inline int lb_parse_icmp_err(struct xdp_md *ctx, struct lb_pkt *
         cur = ip6 + 1;
         if (lb_ipv6_skip_ext_frag(&cur, data_end, &nh, 1) != LB_CONTINUE)
             return XDP_PASS;      /* also a later fragment's quote */
-    } else {
-        return XDP_PASS;
     }
     if (nh != IPPROTO_TCP && nh != IPPROTO_UDP)
         return XDP_PASS;          /* also more extension headers */
@@ -375,5 +354,41 @@ static __always_inline int lb_parse_icmp_err(struct xdp_md *ctx, struct lb_pkt *
     e->dport_p = ports + 1;
     e->proto = nh;
     return LB_CONTINUE;
+}
+
+/* The error types IPVS relays (ip_vs_in_icmp / ip_vs_out_icmp: destination unreachable, source
+ * quench, time exceeded; ICMPv6: every error, types below 128): LB_CONTINUE, or XDP_PASS */
+static __always_inline int lb_icmp_err_type(struct lb_pkt *pkt, struct lb_icmphdr *ic)
+{
+    if (pkt->ip4) {
+        if (pkt->proto != IPPROTO_ICMP)
+            return XDP_PASS;
+        if (ic->type != LB_ICMP_DEST_UNREACH && ic->type != LB_ICMP_SOURCE_QUENCH &&
+            ic->type != LB_ICMP_TIME_EXCEEDED)
+            return XDP_PASS;
+        return LB_CONTINUE;
+    }
+    if (pkt->ip6 && pkt->proto == IPPROTO_ICMPV6 && !(ic->type & LB_ICMPV6_INFOMSG_MASK))
+        return LB_CONTINUE;
+    return XDP_PASS;
+}
+
+/* An error of those types quoting a TCP or UDP packet of the same family, whole or the first
+ * fragment of a datagram (IPv6: a fragment header of offset 0 after the extension headers), with
+ * its ports: IPVS reads a first fragment's ports too, and a Packet Too Big about a real server's
+ * reply in fragments (a large DNS answer over IPv6) must reach that real server.  A later
+ * fragment has no ports.  LB_CONTINUE with *e filled, or XDP_PASS. */
+static __always_inline int lb_parse_icmp_err(struct xdp_md *ctx, struct lb_pkt *pkt, struct lb_icmp_err *e)
+{
+    void *data_end = (void *)(long)ctx->data_end;
+    struct lb_icmphdr *ic = pkt->icmp;
+    if (!ic)                      /* another protocol (the verifier cannot tell from proto) */
+        return XDP_PASS;
+    if ((void *)(ic + 1) > data_end)
+        return XDP_PASS;
+    e->icmp = ic;
+    if (lb_icmp_err_type(pkt, ic) != LB_CONTINUE)
+        return XDP_PASS;
+    return lb_parse_quote(ic + 1, data_end, pkt->ip6 != 0, e);
 }
 #endif

@@ -311,6 +311,116 @@ def test_too_big_answer_goes_back_on_the_clients_vlan(dp):
         assert out == bytes(Ether(src=PUB_MAC, dst=CLIENT_MAC) / Dot1Q(vlan=42, prio=3) / ans)
 
 
+ROUTER = {4: "198.18.5.1", 6: "2001:2:0:5::1"}     # a router between the director and the reals
+
+
+def _tunneled(dp, vip, *args, **kw):
+    """A new flow's first packet through lb_xdp_public: (the client's packet, the outer packet
+    lb sent the real server)."""
+    syn = _inner(vip, *args, **kw)
+    rc, out = run(dp, "lb_xdp_public", Ether(src=CLIENT_MAC, dst=PUB_MAC) / syn)
+    assert rc == XDP_REDIRECT
+    return syn, bytes(Ether(out).payload)
+
+
+def _error_about(outer: bytes, v6: bool, dst=None, **icmp):
+    """A router's ICMP error about the tunnel packet `outer`, to the director's tunnel source (or
+    dst), quoting as much of it as Linux does (576 bytes in all, IPv6 1280)."""
+    if v6:
+        ip6 = IPv6(outer)
+        err = IPv6(src=ROUTER[6], dst=dst or ip6.src, hlim=250) / icmp.pop("layer") / outer[:1280 - 48]
+    else:
+        ip4 = IP(outer)
+        err = IP(src=ROUTER[4], dst=dst or ip4.src, ttl=250) / ICMP(**icmp) / outer[:576 - 28]
+    return Ether(src=real_mac(REALS[0]), dst=PRIV_MAC) / err
+
+
+def _relayed(dp, prog, err):
+    before = dp.counters()["tunnel_error_relayed"]
+    rc, out = run(dp, prog, err)
+    assert rc == XDP_TX, rc                 # back where the client came in (one interface here)
+    assert dp.counters()["tunnel_error_relayed"] == before + 1
+    return out
+
+
+@pytest.mark.parametrize("prog", ["lb_xdp_private", "lb_xdp_public"])   # two-armed, one-armed
+def test_fragmentation_needed_about_a_tunnel_packet_goes_on_to_the_client(dp, prog):
+    """A router on the way to a tunnel real server (or the real server) says the outer packet
+    did not fit: IPVS tells the client, from the VIP, with the MTU less the outer header; left to
+    the director's kernel the client never learns it, and its large packets vanish in the tunnel
+    for the connection's life."""
+    _reset_icmp_bucket(dp)
+    for mtu, told in ((1400, 1380), (9000, PRIV_MTU - 20), (0, PRIV_MTU - 20)):   # none, or above the link's
+        syn, outer = _tunneled(dp, VIP)
+        out = _relayed(dp, prog, _error_about(outer, False, type=3, code=4, nexthopmtu=mtu))
+        expected = Ether(src=PUB_MAC, dst=CLIENT_MAC) / IP(src=VIP, dst=syn[IP].src, ttl=64, id=0, flags=0) / \
+            ICMP(type=3, code=4, nexthopmtu=told) / bytes(syn)[:28]
+        assert out == bytes(expected)          # scapy's checksums
+    # any other error IPVS relays goes on too, as it came: a time exceeded
+    syn, outer = _tunneled(dp, VIP, 53, proto="udp")
+    out = _relayed(dp, prog, _error_about(outer, False, type=11, code=0))
+    assert out == bytes(Ether(src=PUB_MAC, dst=CLIENT_MAC) / IP(src=VIP, dst=syn[IP].src, ttl=64, id=0, flags=0) /
+                        ICMP(type=11, code=0) / bytes(syn)[:28])
+
+
+@pytest.mark.parametrize("prog", ["lb_xdp_private", "lb_xdp_public"])
+def test_packet_too_big_about_a_tunnel_packet_goes_on_to_the_client(dp, prog):
+    _reset_icmp_bucket(dp)
+    for mtu, told in ((1400, 1360), (1300, 1280), (0, PRIV_MTU - 40)):   # never below IPv6's 1280
+        syn, outer = _tunneled(dp, VIP6)
+        out = _relayed(dp, prog, _error_about(outer, True, layer=ICMPv6PacketTooBig(mtu=mtu)))
+        expected = Ether(src=PUB_MAC, dst=CLIENT_MAC) / IPv6(src=VIP6, dst=syn[IPv6].src, hlim=64) / \
+            ICMPv6PacketTooBig(mtu=told) / bytes(syn)[:48]
+        assert out == bytes(expected)
+
+
+def test_tunnel_errors_lb_does_not_relay_pass_untouched(dp):
+    """What is not an error about one of this connection's tunnel packets stays the director
+    kernel's, byte for byte."""
+    from scapy.layers.inet6 import ICMPv6ParamProblem
+    _reset_icmp_bucket(dp)
+
+    def passes(err):
+        for prog in ("lb_xdp_private", "lb_xdp_public"):
+            rc, out = run(dp, prog, err)
+            assert (rc, out) == (XDP_PASS, bytes(err)), prog
+
+    syn, outer = _tunneled(dp, VIP, 53, proto="udp", df=False)
+    passes(_error_about(outer, False, type=3, code=4, nexthopmtu=1400))      # no DF: no PMTU discovery
+    syn, outer = _tunneled(dp, VIP)
+    passes(_error_about(outer, False, dst="198.18.1.99", type=3, code=4, nexthopmtu=1400))   # not to our source
+    other = IP(outer)
+    other.dst = REALS[1] if other.dst == REALS[0] else REALS[0]              # not the connection's real server
+    del other.chksum
+    passes(_error_about(bytes(other), False, type=3, code=4, nexthopmtu=1400))
+    gone = IP(outer)
+    gone[TCP].sport += 1                                                      # no such connection
+    passes(_error_about(bytes(gone), False, type=3, code=4, nexthopmtu=1400))
+    passes(_error_about(outer, False, type=12, code=0))                      # parameter problem (IPVS too)
+    syn, outer = _tunneled(dp, VIP6)
+    passes(_error_about(outer, True, layer=ICMPv6ParamProblem(ptr=6)))        # its pointer is into our header
+
+
+def test_tunnel_error_relays_share_the_answers_rate_limit(dp):
+    from lb.config.model import Defense
+
+    dp.apply(dataclasses.replace(TABLE, defense=Defense(icmp_msgs_per_sec=1, icmp_msgs_burst=2)))
+    try:
+        _reset_icmp_bucket(dp)
+        before = dp.counters()
+        rcs = []
+        for _ in range(4):
+            syn, outer = _tunneled(dp, VIP)
+            rcs.append(run(dp, "lb_xdp_private", _error_about(outer, False, type=3, code=4, nexthopmtu=1400))[0])
+        assert rcs == [XDP_TX] * 2 + [XDP_DROP] * 2
+        after = dp.counters()
+        assert after["icmp_rate_limited"] == before["icmp_rate_limited"] + 2
+        assert after["tunnel_error_relayed"] == before["tunnel_error_relayed"] + 2
+    finally:
+        dp.apply(TABLE)
+        _reset_icmp_bucket(dp)
+
+
 def test_no_answer_for_an_ip_length_past_the_frame(dp):
     """A short frame whose IP header claims 64 KiB is no packet too big for the tunnel: the
     kernel (ip_rcv, ipv6_rcv) drops it before IPVS, which never answers it.  Dropped unanswered

@@ -147,6 +147,7 @@ PROG_MAX = C["LB_PROG_MAX"]
 PROG_PERSIST = C["LB_PROG_PERSIST"]
 FRAG6_SLOTS = {"lb_xdp_frag6_public": C["LB_FRAG6_PUBLIC"],      # lb_frag6_progs: an IPv6 fragment's
                "lb_xdp_frag6_private": C["LB_FRAG6_PRIVATE"]}   # programs (lb_frag.h)
+ICMP_TUNNEL_SLOT = C["LB_ICMP_TUNNEL"]       # lb_icmp_progs: an ICMP error about the tunnel's packets
 PREV_SLOTS = {"public": C["LB_PREV_PUBLIC"], "private": C["LB_PREV_PRIVATE"]}   # lb_progs_prev
 TX_PORTS = C["LB_TX_PORTS"]                 # lb_tx_ports' size: ifindexes below it
 
@@ -167,7 +168,7 @@ _COUNTER_NAMES = {"NO_REAL": "no_real_server", "NOT_SYN": "tcp_not_syn", "FRAGME
                   "LEASE_LAPSED": "lease_lapsed", "CSUM_COMPLETED": "partial_checksum_completed",
                   "CSUM_UNCOMPLETED": "partial_checksum_uncompleted", "TX_UNMAPPED": "redirect_unmapped",
                   "NOT_ROUTABLE": "not_routable", "FRAG_FORWARDED": "fragment_forwarded",
-                  "UDP6_CSUM_FILLED": "udp6_checksum_filled"}
+                  "UDP6_CSUM_FILLED": "udp6_checksum_filled", "TUNNEL_ERROR": "tunnel_error_relayed"}
 _CNT = _prefixed("LB_CNT_", skip=("LB_CNT_MAX",))
 COUNTER_NAMES = [_COUNTER_NAMES.get(k, k.lower()) for k in _CNT]
 N_COUNTERS = C["LB_COUNTERS"]               # lb_counters entries (LB_CNT_MAX of them used)
@@ -288,7 +289,7 @@ MAPS: dict[str, tuple[struct.Struct, struct.Struct]] = {
     "lb_est_filter": (U32, EST_WORD),
     "lb_svc_stats": (U32, STATS), "lb_real_stats": (U32, STATS), "lb_svc_rates": (U32, RATES),
     "lb_real_rates": (U32, RATES), "lb_counters": (U32, U64), "lb_progs": (U32, U32),
-    "lb_progs_prev": (U32, U32), "lb_tx_ports": (U32, U32), "lb_frag6_progs": (U32, U32),
+    "lb_progs_prev": (U32, U32), "lb_tx_ports": (U32, U32), "lb_frag6_progs": (U32, U32), "lb_icmp_progs": (U32, U32),
     "lb_lblc": (LBLC_KEY, LBLC), "lb_lblcr": (LBLC_KEY, LBLCR), "lb_sched_buckets": (U32, SCHED_BUCKETS),
     "lb_mh_tables": (U32, U32), "lb_lease": (U32, LEASE), "lb_lease_addrs": (ADDR_KEY, U32),
 }
