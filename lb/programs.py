@@ -8,23 +8,38 @@ The daemon runs as root and holds the VIPs; a program it starts gets none of tha
   says "root"), with that user's primary group and no supplementary groups;
 * with a minimal environment: ``PATH`` and ``LANG`` only, plus the ``LB_*`` variables of its
   kind (documented where the kind is: lb.health.checks, lb.health.load, lb.ha.pulse); working
-  directory ``/``, stdin ``/dev/null``, its own session (so its whole process group can be killed);
+  directory ``/``, stdin ``/dev/null``, its own session (so its whole process group can be killed),
+  and a child subreaper (prctl PR_SET_CHILD_SUBREAPER, kept across its exec): what it starts
+  stays below it while it runs, even what left its process group (``setsid``, ``setpgid``) or
+  was orphaned on the way (a daemon's double fork), which would otherwise go to init;
 * bounded: at most ``limit`` bytes of stdout and of stderr are read -- a program that prints
-  more is killed at once -- and at most ``timeout`` seconds, then its process group is killed.
-  Cancelled (a monitor stopped), it is killed and reaped too: nothing is left behind.
+  more is killed at once -- and at most ``timeout`` seconds, then it is killed with every
+  process below it (``kill_tree``: stopped, found again until no new one appears, then
+  SIGKILLed; only its process group was, and a setsid'd helper survived, one more at every
+  check) and its process group.  Cancelled (a
+  monitor stopped), it is killed and reaped too: nothing is left behind.  The killed
+  processes below it are reaped by init (or the nearest subreaper above lb): only the program
+  is lb's child -- lb is no subreaper itself, or ExaBGP's daemon and every orphan of its
+  children would be lb's to reap.
 * its result is its own exit status, as soon as it exits: what it left running in the background
   (``sleep 30 & echo ok``, holding stdout open) is killed with its process group then, and the
-  output read until then is what it printed.
+  output read until then is what it printed.  What a program that exited on its own moved out
+  of its process group (``setsid``: a daemon it meant to start) is left running, as keepalived
+  leaves it (it kills a timed-out MISC_CHECK's process group only): once the program has
+  exited, nothing tells its orphans from the rest of the machine's.  A check program must not
+  leave one.
 """
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import os
 import pwd
 import signal
 from dataclasses import dataclass, field
 
-__all__ = ["DEFAULT_USER", "PATH", "OUTPUT_LIMIT", "ProgramError", "ProgramResult", "environment", "run"]
+__all__ = ["DEFAULT_USER", "PATH", "OUTPUT_LIMIT", "ProgramError", "ProgramResult", "environment", "kill_tree",
+           "run"]
 
 DEFAULT_USER = "nobody"
 PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -32,6 +47,24 @@ OUTPUT_LIMIT = 64 * 1024     # bytes read from each of stdout and stderr
 _READ = 16 * 1024
 DRAIN = 1.0                  # seconds to read what an exited program printed, once its group is killed
 SPAWN_WAIT = 5.0             # seconds a cancelled start may take to finish, so that its group is killed
+TREE_ROUNDS = 100            # kill_tree: rounds of stopping what appeared below the program since the last
+
+PR_SET_CHILD_SUBREAPER = 36
+# looked up once, here: the program's child calls it between fork and exec (no dlopen there)
+try:
+    _prctl = ctypes.CDLL(None, use_errno=True).prctl
+    _prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong]
+    _prctl.restype = ctypes.c_int
+except (OSError, AttributeError):     # no prctl: not Linux; kill_tree still finds what stayed below
+    _prctl = None
+
+
+def _subreaper() -> None:
+    """The program's preexec_fn: it becomes a child subreaper, so that its orphaned descendants
+    are reparented to it, not to init (a failure leaves it as it was: nothing to report from
+    between fork and exec)."""
+    if _prctl is not None:
+        _prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
 
 
 class ProgramError(Exception):
@@ -70,7 +103,96 @@ def _credentials(user: str | None) -> dict:
     return {"user": pw.pw_uid, "group": pw.pw_gid, "extra_groups": []}
 
 
+def _children(pid: int) -> list[int]:
+    """The children of ``pid`` (of each of its threads: an orphan goes to one thread of its
+    subreaper); [] when it is gone."""
+    out: list[int] = []
+    try:
+        tids = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return out
+    for tid in tids:
+        try:
+            with open(f"/proc/{pid}/task/{tid}/children", "rb") as f:
+                out += [int(c) for c in f.read().split()]
+        except FileNotFoundError:     # the thread ended -- or no CONFIG_PROC_CHILDREN: scan /proc
+            if not os.path.exists(f"/proc/{pid}/task/{tid}"):
+                continue
+            return _children_by_scan(pid)
+        except (OSError, ValueError):
+            continue
+    return out
+
+
+def _children_by_scan(pid: int) -> list[int]:
+    out = []
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/stat", "rb") as f:
+                fields = f.read().rpartition(b")")[2].split()
+            if int(fields[1]) == pid:
+                out.append(int(name))
+        except (OSError, ValueError, IndexError):
+            continue
+    return out
+
+
+def _signal(pid: int, fd: int | None, sig: int) -> None:
+    try:
+        if fd is None:
+            os.kill(pid, sig)
+        else:
+            signal.pidfd_send_signal(fd, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def kill_tree(pid: int) -> int:
+    """SIGKILL ``pid`` and every process below it; how many were found below it.  Each one
+    found is stopped (SIGSTOP: it forks no more), and the tree is walked again until no new one
+    appears; then all are killed.  Signals go through pidfds opened while the process was
+    still below ``pid`` (a pid reused meanwhile is not signalled).  ``pid`` must be an unreaped
+    child of lb's, so that its own pid is not reused under us."""
+    found: dict[int, int | None] = {}           # pid -> its pidfd (None: no pidfds)
+    tree = [pid]
+    try:
+        for _ in range(TREE_ROUNDS):
+            again = False
+            for parent in tree:
+                for child in _children(parent):
+                    if child in found:
+                        continue
+                    again = True
+                    try:
+                        fd = os.pidfd_open(child)
+                    except ProcessLookupError:
+                        continue                    # gone already
+                    except OSError:                 # no pidfd_open (Linux < 5.3)
+                        fd = None
+                    if fd is not None and child not in _children(parent):
+                        # ended and its pid reused, or orphaned up to pid meanwhile: the next
+                        # round sees it where it is now, if anywhere below pid
+                        os.close(fd)
+                        continue
+                    found[child] = fd
+                    _signal(child, fd, signal.SIGSTOP)
+            if not again:
+                break
+            tree = [pid, *found]                    # walk all again: an orphan goes up to pid
+    finally:                                        # (never one left stopped)
+        _signal(pid, None, signal.SIGKILL)
+        for child, fd in found.items():
+            _signal(child, fd, signal.SIGKILL)
+            if fd is not None:
+                os.close(fd)
+    return len(found)
+
+
 def _kill_group(proc: asyncio.subprocess.Process) -> None:
+    if proc.returncode is None:               # not reaped yet: its pid is still its own
+        kill_tree(proc.pid)
     try:
         os.killpg(proc.pid, signal.SIGKILL)   # the program runs in its own session/process group
     except (ProcessLookupError, PermissionError):
@@ -88,6 +210,8 @@ async def _kill_cancelled_start(spawn: asyncio.Future) -> None:
         transport, _ = await asyncio.wait_for(spawn, SPAWN_WAIT)
     except BaseException:         # it failed, or did not finish: asyncio cleaned up what it could
         return
+    if transport.get_returncode() is None:
+        kill_tree(transport.get_pid())
     try:
         os.killpg(transport.get_pid(), signal.SIGKILL)
     except (ProcessLookupError, PermissionError):
@@ -134,7 +258,7 @@ async def run(argv: list[str], *, user: str | None = None, env: dict[str, str] |
     spawn = asyncio.ensure_future(loop.subprocess_exec(
         lambda: _Protocol(2 ** 16, loop), *argv, stdin=asyncio.subprocess.DEVNULL,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, start_new_session=True, cwd="/",
-        env=environment(env), **creds))
+        preexec_fn=_subreaper, env=environment(env), **creds))
     try:
         try:
             transport, protocol = await asyncio.shield(spawn)
@@ -162,9 +286,10 @@ async def run(argv: list[str], *, user: str | None = None, env: dict[str, str] |
         if not done and res.killed is None:
             res.killed = "timeout"
     finally:                      # done, timed out, over the limit, or cancelled: kill and reap
-        # what it left behind in its process group (a helper in the background) goes with it;
+        # what it left behind in its process group (a helper in the background) goes with it,
+        # and, while it runs (timed out, over the limit, cancelled), all that is below it;
         # its pipes then close, and what it printed is read to the end (bounded: a pipe may be
-        # held by what left the process group)
+        # held by what left the process group of a program that exited)
         _kill_group(proc)
         try:
             await asyncio.wait([protocol.exited], timeout=2)

@@ -1013,20 +1013,31 @@ def test_a_check_program_that_exits_leaving_a_helper_on_its_output_passes(tmp_pa
     assert _gone(int(pidfile.read_text())), "the background sleep outlived its check"
 
 
-def test_a_cancel_while_a_timed_out_program_is_reaped_is_not_swallowed():
-    """A check program timed out and killed, but a helper in a session of its own still holds
-    its output pipe: the reap waits up to 2 s, and a cancel then (a reload replacing the
-    monitor, lb stop) must end the task -- it was swallowed, and the old monitor ran on."""
+def test_a_cancel_while_a_programs_output_is_drained_is_not_swallowed(tmp_path):
+    """A check program exited, but a helper it left in a session of its own (a helper that left
+    the process group is left running: lb.programs) still holds its output pipe: what it
+    printed is read for up to DRAIN s, and a cancel then (a reload replacing the monitor, lb
+    stop) must end the task -- it was swallowed, and the old monitor ran on.  (A timed-out
+    program's helpers, out of its process group or not, are all killed now.)"""
     from lb import programs
-    prog = ["/bin/sh", "-c", "setsid sleep 3 & sleep 30"]
+    pidfile = tmp_path / "helper"
+    prog = ["/bin/sh", "-c", f"setsid sh -c 'echo $$ > {pidfile}.new; mv {pidfile}.new {pidfile}; exec sleep 30' & "
+                             f"until [ -e {pidfile} ]; do sleep 0.01; done; exit 0"]
 
     async def go():
-        task = asyncio.ensure_future(programs.run(prog, user=None, timeout=0.3))
-        await asyncio.sleep(0.8)                 # timed out at 0.3 s: in the reap's wait now
+        task = asyncio.ensure_future(programs.run(prog, user=None, timeout=5))
+        for _ in range(500):
+            await asyncio.sleep(0.01)
+            if pidfile.exists():
+                break
+        await asyncio.sleep(0.3)                 # the program exited: in the drain's wait now
         task.cancel()
         [res] = await asyncio.gather(task, return_exceptions=True)
         return res
-    assert isinstance(run(go()), asyncio.CancelledError)
+    try:
+        assert isinstance(run(go()), asyncio.CancelledError)
+    finally:
+        subprocess.run(["kill", "-9", pidfile.read_text().strip()])
 
 
 def test_send_expect_regex_is_not_judged_on_a_reply_cut_short():
@@ -1197,3 +1208,53 @@ def test_monitor_and_load_monitor_wait_their_offset_before_the_first_check_only(
         events.clear()
         asyncio.run(main(obj.run, 1))               # run again (a supervised restart): no offset
         assert events[0] == (what,)
+
+
+def _marked(marker: str) -> list[int]:
+    """The live (not zombie) processes whose command line holds ``marker``."""
+    out = []
+    for d in Path("/proc").iterdir():
+        if not d.name.isdigit():
+            continue
+        try:
+            if marker.encode() in (d / "cmdline").read_bytes() and (d / "stat").read_text().rpartition(")")[2].split()[0] != "Z":
+                out.append(int(d.name))
+        except (FileNotFoundError, ProcessLookupError, PermissionError):
+            continue
+    return out
+
+
+@pytest.mark.parametrize("how", ["setsid", "double fork", "output"])
+def test_a_timed_out_check_programs_setsid_helpers_are_killed_too(tmp_path, how):
+    """A check program that started a helper out of its process group (`setsid sleep 60 &`, a
+    daemon's double fork) and then hangs past its connect_timeout: the helper is killed with it.
+    Only the process group was: the helper survived every check, one more each interval, until
+    the machine ran out of pids.  ("output": killed for printing too much, the same.)"""
+    import uuid
+
+    marker = f"lbtest-{uuid.uuid4().hex}"
+    sleep = tmp_path / marker                # a sleep whose command line holds the marker
+    sleep.symlink_to(shutil.which("sleep"))
+    script = tmp_path / "check.sh"
+
+    def started(n):           # the helper, once it runs: its file, then the marked sleep
+        return f"sh -c 'touch {tmp_path}/h{n}; exec {sleep} 6{n}'"
+    helper = {"setsid": f"setsid {started(1)} &",
+              "double fork": f"(setsid {started(1)} &) ; ({started(2)} &)",
+              "output": f"setsid {started(1)} &"}[how]
+    helpers = 2 if how == "double fork" else 1
+    # the check goes on once its helpers run (a helper killed before its setsid proves nothing)
+    wait = " ".join(f"[ -e {tmp_path}/h{n} ] &&" for n in range(1, helpers + 1))
+    tail = "head -c 200000 /dev/zero" if how == "output" else f"exec {sleep} 30"
+    script.write_text(f"#!/bin/sh\n{helper}\nuntil {wait} true; do sleep 0.01; done\n"
+                      f"touch {tmp_path}/started\n{tail}\n")
+    script.chmod(0o755)
+    try:
+        res = run(run_check(CheckSpec("program", HOST, 1, program=str(script), connect_timeout=1)))
+        assert (tmp_path / "started").exists(), res
+        assert not res.ok and "killed" in res.detail, res
+        assert _marked(marker) == [], f"left running after the check: {_marked(marker)}"
+    finally:
+        for pid in _marked(marker):
+            subprocess.run(["kill", "-9", str(pid)])
+

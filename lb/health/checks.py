@@ -15,7 +15,9 @@ of output (it is killed when it prints more).
 
 A "program" check runs through lb.programs (no shell, as ``CheckSpec.user``, minimal
 environment) with ``LB_HOST`` and ``LB_PORT`` set to the real server's address and port (what
-%h and %p give in its arguments).
+%h and %p give in its arguments).  Timed out (``connect_timeout``) or printing too much, it is
+killed with every process below it, those it moved out of its process group (``setsid``) too;
+what a program that exits on its own moved out of it is left running (lb.programs).
 """
 
 from __future__ import annotations

@@ -7,7 +7,7 @@ load, either
   closes (HAProxy's agent-check), or
 * by a **program**: argv with %h (address) and %p (port), run through lb.programs (never a
   shell; as ``LoadSpec.user``; PATH, LANG, ``LB_HOST`` and ``LB_PORT`` only), killed (with its
-  process group) after ``timeout`` or once it prints more than REPLY_LIMIT bytes.
+  process group and every process below it, ``setsid`` ones too) after ``timeout`` or once it prints more than REPLY_LIMIT bytes.
 
 The reply sets the real server's weight within [min_weight, its configured weight]:
 
