@@ -596,6 +596,53 @@ def test_a_speaker_that_died_is_started_again_with_a_backoff(monkeypatch, tmp_pa
     assert "(started again 1 times)" in announcer.format_status(a.status())[0]
 
 
+def test_the_speakers_backoff_grows_while_it_dies_at_each_start_and_resets_once_it_stayed_up(monkeypatch, tmp_path) -> None:
+    """An ExaBGP that starts but dies within seconds each time (its sessions opened and closed
+    at each start) is started again after 1, 2, 4 ... 60 s, not every second for good: a start
+    that worked used to reset the backoff at once.  Once it has run 60 s (the longest backoff),
+    the backoff is back to its start: its next death is answered at once, then after 1 s,
+    not after a minute."""
+    import asyncio
+
+    monkeypatch.setattr(announcer, "lease_path", lambda inst: str(tmp_path / f"{inst}.lease"))
+    monkeypatch.setattr(announcer, "status_path", lambda inst: str(tmp_path / f"{inst}.status"))
+    monkeypatch.setattr(announcer, "local_address_toward", lambda a: IP("198.18.0.1"))
+    alive = {"pid": 4321}
+    flapping = True
+    starts = []
+
+    def start(inst, text):       # ExaBGP starts; while flapping, it is gone again a moment later
+        starts.append(now)
+        alive["pid"] = None if flapping else 4321 + len(starts)
+        return 4321 + len(starts), False
+    monkeypatch.setattr(speaker, "start", start)
+    monkeypatch.setattr(speaker, "running_pid", lambda inst: alive["pid"])
+    a = announcer.Announcer(loads(CFG))
+    now = 0.0
+    a.start()
+    starts.clear()
+
+    def seconds(n):              # the lease loop's seconds
+        nonlocal now
+        for _ in range(n):
+            asyncio.run(a.keep_speaker(now=now))
+            now += 1.0
+
+    now = 100.0
+    alive["pid"] = None
+    seconds(400)
+    gaps = [b - a for a, b in zip(starts, starts[1:])]
+    assert gaps == [1.0, 2.0, 4.0, 8.0, 16.0, 32.0] + [60.0] * (len(gaps) - 6), starts
+    # it starts and stays up: once it has run a minute, the backoff is back to its start
+    flapping = False
+    seconds(60)
+    up = starts[-1]
+    seconds(int(up + 60 - now) + 1)
+    assert starts[-1] == up and alive["pid"] is not None
+    flapping, alive["pid"], died = True, None, now
+    seconds(5)
+    assert starts[-3:] == [died, died + 1.0, died + 3.0], (died, starts)
+
 def test_under_systemd_exabgp_gets_a_scope_of_its_own(monkeypatch, tmp_path, caplog) -> None:
     """lb@.service's KillMode=mixed kills what is left in the unit's cgroup once lb stopped: on a
     restart (an upgrade, whose kept lease holds the routes) that took ExaBGP and its sessions.

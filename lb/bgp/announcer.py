@@ -36,6 +36,11 @@ AGENT_STALE_S = 5.0   # the agent rewrites its status every second: older means 
 # next `lb run` must get through its start -- a cold one compiles the programs for seconds, one
 # with new [tables] moves the connections -- and it owns them from its first moment (claim_kept)
 KEEP_S = 30.0
+# ExaBGP gone is started again at once, then (gone again, or its start failed) after 1, 2, 4 ...
+# SPEAKER_BACKOFF_MAX s; once it has run SPEAKER_STABLE_S the backoff is back to its start
+SPEAKER_BACKOFF_MIN = 1.0
+SPEAKER_BACKOFF_MAX = 60.0
+SPEAKER_STABLE_S = SPEAKER_BACKOFF_MAX
 
 
 class BgpError(Exception):
@@ -157,7 +162,10 @@ class Announcer:
         self._renew_log = RateLimitedLog(log, 60.0)
         self._agent_log = RateLimitedLog(log, 60.0)
         self._agent_seen = {"errors": 0, "bad_lines": 0}    # the agent's counts last looked at
-        self._speaker_retry = (0.0, 1.0)        # (not before, next backoff) of a failed restart
+        # (not before, the backoff after that) of the next restart; back to (0, MIN) once ExaBGP
+        # has run SPEAKER_STABLE_S, since _speaker_since (when keep_speaker first saw it running)
+        self._speaker_retry = (0.0, SPEAKER_BACKOFF_MIN)
+        self._speaker_since: float | None = None
         self.local: dict = {}
         self.router_id = None
 
@@ -257,28 +265,37 @@ class Announcer:
                                     f" (the last: {last!r})" if isinstance(last, str) else "")
 
     async def keep_speaker(self, now: float | None = None) -> None:
-        """ExaBGP gone (killed, or it gave up on its API process) is started again, with a
-        backoff while that fails: nothing else would announce this director's VIPs again, and
-        the routes went with its sessions."""
+        """ExaBGP gone (killed, or it gave up on its API process) is started again: nothing else
+        would announce this director's VIPs again, and the routes went with its sessions.  At
+        once the first time; then, while starting fails or what started dies again, after 1, 2,
+        4 ... SPEAKER_BACKOFF_MAX s (an ExaBGP that dies at each start is not restarted -- its
+        sessions opened and closed -- every second); and at once again after it has run for
+        SPEAKER_STABLE_S (the backoff used to go back to its start at each start that worked,
+        so one that died within seconds of each start was restarted every second for good)."""
         if self.speaker_text is None or self.leaving:
             return
         now = time.monotonic() if now is None else now
+        loop = asyncio.get_running_loop()
+        # looked at every second, in the backoff too: how long it ran is what resets the backoff
+        if await loop.run_in_executor(None, speaker.running_pid, self.instance) is not None:
+            if self._speaker_since is None:
+                self._speaker_since = now
+            elif now - self._speaker_since >= SPEAKER_STABLE_S:
+                self._speaker_retry = (0.0, SPEAKER_BACKOFF_MIN)
+            return
+        self._speaker_since = None
         not_before, backoff = self._speaker_retry
         if now < not_before:
             return
-        loop = asyncio.get_running_loop()
-        if await loop.run_in_executor(None, speaker.running_pid, self.instance) is not None:
-            self._speaker_retry = (0.0, 1.0)
-            return
+        self._speaker_retry = (now + backoff, min(backoff * 2, SPEAKER_BACKOFF_MAX))
         log.error("BGP: ExaBGP (pid %s) is not running: starting it again", self.speaker_pid)
         try:
             self.speaker_pid, _ = await loop.run_in_executor(None, speaker.start, self.instance, self.speaker_text)
         except (speaker.SpeakerError, OSError) as e:
             log.error("BGP: cannot start ExaBGP again: %s (next try in %g s)", e, backoff)
-            self._speaker_retry = (now + backoff, min(backoff * 2, 60.0))
             return
         self.speaker_restarts += 1
-        self._speaker_retry = (0.0, 1.0)
+        self._speaker_since = now
         log.warning("BGP: ExaBGP started again (pid %d)", self.speaker_pid)
 
     # ---- the speaker ----
