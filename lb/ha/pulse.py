@@ -407,6 +407,7 @@ class Pulse:
     # copies sent of a datagram the peer must not miss (a stand-down, our "leaving"): one lost
     # would leave two actives, or the peer waiting a deadtime, until the next heartbeat or deadtime
     URGENT_REPEAT = 2
+    STOP_FLUSH_TIMEOUT = 1.0  # seconds an active's stop waits for its last sync scan before "leaving"
 
     def __init__(self, ha, instance: str, on_role, *, sync_source=None, sync_sink=None,
                  announce=None, public_interface: str | None = None, node: int | None = None,
@@ -492,6 +493,10 @@ class Pulse:
         self._notify_last: dict[str, asyncio.Task] = {}   # notify program -> its latest run (_notify)
         self._peer_was_alive = False
         self._sync_queue: asyncio.Queue = asyncio.Queue(maxsize=256)   # bounded backup-side backlog
+        # a step-down from active asks _sync_out for one last scan (_sync_flush); one scan at a
+        # time walks the exporter (its select() is not for two threads at once)
+        self._sync_flush = asyncio.Event()
+        self._sync_lock = asyncio.Lock()
         self._ratelog = RateLimitedLog(log, self.LOG_INTERVAL, clock)
 
     # ---- the replay guard over a restart ----
@@ -680,6 +685,15 @@ class Pulse:
         "leaving" is sent URGENT_REPEAT times on each channel, as a stand-down is: it is the last
         datagram, and one lost left the backup waiting a whole deadtime with no director active."""
         self._closing = True
+        if self.machine.state == ACTIVE and self.ha.sync and self.sync_source is not None \
+                and self.machine.peer_alive(self.clock()):
+            # what was not synced yet goes before "leaving" (the peer takes over on it); bounded
+            # by STOP_FLUSH_TIMEOUT (a scan of a huge table, one already running)
+            try:
+                await asyncio.wait_for(self._sync_send_scan(flush=True), self.STOP_FLUSH_TIMEOUT)
+            except asyncio.TimeoutError:
+                log.warning("pulse: the last connection sync before leaving took over %gs: left unsent",
+                            self.STOP_FLUSH_TIMEOUT)
         for _ in range(self.URGENT_REPEAT):
             self._send_all(hb.T_HEARTBEAT, LEAVING)
         await cancel_and_wait(*self._tasks)
@@ -952,6 +966,8 @@ class Pulse:
         acts = []
         while not self._actions.empty():
             acts.append(self._actions.get_nowait())
+        if any(a[0] == "role" and a[2] == ACTIVE and a[1] != ACTIVE for a in acts):
+            self._sync_flush.set()            # stepping down: _sync_out sends what it had not yet
         return acts
 
     _last_link = float("-inf")
@@ -1068,12 +1084,37 @@ class Pulse:
             log.warning("pulse: notify hook %s exited %d: %s", prog, res.returncode, err)
 
     # ---- connection sync ----
+    def sync_handoff(self) -> float:
+        """Seconds around a role change in which what was queued for sync at the switch still
+        goes through: a director that stepped down sends its last scan (_sync_flush) and one
+        that took over installs what the old active sent (received before the switch, read or
+        still arriving during it); a deadtime, so at most a deadtime of the old active's
+        datagrams, at most the receive queue's 256 of them."""
+        return self.ha.deadtime
+
     async def _sync_out(self) -> None:
-        loop = asyncio.get_running_loop()
         while True:
-            await asyncio.sleep(self.ha.sync_interval)
-            if self.machine.state != ACTIVE or not self.machine.peer_alive(self.clock()):
+            try:
+                await asyncio.wait_for(self._sync_flush.wait(), self.ha.sync_interval)
+            except asyncio.TimeoutError:
+                pass
+            flush = self._sync_flush.is_set()
+            self._sync_flush.clear()
+            now = self.clock()
+            if self.machine.state != ACTIVE:
+                # a director that has just stepped down sends what it had not sent yet (new and
+                # changed entries since its last scan, those that waited for budget) once, with
+                # one scan's budget: the peer taking over knows those connections
+                if not (flush and now - self.machine.since <= self.sync_handoff()):
+                    continue
+            if not self.machine.peer_alive(now):
                 continue
+            await self._sync_send_scan(flush=self.machine.state != ACTIVE)
+
+    async def _sync_send_scan(self, flush: bool = False) -> int:
+        """One scan of the table and its records sent (the records sent; one scan at a time)."""
+        loop = asyncio.get_running_loop()
+        async with self._sync_lock:
             try:
                 # the read and the scan both in the executor: select() walks every live entry,
                 # a second and more of a million-entry table that the loop's heartbeats (and
@@ -1083,15 +1124,19 @@ class Pulse:
                 self.counters["sync_scan_failed"] += 1
                 self._ratelog.log("sync-scan", logging.ERROR, "pulse: reading connections for sync failed: %s", e,
                                   exc_info=True)
-                continue
+                return 0
             self.counters["sync_pending"] = self.exporter.pending
             if not records:
-                continue
+                return 0
             c = self._sync_channel()
             for payload in hsync.pack_batches(records):
                 self._send(c, hb.T_SYNC, payload=payload)
             self.counters["sync_tx_records"] += len(records)
             self.last_sync_tx = self.clock()
+        if flush:
+            log.info("pulse: stepping down: sent the peer %d connection records not synced yet%s", len(records),
+                     f" ({self.exporter.pending} left unsent: sync_rate)" if self.exporter.pending else "")
+        return len(records)
 
     def _sync_scan(self) -> list[bytes]:
         conns, temps = self.sync_source()
@@ -1122,8 +1167,12 @@ class Pulse:
             batch = [payload]
             while not self._sync_queue.empty() and len(batch) < 64:
                 batch.append(self._sync_queue.get_nowait())
-            if self.machine.state == ACTIVE:
-                continue                          # the active's own table wins
+            if self.machine.state == ACTIVE and self.clock() - self.machine.since > self.sync_handoff():
+                # the active's own table wins -- once its takeover is past: what the old active
+                # sent until then (queued here at the switch, or still in the socket's buffer)
+                # is installed, or the connections it had just made would be reset here
+                self.counters["sync_skipped"] += sum(hsync.record_count(p) for p in batch)
+                continue
             conns, temps = self.admit_sync(batch, self.coarse_ns())
             if not conns and not temps:
                 continue

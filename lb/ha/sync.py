@@ -17,6 +17,16 @@ Bounds: at most ``sync_rate`` records per second (what does not fit waits for th
 new and changed entries first); the exporter remembers one small tuple per live entry (bounded
 by the connection table size) and forgets entries that left the table.
 
+At a role change: a director that steps down (a stand-down, its link in FAULT, `lb stop` before
+its "leaving") sends what it had not yet -- new and changed entries since its last scan, those
+that waited for budget -- in one last scan (one scan's budget, within a deadtime of the step-down;
+at a stop, within Pulse.STOP_FLUSH_TIMEOUT), and the director that takes over installs the
+records it received before its takeover and until a deadtime after it (what was queued for its
+data plane at the switch, what was still in its socket buffer, the old active's last scan: at
+most the receive queue's 256 datagrams at a time); after that the active's own table wins and
+the peer's records are counted as skipped (two actives).  Both were dropped at the switch, and
+the connections made just before a takeover were reset by the new active.
+
 Loss: UDP, no acknowledgements.  A lost datagram loses its records until their next change or
 refresh (new connections: at most REFRESH_MAX_S later, or never if idle); such a connection
 breaks at failover exactly as with IPVS's sync daemon (the backup answers its next packet with
