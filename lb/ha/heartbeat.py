@@ -12,8 +12,10 @@ channel and socket (heartbeats and stand-downs on the heartbeat port, sync on th
 ``mono`` (with flag F_MONO) is the sender's monotonic clock in milliseconds, modulo 2^32: it
 orders one boot's messages across channels whatever its wall clock does (lb.ha.pulse: a
 heartbeat older than one already heard on another channel is no news -- a capture held back on
-one segment and replayed once the sender is dead).  It sits where version 1 had padding, so a
-director without it ignores it.
+one segment and replayed once the sender is dead), and, against the receiver's own monotonic
+clock, how late each heartbeat comes (one more than a deadtime later than the sender's soonest
+is no news: held back and let through late, lb.ha.pulse's ``delayed``).  It sits where version 1
+had padding, so a director without it ignores it.
 A heartbeat's or stand-down's payload is empty or ``echo`` (u64): the boot id of the last
 authentic message its sender heard from the receiver (0: none yet).  A sync payload is
 lb.ha.sync's.

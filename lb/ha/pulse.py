@@ -43,6 +43,9 @@ Receive path (what an outsider can send cannot decide the role):
     with its clock set back (right after being ahead), whose old boot's captures stay refused;
     a boot that has not echoed ours is held to max_skew on every message, not only its first (a
     capture of the dead active replayed to a backup just restarted stops holding it back there);
+  - a heartbeat that comes more than a deadtime later than the peer's soonest one, by the two
+    monotonic clocks (header mono field), is no news of the peer: refused as ``delayed``
+    (_delayed: held back and let through late, a backlog kept a dead active "alive");
   - an ICMP error quoting a connected socket's addresses (port, host or network unreachable,
     admin prohibited, ...; spoofed from anywhere) fails the next send: it is sent again at once
     and counted (``icmp_errors`` per channel), not lost; one a read takes first is counted there;
@@ -386,6 +389,7 @@ REFUSED_TEXT = {
     "wrong_channel": "wrong channel, port or sender id",
     "replay": "replayed or duplicate",
     "stale": "clock beyond max_skew, or behind its previous boot's, and no echo of our boot id yet",
+    "delayed": "came more than a deadtime later than the peer's other heartbeats (held back and let through late?)",
 }
 
 
@@ -407,6 +411,9 @@ class Pulse:
     # copies sent of a datagram the peer must not miss (a stand-down, our "leaving"): one lost
     # would leave two actives, or the peer waiting a deadtime, until the next heartbeat or deadtime
     URGENT_REPEAT = 2
+    # how much faster our monotonic clock may run than the peer's (s/s) before a heartbeat's lag
+    # counts (_delayed): 1000 ppm, twice what NTP's kernel discipline (ntpd, timesyncd) can set
+    DELAY_DRIFT = 1e-3
     STOP_FLUSH_TIMEOUT = 1.0  # seconds an active's stop waits for its last sync scan before "leaving"
 
     def __init__(self, ha, instance: str, on_role, *, sync_source=None, sync_sink=None,
@@ -471,6 +478,9 @@ class Pulse:
         self.peer_echoed = 0                     # the peer's boot id whose heartbeats echo ours
         self._peer_said = (0, 0)                 # (boot, ts_ns) of the newest heartbeat heard from the peer
         self._peer_mono = (0, 0, 0.0)            # (boot, mono, our clock) of the newest heartbeat heard (F_MONO)
+        # (boot, mono, our clock) of the peer's heartbeat that came soonest after its making, as
+        # the two monotonic clocks tell (less DELAY_DRIFT since): what _delayed measures against
+        self._mono_ref = (0, 0, 0.0)
         # boots of authentic heartbeats not proven fresh ("stale") -> when last seen: echoed in
         # turn while no accepted boot of the peer is heard, so that a capture of an old boot
         # cannot keep our echo off the live one (which needs it to accept us)
@@ -480,7 +490,8 @@ class Pulse:
         self.counters = {"rx": 0, "bad_auth": 0, "replay": 0, "stale": 0, "unheard": 0, "late": 0, "malformed": 0,
                          "wrong_channel": 0, "offpath": 0, "kernel_drops": 0, "standdown_rx": 0,
                          "sync_rx_records": 0, "sync_tx_records": 0, "sync_skipped": 0, "sync_pending": 0,
-                         "sync_rejected": 0, "sync_expired": 0, "sync_install_failed": 0, "sync_scan_failed": 0}
+                         "sync_rejected": 0, "sync_expired": 0, "sync_install_failed": 0, "sync_scan_failed": 0,
+                         "delayed": 0}
         self.exporter = hsync.Exporter(ha.sync_rate, ha.sync_interval)
         self.last_sync_rx: float | None = None
         self.last_sync_tx: float | None = None
@@ -895,6 +906,11 @@ class Pulse:
             if m.boot == boot and self.clock() - heard_at < hb.MONO_ORDERED_S and hb.mono_before(m.mono, mono):
                 self.counters["late"] += 1
                 return
+            lag = self._delayed(m)
+            if lag is not None:
+                self._refuse(c, "delayed", f"{lag:.1f}s later, by the two monotonic clocks, than the peer's "
+                                           f"soonest heartbeat; deadtime {self.ha.deadtime:g}s")
+                return
             self._peer_mono = (m.boot, m.mono, self.clock())
         self.counters["rx"] += 1
         c.rx += 1
@@ -932,6 +948,35 @@ class Pulse:
                 self._act(self.machine.heard(now, m.state))
             return
         self._act(self.machine.heard(now, m.state))
+
+    def _delayed(self, m: hb.Message) -> float | None:
+        """How much later than the peer's soonest heartbeat (of its boot) ``m`` came, by the two
+        monotonic clocks, less DELAY_DRIFT of the time since that one -- when that is more than a
+        deadtime; else None.
+
+        A heartbeat is news of the peer only as fresh as it is: one made a deadtime and more
+        before it came says nothing of the peer now.  The replay window cannot tell: an attacker
+        on the HA link who holds the peer's heartbeats back and lets them through one by one,
+        each in order and within a deadtime of the last but slower than they were made, builds
+        a backlog that, once the peer is dead, kept it "alive" for as long as the backlog lasted
+        (no director active: 60 s of it gave 25 s with a 1 s deadtime).  The wall clocks cannot
+        either (the peer's may be off by more than max_skew, heard by its echo).  The peer's
+        monotonic clock (F_MONO) against ours can: the reference is the heartbeat that came
+        soonest after its making, and one that comes sooner still (or within DELAY_DRIFT of its
+        time since: the clocks' rates differ a little) is the new one.  A backlog is cut to a
+        deadtime plus DELAY_DRIFT of the time it was built in."""
+        now = self.clock()
+        boot, mono, at = self._mono_ref
+        if boot != m.boot or now - at >= hb.MONO_ORDERED_S:
+            self._mono_ref = (m.boot, m.mono, now)        # a new boot, or too long ago to compare
+            return None
+        half = hb.MONO_MOD // 2
+        made = ((m.mono - mono + half) % hb.MONO_MOD - half) / 1000    # after the reference, by its clock
+        lag = (now - at) - made - (now - at) * self.DELAY_DRIFT
+        if lag <= 0:
+            self._mono_ref = (m.boot, m.mono, now)        # as soon as the reference (drift allowed): the new one
+            return None
+        return lag if lag > self.ha.deadtime else None
 
     # ---- deciding and acting ----
     def _act(self, acts: list) -> None:
