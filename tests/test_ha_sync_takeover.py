@@ -17,7 +17,7 @@ import dataclasses
 
 from lb.ha import heartbeat as hb
 from lb.ha import sync as hsync
-from lb.ha.pulse import LEAVING
+from lb.ha.pulse import ACTIVE, LEAVING
 from test_ha_replay import REC
 from test_ha_unit import A, Pair
 
@@ -137,3 +137,26 @@ def test_an_active_that_stops_sends_what_it_had_not_synced_yet_before_leaving(tm
         assert await _until(lambda: table, [backup._sync_in])
     asyncio.run(main())
     assert [r[:9] for r in table] == [NEW[:9]] and primary.counters["sync_tx_records"] == 1
+
+
+def test_a_takeover_installs_the_queued_records_before_it_takes_the_addresses(tmp_path):
+    """The records the backup read before its takeover are in its table when on_role (the engine
+    taking the virtual addresses) runs: no packet of those connections reaches it first."""
+    pair = Pair(tmp_path)
+    primary, backup = pair.start(hb.NODE_PRIMARY), pair.start(hb.NODE_BACKUP)
+    pair.ha = primary.ha = backup.ha = dataclasses.replace(pair.ha, sync=True)
+    pair.run(2.0)
+    table = _sink(backup)
+    [payload] = hsync.pack_batches([hsync.encode_conn(REC)])
+    primary._send(primary.channels[0], hb.T_SYNC, payload=payload)
+    del pair.nodes[hb.NODE_PRIMARY]
+    primary._send_all(hb.T_HEARTBEAT, LEAVING)
+    at_takeover = []
+
+    async def on_role(new, old):
+        at_takeover.append((backup.machine.state, list(table)))
+    backup.on_role = on_role
+    assert asyncio.run(_until(lambda: at_takeover, [backup._decide]))
+    [(state, seen)] = at_takeover
+    assert state == ACTIVE and [r[:9] for r in seen] == [REC[:9]]
+    assert backup.counters["sync_rx_records"] == 1

@@ -414,6 +414,7 @@ class Pulse:
     # how much faster our monotonic clock may run than the peer's (s/s) before a heartbeat's lag
     # counts (_delayed): 1000 ppm, twice what NTP's kernel discipline (ntpd, timesyncd) can set
     DELAY_DRIFT = 1e-3
+    SYNC_DRAIN_TIMEOUT = 0.5  # seconds a takeover waits for the synced records queued to be installed
     STOP_FLUSH_TIMEOUT = 1.0  # seconds an active's stop waits for its last sync scan before "leaving"
 
     def __init__(self, ha, instance: str, on_role, *, sync_source=None, sync_sink=None,
@@ -508,6 +509,7 @@ class Pulse:
         # time walks the exporter (its select() is not for two threads at once)
         self._sync_flush = asyncio.Event()
         self._sync_lock = asyncio.Lock()
+        self._sync_in_lock = asyncio.Lock()        # one batch at a time is installed (_sync_in, _sync_drain)
         self._ratelog = RateLimitedLog(log, self.LOG_INTERVAL, clock)
 
     # ---- the replay guard over a restart ----
@@ -1066,6 +1068,12 @@ class Pulse:
                     self.role_log.append((time.time(), NAMES[old], NAMES[new]))
                     if new == ACTIVE:
                         self.exporter.reset()
+                        if self.ha.sync and self.sync_sink is not None:
+                            try:
+                                await asyncio.wait_for(self._sync_drain(), self.SYNC_DRAIN_TIMEOUT)
+                            except asyncio.TimeoutError:
+                                log.warning("pulse: installing the synced connections received before the "
+                                            "takeover took over %gs: the rest follows it", self.SYNC_DRAIN_TIMEOUT)
                     self._switching_from = old
                     try:
                         await self.on_role(new, old)
@@ -1205,28 +1213,47 @@ class Pulse:
         self.counters["sync_expired"] += expired
         return conns, temps
 
-    async def _sync_in(self) -> None:
+    def _sync_batch(self) -> list[bytes]:
+        """Up to 64 queued sync payloads, taken off the queue."""
+        batch = []
+        while not self._sync_queue.empty() and len(batch) < 64:
+            batch.append(self._sync_queue.get_nowait())
+        return batch
+
+    async def _sync_install(self, batch: list[bytes]) -> None:
+        """Install a batch of the peer's sync payloads (admit_sync, then sync_sink off the loop)."""
+        conns, temps = self.admit_sync(batch, self.coarse_ns())
+        if not conns and not temps:
+            return
         loop = asyncio.get_running_loop()
+        try:
+            done, skipped = await loop.run_in_executor(None, self.sync_sink, conns, temps)
+        except Exception as e:       # the records are lost: counted, logged at most once per 10 s
+            self.counters["sync_install_failed"] += len(conns) + len(temps)
+            self._ratelog.log("sync-install", logging.ERROR, "pulse: installing %d synced records failed: %s",
+                              len(conns) + len(temps), e, exc_info=True)
+            return
+        self.counters["sync_rx_records"] += done
+        self.counters["sync_skipped"] += skipped
+
+    async def _sync_in(self) -> None:
         while True:
             payload = await self._sync_queue.get()
-            batch = [payload]
-            while not self._sync_queue.empty() and len(batch) < 64:
-                batch.append(self._sync_queue.get_nowait())
-            if self.machine.state == ACTIVE and self.clock() - self.machine.since > self.sync_handoff():
-                # the active's own table wins -- once its takeover is past: what the old active
-                # sent until then (queued here at the switch, or still in the socket's buffer)
-                # is installed, or the connections it had just made would be reset here
-                self.counters["sync_skipped"] += sum(hsync.record_count(p) for p in batch)
-                continue
-            conns, temps = self.admit_sync(batch, self.coarse_ns())
-            if not conns and not temps:
-                continue
-            try:
-                done, skipped = await loop.run_in_executor(None, self.sync_sink, conns, temps)
-            except Exception as e:       # the records are lost: counted, logged at most once per 10 s
-                self.counters["sync_install_failed"] += len(conns) + len(temps)
-                self._ratelog.log("sync-install", logging.ERROR, "pulse: installing %d synced records failed: %s",
-                                  len(conns) + len(temps), e, exc_info=True)
-                continue
-            self.counters["sync_rx_records"] += done
-            self.counters["sync_skipped"] += skipped
+            async with self._sync_in_lock:
+                batch = [payload] + self._sync_batch()
+                if self.machine.state == ACTIVE and self.clock() - self.machine.since > self.sync_handoff():
+                    # the active's own table wins -- once its takeover is past: what the old active
+                    # sent until then (queued here at the switch, or still in the socket's buffer)
+                    # is installed, or the connections it had just made would be reset here
+                    self.counters["sync_skipped"] += sum(hsync.record_count(p) for p in batch)
+                    continue
+                await self._sync_install(batch)
+
+    async def _sync_drain(self) -> None:
+        """At a takeover, before on_role takes the addresses: what the peer sent and the queue
+        still holds is installed first (after the batch _sync_in may be installing), so the
+        connections it names are known before their next packet reaches this director."""
+        async with self._sync_in_lock:
+            while batch := self._sync_batch():
+                # shielded: a drain that runs out of time leaves this batch to finish
+                await asyncio.shield(self._sync_install(batch))

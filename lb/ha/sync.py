@@ -21,9 +21,10 @@ At a role change: a director that steps down (a stand-down, its link in FAULT, `
 its "leaving") sends what it had not yet -- new and changed entries since its last scan, those
 that waited for budget -- in one last scan (one scan's budget, within a deadtime of the step-down;
 at a stop, within Pulse.STOP_FLUSH_TIMEOUT), and the director that takes over installs the
-records it received before its takeover and until a deadtime after it (what was queued for its
-data plane at the switch, what was still in its socket buffer, the old active's last scan: at
-most the receive queue's 256 datagrams at a time); after that the active's own table wins and
+records it received before its takeover first, before it takes the addresses (waiting at most
+Pulse.SYNC_DRAIN_TIMEOUT), and those that come until a deadtime after it (what was still in its
+socket buffer, the old active's last scan: at most the receive queue's 256 datagrams at a
+time); after that the active's own table wins and
 the peer's records are counted as skipped (two actives).  Both were dropped at the switch, and
 the connections made just before a takeover were reset by the new active.
 
