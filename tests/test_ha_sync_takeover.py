@@ -33,7 +33,7 @@ def _sink(p):
     return table
 
 
-async def _until(cond, task_fns, rounds=200):
+async def _until(cond, task_fns, rounds=1000):
     """Run the sync tasks until cond() holds (or rounds of 10 ms are up); cond()'s last value."""
     tasks = [asyncio.create_task(fn()) for fn in task_fns]
     try:
