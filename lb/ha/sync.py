@@ -24,8 +24,8 @@ at a stop, within Pulse.STOP_FLUSH_TIMEOUT), and the director that takes over in
 records it received before its takeover first, before it takes the addresses (waiting at most
 Pulse.SYNC_DRAIN_TIMEOUT), and those that come until a deadtime after it (what was still in its
 socket buffer, the old active's last scan: at most the receive queue's 256 datagrams at a
-time); after that the active's own table wins and
-the peer's records are counted as skipped (two actives).  Both were dropped at the switch, and
+time); after that the active's own table wins and the peer's records are counted as skipped
+(two actives).  Both were dropped at the switch, and
 the connections made just before a takeover were reset by the new active.
 
 Loss: UDP, no acknowledgements.  A lost datagram loses its records until their next change or
