@@ -38,8 +38,8 @@ def restart_needed(old, new) -> list[str]:
     refuses these): instance, tables, network, dataplane, public_interface, in NAT the
     private_interface and the interface of nat_router (nat_router_device), [ha], [bgp] but for
     its [[bgp.vip]] attributes.  (`lb run --dataplane` overrides the file's dataplane apart: the
-    engine keeps it.)  The interfaces: lb's programs are attached to them at start, and a
-    reload does not move them."""
+    engine keeps it, and every load checks for it: lb.config.run_dataplane.)  The interfaces:
+    lb's programs are attached to them at start, and a reload does not move them."""
     out = []
     for name in ("instance", "tables", "network", "dataplane", "public_interface"):
         if getattr(old, name) != getattr(new, name):

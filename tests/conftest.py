@@ -203,6 +203,17 @@ def pytest_sessionfinish(session, exitstatus):
         session.exitstatus = 1
 
 
+@pytest.fixture(autouse=True)
+def _file_dataplane():
+    """`lb run/check --dataplane` sets the data plane this process checks configurations for
+    (process-wide, as the daemon's choice is): one test's in-process main() must not have the
+    next test's files checked for it."""
+    yield
+    from lb.config import toml
+
+    toml.run_dataplane(None)
+
+
 @pytest.fixture(scope="module")
 def lab_exclusive():
     """An exclusive flock held while a module uses the lab: the lab is one per host (lb-*

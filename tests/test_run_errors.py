@@ -113,7 +113,8 @@ def test_run_with_missing_interface_exits_2_and_names_it(tmp_path, instance):
 def test_run_refuses_active_active_bgp_on_a_command_line_ipvs_data_plane(tmp_path, instance, dataplane):
     """The loader refuses [bgp] mode = "active-active" with the file's dataplane = "ipvs"; `lb run
     --dataplane ipvs` gave the same file kernel IPVS (no sloppy_tcp: flows an ECMP change moves
-    here are reset) while it announced the VIPs.  It is refused alike, before anything starts."""
+    here are reset) while it announced the VIPs.  It is refused alike, before anything starts,
+    at [bgp] (mode's default is active-active)."""
     text = GOOD.format(instance=instance).replace('scheduler = "rr"', 'scheduler = "mh"').replace(
         'network = "direct"', 'network = "direct"\n\n[bgp]\nlocal_as = 65001\n  [[bgp.neighbor]]\n'
                               '  address = "198.18.0.254"\n  peer_as = 65000\n', 1)
@@ -122,8 +123,10 @@ def test_run_refuses_active_active_bgp_on_a_command_line_ipvs_data_plane(tmp_pat
     assert lb("check", "--config", str(path)).returncode == 0
     p = lb("run", "--config", str(path), "--dataplane", dataplane)
     assert p.returncode == 2, p.stderr
-    assert p.stderr.startswith(f'lb: --dataplane {dataplane}: [bgp] mode = "active-active" needs the XDP data plane'), \
+    # the loader's issue, as the file's own dataplane gets, naming the command line's
+    assert p.stderr.startswith(f'{path}:7: bgp.mode: [bgp] mode = "active-active" needs the XDP data plane'), \
         p.stderr
+    assert f"and this is --dataplane {dataplane} (the command line's): use --dataplane xdp" in p.stderr
     assert not os.path.exists(f"{PIN_ROOT}/{instance}")
 
 

@@ -33,16 +33,12 @@ def cmd_run(args) -> int:
     before, after = preflight.raise_open_files_limit()
     if after != before:
         logging.getLogger("lb").debug("open files: limit %d raised to %d", before, after)
+    # the file is checked for the data plane that runs it, at the start and at each reload and edit
+    lbconfig.run_dataplane(args.dataplane)
     try:
         cfg = lbconfig.load(args.config)
     except lbconfig.ConfigError as e:
         print(e, file=sys.stderr)
-        return 2
-    if args.dataplane in ("ipvs", "auto") and cfg.bgp is not None and cfg.bgp.active_active:
-        # the file's own `dataplane` is checked by the loader; the command line's here, alike
-        print(f'lb: --dataplane {args.dataplane}: [bgp] mode = "active-active" needs the XDP data plane (it '
-              f"schedules mid-flow packets after an ECMP change, as IPVS's sloppy_tcp, which lb does not set "
-              f'for kernel IPVS); use --dataplane xdp, or mode = "announce"', file=sys.stderr)
         return 2
     try:
         if (args.dataplane or cfg.dataplane) == "xdp":     # auto falls back to IPVS without them
@@ -82,6 +78,7 @@ def cmd_check(args) -> int:
     if not args.config:
         print("lb check: which file? lb check FILE (or --config FILE)", file=sys.stderr)
         return 2
+    lbconfig.run_dataplane(args.dataplane)     # as `lb run --dataplane` would check it
     try:
         cfg = lbconfig.load(args.config)
     except lbconfig.ConfigError as e:
@@ -1219,7 +1216,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="native (driver) XDP, falling back to generic; or generic only")
     p.add_argument("--dataplane", choices=["xdp", "ipvs", "auto"], default=None,
                    help="override the config's [global] dataplane: xdp, kernel ipvs, or auto "
-                        "(xdp, falling back to ipvs when XDP cannot be loaded or attached)")
+                        "(xdp, falling back to ipvs when XDP cannot be loaded or attached); the file "
+                        "is checked for this one, at the start and at each reload")
     p.add_argument("--wait-interfaces", type=float, default=0.0, metavar="SECONDS",
                    help="wait up to SECONDS for interfaces the config names that do not exist yet (a VLAN or "
                         "bond made later at boot); 0, the default, refuses to start at once (lb@.service: 120)")
@@ -1231,6 +1229,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", "-c")
     p.add_argument("--instance", type=_instance_name, metavar="NAME",
                    help="warn unless the file's [global] instance is NAME (lb@.service passes its own)")
+    p.add_argument("--dataplane", choices=["xdp", "ipvs", "auto"], default=None,
+                   help="check for this data plane instead of the config's [global] dataplane (as "
+                        "`lb run --dataplane` runs it)")
     p.set_defaults(func=cmd_check)
 
     p = sub.add_parser("import", help="print a Piranha lvs.cf or a keepalived.conf as lb TOML")

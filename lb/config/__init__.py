@@ -21,7 +21,7 @@ from .model import (
 )
 from . import keepalived, lvscf
 from . import toml as _toml
-from .toml import loads
+from .toml import loads, run_dataplane
 
 
 def format_of(path: str | os.PathLike[str]) -> str:
@@ -87,4 +87,5 @@ __all__ = [
     "load",
     "loads",
     "lvscf",
+    "run_dataplane",
 ]

@@ -272,6 +272,25 @@ def int_too_large(digits: int) -> str:
 # --- public API ----------------------------------------------------------------
 
 
+# `lb run --dataplane`: the data plane the command line runs instead of the file's [global]
+# dataplane.  Process-wide, as that choice is: every configuration this process validates (the
+# one `lb run` starts with, each reload's, the console's and the peer's edits) is checked for the
+# data plane that will run it (kernel IPVS's local node, [tables] against memory, [bgp]
+# active-active, the keys without effect), not for the one the file names.  None: the file's.
+_run_dataplane: str | None = None
+
+
+def run_dataplane(choice: str | None) -> None:
+    """Validate this process's configurations for ``choice`` (xdp, ipvs or auto: `lb run
+    --dataplane`, `lb check --dataplane`) whatever their [global] dataplane says; None: for the
+    file's own.  Config.dataplane stays the file's (an edit writes the file's value back)."""
+    global _run_dataplane
+    if choice is not None and choice not in DATAPLANES:
+        raise ValueError(f"dataplane must be one of {', '.join(DATAPLANES)}, got {choice!r}")
+    _run_dataplane = choice
+
+
+
 def load(path: str | os.PathLike[str]) -> Config:
     """Read, parse and validate the configuration file at ``path``.
 
@@ -1417,13 +1436,15 @@ def _check_vip_devices(chk: _Checker, drafts: list[_VirtualDraft | _Invalid], pu
 
 
 def _check_own_addresses(chk: _Checker, drafts: list[_VirtualDraft | _Invalid],
-                         nat_router: IPv4Interface | IPv6Interface | None, local_node: bool) -> None:
+                         nat_router: IPv4Interface | IPv6Interface | None, local_node: bool,
+                         chosen: str | None = None) -> None:
     """The addresses the director holds (the VIPs, and nat_router where it is owned) are nobody
     else's: with the XDP data plane a real server or a sorry server at a VIP would have the
     director send the connections back to itself (kernel IPVS serves them locally, its local
     node: ``local_node``), and a nat_router at a VIP or at a real server's address would put one
     address on two hosts or two interfaces.  ``nat_router``: None when it is absent or not owned
-    (direct routing without [ha])."""
+    (direct routing without [ha]).  ``chosen``: the command line's --dataplane, said so, when it
+    is not the file's."""
     vips: dict[IPAddress, FieldPath] = {}
     for vs in drafts:
         if isinstance(vs, _Invalid):
@@ -1437,6 +1458,8 @@ def _check_own_addresses(chk: _Checker, drafts: list[_VirtualDraft | _Invalid],
         if isinstance(vs, _Invalid):
             continue
         local = "kernel IPVS's local node: dataplane = \"ipvs\" only"
+        if chosen is not None:
+            local = f"kernel IPVS's local node: --dataplane ipvs only, and this is {chosen}"
         if isinstance(vs.sorry, tuple) and vs.sorry[0] in vips and not local_node:
             chk.error(vs.path + ("sorry_server",),
                       f"{vs.sorry[0]} is the VIP of {chk.name(vips[vs.sorry[0]])}, an address of this "
@@ -1578,11 +1601,12 @@ def _check_amemthresh(chk: _Checker, de: _Table | _Invalid, amemthresh: int | No
                   f"tables.embryonic, or a quarter of tables.connections), got {amemthresh}")
 
 
-def _warn_ipvs_no_effect(chk: _Checker, top: _Table, drafts: list[_VirtualDraft | _Invalid]) -> None:
-    """dataplane = "ipvs": the keys only the XDP data plane reads, written in the file, are
-    warned of (kernel IPVS has its own sizes, limits and table sizes, and no way to restart a
-    server's counts); "auto" may run either, so it is not."""
-    said = 'no effect with dataplane = "ipvs"'
+def _warn_ipvs_no_effect(chk: _Checker, top: _Table, drafts: list[_VirtualDraft | _Invalid],
+                         chosen: str | None = None) -> None:
+    """dataplane = "ipvs" (or the command line's --dataplane ipvs: ``chosen``): the keys only the XDP
+    data plane reads, written in the file, are warned of (kernel IPVS has its own sizes, limits and
+    table sizes, and no way to restart a server's counts); "auto" may run either, so it is not."""
+    said = "no effect with " + (chosen or 'dataplane = "ipvs"')
     for table, keys, why in (
             ("tables", TABLES_KEYS, "kernel IPVS sizes its own connection table (the ip_vs module's conn_tab_bits)"),
             ("defense", ("amemthresh",), "kernel IPVS engages its defenses by its own free memory (its "
@@ -1625,7 +1649,7 @@ def _gib(n: int) -> str:
 
 
 def _check_tables_memory(chk: _Checker, t: _Table | _Invalid, tables: dict[str, int | None | _Invalid],
-                         dataplane: str | None | _Invalid) -> None:
+                         dataplane: str | None | _Invalid, chosen: str | None = None) -> None:
     """The XDP data plane preallocates its tables: sizes this machine's memory cannot hold would
     stop `lb run` at its map creation, after the compile, with no line of the file to fix; past
     half of it, a restart that changes [tables] (the old maps kept beside the new ones while their
@@ -1648,7 +1672,8 @@ def _check_tables_memory(chk: _Checker, t: _Table | _Invalid, tables: dict[str, 
     lower = f"lower {key} (connections_ipv6 and embryonic default to a quarter of connections)"
     if need > total and dataplane == "auto":
         # auto gives way to kernel IPVS when the XDP data plane cannot start (Engine._fall_back)
-        chk.warn(t.at(key), f"{said}, more than this machine has ({_gib(total)}): dataplane \"auto\" will run "
+        auto = chosen or 'dataplane "auto"'
+        chk.warn(t.at(key), f"{said}, more than this machine has ({_gib(total)}): {auto} will run "
                             f"kernel IPVS; {lower}")
     elif need > total:
         chk.error(t.at(key), f"{said}, more than this machine has ({_gib(total)}): {lower}")
@@ -1970,7 +1995,7 @@ def _check_bgp_vip(v: _Table, vips: set[IPAddress]) -> BgpVip | _Invalid:
 
 
 def _check_bgp(top: _Table, drafts: list[_VirtualDraft | _Invalid], network: str | _Invalid,
-               dataplane: str | None | _Invalid) -> Bgp | None | _Invalid:
+               dataplane: str | None | _Invalid, chosen: str | None = None) -> Bgp | None | _Invalid:
     """[bgp]: the VIPs announced through ExaBGP.  Absent: no announcement.  mode = "active-active"
     makes every director of the group forward, which needs a scheduler every director agrees on,
     replies that do not come back through a director, and no pulse roles."""
@@ -2053,11 +2078,14 @@ def _check_bgp(top: _Table, drafts: list[_VirtualDraft | _Invalid], network: str
                                                   "server's replies go to its one gateway, which does not hold "
                                                   'the connections the other directors made; use "direct" '
                                                   'or "tunnel"'))
-        if dataplane in ("ipvs", "auto"):
-            keep(chk.error(("global", "dataplane"), f'[bgp] mode = "active-active" needs the XDP data plane '
-                                                    f"(it schedules mid-flow packets after an ECMP change, as "
-                                                    f"IPVS's sloppy_tcp, which lb does not set for kernel IPVS); "
-                                                    f'got "{dataplane}"'))
+        why_xdp = ('[bgp] mode = "active-active" needs the XDP data plane (it schedules mid-flow packets '
+                   "after an ECMP change, as IPVS's sloppy_tcp, which lb does not set for kernel IPVS)")
+        if dataplane in ("ipvs", "auto") and chosen is not None:
+            # the command line's choice: the file's dataplane line is not what to fix
+            keep(chk.error(b.at("mode"), f'{why_xdp}, and this is {chosen}: use --dataplane xdp, '
+                                         f'or mode = "announce"'))
+        elif dataplane in ("ipvs", "auto"):
+            keep(chk.error(("global", "dataplane"), f'{why_xdp}; got "{dataplane}"'))
         for vs in vs_ok:
             if isinstance(vs.scheduler, str) and vs.scheduler not in HASH_SCHEDULERS:
                 keep(chk.error(vs.path + ("scheduler",),
@@ -2230,7 +2258,11 @@ def validate(doc: dict[str, Any], display: str, positions: Positions, path: Path
     public_interface = g.ifname("public_interface", required=True)
     private_interface = g.ifname("private_interface")
     network = g.choice("network", NETWORKS, DEFAULT_NETWORK, "network")
-    dataplane = g.choice("dataplane", DATAPLANES, DEFAULT_DATAPLANE, "dataplane")
+    file_dataplane = g.choice("dataplane", DATAPLANES, DEFAULT_DATAPLANE, "dataplane")
+    # the checks that depend on the data plane are the one's that runs (lb run --dataplane)
+    dataplane = _run_dataplane or file_dataplane
+    chosen = f"--dataplane {dataplane} (the command line's)" \
+        if _run_dataplane is not None and _run_dataplane != file_dataplane else None
     expire_nodest_conn = g.boolean("expire_nodest_conn", False)
     lblc_expiration = g.integer("lblc_expiration", EXPIRATION_RANGE, default=DEFAULT_LBLC_EXPIRATION)
     lblcr_expiration = g.integer("lblcr_expiration", EXPIRATION_RANGE, default=DEFAULT_LBLC_EXPIRATION)
@@ -2266,7 +2298,7 @@ def validate(doc: dict[str, Any], display: str, positions: Positions, path: Path
             key, bounds, default=getattr(_DEFAULT_DEFENSE, key)
         )
     _check_amemthresh(chk, de, defense_values["amemthresh"], table_values)
-    _check_tables_memory(chk, t, table_values, dataplane)
+    _check_tables_memory(chk, t, table_values, dataplane, chosen)
 
     drafts: list[_VirtualDraft | _Invalid] = [
         vs if isinstance(vs, _Invalid) else _check_virtual(vs, user)
@@ -2285,7 +2317,7 @@ def validate(doc: dict[str, Any], display: str, positions: Positions, path: Path
     # nat_router is the director's where it is owned (lb.ha.addresses): NAT, or any network with [ha]
     owned_router = nat_router if isinstance(nat_router, (IPv4Interface, IPv6Interface)) and (
         network == "nat" or "ha" in top.data) else None
-    _check_own_addresses(chk, drafts, owned_router, dataplane == "ipvs")
+    _check_own_addresses(chk, drafts, owned_router, dataplane == "ipvs", chosen)
     # lb.ha.addresses adds nat_router only for NAT or with [ha] (NAT without one is an error above)
     if isinstance(network, str) and network != "nat":
         if isinstance(nat_router, (IPv4Interface, IPv6Interface)) and "ha" not in top.data:
@@ -2295,7 +2327,7 @@ def validate(doc: dict[str, Any], display: str, positions: Positions, path: Path
         elif nat_router is None and "nat_router_device" in g.data:
             chk.warn(g.at("nat_router_device"), "no effect without nat_router")
     if dataplane == "ipvs":
-        _warn_ipvs_no_effect(chk, top, drafts)
+        _warn_ipvs_no_effect(chk, top, drafts, chosen)
     _check_counts(
         chk, drafts, table_values["services"], table_values["reals_per_service"], table_values["real_servers"]
     )
@@ -2311,7 +2343,7 @@ def validate(doc: dict[str, Any], display: str, positions: Positions, path: Path
         _check_vips_not_heartbeat_addresses(chk, drafts, ha, nat_router if isinstance(
             nat_router, (IPv4Interface, IPv6Interface)) else None)
     control = _check_control(top)
-    bgp = _check_bgp(top, drafts, network, dataplane)
+    bgp = _check_bgp(top, drafts, network, dataplane, chosen)
 
     if chk.issues:
         # Report in file order; issues without a line (a missing [global]) first.
@@ -2325,7 +2357,7 @@ def validate(doc: dict[str, Any], display: str, positions: Positions, path: Path
         public_interface=pub,
         private_interface=_valid(private_interface),
         network=_valid(network),
-        dataplane=_valid(dataplane),
+        dataplane=_valid(file_dataplane),
         expire_nodest_conn=_valid(expire_nodest_conn),
         lblc_expiration=_valid_int(lblc_expiration),
         lblcr_expiration=_valid_int(lblcr_expiration),
