@@ -63,6 +63,7 @@ mode = "active-active"
 def small_machine(monkeypatch):
     """8 GiB: [tables] connections = 64M (some 16 GiB of XDP tables) does not fit."""
     monkeypatch.setattr(tomlcfg, "mem_total", lambda: 8 << 30)
+    monkeypatch.setattr(tomlcfg, "cgroup_memory_limit", lambda: None)
 
 
 @pytest.fixture

@@ -1565,6 +1565,7 @@ def test_tables_that_do_not_fit_memory_are_an_error_at_their_line(monkeypatch) -
     from lb.config import toml as tomlcfg
 
     monkeypatch.setattr(tomlcfg, "mem_total", lambda: 8 << 30)
+    monkeypatch.setattr(tomlcfg, "cgroup_memory_limit", lambda: None)    # the machine's memory only
     text = G + "[tables]\nconnections = 67108864\n"
     with pytest.raises(ConfigError) as ei:
         loads(text, path="big.toml")
@@ -1590,6 +1591,7 @@ def test_tables_past_half_of_memory_are_a_warning(monkeypatch) -> None:
     from lb.config import toml as tomlcfg
 
     monkeypatch.setattr(tomlcfg, "mem_total", lambda: 24 << 30)
+    monkeypatch.setattr(tomlcfg, "cgroup_memory_limit", lambda: None)
     (w,) = loads(G + "[tables]\nconnections = 67108864\n").warnings
     assert (w.line, w.field) == (4, "tables.connections")
     assert "more than half of this machine's 24.0 GiB: a restart that changes [tables] holds the old" in w.message
@@ -1724,3 +1726,93 @@ def test_a_deadtime_under_three_keepalives_is_a_warning(tmp_path: Path, capsys: 
     for timing in ("", "keepalive = 2\ndeadtime = 6\n", "keepalive = 0.1\ndeadtime = 0.3\n",
                    "keepalive = 1\ndeadtime = 10\n"):
         assert loads(head + timing).warnings == (), timing
+
+
+# --- ... and against the memory cgroup's limit (a container, MemoryMax=) ------------------
+
+
+def _cgroups(tmp_path, monkeypatch, own: str, limits: dict[str, str]) -> str:
+    """A fake /proc/self/cgroup (``own``: its lines) and cgroup tree (``limits``: a file under
+    the root -> its text), for lb.config.toml to read instead of the real ones."""
+    from lb.config import toml as tomlcfg
+
+    tmp_path.mkdir(exist_ok=True)
+    proc = tmp_path / "cgroup"
+    proc.write_text(own)
+    root = tmp_path / "fs"
+    root.mkdir()
+    for rel, text in limits.items():
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_text(text)
+    monkeypatch.setattr(tomlcfg, "PROC_CGROUP", str(proc))
+    monkeypatch.setattr(tomlcfg, "CGROUP_ROOT", str(root))
+    return str(root)
+
+
+def test_tables_that_do_not_fit_the_memory_cgroup_are_an_error(tmp_path, monkeypatch) -> None:
+    """In a container (or a unit with MemoryMax=) the maps are charged to its memory cgroup: tables
+    that fit the host's 64 GiB but not the 8 GiB of memory.max were accepted, and the OOM killer
+    ended lb as they filled.  The smaller limit is the one checked, and named."""
+    from lb.config import toml as tomlcfg
+
+    monkeypatch.setattr(tomlcfg, "mem_total", lambda: 64 << 30)
+    root = _cgroups(tmp_path, monkeypatch, "0::/system.slice/lb@web.service\n", {
+        "system.slice/lb@web.service/memory.max": "max\n",       # the unit's own: none
+        "system.slice/memory.max": str(8 << 30) + "\n",           # its parent's
+        "memory.max": str(16 << 30) + "\n"})
+    text = G + "[tables]\nconnections = 67108864\n"
+    with pytest.raises(ConfigError) as ei:
+        loads(text, path="big.toml")
+    (issue,) = ei.value.issues
+    assert (issue.line, issue.field) == (4, "tables.connections")
+    assert issue.message == (f"the [tables] sizes need about 16.1 GiB of memory for the data plane's tables, more "
+                             f"than this process's memory cgroup allows (8.0 GiB: {root}/system.slice/memory.max): "
+                             f"lower connections (connections_ipv6 and embryonic default to a quarter of "
+                             f"connections)")
+    # past half of it: the warning names it too
+    (w,) = loads(G + "[tables]\nconnections = 16777216\n").warnings
+    assert f"more than half of the 8.0 GiB this process's memory cgroup allows ({root}/system.slice/memory.max)" \
+        in w.message
+    # a limit above the machine's memory changes nothing: the machine's is named
+    monkeypatch.setattr(tomlcfg, "mem_total", lambda: 4 << 30)
+    with pytest.raises(ConfigError) as ei:
+        loads(text)
+    assert "more than this machine has (4.0 GiB)" in ei.value.issues[0].message
+    # no limit anywhere ("max"): the host's memory alone, which holds them
+    monkeypatch.setattr(tomlcfg, "mem_total", lambda: 64 << 30)
+    _cgroups(tmp_path / "none", monkeypatch, "0::/system.slice/lb@web.service\n",
+             {"system.slice/memory.max": "max\n"})
+    assert loads(text).warnings == ()
+
+
+@pytest.mark.parametrize("own, limits, expected", [
+    # a container in its own cgroup namespace: its cgroup is the root it sees
+    ("0::/\n", {"memory.max": "1073741824\n"}, (1 << 30, "memory.max")),
+    # without one: its path is the host's, missing here; the root it sees is its own cgroup
+    ("0::/docker/abc\n", {"memory.max": "1073741824\n"}, (1 << 30, "memory.max")),
+    # the child's limit below the parent's
+    ("0::/a/b\n", {"a/memory.max": "3000000000\n", "a/b/memory.max": "2000000000\n"},
+     (2000000000, "a/b/memory.max")),
+    # cgroup v1 (and hybrid): the memory controller's hierarchy
+    ("12:pids:/x\n4:memory:/docker/abc\n0::/\n", {"memory/docker/abc/memory.limit_in_bytes": "536870912\n",
+                                                  "memory/memory.limit_in_bytes": "9223372036854771712\n"},
+     (1 << 29, "memory/docker/abc/memory.limit_in_bytes")),
+    # v1 without a limit: the page counter's maximum
+    ("4:memory:/\n", {"memory/memory.limit_in_bytes": "9223372036854771712\n"}, None),
+    # v2 without a limit, or no memory controller at all
+    ("0::/a\n", {"a/memory.max": "max\n"}, None),
+    ("0::/a\n", {}, None),
+    ("garbage\n", {"memory.max": "1073741824\n"}, None),
+])
+def test_cgroup_memory_limit(tmp_path, monkeypatch, own, limits, expected) -> None:
+    from lb.config import toml as tomlcfg
+
+    root = _cgroups(tmp_path, monkeypatch, own, limits)
+    got = tomlcfg.cgroup_memory_limit()
+    assert got == (expected if expected is None else (expected[0], f"{root}/{expected[1]}"))
+
+
+def test_cgroup_memory_limit_without_proc_cgroup(tmp_path) -> None:
+    from lb.config import toml as tomlcfg
+
+    assert tomlcfg.cgroup_memory_limit(str(tmp_path / "absent"), str(tmp_path)) is None

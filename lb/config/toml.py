@@ -1644,6 +1644,54 @@ def mem_total() -> int | None:
     return None
 
 
+PROC_CGROUP: Final = "/proc/self/cgroup"
+CGROUP_ROOT: Final = "/sys/fs/cgroup"
+NO_CGROUP_LIMIT: Final = 1 << 62
+
+
+def cgroup_memory_limit(proc_cgroup: str | None = None, root: str | None = None) -> tuple[int, str] | None:
+    """The smallest memory limit of the cgroups this process is in, and the file that sets it:
+    cgroup v2's ``memory.max`` (``max``: none) of its cgroup and of each parent up to the root,
+    under ``root`` (/sys/fs/cgroup); cgroup v1's ``memory.limit_in_bytes`` alike, under
+    ``root``/memory.  A container's or a unit's MemoryMax= is one of these: tables that fit the
+    host but not it are killed by the OOM killer as they fill.  A cgroup whose directory is not
+    there is skipped (a container without its own cgroup namespace sees its cgroup at the root).
+    None: no limit, or /proc/self/cgroup unreadable.  ``proc_cgroup`` and ``root`` default to
+    PROC_CGROUP and CGROUP_ROOT, read at each call."""
+    root = root or CGROUP_ROOT
+    try:
+        with open(proc_cgroup or PROC_CGROUP) as f:
+            lines = f.read().splitlines()
+    except OSError:
+        return None
+    best: tuple[int, str] | None = None
+    for line in lines:
+        fields = line.split(":", 2)
+        if len(fields) != 3:
+            continue
+        hierarchy, controllers, path = fields
+        if hierarchy == "0" and controllers == "":
+            base, name = root, "memory.max"
+        elif "memory" in controllers.split(","):
+            base, name = os.path.join(root, "memory"), "memory.limit_in_bytes"
+        else:
+            continue
+        parts = [p for p in path.split("/") if p]
+        if "." in parts or ".." in parts:
+            continue
+        for n in range(len(parts), -1, -1):
+            file = os.path.join(base, *parts[:n], name)
+            try:
+                with open(file) as f:
+                    text = f.read(64).strip()
+            except OSError:
+                continue
+            # v1's "no limit" is the page counter's maximum (9223372036854771712 with 4 KiB pages)
+            if text.isdigit() and int(text) < NO_CGROUP_LIMIT and (best is None or int(text) < best[0]):
+                best = (int(text), file)
+    return best
+
+
 def _gib(n: int) -> str:
     return f"{n / (1 << 30):.1f} GiB"
 
@@ -1653,12 +1701,22 @@ def _check_tables_memory(chk: _Checker, t: _Table | _Invalid, tables: dict[str, 
     """The XDP data plane preallocates its tables: sizes this machine's memory cannot hold would
     stop `lb run` at its map creation, after the compile, with no line of the file to fix; past
     half of it, a restart that changes [tables] (the old maps kept beside the new ones while their
-    entries move) may not find room.  Kernel IPVS (dataplane = "ipvs") has no such tables."""
+    entries move) may not find room.  The memory is the machine's (MemTotal), or the memory
+    cgroup's limit over this process when that is less (a container: the maps are created within
+    it and the OOM killer ends the load as they fill).  Kernel IPVS (dataplane = "ipvs") has no
+    such tables."""
     sizes = {k: v for k, v in tables.items() if isinstance(v, int)}
     if isinstance(t, _Invalid) or dataplane == "ipvs" or len(sizes) != len(tables):
         return
     need = tables_memory(**sizes, cpus=os.cpu_count() or 1)
     total = mem_total()
+    has, half = f"this machine has ({_gib(total or 0)})", f"this machine's {_gib(total or 0)}"
+    limit = cgroup_memory_limit()
+    if limit is not None and (total is None or limit[0] < total):
+        # a container's, or the unit's MemoryMax=: the kernel's OOM killer holds lb to it
+        total = limit[0]
+        has = f"this process's memory cgroup allows ({_gib(total)}: {limit[1]})"
+        half = f"the {_gib(total)} this process's memory cgroup allows ({limit[1]})"
     if total is None or need <= total // 2:
         return
     # name the key that asks for the most (the connections, unless set apart)
@@ -1673,13 +1731,12 @@ def _check_tables_memory(chk: _Checker, t: _Table | _Invalid, tables: dict[str, 
     if need > total and dataplane == "auto":
         # auto gives way to kernel IPVS when the XDP data plane cannot start (Engine._fall_back)
         auto = chosen or 'dataplane "auto"'
-        chk.warn(t.at(key), f"{said}, more than this machine has ({_gib(total)}): {auto} will run "
-                            f"kernel IPVS; {lower}")
+        chk.warn(t.at(key), f"{said}, more than {has}: {auto} will run kernel IPVS; {lower}")
     elif need > total:
-        chk.error(t.at(key), f"{said}, more than this machine has ({_gib(total)}): {lower}")
+        chk.error(t.at(key), f"{said}, more than {has}: {lower}")
     else:
-        chk.warn(t.at(key), f"{said}, more than half of this machine's {_gib(total)}: a restart that changes "
-                            f"[tables] holds the old tables beside the new ones while it moves their entries")
+        chk.warn(t.at(key), f"{said}, more than half of {half}: a restart that changes [tables] holds the "
+                            f"old tables beside the new ones while it moves their entries")
 
 
 # --- driver ------------------------------------------------------------------------
