@@ -214,6 +214,15 @@ def _file_dataplane():
     toml.run_dataplane(None)
 
 
+@pytest.fixture(autouse=True)
+def _no_name_lookups(monkeypatch):
+    """No test looks a host name up (an lvs.cf's host names, as Piranha's gethostbyname took them:
+    lb.config.lvscf.resolve_host): a name has no address unless the test gives it one."""
+    from lb.config import lvscf
+
+    monkeypatch.setattr(lvscf, "resolve_host", lambda name: None)
+
+
 @pytest.fixture(scope="module")
 def lab_exclusive():
     """An exclusive flock held while a module uses the lab: the lab is one per host (lb-*

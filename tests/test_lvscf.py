@@ -398,9 +398,17 @@ def test_unexpected_closing_brace() -> None:
 def test_bad_ip() -> None:
     assert one(GOOD_HEAD.replace("10.0.0.11", "10.0.0.300")) == (
         6, "virtual[web].server[web1].address", "'10.0.0.300' is not a valid IP address")
-    assert one(GOOD_HEAD.replace("192.168.1.10", "192.168.1")) == (
-        3, "virtual[web].address", "'192.168.1' is not a valid IP address")
-    assert one("primary = nope\n" + GOOD_HEAD) == (1, "primary", "'nope' is not a valid IP address")
+    # inet_aton's short form: Piranha's 192.168.0.1, named, not taken
+    line, fld, msg = one(GOOD_HEAD.replace("192.168.1.10", "192.168.1"))
+    assert (line, fld) == (3, "virtual[web].address")
+    assert msg.startswith("'192.168.1' is 192.168.0.1 as Piranha read it (inet_aton")
+    # a host name that has no address (the tests' resolver knows none)
+    assert one("primary = nope\n" + GOOD_HEAD) == (
+        1, "primary", "'nope' is not an IP address, and this machine finds no address for it as a host name "
+                      "(Piranha looked names up with gethostbyname: /etc/hosts, then DNS)")
+    # neither an address nor a name: the TOML loader's message
+    assert one(GOOD_HEAD.replace("10.0.0.11", "10.0.0.11/24")) == (
+        6, "virtual[web].server[web1].address", "'10.0.0.11/24' is not a valid IP address")
 
 
 def test_port_out_of_range() -> None:
@@ -919,3 +927,112 @@ def test_what_lvscf_cannot_say_is_a_config_error(tmp_path: Path) -> None:
         lvscf.dumps(load(f))
     assert str(ei.value) == f"{f}: ha.notify: lvs.cf's lb_ha_notify is comma-separated: a notify path " \
                             "with ',' cannot be written"
+
+
+# --- numbers and addresses as Piranha's lvsconfig.c read them ---------------------------------
+
+
+def test_numbers_are_read_as_c_strtol_reads_them() -> None:
+    """Piranha's getNum is strtol(tok, &end, 0) on the whole token: 0x50 is 80, 010 is 8 (octal),
+    for every number of the file -- ports (getPort: a number first, then a service name), weights,
+    timeouts, booleans (getBoolean: a number, 0 or 1), serial_no.  lb read 010 as 10 and refused
+    0x50."""
+    text = GOOD_HEAD.replace("port = 80", "port = 0x50\n     active = 01\n     persistent = 010\n"
+                                          "     timeout = 0xa").replace("weight = 1", "weight = 010\n         active = 0x1")
+    cfg = lvscf.loads("serial_no = 0x10\ntcp_timeout = 0100\n" + text)
+    vs = cfg.virtual_servers[0]
+    rs = vs.real_servers[0]
+    assert (vs.port, vs.active, vs.persistent, vs.monitor.timeout) == (80, True, 8, 10)
+    assert (rs.weight, rs.active) == (8, True)
+    assert (cfg.serial_no, cfg.timeouts.tcp) == (16, 64)
+    # a sign, as strtol takes it: -0 is 0
+    assert lvscf.loads(GOOD_HEAD.replace("weight = 1", "weight = -0")).virtual_servers[0].real_servers[0].weight == 0
+
+
+def test_numbers_piranha_refused_are_errors_at_their_line() -> None:
+    # 08: strtol stops at 8 (no octal digit), and Piranha's getNum refused what it left
+    line, fld, msg = one(GOOD_HEAD.replace("weight = 1", "weight = 08"))
+    assert (line, fld) == (7, "virtual[web].server[web1].weight")
+    assert msg.startswith("expected an integer, got '08': lvs.cf numbers are read as Piranha's (C's strtol), where "
+                          "a leading 0 makes an octal number (010 is 8)")
+    assert one(GOOD_HEAD.replace("weight = 1", "weight = 0x")) == (
+        7, "virtual[web].server[web1].weight", "expected an integer, got '0x'")
+    assert one(GOOD_HEAD.replace("port = 80", "port = 80\n     active = 0x2")) == (
+        5, "virtual[web].active", "expected 0 or 1, got '0x2'")
+    # the range is the value's, as read
+    assert one(GOOD_HEAD.replace("port = 80", "port = 0x10000")) == (
+        4, "virtual[web].port", "must be between 1 and 65535, got 65536")
+
+
+def test_heartbeat_port_takes_a_service_name_and_c_numbers() -> None:
+    """heartbeat_port is getPort in Piranha: a number or a (tcp) service name."""
+    ha = ("backup_active = 0x1\nprimary = 198.18.0.1\nbackup = 198.18.0.2\nheartbeat_port = {}\n"
+          "keepalive = 0x2\ndeadtime = 012\nlb_ha_key_file = /etc/lb/ha.key\n")
+    cfg = lvscf.loads(ha.format("0x21b") + GOOD_HEAD)
+    assert (cfg.ha.heartbeat_port, cfg.ha.keepalive, cfg.ha.deadtime) == (539, 2, 10)
+    assert lvscf.loads(ha.format("http") + GOOD_HEAD).ha.heartbeat_port == 80
+    # one director: kept for writing back, checked all the same
+    _, extras = lvscf.loads_with_extras("heartbeat_port = 0x21b\n" + GOOD_HEAD)
+    assert extras["global"]["heartbeat_port"] == 539
+    assert one("heartbeat_port = 0x10000\n" + GOOD_HEAD) == (1, "heartbeat_port", "must be between 1 and 65535, got 65536")
+
+
+@pytest.mark.parametrize("written, piranha", [
+    ("010.0.0.1", "8.0.0.1"), ("192.168.001.010", "192.168.1.8"), ("0x0a000001", "10.0.0.1"),
+    ("10.1", "10.0.0.1"), ("167772161", "10.0.0.1"),
+])
+def test_inet_aton_forms_of_an_address_are_refused_naming_piranhas(written, piranha) -> None:
+    """Piranha read addresses with inet_aton (then gethostbyname): a zero-padded address was octal
+    to it.  lb says which address Piranha used, at the line, rather than guess the author's."""
+    line, fld, msg = one(GOOD_HEAD.replace("10.0.0.11", written))
+    assert (line, fld) == (6, "virtual[web].server[web1].address")
+    assert msg.startswith(f"'{written}' is {piranha} as Piranha read it (inet_aton") and f"write {piranha} if" in msg
+
+
+def test_host_names_are_looked_up_as_piranha_did(monkeypatch, tmp_path) -> None:
+    """Piranha's getHostname took a host name where an address goes (gethostbyname) in primary,
+    backup, their _private, a virtual's and a server's address and nat_router: lb looks it up at
+    each load too (the resolver is the test's: no lookup leaves this machine)."""
+    from lb import config as lbconfig
+
+    names = {"web1.example": "198.18.1.11", "vip.example": "198.18.0.10", "gw.example": "198.18.1.254",
+             "lb1.example": "198.18.0.1", "lb2.example": "198.18.0.2"}
+    asked = []
+    monkeypatch.setattr(lvscf, "resolve_host", lambda name: asked.append(name) or names.get(name))
+    text = ("network = nat\nnat_router = gw.example eth1\nbackup_active = 1\nprimary = lb1.example\n"
+            "backup = lb2.example\nlb_ha_key_file = /etc/lb/ha.key\n"
+            + GOOD_HEAD.replace("network = direct\n", "").replace("192.168.1.10", "vip.example")
+            .replace("10.0.0.11", "web1.example"))
+    cfg = lvscf.loads(text, "lvs.cf")
+    vs = cfg.virtual_servers[0]
+    assert (vs.address, vs.real_servers[0].address) == (IPv4Address("198.18.0.10"), IPv4Address("198.18.1.11"))
+    assert cfg.nat_router == IPv4Interface("198.18.1.254/24")
+    assert (cfg.ha.primary, cfg.ha.backup) == (IPv4Address("198.18.0.1"), IPv4Address("198.18.0.2"))
+    assert sorted(asked) == sorted(names)          # addresses are never looked up
+    w = {(i.line, i.field): i.message for i in cfg.warnings}
+    assert w[(11, "virtual[web].server[web1].address")] == (
+        "host name 'web1.example' is 198.18.1.11: looked up at each load, as Piranha did at each start (a reload "
+        "looks it up again); lb export and the console's saves write the address")
+    assert {(2, "nat_router"), (4, "primary"), (5, "backup"), (8, "virtual[web].address")} <= set(w)
+    # the export writes the addresses
+    assert "address = 198.18.1.11" in lvscf.dumps(cfg)
+    # an issue found after loading names its line without looking anything up
+    path = tmp_path / "lvs.cf"
+    path.write_text(text)
+    asked.clear()
+    issue = lbconfig.issue_at(path, ("virtual_server", 0, "real_server", 0, "address"), "unreachable")
+    assert (issue.line, issue.field, asked) == (11, "virtual[web].server[web1].address", [])
+    # a name without an address is an error at its line
+    names.pop("web1.example")
+    assert one(text) == (11, "virtual[web].server[web1].address",
+                         "'web1.example' is not an IP address, and this machine finds no address for it as a "
+                         "host name (Piranha looked names up with gethostbyname: /etc/hosts, then DNS)")
+
+
+def test_inet_aton_and_c_integer() -> None:
+    assert [str(lvscf.inet_aton(t)) for t in ("1.2.3.4", "0x7f.1", "127.1", "0", "0x", "255.0xffffff")] == [
+        "1.2.3.4", "127.0.0.1", "127.0.0.1", "0.0.0.0", "0.0.0.0", "255.255.255.255"]
+    assert [lvscf.inet_aton(t) for t in ("256.1.1.1", "1.2.3.256", "1.2.65536", "08.1.1.1", "1..2", "a.b.c.d",
+                                         "1.2.3.4.5", "-1.2.3.4", "")] == [None] * 9
+    assert [lvscf.c_integer(t) for t in ("010", "0x50", "0X1f", "-0x10", "+7", "0", "00")] == [8, 80, 31, -16, 7, 0, 0]
+    assert [lvscf.c_integer(t) for t in ("08", "0x", "12a", "-", "", "1 ", "0b1")] == [None] * 7

@@ -14,6 +14,18 @@ wrapped in double quotes (they are removed; nothing inside is unescaped, as
 in Piranha: ``send = "GET / HTTP/1.0\\r\\n\\r\\n"`` keeps its backslashes); an opening quote
 without its closing one at the end of the line is an error.
 
+Numbers are read as Piranha's lvsconfig.c read them (getNum: C's ``strtol(tok, &end, 0)`` on
+the whole token, :func:`c_integer`): ``0x50`` is 80, ``010`` is 8 (octal), ``08`` is refused as
+Piranha refused it; a boolean is such a number, 0 or 1 (getBoolean); a port a number, else a
+service name (getPort; ``heartbeat_port`` too).  Where Piranha's getHostname read an address
+(``primary``, ``backup``, their ``_private``, a virtual's and a server's ``address``,
+``nat_router``) a host name is looked up at each load as its gethostbyname did
+(:func:`resolve_host`, IPv4; a warning names the address, which :func:`dumps` writes; a name
+without one is an error at its line); inet_aton's other forms of an address (``010.0.0.1``,
+which Piranha took as 8.0.0.1, ``10.1``, ``0x0a000001``) are refused, naming the address
+Piranha used.  (``sorry_server``, ``pmask`` and the netmasks were inet_aton's alone in Piranha:
+no names there.)
+
 Mapping onto :class:`~lb.config.model.Config`:
 
 * ``public_interface``: the device of the first virtual whose ``address = IP DEV[:N]`` names one
@@ -175,7 +187,7 @@ GLOBAL_EXTRAS: dict[str, Any] = {
     "backup": "ip",
     "backup_private": "ip",
     "heartbeat": "bool",
-    "heartbeat_port": (_INT, 1, 65535),
+    "heartbeat_port": "port",
     "keepalive": (_INT, 1, 2147483),
     "deadtime": (_INT, 1, 2147483),
     "debug_level": "debug",
@@ -302,9 +314,11 @@ def _unquote(value: str) -> str:
 
 
 class _Issues:
-    def __init__(self, display: str) -> None:
+    def __init__(self, display: str, resolve: bool = True) -> None:
         self.display = display
         self.items: list[ConfigIssue] = []
+        self.warnings: list[ConfigIssue] = []       # Config.warnings (the builder's too)
+        self.resolve = resolve                      # look host names up (not when only lines are wanted)
 
     def add(self, line: int | None, fld: str, message: str) -> None:
         self.items.append(ConfigIssue(self.display, line, fld, message))
@@ -408,6 +422,71 @@ def instance_only(text: str) -> str | None:
 
 
 _INT_RE = re.compile(r"[+-]?[0-9]+")
+# an integer as C's strtol(text, &end, 0) reads a whole token -- Piranha's getNum, for every number
+# of lvs.cf (its ports, booleans, weights, timeouts, serial_no ...): 0x50 is 80, a leading 0 octal
+_C_INT_RE = re.compile(r"([+-]?)(0[xX][0-9a-fA-F]+|0[0-7]*|[1-9][0-9]*)")
+_OCTAL_TRAP_RE = re.compile(r"[+-]?0[0-9]+")
+
+
+def c_integer(text: str) -> int | None:
+    """``text`` as Piranha's lvsconfig.c read a number (getNum: strtol with base 0, the whole
+    token): decimal, 0x hexadecimal or 0 octal (``010`` is 8), an optional sign; None when it
+    is not one (Piranha refused it: LVS_ERROR_INTEXPECTED), as ``08``, or is longer than any
+    number a key takes (MAX_INT_DIGITS: the callers say so)."""
+    if len(text) > _toml.MAX_INT_DIGITS + 3:        # sign and 0x
+        return None
+    m = _C_INT_RE.fullmatch(text)
+    if m is None:
+        return None
+    sign, digits = m.groups()
+    n = int(digits[2:], 16) if digits[:2] in ("0x", "0X") else int(digits, 8) if digits[0] == "0" else int(digits)
+    return -n if sign == "-" else n
+
+
+# Piranha's getHostname (primary, backup, their _private, a virtual's and a server's address,
+# nat_router): inet_aton, else gethostbyname.  inet_aton's forms other than a.b.c.d in decimal
+# (010.0.0.1 is 8.0.0.1, 0x0a000001 and 10.1 are 10.0.0.1) are refused, naming the address
+# Piranha used: a zero-padded address was octal to it, and rarely what its author meant
+_ATON_PART_RE = re.compile(r"0[xX][0-9a-fA-F]*|0[0-7]*|[1-9][0-9]*")
+_HOSTNAME_RE = re.compile(r"(?=.{1,253}$)[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,62})(?:\.[A-Za-z0-9_][A-Za-z0-9_-]{0,62})*\.?")
+
+
+def inet_aton(text: str) -> ipaddress.IPv4Address | None:
+    """``text`` as glibc's inet_aton reads it (1 to 4 parts, each decimal, 0x hexadecimal or 0
+    octal; the last fills the bytes left: 10.1 is 10.0.0.1); None when it is not one."""
+    parts = text.split(".")
+    if not 1 <= len(parts) <= 4 or not all(_ATON_PART_RE.fullmatch(p) for p in parts) or len(text) > 64:
+        return None
+    nums = [int(p[2:] or "0", 16) if p[:2] in ("0x", "0X") else int(p, 8) if p[0] == "0" else int(p)
+            for p in parts]
+    *head, last = nums
+    if any(n > 255 for n in head) or last >= 1 << (8 * (4 - len(head))):
+        return None
+    value = last
+    for i, n in enumerate(head):
+        value |= n << (24 - 8 * i)
+    return ipaddress.IPv4Address(value)
+
+
+def resolve_host(name: str) -> str | None:
+    """The IPv4 address of host name ``name`` as Piranha's getHostname took it (gethostbyname:
+    /etc/hosts, then DNS, as nsswitch.conf says; its first address); None when there is none.
+    Called only for a name (never an address) in one of getHostname's keys, at each load; tests
+    replace it (tests/conftest.py: no test looks a name up)."""
+    import socket
+
+    try:
+        return socket.gethostbyname(name)
+    except (OSError, UnicodeError, ValueError):
+        return None
+
+
+def _not_an_integer(text: str) -> str:
+    if _OCTAL_TRAP_RE.fullmatch(text):
+        return (f"expected an integer, got {text!r}: lvs.cf numbers are read as Piranha's (C's strtol), where a "
+                f"leading 0 makes an octal number (010 is 8), and 8 and 9 are no octal digits; write it "
+                f"without the leading 0")
+    return f"expected an integer, got {text!r}"
 _NUM_RE = re.compile(r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)")
 # one line holds one key: a value as long as the TOML loader's longest string, and then some
 MAX_LINE = 2 * _toml.MAX_STRING
@@ -430,12 +509,12 @@ def _seconds(scope: _Scope, key: str) -> int | float | None:
     e = scope.entries.get(key)
     if e is None:
         return None
+    if c_integer(e.value) is not None or _INT_RE.fullmatch(e.value):
+        return scope.integer(key)       # as Piranha's strtol: 010 is 8 (08 refused, as there)
     if not _NUM_RE.fullmatch(e.value):
         scope.error(e, f"expected a number of seconds, got {e.value!r}")
         return None
-    if not _INT_RE.fullmatch(e.value):
-        return float(e.value)
-    return scope.integer(key)
+    return float(e.value)
 
 
 def _is_ipv6(text: str) -> bool:
@@ -462,9 +541,10 @@ def _vip_prefix6(v: _Scope) -> str | None:
 
 
 def _port(scope: _Scope, key: str, protocol: str) -> int | None:
-    """A port as Piranha took it: a number, or a service name as /etc/services gives it (http)."""
+    """A port as Piranha took it (getPort): a number (c_integer), or a service name as
+    /etc/services gives it (http)."""
     e = scope.entries.get(key)
-    if e is None or _INT_RE.fullmatch(e.value):
+    if e is None or c_integer(e.value) is not None or _INT_RE.fullmatch(e.value):
         return scope.integer(key)  # the range is the TOML loader's check
     port = service_port(e.value, protocol if protocol in ("tcp", "udp") else "tcp")
     if port is None:
@@ -474,8 +554,9 @@ def _port(scope: _Scope, key: str, protocol: str) -> int | None:
 
 def _port_number(text: str, protocol: str) -> int | None:
     """A port as :func:`_port` reads it, without reporting (None: not one)."""
-    if _INT_RE.fullmatch(text):
-        return int(text) if len(text) <= 6 else None
+    n = c_integer(text)
+    if n is not None or _INT_RE.fullmatch(text):
+        return n
     return service_port(text, protocol if protocol in ("tcp", "udp") else "tcp")
 
 
@@ -602,26 +683,63 @@ class _Scope:
         e = self.entries.get(key)
         if e is None:
             return None
-        if not _INT_RE.fullmatch(e.value):
-            self.error(e, f"expected an integer, got {e.value!r}")
-            return None
         if len(e.value.lstrip("+-")) > _toml.MAX_INT_DIGITS:  # Python reads at most 4300 digits
-            self.error(e, _toml.int_too_large(_toml.MAX_INT_DIGITS))
+            if _C_INT_RE.fullmatch(e.value):
+                self.error(e, _toml.int_too_large(_toml.MAX_INT_DIGITS))
+            else:
+                self.error(e, _not_an_integer(e.value))
             return None
-        n = int(e.value)
+        n = c_integer(e.value)
+        if n is None:
+            self.error(e, _not_an_integer(e.value))
+            return None
         if lo is not None and hi is not None and not lo <= n <= hi:
             self.error(e, f"must be between {lo} and {hi}, got {n}")
             return None
         return n
 
+    def host(self, key: str, text: str | None = None) -> str | None:
+        """The address of ``key`` (``text``: its address part) as Piranha's getHostname read it: an
+        IP address as written; a host name looked up (resolve_host), with a warning; None, said
+        at the key's line, for a name that has no address or an address in one of inet_aton's
+        other forms.  Text that is neither is returned as written: the TOML loader refuses it."""
+        e = self.entries[key]
+        text = e.value if text is None else text
+        try:
+            ipaddress.ip_address(text)
+            return text
+        except ValueError:
+            pass
+        aton = inet_aton(text)
+        if aton is not None:
+            self.error(e, f"{text!r} is {aton} as Piranha read it (inet_aton: a leading 0 makes a part octal, "
+                          f"0x hexadecimal, and fewer than four parts fill the last one: 10.1 is 10.0.0.1): "
+                          f"write {aton} if that is the address meant, else the address in four decimal parts")
+            return None
+        if not _HOSTNAME_RE.fullmatch(text) or text.replace(".", "").isdigit():
+            return text
+        if not self.issues.resolve:
+            return text
+        addr = resolve_host(text)
+        if addr is None:
+            self.error(e, f"{text!r} is not an IP address, and this machine finds no address for it as a host "
+                          f"name (Piranha looked names up with gethostbyname: /etc/hosts, then DNS)")
+            return None
+        self.issues.warnings.append(ConfigIssue(
+            self.issues.display, e.line, self.fld(key),
+            f"host name {text!r} is {addr}: looked up at each load, as Piranha did at each start (a reload "
+            f"looks it up again); lb export and the console's saves write the address"))
+        return addr
+
     def boolean(self, key: str) -> bool | None:
         e = self.entries.get(key)
         if e is None:
             return None
-        if e.value not in ("0", "1"):
+        n = c_integer(e.value)
+        if n not in (0, 1):    # Piranha's getBoolean: a number (00, 0x1 ...), 0 or 1
             self.error(e, f"expected 0 or 1, got {e.value!r}")
             return None
-        return e.value == "1"
+        return n == 1
 
     def extra(self, key: str, kind: Any) -> Any:
         e = self.entries.get(key)
@@ -637,7 +755,16 @@ class _Scope:
             return v
         if kind == "bool":
             return self.boolean(key)
+        if kind == "port":
+            port = _port(self, key, "tcp")     # Piranha's getPort: a number or a tcp service name
+            if port is not None and not 1 <= port <= 65535:
+                self.error(e, f"must be between 1 and 65535, got {port}")
+                return None
+            return port
         if kind == "ip":
+            v = self.host(key)      # Piranha's getHostname: a host name too
+            if v is None:
+                return None
             try:
                 return str(ipaddress.ip_address(v))
             except ValueError:
@@ -712,7 +839,7 @@ class _Builder:
         self.issues = issues
         self.positions = _Positions()
         self.extras: dict[str, Any] = {"global": {}, "virtual": {}}
-        self.warnings: list[ConfigIssue] = []
+        self.warnings = issues.warnings
 
     def warn(self, scope: _Scope, key: str, message: str) -> None:
         """``key`` of ``scope`` is accepted but does not do what it did in Piranha."""
@@ -725,7 +852,7 @@ class _Builder:
         g = _Scope(top, GLOBAL_KEYS, "", self.issues)
         gx = self.extras["global"]
         ba = g.entries.get("backup_active")
-        with_ha = ba is not None and ba.value == "1"
+        with_ha = ba is not None and c_integer(ba.value) == 1    # 1, 01, 0x1: Piranha's getBoolean
         for key, kind in GLOBAL_EXTRAS.items():
             if with_ha and key in HA_CF:
                 continue
@@ -757,6 +884,7 @@ class _Builder:
         nmask = self._nat_prefix6(g) if nat6 else g.extra("nat_nmask", "mask")
         if nat is not None:
             ip, dev, raw = nat
+            host = g.host("nat_router", ip)
             if dev is None:
                 g.error(g.entries["nat_router"], "expected 'IP DEVICE[:N]' (the device is required)")
             else:
@@ -764,7 +892,8 @@ class _Builder:
                     prefix = nmask or 128
                 else:
                     prefix = ipaddress.IPv4Network(f"0.0.0.0/{nmask or DEFAULT_NAT_NMASK}").prefixlen
-                glob["nat_router"] = f"{ip}/{prefix}"
+                if host is not None:
+                    glob["nat_router"] = f"{host}/{prefix}"
                 glob["nat_router_device"] = dev
                 glob["private_interface"] = dev
                 if raw != dev:
@@ -950,7 +1079,7 @@ class _Builder:
         hb_on = g.boolean("heartbeat")
         if hb_on is False:
             g.error(g.entries["heartbeat"], "heartbeat = 0 with backup_active = 1: lb's failover needs heartbeats")
-        take("heartbeat_port", "heartbeat_port", g.integer("heartbeat_port"))
+        take("heartbeat_port", "heartbeat_port", _port(g, "heartbeat_port", "tcp"))
         for key in ("keepalive", "deadtime"):
             exact = _seconds(g, f"lb_ha_{key}")
             piranha = _seconds(g, key)  # type-checked even where lb_ha_* wins
@@ -1066,10 +1195,13 @@ class _Builder:
         if ad is not None:
             ip, dev, raw = ad
             line = v.line("address")
+            host = v.host("address", ip)
             if fwm:  # Piranha wrote the VIP of a firewall-mark virtual too: its device is the one used
-                vx["address"] = ip
+                if host is not None:
+                    vx["address"] = host
             else:
-                out["address"] = ip
+                if host is not None:
+                    out["address"] = host
                 self.note(tf + ("address",), line, v.fld("address"))
             if dev is not None:
                 out["device"] = dev
@@ -1291,8 +1423,9 @@ class _Builder:
         self.note(tf, sb.line, label)
         self.note(tf + ("name",), sb.line, label)
         out: dict[str, Any] = {"name": sb.name}
-        if "address" in s.entries:
-            out["address"] = s.entries["address"].value
+        host = s.host("address") if "address" in s.entries else None
+        if host is not None:
+            out["address"] = host
         self.note(tf + ("address",), s.line("address"), s.fld("address"))
         for key, val in (("port", _port(s, "port", proto)), ("weight", s.integer("weight")),
                          ("active", s.boolean("active"))):
@@ -1837,7 +1970,7 @@ def _source_positions(path: Path | None) -> _toml.Positions:
         return _Bare()
     if fmt == "toml":
         return _toml.TomlPositions(text)
-    issues = _Issues(os.fspath(path))
+    issues = _Issues(os.fspath(path), resolve=False)     # the lines only: no name looked up
     b = _Builder(issues)
     b.build(_parse_blocks(text, issues))
     return b.positions
