@@ -9,8 +9,13 @@ The file is read as keepalived reads it: blocks in ``{ }`` (a ``{`` may also ope
 line), comments from an unquoted ``#`` or ``!`` to the end of the line, strings in ``"`` or ``'``
 with keepalived's escapes, ``include`` (globs with csh-style {a,b} groups, relative to the
 including file), conditional lines (``@ID`` / ``@^ID`` against the config id: by default the
-host name's first label, as keepalived's ``-i``), ``$NAME=VALUE`` parameters (``$NAME`` / ``${NAME}``, multi-line definitions ending in
-``\\``) and ``~SEQ(VAR, [START,] [STEP,] END) TEXT`` lines (``~SEQx``: the values in hex), TEXT
+host name's first label, as keepalived's ``-i``), ``$NAME=VALUE`` parameters as keepalived's
+check_definition reads them (``$NAME`` / ``${NAME}``; the line decommented first; no blank before
+``=``, which is an error, as keepalived refuses the line; the value's leading blanks dropped; an
+empty value an empty parameter; multi-line definitions ending in ``\\``, ended by an empty
+line or the file's end, comment and blank-only lines skipped, expanded only at the end of a
+line; ``${_HASH}``, ``${_BANG}``, ``$_PWD``, ``$_INSTANCE`` standard, a file's own definition
+winning; ``$_RANDOM`` an error) and ``~SEQ(VAR, [START,] [STEP,] END) TEXT`` lines (``~SEQx``: the values in hex), TEXT
 once per value with $VAR set, as keepalived's read_line (one that keepalived refuses is an
 error).  Bounded: file sizes, include depth and count, block nesting, line length, parameter
 and ~SEQ expansion; any input gives a Config or a ConfigError whose issues name file:line and field.
@@ -289,13 +294,51 @@ class Stmt:
 
 
 _ESCAPES = {"a": "\a", "b": "\b", "E": "\x1b", "f": "\f", "n": "\n", "r": "\r", "t": "\t", "v": "\v"}
-_PARAM_DEF = re.compile(r"\$([A-Za-z_][A-Za-z0-9_]*)=(.*)")
+# keepalived's check_definition: $NAME=VALUE, no blank before '=', the value's leading blanks not
+# part of it (the line decommented first: _decomment)
+_PARAM_DEF = re.compile(r"\$([A-Za-z_][A-Za-z0-9_]*)=[ \t]*(.*)", re.S)
+_PARAM_DEF_BLANK = re.compile(r"\$([A-Za-z_][A-Za-z0-9_]*)[ \t]+=")
+# keepalived's standard definitions (set_std_definitions) that are text; a file's own definition
+# of the same name wins, as there.  _PWD and _INSTANCE are added per file and config id.
+_STD_PARAMS = {"_HASH": "#", "_BANG": "!"}
+_RANDOM_USE = re.compile(r"\$(?:\{_RANDOM[ 0-9]*\}|_RANDOM(?=[\s,)]|$))")
 # $NAME ends at a blank, ',' or ')' (keepalived's find_definition), ${NAME} anywhere
 _PARAM_USE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}|\$([A-Za-z_][A-Za-z0-9_]*)(?=[\s,)]|$)")
 # ~SEQ(VAR, numbers) TEXT, as keepalived's add_seq: the name ends at a blank, ',' or ')'
 _SEQ = re.compile(r"~SEQ(x?)[ \t]*\([ \t]*([^ \t,)]+)[ \t]*,([^)]*)\)(.*)", re.S)
 _STRTOL = re.compile(r"[ \t\n\v\f\r]*([+-]?)(0[xX][0-9A-Fa-f]+|0[0-7]*|[1-9][0-9]*)[ \t]*")
 LONG_MAX = 2**63 - 1
+
+
+def _decomment(s: str) -> tuple[str, bool]:
+    """keepalived's decomment() of one line: leading and trailing blanks, and a comment (``#`` or
+    ``!`` outside double quotes) removed, ``\\#`` and ``\\!`` outside quotes made ``#`` and ``!``,
+    a final ``\\`` (even after a comment: it continues a multi-line definition) kept as the
+    last character, blanks before it removed.  Second: a double quote left open (keepalived's
+    'Unterminated quote')."""
+    s = s.lstrip(" \t")
+    out: list[str] = []
+    quote = comment = cont = False
+    i = 0
+    while i < len(s):
+        ch = s[i]
+        if ch == "\\":
+            if i + 1 == len(s):
+                cont = True
+                break
+            if not comment:
+                out.append(s[i + 1] if not quote and s[i + 1] in "#!" else s[i:i + 2])
+            i += 2
+            continue
+        if ch == '"' and not comment:
+            quote = not quote
+        elif ch in "#!" and not quote and not comment:
+            comment = True
+        if not comment:
+            out.append(ch)
+        i += 1
+    text = "".join(out).rstrip(" \t")
+    return (text + "\\" if cont else text), quote
 
 
 def _strtol(text: str) -> int | None:
@@ -344,6 +387,7 @@ class _Reader:
         self.issues = issues
         self.warnings = warnings
         self.params: dict[str, str] = {}
+        self.multiline: set[str] = set()       # the parameters defined over several lines
         self.files = 0
         self.total = 0
         self.seq_lines = 0  # lines ~SEQ made (MAX_SEQ_LINES)
@@ -364,24 +408,50 @@ class _Reader:
             raise ConfigError([ConfigIssue(display, None, "", f"keepalived.conf and its includes are larger than "
                                                               f"{MAX_TOTAL_BYTES >> 20} MiB")])
         raw = text.split("\n")
+        if raw[-1] == "":
+            raw.pop()           # the last line's newline: no empty line after it
         n = 0
         pending: tuple[str, list[str]] | None = None  # a multi-line $NAME= definition being read
         while n < len(raw):
-            line = raw[n].rstrip("\r")
+            line = raw[n].rstrip("\r\n")
             n += 1
             if len(line) > MAX_LINE:
                 self.error(display, n, f"line longer than {MAX_LINE} characters")
                 continue
             if pending is not None:
-                more = line.endswith("\\")
-                pending[1].append(line[:-1] if more else line)
+                # keepalived's read_line: an empty line ends the definition (and is not part of it);
+                # a line of blanks or a comment is skipped; each line decommented, its final
+                # backslash (blanks before it removed) continuing the definition
+                if not line:
+                    self._define(*pending)
+                    pending = None
+                    continue
+                d, _ = _decomment(line)
+                if not d:
+                    continue
+                more = d.endswith("\\")
+                d = d[:-1].rstrip(" \t") if more else d
+                if d:
+                    pending[1].append(d)
                 if not more:
-                    self.params[pending[0]] = "\n".join(pending[1])
+                    self._define(*pending)
                     pending = None
                 continue
             pending = self._line(line.strip(), path, display, n, depth, chain, 0)
-        if pending is not None:
-            self.error(display, n, f"multi-line parameter ${pending[0]} not finished at the end of the file")
+        if pending is not None and depth == 0:
+            self._define(*pending)      # keepalived: the file's end ends the definition
+        elif pending is not None:
+            self.error(display, n, f"multi-line parameter ${pending[0]} not finished at the end of this included "
+                                   f"file: keepalived would read the including file's next lines into it; end "
+                                   f"its last line without a backslash")
+
+    def _define(self, name: str, lines: list[str]) -> None:
+        """A multi-line definition read: its lines (none: an empty, one-line parameter)."""
+        self.params[name] = "\n".join(lines)
+        if lines:
+            self.multiline.add(name)
+        else:
+            self.multiline.discard(name)
 
     def _line(self, s: str, path: str, display: str, n: int, depth: int, chain: tuple[str, ...],
               seq: int) -> tuple[str, list[str]] | None:
@@ -396,12 +466,27 @@ class _Reader:
             if not rest or (wanted == self.config_id) == negate:
                 return None
             s = rest[0].strip()
-        m = _PARAM_DEF.fullmatch(s)
-        if m:
-            if m.group(2).endswith("\\"):
-                return (m.group(1), [m.group(2)[:-1]] if m.group(2)[:-1].strip() else [])
-            self.params[m.group(1)] = m.group(2)
-            return None
+        if s.startswith("$"):
+            d, open_quote = _decomment(s)
+            m = _PARAM_DEF.fullmatch(d)
+            if m and open_quote:
+                self.error(display, n, f"unterminated quote in the definition of ${m.group(1)} (keepalived refuses "
+                                       f"it)")
+                return None
+            if m:
+                name, value = m.groups()
+                if value.endswith("\\"):
+                    first = value[:-1].rstrip(" \t")
+                    return (name, [first] if first else [])
+                self.params[name] = value
+                self.multiline.discard(name)
+                return None
+            blank = _PARAM_DEF_BLANK.match(d)
+            if blank:
+                self.error(display, n, f"not a parameter definition: keepalived takes ${blank.group(1)}=VALUE with "
+                                       f"no blank before '=' (it reads this line as the keyword "
+                                       f"'${blank.group(1)}', which it refuses); write ${blank.group(1)}={d[blank.end():].lstrip(' ')}")
+                return None
         if s.startswith("~SEQ"):
             self._seq(s, path, display, n, depth, chain, seq)
             return None
@@ -441,7 +526,7 @@ class _Reader:
             self.error(display, n, "invalid ~SEQ line: expected '~SEQ(VARIABLE, [START,] [STEP,] END) TEXT'")
             return
         hexa, var, args, text = m.group(1) == "x", m.group(2), m.group(3), m.group(4).lstrip(" \t")
-        known = {**self.params, "_PWD": os.path.dirname(path) or ".", "_INSTANCE": self.config_id}
+        known = {**_STD_PARAMS, "_PWD": os.path.dirname(path) or ".", "_INSTANCE": self.config_id, **self.params}
         missing: list[str] = []
 
         def value(p: re.Match[str]) -> str:
@@ -490,9 +575,26 @@ class _Reader:
     def _substitute(self, s: str, display: str, n: int, pwd: str) -> str:
         if "$" not in s:
             return s
-        known = {**self.params, "_PWD": pwd or ".", "_INSTANCE": self.config_id}
+        known = {**_STD_PARAMS, "_PWD": pwd or ".", "_INSTANCE": self.config_id, **self.params}
+        spread: list[str] = []
+
+        def value(m: re.Match[str]) -> str:
+            name = m.group(1) or m.group(2)
+            rest = m.string[m.end():].lstrip(" \t")
+            if name in self.multiline and rest and rest[0] not in "#!":
+                spread.append(name)         # keepalived expands it only at the end of a line
+                return m.group(0)
+            return known.get(name, m.group(0))
         for _ in range(MAX_PARAM_ROUNDS):
-            out = _PARAM_USE.sub(lambda m: known.get(m.group(1) or m.group(2), m.group(0)), s)
+            if "_RANDOM" not in self.params and _RANDOM_USE.search(s):
+                self.error(display, n, "$_RANDOM (keepalived's random number, another at each load) is not "
+                                       "supported: write the number")
+                return ""
+            out = _PARAM_USE.sub(value, s)
+            if spread:
+                self.error(display, n, f"${spread[0]} is a multi-line parameter: keepalived expands one only at the "
+                                       f"end of a line (it leaves ${spread[0]} here as written)")
+                return ""
             if out == s:
                 return s
             if len(out) > MAX_LINE * 4:
