@@ -19,6 +19,7 @@ import signal
 import socket
 import threading
 import time
+import traceback
 
 from lb import config as lbconfig
 from lb import control, files, held, sdnotify
@@ -53,6 +54,8 @@ ESTIMATE_INTERVAL = 2.0       # IPVS's rate estimator period (ip_vs_est.c)
 DEFENSE_INTERVAL = 1.0        # IPVS's defense_work period (DEFENSE_TIMER_PERIOD)
 OWNERSHIP_INTERVAL = 1.0      # how often the held addresses and attached programs are checked
 HOUSEKEEPING_SLOW = 30.0      # a step still running this long is said (again at 2x, 4x ... as long)
+RUN_LOOP_PAUSE = 1.0          # after a turn whose own code failed, before the next (Engine._loop_failed)
+RUN_LOOP_GIVE_UP = 60         # turns in a row whose own code failed: the daemon exits 1, data plane kept
 
 
 # the run loop's housekeeping steps, as the log names them (`lb status`: housekeeping_errors)
@@ -67,6 +70,8 @@ HOUSEKEEPING = {
     "estimate": "the rate estimator",
     "keep_ownership": "keeping the addresses and XDP programs in place",
     "refresh_nexthops": "refreshing the next hops",
+    # not a step: the loop's own code between them (Engine._loop_failed)
+    "run_loop": "the run loop's own code",
 }
 
 
@@ -500,7 +505,10 @@ class Engine:
         self._weight_log = RateLimitedLog(log, 60.0)  # by real server: its load monitor's weight changes
         self._housekeeping_log = RateLimitedLog(log, 60.0)   # by step: a failing one is retried each turn
         self.housekeeping_errors: dict[str, int] = {}       # the run loop's steps that failed, by step
-        self._housekeeping_traced: set[tuple[str, str]] = set()   # (step, error type) whose traceback is logged
+        self._housekeeping_traced: set[tuple] = set()   # (step, error type[, file, line]) whose traceback is logged
+        # why the run loop gave up (its own code failed at RUN_LOOP_GIVE_UP turns in a row, or an
+        # error ended run()): lb.engine.run keeps the data plane and exits 1
+        self.failed: str | None = None
         self.on_sorry: set[tuple] = set()            # keys of the services sent to their sorry server
         self._applied_table: TableSpec | None = None  # the last table the data plane took
         # virtual server key -> why its health, weight or override change waits (HeldBack): `lb status`
@@ -890,10 +898,13 @@ class Engine:
         """keep_dataplane: the programs stay attached, the maps pinned and the addresses up, for
         the next `lb run` to adopt (an upgrade, `systemctl restart`); otherwise everything goes
         (`systemctl stop`, `lb stop`).  lb@.service runs `lb run --on-sigterm systemd`: at SIGTERM
-        the job systemd is running (stop or restart) picks one (_systemd_stop_kind)."""
-        sdnotify.stopping("stopping (data plane kept for the next start)" if keep_dataplane else "stopping")
+        the job systemd is running (stop or restart) picks one (_systemd_stop_kind).  After the
+        run loop gave up (``failed``) no STOPPING=1: the exit that follows is a failure."""
+        if self.failed is None:
+            sdnotify.stopping("stopping (data plane kept for the next start)" if keep_dataplane else "stopping")
         if keep_dataplane:
-            log.info("leaving the data plane, its maps and addresses in place for an upgrade")
+            log.info("leaving the data plane, its maps and addresses in place for %s",
+                     "an upgrade" if self.failed is None else "the next start")
             settle = getattr(self.dp, "settle_resize", None)      # the XDP data plane's
             if settle is not None:
                 try:
@@ -918,7 +929,11 @@ class Engine:
         if self.bgp is not None:
             _stop_step("stopping the BGP speaker", self.bgp.close, keep=keep_dataplane)
         self.lock.release()
-        log.info("lb instance %r stopped", self.cfg.instance)
+        if self.failed is None:
+            log.info("lb instance %r stopped", self.cfg.instance)
+        else:
+            log.error("lb instance %r exits after a failure (%s); its data plane forwards on", self.cfg.instance,
+                      self.failed)
 
     def stop_failed_start(self) -> None:
         """After a start that failed (in start(), or in the run loop's own start: pulse's port
@@ -2004,46 +2019,64 @@ class Engine:
         async def do_resize():
             self._resizing = await blocking(self._finish_resize)
 
+        failing = 0          # turns in a row whose own code failed (_loop_failed)
         while self._stop is None:
+            # the turn's own code -- what is between its guarded steps (and what a step may let
+            # through: a CancelledError not of run() itself) -- failing goes to _loop_failed: the
+            # data plane forwards on; it used to end run(), and lb.engine.run's stop tore it down
             try:
-                await asyncio.wait_for(self._wake.wait(), timeout=1.0)
-            except asyncio.TimeoutError:
-                pass
-            self._wake.clear()
-            now = loop.time()
-            if watchdog is not None and now - last_ping >= watchdog / 4:
-                last_ping = now
-                sdnotify.watchdog()
-            # each step on its own: one that fails (every second, say) is counted and logged, and
-            # the next ones -- the sweep, the addresses put back, XDP attached again -- still run
-            if reload_pending or self._reload_waiters:
-                await self._housekeep("reload", do_reload)
-            if self._dirty or self._apply_waiters:
-                await self._housekeep("apply", lambda: self._apply_changes(blocking))
-            if self.dp.draining:
-                await self._housekeep("finish_drains", lambda: blocking(self.finish_drains))
-            if self._resizing:
-                await self._housekeep("finish_resize", do_resize)
-            await self._housekeep("sched_base", do_sched_base)
-            if now - last_sweep >= SWEEP_INTERVAL:
-                last_sweep = now
-                await self._housekeep("sweep", do_sweep)
-            if now - last_def >= DEFENSE_INTERVAL:
-                last_def = now
-                await self._housekeep("defend", lambda: blocking(self.defend))
-            if now - last_est >= ESTIMATE_INTERVAL:
-                last_est = now
-                await self._housekeep("estimate", lambda: blocking(self.estimate))
-            if now - last_own >= OWNERSHIP_INTERVAL:
-                last_own = now
-                await self._housekeep("keep_ownership", lambda: blocking(lambda: self.keep_ownership(now)))
-            if now - last_nh >= NEXTHOP_INTERVAL:
-                last_nh = now
-                await self._housekeep("refresh_nexthops", lambda: blocking(self.refresh_nexthops))
+                try:
+                    await asyncio.wait_for(self._wake.wait(), timeout=1.0)
+                except asyncio.TimeoutError:
+                    pass
+                self._wake.clear()
+                now = loop.time()
+                if watchdog is not None and now - last_ping >= watchdog / 4:
+                    last_ping = now
+                    sdnotify.watchdog()
+                # each step on its own: one that fails (every second, say) is counted and logged, and
+                # the next ones -- the sweep, the addresses put back, XDP attached again -- still run
+                if reload_pending or self._reload_waiters:
+                    await self._housekeep("reload", do_reload)
+                if self._dirty or self._apply_waiters:
+                    await self._housekeep("apply", lambda: self._apply_changes(blocking))
+                if self.dp.draining:
+                    await self._housekeep("finish_drains", lambda: blocking(self.finish_drains))
+                if self._resizing:
+                    await self._housekeep("finish_resize", do_resize)
+                await self._housekeep("sched_base", do_sched_base)
+                if now - last_sweep >= SWEEP_INTERVAL:
+                    last_sweep = now
+                    await self._housekeep("sweep", do_sweep)
+                if now - last_def >= DEFENSE_INTERVAL:
+                    last_def = now
+                    await self._housekeep("defend", lambda: blocking(self.defend))
+                if now - last_est >= ESTIMATE_INTERVAL:
+                    last_est = now
+                    await self._housekeep("estimate", lambda: blocking(self.estimate))
+                if now - last_own >= OWNERSHIP_INTERVAL:
+                    last_own = now
+                    await self._housekeep("keep_ownership", lambda: blocking(lambda: self.keep_ownership(now)))
+                if now - last_nh >= NEXTHOP_INTERVAL:
+                    last_nh = now
+                    await self._housekeep("refresh_nexthops", lambda: blocking(self.refresh_nexthops))
+                failing = 0
+            except (Exception, asyncio.CancelledError) as e:
+                if isinstance(e, asyncio.CancelledError) and asyncio.current_task().cancelling():
+                    raise                            # run() itself cancelled
+                failing += 1
+                if self._loop_failed(e, failing) or self._stop is not None:
+                    break
+                await asyncio.sleep(RUN_LOOP_PAUSE)      # never a loop that spins on its error
+
         # the pings end with the loop: STOPPING=1 now, not after the loop's parts have stopped
         # (a BGP drain: seconds), so that systemd's watchdog, on while the unit runs, is off
-        # for the stop (TimeoutStopSec= bounds it instead)
-        sdnotify.stopping("stopping")
+        # for the stop (TimeoutStopSec= bounds it instead).  Not when the loop gave up: that exit
+        # is a failure, which Restart=on-failure follows with a start (STOPPING=1: a stop asked for)
+        if self.failed is None:
+            sdnotify.stopping("stopping")
+        else:
+            sdnotify.status("failed: the run loop gave up (see the log); the data plane forwards on")
         if self._stop.startswith("systemd:"):       # lb@.service's SIGTERM: stop or restart?
             self._stop = await blocking(self._systemd_stop_kind)
         for fut in self._reload_waiters:                  # before the server waits for its handlers
@@ -2054,6 +2087,33 @@ class Engine:
                 fut.set_result({"ok": False, "error": "the daemon is stopping: the override is recorded, for "
                                                       "its next start, but not applied now"})
         await self._stop_running(blocking, started)
+
+    def _loop_failed(self, e: BaseException, failing: int) -> bool:
+        """The run loop's own code (not one of its steps) raised at a turn, the ``failing``-th in
+        a row: counted as the step "run_loop" (`lb status`, lb_housekeeping_errors_total), logged
+        at most once a minute, the traceback once for each type of error and line that raised it.
+        The data plane forwards on, and so do the health checks, pulse and the control socket;
+        the loop goes on at its next turn.  True when it gives up (RUN_LOOP_GIVE_UP turns in a row:
+        no housekeeping step runs any more): the daemon leaves the data plane as `lb stop
+        --keep-dataplane` does, and exits 1 for its service manager to start it again."""
+        step = "run_loop"
+        n = self.housekeeping_errors[step] = self.housekeeping_errors.get(step, 0) + 1
+        text = f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
+        self._housekeeping_log.log(step, logging.ERROR, "housekeeping: %s failed (the data plane forwards on; tried "
+                                   "again at its next turn; %d failures so far): %s", HOUSEKEEPING[step], n, text)
+        frames = traceback.extract_tb(e.__traceback__)
+        where = (type(e).__name__,) + ((frames[-1].filename, frames[-1].lineno) if frames else ())
+        if (step, *where) not in self._housekeeping_traced:
+            self._housekeeping_traced.add((step, *where))
+            log.error("housekeeping: %s: the %s's traceback", HOUSEKEEPING[step], type(e).__name__, exc_info=e)
+        if failing < RUN_LOOP_GIVE_UP or self._stop is not None:     # (a stop asked for: as asked)
+            return False
+        self.failed = f"{HOUSEKEEPING[step]} failed at each of its last {failing} turns, the last time: {text}"
+        log.critical("%s: giving up -- the daemon exits (status 1), leaving the data plane (XDP programs, maps, "
+                     "addresses) forwarding, as `lb stop --keep-dataplane` does, for the next start to adopt "
+                     "(lb@.service: Restart=on-failure)", self.failed)
+        self._stop = "keep"
+        return True
 
     async def _housekeep(self, step: str, fn):
         """await fn(), one step of the run loop's housekeeping: the daemon keeps forwarding, and
@@ -2232,18 +2292,33 @@ def run(cfg, *, xdp_mode: str = "native", dataplane: str | None = None, on_sigte
         log.error("%s: starting: %s", cfg.path or "<config>", why)
         eng.stop_failed_start()
         return 2
-    failed = False
+    failed = crashed = False
     try:
         asyncio.run(_serve(eng))
     except StartupError as e:         # a part of the start made in the loop (pulse's sockets ...)
         log.error("%s", e)
         failed = True
+    except (Exception, asyncio.CancelledError) as e:
+        # a bug that ended the loop (its own turns' errors do not: Engine._loop_failed) -- as it
+        # ends, in the stop of its parts: the data plane forwards on, as after a crash (it was
+        # torn down: every connection lost to a control-plane bug), unless a clean stop was asked
+        # for; with --on-sigterm systemd and the job not known yet, kept (no job: kept)
+        crashed = True
+        why = f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
+        if eng._stop == "clean":
+            log.error("lb instance %r: the run loop ended in an error (the clean stop asked for goes on): %s",
+                      cfg.instance, why, exc_info=e)
+        else:
+            eng.failed = eng.failed or f"the run loop ended in an error: {why}"
+            log.critical("lb instance %r: %s -- leaving the data plane (XDP programs, maps, addresses) forwarding "
+                         "for the next start to adopt; exit 1", cfg.instance, eng.failed, exc_info=e)
+            eng._stop = "keep"
     finally:                          # whatever happened: never a data plane left half-stopped
         if failed:
             eng.stop_failed_start()
         else:
             eng.stop(keep_dataplane=(eng._stop == "keep"))
-    return 2 if failed else 0
+    return 2 if failed else 1 if crashed or eng.failed is not None else 0
 
 
 # the signals that ask a running daemon to stop or reload

@@ -894,3 +894,157 @@ def test_status_and_config_requests_read_the_file_off_the_loop(tmp_path, monkeyp
     assert status == {"ok": True, "status": eng.status()}       # the reply as it was, on the loop
     assert config == eng.configs.get()
 
+
+
+# ---- a bug in the run loop's own code --------------------------------------------------------
+
+class FaultyLoop(StartingDataplane):
+    """The run loop's own code fails at its first ``faults`` turns, at ``where``: the data
+    plane's ``draining``, which the loop reads between its guarded steps (a bug in the loop), or
+    a sweep whose future comes back cancelled (a CancelledError, which the steps' guard let
+    through).  ``swept``: the sweeps that ran."""
+
+    where, error, faults = "draining", RuntimeError, 2
+
+    def __init__(self, *a, **kw):
+        super().__init__(*a, **kw)
+        self.failed = self.swept = 0
+
+    def _fault(self, here):
+        if here == self.where and self.failed < self.faults:
+            self.failed += 1
+            raise self.error("a bug in the loop")
+
+    @property
+    def draining(self):
+        self._fault("draining")
+        return False
+
+    def sweep(self):
+        self._fault("sweep")
+        self.swept += 1
+        return 0
+
+
+# what the start did (lo: both sides)
+STARTED = ["load", "take ['198.18.0.10/32', '198.18.1.254/24']", "attach lo", "attach lo"]
+
+
+def faulty_run(tmp_path, monkeypatch, instance, until, **faulty):
+    """lbengine.run over a FaultyLoop (``faulty``: its class attributes), the loop woken every
+    50 ms; once ``until(engine)`` holds, its status over the control socket and the data plane's
+    EVENTS so far are taken and `lb stop` (SIGINT) asked.  (exit status, status reply, EVENTS
+    then, STOPPING= lines sent)"""
+    import asyncio
+    import functools
+
+    from lb import control, metrics, sdnotify
+    patch_host(monkeypatch.setattr, str(tmp_path), type("Faulty", (FaultyLoop,), faulty))
+    monkeypatch.setattr(control, "request", functools.partial(control.request, run_dir=str(tmp_path)))
+    monkeypatch.setattr(lbengine, "SWEEP_INTERVAL", 0.0)          # a sweep at every turn
+    monkeypatch.setattr(lbengine, "RUN_LOOP_PAUSE", 0.01)
+    stopping = []
+    monkeypatch.setattr(sdnotify, "stopping", lambda text: stopping.append(text))
+    seen, tasks = {}, []
+
+    async def client(engine):
+        loop = asyncio.get_running_loop()
+        sock = Path(control.socket_path(instance, str(tmp_path)))
+        for _ in range(400):
+            engine._wake.set()
+            await asyncio.sleep(0.05)
+            if sock.exists() and until(engine):
+                seen["status"] = await loop.run_in_executor(None, lambda: control.request(instance, "status",
+                                                                                            timeout=10))
+                break
+        seen["events"] = list(EVENTS)
+        os.kill(os.getpid(), signal.SIGINT)                         # `lb stop`
+
+    async def start(engine):
+        tasks.append(asyncio.get_running_loop().create_task(client(engine)))
+    monkeypatch.setattr(metrics, "start", start)
+    path = write(tmp_path / "lb.toml", instance=instance)
+    rc = lbengine.run(lbconfig.load(path), dataplane="ipvs")
+    return rc, seen.get("status"), seen.get("events"), stopping
+
+
+@pytest.mark.parametrize("where, error", [("draining", RuntimeError), ("sweep", __import__("asyncio").CancelledError)])
+def test_a_bug_in_the_run_loops_own_code_leaves_the_data_plane_forwarding(tmp_path, monkeypatch, signals, caplog,
+                                                                            where, error):
+    """The run loop's own code raises at two turns (outside its guarded steps, or a CancelledError
+    a step let through): it ended the loop, and `lb run`'s stop tore the data plane down -- XDP
+    detached, the VIPs released, the maps unpinned: every connection lost to a control-plane bug.
+    Now the data plane forwards on, the loop goes on (its steps run again), the daemon answers
+    `lb status`, which counts the errors as the failing steps' (and so does
+    lb_housekeeping_errors_total), the log says it with one traceback; `lb stop` is as before."""
+    from lb.cli.main import _status_lines
+    from test_metrics import Source, scrape, value
+    with caplog.at_level(logging.INFO, logger="lb"):
+        rc, status, events, stopping = faulty_run(
+            tmp_path, monkeypatch, "loopbug", lambda eng: eng.dp.failed == 2 and eng.dp.swept >= 1,
+            where=where, error=error)
+    assert status is not None, (events, caplog.text)
+    assert status["ok"] is True
+    doc = status["status"]
+    assert doc["housekeeping_errors"] == {"run_loop": 2}, doc["housekeeping_errors"]
+    assert [s for s in _status_lines(doc) if s.startswith("errors")] == [
+        "errors (see the log): run_loop failed 2 times"]
+    samples = scrape(Source(doc=doc, services=[], counters={}, defense=None))
+    assert value(samples, "lb_housekeeping_errors_total", step="run_loop") == 2
+    # nothing of the data plane touched while it ran: attached, its addresses up, its maps pinned
+    assert events == STARTED, events
+    said = [r for r in caplog.records if "the run loop's own code" in r.getMessage()]
+    assert said[0].getMessage() == ("housekeeping: the run loop's own code failed (the data plane forwards on; "
+                                    f"tried again at its next turn; 1 failures so far): {error.__name__}: a bug "
+                                    "in the loop"), caplog.text
+    assert sum(bool(r.exc_info) for r in said) == 1, caplog.text      # the traceback once
+    assert len(said) == 2, caplog.text                                # the second failure held back
+    # `lb stop` then: the clean stop, as before
+    assert rc == 0
+    assert stopping == ["stopping", "stopping"]
+    assert EVENTS[-4:] == ["detach_all", "release ['198.18.0.10/32', '198.18.1.254/24']", "unpin", "close"], EVENTS
+
+
+def test_a_run_loop_that_fails_at_every_turn_exits_1_and_keeps_the_data_plane(tmp_path, monkeypatch, signals,
+                                                                               caplog):
+    """The loop's own code fails at every turn (none of its steps runs any more: no sweep, no
+    health change applied): after RUN_LOOP_GIVE_UP turns in a row it gives up -- one critical
+    line, and the stop `lb stop --keep-dataplane` makes: XDP attached, the VIPs up, the maps
+    pinned, the record written for the next start; exit 1 and no STOPPING=1 (a failure, which
+    lb@.service's Restart=on-failure follows with a start, adopting the data plane)."""
+    from lb import held
+    monkeypatch.setattr(lbengine, "RUN_LOOP_GIVE_UP", 3)
+    with caplog.at_level(logging.INFO, logger="lb"):
+        rc, status, events, stopping = faulty_run(tmp_path, monkeypatch, "loopdead", lambda eng: False,
+                                                  faults=10 ** 9)
+    assert rc == 1
+    assert EVENTS == STARTED + ["close"], EVENTS       # (its file descriptors closed: what is pinned stays)
+    assert stopping == []
+    critical = [r.getMessage() for r in caplog.records if r.levelno >= logging.CRITICAL]
+    assert critical == ["the run loop's own code failed at each of its last 3 turns, the last time: RuntimeError: a "
+                        "bug in the loop: giving up -- the daemon exits (status 1), leaving the data plane (XDP "
+                        "programs, maps, addresses) forwarding, as `lb stop --keep-dataplane` does, for the next "
+                        "start to adopt (lb@.service: Restart=on-failure)"], caplog.text
+    record = held.read(held.path(str(tmp_path), "loopdead"))
+    assert sorted(str(a.address) for a in record.addresses) == ["198.18.0.10/32", "198.18.1.254/24"]
+    assert not os.path.exists(lbengine.pidfile("loopdead"))
+
+
+def test_an_error_that_ends_the_loop_keeps_the_data_plane(tmp_path, monkeypatch, signals, caplog):
+    """An error that leaves Engine.run all the same (here: in the READY=1 sent once it runs,
+    before the loop's first turn): `lb run` logs it with its traceback and exits 1, leaving
+    the data plane forwarding as a crash does; it used to tear it down."""
+    patch_host(monkeypatch.setattr, str(tmp_path))
+
+    def ready(self):
+        raise RuntimeError("a bug before the loop")
+    monkeypatch.setattr(lbengine.Engine, "_ready", ready)
+    path = write(tmp_path / "lb.toml", instance="loopend")
+    with caplog.at_level(logging.INFO, logger="lb"):
+        assert lbengine.run(lbconfig.load(path), dataplane="ipvs") == 1
+    assert EVENTS == STARTED + ["close"], EVENTS       # (its file descriptors closed: what is pinned stays)
+    critical = [r for r in caplog.records if r.levelno >= logging.CRITICAL]
+    assert [r.getMessage() for r in critical] == [
+        "lb instance 'loopend': the run loop ended in an error: RuntimeError: a bug before the loop -- leaving "
+        "the data plane (XDP programs, maps, addresses) forwarding for the next start to adopt; exit 1"], caplog.text
+    assert critical[0].exc_info
