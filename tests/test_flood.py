@@ -11,6 +11,7 @@ import logging
 import subprocess
 import sys
 import time
+import zlib
 
 import pytest
 from scapy.layers.inet import IP, TCP, UDP
@@ -19,6 +20,7 @@ from scapy.layers.l2 import Ether
 from lb.config.model import Defense
 from lb.dataplane import RealSpec, ServiceSpec, TableSpec
 from lb.dataplane import layout as L
+from lb.dataplane.defense import DROP_ENTRY_SLICES
 from lb.dataplane.xdp import Sizes
 from lb.lab import flood
 
@@ -313,6 +315,55 @@ def test_the_free_estimate_counts_what_the_control_plane_deleted(dp):
     finally:
         dp.apply(TABLE)
         dp.defend()
+
+
+class _Slice:
+    """drop_entry's random choice of a 32nd of the table, made: the slice of key"""
+    def __init__(self, key: bytes):
+        self.part = zlib.crc32(key) % DROP_ENTRY_SLICES
+
+    def randrange(self, n: int) -> int:
+        return self.part
+
+
+def test_drop_entry_leaves_a_reverse_entry_that_is_another_connections():
+    """One client port to two NAT VIPs whose real server is the same: both connections' reverse
+    entries have one key, and the second one's is there.  drop_entry dropping the first
+    connection leaves it (the second's replies still go out from their VIP) and counts only what
+    it deleted; dropping the second takes its own reverse entry with it."""
+    vip1, vip2, real, client = "198.18.0.31", "198.18.0.32", "198.18.1.11", "198.18.0.2"
+    table = TableSpec(tuple(ServiceSpec("tcp", ip(v), 80, "rr", (RealSpec(ip(real), 8080, 1, "nat"),))
+                            for v in (vip1, vip2)))
+    def key(vip, sport):
+        return L.ConnKey(ip(client), ip(vip), sport, 80, 6).pack()
+
+    # a client port whose two connections fall in different slices
+    sport = next(p for p in range(30000, 30100)
+                 if zlib.crc32(key(vip1, p)) % DROP_ENTRY_SLICES != zlib.crc32(key(vip2, p)) % DROP_ENTRY_SLICES)
+    rev = L.ConnKey(ip(real), ip(client), 8080, sport, 6, 1).pack()
+    with loaded_dataplane("dropentry", table=table) as d:
+        embryos = d.maps["lb_conns_embryo"]
+        for vip in (vip1, vip2):
+            rc, out = _send(d, client, vip, sport, 80, "S")
+            assert rc == XDP_REDIRECT and Ether(out)[IP].dst == real
+        assert L.Conn.unpack(embryos.get(rev)).vaddr == L.pack_addr(ip(vip2))
+        defender = d.defender
+        size = d.defense_status()["embryonic_size"]
+        assert d.defense_status()["embryonic_free"] == size - 3     # two connections, one reverse entry
+        deleted = d.conns.embryo_deleted
+        defender._rng = _Slice(key(vip1, sport))
+        assert defender.drop_entries() == 1
+        assert embryos.get(key(vip1, sport)) is None and embryos.get(key(vip2, sport)) is not None
+        assert d.conns.embryo_deleted == deleted + 1            # the connection's entry, no more
+        rc, out = run(d, "lb_xdp_private", _nat_reply(real, client, sport, "SA"))
+        assert rc == XDP_TX and (Ether(out)[IP].src, Ether(out)[TCP].sport) == (vip2, 80)
+        defender._rng = _Slice(key(vip2, sport))
+        assert defender.drop_entries() == 1
+        assert embryos.get(key(vip2, sport)) is None and embryos.get(rev) is None
+        assert d.conns.embryo_deleted == deleted + 3            # and now its own reverse entry
+        assert run(d, "lb_xdp_private", _nat_reply(real, client, sport, "SA"))[0] == XDP_PASS
+        assert d.defense_status()["drop_entry_deleted"] == 2
+        assert d.defense_status()["embryonic_free"] == size == size - len(embryos.items())
 
 
 def test_lb_list_counters(dp):

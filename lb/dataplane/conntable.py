@@ -230,7 +230,7 @@ class ConnTable:
                     self.embryo_deleted += 1
                 if out:
                     continue
-                self._drop_reply_entry(k, real)
+                self.drop_reply_entry(k, real)
                 n += 1
                 swept.setdefault(real, [0, 0, 0])[cls] += 1
             if name == "lb_conns_embryo":
@@ -286,22 +286,29 @@ class ConnTable:
         rev.last_ns, rev.timeout = flast, ftimeout
         return rev.pack()
 
-    def _drop_reply_entry(self, k: bytes, rid: int) -> None:
-        """The NAT reverse entry of a connection the sweep removed goes with it (kept alive by
-        _reply_entry_kept, it would otherwise stay until its own timer ran out), unless it is
-        another connection's: a later one from the same client port, through another VIP, to the
-        same real server."""
+    def drop_reply_entry(self, k: bytes, rid: int) -> bool:
+        """The NAT reverse entry of a connection removed here (the sweep's, drop_entry's) goes
+        with it (kept alive by _reply_entry_kept, it would otherwise stay until its own timer ran
+        out), unless it is another connection's: a later one from the same client port, through
+        another VIP, to the same real server (the data path writes a reverse entry over the one
+        under its key).  True when it was deleted (by this delete: counted in embryo_deleted when
+        it was embryonic)."""
         real = self.table.reals.get(rid)
         if real is None or real.fwd != L.FWD_NAT:
-            return
+            return False
         key = L.ConnKey.unpack(k)
         rk = key.reverse(real).pack()
         name, rv = self._find(rk)
-        if rv is not None:
-            rev = L.Conn.unpack(rv)
-            if (rev.real, rev.vaddr, rev.vport) == (rid, L.pack_addr(key.daddr), key.dport):
-                if self.maps[name].delete(rk) and name == "lb_conns_embryo":
-                    self.embryo_deleted += 1
+        if rv is None:
+            return False
+        rev = L.Conn.unpack(rv)
+        if (rev.real, rev.vaddr, rev.vport) != (rid, L.pack_addr(key.daddr), key.dport):
+            return False
+        if not self.maps[name].delete(rk):
+            return False
+        if name == "lb_conns_embryo":
+            self.embryo_deleted += 1
+        return True
 
     def _find(self, k: bytes) -> tuple[str | None, bytes | None]:
         """(table, value) of a connection key in lb_conns or lb_conns_embryo (as BPF's lb_conn_find)"""

@@ -133,8 +133,8 @@ class Defender:
 
     def drop_entries(self) -> int:
         """IPVS ip_vs_random_dropentry over a random 1/32 of the embryonic table: TCP entries in
-        SYN_RECV or SYNACK, UDP entries idle 60 s (their NAT reverse entries with them), each
-        taken off its real server's counters."""
+        SYN_RECV or SYNACK, UDP entries idle 60 s (their NAT reverse entries with them, unless
+        another connection's by then), each taken off its real server's counters."""
         m = self.maps["lb_conns_embryo"]
         part = self._rng.randrange(DROP_ENTRY_SLICES)
         now = time.clock_gettime_ns(time.CLOCK_MONOTONIC)
@@ -157,9 +157,7 @@ class Defender:
             n += 1
             self.conns.embryo_deleted += 1
             swept.setdefault(c.real, [0, 0, 0])[1 if c.flags & L.CONN_F_INACTIVE else 0] += 1
-            real = self.conns.table.reals.get(c.real)
-            if real is not None and real.fwd == L.FWD_NAT and m.delete(key.reverse(real).pack()):
-                self.conns.embryo_deleted += 1
+            self.conns.drop_reply_entry(k, c.real)   # only if it is still this connection's
         self.conns.add_swept(swept)
         self.dropped += n
         return n
