@@ -288,6 +288,31 @@ def test_defenses_engage_under_a_flood_and_end_after_it(dp, caplog):
         dp.defend()
 
 
+def test_a_defense_always_on_says_so_once(dp, caplog):
+    """Mode 3 has no engaging for defense_work to log: the configuration that sets it gives one
+    line per defense (again only when a reload sets it anew), and one when it is set off."""
+    caplog.set_level(logging.WARNING, logger="lb.dataplane")
+    d = Defense(drop_entry=3, drop_packet=3, secure_tcp=3, am_droprate=7)
+    try:
+        dp.apply(TableSpec(TABLE.services, defense=d))
+        lines = [r.getMessage() for r in caplog.records if "always on" in r.getMessage()]
+        assert sorted(lines) == [
+            "defense: drop_entry always on (mode 3, set by the configuration)",
+            "defense: drop_packet always on (mode 3, set by the configuration), dropping 1 in 7 new connections",
+            "defense: secure_tcp always on (mode 3, set by the configuration)"]
+        caplog.clear()
+        dp.defend()
+        dp.apply(TableSpec(TABLE.services, defense=d))     # a reload that keeps it: nothing new
+        dp.defend()
+        assert "defense:" not in caplog.text
+        assert dp.defense_status()["engaged"] == ["drop_entry", "drop_packet", "secure_tcp"]
+    finally:
+        dp.apply(TABLE)
+        dp.defend()
+    for name in ("drop_entry", "drop_packet", "secure_tcp"):
+        assert f"defense: {name} ended: set to 0 by the configuration" in caplog.text
+
+
 def test_the_free_estimate_counts_what_the_control_plane_deleted(dp):
     """The embryonic table's free entries (the defenses' "available memory") after the sweep
     and drop_entry delete embryos themselves: the census a sweep takes is of its dump, before

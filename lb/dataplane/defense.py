@@ -19,7 +19,8 @@ Each strategy's mode is IPVS's: 0 never, 1 automatic (becomes 2 while engaged), 
   for 60 s).  IPVS also drops idle ESTABLISHED entries with few packets; established connections
   live in lb_conns here and no defense touches them.
 
-A log line says when a defense (or, with none configured, the pressure itself) begins and ends;
+A log line says when a defense (or, with none configured, the pressure itself) begins and ends,
+and when the configuration sets one to mode 3 (always on: at the start or a reload);
 the drop and refusal counters of the data path are logged when they move, at most once per
 LOG_EVERY seconds each."""
 from __future__ import annotations
@@ -71,6 +72,11 @@ class Defender:
             if not (want in (1, 2) and self.modes[name] in (1, 2)):
                 if self.engaged(name) and want in (0, 1):
                     log.warning("defense: %s ended: set to %d by the configuration", name, want)
+                elif want == 3 and self.modes[name] != 3:
+                    # engaged from now on without a transition for tick() to log
+                    extra = f", dropping 1 in {cfg.am_droprate} new connections" \
+                        if name == "drop_packet" and cfg.am_droprate else ""
+                    log.warning("defense: %s always on (mode 3, set by the configuration)%s", name, extra)
                 self.modes[name] = want
 
     def free(self) -> int:
