@@ -258,8 +258,13 @@ static __always_inline void lb_persist_after_pick(struct lb_pkt *pkt, struct lb_
     if (from_template) {
         int embryo;
         struct lb_persist *t = lb_persist_find(&pk, &embryo);
-        if (t)
+        if (t) {
+            /* past its timeout and not yet swept: IPVS kept it because it still controls a
+             * connection (else the sweep removes it), with 60 s from then on */
+            if (lb_persist_expired(t, now))
+                t->timeout = LB_TEMPLATE_LATER_S;
             t->last_ns = now;
+        }
         return;
     }
     struct lb_persist t = { .last_ns = now, .real = real_id, .timeout = svc->persist_timeout };

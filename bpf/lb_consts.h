@@ -43,6 +43,10 @@
 #define LB_TOUCH_NS 250000000ULL /* (or when the state changed): see lb_conn_touch */
 #endif
 
+/* ip_vs_conn_expire: a persistence template whose timer runs out while it still controls
+ * connections lives 60 s more, and 60 s is its timeout from then on */
+#define LB_TEMPLATE_LATER_S 60
+
 /* "keep going": helpers return this or an XDP action */
 #define LB_CONTINUE (-1)
 #define LB_NONE 0xffffffffU

@@ -13,6 +13,7 @@ from scapy.layers.l2 import Ether
 from packets_util import CLIENT_MAC, PUB_MAC, XDP_REDIRECT, age, loaded_dataplane, real_mac, run, template_items
 
 from lb.dataplane import RealSpec, ServiceSpec, TableSpec
+from lb.dataplane import layout as L
 
 ip = ipaddress.ip_address
 VIP, CLIENT = "198.18.0.10", "198.18.0.2"
@@ -63,3 +64,22 @@ def test_extended_only_while_controlled(dp):
     age(dp, 69)
     dp.sweep()                      # at 361 s
     assert template_items(dp.maps) == []
+
+
+def test_a_template_met_after_it_ran_out_still_decides_while_it_controls_a_connection(dp):
+    """Before lb's sweep comes: a client's new connection meets its template after the timeout,
+    while a connection the template made still lives.  IPVS kept it when its timer ran out (60 s
+    more, 60 s its timeout from then on), so the connection goes to the template's server and
+    re-arms it for 60 s.  The data path cannot count a template's connections, so it does not take
+    an expired template for absent (which would send this client elsewhere); re-arming one, it
+    gives it IPVS's 60 s, which the sweep then keeps or ends as it would have."""
+    send(dp, 49000, "S")
+    first = send(dp, 49000, "A")    # ESTABLISHED: lives 900 s
+    age(dp, 301)                    # the template ran out at 300 s; no sweep since
+    assert send(dp, 49001, "S") == first
+    [(_k, v)] = template_items(dp.maps)
+    assert L.PERSIST.unpack(v)[2] == 60          # its timeout: IPVS's 60 s, not the service's 300
+    dp.sweep()
+    [(_k, v)] = template_items(dp.maps)
+    assert L.PERSIST.unpack(v)[2] == 60
+    assert send(dp, 49002, "S") == first

@@ -30,8 +30,9 @@ EST_STRIDE = L.EST_WORD.size // 8
 # the head of lb_conn the sweep reads: last_ns, real, svc, timeout, client_ifindex, state, flags
 CONN_HEAD = struct.Struct("=QIIIIBB")
 # ip_vs_conn_expire: a template whose timer runs out while it still controls connections lives
-# 60 s more, and 60 s is its timeout from then on (checked against kernel IPVS: tests/vm/oracle.py)
-TEMPLATE_LATER_S = 60
+# 60 s more, and 60 s is its timeout from then on (checked against kernel IPVS: tests/vm/oracle.py;
+# bpf/lb_consts.h LB_TEMPLATE_LATER_S: the data path re-arms one it meets past its timeout so)
+TEMPLATE_LATER_S = L.TEMPLATE_LATER_S
 
 
 def write_sched_off(txn: MapTxn, rids, swept: dict | None = None, base: dict | None = None) -> None:

@@ -131,6 +131,7 @@ G_EST_WRITE, EST_HASH_MUL = C["LB_G_EST_WRITE"], C["LB_EST_HASH_MUL"]
 LBLCR_EXPIRATION_DEFAULT = C["LB_LBLCR_EXPIRATION_DEFAULT"]   # BPF's lblcr_expiration while the global is 0
 CONN_F_INACTIVE, CONN_F_OUT, CONN_F_PERSIST = C["LB_CONN_F_INACTIVE"], C["LB_CONN_F_OUT"], C["LB_CONN_F_PERSIST"]
 CONN_F_EST_REPLY = C["LB_CONN_F_EST_REPLY"]   # lb_reply.h: a reverse entry whose replies' ACKs need only it
+TEMPLATE_LATER_S = C["LB_TEMPLATE_LATER_S"]    # a template kept past its timeout: its timeout from then on
 
 # scheduler name -> LB_SCHED_* (also the tail-call slot LB_PROG_SCHED_BASE + value), id order
 SCHEDULERS = {name.lower(): v for name, v in sorted(
