@@ -418,3 +418,85 @@ def test_a_smaller_table_keeps_or_leaves_out_a_nat_connections_two_entries_toget
         assert kept == {k for k, _ in items[0:2] + items[6:10]}
     finally:
         dst.close()
+
+
+def listing(maps):
+    """[(client port, state, real server)] as `lb list -c` shows the connections of these maps
+    (a dict of the maps: the old instance's are no longer at the pins once it is resized), sorted"""
+    return sorted((row.client[1], row.state, str(row.dest[0])) for row in reader.read_connections(maps))
+
+
+def counts(maps):
+    """{real server: (ActiveConn, InActConn)} as `lb list` shows them"""
+    return {str(r.address): (r.active, r.inactive) for s in reader.read_services(maps) for r in s.reals}
+
+
+def test_what_the_old_programs_did_between_the_copy_and_the_attach_is_not_kept_as_copied(instance, caplog,
+                                                                                         monkeypatch):
+    """Between the copy and the attach the old programs forward: a connection they reset is
+    CLOSE, not ESTABLISHED as copied; one a client's new SYN reused is that new connection
+    (its established entry gone); one they made is there.  A connection the new programs
+    moved on after the attach keeps their state, newer than the old programs' (its last_ns).
+    One the old LRU table evicted (gone without a trace, not ended) stays in the bigger one.
+    ActiveConn and InActConn count what the tables hold."""
+    from lb.dataplane import xdp
+
+    old = start(instance, SMALL)
+    old.apply(table(("web",)))
+    client = Client()
+    reset, reused, touched, kept, evicted = (client.connect(old, 80) for _ in range(5))
+    new = start(instance, BIG)                          # the copy: four ESTABLISHED connections
+    assert {s for _, s, _ in listing(new.maps)} == {"ESTABLISHED"}
+    client.send(old, reset, "R")
+    client.send(old, reused, "R")
+    client.send(old, reused, "S")                       # the client's port again, a new connection
+    client.send(old, touched, "R")
+    made = client.connect(old, 80)
+    assert old.maps["lb_conns"].delete(L.ConnKey(ip("198.18.0.2"), VIP, evicted, 80, 6).pack())
+    [gone] = [c for c in listing(new.maps) if c[0] == evicted]
+    truth = listing(old.maps)                           # what the old programs left
+    assert [(p, s) for p, s, _ in truth] == sorted([(reset, "CLOSE"), (reused, "SYN_RECV"), (touched, "CLOSE"),
+                                                     (kept, "ESTABLISHED"), (made, "ESTABLISHED")])
+    truth_counts = counts(old.maps)
+
+    new.apply(table(("web",)))
+    new._hand_over("public", old.fns["lb_xdp_public"].fd)   # the attach
+    client.send(new, touched, "F")                      # the new programs' FIN: after the old RST
+    [theirs] = [c for c in listing(new.maps) if c[0] == touched]
+    assert theirs[1] not in ("ESTABLISHED", "CLOSE")
+    caplog.set_level(logging.INFO, logger="lb.dataplane")
+    monkeypatch.setattr(xdp, "RESIZE_GRACE", 0.0)
+    while new.finish_resize():
+        pass
+    assert not os.path.exists(old_dir(pin_dir(instance[0])))
+    with PinnedMaps(instance[0]) as maps:
+        got, got_counts = listing(maps), counts(maps)
+    assert got == sorted([c for c in truth if c[0] != touched] + [theirs, gone])
+    # every connection counted once, as its entry is: active while ESTABLISHED or SYN_RECV
+    want = {str(a): [0, 0] for a in REALS}
+    for _, state, server in got:
+        want[server][0 if state in ("ESTABLISHED", "SYN_RECV") else 1] += 1
+    assert got_counts == {a: tuple(n) for a, n in want.items()}
+    assert got_counts == truth_counts                   # (the touched one inactive in either; the evicted
+                                                        # one still counted by the old programs)
+    assert "resize: 1 lb_conns4, 1 lb_conns_embryo the old programs made since the copy copied" in caplog.text
+    assert "1 lb_conns4 changed meanwhile updated, 1 lb_conns4 ended meanwhile removed" in caplog.text
+
+
+def test_the_catch_up_walks_a_table_a_chunk_at_a_time():
+    """bpfsys.chunks (the catch-up's walk: never a whole big table in memory at once) gives
+    every entry once, in chunks of about the size asked, by batch and entry by entry alike"""
+    from lb.dataplane import bpfsys
+
+    fd = bpfsys.map_create(bpfsys.BPF_MAP_TYPE_HASH, 8, 16, 1000, 0, "rs_chunks")
+    m = BpfMap(fd, "rs_chunks")
+    try:
+        want = {struct.pack("=Q", i): struct.pack("=QQ", i, 7 * i) for i in range(300)}
+        m.set_many(list(want), list(want.values()))
+        for walk in (m.chunks(16), bpfsys._chunks_by_key(fd, 8, 16, 16)):
+            chunks = list(walk)
+            got = [kv for c in chunks for kv in c]
+            assert dict(got) == want and len(got) == len(want)
+            assert len(chunks) >= 300 // 32 and all(len(c) <= 64 for c in chunks)
+    finally:
+        m.close()

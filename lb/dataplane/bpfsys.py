@@ -312,6 +312,69 @@ def items(fd: int, key_size: int, value_size: int) -> list[tuple[bytes, bytes]]:
     return out
 
 
+BPF_MAP_LOOKUP_BATCH = 24
+
+
+class _BatchAttr(ctypes.Structure):
+    _fields_ = [("in_batch", ctypes.c_uint64), ("out_batch", ctypes.c_uint64), ("keys", ctypes.c_uint64),
+                ("values", ctypes.c_uint64), ("count", ctypes.c_uint32), ("map_fd", ctypes.c_uint32),
+                ("elem_flags", ctypes.c_uint64), ("flags", ctypes.c_uint64)]
+
+
+def chunks(fd: int, key_size: int, value_size: int, chunk: int = 4096):
+    """The table's (key, value) pairs a chunk at a time (BPF_MAP_LOOKUP_BATCH; one
+    GET_NEXT_KEY and lookup per entry where the kernel has no batch for the map): yields lists
+    of at most about ``chunk`` pairs, so a walk of a big table never holds more than one chunk.
+    A table written meanwhile gives each entry as it was when its bucket was read."""
+    if _NR_BPF is None:
+        _nr_bpf(_MACHINE)
+    cursor_in = ctypes.create_string_buffer(max(8, key_size))
+    cursor_out = ctypes.create_string_buffer(max(8, key_size))
+    first = True
+    while True:
+        keys = ctypes.create_string_buffer(chunk * key_size)
+        values = ctypes.create_string_buffer(chunk * value_size)
+        attr = _BatchAttr(in_batch=0 if first else ctypes.addressof(cursor_in),
+                          out_batch=ctypes.addressof(cursor_out), keys=ctypes.addressof(keys),
+                          values=ctypes.addressof(values), count=chunk, map_fd=fd)
+        rc = _libc.syscall(_NR_BPF, BPF_MAP_LOOKUP_BATCH, ctypes.byref(attr), ctypes.sizeof(attr))
+        err = ctypes.get_errno() if rc < 0 else 0
+        if err == errno.ENOSPC and attr.count == 0:
+            chunk *= 2                   # a bucket of more entries than the chunk holds
+            continue
+        if err in (errno.EINVAL, errno.EOPNOTSUPP, 524) and first:
+            yield from _chunks_by_key(fd, key_size, value_size, chunk)
+            return
+        if err and err != errno.ENOENT:
+            raise BpfError(err, f"bpf(BPF_MAP_LOOKUP_BATCH): {os.strerror(err)}")
+        n = attr.count
+        if n:
+            kb, vb = keys.raw[:n * key_size], values.raw[:n * value_size]
+            yield [(kb[i * key_size:(i + 1) * key_size], vb[i * value_size:(i + 1) * value_size])
+                   for i in range(n)]
+        if err == errno.ENOENT:
+            return
+        ctypes.memmove(cursor_in, cursor_out, len(cursor_out))
+        first = False
+
+
+def _chunks_by_key(fd: int, key_size: int, value_size: int, chunk: int):
+    out = []
+    key = None
+    for _ in range(1 << 27):             # a hash rewritten under the walk could cycle
+        key = next_key(fd, key, key_size)
+        if key is None:
+            break
+        value = lookup(fd, key, value_size)
+        if value is not None:
+            out.append((key, value))
+        if len(out) >= chunk:
+            yield out
+            out = []
+    if out:
+        yield out
+
+
 class _TestRunAttr(ctypes.Structure):
     _fields_ = [("prog_fd", ctypes.c_uint32), ("retval", ctypes.c_uint32),
                 ("data_size_in", ctypes.c_uint32), ("data_size_out", ctypes.c_uint32),

@@ -247,6 +247,13 @@ class BpfMap:
         ks, vs = self.key_size, self.value_size
         return [(kb[i * ks:(i + 1) * ks], vb[i * vs:(i + 1) * vs]) for i in range(n)]
 
+    def chunks(self, chunk: int = 4096):
+        """The entries a chunk (a list of (key, value)) at a time, never the whole table at once
+        (bpfsys.chunks; not per-CPU maps)"""
+        if self.percpu:
+            raise RuntimeError(f"{self.name}: chunks of a per-CPU map")
+        return bpfsys.chunks(self.fd, self.key_size, self.value_size, chunk)
+
     def dump(self):
         """(keys, values, n): the whole table in two C buffers (cffi path only, not per-CPU maps).
         For readers that decode in C (reader.connection_lines) and never need Python objects

@@ -21,10 +21,13 @@ How (XdpDataplane.load, then XdpDataplane.finish_resize once the engine attached
    which would reset it.  lb_progs_prev is pinned in the old directory (``lb_progs_prev_<n>``),
    so that it outlives a daemon killed before 5.
 5. A grace period after the attach (XdpDataplane.finish_resize; the handshakes the old programs
-   began have ended), catch_up(): the connections and templates the old programs made since the
-   copy copied over; then, lb_progs_prev emptied, finish(): a last catch_up, what the old
-   programs added to the counters and statistics added to the new ones, the old directory
-   removed (the old maps go with the last program that holds them).
+   began have ended), catch_up(): the new tables brought up to date with what the old programs
+   did since the copy -- connections and templates made copied, entries moved on (a reset's
+   CLOSE) updated, entries ended removed -- where the new programs have not written them since
+   (last_ns); then, lb_progs_prev emptied, finish(): a last catch_up, what the old programs
+   added to the counters and statistics added to the new ones, the old directory removed (the
+   old maps go with the last program that holds them); the data plane then recounts the real
+   servers' connections from the tables (its sweep).
 
 A start that dies part-way leaves the running data plane alone: before 3 the instance's
 directory is untouched (the next start removes the staging one); between 3's two renames the
@@ -39,6 +42,7 @@ import logging
 import os
 import shutil
 import struct
+import time
 
 from . import bpfsys
 from . import layout as L
@@ -47,6 +51,8 @@ from .maps import BpfMap, ConnTables
 from .mhtable import open_table
 
 log = logging.getLogger("lb.dataplane")
+
+CLOCK_MONOTONIC_COARSE = getattr(time, "CLOCK_MONOTONIC_COARSE", 6)   # the data path's clock (lb_clock.h)
 
 ARRAY_OF_MAPS = 12
 ARRAYS = (bpfsys.BPF_MAP_TYPE_ARRAY, bpfsys.BPF_MAP_TYPE_PERCPU_ARRAY)
@@ -63,6 +69,11 @@ ESTABLISHED = ("lb_conns", "lb_conns4", "lb_conns6")
 # connection tables whose NAT connections are two entries (the client's and the reverse one):
 # trimmed connection by connection, so no half of a pair is kept without the other
 PAIRED = ("lb_conns", "lb_conns4", "lb_conns6", "lb_conns_embryo")
+# the connection tables (lb_conn values); an entry in one of these states is closing: the old
+# programs delete it when a client's SYN reuses its key (lb_conn_reusable)
+CONN_TABLES = PAIRED
+CLOSING = (L.TCP_S["TIME_WAIT"], L.TCP_S["CLOSE"])
+CONN_HEAD = struct.Struct("=QIIIIBB")     # last_ns, real, svc, timeout, client_ifindex, state, flags
 _VADDR = dict((n, o) for n, o, _ in L.CONN.fields)["vaddr"]
 _VPORT = dict((n, o) for n, o, _ in L.CONN.fields)["vport"]
 
@@ -134,6 +145,11 @@ def _zero(raw: bytes) -> bool:
     return not any(raw)
 
 
+def _stamp(value: bytes) -> int:
+    """A FLOWS entry's last_ns (lastuse_ns): the u64 its value begins with"""
+    return L.U64.unpack_from(value)[0]
+
+
 class Resize:
     """One instance's move into maps of new sizes (see the module's text)."""
 
@@ -149,6 +165,9 @@ class Resize:
         self.handed_over = False                  # the old programs are in lb_progs_prev
         self.prev_pin: str | None = None          # where this start pinned its lb_progs_prev (in old_path)
         self.attached_at: float | None = None     # finish_resize's first call after the attach: the grace's start
+        self.copied_at: int | None = None         # the data path's clock once the copy was made (catch_up)
+        self.updated: dict[str, int] = {}         # FLOWS: entries catch_up updated from the old ones
+        self.removed: dict[str, int] = {}         # ... and removed, the old programs having deleted them
 
     # ---- a start after one that died part-way ----
     @classmethod
@@ -251,6 +270,8 @@ class Resize:
             else:
                 n = self._copy_hash(name, src, dst)
             self.copied[name] = n
+        # every entry copied was read before this: one stamped later was written since
+        self.copied_at = time.clock_gettime_ns(CLOCK_MONOTONIC_COARSE)
 
     def _convert(self, name: str, raw: bytes, size: int) -> bytes:
         if name in PER_SVC_REAL:
@@ -343,38 +364,157 @@ class Resize:
 
     # ---- 5: what the old programs did since ----
     def catch_up(self, new: dict[str, BpfMap], mark_established) -> dict[str, int]:
-        """Connections and templates the old maps hold and the new ones do not (made by the old
-        programs since the copy), copied; every later call copies what came since the one
-        before.  mark_established(keys): the established filter's bits of keys about to go into
-        lb_conns (lb_conn_keys).  Returns {map: entries copied}."""
+        """The new tables brought up to date with what the old programs did since the copy, for
+        the entries the new programs have not written since (an entry's last_ns tells which
+        wrote it last: the old programs get only the packets the new maps know nothing of once
+        the new ones are attached).  Each old table is compared with its new one directly, a
+        chunk of entries at a time (nothing of the copy is kept but the keys it found, seen):
+
+        - an entry the old table holds and the new one does not (made by the old programs since
+          the copy, or since the last catch_up): copied;
+        - an entry both hold, the old one's last_ns later than the new one's (a state the old
+          programs moved it to -- CLOSE, TIME_WAIT, INACTIVE -- or a later packet): the new one
+          updated from it;
+        - an entry of the copy the old table no longer holds and the new programs never wrote
+          (last_ns before the copy's end): removed from the new table when the old programs'
+          delete was theirs to make -- it expired, was closing (TIME_WAIT or CLOSE: a client's
+          new SYN reuses its key), an embryonic entry that moved to the established table, or a
+          template or lblc entry (those tables never evict) -- and kept when it can only have
+          been the old LRU table's eviction of a live connection, which the new table has room
+          for.
+
+        The real servers' counts are not touched here: finish() adds what the old programs
+        counted since the copy (lb_real_conns), and the data plane then recounts ActiveConn,
+        InActConn and PersistConn from the tables as the sweep does (XdpDataplane.finish_resize):
+        an entry the new programs kept against the old programs' change (counted by both) or an
+        entry the copy's counts and entries disagree on (the old programs forwarded during the
+        copy) is counted as the tables hold it.  The established filter's bits of keys copied into lb_conns are set first
+        (mark_established(keys), lb_conn_keys).  Returns {map: entries copied}; the updates and
+        removals are added up in .updated and .removed."""
         late: dict[str, int] = {}
+        now = time.clock_gettime_ns(CLOCK_MONOTONIC_COARSE)
         for whole in FLOWS:
             src, into = self.old.get(whole), new.get(whole)
             if src is None or into is None:
                 continue
-            for name, items, dst in self._parts(whole, src.items(), into):
-                done = self._catch_up(name, items, dst, mark_established)
-                if done is not None:
-                    late[name] = done
+            parts = ([("lb_conns4", into.v4, L.conn_key_of4), ("lb_conns6", into.v6, None)]
+                     if whole == "lb_conns" and isinstance(into, ConnTables) else [(whole, into, None)])
+            fresh = {name: name not in self.seen for name, _, _ in parts}   # a resize another process copied
+            sizes = {}
+            for name, dst, wide in parts:
+                sizes[name] = self._remove_ended(name, src, dst, wide, now)
+            room: dict[str, int] = {}
+            oldest: dict[str, int | None] = {}
+            if any(fresh.values()):
+                total = {name: 0 for name, _, _ in parts}
+                for chunk in src.chunks():
+                    for name, items, _ in self._parts(whole, chunk, into):
+                        total[name] += len(items)
+                for name, dst, _ in parts:
+                    have, low = sizes[name]
+                    if fresh[name] and have + total[name] > dst.max_entries:
+                        # what the other process left out is missing too: only what is more
+                        # recent than anything kept can be new since, as much as there is room for
+                        room[name] = max(0, dst.max_entries - have)
+                        oldest[name] = low if name in LAST_NS_FIRST else None
+            for chunk in src.chunks():
+                for name, items, dst in self._parts(whole, chunk, into):
+                    seen = self.seen.setdefault(name, set())
+                    done = self._refresh(name, items, dst, None if fresh[name] else seen, room, oldest,
+                                         mark_established)
+                    seen.update(k for k, _ in items)
+                    if done:
+                        late[name] = late.get(name, 0) + done
         return late
 
-    def _catch_up(self, name: str, items: list[tuple[bytes, bytes]], dst, mark_established) -> int | None:
-        """catch_up of one map's (or one family's) items into dst: the count copied, None when
-        nothing was missing"""
-        now = dst.items()
-        have = {k for k, _ in now}
-        seen = self.seen.get(name)         # left out on purpose, or copied and gone since
-        missing = [(k, v) for k, v in items if k not in have and (seen is None or k not in seen)]
-        if seen is None and len(have) + len(missing) > dst.max_entries:
-            # a resize another process copied: what it left out is missing too; only what is
-            # more recent than anything kept can be new since
-            if name in LAST_NS_FIRST and now:
-                oldest = min(struct.unpack_from("=Q", v)[0] for _, v in now)
-                missing = [(k, v) for k, v in missing if struct.unpack_from("=Q", v)[0] > oldest]
-            missing = missing[:max(0, dst.max_entries - len(have))]
-        self.seen[name] = {k for k, _ in items}
+    def _remove_ended(self, name: str, src: BpfMap, dst: BpfMap, wide, now: int) -> tuple[int, int | None]:
+        """The entries of the copy in dst (a new table) that src (its old one) no longer holds
+        and the new programs never wrote, removed where the old programs' delete was theirs to
+        make (catch_up); wide: the old table's key of a new key (an older lb's one lb_conns).
+        Returns (entries dst held, the oldest last_ns among them)."""
+        have, low = 0, None
+        seen, cut = self.seen.get(name), self.copied_at
+        for chunk in dst.chunks():
+            have += len(chunk)
+            stamps = [_stamp(v) for _, v in chunk]
+            if stamps:
+                low = min(stamps) if low is None else min(low, *stamps)
+            if seen is None or cut is None:
+                continue            # a resize another process copied: no copy to tell by
+            # in the copy, and not written since by the new programs (which stamp at least the attach)
+            cand = [(k, v) for (k, v), t in zip(chunk, stamps) if k in seen and L.elapsed_ns(cut, t) > 0]
+            if not cand:
+                continue
+            olds = src.get_many_raw([wide(k) if wide else k for k, _ in cand])
+            ended = [(k, v) for (k, v), o in zip(cand, olds) if o is None and self._ended(name, k, v, now)]
+            if not ended:
+                continue
+            # as the sweep: not an entry changed since this read (a packet of the new programs')
+            for (k, v), c in zip(ended, dst.get_many_raw([k for k, _ in ended])):
+                if c == v and dst.delete(k):
+                    self.removed[name] = self.removed.get(name, 0) + 1
+        return have, low
+
+    def _ended(self, name: str, key: bytes, value: bytes, now: int) -> bool:
+        """Whether the old programs' delete of this entry (value: as the copy left it) was
+        theirs to make -- the connection or template ended, moved on or was made again --
+        rather than their LRU table's eviction of a live one (catch_up)"""
+        if name in ("lb_persist", "lb_lblc", "lb_lblcr"):
+            return True                         # tables without eviction: every delete is meant
+        if name == "lb_persist_embryo":
+            last, _, timeout = L.PERSIST.unpack(value)
+            # expired, or moved to lb_persist with its connection
+            return L.elapsed_ns(now, last) > timeout * 1_000_000_000 or self._old_get("lb_persist", key)
+        last, _, _, timeout, _, state, _ = CONN_HEAD.unpack_from(value)
+        if L.elapsed_ns(now, last) > timeout * 1_000_000_000 or state in CLOSING:
+            return True
+        wide = L.conn_key_of4(key) if name == "lb_conns4" else key
+        if name == "lb_conns_embryo":
+            return self._old_get("lb_conns", wide)          # promoted
+        return self._old_get("lb_conns_embryo", wide)       # a client's SYN made it again there
+
+    def _old_get(self, name: str, key: bytes) -> bool:
+        """Whether the old table ``name`` holds key (lb_conns: an lb_conn_key, looked up in the
+        old lb_conns4 or lb_conns6 by its family, or in an older lb's one lb_conns)"""
+        if name == "lb_conns" and "lb_conns" not in self.old:
+            four = key[L.CONN_KEY_FAMILY] == L.AF_INET
+            m = self.old.get("lb_conns4" if four else "lb_conns6")
+            key = L.conn_key4(key) if four else key
+        else:
+            m = self.old.get(name)
+        return m is not None and m.get(key) is not None
+
+    def _refresh(self, name: str, items: list[tuple[bytes, bytes]], dst, seen: set[bytes] | None,
+                 room: dict[str, int], oldest: dict[str, int | None], mark_established) -> int:
+        """One chunk of an old table's entries (items, keyed as dst is) against dst: the missing
+        copied, the older updated (catch_up).  seen: the keys the copy (or an earlier catch_up)
+        found, not copied again (left out on purpose, or gone from dst since); None for a resize
+        another process copied.  Returns the count copied."""
+        cur = dst.get_many_raw([k for k, _ in items])
+        missing, newer = [], []
+        for (k, v), c in zip(items, cur):
+            if c is None:
+                if seen is None or k not in seen:
+                    missing.append((k, v))
+            elif c != v and L.elapsed_ns(_stamp(v), _stamp(c)) > 0:
+                newer.append((k, v, c))
+        for (k, v, c), again in zip(newer, dst.get_many_raw([k for k, _, _ in newer])):
+            if again == c:                         # not written by the new programs meanwhile
+                try:
+                    dst.set(k, v, bpfsys.BPF_EXIST)
+                except bpfsys.BpfError as e:
+                    if e.errno != errno.ENOENT:
+                        raise
+                    continue
+                self.updated[name] = self.updated.get(name, 0) + 1
+        if name in room:
+            low = oldest.get(name)
+            if low is not None:
+                missing = [(k, v) for k, v in missing if L.elapsed_ns(_stamp(v), low) > 0]
+            missing = missing[:room[name]]
+            room[name] -= len(missing)
         if not missing:
-            return None
+            return 0
         if name in ESTABLISHED:             # client -> VIP keys, as lb_conn_keys
             wide = [L.conn_key_of4(k) for k, _ in missing] if name == "lb_conns4" else [k for k, _ in missing]
             mark_established([k for k in wide if not k[L.CONN_KEY_DIR]])

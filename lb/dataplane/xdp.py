@@ -247,8 +247,9 @@ class XdpDataplane(Dataplane):
         """After the attach: while the old programs may still be finishing handshakes they began
         (RESIZE_GRACE), the new programs send them what the new maps do not know, and this
         returns True (call it again later; the start's READY does not wait for a copy).  Then
-        what the old maps gained since the copy is copied, the old programs are let go, a last
-        copy is made (counters included) and the old maps removed."""
+        the new maps are caught up with what the old programs did since the copy (Resize.catch_up),
+        the old programs are let go, a last catch-up is made (counters included), the old maps
+        removed and the real servers' counts taken from the tables (the sweep)."""
         rs = self.resize
         if rs is None:
             return False
@@ -268,7 +269,12 @@ class XdpDataplane(Dataplane):
                     prev.delete(L.U32.pack(slot))
                 rs.handed_over = False
         late = rs.finish(self.maps, self.conns._est_add)
-        log.info("resize finished: %s made meanwhile copied; the old maps removed", _counted(late))
+        # the counts from the tables as they are now (finish added what the old programs counted
+        # since the copy, of entries the new programs may have kept against them): the sweep's census
+        self.sweep()
+        log.info("resize finished: %s made meanwhile copied; %s changed meanwhile updated, %s ended meanwhile "
+                 "removed; the old maps removed, the counts taken from the tables", _counted(late),
+                 _counted(rs.updated), _counted(rs.removed))
         self.resize = None
         return False
 
