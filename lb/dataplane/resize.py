@@ -388,9 +388,9 @@ class Resize:
         InActConn and PersistConn from the tables as the sweep does (XdpDataplane.finish_resize):
         an entry the new programs kept against the old programs' change (counted by both) or an
         entry the copy's counts and entries disagree on (the old programs forwarded during the
-        copy) is counted as the tables hold it.  The established filter's bits of keys copied into lb_conns are set first
-        (mark_established(keys), lb_conn_keys).  Returns {map: entries copied}; the updates and
-        removals are added up in .updated and .removed."""
+        copy) is counted as the tables hold it.  The established filter's bits of keys copied
+        into lb_conns are set first (mark_established(keys), lb_conn_keys).  Returns {map:
+        entries copied}; the updates and removals are added up in .updated and .removed."""
         late: dict[str, int] = {}
         now = time.clock_gettime_ns(CLOCK_MONOTONIC_COARSE)
         for whole in FLOWS:
@@ -408,8 +408,9 @@ class Resize:
             if any(fresh.values()):
                 total = {name: 0 for name, _, _ in parts}
                 for chunk in src.chunks():
-                    for name, items, _ in self._parts(whole, chunk, into):
-                        total[name] += len(items)
+                    for name, items, dst in self._parts(whole, chunk, into):
+                        if fresh[name]:          # the old entries the new table lacks
+                            total[name] += dst.get_many_raw([k for k, _ in items]).count(None)
                 for name, dst, _ in parts:
                     have, low = sizes[name]
                     if fresh[name] and have + total[name] > dst.max_entries:
