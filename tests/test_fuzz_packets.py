@@ -4,7 +4,12 @@ verdict and output held to a Python model of what the program may do.
 
 Packets are scapy-built valid ones (TCP with every flag combination, UDP, ICMP errors quoting
 tracked flows and anything else, IPv4 options, IPv6 extension-header chains and loops, fragments,
-VLAN tags, IPIP and IPv6-in-IPv6 nests, NAT replies, packets too big for the tunnel), then
+VLAN tags, IPIP and IPv6-in-IPv6 nests, NAT replies, packets too big for the tunnel; and, in
+each batch after the first, routers' ICMP errors about the tunnel packets lb sent in the batch
+before (or earlier): IPv4's and IPv6's error and informational types, frag needed / Packet Too
+Big with MTUs about every bound, to our tunnel source or elsewhere, quoting the outer packet
+whole or cut anywhere, its outer addresses, inner addresses, ports, protocol, DF or offset now and
+then altered), then
 mutated: truncated at every offset, bad IHL and versions, lengths, checksums, flipped bytes, random
 flags, partial checksums (a sender's tx offload: lb completes them), and plain random bytes.  The model (no packet to a real server the model would not send
 there; no change to a packet not for a virtual service; no verifier error, XDP_ABORTED or
@@ -23,6 +28,17 @@ refused run):
   source, a source that is its destination (a LAND attack's: lb_from_itself).
 - private: XDP_PASS unchanged, or XDP_TX of a NAT flow's reply (from a real server the flow
   went to) rewritten to come from its VIP:port, to the MACs the flow's client used.
+- both, an ICMP error quoting a tunnel header (lb_icmp_tunnel): XDP_TX exactly as relayed() builds
+  it (to the client's MAC from PUB_MAC, from the VIP to the client, the same type and code, the
+  MTU less the outer header -- the link's when 0 or larger; IPv6 at least 1280 --, the inner IP
+  headers and 8 bytes quoted, valid checksums) when the quote's outer header is from our tunnel
+  source, where the error is addressed, to the real server of a tunnel flow the model saw
+  forwarded, the inner packet that flow's, the type one lb relays (IPv4 3, 4, 11; IPv6 below
+  128 but 4) and frag needed only about a packet with DF; XDP_DROP then only as the rate limit's
+  (each batch's drops within icmp_rate_limited's count, its relays exactly tunnel_error_relayed's);
+  XDP_PASS then only when the model cannot be sure the connection is there (a packet of the flow
+  not forwarded since, or forwarded TUNNEL_CERTAIN_S or more ago); any other such error: XDP_PASS,
+  the same bytes.
 - guard (lb_xdp_guard, on other interfaces holding an address under [ha]): with the lease live
   (here: none armed, as without [ha]) XDP_PASS, the same bytes, whatever the packet.
 - decap: exactly lb_decap.c's rule (a tunnel to a real server from a director, its inner packet
@@ -48,6 +64,7 @@ from scapy.layers.l2 import ARP, Dot1Q, Ether
 
 from lb.dataplane import PortGroup, RealSpec, ServiceSpec, TableSpec
 from lb.dataplane import decap
+from lb.dataplane import layout as L
 from lb.dataplane.xdp import Sizes
 
 from fuzzseed import SEED
@@ -58,6 +75,8 @@ ip = ipaddress.ip_address
 N = int(os.environ.get("LB_FUZZ_PACKETS", "1000000"))
 BATCH = 4000
 OUT_CAP = 4096
+TUNNEL_CERTAIN_S = 8        # a connection forwarded to less than this ago is alive (CLOSE's 10 s)
+TUNNEL_ERRORS = 0.06        # of each batch after the first: errors about the tunnel's packets
 
 # every real server has its own last byte, so its MAC (packets_util.real_mac) names it
 V4 = dict(dr="198.18.0.10", nat="198.18.0.20", tun="198.18.0.40", per="198.18.0.50", fwm="198.18.0.60",
@@ -68,6 +87,7 @@ V6 = dict(dr="2001:2::10", nat="2001:2::20", tun="2001:2::40",
           dr_r=["2001:2:0:1::61", "2001:2:0:1::62"], nat_r=["2001:2:0:1::71", "2001:2:0:1::72"],
           tun_r=["2001:2:0:5::81", "2001:2:0:5::82"], client="2001:2:0:9::2", other="2001:2::1")
 DIRECTORS = [PRIV_ADDR[4], PRIV_ADDR[6]]
+ROUTER = {4: "198.18.5.1", 6: "2001:2:0:5::1"}      # between the director and the tunnel's real servers
 DECAP_DSTS = sorted({ip(a) for a in V4["tun_r"] + V6["tun_r"] + V4["dr_r"][:1]}, key=str)   # decap's own addresses
 DECAP_VIPS = [ip(V4["tun"]), ip(V6["tun"])]         # its --vip: the inner destinations let in
 DECAP_SEEN = {"not_to_a_vip": 0}                   # what the model said of the decap side
@@ -151,11 +171,14 @@ EXT = (0, 43, 60)       # hop-by-hop, routing, destination options: what lb_ipv6
 def skip_ext(b: bytes, nh: int, cur: int, frag: bool = False) -> tuple[int | None, int]:
     """lb_ipv6_skip_ext: up to 4 hop-by-hop / routing / destination options headers (frag: an
     ICMP error's quote, also a first fragment's fragment header, 8 bytes); (next header, its
-    offset), or (None, 0) when one runs past the packet or (frag) is a later fragment's"""
+    offset), or (None, 0) when one runs past the packet, is a routing header with segments left
+    (hops_left) or (frag) is a later fragment's"""
     for _ in range(4):
         if nh not in EXT and not (frag and nh == 44):
             break
         if cur + 4 > len(b):
+            return None, 0
+        if nh == 43 and b[cur + 3]:
             return None, 0
         if nh == 44:
             if struct.unpack_from("!H", b, cur + 2)[0] & 0xFFF8:
@@ -319,6 +342,109 @@ def icmp_quote(b: bytes, p: Parsed):
     return nh, s, d, sport, dport
 
 
+def inet_csum(data: bytes) -> int:
+    """the Internet checksum of data (complemented, as it is sent)"""
+    if len(data) & 1:
+        data += b"\0"
+    return ~csum_fold(sum(struct.unpack(f"!{len(data) // 2}H", data))) & 0xFFFF
+
+
+VIP_FILTER = {L.vip_filter_bit(a) for s in SERVICES if not s.fwmark for a in [s.address]} | \
+    {L.vip_filter_bit(g.address) for s in SERVICES for g in s.groups}
+
+
+def vip_maybe(b: bytes) -> bool:
+    """lb_vip_maybe: lb_xdp_public looks further at an ICMP/ICMPv6 packet (the fixed header's
+    protocol / next header) or one whose destination's bit of lb_vip_filter is set"""
+    et, off = _ethertype(b)
+    if et == 0x0800 and len(b) >= off + 20:
+        return b[off + 9] in (1, 58) or L.vip_filter_bit(ip(b[off + 16:off + 20])) in VIP_FILTER
+    if et == 0x86DD and len(b) >= off + 40:
+        return b[off + 6] in (1, 58) or L.vip_filter_bit(ip(b[off + 24:off + 40])) in VIP_FILTER
+    return False
+
+
+class TunnelError:
+    """What lb_icmp_tunnel reads of an ICMP error whose quote is a tunnel header: the quoted outer
+    header's addresses, the inner packet's flow and where its quote starts and ends, and the
+    answer lb would send (relayed(): bytes)"""
+    __slots__ = ("fam", "type", "code", "rest", "osrc", "odst", "flow", "inner", "q", "df")
+
+
+def tunnel_error(b: bytes, p: Parsed) -> TunnelError | str | None:
+    """lb_icmp_tunnel_call + lb_icmp_tunnel's parsing: None when the packet never reaches
+    lb_xdp_icmp_tunnel's checks (not an ICMP error quoting 40 bytes of a tunnel header: the
+    other ICMP paths' business), a str saying why lb must pass it, or a TunnelError to look up"""
+    ic = p.icmp
+    if ic is None or ic + 8 + 40 > len(b):
+        return None
+    o = ic + 8
+    if b[o + (9 if p.fam == 4 else 6)] not in (4, 41):
+        return None
+    t, code = b[ic], b[ic + 1]
+    if p.fam == 4 and (p.proto != 1 or t not in (3, 4, 11)):
+        return f"ICMP type {t} (proto {p.proto}): not an error IPVS relays"
+    if p.fam == 6 and (p.proto != 58 or t & 0x80):
+        return f"ICMPv6 type {t} (next header {p.proto}): not an error"
+    e = TunnelError()
+    e.fam, e.type, e.code, e.rest = p.fam, t, code, struct.unpack_from("!I", b, ic + 4)[0]
+    if p.fam == 4:
+        if b[o] >> 4 != 4 or b[o] & 15 < 5 or b[o + 9] != 4 or struct.unpack_from("!H", b, o + 6)[0] & 0x1FFF:
+            return "the quote is no IPIP header (version, IHL, protocol, a later fragment)"
+        e.osrc, e.odst, inner = b[o + 12:o + 16], b[o + 16:o + 20], o + (b[o] & 15) * 4
+        if inner + 20 > len(b):
+            return "the inner header is cut short"
+        v = b[inner]
+        if v >> 4 != 4 or v & 15 < 5 or struct.unpack_from("!H", b, inner + 6)[0] & 0x1FFF:
+            return "the inner header is no IPv4 header with ports (version, IHL, a later fragment)"
+        nh, cur = b[inner + 9], inner + (v & 15) * 4
+        e.df = bool(b[inner + 6] & 0x40)
+        s, d = b[inner + 12:inner + 16], b[inner + 16:inner + 20]
+    else:
+        if b[o] >> 4 != 6 or b[o + 6] != 41 or t == 4:
+            return "the quote is no IPv6-in-IPv6 header (version, next header), or a parameter problem"
+        e.osrc, e.odst, inner = b[o + 8:o + 24], b[o + 24:o + 40], o + 40
+        if inner + 40 > len(b) or b[inner] >> 4 != 6:
+            return "the inner header is cut short or not IPv6"
+        nh, cur = skip_ext(b, b[inner + 6], inner + 40, frag=True)
+        e.df = True
+        s, d = b[inner + 8:inner + 24], b[inner + 24:inner + 40]
+    if nh not in (6, 17) or cur + 8 > len(b):
+        return "the inner packet's ports are not quoted (not TCP/UDP, extension headers, cut short)"
+    if e.osrc != p.daddr:
+        return "the quote's outer source is not where the error is addressed"
+    sport, dport = struct.unpack_from("!HH", b, cur)
+    e.flow, e.inner, e.q = (nh, s, sport, d, dport), inner, cur - inner + 8
+    return e
+
+
+def relayed(b: bytes, e: TunnelError) -> bytes:
+    """The error lb_icmp_tunnel relays to the client: from PUB_MAC to the client's MAC, from the
+    VIP to the client, the same type and code, the MTU less the outer header (the link's when
+    none or a larger one is reported; IPv6: at least 1280), quoting the inner packet's IP header
+    (and IPv6's extension headers) and 8 bytes"""
+    rest = e.rest
+    if e.fam == 4 and (e.type, e.code) == (3, 4):
+        mtu = rest & 0xFFFF
+        mtu = PRIV_MTU if not mtu or mtu > PRIV_MTU else mtu
+        rest = mtu - 20 if mtu > 88 else mtu
+    elif e.fam == 6 and e.type == 2:
+        mtu = PRIV_MTU if not rest or rest > PRIV_MTU else rest
+        rest = mtu - 40 if mtu > 1280 + 40 else 1280
+    quote = b[e.inner:e.inner + e.q]
+    client, vip = e.flow[1], e.flow[3]
+    icmp = bytes((e.type, e.code)) + b"\0\0" + struct.pack("!I", rest) + quote
+    macs = bytes.fromhex(CLIENT_MAC.replace(":", "") + PUB_MAC.replace(":", ""))
+    if e.fam == 4:
+        icmp = icmp[:2] + struct.pack("!H", inet_csum(icmp)) + icmp[4:]
+        hdr = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 28 + e.q, 0, 0, 64, 1, 0, vip, client)
+        hdr = hdr[:10] + struct.pack("!H", inet_csum(hdr)) + hdr[12:]
+        return macs + b"\x08\x00" + hdr + icmp
+    pseudo = vip + client + struct.pack("!II", len(icmp), 58)
+    icmp = icmp[:2] + struct.pack("!H", inet_csum(pseudo + icmp)) + icmp[4:]
+    return macs + b"\x86\xdd" + struct.pack("!IHBB", 0x60000000, len(icmp), 58, 64) + vip + client + icmp
+
+
 # ---- the model -----------------------------------------------------------------------------
 
 class Model:
@@ -334,14 +460,90 @@ class Model:
         self.seen = {"pass": 0, "redirect": 0, "tx": 0, "drop": 0}
         self.land_passed = 0                    # new connections' packets from their destination, passed
         self.later_forwarded = {4: 0, 6: 0}     # later fragments forwarded, by family
+        # tunnel flows whose connection lb certainly holds, to the real server self.flows names:
+        # flow -> when the batch that last forwarded one of its packets began (time.monotonic()).
+        # A packet of the flow not forwarded may have ended its connection (expired, a reused
+        # port's SYN the kernel's), or made one to a real server the model did not see: the flow
+        # leaves it till its next packet forwarded.  Past TUNNEL_CERTAIN_S the connection may
+        # have expired (IPVS's shortest state timeout, CLOSE's, is 10 s): lb may pass its errors.
+        self.tun_live: dict[tuple, float] = {}
+        self.batch_t0 = 0.0
+        self.outers: list[bytes] = []           # this batch's tunnel packets (IP header on), as lb sent them
+        # errors about the tunnel's own packets: relayed (XDP_TX), dropped (the rate limit), or
+        # passed when the model could not be sure of the connection; by (program, family); and
+        # this batch's relays and drops, held to lb's counters (tunnel_error_relayed, icmp_rate_limited)
+        self.tun_seen: dict[tuple, int] = {}
+        self.batch_relayed = self.batch_limited = 0
 
     def fail(self, prog: str, i: int, pkt: bytes, why: str):
         raise AssertionError(f"fuzz seed {self.seed} (LB_FUZZ_SEED={self.seed} to repeat), {prog}, "
                              f"packet {i}: {why}\n  in:  {pkt.hex()}")
 
+    def _tunnel_error(self, prog: str, i: int, pkt: bytes, p: Parsed, rc: int, out: bytes) -> bool:
+        """An ICMP error about a packet lb tunneled (lb_icmp_tunnel, either program): True when
+        the packet is one lb_xdp_icmp_tunnel looks at, its verdict and bytes checked.  XDP_TX
+        exactly as relayed() says when the quote is of a tunnel flow the model saw forwarded,
+        from our tunnel source (where the error is addressed) to that flow's real server, with a
+        relayable type (frag needed only with DF on the inner header); XDP_DROP then only as the
+        rate limit's (the batch's counted); anything else passed untouched."""
+        e = tunnel_error(pkt, p)
+        if e is None:
+            return False
+        if prog == "public" and not vip_maybe(pkt):
+            e = "lb_vip_maybe: neither ICMP in the fixed header nor a VIP's filter bit"
+        why, sure = None, False
+        if isinstance(e, str):
+            why = e
+        else:
+            known = self.flows.get(e.flow)
+            svc, real = known if known else (None, None)
+            live = e.flow in self.tun_live and time.monotonic() - self.tun_live[e.flow] < TUNNEL_CERTAIN_S
+            sure = live and real is not None
+            if svc is None or svc.fwd != "tunnel":
+                why = "the inner packet is of no tunnel flow the model saw forwarded"
+            elif e.osrc != PRIV_ADDR[e.fam].packed:
+                why = f"the quote's outer source {ip(e.osrc)} is not our tunnel source"
+            elif (real if sure else e.odst if e.odst in svc.reals else None) != e.odst:
+                why = f"the quote's outer destination {ip(e.odst)} is not the flow's real server " \
+                      f"({ip(real) if real else 'not known'})"
+            elif e.fam == 4 and (e.type, e.code) == (3, 4) and not e.df:
+                why = "fragmentation needed about a client's packet without DF"
+            elif e.q > 128:
+                why = f"the inner headers and 8 bytes ({e.q}) exceed LB_QUOTE_MAX"
+        key = (prog, p.fam, "pass" if why else {XDP_TX: "tx", XDP_DROP: "drop"}.get(rc, "unsure"))
+        self.tun_seen[key] = self.tun_seen.get(key, 0) + 1
+        if why:
+            if rc != XDP_PASS or out != pkt:
+                self.fail(prog, i, pkt, f"an ICMP error quoting a tunnel header lb must pass untouched ({why}), "
+                          f"but verdict {rc}, out {out.hex()}")
+            return True
+        want = relayed(pkt, e)
+        if rc == XDP_TX:
+            if (e.fam, e.type, e.code) in ((4, 3, 4), (6, 2, 0)):
+                self.tun_seen[(prog, e.fam, "mtu")] = self.tun_seen.get((prog, e.fam, "mtu"), 0) + 1
+            if out != want:
+                self.fail(prog, i, pkt, f"an ICMP error about a packet lb tunneled, relayed wrong:\n  out: "
+                          f"{out.hex()}\n  the model's: {want.hex()}")
+            self.batch_relayed += 1
+        elif rc == XDP_DROP:
+            self.batch_limited += 1     # held to icmp_rate_limited after the batch
+        elif rc != XDP_PASS or out != pkt or sure:
+            self.fail(prog, i, pkt, f"an ICMP error about a packet lb tunneled to {ip(e.odst)} (flow "
+                      f"{e.flow[0]} {ip(e.flow[1])}:{e.flow[2]} -> {ip(e.flow[3])}:{e.flow[4]}, forwarded there "
+                      f"{time.monotonic() - self.tun_live[e.flow]:.1f} s ago) not relayed: verdict {rc}, out "
+                      f"{out.hex()}; the model's answer: {want.hex()}" if sure else
+                      f"verdict {rc}, out {out.hex()} for an ICMP error about a packet lb tunneled")
+        return True
+
     # public
     def public(self, i: int, pkt: bytes, rc: int, out: bytes) -> None:
         self.seen[{XDP_PASS: "pass", XDP_REDIRECT: "redirect", XDP_TX: "tx", XDP_DROP: "drop"}.get(rc, "pass")] += 1
+        p = parse(pkt)
+        if p.ok and rc != XDP_REDIRECT:
+            # its connection may have gone (or come to another real server) unseen
+            self.tun_live.pop((p.proto, p.saddr, p.sport, p.daddr, p.dport), None)
+        if self._tunnel_error("public", i, pkt, p, rc, out):
+            return
         dst = dest_of(pkt)
         if dst is None or dst not in VIP_ADDRS:
             if rc != XDP_PASS or out != pkt:
@@ -427,6 +629,9 @@ class Model:
                     self.fail("public", i, pkt, f"a TCP packet (flags {p.flags:#x}) without a pure SYN forwarded "
                               f"to {real.address}; the flow's real server: {known and ip(known[1])}")
             self.flows[flow] = (svc, real.address.packed)
+            if svc.fwd == "tunnel":
+                self.tun_live[flow] = self.batch_t0
+                self.outers.append(out[14:])
             if svc.fwd == "nat":
                 rport = real.port or p.dport
                 self.nat[(p.proto, real.address.packed, rport, p.saddr, p.sport)] = (p.daddr, p.dport)
@@ -517,6 +722,8 @@ class Model:
 
     # private
     def private(self, i: int, pkt: bytes, rc: int, out: bytes) -> None:
+        if self._tunnel_error("private", i, pkt, parse(pkt), rc, out):
+            return
         if rc == XDP_PASS:
             if out != pkt:
                 self.fail("private", i, pkt, f"XDP_PASS with changed bytes: {out.hex()}")
@@ -640,6 +847,11 @@ class Gen:
                             for f in flags:
                                 out.append(bytes(e / self._l3(fam, c, vip) / TCP(sport=sp, dport=port, flags=f) / b"x"))
                             out.append(bytes(e / self._l3(fam, c, vip) / UDP(sport=sp, dport=port) / b"q"))
+                            if fam == 4 and key == "tun":        # DF: a client doing path MTU discovery
+                                for f in ("S", "A", "PA"):
+                                    out.append(bytes(e / IP(src=c, dst=vip, flags="DF") /
+                                                     TCP(sport=sp, dport=port, flags=f) / b"x"))
+                                out.append(bytes(e / IP(src=c, dst=vip, flags="DF") / UDP(sport=sp, dport=port) / b"q"))
                 # too big for a tunnel (and the same with and without DF)
                 for c in clients[:1]:
                     big = TCP(sport=40000, dport=80, flags="A") / (b"z" * 1490)
@@ -846,6 +1058,122 @@ class Gen:
         struct.pack_into("!H", b, p.l4 + (16 if p.proto == 6 else 6), pseudo_sum(p.saddr, p.daddr, p.proto, seg))
         return bytes(b)
 
+    MTU4 = (0, 1, 68, 88, 89, 108, 576, 1279, 1280, 1400, 1480, 1499, 1500, 1501, 9000, 65535)
+    MTU6 = (0, 1, 1279, 1280, 1281, 1320, 1321, 1400, 1460, 1500, 1501, 9000, 65535, 0xFFFFFFFF)
+
+    def tunnel_error(self, outer: bytes) -> bytes:
+        """A router's (or the real server's) ICMP error about `outer`, a packet lb tunneled (its IP
+        header on, as lb sent it): to our tunnel source mostly, else to another address; quoting
+        it whole or cut anywhere; now and then its outer source or destination, or the inner
+        packet's addresses, ports, protocol, DF or offset altered; any error type and code (IPv4's
+        frag needed, IPv6's Packet Too Big with MTUs around every bound) or an informational one;
+        then sometimes one of the usual mutations."""
+        r = self.rng
+        fam = 4 if outer[0] >> 4 == 4 else 6
+        v = V4 if fam == 4 else V6
+        o = bytearray(outer)
+        addrs = [ip(a).packed for a in (v["client"], v["other"], v["tun"], v["dr"], *v["tun_r"], *v["dr_r"])] + \
+            [PRIV_ADDR[fam].packed]
+        pick = r.random
+        if fam == 4:
+            if pick() < 0.05:
+                o[12:16] = r.choice(addrs)                                # the outer source
+            if pick() < 0.08:
+                o[16:20] = r.choice(addrs)                                # the outer destination
+            if pick() < 0.03:
+                o[9] = r.choice((41, 6, 17, 47))                          # not IPIP
+            if pick() < 0.03:
+                o[6:8] = struct.pack("!H", r.choice((0x2000, 0x00B9, 0x4000)))   # MF, an offset, DF
+            if pick() < 0.03:                                             # options on the outer header
+                o = bytearray(bytes([o[0] + 1])) + o[1:20] + b"\x01\x01\x01\x00" + o[20:]
+            inner = (o[0] & 15) * 4
+            ihl = (o[inner] & 15) * 4
+            if pick() < 0.5:
+                o[inner + 6] |= 0x40                                      # DF (a client doing PMTU discovery)
+            if pick() < 0.08:
+                o[inner + 6] &= ~0x40 & 0xFF                              # no DF
+            if pick() < 0.03:
+                o[inner + 6:inner + 8] = struct.pack("!H", r.choice((0x2000, 0x00B9, 0x40B9)))
+            if pick() < 0.03:
+                o[inner + 9] = r.choice((6, 17, 1, 4))
+            if pick() < 0.05:
+                o[inner + 12:inner + 16] = r.choice(addrs)
+            if pick() < 0.05:
+                o[inner + 16:inner + 20] = r.choice(addrs)
+            l4 = inner + ihl
+        else:
+            if pick() < 0.05:
+                o[8:24] = r.choice(addrs)
+            if pick() < 0.08:
+                o[24:40] = r.choice(addrs)
+            if pick() < 0.03:
+                o[6] = r.choice((4, 6, 17, 0))
+            inner = 40
+            if pick() < 0.05:
+                o[inner + 8:inner + 24] = r.choice(addrs)
+            if pick() < 0.05:
+                o[inner + 24:inner + 40] = r.choice(addrs)
+            if pick() < 0.03:
+                o[inner + 6] = r.choice((6, 17, 0, 44, 58))
+            nh, cur = skip_ext(bytes(o), o[inner + 6], inner + 40, frag=True)
+            l4 = cur if nh is not None else inner + 40
+        if l4 + 4 <= len(o) and pick() < 0.1:                            # ports: another flow's, or none's
+            at = l4 + r.choice((0, 2))
+            o[at:at + 2] = struct.pack("!H", r.choice((40000, 40001, 40002, 80, 53, 22, r.randrange(65536))))
+        quote = bytes(o) if pick() < 0.6 else bytes(o[:r.randrange(len(o) + 1)])
+        # the error
+        if fam == 4:
+            k = pick()
+            if k < 0.4:
+                t, code, rest = 3, 4, r.choice(self.MTU4) | (r.randrange(65536) << 16 if pick() < 0.1 else 0)
+            elif k < 0.55:
+                t, code, rest = 3, r.randrange(16), 0
+            elif k < 0.62:
+                t, code, rest = 4, 0, 0
+            elif k < 0.75:
+                t, code, rest = 11, r.randrange(2), 0
+            elif k < 0.82:
+                t, code, rest = 12, r.randrange(3), 20 << 24
+            else:
+                t, code, rest = r.choice((0, 5, 8, 13, 14, 17, 40, r.randrange(256))), r.randrange(3), r.randrange(1 << 32)
+            if pick() < 0.1:
+                rest = r.randrange(1 << 32)
+        else:
+            k = pick()
+            if k < 0.4:
+                t, code, rest = 2, 0, r.choice(self.MTU6)
+            elif k < 0.6:
+                t, code, rest = 1, r.randrange(8), 0
+            elif k < 0.72:
+                t, code, rest = 3, r.randrange(2), 0
+            elif k < 0.8:
+                t, code, rest = 4, r.randrange(4), r.choice((6, 8, 24, 40))
+            else:
+                t, code, rest = r.choice((128, 129, 133, 134, 135, 136, 137, 143, r.randrange(256))), 0, r.randrange(1 << 32)
+            if pick() < 0.1:
+                rest = r.randrange(1 << 32)
+        icmp = bytes((t, code)) + b"\0\0" + struct.pack("!I", rest) + quote
+        dst = PRIV_ADDR[fam].packed if pick() < 0.8 else r.choice(addrs)
+        src = ip(ROUTER[fam]).packed if pick() < 0.7 else outer[16:20] if fam == 4 else outer[24:40]
+        if fam == 4:
+            icmp = icmp[:2] + struct.pack("!H", inet_csum(icmp)) + icmp[4:]
+            opts = b"\x01\x01\x01\x00" if pick() < 0.05 else b""
+            hdr = struct.pack("!BBHHHBBH4s4s", 0x45 + len(opts) // 4, 0, 20 + len(opts) + len(icmp), 0, 0, 250, 1, 0,
+                              src, dst) + opts
+            hdr = hdr[:10] + struct.pack("!H", inet_csum(hdr)) + hdr[12:]
+            l3, et = hdr + icmp, b"\x08\x00"
+        else:
+            icmp = icmp[:2] + struct.pack("!H", inet_csum(src + dst + struct.pack("!II", len(icmp), 58) + icmp)) + icmp[4:]
+            ext = b"\x3a\x00\x01\x04\x00\x00\x00\x00" if pick() < 0.05 else b""   # a hop-by-hop header
+            l3 = struct.pack("!IHBB", 0x60000000, len(ext) + len(icmp), 0 if ext else 58, 250) + src + dst + ext + icmp
+            et = b"\x86\xdd"
+        eth = bytes.fromhex(PRIV_MAC.replace(":", "")) + bytes.fromhex(real_mac(ip(outer[16:20] if fam == 4 else outer[24:40]))
+                                                                       .replace(":", ""))
+        if pick() < 0.05:
+            eth += b"\x81\x00\x00\x05"                                   # a VLAN tag
+        b = eth + et + l3
+        return b if pick() < 0.6 else self.mutate(b)
+
     def packets(self, n: int):
         """n packets: every truncation of some base packets, then mutations and bases"""
         r = self.rng
@@ -894,8 +1222,18 @@ def test_fuzz_every_program(programs):
     model = Model(SEED)
     pkts = gen.packets(N)
     t0 = time.monotonic()
+    outers: list[bytes] = []         # the tunnel packets lb sent: the last batch's, and a pool of older ones
+    pool: list[bytes] = []
     for lo in range(0, N, BATCH):
         batch = pkts[lo:lo + BATCH]
+        if outers or pool:
+            # errors about the tunnel's packets of the batch before (and older ones)
+            for j in rng.sample(range(len(batch)), int(len(batch) * TUNNEL_ERRORS)):
+                batch[j] = pkts[lo + j] = gen.tunnel_error(rng.choice(outers if outers and rng.random() < 0.85
+                                                                      else pool or outers))
+        before = dp.counters()
+        model.batch_t0 = time.monotonic()
+        model.batch_relayed = model.batch_limited = 0
         pub = run_each(dp.fns["lb_xdp_public"].fd, batch)
         priv = run_each(dp.fns["lb_xdp_private"].fd, batch)
         dec = run_each(decap_fn.fd, batch)
@@ -921,6 +1259,18 @@ def test_fuzz_every_program(programs):
             if grd[j][1] != XDP_PASS or grd[j][2] != pkt:
                 model.fail("guard", i, pkt, f"verdict {grd[j][1]}, output {grd[j][2].hex()}; with a live "
                            "lease (none armed) the model says XDP_PASS, the same bytes")
+        # every tunnel error relayed was one the model says is, and every one dropped was the rate
+        # limit's (which the too-big answers share)
+        after = dp.counters()
+        relayed_n = after["tunnel_error_relayed"] - before["tunnel_error_relayed"]
+        limited_n = after["icmp_rate_limited"] - before["icmp_rate_limited"]
+        assert relayed_n == model.batch_relayed and limited_n >= model.batch_limited, \
+            (f"fuzz seed {SEED}, packets {lo}..{lo + len(batch)}: tunnel_error_relayed +{relayed_n}, "
+             f"icmp_rate_limited +{limited_n}; the model saw {model.batch_relayed} relayed, "
+             f"{model.batch_limited} dropped")
+        outers = model.outers
+        pool = (pool + outers)[-3000:]
+        model.outers = []
     # the run exercised what it claims: packets of every kind were forwarded, answered and dropped
     s = model.seen
     assert s["redirect"] > 1000 and s["tx"] > 0 and s["drop"] > 0 and s["pass"] > N // 4, (SEED, s)
@@ -931,4 +1281,9 @@ def test_fuzz_every_program(programs):
     assert model.later_forwarded[4] > 0 and model.later_forwarded[6] > 0, (SEED, model.later_forwarded)
     assert DECAP_SEEN["not_to_a_vip"] > 0, SEED
     assert model.land_passed > 0 and c["not_routable"] > 0, (SEED, model.land_passed, c)   # lb_from_itself's
-    print(f"fuzz seed {SEED}: {N} packets x 4 programs in {time.monotonic() - t0:.1f} s, {s}")
+    # errors about the tunnel's packets were relayed, by both programs, in both families
+    ts = model.tun_seen
+    assert all(ts.get((prog, fam, kind), 0) > 20 for prog in ("public", "private") for fam in (4, 6)
+               for kind in ("tx", "mtu")), (SEED, ts)
+    assert c["xmit_failed"] == 0, (SEED, c)
+    print(f"fuzz seed {SEED}: {N} packets x 4 programs in {time.monotonic() - t0:.1f} s, {s}; tunnel errors {ts}")
