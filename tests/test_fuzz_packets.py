@@ -418,6 +418,13 @@ def tunnel_error(b: bytes, p: Parsed) -> TunnelError | str | None:
     return e
 
 
+def tunnel_header(fam: int, real: bytes) -> bytes:
+    """an outer header as lb's tunnel writes it, from our tunnel source to real (lengths aside)"""
+    if fam == 4:
+        return struct.pack("!BBHHHBBH4s4s", 0x45, 0, 0, 0, 0x4000, 64, 4, 0, PRIV_ADDR[4].packed, real)
+    return struct.pack("!IHBB", 0x60000000, 0, 41, 64) + PRIV_ADDR[6].packed + real
+
+
 def relayed(b: bytes, e: TunnelError) -> bytes:
     """The error lb_icmp_tunnel relays to the client: from PUB_MAC to the client's MAC, from the
     VIP to the client, the same type and code, the MTU less the outer header (the link's when
@@ -469,6 +476,7 @@ class Model:
         self.tun_live: dict[tuple, float] = {}
         self.batch_t0 = 0.0
         self.outers: list[bytes] = []           # this batch's tunnel packets (IP header on), as lb sent them
+        self.others: list[bytes] = []           # ... and its DR / NAT flows' packets, in a tunnel header
         # errors about the tunnel's own packets: relayed (XDP_TX), dropped (the rate limit), or
         # passed when the model could not be sure of the connection; by (program, family); and
         # this batch's relays and drops, held to lb's counters (tunnel_error_relayed, icmp_rate_limited)
@@ -632,6 +640,9 @@ class Model:
             if svc.fwd == "tunnel":
                 self.tun_live[flow] = self.batch_t0
                 self.outers.append(out[14:])
+            elif len(self.others) < 50:
+                # as if tunneled: what lb_icmp_tunnel must not take for its own (not a tunnel flow)
+                self.others.append(tunnel_header(p.fam, real.address.packed) + pkt[p.l3:])
             if svc.fwd == "nat":
                 rport = real.port or p.dport
                 self.nat[(p.proto, real.address.packed, rport, p.saddr, p.sport)] = (p.daddr, p.dport)
@@ -1153,7 +1164,11 @@ class Gen:
             if pick() < 0.1:
                 rest = r.randrange(1 << 32)
         icmp = bytes((t, code)) + b"\0\0" + struct.pack("!I", rest) + quote
-        dst = PRIV_ADDR[fam].packed if pick() < 0.8 else r.choice(addrs)
+        # to our tunnel source mostly, else anywhere; when the quote's outer source was altered,
+        # often to that address (lb_icmp_tunnel checks both against the real server's tunnel source)
+        osrc = bytes(o[12:16] if fam == 4 else o[8:24])
+        dst = osrc if osrc != PRIV_ADDR[fam].packed and pick() < 0.5 else \
+            PRIV_ADDR[fam].packed if pick() < 0.8 else r.choice(addrs)
         src = ip(ROUTER[fam]).packed if pick() < 0.7 else outer[16:20] if fam == 4 else outer[24:40]
         if fam == 4:
             icmp = icmp[:2] + struct.pack("!H", inet_csum(icmp)) + icmp[4:]
@@ -1223,14 +1238,17 @@ def test_fuzz_every_program(programs):
     pkts = gen.packets(N)
     t0 = time.monotonic()
     outers: list[bytes] = []         # the tunnel packets lb sent: the last batch's, and a pool of older ones
+    others: list[bytes] = []         # the last batch's DR / NAT flows' packets, put in a tunnel header
     pool: list[bytes] = []
     for lo in range(0, N, BATCH):
         batch = pkts[lo:lo + BATCH]
         if outers or pool:
-            # errors about the tunnel's packets of the batch before (and older ones)
+            # errors about the tunnel's packets of the batch before (and older ones; a few about DR
+            # and NAT flows' packets, put in a tunnel header)
             for j in rng.sample(range(len(batch)), int(len(batch) * TUNNEL_ERRORS)):
-                batch[j] = pkts[lo + j] = gen.tunnel_error(rng.choice(outers if outers and rng.random() < 0.85
-                                                                      else pool or outers))
+                k = rng.random()
+                batch[j] = pkts[lo + j] = gen.tunnel_error(rng.choice(
+                    others if others and k < 0.08 else outers if outers and k < 0.85 else pool or outers))
         before = dp.counters()
         model.batch_t0 = time.monotonic()
         model.batch_relayed = model.batch_limited = 0
@@ -1268,9 +1286,9 @@ def test_fuzz_every_program(programs):
             (f"fuzz seed {SEED}, packets {lo}..{lo + len(batch)}: tunnel_error_relayed +{relayed_n}, "
              f"icmp_rate_limited +{limited_n}; the model saw {model.batch_relayed} relayed, "
              f"{model.batch_limited} dropped")
-        outers = model.outers
+        outers, others = model.outers, model.others
         pool = (pool + outers)[-3000:]
-        model.outers = []
+        model.outers, model.others = [], []
     # the run exercised what it claims: packets of every kind were forwarded, answered and dropped
     s = model.seen
     assert s["redirect"] > 1000 and s["tx"] > 0 and s["drop"] > 0 and s["pass"] > N // 4, (SEED, s)
