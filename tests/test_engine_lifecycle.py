@@ -977,8 +977,12 @@ def test_a_bug_in_the_run_loops_own_code_leaves_the_data_plane_forwarding(tmp_pa
     Now the data plane forwards on, the loop goes on (its steps run again), the daemon answers
     `lb status`, which counts the errors as the failing steps' (and so does
     lb_housekeeping_errors_total), the log says it with one traceback; `lb stop` is as before."""
+    from lb import tasks
     from lb.cli.main import _status_lines
     from test_metrics import Source, scrape, value
+    # the background tasks' restarts are counted per process: other modules' tests on this
+    # worker (CI's xdist) left theirs, which `lb status` shows on the same line
+    monkeypatch.setattr(tasks, "RESTARTS", {})
     with caplog.at_level(logging.INFO, logger="lb"):
         rc, status, events, stopping = faulty_run(
             tmp_path, monkeypatch, "loopbug", lambda eng: eng.dp.failed == 2 and eng.dp.swept >= 1,
