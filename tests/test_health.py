@@ -1245,7 +1245,10 @@ def test_a_timed_out_check_programs_setsid_helpers_are_killed_too(tmp_path, how)
     helpers = 2 if how == "double fork" else 1
     # the check goes on once its helpers run (a helper killed before its setsid proves nothing)
     wait = " ".join(f"[ -e {tmp_path}/h{n} ] &&" for n in range(1, helpers + 1))
-    tail = "head -c 200000 /dev/zero" if how == "output" else f"exec {sleep} 30"
+    # ("output": it goes on after printing, so that it is killed for the output while it runs --
+    # one that printed it all and exited first is a program that ended on its own, whose setsid'd
+    # helpers are left, as keepalived leaves them: lb.programs)
+    tail = "head -c 200000 /dev/zero; sleep 30" if how == "output" else f"exec {sleep} 30"
     script.write_text(f"#!/bin/sh\n{helper}\nuntil {wait} true; do sleep 0.01; done\n"
                       f"touch {tmp_path}/started\n{tail}\n")
     script.chmod(0o755)
