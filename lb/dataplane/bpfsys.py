@@ -296,20 +296,7 @@ def next_key(fd: int, key: bytes | None, key_size: int) -> bytes | None:
 
 def items(fd: int, key_size: int, value_size: int) -> list[tuple[bytes, bytes]]:
     """Every (key, value), one syscall pair per entry: the slow path and the oracle."""
-    out = []
-    key = None
-    seen = 0
-    while True:
-        key = next_key(fd, key, key_size)
-        if key is None:
-            break
-        value = lookup(fd, key, value_size)
-        if value is not None:
-            out.append((key, value))
-        seen += 1
-        if seen > 1 << 27:  # a hash being rewritten under us could cycle; never loop forever
-            break
-    return out
+    return [kv for part in _chunks_by_key(fd, key_size, value_size, 4096) for kv in part]
 
 
 BPF_MAP_LOOKUP_BATCH = 24
