@@ -154,13 +154,17 @@ def table(res: dict) -> str:
 def markdown(results: dict[str, dict], command: str) -> str:
     any_res = next(iter(results.values()), {})
     m = any_res.get("machine", {})
-    commits = {name: res["git"] for name, res in results.items() if res.get("git")}
-    if len(set(commits.values())) > 1:    # suites from runs at different commits: say which is which
-        commit = " · commits " + ", ".join(f"{name} {c}" for name, c in commits.items())
+    machine = f"kernel {m.get('kernel', '')} · {m.get('cpus', '')} × {m.get('cpu', '')}"
+    runs = {(res.get("command", ""), res.get("date", ""), res.get("git", "")) for res in results.values()}
+    if len(runs) > 1:
+        # suites from separate runs: each with its own command, date and commit (the first
+        # suite's alone would date and name the others wrongly)
+        per = "; ".join(f"{name}: `{res.get('command', '')}` {res.get('date', '')} {res.get('git', '')}".rstrip()
+                        for name, res in results.items())
+        md = [f"Suites from separate runs -- {per} · {machine}", ""]
     else:
-        commit = f" · commit {next(iter(commits.values()))}" if commits else ""
-    md = [f"Command: `{command}` · {any_res.get('date', '')} · kernel {m.get('kernel', '')} · "
-          f"{m.get('cpus', '')} × {m.get('cpu', '')}" + commit, ""]
+        commit = f" · commit {any_res['git']}" if any_res.get("git") else ""
+        md = [f"Command: `{command}` · {any_res.get('date', '')} · {machine}" + commit, ""]
     for name in ORDER:
         if name in results:
             md += [f"#### {TITLES[name]}", "", table(results[name]), ""]
