@@ -215,6 +215,39 @@ static __always_inline void *lb_reframe_reply(struct xdp_md *ctx, int l2, int ip
     return vh + 1;
 }
 
+/* An ICMP answer's IP and ICMP headers in front of a quote of `quote` bytes already in place
+ * (iph: where the IP header goes, the ICMP header and the quote after it), from src to dst: type,
+ * code, the header's second word, the checksum over the ICMP message (and IPv6's pseudo header).
+ * LB_CONTINUE, or XDP_DROP when the quote is not within the packet.  The too-big answers and the
+ * relayed tunnel errors (lb_icmp_tunnel) share it; v6 is a constant where it is inlined. */
+static __always_inline int lb_icmp_answer(void *iph, void *data_end, int v6, __u8 type, __u8 code,
+                                          __be32 rest, __u32 quote, const __be32 *src, const __be32 *dst)
+{
+    __u8 *icmp = iph + (v6 ? sizeof(struct ipv6hdr) : sizeof(struct iphdr));
+    if ((void *)(icmp + 8) > data_end)
+        return XDP_DROP;
+    icmp[0] = type;
+    icmp[1] = code;
+    *(__u16 *)(icmp + 2) = 0;
+    *(__be32 *)(icmp + 4) = rest;
+    __u32 sum = 0;
+    if (lb_csum_words(icmp, 8 + quote, data_end, &sum) != LB_CONTINUE)
+        return XDP_DROP;
+    if (!v6) {
+        lb_ip4_hdr(iph, 0, sizeof(struct iphdr) + 8 + quote, 0, 0, IPPROTO_ICMP, src[0], dst[0]);
+    } else {
+        struct ipv6hdr *o = iph;
+        lb_ip6_hdr(o, bpf_htonl(0x60000000), 8 + quote, IPPROTO_ICMPV6, src, dst);
+        __u16 *a = (__u16 *)&o->saddr;   /* the pseudo header: both addresses, length, next header */
+#pragma unroll
+        for (int i = 0; i < 16; i++)
+            sum += a[i];
+        sum += bpf_htons(8 + quote) + bpf_htons(IPPROTO_ICMPV6);
+    }
+    *(__u16 *)(icmp + 2) = ~lb_csum_fold(sum);
+    return LB_CONTINUE;
+}
+
 static __always_inline int lb_too_big4(struct xdp_md *ctx, struct lb_pkt *pkt, __u32 mtu)
 {
     struct iphdr *ip = pkt->ip4;
@@ -232,20 +265,11 @@ static __always_inline int lb_too_big4(struct xdp_md *ctx, struct lb_pkt *pkt, _
         lb_count(LB_CNT_XMIT_FAILED);
         return XDP_DROP;
     }
-    __u8 *icmp = (void *)(o + 1);
-    void *data_end = (void *)(long)ctx->data_end;
-    lb_ip4_hdr(o, 0, sizeof(*o) + 8 + quote, 0, 0, IPPROTO_ICMP, vip, client);
-    icmp[0] = 3;                  /* destination unreachable */
-    icmp[1] = 4;                  /* fragmentation needed */
-    *(__u16 *)(icmp + 2) = 0;
-    *(__u16 *)(icmp + 4) = 0;
-    *(__be16 *)(icmp + 6) = bpf_htons(mtu);
-    __u32 sum = 0;
-    if (lb_csum_words(icmp, 8 + quote, data_end, &sum) != LB_CONTINUE) {
+    if (lb_icmp_answer(o, (void *)(long)ctx->data_end, 0, 3, 4,   /* fragmentation needed */
+                       bpf_htonl(mtu & 0xffff), quote, &vip, &client) != LB_CONTINUE) {
         lb_count(LB_CNT_XMIT_FAILED);
         return XDP_DROP;
     }
-    *(__u16 *)(icmp + 2) = ~lb_csum_fold(sum);
     return XDP_TX;
 }
 
@@ -276,25 +300,11 @@ static __always_inline int lb_too_big6(struct xdp_md *ctx, struct lb_pkt *pkt, _
         lb_count(LB_CNT_XMIT_FAILED);
         return XDP_DROP;
     }
-    __u8 *icmp = (void *)(o + 1);
-    void *data_end = (void *)(long)ctx->data_end;
-    lb_ip6_hdr(o, bpf_htonl(0x60000000), 8 + quote, IPPROTO_ICMPV6, vip, client);
-    icmp[0] = 2;                  /* Packet Too Big */
-    icmp[1] = 0;
-    *(__u16 *)(icmp + 2) = 0;
-    *(__be32 *)(icmp + 4) = bpf_htonl(mtu);
-    __u32 sum = 0;
-    if (lb_csum_words(icmp, 8 + quote, data_end, &sum) != LB_CONTINUE) {
+    if (lb_icmp_answer(o, (void *)(long)ctx->data_end, 1, 2, 0,   /* Packet Too Big */
+                       bpf_htonl(mtu), quote, vip, client) != LB_CONTINUE) {
         lb_count(LB_CNT_XMIT_FAILED);
         return XDP_DROP;
     }
-    /* the pseudo header: both addresses, the length and the next header */
-    __u16 *a = (__u16 *)&o->saddr;
-#pragma unroll
-    for (int i = 0; i < 16; i++)
-        sum += a[i];
-    sum += bpf_htons(8 + quote) + bpf_htons(IPPROTO_ICMPV6);
-    *(__u16 *)(icmp + 2) = ~lb_csum_fold(sum);
     return XDP_TX;
 }
 

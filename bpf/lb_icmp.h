@@ -295,35 +295,11 @@ static __always_inline int lb_icmp_tunnel(struct xdp_md *ctx)
     data = (void *)(long)ctx->data;
     data_end = (void *)(long)ctx->data_end;
     struct ethhdr *eth = data;
-    __u8 *icmp = data + hdrs - 8;
-    if ((void *)(icmp + 8) > data_end)
+    if ((void *)(eth + 1) > data_end)
         goto fail;
-    icmp[0] = type;
-    icmp[1] = code;
-    *(__u16 *)(icmp + 2) = 0;
-    *(__be32 *)(icmp + 4) = rest;
-    __u32 sum = 0;
-    if (lb_csum_words(icmp, 8 + q, data_end, &sum) != LB_CONTINUE)
+    eth->h_proto = pkt.ip4 ? bpf_htons(ETH_P_IP) : bpf_htons(ETH_P_IPV6);
+    if (lb_icmp_answer(eth + 1, data_end, pkt.ip6 != 0, type, code, rest, q, vip, client) != LB_CONTINUE)
         goto fail;
-    if (pkt.ip4) {
-        struct iphdr *o = (void *)(eth + 1);
-        if ((void *)(o + 1) > data_end)
-            goto fail;
-        eth->h_proto = bpf_htons(ETH_P_IP);
-        lb_ip4_hdr(o, 0, sizeof(*o) + 8 + q, 0, 0, IPPROTO_ICMP, vip[0], client[0]);
-    } else {
-        struct ipv6hdr *o = (void *)(eth + 1);
-        if ((void *)(o + 1) > data_end)
-            goto fail;
-        eth->h_proto = bpf_htons(ETH_P_IPV6);
-        lb_ip6_hdr(o, bpf_htonl(0x60000000), 8 + q, IPPROTO_ICMPV6, vip, client);
-        __u16 *a = (__u16 *)&o->saddr;   /* the pseudo header: both addresses, length, next header */
-#pragma unroll
-        for (int i = 0; i < 16; i++)
-            sum += a[i];
-        sum += bpf_htons(8 + q) + bpf_htons(IPPROTO_ICMPV6);
-    }
-    *(__u16 *)(icmp + 2) = ~lb_csum_fold(sum);
     lb_count(LB_CNT_TUNNEL_ERROR);
     lb_stats_out(svc_id, real_id, ip_hdr + 8 + q);
     return lb_xmit(ctx, eth, cmac, lmac, ifindex);
