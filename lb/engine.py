@@ -1633,12 +1633,12 @@ class Engine:
         with self._dp_lock:
             return self.dp.export_conns()
 
-    def sync_import(self, conns, temps):
+    def sync_import(self, conns, temps, owned_since_ns=None):
         dev = self.cfg.public_interface
         ifindex = socket.if_nametoindex(dev)
         mac = bytes.fromhex(ha_announce._mac(dev).replace(":", ""))
         with self._dp_lock:
-            return self.dp.import_conns(conns, temps, ifindex, mac)
+            return self.dp.import_conns(conns, temps, ifindex, mac, owned_since_ns=owned_since_ns)
 
     def sweep(self) -> int:
         with self._dp_lock:

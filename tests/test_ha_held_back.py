@@ -134,7 +134,7 @@ def test_a_sync_sink_that_fails_is_counted_and_logged_once_a_minute(tmp_path, ca
 
     p = _pulse(tmp_path, ())
     p.machine.state = BACKUP
-    p.sync_sink = lambda conns, temps: socket.if_nametoindex("pub-gone0")
+    p.sync_sink = lambda conns, temps, owned_since_ns: socket.if_nametoindex("pub-gone0")
     [payload] = hsync.pack_batches([hsync.encode_conn(REC)])
     p.coarse_ns = lambda: 1_000_000_000              # REC is alive then
 

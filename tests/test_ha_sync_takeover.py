@@ -28,7 +28,7 @@ NEW = (6, A("198.18.0.5"), 41000, A("198.18.0.10"), 80, A("198.18.1.12"), 80, 1,
 def _sink(p):
     """The director's table: what its sync_sink installed."""
     table = []
-    p.sync_sink = lambda conns, temps: (table.extend(conns), (len(conns) + len(temps), 0))[1]
+    p.sync_sink = lambda conns, temps, owned_since_ns: (table.extend(conns), (len(conns) + len(temps), 0))[1]
     p.coarse_ns = lambda: 3600 * 10**9                      # up an hour: the records are alive
     return table
 
@@ -160,3 +160,32 @@ def test_a_takeover_installs_the_queued_records_before_it_takes_the_addresses(tm
     [(state, seen)] = at_takeover
     assert state == ACTIVE and [r[:9] for r in seen] == [REC[:9]]
     assert backup.counters["sync_rx_records"] == 1
+
+
+def test_the_new_actives_sink_is_told_since_when_its_entries_are_its_own(tmp_path):
+    """A backup's sync sink takes every record (owned_since_ns None: the active's table is the
+    one that counts); a new active's, in the takeover's handoff (the records installed before it
+    takes the addresses and those that come after), is given the moment it became active on the
+    data plane's clock, so that its own entries made or changed since are not overwritten by the
+    old active's records (the data plane's side: tests/test_sync_dataplane.py)."""
+    pair = Pair(tmp_path)
+    primary, backup = pair.start(hb.NODE_PRIMARY), pair.start(hb.NODE_BACKUP)
+    pair.ha = primary.ha = backup.ha = dataclasses.replace(pair.ha, sync=True)
+    pair.run(2.0)
+    got = []
+    backup.sync_sink = lambda conns, temps, owned_since_ns: got.append(owned_since_ns) or (len(conns), 0)
+    backup.coarse_ns = lambda: 3600 * 10**9 + int(pair.t * 1e9)     # the data plane's clock: its own origin
+    [payload] = hsync.pack_batches([hsync.encode_conn(REC)])
+    primary._send(primary.channels[0], hb.T_SYNC, payload=payload)
+    assert asyncio.run(_until(lambda: got, [backup._sync_in]))
+    assert got == [None]
+    primary._send(primary.channels[0], hb.T_SYNC, payload=payload)   # queued at the takeover
+    del pair.nodes[hb.NODE_PRIMARY]
+    primary._send_all(hb.T_HEARTBEAT, LEAVING)
+    assert asyncio.run(_until(lambda: len(got) == 2, [backup._decide]))
+    assert backup.role == "active"
+    pair.t += 0.5                                          # within a deadtime: still installed
+    backup._sync_queue.put_nowait(payload)
+    assert asyncio.run(_until(lambda: len(got) == 3, [backup._sync_in]))
+    takeover = 3600 * 10**9 + int(backup.machine.since * 1e9)
+    assert all(g is not None and abs(g - takeover) <= 1 for g in got[1:]), (got, takeover)

@@ -388,7 +388,7 @@ def test_sync_receiver_refuses_bad_payloads_writes_nothing_of_them_and_lives_on(
 
     written = []
     p = _pulse(tmp_path, [])
-    p.sync_sink = lambda conns, temps: written.append((conns, temps)) or (len(conns) + len(temps), 0)
+    p.sync_sink = lambda conns, temps, owned_since_ns: written.append((conns, temps)) or (len(conns) + len(temps), 0)
     p.coarse_ns = lambda: 5 * 10**9                        # the backup's clock: up for 5 s
     good = bytes.fromhex("0002" + CONN_HEX + TEMPLATE_HEX)
     # an entry 3600 s old (timeout 10000 s): older than the backup's clock

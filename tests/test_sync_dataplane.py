@@ -222,3 +222,94 @@ def test_a_full_template_table_on_the_backup_skips_the_template_and_keeps_the_re
     finally:
         pm.delete_many(filler)
         b.maps["lb_conns"].delete_many([L.ConnKey(ip("2001:2:0:8::1"), vip, p, port, 6).pack() for p in (44000, 44001)])
+
+
+def test_a_new_active_keeps_what_its_own_data_plane_made_over_the_old_actives_late_records(pair, tmp_path):
+    """The old active's records still arriving within a deadtime of the takeover (its last scan,
+    its datagrams still in the socket's buffer) are installed -- they name connections it made just
+    before -- but they overwrote the entries this director's data plane had made itself since:
+    a connection scheduled here to one real server, its ACK then sent to the one the old
+    active's record named (the handshake broken), and the same for a persistence template and a
+    connection still in its handshake.  Now a record of an entry made or changed here since the
+    takeover is skipped (counted), as IPVS's master takes no sync message; the records of
+    connections it does not have, or had as copies from before the takeover, go in; and a
+    backup still takes every record, also over an entry of its own.  Two directors' Pulses in
+    memory (tests/test_ha_unit.py's Pair); the new active's sync sink is a BPF data plane."""
+    import asyncio
+    import time
+
+    from lb.ha import heartbeat as hb
+    from lb.ha.pulse import LEAVING
+    from test_ha_sync_takeover import _until
+    from test_ha_unit import Pair
+
+    _a, b = pair
+    pulses = Pair(tmp_path)                                   # keepalive 0.2 s, deadtime 1 s
+    primary, backup = pulses.start(hb.NODE_PRIMARY), pulses.start(hb.NODE_BACKUP)
+    pulses.run(2.0)
+    assert pulses.roles() == {0: "active", 1: "backup"}
+    backup.sync_sink = lambda conns, temps, owned: b.import_conns(conns, temps, ifindex=1, local_mac=bytes(6),
+                                                                  owned_since_ns=owned)
+    backup.coarse_ns = lambda: time.clock_gettime_ns(6)
+    vip, pvip = "2001:2::10", "2001:2::20"
+    est = L.TCP_S["ESTABLISHED"]
+
+    def other(mac):
+        """a real server of the services other than the one of this MAC"""
+        return ip(next(r for r in REALS6 if real_mac(r) != mac))
+
+    def rec(flow, raddr, state=est, flags=0):
+        """the old active's record of a connection, its last packet a second ago"""
+        return (6, ip(flow[0]), flow[2], ip(flow[1]), flow[3], raddr, flow[3], state, flags, 10**9, 900, bytes(6))
+
+    def deliver(conns, temps=()):
+        """the old active's records, read by this director: taken by its sync task (installed or
+        skipped, each counted)"""
+        n = len(conns) + len(temps) + backup.counters["sync_rx_records"] + backup.counters["sync_skipped"]
+        for p in sync.pack_batches([sync.encode_conn(r) for r in conns] + [sync.encode_template(t) for t in temps]):
+            backup._sync_queue.put_nowait(p)
+        assert asyncio.run(_until(lambda: backup.counters["sync_rx_records"] + backup.counters["sync_skipped"] >= n,
+                                  [backup._sync_in]))
+
+    # as backup: the old active's record replaces even an entry this director made itself (a
+    # stray packet): the active's table is the one that counts
+    stray = ("2001:2:0:9::71", vip, 45000, 80)
+    there = other(_open(b, stray))
+    copied = ("2001:2:0:9::72", vip, 45001, 80)
+    deliver([rec(stray, there), rec(copied, ip(REALS6[0]))])
+    assert _dst(b, _pkt(*stray, "A")) == real_mac(there)
+    assert backup.counters["sync_rx_records"] == 2 and backup.counters["sync_skipped"] == 0
+
+    del pulses.nodes[hb.NODE_PRIMARY]                         # the old active goes: "leaving"
+    primary._send_all(hb.T_HEARTBEAT, LEAVING)
+    pulses.run(0.1)
+    assert backup.role == "active"
+    # the Pulses' clock is the test's; the data plane's is the machine's: from here on pulse reads
+    # the machine's coarse clock as it was at the takeover, advanced as the test's clock advances
+    base, at = time.clock_gettime_ns(6), backup.machine.since
+    backup.coarse_ns = lambda: base + int((pulses.t - at) * 1e9)
+    # after the takeover, this director's data plane makes its own: an established connection,
+    # one in its handshake, a persistent service's connection and its template
+    mine = ("2001:2:0:9::73", vip, 45002, 80)
+    mine_mac = _open(b, mine)
+    shaking = ("2001:2:0:9::74", vip, 45003, 80)
+    shaking_mac = _dst(b, _pkt(*shaking, "S"))
+    sticky = ("2001:2:0:5::1", pvip, 45004, 443)
+    sticky_mac = _open(b, sticky)
+    # the old active's last records, within a deadtime of the takeover: its own picks for the
+    # same connections and client, a connection this director has not heard of, and an update of
+    # the copy it had before the takeover
+    unheard = ("2001:2:0:9::75", vip, 45005, 80)
+    pulses.t += 0.3
+    deliver([rec(mine, other(mine_mac)), rec(shaking, other(shaking_mac)),
+             rec(sticky, other(sticky_mac), flags=L.CONN_F_PERSIST), rec(unheard, ip(REALS6[1])),
+             rec(copied, ip(REALS6[0]), state=L.TCP_S["FIN_WAIT"])],
+            [(6, ip("2001:2:0:5::"), ip(pvip), 443, 0, other(sticky_mac), 443, 0, 300)])
+    assert _dst(b, _pkt(*mine, "A")) == mine_mac               # still to the server it chose
+    assert _dst(b, _pkt(*shaking, "A")) == shaking_mac         # its handshake ends where it began
+    assert _dst(b, _pkt(*sticky, "A")) == sticky_mac
+    assert _dst(b, _pkt("2001:2:0:5::2", pvip, 45006, 443, "S")) == sticky_mac   # the client's template
+    assert _dst(b, _pkt(*unheard, "A")) == real_mac(REALS6[1])
+    states = {r[2]: r[7] for _, _, r in b.export_conns()[0]}
+    assert states[copied[2]] == L.TCP_S["FIN_WAIT"]
+    assert backup.counters["sync_skipped"] == 4 and backup.counters["sync_rx_records"] == 2 + 2

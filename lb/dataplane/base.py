@@ -188,8 +188,10 @@ class Dataplane(abc.ABC):
 
     @abc.abstractmethod
     def import_conns(self, conns: list, temps: list, ifindex: int, local_mac: bytes,
-                     now_ns: int | None = None) -> tuple[int, int]:
-        """Install what the active exported; returns (installed, skipped)."""
+                     now_ns: int | None = None, owned_since_ns: int | None = None) -> tuple[int, int]:
+        """Install what the active exported; returns (installed, skipped).  ``owned_since_ns``:
+        this director has been active since then (None: it is not) -- its own entries stamped
+        since are kept, the peer's records of them skipped."""
 
     @abc.abstractmethod
     def start_sync(self, role: str, ifname: str, syncid: int) -> None:

@@ -440,14 +440,18 @@ class ConnTable:
         return st, None
 
     def import_conns(self, conns: list, temps: list, ifindex: int, local_mac: bytes,
-                     now_ns: int | None = None) -> tuple[int, int]:
+                     now_ns: int | None = None, owned_since_ns: int | None = None) -> tuple[int, int]:
         """Install connections and templates exported by the peer (records as export_conns
         makes them).  Each is counted on its real server as the data path would have counted it
         (through lb_real_swept, the control plane's side of the counters), so ActiveConn/InActConn
         are right on the backup and stay right when the entry later expires either way.  Entries
         whose service or real server this director does not have are skipped, and so are
-        templates a full lb_persist (no eviction) cannot take.  Returns
-        (installed, skipped)."""
+        templates a full lb_persist (no eviction) cannot take.  ``owned_since_ns`` (this
+        director active since then, on the data path's clock; None: a backup, which takes
+        every record): a record whose connection or template this director has, embryonic or
+        not, stamped at or after it is skipped -- the entry is this data plane's own (a packet
+        made or moved it since the takeover), and the old active's record of it is older news
+        (IPVS's master does not take sync messages).  Returns (installed, skipped)."""
         # the coarse clock BPF reads (bpf_ktime_get_coarse_ns): a timestamp from the precise one
         # can lie a tick ahead of it
         now = time.clock_gettime_ns(CLOCK_MONOTONIC_COARSE) if now_ns is None else now_ns
@@ -459,6 +463,12 @@ class ConnTable:
 
         # the established filter first: a SYN must not skip an entry already there
         self._est_add([L.ConnKey(c[1], c[3], c[2], c[4], c[0]).pack() for c in conns])
+        def owned(last_ns: int) -> bool:
+            # stamped at or after the takeover: by this data plane's packets (a new connection, a
+            # state change), or by a record installed since (a later one of the same entry waits
+            # for the entry's next change here, as a packet's)
+            return owned_since_ns is not None and L.elapsed_ns(last_ns, owned_since_ns) >= 0
+
         done = skipped = 0
         for proto, caddr, cport, vaddr, vport, raddr, rport, state, flags, age, timeout, cmac in conns:
             st, rid = self.rid_of(proto, vaddr, vport, raddr, rport)
@@ -467,6 +477,11 @@ class ConnTable:
                 continue
             ck = L.ConnKey(caddr, vaddr, cport, vport, proto)
             key = ck.pack()
+            if owned_since_ns is not None:
+                _, mine = self._find(key)
+                if mine is not None and owned(L.Conn.unpack(mine).last_ns):
+                    skipped += 1
+                    continue
             old = cm.get(key)
             if old is not None:
                 oc = L.Conn.unpack(old)
@@ -491,6 +506,11 @@ class ConnTable:
             key = L.PERSIST_KEY.pack(L.pack_addr(caddr), L.pack_addr(vaddr), L.pack_port(vport), proto,
                                      L.family_of(caddr), fwmark)
             old = pm.get(key)
+            if owned_since_ns is not None:
+                mine = old if old is not None else self.maps["lb_persist_embryo"].get(key)
+                if mine is not None and owned(L.PERSIST.unpack(mine)[0]):
+                    skipped += 1
+                    continue
             try:
                 pm.set(key, L.PERSIST.pack(L.stamp_ago(now, age), rid, timeout))
             except BpfError as e:

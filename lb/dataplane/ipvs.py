@@ -1016,7 +1016,7 @@ class IpvsDataplane(Dataplane):
         return [], []
 
     def import_conns(self, conns: list, temps: list, ifindex: int = 0, local_mac: bytes = b"",
-                     now_ns: int | None = None) -> tuple[int, int]:
+                     now_ns: int | None = None, owned_since_ns: int | None = None) -> tuple[int, int]:
         return 0, len(conns) + len(temps)
 
     # ---- apply ----

@@ -571,8 +571,8 @@ class XdpDataplane(Dataplane):
         return self.conns.export_conns(now_ns)
 
     def import_conns(self, conns: list, temps: list, ifindex: int, local_mac: bytes,
-                     now_ns: int | None = None) -> tuple[int, int]:
-        return self.conns.import_conns(conns, temps, ifindex, local_mac, now_ns)
+                     now_ns: int | None = None, owned_since_ns: int | None = None) -> tuple[int, int]:
+        return self.conns.import_conns(conns, temps, ifindex, local_mac, now_ns, owned_since_ns)
 
     def start_sync(self, role: str, ifname: str, syncid: int) -> None:
         """No kernel sync daemon: the XDP data plane's connections travel by lb/ha/sync.py."""

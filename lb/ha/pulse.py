@@ -421,7 +421,9 @@ class Pulse:
                  announce=None, public_interface: str | None = None, node: int | None = None,
                  clock=time.monotonic, wall_ns=time.time_ns, on_heartbeat=None, guard_file: str | None = None):
         """on_role(new, old) -> awaitable; sync_source() -> (conns, temps) (blocking, the
-        active's data plane); sync_sink(conns, temps) (blocking, the backup's); announce()
+        active's data plane); sync_sink(conns, temps, owned_since_ns) (blocking, the backup's, or
+        the new active's in its takeover's handoff: owned_since_ns is then when it became active,
+        on the data plane's clock, else None -- _sync_install); announce()
         (blocking); on_heartbeat() (quick, on the loop) just before each heartbeat goes out:
         the engine's lease, which so never outlives the last heartbeat by more than deadtime.
         ``clock`` (monotonic seconds) and ``wall_ns`` (the wall clock) are the tests' to replace.
@@ -1220,14 +1222,27 @@ class Pulse:
             batch.append(self._sync_queue.get_nowait())
         return batch
 
+    def owned_since_ns(self) -> int | None:
+        """When this director became active, on the data plane's clock (coarse_ns); None when
+        it is not active.  Reckoned back from machine.since, not stamped in _decide: the machine
+        turns ACTIVE (a "leaving" read) before _decide takes the role change on, and a batch may
+        be installed in between; both clocks are monotonic (the coarse one a tick behind)."""
+        if self.machine.state != ACTIVE:
+            return None
+        return self.coarse_ns() - int((self.clock() - self.machine.since) * 1e9)
+
     async def _sync_install(self, batch: list[bytes]) -> None:
-        """Install a batch of the peer's sync payloads (admit_sync, then sync_sink off the loop)."""
+        """Install a batch of the peer's sync payloads (admit_sync, then sync_sink off the loop).
+        An active director (the takeover's handoff: _sync_in, _sync_drain) installs them as
+        IPVS's master would take none: the old active's record of a connection or template its
+        own data plane has made or changed since the takeover does not replace that entry
+        (owned_since_ns); those it does not have, or had only as copies from before, go in."""
         conns, temps = self.admit_sync(batch, self.coarse_ns())
         if not conns and not temps:
             return
         loop = asyncio.get_running_loop()
         try:
-            done, skipped = await loop.run_in_executor(None, self.sync_sink, conns, temps)
+            done, skipped = await loop.run_in_executor(None, self.sync_sink, conns, temps, self.owned_since_ns())
         except Exception as e:       # the records are lost: counted, logged at most once per 10 s
             self.counters["sync_install_failed"] += len(conns) + len(temps)
             self._ratelog.log("sync-install", logging.ERROR, "pulse: installing %d synced records failed: %s",
@@ -1244,7 +1259,8 @@ class Pulse:
                 if self.machine.state == ACTIVE and self.clock() - self.machine.since > self.sync_handoff():
                     # the active's own table wins -- once its takeover is past: what the old active
                     # sent until then (queued here at the switch, or still in the socket's buffer)
-                    # is installed, or the connections it had just made would be reset here
+                    # is installed, or the connections it had just made would be reset here --
+                    # but not over the entries this one's data plane made since (_sync_install)
                     self.counters["sync_skipped"] += sum(hsync.record_count(p) for p in batch)
                     continue
                 await self._sync_install(batch)

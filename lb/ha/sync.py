@@ -26,7 +26,13 @@ Pulse.SYNC_DRAIN_TIMEOUT), and those that come until a deadtime after it (what w
 socket buffer, the old active's last scan: at most the receive queue's 256 datagrams at a
 time); after that the active's own table wins and the peer's records are counted as skipped
 (two actives).  Both were dropped at the switch, and
-the connections made just before a takeover were reset by the new active.
+the connections made just before a takeover were reset by the new active.  Within that deadtime
+the new active takes only what its own data plane has not made or changed since the takeover
+(IPVS's master takes no sync message): a record of a connection or template it has, embryonic or
+not, stamped since then is skipped and counted; copies from before the takeover are updated
+(Pulse.owned_since_ns, ConnTable.import_conns).  It overwrote them: a connection scheduled
+here after the takeover had its next packet sent to the real server the old active's record of
+the same 5-tuple named.
 
 Loss: UDP, no acknowledgements.  A lost datagram loses its records until their next change or
 refresh (new connections: at most REFRESH_MAX_S later, or never if idle); such a connection
