@@ -1030,9 +1030,169 @@ def test_host_names_are_looked_up_as_piranha_did(monkeypatch, tmp_path) -> None:
 
 
 def test_inet_aton_and_c_integer() -> None:
-    assert [str(lvscf.inet_aton(t)) for t in ("1.2.3.4", "0x7f.1", "127.1", "0", "0x", "255.0xffffff")] == [
+    assert [str(lvscf.inet_aton(t)) for t in ("1.2.3.4", "0x7f.1", "127.1", "0", "0x0", "255.0xffffff")] == [
         "1.2.3.4", "127.0.0.1", "127.0.0.1", "0.0.0.0", "0.0.0.0", "255.255.255.255"]
+    # "0x" without a hex digit is no number to glibc's inet_aton (strtoul reads the 0, the x is left)
     assert [lvscf.inet_aton(t) for t in ("256.1.1.1", "1.2.3.256", "1.2.65536", "08.1.1.1", "1..2", "a.b.c.d",
-                                         "1.2.3.4.5", "-1.2.3.4", "")] == [None] * 9
+                                         "1.2.3.4.5", "-1.2.3.4", "", "0x", "0x.0.0.1", "1.2.3.0x")] == [None] * 12
     assert [lvscf.c_integer(t) for t in ("010", "0x50", "0X1f", "-0x10", "+7", "0", "00")] == [8, 80, 31, -16, 7, 0, 0]
     assert [lvscf.c_integer(t) for t in ("08", "0x", "12a", "-", "", "1 ", "0b1")] == [None] * 7
+
+
+# inet_aton's forms as this machine's C library reads them (glibc, as Piranha's); no blanks: an
+# lvs.cf token has none, and lb refuses what follows one (see below)
+ATON_FORMS = ["10.1", "10.1.2", "167772161", "0x0a.0.0.1", "012.0.0.1", "0X0A.0.0.1", "10.0.0.0x1", "0xa.1",
+              "10.256", "1.2.65535", "0xffffffff", "4294967295", "0377.0377.0377.0", "0", "00", "0x0",
+              "4294967296", "1.2.65536", "1.2.3.256", "256.1", "0400.0.0.0", "08.0.0.1", "0x.0.0.1", "1.2.3.0x",
+              "10..1", "10.0.0.1.", ".10.0.0.1", "+10.0.0.1", "-1", "0xg", "1e3", "1.2.3.4.5", ""]
+
+
+@pytest.mark.parametrize("text", ATON_FORMS)
+def test_inet_aton_reads_as_the_c_library_does(text: str) -> None:
+    import socket
+
+    try:
+        libc = str(IPv4Address(socket.inet_aton(text)))
+    except OSError:
+        libc = None
+    got = lvscf.inet_aton(text)
+    assert (str(got) if got is not None else None) == libc
+
+
+# Piranha read these four keys with inet_aton alone (lvsconfig.c: no gethostbyname): each of
+# its forms is the address Piranha took, written back in dotted form, with a warning at its line
+ATON_GOOD = [("10.1", "10.0.0.1"), ("10.1.2", "10.1.0.2"), ("167772161", "10.0.0.1"),
+             ("0x0a.0.0.1", "10.0.0.1"), ("012.0.0.1", "10.0.0.1"), ("0x0a000063", "10.0.0.99")]
+# refused by inet_aton, hence by Piranha (LVS_ERROR_BADHOSTNAME / BADNETMASK, or extra words after
+# the value): a part out of range, 8 or 9 in an octal part, 0x without a digit, trailing text
+ATON_BAD = ["10.0.0.256", "1.2.65536", "4294967296", "08.0.0.1", "0x.0.0.1", "10..1", "10.0.0.1.",
+            "10.0.0.1 junk", "10.1 x"]
+
+
+def read_as(cfg: Config) -> list:
+    """The warnings of a load but GOOD_HEAD's own (its blocks have no active line)."""
+    return [w for w in cfg.warnings if not w.field.endswith(".active")]
+
+
+def _sorry(value: str) -> str:
+    return GOOD_HEAD.replace("port = 80", f"port = 80\n     sorry_server = {value}")  # line 5
+
+
+def _cf_error(text: str) -> str:
+    with pytest.raises(ConfigError) as ei:
+        lvscf.loads(text, "lvs.cf")
+    assert len(ei.value.issues) == 1, str(ei.value)
+    return str(ei.value)
+
+
+@pytest.mark.parametrize("written, address", ATON_GOOD)
+def test_sorry_server_takes_inet_atons_forms_as_piranha_did(written: str, address: str) -> None:
+    cfg, extras = lvscf.loads_with_extras(_sorry(written), "lvs.cf")
+    assert cfg.virtual_servers[0].sorry_server == (IPv4Address(address), None)
+    assert [(w.line, w.field, w.message) for w in read_as(cfg)] == [
+        (5, "virtual[web].sorry_server",
+         f"'{written}' is {address} as Piranha read it (inet_aton: a leading 0 makes a part octal, 0x "
+         f"hexadecimal, and fewer than four parts fill the last one: 10.1 is 10.0.0.1); lb export and the "
+         f"console's saves write {address}")]
+    assert f"     sorry_server = {address}" in lvscf.dumps(cfg, extras).splitlines()
+
+
+@pytest.mark.parametrize("written", ATON_BAD + ["10.1:80", "sorry.example"])
+def test_sorry_server_refuses_what_piranha_refused(written: str) -> None:
+    """Piranha's sorry_server was the address alone (ADDR:PORT is lb's), never a host name."""
+    assert _cf_error(_sorry(written)).startswith("lvs.cf:5: virtual[web].sorry_server: ")
+
+
+def _pmask(value: str) -> str:
+    return GOOD_HEAD.replace("port = 80", f"port = 80\n     persistent = 300\n     pmask = {value}")  # line 6
+
+
+# netmasks in inet_aton's forms (lb still needs a contiguous one where it did before)
+MASK_GOOD = [("0xffffff00", "255.255.255.0"), ("4294967040", "255.255.255.0"), ("255.255.0xff00", "255.255.255.0"),
+             ("0377.0377.0377.0", "255.255.255.0"), ("255.16776960", "255.255.255.0"), ("0xffff0000", "255.255.0.0")]
+# read by inet_aton, but no contiguous mask: 255.255.255 is 255.255.0.255, 24 is 0.0.0.24
+MASK_NOT_CONTIGUOUS = [("255.255.255", "255.255.0.255"), ("24", "0.0.0.24"), ("0xffffff01", "255.255.255.1")]
+
+
+@pytest.mark.parametrize("written, mask", MASK_GOOD)
+def test_pmask_takes_inet_atons_forms(written: str, mask: str) -> None:
+    cfg, extras = lvscf.loads_with_extras(_pmask(written), "lvs.cf")
+    assert cfg.virtual_servers[0].pmask == mask
+    assert [(w.line, w.field) for w in read_as(cfg)] == [(6, "virtual[web].pmask")]
+    assert read_as(cfg)[0].message.startswith(f"'{written}' is {mask} as Piranha read it (inet_aton")
+    assert f"     pmask = {mask}" in lvscf.dumps(cfg, extras).splitlines()
+
+
+@pytest.mark.parametrize("written, piranha", MASK_NOT_CONTIGUOUS)
+def test_pmask_in_inet_atons_form_must_still_be_contiguous(written: str, piranha: str) -> None:
+    assert _cf_error(_pmask(written)) == (
+        f"lvs.cf:6: virtual[web].pmask: '{written}' is {piranha} as Piranha read it (inet_aton: a leading 0 "
+        f"makes a part octal, 0x hexadecimal, and fewer than four parts fill the last one: 10.1 is 10.0.0.1), "
+        f"not a contiguous IPv4 netmask (e.g. 255.255.255.0 or /24)")
+
+
+@pytest.mark.parametrize("written", ATON_BAD)
+def test_pmask_refuses_what_inet_aton_refused(written: str) -> None:
+    assert _cf_error(_pmask(written)).startswith("lvs.cf:6: virtual[web].pmask: ")
+
+
+def test_ipv6_pmask_stays_a_prefix_length() -> None:
+    """An IPv6 service's pmask is a prefix length (lb's, Piranha had no IPv6): 64 is not 0.0.0.64."""
+    text = (HERE / "lvscf" / "ipv6.cf").read_text()
+    web6, ftp6, web4 = lvscf.loads(text).virtual_servers
+    assert (web6.pmask, ftp6.pmask, web4.pmask) == (64, 56, "255.255.255.0")
+    # a firewall-mark service's family is its port groups'
+    assert lvscf.loads(text.replace("pmask = /56", "pmask = 64")).virtual_servers[1].pmask == 64
+
+
+def _nat(value: str) -> str:
+    return GOOD_HEAD.replace("network = direct", f"network = nat\nnat_router = 10.0.0.254 eth1\nnat_nmask = {value}")
+
+
+@pytest.mark.parametrize("written, mask", MASK_GOOD)
+def test_nat_nmask_takes_inet_atons_forms(written: str, mask: str) -> None:
+    cfg, extras = lvscf.loads_with_extras(_nat(written), "lvs.cf")
+    assert cfg.nat_router == IPv4Interface(f"10.0.0.254/{mask}")
+    assert [(w.line, w.field) for w in read_as(cfg)] == [(3, "nat_nmask")]
+    assert read_as(cfg)[0].message.startswith(f"'{written}' is {mask} as Piranha read it (inet_aton")
+    assert f"nat_nmask = {mask}" in lvscf.dumps(cfg, extras).splitlines()
+
+
+@pytest.mark.parametrize("written, piranha", MASK_NOT_CONTIGUOUS)
+def test_nat_nmask_in_inet_atons_form_must_still_be_contiguous(written: str, piranha: str) -> None:
+    assert _cf_error(_nat(written)).startswith(
+        f"lvs.cf:3: nat_nmask: '{written}' is {piranha} as Piranha read it (inet_aton")
+    assert _cf_error(_nat(written)).endswith("not a contiguous IPv4 netmask (e.g. 255.255.255.0 or /24)")
+
+
+@pytest.mark.parametrize("written", ATON_BAD)
+def test_nat_nmask_refuses_what_inet_aton_refused(written: str) -> None:
+    assert _cf_error(_nat(written)).startswith("lvs.cf:3: nat_nmask: ")
+
+
+@pytest.mark.parametrize("written, mask", [("0xffffffff", "255.255.255.255"), ("4294967295", "255.255.255.255"),
+                                           ("255.0xffff00", "255.255.255.0")])
+def test_vip_nmask_takes_inet_atons_forms(written: str, mask: str) -> None:
+    text = GOOD_HEAD.replace("port = 80", f"port = 80\n     vip_nmask = {written}")  # line 5
+    cfg, extras = lvscf.loads_with_extras(text, "lvs.cf")
+    assert extras["virtual"]["web"]["vip_nmask"] == mask
+    warned = read_as(cfg)
+    assert (warned[0].line, warned[0].field) == (5, "virtual[web].vip_nmask")
+    assert warned[0].message.startswith(f"'{written}' is {mask} as Piranha read it (inet_aton")
+    # and, as a vip_nmask in any form, it has no effect unless a host mask
+    assert [w.message.startswith("no effect") for w in warned[1:]] == ([] if mask == "255.255.255.255" else [True])
+    assert f"     vip_nmask = {mask}" in lvscf.dumps(cfg, extras).splitlines()
+    for bad in ("255.255.255", "10.0.0.1 junk", "0x.0.0.0"):
+        assert _cf_error(text.replace(written, bad)).startswith("lvs.cf:5: virtual[web].vip_nmask: ")
+
+
+def test_lb_import_names_file_line_and_field_of_a_refused_inet_aton_form(capsys: pytest.CaptureFixture[str],
+                                                                       tmp_path: Path) -> None:
+    f = tmp_path / "lvs.cf"
+    f.write_text(_pmask("255.255.255"))
+    assert main(["import", str(f)]) == 2
+    assert f"{f}:6: virtual[web].pmask: '255.255.255' is 255.255.0.255 as Piranha read it" in capsys.readouterr().err
+    f.write_text(_sorry("10.1"))
+    assert main(["import", str(f)]) == 0
+    out = capsys.readouterr()
+    assert 'sorry_server = "10.0.0.1"' in out.out

@@ -23,8 +23,14 @@ service name (getPort; ``heartbeat_port`` too).  Where Piranha's getHostname rea
 (:func:`resolve_host`, IPv4; a warning names the address, which :func:`dumps` writes; a name
 without one is an error at its line); inet_aton's other forms of an address (``010.0.0.1``,
 which Piranha took as 8.0.0.1, ``10.1``, ``0x0a000001``) are refused, naming the address
-Piranha used.  (``sorry_server``, ``pmask`` and the netmasks were inet_aton's alone in Piranha:
-no names there.)
+Piranha used.  ``sorry_server``, ``pmask``, ``nat_nmask`` and ``vip_nmask`` Piranha read with
+inet_aton alone (no host names there): its forms are taken there as the address Piranha took, in
+dotted form, with a warning naming it (``10.1`` is 10.0.0.1, ``10.1.2`` 10.1.0.2, ``167772161``
+10.0.0.1, ``0x0a.0.0.1`` and ``012.0.0.1`` 10.0.0.1, ``0xffffff00`` 255.255.255.0); what
+inet_aton refused (a part out of range, ``08``, ``0x`` without a digit, words after the value) is
+refused, and a netmask must still be a contiguous one (``255.255.255`` is 255.255.0.255: refused,
+naming it).  ``sorry_server = ADDR:PORT`` is lb's: its address is dotted (or IPv6).  An IPv6
+service's ``pmask`` is a prefix length (``64``, not inet_aton's 0.0.0.64).
 
 Mapping onto :class:`~lb.config.model.Config`:
 
@@ -446,14 +452,20 @@ def c_integer(text: str) -> int | None:
 # Piranha's getHostname (primary, backup, their _private, a virtual's and a server's address,
 # nat_router): inet_aton, else gethostbyname.  inet_aton's forms other than a.b.c.d in decimal
 # (010.0.0.1 is 8.0.0.1, 0x0a000001 and 10.1 are 10.0.0.1) are refused, naming the address
-# Piranha used: a zero-padded address was octal to it, and rarely what its author meant
-_ATON_PART_RE = re.compile(r"0[xX][0-9a-fA-F]*|0[0-7]*|[1-9][0-9]*")
+# Piranha used: a zero-padded address was octal to it, and rarely what its author meant.
+# sorry_server, pmask, nat_nmask and vip_nmask Piranha read with inet_aton alone (no host names):
+# there its forms are taken as the address Piranha took, with a warning (_Scope.aton)
+_ATON_PART_RE = re.compile(r"0[xX][0-9a-fA-F]+|0[0-7]*|[1-9][0-9]*")
+_ATON_RULE = ("inet_aton: a leading 0 makes a part octal, 0x hexadecimal, and fewer than four parts fill "
+              "the last one: 10.1 is 10.0.0.1")
 _HOSTNAME_RE = re.compile(r"(?=.{1,253}$)[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,62})(?:\.[A-Za-z0-9_][A-Za-z0-9_-]{0,62})*\.?")
 
 
 def inet_aton(text: str) -> ipaddress.IPv4Address | None:
     """``text`` as glibc's inet_aton reads it (1 to 4 parts, each decimal, 0x hexadecimal or 0
-    octal; the last fills the bytes left: 10.1 is 10.0.0.1); None when it is not one."""
+    octal; the last fills the bytes left: 10.1 is 10.0.0.1); None when it is not one.  Unlike
+    the C function (and socket.inet_aton) nothing may follow: glibc's ignores what follows a
+    blank, which an lvs.cf token never held (Piranha refused the words after the value)."""
     parts = text.split(".")
     if not 1 <= len(parts) <= 4 or not all(_ATON_PART_RE.fullmatch(p) for p in parts) or len(text) > 64:
         return None
@@ -712,8 +724,7 @@ class _Scope:
             pass
         aton = inet_aton(text)
         if aton is not None:
-            self.error(e, f"{text!r} is {aton} as Piranha read it (inet_aton: a leading 0 makes a part octal, "
-                          f"0x hexadecimal, and fewer than four parts fill the last one: 10.1 is 10.0.0.1): "
+            self.error(e, f"{text!r} is {aton} as Piranha read it ({_ATON_RULE}): "
                           f"write {aton} if that is the address meant, else the address in four decimal parts")
             return None
         if not _HOSTNAME_RE.fullmatch(text) or text.replace(".", "").isdigit():
@@ -730,6 +741,46 @@ class _Scope:
             f"host name {text!r} is {addr}: looked up at each load, as Piranha did at each start (a reload "
             f"looks it up again); lb export and the console's saves write the address"))
         return addr
+
+    def aton(self, key: str) -> ipaddress.IPv4Address | None:
+        """The address inet_aton read from ``key``'s value when it is one of inet_aton's forms other
+        than the dotted decimal lb reads (10.1, 10.1.2, 167772161, 0x0a.0.0.1, 012.0.0.1); None
+        for any other value (the caller's checks take it as written).  For sorry_server, pmask,
+        nat_nmask and vip_nmask, which Piranha read with inet_aton alone."""
+        text = self.entries[key].value
+        try:
+            ipaddress.ip_address(text)
+            return None
+        except ValueError:
+            return inet_aton(text)
+
+    def read_as(self, key: str, value: str) -> None:
+        """The warning that ``key``'s value in inet_aton's form (:meth:`aton`) is taken as ``value``."""
+        e = self.entries[key]
+        self.issues.warnings.append(ConfigIssue(
+            self.issues.display, e.line, self.fld(key),
+            f"{e.value!r} is {value} as Piranha read it ({_ATON_RULE}); lb export and the console's saves "
+            f"write {value}"))
+
+    def aton_mask(self, key: str) -> str | None:
+        """``key``'s IPv4 netmask, dotted: as parse_netmask reads it, else in one of inet_aton's forms
+        (:meth:`aton`; a warning says which mask), which must be a contiguous one too; None, said at
+        the key's line, when it is not one."""
+        e = self.entries[key]
+        m = parse_netmask(e.value)
+        if m is not None:
+            return m
+        aton = self.aton(key)
+        if aton is None:
+            self.error(e, f"'{e.value}' is not a contiguous IPv4 netmask (e.g. 255.255.255.0)")
+            return None
+        m = parse_netmask(str(aton))
+        if m is None:
+            self.error(e, f"{e.value!r} is {aton} as Piranha read it ({_ATON_RULE}), not a contiguous IPv4 "
+                          f"netmask (e.g. 255.255.255.0 or /24)")
+            return None
+        self.read_as(key, m)
+        return m
 
     def boolean(self, key: str) -> bool | None:
         e = self.entries.get(key)
@@ -771,10 +822,7 @@ class _Scope:
                 self.error(e, f"'{v}' is not a valid IP address")
                 return None
         if kind == "mask":
-            m = parse_netmask(v)
-            if m is None:
-                self.error(e, f"'{v}' is not a contiguous IPv4 netmask (e.g. 255.255.255.0)")
-            return m
+            return self.aton_mask(key)      # Piranha's inet_aton: 0xffffff00 is 255.255.255.0
         if kind == "debug":
             if v.upper() in ("NONE", "LOW", "HIGH") or (v.isdigit()):
                 return v
@@ -1223,9 +1271,21 @@ class _Builder:
                 out[key] = val
             self.note(tf + (key,), v.line(key), v.fld(key))
         self._active_default(out, v, "virtual")
+        # an IPv4 service's pmask (an IPv6 one's is a prefix length: 64, not inet_aton's 0.0.0.64)
+        groups = out.get("port_group", [])
+        v4 = not v6 and (not fwm or (bool(groups) and not any(":" in g["address"] for g in groups)))
         for key in ("protocol", "scheduler", "pmask", "sorry_server"):
             if key in v.entries and not (fwm and key == "protocol"):
                 out[key] = v.entries[key].value
+                if key == "pmask" and v4 and parse_netmask(out[key]) is None and v.aton(key) is not None:
+                    mask = v.aton_mask(key)     # Piranha's inet_aton: 0xffffff00 is 255.255.255.0
+                    if mask is None:
+                        del out[key]            # said already
+                    else:
+                        out[key] = mask
+                elif key == "sorry_server" and (aton := v.aton(key)) is not None:
+                    out[key] = str(aton)        # Piranha's inet_aton: 10.1 is 10.0.0.1
+                    v.read_as(key, out[key])
             self.note(tf + (key,), v.line(key), v.fld(key))
         qs = v.boolean("quiesce_server")
         if qs is not None:
