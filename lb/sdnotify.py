@@ -12,6 +12,7 @@ import logging
 import os
 import socket
 import sys
+import time
 
 _UNSET = object()
 _address: object = _UNSET
@@ -103,7 +104,12 @@ def ready(text: str) -> bool:
 
 
 def reloading() -> bool:
-    return notify("RELOADING=1", "STATUS=reloading the configuration")
+    """RELOADING=1 with MONOTONIC_USEC= (CLOCK_MONOTONIC, when it was sent), as sd_notify(3) asks:
+    systemd >= 253 goes by it to tell a reload from an earlier one -- under Type=notify-reload
+    (a drop-in's) a RELOADING=1 without it is not the answer to systemd's SIGHUP.  READY=1 ends
+    the reload (Engine's do_reload sends it whether the reload succeeded or not)."""
+    return notify("RELOADING=1", f"MONOTONIC_USEC={time.monotonic_ns() // 1000}",
+                  "STATUS=reloading the configuration")
 
 
 def stopping(text: str) -> bool:

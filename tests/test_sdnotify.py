@@ -132,3 +132,21 @@ def test_watchdog_interval_is_this_process_and_leaves_the_environment(monkeypatc
         sdnotify.status("x")
         assert "WATCHDOG_USEC" not in os.environ and "WATCHDOG_PID" not in os.environ
         assert sdnotify.watchdog_interval() == want
+
+
+def test_reloading_carries_its_monotonic_time(monkeypatch, tmp_path):
+    """RELOADING=1 with MONOTONIC_USEC= (sd_notify(3)): systemd >= 253 compares it with the time
+    it asked for the reload, and under Type=notify-reload takes a RELOADING=1 without it for no
+    answer.  CLOCK_MONOTONIC in microseconds, taken as the message is sent."""
+    path = tmp_path / "notify"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as manager:
+        manager.bind(str(path))
+        _fresh_address(monkeypatch, path)
+        before = time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000
+        assert sdnotify.reloading() is True
+        after = time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000
+        (got,) = _drain(manager)
+    fields = dict(line.split("=", 1) for line in got.splitlines())
+    assert fields["RELOADING"] == "1", got
+    assert "MONOTONIC_USEC" in fields, got
+    assert fields["MONOTONIC_USEC"].isdigit() and before <= int(fields["MONOTONIC_USEC"]) <= after, (before, got, after)
