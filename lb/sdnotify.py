@@ -192,7 +192,8 @@ def own_unit(cgroup_file: str = "/proc/self/cgroup") -> str | None:
 
 # the jobs after which the unit runs again: a SIGTERM during one keeps the data plane for the next
 # daemon.  Any other -- "stop" (a shutdown's too), "start" (TimeoutStartSec= ran out on a start
-# that never got ready) -- is the clean stop: a unit that ends stopped or failed leaves no VIPs.
+# that never got ready) -- is the clean stop: a unit that ends stopped, or failed by that timeout,
+# leaves no VIPs (a restart whose next start fails leaves the kept data plane, as a crash does).
 KEEP_JOBS = ("restart", "try-restart", "reload", "try-reload", "reload-or-start")
 
 
