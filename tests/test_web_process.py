@@ -111,3 +111,25 @@ def test_lb_web_does_nothing_when_disabled(tmp_path):
     finally:
         loop.call_soon_threadsafe(loop.stop)
         t.join(10)
+
+
+def test_lb_web_waiting_for_a_socket_that_is_not_there_names_the_control_setting(tmp_path, caplog):
+    """A daemon whose [control] names no group never opens /run/lb-control/<instance>.sock: lb-web@
+    waited saying only "the daemon is not running" while `systemctl status lb@...` said it ran.
+    The line says the other cause too, and what to set."""
+    import logging
+
+    async def go():
+        task = asyncio.create_task(webmain.serve("t", str(tmp_path)))
+        for _ in range(100):                 # bounded: up to 10 s for the first line
+            if "waiting for the daemon" in caplog.text:
+                break
+            await asyncio.sleep(0.1)
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+    with caplog.at_level(logging.WARNING, logger="lb.web"):
+        asyncio.run(go())
+    line = next(r.getMessage() for r in caplog.records if "waiting for the daemon" in r.getMessage())
+    assert str(tmp_path / "t.sock") in line, line
+    assert "[control]" in line and 'admin_group = "lb-web"' in line, line

@@ -408,7 +408,14 @@ async def _settings(daemon: Daemon, stop: asyncio.Event) -> dict | None:
         loop = asyncio.get_running_loop()
         if waited is None or loop.time() - waited >= WAIT_LOG_EVERY:
             waited = loop.time()
-            log.warning("web console: waiting for the daemon: %s", reply.get("error"))
+            why = reply.get("error")
+            if not os.path.exists(daemon.path):
+                # a daemon that runs opens this socket only while [control] names a group: "not
+                # running" alone sent the operator of a running one looking in the wrong place
+                why = (f"no {daemon.path}: the daemon is not running, or its [control] names no group (it "
+                       f"opens that socket only while admin_group or read_group is set: admin_group = "
+                       f"\"lb-web\" for lb-web@.service, whose user must be in it)")
+            log.warning("web console: waiting for the daemon: %s", why)
         try:
             await asyncio.wait_for(stop.wait(), 2.0)
         except asyncio.TimeoutError:
