@@ -17,6 +17,7 @@
 #   scripts/install-director.sh            all of it (make install)
 #   scripts/install-director.sh --deps     1-3 only (scripts/setup.sh, for a developer's .venv)
 #   scripts/install-director.sh --venv DIR a venv with Debian's bcc visible (4's first step)
+#   scripts/install-director.sh --lb DIR   LB_SOURCE into the venv DIR (4's second step)
 # LB_SOURCE: what pip installs as lb (default: this checkout; a wheel or sdist path works too).
 set -euo pipefail
 # what it makes is for everyone to read and run whatever root's umask (027, 077): lb-web@'s user
@@ -69,6 +70,23 @@ if [ "${1:-}" = "--venv" ]; then
   mkdir -p "$VENV/debian-bcc"
   ln -sfn /usr/lib/python3/dist-packages/bcc "$VENV/debian-bcc/bcc"
   echo "$(cd "$VENV/debian-bcc" && pwd)" > "$SITE/debian-bcc.pth"
+  exit 0
+fi
+
+# lb from LB_SOURCE into the venv $1.  pip leaves a local wheel whose version is the installed one
+# alone ("already installed with the same version", said only without -q), and lb's version is
+# not raised at every change: an upgrade from a wheel installed nothing.  A wheel is installed
+# again by force -- lb alone (--no-deps): the first call brought what it depends on.  A checkout
+# or an sdist pip installs again by itself.
+install_lb() {
+  "$1/bin/pip" install -q --disable-pip-version-check "$LB_SOURCE"
+  case "$LB_SOURCE" in
+    *.whl) "$1/bin/pip" install -q --disable-pip-version-check --force-reinstall --no-deps "$LB_SOURCE" ;;
+  esac
+}
+# --lb VENV: only that (tests; no root needed)
+if [ "${1:-}" = "--lb" ]; then
+  install_lb "${2:?--lb VENV}"
   exit 0
 fi
 
@@ -138,7 +156,7 @@ fi
 # 4. lb: a venv of its own, Debian's bcc (and nothing else of Debian's) visible in it
 bash scripts/install-director.sh --venv "$PREFIX"
 log "installing lb ($LB_SOURCE) into $PREFIX"
-"$PREFIX/bin/pip" install -q --disable-pip-version-check "$LB_SOURCE"
+install_lb "$PREFIX"
 "$PREFIX/bin/python" -c 'import lb, lb.dataplane.maps as m; assert m.have_batch(), "lb._bpfbatch not built"' \
   || { echo "install: lb is not importable in $PREFIX" >&2; exit 1; }
 mkdir -p "$BINDIR"

@@ -100,3 +100,47 @@ def test_the_install_makes_what_it_makes_world_readable_under_a_tight_umask(tmp_
     assert stat.S_IMODE(units.stat().st_mode) == 0o755
     for unit in units.iterdir():
         assert stat.S_IMODE(unit.stat().st_mode) == 0o644, unit
+
+
+def _wheel(directory: Path, marker: str) -> Path:
+    """An lvs-director 0.1.0 wheel by hand, whose one module says ``marker``: two builds of one
+    version, as an upgrade from a wheel meets them (lb's version is not raised at every change)."""
+    import base64
+    import hashlib
+    import zipfile
+
+    directory.mkdir()
+    info = "lvs_director-0.1.0.dist-info"
+    files = {"lb_install_probe.py": f"MARKER = {marker!r}\n",
+             f"{info}/METADATA": "Metadata-Version: 2.1\nName: lvs-director\nVersion: 0.1.0\n",
+             f"{info}/WHEEL": "Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\nTag: py3-none-any\n"}
+    record = [f"{name},sha256={base64.urlsafe_b64encode(hashlib.sha256(text.encode()).digest()).rstrip(b'=').decode()},"
+              f"{len(text.encode())}" for name, text in files.items()] + [f"{info}/RECORD,,"]
+    whl = directory / "lvs_director-0.1.0-py3-none-any.whl"
+    with zipfile.ZipFile(whl, "w") as z:
+        for name, text in files.items():
+            z.writestr(name, text)
+        z.writestr(f"{info}/RECORD", "\n".join(record) + "\n")
+    return whl
+
+
+def test_an_upgrade_from_a_wheel_of_the_same_version_installs_it(tmp_path):
+    """`LB_SOURCE=new.whl make install` over an install of the same version: pip alone leaves a
+    local wheel of the installed version as it is (said only without -q), so the upgrade
+    installed nothing and the old code ran on.  The install script's lb step (--lb VENV) puts
+    the new wheel in."""
+    import sys
+
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, capture_output=True, timeout=300)
+    old, new = _wheel(tmp_path / "old", "old build"), _wheel(tmp_path / "new", "new build")
+    # everything pip needs is in the wheel: no index asked
+    env = dict(os.environ, PIP_NO_INDEX="1")
+    env.pop("VIRTUAL_ENV", None)
+    for whl in (old, new):
+        p = subprocess.run(["bash", str(ROOT / "scripts/install-director.sh"), "--lb", str(venv)],
+                           env=dict(env, LB_SOURCE=str(whl)), capture_output=True, text=True, timeout=300)
+        assert p.returncode == 0, p
+    p = subprocess.run([str(venv / "bin/python"), "-c", "import lb_install_probe as m; print(m.MARKER)"],
+                       capture_output=True, text=True, timeout=60)
+    assert p.stdout.strip() == "new build", p
