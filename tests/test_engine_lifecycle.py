@@ -854,6 +854,60 @@ def test_stopping_is_said_as_the_loop_ends(tmp_path):
     assert [f for f in messages[:parts] if f.get("STOPPING") == "1"], messages
 
 
+def refused_reload_child(run_dir: str, config: str) -> int:
+    """In a process of its own, under a NOTIFY_SOCKET: once running, the file broken and SIGHUP
+    (a reload the file makes fail); `lb stop` (SIGINT) as that reload is refused."""
+    import logging
+    logging.basicConfig(level=logging.INFO, stream=sys.stdout, format="%(levelname)s %(message)s")
+    from lb import sdnotify
+    ready = sdnotify.ready
+    reload_reply = lbengine.Engine._reload_reply
+
+    def ready_then_reload(text):
+        ready(text)
+        if not hasattr(ready_then_reload, "done"):
+            ready_then_reload.done = True
+            with open(config, "a") as f:
+                f.write("\n[[virtual_server]]\nname = 7\n")           # lb check refuses it
+            os.kill(os.getpid(), signal.SIGHUP)
+
+    def refused_then_stop(self, keep):
+        try:
+            return reload_reply(self, keep)
+        finally:
+            os.kill(os.getpid(), signal.SIGINT)
+    sdnotify.ready = ready_then_reload
+    lbengine.Engine._reload_reply = refused_then_stop
+    patch_host(setattr, run_dir, StartingDataplane)
+    return lbengine.run(lbconfig.load(config), dataplane="ipvs")
+
+
+def test_a_refused_reload_ends_with_ready(tmp_path):
+    """A reload tells systemd RELOADING=1 (with MONOTONIC_USEC=, which systemd 253 and later go
+    by) and, refused or not, READY=1 after it: without that READY=1 a unit whose reload the
+    daemon began itself (SIGHUP, `lb reload`, a console save) would stay "reloading" until
+    TimeoutStartSec= ran out."""
+    from lb.sdnotify import Listener
+    config = write(tmp_path / "lb.toml", instance=f"rr{os.getpid() % 10000}")
+    code = (f"import sys; sys.path[:0] = [{str(TESTS)!r}, {str(REPO)!r}]; import test_engine_lifecycle as t; "
+            f"sys.exit(t.refused_reload_child({str(tmp_path)!r}, {str(config)!r}))")
+    listener = Listener()
+    try:
+        p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                           env=dict(os.environ, PYTHONPATH=f"{REPO}{os.pathsep}{TESTS}", **listener.env()))
+        listener.poll(0.5)
+        messages = [f for _, f in listener.messages]
+    finally:
+        listener.close()
+    out = p.stdout + p.stderr
+    assert p.returncode == 0 and "Traceback" not in out, out
+    assert "reload refused, nothing changed" in out and "expected a string" in out, out
+    reloading = next(i for i, f in enumerate(messages) if f.get("RELOADING") == "1")
+    assert messages[reloading].get("MONOTONIC_USEC", "").isdigit(), messages
+    stopping = next(i for i, f in enumerate(messages) if f.get("STOPPING") == "1")
+    assert [f for f in messages[reloading + 1:stopping] if f.get("READY") == "1"], messages
+
+
 # ---- read requests on a large table: off the loop ----------------------------------------------
 
 def test_status_and_config_requests_read_the_file_off_the_loop(tmp_path, monkeypatch):
