@@ -133,3 +133,63 @@ def test_lb_web_waiting_for_a_socket_that_is_not_there_names_the_control_setting
     line = next(r.getMessage() for r in caplog.records if "waiting for the daemon" in r.getMessage())
     assert str(tmp_path / "t.sock") in line, line
     assert "[control]" in line and 'admin_group = "lb-web"' in line, line
+
+
+def test_lb_web_as_its_units_user_on_a_privileged_port_says_what_it_lacks(tmp_path):
+    """lb-web@.service runs the console without capabilities (CapabilityBoundingSet= empty): a
+    [web] listen on port 443 failed with "Permission denied" alone, and Restart=on-failure tried
+    again every 2 s.  The line now says what the port needs.  As a user without privileges
+    (nobody), asking a daemon's socket it may reach, as lb-web asks /run/lb-control's."""
+    import json
+    import os
+    import socket
+    import sys
+    import tempfile
+    from pathlib import Path
+
+    d = Path(tempfile.mkdtemp(prefix="lbweb-", dir="/tmp"))
+    try:
+        d.chmod(0o755)
+        pw = d / "pw"
+        password.write(pw, PASSWORD, "admin")
+        os.chown(pw, 65534, 65534)
+        port = 443 if _free(443) else next(p for p in range(400, 1000) if _free(p))
+        web = dict(settings(tmp_path), port=port, listen=f"127.0.0.1:{port}", password_file=str(pw))
+        server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        server.bind(str(d / "t.sock"))
+        os.chmod(d / "t.sock", 0o666)
+        server.listen(4)
+
+        def answer():
+            while True:
+                try:
+                    conn, _ = server.accept()
+                except OSError:
+                    return
+                with conn:
+                    conn.recv(65536)
+                    conn.sendall(json.dumps({"ok": True, "instance": "t", "config": "/x", "web": web}).encode() + b"\n")
+
+        threading.Thread(target=answer, daemon=True).start()
+        repo = Path(__file__).resolve().parents[1]
+        p = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", sys.executable, "-c",
+                            f"import sys; from lb.web import main; sys.exit(main.run('t', {str(d)!r}))"],
+                           env=dict(os.environ, PYTHONPATH=str(repo)), cwd="/", capture_output=True, text=True,
+                           timeout=60)
+        server.close()
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
+    assert p.returncode == 1, p
+    assert f"cannot listen on 127.0.0.1:{port}" in p.stderr and "permission denied" in p.stderr.lower(), p.stderr
+    assert "CAP_NET_BIND_SERVICE" in p.stderr and "AmbientCapabilities=" in p.stderr, p.stderr
+
+
+def _free(port: int) -> bool:
+    import socket
+
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True

@@ -21,6 +21,7 @@ ACCEPT_LOG_EVERY seconds, not a traceback each (asyncio's).
 from __future__ import annotations
 
 import asyncio
+import errno
 import ipaddress
 import logging
 import os
@@ -463,7 +464,13 @@ async def serve(instance: str, shared_dir: str = control.SHARED_DIR) -> int:
         server, _ = await listen(run, w["address"], w["port"], tls, settings.trusts, console)
     except OSError as e:
         await run.cleanup()
-        log.error("web console not started: cannot listen on %s: %s", w["listen"], e.strerror or e)
+        hint = ""
+        if e.errno == errno.EACCES and w["port"] < 1024:
+            # lb-web@.service gives no capability: a privileged port needs one, from a drop-in
+            hint = (" (a port below 1024 needs CAP_NET_BIND_SERVICE, which lb-web@.service does not give: "
+                    "a drop-in with AmbientCapabilities=CAP_NET_BIND_SERVICE and "
+                    "CapabilityBoundingSet=CAP_NET_BIND_SERVICE, or a port from 1024 behind a proxy)")
+        log.error("web console not started: cannot listen on %s: %s%s", w["listen"], e.strerror or e, hint)
         return 1
     log.info("web console on %s://%s/ for instance %s (uid %d, password file %s)", "https" if tls else "http",
              w["listen"], instance, os.geteuid(), pwfile)
