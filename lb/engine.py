@@ -2264,15 +2264,23 @@ class Engine:
 
 
 def run(cfg, *, xdp_mode: str = "native", dataplane: str | None = None, on_sigterm: str = "clean",
-        wait_interfaces: float = 0.0) -> int:
+        wait_interfaces: float = 0.0, signals_before=()) -> int:
+    """``signals_before``: the signals that came before this (`lb run`'s first second), in order,
+    taken now as if they came during the start."""
     eng = Engine(cfg, xdp_mode=xdp_mode, dataplane=dataplane, on_sigterm=on_sigterm, wait_interfaces=wait_interfaces)
     # a stop asked for while starting (a cold start compiles for seconds) is kept, and carried
     # out once the start is done: never a half-started data plane, never a traceback
+    handlers = {}
     for sig, kind in ((signal.SIGTERM, on_sigterm), (signal.SIGINT, "clean"), (signal.SIGUSR2, "keep")):
-        signal.signal(sig, lambda _s, _f, kind=kind: setattr(eng, "_stop", eng._stop or kind))   # the first wins
+        handlers[sig] = lambda _s, _f, kind=kind: setattr(eng, "_stop", eng._stop or kind)   # the first wins
     # and a reload asked for then (SIGHUP: its default action would kill the starting daemon,
     # leaving half a data plane) once running
-    signal.signal(signal.SIGHUP, lambda _s, _f: setattr(eng, "_reload_at_start", True))
+    handlers[signal.SIGHUP] = lambda _s, _f: setattr(eng, "_reload_at_start", True)
+    for sig, handler in handlers.items():
+        signal.signal(sig, handler)
+    for sig in list(signals_before):
+        if sig in handlers:
+            handlers[sig](sig, None)
     try:
         eng.start()
     except StartCancelled as e:       # nothing was touched but the lock

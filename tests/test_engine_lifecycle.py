@@ -752,6 +752,53 @@ def test_a_stop_while_starting_is_a_stop_to_systemd(tmp_path, where):
     assert "STOPPING" not in messages[ready[0]], messages
 
 
+def early_signal_child(run_dir: str, config: str, signame: str) -> int:
+    """In a process of its own, under a NOTIFY_SOCKET: `lb run` (the command, lb.cli.main) sent
+    ``signame`` as it loads its config file, before lb.engine.run took the signals over."""
+    import logging
+    from lb.cli import main as cli
+    load = lbconfig.load
+
+    def load_then_signal(path):
+        cfg = load(path)
+        os.kill(os.getpid(), signal.Signals[signame])
+        return cfg
+
+    patch_host(setattr, run_dir, StartingDataplane)
+    lbconfig.load = load_then_signal
+    rc = cli.main(["run", "--config", config, "--dataplane", "ipvs"])
+    logging.getLogger("lb").info("EVENTS %s", EVENTS)
+    return rc
+
+
+@pytest.mark.parametrize("signame", ["SIGTERM", "SIGINT"])
+def test_a_stop_before_the_engine_runs_is_a_stop_once_started(tmp_path, signame):
+    """A SIGTERM in `lb run`'s first second (its imports, the config's load) killed it with
+    Python's default action (a SIGINT ended it in KeyboardInterrupt): a `systemctl stop` just
+    after a `systemctl restart` left the data plane that restart kept behind an inactive unit,
+    and no READY=1/STOPPING=1 ever came.  Now it is kept and carried out as a stop asked for
+    while starting is: the start finishes, then the clean stop, exit 0."""
+    from lb.sdnotify import Listener
+    config = write(tmp_path / "lb.toml", instance=f"es{os.getpid() % 10000}")
+    code = (f"import sys; sys.path[:0] = [{str(TESTS)!r}, {str(REPO)!r}]; import test_engine_lifecycle as t; "
+            f"sys.exit(t.early_signal_child({str(tmp_path)!r}, {str(config)!r}, {signame!r}))")
+    listener = Listener()
+    try:
+        p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                           env=dict(os.environ, PYTHONPATH=f"{REPO}{os.pathsep}{TESTS}", **listener.env()))
+        listener.poll(0.5)
+        messages = [f for _, f in listener.messages]
+    finally:
+        listener.close()
+    out = p.stdout + p.stderr
+    assert p.returncode == 0 and "Traceback" not in out, (p.returncode, out)
+    events = out.split("EVENTS ", 1)[1]
+    assert "'load'" in events and "'detach_all'" in events and "'unpin'" in events, out     # started, then a clean stop
+    ready = [i for i, f in enumerate(messages) if f.get("READY") == "1"]
+    stopping = [i for i, f in enumerate(messages) if f.get("STOPPING") == "1"]
+    assert ready and stopping and ready[0] < stopping[0], messages
+
+
 # ---- systemd's watchdog: pinged by a loop that makes turns, only --------------------------------
 
 def hung_step_child(run_dir: str, config: str) -> int:

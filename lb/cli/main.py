@@ -18,6 +18,26 @@ from lb.config.model import DEFAULT_TIMEOUTS
 
 
 def cmd_run(args) -> int:
+    # a stop (or a reload) asked for before lb.engine.run takes the signals over -- the engine's
+    # import and the config's load, most of a second (Python's own start and this module's
+    # import, before this, are not covered) -- is kept for it, which carries it out once
+    # started, as one asked for while starting: SIGTERM's default action killed lb there (a
+    # `systemctl stop` just after a restart left the data plane the restart kept behind an
+    # inactive unit), SIGINT's ended it in KeyboardInterrupt, SIGHUP's killed it too
+    early: list[int] = []
+
+    def keep(signum, _frame):
+        early.append(signum)
+    previous = {sig: signal.signal(sig, keep) for sig in STOP_AND_RELOAD_SIGNALS}
+    try:
+        return _run(args, early)
+    finally:                # a run that ended before lb.engine.run: the handlers it found again
+        for sig, handler in previous.items():
+            if signal.getsignal(sig) is keep and handler is not None:
+                signal.signal(sig, handler)
+
+
+def _run(args, early: list[int]) -> int:
     from lb import preflight, sdnotify
 
     sdnotify.setup_logging("debug" if args.verbose else args.log_level)
@@ -65,7 +85,11 @@ def cmd_run(args) -> int:
             return 2
         on_sigterm = f"systemd:{unit}"
     return engine.run(cfg, xdp_mode=args.xdp_mode, dataplane=args.dataplane, on_sigterm=on_sigterm,
-                      wait_interfaces=max(0.0, args.wait_interfaces))
+                      wait_interfaces=max(0.0, args.wait_interfaces), signals_before=early)
+
+
+# what `lb run` keeps from its first instant for lb.engine.run (lb.engine.STOP_SIGNALS)
+STOP_AND_RELOAD_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR2)
 
 
 def cmd_check(args) -> int:
