@@ -728,6 +728,29 @@ def test_password_change_with_user_name_then_login(console):
     assert line.startswith("piranha:scrypt$") and stat.S_IMODE(console.password_file.stat().st_mode) == 0o600
 
 
+def test_a_password_file_the_unit_keeps_read_only_says_where_it_may_write(console, monkeypatch):
+    """lb-web@.service makes the system read-only (ProtectSystem=strict) but for /etc/lb: a
+    [web] password_file elsewhere could not be changed from the Password page, which said only
+    "Read-only file system".  It says what the unit allows, and the drop-in that widens it."""
+    import errno
+
+    from lb.web import app as webapp
+
+    def read_only(*_a, **_kw):
+        raise OSError(errno.EROFS, "Read-only file system")
+    monkeypatch.setattr(webapp.password, "write", read_only)
+
+    async def body(client):
+        await login(client)
+        f = await form_of(client, "/password")
+        r = await post_form(client, "/password", {"csrf": f["csrf"], "user": USER, "current": PASSWORD,
+                                                  "new": "new secret 123", "again": "new secret 123"})
+        return r.status, await r.text()
+    status, page = run(console, body)
+    assert status == 500 and "Read-only file system" in page, page
+    assert "ReadWritePaths=" in page and "/etc/lb" in page, page
+
+
 def test_config_page_shows_the_file(console):
     async def body(client):
         await login(client)

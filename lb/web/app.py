@@ -45,6 +45,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import copy
+import errno
 import hashlib
 import heapq
 import hmac
@@ -1152,8 +1153,13 @@ class Console:
             await loop.run_in_executor(None, password.write, self.password_file, new, user)
             line = await loop.run_in_executor(None, password.read, self.password_file)
         except (OSError, ValueError, password.PasswordFileError) as e:
-            return self._password_form(request, errors, f"cannot write {self.password_file}: "
-                                                        f"{getattr(e, 'strerror', None) or e}", 500, user)
+            why = getattr(e, "strerror", None) or e
+            if isinstance(e, OSError) and e.errno == errno.EROFS:
+                # lb-web@.service: ProtectSystem=strict, ReadWritePaths= the config directory only
+                why = (f"{why} (lb-web@.service may write only under its ReadWritePaths=, the config directory "
+                       f"/etc/lb as installed by default: keep the password file there, or name its directory "
+                       f"in ReadWritePaths= in a drop-in)")
+            return self._password_form(request, errors, f"cannot write {self.password_file}: {why}", 500, user)
         log.info("web console: %s changed the login to user %s", self._who(request), user)
         # every other session of the old login ends
         for token in [t for t, s in self.sessions.items() if s is not sess]:
