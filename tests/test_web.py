@@ -1218,6 +1218,19 @@ def test_web_config_errors_name_file_line_field(tmp_path, web, line, message):
     assert f"{f}:{line}: {message}" in str(e.value)
 
 
+def test_session_lifetime_takes_its_whole_documented_range():
+    """example.toml: session_lifetime 60 .. 604800 (a week).  Past a day it was refused all the
+    same, as "must be between 0 and 86400 seconds" (the general range of seconds, checked first)."""
+    for days in (1.5, 7):
+        cfg = lbconfig.loads(BASE + f"[web]\nsession_lifetime = {int(days * 86400)}\n")
+        assert cfg.web.session_lifetime == days * 86400
+    for bad in (59, 604801):
+        with pytest.raises(lbconfig.ConfigError) as e:
+            lbconfig.loads(BASE + f"[web]\nsession_lifetime = {bad}\n", "lb.toml")
+        assert [str(i) for i in e.value.issues] == [
+            f"lb.toml:5: web.session_lifetime: must be between 60 and 604800 seconds, got {bad}"]
+
+
 def test_a_file_name_with_a_nul_is_refused_next_to_its_field_and_the_file_kept(console):
     """[web] password_file (or a TLS file) holding a NUL was taken by `lb check` and saved by the
     console; lb web then stopped at start with a ValueError traceback (embedded null byte), the

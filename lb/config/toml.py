@@ -1143,13 +1143,14 @@ def _check_virtual(vs: _Table, user: str) -> _VirtualDraft:
 SECONDS_RANGE: Final = (0.0, 86400.0)
 
 
-def _seconds(m: _Table, key: str, default: float) -> float | _Invalid:
+def _seconds(m: _Table, key: str, default: float,
+             rng: tuple[float, float] = SECONDS_RANGE) -> float | _Invalid:
     value = m.data.get(key, _ABSENT)
     if value is _ABSENT:
         return default
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return m.chk.error(m.at(key), f"expected a number of seconds, got {_describe(value)}")
-    lo, hi = SECONDS_RANGE
+    lo, hi = rng
     if not lo <= value <= hi:
         return m.chk.error(m.at(key), f"must be between {lo:g} and {hi:g} seconds, got {value}")
     return float(value)
@@ -1908,11 +1909,9 @@ def _check_web(top: _Table, base: Path | None) -> Web | _Invalid:
         keep(w.chk.error(w.at(given), "tls_cert and tls_key go together (the certificate and its private key)"))
     hosts = keep(_string_list(w, "allowed_hosts", _host_problem))
     proxies = keep(_string_list(w, "trusted_proxies", _network_problem))
-    lifetime = keep(_seconds(w, "session_lifetime", d.session_lifetime))
+    # its own range, past _seconds' default one day (a week was refused as "between 0 and 86400")
+    lifetime = keep(_seconds(w, "session_lifetime", d.session_lifetime, SESSION_LIFETIME_RANGE))
     hsts = keep(w.boolean("hsts", d.hsts))
-    lo, hi = SESSION_LIFETIME_RANGE
-    if isinstance(lifetime, float) and not lo <= lifetime <= hi:
-        keep(w.chk.error(w.at("session_lifetime"), f"must be between {lo:g} and {hi:g} seconds, got {lifetime:g}"))
     if keep.bad:
         return INVALID
     if enabled is True and not address.is_loopback and files["tls_cert"] is None and not proxies:
