@@ -1,0 +1,152 @@
+"""README.md and docs/*.md against the code, as an operator following them would find it: each
+`lb ...` command and option they show exists, each TOML example uses keys the loader takes and
+loads, each repository file they name exists, each data-path or HA counter they name is one,
+and the architecture's module map names every module.  (Metric names: tests/test_metrics.py;
+configs/: tests/test_config.py.)"""
+
+import argparse
+import re
+import shlex
+from pathlib import Path
+
+from lb.cli.main import build_parser, ipvsadm_edit
+from lb.config import ConfigError, loads
+from lb.config import toml as loader
+
+ROOT = Path(__file__).resolve().parent.parent
+DOCS = [ROOT / "README.md"] + sorted((ROOT / "docs").glob("*.md"))
+
+
+def _lines():
+    """(file name, line number, line, in a ``` block) of every doc."""
+    for f in DOCS:
+        block = False
+        for n, line in enumerate(f.read_text().splitlines(), 1):
+            if line.lstrip().startswith("```"):
+                block = not block
+                continue
+            yield f.name, n, line, block
+
+
+def _subcommands(p: argparse.ArgumentParser) -> dict:
+    return next((a.choices for a in p._actions if isinstance(a, argparse._SubParsersAction)), {})
+
+
+def _options(p: argparse.ArgumentParser) -> set[str]:
+    return {o for a in p._actions for o in a.option_strings}
+
+
+def _commands():
+    """Every `lb SUB ...` the docs show: in a code span, or a ``` block's line up to its comment;
+    (where, [subcommand alternatives], the words after them)."""
+    subs = "|".join(re.escape(s) for s in _subcommands(build_parser()))
+    # "lb run/check --config", "lb realserver check|setup": one command each
+    cmd = re.compile(rf"(?:^|[\s(`])(?:\S*/)?lb ((?:{subs})(?:/(?:{subs}))*)(?![\w-])(.*)")
+    for name, n, line, block in _lines():
+        texts = [line.split(" #")[0]] if block else re.findall(r"`([^`]+)`", line)
+        for text in texts:
+            m = cmd.search(text)
+            if m:
+                yield f"{name}:{n}", m.group(1).split("/"), shlex.split(m.group(2).replace("'", " "))
+
+
+def test_every_lb_command_and_option_the_docs_show_exists():
+    top = _subcommands(build_parser())
+    wrong, seen = [], set()
+    for where, cmds, words in _commands():
+        for sub in cmds:
+            p, rest = top[sub], list(words)
+            nested = _subcommands(p)
+            if nested and rest and re.fullmatch(r"[a-z|/-]+", rest[0]):
+                names = re.split(r"[|/]", rest.pop(0))
+                wrong += [f"{where}: lb {sub} {s}: no such command" for s in names if s not in nested]
+                p = nested.get(names[0], p)
+            known = _options(p)
+            for word in rest:
+                if word == "--":                   # lb lab exec NODE -- CMD
+                    break
+                for opt in word.strip("[](),.;:").split("=")[0].split("/"):    # "-t/-u", "[-c]"
+                    # ipvsadm's table-editing options are answered with what to do instead
+                    if re.fullmatch(r"--?[A-Za-z][\w-]*", opt) and opt not in known \
+                            and ipvsadm_edit([sub, opt]) is None:
+                        wrong.append(f"{where}: lb {sub}: no option {opt}")
+            seen.add(sub)
+    assert not wrong, wrong
+    # the walk read the docs' commands (not nothing): most subcommands are shown somewhere
+    assert {"run", "check", "list", "status", "reload", "weight", "realserver", "decap", "lab"} <= seen, seen
+
+
+def _toml_blocks():
+    for f in DOCS:
+        text = f.read_text()
+        for m in re.finditer(r"^```toml\n(.*?)^```", text, re.S | re.M):
+            yield f"{f.name}:{text[:m.start()].count(chr(10)) + 2}", m.group(1)
+
+
+def test_the_docs_toml_examples_use_the_loaders_keys_and_load():
+    """Each ```toml block: every table and key where the loader's SCHEMA has it, and the block
+    loads (a fragment given the one required key it leaves out, [global] public_interface)."""
+    wrong, blocks = [], 0
+    for where, text in _toml_blocks():
+        blocks += 1
+        table: tuple = ()
+        for line in text.splitlines():
+            line = line.split("#")[0].strip()
+            if h := re.fullmatch(r"\[\[?([\w.]+)\]\]?", line):
+                table = tuple(h.group(1).split("."))
+                if table not in loader.SCHEMA:
+                    wrong.append(f"{where}: no table [{h.group(1)}]")
+            elif (k := re.match(r"(\w+)\s*=", line)) and table in loader.SCHEMA \
+                    and k.group(1) not in loader.SCHEMA[table]:
+                wrong.append(f"{where}: [{'.'.join(table)}] has no key {k.group(1)}")
+        if "public_interface" not in text:
+            text = (text.replace("[global]\n", '[global]\npublic_interface = "eth0"\n', 1) if "[global]" in text
+                    else '[global]\npublic_interface = "eth0"\n' + text)
+        try:
+            loads(text, where)
+        except ConfigError as e:
+            wrong.append(str(e))
+    assert blocks >= 6 and not wrong, wrong
+
+
+def test_the_files_the_docs_name_exist():
+    # lb/bpf is the installed package's copy of bpf/ (setup.py), not in a checkout
+    built = {"lb/bpf"}
+    path = re.compile(r"(?<![\w/.-])((?:lb|tests|configs|docs|scripts|bench|bpf|cext)/[\w./@<>*-]*[\w*>@])")
+    missing = []
+    for name, n, line, _ in _lines():
+        for p in path.findall(line):
+            pattern = re.sub(r"<[^>]*>", "*", p)
+            if p not in built and not (ROOT / p).exists() and not list(ROOT.glob(pattern)):
+                missing.append(f"{name}:{n}: {p}")
+    assert not missing, missing
+
+
+def test_the_counters_the_docs_name_are_counted():
+    """"counted `X`" and "`X` in `lb status`": X is a counter the data path, the decapsulator or
+    pulse keeps (what `lb status`, `lb list --counters` and the metrics show)."""
+    from lb import metrics
+    from lb.dataplane import decap, layout
+    from lb.ha import pulse
+
+    known = (set(layout.COUNTER_NAMES) | set(layout.CT_EVENTS) | set(decap.COUNTERS)
+             | metrics.HA_ACCEPTED | set(metrics.HA_OTHER) | set(pulse.REFUSED_TEXT))
+    named = [(f"{name}:{n}", c) for name, n, line, _ in _lines()
+             for c in re.findall(r"counted (?:as )?`(\w+)`|`(\w+)` in `lb status`", line) for c in c if c]
+    assert len(named) >= 10, named
+    assert [x for x in named if x[1] not in known] == []
+
+
+def test_the_module_map_names_every_module():
+    """docs/architecture.md's "Packages" table names each module of lb/ (by path, or by file name
+    in its package's row) and each unit of lb/systemd/."""
+    text = (ROOT / "docs" / "architecture.md").read_text()
+    table = text[text.index("## Packages"):]
+    table = table[:table.index("\n## ")]
+    modules = [p for p in (ROOT / "lb").rglob("*.py") if p.name != "__init__.py"]
+    modules += list((ROOT / "lb" / "systemd").iterdir())
+    assert len(modules) > 50
+    unnamed = [str(p.relative_to(ROOT)) for p in modules
+               if str(p.relative_to(ROOT)) not in table and f"`{p.name}`" not in table
+               and not re.search(rf"`{re.escape(str(p.parent.relative_to(ROOT)))}/`[^\n]*\b{re.escape(p.name)}\b", table)]
+    assert unnamed == []
