@@ -150,3 +150,6 @@ def test_the_module_map_names_every_module():
                if str(p.relative_to(ROOT)) not in table and f"`{p.name}`" not in table
                and not re.search(rf"`{re.escape(str(p.parent.relative_to(ROOT)))}/`[^\n]*\b{re.escape(p.name)}\b", table)]
     assert unnamed == []
+    # and lb/cli/main.py's row names every subcommand
+    row = re.search(r"^\| `lb/cli/main.py` \| `lb ([\w/-]+)`", table, re.M)
+    assert row and sorted(row.group(1).split("/")) == sorted(_subcommands(build_parser()))
