@@ -1418,3 +1418,23 @@ def test_a_save_the_daemon_answers_too_late_is_not_shown_as_refused(console, tmp
                      r'see</b>', page), page
     assert 'value="7"' in page                                   # the input is kept
     assert eng.cfg.virtual_servers[0].real_servers[0].weight == 7     # the daemon applied it
+
+
+def test_the_notify_field_says_what_the_loader_takes(console):
+    """The Redundancy screen's help for notify said "a program's arguments may hold commas", but
+    the loader takes an absolute path without arguments (pulse runs PROG NEW OLD INSTANCE): an
+    operator who followed it was refused.  The help says so now, and the refusal stands."""
+    async def body(client):
+        await login(client)
+        page = await (await client.get("/redundancy")).text()
+        f = await form_of(client, "/redundancy")
+        r = await post_form(client, "/redundancy", {**f, "ha_enabled": "on", "ha.primary": "198.18.0.1",
+                                                    "ha.backup": "198.18.0.3", "ha.key_file": "/etc/lb/ha.key",
+                                                    "ha.notify": "/usr/local/sbin/role-changed --mail ops",
+                                                    "restart": "on"})
+        return page, r.status, await r.text()
+    page, status, refused = run(console, body)
+    help_ = re.search(r'name="ha.notify"[^>]*>[^<]*</textarea><div class="help">([^<]*)</div>', page)
+    assert help_ and "no arguments" in help_.group(1) and "arguments may" not in help_.group(1), help_
+    assert status == 400
+    assert re.search(r'data-for="ha.notify">[^<]*expected a program&#x27;s absolute path without spaces', refused)

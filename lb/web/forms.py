@@ -104,8 +104,8 @@ HA = (
     Field("garp_refresh", "GARP refresh (s)", "number"),
     Field("sync", "Connection sync", "bool", default=True), Field("sync_interval", "Sync interval (s)", "number"),
     Field("sync_rate", "Sync rate (entries/s)", "int"), Field("max_skew", "Max clock skew (s)", "number"),
-    Field("notify", "Notify programs", "lines", help="run on role changes, one per line (a program's arguments may "
-                                                    "hold commas)"),
+    Field("notify", "Notify programs", "lines", help="run on role changes: an absolute path per line, no arguments "
+                                                    "(each runs as PROG NEW_ROLE OLD_ROLE INSTANCE)"),
     Field("script_user", "Notify programs' user", help="default: [global] script_user"),
 )
 VIRTUAL = (
