@@ -1,10 +1,12 @@
-"""README.md and docs/*.md against the code, as an operator following them would find it: each
-`lb ...` command and option they show exists, each TOML example uses keys the loader takes and
-loads, each repository file they name exists, each data-path or HA counter they name is one,
-and the architecture's module map names every module.  (Metric names: tests/test_metrics.py;
-configs/: tests/test_config.py.)"""
+"""README.md and docs/*.md (and the comments of configs/) against the code, as an operator
+following them would find it: each `lb ...` command and option they show exists and parses, each
+TOML example uses keys the loader takes and loads, each repository file they name exists, each
+data-path or HA counter they name is one, and the architecture's module map names every module.
+(Metric names: tests/test_metrics.py; configs/ themselves: tests/test_config.py.)"""
 
 import argparse
+import contextlib
+import io
 import re
 import shlex
 from pathlib import Path
@@ -18,14 +20,19 @@ DOCS = [ROOT / "README.md"] + sorted((ROOT / "docs").glob("*.md"))
 
 
 def _lines():
-    """(file name, line number, line, in a ``` block) of every doc."""
+    """(file name, line number, line, where in it) of every doc -- where: "block" in a ``` block,
+    "text" else -- and of every comment line of configs/ ("comment")."""
     for f in DOCS:
         block = False
         for n, line in enumerate(f.read_text().splitlines(), 1):
             if line.lstrip().startswith("```"):
                 block = not block
                 continue
-            yield f.name, n, line, block
+            yield f.name, n, line, "block" if block else "text"
+    for f in sorted((ROOT / "configs").iterdir()):
+        for n, line in enumerate(f.read_text().splitlines(), 1):
+            if line.lstrip().startswith(("#", "!")):
+                yield f"configs/{f.name}", n, line.lstrip("#! "), "comment"
 
 
 def _subcommands(p: argparse.ArgumentParser) -> dict:
@@ -37,16 +44,20 @@ def _options(p: argparse.ArgumentParser) -> set[str]:
 
 
 def _commands():
-    """Every `lb SUB ...` the docs show: in a code span, or a ``` block's line up to its comment;
-    (where, [subcommand alternatives], the words after them)."""
+    """Every `lb SUB ...` the docs show: in a code span, a ``` block's line up to its comment, or
+    a config's comment up to the prose after it; (where, [subcommand alternatives], the words
+    after them)."""
     subs = "|".join(re.escape(s) for s in _subcommands(build_parser()))
     # "lb run/check --config", "lb realserver check|setup": one command each
     cmd = re.compile(rf"(?:^|[\s(`])(?:\S*/)?lb ((?:{subs})(?:/(?:{subs}))*)(?![\w-])(.*)")
-    for name, n, line, block in _lines():
-        texts = [line.split(" #")[0]] if block else re.findall(r"`([^`]+)`", line)
+    for name, n, line, where in _lines():
+        # a ``` block's line: the command before its comment, and code spans in the comment
+        code, comment = (re.split(r"(?:^|\s)#", line, maxsplit=1) + [""])[:2] if where == "block" else ("", line)
+        texts = ([code] if code.strip() else []) + re.findall(r"`([^`]+)`", comment)
+        if where == "comment" and line.startswith("lb "):     # "#   lb run --config X   # what it does"
+            texts.append(re.split(r"\s{2,}|\s#|\s->", line)[0])
         for text in texts:
-            m = cmd.search(text)
-            if m:
+            if m := cmd.search(text):
                 yield f"{name}:{n}", m.group(1).split("/"), shlex.split(m.group(2).replace("'", " "))
 
 
@@ -71,6 +82,19 @@ def test_every_lb_command_and_option_the_docs_show_exists():
                             and ipvsadm_edit([sub, opt]) is None:
                         wrong.append(f"{where}: lb {sub}: no option {opt}")
             seen.add(sub)
+            # and the words as the parser takes them: a word it has no place for (a positional
+            # argument written where an option goes) is wrong; a placeholder (VIP, NODE) is not
+            argv = [sub] + [w for w in (x.strip("[]") for x in words) if w]
+            argv = argv[:next((i for i, w in enumerate(argv) if w in (">", "<", "|", "&&")), len(argv))]
+            if "..." in argv or any("|" in w for w in argv) or ipvsadm_edit(argv) is not None:
+                continue
+            err = io.StringIO()
+            try:
+                with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+                    build_parser().parse_args(argv)
+            except SystemExit:
+                if "unrecognized arguments" in err.getvalue():
+                    wrong.append(f"{where}: lb {' '.join(argv)}: {err.getvalue().splitlines()[-1]}")
     assert not wrong, wrong
     # the walk read the docs' commands (not nothing): most subcommands are shown somewhere
     assert {"run", "check", "list", "status", "reload", "weight", "realserver", "decap", "lab"} <= seen, seen
