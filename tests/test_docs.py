@@ -143,6 +143,10 @@ def test_the_files_the_docs_name_exist():
             pattern = re.sub(r"<[^>]*>", "*", p)
             if p not in built and not (ROOT / p).exists() and not list(ROOT.glob(pattern)):
                 missing.append(f"{name}:{n}: {p}")
+        # a template unit (lb@.service, lb-web@<instance>.service) is one lb/systemd/ ships
+        for unit, kind in re.findall(r"\b(lb[\w-]*)@[\w<>%]*\.(service)\b", line):
+            if not (ROOT / "lb" / "systemd" / f"{unit}@.{kind}").exists():
+                missing.append(f"{name}:{n}: {unit}@.{kind}")
     assert not missing, missing
 
 
