@@ -74,8 +74,18 @@ PAIRED = ("lb_conns", "lb_conns4", "lb_conns6", "lb_conns_embryo")
 CONN_TABLES = PAIRED
 CLOSING = (L.TCP_S["TIME_WAIT"], L.TCP_S["CLOSE"])
 CONN_HEAD = struct.Struct("=QIIIIBB")     # last_ns, real, svc, timeout, client_ifindex, state, flags
+# how far along its life a TCP connection in each state is: every move of IPVS's state tables
+# (both, all three directions) but a SYN's goes to a state of this rank or a later one
+# (tests/test_resize.py checks it against program.TCP_FSM and TCP_FSM_SECURE); a SYN may go
+# back to a handshake, as a client reusing its port does
+_S = L.TCP_S
+PROGRESS = {_S["NONE"]: 0, _S["LISTEN"]: 0, _S["SYN_SENT"]: 1, _S["SYN_RECV"]: 2, _S["SYNACK"]: 2,
+            _S["ESTABLISHED"]: 3, _S["FIN_WAIT"]: 4, _S["CLOSE_WAIT"]: 4, _S["LAST_ACK"]: 5,
+            _S["TIME_WAIT"]: 6, _S["CLOSE"]: 7}
+HANDSHAKE = (_S["SYN_SENT"], _S["SYN_RECV"], _S["SYNACK"])
 _VADDR = dict((n, o) for n, o, _ in L.CONN.fields)["vaddr"]
 _VPORT = dict((n, o) for n, o, _ in L.CONN.fields)["vport"]
+_TIMEOUT, _STATE, _FLAGS = (dict((n, o) for n, o, _ in L.CONN.fields)[f] for f in ("timeout", "state", "flags"))
 
 
 def _connection_of(name: str, key: bytes, value: bytes) -> bytes:
@@ -148,6 +158,27 @@ def _zero(raw: bytes) -> bool:
 def _stamp(value: bytes) -> int:
     """A FLOWS entry's last_ns (lastuse_ns): the u64 its value begins with"""
     return L.U64.unpack_from(value)[0]
+
+
+def _ahead(old: bytes, new: bytes) -> bytes | None:
+    """An lb_conn value both tables hold, the new one stamped later (the new programs' packet):
+    when the old programs moved the connection further along (PROGRESS) -- a FIN or a reset
+    they saw between the copy and the attach, which the new programs, judging the copy, did
+    not see -- the new value with the old one's state, its timeout and INACTIVE flag (the state
+    the connection would be in had one program seen both; its timer runs from the new
+    programs' packet, as IPVS's from each packet); else None, the new value stands.  Not when
+    the new programs' state is a handshake's: a SYN moved it there, a client reusing its port
+    after the old programs closed it (a new connection)."""
+    was, now = old[_STATE], new[_STATE]
+    if was == now or was not in PROGRESS or now not in PROGRESS or now in HANDSHAKE:
+        return None
+    if PROGRESS[was] <= PROGRESS[now]:
+        return None
+    out = bytearray(new)
+    out[_TIMEOUT:_TIMEOUT + 4] = old[_TIMEOUT:_TIMEOUT + 4]
+    out[_STATE] = was
+    out[_FLAGS] = (new[_FLAGS] & ~L.CONN_F_INACTIVE) | (old[_FLAGS] & L.CONN_F_INACTIVE)
+    return bytes(out)
 
 
 class Resize:
@@ -374,7 +405,9 @@ class Resize:
           the copy, or since the last catch_up): copied;
         - an entry both hold, the old one's last_ns later than the new one's (a state the old
           programs moved it to -- CLOSE, TIME_WAIT, INACTIVE -- or a later packet): the new one
-          updated from it;
+          updated from it; a connection whose new entry is the later but whose old one is
+          further along (a FIN or reset the old programs saw, the new programs judging the
+          copy): the old one's state taken (_ahead);
         - an entry of the copy the old table no longer holds and the new programs never wrote
           (last_ns before the copy's end): removed from the new table when the old programs'
           delete was theirs to make -- it expired, was closing (TIME_WAIT or CLOSE: a client's
@@ -499,6 +532,10 @@ class Resize:
                     missing.append((k, v))
             elif c != v and L.elapsed_ns(_stamp(v), _stamp(c)) > 0:
                 newer.append((k, v, c))
+            elif c != v and name in CONN_TABLES:
+                merged = _ahead(v, c)          # refreshed by the new programs from a stale copy
+                if merged is not None:
+                    newer.append((k, merged, c))
         for (k, v, c), again in zip(newer, dst.get_many_raw([k for k, _, _ in newer])):
             if again == c:                         # not written by the new programs meanwhile
                 try:
