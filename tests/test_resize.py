@@ -576,3 +576,73 @@ def test_the_state_ranks_follow_ipvs_state_tables():
                 for state in range(n):
                     nxt = fsm[(table_ * 4 + event) * n + state]
                     assert PROGRESS[nxt] >= PROGRESS[state], (table_, event, L.TCP_STATES[state], L.TCP_STATES[nxt])
+
+
+def test_a_start_finishing_a_killed_daemons_resize_removes_what_the_old_programs_ended(instance, caplog,
+                                                                                       monkeypatch):
+    """The daemon that copied is killed within the grace; the next start finishes its resize.
+    What the old programs ended between the copy and the finish goes as it does when the daemon
+    that copied finishes: a handshake they completed is no longer SYN_RECV in the embryonic
+    table beside its ESTABLISHED entry (counted twice), and a connection whose port a client
+    reused is not kept as copied -- that stale ESTABLISHED entry would send the new
+    connection's ACK to the old connection's real server.  (It tells the copy's entries by the
+    copy's end, which the killed daemon pinned: an entry stamped before it that the old tables
+    never held -- one the HA sync imported meanwhile -- is not removed for its closing state,
+    nor a template.)"""
+    from lb.dataplane import xdp
+
+    old = start(instance, SMALL)
+    old.apply(table(("web",)))
+    client = Client()
+    reused, kept, other = (client.connect(old, 80) for _ in range(3))
+    half = next(_sport)
+    client.send(old, half, "S")                          # a handshake half done: copied embryonic
+    new = start(instance, BIG)                           # the copy
+    first = client.flows[(80, reused)]
+    client.send(old, reused, "R")
+    second = client.send(old, reused, "S")               # the client's port again: a new connection
+    assert second != first
+    client.send(old, half, "A")                          # the old programs end the handshake
+    truth, truth_counts = listing(old.maps), counts(old.maps)
+    assert [(p, s) for p, s, _ in truth] == sorted([(reused, "SYN_RECV"), (kept, "ESTABLISHED"),
+                                                     (other, "ESTABLISHED"), (half, "ESTABLISHED")])
+    new.apply(table(("web",)))
+    new._hand_over("public", old.fns["lb_xdp_public"].fd)    # the attach
+    attached = os.dup(new.fns["lb_xdp_public"].fd)       # (the interface's hold on it)
+    try:
+        new.close()                                      # killed
+        instance[1].remove(new)
+        caplog.set_level(logging.INFO, logger="lb.dataplane")
+        again = start(instance, BIG)
+        assert "was not finished" in caplog.text
+        again.apply(table(("web",)))
+        again._hand_over("public", attached)
+        # what the HA sync may import meanwhile, stamped before the copy (its age on the peer),
+        # which the old tables never held: a closing connection and a template, not removed
+        cut = again.resize.copied_at
+        assert cut is not None                           # (the killed daemon's swap pinned it)
+        conns = again.maps["lb_conns"]
+        synced = L.ConnKey(ip("198.18.0.3"), VIP, 40999, 80, 6).pack()
+        value = bytearray(conns.get(L.ConnKey(ip("198.18.0.2"), VIP, kept, 80, 6).pack()))
+        struct.pack_into("=Q", value, 0, cut - 1_000_000_000)             # last_ns
+        struct.pack_into("=I", value, 16, 120)                              # timeout
+        value[24], value[25] = L.TCP_S["TIME_WAIT"], L.CONN_F_INACTIVE    # state, flags
+        conns.set(synced, bytes(value))
+        template = L.PERSIST_KEY.pack(ip("198.18.0.3").packed.ljust(16, b"\0"), VIP.packed.ljust(16, b"\0"),
+                                      b"\0\x50", 6, L.AF_INET, 0)
+        again.maps["lb_persist"].set(template, L.PERSIST.pack(cut - 1_000_000_000, struct.unpack_from("=I", value, 8)[0],
+                                                              360))
+        monkeypatch.setattr(xdp, "RESIZE_GRACE", 0.0)
+        while again.finish_resize():
+            pass
+    finally:
+        os.close(attached)
+    assert again.resize is None and not os.path.exists(old_dir(pin_dir(instance[0])))
+    with PinnedMaps(instance[0]) as maps:
+        assert listing(maps) == sorted(truth + [(40999, "TIME_WAIT", client.flows[(80, kept)])])
+        assert maps["lb_persist"].get(template) is not None
+        active, inactive = truth_counts[client.flows[(80, kept)]]
+        truth_counts[client.flows[(80, kept)]] = (active, inactive + 1)      # the TIME_WAIT one
+        assert counts(maps) == truth_counts
+    assert "1 lb_conns4, 1 lb_conns_embryo ended meanwhile removed" in caplog.text
+    assert client.send(again, reused, "A") == second     # the new connection's handshake ends where it began

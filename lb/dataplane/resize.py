@@ -32,7 +32,8 @@ How (XdpDataplane.load, then XdpDataplane.finish_resize once the engine attached
 A start that dies part-way leaves the running data plane alone: before 3 the instance's
 directory is untouched (the next start removes the staging one); between 3's two renames the
 next start puts the old directory back; after 3 it adopts the new maps and does 5 (its attach
-hands the killed daemon's programs over, which still hand over to the old ones).
+hands the killed daemon's programs over, which still hand over to the old ones), telling the
+copy's entries by the copy's end, which 3 pinned beside the old maps (COPIED_AT).
 """
 
 from __future__ import annotations
@@ -123,6 +124,11 @@ COUNTERS = {"lb_svc_stats": "Q", "lb_real_stats": "Q", "lb_counters": "Q", "lb_c
             "lb_real_conns": "III"}
 # values holding one slot per position in a service's real-server list (reals_per_service)
 PER_SVC_REAL = ("lb_svc_dests", "lb_mh_last")
+
+
+# pinned in the old directory by the swap: a one-entry array holding the copy's end (copied_at),
+# for a start that finishes a resize another process copied (Resize.recover)
+COPIED_AT = "lb_resize_copied_at"
 
 
 def staging_dir(pin: str) -> str:
@@ -220,6 +226,13 @@ class Resize:
         log.warning("the resize of %s was not finished: its connections made meanwhile are copied once "
                     "the programs are attached", pin)
         rs.old = open_dir(rs.old_path)
+        marker = rs.old.pop(COPIED_AT, None)
+        if marker is not None:
+            try:
+                raw = marker.get(L.U32.pack(0))
+            finally:
+                marker.close()
+            rs.copied_at = L.U64.unpack(raw)[0] if raw is not None and len(raw) == 8 else None
         return rs
 
     # ---- 1: will it fit ----
@@ -387,6 +400,25 @@ class Resize:
             shutil.rmtree(self.old_path, ignore_errors=True)     # an older resize's, finished before this one began
         os.rename(self.pin, self.old_path)
         os.rename(self.staging, self.pin)
+        self._pin_copied_at()
+
+    def _pin_copied_at(self) -> None:
+        """The copy's end pinned beside the old maps (COPIED_AT): a start that finishes this
+        resize after this process was killed tells by it which entries of the new tables the copy
+        wrote and the new programs never did (catch_up's removals)."""
+        if self.copied_at is None:
+            return
+        try:
+            fd = bpfsys.map_create(bpfsys.BPF_MAP_TYPE_ARRAY, 4, 8, 1, 0, "lb_copied_at")
+            try:
+                bpfsys.update(fd, L.U32.pack(0), L.U64.pack(self.copied_at))
+                bpfsys.obj_pin(fd, os.path.join(self.old_path, COPIED_AT))
+            finally:
+                os.close(fd)
+        except OSError as e:
+            log.warning("resize: cannot pin the copy's time in %s (%s): if this daemon is killed before the "
+                        "resize finishes, the next start leaves what the old programs ended meanwhile to "
+                        "its timeout", self.old_path, e)
 
     def abandon(self) -> None:
         """The resize given up before its swap: the staging directory goes, the old maps stay."""
@@ -465,6 +497,9 @@ class Resize:
         """The entries of the copy in dst (a new table) that src (its old one) no longer holds
         and the new programs never wrote, removed where the old programs' delete was theirs to
         make (catch_up); wide: the old table's key of a new key (an older lb's one lb_conns).
+        A resize another process copied (no keys seen yet: its daemon was killed, this start
+        finishes it) has only the copy's end (COPIED_AT) to tell by: any entry stamped before
+        it, and only where the entry's timer or the old tables show the delete (_ended's strict).
         Returns (entries dst held, the oldest last_ns among them)."""
         have, low = 0, None
         seen, cut = self.seen.get(name), self.copied_at
@@ -473,14 +508,16 @@ class Resize:
             stamps = [_stamp(v) for _, v in chunk]
             if stamps:
                 low = min(stamps) if low is None else min(low, *stamps)
-            if seen is None or cut is None:
-                continue            # a resize another process copied: no copy to tell by
+            if cut is None:
+                continue            # a resize another process copied, its time unknown: nothing to tell by
             # in the copy, and not written since by the new programs (which stamp at least the attach)
-            cand = [(k, v) for (k, v), t in zip(chunk, stamps) if k in seen and L.elapsed_ns(cut, t) > 0]
+            cand = [(k, v) for (k, v), t in zip(chunk, stamps)
+                    if (seen is None or k in seen) and L.elapsed_ns(cut, t) > 0]
             if not cand:
                 continue
             olds = src.get_many_raw([wide(k) if wide else k for k, _ in cand])
-            ended = [(k, v) for (k, v), o in zip(cand, olds) if o is None and self._ended(name, k, v, now)]
+            ended = [(k, v) for (k, v), o in zip(cand, olds)
+                     if o is None and self._ended(name, k, v, now, strict=seen is None)]
             if not ended:
                 continue
             # as the sweep: not an entry changed since this read (a packet of the new programs')
@@ -489,18 +526,21 @@ class Resize:
                     self.removed[name] = self.removed.get(name, 0) + 1
         return have, low
 
-    def _ended(self, name: str, key: bytes, value: bytes, now: int) -> bool:
+    def _ended(self, name: str, key: bytes, value: bytes, now: int, strict: bool = False) -> bool:
         """Whether the old programs' delete of this entry (value: as the copy left it) was
         theirs to make -- the connection or template ended, moved on or was made again --
-        rather than their LRU table's eviction of a live one (catch_up)"""
+        rather than their LRU table's eviction of a live one (catch_up).  strict: only where the
+        entry's own timer or the old tables show it (an entry not known to be the copy's may be
+        one the HA sync imported, which the old tables never held: not a closing state, not a
+        table without eviction)."""
         if name in ("lb_persist", "lb_lblc", "lb_lblcr"):
-            return True                         # tables without eviction: every delete is meant
+            return not strict                   # tables without eviction: every delete is meant
         if name == "lb_persist_embryo":
             last, _, timeout = L.PERSIST.unpack(value)
             # expired, or moved to lb_persist with its connection
             return L.elapsed_ns(now, last) > timeout * 1_000_000_000 or self._old_get("lb_persist", key)
         last, _, _, timeout, _, state, _ = CONN_HEAD.unpack_from(value)
-        if L.elapsed_ns(now, last) > timeout * 1_000_000_000 or state in CLOSING:
+        if L.elapsed_ns(now, last) > timeout * 1_000_000_000 or (state in CLOSING and not strict):
             return True
         wide = L.conn_key_of4(key) if name == "lb_conns4" else key
         if name == "lb_conns_embryo":
