@@ -200,7 +200,7 @@ def _endpoint_doc(endpoint: tuple) -> list:
 
 def build_table(cfg, health: dict | None = None, sorry: set | None = None,
                 weights: dict | None = None, overrides: dict | None = None,
-                cache: SpecCache | None = None) -> TableSpec:
+                cache: SpecCache | None = None, trial: set | None = None) -> TableSpec:
     """The desired table: active services and real servers, minus the ones their monitor says
     are dead (or at weight 0 when the service quiesces dead servers); ``weights`` (real_key ->
     weight) are the load monitors' dynamic weights, which replace the configured ones;
@@ -213,7 +213,10 @@ def build_table(cfg, health: dict | None = None, sorry: set | None = None,
     ``sorry`` when it is given.
 
     ``cache`` (the engine's SpecCache, with health, weights and overrides its RealStates): the
-    services nothing changed for keep the spec built last time."""
+    services nothing changed for keep the spec built last time.  ``trial`` (virtual server keys):
+    a table to plan only, whose ``overrides`` are not the cache's (an `lb weight` request's, not
+    set yet): those services are built afresh, the others taken from the cache, which is left
+    as it was."""
     forward = FORWARD_OF_NETWORK[cfg.network]
     # lb.bgp active-active: every service schedules mid-flow TCP packets (ECMP moved the flow here)
     sloppy = cfg.bgp is not None and cfg.bgp.active_active
@@ -225,7 +228,7 @@ def build_table(cfg, health: dict | None = None, sorry: set | None = None,
     for vs in cfg.virtual_servers:
         if not vs.active:
             continue
-        if cache is not None:
+        if cache is not None and (trial is None or vs.key not in trial):
             hit = cache.get(vs, forward, sloppy)
             if hit is not None:
                 services.append(hit[4])
@@ -233,6 +236,7 @@ def build_table(cfg, health: dict | None = None, sorry: set | None = None,
                 if hit[5] and sorry is not None:
                     sorry.add(vs.key)
                 continue
+        if cache is not None:
             started = cache.start()      # before its state is read (SpecCache)
         reals, dead = [], []
         for rs in vs.real_servers:
@@ -261,7 +265,7 @@ def build_table(cfg, health: dict | None = None, sorry: set | None = None,
         services.append(spec)
         if cache is not None:
             built[vs.key] = (vs, forward, sloppy, started, spec, on_sorry)
-    if cache is not None:
+    if cache is not None and trial is None:
         cache.keep(built)
     t = cfg.timeouts
     # active-active: a packet of an entry whose real server has left (its health check failed
@@ -669,6 +673,12 @@ class Engine:
         """build_table for the current health; the keys of the services it sends to their sorry
         server are added to ``sorry`` (for _apply, which logs the switches once it is applied)."""
         return build_table(cfg, self.health, sorry, self.weights, self.overrides, self.specs)
+
+    def _trial_table(self, overrides: dict, key) -> TableSpec:
+        """The table the overrides ``overrides`` -- the current ones with ``key``'s changed (an
+        `lb weight` request's) -- would make, to plan: its service built afresh, the others as
+        the cache has them; nothing of the engine's changes."""
+        return build_table(self.cfg, self.health, None, self.weights, overrides, self.specs, trial={key[0]})
 
     def _sorry_switch(self, cfg, sorry: set) -> None:
         """Each service's switch to or from its sorry server, logged once: when the table that
@@ -1263,17 +1273,39 @@ class Engine:
     def set_override(self, service, server, weight) -> str:
         """Set (weight 0..65535) or clear (None) the override of one real server; the caller
         re-applies the table.  OverrideError, changing nothing, for a bad request."""
+        return self._take_override(self._override_request(service, server, weight))
+
+    def _override_request(self, service, server, weight) -> tuple:
+        """An `lb weight` request checked against the running config, nothing changed: (vs, rs,
+        its real_key, the weight or None); OverrideError for a bad one."""
         vs = find_service(self.cfg, service)
         rs = find_real(vs, server)
         weight = check_weight(weight)
-        # as `lb list` and `lb status` show it: a firewall-mark service's real server has port 0
-        # (each connection keeps the port it came to)
-        where = f"{rs.name} ({_endpoint(rs.address, 0 if vs.fwmark else rs.effective_port(vs))}) of {vs.name}"
         if not vs.active or not rs.active:
-            what = f"virtual server {vs.name}" if not vs.active else f"real server {where}"
+            what = f"virtual server {vs.name}" if not vs.active else f"real server {self._where(vs, rs)}"
             raise OverrideError(f"{what} is inactive (active = false in {self.cfg.path or '<config>'}): "
                                 f"it takes no connections whatever its weight")
-        key = real_key(vs, rs)
+        return vs, rs, real_key(vs, rs), weight
+
+    @staticmethod
+    def _where(vs, rs) -> str:
+        # as `lb list` and `lb status` show it: a firewall-mark service's real server has port 0
+        # (each connection keeps the port it came to)
+        return f"{rs.name} ({_endpoint(rs.address, 0 if vs.fwmark else rs.effective_port(vs))}) of {vs.name}"
+
+    def _with_override(self, key, weight) -> dict:
+        """The overrides with ``key``'s set to ``weight`` (None: cleared); self.overrides unchanged."""
+        overrides = dict(self.overrides)
+        if weight is None:
+            overrides.pop(key, None)
+        else:
+            overrides[key] = weight
+        return overrides
+
+    def _take_override(self, request: tuple) -> str:
+        """The override of a checked request (_override_request) set and saved; its reply message."""
+        vs, rs, key, weight = request
+        where = self._where(vs, rs)
         old = self.overrides.get(key)
         if weight is None:
             self.overrides.pop(key, None)
@@ -1367,27 +1399,33 @@ class Engine:
         if "weight" not in req:
             return {"ok": False, "error": f"weight: missing ({WEIGHT_RANGE[0]}..{WEIGHT_RANGE[1]}, or null to "
                                           f"clear the override)"}
-        # one at a time from the change to its plan: a refused plan puts back what differs from
-        # the overrides it started from, and two under way at once put back each other's changes
-        # (an override answered "ok" gone, one answered "nothing changed" kept)
+        # one at a time from the request to its plan, and set only once its plan says the data
+        # plane holds it: an override set before its plan was in every table built meanwhile
+        # (the loop's apply of another request's change held back with it, that caller told it
+        # was applied; `lb status` showed it), and two under way at once put back each other's
+        # changes (an override answered "ok" gone, one answered "nothing changed" kept)
         if self._weight_lock is None:
             self._weight_lock = asyncio.Lock()
         async with self._weight_lock:
-            before = dict(self.overrides)
-            try:
-                message = self.set_override(req.get("service"), req.get("server"), req["weight"])
-            except OverrideError as e:
-                return {"ok": False, "error": str(e)}
-            refused = await self._plan_overrides(before)
-            if refused is None and self._stop is not None:
+            while True:
+                cfg = self.cfg
+                try:
+                    request = self._override_request(req.get("service"), req.get("server"), req["weight"])
+                except OverrideError as e:
+                    return {"ok": False, "error": str(e)}
+                refused = await self._plan_override(request[2], request[3])
+                if refused is not None:
+                    return {"ok": False, "error": refused}
+                if self.cfg is cfg:
+                    break
+                # a reload during the plan: the request is checked and planned again against the
+                # config that runs now (its server may be gone, or its service changed)
+            if self._stop is not None:
                 # a stop asked for during the plan: the loop that would apply it ends (it may
-                # have ended already, and its caller would wait for ever) -- put back, as a
+                # have ended already, and its caller would wait for ever) -- not set, as a
                 # request that comes during the stop is refused
-                self._put_back_overrides(before)
                 return {"ok": False, "error": "the daemon is stopping"}
-        if refused is not None:
-            return {"ok": False, "error": refused}
-        reply = {"ok": True, "message": message}
+            reply = {"ok": True, "message": self._take_override(request)}
         if self._wake is None:           # not running the loop (tests): apply here
             try:
                 self.apply_health()
@@ -1399,44 +1437,31 @@ class Engine:
         self._wake.set()
         return await fut
 
-    def _put_back_overrides(self, before: dict) -> None:
-        """The overrides as they were (``before``), saved."""
-        for key in [k for k in before.keys() | self.overrides.keys() if before.get(k) != self.overrides.get(k)]:
-            if key in before:
-                self.overrides[key] = before[key]
-            else:
-                self.overrides.pop(key, None)
-        self._save_overrides()
-
-    async def _plan_overrides(self, before: dict) -> str | None:
-        """The data plane's plan of the table with the overrides as set now: when it cannot hold
-        it (a sorry server taking over while every server of the pool drains, say), those that
-        differ from ``before`` are put back -- recorded, the change would keep every later one
-        from applying -- and the refusal is returned."""
+    async def _plan_override(self, key, weight) -> str | None:
+        """The data plane's plan of the table with ``key``'s override set to ``weight`` (None:
+        cleared), nothing set yet: None when it holds it, else the refusal (a sorry server taking
+        over while every server of the pool drains, say) -- set, the change would keep every
+        later one from applying."""
         def plan():
             with self._dp_lock:
-                table = self._table(self.cfg)
+                table = self._trial_table(self._with_override(key, weight), key)
                 try:
                     self.dp.plan(table)
                 except TableDoesNotFit as e:
                     # another service's change that waits (apply_health) refuses no override: only
                     # one whose own service's change does not fit
-                    services = {vs.key for vs in self.cfg.virtual_servers
-                                if any(real_key(vs, rs) in changed for rs in vs.real_servers)}
                     _, _, held, _ = self._fitting_part(table, set(), e)
-                    if services & {_config_key(h) for h in held}:
+                    if key[0] in {_config_key(h) for h in held}:
                         raise e from None
 
-        changed = {k for k in before.keys() | self.overrides.keys() if before.get(k) != self.overrides.get(k)}
         try:
             if self._wake is None:
                 plan()
             else:
                 await asyncio.get_running_loop().run_in_executor(None, plan)
         except TableDoesNotFit as e:
-            self._put_back_overrides(before)
             lines = "".join(f"\n  {p}" for p in str(e).splitlines())
-            log.error("operator override refused, put back: the data plane cannot hold the table with it:%s", lines)
+            log.error("operator override refused: the data plane cannot hold the table with it:%s", lines)
             return f"the data plane cannot hold the table with this override; nothing changed:{lines}"
         return None
 

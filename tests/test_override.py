@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import concurrent.futures
 import functools
 import ipaddress
 import json
@@ -360,12 +361,15 @@ def drive(eng, run_dir: str, body):
                 break
             await asyncio.sleep(0.01)
         loop = asyncio.get_running_loop()
-        try:
-            return await body(lambda fn: loop.run_in_executor(None, fn))
-        finally:
-            eng._stop = "clean"
-            eng._wake.set()
-            await task
+        # the clients' threads apart from the daemon's workers (the default executor), as their
+        # processes are: a client waiting for its reply never holds up the work that answers it
+        with concurrent.futures.ThreadPoolExecutor(8, thread_name_prefix="client") as clients:
+            try:
+                return await body(lambda fn: loop.run_in_executor(clients, fn))
+            finally:
+                eng._stop = "clean"
+                eng._wake.set()
+                await task
     return asyncio.run(main())
 
 
@@ -396,37 +400,147 @@ def test_control_socket_round_trip_through_the_run_loop(running):
     drive(body)
 
 
+def quiesced(table, address) -> bool:
+    """Whether ``table`` (the one service of these tests) has the real server at ``address`` at weight 0."""
+    (svc,) = table.services
+    return any(r.address == ipaddress.ip_address(address) and r.weight == 0 for r in svc.reals)
+
+
 def test_concurrent_overrides_never_undo_each_other(running):
     """Two `lb quiesce` at once (a script quiescing a pool in parallel) when the data plane cannot
     hold the first (here: the table never fits with rs1 quiesced): the refused one put back every
     override that differed from the ones it started from -- the other's too -- and the other,
     planned with the first's change in its table, was refused as well and put the first's back:
     rs1 ended quiesced though its caller was told nothing changed, and rs2 was not though it was
-    fine.  Now each request is planned in turn: rs1 refused, rs2 quiesced."""
+    fine.  Now each request is planned in turn: rs1 refused, rs2 quiesced.  (The plan of rs1's
+    change waits until rs2's request has reached the daemon: it comes in meanwhile.)"""
     from lb.dataplane.errors import TableDoesNotFit
     eng, drive = running
     inst = eng.cfg.instance
-    planning = threading.Event()
+    planning, second_in = threading.Event(), threading.Event()
 
     class Tight(RecordingDataplane):
         def plan(self, table):
-            planning.set()
-            threading.Event().wait(0.5)              # the second request comes in meanwhile
-            (svc,) = table.services
-            if any(r.address == ipaddress.ip_address("198.18.1.11") and r.weight == 0 for r in svc.reals):
+            if quiesced(table, "198.18.1.11"):
+                planning.set()
+                second_in.wait(10)
                 raise TableDoesNotFit("no room for the sorry server")
     eng.dp = Tight()
     eng.apply_health()
+    handler = eng.control
+
+    async def arrives(req):        # (the control socket's handler, looked up when it starts)
+        if req.get("server") == "rs2":
+            second_in.set()
+        return await handler(req)
+    eng.control = arrives
 
     async def body(call):
         first = call(lambda: control.request(inst, "weight", service="web", server="rs1", weight=0))
-        await call(lambda: planning.wait(10))
+        assert await call(lambda: planning.wait(10))
         second = call(lambda: control.request(inst, "weight", service="web", server="rs2", weight=0))
         return await first, await second
 
     first, second = drive(body)
     assert first["ok"] is False and "nothing changed" in first["error"], first
     assert second["ok"] is True, second
+    assert eng.overrides == {key(eng, "rs2"): 0}
+    assert table(eng) == {"rs1": 5, "rs2": 0, "rs3": 1}
+
+
+def test_concurrent_overrides_each_is_planned_with_those_before_it(running):
+    """Two `lb quiesce` at once that the data plane holds each alone but not both: the one that
+    comes second is planned with the first's override set, and refused -- not both answered
+    "ok" (each planned alone) and then held back together, waiting, by the run loop."""
+    from lb.dataplane.errors import TableDoesNotFit
+    eng, drive = running
+    inst = eng.cfg.instance
+    planning, second_in = threading.Event(), threading.Event()
+
+    class Tight(RecordingDataplane):
+        def plan(self, table):
+            if quiesced(table, "198.18.1.11") and not quiesced(table, "198.18.1.12"):
+                planning.set()
+                second_in.wait(10)
+            if quiesced(table, "198.18.1.11") and quiesced(table, "198.18.1.12"):
+                raise TableDoesNotFit("no room for the sorry server")
+    eng.dp = Tight()
+    eng.apply_health()
+    handler = eng.control
+
+    async def arrives(req):
+        if req.get("server") == "rs2":
+            second_in.set()
+        return await handler(req)
+    eng.control = arrives
+
+    async def body(call):
+        first = call(lambda: control.request(inst, "weight", service="web", server="rs1", weight=0))
+        assert await call(lambda: planning.wait(10))
+        second = call(lambda: control.request(inst, "weight", service="web", server="rs2", weight=0))
+        first, second = await first, await second
+        status = await call(lambda: control.request(inst, "status"))
+        return first, second, status
+
+    first, second, status = drive(body)
+    assert first["ok"] is True, first
+    assert second["ok"] is False and "nothing changed" in second["error"], second
+    assert eng.overrides == {key(eng, "rs1"): 0}
+    assert table(eng) == {"rs1": 0, "rs2": 1, "rs3": 1}
+    assert status["status"]["services"][0]["waiting"] is None, status
+
+
+def test_concurrent_overrides_an_override_being_planned_is_in_no_other_table(running):
+    """`lb quiesce rs2` answered while the run loop applies it, and `lb quiesce rs1` (which the
+    data plane cannot hold) planned meanwhile: rs1's override was set before its plan, so `lb
+    status` showed rs1 quiesced by the operator and the loop's table had it too -- rs2's change
+    waited with it as not fitting ("WAITING" in `lb status`), its caller was told it was applied,
+    and it was not until the loop's next turn (a stop before that: never).  Now an override is
+    set once its plan says it fits: rs2's change is applied when its caller hears so."""
+    from lb.dataplane.errors import TableDoesNotFit
+    eng, drive = running
+    inst = eng.cfg.instance
+    planning, applying, looked = threading.Event(), threading.Event(), threading.Event()
+
+    class Tight(RecordingDataplane):
+        def plan(self, table):
+            if quiesced(table, "198.18.1.11"):
+                planning.set()
+                looked.wait(10)          # until the status below is taken
+                raise TableDoesNotFit("no room for the sorry server")
+    eng.dp = Tight()
+    eng.apply_health()
+    apply_health = eng.apply_health
+
+    def apply_once_rs1_is_planned():      # the loop's apply of rs2's change, from rs1's plan on
+        if eng.overrides.get(key(eng, "rs2")) == 0:
+            applying.set()
+            planning.wait(10)
+        apply_health()
+    eng.apply_health = apply_once_rs1_is_planned
+
+    def rs1(status):
+        return status["status"]["services"][0]["real_servers"][0]
+
+    async def body(call):
+        second = call(lambda: control.request(inst, "weight", service="web", server="rs2", weight=0))
+        assert await call(lambda: applying.wait(10))
+        first = call(lambda: control.request(inst, "weight", service="web", server="rs1", weight=0))
+        try:
+            assert await call(lambda: planning.wait(10))
+            during = await call(lambda: control.request(inst, "status"))
+        finally:
+            looked.set()
+        assert (rs1(during)["override"], rs1(during)["weight"]) == (None, 5), rs1(during)
+        second = await second
+        assert second["ok"] is True, second
+        assert table(eng) == {"rs1": 5, "rs2": 0, "rs3": 1}        # applied, as its reply says
+        after = await call(lambda: control.request(inst, "status"))
+        assert after["status"]["services"][0]["waiting"] is None, after
+        return await first
+
+    first = drive(body)
+    assert first["ok"] is False and "nothing changed" in first["error"], first
     assert eng.overrides == {key(eng, "rs2"): 0}
     assert table(eng) == {"rs1": 5, "rs2": 0, "rs3": 1}
 
