@@ -38,7 +38,7 @@ def restart_needed(old, new) -> list[str]:
     refuses these): instance, tables, network, dataplane, public_interface, in NAT the
     private_interface and the interface of nat_router (nat_router_device), [ha], [bgp] but for
     its [[bgp.vip]] attributes.  (`lb run --dataplane` overrides the file's dataplane apart: the
-    engine keeps it, and every load checks for it: lb.config.run_dataplane.)  The interfaces:
+    engine keeps it, Engine.run_dataplane, and every load checks for it.)  The interfaces:
     lb's programs are attached to them at start, and a reload does not move them."""
     out = []
     for name in ("instance", "tables", "network", "dataplane", "public_interface"):
@@ -61,11 +61,12 @@ def restart_needed(old, new) -> list[str]:
     return out
 
 
-def keep_running(running, new):
+def keep_running(running, new, *, dataplane: str | None = None):
     """``new`` with what only a restart changes (restart_needed) as ``running`` has it: what a
     reload applies while changes saved for the next start wait in the file (which keeps them).
-    Checked by the one validator: ConfigError when the rest of ``new`` is no configuration with
-    the running values (a virtual server that needs the new network, say)."""
+    Checked by the one validator, for ``dataplane`` (`lb run --dataplane`; None: the file's):
+    ConfigError when the rest of ``new`` is no configuration with the running values (a virtual
+    server that needs the new network, say)."""
     needs = restart_needed(running, new)
     doc, run = store.plain_document(new), store.plain_document(running)
     for key in ("instance", "network", "dataplane", "public_interface", "private_interface", "nat_router_device"):
@@ -87,7 +88,7 @@ def keep_running(running, new):
         doc["bgp"].pop("vip", None)
         if vips:
             doc["bgp"]["vip"] = vips
-    return store.validate(doc, new.path)
+    return store.validate(doc, new.path, dataplane=dataplane)
 
 
 def root_only_changes(old, new) -> list[str]:
@@ -132,7 +133,8 @@ def issues_json(issues) -> list[dict]:
 
 
 class ConfigRequests:
-    """Bound to one engine: ``engine.cfg`` (the running configuration), ``engine.control`` (its
+    """Bound to one engine: ``engine.cfg`` (the running configuration), ``engine.run_dataplane``
+    (`lb run --dataplane`: the file is read and edits checked for it), ``engine.control`` (its
     reload), ``engine.role()``, ``engine.dp.read_services`` (the table)."""
 
     def __init__(self, engine):
@@ -148,7 +150,7 @@ class ConfigRequests:
         if cfg.path is None:
             return out
         try:
-            snap = snap or store.read(cfg.path)
+            snap = snap or store.read(cfg.path, dataplane=self.engine.run_dataplane)
         except OSError as e:
             out["error"] = f"{cfg.path}: {e.strerror or e}"
             return out
@@ -189,7 +191,7 @@ class ConfigRequests:
         if path is None:
             return {"ok": False, "error": "the daemon runs without a configuration file"}
         try:
-            snap = store.read(path)
+            snap = store.read(path, dataplane=self.engine.run_dataplane)
         except OSError as e:
             return {"ok": False, "error": f"{path}: {e.strerror or e}"}
         reply: dict[str, Any] = {"ok": True, "config": self.info(snap), "text": snap.text}
@@ -240,12 +242,12 @@ class ConfigRequests:
             raise store.EditRefused(f"this director is the {eng.role()} one: edit the configuration on the "
                                     f"active director, which pushes it here")
         loop = asyncio.get_running_loop()
-        snap = await loop.run_in_executor(None, store.read, path)
+        snap = await loop.run_in_executor(None, lambda: store.read(path, dataplane=eng.run_dataplane))
         if version is not None and version != snap.version:
             raise store.EditRefused(f"{path} changed since this edit began (version {version}, now {snap.version}: "
                                     f"saved from elsewhere or edited by hand); nothing was changed: reload the "
                                     f"page and edit again", conflict=True)
-        new = store.prepare(snap, document, serial=serial)
+        new = store.prepare(snap, document, serial=serial, dataplane=eng.run_dataplane)
         if not root:
             # against the file, or, when it does not load (root's edit half done), what runs
             changed = root_only_changes(snap.cfg if snap.cfg is not None else eng.cfg, new.cfg)

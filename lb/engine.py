@@ -486,6 +486,9 @@ class Engine:
         self.xdp_mode = xdp_mode
         self.on_sigterm = on_sigterm                    # "clean" | "keep" | "systemd:UNIT" (lb@.service; see stop())
         self.dataplane = dataplane or cfg.dataplane     # xdp | ipvs | auto
+        # `lb run --dataplane` (None: the file's): every later load of the file -- each reload,
+        # the console's and the peer's edits -- is checked for it, as the start's was
+        self.run_dataplane = dataplane
         if self.dataplane == "ipvs":
             self.dp = IpvsDataplane(cfg.instance)
         else:
@@ -986,13 +989,13 @@ class Engine:
         run (confedit.keep_running) and applies the rest."""
         path = self.cfg.path
         try:
-            new = lbconfig.load(path)
+            new = lbconfig.load(path, dataplane=self.run_dataplane)
         except lbconfig.ConfigError as e:
             raise ReloadRefused(f"reload refused, nothing changed:\n{e}", e.issues) from None
         needs = restart_needed(self.cfg, new)
         if needs and keep_restart_only:
             try:
-                new = keep_running(self.cfg, new)
+                new = keep_running(self.cfg, new, dataplane=self.run_dataplane)
             except lbconfig.ConfigError as e:
                 raise ReloadRefused(f"reload refused, nothing changed: the file's other changes do not go with "
                                     f"the running {', '.join(needs)} (saved for the next start):\n{e}",

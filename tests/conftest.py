@@ -204,17 +204,6 @@ def pytest_sessionfinish(session, exitstatus):
 
 
 @pytest.fixture(autouse=True)
-def _file_dataplane():
-    """`lb run/check --dataplane` sets the data plane this process checks configurations for
-    (process-wide, as the daemon's choice is): one test's in-process main() must not have the
-    next test's files checked for it."""
-    yield
-    from lb.config import toml
-
-    toml.run_dataplane(None)
-
-
-@pytest.fixture(autouse=True)
 def _no_name_lookups(monkeypatch):
     """No test looks a host name up (an lvs.cf's host names, as Piranha's gethostbyname took them:
     lb.config.lvscf.resolve_host): a name has no address unless the test gives it one."""

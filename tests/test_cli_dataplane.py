@@ -10,7 +10,7 @@ import logging
 
 import pytest
 
-from lb import config as lbconfig
+from lb import engine
 from lb.cli.main import main
 from lb.config import toml as tomlcfg
 
@@ -105,8 +105,12 @@ def test_run_dataplane_ipvs_over_an_xdp_file_gets_the_ipvs_checks(tmp_path, smal
     assert cfg.warnings[0].message.startswith("no effect with --dataplane ipvs (the command line's): kernel IPVS "
                                               "sizes its own connection table")
     assert "config: " + cfg.warnings[0].as_warning() in caplog.messages
-    # the daemon's later loads of the file (each reload, the console's edits) check it alike
-    assert lbconfig.load(path).warnings == cfg.warnings
+    # the daemon's later loads of the file (each reload, the console's edits) check it alike: the
+    # engine `lb run` hands the choice to keeps it (as the file says, xdp, both would refuse it)
+    eng = engine.Engine(cfg, dataplane=dataplane)      # (the constructor touches nothing in the kernel)
+    assert eng.reload_config().warnings == cfg.warnings
+    console = eng.configs.get()
+    assert console["ok"] and "issues" not in console and console["config"]["file_differs"] is False, console
     # lb check --dataplane ipvs says what lb run --dataplane ipvs will
     assert main(["check", path, "--dataplane", "ipvs"]) == 0
     assert "lb.toml:5: warning: tables.connections: no effect with --dataplane ipvs" in capsys.readouterr().err

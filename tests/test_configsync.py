@@ -161,7 +161,7 @@ def test_a_refused_push_repeated_every_interval_is_refused_without_the_edit_path
     bad["virtual_server"][0]["real_server"][0]["weight"] = "heavy"
     reads = []
     real_read = store.read
-    monkeypatch.setattr(store, "read", lambda path: reads.append(path) or real_read(path))
+    monkeypatch.setattr(store, "read", lambda path, **kw: reads.append(path) or real_read(path, **kw))
     push = {"role": "active", "serial_no": 1, "identity": "0" * 16, "document": bad}
 
     async def body():

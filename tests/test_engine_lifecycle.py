@@ -980,9 +980,9 @@ def test_status_and_config_requests_read_the_file_off_the_loop(tmp_path, monkeyp
     where = []
     read = store.read
 
-    def recorded_read(path):
+    def recorded_read(path, **kw):
         where.append(("read", threading.current_thread()))
-        return read(path)
+        return read(path, **kw)
     monkeypatch.setattr(store, "read", recorded_read)
     monkeypatch.setattr(lbengine.time, "time", lambda: 1.0)       # status's "at"
 

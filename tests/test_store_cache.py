@@ -23,9 +23,9 @@ def parses(monkeypatch):
     seen: list[str] = []
     real = store.load_bytes
 
-    def counting(data, fmt, path, watch=None):
+    def counting(data, fmt, path, watch=None, **kw):
         seen.append(os.fspath(path))
-        return real(data, fmt, path, watch)
+        return real(data, fmt, path, watch, **kw)
     monkeypatch.setattr(store, "load_bytes", counting)
     return seen
 

@@ -53,10 +53,10 @@ def _run(args, early: list[int]) -> int:
     before, after = preflight.raise_open_files_limit()
     if after != before:
         logging.getLogger("lb").debug("open files: limit %d raised to %d", before, after)
-    # the file is checked for the data plane that runs it, at the start and at each reload and edit
-    lbconfig.run_dataplane(args.dataplane)
+    # the file is checked for the data plane that runs it, at the start and (the engine keeps the
+    # choice: Engine.run_dataplane) at each reload and edit
     try:
-        cfg = lbconfig.load(args.config)
+        cfg = lbconfig.load(args.config, dataplane=args.dataplane)
     except lbconfig.ConfigError as e:
         print(e, file=sys.stderr)
         return 2
@@ -102,9 +102,8 @@ def cmd_check(args) -> int:
     if not args.config:
         print("lb check: which file? lb check FILE (or --config FILE)", file=sys.stderr)
         return 2
-    lbconfig.run_dataplane(args.dataplane)     # as `lb run --dataplane` would check it
     try:
-        cfg = lbconfig.load(args.config)
+        cfg = lbconfig.load(args.config, dataplane=args.dataplane)     # as `lb run --dataplane` would check it
     except lbconfig.ConfigError as e:
         print(e, file=sys.stderr)
         return 2

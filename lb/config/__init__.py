@@ -21,7 +21,7 @@ from .model import (
 )
 from . import keepalived, lvscf
 from . import toml as _toml
-from .toml import loads, run_dataplane
+from .toml import loads
 
 
 def format_of(path: str | os.PathLike[str]) -> str:
@@ -59,14 +59,16 @@ def issue_at(path: str | os.PathLike[str] | None, field: tuple, message: str) ->
         return ConfigIssue(display, None, _toml.field_name(field), message)
 
 
-def load(path: str | os.PathLike[str]) -> Config:
-    """Load a config file in any of the formats format_of() tells apart."""
+def load(path: str | os.PathLike[str], *, dataplane: str | None = None) -> Config:
+    """Load a config file in any of the formats format_of() tells apart, checked for the data
+    plane ``dataplane`` (`lb run --dataplane`, which the daemon keeps for its later loads: each
+    reload's, each edit's; None: the one the file names)."""
     fmt = format_of(path)
     if fmt == "lvscf":
-        return lvscf.load(path)
+        return lvscf.load(path, dataplane=dataplane)
     if fmt == "keepalived":
-        return keepalived.load(path)
-    return _toml.load(path)
+        return keepalived.load(path, dataplane=dataplane)
+    return _toml.load(path, dataplane=dataplane)
 
 
 __all__ = [
@@ -87,5 +89,4 @@ __all__ = [
     "load",
     "loads",
     "lvscf",
-    "run_dataplane",
 ]

@@ -2014,7 +2014,7 @@ CHECKER_KEYS = ("connect_ip", "connect_port", "connect_timeout", "retry", "nb_ge
 
 
 def _parse(text: str | None, display: str, path: Path | None, config_id: str | None,
-           watch: Watched | None = None) -> Config:
+           watch: Watched | None = None, *, dataplane: str | None = None) -> Config:
     issues: list[ConfigIssue] = []
     warnings: list[ConfigIssue] = []
     reader = _Reader(config_id if config_id is not None else default_config_id(), issues, warnings, watch)
@@ -2028,7 +2028,7 @@ def _parse(text: str | None, display: str, path: Path | None, config_id: str | N
     doc = b.build()
     cfg: Config | None = None
     try:
-        cfg = _toml.validate(doc, display, b.positions, path, _sorted(warnings, display))
+        cfg = _toml.validate(doc, display, b.positions, path, _sorted(warnings, display), dataplane=dataplane)
     except ConfigError as e:
         seen = {(i.path, i.line, i.field) for i in issues}
         fields = {i.field for i in issues}
@@ -2059,11 +2059,13 @@ def _sorted(items: list[ConfigIssue], display: str) -> list[ConfigIssue]:
     return sorted(dict.fromkeys(items), key=lambda i: (i.path != display, i.path, i.line or 0))
 
 
-def load(path: str | os.PathLike[str], config_id: str | None = None, watch: Watched | None = None) -> Config:
+def load(path: str | os.PathLike[str], config_id: str | None = None, watch: Watched | None = None, *,
+         dataplane: str | None = None) -> Config:
     """Read keepalived.conf at ``path`` (and its includes); ``config_id`` selects its @ID lines
     (default: the host name's first label, as keepalived).  ``watch`` collects what was read
-    (even when it raises ConfigError)."""
-    return _parse(None, os.fspath(path), Path(path), config_id, watch)
+    (even when it raises ConfigError).  ``dataplane``: the data plane it is checked for
+    (`lb run --dataplane`; None: the file's)."""
+    return _parse(None, os.fspath(path), Path(path), config_id, watch, dataplane=dataplane)
 
 
 def instance_only(path: str | os.PathLike[str]) -> str | None:
@@ -2090,10 +2092,12 @@ def instance_only(path: str | os.PathLike[str]) -> str | None:
     return "default"
 
 
-def loads(text: str, path: str = "<string>", config_id: str | None = None) -> Config:
-    """Parse keepalived.conf ``text`` (includes relative to the current directory)."""
+def loads(text: str, path: str = "<string>", config_id: str | None = None, *,
+          dataplane: str | None = None) -> Config:
+    """Parse keepalived.conf ``text`` (includes relative to the current directory; ``dataplane``
+    as load's)."""
     _toml.check_size(text, path)
-    return _parse(text, path, None, config_id)
+    return _parse(text, path, None, config_id, dataplane=dataplane)
 
 
 _TOP = ("global_defs", "vrrp_instance", "vrrp_sync_group", "vrrp_script", "virtual_server", "virtual_server_group",

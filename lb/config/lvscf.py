@@ -1501,7 +1501,8 @@ class _Builder:
         return out
 
 
-def _parse(text: str, display: str, path: Path | None = None) -> tuple[Config, dict[str, Any]]:
+def _parse(text: str, display: str, path: Path | None = None, *,
+           dataplane: str | None = None) -> tuple[Config, dict[str, Any]]:
     _toml.check_size(text, display)
     issues = _Issues(display)
     top = _parse_blocks(text, issues)
@@ -1511,7 +1512,7 @@ def _parse(text: str, display: str, path: Path | None = None) -> tuple[Config, d
     cfg: Config | None = None
     try:
         cfg = _toml.validate(doc, display, b.positions, path,
-                             sorted(b.warnings, key=lambda w: w.line or 0))
+                             sorted(b.warnings, key=lambda w: w.line or 0), dataplane=dataplane)
     except ConfigError as e:
         # a value this reader refused is missing from the document: one message per field
         seen = {i.field for i in issues.items}
@@ -1527,31 +1528,36 @@ def _parse(text: str, display: str, path: Path | None = None) -> tuple[Config, d
 # --- public API --------------------------------------------------------------------------
 
 
-def loads_with_extras(text: str, path: str = "<string>") -> tuple[Config, dict[str, Any]]:
-    """Parse lvs.cf ``text``; return the Config and the keys the model cannot hold.
+def loads_with_extras(text: str, path: str = "<string>", *,
+                      dataplane: str | None = None) -> tuple[Config, dict[str, Any]]:
+    """Parse lvs.cf ``text`` (for ``dataplane``: `lb run --dataplane`; None: the file's); return
+    the Config and the keys the model cannot hold.
 
     extras = {"global": {key: value}, "virtual": {virtual name: {key: value}}};
     values are int, bool (for 0/1 keys) or str.  ``nat_router_alias`` /
     ``address_alias`` keep a device alias such as ``eth1:1``.
     """
-    return _parse(text, path)
+    return _parse(text, path, dataplane=dataplane)
 
 
-def load_with_extras(path: str | os.PathLike[str]) -> tuple[Config, dict[str, Any]]:
+def load_with_extras(path: str | os.PathLike[str], *,
+                     dataplane: str | None = None) -> tuple[Config, dict[str, Any]]:
     """Read ``path`` (an lvs.cf); see :func:`loads_with_extras`."""
     display = os.fspath(path)
     text = _toml.read_text(path, display)
-    return _parse(text, display, Path(path))  # relative key and password files: relative to it
+    # relative key and password files: relative to it
+    return _parse(text, display, Path(path), dataplane=dataplane)
 
 
-def loads(text: str, path: str = "<string>") -> Config:
-    """Parse lvs.cf ``text`` (``path`` only names it in messages)."""
-    return _parse(text, path)[0]
+def loads(text: str, path: str = "<string>", *, dataplane: str | None = None) -> Config:
+    """Parse lvs.cf ``text`` (``path`` only names it in messages; ``dataplane`` as load's)."""
+    return _parse(text, path, dataplane=dataplane)[0]
 
 
-def load(path: str | os.PathLike[str]) -> Config:
-    """Read and validate the lvs.cf at ``path``; raises ConfigError."""
-    return load_with_extras(path)[0]
+def load(path: str | os.PathLike[str], *, dataplane: str | None = None) -> Config:
+    """Read and validate the lvs.cf at ``path`` for ``dataplane`` (`lb run --dataplane`; None:
+    the file's lb_dataplane); raises ConfigError."""
+    return load_with_extras(path, dataplane=dataplane)[0]
 
 
 # the global keys of Piranha's lvsconfig.c that lb does not take: a file starting with one is still

@@ -99,11 +99,12 @@ def prev_path(path: str | os.PathLike) -> Path:
     return target.with_name(target.name + PREV_SUFFIX)
 
 
-# The last snapshots read, by path: (the stamps of what each read, the keepalived config id it
+# The last snapshots read, by path and the data plane they were checked for (`lb run
+# --dataplane`; None: the file's): (the stamps of what each read, the keepalived config id it
 # was read with, the snapshot).  Each status and config request of the control socket reads the
 # file (does it still hold the running configuration?), on the daemon's event loop: parsing a
 # large one every time (12k real servers: 0.35 s) held up the heartbeats that run there.
-_CACHE: dict[str, tuple[dict[str, tuple[int, ...] | None], str | None, Snapshot]] = {}
+_CACHE: dict[tuple[str, str | None], tuple[dict[str, tuple[int, ...] | None], str | None, Snapshot]] = {}
 _CACHE_MAX = 8
 _CACHE_LOCK = threading.Lock()      # read() runs on the event loop and in its executor
 # A file written twice within its file system's timestamp granularity may keep its stamp: one
@@ -112,14 +113,16 @@ RACY_NS = 2_000_000_000
 HOST_FILES = ("/etc/passwd", "/etc/group")   # what a file's meaning depends on besides its own text
 
 
-def read(path: str | os.PathLike) -> Snapshot:
-    """The file now: its bytes, version and Config (or the reason it does not load).  A file
-    unchanged since the last read (its stamp: lb.config.toml.file_stamp, and a keepalived.conf's
-    includes' and their directories') is not read again: the same Snapshot comes back."""
+def read(path: str | os.PathLike, *, dataplane: str | None = None) -> Snapshot:
+    """The file now: its bytes, version and Config (or the reason it does not load), checked for
+    ``dataplane`` (the daemon's `lb run --dataplane`; None: the file's).  A file unchanged since
+    the last read for the same data plane (its stamp: lb.config.toml.file_stamp, and a
+    keepalived.conf's includes' and their directories') is not read again: the same Snapshot
+    comes back."""
     path = Path(path)
     key = os.fspath(path)
     with _CACHE_LOCK:
-        hit = _CACHE.get(key)
+        hit = _CACHE.get((key, dataplane))
     if hit is not None:
         stamps, config_id, snap = hit
         if _config_id(snap.format) == config_id and all(_toml.file_stamp(p) == st for p, st in stamps.items()):
@@ -132,7 +135,7 @@ def read(path: str | os.PathLike) -> Snapshot:
         data = f.read(_toml.MAX_FILE_BYTES + 1)
     watch = keepalived.Watched() if fmt == "keepalived" else None
     try:
-        cfg = load_bytes(data, fmt, path, watch)
+        cfg = load_bytes(data, fmt, path, watch, dataplane=dataplane)
         err = None
     except ConfigError as e:
         cfg, err = None, e
@@ -152,10 +155,10 @@ def read(path: str | os.PathLike) -> Snapshot:
         stamps.update(host)
         keep = keep and all(st is None or st[3] < started - RACY_NS for st in host.values())
     with _CACHE_LOCK:
-        _CACHE.pop(key, None)
+        _CACHE.pop((key, dataplane), None)
         if keep:
             assert stamps is not None
-            _CACHE[key] = (stamps, _config_id(fmt), snap)
+            _CACHE[key, dataplane] = (stamps, _config_id(fmt), snap)
             while len(_CACHE) > _CACHE_MAX:
                 del _CACHE[next(iter(_CACHE))]
     return snap
@@ -166,9 +169,11 @@ def _config_id(fmt: str) -> str | None:
     return keepalived.default_config_id() if fmt == "keepalived" else None
 
 
-def load_bytes(data: bytes, fmt: str, path: Path, watch: keepalived.Watched | None = None) -> Config:
-    """The Config of ``data`` as if read from ``path`` (relative files relative to it); a
-    keepalived.conf is read from ``path`` itself, what it read collected in ``watch``."""
+def load_bytes(data: bytes, fmt: str, path: Path, watch: keepalived.Watched | None = None, *,
+               dataplane: str | None = None) -> Config:
+    """The Config of ``data`` as if read from ``path`` (relative files relative to it), checked
+    for ``dataplane`` (as :func:`read`); a keepalived.conf is read from ``path`` itself, what it
+    read collected in ``watch``."""
     display = str(path)
     _toml.check_size(data, display)
     try:
@@ -177,10 +182,10 @@ def load_bytes(data: bytes, fmt: str, path: Path, watch: keepalived.Watched | No
         raise ConfigError([ConfigIssue(display, data[: e.start].count(b"\n") + 1, "", "file is not valid UTF-8")]) \
             from None
     if fmt == "lvscf":
-        return lvscf._parse(text, display, path)[0]
+        return lvscf._parse(text, display, path, dataplane=dataplane)[0]
     if fmt == "keepalived":
-        return keepalived.load(path, watch=watch)
-    return _toml._load_text(text, display, path)
+        return keepalived.load(path, watch=watch, dataplane=dataplane)
+    return _toml._load_text(text, display, path, dataplane=dataplane)
 
 
 class DocPositions(_toml.Positions):
@@ -190,14 +195,17 @@ class DocPositions(_toml.Positions):
         return None, _toml.field_name(path)
 
 
-def validate(document: dict[str, Any], path: Path) -> Config:
-    """``document`` checked by the one validator (ConfigError with every issue, by field)."""
-    return _toml.validate(document, str(path), DocPositions(), path)
+def validate(document: dict[str, Any], path: Path, *, dataplane: str | None = None) -> Config:
+    """``document`` checked by the one validator (ConfigError with every issue, by field), for
+    ``dataplane`` (as :func:`read`)."""
+    return _toml.validate(document, str(path), DocPositions(), path, dataplane=dataplane)
 
 
-def prepare(snap: Snapshot, document: dict[str, Any], *, serial: int | None = None) -> Prepared:
-    """The file ``document`` would make, checked: the validator's issues, then the rendered text
-    read back to the same model.  serial_no becomes ``serial`` (default: the file's + 1)."""
+def prepare(snap: Snapshot, document: dict[str, Any], *, serial: int | None = None,
+            dataplane: str | None = None) -> Prepared:
+    """The file ``document`` would make, checked (for ``dataplane``, as :func:`read`): the
+    validator's issues, then the rendered text read back to the same model.  serial_no becomes
+    ``serial`` (default: the file's + 1)."""
     if snap.format not in WRITABLE:
         raise EditRefused(f"{snap.path} is a {snap.format} file, which lb reads but does not write: convert it "
                           f"with `lb import` and run lb from the TOML file to edit it here")
@@ -215,13 +223,13 @@ def prepare(snap: Snapshot, document: dict[str, Any], *, serial: int | None = No
         old = snap.cfg.serial_no if snap.cfg is not None else 0
         glob["serial_no"] = old + 1 if serial is None else serial
     try:
-        cfg = validate(doc, snap.path)
+        cfg = validate(doc, snap.path, dataplane=dataplane)
     except ConfigError as e:
         raise EditRefused("the configuration has errors; nothing was changed", e.issues) from None
-    text = render(cfg, snap)
+    text = render(cfg, snap, dataplane=dataplane)
     data = text.encode("utf-8")
     try:
-        again = load_bytes(data, snap.format, snap.path)
+        again = load_bytes(data, snap.format, snap.path, dataplane=dataplane)
     except ConfigError as e:   # a writer that cannot say what the model holds: never write it
         raise EditRefused(f"{snap.format} cannot hold this configuration", e.issues) from None
     if _plain(again) != _plain(cfg):
@@ -262,14 +270,15 @@ def _plain(cfg: Config) -> Config:
     return dataclasses.replace(cfg, path=None, warnings=())
 
 
-def render(cfg: Config, snap: Snapshot) -> str:
-    """``cfg`` in the snapshot's format, the current file's comments kept (lvs.cf: its extras too)."""
+def render(cfg: Config, snap: Snapshot, *, dataplane: str | None = None) -> str:
+    """``cfg`` in the snapshot's format, the current file's comments kept (lvs.cf: its extras too,
+    the file read for ``dataplane`` as the snapshot was)."""
     stamp = time.strftime("%Y-%m-%d %H:%M:%S %z")
     if snap.format == "lvscf":
         extras = None
         if snap.cfg is not None:
             with contextlib.suppress(ConfigError):
-                extras = lvscf._parse(snap.text, str(snap.path), snap.path)[1]
+                extras = lvscf._parse(snap.text, str(snap.path), snap.path, dataplane=dataplane)[1]
         return lvscf.keep_comments(snap.text, lvscf.dumps(cfg, extras))  # the operator's comments stay
     return totoml.keep_comments(snap.text, totoml.dumps(cfg, header=[
         f"Written by lb (serial_no {cfg.serial_no}) on {stamp}; the previous version is {prev_path(snap.path).name}.",

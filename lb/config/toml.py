@@ -272,43 +272,41 @@ def int_too_large(digits: int) -> str:
 # --- public API ----------------------------------------------------------------
 
 
-# `lb run --dataplane`: the data plane the command line runs instead of the file's [global]
-# dataplane.  Process-wide, as that choice is: every configuration this process validates (the
-# one `lb run` starts with, each reload's, the console's and the peer's edits) is checked for the
-# data plane that will run it (kernel IPVS's local node, [tables] against memory, [bgp]
-# active-active, the keys without effect), not for the one the file names.  None: the file's.
-_run_dataplane: str | None = None
+# ``dataplane`` (the loaders' keyword, down to validate): `lb run --dataplane`'s choice, the data
+# plane the command line runs instead of the file's [global] dataplane.  Every configuration the
+# daemon validates (the one `lb run` starts with, each reload's, the console's and the peer's
+# edits: the engine keeps the choice, Engine.run_dataplane) is checked for the data plane that will
+# run it (kernel IPVS's local node, [tables] against memory, [bgp] active-active, the keys without
+# effect), not for the one the file names.  None: the file's.  Config.dataplane stays the file's
+# (an edit writes the file's value back).
 
 
-def run_dataplane(choice: str | None) -> None:
-    """Validate this process's configurations for ``choice`` (xdp, ipvs or auto: `lb run
-    --dataplane`, `lb check --dataplane`) whatever their [global] dataplane says; None: for the
-    file's own.  Config.dataplane stays the file's (an edit writes the file's value back)."""
-    global _run_dataplane
+def check_dataplane(choice: str | None) -> str | None:
+    """``choice`` (xdp, ipvs, auto or None), else ValueError."""
     if choice is not None and choice not in DATAPLANES:
         raise ValueError(f"dataplane must be one of {', '.join(DATAPLANES)}, got {choice!r}")
-    _run_dataplane = choice
+    return choice
 
 
-
-def load(path: str | os.PathLike[str]) -> Config:
-    """Read, parse and validate the configuration file at ``path``.
+def load(path: str | os.PathLike[str], *, dataplane: str | None = None) -> Config:
+    """Read, parse and validate the configuration file at ``path``, for the data plane
+    ``dataplane`` (`lb run --dataplane`; None: the file's).
 
     Raises ConfigError listing every problem found (including an unreadable
     file, which is reported as an issue naming the path).
     """
     display = os.fspath(path)
-    return _load_text(read_text(path, display), display, Path(path))
+    return _load_text(read_text(path, display), display, Path(path), dataplane=dataplane)
 
 
-def loads(text: str, path: str = "<string>") -> Config:
-    """Parse and validate configuration ``text``.
+def loads(text: str, path: str = "<string>", *, dataplane: str | None = None) -> Config:
+    """Parse and validate configuration ``text`` (for ``dataplane``, as :func:`load`).
 
     ``path`` is only used in messages; the returned Config has ``path=None``
     because nothing was read from a file.
     """
     check_size(text, path)
-    return _load_text(text, path, None)
+    return _load_text(text, path, None, dataplane=dataplane)
 
 
 # --- helpers -------------------------------------------------------------------
@@ -2242,7 +2240,7 @@ def _syntax_issue(text: str, display: str, exc: tomllib.TOMLDecodeError) -> Conf
     return ConfigIssue(display, line, "", f"TOML syntax error: {message}")
 
 
-def _load_text(text: str, display: str, path: Path | None) -> Config:
+def _load_text(text: str, display: str, path: Path | None, *, dataplane: str | None = None) -> Config:
     try:
         doc = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
@@ -2251,7 +2249,7 @@ def _load_text(text: str, display: str, path: Path | None) -> Config:
         # tomllib recurses into nested arrays and converts integers of any length (Python refuses
         # more than 4300 digits): name the line that asked for it
         raise ConfigError([_limit_issue(text, display, e)]) from None
-    return validate(doc, display, TomlPositions(text), path)
+    return validate(doc, display, TomlPositions(text), path, dataplane=dataplane)
 
 
 def _limit_issue(text: str, display: str, exc: Exception) -> ConfigIssue:
@@ -2287,11 +2285,13 @@ def _check_sizes(chk: _Checker, doc: dict[str, Any]) -> None:
 
 
 def validate(doc: dict[str, Any], display: str, positions: Positions, path: Path | None = None,
-             warnings: Sequence[ConfigIssue] = ()) -> Config:
+             warnings: Sequence[ConfigIssue] = (), *, dataplane: str | None = None) -> Config:
     """Check a document shaped as tomllib returns it and build the Config; ConfigError lists every
     problem, each at the line and field ``positions`` gives for its path.  ``path``: the file
     (Config.path; relative key_file and password_file are relative to it).  ``warnings``: what the
-    reader that built the document accepted without carrying it out (Config.warnings)."""
+    reader that built the document accepted without carrying it out (Config.warnings).
+    ``dataplane``: the data plane that runs it when not the file's (`lb run --dataplane`)."""
+    run_dataplane = check_dataplane(dataplane)
     chk = _Checker(display, positions)
     _check_sizes(chk, doc)
     if chk.issues:
@@ -2316,9 +2316,9 @@ def validate(doc: dict[str, Any], display: str, positions: Positions, path: Path
     network = g.choice("network", NETWORKS, DEFAULT_NETWORK, "network")
     file_dataplane = g.choice("dataplane", DATAPLANES, DEFAULT_DATAPLANE, "dataplane")
     # the checks that depend on the data plane are the one's that runs (lb run --dataplane)
-    dataplane = _run_dataplane or file_dataplane
+    dataplane = run_dataplane or file_dataplane
     chosen = f"--dataplane {dataplane} (the command line's)" \
-        if _run_dataplane is not None and _run_dataplane != file_dataplane else None
+        if run_dataplane is not None and run_dataplane != file_dataplane else None
     expire_nodest_conn = g.boolean("expire_nodest_conn", False)
     lblc_expiration = g.integer("lblc_expiration", EXPIRATION_RANGE, default=DEFAULT_LBLC_EXPIRATION)
     lblcr_expiration = g.integer("lblcr_expiration", EXPIRATION_RANGE, default=DEFAULT_LBLC_EXPIRATION)
