@@ -759,8 +759,8 @@ def early_signal_child(run_dir: str, config: str, signame: str) -> int:
     from lb.cli import main as cli
     load = lbconfig.load
 
-    def load_then_signal(path):
-        cfg = load(path)
+    def load_then_signal(path, **kw):
+        cfg = load(path, **kw)
         os.kill(os.getpid(), signal.Signals[signame])
         return cfg
 
