@@ -532,7 +532,8 @@ def test_the_sync_scan_runs_off_the_event_loop(tmp_path):
     import threading
 
     pair = Pair(tmp_path)
-    primary, _backup = pair.start(hb.NODE_PRIMARY), pair.start(hb.NODE_BACKUP)
+    primary = pair.start(hb.NODE_PRIMARY)
+    pair.start(hb.NODE_BACKUP)
     pair.run(2.0)
     assert pair.roles() == {0: "active", 1: "backup"}
     rec = (6, A("198.18.0.2"), 40000, A("198.18.0.10"), 80, A("198.18.1.11"), 80, 1, 0, 5_000_000, 900,
