@@ -703,6 +703,26 @@ def test_a_reload_asked_for_as_the_loop_takes_over_is_done(tmp_path):
 
 # ---- a stop asked for while the unit starts, as systemd sees it --------------------------------
 
+
+def notified_child(call: str) -> tuple[str, list]:
+    """``t.<call>`` (a ``*_child`` function of this file, its arguments written out) in a Python
+    of its own under a NOTIFY_SOCKET: (its stdout and stderr, the notify messages it sent);
+    it must exit 0 without a traceback."""
+    from lb.sdnotify import Listener
+    code = (f"import sys; sys.path[:0] = [{str(TESTS)!r}, {str(REPO)!r}]; import test_engine_lifecycle as t; "
+            f"sys.exit(t.{call})")
+    listener = Listener()
+    try:
+        p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                           env=dict(os.environ, PYTHONPATH=f"{REPO}{os.pathsep}{TESTS}", **listener.env()))
+        listener.poll(0.5)
+        messages = [f for _, f in listener.messages]
+    finally:
+        listener.close()
+    out = p.stdout + p.stderr
+    assert p.returncode == 0 and "Traceback" not in out, (p.returncode, out)
+    return out, messages
+
 def stop_while_starting_child(run_dir: str, config: str, wait_interfaces: float) -> int:
     """In a process of its own, under a NOTIFY_SOCKET: `lb stop` (SIGINT) while the start loads
     the data plane, or (wait_interfaces) while it waits for a missing interface."""
@@ -728,24 +748,12 @@ def test_a_stop_while_starting_is_a_stop_to_systemd(tmp_path, where):
     (result "protocol", whatever the exit status) and Restart=on-failure started it again: the
     stop asked for did not hold.  Now READY=1, then STOPPING=1 (in datagrams of their own:
     systemd acts on STOPPING=1 only once running): the unit goes deactivating, then inactive."""
-    from lb.sdnotify import Listener
     config = write(tmp_path / "lb.toml", instance=f"sws{os.getpid() % 10000}")
     wait = 0.0
     if where != "loading":
         config.write_text(config.read_text().replace('public_interface = "lo"', 'public_interface = "lbnosuch0"'))
         wait = 30.0
-    code = (f"import sys; sys.path[:0] = [{str(TESTS)!r}, {str(REPO)!r}]; import test_engine_lifecycle as t; "
-            f"sys.exit(t.stop_while_starting_child({str(tmp_path)!r}, {str(config)!r}, {wait!r}))")
-    listener = Listener()
-    try:
-        p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
-                           env=dict(os.environ, PYTHONPATH=f"{REPO}{os.pathsep}{TESTS}", **listener.env()))
-        listener.poll(0.5)
-        messages = [f for _, f in listener.messages]
-    finally:
-        listener.close()
-    out = p.stdout + p.stderr
-    assert p.returncode == 0 and "Traceback" not in out, out
+    out, messages = notified_child(f"stop_while_starting_child({str(tmp_path)!r}, {str(config)!r}, {wait!r})")
     ready = [i for i, f in enumerate(messages) if f.get("READY") == "1"]
     stopping = [i for i, f in enumerate(messages) if f.get("STOPPING") == "1"]
     assert ready and stopping and ready[0] < stopping[0], messages
@@ -778,20 +786,8 @@ def test_a_stop_before_the_engine_runs_is_a_stop_once_started(tmp_path, signame)
     after a `systemctl restart` left the data plane that restart kept behind an inactive unit,
     and no READY=1/STOPPING=1 ever came.  Now it is kept and carried out as a stop asked for
     while starting is: the start finishes, then the clean stop, exit 0."""
-    from lb.sdnotify import Listener
     config = write(tmp_path / "lb.toml", instance=f"es{os.getpid() % 10000}")
-    code = (f"import sys; sys.path[:0] = [{str(TESTS)!r}, {str(REPO)!r}]; import test_engine_lifecycle as t; "
-            f"sys.exit(t.early_signal_child({str(tmp_path)!r}, {str(config)!r}, {signame!r}))")
-    listener = Listener()
-    try:
-        p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
-                           env=dict(os.environ, PYTHONPATH=f"{REPO}{os.pathsep}{TESTS}", **listener.env()))
-        listener.poll(0.5)
-        messages = [f for _, f in listener.messages]
-    finally:
-        listener.close()
-    out = p.stdout + p.stderr
-    assert p.returncode == 0 and "Traceback" not in out, (p.returncode, out)
+    out, messages = notified_child(f"early_signal_child({str(tmp_path)!r}, {str(config)!r}, {signame!r})")
     events = out.split("EVENTS ", 1)[1]
     assert "'load'" in events and "'detach_all'" in events and "'unpin'" in events, out     # started, then a clean stop
     ready = [i for i, f in enumerate(messages) if f.get("READY") == "1"]
@@ -883,20 +879,8 @@ def test_stopping_is_said_as_the_loop_ends(tmp_path):
     """STOPPING=1 went out only once the loop's parts had stopped (a BGP drain takes seconds):
     until then systemd had the unit running, its watchdog on and no pings coming -- a long
     drain after `lb stop` was aborted as a hung daemon.  Now it goes as the loop ends."""
-    from lb.sdnotify import Listener
     config = write(tmp_path / "lb.toml", instance=f"sal{os.getpid() % 10000}")
-    code = (f"import sys; sys.path[:0] = [{str(TESTS)!r}, {str(REPO)!r}]; import test_engine_lifecycle as t; "
-            f"sys.exit(t.stop_after_ready_child({str(tmp_path)!r}, {str(config)!r}))")
-    listener = Listener()
-    try:
-        p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
-                           env=dict(os.environ, PYTHONPATH=f"{REPO}{os.pathsep}{TESTS}", **listener.env()))
-        listener.poll(0.5)
-        messages = [f for _, f in listener.messages]
-    finally:
-        listener.close()
-    out = p.stdout + p.stderr
-    assert p.returncode == 0 and "Traceback" not in out, out
+    out, messages = notified_child(f"stop_after_ready_child({str(tmp_path)!r}, {str(config)!r})")
     parts = next(i for i, f in enumerate(messages) if f.get("STATUS") == "test: parts stopping")
     assert [f for f in messages[:parts] if f.get("STOPPING") == "1"], messages
 
@@ -934,20 +918,8 @@ def test_a_refused_reload_ends_with_ready(tmp_path):
     by) and, refused or not, READY=1 after it: without that READY=1 a unit whose reload the
     daemon began itself (SIGHUP, `lb reload`, a console save) would stay "reloading" until
     TimeoutStartSec= ran out."""
-    from lb.sdnotify import Listener
     config = write(tmp_path / "lb.toml", instance=f"rr{os.getpid() % 10000}")
-    code = (f"import sys; sys.path[:0] = [{str(TESTS)!r}, {str(REPO)!r}]; import test_engine_lifecycle as t; "
-            f"sys.exit(t.refused_reload_child({str(tmp_path)!r}, {str(config)!r}))")
-    listener = Listener()
-    try:
-        p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
-                           env=dict(os.environ, PYTHONPATH=f"{REPO}{os.pathsep}{TESTS}", **listener.env()))
-        listener.poll(0.5)
-        messages = [f for _, f in listener.messages]
-    finally:
-        listener.close()
-    out = p.stdout + p.stderr
-    assert p.returncode == 0 and "Traceback" not in out, out
+    out, messages = notified_child(f"refused_reload_child({str(tmp_path)!r}, {str(config)!r})")
     assert "reload refused, nothing changed" in out and "expected a string" in out, out
     reloading = next(i for i, f in enumerate(messages) if f.get("RELOADING") == "1")
     assert messages[reloading].get("MONOTONIC_USEC", "").isdigit(), messages
