@@ -65,11 +65,12 @@ long bb_dump(int fd, unsigned key_size, unsigned value_size,
     return (long)total;
 }
 
-/* Delete count keys (packed, key_size each).  Returns the number deleted, or -errno. */
+/* Delete count keys (packed, key_size each).  Returns the number deleted (keys that were not
+ * there are skipped and not counted, as bpfsys.delete says False for them), or -errno. */
 long bb_delete(int fd, unsigned key_size, const void *keys, unsigned long count)
 {
     union bpf_attr attr;
-    unsigned long done = 0;
+    unsigned long done = 0, missing = 0;
 
     while (done < count) {
         memset(&attr, 0, sizeof(attr));
@@ -83,13 +84,14 @@ long bb_delete(int fd, unsigned key_size, const void *keys, unsigned long count)
             if (err == ENOENT) {
                 /* A key vanished under us (LRU eviction or the data path): skip it. */
                 done += 1;
+                missing += 1;
                 continue;
             }
             return -err;
         }
         done += attr.batch.count;
     }
-    return (long)done;
+    return (long)(done - missing);
 }
 
 /* Insert or replace count (key, value) pairs.  Returns the number written, or -errno. */
