@@ -159,3 +159,32 @@ def test_delete_many_counts_only_what_it_deleted(small_hash):
     assert small_hash.delete_many(k) == 2
     assert _left(small_hash) == [0, 3, 4, 5, 6, 7, 8, 9]
 
+
+def test_delete_many_refuses_keys_of_another_size(small_hash):
+    """delete_many handed the joined keys and their number to C, which had the kernel read
+    key_size bytes per key: 2-byte keys for a 4-byte-key map made it read past the buffer and
+    delete whatever those bytes named (here key 0, besides key 5); an 8-byte key deleted its
+    first half's key.  Now a ValueError, as set_many and get_many_raw give, nothing deleted."""
+    for keys in ([b"\x05\0", b"\0\0"], [(3).to_bytes(4, "little") + (4).to_bytes(4, "little")]):
+        with pytest.raises(ValueError, match="keys of 4 bytes"):
+            small_hash.delete_many(keys)
+    assert _left(small_hash) == list(range(10))
+
+
+def test_est_bitmap_refuses_keys_and_bitmaps_c_would_overrun():
+    """est_bitmap gave C the joined keys, their number and the words: keys shorter than an
+    lb_conn_key made it hash bytes past the buffer (the Python path's struct.unpack refuses
+    them), a bitmap smaller than 1 << bits made it set bits past the array.  Now ValueError."""
+    from array import array
+
+    from lb.dataplane.conntable import est_bitmap
+    key = L.CONN_KEY.pack(bytes(16), bytes(16), b"\0\1", b"\0\2", 6, 6, 0, 0)
+    bits = 10
+    want = array("Q", bytes((1 << bits) // 8))
+    b = L.est_filter_bit(key, bits)
+    want[b >> 6] |= 1 << (b & 63)
+    assert est_bitmap([key] * 4, bits, array("Q", bytes((1 << bits) // 8))) == want
+    with pytest.raises(ValueError, match="40 bytes"):
+        est_bitmap([key[:16]] * 4, bits, array("Q", bytes((1 << bits) // 8)))
+    with pytest.raises(ValueError, match="bitmap"):
+        est_bitmap([key] * 4, bits, array("Q", bytes(8)))

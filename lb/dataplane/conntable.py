@@ -54,9 +54,14 @@ def write_sched_off(txn: MapTxn, rids, swept: dict | None = None, base: dict | N
 def est_bitmap(keys: list[bytes], bits: int, words: array) -> array:
     """words (a bitmap of 1 << bits, array("Q")) with the established filter's bits of the
     connection keys set: in C (lb._bpfbatch) where built, else layout.est_filter_bit"""
+    if not 0 < bits <= 32 or len(words) * 64 < 1 << bits:
+        raise ValueError(f"est_bitmap: a bitmap of 1 << {bits} bits in {len(words)} words")
+    kb = b"".join(keys)
+    if len(kb) != len(keys) * L.CONN_KEY.size:     # (C reads 40 bytes per key)
+        raise ValueError(f"est_bitmap: connection keys of {L.CONN_KEY.size} bytes expected")
     if _bpfbatch is not None and keys:
         ffi = _bpfbatch.ffi
-        _bpfbatch.lib.bb_est_census(ffi.from_buffer(b"".join(keys)), len(keys), bits,
+        _bpfbatch.lib.bb_est_census(ffi.from_buffer(kb), len(keys), bits,
                                     ffi.from_buffer("uint64_t[]", words, require_writable=True))
         return words
     for k in keys:

@@ -272,13 +272,16 @@ class BpfMap:
         return keys, values, n
 
     def delete_many(self, keys: list[bytes]) -> int:
+        """Delete every key; the number that were there (absent keys are skipped)."""
         if not keys:
             return 0
         if _bpfbatch is None:
             return sum(1 for k in keys if self.delete(k))
         ffi, lib = _bpfbatch.ffi, _bpfbatch.lib
-        buf = ffi.from_buffer(b"".join(keys))
-        n = lib.bb_delete(self.fd, self.key_size, buf, len(keys))
+        kb = b"".join(keys)
+        if len(kb) != len(keys) * self.key_size:   # (C reads key_size bytes per key)
+            raise ValueError(f"{self.name}: keys of {self.key_size} bytes expected")
+        n = lib.bb_delete(self.fd, self.key_size, ffi.from_buffer(kb), len(keys))
         if n < 0:
             raise bpfsys.BpfError(-n, os.strerror(-n))
         return n
