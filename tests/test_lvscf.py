@@ -1136,6 +1136,25 @@ def test_pmask_refuses_what_inet_aton_refused(written: str) -> None:
     assert _cf_error(_pmask(written)).startswith("lvs.cf:6: virtual[web].pmask: ")
 
 
+@pytest.mark.parametrize("written", ["0.0.0.0", "0", "0x0", "0.0"])
+def test_zero_pmask_is_one_template_per_client_as_piranha_ran_it(written: str) -> None:
+    """Piranha's lvs passed ipvsadm -M only for a non-zero pmask (lvsd.c startVirtualServer): 0.0.0.0
+    was ipvsadm's default, 255.255.255.255, each client its own template -- not every client pinned
+    to one real server.  lb's one template for all clients is pmask = /0, which export writes."""
+    from lb.dataplane.ipvs import _mask
+    cfg, extras = lvscf.loads_with_extras(_pmask(written), "lvs.cf")
+    web = cfg.virtual_servers[0]
+    assert (web.persistent, web.pmask, _mask(web.pmask, False)) == (300, None, "255.255.255.255")
+    assert [(w.line, w.field) for w in read_as(cfg)] == [(6, "virtual[web].pmask")]
+    assert read_as(cfg)[0].message.startswith(f"'{written}' is one persistence template per client, as in Piranha")
+    assert "pmask" not in lvscf.dumps(cfg, extras)
+    # lb's /0 (Piranha's inet_aton refused it) is one template for all clients, and stays so
+    shared = lvscf.loads(_pmask("/0"), "lvs.cf")
+    assert shared.virtual_servers[0].pmask == "0.0.0.0" and not read_as(shared)
+    assert "     pmask = /0" in lvscf.export(shared).splitlines()
+    assert lvscf.loads(lvscf.export(shared), "lvs.cf").virtual_servers[0].pmask == "0.0.0.0"
+
+
 def test_ipv6_pmask_stays_a_prefix_length() -> None:
     """An IPv6 service's pmask is a prefix length (lb's, Piranha had no IPv6): 64 is not 0.0.0.64."""
     text = (HERE / "lvscf" / "ipv6.cf").read_text()

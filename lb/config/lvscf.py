@@ -29,7 +29,10 @@ dotted form, with a warning naming it (``10.1`` is 10.0.0.1, ``10.1.2`` 10.1.0.2
 10.0.0.1, ``0x0a.0.0.1`` and ``012.0.0.1`` 10.0.0.1, ``0xffffff00`` 255.255.255.0); what
 inet_aton refused (a part out of range, ``08``, ``0x`` without a digit, words after the value) is
 refused, and a netmask must still be a contiguous one (``255.255.255`` is 255.255.0.255: refused,
-naming it).  ``sorry_server = ADDR:PORT`` is lb's: its address is dotted (or IPv6).  An IPv6
+naming it).  An IPv4 ``pmask`` of 0.0.0.0 (``0``, ``0x0`` ...) is no pmask, one persistence
+template per client, with a warning: Piranha's lvs gave ipvsadm ``-M`` only for a non-zero pmask
+(0.0.0.0 was ipvsadm's default, 255.255.255.255); ``pmask = /0`` (lb's; inet_aton refused it) is one
+template for all clients, as :func:`dumps` writes a 0.0.0.0 one.  ``sorry_server = ADDR:PORT`` is lb's: its address is dotted (or IPv6).  An IPv6
 service's ``pmask`` is a prefix length (``64``, not inet_aton's 0.0.0.64).
 
 Mapping onto :class:`~lb.config.model.Config`:
@@ -271,6 +274,7 @@ TABLE_KEYS = {f"lb_table_{k}": k for k in ("connections", "services", "real_serv
                                             "embryonic", "connections_ipv6")}
 DEFAULT_NAT_NMASK = "255.255.255.0"
 DEFAULT_PORT = 80  # Piranha's port for a virtual that names none
+ZERO_ADDRESS = ipaddress.IPv4Address(0)  # a pmask of 0.0.0.0: Piranha's lvs passed no -M (per client)
 # nanny's check of a port-80 virtual without send, expect or send_program (nanny.c's http_send_str,
 # http_recv_str); send as lvs.cf writes it, its escapes decoded by the checker
 NANNY_HTTP_SEND = "GET / HTTP/1.0\\r\\n\\r\\n"
@@ -1275,6 +1279,14 @@ class _Builder:
         groups = out.get("port_group", [])
         v4 = not v6 and (not fwm or (bool(groups) and not any(":" in g["address"] for g in groups)))
         for key in ("protocol", "scheduler", "pmask", "sorry_server"):
+            if key == "pmask" and v4 and key in v.entries and inet_aton(v.entries[key].value) == ZERO_ADDRESS:
+                # lvs passed -M only for a non-zero pmask: 0.0.0.0 (or 0, as inet_aton read it) was
+                # ipvsadm's default, one template per client -- not one shared by every client
+                self.warn(v, key, f"{v.entries[key].value!r} is one persistence template per client, as in "
+                                  f"Piranha (lvs passed ipvsadm no -M for a zero pmask: its default, "
+                                  f"255.255.255.255); pmask = /0 is one template for all clients")
+                self.note(tf + (key,), v.line(key), v.fld(key))
+                continue
             if key in v.entries and not (fwm and key == "protocol"):
                 out[key] = v.entries[key].value
                 if key == "pmask" and v4 and parse_netmask(out[key]) is None and v.aton(key) is not None:
@@ -1856,7 +1868,8 @@ def dumps(cfg: Config, extras: dict[str, Any] | None = None) -> str:
         if vs.persistent:
             put(ind, "persistent", vs.persistent)
         if vs.pmask is not None:
-            put(ind, "pmask", vs.pmask)
+            # one template for all clients: /0, as pmask = 0.0.0.0 is Piranha's per-client (no -M)
+            put(ind, "pmask", "/0" if vs.pmask == "0.0.0.0" else vs.pmask)
         if vs.sorry_server is not None:
             put(ind, "sorry_server", sorry_text(vs.sorry_server))
         elif "sorry_server" in vx:
