@@ -1155,6 +1155,18 @@ def test_zero_pmask_is_one_template_per_client_as_piranha_ran_it(written: str) -
     assert lvscf.loads(lvscf.export(shared), "lvs.cf").virtual_servers[0].pmask == "0.0.0.0"
 
 
+def test_weight_zero_warns_that_piranha_ran_the_server_at_weight_one() -> None:
+    """nanny started a server that passed its check at weight >> 5, never below 1: weight = 0 took
+    connections in Piranha; lb keeps the weight written (no new connections) and says so."""
+    text = GOOD_HEAD.replace("weight = 1", "weight = 0\n         active = 1")
+    cfg = lvscf.loads(text, "lvs.cf")
+    assert cfg.virtual_servers[0].real_servers[0].weight == 0
+    assert [(w.line, w.field) for w in read_as(cfg)] == [(7, "virtual[web].server[web1].weight")]
+    assert "Piranha's nanny still added this server, at weight 1" in read_as(cfg)[0].message
+    # a server Piranha did not start (no active = 1) has no such difference
+    assert not read_as(lvscf.loads(GOOD_HEAD.replace("weight = 1", "weight = 0"), "lvs.cf"))
+
+
 def test_ipv6_pmask_stays_a_prefix_length() -> None:
     """An IPv6 service's pmask is a prefix length (lb's, Piranha had no IPv6): 64 is not 0.0.0.64."""
     text = (HERE / "lvscf" / "ipv6.cf").read_text()

@@ -51,7 +51,10 @@ Mapping onto :class:`~lb.config.model.Config`:
 * ``virtual`` -> VirtualServer (``device`` is None when it is the public interface),
   ``server`` -> RealServer; ``active = 1|0``, **absent 0 as in Piranha** (its lvs starts neither a
   virtual nor a server without ``active = 1``; a warning names the block); ``tcp_timeout``/``tcpfin_timeout``/
-  ``udp_timeout`` -> Timeouts (0, ipvsadm --set's "unchanged": IPVS's default, 900/120/300).
+  ``udp_timeout`` -> Timeouts (0, ipvsadm --set's "unchanged": IPVS's default, 900/120/300);
+  a server's ``weight`` as written: an active server's ``weight = 0`` is a warning (Piranha's nanny
+  added it at weight 1, the weight it starts a server at never being below 1; lb's 0 takes no new
+  connections).
 
 * Health checks -> VirtualServer.monitor (:class:`~lb.config.model.Monitor`):
   ``send_program`` (non-empty) -> kind "program" with program = its value (``%h``
@@ -1505,6 +1508,12 @@ class _Builder:
                 out[key] = val
             self.note(tf + (key,), s.line(key), s.fld(key))
         self._active_default(out, s, "server")
+        if out.get("weight") == 0 and out.get("active"):
+            # nanny's first weight for a server that passes its check is weight >> 5, at least 1
+            self.warn(s, "weight", "weight = 0: Piranha's nanny still added this server, at weight 1 (the "
+                                   "weight it starts a server at is never below 1); lb gives it weight 0, no "
+                                   "new connections (a sorry server stands in when no server has a weight): "
+                                   "write weight = 1 to run it as Piranha did")
         for key in ("u_threshold", "l_threshold"):
             val = s.integer(f"lb_{key}")
             if val is not None:
