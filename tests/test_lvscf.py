@@ -1167,6 +1167,23 @@ def test_weight_zero_warns_that_piranha_ran_the_server_at_weight_one() -> None:
     assert not read_as(lvscf.loads(GOOD_HEAD.replace("weight = 1", "weight = 0"), "lvs.cf"))
 
 
+def test_server_block_before_the_virtuals_port_line_warns() -> None:
+    """lvsconfig.c gave a server block the virtual's port as read so far (80 before its port line):
+    nanny checked the server there and NAT sent its connections there; lb uses the virtual's port."""
+    text = GOOD_HEAD.replace("     port = 80\n", "").replace("weight = 1\n     }\n", "weight = 1\n"
+                                                                "         active = 1\n     }\n     port = 8080\n")
+    cfg = lvscf.loads(text, "lvs.cf")
+    web = cfg.virtual_servers[0]
+    assert (web.port, web.real_servers[0].effective_port(web)) == (8080, 8080)
+    assert [(w.line, w.field) for w in read_as(cfg)] == [(4, "virtual[web].server[web1].port")]
+    assert read_as(cfg)[0].message.startswith("this server block comes before the virtual's port line (line 9): "
+                                              "Piranha gave it port 80")
+    # port line first (Piranha's console writes it so), or port 80 anyway: nothing to say
+    assert not read_as(lvscf.loads(text.replace("     port = 8080\n", "").replace(
+        "eth0:1\n", "eth0:1\n     port = 8080\n"), "lvs.cf"))
+    assert not read_as(lvscf.loads(text.replace("port = 8080", "port = 80"), "lvs.cf"))
+
+
 def test_ipv6_pmask_stays_a_prefix_length() -> None:
     """An IPv6 service's pmask is a prefix length (lb's, Piranha had no IPv6): 64 is not 0.0.0.64."""
     text = (HERE / "lvscf" / "ipv6.cf").read_text()

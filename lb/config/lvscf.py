@@ -54,7 +54,9 @@ Mapping onto :class:`~lb.config.model.Config`:
   ``udp_timeout`` -> Timeouts (0, ipvsadm --set's "unchanged": IPVS's default, 900/120/300);
   a server's ``weight`` as written: an active server's ``weight = 0`` is a warning (Piranha's nanny
   added it at weight 1, the weight it starts a server at never being below 1; lb's 0 takes no new
-  connections).
+  connections); an active server block without a port of its own above the virtual's ``port``
+  line is a warning when that port is not 80 (lvsconfig.c gave the block the port read so far,
+  80: nanny checked it there, NAT sent it there; lb gives it the virtual's port).
 
 * Health checks -> VirtualServer.monitor (:class:`~lb.config.model.Monitor`):
   ``send_program`` (non-empty) -> kind "program" with program = its value (``%h``
@@ -1324,6 +1326,15 @@ class _Builder:
         reals = []
         for j, sb in enumerate(vb.children):
             reals.append(self._server(tf + ("real_server", j), label, sb, proto))
+            port_line = v.line("port")
+            if (not fwm and port_line is not None and port_line > sb.line and reals[-1].get("active")
+                    and "port" not in reals[-1] and out.get("port") not in (None, DEFAULT_PORT)):
+                # lvsconfig.c gave a server block the virtual's port as read so far: 80 before the line
+                self.warnings.append(ConfigIssue(
+                    self.issues.display, sb.line, f"{label}.{_label(sb)}.port",
+                    f"this server block comes before the virtual's port line (line {port_line}): Piranha gave "
+                    f"it port {DEFAULT_PORT}, the virtual's port so far (nanny checked it there; with NAT its "
+                    f"connections went there too); lb gives it the virtual's port, {out['port']}"))
         if reals:
             out["real_server"] = reals
         if vx:
