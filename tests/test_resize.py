@@ -621,6 +621,7 @@ def test_a_start_finishing_a_killed_daemons_resize_removes_what_the_old_programs
         # which the old tables never held: a closing connection and a template, not removed
         cut = again.resize.copied_at
         assert cut is not None                           # (the killed daemon's swap pinned it)
+        assert again.resize.copy_began is not None and L.elapsed_ns(cut, again.resize.copy_began) >= 0
         conns = again.maps["lb_conns"]
         synced = L.ConnKey(ip("198.18.0.3"), VIP, 40999, 80, 6).pack()
         value = bytearray(conns.get(L.ConnKey(ip("198.18.0.2"), VIP, kept, 80, 6).pack()))
@@ -646,3 +647,45 @@ def test_a_start_finishing_a_killed_daemons_resize_removes_what_the_old_programs
         assert counts(maps) == truth_counts
     assert "1 lb_conns4, 1 lb_conns_embryo ended meanwhile removed" in caplog.text
     assert client.send(again, reused, "A") == second     # the new connection's handshake ends where it began
+
+
+def test_a_port_reused_on_the_new_programs_after_a_close_the_copy_holds_is_a_new_connection(instance, monkeypatch):
+    """A connection reset (CLOSE) or closed (the client's FIN: FIN_WAIT, DR's for its 120 s)
+    before the copy, whose client reuses its port on the new programs after the attach (its SYN
+    ends the copied CLOSE entry there or takes the FIN_WAIT one back to a handshake, its ACK
+    completes the new connection): the new connection stays ESTABLISHED, active, with the
+    established timeout -- the old programs did nothing to it since the copy, so their closing
+    entry is not further along than the new programs' (it was the copy's own state), and the
+    catch-up leaves the new entry alone."""
+    from lb.dataplane import xdp
+
+    old = start(instance, SMALL)
+    old.apply(table(("web",)))
+    client = Client()
+    reset, closed = (client.connect(old, 80) for _ in range(2))
+    client.send(old, reset, "R")                        # CLOSE
+    client.send(old, closed, "FA")                      # the client's FIN: FIN_WAIT
+    assert [(p, s) for p, s, _ in listing(old.maps)] == sorted([(reset, "CLOSE"), (closed, "FIN_WAIT")])
+    idle(old, 1.0)                                      # the close a second before the copy
+    new = start(instance, BIG)                          # the copy
+    new.apply(table(("web",)))
+    new._hand_over("public", old.fns["lb_xdp_public"].fd)   # the attach
+    for sport in (reset, closed):                       # the client's port again, on the new programs
+        client.send(new, sport, "S")
+        client.flows.pop((80, sport))
+        client.send(new, sport, "A")
+    assert [(p, s) for p, s, _ in listing(new.maps)] == sorted([(reset, "ESTABLISHED"), (closed, "ESTABLISHED")])
+    monkeypatch.setattr(xdp, "RESIZE_GRACE", 0.0)
+    while new.finish_resize():
+        pass
+    with PinnedMaps(instance[0]) as maps:
+        got = listing(maps)
+        timeouts = {L.ConnKey.unpack(k).sport: L.Conn.unpack(v).timeout for k, v in maps["lb_conns"].items()}
+        got_counts = counts(maps)
+    assert got == sorted([(reset, "ESTABLISHED", client.flows[(80, reset)]),
+                          (closed, "ESTABLISHED", client.flows[(80, closed)])])
+    assert timeouts == {reset: 900, closed: 900}
+    want = {str(a): [0, 0] for a in REALS}
+    for _, _, server in got:
+        want[server][0] += 1
+    assert got_counts == {a: tuple(n) for a, n in want.items()}

@@ -126,7 +126,8 @@ COUNTERS = {"lb_svc_stats": "Q", "lb_real_stats": "Q", "lb_counters": "Q", "lb_c
 PER_SVC_REAL = ("lb_svc_dests", "lb_mh_last")
 
 
-# pinned in the old directory by the swap: a one-entry array holding the copy's end (copied_at),
+# pinned in the old directory by the swap: an array holding the copy's end (copied_at) and its
+# beginning (copy_began; an older pin has one entry),
 # for a start that finishes a resize another process copied (Resize.recover)
 COPIED_AT = "lb_resize_copied_at"
 
@@ -203,6 +204,7 @@ class Resize:
         self.prev_pin: str | None = None          # where this start pinned its lb_progs_prev (in old_path)
         self.attached_at: float | None = None     # finish_resize's first call after the attach: the grace's start
         self.copied_at: int | None = None         # the data path's clock once the copy was made (catch_up)
+        self.copy_began: int | None = None        # ... before its first read (catch_up's _ahead)
         self.updated: dict[str, int] = {}         # FLOWS: entries catch_up updated from the old ones
         self.removed: dict[str, int] = {}         # ... and removed, the old programs having deleted them
 
@@ -229,10 +231,11 @@ class Resize:
         marker = rs.old.pop(COPIED_AT, None)
         if marker is not None:
             try:
-                raw = marker.get(L.U32.pack(0))
+                end, began = (marker.get(L.U32.pack(i)) if i < marker.max_entries else None for i in (0, 1))
             finally:
                 marker.close()
-            rs.copied_at = L.U64.unpack(raw)[0] if raw is not None and len(raw) == 8 else None
+            rs.copied_at, rs.copy_began = (L.U64.unpack(raw)[0] if raw is not None and len(raw) == 8 else None
+                                           for raw in (end, began))
         return rs
 
     # ---- 1: will it fit ----
@@ -290,6 +293,8 @@ class Resize:
     def copy(self, new: dict[str, BpfMap]) -> None:
         """Every entry of the old maps into the new ones (the staging directory's, not yet in use),
         after checking that each pair differs in nothing but its size."""
+        # an entry stamped before this the old programs left as the copy found it (catch_up's _ahead)
+        self.copy_began = time.clock_gettime_ns(CLOCK_MONOTONIC_COARSE)
         pairs = []
         for name, src in self.old.items():
             dst = new.get(name)
@@ -409,9 +414,11 @@ class Resize:
         if self.copied_at is None:
             return
         try:
-            fd = bpfsys.map_create(bpfsys.BPF_MAP_TYPE_ARRAY, 4, 8, 1, 0, "lb_copied_at")
+            fd = bpfsys.map_create(bpfsys.BPF_MAP_TYPE_ARRAY, 4, 8, 2, 0, "lb_copied_at")
             try:
                 bpfsys.update(fd, L.U32.pack(0), L.U64.pack(self.copied_at))
+                if self.copy_began is not None:
+                    bpfsys.update(fd, L.U32.pack(1), L.U64.pack(self.copy_began))
                 bpfsys.obj_pin(fd, os.path.join(self.old_path, COPIED_AT))
             finally:
                 os.close(fd)
@@ -572,8 +579,12 @@ class Resize:
                     missing.append((k, v))
             elif c != v and L.elapsed_ns(_stamp(v), _stamp(c)) > 0:
                 newer.append((k, v, c))
-            elif c != v and name in CONN_TABLES:
-                merged = _ahead(v, c)          # refreshed by the new programs from a stale copy
+            elif c != v and name in CONN_TABLES and (
+                    self.copy_began is None or L.elapsed_ns(_stamp(v), self.copy_began) >= 0):
+                # refreshed by the new programs from a stale copy: the old programs moved it
+                # since the copy began (stamped before, it is as the copy found it -- a port
+                # reused on the new programs after a close the copy holds is a new connection)
+                merged = _ahead(v, c)
                 if merged is not None:
                     newer.append((k, merged, c))
         for (k, v, c), again in zip(newer, dst.get_many_raw([k for k, _, _ in newer])):
