@@ -161,3 +161,45 @@ def test_run_dataplane_and_bgp_active_active(tmp_path, runs, capsys) -> None:
     assert main(["run", "--config", path, "--dataplane", "xdp"]) == 0
     (cfg, dataplane), = runs
     assert (cfg.dataplane, dataplane, cfg.bgp.mode) == ("ipvs", "xdp", "active-active")
+
+
+def test_run_dataplane_console_saves_and_peer_pushes_are_checked_for_it(tmp_path, small_machine, runs) -> None:
+    """The console's save and the HA peer's push (lb.confedit's edit path: lb.ha.configsync hands
+    the active's document to it) of a file `lb run --dataplane ipvs` runs but the file's xdp would
+    refuse (a local node, [tables] past memory): each is checked, rendered, read back and reloaded
+    for ipvs, and written -- checked for the file's xdp, each would be refused, nothing written."""
+    import asyncio
+
+    from lb.config import store
+
+    path = _file(tmp_path, LOCAL_NODE.replace("[global]\n", "[global]\nserial_no = 5\n"), None)   # xdp
+    assert main(["run", "--config", path, "--dataplane", "ipvs"]) == 0
+    (cfg, dataplane), = runs
+    eng = engine.Engine(cfg, dataplane=dataplane)      # (the constructor touches nothing in the kernel)
+
+    async def reload(req):          # the daemon's reload, its load of the file only
+        new = eng.reload_config()
+        return {"ok": True, "message": f"reloaded: weight {new.virtual_servers[0].real_servers[0].weight}"}
+    eng.control = reload
+
+    async def edits():
+        replies = []
+        for weight, peer in ((3, False), (4, True)):
+            got = eng.configs.get()
+            assert got["ok"] and "issues" not in got, got
+            doc = got["document"]
+            doc["virtual_server"][0]["real_server"][0]["weight"] = weight
+            if peer:                # as lb.ha.configsync's push: no version, the active's serial_no
+                replies.append(await eng.configs.put(store.localize(doc, eng.cfg), None, serial=10,
+                                                     from_peer=True, who="the active peer"))
+            else:
+                replies.append(await eng.configs.put(doc, got["config"]["version"], who="console"))
+        return replies
+
+    console, peer = asyncio.run(edits())
+    assert console["ok"] and console["applied"] and console["message"].endswith("reloaded: weight 3"), console
+    assert console["serial_no"] == 6, console         # the file's, read for ipvs, + 1
+    assert peer["ok"] and peer["applied"] and peer["message"].endswith("reloaded: weight 4"), peer
+    saved = store.read(path, dataplane="ipvs").cfg
+    assert (saved.serial_no, saved.virtual_servers[0].real_servers[0].weight) == (10, 4)
+    assert store.read(path).cfg is None            # the file's own xdp still refuses it
