@@ -275,6 +275,26 @@ def test_bad_requests_are_refused_and_change_nothing(eng, req, error):
     assert len(eng.dp.applied) == applied
 
 
+def test_an_override_planned_across_a_reload_is_checked_against_the_config_it_left(eng):
+    """`lb weight` whose plan (a worker thread) ran while a reload replaced the running config:
+    the request is checked and planned again against the new one -- here rs3 left it, so it is
+    refused as for any server the config does not have, and nothing is set (an override kept for
+    a server gone from the running config, which the reload's sync_overrides had passed).
+    Planned against the config it was checked with alone, it was answered "ok"."""
+    path = Path(eng.cfg.path)
+    write(path, extra=OFF)                    # rs3 leaves the file
+    reloaded = lbconfig.load(path)
+    plan = eng.dp.plan
+
+    def reload_meanwhile(table):              # the reload's swap, as its worker makes it
+        eng.cfg = reloaded
+        return plan(table)
+    eng.dp.plan = reload_meanwhile
+    reply = weight(eng, "rs3", 6)
+    assert reply["ok"] is False and "rs3" in reply["error"], reply
+    assert eng.overrides == {}
+
+
 def test_the_override_survives_a_reload_and_leaves_with_its_server(tmp_path, eng, no_addresses, caplog):
     path = Path(eng.cfg.path)
     weight(eng, "rs1", 0)
