@@ -1244,3 +1244,69 @@ def test_lb_import_names_file_line_and_field_of_a_refused_inet_aton_form(capsys:
     assert main(["import", str(f)]) == 0
     out = capsys.readouterr()
     assert 'sorry_server = "10.0.0.1"' in out.out
+
+
+# Red Hat Piranha's keys lb has no equivalent for (Red Hat's lvsconfig.c, piranha 0.8.6: parsed
+# there, each did what the warning says): accepted, kept for writing back, a warning at its line
+PIRANHA_NO_EFFECT_GLOBAL = """\
+hard_shutdown = 0
+active_cmd = "/usr/local/sbin/up.sh eth0"
+inactive_cmd = /usr/local/sbin/down.sh
+ipvsadm = /sbin/ipvsadm
+sync = 0
+primary_shared = /dev/sdb
+backup_shared = /dev/sdc
+"""
+PIRANHA_NO_EFFECT_VIRTUAL = """\
+     client_monitor = /usr/local/sbin/mynanny
+     master = 198.18.0.7
+     dirs = [ /srv/www:/srv/www /etc/httpd/conf:/etc/httpd/conf ]
+     start_cmd = "/etc/init.d/httpd start"
+     stop_cmd = "/etc/init.d/httpd stop"
+"""
+
+
+def test_piranha_keys_without_an_lb_equivalent_are_kept_with_a_warning() -> None:
+    text = PIRANHA_NO_EFFECT_GLOBAL + GOOD_HEAD.replace("     port = 80\n", "     port = 80\n" + PIRANHA_NO_EFFECT_VIRTUAL)
+    cfg, extras = lvscf.loads_with_extras(text)
+    assert {k: extras["global"][k] for k in ("hard_shutdown", "active_cmd", "inactive_cmd", "ipvsadm", "sync",
+                                             "primary_shared", "backup_shared")} == {
+        "hard_shutdown": False, "active_cmd": "/usr/local/sbin/up.sh eth0", "inactive_cmd": "/usr/local/sbin/down.sh",
+        "ipvsadm": "/sbin/ipvsadm", "sync": False, "primary_shared": "/dev/sdb", "backup_shared": "/dev/sdc"}
+    assert extras["virtual"]["web"] == {
+        "address_alias": "eth0:1", "client_monitor": "/usr/local/sbin/mynanny", "master": "198.18.0.7",
+        "dirs": "[ /srv/www:/srv/www /etc/httpd/conf:/etc/httpd/conf ]",
+        "start_cmd": "/etc/init.d/httpd start", "stop_cmd": "/etc/init.d/httpd stop"}
+    warned = {(w.line, w.field): w.message for w in cfg.warnings}
+    for line, fld, words in [
+            (1, "hard_shutdown", "nanny"), (2, "active_cmd", "became active"), (3, "inactive_cmd", "inactive"),
+            (4, "ipvsadm", "netlink"), (5, "sync", "never used"), (6, "primary_shared", "SCSI"),
+            (7, "backup_shared", "SCSI"), (12, "virtual[web].client_monitor", "/usr/local/sbin/mynanny"),
+            (13, "virtual[web].master", "never used"), (14, "virtual[web].dirs", "never used"),
+            (15, "virtual[web].start_cmd", "failover"), (16, "virtual[web].stop_cmd", "failover")]:
+        assert warned[(line, fld)].startswith("no effect: ") and words in warned[(line, fld)], (fld, warned)
+    assert "lb_ha_notify" in warned[(2, "active_cmd")]
+    # lb export / dumps (the console's saves) write them back, quoted where the value has a blank
+    # (Piranha took one word after '='); the file reads back the same
+    out = lvscf.dumps(cfg, extras)
+    written = {x.strip() for x in out.splitlines()}
+    for line in ("hard_shutdown = 0", 'active_cmd = "/usr/local/sbin/up.sh eth0"',
+                 "inactive_cmd = /usr/local/sbin/down.sh", "sync = 0", "primary_shared = /dev/sdb",
+                 "client_monitor = /usr/local/sbin/mynanny", "master = 198.18.0.7",
+                 "dirs = [ /srv/www:/srv/www /etc/httpd/conf:/etc/httpd/conf ]",
+                 'start_cmd = "/etc/init.d/httpd start"', 'stop_cmd = "/etc/init.d/httpd stop"'):
+        assert line in written, (line, out)
+    cfg2, extras2 = lvscf.loads_with_extras(out)
+    assert extras2 == extras and cfg2 == nopath(cfg)
+    assert lvscf.export(cfg, extras) == out
+    # lb import lists them as kept for reference
+    toml = lvscf.dumps_toml(cfg, extras)
+    assert '#   active_cmd = "/usr/local/sbin/up.sh eth0"\n' in toml and "#   virtual web: dirs = [ /srv/www" in toml
+
+
+def test_piranha_no_effect_keys_are_type_checked() -> None:
+    assert one("hard_shutdown = 2\n" + GOOD_HEAD)[:2] == (1, "hard_shutdown")
+    assert one("sync = yes\n" + GOOD_HEAD)[:2] == (1, "sync")
+    # Piranha's getList: '[', the entries, ']', each a word of its own
+    line, fld, msg = one(GOOD_HEAD.replace("     port = 80\n", "     port = 80\n     dirs = /srv/www\n"))
+    assert (line, fld) == (5, "virtual[web].dirs") and "[" in msg

@@ -97,9 +97,12 @@ addresses: the weights stay as configured); ``none`` is no load monitor.  lb ext
 ``serial_no`` is Config.serial_no (each save of lb's web console adds one; the active director's
 configuration goes to the backup when newer).  Keys the model cannot hold (HA keys without a backup, debug_level, syncdaemon,
 syncd_iface, syncd_id, reservation_conflict_action, vip_nmask, a firewall-mark virtual's address,
-port and protocol) are type-checked and returned in ``extras`` (see :func:`load_with_extras`) so
-:func:`dumps` writes them back; each that has no effect is a warning (Config.warnings) naming its
-line: they did something in Piranha.  A firewall-mark virtual needs ``lb_port_groups`` (lb matches
+port and protocol; Red Hat Piranha's hard_shutdown, active_cmd, inactive_cmd, ipvsadm, sync,
+primary_shared, backup_shared and, in a virtual block, client_monitor, master, dirs
+(``[ ENTRY ... ]``), start_cmd, stop_cmd, which lb has no equivalent for) are type-checked and
+returned in ``extras`` (see :func:`load_with_extras`) so :func:`dumps` writes them back (a command
+with a blank quoted, as Piranha read it); each that has no effect is a warning (Config.warnings)
+naming its line and saying what Piranha did with it: they did something in Piranha.  A firewall-mark virtual needs ``lb_port_groups`` (lb matches
 the ports itself; Piranha's iptables rule did): without it the file is refused with an example.
 Its ``port`` is where Piranha's nanny checked the real servers: when it is not the first port group's
 port (which lb's checks take otherwise) it becomes Monitor.port, unless ``lb_monitor_port`` is given.
@@ -211,6 +214,14 @@ GLOBAL_EXTRAS: dict[str, Any] = {
     "syncd_id": (_INT, 0, 255),
     "rsh_command": ("rsh", "ssh"),
     "reservation_conflict_action": ("nothing", "preempt"),
+    # Red Hat Piranha's (lvsconfig.c, piranha 0.8.6) that lb has no equivalent for: kept, a warning
+    "hard_shutdown": "bool",
+    "active_cmd": "str",
+    "inactive_cmd": "str",
+    "ipvsadm": "str",
+    "sync": "bool",
+    "primary_shared": "str",
+    "backup_shared": "str",
 }
 # Piranha's HA keys: with backup_active = 1 they make the [ha] model (lb.config.model.HA);
 # otherwise (no backup director) they are extras, kept for writing back
@@ -225,7 +236,18 @@ LB_HA_KEYS = tuple(f"lb_ha_{k}" for k in (
     "script_user"))
 VIRTUAL_EXTRAS: dict[str, Any] = {
     "vip_nmask": "mask",
+    # Red Hat Piranha's, without an lb equivalent (as the global ones above); master was read with
+    # getHostname, kept here as written (no lookup: it did nothing)
+    "client_monitor": "str",
+    "master": "str",
+    "dirs": "list",
+    "start_cmd": "str",
+    "stop_cmd": "str",
 }
+# the extras written back quoted when their value has a blank (Piranha's parser took one word
+# after '=', or one quoted string)
+QUOTED_IF_BLANK = ("active_cmd", "inactive_cmd", "ipvsadm", "primary_shared", "backup_shared",
+                   "client_monitor", "start_cmd", "stop_cmd")
 # load_monitor = uptime | rup: Piranha's load monitors, run as lb program load monitors (argv,
 # no shell): uptime over rsh_command (rsh, or ssh), rup asks the real server's rpc.rstatd
 LOAD_MONITOR_WORDS = ("none", "uptime", "rup", "ruptime")
@@ -832,6 +854,13 @@ class _Scope:
                 return None
         if kind == "mask":
             return self.aton_mask(key)      # Piranha's inet_aton: 0xffffff00 is 255.255.255.0
+        if kind == "list":   # Piranha's getList: '[', the entries, ']', each a word of its own
+            words = v.split()
+            if len(words) < 2 or words[0] != "[" or words[-1] != "]" or "[" in words[1:] or "]" in words[:-1]:
+                self.error(e, f"expected a list '[ ENTRY ENTRY ... ]' (the brackets words of their own), "
+                              f"got {v!r}")
+                return None
+            return " ".join(words)
         if kind == "debug":
             if v.upper() in ("NONE", "LOW", "HIGH") or (v.isdigit()):
                 return v
@@ -1075,6 +1104,22 @@ class _Builder:
             "reservation_conflict_action": "no effect: a setting of clumanager's shared SCSI disks, not of LVS",
             **{k: f"no effect: {sync}; IPVS's sync daemon is not used" for k in ("syncdaemon", "syncd_iface",
                                                                                 "syncd_id")},
+            "hard_shutdown": "no effect: Piranha's lvsd stopped every virtual service when a nanny (the "
+                             "process checking one real server) died (1, its default), or logged it and "
+                             "ran on (0); lb checks the real servers itself, with no nanny processes",
+            "active_cmd": "no effect: Piranha's pulse ran this command (split at blanks, no shell) when the "
+                          "director became active; lb runs [ha] notify programs on role changes instead "
+                          "(lb_ha_notify, with backup_active = 1), the new role their first argument",
+            "inactive_cmd": "no effect: Piranha's pulse ran this command (split at blanks, no shell) at its "
+                            "start and when the director became inactive; lb runs [ha] notify programs on "
+                            "role changes instead (lb_ha_notify, with backup_active = 1), the new role their "
+                            "first argument",
+            "ipvsadm": "no effect: the ipvsadm program Piranha's lvsd, nanny and pulse ran; lb programs the "
+                       "XDP data plane, or IPVS over netlink (lb_dataplane = ipvs), itself",
+            "sync": "no effect: Piranha read it (syncing files over rsh_command) but never used it; lb's "
+                    "backup director takes the active one's configuration when it is newer (serial_no)",
+            **{k: "no effect: the shared SCSI device of Piranha's failover services (service = fos), "
+                  "which lb does not run" for k in ("primary_shared", "backup_shared")},
         }
         for key, message in no_effect.items():
             if key in g.entries:
@@ -1218,6 +1263,20 @@ class _Builder:
         elif not v6 and vx.get("vip_nmask", "255.255.255.255") != "255.255.255.255":
             self.warn(v, "vip_nmask", f"no effect: lb adds the VIP as a host address (/32), not with "
                                       f"netmask {vx['vip_nmask']}")
+        if "client_monitor" in vx:
+            self.warn(v, "client_monitor", f"no effect: the program Piranha's lvsd ran, with nanny's "
+                                           f"options, to check each real server ({vx['client_monitor']}; "
+                                           f"/usr/sbin/nanny unless set); lb checks them itself as the "
+                                           f"block's send, expect and send_program say")
+        for key in ("master", "dirs"):
+            if key in vx:
+                self.warn(v, key, "no effect: Piranha read it (the node and the files of a mirroring it "
+                                  "never did, left out of its lvs.cf(5)) but never used it")
+        for key, what in (("start_cmd", "start"), ("stop_cmd", "stop")):
+            if key in vx:
+                self.warn(v, key, f"no effect: Piranha's fos ran it to {what} a failover service (a "
+                                  f"failover block, service = fos); in a virtual block its lvsd ignored it, "
+                                  f"as lb does")
         # firewall-mark services: Piranha's fwmark (iptables marked the packets); lb matches the
         # ports itself, listed in lb_port_groups = "tcp 198.18.0.11 21, tcp 198.18.0.11 10000-10100"
         if "fwmark" in v.entries:
@@ -1592,12 +1651,7 @@ def load(path: str | os.PathLike[str], *, dataplane: str | None = None) -> Confi
     return load_with_extras(path, dataplane=dataplane)[0]
 
 
-# the global keys of Piranha's lvsconfig.c that lb does not take: a file starting with one is still
-# an lvs.cf (refused naming the key), not TOML with a syntax error two lines down
-PIRANHA_ONLY_KEYS = ("hard_shutdown", "ipvsadm", "active_cmd", "inactive_cmd", "primary_shared", "backup_shared",
-                     "sync")
-_CF_FIRST = re.compile(r"(?:%s)\s*=|(?:virtual|failover)\s+(?:server\s+)?\S+\s*\{"
-                       % "|".join((*GLOBAL_KEYS, *PIRANHA_ONLY_KEYS)))
+_CF_FIRST = re.compile(r"(?:%s)\s*=|(?:virtual|failover)\s+(?:server\s+)?\S+\s*\{" % "|".join(GLOBAL_KEYS))
 
 
 def looks_like_lvscf(text: str) -> bool:
@@ -1661,7 +1715,7 @@ def _bgp_cf(bgp: Bgp) -> dict[str, Any]:
 def _fmt(key: str, value: Any) -> str:
     if isinstance(value, bool):
         return "1" if value else "0"
-    if key in QUOTED:
+    if key in QUOTED or (key in QUOTED_IF_BLANK and any(ch.isspace() for ch in str(value))):
         return f'"{value}"'
     return str(value)
 
@@ -1806,7 +1860,8 @@ def dumps(cfg: Config, extras: dict[str, Any] | None = None) -> str:
     elif "nat_nmask" in gx:
         put("", "nat_nmask", gx["nat_nmask"])
     for key in ("debug_level", "monitor_links", "syncdaemon", "syncd_iface", "syncd_id", "rsh_command",
-                "reservation_conflict_action"):
+                "reservation_conflict_action", "hard_shutdown", "active_cmd", "inactive_cmd", "ipvsadm", "sync",
+                "primary_shared", "backup_shared"):
         if key in ha_cf:
             put("", key, ha_cf[key])
         elif key in gx:
@@ -1883,6 +1938,9 @@ def dumps(cfg: Config, extras: dict[str, Any] | None = None) -> str:
             put(ind, "address", f"{vs.address} {dev_text(dev, vx.get('address_alias'))}")
         if "vip_nmask" in vx:
             put(ind, "vip_nmask", vx["vip_nmask"])
+        for key in ("client_monitor", "master", "dirs", "start_cmd", "stop_cmd"):
+            if key in vx:
+                put(ind, key, vx[key])
         if not vs.fwmark:
             put(ind, "port", vs.port)
         if vs.persistent:
