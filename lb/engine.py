@@ -525,6 +525,9 @@ class Engine:
         self.pulse = None
         self.active = cfg.ha is None
         self._dp_lock = threading.Lock()             # data plane writes from worker threads, one at a time
+        # set (under _dp_lock) from a reload's apply of its new table until self.cfg is that
+        # config: an `lb weight` plan waits for it (_plan_override)
+        self._cfg_pending: threading.Event | None = None
         self._reload_waiters: list[asyncio.Future] = []   # `lb reload` callers on the control socket
         self._reload_keep = False     # one of them keeps the restart-only changes as they run (reload_config)
         self._usable: dict[tuple, set] = {}          # service key -> real servers taking new connections
@@ -1064,6 +1067,7 @@ class Engine:
                 if self.bgp is not None:
                     self.bgp.bgp = new.bgp           # [[bgp.vip]]: _apply's update announces them
                 self._apply(table, new, planned=True, sorry=sorry)
+                swapped = self._cfg_pending = threading.Event()
             except addresses.AddressError as e:     # take() removed what it had added
                 raise ReloadRefused(f"reload refused, nothing changed: {e}") from None
             except Exception as e:
@@ -1077,22 +1081,27 @@ class Engine:
                     raise ReloadFailed(f"reload failed: {e}; the {len(added)} addresses this reload added were "
                                        f"removed again", restored=False) from None
                 raise
-        with self._addr_lock:
-            # pulse may have changed the role while the table was applied: a step-down released
-            # only the addresses owned before this reload, a takeover took only those
-            if self.active:
-                self._release_ours([a for a in self.owned if a not in want])
-                missing = [a for a in want if a not in self.owned and a not in added]
-                try:
-                    more = addresses.take(missing) if missing else []
-                    self._found_there(missing, more)
-                    added += more
-                except addresses.AddressError as e:    # keep_ownership's restore tries again
-                    log.error("HA: taking the addresses this reload added: %s", e)
-            else:
-                addresses.release(added)
-                added = []
-            self.owned, self.cfg = want, new
+        try:
+            with self._addr_lock:
+                # pulse may have changed the role while the table was applied: a step-down released
+                # only the addresses owned before this reload, a takeover took only those
+                if self.active:
+                    self._release_ours([a for a in self.owned if a not in want])
+                    missing = [a for a in want if a not in self.owned and a not in added]
+                    try:
+                        more = addresses.take(missing) if missing else []
+                        self._found_there(missing, more)
+                        added += more
+                    except addresses.AddressError as e:    # keep_ownership's restore tries again
+                        log.error("HA: taking the addresses this reload added: %s", e)
+                else:
+                    addresses.release(added)
+                    added = []
+                self.owned, self.cfg = want, new
+        finally:
+            # the config swapped (or the reload given up): `lb weight` plans go on (_plan_override)
+            self._cfg_pending = None
+            swapped.set()
         self.announce(True, added)               # the VIPs this reload added: neighbours learn them now
         if new.ha is not None:              # the lease covers the new addresses (bpf/lb_lease.h)
             try:
@@ -1446,16 +1455,27 @@ class Engine:
         over while every server of the pool drains, say) -- set, the change would keep every
         later one from applying."""
         def plan():
-            with self._dp_lock:
-                table = self._trial_table(self._with_override(key, weight), key)
-                try:
-                    self.dp.plan(table)
-                except TableDoesNotFit as e:
-                    # another service's change that waits (apply_health) refuses no override: only
-                    # one whose own service's change does not fit
-                    _, _, held, _ = self._fitting_part(table, set(), e)
-                    if key[0] in {_config_key(h) for h in held}:
-                        raise e from None
+            while True:
+                with self._dp_lock:
+                    # a reload between the apply of its new table and its swap of self.cfg (its
+                    # address changes): a table of self.cfg, planned against the data plane that
+                    # holds the new one, is no answer, and the handler, still seeing the old
+                    # config, would set it -- "ok" for an override the new config drops, or one
+                    # that does not fit beside the new table.  Wait for the swap; the handler
+                    # then checks and plans the request again against the new config.
+                    pending = self._cfg_pending
+                    if pending is None:
+                        table = self._trial_table(self._with_override(key, weight), key)
+                        try:
+                            self.dp.plan(table)
+                        except TableDoesNotFit as e:
+                            # another service's change that waits (apply_health) refuses no
+                            # override: only one whose own service's change does not fit
+                            _, _, held, _ = self._fitting_part(table, set(), e)
+                            if key[0] in {_config_key(h) for h in held}:
+                                raise e from None
+                        return
+                pending.wait()
 
         try:
             if self._wake is None:

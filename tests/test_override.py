@@ -295,6 +295,81 @@ def test_an_override_planned_across_a_reload_is_checked_against_the_config_it_le
     assert eng.overrides == {}
 
 
+def test_an_override_planned_while_a_reload_swaps_the_config_waits_for_the_new_one(eng, no_addresses, caplog):
+    """`lb weight rs3 6` whose plan comes while a reload that removes rs3 has applied its new
+    table but not yet put its config in place (it changes the addresses in between): the plan
+    was of the old config's table, against the data plane holding the new one, and the request,
+    finding the old config still there, was answered "ok" -- its override then dropped by the
+    reload with a warning.  Now the plan waits for the new config and the request is refused as
+    for any server it does not have.  (The reload waits in its address step until the request
+    has either set its override or left the data plane's lock without planning.)"""
+    path = Path(eng.cfg.path)
+    write(path, extra=OFF)                    # rs3 leaves the file
+    in_gap, decided = threading.Event(), threading.Event()
+    requester: list = []                      # the request's thread
+    planned_in_gap: list = []
+
+    release_ours = eng._release_ours
+
+    def between_apply_and_swap(addrs):        # the reload's address step, after its apply
+        in_gap.set()
+        assert decided.wait(10)
+        release_ours(addrs)
+    eng._release_ours = between_apply_and_swap
+
+    take_override = eng._take_override
+
+    def take(request):
+        decided.set()
+        return take_override(request)
+    eng._take_override = take
+
+    plan = eng.dp.plan
+
+    def watched_plan(table):
+        if threading.current_thread() in requester:
+            planned_in_gap.append(table)
+        return plan(table)
+    eng.dp.plan = watched_plan
+
+    class WatchedLock:                        # the data plane's lock, left by the request's thread
+        def __init__(self, lock):
+            self.lock = lock
+
+        def __enter__(self):
+            return self.lock.__enter__()
+
+        def __exit__(self, *exc):
+            self.lock.__exit__(*exc)
+            if threading.current_thread() in requester and not planned_in_gap:
+                decided.set()
+    eng._dp_lock = WatchedLock(eng._dp_lock)
+
+    results = {}
+
+    def run(name, fn):
+        t = threading.Thread(target=lambda: results.__setitem__(name, fn()), daemon=True)
+        if name == "weight":
+            requester.append(t)
+        t.start()
+        return t
+
+    with caplog.at_level(logging.WARNING, logger="lb.engine"):
+        reload = run("reload", eng.reload_or_raise)
+        assert in_gap.wait(10)
+        request = run("weight", lambda: weight(eng, "rs3", 6))
+        reload.join(20)
+        request.join(20)
+        assert results.get("reload") == f"reloaded {path}"
+        eng.sync_overrides()                  # as the run loop does after a reload
+    reply = results.get("weight")
+    assert reply is not None and reply["ok"] is False and "no real server 'rs3'" in reply["error"], reply
+    assert eng.overrides == {}
+    assert "dropped" not in caplog.text
+    eng.apply_health()
+    assert table(eng) == {"rs1": 5, "rs2": 1}
+
+
 def test_the_override_survives_a_reload_and_leaves_with_its_server(tmp_path, eng, no_addresses, caplog):
     path = Path(eng.cfg.path)
     weight(eng, "rs1", 0)
