@@ -501,25 +501,21 @@ def quiesced(table, address) -> bool:
     return any(r.address == ipaddress.ip_address(address) and r.weight == 0 for r in svc.reals)
 
 
-def test_concurrent_overrides_never_undo_each_other(running):
-    """Two `lb quiesce` at once (a script quiescing a pool in parallel) when the data plane cannot
-    hold the first (here: the table never fits with rs1 quiesced): the refused one put back every
-    override that differed from the ones it started from -- the other's too -- and the other,
-    planned with the first's change in its table, was refused as well and put the first's back:
-    rs1 ended quiesced though its caller was told nothing changed, and rs2 was not though it was
-    fine.  Now each request is planned in turn: rs1 refused, rs2 quiesced.  (The plan of rs1's
-    change waits until rs2's request has reached the daemon: it comes in meanwhile.)"""
-    from lb.dataplane.errors import TableDoesNotFit
+def quiesce_rs1_then_rs2(running, plan, status: bool = False) -> tuple:
+    """`lb quiesce rs1` and `lb quiesce rs2` at once, rs2's request reaching the daemon while the
+    data plane plans rs1's: ``plan(table, pause)`` is the data plane's plan, and ``pause()``
+    holds it there until rs2's request is in.  The replies (and `lb status` after them)."""
     eng, drive = running
     inst = eng.cfg.instance
     planning, second_in = threading.Event(), threading.Event()
 
+    def pause():
+        planning.set()
+        second_in.wait(10)
+
     class Tight(RecordingDataplane):
         def plan(self, table):
-            if quiesced(table, "198.18.1.11"):
-                planning.set()
-                second_in.wait(10)
-                raise TableDoesNotFit("no room for the sorry server")
+            plan(table, pause)
     eng.dp = Tight()
     eng.apply_health()
     handler = eng.control
@@ -534,9 +530,31 @@ def test_concurrent_overrides_never_undo_each_other(running):
         first = call(lambda: control.request(inst, "weight", service="web", server="rs1", weight=0))
         assert await call(lambda: planning.wait(10))
         second = call(lambda: control.request(inst, "weight", service="web", server="rs2", weight=0))
-        return await first, await second
+        first, second = await first, await second
+        if not status:
+            return first, second
+        return first, second, await call(lambda: control.request(inst, "status"))
 
-    first, second = drive(body)
+    return drive(body)
+
+
+def test_concurrent_overrides_never_undo_each_other(running):
+    """Two `lb quiesce` at once (a script quiescing a pool in parallel) when the data plane cannot
+    hold the first (here: the table never fits with rs1 quiesced): the refused one put back every
+    override that differed from the ones it started from -- the other's too -- and the other,
+    planned with the first's change in its table, was refused as well and put the first's back:
+    rs1 ended quiesced though its caller was told nothing changed, and rs2 was not though it was
+    fine.  Now each request is planned in turn: rs1 refused, rs2 quiesced.  (The plan of rs1's
+    change waits until rs2's request has reached the daemon: it comes in meanwhile.)"""
+    from lb.dataplane.errors import TableDoesNotFit
+
+    def plan(table, pause):
+        if quiesced(table, "198.18.1.11"):
+            pause()
+            raise TableDoesNotFit("no room for the sorry server")
+
+    eng = running[0]
+    first, second = quiesce_rs1_then_rs2(running, plan)
     assert first["ok"] is False and "nothing changed" in first["error"], first
     assert second["ok"] is True, second
     assert eng.overrides == {key(eng, "rs2"): 0}
@@ -548,36 +566,15 @@ def test_concurrent_overrides_each_is_planned_with_those_before_it(running):
     comes second is planned with the first's override set, and refused -- not both answered
     "ok" (each planned alone) and then held back together, waiting, by the run loop."""
     from lb.dataplane.errors import TableDoesNotFit
-    eng, drive = running
-    inst = eng.cfg.instance
-    planning, second_in = threading.Event(), threading.Event()
 
-    class Tight(RecordingDataplane):
-        def plan(self, table):
-            if quiesced(table, "198.18.1.11") and not quiesced(table, "198.18.1.12"):
-                planning.set()
-                second_in.wait(10)
-            if quiesced(table, "198.18.1.11") and quiesced(table, "198.18.1.12"):
-                raise TableDoesNotFit("no room for the sorry server")
-    eng.dp = Tight()
-    eng.apply_health()
-    handler = eng.control
+    def plan(table, pause):
+        if quiesced(table, "198.18.1.11") and not quiesced(table, "198.18.1.12"):
+            pause()
+        if quiesced(table, "198.18.1.11") and quiesced(table, "198.18.1.12"):
+            raise TableDoesNotFit("no room for the sorry server")
 
-    async def arrives(req):
-        if req.get("server") == "rs2":
-            second_in.set()
-        return await handler(req)
-    eng.control = arrives
-
-    async def body(call):
-        first = call(lambda: control.request(inst, "weight", service="web", server="rs1", weight=0))
-        assert await call(lambda: planning.wait(10))
-        second = call(lambda: control.request(inst, "weight", service="web", server="rs2", weight=0))
-        first, second = await first, await second
-        status = await call(lambda: control.request(inst, "status"))
-        return first, second, status
-
-    first, second, status = drive(body)
+    eng = running[0]
+    first, second, status = quiesce_rs1_then_rs2(running, plan, status=True)
     assert first["ok"] is True, first
     assert second["ok"] is False and "nothing changed" in second["error"], second
     assert eng.overrides == {key(eng, "rs1"): 0}
