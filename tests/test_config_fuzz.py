@@ -22,7 +22,8 @@ from fuzzseed import SEED, named
 HERE = Path(__file__).resolve().parent
 CONFIGS = HERE.parent / "configs"
 TOML_SEEDS = sorted(CONFIGS.glob("*.toml"))
-CF_SEEDS = [CONFIGS / "example-lvs.cf", HERE / "lvscf" / "full.cf", HERE / "lvscf" / "ipv6.cf"]
+CF_SEEDS = [CONFIGS / "example-lvs.cf", HERE / "lvscf" / "full.cf", HERE / "lvscf" / "ipv6.cf",
+            HERE / "lvscf" / "piranha-forms.cf"]   # inet_aton forms, a zero pmask, keys kept without effect
 # keepalived.conf (`lb import`, `lb run --config`): the fixtures that include nothing
 KA_SEEDS = [HERE / "keepalived" / n for n in ("dr-checkers.conf", "fwmark-ftp.conf", "nat-persistence.conf",
                                               "tun-group.conf", "vrrp-primary.conf")]
@@ -35,7 +36,8 @@ TOML_HUGE = ["9" * 5000, "0x" + "f" * 5000, '"' + "s" * 20000 + '"', "[" * 3000 
              "{ a = " * 600 + "1" + " }" * 600, "1" + "0" * 400 + ".0", '"' + "(" * 2000 + ')" ' * 2000]
 CF_VALUES = ["x", "1", "0", "-1", "yes", "1.5", "198.18.0.300", "2001:2::1 eth0", "10.0.0.1 eth0:",
              '"quoted', "255.0.255.0", "/64", "tcp 10.0.0.1 1-99999, udp", "a,,b", "sh-port,mh-port",
-             "200-999", "[2001:2::1]:80"]
+             "200-999", "[2001:2::1]:80", "10.1", "0x0a.0.0.08", "0x", "4294967296", "0.0.0.0", "[ /a",
+             "[ ]"]
 # keepalived's keyword lines: a value after the keyword, its macros and ~SEQ lines among them
 KA_VALUES = ["x", "1", "0", "-1", "1.5", "198.18.0.300", "2001:2::1 80", "{", "}", "$X", "$X=1", "@ID weight 2",
              "~SEQ(i, 1, 3) real_server 198.18.1.$i 80 { }", "~SEQ(i, 0, 1, 3) x", "~SEQ(i, 1, 99999999) x",
