@@ -1,5 +1,8 @@
 /* lb data plane.  Programs (all XDP, loaded by lb/dataplane with bcc):
- *   lb_xdp_public   public side: packets for a virtual service; established flows forwarded here,
+ *   lb_xdp_public   public side, attached: the HA lease, the VIP filter, an established IPv4 TCP
+ *                   connection's commonest packet (lb_fast.h); the rest on to lb_xdp_public_full
+ *   lb_xdp_public_full
+ *                   packets for a virtual service; established flows forwarded here,
  *                   new connections of dh, sh and mh (no fallback walk) and those a live
  *                   persistence template picks, made here
  *   lb_xdp_persist  persistent services without a usable template: on to the scheduler
@@ -40,6 +43,7 @@
 #include "lb_reply.h"
 #include "lb_flow.h"
 #include "lb_frag.h"
+#include "lb_fast.h"
 
 /* A port of a firewall-mark service's group: the (VIP, protocol)'s ranges, port 0 in the key */
 static __always_inline int lb_classify_fwm(struct lb_pkt *pkt, struct lb_svc_key *sk, __u32 *svc_id)
@@ -356,13 +360,28 @@ static __always_inline int lb_conn_new(struct xdp_md *ctx, struct lb_pkt *pkt, _
     return lb_forward_to_real(ctx, pkt, r);
 }
 
+/* The program attached to the public side: the lease, the VIP filter and an established
+ * connection's commonest packet (lb_fast.h); the rest goes on to lb_xdp_public_full, a program of
+ * its own because the short way inline in it took the verifier past its million instructions. */
 int lb_xdp_public(struct xdp_md *ctx)
 {
-    int lease = lb_lease_guard(ctx);      /* [ha]: a gone daemon's addresses are not claimed */
-    if (lease != LB_CONTINUE)
-        return lease;
+    int act = lb_lease_guard(ctx);        /* [ha]: a gone daemon's addresses are not claimed */
+    if (act != LB_CONTINUE)
+        return act;
     if (!lb_vip_maybe(ctx))
         return XDP_PASS;          /* not addressed to a virtual service: untouched, at once */
+    act = lb_fast_established(ctx);
+    if (act != LB_CONTINUE)
+        return act;
+    lb_public_progs.call(ctx, LB_PUBLIC_FULL);
+    lb_count(LB_CNT_TAIL_CALL);
+    return XDP_PASS;
+}
+
+/* The public side's packets but an established connection's commonest (lb_xdp_public checked
+ * the lease and the VIP filter): new connections, the rest of established ones, fragments, ICMP */
+int lb_xdp_public_full(struct xdp_md *ctx)
+{
     struct lb_pkt pkt = {};
     __u32 svc_id;
     int act = lb_parse_counted(ctx, &pkt);

@@ -116,6 +116,11 @@ enum lb_sched_id {
 #define LB_ICMP_TUNNEL 0
 #define LB_ICMP_PROGS 1
 
+/* lb_public_progs' slot: lb_xdp_public_full, after lb_xdp_public's short way (lb_fast.h), a prog
+ * array of its own as lb_frag6_progs */
+#define LB_PUBLIC_FULL 0
+#define LB_PUBLIC_PROGS 1
+
 /* lb_progs_prev's slots: the replaced lb_xdp_public and lb_xdp_private during a resize */
 #define LB_PREV_PUBLIC 0
 #define LB_PREV_PRIVATE 1

@@ -80,6 +80,8 @@ BPF_TABLE_PINNED("percpu_array", __u32, struct lb_frag6_note, lb_frag6_scratch, 
 BPF_TABLE_PINNED("prog", __u32, __u32, lb_frag6_progs, LB_FRAG6_PROGS, LB_PIN(lb_frag6_progs));
 /* ... and an ICMP error's about the tunnel's own packets (LB_ICMP_TUNNEL) */
 BPF_TABLE_PINNED("prog", __u32, __u32, lb_icmp_progs, LB_ICMP_PROGS, LB_PIN(lb_icmp_progs));
+/* ... and the public side's full program, after lb_xdp_public's short way (LB_PUBLIC_FULL) */
+BPF_TABLE_PINNED("prog", __u32, __u32, lb_public_progs, LB_PUBLIC_PROGS, LB_PIN(lb_public_progs));
 /* a partial checksum's segment, a chunk at a time (lb_csum.h; per-CPU scratch, one packet at a time) */
 BPF_TABLE_PINNED("percpu_array", __u32, struct lb_csum_buf, lb_csum_buf, 1, LB_PIN(lb_csum_buf));
 

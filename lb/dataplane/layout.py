@@ -149,6 +149,7 @@ PROG_PERSIST = C["LB_PROG_PERSIST"]
 FRAG6_SLOTS = {"lb_xdp_frag6_public": C["LB_FRAG6_PUBLIC"],      # lb_frag6_progs: an IPv6 fragment's
                "lb_xdp_frag6_private": C["LB_FRAG6_PRIVATE"]}   # programs (lb_frag.h)
 ICMP_TUNNEL_SLOT = C["LB_ICMP_TUNNEL"]       # lb_icmp_progs: an ICMP error about the tunnel's packets
+PUBLIC_FULL_SLOT = C["LB_PUBLIC_FULL"]       # lb_public_progs: the public side past lb_xdp_public's short way
 PREV_SLOTS = {"public": C["LB_PREV_PUBLIC"], "private": C["LB_PREV_PRIVATE"]}   # lb_progs_prev
 TX_PORTS = C["LB_TX_PORTS"]                 # lb_tx_ports' size: ifindexes below it
 
@@ -291,6 +292,7 @@ MAPS: dict[str, tuple[struct.Struct, struct.Struct]] = {
     "lb_svc_stats": (U32, STATS), "lb_real_stats": (U32, STATS), "lb_svc_rates": (U32, RATES),
     "lb_real_rates": (U32, RATES), "lb_counters": (U32, U64), "lb_progs": (U32, U32),
     "lb_progs_prev": (U32, U32), "lb_tx_ports": (U32, U32), "lb_frag6_progs": (U32, U32), "lb_icmp_progs": (U32, U32),
+    "lb_public_progs": (U32, U32),
     "lb_lblc": (LBLC_KEY, LBLC), "lb_lblcr": (LBLC_KEY, LBLCR), "lb_sched_buckets": (U32, SCHED_BUCKETS),
     "lb_mh_tables": (U32, U32), "lb_lease": (U32, LEASE), "lb_lease_addrs": (ADDR_KEY, U32),
 }

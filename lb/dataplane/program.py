@@ -23,7 +23,7 @@ log = logging.getLogger("lb.dataplane")
 
 BPF_DIR = L.BPF_DIR      # one place says where bpf/ is
 
-BASE_PROGRAMS = ("lb_xdp_public", "lb_xdp_private", "lb_xdp_guard", "lb_xdp_new_conn", "lb_xdp_persist",
+BASE_PROGRAMS = ("lb_xdp_public", "lb_xdp_public_full", "lb_xdp_private", "lb_xdp_guard", "lb_xdp_new_conn", "lb_xdp_persist",
                  "lb_xdp_frag6_public", "lb_xdp_frag6_private", "lb_xdp_icmp_tunnel")
 PROGRAMS = (*BASE_PROGRAMS, *(f"lb_sched_{n}" for n in L.SCHEDULERS))
 
@@ -344,6 +344,7 @@ class Program:
         self._wire({L.PROG_NEW_CONN: "lb_xdp_new_conn", L.PROG_PERSIST: "lb_xdp_persist"})
         self._wire({slot: name for name, slot in L.FRAG6_SLOTS.items()}, "lb_frag6_progs")
         self._wire({L.ICMP_TUNNEL_SLOT: "lb_xdp_icmp_tunnel"}, "lb_icmp_progs")
+        self._wire({L.PUBLIC_FULL_SLOT: "lb_xdp_public_full"}, "lb_public_progs")
         for mapname, table in (("lb_tcp_fsm", TCP_FSM), ("lb_tcp_fsm_secure", TCP_FSM_SECURE)):
             for i, v in enumerate(table):
                 self.maps[mapname].set(L.U32.pack(i), L.U32.pack(v))
@@ -377,7 +378,8 @@ class Program:
                  ", ".join(names), time.monotonic() - t0)
 
     def _wire(self, slots: dict[int, str], array: str = "lb_progs") -> None:
-        """array[slot] = program: the data path's tail calls (lb_progs, lb_frag6_progs or lb_icmp_progs)."""
+        """array[slot] = program: the data path's tail calls (lb_progs, lb_frag6_progs, lb_icmp_progs or
+        lb_public_progs)."""
         # the loaded programs' own array (a resize loads them against a staging directory)
         progs = BpfMap(self.loaded.map_fds[array], array, owned=False)
         for slot, name in slots.items():

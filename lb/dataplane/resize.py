@@ -117,7 +117,7 @@ def _newest_connections(name: str, items: list[tuple[bytes, bytes]], room: int) 
 # in fragments (remembered for two seconds)
 FRESH = ("lb_progs", "lb_scratch", "lb_csum_buf", "lb_clock", "lb_mh_walk", "lb_tcp_fsm",
          "lb_tcp_fsm_secure", "lb_est_filter", "lb_frags4", "lb_frags6", "lb_frag6_scratch",
-         "lb_frag6_progs", "lb_icmp_progs")
+         "lb_frag6_progs", "lb_icmp_progs", "lb_public_progs")
 # counters the programs add to: finish() adds what the old programs counted after the copy
 # (struct format of the counting part of each value: per-CPU u64s, lb_real_conns' three u32s)
 COUNTERS = {"lb_svc_stats": "Q", "lb_real_stats": "Q", "lb_counters": "Q", "lb_ct_events": "Q",

@@ -1,0 +1,185 @@
+"""The short way of an established connection's commonest packet (bpf/lb_fast.h): lb_xdp_public
+forwards a client's IPv4 TCP ACK of an ESTABLISHED DR or NAT connection itself, and tail-calls
+lb_xdp_public_full for everything else.  Two things a user relies on: the short way's bytes and
+counts are the full program's, and nothing that needs the full program is taken the short way
+(shown by unwiring lb_xdp_public_full: what still forwards took the short way, what is passed
+and counted as a failed tail call would have gone on)."""
+from __future__ import annotations
+
+import contextlib
+import ipaddress
+import itertools
+import os
+
+import pytest
+from scapy.layers.inet import IP, TCP, UDP
+from scapy.layers.l2 import Dot1Q, Ether
+from scapy.packet import Raw
+
+from lb.dataplane import RealSpec, ServiceSpec, TableSpec
+from lb.dataplane import layout as L
+from lb.dataplane.maps import BpfMap
+
+from packets_util import (CLIENT_MAC, PRIV_MAC, PUB_MAC, XDP_DROP, XDP_PASS, XDP_REDIRECT, age, loaded_dataplane,
+                          pseudo_sum, real_mac, run)
+
+CLIENT = "198.18.0.2"
+VIP_DR, VIP_NAT, VIP_TUN = "198.18.0.10", "198.18.0.20", "198.18.0.30"
+REAL = "198.18.1.11"
+ip = ipaddress.ip_address
+
+TABLE = TableSpec((
+    ServiceSpec("tcp", ip(VIP_DR), 80, "rr", (RealSpec(ip(REAL), 80, 1, "dr"),)),
+    ServiceSpec("tcp", ip(VIP_NAT), 80, "rr", (RealSpec(ip(REAL), 8080, 1, "nat"),)),
+    ServiceSpec("tcp", ip(VIP_TUN), 80, "rr", (RealSpec(ip(REAL), 80, 1, "tunnel"),)),
+    ServiceSpec("udp", ip(VIP_DR), 53, "rr", (RealSpec(ip(REAL), 53, 1, "dr"),)),
+))
+_sport = itertools.count(41000)
+
+
+@pytest.fixture(scope="module")
+def dp():
+    with loaded_dataplane("fast", table=TABLE) as d:
+        yield d
+
+
+def client(vip, sport, flags="A", payload=b"", proto="tcp", dport=None):
+    l4 = TCP(sport=sport, dport=dport or 80, flags=flags, seq=1000, ack=1) if proto == "tcp" \
+        else UDP(sport=sport, dport=dport or 53)
+    return Ether(src=CLIENT_MAC, dst=PUB_MAC) / IP(src=CLIENT, dst=vip, id=7) / l4 / Raw(payload)
+
+
+def established(dp, vip) -> int:
+    """a new connection to vip:80 through SYN and ACK: its client port"""
+    sport = next(_sport)
+    for flags in ("S", "A"):
+        rc, _ = run(dp, "lb_xdp_public", client(vip, sport, flags))
+        assert rc == XDP_REDIRECT
+    return sport
+
+
+def stats(dp, vip) -> tuple[int, int]:
+    """(inpkts, inbytes) of the service at vip:80 and of its real server, summed: `lb list --stats`'s"""
+    from lb.dataplane import reader
+    from lb.dataplane.maps import PinnedMaps
+
+    with PinnedMaps(dp.instance) as maps:
+        [svc] = [s for s in reader.read_services(maps) if str(s.address) == vip and s.port == 80]
+    [real] = svc.reals
+    return svc.stats.inpkts, svc.stats.inbytes, real.stats.inpkts, real.stats.inbytes
+
+
+@contextlib.contextmanager
+def full_program_unwired(dp):
+    """lb_public_progs without lb_xdp_public_full: lb_xdp_public's tail call fails, and what it
+    would have handed on is passed untouched and counted (tail_call_failed)"""
+    progs = BpfMap.open_pinned(os.path.join(dp.pin, "lb_public_progs"))
+    progs.delete(L.U32.pack(L.PUBLIC_FULL_SLOT))
+    try:
+        yield
+    finally:
+        progs.set(L.U32.pack(L.PUBLIC_FULL_SLOT), L.U32.pack(dp.fns["lb_xdp_public_full"].fd))
+        progs.close()
+
+
+def failed(dp) -> int:
+    return dp.counters().get("tail_call_failed", 0)
+
+
+@pytest.mark.parametrize("vip", [VIP_DR, VIP_NAT])
+def test_short_way_gives_the_full_programs_bytes_and_counts(dp, vip):
+    sport = established(dp, vip)
+    for pkt in (client(vip, sport), client(vip, sport, "PA", b"GET / HTTP/1.1\r\n\r\n" * 3),
+                client(vip, sport, "A", b"\x00" * 1000), client(vip, sport, "UAP", b"x")):
+        before = stats(dp, vip)
+        short = run(dp, "lb_xdp_public", pkt)
+        mid = stats(dp, vip)
+        full = run(dp, "lb_xdp_public_full", pkt)
+        after = stats(dp, vip)
+        assert short == full
+        assert short[0] == XDP_REDIRECT and Ether(short[1]).dst == real_mac(REAL) and Ether(short[1]).src == PRIV_MAC
+        length = len(pkt) - 14
+        assert [m - b for m, b in zip(mid, before)] == [1, length, 1, length]
+        assert [a - m for a, m in zip(after, mid)] == [1, length, 1, length]
+    out = Ether(short[1])
+    if vip == VIP_NAT:
+        assert (out[IP].dst, out[TCP].dport) == (REAL, 8080)
+        fresh = out.copy()
+        del fresh[IP].chksum, fresh[TCP].chksum
+        fresh = Ether(bytes(fresh))
+        assert (out[IP].chksum, out[TCP].chksum) == (fresh[IP].chksum, fresh[TCP].chksum)
+    else:
+        assert bytes(out[IP]) == bytes(pkt[IP])
+
+
+@pytest.mark.parametrize("vip", [VIP_DR, VIP_NAT])
+def test_an_established_ack_needs_no_full_program(dp, vip):
+    sport = established(dp, vip)
+    pkt = client(vip, sport, "PA", b"data")
+    expected = run(dp, "lb_xdp_public_full", pkt)
+    n = failed(dp)
+    with full_program_unwired(dp):
+        assert run(dp, "lb_xdp_public", pkt) == expected
+    assert failed(dp) == n
+
+
+def test_everything_else_goes_on_to_the_full_program(dp):
+    dr, nat, tun = established(dp, VIP_DR), established(dp, VIP_NAT), established(dp, VIP_TUN)
+    tagged = Ether(src=CLIENT_MAC, dst=PUB_MAC) / Dot1Q(vlan=5) / client(VIP_DR, dr)[IP]
+    options = client(VIP_DR, dr)
+    options[IP].options = b"\x01\x01\x01\x00"              # NOPs and an end: a 24-byte header
+    partial = client(VIP_DR, dr, "A", b"abcd")
+    partial[TCP].chksum = pseudo_sum(ip(CLIENT).packed, ip(VIP_DR).packed, 6, 20 + 4)
+    first_frag = client(VIP_DR, dr, "A", b"x" * 64)
+    first_frag[IP].flags = "MF"
+    passed = {
+        "a new connection's SYN": client(VIP_DR, next(_sport), "S"),
+        "a FIN": client(VIP_DR, dr, "FA"),
+        "a RST": client(VIP_DR, dr, "RA"),
+        "a SYN on the connection": client(VIP_DR, dr, "S"),
+        "a VLAN tag": tagged,
+        "IP options": Ether(bytes(options)),
+        "a partial checksum": partial,
+        "a first fragment": Ether(bytes(first_frag)),
+        "UDP": client(VIP_DR, next(_sport), proto="udp", dport=53),
+        "a tunnel's connection": client(VIP_TUN, tun),
+        "an ACK of no connection": client(VIP_DR, next(_sport)),
+    }
+    with full_program_unwired(dp):
+        for what, pkt in passed.items():
+            n = failed(dp)
+            assert run(dp, "lb_xdp_public", pkt) == (XDP_PASS, bytes(pkt)), what
+            assert failed(dp) == n + 1, what
+        # an entry whose timestamp is older than LB_TOUCH_NS: the full way refreshes it
+        age(dp, 1)
+        for sport, vip in ((dr, VIP_DR), (nat, VIP_NAT)):
+            n = failed(dp)
+            pkt = client(vip, sport)
+            assert run(dp, "lb_xdp_public", pkt) == (XDP_PASS, bytes(pkt))
+            assert failed(dp) == n + 1
+    # and with it wired, the full program forwards them (the aged ones too, refreshing them)
+    for sport, vip in ((dr, VIP_DR), (nat, VIP_NAT)):
+        assert run(dp, "lb_xdp_public", client(vip, sport))[0] == XDP_REDIRECT
+    with full_program_unwired(dp):
+        for sport, vip in ((dr, VIP_DR), (nat, VIP_NAT)):
+            assert run(dp, "lb_xdp_public", client(vip, sport))[0] == XDP_REDIRECT
+
+
+def test_a_connection_whose_real_server_record_is_gone_goes_the_full_way(dp):
+    """its entry names a real server lb_reals no longer holds: the full way counts it and drops it
+    (expire_nodest_conn 0), as before the short way"""
+    import struct
+
+    sport = established(dp, VIP_DR)
+    conns = dp.maps["lb_conns4"]
+    [(key, value)] = [(k, v) for k, v in conns.items(batch=False)
+                      if struct.unpack_from("!H", k, 8)[0] == sport]
+    conns.set(key, value[:8] + struct.pack("=I", 4000) + value[12:])     # no such real server
+    pkt = client(VIP_DR, sport)
+    with full_program_unwired(dp):
+        n = failed(dp)
+        assert run(dp, "lb_xdp_public", pkt) == (XDP_PASS, bytes(pkt))
+        assert failed(dp) == n + 1
+    before = dp.counters().get("real_server_gone", 0)
+    assert run(dp, "lb_xdp_public", pkt) == (XDP_DROP, bytes(pkt))
+    assert dp.counters().get("real_server_gone", 0) == before + 1
