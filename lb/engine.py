@@ -55,6 +55,7 @@ DEFENSE_INTERVAL = 1.0        # IPVS's defense_work period (DEFENSE_TIMER_PERIOD
 OWNERSHIP_INTERVAL = 1.0      # how often the held addresses and attached programs are checked
 HOUSEKEEPING_SLOW = 30.0      # a step still running this long is said (again at 2x, 4x ... as long)
 RUN_LOOP_PAUSE = 1.0          # after a turn whose own code failed, before the next (Engine._loop_failed)
+RELOAD_WAIT = 30.0            # the longest an `lb weight` request waits for a reload under way (under CLIENT_TIMEOUT)
 RUN_LOOP_GIVE_UP = 60         # turns in a row whose own code failed: the daemon exits 1, data plane kept
 
 
@@ -525,8 +526,9 @@ class Engine:
         self.pulse = None
         self.active = cfg.ha is None
         self._dp_lock = threading.Lock()             # data plane writes from worker threads, one at a time
-        # set (under _dp_lock) from a reload's apply of its new table until self.cfg is that
-        # config: an `lb weight` plan waits for it (_plan_override)
+        # set from a reload's start (before it reads the file) until self.cfg is its config or
+        # it gave up (the old config stays), then set: an `lb weight` plan waits for it
+        # (_plan_override), up to RELOAD_WAIT seconds
         self._cfg_pending: threading.Event | None = None
         self._reload_waiters: list[asyncio.Future] = []   # `lb reload` callers on the control socket
         self._reload_keep = False     # one of them keeps the restart-only changes as they run (reload_config)
@@ -1011,7 +1013,22 @@ class Engine:
         return new
 
     def reload_or_raise(self, keep_restart_only: bool = False) -> str:
-        """reload(), raising ReloadRefused (with the file's issues) instead of logging."""
+        """reload(), raising ReloadRefused (with the file's issues) instead of logging.
+
+        From its start until the new config runs (or the reload gives up, the old one running
+        on) ``_cfg_pending`` says a reload is under way: an `lb weight` request waits for it and
+        is then checked and planned against the config that runs (_plan_override) -- set
+        against the old config meanwhile, its caller was told "ok" for an override the reload
+        then dropped (its server gone from the file)."""
+        swapped = self._cfg_pending = threading.Event()
+        try:
+            return self._reload_or_raise(keep_restart_only, swapped)
+        finally:
+            if self._cfg_pending is swapped:
+                self._cfg_pending = None
+            swapped.set()
+
+    def _reload_or_raise(self, keep_restart_only: bool, swapped: threading.Event) -> str:
         path = self.cfg.path
         new = self.reload_config(keep_restart_only)
         try:
@@ -1067,7 +1084,6 @@ class Engine:
                 if self.bgp is not None:
                     self.bgp.bgp = new.bgp           # [[bgp.vip]]: _apply's update announces them
                 self._apply(table, new, planned=True, sorry=sorry)
-                swapped = self._cfg_pending = threading.Event()
             except addresses.AddressError as e:     # take() removed what it had added
                 raise ReloadRefused(f"reload refused, nothing changed: {e}") from None
             except Exception as e:
@@ -1100,7 +1116,9 @@ class Engine:
                 self.owned, self.cfg = want, new
         finally:
             # the config swapped (or the reload given up): `lb weight` plans go on (_plan_override)
-            self._cfg_pending = None
+            # now, not after the announcements and the lease's addresses below
+            if self._cfg_pending is swapped:
+                self._cfg_pending = None
             swapped.set()
         self.announce(True, added)               # the VIPs this reload added: neighbours learn them now
         if new.ha is not None:              # the lease covers the new addresses (bpf/lb_lease.h)
@@ -1428,10 +1446,12 @@ class Engine:
                 refused = await self._plan_override(request[2], request[3])
                 if refused is not None:
                     return {"ok": False, "error": refused}
-                if self.cfg is cfg:
+                if self.cfg is cfg and self._cfg_pending is None:
                     break
-                # a reload during the plan: the request is checked and planned again against the
-                # config that runs now (its server may be gone, or its service changed)
+                # a reload during the plan (or begun since): the request is checked and planned
+                # again against the config that runs once it is done (its server may be gone, or
+                # its service changed) -- not set against the old one, and answered "ok" for an
+                # override the reload drops
             if self._stop is not None:
                 # a stop asked for during the plan: the loop that would apply it ends (it may
                 # have ended already, and its caller would wait for ever) -- not set, as a
@@ -1453,16 +1473,20 @@ class Engine:
         """The data plane's plan of the table with ``key``'s override set to ``weight`` (None:
         cleared), nothing set yet: None when it holds it, else the refusal (a sorry server taking
         over while every server of the pool drains, say) -- set, the change would keep every
-        later one from applying."""
+        later one from applying -- or that a reload under way did not end within RELOAD_WAIT
+        seconds (its caller is told to try again)."""
+        deadline = time.monotonic() + RELOAD_WAIT
+
         def plan():
             while True:
                 with self._dp_lock:
-                    # a reload between the apply of its new table and its swap of self.cfg (its
-                    # address changes): a table of self.cfg, planned against the data plane that
-                    # holds the new one, is no answer, and the handler, still seeing the old
-                    # config, would set it -- "ok" for an override the new config drops, or one
-                    # that does not fit beside the new table.  Wait for the swap; the handler
-                    # then checks and plans the request again against the new config.
+                    # a reload under way (from its start to its swap of self.cfg): a table of
+                    # self.cfg, the config the reload replaces, is no answer -- planned while the
+                    # reload reads its file, or against the data plane that holds the new table
+                    # already, and set, its caller heard "ok" for an override the new config
+                    # drops, or one that does not fit beside the new table.  Wait for the swap
+                    # (a reload that gives up keeps the old config); the handler then checks and
+                    # plans the request again against the config that runs.
                     pending = self._cfg_pending
                     if pending is None:
                         table = self._trial_table(self._with_override(key, weight), key)
@@ -1474,19 +1498,20 @@ class Engine:
                             _, _, held, _ = self._fitting_part(table, set(), e)
                             if key[0] in {_config_key(h) for h in held}:
                                 raise e from None
-                        return
-                pending.wait()
+                        return None
+                if not pending.wait(max(0.0, deadline - time.monotonic())):
+                    # (a reload that hangs: the watchdog's to end; this caller hears now)
+                    return (f"a reload of {self.cfg.path or '<config>'} is still under way after "
+                            f"{RELOAD_WAIT:g} s; nothing changed: try again once it is done")
 
         try:
             if self._wake is None:
-                plan()
-            else:
-                await asyncio.get_running_loop().run_in_executor(None, plan)
+                return plan()
+            return await asyncio.get_running_loop().run_in_executor(None, plan)
         except TableDoesNotFit as e:
             lines = "".join(f"\n  {p}" for p in str(e).splitlines())
             log.error("operator override refused: the data plane cannot hold the table with it:%s", lines)
             return f"the data plane cannot hold the table with this override; nothing changed:{lines}"
-        return None
 
     # ---- HA (pulse) ----
     # ---- HA lease (bpf/lb_lease.h): a director whose daemon is gone stops claiming its

@@ -637,6 +637,138 @@ def test_concurrent_overrides_an_override_being_planned_is_in_no_other_table(run
     assert table(eng) == {"rs1": 5, "rs2": 0, "rs3": 1}
 
 
+def weight_while_a_reload_plans(running, server, rs2_weight=1) -> tuple:
+    """`lb reload` of a file that no longer has rs3 (and gives rs2 ``rs2_weight``), held while it
+    plans -- its file read, nothing applied yet -- and `lb weight web SERVER 0` sent meanwhile.
+    The reload goes on once the request has either set its override or stopped to wait for the
+    reload (left the data plane's lock without planning).  (the weight reply, the reload's,
+    `lb status` after both)."""
+    eng, drive = running
+    inst = eng.cfg.instance
+    write(Path(eng.cfg.path), instance=inst, rs2_weight=rs2_weight, extra=OFF)
+    planning, decided = threading.Event(), threading.Event()
+    reloader: list = []                       # the reload's thread
+    planned: list = []                        # threads whose plan came while the reload was held
+
+    reload_config = eng.reload_config
+
+    def held_while_planning(keep=False):
+        new = reload_config(keep)
+        reloader.append(threading.current_thread())
+        planning.set()
+        assert decided.wait(10)
+        return new
+    eng.reload_config = held_while_planning
+
+    take_override = eng._take_override
+
+    def take(request):
+        decided.set()
+        return take_override(request)
+    eng._take_override = take
+
+    plan = eng.dp.plan
+
+    def watched_plan(table):
+        if planning.is_set() and not decided.is_set() and threading.current_thread() not in reloader:
+            planned.append(threading.current_thread())
+        return plan(table)
+    eng.dp.plan = watched_plan
+
+    class WatchedLock:                        # the data plane's lock, left by the request's thread
+        def __init__(self, lock):
+            self.lock = lock
+
+        def __enter__(self):
+            return self.lock.__enter__()
+
+        def __exit__(self, *exc):
+            self.lock.__exit__(*exc)
+            me = threading.current_thread()
+            if planning.is_set() and me not in reloader and me not in planned:
+                decided.set()
+    eng._dp_lock = WatchedLock(eng._dp_lock)
+
+    async def body(call):
+        reloaded = call(lambda: control.request(inst, "reload"))
+        assert await call(lambda: planning.wait(10))
+        reply = await call(lambda: control.request(inst, "weight", service="web", server=server, weight=0))
+        return reply, await reloaded, await call(lambda: control.request(inst, "status"))
+
+    return drive(body)
+
+
+def overrides_shown(status) -> dict:
+    """{real server name: its override} as `lb status` shows them."""
+    return {r["name"]: r["override"] for r in status["status"]["services"][0]["real_servers"]}
+
+
+def test_an_override_sent_while_a_reload_plans_for_a_server_it_removes_is_refused(running, caplog):
+    """`lb quiesce web rs3` sent while a reload that removes rs3 is still planning (its file read,
+    nothing applied): the request was checked and set against the old config and answered "ok"
+    -- after the reload had dropped its override with a warning.  Now it waits for the reload and
+    is checked against the config that runs then: refused, naming the server; nothing is set,
+    kept for a restart or shown by `lb status`."""
+    eng = running[0]
+    with caplog.at_level(logging.WARNING, logger="lb.engine"):
+        reply, reloaded, status = weight_while_a_reload_plans(running, "rs3")
+    assert reloaded["ok"], reloaded
+    assert reply == {"ok": False, "error": "virtual server web has no real server 'rs3' "
+                                           "(real servers: rs1, rs2, off)"}, reply
+    assert eng.overrides == {}
+    assert overrides_shown(status) == {"rs1": None, "rs2": None, "off": None}
+    assert not Path(lbengine.overrides_file(eng.cfg.instance)).exists()     # nothing for a restart
+    assert "dropped" not in caplog.text
+    assert table(eng) == {"rs1": 5, "rs2": 1}
+
+
+def test_an_override_sent_while_a_reload_plans_for_a_server_it_keeps_is_in_force_after_it(running):
+    """`lb quiesce web rs2` sent while a reload that keeps rs2 (at a new weight) plans: answered
+    "ok" once the reload is done, and in force in the new config's table and `lb status`."""
+    eng = running[0]
+    reply, reloaded, status = weight_while_a_reload_plans(running, "rs2", rs2_weight=2)
+    assert reloaded["ok"], reloaded
+    assert reply["ok"] and reply["message"] == ("rs2 (198.18.1.12:80) of web: weight 0: quiesced by operator; "
+                                                "configured 2; open connections go on, no new ones"), reply
+    assert eng.overrides == {key(eng, "rs2"): 0}
+    assert overrides_shown(status) == {"rs1": None, "rs2": 0, "off": None}
+    assert table(eng) == {"rs1": 5, "rs2": 0}
+
+
+def test_an_override_waits_for_a_reload_no_longer_than_reload_wait(eng, no_addresses, monkeypatch):
+    """A reload that does not end (here: held while it plans) does not hold an `lb weight` for
+    ever: after RELOAD_WAIT seconds its caller is told to try again, and nothing is set; once the
+    reload is done a request is planned against the new config."""
+    monkeypatch.setattr(lbengine, "RELOAD_WAIT", 0.0)
+    path = Path(eng.cfg.path)
+    write(path, rs2_weight=2, extra=OFF)
+    planning, answered = threading.Event(), threading.Event()
+    reload_config = eng.reload_config
+
+    def held_while_planning(keep=False):
+        new = reload_config(keep)
+        planning.set()
+        assert answered.wait(10)
+        return new
+    eng.reload_config = held_while_planning
+    results = {}
+    reload = threading.Thread(target=lambda: results.__setitem__("reload", eng.reload_or_raise()), daemon=True)
+    reload.start()
+    try:
+        assert planning.wait(10)
+        reply = weight(eng, "rs2", 0)
+    finally:
+        answered.set()
+    reload.join(20)
+    assert results.get("reload") == f"reloaded {path}"
+    assert reply == {"ok": False, "error": f"a reload of {path} is still under way after 0 s; nothing changed: "
+                                           f"try again once it is done"}, reply
+    assert eng.overrides == {}
+    eng.sync_overrides()                      # as the run loop does after a reload
+    assert weight(eng, "rs2", 0)["ok"]
+    assert table(eng) == {"rs1": 5, "rs2": 0}
+
+
 def cli(capsys, *argv):
     rc = lb_main(list(argv))
     out, err = capsys.readouterr()
