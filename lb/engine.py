@@ -507,7 +507,8 @@ class Engine:
         self.weights: dict[tuple, int] = {}          # real_key -> weight its load monitor set
         self.overrides: dict[tuple, int] = {}        # real_key -> the operator's weight (lb weight/quiesce)
         self._overrides_file: str | None = None      # where they are kept; set by start()
-        self._apply_waiters: list[tuple] = []        # (future, reply) of `lb weight` callers: after the apply
+        # (future, reply, real_key, its name) of `lb weight` callers: answered after the apply (_answer)
+        self._apply_waiters: list[tuple] = []
         self._weight_lock: asyncio.Lock | None = None   # `lb weight` requests, one at a time to their plan
         self._dirty = False                          # health changed: reconcile the data plane
         self._weight_log = RateLimitedLog(log, 60.0)  # by real server: its load monitor's weight changes
@@ -1458,6 +1459,7 @@ class Engine:
                 # request that comes during the stop is refused
                 return {"ok": False, "error": "the daemon is stopping"}
             reply = {"ok": True, "message": self._take_override(request)}
+            where = self._where(request[0], request[1])
         if self._wake is None:           # not running the loop (tests): apply here
             try:
                 self.apply_health()
@@ -1465,7 +1467,7 @@ class Engine:
                 self._dirty = True
             return reply
         fut = asyncio.get_running_loop().create_future()
-        self._apply_waiters.append((fut, reply))
+        self._apply_waiters.append((fut, reply, request[2], where))
         self._wake.set()
         return await fut
 
@@ -1512,6 +1514,20 @@ class Engine:
             lines = "".join(f"\n  {p}" for p in str(e).splitlines())
             log.error("operator override refused: the data plane cannot hold the table with it:%s", lines)
             return f"the data plane cannot hold the table with this override; nothing changed:{lines}"
+
+    def _answer(self, waiter: tuple, reply: dict) -> None:
+        """An `lb weight` caller waiting for the loop's apply (_apply_waiters) hears ``reply`` --
+        unless a reload that came between its override's set and this apply (a `lb reload`
+        right behind it: the loop's turn reloads before it applies) removed its real server:
+        the override was dropped (sync_overrides), and "ok" would be a lie."""
+        fut, _, key, where = waiter
+        if fut.done():
+            return
+        if key not in override_keys(self.cfg):
+            reply = {"ok": False, "error": f"real server {where}: a reload of {self.cfg.path or '<config>'} "
+                                           f"since this request removed it (or made it inactive): no "
+                                           f"override of it is in force"}
+        fut.set_result(reply)
 
     # ---- HA (pulse) ----
     # ---- HA lease (bpf/lb_lease.h): a director whose daemon is gone stops claiming its
@@ -2155,7 +2171,7 @@ class Engine:
         for fut in self._reload_waiters:                  # before the server waits for its handlers
             if not fut.done():
                 fut.set_result({"ok": False, "error": "the daemon is stopping"})
-        for fut, _ in self._apply_waiters:       # (an override set as the stop came: kept in its file)
+        for fut, *_ in self._apply_waiters:      # (an override set as the stop came: kept in its file)
             if not fut.done():
                 fut.set_result({"ok": False, "error": "the daemon is stopping: the override is recorded, for "
                                                       "its next start, but not applied now"})
@@ -2235,22 +2251,19 @@ class Engine:
             # what fits is applied (the overrides waiting here were planned to fit); what does
             # not is tried again at the loop's next turns
             self._dirty = True
-            for fut, reply in applied:
-                if not fut.done():
-                    fut.set_result(reply)
+            for waiter in applied:
+                self._answer(waiter, waiter[1])
             raise
         except BaseException as e:
             # the change (a health verdict is reported once, at its transition) is tried again
             # at the loop's next turn, until the data plane takes it
             self._dirty = True
-            for fut, _ in applied:
-                if not fut.done():
-                    fut.set_result({"ok": False, "error": f"the override is recorded but applying "
-                                    f"the table failed: {type(e).__name__}: {e}"})
+            for waiter in applied:
+                self._answer(waiter, {"ok": False, "error": f"the override is recorded but applying "
+                                                            f"the table failed: {type(e).__name__}: {e}"})
             raise
-        for fut, reply in applied:
-            if not fut.done():
-                fut.set_result(reply)
+        for waiter in applied:
+            self._answer(waiter, waiter[1])
 
     async def _start_running(self, blocking, started: dict) -> None:
         """What runs beside the data plane, each recorded in ``started`` once it runs."""

@@ -735,6 +735,43 @@ def test_an_override_sent_while_a_reload_plans_for_a_server_it_keeps_is_in_force
     assert table(eng) == {"rs1": 5, "rs2": 0}
 
 
+def test_a_reload_between_an_override_and_its_apply_that_removes_the_server_is_in_the_answer(running, caplog):
+    """`lb quiesce web rs3` set, and `lb reload` of a file without rs3 reaching the daemon before
+    the run loop applies the override (the loop's turn reloads first, and drops the override):
+    its caller heard "ok" for an override no longer in force.  Now the answer says the reload
+    removed the server."""
+    eng, drive = running
+    inst = eng.cfg.instance
+    path = Path(eng.cfg.path)
+    write(path, instance=inst, extra=OFF)
+    reloads: list = []
+    take_override = eng._take_override
+
+    def take_then_reload(request):
+        message = take_override(request)
+        # the control socket's `reload` request, handled right after this one's set
+        fut = asyncio.get_running_loop().create_future()
+        eng._reload_waiters.append(fut)
+        reloads.append(fut)
+        return message
+    eng._take_override = take_then_reload
+
+    async def body(call):
+        reply = await call(lambda: control.request(inst, "weight", service="web", server="rs3", weight=0))
+        return reply, await reloads[0], await call(lambda: control.request(inst, "status"))
+
+    with caplog.at_level(logging.WARNING, logger="lb.engine"):
+        reply, reloaded, status = drive(body)
+    assert reloaded["ok"], reloaded
+    assert reply == {"ok": False, "error": f"real server rs3 (198.18.1.12:8080) of web: a reload of {path} since "
+                                           f"this request removed it (or made it inactive): no override of it is "
+                                           f"in force"}, reply
+    assert "dropped: the reloaded config no longer has it" in caplog.text
+    assert eng.overrides == {}
+    assert overrides_shown(status) == {"rs1": None, "rs2": None, "off": None}
+    assert table(eng) == {"rs1": 5, "rs2": 1}
+
+
 def test_an_override_waits_for_a_reload_no_longer_than_reload_wait(eng, no_addresses, monkeypatch):
     """A reload that does not end (here: held while it plans) does not hold an `lb weight` for
     ever: after RELOAD_WAIT seconds its caller is told to try again, and nothing is set; once the
