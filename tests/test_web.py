@@ -751,6 +751,36 @@ def test_a_password_file_the_unit_keeps_read_only_says_where_it_may_write(consol
     assert "ReadWritePaths=" in page and "/etc/lb" in page, page
 
 
+def test_a_password_file_in_a_directory_the_console_may_not_write_is_kept(console, monkeypatch):
+    """The console's user may write the password file but not create one beside it (lb-web's
+    file in root's /etc/lb): the page refused nothing and rewrote the file in place, where a
+    crash or a full disk mid-write locked the operator out.  It says what to do, and the old
+    password still logs in."""
+    import errno
+
+    def no_new_file(*_a, **_kw):          # what creating a file in a directory the user may not write gives
+        raise PermissionError(errno.EACCES, "Permission denied")
+    monkeypatch.setattr(password.tempfile, "mkstemp", no_new_file)
+    before = console.password_file.read_bytes()
+
+    async def body(client):
+        await login(client)
+        f = await form_of(client, "/password")
+        r = await post_form(client, "/password", {"csrf": f["csrf"], "user": USER, "current": PASSWORD,
+                                                  "new": "new secret 123", "again": "new secret 123"})
+        page = await r.text()
+        client.session.cookie_jar.clear()
+        await asyncio.sleep(0.1)
+        return r.status, page, (await login(client)).status
+    status, page, relogin = run(console, body)
+    d = console.password_file.resolve().parent
+    assert status == 500, page
+    assert f"cannot create a file in {d} (Permission denied)" in page, page
+    assert "nothing changed, the old password still valid" in page, page
+    assert f"make {d} writable by" in page and "or set [web] password_file to a file in a directory" in page, page
+    assert console.password_file.read_bytes() == before and relogin == 303
+
+
 def test_config_page_shows_the_file(console):
     async def body(client):
         await login(client)
@@ -1149,6 +1179,48 @@ def test_passwd_keeps_the_files_owner_and_gives_it_to_owner(tmp_path, monkeypatc
     other = tmp_path / "new.passwd"
     assert _passwd(monkeypatch, capsys, ["--file", str(other), "--stdin"], PASSWORD + "\n")[0] == 0
     assert (other.stat().st_uid, other.stat().st_gid) == (os.geteuid(), os.getegid())
+
+
+def test_passwd_in_a_directory_the_user_may_not_write_is_refused_and_the_file_kept(request):
+    """As lb-web is: the password file its own, its directory root's (/etc/lb).  The file was
+    rewritten in place there, so a crash or a full disk mid-write left it cut short or empty and
+    the console locked out.  Now the change is refused, saying what to do, the file as it was
+    and its password still valid; in a directory the user may write it is replaced."""
+    import shutil
+    import subprocess
+    import tempfile
+
+    d = Path(tempfile.mkdtemp(prefix="lb-passwd-", dir="/tmp"))     # root's, 0755: nobody may not create here
+    request.addfinalizer(lambda: shutil.rmtree(d, ignore_errors=True))
+    d.chmod(0o755)
+    target = d / "console.passwd"
+    password.write(target, PASSWORD, USER)
+    os.chown(target, 65534, 65534)
+    before = target.read_bytes()
+
+    def passwd_as_nobody(new):
+        return subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", sys.executable, "-c",
+                               "import sys; from lb.cli.main import main; sys.exit(main(sys.argv[1:]))",
+                               "passwd", "--file", str(target), "--stdin", "--user", USER],
+                              input=new + "\n", capture_output=True, text=True, timeout=60,
+                              cwd=Path(__file__).resolve().parents[1])
+
+    p = passwd_as_nobody("the new password 1")
+    assert (p.returncode, p.stdout) == (1, ""), p.stderr
+    assert p.stderr.startswith(f"lb: {target}: cannot create a file in {d} (Permission denied) to replace "
+                               f"console.passwd with: nothing changed, the old password still valid"), p.stderr
+    assert f"make {d} writable by uid 65534" in p.stderr or f"make {d} writable by user " in p.stderr, p.stderr
+    assert "or set [web] password_file to a file in a directory" in p.stderr, p.stderr
+    assert target.read_bytes() == before and password.verify(PASSWORD, password.read(target), USER)
+    assert sorted(d.iterdir()) == [target]
+    # the directory the user's: replaced, the file still the user's and 0600
+    os.chown(d, 65534, 65534)
+    p = passwd_as_nobody("the new password 1")
+    assert p.returncode == 0, p.stderr
+    assert password.verify("the new password 1", password.read(target), USER)
+    st = target.stat()
+    assert (st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode)) == (65534, 65534, 0o600)
+    assert sorted(d.iterdir()) == [target]
 
 
 def test_passwd_refuses_a_directory_that_does_not_exist(tmp_path, monkeypatch, capsys):

@@ -1,8 +1,9 @@
 """The web console's password file: one line ``USER:scrypt$n$r$p$salt_b64$hash_b64`` (stdlib only).
 
-Written by `lb passwd` and by the console's password page (mode 0600, replaced atomically when
-the directory allows it, else rewritten in place: the console's user owns the file, not /etc/lb);
-read at every login, so a new password takes effect without a restart.  A line without ``USER:``
+Written by `lb passwd` and by the console's password page (mode 0600), always replaced atomically
+(a new file, then renamed over it): a writer that may not create files in its directory is
+refused, the old file kept, never rewritten in place (a crash or a full disk mid-write left it cut
+short, and the console locked out); read at every login, so a new password takes effect without a restart.  A line without ``USER:``
 (lb before user names) is the user DEFAULT_USER's.
 """
 from __future__ import annotations
@@ -109,8 +110,10 @@ def verify(password: str, line: str, user: str | None = None) -> bool:
 
 def write(path: str | os.PathLike, password: str, user: str = DEFAULT_USER,
           owner: tuple[int, int] | None = None) -> None:
-    """Replace ``path`` with ``user`` and the hash of ``password``, mode 0600 from its creation:
-    atomically when the directory is writable, else rewritten in place (the file's owner).
+    """Replace ``path`` with ``user`` and the hash of ``password``, mode 0600 from its creation,
+    atomically (a new file in its directory, renamed over it).  A writer that may not create a
+    file there is refused (PermissionError saying what to do), the old file unchanged: it is never
+    rewritten in place, where a crash or a full disk mid-write would cut it short.
     ``owner`` (uid, gid): whose the file is (`lb passwd --owner`); without it a file that exists
     keeps its owner and group (the console's user's), a new one is the writer's; 0600 either way
     (lb web warns of more).  A symlink's target is written, the link kept.  Its directory must exist
@@ -129,17 +132,10 @@ def write(path: str | os.PathLike, password: str, user: str = DEFAULT_USER,
         old = os.stat(path)
     except FileNotFoundError:
         old = None
-    if old is not None and not os.access(path.parent, os.W_OK) and os.access(path, os.W_OK):
-        fd = os.open(path, os.O_WRONLY | os.O_NOFOLLOW)
-        with os.fdopen(fd, "w", encoding="ascii") as f:
-            if owner is not None and owner != (old.st_uid, old.st_gid):
-                os.fchown(f.fileno(), *owner)
-            f.write(line)
-            f.truncate()
-            f.flush()
-            os.fsync(f.fileno())
-        return
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)   # mkstemp: 0600
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)   # mkstemp: 0600
+    except PermissionError as e:
+        raise PermissionError(e.errno, _not_replaceable(path, e.strerror, old is not None), str(path.parent)) from None
     try:
         with os.fdopen(fd, "w", encoding="ascii") as f:
             # whose the file is, before it takes the name: no moment where it is another's
@@ -161,3 +157,19 @@ def write(path: str | os.PathLike, password: str, user: str = DEFAULT_USER,
         except FileNotFoundError:
             pass
         raise
+
+
+def _not_replaceable(path: Path, why: str, exists: bool) -> str:
+    """What a writer that may not create files beside ``path`` is told."""
+    import pwd
+
+    uid = os.geteuid()
+    try:
+        who = f"user {pwd.getpwuid(uid).pw_name}"
+    except KeyError:
+        who = f"uid {uid}"
+    kept = ", the old password still valid" if exists else ""
+    return (f"cannot create a file in {path.parent} ({why}) to replace {path.name} with: nothing changed{kept} "
+            f"(the file is replaced, never rewritten in place, which a crash or a full disk would leave cut "
+            f"short); make {path.parent} writable by {who}, or set [web] password_file to a file in a "
+            f"directory {who} may write")
