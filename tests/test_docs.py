@@ -186,3 +186,64 @@ def test_the_module_map_names_every_module():
     # and lb/cli/main.py's row names every subcommand
     row = re.search(r"^\| `lb/cli/main.py` \| `lb ([\w/-]+)`", table, re.M)
     assert row and sorted(row.group(1).split("/")) == sorted(_subcommands(build_parser()))
+
+
+NANNY_CF = """\
+serial_no = 1
+service = lvs
+network = direct
+virtual udp80 {
+     active = 1
+     address = 198.18.0.10 eth0:1
+     protocol = udp
+     port = 80
+     load_monitor = rup
+     server rs1 {
+         address = 198.18.1.11
+         active = 1
+         weight = 10
+     }
+}
+virtual tcp80 {
+     active = 1
+     address = 198.18.0.11 eth0:1
+     port = 80
+     server rs1 {
+         address = 198.18.1.11
+         active = 1
+         weight = 10
+     }
+}
+"""
+
+
+def test_the_nanny_differences_say_what_lb_does():
+    """README's "lb's health checks and Piranha's nanny": its numbers and its claims about lb are
+    the code's (an lvs.cf as a Piranha user has it)."""
+    from lb import weight
+    from lb.config import lvscf
+    from lb.engine import check_spec
+    from lb.health.load import dynamic_weight, parse_report
+
+    text = (ROOT / "README.md").read_text()
+    sect = text[text.index("### lb's health checks and Piranha's nanny"):]
+    sect = " ".join(sect[:sect.index("\n## ")].split())
+    cfg = lvscf.loads(NANNY_CF)
+    udp, tcp = cfg.virtual_servers
+    # a UDP virtual on port 80 without a check: lb's UDP check, empty, no expect; nanny's HTTP for TCP
+    spec, policy = check_spec(udp, udp.real_servers[0])
+    assert (spec.kind, spec.port, spec.send, spec.expect) == ("udp", 80, "", "")
+    assert f"real server's port every {policy.interval:g} s" in sect
+    assert f"within {udp.monitor.connect_timeout:g} s (`lb_monitor_connect_timeout`)" in sect
+    tspec, _ = check_spec(tcp, tcp.real_servers[0])
+    assert (tspec.kind, tspec.send, tspec.expect) == ("send_expect", lvscf.NANNY_HTTP_SEND, lvscf.NANNY_HTTP_EXPECT)
+    # load_monitor = rup: rup %h, its interval, weight / (1 + load), min_weight 1
+    lm = udp.load_monitor
+    assert (lm.kind, lm.program, lm.min_weight) == ("program", "rup %h", 1)
+    assert f"ask every {lm.interval:g} s (`lb_load_monitor_interval`)" in sect
+    assert "(1 by default)" in sect and "a load of 1 halves it, a load of 9 makes it a tenth" in sect
+    out = "rs1: up 3 days, load average: {}, 0.50, 0.40"
+    assert [dynamic_weight(parse_report(out.format(x)), 10, lm.min_weight) for x in ("1.00", "9.00", "99")] == [5, 1, 1]
+    # no slow start: a server back up has its full weight at once
+    assert "No slow start." in sect
+    assert weight.effective(10, up=True).value == 10 and weight.effective(10, up=True, load=4).value == 4
