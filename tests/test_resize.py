@@ -337,6 +337,17 @@ def handed_over(instance):
     return new, client, late
 
 
+def finish_resize_now(dp, instance, monkeypatch):
+    """A start that took up a killed daemon's resize finishes it at once (no grace left): no
+    resize under way after, and the old maps gone."""
+    from lb.dataplane import xdp
+
+    monkeypatch.setattr(xdp, "RESIZE_GRACE", 0.0)
+    while dp.finish_resize():
+        pass
+    assert dp.resize is None and not os.path.exists(old_dir(pin_dir(instance[0])))
+
+
 def test_a_stop_keeping_the_data_plane_finishes_a_resize_still_in_its_grace(instance, caplog):
     """An upgrade restarted again at once: the programs the attach replaced live in
     lb_progs_prev.  Its stop (keeping the data plane) waits out the
@@ -359,7 +370,6 @@ def test_a_daemon_killed_in_the_grace_leaves_the_old_programs_serving_until_the_
     the connections the old programs made after the copy to them (a program array nobody holds
     is emptied: they would meet the kernel, a reset).  The next start hands the killed daemon's
     programs over in turn and finishes the resize: the new maps alone serve them after."""
-    from lb.dataplane import xdp
     from lb.dataplane.bpfsys import prog_test_run
 
     new, client, late = handed_over(instance)
@@ -378,12 +388,9 @@ def test_a_daemon_killed_in_the_grace_leaves_the_old_programs_serving_until_the_
         assert "the resize of" in caplog.text and "was not finished" in caplog.text
         again.apply(table(("web",)))
         again._hand_over("public", attached)                  # its attach replaces the killed daemon's
-        monkeypatch.setattr(xdp, "RESIZE_GRACE", 0.0)
-        while again.finish_resize():
-            pass
+        finish_resize_now(again, instance, monkeypatch)
     finally:
         os.close(attached)
-    assert again.resize is None and not os.path.exists(old_dir(pin_dir(instance[0])))
     assert "resize: 3 lb_conns4 the old programs made since the copy copied" in caplog.text
     for s in late:                                           # the new maps alone serve them
         assert client.send(again, s, "PA") == client.flows[(80, s)]
@@ -589,8 +596,6 @@ def test_a_start_finishing_a_killed_daemons_resize_removes_what_the_old_programs
     copy's end, which the killed daemon pinned: an entry stamped before it that the old tables
     never held -- one the HA sync imported meanwhile -- is not removed for its closing state,
     nor a template.)"""
-    from lb.dataplane import xdp
-
     old = start(instance, SMALL)
     old.apply(table(("web",)))
     client = Client()
@@ -633,12 +638,9 @@ def test_a_start_finishing_a_killed_daemons_resize_removes_what_the_old_programs
                                       b"\0\x50", 6, L.AF_INET, 0)
         again.maps["lb_persist"].set(template, L.PERSIST.pack(cut - 1_000_000_000, struct.unpack_from("=I", value, 8)[0],
                                                               360))
-        monkeypatch.setattr(xdp, "RESIZE_GRACE", 0.0)
-        while again.finish_resize():
-            pass
+        finish_resize_now(again, instance, monkeypatch)
     finally:
         os.close(attached)
-    assert again.resize is None and not os.path.exists(old_dir(pin_dir(instance[0])))
     with PinnedMaps(instance[0]) as maps:
         assert listing(maps) == sorted(truth + [(40999, "TIME_WAIT", client.flows[(80, kept)])])
         assert maps["lb_persist"].get(template) is not None
