@@ -4,14 +4,12 @@ that cannot tell it says to name it with --instance."""
 from __future__ import annotations
 
 import fcntl
-import json
 import os
 import shutil
 import socket
 import subprocess
 import sys
 import tempfile
-import threading
 import types
 from pathlib import Path
 
@@ -19,6 +17,7 @@ import pytest
 
 from lb import control, instance
 from lb.cli.main import main
+from control_util import one_reply_daemon
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -394,24 +393,7 @@ def test_not_root_one_line_and_the_shared_socket(tmp_path, request):
 
     # a daemon whose [control] read_group lets the user in: its shared socket answers
     status = {"instance": "web", "pid": 7, "role": "active", "config": "/etc/lb/web.toml", "services": []}
-    srv = socket.socket(socket.AF_UNIX)
-    srv.bind(str(shared / "web.sock"))
-    os.chmod(shared / "web.sock", 0o666)
-    srv.listen(8)
-
-    def serve():
-        while True:
-            try:
-                c, _ = srv.accept()
-            except OSError:
-                return
-            with c:
-                try:
-                    c.makefile("rb").readline()
-                    c.sendall(json.dumps({"ok": True, "status": status}).encode() + b"\n")
-                except OSError:
-                    pass         # the discovery's probe: connected, and gone
-    threading.Thread(target=serve, daemon=True).start()
+    srv = one_reply_daemon(shared / "web.sock", {"ok": True, "status": status})
     try:
         rc, out, err = lb("status")
         assert (rc, err) == (0, "") and out.startswith("instance web  pid 7  role active"), err

@@ -15,6 +15,7 @@ from aiohttp import ClientSession
 from lb import control
 from lb.web import main as webmain
 from lb.web import password
+from control_util import one_reply_daemon
 from ports import held_port
 
 PASSWORD = "a password for tls"
@@ -140,9 +141,7 @@ def test_lb_web_as_its_units_user_on_a_privileged_port_says_what_it_lacks(tmp_pa
     [web] listen on port 443 failed with "Permission denied" alone, and Restart=on-failure tried
     again every 2 s.  The line now says what the port needs.  As a user without privileges
     (nobody), asking a daemon's socket it may reach, as lb-web asks /run/lb-control's."""
-    import json
     import os
-    import socket
     import sys
     import tempfile
     from pathlib import Path
@@ -155,22 +154,7 @@ def test_lb_web_as_its_units_user_on_a_privileged_port_says_what_it_lacks(tmp_pa
         os.chown(pw, 65534, 65534)
         port = 443 if _free(443) else next(p for p in range(400, 1000) if _free(p))
         web = dict(settings(tmp_path), port=port, listen=f"127.0.0.1:{port}", password_file=str(pw))
-        server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        server.bind(str(d / "t.sock"))
-        os.chmod(d / "t.sock", 0o666)
-        server.listen(4)
-
-        def answer():
-            while True:
-                try:
-                    conn, _ = server.accept()
-                except OSError:
-                    return
-                with conn:
-                    conn.recv(65536)
-                    conn.sendall(json.dumps({"ok": True, "instance": "t", "config": "/x", "web": web}).encode() + b"\n")
-
-        threading.Thread(target=answer, daemon=True).start()
+        server = one_reply_daemon(d / "t.sock", {"ok": True, "instance": "t", "config": "/x", "web": web})
         repo = Path(__file__).resolve().parents[1]
         p = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", sys.executable, "-c",
                             f"import sys; from lb.web import main; sys.exit(main.run('t', {str(d)!r}))"],
