@@ -252,8 +252,9 @@ static __always_inline int lb_from_itself(struct lb_pkt *pkt)
  * entry), forward.  lb_xdp_public does it for the schedulers it runs in place, lb_xdp_new_conn
  * at the end of the others' tail calls. ---- */
 
-/* new_conn's part for persistent services: refresh the template that chose, or make one (in
- * lb_persist_embryo: it moves to lb_persist when the connection is established) */
+/* new_conn's part for persistent services: refresh the template that chose (it controls this
+ * connection: not idle), or make one (in lb_persist_embryo: it moves to lb_persist when the
+ * connection is established) */
 static __always_inline void lb_persist_after_pick(struct lb_pkt *pkt, struct lb_svc *svc, __u32 real_id,
                                                   int from_template, __u64 now)
 {
@@ -263,10 +264,12 @@ static __always_inline void lb_persist_after_pick(struct lb_pkt *pkt, struct lb_
         int embryo;
         struct lb_persist *t = lb_persist_find(&pk, &embryo);
         if (t) {
-            /* past its timeout and not yet swept: IPVS kept it because it still controls a
-             * connection (else the sweep removes it), with 60 s from then on */
+            /* past its timeout and not yet swept (and not idle, lb_persist_gone): IPVS kept it
+             * because it still controls a connection, with 60 s from then on */
+            __u32 secs = t->timeout & LB_PERSIST_TIMEOUT;
             if (lb_persist_expired(t, now))
-                t->timeout = LB_TEMPLATE_LATER_S;
+                secs = LB_TEMPLATE_LATER_S;
+            t->timeout = secs;
             t->last_ns = now;
         }
         return;
@@ -279,14 +282,16 @@ static __always_inline void lb_persist_after_pick(struct lb_pkt *pkt, struct lb_
 }
 
 /* A persistent service's new connection: its live template's real server, or LB_PICK_ELSEWHERE
- * (no template, or one whose server is gone: lb_xdp_persist drops that one and schedules) */
-static __always_inline __u32 lb_persist_pick_in_place(struct lb_pkt *pkt, __u32 svc_id, struct lb_svc *svc)
+ * (no template, one IPVS has freed, or one whose server is gone: lb_xdp_persist drops that one
+ * and schedules) */
+static __always_inline __u32 lb_persist_pick_in_place(struct lb_pkt *pkt, __u32 svc_id, struct lb_svc *svc,
+                                                      __u64 now)
 {
     struct lb_persist_key pk;
     int embryo;
     lb_persist_key_of(&pk, pkt, svc);
     struct lb_persist *t = lb_persist_find(&pk, &embryo);
-    return t && lb_persist_usable(t, svc_id) ? t->real : LB_PICK_ELSEWHERE;
+    return t && !lb_persist_gone(t, now) && lb_persist_usable(t, svc_id) ? t->real : LB_PICK_ELSEWHERE;
 }
 
 /* Make the connection a scheduler (or a template) picked -- its first state, counted on its real
@@ -428,7 +433,7 @@ int lb_xdp_public_full(struct xdp_md *ctx)
         __u32 real_id = LB_PICK_ELSEWHERE;
         int from_template = 0;
         if (svc->persist_timeout) {
-            real_id = lb_persist_pick_in_place(&pkt, svc_id, svc);
+            real_id = lb_persist_pick_in_place(&pkt, svc_id, svc, now);
             from_template = real_id != LB_PICK_ELSEWHERE;
         } else if (lb_sched_in_place(svc)) {
             real_id = lb_pick_in_place(svc_id, svc, &pkt);
@@ -571,10 +576,10 @@ int lb_xdp_persist(struct xdp_md *ctx)
     lb_persist_key_of(&pk, &pkt, svc);
     struct lb_persist *t = lb_persist_find(&pk, &embryo);
     if (t) {
-        /* An expired template is not dropped here: IPVS keeps one that still controls live
-         * connections (60 s more), which only the control plane's sweep can tell (it counts
-         * them); the sweep removes the others, within its interval. */
-        if (lb_persist_usable(t, svc_id)) {
+        /* An expired template is dropped here only when the control plane's last sweep found
+         * nothing live it controls (lb_persist_gone): IPVS keeps one that still controls
+         * connections (60 s more), which only the sweep can tell (it counts them). */
+        if (!lb_persist_gone(t, lb_now()) && lb_persist_usable(t, svc_id)) {
             sc->svc = svc_id;
             sc->real = t->real;
             sc->from_template = 1;
@@ -582,7 +587,7 @@ int lb_xdp_persist(struct xdp_md *ctx)
             lb_count(LB_CNT_TAIL_CALL);
             return XDP_PASS;
         }
-        lb_persist_drop(&pk, t, embryo);  /* its real server is gone: schedule afresh */
+        lb_persist_drop(&pk, t, embryo);  /* freed, or its real server is gone: schedule afresh */
     }
     sc->from_template = 0;
     lb_tail_sched(ctx, svc->sched);

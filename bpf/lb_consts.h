@@ -47,6 +47,17 @@
  * connections lives 60 s more, and 60 s is its timeout from then on */
 #define LB_TEMPLATE_LATER_S 60
 
+/* lb_persist.timeout: the template's timeout in seconds (the low bits, LB_PERSIST_TIMEOUT; a
+ * persistence timeout is at most 2147483 s), and LB_PERSIST_F_IDLE: the control plane's last
+ * sweep found no live connection it controls (a new connection through it clears it; only
+ * lb_persist's are marked, not lb_persist_embryo's: an LRU rewrite may evict).  Past its
+ * timeout, an idle template is one IPVS freed (nothing it controlled was left when its timer ran
+ * out): the data path takes it for absent.  Without the flag (its connections live, or made
+ * since the sweep, or an older lb's or a synced template no sweep has looked at yet) it is kept,
+ * as IPVS keeps one that still controls connections. */
+#define LB_PERSIST_TIMEOUT 0x7fffffff
+#define LB_PERSIST_F_IDLE 0x80000000U
+
 /* "keep going": helpers return this or an XDP action */
 #define LB_CONTINUE (-1)
 #define LB_NONE 0xffffffffU

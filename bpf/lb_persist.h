@@ -52,7 +52,18 @@ static __always_inline struct lb_persist *lb_persist_find(struct lb_persist_key 
 
 static __always_inline int lb_persist_expired(struct lb_persist *t, __u64 now)
 {
-    return (__s64)(now - t->last_ns) > (__s64)((__u64)t->timeout * 1000000000ULL);   /* as lb_conn_expired */
+    __u64 secs = t->timeout & LB_PERSIST_TIMEOUT;
+    return (__s64)(now - t->last_ns) > (__s64)(secs * 1000000000ULL);   /* as lb_conn_expired */
+}
+
+/* A template IPVS has freed: past its timeout, and the control plane's last sweep found no live
+ * connection it controls (LB_PERSIST_F_IDLE; none made through it since, which clears the flag),
+ * so none was left when its timer ran out (ip_vs_conn_expire frees a template then unless
+ * n_control).  The data path takes it for absent: drops it, as the sweep would, and schedules
+ * afresh.  One past its timeout without the flag still controls a connection: it is kept. */
+static __always_inline int lb_persist_gone(struct lb_persist *t, __u64 now)
+{
+    return (t->timeout & LB_PERSIST_F_IDLE) && lb_persist_expired(t, now);
 }
 
 static __always_inline void lb_persist_count(__u32 real, int delta)

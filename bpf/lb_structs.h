@@ -111,7 +111,8 @@ struct lb_persist_key {           /* IPVS template: <proto, client & netmask, vi
 struct lb_persist {
     __u64 last_ns;                /* last new connection or packet through it */
     __u32 real;
-    __u32 timeout;                /* seconds: the service's persistence timeout */
+    __u32 timeout;                /* seconds: the service's persistence timeout (or 60 s, kept
+                                   * past it), | LB_PERSIST_F_IDLE (lb_consts.h) */
 };
 
 struct lb_conn_key {

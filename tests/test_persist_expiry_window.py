@@ -12,8 +12,9 @@ from scapy.layers.l2 import Ether
 
 from packets_util import CLIENT_MAC, PUB_MAC, XDP_REDIRECT, age, loaded_dataplane, real_mac, run, template_items
 
-from lb.dataplane import RealSpec, ServiceSpec, TableSpec
+from lb.dataplane import RealSpec, ServiceSpec, TableSpec, reader
 from lb.dataplane import layout as L
+from lb.dataplane.maps import PinnedMaps
 
 ip = ipaddress.ip_address
 VIP, CLIENT = "198.18.0.10", "198.18.0.2"
@@ -83,3 +84,78 @@ def test_a_template_met_after_it_ran_out_still_decides_while_it_controls_a_conne
     [(_k, v)] = template_items(dp.maps)
     assert L.PERSIST.unpack(v)[2] == 60
     assert send(dp, 49002, "S") == first
+
+
+# ---- a template the sweep found controlling nothing live (LB_PERSIST_F_IDLE): past its timeout
+# IPVS has freed it, so the data path does not wait for the next sweep to take it for absent ----
+
+def persist_counts(dp) -> dict[str, int]:
+    """PersistConn per real server, as `lb list --persistent-conn` shows it"""
+    with PinnedMaps(dp.instance) as maps:
+        [svc] = reader.read_services(maps)
+    return {str(r.address): r.persist for r in svc.reals}
+
+
+def templates(dp) -> list[tuple[str, str, int]]:
+    """(table, real server, timeout in seconds) of every template"""
+    out = []
+    for name in ("lb_persist", "lb_persist_embryo"):
+        for _k, v in dp.maps[name].items(batch=False):
+            _last, real, timeout = L.PERSIST.unpack(v)
+            addr = L.Real.unpack(dp.maps["lb_reals"].get(L.U32.pack(real))).addr
+            out.append((name, str(addr), timeout & L.PERSIST_TIMEOUT))
+    return out
+
+
+def test_a_template_that_ran_out_controlling_nothing_is_gone_before_the_sweep(dp):
+    """The client's only connection ended and the sweep removed it; the template (300 s) runs out
+    with no sweep since.  IPVS freed it then (nothing it controlled was left), so the client's
+    next connection is scheduled afresh -- rr's next server, not the one the stale template
+    named -- and a new template names that one; PersistConn moves with it."""
+    first = send(dp, 50000, "S")
+    send(dp, 50000, "A")
+    send(dp, 50000, "R")            # CLOSE: 10 s
+    age(dp, 20)
+    dp.sweep()                      # removes it; the template has 280 s left and controls nothing
+    assert templates(dp) == [("lb_persist", first, 300)]
+    assert persist_counts(dp)[first] == 1
+    age(dp, 281)                    # the template ran out at 300 s; no sweep since
+    [other] = [a for a in REALS if a != first]
+    assert send(dp, 50001, "S") == other
+    assert templates(dp) == [("lb_persist_embryo", other, 300)]
+    assert persist_counts(dp) == {first: 0, other: 1}
+    assert send(dp, 50002, "S") == other           # the new template decides
+    dp.sweep()
+    assert persist_counts(dp) == {first: 0, other: 1}
+
+
+def test_a_template_that_ran_out_controlling_a_live_connection_stays_after_a_sweep(dp):
+    """A sweep while the template's connection lives leaves it controlling: when it runs out
+    before the next sweep, the client's new connection still goes to its server, and the
+    template is re-armed for 60 s (IPVS kept it), its PersistConn unchanged."""
+    send(dp, 51000, "S")
+    first = send(dp, 51000, "A")    # ESTABLISHED: lives 900 s
+    age(dp, 200)
+    dp.sweep()
+    age(dp, 101)                    # the template ran out at 300 s; no sweep since
+    assert send(dp, 51001, "S") == first
+    assert templates(dp) == [("lb_persist", first, 60)]
+    assert persist_counts(dp)[first] == 1 and sum(persist_counts(dp).values()) == 1
+
+
+def test_a_connection_through_a_template_since_the_sweep_keeps_it_controlling(dp):
+    """The sweep found the template controlling nothing (its connection ended), then the client
+    came back before it ran out: that new connection is one it controls, so when it runs out
+    (before any sweep) the client still keeps its server, as in IPVS."""
+    send(dp, 52000, "S")
+    first = send(dp, 52000, "A")
+    send(dp, 52000, "R")
+    age(dp, 20)
+    dp.sweep()                      # the connection is gone: the template controls nothing
+    age(dp, 100)
+    assert send(dp, 52001, "S") == first           # through the template, re-armed for 300 s
+    send(dp, 52001, "A")            # ESTABLISHED: lives 900 s
+    age(dp, 301)                    # the template ran out; no sweep since
+    assert send(dp, 52002, "S") == first
+    assert templates(dp) == [("lb_persist", first, 60)]
+    assert sum(persist_counts(dp).values()) == 1

@@ -181,16 +181,17 @@ class ConnTable:
         before = self.counts_snapshot(rids)                 # S0, read before the dumps
         census: dict[int, list[int]] = {}                     # W: per real, [active, inactive, persist]
         swept: dict[int, list[int]] = {}
-        # templates, counted; those whose timeout has passed are decided after the connections:
-        # one that still controls a live connection is kept (ip_vs_conn_expire)
-        expired_t: dict[tuple[str, bytes], tuple[int, int, int]] = {}
+        # templates, counted; each is decided after the connections: one whose timeout has passed
+        # is kept when a connection it controls was still there when it ran out
+        # (ip_vs_conn_expire), and each of lb_persist is marked idle (LB_PERSIST_F_IDLE) when no
+        # live connection it controls is left -- past its timeout, the data path then takes it
+        # for absent, as IPVS frees it (bpf/lb_persist.h lb_persist_gone)
+        templates: list[tuple[str, bytes, bytes]] = []
         for name in ("lb_persist", "lb_persist_embryo"):
             for k, v in self.maps[name].items():
-                last, real, timeout = L.PERSIST.unpack(v)
-                census.setdefault(real, [0, 0, 0])[2] += 1
-                if L.elapsed_ns(now, last) > timeout * 1_000_000_000:
-                    expired_t[(name, k)] = (last, real, timeout)
-        persistent = self._persistent_services() if expired_t else {}
+                census.setdefault(L.PERSIST.unpack(v)[1], [0, 0, 0])[2] += 1
+                templates.append((name, k, v))
+        persistent = self._persistent_services() if templates else {}
         # (template key, real) -> the latest moment, in ns from now, one of its connections runs
         # out (negative: already ran out).  A template is kept when a connection it controls was
         # still there when the template ran out -- which may be before this sweep, not only when
@@ -245,14 +246,26 @@ class ConnTable:
                 self.est_census(census_keys, marked)
                 del census_keys
             del entries
-        for (name, k), (last, real, timeout) in expired_t.items():
-            templates = self.maps[name]
-            if templates.get(k) != L.PERSIST.pack(last, real, timeout):
+        for name, k, v in templates:
+            last, real, raw = L.PERSIST.unpack(v)
+            timeout, idle = raw & L.PERSIST_TIMEOUT, bool(raw & L.PERSIST_F_IDLE)
+            conn_left = controlling.get((k, real))
+            live = conn_left is not None and conn_left >= 0    # a connection it controls lives
+            # lb_persist_embryo's are not marked: an update of an LRU entry takes a new one,
+            # which in a full table (a flood) evicts another, uncounted
+            mark = L.PERSIST_F_IDLE if not live and name == "lb_persist" else 0
+            t_left = timeout * 1_000_000_000 - L.elapsed_ns(now, last)
+            table = self.maps[name]
+            if t_left >= 0:
+                if idle == bool(mark):
+                    continue             # marked right
+                if table.get(k) == v:    # not used or made again since the dump (as below)
+                    table.set(k, L.PERSIST.pack(last, real, timeout | mark))
+                continue
+            if table.get(k) != v:
                 continue                 # used or made again since the dump (as connections above)
             # each time its timer runs out while a connection it controls is still there, it
             # restarts where it ran out, for 60 s; the first time none is, it goes
-            conn_left = controlling.get((k, real))
-            t_left = timeout * 1_000_000_000 - L.elapsed_ns(now, last)
             kept = False
             while conn_left is not None and t_left < 0 and conn_left > t_left:
                 last = L.stamp_ago(last, -timeout * 1_000_000_000)
@@ -260,8 +273,8 @@ class ConnTable:
                 t_left += TEMPLATE_LATER_S * 1_000_000_000
                 kept = True
             if kept and t_left >= 0:
-                templates.set(k, L.PERSIST.pack(last, real, timeout))
-            elif templates.delete(k):
+                table.set(k, L.PERSIST.pack(last, real, timeout | mark))
+            elif table.delete(k):
                 swept.setdefault(real, [0, 0, 0])[2] += 1
         for rid in rids:
             s0, w = before.get(rid, (0, 0, 0)), census.get(rid, (0, 0, 0))
@@ -410,6 +423,7 @@ class ConnTable:
         for k, v in self.maps["lb_persist"].items():
             caddr, vaddr, vport, proto, fam, fwmark = L.PERSIST_KEY.unpack(k)
             last, rid, timeout = L.PERSIST.unpack(v)
+            timeout &= L.PERSIST_TIMEOUT        # seconds (LB_PERSIST_F_IDLE is this director's)
             real = self.table.reals.get(rid)
             if real is None or not real.family or not fam:
                 continue
@@ -517,7 +531,8 @@ class ConnTable:
                     skipped += 1
                     continue
             try:
-                pm.set(key, L.PERSIST.pack(L.stamp_ago(now, age), rid, timeout))
+                # not idle: this director's next sweep looks at the connections it controls
+                pm.set(key, L.PERSIST.pack(L.stamp_ago(now, age), rid, timeout & L.PERSIST_TIMEOUT))
             except BpfError as e:
                 # lb_persist has no eviction: full, the template stays out (as the data path's
                 # persist_table_full), and the rest of the batch goes on

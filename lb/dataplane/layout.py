@@ -132,6 +132,9 @@ LBLCR_EXPIRATION_DEFAULT = C["LB_LBLCR_EXPIRATION_DEFAULT"]   # BPF's lblcr_expi
 CONN_F_INACTIVE, CONN_F_OUT, CONN_F_PERSIST = C["LB_CONN_F_INACTIVE"], C["LB_CONN_F_OUT"], C["LB_CONN_F_PERSIST"]
 CONN_F_EST_REPLY = C["LB_CONN_F_EST_REPLY"]   # lb_reply.h: a reverse entry whose replies' ACKs need only it
 TEMPLATE_LATER_S = C["LB_TEMPLATE_LATER_S"]    # a template kept past its timeout: its timeout from then on
+# lb_persist.timeout: seconds (PERSIST_TIMEOUT's bits) | PERSIST_F_IDLE (the last sweep found no
+# live connection the template controls: past its timeout, the data path takes it for absent)
+PERSIST_TIMEOUT, PERSIST_F_IDLE = C["LB_PERSIST_TIMEOUT"], C["LB_PERSIST_F_IDLE"]
 
 # scheduler name -> LB_SCHED_* (also the tail-call slot LB_PROG_SCHED_BASE + value), id order
 SCHEDULERS = {name.lower(): v for name, v in sorted(

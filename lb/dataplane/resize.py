@@ -544,6 +544,7 @@ class Resize:
             return not strict                   # tables without eviction: every delete is meant
         if name == "lb_persist_embryo":
             last, _, timeout = L.PERSIST.unpack(value)
+            timeout &= L.PERSIST_TIMEOUT        # seconds, without LB_PERSIST_F_IDLE
             # expired, or moved to lb_persist with its connection
             return L.elapsed_ns(now, last) > timeout * 1_000_000_000 or self._old_get("lb_persist", key)
         last, _, _, timeout, _, state, _ = CONN_HEAD.unpack_from(value)

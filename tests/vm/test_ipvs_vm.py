@@ -418,6 +418,7 @@ def _xdp_observe(dp, label: str, port: int) -> dict:
         if str(L.unpack_addr(vaddr, family)) != oracle.VIP or L.unpack_port(vport) != port:
             continue
         last, real, timeout = L.PERSIST.unpack(v)
+        timeout &= L.PERSIST_TIMEOUT              # seconds, without LB_PERSIST_F_IDLE
         left = timeout - (now - last) // 1_000_000_000
         if left >= 0:
             raddr = L.Real.unpack(dp.maps["lb_reals"].get(L.U32.pack(real))).addr
