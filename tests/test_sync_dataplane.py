@@ -313,3 +313,29 @@ def test_a_new_active_keeps_what_its_own_data_plane_made_over_the_old_actives_la
     states = {r[2]: r[7] for _, _, r in b.export_conns()[0]}
     assert states[copied[2]] == L.TCP_S["FIN_WAIT"]
     assert backup.counters["sync_skipped"] == 4 and backup.counters["sync_rx_records"] == 2 + 2
+
+
+def test_a_template_its_sweep_found_idle_is_synced_with_its_timeout_in_seconds(pair):
+    """The active's sweep marks a template whose connections all ended (LB_PERSIST_F_IDLE, kept
+    in its timeout's top bit): the record carries the timeout in seconds, and the backup's copy
+    is not idle (the backup's own sweep looks at the connections it controls there: until then,
+    past its timeout it is kept, as every template was before the mark) and decides."""
+    import time
+
+    a, b = pair
+    vip = "2001:2::20"
+    flow = ("2001:2:0:3::1", vip, 46000, 443)
+    mac = _open(a, flow)
+    _dst(a, _pkt(*flow, "R"))                          # CLOSE: 10 s
+    a.sweep(now_ns=time.monotonic_ns() + 15 * 10**9)   # the connection gone: the template is idle
+    key = L.PERSIST_KEY.pack(L.pack_addr(ip("2001:2:0:3::")), L.pack_addr(ip(vip)), L.pack_port(443), 6,
+                             L.AF_INET6, 0)
+    assert L.PERSIST.unpack(a.maps["lb_persist"].get(key))[2] == 300 | L.PERSIST_F_IDLE
+    [t] = [t for t in a.export_conns()[1] if t[2][1] == ip("2001:2:0:3::")]
+    assert t[2][8] == 300
+    got = []
+    for batch in sync.pack_batches(sync.Exporter(rate=10**6, interval=1).select([], [t])):
+        got += sync.decode_batch(batch)[1]
+    assert b.import_conns([], got, ifindex=1, local_mac=bytes(6)) == (1, 0)
+    assert L.PERSIST.unpack(b.maps["lb_persist"].get(key))[2] == 300
+    assert _dst(b, _pkt("2001:2:0:3::2", vip, 46001, 443, "S")) == mac
