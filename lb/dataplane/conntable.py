@@ -359,27 +359,31 @@ class ConnTable:
             if st.id in rewrite:
                 self.table.write_dests(st)
 
-    def _persistent_services(self) -> dict[int, tuple]:
-        """service id -> (its lb_svc record, its family byte), for the persistent services."""
+    def _persistent_services(self) -> dict[int, tuple[int, bytes]]:
+        """service id -> (its persistence mask as an integer, the rest of its templates' keys
+        after the client address), for the persistent services: what _template_key needs."""
         out = {}
         for st in self.table.services.values():
             raw = self.maps["lb_svc"].get(L.U32.pack(st.id))
             if raw is not None:
                 svc = L.Svc.unpack(raw)
                 if svc.persist_timeout:
-                    out[st.id] = (svc, L.SVC.unpack(raw)[3])
+                    family = L.SVC.unpack(raw)[3]
+                    if svc.fwmark:
+                        key = L.PERSIST_KEY.pack(bytes(16), bytes(16), b"\0\0", 0, family, svc.fwmark)
+                    else:
+                        key = L.PERSIST_KEY.pack(bytes(16), L.pack_addr(svc.addr), L.pack_port(svc.port), svc.proto,
+                                                 family, 0)
+                    out[st.id] = (int.from_bytes(svc.persist_mask, "big"), key[16:])
         return out
 
     @staticmethod
-    def _template_key(svc_family: tuple, conn_key: bytes) -> bytes:
+    def _template_key(mask_rest: tuple[int, bytes], conn_key: bytes) -> bytes:
         """The template key of a connection of a persistent service, as bpf/lb_persist.h
         lb_persist_key_of makes it: <client & netmask, VIP, port, protocol>, or for a
-        firewall-mark service <client & netmask, fwmark>."""
-        svc, family = svc_family
-        caddr = bytes(a & m for a, m in zip(conn_key[:16], svc.persist_mask))
-        if svc.fwmark:
-            return L.PERSIST_KEY.pack(caddr, bytes(16), b"\0\0", 0, family, svc.fwmark)
-        return L.PERSIST_KEY.pack(caddr, L.pack_addr(svc.addr), L.pack_port(svc.port), svc.proto, family, 0)
+        firewall-mark service <client & netmask, fwmark> (mask_rest: _persistent_services')."""
+        mask, rest = mask_rest
+        return (int.from_bytes(conn_key[:16], "big") & mask).to_bytes(16, "big") + rest
 
     def counts_snapshot(self, rids: list[int]) -> dict[int, tuple[int, int, int]]:
         """(active, inactive, persist) = lb_real_conns - lb_real_swept of the given real ids,
