@@ -246,6 +246,25 @@ static __always_inline int lb_from_itself(struct lb_pkt *pkt)
     return ((s[0] ^ d[0]) | (s[1] ^ d[1]) | (s[2] ^ d[2]) | (s[3] ^ d[3])) == 0;
 }
 
+/* A packet from another address a virtual service listens on (another VIP of this director, or
+ * a port group's): a martian to the kernel as the LAND packet above is (IPv4's
+ * fib_validate_source refuses a local source), and scheduled, a NAT connection's replies went
+ * out to the director's own VIP, and forged SYNs had the real servers talk to it.  A new
+ * connection's question only: the source's bit of lb_vip_filter first (one array load; almost
+ * every client's is clear), then lb_vip_addrs, exactly (a bit is shared by many addresses). */
+static __always_inline int lb_from_a_vip(struct lb_pkt *pkt)
+{
+    __be32 *s = pkt->saddr;
+    __u32 zero = 0, idx = ((s[0] ^ s[1] ^ s[2] ^ s[3]) * LB_VIP_HASH_MUL) >> (32 - LB_VIP_FILTER_BITS);
+    struct lb_vip_filter *f = lb_vip_filter.lookup(&zero);
+    if (!f || !((f->bits[(idx >> 6) & (LB_VIP_FILTER_WORDS - 1)] >> (idx & 63)) & 1))
+        return 0;
+    /* keyed by the 16 bytes as they are (lb_xdp_public has no stack to spare for a key), the
+     * family in the value: an IPv4 VIP's padded bytes are also an IPv6 address */
+    __u32 *fams = lb_vip_addrs.lookup((struct lb_addr16 *)pkt->saddr);
+    return fams && ((*fams >> pkt->family) & 1);
+}
+
 /* ---- a new connection: its first state transition (IPVS starts every connection inactive;
  * a SYN's SYN_RECV makes it active), counted once where it lands (one atomic on the real
  * server's shared counters, not three), insert into the embryonic table (plus the NAT reverse
@@ -297,9 +316,10 @@ static __always_inline __u32 lb_persist_pick_in_place(struct lb_pkt *pkt, __u32 
 /* Make the connection a scheduler (or a template) picked -- its first state, counted on its real
  * server, into the embryonic table (with the NAT reverse entry), the template's part -- and
  * forward the packet; when another CPU made the flow first, forward it along that one's pick.
- * An XDP action. */
-static __always_inline int lb_conn_new(struct xdp_md *ctx, struct lb_pkt *pkt, __u32 svc_id,
-                                       struct lb_svc *svc, __u32 real_id, int from_template)
+ * key: the packet's (lb_conn_key_in), the caller's (lb_xdp_public's lookup built it: not a
+ * second one on its stack, which has none to spare).  An XDP action. */
+static __always_inline int lb_conn_new(struct xdp_md *ctx, struct lb_pkt *pkt, struct lb_conn_key *key,
+                                       __u32 svc_id, struct lb_svc *svc, __u32 real_id, int from_template)
 {
     struct lb_real *r = lb_reals.lookup(&real_id);
     /* family 0: a real server retired while its service's list, written after it (txn.py's
@@ -308,8 +328,6 @@ static __always_inline int lb_conn_new(struct xdp_md *ctx, struct lb_pkt *pkt, _
     if (!r || r->svc != svc_id || !r->family)
         return XDP_PASS;
 
-    struct lb_conn_key key;
-    lb_conn_key_in(&key, pkt);
     struct lb_conn c = {};
     c.last_ns = lb_now();
     c.real = real_id;
@@ -321,8 +339,8 @@ static __always_inline int lb_conn_new(struct xdp_md *ctx, struct lb_pkt *pkt, _
     c.client_ifindex = ctx->ingress_ifindex;
     __builtin_memcpy(c.client_mac, pkt->eth->h_source, ETH_ALEN);
     __builtin_memcpy(c.local_mac, pkt->eth->h_dest, ETH_ALEN);
-    __builtin_memcpy(c.vaddr, key.daddr, 16);
-    c.vport = key.dport;
+    __builtin_memcpy(c.vaddr, key->daddr, 16);
+    c.vport = key->dport;
     /* its first state first (a SYN: SYN_RECV, active), then counted once, where it is */
     lb_conn_next_state(&c, lb_fsm_table(r), pkt);
     if (c.flags & LB_CONN_F_INACTIVE)
@@ -330,12 +348,12 @@ static __always_inline int lb_conn_new(struct xdp_md *ctx, struct lb_pkt *pkt, _
     else
         lb_real_conns_add(real_id, 1, 0);
 
-    int fresh = lb_conns_embryo.insert(&key, &c) == 0;
+    int fresh = lb_conns_embryo.insert(key, &c) == 0;
     if (!fresh) {
         /* another CPU created this flow first: follow its choice */
         lb_conn_uncount(&c);
         int embryo;
-        struct lb_conn *other = lb_conn_find(&key, &embryo);
+        struct lb_conn *other = lb_conn_find(key, &embryo);
         if (!other) {
             lb_count(LB_CNT_CONN_FULL);
             return XDP_DROP;
@@ -353,7 +371,7 @@ static __always_inline int lb_conn_new(struct xdp_md *ctx, struct lb_pkt *pkt, _
             lb_persist_after_pick(pkt, svc, real_id, from_template, c.last_ns);
         if (r->fwd == LB_FWD_NAT) {
             struct lb_conn_key rk;
-            lb_conn_key_reverse(&rk, &key, r);
+            lb_conn_key_reverse(&rk, key, r);
             c.flags = LB_CONN_F_OUT;
             if (lb_conns_embryo.update(&rk, &c) == 0)
                 lb_ct_event(LB_CTE_EMBRYO_NEW);
@@ -408,6 +426,10 @@ int lb_xdp_public_full(struct xdp_md *ctx)
         c = 0;
     }
     if (!c) {
+        /* ctx anew for the new connection's branch: else clang computes &ctx->data_end once,
+         * before the parse, and spills it, and the verifier refuses a load through a ctx
+         * pointer moved off its start */
+        asm volatile("" : "+r"(ctx));
         act = lb_lookup_svc(&pkt, &svc_id);
         if (act != LB_CONTINUE)
             return act;
@@ -421,7 +443,7 @@ int lb_xdp_public_full(struct xdp_md *ctx)
             lb_progs_prev.call(ctx, LB_PREV_PUBLIC);     /* a resize: the old maps may hold it */
             return XDP_PASS;
         }
-        if (lb_not_routable(ctx, &pkt) || lb_from_itself(&pkt)) {
+        if (lb_not_routable(ctx, &pkt) || lb_from_itself(&pkt) || lb_from_a_vip(&pkt)) {
             lb_count(LB_CNT_NOT_ROUTABLE);
             return XDP_PASS;
         }
@@ -457,7 +479,7 @@ int lb_xdp_public_full(struct xdp_md *ctx)
             lb_count(LB_CNT_NO_REAL);   /* the local stack refuses it, as lb_sched_end says */
             return XDP_PASS;
         }
-        return lb_conn_new(ctx, &pkt, svc_id, svc, real_id, from_template);
+        return lb_conn_new(ctx, &pkt, &key, svc_id, svc, real_id, from_template);
     }
     return lb_conn_packet_in(ctx, &pkt, &key, c, embryo, now, 0);
 }
@@ -614,7 +636,9 @@ int lb_xdp_new_conn(struct xdp_md *ctx)
     struct lb_svc *svc = lb_svc.lookup(&svc_id);
     if (!svc)
         return XDP_PASS;
-    return lb_conn_new(ctx, &pkt, svc_id, svc, real_id, from_template);
+    struct lb_conn_key key;
+    lb_conn_key_in(&key, &pkt);
+    return lb_conn_new(ctx, &pkt, &key, svc_id, svc, real_id, from_template);
 }
 
 /* ---- private side: NAT replies ---- */

@@ -173,6 +173,10 @@ enum lb_sched_id {
 #define LB_VIP_FILTER_BITS 12
 #define LB_VIP_FILTER_WORDS ((1 << LB_VIP_FILTER_BITS) / 64)
 #define LB_VIP_HASH_MUL 0x9E3779B1
+/* lb_vip_addrs: the same addresses exactly (a new connection's source bit set in lb_vip_filter is
+ * looked up there, lb.c lb_from_a_vip): one VIP per service, plus the port groups' addresses, at
+ * most one (VIP, protocol) per service (the control plane's fit check) */
+#define LB_VIP_ADDRS (2 * LB_MAX_SERVICES)
 
 /* The established filter (lb_est_filter, lb_embryo.h): may a pure SYN's key have an entry in
  * lb_conns?  Bits per bitmap: a -D flag, 8 per lb_conns entry (lb/dataplane/program.py).
@@ -267,8 +271,9 @@ enum lb_sched_id {
 #define LB_CNT_TX_UNMAPPED 16  /* redirected to an interface not in lb_tx_ports: bpf_redirect,
                                   * whose ifindex the kernel looks up per packet (not a drop) */
 #define LB_CNT_NOT_ROUTABLE 17   /* what the kernel drops before IPVS would see it (a length past
-                                  * the frame or short of its headers, a martian source): passed
-                                  * to it, nothing made, no real server sees it */
+                                  * the frame or short of its headers, a martian source: among
+                                  * them a VIP of this director's, the packet's own or another):
+                                  * passed to it, nothing made, no real server sees it */
 #define LB_CNT_FRAG_FORWARDED 18 /* a fragment after the first, forwarded as its first went
                                   * (lb_frag.h); LB_CNT_FRAGMENT counts those passed */
 #define LB_CNT_UDP6_CSUM_FILLED 19 /* an IPv6 UDP datagram without a checksum (0) given a whole one

@@ -64,6 +64,11 @@ BPF_TABLE_PINNED("percpu_array", __u32, __u64, lb_counters, LB_COUNTERS, LB_PIN(
 BPF_TABLE_PINNED("percpu_array", __u32, __u64, lb_ct_events, LB_CTE_MAX, LB_PIN(lb_ct_events));
 /* the addresses of every virtual service, hashed to a bit: the first test of lb_xdp_public */
 BPF_TABLE_PINNED("array", __u32, struct lb_vip_filter, lb_vip_filter, 1, LB_PIN(lb_vip_filter));
+/* ... and those addresses exactly, the value a bit (1 << LB_AF_*) per family holding it, for the
+ * rare new connection whose source's bit is set: one from a VIP of this director's is the
+ * kernel's to drop (lb.c lb_from_a_vip) */
+BPF_TABLE_PINNED("hash", struct lb_addr16, __u32, lb_vip_addrs, LB_VIP_ADDRS, LB_PIN(lb_vip_addrs),
+                 BPF_F_NO_PREALLOC);
 /* may a SYN's key be in lb_conns (lb_embryo.h): the control plane's census and two BPF bitmaps,
  * interleaved word by word; the control plane writes its words through a shared mapping */
 BPF_TABLE_PINNED("array", __u32, struct lb_est_word, lb_est_filter, LB_EST_FILTER_WORDS, LB_PIN(lb_est_filter),

@@ -316,4 +316,9 @@ struct lb_addr_key {              /* lb_lease_addrs key: an address of this dire
     __u8 pad[3];
 };
 
+struct lb_addr16 {                /* lb_vip_addrs key: an address, 16 bytes (IPv4 in the first 4, the
+                                   * rest 0: lb_pkt's saddr as it is, no copy on the stack) */
+    __u8 addr[16];
+};
+
 #endif

@@ -63,7 +63,7 @@ def loaded_dataplane(name: str, sizes: Sizes | None = None, table: TableSpec | N
 TABLE_MAPS = ("lb_services", "lb_svc", "lb_sched_state", "lb_svc_dests", "lb_sched_buckets", "lb_reals",
               "lb_real_conns", "lb_real_swept", "lb_real_base", "lb_real_overload", "lb_real_stats",
               "lb_real_rates", "lb_svc_stats", "lb_svc_rates", "lb_fwm_ranges", "lb_fwm_services", "lb_globals",
-              "lb_timeouts", "lb_mh_last", "lb_lblc", "lb_lblcr")
+              "lb_timeouts", "lb_mh_last", "lb_lblc", "lb_lblcr", "lb_vip_addrs")
 
 
 def maps_now(dp: XdpDataplane) -> dict:

@@ -1,6 +1,7 @@
 """What the kernel drops before IPVS would see it is not balanced: a length past the frame or
 short of its headers, a martian source (0/8, 127/8, multicast, class E, broadcast; IPv6 ::,
-::1, ff00::/8, ::ffff:0:0/96; the VIP the packet is sent to).  lb passes it to the kernel, makes no connection and counts `not_routable`
+::1, ff00::/8, ::ffff:0:0/96; the VIP the packet is sent to, or another address the director's
+services listen on).  lb passes it to the kernel, makes no connection and counts `not_routable`
 (they went to real servers, two entries a NAT flow, inflating Conns).  And a tunnel's outer
 IPv4 header carries an id of its own when DF is clear (RFC 6864: it may be fragmented on the
 way; every outer header had id 0)."""
@@ -8,14 +9,18 @@ from __future__ import annotations
 
 import ipaddress
 import itertools
+import os
 
 import pytest
 from scapy.layers.inet import IP, TCP, UDP
 from scapy.layers.inet6 import IPv6
 from scapy.layers.l2 import Ether
 
-from lb.dataplane import RealSpec, ServiceSpec, TableSpec
-from packets_util import CLIENT_MAC, PUB_MAC, XDP_PASS, XDP_REDIRECT, conn_items, loaded_dataplane, run
+from lb.dataplane import PortGroup, RealSpec, ServiceSpec, TableSpec
+from lb.dataplane import layout as L
+from lb.dataplane.xdp import XdpDataplane
+from packets_util import (CLIENT_MAC, PUB_MAC, XDP_PASS, XDP_REDIRECT, conn_items, fake_resolver, loaded_dataplane,
+                          run)
 
 ip = ipaddress.ip_address
 CLIENT, V4, V6 = "198.18.0.2", "198.18.0.20", "2001:2::20"
@@ -96,3 +101,110 @@ def test_a_tunnels_outer_header_has_an_id_of_its_own_without_df(flags, want_id):
         fresh = IP(bytes(outer))
         del fresh.chksum                                  # scapy computes it again
         assert outer.chksum == IP(bytes(fresh)).chksum and outer.payload.id == 4242
+
+
+# ---- a source that is another address of this director's virtual services ----
+# A (V4, V6) is the service the SYNs go to; B another VIP of the director, G a firewall-mark
+# service's port-group address.  The kernel drops a packet from its own address as a martian
+# (IPv4: fib_validate_source) before IPVS sees it; lb passes it to the kernel and counts it, as
+# it does the packet from the VIP it is sent to.
+B4, B6, G4 = "198.18.0.30", "2001:2::30", "198.18.0.60"
+USED = {V4, V6, B4, B6, G4, "198.18.1.11", "198.18.1.12", "198.18.1.21", "198.18.1.31", "2001:2:0:1::11",
+        "2001:2:0:1::12", "2001:2:0:1::21"}
+
+
+def collider(vip: str) -> str:
+    """An address (no VIP, no real server, no martian) whose bit of lb_vip_filter is vip's: a
+    SYN from it passes the source's bit test, and only the exact lookup (lb_vip_addrs) tells it
+    from the VIP"""
+    want, v = L.vip_filter_bit(ip(vip)), ip(vip)
+    for n in range(1, 1 << 20):
+        a = v + n
+        if L.vip_filter_bit(a) == want and str(a) not in USED:
+            return str(a)
+    raise AssertionError(f"no address shares {vip}'s bit")
+
+
+X4 = collider(V4)        # another VIP, in vips_table(with_b): its bit stays set (A's) once it goes
+USED.add(X4)
+
+
+def vips_table(with_b: bool = True) -> TableSpec:
+    out = [svc(V4, ["198.18.1.11", "198.18.1.12"], "nat", port=80, rport=8080, proto="tcp"),
+           svc(V4, ["198.18.1.11", "198.18.1.12"], "nat"),
+           svc(V6, ["2001:2:0:1::11", "2001:2:0:1::12"], "nat", port=80, rport=8080, proto="tcp"),
+           ServiceSpec("tcp", ip(G4), 0, "rr", (RealSpec(ip("198.18.1.31"), 0, 1, "nat"),), name="ftp", fwmark=21,
+                       groups=(PortGroup("tcp", ip(G4), 21, 21),))]
+    if with_b:
+        out += [svc(b, [real], "dr", port=443, rport=443, proto="tcp")
+                for b, real in ((B4, "198.18.1.21"), (B6, "2001:2:0:1::21"), (X4, "198.18.1.21"))]
+    return TableSpec(tuple(out))
+
+
+def syn(src, dst, dport, sport):
+    l3 = IP(src=src, dst=dst) if ip(src).version == 4 else IPv6(src=src, dst=dst)
+    return pub(l3, TCP(sport=sport, dport=dport, flags="S"))
+
+
+FROM_A_VIP = [
+    ("SYN from another VIP", lambda sp: syn(B4, V4, 80, sp)),
+    ("SYN from another VIP sharing A's bit", lambda sp: syn(X4, V4, 80, sp)),
+    ("UDP from another VIP", lambda sp: pub(IP(src=B4, dst=V4), UDP(sport=sp, dport=53))),
+    ("SYN from a port group's address", lambda sp: syn(G4, V4, 80, sp)),
+    ("SYN from a VIP to a DR service", lambda sp: syn(V4, B4, 443, sp)),
+    ("SYN from a VIP to a firewall-mark service", lambda sp: syn(V4, G4, 21, sp)),
+    ("IPv6 SYN from another VIP", lambda sp: syn(B6, V6, 80, sp)),
+    ("IPv6 SYN from a VIP to a DR service", lambda sp: syn(V6, B6, 443, sp)),
+]
+
+
+def refused(dp, name, pkt) -> None:
+    before, counted = len(conn_items(dp.maps)), dp.counters().get("not_routable", 0)
+    rc, out = run(dp, "lb_xdp_public", pkt)
+    assert rc == XDP_PASS and out == bytes(pkt), name
+    assert len(conn_items(dp.maps)) == before, name              # no connection made
+    assert dp.counters()["not_routable"] == counted + 1, name
+
+
+def scheduled(dp, name, pkt) -> None:
+    rc, _ = run(dp, "lb_xdp_public", pkt)
+    assert rc == XDP_REDIRECT, name
+
+
+def test_a_new_connection_from_a_vip_of_this_director_is_passed_to_the_kernel():
+    ports = itertools.count(31000)
+    with loaded_dataplane("fromvip", table=vips_table()) as dp:
+        for name, make in FROM_A_VIP:
+            refused(dp, name, make(next(ports)))
+        # ordinary clients are scheduled, and so are those whose source shares a VIP's bit
+        for src in (CLIENT, collider(B4), collider(G4), collider(X4)):
+            scheduled(dp, f"SYN from {src}", syn(src, V4, 80, next(ports)))
+            scheduled(dp, f"SYN from {src} to B", syn(src, B4, 443, next(ports)))
+        for src in ("2001:2::2", collider(B6)):
+            scheduled(dp, f"SYN from {src}", syn(src, V6, 80, next(ports)))
+
+
+def test_the_vip_addresses_follow_the_table_and_an_older_instances_pins_are_filled():
+    """A VIP removed is a client like any other; one added is refused at once.  An instance whose
+    pins predate lb_vip_addrs is adopted: the load creates the map, the first apply fills it."""
+    ports = itertools.count(32000)
+    with loaded_dataplane("vipaddrs", table=vips_table(with_b=False)) as dp:
+        scheduled(dp, "B not a VIP", syn(B4, V4, 80, next(ports)))
+        dp.apply(vips_table())
+        refused(dp, "B a VIP", syn(B4, V4, 80, next(ports)))
+        dp.apply(vips_table(with_b=False))
+        scheduled(dp, "B removed", syn(B4, V4, 80, next(ports)))
+        scheduled(dp, "B removed, IPv6", syn(B6, V6, 80, next(ports)))
+        scheduled(dp, "X removed, its bit still set", syn(X4, V4, 80, next(ports)))
+        dp.apply(vips_table())
+        os.unlink(os.path.join(dp.pin, "lb_vip_addrs"))          # as an older lb pinned its maps
+        again = XdpDataplane(dp.instance, dp.sizes, resolver=fake_resolver)
+        try:
+            again.load()
+            assert again.adopted and os.path.exists(os.path.join(dp.pin, "lb_vip_addrs"))
+            again.apply(vips_table())
+            for name, make in FROM_A_VIP:
+                refused(again, name, make(next(ports)))
+            scheduled(again, "a client", syn(CLIENT, V4, 80, next(ports)))
+        finally:
+            again.close()

@@ -258,6 +258,7 @@ LBLC = _layout("lb_lblc", "lastuse_ns:Q real:I pad:I")
 LBLCR = _layout("lb_lblcr", f"lastuse_ns:Q lastmod_ns:Q n:I pad:I real:{LBLCR_SET_SIZE}I")
 LEASE = _layout("lb_lease", "expires_ns:Q")
 ADDR_KEY = _layout("lb_addr_key", "addr:16s family:B pad:3s")
+ADDR16 = _layout("lb_addr16", "addr:16s")
 LEASE_VIP, LEASE_ROUTER = C["LB_LEASE_VIP"], C["LB_LEASE_ROUTER"]
 VIP_FILTER = _layout("lb_vip_filter", f"bits:{VIP_FILTER_WORDS}Q")
 EST_WORD = _layout("lb_est_word", "w:4Q")     # lb_est_filter value: word i of each bitmap, padded
@@ -298,6 +299,7 @@ MAPS: dict[str, tuple[struct.Struct, struct.Struct]] = {
     "lb_public_progs": (U32, U32),
     "lb_lblc": (LBLC_KEY, LBLC), "lb_lblcr": (LBLC_KEY, LBLCR), "lb_sched_buckets": (U32, SCHED_BUCKETS),
     "lb_mh_tables": (U32, U32), "lb_lease": (U32, LEASE), "lb_lease_addrs": (ADDR_KEY, U32),
+    "lb_vip_addrs": (ADDR16, U32),
 }
 # maps whose value holds one entry per list position (LB_MAX_SVC_REALS of them, a -D size)
 LIST_MAPS: dict[str, struct.Struct] = {"lb_svc_dests": DEST, "lb_mh_last": U32}

@@ -315,6 +315,7 @@ class ServiceTable:
         self.txn.end()
         self._sync_ranges(want)
         self._write_vip_filter(self._vip_addrs())
+        self._sync_vip_addrs(self._vip_addrs())
         self._apply_timeouts(table.timeouts)
         self._apply_icmp_limit(table.defense)
         g = L.U32.pack(L.G_EXPIRE_NODEST)
@@ -476,6 +477,24 @@ class ServiceTable:
         key = L.U32.pack(0)
         if self.maps["lb_vip_filter"].get(key) != value:
             self.txn.set("lb_vip_filter", key, value)
+
+    def _sync_vip_addrs(self, addrs) -> None:
+        """lb_vip_addrs: the same addresses exactly, each with a bit per family (1 << LB_AF_*;
+        its key is the 16 bytes, which an IPv4 address and an IPv6 one can share), for BPF's
+        lb_from_a_vip: a new connection from one of them is the kernel's to drop.  Read back
+        each apply (at most 2 x services entries, one batch), so a map this lb adopted from an
+        older one, which had none, is filled; the stale ones go first, so the map never holds
+        more than LB_VIP_ADDRS."""
+        want: dict[bytes, int] = {}
+        for a in addrs:
+            k = L.pack_addr(a)
+            want[k] = want.get(k, 0) | 1 << L.family_of(a)
+        have = dict(self.maps["lb_vip_addrs"].items())
+        for k in sorted(have.keys() - want.keys()):
+            self.txn.delete("lb_vip_addrs", k)
+        for k, fams in sorted(want.items()):
+            if have.get(k) != L.U32.pack(fams):
+                self.txn.set("lb_vip_addrs", k, L.U32.pack(fams))
 
     def _apply_icmp_limit(self, defense) -> None:
         """The tunnel's too-big answers: ns between two (LB_NONE: none) and the burst"""
