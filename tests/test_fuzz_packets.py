@@ -25,7 +25,8 @@ refused run):
   Big answer (never about ICMP, at most 576 / 1280 bytes) to a packet too big for a tunnel;
   XDP_DROP only for such packets.  A new connection is never made (nor answered) for what the
   kernel drops before IPVS: a length past the frame or short of the L4 header, a martian
-  source, a source that is its destination (a LAND attack's: lb_from_itself).
+  source, a source that is its destination (a LAND attack's: lb_from_itself) or another
+  address of the virtual services (lb_from_a_vip).
 - private: XDP_PASS unchanged, or XDP_TX of a NAT flow's reply (from a real server the flow
   went to) rewritten to come from its VIP:port, to the MACs the flow's client used.
 - both, an ICMP error quoting a tunnel header (lb_icmp_tunnel): XDP_TX exactly as relayed() builds
@@ -214,8 +215,9 @@ def not_routable(b: bytes, p: Parsed) -> bool:
 
 def from_itself(p: Parsed) -> bool:
     """lb_from_itself: a packet from the address it is sent to (a LAND attack's), which the
-    kernel drops as a martian before IPVS: never a new connection (passed, counted not_routable)"""
-    return p.saddr == p.daddr
+    kernel drops as a martian before IPVS: never a new connection (passed, counted not_routable);
+    and lb_from_a_vip's, from another address a virtual service listens on"""
+    return p.saddr == p.daddr or p.saddr in VIP_ADDRS
 
 
 def parse(b: bytes) -> Parsed:
@@ -466,6 +468,7 @@ class Model:
         self.frags: dict[tuple, tuple] = {}
         self.seen = {"pass": 0, "redirect": 0, "tx": 0, "drop": 0}
         self.land_passed = 0                    # new connections' packets from their destination, passed
+        self.from_vip_passed = 0                # ... from another VIP (lb_from_a_vip), passed
         self.later_forwarded = {4: 0, 6: 0}     # later fragments forwarded, by family
         # tunnel flows whose connection lb certainly holds, to the real server self.flows names:
         # flow -> when the batch that last forwarded one of its packets began (time.monotonic()).
@@ -562,7 +565,10 @@ class Model:
                 self.fail("public", i, pkt, f"XDP_PASS with changed bytes: {out.hex()}")
             p = parse(pkt)
             if p.ok and not p.frag and from_itself(p) and (p.proto, p.saddr, p.sport, p.daddr, p.dport) not in self.flows:
-                self.land_passed += 1
+                if p.saddr == p.daddr:
+                    self.land_passed += 1
+                else:
+                    self.from_vip_passed += 1
             return
         p = parse(pkt)
         if p.frag and p.frag[0] == "first" and p.ok:
@@ -630,7 +636,7 @@ class Model:
             if flow not in self.flows and (not_routable(pkt, p) or from_itself(p)):
                 self.fail("public", i, pkt, "a new connection made for what the kernel drops before IPVS "
                           "(a length past the frame or short of the L4 header, a martian source, a "
-                          "source that is its destination)")
+                          "source that is its destination or another VIP)")
             if p.proto == 6 and not pure_syn:
                 known = self.flows.get(flow)
                 if known is None or known[1] not in (None, real.address.packed):
@@ -699,8 +705,8 @@ class Model:
             if p.fam == 6 and p.frag and flow not in self.flows:
                 self.fail("public", i, pkt, f"verdict {rc} for an IPv6 first fragment of no connection (the kernel's)")
             if flow not in self.flows and from_itself(p):
-                self.fail("public", i, pkt, f"verdict {rc} for a packet from its own destination of no connection "
-                          "(lb_from_itself: the kernel's, untouched)")
+                self.fail("public", i, pkt, f"verdict {rc} for a packet from its own destination or another VIP "
+                          "of no connection (lb_from_itself, lb_from_a_vip: the kernel's, untouched)")
             # a new connection was made (or an old one's port reused) before the answer: its real
             # server is one the model did not see
             if tunnel and (p.proto == 6 and p.flags & 0x17 == 0x02 or p.proto == 17 and flow not in self.flows):
@@ -881,6 +887,17 @@ class Gen:
                     out.append(bytes(e / self._l3(fam, vip, vip) / UDP(sport=40000, dport=port) / b"q"))
             out.append(bytes(e / self._l3(fam, v["tun"], v["tun"], **({"flags": "DF"} if fam == 4 else {})) /
                              TCP(sport=40000, dport=80, flags="S") / (b"z" * 1490)))
+            # from another VIP of the director's (lb_from_a_vip): the same, and too big for a tunnel
+            keys = [k for k in ("dr", "nat", "tun", "per", "fwm") if k in v]
+            for src in keys:
+                for dst in keys:
+                    if src != dst:
+                        for port in (80, 53, 21):
+                            out.append(bytes(e / self._l3(fam, v[src], v[dst]) / TCP(sport=41000, dport=port, flags="S")
+                                             / b"x"))
+                            out.append(bytes(e / self._l3(fam, v[src], v[dst]) / UDP(sport=41000, dport=port) / b"q"))
+            out.append(bytes(e / self._l3(fam, v["dr"], v["tun"], **({"flags": "DF"} if fam == 4 else {})) /
+                             TCP(sport=41001, dport=80, flags="S") / (b"z" * 1490)))
         # IPv4 options, VLAN tags, fragments, ARP, echo
         for vip in (V4["dr"], V4["nat"], V4["tun"]):
             out.append(bytes(e / IP(src=V4["client"], dst=vip, options=[IPOption_NOP()] * 4 + [IPOption_RR()]) /
@@ -1299,6 +1316,7 @@ def test_fuzz_every_program(programs):
     assert model.later_forwarded[4] > 0 and model.later_forwarded[6] > 0, (SEED, model.later_forwarded)
     assert DECAP_SEEN["not_to_a_vip"] > 0, SEED
     assert model.land_passed > 0 and c["not_routable"] > 0, (SEED, model.land_passed, c)   # lb_from_itself's
+    assert model.from_vip_passed > 0, (SEED, model.from_vip_passed)                        # lb_from_a_vip's
     # errors about the tunnel's packets were relayed, by both programs, in both families
     ts = model.tun_seen
     assert all(ts.get((prog, fam, kind), 0) > 20 for prog in ("public", "private") for fam in (4, 6)
