@@ -182,12 +182,13 @@ def plain_table(nsvc: int, nreal: int, weight0: int = 1, drop_last: bool = False
 def test_write_counts_are_the_logical_ones(plain, batch):
     """The counts the benchmark shows: per new wlc service of r real servers, 7 counters + 1
     lb_reals per server, r - 1 position fixes, lb_svc_dests, lb_svc, lb_sched_state, stats,
-    rates, lb_services; then 12 timeouts + lblcr_expiration + the VIP filter + the too-big
-    answers' interval and burst once.  A one-weight change is 3 writes, removing the front real
-    server 1 + (r - 1) + 3, an unchanged table 0."""
+    rates, lb_services, its VIP's lb_vip_addrs entry (each has its own); then 12 timeouts +
+    lblcr_expiration + the VIP filter + the too-big answers' interval and burst once.  A
+    one-weight change is 3 writes, removing the front real server 1 + (r - 1) + 3, an unchanged
+    table 0."""
     plain.batch_writes = batch
     nsvc, r = 20, 16
-    assert plain.apply(plain_table(nsvc, r)) == nsvc * (8 * r + (r - 1) + 6) + 16
+    assert plain.apply(plain_table(nsvc, r)) == nsvc * (8 * r + (r - 1) + 7) + 16
     w = plain.apply(plain_table(nsvc, r, weight0=5))
     assert w == 3               # lb_svc_dests (the weight's one place), lb_svc, lb_sched_state
     st = next(s for s in plain.services.values() if s.key.addr == ip("198.18.100.0"))
