@@ -295,6 +295,30 @@ def test_an_override_planned_across_a_reload_is_checked_against_the_config_it_le
     assert eng.overrides == {}
 
 
+class LockThen:
+    """The data plane's lock, calling ``after()`` each time it is left (a test's moment to go on)"""
+
+    def __init__(self, lock, after):
+        self.lock, self.after = lock, after
+
+    def __enter__(self):
+        return self.lock.__enter__()
+
+    def __exit__(self, *exc):
+        self.lock.__exit__(*exc)
+        self.after()
+
+
+def set_when_taken(eng, decided) -> None:
+    """eng's next override set (_take_override) sets ``decided`` first"""
+    take_override = eng._take_override
+
+    def take(request):
+        decided.set()
+        return take_override(request)
+    eng._take_override = take
+
+
 def test_an_override_planned_while_a_reload_swaps_the_config_waits_for_the_new_one(eng, no_addresses, caplog):
     """`lb weight rs3 6` whose plan comes while a reload that removes rs3 has applied its new
     table but not yet put its config in place (it changes the addresses in between): the plan
@@ -317,12 +341,7 @@ def test_an_override_planned_while_a_reload_swaps_the_config_waits_for_the_new_o
         release_ours(addrs)
     eng._release_ours = between_apply_and_swap
 
-    take_override = eng._take_override
-
-    def take(request):
-        decided.set()
-        return take_override(request)
-    eng._take_override = take
+    set_when_taken(eng, decided)
 
     plan = eng.dp.plan
 
@@ -332,18 +351,10 @@ def test_an_override_planned_while_a_reload_swaps_the_config_waits_for_the_new_o
         return plan(table)
     eng.dp.plan = watched_plan
 
-    class WatchedLock:                        # the data plane's lock, left by the request's thread
-        def __init__(self, lock):
-            self.lock = lock
-
-        def __enter__(self):
-            return self.lock.__enter__()
-
-        def __exit__(self, *exc):
-            self.lock.__exit__(*exc)
-            if threading.current_thread() in requester and not planned_in_gap:
-                decided.set()
-    eng._dp_lock = WatchedLock(eng._dp_lock)
+    def left():                               # the data plane's lock, left by the request's thread
+        if threading.current_thread() in requester and not planned_in_gap:
+            decided.set()
+    eng._dp_lock = LockThen(eng._dp_lock, left)
 
     results = {}
 
@@ -660,12 +671,7 @@ def weight_while_a_reload_plans(running, server, rs2_weight=1) -> tuple:
         return new
     eng.reload_config = held_while_planning
 
-    take_override = eng._take_override
-
-    def take(request):
-        decided.set()
-        return take_override(request)
-    eng._take_override = take
+    set_when_taken(eng, decided)
 
     plan = eng.dp.plan
 
@@ -675,19 +681,11 @@ def weight_while_a_reload_plans(running, server, rs2_weight=1) -> tuple:
         return plan(table)
     eng.dp.plan = watched_plan
 
-    class WatchedLock:                        # the data plane's lock, left by the request's thread
-        def __init__(self, lock):
-            self.lock = lock
-
-        def __enter__(self):
-            return self.lock.__enter__()
-
-        def __exit__(self, *exc):
-            self.lock.__exit__(*exc)
-            me = threading.current_thread()
-            if planning.is_set() and me not in reloader and me not in planned:
-                decided.set()
-    eng._dp_lock = WatchedLock(eng._dp_lock)
+    def left():                               # the data plane's lock, left by the request's thread
+        me = threading.current_thread()
+        if planning.is_set() and me not in reloader and me not in planned:
+            decided.set()
+    eng._dp_lock = LockThen(eng._dp_lock, left)
 
     async def body(call):
         reloaded = call(lambda: control.request(inst, "reload"))
