@@ -45,6 +45,9 @@ class FakeMap:
     def delete(self, k):
         return self.d.pop(k, None) is not None
 
+    def items(self, batch=True):
+        return list(self.d.items())
+
     def close(self):
         pass
 
