@@ -1,9 +1,9 @@
-/* A tracked connection's packet, after its lookup: a client's (lb_xdp_public's established path)
+/* A tracked connection's packet, after its lookup: a client's (lb_xdp_public_full's established path)
  * and a real server's NAT reply (lb_xdp_private's).  An IPv6 first fragment takes the same way
  * in lb_xdp_frag6_public / _private (lb_frag.h) with note6 set: the same state, timer and
  * promotion, its datagram noted (lb_frag_note6) just before it is forwarded, and what the
  * whole-packet path would pass counted as a fragment passed.  note6 is a constant at each
- * call: in lb_xdp_public and lb_xdp_private its code is compiled out. */
+ * call: in lb_xdp_public_full and lb_xdp_private its code is compiled out. */
 #ifndef LB_FLOW_H
 #define LB_FLOW_H
 

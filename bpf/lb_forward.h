@@ -398,7 +398,7 @@ static __always_inline void lb_frag_key_of(struct lb_frag_key4 *fk, struct lb_pk
 }
 
 /* lb_frags6's key of an IPv6 fragment, built in this CPU's lb_frag6_scratch (off the stack:
- * lb_xdp_public's is near the verifier's 512 bytes); 0 if the scratch is missing */
+ * lb_xdp_public_full's is near the verifier's 512 bytes); 0 if the scratch is missing */
 static __always_inline struct lb_frag6_note *lb_frag6_key(struct lb_pkt *pkt, __u8 dir)
 {
     __u32 zero = 0;

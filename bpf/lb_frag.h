@@ -21,7 +21,7 @@
  * There a first fragment takes its flow's connection as a whole packet would (lb_flow.h: state,
  * timer, promotion, a gone real server) -- a client's datagram after a whole one, a NAT reply --
  * but one that would make a new connection is the kernel's, as before: a flow that opens in
- * fragments is rare, and scheduling there would duplicate lb_xdp_public's new-connection path.
+ * fragments is rare, and scheduling there would duplicate lb_xdp_public_full's new-connection path.
  * An atomic fragment (offset 0, no more to come: a whole datagram) is a first fragment here. */
 #ifndef LB_FRAG_H
 #define LB_FRAG_H
@@ -144,7 +144,7 @@ static __always_inline int lb_frag_later(struct xdp_md *ctx, struct lb_pkt *pkt,
     return dir ? lb_frag_later_private(ctx, pkt) : lb_frag_later_public(ctx, pkt);
 }
 
-/* lb_xdp_public's (dir 0) and lb_xdp_private's (dir 1) way for a later fragment (IPv4) or any
+/* lb_xdp_public_full's (dir 0) and lb_xdp_private's (dir 1) way for a later fragment (IPv4) or any
  * fragment (IPv6): IPv4's here, IPv6's in its program (a failed tail call: passed, as before).
  * dir is a constant at each call: one slot, a direct jump. */
 static __always_inline int lb_frag_packet(struct xdp_md *ctx, struct lb_pkt *pkt, __u8 dir)

@@ -115,7 +115,7 @@ BPF_TABLE_PINNED("hash", struct lb_lblc_key, struct lb_lblcr, lb_lblcr, LB_LBLC_
                  LB_PIN(lb_lblcr), BPF_F_NO_PREALLOC);
 
 /* dh / sh bucket tables by service id: an array, not a hash, so the verifier inlines the lookup
- * into a load and dh's and sh's SYNs (picked in lb_xdp_public) pay no hash lookup for their
+ * into a load and dh's and sh's SYNs (picked in lb_xdp_public_full) pay no hash lookup for their
  * bucket (40-60 ns here); LB_MAX_SERVICES KiB, an entry read only while lb_svc names dh or sh */
 BPF_TABLE_PINNED("array", __u32, struct lb_sched_buckets, lb_sched_buckets, LB_MAX_SERVICES,
                  LB_PIN(lb_sched_buckets));

@@ -700,13 +700,13 @@ static __always_inline __u32 lb_pick_mh(__u32 svc_id, struct lb_svc *svc, struct
     return LB_MH_CONTINUE;
 }
 
-/* ---- the schedulers lb_xdp_public runs in place: a SYN for them takes no tail call and is not
+/* ---- the schedulers lb_xdp_public_full runs in place: a SYN for them takes no tail call and is not
  * parsed again (30-70 ns a SYN less, measured beside the tail-called build).  dh, sh and mh when
  * their one bucket or slot has a usable server: no loop.  Everything that walks (rr, wrr,
  * the lc family, lblc/lblcr, and the sh-fallback and mh-fallback walks when the bucket's or
  * slot's server is not usable) goes on in the scheduler's own program, so its loop is verified
- * there and not on every path of lb_xdp_public: rr's and wrr's walks over 512 real servers in
- * lb_xdp_public take the verifier past its million instructions. ---- */
+ * there and not on every path of lb_xdp_public_full: rr's and wrr's walks over 512 real servers in
+ * lb_xdp_public_full take the verifier past its million instructions. ---- */
 
 #define LB_PICK_ELSEWHERE 0xfffffffdU   /* lb_pick_in_place: the scheduler's program picks */
 

@@ -187,7 +187,7 @@ struct lb_sched_scratch {         /* per-CPU: scheduler loop state, then the han
     __u64 loh;
     __u64 lw;
     __u32 from_template;          /* the pick came from a persistence template */
-    /* the new connection's packet as lb_xdp_public classified it, for the scheduler programs
+    /* the new connection's packet as lb_xdp_public_full classified it, for the scheduler programs
      * (dh, sh, mh hash and lblc/lblcr key on its addresses): they need not parse it again */
     __u32 sfold;                  /* lb_addr_fold() of the source address ... */
     __u32 dfold;                  /* ... and of the destination address */
@@ -290,7 +290,7 @@ struct lb_frag {
 };
 
 /* lb_frag6_scratch (per-CPU): an IPv6 first fragment's entry, or a later one's key, built off
- * the stack (lb_xdp_public's is near the verifier's 512 bytes) */
+ * the stack (lb_xdp_public_full's is near the verifier's 512 bytes) */
 struct lb_frag6_note {
     struct lb_frag_key6 key;
     struct lb_frag frag;
