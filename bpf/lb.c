@@ -6,7 +6,7 @@
  *                   new connections of dh, sh and mh (no fallback walk) and those a live
  *                   persistence template picks, made here
  *   lb_xdp_persist  persistent services without a usable template: on to the scheduler
- *   lb_sched_<name> a new connection's scheduler, tail-called from lb_xdp_public or
+ *   lb_sched_<name> a new connection's scheduler, tail-called from lb_xdp_public_full or
  *                   lb_xdp_persist (mh also from itself, to continue a long mh-fallback walk)
  *   lb_xdp_new_conn creates the connection a tail-called scheduler or a template picked and
  *                   forwards the first packet
@@ -95,6 +95,17 @@ static __always_inline int lb_lookup_svc(struct lb_pkt *pkt, __u32 *svc_id)
     return lb_classify_fwm(pkt, &sk, svc_id);
 }
 
+/* The bit of lb_vip_filter for an address folded to 32 bits (its four words XORed as they are):
+ * 1 set, 0 clear, `missing` when the map is (never, once loaded) */
+static __always_inline int lb_vip_bit(__u32 fold, int missing)
+{
+    __u32 zero = 0, idx = (fold * LB_VIP_HASH_MUL) >> (32 - LB_VIP_FILTER_BITS);
+    struct lb_vip_filter *f = lb_vip_filter.lookup(&zero);
+    if (!f)
+        return missing;
+    return (f->bits[(idx >> 6) & (LB_VIP_FILTER_WORDS - 1)] >> (idx & 63)) & 1;
+}
+
 /* The first test of lb_xdp_public: is the destination address one a virtual service listens
  * on?  One hashed bit of lb_vip_filter (set by the control plane for every VIP and port-group
  * address), read before anything else is parsed, so the director's own traffic and whatever
@@ -129,19 +140,14 @@ static __always_inline int lb_vip_maybe(struct xdp_md *ctx)
         if ((void *)(ip6 + 1) > data_end)
             return 0;
         __u32 *d = ip6->daddr.in6_u.u6_addr32;
-        fold = d[0] ^ d[1] ^ d[2] ^ d[3];   /* lb_addr_fold of the 16-byte copy */
+        fold = d[0] ^ d[1] ^ d[2] ^ d[3];   /* as lb_vip_bit folds the 16-byte copy */
         l4 = ip6->nexthdr;
     } else {
         return 0;
     }
-    __u32 zero = 0, idx = (fold * LB_VIP_HASH_MUL) >> (32 - LB_VIP_FILTER_BITS);
-    struct lb_vip_filter *f = lb_vip_filter.lookup(&zero);
-    if (!f)
-        return 1;
     /* ICMP to any address: an error about a packet lb tunneled comes to the tunnel's source, an
      * address of the director's (lb_icmp_tunnel) */
-    return ((f->bits[(idx >> 6) & (LB_VIP_FILTER_WORDS - 1)] >> (idx & 63)) & 1) ||
-           l4 == IPPROTO_ICMP || l4 == IPPROTO_ICMPV6;
+    return lb_vip_bit(fold, 1) || l4 == IPPROTO_ICMP || l4 == IPPROTO_ICMPV6;
 }
 
 /* What the scheduler programs need of a new connection's packet, into the per-CPU scratch
@@ -157,7 +163,7 @@ static __always_inline void lb_sched_handover(lb_scratch_t *sc, __u32 svc_id, st
 }
 
 /* Is the scratch this packet's hand-over?  A tail-call chain runs on one CPU for one packet,
- * so the service lb_xdp_public found is still there: the programs after it parse the packet
+ * so the service lb_xdp_public_full found is still there: the programs after it parse the packet
  * again (tail calls keep no locals) but need not look the service up again in lb_services
  * (a hash).  A few compares refuse a scratch some other packet left (a chain another load's
  * programs broke off while a restarted daemon rewrote lb_progs). */
@@ -255,11 +261,9 @@ static __always_inline int lb_from_itself(struct lb_pkt *pkt)
 static __always_inline int lb_from_a_vip(struct lb_pkt *pkt)
 {
     __be32 *s = pkt->saddr;
-    __u32 zero = 0, idx = ((s[0] ^ s[1] ^ s[2] ^ s[3]) * LB_VIP_HASH_MUL) >> (32 - LB_VIP_FILTER_BITS);
-    struct lb_vip_filter *f = lb_vip_filter.lookup(&zero);
-    if (!f || !((f->bits[(idx >> 6) & (LB_VIP_FILTER_WORDS - 1)] >> (idx & 63)) & 1))
+    if (!lb_vip_bit(s[0] ^ s[1] ^ s[2] ^ s[3], 0))
         return 0;
-    /* keyed by the 16 bytes as they are (lb_xdp_public has no stack to spare for a key), the
+    /* keyed by the 16 bytes as they are (lb_xdp_public_full has no stack to spare for a key), the
      * family in the value: an IPv4 VIP's padded bytes are also an IPv6 address */
     __u32 *fams = lb_vip_addrs.lookup((struct lb_addr16 *)pkt->saddr);
     return fams && ((*fams >> pkt->family) & 1);
@@ -268,7 +272,7 @@ static __always_inline int lb_from_a_vip(struct lb_pkt *pkt)
 /* ---- a new connection: its first state transition (IPVS starts every connection inactive;
  * a SYN's SYN_RECV makes it active), counted once where it lands (one atomic on the real
  * server's shared counters, not three), insert into the embryonic table (plus the NAT reverse
- * entry), forward.  lb_xdp_public does it for the schedulers it runs in place, lb_xdp_new_conn
+ * entry), forward.  lb_xdp_public_full does it for the schedulers it runs in place, lb_xdp_new_conn
  * at the end of the others' tail calls. ---- */
 
 /* new_conn's part for persistent services: refresh the template that chose (it controls this
@@ -316,7 +320,7 @@ static __always_inline __u32 lb_persist_pick_in_place(struct lb_pkt *pkt, __u32 
 /* Make the connection a scheduler (or a template) picked -- its first state, counted on its real
  * server, into the embryonic table (with the NAT reverse entry), the template's part -- and
  * forward the packet; when another CPU made the flow first, forward it along that one's pick.
- * key: the packet's (lb_conn_key_in), the caller's (lb_xdp_public's lookup built it: not a
+ * key: the packet's (lb_conn_key_in), the caller's (lb_xdp_public_full's lookup built it: not a
  * second one on its stack, which has none to spare).  An XDP action. */
 static __always_inline int lb_conn_new(struct xdp_md *ctx, struct lb_pkt *pkt, struct lb_conn_key *key,
                                        __u32 svc_id, struct lb_svc *svc, __u32 real_id, int from_template)
@@ -486,7 +490,7 @@ int lb_xdp_public_full(struct xdp_md *ctx)
 
 /* ---- schedulers: the service from the scratch, pick, hand the pick to lb_xdp_new_conn ---- */
 
-/* A scheduler program's start: the service lb_xdp_public classified (in the scratch: not
+/* A scheduler program's start: the service lb_xdp_public_full classified (in the scratch: not
  * parsing again keeps each program's paths, and so the verifier's work on the loops, few),
  * and its maps */
 static __always_inline int lb_sched_begin(__u32 *svc_id, struct lb_svc **svc, struct lb_svc_dests **ds,
@@ -662,7 +666,7 @@ int lb_xdp_private(struct xdp_md *ctx)
     return lb_reply_packet(ctx, &pkt, 0);
 }
 
-/* ---- an IPv6 TCP/UDP fragment (lb_frag.h), tail-called from lb_xdp_public and lb_xdp_private ---- */
+/* ---- an IPv6 TCP/UDP fragment (lb_frag.h), tail-called from lb_xdp_public_full and lb_xdp_private ---- */
 
 int lb_xdp_frag6_public(struct xdp_md *ctx)
 {
@@ -674,7 +678,7 @@ int lb_xdp_frag6_private(struct xdp_md *ctx)
     return lb_frag6_program(ctx, 1);
 }
 
-/* ---- an ICMP error quoting a packet lb tunneled (lb_icmp.h), tail-called from lb_xdp_public and
+/* ---- an ICMP error quoting a packet lb tunneled (lb_icmp.h), tail-called from lb_xdp_public_full and
  * lb_xdp_private ---- */
 
 int lb_xdp_icmp_tunnel(struct xdp_md *ctx)
