@@ -62,7 +62,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 
-from scapy.layers.inet import IP, TCP
+from scapy.layers.inet import IP, TCP, UDP
 from scapy.layers.inet6 import IPv6
 from scapy.layers.l2 import Ether
 
@@ -589,6 +589,7 @@ class Bench:
         groups = tuple(PortGroup("tcp", ip(VIP_FWM), lo, hi) for lo, hi in FWM_GROUPS)
         svcs = [
             ServiceSpec("tcp", ip(VIP_DR), 80, "rr", reals(3, "198.18.1")),
+            ServiceSpec("udp", ip(VIP_DR), 53, "rr", reals(3, "198.18.1", 53)),
             ServiceSpec("tcp", ip(VIP_DR1ARM), 80, "rr", reals(3, ONE_ARMED_REALS)),
             ServiceSpec("tcp", ip(VIP_NAT), 80, "rr", reals(3, "198.18.1", 8080, "nat")),
             ServiceSpec("tcp", ip(VIP_NAT1), 80, "rr", (RealSpec(ip(NAT1_REAL), 8080, 1, "nat"),)),
@@ -792,6 +793,12 @@ class Bench:
         one, lots = flows(1), self.dr_many(many)
         self.prime(VIP_DR, 80, one)
         row("dr1", "established TCP flow, DR (1 flow)", pub, frames(VIP_DR, 80, "A", one))
+        # a UDP flow to port 53 past its second datagram, which moves its entry into lb_conns4
+        client, sport = one[0]
+        udp = bytes(Ether(src=CLIENT_MAC, dst=PUB_MAC) / IP(src=str(ipaddress.ip_address(client)), dst=VIP_DR)
+                    / UDP(sport=sport, dport=53) / (b"x" * 10))
+        self.checked("a UDP flow's first two datagrams", lambda: self.run(pub, [udp, udp], 2))
+        row("udp1", "established UDP flow, DR (1 flow)", pub, [udp])
         self.prime(VIP_DR, 80, lots)
         row("drmany", f"established TCP flow, DR ({many} flows)", pub, frames(VIP_DR, 80, "A", lots))
         # the same, one-armed: real servers on the interface the client's packet came in by, so

@@ -54,9 +54,11 @@ def test_bench_suites_run(tmp_path):
     assert by["dr1"]["table_size"] == by["estfloor1"]["table_size"] == 65536
     assert by["dr6many"]["table"] == "lb_conns6" and by["dr6many"]["table_size"] == 16384
     # each established row says how many entries its table held while it ran: the DR block only its
-    # own flows (1 + 100 DR, one-armed, a NAT flow's two, the firewall-mark flow), the later
-    # blocks what they added (the NAT block's to lb_conns4, the IPv6 block's to lb_conns6)
-    assert by["drmany"]["entries"] == by["dr1"]["entries"] == by["estfloormany"]["entries"] == 105
+    # own flows (1 + 100 DR, a UDP flow, one-armed, a NAT flow's two, the firewall-mark flow), the
+    # later blocks what they added (the NAT block's to lb_conns4, the IPv6 block's to lb_conns6)
+    assert by["drmany"]["entries"] == by["dr1"]["entries"] == by["estfloormany"]["entries"] == 106
+    # the UDP flow's datagrams were forwarded from its lb_conns4 entry
+    assert by["udp1"]["table"] == "lb_conns4" and by["udp1"]["action"] == "XDP_REDIRECT"
     assert by["drmany"]["entries"] < by["natmany"]["entries"] == by["drmanyfull"]["entries"] == \
         by["estfloormanyfull"]["entries"]
     assert by["dr6many"]["entries"] == 100

@@ -1,6 +1,6 @@
 """The short way of an established connection's commonest packet (bpf/lb_fast.h): lb_xdp_public
-forwards a client's IPv4 TCP ACK of an ESTABLISHED DR or NAT connection itself, and tail-calls
-lb_xdp_public_full for everything else.  Two things a user relies on: the short way's bytes and
+forwards a client's IPv4 TCP ACK of an ESTABLISHED DR or NAT connection, and a UDP flow's datagram
+once its entry is in lb_conns4, itself, and tail-calls lb_xdp_public_full for everything else.  Two things a user relies on: the short way's bytes and
 counts are the full program's, and nothing that needs the full program is taken the short way
 (shown by unwiring lb_xdp_public_full: what still forwards took the short way, what is passed
 and counted as a failed tail call would have gone on)."""
@@ -10,6 +10,7 @@ import contextlib
 import ipaddress
 import itertools
 import os
+import struct
 
 import pytest
 from scapy.layers.inet import IP, TCP, UDP
@@ -33,6 +34,7 @@ TABLE = TableSpec((
     ServiceSpec("tcp", ip(VIP_NAT), 80, "rr", (RealSpec(ip(REAL), 8080, 1, "nat"),)),
     ServiceSpec("tcp", ip(VIP_TUN), 80, "rr", (RealSpec(ip(REAL), 80, 1, "tunnel"),)),
     ServiceSpec("udp", ip(VIP_DR), 53, "rr", (RealSpec(ip(REAL), 53, 1, "dr"),)),
+    ServiceSpec("udp", ip(VIP_NAT), 53, "rr", (RealSpec(ip(REAL), 5353, 1, "nat"),)),
 ))
 _sport = itertools.count(41000)
 
@@ -58,13 +60,23 @@ def established(dp, vip) -> int:
     return sport
 
 
-def stats(dp, vip) -> tuple[int, int]:
-    """(inpkts, inbytes) of the service at vip:80 and of its real server, summed: `lb list --stats`'s"""
+def udp_flow(dp, vip) -> int:
+    """a UDP flow to vip:53 past its first two datagrams (the second moves its entry from the
+    embryonic table to lb_conns4): its client port"""
+    sport = next(_sport)
+    for _ in range(2):
+        rc, _ = run(dp, "lb_xdp_public", client(vip, sport, proto="udp"))
+        assert rc == XDP_REDIRECT
+    return sport
+
+
+def stats(dp, vip, port=80) -> tuple[int, int]:
+    """(inpkts, inbytes) of the service at vip:port and of its real server, summed: `lb list --stats`'s"""
     from lb.dataplane import reader
     from lb.dataplane.maps import PinnedMaps
 
     with PinnedMaps(dp.instance) as maps:
-        [svc] = [s for s in reader.read_services(maps) if str(s.address) == vip and s.port == 80]
+        [svc] = [s for s in reader.read_services(maps) if str(s.address) == vip and s.port == port]
     [real] = svc.reals
     return svc.stats.inpkts, svc.stats.inbytes, real.stats.inpkts, real.stats.inbytes
 
@@ -112,6 +124,88 @@ def test_short_way_gives_the_full_programs_bytes_and_counts(dp, vip):
         assert bytes(out[IP]) == bytes(pkt[IP])
 
 
+def ones_sum(b: bytes) -> int:
+    b += b"\0" * (len(b) % 2)
+    s = sum(struct.unpack(f"!{len(b) // 2}H", b))
+    while s >> 16:
+        s = (s & 0xFFFF) + (s >> 16)
+    return s
+
+
+def zero_summing_payload(sport: int, dst: str, dport: int) -> bytes:
+    """two bytes that make the datagram CLIENT:sport -> dst:dport sum to 0xffff (its checksum 0,
+    which UDP sends as 0xffff, RFC 768)"""
+    pseudo = ip(CLIENT).packed + ip(dst).packed + struct.pack("!HH", 17, 8 + 2)
+    s = ones_sum(pseudo + struct.pack("!HHHH", sport, dport, 8 + 2, 0))
+    return struct.pack("!H", 0xFFFF - s)
+
+
+@pytest.mark.parametrize("vip", [VIP_DR, VIP_NAT])
+def test_udp_short_way_gives_the_full_programs_bytes_and_counts(dp, vip):
+    sport = udp_flow(dp, vip)
+    unsummed = client(vip, sport, proto="udp", payload=b"q" * 30)
+    unsummed[UDP].chksum = 0                                   # IPv4: no checksum
+    zero_after_nat = client(vip, sport, proto="udp", payload=zero_summing_payload(sport, REAL, 5353))
+    cases = {"summed": client(vip, sport, proto="udp", payload=b"\x12\x34\x01\x00" + b"q" * 40),
+             "long": client(vip, sport, proto="udp", payload=b"\x00" * 1200),
+             "unsummed": Ether(bytes(unsummed)), "zero after NAT": zero_after_nat}
+    for what, pkt in cases.items():
+        before = stats(dp, vip, 53)
+        short = run(dp, "lb_xdp_public", pkt)
+        mid = stats(dp, vip, 53)
+        full = run(dp, "lb_xdp_public_full", pkt)
+        after = stats(dp, vip, 53)
+        assert short == full, what
+        out = Ether(short[1])
+        assert short[0] == XDP_REDIRECT and out.dst == real_mac(REAL) and out.src == PRIV_MAC, what
+        length = len(pkt) - 14
+        assert [m - b for m, b in zip(mid, before)] == [1, length, 1, length], what
+        assert [a - m for a, m in zip(after, mid)] == [1, length, 1, length], what
+        if vip == VIP_DR:
+            assert bytes(out[IP]) == bytes(pkt[IP]), what
+            continue
+        assert (out[IP].dst, out[UDP].dport) == (REAL, 5353), what
+        fresh = out.copy()
+        del fresh[IP].chksum, fresh[UDP].chksum
+        fresh = Ether(bytes(fresh))
+        assert out[IP].chksum == fresh[IP].chksum, what
+        want = {"unsummed": 0, "zero after NAT": 0xFFFF}.get(what, fresh[UDP].chksum)
+        assert out[UDP].chksum == want, what
+
+
+@pytest.mark.parametrize("vip", [VIP_DR, VIP_NAT])
+def test_a_udp_datagram_of_a_grown_flow_needs_no_full_program(dp, vip):
+    sport = udp_flow(dp, vip)
+    pkt = client(vip, sport, proto="udp", payload=b"query")
+    expected = run(dp, "lb_xdp_public_full", pkt)
+    n = failed(dp)
+    with full_program_unwired(dp):
+        assert run(dp, "lb_xdp_public", pkt) == expected
+    assert failed(dp) == n
+
+
+def test_a_udp_flow_whose_timeout_changed_goes_the_full_way(dp):
+    """a UDP entry takes the current timeout at every datagram: after a change the full way
+    writes it, and the short way takes the flow again from the next datagram"""
+    sport = udp_flow(dp, VIP_DR)
+    pkt = client(VIP_DR, sport, proto="udp")
+    timeouts, key = dp.maps["lb_timeouts"], L.U32.pack(L.UDP_S_NORMAL)
+    was = timeouts.get(key)
+    timeouts.set(key, L.U32.pack(L.U32.unpack(was)[0] + 60))
+    try:
+        with full_program_unwired(dp):
+            n = failed(dp)
+            assert run(dp, "lb_xdp_public", pkt) == (XDP_PASS, bytes(pkt))
+            assert failed(dp) == n + 1
+        assert run(dp, "lb_xdp_public", pkt)[0] == XDP_REDIRECT
+        with full_program_unwired(dp):
+            n = failed(dp)
+            assert run(dp, "lb_xdp_public", pkt)[0] == XDP_REDIRECT
+            assert failed(dp) == n
+    finally:
+        timeouts.set(key, was)
+
+
 @pytest.mark.parametrize("vip", [VIP_DR, VIP_NAT])
 def test_an_established_ack_needs_no_full_program(dp, vip):
     sport = established(dp, vip)
@@ -132,6 +226,11 @@ def test_everything_else_goes_on_to_the_full_program(dp):
     partial[TCP].chksum = pseudo_sum(ip(CLIENT).packed, ip(VIP_DR).packed, 6, 20 + 4)
     first_frag = client(VIP_DR, dr, "A", b"x" * 64)
     first_frag[IP].flags = "MF"
+    udp = udp_flow(dp, VIP_DR)
+    udp_partial = client(VIP_DR, udp, proto="udp", payload=b"abcd")
+    udp_partial[UDP].chksum = pseudo_sum(ip(CLIENT).packed, ip(VIP_DR).packed, 17, 8 + 4)
+    udp_young = next(_sport)
+    assert run(dp, "lb_xdp_public", client(VIP_DR, udp_young, proto="udp"))[0] == XDP_REDIRECT
     passed = {
         "a new connection's SYN": client(VIP_DR, next(_sport), "S"),
         "a FIN": client(VIP_DR, dr, "FA"),
@@ -141,7 +240,9 @@ def test_everything_else_goes_on_to_the_full_program(dp):
         "IP options": Ether(bytes(options)),
         "a partial checksum": partial,
         "a first fragment": Ether(bytes(first_frag)),
-        "UDP": client(VIP_DR, next(_sport), proto="udp", dport=53),
+        "a UDP flow's first datagram": client(VIP_DR, next(_sport), proto="udp", dport=53),
+        "a UDP flow's second datagram (its entry embryonic)": client(VIP_DR, udp_young, proto="udp"),
+        "a UDP datagram with a partial checksum": udp_partial,
         "a tunnel's connection": client(VIP_TUN, tun),
         "an ACK of no connection": client(VIP_DR, next(_sport)),
     }
@@ -152,17 +253,17 @@ def test_everything_else_goes_on_to_the_full_program(dp):
             assert failed(dp) == n + 1, what
         # an entry whose timestamp is older than LB_TOUCH_NS: the full way refreshes it
         age(dp, 1)
-        for sport, vip in ((dr, VIP_DR), (nat, VIP_NAT)):
+        aged = (client(VIP_DR, dr), client(VIP_NAT, nat), client(VIP_DR, udp, proto="udp"))
+        for pkt in aged:
             n = failed(dp)
-            pkt = client(vip, sport)
             assert run(dp, "lb_xdp_public", pkt) == (XDP_PASS, bytes(pkt))
             assert failed(dp) == n + 1
     # and with it wired, the full program forwards them (the aged ones too, refreshing them)
-    for sport, vip in ((dr, VIP_DR), (nat, VIP_NAT)):
-        assert run(dp, "lb_xdp_public", client(vip, sport))[0] == XDP_REDIRECT
+    for pkt in aged:
+        assert run(dp, "lb_xdp_public", pkt)[0] == XDP_REDIRECT
     with full_program_unwired(dp):
-        for sport, vip in ((dr, VIP_DR), (nat, VIP_NAT)):
-            assert run(dp, "lb_xdp_public", client(vip, sport))[0] == XDP_REDIRECT
+        for pkt in aged:
+            assert run(dp, "lb_xdp_public", pkt)[0] == XDP_REDIRECT
 
 
 def test_a_connection_whose_real_server_record_is_gone_goes_the_full_way(dp):
