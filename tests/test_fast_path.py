@@ -1,6 +1,7 @@
 """The short way of an established connection's commonest packet (bpf/lb_fast.h): lb_xdp_public
-forwards a client's IPv4 TCP ACK of an ESTABLISHED DR or NAT connection, and a UDP flow's datagram
-once its entry is in lb_conns4, itself, and tail-calls lb_xdp_public_full for everything else.  Two things a user relies on: the short way's bytes and
+forwards a client's TCP ACK of an ESTABLISHED DR or NAT connection, and a UDP flow's datagram once
+its entry is in lb_conns4 / lb_conns6, IPv4 and IPv6, itself, and tail-calls lb_xdp_public_full for
+everything else.  Two things a user relies on: the short way's bytes and
 counts are the full program's, and nothing that needs the full program is taken the short way
 (shown by unwiring lb_xdp_public_full: what still forwards took the short way, what is passed
 and counted as a failed tail call would have gone on)."""
@@ -14,6 +15,7 @@ import struct
 
 import pytest
 from scapy.layers.inet import IP, TCP, UDP
+from scapy.layers.inet6 import IPv6, IPv6ExtHdrFragment, IPv6ExtHdrHopByHop
 from scapy.layers.l2 import Dot1Q, Ether
 from scapy.packet import Raw
 
@@ -24,9 +26,11 @@ from lb.dataplane.maps import BpfMap
 from packets_util import (CLIENT_MAC, PRIV_MAC, PUB_MAC, XDP_DROP, XDP_PASS, XDP_REDIRECT, age, loaded_dataplane,
                           pseudo_sum, real_mac, run)
 
-CLIENT = "198.18.0.2"
+CLIENT, CLIENT6 = "198.18.0.2", "2001:2::2"
 VIP_DR, VIP_NAT, VIP_TUN = "198.18.0.10", "198.18.0.20", "198.18.0.30"
-REAL = "198.18.1.11"
+VIP6_DR, VIP6_NAT = "2001:2::10", "2001:2::20"
+REAL, REAL6 = "198.18.1.11", "2001:2:0:1::11"
+VIPS = (VIP_DR, VIP_NAT, VIP6_DR, VIP6_NAT)
 ip = ipaddress.ip_address
 
 TABLE = TableSpec((
@@ -35,6 +39,10 @@ TABLE = TableSpec((
     ServiceSpec("tcp", ip(VIP_TUN), 80, "rr", (RealSpec(ip(REAL), 80, 1, "tunnel"),)),
     ServiceSpec("udp", ip(VIP_DR), 53, "rr", (RealSpec(ip(REAL), 53, 1, "dr"),)),
     ServiceSpec("udp", ip(VIP_NAT), 53, "rr", (RealSpec(ip(REAL), 5353, 1, "nat"),)),
+    ServiceSpec("tcp", ip(VIP6_DR), 80, "rr", (RealSpec(ip(REAL6), 80, 1, "dr"),)),
+    ServiceSpec("tcp", ip(VIP6_NAT), 80, "rr", (RealSpec(ip(REAL6), 8080, 1, "nat"),)),
+    ServiceSpec("udp", ip(VIP6_DR), 53, "rr", (RealSpec(ip(REAL6), 53, 1, "dr"),)),
+    ServiceSpec("udp", ip(VIP6_NAT), 53, "rr", (RealSpec(ip(REAL6), 5353, 1, "nat"),)),
 ))
 _sport = itertools.count(41000)
 
@@ -45,10 +53,32 @@ def dp():
         yield d
 
 
-def client(vip, sport, flags="A", payload=b"", proto="tcp", dport=None):
+def v6(vip) -> bool:
+    return ":" in vip
+
+
+def client(vip, sport, flags="A", payload=b"", proto="tcp", dport=None, ext=None):
     l4 = TCP(sport=sport, dport=dport or 80, flags=flags, seq=1000, ack=1) if proto == "tcp" \
         else UDP(sport=sport, dport=dport or 53)
-    return Ether(src=CLIENT_MAC, dst=PUB_MAC) / IP(src=CLIENT, dst=vip, id=7) / l4 / Raw(payload)
+    l3 = IPv6(src=CLIENT6, dst=vip) if v6(vip) else IP(src=CLIENT, dst=vip, id=7)
+    if ext is not None:
+        l3 = l3 / ext
+    return Ether(src=CLIENT_MAC, dst=PUB_MAC) / l3 / l4 / Raw(payload)
+
+
+def l3_of(vip):
+    """the packet's IP layer, the real server, the client: by the VIP's family"""
+    return (IPv6, REAL6, CLIENT6) if v6(vip) else (IP, REAL, CLIENT)
+
+
+def fresh_sums(out, vip, l4):
+    """(IP header checksum or None, L4 checksum) of out as scapy computes them afresh"""
+    fresh = out.copy()
+    if not v6(vip):
+        del fresh[IP].chksum
+    del fresh[l4].chksum
+    fresh = Ether(bytes(fresh))
+    return (None if v6(vip) else fresh[IP].chksum), fresh[l4].chksum
 
 
 def established(dp, vip) -> int:
@@ -98,7 +128,7 @@ def failed(dp) -> int:
     return dp.counters().get("tail_call_failed", 0)
 
 
-@pytest.mark.parametrize("vip", [VIP_DR, VIP_NAT])
+@pytest.mark.parametrize("vip", VIPS)
 def test_short_way_gives_the_full_programs_bytes_and_counts(dp, vip):
     sport = established(dp, vip)
     for pkt in (client(vip, sport), client(vip, sport, "PA", b"GET / HTTP/1.1\r\n\r\n" * 3),
@@ -109,19 +139,17 @@ def test_short_way_gives_the_full_programs_bytes_and_counts(dp, vip):
         full = run(dp, "lb_xdp_public_full", pkt)
         after = stats(dp, vip)
         assert short == full
-        assert short[0] == XDP_REDIRECT and Ether(short[1]).dst == real_mac(REAL) and Ether(short[1]).src == PRIV_MAC
+        l3, real, _ = l3_of(vip)
+        assert short[0] == XDP_REDIRECT and Ether(short[1]).dst == real_mac(real) and Ether(short[1]).src == PRIV_MAC
         length = len(pkt) - 14
         assert [m - b for m, b in zip(mid, before)] == [1, length, 1, length]
         assert [a - m for a, m in zip(after, mid)] == [1, length, 1, length]
     out = Ether(short[1])
-    if vip == VIP_NAT:
-        assert (out[IP].dst, out[TCP].dport) == (REAL, 8080)
-        fresh = out.copy()
-        del fresh[IP].chksum, fresh[TCP].chksum
-        fresh = Ether(bytes(fresh))
-        assert (out[IP].chksum, out[TCP].chksum) == (fresh[IP].chksum, fresh[TCP].chksum)
+    if vip in (VIP_NAT, VIP6_NAT):
+        assert (out[l3].dst, out[TCP].dport) == (real, 8080)
+        assert ((None if v6(vip) else out[IP].chksum), out[TCP].chksum) == fresh_sums(out, vip, TCP)
     else:
-        assert bytes(out[IP]) == bytes(pkt[IP])
+        assert bytes(out[l3]) == bytes(pkt[l3])
 
 
 def ones_sum(b: bytes) -> int:
@@ -132,20 +160,22 @@ def ones_sum(b: bytes) -> int:
     return s
 
 
-def zero_summing_payload(sport: int, dst: str, dport: int) -> bytes:
-    """two bytes that make the datagram CLIENT:sport -> dst:dport sum to 0xffff (its checksum 0,
-    which UDP sends as 0xffff, RFC 768)"""
-    pseudo = ip(CLIENT).packed + ip(dst).packed + struct.pack("!HH", 17, 8 + 2)
+def zero_summing_payload(src: str, sport: int, dst: str, dport: int) -> bytes:
+    """two bytes that make the datagram src:sport -> dst:dport sum to 0xffff (its checksum 0,
+    which UDP sends as 0xffff, RFC 768); the pseudo header's words sum alike in both families"""
+    pseudo = ip(src).packed + ip(dst).packed + struct.pack("!HH", 17, 8 + 2)
     s = ones_sum(pseudo + struct.pack("!HHHH", sport, dport, 8 + 2, 0))
     return struct.pack("!H", 0xFFFF - s)
 
 
-@pytest.mark.parametrize("vip", [VIP_DR, VIP_NAT])
+@pytest.mark.parametrize("vip", VIPS)
 def test_udp_short_way_gives_the_full_programs_bytes_and_counts(dp, vip):
+    """an IPv6 datagram without a checksum goes the full way, which gives it one: the same bytes"""
+    l3, real, src = l3_of(vip)
     sport = udp_flow(dp, vip)
     unsummed = client(vip, sport, proto="udp", payload=b"q" * 30)
-    unsummed[UDP].chksum = 0                                   # IPv4: no checksum
-    zero_after_nat = client(vip, sport, proto="udp", payload=zero_summing_payload(sport, REAL, 5353))
+    unsummed[UDP].chksum = 0                                   # no checksum
+    zero_after_nat = client(vip, sport, proto="udp", payload=zero_summing_payload(src, sport, real, 5353))
     cases = {"summed": client(vip, sport, proto="udp", payload=b"\x12\x34\x01\x00" + b"q" * 40),
              "long": client(vip, sport, proto="udp", payload=b"\x00" * 1200),
              "unsummed": Ether(bytes(unsummed)), "zero after NAT": zero_after_nat}
@@ -157,23 +187,26 @@ def test_udp_short_way_gives_the_full_programs_bytes_and_counts(dp, vip):
         after = stats(dp, vip, 53)
         assert short == full, what
         out = Ether(short[1])
-        assert short[0] == XDP_REDIRECT and out.dst == real_mac(REAL) and out.src == PRIV_MAC, what
+        assert short[0] == XDP_REDIRECT and out.dst == real_mac(real) and out.src == PRIV_MAC, what
         length = len(pkt) - 14
         assert [m - b for m, b in zip(mid, before)] == [1, length, 1, length], what
         assert [a - m for a, m in zip(after, mid)] == [1, length, 1, length], what
-        if vip == VIP_DR:
-            assert bytes(out[IP]) == bytes(pkt[IP]), what
+        ip_sum, udp_sum = fresh_sums(out, vip, UDP)
+        if not v6(vip):
+            assert out[IP].chksum == ip_sum, what
+        # IPv4 keeps "no checksum"; IPv6 has none such: the full way gives it one
+        want = {"zero after NAT": 0xFFFF, "unsummed": udp_sum if v6(vip) else 0}.get(what, udp_sum)
+        if vip in (VIP_DR, VIP6_DR):
+            if what == "unsummed" and v6(vip):
+                assert out[UDP].chksum == udp_sum
+            else:
+                assert bytes(out[l3]) == bytes(Ether(bytes(pkt))[l3]), what
             continue
-        assert (out[IP].dst, out[UDP].dport) == (REAL, 5353), what
-        fresh = out.copy()
-        del fresh[IP].chksum, fresh[UDP].chksum
-        fresh = Ether(bytes(fresh))
-        assert out[IP].chksum == fresh[IP].chksum, what
-        want = {"unsummed": 0, "zero after NAT": 0xFFFF}.get(what, fresh[UDP].chksum)
+        assert (out[l3].dst, out[UDP].dport) == (real, 5353), what
         assert out[UDP].chksum == want, what
 
 
-@pytest.mark.parametrize("vip", [VIP_DR, VIP_NAT])
+@pytest.mark.parametrize("vip", VIPS)
 def test_a_udp_datagram_of_a_grown_flow_needs_no_full_program(dp, vip):
     sport = udp_flow(dp, vip)
     pkt = client(vip, sport, proto="udp", payload=b"query")
@@ -206,7 +239,7 @@ def test_a_udp_flow_whose_timeout_changed_goes_the_full_way(dp):
         timeouts.set(key, was)
 
 
-@pytest.mark.parametrize("vip", [VIP_DR, VIP_NAT])
+@pytest.mark.parametrize("vip", VIPS)
 def test_an_established_ack_needs_no_full_program(dp, vip):
     sport = established(dp, vip)
     pkt = client(vip, sport, "PA", b"data")
@@ -231,6 +264,11 @@ def test_everything_else_goes_on_to_the_full_program(dp):
     udp_partial[UDP].chksum = pseudo_sum(ip(CLIENT).packed, ip(VIP_DR).packed, 17, 8 + 4)
     udp_young = next(_sport)
     assert run(dp, "lb_xdp_public", client(VIP_DR, udp_young, proto="udp"))[0] == XDP_REDIRECT
+    dr6, udp6 = established(dp, VIP6_DR), udp_flow(dp, VIP6_DR)
+    udp6_unsummed = client(VIP6_DR, udp6, proto="udp", payload=b"abcd")
+    udp6_unsummed[UDP].chksum = 0
+    partial6 = client(VIP6_DR, dr6, "A", b"abcd")
+    partial6[TCP].chksum = pseudo_sum(ip(CLIENT6).packed, ip(VIP6_DR).packed, 6, 20 + 4)
     passed = {
         "a new connection's SYN": client(VIP_DR, next(_sport), "S"),
         "a FIN": client(VIP_DR, dr, "FA"),
@@ -243,6 +281,13 @@ def test_everything_else_goes_on_to_the_full_program(dp):
         "a UDP flow's first datagram": client(VIP_DR, next(_sport), proto="udp", dport=53),
         "a UDP flow's second datagram (its entry embryonic)": client(VIP_DR, udp_young, proto="udp"),
         "a UDP datagram with a partial checksum": udp_partial,
+        "IPv6: an extension header": client(VIP6_DR, dr6, ext=IPv6ExtHdrHopByHop()),
+        "IPv6: a fragment": client(VIP6_DR, dr6, ext=IPv6ExtHdrFragment(m=1, id=5)),
+        "IPv6: a datagram without a checksum": Ether(bytes(udp6_unsummed)),
+        "IPv6: a partial checksum": Ether(bytes(partial6)),
+        "IPv6: a FIN": client(VIP6_DR, dr6, "FA"),
+        "IPv6's EtherType, version 4 in the header": Ether(bytes(client(VIP6_DR, dr6))[:14] + b"\x46"
+                                                          + bytes(client(VIP6_DR, dr6))[15:]),
         "a tunnel's connection": client(VIP_TUN, tun),
         "an ACK of no connection": client(VIP_DR, next(_sport)),
     }
@@ -253,7 +298,8 @@ def test_everything_else_goes_on_to_the_full_program(dp):
             assert failed(dp) == n + 1, what
         # an entry whose timestamp is older than LB_TOUCH_NS: the full way refreshes it
         age(dp, 1)
-        aged = (client(VIP_DR, dr), client(VIP_NAT, nat), client(VIP_DR, udp, proto="udp"))
+        aged = (client(VIP_DR, dr), client(VIP_NAT, nat), client(VIP_DR, udp, proto="udp"), client(VIP6_DR, dr6),
+                client(VIP6_DR, udp6, proto="udp"))
         for pkt in aged:
             n = failed(dp)
             assert run(dp, "lb_xdp_public", pkt) == (XDP_PASS, bytes(pkt))
