@@ -6,7 +6,7 @@
  * (lb_conn_next_state keeps ESTABLISHED on a lone ACK, and writes a UDP entry the state and
  * timeout it has; lb_conn_touch leaves a timestamp younger than LB_TOUCH_NS), so what
  * lb_xdp_public_full does with it is: count it and forward it.  Done here, in the attached
- * program, without the general parse and the full program's tail call: about 30 ns a packet on
+ * program, without the general parse and the full program's tail call: 20-40 ns a packet on
  * this VM (bench/results/ablation-2026-12-06/fast-path.txt, udp-fast-path.txt, ipv6-fast-path.txt).
  * Anything else -- and any of these tests failing -- goes on to lb_xdp_public_full, which sees
  * the packet as it came.  The same packet takes either way to the same bytes

@@ -92,7 +92,7 @@ def established(dp, vip) -> int:
 
 def udp_flow(dp, vip) -> int:
     """a UDP flow to vip:53 past its first two datagrams (the second moves its entry from the
-    embryonic table to lb_conns4): its client port"""
+    embryonic table to lb_conns4 or lb_conns6): its client port"""
     sport = next(_sport)
     for _ in range(2):
         rc, _ = run(dp, "lb_xdp_public", client(vip, sport, proto="udp"))
@@ -206,17 +206,6 @@ def test_udp_short_way_gives_the_full_programs_bytes_and_counts(dp, vip):
         assert out[UDP].chksum == want, what
 
 
-@pytest.mark.parametrize("vip", VIPS)
-def test_a_udp_datagram_of_a_grown_flow_needs_no_full_program(dp, vip):
-    sport = udp_flow(dp, vip)
-    pkt = client(vip, sport, proto="udp", payload=b"query")
-    expected = run(dp, "lb_xdp_public_full", pkt)
-    n = failed(dp)
-    with full_program_unwired(dp):
-        assert run(dp, "lb_xdp_public", pkt) == expected
-    assert failed(dp) == n
-
-
 def test_a_udp_flow_whose_timeout_changed_goes_the_full_way(dp):
     """a UDP entry takes the current timeout at every datagram: after a change the full way
     writes it, and the short way takes the flow again from the next datagram"""
@@ -239,10 +228,14 @@ def test_a_udp_flow_whose_timeout_changed_goes_the_full_way(dp):
         timeouts.set(key, was)
 
 
+@pytest.mark.parametrize("proto", ["tcp", "udp"])
 @pytest.mark.parametrize("vip", VIPS)
-def test_an_established_ack_needs_no_full_program(dp, vip):
-    sport = established(dp, vip)
-    pkt = client(vip, sport, "PA", b"data")
+def test_an_established_packet_needs_no_full_program(dp, vip, proto):
+    """a TCP ACK of an ESTABLISHED connection; a UDP datagram of a flow past its second"""
+    if proto == "tcp":
+        pkt = client(vip, established(dp, vip), "PA", b"data")
+    else:
+        pkt = client(vip, udp_flow(dp, vip), proto="udp", payload=b"query")
     expected = run(dp, "lb_xdp_public_full", pkt)
     n = failed(dp)
     with full_program_unwired(dp):
