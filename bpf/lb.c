@@ -1,6 +1,7 @@
 /* lb data plane.  Programs (all XDP, loaded by lb/dataplane with bcc):
- *   lb_xdp_public   public side, attached: the HA lease, the VIP filter, an established IPv4 TCP
- *                   connection's commonest packet (lb_fast.h); the rest on to lb_xdp_public_full
+ *   lb_xdp_public   public side, attached: the HA lease, the VIP filter, an established TCP
+ *                   connection's or grown UDP flow's commonest packet, IPv4 or IPv6 (lb_fast.h);
+ *                   the rest on to lb_xdp_public_full
  *   lb_xdp_public_full
  *                   packets for a virtual service; established flows forwarded here,
  *                   new connections of dh, sh and mh (no fallback walk) and those a live
