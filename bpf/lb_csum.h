@@ -31,47 +31,62 @@ static __always_inline void lb_csum_replace2(__u16 *sum, __u16 from, __u16 to)
 }
 
 /* UDP: 0 means "no checksum", so a computed 0 is sent as 0xffff (RFC 768) */
-static __always_inline void lb_l4csum_fix_udp(struct lb_pkt *pkt)
+static __always_inline void lb_l4csum_fix_udp(__u16 *l4csum, __u8 proto)
 {
-    if (pkt->proto == IPPROTO_UDP && pkt->l4csum && *pkt->l4csum == 0)
-        *pkt->l4csum = 0xffff;
+    if (proto == IPPROTO_UDP && *l4csum == 0)
+        *l4csum = 0xffff;
 }
 
-/* Rewrite one IPv4 address and one port, fixing the IP and L4 checksums. */
-static __always_inline void lb_rewrite4(struct lb_pkt *pkt, __be32 *addr_p, __be32 new_addr,
-                                        __be16 *port_p, __be16 new_port)
+/* Rewrite one IPv4 address and one port, fixing the IP header's checksum at ipcsum and the L4
+ * one at l4csum (0: none to fix, as an IPv4 UDP datagram's 0).  Pointers, not struct lb_pkt:
+ * the short way (lb_fast.h), which parses no lb_pkt, rewrites with it too. */
+static __always_inline void lb_rewrite4_at(__u16 *ipcsum, __u16 *l4csum, __u8 proto, __be32 *addr_p,
+                                           __be32 new_addr, __be16 *port_p, __be16 new_port)
 {
     __be32 old_addr = *addr_p;
     __be16 old_port = *port_p;
 
     *addr_p = new_addr;
     *port_p = new_port;
-    lb_csum_replace4((__u16 *)&pkt->ip4->check, old_addr, new_addr);
-    if (pkt->l4csum) {
-        lb_csum_replace4((__u16 *)pkt->l4csum, old_addr, new_addr);   /* pseudo header */
-        lb_csum_replace2((__u16 *)pkt->l4csum, old_port, new_port);
-        lb_l4csum_fix_udp(pkt);
+    lb_csum_replace4(ipcsum, old_addr, new_addr);
+    if (l4csum) {
+        lb_csum_replace4(l4csum, old_addr, new_addr);   /* pseudo header */
+        lb_csum_replace2(l4csum, old_port, new_port);
+        lb_l4csum_fix_udp(l4csum, proto);
     }
 }
 
-/* Rewrite one IPv6 address (addr_p: 4 words in the packet) and one port.  IPv6 has no header
- * checksum; the L4 checksum covers both through the pseudo header. */
-static __always_inline void lb_rewrite6(struct lb_pkt *pkt, __be32 *addr_p, const __be32 *new_addr,
+static __always_inline void lb_rewrite4(struct lb_pkt *pkt, __be32 *addr_p, __be32 new_addr,
                                         __be16 *port_p, __be16 new_port)
+{
+    lb_rewrite4_at((__u16 *)&pkt->ip4->check, (__u16 *)pkt->l4csum, pkt->proto, addr_p, new_addr,
+                   port_p, new_port);
+}
+
+/* Rewrite one IPv6 address (addr_p: 4 words in the packet) and one port.  IPv6 has no header
+ * checksum; the L4 checksum at l4csum (0: none) covers both through the pseudo header. */
+static __always_inline void lb_rewrite6_at(__u16 *l4csum, __u8 proto, __be32 *addr_p, const __be32 *new_addr,
+                                           __be16 *port_p, __be16 new_port)
 {
     __be16 old_port = *port_p;
 #pragma unroll
     for (int i = 0; i < 4; i++) {
         __be32 old = addr_p[i], nw = new_addr[i];
         addr_p[i] = nw;
-        if (pkt->l4csum)
-            lb_csum_replace4((__u16 *)pkt->l4csum, old, nw);
+        if (l4csum)
+            lb_csum_replace4(l4csum, old, nw);
     }
     *port_p = new_port;
-    if (pkt->l4csum) {
-        lb_csum_replace2((__u16 *)pkt->l4csum, old_port, new_port);
-        lb_l4csum_fix_udp(pkt);
+    if (l4csum) {
+        lb_csum_replace2(l4csum, old_port, new_port);
+        lb_l4csum_fix_udp(l4csum, proto);
     }
+}
+
+static __always_inline void lb_rewrite6(struct lb_pkt *pkt, __be32 *addr_p, const __be32 *new_addr,
+                                        __be16 *port_p, __be16 new_port)
+{
+    lb_rewrite6_at((__u16 *)pkt->l4csum, pkt->proto, addr_p, new_addr, port_p, new_port);
 }
 
 /* ---- partial checksums ----
@@ -94,13 +109,19 @@ static __always_inline __u16 lb_csum_fold64(__u64 s)
 }
 
 /* The pseudo header's sum, folded and not complemented: what a sender with tx offload leaves in
- * the L4 checksum field */
+ * the L4 checksum field.  s and d: the addresses' words (one for IPv4, four for IPv6: v6). */
+static __always_inline __u16 lb_csum_pseudo_of(const __be32 *s, const __be32 *d, int v6, __u8 proto,
+                                               __u32 l4len)
+{
+    __u64 sum = (__u64)s[0] + d[0] + bpf_htons((__u16)proto) + bpf_htons((__u16)l4len);
+    if (v6)
+        sum += (__u64)s[1] + s[2] + s[3] + d[1] + d[2] + d[3];
+    return lb_csum_fold64(sum);
+}
+
 static __always_inline __u16 lb_csum_pseudo(struct lb_pkt *pkt, __u32 l4len)
 {
-    __u64 s = (__u64)pkt->saddr[0] + pkt->daddr[0] + bpf_htons((__u16)pkt->proto) + bpf_htons((__u16)l4len);
-    if (pkt->family != LB_AF_INET)
-        s += (__u64)pkt->saddr[1] + pkt->saddr[2] + pkt->saddr[3] + pkt->daddr[1] + pkt->daddr[2] + pkt->daddr[3];
-    return lb_csum_fold64(s);
+    return lb_csum_pseudo_of(pkt->saddr, pkt->daddr, pkt->family != LB_AF_INET, pkt->proto, l4len);
 }
 
 

@@ -67,16 +67,6 @@ static __always_inline struct lb_real *lb_fast_real(struct lb_conn *c, __u8 stat
     return r;
 }
 
-/* NAT's L4 checksum update for a new destination port (the address's went in before): a UDP
- * sum that comes out 0 is sent as 0xffff (RFC 768, as lb_l4csum_fix_udp) */
-static __always_inline void lb_fast_port(__u16 *check, __u8 proto, __be16 *port_p, __be16 port)
-{
-    lb_csum_replace2(check, *port_p, port);
-    *port_p = port;
-    if (proto == IPPROTO_UDP && *check == 0)
-        *check = 0xffff;
-}
-
 static __always_inline int lb_fast4(struct xdp_md *ctx, struct ethhdr *eth, void *data_end)
 {
     struct iphdr *ip = (void *)(eth + 1);
@@ -99,21 +89,13 @@ static __always_inline int lb_fast4(struct xdp_md *ctx, struct ethhdr *eth, void
     __u32 len = bpf_ntohs(ip->tot_len);
     /* a partial checksum (the sender's tx offload: only the pseudo header's sum) is the full
      * way's to complete (lb_csum_complete); a UDP datagram's 0 (no checksum) never equals it */
-    __u64 pseudo = (__u64)ip->saddr + ip->daddr + bpf_htons((__u16)proto) + bpf_htons((__u16)(len - 20));
-    if (*check == lb_csum_fold64(pseudo))
+    if (*check == lb_csum_pseudo_of(&ip->saddr, &ip->daddr, 0, proto, len - 20))
         return LB_CONTINUE;
-    if (r->fwd == LB_FWD_NAT) {
-        /* lb_rewrite4: the destination to the real server's address and port (0: the packet's) */
-        __be32 to = *(__be32 *)r->addr, from = ip->daddr;
-        ip->daddr = to;
-        lb_csum_replace4((__u16 *)&ip->check, from, to);
-        if (proto == IPPROTO_TCP || *check) {     /* an IPv4 datagram's 0 stays "no checksum" */
-            lb_csum_replace4(check, from, to);
-            lb_fast_port(check, proto, &uh->dest, r->port ? r->port : uh->dest);
-        } else if (r->port) {
-            uh->dest = r->port;
-        }
-    }
+    /* NAT, as lb_nat_daddr: the destination to the real server's address and port (0: the
+     * packet's); an IPv4 datagram's 0 stays "no checksum" (lb_parse_l4 leaves l4csum 0) */
+    if (r->fwd == LB_FWD_NAT)
+        lb_rewrite4_at((__u16 *)&ip->check, proto == IPPROTO_TCP || *check ? check : 0, proto, &ip->daddr,
+                       *(__be32 *)r->addr, &uh->dest, r->port ? r->port : uh->dest);
     lb_stats_in(c->svc, c->real, len, 0);
     return lb_xmit(ctx, eth, r->mac, r->src_mac, r->ifindex);
 }
@@ -139,21 +121,10 @@ static __always_inline int lb_fast6(struct xdp_md *ctx, struct ethhdr *eth, void
     if (!r)
         return LB_CONTINUE;
     __u32 l4len = bpf_ntohs(ip6->payload_len);
-    __u64 pseudo = (__u64)s[0] + s[1] + s[2] + s[3] + d[0] + d[1] + d[2] + d[3] +
-                   bpf_htons((__u16)proto) + bpf_htons((__u16)l4len);
-    if (*check == lb_csum_fold64(pseudo))
+    if (*check == lb_csum_pseudo_of(s, d, 1, proto, l4len))
         return LB_CONTINUE;
-    if (r->fwd == LB_FWD_NAT) {
-        /* lb_rewrite6: no IP header checksum, the L4 one covers the address */
-        __be32 *to = (__be32 *)r->addr;
-#pragma unroll
-        for (int i = 0; i < 4; i++) {
-            __be32 from = d[i];
-            d[i] = to[i];
-            lb_csum_replace4(check, from, to[i]);
-        }
-        lb_fast_port(check, proto, &uh->dest, r->port ? r->port : uh->dest);
-    }
+    if (r->fwd == LB_FWD_NAT)     /* as lb_nat_daddr */
+        lb_rewrite6_at(check, proto, d, (const __be32 *)r->addr, &uh->dest, r->port ? r->port : uh->dest);
     lb_stats_in(c->svc, c->real, l4len + sizeof(*ip6), 0);
     return lb_xmit(ctx, eth, r->mac, r->src_mac, r->ifindex);
 }
