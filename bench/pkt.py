@@ -50,12 +50,14 @@ the baselines in the new-connection blocks: SYNs like the wlc row's, measured bu
 
 Active flows.  Before each measured run of a row with more than one flow, one unmeasured pass
 over its frames, so that every flow had a packet shortly before, as a flow among 10,000 has at
-any rate worth measuring (every few ms at a million packets a second).  lb refreshes an entry's
+any rate worth measuring (every 10 ms at a million packets a second): its entry's timestamp fresh,
+and the entries as warm in the caches as 10,000 active flows keep them.  lb refreshes an entry's
 timestamp at most every LB_TOUCH_NS (250 ms, lb_conn_touch), and a packet whose entry is older
 goes the full way (bpf/lb_fast.h) to write it.  A round of the established block takes longer than
 that, so without the pass the first packet of each flow in a round -- half of the 10,000-flow
-rows' 20,000 -- was such a refresh (until 2026-12-06: 24-37 ns a packet of lb's over the floor,
-bench/results/ablation-2026-12-06/touch.txt).  The floor and reference rows get the same pass.
+rows' 20,000 -- was such a refresh (22-30 ns a packet of lb's over its floor:
+bench/results/ablation-2026-12-06/touch.txt), and found its entry where the rows measured since
+had left it.  The floor and reference rows get the same pass.
 
 Each row is checked: no exceptional-event counter (lb_counters: packet without a connection,
 no real server, table full, ...) may move while it runs, so an "established" packet that missed
