@@ -50,7 +50,7 @@ try:
         EXTRA[:] = [f"-D{x}" for x in v]
         b = B(table)
         if "dr1" in keys or "estfloor1" in keys:
-            rows = b.established(1000) + (b.established_full(1000) if "dr6many" in keys else []) + \
+            rows = b.established(int(os.environ.get("ABL_MANY", "1000"))) + (b.established_full(1000) if "dr6many" in keys else []) + \
                 [Row("floor", "t", b.trivial.fd, P.frames(P.VIP_DR, 80, "A", P.flows(1)))]
         else:
             rows, n = b.new_conns(runs, 100000)
