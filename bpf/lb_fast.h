@@ -94,7 +94,7 @@ static __always_inline int lb_fast4(struct xdp_md *ctx, struct ethhdr *eth, void
     /* NAT, as lb_nat_daddr: the destination to the real server's address and port (0: the
      * packet's); an IPv4 datagram's 0 stays "no checksum" (lb_parse_l4 leaves l4csum 0) */
     if (r->fwd == LB_FWD_NAT)
-        lb_rewrite4_at((__u16 *)&ip->check, proto == IPPROTO_TCP || *check ? check : 0, proto, &ip->daddr,
+        lb_rewrite4_at((__u16 *)&ip->check, (proto == IPPROTO_TCP || *check) ? check : 0, proto, &ip->daddr,
                        *(__be32 *)r->addr, &uh->dest, r->port ? r->port : uh->dest);
     lb_stats_in(c->svc, c->real, len, 0);
     return lb_xmit(ctx, eth, r->mac, r->src_mac, r->ifindex);
