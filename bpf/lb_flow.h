@@ -92,8 +92,14 @@ static __always_inline int lb_reply_packet(struct xdp_md *ctx, struct lb_pkt *pk
     key.proto = pkt->proto;
     key.family = pkt->family;
     struct lb_conn *c = lb_conn_find(&key, &embryo);
-    if (!c || c->real != rev->real)
-        return note6 ? lb_frag_passed() : XDP_PASS;
+    if (!c || c->real != rev->real) {
+        if (note6)
+            return lb_frag_passed();
+        /* a resize's copy can catch a NAT connection's reverse entry without its client's (the
+         * old programs moved both to lb_conns as the copy walked it): the old maps hold both */
+        lb_progs_prev.call(ctx, LB_PREV_PRIVATE);
+        return XDP_PASS;
+    }
     if (lb_conn_expired(c, now)) {
         lb_conn_expire_in(&key, c, embryo);
         lb_conn_delete_in(&rk, rev_embryo);

@@ -23,7 +23,8 @@ from lb.dataplane.errors import DataplaneError
 from lb.dataplane.maps import BpfMap, PinnedMaps, pin_dir
 from lb.dataplane.resize import old_dir, staging_dir
 from lb.dataplane.xdp import Sizes, XdpDataplane
-from packets_util import CLIENT_MAC, PUB_MAC, XDP_PASS, XDP_REDIRECT, fake_resolver, real_mac, run
+from packets_util import (CLIENT_MAC, PRIV_MAC, PUB_MAC, XDP_PASS, XDP_REDIRECT, XDP_TX, fake_resolver, real_mac,
+                          run)
 
 ip = ipaddress.ip_address
 VIP = ip("198.18.0.10")
@@ -394,6 +395,42 @@ def test_a_daemon_killed_in_the_grace_leaves_the_old_programs_serving_until_the_
     assert "resize: 3 lb_conns4 the old programs made since the copy copied" in caplog.text
     for s in late:                                           # the new maps alone serve them
         assert client.send(again, s, "PA") == client.flows[(80, s)]
+
+
+def test_a_nat_reply_whose_client_entry_the_copy_missed_goes_to_the_old_programs(instance, monkeypatch):
+    """The old programs move a NAT connection's two entries into lb_conns one after the other
+    while the copy walks that table: the copy can find the reverse entry (its bucket walked after
+    the move) and not the client's (walked before).  A reply then finds its reverse entry in the
+    new maps but no connection: it goes to the old programs, whose maps hold both, as a reply the
+    new maps know nothing of does -- not to the kernel, which sends it on to the client
+    untranslated, every reply of the connection lost until the catch-up (or, the daemon killed
+    within its grace, until the next start)."""
+    nat = TableSpec((ServiceSpec("tcp", VIP, 80, "rr", (RealSpec(REALS[0], 8080, 1, "nat"),), "web"),))
+    old = start(instance, SMALL)
+    old.apply(nat)
+    sport = next(_sport)
+    for flags in ("S", "A"):
+        pkt = Ether(src=CLIENT_MAC, dst=PUB_MAC) / IP(src="198.18.0.2", dst=str(VIP)) / \
+            TCP(sport=sport, dport=80, flags=flags)
+        assert run(old, "lb_xdp_public", pkt)[0] == XDP_REDIRECT
+    new = start(instance, BIG)
+    new.apply(nat)
+    client_key = L.ConnKey(ip("198.18.0.2"), VIP, sport, 80, 6).pack()
+    reverse_key = L.ConnKey(REALS[0], ip("198.18.0.2"), 8080, sport, 6, 1).pack()
+    assert new.maps["lb_conns"].get(reverse_key) is not None
+    assert new.maps["lb_conns"].delete(client_key)           # as that copy leaves the new table
+    reply = Ether(src=real_mac(REALS[0]), dst=PRIV_MAC) / IP(src=str(REALS[0]), dst="198.18.0.2") / \
+        TCP(sport=8080, dport=sport, flags="PA", seq=5000, ack=1001) / b"reply"
+    assert run(new, "lb_xdp_private", reply)[0] == XDP_PASS    # no old programs handed over yet
+    new._hand_over("private", old.fns["lb_xdp_private"].fd)
+    rc, out = run(new, "lb_xdp_private", reply)
+    assert rc in (XDP_TX, XDP_REDIRECT), rc
+    back = Ether(out)
+    assert (back[IP].src, back[IP].dst, back[TCP].sport, back[TCP].dport) == (str(VIP), "198.18.0.2", 80, sport)
+    assert bytes(back[TCP].payload) == b"reply"
+    finish_resize_now(new, instance, monkeypatch)            # the catch-up copies the client's entry
+    rc, out = run(new, "lb_xdp_private", reply)
+    assert rc in (XDP_TX, XDP_REDIRECT) and Ether(out)[IP].src == str(VIP)
 
 
 def test_a_smaller_table_keeps_or_leaves_out_a_nat_connections_two_entries_together():

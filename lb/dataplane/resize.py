@@ -17,9 +17,10 @@ How (XdpDataplane.load, then XdpDataplane.finish_resize once the engine attached
 4. The engine applies its table and attaches the new programs (atomically, interface by
    interface); until then the old programs forward with the old maps.  Each attach puts the
    program it replaces in the new programs' lb_progs_prev: a packet the new maps know nothing
-   of (a connection the old programs made after the copy) goes on to it instead of the kernel,
-   which would reset it.  lb_progs_prev is pinned in the old directory (``lb_progs_prev_<n>``),
-   so that it outlives a daemon killed before 5.
+   of (a connection the old programs made after the copy; a NAT reply whose reverse entry the
+   copy found without its connection's, the two moved into lb_conns as the copy walked it) goes
+   on to it instead of the kernel, which would reset it.  lb_progs_prev is pinned in the old
+   directory (``lb_progs_prev_<n>``), so that it outlives a daemon killed before 5.
 5. A grace period after the attach (XdpDataplane.finish_resize; the handshakes the old programs
    began have ended), catch_up(): the new tables brought up to date with what the old programs
    did since the copy -- connections and templates made copied, entries moved on (a reset's
