@@ -768,9 +768,12 @@ class Engine:
 
     def _attach_dataplane(self) -> None:
         try:
-            self.dp.attach(self.cfg.public_interface, "public", self.xdp_mode)
+            # NAT: the replies' side first, so no reply of a connection the public program has
+            # just made meets a program that knows nothing of it (the previous run's, whose maps
+            # a resize has left behind; or none at a first start) and goes out untranslated
             if self.cfg.network == "nat":
                 self.dp.attach(self.cfg.private_interface, "private", self.xdp_mode)
+            self.dp.attach(self.cfg.public_interface, "public", self.xdp_mode)
             self._attach_guards()
         except DataplaneError as e:
             if not self._fall_back(e):
