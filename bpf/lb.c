@@ -96,15 +96,20 @@ static __always_inline int lb_lookup_svc(struct lb_pkt *pkt, __u32 *svc_id)
     return lb_classify_fwm(pkt, &sk, svc_id);
 }
 
-/* The bit of lb_vip_filter for an address folded to 32 bits (its four words XORed as they are):
- * 1 set, 0 clear, `missing` when the map is (never, once loaded) */
-static __always_inline int lb_vip_bit(__u32 fold, int missing)
+/* The bit of filter f (lb_vip_filter's, lb_local_filter's) for an address folded to 32 bits (its
+ * four words XORed as they are): 1 set, 0 clear, `missing` when the map is (never, once loaded) */
+static __always_inline int lb_filter_bit(struct lb_vip_filter *f, __u32 fold, int missing)
 {
-    __u32 zero = 0, idx = (fold * LB_VIP_HASH_MUL) >> (32 - LB_VIP_FILTER_BITS);
-    struct lb_vip_filter *f = lb_vip_filter.lookup(&zero);
+    __u32 idx = (fold * LB_VIP_HASH_MUL) >> (32 - LB_VIP_FILTER_BITS);
     if (!f)
         return missing;
     return (f->bits[(idx >> 6) & (LB_VIP_FILTER_WORDS - 1)] >> (idx & 63)) & 1;
+}
+
+static __always_inline int lb_vip_bit(__u32 fold, int missing)
+{
+    __u32 zero = 0;
+    return lb_filter_bit(lb_vip_filter.lookup(&zero), fold, missing);
 }
 
 /* The first test of lb_xdp_public: is the destination address one a virtual service listens
@@ -267,6 +272,20 @@ static __always_inline int lb_from_a_vip(struct lb_pkt *pkt)
     /* keyed by the 16 bytes as they are (lb_xdp_public_full has no stack to spare for a key), the
      * family in the value: an IPv4 VIP's padded bytes are also an IPv6 address */
     __u32 *fams = lb_vip_addrs.lookup((struct lb_addr16 *)pkt->saddr);
+    return fams && ((*fams >> pkt->family) & 1);
+}
+
+/* A packet from one of the director's own addresses (not a VIP: an interface's, lb_local_addrs):
+ * forged -- the director sends its own packets, XDP sees only what arrives -- and a martian to the
+ * kernel, which drops it.  Scheduled, the real server's answer went to the director, and forged
+ * SYNs had the real servers talk to it.  As lb_from_a_vip: a bit first, then exactly. */
+static __always_inline int lb_from_the_director(struct lb_pkt *pkt)
+{
+    __be32 *s = pkt->saddr;
+    __u32 zero = 0;
+    if (!lb_filter_bit(lb_local_filter.lookup(&zero), s[0] ^ s[1] ^ s[2] ^ s[3], 0))
+        return 0;
+    __u32 *fams = lb_local_addrs.lookup((struct lb_addr16 *)pkt->saddr);
     return fams && ((*fams >> pkt->family) & 1);
 }
 
@@ -448,7 +467,8 @@ int lb_xdp_public_full(struct xdp_md *ctx)
             lb_progs_prev.call(ctx, LB_PREV_PUBLIC);     /* a resize: the old maps may hold it */
             return XDP_PASS;
         }
-        if (lb_not_routable(ctx, &pkt) || lb_from_itself(&pkt) || lb_from_a_vip(&pkt)) {
+        if (lb_not_routable(ctx, &pkt) || lb_from_itself(&pkt) || lb_from_a_vip(&pkt) ||
+            lb_from_the_director(&pkt)) {
             lb_count(LB_CNT_NOT_ROUTABLE);
             return XDP_PASS;
         }

@@ -177,6 +177,8 @@ enum lb_sched_id {
  * looked up there, lb.c lb_from_a_vip): one VIP per service, plus the port groups' addresses, at
  * most one (VIP, protocol) per service (the control plane's fit check) */
 #define LB_VIP_ADDRS (2 * LB_MAX_SERVICES)
+/* lb_local_addrs: the director's own addresses, up to this many (the engine logs those left out) */
+#define LB_LOCAL_ADDRS 1024
 
 /* The established filter (lb_est_filter, lb_embryo.h): may a pure SYN's key have an entry in
  * lb_conns?  Bits per bitmap: a -D flag, 8 per lb_conns entry (lb/dataplane/program.py).

@@ -69,6 +69,13 @@ BPF_TABLE_PINNED("array", __u32, struct lb_vip_filter, lb_vip_filter, 1, LB_PIN(
  * kernel's to drop (lb.c lb_from_a_vip) */
 BPF_TABLE_PINNED("hash", struct lb_addr16, __u32, lb_vip_addrs, LB_VIP_ADDRS, LB_PIN(lb_vip_addrs),
                  BPF_F_NO_PREALLOC);
+/* The director's own addresses (every interface's, as the engine reads them), hashed to a bit as
+ * in lb_vip_filter, and exactly, the value a bit per family: a new connection from one is a forged
+ * source, a martian to the kernel (lb.c lb_from_the_director).  Apart from lb_vip_filter, which
+ * every packet's destination is tested against. */
+BPF_TABLE_PINNED("array", __u32, struct lb_vip_filter, lb_local_filter, 1, LB_PIN(lb_local_filter));
+BPF_TABLE_PINNED("hash", struct lb_addr16, __u32, lb_local_addrs, LB_LOCAL_ADDRS, LB_PIN(lb_local_addrs),
+                 BPF_F_NO_PREALLOC);
 /* may a SYN's key be in lb_conns (lb_embryo.h): the control plane's census and two BPF bitmaps,
  * interleaved word by word; the control plane writes its words through a shared mapping */
 BPF_TABLE_PINNED("array", __u32, struct lb_est_word, lb_est_filter, LB_EST_FILTER_WORDS, LB_PIN(lb_est_filter),

@@ -67,6 +67,7 @@ HOUSEKEEPING = {
     "finish_resize": "finishing the move into the new [tables] sizes",
     "sched_base": "refreshing the schedulers' base",
     "sweep": "sweeping expired connections",
+    "local_addresses": "reading the director's own addresses",
     "defend": "the defense strategies' check",
     "estimate": "the rate estimator",
     "keep_ownership": "keeping the addresses and XDP programs in place",
@@ -511,6 +512,7 @@ class Engine:
         self._apply_waiters: list[tuple] = []
         self._weight_lock: asyncio.Lock | None = None   # `lb weight` requests, one at a time to their plan
         self._dirty = False                          # health changed: reconcile the data plane
+        self._local_addrs: frozenset = frozenset()   # the director's own (refresh_local_addresses)
         self._weight_log = RateLimitedLog(log, 60.0)  # by real server: its load monitor's weight changes
         self._housekeeping_log = RateLimitedLog(log, 60.0)   # by step: a failing one is retried each turn
         self.housekeeping_errors: dict[str, int] = {}       # the run loop's steps that failed, by step
@@ -610,6 +612,11 @@ class Engine:
         recorded = {(a.ifname, a.address) for a in self._stale.addresses}
         self._carried = [a for a in self.owned if (a.ifname, a.address) in recorded]
         self._start_lease()
+        try:
+            self._local_addrs = self._own_addresses()     # the table below takes them
+        except Exception as e:  # noqa: BLE001 - netlink's errors; the sweep reads them again
+            log.warning("reading the director's own addresses: %s (read again at the next sweep; until "
+                        "then a new connection from one of them is scheduled)", e)
         sorry: set[tuple] = set()
         table = self._table(self.cfg, sorry)
         self.dp.plan(table)             # a table that cannot fit takes no address
@@ -680,8 +687,29 @@ class Engine:
 
     def _table(self, cfg, sorry: set | None = None) -> TableSpec:
         """build_table for the current health; the keys of the services it sends to their sorry
-        server are added to ``sorry`` (for _apply, which logs the switches once it is applied)."""
-        return build_table(cfg, self.health, sorry, self.weights, self.overrides, self.specs)
+        server are added to ``sorry`` (for _apply, which logs the switches once it is applied).
+        The XDP data plane's also names the director's own addresses (the kernel's martian test,
+        which IPVS has before it)."""
+        table = build_table(cfg, self.health, sorry, self.weights, self.overrides, self.specs)
+        if self._local_addrs:
+            table = dataclasses.replace(table, local_addrs=self._local_addrs)
+        return table
+
+    def refresh_local_addresses(self) -> None:
+        """The director's own addresses (every interface's), read at start and at each sweep; a
+        change goes into the table at the run loop's next apply: the XDP data plane schedules no
+        new connection from one (a forged source -- XDP sees only what arrives -- and a martian
+        the kernel drops; kernel IPVS never sees one)."""
+        addrs = self._own_addresses()
+        if addrs != self._local_addrs:
+            self._local_addrs = addrs
+            self._dirty = True
+
+    def _own_addresses(self) -> frozenset:
+        """Every address of the director's interfaces, for the XDP data plane (none for IPVS)"""
+        if self.dp.kind != "xdp":
+            return frozenset()
+        return frozenset(addresses.local_addresses())
 
     def _trial_table(self, overrides: dict, key) -> TableSpec:
         """The table the overrides ``overrides`` -- the current ones with ``key``'s changed (an
@@ -2140,6 +2168,7 @@ class Engine:
                 if now - last_sweep >= SWEEP_INTERVAL:
                     last_sweep = now
                     await self._housekeep("sweep", do_sweep)
+                    await self._housekeep("local_addresses", lambda: blocking(self.refresh_local_addresses))
                 if now - last_def >= DEFENSE_INTERVAL:
                     last_def = now
                     await self._housekeep("defend", lambda: blocking(self.defend))

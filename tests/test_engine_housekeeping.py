@@ -205,3 +205,37 @@ def test_a_step_that_does_not_end_is_said_while_it_lasts(run_dir, caplog, monkey
     assert len(said) >= 3 and "still running after 0 s" in said[0] and "still running" in said[1], said
     assert said[-1].startswith("housekeeping: sweeping expired connections done after"), said
     assert eng.dp.calls["sweep"] >= 1 and not eng.housekeeping_errors
+
+
+def test_the_directors_own_addresses_follow_its_interfaces_into_the_xdp_table(run_dir, monkeypatch):
+    """The run loop reads the director's addresses at its sweeps; a change goes into the next
+    table the data plane is given (TableSpec.local_addrs: the XDP data plane schedules no new
+    connection from one), an address that goes leaves it, and no change applies nothing.
+    Kernel IPVS is not given them: the kernel drops a packet from its own address before IPVS
+    sees it."""
+    import ipaddress
+    d4, d6 = ipaddress.ip_address("198.18.0.1"), ipaddress.ip_address("2001:2::1")
+    have = [{d4, d6}]
+    monkeypatch.setattr(addresses, "local_addresses", lambda: set(have[0]))
+    eng = make_engine(write(run_dir / "lb.toml", instance="hkown"))
+    eng.dp = CountingDataplane()
+    eng.dp.kind = "xdp"
+    seen = []
+
+    async def body(call):
+        for step in range(3):
+            for _ in range(TURNS):
+                eng._wake.set()
+                await asyncio.sleep(0.05)
+            seen.append((eng.dp.applied[-1].local_addrs, len(eng.dp.applied)))
+            have[0] = {d4}                  # d6 leaves the director's interfaces
+
+    drive(eng, str(run_dir), body)
+    assert [addrs for addrs, _ in seen] == [{d4, d6}, {d4}, {d4}]
+    assert seen[2][1] == seen[1][1]         # nothing changed since: nothing applied
+
+    ipvs = make_engine(write(run_dir / "lb2.toml", instance="hkown2"))
+    ipvs.dp = CountingDataplane()
+    ipvs._dirty = True                      # an apply to look at (a health change's)
+    drive(ipvs, str(run_dir), turn(ipvs))
+    assert ipvs.dp.applied and all(t.local_addrs == frozenset() for t in ipvs.dp.applied)

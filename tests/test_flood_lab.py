@@ -115,3 +115,41 @@ def test_a_client_keeps_its_template_through_a_flood_of_new_sources(lab, lb_runn
     finally:
         for s in socks:
             s.close()
+
+
+def _mac(ifname: str) -> bytes:
+    import socket
+    with socket.socket(socket.AF_PACKET, socket.SOCK_RAW) as s:
+        s.bind((ifname, 0))
+        return s.getsockname()[4]
+
+
+def _send_frame(ifname: str, frame: bytes) -> None:
+    import socket
+    with socket.socket(socket.AF_PACKET, socket.SOCK_RAW) as s:
+        s.bind((ifname, 0))
+        s.send(frame)
+
+
+def test_a_syn_forged_from_the_directors_own_address_makes_no_connection(lab, lb_runner, tmp_path):
+    """A SYN to the VIP whose source is the director's own pub0 address -- forged: the director's
+    own packets never meet its XDP program -- is passed to the kernel, which drops it as a
+    martian: no connection in `lb list -c`, `not_routable` counted (`lb run` read the address
+    from the director's interfaces).  The same SYN from the client's address makes one."""
+    from lb.lab.topology import CLIENT, DIRECTOR_PUB
+    lb_runner.start(_config(lab, tmp_path))
+    director_mac, client_mac = lab.in_netns("director", _mac, "pub0"), lab.in_netns("client", _mac, "c0")
+    before = lb_counters()["not_routable"]
+    for src, sport in ((DIRECTOR_PUB, 45001), (CLIENT, 45002)):     # in this order, on one path
+        lab.in_netns("client", _send_frame, "c0", flood.syn_frame(src, VIP, sport, 80, client_mac, director_mac))
+    listing = ""
+    for _ in range(50):                       # bounded: until the client's SYN is in the table
+        p = subprocess.run([LB, "list", "-n", "-c", "--instance", "lab"], capture_output=True, text=True, timeout=30)
+        assert p.returncode == 0, p.stderr
+        listing = p.stdout
+        if f" {CLIENT}:45002 " in listing:
+            break
+        time.sleep(0.1)
+    assert f" {CLIENT}:45002 " in listing, listing
+    assert f" {DIRECTOR_PUB}:45001 " not in listing, listing
+    assert lb_counters()["not_routable"] > before

@@ -1,12 +1,13 @@
 """What the kernel drops before IPVS would see it is not balanced: a length past the frame or
 short of its headers, a martian source (0/8, 127/8, multicast, class E, broadcast; IPv6 ::,
-::1, ff00::/8, ::ffff:0:0/96; the VIP the packet is sent to, or another address the director's
-services listen on).  lb passes it to the kernel, makes no connection and counts `not_routable`
+::1, ff00::/8, ::ffff:0:0/96; the VIP the packet is sent to, another address the director's
+services listen on, or one of the director's own interface addresses).  lb passes it to the kernel, makes no connection and counts `not_routable`
 (they went to real servers, two entries a NAT flow, inflating Conns).  And a tunnel's outer
 IPv4 header carries an id of its own when DF is clear (RFC 6864: it may be fragmented on the
 way; every outer header had id 0)."""
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import itertools
 import os
@@ -206,5 +207,47 @@ def test_the_vip_addresses_follow_the_table_and_an_older_instances_pins_are_fill
             for name, make in FROM_A_VIP:
                 refused(again, name, make(next(ports)))
             scheduled(again, "a client", syn(CLIENT, V4, 80, next(ports)))
+        finally:
+            again.close()
+
+
+# ---- a source that is one of the director's own addresses, not a VIP ----
+# D4 and D6: the director's interface addresses, as the engine reads them (TableSpec.local_addrs).
+# A packet from one is forged -- XDP sees only what arrives -- and the kernel drops it as a martian;
+# scheduled, the real server answered the director, and forged SYNs had the real servers talk to it.
+D4, D6 = "198.18.0.1", "2001:2::1"
+USED.update({D4, D6})
+
+
+def test_a_new_connection_from_the_directors_own_address_is_passed_to_the_kernel():
+    """Refused while the address is the director's, scheduled once it is not; a source that
+    shares its bit of lb_local_filter is scheduled; an instance whose pins predate lb_local_addrs
+    is adopted (the load makes the maps, the first apply fills them)."""
+    ports = itertools.count(33000)
+    plain = vips_table(with_b=False)
+    own = dataclasses.replace(plain, local_addrs=frozenset({ip(D4), ip(D6)}))
+    cases = [("SYN from the director", lambda sp: syn(D4, V4, 80, sp)),
+             ("UDP from the director", lambda sp: pub(IP(src=D4, dst=V4), UDP(sport=sp, dport=53))),
+             ("IPv6 SYN from the director", lambda sp: syn(D6, V6, 80, sp))]
+    with loaded_dataplane("fromself", table=own) as dp:
+        for name, make in cases:
+            refused(dp, name, make(next(ports)))
+        for src in (CLIENT, collider(D4)):
+            scheduled(dp, f"SYN from {src}", syn(src, V4, 80, next(ports)))
+        scheduled(dp, "IPv6 SYN from a source sharing the director's bit", syn(collider(D6), V6, 80, next(ports)))
+        dp.apply(plain)                          # the address gone from the director's interfaces
+        for name, make in cases:
+            rc, _ = run(dp, "lb_xdp_public", make(next(ports)))
+            assert rc == XDP_REDIRECT, f"{name}, no longer the director's"
+        for name in ("lb_local_addrs", "lb_local_filter"):
+            os.unlink(os.path.join(dp.pin, name))                 # as an older lb pinned its maps
+        again = XdpDataplane(dp.instance, dp.sizes, resolver=fake_resolver)
+        try:
+            again.load()
+            assert again.adopted and os.path.exists(os.path.join(dp.pin, "lb_local_addrs"))
+            again.apply(own)
+            for name, make in cases:
+                refused(again, f"{name}, adopted", make(next(ports)))
+            scheduled(again, "a client, adopted", syn(CLIENT, V4, 80, next(ports)))
         finally:
             again.close()

@@ -124,6 +124,7 @@ G_DEFENSE, G_DROP_RATE = C["LB_G_DEFENSE"], C["LB_G_DROP_RATE"]
 G_ICMP_INTERVAL, G_ICMP_BURST = C["LB_G_ICMP_INTERVAL"], C["LB_G_ICMP_BURST"]
 DEF_SECURE_TCP = C["LB_DEF_SECURE_TCP"]
 VIP_FILTER_BITS, VIP_FILTER_WORDS, VIP_HASH_MUL = C["LB_VIP_FILTER_BITS"], C["LB_VIP_FILTER_WORDS"], C["LB_VIP_HASH_MUL"]
+LOCAL_ADDRS = C["LB_LOCAL_ADDRS"]           # lb_local_addrs' size: the director's own addresses kept
 N_GLOBALS = C["LB_GLOBALS"]                 # lb_globals entries
 # the established filter (lb_embryo.h): bitmaps, the census's slot, the first promotions' slot
 EST_BITMAPS, EST_CENSUS, EST_MARKS = C["LB_EST_BITMAPS"], C["LB_EST_CENSUS"], C["LB_EST_MARKS"]
@@ -299,7 +300,7 @@ MAPS: dict[str, tuple[struct.Struct, struct.Struct]] = {
     "lb_public_progs": (U32, U32),
     "lb_lblc": (LBLC_KEY, LBLC), "lb_lblcr": (LBLC_KEY, LBLCR), "lb_sched_buckets": (U32, SCHED_BUCKETS),
     "lb_mh_tables": (U32, U32), "lb_lease": (U32, LEASE), "lb_lease_addrs": (ADDR_KEY, U32),
-    "lb_vip_addrs": (ADDR16, U32),
+    "lb_vip_addrs": (ADDR16, U32), "lb_local_filter": (U32, VIP_FILTER), "lb_local_addrs": (ADDR16, U32),
 }
 # maps whose value holds one entry per list position (LB_MAX_SVC_REALS of them, a -D size)
 LIST_MAPS: dict[str, struct.Struct] = {"lb_svc_dests": DEST, "lb_mh_last": U32}

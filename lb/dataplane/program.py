@@ -150,6 +150,8 @@ class Sizes:
             "lb_ct_events": (L.N_CT_EVENTS, 8),
             "lb_vip_filter": (1, L.VIP_FILTER.size),
             "lb_vip_addrs": (2 * self.services, 4),            # LB_VIP_ADDRS
+            "lb_local_filter": (1, L.VIP_FILTER.size),
+            "lb_local_addrs": (L.LOCAL_ADDRS, 4),
             "lb_est_filter": ((1 << self.est_filter_bits) // 64, L.EST_WORD.size),
             "lb_svc_stats": (self.services, L.STATS.size),
             "lb_fwm_ranges": (self.services, L.PORT_RANGES.size),

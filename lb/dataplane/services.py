@@ -75,6 +75,7 @@ class ServiceTable:
         self.mh: MhTables | None = None         # mh services' Maglev tables, made at load
         self._snap_reals: dict | None = None    # during apply: the reals as they were (_own_real)
         self._snap_svcs: dict | None = None     # during apply: copies of the services it changes (_own_svc)
+        self._local_left = 0                    # the director's own addresses lb_local_addrs had no room for
 
     def stat_ids(self) -> set[tuple[str, int]]:
         """(stats map, id) of every service and real server in use (the rate estimator's)."""
@@ -316,6 +317,7 @@ class ServiceTable:
         self._sync_ranges(want)
         self._write_vip_filter(self._vip_addrs())
         self._sync_vip_addrs(self._vip_addrs())
+        self._sync_local_addrs(table.local_addrs)
         self._apply_timeouts(table.timeouts)
         self._apply_icmp_limit(table.defense)
         g = L.U32.pack(L.G_EXPIRE_NODEST)
@@ -495,6 +497,37 @@ class ServiceTable:
         for k, fams in sorted(want.items()):
             if have.get(k) != L.U32.pack(fams):
                 self.txn.set("lb_vip_addrs", k, L.U32.pack(fams))
+
+    def _sync_local_addrs(self, addrs) -> None:
+        """lb_local_addrs and lb_local_filter: the director's own addresses (TableSpec.local_addrs)
+        for BPF's lb_from_the_director, which schedules no new connection from one.  As
+        lb_vip_addrs: the 16 bytes, a bit per family, read back each apply (a few entries, one
+        batch; an adopted map holds the previous run's, an older lb's none); the entries before
+        the filter's bits (a bit whose entry is missing costs a lookup that misses).  Up to
+        LB_LOCAL_ADDRS keys, IPv4 first, the rest left out (said when their number changes)."""
+        want: dict[bytes, int] = {}
+        kept, left = [], 0
+        for a in sorted(addrs, key=lambda a: (a.version, a)):
+            k = L.pack_addr(a)
+            if k not in want and len(want) >= L.LOCAL_ADDRS:
+                left += 1
+                continue
+            want[k] = want.get(k, 0) | 1 << L.family_of(a)
+            kept.append(a)
+        have = dict(self.maps["lb_local_addrs"].items())
+        for k, fams in sorted(want.items()):
+            if have.get(k) != L.U32.pack(fams):
+                self.txn.set("lb_local_addrs", k, L.U32.pack(fams))
+        value, key = L.pack_vip_filter(kept), L.U32.pack(0)
+        if self.maps["lb_local_filter"].get(key) != value:
+            self.txn.set("lb_local_filter", key, value)
+        for k in sorted(have.keys() - want.keys()):
+            self.txn.delete("lb_local_addrs", k)
+        if left != self._local_left:
+            self._local_left = left
+            if left:
+                log.warning("the director has %d addresses more than lb_local_addrs holds (%d): a new "
+                            "connection forged from one of those is scheduled", left, L.LOCAL_ADDRS)
 
     def _apply_icmp_limit(self, defense) -> None:
         """The tunnel's too-big answers: ns between two (LB_NONE: none) and the burst"""

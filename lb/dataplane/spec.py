@@ -124,6 +124,9 @@ class TableSpec:
     lblc_expiration: int = DEFAULT_LBLC_EXPIRATION   # seconds (IPVS sysctls lblc_expiration, lblcr_expiration)
     lblcr_expiration: int = DEFAULT_LBLC_EXPIRATION
     defense: Defense = Defense()       # IPVS's defense strategies, the too-big answers' rate limit
+    # the director's own addresses (its interfaces'): no new connection from one is scheduled (a
+    # forged source, a martian the kernel drops before IPVS sees it; the XDP data plane's filter)
+    local_addrs: frozenset = frozenset()
     extra: dict = field(default_factory=dict, compare=False)
 
 

@@ -63,6 +63,12 @@ def _ifindex(ipr: IPRoute, ifname: str) -> int:
     return idx[0]
 
 
+def local_addresses() -> set:
+    """Every address of this network namespace, on any interface."""
+    with IPRoute() as ipr:
+        return {ipaddress.ip_address(a.get_attr("IFA_ADDRESS")) for a in ipr.get_addr()}
+
+
 def interface_exists(ifname: str) -> bool:
     with IPRoute() as ipr:
         return bool(ipr.link_lookup(ifname=ifname))

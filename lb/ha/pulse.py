@@ -224,10 +224,8 @@ def link_running(ifname: str) -> bool:
 
 def local_addresses() -> set:
     """Every address of this network namespace (for telling primary from backup)."""
-    from pyroute2 import IPRoute
-
-    with IPRoute() as ipr:
-        return {ipaddress.ip_address(a.get_attr("IFA_ADDRESS")) for a in ipr.get_addr()}
+    from .addresses import local_addresses as of_this_namespace
+    return of_this_namespace()
 
 
 class Endpoint:
