@@ -274,7 +274,8 @@ enum lb_sched_id {
                                   * whose ifindex the kernel looks up per packet (not a drop) */
 #define LB_CNT_NOT_ROUTABLE 17   /* what the kernel drops before IPVS would see it (a length past
                                   * the frame or short of its headers, a martian source: among
-                                  * them a VIP of this director's, the packet's own or another):
+                                  * them a VIP of this director's, the packet's own or another,
+                                  * and any of the director's own addresses):
                                   * passed to it, nothing made, no real server sees it */
 #define LB_CNT_FRAG_FORWARDED 18 /* a fragment after the first, forwarded as its first went
                                   * (lb_frag.h); LB_CNT_FRAGMENT counts those passed */
