@@ -286,8 +286,8 @@ class ServiceTable:
         want = {key_of(s): s for s in table.services}
         # the VIP filter lets through the addresses of the services there are and will be, until
         # the table is written; then only those there are
-        self._write_vip_filter(self._vip_addrs() | {s.address for s in table.services if not s.fwmark}
-                               | {g.address for s in table.services if s.fwmark for g in s.groups})
+        self._write_filter("lb_vip_filter", self._vip_addrs() | {s.address for s in table.services if not s.fwmark}
+                          | {g.address for s in table.services if s.fwmark for g in s.groups})
         # a removed firewall-mark service stops matching before its slot is freed
         self._sync_ranges({k: s for k, s in want.items() if isinstance(k, L.FwmKey) and k in self.services})
         # removals: each service's lb_services / lb_fwm_services entry goes at once, its parts
@@ -315,8 +315,8 @@ class ServiceTable:
                 applied[key] = spec
         self.txn.end()
         self._sync_ranges(want)
-        self._write_vip_filter(self._vip_addrs())
-        self._sync_vip_addrs(self._vip_addrs())
+        self._write_filter("lb_vip_filter", self._vip_addrs())
+        self._sync_addrs("lb_vip_addrs", self._vip_addrs())
         self._sync_local_addrs(table.local_addrs)
         self._apply_timeouts(table.timeouts)
         self._apply_icmp_limit(table.defense)
@@ -473,56 +473,47 @@ class ServiceTable:
         out |= {L.SvcKey.unpack(k).addr for k in self.ranges}
         return out
 
-    def _write_vip_filter(self, addrs) -> None:
-        """lb_vip_filter: lb_xdp_public's first test (a bit per hashed address)"""
+    def _write_filter(self, mapname: str, addrs) -> None:
+        """A filter of hashed addresses (lb_vip_filter: lb_xdp_public's first test; lb_local_filter)
+        with the bits of addrs set"""
         value = L.pack_vip_filter(addrs)
         key = L.U32.pack(0)
-        if self.maps["lb_vip_filter"].get(key) != value:
-            self.txn.set("lb_vip_filter", key, value)
+        if self.maps[mapname].get(key) != value:
+            self.txn.set(mapname, key, value)
 
-    def _sync_vip_addrs(self, addrs) -> None:
-        """lb_vip_addrs: the same addresses exactly, each with a bit per family (1 << LB_AF_*;
-        its key is the 16 bytes, which an IPv4 address and an IPv6 one can share), for BPF's
-        lb_from_a_vip: a new connection from one of them is the kernel's to drop.  Read back
-        each apply (at most 2 x services entries, one batch), so a map this lb adopted from an
-        older one, which had none, is filled; the stale ones go first, so the map never holds
-        more than LB_VIP_ADDRS."""
+    def _sync_addrs(self, mapname: str, addrs) -> None:
+        """A filter's addresses exactly (lb_vip_addrs, lb_local_addrs), each with a bit per
+        family (1 << LB_AF_*; its key is the 16 bytes, which an IPv4 address and an IPv6 one can
+        share), for BPF's lb_from_a_vip and lb_from_the_director.  Read back each apply (a few
+        entries, one batch), so a map this lb adopted from an older one, which had none, is
+        filled; the stale ones go first, so the map never holds more than its size."""
         want: dict[bytes, int] = {}
         for a in addrs:
             k = L.pack_addr(a)
             want[k] = want.get(k, 0) | 1 << L.family_of(a)
-        have = dict(self.maps["lb_vip_addrs"].items())
+        have = dict(self.maps[mapname].items())
         for k in sorted(have.keys() - want.keys()):
-            self.txn.delete("lb_vip_addrs", k)
+            self.txn.delete(mapname, k)
         for k, fams in sorted(want.items()):
             if have.get(k) != L.U32.pack(fams):
-                self.txn.set("lb_vip_addrs", k, L.U32.pack(fams))
+                self.txn.set(mapname, k, L.U32.pack(fams))
 
     def _sync_local_addrs(self, addrs) -> None:
-        """lb_local_addrs and lb_local_filter: the director's own addresses (TableSpec.local_addrs)
-        for BPF's lb_from_the_director, which schedules no new connection from one.  As
-        lb_vip_addrs: the 16 bytes, a bit per family, read back each apply (a few entries, one
-        batch; an adopted map holds the previous run's, an older lb's none); the entries before
-        the filter's bits (a bit whose entry is missing costs a lookup that misses).  Up to
-        LB_LOCAL_ADDRS keys, IPv4 first, the rest left out (said when their number changes)."""
-        want: dict[bytes, int] = {}
+        """The director's own addresses (TableSpec.local_addrs) into lb_local_addrs, then
+        lb_local_filter's bits (a bit whose entry is missing costs a lookup that misses): BPF's
+        lb_from_the_director schedules no new connection from one.  Up to LB_LOCAL_ADDRS keys,
+        IPv4 first, the rest left out (said when their number changes)."""
+        keys: set[bytes] = set()
         kept, left = [], 0
         for a in sorted(addrs, key=lambda a: (a.version, a)):
             k = L.pack_addr(a)
-            if k not in want and len(want) >= L.LOCAL_ADDRS:
+            if k not in keys and len(keys) >= L.LOCAL_ADDRS:
                 left += 1
                 continue
-            want[k] = want.get(k, 0) | 1 << L.family_of(a)
+            keys.add(k)
             kept.append(a)
-        have = dict(self.maps["lb_local_addrs"].items())
-        for k, fams in sorted(want.items()):
-            if have.get(k) != L.U32.pack(fams):
-                self.txn.set("lb_local_addrs", k, L.U32.pack(fams))
-        value, key = L.pack_vip_filter(kept), L.U32.pack(0)
-        if self.maps["lb_local_filter"].get(key) != value:
-            self.txn.set("lb_local_filter", key, value)
-        for k in sorted(have.keys() - want.keys()):
-            self.txn.delete("lb_local_addrs", k)
+        self._sync_addrs("lb_local_addrs", kept)
+        self._write_filter("lb_local_filter", kept)
         if left != self._local_left:
             self._local_left = left
             if left:
