@@ -474,7 +474,8 @@ def test_endpoint_bounds_what_a_client_can_hold(monkeypatch, capfd):
     import socket
     import time
 
-    monkeypatch.setattr(metrics._Handler, "timeout", 2.0)
+    # long enough that the held are still open while the refused are waited for under load
+    monkeypatch.setattr(metrics._Handler, "timeout", 5.0)
 
     async def main():
         eng = FakeEngine()
@@ -487,18 +488,29 @@ def test_endpoint_bounds_what_a_client_can_hold(monkeypatch, capfd):
             held = [socket.create_connection(("127.0.0.1", server.port), timeout=5,
                                              source_address=(f"127.0.1.{i + 1}", 0))
                     for i in range(metrics.MAX_CONNECTIONS + 8)]
-            closed, open_then = [], []
-            time.sleep(0.3)                # the server took them all (in the order they came)
-            for s in held:                 # which are closed already (the refused), which held
-                s.setblocking(False)
+            closed = []
+
+            def still_open(s, wait):
+                if wait:
+                    s.settimeout(wait)
+                else:
+                    s.setblocking(False)
                 try:
-                    open_then.append(s.recv(1) is None)
-                except BlockingIOError:
-                    open_then.append(True)
-                except OSError:
-                    open_then.append(False)
+                    s.recv(1)              # b"": closed (nothing is ever sent before a request)
+                    return False
+                except (BlockingIOError, TimeoutError):
+                    return True
+                except OSError:            # a reset
+                    return False
+
+            # the server takes them in the order they came and closes the refused at once: wait
+            # for each of those (bounded: under load the accepts lag), then look at the held
+            deadline = time.monotonic() + 3.0
+            refused_open = [still_open(s, max(0.01, deadline - time.monotonic()))
+                            for s in held[metrics.MAX_CONNECTIONS:]]
+            open_then = [still_open(s, 0) for s in held[:metrics.MAX_CONNECTIONS]] + refused_open
             for s in held[metrics.MAX_CONNECTIONS:] + held[:metrics.MAX_CONNECTIONS]:
-                s.settimeout(5)
+                s.settimeout(10)
                 try:
                     closed.append(s.recv(1))
                 except OSError as e:       # a reset is a close too
