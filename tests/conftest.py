@@ -180,9 +180,28 @@ def _skipped(config) -> list:
     return list(reporter.stats.get("skipped", [])) + list(reporter.stats.get("xfailed", []))
 
 
+# seconds of setup + call + teardown per xdist group and per worker, summed on the controller:
+# the long poles `make test` must keep under its bound (printed at the end of the run)
+_GROUP_SECONDS: dict[str, float] = {}
+_WORKER_SECONDS: dict[str, float] = {}
+
+
+def pytest_runtest_logreport(report):
+    group = report.nodeid.rpartition("@")[2] if "@" in report.nodeid else "-"
+    _GROUP_SECONDS[group] = _GROUP_SECONDS.get(group, 0.0) + report.duration
+    node = getattr(report, "node", None)     # set by xdist on the controller
+    worker = getattr(getattr(node, "gateway", None), "id", None) or "main"
+    _WORKER_SECONDS[worker] = _WORKER_SECONDS.get(worker, 0.0) + report.duration
+
+
 def pytest_terminal_summary(terminalreporter, exitstatus, config):
     if hasattr(config, "workerinput"):
         return
+    if _GROUP_SECONDS:
+        longest = sorted(_GROUP_SECONDS.items(), key=lambda kv: -kv[1])[:8]
+        terminalreporter.write_line("lb: seconds per group: " + ", ".join(f"{g} {s:.0f}" for g, s in longest))
+        terminalreporter.write_line("lb: seconds per worker: " + ", ".join(
+            f"{w} {s:.0f}" for w, s in sorted(_WORKER_SECONDS.items())))
     skipped = _skipped(config)
     terminalreporter.write_line(f"lb: {len(skipped)} skipped")
     if skipped and os.environ.get("LB_NO_SKIPS") == "1":
