@@ -696,8 +696,9 @@ class Engine:
         return table
 
     def refresh_local_addresses(self) -> None:
-        """The director's own addresses (every interface's), read at start and at each sweep; a
-        change goes into the table at the run loop's next apply: the XDP data plane schedules no
+        """The director's own addresses (every interface's), read at start, at each sweep and when
+        rtnetlink tells of one added or removed (addresses.Watch); a change goes into the table
+        at the run loop's next apply: the XDP data plane schedules no
         new connection from one (a forged source -- XDP sees only what arrives -- and a martian
         the kernel drops; kernel IPVS never sees one)."""
         addrs = self._own_addresses()
@@ -2051,6 +2052,8 @@ class Engine:
         stops the data plane cleanly."""
         loop = asyncio.get_running_loop()
         self._wake = asyncio.Event()
+        # an address of the director's added or removed: a turn now (refresh_local_addresses)
+        self._address_watch.on_own_change = lambda: loop.call_soon_threadsafe(self._wake.set)
 
         def request(kind):
             if self._stop is not None:        # the first stop asked for decides its kind
@@ -2165,10 +2168,16 @@ class Engine:
                 if self._resizing:
                     await self._housekeep("finish_resize", do_resize)
                 await self._housekeep("sched_base", do_sched_base)
-                if now - last_sweep >= SWEEP_INTERVAL:
+                sweep_due = now - last_sweep >= SWEEP_INTERVAL
+                if sweep_due:
                     last_sweep = now
                     await self._housekeep("sweep", do_sweep)
+                # the director's own addresses: at each sweep, and as soon as rtnetlink tells of
+                # one added or removed (a change is applied at the next turn, woken at once)
+                if self._address_watch.own_changed() or sweep_due:
                     await self._housekeep("local_addresses", lambda: blocking(self.refresh_local_addresses))
+                    if self._dirty:
+                        self._wake.set()
                 if now - last_def >= DEFENSE_INTERVAL:
                     last_def = now
                     await self._housekeep("defend", lambda: blocking(self.defend))

@@ -239,3 +239,35 @@ def test_the_directors_own_addresses_follow_its_interfaces_into_the_xdp_table(ru
     ipvs._dirty = True                      # an apply to look at (a health change's)
     drive(ipvs, str(run_dir), turn(ipvs))
     assert ipvs.dp.applied and all(t.local_addrs == frozenset() for t in ipvs.dp.applied)
+
+
+
+def test_an_address_the_director_gains_is_read_when_rtnetlink_tells_not_at_the_next_sweep(run_dir, monkeypatch):
+    """Between sweeps (5 s apart) an address added to a director interface -- a source forged
+    from it scheduled meanwhile -- is read as soon as the address watch tells of it: the turn
+    it wakes reads the addresses and the next applies them, no sweep between."""
+    import ipaddress
+    d4, new = ipaddress.ip_address("198.18.0.1"), ipaddress.ip_address("198.18.0.9")
+    monkeypatch.setattr(addresses, "local_addresses", lambda: {d4, new})
+    monkeypatch.setattr(lbengine, "SWEEP_INTERVAL", 3600.0)     # no sweep in the test's time
+    eng = make_engine(write(run_dir / "lb.toml", instance="hkowntold"))
+    eng.dp = CountingDataplane()
+    eng.dp.kind = "xdp"
+    seen = []
+
+    async def body(call):
+        eng._dirty = True                   # an apply to look at (a health change's)
+        for _ in range(TURNS):              # turns, untold: the addresses wait for a sweep
+            eng._wake.set()
+            await asyncio.sleep(0.05)
+        seen.append(set(eng.dp.applied[-1].local_addrs))
+        eng._address_watch._told_own()      # as the watch's thread does at an RTM_NEWADDR
+        for _ in range(40):                 # bounded; no wake of the test's: the watch's own
+            await asyncio.sleep(0.05)
+            if eng.dp.applied[-1].local_addrs:
+                break
+        seen.append(set(eng.dp.applied[-1].local_addrs))
+
+    drive(eng, str(run_dir), body)
+    assert seen == [set(), {d4, new}], seen
+    assert eng.dp.calls["sweep"] == 0, eng.dp.calls

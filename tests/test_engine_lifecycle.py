@@ -446,7 +446,7 @@ def test_a_request_that_would_change_something_is_refused_while_stopping(tmp_pat
     eng._overrides_file = lbengine.overrides_file("stopwin")
     stopping, go_on = threading.Event(), threading.Event()
 
-    class SlowWatch:                          # the stop's first step, held until the requests are in
+    class SlowWatch(addresses.Watch):         # the stop's first step, held until the requests are in
         def start(self):
             pass
 
@@ -501,7 +501,7 @@ def test_a_weight_request_planned_as_the_stop_comes_is_answered_and_put_back(tmp
             planned.wait(10)
     eng.dp = SlowPlan()
 
-    class SlowWatch:                          # the stop's first step, held until the reply is in
+    class SlowWatch(addresses.Watch):         # the stop's first step, held until the reply is in
         def start(self):
             pass
 

@@ -896,11 +896,27 @@ _WATCH = """
 import ipaddress, subprocess, sys, time
 from lb.ha import addresses
 w = addresses.Watch()
+told = []
+w.on_own_change = lambda: told.append(time.monotonic())
 w.start()
+
+def own_changed_within(s):
+    deadline = time.monotonic() + s
+    while not w.own_changed():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
+
 try:
     assert w.due(0.0), "the first look"
     assert not w.due(0.5), "nothing told since"
+    time.sleep(0.5)
+    assert not w.own_changed() and not told, "no address came or went"
     subprocess.run(["ip", "addr", "add", "198.18.0.77/32", "dev", "w0"], check=True)
+    # the director's own addresses: an address added is told at once (the engine reads them then)
+    assert own_changed_within(10), "rtnetlink told nothing of the address added"
+    assert told and not w.own_changed(), "told once, then cleared"
     time.sleep(1)
     assert not w.due(1.0), "an address added is no reason to look"
     subprocess.run(["ip", "addr", "del", "198.18.0.77/32", "dev", "w0"], check=True)
@@ -908,6 +924,7 @@ try:
     while not w.due(2.0):
         assert time.monotonic() < deadline, "rtnetlink told nothing of the address removed"
         time.sleep(0.05)
+    assert own_changed_within(10), "... nor, for the director's own addresses, of the removal"
     assert not w.due(3.0) and w.due(2.0 + addresses.Watch.FULL_CHECK), "a look every FULL_CHECK seconds"
     # a burst of notifications (a thousand addresses added at once), then one removal: it is
     # heard at once, not behind the burst's backlog (a CI run's VIP stayed gone 15 s so)

@@ -205,13 +205,19 @@ class Watch:
     change (its multicast groups, read in a thread of its own), and restore() runs only after one
     -- or FULL_CHECK seconds after the last look, in case a notification was lost (a socket
     buffer that overflowed).  A dump of a thousand addresses takes ~85 ms: once a second for
-    nothing would be a core's tenth."""
+    nothing would be a core's tenth.
+
+    The same notifications say when the director's own addresses changed (one added or removed
+    anywhere: own_changed()), which the engine reads again then rather than at its next sweep;
+    on_own_change, when set, is called from the watch's thread at each such notification."""
 
     FULL_CHECK = 30.0
 
     def __init__(self):
         self._changed = threading.Event()
         self._changed.set()                 # the first look at once
+        self._own_changed = threading.Event()
+        self.on_own_change = None           # callable, from the watch's thread
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._last: float | None = None
@@ -249,19 +255,36 @@ class Watch:
                     while True:             # every datagram there, not one a wake
                         data = sock.recv(1 << 16)
                         try:
-                            told = any(m["event"] in ("RTM_DELADDR", "RTM_NEWLINK", "RTM_DELLINK")
-                                       for m in marshal.parse(data))
+                            events = {m["event"] for m in marshal.parse(data)}
                         except Exception:   # unreadable: look rather than miss a removal
-                            told = True
-                        if told:
+                            events = {"RTM_DELADDR"}
+                        if events & {"RTM_DELADDR", "RTM_NEWLINK", "RTM_DELLINK"}:
                             self._changed.set()
+                        if events & {"RTM_NEWADDR", "RTM_DELADDR"}:
+                            self._told_own()
                 except BlockingIOError:
                     pass
                 except OSError:             # ENOBUFS: notifications were lost; look
                     self._changed.set()
+                    self._told_own()
                     self._stop.wait(0.5)
         finally:
             sock.close()
+
+    def _told_own(self) -> None:
+        self._own_changed.set()
+        if self.on_own_change is not None:
+            try:
+                self.on_own_change()
+            except Exception:               # (an event loop closed under it): the flag stays
+                log.debug("address watch: the change could not be told", exc_info=True)
+
+    def own_changed(self) -> bool:
+        """Did an address of the director's come or go since the last call?  (cleared by it)"""
+        if self._own_changed.is_set():
+            self._own_changed.clear()
+            return True
+        return False
 
     def due(self, now: float) -> bool:
         """Look now?  A change was told, or FULL_CHECK passed (the flag is cleared before the
