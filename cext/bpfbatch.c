@@ -2,9 +2,9 @@
  *
  * Python walking a 1M-entry LRU hash with BPF_MAP_GET_NEXT_KEY costs two syscalls per entry;
  * BPF_MAP_LOOKUP_BATCH moves thousands of entries per syscall.  These helpers only move bytes:
- * the layouts are decoded in lb/dataplane/layout.py.  bb_format_conns reads lb_conns and lb_reals
- * entries through the data plane's own structs (bpf/lb_structs.h; cext/build_bpfbatch.py puts
- * bpf/ on the include path).
+ * the layouts are decoded in lb/dataplane/layout.py.  bb_format_conns and bb_sweep_scan read
+ * lb_conns and lb_reals entries through the data plane's own structs (bpf/lb_structs.h;
+ * cext/build_bpfbatch.py puts bpf/ on the include path).
  */
 #include <errno.h>
 #include <stdio.h>
@@ -247,6 +247,40 @@ void bb_est_census(const void *keys, unsigned long n, unsigned bits, uint64_t *w
         uint32_t b = (uint32_t)(h * LB_EST_HASH_MUL) >> (32 - bits);
         words[b >> 6] |= 1ULL << (b & 63);
     }
+}
+
+/* The expiry sweep's pass over a dumped connection table (lb/dataplane/conntable.py
+ * ConnTable.sweep; 1M entries a pass every 5 s, ~3 s of a core in Python): each client entry
+ * (not LB_CONN_F_OUT) counted for its real server and class into census[real * 2 + inactive]
+ * (real ids below nreals; others are no real server's); the indices of the entries the sweep
+ * must look at itself written to look -- those whose timeout has passed as lb_conn_expired
+ * reckons it (a signed 64-bit difference: layout.elapsed_ns), and, when persist, the client
+ * entries with LB_CONN_F_PERSIST (their templates' census); with words, the live client
+ * entries' keys (struct lb_conn_key) ORed into the established filter's census bitmap, as
+ * bb_est_census.  Returns the count written to look (at most n). */
+unsigned long bb_sweep_scan(const void *keys, const void *values, unsigned long n, unsigned long long now_ns,
+                            uint32_t *census, unsigned long nreals, int persist, unsigned bits,
+                            uint64_t *words, uint32_t *look)
+{
+    const unsigned char *k = keys, *v = values;
+    unsigned long m = 0;
+    for (unsigned long i = 0; i < n; i++, k += sizeof(struct lb_conn_key), v += sizeof(struct lb_conn)) {
+        struct lb_conn c;
+        memcpy(&c, v, sizeof(c));
+        int out = (c.flags & LB_CONN_F_OUT) != 0;
+        if (!out && c.real < nreals)
+            census[(unsigned long)c.real * 2 + ((c.flags & LB_CONN_F_INACTIVE) ? 1 : 0)]++;
+        /* expired: elapsed > timeout (a stamp ahead of the clock is a negative elapsed: live) */
+        int expired = (int64_t)(now_ns - c.last_ns) > (int64_t)((uint64_t)c.timeout * 1000000000ULL);
+        if (expired || (persist && !out && (c.flags & LB_CONN_F_PERSIST))) {
+            look[m++] = (uint32_t)i;
+            if (expired)
+                continue;
+        }
+        if (words && !out)
+            bb_est_census(k, 1, bits, words);
+    }
+    return m;
 }
 
 /* lb_conns is two tables (bpf/lb_conntrack.h): n keys of lb_conns4 (struct lb_conn_key4) written

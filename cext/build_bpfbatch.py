@@ -26,6 +26,9 @@ ffibuilder.cdef(
                             unsigned *avg_ns, unsigned *retval);
     void bb_est_census(const void *keys, unsigned long n, unsigned bits, uint64_t *words);
     void bb_widen_conn_keys4(const void *keys4, void *keys, unsigned long n);
+    unsigned long bb_sweep_scan(const void *keys, const void *values, unsigned long n, unsigned long long now_ns,
+                                uint32_t *census, unsigned long nreals, int persist, unsigned bits,
+                                uint64_t *words, uint32_t *look);
     unsigned bb_sizeof_conn_key(void);
     unsigned bb_sizeof_conn(void);
     unsigned bb_sizeof_real(void);
