@@ -14,6 +14,8 @@ Baselines, measured in the same run:
                    a smaller table (100k at full size) and is extrapolated linearly: said so in
                    the results.  `lb list -c` itself no longer builds rows: it streams lines
                    formatted in C (lb.cli.main.connection_listing), measured against the same baseline.
+  sweep            the expiry sweep's pass over those connections (lb run: every 5 s, nothing
+                   expired) against the same batch read; its share of a core is said beside it;
   restart          the data plane's load of the instance holding those 1M connections, adopting
                    them, against the load of a restart with twice the connections in [tables]
                    (the maps moved into maps of the new size, lb/dataplane/resize.py);
@@ -48,6 +50,7 @@ from lb.dataplane import RealSpec, ServiceSpec, TableSpec
 from lb.dataplane import layout as L
 from lb.dataplane.nexthop import NextHop
 from lb.dataplane.xdp import Sizes, XdpDataplane
+from lb.engine import SWEEP_INTERVAL
 
 SIZES = {  # name: (services, reals per service, connections, pure-path connections, runs, CLI list -c,
     # rounds of one-server changes)
@@ -398,6 +401,15 @@ def suite(size: str = "full") -> dict:
                         "seconds": {k: (v * scale if k != "spread" and k != "n" else v) for k, v in ps.items()},
                         "measured_rows": npure, "extrapolated": scale != 1, "runs": [p[0] for p in pure],
                         "ratio": ratio(ps["median"] * scale, bs["median"])})
+        # the expiry sweep (`lb run` runs it every lb.engine.SWEEP_INTERVAL s, in a worker thread):
+        # its pass over the same live connections, nothing expired, against their batch read
+        swept = [_timed(c.dp.sweep) for _ in range(runs)]
+        assert all(n == 0 for _, n in swept), swept          # (a timeout of 900 s: none expired)
+        ss = summary([t for t, _ in swept])
+        results.append({"scenario": f"expiry sweep over {got} live conns (every {SWEEP_INTERVAL:g} s in lb run: "
+                                    f"{ss['median'] / SWEEP_INTERVAL:.0%} of a core)",
+                        "seconds": ss, "runs": [t for t, _ in swept], "ratio": ratio(ss["median"], bs["median"]),
+                        "share_of_a_core": ss["median"] / SWEEP_INTERVAL})
         bss = summary([b[0] for b in batch_small])
         results.append({"scenario": f"read_connections, cffi batch path, {npure} conns", "seconds": bss,
                         "runs": [b[0] for b in batch_small], "ratio": ratio(bss["median"] * scale, bs["median"])})
