@@ -263,3 +263,35 @@ def test_same_as_is_equality():
     # equal specs end up sharing one digest: the next comparison is an identity test
     b, c = service(1), service(1)
     assert b.same_as(c) and b.digest is c.digest
+
+
+def test_a_next_hop_interface_it_cannot_map_is_looked_up_once_an_apply(monkeypatch):
+    """lb_tx_ports takes a next hop's interface once its index is found here; the interface of a
+    next hop it cannot take (a resolver of another namespace, an interface gone) was looked up
+    again for every real server behind it: 64,000 lookups in an apply of 1,000 x 64.  Now once an
+    apply (and once a next-hop refresh), and tried again at the next."""
+    import ipaddress
+    import socket
+
+    from lb.dataplane import RealSpec, ServiceSpec, TableSpec
+    from packets_util import loaded_dataplane
+
+    looked = []
+    real_lookup = socket.if_nametoindex
+
+    def counting(name):
+        looked.append(name)
+        return real_lookup(name)
+
+    def table(n):
+        reals = tuple(RealSpec(ipaddress.ip_address(f"198.18.1.{10 + i}"), 80, 1, "dr") for i in range(n))
+        return TableSpec((ServiceSpec("tcp", ipaddress.ip_address("198.18.0.10"), 80, "rr", reals, "web"),))
+
+    with loaded_dataplane("txtried") as dp:      # its resolver names priv0, no interface here
+        monkeypatch.setattr(socket, "if_nametoindex", counting)
+        dp.apply(table(12))
+        assert looked == ["priv0"], looked
+        dp.apply(table(14))                      # two more servers behind the same next hop
+        assert looked == ["priv0", "priv0"], looked
+        dp.refresh_nexthops()
+        assert looked == ["priv0"] * 3, looked

@@ -80,6 +80,9 @@ class XdpDataplane(Dataplane):
         self.resize: Resize | None = None       # new [tables]: the old maps until finish_resize
         self.created = False     # this instance made the pin directory (a failed start removes it)
         self.tx_mapped: set[int] = set()        # ifindexes in lb_tx_ports
+        # next hops' (ifname, ifindex) map_tx_port could not map, tried once per apply or
+        # refresh: not once per real server behind them (an apply of 64,000 made 64,000 lookups)
+        self.tx_tried: set[tuple[str, int]] = set()
 
     # ---- the parts' state, by the names tests and tools use ----
     @property
@@ -381,7 +384,8 @@ class XdpDataplane(Dataplane):
         one's entry out itself."""
         def resolve_and_map(addr, need_onlink=False):
             nh = resolver(addr, need_onlink=need_onlink)
-            if nh.ifindex not in self.tx_mapped:
+            if nh.ifindex not in self.tx_mapped and (nh.ifname, nh.ifindex) not in self.tx_tried:
+                self.tx_tried.add((nh.ifname, nh.ifindex))
                 self.map_tx_port(nh.ifname, nh.ifindex)
             return nh
         return resolve_and_map
@@ -476,6 +480,7 @@ class XdpDataplane(Dataplane):
         """Make the maps forward `table`; returns the number of map writes it took.  The
         programs of the schedulers it uses are loaded first (Program.ensure)."""
         self.program.ensure({s.scheduler for s in table.services})
+        self.tx_tried.clear()
         n = self.table.apply(table)
         self.defender.configure(table.defense)   # after: a failed apply leaves the defenses as they were
         return n
@@ -484,6 +489,7 @@ class XdpDataplane(Dataplane):
         return self.table.finish_drains()
 
     def refresh_nexthops(self) -> int:
+        self.tx_tried.clear()
         return self.table.refresh_nexthops()
 
     # ---- housekeeping ----
