@@ -29,9 +29,15 @@ ffibuilder.cdef(
     unsigned long bb_sweep_scan(const void *keys, const void *values, unsigned long n, unsigned long long now_ns,
                                 uint32_t *census, unsigned long nreals, int persist, unsigned bits,
                                 uint64_t *words, uint32_t *look);
+    unsigned long bb_sweep_controlling(const void *keys, const void *values, unsigned long n,
+                                       unsigned long long now_ns, const void *tkeys, const uint32_t *treal,
+                                       unsigned long nt, const uint8_t *masks, const uint8_t *rest,
+                                       const uint8_t *persistent, unsigned long nsvc, int64_t *left,
+                                       uint32_t *slots, unsigned long nslots);
     unsigned bb_sizeof_conn_key(void);
     unsigned bb_sizeof_conn(void);
     unsigned bb_sizeof_real(void);
+    unsigned bb_sizeof_persist_key(void);
     long bb_format_conns(const void *keys, const void *values, unsigned long n,
                          const void *reals, unsigned long nreals, unsigned long long now_ns,
                          char *dest_cache, unsigned long *pos, char *out, unsigned long cap);

@@ -23,9 +23,15 @@ from packets_util import CLIENT_MAC, PUB_MAC, XDP_REDIRECT, age, loaded_dataplan
 
 ip = ipaddress.ip_address
 PERSIST_VIP, DR_VIP, NAT_VIP, VIP6 = "198.18.0.10", "198.18.0.11", "198.18.0.20", "2001:2::10"
+MASKED_VIP, PERSIST_VIP6 = "198.18.0.12", "2001:2::12"
 TABLE = TableSpec((
     ServiceSpec("tcp", ip(PERSIST_VIP), 80, "rr", tuple(RealSpec(ip(a), 80, 1, "dr") for a in ("198.18.1.11", "198.18.1.12")),
                 persistent=300),
+    # a client's /28 shares a template; IPv6 clients by their /64
+    ServiceSpec("tcp", ip(MASKED_VIP), 80, "rr", tuple(RealSpec(ip(a), 80, 1, "dr") for a in ("198.18.1.15", "198.18.1.16")),
+                persistent=300, pmask="255.255.255.240"),
+    ServiceSpec("tcp", ip(PERSIST_VIP6), 80, "rr", tuple(RealSpec(ip(a), 80, 1, "dr") for a in ("2001:2:0:1::15", "2001:2:0:1::16")),
+                persistent=300, pmask=64),
     ServiceSpec("tcp", ip(DR_VIP), 80, "rr", tuple(RealSpec(ip(a), 80, 1, "dr") for a in ("198.18.1.13", "198.18.1.14"))),
     ServiceSpec("tcp", ip(NAT_VIP), 80, "rr", (RealSpec(ip("198.18.1.21"), 8080, 1, "nat"),)),
     ServiceSpec("tcp", ip(VIP6), 80, "rr", (RealSpec(ip("2001:2:0:1::11"), 80, 1, "dr"),)),
@@ -50,13 +56,19 @@ def populate(dp) -> None:
         connect(i, DR_VIP, handshake=i > 10)          # 10 embryonic (SYN_RECV), 20 established
     for i in range(40, 50):
         connect(i, PERSIST_VIP)                       # their templates
+    for i in range(50, 55):
+        connect(i, PERSIST_VIP, handshake=False)      # embryonic, their templates in lb_persist_embryo
+    for i in range(1, 40, 3):
+        connect(i, MASKED_VIP)                        # 13 clients in three /28s: three templates
+    for i in range(1, 7):
+        connect(i, PERSIST_VIP6)
     for i in range(60, 70):
         connect(i, NAT_VIP)                           # and their reverse entries
     for i in range(80, 85):
         connect(i, VIP6)
     # 400 s on: the embryonic connections (60 s) and the reverse entries (SYN_RECV's 60 s) ran
-    # out, the established ones (900 s) did not, the templates (300 s) did with connections
-    # still controlling them
+    # out, the established ones (900 s) did not, the templates (300 s) did -- with connections
+    # still controlling them, but the embryonic ones' ran out before theirs did
     age(dp, 400)
     for i in range(100, 105):
         connect(i, DR_VIP)                            # new since
@@ -97,11 +109,16 @@ def test_the_sweep_in_c_leaves_what_the_python_pass_leaves(monkeypatch):
             calls.append(a[2])                     # the entries it scanned
             return real.lib.bb_sweep_scan(*a)
 
+        def bb_sweep_controlling(self, *a):
+            mapped.append(real.lib.bb_sweep_controlling(*a))
+            return mapped[-1]
+
+    mapped = []
     with loaded_dataplane("swc", table=TABLE) as in_c, loaded_dataplane("swpy", table=TABLE) as in_py:
         populate(in_c)
         populate(in_py)
         before = state(in_c)
-        assert before["lb_conns_embryo"] and before["lb_persist"]
+        assert before["lb_conns_embryo"] and before["lb_persist"] and len(before["lb_persist_embryo"]) == 5
         monkeypatch.setattr(conntable, "_bpfbatch", types.SimpleNamespace(ffi=real.ffi, lib=Lib()))
         n_c = in_c.sweep()
         monkeypatch.setattr(conntable, "_bpfbatch", None)
@@ -109,16 +126,20 @@ def test_the_sweep_in_c_leaves_what_the_python_pass_leaves(monkeypatch):
         after_c, after_py = state(in_c), state(in_py)
 
     assert calls and sum(calls) == len(before["lb_conns"]) + len(before["lb_conns_embryo"]), calls
-    assert n_c == n_py == 10, (n_c, n_py)          # the embryonic connections that ran out
+    # the persistent connections mapped to their templates in C: 10 + 13 + 6 established (the
+    # embryonic table's 5 too, though run out: their templates' timers ran out later)
+    assert mapped == [29, 5], mapped
+    assert n_c == n_py == 15, (n_c, n_py)          # the embryonic connections that ran out
     assert after_c == after_py
     # ... and the sweep did each thing this table asks for
-    assert not after_c["lb_conns_embryo"]
-    assert len(after_c["lb_persist"]) == 10 and all(t == 60 for _, _, t in after_c["lb_persist"]), \
+    assert not after_c["lb_conns_embryo"] and not after_c["lb_persist_embryo"], \
+        "templates whose connections ran out before they did are gone"
+    assert len(after_c["lb_persist"]) == 10 + 3 + 1 and all(t == 60 for _, _, t in after_c["lb_persist"]), \
         "templates past their timeout kept 60 s more for the connections they control"
     reverse = [c for c in after_c["lb_conns"] if c[5] & L.CONN_F_OUT]
     assert len(reverse) == 10 and all(t == 900 for _, _, _, t, _, _ in reverse), \
         "the NAT reverse entries took their connections' timeout"
-    assert any(after_c["est_census"]) and after_c["embryo_entries"] == 10
+    assert any(after_c["est_census"]) and after_c["embryo_entries"] == 15
     assert any(after_c["swept"].values())
 
 
