@@ -305,7 +305,7 @@ class ConnTable:
                 deleted = self.embryo_deleted
             # the census of the client entries and the established filter's bitmap of the live
             # ones are taken by the scan; what it gives back -- expired entries, and persistent
-            # ones while there are templates -- is looked at here
+            # ones while there are templates unless C mapped them to theirs -- is looked at here
             total, look, est_words, mapped = self._sweep_scan(conns, now, bool(persistent), census,
                                                               name == "lb_conns", rids, in_c)
             for k, v in look:
