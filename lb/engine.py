@@ -494,7 +494,9 @@ class Engine:
         if self.dataplane == "ipvs":
             self.dp = IpvsDataplane(cfg.instance)
         else:
-            self.dp = XdpDataplane(cfg.instance, Sizes.from_tables(cfg.tables), status=sdnotify.status)
+            # NAT's reply programs loaded with the rest (in parallel) where the private side is attached
+            self.dp = XdpDataplane(cfg.instance, Sizes.from_tables(cfg.tables), status=sdnotify.status,
+                                   nat=cfg.network == "nat")
         self.lock = InstanceLock(cfg.instance, RUN_DIR)
         self.owned: list[addresses.OwnedAddress] = []
         self.added_at_start: list[addresses.OwnedAddress] = []   # what start() added (a failed start removes them)

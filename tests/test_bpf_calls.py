@@ -33,6 +33,7 @@ def programs():
     persistent = ServiceSpec("tcp", ip("198.18.0.41"), 80, "rr", (RealSpec(ip("198.18.2.1"), 80, 1, "dr"),),
                              persistent=300)
     with loaded_dataplane("calls", table=TableSpec(services + (persistent,))) as dp:
+        dp.program.ensure_nat()          # NAT's reply programs too (a DR table loads them when asked)
         out = {}
         for name, fn in dp.fns.items():
             dump = subprocess.run(["bpftool", "prog", "dump", "xlated", "id", str(bpfsys.prog_info(fn.fd).id)],

@@ -231,3 +231,31 @@ def test_random_exchanges_follow_the_state_table(dp):
             assert (rc, names.get(got)) == (act, names.get(want)), trace
             state = want
     assert alone >= 40, alone                     # 58 with these seeds: the test is not vacuous
+
+
+def _engine_of(network: str):
+    from lb import engine
+    from lb.config import loads
+    nat = 'private_interface = "priv0"\nnetwork = "nat"\nnat_router = "198.18.1.1/24"\n' if network == "nat" else ""
+    cfg = loads(f'[global]\npublic_interface = "pub0"\n{nat}[[virtual_server]]\nname = "web"\naddress = "{VIP}"\n'
+                f'port = 80\n[[virtual_server.real_server]]\naddress = "{REAL}"\n')
+    return engine.Engine(cfg)           # (the constructor touches nothing in the kernel)
+
+
+def test_nat_reply_programs_load_when_first_asked_for_or_with_the_rest():
+    """lb_xdp_private and its IPv6 fragments' program are half the verifier's work of a load: a
+    director without NAT never loads them, the first reply (or the private side's attach) does;
+    a NAT director's engine loads them with the rest"""
+    with loaded_dataplane("natlazy", table=TABLE) as d:
+        assert not set(program.NAT_PROGRAMS) & set(d.program.loaded.progs), "loaded before anything asked"
+        handshake(d, 40001)
+        out = reply(d, 40001, "A")          # run() asks for lb_xdp_private by name
+        assert out[0] == XDP_TX and Ether(out[1])[IP].src == VIP
+        assert set(program.NAT_PROGRAMS) <= set(d.program.loaded.progs) and set(program.NAT_PROGRAMS) <= set(d.fns)
+        # ... and the IPv6 fragments' program is in lb_frag6_progs for it (its slot's program id)
+        from lb.dataplane.bpfsys import prog_info
+        from lb.dataplane.maps import BpfMap
+        frag6 = BpfMap(d.program.loaded.map_fds["lb_frag6_progs"], "lb_frag6_progs", owned=False)
+        got = frag6.get(L.U32.pack(L.FRAG6_SLOTS["lb_xdp_frag6_private"]))
+        assert got is not None and L.U32.unpack(got)[0] == prog_info(d.fns["lb_xdp_frag6_private"].fd).id
+    assert _engine_of("nat").dp.program.nat and not _engine_of("dr").dp.program.nat

@@ -454,6 +454,7 @@ def test_cached_programs_are_the_compiled_ones(tmp_path, caplog):
         for dp in (fresh, cached):          # the schedulers' programs load as a table uses them
             assert not any(n.startswith("lb_sched_") for n in dp.fns)
             dp.program.ensure(L.SCHEDULERS)
+            dp.program.ensure_nat()         # and NAT's reply programs when asked for
         assert set(_tags(cached)) == set(PROGRAMS)
         assert _tags(cached) == _tags(fresh)
     finally:

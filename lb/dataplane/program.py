@@ -23,9 +23,15 @@ log = logging.getLogger("lb.dataplane")
 
 BPF_DIR = L.BPF_DIR      # one place says where bpf/ is
 
-BASE_PROGRAMS = ("lb_xdp_public", "lb_xdp_public_full", "lb_xdp_private", "lb_xdp_guard", "lb_xdp_new_conn", "lb_xdp_persist",
-                 "lb_xdp_frag6_public", "lb_xdp_frag6_private", "lb_xdp_icmp_tunnel")
-PROGRAMS = (*BASE_PROGRAMS, *(f"lb_sched_{n}" for n in L.SCHEDULERS))
+XDP_PROGRAMS = ("lb_xdp_public", "lb_xdp_public_full", "lb_xdp_private", "lb_xdp_guard", "lb_xdp_new_conn",
+                "lb_xdp_persist", "lb_xdp_frag6_public", "lb_xdp_frag6_private", "lb_xdp_icmp_tunnel")
+# NAT's replies (the private interface's program and its IPv6 fragments' tail call): half of the
+# verifier's work of a load (lb_xdp_private alone 840,000 instructions), which a director without
+# NAT never needs -- loaded with the others when the instance says it forwards NAT, else when
+# first asked for (Program.fns)
+NAT_PROGRAMS = ("lb_xdp_private", "lb_xdp_frag6_private")
+BASE_PROGRAMS = tuple(n for n in XDP_PROGRAMS if n not in NAT_PROGRAMS)
+PROGRAMS = (*XDP_PROGRAMS, *(f"lb_sched_{n}" for n in L.SCHEDULERS))
 
 
 def state_timeouts(tcp: int, tcpfin: int, udp: int) -> list[int]:
@@ -206,6 +212,21 @@ def _alive(pid: str) -> bool:
     return True
 
 
+class LoadedPrograms(dict):
+    """Program.fns: the loaded programs by name.  A NAT program (NAT_PROGRAMS) not loaded yet
+    is loaded when first asked for -- by the private interface's attach, a test or a bench --
+    so every way to it finds it; `in` and iteration see only what is loaded."""
+
+    def __init__(self, load_nat):
+        super().__init__()
+        self._load_nat = load_nat
+
+    def __missing__(self, name: str):
+        if name not in NAT_PROGRAMS or not self._load_nat():
+            raise KeyError(name)
+        return dict.__getitem__(self, name)
+
+
 class Program:
     """The loaded programs of one instance (fns by name) and its pinned maps (maps by name,
     one dict shared with the parts of the data plane that read and write them).
@@ -215,12 +236,14 @@ class Program:
     otherwise bcc compiles them (seconds) and the cache keeps the result.  Either way they are
     loaded by bpfobj.load, so a cached start and a compiling one load the same instructions.
 
-    load() loads the four programs every packet may meet; a scheduler's program is loaded by
-    ensure() when a table first uses it (XdpDataplane.apply): the kernel's verifier takes most
-    of a load, and the schedulers with the longest loops (mh, lblc, lblcr) take most of that."""
+    load() loads the programs every packet of the public side may meet (and, with nat, the
+    private side's); a scheduler's program is loaded by ensure() when a table first uses it
+    (XdpDataplane.apply), NAT's replies' by ensure_nat() when first asked for: the kernel's
+    verifier takes most of a load, and the schedulers with the longest loops (mh, lblc, lblcr)
+    and lb_xdp_private take most of that."""
 
     def __init__(self, sizes: Sizes, pin: str, cache: "bpfobj.Cache | None | bool" = True,
-                 keep_bcc: bool = False, status=None):
+                 keep_bcc: bool = False, status=None, nat: bool = False):
         self.sizes = sizes
         self.pin = pin
         self.cache = bpfobj.Cache() if cache is True else (cache or None)
@@ -232,7 +255,8 @@ class Program:
         self._key = ""
         self._cflags: list[str] = []
         self.compiled = False            # this load compiled (the cache did not have the programs)
-        self.fns: dict[str, bpfobj.Prog] = {}
+        self.nat = nat                   # NAT_PROGRAMS loaded with the others (the instance forwards NAT)
+        self.fns: dict[str, bpfobj.Prog] = LoadedPrograms(self.ensure_nat)
         self.maps: dict[str, BpfMap] = {}
 
     def check_pins(self) -> tuple[bool, dict[str, tuple[int, int]]]:
@@ -324,18 +348,19 @@ class Program:
             self.status("loading the XDP programs (compile cache)")
         else:
             self.obj = self._compile(source, self._cflags)
+        names = BASE_PROGRAMS + (NAT_PROGRAMS if self.nat else ())
         try:
-            self.loaded = bpfobj.load(self.obj, pin, BASE_PROGRAMS)
+            self.loaded = bpfobj.load(self.obj, pin, names)
         except DataplaneError as e:
             if self.compiled:
                 raise
             self._recompile(e)
-            self.loaded = bpfobj.load(self.obj, pin, BASE_PROGRAMS)
+            self.loaded = bpfobj.load(self.obj, pin, names)
         if self.compiled and self.cache is not None:
             self.cache.put(self._key, self.obj)
         self.fns.update(self.loaded.progs)
         log.info("%s %d XDP programs in %.2f s (%s maps in %s)",
-                 "compiled and loaded" if self.compiled else "loaded the cached", len(BASE_PROGRAMS),
+                 "compiled and loaded" if self.compiled else "loaded the cached", len(names),
                  time.monotonic() - t0, "adopted" if adopted and not pin_dir else "new", pin)
         for name in self.sizes.expected().keys() | {"lb_tcp_fsm", "lb_tcp_fsm_secure", "lb_timeouts"}:
             self.maps[name] = BpfMap.open_pinned(os.path.join(pin, name))
@@ -345,7 +370,7 @@ class Program:
         self.maps["lb_real_sched_off"] = ArrayField(self.maps["lb_real_conns"], "lb_real_sched_off",
                                                     L.REAL_SCHED_OFF, L.REAL_COUNTS.size)
         self._wire({L.PROG_NEW_CONN: "lb_xdp_new_conn", L.PROG_PERSIST: "lb_xdp_persist"})
-        self._wire({slot: name for name, slot in L.FRAG6_SLOTS.items()}, "lb_frag6_progs")
+        self._wire({slot: name for name, slot in L.FRAG6_SLOTS.items() if name in self.fns}, "lb_frag6_progs")
         self._wire({L.ICMP_TUNNEL_SLOT: "lb_xdp_icmp_tunnel"}, "lb_icmp_progs")
         self._wire({L.PUBLIC_FULL_SLOT: "lb_xdp_public_full"}, "lb_public_progs")
         for mapname, table in (("lb_tcp_fsm", TCP_FSM), ("lb_tcp_fsm_secure", TCP_FSM_SECURE)):
@@ -364,6 +389,26 @@ class Program:
         if not names:
             return
         t0 = time.monotonic()
+        self._load_more(names)
+        self._wire({L.PROG_SCHED_BASE + L.SCHEDULERS[n.removeprefix("lb_sched_")]: n for n in names})
+        log.info("loaded the scheduler program%s %s in %.2f s", "s" if len(names) > 1 else "",
+                 ", ".join(names), time.monotonic() - t0)
+
+    def ensure_nat(self) -> bool:
+        """NAT's replies' programs (NAT_PROGRAMS) loaded, lb_xdp_frag6_private in lb_frag6_progs
+        (once per load).  False when nothing is loaded to add them to (closed)."""
+        if self.loaded is None:
+            return False
+        names = [n for n in NAT_PROGRAMS if n not in self.fns]
+        if names:
+            t0 = time.monotonic()
+            self._load_more(names)
+            self._wire({L.FRAG6_SLOTS[n]: n for n in names if n in L.FRAG6_SLOTS}, "lb_frag6_progs")
+            log.info("loaded NAT's reply programs %s in %.2f s", ", ".join(names), time.monotonic() - t0)
+        return True
+
+    def _load_more(self, names: list[str]) -> None:
+        """More of the object's programs loaded into this load (ProgramLoadFailed if refused)."""
         try:
             try:
                 bpfobj.load_programs(self.obj, self.loaded, names)
@@ -376,9 +421,6 @@ class Program:
         except DataplaneError as e:     # before any map write: `auto` may still choose kernel IPVS
             raise ProgramLoadFailed(str(e)) from None
         self.fns.update(self.loaded.progs)
-        self._wire({L.PROG_SCHED_BASE + L.SCHEDULERS[n.removeprefix("lb_sched_")]: n for n in names})
-        log.info("loaded the scheduler program%s %s in %.2f s", "s" if len(names) > 1 else "",
-                 ", ".join(names), time.monotonic() - t0)
 
     def _wire(self, slots: dict[int, str], array: str = "lb_progs") -> None:
         """array[slot] = program: the data path's tail calls (lb_progs, lb_frag6_progs, lb_icmp_progs or

@@ -56,12 +56,12 @@ class XdpDataplane(Dataplane):
     kind = "xdp"
 
     def __init__(self, instance: str, sizes: Sizes, pin_root: str = PIN_ROOT, resolver=resolve, *,
-                 cache=True, keep_bcc: bool = False, status=None):
+                 cache=True, keep_bcc: bool = False, status=None, nat: bool = False):
         self.instance = instance
         self.sizes = sizes
         self.pin_root = pin_root
         self.pin = pin_dir(instance, pin_root)
-        self.program = Program(sizes, self.pin, cache=cache, keep_bcc=keep_bcc, status=status)
+        self.program = Program(sizes, self.pin, cache=cache, keep_bcc=keep_bcc, status=status, nat=nat)
         self.maps = self.program.maps           # by name, shared by every part below
         self.txn = MapTxn(self.maps, have_batch())
         self.rates = RateEstimator(self.maps, self.txn)
