@@ -494,9 +494,11 @@ class Engine:
         if self.dataplane == "ipvs":
             self.dp = IpvsDataplane(cfg.instance)
         else:
-            # NAT's reply programs loaded with the rest (in parallel) where the private side is attached
+            # NAT's reply programs loaded with the rest (in parallel) where the private side is
+            # attached, and the IPv6 fragments' where there are IPv6 services
             self.dp = XdpDataplane(cfg.instance, Sizes.from_tables(cfg.tables), status=sdnotify.status,
-                                   nat=cfg.network == "nat")
+                                   nat=cfg.network == "nat",
+                                   ipv6=any(vs.address.version == 6 for vs in cfg.virtual_servers))
         self.lock = InstanceLock(cfg.instance, RUN_DIR)
         self.owned: list[addresses.OwnedAddress] = []
         self.added_at_start: list[addresses.OwnedAddress] = []   # what start() added (a failed start removes them)

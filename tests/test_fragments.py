@@ -303,3 +303,22 @@ def test_an_ipv6_first_fragment_moves_its_connections_state_as_a_whole_segment_w
     for fr in fragments6(CLIENT_MAC, PUB_MAC, (CLIENT6, NAT_VIP6), TCP(sport=sport, dport=80, flags="FA"), 8008):
         assert run(dp, "lb_xdp_public", fr)[0] == XDP_REDIRECT
     assert state() == "CLOSE_WAIT"          # IPVS's INPUT table: a client's FIN in ESTABLISHED
+
+
+def test_the_ipv6_fragments_program_loads_with_the_first_table_that_has_ipv6_services():
+    """lb_xdp_frag6_public (~216,000 verified instructions) only for a table with IPv6 services:
+    an IPv4 table's data plane has none in its slot (an IPv6 fragment is the kernel's, as no
+    service is its); the first apply with an IPv6 service loads it before writing, and that
+    service's fragments go where its flow goes"""
+    from lb.dataplane import program
+    v4 = TableSpec(tuple(s for s in TABLE.services if s.address.version == 4))
+    with loaded_dataplane("frag6lazy", table=v4) as d:
+        assert "lb_xdp_frag6_public" not in d.program.loaded.progs
+        frame = fragments6(CLIENT_MAC, PUB_MAC, (CLIENT6, DR_VIP6), UDP(sport=41300, dport=53), 8100)[0]
+        assert run(d, "lb_xdp_public", frame)[0] == XDP_PASS
+        d.apply(TABLE)
+        assert set(program.IPV6_PROGRAMS) <= set(d.program.loaded.progs)
+        assert run(d, "lb_xdp_public", first_packet6(DR_VIP6, UDP(sport=41300, dport=53)))[0] == XDP_REDIRECT
+        for f in fragments6(CLIENT_MAC, PUB_MAC, (CLIENT6, DR_VIP6), UDP(sport=41300, dport=53), 8101):
+            rc, o = run(d, "lb_xdp_public", f)
+            assert rc == XDP_REDIRECT and Ether(o).dst == real_mac(DR_REAL6)

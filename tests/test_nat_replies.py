@@ -233,12 +233,12 @@ def test_random_exchanges_follow_the_state_table(dp):
     assert alone >= 40, alone                     # 58 with these seeds: the test is not vacuous
 
 
-def _engine_of(network: str):
+def _engine_of(network: str, vip: str = VIP, real: str = REAL):
     from lb import engine
     from lb.config import loads
     nat = 'private_interface = "priv0"\nnetwork = "nat"\nnat_router = "198.18.1.1/24"\n' if network == "nat" else ""
-    cfg = loads(f'[global]\npublic_interface = "pub0"\n{nat}[[virtual_server]]\nname = "web"\naddress = "{VIP}"\n'
-                f'port = 80\n[[virtual_server.real_server]]\naddress = "{REAL}"\n')
+    cfg = loads(f'[global]\npublic_interface = "pub0"\n{nat}[[virtual_server]]\nname = "web"\naddress = "{vip}"\n'
+                f'port = 80\n[[virtual_server.real_server]]\naddress = "{real}"\n')
     return engine.Engine(cfg)           # (the constructor touches nothing in the kernel)
 
 
@@ -259,3 +259,5 @@ def test_nat_reply_programs_load_when_first_asked_for_or_with_the_rest():
         got = frag6.get(L.U32.pack(L.FRAG6_SLOTS["lb_xdp_frag6_private"]))
         assert got is not None and L.U32.unpack(got)[0] == prog_info(d.fns["lb_xdp_frag6_private"].fd).id
     assert _engine_of("nat").dp.program.nat and not _engine_of("dr").dp.program.nat
+    # ... and the IPv6 fragments' program with the rest where the config has IPv6 services
+    assert not _engine_of("dr").dp.program.ipv6 and _engine_of("dr", VIP6, REAL6).dp.program.ipv6

@@ -30,7 +30,12 @@ XDP_PROGRAMS = ("lb_xdp_public", "lb_xdp_public_full", "lb_xdp_private", "lb_xdp
 # NAT never needs -- loaded with the others when the instance says it forwards NAT, else when
 # first asked for (Program.fns)
 NAT_PROGRAMS = ("lb_xdp_private", "lb_xdp_frag6_private")
-BASE_PROGRAMS = tuple(n for n in XDP_PROGRAMS if n not in NAT_PROGRAMS)
+# an IPv6 fragment's program on the public side (~216,000 instructions): a table without IPv6
+# services never needs it (an IPv6 fragment finding its slot empty is passed to the kernel, as it
+# would be: no virtual service is its) -- loaded with the others when the config has IPv6
+# services, else by the first apply of a table that has (XdpDataplane.apply, before any write)
+IPV6_PROGRAMS = ("lb_xdp_frag6_public",)
+BASE_PROGRAMS = tuple(n for n in XDP_PROGRAMS if n not in NAT_PROGRAMS + IPV6_PROGRAMS)
 PROGRAMS = (*XDP_PROGRAMS, *(f"lb_sched_{n}" for n in L.SCHEDULERS))
 
 
@@ -213,16 +218,18 @@ def _alive(pid: str) -> bool:
 
 
 class LoadedPrograms(dict):
-    """Program.fns: the loaded programs by name.  A NAT program (NAT_PROGRAMS) not loaded yet
-    is loaded when first asked for -- by the private interface's attach, a test or a bench --
-    so every way to it finds it; `in` and iteration see only what is loaded."""
+    """Program.fns: the loaded programs by name.  A NAT or IPv6 program (NAT_PROGRAMS,
+    IPV6_PROGRAMS) not loaded yet is loaded when first asked for -- by the private interface's
+    attach, a test or a bench -- so every way to it finds it; `in` and iteration see only what
+    is loaded."""
 
-    def __init__(self, load_nat):
+    def __init__(self, program: "Program"):
         super().__init__()
-        self._load_nat = load_nat
+        self._program = program
 
     def __missing__(self, name: str):
-        if name not in NAT_PROGRAMS or not self._load_nat():
+        p = self._program
+        if not ((name in NAT_PROGRAMS and p.ensure_nat()) or (name in IPV6_PROGRAMS and p.ensure_ipv6())):
             raise KeyError(name)
         return dict.__getitem__(self, name)
 
@@ -237,13 +244,14 @@ class Program:
     loaded by bpfobj.load, so a cached start and a compiling one load the same instructions.
 
     load() loads the programs every packet of the public side may meet (and, with nat, the
-    private side's); a scheduler's program is loaded by ensure() when a table first uses it
-    (XdpDataplane.apply), NAT's replies' by ensure_nat() when first asked for: the kernel's
-    verifier takes most of a load, and the schedulers with the longest loops (mh, lblc, lblcr)
-    and lb_xdp_private take most of that."""
+    private side's; with ipv6, IPv6 fragments'); a scheduler's program is loaded by ensure()
+    when a table first uses it (XdpDataplane.apply), the IPv6 fragments' by ensure_ipv6() when a
+    table first has IPv6 services, NAT's replies' by ensure_nat() when first asked for: the
+    kernel's verifier takes most of a load, and the schedulers with the longest loops (mh, lblc,
+    lblcr) and lb_xdp_private take most of that."""
 
     def __init__(self, sizes: Sizes, pin: str, cache: "bpfobj.Cache | None | bool" = True,
-                 keep_bcc: bool = False, status=None, nat: bool = False):
+                 keep_bcc: bool = False, status=None, nat: bool = False, ipv6: bool = False):
         self.sizes = sizes
         self.pin = pin
         self.cache = bpfobj.Cache() if cache is True else (cache or None)
@@ -256,7 +264,8 @@ class Program:
         self._cflags: list[str] = []
         self.compiled = False            # this load compiled (the cache did not have the programs)
         self.nat = nat                   # NAT_PROGRAMS loaded with the others (the instance forwards NAT)
-        self.fns: dict[str, bpfobj.Prog] = LoadedPrograms(self.ensure_nat)
+        self.ipv6 = ipv6                 # IPV6_PROGRAMS loaded with the others (it has IPv6 services)
+        self.fns: dict[str, bpfobj.Prog] = LoadedPrograms(self)
         self.maps: dict[str, BpfMap] = {}
 
     def check_pins(self) -> tuple[bool, dict[str, tuple[int, int]]]:
@@ -348,7 +357,7 @@ class Program:
             self.status("loading the XDP programs (compile cache)")
         else:
             self.obj = self._compile(source, self._cflags)
-        names = BASE_PROGRAMS + (NAT_PROGRAMS if self.nat else ())
+        names = BASE_PROGRAMS + (NAT_PROGRAMS if self.nat else ()) + (IPV6_PROGRAMS if self.ipv6 else ())
         try:
             self.loaded = bpfobj.load(self.obj, pin, names)
         except DataplaneError as e:
@@ -397,14 +406,21 @@ class Program:
     def ensure_nat(self) -> bool:
         """NAT's replies' programs (NAT_PROGRAMS) loaded, lb_xdp_frag6_private in lb_frag6_progs
         (once per load).  False when nothing is loaded to add them to (closed)."""
+        return self._ensure_more(NAT_PROGRAMS, "NAT's reply programs")
+
+    def ensure_ipv6(self) -> bool:
+        """The IPv6 fragments' program (IPV6_PROGRAMS) loaded and in lb_frag6_progs, as ensure_nat."""
+        return self._ensure_more(IPV6_PROGRAMS, "the IPv6 fragments' program")
+
+    def _ensure_more(self, group: tuple[str, ...], what: str) -> bool:
         if self.loaded is None:
             return False
-        names = [n for n in NAT_PROGRAMS if n not in self.fns]
+        names = [n for n in group if n not in self.fns]
         if names:
             t0 = time.monotonic()
             self._load_more(names)
             self._wire({L.FRAG6_SLOTS[n]: n for n in names if n in L.FRAG6_SLOTS}, "lb_frag6_progs")
-            log.info("loaded NAT's reply programs %s in %.2f s", ", ".join(names), time.monotonic() - t0)
+            log.info("loaded %s %s in %.2f s", what, ", ".join(names), time.monotonic() - t0)
         return True
 
     def _load_more(self, names: list[str]) -> None:

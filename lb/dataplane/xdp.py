@@ -56,12 +56,13 @@ class XdpDataplane(Dataplane):
     kind = "xdp"
 
     def __init__(self, instance: str, sizes: Sizes, pin_root: str = PIN_ROOT, resolver=resolve, *,
-                 cache=True, keep_bcc: bool = False, status=None, nat: bool = False):
+                 cache=True, keep_bcc: bool = False, status=None, nat: bool = False, ipv6: bool = False):
         self.instance = instance
         self.sizes = sizes
         self.pin_root = pin_root
         self.pin = pin_dir(instance, pin_root)
-        self.program = Program(sizes, self.pin, cache=cache, keep_bcc=keep_bcc, status=status, nat=nat)
+        self.program = Program(sizes, self.pin, cache=cache, keep_bcc=keep_bcc, status=status, nat=nat,
+                               ipv6=ipv6)
         self.maps = self.program.maps           # by name, shared by every part below
         self.txn = MapTxn(self.maps, have_batch())
         self.rates = RateEstimator(self.maps, self.txn)
@@ -478,8 +479,11 @@ class XdpDataplane(Dataplane):
 
     def apply(self, table: TableSpec) -> int:
         """Make the maps forward `table`; returns the number of map writes it took.  The
-        programs of the schedulers it uses are loaded first (Program.ensure)."""
+        programs of the schedulers it uses are loaded first (Program.ensure), and with IPv6
+        services the IPv6 fragments' (Program.ensure_ipv6)."""
         self.program.ensure({s.scheduler for s in table.services})
+        if any(getattr(s.address, "version", 4) == 6 for s in table.services):
+            self.program.ensure_ipv6()
         self.tx_tried.clear()
         n = self.table.apply(table)
         self.defender.configure(table.defense)   # after: a failed apply leaves the defenses as they were
