@@ -455,6 +455,7 @@ def test_cached_programs_are_the_compiled_ones(tmp_path, caplog):
             assert not any(n.startswith("lb_sched_") for n in dp.fns)
             dp.program.ensure(L.SCHEDULERS)
             dp.program.ensure_nat()         # and NAT's reply programs when asked for
+            dp.program.ensure_ipv6()        # and IPv6 fragments' with a table's IPv6 services
         assert set(_tags(cached)) == set(PROGRAMS)
         assert _tags(cached) == _tags(fresh)
     finally:
