@@ -177,7 +177,7 @@ class ConnTable:
             counts = ffi.new("uint32_t[]", 2 * nreals)
             idx = ffi.new("uint32_t[]", max(n, 1))
             words = array("Q", bytes(8 * nwords)) if est else None
-            mapped = persist and controlling is not None
+            mapped = controlling is not None            # given only while there are templates
             m = lib.bb_sweep_scan(keys, values, n, now & 0xFFFF_FFFF_FFFF_FFFF, counts, nreals,
                                   int(persist and not mapped), bits,
                                   ffi.from_buffer("uint64_t[]", words, require_writable=True) if est else ffi.NULL,
