@@ -1,9 +1,9 @@
 """bench/ must not rot: every suite runs at a tiny size (no timing is asserted).  These are the
 suites that use the namespace lab (ctl's start rows, http, pps, failover, scaleout: a few
 seconds each, under the lab lock the lab tests take); the packet suite, which does not, runs
-beside the lab tests (tests/test_bench_smoke_pkt.py).  pps runs both its packet sources,
-trafgen included: without trafgen (scripts/setup.sh installs it) the suite fails, so this test
-fails too."""
+beside the lab tests (tests/test_bench_smoke_pkt.py).  pps runs both its packet sources, live
+frames where the kernel runs them (else the report says why not), and trafgen: without trafgen
+(scripts/setup.sh installs it) the suite fails, so this test fails too."""
 from __future__ import annotations
 
 import json
@@ -15,6 +15,7 @@ import pytest
 
 from bench import run
 from bench.failover import LONG_FLOWS
+from lb.lab.flood import live_frames_refused
 
 NEEDS = ("wrk", "haproxy", "nsenter")
 # the lab suites' instances, named without a pid
@@ -60,10 +61,14 @@ def test_bench_suites_run(tmp_path):
     assert all(r["rps"]["median"] > 0 and r["errors"] == 0 for r in http["results"])
 
     # both packet sources (trafgen missing fails the suite, it is not skipped), each with its
-    # baselines: the plain redirect and the stateful reference
+    # baselines: the plain redirect and the stateful reference; live frames only where the kernel
+    # runs them, and the report says why not elsewhere
     pps = _load(tmp_path, "pps")
+    refused = live_frames_refused()
+    sources = ("trafgen",) if refused else ("live frames", "trafgen")
     assert {(r["source"], r["program"]) for r in pps["results"]} == {
-        (src, p) for src in ("live frames", "trafgen") for p in ("redirect", "redirect_map", "stateful", "lb")}
+        (src, p) for src in sources for p in ("redirect", "redirect_map", "stateful", "lb")}
+    assert pps["not_measured"] == ({"live frames": refused} if refused else {})
     for r in pps["results"]:
         assert r["mpps"]["median"] > 0 and len(r["runs"]) == 2
         assert min(r["delivered"]) == r["sent"]        # everything sent crossed the director
@@ -74,6 +79,7 @@ def test_bench_suites_run(tmp_path):
             assert bool(r.get("target")) == (r["source"] == "live frames")
     md = (tmp_path / "latest-smoke.md").read_text()
     assert "| trafgen | lb DR, established, 100 flows | 100 |" in md
+    assert (f"Not measured: live frames: {refused};" in md) == bool(refused)
 
     fo = _load(tmp_path, "failover")
     base, took = fo["results"]

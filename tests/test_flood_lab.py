@@ -2,8 +2,8 @@
 
 N idle keep-alive connections through the VIP, then a SYN flood from random sources in
 198.18.0.0/15 ten times the size of the connection table (`[tables] connections = 1024`, so the
-flood is quick), sent as live frames (BPF_F_TEST_XDP_LIVE_FRAMES, lb.lab.flood) from the switch
-into the director's pub0, where `lb run`'s XDP program meets them.  Afterwards every idle
+flood is quick), sent through a packet socket (lb.lab.flood.LabFlood) from the switch into the
+director's pub0, where `lb run`'s XDP program meets them.  Afterwards every idle
 connection still exchanges data with its real server, and a new client is served.  The same for
 persistence: a client with a template keeps its real server through a flood of new sources.
 What a user checks: HTTP replies naming the real server, `lb list --counters`, `lb status` and
@@ -44,7 +44,7 @@ def _config(lab, tmp_path, persistent: int = 0) -> Path:
 def _flood(lab, n: int) -> int:
     """n spoofed SYNs into pub0; the director's count of embryonic connections it made"""
     before = lb_counters()["embryonic entries made"]
-    f = flood.LiveFlood(lab, VIP, 80)
+    f = flood.LabFlood(lab, VIP, 80)
     try:
         f.send(n)
         assert f.sent() == n
