@@ -37,7 +37,12 @@ the baselines in the new-connection blocks: SYNs like the wlc row's, measured bu
                 SYNs see.  The two-table floor misses in lb_conns4 first (lb's IPv4
                 established table, with lb's 16-byte key of the SYN's flow), as every IPv4
                 SYN of lb's did before the established filter (lb_est_filter) let them skip
-                it.  The table is
+                it.  A *minimal director* (a reference, not lb) adds to the floor only
+                what no director can leave out: the service's lookup in lb's own
+                lb_services, a hash pick over 16 real servers, one atomic count, the real
+                server's MACs and a devmap redirect; its Δ over the floor is how far above
+                the floor a SYN must land on this machine, and lb's rows' distance from it
+                what lb's own checks, state and bookkeeping cost.  The table is
                 filled to half first, and every round's new entries are deleted after the
                 round: each round starts from the same state, and no round evicts.
   two CPUs      table 65,536: a driver program on each of two CPUs (threads pinned to them)
@@ -66,6 +71,7 @@ targets come from the confidence interval of the median (bench.common.verdict); 
 interval is too wide is "noisy" and gets none."""
 from __future__ import annotations
 
+import ctypes
 import ipaddress
 import os
 import struct
@@ -217,6 +223,56 @@ int bench_syn_floor2(struct xdp_md *ctx)
     if (est_conns.lookup(&e))
         return XDP_PASS;
     return floor_miss_insert(ctx);
+}
+
+/* The least a director does for a SYN, as a reference for lb's SYN rows (not lb): the floor's miss
+ * and insert (its entry naming the pick), plus what no director can leave out -- the service's
+ * lookup in lb's own lb_services (its key, its hash map, lb's services in it), a hash pick over
+ * the service's 16 real servers (as dh: the source address, one array load), the pick counted
+ * with one atomic (what lc and ActiveConn need), the real server's MAC and a devmap redirect (as
+ * lb leaves).  No state machine, statistics, filters, lease, checks or tail calls. */
+struct md_svc_key { __u8 addr[16]; __be16 port; __u8 proto; __u8 family; };
+BPF_TABLE_PINNED("hash", struct md_svc_key, __u32, md_services, MD_SERVICES, MD_SERVICES_PIN);
+struct md_real { __u8 mac[ETH_ALEN]; __u8 src_mac[ETH_ALEN]; __u32 slot; };
+BPF_ARRAY(md_reals, struct md_real, MD_REALS);
+BPF_ARRAY(md_counts, __u64, MD_REALS);
+BPF_DEVMAP(md_tx_ports, 1);
+
+int bench_syn_mindir(struct xdp_md *ctx)
+{
+    void *data = (void *)(long)ctx->data, *end = (void *)(long)ctx->data_end;
+    struct ethhdr *eth = data;
+    struct iphdr *ip = (void *)(eth + 1);
+    struct tcphdr *th = (void *)(ip + 1);
+    if ((void *)(th + 1) > end || eth->h_proto != bpf_htons(ETH_P_IP) || ip->protocol != IPPROTO_TCP)
+        return XDP_PASS;
+    if (!th->syn || th->ack)
+        return XDP_PASS;
+    struct md_svc_key sk = { .port = th->dest, .proto = IPPROTO_TCP, .family = EST_AF_INET };
+    __builtin_memcpy(sk.addr, &ip->daddr, 4);
+    if (!md_services.lookup(&sk))
+        return XDP_PASS;
+    struct floor_key k;
+    if (!floor_key_of(ctx, k.b, sizeof(k)))
+        return XDP_DROP;
+    if (floor_conns.lookup(&k))
+        return XDP_PASS;
+    __u32 real = (bpf_ntohl(ip->saddr) * 2654435761U) >> (32 - MD_REALS_BITS);
+    struct md_real *r = md_reals.lookup(&real);
+    __u64 *count = md_counts.lookup(&real);
+    if (!r || !count)
+        return XDP_DROP;
+    struct floor_val v;
+    __builtin_memset(&v, 0, sizeof(v));
+    __u64 now = bpf_jiffies64();
+    __builtin_memcpy(&v.b[0], &now, 8);
+    __builtin_memcpy(&v.b[8], &real, 4);
+    if (floor_conns.insert(&k, &v))
+        return XDP_DROP;
+    __sync_fetch_and_add(count, 1);
+    __builtin_memcpy(eth->h_dest, r->mac, ETH_ALEN);
+    __builtin_memcpy(eth->h_source, r->src_mac, ETH_ALEN);
+    return md_tx_ports.redirect_map(r->slot, 0);
 }
 
 /* a found entry (its value's first 8 bytes, the timestamp, read): the MACs swapped, XDP_TX;
@@ -398,6 +454,9 @@ ONE_SOURCE_PER_SYN = ("sh", "mh")   # hash the source: one client address per SY
 SPREAD_CLIENTS = "198.18.128.0"
 FLOOR_CLIENTS = "198.18.12.0"
 FLOOR2_CLIENTS = "198.18.20.0"
+MINDIR_CLIENTS = "198.18.24.0"
+MINDIR_VIP = "198.18.0.63"     # dh's service (SYN_SERVICES): lb_services holds it
+MINDIR_REALS = 16
 SPACER_CLIENTS = "198.18.28.0"
 NAT_DRV_CLIENTS = "198.19.64.0"     # the two-CPU NAT row's flows
 FILL_CLIENTS = "198.18.64.0"         # the entries a table is filled with (50,000 ports each)
@@ -641,12 +700,22 @@ class Bench:
             f"-DDRV_PORT_BITS={DRV_PORT_BITS}", f"-DDRV_SPORT0={DRV_SPORT0}", f"-DDRV_MAX_CPUS={DRV_MAX_CPUS}",
             f"-DDRV_MODE_REQUEST={DRV_MODE_REQUEST}", f"-DDRV_MODE_REPLY={DRV_MODE_REPLY}",
             f"-DDRV_MODE_BOTH={DRV_MODE_BOTH}",
-            f"-DBENCH_REDIRECT_IFINDEX={PRIV_IFINDEX}"])
+            f"-DBENCH_REDIRECT_IFINDEX={PRIV_IFINDEX}",
+            f"-DMD_SERVICES={self.dp.maps['lb_services'].max_entries}",
+            f'-DMD_SERVICES_PIN="{os.path.join(pin_dir(self.dp.instance), "lb_services")}"',
+            f"-DMD_REALS={MINDIR_REALS}", f"-DMD_REALS_BITS={MINDIR_REALS.bit_length() - 1}"])
         self.trivial = self.bpf.load_func(b"bench_trivial", BPF.XDP)
         self.empty = self.bpf.load_func(b"bench_empty", BPF.XDP)
         self.redirect = self.bpf.load_func(b"bench_redirect", BPF.XDP)
         self.floor = self.bpf.load_func(b"bench_syn_floor", BPF.XDP)
         self.floor2 = self.bpf.load_func(b"bench_syn_floor2", BPF.XDP) if self.two_tables else None
+        self.mindir = self.bpf.load_func(b"bench_syn_mindir", BPF.XDP)
+        md_reals = self.bpf[b"md_reals"]
+        mac = ctypes.c_ubyte * 6
+        for i in range(MINDIR_REALS):
+            md_reals[ctypes.c_int(i)] = md_reals.Leaf(mac(2, 0, 0, 0, 2, i), mac(2, 0, 0, 0, 1, 2), 0)
+        # the reference leaves as lb's DR rows do in a test run: a devmap redirect to lo (above)
+        self.bpf[b"md_tx_ports"][ctypes.c_int(0)] = ctypes.c_int(TEST_RUN_IFINDEX)
         self.est_floor = self.bpf.load_func(b"bench_est_floor", BPF.XDP)
         self.key40 = self.bpf.load_func(b"bench_key40", BPF.XDP)
         self.key16 = self.bpf.load_func(b"bench_key16", BPF.XDP)
@@ -660,6 +729,13 @@ class Bench:
         if len(m.items()) != before + 1:
             raise RuntimeError(f"bench pkt: the floor program does not insert into {self.insert_name}")
         m.delete_many(floor_keys(flows(1, 1, FLOOR_CLIENTS), VIP_DR, 80, m.key_size))
+        # the minimal director forwards a SYN to a virtual service, inserting its entry
+        probe = flows(1, 1, MINDIR_CLIENTS)
+        self.run(self.mindir.fd, frames(MINDIR_VIP, 80, "S", probe), 1)
+        if self.last_action != "XDP_REDIRECT" or len(m.items()) != before + 1:
+            raise RuntimeError(f"bench pkt: the minimal director answered {self.last_action} and did not "
+                               f"insert into {self.insert_name}")
+        m.delete_many(floor_keys(probe, MINDIR_VIP, 80, m.key_size))
 
     @property
     def two_tables(self) -> bool:
@@ -953,7 +1029,7 @@ class Bench:
         self.filled = (self.insert_name, int(size * FILL))
         # the persistence template (its client's first connection made it)
         self.prime(VIP_PERSIST, 80, [(int(ipaddress.ip_address(PERSIST_CLIENT)), 65000)])
-        nrows = len(SYN_SERVICES) + 4
+        nrows = len(SYN_SERVICES) + 5
         n = max(1, min(per_run, int(size * ROUND_SHARE / nrows)))
         total = n * runs
         label = f" (table {_table_label(size)})"
@@ -981,6 +1057,11 @@ class Bench:
                         self.floor.fd, frames(SYN_SERVICES[6][3], 80, "S", fc), True,
                         floor_keys(fc, SYN_SERVICES[6][3], 80, m.key_size), kind="reference",
                         table=m.name, table_size=size))
+        mc = flows(total, 1000, MINDIR_CLIENTS)
+        rows.append(Row("mindir", "reference, not lb: a minimal director's SYN: the floor's miss + insert, with a "
+                        "service lookup in lb_services, a hash pick over 16 real servers, one atomic count and a devmap "
+                        f"redirect{label}", self.mindir.fd, frames(MINDIR_VIP, 80, "S", mc), True,
+                        floor_keys(mc, MINDIR_VIP, 80, m.key_size), kind="reference", table=m.name, table_size=size))
         if self.floor2 is not None:
             fc2 = flows(total, 1000, FLOOR2_CLIENTS)
             rows.append(Row("floor2", f"floor of lb's two tables, not lb: a miss in {EST4} (lb's IPv4 key), then "
@@ -1257,7 +1338,8 @@ def results(rows: list[Row], block: str) -> list[dict]:
         if ef is not None:                  # an established row over its lookup's floor (not judged)
             d_ef = estimate(paired(r.vals, ef.vals, lambda a, b: a - b))
             row.update(delta_floor_ns=d_ef["median"], delta_floor_ci=[d_ef["ci_low"], d_ef["ci_high"]])
-        if floor is not None and r.kind == "lb" and r.one_pass:      # the floor bounds new connections only
+        # the floor bounds new connections only (lb's, and the minimal director's: what it adds to the floor)
+        if floor is not None and (r.kind == "lb" or r.key == "mindir") and r.one_pass:
             d_floor = estimate(paired(r.vals, floor.vals, lambda a, b: a - b))
             d_floor["noisy"] = est["noisy"] or estimate(floor.vals)["noisy"]
             row.update(delta_floor_ns=d_floor["median"], delta_floor_ci=[d_floor["ci_low"], d_floor["ci_high"]])

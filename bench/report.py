@@ -122,6 +122,10 @@ def pkt_table(result: dict) -> str:
                              "connections wait in an embryonic table of their own, so a flood cannot evict established "
                              "ones): what every SYN paid before the established filter let a SYN skip lb_conns (a UDP "
                              "flow's first packet still pays it); the targets are judged against the floor")
+        if any(r.get("key") == "mindir" for r in result["results"]):
+            notes.append("the minimal director (not lb) adds to the floor only what no director can leave out "
+                         "(the service's lookup in lb_services, a hash pick, one atomic count, a devmap redirect): "
+                         "its Δ floor is the least any director's SYN lands above the floor here")
         notes.append("ratio and Δ: medians of round-by-round pairs with the baselines; ± is the half-width of "
                      f"the median's {int(CONFIDENCE * 100)}% interval; ~: wider than ±{NOISY * 50:.0f}%, no verdict")
     if notes:

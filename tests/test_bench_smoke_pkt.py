@@ -40,6 +40,11 @@ def test_packet_suite_runs(tmp_path):
     floors2 = [r for r in rows if r["key"] == "floor2"]
     assert {r["kind"] for r in floors2} == {"reference"} and sorted(r["table_size"] for r in floors2) == sorted(embryo)
     assert all("delta_floor2_ns" in r for r in syn)
+    # ... and the minimal director, in both blocks: it forwarded every SYN (a devmap redirect) and
+    # says how far above the floor it lands
+    mindir = [r for r in rows if r["key"] == "mindir"]
+    assert sorted(r["table_size"] for r in mindir) == sorted(embryo)
+    assert all(r["kind"] == "reference" and r["action"] == "XDP_REDIRECT" and "delta_floor_ns" in r for r in mindir)
     # the established tables, one per family: IPv4 rows measure lb_conns4 (its floor too), IPv6 lb_conns6
     by = {r["key"]: r for r in rows}
     assert pkt["tables"]["default"]["lb_conns4"] == 65536 and pkt["tables"]["default"]["lb_conns6"] == 16384
