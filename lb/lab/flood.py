@@ -130,9 +130,6 @@ class LabFlood:
         self._sent += sent
         return dt
 
-    def close(self) -> None:
-        pass
-
 
 def _send_socket(ifname: str, blob: bytes, size: int) -> tuple[int, float]:
     sent = 0
