@@ -455,8 +455,8 @@ SPREAD_CLIENTS = "198.18.128.0"
 FLOOR_CLIENTS = "198.18.12.0"
 FLOOR2_CLIENTS = "198.18.20.0"
 MINDIR_CLIENTS = "198.18.24.0"
-MINDIR_VIP = "198.18.0.63"     # dh's service (SYN_SERVICES): lb_services holds it
-MINDIR_REALS = 16
+# the minimal director forwards to dh's service (lb_services holds it) over as many real servers
+_, _, MINDIR_REALS, MINDIR_VIP = next(s for s in SYN_SERVICES if s[0] == "dh")
 SPACER_CLIENTS = "198.18.28.0"
 NAT_DRV_CLIENTS = "198.19.64.0"     # the two-CPU NAT row's flows
 FILL_CLIENTS = "198.18.64.0"         # the entries a table is filled with (50,000 ports each)

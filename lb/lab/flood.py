@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import ctypes
 import errno
+import functools
 import ipaddress
 import os
 import random
@@ -142,27 +143,23 @@ def _send_socket(ifname: str, blob: bytes, size: int) -> tuple[int, float]:
     return sent, time.perf_counter() - t0
 
 
-_LIVE_REFUSED: list = []
-
-
+@functools.cache
 def live_frames_refused() -> str | None:
     """Why this kernel refuses BPF_PROG_TEST_RUN with live frames, or None where it runs them:
     one run of an XDP_DROP program (nothing is sent) with ingress lo, asked once a process."""
-    if not _LIVE_REFUSED:
-        from bcc import BPF
+    from bcc import BPF
 
-        b = BPF(text=b"int lb_live_probe(struct xdp_md *ctx) { return XDP_DROP; }")
+    b = BPF(text=b"int lb_live_probe(struct xdp_md *ctx) { return XDP_DROP; }")
+    try:
+        fn = b.load_func(b"lb_live_probe", BPF.XDP)
         try:
-            fn = b.load_func(b"lb_live_probe", BPF.XDP)
-            try:
-                live_run(fn.fd, bytes(64), socket.if_nametoindex("lo"), 1)
-                _LIVE_REFUSED.append(None)
-            except OSError as e:
-                _LIVE_REFUSED.append(f"this kernel refuses BPF_PROG_TEST_RUN with BPF_F_TEST_XDP_LIVE_FRAMES "
-                                     f"({errno.errorcode.get(e.errno, e.errno)}: {os.strerror(e.errno)})")
-        finally:
-            b.cleanup()
-    return _LIVE_REFUSED[0]
+            live_run(fn.fd, bytes(64), socket.if_nametoindex("lo"), 1)
+        except OSError as e:
+            return (f"this kernel refuses BPF_PROG_TEST_RUN with BPF_F_TEST_XDP_LIVE_FRAMES "
+                    f"({errno.errorcode.get(e.errno, e.errno)}: {os.strerror(e.errno)})")
+        return None
+    finally:
+        b.cleanup()
 
 
 def link_info(lab, node: str, ifname: str) -> tuple[int, bytes]:
