@@ -1654,13 +1654,25 @@ class Engine:
         re-created interface all of them; `ip addr del`) is added back and announced -- looked
         for when rtnetlink told of a change (addresses.Watch) --, an XDP program gone from its
         interface is attached again (dp.keep_attached).  Each event is logged (a repeat at most
-        once a minute) and counted (`lb status`, the metrics)."""
-        with self._dp_lock:
-            notes = self.dp.keep_attached()
+        once a minute) and counted (`lb status`, the metrics).  The programs too are looked for
+        only when rtnetlink told of a link change -- a program attached or removed is one -- or
+        FULL_CHECK seconds after the last look (addresses.Watch.links_due), and every second while
+        a look finds one still missing, displaced or refused."""
+        now = time.monotonic() if now is None else now
+        watch = self._address_watch
+        notes: list = []
+        if watch.links_due(now):
+            try:
+                with self._dp_lock:
+                    notes = self.dp.keep_attached()
+            except BaseException:
+                watch.links_again()          # the look failed: the next turn looks again
+                raise
+            if any(what != "attached" for what, _, _ in notes):
+                watch.links_again()
         back: list = []
         with self._addr_lock:
-            if self.active and self._taken and self.owned and \
-                    self._address_watch.due(time.monotonic() if now is None else now):
+            if self.active and self._taken and self.owned and watch.due(now):
                 back, errors = addresses.restore(self.owned)
                 self._found.difference_update(back)     # gone, and added again: lb's now
                 notes += [("failed", "addresses", e) for e in errors]

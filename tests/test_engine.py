@@ -280,6 +280,37 @@ def test_an_address_that_could_not_be_put_back_is_tried_again_at_the_next_check(
     assert eng.ownership["addresses_restored"] == 1
 
 
+def test_the_programs_are_looked_for_when_a_link_changed_and_again_while_one_is_missing(monkeypatch) -> None:
+    """The ownership check asks the data plane for its programs on their interfaces (two netlink
+    requests each second were most of an idle daemon's CPU) only when rtnetlink told of a link
+    change -- removing an XDP program is one -- or FULL_CHECK seconds after the last look, and
+    again a second later while a look finds one missing (or another program in its place)."""
+    from lb.ha import addresses
+
+    eng = _engine(_cfg())
+    found: list = [[]]
+    looks = []
+
+    def keep_attached():
+        looks.append(len(looks))
+        return found[0]
+    eng.dp.keep_attached = keep_attached
+    eng.keep_ownership(100.0)            # the first look
+    eng.keep_ownership(101.0)            # nothing told since: no look
+    assert looks == [0]
+    eng._address_watch._links_changed.set()      # what the watch's thread does at RTM_NEWLINK
+    found[0] = [("missing", "eth9", "eth9, where the public XDP program was attached, does not exist")]
+    eng.keep_ownership(102.0)
+    eng.keep_ownership(103.0)            # still missing: looked at again
+    found[0] = []
+    eng.keep_ownership(104.0)            # the look after it finds all well
+    eng.keep_ownership(105.0)
+    assert looks == [0, 1, 2, 3]
+    eng.keep_ownership(104.0 + addresses.Watch.FULL_CHECK)     # a notification may be lost
+    assert looks == [0, 1, 2, 3, 4]
+    assert eng.ownership["xdp_attached"] == 0
+
+
 def test_a_takeover_s_addresses_are_lb_s_even_when_the_ownership_check_runs_first(monkeypatch) -> None:
     """on_role sets `active` and then takes the addresses in a worker; the ownership check, run
     in between, put them back as "gone" first, take() then found them there, and the engine took

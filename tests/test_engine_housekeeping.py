@@ -60,6 +60,8 @@ def run_dir(tmp_path, monkeypatch):
     for interval in ("SWEEP_INTERVAL", "NEXTHOP_INTERVAL", "ESTIMATE_INTERVAL", "DEFENSE_INTERVAL",
                      "OWNERSHIP_INTERVAL"):
         monkeypatch.setattr(lbengine, interval, 0.0)       # every step at every turn
+    # ... the XDP programs' look too, which waits for a link change or FULL_CHECK otherwise
+    monkeypatch.setattr(addresses.Watch, "FULL_CHECK", 0.0)
     return tmp_path
 
 

@@ -937,6 +937,35 @@ try:
     while not w.due(41.0):
         assert time.monotonic() < deadline, "the removal after a burst was not told (it waited behind the burst)"
         time.sleep(0.05)
+    # links: an XDP program attached, then removed by hand, each told (the engine looks for its
+    # programs then); an address is no link change
+    assert w.links_due(50.0), "the first look at the links"
+    assert not w.links_due(50.5), "no link changed since"
+    subprocess.run(["ip", "addr", "add", "198.18.0.79/32", "dev", "w0"], check=True)
+    time.sleep(1)
+    assert not w.links_due(51.0), "an address added is no link change"
+    from bcc import BPF
+    b = BPF(text="int lbw_pass(struct xdp_md *ctx) { return XDP_PASS; }")
+    b.attach_xdp("w0", b.load_func("lbw_pass", BPF.XDP), 0)
+
+    def links_due_within(s, at):
+        deadline = time.monotonic() + s
+        while not w.links_due(at):
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.05)
+        return True
+    assert links_due_within(10, 52.0), "rtnetlink told nothing of the XDP program attached"
+    time.sleep(0.5)
+    w.links_due(52.5)                   # (the attach's notifications, however many)
+    assert not w.links_due(52.6)
+    subprocess.run(["ip", "link", "set", "dev", "w0", "xdp", "off"], check=True)
+    assert links_due_within(10, 53.0), "rtnetlink told nothing of `ip link set dev w0 xdp off`"
+    time.sleep(0.5)
+    w.links_due(53.5)
+    assert not w.links_due(54.0) and w.links_due(53.5 + addresses.Watch.FULL_CHECK), "a look every FULL_CHECK s"
+    w.links_again()
+    assert w.links_due(90.0), "links_again: the next check looks"
     owned = [addresses.OwnedAddress("w0", ipaddress.ip_interface("198.18.0.77/32")),
              addresses.OwnedAddress("w0", ipaddress.ip_interface("2001:2::77/128")),
              addresses.OwnedAddress("w1", ipaddress.ip_interface("198.18.0.78/32"))]
@@ -952,7 +981,8 @@ print("ok")
 def test_lost_addresses_are_looked_for_when_rtnetlink_tells(tmp_path):
     """addresses.Watch hears of an address removed (rtnetlink's notifications) and then says to
     look; restore() adds back the addresses gone from interfaces that are up, in one dump of each
-    interface's addresses.  In a namespace of the test's own."""
+    interface's addresses.  It hears of an XDP program attached or removed too (links_due: the
+    engine looks for its programs then).  In a namespace of the test's own."""
     import os
     import subprocess
     import sys

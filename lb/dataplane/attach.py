@@ -4,6 +4,7 @@ the director's programs (lb/dataplane/xdp.py) and the real servers' decapsulatio
 shipped instructions attaches without it."""
 from __future__ import annotations
 
+import errno
 import logging
 from dataclasses import dataclass
 
@@ -62,11 +63,18 @@ def detach_xdp(ifname: str, flags: int) -> None:
 
 def attached_prog_id(ifname: str) -> int | None:
     """The id of the XDP program attached to ifname, None without one; DataplaneError when
-    ifname does not exist."""
+    ifname does not exist.  One RTM_GETLINK for ifname by its name: pyroute2's link_lookup
+    dumps every link and parses each (a director with hundreds of VLANs)."""
     from pyroute2 import IPRoute
+    from pyroute2.netlink.exceptions import NetlinkError
 
-    with IPRoute() as ipr:
-        links = ipr.get_links(ifname=ifname) if ipr.link_lookup(ifname=ifname) else []
+    try:
+        with IPRoute() as ipr:
+            links = ipr.link("get", ifname=ifname)
+    except NetlinkError as e:
+        if e.code == errno.ENODEV:
+            raise DataplaneError(f"interface {ifname} does not exist") from None
+        raise
     if not links:
         raise DataplaneError(f"interface {ifname} does not exist")
     xdp = links[0].get_attr("IFLA_XDP")

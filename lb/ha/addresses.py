@@ -209,7 +209,11 @@ class Watch:
 
     The same notifications say when the director's own addresses changed (one added or removed
     anywhere: own_changed()), which the engine reads again then rather than at its next sweep;
-    on_own_change, when set, is called from the watch's thread at each such notification."""
+    on_own_change, when set, is called from the watch's thread at each such notification.  And
+    when a link changed (links_due()): attaching or removing an XDP program is one (RTM_NEWLINK),
+    so the data plane looks for its programs gone from their interfaces then, or FULL_CHECK
+    seconds after its last look, not every second (two netlink requests parsed by pyroute2: most
+    of an idle daemon's CPU)."""
 
     FULL_CHECK = 30.0
 
@@ -217,6 +221,9 @@ class Watch:
         self._changed = threading.Event()
         self._changed.set()                 # the first look at once
         self._own_changed = threading.Event()
+        self._links_changed = threading.Event()
+        self._links_changed.set()           # the first look at once
+        self._links_last: float | None = None
         self.on_own_change = None           # callable, from the watch's thread
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -257,15 +264,18 @@ class Watch:
                         try:
                             events = {m["event"] for m in marshal.parse(data)}
                         except Exception:   # unreadable: look rather than miss a removal
-                            events = {"RTM_DELADDR"}
+                            events = {"RTM_DELADDR", "RTM_NEWLINK"}
                         if events & {"RTM_DELADDR", "RTM_NEWLINK", "RTM_DELLINK"}:
                             self._changed.set()
+                        if events & {"RTM_NEWLINK", "RTM_DELLINK"}:
+                            self._links_changed.set()
                         if events & {"RTM_NEWADDR", "RTM_DELADDR"}:
                             self._told_own()
                 except BlockingIOError:
                     pass
                 except OSError:             # ENOBUFS: notifications were lost; look
                     self._changed.set()
+                    self._links_changed.set()
                     self._told_own()
                     self._stop.wait(0.5)
         finally:
@@ -299,6 +309,19 @@ class Watch:
         """Look at the next check too (a restore that failed is tried again in a second, not at
         the next FULL_CHECK)."""
         self._changed.set()
+
+    def links_due(self, now: float) -> bool:
+        """Look at the links now (the XDP programs on their interfaces)?  A link changed, or
+        FULL_CHECK passed (cleared before the look, as due())."""
+        if self._links_changed.is_set() or self._links_last is None or now - self._links_last >= self.FULL_CHECK:
+            self._links_changed.clear()
+            self._links_last = now
+            return True
+        return False
+
+    def links_again(self) -> None:
+        """Look at the links at the next check too (what the last look found still wrong)."""
+        self._links_changed.set()
 
     def stop(self) -> None:
         self._stop.set()
