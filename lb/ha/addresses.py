@@ -245,7 +245,7 @@ class Watch:
             sock.bind((0, RTMGRP_LINK | RTMGRP_IPV4_IFADDR | RTMGRP_IPV6_IFADDR))
             sock.setblocking(False)
         except OSError as e:                # looked at every FULL_CHECK seconds only
-            log.warning("no rtnetlink notifications (%s): lost addresses are looked for every %.0f s",
+            log.warning("no rtnetlink notifications (%s): lost addresses and XDP programs are looked for every %.0f s",
                         e, self.FULL_CHECK)
             return
         marshal = MarshalRtnl()
