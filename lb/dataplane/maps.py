@@ -135,6 +135,12 @@ class BpfMap:
         self._slot = (self.value_size + 7) & ~7 if self.percpu else self.value_size
         self.batch_update = True    # False once the kernel refused BPF_MAP_UPDATE_BATCH here
 
+    @property
+    def slot(self) -> int:
+        """The bytes of one CPU's value in get_raw's bytes of a per-CPU map (the value padded
+        to 8); the value's size otherwise."""
+        return self._slot
+
     @classmethod
     def open_pinned(cls, path: str) -> "BpfMap":
         fd = bpfsys.obj_get(path)

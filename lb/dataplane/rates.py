@@ -28,8 +28,9 @@ class RateEstimator:
     def __init__(self, maps: dict, txn: MapTxn):
         self.maps = maps
         self.txn = txn
-        # (stats map, id) -> (time_ns, counters, smoothed rates)
-        self.est: dict[tuple[str, int], tuple[int, tuple, list[int]]] = {}
+        # (stats map, id) -> (time_ns, counters, smoothed rates, shown 0 and settled, the raw
+        # per-CPU counters read then)
+        self.est: dict[tuple[str, int], tuple[int, tuple, list[int], bool, bytes]] = {}
         self.seeded = False
         self.dropped: dict | None = None    # during an apply: the estimates forget() dropped
 
@@ -59,38 +60,62 @@ class RateEstimator:
         lb_real_rates.  The interval is the measured one (exactly IPVS's shifts when it is
         2 s).  A new id, or one whose counters went backwards, starts from its current counters
         with no rate yet; an adopted instance's first pass carries on from the pinned rates.
-        Returns the number of entries written."""
+        Returns the number of entries written.
+
+        Each stats map is read whole in a few syscalls (not one per id) and the rates written in
+        one batch; an id whose counters have not moved since a pass that showed it 0 (an idle
+        server: its rate stays 0) is neither computed nor written.  A pass over 1000 services of
+        64 servers took 0.8 s of a core every 2 s, one lookup and one write per id."""
         now_ns = int((time.monotonic() if now is None else now) * 1_000_000_000)
         seed = adopted and not self.seeded
         self.seeded = True
-        n = 0
+        out: dict[str, tuple[list[bytes], list[bytes]]] = {r: ([], []) for r in RATES_OF.values()}
+        zero = L.RATES.pack(0, 0, 0, 0, 0)
         for gone in [k for k in self.est if k not in ids]:
             del self.est[gone]
-            self.txn.set(RATES_OF[gone[0]], L.U32.pack(gone[1]), L.RATES.pack(0, 0, 0, 0, 0))
-            n += 1
+            keys, values = out[RATES_OF[gone[0]]]
+            keys.append(L.U32.pack(gone[1]))
+            values.append(zero)
+        by_map: dict[str, list[int]] = {}
         for mapname, i in ids:
-            key = L.U32.pack(i)
-            tot = [0] * 5
-            for v in self.maps[mapname].get_percpu(key):
-                for j, x in enumerate(L.STATS.unpack(v)):
-                    tot[j] += x
-            cur = tuple(tot)
-            prev = self.est.get((mapname, i))
-            if prev is None or any(c < p for c, p in zip(cur, prev[1])) or now_ns <= prev[0]:
-                avg = [0] * 5
-                if seed and prev is None:      # a restarted daemon carries on from the pinned rates
-                    raw = self.maps[RATES_OF[mapname]].get(key)
-                    if raw is not None:
-                        avg = [r << s for r, s in zip(L.RATES.unpack(raw), EST_SHIFT)]
-                self.est[(mapname, i)] = (now_ns, cur, avg)
-                continue
-            t0, last, avg = prev
-            dt = now_ns - t0
-            for j in range(5):
-                rate = ((cur[j] - last[j]) << EST_SHIFT[j]) * 1_000_000_000 // dt
-                avg[j] += (rate - avg[j]) >> 2
-            self.est[(mapname, i)] = (now_ns, cur, avg)
-            shown = [(a + (1 << (s - 1)) - 1) >> s if a > 0 else 0 for a, s in zip(avg, EST_SHIFT)]
-            self.txn.set(RATES_OF[mapname], key, L.RATES.pack(*shown))
-            n += 1
+            by_map.setdefault(mapname, []).append(i)
+        est, size, unpack = self.est, L.STATS.size, L.STATS.unpack
+        for mapname, idl in by_map.items():
+            m = self.maps[mapname]
+            keys = [L.U32.pack(i) for i in idl]
+            slot = m.slot
+            w_keys, w_values = out[RATES_OF[mapname]]
+            for i, key, raw in zip(idl, keys, m.get_many_raw(keys)):
+                raw = raw or b""
+                prev = est.get((mapname, i))
+                if prev is not None and prev[3] and raw == prev[4] and now_ns > prev[0]:
+                    est[(mapname, i)] = (now_ns, prev[1], prev[2], True, raw)     # idle, shown 0
+                    continue
+                tot = [0] * 5
+                for c in range(0, len(raw), slot):
+                    for j, x in enumerate(unpack(raw[c:c + size])):
+                        tot[j] += x
+                cur = tuple(tot)
+                if prev is None or any(c < p for c, p in zip(cur, prev[1])) or now_ns <= prev[0]:
+                    avg = [0] * 5
+                    if seed and prev is None:      # a restarted daemon carries on from the pinned rates
+                        pinned = self.maps[RATES_OF[mapname]].get(key)
+                        if pinned is not None:
+                            avg = [r << s for r, s in zip(L.RATES.unpack(pinned), EST_SHIFT)]
+                    est[(mapname, i)] = (now_ns, cur, avg, False, raw)
+                    continue
+                t0, last, avg = prev[0], prev[1], prev[2]
+                dt = now_ns - t0
+                for j in range(5):
+                    rate = ((cur[j] - last[j]) << EST_SHIFT[j]) * 1_000_000_000 // dt
+                    avg[j] += (rate - avg[j]) >> 2
+                shown = [(a + (1 << (s - 1)) - 1) >> s if a > 0 else 0 for a, s in zip(avg, EST_SHIFT)]
+                est[(mapname, i)] = (now_ns, cur, avg, not any(shown) and not any(avg), raw)
+                w_keys.append(key)
+                w_values.append(L.RATES.pack(*shown))
+        n = 0
+        for rates, (keys, values) in out.items():
+            if keys:
+                self.txn.set_many(rates, keys, values)
+                n += len(keys)
         return n

@@ -181,6 +181,22 @@ class MapTxn:
             self._set_now(mapname, key, value)
         self.writes += 1
 
+    def set_many(self, mapname: str, keys: list[bytes], values: list[bytes]) -> None:
+        """set() of each (key, value), in order; outside an apply's staging, one batch write
+        (the rate estimator's thousands of entries every 2 s)."""
+        if self._pending is not None:
+            for k, v in zip(keys, values):
+                self.set(mapname, k, v)
+            return
+        m = self.maps[mapname]
+        if self.undo is not None:
+            self.undo.remember_many(m, list(keys))
+        try:
+            m.set_many(list(keys), list(values), batch=self.batch)
+        except (OSError, ValueError) as e:
+            raise _write_error(mapname, e) from e
+        self.writes += len(keys)
+
     def _undelete(self, mapname: str, key: bytes) -> None:
         """A write replaces a pending delete of the same key: count the delete if it would
         have removed an entry (as it did when every write went out at once)."""
