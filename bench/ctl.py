@@ -51,7 +51,7 @@ from lb.dataplane import RealSpec, ServiceSpec, TableSpec
 from lb.dataplane import layout as L
 from lb.dataplane.nexthop import NextHop
 from lb.dataplane.xdp import Sizes, XdpDataplane
-from lb.engine import SWEEP_INTERVAL
+from lb.engine import ESTIMATE_INTERVAL, SWEEP_INTERVAL
 
 SIZES = {  # name: (services, reals per service, connections, pure-path connections, runs, CLI list -c,
     # rounds of one-server changes)
@@ -329,6 +329,47 @@ def start_suite(size: str) -> list[dict]:
              **judge(ws, WARM_TARGET_S), "loadavg": load}]
 
 
+def estimator_rows(c: Ctl, runs: int) -> list[dict]:
+    """IPVS's rate estimator (`lb run` runs it every lb.engine.ESTIMATE_INTERVAL s, in a worker
+    thread) over the applied table's services and real servers: a pass while every server is idle
+    (its rates settled at 0), and a pass after every counter moved (the per-CPU stats written
+    between passes, as traffic would), against the read of the same stats arrays alone (the
+    floor of any estimator)."""
+    dp = c.dp
+    by_map = {name: [L.U32.pack(i) for i in idl] for name, idl in dp.table.stat_id_lists().items()}
+    ids = [k for keys in by_map.values() for k in keys]
+    t = [1000.0]
+
+    def one_pass() -> int:
+        t[0] += ESTIMATE_INTERVAL
+        return dp.estimate(now=t[0])
+    for _ in range(3):                       # new ids, then their rates shown at 0: settled
+        one_pass()
+    reads = [_timed(lambda: [dp.maps[n].get_many_raw(k) for n, k in by_map.items()])[0] for _ in range(runs)]
+    idle = [_timed(one_pass) for _ in range(runs)]
+    assert all(n == 0 for _, n in idle), idle            # settled at 0: nothing computed or written
+    moved = []
+    for r in range(runs):
+        for name, keys in by_map.items():  # every counter of every id moves (not timed)
+            v = L.STATS.pack(r + 1, 10 * (r + 1), 10 * (r + 1), 1000 * (r + 1), 1000 * (r + 1))
+            dp.maps[name].set_many(keys, [v] * len(keys))
+        moved.append(_timed(one_pass))
+    assert all(n == len(ids) for _, n in moved), (moved, len(ids))
+    rs, i_s, ms = summary(reads), summary([x for x, _ in idle]), summary([x for x, _ in moved])
+    label = f"{len(ids)} services and real servers"
+    return [
+        {"scenario": f"read of lb_svc_stats + lb_real_stats for {label} (the estimator's floor)", "baseline": True,
+         "seconds": rs, "runs": reads, "ratio": 1.0},
+        {"scenario": f"rate estimator pass, {label} idle (every {ESTIMATE_INTERVAL:g} s in lb run: "
+                     f"{i_s['median'] / ESTIMATE_INTERVAL:.0%} of a core)", "seconds": i_s,
+         "runs": [x for x, _ in idle], "ratio": ratio(i_s["median"], rs["median"]),
+         "share_of_a_core": i_s["median"] / ESTIMATE_INTERVAL},
+        {"scenario": f"rate estimator pass, {label}, every counter moved ({ms['median'] / ESTIMATE_INTERVAL:.0%} "
+                     f"of a core)", "seconds": ms, "runs": [x for x, _ in moved], "writes": len(ids),
+         "ratio": ratio(ms["median"], rs["median"]), "share_of_a_core": ms["median"] / ESTIMATE_INTERVAL},
+    ]
+
+
 def suite(size: str = "full") -> dict:
     nsvc, nreal, nconn, npure, runs, cli_c, change_runs = SIZES[size]
     c = Ctl(nsvc, nreal, nconn)
@@ -417,6 +458,7 @@ def suite(size: str = "full") -> dict:
                                     f"{ss['median'] / SWEEP_INTERVAL:.0%} of a core)",
                         "seconds": ss, "runs": [t for t, _ in swept], "ratio": ratio(ss["median"], ds["median"]),
                         "share_of_a_core": ss["median"] / SWEEP_INTERVAL})
+        results += estimator_rows(c, runs)
         bss = summary([b[0] for b in batch_small])
         results.append({"scenario": f"read_connections, cffi batch path, {npure} conns", "seconds": bss,
                         "runs": [b[0] for b in batch_small], "ratio": ratio(bss["median"] * scale, bs["median"])})

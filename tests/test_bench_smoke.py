@@ -53,6 +53,12 @@ def test_bench_suites_run(tmp_path):
                           "unchanged table re-applied", fresh, engine}
     assert [len(r["runs"]) for r in kinds.values()] == [4, 2, 2, 2, 2, 4] and kinds["unchanged table re-applied"]["writes"] == 0
     assert kinds[fresh]["writes"] == kinds["one-server change (weight)"]["writes"]
+    # the rate estimator: idle and every counter moved (each pass wrote every id), against its floor
+    idle = [r for r in ctl["results"] if r["scenario"].startswith("rate estimator pass") and " idle " in r["scenario"]]
+    moved = [r for r in ctl["results"] if r["scenario"].startswith("rate estimator pass") and "moved" in r["scenario"]]
+    assert len(idle) == len(moved) == 1 and moved[0]["writes"] == 10 + 10 * 8      # smoke: 10 x 8
+    assert idle[0]["share_of_a_core"] > 0 and moved[0]["share_of_a_core"] > 0
+    assert any(r["scenario"].endswith("(the estimator's floor)") and r["baseline"] for r in ctl["results"])
 
     http = _load(tmp_path, "http")
     base = [r for r in http["results"] if r.get("baseline")]

@@ -140,6 +140,35 @@ def test_an_idle_server_settled_at_0_is_not_written_and_picks_up_where_it_was(dp
     assert row.rate == expected == row.reals[0].rate
 
 
+def test_a_pass_that_fails_leaves_the_next_ones_right(dp, monkeypatch):
+    """A pass that fails part-way (a map read the kernel refuses) raises, and the estimator starts
+    afresh at the next: no rate from two intervals' deltas over one."""
+    from lb.dataplane.maps import BpfMap
+
+    dp.estimate(now=3000.0)
+    _traffic(dp, 57000, conns=20, per_conn=10)
+    real = BpfMap.get_many_raw
+    calls = []
+
+    def refuse_the_second(self, keys):
+        calls.append(self.name)
+        if len(calls) == 2:
+            raise OSError(12, "Cannot allocate memory")
+        return real(self, keys)
+    monkeypatch.setattr(BpfMap, "get_many_raw", refuse_the_second)
+    with pytest.raises(OSError):
+        dp.estimate(now=3002.0)
+    monkeypatch.setattr(BpfMap, "get_many_raw", real)
+    assert dp.estimate(now=3004.0) == 0       # afresh: the counters taken, no rate yet
+    (row,) = _rows(dp)
+    ref = IpvsEstimator(_counters(row))
+    _traffic(dp, 58000, conns=20, per_conn=10)
+    assert dp.estimate(now=3006.0) == 2
+    (row,) = _rows(dp)
+    assert row.rate == ref.tick(_counters(row)) == row.reals[0].rate
+    assert row.rate.inpkts == 25
+
+
 def test_lb_list_rate_command(dp, capsys):
     dp.estimate(now=10.0)
     _traffic(dp, 52000, conns=4, per_conn=5)

@@ -28,9 +28,10 @@ class RateEstimator:
     def __init__(self, maps: dict, txn: MapTxn):
         self.maps = maps
         self.txn = txn
-        # (stats map, id) -> (time_ns, counters, smoothed rates, shown 0 and settled, the raw
-        # per-CPU counters read then)
-        self.est: dict[tuple[str, int], tuple[int, tuple, list[int], bool, bytes]] = {}
+        # (stats map, id) -> (counters, smoothed rates, shown 0 and settled, the raw per-CPU
+        # counters), as the last pass (at last_ns) read them
+        self.est: dict[tuple[str, int], tuple[tuple, list[int], bool, bytes]] = {}
+        self.last_ns: int | None = None
         self.seeded = False
         self.dropped: dict | None = None    # during an apply: the estimates forget() dropped
 
@@ -53,34 +54,49 @@ class RateEstimator:
         for mapname, i in ids:
             self.forget(mapname, i)
 
-    def estimate(self, ids: set[tuple[str, int]], adopted: bool, now: float | None = None) -> int:
-        """Run every 2 s: for each (stats map, id) in use, the counter deltas since the last
-        sample become per-second rates in fixed point (conns and packets x 2^10, bytes x 2^5),
-        smoothed as avg += (rate - avg) / 4, and written rounded to lb_svc_rates /
-        lb_real_rates.  The interval is the measured one (exactly IPVS's shifts when it is
-        2 s).  A new id, or one whose counters went backwards, starts from its current counters
-        with no rate yet; an adopted instance's first pass carries on from the pinned rates.
-        Returns the number of entries written.
+    def estimate(self, ids: dict[str, list[int]], adopted: bool, now: float | None = None) -> int:
+        """Run every 2 s: for each stats map's ids in use ({stats map: [id, ...]}), the counter
+        deltas since the last pass become per-second rates in fixed point (conns and packets x
+        2^10, bytes x 2^5), smoothed as avg += (rate - avg) / 4, and written rounded to
+        lb_svc_rates / lb_real_rates.  The interval is the measured one (exactly IPVS's shifts
+        when it is 2 s).  A new id, or one whose counters went backwards, starts from its
+        current counters with no rate yet; an adopted instance's first pass carries on from the
+        pinned rates.  Returns the number of entries written.
 
         Each stats map is read whole in a few syscalls (not one per id) and the rates written in
         one batch; an id whose counters have not moved since a pass that showed it 0 (an idle
-        server: its rate stays 0) is neither computed nor written.  A pass over 1000 services of
-        64 servers took 0.8 s of a core every 2 s, one lookup and one write per id."""
+        server: its rate stays 0) is neither computed nor written, nor is anything allocated for
+        it.  A pass over 1000 services of 64 servers took 0.8 s of a core every 2 s, one lookup
+        and one write per id."""
         now_ns = int((time.monotonic() if now is None else now) * 1_000_000_000)
         seed = adopted and not self.seeded
         self.seeded = True
+        # every entry of est was sampled at the last pass (each pass visits every id in use, and
+        # drops the rest): one interval for all
+        last_ns = self.last_ns
+        restart = last_ns is None or now_ns <= last_ns
+        try:
+            n = self._pass(ids, now_ns, last_ns, restart, seed)
+        except BaseException:
+            # est half updated: the next pass starts afresh (as every id would be new) rather
+            # than take two intervals' deltas over one
+            self.est.clear()
+            self.last_ns = None
+            raise
+        self.last_ns = now_ns
+        return n
+
+    def _pass(self, ids: dict[str, list[int]], now_ns: int, last_ns: int | None, restart: bool, seed: bool) -> int:
         out: dict[str, tuple[list[bytes], list[bytes]]] = {r: ([], []) for r in RATES_OF.values()}
         zero = L.RATES.pack(0, 0, 0, 0, 0)
-        for gone in [k for k in self.est if k not in ids]:
+        inuse = {name: set(idl) for name, idl in ids.items()}
+        for gone in [k for k in self.est if k[1] not in inuse.get(k[0], ())]:
             del self.est[gone]
             keys, values = out[RATES_OF[gone[0]]]
             keys.append(L.U32.pack(gone[1]))
             values.append(zero)
-        by_map: dict[str, list[int]] = {}
-        for mapname, i in ids:
-            by_map.setdefault(mapname, []).append(i)
         est, size, unpack = self.est, L.STATS.size, L.STATS.unpack
-        for mapname, idl in by_map.items():
+        for mapname, idl in ids.items():
             m = self.maps[mapname]
             keys = [L.U32.pack(i) for i in idl]
             slot = m.slot
@@ -88,29 +104,28 @@ class RateEstimator:
             for i, key, raw in zip(idl, keys, m.get_many_raw(keys)):
                 raw = raw or b""
                 prev = est.get((mapname, i))
-                if prev is not None and prev[3] and raw == prev[4] and now_ns > prev[0]:
-                    est[(mapname, i)] = (now_ns, prev[1], prev[2], True, raw)     # idle, shown 0
-                    continue
+                if prev is not None and prev[2] and not restart and raw == prev[3]:
+                    continue                       # idle, shown 0: stays so
                 tot = [0] * 5
                 for c in range(0, len(raw), slot):
                     for j, x in enumerate(unpack(raw[c:c + size])):
                         tot[j] += x
                 cur = tuple(tot)
-                if prev is None or any(c < p for c, p in zip(cur, prev[1])) or now_ns <= prev[0]:
+                if prev is None or restart or any(c < p for c, p in zip(cur, prev[0])):
                     avg = [0] * 5
                     if seed and prev is None:      # a restarted daemon carries on from the pinned rates
                         pinned = self.maps[RATES_OF[mapname]].get(key)
                         if pinned is not None:
                             avg = [r << s for r, s in zip(L.RATES.unpack(pinned), EST_SHIFT)]
-                    est[(mapname, i)] = (now_ns, cur, avg, False, raw)
+                    est[(mapname, i)] = (cur, avg, False, raw)
                     continue
-                t0, last, avg = prev[0], prev[1], prev[2]
-                dt = now_ns - t0
+                last, avg = prev[0], prev[1]
+                dt = now_ns - last_ns
                 for j in range(5):
                     rate = ((cur[j] - last[j]) << EST_SHIFT[j]) * 1_000_000_000 // dt
                     avg[j] += (rate - avg[j]) >> 2
                 shown = [(a + (1 << (s - 1)) - 1) >> s if a > 0 else 0 for a, s in zip(avg, EST_SHIFT)]
-                est[(mapname, i)] = (now_ns, cur, avg, not any(shown) and not any(avg), raw)
+                est[(mapname, i)] = (cur, avg, not any(shown) and not any(avg), raw)
                 w_keys.append(key)
                 w_values.append(L.RATES.pack(*shown))
         n = 0

@@ -83,6 +83,13 @@ class ServiceTable:
         ids |= {("lb_real_stats", rid) for st in self.services.values() for _, rid in st.dests}
         return ids
 
+    def stat_id_lists(self) -> dict[str, list[int]]:
+        """stat_ids() as {stats map: [id, ...]} (the rate estimator's, every 2 s: no tuple per id)."""
+        reals: list[int] = []
+        for st in self.services.values():
+            reals.extend(rid for _, rid in st.dests)
+        return {"lb_svc_stats": [st.id for st in self.services.values()], "lb_real_stats": list(dict.fromkeys(reals))}
+
     def lblc_users(self) -> dict[int, str]:
         """service id -> scheduler of the lblc / lblcr services."""
         return {st.id: st.sched for st in self.services.values() if st.sched in L.LBLC_SCHEDULERS}

@@ -513,7 +513,7 @@ class XdpDataplane(Dataplane):
         return self.lblc.check_expire(self.table.lblc_users(), now_ns, force)
 
     def estimate(self, now: float | None = None) -> int:
-        return self.rates.estimate(self.table.stat_ids(), self.adopted, now)
+        return self.rates.estimate(self.table.stat_id_lists(), self.adopted, now)
 
     # ---- quiesce_server ----
     def restart_sched_counts(self, spec: ServiceSpec) -> int:
