@@ -845,7 +845,7 @@ class ServiceTable:
                                                  family=L.family_of(old.addr), u_threshold=old.u_threshold,
                                                  l_threshold=old.l_threshold, pos=old.pos,
                                                  flags=old.flags & L.REAL_F_DRAINING), old)
-                if real.pack() != old.pack():
+                if real != old:                  # (Real's == is its lb_reals entry's: weight aside)
                     self.reals[rid] = real
                     self.txn.set("lb_reals", L.U32.pack(rid), real.pack())
                     touched = True
