@@ -200,6 +200,26 @@ def restore(addrs: list[OwnedAddress]) -> tuple[list[OwnedAddress], list[str]]:
     return back, errors
 
 
+class _Look:
+    """When to look again at one kind of thing the watch hears of: at once when told, else
+    `every` seconds after the last look (a notification can be lost)."""
+
+    def __init__(self, every: float):
+        self.every = every
+        self.told = threading.Event()
+        self.told.set()                     # the first look at once
+        self.last: float | None = None
+
+    def due(self, now: float) -> bool:
+        """Look now?  Told, or `every` passed (cleared before the look, so a change during it
+        makes another)."""
+        if self.told.is_set() or self.last is None or now - self.last >= self.every:
+            self.told.clear()
+            self.last = now
+            return True
+        return False
+
+
 class Watch:
     """When to look for lost addresses: rtnetlink tells of each address removed and each link
     change (its multicast groups, read in a thread of its own), and restore() runs only after one
@@ -218,16 +238,12 @@ class Watch:
     FULL_CHECK = 30.0
 
     def __init__(self):
-        self._changed = threading.Event()
-        self._changed.set()                 # the first look at once
+        self._addresses = _Look(self.FULL_CHECK)   # an address removed, a link changed
+        self._links = _Look(self.FULL_CHECK)       # a link changed (an XDP program attached or removed)
         self._own_changed = threading.Event()
-        self._links_changed = threading.Event()
-        self._links_changed.set()           # the first look at once
-        self._links_last: float | None = None
         self.on_own_change = None           # callable, from the watch's thread
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self._last: float | None = None
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name="lb-address-watch", daemon=True)
@@ -266,16 +282,16 @@ class Watch:
                         except Exception:   # unreadable: look rather than miss a removal
                             events = {"RTM_DELADDR", "RTM_NEWLINK"}
                         if events & {"RTM_DELADDR", "RTM_NEWLINK", "RTM_DELLINK"}:
-                            self._changed.set()
+                            self._addresses.told.set()
                         if events & {"RTM_NEWLINK", "RTM_DELLINK"}:
-                            self._links_changed.set()
+                            self._links.told.set()
                         if events & {"RTM_NEWADDR", "RTM_DELADDR"}:
                             self._told_own()
                 except BlockingIOError:
                     pass
                 except OSError:             # ENOBUFS: notifications were lost; look
-                    self._changed.set()
-                    self._links_changed.set()
+                    self._addresses.told.set()
+                    self._links.told.set()
                     self._told_own()
                     self._stop.wait(0.5)
         finally:
@@ -297,31 +313,22 @@ class Watch:
         return False
 
     def due(self, now: float) -> bool:
-        """Look now?  A change was told, or FULL_CHECK passed (the flag is cleared before the
-        look, so a change during it makes another)."""
-        if self._changed.is_set() or self._last is None or now - self._last >= self.FULL_CHECK:
-            self._changed.clear()
-            self._last = now
-            return True
-        return False
+        """Look for lost addresses now?  A change was told, or FULL_CHECK passed."""
+        return self._addresses.due(now)
 
     def again(self) -> None:
         """Look at the next check too (a restore that failed is tried again in a second, not at
         the next FULL_CHECK)."""
-        self._changed.set()
+        self._addresses.told.set()
 
     def links_due(self, now: float) -> bool:
         """Look at the links now (the XDP programs on their interfaces)?  A link changed, or
-        FULL_CHECK passed (cleared before the look, as due())."""
-        if self._links_changed.is_set() or self._links_last is None or now - self._links_last >= self.FULL_CHECK:
-            self._links_changed.clear()
-            self._links_last = now
-            return True
-        return False
+        FULL_CHECK passed."""
+        return self._links.due(now)
 
     def links_again(self) -> None:
         """Look at the links at the next check too (what the last look found still wrong)."""
-        self._links_changed.set()
+        self._links.told.set()
 
     def stop(self) -> None:
         self._stop.set()
