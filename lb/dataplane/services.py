@@ -77,14 +77,9 @@ class ServiceTable:
         self._snap_svcs: dict | None = None     # during apply: copies of the services it changes (_own_svc)
         self._local_left = 0                    # the director's own addresses lb_local_addrs had no room for
 
-    def stat_ids(self) -> set[tuple[str, int]]:
-        """(stats map, id) of every service and real server in use (the rate estimator's)."""
-        ids = {("lb_svc_stats", st.id) for st in self.services.values()}
-        ids |= {("lb_real_stats", rid) for st in self.services.values() for _, rid in st.dests}
-        return ids
-
     def stat_id_lists(self) -> dict[str, list[int]]:
-        """stat_ids() as {stats map: [id, ...]} (the rate estimator's, every 2 s: no tuple per id)."""
+        """{stats map: [id, ...]} of every service and real server in use (the rate estimator's,
+        every 2 s: lists, not a tuple per id)."""
         reals: list[int] = []
         for st in self.services.values():
             reals.extend(rid for _, rid in st.dests)
