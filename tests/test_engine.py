@@ -298,7 +298,7 @@ def test_the_programs_are_looked_for_when_a_link_changed_and_again_while_one_is_
     eng.keep_ownership(100.0)            # the first look
     eng.keep_ownership(101.0)            # nothing told since: no look
     assert looks == [0]
-    eng._address_watch._links.told.set()         # what the watch's thread does at RTM_NEWLINK
+    eng._address_watch.links_again()             # as the watch's thread tells of an RTM_NEWLINK
     found[0] = [("missing", "eth9", "eth9, where the public XDP program was attached, does not exist")]
     eng.keep_ownership(102.0)
     eng.keep_ownership(103.0)            # still missing: looked at again

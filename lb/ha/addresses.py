@@ -232,8 +232,8 @@ class Watch:
     on_own_change, when set, is called from the watch's thread at each such notification.  And
     when a link changed (links_due()): attaching or removing an XDP program is one (RTM_NEWLINK),
     so the data plane looks for its programs gone from their interfaces then, or FULL_CHECK
-    seconds after its last look, not every second (two netlink requests parsed by pyroute2: most
-    of an idle daemon's CPU)."""
+    seconds after its last look, not every second (a look every second was most of an idle
+    daemon's CPU)."""
 
     FULL_CHECK = 30.0
 
