@@ -41,6 +41,11 @@ ffibuilder.cdef(
     long bb_format_conns(const void *keys, const void *values, unsigned long n,
                          const void *reals, unsigned long nreals, unsigned long long now_ns,
                          char *dest_cache, unsigned long *pos, char *out, unsigned long cap);
+    unsigned long bb_estimate(const uint32_t *ids, unsigned long n, const void *values, unsigned vsize,
+                              int by_id, unsigned long nvalues, const unsigned char *found, unsigned ncpu,
+                              unsigned slot, uint64_t *last, int64_t *avg, uint8_t *flags, unsigned long cap,
+                              unsigned long long dt_ns, int restart, const uint64_t *pinned,
+                              const unsigned char *pinned_found, uint32_t *out_ids, uint64_t *out_rates);
     """
 )
 HERE = Path(__file__).resolve().parent

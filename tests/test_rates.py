@@ -147,18 +147,19 @@ def test_a_pass_that_fails_leaves_the_next_ones_right(dp, monkeypatch):
 
     dp.estimate(now=3000.0)
     _traffic(dp, 57000, conns=20, per_conn=10)
-    real = BpfMap.get_many_raw
+    real = BpfMap.values_raw
     calls = []
 
-    def refuse_the_second(self, keys):
+    def refuse_the_second(self, keys, n):
         calls.append(self.name)
         if len(calls) == 2:
             raise OSError(12, "Cannot allocate memory")
-        return real(self, keys)
-    monkeypatch.setattr(BpfMap, "get_many_raw", refuse_the_second)
+        return real(self, keys, n)
+    monkeypatch.setattr(BpfMap, "values_raw", refuse_the_second)
     with pytest.raises(OSError):
         dp.estimate(now=3002.0)
-    monkeypatch.setattr(BpfMap, "get_many_raw", real)
+    assert len(calls) == 2
+    monkeypatch.setattr(BpfMap, "values_raw", real)
     assert dp.estimate(now=3004.0) == 0       # afresh: the counters taken, no rate yet
     (row,) = _rows(dp)
     ref = IpvsEstimator(_counters(row))
@@ -193,7 +194,7 @@ def test_measured_interval_and_ids_leaving(dp):
     dp.apply(TableSpec(()))                   # the service goes: its rates are cleared
     dp.estimate(now=6.0)
     assert _rows(dp) == []
-    assert not dp.rates.est
+    assert not dp.rates.held()
 
 
 def test_a_restart_keeping_the_data_plane_carries_on_from_the_pinned_rates(dp):

@@ -180,28 +180,38 @@ class BpfMap:
         """get_raw of every key (None: absent), in one C loop where lb._bpfbatch is built."""
         if _bpfbatch is None or len(keys) < 4:
             return [self.get_raw(k) for k in keys]
-        ffi, lib = _bpfbatch.ffi, _bpfbatch.lib
         n, vsize = len(keys), self._slot * self.ncpus
+        values, by_index, found = self.values_raw(b"".join(keys), n)
+        if by_index:
+            cap = self.max_entries
+            vb = _bpfbatch.ffi.buffer(values, cap * vsize)[:]
+            idx = [int.from_bytes(k, "little") for k in keys]
+            return [vb[i * vsize:i * vsize + vsize] if i < cap else None for i in idx]
+        vb = _bpfbatch.ffi.buffer(values, n * vsize)[:]
+        fb = _bpfbatch.ffi.buffer(found, n)[:]
+        return [vb[i * vsize:i * vsize + vsize] if fb[i] else None for i in range(n)]
+
+    def values_raw(self, keys: bytes, n: int) -> tuple:
+        """The raw values (per-CPU ones: ncpus slots of ``slot`` bytes) of n keys given back to
+        back, read in C (lb._bpfbatch must be built): (values, True, None) -- the whole array,
+        max_entries values in index order -- where the keys are a good part of an array
+        (reading all of it takes a few syscalls, not one per key), else (values, False, found),
+        the k-th key's value k-th, found[k] 0 where it is absent."""
+        ffi, lib = _bpfbatch.ffi, _bpfbatch.lib
+        vsize = self._slot * self.ncpus
+        if len(keys) != n * self.key_size:
+            raise ValueError(f"{self.name}: keys of {self.key_size} bytes expected")
         if self.type in (bpfsys.BPF_MAP_TYPE_ARRAY, bpfsys.BPF_MAP_TYPE_PERCPU_ARRAY) and 4 * n >= self.max_entries:
-            # a good part of an array: reading all of it takes a few syscalls, not one per key
             cap = self.max_entries
             kbuf, vbuf = _new_raw("char[]", cap * 4), _new_raw("char[]", cap * vsize)
-            got = lib.bb_dump(self.fd, 4, vsize, kbuf, vbuf, cap, 8192)
-            if got == cap:
-                vb = ffi.buffer(vbuf, cap * vsize)[:]
-                idx = [int.from_bytes(k, "little") for k in keys]
-                return [vb[i * vsize:i * vsize + vsize] if i < cap else None for i in idx]
-        kb = b"".join(keys)
-        if len(kb) != n * self.key_size:
-            raise ValueError(f"{self.name}: keys of {self.key_size} bytes expected")
-        values = _new_raw("char[]", n * vsize)
-        found = _new_raw("unsigned char[]", n)
-        rc = lib.bb_lookup(self.fd, self.key_size, vsize, ffi.from_buffer(kb), values, found, n)
+            if lib.bb_dump(self.fd, 4, vsize, kbuf, vbuf, cap, 8192) == cap:
+                return vbuf, True, None
+        values = _new_raw("char[]", max(n, 1) * vsize)
+        found = _new_raw("unsigned char[]", max(n, 1))
+        rc = lib.bb_lookup(self.fd, self.key_size, vsize, ffi.from_buffer(keys), values, found, n)
         if rc < 0:
             raise bpfsys.BpfError(-rc, os.strerror(-rc))
-        vb = ffi.buffer(values, n * vsize)[:]
-        fb = ffi.buffer(found, n)[:]
-        return [vb[i * vsize:i * vsize + vsize] if fb[i] else None for i in range(n)]
+        return values, False, found
 
     def set(self, key: bytes, value: bytes, flags: int = bpfsys.BPF_ANY) -> None:
         if self.percpu:

@@ -265,7 +265,7 @@ class ServiceTable:
          self.last_table, self.ranges, self.lblc.tables, self.lblc.expiration, rates,
          self.baseline.sched_base, self.applied, self.retired, svcs) = snap
         self.services.update(svcs)
-        self.rates.est.update(rates)
+        self.rates.restore(rates)
         self._snap_reals = self._snap_svcs = None
 
     def _own_svc(self, key, st: _SvcState) -> None:
