@@ -366,7 +366,11 @@ def test_the_data_planes_housekeeping_holds_the_lock_every_map_writer_takes() ->
     eng = _engine(_cfg())
     held = []
     eng.dp.finish_drains = lambda: held.append(eng._dp_lock.locked()) or 0
-    eng.dp.refresh_nexthops = lambda: held.append(eng._dp_lock.locked()) or 0
+    eng.dp.nexthop_work = lambda: held.append(eng._dp_lock.locked()) or [("a", True)]
+    eng.dp.refresh_nexthops = lambda resolved: held.append((eng._dp_lock.locked(), resolved)) or 0
     eng.dp.finish_resize = lambda: held.append(eng._dp_lock.locked()) or False
+    # the resolution itself (netlink, no map) goes without it: an apply does not wait behind it
+    eng.dp.resolve_nexthops = lambda work, budget: held.append((eng._dp_lock.locked(), work, budget)) or {"r": 1}
     eng.finish_drains(), eng.refresh_nexthops(), eng._finish_resize()
-    assert held == [True, True, True]
+    from lb.engine import NEXTHOP_BUDGET
+    assert held == [True, True, (False, [("a", True)], NEXTHOP_BUDGET), (True, {"r": 1}), True]

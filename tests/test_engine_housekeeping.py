@@ -47,7 +47,7 @@ class CountingDataplane(RecordingDataplane):
     def keep_attached(self):
         return self._step("keep_attached", [])
 
-    def refresh_nexthops(self):
+    def refresh_nexthops(self, resolved=None):
         return self._step("refresh_nexthops", 0)
 
 

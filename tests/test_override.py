@@ -101,7 +101,13 @@ class RecordingDataplane:
     def estimate(self):
         return 0
 
-    def refresh_nexthops(self):
+    def nexthop_work(self):
+        return []
+
+    def resolve_nexthops(self, work, budget=None):
+        return {}
+
+    def refresh_nexthops(self, resolved=None):
         return None
 
     def defend(self):

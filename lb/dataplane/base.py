@@ -105,9 +105,22 @@ class Dataplane(abc.ABC):
     def finish_drains(self) -> int:
         """Remove draining real servers whose connections have all ended; returns how many."""
 
+    def nexthop_work(self) -> list:
+        """The real servers' next hops to resolve, (address, onlink) each once: read under the
+        data plane's lock, resolved outside it (resolve_nexthops), written under it again
+        (refresh_nexthops)."""
+        return []
+
+    def resolve_nexthops(self, work: list, budget: float | None = None) -> dict:
+        """Resolve work's next hops (netlink alone: the caller need not hold the lock), as many as
+        ``budget`` seconds allow, the rest at the next calls: {(address, onlink): NextHop or
+        NextHopError}."""
+        return {}
+
     @abc.abstractmethod
-    def refresh_nexthops(self) -> int:
-        """Re-resolve real servers' next hops; returns the updates made."""
+    def refresh_nexthops(self, resolved: dict | None = None) -> int:
+        """Re-resolve real servers' next hops -- with ``resolved`` (resolve_nexthops'), those
+        real servers' alone, from it; returns the updates made."""
 
     # ---- housekeeping ----
     @abc.abstractmethod

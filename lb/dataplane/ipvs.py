@@ -897,7 +897,7 @@ class IpvsDataplane(Dataplane):
     def sweep(self, now_ns: int | None = None) -> int:
         return 0
 
-    def refresh_nexthops(self) -> int:
+    def refresh_nexthops(self, resolved: dict | None = None) -> int:
         return 0
 
     def estimate(self, now: float | None = None) -> int:

@@ -26,6 +26,7 @@ from . import layout as L
 from .errors import ApplyFailed, DataplaneError, TableDoesNotFit
 from .lblc import LblcExpiry
 from .mhtable import MhTables
+from . import nexthop
 from .nexthop import NextHopError
 from .program import Sizes, state_timeouts
 from .rates import RateEstimator
@@ -224,7 +225,8 @@ class ServiceTable:
         self.txn.fresh_ids = (self.next_real_id, self.next_svc_id)
         mh_snap = self.mh.begin(undo)
         try:
-            n = self._apply(table)
+            with nexthop.session():           # one read of each neighbour table for the whole apply
+                n = self._apply(table)
         except Exception as e:
             self.txn.abort()
             what = str(e) if isinstance(e, DataplaneError) else f"{type(e).__name__}: {e}"
@@ -828,14 +830,34 @@ class ServiceTable:
     def _weights(self, st: _SvcState) -> list[int]:
         return [self.reals[rid].weight for _, rid in st.dests]
 
-    def refresh_nexthops(self) -> int:
-        """Re-resolve real servers whose MAC is unknown (or changed); returns updates made."""
+    def nexthop_work(self) -> list:
+        """(address, onlink) of every real server's next hop, each once (services share servers),
+        for a refresh resolved outside the data plane's lock."""
+        work: dict = {}
+        for st in self.services.values():
+            for _, rid in st.dests:
+                r = self.reals[rid]
+                work[(r.addr, r.fwd == L.FWD_DR)] = None
+        return list(work)
+
+    def refresh_nexthops(self, resolved: dict | None = None) -> int:
+        """Re-resolve real servers whose MAC is unknown (or changed); returns updates made.
+        resolved: {(address, onlink): NextHop or NextHopError} made beforehand (resolve_nexthops):
+        the real servers behind those alone, nothing resolved here."""
+        with nexthop.session():               # one read of each neighbour table for the whole pass
+            return self._refresh_nexthops(resolved)
+
+    def _refresh_nexthops(self, resolved: dict | None) -> int:
         n = 0
-        self._nh_cache = {}
+        self._nh_cache = {} if resolved is None else dict(resolved)
         for st in self.services.values():
             touched = False
             for rkey, rid in st.dests:
                 old = self.reals[rid]
+                if resolved is not None and (old.addr, old.fwd == L.FWD_DR) not in resolved:
+                    continue                     # (resolved at another turn)
+                if self._same_nexthop(old, st.id):
+                    continue
                 real = self._with_nexthop(L.Real(old.addr, old.port, old.fwd, old.weight, svc=st.id,
                                                  family=L.family_of(old.addr), u_threshold=old.u_threshold,
                                                  l_threshold=old.l_threshold, pos=old.pos,
@@ -849,6 +871,23 @@ class ServiceTable:
             if touched:
                 self.write_dests(st)
         return n
+
+    def _same_nexthop(self, old: L.Real, svc_id: int) -> bool:
+        """refresh_nexthops' common case without building the entry again: old is what
+        _with_nexthop would make of it (the next hop it holds is the one resolved now).  Anything
+        else -- a lookup that fails, a flag to clear -- takes the full way.  Building and comparing
+        every Real took most of 0.4 s every 10 s at 1000 x 64 servers."""
+        if old.flags & ~L.REAL_F_DRAINING or old.svc != svc_id or old.family != L.family_of(old.addr):
+            return False
+        try:
+            nh = self._resolve(old.addr, old.fwd == L.FWD_DR)
+        except NextHopError:
+            return False
+        if nh.ifindex != old.ifindex or nh.mac != old.mac or nh.src_mac != old.src_mac:
+            return False
+        if old.fwd == L.FWD_TUNNEL:
+            return nh.src_addr is not None and L.pack_addr(nh.src_addr) == old.tun_src and nh.mtu == old.mtu
+        return not old.mtu and old.tun_src == _NO_TUN_SRC
 
     def write_dests(self, st: _SvcState) -> None:
         """lb_svc_dests of a service: each real server's weight and flags, plus OVERLOAD as BPF
@@ -896,6 +935,9 @@ class ServiceTable:
 
 # _apply_service's mark of a real server kept draining (in place of its RealSpec)
 _DRAIN = object()
+
+
+_NO_TUN_SRC = bytes(16)
 
 
 def _keep_nexthop(real: L.Real, old: L.Real) -> None:

@@ -31,7 +31,8 @@ from .errors import DataplaneError
 from .lblc import LblcExpiry
 from .maps import PIN_ROOT, ConnTables, PinnedMaps, have_batch, pin_dir
 from .mhtable import MhTables
-from .nexthop import resolve
+from . import nexthop
+from .nexthop import NextHopError, resolve
 from .program import Program, Sizes
 from .rates import RateEstimator
 from .resize import Resize, old_dir, open_dir
@@ -68,6 +69,7 @@ class XdpDataplane(Dataplane):
         self.rates = RateEstimator(self.maps, self.txn)
         self.lblc = LblcExpiry(self.maps, self.txn)
         self.baseline = SchedBaseline(self.maps, self.txn)
+        self.resolver = resolver
         self.table = ServiceTable(self.maps, self.txn, sizes, self._mapping(resolver), self.rates, self.lblc,
                                   self.baseline)
         self.conns = ConnTable(self.maps, self.txn, self.table)
@@ -84,6 +86,7 @@ class XdpDataplane(Dataplane):
         # next hops' (ifname, ifindex) map_tx_port could not map, tried once per apply or
         # refresh: not once per real server behind them (an apply of 64,000 made 64,000 lookups)
         self.tx_tried: set[tuple[str, int]] = set()
+        self._nh_cursor = 0     # where the next refresh's resolution starts (resolve_nexthops)
 
     # ---- the parts' state, by the names tests and tools use ----
     @property
@@ -385,11 +388,14 @@ class XdpDataplane(Dataplane):
         one's entry out itself."""
         def resolve_and_map(addr, need_onlink=False):
             nh = resolver(addr, need_onlink=need_onlink)
-            if nh.ifindex not in self.tx_mapped and (nh.ifname, nh.ifindex) not in self.tx_tried:
-                self.tx_tried.add((nh.ifname, nh.ifindex))
-                self.map_tx_port(nh.ifname, nh.ifindex)
+            self._map_nexthop(nh)
             return nh
         return resolve_and_map
+
+    def _map_nexthop(self, nh) -> None:
+        if nh.ifindex not in self.tx_mapped and (nh.ifname, nh.ifindex) not in self.tx_tried:
+            self.tx_tried.add((nh.ifname, nh.ifindex))
+            self.map_tx_port(nh.ifname, nh.ifindex)
 
     def keep_attached(self) -> list[tuple[str, str, str]]:
         """Each program still on its interface: one gone -- the interface deleted and made again
@@ -492,9 +498,37 @@ class XdpDataplane(Dataplane):
     def finish_drains(self) -> int:
         return self.table.finish_drains()
 
-    def refresh_nexthops(self) -> int:
+    def nexthop_work(self) -> list:
+        return self.table.nexthop_work()
+
+    def resolve_nexthops(self, work: list, budget: float | None = None) -> dict:
+        """Round robin: from where the last call stopped, as many of work's next hops as
+        ``budget`` seconds allow (all without one), in one nexthop.session().  Only netlink: no
+        map or table state is read or written (the caller need not hold the data plane's
+        lock), and the tx ports are mapped by refresh_nexthops."""
+        if not work:
+            return {}
+        out: dict = {}
+        start = self._nh_cursor % len(work)
+        deadline = None if budget is None else time.monotonic() + budget
+        with nexthop.session():
+            for k in range(len(work)):
+                addr, onlink = pair = work[(start + k) % len(work)]
+                try:
+                    out[pair] = self.resolver(addr, need_onlink=onlink)
+                except NextHopError as e:
+                    out[pair] = e
+                if deadline is not None and time.monotonic() >= deadline:
+                    break
+        self._nh_cursor = (start + len(out)) % len(work)
+        return out
+
+    def refresh_nexthops(self, resolved: dict | None = None) -> int:
         self.tx_tried.clear()
-        return self.table.refresh_nexthops()
+        for nh in (resolved or {}).values():
+            if not isinstance(nh, NextHopError):
+                self._map_nexthop(nh)
+        return self.table.refresh_nexthops(resolved)
 
     # ---- housekeeping ----
     def sweep(self, now_ns: int | None = None) -> int:
