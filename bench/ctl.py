@@ -39,10 +39,12 @@ status says so."""
 from __future__ import annotations
 
 import ipaddress
+import json
 import os
 import shutil
 import signal
 import subprocess
+import sys
 import tempfile
 import time
 
@@ -59,6 +61,7 @@ SIZES = {  # name: (services, reals per service, connections, pure-path connecti
     "quick": (1000, 64, 100_000, 20_000, 3, True, 5),
     "smoke": (10, 8, 2_000, 1_000, 1, False, 2),
 }
+NEXTHOP_SERVERS = {"full": 1000, "quick": 1000, "smoke": 20}
 # DESIGN.md: apply 1,000 x 64 <= 2 s; a one-server change and an unchanged re-apply <= 50 ms each;
 # `lb list -c` with 1M connections <= 2 s
 APPLY_TARGET_S, CHANGE_TARGET_S, LIST_TARGET_S = 2.0, 0.05, 2.0
@@ -373,6 +376,71 @@ def estimator_rows(c: Ctl, runs: int) -> list[dict]:
     ]
 
 
+NEXTHOP_PROBE = r"""
+import ipaddress, json, sys, time
+from pyroute2 import IPRoute
+from lb.dataplane import nexthop
+n, sample, runs = (int(x) for x in sys.argv[1:4])
+addrs = [ipaddress.ip_address(f"198.18.{1 + i // 250}.{1 + i % 250}") for i in range(n)]
+out = {"floor": [], "session": [], "alone": []}
+for _ in range(runs):
+    with IPRoute() as ipr:
+        t0 = time.perf_counter()
+        for a in addrs:
+            ipr.route("get", dst=str(a))
+        out["floor"].append(time.perf_counter() - t0)
+    t0 = time.perf_counter()
+    with nexthop.session():
+        hops = [nexthop.resolve(a, need_onlink=True) for a in addrs]
+    out["session"].append(time.perf_counter() - t0)
+    assert all(h.mac == bytes([2, 0, 0, 0, i >> 8, i & 255]) for i, h in enumerate(hops))
+    t0 = time.perf_counter()
+    for a in addrs[:sample]:
+        nexthop.resolve(a, need_onlink=True)
+    out["alone"].append((time.perf_counter() - t0) * n / sample)
+print(json.dumps(out))
+"""
+
+
+def nexthop_rows(n: int, runs: int) -> list[dict]:
+    """Next-hop resolution through the kernel (lb.dataplane.nexthop) of n real servers on one link
+    whose neighbour table holds them (a namespace of its own, permanent entries: no packet
+    leaves): in one session (what an apply and the refresh do: one read of the neighbour
+    table), and each resolve() alone (a read of the table each: every resolve before 3ce9e0a,
+    measured on a sample and scaled), against n `ip route get`s through one socket (what any
+    resolver asks the kernel, its floor)."""
+    ns = f"lbbnh{os.getpid()}"
+    sample = min(n, 50)
+    subprocess.run(["ip", "netns", "add", ns], check=True)
+    try:
+        def sh(*cmd, **kw):
+            subprocess.run(["nsenter", f"--net=/run/netns/{ns}", *cmd], check=True, capture_output=True, **kw)
+        sh("ip", "link", "add", "v0", "type", "veth", "peer", "name", "v1")
+        sh("ip", "addr", "add", "198.18.0.1/16", "dev", "v0")
+        sh("ip", "link", "set", "v0", "up")
+        sh("ip", "link", "set", "v1", "up")
+        sh("ip", "-batch", "-", text=True, input="".join(
+            f"neigh add 198.18.{1 + i // 250}.{1 + i % 250} lladdr 02:00:00:00:{i >> 8:02x}:{i & 255:02x} dev v0 "
+            f"nud permanent\n" for i in range(n)))
+        p = subprocess.run(["nsenter", f"--net=/run/netns/{ns}", sys.executable, "-c", NEXTHOP_PROBE, str(n),
+                            str(sample), str(runs)], capture_output=True, text=True, timeout=600)
+        if p.returncode != 0:
+            raise RuntimeError(f"next-hop probe failed: {p.stderr}")
+        got = json.loads(p.stdout)
+    finally:
+        subprocess.run(["ip", "netns", "del", ns], check=False)
+    fl, se, al = summary(got["floor"]), summary(got["session"]), summary(got["alone"])
+    return [
+        {"scenario": f"{n} `ip route get`s through one netlink socket (next-hop resolution's floor)", "baseline": True,
+         "seconds": fl, "runs": got["floor"], "ratio": 1.0},
+        {"scenario": f"next hops of {n} real servers, one session (an apply, a refresh turn), {n} neighbours on "
+                     f"the link", "seconds": se, "runs": got["session"], "ratio": ratio(se["median"], fl["median"])},
+        {"scenario": f"next hops of {n} real servers, each resolve() alone (a neighbour table read each; "
+                     f"measured on {sample}, x{n / sample:.0f})", "seconds": al, "runs": got["alone"],
+         "extrapolated": sample != n, "ratio": ratio(al["median"], fl["median"])},
+    ]
+
+
 def suite(size: str = "full") -> dict:
     nsvc, nreal, nconn, npure, runs, cli_c, change_runs = SIZES[size]
     c = Ctl(nsvc, nreal, nconn)
@@ -462,6 +530,7 @@ def suite(size: str = "full") -> dict:
                         "seconds": ss, "runs": [t for t, _ in swept], "ratio": ratio(ss["median"], ds["median"]),
                         "share_of_a_core": ss["median"] / SWEEP_INTERVAL})
         results += estimator_rows(c, runs)
+        results += nexthop_rows(NEXTHOP_SERVERS[size], runs)
         bss = summary([b[0] for b in batch_small])
         results.append({"scenario": f"read_connections, cffi batch path, {npure} conns", "seconds": bss,
                         "runs": [b[0] for b in batch_small], "ratio": ratio(bss["median"] * scale, bs["median"])})

@@ -59,6 +59,10 @@ def test_bench_suites_run(tmp_path):
     assert len(idle) == len(moved) == 1 and moved[0]["writes"] == 10 + 10 * 8      # smoke: 10 x 8
     assert idle[0]["share_of_a_core"] > 0 and moved[0]["share_of_a_core"] > 0
     assert any(r["scenario"].endswith("(the estimator's floor)") and r["baseline"] for r in ctl["results"])
+    # next hops through the kernel (smoke: 20 servers): in a session, alone, and their floor
+    nh = [r for r in ctl["results"] if "next hops of 20 real servers" in r["scenario"]
+          or r["scenario"].startswith("20 `ip route get`s")]
+    assert len(nh) == 3 and nh[0]["baseline"] and all(len(r["runs"]) == 1 and r["ratio"] > 0 for r in nh)
 
     http = _load(tmp_path, "http")
     base = [r for r in http["results"] if r.get("baseline")]
