@@ -379,7 +379,10 @@ class ConnTable:
                 table.set(k, L.PERSIST.pack(last, real, timeout | mark))
             elif table.delete(k):
                 swept.setdefault(real, [0, 0, 0])[2] += 1
-        for rid in rids:
+        # S0 - W for each real server of rids; where both are 0 (left out of before, not in
+        # census) there is nothing to correct
+        inuse = set(rids)
+        for rid in before.keys() | {r for r in census if r in inuse}:
             s0, w = before.get(rid, (0, 0, 0)), census.get(rid, (0, 0, 0))
             d = [s0[i] - w[i] for i in range(3)]
             if any(d):
@@ -489,14 +492,16 @@ class ConnTable:
         return (int.from_bytes(conn_key[:16], "big") & mask).to_bytes(16, "big") + rest
 
     def counts_snapshot(self, rids: list[int]) -> dict[int, tuple[int, int, int]]:
-        """(active, inactive, persist) = lb_real_conns - lb_real_swept of the given real ids."""
+        """(active, inactive, persist) = lb_real_conns - lb_real_swept of the given real ids; a
+        real server whose three are 0 (as many are: 64,000 servers every sweep) is left out."""
         keys = [L.U32.pack(rid) for rid in rids]
         # get_many_raw: arrays read whole in a few syscalls when the ids are many, one lookup each
-        # when few (no (key, value) tuple per entry of the array: 64,000 servers every sweep)
+        # when few (no (key, value) tuple per entry of the array)
         raw = zip(rids, self.maps["lb_real_conns"].get_many_raw(keys), self.maps["lb_real_swept"].get_many_raw(keys))
         out = {}
+        n = L.REAL_COUNTS.size - 4      # (active, inactive, persist) lead both layouts
         for rid, c, sw in raw:
-            if c is not None and sw is not None:
+            if c is not None and sw is not None and c[:n] != sw[:n]:
                 # u32 arithmetic: a leak the other way (more uncounts than counts) reads as a
                 # huge number; as a signed value it is corrected like any other difference
                 out[rid] = tuple(x - (1 << 32) if x >= 1 << 31 else x for x in L.real_counts(c, sw))
