@@ -134,3 +134,64 @@ def test_a_session_reads_each_neighbour_table_once(two_hosts):
     assert out["answered"] == [peer, peer], out
     assert out["reads_after_answers"] == 1, out    # the answers came by RTM_GETNEIGH, no dump
     assert out["reads_alone"] == 1, out            # a resolve outside a session: its own session
+
+
+ASK = r"""
+import ipaddress, json, time
+from lb.dataplane import nexthop
+waits = []
+real_sleep = time.sleep
+time.sleep = lambda d: waits.append(d) or real_sleep(d)
+dead = [ipaddress.ip_address(f"198.18.250.{i}") for i in range(1, 7)]     # nobody answers for them
+out = {}
+with nexthop.session():
+    out["asked"] = nexthop.ask([(a, True) for a in dead] + [(ipaddress.ip_address("198.18.1.1"), True)])
+    errors = []
+    for a in dead:
+        try:
+            nexthop.resolve(a, timeout=0.5, need_onlink=True)
+        except nexthop.NextHopError as e:
+            errors.append(str(e))
+    out["errors"], out["waits_asked"] = errors, len(waits)
+waits.clear()
+with nexthop.session():
+    for a in dead:
+        try:
+            nexthop.resolve(a, timeout=0.5, need_onlink=True)
+        except nexthop.NextHopError:
+            pass
+out["waits_one_by_one"] = len(waits)
+print(json.dumps(out))
+"""
+
+
+def test_servers_not_up_yet_are_asked_for_together(two_hosts):
+    """An apply adding six real servers that do not answer ARP: asked for all at once
+    (nexthop.ask, which ServiceTable calls before it writes), their resolutions wait one timeout
+    between them -- not six, one after the other, with the data plane's lock held."""
+    d, _ = two_hosts
+    r = subprocess.run(["nsenter", f"--net=/run/netns/{d}", sys.executable, "-c", ASK],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    assert out["asked"] == 6, out                   # 198.18.1.1 is in the neighbour table
+    assert out["errors"] == [f"real server 198.18.250.{i}: no ARP/ND answer from 198.18.250.{i} on v0"
+                             for i in range(1, 7)], out
+    steps = 0.5 / 0.05                              # resolve() looks again every 50 ms
+    assert out["waits_asked"] <= steps + 2, out     # one timeout for the six
+    assert out["waits_one_by_one"] >= 6 * (steps - 2), out
+
+
+def test_an_apply_asks_ahead_for_the_servers_it_adds_only():
+    with loaded_dataplane("nhask") as dp:
+        asked = []
+        dp.table.resolver.ask = lambda pairs: asked.append(sorted((str(a), o) for a, o in pairs))
+        dp.apply(TABLE)
+        assert asked == [sorted((a, True) for a in REALS)]          # each address once
+        dp.apply(TABLE)
+        assert len(asked) == 1                                        # nothing changed: nothing asked
+        more = TableSpec((TABLE.services[0],
+                          ServiceSpec("tcp", ip("198.18.0.10"), 443, "wlc",
+                                      TABLE.services[1].reals + (RealSpec(ip("198.18.1.99"), 443, 1, "nat"),))))
+        dp.apply(more)
+        assert asked[1:] == [[("198.18.1.99", False)]]

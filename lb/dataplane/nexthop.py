@@ -63,6 +63,8 @@ class _Session:
         self._ipr: IPRoute | None = None
         self.links: dict[int, tuple[str, bytes, int]] = {}
         self.neighbours: dict[int, dict[str, bytes]] = {}
+        self.routes: dict = {}                  # address -> _route's answer (or its NextHopError)
+        self.asked: dict[str, float] = {}       # next hop -> when the kernel was asked for its MAC
 
     @property
     def ipr(self) -> IPRoute:
@@ -74,6 +76,32 @@ class _Session:
         if self._ipr is not None:
             self._ipr.close()
             self._ipr = None
+
+    def route(self, addr) -> tuple[int, str | None, str | None]:
+        hit = self.routes.get(addr)
+        if hit is None:
+            try:
+                hit = _route(self.ipr, addr)
+            except NextHopError as e:
+                hit = e
+            self.routes[addr] = hit
+        if isinstance(hit, NextHopError):
+            raise hit
+        return hit
+
+    def ask(self, addr, hop: str, ifname: str) -> float:
+        """When the kernel was asked for hop's MAC this session: now, if it was not yet."""
+        t = self.asked.get(hop)
+        if t is None:
+            try:
+                _kick_resolution(hop, ifname)
+            except OSError as e:
+                # an output filter that drops it (EPERM), say: this server gets no new
+                # connections until it answers, as when nothing answers -- not a failed apply
+                raise NextHopError(f"real server {addr}: cannot make the kernel ask for {hop}'s MAC on "
+                                   f"{ifname}: {e.strerror or e}") from None
+            t = self.asked[hop] = time.monotonic()
+        return t
 
     def link(self, ifindex: int) -> tuple[str, bytes, int]:
         """(name, MAC, MTU) of an interface."""
@@ -155,27 +183,45 @@ def resolve(addr: ipaddress.IPv4Address | ipaddress.IPv6Address, timeout: float 
     if s is None:
         with session():
             return resolve(addr, timeout, need_onlink)
-    oif, gw, src = _route(s.ipr, addr)
+    oif, gw, src = s.route(addr)
     if need_onlink and gw is not None:
         raise NextHopError(f"real server {addr} is reached through gateway {gw}: direct routing "
                            "needs it on a directly connected network")
     hop = gw or str(addr)
     ifname, src_mac, mtu = s.link(oif)
     mac = s.neighbour(oif, hop)
-    deadline = time.monotonic() + timeout
-    kicked = False
-    while mac is None and time.monotonic() < deadline:
-        if not kicked:
-            try:
-                _kick_resolution(hop, ifname)
-            except OSError as e:
-                # an output filter that drops it (EPERM), say: this server gets no new
-                # connections until it answers, as when nothing answers -- not a failed apply
-                raise NextHopError(f"real server {addr}: cannot make the kernel ask for {hop}'s MAC on "
-                                   f"{ifname}: {e.strerror or e}") from None
-            kicked = True
-        time.sleep(0.05)
-        mac = s.neighbour_now(oif, hop)
+    if mac is None:
+        # asked for by ask() already, with others: their answers are waited for together
+        deadline = s.ask(addr, hop, ifname) + timeout
+        while mac is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+            mac = s.neighbour_now(oif, hop)
     if mac is None:
         raise NextHopError(f"real server {addr}: no ARP/ND answer from {hop} on {ifname}")
     return NextHop(oif, ifname, mac, src_mac, gw is None, ipaddress.ip_address(src) if src else None, mtu)
+
+
+def ask(pairs) -> int:
+    """In a session(): the kernel asked at once for the MAC of each next hop of pairs ((address,
+    onlink) each) that its neighbour tables lack, so that the resolve() calls that follow wait
+    for the answers together -- one timeout for the lot, not one each after the other (an apply
+    adding 20 real servers not up yet waited a minute, holding the data plane's lock).  Errors
+    are left to resolve() to say.  Returns the next hops asked for."""
+    s = getattr(_local, "session", None)
+    if s is None:
+        return 0
+    n = 0
+    for addr, onlink in pairs:
+        try:
+            oif, gw, _ = s.route(addr)
+            hop = gw or str(addr)
+            if (onlink and gw is not None) or hop in s.asked or s.neighbour(oif, hop) is not None:
+                continue
+            s.ask(addr, hop, s.link(oif)[0])
+            n += 1
+        except (NextHopError, NetlinkError, OSError):
+            continue
+    return n
+
+
+resolve.ask = ask       # (a resolver that can ask ahead: ServiceTable looks for it)

@@ -306,10 +306,10 @@ class ServiceTable:
         # the last apply is skipped (_unchanged): a one-server change walks one service
         self.txn.begin()
         applied = self.applied
+        changed = [(key, spec) for key, spec in want.items() if not self._unchanged(key, spec)]
+        self._ask_nexthops(changed)
         walked = 0
-        for key, spec in want.items():
-            if self._unchanged(key, spec):
-                continue
+        for key, spec in changed:
             walked += 1
             drains = self._drains(key, spec)
             self._apply_service(key, spec, drains)
@@ -334,6 +334,23 @@ class ServiceTable:
         n = self.txn.writes - before
         log.info("applied %d services (%d walked, the rest unchanged): %d map writes", len(want), walked, n)
         return n
+
+    def _ask_nexthops(self, changed: list) -> None:
+        """Before the services that changed are written: the next hops of the real servers they
+        add asked for all at once (the resolver's ask, where it has one), so that those whose MAC
+        the kernel does not know yet are waited for together, not one timeout each."""
+        ask = getattr(self.resolver, "ask", None)
+        if ask is None:
+            return
+        pairs = set()
+        for key, spec in changed:
+            st = self.services.get(key)
+            have = {(self.reals[rid].addr, self.reals[rid].fwd) for _, rid in st.dests} if st else set()
+            for r in spec.reals:
+                if (r.address, L.FORWARDS[r.forward]) not in have:
+                    pairs.add((r.address, r.forward == "dr"))
+        if pairs:
+            ask(pairs)
 
     def _unchanged(self, key, spec: ServiceSpec) -> bool:
         """Whether _apply_service(key, spec) would write nothing, known without reading a map

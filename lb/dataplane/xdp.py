@@ -390,6 +390,7 @@ class XdpDataplane(Dataplane):
             nh = resolver(addr, need_onlink=need_onlink)
             self._map_nexthop(nh)
             return nh
+        resolve_and_map.ask = getattr(resolver, "ask", None)
         return resolve_and_map
 
     def _map_nexthop(self, nh) -> None:
