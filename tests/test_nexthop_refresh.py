@@ -116,6 +116,11 @@ with nexthop.session():
 before = len(reads)
 nexthop.resolve(v4[0])
 out["reads_alone"] = len(reads) - before
+before = len(reads)
+with nexthop.session(read_tables=False):        # a refresh turn: a part of the servers
+    hops = [nexthop.resolve(a) for a in v4[:20] + v6[:20]]
+out["reads_in_part"] = len(reads) - before
+out["part_ok"] = all(h.mac == bytes([2, 0, 0, i // 20, 0, i % 20]) for i, h in enumerate(hops))
 print(json.dumps(out))
 """
 
@@ -134,6 +139,7 @@ def test_a_session_reads_each_neighbour_table_once(two_hosts):
     assert out["answered"] == [peer, peer], out
     assert out["reads_after_answers"] == 1, out    # the answers came by RTM_GETNEIGH, no dump
     assert out["reads_alone"] == 1, out            # a resolve outside a session: its own session
+    assert out["reads_in_part"] == 0 and out["part_ok"], out    # each neighbour asked for by itself
 
 
 ASK = r"""

@@ -59,7 +59,8 @@ class _Session:
     dumped the whole neighbour table of its interface, 55 ms a server with 1,000 neighbours
     there (a pass over 1,000 real servers: 55 s of a core every 10 s)."""
 
-    def __init__(self):
+    def __init__(self, read_tables: bool = True):
+        self.read_tables = read_tables
         self._ipr: IPRoute | None = None
         self.links: dict[int, tuple[str, bytes, int]] = {}
         self.neighbours: dict[int, dict[str, bytes]] = {}
@@ -114,8 +115,11 @@ class _Session:
 
     def neighbour(self, ifindex: int, addr: str) -> bytes | None:
         """addr's MAC in the interface's neighbour table as read once this session (None: no
-        usable entry then)."""
+        usable entry then) -- or, in a session that does not read whole tables, as the kernel
+        holds it now."""
         table = self.neighbours.get(ifindex)
+        if table is None and not self.read_tables:
+            return self.neighbour_now(ifindex, addr)
         if table is None:
             table = self.neighbours[ifindex] = {}
             for n in self.ipr.get_neighbours(ifindex=ifindex):
@@ -135,13 +139,14 @@ class _Session:
             if e.code not in (errno.EINVAL, errno.EOPNOTSUPP):
                 raise
             self.neighbours.pop(ifindex, None)
+            self.read_tables = True
             return self.neighbour(ifindex, addr)
         mac = None
         for n in got:
             if n["state"] & _NUD_OK and n.get_attr("NDA_LLADDR"):
                 mac = _mac(n.get_attr("NDA_LLADDR"))
-        if mac is not None:
-            self.neighbours.setdefault(ifindex, {})[addr] = mac
+        if mac is not None and ifindex in self.neighbours:
+            self.neighbours[ifindex][addr] = mac
         return mac
 
 
@@ -149,15 +154,17 @@ _local = threading.local()
 
 
 @contextmanager
-def session():
+def session(read_tables: bool = True):
     """resolve() calls inside (in this thread) share one netlink socket and one read of each
-    interface and of its neighbour table: a pass over many real servers (an apply, the
-    periodic refresh) reads the neighbour table once, not once per server.  Nested: the
-    outer one."""
+    interface and of its neighbour table: a pass over many real servers (an apply) reads the
+    neighbour table once, not once per server.  read_tables=False: each neighbour is asked for
+    by itself instead (RTM_GETNEIGH) -- for a pass that resolves a part of the servers (the
+    refresh, round robin under a time budget), where reading a table of 64,000 neighbours would
+    take longer than the budget.  Nested: the outer one."""
     if getattr(_local, "session", None) is not None:
         yield
         return
-    s = _local.session = _Session()
+    s = _local.session = _Session(read_tables)
     try:
         yield
     finally:

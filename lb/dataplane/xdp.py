@@ -512,7 +512,7 @@ class XdpDataplane(Dataplane):
         out: dict = {}
         start = self._nh_cursor % len(work)
         deadline = None if budget is None else time.monotonic() + budget
-        with nexthop.session():
+        with nexthop.session(read_tables=False):     # (a part of them: one neighbour at a time)
             for k in range(len(work)):
                 addr, onlink = pair = work[(start + k) % len(work)]
                 try:
