@@ -56,8 +56,8 @@ def _route(ipr: IPRoute, addr) -> tuple[int, str | None, str | None]:
 class _Session:
     """What resolve() calls share inside session(): one netlink socket (opened on first use), and
     each interface's attributes and neighbour table as first read -- every resolve() of its own
-    dumped the whole neighbour table of its interface, 55 ms a server with 1,000 neighbours
-    there (a pass over 1,000 real servers: 55 s of a core every 10 s)."""
+    dumped the whole neighbour table of its interface, 55-77 ms a server with 1,000 neighbours
+    there (a pass over 1,000 real servers: over a minute of a core, every 10 s)."""
 
     def __init__(self, read_tables: bool = True):
         self.read_tables = read_tables
