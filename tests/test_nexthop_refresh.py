@@ -201,3 +201,22 @@ def test_an_apply_asks_ahead_for_the_servers_it_adds_only():
                                       TABLE.services[1].reals + (RealSpec(ip("198.18.1.99"), 443, 1, "nat"),))))
         dp.apply(more)
         assert asked[1:] == [[("198.18.1.99", False)]]
+
+
+def test_a_tunnels_new_mtu_or_source_is_written_by_the_refresh():
+    """A tunnel's next hop is more than a MAC: the egress link's MTU and our source address for the
+    outer header.  A refresh that finds either moved writes the server's entry; one that finds
+    nothing moved writes nothing."""
+    tun = TableSpec((ServiceSpec("tcp", ip("198.18.0.30"), 80, "rr",
+                                 (RealSpec(ip("198.18.1.40"), 80, 1, "tunnel"),)),))
+    with loaded_dataplane("nhtun", table=tun) as dp:
+        assert dp.refresh_nexthops(dp.resolve_nexthops(dp.nexthop_work())) == 0
+        base = fake_resolver(ip("198.18.1.40"))
+        for change in ({"mtu": 1400}, {"src_addr": ip("198.18.1.2")}):
+            dp.resolver = lambda addr, need_onlink=False, change=change: NextHop(**{**vars(base), **change})
+            assert dp.refresh_nexthops(dp.resolve_nexthops(dp.nexthop_work())) == 1
+            (real,) = [r for r in (L.Real.unpack(v) for _, v in dp.maps["lb_reals"].items()) if r.family]
+            assert real.mtu == change.get("mtu", base.mtu)
+            if "src_addr" in change:
+                assert real.tun_src == L.pack_addr(change["src_addr"])
+            assert dp.refresh_nexthops(dp.resolve_nexthops(dp.nexthop_work())) == 0
