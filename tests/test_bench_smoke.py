@@ -68,6 +68,11 @@ def test_bench_suites_run(tmp_path):
     base = [r for r in http["results"] if r.get("baseline")]
     assert base and all(r["ratio_rps"] == 1.0 for r in base)
     assert {r["scenario"] for r in http["results"]} >= {"lb DR (XDP)"}
+    # lb DR against the direct runs taken between its own, one each
+    (dr,) = [r for r in http["results"] if r["scenario"] == "lb DR (XDP)"]
+    (paired,) = [r for r in http["results"] if r["scenario"] == dr["against"]]
+    assert paired["baseline"] and len(paired["runs"]) == len(dr["runs"]) >= 1
+    assert dr["ratio_rps"] == dr["rps"]["median"] / paired["rps"]["median"]
     assert all(r["rps"]["median"] > 0 and r["errors"] == 0 for r in http["results"])
 
     # both packet sources (trafgen missing fails the suite, it is not skipped), each with its
