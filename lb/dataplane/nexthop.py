@@ -53,6 +53,20 @@ def _route(ipr: IPRoute, addr) -> tuple[int, str | None, str | None]:
     return r.get_attr("RTA_OIF"), r.get_attr("RTA_GATEWAY"), r.get_attr("RTA_PREFSRC")
 
 
+def cached(cache: dict, key, fn):
+    """fn() once per key in cache: its answer, or its NextHopError raised again each time."""
+    hit = cache.get(key)
+    if hit is None:
+        try:
+            hit = fn()
+        except NextHopError as e:
+            hit = e
+        cache[key] = hit
+    if isinstance(hit, NextHopError):
+        raise hit
+    return hit
+
+
 class _Session:
     """What resolve() calls share inside session(): one netlink socket (opened on first use), and
     each interface's attributes and neighbour table as first read -- every resolve() of its own
@@ -79,16 +93,7 @@ class _Session:
             self._ipr = None
 
     def route(self, addr) -> tuple[int, str | None, str | None]:
-        hit = self.routes.get(addr)
-        if hit is None:
-            try:
-                hit = _route(self.ipr, addr)
-            except NextHopError as e:
-                hit = e
-            self.routes[addr] = hit
-        if isinstance(hit, NextHopError):
-            raise hit
-        return hit
+        return cached(self.routes, addr, lambda: _route(self.ipr, addr))
 
     def ask(self, addr, hop: str, ifname: str) -> float:
         """When the kernel was asked for hop's MAC this session: now, if it was not yet."""

@@ -169,17 +169,7 @@ class ServiceTable:
 
     def _resolve(self, addr, onlink: bool):
         """Next hop of addr, once per address per apply/refresh (services share servers)."""
-        key = (addr, onlink)
-        hit = self._nh_cache.get(key)
-        if hit is None:
-            try:
-                hit = self.resolver(addr, need_onlink=onlink)
-            except NextHopError as e:
-                hit = e
-            self._nh_cache[key] = hit
-        if isinstance(hit, NextHopError):
-            raise hit
-        return hit
+        return nexthop.cached(self._nh_cache, (addr, onlink), lambda: self.resolver(addr, need_onlink=onlink))
 
     def _real_entry(self, spec: RealSpec, svc_id: int, old: L.Real | None, resolve: bool = True) -> L.Real:
         """The lb_reals entry for spec.  resolve=False keeps old's next hop (applies that only
