@@ -50,7 +50,7 @@ RUN_DIR = "/run/lb"            # root's, 0700 (lb.files.ensure_private_dir)
 SHARED_DIR = control.SHARED_DIR
 SWEEP_INTERVAL = 5.0
 NEXTHOP_INTERVAL = 10.0
-NEXTHOP_BUDGET = 1.0           # s of next-hop resolution a refresh turn (round robin over the real servers)
+NEXTHOP_BUDGET = 1.0           # s of next-hop resolution after which a refresh turn ends (round robin)
 ESTIMATE_INTERVAL = 2.0       # IPVS's rate estimator period (ip_vs_est.c)
 DEFENSE_INTERVAL = 1.0        # IPVS's defense_work period (DEFENSE_TIMER_PERIOD)
 OWNERSHIP_INTERVAL = 1.0      # how often the held addresses and attached programs are checked
@@ -1790,9 +1790,9 @@ class Engine:
             return self.dp.finish_drains()
 
     def refresh_nexthops(self) -> int:
-        # the next hops resolved outside the lock (netlink, ~0.4 ms an address: an apply must
-        # not wait behind thousands of them), at most NEXTHOP_BUDGET s a turn, the rest at the
-        # next turns; the changes written under it
+        # the next hops resolved outside the lock (netlink, ~0.5 ms an address: an apply must
+        # not wait behind thousands of them), a turn ending once NEXTHOP_BUDGET s have passed,
+        # the rest at the next turns; the changes written under it
         with self._dp_lock:
             work = self.dp.nexthop_work()
         resolved = self.dp.resolve_nexthops(work, NEXTHOP_BUDGET)
