@@ -126,16 +126,14 @@ def estimate_c(st: EstState, ids: list[int], values, vsize: int, by_id: bool, nv
     out_rates = array("Q", bytes(40 * (n + st.cap)))
     pin = pin_found = ffi.NULL
     if pinned is not None:
-        pin = array("Q", [x for p in pinned for x in (p or (0, 0, 0, 0, 0))])
-        pin_found = bytes(1 if p else 0 for p in pinned)
+        pin = ffi.from_buffer("uint64_t[]", array("Q", [x for p in pinned for x in (p or (0, 0, 0, 0, 0))]))
+        pin_found = ffi.from_buffer(bytes(1 if p else 0 for p in pinned))
     m = lib.bb_estimate(ffi.from_buffer("uint32_t[]", ida), n, values, vsize, int(by_id), nvalues,
                         found if found is not None else ffi.NULL, ncpu, slot,
                         ffi.from_buffer("uint64_t[]", st.last, require_writable=True),
                         ffi.from_buffer("int64_t[]", st.avg, require_writable=True),
                         ffi.from_buffer("uint8_t[]", st.flags, require_writable=True), st.cap,
-                        max(dt_ns, 1), int(restart),
-                        ffi.from_buffer("uint64_t[]", pin) if pinned is not None else pin,
-                        ffi.from_buffer(pin_found) if pinned is not None else pin_found,
+                        max(dt_ns, 1), int(restart), pin, pin_found,
                         ffi.from_buffer("uint32_t[]", out_ids, require_writable=True),
                         ffi.from_buffer("uint64_t[]", out_rates, require_writable=True))
     del out_ids[m:]
@@ -226,9 +224,9 @@ class RateEstimator:
             if seed:                             # a restarted daemon carries on from the pinned rates
                 got = self.maps[RATES_OF[mapname]].get_many_raw([L.U32.pack(i) for i in idl])
                 pinned = [L.RATES.unpack(v) if v is not None else None for v in got]
-            if _bpfbatch is not None and idl:
-                values, by_id, found = m.values_raw(array("I", idl).tobytes(), len(idl))
-                out_ids, out_rates = estimate_c(st, idl, values, m.slot * m.ncpus, by_id, m.max_entries, found,
+            if _bpfbatch is not None:
+                raw, by_id, found = m.values_raw(array("I", idl).tobytes(), len(idl))
+                out_ids, out_rates = estimate_c(st, idl, raw, m.slot * m.ncpus, by_id, m.max_entries, found,
                                                 m.ncpus, m.slot, dt_ns, restart, pinned)
                 kb, vb, size = out_ids.tobytes(), out_rates.tobytes(), L.RATES.size   # (RATES: 5 x u64)
                 keys = [kb[o:o + 4] for o in range(0, len(kb), 4)]
