@@ -19,8 +19,8 @@ The lab is the tests' (same lock), and is torn down at the end whatever happens.
 
 Topology variants (issue 16: an outside run on a setup of its own measured lb NAT at 0.80-0.87x
 the req/s of the director's kernel routing, p99 1.1-1.3x, where this lab showed 1.03x): after
-the scenarios above, NAT against direct again with the outside run's wrk (-t2 -c32, keep-alive),
-once per variant of the lab's veth offloads:
+the scenarios above, NAT against direct again with the outside run's wrk (-t2 -c32, keep-alive), a
+direct run after each of lb's, once per variant of the lab's veth offloads:
 
   lab            as the lab builds it: GRO on and TX checksum offload off on every veth end
   veth defaults  what `ip link add type veth` gives (GRO off, TX checksum offload on) on every
@@ -30,11 +30,14 @@ once per variant of the lab's veth offloads:
 
 The variants are measured last (the lab's own settings are not restored).
 
-lb DR is judged against direct runs taken between its own, run by run, while lb runs (its XDP
-program passes them: they are not to a VIP): measured in one block after HAProxy's, against
-direct's before lb and after NAT, its p99 read 1.24-1.26x where the same runs alternating read
-0.90-1.02x (bench/results/b14830d/dr-p99.txt).  NAT cannot be paired so: a direct connection
-from a client port that one of lb's NAT connections used would have its replies translated."""
+lb DR and lb NAT are judged against direct runs taken between their own, run by run, while lb
+runs (its XDP programs pass them: they are not to a VIP, and no connection of lb's has their
+addresses): measured in one block after HAProxy's, against direct's before lb and after NAT,
+DR's p99 read 1.24-1.26x where the same runs alternating read 0.90-1.02x
+(bench/results/b14830d/dr-p99.txt).  Every direct run goes from a second client address,
+DIRECT_SOURCE (the client's route to rs1 says so): from the client's own address, a direct
+connection from a port one of lb's NAT connections had used would match that connection's
+reply entry, and its replies would come back translated to the VIP."""
 from __future__ import annotations
 
 import os
@@ -63,9 +66,13 @@ SIZES = {  # name: (runs per scenario and mode, wrk duration s, wrk connections,
 # DESIGN.md: wrk through DR and NAT >= 0.95x direct req/s, p99 <= 1.10x direct (median of runs)
 RPS_TARGET, P99_TARGET = 0.95, 1.10
 VARIANT_WRK = (2, 32)            # the outside run's wrk -t2 -c32
-# a scenario judged against direct runs taken between its own (the module's docstring says why DR only)
-PAIRED = {"lb DR (XDP)": "direct to rs1, between lb DR's runs"}
+# a scenario judged against direct runs taken between its own (the module's docstring)
+PAIRED = {"lb DR (XDP)": "direct to rs1, between lb DR's runs",
+          "lb NAT (XDP)": "direct to rs1, between lb NAT's runs"}
 DIRECT = "direct to rs1 (director routing)"
+# the client's second address, the source of every direct run (the module's docstring): on the
+# client's segment, used by nothing else in the lab
+DIRECT_SOURCE = "198.18.0.20"
 # variant: (GRO, TX checksum offload) on every veth end, but GRO always on the ends lb's
 # XDP_REDIRECT lands on (see the docstring)
 REDIRECT_PEERS = ("sw-dir", "sw-pub")
@@ -199,6 +206,13 @@ class Http:
         self.lab.run("rs1", ["ip", "route", "add" if on else "del", CLIENT_NET, "via", "198.18.1.1"], timeout=10)
         self.route = on
 
+    def direct_source(self) -> None:
+        """the client's connections to rs1 from DIRECT_SOURCE (the lab goes with the client's
+        namespace at the end: nothing to undo)"""
+        self.lab.run("client", ["ip", "addr", "add", f"{DIRECT_SOURCE}/24", "dev", "c0"], timeout=10)
+        self.lab.run("client", ["ip", "route", "add", f"{RS1}/32", "via", DIRECTOR_PUB, "src", DIRECT_SOURCE],
+                     timeout=10)
+
     def sysctls(self) -> None:
         # short connections: many ports, TIME_WAIT reuse (client, and the director for haproxy)
         def write():
@@ -308,19 +322,15 @@ class Http:
                     raw.setdefault((paired, mode), []).append(self.wrk(f"http://{RS1}/", close))
 
     def variants(self, raw: dict, which=tuple(VARIANTS)) -> None:
-        """NAT against direct with wrk -t2 -c32 (keep-alive), per offload variant: direct before
-        and after lb's runs"""
+        """NAT against direct with wrk -t2 -c32 (keep-alive), per offload variant: a direct run
+        after each of lb's (from DIRECT_SOURCE, lb running)"""
         threads, conns = VARIANT_WRK
         for variant in which:
             self.offloads(variant)
             mode = f"variant {variant}"
             direct = f"direct to rs1 (director routing), wrk -t{threads} -c{conns}"
-            self.set_route(True)
-            self.wait_http(RS1, 80)
-            for _ in range(self.runs):
-                raw.setdefault((direct, mode), []).append(self.wrk(f"http://{RS1}/", False, threads, conns))
-            self.set_route(False)
             name = f"lb NAT (XDP), wrk -t{threads} -c{conns}"
+            self.set_route(False)
             try:
                 p = self.start_lb("nat")
             except NoAnswer as e:       # shown as a row that got no answer, not a failed suite
@@ -328,13 +338,13 @@ class Http:
             else:
                 for _ in range(self.runs):
                     raw.setdefault((name, mode), []).append(self.wrk(f"http://{VIP}/", False, threads, conns))
+                    raw.setdefault((direct, mode), []).append(self.wrk(f"http://{RS1}/", False, threads, conns))
                 self.stop(p)
             self.set_route(True)
-            for _ in range(self.runs):
-                raw[direct, mode].append(self.wrk(f"http://{RS1}/", False, threads, conns))
 
     def run_all(self) -> dict:
         self.sysctls()
+        self.direct_source()
         raw: dict = {}
         direct = DIRECT
         self.set_route(True)
@@ -356,7 +366,8 @@ class Http:
             return raw
         self.set_route(False)
         p = self.start_lb("nat")
-        self.measure(raw, "lb NAT (XDP)", f"http://{VIP}/")
+        # rs1 answers DIRECT_SOURCE through its default route now: the NAT address lb added
+        self.measure(raw, "lb NAT (XDP)", f"http://{VIP}/", paired=PAIRED["lb NAT (XDP)"])
         self.stop(p)
         self.set_route(True)
         self.measure(raw, direct, f"http://{RS1}/")     # the baseline again: before and after
@@ -411,15 +422,16 @@ def suite(size: str = "full") -> dict:
             "variants": {"wrk": {"threads": VARIANT_WRK[0], "connections": VARIANT_WRK[1]},
                          **{v: variant_text(v) for v in VARIANTS}},
             "note": "every scenario serves from rs1 only; ratios are to direct (the director as a "
-                    "plain kernel router), whose runs are taken before and after the others -- lb DR's "
-                    "to the direct runs taken between its own"
+                    "plain kernel router), whose runs are taken before and after the others -- lb DR's and lb NAT's "
+                    "(and each variant's) to the direct runs taken between their own, from a second client "
+                    f"address ({DIRECT_SOURCE})"
                     + (f"; {ipvs_note}" if ipvs_note else ""),
             "results": results}
 
 
 def judge(row: dict, base: dict) -> None:
     """DESIGN.md's targets for wrk through lb: every run's req/s and p99 against the median of
-    direct's runs (taken before and after lb's), verdicts on the medians of those ratios"""
+    base's runs (the direct runs taken between lb's), verdicts on the medians of those ratios"""
     rps = estimate([v["rps"] / base["rps"]["median"] for v in row["runs"]] if base["rps"]["median"] else [])
     p99 = estimate([v["p99_ms"] / base["p99_ms"]["median"] for v in row["runs"]] if base["p99_ms"]["median"] else [])
     if row["mode"] == "close":      # one connection per request: DESIGN.md's p99 target is keep-alive's
