@@ -45,11 +45,13 @@ import os
 import re
 import shutil
 import signal
+import statistics
 import subprocess
 import tempfile
 import time
 
 from bench.common import LB_BIN, estimate, lab_up, ratio, remove_run_files, stop_process, summary, verdict
+from bench.common import paired as run_by_run
 from lb.sdnotify import Listener
 
 INSTANCE = "benchhttp"
@@ -174,6 +176,8 @@ class Http:
         self.procs: list[subprocess.Popen] = []
         self.route = False
         self.unanswered: dict[tuple[str, str], str] = {}    # (scenario, mode) -> why
+        # (scenario, mode) -> the direct row whose runs were taken between its own, one after each
+        self.pairs: dict[tuple[str, str], str] = {}
 
     # ---- helpers ----
     def wrk(self, url: str, close: bool, threads: int = 1, conns: int = 0) -> dict:
@@ -317,6 +321,8 @@ class Http:
         """self.runs of wrk against url per mode; with paired, a direct run after each, under
         that name (the scenario's own baseline)"""
         for mode, close in (("keepalive", False), ("close", True))[:2 if self.all else 1]:
+            if paired:
+                self.pairs[name, mode] = paired
             for _ in range(self.runs):
                 raw.setdefault((name, mode), []).append(self.wrk(url, close))
                 if paired:
@@ -337,6 +343,7 @@ class Http:
             except NoAnswer as e:       # shown as a row that got no answer, not a failed suite
                 self.unanswered[name, mode] = str(e)
             else:
+                self.pairs[name, mode] = direct
                 for _ in range(self.runs):
                     raw.setdefault((name, mode), []).append(self.wrk(f"http://{VIP}/", False, threads, conns))
                     raw.setdefault((direct, mode), []).append(self.wrk(f"http://{RS1}/", False, threads, conns))
@@ -382,7 +389,7 @@ def suite(size: str = "full") -> dict:
         h = Http(lab, size)
         try:
             raw = h.run_all()
-            ipvs_note, unanswered = h.ipvs_missing, h.unanswered
+            ipvs_note, unanswered, pairs = h.ipvs_missing, h.unanswered, h.pairs
         finally:
             h.cleanup()
     results = []
@@ -405,14 +412,19 @@ def suite(size: str = "full") -> dict:
         if "no_answer" in row:
             continue
         own = base[row["mode"]]      # (a variant's mode has one direct row, named for its wrk)
-        b = row if row.get("baseline") else \
-            own.get(PAIRED.get(row["scenario"])) or own.get(DIRECT) or next(iter(own.values()))
+        pb = None if row.get("baseline") else pairs.get((row["scenario"], row["mode"]))
+        b = row if row.get("baseline") else own.get(pb) or own.get(DIRECT) or next(iter(own.values()))
         row["against"] = b["scenario"]
-        row["ratio_rps"] = ratio(row["rps"]["median"], b["rps"]["median"])
-        row["ratio_p50"] = ratio(row["p50_ms"]["median"], b["p50_ms"]["median"])
-        row["ratio_p99"] = ratio(row["p99_ms"]["median"], b["p99_ms"]["median"])
+        # against the direct runs taken between its own: run by run (each pair in the same spell
+        # of this VM's, whose req/s moves between two levels), the median of those ratios
+        by_run = pb is not None and b["scenario"] == pb and len(b["runs"]) == len(row["runs"])
+        if by_run:
+            row["paired"] = True
+        for key, field in (("ratio_rps", "rps"), ("ratio_p50", "p50_ms"), ("ratio_p99", "p99_ms")):
+            row[key] = statistics.median(_ratios(row, b, field, by_run) or [0.0]) if by_run else \
+                ratio(row[field]["median"], b[field]["median"])
         if row["scenario"].startswith(("lb DR", "lb NAT")):
-            judge(row, b)
+            judge(row, b, by_run)
     for (name, mode), why in unanswered.items():
         results.append({"scenario": name, "mode": mode, "no_answer": why, "errors": 0, "runs": [],
                         "target": f">= {RPS_TARGET:g}x direct, p99 <= {P99_TARGET:g}x",
@@ -425,16 +437,25 @@ def suite(size: str = "full") -> dict:
             "note": "every scenario serves from rs1 only; ratios are to direct (the director as a "
                     "plain kernel router), whose runs are taken before and after the others -- lb DR's and lb NAT's "
                     "(and each variant's) to the direct runs taken between their own, from a second client "
-                    f"address ({DIRECT_SOURCE})"
+                    f"address ({DIRECT_SOURCE}), as the median of the run-by-run ratios"
                     + (f"; {ipvs_note}" if ipvs_note else ""),
             "results": results}
 
 
-def judge(row: dict, base: dict) -> None:
-    """DESIGN.md's targets for wrk through lb: every run's req/s and p99 against the median of
-    base's runs (the direct runs taken between lb's), verdicts on the medians of those ratios"""
-    rps = estimate([v["rps"] / base["rps"]["median"] for v in row["runs"]] if base["rps"]["median"] else [])
-    p99 = estimate([v["p99_ms"] / base["p99_ms"]["median"] for v in row["runs"]] if base["p99_ms"]["median"] else [])
+def _ratios(row: dict, base: dict, field: str, by_run: bool) -> list[float]:
+    """row's runs' field against base's: run by run (by_run: base's runs were taken one after
+    each of row's), else each against the median of base's"""
+    if by_run:
+        return run_by_run([v[field] for v in row["runs"]], [v[field] for v in base["runs"]], ratio)
+    med = base[field]["median"]
+    return [v[field] / med for v in row["runs"]] if med else []
+
+
+def judge(row: dict, base: dict, by_run: bool = False) -> None:
+    """DESIGN.md's targets for wrk through lb: req/s and p99 as ratios to base's (_ratios),
+    verdicts on the medians of those ratios"""
+    rps = estimate(_ratios(row, base, "rps", by_run))
+    p99 = estimate(_ratios(row, base, "p99_ms", by_run))
     if row["mode"] == "close":      # one connection per request: DESIGN.md's p99 target is keep-alive's
         row["target"], row["status"] = f">= {RPS_TARGET:g}x direct", verdict(rps, RPS_TARGET, "higher")
         return
