@@ -21,12 +21,13 @@ static __always_inline int lb_dest_usable(struct lb_dest *d)
 
 /* quiesce_server's baseline (lb_real_base) taken off a count; a connection older than the
  * baseline that ends before the control plane lowers it would take the count below zero:
- * that reads as 0, never as a huge unsigned number.  Branch-free on purpose: a branch here
- * doubles the verifier's states per server in the schedulers' 512-server loops. */
-static __always_inline __u32 lb_real_less_base(__u32 n, __u32 base)
+ * that reads as 0, never as a huge unsigned number.  The difference is taken in 32 bits (the
+ * counts wrap) and widened signed, so the result is a 64-bit count with no zero-extension to
+ * follow: the pick loops run at the CPU's instruction rate (bench/results/ablation-2026-12-07c). */
+static __always_inline __u64 lb_real_less_base(__u32 n, __u32 base)
 {
-    __u32 d = n - base;
-    return d & ~(__u32)((__s32)d >> 31);
+    __s64 d = (__s32)(n - base);
+    return d > 0 ? d : 0;
 }
 
 /* a real server's connection counts as the schedulers see them: BPF's atomic counts less the
@@ -34,7 +35,7 @@ static __always_inline __u32 lb_real_less_base(__u32 n, __u32 base)
  * control plane keeps summed beside the counts (sched_off) -- one lookup per server in the pick
  * loops, in the entry the counts are in (u32 arithmetic: (c - s) - b and c - (s + b) are the
  * same bits); 0 if the map has no entry */
-static __always_inline void lb_real_sched_counts(__u32 real_id, __u32 *act, __u32 *inact)
+static __always_inline void lb_real_sched_counts(__u32 real_id, __u64 *act, __u64 *inact)
 {
     struct lb_real_conns *c = lb_real_conns.lookup(&real_id);
     if (!c) {
@@ -49,15 +50,15 @@ static __always_inline void lb_real_sched_counts(__u32 real_id, __u32 *act, __u3
 /* IPVS ip_vs_dest_conn_overhead(): (activeconns << 8) + inactconns */
 static __always_inline __u64 lb_real_overhead(__u32 real_id)
 {
-    __u32 act, inact;
+    __u64 act, inact;
     lb_real_sched_counts(real_id, &act, &inact);
-    return ((__u64)act << 8) + inact;
+    return (act << 8) + inact;
 }
 
-/* activeconns of a real server, as ip_vs_sed/nq/ovf read it */
-static __always_inline __u32 lb_real_active(__u32 real_id)
+/* activeconns of a real server, as ip_vs_sed/nq/ovf read it (< 2^31) */
+static __always_inline __u64 lb_real_active(__u32 real_id)
 {
-    __u32 act, inact;
+    __u64 act, inact;
     lb_real_sched_counts(real_id, &act, &inact);
     return act;
 }
@@ -183,12 +184,14 @@ static __always_inline __u32 lb_pick_wrr(struct lb_svc *svc, struct lb_svc_dests
     return LB_NONE;
 }
 
-/* wlc: least overhead/weight, compared as loh * w > doh * lw; the first usable server wins ties */
+/* wlc: least overhead/weight, compared as loh * w > doh * lw; the first usable server wins ties.
+ * loh 1 and lw 0 before the first: any usable server's weight (never 0) makes 1 * w > doh * 0, so
+ * the loop needs no test for "no pick yet" (sed's likewise, lc's loh ~0: no count reaches it). */
 static __always_inline __u32 lb_pick_wlc(struct lb_svc *svc, struct lb_svc_dests *ds,
                                          struct lb_sched_state *st, lb_scratch_t *sc)
 {
     lb_sched_init(svc, st, sc);
-    sc->loh = 0;
+    sc->loh = 1;
     sc->lw = 0;
     for (__u32 pos = 0; pos < LB_MAX_SVC_REALS; pos++) {
         if (pos >= sc->n)
@@ -197,7 +200,7 @@ static __always_inline __u32 lb_pick_wlc(struct lb_svc *svc, struct lb_svc_dests
         if (!lb_dest_usable(d))
             continue;
         __u64 doh = lb_real_overhead(d->real);
-        if (sc->real == LB_NONE || sc->loh * d->weight > doh * sc->lw) {
+        if (sc->loh * d->weight > doh * sc->lw) {
             sc->real = d->real;
             sc->loh = doh;
             sc->lw = d->weight;
@@ -211,7 +214,7 @@ static __always_inline __u32 lb_pick_lc(struct lb_svc *svc, struct lb_svc_dests 
                                         struct lb_sched_state *st, lb_scratch_t *sc)
 {
     lb_sched_init(svc, st, sc);
-    sc->loh = 0;
+    sc->loh = ~0ULL;
     for (__u32 pos = 0; pos < LB_MAX_SVC_REALS; pos++) {
         if (pos >= sc->n)
             break;
@@ -219,7 +222,7 @@ static __always_inline __u32 lb_pick_lc(struct lb_svc *svc, struct lb_svc_dests 
         if (!lb_dest_usable(d))
             continue;
         __u64 doh = lb_real_overhead(d->real);
-        if (sc->real == LB_NONE || doh < sc->loh) {
+        if (doh < sc->loh) {
             sc->real = d->real;
             sc->loh = doh;
         }
@@ -235,7 +238,7 @@ static __always_inline __u32 lb_pick_sed_nq(struct lb_svc *svc, struct lb_svc_de
                                             struct lb_sched_state *st, lb_scratch_t *sc, int nq)
 {
     lb_sched_init(svc, st, sc);
-    sc->loh = 0;
+    sc->loh = 1;
     sc->lw = 0;
     for (__u32 pos = 0; pos < LB_MAX_SVC_REALS; pos++) {
         if (pos >= sc->n)
@@ -243,11 +246,11 @@ static __always_inline __u32 lb_pick_sed_nq(struct lb_svc *svc, struct lb_svc_de
         struct lb_dest *d = &ds->d[pos];
         if (!lb_dest_usable(d))
             continue;
-        __u32 act = lb_real_active(d->real);
+        __u64 act = lb_real_active(d->real);
         if (nq && act == 0)
             return d->real;
-        __u64 doh = (__u64)act + 1;
-        if (sc->real == LB_NONE || sc->loh * d->weight > doh * sc->lw) {
+        __u64 doh = act + 1;
+        if (sc->loh * d->weight > doh * sc->lw) {
             sc->real = d->real;
             sc->loh = doh;
             sc->lw = d->weight;
