@@ -705,17 +705,46 @@ static __always_inline __u32 lb_pick_mh(__u32 svc_id, struct lb_svc *svc, struct
 
 /* ---- the schedulers lb_xdp_public_full runs in place: a SYN for them takes no tail call and is not
  * parsed again (30-70 ns a SYN less, measured beside the tail-called build).  dh, sh and mh when
- * their one bucket or slot has a usable server: no loop.  Everything that walks (rr, wrr,
- * the lc family, lblc/lblcr, and the sh-fallback and mh-fallback walks when the bucket's or
- * slot's server is not usable) goes on in the scheduler's own program, so its loop is verified
- * there and not on every path of lb_xdp_public_full: rr's and wrr's walks over 512 real servers in
- * lb_xdp_public_full take the verifier past its million instructions. ---- */
+ * their one bucket or slot has a usable server; rr and wrr when the position after the cursor
+ * has one (and, for wrr, it weighs at least the pass's cw): their walk's first step, no loop.
+ * Everything that walks (the rest of rr's and wrr's walks, the lc family, lblc/lblcr, and the
+ * sh-fallback and mh-fallback walks when the bucket's or slot's server is not usable) goes on in
+ * the scheduler's own program, so its loop is verified there and not on every path of
+ * lb_xdp_public_full: rr's and wrr's walks over 512 real servers in lb_xdp_public_full take the
+ * verifier past its million instructions. ---- */
 
 #define LB_PICK_ELSEWHERE 0xfffffffdU   /* lb_pick_in_place: the scheduler's program picks */
 
 static __always_inline int lb_sched_in_place(const struct lb_svc *svc)
 {
-    return svc->sched == LB_SCHED_DH || svc->sched == LB_SCHED_SH || svc->sched == LB_SCHED_MH;
+    return svc->sched == LB_SCHED_DH || svc->sched == LB_SCHED_SH || svc->sched == LB_SCHED_MH ||
+           svc->sched == LB_SCHED_RR || svc->sched == LB_SCHED_WRR;
+}
+
+/* rr's and wrr's first step, as lb_pick_rr's and lb_pick_wrr's first iteration takes it: the
+ * position lb_sched_init starts from, picked (the cursor moved there) when its server is usable
+ * and, for wrr, weighs at least cw; anything else -- past the list's end, an unusable server, a
+ * lighter one, no weights -- LB_PICK_ELSEWHERE, and the program walks from the same cursor */
+static __always_inline __u32 lb_pick_next_in_place(__u32 svc_id, struct lb_svc *svc, struct lb_svc_dests *ds)
+{
+    struct lb_sched_state *st = lb_sched_state.lookup(&svc_id);
+    if (!st)
+        return LB_PICK_ELSEWHERE;
+    __u32 n = svc->nreals < LB_MAX_SVC_REALS ? svc->nreals : LB_MAX_SVC_REALS;
+    __u32 cl = st->cl;
+    __u64 pos = (cl == LB_POS_HEAD || cl >= n) ? 0 : (__u64)cl + 1;
+    if (pos >= n)
+        return LB_PICK_ELSEWHERE;
+    asm volatile("" : "+r"(pos));  /* the bound checked on the register that indexes (lb_dest_from) */
+    if (pos >= LB_MAX_SVC_REALS)
+        return LB_PICK_ELSEWHERE;
+    struct lb_dest *d = &ds->d[pos];
+    if (!lb_dest_usable(d))
+        return LB_PICK_ELSEWHERE;
+    if (svc->sched == LB_SCHED_WRR && ((__s32)svc->wrr_mw <= 0 || (__s32)d->weight < st->cw))
+        return LB_PICK_ELSEWHERE;
+    st->cl = pos;
+    return d->real;
 }
 
 /* the pick of an in-place scheduler for a parsed new connection: a real id, LB_NONE (no usable
@@ -725,6 +754,8 @@ static __always_inline __u32 lb_pick_in_place(__u32 svc_id, struct lb_svc *svc, 
     struct lb_svc_dests *ds = lb_svc_dests.lookup(&svc_id);
     if (!ds)
         return LB_NONE;
+    if (svc->sched == LB_SCHED_RR || svc->sched == LB_SCHED_WRR)
+        return lb_pick_next_in_place(svc_id, svc, ds);
     __u32 sfold = lb_addr_fold(pkt->saddr), real = LB_NONE;
     if (svc->sched == LB_SCHED_MH) {
         __u32 size = svc->mh_size;

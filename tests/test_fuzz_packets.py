@@ -99,12 +99,13 @@ def _svc(proto, vip, port, reals, fwd, rport=None, sched="rr", **kw):
                                                           for a in reals), **kw)
 
 
-# the schedulers lb_xdp_public runs in place (dh, sh, mh; persistence's templates) beside
-# tail-called ones (rr), so hostile packets reach both paths
+# the schedulers lb_xdp_public runs in place (dh, sh, mh, rr's next server; persistence's
+# templates) beside tail-called ones (wlc; rr's walk at its list's end), so hostile packets reach
+# both paths
 SERVICES = (
     _svc("tcp", V4["dr"], 80, V4["dr_r"], "dr"), _svc("udp", V4["dr"], 53, V4["dr_r"], "dr", sched="dh"),
     _svc("tcp", V4["nat"], 80, V4["nat_r"], "nat", 8080, sched="mh"),
-    _svc("udp", V4["nat"], 53, V4["nat_r"], "nat", 5353),
+    _svc("udp", V4["nat"], 53, V4["nat_r"], "nat", 5353, sched="wlc"),
     _svc("tcp", V4["tun"], 80, V4["tun_r"], "tunnel", sched="sh", sched_flags=("sh-fallback",)),
     _svc("udp", V4["tun"], 53, V4["tun_r"], "tunnel"),
     _svc("tcp", V4["per"], 80, V4["per_r"], "dr", name="per", persistent=300, pmask="255.255.255.0"),
@@ -112,7 +113,7 @@ SERVICES = (
          groups=(PortGroup("tcp", ip(V4["fwm"]), 21, 21), PortGroup("tcp", ip(V4["fwm"]), 30000, 30009))),
     _svc("tcp", V6["dr"], 80, V6["dr_r"], "dr", sched="sh"),
     _svc("tcp", V6["nat"], 80, V6["nat_r"], "nat", 8080), _svc("udp", V6["nat"], 53, V6["nat_r"], "nat", 5353),
-    _svc("tcp", V6["tun"], 80, V6["tun_r"], "tunnel"),
+    _svc("tcp", V6["tun"], 80, V6["tun_r"], "tunnel", sched="wlc"),
 )
 TABLE = TableSpec(SERVICES)
 

@@ -393,6 +393,93 @@ def test_sh_port_spreads_one_client_and_fallback_skips_quiesced(dp):
                         flags=("sh-fallback",))
 
 
+# weights in config order; the list runs the other way (IPVS adds a real server at its head):
+# [0, 1, 1, 1] is walked 1, 1, 1, 0 -- three steps in place, then the weight-0 server; wrr's
+# [1, 3] two (its first pass takes any weight), then the list's end
+@pytest.mark.parametrize("sched, weights, in_place", [("rr", [0, 1, 1, 1], 3), ("wrr", [0, 1, 1, 1], 3),
+                                                     ("wrr", [1, 3], 2)])
+def test_rr_and_wrr_take_their_first_step_in_place(sched, weights, in_place):
+    """rr's and wrr's walk starts at the position after the last pick: when that server is usable
+    (for wrr: weighs at least the pass's cw) lb_xdp_public picks it and makes the connection
+    itself.  With the scheduler's program taken out of lb_progs, those SYNs still reach the
+    model's real server, in its order; the first that needs the walk (a weight-0 server next, a
+    lighter one than cw, the list's end) is passed, counted as a failed tail call, and the cursor
+    stays where it was."""
+    import os
+
+    from lb.dataplane.maps import BpfMap
+
+    vip, port = ipaddress.ip_address("198.18.0.41"), 80
+    addrs = _reals(len(weights))
+    spec = ServiceSpec("tcp", vip, port, sched, tuple(RealSpec(a, 8080, w, "nat") for a, w in zip(addrs, weights)))
+    m = model.Service(sched, ())
+    for a, w in zip(addrs, weights):
+        m.add(str(a), w, port=8080)
+    with loaded_dataplane("schednext", table=TableSpec((spec,))) as d:
+        progs = BpfMap.open_pinned(os.path.join(d.pin, "lb_progs"))
+        try:
+            progs.delete(L.U32.pack(L.PROG_SCHED_BASE + L.SCHEDULERS[sched]))
+        finally:
+            progs.close()
+        picked = []
+        for i in range(1, 2 * len(weights) + 2):
+            failed = d.counters().get("tail_call_failed", 0)
+            syn = Ether(src=CLIENT_MAC, dst=PUB_MAC) / IP(src=f"198.18.0.{100 + i}", dst=str(vip)) / TCP(
+                sport=42000 + i, dport=port, flags="S")
+            rc, out = run(d, "lb_xdp_public", syn)
+            if rc == XDP_PASS:
+                assert out == bytes(syn)
+                assert d.counters()["tail_call_failed"] == failed + 1
+                break
+            want = m.schedule(saddr=0, daddr=0, sport=0)
+            assert rc == XDP_REDIRECT
+            p = Ether(out)
+            assert (p.dst, p[IP].dst, p[TCP].dport) == (real_mac(want), want, 8080)
+            assert d.counters().get("tail_call_failed", 0) == failed
+            picked.append(want)
+        assert len(picked) == in_place, picked
+        # the cursor did not move on the passed SYN: the next one is passed too
+        failed = d.counters()["tail_call_failed"]
+        syn = Ether(src=CLIENT_MAC, dst=PUB_MAC) / IP(src="198.18.0.99", dst=str(vip)) / TCP(sport=43000, dport=port,
+                                                                                             flags="S")
+        assert run(d, "lb_xdp_public", syn)[0] == XDP_PASS
+        assert d.counters()["tail_call_failed"] == failed + 1
+
+
+def test_wrr_walks_in_its_program_when_the_next_server_weighs_less_than_cw():
+    """wrr's step in place takes the next server only if it weighs at least the pass's cw: with
+    the cursor on the heavy server and cw above the light one's weight, the SYN goes to the
+    program (taken out here: passed, a failed tail call) and the cursor stays; with cw at the
+    light one's weight it is picked in place."""
+    import os
+
+    from lb.dataplane.maps import BpfMap
+
+    vip, port = ipaddress.ip_address("198.18.0.42"), 80
+    heavy, light = _reals(2)[1], _reals(2)[0]
+    spec = ServiceSpec("tcp", vip, port, "wrr", (RealSpec(light, 8080, 1, "nat"), RealSpec(heavy, 8080, 3, "nat")))
+    with loaded_dataplane("schedwrrcw", table=TableSpec((spec,))) as d:
+        progs = BpfMap.open_pinned(os.path.join(d.pin, "lb_progs"))
+        try:
+            progs.delete(L.U32.pack(L.PROG_SCHED_BASE + L.SCHEDULERS["wrr"]))
+        finally:
+            progs.close()
+        (sid, _), = [(k, v) for k, v in d.maps["lb_svc"].items(batch=False) if L.SVC.unpack(v)[2] == 6]
+        for i, (cw, want) in enumerate(((3, None), (2, None), (1, light))):
+            d.maps["lb_sched_state"].set(sid, L.SCHED_STATE.pack(0, cw))    # the cursor on the heavy one
+            failed = d.counters().get("tail_call_failed", 0)
+            syn = Ether(src=CLIENT_MAC, dst=PUB_MAC) / IP(src=f"198.18.0.{110 + i}", dst=str(vip)) / TCP(
+                sport=44000 + i, dport=port, flags="S")
+            rc, out = run(d, "lb_xdp_public", syn)
+            if want is None:
+                assert (rc, out) == (XDP_PASS, bytes(syn))
+                assert d.counters()["tail_call_failed"] == failed + 1
+                assert L.SCHED_STATE.unpack(d.maps["lb_sched_state"].get(sid)) == (0, cw)
+            else:
+                assert rc == XDP_REDIRECT and Ether(out)[IP].dst == str(want)
+                assert L.SCHED_STATE.unpack(d.maps["lb_sched_state"].get(sid)) == (1, cw)
+
+
 @pytest.mark.parametrize("sched", ["dh", "sh", "mh"])
 def test_hash_schedulers_need_no_program_of_their_own(sched):
     """dh, sh and mh pick, and make the connection, in lb_xdp_public: with their programs taken
