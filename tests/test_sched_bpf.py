@@ -393,6 +393,19 @@ def test_sh_port_spreads_one_client_and_fallback_skips_quiesced(dp):
                         flags=("sh-fallback",))
 
 
+def _take_out_program(d, sched: str) -> None:
+    """The scheduler's program out of lb_progs: a SYN that needs it is passed, a failed tail call."""
+    import os
+
+    from lb.dataplane.maps import BpfMap
+
+    progs = BpfMap.open_pinned(os.path.join(d.pin, "lb_progs"))
+    try:
+        progs.delete(L.U32.pack(L.PROG_SCHED_BASE + L.SCHEDULERS[sched]))
+    finally:
+        progs.close()
+
+
 # weights in config order; the list runs the other way (IPVS adds a real server at its head):
 # [0, 1, 1, 1] is walked 1, 1, 1, 0 -- three steps in place, then the weight-0 server; wrr's
 # [1, 3] two (its first pass takes any weight), then the list's end
@@ -405,10 +418,6 @@ def test_rr_and_wrr_take_their_first_step_in_place(sched, weights, in_place):
     model's real server, in its order; the first that needs the walk (a weight-0 server next, a
     lighter one than cw, the list's end) is passed, counted as a failed tail call, and the cursor
     stays where it was."""
-    import os
-
-    from lb.dataplane.maps import BpfMap
-
     vip, port = ipaddress.ip_address("198.18.0.41"), 80
     addrs = _reals(len(weights))
     spec = ServiceSpec("tcp", vip, port, sched, tuple(RealSpec(a, 8080, w, "nat") for a, w in zip(addrs, weights)))
@@ -416,11 +425,7 @@ def test_rr_and_wrr_take_their_first_step_in_place(sched, weights, in_place):
     for a, w in zip(addrs, weights):
         m.add(str(a), w, port=8080)
     with loaded_dataplane("schednext", table=TableSpec((spec,))) as d:
-        progs = BpfMap.open_pinned(os.path.join(d.pin, "lb_progs"))
-        try:
-            progs.delete(L.U32.pack(L.PROG_SCHED_BASE + L.SCHEDULERS[sched]))
-        finally:
-            progs.close()
+        _take_out_program(d, sched)
         picked = []
         for i in range(1, 2 * len(weights) + 2):
             failed = d.counters().get("tail_call_failed", 0)
@@ -451,19 +456,11 @@ def test_wrr_walks_in_its_program_when_the_next_server_weighs_less_than_cw():
     the cursor on the heavy server and cw above the light one's weight, the SYN goes to the
     program (taken out here: passed, a failed tail call) and the cursor stays; with cw at the
     light one's weight it is picked in place."""
-    import os
-
-    from lb.dataplane.maps import BpfMap
-
     vip, port = ipaddress.ip_address("198.18.0.42"), 80
     heavy, light = _reals(2)[1], _reals(2)[0]
     spec = ServiceSpec("tcp", vip, port, "wrr", (RealSpec(light, 8080, 1, "nat"), RealSpec(heavy, 8080, 3, "nat")))
     with loaded_dataplane("schedwrrcw", table=TableSpec((spec,))) as d:
-        progs = BpfMap.open_pinned(os.path.join(d.pin, "lb_progs"))
-        try:
-            progs.delete(L.U32.pack(L.PROG_SCHED_BASE + L.SCHEDULERS["wrr"]))
-        finally:
-            progs.close()
+        _take_out_program(d, "wrr")
         (sid, _), = [(k, v) for k, v in d.maps["lb_svc"].items(batch=False) if L.SVC.unpack(v)[2] == 6]
         for i, (cw, want) in enumerate(((3, None), (2, None), (1, light))):
             d.maps["lb_sched_state"].set(sid, L.SCHED_STATE.pack(0, cw))    # the cursor on the heavy one
@@ -487,9 +484,6 @@ def test_hash_schedulers_need_no_program_of_their_own(sched):
     leaves from the VIP.  Only sh-fallback's and mh-fallback's walks (the bucket's or slot's
     server not usable) are their programs': without them such a SYN is passed, counted as a
     failed tail call."""
-    import os
-
-    from lb.dataplane.maps import BpfMap
     from packets_util import PRIV_MAC, XDP_TX
 
     vip, port, sport = ipaddress.ip_address("198.18.0.40"), 80, 41000
@@ -504,11 +498,7 @@ def test_hash_schedulers_need_no_program_of_their_own(sched):
             m.add(str(a), w, port=8080)
     in_place = walked = 0
     with loaded_dataplane("schedinplace", table=TableSpec((spec,))) as d:
-        progs = BpfMap.open_pinned(os.path.join(d.pin, "lb_progs"))
-        try:
-            progs.delete(L.U32.pack(L.PROG_SCHED_BASE + L.SCHEDULERS[sched]))
-        finally:
-            progs.close()
+        _take_out_program(d, sched)
         for i in range(1, 41):
             client = f"198.18.0.{100 + i}"
             failed = d.counters().get("tail_call_failed", 0)
