@@ -90,7 +90,7 @@ LAB_TESTS_LOCK_WAIT_S = 3600.0   # other sessions (developers' worktrees) may ho
 
 # modules that use the lab without the `lab` fixture (bench's lab_up takes the same lock), and
 # test_install, whose one install (a few minutes) serves its lab test and the others
-LAB_MODULES = {"test_bench_smoke", "test_install"}
+LAB_MODULES = {"test_bench_smoke", "test_install", "test_demo"}
 
 
 def _reorder(items: list, how: str) -> None:
