@@ -4,6 +4,7 @@ programs need, and how to start afresh -- and leaves the running instance's pins
 from __future__ import annotations
 
 import os
+import time
 
 import pytest
 
@@ -47,25 +48,35 @@ def test_a_killed_compiles_scratch_pins_are_removed_by_the_next_compile():
     instance = f"scratch{os.getpid()}"
     dead = subprocess.Popen(["true"])
     dead.wait()                                   # a pid no process has now
-    stale = os.path.join(os.path.dirname(os.path.dirname(pin_dir(instance))), f"lb-compile-{instance}-{dead.pid}")
-    os.makedirs(stale)
-    fd = bpfsys.map_create(bpfsys.BPF_MAP_TYPE_ARRAY, 4, 8, 1024, 0, "lb_conns")
-    bpfsys.obj_pin(fd, os.path.join(stale, "lb_conns"))
-    os.close(fd)
+    bpffs = os.path.dirname(os.path.dirname(pin_dir(instance)))
+    stale = os.path.join(bpffs, f"lb-compile-{instance}-{dead.pid}")
+    # another instance's, named by a pid as benches and tests name theirs (an LLVM error ends the
+    # process before its own cleanup runs): no compile of that instance would come again
+    # (an hour old: a younger one may be a compile in another pid namespace that shares bpffs)
+    other = os.path.join(bpffs, f"lb-compile-bench{dead.pid}-{dead.pid}")
+    young = os.path.join(bpffs, f"lb-compile-other{dead.pid}-{dead.pid}")
+    for d in (stale, other, young):
+        os.makedirs(d)
+        fd = bpfsys.map_create(bpfsys.BPF_MAP_TYPE_ARRAY, 4, 8, 1024, 0, "lb_conns")
+        bpfsys.obj_pin(fd, os.path.join(d, "lb_conns"))
+        os.close(fd)
+    hour_ago = time.time() - 3700
+    os.utime(other, (hour_ago, hour_ago))
     dp = XdpDataplane(instance, sizes, resolver=fake_resolver, keep_bcc=True)   # compiles
     try:
         dp.load()
         assert dp.program.compiled
-        assert not os.path.exists(stale)
-        bpffs = os.path.dirname(os.path.dirname(pin_dir(instance)))
+        assert not os.path.exists(stale) and not os.path.exists(other)
+        assert os.path.exists(os.path.join(young, "lb_conns"))
         assert not [d for d in os.listdir(bpffs) if d.startswith(f"lb-compile-{instance}-")]   # its own too
     finally:
         dp.unpin()
         dp.close()
-        if os.path.exists(stale):
-            for name in os.listdir(stale):
-                os.unlink(os.path.join(stale, name))
-            os.rmdir(stale)
+        for d in (stale, other, young):
+            if os.path.exists(d):
+                for name in os.listdir(d):
+                    os.unlink(os.path.join(d, name))
+                os.rmdir(d)
 
 
 def test_a_map_the_kernel_will_not_make_is_an_error_naming_it():

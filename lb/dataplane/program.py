@@ -204,6 +204,17 @@ def _pin_flag(flag: str) -> bool:
     return flag.startswith("-DLB_PIN_DIR=")
 
 
+# a compile takes seconds: another instance's scratch this old was left by a killed compile
+STALE_COMPILE_S = 3600.0
+
+
+def _older_than(path: str, seconds: float) -> bool:
+    try:
+        return time.time() - os.stat(path).st_mtime > seconds
+    except OSError:
+        return False
+
+
 def _alive(pid: str) -> bool:
     """a process of this pid exists (a number that is not a pid: no)"""
     if not pid.isdigit():
@@ -320,9 +331,14 @@ class Program:
         bpffs, prefix = os.path.dirname(os.path.dirname(self.pin)), f"lb-compile-{os.path.basename(self.pin)}-"
         scratch = os.path.join(bpffs, f"{prefix}{os.getpid()}")
         try:
-            for stale in os.listdir(bpffs):        # a killed compile's (its maps' memory)
-                if stale.startswith(prefix) and not _alive(stale[len(prefix):]):
-                    shutil.rmtree(os.path.join(bpffs, stale), ignore_errors=True)
+            # a killed compile's (its maps' memory): this instance's, or another's an hour old (a
+            # bench's or a test's instance is named by its pid, so no compile of its own comes
+            # again; the age spares a compile running in another pid namespace that shares bpffs)
+            for stale in os.listdir(bpffs):
+                path = os.path.join(bpffs, stale)
+                if stale.startswith("lb-compile-") and not _alive(stale.rpartition("-")[2]) and (
+                        stale.startswith(prefix) or _older_than(path, STALE_COMPILE_S)):
+                    shutil.rmtree(path, ignore_errors=True)
             shutil.rmtree(scratch, ignore_errors=True)
             os.makedirs(scratch)
         except OSError as e:
