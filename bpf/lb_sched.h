@@ -65,12 +65,25 @@ static __always_inline __u64 lb_real_active(__u32 real_id)
 
 typedef volatile struct lb_sched_scratch lb_scratch_t;
 
+/* the positions of the service's list the loops walk */
+static __always_inline __u32 lb_svc_len(const struct lb_svc *svc)
+{
+    return svc->nreals < LB_MAX_SVC_REALS ? svc->nreals : LB_MAX_SVC_REALS;
+}
+
+/* where rr's and wrr's walk starts: after the cursor cl (the last pick), or at the list's head
+ * when the cursor is there or past a list of n that has shrunk */
+static __always_inline __u32 lb_sched_start(__u32 cl, __u32 n)
+{
+    return (cl == LB_POS_HEAD || cl >= n) ? 0 : cl + 1;
+}
+
 static __always_inline void lb_sched_init(struct lb_svc *svc, struct lb_sched_state *st,
                                           lb_scratch_t *sc)
 {
-    __u32 n = svc->nreals < LB_MAX_SVC_REALS ? svc->nreals : LB_MAX_SVC_REALS;
+    __u32 n = lb_svc_len(svc);
     sc->n = n;
-    sc->start = (st->cl == LB_POS_HEAD || st->cl >= n) ? 0 : st->cl + 1;
+    sc->start = lb_sched_start(st->cl, n);
     sc->first = LB_NONE;
     sc->maxw = 0;
     sc->real = LB_NONE;
@@ -418,7 +431,7 @@ static __always_inline __u32 lb_pick_lblc(__u32 svc_id, struct lb_svc *svc, stru
     if (e) {
         e->lastuse_ns = now;
         __u32 real = e->real, w = 0, f = 0;
-        sc->n = svc->nreals < LB_MAX_SVC_REALS ? svc->nreals : LB_MAX_SVC_REALS;
+        sc->n = lb_svc_len(svc);
         if (lb_lblc_avail(svc_id, svc, ds, real, &w, &f) && w > 0 && !(f & LB_REAL_F_NO_NEXTHOP) &&
             !lb_lblc_overloaded(ds, real, w, sc))
             return real;
@@ -512,7 +525,7 @@ static __always_inline __u32 lb_pick_lblcr(__u32 svc_id, struct lb_svc *svc, str
             e->lastmod_ns = now;
         }
     }
-    sc->n = svc->nreals < LB_MAX_SVC_REALS ? svc->nreals : LB_MAX_SVC_REALS;
+    sc->n = lb_svc_len(svc);
     least = sc->real;
     lw = sc->lw;
     if (least != LB_NONE && !lb_lblc_overloaded(ds, least, lw, sc))
@@ -544,7 +557,7 @@ static __always_inline __u32 lb_pick_lblcr(__u32 svc_id, struct lb_svc *svc, str
  * points (signed), first / start = the two picks' positions. */
 static __always_inline __u32 lb_pick_twos(struct lb_svc *svc, struct lb_svc_dests *ds, lb_scratch_t *sc)
 {
-    sc->n = svc->nreals < LB_MAX_SVC_REALS ? svc->nreals : LB_MAX_SVC_REALS;
+    sc->n = lb_svc_len(svc);
     sc->maxw = 0;
     for (__u32 pos = 0; pos < LB_MAX_SVC_REALS; pos++) {
         if (pos >= sc->n)
@@ -730,9 +743,8 @@ static __always_inline __u32 lb_pick_next_in_place(__u32 svc_id, struct lb_svc *
     struct lb_sched_state *st = lb_sched_state.lookup(&svc_id);
     if (!st)
         return LB_PICK_ELSEWHERE;
-    __u32 n = svc->nreals < LB_MAX_SVC_REALS ? svc->nreals : LB_MAX_SVC_REALS;
-    __u32 cl = st->cl;
-    __u64 pos = (cl == LB_POS_HEAD || cl >= n) ? 0 : (__u64)cl + 1;
+    __u32 n = lb_svc_len(svc);
+    __u64 pos = lb_sched_start(st->cl, n);
     if (pos >= n)
         return LB_PICK_ELSEWHERE;
     asm volatile("" : "+r"(pos));  /* the bound checked on the register that indexes (lb_dest_from) */
