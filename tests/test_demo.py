@@ -8,9 +8,10 @@ import subprocess
 from collections import Counter
 from pathlib import Path
 
-from bench import common as bench_common
+from conftest import REPO
 
-REPO = Path(__file__).resolve().parents[1]
+from bench import common as bench_common
+from lb.lab import CLIENT, REALS, VIP
 
 
 def _wait_for_the_lab():
@@ -33,13 +34,14 @@ def test_the_demo_runs_every_forwarding_method_and_cleans_up():
     forward = {"nat": "Masq", "direct": "Route", "tunnel": "Tunnel"}
     for name, text in runs.items():
         answers = re.findall(r"^  request \d -> (\S+)$", text, flags=re.M)
-        # rr over three real servers: each answers three of the nine, in turn
-        assert Counter(answers) == {"rs1": 3, "rs2": 3, "rs3": 3}, (name, answers)
-        reals = re.findall(rf"^  -> (198\.18\.1\.1[123]):80 +{forward[name]} +1 +(\d+) +(\d+) *$", text, flags=re.M)
-        assert sorted(r[0] for r in reals) == ["198.18.1.11", "198.18.1.12", "198.18.1.13"], (name, text)
+        # rr over three real servers: each answers three of the nine
+        assert Counter(answers) == {rs: 3 for rs in REALS}, (name, answers)
+        reals = re.findall(rf"^  -> ([\d.]+):80 +{forward[name]} +1 +(\d+) +(\d+) *$", text, flags=re.M)
+        assert sorted(r[0] for r in reals) == sorted(REALS.values()), (name, text)
         assert all(int(a) + int(i) == 3 for _, a, i in reals), (name, reals)
-        assert len(re.findall(r"^TCP \d\d:\d\d +\w+ +198\.18\.0\.2:\d+ +198\.18\.0\.10:80 +198\.18\.1\.1[123]:80$",
-                              text, flags=re.M)) == 9, (name, text)
+        conns = re.findall(rf"^TCP \d\d:\d\d +\w+ +{re.escape(CLIENT)}:\d+ +{re.escape(VIP)}:80 +([\d.]+):80$",
+                           text, flags=re.M)
+        assert len(conns) == 9 and set(conns) <= set(REALS.values()), (name, text)
     assert out.rstrip().endswith("demo done: lab removed")
     netns = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, check=True).stdout
     assert not [n for n in netns.split() if n.startswith("lb-")], netns

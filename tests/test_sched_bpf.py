@@ -461,7 +461,7 @@ def test_wrr_walks_in_its_program_when_the_next_server_weighs_less_than_cw():
     spec = ServiceSpec("tcp", vip, port, "wrr", (RealSpec(light, 8080, 1, "nat"), RealSpec(heavy, 8080, 3, "nat")))
     with loaded_dataplane("schedwrrcw", table=TableSpec((spec,))) as d:
         _take_out_program(d, "wrr")
-        (sid, _), = [(k, v) for k, v in d.maps["lb_svc"].items(batch=False) if L.SVC.unpack(v)[2] == 6]
+        sid = L.U32.pack(next(iter(d.services.values())).id)
         for i, (cw, want) in enumerate(((3, None), (2, None), (1, light))):
             d.maps["lb_sched_state"].set(sid, L.SCHED_STATE.pack(0, cw))    # the cursor on the heavy one
             failed = d.counters().get("tail_call_failed", 0)
