@@ -34,6 +34,11 @@ ffibuilder.cdef(
                                        unsigned long nt, const uint8_t *masks, const uint8_t *rest,
                                        const uint8_t *persistent, unsigned long nsvc, int64_t *left,
                                        uint32_t *slots, unsigned long nslots);
+    unsigned long bb_sweep_recount(const void *conns, const void *swept, int by_index, const uint32_t *census,
+                                   const uint32_t *persist, unsigned long nreals, const uint32_t *rids,
+                                   unsigned long n, uint32_t *out_rid, int64_t *out_d);
+    unsigned bb_sizeof_real_conns(void);
+    unsigned bb_sizeof_real_counts(void);
     unsigned bb_sizeof_conn_key(void);
     unsigned bb_sizeof_conn(void);
     unsigned bb_sizeof_real(void);

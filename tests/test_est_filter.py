@@ -99,6 +99,22 @@ def test_synced_connections_are_found_by_their_syns(dp):
     assert {send(dp, p, "S") for p in ports} == set(REALS)
 
 
+def test_connections_synced_while_the_sweeps_scan_runs_keep_their_bits(dp):
+    """The engine runs the sweep's scan without its lock (lb.engine Engine.sweep), so an HA
+    import may land between the dump and the census: its keys' bits are not in the scan's
+    census, which must not replace the one the import marked -- the next sweep's census has
+    them."""
+    ports = (42100, 42101, 42102)
+    sp = dp.sweep_scan(dp.sweep_begin())
+    assert dp.import_conns([_record(p, REALS[1]) for p in ports], [], 7, bytes(6)) == (3, 0)
+    dp.sweep_end(sp)
+    assert {send(dp, p, "S") for p in ports} == {REALS[1]}
+    dp.sweep()
+    dp.sweep()                         # both bitmaps of promotions cleared since: the census's
+    assert {bit(dp, p) for p in ports} <= bits(dp, L.EST_CENSUS)
+    assert {send(dp, p, "S") for p in ports} == {REALS[1]}
+
+
 def test_reused_port_after_the_census_expires_the_old_entry(dp):
     """IPVS conn_reuse_mode: a SYN into a CLOSEd connection (found through the census, its
     promotion's mark cleared by the sweep) expires it and is scheduled afresh"""

@@ -10,6 +10,7 @@ import mmap
 import struct
 import time
 from array import array
+from dataclasses import dataclass, field
 
 from . import layout as L
 from .bpfsys import BpfError
@@ -70,6 +71,28 @@ def est_bitmap(keys: list[bytes], bits: int, words: array) -> array:
         b = L.est_filter_bit(k, bits)
         words[b >> 6] |= 1 << (b & 63)
     return words
+
+
+# the maps a sweep reads and writes
+SWEPT_MAPS = ("lb_conns", "lb_conns_embryo", "lb_persist", "lb_persist_embryo")
+
+
+@dataclass
+class SweepPass:
+    """One sweep between its parts (ConnTable.sweep_begin, sweep_scan, sweep_end)"""
+    now: int
+    rids: list[int]
+    persistent: dict[int, tuple[int, bytes]]      # _persistent_services()
+    tables: dict[str, object]                     # SWEPT_MAPS as the begin found them
+    count_writes: int                             # MapTxn.count_writes at the begin, before S0
+    marked: int                                   # the marks bitmap est_switch let go
+    before: dict[int, tuple[int, int, int]] = field(default_factory=dict)   # S0, read before the dumps
+    census: dict[int, list[int]] = field(default_factory=dict)   # W: per real, [active, inactive, persist]
+    templates: list[tuple[str, bytes, bytes]] = field(default_factory=list)
+    in_c: dict | None = None                      # _c_controlling's, when C maps the templates
+    scans: list[tuple] = field(default_factory=list)    # (table, *_sweep_scan's)
+    embryo_before: tuple = ()                     # (lb_ct_events, embryo_deleted) before its dump
+    corrections: dict[int, list[int]] = field(default_factory=dict)  # S0 - W per real, where not 0
 
 
 class ConnTable:
@@ -154,10 +177,12 @@ class ConnTable:
                 "masks": bytes(masks), "rest": bytes(rest), "on": bytes(on), "nsvc": nsvc,
                 "left": array("q", [NO_CONNECTION]) * len(templates), "nslots": nslots}
 
-    def _sweep_scan(self, conns, now: int, persist: bool, census: dict, est: bool, rids, controlling=None):
+    def _sweep_scan(self, conns, now: int, persist: bool, census: dict, est: bool, rids, controlling=None,
+                    counts=None):
         """The sweep's pass over one connection table.  Every client entry (not a NAT reply's
         reverse one) is counted in census[real][class] (for the real ids rids at least: the
-        sweep reads no other).  Returns (the entries read, the (key, value) pairs the sweep must
+        sweep reads no other), or with counts (the C pass only: _c_recount's) in counts[2 * real +
+        class], for bb_sweep_recount.  Returns (the entries read, the (key, value) pairs the sweep must
         look at itself: the expired ones and, with persist, the client entries LB_CONN_F_PERSIST
         marks, and with est the established filter's census bitmap of the live client keys, else
         None, and whether the persistent ones were mapped to their templates here).  In C
@@ -174,7 +199,9 @@ class ConnTable:
             ffi, lib = _bpfbatch.ffi, _bpfbatch.lib
             keys, values, n = conns.dump()
             nreals = self.maps["lb_reals"].max_entries
-            counts = ffi.new("uint32_t[]", 2 * nreals)
+            shared = counts is not None
+            if not shared:
+                counts = ffi.new("uint32_t[]", 2 * nreals)
             idx = ffi.new("uint32_t[]", max(n, 1))
             words = array("Q", bytes(8 * nwords)) if est else None
             mapped = controlling is not None            # given only while there are templates
@@ -192,7 +219,7 @@ class ConnTable:
             ks, vs = conns.key_size, conns.value_size
             kb, vb = ffi.buffer(keys, n * ks), ffi.buffer(values, n * vs)
             look = [(kb[i * ks:(i + 1) * ks], vb[i * vs:(i + 1) * vs]) for i in ffi.unpack(idx, m)]
-            for rid in rids:
+            for rid in rids if not shared else ():
                 if rid < nreals and (counts[2 * rid] or counts[2 * rid + 1]):
                     c = census.setdefault(rid, [0, 0, 0])
                     c[0] += counts[2 * rid]
@@ -273,41 +300,97 @@ class ConnTable:
         The embryonic table's census (its entries, and lb_ct_events and embryo_deleted just before
         its dump) is kept in ``embryo_census`` for the defenses' fill estimate: what this sweep
         deletes from the table after the dump is in embryo_deleted."""
+        return self.sweep_end(self.sweep_scan(self.sweep_begin(now_ns)))
+
+    # The sweep in three parts, so that its long middle one -- S0, the tables' dumps and their
+    # scan, 0.65-0.73 s at 1M connections -- can run without the data plane's lock (lb.engine's
+    # sweep): an apply, a weight or an HA import does not wait for it.  The begin and the end run
+    # under it, and do little (an apply asked during a sweep waits for them: at 64,000 real
+    # servers, the per-server work of S0 and of S0 - W under the lock was 0.1-0.2 s of it).
+    # What the scan reads while others write: entries made or removed meanwhile are each off by
+    # one in the census, as the data path's are (above); a write to a real server's counters or
+    # to lb_reals after the begin (an apply, an import: MapTxn.count_writes), S0 included, makes
+    # the end leave ActiveConn / InActConn's recount and the established filter's census to the
+    # next sweep, and tables replaced meanwhile (new [tables]) make it leave them alone.
+    def sweep_begin(self, now_ns: int | None = None) -> "SweepPass":
+        """The sweep's first part, under the lock: what the scan must know of the table"""
         now = time.monotonic_ns() if now_ns is None else now_ns
-        rids = list(self.table.reals)
-        before = self.counts_snapshot(rids)                 # S0, read before the dumps
-        census: dict[int, list[int]] = {}                     # W: per real, [active, inactive, persist]
-        swept: dict[int, list[int]] = {}
+        self._est_words()       # its shared mapping made here, not in the scan's thread
+        return SweepPass(now=now, rids=list(self.table.reals), persistent=self._persistent_services(),
+                         tables={name: self.maps[name] for name in SWEPT_MAPS},
+                         count_writes=self.txn.count_writes, marked=self.est_switch())
+
+    def sweep_scan(self, sp: "SweepPass") -> "SweepPass":
+        """The sweep's long part, which reads the counters and the tables and writes no map: S0,
+        the templates, the census (W: per real, [active, inactive, persist]), S0 - W, and what
+        sweep_end must look at of each connection table"""
+        recount = self._c_recount(sp.rids)               # S0, read before the dumps, in C
+        if recount is None:
+            sp.before = self.counts_snapshot(sp.rids)    # ... or in Python
         # templates, counted; each is decided after the connections: one whose timeout has passed
         # is kept when a connection it controls was still there when it ran out
         # (ip_vs_conn_expire), and each of lb_persist is marked idle (LB_PERSIST_F_IDLE) when no
         # live connection it controls is left -- past its timeout, the data path then takes it
         # for absent, as IPVS frees it (bpf/lb_persist.h lb_persist_gone)
-        templates: list[tuple[str, bytes, bytes]] = []
         for name in ("lb_persist", "lb_persist_embryo"):
-            for k, v in self.maps[name].items():
-                census.setdefault(L.PERSIST.unpack(v)[1], [0, 0, 0])[2] += 1
-                templates.append((name, k, v))
-        persistent = self._persistent_services() if templates else {}
+            for k, v in sp.tables[name].items():
+                real = L.PERSIST.unpack(v)[1]
+                if recount is None:
+                    sp.census.setdefault(real, [0, 0, 0])[2] += 1
+                elif real < recount["nreals"]:
+                    recount["persist"][real] += 1
+                sp.templates.append((name, k, v))
+        persistent = sp.persistent if sp.templates else {}
+        sp.in_c = (self._c_controlling(sp.templates, persistent)
+                   if persistent and self._c_layouts_match(sp.tables["lb_conns"]) else None)
+        for name in ("lb_conns", "lb_conns_embryo"):
+            conns = sp.tables[name]
+            if name == "lb_conns_embryo":
+                sp.embryo_before = (ct_events(self.maps), self.embryo_deleted)
+            # the census of the client entries and the established filter's bitmap of the live
+            # ones are taken by the scan; what it gives back -- expired entries, and persistent
+            # ones while there are templates unless C mapped them to theirs -- is looked at by
+            # sweep_end
+            sp.scans.append((name, *self._sweep_scan(conns, sp.now, bool(persistent), sp.census,
+                                                     name == "lb_conns", sp.rids, sp.in_c,
+                                                     None if recount is None else recount["census"])))
+        if recount is not None:
+            ffi, lib = _bpfbatch.ffi, _bpfbatch.lib
+            n = len(sp.rids)
+            out_rid, out_d = ffi.new("uint32_t[]", max(n, 1)), ffi.new("int64_t[]", 3 * max(n, 1))
+            m = lib.bb_sweep_recount(recount["conns"], recount["swept"], recount["by_index"], recount["census"],
+                                     recount["persist"], recount["nreals"], recount["rids"], n, out_rid, out_d)
+            d = ffi.unpack(out_d, 3 * m)
+            sp.corrections = {rid: d[3 * i:3 * i + 3] for i, rid in enumerate(ffi.unpack(out_rid, m))}
+            return sp
+        # S0 - W for each real server of rids; where both are 0 (left out of before, not in
+        # census) there is nothing to correct
+        inuse = set(sp.rids)
+        for rid in sp.before.keys() | {r for r in sp.census if r in inuse}:
+            s0, w = sp.before.get(rid, (0, 0, 0)), sp.census.get(rid, (0, 0, 0))
+            d = [s0[i] - w[i] for i in range(3)]
+            if any(d):
+                sp.corrections[rid] = d
+        return sp
+
+    def sweep_end(self, sp: "SweepPass") -> int:
+        """The sweep's last part, under the lock: remove what expired (each entry only if it is
+        as the scan read it), decide the templates, recount.  Returns the connections removed."""
+        if any(self.maps[name] is not m for name, m in sp.tables.items()):
+            return 0        # the tables were replaced while the scan ran: the next sweep's
+        # nothing wrote a real server's counters since the begin: the recount and the census hold
+        settled = self.txn.count_writes == sp.count_writes
+        now, templates = sp.now, sp.templates
+        persistent = sp.persistent if templates else {}
+        swept: dict[int, list[int]] = {}
         # (template key, real) -> the latest moment, in ns from now, one of its connections runs
         # out (negative: already ran out).  A template is kept when a connection it controls was
         # still there when the template ran out -- which may be before this sweep, not only when
         # it is alive now (ip_vs_conn_expire checks n_control at the template's expiry)
         controlling: dict[tuple[bytes, int], int] = {}
-        in_c = (self._c_controlling(templates, persistent)
-                if persistent and self._c_layouts_match(self.maps["lb_conns"]) else None)
         n = 0
-        marked = self.est_switch()       # the established filter's census: keys that stay
-        for name in ("lb_conns", "lb_conns_embryo"):
-            conns = self.maps[name]
-            if name == "lb_conns_embryo":
-                events = ct_events(self.maps)
-                deleted = self.embryo_deleted
-            # the census of the client entries and the established filter's bitmap of the live
-            # ones are taken by the scan; what it gives back -- expired entries, and persistent
-            # ones while there are templates unless C mapped them to theirs -- is looked at here
-            total, look, est_words, mapped = self._sweep_scan(conns, now, bool(persistent), census,
-                                                              name == "lb_conns", rids, in_c)
+        for name, total, look, est_words, mapped in sp.scans:
+            conns = sp.tables[name]
             for k, v in look:
                 last, real, svc, timeout, _ifx, _state, flags = CONN_HEAD.unpack_from(v)
                 out = flags & L.CONN_F_OUT
@@ -340,12 +423,15 @@ class ConnTable:
                 n += 1
                 swept.setdefault(real, [0, 0, 0])[cls] += 1
             if name == "lb_conns_embryo":
+                events, deleted = sp.embryo_before
                 self.embryo_census = (total, events, now, deleted)
-            else:
-                self.est_census_words(est_words, marked)
-            del look
-        if in_c is not None:
-            for (_name, k, v), left in zip(templates, in_c["left"]):
+            elif settled:
+                self.est_census_words(est_words, sp.marked)
+            # else an import's keys may be missing from the scan's census: the filter keeps the
+            # census it has and both marks bitmaps (more 'maybe's, none lost) until the next sweep
+        sp.scans.clear()
+        if sp.in_c is not None:
+            for (_name, k, v), left in zip(templates, sp.in_c["left"]):
                 tk = (k, L.PERSIST.unpack(v)[1])
                 if left != NO_CONNECTION and left > controlling.get(tk, NO_CONNECTION):
                     controlling[tk] = left
@@ -358,7 +444,7 @@ class ConnTable:
             # which in a full table (a flood) evicts another, uncounted
             mark = L.PERSIST_F_IDLE if not live and name == "lb_persist" else 0
             t_left = timeout * 1_000_000_000 - L.elapsed_ns(now, last)
-            table = self.maps[name]
+            table = sp.tables[name]
             if t_left >= 0:
                 if idle == bool(mark):
                     continue             # marked right
@@ -379,16 +465,13 @@ class ConnTable:
                 table.set(k, L.PERSIST.pack(last, real, timeout | mark))
             elif table.delete(k):
                 swept.setdefault(real, [0, 0, 0])[2] += 1
-        # S0 - W for each real server of rids; where both are 0 (left out of before, not in
-        # census) there is nothing to correct
-        inuse = set(rids)
-        for rid in before.keys() | {r for r in census if r in inuse}:
-            s0, w = before.get(rid, (0, 0, 0)), census.get(rid, (0, 0, 0))
-            d = [s0[i] - w[i] for i in range(3)]
-            if any(d):
-                cnt = swept.setdefault(rid, [0, 0, 0])
-                for i in range(3):
-                    cnt[i] += d[i]
+        # S0 - W, the scan's.  Not when a real server's counters were written since the begin
+        # (settled false): S0 - W would carry that write's change; the entries removed here are
+        # taken off either way, and the next sweep recounts
+        for rid, d in sp.corrections.items() if settled else ():
+            cnt = swept.setdefault(rid, [0, 0, 0])
+            for i in range(3):
+                cnt[i] += d[i]
         self.add_swept(swept)
         return n
 
@@ -490,6 +573,29 @@ class ConnTable:
         firewall-mark service <client & netmask, fwmark> (mask_rest: _persistent_services')."""
         mask, rest = mask_rest
         return (int.from_bytes(conn_key[:16], "big") & mask).to_bytes(16, "big") + rest
+
+    def _c_recount(self, rids: list[int]) -> dict | None:
+        """S0 for cext/bpfbatch.c bb_sweep_recount -- lb_real_conns and lb_real_swept of the
+        real ids rids, read now, as C buffers -- and the census buffers the scan fills, or None
+        where the module is not built (or an older build) or the connection table's layout is not
+        the module's: the Python pass (counts_snapshot, census dicts) then."""
+        lib = getattr(_bpfbatch, "lib", None)
+        if (not hasattr(lib, "bb_sweep_recount") or lib.bb_sizeof_real_conns() != L.REAL_CONNS.size
+                or lib.bb_sizeof_real_counts() != L.REAL_COUNTS.size
+                or not all(self._c_layouts_match(self.maps[name]) for name in ("lb_conns", "lb_conns_embryo"))):
+            return None
+        ffi, n = _bpfbatch.ffi, len(rids)
+        ids = array("I", rids)
+        keys = ids.tobytes()              # U32 keys: native order, as array's
+        conns, by_index, found = self.maps["lb_real_conns"].values_raw(keys, n)
+        swept, by_index_s, found_s = self.maps["lb_real_swept"].values_raw(keys, n)
+        if by_index != by_index_s or (not by_index and n and (b"\0" in ffi.buffer(found, n)[:]
+                                                               or b"\0" in ffi.buffer(found_s, n)[:])):
+            return None                  # an id past the arrays: counts_snapshot leaves it out
+        nreals = self.maps["lb_reals"].max_entries
+        return {"conns": conns, "swept": swept, "by_index": int(by_index), "nreals": nreals,
+                "rids": ffi.from_buffer("uint32_t[]", ids), "ids": ids,
+                "census": ffi.new("uint32_t[]", 2 * nreals), "persist": ffi.new("uint32_t[]", nreals)}
 
     def counts_snapshot(self, rids: list[int]) -> dict[int, tuple[int, int, int]]:
         """(active, inactive, persist) = lb_real_conns - lb_real_swept of the given real ids; a

@@ -68,6 +68,9 @@ assert all(name in STAGE_MAPS for name, _ in NEW_REAL)
 # ServiceTable's next id) has never been written, so its entries are zero (the undo log need
 # not read them: a big first apply costs no lookups)
 REAL_ARRAYS = (*(name for name, _ in NEW_REAL), "lb_reals")
+# what a sweep's recount of ActiveConn/InActConn reads (lb/dataplane/conntable.py): a write to one
+# of these while the sweep's scan ran without the lock makes its recount wait for the next sweep
+COUNT_MAPS = frozenset(("lb_reals", "lb_real_conns", "lb_real_swept"))
 SVC_ARRAYS = ("lb_svc", "lb_sched_state", "lb_svc_dests", "lb_sched_buckets", "lb_svc_stats", "lb_svc_rates")
 
 
@@ -148,6 +151,7 @@ class MapTxn:
         self._pending_dels: dict[str, dict[bytes, bool]] = {}
         self.undo: UndoLog | None = None     # set for the length of an all-or-nothing apply
         self.fresh_ids = (0, 0)              # (real, service) ids never handed out start here
+        self.count_writes = 0                # set / delete calls on COUNT_MAPS (ConnTable.sweep_end)
 
     def _set_now(self, mapname: str, key: bytes, value: bytes) -> None:
         m = self.maps[mapname]
@@ -160,6 +164,8 @@ class MapTxn:
 
     def delete_now(self, mapname: str, key: bytes) -> bool:
         """Delete key at once, whatever is pending (not counted: the caller counts)."""
+        if mapname in COUNT_MAPS:
+            self.count_writes += 1
         m = self.maps[mapname]
         if self.undo is not None:
             self.undo.remember(m, key)
@@ -169,6 +175,8 @@ class MapTxn:
             raise _write_error(mapname, e) from e
 
     def set(self, mapname: str, key: bytes, value: bytes) -> None:
+        if mapname in COUNT_MAPS:
+            self.count_writes += 1
         p = self._pending
         if p is None:
             self._set_now(mapname, key, value)
@@ -184,6 +192,8 @@ class MapTxn:
     def set_many(self, mapname: str, keys: list[bytes], values: list[bytes]) -> None:
         """set() of each (key, value), in order; outside an apply's staging, one batch write
         (the rate estimator's thousands of entries every 2 s)."""
+        if mapname in COUNT_MAPS:
+            self.count_writes += 1
         if self._pending is not None:
             for k, v in zip(keys, values):
                 self.set(mapname, k, v)
@@ -206,6 +216,8 @@ class MapTxn:
 
     def delete(self, mapname: str, key: bytes) -> None:
         """Delete key; counted as a write when it removes an entry."""
+        if mapname in COUNT_MAPS:
+            self.count_writes += 1
         p = self._pending
         if p is None or mapname not in p:
             if p is not None:
@@ -234,6 +246,7 @@ class MapTxn:
 
     def new_real(self, rid: int) -> None:
         """A new or reused real server id: its counters start from zero (NEW_REAL)."""
+        self.count_writes += 1
         k = L.U32.pack(rid)
         p = self._pending
         if p is None:

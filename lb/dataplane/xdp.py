@@ -533,9 +533,20 @@ class XdpDataplane(Dataplane):
 
     # ---- housekeeping ----
     def sweep(self, now_ns: int | None = None) -> int:
-        n = self.conns.sweep(now_ns)
+        return self.sweep_end(self.sweep_scan(self.sweep_begin(now_ns)))
+
+    # the sweep's parts (ConnTable's): the scan, the long one, reads only the connection and
+    # template tables, and runs without the engine's lock
+    def sweep_begin(self, now_ns: int | None = None):
+        return self.conns.sweep_begin(now_ns)
+
+    def sweep_scan(self, sp):
+        return self.conns.sweep_scan(sp)
+
+    def sweep_end(self, sp) -> int:
+        n = self.conns.sweep_end(sp)
         self.table.sync_overload()
-        self.lblc_check_expire(now_ns)
+        self.lblc_check_expire(sp.now)
         return n
 
     def defend(self) -> None:
