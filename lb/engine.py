@@ -552,6 +552,7 @@ class Engine:
         self._addr_lock = threading.Lock()           # role changes vs keep_ownership's restore
         self.ownership: dict = {"addresses_restored": 0, "xdp_attached": 0, "last": None, "at": None}
         self._resizing = False       # a move into new [tables] sizes has more to do (finish_resize)
+        self._sweeping: asyncio.Future | None = None   # the run loop's sweep, in the background
         self._ownership_log = RateLimitedLog(log, 60.0)
         self._address_watch = addresses.Watch()      # when to look for lost addresses
         # what this run holds, recorded across runs (lb/held.py): what the earlier run's record
@@ -1779,8 +1780,14 @@ class Engine:
             return self.dp.import_conns(conns, temps, ifindex, mac, owned_since_ns=owned_since_ns)
 
     def sweep(self) -> int:
+        # its scan -- the dumps of the connection tables, ~0.7 s at 1M connections -- without the
+        # lock: an apply after a health change, a weight or an HA import does not wait for it
+        # (what ConnTable.sweep_end does with writes made meanwhile: lb/dataplane/conntable.py)
         with self._dp_lock:
-            return self.dp.sweep()
+            sp = self.dp.sweep_begin()
+        sp = self.dp.sweep_scan(sp)
+        with self._dp_lock:
+            return self.dp.sweep_end(sp)
 
     # the data plane's own housekeeping, each under the lock every writer of its maps takes
     # (an HA import in pulse's thread staged its counts into a table apply's transaction and
@@ -2176,6 +2183,11 @@ class Engine:
                 except asyncio.TimeoutError:
                     pass
                 self._wake.clear()
+                if self._sweeping is not None and self._sweeping.done():
+                    # what the sweep let through (_housekeep's: a CancelledError not of run()'s)
+                    # fails this turn, as it did when the turn awaited the sweep
+                    swept, self._sweeping = self._sweeping, None
+                    swept.result()
                 now = loop.time()
                 if watchdog is not None and now - last_ping >= watchdog / 4:
                     last_ping = now
@@ -2183,18 +2195,23 @@ class Engine:
                 # each step on its own: one that fails (every second, say) is counted and logged, and
                 # the next ones -- the sweep, the addresses put back, XDP attached again -- still run
                 if reload_pending or self._reload_waiters:
+                    await self._sweep_done()          # a reload may replace the tables it reads
                     await self._housekeep("reload", do_reload)
                 if self._dirty or self._apply_waiters:
                     await self._housekeep("apply", lambda: self._apply_changes(blocking))
                 if self.dp.draining:
                     await self._housekeep("finish_drains", lambda: blocking(self.finish_drains))
                 if self._resizing:
+                    await self._sweep_done()
                     await self._housekeep("finish_resize", do_resize)
                 await self._housekeep("sched_base", do_sched_base)
                 sweep_due = now - last_sweep >= SWEEP_INTERVAL
                 if sweep_due:
                     last_sweep = now
-                    await self._housekeep("sweep", do_sweep)
+                    # in the background: the next turns -- an apply, a reload's wait -- do not
+                    # wait for it (Engine.sweep); one at a time, a due one skipped while it runs
+                    if self._sweeping is None or self._sweeping.done():
+                        self._sweeping = asyncio.ensure_future(self._housekeep("sweep", do_sweep))
                 # the director's own addresses: at each sweep, and as soon as rtnetlink tells of
                 # one added or removed (a change is applied at the next turn, woken at once)
                 if self._address_watch.own_changed() or sweep_due:
@@ -2222,6 +2239,7 @@ class Engine:
                     break
                 await asyncio.sleep(RUN_LOOP_PAUSE)      # never a loop that spins on its error
 
+        await self._sweep_done()        # before anything is stopped or torn down
         # the pings end with the loop: STOPPING=1 now, not after the loop's parts have stopped
         # (a BGP drain: seconds), so that systemd's watchdog, on while the unit runs, is off
         # for the stop (TimeoutStopSec= bounds it instead).  Not when the loop gave up: that exit
@@ -2268,6 +2286,12 @@ class Engine:
         self._stop = "keep"
         return True
 
+    async def _sweep_done(self) -> None:
+        """Wait for the run loop's sweep, if one runs (its thread reads the tables a reload, a
+        resize or the stop may replace or close); _housekeep's, it never raises"""
+        if self._sweeping is not None:
+            await asyncio.wait({self._sweeping})
+
     async def _housekeep(self, step: str, fn):
         """await fn(), one step of the run loop's housekeeping: the daemon keeps forwarding, and
         the loop's other steps run, whatever it does.  A failure is counted by step (`lb status`'s
@@ -2283,9 +2307,10 @@ class Engine:
             started, wait = time.monotonic(), HOUSEKEEPING_SLOW
             try:
                 while not (await asyncio.wait({work}, timeout=wait))[0]:
-                    log.warning("housekeeping: %s still running after %.0f s: the daemon's other steps (health "
-                                "changes, reloads, the sweep) wait for it", HOUSEKEEPING[step],
-                                time.monotonic() - started)
+                    log.warning("housekeeping: %s still running after %.0f s: %s", HOUSEKEEPING[step],
+                                time.monotonic() - started,
+                                "a reload, a resize and the stop wait for it" if step == "sweep" else
+                                "the daemon's other steps (health changes, reloads, the sweep) wait for it")
                     wait *= 2
             except asyncio.CancelledError:
                 work.cancel()

@@ -273,3 +273,39 @@ def test_an_address_the_director_gains_is_read_when_rtnetlink_tells_not_at_the_n
     drive(eng, str(run_dir), body)
     assert seen == [set(), {d4, new}], seen
     assert eng.dp.calls["sweep"] == 0, eng.dp.calls
+
+
+def test_a_weight_change_is_applied_while_the_sweeps_scan_runs(run_dir):
+    """The sweep's scan -- the dumps of the connection tables, ~0.7 s at 1M connections -- runs
+    beside the run loop's turns and without the data plane's lock: an `lb weight` asked while it
+    runs is answered, applied, before the scan ends (it waited for the whole sweep)."""
+    import threading
+    scanning, release = threading.Event(), threading.Event()
+
+    class Scanning(CountingDataplane):
+        def sweep_scan(self, sp):
+            scanning.set()
+            release.wait(30)
+            return sp
+
+    eng = make_engine(write(run_dir / "lb.toml", instance="hkscan"))
+    eng.dp = Scanning()
+    inst = eng.cfg.instance
+
+    async def body(call):
+        try:
+            eng._wake.set()
+            assert await asyncio.get_running_loop().run_in_executor(None, scanning.wait, 30)
+            reply = await asyncio.wait_for(
+                call(lambda: control.request(inst, "weight", service="web", server="rs1", weight=0)), 20)
+            assert reply["ok"] and table(eng) == {"rs1": 0, "rs2": 1, "rs3": 1}, reply
+            assert not release.is_set() and eng.dp.calls["sweep"] == 0     # the scan still runs
+        finally:
+            release.set()
+        for _ in range(100):                      # and the sweep ends, its last part under the lock
+            if eng.dp.calls["sweep"]:
+                break
+            await asyncio.sleep(0.05)
+
+    drive(eng, str(run_dir), body)
+    assert eng.dp.calls["sweep"] >= 1 and not eng.housekeeping_errors
