@@ -16,7 +16,9 @@ Baselines, measured in the same run:
                    formatted in C (lb.cli.main.connection_listing), measured against the same baseline.
   sweep            the expiry sweep's pass over those connections (lb run: every 5 s, nothing
                    expired) against the dump of the same tables (its floor); its share of a core
-                   is said beside it;
+                   is said beside it; and a one-server change asked a tenth of the way into a
+                   sweep, until it is applied, against the same change with no sweep running:
+                   the sweep's scan without the engine's lock, and held through it (as before);
   restart          the data plane's load of the instance holding those 1M connections, adopting
                    them, against the load of a restart with twice the connections in [tables]
                    (the maps moved into maps of the new size, lb/dataplane/resize.py);
@@ -120,6 +122,37 @@ def engine_changes(dp, nsvc: int, nreal: int, rounds: int) -> list[float]:
         out.append(time.perf_counter() - t0)
         want = nreal - (0 if i % 2 else 1)
         assert len(tab.services[nsvc // 2].reals) == want, (len(tab.services[nsvc // 2].reals), want)
+    return out
+
+
+def change_beside_sweep(dp, tabs: tuple, runs: int, whole: bool, after: float) -> list[float]:
+    """A one-server change asked `after` s into an expiry sweep: from the ask to the change applied,
+    under the engine's data-plane lock (lb.engine.Engine.sweep's, run on a stand-in holding only
+    that lock and the data plane: its scan without the lock), or with `whole` the lock held
+    through the whole sweep, as before 2026-12-07.  Alternates the two tables of tabs."""
+    import threading
+    import types
+
+    from lb.engine import Engine
+
+    out = []
+    for i in range(runs):
+        eng = types.SimpleNamespace(dp=dp, _dp_lock=threading.Lock())
+
+        def sweep():
+            if whole:
+                with eng._dp_lock:
+                    dp.sweep()
+            else:
+                Engine.sweep(eng)
+        th = threading.Thread(target=sweep)
+        th.start()
+        time.sleep(after)
+        t0 = time.perf_counter()
+        with eng._dp_lock:
+            dp.apply(tabs[i % 2])
+        out.append(time.perf_counter() - t0)
+        th.join()
     return out
 
 
@@ -529,6 +562,23 @@ def suite(size: str = "full") -> dict:
                                     f"{ss['median'] / SWEEP_INTERVAL:.0%} of a core)",
                         "seconds": ss, "runs": [t for t, _ in swept], "ratio": ratio(ss["median"], ds["median"]),
                         "share_of_a_core": ss["median"] / SWEEP_INTERVAL})
+        # a one-server change asked while the sweep runs (a tenth of the way in), the scan without
+        # the lock against the lock held through the sweep (before 2026-12-07), beside the change
+        # alone: what a health check's verdict waits for at this table's size
+        pair = (tabs["weight"], tabs["base"])
+        alone = [_timed(c.dp.apply, pair[i % 2])[0] for i in range(2 * runs)]
+        beside = change_beside_sweep(c.dp, pair, 2 * runs, False, ss["median"] / 10)
+        held = change_beside_sweep(c.dp, pair, 2 * runs, True, ss["median"] / 10)
+        c.dp.apply(tabs["base"])
+        est_alone = estimate(alone)
+        results.append({"scenario": "one-server change (weight), no sweep running", "baseline": True,
+                        "seconds": est_alone, "runs": alone, "ratio": 1.0})
+        for label, secs in (("its scan without the lock", beside), ("the lock held through it (before)", held)):
+            est = estimate(secs)
+            results.append({"scenario": f"one-server change (weight) asked during the expiry sweep over {got} conns, "
+                                        + label, "seconds": est, "runs": secs,
+                            "ratio": ratio(est["median"], est_alone["median"]),
+                            **(judge(est, CHANGE_TARGET_S) if (nsvc, nreal) == (1000, 64) else {})})
         results += estimator_rows(c, runs)
         results += nexthop_rows(NEXTHOP_SERVERS[size], runs)
         bss = summary([b[0] for b in batch_small])

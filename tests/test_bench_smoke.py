@@ -48,13 +48,20 @@ def test_bench_suites_run(tmp_path):
     change = next(r for r in ctl["results"] if r["scenario"].startswith("one-server change (weight)"))
     assert apply["writes"] > change["writes"] > 0
     # every kind of change measured once per round (smoke: two rounds; the weight goes there and back)
-    kinds = {r["scenario"]: r for r in ctl["results"] if "change" in r["scenario"] or "unchanged" in r["scenario"]}
+    kinds = {r["scenario"]: r for r in ctl["results"] if ("change" in r["scenario"] or "unchanged" in r["scenario"])
+             and "sweep" not in r["scenario"]}
     fresh = "one-server change (weight), every spec built afresh"
     engine = "one-server change through the engine (a health check fails or passes: build_table + apply)"
     assert set(kinds) == {"one-server change (weight)", "one-server change (remove)", "one-server change (add)",
                           "unchanged table re-applied", fresh, engine}
     assert [len(r["runs"]) for r in kinds.values()] == [4, 2, 2, 2, 2, 4] and kinds["unchanged table re-applied"]["writes"] == 0
     assert kinds[fresh]["writes"] == kinds["one-server change (weight)"]["writes"]
+    # a one-server change asked during the sweep, its scan without the lock and the lock held
+    # through it, against the change with no sweep running (smoke: one run, the change there and back)
+    beside = [r for r in ctl["results"] if "sweep" in r["scenario"] and "one-server change" in r["scenario"]]
+    assert [r["scenario"].rsplit(", ", 1)[-1] for r in beside] == [
+        "no sweep running", "its scan without the lock", "the lock held through it (before)"], beside
+    assert beside[0]["baseline"] and all(len(r["runs"]) == 2 and r["ratio"] > 0 for r in beside)
     # the rate estimator: idle and every counter moved (each pass wrote every id), against its floor
     idle = [r for r in ctl["results"] if r["scenario"].startswith("rate estimator pass") and " idle " in r["scenario"]]
     moved = [r for r in ctl["results"] if r["scenario"].startswith("rate estimator pass") and "moved" in r["scenario"]]
