@@ -128,7 +128,7 @@ class Dataplane(abc.ABC):
         """Expire connections and templates nobody visits; returns the connections removed."""
 
     # sweep() in three parts, for the engine to run the middle one, which only reads the
-    # connection tables, without its lock (the XDP data plane's scan of 1M connections: ~0.7 s).
+    # connection tables, without its lock (the XDP data plane's scan of 1M connections: ~0.5 s).
     # Here the whole sweep is the last part's.
     def sweep_begin(self, now_ns: int | None = None):
         return now_ns

@@ -303,7 +303,7 @@ class ConnTable:
         return self.sweep_end(self.sweep_scan(self.sweep_begin(now_ns)))
 
     # The sweep in three parts, so that its long middle one -- S0, the tables' dumps and their
-    # scan, 0.65-0.73 s at 1M connections -- can run without the data plane's lock (lb.engine's
+    # scan, ~0.5 s at 1M connections -- can run without the data plane's lock (lb.engine's
     # sweep): an apply, a weight or an HA import does not wait for it.  The begin and the end run
     # under it, and do little (an apply asked during a sweep waits for them: at 64,000 real
     # servers, the per-server work of S0 and of S0 - W under the lock was 0.1-0.2 s of it).
