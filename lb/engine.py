@@ -552,7 +552,8 @@ class Engine:
         self._addr_lock = threading.Lock()           # role changes vs keep_ownership's restore
         self.ownership: dict = {"addresses_restored": 0, "xdp_attached": 0, "last": None, "at": None}
         self._resizing = False       # a move into new [tables] sizes has more to do (finish_resize)
-        self._sweeping: asyncio.Future | None = None   # the run loop's sweep, in the background
+        # the run loop's steps that run beside its turns (the sweep, the next hops' refresh)
+        self._beside_tasks: dict[str, asyncio.Future] = {}
         self._ownership_log = RateLimitedLog(log, 60.0)
         self._address_watch = addresses.Watch()      # when to look for lost addresses
         # what this run holds, recorded across runs (lb/held.py): what the earlier run's record
@@ -2183,11 +2184,12 @@ class Engine:
                 except asyncio.TimeoutError:
                     pass
                 self._wake.clear()
-                if self._sweeping is not None and self._sweeping.done():
-                    # what the sweep let through (_housekeep's: a CancelledError not of run()'s)
-                    # fails this turn, as it did when the turn awaited the sweep
-                    swept, self._sweeping = self._sweeping, None
-                    swept.result()
+                for step, task in list(self._beside_tasks.items()):
+                    if task.done():
+                        # what the step let through (_housekeep's: a CancelledError not of
+                        # run()'s) fails this turn, as it did when the turn awaited the step
+                        del self._beside_tasks[step]
+                        task.result()
                 now = loop.time()
                 if watchdog is not None and now - last_ping >= watchdog / 4:
                     last_ping = now
@@ -2195,23 +2197,20 @@ class Engine:
                 # each step on its own: one that fails (every second, say) is counted and logged, and
                 # the next ones -- the sweep, the addresses put back, XDP attached again -- still run
                 if reload_pending or self._reload_waiters:
-                    await self._sweep_done()          # a reload may replace the tables it reads
+                    await self._beside_done("sweep")     # a reload may replace the tables it reads
                     await self._housekeep("reload", do_reload)
                 if self._dirty or self._apply_waiters:
                     await self._housekeep("apply", lambda: self._apply_changes(blocking))
                 if self.dp.draining:
                     await self._housekeep("finish_drains", lambda: blocking(self.finish_drains))
                 if self._resizing:
-                    await self._sweep_done()
+                    await self._beside_done("sweep")
                     await self._housekeep("finish_resize", do_resize)
                 await self._housekeep("sched_base", do_sched_base)
                 sweep_due = now - last_sweep >= SWEEP_INTERVAL
                 if sweep_due:
                     last_sweep = now
-                    # in the background: the next turns -- an apply, a reload's wait -- do not
-                    # wait for it (Engine.sweep); one at a time, a due one skipped while it runs
-                    if self._sweeping is None or self._sweeping.done():
-                        self._sweeping = asyncio.ensure_future(self._housekeep("sweep", do_sweep))
+                    self._beside("sweep", do_sweep)     # its scan without the lock: Engine.sweep
                 # the director's own addresses: at each sweep, and as soon as rtnetlink tells of
                 # one added or removed (a change is applied at the next turn, woken at once)
                 if self._address_watch.own_changed() or sweep_due:
@@ -2229,7 +2228,8 @@ class Engine:
                     await self._housekeep("keep_ownership", lambda: blocking(lambda: self.keep_ownership(now)))
                 if now - last_nh >= NEXTHOP_INTERVAL:
                     last_nh = now
-                    await self._housekeep("refresh_nexthops", lambda: blocking(self.refresh_nexthops))
+                    # beside the turns: its resolution (up to NEXTHOP_BUDGET s) holds no lock
+                    self._beside("refresh_nexthops", lambda: blocking(self.refresh_nexthops))
                 failing = 0
             except (Exception, asyncio.CancelledError) as e:
                 if isinstance(e, asyncio.CancelledError) and asyncio.current_task().cancelling():
@@ -2239,7 +2239,7 @@ class Engine:
                     break
                 await asyncio.sleep(RUN_LOOP_PAUSE)      # never a loop that spins on its error
 
-        await self._sweep_done()        # before anything is stopped or torn down
+        await self._beside_done()        # before anything is stopped or torn down
         # the pings end with the loop: STOPPING=1 now, not after the loop's parts have stopped
         # (a BGP drain: seconds), so that systemd's watchdog, on while the unit runs, is off
         # for the stop (TimeoutStopSec= bounds it instead).  Not when the loop gave up: that exit
@@ -2286,11 +2286,22 @@ class Engine:
         self._stop = "keep"
         return True
 
-    async def _sweep_done(self) -> None:
-        """Wait for the run loop's sweep, if one runs (its thread reads the tables a reload, a
-        resize or the stop may replace or close); _housekeep's, it never raises"""
-        if self._sweeping is not None:
-            await asyncio.wait({self._sweeping})
+    def _beside(self, step: str, fn) -> None:
+        """Start a housekeeping step that runs beside the loop's turns, so that the next turns --
+        an apply after a health check or `lb weight`, a reload -- do not wait for it: one whose
+        long part holds no lock (the sweep's scan, the next hops' resolution).  One at a time: a
+        due one is skipped while the last still runs."""
+        task = self._beside_tasks.get(step)
+        if task is None or task.done():
+            self._beside_tasks[step] = asyncio.ensure_future(self._housekeep(step, fn))
+
+    async def _beside_done(self, *steps: str) -> None:
+        """Wait for those steps (all without any) if they run: the sweep's thread reads the tables
+        a reload or a resize may replace, and the stop closes what any of them uses.  Never
+        raises (the tasks are _housekeep's; what they let through, the next turn raises)."""
+        tasks = {t for step, t in self._beside_tasks.items() if not steps or step in steps}
+        if tasks:
+            await asyncio.wait(tasks)
 
     async def _housekeep(self, step: str, fn):
         """await fn(), one step of the run loop's housekeeping: the daemon keeps forwarding, and
@@ -2309,6 +2320,7 @@ class Engine:
                 while not (await asyncio.wait({work}, timeout=wait))[0]:
                     log.warning("housekeeping: %s still running after %.0f s: %s", HOUSEKEEPING[step],
                                 time.monotonic() - started,
+                                "the stop waits for it" if step == "refresh_nexthops" else
                                 "a reload, a resize and the stop wait for it" if step == "sweep" else
                                 "the daemon's other steps (health changes, reloads, the sweep) wait for it")
                     wait *= 2

@@ -309,3 +309,39 @@ def test_a_weight_change_is_applied_while_the_sweeps_scan_runs(run_dir):
 
     drive(eng, str(run_dir), body)
     assert eng.dp.calls["sweep"] >= 1 and not eng.housekeeping_errors
+
+
+def test_a_weight_change_is_applied_while_the_next_hops_are_resolved(run_dir):
+    """The next hops' refresh resolves up to a second of addresses a turn (NEXTHOP_BUDGET, at
+    thousands of real servers) without the data plane's lock, beside the run loop's turns: an
+    `lb weight` asked meanwhile is applied before the resolution ends (it waited for it)."""
+    import threading
+    resolving, release = threading.Event(), threading.Event()
+
+    class Resolving(CountingDataplane):
+        def resolve_nexthops(self, work, budget=None):
+            resolving.set()
+            release.wait(30)
+            return {}
+
+    eng = make_engine(write(run_dir / "lb.toml", instance="hkresolve"))
+    eng.dp = Resolving()
+    inst = eng.cfg.instance
+
+    async def body(call):
+        try:
+            eng._wake.set()
+            assert await asyncio.get_running_loop().run_in_executor(None, resolving.wait, 30)
+            reply = await asyncio.wait_for(
+                call(lambda: control.request(inst, "weight", service="web", server="rs1", weight=0)), 20)
+            assert reply["ok"] and table(eng) == {"rs1": 0, "rs2": 1, "rs3": 1}, reply
+            assert not release.is_set() and eng.dp.calls["refresh_nexthops"] == 0   # still resolving
+        finally:
+            release.set()
+        for _ in range(100):                      # and the refresh ends, its writes under the lock
+            if eng.dp.calls["refresh_nexthops"]:
+                break
+            await asyncio.sleep(0.05)
+
+    drive(eng, str(run_dir), body)
+    assert eng.dp.calls["refresh_nexthops"] >= 1 and not eng.housekeeping_errors
