@@ -276,6 +276,22 @@ class FakeMap:
         v = self.entries.get(key)
         return [] if v is None else [v, v]
 
+    # the raw reads (every CPU's value, padded to 8), one by one or many (lb list reads ahead)
+    @property
+    def ncpus(self):
+        return 2 if self.percpu else 1
+
+    @property
+    def slot(self):
+        return (self.value_size + 7) & ~7 if self.percpu else self.value_size
+
+    def get_raw(self, key):
+        v = self.entries.get(key)
+        return None if v is None else v.ljust(self.slot, b"\0") * self.ncpus
+
+    def get_many_raw(self, keys):
+        return [self.get_raw(k) for k in keys]
+
     def items(self, batch=None):
         return list(self.entries.items())
 
