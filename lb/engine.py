@@ -552,8 +552,10 @@ class Engine:
         self._addr_lock = threading.Lock()           # role changes vs keep_ownership's restore
         self.ownership: dict = {"addresses_restored": 0, "xdp_attached": 0, "last": None, "at": None}
         self._resizing = False       # a move into new [tables] sizes has more to do (finish_resize)
-        # the run loop's steps that run beside its turns (the sweep, the next hops' refresh)
+        # the run loop's steps that run beside its turns (the sweep, the next hops' refresh), and
+        # when each began (Engine._beside_hung)
         self._beside_tasks: dict[str, asyncio.Future] = {}
+        self._beside_started: dict[str, float] = {}
         self._ownership_log = RateLimitedLog(log, 60.0)
         self._address_watch = addresses.Watch()      # when to look for lost addresses
         # what this run holds, recorded across runs (lb/held.py): what the earlier run's record
@@ -2136,7 +2138,8 @@ class Engine:
         last_sweep = last_nh = last_est = last_def = last_own = last_ping = loop.time()
         # WatchdogSec= (lb@.service): WATCHDOG=1 from this loop only, once per turn at most, a
         # quarter of the interval apart -- a step that hangs (a netlink call that never returns,
-        # in the executor) holds the loop, the pings stop and systemd aborts lb (SIGABRT: every
+        # in the executor) holds the loop (or, beside the turns, runs past the interval:
+        # _beside_hung), the pings stop and systemd aborts lb (SIGABRT: every
         # thread's stack to the journal) and starts it again; the data plane forwards meanwhile
         # and is adopted, as after a crash.  Never from a thread of its own, which would ping on.
         watchdog = sdnotify.watchdog_interval()
@@ -2191,7 +2194,7 @@ class Engine:
                         del self._beside_tasks[step]
                         task.result()
                 now = loop.time()
-                if watchdog is not None and now - last_ping >= watchdog / 4:
+                if watchdog is not None and now - last_ping >= watchdog / 4 and not self._beside_hung(watchdog):
                     last_ping = now
                     sdnotify.watchdog()
                 # each step on its own: one that fails (every second, say) is counted and logged, and
@@ -2294,6 +2297,15 @@ class Engine:
         task = self._beside_tasks.get(step)
         if task is None or task.done():
             self._beside_tasks[step] = asyncio.ensure_future(self._housekeep(step, fn))
+            self._beside_started[step] = time.monotonic()
+
+    def _beside_hung(self, limit: float) -> bool:
+        """Whether a step beside the turns has run for over ``limit`` seconds (the watchdog's
+        interval: a netlink call that never returns).  The loop then stops its pings, as when
+        such a step held the loop itself, and systemd aborts lb."""
+        now = time.monotonic()
+        return any(not task.done() and now - self._beside_started[step] > limit
+                   for step, task in self._beside_tasks.items())
 
     async def _beside_done(self, *steps: str) -> None:
         """Wait for those steps (all without any) if they run: the sweep's thread reads the tables

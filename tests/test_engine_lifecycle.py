@@ -853,6 +853,61 @@ def test_watchdog_pings_stop_when_a_step_hangs(tmp_path):
     assert not [i for i in pings if i > hung], (messages, out)          # the hung loop does not
 
 
+def hung_beside_child(run_dir: str, config: str) -> int:
+    """As hung_step_child, the step that hangs one that runs beside the loop's turns (the next
+    hops' refresh, every turn here): the loop goes on making turns."""
+    import logging
+    import threading
+    logging.basicConfig(level=logging.INFO, stream=sys.stdout, format="%(levelname)s %(message)s")
+    from lb import sdnotify
+    calls = []
+
+    def refresh_nexthops(self):
+        calls.append(1)
+        if len(calls) > 3:                          # a few refreshes, then one that never returns
+            sdnotify.status("test: hung")
+            threading.Event().wait()
+        return 0
+    lbengine.Engine.refresh_nexthops = refresh_nexthops
+    lbengine.NEXTHOP_INTERVAL = 0.0
+    patch_host(setattr, run_dir, StartingDataplane)
+    return lbengine.run(lbconfig.load(config), dataplane="ipvs")
+
+
+def test_watchdog_pings_stop_when_a_step_beside_the_turns_hangs(tmp_path):
+    """The sweep and the next hops' refresh run beside the loop's turns (Engine._beside): one
+    that hangs no longer holds the loop, which goes on pinging -- so the loop stops its pings
+    once such a step has run for longer than the watchdog's interval, and systemd aborts lb
+    as for a step that holds the loop."""
+    from lb.sdnotify import Listener
+    config = write(tmp_path / "lb.toml", instance=f"wb{os.getpid() % 10000}")
+    code = (f"import sys; sys.path[:0] = [{str(TESTS)!r}, {str(REPO)!r}]; import test_engine_lifecycle as t; "
+            f"sys.exit(t.hung_beside_child({str(tmp_path)!r}, {str(config)!r}))")
+    listener = Listener()
+    log = open(tmp_path / "child.log", "wb")
+    child = subprocess.Popen([sys.executable, "-c", code], stdout=log, stderr=subprocess.STDOUT,
+                             env=dict(os.environ, PYTHONPATH=f"{REPO}{os.pathsep}{TESTS}",
+                                      WATCHDOG_USEC="200000", **listener.env()))
+    try:
+        listener.wait_for("STATUS", "test: hung", 60, alive=lambda: child.poll() is None)
+        time.sleep(3.0)          # the interval (0.2 s) and a turn (at most 1 s) many times over
+        end = time.monotonic()
+        messages = list(listener.messages)
+        assert child.poll() is None
+    finally:
+        child.kill()
+        child.wait(10)
+        log.close()
+        listener.close()
+    out = (tmp_path / "child.log").read_text()
+    fields = [f for _, f in messages]
+    ready = next(i for i, f in enumerate(fields) if f.get("READY") == "1")
+    hung = next(i for i, f in enumerate(fields) if f.get("STATUS") == "test: hung")
+    pings = [(i, t) for i, (t, f) in enumerate(messages) if f.get("WATCHDOG") == "1"]
+    assert [i for i, _ in pings if ready < i < hung], (messages, out)     # the loop's turns pinged
+    assert not [t for _, t in pings if t > end - 1.5], (messages, out)   # not once the step hung
+
+
 def stop_after_ready_child(run_dir: str, config: str) -> int:
     """In a process of its own, under a NOTIFY_SOCKET: `lb stop` once running; the loop's parts
     (the BGP drain, metrics, pulse ...) say "test: parts stopping" as they stop."""
