@@ -521,6 +521,8 @@ class Engine:
         self._weight_log = RateLimitedLog(log, 60.0)  # by real server: its load monitor's weight changes
         self._housekeeping_log = RateLimitedLog(log, 60.0)   # by step: a failing one is retried each turn
         self.housekeeping_errors: dict[str, int] = {}       # the run loop's steps that failed, by step
+        # ... and what each took: {step: {"runs", "seconds" (summed), "last" (the last run's)}}
+        self.housekeeping_seconds: dict[str, dict] = {}
         self._housekeeping_traced: set[tuple] = set()   # (step, error type[, file, line]) whose traceback is logged
         # why the run loop gave up (its own code failed at RUN_LOOP_GIVE_UP turns in a row, or an
         # error ended run()): lb.engine.run keeps the data plane and exits 1
@@ -1916,7 +1918,8 @@ class Engine:
                "config": str(self.cfg.path), "dataplane": self.dp.kind,
                "at": time.time(), "services": services, "reloads": dict(self.reloads),
                "config_warnings": len(self.cfg.warnings), "ownership": dict(self.ownership),
-               "task_restarts": dict(tasks.RESTARTS), "housekeeping_errors": dict(self.housekeeping_errors)}
+               "task_restarts": dict(tasks.RESTARTS), "housekeeping_errors": dict(self.housekeeping_errors),
+               "housekeeping_seconds": {k: dict(v) for k, v in self.housekeeping_seconds.items()}}
         if self.pulse is not None:
             doc["ha"] = dict(self.pulse.status(), takeovers=self.takeovers)
             try:
@@ -2339,8 +2342,14 @@ class Engine:
             except asyncio.CancelledError:
                 work.cancel()
                 raise
+            took = time.monotonic() - started
             if wait > HOUSEKEEPING_SLOW:
-                log.warning("housekeeping: %s done after %.0f s", HOUSEKEEPING[step], time.monotonic() - started)
+                log.warning("housekeeping: %s done after %.0f s", HOUSEKEEPING[step], took)
+            # what it took, failed or not (`lb status --json`, lb_housekeeping_seconds_total)
+            t = self.housekeeping_seconds.setdefault(step, {"runs": 0, "seconds": 0.0, "last": 0.0})
+            t["runs"] += 1
+            t["seconds"] += took
+            t["last"] = took
             return work.result()
         except Exception as e:
             n = self.housekeeping_errors[step] = self.housekeeping_errors.get(step, 0) + 1

@@ -419,6 +419,14 @@ class Collector:
                 f.counter("lb_housekeeping_errors_total", "the run loop's housekeeping steps that failed (each "
                           "tried again at its next turn; logged at most once a minute), by step", ("step",),
                           (step,), errors.get(step, 0))
+        for step, t in sorted((doc.get("housekeeping_seconds") or {}).items()):   # the steps that ran
+            f.counter("lb_housekeeping_runs_total", "the run loop's housekeeping steps run (ended, failed or "
+                      "not), by step", ("step",), (step,), t.get("runs", 0))
+            f.counter("lb_housekeeping_seconds_total", "the time the run loop's housekeeping steps took, "
+                      "summed, by step", ("step",), (step,), t.get("seconds", 0.0))
+            f.gauge("lb_housekeeping_last_seconds", "the time a housekeeping step's last run took, by step "
+                    "(the sweep: its scan of the connection tables included)", ("step",), (step,),
+                    t.get("last", 0.0))
         f.counter("lb_dataplane_xdp_attached_again_total", "XDP programs attached again after they were gone "
                   "from their interface (re-created, or the program taken off)", (), (), own.get("xdp_attached", 0))
 

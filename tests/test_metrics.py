@@ -40,6 +40,7 @@ def status(ha=True):
         "ownership": {"addresses_restored": 3, "xdp_attached": 1, "last": "pub0: ...", "at": 990.0},
         "reloads": {"ok": 3, "refused": 1, "failed": 0, "last_ok": False, "loaded_at": 900.0},
         "task_restarts": {"bgp-lease": 2, "health": 0}, "housekeeping_errors": {"sweep": 7},
+        "housekeeping_seconds": {"sweep": {"runs": 12, "seconds": 6.25, "last": 0.5}},
         "services": [
             {"name": "web", "protocol": "tcp", "address": "198.18.0.10", "port": 80, "fwmark": 0,
              "on_sorry_server": False, "real_servers": [
@@ -185,6 +186,10 @@ def test_service_dataplane_reload_and_ha():
     # a step failing at every turn (the sweep, say) was only in the log and `lb status --json`
     assert value(s, "lb_housekeeping_errors_total", step="sweep") == 7
     assert value(s, "lb_housekeeping_errors_total", step="refresh_nexthops") == 0
+    # what the steps take (the sweep at 1M connections: half a second, every 5 s)
+    assert value(s, "lb_housekeeping_runs_total", step="sweep") == 12
+    assert value(s, "lb_housekeeping_seconds_total", step="sweep") == 6.25
+    assert value(s, "lb_housekeeping_last_seconds", step="sweep") == 0.5
     assert value(s, "lb_info", lb_instance="lab", dataplane="xdp") == 1
     assert value(s, "lb_ha_role", role="backup") == 1 and value(s, "lb_ha_role", role="active") == 0
     assert value(s, "lb_ha_peer_state", state="active") == 1
