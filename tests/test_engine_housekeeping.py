@@ -278,73 +278,59 @@ def test_an_address_the_director_gains_is_read_when_rtnetlink_tells_not_at_the_n
     assert eng.dp.calls["sweep"] == 0, eng.dp.calls
 
 
-def test_a_weight_change_is_applied_while_the_sweeps_scan_runs(run_dir):
-    """The sweep's scan -- the dumps of the connection tables, ~0.7 s at 1M connections -- runs
-    beside the run loop's turns and without the data plane's lock: an `lb weight` asked while it
-    runs is answered, applied, before the scan ends (it waited for the whole sweep)."""
-    import threading
-    scanning, release = threading.Event(), threading.Event()
+class _Held:
+    """A data plane whose long part of one step (``part``: the sweep's scan, the next hops'
+    resolution) waits until the test releases it, saying when it has begun."""
 
-    class Scanning(CountingDataplane):
-        def sweep_scan(self, sp):
-            scanning.set()
-            release.wait(30)
-            return sp
+    def __init__(self, part: str):
+        import threading
+        self.part, self.begun, self.release = part, threading.Event(), threading.Event()
 
-    eng = make_engine(write(run_dir / "lb.toml", instance="hkscan"))
-    eng.dp = Scanning()
+    def dataplane(self):
+        held = self
+
+        class Held(CountingDataplane):
+            def sweep_scan(self, sp):
+                if held.part == "sweep":
+                    held.hold()
+                return sp
+
+            def resolve_nexthops(self, work, budget=None):
+                if held.part == "refresh_nexthops":
+                    held.hold()
+                return {}
+        return Held()
+
+    def hold(self):
+        self.begun.set()
+        self.release.wait(30)
+
+
+@pytest.mark.parametrize("step", ["sweep", "refresh_nexthops"])
+def test_a_weight_change_is_applied_while_a_step_beside_the_turns_runs(run_dir, step):
+    """The sweep's scan (the dumps of the connection tables, ~0.5 s at 1M connections) and the
+    next hops' resolution (up to NEXTHOP_BUDGET, 1 s, a turn at thousands of real servers) run
+    beside the run loop's turns and without the data plane's lock: an `lb weight` asked while one
+    runs is answered, applied, before it ends (it waited for the whole step)."""
+    held = _Held(step)
+    eng = make_engine(write(run_dir / "lb.toml", instance=f"hkbeside{step[:3]}"))
+    eng.dp = held.dataplane()
     inst = eng.cfg.instance
 
     async def body(call):
         try:
             eng._wake.set()
-            assert await asyncio.get_running_loop().run_in_executor(None, scanning.wait, 30)
+            assert await asyncio.get_running_loop().run_in_executor(None, held.begun.wait, 30)
             reply = await asyncio.wait_for(
                 call(lambda: control.request(inst, "weight", service="web", server="rs1", weight=0)), 20)
             assert reply["ok"] and table(eng) == {"rs1": 0, "rs2": 1, "rs3": 1}, reply
-            assert not release.is_set() and eng.dp.calls["sweep"] == 0     # the scan still runs
+            assert not held.release.is_set() and eng.dp.calls[step] == 0      # the step still runs
         finally:
-            release.set()
-        for _ in range(100):                      # and the sweep ends, its last part under the lock
-            if eng.dp.calls["sweep"]:
+            held.release.set()
+        for _ in range(100):                      # and the step ends, its last part under the lock
+            if eng.dp.calls[step]:
                 break
             await asyncio.sleep(0.05)
 
     drive(eng, str(run_dir), body)
-    assert eng.dp.calls["sweep"] >= 1 and not eng.housekeeping_errors
-
-
-def test_a_weight_change_is_applied_while_the_next_hops_are_resolved(run_dir):
-    """The next hops' refresh resolves up to a second of addresses a turn (NEXTHOP_BUDGET, at
-    thousands of real servers) without the data plane's lock, beside the run loop's turns: an
-    `lb weight` asked meanwhile is applied before the resolution ends (it waited for it)."""
-    import threading
-    resolving, release = threading.Event(), threading.Event()
-
-    class Resolving(CountingDataplane):
-        def resolve_nexthops(self, work, budget=None):
-            resolving.set()
-            release.wait(30)
-            return {}
-
-    eng = make_engine(write(run_dir / "lb.toml", instance="hkresolve"))
-    eng.dp = Resolving()
-    inst = eng.cfg.instance
-
-    async def body(call):
-        try:
-            eng._wake.set()
-            assert await asyncio.get_running_loop().run_in_executor(None, resolving.wait, 30)
-            reply = await asyncio.wait_for(
-                call(lambda: control.request(inst, "weight", service="web", server="rs1", weight=0)), 20)
-            assert reply["ok"] and table(eng) == {"rs1": 0, "rs2": 1, "rs3": 1}, reply
-            assert not release.is_set() and eng.dp.calls["refresh_nexthops"] == 0   # still resolving
-        finally:
-            release.set()
-        for _ in range(100):                      # and the refresh ends, its writes under the lock
-            if eng.dp.calls["refresh_nexthops"]:
-                break
-            await asyncio.sleep(0.05)
-
-    drive(eng, str(run_dir), body)
-    assert eng.dp.calls["refresh_nexthops"] >= 1 and not eng.housekeeping_errors
+    assert eng.dp.calls[step] >= 1 and not eng.housekeeping_errors

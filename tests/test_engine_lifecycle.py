@@ -820,32 +820,42 @@ def hung_step_child(run_dir: str, config: str) -> int:
     return lbengine.run(lbconfig.load(config), dataplane="ipvs")
 
 
+def watched_until_hung(tmp_path, child: str, instance: str, wait: float) -> tuple[list, str, float]:
+    """Run this module's ``child`` (hung_step_child, hung_beside_child) in a process of its own
+    under a NOTIFY_SOCKET and a 0.2 s WATCHDOG_USEC until it says "test: hung", ``wait`` seconds
+    more; returns the notifications ((time.monotonic(), fields) each), its log and when the wait
+    ended."""
+    from lb.sdnotify import Listener
+    config = write(tmp_path / "lb.toml", instance=instance)
+    code = (f"import sys; sys.path[:0] = [{str(TESTS)!r}, {str(REPO)!r}]; import test_engine_lifecycle as t; "
+            f"sys.exit(t.{child}({str(tmp_path)!r}, {str(config)!r}))")
+    listener = Listener()
+    log = open(tmp_path / "child.log", "wb")
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=log, stderr=subprocess.STDOUT,
+                            env=dict(os.environ, PYTHONPATH=f"{REPO}{os.pathsep}{TESTS}",
+                                     WATCHDOG_USEC="200000", **listener.env()))
+    try:
+        listener.wait_for("STATUS", "test: hung", 60, alive=lambda: proc.poll() is None)
+        time.sleep(wait)
+        end = time.monotonic()
+        messages = list(listener.messages)
+        assert proc.poll() is None
+    finally:
+        proc.kill()
+        proc.wait(10)
+        log.close()
+        listener.close()
+    return messages, (tmp_path / "child.log").read_text(), end
+
+
 def test_watchdog_pings_stop_when_a_step_hangs(tmp_path):
     """lb@.service has WatchdogSec=: the run loop sends WATCHDOG=1 as it makes its turns, and
     a step that hangs in the executor -- the loop awaiting it, SIGTERM's handling too, until
     systemd's SIGKILL, with nothing noticing -- ends the pings, so that systemd aborts lb and
     starts it again.  (Before, no WATCHDOG=1 at all.)"""
-    from lb.sdnotify import Listener
-    config = write(tmp_path / "lb.toml", instance=f"wd{os.getpid() % 10000}")
-    code = (f"import sys; sys.path[:0] = [{str(TESTS)!r}, {str(REPO)!r}]; import test_engine_lifecycle as t; "
-            f"sys.exit(t.hung_step_child({str(tmp_path)!r}, {str(config)!r}))")
-    listener = Listener()
-    log = open(tmp_path / "child.log", "wb")
-    child = subprocess.Popen([sys.executable, "-c", code], stdout=log, stderr=subprocess.STDOUT,
-                             env=dict(os.environ, PYTHONPATH=f"{REPO}{os.pathsep}{TESTS}",
-                                      WATCHDOG_USEC="200000", **listener.env()))
-    try:
-        listener.wait_for("STATUS", "test: hung", 60, alive=lambda: child.poll() is None)
-        # the watchdog's interval (0.2 s) many times over: a ping now would be a thread's
-        time.sleep(1.5)
-        messages = [f for _, f in listener.messages]
-        assert child.poll() is None
-    finally:
-        child.kill()
-        child.wait(10)
-        log.close()
-        listener.close()
-    out = (tmp_path / "child.log").read_text()
+    # the watchdog's interval (0.2 s) many times over: a ping now would be a thread's
+    timed, out, _ = watched_until_hung(tmp_path, "hung_step_child", f"wd{os.getpid() % 10000}", 1.5)
+    messages = [f for _, f in timed]
     ready = next(i for i, f in enumerate(messages) if f.get("READY") == "1")
     hung = next(i for i, f in enumerate(messages) if f.get("STATUS") == "test: hung")
     pings = [i for i, f in enumerate(messages) if f.get("WATCHDOG") == "1"]
@@ -879,27 +889,8 @@ def test_watchdog_pings_stop_when_a_step_beside_the_turns_hangs(tmp_path):
     that hangs no longer holds the loop, which goes on pinging -- so the loop stops its pings
     once such a step has run for longer than the watchdog's interval, and systemd aborts lb
     as for a step that holds the loop."""
-    from lb.sdnotify import Listener
-    config = write(tmp_path / "lb.toml", instance=f"wb{os.getpid() % 10000}")
-    code = (f"import sys; sys.path[:0] = [{str(TESTS)!r}, {str(REPO)!r}]; import test_engine_lifecycle as t; "
-            f"sys.exit(t.hung_beside_child({str(tmp_path)!r}, {str(config)!r}))")
-    listener = Listener()
-    log = open(tmp_path / "child.log", "wb")
-    child = subprocess.Popen([sys.executable, "-c", code], stdout=log, stderr=subprocess.STDOUT,
-                             env=dict(os.environ, PYTHONPATH=f"{REPO}{os.pathsep}{TESTS}",
-                                      WATCHDOG_USEC="200000", **listener.env()))
-    try:
-        listener.wait_for("STATUS", "test: hung", 60, alive=lambda: child.poll() is None)
-        time.sleep(3.0)          # the interval (0.2 s) and a turn (at most 1 s) many times over
-        end = time.monotonic()
-        messages = list(listener.messages)
-        assert child.poll() is None
-    finally:
-        child.kill()
-        child.wait(10)
-        log.close()
-        listener.close()
-    out = (tmp_path / "child.log").read_text()
+    # the interval (0.2 s) and a turn (at most 1 s) many times over
+    messages, out, end = watched_until_hung(tmp_path, "hung_beside_child", f"wb{os.getpid() % 10000}", 3.0)
     fields = [f for _, f in messages]
     ready = next(i for i, f in enumerate(fields) if f.get("READY") == "1")
     hung = next(i for i, f in enumerate(fields) if f.get("STATUS") == "test: hung")
