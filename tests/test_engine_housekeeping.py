@@ -207,9 +207,9 @@ def test_a_step_that_does_not_end_is_said_while_it_lasts(run_dir, caplog, monkey
     assert len(said) >= 3 and "still running after 0 s" in said[0] and "still running" in said[1], said
     assert said[-1].startswith("housekeeping: sweeping expired connections done after"), said
     assert eng.dp.calls["sweep"] >= 1 and not eng.housekeeping_errors
-    # what it took, in `lb status --json` (lb_housekeeping_last_seconds): the half second
-    took = eng.status(counters=False, configuration=False)["housekeeping_seconds"]["sweep"]
-    assert took["runs"] == eng.dp.calls["sweep"] and took["seconds"] >= 0.5 and 0 < took["last"] <= took["seconds"], took
+    # what it took, in `lb status --json` (lb_housekeeping_last_seconds): the half second at least
+    spent = eng.status(counters=False, configuration=False)["housekeeping_seconds"]["sweep"]
+    assert spent["runs"] == eng.dp.calls["sweep"] and spent["seconds"] >= 0.5 and spent["last"] > 0, spent
 
 
 def test_the_directors_own_addresses_follow_its_interfaces_into_the_xdp_table(run_dir, monkeypatch):
