@@ -81,10 +81,9 @@ def _entry(maps, name: str, key: bytes, what: str, bulk: _Bulk | None = None) ->
     return raw
 
 
-def _rates(maps: PinnedMaps, name: str, key: bytes, bulk: _Bulk | None = None) -> Stats:
+def _rates(maps: PinnedMaps, name: str, key: bytes, bulk: _Bulk) -> Stats:
     """The estimator's rates (lb_svc_rates / lb_real_rates); zero when the instance lacks them."""
-    m = optional_map(maps, name)
-    raw = None if m is None else bulk.get(name, key) if bulk is not None else m.get(key)
+    raw = bulk.get(name, key) if optional_map(maps, name) is not None else None
     return Stats(*L.RATES.unpack(raw)) if raw is not None else Stats()
 
 
@@ -120,7 +119,7 @@ def _service_row(maps: PinnedMaps, sid: int, key, bulk: _Bulk | None = None) -> 
     return row
 
 
-def _dests(maps, svc: L.Svc, skey: bytes, bulk: _Bulk) -> list[tuple[int, int, int]]:
+def _dests(maps, svc: L.Svc, skey: bytes, bulk: _Bulk | None = None) -> list[tuple[int, int, int]]:
     """A service's (real id, weight, flags), as lb_svc_dests lists them"""
     return L.unpack_dests(_entry(maps, "lb_svc_dests", skey, "lb_services", bulk),
                           min(svc.nreals, maps["lb_svc_dests"].value_size // L.DEST.size))
@@ -159,9 +158,7 @@ def stat_ids(maps: PinnedMaps, service: tuple | None = None) -> set[tuple[str, i
         if service is not None and not is_service(key, svc.addr.version, service):
             continue
         ids.add(("lb_svc_stats", sid))
-        dests = L.unpack_dests(_entry(maps, "lb_svc_dests", skey, "lb_services"),
-                               min(svc.nreals, maps["lb_svc_dests"].value_size // L.DEST.size))
-        ids |= {("lb_real_stats", rid) for rid, _w, _f in dests}
+        ids |= {("lb_real_stats", rid) for rid, _w, _f in _dests(maps, svc, skey)}
     if service is not None and not ids:
         raise LookupError("no such service")
     return ids
