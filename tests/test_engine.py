@@ -95,6 +95,9 @@ class _RecordingDataplane:
         self.restarted.append(spec.name)
         return 0
 
+    def nexthops_ahead(self, table):     # (base.Dataplane's: no next hop of its own)
+        return []
+
 
 def _engine(cfg):
     from lb.engine import Engine
@@ -374,3 +377,38 @@ def test_the_data_planes_housekeeping_holds_the_lock_every_map_writer_takes() ->
     eng.finish_drains(), eng.refresh_nexthops(), eng._finish_resize()
     from lb.engine import NEXTHOP_BUDGET
     assert held == [True, True, (False, [("a", True)], NEXTHOP_BUDGET), (True, {"r": 1}), True]
+
+
+def test_a_health_change_resolves_the_next_hops_it_adds_before_it_takes_the_lock() -> None:
+    """r0 back from a failed check (out of the table while it was down): the next hop of a real
+    server the table adds is resolved without the data plane's lock -- one whose ARP does not
+    answer yet held that lock up to 3 s, and an HA import or the sweep's end with it -- and
+    handed to the apply; a change that adds none resolves nothing."""
+    cfg = _cfg()
+    eng = _engine(cfg)
+    vs = cfg.virtual_servers[0]
+    r0 = real_key(vs, vs.real_servers[0])
+    eng.health = {r0: False}
+    calls = []
+
+    def ahead(table):
+        have = {r.address for t in eng.dp.applied[-1:] for s in t.services for r in s.reals}
+        calls.append(("ahead", eng._dp_lock.locked()))
+        return [(r.address, True) for s in table.services for r in s.reals if r.address not in have]
+
+    def resolve(pairs):
+        calls.append(("resolve", eng._dp_lock.locked(), pairs))
+        return {p: f"next hop of {p[0]}" for p in pairs}
+
+    def apply(table, nexthops=None):
+        eng.dp.applied.append(table)
+        calls.append(("apply", eng._dp_lock.locked(), nexthops))
+    eng.dp.nexthops_ahead, eng.dp.resolve_ahead, eng.dp.apply = ahead, resolve, apply
+    r0_pair, r1_pair = (IPv4Address("10.9.1.1"), True), (IPv4Address("10.9.1.2"), True)
+    eng.apply_health()
+    eng.health[r0] = True
+    eng.apply_health()
+    eng.apply_health()                          # nothing added
+    assert calls == [("ahead", True), ("resolve", False, [r1_pair]), ("apply", True, {r1_pair: "next hop of 10.9.1.2"}),
+                     ("ahead", True), ("resolve", False, [r0_pair]), ("apply", True, {r0_pair: "next hop of 10.9.1.1"}),
+                     ("ahead", True), ("apply", True, None)]

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import ipaddress
 import logging
 import os
 import threading
@@ -313,3 +314,72 @@ def test_a_failed_restart_of_the_counts_does_not_undo_a_reload_the_data_plane_ap
     eng.apply_health()
     assert {s.name: sorted(str(r.address) for r in s.reals) for s in eng.dp.applied[-1].services} == \
         {"web": ["198.18.1.11", "198.18.1.13"], "api": ["198.18.1.31"]}
+
+
+# ---- a reload adding a real server that is not up yet ------------------------------------------
+
+RS3_NOT_UP = """
+  [[virtual_server.real_server]]
+  name = "rs3"
+  address = "198.18.1.13"
+"""
+
+
+def test_a_server_a_reload_adds_has_its_arp_answer_awaited_without_the_data_planes_lock(tmp_path, loop):
+    """The reload adds rs3, whose ARP does not answer yet (the kernel's resolution waits up to
+    3 s for it).  Its next hop is resolved before the data plane's lock is taken: `lb zero`,
+    which writes the maps under that lock as an HA import and the sweep's end do, is answered
+    while the reload still waits -- it waited for the answer, under the lock -- and the apply
+    takes the next hop so resolved."""
+    from test_override import RecordingDataplane
+
+    begun, release = threading.Event(), threading.Event()
+    rs3 = ipaddress.ip_address("198.18.1.13")
+
+    class NotUpYet(RecordingDataplane):
+        def __init__(self):
+            super().__init__()
+            self.nexthops, self.zeroed = [], 0
+
+        def nexthops_ahead(self, table):
+            assert eng._dp_lock.locked()
+            have = {r.address for t in self.applied for s in t.services for r in s.reals}
+            return [(r.address, True) for s in table.services for r in s.reals if r.address not in have]
+
+        def resolve_ahead(self, pairs):
+            if (rs3, True) in pairs:
+                begun.set()
+                release.wait(30)
+            return {p: f"next hop of {p[0]}" for p in pairs}
+
+        def apply(self, table, nexthops=None):
+            super().apply(table)
+            self.nexthops.append(nexthops)
+
+        def zero_stats(self, service=None):
+            self.zeroed += 1
+            return 0
+
+    path = write(tmp_path / "lb.toml", instance=f"rlda{threading.get_ident() % 10000}")
+    eng = make_engine(path)
+    eng.dp = NotUpYet()
+    inst = eng.cfg.instance
+
+    async def body(call):
+        eng.apply_health()
+        assert eng.dp.nexthops == [{(ipaddress.ip_address(a), True): f"next hop of {a}"
+                                    for a in ("198.18.1.11", "198.18.1.12")}]
+        write(path, instance=inst, extra=RS3_NOT_UP)
+        reload = asyncio.ensure_future(call(lambda: control.request(inst, "reload", timeout=40)))
+        try:
+            assert await asyncio.get_running_loop().run_in_executor(None, begun.wait, 30)
+            reply = await asyncio.wait_for(call(lambda: control.request(inst, "zero", service=None)), 20)
+            assert reply["ok"] and eng.dp.zeroed == 1 and not release.is_set(), reply
+        finally:
+            release.set()
+        reply = await reload
+        assert reply["ok"], reply
+        assert table(eng) == {"rs1": 1, "rs2": 1, "rs3": 1}
+        assert eng.dp.nexthops[-1] == {(rs3, True): "next hop of 198.18.1.13"}
+
+    loop(eng, body)

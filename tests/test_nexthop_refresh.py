@@ -15,7 +15,7 @@ import pytest
 
 from lb.dataplane import RealSpec, ServiceSpec, TableSpec
 from lb.dataplane import layout as L
-from lb.dataplane.nexthop import NextHop
+from lb.dataplane.nexthop import NextHop, NextHopError
 from packets_util import fake_resolver, loaded_dataplane
 
 ip = ipaddress.ip_address
@@ -201,6 +201,49 @@ def test_an_apply_asks_ahead_for_the_servers_it_adds_only():
                                       TABLE.services[1].reals + (RealSpec(ip("198.18.1.99"), 443, 1, "nat"),))))
         dp.apply(more)
         assert asked[1:] == [[("198.18.1.99", False)]]
+
+
+def test_an_apply_takes_the_next_hops_resolved_ahead_as_they_are():
+    """The real servers a table adds (nexthops_ahead: each next hop once, none for a server that
+    stays) resolved before the data plane's lock is taken (resolve_ahead: asked for together)
+    and handed to the apply: it resolves and asks for none of them again -- lb_reals holds the
+    MAC resolved ahead, and a server whose ARP did not answer then gets no new connections until
+    it does -- and resolves itself only what the answers lack (the table moved between)."""
+    def spec(*extra):
+        return TableSpec((TABLE.services[0], ServiceSpec("tcp", ip("198.18.0.10"), 443, "wlc",
+                                                         TABLE.services[1].reals + extra)))
+    up, not_up, late = (RealSpec(ip("198.18.1.98"), 443, 1, "dr"), RealSpec(ip("198.18.1.99"), 443, 1, "nat"),
+                        RealSpec(ip("198.18.1.97"), 443, 1, "dr"))
+    with loaded_dataplane("nhahead", table=TABLE) as dp:
+        assert dp.nexthops_ahead(TABLE) == []
+        pairs = dp.nexthops_ahead(spec(up, not_up))
+        assert pairs == [(up.address, True), (not_up.address, False)]
+        asked = []
+
+        def ahead(addr, need_onlink=False):
+            if addr == not_up.address:
+                raise NextHopError(f"real server {addr}: no ARP/ND answer from {addr} on priv0")
+            nh = fake_resolver(addr, need_onlink)
+            return NextHop(nh.ifindex, nh.ifname, NEW_MAC, nh.src_mac, True, nh.src_addr, nh.mtu)
+        ahead.ask = lambda pairs: asked.append(sorted(pairs))
+        dp.resolver = ahead
+        resolved = dp.resolve_ahead(pairs)
+        assert asked == [pairs] and resolved[(up.address, True)].mac == NEW_MAC
+        in_apply = []
+
+        def resolver(addr, need_onlink=False):
+            in_apply.append(str(addr))
+            return fake_resolver(addr, need_onlink)
+        resolver.ask = lambda pairs: in_apply.append(sorted(pairs))
+        dp.table.resolver = resolver
+        dp.apply(spec(up, not_up), nexthops=resolved)
+        assert in_apply == []
+        reals = {str(r.addr): r for r in (L.Real.unpack(v) for _, v in dp.maps["lb_reals"].items()) if r.family}
+        assert reals["198.18.1.98"].mac == NEW_MAC and not reals["198.18.1.98"].flags & L.REAL_F_NO_NEXTHOP
+        assert reals["198.18.1.99"].flags & L.REAL_F_NO_NEXTHOP
+        assert _macs(dp)["198.18.1.10"] == {fake_resolver(ip("198.18.1.10")).mac}     # stayed: not resolved
+        dp.apply(spec(up, not_up, late), nexthops={})
+        assert in_apply == [[(late.address, True)], "198.18.1.97"]
 
 
 def test_a_tunnels_new_mtu_or_source_is_written_by_the_refresh():

@@ -114,6 +114,9 @@ class RecordingDataplane:
     def nexthop_work(self):
         return []
 
+    def nexthops_ahead(self, table):     # (base.Dataplane's: no next hop of its own)
+        return []
+
     def resolve_nexthops(self, work, budget=None):
         return {}
 

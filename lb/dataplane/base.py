@@ -96,10 +96,22 @@ class Dataplane(abc.ABC):
         names what does not fit."""
 
     @abc.abstractmethod
-    def apply(self, table: TableSpec) -> int:
+    def apply(self, table: TableSpec, nexthops: dict | None = None) -> int:
         """Forward `table`: write the difference, all or nothing; returns the number of writes
         it took.  A write that fails part-way raises errors.ApplyFailed once the previous
-        table is written back (``restored``: whether that worked)."""
+        table is written back (``restored``: whether that worked).  nexthops: resolve_ahead's
+        answers, taken as they are."""
+
+    def nexthops_ahead(self, table: TableSpec) -> list:
+        """The next hops apply(table) would resolve (the real servers it adds), (address, onlink)
+        each once: read under the data plane's lock, resolved outside it (resolve_ahead), handed
+        to apply under it again -- a data plane whose kernel resolves them: none."""
+        return []
+
+    def resolve_ahead(self, pairs: list) -> dict:
+        """Resolve every next hop of pairs (netlink alone: the caller need not hold the lock):
+        {(address, onlink): NextHop or NextHopError}."""
+        return {}
 
     @abc.abstractmethod
     def finish_drains(self) -> int:

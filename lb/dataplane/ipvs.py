@@ -1054,8 +1054,9 @@ class IpvsDataplane(Dataplane):
         if problems:
             raise TableDoesNotFit("\n".join(problems))
 
-    def apply(self, table: TableSpec) -> int:
-        """Make the kernel's table forward `table`; returns the netlink changes it took.  When
+    def apply(self, table: TableSpec, nexthops: dict | None = None) -> int:
+        """Make the kernel's table forward `table`; returns the netlink changes it took (the
+        kernel resolves the next hops: ``nexthops`` is always empty here).  When
         the kernel refuses a change part-way, the previous table of this run (before the first:
         what the previous run left, when this one adopted it) is applied again (the kernel has
         no transactions: services and real servers removed before the failure come back with

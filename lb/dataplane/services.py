@@ -205,12 +205,14 @@ class ServiceTable:
                 real.flags |= L.REAL_F_NO_NEXTHOP
         return real
 
-    def apply(self, table: TableSpec) -> int:
+    def apply(self, table: TableSpec, nexthops: dict | None = None) -> int:
         """Make the maps forward `table`, all or nothing; returns the number of map writes it
         took.  When a write fails part-way, every entry written is written back (the undo log,
         lb/dataplane/txn.py) and the in-memory view goes back to what it was: ApplyFailed says
         what failed and whether the previous table is back.  plan() first keeps the failures
-        that can be foreseen (a full table) from getting that far."""
+        that can be foreseen (a full table) from getting that far.  nexthops: {(address,
+        onlink): NextHop or NextHopError} resolved beforehand, outside the data plane's lock
+        (nexthops_ahead): taken as they are; any other next hop is resolved here."""
         self._nh_index = None
         snap = self._snapshot()
         self._snap_reals, self._snap_svcs = snap[1], snap[-1]
@@ -219,7 +221,7 @@ class ServiceTable:
         mh_snap = self.mh.begin(undo)
         try:
             with nexthop.session():           # one read of each neighbour table for the whole apply
-                n = self._apply(table)
+                n = self._apply(table, nexthops)
         except Exception as e:
             self.txn.abort()
             what = str(e) if isinstance(e, DataplaneError) else f"{type(e).__name__}: {e}"
@@ -276,10 +278,10 @@ class ServiceTable:
             self.reals[rid] = real
         return real
 
-    def _apply(self, table: TableSpec) -> int:
+    def _apply(self, table: TableSpec, nexthops: dict | None = None) -> int:
         before = self.txn.writes
         self.last_table = table
-        self._nh_cache = {}
+        self._nh_cache = dict(nexthops or {})
         want = {key_of(s): s for s in table.services}
         # the VIP filter lets through the addresses of the services there are and will be, until
         # the table is written; then only those there are
@@ -330,11 +332,20 @@ class ServiceTable:
 
     def _ask_nexthops(self, changed: list) -> None:
         """Before the services that changed are written: the next hops of the real servers they
-        add asked for all at once (the resolver's ask, where it has one), so that those whose MAC
-        the kernel does not know yet are waited for together, not one timeout each."""
+        add (and that were not resolved ahead) asked for all at once (the resolver's ask, where
+        it has one), so that those whose MAC the kernel does not know yet are waited for
+        together, not one timeout each."""
         ask = getattr(self.resolver, "ask", None)
         if ask is None:
             return
+        pairs = self._added_nexthops(changed) - self._nh_cache.keys()
+        if pairs:
+            ask(pairs)
+
+    def _added_nexthops(self, changed: list) -> set:
+        """(address, onlink) of the next hops the real servers that ``changed`` ((key, spec) of
+        the services an apply walks) add: a server new to its service, or with another
+        forwarding method -- what the apply resolves; a server that stays keeps its next hop."""
         pairs = set()
         for key, spec in changed:
             st = self.services.get(key)
@@ -342,8 +353,16 @@ class ServiceTable:
             for r in spec.reals:
                 if (r.address, L.FORWARDS[r.forward]) not in have:
                     pairs.add((r.address, r.forward == "dr"))
-        if pairs:
-            ask(pairs)
+        return pairs
+
+    def nexthops_ahead(self, table: TableSpec) -> list:
+        """The next hops apply(table) would resolve, (address, onlink) each once, for the caller
+        to resolve before it takes the data plane's lock and hand to apply: an apply adding real
+        servers not up yet waited under the lock for their ARP answers (up to 3 s), and ~0.4 ms
+        an address for the others; an HA import and the sweep's end waited with it.  Reads the
+        in-memory view only (the caller holds the lock)."""
+        changed = [(key_of(s), s) for s in table.services if not self._unchanged(key_of(s), s)]
+        return sorted(self._added_nexthops(changed), key=lambda p: (p[0].version, p[0], p[1]))
 
     def _unchanged(self, key, spec: ServiceSpec) -> bool:
         """Whether _apply_service(key, spec) would write nothing, known without reading a map

@@ -484,15 +484,18 @@ class XdpDataplane(Dataplane):
     def plan(self, table: TableSpec) -> None:
         self.table.plan(table)
 
-    def apply(self, table: TableSpec) -> int:
+    def apply(self, table: TableSpec, nexthops: dict | None = None) -> int:
         """Make the maps forward `table`; returns the number of map writes it took.  The
         programs of the schedulers it uses are loaded first (Program.ensure), and with IPv6
-        services the IPv6 fragments' (Program.ensure_ipv6)."""
+        services the IPv6 fragments' (Program.ensure_ipv6).  nexthops: resolve_ahead's."""
         self.program.ensure({s.scheduler for s in table.services})
         if any(getattr(s.address, "version", 4) == 6 for s in table.services):
             self.program.ensure_ipv6()
         self.tx_tried.clear()
-        n = self.table.apply(table)
+        for nh in (nexthops or {}).values():
+            if not isinstance(nh, NextHopError):
+                self._map_nexthop(nh)       # as the resolver the apply calls does (_mapping)
+        n = self.table.apply(table, nexthops)
         self.defender.configure(table.defense)   # after: a failed apply leaves the defenses as they were
         return n
 
@@ -501,6 +504,25 @@ class XdpDataplane(Dataplane):
 
     def nexthop_work(self) -> list:
         return self.table.nexthop_work()
+
+    def nexthops_ahead(self, table: TableSpec) -> list:
+        return self.table.nexthops_ahead(table)
+
+    def resolve_ahead(self, pairs: list) -> dict:
+        """Every next hop of pairs (nexthops_ahead's), for an apply: the MACs the kernel lacks
+        asked for all at once, their answers waited for together (one timeout for the lot).
+        Only netlink, as resolve_nexthops: the caller need not hold the data plane's lock."""
+        out: dict = {}
+        with nexthop.session():
+            ask = getattr(self.resolver, "ask", None)
+            if ask is not None:
+                ask(pairs)
+            for pair in pairs:
+                try:
+                    out[pair] = self.resolver(pair[0], need_onlink=pair[1])
+                except NextHopError as e:
+                    out[pair] = e
+        return out
 
     def resolve_nexthops(self, work: list, budget: float | None = None) -> dict:
         """Round robin: from where the last call stopped, as many of work's next hops as

@@ -67,6 +67,9 @@ class FakeIpvs:
     def finish_resize(self):
         return False
 
+    def nexthops_ahead(self, table):     # (base.Dataplane's: no next hop of its own)
+        return []
+
     def held_programs(self):         # (base.Dataplane's: kernel IPVS attaches no program)
         return []
 
