@@ -252,6 +252,10 @@ def _strip_port(host_header: str) -> str:
 CHUNK_SIZE_DIGITS = 16   # hex digits of a chunk size (2^64): a longer one is not HTTP
 _CHUNK_SIZE = re.compile(rb"[0-9A-Fa-f]{1,%d}" % CHUNK_SIZE_DIGITS)
 _STATUS_CODE = re.compile(r"[0-9]{3}")            # RFC 9112: exactly three ASCII digits
+# RFC 9112 4: the whitespace a recipient may take for the status line's SP -- not the rest of
+# what str.split() takes (\x1c-\x1f, \x85, \xa0 of a latin-1 line: "HTTP/1.1\x1e200" passed)
+_STATUS_WS = " \t\x0b\x0c\r"
+_STATUS_SEP = re.compile(f"[{_STATUS_WS}]+")
 _CONTENT_LENGTH = re.compile(r"[0-9]{1,19}")      # ASCII digits (str.isdigit() takes '²'), < 2^63
 
 
@@ -399,7 +403,7 @@ async def _check_http(spec: CheckSpec) -> tuple[bool, str]:
                     return False, f"connection closed before the response headers; received {_snip(e.partial)}"
                 except asyncio.LimitOverrunError:
                     return False, f"response headers longer than {BODY_LIMIT} bytes"
-                parts = lines[0].split(None, 2)
+                parts = _STATUS_SEP.split(lines[0].strip(_STATUS_WS), 2)
                 if len(parts) < 2 or not parts[0].startswith("HTTP/") or not _STATUS_CODE.fullmatch(parts[1]):
                     return False, f"malformed status line {_snip(lines[0])}"
                 code = int(parts[1])
@@ -517,5 +521,6 @@ async def run_check(spec: CheckSpec) -> CheckResult:
         if e.errno in LOCAL_ERRNOS:
             not_run, detail = True, f"not run on this director: {detail}"
     except Exception as e:
-        ok, detail = False, f"{type(e).__name__}: {e}"
+        # (a bug's message can quote the whole answer: one line, bounded, as the others)
+        ok, detail = False, f"{type(e).__name__}: {_snip(str(e))}"
     return CheckResult(ok=ok, detail=detail, duration=time.monotonic() - t0, at=time.time(), not_run=not_run)
