@@ -1896,13 +1896,19 @@ class Engine:
         """status() up to its "configuration": what the run loop's tasks change."""
         services = []
         applied = {_config_key(s): s for s in self._applied_table.services} if self._applied_table is not None else {}
+        nh_errors = self.dp.nexthop_errors()       # (rarely any: a pass over the table only then)
         for vs in self.cfg.virtual_servers:
             reals = []
             waits = self.waiting.get(vs.key)
             # a change that waits: the weights the data plane still has (None: not in its table)
             in_dp = {r.key: r.weight for r in applied[vs.key].reals} if waits is not None and vs.key in applied else None
+            # the next hops the data plane cannot resolve, by real server (address, port) in its table
+            nh_of = {} if not nh_errors or vs.key not in applied else {
+                r.key: nh_errors[(r.address, r.forward == "dr")] for r in applied[vs.key].reals
+                if (r.address, r.forward == "dr") in nh_errors}
             for rs in vs.real_servers:
                 key = real_key(vs, rs)
+                nh_error = nh_of.get((rs.address, 0 if vs.fwmark else rs.effective_port(vs))) if nh_of else None
                 entry = self.monitors.get(key)
                 mon = entry[2] if entry else None
                 last = mon.last if mon else None
@@ -1928,6 +1934,10 @@ class Engine:
                               "since": mon.since_wall if mon else None,
                               **({} if in_dp is None else {"dataplane_weight": in_dp.get(
                                   (rs.address, 0 if vs.fwmark else rs.effective_port(vs)))}),
+                              # its next hop unresolved: new connections to the one resolved
+                              # before ("kept"), or none until it answers
+                              "nexthop_error": None if nh_error is None else
+                              {"reason": nh_error[0], "kept": nh_error[1]},
                               "last_check": None if last is None else
                               {"ok": last.ok, "detail": last.detail, "at": last.at,
                                "duration": round(last.duration, 6)}})

@@ -338,6 +338,11 @@ class Collector:
         health = r.get("health")
         f.gauge("lb_real_server_up", "1 unless its health check has taken it down", REAL_LABELS, labels,
                 health != "down")
+        nh = r.get("nexthop_error")
+        f.gauge("lb_real_server_nexthop_resolved", "0 while the data plane cannot resolve its next hop (its MAC "
+                "or its gateway's: ARP / ND unanswered; `lb status` says why)", REAL_LABELS, labels, not nh)
+        f.gauge("lb_real_server_no_nexthop", "1 while it gets no new connections for want of a next hop (none "
+                "resolved since it was added)", REAL_LABELS, labels, bool(nh) and not nh.get("kept"))
         f.gauge("lb_real_server_health_checked", "1 when a health check watches it", REAL_LABELS, labels,
                 health not in (None, "unmonitored"))
         f.counter("lb_real_server_health_checks_total", "health checks run", REAL_LABELS, labels, r.get("checks"))

@@ -98,6 +98,9 @@ class _RecordingDataplane:
     def nexthops_ahead(self, table):     # (base.Dataplane's: no next hop of its own)
         return []
 
+    def nexthop_errors(self):
+        return {}
+
 
 def _engine(cfg):
     from lb.engine import Engine
@@ -377,6 +380,35 @@ def test_the_data_planes_housekeeping_holds_the_lock_every_map_writer_takes() ->
     eng.finish_drains(), eng.refresh_nexthops(), eng._finish_resize()
     from lb.engine import NEXTHOP_BUDGET
     assert held == [True, True, (False, [("a", True)], NEXTHOP_BUDGET), (True, {"r": 1}), True]
+
+
+def test_lb_status_says_whose_next_hop_does_not_resolve() -> None:
+    """The data plane cannot resolve r0's next hop and had none before (no new connections),
+    nor r1's, whose last one it keeps: `lb status` says so under each, in its JSON and its text."""
+    from lb.cli.main import _status_text
+
+    cfg = _cfg()
+    eng = _engine(cfg)
+    eng.dp.kind = "xdp"
+    eng.dp.nexthop_errors = lambda: {
+        (IPv4Address("10.9.1.1"), True): ("real server 10.9.1.1: no ARP/ND answer from 10.9.1.1 on eth1", False),
+        (IPv4Address("10.9.1.2"), True): ("real server 10.9.1.2: no ARP/ND answer from 10.9.1.2 on eth1", True),
+        (IPv4Address("10.9.1.9"), True): ("real server 10.9.1.9: not this instance's", False)}
+    eng._apply(eng._table(cfg), cfg)
+    doc = eng.status(counters=False, configuration=False)
+    r0, r1 = doc["services"][0]["real_servers"]
+    assert r0["nexthop_error"] == {"reason": "real server 10.9.1.1: no ARP/ND answer from 10.9.1.1 on eth1",
+                                   "kept": False}
+    assert r1["nexthop_error"]["kept"] is True
+    text = _status_text(doc, False)
+    assert ("     next hop: real server 10.9.1.1: no ARP/ND answer from 10.9.1.1 on eth1; NO NEW CONNECTIONS until "
+            "it answers") in text.splitlines()
+    assert ("     next hop: real server 10.9.1.2: no ARP/ND answer from 10.9.1.2 on eth1; new connections go to "
+            "the one resolved before") in text.splitlines()
+    eng.dp.nexthop_errors = lambda: {}
+    doc = eng.status(counters=False, configuration=False)
+    assert [r["nexthop_error"] for r in doc["services"][0]["real_servers"]] == [None, None]
+    assert "next hop" not in _status_text(doc, False)
 
 
 def test_a_health_change_resolves_the_next_hops_it_adds_before_it_takes_the_lock() -> None:

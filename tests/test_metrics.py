@@ -171,6 +171,24 @@ def test_real_server_counters_and_status():
     assert value(s, "lb_real_server_health_checked", **f1) == 0
 
 
+def test_a_real_server_whose_next_hop_does_not_resolve():
+    """rs1's next hop does not resolve and none was before (no new connections); f1's does not
+    either but the one resolved before is kept; rs2 (down, not in the table) has nothing to say."""
+    doc = status()
+    rs1, _, f1 = doc["services"][0]["real_servers"] + doc["services"][1]["real_servers"]
+    rs1["nexthop_error"] = {"reason": "real server 198.18.1.11: no ARP/ND answer from 198.18.1.11 on priv0",
+                            "kept": False}
+    f1["nexthop_error"] = {"reason": "real server 198.18.1.13: no ARP/ND answer", "kept": True}
+    s = scrape(Source(doc=doc))
+    web = dict(WEB, rport="80")
+    fwm = dict(service="ftp", protocol="", vip="", vport="", fwmark="21", server="f1", rip="198.18.1.13", rport="0")
+    assert (value(s, "lb_real_server_nexthop_resolved", server="rs1", rip="198.18.1.11", **web),
+            value(s, "lb_real_server_no_nexthop", server="rs1", rip="198.18.1.11", **web)) == (0, 1)
+    assert (value(s, "lb_real_server_nexthop_resolved", **fwm), value(s, "lb_real_server_no_nexthop", **fwm)) == (0, 0)
+    assert (value(s, "lb_real_server_nexthop_resolved", server="rs2", rip="198.18.1.12", **web),
+            value(s, "lb_real_server_no_nexthop", server="rs2", rip="198.18.1.12", **web)) == (1, 0)
+
+
 def test_service_dataplane_reload_and_ha():
     s = scrape(Source())
     assert value(s, "lb_virtual_server_info", scheduler="wrr", **WEB) == 1
@@ -791,7 +809,7 @@ def test_a_scrape_does_not_read_the_config_file_nor_queue_work_in_the_engine_s_e
     path.write_text(CONFIG)
     eng = Engine(lbconfig.load(path), dataplane="ipvs")       # the constructor touches nothing in the kernel
     eng.dp = SimpleNamespace(kind="ipvs", read_own_services=lambda: [], counters=lambda: {},
-                             defense_status=lambda: None)
+                             defense_status=lambda: None, nexthop_errors=lambda: {})
     read = []
     monkeypatch.setattr(eng.configs, "info", lambda *a: read.append(1) or {})
     built = []

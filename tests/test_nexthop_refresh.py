@@ -246,6 +246,38 @@ def test_an_apply_takes_the_next_hops_resolved_ahead_as_they_are():
         assert in_apply == [[(late.address, True)], "198.18.1.97"]
 
 
+def test_a_next_hop_that_does_not_resolve_is_said_until_it_does():
+    """A real server added whose ARP is not answered: no new connections (its lb_reals entry's
+    REAL_F_NO_NEXTHOP, which every scheduler skips) and nexthop_errors says why (`lb status`,
+    the metrics); one whose next hop stops answering keeps the one resolved before ("kept");
+    both leave nexthop_errors once they answer."""
+    late = RealSpec(ip("198.18.1.97"), 443, 1, "dr")
+    more = TableSpec((TABLE.services[0], ServiceSpec("tcp", ip("198.18.0.10"), 443, "wlc",
+                                                     TABLE.services[1].reals + (late,))))
+    silent = NextHopError("real server 198.18.1.97: no ARP/ND answer from 198.18.1.97 on priv0")
+
+    def flags(dp):
+        return {str(r.addr): r.flags for r in (L.Real.unpack(v) for _, v in dp.maps["lb_reals"].items()) if r.family}
+    with loaded_dataplane("nherr", table=TABLE) as dp:
+        assert dp.nexthop_errors() == {}
+        dp.apply(more, nexthops={(late.address, True): silent})
+        assert dp.nexthop_errors() == {(late.address, True): (str(silent), False)}
+        assert flags(dp)["198.18.1.97"] & L.REAL_F_NO_NEXTHOP and not flags(dp)["198.18.1.10"] & L.REAL_F_NO_NEXTHOP
+
+        def gone(addr, need_onlink=False):          # 198.18.1.10 stops answering too
+            if str(addr) in ("198.18.1.10", "198.18.1.97"):
+                raise NextHopError(f"real server {addr}: no ARP/ND answer")
+            return fake_resolver(addr, need_onlink)
+        dp.resolver = gone
+        dp.refresh_nexthops(dp.resolve_nexthops(dp.nexthop_work()))
+        assert dp.nexthop_errors() == {(late.address, True): ("real server 198.18.1.97: no ARP/ND answer", False),
+                                       (ip("198.18.1.10"), True): ("real server 198.18.1.10: no ARP/ND answer", True)}
+        assert not flags(dp)["198.18.1.10"] & L.REAL_F_NO_NEXTHOP     # the MAC resolved before, kept
+        dp.resolver = fake_resolver                   # both answer
+        assert dp.refresh_nexthops(dp.resolve_nexthops(dp.nexthop_work())) == 1   # .97's entry: flag cleared
+        assert dp.nexthop_errors() == {} and not flags(dp)["198.18.1.97"] & L.REAL_F_NO_NEXTHOP
+
+
 def test_a_tunnels_new_mtu_or_source_is_written_by_the_refresh():
     """A tunnel's next hop is more than a MAC: the egress link's MTU and our source address for the
     outer header.  A refresh that finds either moved writes the server's entry; one that finds

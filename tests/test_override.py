@@ -117,6 +117,9 @@ class RecordingDataplane:
     def nexthops_ahead(self, table):     # (base.Dataplane's: no next hop of its own)
         return []
 
+    def nexthop_errors(self):
+        return {}
+
     def resolve_nexthops(self, work, budget=None):
         return {}
 

@@ -371,6 +371,29 @@ def test_status_page_table_with_counts_rates_and_auto_update(console):
     assert "12 conn/s" in live and "serial_no 0" in live
 
 
+def test_status_page_says_whose_next_hop_does_not_resolve(tmp_path, pwfile):
+    """rs1's next hop does not resolve (lb.dataplane.services' nexthop_errors): its Reason cell
+    says why and that it gets no new connections, as `lb status` does"""
+    console = make_console(tmp_path, pwfile)
+    eng = console.daemon
+    loop_part = eng._status_of_the_loop
+
+    def with_error():
+        doc = loop_part()
+        doc["services"][0]["real_servers"][0]["nexthop_error"] = {
+            "reason": "real server 198.18.1.11: no ARP/ND answer from 198.18.1.11 on priv0", "kept": False}
+        return doc
+    eng._status_of_the_loop = with_error
+
+    async def body(client):
+        await login(client)
+        return await (await client.get("/status?part=live")).text()
+    row = re.search(r'<tr data-rs="rs1">(.*?)</tr>', run(console, body)).group(1)
+    cells = [re.sub(r"<[^>]+>", "", c) for c in re.findall(r"<td[^>]*>(.*?)</td>", row)]
+    assert cells[10] == ("next hop: real server 198.18.1.11: no ARP/ND answer from 198.18.1.11 on priv0; "
+                         "NO NEW CONNECTIONS until it answers"), cells
+
+
 # ---- edits ---------------------------------------------------------------------------------
 
 def post_form(client, path, data):

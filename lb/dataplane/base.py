@@ -102,6 +102,12 @@ class Dataplane(abc.ABC):
         table is written back (``restored``: whether that worked).  nexthops: resolve_ahead's
         answers, taken as they are."""
 
+    def nexthop_errors(self) -> dict:
+        """{(address, onlink): (why, kept)} of the real servers' next hops that do not resolve:
+        ``kept``, their real servers forward to the one resolved before; else they get no new
+        connections until it answers.  A data plane whose kernel resolves them: none."""
+        return {}
+
     def nexthops_ahead(self, table: TableSpec) -> list:
         """The next hops apply(table) would resolve (the real servers it adds), (address, onlink)
         each once: read under the data plane's lock, resolved outside it (resolve_ahead), handed

@@ -73,6 +73,10 @@ class ServiceTable:
         self.applied: dict = {}
         self._nh_cache: dict = {}
         self._nh_index: dict | None = None      # _nexthop_index's, until the next apply
+        # (address, onlink) -> (why, kept) of each next hop the last apply or refresh that
+        # resolved it could not: kept, its real servers forward to the next hop resolved before;
+        # else they get no new connections (REAL_F_NO_NEXTHOP) until it answers (`lb status`)
+        self.nexthop_errors: dict[tuple, tuple[str, bool]] = {}
         self.ranges: dict[bytes, bytes] = {}    # lb_fwm_ranges as written
         self.mh: MhTables | None = None         # mh services' Maglev tables, made at load
         self._snap_reals: dict | None = None    # during apply: the reals as they were (_own_real)
@@ -188,8 +192,9 @@ class ServiceTable:
         """real with its next hop resolved (and, for a tunnel, our source address toward it and
         the link's MTU); when that fails, old's next hop if it had one, else no new connections
         (REAL_F_NO_NEXTHOP) until it answers."""
+        key = (real.addr, real.fwd == L.FWD_DR)
         try:
-            nh = self._resolve(real.addr, real.fwd == L.FWD_DR)
+            nh = self._resolve(*key)
             real.ifindex, real.mac, real.src_mac = nh.ifindex, nh.mac, nh.src_mac
             if real.fwd == L.FWD_TUNNEL:
                 if nh.src_addr is None:
@@ -200,9 +205,14 @@ class ServiceTable:
         except NextHopError as e:
             if old is not None and old.family and not old.flags & L.REAL_F_NO_NEXTHOP:
                 _keep_nexthop(real, old)
+                self.nexthop_errors[key] = (str(e), True)
             else:
                 log.warning("%s; it gets no new connections until it answers", e)
                 real.flags |= L.REAL_F_NO_NEXTHOP
+                self.nexthop_errors[key] = (str(e), False)
+        else:
+            if self.nexthop_errors:
+                self.nexthop_errors.pop(key, None)
         return real
 
     def apply(self, table: TableSpec, nexthops: dict | None = None) -> int:
@@ -921,6 +931,8 @@ class ServiceTable:
             nh = self._resolve(old.addr, old.fwd == L.FWD_DR)
         except NextHopError:
             return False
+        if self.nexthop_errors:              # it answers again (and its entry had kept the last one)
+            self.nexthop_errors.pop((old.addr, old.fwd == L.FWD_DR), None)
         if nh.ifindex != old.ifindex or nh.mac != old.mac or nh.src_mac != old.src_mac:
             return False
         if old.fwd == L.FWD_TUNNEL:

@@ -505,6 +505,9 @@ class XdpDataplane(Dataplane):
     def nexthop_work(self) -> list:
         return self.table.nexthop_work()
 
+    def nexthop_errors(self) -> dict:
+        return dict(self.table.nexthop_errors)
+
     def nexthops_ahead(self, table: TableSpec) -> list:
         return self.table.nexthops_ahead(table)
 

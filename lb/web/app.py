@@ -1473,13 +1473,18 @@ def _live(doc: dict, table: dict, csrf: str) -> str:
             rr = t.get("rate") or {}
             last = r.get("last_check")
             check = "-" if not last else f"{'ok' if last.get('ok') else 'FAIL'} {_clock(last.get('at'))}: {last.get('detail')}"
+            reason, nh = r.get("reason"), r.get("nexthop_error")
+            if nh:      # the data plane cannot resolve its next hop (as `lb status` says it)
+                reason = "; ".join(filter(None, [reason, f"next hop: {nh.get('reason')}; " + (
+                    "new connections go to the one resolved before" if nh.get("kept") else
+                    "NO NEW CONNECTIONS until it answers")]))
             rows.append(
                 f'<tr data-rs="{h(r.get("name"))}"><td>{h(r.get("name"))}</td><td>{h(_endpoint(r["address"], r["port"]))}'
                 f'</td>{_weight_cell(r)}<td class="{cls}">{h(health)}</td><td class=num>{h(t.get("active"))}</td>'
                 f'<td class=num>{h(t.get("inactive"))}</td><td class=num>{_rate(rr.get("conns") if t else None)}</td>'
                 f'<td class=num>{_rate(rr.get("inbytes") if t else None)}</td>'
                 f'<td class=num>{_rate(rr.get("outbytes") if t else None)}</td>'
-                f'<td class="wrap">{h(check)}</td><td class="wrap">{h(r.get("reason"))}</td>'
+                f'<td class="wrap">{h(check)}</td><td class="wrap">{h(reason)}</td>'
                 f'{_maintenance(s, r, csrf)}</tr>')
         table_html = ('<div class="scroll"><table class="live"><tr><th>Real server</th><th>Address</th><th class=num>Weight'
                       '</th><th>Health</th><th class=num>ActiveConn</th><th class=num>InActConn</th><th class=num>CPS</th>'

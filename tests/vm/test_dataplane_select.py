@@ -70,6 +70,9 @@ class FakeIpvs:
     def nexthops_ahead(self, table):     # (base.Dataplane's: no next hop of its own)
         return []
 
+    def nexthop_errors(self):
+        return {}
+
     def held_programs(self):         # (base.Dataplane's: kernel IPVS attaches no program)
         return []
 
