@@ -278,15 +278,19 @@ class Collector:
                    {"scheduler": row.scheduler})
             self._stats(f, "lb_virtual_server", "virtual service", SERVICE_LABELS, labels, row)
             sorry = _sorry_endpoint(s) if s is not None else None
-            # the sorry server standing in is no usable real server: the pool is down (alert on 0)
-            f.gauge("lb_virtual_server_usable_real_servers",
-                    "real servers of the pool taking new connections (weight > 0; not the sorry server)",
-                    SERVICE_LABELS, labels,
-                    sum(1 for r in row.reals if r.weight > 0 and (r.address, r.port) != sorry))
             reals = {}
             if s is not None:
                 fw = bool(s.get("fwmark"))
                 reals = {(_ip(r["address"]), 0 if fw else r["port"]): r for r in s["real_servers"]}
+
+            def usable(rr) -> bool:
+                # ... nor one the data plane has no next hop for (it skips it as at weight 0)
+                nh = (reals.get((rr.address, rr.port)) or {}).get("nexthop_error")
+                return rr.weight > 0 and (rr.address, rr.port) != sorry and not (nh and not nh.get("kept"))
+            # the sorry server standing in is no usable real server: the pool is down (alert on 0)
+            f.gauge("lb_virtual_server_usable_real_servers",
+                    "real servers of the pool taking new connections (weight > 0, a next hop; not the sorry "
+                    "server)", SERVICE_LABELS, labels, sum(1 for rr in row.reals if usable(rr)))
             for rr in row.reals:
                 r = reals.pop((rr.address, rr.port), None)
                 # a row of no configured server: the sorry server, or one draining after a reload

@@ -187,6 +187,11 @@ def test_a_real_server_whose_next_hop_does_not_resolve():
     assert (value(s, "lb_real_server_nexthop_resolved", **fwm), value(s, "lb_real_server_no_nexthop", **fwm)) == (0, 0)
     assert (value(s, "lb_real_server_nexthop_resolved", server="rs2", rip="198.18.1.12", **web),
             value(s, "lb_real_server_no_nexthop", server="rs2", rip="198.18.1.12", **web)) == (1, 0)
+    # rs1 takes no new connections: the pool has no usable real server (rs2 is down); f1 still is
+    assert value(scrape(Source()), "lb_virtual_server_usable_real_servers", **WEB) == 1
+    assert value(s, "lb_virtual_server_usable_real_servers", **WEB) == 0
+    assert value(s, "lb_virtual_server_usable_real_servers", service="ftp", protocol="", vip="", vport="",
+                 fwmark="21") == 1
 
 
 def test_service_dataplane_reload_and_ha():
