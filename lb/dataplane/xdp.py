@@ -509,6 +509,8 @@ class XdpDataplane(Dataplane):
         return dict(self.table.nexthop_errors)
 
     def nexthops_ahead(self, table: TableSpec) -> list:
+        if not self.maps:       # not loaded: its apply fails before it resolves anything
+            return []
         return self.table.nexthops_ahead(table)
 
     def resolve_ahead(self, pairs: list) -> dict:
