@@ -8,7 +8,7 @@ import pytest
 
 from lb.config import Config, RealServer, VirtualServer
 from lb.config.model import Monitor
-from lb.engine import build_table, real_key
+from lb.engine import Engine, build_table, real_key
 
 SORRY = IPv4Address("10.9.1.99")
 
@@ -380,6 +380,22 @@ def test_the_data_planes_housekeeping_holds_the_lock_every_map_writer_takes() ->
     eng.finish_drains(), eng.refresh_nexthops(), eng._finish_resize()
     from lb.engine import NEXTHOP_BUDGET
     assert held == [True, True, (False, [("a", True)], NEXTHOP_BUDGET), (True, {"r": 1}), True]
+
+
+def test_an_engine_whose_data_plane_is_not_loaded_resolves_no_next_hop() -> None:
+    """A never-started engine (the web console's tests run one) asked to apply: its XDP data plane
+    is not loaded, so the apply fails -- before it, nothing is resolved ahead: netlink on this
+    host, and the datagram that makes the kernel ask for a MAC, were for a loaded data plane only"""
+    from lb.dataplane.program import Sizes
+    from lb.dataplane.xdp import XdpDataplane
+
+    asked = []
+    eng = Engine(_cfg(), dataplane="ipvs")
+    eng.dp = XdpDataplane("notloaded", Sizes(16, 64, 16, 4096), resolver=lambda a, **kw: asked.append(a))
+    eng.dp.resolver.ask = lambda pairs: asked.append(pairs)
+    with pytest.raises(Exception):
+        eng.apply_health()
+    assert asked == []
 
 
 def test_lb_status_says_whose_next_hop_does_not_resolve() -> None:
