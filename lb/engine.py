@@ -723,16 +723,15 @@ class Engine:
             return frozenset()
         return frozenset(addresses.local_addresses())
 
-    def _nexthops_ahead(self, table: TableSpec, pairs: list | None = None) -> dict:
-        """The next hops of the real servers ``table`` adds (``pairs``: dp.nexthops_ahead's,
-        read here under the lock when not given), resolved without the data plane's lock, for
-        the apply that follows to take: netlink, ~0.4 ms an address, and up to 3 s for servers
-        whose ARP does not answer yet (added before they are up) -- which an HA import, the
-        sweep's end and the next hops' refresh waited behind.  A table that adds none: {}, no
-        netlink.  What the data plane moves meanwhile the apply resolves itself, as before."""
-        if pairs is None:
-            with self._dp_lock:
-                pairs = self.dp.nexthops_ahead(table)
+    def _nexthops_ahead(self, table: TableSpec) -> dict:
+        """The next hops of the real servers ``table`` adds (dp.nexthops_ahead's, read under the
+        lock), resolved without the data plane's lock, for the apply that follows to take:
+        netlink, ~0.4 ms an address, and up to 3 s for servers whose ARP does not answer yet
+        (added before they are up) -- which an HA import, the sweep's end and the next hops'
+        refresh waited behind.  A table that adds none: {}, no netlink.  What the data plane
+        moves meanwhile the apply resolves itself, as before."""
+        with self._dp_lock:
+            pairs = self.dp.nexthops_ahead(table)
         return self.dp.resolve_ahead(pairs) if pairs else {}
 
     def _trial_table(self, overrides: dict, key) -> TableSpec:
@@ -764,10 +763,7 @@ class Engine:
         or out of weight 0) has its schedulers' counts restarted."""
         if not planned:
             self.dp.plan(table)
-        if nexthops:
-            self.dp.apply(table, nexthops=nexthops)
-        else:
-            self.dp.apply(table)
+        self.dp.apply(table, nexthops=nexthops)
         self._applied_table = table
         if sorry is not None:
             self._sorry_switch(cfg, sorry)
@@ -1301,9 +1297,10 @@ class Engine:
                 pairs = self.dp.nexthops_ahead(table) if ahead is None else None
                 if not pairs:
                     return self._apply_fitting(table, sorry, ahead)
-            # real servers to add: their next hops resolved without the lock, the table built
-            # again with it (health may have moved meanwhile: what that adds is resolved in the apply)
-            ahead = self._nexthops_ahead(table, pairs)
+            # real servers to add: their next hops resolved without the lock (_nexthops_ahead), the
+            # table built again with it (health may have moved meanwhile: what that adds is
+            # resolved in the apply)
+            ahead = self.dp.resolve_ahead(pairs)
 
     def _apply_fitting(self, table: TableSpec, sorry: set, nexthops: dict | None) -> None:
         """apply_health's, under the data plane's lock."""

@@ -20,7 +20,7 @@ class FlakyDataplane(RecordingDataplane):
     """Refuses the next apply (as a map write that fails part-way and is written back)."""
     fail_next = False
 
-    def apply(self, table):
+    def apply(self, table, nexthops=None):
         if self.fail_next:
             self.fail_next = False
             raise ApplyFailed("writing lb_svc_dests: [Errno 12] Cannot allocate memory; the previous table is back",

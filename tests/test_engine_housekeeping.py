@@ -136,7 +136,7 @@ def test_an_apply_that_fails_with_any_error_is_tried_again(run_dir):
     class Once(RecordingDataplane):
         fail_next = False
 
-        def apply(self, table):
+        def apply(self, table, nexthops=None):
             if self.fail_next:
                 self.fail_next = False
                 raise OSError(12, "Cannot allocate memory")

@@ -302,7 +302,7 @@ def test_any_error_of_the_start_after_the_addresses_undoes_it(tmp_path, monkeypa
     daemon."""
     patch_host(monkeypatch.setattr, str(tmp_path))
 
-    def apply(self, table):
+    def apply(self, table, nexthops=None):
         raise error
     monkeypatch.setattr(StartingDataplane, "apply", apply)
     path = write(tmp_path / "lb.toml", instance="full")

@@ -65,10 +65,10 @@ def test_a_role_change_during_a_reload_leaves_the_addresses_with_the_role(tmp_pa
     in_apply, go_on = threading.Event(), threading.Event()
     apply = eng.dp.apply
 
-    def slow_apply(table):
+    def slow_apply(table, nexthops=None):
         in_apply.set()
         go_on.wait(10)
-        apply(table)
+        apply(table, nexthops=nexthops)
     eng.dp.apply = slow_apply
     errors = []
     t = threading.Thread(target=lambda: errors.append(None) if eng.reload_or_raise() else None)

@@ -89,7 +89,7 @@ class RecordingDataplane:
     def plan(self, table):
         pass
 
-    def apply(self, table):
+    def apply(self, table, nexthops=None):
         self.applied.append(table)
 
     def restart_sched_counts(self, spec):

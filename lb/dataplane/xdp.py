@@ -517,16 +517,23 @@ class XdpDataplane(Dataplane):
         """Every next hop of pairs (nexthops_ahead's), for an apply: the MACs the kernel lacks
         asked for all at once, their answers waited for together (one timeout for the lot).
         Only netlink, as resolve_nexthops: the caller need not hold the data plane's lock."""
-        out: dict = {}
         with nexthop.session():
             ask = getattr(self.resolver, "ask", None)
             if ask is not None:
                 ask(pairs)
-            for pair in pairs:
-                try:
-                    out[pair] = self.resolver(pair[0], need_onlink=pair[1])
-                except NextHopError as e:
-                    out[pair] = e
+            return self._resolve_each(pairs)
+
+    def _resolve_each(self, pairs, deadline: float | None = None) -> dict:
+        """{(address, onlink): NextHop or NextHopError} of pairs (an iterable), in the caller's
+        session, in order, stopping after the one that ends past ``deadline`` (monotonic)"""
+        out: dict = {}
+        for pair in pairs:
+            try:
+                out[pair] = self.resolver(pair[0], need_onlink=pair[1])
+            except NextHopError as e:
+                out[pair] = e
+            if deadline is not None and time.monotonic() >= deadline:
+                break
         return out
 
     def resolve_nexthops(self, work: list, budget: float | None = None) -> dict:
@@ -536,18 +543,10 @@ class XdpDataplane(Dataplane):
         lock), and the tx ports are mapped by refresh_nexthops."""
         if not work:
             return {}
-        out: dict = {}
         start = self._nh_cursor % len(work)
         deadline = None if budget is None else time.monotonic() + budget
         with nexthop.session(read_tables=False):     # (a part of them: one neighbour at a time)
-            for k in range(len(work)):
-                addr, onlink = pair = work[(start + k) % len(work)]
-                try:
-                    out[pair] = self.resolver(addr, need_onlink=onlink)
-                except NextHopError as e:
-                    out[pair] = e
-                if deadline is not None and time.monotonic() >= deadline:
-                    break
+            out = self._resolve_each((work[(start + k) % len(work)] for k in range(len(work))), deadline)
         self._nh_cursor = (start + len(out)) % len(work)
         return out
 

@@ -51,7 +51,7 @@ class FakeIpvs:
     def plan(self, table):
         pass
 
-    def apply(self, table):
+    def apply(self, table, nexthops=None):
         self.calls.append("apply")
         self.services = {s.key: s for s in table.services}
 
@@ -93,12 +93,12 @@ def test_auto_falls_back_to_ipvs_with_a_log_line(monkeypatch, caplog, tmp_path, 
     def broken(*a, **kw):
         raise DataplaneError("cannot attach XDP to lo: no driver support")
 
-    def scheduler_refused(self, table):
+    def scheduler_refused(self, table, nexthops=None):
         raise ProgramLoadFailed("the kernel refused program lb_sched_wlc: the verifier's limit")
 
     monkeypatch.setattr(XdpDataplane, "load", broken if fail_at == "load" else (lambda self: None))
     monkeypatch.setattr(XdpDataplane, "plan", lambda self, t: None)
-    monkeypatch.setattr(XdpDataplane, "apply", scheduler_refused if fail_at == "apply" else (lambda self, t: 0))
+    monkeypatch.setattr(XdpDataplane, "apply", scheduler_refused if fail_at == "apply" else (lambda self, t, nexthops=None: 0))
     monkeypatch.setattr(XdpDataplane, "lease", lambda self, s: None)
     monkeypatch.setattr(XdpDataplane, "claim", lambda self, a: None)
     monkeypatch.setattr(XdpDataplane, "attach", broken)
@@ -218,7 +218,7 @@ def test_a_failed_start_of_an_adopted_data_plane_leaves_it_with_only_the_previou
     def adopted(self):
         self.adopted = True
 
-    def refused(self, table):
+    def refused(self, table, nexthops=None):
         raise DataplaneError("lb_svc_dests: write failed: ENOMEM; the previous table is back")
 
     monkeypatch.setattr(XdpDataplane, "load", adopted)
