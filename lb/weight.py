@@ -90,3 +90,13 @@ def weight_text(value: int, source: str, configured: int | None, load: int | Non
     if override is not None and source != OVERRIDE:
         layers.append(f"operator override {override}")
     return f"weight {value}: {why}; {', '.join(layers)}"
+
+
+def nexthop_text(r: dict) -> str | None:
+    """What a `lb status` row's next hop says (its "nexthop_error": the data plane cannot resolve
+    it), as `lb status` and the web console print it; None when it has nothing to say."""
+    nh = r.get("nexthop_error")
+    if not nh:
+        return None
+    return f"next hop: {nh.get('reason')}; " + ("new connections go to the one resolved before" if nh.get("kept")
+                                                else "NO NEW CONNECTIONS until it answers")

@@ -575,11 +575,9 @@ def _status_lines(doc: dict) -> list[str]:
                 dw = r["dataplane_weight"]
                 out("     waiting: " + ("not in the data plane's table yet" if dw is None
                                        else f"the data plane still has weight {dw}"))
-            nh = r.get("nexthop_error")
-            if nh:      # the data plane's next hop for it does not resolve (lb.dataplane.services)
-                out(f"     next hop: {nh['reason']}; " + (
-                    "new connections go to the one resolved before" if nh["kept"] else
-                    "NO NEW CONNECTIONS until it answers"))
+            nh = lbweight.nexthop_text(r)    # the data plane cannot resolve its next hop
+            if nh:
+                out(f"     {nh}")
             if r.get("reason"):
                 out(f"     {'up' if r['health'] == 'up' else 'down'} since {_fmt_time(r['since'])}: {r['reason']}")
             skipped = r.get("last_not_run")

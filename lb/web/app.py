@@ -1473,11 +1473,8 @@ def _live(doc: dict, table: dict, csrf: str) -> str:
             rr = t.get("rate") or {}
             last = r.get("last_check")
             check = "-" if not last else f"{'ok' if last.get('ok') else 'FAIL'} {_clock(last.get('at'))}: {last.get('detail')}"
-            reason, nh = r.get("reason"), r.get("nexthop_error")
-            if nh:      # the data plane cannot resolve its next hop (as `lb status` says it)
-                reason = "; ".join(filter(None, [reason, f"next hop: {nh.get('reason')}; " + (
-                    "new connections go to the one resolved before" if nh.get("kept") else
-                    "NO NEW CONNECTIONS until it answers")]))
+            # and, when the data plane cannot resolve its next hop, that (as `lb status` says it)
+            reason = "; ".join(filter(None, [r.get("reason"), lbweight.nexthop_text(r)])) or None
             rows.append(
                 f'<tr data-rs="{h(r.get("name"))}"><td>{h(r.get("name"))}</td><td>{h(_endpoint(r["address"], r["port"]))}'
                 f'</td>{_weight_cell(r)}<td class="{cls}">{h(health)}</td><td class=num>{h(t.get("active"))}</td>'
